@@ -1,0 +1,474 @@
+//! The engine: recovers the shards from the journal, starts their threads, and routes each
+//! command to the shard that owns the funds it debits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, unbounded, Sender};
+use storage::Store;
+
+use crate::directory::Directory;
+use crate::journal::{batch_key, encode, replay_shard, BatchRecordRef, META_SHARD_COUNT};
+use crate::ledger::command::{idempotency_key, Command, Envelope};
+use crate::ledger::ops::payment::check_legs;
+use crate::ledger::state::{check_amount, Effects, ShardState};
+use crate::ledger::types::{AccountId, AccountStatus, Leg, Reply, ShardId, Timestamp};
+use crate::money::CurrencySpec;
+use crate::result::ResultCode;
+use crate::shard::{ClientRequest, Control, ReplyTo, Shard, ShardCounters, ShardLimits};
+use crate::EngineError;
+
+/// How the engine is sized and what it keeps (see config/default.toml for each key).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub shard_count: u16,
+    pub mailbox_capacity: usize,
+    pub batch_size_max: usize,
+    pub outbox_pending_max: usize,
+    pub ack_flush_ms: u64,
+    pub currencies: Vec<CurrencySpec>,
+    pub utc_offset_seconds: i32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            shard_count: 2,
+            mailbox_capacity: 1024,
+            batch_size_max: 8189,
+            outbox_pending_max: 65536,
+            ack_flush_ms: 20,
+            currencies: vec![CurrencySpec::new("CNY", 2).expect("valid"), CurrencySpec::new("USD", 2).expect("valid")],
+            utc_offset_seconds: 8 * 3600,
+        }
+    }
+}
+
+const CLAIM_STRIPES: usize = 64;
+
+/// Which shard holds each accepted order number, so a reuse that names other funds (and so
+/// another shard) is still seen as a conflict. Claims of rejected commands are released.
+struct Claims {
+    stripes: Vec<Mutex<HashMap<u128, ShardId, xxhash_rust::xxh3::Xxh3Builder>>>,
+}
+
+enum Claim {
+    New,
+    Held,
+    Conflict,
+}
+
+impl Claims {
+    fn new() -> Claims {
+        Claims { stripes: (0..CLAIM_STRIPES).map(|_| Mutex::new(HashMap::default())).collect() }
+    }
+
+    fn stripe(&self, key: u128) -> &Mutex<HashMap<u128, ShardId, xxhash_rust::xxh3::Xxh3Builder>> {
+        &self.stripes[(key as usize) % CLAIM_STRIPES]
+    }
+
+    fn claim(&self, key: u128, shard: ShardId) -> Claim {
+        let mut map = self.stripe(key).lock().expect("claims lock");
+        match map.get(&key) {
+            Some(holder) if *holder == shard => Claim::Held,
+            Some(_) => Claim::Conflict,
+            None => {
+                map.insert(key, shard);
+                Claim::New
+            }
+        }
+    }
+
+    fn release(&self, key: u128) {
+        self.stripe(key).lock().expect("claims lock").remove(&key);
+    }
+}
+
+/// A running engine. Dropping it without `shutdown` leaves the threads to finish on their own.
+pub struct Engine {
+    config: EngineConfig,
+    clients: Vec<Sender<ClientRequest>>,
+    controls: Vec<Sender<Control>>,
+    directory: Arc<Directory>,
+    claims: Arc<Claims>,
+    counters: Vec<Arc<ShardCounters>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Collects the replies of one submission's parts (one per shard) and answers once all are in.
+struct Gather {
+    replies: Vec<Option<Reply>>,
+    parts_left: usize,
+    error: Option<EngineError>,
+    reply: Option<ReplyTo>,
+}
+
+impl Gather {
+    fn finish_part(&mut self) {
+        self.parts_left -= 1;
+        if self.parts_left > 0 {
+            return;
+        }
+        let reply = self.reply.take().expect("answered once");
+        match self.error.take() {
+            Some(error) => reply(Err(error)),
+            None => reply(Ok(self.replies.drain(..).map(|r| r.expect("every command answered")).collect())),
+        }
+    }
+}
+
+fn wall_clock_micros() -> Timestamp {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+impl Engine {
+    /// Recovers every shard from `store` (writing genesis for new ones) and starts their threads.
+    pub fn start(config: EngineConfig, store: Arc<dyn Store>) -> Result<Engine, EngineError> {
+        let shard_count = config.shard_count;
+        if shard_count == 0 || config.batch_size_max == 0 || config.mailbox_capacity == 0 {
+            return Err(EngineError::Config("shard_count, batch_size_max and mailbox_capacity must be positive".into()));
+        }
+        match store.get(META_SHARD_COUNT)? {
+            Some(bytes) if bytes != shard_count.to_le_bytes() => {
+                return Err(EngineError::Config(format!(
+                    "the data was written with {} shards, the configuration asks for {shard_count}",
+                    u16::from_le_bytes(bytes.get(..2).and_then(|b| b.try_into().ok()).unwrap_or([0, 0]))
+                )))
+            }
+            Some(_) => {}
+            None => store.write(&[(META_SHARD_COUNT, &shard_count.to_le_bytes())])?,
+        }
+        let recovered = recover_all(&*store, &config)?;
+        let directory = Arc::new(Directory::new(shard_count));
+        let claims = Arc::new(Claims::new());
+        for (state, _, _) in &recovered {
+            directory.load(state);
+            for key in state.idempotency.keys() {
+                claims.stripe(*key).lock().expect("claims lock").insert(*key, state.shard);
+            }
+        }
+        let (mut client_senders, mut client_receivers) = (Vec::new(), Vec::new());
+        let (mut inbound_senders, mut inbound_receivers) = (Vec::new(), Vec::new());
+        let (mut control_senders, mut control_receivers) = (Vec::new(), Vec::new());
+        for _ in 0..shard_count {
+            let (s, r) = bounded(config.mailbox_capacity);
+            client_senders.push(s);
+            client_receivers.push(r);
+            let (s, r) = unbounded();
+            inbound_senders.push(s);
+            inbound_receivers.push(r);
+            let (s, r) = unbounded();
+            control_senders.push(s);
+            control_receivers.push(r);
+        }
+        let limits = ShardLimits {
+            batch_size_max: config.batch_size_max,
+            outbox_pending_max: config.outbox_pending_max,
+            ack_flush_ms: config.ack_flush_ms,
+        };
+        let mut counters = Vec::new();
+        let mut threads = Vec::new();
+        let receivers = client_receivers.into_iter().zip(inbound_receivers).zip(control_receivers);
+        for ((state, sequence, last_timestamp), ((clients, inbound), control)) in recovered.into_iter().zip(receivers) {
+            let shard_counters = Arc::new(ShardCounters::default());
+            shard_counters.accounts.store(state.accounts.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            shard_counters.last_sequence.store(sequence, std::sync::atomic::Ordering::Relaxed);
+            shard_counters.outbox_pending.store(state.outbox_pending() as u64, std::sync::atomic::Ordering::Relaxed);
+            counters.push(shard_counters.clone());
+            let shard_id = state.shard;
+            let shard = Shard {
+                state,
+                sequence,
+                last_timestamp,
+                store: store.clone(),
+                clients,
+                inbound,
+                control,
+                peers: inbound_senders.clone(),
+                directory: directory.clone(),
+                counters: shard_counters,
+                limits,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{shard_id}"))
+                .spawn(move || shard.run())
+                .map_err(|e| EngineError::Config(format!("cannot start shard thread: {e}")))?;
+            threads.push(thread);
+        }
+        Ok(Engine {
+            config,
+            clients: client_senders,
+            controls: control_senders,
+            directory,
+            claims,
+            counters,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Submits commands; `reply` gets one reply per command, in order, once all are durable.
+    /// Blocks while a target shard's mailbox is full (backpressure).
+    pub fn submit(&self, envelopes: Vec<Envelope>, reply: ReplyTo) {
+        let shard_count = self.config.shard_count as usize;
+        let mut replies: Vec<Option<Reply>> = vec![None; envelopes.len()];
+        let mut parts: Vec<(Vec<Envelope>, Vec<(usize, Option<u128>)>)> = (0..shard_count).map(|_| (Vec::new(), Vec::new())).collect();
+        for (index, envelope) in envelopes.into_iter().enumerate() {
+            let shard = match self.route(&envelope) {
+                Ok(shard) => shard,
+                Err(code) => {
+                    replies[index] = Some(Reply::rejected(code));
+                    continue;
+                }
+            };
+            let mut new_claim = None;
+            if let Some(number) = &envelope.out_order_no {
+                let key = idempotency_key(envelope.platform, envelope.command.kind_code(), number);
+                match self.claims.claim(key, shard) {
+                    Claim::Conflict => {
+                        replies[index] = Some(Reply::rejected(ResultCode::IdempotencyConflict));
+                        continue;
+                    }
+                    Claim::New => new_claim = Some(key),
+                    Claim::Held => {}
+                }
+            }
+            let part = &mut parts[shard as usize];
+            part.0.push(envelope);
+            part.1.push((index, new_claim));
+        }
+        // A request never holds more than one batch: larger parts go as several requests.
+        let batch = self.config.batch_size_max;
+        let parts_left: usize = parts.iter().map(|p| p.0.len().div_ceil(batch)).sum();
+        let gather = Arc::new(Mutex::new(Gather { replies, parts_left: parts_left + 1, error: None, reply: Some(reply) }));
+        let chunks = parts.into_iter().enumerate().flat_map(|(shard, (mut part, mut positions))| {
+            let mut chunks = Vec::new();
+            while part.len() > batch {
+                let rest = part.split_off(batch);
+                let rest_positions = positions.split_off(batch);
+                chunks.push((shard, std::mem::replace(&mut part, rest), std::mem::replace(&mut positions, rest_positions)));
+            }
+            if !part.is_empty() {
+                chunks.push((shard, part, positions));
+            }
+            chunks
+        });
+        for (shard, part, positions) in chunks {
+            let gather_part = gather.clone();
+            let claims = self.claims.clone();
+            let on_reply: ReplyTo = Box::new(move |result| {
+                let mut gather = gather_part.lock().expect("gather lock");
+                match result {
+                    Ok(shard_replies) => {
+                        for ((index, new_claim), reply) in positions.iter().zip(shard_replies) {
+                            if let (Some(key), false) = (new_claim, reply.is_ok()) {
+                                claims.release(*key);
+                            }
+                            gather.replies[*index] = Some(reply);
+                        }
+                    }
+                    Err(error) => gather.error = Some(error),
+                }
+                gather.finish_part();
+            });
+            let request = ClientRequest { envelopes: part, reply: on_reply };
+            if let Err(failed) = self.clients[shard].send(request) {
+                (failed.0.reply)(Err(EngineError::ShardStopped(shard as ShardId)));
+            }
+        }
+        gather.lock().expect("gather lock").finish_part();
+    }
+
+    /// Submits commands and waits for their replies.
+    pub fn execute(&self, envelopes: Vec<Envelope>) -> Result<Vec<Reply>, EngineError> {
+        let (sender, receiver) = bounded(1);
+        self.submit(envelopes, Box::new(move |result| {
+            let _ = sender.send(result);
+        }));
+        receiver.recv().map_err(|_| EngineError::ShardStopped(ShardId::MAX))?
+    }
+
+    /// Submits one command and waits for its reply.
+    pub fn execute_one(&self, envelope: Envelope) -> Result<Reply, EngineError> {
+        Ok(self.execute(vec![envelope])?.pop().expect("one reply per command"))
+    }
+
+    /// Sends a shard-wide command (maturing, expiring freezes) to every shard; one reply each.
+    pub fn broadcast(&self, envelope: Envelope) -> Result<Vec<Reply>, EngineError> {
+        if !matches!(envelope.command, Command::Mature { .. } | Command::ExpireFreezes) {
+            return Err(EngineError::NotAClientCommand);
+        }
+        let mut receivers = Vec::new();
+        for (shard, clients) in self.clients.iter().enumerate() {
+            let (sender, receiver) = bounded(1);
+            let reply: ReplyTo = Box::new(move |result| {
+                let _ = sender.send(result);
+            });
+            clients
+                .send(ClientRequest { envelopes: vec![envelope.clone()], reply })
+                .map_err(|_| EngineError::ShardStopped(shard as ShardId))?;
+            receivers.push(receiver);
+        }
+        let mut replies = Vec::new();
+        for (shard, receiver) in receivers.into_iter().enumerate() {
+            let result = receiver.recv().map_err(|_| EngineError::ShardStopped(shard as ShardId))?;
+            replies.push(result?.pop().expect("one reply"));
+        }
+        Ok(replies)
+    }
+
+    /// Runs `read` on a shard's thread between batches and returns its result.
+    pub fn read_shard<R: Send + 'static>(
+        &self,
+        shard: ShardId,
+        read: impl FnOnce(&ShardState) -> R + Send + 'static,
+    ) -> Result<R, EngineError> {
+        let (sender, receiver) = bounded(1);
+        let control = self.controls.get(shard as usize).ok_or(EngineError::ShardStopped(shard))?;
+        control
+            .send(Control::Read(Box::new(move |state| {
+                let _ = sender.send(read(state));
+            })))
+            .map_err(|_| EngineError::ShardStopped(shard))?;
+        receiver.recv().map_err(|_| EngineError::ShardStopped(shard))
+    }
+
+    /// Published figures of every shard.
+    pub fn counters(&self) -> &[Arc<ShardCounters>] {
+        &self.counters
+    }
+
+    /// Mailbox depth (queued client requests) of a shard.
+    pub fn mailbox_depth(&self, shard: ShardId) -> usize {
+        self.clients[shard as usize].len()
+    }
+
+    /// Waits until no credit is in flight between shards (every outbox acknowledged).
+    pub fn wait_quiescent(&self, timeout: Duration) -> Result<(), EngineError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut pending = 0;
+            for shard in 0..self.config.shard_count {
+                pending += self.read_shard(shard, |state| state.outbox_pending())?;
+            }
+            if pending == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(EngineError::Timeout(format!("{pending} credits still in flight")));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Stops every shard after it has finished what is queued, and waits for the threads.
+    pub fn shutdown(&self) {
+        for control in &self.controls {
+            let _ = control.send(Control::Shutdown);
+        }
+        let threads: Vec<JoinHandle<()>> = self.threads.lock().expect("threads lock").drain(..).collect();
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+
+    /// The shard a command goes to, or the code it is rejected with before reaching one.
+    fn route(&self, envelope: &Envelope) -> Result<ShardId, ResultCode> {
+        let shard_count = self.config.shard_count;
+        let command = &envelope.command;
+        if let Command::Payment { payer, amount, payees, splits, currency, .. } = command {
+            check_amount(*amount)?;
+            check_legs(*payer, *amount, payees, splits)?;
+            let payer_shard = payer.shard(shard_count);
+            for leg in payees.iter().chain(splits.iter()) {
+                self.check_remote_receiver(envelope.platform, payer_shard, leg, *currency)?;
+            }
+        }
+        if let Command::OpenAccount { owner, .. } = command {
+            // All of one member's accounts live on one shard, so "one per currency" is a local check.
+            let mut hasher_input = [0u8; 12];
+            hasher_input[..4].copy_from_slice(&envelope.platform.to_le_bytes());
+            hasher_input[4..].copy_from_slice(&owner.to_le_bytes());
+            return Ok((xxhash_rust::xxh3::xxh3_64(&hasher_input) % shard_count as u64) as ShardId);
+        }
+        if let Some(account) = command.debited_account() {
+            return Ok(account.shard(shard_count));
+        }
+        if let Some(order) = command.target_order() {
+            return Ok(order.shard(shard_count));
+        }
+        Err(ResultCode::OrderStateInvalid)
+    }
+
+    /// Checks a receiver on another shard against the directory (the owning shard checks its own).
+    fn check_remote_receiver(&self, platform: u32, payer_shard: ShardId, leg: &Leg, currency: crate::money::CurrencyId) -> Result<(), ResultCode> {
+        let shard_count = self.config.shard_count;
+        if leg.account.shard(shard_count) == payer_shard {
+            return Ok(());
+        }
+        let entry = self.directory.get(leg.account, shard_count).ok_or(ResultCode::PayeeNotFound)?;
+        if platform != 0 && entry.platform != platform {
+            return Err(ResultCode::PayeeNotFound);
+        }
+        if entry.currency != currency {
+            return Err(ResultCode::CurrencyMismatch);
+        }
+        match entry.status {
+            AccountStatus::Closed => Err(ResultCode::AccountClosed),
+            AccountStatus::CreditBlocked => Err(ResultCode::AccountCreditBlocked),
+            AccountStatus::Normal | AccountStatus::DebitBlocked => Ok(()),
+        }
+    }
+
+    /// Whether an account exists in the directory (customer accounts only).
+    pub fn account_exists(&self, account: AccountId) -> bool {
+        self.directory.get(account, self.config.shard_count).is_some()
+    }
+}
+
+/// Replays every shard's journal (in parallel) and writes genesis for shards that have none.
+fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<(ShardState, u64, Timestamp)>, EngineError> {
+    let results: Vec<Result<(ShardState, u64, Timestamp), EngineError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..config.shard_count)
+            .map(|shard| scope.spawn(move || replay_shard(store, shard).map_err(EngineError::from)))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("replay thread")).collect()
+    });
+    let mut recovered = Vec::new();
+    for (shard, result) in results.into_iter().enumerate() {
+        let (mut state, mut sequence, mut timestamp) = result?;
+        if sequence == 0 {
+            let genesis = Envelope {
+                platform: 0,
+                out_order_no: None,
+                command: Command::Genesis {
+                    shard: shard as ShardId,
+                    shard_count: config.shard_count,
+                    currencies: config.currencies.clone(),
+                    utc_offset_seconds: config.utc_offset_seconds,
+                },
+            };
+            let mut fx = Effects::default();
+            timestamp = wall_clock_micros();
+            state.apply(&genesis, timestamp, &mut fx);
+            sequence = 1;
+            let mut encoded = Vec::new();
+            let envelopes = [genesis];
+            let record = BatchRecordRef { shard: shard as ShardId, sequence, timestamp, envelopes: &envelopes, entries: &[], postings: &[] };
+            encode(&record, &mut encoded);
+            store.write(&[(&batch_key(shard as ShardId, sequence), &encoded)])?;
+        } else if state.currencies != config.currencies || state.utc_offset_seconds != config.utc_offset_seconds {
+            return Err(EngineError::Config(format!(
+                "shard {shard} was created with other currencies or business-day offset than configured"
+            )));
+        }
+        recovered.push((state, sequence, timestamp));
+    }
+    Ok(recovered)
+}

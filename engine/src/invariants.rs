@@ -1,0 +1,171 @@
+//! The ledger's invariants (DESIGN.md 3), checked online against running shards or offline from
+//! the journal alone.
+
+use std::collections::BTreeMap;
+
+use storage::Store;
+
+use crate::engine::Engine;
+use crate::journal::{read_shard, replay_shard};
+use crate::ledger::state::ShardState;
+use crate::ledger::types::{AccountId, AccountKind, Bucket, SystemRole};
+use crate::money::Minor;
+use crate::EngineError;
+
+/// Per-currency figures of an invariant check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CurrencyReport {
+    pub currency: String,
+    /// Sum of every bucket of every account: zero when the books balance.
+    pub sum_minor: i128,
+    /// Sum of the in-transit stripes of all shards.
+    pub in_transit_minor: i128,
+    /// Credits sent and not yet applied by their target: in-transit must equal this.
+    pub in_flight_minor: i128,
+}
+
+/// The result of an invariant check.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InvariantReport {
+    pub ok: bool,
+    pub currencies: Vec<CurrencyReport>,
+    pub entries_checked: u64,
+    pub failures: Vec<String>,
+}
+
+/// What one shard contributes to the report.
+#[derive(Clone, Debug, Default)]
+struct ShardFigures {
+    sums: Vec<i128>,
+    in_transit: Vec<i128>,
+    /// Per target shard, the credits pending in the outbox: (sequence, currency index, amount).
+    pending: Vec<Vec<(u64, usize, Minor)>>,
+    inbound_applied: Vec<u64>,
+    codes: Vec<String>,
+    failures: Vec<String>,
+}
+
+fn figures(state: &ShardState) -> ShardFigures {
+    let currency_count = state.currencies.len();
+    let mut f = ShardFigures {
+        sums: vec![0; currency_count],
+        in_transit: vec![0; currency_count],
+        pending: Vec::new(),
+        inbound_applied: state.inbound_applied.clone(),
+        codes: state.currencies.iter().map(|c| c.code_str().to_string()).collect(),
+        failures: Vec::new(),
+    };
+    for account in &state.accounts {
+        let c = account.currency.0 as usize;
+        f.sums[c] += account.total() as i128;
+        if account.kind == AccountKind::System(SystemRole::InTransit) {
+            f.in_transit[c] += account.total() as i128;
+        }
+        if account.kind == AccountKind::Customer && (account.settled < 0 || account.unsettled < 0 || account.frozen < 0) {
+            f.failures.push(format!("account {} has a negative bucket", account.id.0));
+        }
+        let lots: Minor = state.lots.get(&account.id).map_or(0, |l| l.iter().map(|(_, a)| a).sum());
+        if lots != account.unsettled {
+            f.failures.push(format!("account {}: unsettled {} but lots sum to {lots}", account.id.0, account.unsettled));
+        }
+    }
+    for outbox in &state.outboxes {
+        f.pending.push(outbox.pending.iter().map(|c| (c.sequence, c.currency.0 as usize, c.amount)).collect());
+    }
+    f
+}
+
+fn combine(shards: Vec<ShardFigures>, entries_checked: u64, mut failures: Vec<String>) -> InvariantReport {
+    let Some(first) = shards.first() else {
+        return InvariantReport { ok: true, ..InvariantReport::default() };
+    };
+    let mut currencies: Vec<CurrencyReport> =
+        first.codes.iter().map(|code| CurrencyReport { currency: code.clone(), ..CurrencyReport::default() }).collect();
+    for (source, shard) in shards.iter().enumerate() {
+        failures.extend(shard.failures.iter().cloned());
+        for (c, report) in currencies.iter_mut().enumerate() {
+            report.sum_minor += shard.sums[c];
+            report.in_transit_minor += shard.in_transit[c];
+        }
+        for (target, pending) in shard.pending.iter().enumerate() {
+            let applied = shards[target].inbound_applied[source];
+            for (sequence, c, amount) in pending {
+                if *sequence > applied {
+                    currencies[*c].in_flight_minor += *amount as i128;
+                }
+            }
+        }
+    }
+    for report in &currencies {
+        if report.sum_minor != 0 {
+            failures.push(format!("{}: accounts sum to {} instead of 0", report.currency, report.sum_minor));
+        }
+        if report.in_transit_minor != report.in_flight_minor {
+            failures.push(format!(
+                "{}: in-transit stripes hold {} but {} is in flight",
+                report.currency, report.in_transit_minor, report.in_flight_minor
+            ));
+        }
+    }
+    InvariantReport { ok: failures.is_empty(), currencies, entries_checked, failures }
+}
+
+/// Checks a running engine: every shard computes its figures on its own thread.
+pub fn check_engine(engine: &Engine) -> Result<InvariantReport, EngineError> {
+    let mut shards = Vec::new();
+    for shard in 0..engine.config().shard_count {
+        shards.push(engine.read_shard(shard, figures)?);
+    }
+    Ok(combine(shards, 0, Vec::new()))
+}
+
+/// Checks a store offline: replays every shard (which verifies that the journal's postings are
+/// what the commands produce), checks that every entry balances, and that each account's
+/// balances equal the sum of its journal lines.
+pub fn check_store(store: &dyn Store, shard_count: u16) -> Result<InvariantReport, EngineError> {
+    let mut shards = Vec::new();
+    let mut failures = Vec::new();
+    let mut entries_checked = 0u64;
+    for shard in 0..shard_count {
+        let (state, _, _) = replay_shard(store, shard)?;
+        let mut lines: BTreeMap<(AccountId, u8), i128> = BTreeMap::new();
+        read_shard(store, shard, &mut |record| {
+            let mut offset = 0usize;
+            for entry in &record.entries {
+                let postings = &record.postings[offset..offset + entry.posting_count as usize];
+                offset += entry.posting_count as usize;
+                entries_checked += 1;
+                let sum: i128 = postings.iter().map(|p| p.amount as i128).sum();
+                if sum != 0 {
+                    failures.push(format!("entry {} is unbalanced by {sum}", entry.entry_id));
+                }
+                for p in postings {
+                    *lines.entry((p.account, bucket_index(p.bucket))).or_default() += p.amount as i128;
+                }
+            }
+            Ok(())
+        })?;
+        for account in &state.accounts {
+            for bucket in [Bucket::Settled, Bucket::Unsettled, Bucket::Frozen] {
+                let journal = lines.get(&(account.id, bucket_index(bucket))).copied().unwrap_or(0);
+                if journal != account.bucket(bucket) as i128 {
+                    failures.push(format!(
+                        "account {} {bucket:?}: balance {} but journal lines sum to {journal}",
+                        account.id.0,
+                        account.bucket(bucket)
+                    ));
+                }
+            }
+        }
+        shards.push(figures(&state));
+    }
+    Ok(combine(shards, entries_checked, failures))
+}
+
+fn bucket_index(bucket: Bucket) -> u8 {
+    match bucket {
+        Bucket::Settled => 0,
+        Bucket::Unsettled => 1,
+        Bucket::Frozen => 2,
+    }
+}

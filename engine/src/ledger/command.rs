@@ -1,0 +1,175 @@
+//! Commands: what a shard can be asked to do. Each is validated, then applied, by `ShardState::apply`.
+
+use std::hash::{Hash, Hasher};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ledger::types::{
+    AccountId, AccountStatus, Legs, Limits, OrderId, RemoteCredit, ShardId, Timestamp,
+};
+use crate::money::{CurrencyId, CurrencySpec, Minor};
+
+/// The longest platform order number (API.md: 1–64 chars of `[A-Za-z0-9_-]`).
+pub const OUT_ORDER_NO_BYTES_MAX: usize = 64;
+
+/// A platform's own order number, stored inline so that commands need no heap for it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OutOrderNo {
+    len: u8,
+    bytes: [u8; OUT_ORDER_NO_BYTES_MAX],
+}
+
+impl OutOrderNo {
+    /// Validates and stores `text`; `None` when it is empty, too long or has other characters.
+    pub fn new(text: &str) -> Option<OutOrderNo> {
+        let source = text.as_bytes();
+        let allowed = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-';
+        if source.is_empty() || source.len() > OUT_ORDER_NO_BYTES_MAX || !source.iter().all(allowed) {
+            return None;
+        }
+        let mut bytes = [0u8; OUT_ORDER_NO_BYTES_MAX];
+        bytes[..source.len()].copy_from_slice(source);
+        Some(OutOrderNo { len: source.len() as u8, bytes })
+    }
+
+    /// The number as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("validated as ASCII")
+    }
+}
+
+impl std::fmt::Debug for OutOrderNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl Serialize for OutOrderNo {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for OutOrderNo {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        OutOrderNo::new(&text).ok_or_else(|| serde::de::Error::custom("invalid out_order_no"))
+    }
+}
+
+/// One command for a shard, with the tenant that sent it and its idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The platform acting; 0 is the system operator, who may act on every account.
+    pub platform: u32,
+    /// The platform's order number; commands without one are not deduplicated.
+    pub out_order_no: Option<OutOrderNo>,
+    pub command: Command,
+}
+
+/// Everything a shard can be asked to do.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Command {
+    /// First command of every shard's journal: fixes its identity, currencies and business day.
+    Genesis { shard: ShardId, shard_count: u16, currencies: Vec<CurrencySpec>, utc_offset_seconds: i32 },
+    /// Opens a customer account (one per owner and currency within a platform).
+    OpenAccount { owner: u64, currency: CurrencyId, limits: Limits },
+    /// Sets an account's status (not `Closed`: that is `CloseAccount`).
+    SetAccountStatus { account: AccountId, status: AccountStatus },
+    /// Closes an account whose buckets are all zero.
+    CloseAccount { account: AccountId },
+    /// Money in from a channel, confirmed: the reserve stripe is debited, the account's settled credited.
+    Recharge { account: AccountId, currency: CurrencyId, amount: Minor, channel: u16 },
+    /// A balance payment (payees credited to `unsettled` at once) or a guarantee payment (held in escrow).
+    Payment { payer: AccountId, guarantee: bool, currency: CurrencyId, amount: Minor, payees: Legs, splits: Legs },
+    /// Releases escrow of a guarantee payment to its receivers; empty `releases` releases all that is held.
+    Confirm { order: OrderId, releases: Legs },
+    /// Returns unreleased escrow to the payer; `None` returns all of it.
+    Cancel { order: OrderId, amount: Option<Minor> },
+    /// Returns money a payee received from a payment to the payer. Runs on the payee's shard.
+    Refund { payment: OrderId, payee: AccountId, amount: Minor },
+    /// Holds part of an account's available funds.
+    Freeze { account: AccountId, currency: CurrencyId, amount: Minor, reason: String, expires_at: Option<Timestamp> },
+    /// Releases a freeze, in part or (with `None`) in full.
+    ReleaseFreeze { order: OrderId, amount: Option<Minor> },
+    /// Releases every freeze on this shard whose expiry has passed.
+    ExpireFreezes,
+    /// Reserves `amount + fee` from the account's settled funds for a payout through `channel`.
+    Withdraw { account: AccountId, currency: CurrencyId, amount: Minor, fee: Minor, channel: u16 },
+    /// The channel's verdict on a withdrawal: success pays out, failure returns the funds and the fee.
+    CompleteWithdrawal { order: OrderId, succeeded: bool },
+    /// Moves a platform's unsettled income of business days up to `through_day` into settled.
+    Mature { through_day: u32 },
+    /// A credit from another shard's outbox (exactly once, by sequence).
+    ApplyCredit(RemoteCredit),
+    /// Another shard has durably applied our credits to it up to `sequence`.
+    Acknowledge { target: ShardId, sequence: u64 },
+}
+
+impl Command {
+    /// A stable number per command kind; idempotency keys are scoped by it.
+    pub fn kind_code(&self) -> u8 {
+        match self {
+            Command::Genesis { .. } => 0,
+            Command::OpenAccount { .. } => 1,
+            Command::SetAccountStatus { .. } => 2,
+            Command::CloseAccount { .. } => 3,
+            Command::Recharge { .. } => 4,
+            Command::Payment { .. } => 5,
+            Command::Confirm { .. } => 6,
+            Command::Cancel { .. } => 7,
+            Command::Refund { .. } => 8,
+            Command::Freeze { .. } => 9,
+            Command::ReleaseFreeze { .. } => 10,
+            Command::ExpireFreezes => 11,
+            Command::Withdraw { .. } => 12,
+            Command::CompleteWithdrawal { .. } => 13,
+            Command::Mature { .. } => 14,
+            Command::ApplyCredit(_) => 15,
+            Command::Acknowledge { .. } => 16,
+        }
+    }
+
+    /// The account whose funds this command debits (or which it concerns): decides the shard.
+    /// `None` for commands addressed by order id or to a whole shard.
+    pub fn debited_account(&self) -> Option<AccountId> {
+        match self {
+            Command::SetAccountStatus { account, .. }
+            | Command::CloseAccount { account }
+            | Command::Recharge { account, .. }
+            | Command::Freeze { account, .. }
+            | Command::Withdraw { account, .. } => Some(*account),
+            Command::Payment { payer, .. } => Some(*payer),
+            Command::Refund { payee, .. } => Some(*payee),
+            _ => None,
+        }
+    }
+
+    /// The order this command acts on, for commands addressed by order.
+    pub fn target_order(&self) -> Option<OrderId> {
+        match self {
+            Command::Confirm { order, .. }
+            | Command::Cancel { order, .. }
+            | Command::ReleaseFreeze { order, .. }
+            | Command::CompleteWithdrawal { order, .. } => Some(*order),
+            _ => None,
+        }
+    }
+}
+
+/// 128-bit key of (platform, command kind, out_order_no): wide enough that collisions do not happen.
+pub fn idempotency_key(platform: u32, kind: u8, out_order_no: &OutOrderNo) -> u128 {
+    let mut buffer = [0u8; 5 + OUT_ORDER_NO_BYTES_MAX];
+    buffer[..4].copy_from_slice(&platform.to_le_bytes());
+    buffer[4] = kind;
+    let text = out_order_no.as_str().as_bytes();
+    buffer[5..5 + text.len()].copy_from_slice(text);
+    xxhash_rust::xxh3::xxh3_128(&buffer[..5 + text.len()])
+}
+
+/// A fingerprint of a command's content, to tell a replay from a conflicting reuse of a key.
+pub fn content_hash(command: &Command) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    command.hash(&mut hasher);
+    hasher.finish()
+}

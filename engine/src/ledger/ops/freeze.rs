@@ -1,0 +1,146 @@
+//! Freezes: part of an account's available funds is held (settled first), and released later.
+
+use crate::ledger::state::{check_amount, ok_order, Context, Effects, ShardState};
+use crate::ledger::types::*;
+use crate::money::{CurrencyId, Minor};
+use crate::result::ResultCode;
+
+/// Freezes `amount` of `account`'s available funds for `reason`, optionally until `expires_at`.
+#[allow(clippy::too_many_arguments)]
+pub fn freeze(
+    state: &mut ShardState,
+    context: &Context,
+    id: AccountId,
+    currency: CurrencyId,
+    amount: Minor,
+    reason: &str,
+    expires_at: Option<Timestamp>,
+    fx: &mut Effects,
+) -> Reply {
+    if let Err(code) = check_amount(amount) {
+        return Reply::rejected(code);
+    }
+    if reason.len() > REASON_BYTES_MAX {
+        return Reply::rejected(ResultCode::ReasonTooLong);
+    }
+    if expires_at.is_some_and(|at| at <= context.now) {
+        return Reply::rejected(ResultCode::InvalidExpiry);
+    }
+    if currency.0 as usize >= state.currencies.len() {
+        return Reply::rejected(ResultCode::CurrencyUnknown);
+    }
+    let Some(account) = state.customer_account(context.platform, id) else {
+        return Reply::rejected(ResultCode::AccountNotFound);
+    };
+    if account.currency != currency {
+        return Reply::rejected(ResultCode::CurrencyMismatch);
+    }
+    if account.status == AccountStatus::Closed {
+        return Reply::rejected(ResultCode::AccountClosed);
+    }
+    if account.available() < amount {
+        return Reply::rejected(ResultCode::InsufficientFunds);
+    }
+    // After this point the freeze must succeed.
+    let from_settled = account.settled.min(amount);
+    let from_unsettled = amount - from_settled;
+    let platform = account.platform;
+    let order = state.next_order_id();
+    state.push_order(Order {
+        id: order,
+        kind: OrderKind::Freeze,
+        status: OrderStatus::Held,
+        platform,
+        account: id,
+        currency,
+        amount,
+        created_at: context.now,
+        updated_at: context.now,
+        detail: OrderDetail::Freeze { remaining: amount, from_unsettled, expires_at, reason: reason.to_string() },
+    });
+    if let Some(at) = expires_at {
+        state.expiring_freezes.insert((at, order), ());
+    }
+    state.begin_entry(fx, order, EntryKind::Freeze, currency);
+    if from_settled > 0 {
+        state.post(fx, id, Bucket::Settled, -from_settled);
+    }
+    if from_unsettled > 0 {
+        // Spend unsettled lots exactly as a payment would, so that lots keep covering the bucket.
+        state.debit_unsettled_only(fx, id, from_unsettled);
+    }
+    state.post(fx, id, Bucket::Frozen, amount);
+    state.end_entry(fx);
+    ok_order(order, OrderStatus::Held)
+}
+
+/// Releases `amount` (or all that remains) of a freeze.
+pub fn release(state: &mut ShardState, context: &Context, id: OrderId, amount: Option<Minor>, fx: &mut Effects) -> Reply {
+    let Some(order) = state.platform_order(context.platform, id) else {
+        return Reply::rejected(ResultCode::OrderNotFound);
+    };
+    let OrderDetail::Freeze { remaining, .. } = &order.detail else {
+        return Reply::rejected(ResultCode::OrderNotFound);
+    };
+    if order.status != OrderStatus::Held {
+        return Reply::rejected(ResultCode::OrderStateInvalid);
+    }
+    let amount = amount.unwrap_or(*remaining);
+    if let Err(code) = check_amount(amount) {
+        return Reply::rejected(code);
+    }
+    if amount > *remaining {
+        return Reply::rejected(ResultCode::ExceedsFrozenAmount);
+    }
+    // After this point the release must succeed.
+    release_unchecked(state, context, id, amount, fx);
+    ok_order(id, state.order(id).expect("exists").status)
+}
+
+/// Releases every freeze whose expiry is at or before now; replies with how many were released.
+pub fn expire(state: &mut ShardState, context: &Context, fx: &mut Effects) -> Reply {
+    let mut released = 0u64;
+    while let Some((&(at, id), _)) = state.expiring_freezes.first_key_value() {
+        if at > context.now {
+            break;
+        }
+        let OrderDetail::Freeze { remaining, .. } = &state.order(id).expect("listed freezes exist").detail else {
+            unreachable!("only freezes are listed");
+        };
+        let remaining = *remaining;
+        release_unchecked(state, context, id, remaining, fx);
+        released += 1;
+    }
+    Reply { code: ResultCode::Ok, id: released, status: None, replayed: false }
+}
+
+/// Moves `amount` from frozen back to the buckets it came from (the unsettled part first, as a
+/// lot of today: it matures no earlier than it would have).
+fn release_unchecked(state: &mut ShardState, context: &Context, id: OrderId, amount: Minor, fx: &mut Effects) {
+    let order = state.order_mut(id);
+    let (account, currency) = (order.account, order.currency);
+    let OrderDetail::Freeze { remaining, from_unsettled, expires_at, .. } = &mut order.detail else {
+        unreachable!("checked");
+    };
+    let to_unsettled = (*from_unsettled).min(amount);
+    *from_unsettled -= to_unsettled;
+    *remaining -= amount;
+    let done = *remaining == 0;
+    let expiry = *expires_at;
+    order.updated_at = context.now;
+    if done {
+        order.status = OrderStatus::Succeeded;
+        if let Some(at) = expiry {
+            state.expiring_freezes.remove(&(at, id));
+        }
+    }
+    state.begin_entry(fx, id, EntryKind::FreezeRelease, currency);
+    state.post(fx, account, Bucket::Frozen, -amount);
+    if to_unsettled > 0 {
+        state.credit_unsettled(fx, account, to_unsettled, context.day);
+    }
+    if amount > to_unsettled {
+        state.post(fx, account, Bucket::Settled, amount - to_unsettled);
+    }
+    state.end_entry(fx);
+}

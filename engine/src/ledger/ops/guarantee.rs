@@ -1,0 +1,138 @@
+//! Guarantee (escrow) payments: staged confirmation to receivers, and cancellation to the payer.
+
+use crate::ledger::ops::payment::credit_income;
+use crate::ledger::state::{check_amount, credit_refusal, ok_order, Context, Effects, ShardState};
+use crate::ledger::types::*;
+use crate::money::Minor;
+use crate::result::ResultCode;
+
+/// The guarantee order `id` as the caller may act on it, if it is still held.
+fn held_order(state: &ShardState, platform: u32, id: OrderId) -> Result<&Order, ResultCode> {
+    let order = state.platform_order(platform, id).ok_or(ResultCode::OrderNotFound)?;
+    if order.kind != OrderKind::Guarantee {
+        return Err(ResultCode::OrderNotFound);
+    }
+    if order.status != OrderStatus::Held {
+        return Err(ResultCode::OrderStateInvalid);
+    }
+    Ok(order)
+}
+
+fn held_legs(order: &Order) -> &[HeldLeg] {
+    match &order.detail {
+        OrderDetail::Payment { held, .. } => held,
+        _ => unreachable!("guarantee orders carry held legs"),
+    }
+}
+
+fn held_legs_mut(order: &mut Order) -> &mut Vec<HeldLeg> {
+    match &mut order.detail {
+        OrderDetail::Payment { held, .. } => held,
+        _ => unreachable!("guarantee orders carry held legs"),
+    }
+}
+
+fn remaining(leg: &HeldLeg) -> Minor {
+    leg.held - leg.released - leg.cancelled
+}
+
+/// Checks a list of releases against what each leg still holds.
+fn check_releases(order: &Order, releases: &[Leg]) -> Result<(), ResultCode> {
+    if releases.len() > LEGS_MAX {
+        return Err(ResultCode::TooManyLegs);
+    }
+    let legs = held_legs(order);
+    for (index, release) in releases.iter().enumerate() {
+        check_amount(release.amount)?;
+        if releases[..index].iter().any(|earlier| earlier.account == release.account) {
+            return Err(ResultCode::DuplicateLeg);
+        }
+        let leg = legs.iter().find(|l| l.account == release.account).ok_or(ResultCode::PayeeNotFound)?;
+        if release.amount > remaining(leg) {
+            return Err(ResultCode::ExceedsHeldAmount);
+        }
+    }
+    Ok(())
+}
+
+/// Releases escrow to receivers: the listed amounts, or everything still held when `releases` is empty.
+pub fn confirm(state: &mut ShardState, context: &Context, id: OrderId, releases: &[Leg], fx: &mut Effects) -> Reply {
+    let order = match held_order(state, context.platform, id) {
+        Ok(order) => order,
+        Err(code) => return Reply::rejected(code),
+    };
+    if let Err(code) = check_releases(order, releases) {
+        return Reply::rejected(code);
+    }
+    // After this point the confirmation must succeed.
+    let mut plan: Legs = if releases.is_empty() {
+        held_legs(order).iter().map(|l| Leg { account: l.account, amount: remaining(l) }).filter(|l| l.amount > 0).collect()
+    } else {
+        releases.iter().copied().collect()
+    };
+    plan.retain(|l| l.amount > 0);
+    let (payer, currency) = (order.account, order.currency);
+    let total: Minor = plan.iter().map(|l| l.amount).sum();
+    let escrow = state.system_account(SystemRole::Escrow, currency);
+    state.begin_entry(fx, id, EntryKind::GuaranteeRelease, currency);
+    state.post(fx, escrow, Bucket::Settled, -total);
+    for leg in &plan {
+        credit_income(state, fx, context.day, id, *leg, payer, currency);
+    }
+    state.end_entry(fx);
+    let order = state.order_mut(id);
+    for leg in &plan {
+        let held = held_legs_mut(order).iter_mut().find(|l| l.account == leg.account).expect("checked");
+        held.released += leg.amount;
+    }
+    finish_if_nothing_held(order, context.now);
+    ok_order(id, order.status)
+}
+
+/// Returns unreleased escrow to the payer's settled bucket: `amount`, or all that is held.
+pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Option<Minor>, fx: &mut Effects) -> Reply {
+    let order = match held_order(state, context.platform, id) {
+        Ok(order) => order,
+        Err(code) => return Reply::rejected(code),
+    };
+    let held_total: Minor = held_legs(order).iter().map(remaining).sum();
+    let amount = amount.unwrap_or(held_total);
+    if let Err(code) = check_amount(amount) {
+        return Reply::rejected(code);
+    }
+    if amount > held_total {
+        return Reply::rejected(ResultCode::ExceedsHeldAmount);
+    }
+    let (payer, currency) = (order.account, order.currency);
+    let payer_account = state.account(payer).expect("payer of a local order is local");
+    if let Some(code) = credit_refusal(payer_account, currency) {
+        return Reply::rejected(code);
+    }
+    // After this point the cancellation must succeed.
+    let escrow = state.system_account(SystemRole::Escrow, currency);
+    state.begin_entry(fx, id, EntryKind::GuaranteeCancel, currency);
+    state.post(fx, escrow, Bucket::Settled, -amount);
+    state.post(fx, payer, Bucket::Settled, amount);
+    state.end_entry(fx);
+    let order = state.order_mut(id);
+    let mut left = amount;
+    for leg in held_legs_mut(order).iter_mut() {
+        let take = remaining(leg).min(left);
+        leg.cancelled += take;
+        left -= take;
+    }
+    assert_eq!(left, 0, "cancel covered by held legs");
+    finish_if_nothing_held(order, context.now);
+    ok_order(id, order.status)
+}
+
+/// Moves a guarantee order out of `held` once nothing is held any more.
+fn finish_if_nothing_held(order: &mut Order, now: Timestamp) {
+    order.updated_at = now;
+    let legs = held_legs(order);
+    if legs.iter().map(remaining).sum::<Minor>() > 0 {
+        return;
+    }
+    let released: Minor = legs.iter().map(|l| l.released).sum();
+    order.status = if released > 0 { OrderStatus::Succeeded } else { OrderStatus::Cancelled };
+}

@@ -1,0 +1,53 @@
+//! The receiving side of cross-shard movements: credits from other shards' outboxes, exactly once.
+
+use crate::ledger::ops::refund::credit_refund;
+use crate::ledger::state::{credit_refusal, Context, Effects, Income, ShardState};
+use crate::ledger::types::*;
+use crate::result::ResultCode;
+
+/// Applies a credit sent by another shard; a sequence already applied is skipped (it is a resend).
+pub fn apply_credit(state: &mut ShardState, context: &Context, credit: &RemoteCredit, fx: &mut Effects) -> Reply {
+    let source = credit.source as usize;
+    assert_ne!(credit.source, state.shard, "a shard does not send credits to itself");
+    assert_eq!(credit.account.shard(state.shard_count), state.shard, "credit routed to the wrong shard");
+    let applied = state.inbound_applied[source];
+    if credit.sequence <= applied {
+        return Reply { code: ResultCode::Ok, id: 0, status: None, replayed: true };
+    }
+    assert_eq!(credit.sequence, applied + 1, "credits from shard {source} arrive in order without gaps");
+    state.inbound_applied[source] = credit.sequence;
+    let transit = state.system_account(SystemRole::InTransit, credit.currency);
+    state.begin_entry(fx, credit.order, EntryKind::RemoteCredit, credit.currency);
+    state.post(fx, transit, Bucket::Settled, -credit.amount);
+    let leg = Leg { account: credit.account, amount: credit.amount };
+    match credit.purpose {
+        CreditPurpose::RefundToPayer => credit_refund(state, fx, credit.order, leg, context.now),
+        CreditPurpose::PaymentIncome => {
+            let refused = match state.account(credit.account) {
+                Some(account) => account.kind != AccountKind::Customer || credit_refusal(account, credit.currency).is_some(),
+                None => true,
+            };
+            if refused {
+                let suspense = state.system_account(SystemRole::Suspense, credit.currency);
+                state.post(fx, suspense, Bucket::Settled, credit.amount);
+            } else {
+                state.credit_unsettled(fx, credit.account, credit.amount, context.day);
+                let key = (credit.order, credit.account);
+                let income = state.income.entry(key).or_insert(Income { payer: credit.counterparty, received: 0, refunded: 0 });
+                income.received += credit.amount;
+            }
+        }
+    }
+    state.end_entry(fx);
+    Reply { code: ResultCode::Ok, id: credit.order.0, status: None, replayed: false }
+}
+
+/// Drops credits the target shard has durably applied from the outbox towards it.
+pub fn acknowledge(state: &mut ShardState, target: ShardId, sequence: u64) -> Reply {
+    let outbox = &mut state.outboxes[target as usize];
+    while outbox.pending.front().is_some_and(|c| c.sequence <= sequence) {
+        outbox.pending.pop_front();
+    }
+    outbox.acknowledged = outbox.acknowledged.max(sequence);
+    Reply { code: ResultCode::Ok, id: 0, status: None, replayed: false }
+}

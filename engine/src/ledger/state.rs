@@ -1,0 +1,463 @@
+//! One shard's ledger state and the pure `apply`: no IO, no clock, no randomness.
+//!
+//! Every command is validated by a flat list of checks in precedence order and only then
+//! applied; a rejected command leaves the state exactly as it was.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::command::{content_hash, idempotency_key, Command, Envelope};
+use crate::ledger::ops;
+use crate::ledger::types::*;
+use crate::money::{CurrencyId, CurrencySpec, Minor};
+use crate::result::ResultCode;
+
+/// Deterministic fast hashing for lookup-only maps (iteration order never reaches the journal).
+pub type FastMap<K, V> = HashMap<K, V, xxhash_rust::xxh3::Xxh3Builder>;
+
+/// What the shard remembers of an order number it has accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub content: u64,
+    pub reply: Reply,
+}
+
+/// Income an account received from a payment, kept on the payee's shard so refunds can be checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Income {
+    pub payer: AccountId,
+    pub received: Minor,
+    pub refunded: Minor,
+}
+
+/// The outbox towards one other shard: credits not yet acknowledged, in sequence order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbox {
+    pub pending: VecDeque<RemoteCredit>,
+    pub next_sequence: u64,
+    pub acknowledged: u64,
+}
+
+/// Postings and entries produced by commands, appended into reusable buffers.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub postings: Vec<Posting>,
+    pub entries: Vec<EntryHeader>,
+    /// Accounts opened or changed status in this batch (the router's directory learns them).
+    pub directory: Vec<(AccountId, u32, CurrencyId, AccountStatus)>,
+    open_entry: Option<(usize, EntryHeader)>,
+}
+
+impl Effects {
+    /// Empties the buffers, keeping their capacity.
+    pub fn clear(&mut self) {
+        assert!(self.open_entry.is_none(), "an entry was left open");
+        self.postings.clear();
+        self.entries.clear();
+        self.directory.clear();
+    }
+}
+
+/// One shard's state: its accounts, open and past orders, idempotency records and outboxes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ShardState {
+    pub shard: ShardId,
+    pub shard_count: u16,
+    pub currencies: Vec<CurrencySpec>,
+    pub utc_offset_seconds: i32,
+    /// Accounts by local index.
+    pub accounts: Vec<Account>,
+    /// System account stripes: `[currency * ROLES + role]`.
+    pub system: Vec<AccountId>,
+    /// (platform, owner, currency) -> account, for "one account per member per currency".
+    pub owners: FastMap<(u32, u64, CurrencyId), AccountId>,
+    /// Orders by local index.
+    pub orders: Vec<Order>,
+    pub idempotency: FastMap<u128, IdempotencyRecord>,
+    /// Unsettled income lots per account: (business day, amount), oldest first.
+    pub lots: BTreeMap<AccountId, VecDeque<(u32, Minor)>>,
+    /// (payment, payee) -> income received, on the payee's shard.
+    pub income: FastMap<(OrderId, AccountId), Income>,
+    /// Outboxes by target shard.
+    pub outboxes: Vec<Outbox>,
+    /// Highest credit sequence applied from each source shard.
+    pub inbound_applied: Vec<u64>,
+    pub next_entry: u64,
+    /// Open freezes with an expiry (order ids), to release them without scanning every order.
+    pub expiring_freezes: BTreeMap<(Timestamp, OrderId), ()>,
+}
+
+impl ShardState {
+    /// True once genesis has run.
+    pub fn is_initialized(&self) -> bool {
+        self.shard_count > 0
+    }
+
+    /// Applies one command at time `now`, appending its postings to `fx`. Pure and deterministic.
+    pub fn apply(&mut self, envelope: &Envelope, now: Timestamp, fx: &mut Effects) -> Reply {
+        let command = &envelope.command;
+        if let Command::Genesis { shard, shard_count, currencies, utc_offset_seconds } = command {
+            return self.genesis(*shard, *shard_count, currencies, *utc_offset_seconds);
+        }
+        assert!(self.is_initialized(), "commands before genesis");
+        let key = envelope
+            .out_order_no
+            .as_ref()
+            .map(|no| idempotency_key(envelope.platform, command.kind_code(), no));
+        let mut content = 0;
+        if let Some(key) = key {
+            content = content_hash(command);
+            if let Some(record) = self.idempotency.get(&key) {
+                if record.content != content {
+                    return Reply::rejected(ResultCode::IdempotencyConflict);
+                }
+                return Reply { replayed: true, ..record.reply };
+            }
+        }
+        let context = Context { platform: envelope.platform, now, day: self.business_day(now) };
+        let postings_before = fx.postings.len();
+        let reply = match command {
+            Command::Genesis { .. } => unreachable!("handled above"),
+            Command::OpenAccount { owner, currency, limits } => {
+                ops::account::open(self, &context, *owner, *currency, *limits, fx)
+            }
+            Command::SetAccountStatus { account, status } => {
+                ops::account::set_status(self, &context, *account, *status, fx)
+            }
+            Command::CloseAccount { account } => ops::account::close(self, &context, *account, fx),
+            Command::Recharge { account, currency, amount, channel } => {
+                ops::recharge::apply(self, &context, *account, *currency, *amount, *channel, fx)
+            }
+            Command::Payment { payer, guarantee, currency, amount, payees, splits } => {
+                let request = ops::payment::PaymentRequest {
+                    payer: *payer,
+                    guarantee: *guarantee,
+                    currency: *currency,
+                    amount: *amount,
+                    payees,
+                    splits,
+                };
+                ops::payment::apply(self, &context, &request, fx)
+            }
+            Command::Confirm { order, releases } => ops::guarantee::confirm(self, &context, *order, releases, fx),
+            Command::Cancel { order, amount } => ops::guarantee::cancel(self, &context, *order, *amount, fx),
+            Command::Refund { payment, payee, amount } => {
+                ops::refund::apply(self, &context, *payment, *payee, *amount, fx)
+            }
+            Command::Freeze { account, currency, amount, reason, expires_at } => {
+                ops::freeze::freeze(self, &context, *account, *currency, *amount, reason, *expires_at, fx)
+            }
+            Command::ReleaseFreeze { order, amount } => ops::freeze::release(self, &context, *order, *amount, fx),
+            Command::ExpireFreezes => ops::freeze::expire(self, &context, fx),
+            Command::Withdraw { account, currency, amount, fee, channel } => {
+                ops::withdrawal::reserve(self, &context, *account, *currency, *amount, *fee, *channel, fx)
+            }
+            Command::CompleteWithdrawal { order, succeeded } => {
+                ops::withdrawal::complete(self, &context, *order, *succeeded, fx)
+            }
+            Command::Mature { through_day } => ops::settle::mature(self, &context, *through_day, fx),
+            Command::ApplyCredit(credit) => ops::transfer::apply_credit(self, &context, credit, fx),
+            Command::Acknowledge { target, sequence } => ops::transfer::acknowledge(self, *target, *sequence),
+        };
+        if !reply.is_ok() {
+            assert_eq!(fx.postings.len(), postings_before, "a rejected command posted");
+        }
+        if let (Some(key), true) = (key, reply.is_ok()) {
+            self.idempotency.insert(key, IdempotencyRecord { content, reply });
+        }
+        reply
+    }
+
+    fn genesis(&mut self, shard: ShardId, shard_count: u16, currencies: &[CurrencySpec], offset: i32) -> Reply {
+        assert!(!self.is_initialized(), "genesis twice");
+        assert!(shard_count > 0 && shard < shard_count, "shard {shard} of {shard_count}");
+        assert!(!currencies.is_empty() && currencies.len() <= 255, "genesis needs 1..=255 currencies");
+        self.shard = shard;
+        self.shard_count = shard_count;
+        self.currencies = currencies.to_vec();
+        self.utc_offset_seconds = offset;
+        self.outboxes = vec![Outbox::default(); shard_count as usize];
+        self.inbound_applied = vec![0; shard_count as usize];
+        for currency_index in 0..currencies.len() {
+            for role in SystemRole::ALL {
+                let id = self.push_account(0, 0, CurrencyId(currency_index as u8), AccountKind::System(role), Limits::NONE);
+                self.system.push(id);
+            }
+        }
+        Reply { code: ResultCode::Ok, id: 0, status: None, replayed: false }
+    }
+
+    /// The business day (days since the epoch in the configured time zone) of `now`.
+    pub fn business_day(&self, now: Timestamp) -> u32 {
+        let seconds = (now / 1_000_000) as i64 + self.utc_offset_seconds as i64;
+        seconds.div_euclid(86_400) as u32
+    }
+
+    pub(crate) fn push_account(
+        &mut self,
+        platform: u32,
+        owner: u64,
+        currency: CurrencyId,
+        kind: AccountKind,
+        limits: Limits,
+    ) -> AccountId {
+        let id = AccountId::compose(self.shard, self.accounts.len() as u64, self.shard_count);
+        self.accounts.push(Account {
+            id,
+            platform,
+            owner,
+            currency,
+            kind,
+            status: AccountStatus::Normal,
+            settled: 0,
+            unsettled: 0,
+            frozen: 0,
+            limits,
+            usage_day: 0,
+            paid_today: 0,
+            withdrawn_today: 0,
+        });
+        id
+    }
+
+    /// The account with `id` if this shard owns it.
+    pub fn account(&self, id: AccountId) -> Option<&Account> {
+        if self.shard_count == 0 || id.shard(self.shard_count) != self.shard {
+            return None;
+        }
+        self.accounts.get(id.local_index(self.shard_count) as usize)
+    }
+
+    pub(crate) fn account_mut(&mut self, id: AccountId) -> &mut Account {
+        let index = id.local_index(self.shard_count) as usize;
+        &mut self.accounts[index]
+    }
+
+    /// The customer account `id` as `platform` may see it (platform 0 sees all).
+    pub fn customer_account(&self, platform: u32, id: AccountId) -> Option<&Account> {
+        self.account(id).filter(|a| a.kind == AccountKind::Customer && (platform == 0 || a.platform == platform))
+    }
+
+    /// This shard's stripe of a system account.
+    pub fn system_account(&self, role: SystemRole, currency: CurrencyId) -> AccountId {
+        self.system[currency.0 as usize * SystemRole::ALL.len() + role.index()]
+    }
+
+    /// The order with `id` if this shard owns it.
+    pub fn order(&self, id: OrderId) -> Option<&Order> {
+        if self.shard_count == 0 || id.shard(self.shard_count) != self.shard {
+            return None;
+        }
+        self.orders.get(id.local_index(self.shard_count) as usize)
+    }
+
+    /// The order `id` as `platform` may see it.
+    pub fn platform_order(&self, platform: u32, id: OrderId) -> Option<&Order> {
+        self.order(id).filter(|o| platform == 0 || o.platform == platform)
+    }
+
+    pub(crate) fn order_mut(&mut self, id: OrderId) -> &mut Order {
+        let index = id.local_index(self.shard_count) as usize;
+        &mut self.orders[index]
+    }
+
+    pub(crate) fn next_order_id(&self) -> OrderId {
+        OrderId::compose(self.shard, self.orders.len() as u64, self.shard_count)
+    }
+
+    pub(crate) fn push_order(&mut self, order: Order) -> OrderId {
+        let id = self.next_order_id();
+        assert_eq!(order.id, id, "orders are pushed in id order");
+        self.orders.push(order);
+        id
+    }
+
+    /// Opens a journal entry; postings until `end_entry` belong to it.
+    pub(crate) fn begin_entry(&mut self, fx: &mut Effects, order: OrderId, kind: EntryKind, currency: CurrencyId) {
+        assert!(fx.open_entry.is_none(), "entries do not nest");
+        let entry_id = self.next_entry * self.shard_count as u64 + self.shard as u64;
+        self.next_entry += 1;
+        let header = EntryHeader { entry_id, order, kind, currency, posting_count: 0 };
+        fx.open_entry = Some((fx.postings.len(), header));
+    }
+
+    /// Closes the open entry, asserting that its debits equal its credits.
+    pub(crate) fn end_entry(&mut self, fx: &mut Effects) {
+        let (start, mut header) = fx.open_entry.take().expect("an entry is open");
+        let lines = &fx.postings[start..];
+        let sum: i128 = lines.iter().map(|p| p.amount as i128).sum();
+        assert_eq!(sum, 0, "entry {} is unbalanced: {lines:?}", header.entry_id);
+        assert!(!lines.is_empty(), "empty entry");
+        header.posting_count = lines.len() as u32;
+        fx.entries.push(header);
+    }
+
+    /// Posts `amount` (credit positive) to one bucket of an account on this shard.
+    pub(crate) fn post(&mut self, fx: &mut Effects, account: AccountId, bucket: Bucket, amount: Minor) {
+        assert!(fx.open_entry.is_some(), "posting outside an entry");
+        assert_ne!(amount, 0, "zero posting");
+        let a = self.account_mut(account);
+        let slot = match bucket {
+            Bucket::Settled => &mut a.settled,
+            Bucket::Unsettled => &mut a.unsettled,
+            Bucket::Frozen => &mut a.frozen,
+        };
+        *slot = slot.checked_add(amount).expect("balance overflow is prevented by amount limits");
+        if a.kind == AccountKind::Customer {
+            assert!(*slot >= 0, "customer bucket {bucket:?} of {account:?} went negative");
+        }
+        fx.postings.push(Posting { account, bucket, amount });
+    }
+
+    /// Credits income to an account's unsettled bucket, as a lot of business day `day`.
+    pub(crate) fn credit_unsettled(&mut self, fx: &mut Effects, account: AccountId, amount: Minor, day: u32) {
+        self.post(fx, account, Bucket::Unsettled, amount);
+        let lots = self.lots.entry(account).or_default();
+        match lots.back_mut() {
+            Some((lot_day, lot_amount)) if *lot_day == day => *lot_amount += amount,
+            _ => lots.push_back((day, amount)),
+        }
+    }
+
+    /// Takes `amount` out of unsettled lots, oldest first (the unsettled bucket is posted by the caller).
+    fn consume_lots(&mut self, account: AccountId, mut amount: Minor) {
+        let lots = self.lots.get_mut(&account).expect("unsettled funds have lots");
+        while amount > 0 {
+            let front = lots.front_mut().expect("lots cover the unsettled bucket");
+            let take = front.1.min(amount);
+            front.1 -= take;
+            amount -= take;
+            if front.1 == 0 {
+                lots.pop_front();
+            }
+        }
+        if lots.is_empty() {
+            self.lots.remove(&account);
+        }
+    }
+
+    /// Debits `amount` from the unsettled bucket, consuming its lots oldest first.
+    pub(crate) fn debit_unsettled_only(&mut self, fx: &mut Effects, account: AccountId, amount: Minor) {
+        self.post(fx, account, Bucket::Unsettled, -amount);
+        self.consume_lots(account, amount);
+    }
+
+    /// Debits `amount` of available funds, unsettled first; returns the part taken from unsettled.
+    pub(crate) fn debit_available(&mut self, fx: &mut Effects, account: AccountId, amount: Minor) -> Minor {
+        let unsettled = self.account_mut(account).unsettled;
+        let from_unsettled = unsettled.min(amount);
+        let from_settled = amount - from_unsettled;
+        if from_unsettled > 0 {
+            self.debit_unsettled_only(fx, account, from_unsettled);
+        }
+        if from_settled > 0 {
+            self.post(fx, account, Bucket::Settled, -from_settled);
+        }
+        from_unsettled
+    }
+
+    /// Sends a credit to `account` on another shard: this shard's in-transit stripe is credited
+    /// now (inside the caller's open entry), the remote shard debits its stripe when it applies it.
+    pub(crate) fn send_credit(&mut self, fx: &mut Effects, order: OrderId, leg: Leg, counterparty: AccountId, purpose: CreditPurpose, currency: CurrencyId) {
+        let target = leg.account.shard(self.shard_count);
+        assert_ne!(target, self.shard, "local credits do not travel");
+        let transit = self.system_account(SystemRole::InTransit, currency);
+        self.post(fx, transit, Bucket::Settled, leg.amount);
+        let outbox = &mut self.outboxes[target as usize];
+        outbox.next_sequence += 1;
+        outbox.pending.push_back(RemoteCredit {
+            source: self.shard,
+            sequence: outbox.next_sequence,
+            order,
+            account: leg.account,
+            counterparty,
+            currency,
+            bucket: match purpose {
+                CreditPurpose::PaymentIncome => Bucket::Unsettled,
+                CreditPurpose::RefundToPayer => Bucket::Settled,
+            },
+            amount: leg.amount,
+            purpose,
+        });
+    }
+
+    /// Resets an account's daily counters when the business day has changed.
+    pub(crate) fn roll_day(&mut self, account: AccountId, day: u32) {
+        let a = self.account_mut(account);
+        if a.usage_day != day {
+            a.usage_day = day;
+            a.paid_today = 0;
+            a.withdrawn_today = 0;
+        }
+    }
+
+    /// Credits not yet acknowledged by their target shards.
+    pub fn outbox_pending(&self) -> usize {
+        self.outboxes.iter().map(|o| o.pending.len()).sum()
+    }
+
+    /// A digest of the whole state in a canonical order (equal states have equal digests).
+    pub fn digest(&self) -> u64 {
+        let mut canonical = self.clone();
+        let mut idempotency: Vec<_> = canonical.idempotency.drain().collect();
+        idempotency.sort_by_key(|(k, _)| *k);
+        let mut owners: Vec<_> = canonical.owners.drain().collect();
+        owners.sort_by_key(|(k, _)| *k);
+        let mut income: Vec<_> = canonical.income.drain().collect();
+        income.sort_by_key(|(k, _)| *k);
+        let bytes = bincode::serialize(&(&canonical, idempotency, owners, income)).expect("state serializes");
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+}
+
+/// What every operation is told about the request besides its arguments.
+pub struct Context {
+    pub platform: u32,
+    pub now: Timestamp,
+    pub day: u32,
+}
+
+/// Shared checks of an amount: positive and not above `AMOUNT_MINOR_MAX`.
+pub(crate) fn check_amount(amount: Minor) -> Result<(), ResultCode> {
+    if amount <= 0 {
+        return Err(ResultCode::InvalidAmount);
+    }
+    if amount > crate::money::AMOUNT_MINOR_MAX {
+        return Err(ResultCode::AmountTooLarge);
+    }
+    Ok(())
+}
+
+/// Shared checks of an account that is to be debited by `platform` in `currency`.
+pub(crate) fn check_debit_account(state: &ShardState, platform: u32, id: AccountId, currency: CurrencyId) -> Result<(), ResultCode> {
+    if currency.0 as usize >= state.currencies.len() {
+        return Err(ResultCode::CurrencyUnknown);
+    }
+    let account = state.customer_account(platform, id).ok_or(ResultCode::AccountNotFound)?;
+    if account.currency != currency {
+        return Err(ResultCode::CurrencyMismatch);
+    }
+    match account.status {
+        AccountStatus::Closed => Err(ResultCode::AccountClosed),
+        AccountStatus::DebitBlocked => Err(ResultCode::AccountFrozen),
+        AccountStatus::Normal | AccountStatus::CreditBlocked => Ok(()),
+    }
+}
+
+/// Whether a local account can take a credit; `None` if it can, else why not.
+pub(crate) fn credit_refusal(account: &Account, currency: CurrencyId) -> Option<ResultCode> {
+    if account.currency != currency {
+        return Some(ResultCode::CurrencyMismatch);
+    }
+    match account.status {
+        AccountStatus::Closed => Some(ResultCode::AccountClosed),
+        AccountStatus::CreditBlocked => Some(ResultCode::AccountCreditBlocked),
+        AccountStatus::Normal | AccountStatus::DebitBlocked => None,
+    }
+}
+
+/// The reply of a command that created or touched an order.
+pub(crate) fn ok_order(id: OrderId, status: OrderStatus) -> Reply {
+    Reply { code: ResultCode::Ok, id: id.0, status: Some(status), replayed: false }
+}

@@ -1,0 +1,370 @@
+//! The ledger's data: ids, accounts, orders, journal lines and the messages between shards.
+
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+use crate::money::{CurrencyId, Minor};
+use crate::result::ResultCode;
+
+/// Microseconds since the Unix epoch, injected by the shard loop (never read inside the core).
+pub type Timestamp = u64;
+
+/// A shard number, `0..shard_count`.
+pub type ShardId = u16;
+
+/// The most payees plus splits one payment may carry.
+pub const LEGS_MAX: usize = 32;
+
+/// The longest freeze reason, in bytes.
+pub const REASON_BYTES_MAX: usize = 256;
+
+/// Ids that name their owning shard: `id = local_index * shard_count + shard`.
+macro_rules! sharded_id {
+    ($name:ident, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(pub u64);
+
+        impl $name {
+            /// Builds the id of the `local_index`-th object of `shard`.
+            pub fn compose(shard: ShardId, local_index: u64, shard_count: u16) -> $name {
+                $name(local_index * shard_count as u64 + shard as u64)
+            }
+            /// The shard that owns this id.
+            pub fn shard(self, shard_count: u16) -> ShardId {
+                (self.0 % shard_count as u64) as ShardId
+            }
+            /// The index of this object within its shard.
+            pub fn local_index(self, shard_count: u16) -> u64 {
+                self.0 / shard_count as u64
+            }
+        }
+    };
+}
+
+sharded_id!(AccountId, "An account; the shard that owns it is encoded in the id.");
+sharded_id!(OrderId, "An order; it lives on the shard that owns the funds it debited.");
+
+/// The three balance buckets of an account (DESIGN.md, money model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Bucket {
+    /// Available and withdrawable.
+    Settled,
+    /// Income not yet past its settlement cycle: spendable, not withdrawable.
+    Unsettled,
+    /// Held by freeze orders.
+    Frozen,
+}
+
+/// Whether an account may be debited and credited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AccountStatus {
+    Normal,
+    DebitBlocked,
+    CreditBlocked,
+    Closed,
+}
+
+impl AccountStatus {
+    /// Stable lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            AccountStatus::Normal => "normal",
+            AccountStatus::DebitBlocked => "debit_blocked",
+            AccountStatus::CreditBlocked => "credit_blocked",
+            AccountStatus::Closed => "closed",
+        }
+    }
+}
+
+/// The internal accounts every shard keeps one stripe of, per currency (DESIGN.md invariant 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SystemRole {
+    /// Reserve at the bank (备付金): money that came in through channels. Debit-normal.
+    Reserve,
+    /// Cross-shard clearing: credits on their way to another shard.
+    InTransit,
+    /// Guarantee (escrow) payments held for payees.
+    Escrow,
+    /// Withdrawals sent to a channel and not yet confirmed.
+    PayoutPending,
+    /// Fees charged to customers.
+    FeeIncome,
+    /// Credits that could not land (closed account, unknown payee): for an operator.
+    Suspense,
+}
+
+impl SystemRole {
+    /// Every role, in the order genesis opens them.
+    pub const ALL: [SystemRole; 6] = [
+        SystemRole::Reserve,
+        SystemRole::InTransit,
+        SystemRole::Escrow,
+        SystemRole::PayoutPending,
+        SystemRole::FeeIncome,
+        SystemRole::Suspense,
+    ];
+
+    /// Stable name, also the key in the chart of accounts configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            SystemRole::Reserve => "reserve",
+            SystemRole::InTransit => "in_transit",
+            SystemRole::Escrow => "escrow",
+            SystemRole::PayoutPending => "payout_pending",
+            SystemRole::FeeIncome => "fee_income",
+            SystemRole::Suspense => "suspense",
+        }
+    }
+
+    /// Position in `ALL`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Per-order and daily caps in minor units; `Minor::MAX` means no cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Limits {
+    pub payment_per_order_max: Minor,
+    pub payment_daily_max: Minor,
+    pub withdrawal_per_order_max: Minor,
+    pub withdrawal_daily_max: Minor,
+}
+
+impl Limits {
+    /// No caps at all.
+    pub const NONE: Limits = Limits {
+        payment_per_order_max: Minor::MAX,
+        payment_daily_max: Minor::MAX,
+        withdrawal_per_order_max: Minor::MAX,
+        withdrawal_daily_max: Minor::MAX,
+    };
+}
+
+/// What an account is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AccountKind {
+    /// A platform's member or merchant, or the platform itself.
+    Customer,
+    /// One stripe of an internal account.
+    System(SystemRole),
+}
+
+/// One account's state. Balances are signed "credits minus debits": customer buckets never go
+/// below zero; system accounts may (the reserve is debit-normal).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: AccountId,
+    pub platform: u32,
+    pub owner: u64,
+    pub currency: CurrencyId,
+    pub kind: AccountKind,
+    pub status: AccountStatus,
+    pub settled: Minor,
+    pub unsettled: Minor,
+    pub frozen: Minor,
+    pub limits: Limits,
+    /// The business day the two counters below belong to.
+    pub usage_day: u32,
+    pub paid_today: Minor,
+    pub withdrawn_today: Minor,
+}
+
+impl Account {
+    /// Spendable by payments: settled plus unsettled.
+    pub fn available(&self) -> Minor {
+        self.settled + self.unsettled
+    }
+
+    /// The balance of one bucket.
+    pub fn bucket(&self, bucket: Bucket) -> Minor {
+        match bucket {
+            Bucket::Settled => self.settled,
+            Bucket::Unsettled => self.unsettled,
+            Bucket::Frozen => self.frozen,
+        }
+    }
+
+    /// The sum of all buckets.
+    pub fn total(&self) -> Minor {
+        self.settled + self.unsettled + self.frozen
+    }
+}
+
+/// One journal line: `amount` is positive for a credit and negative for a debit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    pub account: AccountId,
+    pub bucket: Bucket,
+    pub amount: Minor,
+}
+
+/// What a journal entry records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryKind {
+    Recharge,
+    Payment,
+    GuaranteeHold,
+    GuaranteeRelease,
+    GuaranteeCancel,
+    Refund,
+    Freeze,
+    FreezeRelease,
+    WithdrawalReserve,
+    WithdrawalSuccess,
+    WithdrawalFailure,
+    Mature,
+    RemoteCredit,
+}
+
+/// The order id of entries that belong to no order (settlement maturing).
+pub const NO_ORDER: OrderId = OrderId(u64::MAX);
+
+/// A balanced group of consecutive postings in a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryHeader {
+    pub entry_id: u64,
+    pub order: OrderId,
+    pub kind: EntryKind,
+    pub currency: CurrencyId,
+    pub posting_count: u32,
+}
+
+/// The kinds of orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OrderKind {
+    Recharge,
+    Payment,
+    Guarantee,
+    Refund,
+    Freeze,
+    Withdrawal,
+}
+
+/// Order status values of API.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OrderStatus {
+    Pending,
+    Processing,
+    Held,
+    Succeeded,
+    Failed,
+    Cancelled,
+    PartiallyRefunded,
+    Refunded,
+}
+
+impl OrderStatus {
+    /// Stable lower-case name of API.md.
+    pub fn name(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Processing => "processing",
+            OrderStatus::Held => "held",
+            OrderStatus::Succeeded => "succeeded",
+            OrderStatus::Failed => "failed",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::PartiallyRefunded => "partially_refunded",
+            OrderStatus::Refunded => "refunded",
+        }
+    }
+}
+
+/// A payee or split receiver and its amount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Leg {
+    pub account: AccountId,
+    pub amount: Minor,
+}
+
+/// The legs of a payment, inline for the common case of one or two.
+pub type Legs = SmallVec<[Leg; 2]>;
+
+/// A leg of a guarantee payment: what was held for a receiver and what has been released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLeg {
+    pub account: AccountId,
+    pub held: Minor,
+    pub released: Minor,
+    pub cancelled: Minor,
+}
+
+/// Kind-specific order state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderDetail {
+    None,
+    /// Recharge: the channel the money came in through.
+    Recharge { channel: u16 },
+    /// Payments (balance or guarantee): what has been refunded to the payer so far.
+    Payment { refunded: Minor, held: Vec<HeldLeg> },
+    /// Refund of a payment: which payment and payee.
+    Refund { payment: OrderId, payee: AccountId },
+    /// Freeze: what is still frozen and from which buckets it came.
+    Freeze { remaining: Minor, from_unsettled: Minor, expires_at: Option<Timestamp>, reason: String },
+    /// Withdrawal: the fee charged on top and the channel it went to.
+    Withdrawal { fee: Minor, channel: u16 },
+}
+
+/// An order as the owning shard keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: OrderId,
+    pub kind: OrderKind,
+    pub status: OrderStatus,
+    pub platform: u32,
+    pub account: AccountId,
+    pub currency: CurrencyId,
+    pub amount: Minor,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub detail: OrderDetail,
+}
+
+/// Why a cross-shard credit is sent; decides how the receiving shard records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CreditPurpose {
+    /// A payee or split receiver of a payment (balance, or a guarantee release): refundable later.
+    PaymentIncome,
+    /// A refund returning to the payer, whose shard holds the payment order.
+    RefundToPayer,
+}
+
+/// A credit on its way from the debiting shard to the account's shard through the durable outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RemoteCredit {
+    pub source: ShardId,
+    /// Sequence per (source, target) pair, starting at 1 and without gaps.
+    pub sequence: u64,
+    pub order: OrderId,
+    pub account: AccountId,
+    /// The other side of the movement (the payer for income, the payee for refunds).
+    pub counterparty: AccountId,
+    pub currency: CurrencyId,
+    pub bucket: Bucket,
+    pub amount: Minor,
+    pub purpose: CreditPurpose,
+}
+
+/// The successful or rejected outcome of one command, as stored for idempotent replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub code: ResultCode,
+    /// The order (or for account opening, the account) the command created or touched; 0 if none.
+    pub id: u64,
+    pub status: Option<OrderStatus>,
+    /// True when this is the stored result of an earlier request with the same order number.
+    pub replayed: bool,
+}
+
+impl Reply {
+    /// A rejection with `code`.
+    pub fn rejected(code: ResultCode) -> Reply {
+        Reply { code, id: 0, status: None, replayed: false }
+    }
+
+    /// Whether the command took effect.
+    pub fn is_ok(&self) -> bool {
+        self.code == ResultCode::Ok
+    }
+}

@@ -1,0 +1,43 @@
+//! The clearing engine: a pure double-entry ledger core, sharded actors with group commit, and a
+//! router. See ARCHITECTURE.md for the map and the invariants.
+
+pub mod chart;
+pub mod directory;
+pub mod engine;
+pub mod invariants;
+pub mod journal;
+pub mod ledger;
+pub mod money;
+pub mod result;
+pub mod shard;
+
+pub use engine::{Engine, EngineConfig};
+
+/// Failures that are not business outcomes: storage, a stopped shard, bad configuration.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("storage failed: {0}")]
+    Storage(String),
+    #[error("shard {0} has stopped")]
+    ShardStopped(u16),
+    #[error("journal: {0}")]
+    Journal(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("not a command clients may send")]
+    NotAClientCommand,
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+impl From<storage::StorageError> for EngineError {
+    fn from(error: storage::StorageError) -> EngineError {
+        EngineError::Storage(error.to_string())
+    }
+}
+
+impl From<journal::JournalError> for EngineError {
+    fn from(error: journal::JournalError) -> EngineError {
+        EngineError::Journal(error.to_string())
+    }
+}

@@ -1,0 +1,124 @@
+//! Stable, numbered business result codes. Numbers are never reused; new codes go at the end.
+
+use serde::{Deserialize, Serialize};
+
+/// The outcome of one command. `Ok` is the only success; every other code means nothing changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u16)]
+pub enum ResultCode {
+    Ok = 0,
+    IdempotencyConflict = 1,
+    InvalidAmount = 2,
+    AmountTooLarge = 3,
+    CurrencyUnknown = 4,
+    AccountNotFound = 5,
+    PayeeNotFound = 6,
+    CurrencyMismatch = 7,
+    LegsUnbalanced = 8,
+    TooManyLegs = 9,
+    AccountClosed = 10,
+    AccountFrozen = 11,
+    InsufficientFunds = 12,
+    ExceedsPerOrderLimit = 13,
+    ExceedsDailyLimit = 14,
+    OrderNotFound = 15,
+    OrderStateInvalid = 16,
+    ExceedsHeldAmount = 17,
+    ExceedsRefundableAmount = 18,
+    ExceedsFrozenAmount = 19,
+    AccountNotEmpty = 20,
+    AccountExists = 21,
+    PayeeIsPayer = 22,
+    DuplicateLeg = 23,
+    InvalidFee = 24,
+    AccountCreditBlocked = 25,
+    ReasonTooLong = 26,
+    InvalidExpiry = 27,
+}
+
+impl ResultCode {
+    /// Every code, in number order (for documentation and tests).
+    pub const ALL: [ResultCode; 28] = [
+        ResultCode::Ok,
+        ResultCode::IdempotencyConflict,
+        ResultCode::InvalidAmount,
+        ResultCode::AmountTooLarge,
+        ResultCode::CurrencyUnknown,
+        ResultCode::AccountNotFound,
+        ResultCode::PayeeNotFound,
+        ResultCode::CurrencyMismatch,
+        ResultCode::LegsUnbalanced,
+        ResultCode::TooManyLegs,
+        ResultCode::AccountClosed,
+        ResultCode::AccountFrozen,
+        ResultCode::InsufficientFunds,
+        ResultCode::ExceedsPerOrderLimit,
+        ResultCode::ExceedsDailyLimit,
+        ResultCode::OrderNotFound,
+        ResultCode::OrderStateInvalid,
+        ResultCode::ExceedsHeldAmount,
+        ResultCode::ExceedsRefundableAmount,
+        ResultCode::ExceedsFrozenAmount,
+        ResultCode::AccountNotEmpty,
+        ResultCode::AccountExists,
+        ResultCode::PayeeIsPayer,
+        ResultCode::DuplicateLeg,
+        ResultCode::InvalidFee,
+        ResultCode::AccountCreditBlocked,
+        ResultCode::ReasonTooLong,
+        ResultCode::InvalidExpiry,
+    ];
+
+    /// The stable snake_case name used at the API edge.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResultCode::Ok => "ok",
+            ResultCode::IdempotencyConflict => "idempotency_conflict",
+            ResultCode::InvalidAmount => "invalid_amount",
+            ResultCode::AmountTooLarge => "amount_too_large",
+            ResultCode::CurrencyUnknown => "currency_unknown",
+            ResultCode::AccountNotFound => "account_not_found",
+            ResultCode::PayeeNotFound => "payee_not_found",
+            ResultCode::CurrencyMismatch => "currency_mismatch",
+            ResultCode::LegsUnbalanced => "legs_unbalanced",
+            ResultCode::TooManyLegs => "too_many_legs",
+            ResultCode::AccountClosed => "account_closed",
+            ResultCode::AccountFrozen => "account_frozen",
+            ResultCode::InsufficientFunds => "insufficient_funds",
+            ResultCode::ExceedsPerOrderLimit => "exceeds_per_order_limit",
+            ResultCode::ExceedsDailyLimit => "exceeds_daily_limit",
+            ResultCode::OrderNotFound => "order_not_found",
+            ResultCode::OrderStateInvalid => "order_state_invalid",
+            ResultCode::ExceedsHeldAmount => "exceeds_held_amount",
+            ResultCode::ExceedsRefundableAmount => "exceeds_refundable_amount",
+            ResultCode::ExceedsFrozenAmount => "exceeds_frozen_amount",
+            ResultCode::AccountNotEmpty => "account_not_empty",
+            ResultCode::AccountExists => "account_exists",
+            ResultCode::PayeeIsPayer => "payee_is_payer",
+            ResultCode::DuplicateLeg => "duplicate_leg",
+            ResultCode::InvalidFee => "invalid_fee",
+            ResultCode::AccountCreditBlocked => "account_credit_blocked",
+            ResultCode::ReasonTooLong => "reason_too_long",
+            ResultCode::InvalidExpiry => "invalid_expiry",
+        }
+    }
+
+    /// The stable number of this code.
+    pub fn number(self) -> u16 {
+        self as u16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_dense_and_names_unique() {
+        let mut names = std::collections::HashSet::new();
+        for (index, code) in ResultCode::ALL.iter().enumerate() {
+            assert_eq!(code.number() as usize, index, "{code:?} is out of order");
+            assert!(names.insert(code.name()), "{} named twice", code.name());
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The engine with its shard threads, on the in-memory store and on RocksDB: routing, group
+//! commit, cross-shard credits, restart and replay, idempotency across shards, failures, limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::invariants::{check_engine, check_store};
+use engine::ledger::command::{Command, Envelope, OutOrderNo};
+use engine::ledger::types::*;
+use engine::money::CurrencyId;
+use engine::result::ResultCode;
+use engine::{Engine, EngineConfig, EngineError};
+use storage::{MemoryStore, RocksStore, Store};
+
+const CNY: CurrencyId = CurrencyId(0);
+const P: u32 = 3;
+
+fn config(shards: u16) -> EngineConfig {
+    EngineConfig { shard_count: shards, ack_flush_ms: 1, ..EngineConfig::default() }
+}
+
+fn keyed(key: &str, command: Command) -> Envelope {
+    Envelope { platform: P, out_order_no: Some(OutOrderNo::new(key).unwrap()), command }
+}
+
+fn plain(command: Command) -> Envelope {
+    Envelope { platform: P, out_order_no: None, command }
+}
+
+fn open_funded(engine: &Engine, owners: std::ops::Range<u64>, amount: i64) -> Vec<AccountId> {
+    let opens = owners.map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
+    let accounts: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).collect();
+    let funds = accounts.iter().map(|a| plain(Command::Recharge { account: *a, currency: CNY, amount, channel: 1 })).collect();
+    assert!(engine.execute(funds).unwrap().iter().all(|r| r.is_ok()));
+    accounts
+}
+
+fn pay(payer: AccountId, payee: AccountId, amount: i64) -> Command {
+    Command::Payment { payer, guarantee: false, currency: CNY, amount, payees: [Leg { account: payee, amount }].into_iter().collect(), splits: Legs::new() }
+}
+
+fn balance(engine: &Engine, account: AccountId) -> (i64, i64, i64) {
+    let shard = account.shard(engine.config().shard_count);
+    engine.read_shard(shard, move |s| {
+        let a = s.account(account).unwrap();
+        (a.settled, a.unsettled, a.frozen)
+    })
+    .unwrap()
+}
+
+fn digests(engine: &Engine) -> Vec<u64> {
+    (0..engine.config().shard_count).map(|s| engine.read_shard(s, |state| state.digest()).unwrap()).collect()
+}
+
+#[test]
+fn cross_shard_payments_balance_and_survive_restart() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(3), store.clone()).unwrap();
+    let accounts = open_funded(&engine, 0..12, 10_000);
+    let shards: std::collections::HashSet<u16> = accounts.iter().map(|a| a.shard(3)).collect();
+    assert_eq!(shards.len(), 3, "accounts spread over every shard");
+    let mut payments = Vec::new();
+    for i in 0..200u64 {
+        let payer = accounts[(i % 12) as usize];
+        let payee = accounts[((i * 7 + 5) % 12) as usize];
+        if payer != payee {
+            payments.push(keyed(&format!("p{i}"), pay(payer, payee, 10)));
+        }
+    }
+    let count = payments.len() as i64;
+    let replies = engine.execute(payments).unwrap();
+    assert!(replies.iter().all(|r| r.is_ok()));
+    engine.wait_quiescent(Duration::from_secs(5)).unwrap();
+    let report = check_engine(&engine).unwrap();
+    assert!(report.ok, "{report:?}");
+    let total: i64 = accounts.iter().map(|a| {
+        let (s, u, f) = balance(&engine, *a);
+        s + u + f
+    }).sum();
+    assert_eq!(total, 12 * 10_000, "payments move money, never create it");
+    assert!(count > 100);
+    let before = digests(&engine);
+    engine.shutdown();
+
+    // Restart on the same data: the journal rebuilds byte-identical state.
+    let restarted = Engine::start(config(3), store.clone()).unwrap();
+    assert_eq!(digests(&restarted), before);
+    // A repeated order number returns the first result, also after the restart.
+    let again = restarted.execute_one(keyed("p1", pay(accounts[1], accounts[(7 + 5) % 12], 10))).unwrap();
+    assert!(again.replayed && again.is_ok());
+    assert_eq!(again.id, replies[1].id);
+    restarted.shutdown();
+    let offline = check_store(&*store, 3).unwrap();
+    assert!(offline.ok, "{offline:?}");
+    assert!(offline.entries_checked > 200);
+}
+
+#[test]
+fn reusing_an_order_number_for_other_funds_is_a_conflict_across_shards() {
+    let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();
+    let accounts = open_funded(&engine, 0..8, 1_000);
+    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
+    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let b = *accounts.iter().find(|a| **a != a0 && **a != a1).unwrap();
+    assert!(engine.execute_one(keyed("same", pay(a0, b, 5))).unwrap().is_ok());
+    let conflict = engine.execute_one(keyed("same", pay(a1, b, 5))).unwrap();
+    assert_eq!(conflict.code, ResultCode::IdempotencyConflict);
+    // A rejected order does not hold its number: after a failure the platform may reuse it.
+    let short = engine.execute_one(keyed("retry", pay(a1, b, 5_000))).unwrap();
+    assert_eq!(short.code, ResultCode::InsufficientFunds);
+    assert!(engine.execute_one(keyed("retry", pay(a0, b, 5))).unwrap().is_ok());
+    engine.shutdown();
+}
+
+#[test]
+fn router_checks_receivers_on_other_shards() {
+    let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();
+    let accounts = open_funded(&engine, 0..8, 1_000);
+    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
+    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let missing = AccountId(1_000_001); // shard 1, never opened
+    assert_eq!(engine.execute_one(plain(pay(a0, missing, 5))).unwrap().code, ResultCode::PayeeNotFound);
+    let foreign = Envelope { platform: P + 1, ..plain(Command::OpenAccount { owner: 99, currency: CNY, limits: Limits::NONE }) };
+    let foreign = AccountId(engine.execute_one(foreign).unwrap().id);
+    let payer = if foreign.shard(2) == 0 { a1 } else { a0 };
+    assert_eq!(engine.execute_one(plain(pay(payer, foreign, 5))).unwrap().code, ResultCode::PayeeNotFound);
+    assert!(engine.execute_one(plain(Command::SetAccountStatus { account: a1, status: AccountStatus::CreditBlocked })).unwrap().is_ok());
+    assert_eq!(engine.execute_one(plain(pay(a0, a1, 5))).unwrap().code, ResultCode::AccountCreditBlocked);
+    engine.shutdown();
+}
+
+#[test]
+fn a_failed_write_stops_the_shard_and_acknowledges_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(1), store.clone()).unwrap();
+    let accounts = open_funded(&engine, 0..2, 100);
+    store.fail_after(0);
+    let result = engine.execute_one(keyed("lost", pay(accounts[0], accounts[1], 5)));
+    assert!(matches!(result, Err(EngineError::Storage(_))), "{result:?}");
+    let next = engine.execute_one(keyed("after", pay(accounts[0], accounts[1], 5)));
+    assert!(matches!(next, Err(EngineError::ShardStopped(0))), "{next:?}");
+    assert!(engine.counters()[0].stopped.load(std::sync::atomic::Ordering::SeqCst));
+    engine.shutdown();
+    // The failed batch was never written: a restart does not know the order.
+    let fresh = Arc::new(store.snapshot());
+    let restarted = Engine::start(config(1), fresh).unwrap();
+    let again = restarted.execute_one(keyed("lost", pay(accounts[0], accounts[1], 5))).unwrap();
+    assert!(again.is_ok() && !again.replayed);
+    assert_eq!(balance(&restarted, accounts[0]), (95, 0, 0));
+    restarted.shutdown();
+}
+
+#[test]
+fn tiny_mailbox_and_batch_limits_are_respected_under_concurrency() {
+    let config = EngineConfig { shard_count: 2, mailbox_capacity: 1, batch_size_max: 3, ..config(2) };
+    let engine = Arc::new(Engine::start(config, Arc::new(MemoryStore::new())).unwrap());
+    let accounts = open_funded(&engine, 0..4, 1_000_000);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let engine = engine.clone();
+            let accounts = accounts.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let reply = engine.execute_one(keyed(&format!("t{t}-{i}"), pay(accounts[t], accounts[(t + 1) % 4], 1))).unwrap();
+                    assert!(reply.is_ok());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    engine.wait_quiescent(Duration::from_secs(5)).unwrap();
+    for counters in engine.counters() {
+        let largest = counters.largest_batch_size.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(largest <= 3 + 3 + 2, "a batch holds at most its limit, one credit message and one ack per shard: {largest}");
+    }
+    assert!(check_engine(&engine).unwrap().ok);
+    engine.shutdown();
+}
+
+#[test]
+fn shard_count_is_fixed_once_data_exists() {
+    let store = Arc::new(MemoryStore::new());
+    Engine::start(config(2), store.clone()).unwrap().shutdown();
+    let refused = Engine::start(config(3), store.clone());
+    assert!(matches!(refused, Err(EngineError::Config(_))));
+}
+
+#[test]
+fn rocksdb_engine_recovers_guarantees_freezes_and_outboxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let accounts;
+    let before;
+    let order;
+    {
+        let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path()).unwrap());
+        let engine = Engine::start(config(2), store).unwrap();
+        accounts = open_funded(&engine, 0..6, 10_000);
+        let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
+        let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+        let hold = Command::Payment { payer: a0, guarantee: true, currency: CNY, amount: 500, payees: [Leg { account: a1, amount: 500 }].into_iter().collect(), splits: Legs::new() };
+        order = OrderId(engine.execute_one(keyed("g1", hold)).unwrap().id);
+        assert!(engine.execute_one(keyed("c1", Command::Confirm { order, releases: [Leg { account: a1, amount: 200 }].into_iter().collect() })).unwrap().is_ok());
+        assert!(engine.execute_one(keyed("f1", Command::Freeze { account: a1, currency: CNY, amount: 100, reason: "audit".into(), expires_at: None })).unwrap().is_ok());
+        engine.wait_quiescent(Duration::from_secs(5)).unwrap();
+        before = digests(&engine);
+        engine.shutdown();
+    }
+    let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path()).unwrap());
+    let engine = Engine::start(config(2), store.clone()).unwrap();
+    assert_eq!(digests(&engine), before);
+    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    assert_eq!(balance(&engine, a1), (10_000 - 100, 200, 100));
+    let status = engine.read_shard(0, move |s| s.order(order).map(|o| o.status)).unwrap();
+    assert_eq!(status, Some(OrderStatus::Held));
+    assert!(engine.execute_one(keyed("c2", Command::Confirm { order, releases: Legs::new() })).unwrap().is_ok());
+    engine.wait_quiescent(Duration::from_secs(5)).unwrap();
+    assert_eq!(balance(&engine, a1), (9_900, 500, 100));
+    engine.shutdown();
+    let report = check_store(&*store, 2).unwrap();
+    assert!(report.ok, "{report:?}");
+}

@@ -1,0 +1,450 @@
+//! Table-driven tests of the pure ledger core: every command and every result code, on one
+//! shard (all local) and on two (cross-shard credits carried by hand).
+
+use engine::ledger::command::{Command, Envelope, OutOrderNo};
+use engine::ledger::state::{Effects, ShardState};
+use engine::ledger::types::*;
+use engine::money::{CurrencyId, CurrencySpec, Minor};
+use engine::result::ResultCode;
+
+const CNY: CurrencyId = CurrencyId(0);
+const USD: CurrencyId = CurrencyId(1);
+const P: u32 = 7;
+const DAY: u64 = 86_400_000_000;
+/// Noon of a business day (UTC+8) far from the epoch.
+const T0: u64 = 20_000 * DAY;
+
+fn shard(shard: u16, count: u16) -> ShardState {
+    let mut state = ShardState::default();
+    let genesis = Command::Genesis {
+        shard,
+        shard_count: count,
+        currencies: vec![CurrencySpec::new("CNY", 2).unwrap(), CurrencySpec::new("USD", 2).unwrap()],
+        utc_offset_seconds: 8 * 3600,
+    };
+    state.apply(&Envelope { platform: 0, out_order_no: None, command: genesis }, T0, &mut Effects::default());
+    state
+}
+
+struct World {
+    state: ShardState,
+    fx: Effects,
+    now: u64,
+    counter: u64,
+}
+
+impl World {
+    fn new() -> World {
+        World { state: shard(0, 1), fx: Effects::default(), now: T0, counter: 0 }
+    }
+
+    fn run_as(&mut self, platform: u32, command: Command) -> Reply {
+        self.counter += 1;
+        let number = OutOrderNo::new(&format!("o{}", self.counter)).unwrap();
+        let envelope = Envelope { platform, out_order_no: Some(number), command };
+        let before = self.state.digest();
+        let postings = self.fx.postings.len();
+        let reply = self.state.apply(&envelope, self.now, &mut self.fx);
+        if !reply.is_ok() {
+            assert_eq!(before, self.state.digest(), "a rejected command changed the state");
+            assert_eq!(postings, self.fx.postings.len());
+        }
+        reply
+    }
+
+    fn run(&mut self, command: Command) -> Reply {
+        self.run_as(P, command)
+    }
+
+    fn ok(&mut self, command: Command) -> u64 {
+        let reply = self.run(command.clone());
+        assert_eq!(reply.code, ResultCode::Ok, "{command:?}");
+        reply.id
+    }
+
+    fn open(&mut self, owner: u64, limits: Limits) -> AccountId {
+        AccountId(self.ok(Command::OpenAccount { owner, currency: CNY, limits }))
+    }
+
+    fn funded(&mut self, owner: u64, amount: Minor) -> AccountId {
+        let account = self.open(owner, Limits::NONE);
+        if amount > 0 {
+            self.ok(Command::Recharge { account, currency: CNY, amount, channel: 1 });
+        }
+        account
+    }
+
+    fn balances(&self, account: AccountId) -> (Minor, Minor, Minor) {
+        let a = self.state.account(account).unwrap();
+        (a.settled, a.unsettled, a.frozen)
+    }
+
+    fn order(&self, id: u64) -> &Order {
+        self.state.order(OrderId(id)).unwrap()
+    }
+
+    fn assert_books_balance(&self) {
+        let sum: i128 = self.state.accounts.iter().map(|a| a.total() as i128).sum();
+        assert_eq!(sum, 0, "accounts must sum to zero");
+    }
+}
+
+fn legs(items: &[(AccountId, Minor)]) -> Legs {
+    items.iter().map(|(account, amount)| Leg { account: *account, amount: *amount }).collect()
+}
+
+fn pay(payer: AccountId, amount: Minor, payees: &[(AccountId, Minor)], splits: &[(AccountId, Minor)]) -> Command {
+    Command::Payment { payer, guarantee: false, currency: CNY, amount, payees: legs(payees), splits: legs(splits) }
+}
+
+fn hold(payer: AccountId, amount: Minor, payees: &[(AccountId, Minor)]) -> Command {
+    Command::Payment { payer, guarantee: true, currency: CNY, amount, payees: legs(payees), splits: Legs::new() }
+}
+
+#[test]
+fn payment_result_codes() {
+    let mut w = World::new();
+    let payer = w.funded(1, 10_000);
+    let payee = w.funded(2, 0);
+    let other = w.funded(3, 0);
+    let usd = AccountId(w.ok(Command::OpenAccount { owner: 4, currency: USD, limits: Limits::NONE }));
+    let limited = w.open(5, Limits { payment_per_order_max: 500, payment_daily_max: 800, ..Limits::NONE });
+    w.ok(Command::Recharge { account: limited, currency: CNY, amount: 5_000, channel: 1 });
+    let blocked = w.funded(6, 1_000);
+    w.ok(Command::SetAccountStatus { account: blocked, status: AccountStatus::DebitBlocked });
+    let closed = w.open(8, Limits::NONE);
+    w.ok(Command::CloseAccount { account: closed });
+    let many: Vec<(AccountId, Minor)> = (0..LEGS_MAX as u64 + 1).map(|i| (AccountId(1_000 + i), 1)).collect();
+    let cases: Vec<(&str, Command, ResultCode)> = vec![
+        ("zero amount", pay(payer, 0, &[(payee, 0)], &[]), ResultCode::InvalidAmount),
+        ("negative amount", pay(payer, -5, &[(payee, -5)], &[]), ResultCode::InvalidAmount),
+        ("huge amount", pay(payer, Minor::MAX, &[(payee, Minor::MAX)], &[]), ResultCode::AmountTooLarge),
+        ("no payees", pay(payer, 10, &[], &[]), ResultCode::LegsUnbalanced),
+        ("legs short", pay(payer, 10, &[(payee, 9)], &[]), ResultCode::LegsUnbalanced),
+        ("legs over", pay(payer, 10, &[(payee, 6)], &[(other, 6)]), ResultCode::LegsUnbalanced),
+        ("too many legs", pay(payer, many.len() as Minor, &many, &[]), ResultCode::TooManyLegs),
+        ("zero leg", pay(payer, 10, &[(payee, 10)], &[(other, 0)]), ResultCode::InvalidAmount),
+        ("payee is payer", pay(payer, 10, &[(payer, 10)], &[]), ResultCode::PayeeIsPayer),
+        ("duplicate leg", pay(payer, 10, &[(payee, 5)], &[(payee, 5)]), ResultCode::DuplicateLeg),
+        ("unknown payer", pay(AccountId(999_999), 10, &[(payee, 10)], &[]), ResultCode::AccountNotFound),
+        ("unknown payee", pay(payer, 10, &[(AccountId(999_998), 10)], &[]), ResultCode::PayeeNotFound),
+        ("system payee", pay(payer, 10, &[(AccountId(0), 10)], &[]), ResultCode::PayeeNotFound),
+        ("currency mismatch", pay(payer, 10, &[(usd, 10)], &[]), ResultCode::CurrencyMismatch),
+        ("closed payee", pay(payer, 10, &[(closed, 10)], &[]), ResultCode::AccountClosed),
+        ("closed payer", pay(closed, 10, &[(payee, 10)], &[]), ResultCode::AccountClosed),
+        ("debit blocked", pay(blocked, 10, &[(payee, 10)], &[]), ResultCode::AccountFrozen),
+        ("per order cap", pay(limited, 501, &[(payee, 501)], &[]), ResultCode::ExceedsPerOrderLimit),
+        ("insufficient", pay(payer, 10_001, &[(payee, 10_001)], &[]), ResultCode::InsufficientFunds),
+        ("ok with split", pay(payer, 1_000, &[(payee, 900)], &[(other, 100)]), ResultCode::Ok),
+        ("daily cap: first", pay(limited, 500, &[(payee, 500)], &[]), ResultCode::Ok),
+        ("daily cap: second", pay(limited, 301, &[(payee, 301)], &[]), ResultCode::ExceedsDailyLimit),
+        ("daily cap: exact", pay(limited, 300, &[(payee, 300)], &[]), ResultCode::Ok),
+    ];
+    for (name, command, expected) in cases {
+        assert_eq!(w.run(command).code, expected, "{name}");
+    }
+    // Another platform sees nothing of these accounts.
+    assert_eq!(w.run_as(P + 1, pay(payer, 10, &[(payee, 10)], &[])).code, ResultCode::AccountNotFound);
+    assert_eq!(w.balances(payer), (9_000, 0, 0));
+    assert_eq!(w.balances(payee), (0, 900 + 500 + 300, 0));
+    assert_eq!(w.balances(other), (0, 100, 0));
+    // The next business day resets the daily cap.
+    w.now += DAY;
+    assert_eq!(w.run(pay(limited, 500, &[(payee, 500)], &[])).code, ResultCode::Ok);
+    w.assert_books_balance();
+}
+
+#[test]
+fn payments_spend_unsettled_first_and_maturing_makes_income_withdrawable() {
+    let mut w = World::new();
+    let a = w.funded(1, 1_000);
+    let b = w.funded(2, 500);
+    w.ok(pay(a, 300, &[(b, 300)], &[]));
+    assert_eq!(w.balances(b), (500, 300, 0));
+    w.ok(pay(b, 400, &[(a, 400)], &[]));
+    assert_eq!(w.balances(b), (400, 0, 0), "unsettled 300 spent first, then 100 settled");
+    w.now += DAY;
+    w.ok(pay(a, 50, &[(b, 50)], &[]));
+    let today = w.state.business_day(w.now);
+    // Maturing through yesterday moves a's lot of yesterday (400) but not b's lot of today.
+    let reply = w.run_as(0, Command::Mature { through_day: today - 1 });
+    assert_eq!((reply.code, reply.id), (ResultCode::Ok, 1));
+    assert_eq!(w.balances(a), (700 + 400 - 50, 0, 0));
+    assert_eq!(w.balances(b), (400, 50, 0));
+    // Running it again changes nothing.
+    let (accounts, lots) = (w.state.accounts.clone(), w.state.lots.clone());
+    assert_eq!(w.run_as(0, Command::Mature { through_day: today - 1 }).id, 0);
+    assert_eq!((accounts, lots), (w.state.accounts.clone(), w.state.lots.clone()));
+    w.assert_books_balance();
+}
+
+#[test]
+fn guarantee_confirm_cancel_codes() {
+    let mut w = World::new();
+    let payer = w.funded(1, 10_000);
+    let x = w.funded(2, 0);
+    let y = w.funded(3, 0);
+    let order = w.ok(Command::Payment { payer, guarantee: true, currency: CNY, amount: 900, payees: legs(&[(x, 600), (y, 300)]), splits: legs(&[]) });
+    assert_eq!(w.order(order).status, OrderStatus::Held);
+    let o = OrderId(order);
+    let cases: Vec<(&str, Command, ResultCode)> = vec![
+        ("unknown order", Command::Confirm { order: OrderId(987_654), releases: Legs::new() }, ResultCode::OrderNotFound),
+        ("not a guarantee", Command::Confirm { order: OrderId(0), releases: Legs::new() }, ResultCode::OrderNotFound),
+        ("release to stranger", Command::Confirm { order: o, releases: legs(&[(payer, 1)]) }, ResultCode::PayeeNotFound),
+        ("over release", Command::Confirm { order: o, releases: legs(&[(x, 601)]) }, ResultCode::ExceedsHeldAmount),
+        ("zero release", Command::Confirm { order: o, releases: legs(&[(x, 0)]) }, ResultCode::InvalidAmount),
+        ("duplicate release", Command::Confirm { order: o, releases: legs(&[(x, 1), (x, 1)]) }, ResultCode::DuplicateLeg),
+        ("stage 1", Command::Confirm { order: o, releases: legs(&[(x, 200)]) }, ResultCode::Ok),
+        ("stage 2 over what remains", Command::Confirm { order: o, releases: legs(&[(x, 401)]) }, ResultCode::ExceedsHeldAmount),
+        ("cancel over held", Command::Cancel { order: o, amount: Some(701) }, ResultCode::ExceedsHeldAmount),
+        ("cancel zero", Command::Cancel { order: o, amount: Some(0) }, ResultCode::InvalidAmount),
+        ("cancel part", Command::Cancel { order: o, amount: Some(100) }, ResultCode::Ok),
+        ("stage 2", Command::Confirm { order: o, releases: Legs::new() }, ResultCode::Ok),
+        ("confirm when done", Command::Confirm { order: o, releases: Legs::new() }, ResultCode::OrderStateInvalid),
+        ("cancel when done", Command::Cancel { order: o, amount: None }, ResultCode::OrderStateInvalid),
+    ];
+    for (name, command, expected) in cases {
+        assert_eq!(w.run(command).code, expected, "{name}");
+    }
+    // 900 held: x got 200, the cancel of 100 came off x's remaining 400, then x 300 and y 300.
+    assert_eq!(w.order(order).status, OrderStatus::Succeeded);
+    assert_eq!(w.balances(payer), (10_000 - 900 + 100, 0, 0));
+    assert_eq!((w.balances(x).1, w.balances(y).1), (500, 300));
+    let escrow = w.state.system_account(SystemRole::Escrow, CNY);
+    assert_eq!(w.state.account(escrow).unwrap().total(), 0);
+    // A fully cancelled guarantee ends cancelled.
+    let second = w.ok(hold(payer, 50, &[(x, 50)]));
+    w.ok(Command::Cancel { order: OrderId(second), amount: None });
+    assert_eq!(w.order(second).status, OrderStatus::Cancelled);
+    w.assert_books_balance();
+}
+
+#[test]
+fn refund_codes_and_status() {
+    let mut w = World::new();
+    let payer = w.funded(1, 10_000);
+    let payee = w.funded(2, 0);
+    let payment = w.ok(pay(payer, 1_000, &[(payee, 1_000)], &[]));
+    let p = OrderId(payment);
+    let refund = |amount, payee| Command::Refund { payment: p, payee, amount };
+    let cases: Vec<(&str, Command, ResultCode)> = vec![
+        ("zero", refund(0, payee), ResultCode::InvalidAmount),
+        ("unknown payee", refund(1, AccountId(999_999)), ResultCode::AccountNotFound),
+        ("payer is no payee", refund(1, payer), ResultCode::OrderNotFound),
+        ("over paid", refund(1_001, payee), ResultCode::ExceedsRefundableAmount),
+        ("partial", refund(400, payee), ResultCode::Ok),
+        ("over what remains", refund(601, payee), ResultCode::ExceedsRefundableAmount),
+        ("rest", refund(600, payee), ResultCode::Ok),
+        ("nothing left", refund(1, payee), ResultCode::ExceedsRefundableAmount),
+    ];
+    for (name, command, expected) in cases {
+        let code = w.run(command).code;
+        assert_eq!(code, expected, "{name}");
+        if name == "partial" {
+            assert_eq!(w.order(payment).status, OrderStatus::PartiallyRefunded);
+        }
+    }
+    assert_eq!(w.order(payment).status, OrderStatus::Refunded);
+    assert_eq!(w.balances(payer), (10_000, 0, 0));
+    assert_eq!(w.balances(payee), (0, 0, 0));
+    // A payee who spent the income cannot refund it.
+    let spender = w.funded(3, 0);
+    let second = w.ok(pay(payer, 100, &[(spender, 100)], &[]));
+    w.ok(pay(spender, 100, &[(payer, 100)], &[]));
+    assert_eq!(w.run(Command::Refund { payment: OrderId(second), payee: spender, amount: 1 }).code, ResultCode::InsufficientFunds);
+    w.assert_books_balance();
+}
+
+#[test]
+fn freeze_codes_and_expiry() {
+    let mut w = World::new();
+    let a = w.funded(1, 1_000);
+    let b = w.funded(2, 0);
+    w.ok(pay(a, 300, &[(b, 300)], &[]));
+    w.ok(Command::Recharge { account: b, currency: CNY, amount: 100, channel: 1 });
+    let freeze = |account, amount, expires_at| Command::Freeze { account, currency: CNY, amount, reason: "court order".into(), expires_at };
+    let long_reason = Command::Freeze { account: b, currency: CNY, amount: 1, reason: "x".repeat(REASON_BYTES_MAX + 1), expires_at: None };
+    let cases: Vec<(&str, Command, ResultCode)> = vec![
+        ("zero", freeze(b, 0, None), ResultCode::InvalidAmount),
+        ("reason too long", long_reason, ResultCode::ReasonTooLong),
+        ("expiry in the past", freeze(b, 1, Some(T0 - 1)), ResultCode::InvalidExpiry),
+        ("wrong currency", Command::Freeze { account: b, currency: USD, amount: 1, reason: String::new(), expires_at: None }, ResultCode::CurrencyMismatch),
+        ("unknown", freeze(AccountId(999_999), 1, None), ResultCode::AccountNotFound),
+        ("more than available", freeze(b, 401, None), ResultCode::InsufficientFunds),
+    ];
+    for (name, command, expected) in cases {
+        assert_eq!(w.run(command).code, expected, "{name}");
+    }
+    // Freezing 250 takes the settled 100 first, then 150 of unsettled.
+    let order = w.ok(freeze(b, 250, Some(T0 + DAY)));
+    assert_eq!(w.balances(b), (0, 150, 250));
+    assert_eq!(w.run(pay(b, 151, &[(a, 151)], &[])).code, ResultCode::InsufficientFunds);
+    let o = OrderId(order);
+    assert_eq!(w.run(Command::ReleaseFreeze { order: o, amount: Some(251) }).code, ResultCode::ExceedsFrozenAmount);
+    assert_eq!(w.run(Command::ReleaseFreeze { order: OrderId(0), amount: None }).code, ResultCode::OrderNotFound);
+    w.ok(Command::ReleaseFreeze { order: o, amount: Some(200) });
+    assert_eq!(w.balances(b), (50, 300, 50), "the unsettled part goes back to unsettled first");
+    // Expiry releases the rest.
+    assert_eq!(w.run_as(0, Command::ExpireFreezes).id, 0);
+    w.now = T0 + DAY;
+    assert_eq!(w.run_as(0, Command::ExpireFreezes).id, 1);
+    assert_eq!(w.balances(b), (100, 300, 0));
+    assert_eq!(w.order(order).status, OrderStatus::Succeeded);
+    assert_eq!(w.run(Command::ReleaseFreeze { order: o, amount: None }).code, ResultCode::OrderStateInvalid);
+    w.assert_books_balance();
+}
+
+#[test]
+fn withdrawal_codes_success_and_failure() {
+    let mut w = World::new();
+    let a = w.open(1, Limits { withdrawal_per_order_max: 5_000, withdrawal_daily_max: 6_000, ..Limits::NONE });
+    w.ok(Command::Recharge { account: a, currency: CNY, amount: 20_000, channel: 1 });
+    let b = w.funded(2, 0);
+    w.ok(pay(a, 1_000, &[(b, 1_000)], &[]));
+    let withdraw = |account, amount, fee| Command::Withdraw { account, currency: CNY, amount, fee, channel: 3 };
+    let cases: Vec<(&str, Command, ResultCode)> = vec![
+        ("zero", withdraw(a, 0, 0), ResultCode::InvalidAmount),
+        ("negative fee", withdraw(a, 10, -1), ResultCode::InvalidFee),
+        ("per order", withdraw(a, 5_001, 0), ResultCode::ExceedsPerOrderLimit),
+        ("unsettled is not withdrawable", withdraw(b, 1, 0), ResultCode::InsufficientFunds),
+        ("first", withdraw(a, 4_000, 2), ResultCode::Ok),
+        ("daily", withdraw(a, 2_001, 0), ResultCode::ExceedsDailyLimit),
+    ];
+    for (name, command, expected) in cases {
+        assert_eq!(w.run(command).code, expected, "{name}");
+    }
+    assert_eq!(w.balances(a), (20_000 - 1_000 - 4_002, 0, 0));
+    let first = w.state.orders.iter().find(|o| o.kind == OrderKind::Withdrawal).expect("reserved").id;
+    assert_eq!(w.state.order(first).unwrap().status, OrderStatus::Processing);
+    w.ok(Command::CompleteWithdrawal { order: first, succeeded: true });
+    assert_eq!(w.run(Command::CompleteWithdrawal { order: first, succeeded: true }).code, ResultCode::Ok, "a repeated callback is answered");
+    assert_eq!(w.run(Command::CompleteWithdrawal { order: first, succeeded: false }).code, ResultCode::OrderStateInvalid);
+    let fee_income = w.state.system_account(SystemRole::FeeIncome, CNY);
+    assert_eq!(w.state.account(fee_income).unwrap().total(), 2);
+    // A failed withdrawal returns amount and fee, and gives the daily allowance back.
+    let second = OrderId(w.ok(withdraw(a, 2_000, 5)));
+    w.ok(Command::CompleteWithdrawal { order: second, succeeded: false });
+    assert_eq!(w.state.order(second).unwrap().status, OrderStatus::Failed);
+    assert_eq!(w.balances(a), (20_000 - 1_000 - 4_002, 0, 0));
+    assert_eq!(w.run(withdraw(a, 2_000, 0)).code, ResultCode::Ok);
+    let pending = w.state.system_account(SystemRole::PayoutPending, CNY);
+    assert_eq!(w.state.account(pending).unwrap().total(), 2_000);
+    w.assert_books_balance();
+}
+
+#[test]
+fn accounts_open_close_and_status() {
+    let mut w = World::new();
+    let a = w.open(1, Limits::NONE);
+    assert_eq!(w.run(Command::OpenAccount { owner: 1, currency: CNY, limits: Limits::NONE }).code, ResultCode::AccountExists);
+    assert_eq!(w.run(Command::OpenAccount { owner: 1, currency: CurrencyId(9), limits: Limits::NONE }).code, ResultCode::CurrencyUnknown);
+    let bad_limits = Limits { payment_daily_max: 0, ..Limits::NONE };
+    assert_eq!(w.run(Command::OpenAccount { owner: 2, currency: CNY, limits: bad_limits }).code, ResultCode::InvalidAmount);
+    // The same owner may hold one account per currency; another platform's owner 1 is another member.
+    assert_eq!(w.run(Command::OpenAccount { owner: 1, currency: USD, limits: Limits::NONE }).code, ResultCode::Ok);
+    assert_eq!(w.run_as(P + 1, Command::OpenAccount { owner: 1, currency: CNY, limits: Limits::NONE }).code, ResultCode::Ok);
+    w.ok(Command::Recharge { account: a, currency: CNY, amount: 5, channel: 1 });
+    assert_eq!(w.run(Command::CloseAccount { account: a }).code, ResultCode::AccountNotEmpty);
+    w.ok(Command::SetAccountStatus { account: a, status: AccountStatus::CreditBlocked });
+    assert_eq!(w.run(Command::Recharge { account: a, currency: CNY, amount: 5, channel: 1 }).code, ResultCode::AccountCreditBlocked);
+    w.ok(Command::SetAccountStatus { account: a, status: AccountStatus::Normal });
+    w.ok(Command::Withdraw { account: a, currency: CNY, amount: 5, fee: 0, channel: 1 });
+    w.ok(Command::CloseAccount { account: a });
+    assert_eq!(w.run(Command::CloseAccount { account: a }).code, ResultCode::AccountClosed);
+    assert_eq!(w.run(Command::Recharge { account: a, currency: CNY, amount: 5, channel: 1 }).code, ResultCode::AccountClosed);
+    assert_eq!(w.run(Command::SetAccountStatus { account: a, status: AccountStatus::Normal }).code, ResultCode::AccountClosed);
+    assert_eq!(w.run(Command::Recharge { account: a, currency: USD, amount: 5, channel: 1 }).code, ResultCode::CurrencyMismatch);
+}
+
+#[test]
+fn idempotency_replays_and_conflicts() {
+    let mut state = shard(0, 1);
+    let mut fx = Effects::default();
+    let number = OutOrderNo::new("order-1").unwrap();
+    let envelope = |command: Command| Envelope { platform: P, out_order_no: Some(number), command };
+    let open = state.apply(&envelope(Command::OpenAccount { owner: 1, currency: CNY, limits: Limits::NONE }), T0, &mut fx);
+    let a = AccountId(open.id);
+    let recharge = Command::Recharge { account: a, currency: CNY, amount: 100, channel: 1 };
+    let first = state.apply(&envelope(recharge.clone()), T0, &mut fx);
+    let postings = fx.postings.len();
+    let again = state.apply(&envelope(recharge), T0 + 1, &mut fx);
+    assert!(again.replayed && again.id == first.id && again.code == ResultCode::Ok);
+    assert_eq!(fx.postings.len(), postings, "a replay posts nothing");
+    let different = state.apply(&envelope(Command::Recharge { account: a, currency: CNY, amount: 101, channel: 1 }), T0, &mut fx);
+    assert_eq!(different.code, ResultCode::IdempotencyConflict);
+    // Another platform's same number is another order.
+    let other = Envelope { platform: P + 1, ..envelope(Command::OpenAccount { owner: 1, currency: CNY, limits: Limits::NONE }) };
+    assert_eq!(state.apply(&other, T0, &mut fx).code, ResultCode::Ok);
+    // A rejected command does not consume its number.
+    let number = OutOrderNo::new("order-2").unwrap();
+    let short = Envelope { platform: P, out_order_no: Some(number), command: Command::Withdraw { account: a, currency: CNY, amount: 1_000, fee: 0, channel: 1 } };
+    assert_eq!(state.apply(&short, T0, &mut fx).code, ResultCode::InsufficientFunds);
+    let top_up = Envelope { platform: P, out_order_no: None, command: Command::Recharge { account: a, currency: CNY, amount: 1_000, channel: 1 } };
+    assert!(state.apply(&top_up, T0, &mut fx).is_ok());
+    assert_eq!(state.apply(&short, T0, &mut fx).code, ResultCode::Ok);
+    assert_eq!(state.account(a).unwrap().total(), 100);
+}
+
+#[test]
+fn cross_shard_credit_is_applied_exactly_once() {
+    let mut s0 = shard(0, 2);
+    let mut s1 = shard(1, 2);
+    let (mut fx0, mut fx1) = (Effects::default(), Effects::default());
+    let run = |state: &mut ShardState, fx: &mut Effects, command: Command| state.apply(&Envelope { platform: P, out_order_no: None, command }, T0, fx);
+    let payer = AccountId(run(&mut s0, &mut fx0, Command::OpenAccount { owner: 1, currency: CNY, limits: Limits::NONE }).id);
+    let payee = AccountId(run(&mut s1, &mut fx1, Command::OpenAccount { owner: 2, currency: CNY, limits: Limits::NONE }).id);
+    assert_eq!((payer.shard(2), payee.shard(2)), (0, 1));
+    run(&mut s0, &mut fx0, Command::Recharge { account: payer, currency: CNY, amount: 1_000, channel: 1 });
+    let payment = run(&mut s0, &mut fx0, pay(payer, 700, &[(payee, 700)], &[]));
+    assert!(payment.is_ok());
+    let transit0 = s0.system_account(SystemRole::InTransit, CNY);
+    assert_eq!(s0.account(transit0).unwrap().total(), 700);
+    let credit = *s0.outboxes[1].pending.front().expect("one credit pending");
+    assert_eq!(credit.sequence, 1);
+    let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(credit) };
+    assert!(s1.apply(&envelope, T0, &mut fx1).is_ok());
+    let postings = fx1.postings.len();
+    assert!(s1.apply(&envelope, T0, &mut fx1).replayed, "a resent credit is skipped");
+    assert_eq!(fx1.postings.len(), postings);
+    assert_eq!(s1.account(payee).unwrap().unsettled, 700);
+    let transit1 = s1.system_account(SystemRole::InTransit, CNY);
+    assert_eq!(s0.account(transit0).unwrap().total() + s1.account(transit1).unwrap().total(), 0);
+    // The payee refunds on its own shard; the refund travels back and updates the payment.
+    let refund = run(&mut s1, &mut fx1, Command::Refund { payment: OrderId(payment.id), payee, amount: 200 });
+    assert!(refund.is_ok());
+    let back = *s1.outboxes[0].pending.front().unwrap();
+    s0.apply(&Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(back) }, T0, &mut fx0);
+    assert_eq!(s0.account(payer).unwrap().settled, 500);
+    assert_eq!(s0.order(OrderId(payment.id)).unwrap().status, OrderStatus::PartiallyRefunded);
+    // Acknowledgement empties the outbox.
+    s0.apply(&Envelope { platform: 0, out_order_no: None, command: Command::Acknowledge { target: 1, sequence: 1 } }, T0, &mut fx0);
+    assert_eq!(s0.outbox_pending(), 0);
+    // A credit to an account closed in the meantime lands in suspense.
+    run(&mut s0, &mut fx0, pay(payer, 100, &[(payee, 100)], &[]));
+    let credit = *s0.outboxes[1].pending.front().unwrap();
+    s1.apply(&Envelope { platform: P, out_order_no: None, command: Command::SetAccountStatus { account: payee, status: AccountStatus::CreditBlocked } }, T0, &mut fx1);
+    s1.apply(&Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(credit) }, T0, &mut fx1);
+    let suspense = s1.system_account(SystemRole::Suspense, CNY);
+    assert_eq!(s1.account(suspense).unwrap().total(), 100);
+    let total: i128 = s0.accounts.iter().chain(&s1.accounts).map(|a| a.total() as i128).sum();
+    assert_eq!(total, 0);
+}
+
+#[test]
+fn every_entry_is_balanced_and_rejections_post_nothing() {
+    // Every posting group the tests above produce is asserted balanced inside the core; here a
+    // mixed sequence checks the effect buffers as a whole.
+    let mut w = World::new();
+    let a = w.funded(1, 5_000);
+    let b = w.funded(2, 0);
+    w.ok(pay(a, 100, &[(b, 100)], &[]));
+    w.ok(hold(a, 200, &[(b, 200)]));
+    w.run(pay(a, 1_000_000, &[(b, 1_000_000)], &[]));
+    let mut offset = 0;
+    for entry in &w.fx.entries {
+        let lines = &w.fx.postings[offset..offset + entry.posting_count as usize];
+        offset += entry.posting_count as usize;
+        assert_eq!(lines.iter().map(|p| p.amount as i128).sum::<i128>(), 0, "{entry:?}");
+    }
+    assert_eq!(offset, w.fx.postings.len());
+}

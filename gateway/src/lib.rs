@@ -1,0 +1,77 @@
+//! The HTTP edge (the platform OpenAPI arrives with the gateway issue). For now: turning API
+//! amounts (decimal strings in major units) into the engine's exact minor units.
+
+use engine::money::{CurrencySpec, Minor, AMOUNT_MINOR_MAX};
+use rust_decimal::Decimal;
+
+/// Why an API amount was refused (each maps to the API's `invalid_amount` code).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    #[error("amount is not a decimal number")]
+    NotANumber,
+    #[error("amount has more decimals than the currency allows")]
+    TooManyDecimals,
+    #[error("amount must be positive")]
+    NotPositive,
+    #[error("amount is too large")]
+    TooLarge,
+}
+
+impl AmountError {
+    /// The API error code (API.md): always `invalid_amount`.
+    pub fn code(&self) -> &'static str {
+        "invalid_amount"
+    }
+}
+
+/// Parses an API amount like `"100.50"` into minor units of `currency`.
+pub fn parse_amount(text: &str, currency: &CurrencySpec) -> Result<Minor, AmountError> {
+    let plain = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    if !plain {
+        return Err(AmountError::NotANumber);
+    }
+    let value: Decimal = text.parse().map_err(|_| AmountError::NotANumber)?;
+    if value.scale() > currency.exponent as u32 {
+        return Err(AmountError::TooManyDecimals);
+    }
+    if value <= Decimal::ZERO {
+        return Err(AmountError::NotPositive);
+    }
+    let minor = value
+        .checked_mul(Decimal::from(10i64.pow(currency.exponent as u32)))
+        .ok_or(AmountError::TooLarge)?
+        .trunc();
+    let minor: i64 = minor.try_into().map_err(|_| AmountError::TooLarge)?;
+    if minor > AMOUNT_MINOR_MAX {
+        return Err(AmountError::TooLarge);
+    }
+    Ok(minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amount_table() {
+        let cny = CurrencySpec::new("CNY", 2).expect("valid");
+        let cases: &[(&str, Result<Minor, AmountError>)] = &[
+            ("100.50", Ok(10050)),
+            ("0.01", Ok(1)),
+            ("100", Ok(10000)),
+            ("1.500", Err(AmountError::TooManyDecimals)),
+            ("1.505", Err(AmountError::TooManyDecimals)),
+            ("0", Err(AmountError::NotPositive)),
+            ("0.00", Err(AmountError::NotPositive)),
+            ("-1", Err(AmountError::NotPositive)),
+            ("abc", Err(AmountError::NotANumber)),
+            ("1e5", Err(AmountError::NotANumber)),
+            ("", Err(AmountError::NotANumber)),
+            (" 1", Err(AmountError::NotANumber)),
+            ("99999999999999999999", Err(AmountError::TooLarge)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_amount(text, &cny), *expected, "{text:?}");
+        }
+    }
+}

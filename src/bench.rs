@@ -1,0 +1,224 @@
+//! `clearing bench`: drives the engine directly (no HTTP), in the shape of `tigerbeetle benchmark`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use clap::{Args, ValueEnum};
+use engine::ledger::command::{Command, Envelope, OutOrderNo};
+use engine::ledger::types::{AccountId, Leg, Legs, Limits, Reply};
+use engine::money::CurrencyId;
+use engine::{Engine, EngineConfig, EngineError};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use storage::RocksStore;
+
+/// How payers and payees are drawn.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AccountDistribution {
+    Zipf,
+    Uniform,
+}
+
+/// Arguments of `clearing bench` (the defaults are the issue's).
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub accounts: u64,
+    #[arg(long, default_value_t = 10_000_000)]
+    pub transfers: u64,
+    /// Transfers per submission (and the shards' batch limit).
+    #[arg(long, default_value_t = 8189)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value_t = AccountDistribution::Zipf)]
+    pub distribution: AccountDistribution,
+    #[arg(long, default_value_t = 2)]
+    pub shards: u16,
+    /// Database directory; a fresh temporary directory (removed afterwards) when absent.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Submissions in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub in_flight: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+const PLATFORM: u32 = 1;
+const CNY: CurrencyId = CurrencyId(0);
+
+/// Resident set size of this process in bytes (Linux).
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn run_batches(engine: &Engine, batches: impl Iterator<Item = Vec<Envelope>>, in_flight: usize, latencies: &mut Vec<Duration>) -> Result<u64> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<(Instant, Result<Vec<Reply>, EngineError>)>(in_flight.max(1));
+    let mut outstanding = 0usize;
+    let mut rejected = 0u64;
+    let mut collect = |result: (Instant, Result<Vec<Reply>, EngineError>), latencies: &mut Vec<Duration>| -> Result<()> {
+        latencies.push(result.0.elapsed());
+        rejected += result.1?.iter().filter(|r| !r.is_ok()).count() as u64;
+        Ok(())
+    };
+    for batch in batches {
+        if outstanding >= in_flight {
+            collect(receiver.recv()?, latencies)?;
+            outstanding -= 1;
+        }
+        let sender = sender.clone();
+        let started = Instant::now();
+        engine.submit(batch, Box::new(move |result| {
+            let _ = sender.send((started, result));
+        }));
+        outstanding += 1;
+    }
+    for _ in 0..outstanding {
+        collect(receiver.recv()?, latencies)?;
+    }
+    Ok(rejected)
+}
+
+/// Runs the benchmark and prints `transfers_per_second` and batch latency percentiles.
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.accounts < 2 || args.batch == 0 || args.shards == 0 {
+        return Err(anyhow!("need at least 2 accounts, a positive batch and at least one shard"));
+    }
+    let temporary = match &args.data_dir {
+        Some(_) => None,
+        None => Some(tempfile_dir()?),
+    };
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| temporary.clone().expect("set above"));
+    std::fs::create_dir_all(&data_dir)?;
+    let store = Arc::new(RocksStore::open(&data_dir)?);
+    let config = EngineConfig { shard_count: args.shards, batch_size_max: args.batch, ..EngineConfig::default() };
+    let engine = Engine::start(config, store)?;
+    println!("bench: accounts={} transfers={} batch={} distribution={:?} shards={} in_flight={} data_dir={}",
+        args.accounts, args.transfers, args.batch, args.distribution, args.shards, args.in_flight, data_dir.display());
+
+    // Accounts, opened without order numbers so that only account state is measured per account.
+    let resident_before = resident_bytes();
+    let opens = (0..args.accounts).map(|owner| Envelope {
+        platform: PLATFORM,
+        out_order_no: None,
+        command: Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE },
+    });
+    let mut accounts: Vec<AccountId> = Vec::with_capacity(args.accounts as usize);
+    for chunk in chunked(opens, args.batch) {
+        for reply in engine.execute(chunk)? {
+            accounts.push(AccountId(reply.id));
+        }
+    }
+    let resident_after = resident_bytes();
+    println!("accounts_opened: {} resident_bytes_per_account: {}", accounts.len(),
+        resident_after.saturating_sub(resident_before) / args.accounts);
+    let fund = accounts.iter().map(|a| Envelope {
+        platform: PLATFORM,
+        out_order_no: None,
+        command: Command::Recharge { account: *a, currency: CNY, amount: 1_000_000_000_000, channel: 1 },
+    });
+    run_batches(&engine, chunked(fund, args.batch), args.in_flight, &mut Vec::new())?;
+    engine.wait_quiescent(Duration::from_secs(60))?;
+
+    // Transfers: balance payments with one payee, each with its own order number (idempotent).
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let zipf = Zipf::new(args.accounts, 1.0).map_err(|e| anyhow!("zipf: {e:?}"))?;
+    let mut permutation: Vec<usize> = (0..accounts.len()).collect();
+    for i in (1..permutation.len()).rev() {
+        permutation.swap(i, rng.gen_range(0..=i));
+    }
+    let distribution = args.distribution;
+    let draw = move |rng: &mut StdRng| -> usize {
+        match distribution {
+            AccountDistribution::Uniform => rng.gen_range(0..permutation.len()),
+            AccountDistribution::Zipf => permutation[(zipf.sample(rng) as usize - 1).min(permutation.len() - 1)],
+        }
+    };
+    let transfers = (0..args.transfers).map(|i| {
+        let payer = draw(&mut rng);
+        let mut payee = draw(&mut rng);
+        while payee == payer {
+            payee = rng.gen_range(0..accounts.len());
+        }
+        let amount = rng.gen_range(1..=10_000);
+        let mut number = [0u8; 20];
+        Envelope {
+            platform: PLATFORM,
+            out_order_no: Some(OutOrderNo::new(format_number(&mut number, i)).expect("digits are valid")),
+            command: Command::Payment {
+                payer: accounts[payer],
+                guarantee: false,
+                currency: CNY,
+                amount,
+                payees: [Leg { account: accounts[payee], amount }].into_iter().collect(),
+                splits: Legs::new(),
+            },
+        }
+    });
+    let mut latencies = Vec::with_capacity((args.transfers as usize).div_ceil(args.batch));
+    let started = Instant::now();
+    let rejected = run_batches(&engine, chunked(transfers, args.batch), args.in_flight, &mut latencies)?;
+    engine.wait_quiescent(Duration::from_secs(120))?;
+    let elapsed = started.elapsed();
+    let report = engine::invariants::check_engine(&engine)?;
+    engine.shutdown();
+    latencies.sort();
+    let percentile = |p: f64| -> f64 {
+        let index = ((latencies.len() - 1) as f64 * p).round() as usize;
+        latencies[index].as_secs_f64() * 1000.0
+    };
+    println!("rejected: {rejected} invariants_ok: {} elapsed_s: {:.3}", report.ok, elapsed.as_secs_f64());
+    println!("resident_bytes: {}", resident_bytes());
+    println!("transfers_per_second: {}", (args.transfers as f64 / elapsed.as_secs_f64()) as u64);
+    println!(
+        "batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}",
+        percentile(0.01),
+        percentile(0.50),
+        percentile(0.99),
+        percentile(1.0)
+    );
+    if let Some(dir) = temporary {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if !report.ok || rejected > 0 {
+        return Err(anyhow!("benchmark failed: invariants ok = {}, rejected = {rejected}", report.ok));
+    }
+    Ok(())
+}
+
+/// Groups an iterator into vectors of `size`.
+fn chunked<T>(mut items: impl Iterator<Item = T>, size: usize) -> impl Iterator<Item = Vec<T>> {
+    std::iter::from_fn(move || {
+        let chunk: Vec<T> = items.by_ref().take(size).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    })
+}
+
+/// Writes `value` in decimal into `buffer` without allocating; returns the digits.
+fn format_number(buffer: &mut [u8; 20], mut value: u64) -> &str {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buffer[start..]).expect("ASCII digits")
+}
+
+/// A fresh directory under the system temporary directory.
+fn tempfile_dir() -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let dir = std::env::temp_dir().join(format!("clearing-bench-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

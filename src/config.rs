@@ -1,0 +1,148 @@
+//! The configuration file (config/default.toml is embedded as the default).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use engine::chart::ChartOfAccounts;
+use engine::money::CurrencySpec;
+use engine::EngineConfig;
+use serde::Deserialize;
+
+/// The embedded default configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: String,
+    data_dir: PathBuf,
+    engine: EngineSection,
+    currencies: Vec<CurrencyRow>,
+    chart_of_accounts: BTreeMap<String, SubjectRow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineSection {
+    shard_count: u16,
+    mailbox_capacity: usize,
+    batch_size_max: usize,
+    outbox_pending_max: usize,
+    ack_flush_ms: u64,
+    utc_offset_seconds: i32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CurrencyRow {
+    code: String,
+    exponent: u8,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubjectRow {
+    code: String,
+    name: String,
+}
+
+/// Everything the binary is configured with.
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub engine: EngineConfig,
+    pub chart: ChartOfAccounts,
+}
+
+/// Hard limits on configuration values (DESIGN.md invariant 10: every bound has a limit).
+const SHARD_COUNT_MAX: u16 = 256;
+const MAILBOX_CAPACITY_MAX: usize = 1 << 20;
+const BATCH_SIZE_MAX: usize = 1 << 16;
+
+impl Config {
+    /// Reads `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            None => DEFAULT_CONFIG.to_string(),
+        };
+        Config::parse(&text)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config> {
+        let file: FileConfig = toml::from_str(text).context("parsing configuration")?;
+        let e = &file.engine;
+        if e.shard_count == 0 || e.shard_count > SHARD_COUNT_MAX {
+            return Err(anyhow!("engine.shard_count must be 1..={SHARD_COUNT_MAX}"));
+        }
+        if e.mailbox_capacity == 0 || e.mailbox_capacity > MAILBOX_CAPACITY_MAX {
+            return Err(anyhow!("engine.mailbox_capacity must be 1..={MAILBOX_CAPACITY_MAX}"));
+        }
+        if e.batch_size_max == 0 || e.batch_size_max > BATCH_SIZE_MAX {
+            return Err(anyhow!("engine.batch_size_max must be 1..={BATCH_SIZE_MAX}"));
+        }
+        if e.outbox_pending_max == 0 {
+            return Err(anyhow!("engine.outbox_pending_max must be positive"));
+        }
+        if e.utc_offset_seconds.abs() > 14 * 3600 {
+            return Err(anyhow!("engine.utc_offset_seconds must be within ±14 hours"));
+        }
+        if file.currencies.is_empty() || file.currencies.len() > 255 {
+            return Err(anyhow!("configure 1 to 255 currencies"));
+        }
+        let mut currencies = Vec::new();
+        for row in &file.currencies {
+            let spec = CurrencySpec::new(&row.code, row.exponent)
+                .ok_or_else(|| anyhow!("currency {:?}: three capital letters and an exponent of 0..=6", row.code))?;
+            if currencies.contains(&spec) {
+                return Err(anyhow!("currency {} is listed twice", row.code));
+            }
+            currencies.push(spec);
+        }
+        let rows: Vec<(String, String, String)> =
+            file.chart_of_accounts.iter().map(|(k, s)| (k.clone(), s.code.clone(), s.name.clone())).collect();
+        let chart = ChartOfAccounts::from_rows(&rows)?;
+        let engine = EngineConfig {
+            shard_count: e.shard_count,
+            mailbox_capacity: e.mailbox_capacity,
+            batch_size_max: e.batch_size_max,
+            outbox_pending_max: e.outbox_pending_max,
+            ack_flush_ms: e.ack_flush_ms,
+            currencies,
+            utc_offset_seconds: e.utc_offset_seconds,
+        };
+        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        let config = Config::parse(DEFAULT_CONFIG).expect("default config parses");
+        assert_eq!(config.engine.shard_count, 2);
+        assert_eq!(config.engine.batch_size_max, 8189);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let cases = [
+            ("shard_count = 2", "shard_count = 0"),
+            ("batch_size_max = 8189", "batch_size_max = 0"),
+            ("mailbox_capacity = 1024", "mailbox_capacity = 0"),
+            ("code = \"USD\"", "code = \"CNY\""),
+            ("code = \"USD\"", "code = \"usd\""),
+            ("suspense = { code = \"2241\"", "suspense = { code = \"1002\""),
+            ("ack_flush_ms = 20", "ack_flush_ms = 20\nunknown_key = 1"),
+        ];
+        for (from, to) in cases {
+            let text = DEFAULT_CONFIG.replace(from, to);
+            assert_ne!(text, DEFAULT_CONFIG, "case {to} changed nothing");
+            assert!(Config::parse(&text).is_err(), "{to} was accepted");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! `clearing`: the clearing engine's command line (server, benchmark, checks, crash workload).
+
+mod bench;
+mod config;
+mod report;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use engine::Engine;
+use storage::RocksStore;
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "clearing", about = "Virtual-account clearing engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Runs the engine on RocksDB until interrupted (with a small demo workload), printing shard state.
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Stop after the demo instead of running until interrupted.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Drives the engine directly (no HTTP) with transfers, like `tigerbeetle benchmark`.
+    Bench(bench::BenchArgs),
+    /// Checks every ledger invariant from the journal; exits 0 only when all hold.
+    Invariants {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Prints each shard's state, rebuilt from the journal.
+    Shards {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// A deterministic order workload that prints one line per acknowledged order (crash tests).
+    Workload(workload::WorkloadArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Commands::Serve { config, listen, data_dir, once } => serve(config, listen, data_dir, once),
+        Commands::Bench(args) => bench::run(args),
+        Commands::Invariants { config, data_dir } => {
+            let (config, data_dir) = load(config, data_dir)?;
+            let store = RocksStore::open_read_only(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
+            let report = engine::invariants::check_store(&store, config.engine.shard_count)?;
+            report::print_invariants(&report, &mut std::io::stdout())?;
+            if !report.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Commands::Shards { config, data_dir } => {
+            let (config, data_dir) = load(config, data_dir)?;
+            let store = RocksStore::open_read_only(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
+            report::print_shards_offline(&store, &config, &mut std::io::stdout())
+        }
+        Commands::Workload(args) => workload::run(args),
+    }
+}
+
+/// Loads the configuration and resolves the data directory (flag over file).
+fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(Config, PathBuf)> {
+    let config = Config::load(config.as_deref())?;
+    let data_dir = data_dir.unwrap_or_else(|| config.data_dir.clone());
+    Ok((config, data_dir))
+}
+
+fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathBuf>, once: bool) -> Result<()> {
+    let (config, data_dir) = load(config, data_dir)?;
+    let listen = listen.unwrap_or_else(|| config.listen.clone());
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let store = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
+    let started = std::time::Instant::now();
+    let engine = Engine::start(config.engine.clone(), store)?;
+    println!("clearing engine: {} shards on RocksDB at {} (recovered in {:?})", config.engine.shard_count, data_dir.display(), started.elapsed());
+    println!("configured listen address: {listen} (the HTTP API is served once the gateway lands; see README)");
+    workload::demo(&engine)?;
+    let mut out = std::io::stdout();
+    report::print_shards_online(&engine, &config, &mut out)?;
+    report::print_invariants(&engine::invariants::check_engine(&engine)?, &mut out)?;
+    if !once {
+        let (sender, receiver) = crossbeam_channel_like();
+        ctrlc::set_handler(move || {
+            let _ = sender.send(());
+        })
+        .context("installing the signal handler")?;
+        println!("running; Ctrl-C (SIGINT) or SIGTERM stops it gracefully");
+        let _ = receiver.recv();
+    }
+    engine.shutdown();
+    println!("stopped: every acknowledged order is durable");
+    Ok(())
+}
+
+/// A one-slot channel from the standard library for the signal handler.
+fn crossbeam_channel_like() -> (std::sync::mpsc::SyncSender<()>, std::sync::mpsc::Receiver<()>) {
+    std::sync::mpsc::sync_channel(1)
+}

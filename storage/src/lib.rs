@@ -1,0 +1,36 @@
+//! Persistence behind a trait. The only crate that names RocksDB; the engine sees `Store`.
+//!
+//! Every write is one atomic, durable batch: it returns only after the data is on disk (fsync).
+//! A failed write poisons the store: every later write fails too, and nothing is retried.
+
+mod memory;
+mod rocks;
+
+pub use memory::MemoryStore;
+pub use rocks::RocksStore;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage io: {0}")]
+    Io(String),
+    #[error("storage is poisoned by an earlier failed write; restart the process")]
+    Poisoned,
+    #[error("storage is open read-only")]
+    ReadOnly,
+}
+
+/// An ordered key-value store with atomic, durable batch writes.
+pub trait Store: Send + Sync + 'static {
+    /// Writes all `puts` atomically and durably; returns only once they survive a crash.
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError>;
+
+    /// Reads one key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Visits the keys in `[start, end)` in ascending order until `visit` returns false.
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError>;
+
+    /// Whether an earlier write failed (the store then refuses all writes).
+    fn is_poisoned(&self) -> bool;
+}

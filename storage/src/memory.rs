@@ -1,0 +1,73 @@
+//! An in-memory `Store` for tests, with injectable write failures.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::{StorageError, Store};
+
+/// A `BTreeMap` behind a mutex. "Durable" for the life of the value; used by tests and simulations.
+#[derive(Default)]
+pub struct MemoryStore {
+    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    poisoned: AtomicBool,
+    /// Writes left before an injected failure; `u64::MAX` means never fail.
+    writes_before_failure: AtomicU64,
+}
+
+impl MemoryStore {
+    /// An empty store that never fails.
+    pub fn new() -> MemoryStore {
+        MemoryStore { writes_before_failure: AtomicU64::new(u64::MAX), ..MemoryStore::default() }
+    }
+
+    /// Makes the write after the next `writes` succeed fail (as an fsync error would).
+    pub fn fail_after(&self, writes: u64) {
+        self.writes_before_failure.store(writes, Ordering::SeqCst);
+    }
+
+    /// A copy of everything stored (for tests that restart an engine on the same data).
+    pub fn snapshot(&self) -> MemoryStore {
+        let map = self.map.lock().expect("memory store lock").clone();
+        MemoryStore { map: Mutex::new(map), ..MemoryStore::new() }
+    }
+}
+
+impl Store for MemoryStore {
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StorageError::Poisoned);
+        }
+        let left = self.writes_before_failure.load(Ordering::SeqCst);
+        if left == 0 {
+            self.poisoned.store(true, Ordering::SeqCst);
+            return Err(StorageError::Io("injected write failure".into()));
+        }
+        if left != u64::MAX {
+            self.writes_before_failure.store(left - 1, Ordering::SeqCst);
+        }
+        let mut map = self.map.lock().expect("memory store lock");
+        for (key, value) in puts {
+            map.insert(key.to_vec(), value.to_vec());
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.map.lock().expect("memory store lock").get(key).cloned())
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError> {
+        let map = self.map.lock().expect("memory store lock");
+        for (key, value) in map.range(start.to_vec()..end.to_vec()) {
+            if !visit(key, value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+}

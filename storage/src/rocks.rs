@@ -1,0 +1,81 @@
+//! The RocksDB `Store`: one database, every batch written with `sync = true` (WAL fsync).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+use crate::{StorageError, Store};
+
+/// A RocksDB database in a directory.
+pub struct RocksStore {
+    db: DB,
+    read_only: bool,
+    poisoned: AtomicBool,
+}
+
+fn io(error: rocksdb::Error) -> StorageError {
+    StorageError::Io(error.into_string())
+}
+
+impl RocksStore {
+    /// Opens (creating if missing) the database in `path` for reading and writing.
+    pub fn open(path: &Path) -> Result<RocksStore, StorageError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        // Journal values are large (one per batch) and written once: a larger write buffer
+        // and LZ4 keep compaction cheap.
+        options.set_write_buffer_size(64 << 20);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        options.set_max_background_jobs(2);
+        let db = DB::open(&options, path).map_err(io)?;
+        Ok(RocksStore { db, read_only: false, poisoned: AtomicBool::new(false) })
+    }
+
+    /// Opens an existing database read-only (for offline checks beside a running server).
+    pub fn open_read_only(path: &Path) -> Result<RocksStore, StorageError> {
+        let options = Options::default();
+        let db = DB::open_for_read_only(&options, path, false).map_err(io)?;
+        Ok(RocksStore { db, read_only: true, poisoned: AtomicBool::new(false) })
+    }
+}
+
+impl Store for RocksStore {
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        if self.read_only {
+            return Err(StorageError::ReadOnly);
+        }
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StorageError::Poisoned);
+        }
+        let mut batch = WriteBatch::default();
+        for (key, value) in puts {
+            batch.put(key, value);
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options).map_err(|error| {
+            // A failed fsync leaves the file's state unknown: never write again in this process.
+            self.poisoned.store(true, Ordering::SeqCst);
+            io(error)
+        })
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get(key).map_err(io)
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError> {
+        for item in self.db.iterator(IteratorMode::From(start, Direction::Forward)) {
+            let (key, value) = item.map_err(io)?;
+            if key.as_ref() >= end || !visit(&key, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::SeqCst)
+    }
+}
