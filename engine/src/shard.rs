@@ -92,6 +92,8 @@ struct Round {
     sent: Vec<u64>,
     /// Credits applied from each source before this round (to know whom to acknowledge).
     inbound_before: Vec<u64>,
+    /// When the oldest deferred acknowledgement arrived.
+    acks_since: Option<Instant>,
 }
 
 impl Shard {
@@ -107,6 +109,7 @@ impl Shard {
             encoded: Vec::new(),
             sent: self.state.outboxes.iter().map(|o| o.acknowledged).collect(),
             inbound_before: Vec::with_capacity(shard_count),
+            acks_since: None,
         };
         assert_eq!(round.sent.len(), shard_count);
         // Whatever the previous run left unacknowledged is sent again; receivers skip duplicates.
@@ -115,11 +118,13 @@ impl Shard {
         loop {
             let backpressured = self.state.outbox_pending() > self.limits.outbox_pending_max;
             let clients = if backpressured || shutting_down { never() } else { self.clients.clone() };
-            let timeout = if round.deferred_acks.is_empty() { Duration::from_secs(3600) } else { Duration::from_millis(self.limits.ack_flush_ms) };
-            let mut flush_acks = false;
+            // Deferred acknowledgements are flushed once the oldest has waited `ack_flush_ms`,
+            // whatever else wakes the loop (reads must not starve them).
+            let flush_after = Duration::from_millis(self.limits.ack_flush_ms);
+            let timeout = round.acks_since.map_or(Duration::from_secs(3600), |since| flush_after.saturating_sub(since.elapsed()));
             select! {
                 recv(self.control) -> message => match message {
-                    Ok(Control::Read(read)) => { read(&self.state); continue; }
+                    Ok(Control::Read(read)) => read(&self.state),
                     Ok(Control::Shutdown) | Err(_) => shutting_down = true,
                 },
                 recv(self.inbound) -> message => if let Ok(message) = message { self.take_inbound(message, &mut round) },
@@ -127,8 +132,9 @@ impl Shard {
                     Ok(request) => self.take_client(request, &mut round),
                     Err(_) => shutting_down = true,
                 },
-                default(timeout) => flush_acks = true,
+                default(timeout) => {},
             }
+            let flush_acks = round.acks_since.is_some_and(|since| since.elapsed() >= flush_after);
             self.drain(&mut round);
             let only_acks = round.envelopes.is_empty();
             if only_acks && !round.deferred_acks.is_empty() && (flush_acks || backpressured || shutting_down) {
@@ -144,6 +150,7 @@ impl Shard {
                 // Acknowledgements ride on a batch that is written anyway.
                 round.envelopes.append(&mut round.deferred_acks);
             }
+            round.acks_since = None;
             if !self.commit(&mut round) {
                 return;
             }
@@ -168,6 +175,7 @@ impl Shard {
                     }
                 }
                 round.deferred_acks.push(Envelope { platform: 0, out_order_no: None, command: Command::Acknowledge { target, sequence } });
+                round.acks_since.get_or_insert_with(Instant::now);
             }
         }
     }

@@ -221,3 +221,17 @@ fn rocksdb_engine_recovers_guarantees_freezes_and_outboxes() {
     let report = check_store(&*store, 2).unwrap();
     assert!(report.ok, "{report:?}");
 }
+
+#[test]
+fn frequent_reads_do_not_starve_acknowledgements() {
+    // Regression: reads every 2 ms used to keep a shard from ever flushing deferred acks, so
+    // `wait_quiescent` (which polls) waited forever once `ack_flush_ms` exceeded the poll interval.
+    let config = EngineConfig { ack_flush_ms: 50, ..config(2) };
+    let engine = Engine::start(config, Arc::new(MemoryStore::new())).unwrap();
+    let accounts = open_funded(&engine, 0..8, 1_000);
+    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
+    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    assert!(engine.execute_one(plain(pay(a0, a1, 5))).unwrap().is_ok());
+    engine.wait_quiescent(Duration::from_secs(5)).expect("acks are flushed despite polling");
+    engine.shutdown();
+}
