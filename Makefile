@@ -1,0 +1,22 @@
+# The two commands of the README. Both install what is missing on a fresh Debian machine.
+# The build cache lives outside the clone so that it survives fresh clones on the same machine.
+export CARGO_TARGET_DIR ?= /var/tmp/clearing-target
+CARGO_FLAGS := --release --locked
+
+.PHONY: run test deps build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: deps
+	cargo build $(CARGO_FLAGS) --all-targets
+
+## Runs the server (engine on RocksDB under ./data, with a small demo workload) until Ctrl-C.
+run: deps
+	cargo run $(CARGO_FLAGS) --bin clearing -- serve
+
+## Runs every test: unit, end-to-end, crash, and the benchmarks once each with tiny inputs.
+test: deps
+	cargo build $(CARGO_FLAGS) --all-targets
+	cargo nextest run $(CARGO_FLAGS) --workspace --no-fail-fast
+	cargo bench --locked --bench apply -- --test
