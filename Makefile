@@ -18,5 +18,5 @@ run: deps
 ## Runs every test: unit, end-to-end, crash, and the benchmarks once each with tiny inputs.
 test: deps
 	cargo build $(CARGO_FLAGS) --all-targets
-	cargo nextest run $(CARGO_FLAGS) --workspace --no-fail-fast
 	cargo bench --locked --bench apply -- --test
+	cargo nextest run $(CARGO_FLAGS) --workspace --no-fail-fast

@@ -51,7 +51,7 @@ const CLAIM_STRIPES: usize = 64;
 /// Which shard holds each accepted order number, so a reuse that names other funds (and so
 /// another shard) is still seen as a conflict. Claims of rejected commands are released.
 struct Claims {
-    stripes: Vec<Mutex<HashMap<u128, ShardId, xxhash_rust::xxh3::Xxh3Builder>>>,
+    stripes: Vec<Mutex<HashMap<u128, ShardId, rustc_hash::FxBuildHasher>>>,
 }
 
 enum Claim {
@@ -65,7 +65,7 @@ impl Claims {
         Claims { stripes: (0..CLAIM_STRIPES).map(|_| Mutex::new(HashMap::default())).collect() }
     }
 
-    fn stripe(&self, key: u128) -> &Mutex<HashMap<u128, ShardId, xxhash_rust::xxh3::Xxh3Builder>> {
+    fn stripe(&self, key: u128) -> &Mutex<HashMap<u128, ShardId, rustc_hash::FxBuildHasher>> {
         &self.stripes[(key as usize) % CLAIM_STRIPES]
     }
 

@@ -28,6 +28,11 @@ impl RocksStore {
         options.set_write_buffer_size(64 << 20);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.set_max_background_jobs(2);
+        // Values of a whole batch (about a megabyte) go to blob files, so compaction moves only
+        // keys and pointers instead of rewriting the journal again and again.
+        options.set_enable_blob_files(true);
+        options.set_min_blob_size(4096);
+        options.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
         let db = DB::open(&options, path).map_err(io)?;
         Ok(RocksStore { db, read_only: false, poisoned: AtomicBool::new(false) })
     }

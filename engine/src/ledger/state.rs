@@ -13,8 +13,9 @@ use crate::ledger::types::*;
 use crate::money::{CurrencyId, CurrencySpec, Minor};
 use crate::result::ResultCode;
 
-/// Deterministic fast hashing for lookup-only maps (iteration order never reaches the journal).
-pub type FastMap<K, V> = HashMap<K, V, xxhash_rust::xxh3::Xxh3Builder>;
+/// Deterministic fast hashing (FxHash) for lookup maps. Their iteration order never reaches the
+/// journal: whatever iterates one sorts first.
+pub type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 /// What the shard remembers of an order number it has accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,8 +76,9 @@ pub struct ShardState {
     /// Orders by local index.
     pub orders: Vec<Order>,
     pub idempotency: FastMap<u128, IdempotencyRecord>,
-    /// Unsettled income lots per account: (business day, amount), oldest first.
-    pub lots: BTreeMap<AccountId, VecDeque<(u32, Minor)>>,
+    /// Unsettled income lots per account: (business day, amount), oldest first. A queue stays
+    /// (empty) once created, so accounts that keep receiving and spending do not reallocate.
+    pub lots: FastMap<AccountId, VecDeque<(u32, Minor)>>,
     /// (payment, payee) -> income received, on the payee's shard.
     pub income: FastMap<(OrderId, AccountId), Income>,
     /// Outboxes by target shard.
@@ -332,9 +334,6 @@ impl ShardState {
                 lots.pop_front();
             }
         }
-        if lots.is_empty() {
-            self.lots.remove(&account);
-        }
     }
 
     /// Debits `amount` from the unsettled bucket, consuming its lots oldest first.
@@ -406,7 +405,9 @@ impl ShardState {
         owners.sort_by_key(|(k, _)| *k);
         let mut income: Vec<_> = canonical.income.drain().collect();
         income.sort_by_key(|(k, _)| *k);
-        let bytes = bincode::serialize(&(&canonical, idempotency, owners, income)).expect("state serializes");
+        let mut lots: Vec<_> = canonical.lots.drain().filter(|(_, l)| !l.is_empty()).collect();
+        lots.sort_by_key(|(k, _)| *k);
+        let bytes = bincode::serialize(&(&canonical, idempotency, owners, income, lots)).expect("state serializes");
         xxhash_rust::xxh3::xxh3_64(&bytes)
     }
 }

@@ -19,6 +19,8 @@ pub fn mature(state: &mut ShardState, context: &Context, through_day: u32, fx: &
             matured.push((*account, due));
         }
     }
+    // The lots map is unordered: post in account order so that replay is byte-identical.
+    matured.sort_unstable_by_key(|(account, _)| *account);
     for (account, due) in &matured {
         let currency = state.account(*account).expect("local").currency;
         state.begin_entry(fx, NO_ORDER, EntryKind::Mature, currency);
