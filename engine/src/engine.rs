@@ -13,8 +13,8 @@ use crate::directory::Directory;
 use crate::journal::{batch_key, encode, replay_shard, BatchRecordRef, META_SHARD_COUNT};
 use crate::ledger::command::{idempotency_key, Command, Envelope};
 use crate::ledger::ops::payment::check_legs;
-use crate::ledger::state::{check_amount, Effects, ShardState};
-use crate::ledger::types::{AccountId, AccountStatus, Leg, Reply, ShardId, Timestamp};
+use crate::ledger::state::{check_amount, credit_refusal_by, Effects, ShardState};
+use crate::ledger::types::{AccountId, Leg, Reply, ShardId, Timestamp};
 use crate::money::CurrencySpec;
 use crate::result::ResultCode;
 use crate::shard::{ClientRequest, Control, ReplyTo, Shard, ShardCounters, ShardLimits};
@@ -416,14 +416,7 @@ impl Engine {
         if platform != 0 && entry.platform != platform {
             return Err(ResultCode::PayeeNotFound);
         }
-        if entry.currency != currency {
-            return Err(ResultCode::CurrencyMismatch);
-        }
-        match entry.status {
-            AccountStatus::Closed => Err(ResultCode::AccountClosed),
-            AccountStatus::CreditBlocked => Err(ResultCode::AccountCreditBlocked),
-            AccountStatus::Normal | AccountStatus::DebitBlocked => Ok(()),
-        }
+        credit_refusal_by(entry.currency, entry.status, currency).map_or(Ok(()), Err)
     }
 
     /// Whether an account exists in the directory (customer accounts only).

@@ -268,10 +268,12 @@ impl ShardState {
         OrderId::compose(self.shard, self.orders.len() as u64, self.shard_count)
     }
 
-    pub(crate) fn push_order(&mut self, order: Order) -> OrderId {
+    /// Records a new order of a local account (its platform and currency are the account's).
+    pub(crate) fn open_order(&mut self, now: Timestamp, kind: OrderKind, status: OrderStatus, account: AccountId, amount: Minor, detail: OrderDetail) -> OrderId {
+        let owner = self.account(account).expect("orders belong to local accounts");
+        let (platform, currency) = (owner.platform, owner.currency);
         let id = self.next_order_id();
-        assert_eq!(order.id, id, "orders are pushed in id order");
-        self.orders.push(order);
+        self.orders.push(Order { id, kind, status, platform, account, currency, amount, created_at: now, updated_at: now, detail });
         id
     }
 
@@ -448,10 +450,16 @@ pub(crate) fn check_debit_account(state: &ShardState, platform: u32, id: Account
 
 /// Whether a local account can take a credit; `None` if it can, else why not.
 pub(crate) fn credit_refusal(account: &Account, currency: CurrencyId) -> Option<ResultCode> {
-    if account.currency != currency {
+    credit_refusal_by(account.currency, account.status, currency)
+}
+
+/// Whether an account of `account_currency` in `status` can take a credit in `currency`
+/// (also used by the router for accounts on other shards).
+pub(crate) fn credit_refusal_by(account_currency: CurrencyId, status: AccountStatus, currency: CurrencyId) -> Option<ResultCode> {
+    if account_currency != currency {
         return Some(ResultCode::CurrencyMismatch);
     }
-    match account.status {
+    match status {
         AccountStatus::Closed => Some(ResultCode::AccountClosed),
         AccountStatus::CreditBlocked => Some(ResultCode::AccountCreditBlocked),
         AccountStatus::Normal | AccountStatus::DebitBlocked => None,

@@ -44,20 +44,7 @@ pub fn freeze(
     // After this point the freeze must succeed.
     let from_settled = account.settled.min(amount);
     let from_unsettled = amount - from_settled;
-    let platform = account.platform;
-    let order = state.next_order_id();
-    state.push_order(Order {
-        id: order,
-        kind: OrderKind::Freeze,
-        status: OrderStatus::Held,
-        platform,
-        account: id,
-        currency,
-        amount,
-        created_at: context.now,
-        updated_at: context.now,
-        detail: OrderDetail::Freeze { remaining: amount, from_unsettled, expires_at, reason: reason.to_string() },
-    });
+    let order = state.open_order(context.now, OrderKind::Freeze, OrderStatus::Held, id, amount, OrderDetail::Freeze { remaining: amount, from_unsettled, expires_at, reason: reason.to_string() });
     if let Some(at) = expires_at {
         state.expiring_freezes.insert((at, order), ());
     }

@@ -84,10 +84,8 @@ pub fn apply(state: &mut ShardState, context: &Context, request: &PaymentRequest
     }
     // After this point the payment must succeed.
     let (payer, currency, amount) = (request.payer, request.currency, request.amount);
-    let platform = state.account(payer).expect("checked").platform;
     state.roll_day(payer, context.day);
     state.account_mut(payer).paid_today += amount;
-    let id = state.next_order_id();
     let legs = request.payees.iter().chain(request.splits);
     let (kind, status, held) = if request.guarantee {
         let held = legs.map(|leg| HeldLeg { account: leg.account, held: leg.amount, released: 0, cancelled: 0 }).collect();
@@ -95,18 +93,7 @@ pub fn apply(state: &mut ShardState, context: &Context, request: &PaymentRequest
     } else {
         (OrderKind::Payment, OrderStatus::Succeeded, Vec::new())
     };
-    state.push_order(Order {
-        id,
-        kind,
-        status,
-        platform,
-        account: payer,
-        currency,
-        amount,
-        created_at: context.now,
-        updated_at: context.now,
-        detail: OrderDetail::Payment { refunded: 0, held },
-    });
+    let id = state.open_order(context.now, kind, status, payer, amount, OrderDetail::Payment { refunded: 0, held });
     let entry_kind = if request.guarantee { EntryKind::GuaranteeHold } else { EntryKind::Payment };
     state.begin_entry(fx, id, entry_kind, currency);
     state.debit_available(fx, payer, amount);

@@ -20,19 +20,7 @@ pub fn apply(state: &mut ShardState, context: &Context, account: AccountId, curr
         return Reply::rejected(code);
     }
     // After this point the recharge must succeed.
-    let id = state.next_order_id();
-    state.push_order(Order {
-        id,
-        kind: OrderKind::Recharge,
-        status: OrderStatus::Succeeded,
-        platform: target.platform,
-        account,
-        currency,
-        amount,
-        created_at: context.now,
-        updated_at: context.now,
-        detail: OrderDetail::Recharge { channel },
-    });
+    let id = state.open_order(context.now, OrderKind::Recharge, OrderStatus::Succeeded, account, amount, OrderDetail::Recharge { channel });
     let reserve = state.system_account(SystemRole::Reserve, currency);
     state.begin_entry(fx, id, EntryKind::Recharge, currency);
     state.post(fx, reserve, Bucket::Settled, -amount);

@@ -28,21 +28,9 @@ pub fn apply(state: &mut ShardState, context: &Context, payment: OrderId, payee:
         return Reply::rejected(ResultCode::InsufficientFunds);
     }
     // After this point the refund must succeed.
-    let (platform, currency) = (account.platform, account.currency);
+    let currency = account.currency;
     state.income.get_mut(&(payment, payee)).expect("checked").refunded += amount;
-    let id = state.next_order_id();
-    state.push_order(Order {
-        id,
-        kind: OrderKind::Refund,
-        status: OrderStatus::Succeeded,
-        platform,
-        account: payee,
-        currency,
-        amount,
-        created_at: context.now,
-        updated_at: context.now,
-        detail: OrderDetail::Refund { payment, payee },
-    });
+    let id = state.open_order(context.now, OrderKind::Refund, OrderStatus::Succeeded, payee, amount, OrderDetail::Refund { payment, payee });
     state.begin_entry(fx, id, EntryKind::Refund, currency);
     state.debit_available(fx, payee, amount);
     let leg = Leg { account: income.payer, amount };

@@ -38,22 +38,9 @@ pub fn reserve(
         return Reply::rejected(ResultCode::InsufficientFunds);
     }
     // After this point the reservation must succeed.
-    let platform = account.platform;
     state.roll_day(id, context.day);
     state.account_mut(id).withdrawn_today += amount;
-    let order = state.next_order_id();
-    state.push_order(Order {
-        id: order,
-        kind: OrderKind::Withdrawal,
-        status: OrderStatus::Processing,
-        platform,
-        account: id,
-        currency,
-        amount,
-        created_at: context.now,
-        updated_at: context.now,
-        detail: OrderDetail::Withdrawal { fee, channel },
-    });
+    let order = state.open_order(context.now, OrderKind::Withdrawal, OrderStatus::Processing, id, amount, OrderDetail::Withdrawal { fee, channel });
     let pending = state.system_account(SystemRole::PayoutPending, currency);
     state.begin_entry(fx, order, EntryKind::WithdrawalReserve, currency);
     state.post(fx, id, Bucket::Settled, -(amount + fee));
