@@ -9,7 +9,7 @@ deps:
 	@bash scripts/install-deps.sh
 
 build: deps
-	cargo build $(CARGO_FLAGS) --all-targets
+	cargo build $(CARGO_FLAGS) --workspace --all-targets
 
 ## Runs the server (engine on RocksDB under ./data, with a small demo workload) until Ctrl-C.
 run: deps
@@ -17,6 +17,6 @@ run: deps
 
 ## Runs every test: unit, end-to-end, crash, and the benchmarks once each with tiny inputs.
 test: deps
-	cargo build $(CARGO_FLAGS) --all-targets
+	cargo build $(CARGO_FLAGS) --workspace --all-targets
 	cargo bench --locked --bench apply -- --test
 	cargo nextest run $(CARGO_FLAGS) --workspace --no-fail-fast

@@ -95,6 +95,8 @@ pub struct Engine {
     claims: Arc<Claims>,
     counters: Vec<Arc<ShardCounters>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Set by `shutdown`: later submissions are refused instead of queued to stopped shards.
+    shut_down: std::sync::atomic::AtomicBool,
 }
 
 /// Collects the replies of one submission's parts (one per shard) and answers once all are in.
@@ -205,6 +207,7 @@ impl Engine {
             claims,
             counters,
             threads: Mutex::new(threads),
+            shut_down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -216,6 +219,9 @@ impl Engine {
     /// Submits commands; `reply` gets one reply per command, in order, once all are durable.
     /// Blocks while a target shard's mailbox is full (backpressure).
     pub fn submit(&self, envelopes: Vec<Envelope>, reply: ReplyTo) {
+        if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return reply(Err(EngineError::ShardStopped(ShardId::MAX)));
+        }
         let shard_count = self.config.shard_count as usize;
         let mut replies: Vec<Option<Reply>> = vec![None; envelopes.len()];
         let mut parts: Vec<(Vec<Envelope>, Vec<(usize, Option<u128>)>)> = (0..shard_count).map(|_| (Vec::new(), Vec::new())).collect();
@@ -304,6 +310,9 @@ impl Engine {
         if !matches!(envelope.command, Command::Mature { .. } | Command::ExpireFreezes) {
             return Err(EngineError::NotAClientCommand);
         }
+        if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(EngineError::ShardStopped(ShardId::MAX));
+        }
         let mut receivers = Vec::new();
         for (shard, clients) in self.clients.iter().enumerate() {
             let (sender, receiver) = bounded(1);
@@ -369,6 +378,7 @@ impl Engine {
 
     /// Stops every shard after it has finished what is queued, and waits for the threads.
     pub fn shutdown(&self) {
+        self.shut_down.store(true, std::sync::atomic::Ordering::SeqCst);
         for control in &self.controls {
             let _ = control.send(Control::Shutdown);
         }

@@ -152,8 +152,33 @@ impl Shard {
             }
             round.acks_since = None;
             if !self.commit(&mut round) {
+                self.refuse_until_shutdown();
                 return;
             }
+        }
+    }
+
+    /// After a storage failure: answer every request with an error until the engine shuts down.
+    /// The thread stays, rather than exiting, so that no request can be queued to a mailbox
+    /// nobody reads (its caller would wait forever). Reads are refused too: the in-memory state
+    /// holds the batch that was never written.
+    fn refuse_until_shutdown(&self) {
+        let shard = self.state.shard;
+        loop {
+            select! {
+                recv(self.clients) -> message => match message {
+                    Ok(request) => (request.reply)(Err(EngineError::ShardStopped(shard))),
+                    Err(_) => return,
+                },
+                recv(self.control) -> message => match message {
+                    Ok(Control::Read(_)) => {}
+                    Ok(Control::Shutdown) | Err(_) => break,
+                },
+                recv(self.inbound) -> _ => {}
+            }
+        }
+        while let Ok(request) = self.clients.try_recv() {
+            (request.reply)(Err(EngineError::ShardStopped(shard)));
         }
     }
 

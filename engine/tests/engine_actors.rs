@@ -235,3 +235,28 @@ fn frequent_reads_do_not_starve_acknowledgements() {
     engine.wait_quiescent(Duration::from_secs(5)).expect("acks are flushed despite polling");
     engine.shutdown();
 }
+
+#[test]
+fn requests_racing_a_storage_failure_are_answered_not_lost() {
+    // Regression: a shard used to exit after a failed write; a request queued in the moment before
+    // its mailbox closed was never answered and its caller waited forever (seen about 1 in 15 runs).
+    for round in 0..100 {
+        let store = Arc::new(MemoryStore::new());
+        let engine = Engine::start(config(1), store.clone()).unwrap();
+        let accounts = open_funded(&engine, 0..2, 100);
+        store.fail_after(0);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        for i in 0..3 {
+            let sender = sender.clone();
+            engine.submit(vec![keyed(&format!("r{i}"), pay(accounts[0], accounts[1], 1))], Box::new(move |result| {
+                let _ = sender.send(result.is_err());
+            }));
+        }
+        for _ in 0..3 {
+            let failed = receiver.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| panic!("round {round}: a request was never answered"));
+            assert!(failed, "round {round}: nothing may be acknowledged once the write failed");
+        }
+        engine.shutdown();
+        assert!(engine.execute_one(keyed("late", pay(accounts[0], accounts[1], 1))).is_err());
+    }
+}
