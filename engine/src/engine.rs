@@ -147,7 +147,7 @@ impl Engine {
         let claims = Arc::new(Claims::new());
         for (state, _, _) in &recovered {
             directory.load(state);
-            for key in state.idempotency.keys() {
+            for (key, _) in state.idempotency.iter() {
                 claims.stripe(*key).lock().expect("claims lock").insert(*key, state.shard);
             }
         }

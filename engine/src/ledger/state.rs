@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::command::{content_hash, idempotency_key, Command, Envelope};
+use crate::ledger::growth::{ChunkedVec, StripedMap};
 use crate::ledger::ops;
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, CurrencySpec, Minor};
@@ -74,13 +75,13 @@ pub struct ShardState {
     /// (platform, owner, currency) -> account, for "one account per member per currency".
     pub owners: FastMap<(u32, u64, CurrencyId), AccountId>,
     /// Orders by local index.
-    pub orders: Vec<Order>,
-    pub idempotency: FastMap<u128, IdempotencyRecord>,
+    pub orders: ChunkedVec<Order>,
+    pub idempotency: StripedMap<u128, IdempotencyRecord>,
     /// Unsettled income lots per account: (business day, amount), oldest first. A queue stays
     /// (empty) once created, so accounts that keep receiving and spending do not reallocate.
     pub lots: FastMap<AccountId, VecDeque<(u32, Minor)>>,
     /// (payment, payee) -> income received, on the payee's shard.
-    pub income: FastMap<(OrderId, AccountId), Income>,
+    pub income: StripedMap<(OrderId, AccountId), Income>,
     /// Outboxes by target shard.
     pub outboxes: Vec<Outbox>,
     /// Highest credit sequence applied from each source shard.
@@ -261,7 +262,7 @@ impl ShardState {
 
     pub(crate) fn order_mut(&mut self, id: OrderId) -> &mut Order {
         let index = id.local_index(self.shard_count) as usize;
-        &mut self.orders[index]
+        self.orders.get_mut(index).expect("order ids name existing orders")
     }
 
     pub(crate) fn next_order_id(&self) -> OrderId {
@@ -401,11 +402,11 @@ impl ShardState {
     /// A digest of the whole state in a canonical order (equal states have equal digests).
     pub fn digest(&self) -> u64 {
         let mut canonical = self.clone();
-        let mut idempotency: Vec<_> = canonical.idempotency.drain().collect();
+        let mut idempotency: Vec<_> = std::mem::take(&mut canonical.idempotency).iter().map(|(k, v)| (*k, *v)).collect();
         idempotency.sort_by_key(|(k, _)| *k);
         let mut owners: Vec<_> = canonical.owners.drain().collect();
         owners.sort_by_key(|(k, _)| *k);
-        let mut income: Vec<_> = canonical.income.drain().collect();
+        let mut income: Vec<_> = std::mem::take(&mut canonical.income).iter().map(|(k, v)| (*k, *v)).collect();
         income.sort_by_key(|(k, _)| *k);
         let mut lots: Vec<_> = canonical.lots.drain().filter(|(_, l)| !l.is_empty()).collect();
         lots.sort_by_key(|(k, _)| *k);

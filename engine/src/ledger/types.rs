@@ -39,6 +39,12 @@ macro_rules! sharded_id {
                 self.0 / shard_count as u64
             }
         }
+
+        impl From<$name> for u64 {
+            fn from(id: $name) -> u64 {
+                id.0
+            }
+        }
     };
 }
 
