@@ -429,10 +429,6 @@ impl Engine {
         credit_refusal_by(entry.currency, entry.status, currency).map_or(Ok(()), Err)
     }
 
-    /// Whether an account exists in the directory (customer accounts only).
-    pub fn account_exists(&self, account: AccountId) -> bool {
-        self.directory.get(account, self.config.shard_count).is_some()
-    }
 }
 
 /// Replays every shard's journal (in parallel) and writes genesis for shards that have none.
