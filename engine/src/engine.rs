@@ -14,7 +14,7 @@ use crate::journal::{batch_key, encode, replay_shard, BatchRecordRef, META_SHARD
 use crate::ledger::command::{idempotency_key, Command, Envelope};
 use crate::ledger::ops::payment::check_legs;
 use crate::ledger::state::{check_amount, credit_refusal_by, Effects, ShardState};
-use crate::ledger::types::{AccountId, Leg, Reply, ShardId, Timestamp};
+use crate::ledger::types::{Leg, Reply, ShardId, Timestamp};
 use crate::money::CurrencySpec;
 use crate::result::ResultCode;
 use crate::shard::{ClientRequest, Control, ReplyTo, Shard, ShardCounters, ShardLimits};
