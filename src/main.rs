@@ -92,28 +92,41 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let store = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
     let started = std::time::Instant::now();
-    let engine = Engine::start(config.engine.clone(), store)?;
+    let engine = Arc::new(Engine::start(config.engine.clone(), store)?);
     println!("clearing engine: {} shards on RocksDB at {} (recovered in {:?})", config.engine.shard_count, data_dir.display(), started.elapsed());
-    println!("configured listen address: {listen} (the HTTP API is served once the gateway lands; see README)");
     workload::demo(&engine)?;
     let mut out = std::io::stdout();
     report::print_shards_online(&engine, &config, &mut out)?;
     report::print_invariants(&engine::invariants::check_engine(&engine)?, &mut out)?;
     if !once {
-        let (sender, receiver) = crossbeam_channel_like();
-        ctrlc::set_handler(move || {
-            let _ = sender.send(());
-        })
-        .context("installing the signal handler")?;
-        println!("running; Ctrl-C (SIGINT) or SIGTERM stops it gracefully");
-        let _ = receiver.recv();
+        serve_http(engine.clone(), &data_dir, &listen)?;
     }
     engine.shutdown();
     println!("stopped: every acknowledged order is durable");
     Ok(())
 }
 
-/// A one-slot channel from the standard library for the signal handler.
-fn crossbeam_channel_like() -> (std::sync::mpsc::SyncSender<()>, std::sync::mpsc::Receiver<()>) {
-    std::sync::mpsc::sync_channel(1)
+/// Serves the HTTP API until SIGINT or SIGTERM (graceful: requests in flight finish).
+fn serve_http(engine: Arc<Engine>, data_dir: &std::path::Path, listen: &str) -> Result<()> {
+    use gateway::admin::{AdminToken, TokenSource};
+    let (token, source) = AdminToken::load(data_dir).context("loading the operator token")?;
+    match &source {
+        TokenSource::Environment => println!("operator token: from CLEARING_ADMIN_TOKEN"),
+        TokenSource::File(path) => println!("operator token: in {}", path.display()),
+        TokenSource::Generated(path) => {
+            println!("operator token (shown once; also in {}, mode 0600): {}", path.display(), token.reveal())
+        }
+    }
+    actix_web::rt::System::new().block_on(async move {
+        let limits = gateway::server::HttpLimits::default();
+        let (server, addresses) = gateway::server::bind(engine, token, listen, limits)?;
+        for address in addresses {
+            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/shards, /admin/invariants)");
+        }
+        println!("running; Ctrl-C (SIGINT) or SIGTERM stops it gracefully");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        server.await
+    })?;
+    Ok(())
 }

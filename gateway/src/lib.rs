@@ -1,5 +1,11 @@
-//! The HTTP edge (the platform OpenAPI arrives with the gateway issue). For now: turning API
-//! amounts (decimal strings in major units) into the engine's exact minor units.
+//! The HTTP edge: the only crate that knows HTTP and JSON. So far: the server with health,
+//! readiness and the operator's shard and invariant views (bearer token), the API error shape,
+//! and turning API amounts (decimal strings in major units) into exact minor units. The signed
+//! platform OpenAPI is the gateway issue's next step.
+
+pub mod admin;
+pub mod error;
+pub mod server;
 
 use engine::money::{CurrencySpec, Minor, AMOUNT_MINOR_MAX};
 use rust_decimal::Decimal;

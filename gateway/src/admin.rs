@@ -1,0 +1,180 @@
+//! The system operator's API: bearer token, shard state, invariants.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use engine::invariants::check_engine;
+use engine::Engine;
+use rand::RngCore;
+use serde::Serialize;
+
+use crate::error::ApiError;
+
+/// The system operator's token as the server holds it.
+pub struct AdminToken(String);
+
+/// Where the token came from, for the start-up message.
+pub enum TokenSource {
+    Environment,
+    /// Generated now and written to this file (shown once).
+    Generated(std::path::PathBuf),
+    /// Read from the file an earlier start wrote.
+    File(std::path::PathBuf),
+}
+
+impl AdminToken {
+    /// `CLEARING_ADMIN_TOKEN` when set (non-empty); else the token in `<data_dir>/admin-token`,
+    /// generated (32 random bytes, hex) and written with mode 0600 on first start.
+    pub fn load(data_dir: &Path) -> std::io::Result<(AdminToken, TokenSource)> {
+        if let Ok(token) = std::env::var("CLEARING_ADMIN_TOKEN") {
+            if !token.is_empty() {
+                return Ok((AdminToken(token), TokenSource::Environment));
+            }
+        }
+        let path = data_dir.join("admin-token");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let token = text.trim().to_string();
+            if !token.is_empty() {
+                return Ok((AdminToken(token), TokenSource::File(path)));
+            }
+        }
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(&path, &token)?;
+        Ok((AdminToken(token), TokenSource::Generated(path)))
+    }
+
+    /// The token's text (to print once on first start).
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+
+    /// Checks `Authorization: Bearer <token>`, comparing in constant time.
+    pub fn check(&self, request: &HttpRequest) -> Result<(), ApiError> {
+        let header = request.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let offered = header.strip_prefix("Bearer ").unwrap_or("");
+        let expected = self.0.as_bytes();
+        let offered = offered.as_bytes();
+        let mut difference = (expected.len() != offered.len()) as u8;
+        for (index, byte) in expected.iter().enumerate() {
+            difference |= byte ^ offered.get(index).copied().unwrap_or(0);
+        }
+        if difference == 0 {
+            Ok(())
+        } else {
+            Err(ApiError::unauthenticated("missing or wrong operator token"))
+        }
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+/// One shard as `/admin/shards` shows it.
+#[derive(Serialize)]
+pub struct ShardView {
+    pub shard: u16,
+    pub accounts: u64,
+    pub mailbox_depth: usize,
+    pub last_sequence: u64,
+    pub outbox_pending: u64,
+    pub batches: u64,
+    pub commands: u64,
+    pub last_batch_size: u64,
+    pub largest_batch_size: u64,
+    pub fsync_us_last: u64,
+    pub fsync_us_mean: u64,
+    pub fsync_us_max: u64,
+    pub stopped: bool,
+}
+
+/// The published figures of one shard.
+pub fn shard_view(engine: &Engine, shard: u16) -> Option<ShardView> {
+    let c = engine.counters().get(shard as usize)?;
+    let batches = c.batches.load(Ordering::Relaxed);
+    Some(ShardView {
+        shard,
+        accounts: c.accounts.load(Ordering::Relaxed),
+        mailbox_depth: engine.mailbox_depth(shard),
+        last_sequence: c.last_sequence.load(Ordering::Relaxed),
+        outbox_pending: c.outbox_pending.load(Ordering::Relaxed),
+        batches,
+        commands: c.commands.load(Ordering::Relaxed),
+        last_batch_size: c.last_batch_size.load(Ordering::Relaxed),
+        largest_batch_size: c.largest_batch_size.load(Ordering::Relaxed),
+        fsync_us_last: c.last_fsync_us.load(Ordering::Relaxed),
+        fsync_us_mean: c.total_fsync_us.load(Ordering::Relaxed).checked_div(batches).unwrap_or(0),
+        fsync_us_max: c.largest_fsync_us.load(Ordering::Relaxed),
+        stopped: c.stopped.load(Ordering::Relaxed),
+    })
+}
+
+#[derive(Serialize)]
+struct ShardsBody {
+    shards: Vec<ShardView>,
+}
+
+#[get("/admin/shards")]
+async fn list_shards(request: HttpRequest, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let count = engine.config().shard_count;
+    let shards = (0..count).filter_map(|s| shard_view(&engine, s)).collect();
+    Ok(HttpResponse::Ok().json(ShardsBody { shards }))
+}
+
+#[get("/admin/shards/{shard}")]
+async fn one_shard(request: HttpRequest, path: web::Path<String>, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let view = path.parse::<u16>().ok().and_then(|s| shard_view(&engine, s)).ok_or_else(ApiError::not_found)?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Serialize)]
+struct CurrencyBody {
+    currency: String,
+    sum_minor: String,
+    in_transit_minor: String,
+    in_flight_minor: String,
+}
+
+#[derive(Serialize)]
+struct InvariantsBody {
+    ok: bool,
+    currencies: Vec<CurrencyBody>,
+    failures: Vec<String>,
+}
+
+#[get("/admin/invariants")]
+async fn check_invariants(request: HttpRequest, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let engine = engine.get_ref().clone();
+    // Reading the shards waits on their threads: off the async workers.
+    let report = web::block(move || check_engine(&engine))
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    // Sums are i128: sent as decimal strings so that no JSON reader loses precision.
+    let currencies = report
+        .currencies
+        .iter()
+        .map(|c| CurrencyBody {
+            currency: c.currency.clone(),
+            sum_minor: c.sum_minor.to_string(),
+            in_transit_minor: c.in_transit_minor.to_string(),
+            in_flight_minor: c.in_flight_minor.to_string(),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(InvariantsBody { ok: report.ok, currencies, failures: report.failures }))
+}
+
+/// Registers the operator routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(list_shards).service(one_shard).service(check_invariants);
+}

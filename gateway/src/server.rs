@@ -1,0 +1,77 @@
+//! The HTTP server: bounded connections and bodies, health and readiness, graceful shutdown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix_web::{get, web, App, HttpResponse, HttpServer};
+use engine::Engine;
+
+use crate::admin::AdminToken;
+use crate::error::ApiError;
+
+/// Limits of the HTTP edge (DESIGN.md invariant 10).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Concurrent connections per worker.
+    pub connections_max: usize,
+    /// Largest request body in bytes.
+    pub body_bytes_max: usize,
+    /// Worker threads.
+    pub workers: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits { connections_max: 1024, body_bytes_max: 16 << 20, workers: 2 }
+    }
+}
+
+#[get("/healthz")]
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Ready while every shard runs; 503 once one has stopped (a failed write stops a shard).
+#[get("/readyz")]
+async fn readyz(engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let stopped: Vec<usize> = engine
+        .counters()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.stopped.load(Ordering::Relaxed))
+        .map(|(shard, _)| shard)
+        .collect();
+    if stopped.is_empty() {
+        Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
+    } else {
+        Err(ApiError::unavailable(format!("shards stopped: {stopped:?}")))
+    }
+}
+
+/// Binds `listen` and returns the running server and the addresses it bound (port 0 picks one).
+/// Actix stops it gracefully on SIGINT/SIGTERM, finishing requests in flight.
+pub fn bind(
+    engine: Arc<Engine>,
+    token: AdminToken,
+    listen: &str,
+    limits: HttpLimits,
+) -> std::io::Result<(actix_web::dev::Server, Vec<std::net::SocketAddr>)> {
+    let engine = web::Data::new(engine);
+    let token = web::Data::new(token);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(engine.clone())
+            .app_data(token.clone())
+            .app_data(web::PayloadConfig::new(limits.body_bytes_max))
+            .app_data(web::JsonConfig::default().limit(limits.body_bytes_max))
+            .service(healthz)
+            .service(readyz)
+            .configure(crate::admin::routes)
+            .default_service(web::to(|| async { Err::<HttpResponse, ApiError>(ApiError::not_found()) }))
+    })
+    .workers(limits.workers)
+    .max_connections(limits.connections_max)
+    .bind(listen)?;
+    let addresses = server.addrs();
+    Ok((server.run(), addresses))
+}
