@@ -220,7 +220,7 @@ fn order(i: u64, seed: u64, memory: &Memory) -> (Envelope, Kind) {
         ),
         84..=89 if !memory.withdrawals.is_empty() => {
             let order = memory.withdrawals[rng.gen_range(0..memory.withdrawals.len())];
-            let succeeded = order.0 % 3 != 0;
+            let succeeded = !order.0.is_multiple_of(3);
             (envelope(&format!("wdc-{i}"), Command::CompleteWithdrawal { order, succeeded }), Kind::Other)
         }
         90..=94 => (

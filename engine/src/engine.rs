@@ -224,7 +224,9 @@ impl Engine {
         }
         let shard_count = self.config.shard_count as usize;
         let mut replies: Vec<Option<Reply>> = vec![None; envelopes.len()];
-        let mut parts: Vec<(Vec<Envelope>, Vec<(usize, Option<u128>)>)> = (0..shard_count).map(|_| (Vec::new(), Vec::new())).collect();
+        // Per shard: its commands, and for each its position in the submission and new claim.
+        type Part = (Vec<Envelope>, Vec<(usize, Option<u128>)>);
+        let mut parts: Vec<Part> = (0..shard_count).map(|_| (Vec::new(), Vec::new())).collect();
         for (index, envelope) in envelopes.into_iter().enumerate() {
             let shard = match self.route(&envelope) {
                 Ok(shard) => shard,

@@ -35,7 +35,7 @@ impl<T> ChunkedVec<T> {
 
     /// Appends an item.
     pub fn push(&mut self, item: T) {
-        if self.len % CHUNK_LEN == 0 {
+        if self.len.is_multiple_of(CHUNK_LEN) {
             self.chunks.push(Vec::with_capacity(CHUNK_LEN));
         }
         self.chunks.last_mut().expect("a chunk with room").push(item);

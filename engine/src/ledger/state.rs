@@ -384,6 +384,15 @@ impl ShardState {
         });
     }
 
+    /// Where a credit to `account` lands: the account itself, or this shard's suspense stripe when
+    /// it is not a local customer account that can take credits in `currency`.
+    pub(crate) fn credit_target(&self, account: AccountId, currency: CurrencyId) -> AccountId {
+        match self.account(account) {
+            Some(a) if a.kind == AccountKind::Customer && credit_refusal(a, currency).is_none() => account,
+            _ => self.system_account(SystemRole::Suspense, currency),
+        }
+    }
+
     /// Resets an account's daily counters when the business day has changed.
     pub(crate) fn roll_day(&mut self, account: AccountId, day: u32) {
         let a = self.account_mut(account);

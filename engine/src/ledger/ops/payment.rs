@@ -109,17 +109,22 @@ pub fn apply(state: &mut ShardState, context: &Context, request: &PaymentRequest
     ok_order(id, status)
 }
 
-/// Credits payment income to a receiver: locally into its unsettled bucket (or suspense if it can
-/// no longer take credits), or through the outbox when another shard owns it.
+/// Credits payment income to a receiver: locally (see `land_income`), or through the outbox
+/// when another shard owns it.
 pub(crate) fn credit_income(state: &mut ShardState, fx: &mut Effects, day: u32, order: OrderId, leg: Leg, payer: AccountId, currency: CurrencyId) {
     if leg.account.shard(state.shard_count) != state.shard {
         state.send_credit(fx, order, leg, payer, CreditPurpose::PaymentIncome, currency);
-        return;
+    } else {
+        land_income(state, fx, day, order, leg, payer, currency);
     }
-    let refused = state.account(leg.account).map_or(true, |a| credit_refusal(a, currency).is_some());
-    if refused {
-        let suspense = state.system_account(SystemRole::Suspense, currency);
-        state.post(fx, suspense, Bucket::Settled, leg.amount);
+}
+
+/// Lands income on a local receiver's unsettled bucket and remembers it for refunds; a receiver
+/// that can no longer take credits sends it to suspense instead.
+pub(crate) fn land_income(state: &mut ShardState, fx: &mut Effects, day: u32, order: OrderId, leg: Leg, payer: AccountId, currency: CurrencyId) {
+    let target = state.credit_target(leg.account, currency);
+    if target != leg.account {
+        state.post(fx, target, Bucket::Settled, leg.amount);
         return;
     }
     state.credit_unsettled(fx, leg.account, leg.amount, day);

@@ -1,6 +1,6 @@
 //! Refunds: money a payee received from a payment goes back to the payer. Runs on the payee's shard.
 
-use crate::ledger::state::{check_amount, credit_refusal, ok_order, Context, Effects, ShardState};
+use crate::ledger::state::{check_amount, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
 use crate::money::Minor;
 use crate::result::ResultCode;
@@ -47,8 +47,7 @@ pub fn apply(state: &mut ShardState, context: &Context, payment: OrderId, payee:
 /// bucket, or suspense if the payer can no longer take credits, and updates the payment's status.
 pub(crate) fn credit_refund(state: &mut ShardState, fx: &mut Effects, payment: OrderId, leg: Leg, now: Timestamp) {
     let currency = state.order(payment).expect("a refunded payment lives on the payer's shard").currency;
-    let refused = state.account(leg.account).map_or(true, |a| credit_refusal(a, currency).is_some());
-    let target = if refused { state.system_account(SystemRole::Suspense, currency) } else { leg.account };
+    let target = state.credit_target(leg.account, currency);
     state.post(fx, target, Bucket::Settled, leg.amount);
     let order = state.order_mut(payment);
     order.updated_at = now;

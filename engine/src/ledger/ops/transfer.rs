@@ -1,7 +1,8 @@
 //! The receiving side of cross-shard movements: credits from other shards' outboxes, exactly once.
 
+use crate::ledger::ops::payment::land_income;
 use crate::ledger::ops::refund::credit_refund;
-use crate::ledger::state::{credit_refusal, Context, Effects, Income, ShardState};
+use crate::ledger::state::{Context, Effects, ShardState};
 use crate::ledger::types::*;
 use crate::result::ResultCode;
 
@@ -23,19 +24,7 @@ pub fn apply_credit(state: &mut ShardState, context: &Context, credit: &RemoteCr
     match credit.purpose {
         CreditPurpose::RefundToPayer => credit_refund(state, fx, credit.order, leg, context.now),
         CreditPurpose::PaymentIncome => {
-            let refused = match state.account(credit.account) {
-                Some(account) => account.kind != AccountKind::Customer || credit_refusal(account, credit.currency).is_some(),
-                None => true,
-            };
-            if refused {
-                let suspense = state.system_account(SystemRole::Suspense, credit.currency);
-                state.post(fx, suspense, Bucket::Settled, credit.amount);
-            } else {
-                state.credit_unsettled(fx, credit.account, credit.amount, context.day);
-                let key = (credit.order, credit.account);
-                let income = state.income.entry(key).or_insert(Income { payer: credit.counterparty, received: 0, refunded: 0 });
-                income.received += credit.amount;
-            }
+            land_income(state, fx, context.day, credit.order, leg, credit.counterparty, credit.currency)
         }
     }
     state.end_entry(fx);
