@@ -214,8 +214,12 @@ impl Shard {
 
     /// Takes what is already queued, without waiting, up to the batch limit.
     fn drain(&mut self, round: &mut Round) {
-        // Credits from other shards first (they free the senders' outboxes); a batch holds at
-        // most `batch_size_max` commands plus the last credit message taken.
+        // Credits from other shards first (they free the senders' outboxes), then whole client
+        // requests, each while the batch is below `batch_size_max`. Credit messages and client
+        // requests hold at most `batch_size_max` commands each (the sender and the router split
+        // them), so a batch holds at most 2 * batch_size_max - 1 commands plus one acknowledgement
+        // per shard. Taking a whole request past the limit, rather than holding it back, keeps
+        // two half-full requests in one fsync.
         while round.envelopes.len() < self.limits.batch_size_max {
             match self.inbound.try_recv() {
                 Ok(message) => self.take_inbound(message, round),
@@ -293,11 +297,12 @@ impl Shard {
             if first_unsent == outbox.pending.len() {
                 continue;
             }
+            // At most a batch of credits per message, so that a receiving batch stays bounded.
             let fresh: Vec<RemoteCredit> = outbox.pending.range(first_unsent..).copied().collect();
-            if let Some(last) = fresh.last() {
-                sent[target] = last.sequence;
+            for chunk in fresh.chunks(self.limits.batch_size_max) {
+                sent[target] = chunk.last().expect("chunks are not empty").sequence;
                 // A stopped peer drops the message; the credits stay pending and are resent on restart.
-                let _ = self.peers[target].send(Inbound::Credits(fresh));
+                let _ = self.peers[target].send(Inbound::Credits(chunk.to_vec()));
             }
         }
     }
