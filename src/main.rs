@@ -90,16 +90,16 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     let (config, data_dir) = load(config, data_dir)?;
     let listen = listen.unwrap_or_else(|| config.listen.clone());
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let store = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
+    let store: Arc<dyn storage::Store> = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
     let started = std::time::Instant::now();
-    let engine = Arc::new(Engine::start(config.engine.clone(), store)?);
+    let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
     println!("clearing engine: {} shards on RocksDB at {} (recovered in {:?})", config.engine.shard_count, data_dir.display(), started.elapsed());
     workload::demo(&engine)?;
     let mut out = std::io::stdout();
     report::print_shards_online(&engine, &config, &mut out)?;
     report::print_invariants(&engine::invariants::check_engine(&engine)?, &mut out)?;
     if !once {
-        serve_http(engine.clone(), &data_dir, &listen)?;
+        serve_http(engine.clone(), store, &data_dir, &listen)?;
     }
     engine.shutdown();
     println!("stopped: every acknowledged order is durable");
@@ -107,8 +107,10 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
 }
 
 /// Serves the HTTP API until SIGINT or SIGTERM (graceful: requests in flight finish).
-fn serve_http(engine: Arc<Engine>, data_dir: &std::path::Path, listen: &str) -> Result<()> {
+fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &std::path::Path, listen: &str) -> Result<()> {
     use gateway::admin::{AdminToken, TokenSource};
+    let master_key = gateway::secrets::MasterKey::load(data_dir).context("loading the master key")?;
+    let platforms = Arc::new(gateway::platforms::Platforms::load(store, master_key).map_err(anyhow::Error::msg)?);
     let (token, source) = AdminToken::load(data_dir).context("loading the operator token")?;
     match &source {
         TokenSource::Environment => println!("operator token: from CLEARING_ADMIN_TOKEN"),
@@ -119,9 +121,9 @@ fn serve_http(engine: Arc<Engine>, data_dir: &std::path::Path, listen: &str) -> 
     }
     actix_web::rt::System::new().block_on(async move {
         let limits = gateway::server::HttpLimits::default();
-        let (server, addresses) = gateway::server::bind(engine, token, listen, limits)?;
+        let (server, addresses) = gateway::server::bind(engine, token, platforms, listen, limits)?;
         for address in addresses {
-            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/shards, /admin/invariants)");
+            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants; signed: /v1/platform)");
         }
         println!("running; Ctrl-C (SIGINT) or SIGTERM stops it gracefully");
         use std::io::Write;

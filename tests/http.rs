@@ -107,3 +107,110 @@ fn a_generated_operator_token_is_private_and_survives_restarts() {
     assert_eq!(again.get("/admin/invariants", Some(&token)).0, 200);
     again.stop();
 }
+
+fn sign(secret: &str, method: &str, path: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let canonical = format!("{method}\n{path}\n{timestamp}\n{nonce}\n{}", hex::encode(Sha256::digest(body)));
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(canonical.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+}
+
+/// Sends a signed GET with the given header values (each may be overridden to test failures).
+fn signed_get(server: &Server, path: &str, platform: &str, timestamp: i64, nonce: &str, signature: &str) -> (u16, serde_json::Value) {
+    let request = ureq::get(&format!("{}{path}", server.base))
+        .set("X-Platform-Id", platform)
+        .set("X-Timestamp", &timestamp.to_string())
+        .set("X-Nonce", nonce)
+        .set("X-Signature", signature);
+    let response = match request.call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("GET {path}: {error}"),
+    };
+    (response.status(), response.into_json().expect("JSON"))
+}
+
+fn create_platform(server: &Server, token: &str, body: &str) -> (u16, serde_json::Value) {
+    let response = match ureq::post(&format!("{}/admin/platforms", server.base))
+        .set("Authorization", &format!("Bearer {token}"))
+        .set("Content-Type", "application/json")
+        .send_string(body)
+    {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("create platform: {error}"),
+    };
+    (response.status(), response.into_json().expect("JSON"))
+}
+
+#[test]
+fn platforms_sign_their_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "operator-secret-2";
+    let server = start(dir.path(), Some(token));
+    let bad_bodies: &[(&str, &str)] = &[
+        ("{\"name\": \"\"}", "invalid_request"),
+        ("{\"name\": \"x\", \"settlement_cycle_days\": 31}", "invalid_request"),
+        ("{\"name\": \"x\", \"auto_confirm_days\": 0}", "invalid_request"),
+        ("{\"name\": \"x\", \"colour\": \"red\"}", "invalid_request"),
+        ("{\"name\": 5}", "invalid_request"),
+        ("not json", "invalid_request"),
+    ];
+    for (body, code) in bad_bodies {
+        let (status, reply) = create_platform(&server, token, body);
+        assert_eq!((status, reply["error"]["code"].as_str()), (400, Some(*code)), "{body}: {reply}");
+    }
+    assert_eq!(create_platform(&server, "wrong", "{\"name\": \"x\"}").0, 401);
+    let (status, created) = create_platform(&server, token, "{\"name\": \"Home Decor Mall\", \"settlement_cycle_days\": 2}");
+    assert_eq!(status, 201, "{created}");
+    let platform = created["platform_id"].as_str().expect("id").to_string();
+    let secret = created["secret"].as_str().expect("secret").to_string();
+    assert_eq!((created["settlement_cycle_days"].as_u64(), created["auto_confirm_days"].as_u64()), (Some(2), Some(15)));
+    let (_, other) = create_platform(&server, token, "{\"name\": \"Other\"}");
+    assert_ne!(other["platform_id"], created["platform_id"]);
+    assert_ne!(other["secret"], created["secret"]);
+
+    let t = now();
+    let good = |nonce: &str| sign(&secret, "GET", "/v1/platform", t, nonce, b"");
+    let (status, me) = signed_get(&server, "/v1/platform", &platform, t, "nonce0000000001", &good("nonce0000000001"));
+    assert_eq!(status, 401, "a 15-character nonce is too short: {me}");
+    let (status, me) = signed_get(&server, "/v1/platform", &platform, t, "nonce00000000001", &good("nonce00000000001"));
+    assert_eq!((status, me["name"].as_str()), (200, Some("Home Decor Mall")), "{me}");
+    let cases: Vec<(&str, String, i64, &str, String, &str)> = vec![
+        ("replayed nonce", platform.clone(), t, "nonce00000000001", good("nonce00000000001"), "replayed_request"),
+        ("bad signature", platform.clone(), t, "nonce00000000002", good("nonce00000000099"), "unauthenticated"),
+        ("other platform's id", other["platform_id"].as_str().unwrap().to_string(), t, "nonce00000000003", good("nonce00000000003"), "unauthenticated"),
+        ("unknown platform", "plt_999".into(), t, "nonce00000000004", good("nonce00000000004"), "unauthenticated"),
+        ("old timestamp", platform.clone(), t - 301, "nonce00000000005", sign(&secret, "GET", "/v1/platform", t - 301, "nonce00000000005", b""), "timestamp_out_of_window"),
+        ("future timestamp", platform.clone(), t + 301, "nonce00000000006", sign(&secret, "GET", "/v1/platform", t + 301, "nonce00000000006", b""), "timestamp_out_of_window"),
+        ("signed for another path", platform.clone(), t, "nonce00000000007", sign(&secret, "GET", "/v1/orders", t, "nonce00000000007", b""), "unauthenticated"),
+    ];
+    for (name, platform_id, timestamp, nonce, signature, code) in cases {
+        let (status, reply) = signed_get(&server, "/v1/platform", &platform_id, timestamp, nonce, &signature);
+        assert_eq!((status, reply["error"]["code"].as_str()), (401, Some(code)), "{name}: {reply}");
+    }
+    let (status, reply) = match ureq::get(&format!("{}/v1/platform", server.base)).call() {
+        Err(ureq::Error::Status(status, response)) => (status, response.into_json::<serde_json::Value>().expect("JSON")),
+        other => panic!("unsigned request answered {other:?}"),
+    };
+    assert_eq!((status, reply["error"]["code"].as_str()), (401, Some("unauthenticated")));
+    server.stop();
+
+    // Platforms and their secrets survive a restart (the secret is derived, never stored).
+    let again = start(dir.path(), Some(token));
+    let t = now();
+    let (status, me) = signed_get(&again, "/v1/platform", &platform, t, "nonceAfterRestart1", &sign(&secret, "GET", "/v1/platform", t, "nonceAfterRestart1", b""));
+    assert_eq!((status, me["platform_id"].as_str()), (200, Some(platform.as_str())), "{me}");
+    again.stop();
+    let stored = std::fs::read_dir(dir.path()).expect("data dir").filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file());
+    for file in stored {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret found in {}", file.display());
+    }
+}

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use engine::invariants::check_engine;
 use engine::Engine;
-use rand::RngCore;
 use serde::Serialize;
 
 use crate::error::ApiError;
+use crate::secrets::{random_hex, write_private};
 
 /// The system operator's token as the server holds it.
 pub struct AdminToken(String);
@@ -40,9 +40,7 @@ impl AdminToken {
                 return Ok((AdminToken(token), TokenSource::File(path)));
             }
         }
-        let mut bytes = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = random_hex();
         write_private(&path, &token)?;
         Ok((AdminToken(token), TokenSource::Generated(path)))
     }
@@ -56,26 +54,12 @@ impl AdminToken {
     pub fn check(&self, request: &HttpRequest) -> Result<(), ApiError> {
         let header = request.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
         let offered = header.strip_prefix("Bearer ").unwrap_or("");
-        let expected = self.0.as_bytes();
-        let offered = offered.as_bytes();
-        let mut difference = (expected.len() != offered.len()) as u8;
-        for (index, byte) in expected.iter().enumerate() {
-            difference |= byte ^ offered.get(index).copied().unwrap_or(0);
-        }
-        if difference == 0 {
+        if crate::auth::constant_time_equal(self.0.as_bytes(), offered.as_bytes()) {
             Ok(())
         } else {
             Err(ApiError::unauthenticated("missing or wrong operator token"))
         }
     }
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
 }
 
 /// One shard as `/admin/shards` shows it.
@@ -176,5 +160,38 @@ async fn check_invariants(request: HttpRequest, engine: web::Data<Arc<Engine>>, 
 
 /// Registers the operator routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(list_shards).service(one_shard).service(check_invariants);
+    config.service(list_shards).service(one_shard).service(check_invariants).service(create_platform);
+}
+
+#[derive(Serialize)]
+struct CreatedPlatform {
+    platform_id: String,
+    secret: String,
+    name: String,
+    settlement_cycle_days: u8,
+    auto_confirm_days: u8,
+    require_payment_password: bool,
+}
+
+/// `POST /admin/platforms`: the secret is in this response only.
+#[actix_web::post("/admin/platforms")]
+async fn create_platform(
+    request: HttpRequest,
+    body: web::Bytes,
+    token: web::Data<AdminToken>,
+    platforms: web::Data<Arc<crate::platforms::Platforms>>,
+) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let new: crate::platforms::NewPlatform = crate::v1::parse_json(&body)?;
+    let platforms = platforms.get_ref().clone();
+    // The store write syncs to disk: off the async workers.
+    let (platform, secret) = web::block(move || platforms.create(new)).await.map_err(|e| ApiError::unavailable(e.to_string()))??;
+    Ok(HttpResponse::Created().json(CreatedPlatform {
+        platform_id: platform.public_id(),
+        secret,
+        name: platform.name,
+        settlement_cycle_days: platform.settlement_cycle_days,
+        auto_confirm_days: platform.auto_confirm_days,
+        require_payment_password: platform.require_payment_password,
+    }))
 }

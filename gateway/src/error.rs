@@ -27,6 +27,16 @@ struct Inner<'a> {
 }
 
 impl ApiError {
+    /// An error with any status and code.
+    pub fn new(status: u16, code: &'static str, message: &str) -> ApiError {
+        ApiError { status, code, message: message.to_string(), param: None }
+    }
+
+    /// 400 `invalid_request`, naming the field at fault.
+    pub fn invalid(message: &str, param: &'static str) -> ApiError {
+        ApiError { status: 400, code: "invalid_request", message: message.to_string(), param: Some(param) }
+    }
+
     /// 401 `unauthenticated`.
     pub fn unauthenticated(message: &str) -> ApiError {
         ApiError { status: 401, code: "unauthenticated", message: message.to_string(), param: None }

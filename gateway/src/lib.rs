@@ -4,8 +4,12 @@
 //! platform OpenAPI is the gateway issue's next step.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
+pub mod platforms;
+pub mod secrets;
 pub mod server;
+pub mod v1;
 
 use engine::money::{CurrencySpec, Minor, AMOUNT_MINOR_MAX};
 use rust_decimal::Decimal;

@@ -7,6 +7,8 @@ use actix_web::{get, web, App, HttpResponse, HttpServer};
 use engine::Engine;
 
 use crate::admin::AdminToken;
+use crate::auth::NonceCache;
+use crate::platforms::Platforms;
 use crate::error::ApiError;
 
 /// Limits of the HTTP edge (DESIGN.md invariant 10).
@@ -18,11 +20,13 @@ pub struct HttpLimits {
     pub body_bytes_max: usize,
     /// Worker threads.
     pub workers: usize,
+    /// Signed-request nonces remembered within the timestamp window.
+    pub nonces_max: usize,
 }
 
 impl Default for HttpLimits {
     fn default() -> HttpLimits {
-        HttpLimits { connections_max: 1024, body_bytes_max: 16 << 20, workers: 2 }
+        HttpLimits { connections_max: 1024, body_bytes_max: 16 << 20, workers: 2, nonces_max: 1 << 20 }
     }
 }
 
@@ -53,20 +57,26 @@ async fn readyz(engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError
 pub fn bind(
     engine: Arc<Engine>,
     token: AdminToken,
+    platforms: Arc<Platforms>,
     listen: &str,
     limits: HttpLimits,
 ) -> std::io::Result<(actix_web::dev::Server, Vec<std::net::SocketAddr>)> {
     let engine = web::Data::new(engine);
     let token = web::Data::new(token);
+    let platforms = web::Data::new(platforms);
+    let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(engine.clone())
             .app_data(token.clone())
+            .app_data(platforms.clone())
+            .app_data(nonces.clone())
             .app_data(web::PayloadConfig::new(limits.body_bytes_max))
             .app_data(web::JsonConfig::default().limit(limits.body_bytes_max))
             .service(healthz)
             .service(readyz)
             .configure(crate::admin::routes)
+            .configure(crate::v1::routes)
             .default_service(web::to(|| async { Err::<HttpResponse, ApiError>(ApiError::not_found()) }))
     })
     .workers(limits.workers)

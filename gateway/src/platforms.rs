@@ -1,0 +1,149 @@
+//! Platforms: created by the system operator, stored durably (one record each, no secret in it),
+//! loaded at start. A platform's secret is derived from the master key and its secret version.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use storage::Store;
+
+use crate::error::ApiError;
+use crate::secrets::MasterKey;
+
+const KEY_PREFIX: &[u8] = b"p/";
+
+/// A platform as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub id: u32,
+    pub name: String,
+    pub settlement_cycle_days: u8,
+    pub auto_confirm_days: u8,
+    pub require_payment_password: bool,
+    pub secret_version: u32,
+}
+
+impl Platform {
+    /// The id as the API shows it (`plt_7`).
+    pub fn public_id(&self) -> String {
+        format!("plt_{}", self.id)
+    }
+
+    /// Parses an API platform id.
+    pub fn parse_public_id(text: &str) -> Option<u32> {
+        let digits = text.strip_prefix("plt_")?;
+        if digits.is_empty() || digits.len() > 10 || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
+            return None;
+        }
+        digits.parse().ok()
+    }
+}
+
+/// `POST /admin/platforms` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPlatform {
+    pub name: String,
+    pub settlement_cycle_days: Option<u8>,
+    pub auto_confirm_days: Option<u8>,
+    pub require_payment_password: Option<bool>,
+}
+
+/// The longest platform name, in characters.
+pub const NAME_CHARS_MAX: usize = 128;
+
+fn store_key(id: u32) -> [u8; 6] {
+    let mut key = [0u8; 6];
+    key[..2].copy_from_slice(KEY_PREFIX);
+    key[2..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// Every platform, in memory, written through to the store.
+pub struct Platforms {
+    store: Arc<dyn Store>,
+    master_key: MasterKey,
+    by_id: RwLock<BTreeMap<u32, Platform>>,
+    /// Serializes creation, so ids are handed out once.
+    creating: Mutex<()>,
+}
+
+impl Platforms {
+    /// Loads every stored platform.
+    pub fn load(store: Arc<dyn Store>, master_key: MasterKey) -> Result<Platforms, String> {
+        let mut by_id = BTreeMap::new();
+        let mut failure = None;
+        let end = [b'p', b'/' + 1];
+        store
+            .scan(KEY_PREFIX, &end, &mut |key, value| match serde_json::from_slice::<Platform>(value) {
+                Ok(platform) => {
+                    by_id.insert(platform.id, platform);
+                    true
+                }
+                Err(error) => {
+                    failure = Some(format!("platform record {key:?}: {error}"));
+                    false
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        match failure {
+            Some(failure) => Err(failure),
+            None => Ok(Platforms { store, master_key, by_id: RwLock::new(by_id), creating: Mutex::new(()) }),
+        }
+    }
+
+    /// Validates and durably creates a platform; returns it with its secret (shown only here).
+    pub fn create(&self, request: NewPlatform) -> Result<(Platform, String), ApiError> {
+        let name = request.name.trim().to_string();
+        if name.is_empty() || name.chars().count() > NAME_CHARS_MAX {
+            return Err(ApiError::invalid("name must be 1 to 128 characters", "name"));
+        }
+        let settlement_cycle_days = request.settlement_cycle_days.unwrap_or(1);
+        if settlement_cycle_days > 30 {
+            return Err(ApiError::invalid("settlement_cycle_days must be 0 to 30", "settlement_cycle_days"));
+        }
+        let auto_confirm_days = request.auto_confirm_days.unwrap_or(15);
+        if !(1..=90).contains(&auto_confirm_days) {
+            return Err(ApiError::invalid("auto_confirm_days must be 1 to 90", "auto_confirm_days"));
+        }
+        let _creating = self.creating.lock().expect("platform creation lock");
+        let id = self.by_id.read().expect("platforms lock").keys().next_back().map_or(1, |last| last + 1);
+        let platform = Platform {
+            id,
+            name,
+            settlement_cycle_days,
+            auto_confirm_days,
+            require_payment_password: request.require_payment_password.unwrap_or(false),
+            secret_version: 1,
+        };
+        let record = serde_json::to_vec(&platform).expect("platforms serialize");
+        self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let secret = self.secret(&platform);
+        self.by_id.write().expect("platforms lock").insert(id, platform.clone());
+        Ok((platform, secret))
+    }
+
+    /// The platform with `id`.
+    pub fn get(&self, id: u32) -> Option<Platform> {
+        self.by_id.read().expect("platforms lock").get(&id).cloned()
+    }
+
+    /// The platform's current secret.
+    pub fn secret(&self, platform: &Platform) -> String {
+        self.master_key.platform_secret(platform.id, platform.secret_version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_ids_table() {
+        let cases: &[(&str, Option<u32>)] =
+            &[("plt_1", Some(1)), ("plt_42", Some(42)), ("plt_", None), ("plt_01", None), ("p_1", None), ("plt_x", None), ("plt_99999999999", None)];
+        for (text, expected) in cases {
+            assert_eq!(Platform::parse_public_id(text), *expected, "{text}");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The signed platform API under `/v1` (API.md). So far: `GET /v1/platform`, which tells a
+//! platform who it is authenticated as (an addition to API.md, for integrators to test signing).
+
+use std::sync::Arc;
+
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::auth::{authenticate, NonceCache};
+use crate::error::ApiError;
+use crate::platforms::{Platform, Platforms};
+
+/// Parses a JSON body; malformed JSON, wrong types and unknown fields are `invalid_request`.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| ApiError::new(400, "invalid_request", &error.to_string()))
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Authenticates a `/v1` request against its exact body bytes.
+pub fn platform_of(request: &HttpRequest, body: &[u8], platforms: &Platforms, nonces: &NonceCache) -> Result<Platform, ApiError> {
+    authenticate(request, body, platforms, nonces, unix_seconds())
+}
+
+#[derive(Serialize)]
+struct PlatformBody {
+    platform_id: String,
+    name: String,
+    settlement_cycle_days: u8,
+    auto_confirm_days: u8,
+    require_payment_password: bool,
+}
+
+#[get("/v1/platform")]
+async fn whoami(
+    request: HttpRequest,
+    body: web::Bytes,
+    platforms: web::Data<Arc<Platforms>>,
+    nonces: web::Data<NonceCache>,
+) -> Result<HttpResponse, ApiError> {
+    let platform = platform_of(&request, &body, &platforms, &nonces)?;
+    Ok(HttpResponse::Ok().json(PlatformBody {
+        platform_id: platform.public_id(),
+        name: platform.name,
+        settlement_cycle_days: platform.settlement_cycle_days,
+        auto_confirm_days: platform.auto_confirm_days,
+        require_payment_password: platform.require_payment_password,
+    }))
+}
+
+/// Registers the `/v1` routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(whoami);
+}
