@@ -110,7 +110,8 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
 fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &std::path::Path, listen: &str) -> Result<()> {
     use gateway::admin::{AdminToken, TokenSource};
     let master_key = gateway::secrets::MasterKey::load(data_dir).context("loading the master key")?;
-    let platforms = Arc::new(gateway::platforms::Platforms::load(store, master_key).map_err(anyhow::Error::msg)?);
+    let platforms = Arc::new(gateway::platforms::Platforms::load(store.clone(), master_key).map_err(anyhow::Error::msg)?);
+    let members = Arc::new(gateway::members::Members::load(store).map_err(anyhow::Error::msg)?);
     let (token, source) = AdminToken::load(data_dir).context("loading the operator token")?;
     match &source {
         TokenSource::Environment => println!("operator token: from CLEARING_ADMIN_TOKEN"),
@@ -121,9 +122,9 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
     }
     actix_web::rt::System::new().block_on(async move {
         let limits = gateway::server::HttpLimits::default();
-        let (server, addresses) = gateway::server::bind(engine, token, platforms, listen, limits)?;
+        let (server, addresses) = gateway::server::bind(engine, token, platforms, members, listen, limits)?;
         for address in addresses {
-            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants; signed: /v1/platform)");
+            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants; signed: /v1/platform, /v1/members)");
         }
         println!("running; Ctrl-C (SIGINT) or SIGTERM stops it gracefully");
         use std::io::Write;

@@ -214,3 +214,74 @@ fn platforms_sign_their_requests() {
         assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "secret found in {}", file.display());
     }
 }
+
+/// Sends a signed POST of `body` as the platform; returns status, Idempotent-Replay header and JSON.
+fn signed_post(server: &Server, path: &str, platform: &str, secret: &str, nonce: &str, body: &str) -> (u16, bool, serde_json::Value) {
+    let t = now();
+    let signature = sign(secret, "POST", path, t, nonce, body.as_bytes());
+    let request = ureq::post(&format!("{}{path}", server.base))
+        .set("X-Platform-Id", platform)
+        .set("X-Timestamp", &t.to_string())
+        .set("X-Nonce", nonce)
+        .set("X-Signature", &signature)
+        .set("Content-Type", "application/json");
+    let response = match request.send_string(body) {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("POST {path}: {error}"),
+    };
+    let replayed = response.header("Idempotent-Replay") == Some("true");
+    (response.status(), replayed, response.into_json().expect("JSON"))
+}
+
+#[test]
+fn members_are_validated_created_once_and_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "operator-secret-3";
+    let server = start(dir.path(), Some(token));
+    let (_, created) = create_platform(&server, token, "{\"name\": \"Renovation Hub\"}");
+    let (platform, secret) = (created["platform_id"].as_str().unwrap().to_string(), created["secret"].as_str().unwrap().to_string());
+    let mut nonce = 0u32;
+    let mut post = |body: &str| {
+        nonce += 1;
+        signed_post(&server, "/v1/members", &platform, &secret, &format!("membersnonce{nonce:08}"), body)
+    };
+    let member = |no: &str, kind: &str, name: &str, id: &str, phone: &str| {
+        format!("{{\"out_order_no\": \"{no}\", \"type\": \"{kind}\", \"name\": \"{name}\", \"id_number\": \"{id}\", \"phone\": \"{phone}\"}}")
+    };
+    let cases: Vec<(String, u16, &str, Option<&str>)> = vec![
+        (member("m-1", "individual", "Zhang San", "110105194912310021", "13800138000"), 400, "invalid_id_number", Some("id_number")),
+        (member("m-1", "enterprise", "Acme Decor", "11010519491231002X", "13800138000"), 400, "invalid_id_number", Some("id_number")),
+        (member("m-1", "robot", "R2", "11010519491231002X", "13800138000"), 400, "invalid_request", Some("type")),
+        (member("m-1", "individual", "", "11010519491231002X", "13800138000"), 400, "invalid_request", Some("name")),
+        (member("m-1", "individual", "Zhang San", "11010519491231002X", "12345"), 400, "invalid_request", Some("phone")),
+        (member("bad no!", "individual", "Zhang San", "11010519491231002X", "13800138000"), 400, "invalid_request", Some("out_order_no")),
+        ("{\"out_order_no\": \"m-1\"}".to_string(), 400, "invalid_request", None),
+        ("{\"out_order_no\": \"m-1\", \"type\": \"individual\", \"name\": \"a\", \"id_number\": \"x\", \"phone\": \"1\", \"extra\": 1}".to_string(), 400, "invalid_request", None),
+    ];
+    for (body, status, code, param) in &cases {
+        let (got, _, reply) = post(body);
+        assert_eq!((got, reply["error"]["code"].as_str(), reply["error"]["param"].as_str()), (*status, Some(*code), *param), "{body}: {reply}");
+    }
+    let zhang = member("m-1", "individual", "Zhang San", "11010519491231002x", "13800138000");
+    let (status, replayed, first) = post(&zhang);
+    assert_eq!((status, replayed), (201, false), "{first}");
+    assert_eq!((first["type"].as_str(), first["name"].as_str(), first["status"].as_str()), (Some("individual"), Some("Zhang San"), Some("active")));
+    // The same order number and body: the first answer again, marked as a replay.
+    let (status, replayed, again) = post(&zhang);
+    assert_eq!((status, replayed, &again), (201, true, &first));
+    // The same order number with another body: a conflict.
+    let (status, _, conflict) = post(&member("m-1", "individual", "Li Si", "11010519491231002X", "13800138000"));
+    assert_eq!((status, conflict["error"]["code"].as_str()), (409, Some("idempotency_conflict")));
+    let (status, _, company) = post(&member("m-2", "enterprise", "Acme Decor", "91350100M000100Y43", "13900139000"));
+    assert_eq!(status, 201, "{company}");
+    assert_ne!(company["member_id"], first["member_id"]);
+    drop(post);
+    server.stop();
+
+    // After a restart the order number still replays the same member.
+    let server = start(dir.path(), Some(token));
+    let (status, replayed, after) = signed_post(&server, "/v1/members", &platform, &secret, "membersnonceAfter01", &zhang);
+    assert_eq!((status, replayed, &after), (201, true, &first));
+    server.stop();
+}

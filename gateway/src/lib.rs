@@ -6,6 +6,8 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod identity;
+pub mod members;
 pub mod platforms;
 pub mod secrets;
 pub mod server;

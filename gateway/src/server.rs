@@ -8,6 +8,7 @@ use engine::Engine;
 
 use crate::admin::AdminToken;
 use crate::auth::NonceCache;
+use crate::members::Members;
 use crate::platforms::Platforms;
 use crate::error::ApiError;
 
@@ -58,18 +59,21 @@ pub fn bind(
     engine: Arc<Engine>,
     token: AdminToken,
     platforms: Arc<Platforms>,
+    members: Arc<Members>,
     listen: &str,
     limits: HttpLimits,
 ) -> std::io::Result<(actix_web::dev::Server, Vec<std::net::SocketAddr>)> {
     let engine = web::Data::new(engine);
     let token = web::Data::new(token);
     let platforms = web::Data::new(platforms);
+    let members = web::Data::new(members);
     let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(engine.clone())
             .app_data(token.clone())
             .app_data(platforms.clone())
+            .app_data(members.clone())
             .app_data(nonces.clone())
             .app_data(web::PayloadConfig::new(limits.body_bytes_max))
             .app_data(web::JsonConfig::default().limit(limits.body_bytes_max))

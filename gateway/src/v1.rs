@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::auth::{authenticate, NonceCache};
 use crate::error::ApiError;
+use crate::members::{Members, NewMember};
 use crate::platforms::{Platform, Platforms};
 
 /// Parses a JSON body; malformed JSON, wrong types and unknown fields are `invalid_request`.
@@ -51,7 +52,28 @@ async fn whoami(
     }))
 }
 
+/// `POST /v1/members`: 201 with the member; a repeated order number replays the first answer.
+#[actix_web::post("/v1/members")]
+async fn create_member(
+    request: HttpRequest,
+    body: web::Bytes,
+    platforms: web::Data<Arc<Platforms>>,
+    nonces: web::Data<NonceCache>,
+    members: web::Data<Arc<Members>>,
+) -> Result<HttpResponse, ApiError> {
+    let platform = platform_of(&request, &body, &platforms, &nonces)?;
+    let new: NewMember = parse_json(&body)?;
+    let members = members.get_ref().clone();
+    // The store write syncs to disk: off the async workers.
+    let created = web::block(move || members.create(platform.id, new)).await.map_err(|e| ApiError::unavailable(e.to_string()))??;
+    let mut response = HttpResponse::Created();
+    if created.replayed {
+        response.insert_header(("Idempotent-Replay", "true"));
+    }
+    Ok(response.json(created.member.view()))
+}
+
 /// Registers the `/v1` routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(whoami);
+    config.service(whoami).service(create_member);
 }

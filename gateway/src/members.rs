@@ -1,0 +1,201 @@
+//! Members (individuals and enterprises) of a platform: validated, stored durably, created once
+//! per platform order number (`POST /v1/members`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use storage::Store;
+
+use crate::error::ApiError;
+use crate::identity::{valid_credit_code, valid_phone, valid_resident_id};
+
+/// The longest member name, in characters.
+pub const NAME_CHARS_MAX: usize = 64;
+
+/// `POST /v1/members` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMember {
+    pub out_order_no: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub id_number: String,
+    pub phone: String,
+}
+
+/// A member as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub platform: u32,
+    pub kind: String,
+    pub name: String,
+    pub id_number: String,
+    pub phone: String,
+    pub status: String,
+}
+
+impl Member {
+    /// The id as the API shows it (`mem_12`).
+    pub fn public_id(&self) -> String {
+        format!("mem_{}", self.id)
+    }
+
+    /// Parses an API member id.
+    pub fn parse_public_id(text: &str) -> Option<u64> {
+        let digits = text.strip_prefix("mem_")?;
+        let plain = !digits.is_empty() && digits.len() <= 19 && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+        plain.then(|| digits.parse().ok()).flatten()
+    }
+
+    /// The API's view: `{member_id, type, name, status}`.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({"member_id": self.public_id(), "type": self.kind, "name": self.name, "status": self.status})
+    }
+}
+
+/// What an accepted order number maps to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Accepted {
+    content: String,
+    member: u64,
+}
+
+/// The result of a create call: the member and whether this was a replay of an earlier request.
+pub struct Created {
+    pub member: Member,
+    pub replayed: bool,
+}
+
+/// Every member, in memory, written through to the store.
+pub struct Members {
+    store: Arc<dyn Store>,
+    by_id: RwLock<HashMap<u64, Member>>,
+    accepted: RwLock<HashMap<(u32, String), Accepted>>,
+    /// Serializes creation: order-number check, id and write happen as one step.
+    creating: Mutex<()>,
+}
+
+fn member_key(id: u64) -> Vec<u8> {
+    let mut key = b"u/".to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn accepted_key(platform: u32, out_order_no: &str) -> Vec<u8> {
+    let mut key = b"g/members/".to_vec();
+    key.extend_from_slice(&platform.to_be_bytes());
+    key.push(b'/');
+    key.extend_from_slice(out_order_no.as_bytes());
+    key
+}
+
+fn valid_out_order_no(text: &str) -> bool {
+    (1..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Members {
+    /// Loads every stored member and accepted order number.
+    pub fn load(store: Arc<dyn Store>) -> Result<Members, String> {
+        let mut by_id = HashMap::new();
+        let mut accepted = HashMap::new();
+        let mut failure = None;
+        store
+            .scan(b"u/", b"u0", &mut |_, value| match serde_json::from_slice::<Member>(value) {
+                Ok(member) => {
+                    by_id.insert(member.id, member);
+                    true
+                }
+                Err(error) => {
+                    failure = Some(format!("member record: {error}"));
+                    false
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        store
+            .scan(b"g/members/", b"g/members0", &mut |key, value| {
+                let rest = &key[b"g/members/".len()..];
+                let parsed = serde_json::from_slice::<Accepted>(value).ok().filter(|_| rest.len() > 5);
+                match parsed {
+                    Some(record) => {
+                        let platform = u32::from_be_bytes(rest[..4].try_into().expect("four bytes"));
+                        let number = String::from_utf8_lossy(&rest[5..]).into_owned();
+                        accepted.insert((platform, number), record);
+                        true
+                    }
+                    None => {
+                        failure = Some("accepted member order record is corrupt".to_string());
+                        false
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        match failure {
+            Some(failure) => Err(failure),
+            None => Ok(Members { store, by_id: RwLock::new(by_id), accepted: RwLock::new(accepted), creating: Mutex::new(()) }),
+        }
+    }
+
+    /// Validates in the order of the fields and creates the member, or replays the first result.
+    pub fn create(&self, platform: u32, request: NewMember) -> Result<Created, ApiError> {
+        if !valid_out_order_no(&request.out_order_no) {
+            return Err(ApiError::invalid("out_order_no must be 1 to 64 characters [A-Za-z0-9_-]", "out_order_no"));
+        }
+        // The content an order number stands for: the request as parsed (not its spacing).
+        let content = hex::encode(Sha256::digest(serde_json::to_vec(&request).expect("requests serialize")));
+        let _creating = self.creating.lock().expect("member creation lock");
+        if let Some(accepted) = self.accepted.read().expect("members lock").get(&(platform, request.out_order_no.clone())) {
+            if accepted.content != content {
+                return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
+            }
+            let member = self.by_id.read().expect("members lock").get(&accepted.member).cloned().expect("accepted members exist");
+            return Ok(Created { member, replayed: true });
+        }
+        let valid_number = match request.kind.as_str() {
+            "individual" => valid_resident_id(&request.id_number),
+            "enterprise" => valid_credit_code(&request.id_number),
+            _ => return Err(ApiError::invalid("type must be \"individual\" or \"enterprise\"", "type")),
+        };
+        let name = request.name.trim();
+        if name.is_empty() || name.chars().count() > NAME_CHARS_MAX {
+            return Err(ApiError::invalid("name must be 1 to 64 characters", "name"));
+        }
+        if !valid_number {
+            let mut error = ApiError::new(400, "invalid_id_number", "id_number fails its check (GB 11643 for individuals, GB 32100 for enterprises)");
+            error.param = Some("id_number");
+            return Err(error);
+        }
+        if !valid_phone(&request.phone) {
+            return Err(ApiError::invalid("phone must be a mainland mobile number of 11 digits", "phone"));
+        }
+        let id = self.by_id.read().expect("members lock").keys().max().map_or(1, |last| last + 1);
+        let member = Member {
+            id,
+            platform,
+            kind: request.kind.clone(),
+            name: name.to_string(),
+            id_number: request.id_number.to_ascii_uppercase(),
+            phone: request.phone.clone(),
+            status: "active".to_string(),
+        };
+        let accepted = Accepted { content, member: id };
+        let member_bytes = serde_json::to_vec(&member).expect("members serialize");
+        let accepted_bytes = serde_json::to_vec(&accepted).expect("records serialize");
+        let (key_member, key_accepted) = (member_key(id), accepted_key(platform, &request.out_order_no));
+        // One atomic, synced write: the member and its order number together.
+        self.store
+            .write(&[(&key_member, &member_bytes), (&key_accepted, &accepted_bytes)])
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        self.by_id.write().expect("members lock").insert(id, member.clone());
+        self.accepted.write().expect("members lock").insert((platform, request.out_order_no), accepted);
+        Ok(Created { member, replayed: false })
+    }
+
+    /// The member `id` if it belongs to `platform`.
+    pub fn get(&self, platform: u32, id: u64) -> Option<Member> {
+        self.by_id.read().expect("members lock").get(&id).filter(|m| m.platform == platform).cloned()
+    }
+}
