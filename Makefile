@@ -11,7 +11,7 @@ deps:
 build: deps
 	cargo build $(CARGO_FLAGS) --workspace --all-targets
 
-## Runs the server (engine on RocksDB under ./data, with a small demo workload) until Ctrl-C.
+## Runs the server (engine on RocksDB under ./data, HTTP API, operator token) until Ctrl-C.
 run: deps
 	cargo run $(CARGO_FLAGS) --bin clearing -- serve
 

@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Runs the engine on RocksDB until interrupted (with a small demo workload), printing shard state.
+    /// Runs the engine on RocksDB and serves the HTTP API until interrupted, printing shard state.
     Serve {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -32,9 +32,12 @@ enum Commands {
         listen: Option<String>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Stop after the demo instead of running until interrupted.
+        /// Stop after start-up (and the demo) instead of serving until interrupted.
         #[arg(long)]
         once: bool,
+        /// Run the demo scenario first (its own reserved platform; idempotent across restarts).
+        #[arg(long)]
+        demo: bool,
     },
     /// Drives the engine directly (no HTTP) with transfers, like `tigerbeetle benchmark`.
     Bench(bench::BenchArgs),
@@ -58,7 +61,7 @@ enum Commands {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Commands::Serve { config, listen, data_dir, once } => serve(config, listen, data_dir, once),
+        Commands::Serve { config, listen, data_dir, once, demo } => serve(config, listen, data_dir, once, demo),
         Commands::Bench(args) => bench::run(args),
         Commands::Invariants { config, data_dir } => {
             let (config, data_dir) = load(config, data_dir)?;
@@ -86,7 +89,7 @@ fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(Config, P
     Ok((config, data_dir))
 }
 
-fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathBuf>, once: bool) -> Result<()> {
+fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathBuf>, once: bool, demo: bool) -> Result<()> {
     let (config, data_dir) = load(config, data_dir)?;
     let listen = listen.unwrap_or_else(|| config.listen.clone());
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
@@ -94,7 +97,9 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
     println!("clearing engine: {} shards on RocksDB at {} (recovered in {:?})", config.engine.shard_count, data_dir.display(), started.elapsed());
-    workload::demo(&engine)?;
+    if demo {
+        workload::demo(&engine)?;
+    }
     let mut out = std::io::stdout();
     report::print_shards_online(&engine, &config, &mut out)?;
     report::print_invariants(&engine::invariants::check_engine(&engine)?, &mut out)?;
@@ -124,7 +129,7 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
         let limits = gateway::server::HttpLimits::default();
         let (server, addresses) = gateway::server::bind(engine, token, platforms, members, listen, limits)?;
         for address in addresses {
-            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants; signed: /v1/platform, /v1/members)");
+            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants; signed: /v1/platform, /v1/members, /v1/accounts)");
         }
         println!("running; Ctrl-C (SIGINT) or SIGTERM stops it gracefully");
         use std::io::Write;

@@ -16,11 +16,18 @@ use storage::RocksStore;
 
 use crate::config::Config;
 
+/// The platform of the crash workload (run in its own data directory).
 const PLATFORM: u32 = 1;
+/// The demo's platform: reserved, never handed out to a real platform (those count up from 1).
+const DEMO_PLATFORM: u32 = u32::MAX;
 const CNY: CurrencyId = CurrencyId(0);
 
 fn envelope(out_order_no: &str, command: Command) -> Envelope {
     Envelope { platform: PLATFORM, out_order_no: Some(OutOrderNo::new(out_order_no).expect("valid order number")), command }
+}
+
+fn demo_envelope(out_order_no: &str, command: Command) -> Envelope {
+    Envelope { platform: DEMO_PLATFORM, ..envelope(out_order_no, command) }
 }
 
 fn legs(items: &[(AccountId, i64)]) -> Legs {
@@ -40,12 +47,12 @@ fn expect_ok(what: &str, reply: Reply) -> Result<Reply> {
 pub fn demo(engine: &Engine) -> Result<()> {
     let open = |key: &str, owner: u64| -> Result<AccountId> {
         let command = Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE };
-        Ok(AccountId(expect_ok(key, engine.execute_one(envelope(key, command))?)?.id))
+        Ok(AccountId(expect_ok(key, engine.execute_one(demo_envelope(key, command))?)?.id))
     };
     let homeowner = open("demo-open-homeowner", 1)?;
     let company = open("demo-open-company", 2)?;
     let platform = open("demo-open-platform", 3)?;
-    let run = |key: &str, command: Command| -> Result<Reply> { expect_ok(key, engine.execute_one(envelope(key, command))?) };
+    let run = |key: &str, command: Command| -> Result<Reply> { expect_ok(key, engine.execute_one(demo_envelope(key, command))?) };
     run("demo-recharge", Command::Recharge { account: homeowner, currency: CNY, amount: 10_000_000, channel: 1 })?;
     let payment = run(
         "demo-guarantee",
@@ -63,10 +70,10 @@ pub fn demo(engine: &Engine) -> Result<()> {
     run("demo-confirm-2", Command::Confirm { order, releases: Legs::new() })?;
     engine.wait_quiescent(std::time::Duration::from_secs(10))?;
     let today = engine.read_shard(0, |state| state.business_day(now_micros()))?;
-    engine.broadcast(Envelope { platform: PLATFORM, out_order_no: None, command: Command::Mature { through_day: today } })?;
+    engine.broadcast(Envelope { platform: DEMO_PLATFORM, out_order_no: None, command: Command::Mature { through_day: today } })?;
     let withdrawal = run("demo-withdraw", Command::Withdraw { account: company, currency: CNY, amount: 5_000_000, fee: 200, channel: 1 })?;
     let completed = engine.execute_one(Envelope {
-        platform: PLATFORM,
+        platform: DEMO_PLATFORM,
         out_order_no: None,
         command: Command::CompleteWithdrawal { order: OrderId(withdrawal.id), succeeded: true },
     })?;

@@ -14,7 +14,7 @@ fn run(args: &[&str], data_dir: &std::path::Path) -> (bool, String) {
 #[test]
 fn serve_runs_the_demo_durably_and_restarts_into_the_same_books() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ok, first) = run(&["serve", "--once"], dir.path());
+    let (ok, first) = run(&["serve", "--once", "--demo"], dir.path());
     assert!(ok, "{first}");
     assert!(first.contains("invariants: ok"), "{first}");
     // 100,000.00 in, 80,000.00 into escrow (76,000.00 company, 4,000.00 platform split), released
@@ -24,7 +24,7 @@ fn serve_runs_the_demo_durably_and_restarts_into_the_same_books() {
     assert!(line("company").ends_with("settled 25998.00 unsettled 0.00 frozen 0.00"), "{first}");
     assert!(line("platform").ends_with("settled 4000.00 unsettled 0.00 frozen 0.00"), "{first}");
     // A restart replays the journal; the demo's order numbers replay instead of paying twice.
-    let (ok, second) = run(&["serve", "--once"], dir.path());
+    let (ok, second) = run(&["serve", "--once", "--demo"], dir.path());
     assert!(ok, "{second}");
     let balances = |text: &str| text.lines().filter(|l| l.starts_with("demo ")).map(str::to_string).collect::<Vec<_>>();
     assert_eq!(balances(&first), balances(&second));

@@ -285,3 +285,62 @@ fn members_are_validated_created_once_and_kept() {
     assert_eq!((status, replayed, &after), (201, true, &first));
     server.stop();
 }
+
+fn signed_get_json(server: &Server, path: &str, platform: &str, secret: &str, nonce: &str) -> (u16, serde_json::Value) {
+    let t = now();
+    signed_get(server, path, platform, t, nonce, &sign(secret, "GET", path, t, nonce, b""))
+}
+
+#[test]
+fn accounts_open_once_per_member_and_currency_and_stay_in_their_platform() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "operator-secret-4";
+    let server = start(dir.path(), Some(token));
+    let (_, a) = create_platform(&server, token, "{\"name\": \"A\"}");
+    let (_, b) = create_platform(&server, token, "{\"name\": \"B\"}");
+    let (pa, sa) = (a["platform_id"].as_str().unwrap().to_string(), a["secret"].as_str().unwrap().to_string());
+    let (pb, sb) = (b["platform_id"].as_str().unwrap().to_string(), b["secret"].as_str().unwrap().to_string());
+    let person = "{\"out_order_no\": \"m1\", \"type\": \"individual\", \"name\": \"Wang Wu\", \"id_number\": \"11010519491231002X\", \"phone\": \"13700137000\"}";
+    let (_, _, member) = signed_post(&server, "/v1/members", &pa, &sa, "accountsnonce0001", person);
+    let member_id = member["member_id"].as_str().unwrap().to_string();
+    let open = |no: &str, member: &str, currency: &str| format!("{{\"out_order_no\": \"{no}\", \"member_id\": \"{member}\", \"currency\": \"{currency}\"}}");
+
+    let (status, replayed, account) = signed_post(&server, "/v1/accounts", &pa, &sa, "accountsnonce0002", &open("a1", &member_id, "CNY"));
+    assert_eq!((status, replayed), (201, false), "{account}");
+    let account_id = account["account_id"].as_str().unwrap().to_string();
+    let number = account["virtual_account_no"].as_str().unwrap().to_string();
+    assert_eq!((number.len(), &number[..4]), (17, "6229"));
+    assert_eq!((account["currency"].as_str(), account["status"].as_str()), (Some("CNY"), Some("normal")));
+    let (status, replayed, again) = signed_post(&server, "/v1/accounts", &pa, &sa, "accountsnonce0003", &open("a1", &member_id, "CNY"));
+    assert_eq!((status, replayed, &again), (201, true, &account));
+    let failures = [
+        (open("a2", &member_id, "CNY"), 409, "account_exists"),
+        (open("a1", &member_id, "USD"), 409, "idempotency_conflict"),
+        (open("a3", "mem_999", "CNY"), 404, "not_found"),
+        (open("a4", &member_id, "EUR"), 400, "invalid_request"),
+        (open("bad no", &member_id, "CNY"), 400, "invalid_request"),
+    ];
+    for (index, (body, status, code)) in failures.iter().enumerate() {
+        let (got, _, reply) = signed_post(&server, "/v1/accounts", &pa, &sa, &format!("accountsfail{index:06}"), body);
+        assert_eq!((got, reply["error"]["code"].as_str()), (*status, Some(*code)), "{body}: {reply}");
+    }
+    let (status, usd, ) = {
+        let (s, _, v) = signed_post(&server, "/v1/accounts", &pa, &sa, "accountsnonce0004", &open("a5", &member_id, "USD"));
+        (s, v)
+    };
+    assert_eq!(status, 201, "{usd}");
+    // Platform B may not open accounts for A's member, nor see A's account.
+    let (status, _, reply) = signed_post(&server, "/v1/accounts", &pb, &sb, "accountsnonce0005", &open("b1", &member_id, "CNY"));
+    assert_eq!((status, reply["error"]["code"].as_str()), (404, Some("not_found")));
+    let path = format!("/v1/accounts/{account_id}");
+    let (status, reply) = signed_get_json(&server, &path, &pb, &sb, "accountsnonce0006");
+    assert_eq!((status, reply["error"]["code"].as_str()), (404, Some("not_found")));
+    let (status, shown) = signed_get_json(&server, &path, &pa, &sa, "accountsnonce0007");
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["member_id"].as_str(), Some(member_id.as_str()));
+    assert_eq!(shown["virtual_account_no"].as_str(), Some(number.as_str()));
+    assert_eq!(shown["balances"], serde_json::json!({"available": "0.00", "withdrawable": "0.00", "frozen": "0.00", "unsettled": "0.00"}));
+    let (status, _) = signed_get_json(&server, "/v1/accounts/acc_99999", &pa, &sa, "accountsnonce0008");
+    assert_eq!(status, 404);
+    server.stop();
+}

@@ -3,6 +3,7 @@
 //! and turning API amounts (decimal strings in major units) into exact minor units. The signed
 //! platform OpenAPI is the gateway issue's next step.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod error;

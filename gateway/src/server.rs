@@ -81,6 +81,7 @@ pub fn bind(
             .service(readyz)
             .configure(crate::admin::routes)
             .configure(crate::v1::routes)
+            .configure(crate::accounts::routes)
             .default_service(web::to(|| async { Err::<HttpResponse, ApiError>(ApiError::not_found()) }))
     })
     .workers(limits.workers)

@@ -1,0 +1,189 @@
+//! `POST /v1/accounts` and `GET /v1/accounts/{account_id}`: virtual sub-accounts of members.
+
+use std::sync::Arc;
+
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use engine::ledger::command::{Command, Envelope, OutOrderNo};
+use engine::ledger::types::{AccountId, AccountKind, Limits, Reply};
+use engine::money::CurrencyId;
+use engine::result::ResultCode;
+use engine::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::NonceCache;
+use crate::error::ApiError;
+use crate::members::{Member, Members};
+use crate::platforms::Platforms;
+use crate::v1::{parse_json, platform_of};
+
+/// The bank's prefix of virtual account numbers under the master account.
+const VIRTUAL_ACCOUNT_PREFIX: &str = "6229";
+
+/// The account id as the API shows it (`acc_25`).
+pub fn public_account_id(id: AccountId) -> String {
+    format!("acc_{}", id.0)
+}
+
+/// Parses an API account id.
+pub fn parse_account_id(text: &str) -> Option<AccountId> {
+    let digits = text.strip_prefix("acc_")?;
+    let plain = !digits.is_empty() && digits.len() <= 19 && digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
+    plain.then(|| digits.parse().ok().map(AccountId)).flatten()
+}
+
+/// The Luhn check digit of a string of digits.
+pub fn luhn_check_digit(digits: &str) -> u8 {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(index, b)| {
+            let d = (b - b'0') as u32;
+            if index % 2 == 0 {
+                let doubled = d * 2;
+                if doubled > 9 { doubled - 9 } else { doubled }
+            } else {
+                d
+            }
+        })
+        .sum();
+    ((10 - sum % 10) % 10) as u8
+}
+
+/// An account's virtual account number: the bank prefix, the account id in 12 digits, and a Luhn
+/// check digit. Unique because account ids are; an offline transfer naming it finds the account.
+pub fn virtual_account_no(id: AccountId) -> String {
+    let body = format!("{VIRTUAL_ACCOUNT_PREFIX}{:012}", id.0);
+    let check = luhn_check_digit(&body);
+    format!("{body}{check}")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAccount {
+    out_order_no: String,
+    member_id: String,
+    currency: String,
+}
+
+/// Sends one command to the engine and awaits its durable reply without blocking a worker.
+pub async fn execute(engine: &Engine, envelope: Envelope) -> Result<Reply, ApiError> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    engine.submit(vec![envelope], Box::new(move |result| {
+        let _ = sender.send(result);
+    }));
+    let replies = receiver.await.map_err(|_| ApiError::unavailable("the engine dropped the request".into()))??;
+    Ok(replies.into_iter().next().expect("one reply per command"))
+}
+
+fn currency_of(engine: &Engine, code: &str) -> Option<CurrencyId> {
+    engine.config().currencies.iter().position(|c| c.code_str() == code).map(|i| CurrencyId(i as u8))
+}
+
+#[post("/v1/accounts")]
+async fn open_account(
+    request: HttpRequest,
+    body: web::Bytes,
+    platforms: web::Data<Arc<Platforms>>,
+    nonces: web::Data<NonceCache>,
+    members: web::Data<Arc<Members>>,
+    engine: web::Data<Arc<Engine>>,
+) -> Result<HttpResponse, ApiError> {
+    let platform = platform_of(&request, &body, &platforms, &nonces)?;
+    let new: NewAccount = parse_json(&body)?;
+    let out_order_no = OutOrderNo::new(&new.out_order_no)
+        .ok_or_else(|| ApiError::invalid("out_order_no must be 1 to 64 characters [A-Za-z0-9_-]", "out_order_no"))?;
+    let member: Member = Member::parse_public_id(&new.member_id)
+        .and_then(|id| members.get(platform.id, id))
+        .ok_or_else(|| ApiError { param: Some("member_id"), ..ApiError::not_found() })?;
+    let currency = currency_of(&engine, &new.currency).ok_or_else(|| ApiError::invalid("unknown currency", "currency"))?;
+    let command = Command::OpenAccount { owner: member.id, currency, limits: Limits::NONE };
+    let reply = execute(&engine, Envelope { platform: platform.id, out_order_no: Some(out_order_no), command }).await?;
+    match reply.code {
+        ResultCode::Ok => {}
+        ResultCode::AccountExists => {
+            return Err(ApiError::new(409, "account_exists", "the member already has an account in this currency"))
+        }
+        ResultCode::IdempotencyConflict => {
+            return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"))
+        }
+        other => return Err(ApiError::new(422, other.name(), "the account could not be opened")),
+    }
+    let id = AccountId(reply.id);
+    let mut response = HttpResponse::Created();
+    if reply.replayed {
+        response.insert_header(("Idempotent-Replay", "true"));
+    }
+    Ok(response.json(serde_json::json!({
+        "account_id": public_account_id(id),
+        "virtual_account_no": virtual_account_no(id),
+        "currency": new.currency,
+        "status": "normal",
+    })))
+}
+
+#[get("/v1/accounts/{account_id}")]
+async fn show_account(
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    platforms: web::Data<Arc<Platforms>>,
+    nonces: web::Data<NonceCache>,
+    engine: web::Data<Arc<Engine>>,
+) -> Result<HttpResponse, ApiError> {
+    let platform = platform_of(&request, &body, &platforms, &nonces)?;
+    let id = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
+    let shard_count = engine.config().shard_count;
+    let engine = engine.get_ref().clone();
+    let platform_id = platform.id;
+    // Reading waits on the shard's thread: off the async workers.
+    let view = web::block(move || {
+        engine.read_shard(id.shard(shard_count), move |state| {
+            let account = state.account(id).filter(|a| a.kind == AccountKind::Customer && a.platform == platform_id)?;
+            let currency = state.currencies[account.currency.0 as usize];
+            Some(serde_json::json!({
+                "account_id": public_account_id(id),
+                "member_id": format!("mem_{}", account.owner),
+                "currency": currency.code_str(),
+                "status": account.status.name(),
+                "virtual_account_no": virtual_account_no(id),
+                "balances": {
+                    "available": currency.format(account.available()),
+                    "withdrawable": currency.format(account.settled),
+                    "frozen": currency.format(account.frozen),
+                    "unsettled": currency.format(account.unsettled),
+                },
+            }))
+        })
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    view.map(|v| HttpResponse::Ok().json(v)).ok_or_else(ApiError::not_found)
+}
+
+/// Registers the account routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(open_account).service(show_account);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn luhn_and_virtual_numbers() {
+        assert_eq!(luhn_check_digit("7992739871"), 3);
+        let number = virtual_account_no(AccountId(25));
+        assert_eq!(number, format!("6229000000000025{}", luhn_check_digit("6229000000000025")));
+        assert_eq!(number.len(), 17);
+        assert_ne!(virtual_account_no(AccountId(25)), virtual_account_no(AccountId(27)));
+    }
+
+    #[test]
+    fn account_ids_table() {
+        let cases: &[(&str, Option<u64>)] = &[("acc_25", Some(25)), ("acc_0", Some(0)), ("acc_01", None), ("acc_", None), ("25", None), ("acc_x", None)];
+        for (text, expected) in cases {
+            assert_eq!(parse_account_id(text).map(|a| a.0), *expected, "{text}");
+        }
+    }
+}
