@@ -11,7 +11,7 @@ use engine::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::NonceCache;
-use crate::error::ApiError;
+use crate::error::{blocking, ApiError};
 use crate::members::{Member, Members};
 use crate::platforms::Platforms;
 use crate::v1::{parse_json, platform_of};
@@ -137,7 +137,7 @@ async fn show_account(
     let engine = engine.get_ref().clone();
     let platform_id = platform.id;
     // Reading waits on the shard's thread: off the async workers.
-    let view = web::block(move || {
+    let view = blocking(move || {
         engine.read_shard(id.shard(shard_count), move |state| {
             let account = state.account(id).filter(|a| a.kind == AccountKind::Customer && a.platform == platform_id)?;
             let currency = state.currencies[account.currency.0 as usize];
@@ -156,8 +156,7 @@ async fn show_account(
             }))
         })
     })
-    .await
-    .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    .await??;
     view.map(|v| HttpResponse::Ok().json(v)).ok_or_else(ApiError::not_found)
 }
 

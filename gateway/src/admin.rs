@@ -9,7 +9,7 @@ use engine::invariants::check_engine;
 use engine::Engine;
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::error::{blocking, ApiError};
 use crate::secrets::{random_hex, write_private};
 
 /// The system operator's token as the server holds it.
@@ -141,9 +141,7 @@ async fn check_invariants(request: HttpRequest, engine: web::Data<Arc<Engine>>, 
     token.check(&request)?;
     let engine = engine.get_ref().clone();
     // Reading the shards waits on their threads: off the async workers.
-    let report = web::block(move || check_engine(&engine))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))??;
+    let report = blocking(move || check_engine(&engine)).await??;
     // Sums are i128: sent as decimal strings so that no JSON reader loses precision.
     let currencies = report
         .currencies
@@ -185,7 +183,7 @@ async fn create_platform(
     let new: crate::platforms::NewPlatform = crate::v1::parse_json(&body)?;
     let platforms = platforms.get_ref().clone();
     // The store write syncs to disk: off the async workers.
-    let (platform, secret) = web::block(move || platforms.create(new)).await.map_err(|e| ApiError::unavailable(e.to_string()))??;
+    let (platform, secret) = blocking(move || platforms.create(new)).await??;
     Ok(HttpResponse::Created().json(CreatedPlatform {
         platform_id: platform.public_id(),
         secret,

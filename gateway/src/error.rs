@@ -75,3 +75,8 @@ impl From<engine::EngineError> for ApiError {
         ApiError::unavailable(error.to_string())
     }
 }
+
+/// Runs blocking work (store writes that sync, waits on shard threads) off the async workers.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    actix_web::web::block(work).await.map_err(|e| ApiError::unavailable(e.to_string()))
+}

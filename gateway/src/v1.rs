@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::auth::{authenticate, NonceCache};
-use crate::error::ApiError;
+use crate::error::{blocking, ApiError};
 use crate::members::{Members, NewMember};
 use crate::platforms::{Platform, Platforms};
 
@@ -65,7 +65,7 @@ async fn create_member(
     let new: NewMember = parse_json(&body)?;
     let members = members.get_ref().clone();
     // The store write syncs to disk: off the async workers.
-    let created = web::block(move || members.create(platform.id, new)).await.map_err(|e| ApiError::unavailable(e.to_string()))??;
+    let created = blocking(move || members.create(platform.id, new)).await??;
     let mut response = HttpResponse::Created();
     if created.replayed {
         response.insert_header(("Idempotent-Replay", "true"));
