@@ -125,11 +125,12 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
             println!("operator token (shown once; also in {}, mode 0600): {}", path.display(), token.reveal())
         }
     }
+    let metrics = gateway::metrics::install().map_err(anyhow::Error::msg)?;
     actix_web::rt::System::new().block_on(async move {
         let limits = gateway::server::HttpLimits::default();
-        let (server, addresses) = gateway::server::bind(engine, token, platforms, members, listen, limits)?;
+        let (server, addresses) = gateway::server::bind(engine, token, platforms, members, metrics, listen, limits)?;
         for address in addresses {
-            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants; signed: /v1/platform, /v1/members, /v1/accounts)");
+            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants, /metrics; signed: /v1/platform, /v1/members, /v1/accounts)");
         }
         println!("running; Ctrl-C (SIGINT) or SIGTERM stops it gracefully");
         use std::io::Write;

@@ -343,3 +343,32 @@ fn accounts_open_once_per_member_and_currency_and_stay_in_their_platform() {
     assert_eq!(status, 404);
     server.stop();
 }
+
+#[test]
+fn metrics_show_commands_by_result_shard_state_and_http_latency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "operator-secret-5";
+    let server = start(dir.path(), Some(token));
+    let (_, created) = create_platform(&server, token, "{\"name\": \"M\"}");
+    let (platform, secret) = (created["platform_id"].as_str().unwrap().to_string(), created["secret"].as_str().unwrap().to_string());
+    let person = "{\"out_order_no\": \"m1\", \"type\": \"individual\", \"name\": \"Zhao Liu\", \"id_number\": \"11010519491231002X\", \"phone\": \"13600136000\"}";
+    let (_, _, member) = signed_post(&server, "/v1/members", &platform, &secret, "metricsnonce00001", person);
+    let body = format!("{{\"out_order_no\": \"a1\", \"member_id\": \"{}\", \"currency\": \"CNY\"}}", member["member_id"].as_str().unwrap());
+    assert_eq!(signed_post(&server, "/v1/accounts", &platform, &secret, "metricsnonce00002", &body).0, 201);
+    assert_eq!(signed_post(&server, "/v1/accounts", &platform, &secret, "metricsnonce00003", &body.replace("a1", "a2")).0, 409);
+    let scrape = |token: &str| match ureq::get(&format!("{}/metrics", server.base)).set("Authorization", &format!("Bearer {token}")).call() {
+        Ok(response) => (response.status(), response.into_string().expect("text")),
+        Err(ureq::Error::Status(status, response)) => (status, response.into_string().unwrap_or_default()),
+        Err(error) => panic!("scrape: {error}"),
+    };
+    assert_eq!(scrape("wrong").0, 401);
+    let (status, text) = scrape(token);
+    assert_eq!(status, 200);
+    let has = |needle: &str| text.lines().any(|l| l.starts_with(needle.split('{').next().unwrap()) && needle.split(['{', ',', '}']).filter(|p| !p.is_empty()).all(|part| l.contains(part)));
+    assert!(has("clearing_commands_total{kind=\"open_account\",result=\"ok\"}"), "{text}");
+    assert!(has("clearing_commands_total{kind=\"open_account\",result=\"account_exists\"}"), "{text}");
+    assert!(has("clearing_shard_mailbox_depth{shard=\"1\"}"), "{text}");
+    assert!(has("clearing_shard_fsync_microseconds_total{shard=\"0\"}"), "{text}");
+    assert!(has("clearing_http_request_duration_seconds{method=\"POST\",route=\"/v1/accounts\",status=\"201\"}"), "{text}");
+    server.stop();
+}

@@ -13,6 +13,7 @@ use crate::journal::{batch_key, encode, BatchRecordRef};
 use crate::ledger::command::{Command, Envelope};
 use crate::ledger::state::{Effects, ShardState};
 use crate::ledger::types::{RemoteCredit, Reply, ShardId, Timestamp};
+use crate::result::ResultCode;
 use crate::EngineError;
 
 /// Where a client's replies go: called once, after the batch holding its commands is durable.
@@ -39,8 +40,9 @@ pub enum Control {
 }
 
 /// Figures a shard publishes for operators, updated after every batch.
-#[derive(Default)]
 pub struct ShardCounters {
+    /// Commands applied, by `outcome_cell(kind, result code)`.
+    pub outcomes: Box<[AtomicU64]>,
     pub accounts: AtomicU64,
     pub last_sequence: AtomicU64,
     pub outbox_pending: AtomicU64,
@@ -52,6 +54,25 @@ pub struct ShardCounters {
     pub largest_fsync_us: AtomicU64,
     pub total_fsync_us: AtomicU64,
     pub stopped: AtomicBool,
+}
+
+impl Default for ShardCounters {
+    fn default() -> ShardCounters {
+        ShardCounters {
+            outcomes: (0..Command::KIND_NAMES.len() * ResultCode::ALL.len()).map(|_| AtomicU64::new(0)).collect(),
+            accounts: AtomicU64::default(),
+            last_sequence: AtomicU64::default(),
+            outbox_pending: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            commands: AtomicU64::default(),
+            last_batch_size: AtomicU64::default(),
+            largest_batch_size: AtomicU64::default(),
+            last_fsync_us: AtomicU64::default(),
+            largest_fsync_us: AtomicU64::default(),
+            total_fsync_us: AtomicU64::default(),
+            stopped: AtomicBool::default(),
+        }
+    }
 }
 
 /// Limits of one shard's loop.
@@ -94,6 +115,13 @@ struct Round {
     inbound_before: Vec<u64>,
     /// When the oldest deferred acknowledgement arrived.
     acks_since: Option<Instant>,
+    /// Per batch: commands by (kind, result code), for metrics.
+    outcomes: Vec<u32>,
+}
+
+/// The cell of (command kind, result code) in `ShardCounters::outcomes`.
+pub fn outcome_cell(kind_code: u8, code: ResultCode) -> usize {
+    kind_code as usize * ResultCode::ALL.len() + code.number() as usize
 }
 
 impl Shard {
@@ -110,6 +138,7 @@ impl Shard {
             sent: self.state.outboxes.iter().map(|o| o.acknowledged).collect(),
             inbound_before: Vec::with_capacity(shard_count),
             acks_since: None,
+            outcomes: vec![0; Command::KIND_NAMES.len() * ResultCode::ALL.len()],
         };
         assert_eq!(round.sent.len(), shard_count);
         // Whatever the previous run left unacknowledged is sent again; receivers skip duplicates.
@@ -273,6 +302,7 @@ impl Shard {
             return false;
         }
         self.publish(round.envelopes.len() as u64, fsync_us);
+        self.record_outcomes(round);
         for (account, platform, currency, status) in round.fx.directory.drain(..) {
             self.directory.set(account, self.state.shard_count, platform, currency, status);
         }
@@ -312,6 +342,18 @@ impl Shard {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
         self.last_timestamp = wall.max(self.last_timestamp + 1);
         self.last_timestamp
+    }
+
+    /// Counts commands by kind and result once per batch (not per command: the hot path stays
+    /// free of shared-counter traffic).
+    fn record_outcomes(&self, round: &mut Round) {
+        round.outcomes.fill(0);
+        for (envelope, reply) in round.envelopes.iter().zip(&round.replies) {
+            round.outcomes[outcome_cell(envelope.command.kind_code(), reply.code)] += 1;
+        }
+        for (cell, count) in round.outcomes.iter().enumerate().filter(|(_, count)| **count > 0) {
+            self.counters.outcomes[cell].fetch_add(*count as u64, Ordering::Relaxed);
+        }
     }
 
     fn publish(&self, batch_size: u64, fsync_us: u64) {

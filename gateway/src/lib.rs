@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod identity;
 pub mod members;
+pub mod metrics;
 pub mod platforms;
 pub mod secrets;
 pub mod server;

@@ -60,6 +60,7 @@ pub fn bind(
     token: AdminToken,
     platforms: Arc<Platforms>,
     members: Arc<Members>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
     listen: &str,
     limits: HttpLimits,
 ) -> std::io::Result<(actix_web::dev::Server, Vec<std::net::SocketAddr>)> {
@@ -67,6 +68,7 @@ pub fn bind(
     let token = web::Data::new(token);
     let platforms = web::Data::new(platforms);
     let members = web::Data::new(members);
+    let metrics = web::Data::new(metrics);
     let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
     let server = HttpServer::new(move || {
         App::new()
@@ -74,6 +76,8 @@ pub fn bind(
             .app_data(token.clone())
             .app_data(platforms.clone())
             .app_data(members.clone())
+            .app_data(metrics.clone())
+            .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
             .app_data(nonces.clone())
             .app_data(web::PayloadConfig::new(limits.body_bytes_max))
             .app_data(web::JsonConfig::default().limit(limits.body_bytes_max))
@@ -82,6 +86,7 @@ pub fn bind(
             .configure(crate::admin::routes)
             .configure(crate::v1::routes)
             .configure(crate::accounts::routes)
+            .configure(crate::metrics::routes)
             .default_service(web::to(|| async { Err::<HttpResponse, ApiError>(ApiError::not_found()) }))
     })
     .workers(limits.workers)

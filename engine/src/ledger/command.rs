@@ -130,6 +130,27 @@ impl Command {
         }
     }
 
+    /// Every kind's name, by `kind_code` (for metrics and reports).
+    pub const KIND_NAMES: [&'static str; 17] = [
+        "genesis",
+        "open_account",
+        "set_account_status",
+        "close_account",
+        "recharge",
+        "payment",
+        "confirm",
+        "cancel",
+        "refund",
+        "freeze",
+        "release_freeze",
+        "expire_freezes",
+        "withdraw",
+        "complete_withdrawal",
+        "mature",
+        "apply_credit",
+        "acknowledge",
+    ];
+
     /// The account whose funds this command debits (or which it concerns): decides the shard.
     /// `None` for commands addressed by order id or to a whole shard.
     pub fn debited_account(&self) -> Option<AccountId> {
