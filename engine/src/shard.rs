@@ -150,7 +150,11 @@ impl Shard {
             // Deferred acknowledgements are flushed once the oldest has waited `ack_flush_ms`,
             // whatever else wakes the loop (reads must not starve them).
             let flush_after = Duration::from_millis(self.limits.ack_flush_ms);
-            let timeout = round.acks_since.map_or(Duration::from_secs(3600), |since| flush_after.saturating_sub(since.elapsed()));
+            let mut timeout = round.acks_since.map_or(Duration::from_secs(3600), |since| flush_after.saturating_sub(since.elapsed()));
+            if shutting_down {
+                // Finish what is queued without waiting for anything new.
+                timeout = Duration::ZERO;
+            }
             select! {
                 recv(self.control) -> message => match message {
                     Ok(Control::Read(read)) => read(&self.state),

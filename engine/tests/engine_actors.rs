@@ -295,3 +295,32 @@ fn a_full_outbox_holds_back_clients_without_deadlock() {
     assert!(check_engine(&engine).unwrap().ok);
     engine.shutdown();
 }
+
+#[test]
+fn shutdown_under_load_finishes_queued_requests_promptly() {
+    // Regression: a shard that had committed a batch after receiving Shutdown then waited in its
+    // select with no client channel and an hour-long timeout, so shutdown under load could hang.
+    for round in 0..20 {
+        let engine = Arc::new(Engine::start(EngineConfig { batch_size_max: 4, ..config(2) }, Arc::new(MemoryStore::new())).unwrap());
+        let accounts = open_funded(&engine, 0..8, 1_000_000);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        for i in 0..200 {
+            let sender = sender.clone();
+            let (payer, payee) = (accounts[i % 8], accounts[(i + 3) % 8]);
+            engine.submit(vec![keyed(&format!("s{i}"), pay(payer, payee, 1))], Box::new(move |result| {
+                let _ = sender.send(result.map(|r| r[0].is_ok()));
+            }));
+        }
+        let (done_sender, done) = std::sync::mpsc::channel();
+        let stopping = engine.clone();
+        std::thread::spawn(move || {
+            stopping.shutdown();
+            let _ = done_sender.send(());
+        });
+        done.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("round {round}: shutdown hung"));
+        for _ in 0..200 {
+            let answer = receiver.recv_timeout(Duration::from_secs(1)).unwrap_or_else(|_| panic!("round {round}: a request was not answered"));
+            assert!(answer.unwrap_or(true), "accepted requests succeed");
+        }
+    }
+}
