@@ -81,6 +81,10 @@ impl Claims {
         }
     }
 
+    fn hold(&self, key: u128, shard: ShardId) {
+        self.stripe(key).lock().expect("claims lock").insert(key, shard);
+    }
+
     fn release(&self, key: u128) {
         self.stripe(key).lock().expect("claims lock").remove(&key);
     }
@@ -224,8 +228,9 @@ impl Engine {
         }
         let shard_count = self.config.shard_count as usize;
         let mut replies: Vec<Option<Reply>> = vec![None; envelopes.len()];
-        // Per shard: its commands, and for each its position in the submission and new claim.
-        type Part = (Vec<Envelope>, Vec<(usize, Option<u128>)>);
+        // Per shard: its commands, and for each its position in the submission and its claim
+        // (key, and whether this submission made it).
+        type Part = (Vec<Envelope>, Vec<(usize, Option<(u128, bool)>)>);
         let mut parts: Vec<Part> = (0..shard_count).map(|_| (Vec::new(), Vec::new())).collect();
         for (index, envelope) in envelopes.into_iter().enumerate() {
             let shard = match self.route(&envelope) {
@@ -235,7 +240,7 @@ impl Engine {
                     continue;
                 }
             };
-            let mut new_claim = None;
+            let mut claim = None;
             if let Some(number) = &envelope.out_order_no {
                 let key = idempotency_key(envelope.platform, envelope.command.kind_code(), number);
                 match self.claims.claim(key, shard) {
@@ -243,13 +248,13 @@ impl Engine {
                         replies[index] = Some(Reply::rejected(ResultCode::IdempotencyConflict));
                         continue;
                     }
-                    Claim::New => new_claim = Some(key),
-                    Claim::Held => {}
+                    Claim::New => claim = Some((key, true)),
+                    Claim::Held => claim = Some((key, false)),
                 }
             }
             let part = &mut parts[shard as usize];
             part.0.push(envelope);
-            part.1.push((index, new_claim));
+            part.1.push((index, claim));
         }
         // A request never holds more than one batch: larger parts go as several requests.
         let batch = self.config.batch_size_max;
@@ -274,9 +279,14 @@ impl Engine {
                 let mut gather = gather_part.lock().expect("gather lock");
                 match result {
                     Ok(shard_replies) => {
-                        for ((index, new_claim), reply) in positions.iter().zip(shard_replies) {
-                            if let (Some(key), false) = (new_claim, reply.is_ok()) {
-                                claims.release(*key);
+                        for ((index, claim), reply) in positions.iter().zip(shard_replies) {
+                            match (claim, reply.is_ok()) {
+                                // A rejected command does not keep its number.
+                                (Some((key, true)), false) => claims.release(*key),
+                                // Accepted on a claim another request made: that request may
+                                // have been rejected and released it, so hold it again.
+                                (Some((key, false)), true) => claims.hold(*key, shard as ShardId),
+                                _ => {}
                             }
                             gather.replies[*index] = Some(reply);
                         }

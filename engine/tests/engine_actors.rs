@@ -324,3 +324,25 @@ fn shutdown_under_load_finishes_queued_requests_promptly() {
         }
     }
 }
+
+#[test]
+fn an_order_number_accepted_after_a_rejected_first_try_stays_claimed() {
+    // Regression: the first use of a number was rejected and released its claim while a second
+    // use, queued behind it, was accepted; the number was then free on every other shard.
+    let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();
+    let accounts = open_funded(&engine, 0..8, 100);
+    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
+    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let b = *accounts.iter().find(|a| **a != a0 && **a != a1).unwrap();
+    let replies = engine
+        .execute(vec![
+            keyed("k", pay(a0, b, 500)),
+            plain(Command::Recharge { account: a0, currency: CNY, amount: 1_000, channel: 1 }),
+            keyed("k", pay(a0, b, 500)),
+        ])
+        .unwrap();
+    assert_eq!(replies.iter().map(|r| r.code).collect::<Vec<_>>(), vec![ResultCode::InsufficientFunds, ResultCode::Ok, ResultCode::Ok]);
+    let elsewhere = engine.execute_one(keyed("k", pay(a1, b, 5))).unwrap();
+    assert_eq!(elsewhere.code, ResultCode::IdempotencyConflict);
+    engine.shutdown();
+}
