@@ -372,3 +372,38 @@ fn metrics_show_commands_by_result_shard_state_and_http_latency() {
     assert!(has("clearing_http_request_duration_seconds{method=\"POST\",route=\"/v1/accounts\",status=\"201\"}"), "{text}");
     server.stop();
 }
+
+#[test]
+fn oversized_and_malformed_requests_get_json_errors_not_5xx() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "operator-secret-6";
+    let server = start(dir.path(), Some(token));
+    let post = |path: &str, body: &[u8]| match ureq::post(&format!("{}{path}", server.base))
+        .set("Authorization", &format!("Bearer {token}"))
+        .set("Content-Type", "application/json")
+        .send_bytes(body)
+    {
+        Ok(response) => (response.status(), response.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(status, response)) => (status, response.into_string().unwrap_or_default()),
+        Err(error) => panic!("POST {path}: {error}"),
+    };
+    let huge = vec![b' '; 17 << 20];
+    let (status, body) = post("/admin/platforms", &huge);
+    assert_eq!(status, 413, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+    assert_eq!(json["error"]["code"], "payload_too_large");
+    let cases: &[(&str, &[u8], u16, &str)] = &[
+        ("/admin/platforms", b"{", 400, "invalid_request"),
+        ("/admin/platforms", b"[]", 400, "invalid_request"),
+        ("/admin/platforms", b"\xff\xfe", 400, "invalid_request"),
+        ("/admin/platforms", b"{\"name\": \"x\", \"settlement_cycle_days\": -1}", 400, "invalid_request"),
+        ("/admin/platforms", b"{\"name\": \"x\", \"settlement_cycle_days\": 1e3}", 400, "invalid_request"),
+        ("/healthz", b"", 404, "not_found"),
+    ];
+    for (path, body, status, code) in cases {
+        let (got, text) = post(path, body);
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
+        assert_eq!((got, json["error"]["code"].as_str()), (*status, Some(*code)), "{path} {body:?}: {text}");
+    }
+    server.stop();
+}

@@ -80,3 +80,32 @@ impl From<engine::EngineError> for ApiError {
 pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     actix_web::web::block(work).await.map_err(|e| ApiError::unavailable(e.to_string()))
 }
+
+/// Gives errors that actix produces itself (a body over the limit, a malformed request line) the
+/// API's JSON error shape; responses that already are JSON pass unchanged.
+pub fn json_errors<B: actix_web::body::MessageBody + 'static>(
+    response: actix_web::dev::ServiceResponse<B>,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    use actix_web::middleware::ErrorHandlerResponse;
+    let is_json = response
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
+    }
+    let status = response.status();
+    let code = match status.as_u16() {
+        413 => "payload_too_large",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        400..=499 => "invalid_request",
+        _ => "internal_error",
+    };
+    let message = status.canonical_reason().unwrap_or("error");
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let (request, _) = response.into_parts();
+    let replaced = HttpResponse::build(status).json(body).map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(actix_web::dev::ServiceResponse::new(request, replaced)))
+}

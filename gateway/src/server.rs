@@ -77,6 +77,7 @@ pub fn bind(
             .app_data(platforms.clone())
             .app_data(members.clone())
             .app_data(metrics.clone())
+            .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
             .app_data(nonces.clone())
             .app_data(web::PayloadConfig::new(limits.body_bytes_max))
