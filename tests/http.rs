@@ -34,17 +34,23 @@ fn start(data_dir: &std::path::Path, token: Option<&str>) -> Server {
     }
 }
 
+/// The response of a call, whatever its status (ureq reports 4xx and 5xx as errors).
+fn answer(result: Result<ureq::Response, ureq::Error>, what: &str) -> ureq::Response {
+    match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{what}: {error}"),
+    }
+}
+
+
 impl Server {
     fn get(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
         let mut request = ureq::get(&format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.set("Authorization", &format!("Bearer {token}"));
         }
-        let response = match request.call() {
-            Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(error) => panic!("GET {path}: {error}"),
-        };
+        let response = answer(request.call(), path);
         let status = response.status();
         (status, response.into_json().expect("JSON body"))
     }
@@ -128,24 +134,15 @@ fn signed_get(server: &Server, path: &str, platform: &str, timestamp: i64, nonce
         .set("X-Timestamp", &timestamp.to_string())
         .set("X-Nonce", nonce)
         .set("X-Signature", signature);
-    let response = match request.call() {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(error) => panic!("GET {path}: {error}"),
-    };
+    let response = answer(request.call(), path);
     (response.status(), response.into_json().expect("JSON"))
 }
 
 fn create_platform(server: &Server, token: &str, body: &str) -> (u16, serde_json::Value) {
-    let response = match ureq::post(&format!("{}/admin/platforms", server.base))
+    let request = ureq::post(&format!("{}/admin/platforms", server.base))
         .set("Authorization", &format!("Bearer {token}"))
-        .set("Content-Type", "application/json")
-        .send_string(body)
-    {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(error) => panic!("create platform: {error}"),
-    };
+        .set("Content-Type", "application/json");
+    let response = answer(request.send_string(body), "create platform");
     (response.status(), response.into_json().expect("JSON"))
 }
 
@@ -225,11 +222,7 @@ fn signed_post(server: &Server, path: &str, platform: &str, secret: &str, nonce:
         .set("X-Nonce", nonce)
         .set("X-Signature", &signature)
         .set("Content-Type", "application/json");
-    let response = match request.send_string(body) {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(error) => panic!("POST {path}: {error}"),
-    };
+    let response = answer(request.send_string(body), path);
     let replayed = response.header("Idempotent-Replay") == Some("true");
     (response.status(), replayed, response.into_json().expect("JSON"))
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use engine::ledger::command::{Command, Envelope, OutOrderNo};
 use engine::ledger::types::{AccountId, AccountKind, Limits, Reply};
 use engine::money::CurrencyId;
@@ -10,11 +10,9 @@ use engine::result::ResultCode;
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::NonceCache;
 use crate::error::{blocking, ApiError};
 use crate::members::{Member, Members};
-use crate::platforms::Platforms;
-use crate::v1::{parse_json, platform_of};
+use crate::v1::Signed;
 
 /// The bank's prefix of virtual account numbers under the master account.
 const VIRTUAL_ACCOUNT_PREFIX: &str = "6229";
@@ -81,16 +79,8 @@ fn currency_of(engine: &Engine, code: &str) -> Option<CurrencyId> {
 }
 
 #[post("/v1/accounts")]
-async fn open_account(
-    request: HttpRequest,
-    body: web::Bytes,
-    platforms: web::Data<Arc<Platforms>>,
-    nonces: web::Data<NonceCache>,
-    members: web::Data<Arc<Members>>,
-    engine: web::Data<Arc<Engine>>,
-) -> Result<HttpResponse, ApiError> {
-    let platform = platform_of(&request, &body, &platforms, &nonces)?;
-    let new: NewAccount = parse_json(&body)?;
+async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let (platform, new) = (&signed.platform, signed.json::<NewAccount>()?);
     let out_order_no = OutOrderNo::new(&new.out_order_no)
         .ok_or_else(|| ApiError::invalid("out_order_no must be 1 to 64 characters [A-Za-z0-9_-]", "out_order_no"))?;
     let member: Member = Member::parse_public_id(&new.member_id)
@@ -123,15 +113,8 @@ async fn open_account(
 }
 
 #[get("/v1/accounts/{account_id}")]
-async fn show_account(
-    request: HttpRequest,
-    path: web::Path<String>,
-    body: web::Bytes,
-    platforms: web::Data<Arc<Platforms>>,
-    nonces: web::Data<NonceCache>,
-    engine: web::Data<Arc<Engine>>,
-) -> Result<HttpResponse, ApiError> {
-    let platform = platform_of(&request, &body, &platforms, &nonces)?;
+async fn show_account(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let platform = signed.platform;
     let id = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
     let shard_count = engine.config().shard_count;
     let engine = engine.get_ref().clone();

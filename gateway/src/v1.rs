@@ -26,6 +26,41 @@ pub fn platform_of(request: &HttpRequest, body: &[u8], platforms: &Platforms, no
     authenticate(request, body, platforms, nonces, unix_seconds())
 }
 
+/// Extractor of a signed platform request: reads the body (within the body limit), checks the
+/// signature against it, and hands the handler the platform and the body bytes.
+pub struct Signed {
+    pub platform: Platform,
+    pub body: web::Bytes,
+}
+
+impl Signed {
+    /// Parses the body as JSON (`invalid_request` on malformed JSON, wrong types, unknown fields).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        parse_json(&self.body)
+    }
+}
+
+impl actix_web::FromRequest for Signed {
+    type Error = ApiError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Signed, ApiError>>>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let body = web::Bytes::from_request(request, payload);
+        let request = request.clone();
+        Box::pin(async move {
+            let body = body.await.map_err(|error| {
+                let status = error.as_response_error().status_code().as_u16();
+                let code = if status == 413 { "payload_too_large" } else { "invalid_request" };
+                ApiError::new(status, code, &error.to_string())
+            })?;
+            let platforms = request.app_data::<web::Data<Arc<Platforms>>>().expect("platforms are registered");
+            let nonces = request.app_data::<web::Data<NonceCache>>().expect("nonces are registered");
+            let platform = platform_of(&request, &body, platforms, nonces)?;
+            Ok(Signed { platform, body })
+        })
+    }
+}
+
 #[derive(Serialize)]
 struct PlatformBody {
     platform_id: String,
@@ -36,13 +71,8 @@ struct PlatformBody {
 }
 
 #[get("/v1/platform")]
-async fn whoami(
-    request: HttpRequest,
-    body: web::Bytes,
-    platforms: web::Data<Arc<Platforms>>,
-    nonces: web::Data<NonceCache>,
-) -> Result<HttpResponse, ApiError> {
-    let platform = platform_of(&request, &body, &platforms, &nonces)?;
+async fn whoami(signed: Signed) -> Result<HttpResponse, ApiError> {
+    let platform = signed.platform;
     Ok(HttpResponse::Ok().json(PlatformBody {
         platform_id: platform.public_id(),
         name: platform.name,
@@ -54,15 +84,8 @@ async fn whoami(
 
 /// `POST /v1/members`: 201 with the member; a repeated order number replays the first answer.
 #[actix_web::post("/v1/members")]
-async fn create_member(
-    request: HttpRequest,
-    body: web::Bytes,
-    platforms: web::Data<Arc<Platforms>>,
-    nonces: web::Data<NonceCache>,
-    members: web::Data<Arc<Members>>,
-) -> Result<HttpResponse, ApiError> {
-    let platform = platform_of(&request, &body, &platforms, &nonces)?;
-    let new: NewMember = parse_json(&body)?;
+async fn create_member(signed: Signed, members: web::Data<Arc<Members>>) -> Result<HttpResponse, ApiError> {
+    let (platform, new) = (signed.platform.clone(), signed.json::<NewMember>()?);
     let members = members.get_ref().clone();
     // The store write syncs to disk: off the async workers.
     let created = blocking(move || members.create(platform.id, new)).await??;
