@@ -425,7 +425,8 @@ impl Engine {
         if let Some(order) = command.target_order() {
             return Ok(order.shard(shard_count));
         }
-        Err(ResultCode::OrderStateInvalid)
+        // Shard-wide commands go through `broadcast`; internal ones never come from clients.
+        Err(ResultCode::NotRoutable)
     }
 
     /// Checks a receiver on another shard against the directory (the owning shard checks its own).

@@ -34,11 +34,13 @@ pub enum ResultCode {
     AccountCreditBlocked = 25,
     ReasonTooLong = 26,
     InvalidExpiry = 27,
+    /// A shard-wide or internal command sent through `Engine::submit` (use `broadcast`).
+    NotRoutable = 28,
 }
 
 impl ResultCode {
     /// Every code, in number order (for documentation and tests).
-    pub const ALL: [ResultCode; 28] = [
+    pub const ALL: [ResultCode; 29] = [
         ResultCode::Ok,
         ResultCode::IdempotencyConflict,
         ResultCode::InvalidAmount,
@@ -67,6 +69,7 @@ impl ResultCode {
         ResultCode::AccountCreditBlocked,
         ResultCode::ReasonTooLong,
         ResultCode::InvalidExpiry,
+        ResultCode::NotRoutable,
     ];
 
     /// The stable snake_case name used at the API edge.
@@ -100,6 +103,7 @@ impl ResultCode {
             ResultCode::AccountCreditBlocked => "account_credit_blocked",
             ResultCode::ReasonTooLong => "reason_too_long",
             ResultCode::InvalidExpiry => "invalid_expiry",
+            ResultCode::NotRoutable => "not_routable",
         }
     }
 

@@ -346,3 +346,21 @@ fn an_order_number_accepted_after_a_rejected_first_try_stays_claimed() {
     assert_eq!(elsewhere.code, ResultCode::IdempotencyConflict);
     engine.shutdown();
 }
+
+#[test]
+fn shard_wide_and_internal_commands_are_not_routable_through_submit() {
+    let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();
+    let internal = [
+        Command::Mature { through_day: 1 },
+        Command::ExpireFreezes,
+        Command::Acknowledge { target: 0, sequence: 1 },
+        Command::Genesis { shard: 0, shard_count: 2, currencies: Vec::new(), utc_offset_seconds: 0 },
+    ];
+    for command in internal {
+        assert_eq!(engine.execute_one(plain(command.clone())).unwrap().code, ResultCode::NotRoutable, "{command:?}");
+    }
+    // Shard-wide ones go to every shard through broadcast; internal ones not even there.
+    assert_eq!(engine.broadcast(plain(Command::ExpireFreezes)).unwrap().len(), 2);
+    assert!(matches!(engine.broadcast(plain(Command::Acknowledge { target: 0, sequence: 1 })), Err(EngineError::NotAClientCommand)));
+    engine.shutdown();
+}
