@@ -24,9 +24,7 @@ pub fn public_account_id(id: AccountId) -> String {
 
 /// Parses an API account id.
 pub fn parse_account_id(text: &str) -> Option<AccountId> {
-    let digits = text.strip_prefix("acc_")?;
-    let plain = !digits.is_empty() && digits.len() <= 19 && digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
-    plain.then(|| digits.parse().ok().map(AccountId)).flatten()
+    crate::ids::parse_prefixed(text, "acc_").map(AccountId)
 }
 
 /// The Luhn check digit of a string of digits.
@@ -126,7 +124,7 @@ async fn show_account(signed: Signed, path: web::Path<String>, engine: web::Data
             let currency = state.currencies[account.currency.0 as usize];
             Some(serde_json::json!({
                 "account_id": public_account_id(id),
-                "member_id": format!("mem_{}", account.owner),
+                "member_id": Member::public_id_of(account.owner),
                 "currency": currency.code_str(),
                 "status": account.status.name(),
                 "virtual_account_no": virtual_account_no(id),

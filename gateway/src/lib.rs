@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod identity;
+pub mod ids;
 pub mod members;
 pub mod metrics;
 pub mod platforms;

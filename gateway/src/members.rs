@@ -41,14 +41,17 @@ pub struct Member {
 impl Member {
     /// The id as the API shows it (`mem_12`).
     pub fn public_id(&self) -> String {
-        format!("mem_{}", self.id)
+        Member::public_id_of(self.id)
+    }
+
+    /// The API id of member number `id`.
+    pub fn public_id_of(id: u64) -> String {
+        format!("mem_{id}")
     }
 
     /// Parses an API member id.
     pub fn parse_public_id(text: &str) -> Option<u64> {
-        let digits = text.strip_prefix("mem_")?;
-        let plain = !digits.is_empty() && digits.len() <= 19 && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
-        plain.then(|| digits.parse().ok()).flatten()
+        crate::ids::parse_prefixed(text, "mem_")
     }
 
     /// The API's view: `{member_id, type, name, status}`.

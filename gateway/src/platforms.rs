@@ -31,11 +31,7 @@ impl Platform {
 
     /// Parses an API platform id.
     pub fn parse_public_id(text: &str) -> Option<u32> {
-        let digits = text.strip_prefix("plt_")?;
-        if digits.is_empty() || digits.len() > 10 || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
-            return None;
-        }
-        digits.parse().ok()
+        crate::ids::parse_prefixed(text, "plt_")
     }
 }
 
@@ -142,6 +138,7 @@ mod tests {
     fn public_ids_table() {
         let cases: &[(&str, Option<u32>)] =
             &[("plt_1", Some(1)), ("plt_42", Some(42)), ("plt_", None), ("plt_01", None), ("p_1", None), ("plt_x", None), ("plt_99999999999", None)];
+        // ("plt_0" parses; no platform has id 0, so it is unknown like any other.)
         for (text, expected) in cases {
             assert_eq!(Platform::parse_public_id(text), *expected, "{text}");
         }
