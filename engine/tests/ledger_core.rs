@@ -333,6 +333,39 @@ fn withdrawal_codes_success_and_failure() {
 }
 
 #[test]
+fn pending_recharge_waits_for_the_channel() {
+    let mut w = World::new();
+    let a = w.open(1, Limits::NONE);
+    let request = |account, amount| Command::RequestRecharge { account, currency: CNY, amount, channel: 2 };
+    let cases: Vec<(&str, Command, ResultCode)> = vec![
+        ("zero", request(a, 0), ResultCode::InvalidAmount),
+        ("unknown account", request(AccountId(999), 10), ResultCode::AccountNotFound),
+        ("unknown order", Command::CompleteRecharge { order: OrderId(999), succeeded: true }, ResultCode::OrderNotFound),
+    ];
+    for (name, command, expected) in cases {
+        assert_eq!(w.run(command).code, expected, "{name}");
+    }
+    let first = w.run(request(a, 700));
+    assert_eq!((first.code, first.status), (ResultCode::Ok, Some(OrderStatus::Pending)));
+    assert_eq!(w.balances(a), (0, 0, 0), "nothing moves before the channel confirms");
+    assert_eq!(w.order(first.id).out_order_no.map(|n| n.as_str().to_string()), Some(format!("o{}", w.counter)));
+    let done = Command::CompleteRecharge { order: OrderId(first.id), succeeded: true };
+    assert_eq!(w.run(done.clone()).status, Some(OrderStatus::Succeeded));
+    assert_eq!(w.run(done).code, ResultCode::Ok, "a repeated callback is answered");
+    assert_eq!(w.run(Command::CompleteRecharge { order: OrderId(first.id), succeeded: false }).code, ResultCode::OrderStateInvalid);
+    assert_eq!(w.balances(a), (700, 0, 0));
+    // A failed recharge moves nothing; a payment order is not a recharge.
+    let second = w.ok(request(a, 300));
+    w.ok(Command::CompleteRecharge { order: OrderId(second), succeeded: false });
+    assert_eq!(w.order(second).status, OrderStatus::Failed);
+    let b = w.open(2, Limits::NONE);
+    let payment = w.ok(pay(a, 100, &[(b, 100)], &[]));
+    assert_eq!(w.run(Command::CompleteRecharge { order: OrderId(payment), succeeded: true }).code, ResultCode::OrderNotFound);
+    assert_eq!(w.balances(a), (600, 0, 0));
+    w.assert_books_balance();
+}
+
+#[test]
 fn accounts_open_close_and_status() {
     let mut w = World::new();
     let a = w.open(1, Limits::NONE);

@@ -104,6 +104,10 @@ pub enum Command {
     ApplyCredit(RemoteCredit),
     /// Another shard has durably applied our credits to it up to `sequence`.
     Acknowledge { target: ShardId, sequence: u64 },
+    /// A recharge sent to a channel: the order is `pending` and nothing moves until the channel confirms.
+    RequestRecharge { account: AccountId, currency: CurrencyId, amount: Minor, channel: u16 },
+    /// The channel's verdict on a pending recharge: success credits the account's settled bucket.
+    CompleteRecharge { order: OrderId, succeeded: bool },
 }
 
 impl Command {
@@ -127,11 +131,13 @@ impl Command {
             Command::Mature { .. } => 14,
             Command::ApplyCredit(_) => 15,
             Command::Acknowledge { .. } => 16,
+            Command::RequestRecharge { .. } => 17,
+            Command::CompleteRecharge { .. } => 18,
         }
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 17] = [
+    pub const KIND_NAMES: [&'static str; 19] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -149,6 +155,8 @@ impl Command {
         "mature",
         "apply_credit",
         "acknowledge",
+        "request_recharge",
+        "complete_recharge",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.
@@ -158,6 +166,7 @@ impl Command {
             Command::SetAccountStatus { account, .. }
             | Command::CloseAccount { account }
             | Command::Recharge { account, .. }
+            | Command::RequestRecharge { account, .. }
             | Command::Freeze { account, .. }
             | Command::Withdraw { account, .. } => Some(*account),
             Command::Payment { payer, .. } => Some(*payer),
@@ -172,7 +181,8 @@ impl Command {
             Command::Confirm { order, .. }
             | Command::Cancel { order, .. }
             | Command::ReleaseFreeze { order, .. }
-            | Command::CompleteWithdrawal { order, .. } => Some(*order),
+            | Command::CompleteWithdrawal { order, .. }
+            | Command::CompleteRecharge { order, .. } => Some(*order),
             _ => None,
         }
     }

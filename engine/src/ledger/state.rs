@@ -118,7 +118,7 @@ impl ShardState {
                 return Reply { replayed: true, ..record.reply };
             }
         }
-        let context = Context { platform: envelope.platform, now, day: self.business_day(now) };
+        let context = Context { platform: envelope.platform, out_order_no: envelope.out_order_no, now, day: self.business_day(now) };
         let postings_before = fx.postings.len();
         let reply = match command {
             Command::Genesis { .. } => unreachable!("handled above"),
@@ -162,6 +162,10 @@ impl ShardState {
             Command::Mature { through_day } => ops::settle::mature(self, &context, *through_day, fx),
             Command::ApplyCredit(credit) => ops::transfer::apply_credit(self, &context, credit, fx),
             Command::Acknowledge { target, sequence } => ops::transfer::acknowledge(self, *target, *sequence),
+            Command::RequestRecharge { account, currency, amount, channel } => {
+                ops::recharge::request(self, &context, *account, *currency, *amount, *channel)
+            }
+            Command::CompleteRecharge { order, succeeded } => ops::recharge::complete(self, &context, *order, *succeeded, fx),
         };
         if !reply.is_ok() {
             assert_eq!(fx.postings.len(), postings_before, "a rejected command posted");
@@ -270,11 +274,12 @@ impl ShardState {
     }
 
     /// Records a new order of a local account (its platform and currency are the account's).
-    pub(crate) fn open_order(&mut self, now: Timestamp, kind: OrderKind, status: OrderStatus, account: AccountId, amount: Minor, detail: OrderDetail) -> OrderId {
+    pub(crate) fn open_order(&mut self, context: &Context, kind: OrderKind, status: OrderStatus, account: AccountId, amount: Minor, detail: OrderDetail) -> OrderId {
         let owner = self.account(account).expect("orders belong to local accounts");
-        let (platform, currency) = (owner.platform, owner.currency);
+        let (platform, currency, now) = (owner.platform, owner.currency, context.now);
         let id = self.next_order_id();
-        self.orders.push(Order { id, kind, status, platform, account, currency, amount, created_at: now, updated_at: now, detail });
+        let out_order_no = context.out_order_no;
+        self.orders.push(Order { id, out_order_no, kind, status, platform, account, currency, amount, created_at: now, updated_at: now, detail });
         id
     }
 
@@ -427,6 +432,8 @@ impl ShardState {
 /// What every operation is told about the request besides its arguments.
 pub struct Context {
     pub platform: u32,
+    /// The order number of the command, recorded on the order it opens.
+    pub out_order_no: Option<crate::ledger::command::OutOrderNo>,
     pub now: Timestamp,
     pub day: u32,
 }

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::ledger::command::OutOrderNo;
 use crate::money::{CurrencyId, Minor};
 use crate::result::ResultCode;
 
@@ -287,7 +288,7 @@ pub struct Leg {
 /// The legs of a payment, inline for the common case of one or two.
 pub type Legs = SmallVec<[Leg; 2]>;
 
-/// A leg of a guarantee payment: what was held for a receiver and what has been released.
+/// A leg of a payment: what was held for a receiver and what has been released or cancelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldLeg {
     pub account: AccountId,
@@ -296,14 +297,18 @@ pub struct HeldLeg {
     pub cancelled: Minor,
 }
 
+/// The legs of a payment order, inline for the common single receiver.
+pub type HeldLegs = SmallVec<[HeldLeg; 1]>;
+
 /// Kind-specific order state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderDetail {
     None,
     /// Recharge: the channel the money came in through.
     Recharge { channel: u16 },
-    /// Payments (balance or guarantee): what has been refunded to the payer so far.
-    Payment { refunded: Minor, held: Vec<HeldLeg> },
+    /// Payments: what has been refunded to the payer so far, and each receiver's leg (a balance
+    /// payment's legs are released in full at once; a guarantee payment's as it is confirmed).
+    Payment { refunded: Minor, held: HeldLegs },
     /// Refund of a payment: which payment and payee.
     Refund { payment: OrderId, payee: AccountId },
     /// Freeze: what is still frozen and from which buckets it came.
@@ -316,6 +321,8 @@ pub enum OrderDetail {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     pub id: OrderId,
+    /// The platform's order number, if the command carried one.
+    pub out_order_no: Option<OutOrderNo>,
     pub kind: OrderKind,
     pub status: OrderStatus,
     pub platform: u32,

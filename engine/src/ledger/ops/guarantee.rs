@@ -25,7 +25,7 @@ fn held_legs(order: &Order) -> &[HeldLeg] {
     }
 }
 
-fn held_legs_mut(order: &mut Order) -> &mut Vec<HeldLeg> {
+fn held_legs_mut(order: &mut Order) -> &mut HeldLegs {
     match &mut order.detail {
         OrderDetail::Payment { held, .. } => held,
         _ => unreachable!("guarantee orders carry held legs"),

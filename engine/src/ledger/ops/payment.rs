@@ -87,13 +87,15 @@ pub fn apply(state: &mut ShardState, context: &Context, request: &PaymentRequest
     state.roll_day(payer, context.day);
     state.account_mut(payer).paid_today += amount;
     let legs = request.payees.iter().chain(request.splits);
-    let (kind, status, held) = if request.guarantee {
-        let held = legs.map(|leg| HeldLeg { account: leg.account, held: leg.amount, released: 0, cancelled: 0 }).collect();
-        (OrderKind::Guarantee, OrderStatus::Held, held)
+    let (kind, status, released) = if request.guarantee {
+        (OrderKind::Guarantee, OrderStatus::Held, false)
     } else {
-        (OrderKind::Payment, OrderStatus::Succeeded, Vec::new())
+        (OrderKind::Payment, OrderStatus::Succeeded, true)
     };
-    let id = state.open_order(context.now, kind, status, payer, amount, OrderDetail::Payment { refunded: 0, held });
+    let held = legs
+        .map(|leg| HeldLeg { account: leg.account, held: leg.amount, released: if released { leg.amount } else { 0 }, cancelled: 0 })
+        .collect();
+    let id = state.open_order(context, kind, status, payer, amount, OrderDetail::Payment { refunded: 0, held });
     let entry_kind = if request.guarantee { EntryKind::GuaranteeHold } else { EntryKind::Payment };
     state.begin_entry(fx, id, entry_kind, currency);
     state.debit_available(fx, payer, amount);

@@ -1,30 +1,76 @@
 //! Money in from a channel: the reserve stripe is debited, the account's settled bucket credited.
+//! `apply` books a recharge the channel has already confirmed; `request` and `complete` are the
+//! two steps of one that waits for the channel (API.md: `pending`, then `succeeded` or `failed`).
 
 use crate::ledger::state::{check_amount, credit_refusal, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, Minor};
 use crate::result::ResultCode;
 
+/// The checks shared by both kinds of recharge.
+fn check(state: &ShardState, context: &Context, account: AccountId, currency: CurrencyId, amount: Minor) -> Result<(), ResultCode> {
+    check_amount(amount)?;
+    if currency.0 as usize >= state.currencies.len() {
+        return Err(ResultCode::CurrencyUnknown);
+    }
+    let target = state.customer_account(context.platform, account).ok_or(ResultCode::AccountNotFound)?;
+    credit_refusal(target, currency).map_or(Ok(()), Err)
+}
+
+/// Posts a confirmed recharge of order `id`: reserve debited, the account (or suspense, if it
+/// can no longer take credits) credited.
+fn post(state: &mut ShardState, id: OrderId, account: AccountId, currency: CurrencyId, amount: Minor, fx: &mut Effects) {
+    let reserve = state.system_account(SystemRole::Reserve, currency);
+    let target = state.credit_target(account, currency);
+    state.begin_entry(fx, id, EntryKind::Recharge, currency);
+    state.post(fx, reserve, Bucket::Settled, -amount);
+    state.post(fx, target, Bucket::Settled, amount);
+    state.end_entry(fx);
+}
+
 /// Credits a confirmed channel payment to `account`.
 pub fn apply(state: &mut ShardState, context: &Context, account: AccountId, currency: CurrencyId, amount: Minor, channel: u16, fx: &mut Effects) -> Reply {
-    if let Err(code) = check_amount(amount) {
-        return Reply::rejected(code);
-    }
-    if currency.0 as usize >= state.currencies.len() {
-        return Reply::rejected(ResultCode::CurrencyUnknown);
-    }
-    let Some(target) = state.customer_account(context.platform, account) else {
-        return Reply::rejected(ResultCode::AccountNotFound);
-    };
-    if let Some(code) = credit_refusal(target, currency) {
+    if let Err(code) = check(state, context, account, currency, amount) {
         return Reply::rejected(code);
     }
     // After this point the recharge must succeed.
-    let id = state.open_order(context.now, OrderKind::Recharge, OrderStatus::Succeeded, account, amount, OrderDetail::Recharge { channel });
-    let reserve = state.system_account(SystemRole::Reserve, currency);
-    state.begin_entry(fx, id, EntryKind::Recharge, currency);
-    state.post(fx, reserve, Bucket::Settled, -amount);
-    state.post(fx, account, Bucket::Settled, amount);
-    state.end_entry(fx);
+    let id = state.open_order(context, OrderKind::Recharge, OrderStatus::Succeeded, account, amount, OrderDetail::Recharge { channel });
+    post(state, id, account, currency, amount, fx);
     ok_order(id, OrderStatus::Succeeded)
+}
+
+/// Opens a pending recharge that a channel will confirm or fail; nothing is posted yet.
+pub fn request(state: &mut ShardState, context: &Context, account: AccountId, currency: CurrencyId, amount: Minor, channel: u16) -> Reply {
+    if let Err(code) = check(state, context, account, currency, amount) {
+        return Reply::rejected(code);
+    }
+    // After this point the request must succeed.
+    let id = state.open_order(context, OrderKind::Recharge, OrderStatus::Pending, account, amount, OrderDetail::Recharge { channel });
+    ok_order(id, OrderStatus::Pending)
+}
+
+/// Applies the channel's verdict on a pending recharge. Repeating the verdict already applied
+/// answers with the order as it is (callbacks come more than once); the opposite one is refused.
+/// The money has arrived at the bank whatever the account's status is now, so a success always
+/// posts: to the account, or to suspense for an operator when it can no longer take credits.
+pub fn complete(state: &mut ShardState, context: &Context, id: OrderId, succeeded: bool, fx: &mut Effects) -> Reply {
+    let Some(order) = state.platform_order(context.platform, id).filter(|o| o.kind == OrderKind::Recharge) else {
+        return Reply::rejected(ResultCode::OrderNotFound);
+    };
+    let verdict = if succeeded { OrderStatus::Succeeded } else { OrderStatus::Failed };
+    if order.status == verdict {
+        return ok_order(id, verdict);
+    }
+    if order.status != OrderStatus::Pending {
+        return Reply::rejected(ResultCode::OrderStateInvalid);
+    }
+    // After this point the completion must succeed.
+    let (account, currency, amount) = (order.account, order.currency, order.amount);
+    if succeeded {
+        post(state, id, account, currency, amount, fx);
+    }
+    let order = state.order_mut(id);
+    order.status = verdict;
+    order.updated_at = context.now;
+    ok_order(id, verdict)
 }

@@ -30,7 +30,7 @@ pub fn apply(state: &mut ShardState, context: &Context, payment: OrderId, payee:
     // After this point the refund must succeed.
     let currency = account.currency;
     state.income.get_mut(&(payment, payee)).expect("checked").refunded += amount;
-    let id = state.open_order(context.now, OrderKind::Refund, OrderStatus::Succeeded, payee, amount, OrderDetail::Refund { payment, payee });
+    let id = state.open_order(context, OrderKind::Refund, OrderStatus::Succeeded, payee, amount, OrderDetail::Refund { payment, payee });
     state.begin_entry(fx, id, EntryKind::Refund, currency);
     state.debit_available(fx, payee, amount);
     let leg = Leg { account: income.payer, amount };

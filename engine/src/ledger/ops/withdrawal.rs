@@ -40,7 +40,7 @@ pub fn reserve(
     // After this point the reservation must succeed.
     state.roll_day(id, context.day);
     state.account_mut(id).withdrawn_today += amount;
-    let order = state.open_order(context.now, OrderKind::Withdrawal, OrderStatus::Processing, id, amount, OrderDetail::Withdrawal { fee, channel });
+    let order = state.open_order(context, OrderKind::Withdrawal, OrderStatus::Processing, id, amount, OrderDetail::Withdrawal { fee, channel });
     let pending = state.system_account(SystemRole::PayoutPending, currency);
     state.begin_entry(fx, order, EntryKind::WithdrawalReserve, currency);
     state.post(fx, id, Bucket::Settled, -(amount + fee));
