@@ -18,6 +18,7 @@ struct FileConfig {
     listen: String,
     data_dir: PathBuf,
     engine: EngineSection,
+    simulator: SimulatorSection,
     currencies: Vec<CurrencyRow>,
     chart_of_accounts: BTreeMap<String, SubjectRow>,
 }
@@ -31,6 +32,15 @@ struct EngineSection {
     outbox_pending_max: usize,
     ack_flush_ms: u64,
     utc_offset_seconds: i32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimulatorSection {
+    enabled: bool,
+    latency_ms: u64,
+    failure_per_mille: u16,
+    callback_attempts_max: u32,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +63,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub engine: EngineConfig,
     pub chart: ChartOfAccounts,
+    pub simulator: gateway::simulator::SimulatorConfig,
 }
 
 /// Hard limits on configuration values (DESIGN.md invariant 10: every bound has a limit).
@@ -113,7 +124,20 @@ impl Config {
             currencies,
             utc_offset_seconds: e.utc_offset_seconds,
         };
-        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart })
+        let sim = &file.simulator;
+        if sim.failure_per_mille > 1000 {
+            return Err(anyhow!("simulator.failure_per_mille must be 0..=1000"));
+        }
+        if sim.latency_ms > 3_600_000 || !(1..=100).contains(&sim.callback_attempts_max) {
+            return Err(anyhow!("simulator.latency_ms must be at most an hour and callback_attempts_max 1..=100"));
+        }
+        let simulator = gateway::simulator::SimulatorConfig {
+            enabled: sim.enabled,
+            latency_ms: sim.latency_ms,
+            failure_per_mille: sim.failure_per_mille,
+            callback_attempts_max: sim.callback_attempts_max,
+        };
+        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator })
     }
 }
 

@@ -104,7 +104,7 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     report::print_shards_online(&engine, &config, &mut out)?;
     report::print_invariants(&engine::invariants::check_engine(&engine)?, &mut out)?;
     if !once {
-        serve_http(engine.clone(), store, &data_dir, &listen)?;
+        serve_http(engine.clone(), store, &data_dir, &listen, config.simulator)?;
     }
     engine.shutdown();
     println!("stopped: every acknowledged order is durable");
@@ -112,11 +112,9 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
 }
 
 /// Serves the HTTP API until SIGINT or SIGTERM (graceful: requests in flight finish).
-fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &std::path::Path, listen: &str) -> Result<()> {
+fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &std::path::Path, listen: &str, simulator: gateway::simulator::SimulatorConfig) -> Result<()> {
     use gateway::admin::{AdminToken, TokenSource};
     let master_key = gateway::secrets::MasterKey::load(data_dir).context("loading the master key")?;
-    let platforms = Arc::new(gateway::platforms::Platforms::load(store.clone(), master_key).map_err(anyhow::Error::msg)?);
-    let members = Arc::new(gateway::members::Members::load(store).map_err(anyhow::Error::msg)?);
     let (token, source) = AdminToken::load(data_dir).context("loading the operator token")?;
     match &source {
         TokenSource::Environment => println!("operator token: from CLEARING_ADMIN_TOKEN"),
@@ -126,11 +124,12 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
         }
     }
     let metrics = gateway::metrics::install().map_err(anyhow::Error::msg)?;
+    let services = gateway::server::Services::load(engine, store, master_key, token, metrics, simulator).map_err(anyhow::Error::msg)?;
     actix_web::rt::System::new().block_on(async move {
         let limits = gateway::server::HttpLimits::default();
-        let (server, addresses) = gateway::server::bind(engine, token, platforms, members, metrics, listen, limits)?;
+        let (server, addresses) = gateway::server::bind(services, listen, limits)?;
         for address in addresses {
-            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants, /metrics; signed: /v1/platform, /v1/members, /v1/accounts)");
+            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants, /metrics; signed platform API: /v1/...; bank simulator: /sim/cards/{{card_no}}/transactions)");
         }
         println!("running; Ctrl-C (SIGINT) or SIGTERM stops it gracefully");
         use std::io::Write;

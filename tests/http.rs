@@ -1,68 +1,8 @@
 //! End-to-end tests of the HTTP server: the real binary on 127.0.0.1 with a temporary RocksDB.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_clearing");
-
-struct Server {
-    child: Child,
-    base: String,
-    lines: Vec<String>,
-}
-
-/// Starts `clearing serve` on an ephemeral port and waits for its `API:` line.
-fn start(data_dir: &std::path::Path, token: Option<&str>) -> Server {
-    let mut command = Command::new(BINARY);
-    command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir).stdout(Stdio::piped()).stderr(Stdio::null());
-    match token {
-        Some(token) => command.env("CLEARING_ADMIN_TOKEN", token),
-        None => command.env_remove("CLEARING_ADMIN_TOKEN"),
-    };
-    let mut child = command.spawn().expect("start server");
-    let mut reader = BufReader::new(child.stdout.take().expect("piped"));
-    let mut lines = Vec::new();
-    loop {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).expect("read") > 0, "server exited early: {lines:?}");
-        lines.push(line.trim_end().to_string());
-        if let Some(rest) = line.strip_prefix("API: ") {
-            let base = rest.split_whitespace().next().expect("address").trim_end_matches('/').to_string();
-            std::thread::spawn(move || for _ in reader.lines() {});
-            return Server { child, base, lines };
-        }
-    }
-}
-
-/// The response of a call, whatever its status (ureq reports 4xx and 5xx as errors).
-fn answer(result: Result<ureq::Response, ureq::Error>, what: &str) -> ureq::Response {
-    match result {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(error) => panic!("{what}: {error}"),
-    }
-}
-
-
-impl Server {
-    fn get(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-        let mut request = ureq::get(&format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.set("Authorization", &format!("Bearer {token}"));
-        }
-        let response = answer(request.call(), path);
-        let status = response.status();
-        (status, response.into_json().expect("JSON body"))
-    }
-
-    /// Sends SIGTERM and waits: the server must stop gracefully with success.
-    fn stop(mut self) {
-        // SAFETY: plain signal to our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "server exit status {status:?}");
-    }
-}
+use support::*;
 
 #[test]
 fn health_readiness_and_operator_views() {
@@ -112,38 +52,6 @@ fn a_generated_operator_token_is_private_and_survives_restarts() {
     assert!(!again.lines.iter().any(|l| l.contains(&token)), "not printed again");
     assert_eq!(again.get("/admin/invariants", Some(&token)).0, 200);
     again.stop();
-}
-
-fn sign(secret: &str, method: &str, path: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-    use sha2::{Digest, Sha256};
-    let canonical = format!("{method}\n{path}\n{timestamp}\n{nonce}\n{}", hex::encode(Sha256::digest(body)));
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(canonical.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
-}
-
-/// Sends a signed GET with the given header values (each may be overridden to test failures).
-fn signed_get(server: &Server, path: &str, platform: &str, timestamp: i64, nonce: &str, signature: &str) -> (u16, serde_json::Value) {
-    let request = ureq::get(&format!("{}{path}", server.base))
-        .set("X-Platform-Id", platform)
-        .set("X-Timestamp", &timestamp.to_string())
-        .set("X-Nonce", nonce)
-        .set("X-Signature", signature);
-    let response = answer(request.call(), path);
-    (response.status(), response.into_json().expect("JSON"))
-}
-
-fn create_platform(server: &Server, token: &str, body: &str) -> (u16, serde_json::Value) {
-    let request = ureq::post(&format!("{}/admin/platforms", server.base))
-        .set("Authorization", &format!("Bearer {token}"))
-        .set("Content-Type", "application/json");
-    let response = answer(request.send_string(body), "create platform");
-    (response.status(), response.into_json().expect("JSON"))
 }
 
 #[test]
@@ -213,20 +121,6 @@ fn platforms_sign_their_requests() {
 }
 
 /// Sends a signed POST of `body` as the platform; returns status, Idempotent-Replay header and JSON.
-fn signed_post(server: &Server, path: &str, platform: &str, secret: &str, nonce: &str, body: &str) -> (u16, bool, serde_json::Value) {
-    let t = now();
-    let signature = sign(secret, "POST", path, t, nonce, body.as_bytes());
-    let request = ureq::post(&format!("{}{path}", server.base))
-        .set("X-Platform-Id", platform)
-        .set("X-Timestamp", &t.to_string())
-        .set("X-Nonce", nonce)
-        .set("X-Signature", &signature)
-        .set("Content-Type", "application/json");
-    let response = answer(request.send_string(body), path);
-    let replayed = response.header("Idempotent-Replay") == Some("true");
-    (response.status(), replayed, response.into_json().expect("JSON"))
-}
-
 #[test]
 fn members_are_validated_created_once_and_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -276,11 +170,6 @@ fn members_are_validated_created_once_and_kept() {
     let (status, replayed, after) = signed_post(&server, "/v1/members", &platform, &secret, "membersnonceAfter01", &zhang);
     assert_eq!((status, replayed, &after), (201, true, &first));
     server.stop();
-}
-
-fn signed_get_json(server: &Server, path: &str, platform: &str, secret: &str, nonce: &str) -> (u16, serde_json::Value) {
-    let t = now();
-    signed_get(server, path, platform, t, nonce, &sign(secret, "GET", path, t, nonce, b""))
 }
 
 #[test]

@@ -141,6 +141,14 @@ async fn show_account(signed: Signed, path: web::Path<String>, engine: web::Data
     view.map(|v| HttpResponse::Ok().json(v)).ok_or_else(ApiError::not_found)
 }
 
+/// The member owning customer account `id` of `platform` (404 when it is not the platform's).
+pub async fn owner_of(engine: &Arc<Engine>, platform: u32, id: AccountId) -> Result<u64, ApiError> {
+    let shard = id.shard(engine.config().shard_count);
+    let engine = engine.clone();
+    let owner = blocking(move || engine.read_shard(shard, move |state| state.account(id).filter(|a| a.kind == AccountKind::Customer && a.platform == platform).map(|a| a.owner))).await??;
+    owner.ok_or(ApiError { param: Some("account_id"), ..ApiError::not_found() })
+}
+
 /// Registers the account routes.
 pub fn routes(config: &mut web::ServiceConfig) {
     config.service(open_account).service(show_account);

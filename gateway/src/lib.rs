@@ -6,14 +6,21 @@
 pub mod accounts;
 pub mod admin;
 pub mod auth;
+pub mod channels;
 pub mod error;
 pub mod identity;
 pub mod ids;
 pub mod members;
 pub mod metrics;
+pub mod orders;
+pub mod passwords;
+pub mod payments;
 pub mod platforms;
+pub mod recharges;
+pub mod records;
 pub mod secrets;
 pub mod server;
+pub mod simulator;
 pub mod v1;
 
 use engine::money::{CurrencySpec, Minor, AMOUNT_MINOR_MAX};

@@ -58,6 +58,11 @@ impl MasterKey {
         Ok(MasterKey(key))
     }
 
+    /// A channel's callback signing key: HMAC(master key, "channel-key/NAME").
+    pub fn channel_key(&self, channel: &str) -> String {
+        hmac_hex(&self.0, format!("channel-key/{channel}").as_bytes())
+    }
+
     /// The secret of a platform at a secret version: HMAC(master key, "platform-secret/ID/VERSION").
     pub fn platform_secret(&self, platform_id: u32, version: u32) -> String {
         hmac_hex(&self.0, format!("platform-secret/{platform_id}/{version}").as_bytes())

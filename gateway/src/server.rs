@@ -53,40 +53,79 @@ async fn readyz(engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError
     }
 }
 
+/// Everything the handlers share, loaded once at start.
+pub struct Services {
+    pub engine: Arc<Engine>,
+    pub token: AdminToken,
+    pub platforms: Arc<Platforms>,
+    pub members: Arc<Members>,
+    pub passwords: Arc<crate::passwords::Passwords>,
+    pub simulator: crate::simulator::Simulator,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl Services {
+    /// Loads the gateway's records from `store` (platforms, members, passwords).
+    pub fn load(
+        engine: Arc<Engine>,
+        store: Arc<dyn storage::Store>,
+        master_key: crate::secrets::MasterKey,
+        token: AdminToken,
+        metrics: metrics_exporter_prometheus::PrometheusHandle,
+        simulator: crate::simulator::SimulatorConfig,
+    ) -> Result<Services, String> {
+        let channel_key = master_key.channel_key("simulator");
+        Ok(Services {
+            simulator: crate::simulator::Simulator::start(simulator, channel_key, store.clone())?,
+            engine,
+            token,
+            platforms: Arc::new(Platforms::load(store.clone(), master_key)?),
+            members: Arc::new(Members::load(store.clone())?),
+            passwords: Arc::new(crate::passwords::Passwords::load(store)?),
+            metrics,
+        })
+    }
+}
+
 /// Binds `listen` and returns the running server and the addresses it bound (port 0 picks one).
 /// Actix stops it gracefully on SIGINT/SIGTERM, finishing requests in flight.
-pub fn bind(
-    engine: Arc<Engine>,
-    token: AdminToken,
-    platforms: Arc<Platforms>,
-    members: Arc<Members>,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-    listen: &str,
-    limits: HttpLimits,
-) -> std::io::Result<(actix_web::dev::Server, Vec<std::net::SocketAddr>)> {
-    let engine = web::Data::new(engine);
-    let token = web::Data::new(token);
-    let platforms = web::Data::new(platforms);
-    let members = web::Data::new(members);
-    let metrics = web::Data::new(metrics);
+pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Result<(actix_web::dev::Server, Vec<std::net::SocketAddr>)> {
+    let engine = web::Data::new(services.engine);
+    let token = web::Data::new(services.token);
+    let platforms = web::Data::new(services.platforms);
+    let members = web::Data::new(services.members);
+    let passwords = web::Data::new(services.passwords);
+    let simulator = web::Data::new(services.simulator);
+    let metrics = web::Data::new(services.metrics);
     let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
+    let (engine_at_start, simulator_at_start) = (engine.get_ref().clone(), simulator.get_ref().clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(engine.clone())
             .app_data(token.clone())
             .app_data(platforms.clone())
             .app_data(members.clone())
+            .app_data(passwords.clone())
+            .app_data(simulator.clone())
             .app_data(metrics.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
             .app_data(nonces.clone())
             .app_data(web::PayloadConfig::new(limits.body_bytes_max))
             .app_data(web::JsonConfig::default().limit(limits.body_bytes_max))
+            .app_data(web::QueryConfig::default().error_handler(|error, _| {
+                ApiError::new(400, "invalid_request", &error.to_string()).into()
+            }))
             .service(healthz)
             .service(readyz)
             .configure(crate::admin::routes)
             .configure(crate::v1::routes)
             .configure(crate::accounts::routes)
+            .configure(crate::passwords::routes)
+            .configure(crate::payments::routes)
+            .configure(crate::orders::routes)
+            .configure(crate::recharges::routes)
+            .configure(crate::simulator::routes)
             .configure(crate::metrics::routes)
             .default_service(web::to(|| async { Err::<HttpResponse, ApiError>(ApiError::not_found()) }))
     })
@@ -94,5 +133,13 @@ pub fn bind(
     .max_connections(limits.connections_max)
     .bind(listen)?;
     let addresses = server.addrs();
+    if let Some(address) = addresses.first() {
+        simulator_at_start.set_callback_url(format!("http://{address}/channels/simulator/callback"));
+    }
+    // Orders that waited for the simulator's verdict when the server last stopped.
+    let resumed = simulator_at_start.resume(&engine_at_start, |_, _| None).map_err(std::io::Error::other)?;
+    if resumed > 0 {
+        println!("simulator: {resumed} orders waiting for a verdict were sent again");
+    }
     Ok((server.run(), addresses))
 }

@@ -1,0 +1,433 @@
+//! Orders at the API edge: ids, views, the table from engine result codes to API errors, the
+//! shape every money-moving operation shares (`Prepared` -> engine -> `render`), and
+//! `GET /v1/orders/{order_id}`, `GET /v1/orders?out_order_no=` and the filtered listing.
+
+use std::sync::Arc;
+
+use actix_web::{get, web, HttpResponse};
+use engine::ledger::command::{idempotency_key, Command, Envelope, OutOrderNo};
+use engine::ledger::state::ShardState;
+use engine::ledger::types::{AccountId, Order, OrderDetail, OrderId, OrderKind, OrderStatus, Reply, Timestamp};
+use engine::money::{CurrencyId, CurrencySpec, Minor};
+use engine::result::ResultCode;
+use engine::Engine;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::accounts::{parse_account_id, public_account_id};
+use crate::error::{blocking, ApiError};
+use crate::v1::Signed;
+
+/// The order id as the API shows it (`ord_42`).
+pub fn public_order_id(id: OrderId) -> String {
+    format!("ord_{}", id.0)
+}
+
+/// Parses an API order id.
+pub fn parse_order_id(text: &str) -> Option<OrderId> {
+    crate::ids::parse_prefixed(text, "ord_").map(OrderId)
+}
+
+/// Validates a platform order number (`invalid_request` naming `param` otherwise).
+pub fn out_order_no(text: &str, param: &'static str) -> Result<OutOrderNo, ApiError> {
+    OutOrderNo::new(text).ok_or_else(|| ApiError::invalid("an order number is 1 to 64 characters [A-Za-z0-9_-]", param))
+}
+
+/// A configured currency by its code.
+pub fn currency(engine: &Engine, code: &str) -> Result<(CurrencyId, CurrencySpec), ApiError> {
+    engine
+        .config()
+        .currencies
+        .iter()
+        .position(|c| c.code_str() == code)
+        .map(|i| (CurrencyId(i as u8), engine.config().currencies[i]))
+        .ok_or_else(|| ApiError::invalid("unknown currency", "currency"))
+}
+
+/// An API amount in minor units of `spec` (`invalid_amount` naming `param` otherwise).
+pub fn amount(text: &str, spec: &CurrencySpec, param: &'static str) -> Result<Minor, ApiError> {
+    crate::parse_amount(text, spec).map_err(|error| ApiError { param: Some(param), ..ApiError::new(400, error.code(), &error.to_string()) })
+}
+
+/// An account id named by the request; an unparseable one is as unknown as a missing one.
+pub fn account(text: &str, param: &'static str) -> Result<AccountId, ApiError> {
+    parse_account_id(text).ok_or(ApiError { param: Some(param), ..ApiError::not_found() })
+}
+
+/// Formats an engine timestamp (microseconds since the epoch) as RFC 3339 in UTC.
+pub fn format_time(at: Timestamp) -> String {
+    let nanos = at as i128 * 1_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// Parses an RFC 3339 time into an engine timestamp.
+pub fn parse_time(text: &str, param: &'static str) -> Result<Timestamp, ApiError> {
+    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| ApiError::invalid("expected an RFC 3339 time such as 2026-11-22T10:00:00Z", param))?;
+    u64::try_from(parsed.unix_timestamp_nanos() / 1_000).map_err(|_| ApiError::invalid("time before 1970", param))
+}
+
+/// The API error for a command the engine refused (one table for every endpoint).
+pub fn rejection(code: ResultCode) -> ApiError {
+    let (status, name, message, param): (u16, &'static str, &str, Option<&'static str>) = match code {
+        ResultCode::Ok => unreachable!("not a rejection"),
+        ResultCode::IdempotencyConflict => (409, "idempotency_conflict", "this out_order_no was used with another body", Some("out_order_no")),
+        ResultCode::InvalidAmount => (400, "invalid_amount", "amounts must be positive", Some("amount")),
+        ResultCode::AmountTooLarge => (400, "invalid_amount", "the amount is too large", Some("amount")),
+        ResultCode::CurrencyUnknown => (400, "invalid_request", "unknown currency", Some("currency")),
+        ResultCode::AccountNotFound => return ApiError::not_found(),
+        ResultCode::PayeeNotFound => (404, "not_found", "no such receiver", Some("payees")),
+        ResultCode::CurrencyMismatch => (422, "currency_mismatch", "the account holds another currency", Some("currency")),
+        ResultCode::LegsUnbalanced => (400, "invalid_request", "payees and splits must sum to the amount", Some("payees")),
+        ResultCode::TooManyLegs => (400, "invalid_request", "too many payees and splits", Some("payees")),
+        ResultCode::AccountClosed => (422, "account_closed", "the account is closed", None),
+        ResultCode::AccountFrozen => (422, "account_frozen", "the account is frozen", None),
+        ResultCode::InsufficientFunds => (422, "insufficient_funds", "the balance is short", Some("amount")),
+        ResultCode::ExceedsPerOrderLimit => (422, "exceeds_per_order_limit", "over the account's per-order limit", Some("amount")),
+        ResultCode::ExceedsDailyLimit => (422, "exceeds_daily_limit", "over the account's daily limit", Some("amount")),
+        ResultCode::OrderNotFound => return ApiError::not_found(),
+        ResultCode::OrderStateInvalid => (409, "order_state_invalid", "the order is not in a state that allows this", None),
+        ResultCode::ExceedsHeldAmount => (422, "exceeds_held_amount", "more than is still held", Some("amount")),
+        ResultCode::ExceedsRefundableAmount => (422, "exceeds_refundable_amount", "more than can still be refunded", Some("amount")),
+        ResultCode::ExceedsFrozenAmount => (422, "exceeds_frozen_amount", "more than is still frozen", Some("amount")),
+        ResultCode::AccountNotEmpty => (422, "account_not_empty", "the account still holds funds", None),
+        ResultCode::AccountExists => (409, "account_exists", "the member already has an account in this currency", None),
+        ResultCode::PayeeIsPayer => (400, "invalid_request", "the payer cannot receive its own payment", Some("payees")),
+        ResultCode::DuplicateLeg => (400, "invalid_request", "an account appears twice among payees and splits", Some("payees")),
+        ResultCode::InvalidFee => (500, "internal_error", "the channel's fee is invalid", None),
+        ResultCode::AccountCreditBlocked => (422, "account_credit_blocked", "the receiving account takes no credits", None),
+        ResultCode::ReasonTooLong => (400, "invalid_request", "the reason is too long", Some("reason")),
+        ResultCode::InvalidExpiry => (400, "invalid_request", "the expiry must be in the future", Some("expires_at")),
+        ResultCode::NotRoutable => (500, "internal_error", "the command could not be routed", None),
+    };
+    ApiError { status, code: name, message: message.to_string(), param }
+}
+
+/// An operation ready for the engine, with the response body it will answer with (the reply
+/// adds `order_id` and `status`). Responses are built from the request and the stored reply
+/// only, so a replay answers the very same body.
+pub struct Prepared {
+    pub envelope: Envelope,
+    pub body: Map<String, Value>,
+    /// 201 for operations that create an order, 200 for those that act on one.
+    pub created: bool,
+}
+
+/// The status and body answered for a prepared operation once the engine replied.
+pub fn render(prepared: Prepared, reply: &Reply) -> Result<(u16, Value), ApiError> {
+    if !reply.is_ok() {
+        return Err(rejection(reply.code));
+    }
+    let mut body = prepared.body;
+    body.insert("order_id".into(), Value::String(public_order_id(OrderId(reply.id))));
+    body.insert("status".into(), Value::String(reply.status.map_or("succeeded", |s| s.name()).into()));
+    Ok((if prepared.created { 201 } else { 200 }, Value::Object(body)))
+}
+
+/// Runs one prepared operation and answers it (with `Idempotent-Replay: true` on a replay).
+pub async fn respond(engine: &Engine, prepared: Prepared) -> Result<HttpResponse, ApiError> {
+    let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
+    let (status, body) = render(prepared, &reply)?;
+    let mut response = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid"));
+    if reply.replayed {
+        response.insert_header(("Idempotent-Replay", "true"));
+    }
+    Ok(response.json(body))
+}
+
+/// The API's name of an order kind.
+pub fn kind_name(kind: OrderKind) -> &'static str {
+    match kind {
+        OrderKind::Recharge => "recharge",
+        OrderKind::Payment | OrderKind::Guarantee => "payment",
+        OrderKind::Refund => "refund",
+        OrderKind::Freeze => "freeze",
+        OrderKind::Withdrawal => "withdrawal",
+    }
+}
+
+/// The full view of an order as `GET /v1/orders/{id}` shows it.
+pub fn view(state: &ShardState, order: &Order) -> Value {
+    let spec = state.currencies[order.currency.0 as usize];
+    let money = |minor: Minor| Value::String(spec.format(minor));
+    let mut body = json!({
+        "order_id": public_order_id(order.id),
+        "out_order_no": order.out_order_no.map(|n| n.as_str().to_string()),
+        "kind": kind_name(order.kind),
+        "status": order.status.name(),
+        "amount": money(order.amount),
+        "currency": spec.code_str(),
+        "account_id": public_account_id(order.account),
+        "created_at": format_time(order.created_at),
+        "updated_at": format_time(order.updated_at),
+    });
+    let extra = body.as_object_mut().expect("an object");
+    match &order.detail {
+        OrderDetail::None => {}
+        OrderDetail::Recharge { channel } => {
+            extra.insert("channel".into(), json!(crate::channels::name(*channel)));
+        }
+        OrderDetail::Payment { refunded, held } => {
+            let mode = if order.kind == OrderKind::Guarantee { "guarantee" } else { "balance" };
+            extra.insert("mode".into(), json!(mode));
+            extra.insert("payer_account_id".into(), json!(public_account_id(order.account)));
+            extra.insert("refunded_amount".into(), money(*refunded));
+            let receivers: Vec<Value> = held
+                .iter()
+                .map(|leg| {
+                    json!({
+                        "account_id": public_account_id(leg.account),
+                        "amount": money(leg.held),
+                        "released": money(leg.released),
+                        "cancelled": money(leg.cancelled),
+                        "held": money(leg.held - leg.released - leg.cancelled),
+                    })
+                })
+                .collect();
+            extra.insert("receivers".into(), Value::Array(receivers));
+        }
+        OrderDetail::Refund { payment, payee } => {
+            extra.insert("payment_order_id".into(), json!(public_order_id(*payment)));
+            extra.insert("payee_account_id".into(), json!(public_account_id(*payee)));
+        }
+        OrderDetail::Freeze { remaining, expires_at, reason, .. } => {
+            extra.insert("frozen_amount".into(), money(*remaining));
+            extra.insert("reason".into(), json!(reason));
+            extra.insert("expires_at".into(), json!(expires_at.map(format_time)));
+        }
+        OrderDetail::Withdrawal { fee, channel } => {
+            extra.insert("fee".into(), money(*fee));
+            extra.insert("channel".into(), json!(crate::channels::name(*channel)));
+        }
+    }
+    body
+}
+
+/// Reads one order of `platform` (None when it does not exist or is another platform's).
+pub async fn read_order<R: Send + 'static>(
+    engine: &Arc<Engine>,
+    platform: u32,
+    id: OrderId,
+    read: impl FnOnce(&ShardState, &Order) -> R + Send + 'static,
+) -> Result<Option<R>, ApiError> {
+    let shard = id.shard(engine.config().shard_count);
+    let engine = engine.clone();
+    // Reading waits on the shard's thread: off the async workers.
+    Ok(blocking(move || engine.read_shard(shard, move |state| state.platform_order(platform, id).map(|order| read(state, order)))).await??)
+}
+
+#[get("/v1/orders/{order_id}")]
+async fn show_order(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let id = parse_order_id(&path).ok_or_else(ApiError::not_found)?;
+    let found = read_order(&engine, signed.platform.id, id, |state, order| view(state, order)).await?;
+    found.map(|v| HttpResponse::Ok().json(v)).ok_or_else(ApiError::not_found)
+}
+
+/// The most orders one listing request examines per shard before it answers with a cursor
+/// (filters that match little must not turn one request into a scan of the whole history).
+const LIST_SCAN_MAX: usize = 100_000;
+const PAGE_DEFAULT: usize = 50;
+const PAGE_MAX: usize = 500;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    out_order_no: Option<String>,
+    kind: Option<String>,
+    status: Option<String>,
+    account_id: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// The page size of `?limit=` (1–500, default 50).
+pub fn page_limit(text: Option<&str>) -> Result<usize, ApiError> {
+    match text {
+        None => Ok(PAGE_DEFAULT),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=PAGE_MAX).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit is 1 to 500", "limit")),
+    }
+}
+
+/// Which orders a listing keeps.
+#[derive(Clone, Copy)]
+struct Filter {
+    platform: u32,
+    kind: Option<&'static str>,
+    status: Option<OrderStatus>,
+    account: Option<AccountId>,
+    from: Timestamp,
+    to: Timestamp,
+}
+
+impl Filter {
+    fn keeps(&self, order: &Order) -> bool {
+        order.platform == self.platform
+            && self.kind.is_none_or(|k| kind_name(order.kind) == k)
+            && self.status.is_none_or(|s| order.status == s)
+            && self.account.is_none_or(|a| order.account == a)
+            && (self.from..self.to).contains(&order.created_at)
+    }
+}
+
+/// A position in the listing (newest first): orders strictly older than (created_at, id).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Position(Timestamp, u64);
+
+fn parse_cursor(text: &str) -> Result<Position, ApiError> {
+    let bad = || ApiError::invalid("not a cursor this API returned", "cursor");
+    let (at, id) = text.split_once('-').ok_or_else(bad)?;
+    Ok(Position(at.parse().map_err(|_| bad())?, id.parse().map_err(|_| bad())?))
+}
+
+const KINDS: [&str; 5] = ["recharge", "payment", "refund", "freeze", "withdrawal"];
+const STATUSES: [OrderStatus; 8] = [
+    OrderStatus::Pending,
+    OrderStatus::Processing,
+    OrderStatus::Held,
+    OrderStatus::Succeeded,
+    OrderStatus::Failed,
+    OrderStatus::Cancelled,
+    OrderStatus::PartiallyRefunded,
+    OrderStatus::Refunded,
+];
+
+/// One shard's part of a page: up to `limit` matching orders older than `before`, newest first,
+/// and where its scan stopped if it stopped early.
+fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize) -> (Vec<(Position, Value)>, Option<Position>) {
+    // Orders are appended in timestamp order: find the first at or after `before` by bisection.
+    let (mut low, mut high) = (0usize, state.orders.len());
+    while low < high {
+        let middle = (low + high) / 2;
+        let order = state.orders.get(middle).expect("in range");
+        if Position(order.created_at, order.id.0) < before {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    let mut found = Vec::new();
+    for (scanned, index) in (0..low).rev().enumerate() {
+        let order = state.orders.get(index).expect("in range");
+        if order.created_at < filter.from {
+            break;
+        }
+        if scanned == LIST_SCAN_MAX {
+            return (found, Some(Position(order.created_at, order.id.0 + 1)));
+        }
+        if filter.keeps(order) {
+            found.push((Position(order.created_at, order.id.0), view(state, order)));
+            if found.len() == limit {
+                break;
+            }
+        }
+    }
+    (found, None)
+}
+
+/// Finds the order a platform created with `number`, among the kinds that open orders.
+fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo) -> Option<Value> {
+    let kinds = [
+        Command::RequestRecharge { account: AccountId(0), currency: CurrencyId(0), amount: 0, channel: 0 }.kind_code(),
+        Command::Payment { payer: AccountId(0), guarantee: false, currency: CurrencyId(0), amount: 0, payees: Default::default(), splits: Default::default() }.kind_code(),
+        Command::Refund { payment: OrderId(0), payee: AccountId(0), amount: 0 }.kind_code(),
+        Command::Freeze { account: AccountId(0), currency: CurrencyId(0), amount: 0, reason: String::new(), expires_at: None }.kind_code(),
+        Command::Withdraw { account: AccountId(0), currency: CurrencyId(0), amount: 0, fee: 0, channel: 0 }.kind_code(),
+        Command::Recharge { account: AccountId(0), currency: CurrencyId(0), amount: 0, channel: 0 }.kind_code(),
+    ];
+    kinds.iter().find_map(|kind| {
+        let record = state.idempotency.get(&idempotency_key(platform, *kind, number))?;
+        let order = state.platform_order(platform, OrderId(record.reply.id))?;
+        Some(view(state, order))
+    })
+}
+
+#[get("/v1/orders")]
+async fn list_orders(signed: Signed, query: web::Query<ListQuery>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let platform = signed.platform.id;
+    let query = query.into_inner();
+    let shard_count = engine.config().shard_count;
+    if let Some(number) = &query.out_order_no {
+        let number = out_order_no(number, "out_order_no")?;
+        for shard in 0..shard_count {
+            let engine = engine.get_ref().clone();
+            let found = blocking(move || engine.read_shard(shard, move |state| find_by_out_order_no(state, platform, &number))).await??;
+            if let Some(found) = found {
+                return Ok(HttpResponse::Ok().json(found));
+            }
+        }
+        return Err(ApiError::not_found());
+    }
+    let limit = page_limit(query.limit.as_deref())?;
+    let kind = match &query.kind {
+        None => None,
+        Some(k) => Some(*KINDS.iter().find(|name| *name == k).ok_or_else(|| ApiError::invalid("unknown kind", "kind"))?),
+    };
+    let status = match &query.status {
+        None => None,
+        Some(s) => Some(*STATUSES.iter().find(|st| st.name() == s).ok_or_else(|| ApiError::invalid("unknown status", "status"))?),
+    };
+    let account = query.account_id.as_deref().map(|a| parse_account_id(a).ok_or_else(|| ApiError::invalid("not an account id", "account_id"))).transpose()?;
+    let from = query.from.as_deref().map(|t| parse_time(t, "from")).transpose()?.unwrap_or(0);
+    let to = query.to.as_deref().map(|t| parse_time(t, "to")).transpose()?.unwrap_or(Timestamp::MAX);
+    let before = query.cursor.as_deref().map(parse_cursor).transpose()?.unwrap_or(Position(Timestamp::MAX, u64::MAX));
+    let filter = Filter { platform, kind, status, account, from, to };
+    // Each shard gives its newest `limit + 1` matches (one more tells whether a next page
+    // exists); the page is the newest `limit` of them all.
+    // A shard that stopped its scan early bounds the page: nothing older than where it stopped.
+    let mut found = Vec::new();
+    let mut floor = Position(0, 0);
+    for shard in 0..shard_count {
+        let engine = engine.get_ref().clone();
+        let (part, stopped) = blocking(move || engine.read_shard(shard, move |state| scan_shard(state, filter, before, limit + 1))).await??;
+        found.extend(part);
+        if let Some(stopped) = stopped {
+            floor = floor.max(stopped);
+        }
+    }
+    found.retain(|(position, _)| *position >= floor);
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    let more = found.len() > limit || floor > Position(0, 0);
+    found.truncate(limit);
+    let next_cursor = match (more, found.last()) {
+        (true, Some((position, _))) => Some(format!("{}-{}", position.0, position.1)),
+        (true, None) => Some(format!("{}-{}", floor.0, floor.1)),
+        (false, _) => None,
+    };
+    let orders: Vec<Value> = found.into_iter().map(|(_, v)| v).collect();
+    Ok(HttpResponse::Ok().json(json!({"orders": orders, "next_cursor": next_cursor})))
+}
+
+/// Registers the order routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(show_order).service(list_orders);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_has_a_stable_code_and_only_ours_are_5xx() {
+        for code in ResultCode::ALL.iter().skip(1) {
+            let error = rejection(*code);
+            assert!((400..500).contains(&error.status) || matches!(code, ResultCode::InvalidFee | ResultCode::NotRoutable), "{code:?}");
+            assert!(!error.code.is_empty());
+        }
+    }
+
+    #[test]
+    fn times_round_trip() {
+        let at = parse_time("2026-11-22T10:00:00Z", "t").unwrap();
+        assert_eq!(format_time(at), "2026-11-22T10:00:00Z");
+        assert!(parse_time("yesterday", "t").is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! Money movement between accounts (API.md): balance and guarantee payments with splits,
+//! staged confirm and cancel, refunds, freezes and their release. Each operation is a
+//! `prepare_*` that checks the request and builds the engine command and response body (shared
+//! by its endpoint and by `/v1/bulk`) and an endpoint that runs it.
+
+use std::sync::Arc;
+
+use actix_web::{post, web, HttpResponse};
+use engine::ledger::command::{Command, Envelope};
+use engine::ledger::types::{Leg, Legs, OrderDetail, OrderKind, LEGS_MAX, REASON_BYTES_MAX};
+use engine::money::CurrencySpec;
+use engine::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::orders::{account, amount, currency, out_order_no, parse_order_id, parse_time, public_order_id, read_order, respond, Prepared};
+use crate::platforms::Platform;
+use crate::v1::Signed;
+
+/// A payee or split receiver as the API names it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegBody {
+    pub account_id: String,
+    pub amount: String,
+}
+
+/// Balance (credited at once) or guarantee (held in escrow until confirmed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Balance,
+    Guarantee,
+}
+
+/// Where a payment's money comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Funding {
+    Balance,
+    Channel,
+}
+
+/// `POST /v1/payments`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentBody {
+    pub out_order_no: String,
+    pub payer_account_id: String,
+    pub mode: Mode,
+    pub funding: Option<Funding>,
+    pub channel: Option<String>,
+    pub amount: String,
+    pub currency: String,
+    pub payees: Vec<LegBody>,
+    #[serde(default)]
+    pub splits: Vec<LegBody>,
+    pub payment_password: Option<String>,
+    pub description: Option<String>,
+}
+
+fn legs(items: &[LegBody], spec: &CurrencySpec, param: &'static str) -> Result<Legs, ApiError> {
+    items
+        .iter()
+        .map(|leg| Ok(Leg { account: account(&leg.account_id, param)?, amount: amount(&leg.amount, spec, param)? }))
+        .collect()
+}
+
+fn legs_view(items: &[LegBody]) -> Value {
+    Value::Array(items.iter().map(|l| json!({"account_id": l.account_id, "amount": l.amount})).collect())
+}
+
+/// Checks a payment request and builds its command and response body.
+pub fn prepare_payment(engine: &Engine, platform: &Platform, body: &PaymentBody) -> Result<Prepared, ApiError> {
+    let number = out_order_no(&body.out_order_no, "out_order_no")?;
+    if body.funding == Some(Funding::Channel) || body.channel.is_some() {
+        return Err(ApiError::new(422, "funding_not_supported", "direct payment through a channel is not offered yet; pay from the balance"));
+    }
+    if body.payees.is_empty() {
+        return Err(ApiError::invalid("a payment needs at least one payee", "payees"));
+    }
+    if body.payees.len() + body.splits.len() > LEGS_MAX {
+        return Err(ApiError::invalid("at most 32 payees and splits", "payees"));
+    }
+    if body.description.as_ref().is_some_and(|d| d.len() > REASON_BYTES_MAX) {
+        return Err(ApiError::invalid("the description is at most 256 bytes", "description"));
+    }
+    let (currency_id, spec) = currency(engine, &body.currency)?;
+    let total = amount(&body.amount, &spec, "amount")?;
+    let payer = account(&body.payer_account_id, "payer_account_id")?;
+    let payees = legs(&body.payees, &spec, "payees")?;
+    let splits = legs(&body.splits, &spec, "splits")?;
+    let guarantee = body.mode == Mode::Guarantee;
+    let command = Command::Payment { payer, guarantee, currency: currency_id, amount: total, payees, splits };
+    let mut view = Map::new();
+    view.insert("out_order_no".into(), json!(body.out_order_no));
+    view.insert("kind".into(), json!("payment"));
+    view.insert("mode".into(), json!(body.mode));
+    view.insert("amount".into(), json!(spec.format(total)));
+    view.insert("currency".into(), json!(body.currency));
+    view.insert("payer_account_id".into(), json!(body.payer_account_id));
+    view.insert("payees".into(), legs_view(&body.payees));
+    view.insert("splits".into(), legs_view(&body.splits));
+    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: true })
+}
+
+/// `POST /v1/payments/{order_id}/confirm` (and the bulk `confirm` operation, which names the order).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    pub out_order_no: String,
+    pub releases: Option<Vec<LegBody>>,
+}
+
+/// `POST /v1/payments/{order_id}/cancel` and `POST /v1/freezes/{order_id}/release`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    pub out_order_no: String,
+    pub amount: Option<String>,
+}
+
+/// What an operation on an existing order needs to know of it.
+struct Target {
+    spec: CurrencySpec,
+    kind: OrderKind,
+    body: Map<String, Value>,
+}
+
+/// Reads the order an operation acts on (404 when it is not the platform's).
+async fn target(engine: &Arc<Engine>, platform: u32, order_id: &str) -> Result<(engine::ledger::types::OrderId, Target), ApiError> {
+    let id = parse_order_id(order_id).ok_or(ApiError { param: Some("order_id"), ..ApiError::not_found() })?;
+    let found = read_order(engine, platform, id, |state, order| {
+        let spec = state.currencies[order.currency.0 as usize];
+        let mut body = Map::new();
+        body.insert("out_order_no".into(), json!(order.out_order_no.map(|n| n.as_str().to_string())));
+        body.insert("kind".into(), json!(crate::orders::kind_name(order.kind)));
+        body.insert("amount".into(), json!(spec.format(order.amount)));
+        body.insert("currency".into(), json!(spec.code_str()));
+        body.insert("account_id".into(), json!(crate::accounts::public_account_id(order.account)));
+        Target { spec, kind: order.kind, body }
+    })
+    .await?;
+    found.map(|t| (id, t)).ok_or(ApiError { param: Some("order_id"), ..ApiError::not_found() })
+}
+
+/// Checks a confirmation of a guarantee payment.
+pub async fn prepare_confirm(engine: &Arc<Engine>, platform: &Platform, order_id: &str, body: &ConfirmBody) -> Result<Prepared, ApiError> {
+    let number = out_order_no(&body.out_order_no, "out_order_no")?;
+    if body.releases.as_ref().is_some_and(|r| r.len() > LEGS_MAX) {
+        return Err(ApiError::invalid("at most 32 releases", "releases"));
+    }
+    let (order, target) = target(engine, platform.id, order_id).await?;
+    if target.kind != OrderKind::Guarantee {
+        return Err(crate::orders::rejection(engine::result::ResultCode::OrderStateInvalid));
+    }
+    let releases = match &body.releases {
+        Some(releases) if releases.is_empty() => return Err(ApiError::invalid("releases, when given, name at least one receiver", "releases")),
+        Some(releases) => legs(releases, &target.spec, "releases")?,
+        None => Legs::new(),
+    };
+    let mut view = target.body;
+    view.insert("confirmation".into(), json!({"out_order_no": body.out_order_no, "releases": body.releases.as_deref().map(legs_view)}));
+    let command = Command::Confirm { order, releases };
+    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: false })
+}
+
+/// Checks a cancellation of (part of) a guarantee payment's unreleased escrow.
+pub async fn prepare_cancel(engine: &Arc<Engine>, platform: &Platform, order_id: &str, body: &PartialBody) -> Result<Prepared, ApiError> {
+    let number = out_order_no(&body.out_order_no, "out_order_no")?;
+    let (order, target) = target(engine, platform.id, order_id).await?;
+    if target.kind != OrderKind::Guarantee {
+        return Err(crate::orders::rejection(engine::result::ResultCode::OrderStateInvalid));
+    }
+    let part = body.amount.as_deref().map(|a| amount(a, &target.spec, "amount")).transpose()?;
+    let mut view = target.body;
+    view.insert("cancellation".into(), json!({"out_order_no": body.out_order_no, "amount": body.amount}));
+    let command = Command::Cancel { order, amount: part };
+    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: false })
+}
+
+/// `POST /v1/refunds`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    pub out_order_no: String,
+    pub payment_order_id: String,
+    pub amount: String,
+    pub payee_account_id: Option<String>,
+}
+
+/// Checks a refund: the payment must be the platform's; without `payee_account_id` it must have
+/// exactly one receiver.
+pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &RefundBody) -> Result<Prepared, ApiError> {
+    let number = out_order_no(&body.out_order_no, "out_order_no")?;
+    let payment = parse_order_id(&body.payment_order_id).ok_or(ApiError { param: Some("payment_order_id"), ..ApiError::not_found() })?;
+    let found = read_order(engine, platform.id, payment, |state, order| {
+        let receivers: Vec<_> = match &order.detail {
+            OrderDetail::Payment { held, .. } => held.iter().map(|l| l.account).collect(),
+            _ => Vec::new(),
+        };
+        (state.currencies[order.currency.0 as usize], receivers)
+    })
+    .await?;
+    let (spec, receivers) = found.ok_or(ApiError { param: Some("payment_order_id"), ..ApiError::not_found() })?;
+    if receivers.is_empty() {
+        return Err(ApiError { param: Some("payment_order_id"), ..ApiError::not_found() });
+    }
+    let payee = match &body.payee_account_id {
+        Some(text) => account(text, "payee_account_id")?,
+        None if receivers.len() == 1 => receivers[0],
+        None => return Err(ApiError::invalid("the payment has several receivers: name payee_account_id", "payee_account_id")),
+    };
+    if !receivers.contains(&payee) {
+        return Err(ApiError { param: Some("payee_account_id"), ..ApiError::not_found() });
+    }
+    let refund = amount(&body.amount, &spec, "amount")?;
+    let mut view = Map::new();
+    view.insert("out_order_no".into(), json!(body.out_order_no));
+    view.insert("kind".into(), json!("refund"));
+    view.insert("amount".into(), json!(spec.format(refund)));
+    view.insert("currency".into(), json!(spec.code_str()));
+    view.insert("payment_order_id".into(), json!(public_order_id(payment)));
+    view.insert("payee_account_id".into(), json!(crate::accounts::public_account_id(payee)));
+    let command = Command::Refund { payment, payee, amount: refund };
+    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: true })
+}
+
+/// `POST /v1/freezes`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeBody {
+    pub out_order_no: String,
+    pub account_id: String,
+    pub amount: String,
+    pub currency: String,
+    pub reason: String,
+    pub expires_at: Option<String>,
+}
+
+/// Checks a freeze request.
+pub fn prepare_freeze(engine: &Engine, platform: &Platform, body: &FreezeBody) -> Result<Prepared, ApiError> {
+    let number = out_order_no(&body.out_order_no, "out_order_no")?;
+    let (currency_id, spec) = currency(engine, &body.currency)?;
+    let frozen = amount(&body.amount, &spec, "amount")?;
+    let target = account(&body.account_id, "account_id")?;
+    if body.reason.is_empty() || body.reason.len() > REASON_BYTES_MAX {
+        return Err(ApiError::invalid("a reason of 1 to 256 bytes is required", "reason"));
+    }
+    let expires_at = body.expires_at.as_deref().map(|t| parse_time(t, "expires_at")).transpose()?;
+    let mut view = Map::new();
+    view.insert("out_order_no".into(), json!(body.out_order_no));
+    view.insert("kind".into(), json!("freeze"));
+    view.insert("amount".into(), json!(spec.format(frozen)));
+    view.insert("currency".into(), json!(body.currency));
+    view.insert("account_id".into(), json!(body.account_id));
+    view.insert("reason".into(), json!(body.reason));
+    view.insert("expires_at".into(), json!(body.expires_at));
+    let command = Command::Freeze { account: target, currency: currency_id, amount: frozen, reason: body.reason.clone(), expires_at };
+    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: true })
+}
+
+/// Checks the release of (part of) a freeze.
+pub async fn prepare_release(engine: &Arc<Engine>, platform: &Platform, order_id: &str, body: &PartialBody) -> Result<Prepared, ApiError> {
+    let number = out_order_no(&body.out_order_no, "out_order_no")?;
+    let (order, target) = target(engine, platform.id, order_id).await?;
+    if target.kind != OrderKind::Freeze {
+        return Err(crate::orders::rejection(engine::result::ResultCode::OrderStateInvalid));
+    }
+    let part = body.amount.as_deref().map(|a| amount(a, &target.spec, "amount")).transpose()?;
+    let mut view = target.body;
+    view.insert("release".into(), json!({"out_order_no": body.out_order_no, "amount": body.amount}));
+    let command = Command::ReleaseFreeze { order, amount: part };
+    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: false })
+}
+
+#[post("/v1/payments")]
+async fn create_payment(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<crate::passwords::Passwords>>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<PaymentBody>()?;
+    let prepared = prepare_payment(&engine, &signed.platform, &body)?;
+    crate::passwords::check_for_payment(&passwords, &signed.platform, &prepared.envelope, body.payment_password.as_deref()).await?;
+    respond(&engine, prepared).await
+}
+
+#[post("/v1/payments/{order_id}/confirm")]
+async fn confirm(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<ConfirmBody>()?;
+    if body.order_id.is_some() {
+        return Err(ApiError::invalid("the order is named by the path", "order_id"));
+    }
+    let prepared = prepare_confirm(&engine, &signed.platform, &path, &body).await?;
+    respond(&engine, prepared).await
+}
+
+#[post("/v1/payments/{order_id}/cancel")]
+async fn cancel(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<PartialBody>()?;
+    if body.order_id.is_some() {
+        return Err(ApiError::invalid("the order is named by the path", "order_id"));
+    }
+    let prepared = prepare_cancel(&engine, &signed.platform, &path, &body).await?;
+    respond(&engine, prepared).await
+}
+
+#[post("/v1/refunds")]
+async fn create_refund(signed: Signed, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<RefundBody>()?;
+    let prepared = prepare_refund(&engine, &signed.platform, &body).await?;
+    respond(&engine, prepared).await
+}
+
+#[post("/v1/freezes")]
+async fn create_freeze(signed: Signed, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<FreezeBody>()?;
+    let prepared = prepare_freeze(&engine, &signed.platform, &body)?;
+    respond(&engine, prepared).await
+}
+
+#[post("/v1/freezes/{order_id}/release")]
+async fn release(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<PartialBody>()?;
+    if body.order_id.is_some() {
+        return Err(ApiError::invalid("the order is named by the path", "order_id"));
+    }
+    let prepared = prepare_release(&engine, &signed.platform, &path, &body).await?;
+    respond(&engine, prepared).await
+}
+
+/// Registers the money-movement routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .service(create_payment)
+        .service(confirm)
+        .service(cancel)
+        .service(create_refund)
+        .service(create_freeze)
+        .service(release);
+}

@@ -1,0 +1,82 @@
+//! `POST /v1/recharges` (API.md): money in through a channel. The order is `pending` until the
+//! channel's signed callback confirms it; the simulator channel confirms by itself.
+
+use std::sync::Arc;
+
+use actix_web::{post, web, HttpResponse};
+use engine::ledger::command::{Command, Envelope};
+use engine::ledger::types::{OrderId, Reply};
+use engine::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map};
+
+use crate::channels::{self, Channel};
+use crate::error::ApiError;
+use crate::orders::{account, amount, currency, out_order_no, render, Prepared};
+use crate::platforms::Platform;
+use crate::simulator::{Simulator, Work};
+use crate::v1::Signed;
+
+/// `POST /v1/recharges`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RechargeBody {
+    pub out_order_no: String,
+    pub account_id: String,
+    pub amount: String,
+    pub currency: String,
+    pub channel: Option<String>,
+}
+
+/// The channels money can come in through.
+const MONEY_IN: [Channel; 1] = [channels::SIM_GATEWAY];
+
+/// Checks a recharge request.
+pub fn prepare_recharge(engine: &Engine, platform: &Platform, body: &RechargeBody) -> Result<Prepared, ApiError> {
+    let number = out_order_no(&body.out_order_no, "out_order_no")?;
+    let (currency_id, spec) = currency(engine, &body.currency)?;
+    let minor = amount(&body.amount, &spec, "amount")?;
+    let target = account(&body.account_id, "account_id")?;
+    let channel = match &body.channel {
+        None => channels::SIM_GATEWAY,
+        Some(name) => *MONEY_IN.iter().find(|c| c.name == name).ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel"))?,
+    };
+    let mut view = Map::new();
+    view.insert("out_order_no".into(), json!(body.out_order_no));
+    view.insert("kind".into(), json!("recharge"));
+    view.insert("amount".into(), json!(spec.format(minor)));
+    view.insert("currency".into(), json!(body.currency));
+    view.insert("account_id".into(), json!(body.account_id));
+    view.insert("channel".into(), json!(channel.name));
+    let command = Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel: channel.id };
+    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: true })
+}
+
+/// Sends a newly accepted pending recharge to its channel (a replay was sent the first time).
+pub fn dispatch(simulator: &Simulator, envelope: &Envelope, reply: &Reply, spec_amount: impl FnOnce() -> String) {
+    if reply.is_ok() && !reply.replayed {
+        if let Command::RequestRecharge { .. } = envelope.command {
+            simulator.submit(Work::Recharge { order: OrderId(reply.id) }, spec_amount());
+        }
+    }
+}
+
+#[post("/v1/recharges")]
+async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, simulator: web::Data<Simulator>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<RechargeBody>()?;
+    let prepared = prepare_recharge(&engine, &signed.platform, &body)?;
+    let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
+    let shown_amount = prepared.body["amount"].as_str().unwrap_or_default().to_string();
+    dispatch(&simulator, &prepared.envelope, &reply, || shown_amount);
+    let (status, body) = render(prepared, &reply)?;
+    let mut response = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid"));
+    if reply.replayed {
+        response.insert_header(("Idempotent-Replay", "true"));
+    }
+    Ok(response.json(body))
+}
+
+/// Registers the recharge route.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(create_recharge);
+}

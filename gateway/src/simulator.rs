@@ -1,0 +1,404 @@
+//! The bank simulator (DESIGN.md, channels): an in-process stand-in for the banks behind the
+//! simulator channels. It takes recharges, withdrawals and micro-deposits, answers each after a
+//! configurable latency with a callback signed with the channel key (over HTTP, to the server's
+//! own callback endpoint, exactly as a bank would), fails a configurable share of orders, and
+//! keeps what a bank customer sees of their card (`GET /sim/cards/{card_no}/transactions`).
+//!
+//! Its queue is memory only, like a bank's systems are outside ours: after a restart the server
+//! hands it every order still waiting for a verdict again (`resume`), and verdicts are idempotent.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use engine::ledger::command::{Command, Envelope};
+use engine::ledger::types::{OrderId, OrderKind, OrderStatus};
+use engine::result::ResultCode;
+use engine::Engine;
+use serde::{Deserialize, Serialize};
+use storage::Store;
+
+use crate::error::ApiError;
+use crate::orders::{parse_order_id, public_order_id};
+use crate::secrets::hmac_hex;
+
+/// How the simulated bank behaves (config `[simulator]`).
+#[derive(Clone, Copy, Debug)]
+pub struct SimulatorConfig {
+    /// Whether the server runs the simulator (without it, orders wait for a real channel).
+    pub enabled: bool,
+    /// Milliseconds before the bank answers an order.
+    pub latency_ms: u64,
+    /// Orders in a thousand the bank fails (decided per order, so a resent order gets the same verdict).
+    pub failure_per_mille: u16,
+    /// Delivery attempts of one callback before the simulator gives up until the next restart.
+    pub callback_attempts_max: u32,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> SimulatorConfig {
+        SimulatorConfig { enabled: true, latency_ms: 200, failure_per_mille: 0, callback_attempts_max: 10 }
+    }
+}
+
+/// Seconds a callback's timestamp may be off (the same window as platform requests).
+const CALLBACK_WINDOW_SECONDS: i64 = 300;
+/// Threads that deliver callbacks (each delivery waits for a durable write on our side).
+const DELIVERY_THREADS: usize = 4;
+/// Longest wait between two delivery attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What the bank is asked to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Collect `amount` for a pending recharge order (quick pay: no card named).
+    Recharge { order: OrderId },
+    /// Pay `amount` to `card_no` for a withdrawal order.
+    Withdrawal { order: OrderId, card_no: String },
+    /// Pay a verification amount to a card being bound (no order, no callback).
+    MicroDeposit { card_no: String },
+}
+
+#[derive(Clone, Debug)]
+struct Job {
+    work: Work,
+    /// Decimal string, as the bank shows it.
+    amount: String,
+    attempt: u32,
+}
+
+/// One line of a card's statement as its holder sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CardTransaction {
+    pub amount: String,
+    pub remark: String,
+    pub time: String,
+}
+
+/// The callback a bank sends when it has decided an order.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Callback {
+    pub kind: String,
+    pub order_id: String,
+    pub status: String,
+    pub amount: String,
+}
+
+struct Inner {
+    config: SimulatorConfig,
+    key: String,
+    store: Arc<dyn Store>,
+    queue: Sender<(Instant, Job)>,
+    callback_url: OnceLock<String>,
+    cards: Mutex<HashMap<String, Vec<CardTransaction>>>,
+    sequence: std::sync::atomic::AtomicU64,
+}
+
+/// The running simulator; cheap to clone.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+const CARD_PREFIX: &str = "s/card/";
+
+/// The signature header of a callback: `t=<unix seconds>,v1=<hex HMAC-SHA256(key, "t.body")>`.
+pub fn signature_header(key: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut message = format!("{timestamp}.").into_bytes();
+    message.extend_from_slice(body);
+    format!("t={timestamp},v1={}", hmac_hex(key.as_bytes(), &message))
+}
+
+/// Checks a callback's signature header against its body and the clock.
+pub fn verify_signature(key: &str, header: &str, body: &[u8], now: i64) -> Result<(), ApiError> {
+    let bad = || ApiError::unauthenticated("missing or bad X-Channel-Signature");
+    let mut timestamp = None;
+    let mut signature = None;
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", value)) => timestamp = value.parse::<i64>().ok(),
+            Some(("v1", value)) => signature = Some(value),
+            _ => {}
+        }
+    }
+    let (timestamp, signature) = (timestamp.ok_or_else(bad)?, signature.ok_or_else(bad)?);
+    if (now - timestamp).abs() > CALLBACK_WINDOW_SECONDS {
+        return Err(ApiError::new(401, "timestamp_out_of_window", "the callback's timestamp is too far off"));
+    }
+    let expected = signature_header(key, timestamp, body);
+    let expected = expected.rsplit_once("v1=").expect("built above").1;
+    let equal = expected.len() == signature.len() && expected.bytes().zip(signature.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
+    if equal { Ok(()) } else { Err(bad()) }
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Simulator {
+    /// Starts the simulator's threads; callbacks go out once `set_callback_url` is called.
+    pub fn start(config: SimulatorConfig, key: String, store: Arc<dyn Store>) -> Result<Simulator, String> {
+        let mut cards: HashMap<String, Vec<CardTransaction>> = HashMap::new();
+        for (rest, line) in crate::records::load_all::<CardTransaction>(store.as_ref(), CARD_PREFIX.as_bytes())? {
+            let rest = String::from_utf8_lossy(&rest).into_owned();
+            let card = rest.split('/').next().unwrap_or_default().to_string();
+            cards.entry(card).or_default().push(line);
+        }
+        let (queue, incoming) = unbounded();
+        let inner = Arc::new(Inner {
+            config,
+            key,
+            store,
+            queue,
+            callback_url: OnceLock::new(),
+            cards: Mutex::new(cards),
+            sequence: std::sync::atomic::AtomicU64::new(0),
+        });
+        let (deliver, deliveries) = unbounded();
+        std::thread::Builder::new()
+            .name("sim-bank".into())
+            .spawn(move || timer_loop(&incoming, &deliver))
+            .map_err(|e| e.to_string())?;
+        for index in 0..DELIVERY_THREADS {
+            let (worker, deliveries) = (inner.clone(), deliveries.clone());
+            std::thread::Builder::new()
+                .name(format!("sim-callback-{index}"))
+                .spawn(move || {
+                    for job in deliveries.iter() {
+                        deliver_one(&worker, job);
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Simulator { inner })
+    }
+
+    /// Where callbacks are sent (the server's own `/channels/simulator/callback`).
+    pub fn set_callback_url(&self, url: String) {
+        let _ = self.inner.callback_url.set(url);
+    }
+
+    /// The key callbacks are signed with.
+    pub fn key(&self) -> &str {
+        &self.inner.key
+    }
+
+    /// Hands the bank an order; it answers after the configured latency.
+    pub fn submit(&self, work: Work, amount: String) {
+        if !self.inner.config.enabled {
+            return;
+        }
+        let due = Instant::now() + Duration::from_millis(self.inner.config.latency_ms);
+        let _ = self.inner.queue.send((due, Job { work, amount, attempt: 0 }));
+    }
+
+    /// A card's statement, oldest first.
+    pub fn card_transactions(&self, card_no: &str) -> Vec<CardTransaction> {
+        self.inner.cards.lock().expect("cards lock").get(card_no).cloned().unwrap_or_default()
+    }
+
+    /// Hands the bank again every order that still waits for a simulator channel's verdict
+    /// (after a restart); `card_of` names the card of a withdrawal.
+    pub fn resume(&self, engine: &Engine, card_of: impl Fn(u32, &str) -> Option<String>) -> Result<usize, engine::EngineError> {
+        let mut waiting = Vec::new();
+        if !self.inner.config.enabled {
+            return Ok(0);
+        }
+        for shard in 0..engine.config().shard_count {
+            let part = engine.read_shard(shard, |state| {
+                state
+                    .orders
+                    .iter()
+                    .filter(|o| matches!((o.kind, o.status), (OrderKind::Recharge, OrderStatus::Pending) | (OrderKind::Withdrawal, OrderStatus::Processing)))
+                    .map(|o| (o.id, o.kind, o.platform, o.out_order_no, state.currencies[o.currency.0 as usize].format(o.amount)))
+                    .collect::<Vec<_>>()
+            })?;
+            waiting.extend(part);
+        }
+        let count = waiting.len();
+        for (order, kind, platform, number, amount) in waiting {
+            let work = match kind {
+                OrderKind::Recharge => Work::Recharge { order },
+                _ => {
+                    let card_no = number.and_then(|n| card_of(platform, n.as_str())).unwrap_or_default();
+                    Work::Withdrawal { order, card_no }
+                }
+            };
+            self.submit(work, amount);
+        }
+        Ok(count)
+    }
+}
+
+/// Whether the bank fails this order: a fixed verdict per order, so resent orders agree.
+fn fails(config: &SimulatorConfig, work: &Work) -> bool {
+    let seed = match work {
+        Work::Recharge { order } | Work::Withdrawal { order, .. } => order.0,
+        Work::MicroDeposit { .. } => return false,
+    };
+    (xxhash_rust::xxh3::xxh3_64(&seed.to_le_bytes()) % 1000) < config.failure_per_mille as u64
+}
+
+/// Keeps the jobs in due order and hands each to a delivery thread when it is due.
+fn timer_loop(incoming: &Receiver<(Instant, Job)>, deliver: &Sender<Job>) {
+    let mut heap: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut jobs: HashMap<u64, Job> = HashMap::new();
+    let mut next_id = 0u64;
+    loop {
+        let now = Instant::now();
+        while let Some(Reverse((due, id))) = heap.peek().copied() {
+            if due > now {
+                break;
+            }
+            heap.pop();
+            if deliver.send(jobs.remove(&id).expect("queued")).is_err() {
+                return;
+            }
+        }
+        let wait = heap.peek().map_or(Duration::from_secs(3600), |Reverse((due, _))| due.saturating_duration_since(now));
+        match incoming.recv_timeout(wait) {
+            Ok((due, job)) => {
+                next_id += 1;
+                jobs.insert(next_id, job);
+                heap.push(Reverse((due, next_id)));
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Records a line on a card's statement (durably: the bank's own books).
+fn record_card_line(inner: &Inner, card_no: &str, amount: &str, remark: String) {
+    let line = CardTransaction { amount: amount.to_string(), remark, time: crate::orders::format_time(micros_now()) };
+    let sequence = inner.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let key = format!("{CARD_PREFIX}{card_no}/{:020}-{sequence:06}", micros_now()).into_bytes();
+    if let Err(error) = crate::records::put(inner.store.as_ref(), &[(key, &line)]) {
+        eprintln!("simulator: cannot record a card line: {error}");
+    }
+    inner.cards.lock().expect("cards lock").entry(card_no.to_string()).or_default().push(line);
+}
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Decides a due job and sends its callback; a failed delivery is queued again with backoff.
+fn deliver_one(inner: &Inner, mut job: Job) {
+    let failed = fails(&inner.config, &job.work);
+    let (kind, order) = match &job.work {
+        Work::MicroDeposit { card_no } => {
+            record_card_line(inner, card_no, &job.amount, "card verification deposit".to_string());
+            return;
+        }
+        Work::Recharge { order } => ("recharge", *order),
+        Work::Withdrawal { order, card_no } => {
+            if job.attempt == 0 && !failed && !card_no.is_empty() {
+                record_card_line(inner, card_no, &job.amount, format!("withdrawal {}", public_order_id(*order)));
+            }
+            ("withdrawal", *order)
+        }
+    };
+    let Some(url) = inner.callback_url.get() else {
+        return requeue(inner, job);
+    };
+    let status = if failed { "failed" } else { "succeeded" };
+    let verdict = Callback { kind: kind.to_string(), order_id: public_order_id(order), status: status.to_string(), amount: job.amount.clone() };
+    let body = serde_json::to_vec(&verdict).expect("callbacks serialize");
+    let signature = signature_header(&inner.key, unix_seconds(), &body);
+    let sent = ureq::post(url)
+        .timeout(Duration::from_secs(10))
+        .set("Content-Type", "application/json")
+        .set("X-Channel-Signature", &signature)
+        .send_bytes(&body);
+    match sent {
+        Ok(_) => {}
+        // The order is unknown to the server: nothing to retry.
+        Err(ureq::Error::Status(404, _)) => {}
+        Err(error) => {
+            job.attempt += 1;
+            if job.attempt >= inner.config.callback_attempts_max {
+                eprintln!("simulator: giving up on the {kind} callback of {} until the next restart: {error}", public_order_id(order));
+                return;
+            }
+            requeue(inner, job);
+        }
+    }
+}
+
+fn requeue(inner: &Inner, job: Job) {
+    let backoff = Duration::from_millis(100u64 << job.attempt.min(10)).min(BACKOFF_MAX);
+    let _ = inner.queue.send((Instant::now() + backoff, job));
+}
+
+/// `POST /channels/simulator/callback`: the bank's verdict on an order, signed with the channel key.
+#[post("/channels/simulator/callback")]
+async fn receive_callback(request: HttpRequest, body: web::Bytes, simulator: web::Data<Simulator>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let header = request.headers().get("X-Channel-Signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    verify_signature(simulator.key(), header, &body, unix_seconds())?;
+    let callback: Callback = crate::v1::parse_json(&body)?;
+    let order = parse_order_id(&callback.order_id).ok_or_else(ApiError::not_found)?;
+    let succeeded = match callback.status.as_str() {
+        "succeeded" => true,
+        "failed" => false,
+        _ => return Err(ApiError::invalid("status is succeeded or failed", "status")),
+    };
+    let command = match callback.kind.as_str() {
+        "recharge" => Command::CompleteRecharge { order, succeeded },
+        "withdrawal" => Command::CompleteWithdrawal { order, succeeded },
+        _ => return Err(ApiError::invalid("kind is recharge or withdrawal", "kind")),
+    };
+    // The system acts (platform 0): verdicts are idempotent by order, so no order number.
+    let reply = crate::accounts::execute(&engine, Envelope { platform: 0, out_order_no: None, command }).await?;
+    match reply.code {
+        ResultCode::Ok => Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "status": reply.status.map(|s| s.name())}))),
+        code => Err(crate::orders::rejection(code)),
+    }
+}
+
+/// `GET /sim/cards/{card_no}/transactions`: what the card's holder sees at their bank.
+#[get("/sim/cards/{card_no}/transactions")]
+async fn card_transactions(path: web::Path<String>, simulator: web::Data<Simulator>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"transactions": simulator.card_transactions(&path)}))
+}
+
+/// Registers the simulator's routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(receive_callback).service(card_transactions);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_signatures_table() {
+        let key = "channel-key";
+        let body = b"{\"a\":1}";
+        let good = signature_header(key, 1_000, body);
+        let cases: &[(&str, &[u8], i64, Option<&str>)] = &[
+            (&good, body, 1_000, None),
+            (&good, body, 1_300, None),
+            (&good, body, 1_301, Some("timestamp_out_of_window")),
+            (&good, b"{\"a\":2}", 1_000, Some("unauthenticated")),
+            ("t=1000", body, 1_000, Some("unauthenticated")),
+            ("", body, 1_000, Some("unauthenticated")),
+        ];
+        for (header, body, now, expected) in cases {
+            assert_eq!(verify_signature(key, header, body, *now).err().map(|e| e.code), *expected, "{header} at {now}");
+        }
+        assert!(verify_signature("other-key", &good, body, 1_000).is_err());
+    }
+
+    #[test]
+    fn failure_share_is_fixed_per_order() {
+        let config = SimulatorConfig { failure_per_mille: 300, ..SimulatorConfig::default() };
+        let failed = (0..10_000u64).filter(|i| fails(&config, &Work::Recharge { order: OrderId(*i) })).count();
+        assert!((2_500..3_500).contains(&failed), "{failed} of 10000 failed at 30 %");
+        assert_eq!(fails(&config, &Work::Recharge { order: OrderId(7) }), fails(&config, &Work::Recharge { order: OrderId(7) }));
+    }
+}

@@ -1,0 +1,284 @@
+//! End-to-end tests of money movement over HTTP: recharges through the bank simulator, balance
+//! and guarantee payments with splits, staged confirm, cancel, refunds, freezes, orders,
+//! payment passwords, tenant isolation, and what survives a kill -9.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+const FAST_BANK: &[(&str, &str)] = &[("latency_ms = 200", "latency_ms = 20")];
+
+fn error_of(reply: &(u16, bool, serde_json::Value)) -> (u16, Option<&str>) {
+    (reply.0, reply.2["error"]["code"].as_str())
+}
+
+#[test]
+fn escrow_scenario_with_staged_confirm_refund_cancel_and_freeze() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-1";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Home Decor\"}");
+    let owner = p.account(&p.member("m-owner", "Zhang San"));
+    let company = p.account(&p.member("m-company", "Li Si"));
+    let platform_fee = p.account(&p.member("m-platform", "Home Decor Ltd"));
+
+    p.fund(&owner, "1000.00", "r-1");
+    assert_eq!(p.balances(&owner), ("1000.00".into(), "1000.00".into(), "0.00".into(), "0.00".into()));
+
+    // The fee goes into escrow: 570 for the company, 30 commission for the platform.
+    let hold = json!({"out_order_no": "pay-1", "payer_account_id": owner, "mode": "guarantee", "amount": "600.00", "currency": "CNY",
+        "payees": [{"account_id": company, "amount": "570.00"}], "splits": [{"account_id": platform_fee, "amount": "30.00"}]});
+    let (status, replayed, held) = p.post("/v1/payments", &hold);
+    assert_eq!((status, replayed, held["status"].as_str(), held["kind"].as_str()), (201, false, Some("held"), Some("payment")), "{held}");
+    let order = held["order_id"].as_str().unwrap().to_string();
+    assert_eq!(p.post("/v1/payments", &hold), (201, true, held.clone()), "a replay answers the same body");
+    let mut conflicting = hold.clone();
+    conflicting["amount"] = json!("601.00");
+    conflicting["payees"][0]["amount"] = json!("571.00");
+    assert_eq!(error_of(&p.post("/v1/payments", &conflicting)), (409, Some("idempotency_conflict")));
+    assert_eq!(p.balances(&owner).0, "400.00");
+
+    // Confirmed in stages: first 200 to the company, then the rest.
+    let confirm = |number: &str, releases: serde_json::Value| {
+        let mut body = json!({"out_order_no": number});
+        if !releases.is_null() {
+            body["releases"] = releases;
+        }
+        p.post(&format!("/v1/payments/{order}/confirm"), &body)
+    };
+    let (status, _, first) = confirm("c-1", json!([{"account_id": company, "amount": "200.00"}]));
+    assert_eq!((status, first["status"].as_str()), (200, Some("held")), "{first}");
+    assert_eq!(error_of(&confirm("c-2", json!([{"account_id": company, "amount": "370.01"}]))), (422, Some("exceeds_held_amount")));
+    let (status, _, done) = confirm("c-3", serde_json::Value::Null);
+    assert_eq!((status, done["status"].as_str()), (200, Some("succeeded")), "{done}");
+    assert_eq!(p.balances(&company).0, "570.00");
+    assert_eq!(p.balances(&company).3, "570.00", "income is unsettled until settlement");
+    assert_eq!(p.balances(&platform_fee).0, "30.00");
+
+    // A refund from the company back to the owner.
+    let refund = |number: &str, amount: &str| {
+        p.post("/v1/refunds", &json!({"out_order_no": number, "payment_order_id": order, "amount": amount, "payee_account_id": company}))
+    };
+    let (status, _, refunded) = refund("rf-1", "50.00");
+    assert_eq!((status, refunded["kind"].as_str(), refunded["status"].as_str()), (201, Some("refund"), Some("succeeded")), "{refunded}");
+    assert_eq!(error_of(&refund("rf-2", "520.01")), (422, Some("exceeds_refundable_amount")));
+    let (_, shown) = p.get(&format!("/v1/orders/{order}"));
+    assert_eq!((shown["status"].as_str(), shown["refunded_amount"].as_str()), (Some("partially_refunded"), Some("50.00")), "{shown}");
+    assert_eq!(p.balances(&owner).0, "450.00");
+
+    // A second guarantee payment, cancelled in part and then in full.
+    let second = json!({"out_order_no": "pay-2", "payer_account_id": owner, "mode": "guarantee", "amount": "100.00", "currency": "CNY",
+        "payees": [{"account_id": company, "amount": "100.00"}]});
+    let (_, _, held2) = p.post("/v1/payments", &second);
+    let order2 = held2["order_id"].as_str().unwrap().to_string();
+    let (status, _, part) = p.post(&format!("/v1/payments/{order2}/cancel"), &json!({"out_order_no": "x-1", "amount": "40.00"}));
+    assert_eq!((status, part["status"].as_str()), (200, Some("held")), "{part}");
+    let (status, _, all) = p.post(&format!("/v1/payments/{order2}/cancel"), &json!({"out_order_no": "x-2"}));
+    assert_eq!((status, all["status"].as_str()), (200, Some("cancelled")), "{all}");
+    assert_eq!(error_of(&p.post(&format!("/v1/payments/{order2}/confirm"), &json!({"out_order_no": "c-9"}))), (409, Some("order_state_invalid")));
+    assert_eq!(p.balances(&owner).0, "450.00");
+
+    // Freeze and release.
+    let (status, _, frozen) = p.post("/v1/freezes", &json!({"out_order_no": "f-1", "account_id": owner, "amount": "150.00", "currency": "CNY", "reason": "dispute"}));
+    assert_eq!((status, frozen["status"].as_str()), (201, Some("held")), "{frozen}");
+    assert_eq!(p.balances(&owner), ("300.00".into(), "300.00".into(), "150.00".into(), "0.00".into()));
+    let freeze = frozen["order_id"].as_str().unwrap().to_string();
+    assert_eq!(error_of(&p.post(&format!("/v1/freezes/{freeze}/release"), &json!({"out_order_no": "fr-1", "amount": "150.01"}))), (422, Some("exceeds_frozen_amount")));
+    let (status, _, released) = p.post(&format!("/v1/freezes/{freeze}/release"), &json!({"out_order_no": "fr-2"}));
+    assert_eq!(status, 200, "{released}");
+    assert_eq!(p.balances(&owner).0, "450.00");
+
+    // A balance payment lands at once.
+    let pay = json!({"out_order_no": "pay-3", "payer_account_id": owner, "mode": "balance", "amount": "10.00", "currency": "CNY",
+        "payees": [{"account_id": company, "amount": "10.00"}]});
+    let (status, _, paid) = p.post("/v1/payments", &pay);
+    assert_eq!((status, paid["status"].as_str()), (201, Some("succeeded")), "{paid}");
+
+    // Orders by out_order_no and by filters, newest first, with a cursor.
+    let (status, found) = p.get("/v1/orders?out_order_no=pay-1");
+    assert_eq!((status, found["order_id"].as_str()), (200, Some(order.as_str())), "{found}");
+    assert_eq!(p.get("/v1/orders?out_order_no=nope").0, 404);
+    let (status, page) = p.get(&format!("/v1/orders?account_id={owner}&kind=payment&limit=2"));
+    assert_eq!(status, 200, "{page}");
+    let first_page: Vec<&str> = page["orders"].as_array().unwrap().iter().map(|o| o["out_order_no"].as_str().unwrap()).collect();
+    assert_eq!(first_page, ["pay-3", "pay-2"]);
+    let cursor = page["next_cursor"].as_str().expect("more").to_string();
+    let (_, page) = p.get(&format!("/v1/orders?account_id={owner}&kind=payment&limit=2&cursor={cursor}"));
+    let second_page: Vec<&str> = page["orders"].as_array().unwrap().iter().map(|o| o["out_order_no"].as_str().unwrap()).collect();
+    assert_eq!((second_page, page["next_cursor"].is_null()), (vec!["pay-1"], true));
+    let (_, held_only) = p.get("/v1/orders?status=refunded");
+    assert_eq!(held_only["orders"].as_array().unwrap().len(), 0);
+    assert_eq!(p.get("/v1/orders?limit=501").0, 400);
+    assert_eq!(p.get("/v1/orders?kind=loan").0, 400);
+    assert_eq!(p.get("/v1/orders?colour=red").0, 400);
+
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}
+
+#[test]
+fn bad_money_requests_get_their_codes_and_move_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-2";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Market\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let b = p.account(&p.member("m-b", "Li Si"));
+    p.fund(&a, "100.00", "r-a");
+    let pay = |amount: &str, payee_amount: &str| {
+        json!({"out_order_no": "p-bad", "payer_account_id": a, "mode": "balance", "amount": amount, "currency": "CNY",
+            "payees": [{"account_id": b, "amount": payee_amount}]})
+    };
+    let mut unknown_field = pay("1.00", "1.00");
+    unknown_field["tip"] = json!("1.00");
+    let mut wrong_type = pay("1.00", "1.00");
+    wrong_type["amount"] = json!(1);
+    let mut bad_payee = pay("1.00", "1.00");
+    bad_payee["payees"][0]["account_id"] = json!("acc_x");
+    let mut to_self = pay("1.00", "1.00");
+    to_self["payees"][0]["account_id"] = json!(a);
+    let mut bad_currency = pay("1.00", "1.00");
+    bad_currency["currency"] = json!("EUR");
+    let cases: Vec<(&str, serde_json::Value, u16, &str)> = vec![
+        ("too many decimals", pay("1.001", "1.001"), 400, "invalid_amount"),
+        ("zero", pay("0", "0"), 400, "invalid_amount"),
+        ("negative", pay("-1.00", "-1.00"), 400, "invalid_amount"),
+        ("not a number", pay("abc", "abc"), 400, "invalid_amount"),
+        ("legs do not sum", pay("2.00", "1.00"), 400, "invalid_request"),
+        ("unknown field", unknown_field, 400, "invalid_request"),
+        ("wrong type", wrong_type, 400, "invalid_request"),
+        ("bad payee id", bad_payee, 404, "not_found"),
+        ("pay oneself", to_self, 400, "invalid_request"),
+        ("unknown currency", bad_currency, 400, "invalid_request"),
+        ("more than the balance", pay("100.01", "100.01"), 422, "insufficient_funds"),
+    ];
+    for (name, body, status, code) in &cases {
+        assert_eq!(error_of(&p.post("/v1/payments", body)), (*status, Some(*code)), "{name}");
+    }
+    let malformed = signed_post(&server, "/v1/payments", &p.platform, &p.secret, &fresh_nonce(), "{\"out_order_no\": ");
+    assert_eq!(error_of(&malformed), (400, Some("invalid_request")));
+    assert_eq!(error_of(&p.post("/v1/refunds", &json!({"out_order_no": "rf", "payment_order_id": "ord_999999", "amount": "1.00"}))), (404, Some("not_found")));
+    assert_eq!(error_of(&p.post("/v1/freezes", &json!({"out_order_no": "f", "account_id": a, "amount": "1.00", "currency": "CNY", "reason": ""}))), (400, Some("invalid_request")));
+    assert_eq!(error_of(&p.post("/v1/freezes", &json!({"out_order_no": "f", "account_id": a, "amount": "1.00", "currency": "CNY", "reason": "r", "expires_at": "soon"}))), (400, Some("invalid_request")));
+    assert_eq!(error_of(&p.post("/v1/recharges", &json!({"out_order_no": "r", "account_id": a, "amount": "1.00", "currency": "CNY", "channel": "carrier_pigeon"}))), (400, Some("invalid_request")));
+    assert_eq!(p.get("/v1/orders/ord_abc").0, 404);
+    // Nothing moved.
+    assert_eq!(p.balances(&a).0, "100.00");
+    assert_eq!(p.balances(&b).0, "0.00");
+    server.stop();
+}
+
+#[test]
+fn a_platform_never_touches_another_platforms_money() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-3";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let a = Client::create(&server, token, "{\"name\": \"A\"}");
+    let b = Client::create(&server, token, "{\"name\": \"B\"}");
+    let a1 = a.account(&a.member("a1", "Zhang San"));
+    let a2 = a.account(&a.member("a2", "Li Si"));
+    let b1 = b.account(&b.member("b1", "Wang Wu"));
+    a.fund(&a1, "100.00", "r-1");
+    b.fund(&b1, "100.00", "r-1");
+    let (_, _, held) = a.post("/v1/payments", &json!({"out_order_no": "p1", "payer_account_id": a1, "mode": "guarantee", "amount": "10.00", "currency": "CNY", "payees": [{"account_id": a2, "amount": "10.00"}]}));
+    let order = held["order_id"].as_str().unwrap().to_string();
+    let (_, _, frozen) = a.post("/v1/freezes", &json!({"out_order_no": "f1", "account_id": a1, "amount": "1.00", "currency": "CNY", "reason": "r"}));
+    let freeze = frozen["order_id"].as_str().unwrap().to_string();
+    let attempts: Vec<(&str, String, serde_json::Value)> = vec![
+        ("pay from A's account", "/v1/payments".into(), json!({"out_order_no": "x1", "payer_account_id": a1, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b1, "amount": "1.00"}]})),
+        ("pay to A's account", "/v1/payments".into(), json!({"out_order_no": "x2", "payer_account_id": b1, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": a2, "amount": "1.00"}]})),
+        ("confirm A's payment", format!("/v1/payments/{order}/confirm"), json!({"out_order_no": "x3"})),
+        ("cancel A's payment", format!("/v1/payments/{order}/cancel"), json!({"out_order_no": "x4"})),
+        ("refund A's payment", "/v1/refunds".into(), json!({"out_order_no": "x5", "payment_order_id": order, "amount": "1.00"})),
+        ("freeze A's account", "/v1/freezes".into(), json!({"out_order_no": "x6", "account_id": a1, "amount": "1.00", "currency": "CNY", "reason": "r"})),
+        ("release A's freeze", format!("/v1/freezes/{freeze}/release"), json!({"out_order_no": "x7"})),
+        ("recharge A's account", "/v1/recharges".into(), json!({"out_order_no": "x8", "account_id": a1, "amount": "1.00", "currency": "CNY"})),
+        ("set A's password", format!("/v1/accounts/{a1}/password"), json!({"password": "123456"})),
+    ];
+    for (name, path, body) in &attempts {
+        assert_eq!(error_of(&b.post(path, body)), (404, Some("not_found")), "{name}");
+    }
+    for path in [format!("/v1/orders/{order}"), format!("/v1/accounts/{a1}"), "/v1/orders?out_order_no=p1".to_string()] {
+        assert_eq!(b.get(&path).0, 404, "{path}");
+    }
+    let (_, listed) = b.get("/v1/orders");
+    assert!(listed["orders"].as_array().unwrap().iter().all(|o| o["account_id"] == b1), "{listed}");
+    assert_eq!(a.balances(&a1).0, "89.00");
+    assert_eq!(a.wait_order(&order, "held")["status"], "held");
+    server.stop();
+}
+
+#[test]
+fn payment_passwords_are_checked_and_five_wrong_lock_payments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-4";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Strict\", \"require_payment_password\": true}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let b = p.account(&p.member("m-b", "Li Si"));
+    p.fund(&a, "100.00", "r-1");
+    let pay = |number: &str, password: Option<&str>| {
+        let mut body = json!({"out_order_no": number, "payer_account_id": a, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b, "amount": "1.00"}]});
+        if let Some(password) = password {
+            body["payment_password"] = json!(password);
+        }
+        p.post("/v1/payments", &body)
+    };
+    assert_eq!(error_of(&pay("p0", Some("123456"))), (422, Some("payment_password_not_set")));
+    assert_eq!(error_of(&p.post(&format!("/v1/accounts/{a}/password"), &json!({"password": "12345"}))), (400, Some("invalid_request")));
+    let (status, _, set) = p.post(&format!("/v1/accounts/{a}/password"), &json!({"password": "123456"}));
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(error_of(&pay("p1", None)), (422, Some("invalid_payment_password")));
+    assert_eq!(pay("p2", Some("123456")).0, 201);
+    for attempt in 0..4 {
+        assert_eq!(error_of(&pay(&format!("w{attempt}"), Some("000000"))), (422, Some("invalid_payment_password")));
+    }
+    assert_eq!(error_of(&pay("w5", Some("000000"))), (422, Some("payment_locked")));
+    assert_eq!(error_of(&pay("p3", Some("123456"))), (422, Some("payment_locked")));
+    assert_eq!(p.balances(&a).0, "99.00");
+    server.stop();
+}
+
+#[test]
+fn the_simulator_fails_its_share_and_callbacks_must_be_signed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-5";
+    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]));
+    let p = Client::create(&server, token, "{\"name\": \"Unlucky\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let (_, _, order) = p.post("/v1/recharges", &json!({"out_order_no": "r-1", "account_id": a, "amount": "5.00", "currency": "CNY"}));
+    p.wait_order(order["order_id"].as_str().unwrap(), "failed");
+    assert_eq!(p.balances(&a).0, "0.00");
+    // A forged callback is refused.
+    let body = json!({"kind": "recharge", "order_id": order["order_id"], "status": "succeeded", "amount": "5.00"}).to_string();
+    for header in ["t=1,v1=00", ""] {
+        let request = ureq::post(&format!("{}/channels/simulator/callback", server.base)).set("X-Channel-Signature", header);
+        assert_eq!(answer(request.send_string(&body), "callback").status(), 401);
+    }
+    assert_eq!(p.balances(&a).0, "0.00");
+    server.stop();
+}
+
+#[test]
+fn a_pending_recharge_survives_kill_9_and_completes_after_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-6";
+    let slow = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 600000")]));
+    let p = Client::create(&slow, token, "{\"name\": \"Patient\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let (status, _, order) = p.post("/v1/recharges", &json!({"out_order_no": "r-1", "account_id": a, "amount": "7.00", "currency": "CNY"}));
+    assert_eq!((status, order["status"].as_str()), (201, Some("pending")));
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    slow.kill();
+    let fast = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    assert!(fast.lines.iter().any(|l| l.contains("1 orders waiting")), "{:?}", fast.lines);
+    let p = Client { server: &fast, platform, secret };
+    p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!(p.balances(&a).0, "7.00");
+    let replay = p.post("/v1/recharges", &json!({"out_order_no": "r-1", "account_id": a, "amount": "7.00", "currency": "CNY"}));
+    assert_eq!((replay.0, replay.1, &replay.2), (201, true, &order), "the acknowledged order replays after the crash");
+    fast.stop();
+}
