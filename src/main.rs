@@ -1,6 +1,7 @@
 //! `clearing`: the clearing engine's command line (server, benchmark, checks, crash workload).
 
 mod bench;
+mod load;
 mod config;
 mod report;
 mod workload;
@@ -55,6 +56,8 @@ enum Commands {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// The load generator: drives a running server over HTTP as a platform would.
+    Load(load::LoadArgs),
     /// A deterministic order workload that prints one line per acknowledged order (crash tests).
     Workload(workload::WorkloadArgs),
 }
@@ -62,6 +65,7 @@ enum Commands {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Commands::Serve { config, listen, data_dir, once, demo } => serve(config, listen, data_dir, once, demo),
+        Commands::Load(args) => load::run(args),
         Commands::Bench(args) => bench::run(args),
         Commands::Invariants { config, data_dir } => {
             let (config, data_dir) = load(config, data_dir)?;

@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod auth;
+pub mod bulk;
 pub mod channels;
 pub mod error;
 pub mod identity;

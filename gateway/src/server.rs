@@ -125,6 +125,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .configure(crate::payments::routes)
             .configure(crate::orders::routes)
             .configure(crate::recharges::routes)
+            .configure(crate::bulk::routes)
             .configure(crate::simulator::routes)
             .configure(crate::metrics::routes)
             .default_service(web::to(|| async { Err::<HttpResponse, ApiError>(ApiError::not_found()) }))

@@ -1,0 +1,131 @@
+//! `POST /v1/bulk` (API.md): up to 8,189 operations in one request, each answered with its own
+//! status and body. All accepted operations go to the engine in one submission, so each shard
+//! applies its part in one batch with one fsync: this is the high-throughput path.
+
+use std::sync::Arc;
+
+use actix_web::{post, web, HttpResponse};
+use engine::Engine;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::orders::{render, Prepared};
+use crate::passwords::{check_for_payment, Passwords};
+use crate::payments::*;
+use crate::platforms::Platform;
+use crate::recharges::{dispatch, prepare_recharge, RechargeBody};
+use crate::simulator::Simulator;
+use crate::v1::{parse_json, Signed};
+
+/// The most operations one bulk request may carry (one engine batch).
+pub const OPERATIONS_MAX: usize = 8189;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody<'a> {
+    #[serde(borrow)]
+    operations: Vec<Operation<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Operation<'a> {
+    op: String,
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+/// The names of the operations `/v1/bulk` takes.
+pub const OPERATION_NAMES: [&str; 7] = ["payment", "recharge", "refund", "freeze", "confirm", "cancel", "release_freeze"];
+
+fn order_named(id: &Option<String>) -> Result<&str, ApiError> {
+    id.as_deref().ok_or_else(|| ApiError::invalid("this operation names its order_id in the body", "order_id"))
+}
+
+/// Checks one operation and builds its command (the same checks as its own endpoint).
+async fn prepare(engine: &Arc<Engine>, passwords: &Arc<Passwords>, platform: &Platform, op: &str, body: &str) -> Result<Prepared, ApiError> {
+    let body = body.as_bytes();
+    match op {
+        "payment" => {
+            let request = parse_json::<PaymentBody>(body)?;
+            let prepared = prepare_payment(engine, platform, &request)?;
+            check_for_payment(passwords, platform, &prepared.envelope, request.payment_password.as_deref()).await?;
+            Ok(prepared)
+        }
+        "recharge" => prepare_recharge(engine, platform, &parse_json::<RechargeBody>(body)?),
+        "freeze" => prepare_freeze(engine, platform, &parse_json::<FreezeBody>(body)?),
+        "refund" => prepare_refund(engine, platform, &parse_json::<RefundBody>(body)?).await,
+        "confirm" => {
+            let request = parse_json::<ConfirmBody>(body)?;
+            prepare_confirm(engine, platform, order_named(&request.order_id)?, &request).await
+        }
+        "cancel" => {
+            let request = parse_json::<PartialBody>(body)?;
+            prepare_cancel(engine, platform, order_named(&request.order_id)?, &request).await
+        }
+        "release_freeze" => {
+            let request = parse_json::<PartialBody>(body)?;
+            prepare_release(engine, platform, order_named(&request.order_id)?, &request).await
+        }
+        _ => Err(ApiError::invalid("unknown op (payment, recharge, refund, freeze, confirm, cancel, release_freeze)", "op")),
+    }
+}
+
+fn error_result(error: &ApiError) -> Value {
+    let mut inner = json!({"code": error.code, "message": error.message});
+    if let Some(param) = error.param {
+        inner["param"] = json!(param);
+    }
+    json!({"status": error.status, "body": {"error": inner}})
+}
+
+#[post("/v1/bulk")]
+async fn bulk(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<Passwords>>, simulator: web::Data<Simulator>) -> Result<HttpResponse, ApiError> {
+    let request: BulkBody = serde_json::from_slice(&signed.body).map_err(|error| ApiError::new(400, "invalid_request", &error.to_string()))?;
+    if request.operations.is_empty() {
+        return Err(ApiError::invalid("operations must not be empty", "operations"));
+    }
+    if request.operations.len() > OPERATIONS_MAX {
+        let mut error = ApiError::new(400, "too_many_operations", "a bulk request carries at most 8189 operations");
+        error.param = Some("operations");
+        return Err(error);
+    }
+    let count = request.operations.len();
+    let mut results: Vec<Option<Value>> = vec![None; count];
+    let mut prepared = Vec::with_capacity(count);
+    let mut positions = Vec::with_capacity(count);
+    for (index, operation) in request.operations.iter().enumerate() {
+        match prepare(&engine, &passwords, &signed.platform, &operation.op, operation.body.get()).await {
+            Ok(ready) => {
+                positions.push(index);
+                prepared.push(ready);
+            }
+            Err(error) => results[index] = Some(error_result(&error)),
+        }
+    }
+    if !prepared.is_empty() {
+        let envelopes = prepared.iter().map(|p| p.envelope.clone()).collect();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        engine.submit(envelopes, Box::new(move |result| {
+            let _ = sender.send(result);
+        }));
+        let replies = receiver.await.map_err(|_| ApiError::unavailable("the engine dropped the request".into()))??;
+        for ((index, ready), reply) in positions.into_iter().zip(prepared).zip(replies) {
+            let amount = || ready.body.get("amount").and_then(Value::as_str).unwrap_or_default().to_string();
+            dispatch(&simulator, &ready.envelope, &reply, amount);
+            results[index] = Some(match render(ready, &reply) {
+                Ok((status, body)) => json!({"status": status, "body": body, "replayed": reply.replayed}),
+                Err(error) => error_result(&error),
+            });
+        }
+    }
+    let results: Vec<Value> = results.into_iter().map(|r| r.expect("every operation answered")).collect();
+    Ok(HttpResponse::Ok().json(json!({"results": results})))
+}
+
+/// Registers the bulk route.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(bulk);
+}

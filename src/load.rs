@@ -1,0 +1,324 @@
+//! `clearing load`: the load generator. Drives a running server over HTTP exactly as a platform
+//! would: creates its own platform (operator token), members and accounts, funds them with
+//! recharges through the bank simulator, then sends balance payments one per request (`single`)
+//! or 8,189 per `/v1/bulk` request (`bulk`) from `--concurrency` connections, and reports
+//! throughput and request latency.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// Operations per `/v1/bulk` request.
+const BULK_SIZE: usize = gateway::bulk::OPERATIONS_MAX;
+/// What every account is funded with, in yuan: enough for any run's payments of at most 1.00.
+const FUNDING: &str = "1000000.00";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Single,
+    Bulk,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    /// Base URL of the server, e.g. http://127.0.0.1:8080
+    #[arg(long)]
+    url: String,
+    /// The system operator's token (creates the load's own platform).
+    #[arg(long)]
+    admin_token: String,
+    #[arg(long, value_enum, default_value = "single")]
+    mode: Mode,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Balance payments to send.
+    #[arg(long, default_value_t = 100_000)]
+    orders: usize,
+    /// Accounts (one member each) to pay between.
+    #[arg(long, default_value_t = 10_000)]
+    accounts: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+/// One signing platform client with a keep-alive connection.
+struct Client {
+    agent: ureq::Agent,
+    base: String,
+    platform: String,
+    secret: String,
+    nonce_prefix: String,
+    nonces: AtomicU64,
+}
+
+impl Client {
+    fn call(&self, method: &str, path: &str, body: &str) -> Result<(u16, Value)> {
+        let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs().to_string();
+        let nonce = format!("{}{:012}", self.nonce_prefix, self.nonces.fetch_add(1, Ordering::Relaxed));
+        let canonical = gateway::auth::canonical(method, path, &timestamp, &nonce, body.as_bytes());
+        let signature = gateway::secrets::hmac_hex(self.secret.as_bytes(), canonical.as_bytes());
+        let request = self
+            .agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("X-Platform-Id", &self.platform)
+            .set("X-Timestamp", &timestamp)
+            .set("X-Nonce", &nonce)
+            .set("X-Signature", &signature)
+            .set("Content-Type", "application/json");
+        let response = if method == "GET" { request.call() } else { request.send_string(body) };
+        let response = match response {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => return Err(anyhow!("{method} {path}: {error}")),
+        };
+        let status = response.status();
+        let value: Value = response.into_json().with_context(|| format!("{method} {path}: body is not JSON"))?;
+        Ok((status, value))
+    }
+
+    fn post(&self, path: &str, body: &str) -> Result<Value> {
+        let (status, value) = self.call("POST", path, body)?;
+        if !(200..300).contains(&status) {
+            bail!("POST {path}: {status} {value}");
+        }
+        Ok(value)
+    }
+}
+
+/// A one-line progress bar on stderr, redrawn twice a second while work runs.
+struct Progress {
+    done: Arc<AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(label: &'static str, total: usize) -> Progress {
+        let done = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (shown, stopping) = (done.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            loop {
+                let finished = stopping.load(Ordering::Relaxed);
+                let count = shown.load(Ordering::Relaxed).min(total);
+                let filled = (count * 30).checked_div(total).unwrap_or(30);
+                let rate = count as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                eprint!("\r{label:<9} [{}{}] {count}/{total} {rate:.0}/s   ", "#".repeat(filled), ".".repeat(30 - filled));
+                if finished {
+                    eprintln!();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        Progress { done, stop, thread: Some(thread) }
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs `work(index)` for every index in `0..count` on `threads` threads; the first error stops all.
+fn parallel(threads: usize, count: usize, progress: &Progress, step: usize, work: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count || failed.lock().expect("lock").is_some() {
+                    return;
+                }
+                if let Err(error) = work(index) {
+                    failed.lock().expect("lock").get_or_insert(error);
+                    return;
+                }
+                progress.done.fetch_add(step, Ordering::Relaxed);
+            });
+        }
+    });
+    match failed.into_inner().expect("lock") {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank].as_secs_f64() * 1000.0
+}
+
+fn create_platform(args: &LoadArgs) -> Result<(String, String)> {
+    let name = format!("load {}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs());
+    let response = ureq::post(&format!("{}/admin/platforms", args.url))
+        .set("Authorization", &format!("Bearer {}", args.admin_token))
+        .send_json(json!({"name": name}))
+        .map_err(|e| anyhow!("creating the load's platform: {e}"))?;
+    let created: Value = response.into_json()?;
+    let field = |key: &str| created[key].as_str().map(str::to_string).ok_or_else(|| anyhow!("no {key} in {created}"));
+    Ok((field("platform_id")?, field("secret")?))
+}
+
+/// Creates members and accounts; returns the account ids.
+fn open_accounts(args: &LoadArgs, clients: &[Client]) -> Result<Vec<String>> {
+    let accounts: Vec<std::sync::OnceLock<String>> = (0..args.accounts).map(|_| std::sync::OnceLock::new()).collect();
+    let progress = Progress::start("accounts", args.accounts);
+    let thread_of = AtomicUsize::new(0);
+    parallel(args.concurrency, args.accounts, &progress, 1, |index| {
+        let client = &clients[thread_of.fetch_add(1, Ordering::Relaxed) % clients.len()];
+        let member = client.post(
+            "/v1/members",
+            &json!({"out_order_no": format!("m{index}"), "type": "individual", "name": format!("Load Member {index}"), "id_number": "11010519491231002X", "phone": "13800138000"}).to_string(),
+        )?;
+        let member_id = member["member_id"].as_str().ok_or_else(|| anyhow!("no member_id"))?;
+        let account = client.post("/v1/accounts", &json!({"out_order_no": format!("a{index}"), "member_id": member_id, "currency": "CNY"}).to_string())?;
+        let id = account["account_id"].as_str().ok_or_else(|| anyhow!("no account_id"))?;
+        let _ = accounts[index].set(id.to_string());
+        Ok(())
+    })?;
+    progress.finish();
+    Ok(accounts.into_iter().map(|a| a.into_inner().expect("every account opened")).collect())
+}
+
+/// Funds every account through the simulator and waits until no recharge is pending.
+fn fund(args: &LoadArgs, clients: &[Client], accounts: &[String]) -> Result<()> {
+    let progress = Progress::start("funding", accounts.len());
+    let chunks: Vec<&[String]> = accounts.chunks(BULK_SIZE).collect();
+    let thread_of = AtomicUsize::new(0);
+    parallel(args.concurrency.min(chunks.len()), chunks.len(), &progress, 0, |index| {
+        let client = &clients[thread_of.fetch_add(1, Ordering::Relaxed) % clients.len()];
+        let operations: Vec<Value> = chunks[index]
+            .iter()
+            .map(|account| json!({"op": "recharge", "body": {"out_order_no": format!("fund-{account}"), "account_id": account, "amount": FUNDING, "currency": "CNY"}}))
+            .collect();
+        let reply = client.post("/v1/bulk", &json!({"operations": operations}).to_string())?;
+        let results = reply["results"].as_array().ok_or_else(|| anyhow!("no results"))?;
+        if let Some(failed) = results.iter().find(|r| r["status"].as_u64() != Some(201)) {
+            bail!("a funding recharge was refused: {failed}");
+        }
+        progress.done.fetch_add(chunks[index].len(), Ordering::Relaxed);
+        Ok(())
+    })?;
+    progress.finish();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (_, pending) = clients[0].call("GET", "/v1/orders?kind=recharge&status=pending&limit=1", "")?;
+        let (_, failed) = clients[0].call("GET", "/v1/orders?kind=recharge&status=failed&limit=1", "")?;
+        if failed["orders"].as_array().is_some_and(|o| !o.is_empty()) {
+            bail!("the bank simulator failed a funding recharge (is simulator.failure_per_mille above 0?)");
+        }
+        if pending["orders"].as_array().is_some_and(|o| o.is_empty()) && pending["next_cursor"].is_null() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("recharges still pending after 10 minutes (is the simulator enabled?)");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn payment_json(index: usize, accounts: &[String], random: &mut rand::rngs::StdRng) -> String {
+    let payer = random.gen_range(0..accounts.len());
+    let mut payee = random.gen_range(0..accounts.len() - 1);
+    if payee >= payer {
+        payee += 1;
+    }
+    let cents: u32 = random.gen_range(1..=100);
+    let amount = format!("{}.{:02}", cents / 100, cents % 100);
+    format!(
+        "{{\"out_order_no\":\"p{index}\",\"payer_account_id\":\"{}\",\"mode\":\"balance\",\"amount\":\"{amount}\",\"currency\":\"CNY\",\"payees\":[{{\"account_id\":\"{}\",\"amount\":\"{amount}\"}}]}}",
+        accounts[payer], accounts[payee]
+    )
+}
+
+/// Runs the load and prints `orders_per_second` and request latency percentiles.
+pub fn run(args: LoadArgs) -> Result<()> {
+    if args.accounts < 2 || args.concurrency == 0 || args.orders == 0 {
+        bail!("--accounts must be at least 2, --concurrency and --orders at least 1");
+    }
+    let (platform, secret) = create_platform(&args)?;
+    println!("platform: {platform} ({} accounts, {} orders, mode {:?}, concurrency {})", args.accounts, args.orders, args.mode, args.concurrency);
+    let clients: Vec<Client> = (0..args.concurrency)
+        .map(|index| Client {
+            agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build(),
+            base: args.url.trim_end_matches('/').to_string(),
+            platform: platform.clone(),
+            secret: secret.clone(),
+            nonce_prefix: format!("load{}t{index}x", args.seed),
+            nonces: AtomicU64::new(0),
+        })
+        .collect();
+    let accounts = open_accounts(&args, &clients)?;
+    fund(&args, &clients, &accounts)?;
+
+    let (requests, per_request) = match args.mode {
+        Mode::Single => (args.orders, 1),
+        Mode::Bulk => (args.orders.div_ceil(BULK_SIZE), BULK_SIZE),
+    };
+    let latencies: Vec<std::sync::Mutex<Vec<Duration>>> = (0..args.concurrency).map(|_| std::sync::Mutex::new(Vec::new())).collect();
+    let refused = AtomicUsize::new(0);
+    let thread_of = AtomicUsize::new(0);
+    let progress = Progress::start("payments", args.orders);
+    let started = Instant::now();
+    parallel(args.concurrency.min(requests), requests, &progress, 0, |request| {
+        let slot = thread_of.fetch_add(1, Ordering::Relaxed) % clients.len();
+        let mut random = rand::rngs::StdRng::seed_from_u64(args.seed ^ (request as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let first = request * per_request;
+        let last = (first + per_request).min(args.orders);
+        let (path, body) = match args.mode {
+            Mode::Single => ("/v1/payments", payment_json(first, &accounts, &mut random)),
+            Mode::Bulk => {
+                let mut body = String::with_capacity((last - first) * 200 + 20);
+                body.push_str("{\"operations\":[");
+                for index in first..last {
+                    if index > first {
+                        body.push(',');
+                    }
+                    body.push_str("{\"op\":\"payment\",\"body\":");
+                    body.push_str(&payment_json(index, &accounts, &mut random));
+                    body.push('}');
+                }
+                body.push_str("]}");
+                ("/v1/bulk", body)
+            }
+        };
+        let sent = Instant::now();
+        let (status, reply) = clients[slot].call("POST", path, &body)?;
+        latencies[slot].lock().expect("lock").push(sent.elapsed());
+        let failures = match args.mode {
+            Mode::Single => usize::from(status != 201),
+            Mode::Bulk => match reply["results"].as_array() {
+                Some(results) => results.iter().filter(|r| r["status"].as_u64() != Some(201)).count(),
+                None => last - first,
+            },
+        };
+        refused.fetch_add(failures, Ordering::Relaxed);
+        progress.done.fetch_add(last - first, Ordering::Relaxed);
+        Ok(())
+    })?;
+    let elapsed = started.elapsed();
+    progress.finish();
+    let mut all: Vec<Duration> = latencies.into_iter().flat_map(|l| l.into_inner().expect("lock")).collect();
+    all.sort_unstable();
+    let refused = refused.into_inner();
+    println!("orders: {} accepted, {refused} refused, in {:.2} s ({requests} requests)", args.orders - refused, elapsed.as_secs_f64());
+    println!("orders_per_second: {:.0}", args.orders as f64 / elapsed.as_secs_f64());
+    println!("latency_ms p50 p99 p100: {:.2} {:.2} {:.2}", percentile(&all, 50.0), percentile(&all, 99.0), percentile(&all, 100.0));
+    if refused > 0 {
+        bail!("{refused} payments were refused");
+    }
+    Ok(())
+}
