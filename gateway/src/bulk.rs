@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::orders::{render, Prepared};
+use crate::orders::{render_into, Prepared};
 use crate::passwords::{check_for_payment, Passwords};
 use crate::payments::*;
 use crate::platforms::Platform;
@@ -93,7 +93,7 @@ async fn bulk(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Da
         return Err(error);
     }
     let count = request.operations.len();
-    let mut results: Vec<Option<Value>> = vec![None; count];
+    let mut errors: Vec<Option<ApiError>> = Vec::new();
     let mut prepared = Vec::with_capacity(count);
     let mut positions = Vec::with_capacity(count);
     for (index, operation) in request.operations.iter().enumerate() {
@@ -102,27 +102,57 @@ async fn bulk(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Da
                 positions.push(index);
                 prepared.push(ready);
             }
-            Err(error) => results[index] = Some(error_result(&error)),
+            Err(error) => {
+                errors.resize(count, None);
+                errors[index] = Some(error);
+            }
         }
     }
+    let mut replies = Vec::new();
     if !prepared.is_empty() {
-        let envelopes = prepared.iter().map(|p| p.envelope.clone()).collect();
+        // The commands move to the engine; what rendering needs of them stays behind.
+        let envelopes = prepared.iter_mut().map(|p| p.take_envelope()).collect();
         let (sender, receiver) = tokio::sync::oneshot::channel();
         engine.submit(envelopes, Box::new(move |result| {
             let _ = sender.send(result);
         }));
-        let replies = receiver.await.map_err(|_| ApiError::unavailable("the engine dropped the request".into()))??;
-        for ((index, ready), reply) in positions.into_iter().zip(prepared).zip(replies) {
-            let amount = || ready.body.get("amount").and_then(Value::as_str).unwrap_or_default().to_string();
-            dispatch(&simulator, &ready.envelope, &reply, amount);
-            results[index] = Some(match render(ready, &reply) {
-                Ok((status, body)) => json!({"status": status, "body": body, "replayed": reply.replayed}),
-                Err(error) => error_result(&error),
-            });
+        replies = receiver.await.map_err(|_| ApiError::unavailable("the engine dropped the request".into()))??;
+    }
+    // The answer is written straight into one buffer, in the order of the operations.
+    let mut out = Vec::with_capacity(count * 256 + 16);
+    out.extend_from_slice(b"{\"results\":[");
+    let mut accepted = prepared.iter().zip(&replies).zip(&positions).peekable();
+    for index in 0..count {
+        if index > 0 {
+            out.push(b',');
+        }
+        let refused = match accepted.next_if(|(_, position)| **position == index) {
+            Some(((ready, reply), _)) => {
+                if let Some(recharge) = &ready.recharge {
+                    dispatch(&engine, &simulator, recharge, reply);
+                }
+                let start = out.len();
+                out.extend_from_slice(b"{\"status\":000,\"body\":");
+                match render_into(&mut out, ready, reply) {
+                    Ok(status) => {
+                        out[start + 10..start + 13].copy_from_slice(status.to_string().as_bytes());
+                        out.extend_from_slice(if reply.replayed { b",\"replayed\":true}" } else { b",\"replayed\":false}" });
+                        None
+                    }
+                    Err(error) => {
+                        out.truncate(start);
+                        Some(error)
+                    }
+                }
+            }
+            None => Some(errors[index].take().expect("an operation not accepted was refused")),
+        };
+        if let Some(error) = refused {
+            serde_json::to_writer(&mut out, &error_result(&error)).expect("writing to memory");
         }
     }
-    let results: Vec<Value> = results.into_iter().map(|r| r.expect("every operation answered")).collect();
-    Ok(HttpResponse::Ok().json(json!({"results": results})))
+    out.extend_from_slice(b"]}");
+    Ok(HttpResponse::Ok().content_type("application/json").body(out))
 }
 
 /// Registers the bulk route.

@@ -80,6 +80,7 @@ pub struct Members {
     accepted: RwLock<HashMap<(u32, String), Accepted>>,
     /// Serializes creation: order-number check, id and write happen as one step.
     creating: Mutex<()>,
+    highest_id: std::sync::atomic::AtomicU64,
 }
 
 fn member_key(id: u64) -> Vec<u8> {
@@ -138,7 +139,10 @@ impl Members {
             .map_err(|e| e.to_string())?;
         match failure {
             Some(failure) => Err(failure),
-            None => Ok(Members { store, by_id: RwLock::new(by_id), accepted: RwLock::new(accepted), creating: Mutex::new(()) }),
+            None => {
+                let highest_id = std::sync::atomic::AtomicU64::new(by_id.keys().max().copied().unwrap_or(0));
+                Ok(Members { store, by_id: RwLock::new(by_id), accepted: RwLock::new(accepted), creating: Mutex::new(()), highest_id })
+            }
         }
     }
 
@@ -174,7 +178,9 @@ impl Members {
         if !valid_phone(&request.phone) {
             return Err(ApiError::invalid("phone must be a mainland mobile number of 11 digits", "phone"));
         }
-        let id = self.by_id.read().expect("members lock").keys().max().map_or(1, |last| last + 1);
+        // Ids are handed out under the creation lock; the highest is kept, not searched for.
+        let id = self.highest_id.load(std::sync::atomic::Ordering::Relaxed) + 1;
+        self.highest_id.store(id, std::sync::atomic::Ordering::Relaxed);
         let member = Member {
             id,
             platform,

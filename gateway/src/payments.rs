@@ -11,10 +11,10 @@ use engine::ledger::types::{Leg, Legs, OrderDetail, OrderKind, LEGS_MAX, REASON_
 use engine::money::CurrencySpec;
 use engine::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 
 use crate::error::ApiError;
-use crate::orders::{account, amount, currency, out_order_no, parse_order_id, parse_time, public_order_id, read_order, respond, Prepared};
+use crate::orders::{Fields, account, amount, currency, out_order_no, parse_order_id, parse_time, public_order_id, read_order, respond, Prepared};
 use crate::platforms::Platform;
 use crate::v1::Signed;
 
@@ -67,10 +67,6 @@ fn legs(items: &[LegBody], spec: &CurrencySpec, param: &'static str) -> Result<L
         .collect()
 }
 
-fn legs_view(items: &[LegBody]) -> Value {
-    Value::Array(items.iter().map(|l| json!({"account_id": l.account_id, "amount": l.amount})).collect())
-}
-
 /// Checks a payment request and builds its command and response body.
 pub fn prepare_payment(engine: &Engine, platform: &Platform, body: &PaymentBody) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
@@ -93,16 +89,15 @@ pub fn prepare_payment(engine: &Engine, platform: &Platform, body: &PaymentBody)
     let splits = legs(&body.splits, &spec, "splits")?;
     let guarantee = body.mode == Mode::Guarantee;
     let command = Command::Payment { payer, guarantee, currency: currency_id, amount: total, payees, splits };
-    let mut view = Map::new();
-    view.insert("out_order_no".into(), json!(body.out_order_no));
-    view.insert("kind".into(), json!("payment"));
-    view.insert("mode".into(), json!(body.mode));
-    view.insert("amount".into(), json!(spec.format(total)));
-    view.insert("currency".into(), json!(body.currency));
-    view.insert("payer_account_id".into(), json!(body.payer_account_id));
-    view.insert("payees".into(), legs_view(&body.payees));
-    view.insert("splits".into(), legs_view(&body.splits));
-    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: true })
+    let mut view = Fields::default();
+    view.value("out_order_no", &body.out_order_no);
+    view.value("kind", &"payment");
+    view.value("mode", &body.mode);
+    view.value("amount", &spec.format(total));
+    view.value("currency", &body.currency);
+    view.value("payer_account_id", &body.payer_account_id);
+    view.value("payees", &body.payees).value("splits", &body.splits);
+    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }
 
 /// `POST /v1/payments/{order_id}/confirm` (and the bulk `confirm` operation, which names the order).
@@ -129,7 +124,7 @@ pub struct PartialBody {
 struct Target {
     spec: CurrencySpec,
     kind: OrderKind,
-    body: Map<String, Value>,
+    body: Fields,
 }
 
 /// Reads the order an operation acts on (404 when it is not the platform's).
@@ -137,12 +132,12 @@ async fn target(engine: &Arc<Engine>, platform: u32, order_id: &str) -> Result<(
     let id = parse_order_id(order_id).ok_or(ApiError { param: Some("order_id"), ..ApiError::not_found() })?;
     let found = read_order(engine, platform, id, |state, order| {
         let spec = state.currencies[order.currency.0 as usize];
-        let mut body = Map::new();
-        body.insert("out_order_no".into(), json!(order.out_order_no.map(|n| n.as_str().to_string())));
-        body.insert("kind".into(), json!(crate::orders::kind_name(order.kind)));
-        body.insert("amount".into(), json!(spec.format(order.amount)));
-        body.insert("currency".into(), json!(spec.code_str()));
-        body.insert("account_id".into(), json!(crate::accounts::public_account_id(order.account)));
+        let mut body = Fields::default();
+        body.value("out_order_no", &order.out_order_no.map(|n| n.as_str().to_string()));
+        body.value("kind", &crate::orders::kind_name(order.kind));
+        body.value("amount", &spec.format(order.amount));
+        body.value("currency", &spec.code_str());
+        body.value("account_id", &crate::accounts::public_account_id(order.account));
         Target { spec, kind: order.kind, body }
     })
     .await?;
@@ -165,9 +160,9 @@ pub async fn prepare_confirm(engine: &Arc<Engine>, platform: &Platform, order_id
         None => Legs::new(),
     };
     let mut view = target.body;
-    view.insert("confirmation".into(), json!({"out_order_no": body.out_order_no, "releases": body.releases.as_deref().map(legs_view)}));
+    view.value("confirmation", &json!({"out_order_no": body.out_order_no, "releases": body.releases}));
     let command = Command::Confirm { order, releases };
-    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: false })
+    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, false))
 }
 
 /// Checks a cancellation of (part of) a guarantee payment's unreleased escrow.
@@ -179,9 +174,9 @@ pub async fn prepare_cancel(engine: &Arc<Engine>, platform: &Platform, order_id:
     }
     let part = body.amount.as_deref().map(|a| amount(a, &target.spec, "amount")).transpose()?;
     let mut view = target.body;
-    view.insert("cancellation".into(), json!({"out_order_no": body.out_order_no, "amount": body.amount}));
+    view.value("cancellation", &json!({"out_order_no": body.out_order_no, "amount": body.amount}));
     let command = Command::Cancel { order, amount: part };
-    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: false })
+    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, false))
 }
 
 /// `POST /v1/refunds`.
@@ -220,15 +215,15 @@ pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &Re
         return Err(ApiError { param: Some("payee_account_id"), ..ApiError::not_found() });
     }
     let refund = amount(&body.amount, &spec, "amount")?;
-    let mut view = Map::new();
-    view.insert("out_order_no".into(), json!(body.out_order_no));
-    view.insert("kind".into(), json!("refund"));
-    view.insert("amount".into(), json!(spec.format(refund)));
-    view.insert("currency".into(), json!(spec.code_str()));
-    view.insert("payment_order_id".into(), json!(public_order_id(payment)));
-    view.insert("payee_account_id".into(), json!(crate::accounts::public_account_id(payee)));
+    let mut view = Fields::default();
+    view.value("out_order_no", &body.out_order_no);
+    view.value("kind", &"refund");
+    view.value("amount", &spec.format(refund));
+    view.value("currency", &spec.code_str());
+    view.value("payment_order_id", &public_order_id(payment));
+    view.value("payee_account_id", &crate::accounts::public_account_id(payee));
     let command = Command::Refund { payment, payee, amount: refund };
-    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: true })
+    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }
 
 /// `POST /v1/freezes`.
@@ -253,16 +248,16 @@ pub fn prepare_freeze(engine: &Engine, platform: &Platform, body: &FreezeBody) -
         return Err(ApiError::invalid("a reason of 1 to 256 bytes is required", "reason"));
     }
     let expires_at = body.expires_at.as_deref().map(|t| parse_time(t, "expires_at")).transpose()?;
-    let mut view = Map::new();
-    view.insert("out_order_no".into(), json!(body.out_order_no));
-    view.insert("kind".into(), json!("freeze"));
-    view.insert("amount".into(), json!(spec.format(frozen)));
-    view.insert("currency".into(), json!(body.currency));
-    view.insert("account_id".into(), json!(body.account_id));
-    view.insert("reason".into(), json!(body.reason));
-    view.insert("expires_at".into(), json!(body.expires_at));
+    let mut view = Fields::default();
+    view.value("out_order_no", &body.out_order_no);
+    view.value("kind", &"freeze");
+    view.value("amount", &spec.format(frozen));
+    view.value("currency", &body.currency);
+    view.value("account_id", &body.account_id);
+    view.value("reason", &body.reason);
+    view.value("expires_at", &body.expires_at);
     let command = Command::Freeze { account: target, currency: currency_id, amount: frozen, reason: body.reason.clone(), expires_at };
-    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: true })
+    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }
 
 /// Checks the release of (part of) a freeze.
@@ -274,9 +269,9 @@ pub async fn prepare_release(engine: &Arc<Engine>, platform: &Platform, order_id
     }
     let part = body.amount.as_deref().map(|a| amount(a, &target.spec, "amount")).transpose()?;
     let mut view = target.body;
-    view.insert("release".into(), json!({"out_order_no": body.out_order_no, "amount": body.amount}));
+    view.value("release", &json!({"out_order_no": body.out_order_no, "amount": body.amount}));
     let command = Command::ReleaseFreeze { order, amount: part };
-    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: false })
+    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, false))
 }
 
 #[post("/v1/payments")]

@@ -8,11 +8,10 @@ use engine::ledger::command::{Command, Envelope};
 use engine::ledger::types::{OrderId, Reply};
 use engine::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map};
 
 use crate::channels::{self, Channel};
 use crate::error::ApiError;
-use crate::orders::{account, amount, currency, out_order_no, render, Prepared};
+use crate::orders::{Fields, account, amount, currency, out_order_no, Prepared};
 use crate::platforms::Platform;
 use crate::simulator::{Simulator, Work};
 use crate::v1::Signed;
@@ -41,22 +40,23 @@ pub fn prepare_recharge(engine: &Engine, platform: &Platform, body: &RechargeBod
         None => channels::SIM_GATEWAY,
         Some(name) => *MONEY_IN.iter().find(|c| c.name == name).ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel"))?,
     };
-    let mut view = Map::new();
-    view.insert("out_order_no".into(), json!(body.out_order_no));
-    view.insert("kind".into(), json!("recharge"));
-    view.insert("amount".into(), json!(spec.format(minor)));
-    view.insert("currency".into(), json!(body.currency));
-    view.insert("account_id".into(), json!(body.account_id));
-    view.insert("channel".into(), json!(channel.name));
+    let mut view = Fields::default();
+    view.value("out_order_no", &body.out_order_no);
+    view.value("kind", &"recharge");
+    view.value("amount", &spec.format(minor));
+    view.value("currency", &body.currency);
+    view.value("account_id", &body.account_id);
+    view.value("channel", &channel.name);
     let command = Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel: channel.id };
-    Ok(Prepared { envelope: Envelope { platform: platform.id, out_order_no: Some(number), command }, body: view, created: true })
+    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }
 
 /// Sends a newly accepted pending recharge to its channel (a replay was sent the first time).
-pub fn dispatch(simulator: &Simulator, envelope: &Envelope, reply: &Reply, spec_amount: impl FnOnce() -> String) {
+pub fn dispatch(engine: &Engine, simulator: &Simulator, envelope: &Envelope, reply: &Reply) {
     if reply.is_ok() && !reply.replayed {
-        if let Command::RequestRecharge { .. } = envelope.command {
-            simulator.submit(Work::Recharge { order: OrderId(reply.id) }, spec_amount());
+        if let Command::RequestRecharge { currency, amount, .. } = envelope.command {
+            let shown = engine.config().currencies[currency.0 as usize].format(amount);
+            simulator.submit(Work::Recharge { order: OrderId(reply.id) }, shown);
         }
     }
 }
@@ -66,14 +66,8 @@ async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, simulat
     let body = signed.json::<RechargeBody>()?;
     let prepared = prepare_recharge(&engine, &signed.platform, &body)?;
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
-    let shown_amount = prepared.body["amount"].as_str().unwrap_or_default().to_string();
-    dispatch(&simulator, &prepared.envelope, &reply, || shown_amount);
-    let (status, body) = render(prepared, &reply)?;
-    let mut response = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid"));
-    if reply.replayed {
-        response.insert_header(("Idempotent-Replay", "true"));
-    }
-    Ok(response.json(body))
+    dispatch(&engine, &simulator, &prepared.envelope, &reply);
+    crate::orders::answer(prepared, &reply)
 }
 
 /// Registers the recharge route.
