@@ -46,9 +46,62 @@ pub struct LoadArgs {
     seed: u64,
 }
 
+/// A plain HTTP/1.1 keep-alive connection: the load generator shares the cores it measures, so
+/// it spends as little as it can per request (no per-header allocations, one write per request).
+struct Connection {
+    address: String,
+    stream: Option<std::net::TcpStream>,
+    buffer: Vec<u8>,
+}
+
+impl Connection {
+    fn exchange(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>)> {
+        use std::io::{Read, Write};
+        if self.stream.is_none() {
+            let stream = std::net::TcpStream::connect(&self.address).with_context(|| format!("connecting to {}", self.address))?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().expect("connected");
+        stream.write_all(request)?;
+        self.buffer.clear();
+        let mut chunk = [0u8; 16 * 1024];
+        let header_end = loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let read = stream.read(&mut chunk)?;
+            if read == 0 {
+                self.stream = None;
+                bail!("the server closed the connection");
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        };
+        let head = std::str::from_utf8(&self.buffer[..header_end]).context("response head is not UTF-8")?;
+        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad status line"))?;
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+            })
+            .ok_or_else(|| anyhow!("response without content-length"))?;
+        while self.buffer.len() < header_end + length {
+            let read = stream.read(&mut chunk)?;
+            if read == 0 {
+                self.stream = None;
+                bail!("the server closed the connection mid-body");
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+        Ok((status, self.buffer[header_end..header_end + length].to_vec()))
+    }
+}
+
 /// One signing platform client with a keep-alive connection.
 struct Client {
-    agent: ureq::Agent,
+    connection: std::sync::Mutex<Connection>,
     base: String,
     platform: String,
     secret: String,
@@ -79,24 +132,16 @@ impl Client {
         let nonce = format!("{}{:012}", self.nonce_prefix, self.nonces.fetch_add(1, Ordering::Relaxed));
         let canonical = gateway::auth::canonical(method, path, &timestamp, &nonce, body.as_bytes());
         let signature = gateway::secrets::hmac_hex(self.secret.as_bytes(), canonical.as_bytes());
-        let request = self
-            .agent
-            .request(method, &format!("{}{path}", self.base))
-            .set("X-Platform-Id", &self.platform)
-            .set("X-Timestamp", &timestamp)
-            .set("X-Nonce", &nonce)
-            .set("X-Signature", &signature)
-            .set("Content-Type", "application/json");
-        let response = if method == "GET" { request.call() } else { request.send_string(body) };
-        let response = match response {
-            Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(error) => return Err(anyhow!("{method} {path}: {error}")),
-        };
-        let status = response.status();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).with_context(|| format!("{method} {path}: reading the body"))?;
-        Ok((status, bytes))
+        let host = self.base.trim_start_matches("http://");
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nX-Platform-Id: {}\r\nX-Timestamp: {timestamp}\r\nX-Nonce: {nonce}\r\nX-Signature: {signature}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.platform,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body.as_bytes());
+        let mut connection = self.connection.lock().expect("one request at a time per client");
+        connection.exchange(&request).with_context(|| format!("{method} {path}"))
     }
 
     fn post(&self, path: &str, body: &str) -> Result<Value> {
@@ -276,13 +321,16 @@ pub fn run(args: LoadArgs) -> Result<()> {
     }
     let (platform, secret) = create_platform(&args)?;
     println!("platform: {platform} ({} accounts, {} orders, mode {:?}, concurrency {})", args.accounts, args.orders, args.mode, args.concurrency);
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let address = args.url.trim_end_matches('/').strip_prefix("http://").ok_or_else(|| anyhow!("--url must be http://HOST:PORT"))?.to_string();
     let clients: Vec<Client> = (0..args.concurrency)
         .map(|index| Client {
-            agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build(),
+            connection: std::sync::Mutex::new(Connection { address: address.clone(), stream: None, buffer: Vec::new() }),
             base: args.url.trim_end_matches('/').to_string(),
             platform: platform.clone(),
             secret: secret.clone(),
-            nonce_prefix: format!("load{}t{index}x", args.seed),
+            // Unique per run: nonces are remembered by the server for the signing window.
+            nonce_prefix: format!("L{run}T{index}X"),
             nonces: AtomicU64::new(0),
         })
         .collect();

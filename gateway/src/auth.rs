@@ -15,27 +15,60 @@ use crate::secrets::hmac_hex;
 pub const TIMESTAMP_WINDOW_SECONDS: i64 = 300;
 
 /// Nonces seen within the window, per platform; bounded.
+///
+/// A nonce is refused while the request that first used it has its timestamp inside the
+/// window (a replay of that request carries the same timestamp, and requests outside the
+/// window are refused before the nonce is looked at). Nonces are kept as 128-bit hashes of
+/// (platform, nonce) with that timestamp, and listed per timestamp second so that whole
+/// seconds are forgotten at once as they leave the window: no allocation per request and no
+/// scan of the whole cache.
 pub struct NonceCache {
-    seen: Mutex<HashMap<(u32, String), i64>>,
+    seen: Mutex<Seen>,
     entries_max: usize,
+}
+
+#[derive(Default)]
+struct Seen {
+    by_hash: HashMap<u128, i64, rustc_hash::FxBuildHasher>,
+    by_second: std::collections::BTreeMap<i64, Vec<u128>>,
 }
 
 impl NonceCache {
     /// A cache holding at most `entries_max` nonces.
     pub fn new(entries_max: usize) -> NonceCache {
-        NonceCache { seen: Mutex::new(HashMap::new()), entries_max }
+        NonceCache { seen: Mutex::new(Seen::default()), entries_max }
     }
 
-    /// Records a nonce; false if it was already seen within the window.
-    fn remember(&self, platform: u32, nonce: &str, now: i64) -> Result<bool, ApiError> {
+    /// Records the nonce of a request signed at `timestamp` (already checked to be within the
+    /// window of `now`); false if it was seen before.
+    fn remember(&self, platform: u32, nonce: &str, timestamp: i64, now: i64) -> Result<bool, ApiError> {
+        let mut key = [0u8; 4 + 64];
+        key[..4].copy_from_slice(&platform.to_le_bytes());
+        let length = nonce.len().min(64);
+        key[4..4 + length].copy_from_slice(&nonce.as_bytes()[..length]);
+        let hash = xxhash_rust::xxh3::xxh3_128(&key[..4 + length]);
         let mut seen = self.seen.lock().expect("nonce lock");
-        if seen.len() >= self.entries_max {
-            seen.retain(|_, at| now - *at <= 2 * TIMESTAMP_WINDOW_SECONDS);
-            if seen.len() >= self.entries_max {
-                return Err(ApiError::unavailable("too many requests within the signing window".into()));
+        let seen = &mut *seen;
+        while let Some(entry) = seen.by_second.first_entry() {
+            if *entry.key() >= now - TIMESTAMP_WINDOW_SECONDS {
+                break;
+            }
+            let second = *entry.key();
+            for old in entry.remove() {
+                if seen.by_hash.get(&old) == Some(&second) {
+                    seen.by_hash.remove(&old);
+                }
             }
         }
-        Ok(seen.insert((platform, nonce.to_string()), now).is_none())
+        if seen.by_hash.contains_key(&hash) {
+            return Ok(false);
+        }
+        if seen.by_hash.len() >= self.entries_max {
+            return Err(ApiError::unavailable("too many requests within the signing window".into()));
+        }
+        seen.by_hash.insert(hash, timestamp);
+        seen.by_second.entry(timestamp).or_default().push(hash);
+        Ok(true)
     }
 }
 
@@ -74,7 +107,7 @@ pub fn authenticate(request: &HttpRequest, body: &[u8], platforms: &Platforms, n
     if !constant_time_equal(expected.as_bytes(), signature.to_ascii_lowercase().as_bytes()) {
         return Err(ApiError::unauthenticated("bad signature"));
     }
-    if !nonces.remember(platform.id, nonce, now)? {
+    if !nonces.remember(platform.id, nonce, seconds, now)? {
         return Err(ApiError::new(401, "replayed_request", "this nonce was already used"));
     }
     Ok(platform)
@@ -87,4 +120,22 @@ pub fn constant_time_equal(a: &[u8], b: &[u8]) -> bool {
         difference |= byte ^ b.get(index).copied().unwrap_or(0);
     }
     difference == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonces_are_refused_within_the_window_forgotten_after_it_and_bounded() {
+        let cache = NonceCache::new(3);
+        let nonce = "abcdefghijklmnop";
+        assert_eq!(cache.remember(1, nonce, 1_000, 1_000), Ok(true));
+        assert_eq!(cache.remember(1, nonce, 1_000, 1_200), Ok(false), "a replay");
+        assert_eq!(cache.remember(1, nonce, 1_250, 1_250), Ok(false), "the same nonce re-signed within the window");
+        assert_eq!(cache.remember(2, nonce, 1_250, 1_250), Ok(true), "nonces are per platform");
+        assert_eq!(cache.remember(1, nonce, 1_301, 1_301), Ok(true), "forgotten once the first use left the window");
+        assert_eq!(cache.remember(1, "bcdefghijklmnopq", 1_301, 1_301), Ok(true));
+        assert_eq!(cache.remember(1, "cdefghijklmnopqr", 1_301, 1_301).unwrap_err().code, "unavailable", "bounded");
+    }
 }

@@ -21,13 +21,14 @@ pub struct HttpLimits {
     pub body_bytes_max: usize,
     /// Worker threads.
     pub workers: usize,
-    /// Signed-request nonces remembered within the timestamp window.
+    /// Signed-request nonces remembered within the timestamp window (about 40 bytes each: the
+    /// default holds ten minutes of 25,000 requests per second).
     pub nonces_max: usize,
 }
 
 impl Default for HttpLimits {
     fn default() -> HttpLimits {
-        HttpLimits { connections_max: 1024, body_bytes_max: 16 << 20, workers: 2, nonces_max: 1 << 20 }
+        HttpLimits { connections_max: 1024, body_bytes_max: 16 << 20, workers: 2, nonces_max: 16 << 20 }
     }
 }
 
