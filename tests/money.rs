@@ -282,3 +282,81 @@ fn a_pending_recharge_survives_kill_9_and_completes_after_restart() {
     assert_eq!((replay.0, replay.1, &replay.2), (201, true, &order), "the acknowledged order replays after the crash");
     fast.stop();
 }
+
+#[test]
+fn bulk_answers_each_operation_and_bounds_the_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-7";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Bulk\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let b = p.account(&p.member("m-b", "Li Si"));
+    p.fund(&a, "10.00", "r-1");
+    let payment = |number: &str, amount: &str| {
+        json!({"op": "payment", "body": {"out_order_no": number, "payer_account_id": a, "mode": "balance", "amount": amount, "currency": "CNY", "payees": [{"account_id": b, "amount": amount}]}})
+    };
+    let operations = json!({"operations": [
+        payment("b-1", "3.00"),
+        payment("b-2", "0.001"),
+        {"op": "teleport", "body": {}},
+        payment("b-3", "7.01"),
+        payment("b-1", "3.00"),
+        {"op": "recharge", "body": {"out_order_no": "b-r", "account_id": b, "amount": "1.00", "currency": "CNY"}},
+        {"op": "freeze", "body": {"out_order_no": "b-f", "account_id": a, "amount": "1.00", "currency": "CNY", "reason": "check", "colour": "red"}},
+    ]});
+    let (status, _, reply) = p.post("/v1/bulk", &operations);
+    assert_eq!(status, 200, "{reply}");
+    let results = reply["results"].as_array().unwrap();
+    let summary: Vec<(u64, Option<&str>, Option<&str>)> =
+        results.iter().map(|r| (r["status"].as_u64().unwrap(), r["body"]["status"].as_str(), r["body"]["error"]["code"].as_str())).collect();
+    assert_eq!(
+        summary,
+        vec![
+            (201, Some("succeeded"), None),
+            (400, None, Some("invalid_amount")),
+            (400, None, Some("invalid_request")),
+            (422, None, Some("insufficient_funds")),
+            (201, Some("succeeded"), None),
+            (201, Some("pending"), None),
+            (400, None, Some("invalid_request")),
+        ],
+        "{reply}"
+    );
+    assert_eq!(results[4]["replayed"], true, "the same order number within one request replays");
+    assert_eq!(results[0]["body"]["order_id"], results[4]["body"]["order_id"]);
+    assert_eq!(p.balances(&a).0, "7.00");
+
+    let too_many: Vec<serde_json::Value> = (0..8190).map(|i| payment(&format!("t-{i}"), "0.01")).collect();
+    assert_eq!(error_of(&p.post("/v1/bulk", &json!({"operations": too_many}))), (400, Some("too_many_operations")));
+    assert_eq!(error_of(&p.post("/v1/bulk", &json!({"operations": []}))), (400, Some("invalid_request")));
+    assert_eq!(error_of(&p.post("/v1/bulk", &json!({"ops": []}))), (400, Some("invalid_request")));
+    assert_eq!(p.balances(&a).0, "7.00", "a refused request moves nothing");
+    let most: Vec<serde_json::Value> = (0..8189).map(|i| payment(&format!("m-{i}"), "0.01")).collect();
+    let (status, _, reply) = p.post("/v1/bulk", &json!({"operations": most}));
+    assert_eq!(status, 200);
+    let accepted = reply["results"].as_array().unwrap().iter().filter(|r| r["status"] == 201).count();
+    assert_eq!(accepted, 700, "7.00 pays 700 orders of 0.01; the rest are refused one by one");
+    assert_eq!(p.balances(&a).0, "0.00");
+    server.stop();
+}
+
+#[test]
+fn the_load_generator_drives_a_server_in_both_modes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-8";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    for mode in ["single", "bulk"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_clearing"))
+            .args(["load", "--url", &server.base, "--admin-token", token, "--mode", mode, "--concurrency", "4", "--orders", "300", "--accounts", "20"])
+            .output()
+            .expect("run the load generator");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{mode}: {stdout} {}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("orders: 300 accepted, 0 refused"), "{stdout}");
+        assert!(stdout.lines().any(|l| l.starts_with("orders_per_second: ")), "{stdout}");
+        assert!(stdout.lines().any(|l| l.starts_with("latency_ms p50 p99 p100: ")), "{stdout}");
+    }
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}
