@@ -360,3 +360,128 @@ fn the_load_generator_drives_a_server_in_both_modes() {
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
 }
+
+/// Reads the micro-deposit on a card's statement at the simulated bank, as its holder would.
+fn micro_deposit(server: &Server, card_no: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, statement) = server.get(&format!("/sim/cards/{card_no}/transactions"), None);
+        assert_eq!(status, 200);
+        if let Some(line) = statement["transactions"].as_array().unwrap().iter().find(|t| t["remark"] == "card verification deposit") {
+            return line["amount"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no micro-deposit on {card_no}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn wrong_amount(right: &str) -> String {
+    if right == "0.01" { "0.02".into() } else { "0.01".into() }
+}
+
+#[test]
+fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_tries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-9";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Cards\"}");
+    let member = p.member("m-a", "Zhang San");
+    let a = p.account(&member);
+    let bind = |number: &str, card: &str, name: &str, id: &str| {
+        p.post(&format!("/v1/accounts/{a}/cards"), &json!({"out_order_no": number, "card_no": card, "holder_name": name, "id_number": id, "phone": "13800138000"}))
+    };
+    let cases = [
+        (bind("c-0", "4111111111111112", "Zhang San", "11010519491231002X"), 400, "invalid_card_no"),
+        (bind("c-0", "4111111111111111", "Li Si", "11010519491231002X"), 422, "identity_mismatch"),
+        (bind("c-0", "4111111111111111", "Zhang San", "110105194912310021"), 422, "identity_mismatch"),
+    ];
+    for (reply, status, code) in &cases {
+        assert_eq!(error_of(reply), (*status, Some(*code)), "{}", reply.2);
+    }
+    let (status, replayed, card) = bind("c-1", "4111111111111111", "Zhang San", "11010519491231002x");
+    assert_eq!((status, replayed, card["status"].as_str()), (201, false, Some("pending_verification")), "{card}");
+    assert_eq!(bind("c-1", "4111111111111111", "Zhang San", "11010519491231002x"), (201, true, card.clone()));
+    let card_id = card["card_id"].as_str().unwrap().to_string();
+    let deposit = micro_deposit(&server, "4111111111111111");
+    assert!(deposit.starts_with("0."), "{deposit}");
+    let verify = |card_id: &str, amount: &str| p.post(&format!("/v1/accounts/{a}/cards/{card_id}/verify"), &json!({"amount": amount}));
+    assert_eq!(error_of(&verify(&card_id, &wrong_amount(&deposit))), (422, Some("verification_failed")));
+    let (status, _, verified) = verify(&card_id, &deposit);
+    assert_eq!((status, verified["status"].as_str()), (200, Some("verified")), "{verified}");
+
+    // A second card, three wrong tries: locked, even for the right amount.
+    let (_, _, second) = bind("c-2", "5555555555554444", "Zhang San", "11010519491231002X");
+    let second_id = second["card_id"].as_str().unwrap().to_string();
+    let right = micro_deposit(&server, "5555555555554444");
+    assert_eq!(error_of(&verify(&second_id, &wrong_amount(&right))), (422, Some("verification_failed")));
+    assert_eq!(error_of(&verify(&second_id, &wrong_amount(&right))), (422, Some("verification_failed")));
+    assert_eq!(error_of(&verify(&second_id, &wrong_amount(&right))), (422, Some("card_locked")));
+    assert_eq!(error_of(&verify(&second_id, &right)), (422, Some("card_locked")));
+
+    // Withdrawals go only to verified cards; the fee is charged on top; over 50,000.00 alerts.
+    p.fund(&a, "60000.00", "r-1");
+    let withdraw = |number: &str, card: &str, amount: &str, arrival: &str| {
+        p.post("/v1/withdrawals", &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": amount, "currency": "CNY", "arrival": arrival}))
+    };
+    assert_eq!(error_of(&withdraw("w-0", &second_id, "1.00", "realtime")), (422, Some("card_not_verified")));
+    assert_eq!(error_of(&withdraw("w-0", &card_id, "60000.00", "realtime")), (422, Some("insufficient_funds")), "60,000 + fee is more than 60,000");
+    let (status, _, first) = withdraw("w-1", &card_id, "1000.00", "realtime");
+    assert_eq!((status, first["status"].as_str(), first["fee"].as_str(), first["channel"].as_str()), (201, Some("processing"), Some("1.00"), Some("sim_realtime")), "{first}");
+    let (status, _, large) = withdraw("w-2", &card_id, "50000.01", "standard");
+    assert_eq!((status, large["fee"].as_str()), (201, Some("0.00")), "{large}");
+    p.wait_order(first["order_id"].as_str().unwrap(), "succeeded");
+    p.wait_order(large["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!(p.balances(&a).0, "8998.99");
+    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    let amounts: Vec<&str> = statement["transactions"].as_array().unwrap().iter().map(|t| t["amount"].as_str().unwrap()).collect();
+    assert!(amounts.contains(&"1000.00") && amounts.contains(&"50000.01"), "{statement}");
+    let (_, notes) = p.get(&format!("/v1/members/{member}/notifications"));
+    let alerts: Vec<&serde_json::Value> = notes["notifications"].as_array().unwrap().iter().filter(|n| n["kind"] == "large_withdrawal_alert").collect();
+    assert_eq!(alerts.len(), 1, "{notes}");
+    assert_eq!(alerts[0]["order_id"], large["order_id"]);
+
+    // Unbinding: the card takes no more withdrawals.
+    let (status, _) = {
+        let t = now();
+        let path = format!("/v1/accounts/{a}/cards/{card_id}");
+        let nonce = fresh_nonce();
+        let request = ureq::delete(&format!("{}{path}", server.base))
+            .set("X-Platform-Id", &p.platform)
+            .set("X-Timestamp", &t.to_string())
+            .set("X-Nonce", &nonce)
+            .set("X-Signature", &sign(&p.secret, "DELETE", &path, t, &nonce, b""));
+        let response = answer(request.call(), "unbind");
+        (response.status(), ())
+    };
+    assert_eq!(status, 200);
+    assert_eq!(error_of(&withdraw("w-3", &card_id, "1.00", "realtime")), (404, Some("not_found")));
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}
+
+#[test]
+fn a_failed_withdrawal_returns_amount_and_fee() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-10";
+    // Recharges need to succeed first: the failure share is turned on after funding, by restarting.
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Payouts\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "100.00", "r-1");
+    let (_, _, card) = p.post(&format!("/v1/accounts/{a}/cards"), &json!({"out_order_no": "c-1", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}));
+    let card_id = card["card_id"].as_str().unwrap().to_string();
+    let deposit = micro_deposit(&server, "4111111111111111");
+    assert_eq!(p.post(&format!("/v1/accounts/{a}/cards/{card_id}/verify"), &json!({"amount": deposit})).0, 200);
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+    let failing = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]));
+    let p = Client { server: &failing, platform, secret };
+    let (status, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": a, "card_id": card_id, "amount": "50.00", "currency": "CNY", "arrival": "realtime"}));
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(p.balances(&a).0, "49.00", "amount and fee reserved");
+    p.wait_order(order["order_id"].as_str().unwrap(), "failed");
+    assert_eq!(p.balances(&a).0, "100.00", "amount and fee returned");
+    failing.stop();
+}

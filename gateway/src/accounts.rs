@@ -143,10 +143,23 @@ async fn show_account(signed: Signed, path: web::Path<String>, engine: web::Data
 
 /// The member owning customer account `id` of `platform` (404 when it is not the platform's).
 pub async fn owner_of(engine: &Arc<Engine>, platform: u32, id: AccountId) -> Result<u64, ApiError> {
+    Ok(account_of(engine, platform, id).await?.0)
+}
+
+/// The owning member and currency of customer account `id` of `platform` (404 otherwise).
+pub async fn account_of(engine: &Arc<Engine>, platform: u32, id: AccountId) -> Result<(u64, CurrencyId, engine::money::CurrencySpec), ApiError> {
     let shard = id.shard(engine.config().shard_count);
     let engine = engine.clone();
-    let owner = blocking(move || engine.read_shard(shard, move |state| state.account(id).filter(|a| a.kind == AccountKind::Customer && a.platform == platform).map(|a| a.owner))).await??;
-    owner.ok_or(ApiError { param: Some("account_id"), ..ApiError::not_found() })
+    let found = blocking(move || {
+        engine.read_shard(shard, move |state| {
+            state
+                .account(id)
+                .filter(|a| a.kind == AccountKind::Customer && a.platform == platform)
+                .map(|a| (a.owner, a.currency, state.currencies[a.currency.0 as usize]))
+        })
+    })
+    .await??;
+    found.ok_or(ApiError { param: Some("account_id"), ..ApiError::not_found() })
 }
 
 /// Registers the account routes.

@@ -62,6 +62,8 @@ pub struct Services {
     pub members: Arc<Members>,
     pub passwords: Arc<crate::passwords::Passwords>,
     pub simulator: crate::simulator::Simulator,
+    pub cards: Arc<crate::cards::Cards>,
+    pub notifications: Arc<crate::notifications::Notifications>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -82,7 +84,9 @@ impl Services {
             token,
             platforms: Arc::new(Platforms::load(store.clone(), master_key)?),
             members: Arc::new(Members::load(store.clone())?),
-            passwords: Arc::new(crate::passwords::Passwords::load(store)?),
+            passwords: Arc::new(crate::passwords::Passwords::load(store.clone())?),
+            cards: Arc::new(crate::cards::Cards::load(store.clone())?),
+            notifications: Arc::new(crate::notifications::Notifications::load(store)?),
             metrics,
         })
     }
@@ -97,9 +101,11 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let members = web::Data::new(services.members);
     let passwords = web::Data::new(services.passwords);
     let simulator = web::Data::new(services.simulator);
+    let cards = web::Data::new(services.cards);
+    let notifications = web::Data::new(services.notifications);
     let metrics = web::Data::new(services.metrics);
     let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
-    let (engine_at_start, simulator_at_start) = (engine.get_ref().clone(), simulator.get_ref().clone());
+    let (engine_at_start, simulator_at_start, cards_at_start) = (engine.get_ref().clone(), simulator.get_ref().clone(), cards.get_ref().clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(engine.clone())
@@ -108,6 +114,8 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(members.clone())
             .app_data(passwords.clone())
             .app_data(simulator.clone())
+            .app_data(cards.clone())
+            .app_data(notifications.clone())
             .app_data(metrics.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
@@ -127,6 +135,9 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .configure(crate::orders::routes)
             .configure(crate::recharges::routes)
             .configure(crate::bulk::routes)
+            .configure(crate::cards::routes)
+            .configure(crate::withdrawals::routes)
+            .configure(crate::notifications::routes)
             .configure(crate::simulator::routes)
             .configure(crate::metrics::routes)
             .default_service(web::to(|| async { Err::<HttpResponse, ApiError>(ApiError::not_found()) }))
@@ -139,7 +150,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
         simulator_at_start.set_callback_url(format!("http://{address}/channels/simulator/callback"));
     }
     // Orders that waited for the simulator's verdict when the server last stopped.
-    let resumed = simulator_at_start.resume(&engine_at_start, |_, _| None).map_err(std::io::Error::other)?;
+    let resumed = simulator_at_start.resume(&engine_at_start, |platform, number| cards_at_start.withdrawal_card_no(platform, number)).map_err(std::io::Error::other)?;
     if resumed > 0 {
         println!("simulator: {resumed} orders waiting for a verdict were sent again");
     }

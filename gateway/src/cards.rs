@@ -1,0 +1,295 @@
+//! Bank cards bound to accounts (API.md): the four-element check (Luhn on the card number, the
+//! holder's name and id number match the member, a valid phone), then a micro-deposit of a
+//! random amount below 1.00 through the bank simulator that the member reads on their card's
+//! statement and reports back; three wrong tries lock the card. Withdrawals go only to
+//! verified cards.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{delete, get, post, web, HttpResponse};
+use engine::ledger::types::AccountId;
+use engine::Engine;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use storage::Store;
+
+use crate::accounts::{account_of, luhn_check_digit, parse_account_id, public_account_id};
+use crate::error::{blocking, ApiError};
+use crate::members::Members;
+use crate::simulator::{Simulator, Work};
+use crate::v1::Signed;
+
+/// Wrong verification amounts that lock a card.
+pub const VERIFY_TRIES_MAX: u8 = 3;
+const PREFIX: &str = "c/";
+
+/// A card as the gateway keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Card {
+    pub id: u64,
+    pub platform: u32,
+    pub account: u64,
+    pub card_no: String,
+    pub holder_name: String,
+    /// `pending_verification`, `verified`, `locked` or `unbound`.
+    pub status: String,
+    /// The micro-deposit in minor units (the member reads it at their bank).
+    pub deposit_minor: i64,
+    pub tries: u8,
+    pub out_order_no: String,
+    /// SHA-256 of the binding request, to tell a replay from a conflicting reuse.
+    pub content: String,
+}
+
+impl Card {
+    /// The card id as the API shows it.
+    pub fn public_id(&self) -> String {
+        format!("card_{}", self.id)
+    }
+
+    fn view(&self) -> serde_json::Value {
+        let masked = format!("{}****{}", &self.card_no[..4], &self.card_no[self.card_no.len() - 4..]);
+        serde_json::json!({"card_id": self.public_id(), "account_id": public_account_id(AccountId(self.account)), "card_no_masked": masked, "holder_name": self.holder_name, "status": self.status})
+    }
+}
+
+/// Every card, loaded at start and written through.
+pub struct Cards {
+    store: Arc<dyn Store>,
+    state: Mutex<CardsState>,
+}
+
+#[derive(Default)]
+struct CardsState {
+    by_id: HashMap<u64, Card>,
+    by_order: HashMap<(u32, String), u64>,
+    /// Which card each withdrawal (platform, out_order_no) pays out to.
+    withdrawals: HashMap<(u32, String), u64>,
+    highest_id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WithdrawalCard {
+    card: u64,
+}
+
+fn withdrawal_key(platform: u32, out_order_no: &str) -> Vec<u8> {
+    format!("x/{platform}/{out_order_no}").into_bytes()
+}
+
+/// A card number: 12 to 19 digits with a valid Luhn check digit.
+pub fn valid_card_no(text: &str) -> bool {
+    (12..=19).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && luhn_check_digit(&text[..text.len() - 1]) == text.as_bytes()[text.len() - 1] - b'0'
+}
+
+impl Cards {
+    /// Loads every stored card and withdrawal card.
+    pub fn load(store: Arc<dyn Store>) -> Result<Cards, String> {
+        let mut state = CardsState::default();
+        for (_, card) in crate::records::load_all::<Card>(store.as_ref(), PREFIX.as_bytes())? {
+            state.highest_id = state.highest_id.max(card.id);
+            state.by_order.insert((card.platform, card.out_order_no.clone()), card.id);
+            state.by_id.insert(card.id, card);
+        }
+        for (rest, record) in crate::records::load_all::<WithdrawalCard>(store.as_ref(), b"x/")? {
+            let rest = String::from_utf8_lossy(&rest).into_owned();
+            let (platform, number) = rest.split_once('/').ok_or("corrupt withdrawal card key")?;
+            state.withdrawals.insert((platform.parse().map_err(|_| "corrupt withdrawal card key")?, number.to_string()), record.card);
+        }
+        Ok(Cards { store, state: Mutex::new(state) })
+    }
+
+    fn save(&self, card: &Card) -> Result<(), ApiError> {
+        crate::records::put(self.store.as_ref(), &[(crate::records::key(PREFIX, card.id), card)])
+    }
+
+    /// The card `id` of `account` of `platform`.
+    pub fn get(&self, platform: u32, account: AccountId, id: u64) -> Option<Card> {
+        self.state.lock().expect("cards lock").by_id.get(&id).filter(|c| c.platform == platform && c.account == account.0).cloned()
+    }
+
+    /// Durably notes which card a withdrawal pays out to (before the withdrawal is submitted).
+    pub fn note_withdrawal(&self, platform: u32, out_order_no: &str, card: u64) -> Result<(), ApiError> {
+        let key = (platform, out_order_no.to_string());
+        match self.state.lock().expect("cards lock").withdrawals.get(&key) {
+            Some(noted) if *noted == card => return Ok(()),
+            // The order number names a withdrawal to another card: a conflicting reuse.
+            Some(_) => return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body")),
+            None => {}
+        }
+        crate::records::put(self.store.as_ref(), &[(withdrawal_key(platform, out_order_no), &WithdrawalCard { card })])?;
+        self.state.lock().expect("cards lock").withdrawals.insert(key, card);
+        Ok(())
+    }
+
+    /// The card number a withdrawal pays out to.
+    pub fn withdrawal_card_no(&self, platform: u32, out_order_no: &str) -> Option<String> {
+        let state = self.state.lock().expect("cards lock");
+        let card = state.withdrawals.get(&(platform, out_order_no.to_string()))?;
+        state.by_id.get(card).map(|c| c.card_no.clone())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindBody {
+    out_order_no: String,
+    card_no: String,
+    holder_name: String,
+    id_number: String,
+    phone: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    amount: String,
+}
+
+fn parse_card_id(text: &str) -> Option<u64> {
+    crate::ids::parse_prefixed(text, "card_")
+}
+
+#[post("/v1/accounts/{account_id}/cards")]
+async fn bind(
+    signed: Signed,
+    path: web::Path<String>,
+    engine: web::Data<Arc<Engine>>,
+    members: web::Data<Arc<Members>>,
+    cards: web::Data<Arc<Cards>>,
+    simulator: web::Data<Simulator>,
+) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<BindBody>()?;
+    let platform = signed.platform.id;
+    let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
+    let (owner, _, spec) = account_of(&engine, platform, account).await?;
+    crate::orders::out_order_no(&body.out_order_no, "out_order_no")?;
+    let content = hex::encode(Sha256::digest(format!("{}\n{}", account.0, serde_json::to_string(&body).expect("serializes"))));
+    let existing = {
+        let state = cards.state.lock().expect("cards lock");
+        state.by_order.get(&(platform, body.out_order_no.clone())).and_then(|id| state.by_id.get(id)).cloned()
+    };
+    if let Some(card) = existing {
+        if card.content != content {
+            return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
+        }
+        return Ok(HttpResponse::Created().insert_header(("Idempotent-Replay", "true")).json(card.view()));
+    }
+    if !valid_card_no(&body.card_no) {
+        return Err(ApiError { param: Some("card_no"), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
+    }
+    if !crate::identity::valid_phone(&body.phone) {
+        return Err(ApiError::invalid("phone must be a mainland mobile number of 11 digits", "phone"));
+    }
+    let member = members.get(platform, owner).ok_or_else(ApiError::not_found)?;
+    if member.name != body.holder_name.trim() || member.id_number != body.id_number.to_ascii_uppercase() {
+        return Err(ApiError::new(422, "identity_mismatch", "the holder's name and id number must be the account member's"));
+    }
+    // Below 1.00 and at least one minor unit, in the account's currency.
+    let deposit_minor = rand::thread_rng().gen_range(1..10i64.pow(spec.exponent as u32).max(2));
+    let card = {
+        let mut state = cards.state.lock().expect("cards lock");
+        state.highest_id += 1;
+        Card {
+            id: state.highest_id,
+            platform,
+            account: account.0,
+            card_no: body.card_no.clone(),
+            holder_name: member.name.clone(),
+            status: "pending_verification".into(),
+            deposit_minor,
+            tries: 0,
+            out_order_no: body.out_order_no.clone(),
+            content,
+        }
+    };
+    let (store_cards, saved) = (cards.get_ref().clone(), card.clone());
+    blocking(move || store_cards.save(&saved)).await??;
+    {
+        let mut state = cards.state.lock().expect("cards lock");
+        state.by_order.insert((platform, card.out_order_no.clone()), card.id);
+        state.by_id.insert(card.id, card.clone());
+    }
+    simulator.submit(Work::MicroDeposit { card_no: card.card_no.clone() }, spec.format(deposit_minor));
+    Ok(HttpResponse::Created().json(card.view()))
+}
+
+#[post("/v1/accounts/{account_id}/cards/{card_id}/verify")]
+async fn verify(signed: Signed, path: web::Path<(String, String)>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<VerifyBody>()?;
+    let platform = signed.platform.id;
+    let account = parse_account_id(&path.0).ok_or_else(ApiError::not_found)?;
+    let (_, _, spec) = account_of(&engine, platform, account).await?;
+    let mut card = parse_card_id(&path.1).and_then(|id| cards.get(platform, account, id)).ok_or_else(ApiError::not_found)?;
+    match card.status.as_str() {
+        "verified" => return Ok(HttpResponse::Ok().json(card.view())),
+        "locked" => return Err(ApiError::new(422, "card_locked", "three wrong amounts locked this card; bind it again")),
+        "unbound" => return Err(ApiError::not_found()),
+        _ => {}
+    }
+    let amount = crate::orders::amount(&body.amount, &spec, "amount")?;
+    let right = amount == card.deposit_minor;
+    if right {
+        card.status = "verified".into();
+    } else {
+        card.tries += 1;
+        if card.tries >= VERIFY_TRIES_MAX {
+            card.status = "locked".into();
+        }
+    }
+    let (store_cards, saved) = (cards.get_ref().clone(), card.clone());
+    blocking(move || store_cards.save(&saved)).await??;
+    cards.state.lock().expect("cards lock").by_id.insert(card.id, card.clone());
+    match (right, card.status.as_str()) {
+        (true, _) => Ok(HttpResponse::Ok().json(card.view())),
+        (false, "locked") => Err(ApiError::new(422, "card_locked", "three wrong amounts locked this card; bind it again")),
+        (false, _) => Err(ApiError { param: Some("amount"), ..ApiError::new(422, "verification_failed", "that is not the amount deposited") }),
+    }
+}
+
+#[delete("/v1/accounts/{account_id}/cards/{card_id}")]
+async fn unbind(signed: Signed, path: web::Path<(String, String)>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
+    let platform = signed.platform.id;
+    let account = parse_account_id(&path.0).ok_or_else(ApiError::not_found)?;
+    account_of(&engine, platform, account).await?;
+    let mut card = parse_card_id(&path.1).and_then(|id| cards.get(platform, account, id)).filter(|c| c.status != "unbound").ok_or_else(ApiError::not_found)?;
+    card.status = "unbound".into();
+    let (store_cards, saved) = (cards.get_ref().clone(), card.clone());
+    blocking(move || store_cards.save(&saved)).await??;
+    cards.state.lock().expect("cards lock").by_id.insert(card.id, card.clone());
+    Ok(HttpResponse::Ok().json(card.view()))
+}
+
+/// `GET /v1/accounts/{account_id}/cards` (an addition to API.md): the account's cards.
+#[get("/v1/accounts/{account_id}/cards")]
+async fn list(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
+    let platform = signed.platform.id;
+    let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
+    account_of(&engine, platform, account).await?;
+    let mut found: Vec<Card> = cards.state.lock().expect("cards lock").by_id.values().filter(|c| c.platform == platform && c.account == account.0).cloned().collect();
+    found.sort_by_key(|c| c.id);
+    let views: Vec<serde_json::Value> = found.iter().map(Card::view).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"cards": views})))
+}
+
+/// Registers the card routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(bind).service(verify).service(unbind).service(list);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_numbers_table() {
+        let cases = [("6222020200112233441", false), ("4111111111111111", true), ("4111111111111112", false), ("41111111111", false), ("411111111111111a", false)];
+        for (number, valid) in cases {
+            assert_eq!(valid_card_no(number), valid, "{number}");
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! `POST /v1/withdrawals` (API.md): money out to a verified card. The account is debited
+//! `amount + fee` from `withdrawable` at once (`processing`); the channel's callback makes the
+//! order `succeeded`, or `failed` with the funds and fee returned. The channel is a simple
+//! choice by requested arrival (routing proper is the clearing issue): `realtime` takes the
+//! fee-charging real-time channel, `standard` (the default) the free next-day one. Over
+//! 50,000.00 the member gets an alert.
+
+use std::sync::Arc;
+
+use actix_web::{post, web, HttpResponse};
+use engine::ledger::command::{Command, Envelope};
+use engine::ledger::types::OrderId;
+use engine::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::account_of;
+use crate::cards::Cards;
+use crate::channels;
+use crate::error::{blocking, ApiError};
+use crate::members::Members;
+use crate::notifications::Notifications;
+use crate::orders::{account, amount, currency, out_order_no, Fields, Prepared};
+use crate::simulator::{Simulator, Work};
+use crate::v1::Signed;
+
+/// Withdrawals above this many major units alert the member (API.md).
+pub const ALERT_ABOVE_MAJOR: i64 = 50_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WithdrawalBody {
+    out_order_no: String,
+    account_id: String,
+    card_id: String,
+    amount: String,
+    currency: String,
+    arrival: Option<String>,
+}
+
+#[post("/v1/withdrawals")]
+#[allow(clippy::too_many_arguments)]
+async fn create_withdrawal(
+    signed: Signed,
+    engine: web::Data<Arc<Engine>>,
+    cards: web::Data<Arc<Cards>>,
+    members: web::Data<Arc<Members>>,
+    notifications: web::Data<Arc<Notifications>>,
+    simulator: web::Data<Simulator>,
+) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<WithdrawalBody>()?;
+    let platform = signed.platform.id;
+    let number = out_order_no(&body.out_order_no, "out_order_no")?;
+    let (currency_id, spec) = currency(&engine, &body.currency)?;
+    let minor = amount(&body.amount, &spec, "amount")?;
+    let target = account(&body.account_id, "account_id")?;
+    let channel = match body.arrival.as_deref() {
+        None | Some("standard") => channels::SIM_STANDARD,
+        Some("realtime") => channels::SIM_REALTIME,
+        Some(_) => return Err(ApiError::invalid("arrival is realtime or standard", "arrival")),
+    };
+    let (owner, _, _) = account_of(&engine, platform, target).await?;
+    let card = crate::ids::parse_prefixed(&body.card_id, "card_")
+        .and_then(|id| cards.get(platform, target, id))
+        .filter(|c| c.status != "unbound")
+        .ok_or(ApiError { param: Some("card_id"), ..ApiError::not_found() })?;
+    if card.status != "verified" {
+        return Err(ApiError { param: Some("card_id"), ..ApiError::new(422, "card_not_verified", "withdrawals go only to verified cards") });
+    }
+    let fee = channel.fee(minor);
+    let mut view = Fields::default();
+    view.value("out_order_no", &body.out_order_no)
+        .value("kind", "withdrawal")
+        .value("amount", &spec.format(minor))
+        .value("currency", &body.currency)
+        .value("account_id", &body.account_id)
+        .value("card_id", &body.card_id)
+        .value("channel", channel.name)
+        .value("fee", &spec.format(fee))
+        .value("arrival", body.arrival.as_deref().unwrap_or("standard"));
+    let command = Command::Withdraw { account: target, currency: currency_id, amount: minor, fee, channel: channel.id };
+    let prepared = Prepared::new(Envelope { platform, out_order_no: Some(number), command }, view, true);
+    // The card is noted before the order exists, so that after a crash the order still knows it.
+    let (noting, card_id) = (cards.get_ref().clone(), card.id);
+    blocking(move || noting.note_withdrawal(platform, number.as_str(), card_id)).await??;
+    let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
+    if reply.is_ok() && !reply.replayed {
+        simulator.submit(Work::Withdrawal { order: OrderId(reply.id), card_no: card.card_no.clone() }, spec.format(minor));
+        if minor > ALERT_ABOVE_MAJOR * 10i64.pow(spec.exponent as u32) {
+            if let Some(member) = members.get(platform, owner) {
+                let text = format!("Alert: a withdrawal of {} {} to your card ending {} is on its way.", spec.format(minor), spec.code_str(), &card.card_no[card.card_no.len() - 4..]);
+                let order_id = Some(crate::orders::public_order_id(OrderId(reply.id)));
+                let notifications = notifications.get_ref().clone();
+                blocking(move || notifications.send(&member, "large_withdrawal_alert", text, order_id)).await??;
+            }
+        }
+    }
+    crate::orders::answer(prepared, &reply)
+}
+
+/// Registers the withdrawal route.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(create_withdrawal);
+}
