@@ -485,3 +485,86 @@ fn a_failed_withdrawal_returns_amount_and_fee() {
     assert_eq!(p.balances(&a).0, "100.00", "amount and fee returned");
     failing.stop();
 }
+
+/// The date `days_ahead` days after today in China Standard Time (the default business day).
+fn business_date(days_ahead: i64) -> String {
+    let days = (now() + 8 * 3600).div_euclid(86_400) + days_ahead;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+fn settle(server: &Server, token: &str, date: &str) -> (u16, serde_json::Value) {
+    let request = ureq::post(&format!("{}/admin/settlements", server.base)).set("Authorization", &format!("Bearer {token}"));
+    let response = answer(request.send_string(&json!({"business_date": date}).to_string()), "settle");
+    (response.status(), response.into_json().expect("JSON"))
+}
+
+#[test]
+fn home_decoration_scenario_from_recharge_to_the_companys_withdrawal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-11";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Home Decor\", \"settlement_cycle_days\": 1, \"auto_confirm_days\": 1}");
+    let homeowner = p.account(&p.member("homeowner", "Zhang San"));
+    let company_member = {
+        let body = json!({"out_order_no": "company", "type": "enterprise", "name": "Acme Decor", "id_number": "91350100M000100Y43", "phone": "13900139000"});
+        let (status, _, member) = p.post("/v1/members", &body);
+        assert_eq!(status, 201, "{member}");
+        member["member_id"].as_str().unwrap().to_string()
+    };
+    let company = p.account(&company_member);
+    let platform_fee = p.account(&p.member("platform", "Home Decor Ltd"));
+
+    // The homeowner recharges and pays the renovation fee into escrow, 5% to the platform.
+    p.fund(&homeowner, "100000.00", "r-1");
+    let fee = json!({"out_order_no": "renovation", "payer_account_id": homeowner, "mode": "guarantee", "amount": "80000.00", "currency": "CNY",
+        "payees": [{"account_id": company, "amount": "76000.00"}], "splits": [{"account_id": platform_fee, "amount": "4000.00"}]});
+    let (_, _, held) = p.post("/v1/payments", &fee);
+    let order = held["order_id"].as_str().unwrap().to_string();
+    // Confirmed in stages as the work is done: design, then materials.
+    for (number, amount) in [("stage-design", "16000.00"), ("stage-materials", "30000.00")] {
+        let (status, _, stage) = p.post(&format!("/v1/payments/{order}/confirm"), &json!({"out_order_no": number, "releases": [{"account_id": company, "amount": amount}]}));
+        assert_eq!((status, stage["status"].as_str()), (200, Some("held")), "{stage}");
+    }
+    assert_eq!(p.balances(&company), ("46000.00".into(), "0.00".into(), "0.00".into(), "46000.00".into()));
+
+    // Settlement for today matures nothing yet (T+1); tomorrow's matures today's income and
+    // auto-confirms what is still held (auto_confirm_days = 1). Re-running changes nothing.
+    let (status, today) = settle(&server, token, &business_date(0));
+    assert_eq!(status, 200, "{today}");
+    assert_eq!(p.balances(&company).1, "0.00");
+    let (_, first) = settle(&server, token, &business_date(1));
+    let row = first["platforms"].as_array().unwrap().iter().find(|r| r["platform_id"] == p.platform.as_str()).unwrap().clone();
+    assert_eq!((row["matured_accounts"].as_u64(), row["auto_confirmed_orders"].as_u64()), (Some(2), Some(1)), "{first}");
+    assert_eq!(p.balances(&company), ("76000.00".into(), "76000.00".into(), "0.00".into(), "0.00".into()));
+    assert_eq!(p.balances(&platform_fee).1, "4000.00");
+    let (_, again) = settle(&server, token, &business_date(1));
+    let row = again["platforms"].as_array().unwrap().iter().find(|r| r["platform_id"] == p.platform.as_str()).unwrap().clone();
+    assert_eq!((row["matured_accounts"].as_u64(), row["auto_confirmed_orders"].as_u64()), (Some(0), Some(0)), "{again}");
+    assert_eq!(settle(&server, token, "2026-13-01").0, 400);
+
+    // The company binds and verifies its card, then withdraws what has settled.
+    let (_, _, card) = p.post(&format!("/v1/accounts/{company}/cards"), &json!({"out_order_no": "card", "card_no": "6222020200112233446", "holder_name": "Acme Decor", "id_number": "91350100M000100Y43", "phone": "13900139000"}));
+    let card_id = card["card_id"].as_str().expect("card bound").to_string();
+    let deposit = micro_deposit(&server, "6222020200112233446");
+    assert_eq!(p.post(&format!("/v1/accounts/{company}/cards/{card_id}/verify"), &json!({"amount": deposit})).0, 200);
+    assert_eq!(error_of(&p.post("/v1/withdrawals", &json!({"out_order_no": "w-0", "account_id": company, "card_id": card_id, "amount": "76000.00", "currency": "CNY", "arrival": "realtime"}))), (422, Some("insufficient_funds")), "the fee comes on top");
+    let (status, _, withdrawal) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": company, "card_id": card_id, "amount": "45975.00", "currency": "CNY", "arrival": "realtime"}));
+    assert_eq!((status, withdrawal["fee"].as_str()), (201, Some("25.00")), "{withdrawal}");
+    p.wait_order(withdrawal["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!(p.balances(&company), ("30000.00".into(), "30000.00".into(), "0.00".into(), "0.00".into()));
+    let (_, statement) = server.get("/sim/cards/6222020200112233446/transactions", None);
+    assert!(statement["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "45975.00"), "{statement}");
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}

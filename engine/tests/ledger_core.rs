@@ -220,6 +220,27 @@ fn guarantee_confirm_cancel_codes() {
 }
 
 #[test]
+fn auto_confirm_releases_old_held_payments_of_the_platform_once() {
+    let mut w = World::new();
+    let payer = w.funded(1, 1_000);
+    let x = w.open(2, Limits::NONE);
+    let old = w.ok(hold(payer, 100, &[(x, 100)]));
+    let staged = w.ok(hold(payer, 50, &[(x, 50)]));
+    w.ok(Command::Confirm { order: OrderId(staged), releases: legs(&[(x, 20)]) });
+    w.now += 1_000_000;
+    let young = w.ok(hold(payer, 10, &[(x, 10)]));
+    let cutoff = w.now;
+    // Another platform's auto-confirm touches nothing of ours.
+    assert_eq!(w.run_as(P + 1, Command::AutoConfirm { created_before: cutoff }).id, 0);
+    let reply = w.run(Command::AutoConfirm { created_before: cutoff });
+    assert_eq!((reply.code, reply.id), (ResultCode::Ok, 2));
+    assert_eq!((w.order(old).status, w.order(staged).status, w.order(young).status), (OrderStatus::Succeeded, OrderStatus::Succeeded, OrderStatus::Held));
+    assert_eq!(w.balances(x), (0, 150, 0));
+    assert_eq!(w.run(Command::AutoConfirm { created_before: cutoff }).id, 0, "running it again changes nothing");
+    w.assert_books_balance();
+}
+
+#[test]
 fn refund_codes_and_status() {
     let mut w = World::new();
     let payer = w.funded(1, 10_000);

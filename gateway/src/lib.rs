@@ -23,6 +23,7 @@ pub mod recharges;
 pub mod records;
 pub mod secrets;
 pub mod server;
+pub mod settlements;
 pub mod simulator;
 pub mod v1;
 pub mod withdrawals;

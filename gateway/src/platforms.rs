@@ -119,6 +119,11 @@ impl Platforms {
         Ok((platform, secret))
     }
 
+    /// Every platform, by id.
+    pub fn all(&self) -> Vec<Platform> {
+        self.by_id.read().expect("platforms lock").values().cloned().collect()
+    }
+
     /// The platform with `id`.
     pub fn get(&self, id: u32) -> Option<Platform> {
         self.by_id.read().expect("platforms lock").get(&id).cloned()

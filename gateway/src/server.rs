@@ -128,6 +128,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .service(healthz)
             .service(readyz)
             .configure(crate::admin::routes)
+            .configure(crate::settlements::routes)
             .configure(crate::v1::routes)
             .configure(crate::accounts::routes)
             .configure(crate::passwords::routes)

@@ -108,6 +108,8 @@ pub enum Command {
     RequestRecharge { account: AccountId, currency: CurrencyId, amount: Minor, channel: u16 },
     /// The channel's verdict on a pending recharge: success credits the account's settled bucket.
     CompleteRecharge { order: OrderId, succeeded: bool },
+    /// Confirms in full every held guarantee payment created before `created_before` (shard-wide).
+    AutoConfirm { created_before: Timestamp },
 }
 
 impl Command {
@@ -133,11 +135,12 @@ impl Command {
             Command::Acknowledge { .. } => 16,
             Command::RequestRecharge { .. } => 17,
             Command::CompleteRecharge { .. } => 18,
+            Command::AutoConfirm { .. } => 19,
         }
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 19] = [
+    pub const KIND_NAMES: [&'static str; 20] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -157,6 +160,7 @@ impl Command {
         "acknowledge",
         "request_recharge",
         "complete_recharge",
+        "auto_confirm",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.

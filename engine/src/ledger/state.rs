@@ -166,6 +166,7 @@ impl ShardState {
                 ops::recharge::request(self, &context, *account, *currency, *amount, *channel)
             }
             Command::CompleteRecharge { order, succeeded } => ops::recharge::complete(self, &context, *order, *succeeded, fx),
+            Command::AutoConfirm { created_before } => ops::guarantee::auto_confirm(self, &context, *created_before, fx),
         };
         if !reply.is_ok() {
             assert_eq!(fx.postings.len(), postings_before, "a rejected command posted");
