@@ -568,3 +568,61 @@ fn home_decoration_scenario_from_recharge_to_the_companys_withdrawal() {
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
 }
+
+#[test]
+fn kill_9_under_http_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-12";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Crash\"}");
+    let accounts: Vec<String> = (0..16).map(|i| p.account(&p.member(&format!("m-{i}"), "Zhang San"))).collect();
+    for (i, account) in accounts.iter().enumerate() {
+        p.fund(account, "1000.00", &format!("r-{i}"));
+    }
+    let (platform, secret, base) = (p.platform.clone(), p.secret.clone(), server.base.clone());
+    drop(p);
+    let acknowledged = std::sync::Mutex::new(Vec::<(String, String, String)>::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for thread in 0..8 {
+            let (accounts, acknowledged, stop, platform, secret, base) = (&accounts, &acknowledged, &stop, &platform, &secret, &base);
+            scope.spawn(move || {
+                let mut sent = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    sent += 1;
+                    let payer = &accounts[(thread * 7 + sent) % accounts.len()];
+                    let payee = &accounts[(thread * 7 + sent + 1) % accounts.len()];
+                    let number = format!("k-{thread}-{sent}");
+                    let body = json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "amount": "0.01", "currency": "CNY",
+                        "payees": [{"account_id": payee, "amount": "0.01"}]}).to_string();
+                    match signed_post_to(base, "/v1/payments", platform, secret, &fresh_nonce(), &body) {
+                        Some((201, _, reply)) => {
+                            acknowledged.lock().unwrap().push((number, body, reply["order_id"].as_str().unwrap().to_string()));
+                        }
+                        Some((status, _, reply)) => panic!("refused: {status} {reply}"),
+                        None => return,
+                    }
+                }
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // SAFETY: plain signal to our own child process.
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGKILL) };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    server.kill();
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(acknowledged.len() > 100, "only {} orders were acknowledged before the kill", acknowledged.len());
+
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client { server: &server, platform, secret };
+    for (number, body, order_id) in &acknowledged {
+        let (status, order) = p.get(&format!("/v1/orders/{order_id}"));
+        assert_eq!((status, order["out_order_no"].as_str(), order["status"].as_str()), (200, Some(number.as_str()), Some("succeeded")), "{order}");
+        let (status, replayed, again) = signed_post(&server, "/v1/payments", &p.platform, &p.secret, &fresh_nonce(), body);
+        assert_eq!((status, replayed, again["order_id"].as_str()), (201, true, Some(order_id.as_str())), "{again}");
+    }
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}

@@ -86,17 +86,27 @@ pub fn create_platform(server: &Server, token: &str, body: &str) -> (u16, serde_
 }
 
 pub fn signed_post(server: &Server, path: &str, platform: &str, secret: &str, nonce: &str, body: &str) -> (u16, bool, serde_json::Value) {
+    signed_post_to(&server.base, path, platform, secret, nonce, body).expect("a response")
+}
+
+/// A signed POST to a server by its base URL; `None` when no response came (e.g. it was killed).
+pub fn signed_post_to(base: &str, path: &str, platform: &str, secret: &str, nonce: &str, body: &str) -> Option<(u16, bool, serde_json::Value)> {
     let t = now();
     let signature = sign(secret, "POST", path, t, nonce, body.as_bytes());
-    let request = ureq::post(&format!("{}{path}", server.base))
+    let request = ureq::post(&format!("{base}{path}"))
         .set("X-Platform-Id", platform)
         .set("X-Timestamp", &t.to_string())
         .set("X-Nonce", nonce)
         .set("X-Signature", &signature)
         .set("Content-Type", "application/json");
-    let response = answer(request.send_string(body), path);
+    let response = match request.send_string(body) {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(_) => return None,
+    };
     let replayed = response.header("Idempotent-Replay") == Some("true");
-    (response.status(), replayed, response.into_json().expect("JSON"))
+    let status = response.status();
+    Some((status, replayed, response.into_json().ok()?))
 }
 
 pub fn signed_get_json(server: &Server, path: &str, platform: &str, secret: &str, nonce: &str) -> (u16, serde_json::Value) {
