@@ -626,3 +626,40 @@ fn kill_9_under_http_load_loses_nothing_acknowledged() {
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
 }
+
+#[test]
+fn batch_payments_are_all_or_none_with_one_password_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-13";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Payroll\", \"require_payment_password\": true}");
+    let payer = p.account(&p.member("m-payer", "Zhang San"));
+    let workers: Vec<String> = (0..3).map(|i| p.account(&p.member(&format!("m-w{i}"), "Li Si"))).collect();
+    p.fund(&payer, "100.00", "r-1");
+    assert_eq!(p.post(&format!("/v1/accounts/{payer}/password"), &json!({"password": "246810"})).0, 200);
+    let batch = |number: &str, amounts: [&str; 3], password: &str| {
+        let orders: Vec<serde_json::Value> = workers
+            .iter()
+            .zip(amounts)
+            .enumerate()
+            .map(|(i, (w, a))| json!({"out_order_no": format!("{number}-{i}"), "amount": a, "payees": [{"account_id": w, "amount": a}]}))
+            .collect();
+        p.post("/v1/batch-payments", &json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "currency": "CNY", "payment_password": password, "orders": orders}))
+    };
+    assert_eq!(error_of(&batch("b-1", ["30.00", "30.00", "40.01"], "246810")), (422, Some("insufficient_funds")));
+    assert_eq!(error_of(&batch("b-1", ["30.00", "30.00", "0.001"], "246810")), (400, Some("invalid_amount")));
+    assert_eq!(error_of(&batch("b-1", ["30.00", "30.00", "40.00"], "000000")), (422, Some("invalid_payment_password")));
+    assert_eq!(p.balances(&payer).0, "100.00", "nothing moved");
+    let (status, replayed, paid) = batch("b-1", ["30.00", "30.00", "40.00"], "246810");
+    assert_eq!((status, replayed, paid["status"].as_str()), (201, false, Some("succeeded")), "{paid}");
+    let orders = paid["orders"].as_array().unwrap();
+    assert_eq!(orders.len(), 3);
+    for (order, worker) in orders.iter().zip(&workers) {
+        let (status, shown) = p.get(&format!("/v1/orders/{}", order["order_id"].as_str().unwrap()));
+        assert_eq!((status, shown["out_order_no"].as_str(), shown["receivers"][0]["account_id"].as_str()), (200, order["out_order_no"].as_str(), Some(worker.as_str())), "{shown}");
+    }
+    assert_eq!(batch("b-1", ["30.00", "30.00", "40.00"], "246810"), (201, true, paid.clone()));
+    assert_eq!(p.balances(&payer).0, "0.00");
+    assert_eq!(p.balances(&workers[2]).0, "40.00");
+    server.stop();
+}

@@ -412,6 +412,16 @@ impl Engine {
                 self.check_remote_receiver(envelope.platform, payer_shard, leg, *currency)?;
             }
         }
+        if let Command::BatchPayment { payer, orders, currency, .. } = command {
+            let payer_shard = payer.shard(shard_count);
+            for order in orders {
+                check_amount(order.amount)?;
+                check_legs(*payer, order.amount, &order.payees, &order.splits)?;
+                for leg in order.payees.iter().chain(order.splits.iter()) {
+                    self.check_remote_receiver(envelope.platform, payer_shard, leg, *currency)?;
+                }
+            }
+        }
         if let Command::OpenAccount { owner, .. } = command {
             // All of one member's accounts live on one shard, so "one per currency" is a local check.
             let mut hasher_input = [0u8; 12];

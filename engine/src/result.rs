@@ -36,11 +36,13 @@ pub enum ResultCode {
     InvalidExpiry = 27,
     /// A shard-wide or internal command sent through `Engine::submit` (use `broadcast`).
     NotRoutable = 28,
+    /// A batch payment with no orders, too many, or an order number twice.
+    InvalidBatch = 29,
 }
 
 impl ResultCode {
     /// Every code, in number order (for documentation and tests).
-    pub const ALL: [ResultCode; 29] = [
+    pub const ALL: [ResultCode; 30] = [
         ResultCode::Ok,
         ResultCode::IdempotencyConflict,
         ResultCode::InvalidAmount,
@@ -70,6 +72,7 @@ impl ResultCode {
         ResultCode::ReasonTooLong,
         ResultCode::InvalidExpiry,
         ResultCode::NotRoutable,
+        ResultCode::InvalidBatch,
     ];
 
     /// The stable snake_case name used at the API edge.
@@ -104,6 +107,7 @@ impl ResultCode {
             ResultCode::ReasonTooLong => "reason_too_long",
             ResultCode::InvalidExpiry => "invalid_expiry",
             ResultCode::NotRoutable => "not_routable",
+            ResultCode::InvalidBatch => "invalid_batch",
         }
     }
 

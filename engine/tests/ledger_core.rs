@@ -241,6 +241,36 @@ fn auto_confirm_releases_old_held_payments_of_the_platform_once() {
 }
 
 #[test]
+fn batch_payments_are_all_or_nothing() {
+    use engine::ledger::command::BatchOrder;
+    let mut w = World::new();
+    let payer = w.funded(1, 100);
+    let (x, y) = (w.open(2, Limits::NONE), w.open(3, Limits::NONE));
+    let order = |no: &str, amount, to| BatchOrder { out_order_no: OutOrderNo::new(no).unwrap(), amount, payees: legs(&[(to, amount)]), splits: Legs::new() };
+    let batch = |orders: Vec<BatchOrder>| Command::BatchPayment { payer, guarantee: false, currency: CNY, orders };
+    let cases: Vec<(&str, Command, ResultCode)> = vec![
+        ("empty", batch(vec![]), ResultCode::InvalidBatch),
+        ("a number twice", batch(vec![order("a", 1, x), order("a", 1, y)]), ResultCode::InvalidBatch),
+        ("together more than the balance", batch(vec![order("a", 60, x), order("b", 41, y)]), ResultCode::InsufficientFunds),
+        ("one bad order", batch(vec![order("a", 10, x), order("b", 0, y)]), ResultCode::InvalidAmount),
+        ("one unknown payee", batch(vec![order("a", 10, x), order("b", 10, AccountId(999))]), ResultCode::PayeeNotFound),
+    ];
+    for (name, command, expected) in cases {
+        assert_eq!(w.run(command).code, expected, "{name}");
+    }
+    let reply = w.run(batch(vec![order("a", 60, x), order("b", 40, y)]));
+    assert_eq!((reply.code, reply.status), (ResultCode::Ok, Some(OrderStatus::Succeeded)));
+    assert_eq!((w.balances(payer), w.balances(x), w.balances(y)), ((0, 0, 0), (0, 60, 0), (0, 40, 0)));
+    assert_eq!(w.order(reply.id).out_order_no, OutOrderNo::new("a"));
+    assert_eq!(w.order(reply.id + 1).out_order_no, OutOrderNo::new("b"), "the orders follow the first");
+    // An inner number is a payment's number now: reusing it replays or conflicts.
+    let again = Envelope { platform: P, out_order_no: OutOrderNo::new("b"), command: pay(payer, 40, &[(y, 40)], &[]) };
+    let replay = w.state.apply(&again, w.now, &mut w.fx);
+    assert_eq!((replay.code, replay.replayed, replay.id), (ResultCode::Ok, true, reply.id + 1));
+    w.assert_books_balance();
+}
+
+#[test]
 fn refund_codes_and_status() {
     let mut w = World::new();
     let payer = w.funded(1, 10_000);

@@ -112,8 +112,9 @@ pub async fn check_for_payment(passwords: &Arc<Passwords>, platform: &Platform, 
     if !platform.require_payment_password {
         return Ok(());
     }
-    let Command::Payment { payer, .. } = envelope.command else {
-        return Ok(());
+    let payer = match &envelope.command {
+        Command::Payment { payer, .. } | Command::BatchPayment { payer, .. } => *payer,
+        _ => return Ok(()),
     };
     let (passwords, password) = (passwords.clone(), password.map(str::to_string));
     // argon2 takes tens of milliseconds of CPU: off the async workers.

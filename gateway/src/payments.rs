@@ -274,6 +274,83 @@ pub async fn prepare_release(engine: &Arc<Engine>, platform: &Platform, order_id
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, false))
 }
 
+/// One order of `POST /v1/batch-payments`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchOrderBody {
+    pub out_order_no: String,
+    pub amount: String,
+    pub payees: Vec<LegBody>,
+    #[serde(default)]
+    pub splits: Vec<LegBody>,
+}
+
+/// `POST /v1/batch-payments`: one payer, many orders, one password check, all or none.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    pub out_order_no: String,
+    pub payer_account_id: String,
+    pub mode: Mode,
+    pub currency: String,
+    pub payment_password: Option<String>,
+    pub orders: Vec<BatchOrderBody>,
+}
+
+/// Checks a batch payment and builds its command and the members of its response body.
+pub fn prepare_batch(engine: &Engine, platform: &Platform, body: &BatchBody) -> Result<Prepared, ApiError> {
+    let number = out_order_no(&body.out_order_no, "out_order_no")?;
+    if body.orders.is_empty() || body.orders.len() > engine::ledger::command::BATCH_ORDERS_MAX {
+        return Err(ApiError::invalid("a batch carries 1 to 1000 orders", "orders"));
+    }
+    let (currency_id, spec) = currency(engine, &body.currency)?;
+    let payer = account(&body.payer_account_id, "payer_account_id")?;
+    let mut orders = Vec::with_capacity(body.orders.len());
+    for order in &body.orders {
+        if order.payees.is_empty() || order.payees.len() + order.splits.len() > LEGS_MAX {
+            return Err(ApiError::invalid("each order has 1 to 32 payees and splits", "orders"));
+        }
+        orders.push(engine::ledger::command::BatchOrder {
+            out_order_no: out_order_no(&order.out_order_no, "orders")?,
+            amount: amount(&order.amount, &spec, "orders")?,
+            payees: legs(&order.payees, &spec, "orders")?,
+            splits: legs(&order.splits, &spec, "orders")?,
+        });
+    }
+    let mut view = Fields::default();
+    view.value("out_order_no", &body.out_order_no)
+        .value("kind", "batch_payment")
+        .value("mode", &body.mode)
+        .value("currency", &body.currency)
+        .value("payer_account_id", &body.payer_account_id);
+    let command = Command::BatchPayment { payer, guarantee: body.mode == Mode::Guarantee, currency: currency_id, orders };
+    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
+}
+
+#[post("/v1/batch-payments")]
+async fn create_batch(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<crate::passwords::Passwords>>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<BatchBody>()?;
+    let mut prepared = prepare_batch(&engine, &signed.platform, &body)?;
+    crate::passwords::check_for_payment(&passwords, &signed.platform, &prepared.envelope, body.payment_password.as_deref()).await?;
+    let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
+    if reply.is_ok() {
+        // The batch's orders follow the first one on the payer's shard.
+        let shard_count = engine.config().shard_count as u64;
+        let status = reply.status.map_or("succeeded", |s| s.name());
+        let orders: Vec<serde_json::Value> = body
+            .orders
+            .iter()
+            .enumerate()
+            .map(|(k, order)| {
+                json!({"order_id": public_order_id(engine::ledger::types::OrderId(reply.id + k as u64 * shard_count)),
+                    "out_order_no": order.out_order_no, "kind": "payment", "status": status, "amount": order.amount, "payees": order.payees, "splits": order.splits})
+            })
+            .collect();
+        prepared.body.value("orders", &orders);
+    }
+    crate::orders::answer(prepared, &reply)
+}
+
 #[post("/v1/payments")]
 async fn create_payment(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<crate::passwords::Passwords>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PaymentBody>()?;
@@ -330,6 +407,7 @@ async fn release(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .service(create_payment)
+        .service(create_batch)
         .service(confirm)
         .service(cancel)
         .service(create_refund)

@@ -110,6 +110,20 @@ pub enum Command {
     CompleteRecharge { order: OrderId, succeeded: bool },
     /// Confirms in full every held guarantee payment created before `created_before` (shard-wide).
     AutoConfirm { created_before: Timestamp },
+    /// Several payments from one payer, all accepted or none.
+    BatchPayment { payer: AccountId, guarantee: bool, currency: CurrencyId, orders: Vec<BatchOrder> },
+}
+
+/// The most orders one batch payment may carry.
+pub const BATCH_ORDERS_MAX: usize = 1000;
+
+/// One order of a batch payment, with its own order number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BatchOrder {
+    pub out_order_no: OutOrderNo,
+    pub amount: Minor,
+    pub payees: Legs,
+    pub splits: Legs,
 }
 
 impl Command {
@@ -136,11 +150,12 @@ impl Command {
             Command::RequestRecharge { .. } => 17,
             Command::CompleteRecharge { .. } => 18,
             Command::AutoConfirm { .. } => 19,
+            Command::BatchPayment { .. } => 20,
         }
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 20] = [
+    pub const KIND_NAMES: [&'static str; 21] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -161,6 +176,7 @@ impl Command {
         "request_recharge",
         "complete_recharge",
         "auto_confirm",
+        "batch_payment",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.
@@ -173,7 +189,7 @@ impl Command {
             | Command::RequestRecharge { account, .. }
             | Command::Freeze { account, .. }
             | Command::Withdraw { account, .. } => Some(*account),
-            Command::Payment { payer, .. } => Some(*payer),
+            Command::Payment { payer, .. } | Command::BatchPayment { payer, .. } => Some(*payer),
             Command::Refund { payee, .. } => Some(*payee),
             _ => None,
         }

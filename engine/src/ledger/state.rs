@@ -166,6 +166,9 @@ impl ShardState {
                 ops::recharge::request(self, &context, *account, *currency, *amount, *channel)
             }
             Command::CompleteRecharge { order, succeeded } => ops::recharge::complete(self, &context, *order, *succeeded, fx),
+            Command::BatchPayment { payer, guarantee, currency, orders } => {
+                ops::payment::apply_batch(self, &context, *payer, *guarantee, *currency, orders, fx)
+            }
             Command::AutoConfirm { created_before } => ops::guarantee::auto_confirm(self, &context, *created_before, fx),
         };
         if !reply.is_ok() {
@@ -431,6 +434,7 @@ impl ShardState {
 }
 
 /// What every operation is told about the request besides its arguments.
+#[derive(Clone, Copy)]
 pub struct Context {
     pub platform: u32,
     /// The order number of the command, recorded on the order it opens.

@@ -1,6 +1,7 @@
 //! Balance and guarantee payments with several payees and splits.
 
-use crate::ledger::state::{check_amount, check_debit_account, credit_refusal, ok_order, Context, Effects, Income, ShardState};
+use crate::ledger::command::{content_hash, idempotency_key, BatchOrder, Command, BATCH_ORDERS_MAX};
+use crate::ledger::state::{check_amount, check_debit_account, credit_refusal, ok_order, Context, Effects, Income, IdempotencyRecord, ShardState};
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, Minor};
 use crate::result::ResultCode;
@@ -132,4 +133,67 @@ pub(crate) fn land_income(state: &mut ShardState, fx: &mut Effects, day: u32, or
     state.credit_unsettled(fx, leg.account, leg.amount, day);
     let income = state.income.entry((order, leg.account)).or_insert(Income { payer, received: 0, refunded: 0 });
     income.received += leg.amount;
+}
+
+/// The payment command equivalent to one order of a batch (its idempotency record's content).
+fn equivalent_payment(payer: AccountId, guarantee: bool, currency: CurrencyId, order: &BatchOrder) -> Command {
+    Command::Payment { payer, guarantee, currency, amount: order.amount, payees: order.payees.clone(), splits: order.splits.clone() }
+}
+
+/// Applies a batch payment: every order is checked first, against the payer's funds and limits
+/// for the whole batch, and only then are all applied, so either all are accepted or none.
+/// Each order gets its own order and the idempotency record of a payment with its number (a
+/// later payment request with that number replays it). Replies with the first order's id; the
+/// others follow it (`id + k * shard_count`).
+pub fn apply_batch(state: &mut ShardState, context: &Context, payer: AccountId, guarantee: bool, currency: CurrencyId, orders: &[BatchOrder], fx: &mut Effects) -> Reply {
+    if orders.is_empty() || orders.len() > BATCH_ORDERS_MAX {
+        return Reply::rejected(ResultCode::InvalidBatch);
+    }
+    if let Err(code) = check_debit_account(state, context.platform, payer, currency) {
+        return Reply::rejected(code);
+    }
+    let payment_kind = equivalent_payment(payer, guarantee, currency, &orders[0]).kind_code();
+    let mut total: i128 = 0;
+    for (index, order) in orders.iter().enumerate() {
+        let checks = check_amount(order.amount)
+            .and_then(|_| check_legs(payer, order.amount, &order.payees, &order.splits))
+            .and_then(|_| check_local_receivers(state, context.platform, currency, &order.payees))
+            .and_then(|_| check_local_receivers(state, context.platform, currency, &order.splits));
+        if let Err(code) = checks {
+            return Reply::rejected(code);
+        }
+        if orders[..index].iter().any(|earlier| earlier.out_order_no == order.out_order_no) {
+            return Reply::rejected(ResultCode::InvalidBatch);
+        }
+        if state.idempotency.get(&idempotency_key(context.platform, payment_kind, &order.out_order_no)).is_some() {
+            return Reply::rejected(ResultCode::IdempotencyConflict);
+        }
+        let account = state.account(payer).expect("checked");
+        if order.amount > account.limits.payment_per_order_max {
+            return Reply::rejected(ResultCode::ExceedsPerOrderLimit);
+        }
+        total += order.amount as i128;
+    }
+    let account = state.account(payer).expect("checked");
+    let paid_today = if account.usage_day == context.day { account.paid_today } else { 0 };
+    if paid_today as i128 + total > account.limits.payment_daily_max as i128 {
+        return Reply::rejected(ResultCode::ExceedsDailyLimit);
+    }
+    if (account.available() as i128) < total {
+        return Reply::rejected(ResultCode::InsufficientFunds);
+    }
+    // After this point every order of the batch must succeed.
+    let mut first = None;
+    for order in orders {
+        let order_context = Context { out_order_no: Some(order.out_order_no), ..*context };
+        let request = PaymentRequest { payer, guarantee, currency, amount: order.amount, payees: &order.payees, splits: &order.splits };
+        let reply = apply(state, &order_context, &request, fx);
+        assert!(reply.is_ok(), "a checked batch order is accepted: {reply:?}");
+        let key = idempotency_key(context.platform, payment_kind, &order.out_order_no);
+        let content = content_hash(&equivalent_payment(payer, guarantee, currency, order));
+        state.idempotency.insert(key, IdempotencyRecord { content, reply });
+        first.get_or_insert(reply.id);
+    }
+    let status = if guarantee { OrderStatus::Held } else { OrderStatus::Succeeded };
+    ok_order(OrderId(first.expect("at least one order")), status)
 }
