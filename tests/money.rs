@@ -663,3 +663,25 @@ fn batch_payments_are_all_or_none_with_one_password_check() {
     assert_eq!(p.balances(&workers[2]).0, "40.00");
     server.stop();
 }
+
+#[test]
+fn only_empty_accounts_close_and_closed_ones_take_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-14";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Closing\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let b = p.account(&p.member("m-b", "Li Si"));
+    p.fund(&a, "5.00", "r-1");
+    assert_eq!(error_of(&p.post(&format!("/v1/accounts/{a}/close"), &json!({"out_order_no": "close-a"}))), (422, Some("account_not_empty")));
+    let (status, replayed, closed) = p.post(&format!("/v1/accounts/{b}/close"), &json!({"out_order_no": "close-b"}));
+    assert_eq!((status, replayed, closed["status"].as_str()), (200, false, Some("closed")), "{closed}");
+    assert_eq!(p.post(&format!("/v1/accounts/{b}/close"), &json!({"out_order_no": "close-b"})).1, true);
+    let pay = json!({"out_order_no": "p-1", "payer_account_id": a, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b, "amount": "1.00"}]});
+    assert_eq!(error_of(&p.post("/v1/payments", &pay)), (422, Some("account_closed")));
+    assert_eq!(error_of(&p.post("/v1/recharges", &json!({"out_order_no": "r-2", "account_id": b, "amount": "1.00", "currency": "CNY"}))), (422, Some("account_closed")));
+    let (_, shown) = p.get(&format!("/v1/accounts/{b}"));
+    assert_eq!(shown["status"], "closed");
+    assert_eq!(error_of(&p.post("/v1/accounts/acc_77777/close", &json!({"out_order_no": "close-x"}))), (404, Some("not_found")));
+    server.stop();
+}

@@ -162,9 +162,33 @@ pub async fn account_of(engine: &Arc<Engine>, platform: u32, id: AccountId) -> R
     found.ok_or(ApiError { param: Some("account_id"), ..ApiError::not_found() })
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloseBody {
+    out_order_no: String,
+}
+
+/// `POST /v1/accounts/{account_id}/close`: closes an account whose balances are all zero.
+#[post("/v1/accounts/{account_id}/close")]
+async fn close_account(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<CloseBody>()?;
+    let number = crate::orders::out_order_no(&body.out_order_no, "out_order_no")?;
+    let id = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
+    let command = Command::CloseAccount { account: id };
+    let reply = execute(&engine, Envelope { platform: signed.platform.id, out_order_no: Some(number), command }).await?;
+    if !reply.is_ok() {
+        return Err(crate::orders::rejection(reply.code));
+    }
+    let mut response = HttpResponse::Ok();
+    if reply.replayed {
+        response.insert_header(("Idempotent-Replay", "true"));
+    }
+    Ok(response.json(serde_json::json!({"account_id": public_account_id(id), "status": "closed"})))
+}
+
 /// Registers the account routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(open_account).service(show_account);
+    config.service(open_account).service(show_account).service(close_account);
 }
 
 #[cfg(test)]
