@@ -19,6 +19,7 @@ struct FileConfig {
     data_dir: PathBuf,
     engine: EngineSection,
     simulator: SimulatorSection,
+    webhooks: WebhooksSection,
     currencies: Vec<CurrencyRow>,
     chart_of_accounts: BTreeMap<String, SubjectRow>,
 }
@@ -45,6 +46,15 @@ struct SimulatorSection {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct WebhooksSection {
+    attempts_max: u32,
+    backoff_ms: u64,
+    backoff_ms_max: u64,
+    timeout_seconds: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CurrencyRow {
     code: String,
     exponent: u8,
@@ -64,6 +74,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub chart: ChartOfAccounts,
     pub simulator: gateway::simulator::SimulatorConfig,
+    pub webhooks: gateway::events::WebhookConfig,
 }
 
 /// Hard limits on configuration values (DESIGN.md invariant 10: every bound has a limit).
@@ -137,7 +148,17 @@ impl Config {
             failure_per_mille: sim.failure_per_mille,
             callback_attempts_max: sim.callback_attempts_max,
         };
-        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator })
+        let w = &file.webhooks;
+        if !(1..=100).contains(&w.attempts_max) || w.backoff_ms == 0 || w.backoff_ms > w.backoff_ms_max || !(1..=300).contains(&w.timeout_seconds) {
+            return Err(anyhow!("webhooks: attempts_max 1..=100, 0 < backoff_ms <= backoff_ms_max, timeout_seconds 1..=300"));
+        }
+        let webhooks = gateway::events::WebhookConfig {
+            attempts_max: w.attempts_max,
+            backoff_ms: w.backoff_ms,
+            backoff_ms_max: w.backoff_ms_max,
+            timeout_seconds: w.timeout_seconds,
+        };
+        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator, webhooks })
     }
 }
 

@@ -108,7 +108,7 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     report::print_shards_online(&engine, &config, &mut out)?;
     report::print_invariants(&engine::invariants::check_engine(&engine)?, &mut out)?;
     if !once {
-        serve_http(engine.clone(), store, &data_dir, &listen, config.simulator)?;
+        serve_http(engine.clone(), store, &data_dir, &listen, &config)?;
     }
     engine.shutdown();
     println!("stopped: every acknowledged order is durable");
@@ -116,7 +116,7 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
 }
 
 /// Serves the HTTP API until SIGINT or SIGTERM (graceful: requests in flight finish).
-fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &std::path::Path, listen: &str, simulator: gateway::simulator::SimulatorConfig) -> Result<()> {
+fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &std::path::Path, listen: &str, config: &config::Config) -> Result<()> {
     use gateway::admin::{AdminToken, TokenSource};
     let master_key = gateway::secrets::MasterKey::load(data_dir).context("loading the master key")?;
     let (token, source) = AdminToken::load(data_dir).context("loading the operator token")?;
@@ -128,7 +128,7 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
         }
     }
     let metrics = gateway::metrics::install().map_err(anyhow::Error::msg)?;
-    let services = gateway::server::Services::load(engine, store, master_key, token, metrics, simulator).map_err(anyhow::Error::msg)?;
+    let services = gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks).map_err(anyhow::Error::msg)?;
     actix_web::rt::System::new().block_on(async move {
         let limits = gateway::server::HttpLimits::default();
         let (server, addresses) = gateway::server::bind(services, listen, limits)?;

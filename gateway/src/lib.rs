@@ -10,6 +10,7 @@ pub mod bulk;
 pub mod cards;
 pub mod channels;
 pub mod error;
+pub mod events;
 pub mod identity;
 pub mod ids;
 pub mod members;

@@ -21,6 +21,9 @@ pub struct Platform {
     pub auto_confirm_days: u8,
     pub require_payment_password: bool,
     pub secret_version: u32,
+    /// Where the platform's events are delivered (`None`: not delivered, only listed).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
 }
 
 impl Platform {
@@ -111,12 +114,24 @@ impl Platforms {
             auto_confirm_days,
             require_payment_password: request.require_payment_password.unwrap_or(false),
             secret_version: 1,
+            webhook_url: None,
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
         let secret = self.secret(&platform);
         self.by_id.write().expect("platforms lock").insert(id, platform.clone());
         Ok((platform, secret))
+    }
+
+    /// Sets (or with `None` removes) a platform's webhook URL, durably.
+    pub fn set_webhook(&self, id: u32, url: Option<String>) -> Result<Platform, ApiError> {
+        let _creating = self.creating.lock().expect("platform creation lock");
+        let mut platform = self.get(id).ok_or_else(ApiError::not_found)?;
+        platform.webhook_url = url;
+        let record = serde_json::to_vec(&platform).expect("platforms serialize");
+        self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
+        self.by_id.write().expect("platforms lock").insert(id, platform.clone());
+        Ok(platform)
     }
 
     /// Every platform, by id.

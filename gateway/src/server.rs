@@ -76,13 +76,16 @@ impl Services {
         token: AdminToken,
         metrics: metrics_exporter_prometheus::PrometheusHandle,
         simulator: crate::simulator::SimulatorConfig,
+        webhooks: crate::events::WebhookConfig,
     ) -> Result<Services, String> {
         let channel_key = master_key.channel_key("simulator");
+        let platforms = Arc::new(Platforms::load(store.clone(), master_key)?);
+        crate::events::start_delivery(engine.clone(), platforms.clone(), store.clone(), webhooks)?;
         Ok(Services {
             simulator: crate::simulator::Simulator::start(simulator, channel_key, store.clone())?,
             engine,
             token,
-            platforms: Arc::new(Platforms::load(store.clone(), master_key)?),
+            platforms,
             members: Arc::new(Members::load(store.clone())?),
             passwords: Arc::new(crate::passwords::Passwords::load(store.clone())?),
             cards: Arc::new(crate::cards::Cards::load(store.clone())?),
@@ -136,6 +139,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .configure(crate::orders::routes)
             .configure(crate::recharges::routes)
             .configure(crate::bulk::routes)
+            .configure(crate::events::routes)
             .configure(crate::cards::routes)
             .configure(crate::withdrawals::routes)
             .configure(crate::notifications::routes)

@@ -89,6 +89,18 @@ pub struct ShardState {
     pub next_entry: u64,
     /// Open freezes with an expiry (order ids), to release them without scanning every order.
     pub expiring_freezes: BTreeMap<(Timestamp, OrderId), ()>,
+    /// Every creation and change of an order on this shard, in order: the platforms' events.
+    /// Rebuilt by replay like everything else, so the journal is their durable outbox.
+    pub order_changes: ChunkedVec<OrderChange>,
+}
+
+/// An order was created or changed (its status may be the same, e.g. a partial confirm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderChange {
+    pub order: OrderId,
+    pub platform: u32,
+    pub status: OrderStatus,
+    pub at: Timestamp,
 }
 
 impl ShardState {
@@ -284,7 +296,15 @@ impl ShardState {
         let id = self.next_order_id();
         let out_order_no = context.out_order_no;
         self.orders.push(Order { id, out_order_no, kind, status, platform, account, currency, amount, created_at: now, updated_at: now, detail });
+        self.record_change(id);
         id
+    }
+
+    /// Records that order `id` was created or changed (an event for its platform).
+    pub(crate) fn record_change(&mut self, id: OrderId) {
+        let order = self.order(id).expect("a local order");
+        let change = OrderChange { order: id, platform: order.platform, status: order.status, at: order.updated_at };
+        self.order_changes.push(change);
     }
 
     /// Opens a journal entry; postings until `end_entry` belong to it.

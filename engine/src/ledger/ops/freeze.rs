@@ -130,4 +130,5 @@ fn release_unchecked(state: &mut ShardState, context: &Context, id: OrderId, amo
         state.post(fx, account, Bucket::Settled, amount - to_unsettled);
     }
     state.end_entry(fx);
+    state.record_change(id);
 }

@@ -86,7 +86,9 @@ pub fn confirm(state: &mut ShardState, context: &Context, id: OrderId, releases:
         held.released += leg.amount;
     }
     finish_if_nothing_held(order, context.now);
-    ok_order(id, order.status)
+    let status = order.status;
+    state.record_change(id);
+    ok_order(id, status)
 }
 
 /// Returns unreleased escrow to the payer's settled bucket: `amount`, or all that is held.
@@ -123,7 +125,9 @@ pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Op
     }
     assert_eq!(left, 0, "cancel covered by held legs");
     finish_if_nothing_held(order, context.now);
-    ok_order(id, order.status)
+    let status = order.status;
+    state.record_change(id);
+    ok_order(id, status)
 }
 
 /// Moves a guarantee order out of `held` once nothing is held any more.

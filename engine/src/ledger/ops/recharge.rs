@@ -72,5 +72,6 @@ pub fn complete(state: &mut ShardState, context: &Context, id: OrderId, succeede
     let order = state.order_mut(id);
     order.status = verdict;
     order.updated_at = context.now;
+    state.record_change(id);
     ok_order(id, verdict)
 }

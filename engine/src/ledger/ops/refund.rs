@@ -57,8 +57,8 @@ pub(crate) fn credit_refund(state: &mut ShardState, fx: &mut Effects, payment: O
     };
     *refunded += leg.amount;
     let cancelled: Minor = held.iter().map(|l| l.cancelled).sum();
-    if order.status == OrderStatus::Held {
-        return;
+    if order.status != OrderStatus::Held {
+        order.status = if *refunded >= paid - cancelled { OrderStatus::Refunded } else { OrderStatus::PartiallyRefunded };
     }
-    order.status = if *refunded >= paid - cancelled { OrderStatus::Refunded } else { OrderStatus::PartiallyRefunded };
+    state.record_change(payment);
 }
