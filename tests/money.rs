@@ -795,3 +795,52 @@ fn order_events_are_listed_and_delivered_signed_with_retries_also_after_kill_9()
     assert_eq!(ids.len(), 6, "each event once here (at least once in general): {ids:?}");
     server.stop();
 }
+
+#[test]
+fn account_entries_page_newest_first_with_balances_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-16";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Ledger\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let b = p.account(&p.member("m-b", "Li Si"));
+    let recharge = p.fund(&a, "10.00", "r-1");
+    for i in 0..3 {
+        p.post("/v1/payments", &json!({"out_order_no": format!("p-{i}"), "payer_account_id": a, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b, "amount": "1.00"}]}));
+    }
+    p.post("/v1/freezes", &json!({"out_order_no": "f-1", "account_id": a, "amount": "2.00", "currency": "CNY", "reason": "r"}));
+    let mut lines = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/accounts/{a}/entries?limit=2&cursor={c}"),
+            None => format!("/v1/accounts/{a}/entries?limit=2"),
+        };
+        let (status, page) = p.get(&path);
+        assert_eq!(status, 200, "{page}");
+        let entries = page["entries"].as_array().unwrap();
+        assert!(entries.len() <= 2);
+        lines.extend(entries.iter().map(|e| (e["kind"].as_str().unwrap().to_string(), e["direction"].as_str().unwrap().to_string(), e["bucket"].as_str().unwrap().to_string(), e["amount"].as_str().unwrap().to_string(), e["balance_after"].as_str().unwrap().to_string())));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let expected = [
+        ("freeze", "credit", "frozen", "2.00", "2.00"),
+        ("freeze", "debit", "settled", "2.00", "5.00"),
+        ("payment", "debit", "settled", "1.00", "7.00"),
+        ("payment", "debit", "settled", "1.00", "8.00"),
+        ("payment", "debit", "settled", "1.00", "9.00"),
+        ("recharge", "credit", "settled", "10.00", "10.00"),
+    ];
+    let got: Vec<(&str, &str, &str, &str, &str)> = lines.iter().map(|(k, d, b, a, after)| (k.as_str(), d.as_str(), b.as_str(), a.as_str(), after.as_str())).collect();
+    assert_eq!(got, expected);
+    let (_, first) = p.get(&format!("/v1/accounts/{a}/entries?limit=500"));
+    assert_eq!(first["entries"].as_array().unwrap().last().unwrap()["order_id"].as_str(), Some(recharge.as_str()));
+    assert_eq!(p.get(&format!("/v1/accounts/{a}/entries?limit=0")).0, 400);
+    assert_eq!(p.get(&format!("/v1/accounts/{a}/entries?cursor=zz")).0, 400);
+    let other = Client::create(&server, token, "{\"name\": \"Other\"}");
+    assert_eq!(other.get(&format!("/v1/accounts/{a}/entries")).0, 404);
+    server.stop();
+}

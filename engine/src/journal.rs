@@ -126,6 +126,7 @@ pub fn replay_shard(store: &dyn Store, shard: ShardId) -> Result<(ShardState, u6
                 reason: "replay produced other postings than the journal holds".into(),
             });
         }
+        state.note_batch(record.sequence, &record.postings);
         last_timestamp = record.timestamp;
         Ok(())
     })?;

@@ -284,6 +284,7 @@ impl Shard {
             round.replies.push(reply);
         }
         self.sequence += 1;
+        self.state.note_batch(self.sequence, &round.fx.postings);
         let record = BatchRecordRef {
             shard: self.state.shard,
             sequence: self.sequence,

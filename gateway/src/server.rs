@@ -64,6 +64,7 @@ pub struct Services {
     pub simulator: crate::simulator::Simulator,
     pub cards: Arc<crate::cards::Cards>,
     pub notifications: Arc<crate::notifications::Notifications>,
+    pub store: Arc<dyn storage::Store>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -89,7 +90,8 @@ impl Services {
             members: Arc::new(Members::load(store.clone())?),
             passwords: Arc::new(crate::passwords::Passwords::load(store.clone())?),
             cards: Arc::new(crate::cards::Cards::load(store.clone())?),
-            notifications: Arc::new(crate::notifications::Notifications::load(store)?),
+            notifications: Arc::new(crate::notifications::Notifications::load(store.clone())?),
+            store,
             metrics,
         })
     }
@@ -106,6 +108,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let simulator = web::Data::new(services.simulator);
     let cards = web::Data::new(services.cards);
     let notifications = web::Data::new(services.notifications);
+    let store = web::Data::new(services.store);
     let metrics = web::Data::new(services.metrics);
     let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
     let (engine_at_start, simulator_at_start, cards_at_start) = (engine.get_ref().clone(), simulator.get_ref().clone(), cards.get_ref().clone());
@@ -119,6 +122,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(simulator.clone())
             .app_data(cards.clone())
             .app_data(notifications.clone())
+            .app_data(store.clone())
             .app_data(metrics.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
@@ -140,6 +144,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .configure(crate::recharges::routes)
             .configure(crate::bulk::routes)
             .configure(crate::events::routes)
+            .configure(crate::entries::routes)
             .configure(crate::cards::routes)
             .configure(crate::withdrawals::routes)
             .configure(crate::notifications::routes)

@@ -89,6 +89,9 @@ pub struct ShardState {
     pub next_entry: u64,
     /// Open freezes with an expiry (order ids), to release them without scanning every order.
     pub expiring_freezes: BTreeMap<(Timestamp, OrderId), ()>,
+    /// The journal batches (sequences, ascending) holding postings of each customer account: how
+    /// an account's entries are found in the journal without scanning all of it.
+    pub batches_of: FastMap<AccountId, Vec<u64>>,
     /// Every creation and change of an order on this shard, in order: the platforms' events.
     /// Rebuilt by replay like everything else, so the journal is their durable outbox.
     pub order_changes: ChunkedVec<OrderChange>,
@@ -300,6 +303,21 @@ impl ShardState {
         id
     }
 
+    /// Notes which customer accounts batch `sequence` posted to (called by the shard loop and by
+    /// replay, with the batch's postings).
+    pub fn note_batch(&mut self, sequence: u64, postings: &[Posting]) {
+        for posting in postings {
+            let customer = self.account(posting.account).is_some_and(|a| a.kind == AccountKind::Customer);
+            if !customer {
+                continue;
+            }
+            let batches = self.batches_of.entry(posting.account).or_default();
+            if batches.last() != Some(&sequence) {
+                batches.push(sequence);
+            }
+        }
+    }
+
     /// Records that order `id` was created or changed (an event for its platform).
     pub(crate) fn record_change(&mut self, id: OrderId) {
         let order = self.order(id).expect("a local order");
@@ -448,7 +466,9 @@ impl ShardState {
         income.sort_by_key(|(k, _)| *k);
         let mut lots: Vec<_> = canonical.lots.drain().filter(|(_, l)| !l.is_empty()).collect();
         lots.sort_by_key(|(k, _)| *k);
-        let bytes = bincode::serialize(&(&canonical, idempotency, owners, income, lots)).expect("state serializes");
+        let mut batches_of: Vec<_> = canonical.batches_of.drain().collect();
+        batches_of.sort_by_key(|(k, _)| *k);
+        let bytes = bincode::serialize(&(&canonical, idempotency, owners, income, lots, batches_of)).expect("state serializes");
         xxhash_rust::xxh3::xxh3_64(&bytes)
     }
 }
