@@ -844,3 +844,57 @@ fn account_entries_page_newest_first_with_balances_after() {
     assert_eq!(other.get(&format!("/v1/accounts/{a}/entries")).0, 404);
     server.stop();
 }
+
+#[test]
+fn garbage_at_every_endpoint_gets_a_4xx_never_a_5xx_and_the_document_lists_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-17";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let (status, document) = server.get("/openapi.json", None);
+    assert_eq!(status, 200);
+    let paths: Vec<String> = document["paths"].as_object().unwrap().keys().cloned().collect();
+    assert!(paths.len() >= 30, "{paths:?}");
+    let p = Client::create(&server, token, "{\"name\": \"Fuzz\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "1.00", "r-1");
+    let bodies = [
+        "", "{", "[]", "null", "42", "\"x\"", "{\"out_order_no\": 7}", "{\"amount\": \"1e400\"}", "{\"amount\": \"99999999999999999999999.99\", \"currency\": \"CNY\"}",
+        "{\"operations\": [{\"op\": \"payment\", \"body\": 5}]}", "{\"operations\": \"all\"}", "{\"payees\": [{}]}", "\u{0}\u{1}",
+    ];
+    let mut checked = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{account_id}", &a)
+                .replace("{order_id}", "ord_1")
+                .replace("{card_id}", "card_1")
+                .replace("{member_id}", "mem_1")
+                .replace("{shard}", "0")
+                .replace("{card_no}", "4111111111111111");
+            for body in &bodies {
+                let status = match method.as_str() {
+                    "post" => signed_post_to(&server.base, &concrete, &p.platform, &p.secret, &fresh_nonce(), body).map(|r| r.0),
+                    "get" | "delete" => {
+                        let t = now();
+                        let nonce = fresh_nonce();
+                        let verb = method.to_uppercase();
+                        let request = ureq::request(&verb, &format!("{}{concrete}", server.base))
+                            .set("X-Platform-Id", &p.platform)
+                            .set("X-Timestamp", &t.to_string())
+                            .set("X-Nonce", &nonce)
+                            .set("X-Signature", &sign(&p.secret, &verb, &concrete, t, &nonce, b""));
+                        Some(answer(request.call(), &concrete).status())
+                    }
+                    other => panic!("method {other}"),
+                };
+                let status = status.expect("an answer");
+                assert!(status < 500, "{method} {concrete} with {body:?} answered {status}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 300, "{checked}");
+    assert_eq!(server.get("/readyz", None).0, 200, "still ready");
+    assert_eq!(p.balances(&a).0, "1.00", "garbage moved nothing");
+    server.stop();
+}

@@ -54,9 +54,9 @@ pub fn virtual_account_no(id: AccountId) -> String {
     format!("{body}{check}")
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewAccount {
+pub(crate) struct NewAccount {
     out_order_no: String,
     member_id: String,
     currency: String,
@@ -76,8 +76,9 @@ fn currency_of(engine: &Engine, code: &str) -> Option<CurrencyId> {
     engine.config().currencies.iter().position(|c| c.code_str() == code).map(|i| CurrencyId(i as u8))
 }
 
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = crate::accounts::NewAccount, responses((status = 201, description = "Success", body = crate::openapi::AccountView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts")]
-async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let (platform, new) = (&signed.platform, signed.json::<NewAccount>()?);
     let out_order_no = OutOrderNo::new(&new.out_order_no)
         .ok_or_else(|| ApiError::invalid("out_order_no must be 1 to 64 characters [A-Za-z0-9_-]", "out_order_no"))?;
@@ -110,8 +111,9 @@ async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engine: 
     })))
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{account_id}", tag = "accounts", params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = crate::openapi::AccountView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}")]
-async fn show_account(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn show_account(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform;
     let id = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
     let shard_count = engine.config().shard_count;
@@ -162,15 +164,16 @@ pub async fn account_of(engine: &Arc<Engine>, platform: u32, id: AccountId) -> R
     found.ok_or(ApiError { param: Some("account_id"), ..ApiError::not_found() })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CloseBody {
+pub(crate) struct CloseBody {
     out_order_no: String,
 }
 
 /// `POST /v1/accounts/{account_id}/close`: closes an account whose balances are all zero.
+#[utoipa::path(post, path = "/v1/accounts/{account_id}/close", tag = "accounts", request_body = crate::accounts::CloseBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts/{account_id}/close")]
-async fn close_account(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn close_account(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<CloseBody>()?;
     let number = crate::orders::out_order_no(&body.out_order_no, "out_order_no")?;
     let id = parse_account_id(&path).ok_or_else(ApiError::not_found)?;

@@ -106,16 +106,18 @@ struct ShardsBody {
     shards: Vec<ShardView>,
 }
 
+#[utoipa::path(get, path = "/admin/shards", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/shards")]
-async fn list_shards(request: HttpRequest, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
+pub async fn list_shards(request: HttpRequest, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let count = engine.config().shard_count;
     let shards = (0..count).filter_map(|s| shard_view(&engine, s)).collect();
     Ok(HttpResponse::Ok().json(ShardsBody { shards }))
 }
 
+#[utoipa::path(get, path = "/admin/shards/{shard}", tag = "operator", params(("shard" = u16, Path, description = "Shard number")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/shards/{shard}")]
-async fn one_shard(request: HttpRequest, path: web::Path<String>, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
+pub async fn one_shard(request: HttpRequest, path: web::Path<String>, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let view = path.parse::<u16>().ok().and_then(|s| shard_view(&engine, s)).ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(view))
@@ -136,8 +138,9 @@ struct InvariantsBody {
     failures: Vec<String>,
 }
 
+#[utoipa::path(get, path = "/admin/invariants", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/invariants")]
-async fn check_invariants(request: HttpRequest, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
+pub async fn check_invariants(request: HttpRequest, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let engine = engine.get_ref().clone();
     // Reading the shards waits on their threads: off the async workers.
@@ -172,8 +175,9 @@ struct CreatedPlatform {
 }
 
 /// `POST /admin/platforms`: the secret is in this response only.
+#[utoipa::path(post, path = "/admin/platforms", tag = "operator", request_body = crate::platforms::NewPlatform, responses((status = 201, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::post("/admin/platforms")]
-async fn create_platform(
+pub async fn create_platform(
     request: HttpRequest,
     body: web::Bytes,
     token: web::Data<AdminToken>,

@@ -45,7 +45,7 @@ fn order_named(id: &Option<String>) -> Result<&str, ApiError> {
 }
 
 /// Checks one operation and builds its command (the same checks as its own endpoint).
-async fn prepare(engine: &Arc<Engine>, passwords: &Arc<Passwords>, platform: &Platform, op: &str, body: &str) -> Result<Prepared, ApiError> {
+pub async fn prepare(engine: &Arc<Engine>, passwords: &Arc<Passwords>, platform: &Platform, op: &str, body: &str) -> Result<Prepared, ApiError> {
     let body = body.as_bytes();
     match op {
         "payment" => {
@@ -81,8 +81,9 @@ fn error_result(error: &ApiError) -> Value {
     json!({"status": error.status, "body": {"error": inner}})
 }
 
+#[utoipa::path(post, path = "/v1/bulk", tag = "money", request_body = crate::openapi::BulkRequest, responses((status = 200, description = "Success", body = crate::openapi::BulkResponse), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/bulk")]
-async fn bulk(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<Passwords>>, simulator: web::Data<Simulator>) -> Result<HttpResponse, ApiError> {
+pub async fn bulk(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<Passwords>>, simulator: web::Data<Simulator>) -> Result<HttpResponse, ApiError> {
     let request: BulkBody = serde_json::from_slice(&signed.body).map_err(|error| ApiError::new(400, "invalid_request", &error.to_string()))?;
     if request.operations.is_empty() {
         return Err(ApiError::invalid("operations must not be empty", "operations"));

@@ -134,9 +134,9 @@ impl Cards {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BindBody {
+pub(crate) struct BindBody {
     out_order_no: String,
     card_no: String,
     holder_name: String,
@@ -144,9 +144,9 @@ struct BindBody {
     phone: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct VerifyBody {
+pub(crate) struct VerifyBody {
     amount: String,
 }
 
@@ -154,8 +154,9 @@ fn parse_card_id(text: &str) -> Option<u64> {
     crate::ids::parse_prefixed(text, "card_")
 }
 
+#[utoipa::path(post, path = "/v1/accounts/{account_id}/cards", tag = "cards", request_body = crate::cards::BindBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 201, description = "Success", body = crate::openapi::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts/{account_id}/cards")]
-async fn bind(
+pub async fn bind(
     signed: Signed,
     path: web::Path<String>,
     engine: web::Data<Arc<Engine>>,
@@ -218,8 +219,9 @@ async fn bind(
     Ok(HttpResponse::Created().json(card.view()))
 }
 
+#[utoipa::path(post, path = "/v1/accounts/{account_id}/cards/{card_id}/verify", tag = "cards", request_body = crate::cards::VerifyBody, params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::openapi::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts/{account_id}/cards/{card_id}/verify")]
-async fn verify(signed: Signed, path: web::Path<(String, String)>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
+pub async fn verify(signed: Signed, path: web::Path<(String, String)>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<VerifyBody>()?;
     let platform = signed.platform.id;
     let account = parse_account_id(&path.0).ok_or_else(ApiError::not_found)?;
@@ -251,8 +253,9 @@ async fn verify(signed: Signed, path: web::Path<(String, String)>, engine: web::
     }
 }
 
+#[utoipa::path(delete, path = "/v1/accounts/{account_id}/cards/{card_id}", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::openapi::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[delete("/v1/accounts/{account_id}/cards/{card_id}")]
-async fn unbind(signed: Signed, path: web::Path<(String, String)>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
+pub async fn unbind(signed: Signed, path: web::Path<(String, String)>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let account = parse_account_id(&path.0).ok_or_else(ApiError::not_found)?;
     account_of(&engine, platform, account).await?;
@@ -265,8 +268,9 @@ async fn unbind(signed: Signed, path: web::Path<(String, String)>, engine: web::
 }
 
 /// `GET /v1/accounts/{account_id}/cards` (an addition to API.md): the account's cards.
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/cards", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}/cards")]
-async fn list(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
+pub async fn list(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
     account_of(&engine, platform, account).await?;

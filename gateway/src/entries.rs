@@ -135,8 +135,9 @@ fn read_lines(store: &dyn Store, shard: u16, account: AccountId, spec: engine::m
     Ok((lines, older.then_some(cursor)))
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/entries", tag = "accounts", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::openapi::EntryPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}/entries")]
-async fn list_entries(signed: Signed, path: web::Path<String>, query: web::Query<Query>, engine: web::Data<Arc<Engine>>, store: web::Data<Arc<dyn Store>>) -> Result<HttpResponse, ApiError> {
+pub async fn list_entries(signed: Signed, path: web::Path<String>, query: web::Query<Query>, engine: web::Data<Arc<Engine>>, store: web::Data<Arc<dyn Store>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
     let limit = page_limit(query.limit.as_deref())?;

@@ -117,8 +117,9 @@ struct ListQuery {
 }
 
 /// `GET /v1/events?limit=&cursor=`: the platform's events, newest first.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/events")]
-async fn list_events(signed: Signed, query: web::Query<ListQuery>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn list_events(signed: Signed, query: web::Query<ListQuery>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let limit = page_limit(query.limit.as_deref())?;
     let before = match query.cursor.as_deref() {
@@ -152,9 +153,9 @@ async fn list_events(signed: Signed, query: web::Query<ListQuery>, engine: web::
     Ok(HttpResponse::Ok().json(json!({"events": events, "next_cursor": next_cursor})))
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct WebhookBody {
+pub(crate) struct WebhookBody {
     url: Option<String>,
 }
 
@@ -164,8 +165,9 @@ fn valid_url(url: &str) -> bool {
 }
 
 /// `POST /v1/webhook {url}` (an addition to API.md): sets or (with null) removes the webhook.
+#[utoipa::path(post, path = "/v1/webhook", tag = "events", request_body = crate::events::WebhookBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/webhook")]
-async fn set_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+pub async fn set_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<WebhookBody>()?;
     if body.url.as_deref().is_some_and(|u| !valid_url(u)) {
         return Err(ApiError::invalid("url must be an http:// or https:// URL", "url"));
@@ -176,8 +178,9 @@ async fn set_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>) -> Re
 }
 
 /// `GET /v1/webhook`: the platform's webhook URL.
+#[utoipa::path(get, path = "/v1/webhook", tag = "events", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/webhook")]
-async fn show_webhook(signed: Signed) -> HttpResponse {
+pub async fn show_webhook(signed: Signed) -> HttpResponse {
     HttpResponse::Ok().json(json!({"url": signed.platform.webhook_url, "signature_header": "X-Clearing-Signature"}))
 }
 

@@ -15,7 +15,7 @@ use crate::identity::{valid_credit_code, valid_phone, valid_resident_id};
 pub const NAME_CHARS_MAX: usize = 64;
 
 /// `POST /v1/members` body.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMember {
     pub out_order_no: String,

@@ -64,8 +64,9 @@ fn sync_engine(engine: &Engine) {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operator", responses((status = 200, description = "Success", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[get("/metrics")]
-async fn scrape(
+pub async fn scrape(
     request: HttpRequest,
     token: web::Data<AdminToken>,
     engine: web::Data<Arc<Engine>>,

@@ -266,8 +266,9 @@ pub async fn read_order<R: Send + 'static>(
     Ok(blocking(move || engine.read_shard(shard, move |state| state.platform_order(platform, id).map(|order| read(state, order)))).await??)
 }
 
+#[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/orders/{order_id}")]
-async fn show_order(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn show_order(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let id = parse_order_id(&path).ok_or_else(ApiError::not_found)?;
     let found = read_order(&engine, signed.platform.id, id, |state, order| view(state, order)).await?;
     found.map(|v| HttpResponse::Ok().json(v)).ok_or_else(ApiError::not_found)
@@ -397,8 +398,9 @@ fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo) 
     })
 }
 
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(("out_order_no" = Option<String>, Query, description = "The platform's order number: answers that one order"), ("kind" = Option<String>, Query, description = "recharge, payment, refund, freeze or withdrawal"), ("status" = Option<String>, Query, description = "An order status"), ("account_id" = String, Path, description = "Account id (acc_...)"), ("from" = Option<String>, Query, description = "RFC 3339: created at or after"), ("to" = Option<String>, Query, description = "RFC 3339: created before"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::openapi::OrderPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/orders")]
-async fn list_orders(signed: Signed, query: web::Query<ListQuery>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn list_orders(signed: Signed, query: web::Query<ListQuery>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let query = query.into_inner();
     let shard_count = engine.config().shard_count;

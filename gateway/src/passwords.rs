@@ -121,14 +121,15 @@ pub async fn check_for_payment(passwords: &Arc<Passwords>, platform: &Platform, 
     blocking(move || passwords.verify(payer, password.as_deref())).await?
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PasswordBody {
+pub(crate) struct PasswordBody {
     password: String,
 }
 
+#[utoipa::path(post, path = "/v1/accounts/{account_id}/password", tag = "accounts", request_body = crate::passwords::PasswordBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts/{account_id}/password")]
-async fn set_password(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<Passwords>>) -> Result<HttpResponse, ApiError> {
+pub async fn set_password(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<Passwords>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PasswordBody>()?;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
     owner_of(&engine, signed.platform.id, account).await?;

@@ -19,7 +19,7 @@ use crate::platforms::Platform;
 use crate::v1::Signed;
 
 /// A payee or split receiver as the API names it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LegBody {
     pub account_id: String,
@@ -27,7 +27,7 @@ pub struct LegBody {
 }
 
 /// Balance (credited at once) or guarantee (held in escrow until confirmed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     Balance,
@@ -35,7 +35,7 @@ pub enum Mode {
 }
 
 /// Where a payment's money comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Funding {
     Balance,
@@ -43,7 +43,7 @@ pub enum Funding {
 }
 
 /// `POST /v1/payments`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentBody {
     pub out_order_no: String,
@@ -101,7 +101,7 @@ pub fn prepare_payment(engine: &Engine, platform: &Platform, body: &PaymentBody)
 }
 
 /// `POST /v1/payments/{order_id}/confirm` (and the bulk `confirm` operation, which names the order).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,7 +111,7 @@ pub struct ConfirmBody {
 }
 
 /// `POST /v1/payments/{order_id}/cancel` and `POST /v1/freezes/{order_id}/release`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PartialBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,7 +180,7 @@ pub async fn prepare_cancel(engine: &Arc<Engine>, platform: &Platform, order_id:
 }
 
 /// `POST /v1/refunds`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefundBody {
     pub out_order_no: String,
@@ -227,7 +227,7 @@ pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &Re
 }
 
 /// `POST /v1/freezes`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FreezeBody {
     pub out_order_no: String,
@@ -275,7 +275,7 @@ pub async fn prepare_release(engine: &Arc<Engine>, platform: &Platform, order_id
 }
 
 /// One order of `POST /v1/batch-payments`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchOrderBody {
     pub out_order_no: String,
@@ -286,7 +286,7 @@ pub struct BatchOrderBody {
 }
 
 /// `POST /v1/batch-payments`: one payer, many orders, one password check, all or none.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
     pub out_order_no: String,
@@ -327,8 +327,9 @@ pub fn prepare_batch(engine: &Engine, platform: &Platform, body: &BatchBody) -> 
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }
 
+#[utoipa::path(post, path = "/v1/batch-payments", tag = "money", request_body = crate::payments::BatchBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/batch-payments")]
-async fn create_batch(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<crate::passwords::Passwords>>) -> Result<HttpResponse, ApiError> {
+pub async fn create_batch(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<crate::passwords::Passwords>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<BatchBody>()?;
     let mut prepared = prepare_batch(&engine, &signed.platform, &body)?;
     crate::passwords::check_for_payment(&passwords, &signed.platform, &prepared.envelope, body.payment_password.as_deref()).await?;
@@ -351,16 +352,18 @@ async fn create_batch(signed: Signed, engine: web::Data<Arc<Engine>>, passwords:
     crate::orders::answer(prepared, &reply)
 }
 
+#[utoipa::path(post, path = "/v1/payments", tag = "money", request_body = crate::payments::PaymentBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/payments")]
-async fn create_payment(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<crate::passwords::Passwords>>) -> Result<HttpResponse, ApiError> {
+pub async fn create_payment(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<crate::passwords::Passwords>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PaymentBody>()?;
     let prepared = prepare_payment(&engine, &signed.platform, &body)?;
     crate::passwords::check_for_payment(&passwords, &signed.platform, &prepared.envelope, body.payment_password.as_deref()).await?;
     respond(&engine, prepared).await
 }
 
+#[utoipa::path(post, path = "/v1/payments/{order_id}/confirm", tag = "money", request_body = crate::payments::ConfirmBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/payments/{order_id}/confirm")]
-async fn confirm(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn confirm(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<ConfirmBody>()?;
     if body.order_id.is_some() {
         return Err(ApiError::invalid("the order is named by the path", "order_id"));
@@ -369,8 +372,9 @@ async fn confirm(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<
     respond(&engine, prepared).await
 }
 
+#[utoipa::path(post, path = "/v1/payments/{order_id}/cancel", tag = "money", request_body = crate::payments::PartialBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/payments/{order_id}/cancel")]
-async fn cancel(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn cancel(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PartialBody>()?;
     if body.order_id.is_some() {
         return Err(ApiError::invalid("the order is named by the path", "order_id"));
@@ -379,22 +383,25 @@ async fn cancel(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<E
     respond(&engine, prepared).await
 }
 
+#[utoipa::path(post, path = "/v1/refunds", tag = "money", request_body = crate::payments::RefundBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/refunds")]
-async fn create_refund(signed: Signed, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn create_refund(signed: Signed, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<RefundBody>()?;
     let prepared = prepare_refund(&engine, &signed.platform, &body).await?;
     respond(&engine, prepared).await
 }
 
+#[utoipa::path(post, path = "/v1/freezes", tag = "money", request_body = crate::payments::FreezeBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/freezes")]
-async fn create_freeze(signed: Signed, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn create_freeze(signed: Signed, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<FreezeBody>()?;
     let prepared = prepare_freeze(&engine, &signed.platform, &body)?;
     respond(&engine, prepared).await
 }
 
+#[utoipa::path(post, path = "/v1/freezes/{order_id}/release", tag = "money", request_body = crate::payments::PartialBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/freezes/{order_id}/release")]
-async fn release(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn release(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PartialBody>()?;
     if body.order_id.is_some() {
         return Err(ApiError::invalid("the order is named by the path", "order_id"));

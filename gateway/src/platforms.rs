@@ -39,7 +39,7 @@ impl Platform {
 }
 
 /// `POST /admin/platforms` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPlatform {
     pub name: String,

@@ -17,7 +17,7 @@ use crate::simulator::{Simulator, Work};
 use crate::v1::Signed;
 
 /// `POST /v1/recharges`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RechargeBody {
     pub out_order_no: String,
@@ -61,8 +61,9 @@ pub fn dispatch(engine: &Engine, simulator: &Simulator, envelope: &Envelope, rep
     }
 }
 
+#[utoipa::path(post, path = "/v1/recharges", tag = "money", request_body = crate::recharges::RechargeBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/recharges")]
-async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, simulator: web::Data<Simulator>) -> Result<HttpResponse, ApiError> {
+pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, simulator: web::Data<Simulator>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<RechargeBody>()?;
     let prepared = prepare_recharge(&engine, &signed.platform, &body)?;
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;

@@ -32,14 +32,16 @@ impl Default for HttpLimits {
     }
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Success", body = Object), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)))]
 #[get("/healthz")]
-async fn healthz() -> HttpResponse {
+pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
 /// Ready while every shard runs; 503 once one has stopped (a failed write stops a shard).
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Success", body = Object), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)))]
 #[get("/readyz")]
-async fn readyz(engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn readyz(engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let stopped: Vec<usize> = engine
         .counters()
         .iter()
@@ -150,6 +152,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .configure(crate::notifications::routes)
             .configure(crate::simulator::routes)
             .configure(crate::metrics::routes)
+            .configure(crate::openapi::routes)
             .default_service(web::to(|| async { Err::<HttpResponse, ApiError>(ApiError::not_found()) }))
     })
     .workers(limits.workers)

@@ -20,9 +20,9 @@ use crate::platforms::Platforms;
 /// How long a settlement run waits for cross-shard credits to land.
 const QUIESCENT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SettlementBody {
+pub(crate) struct SettlementBody {
     business_date: String,
 }
 
@@ -39,8 +39,9 @@ fn day_start_micros(day: i64, offset_seconds: i32) -> u64 {
     u64::try_from((day * 86_400 - offset_seconds as i64) * 1_000_000).unwrap_or(0)
 }
 
+#[utoipa::path(post, path = "/admin/settlements", tag = "operator", request_body = crate::settlements::SettlementBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/settlements")]
-async fn settle(request: HttpRequest, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+pub async fn settle(request: HttpRequest, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: SettlementBody = crate::v1::parse_json(&body)?;
     let day = day_number(&body.business_date).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;

@@ -79,7 +79,7 @@ pub struct CardTransaction {
 }
 
 /// The callback a bank sends when it has decided an order.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Callback {
     pub kind: String,
@@ -336,8 +336,9 @@ fn requeue(inner: &Inner, job: Job) {
 }
 
 /// `POST /channels/simulator/callback`: the bank's verdict on an order, signed with the channel key.
+#[utoipa::path(post, path = "/channels/simulator/callback", tag = "simulator", request_body = crate::simulator::Callback, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("channel_signature" = [])))]
 #[post("/channels/simulator/callback")]
-async fn receive_callback(request: HttpRequest, body: web::Bytes, simulator: web::Data<Simulator>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn receive_callback(request: HttpRequest, body: web::Bytes, simulator: web::Data<Simulator>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let header = request.headers().get("X-Channel-Signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
     verify_signature(simulator.key(), header, &body, unix_seconds())?;
     let callback: Callback = crate::v1::parse_json(&body)?;
@@ -361,8 +362,9 @@ async fn receive_callback(request: HttpRequest, body: web::Bytes, simulator: web
 }
 
 /// `GET /sim/cards/{card_no}/transactions`: what the card's holder sees at their bank.
+#[utoipa::path(get, path = "/sim/cards/{card_no}/transactions", tag = "simulator", params(("card_no" = String, Path, description = "Card number")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)))]
 #[get("/sim/cards/{card_no}/transactions")]
-async fn card_transactions(path: web::Path<String>, simulator: web::Data<Simulator>) -> HttpResponse {
+pub async fn card_transactions(path: web::Path<String>, simulator: web::Data<Simulator>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"transactions": simulator.card_transactions(&path)}))
 }
 

@@ -70,8 +70,9 @@ struct PlatformBody {
     require_payment_password: bool,
 }
 
+#[utoipa::path(get, path = "/v1/platform", tag = "platform", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/platform")]
-async fn whoami(signed: Signed) -> Result<HttpResponse, ApiError> {
+pub async fn whoami(signed: Signed) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform;
     Ok(HttpResponse::Ok().json(PlatformBody {
         platform_id: platform.public_id(),
@@ -83,8 +84,9 @@ async fn whoami(signed: Signed) -> Result<HttpResponse, ApiError> {
 }
 
 /// `POST /v1/members`: 201 with the member; a repeated order number replays the first answer.
+#[utoipa::path(post, path = "/v1/members", tag = "members", request_body = crate::members::NewMember, responses((status = 201, description = "Success", body = crate::openapi::MemberView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[actix_web::post("/v1/members")]
-async fn create_member(signed: Signed, members: web::Data<Arc<Members>>) -> Result<HttpResponse, ApiError> {
+pub async fn create_member(signed: Signed, members: web::Data<Arc<Members>>) -> Result<HttpResponse, ApiError> {
     let (platform, new) = (signed.platform.clone(), signed.json::<NewMember>()?);
     let members = members.get_ref().clone();
     // The store write syncs to disk: off the async workers.

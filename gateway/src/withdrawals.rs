@@ -26,9 +26,9 @@ use crate::v1::Signed;
 /// Withdrawals above this many major units alert the member (API.md).
 pub const ALERT_ABOVE_MAJOR: i64 = 50_000;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct WithdrawalBody {
+pub(crate) struct WithdrawalBody {
     out_order_no: String,
     account_id: String,
     card_id: String,
@@ -37,9 +37,10 @@ struct WithdrawalBody {
     arrival: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/withdrawals", tag = "money", request_body = crate::withdrawals::WithdrawalBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/withdrawals")]
 #[allow(clippy::too_many_arguments)]
-async fn create_withdrawal(
+pub async fn create_withdrawal(
     signed: Signed,
     engine: web::Data<Arc<Engine>>,
     cards: web::Data<Arc<Cards>>,

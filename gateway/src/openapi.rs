@@ -1,0 +1,295 @@
+//! `GET /openapi.json`: the OpenAPI document of every endpoint, generated from the handlers'
+//! annotations and the request types (utoipa). Error codes are listed from the code too: every
+//! engine result code through the one table that maps them (`orders::rejection`), plus the
+//! codes the gateway answers itself (`GATEWAY_ERROR_CODES`, checked against the sources by a test).
+
+use actix_web::{get, web, HttpResponse};
+use engine::result::ResultCode;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// Codes the gateway answers without the engine (authentication, validation, cards, ...).
+pub const GATEWAY_ERROR_CODES: [&str; 20] = [
+    "invalid_request",
+    "invalid_amount",
+    "unauthenticated",
+    "timestamp_out_of_window",
+    "replayed_request",
+    "not_found",
+    "method_not_allowed",
+    "payload_too_large",
+    "too_many_operations",
+    "idempotency_conflict",
+    "invalid_id_number",
+    "invalid_card_no",
+    "identity_mismatch",
+    "verification_failed",
+    "card_locked",
+    "card_not_verified",
+    "invalid_payment_password",
+    "payment_locked",
+    "payment_password_not_set",
+    "funding_not_supported",
+];
+
+/// Codes only the server's own failures produce (5xx).
+pub const SERVER_ERROR_CODES: [&str; 2] = ["unavailable", "internal_error"];
+
+/// Every error code the API answers with, without repeats.
+pub fn error_codes() -> Vec<&'static str> {
+    let mut codes: Vec<&'static str> = GATEWAY_ERROR_CODES.to_vec();
+    for code in ResultCode::ALL.iter().skip(1) {
+        codes.push(crate::orders::rejection(*code).code);
+    }
+    codes.extend(SERVER_ERROR_CODES);
+    let mut seen = std::collections::HashSet::new();
+    codes.retain(|c| seen.insert(*c));
+    codes
+}
+
+/// An error: HTTP status plus this body.
+#[derive(ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code (see ErrorCode).
+    #[schema(schema_with = error_code_schema)]
+    pub code: String,
+    pub message: String,
+    /// The field at fault, when one is.
+    pub param: Option<String>,
+}
+
+fn error_code_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(error_codes()))
+        .description(Some("Every code the API answers with"))
+        .build()
+}
+
+/// An order (every money-moving operation answers one; kind-specific fields are added).
+#[derive(ToSchema)]
+pub struct OrderView {
+    pub order_id: String,
+    pub out_order_no: Option<String>,
+    /// recharge, payment, refund, freeze, withdrawal (batch_payment for a batch's answer).
+    pub kind: String,
+    /// pending, processing, held, succeeded, failed, cancelled, partially_refunded, refunded.
+    pub status: String,
+    /// Decimal string in major units.
+    pub amount: Option<String>,
+    pub currency: String,
+    pub account_id: Option<String>,
+    pub created_at: Option<String>,
+}
+
+/// A page of orders, newest first.
+#[derive(ToSchema)]
+pub struct OrderPage {
+    pub orders: Vec<OrderView>,
+    pub next_cursor: Option<String>,
+}
+
+/// An account with its balances (decimal strings).
+#[derive(ToSchema)]
+pub struct AccountView {
+    pub account_id: String,
+    pub member_id: Option<String>,
+    pub virtual_account_no: String,
+    pub currency: String,
+    pub status: String,
+    #[schema(value_type = Option<Object>)]
+    pub balances: Option<serde_json::Value>,
+}
+
+/// A member.
+#[derive(ToSchema)]
+pub struct MemberView {
+    pub member_id: String,
+    #[schema(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub status: String,
+}
+
+/// A bank card bound to an account.
+#[derive(ToSchema)]
+pub struct CardView {
+    pub card_id: String,
+    pub account_id: String,
+    pub card_no_masked: String,
+    pub holder_name: String,
+    /// pending_verification, verified, locked, unbound.
+    pub status: String,
+}
+
+/// One journal line of an account.
+#[derive(ToSchema)]
+pub struct EntryView {
+    pub entry_id: String,
+    pub order_id: Option<String>,
+    pub kind: String,
+    pub amount: String,
+    /// debit or credit.
+    pub direction: String,
+    /// settled, unsettled or frozen.
+    pub bucket: String,
+    pub balance_after: String,
+    pub created_at: String,
+}
+
+/// A page of journal lines, newest first.
+#[derive(ToSchema)]
+pub struct EntryPage {
+    pub entries: Vec<EntryView>,
+    pub next_cursor: Option<String>,
+}
+
+/// One operation of a bulk request: `op` names it, `body` is what its own endpoint takes
+/// (`confirm`, `cancel` and `release_freeze` add the `order_id` to the body).
+#[derive(ToSchema)]
+pub struct BulkOperation {
+    /// payment, recharge, refund, freeze, confirm, cancel, release_freeze.
+    pub op: String,
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+}
+
+/// Up to 8,189 operations.
+#[derive(ToSchema)]
+pub struct BulkRequest {
+    pub operations: Vec<BulkOperation>,
+}
+
+/// One result per operation, in order.
+#[derive(ToSchema)]
+pub struct BulkResult {
+    pub status: u16,
+    /// The operation's own answer: an order, or an ErrorBody.
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+    pub replayed: Option<bool>,
+}
+
+/// The results of a bulk request.
+#[derive(ToSchema)]
+pub struct BulkResponse {
+    pub results: Vec<BulkResult>,
+}
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "platform_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Signature",
+                "hex(HMAC-SHA256(secret, METHOD \\n PATH_AND_QUERY \\n TIMESTAMP \\n NONCE \\n hex(SHA256(body)))), with headers X-Platform-Id, X-Timestamp (unix seconds, within 300 s) and X-Nonce (16-64 [A-Za-z0-9], once)",
+            ))),
+        );
+        components.add_security_scheme("operator_token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "channel_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description("X-Channel-Signature", "t=<unix seconds>,v1=<hex HMAC-SHA256(channel key, \"t.body\")>"))),
+        );
+    }
+}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Clearing engine: platform OpenAPI and operator API", description = "Virtual-account clearing (../shared/API.md is the contract)."),
+    paths(
+        crate::accounts::open_account,
+        crate::accounts::show_account,
+        crate::accounts::close_account,
+        crate::admin::list_shards,
+        crate::admin::one_shard,
+        crate::admin::check_invariants,
+        crate::admin::create_platform,
+        crate::bulk::bulk,
+        crate::cards::bind,
+        crate::cards::verify,
+        crate::cards::unbind,
+        crate::cards::list,
+        crate::entries::list_entries,
+        crate::events::list_events,
+        crate::events::set_webhook,
+        crate::events::show_webhook,
+        crate::metrics::scrape,
+        crate::notifications::list,
+        crate::orders::show_order,
+        crate::orders::list_orders,
+        crate::passwords::set_password,
+        crate::payments::create_batch,
+        crate::payments::create_payment,
+        crate::payments::confirm,
+        crate::payments::cancel,
+        crate::payments::create_refund,
+        crate::payments::create_freeze,
+        crate::payments::release,
+        crate::recharges::create_recharge,
+        crate::server::healthz,
+        crate::server::readyz,
+        crate::settlements::settle,
+        crate::simulator::receive_callback,
+        crate::simulator::card_transactions,
+        crate::v1::whoami,
+        crate::v1::create_member,
+        crate::withdrawals::create_withdrawal
+    ),
+    components(schemas(ErrorBody, ErrorDetail, OrderView, OrderPage, AccountView, MemberView, CardView, EntryView, EntryPage, BulkOperation, BulkRequest, BulkResult, BulkResponse)),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`.
+#[get("/openapi.json")]
+pub async fn document(doc: web::Data<String>) -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(doc.get_ref().clone())
+}
+
+/// Registers the route (the document is rendered once).
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.app_data(web::Data::new(ApiDoc::openapi().to_json().expect("the document serializes"))).service(document);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code literal the gateway answers with is in the document.
+    #[test]
+    fn every_error_code_in_the_sources_is_documented() {
+        let documented = error_codes();
+        let sources = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src")).unwrap();
+        let pattern = ["ApiError::new(", "ApiError::new(4", "ApiError::new(5"];
+        for file in sources {
+            let path = file.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (index, _) in text.match_indices(pattern[0]) {
+                let rest = &text[index + pattern[0].len()..];
+                let Some(start) = rest.find('"') else { continue };
+                let code = &rest[start + 1..start + 1 + rest[start + 1..].find('"').unwrap()];
+                if code.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !code.is_empty() {
+                    assert!(documented.contains(&code), "{code} in {} is not documented", path.display());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_has_every_route() {
+        let doc = ApiDoc::openapi();
+        for path in ["/v1/payments", "/v1/bulk", "/v1/accounts/{account_id}/entries", "/admin/settlements", "/sim/cards/{card_no}/transactions"] {
+            assert!(doc.paths.paths.contains_key(path), "{path}");
+        }
+    }
+}
