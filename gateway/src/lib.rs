@@ -1,7 +1,7 @@
-//! The HTTP edge: the only crate that knows HTTP and JSON. So far: the server with health,
-//! readiness and the operator's shard and invariant views (bearer token), the API error shape,
-//! and turning API amounts (decimal strings in major units) into exact minor units. The signed
-//! platform OpenAPI is the gateway issue's next step.
+//! The HTTP edge: the only crate that knows HTTP and JSON. The signed platform OpenAPI of
+//! API.md, the operator API, the bank simulator, order events and webhooks, and turning API
+//! amounts (decimal strings in major units) into exact minor units. ARCHITECTURE.md maps the
+//! modules.
 
 pub mod accounts;
 pub mod admin;
