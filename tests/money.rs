@@ -196,13 +196,35 @@ fn a_platform_never_touches_another_platforms_money() {
         ("release A's freeze", format!("/v1/freezes/{freeze}/release"), json!({"out_order_no": "x7"})),
         ("recharge A's account", "/v1/recharges".into(), json!({"out_order_no": "x8", "account_id": a1, "amount": "1.00", "currency": "CNY"})),
         ("set A's password", format!("/v1/accounts/{a1}/password"), json!({"password": "123456"})),
+        ("close A's account", format!("/v1/accounts/{a1}/close"), json!({"out_order_no": "x9"})),
+        ("bind a card to A's account", format!("/v1/accounts/{a1}/cards"), json!({"out_order_no": "x10", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"})),
+        ("verify A's card", format!("/v1/accounts/{a1}/cards/card_1/verify"), json!({"amount": "0.01"})),
+        ("withdraw from A's account", "/v1/withdrawals".into(), json!({"out_order_no": "x11", "account_id": a1, "card_id": "card_1", "amount": "1.00", "currency": "CNY"})),
+        ("batch from A's account", "/v1/batch-payments".into(), json!({"out_order_no": "x12", "payer_account_id": a1, "mode": "balance", "currency": "CNY", "orders": [{"out_order_no": "x12-1", "amount": "1.00", "payees": [{"account_id": b1, "amount": "1.00"}]}]})),
     ];
     for (name, path, body) in &attempts {
         assert_eq!(error_of(&b.post(path, body)), (404, Some("not_found")), "{name}");
     }
-    for path in [format!("/v1/orders/{order}"), format!("/v1/accounts/{a1}"), "/v1/orders?out_order_no=p1".to_string()] {
+    // A's card exists (card_1), so the 404s above are isolation, not absence.
+    let (status, _, card) = a.post(&format!("/v1/accounts/{a1}/cards"), &json!({"out_order_no": "c1", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}));
+    assert_eq!((status, card["card_id"].as_str()), (201, Some("card_1")), "{card}");
+    assert_eq!(error_of(&b.post(&format!("/v1/accounts/{a1}/cards/card_1/verify"), &json!({"amount": "0.01"}))), (404, Some("not_found")));
+    let a_member = a.get(&format!("/v1/accounts/{a1}")).1["member_id"].as_str().unwrap().to_string();
+    for path in [
+        format!("/v1/orders/{order}"),
+        format!("/v1/accounts/{a1}"),
+        "/v1/orders?out_order_no=p1".to_string(),
+        format!("/v1/accounts/{a1}/entries"),
+        format!("/v1/accounts/{a1}/cards"),
+        format!("/v1/members/{a_member}/notifications"),
+    ] {
         assert_eq!(b.get(&path).0, 404, "{path}");
     }
+    let (_, _, bulk) = b.post("/v1/bulk", &json!({"operations": [{"op": "payment", "body": {"out_order_no": "x13", "payer_account_id": a1, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b1, "amount": "1.00"}]}}, {"op": "confirm", "body": {"order_id": order, "out_order_no": "x14"}}]}));
+    let statuses: Vec<u64> = bulk["results"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [404, 404], "{bulk}");
+    let (_, events) = b.get("/v1/events?limit=500");
+    assert!(events["events"].as_array().unwrap().iter().all(|e| e["data"]["account_id"] == b1.as_str()), "{events}");
     let (_, listed) = b.get("/v1/orders");
     assert!(listed["orders"].as_array().unwrap().iter().all(|o| o["account_id"] == b1), "{listed}");
     assert_eq!(a.balances(&a1).0, "89.00");
