@@ -920,3 +920,35 @@ fn garbage_at_every_endpoint_gets_a_4xx_never_a_5xx_and_the_document_lists_them(
     assert_eq!(p.balances(&a).0, "1.00", "garbage moved nothing");
     server.stop();
 }
+
+#[test]
+fn direct_payments_go_through_the_channel_straight_to_the_payees() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-18";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Direct\"}");
+    let payer = p.account(&p.member("m-payer", "Zhang San"));
+    let shop = p.account(&p.member("m-shop", "Li Si"));
+    let body = |number: &str, mode: &str| {
+        json!({"out_order_no": number, "payer_account_id": payer, "mode": mode, "funding": "channel", "amount": "12.00", "currency": "CNY", "payees": [{"account_id": shop, "amount": "12.00"}]})
+    };
+    let (status, _, order) = p.post("/v1/payments", &body("d-1", "balance"));
+    assert_eq!((status, order["status"].as_str(), order["funding"].as_str()), (201, Some("pending"), Some("channel")), "{order}");
+    let shown = p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!((shown["funding"].as_str(), shown["channel"].as_str()), (Some("channel"), Some("sim_gateway")), "{shown}");
+    assert_eq!((p.balances(&payer).0, p.balances(&shop).0), ("0.00".to_string(), "12.00".to_string()), "the payer's balance is not touched");
+    let (_, _, held) = p.post("/v1/payments", &body("d-2", "guarantee"));
+    let held_id = held["order_id"].as_str().unwrap().to_string();
+    p.wait_order(&held_id, "held");
+    let (status, _, confirmed) = p.post(&format!("/v1/payments/{held_id}/confirm"), &json!({"out_order_no": "c-1"}));
+    assert_eq!((status, confirmed["status"].as_str()), (200, Some("succeeded")));
+    assert_eq!(p.balances(&shop).0, "24.00");
+    let mut named = body("d-3", "balance");
+    named["channel"] = json!("carrier_pigeon");
+    assert_eq!(error_of(&p.post("/v1/payments", &named)), (400, Some("invalid_request")));
+    let (_, found) = p.get("/v1/orders?out_order_no=d-1");
+    assert_eq!(found["order_id"], order["order_id"]);
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}

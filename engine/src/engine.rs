@@ -242,7 +242,7 @@ impl Engine {
             };
             let mut claim = None;
             if let Some(number) = &envelope.out_order_no {
-                let key = idempotency_key(envelope.platform, envelope.command.kind_code(), number);
+                let key = idempotency_key(envelope.platform, envelope.command.idempotency_scope(), number);
                 match self.claims.claim(key, shard) {
                     Claim::Conflict => {
                         replies[index] = Some(Reply::rejected(ResultCode::IdempotencyConflict));
@@ -404,7 +404,7 @@ impl Engine {
     fn route(&self, envelope: &Envelope) -> Result<ShardId, ResultCode> {
         let shard_count = self.config.shard_count;
         let command = &envelope.command;
-        if let Command::Payment { payer, amount, payees, splits, currency, .. } = command {
+        if let Command::Payment { payer, amount, payees, splits, currency, .. } | Command::RequestDirectPayment { payer, amount, payees, splits, currency, .. } = command {
             check_amount(*amount)?;
             check_legs(*payer, *amount, payees, splits)?;
             let payer_shard = payer.shard(shard_count);

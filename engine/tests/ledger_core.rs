@@ -271,6 +271,42 @@ fn batch_payments_are_all_or_nothing() {
 }
 
 #[test]
+fn direct_payments_wait_for_the_channel_then_pay_from_the_reserve() {
+    let mut w = World::new();
+    let payer = w.open(1, Limits::NONE);
+    let (x, y) = (w.open(2, Limits::NONE), w.open(3, Limits::NONE));
+    let direct = |guarantee, amount, to: AccountId| Command::RequestDirectPayment {
+        payer, guarantee, currency: CNY, amount, payees: legs(&[(to, amount)]), splits: Legs::new(), channel: 1,
+    };
+    assert_eq!(w.run(direct(false, 0, x)).code, ResultCode::InvalidAmount);
+    assert_eq!(w.run(direct(false, 5, payer)).code, ResultCode::PayeeIsPayer);
+    let balance = w.run(direct(false, 70, x));
+    assert_eq!((balance.code, balance.status), (ResultCode::Ok, Some(OrderStatus::Pending)), "no funds needed: the channel pays");
+    assert_eq!(w.balances(x), (0, 0, 0), "nothing moves before the channel confirms");
+    let done = w.run(Command::CompleteRecharge { order: OrderId(balance.id), succeeded: true });
+    assert_eq!(done.status, Some(OrderStatus::Succeeded));
+    assert_eq!((w.balances(payer), w.balances(x)), ((0, 0, 0), (0, 70, 0)), "straight to the payee");
+    assert_eq!(w.run(Command::CompleteRecharge { order: OrderId(balance.id), succeeded: true }).status, Some(OrderStatus::Succeeded), "a repeated callback");
+    assert_eq!(w.run(Command::CompleteRecharge { order: OrderId(balance.id), succeeded: false }).code, ResultCode::OrderStateInvalid);
+    // Refundable like any payment: back to the payer's balance.
+    w.ok(Command::Refund { payment: OrderId(balance.id), payee: x, amount: 20 });
+    assert_eq!(w.balances(payer), (20, 0, 0));
+    let held = w.ok(direct(true, 30, y));
+    w.ok(Command::CompleteRecharge { order: OrderId(held), succeeded: true });
+    assert_eq!(w.order(held).status, OrderStatus::Held);
+    w.ok(Command::Confirm { order: OrderId(held), releases: Legs::new() });
+    assert_eq!(w.balances(y), (0, 30, 0));
+    let failed = w.ok(direct(false, 10, x));
+    w.ok(Command::CompleteRecharge { order: OrderId(failed), succeeded: false });
+    assert_eq!(w.order(failed).status, OrderStatus::Failed);
+    assert_eq!(w.balances(x), (0, 50, 0));
+    // An ordinary payment is not a channel's to confirm.
+    let ordinary = w.ok(pay(payer, 5, &[(x, 5)], &[]));
+    assert_eq!(w.run(Command::CompleteRecharge { order: OrderId(ordinary), succeeded: true }).code, ResultCode::OrderNotFound);
+    w.assert_books_balance();
+}
+
+#[test]
 fn refund_codes_and_status() {
     let mut w = World::new();
     let payer = w.funded(1, 10_000);

@@ -147,7 +147,7 @@ impl Prepared {
     pub fn take_envelope(&mut self) -> Envelope {
         let placeholder = Envelope { platform: self.envelope.platform, out_order_no: None, command: Command::ExpireFreezes };
         let envelope = std::mem::replace(&mut self.envelope, placeholder);
-        if let Command::RequestRecharge { .. } = envelope.command {
+        if let Command::RequestRecharge { .. } | Command::RequestDirectPayment { .. } = envelope.command {
             self.recharge = Some(envelope.clone());
         }
         envelope
@@ -217,9 +217,13 @@ pub fn view(state: &ShardState, order: &Order) -> Value {
         OrderDetail::Recharge { channel } => {
             extra.insert("channel".into(), json!(crate::channels::name(*channel)));
         }
-        OrderDetail::Payment { refunded, held } => {
+        OrderDetail::Payment { refunded, held, channel } => {
             let mode = if order.kind == OrderKind::Guarantee { "guarantee" } else { "balance" };
             extra.insert("mode".into(), json!(mode));
+            extra.insert("funding".into(), json!(if channel.is_some() { "channel" } else { "balance" }));
+            if let Some(channel) = channel {
+                extra.insert("channel".into(), json!(crate::channels::name(*channel)));
+            }
             extra.insert("payer_account_id".into(), json!(public_account_id(order.account)));
             extra.insert("refunded_amount".into(), money(*refunded));
             let receivers: Vec<Value> = held

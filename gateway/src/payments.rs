@@ -70,8 +70,9 @@ fn legs(items: &[LegBody], spec: &CurrencySpec, param: &'static str) -> Result<L
 /// Checks a payment request and builds its command and response body.
 pub fn prepare_payment(engine: &Engine, platform: &Platform, body: &PaymentBody) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
-    if body.funding == Some(Funding::Channel) || body.channel.is_some() {
-        return Err(ApiError::new(422, "funding_not_supported", "direct payment through a channel is not offered yet; pay from the balance"));
+    let direct = body.funding == Some(Funding::Channel);
+    if body.channel.is_some() && !direct {
+        return Err(ApiError::invalid("a channel is named only with funding \"channel\"", "channel"));
     }
     if body.payees.is_empty() {
         return Err(ApiError::invalid("a payment needs at least one payee", "payees"));
@@ -88,7 +89,12 @@ pub fn prepare_payment(engine: &Engine, platform: &Platform, body: &PaymentBody)
     let payees = legs(&body.payees, &spec, "payees")?;
     let splits = legs(&body.splits, &spec, "splits")?;
     let guarantee = body.mode == Mode::Guarantee;
-    let command = Command::Payment { payer, guarantee, currency: currency_id, amount: total, payees, splits };
+    let command = if direct {
+        let channel = crate::recharges::money_in_channel(body.channel.as_deref())?.id;
+        Command::RequestDirectPayment { payer, guarantee, currency: currency_id, amount: total, payees, splits, channel }
+    } else {
+        Command::Payment { payer, guarantee, currency: currency_id, amount: total, payees, splits }
+    };
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no);
     view.value("kind", &"payment");
@@ -96,7 +102,7 @@ pub fn prepare_payment(engine: &Engine, platform: &Platform, body: &PaymentBody)
     view.value("amount", &spec.format(total));
     view.value("currency", &body.currency);
     view.value("payer_account_id", &body.payer_account_id);
-    view.value("payees", &body.payees).value("splits", &body.splits);
+    view.value("payees", &body.payees).value("splits", &body.splits).value("funding", if direct { "channel" } else { "balance" });
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }
 
@@ -354,11 +360,18 @@ pub async fn create_batch(signed: Signed, engine: web::Data<Arc<Engine>>, passwo
 
 #[utoipa::path(post, path = "/v1/payments", tag = "money", request_body = crate::payments::PaymentBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/payments")]
-pub async fn create_payment(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<crate::passwords::Passwords>>) -> Result<HttpResponse, ApiError> {
+pub async fn create_payment(
+    signed: Signed,
+    engine: web::Data<Arc<Engine>>,
+    passwords: web::Data<Arc<crate::passwords::Passwords>>,
+    simulator: web::Data<crate::simulator::Simulator>,
+) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PaymentBody>()?;
     let prepared = prepare_payment(&engine, &signed.platform, &body)?;
     crate::passwords::check_for_payment(&passwords, &signed.platform, &prepared.envelope, body.payment_password.as_deref()).await?;
-    respond(&engine, prepared).await
+    let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
+    crate::recharges::dispatch(&engine, &simulator, &prepared.envelope, &reply);
+    crate::orders::answer(prepared, &reply)
 }
 
 #[utoipa::path(post, path = "/v1/payments/{order_id}/confirm", tag = "money", request_body = crate::payments::ConfirmBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]

@@ -30,16 +30,21 @@ pub struct RechargeBody {
 /// The channels money can come in through.
 const MONEY_IN: [Channel; 1] = [channels::SIM_GATEWAY];
 
+/// A money-in channel by its optional name (the simulator's gateway when absent).
+pub fn money_in_channel(name: Option<&str>) -> Result<Channel, ApiError> {
+    match name {
+        None => Ok(channels::SIM_GATEWAY),
+        Some(name) => MONEY_IN.iter().find(|c| c.name == name).copied().ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel")),
+    }
+}
+
 /// Checks a recharge request.
 pub fn prepare_recharge(engine: &Engine, platform: &Platform, body: &RechargeBody) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
     let (currency_id, spec) = currency(engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
-    let channel = match &body.channel {
-        None => channels::SIM_GATEWAY,
-        Some(name) => *MONEY_IN.iter().find(|c| c.name == name).ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel"))?,
-    };
+    let channel = money_in_channel(body.channel.as_deref())?;
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no);
     view.value("kind", &"recharge");
@@ -51,10 +56,11 @@ pub fn prepare_recharge(engine: &Engine, platform: &Platform, body: &RechargeBod
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }
 
-/// Sends a newly accepted pending recharge to its channel (a replay was sent the first time).
+/// Sends a newly accepted pending recharge or direct payment to its channel (a replay was sent
+/// the first time).
 pub fn dispatch(engine: &Engine, simulator: &Simulator, envelope: &Envelope, reply: &Reply) {
     if reply.is_ok() && !reply.replayed {
-        if let Command::RequestRecharge { currency, amount, .. } = envelope.command {
+        if let Command::RequestRecharge { currency, amount, .. } | Command::RequestDirectPayment { currency, amount, .. } = envelope.command {
             let shown = engine.config().currencies[currency.0 as usize].format(amount);
             simulator.submit(Work::Recharge { order: OrderId(reply.id) }, shown);
         }

@@ -213,7 +213,10 @@ impl Simulator {
                 state
                     .orders
                     .iter()
-                    .filter(|o| matches!((o.kind, o.status), (OrderKind::Recharge, OrderStatus::Pending) | (OrderKind::Withdrawal, OrderStatus::Processing)))
+                    .filter(|o| {
+                        let money_in = o.kind == OrderKind::Recharge || matches!(o.detail, engine::ledger::types::OrderDetail::Payment { channel: Some(_), .. });
+                        (money_in && o.status == OrderStatus::Pending) || (o.kind == OrderKind::Withdrawal && o.status == OrderStatus::Processing)
+                    })
                     .map(|o| (o.id, o.kind, o.platform, o.out_order_no, state.currencies[o.currency.0 as usize].format(o.amount)))
                     .collect::<Vec<_>>()
             })?;
@@ -222,11 +225,11 @@ impl Simulator {
         let count = waiting.len();
         for (order, kind, platform, number, amount) in waiting {
             let work = match kind {
-                OrderKind::Recharge => Work::Recharge { order },
-                _ => {
+                OrderKind::Withdrawal => {
                     let card_no = number.and_then(|n| card_of(platform, n.as_str())).unwrap_or_default();
                     Work::Withdrawal { order, card_no }
                 }
+                _ => Work::Recharge { order },
             };
             self.submit(work, amount);
         }

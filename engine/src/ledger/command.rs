@@ -112,6 +112,10 @@ pub enum Command {
     AutoConfirm { created_before: Timestamp },
     /// Several payments from one payer, all accepted or none.
     BatchPayment { payer: AccountId, guarantee: bool, currency: CurrencyId, orders: Vec<BatchOrder> },
+    /// A direct payment (直接支付): the payer pays through a channel, not from the balance. The
+    /// order is `pending` until the channel's verdict (`CompleteRecharge`); then the money goes
+    /// from the reserve straight to the receivers (balance) or into escrow (guarantee).
+    RequestDirectPayment { payer: AccountId, guarantee: bool, currency: CurrencyId, amount: Minor, payees: Legs, splits: Legs, channel: u16 },
 }
 
 /// The most orders one batch payment may carry.
@@ -151,11 +155,21 @@ impl Command {
             Command::CompleteRecharge { .. } => 18,
             Command::AutoConfirm { .. } => 19,
             Command::BatchPayment { .. } => 20,
+            Command::RequestDirectPayment { .. } => 21,
+        }
+    }
+
+    /// The kind that scopes this command's order numbers: a direct payment shares the numbers
+    /// of payments (one `out_order_no` names one payment, however it is funded).
+    pub fn idempotency_scope(&self) -> u8 {
+        match self {
+            Command::RequestDirectPayment { .. } => 5,
+            other => other.kind_code(),
         }
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 21] = [
+    pub const KIND_NAMES: [&'static str; 22] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -177,6 +191,7 @@ impl Command {
         "complete_recharge",
         "auto_confirm",
         "batch_payment",
+        "direct_payment",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.
@@ -189,7 +204,7 @@ impl Command {
             | Command::RequestRecharge { account, .. }
             | Command::Freeze { account, .. }
             | Command::Withdraw { account, .. } => Some(*account),
-            Command::Payment { payer, .. } | Command::BatchPayment { payer, .. } => Some(*payer),
+            Command::Payment { payer, .. } | Command::BatchPayment { payer, .. } | Command::RequestDirectPayment { payer, .. } => Some(*payer),
             Command::Refund { payee, .. } => Some(*payee),
             _ => None,
         }

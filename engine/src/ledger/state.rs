@@ -122,7 +122,7 @@ impl ShardState {
         let key = envelope
             .out_order_no
             .as_ref()
-            .map(|no| idempotency_key(envelope.platform, command.kind_code(), no));
+            .map(|no| idempotency_key(envelope.platform, command.idempotency_scope(), no));
         let mut content = 0;
         if let Some(key) = key {
             content = content_hash(command);
@@ -183,6 +183,10 @@ impl ShardState {
             Command::CompleteRecharge { order, succeeded } => ops::recharge::complete(self, &context, *order, *succeeded, fx),
             Command::BatchPayment { payer, guarantee, currency, orders } => {
                 ops::payment::apply_batch(self, &context, *payer, *guarantee, *currency, orders, fx)
+            }
+            Command::RequestDirectPayment { payer, guarantee, currency, amount, payees, splits, channel } => {
+                let request = ops::payment::PaymentRequest { payer: *payer, guarantee: *guarantee, currency: *currency, amount: *amount, payees, splits };
+                ops::payment::request_direct(self, &context, &request, *channel)
             }
             Command::AutoConfirm { created_before } => ops::guarantee::auto_confirm(self, &context, *created_before, fx),
         };

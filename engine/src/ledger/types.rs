@@ -308,7 +308,8 @@ pub enum OrderDetail {
     Recharge { channel: u16 },
     /// Payments: what has been refunded to the payer so far, and each receiver's leg (a balance
     /// payment's legs are released in full at once; a guarantee payment's as it is confirmed).
-    Payment { refunded: Minor, held: HeldLegs },
+    /// `channel` is set for a direct payment (paid through a channel, `pending` until it confirms).
+    Payment { refunded: Minor, held: HeldLegs, channel: Option<u16> },
     /// Refund of a payment: which payment and payee.
     Refund { payment: OrderId, payee: AccountId },
     /// Freeze: what is still frozen and from which buckets it came.

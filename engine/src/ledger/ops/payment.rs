@@ -96,7 +96,7 @@ pub fn apply(state: &mut ShardState, context: &Context, request: &PaymentRequest
     let held = legs
         .map(|leg| HeldLeg { account: leg.account, held: leg.amount, released: if released { leg.amount } else { 0 }, cancelled: 0 })
         .collect();
-    let id = state.open_order(context, kind, status, payer, amount, OrderDetail::Payment { refunded: 0, held });
+    let id = state.open_order(context, kind, status, payer, amount, OrderDetail::Payment { refunded: 0, held, channel: None });
     let entry_kind = if request.guarantee { EntryKind::GuaranteeHold } else { EntryKind::Payment };
     state.begin_entry(fx, id, entry_kind, currency);
     state.debit_available(fx, payer, amount);
@@ -110,6 +110,64 @@ pub fn apply(state: &mut ShardState, context: &Context, request: &PaymentRequest
     }
     state.end_entry(fx);
     ok_order(id, status)
+}
+
+/// Opens a direct payment that waits for its channel: the same checks as a payment except the
+/// payer's funds and daily cap (the money does not come from the balance); nothing is posted.
+pub fn request_direct(state: &mut ShardState, context: &Context, request: &PaymentRequest, channel: u16) -> Reply {
+    let checks = check_amount(request.amount)
+        .and_then(|_| check_legs(request.payer, request.amount, request.payees, request.splits))
+        .and_then(|_| check_debit_account(state, context.platform, request.payer, request.currency))
+        .and_then(|_| check_local_receivers(state, context.platform, request.currency, request.payees))
+        .and_then(|_| check_local_receivers(state, context.platform, request.currency, request.splits));
+    if let Err(code) = checks {
+        return Reply::rejected(code);
+    }
+    if request.amount > state.account(request.payer).expect("checked").limits.payment_per_order_max {
+        return Reply::rejected(ResultCode::ExceedsPerOrderLimit);
+    }
+    // After this point the request must succeed.
+    let kind = if request.guarantee { OrderKind::Guarantee } else { OrderKind::Payment };
+    let held = request
+        .payees
+        .iter()
+        .chain(request.splits)
+        .map(|leg| HeldLeg { account: leg.account, held: leg.amount, released: 0, cancelled: 0 })
+        .collect();
+    let id = state.open_order(context, kind, OrderStatus::Pending, request.payer, request.amount, OrderDetail::Payment { refunded: 0, held, channel: Some(channel) });
+    ok_order(id, OrderStatus::Pending)
+}
+
+/// The channel confirmed a direct payment: the money goes from the reserve straight to the
+/// receivers (balance) or into escrow (guarantee), and the order goes on as a payment.
+pub(crate) fn complete_direct(state: &mut ShardState, context: &Context, id: OrderId, fx: &mut Effects) -> OrderStatus {
+    let order = state.order(id).expect("checked by the caller");
+    let OrderDetail::Payment { held, .. } = &order.detail else {
+        unreachable!("a direct payment");
+    };
+    let (mut held, payer, currency, amount) = (held.clone(), order.account, order.currency, order.amount);
+    let guarantee = order.kind == OrderKind::Guarantee;
+    let reserve = state.system_account(SystemRole::Reserve, currency);
+    state.begin_entry(fx, id, if guarantee { EntryKind::GuaranteeHold } else { EntryKind::Payment }, currency);
+    state.post(fx, reserve, Bucket::Settled, -amount);
+    if guarantee {
+        let escrow = state.system_account(SystemRole::Escrow, currency);
+        state.post(fx, escrow, Bucket::Settled, amount);
+    } else {
+        for leg in held.iter_mut() {
+            leg.released = leg.held;
+            credit_income(state, fx, context.day, id, Leg { account: leg.account, amount: leg.held }, payer, currency);
+        }
+    }
+    state.end_entry(fx);
+    let status = if guarantee { OrderStatus::Held } else { OrderStatus::Succeeded };
+    let order = state.order_mut(id);
+    if let OrderDetail::Payment { held: legs, .. } = &mut order.detail {
+        *legs = held;
+    }
+    order.status = status;
+    order.updated_at = context.now;
+    status
 }
 
 /// Credits payment income to a receiver: locally (see `land_income`), or through the outbox

@@ -54,16 +54,35 @@ pub fn request(state: &mut ShardState, context: &Context, account: AccountId, cu
 /// The money has arrived at the bank whatever the account's status is now, so a success always
 /// posts: to the account, or to suspense for an operator when it can no longer take credits.
 pub fn complete(state: &mut ShardState, context: &Context, id: OrderId, succeeded: bool, fx: &mut Effects) -> Reply {
-    let Some(order) = state.platform_order(context.platform, id).filter(|o| o.kind == OrderKind::Recharge) else {
+    let Some(order) = state.platform_order(context.platform, id) else {
         return Reply::rejected(ResultCode::OrderNotFound);
     };
+    let direct = match order.detail {
+        OrderDetail::Recharge { .. } => false,
+        OrderDetail::Payment { channel: Some(_), .. } => true,
+        _ => return Reply::rejected(ResultCode::OrderNotFound),
+    };
+    match (order.status, succeeded) {
+        (OrderStatus::Pending, _) => {}
+        // The verdict already applied, again: the order as it is now.
+        (OrderStatus::Failed, false) => return ok_order(id, OrderStatus::Failed),
+        (status, true) if status != OrderStatus::Failed => return ok_order(id, status),
+        _ => return Reply::rejected(ResultCode::OrderStateInvalid),
+    }
+    if direct {
+        // After this point the completion must succeed.
+        let status = if succeeded {
+            crate::ledger::ops::payment::complete_direct(state, context, id, fx)
+        } else {
+            let order = state.order_mut(id);
+            order.status = OrderStatus::Failed;
+            order.updated_at = context.now;
+            OrderStatus::Failed
+        };
+        state.record_change(id);
+        return ok_order(id, status);
+    }
     let verdict = if succeeded { OrderStatus::Succeeded } else { OrderStatus::Failed };
-    if order.status == verdict {
-        return ok_order(id, verdict);
-    }
-    if order.status != OrderStatus::Pending {
-        return Reply::rejected(ResultCode::OrderStateInvalid);
-    }
     // After this point the completion must succeed.
     let (account, currency, amount) = (order.account, order.currency, order.amount);
     if succeeded {

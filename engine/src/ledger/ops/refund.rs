@@ -52,7 +52,7 @@ pub(crate) fn credit_refund(state: &mut ShardState, fx: &mut Effects, payment: O
     let order = state.order_mut(payment);
     order.updated_at = now;
     let paid = order.amount;
-    let OrderDetail::Payment { refunded, held } = &mut order.detail else {
+    let OrderDetail::Payment { refunded, held, .. } = &mut order.detail else {
         unreachable!("refunds are of payments");
     };
     *refunded += leg.amount;
