@@ -952,3 +952,29 @@ fn direct_payments_go_through_the_channel_straight_to_the_payees() {
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
 }
+
+#[test]
+fn the_operator_blocks_an_account_and_its_payments_answer_account_frozen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-19";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Blocked\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let b = p.account(&p.member("m-b", "Li Si"));
+    p.fund(&a, "5.00", "r-1");
+    let set = |account: &str, status: &str, bearer: &str| {
+        let request = ureq::post(&format!("{}/admin/accounts/{account}/status", server.base)).set("Authorization", &format!("Bearer {bearer}"));
+        let response = answer(request.send_string(&json!({"status": status}).to_string()), "status");
+        (response.status(), response.into_json::<serde_json::Value>().unwrap())
+    };
+    assert_eq!(set(&a, "debit_blocked", "wrong").0, 401);
+    assert_eq!(set(&a, "frozen_solid", token).0, 400);
+    assert_eq!(set("acc_424242", "debit_blocked", token).0, 404);
+    assert_eq!(set(&a, "debit_blocked", token).0, 200);
+    let pay = |number: &str| p.post("/v1/payments", &json!({"out_order_no": number, "payer_account_id": a, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b, "amount": "1.00"}]}));
+    assert_eq!(error_of(&pay("p-1")), (422, Some("account_frozen")));
+    assert_eq!(p.get(&format!("/v1/accounts/{a}")).1["status"], "debit_blocked");
+    assert_eq!(set(&a, "normal", token).0, 200);
+    assert_eq!(pay("p-2").0, 201, "unblocked, and still its platform's account");
+    server.stop();
+}

@@ -126,6 +126,11 @@ fn router_checks_receivers_on_other_shards() {
     assert_eq!(engine.execute_one(plain(pay(payer, foreign, 5))).unwrap().code, ResultCode::PayeeNotFound);
     assert!(engine.execute_one(plain(Command::SetAccountStatus { account: a1, status: AccountStatus::CreditBlocked })).unwrap().is_ok());
     assert_eq!(engine.execute_one(plain(pay(a0, a1, 5))).unwrap().code, ResultCode::AccountCreditBlocked);
+    // Regression: the operator (platform 0) changing the status must not make the directory
+    // think the account belongs to platform 0 (its own platform's payments were refused).
+    let by_operator = Envelope { platform: 0, ..plain(Command::SetAccountStatus { account: a1, status: AccountStatus::Normal }) };
+    assert!(engine.execute_one(by_operator).unwrap().is_ok());
+    assert_eq!(engine.execute_one(plain(pay(a0, a1, 5))).unwrap().code, ResultCode::Ok);
     engine.shutdown();
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use engine::invariants::check_engine;
 use engine::Engine;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{blocking, ApiError};
 use crate::secrets::{random_hex, write_private};
@@ -161,7 +161,7 @@ pub async fn check_invariants(request: HttpRequest, engine: web::Data<Arc<Engine
 
 /// Registers the operator routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(list_shards).service(one_shard).service(check_invariants).service(create_platform);
+    config.service(list_shards).service(one_shard).service(check_invariants).service(create_platform).service(set_account_status);
 }
 
 #[derive(Serialize)]
@@ -196,4 +196,33 @@ pub async fn create_platform(
         auto_confirm_days: platform.auto_confirm_days,
         require_payment_password: platform.require_payment_password,
     }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatusBody {
+    /// normal, debit_blocked (no debits: `account_frozen`) or credit_blocked (no credits).
+    status: String,
+}
+
+/// `POST /admin/accounts/{account_id}/status` (an addition to API.md): the operator blocks or
+/// unblocks an account (closing is the platform's `POST /v1/accounts/{id}/close`).
+#[utoipa::path(post, path = "/admin/accounts/{account_id}/status", tag = "operator", request_body = crate::admin::StatusBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[actix_web::post("/admin/accounts/{account_id}/status")]
+pub async fn set_account_status(request: HttpRequest, path: web::Path<String>, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let body: StatusBody = crate::v1::parse_json(&body)?;
+    let account = crate::accounts::parse_account_id(&path).ok_or_else(ApiError::not_found)?;
+    let status = match body.status.as_str() {
+        "normal" => engine::ledger::types::AccountStatus::Normal,
+        "debit_blocked" => engine::ledger::types::AccountStatus::DebitBlocked,
+        "credit_blocked" => engine::ledger::types::AccountStatus::CreditBlocked,
+        _ => return Err(ApiError::invalid("status is normal, debit_blocked or credit_blocked", "status")),
+    };
+    let command = engine::ledger::command::Command::SetAccountStatus { account, status };
+    let reply = crate::accounts::execute(&engine, engine::ledger::command::Envelope { platform: 0, out_order_no: None, command }).await?;
+    if !reply.is_ok() {
+        return Err(crate::orders::rejection(reply.code));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"account_id": crate::accounts::public_account_id(account), "status": body.status})))
 }

@@ -213,6 +213,7 @@ impl Modify for Security {
         crate::admin::one_shard,
         crate::admin::check_invariants,
         crate::admin::create_platform,
+        crate::admin::set_account_status,
         crate::bulk::bulk,
         crate::cards::bind,
         crate::cards::verify,

@@ -36,9 +36,10 @@ pub fn set_status(state: &mut ShardState, context: &Context, id: AccountId, stat
     if status == AccountStatus::Closed {
         return Reply::rejected(ResultCode::OrderStateInvalid);
     }
-    let currency = account.currency;
+    // The directory records the account's own platform (the operator, platform 0, may act).
+    let (currency, owner_platform) = (account.currency, account.platform);
     state.account_mut(id).status = status;
-    fx.directory.push((id, context.platform, currency, status));
+    fx.directory.push((id, owner_platform, currency, status));
     Reply { code: ResultCode::Ok, id: id.0, status: None, replayed: false }
 }
 
