@@ -20,6 +20,8 @@ struct FileConfig {
     engine: EngineSection,
     simulator: SimulatorSection,
     webhooks: WebhooksSection,
+    channels: Vec<ChannelRow>,
+    calendar: CalendarSection,
     currencies: Vec<CurrencyRow>,
     chart_of_accounts: BTreeMap<String, SubjectRow>,
 }
@@ -55,6 +57,91 @@ struct WebhooksSection {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ChannelRow {
+    id: u16,
+    name: String,
+    kind: String,
+    direction: String,
+    currency: String,
+    fee_fixed: String,
+    fee_rate_bps: i64,
+    fee_min: String,
+    fee_max: String,
+    order_min: String,
+    order_max: String,
+    daily_cap: String,
+    window: String,
+    business_days_only: bool,
+    arrival: String,
+    eta_minutes: u32,
+    serves: Vec<String>,
+    sim_latency_ms: u64,
+    sim_failure_per_mille: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CalendarSection {
+    holidays: Vec<String>,
+}
+
+/// "HH:MM" as minutes after midnight (24:00 allowed).
+fn minutes(text: &str) -> Option<u32> {
+    let (hours, minutes) = text.split_once(':')?;
+    let (hours, minutes): (u32, u32) = (hours.parse().ok()?, minutes.parse().ok()?);
+    (hours <= 24 && minutes < 60 && hours * 60 + minutes <= 1440).then_some(hours * 60 + minutes)
+}
+
+fn channel(row: &ChannelRow, currencies: &[CurrencySpec]) -> Result<gateway::channels::Channel> {
+    use gateway::channels::{Arrival, Channel, Direction};
+    let what = |field: &str| anyhow!("channel {}: bad {field}", row.name);
+    let spec = currencies.iter().find(|c| c.code_str() == row.currency).ok_or_else(|| what("currency (not configured)"))?;
+    // Zero is a valid fee or limit here; parse_amount refuses it, so zero is spelled out.
+    let money = |text: &str, field: &str| -> Result<i64> {
+        if text.trim_start_matches('0').trim_start_matches('.').trim_matches('0').is_empty() {
+            return Ok(0);
+        }
+        gateway::parse_amount(text, spec).map_err(|_| what(field))
+    };
+    let (start, end) = row.window.split_once('-').ok_or_else(|| what("window"))?;
+    let window = (minutes(start).ok_or_else(|| what("window"))?, minutes(end).ok_or_else(|| what("window"))?);
+    if row.sim_failure_per_mille > 1000 || row.fee_rate_bps < 0 || row.fee_rate_bps > 10_000 {
+        return Err(what("sim_failure_per_mille or fee_rate_bps"));
+    }
+    Ok(Channel {
+        id: row.id,
+        name: row.name.clone(),
+        kind: row.kind.clone(),
+        direction: match row.direction.as_str() {
+            "in" => Direction::In,
+            "out" => Direction::Out,
+            _ => return Err(what("direction (in or out)")),
+        },
+        currency: row.currency.clone(),
+        fee_fixed: money(&row.fee_fixed, "fee_fixed")?,
+        fee_rate_bps: row.fee_rate_bps,
+        fee_min: money(&row.fee_min, "fee_min")?,
+        fee_max: money(&row.fee_max, "fee_max")?,
+        order_min: money(&row.order_min, "order_min")?,
+        order_max: money(&row.order_max, "order_max")?,
+        daily_cap: money(&row.daily_cap, "daily_cap")?,
+        window,
+        business_days_only: row.business_days_only,
+        arrival: match row.arrival.as_str() {
+            "realtime" => Arrival::Realtime,
+            "standard" => Arrival::Standard,
+            _ => return Err(what("arrival (realtime or standard)")),
+        },
+        eta_minutes: row.eta_minutes,
+        serves_personal: row.serves.iter().any(|s| s == "personal"),
+        serves_corporate: row.serves.iter().any(|s| s == "corporate"),
+        sim_latency_ms: row.sim_latency_ms,
+        sim_failure_per_mille: row.sim_failure_per_mille,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CurrencyRow {
     code: String,
     exponent: u8,
@@ -75,6 +162,9 @@ pub struct Config {
     pub chart: ChartOfAccounts,
     pub simulator: gateway::simulator::SimulatorConfig,
     pub webhooks: gateway::events::WebhookConfig,
+    pub channels: Vec<gateway::channels::Channel>,
+    /// Holidays as business days (days since 1970-01-01).
+    pub holidays: std::collections::BTreeSet<u32>,
 }
 
 /// Hard limits on configuration values (DESIGN.md invariant 10: every bound has a limit).
@@ -158,7 +248,15 @@ impl Config {
             backoff_ms_max: w.backoff_ms_max,
             timeout_seconds: w.timeout_seconds,
         };
-        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator, webhooks })
+        let channels = file.channels.iter().map(|row| channel(row, &engine.currencies)).collect::<Result<Vec<_>>>()?;
+        if !channels.iter().any(|c| c.direction == gateway::channels::Direction::In) {
+            return Err(anyhow!("configure at least one money-in channel"));
+        }
+        let mut holidays = std::collections::BTreeSet::new();
+        for date in &file.calendar.holidays {
+            holidays.insert(gateway::settlements::day_number(date).ok_or_else(|| anyhow!("calendar: bad date {date:?} (YYYY-MM-DD)"))?);
+        }
+        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator, webhooks, channels, holidays })
     }
 }
 

@@ -128,7 +128,8 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
         }
     }
     let metrics = gateway::metrics::install().map_err(anyhow::Error::msg)?;
-    let services = gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks).map_err(anyhow::Error::msg)?;
+    let channels = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
+    let services = gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks, channels).map_err(anyhow::Error::msg)?;
     actix_web::rt::System::new().block_on(async move {
         let limits = gateway::server::HttpLimits::default();
         let (server, addresses) = gateway::server::bind(services, listen, limits)?;

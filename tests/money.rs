@@ -448,12 +448,20 @@ fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_trie
     assert_eq!(error_of(&withdraw("w-0", &second_id, "1.00", "realtime")), (422, Some("card_not_verified")));
     assert_eq!(error_of(&withdraw("w-0", &card_id, "60000.00", "realtime")), (422, Some("insufficient_funds")), "60,000 + fee is more than 60,000");
     let (status, _, first) = withdraw("w-1", &card_id, "1000.00", "realtime");
-    assert_eq!((status, first["status"].as_str(), first["fee"].as_str(), first["channel"].as_str()), (201, Some("processing"), Some("1.00"), Some("sim_realtime")), "{first}");
+    assert_eq!((status, first["status"].as_str(), first["fee"].as_str(), first["channel"].as_str()), (201, Some("processing"), Some("1.00"), Some("sim_unionpay")), "{first}");
+    // The routing decision comes with the order: every channel, viable or why not.
+    let candidates: Vec<(&str, Option<&str>)> = first["routing"]["candidates"].as_array().unwrap().iter().map(|c| (c["channel"].as_str().unwrap(), c["rejected_because"].as_str())).collect();
+    assert_eq!(first["routing"]["chosen"], "sim_unionpay");
+    assert!(candidates.contains(&("sim_same_city", Some("arrival_too_slow"))), "{candidates:?}");
+    assert!(candidates.contains(&("sim_hvps", Some("below_order_minimum"))), "{candidates:?}");
+    assert!(candidates.contains(&("sim_ibps", None)), "viable but dearer: {candidates:?}");
+    let (_, shown) = p.get(&format!("/v1/orders/{}", first["order_id"].as_str().unwrap()));
+    assert_eq!(shown["routing"], first["routing"], "kept with the order");
     let (status, _, large) = withdraw("w-2", &card_id, "50000.01", "standard");
-    assert_eq!((status, large["fee"].as_str()), (201, Some("0.00")), "{large}");
+    assert_eq!((status, large["fee"].as_str(), large["channel"].as_str()), (201, Some("0.50"), Some("sim_same_city")), "{large}");
     p.wait_order(first["order_id"].as_str().unwrap(), "succeeded");
     p.wait_order(large["order_id"].as_str().unwrap(), "succeeded");
-    assert_eq!(p.balances(&a).0, "8998.99");
+    assert_eq!(p.balances(&a).0, "8998.49");
     let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
     let amounts: Vec<&str> = statement["transactions"].as_array().unwrap().iter().map(|t| t["amount"].as_str().unwrap()).collect();
     assert!(amounts.contains(&"1000.00") && amounts.contains(&"50000.01"), "{statement}");
@@ -581,9 +589,10 @@ fn home_decoration_scenario_from_recharge_to_the_companys_withdrawal() {
     assert_eq!(p.post(&format!("/v1/accounts/{company}/cards/{card_id}/verify"), &json!({"amount": deposit})).0, 200);
     assert_eq!(error_of(&p.post("/v1/withdrawals", &json!({"out_order_no": "w-0", "account_id": company, "card_id": card_id, "amount": "76000.00", "currency": "CNY", "arrival": "realtime"}))), (422, Some("insufficient_funds")), "the fee comes on top");
     let (status, _, withdrawal) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": company, "card_id": card_id, "amount": "45975.00", "currency": "CNY", "arrival": "realtime"}));
-    assert_eq!((status, withdrawal["fee"].as_str()), (201, Some("25.00")), "{withdrawal}");
+    // A company's account: UnionPay serves persons only, HVPS starts at 50,000: IBPS it is.
+    assert_eq!((status, withdrawal["fee"].as_str(), withdrawal["channel"].as_str()), (201, Some("11.20"), Some("sim_ibps")), "{withdrawal}");
     p.wait_order(withdrawal["order_id"].as_str().unwrap(), "succeeded");
-    assert_eq!(p.balances(&company), ("30000.00".into(), "30000.00".into(), "0.00".into(), "0.00".into()));
+    assert_eq!(p.balances(&company), ("30013.80".into(), "30013.80".into(), "0.00".into(), "0.00".into()));
     let (_, statement) = server.get("/sim/cards/6222020200112233446/transactions", None);
     assert!(statement["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "45975.00"), "{statement}");
     let (_, report) = server.get("/admin/invariants", Some(token));

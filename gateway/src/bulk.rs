@@ -16,6 +16,7 @@ use crate::passwords::{check_for_payment, Passwords};
 use crate::payments::*;
 use crate::platforms::Platform;
 use crate::recharges::{dispatch, prepare_recharge, RechargeBody};
+use crate::channels::Channels;
 use crate::simulator::Simulator;
 use crate::v1::{parse_json, Signed};
 
@@ -45,16 +46,16 @@ fn order_named(id: &Option<String>) -> Result<&str, ApiError> {
 }
 
 /// Checks one operation and builds its command (the same checks as its own endpoint).
-pub async fn prepare(engine: &Arc<Engine>, passwords: &Arc<Passwords>, platform: &Platform, op: &str, body: &str) -> Result<Prepared, ApiError> {
+pub async fn prepare(engine: &Arc<Engine>, channels: &Channels, passwords: &Arc<Passwords>, platform: &Platform, op: &str, body: &str) -> Result<Prepared, ApiError> {
     let body = body.as_bytes();
     match op {
         "payment" => {
             let request = parse_json::<PaymentBody>(body)?;
-            let prepared = prepare_payment(engine, platform, &request)?;
+            let prepared = prepare_payment(engine, channels, platform, &request)?;
             check_for_payment(passwords, platform, &prepared.envelope, request.payment_password.as_deref()).await?;
             Ok(prepared)
         }
-        "recharge" => prepare_recharge(engine, platform, &parse_json::<RechargeBody>(body)?),
+        "recharge" => prepare_recharge(engine, channels, platform, &parse_json::<RechargeBody>(body)?),
         "freeze" => prepare_freeze(engine, platform, &parse_json::<FreezeBody>(body)?),
         "refund" => prepare_refund(engine, platform, &parse_json::<RefundBody>(body)?).await,
         "confirm" => {
@@ -83,7 +84,13 @@ fn error_result(error: &ApiError) -> Value {
 
 #[utoipa::path(post, path = "/v1/bulk", tag = "money", request_body = crate::openapi::BulkRequest, responses((status = 200, description = "Success", body = crate::openapi::BulkResponse), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/bulk")]
-pub async fn bulk(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<Passwords>>, simulator: web::Data<Simulator>) -> Result<HttpResponse, ApiError> {
+pub async fn bulk(
+    signed: Signed,
+    engine: web::Data<Arc<Engine>>,
+    passwords: web::Data<Arc<Passwords>>,
+    simulator: web::Data<Simulator>,
+    channels: web::Data<Arc<Channels>>,
+) -> Result<HttpResponse, ApiError> {
     let request: BulkBody = serde_json::from_slice(&signed.body).map_err(|error| ApiError::new(400, "invalid_request", &error.to_string()))?;
     if request.operations.is_empty() {
         return Err(ApiError::invalid("operations must not be empty", "operations"));
@@ -98,7 +105,7 @@ pub async fn bulk(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web
     let mut prepared = Vec::with_capacity(count);
     let mut positions = Vec::with_capacity(count);
     for (index, operation) in request.operations.iter().enumerate() {
-        match prepare(&engine, &passwords, &signed.platform, &operation.op, operation.body.get()).await {
+        match prepare(&engine, &channels, &passwords, &signed.platform, &operation.op, operation.body.get()).await {
             Ok(ready) => {
                 positions.push(index);
                 prepared.push(ready);

@@ -65,14 +65,22 @@ pub struct Cards {
 struct CardsState {
     by_id: HashMap<u64, Card>,
     by_order: HashMap<(u32, String), u64>,
-    /// Which card each withdrawal (platform, out_order_no) pays out to.
-    withdrawals: HashMap<(u32, String), u64>,
+    /// Which card each withdrawal (platform, out_order_no) pays out to, and how it was routed.
+    withdrawals: HashMap<(u32, String), WithdrawalCard>,
     highest_id: u64,
 }
 
-#[derive(Serialize, Deserialize)]
-struct WithdrawalCard {
-    card: u64,
+/// What the gateway notes of a withdrawal before submitting it: its card and routing decision.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WithdrawalCard {
+    pub card: u64,
+    /// The channel chosen, its fee in minor units, and the decision as answered.
+    #[serde(default)]
+    pub channel: Option<u16>,
+    #[serde(default)]
+    pub fee: i64,
+    #[serde(default)]
+    pub routing: Option<serde_json::Value>,
 }
 
 fn withdrawal_key(platform: u32, out_order_no: &str) -> Vec<u8> {
@@ -98,7 +106,7 @@ impl Cards {
         for (rest, record) in crate::records::load_all::<WithdrawalCard>(store.as_ref(), b"x/")? {
             let rest = String::from_utf8_lossy(&rest).into_owned();
             let (platform, number) = rest.split_once('/').ok_or("corrupt withdrawal card key")?;
-            state.withdrawals.insert((platform.parse().map_err(|_| "corrupt withdrawal card key")?, number.to_string()), record.card);
+            state.withdrawals.insert((platform.parse().map_err(|_| "corrupt withdrawal card key")?, number.to_string()), record);
         }
         Ok(Cards { store, state: Mutex::new(state) })
     }
@@ -112,25 +120,23 @@ impl Cards {
         self.state.lock().expect("cards lock").by_id.get(&id).filter(|c| c.platform == platform && c.account == account.0).cloned()
     }
 
-    /// Durably notes which card a withdrawal pays out to (before the withdrawal is submitted).
-    pub fn note_withdrawal(&self, platform: u32, out_order_no: &str, card: u64) -> Result<(), ApiError> {
-        let key = (platform, out_order_no.to_string());
-        match self.state.lock().expect("cards lock").withdrawals.get(&key) {
-            Some(noted) if *noted == card => return Ok(()),
-            // The order number names a withdrawal to another card: a conflicting reuse.
-            Some(_) => return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body")),
-            None => {}
-        }
-        crate::records::put(self.store.as_ref(), &[(withdrawal_key(platform, out_order_no), &WithdrawalCard { card })])?;
-        self.state.lock().expect("cards lock").withdrawals.insert(key, card);
+    /// What was noted of a withdrawal with this order number, if anything.
+    pub fn withdrawal(&self, platform: u32, out_order_no: &str) -> Option<WithdrawalCard> {
+        self.state.lock().expect("cards lock").withdrawals.get(&(platform, out_order_no.to_string())).cloned()
+    }
+
+    /// Durably notes a withdrawal's card and routing (before the withdrawal is submitted).
+    pub fn note_withdrawal(&self, platform: u32, out_order_no: &str, record: WithdrawalCard) -> Result<(), ApiError> {
+        crate::records::put(self.store.as_ref(), &[(withdrawal_key(platform, out_order_no), &record)])?;
+        self.state.lock().expect("cards lock").withdrawals.insert((platform, out_order_no.to_string()), record);
         Ok(())
     }
 
     /// The card number a withdrawal pays out to.
     pub fn withdrawal_card_no(&self, platform: u32, out_order_no: &str) -> Option<String> {
         let state = self.state.lock().expect("cards lock");
-        let card = state.withdrawals.get(&(platform, out_order_no.to_string()))?;
-        state.by_id.get(card).map(|c| c.card_no.clone())
+        let noted = state.withdrawals.get(&(platform, out_order_no.to_string()))?;
+        state.by_id.get(&noted.card).map(|c| c.card_no.clone())
     }
 }
 

@@ -1,50 +1,330 @@
-//! The channels money comes in and goes out through. Until the clearing issue makes channels
-//! configuration with routing, the gateway knows the bank simulator's three: a quick-pay gateway
-//! for recharges, a real-time payout channel (7x24, fee charged) and a standard one (no fee,
-//! next business day). Each has a stable number that orders record.
+//! Channels as configuration (the clearing issue, item 1) and withdrawal routing (item 2, without
+//! fallback yet). Each channel has a direction, a fee model (fixed + rate, clamped to a minimum and
+//! a maximum; exact integers), per-order limits, a daily cap, a service window in business-local
+//! time with an optional business-day-and-holiday calendar, an arrival class and an expected
+//! arrival time, the account types it serves, and the bank simulator's behaviour for it.
+//! Routing picks, among the channels that can serve an order now, the cheapest that meets the
+//! requested arrival, and records every candidate with why it was or was not viable.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use engine::money::Minor;
+use serde::Serialize;
 
-/// A channel the gateway can send orders to.
+/// Which way money moves through a channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+/// How fast money arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrival {
+    Realtime,
+    Standard,
+}
+
+/// Whose accounts a payout goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountType {
+    Personal,
+    Corporate,
+}
+
+/// One channel as configured (amounts in minor units of its currency).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Channel {
     pub id: u16,
-    pub name: &'static str,
-    /// Fee in basis points of the amount, rounded up to a whole minor unit, then clamped.
-    pub fee_basis_points: Minor,
-    pub fee_minor_min: Minor,
-    pub fee_minor_max: Minor,
-}
-
-/// Money in: the simulator's quick-pay gateway.
-pub const SIM_GATEWAY: Channel = Channel { id: 1, name: "sim_gateway", fee_basis_points: 0, fee_minor_min: 0, fee_minor_max: 0 };
-/// Money out, arriving at once: 0.10 % with a minimum of 1.00 and a maximum of 25.00.
-pub const SIM_REALTIME: Channel = Channel { id: 2, name: "sim_realtime", fee_basis_points: 10, fee_minor_min: 100, fee_minor_max: 2_500 };
-/// Money out, arriving the next business day: free.
-pub const SIM_STANDARD: Channel = Channel { id: 3, name: "sim_standard", fee_basis_points: 0, fee_minor_min: 0, fee_minor_max: 0 };
-
-/// Every channel, by id.
-pub const ALL: [Channel; 3] = [SIM_GATEWAY, SIM_REALTIME, SIM_STANDARD];
-
-/// The name of a channel number ("unknown" for numbers this build does not know).
-pub fn name(id: u16) -> &'static str {
-    ALL.iter().find(|c| c.id == id).map_or("unknown", |c| c.name)
-}
-
-/// A channel by name.
-pub fn by_name(name: &str) -> Option<Channel> {
-    ALL.into_iter().find(|c| c.name == name)
+    pub name: String,
+    pub kind: String,
+    pub direction: Direction,
+    pub currency: String,
+    pub fee_fixed: Minor,
+    pub fee_rate_bps: Minor,
+    pub fee_min: Minor,
+    pub fee_max: Minor,
+    pub order_min: Minor,
+    pub order_max: Minor,
+    pub daily_cap: Minor,
+    /// Open from `window.0` to `window.1`, minutes after local midnight (0..=1440).
+    pub window: (u32, u32),
+    /// Closed on Saturdays, Sundays and configured holidays.
+    pub business_days_only: bool,
+    pub arrival: Arrival,
+    pub eta_minutes: u32,
+    pub serves_personal: bool,
+    pub serves_corporate: bool,
+    /// The simulator's behaviour for this channel.
+    pub sim_latency_ms: u64,
+    pub sim_failure_per_mille: u16,
 }
 
 impl Channel {
-    /// The fee on `amount` minor units: `ceil(amount * bps / 10000)` clamped to [min, max]. Exact
-    /// integer arithmetic; rounding up means the channel's cost is never under-charged by a cent.
+    /// `fee_fixed + ceil(amount * fee_rate_bps / 10000)`, clamped to `[fee_min, fee_max]`. Integer
+    /// arithmetic; rounding up means the channel's cost is never under-charged by a minor unit.
     pub fn fee(&self, amount: Minor) -> Minor {
-        if self.fee_basis_points == 0 && self.fee_minor_min == 0 {
-            return 0;
+        let rate = (amount as i128 * self.fee_rate_bps as i128 + 9_999) / 10_000;
+        let raw = (self.fee_fixed as i128 + rate).min(Minor::MAX as i128) as Minor;
+        raw.clamp(self.fee_min, self.fee_max.max(self.fee_min))
+    }
+}
+
+/// One channel considered for an order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    pub channel: String,
+    /// Decimal string in the order's currency.
+    pub fee: String,
+    pub eta_minutes: u32,
+    pub rejected_because: Option<&'static str>,
+}
+
+/// A routing decision: the chosen channel (if any) and every candidate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub chosen: Option<String>,
+    pub candidates: Vec<Candidate>,
+    #[serde(skip)]
+    pub chosen_id: Option<u16>,
+    #[serde(skip)]
+    pub fee_minor: Minor,
+}
+
+/// Outcomes kept per channel for its health.
+const HEALTH_WINDOW: usize = 20;
+/// Outcomes needed before a channel can be judged unhealthy.
+const HEALTH_SAMPLES_MIN: usize = 10;
+/// Failures in a thousand of the window that open the circuit.
+const HEALTH_FAILURES_PER_MILLE_MAX: usize = 500;
+/// How long an open circuit stays open before one probe order may go through.
+const CIRCUIT_COOLDOWN: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Health {
+    outcomes: VecDeque<bool>,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+#[derive(Default)]
+struct Usage {
+    day: u32,
+    used: HashMap<u16, Minor>,
+}
+
+/// Every configured channel with the router's running state (daily usage, health).
+pub struct Channels {
+    channels: Vec<Channel>,
+    holidays: BTreeSet<u32>,
+    utc_offset_seconds: i32,
+    usage: Mutex<Usage>,
+    health: Mutex<HashMap<u16, Health>>,
+}
+
+static NAMES: OnceLock<HashMap<u16, String>> = OnceLock::new();
+
+/// The name of a channel number (from the configuration the server started with).
+pub fn name(id: u16) -> String {
+    NAMES.get().and_then(|names| names.get(&id).cloned()).unwrap_or_else(|| format!("channel_{id}"))
+}
+
+impl Channels {
+    /// The channels and the holiday calendar (days since 1970-01-01, business-local).
+    pub fn new(channels: Vec<Channel>, holidays: BTreeSet<u32>, utc_offset_seconds: i32) -> Result<Channels, String> {
+        let mut ids = BTreeSet::new();
+        for channel in &channels {
+            if !ids.insert(channel.id) || channels.iter().filter(|c| c.name == channel.name).count() > 1 {
+                return Err(format!("channel {} ({}) is configured twice", channel.id, channel.name));
+            }
+            if channel.window.0 > channel.window.1 || channel.window.1 > 1440 || channel.order_min > channel.order_max || channel.fee_min > channel.fee_max {
+                return Err(format!("channel {}: window, order limits or fee bounds are inverted", channel.name));
+            }
         }
-        let raw = (amount as i128 * self.fee_basis_points as i128 + 9_999) / 10_000;
-        (raw as Minor).clamp(self.fee_minor_min, self.fee_minor_max)
+        let _ = NAMES.set(channels.iter().map(|c| (c.id, c.name.clone())).collect());
+        Ok(Channels { channels, holidays, utc_offset_seconds, usage: Mutex::new(Usage::default()), health: Mutex::new(HashMap::new()) })
+    }
+
+    /// A channel by number.
+    pub fn get(&self, id: u16) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.id == id)
+    }
+
+    /// A money-in channel by name, or the first configured one when `name` is `None`.
+    pub fn money_in(&self, name: Option<&str>) -> Option<&Channel> {
+        self.channels.iter().filter(|c| c.direction == Direction::In).find(|c| name.is_none_or(|n| c.name == n))
+    }
+
+    /// The business day and minute of day of `now` (microseconds since the epoch).
+    fn local(&self, now: u64) -> (u32, u32) {
+        let seconds = (now / 1_000_000) as i64 + self.utc_offset_seconds as i64;
+        (seconds.div_euclid(86_400) as u32, (seconds.rem_euclid(86_400) / 60) as u32)
+    }
+
+    fn is_business_day(&self, day: u32) -> bool {
+        // 1970-01-01 was a Thursday: day 0 is weekday 3 (Monday = 0).
+        let weekday = (day + 3) % 7;
+        weekday < 5 && !self.holidays.contains(&day)
+    }
+
+    /// Why `channel` cannot take a payout now, if it cannot.
+    fn refusal(&self, channel: &Channel, amount: Minor, currency: &str, arrival: Arrival, account: AccountType, now: u64, used: Minor) -> Option<&'static str> {
+        let (day, minute) = self.local(now);
+        if channel.currency != currency {
+            return Some("currency_not_served");
+        }
+        let served = match account {
+            AccountType::Personal => channel.serves_personal,
+            AccountType::Corporate => channel.serves_corporate,
+        };
+        if !served {
+            return Some("account_type_not_served");
+        }
+        if amount < channel.order_min {
+            return Some("below_order_minimum");
+        }
+        if amount > channel.order_max {
+            return Some("above_order_maximum");
+        }
+        if arrival == Arrival::Realtime && channel.arrival != Arrival::Realtime {
+            return Some("arrival_too_slow");
+        }
+        if channel.business_days_only && !self.is_business_day(day) {
+            return Some("not_a_business_day");
+        }
+        if minute < channel.window.0 || minute >= channel.window.1 {
+            return Some("outside_service_window");
+        }
+        if used as i128 + amount as i128 > channel.daily_cap as i128 {
+            return Some("daily_cap_exhausted");
+        }
+        if !self.healthy(channel.id) {
+            return Some("unhealthy");
+        }
+        None
+    }
+
+    /// Routes a payout of `amount` at `now`: every money-out channel is a candidate; the viable
+    /// ones are ordered by fee, then expected arrival; the first is chosen and its daily usage
+    /// taken (give it back with `release` if the order is refused or fails).
+    pub fn route(&self, amount: Minor, currency: &str, exponent: u8, arrival: Arrival, account: AccountType, now: u64) -> Decision {
+        let spec = engine::money::CurrencySpec::new(currency, exponent).expect("a configured currency");
+        let (day, _) = self.local(now);
+        let mut usage = self.usage.lock().expect("usage lock");
+        if usage.day != day {
+            usage.day = day;
+            usage.used.clear();
+        }
+        let mut rows: Vec<(Option<&'static str>, Minor, u32, &Channel)> = self
+            .channels
+            .iter()
+            .filter(|c| c.direction == Direction::Out)
+            .map(|c| {
+                let used = usage.used.get(&c.id).copied().unwrap_or(0);
+                (self.refusal(c, amount, currency, arrival, account, now, used), c.fee(amount), c.eta_minutes, c)
+            })
+            .collect();
+        rows.sort_by_key(|(refusal, fee, eta, c)| (refusal.is_some(), *fee, *eta, c.id));
+        let chosen = rows.iter().find(|(refusal, ..)| refusal.is_none()).map(|(_, fee, _, c)| (c.id, c.name.clone(), *fee));
+        if let Some((id, _, _)) = &chosen {
+            *usage.used.entry(*id).or_insert(0) += amount;
+            self.start_probe(*id);
+        }
+        Decision {
+            chosen_id: chosen.as_ref().map(|c| c.0),
+            chosen: chosen.as_ref().map(|c| c.1.clone()),
+            fee_minor: chosen.as_ref().map_or(0, |c| c.2),
+            candidates: rows
+                .iter()
+                .map(|(refusal, fee, eta, c)| Candidate { channel: c.name.clone(), fee: spec.format(*fee), eta_minutes: *eta, rejected_because: *refusal })
+                .collect(),
+        }
+    }
+
+    /// Gives back daily usage of a routed payout that was refused or failed (on day `day` of `now`).
+    pub fn release(&self, channel: u16, amount: Minor, now: u64) {
+        let (day, _) = self.local(now);
+        let mut usage = self.usage.lock().expect("usage lock");
+        if usage.day == day {
+            if let Some(used) = usage.used.get_mut(&channel) {
+                *used = (*used - amount).max(0);
+            }
+        }
+    }
+
+    /// Counts a payout routed earlier today (rebuilding usage at start).
+    pub fn count_used(&self, channel: u16, amount: Minor, now: u64, created_at: u64) {
+        let (day, _) = self.local(now);
+        let (created_day, _) = self.local(created_at);
+        let mut usage = self.usage.lock().expect("usage lock");
+        if usage.day != day {
+            usage.day = day;
+            usage.used.clear();
+        }
+        if created_day == day {
+            *usage.used.entry(channel).or_insert(0) += amount;
+        }
+    }
+
+    fn healthy(&self, channel: u16) -> bool {
+        let health = self.health.lock().expect("health lock");
+        match health.get(&channel) {
+            None => true,
+            // Open: refused until the cooldown passed, then one probe at a time.
+            Some(h) => match h.open_until {
+                None => true,
+                Some(until) => Instant::now() >= until && !h.probing,
+            },
+        }
+    }
+
+    fn start_probe(&self, channel: u16) {
+        if let Some(h) = self.health.lock().expect("health lock").get_mut(&channel) {
+            if h.open_until.is_some() {
+                h.probing = true;
+            }
+        }
+    }
+
+    /// Records a channel's verdict on an order: the sliding window decides whether the circuit
+    /// opens; a probe's success closes it, its failure opens it again.
+    pub fn record_outcome(&self, channel: u16, succeeded: bool) {
+        let mut all = self.health.lock().expect("health lock");
+        let h = all.entry(channel).or_default();
+        if h.open_until.is_some() && h.probing {
+            h.probing = false;
+            if succeeded {
+                h.open_until = None;
+                h.outcomes.clear();
+            } else {
+                h.open_until = Some(Instant::now() + CIRCUIT_COOLDOWN);
+            }
+            return;
+        }
+        h.outcomes.push_back(succeeded);
+        if h.outcomes.len() > HEALTH_WINDOW {
+            h.outcomes.pop_front();
+        }
+        let failures = h.outcomes.iter().filter(|ok| !**ok).count();
+        if h.open_until.is_none() && h.outcomes.len() >= HEALTH_SAMPLES_MIN && failures * 1000 >= h.outcomes.len() * HEALTH_FAILURES_PER_MILLE_MAX {
+            h.open_until = Some(Instant::now() + CIRCUIT_COOLDOWN);
+        }
+    }
+
+    /// Opens a channel's circuit as if its cooldown had just started (tests and operators).
+    pub fn trip(&self, channel: u16, cooldown: Duration) {
+        let mut all = self.health.lock().expect("health lock");
+        let h = all.entry(channel).or_default();
+        h.open_until = Some(Instant::now() + cooldown);
+        h.probing = false;
+    }
+
+    /// Every configured channel.
+    pub fn all(&self) -> &[Channel] {
+        &self.channels
     }
 }
 
@@ -52,19 +332,113 @@ impl Channel {
 mod tests {
     use super::*;
 
+    fn channel(id: u16, name: &str) -> Channel {
+        Channel {
+            id,
+            name: name.into(),
+            kind: "test".into(),
+            direction: Direction::Out,
+            currency: "CNY".into(),
+            fee_fixed: 0,
+            fee_rate_bps: 0,
+            fee_min: 0,
+            fee_max: 0,
+            order_min: 1,
+            order_max: 5_000_000,
+            daily_cap: 100_000_000,
+            window: (0, 1440),
+            business_days_only: false,
+            arrival: Arrival::Realtime,
+            eta_minutes: 1,
+            serves_personal: true,
+            serves_corporate: true,
+            sim_latency_ms: 0,
+            sim_failure_per_mille: 0,
+        }
+    }
+
+    /// 2026-11-23 was a Monday; 10:00 in UTC+8 is 02:00 UTC.
+    const MONDAY_10_00: u64 = (20_780 * 86_400 + 2 * 3_600) * 1_000_000;
+    const HOUR: u64 = 3_600 * 1_000_000;
+    const DAY: u64 = 24 * HOUR;
+
+    fn router(extra: impl Fn(&mut Vec<Channel>)) -> Channels {
+        let mut cheap = channel(1, "cheap");
+        cheap.fee_fixed = 100;
+        let mut dear = channel(2, "dear");
+        dear.fee_fixed = 500;
+        let mut channels = vec![cheap, dear];
+        extra(&mut channels);
+        Channels::new(channels, BTreeSet::from([20_781]), 8 * 3600).unwrap()
+    }
+
+    fn chosen(decision: &Decision) -> (Option<&str>, Vec<Option<&'static str>>) {
+        (decision.chosen.as_deref(), decision.candidates.iter().map(|c| c.rejected_because).collect())
+    }
+
     #[test]
-    fn fee_table() {
-        let cases: &[(Channel, Minor, Minor)] = &[
-            (SIM_REALTIME, 1, 100),
-            (SIM_REALTIME, 100_000, 100),
-            (SIM_REALTIME, 100_001, 101),
-            (SIM_REALTIME, 1_000_000, 1_000),
-            (SIM_REALTIME, 100_000_000, 2_500),
-            (SIM_STANDARD, 100_000_000, 0),
-            (SIM_GATEWAY, 5, 0),
+    fn routing_table() {
+        type Case = (&'static str, fn(&mut Vec<Channel>), Minor, Arrival, AccountType, u64, Option<&'static str>, &'static str);
+        let cases: Vec<Case> = vec![
+            ("cheapest viable", |_| {}, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("cheap"), "cheap first"),
+            ("over the cheap one's limit", |c| c[0].order_max = 999, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "above_order_maximum"),
+            ("under its minimum", |c| c[0].order_min = 2_000, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "below_order_minimum"),
+            ("window closed", |c| c[0].window = (9 * 60, 10 * 60), 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "outside_service_window"),
+            ("holiday", |c| c[0].business_days_only = true, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00 + DAY, Some("dear"), "not_a_business_day"),
+            ("weekend", |c| c[0].business_days_only = true, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00 + 5 * DAY, Some("dear"), "not_a_business_day"),
+            ("business day", |c| c[0].business_days_only = true, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00 + 2 * DAY, Some("cheap"), "cheap first"),
+            ("cap exhausted", |c| c[0].daily_cap = 999, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "daily_cap_exhausted"),
+            ("too slow for realtime", |c| c[0].arrival = Arrival::Standard, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "arrival_too_slow"),
+            ("standard takes the slow cheap one", |c| c[0].arrival = Arrival::Standard, 1_000, Arrival::Standard, AccountType::Personal, MONDAY_10_00, Some("cheap"), "cheap first"),
+            ("corporate not served", |c| c[0].serves_corporate = false, 1_000, Arrival::Realtime, AccountType::Corporate, MONDAY_10_00, Some("dear"), "account_type_not_served"),
+            ("other currency", |c| c[0].currency = "USD".into(), 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "currency_not_served"),
+            ("nothing viable", |c| c.iter_mut().for_each(|c| c.order_max = 10), 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, None, "above_order_maximum"),
         ];
-        for (channel, amount, fee) in cases {
-            assert_eq!(channel.fee(*amount), *fee, "{} {amount}", channel.name);
+        for (name, setup, amount, arrival, account, now, expected, first_reason) in cases {
+            let decision = router(setup).route(amount, "CNY", 2, arrival, account, now);
+            let (got, reasons) = chosen(&decision);
+            assert_eq!(got, expected, "{name}");
+            assert_eq!(decision.candidates.len(), 2, "{name}: every channel is a candidate");
+            let reason = reasons.iter().flatten().next().copied().unwrap_or("cheap first");
+            assert_eq!(reason, first_reason, "{name}: {decision:?}");
+        }
+    }
+
+    #[test]
+    fn daily_caps_are_taken_and_given_back() {
+        let channels = router(|c| c[0].daily_cap = 1_500);
+        assert_eq!(channels.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00).chosen.as_deref(), Some("cheap"));
+        assert_eq!(channels.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00).chosen.as_deref(), Some("dear"));
+        channels.release(1, 1_000, MONDAY_10_00);
+        assert_eq!(channels.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00).chosen.as_deref(), Some("cheap"));
+        assert_eq!(channels.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00 + DAY).chosen.as_deref(), Some("cheap"), "a new day, a new cap");
+    }
+
+    #[test]
+    fn an_unhealthy_channel_is_skipped_until_a_probe_succeeds() {
+        let channels = router(|_| {});
+        for _ in 0..10 {
+            channels.record_outcome(1, false);
+        }
+        let route = || channels.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00);
+        let decision = route();
+        assert_eq!((decision.chosen.as_deref(), decision.candidates[1].rejected_because), (Some("dear"), Some("unhealthy")));
+        channels.trip(1, Duration::ZERO);
+        assert_eq!(route().chosen.as_deref(), Some("cheap"), "after the cooldown one probe goes through");
+        assert_eq!(route().chosen.as_deref(), Some("dear"), "only one probe at a time");
+        channels.record_outcome(1, true);
+        assert_eq!(route().chosen.as_deref(), Some("cheap"), "the probe's success closes the circuit");
+    }
+
+    #[test]
+    fn fees_are_exact_and_clamped() {
+        let mut c = channel(1, "c");
+        c.fee_fixed = 200;
+        c.fee_rate_bps = 2;
+        c.fee_min = 300;
+        c.fee_max = 2_000;
+        for (amount, fee) in [(1, 300), (500_000, 300), (5_000_000, 1_200), (5_000_001, 1_201), (100_000_000, 2_000)] {
+            assert_eq!(c.fee(amount), fee, "{amount}");
         }
     }
 }

@@ -9,7 +9,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// Codes the gateway answers without the engine (authentication, validation, cards, ...).
-pub const GATEWAY_ERROR_CODES: [&str; 19] = [
+pub const GATEWAY_ERROR_CODES: [&str; 20] = [
     "invalid_request",
     "invalid_amount",
     "unauthenticated",
@@ -29,6 +29,7 @@ pub const GATEWAY_ERROR_CODES: [&str; 19] = [
     "invalid_payment_password",
     "payment_locked",
     "payment_password_not_set",
+    "no_channel_available",
 ];
 
 /// Codes only the server's own failures produce (5xx).

@@ -272,10 +272,20 @@ pub async fn read_order<R: Send + 'static>(
 
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/orders/{order_id}")]
-pub async fn show_order(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn show_order(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<crate::cards::Cards>>) -> Result<HttpResponse, ApiError> {
     let id = parse_order_id(&path).ok_or_else(ApiError::not_found)?;
-    let found = read_order(&engine, signed.platform.id, id, |state, order| view(state, order)).await?;
-    found.map(|v| HttpResponse::Ok().json(v)).ok_or_else(ApiError::not_found)
+    let mut found = read_order(&engine, signed.platform.id, id, |state, order| view(state, order)).await?.ok_or_else(ApiError::not_found)?;
+    with_routing(&mut found, signed.platform.id, &cards);
+    Ok(HttpResponse::Ok().json(found))
+}
+
+/// Adds a withdrawal's routing decision (kept by the gateway beside the order) to its view.
+fn with_routing(view: &mut Value, platform: u32, cards: &crate::cards::Cards) {
+    if view["kind"] != "withdrawal" {
+        return;
+    }
+    let routing = view["out_order_no"].as_str().and_then(|number| cards.withdrawal(platform, number)).and_then(|noted| noted.routing);
+    view["routing"] = routing.unwrap_or(Value::Null);
 }
 
 /// The most orders one listing request examines per shard before it answers with a cursor
@@ -404,7 +414,7 @@ fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo) 
 
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", params(("out_order_no" = Option<String>, Query, description = "The platform's order number: answers that one order"), ("kind" = Option<String>, Query, description = "recharge, payment, refund, freeze or withdrawal"), ("status" = Option<String>, Query, description = "An order status"), ("account_id" = String, Path, description = "Account id (acc_...)"), ("from" = Option<String>, Query, description = "RFC 3339: created at or after"), ("to" = Option<String>, Query, description = "RFC 3339: created before"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::openapi::OrderPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/orders")]
-pub async fn list_orders(signed: Signed, query: web::Query<ListQuery>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn list_orders(signed: Signed, query: web::Query<ListQuery>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<crate::cards::Cards>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let query = query.into_inner();
     let shard_count = engine.config().shard_count;
@@ -413,7 +423,8 @@ pub async fn list_orders(signed: Signed, query: web::Query<ListQuery>, engine: w
         for shard in 0..shard_count {
             let engine = engine.get_ref().clone();
             let found = blocking(move || engine.read_shard(shard, move |state| find_by_out_order_no(state, platform, &number))).await??;
-            if let Some(found) = found {
+            if let Some(mut found) = found {
+                with_routing(&mut found, platform, &cards);
                 return Ok(HttpResponse::Ok().json(found));
             }
         }
@@ -455,7 +466,13 @@ pub async fn list_orders(signed: Signed, query: web::Query<ListQuery>, engine: w
         (true, None) => Some(format!("{}-{}", floor.0, floor.1)),
         (false, _) => None,
     };
-    let orders: Vec<Value> = found.into_iter().map(|(_, v)| v).collect();
+    let orders: Vec<Value> = found
+        .into_iter()
+        .map(|(_, mut v)| {
+            with_routing(&mut v, platform, &cards);
+            v
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(json!({"orders": orders, "next_cursor": next_cursor})))
 }
 

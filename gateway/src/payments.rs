@@ -68,7 +68,7 @@ fn legs(items: &[LegBody], spec: &CurrencySpec, param: &'static str) -> Result<L
 }
 
 /// Checks a payment request and builds its command and response body.
-pub fn prepare_payment(engine: &Engine, platform: &Platform, body: &PaymentBody) -> Result<Prepared, ApiError> {
+pub fn prepare_payment(engine: &Engine, channels: &crate::channels::Channels, platform: &Platform, body: &PaymentBody) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
     let direct = body.funding == Some(Funding::Channel);
     if body.channel.is_some() && !direct {
@@ -90,7 +90,7 @@ pub fn prepare_payment(engine: &Engine, platform: &Platform, body: &PaymentBody)
     let splits = legs(&body.splits, &spec, "splits")?;
     let guarantee = body.mode == Mode::Guarantee;
     let command = if direct {
-        let channel = crate::recharges::money_in_channel(body.channel.as_deref())?.id;
+        let channel = crate::recharges::money_in_channel(channels, body.channel.as_deref())?;
         Command::RequestDirectPayment { payer, guarantee, currency: currency_id, amount: total, payees, splits, channel }
     } else {
         Command::Payment { payer, guarantee, currency: currency_id, amount: total, payees, splits }
@@ -365,9 +365,10 @@ pub async fn create_payment(
     engine: web::Data<Arc<Engine>>,
     passwords: web::Data<Arc<crate::passwords::Passwords>>,
     simulator: web::Data<crate::simulator::Simulator>,
+    channels: web::Data<Arc<crate::channels::Channels>>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PaymentBody>()?;
-    let prepared = prepare_payment(&engine, &signed.platform, &body)?;
+    let prepared = prepare_payment(&engine, &channels, &signed.platform, &body)?;
     crate::passwords::check_for_payment(&passwords, &signed.platform, &prepared.envelope, body.payment_password.as_deref()).await?;
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
     crate::recharges::dispatch(&engine, &simulator, &prepared.envelope, &reply);

@@ -9,7 +9,7 @@ use engine::ledger::types::{OrderId, Reply};
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::channels::{self, Channel};
+use crate::channels::Channels;
 use crate::error::ApiError;
 use crate::orders::{Fields, account, amount, currency, out_order_no, Prepared};
 use crate::platforms::Platform;
@@ -27,32 +27,26 @@ pub struct RechargeBody {
     pub channel: Option<String>,
 }
 
-/// The channels money can come in through.
-const MONEY_IN: [Channel; 1] = [channels::SIM_GATEWAY];
-
-/// A money-in channel by its optional name (the simulator's gateway when absent).
-pub fn money_in_channel(name: Option<&str>) -> Result<Channel, ApiError> {
-    match name {
-        None => Ok(channels::SIM_GATEWAY),
-        Some(name) => MONEY_IN.iter().find(|c| c.name == name).copied().ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel")),
-    }
+/// A money-in channel by its optional name (the first configured one when absent).
+pub fn money_in_channel(channels: &Channels, name: Option<&str>) -> Result<u16, ApiError> {
+    channels.money_in(name).map(|c| c.id).ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel"))
 }
 
 /// Checks a recharge request.
-pub fn prepare_recharge(engine: &Engine, platform: &Platform, body: &RechargeBody) -> Result<Prepared, ApiError> {
+pub fn prepare_recharge(engine: &Engine, channels: &Channels, platform: &Platform, body: &RechargeBody) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
     let (currency_id, spec) = currency(engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
-    let channel = money_in_channel(body.channel.as_deref())?;
+    let channel = money_in_channel(channels, body.channel.as_deref())?;
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no);
     view.value("kind", &"recharge");
     view.value("amount", &spec.format(minor));
     view.value("currency", &body.currency);
     view.value("account_id", &body.account_id);
-    view.value("channel", &channel.name);
-    let command = Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel: channel.id };
+    view.value("channel", &crate::channels::name(channel));
+    let command = Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel };
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }
 
@@ -69,9 +63,9 @@ pub fn dispatch(engine: &Engine, simulator: &Simulator, envelope: &Envelope, rep
 
 #[utoipa::path(post, path = "/v1/recharges", tag = "money", request_body = crate::recharges::RechargeBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/recharges")]
-pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, simulator: web::Data<Simulator>) -> Result<HttpResponse, ApiError> {
+pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, simulator: web::Data<Simulator>, channels: web::Data<Arc<Channels>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<RechargeBody>()?;
-    let prepared = prepare_recharge(&engine, &signed.platform, &body)?;
+    let prepared = prepare_recharge(&engine, &channels, &signed.platform, &body)?;
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
     dispatch(&engine, &simulator, &prepared.envelope, &reply);
     crate::orders::answer(prepared, &reply)

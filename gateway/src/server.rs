@@ -67,6 +67,7 @@ pub struct Services {
     pub cards: Arc<crate::cards::Cards>,
     pub notifications: Arc<crate::notifications::Notifications>,
     pub store: Arc<dyn storage::Store>,
+    pub channels: Arc<crate::channels::Channels>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -80,12 +81,17 @@ impl Services {
         metrics: metrics_exporter_prometheus::PrometheusHandle,
         simulator: crate::simulator::SimulatorConfig,
         webhooks: crate::events::WebhookConfig,
+        channels: crate::channels::Channels,
     ) -> Result<Services, String> {
         let channel_key = master_key.channel_key("simulator");
         let platforms = Arc::new(Platforms::load(store.clone(), master_key)?);
         crate::events::start_delivery(engine.clone(), platforms.clone(), store.clone(), webhooks)?;
+        let simulator = crate::simulator::Simulator::start(simulator, channel_key, store.clone())?;
+        let behaviour = channels.all().iter().map(|c| (c.id, (c.sim_latency_ms, c.sim_failure_per_mille))).collect();
+        simulator.set_channel_behaviour(behaviour);
         Ok(Services {
-            simulator: crate::simulator::Simulator::start(simulator, channel_key, store.clone())?,
+            channels: Arc::new(channels),
+            simulator,
             engine,
             token,
             platforms,
@@ -111,9 +117,11 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let cards = web::Data::new(services.cards);
     let notifications = web::Data::new(services.notifications);
     let store = web::Data::new(services.store);
+    let channels = web::Data::new(services.channels);
     let metrics = web::Data::new(services.metrics);
     let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
     let (engine_at_start, simulator_at_start, cards_at_start) = (engine.get_ref().clone(), simulator.get_ref().clone(), cards.get_ref().clone());
+    let channels_at_start = channels.get_ref().clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(engine.clone())
@@ -125,6 +133,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(cards.clone())
             .app_data(notifications.clone())
             .app_data(store.clone())
+            .app_data(channels.clone())
             .app_data(metrics.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
@@ -161,6 +170,26 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let addresses = server.addrs();
     if let Some(address) = addresses.first() {
         simulator_at_start.set_callback_url(format!("http://{address}/channels/simulator/callback"));
+    }
+    // Today's payouts count against their channels' daily caps again.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    for shard in 0..engine_at_start.config().shard_count {
+        let payouts = engine_at_start
+            .read_shard(shard, |state| {
+                state
+                    .orders
+                    .iter()
+                    .filter(|o| o.status != engine::ledger::types::OrderStatus::Failed)
+                    .filter_map(|o| match o.detail {
+                        engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some((channel, o.amount, o.created_at)),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .map_err(std::io::Error::other)?;
+        for (channel, amount, created_at) in payouts {
+            channels_at_start.count_used(channel, amount, now, created_at);
+        }
     }
     // Orders that waited for the simulator's verdict when the server last stopped.
     let resumed = simulator_at_start.resume(&engine_at_start, |platform, number| cards_at_start.withdrawal_card_no(platform, number)).map_err(std::io::Error::other)?;

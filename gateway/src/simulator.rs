@@ -56,8 +56,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub enum Work {
     /// Collect `amount` for a pending recharge order (quick pay: no card named).
     Recharge { order: OrderId },
-    /// Pay `amount` to `card_no` for a withdrawal order.
-    Withdrawal { order: OrderId, card_no: String },
+    /// Pay `amount` to `card_no` for a withdrawal order through `channel`.
+    Withdrawal { order: OrderId, card_no: String, channel: u16 },
     /// Pay a verification amount to a card being bound (no order, no callback).
     MicroDeposit { card_no: String },
 }
@@ -68,6 +68,8 @@ struct Job {
     /// Decimal string, as the bank shows it.
     amount: String,
     attempt: u32,
+    /// Orders in a thousand this job's channel fails.
+    failure_per_mille: u16,
 }
 
 /// One line of a card's statement as its holder sees it.
@@ -96,6 +98,8 @@ struct Inner {
     callback_url: OnceLock<String>,
     cards: Mutex<HashMap<String, Vec<CardTransaction>>>,
     sequence: std::sync::atomic::AtomicU64,
+    /// Per channel: (latency_ms, failure_per_mille), overriding the defaults.
+    behaviour: OnceLock<HashMap<u16, (u64, u16)>>,
 }
 
 /// The running simulator; cheap to clone.
@@ -157,6 +161,7 @@ impl Simulator {
             callback_url: OnceLock::new(),
             cards: Mutex::new(cards),
             sequence: std::sync::atomic::AtomicU64::new(0),
+            behaviour: OnceLock::new(),
         });
         let (deliver, deliveries) = unbounded();
         std::thread::Builder::new()
@@ -177,6 +182,19 @@ impl Simulator {
         Ok(Simulator { inner })
     }
 
+    /// How the bank behaves per channel: (latency_ms, failure_per_mille).
+    pub fn set_channel_behaviour(&self, behaviour: HashMap<u16, (u64, u16)>) {
+        let _ = self.inner.behaviour.set(behaviour);
+    }
+
+    fn behaviour_of(&self, work: &Work) -> (u64, u16) {
+        let default = (self.inner.config.latency_ms, self.inner.config.failure_per_mille);
+        match work {
+            Work::Withdrawal { channel, .. } => self.inner.behaviour.get().and_then(|b| b.get(channel).copied()).unwrap_or(default),
+            _ => default,
+        }
+    }
+
     /// Where callbacks are sent (the server's own `/channels/simulator/callback`).
     pub fn set_callback_url(&self, url: String) {
         let _ = self.inner.callback_url.set(url);
@@ -192,8 +210,9 @@ impl Simulator {
         if !self.inner.config.enabled {
             return;
         }
-        let due = Instant::now() + Duration::from_millis(self.inner.config.latency_ms);
-        let _ = self.inner.queue.send((due, Job { work, amount, attempt: 0 }));
+        let (latency_ms, failure_per_mille) = self.behaviour_of(&work);
+        let due = Instant::now() + Duration::from_millis(latency_ms);
+        let _ = self.inner.queue.send((due, Job { work, amount, attempt: 0, failure_per_mille }));
     }
 
     /// A card's statement, oldest first.
@@ -217,17 +236,23 @@ impl Simulator {
                         let money_in = o.kind == OrderKind::Recharge || matches!(o.detail, engine::ledger::types::OrderDetail::Payment { channel: Some(_), .. });
                         (money_in && o.status == OrderStatus::Pending) || (o.kind == OrderKind::Withdrawal && o.status == OrderStatus::Processing)
                     })
-                    .map(|o| (o.id, o.kind, o.platform, o.out_order_no, state.currencies[o.currency.0 as usize].format(o.amount)))
+                    .map(|o| {
+                        let channel = match o.detail {
+                            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => channel,
+                            _ => 0,
+                        };
+                        (o.id, o.kind, o.platform, o.out_order_no, state.currencies[o.currency.0 as usize].format(o.amount), channel)
+                    })
                     .collect::<Vec<_>>()
             })?;
             waiting.extend(part);
         }
         let count = waiting.len();
-        for (order, kind, platform, number, amount) in waiting {
+        for (order, kind, platform, number, amount, channel) in waiting {
             let work = match kind {
                 OrderKind::Withdrawal => {
                     let card_no = number.and_then(|n| card_of(platform, n.as_str())).unwrap_or_default();
-                    Work::Withdrawal { order, card_no }
+                    Work::Withdrawal { order, card_no, channel }
                 }
                 _ => Work::Recharge { order },
             };
@@ -238,12 +263,12 @@ impl Simulator {
 }
 
 /// Whether the bank fails this order: a fixed verdict per order, so resent orders agree.
-fn fails(config: &SimulatorConfig, work: &Work) -> bool {
+fn fails(failure_per_mille: u16, work: &Work) -> bool {
     let seed = match work {
         Work::Recharge { order } | Work::Withdrawal { order, .. } => order.0,
         Work::MicroDeposit { .. } => return false,
     };
-    (xxhash_rust::xxh3::xxh3_64(&seed.to_le_bytes()) % 1000) < config.failure_per_mille as u64
+    (xxhash_rust::xxh3::xxh3_64(&seed.to_le_bytes()) % 1000) < failure_per_mille as u64
 }
 
 /// Keeps the jobs in due order and hands each to a delivery thread when it is due.
@@ -292,14 +317,14 @@ fn micros_now() -> u64 {
 
 /// Decides a due job and sends its callback; a failed delivery is queued again with backoff.
 fn deliver_one(inner: &Inner, mut job: Job) {
-    let failed = fails(&inner.config, &job.work);
+    let failed = fails(job.failure_per_mille, &job.work);
     let (kind, order) = match &job.work {
         Work::MicroDeposit { card_no } => {
             record_card_line(inner, card_no, &job.amount, "card verification deposit".to_string());
             return;
         }
         Work::Recharge { order } => ("recharge", *order),
-        Work::Withdrawal { order, card_no } => {
+        Work::Withdrawal { order, card_no, .. } => {
             if job.attempt == 0 && !failed && !card_no.is_empty() {
                 record_card_line(inner, card_no, &job.amount, format!("withdrawal {}", public_order_id(*order)));
             }
@@ -341,7 +366,13 @@ fn requeue(inner: &Inner, job: Job) {
 /// `POST /channels/simulator/callback`: the bank's verdict on an order, signed with the channel key.
 #[utoipa::path(post, path = "/channels/simulator/callback", tag = "simulator", request_body = crate::simulator::Callback, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("channel_signature" = [])))]
 #[post("/channels/simulator/callback")]
-pub async fn receive_callback(request: HttpRequest, body: web::Bytes, simulator: web::Data<Simulator>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn receive_callback(
+    request: HttpRequest,
+    body: web::Bytes,
+    simulator: web::Data<Simulator>,
+    engine: web::Data<Arc<Engine>>,
+    channels: web::Data<Arc<crate::channels::Channels>>,
+) -> Result<HttpResponse, ApiError> {
     let header = request.headers().get("X-Channel-Signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
     verify_signature(simulator.key(), header, &body, unix_seconds())?;
     let callback: Callback = crate::v1::parse_json(&body)?;
@@ -358,6 +389,22 @@ pub async fn receive_callback(request: HttpRequest, body: web::Bytes, simulator:
     };
     // The system acts (platform 0): verdicts are idempotent by order, so no order number.
     let reply = crate::accounts::execute(&engine, Envelope { platform: 0, out_order_no: None, command }).await?;
+    if reply.is_ok() && callback.kind == "withdrawal" && !reply.replayed {
+        // The channel's health learns from every payout verdict; a failed payout gives its
+        // daily cap back.
+        let noted = crate::orders::read_order(&engine, 0, order, |_, o| match o.detail {
+            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some((channel, o.amount, o.created_at)),
+            _ => None,
+        })
+        .await?
+        .flatten();
+        if let Some((channel, amount, created_at)) = noted {
+            channels.record_outcome(channel, succeeded);
+            if !succeeded {
+                channels.release(channel, amount, created_at);
+            }
+        }
+    }
     match reply.code {
         ResultCode::Ok => Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "status": reply.status.map(|s| s.name())}))),
         code => Err(crate::orders::rejection(code)),
@@ -401,9 +448,8 @@ mod tests {
 
     #[test]
     fn failure_share_is_fixed_per_order() {
-        let config = SimulatorConfig { failure_per_mille: 300, ..SimulatorConfig::default() };
-        let failed = (0..10_000u64).filter(|i| fails(&config, &Work::Recharge { order: OrderId(*i) })).count();
+        let failed = (0..10_000u64).filter(|i| fails(300, &Work::Recharge { order: OrderId(*i) })).count();
         assert!((2_500..3_500).contains(&failed), "{failed} of 10000 failed at 30 %");
-        assert_eq!(fails(&config, &Work::Recharge { order: OrderId(7) }), fails(&config, &Work::Recharge { order: OrderId(7) }));
+        assert_eq!(fails(300, &Work::Recharge { order: OrderId(7) }), fails(300, &Work::Recharge { order: OrderId(7) }));
     }
 }

@@ -1,9 +1,9 @@
 //! `POST /v1/withdrawals` (API.md): money out to a verified card. The account is debited
 //! `amount + fee` from `withdrawable` at once (`processing`); the channel's callback makes the
-//! order `succeeded`, or `failed` with the funds and fee returned. The channel is a simple
-//! choice by requested arrival (routing proper is the clearing issue): `realtime` takes the
-//! fee-charging real-time channel, `standard` (the default) the free next-day one. Over
-//! 50,000.00 the member gets an alert.
+//! order `succeeded`, or `failed` with the funds and fee returned. The channel is routed
+//! (`channels::Channels::route`: the cheapest viable channel meeting the requested arrival) and the
+//! decision, with every candidate and why it was or was not viable, is answered and kept with the
+//! order. Over 50,000.00 the member gets an alert.
 
 use std::sync::Arc;
 
@@ -14,8 +14,8 @@ use engine::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::account_of;
-use crate::cards::Cards;
-use crate::channels;
+use crate::cards::{Cards, WithdrawalCard};
+use crate::channels::{AccountType, Arrival, Channels};
 use crate::error::{blocking, ApiError};
 use crate::members::Members;
 use crate::notifications::Notifications;
@@ -47,6 +47,7 @@ pub async fn create_withdrawal(
     members: web::Data<Arc<Members>>,
     notifications: web::Data<Arc<Notifications>>,
     simulator: web::Data<Simulator>,
+    channels: web::Data<Arc<Channels>>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<WithdrawalBody>()?;
     let platform = signed.platform.id;
@@ -54,9 +55,9 @@ pub async fn create_withdrawal(
     let (currency_id, spec) = currency(&engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
-    let channel = match body.arrival.as_deref() {
-        None | Some("standard") => channels::SIM_STANDARD,
-        Some("realtime") => channels::SIM_REALTIME,
+    let arrival = match body.arrival.as_deref() {
+        None | Some("standard") => Arrival::Standard,
+        Some("realtime") => Arrival::Realtime,
         Some(_) => return Err(ApiError::invalid("arrival is realtime or standard", "arrival")),
     };
     let (owner, _, _) = account_of(&engine, platform, target).await?;
@@ -67,7 +68,32 @@ pub async fn create_withdrawal(
     if card.status != "verified" {
         return Err(ApiError { param: Some("card_id"), ..ApiError::new(422, "card_not_verified", "withdrawals go only to verified cards") });
     }
-    let fee = channel.fee(minor);
+    let member = members.get(platform, owner).ok_or_else(ApiError::not_found)?;
+    // A repeated order number keeps its first routing (the engine then replays or refuses it);
+    // a new one is routed now, and the decision is noted durably before the order is submitted.
+    let (noted, routed_now) = match cards.withdrawal(platform, number.as_str()) {
+        Some(noted) if noted.card != card.id => {
+            return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
+        }
+        Some(noted) => (noted, false),
+        None => {
+            let account_type = if member.kind == "enterprise" { AccountType::Corporate } else { AccountType::Personal };
+            let decision = channels.route(minor, spec.code_str(), spec.exponent, arrival, account_type, micros_now());
+            let routing = serde_json::to_value(&decision).expect("decisions serialize");
+            let Some(channel) = decision.chosen_id else {
+                let reasons: Vec<String> = decision.candidates.iter().map(|c| format!("{}: {}", c.channel, c.rejected_because.unwrap_or("viable"))).collect();
+                return Err(ApiError::new(422, "no_channel_available", &format!("no channel can pay this out now ({})", reasons.join("; "))));
+            };
+            let noted = WithdrawalCard { card: card.id, channel: Some(channel), fee: decision.fee_minor, routing: Some(routing) };
+            let (noting, record) = (cards.get_ref().clone(), noted.clone());
+            if let Err(error) = blocking(move || noting.note_withdrawal(platform, number.as_str(), record)).await? {
+                channels.release(channel, minor, micros_now());
+                return Err(error);
+            }
+            (noted, true)
+        }
+    };
+    let channel = noted.channel.ok_or_else(|| ApiError::unavailable("a withdrawal was noted without a channel".into()))?;
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no)
         .value("kind", "withdrawal")
@@ -75,27 +101,30 @@ pub async fn create_withdrawal(
         .value("currency", &body.currency)
         .value("account_id", &body.account_id)
         .value("card_id", &body.card_id)
-        .value("channel", channel.name)
-        .value("fee", &spec.format(fee))
-        .value("arrival", body.arrival.as_deref().unwrap_or("standard"));
-    let command = Command::Withdraw { account: target, currency: currency_id, amount: minor, fee, channel: channel.id };
+        .value("channel", &crate::channels::name(channel))
+        .value("fee", &spec.format(noted.fee))
+        .value("arrival", body.arrival.as_deref().unwrap_or("standard"))
+        .value("routing", &noted.routing);
+    let command = Command::Withdraw { account: target, currency: currency_id, amount: minor, fee: noted.fee, channel };
     let prepared = Prepared::new(Envelope { platform, out_order_no: Some(number), command }, view, true);
-    // The card is noted before the order exists, so that after a crash the order still knows it.
-    let (noting, card_id) = (cards.get_ref().clone(), card.id);
-    blocking(move || noting.note_withdrawal(platform, number.as_str(), card_id)).await??;
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
+    if !reply.is_ok() && routed_now {
+        channels.release(channel, minor, micros_now());
+    }
     if reply.is_ok() && !reply.replayed {
-        simulator.submit(Work::Withdrawal { order: OrderId(reply.id), card_no: card.card_no.clone() }, spec.format(minor));
+        simulator.submit(Work::Withdrawal { order: OrderId(reply.id), card_no: card.card_no.clone(), channel }, spec.format(minor));
         if minor > ALERT_ABOVE_MAJOR * 10i64.pow(spec.exponent as u32) {
-            if let Some(member) = members.get(platform, owner) {
-                let text = format!("Alert: a withdrawal of {} {} to your card ending {} is on its way.", spec.format(minor), spec.code_str(), &card.card_no[card.card_no.len() - 4..]);
-                let order_id = Some(crate::orders::public_order_id(OrderId(reply.id)));
-                let notifications = notifications.get_ref().clone();
-                blocking(move || notifications.send(&member, "large_withdrawal_alert", text, order_id)).await??;
-            }
+            let text = format!("Alert: a withdrawal of {} {} to your card ending {} is on its way.", spec.format(minor), spec.code_str(), &card.card_no[card.card_no.len() - 4..]);
+            let order_id = Some(crate::orders::public_order_id(OrderId(reply.id)));
+            let notifications = notifications.get_ref().clone();
+            blocking(move || notifications.send(&member, "large_withdrawal_alert", text, order_id)).await??;
         }
     }
     crate::orders::answer(prepared, &reply)
+}
+
+fn micros_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Registers the withdrawal route.
