@@ -987,3 +987,54 @@ fn the_operator_blocks_an_account_and_its_payments_answer_account_frozen() {
     assert_eq!(pay("p-2").0, 201, "unblocked, and still its platform's account");
     server.stop();
 }
+
+/// Binds and verifies a card for an account, returning its id.
+fn verified_card(p: &Client, server: &Server, account: &str, card_no: &str, name: &str, id_number: &str) -> String {
+    let (status, _, card) = p.post(&format!("/v1/accounts/{account}/cards"), &json!({"out_order_no": format!("card-{card_no}"), "card_no": card_no, "holder_name": name, "id_number": id_number, "phone": "13800138000"}));
+    assert_eq!(status, 201, "{card}");
+    let card_id = card["card_id"].as_str().unwrap().to_string();
+    let deposit = micro_deposit(server, card_no);
+    assert_eq!(p.post(&format!("/v1/accounts/{account}/cards/{card_id}/verify"), &json!({"amount": deposit})).0, 200);
+    card_id
+}
+
+#[test]
+fn a_failed_channel_falls_back_to_the_next_and_all_failing_returns_the_funds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-20";
+    // UnionPay (the cheapest real-time channel for persons) fails everything; IBPS pays.
+    let unionpay_fails = ("sim_failure_per_mille = 0\n\n[[channels]]\nid = 3", "sim_failure_per_mille = 1000\n\n[[channels]]\nid = 3");
+    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20"), unionpay_fails]));
+    let p = Client::create(&server, token, "{\"name\": \"Fallback\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "1000.00", "r-1");
+    let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
+    let (status, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    assert_eq!((status, order["channel"].as_str(), order["fee"].as_str()), (201, Some("sim_unionpay"), Some("1.00")), "{order}");
+    let done = p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!((done["channel"].as_str(), done["fee"].as_str()), (Some("sim_ibps"), Some("2.02")), "{done}");
+    let fallbacks = done["routing"]["fallbacks"].as_array().expect("a fallback is recorded");
+    assert_eq!((fallbacks[0]["from"].as_str(), fallbacks[0]["to"].as_str()), (Some("sim_unionpay"), Some("sim_ibps")), "{done}");
+    assert_eq!(done["routing"]["chosen"], "sim_ibps");
+    assert_eq!(p.balances(&a).0, "897.98", "amount plus the fee of the channel that paid");
+    let (_, entries) = p.get(&format!("/v1/accounts/{a}/entries?limit=1"));
+    assert_eq!(entries["entries"][0]["kind"], "withdrawal_reroute", "{entries}");
+    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    assert_eq!(statement["transactions"].as_array().unwrap().iter().filter(|t| t["amount"] == "100.00").count(), 1, "paid once: {statement}");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+
+    // Every channel fails: tried in turn, then the order fails and everything comes back.
+    let all_fail = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]);
+    let server = start_configured(dir.path(), token, &all_fail);
+    let p = Client { server: &server, platform, secret };
+    let (_, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-2", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    let failed = p.wait_order(order["order_id"].as_str().unwrap(), "failed");
+    let tried: Vec<&str> = failed["routing"]["fallbacks"].as_array().unwrap().iter().map(|f| f["to"].as_str().unwrap()).collect();
+    assert_eq!(tried, ["sim_ibps"], "{failed}");
+    assert_eq!(p.balances(&a).0, "897.98", "amount and fee returned");
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}

@@ -453,6 +453,31 @@ fn pending_recharge_waits_for_the_channel() {
 }
 
 #[test]
+fn a_rerouted_withdrawal_settles_the_fee_difference() {
+    let mut w = World::new();
+    let a = w.funded(1, 1_000);
+    let order = OrderId(w.ok(Command::Withdraw { account: a, currency: CNY, amount: 500, fee: 10, channel: 2 }));
+    assert_eq!(w.balances(a), (490, 0, 0));
+    let cases: Vec<(&str, Command, ResultCode)> = vec![
+        ("negative fee", Command::RerouteWithdrawal { order, channel: 3, fee: -1 }, ResultCode::InvalidFee),
+        ("more than the account holds", Command::RerouteWithdrawal { order, channel: 3, fee: 501 }, ResultCode::InsufficientFunds),
+        ("not a withdrawal", Command::RerouteWithdrawal { order: OrderId(999), channel: 3, fee: 1 }, ResultCode::OrderNotFound),
+    ];
+    for (name, command, expected) in cases {
+        assert_eq!(w.run(command).code, expected, "{name}");
+    }
+    w.ok(Command::RerouteWithdrawal { order, channel: 3, fee: 25 });
+    assert_eq!(w.balances(a), (475, 0, 0), "the dearer channel's extra fee");
+    assert_eq!(w.order(order.0).detail, OrderDetail::Withdrawal { fee: 25, channel: 3 });
+    w.ok(Command::RerouteWithdrawal { order, channel: 4, fee: 5 });
+    assert_eq!(w.balances(a), (495, 0, 0), "a cheaper one gives the difference back");
+    w.ok(Command::CompleteWithdrawal { order, succeeded: false });
+    assert_eq!(w.balances(a), (1_000, 0, 0), "a failure returns amount and the fee charged last");
+    assert_eq!(w.run(Command::RerouteWithdrawal { order, channel: 2, fee: 1 }).code, ResultCode::OrderStateInvalid);
+    w.assert_books_balance();
+}
+
+#[test]
 fn accounts_open_close_and_status() {
     let mut w = World::new();
     let a = w.open(1, Limits::NONE);

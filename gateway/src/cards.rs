@@ -81,6 +81,14 @@ pub struct WithdrawalCard {
     pub fee: i64,
     #[serde(default)]
     pub routing: Option<serde_json::Value>,
+    /// What routing needs again for a fallback: the requested arrival and the account type.
+    #[serde(default)]
+    pub arrival: Option<crate::channels::Arrival>,
+    #[serde(default)]
+    pub account_type: Option<crate::channels::AccountType>,
+    /// Channels tried so far, in order.
+    #[serde(default)]
+    pub tried: Vec<u16>,
 }
 
 fn withdrawal_key(platform: u32, out_order_no: &str) -> Vec<u8> {

@@ -21,7 +21,7 @@ pub enum Direction {
 }
 
 /// How fast money arrives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Arrival {
     Realtime,
@@ -29,7 +29,8 @@ pub enum Arrival {
 }
 
 /// Whose accounts a payout goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AccountType {
     Personal,
     Corporate,
@@ -211,6 +212,13 @@ impl Channels {
     /// ones are ordered by fee, then expected arrival; the first is chosen and its daily usage
     /// taken (give it back with `release` if the order is refused or fails).
     pub fn route(&self, amount: Minor, currency: &str, exponent: u8, arrival: Arrival, account: AccountType, now: u64) -> Decision {
+        self.route_excluding(amount, currency, exponent, arrival, account, now, &[])
+    }
+
+    /// Routes like `route`, with the channels in `exclude` refused as `failed_already` (the
+    /// fallback after a channel failed an order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn route_excluding(&self, amount: Minor, currency: &str, exponent: u8, arrival: Arrival, account: AccountType, now: u64, exclude: &[u16]) -> Decision {
         let spec = engine::money::CurrencySpec::new(currency, exponent).expect("a configured currency");
         let (day, _) = self.local(now);
         let mut usage = self.usage.lock().expect("usage lock");
@@ -224,7 +232,8 @@ impl Channels {
             .filter(|c| c.direction == Direction::Out)
             .map(|c| {
                 let used = usage.used.get(&c.id).copied().unwrap_or(0);
-                (self.refusal(c, amount, currency, arrival, account, now, used), c.fee(amount), c.eta_minutes, c)
+                let refusal = if exclude.contains(&c.id) { Some("failed_already") } else { self.refusal(c, amount, currency, arrival, account, now, used) };
+                (refusal, c.fee(amount), c.eta_minutes, c)
             })
             .collect();
         rows.sort_by_key(|(refusal, fee, eta, c)| (refusal.is_some(), *fee, *eta, c.id));
@@ -428,6 +437,15 @@ mod tests {
         assert_eq!(route().chosen.as_deref(), Some("dear"), "only one probe at a time");
         channels.record_outcome(1, true);
         assert_eq!(route().chosen.as_deref(), Some("cheap"), "the probe's success closes the circuit");
+    }
+
+    #[test]
+    fn a_fallback_skips_the_channels_that_failed() {
+        let channels = router(|_| {});
+        let decision = channels.route_excluding(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, &[1]);
+        assert_eq!(chosen(&decision), (Some("dear"), vec![None, Some("failed_already")]));
+        let none = channels.route_excluding(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, &[1, 2]);
+        assert_eq!(none.chosen, None);
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub fn entry_kind_name(kind: EntryKind) -> &'static str {
         EntryKind::WithdrawalFailure => "withdrawal_failure",
         EntryKind::Mature => "settlement",
         EntryKind::RemoteCredit => "transfer_in",
+        EntryKind::WithdrawalReroute => "withdrawal_reroute",
     }
 }
 

@@ -88,6 +88,10 @@ pub struct Callback {
     pub order_id: String,
     pub status: String,
     pub amount: String,
+    /// The channel the verdict is about (withdrawals): a verdict of a channel the order has
+    /// left since (after a fallback) is stale and ignored.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 struct Inner {
@@ -265,7 +269,9 @@ impl Simulator {
 /// Whether the bank fails this order: a fixed verdict per order, so resent orders agree.
 fn fails(failure_per_mille: u16, work: &Work) -> bool {
     let seed = match work {
-        Work::Recharge { order } | Work::Withdrawal { order, .. } => order.0,
+        Work::Recharge { order } => order.0,
+        // Each channel decides on its own: a fallback channel may pay what the first failed.
+        Work::Withdrawal { order, channel, .. } => order.0 ^ ((*channel as u64) << 48),
         Work::MicroDeposit { .. } => return false,
     };
     (xxhash_rust::xxh3::xxh3_64(&seed.to_le_bytes()) % 1000) < failure_per_mille as u64
@@ -318,24 +324,24 @@ fn micros_now() -> u64 {
 /// Decides a due job and sends its callback; a failed delivery is queued again with backoff.
 fn deliver_one(inner: &Inner, mut job: Job) {
     let failed = fails(job.failure_per_mille, &job.work);
-    let (kind, order) = match &job.work {
+    let (kind, order, channel) = match &job.work {
         Work::MicroDeposit { card_no } => {
             record_card_line(inner, card_no, &job.amount, "card verification deposit".to_string());
             return;
         }
-        Work::Recharge { order } => ("recharge", *order),
-        Work::Withdrawal { order, card_no, .. } => {
+        Work::Recharge { order } => ("recharge", *order, None),
+        Work::Withdrawal { order, card_no, channel } => {
             if job.attempt == 0 && !failed && !card_no.is_empty() {
                 record_card_line(inner, card_no, &job.amount, format!("withdrawal {}", public_order_id(*order)));
             }
-            ("withdrawal", *order)
+            ("withdrawal", *order, Some(crate::channels::name(*channel)))
         }
     };
     let Some(url) = inner.callback_url.get() else {
         return requeue(inner, job);
     };
     let status = if failed { "failed" } else { "succeeded" };
-    let verdict = Callback { kind: kind.to_string(), order_id: public_order_id(order), status: status.to_string(), amount: job.amount.clone() };
+    let verdict = Callback { kind: kind.to_string(), order_id: public_order_id(order), status: status.to_string(), amount: job.amount.clone(), channel };
     let body = serde_json::to_vec(&verdict).expect("callbacks serialize");
     let signature = signature_header(&inner.key, unix_seconds(), &body);
     let sent = ureq::post(url)
@@ -372,6 +378,7 @@ pub async fn receive_callback(
     simulator: web::Data<Simulator>,
     engine: web::Data<Arc<Engine>>,
     channels: web::Data<Arc<crate::channels::Channels>>,
+    cards: web::Data<Arc<crate::cards::Cards>>,
 ) -> Result<HttpResponse, ApiError> {
     let header = request.headers().get("X-Channel-Signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
     verify_signature(simulator.key(), header, &body, unix_seconds())?;
@@ -382,6 +389,28 @@ pub async fn receive_callback(
         "failed" => false,
         _ => return Err(ApiError::invalid("status is succeeded or failed", "status")),
     };
+    if callback.kind == "withdrawal" {
+        let current = crate::orders::read_order(&engine, 0, order, |_, o| match o.detail {
+            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some((channel, o.status)),
+            _ => None,
+        })
+        .await?
+        .flatten();
+        let Some((channel, status)) = current else { return Err(ApiError::not_found()) };
+        let named = callback.channel.as_deref().is_none_or(|name| name == crate::channels::name(channel));
+        if !named {
+            // A verdict of a channel this order has left after a fallback.
+            return Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "stale": true})));
+        }
+        if !succeeded && status == engine::ledger::types::OrderStatus::Processing {
+            channels.record_outcome(channel, false);
+            let (amount, created_at) = crate::orders::read_order(&engine, 0, order, |_, o| (o.amount, o.created_at)).await?.unwrap_or((0, 0));
+            channels.release(channel, amount, created_at);
+            if let Some(next) = crate::withdrawals::fall_back(&engine, &channels, &cards, &simulator, order).await? {
+                return Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "status": "processing", "rerouted_to": next})));
+            }
+        }
+    }
     let command = match callback.kind.as_str() {
         "recharge" => Command::CompleteRecharge { order, succeeded },
         "withdrawal" => Command::CompleteWithdrawal { order, succeeded },
@@ -389,20 +418,16 @@ pub async fn receive_callback(
     };
     // The system acts (platform 0): verdicts are idempotent by order, so no order number.
     let reply = crate::accounts::execute(&engine, Envelope { platform: 0, out_order_no: None, command }).await?;
-    if reply.is_ok() && callback.kind == "withdrawal" && !reply.replayed {
-        // The channel's health learns from every payout verdict; a failed payout gives its
-        // daily cap back.
-        let noted = crate::orders::read_order(&engine, 0, order, |_, o| match o.detail {
-            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some((channel, o.amount, o.created_at)),
+    if reply.is_ok() && callback.kind == "withdrawal" && succeeded && reply.status == Some(engine::ledger::types::OrderStatus::Succeeded) {
+        // The channel's health learns from every payout verdict (failures are counted above).
+        let channel = crate::orders::read_order(&engine, 0, order, |_, o| match o.detail {
+            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some(channel),
             _ => None,
         })
         .await?
         .flatten();
-        if let Some((channel, amount, created_at)) = noted {
-            channels.record_outcome(channel, succeeded);
-            if !succeeded {
-                channels.release(channel, amount, created_at);
-            }
+        if let Some(channel) = channel {
+            channels.record_outcome(channel, true);
         }
     }
     match reply.code {

@@ -84,7 +84,15 @@ pub async fn create_withdrawal(
                 let reasons: Vec<String> = decision.candidates.iter().map(|c| format!("{}: {}", c.channel, c.rejected_because.unwrap_or("viable"))).collect();
                 return Err(ApiError::new(422, "no_channel_available", &format!("no channel can pay this out now ({})", reasons.join("; "))));
             };
-            let noted = WithdrawalCard { card: card.id, channel: Some(channel), fee: decision.fee_minor, routing: Some(routing) };
+            let noted = WithdrawalCard {
+                card: card.id,
+                channel: Some(channel),
+                fee: decision.fee_minor,
+                routing: Some(routing),
+                arrival: Some(arrival),
+                account_type: Some(account_type),
+                tried: vec![channel],
+            };
             let (noting, record) = (cards.get_ref().clone(), noted.clone());
             if let Err(error) = blocking(move || noting.note_withdrawal(platform, number.as_str(), record)).await? {
                 channels.release(channel, minor, micros_now());
@@ -105,6 +113,7 @@ pub async fn create_withdrawal(
         .value("fee", &spec.format(noted.fee))
         .value("arrival", body.arrival.as_deref().unwrap_or("standard"))
         .value("routing", &noted.routing);
+    // (A replay answers the routing as first decided; GET /v1/orders/{id} shows fallbacks.)
     let command = Command::Withdraw { account: target, currency: currency_id, amount: minor, fee: noted.fee, channel };
     let prepared = Prepared::new(Envelope { platform, out_order_no: Some(number), command }, view, true);
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
@@ -130,4 +139,49 @@ fn micros_now() -> u64 {
 /// Registers the withdrawal route.
 pub fn routes(config: &mut web::ServiceConfig) {
     config.service(create_withdrawal);
+}
+
+/// Routing's fallback (the clearing issue, item 2): a channel failed withdrawal `order`; if
+/// another channel can pay it out now, the order moves there (`RerouteWithdrawal`, fee
+/// difference settled with the account) and the bank is asked again. Returns the new channel's
+/// name, or `None` when nothing else can take it (the order then fails, funds back).
+pub async fn fall_back(engine: &Arc<Engine>, channels: &Channels, cards: &Arc<Cards>, simulator: &Simulator, order: OrderId) -> Result<Option<String>, ApiError> {
+    let found = crate::orders::read_order(engine, 0, order, |state, o| match o.detail {
+        engine::ledger::types::OrderDetail::Withdrawal { channel, .. } if o.status == engine::ledger::types::OrderStatus::Processing => {
+            Some((o.platform, o.out_order_no, channel, o.amount, state.currencies[o.currency.0 as usize]))
+        }
+        _ => None,
+    })
+    .await?
+    .flatten();
+    let Some((platform, Some(number), failed, amount, spec)) = found else { return Ok(None) };
+    let Some(mut noted) = cards.withdrawal(platform, number.as_str()) else { return Ok(None) };
+    let (Some(arrival), Some(account_type)) = (noted.arrival, noted.account_type) else { return Ok(None) };
+    if !noted.tried.contains(&failed) {
+        noted.tried.push(failed);
+    }
+    let decision = channels.route_excluding(amount, spec.code_str(), spec.exponent, arrival, account_type, micros_now(), &noted.tried);
+    let Some(next) = decision.chosen_id else { return Ok(None) };
+    let command = Command::RerouteWithdrawal { order, channel: next, fee: decision.fee_minor };
+    let reply = crate::accounts::execute(engine, Envelope { platform: 0, out_order_no: None, command }).await?;
+    if !reply.is_ok() {
+        channels.release(next, amount, micros_now());
+        return Ok(None);
+    }
+    noted.tried.push(next);
+    noted.channel = Some(next);
+    noted.fee = decision.fee_minor;
+    let fallback = serde_json::json!({"from": crate::channels::name(failed), "to": crate::channels::name(next), "fee": spec.format(decision.fee_minor), "candidates": decision.candidates});
+    if let Some(routing) = noted.routing.as_mut() {
+        routing["chosen"] = serde_json::json!(crate::channels::name(next));
+        match routing.get_mut("fallbacks").and_then(|f| f.as_array_mut()) {
+            Some(list) => list.push(fallback),
+            None => routing["fallbacks"] = serde_json::json!([fallback]),
+        }
+    }
+    let card_no = cards.withdrawal_card_no(platform, number.as_str()).unwrap_or_default();
+    let (noting, record) = (cards.clone(), noted);
+    blocking(move || noting.note_withdrawal(platform, number.as_str(), record)).await??;
+    simulator.submit(Work::Withdrawal { order, card_no, channel: next }, spec.format(amount));
+    Ok(Some(crate::channels::name(next)))
 }

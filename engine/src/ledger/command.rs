@@ -116,6 +116,9 @@ pub enum Command {
     /// order is `pending` until the channel's verdict (`CompleteRecharge`); then the money goes
     /// from the reserve straight to the receivers (balance) or into escrow (guarantee).
     RequestDirectPayment { payer: AccountId, guarantee: bool, currency: CurrencyId, amount: Minor, payees: Legs, splits: Legs, channel: u16 },
+    /// A withdrawal whose channel failed goes out through another channel with its fee (routing's
+    /// fallback); the fee difference moves between the account and payout-pending.
+    RerouteWithdrawal { order: OrderId, channel: u16, fee: Minor },
 }
 
 /// The most orders one batch payment may carry.
@@ -156,6 +159,7 @@ impl Command {
             Command::AutoConfirm { .. } => 19,
             Command::BatchPayment { .. } => 20,
             Command::RequestDirectPayment { .. } => 21,
+            Command::RerouteWithdrawal { .. } => 22,
         }
     }
 
@@ -169,7 +173,7 @@ impl Command {
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 22] = [
+    pub const KIND_NAMES: [&'static str; 23] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -192,6 +196,7 @@ impl Command {
         "auto_confirm",
         "batch_payment",
         "direct_payment",
+        "reroute_withdrawal",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.
@@ -217,7 +222,8 @@ impl Command {
             | Command::Cancel { order, .. }
             | Command::ReleaseFreeze { order, .. }
             | Command::CompleteWithdrawal { order, .. }
-            | Command::CompleteRecharge { order, .. } => Some(*order),
+            | Command::CompleteRecharge { order, .. }
+            | Command::RerouteWithdrawal { order, .. } => Some(*order),
             _ => None,
         }
     }

@@ -188,6 +188,7 @@ impl ShardState {
                 let request = ops::payment::PaymentRequest { payer: *payer, guarantee: *guarantee, currency: *currency, amount: *amount, payees, splits };
                 ops::payment::request_direct(self, &context, &request, *channel)
             }
+            Command::RerouteWithdrawal { order, channel, fee } => ops::withdrawal::reroute(self, &context, *order, *channel, *fee, fx),
             Command::AutoConfirm { created_before } => ops::guarantee::auto_confirm(self, &context, *created_before, fx),
         };
         if !reply.is_ok() {

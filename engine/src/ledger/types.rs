@@ -223,6 +223,9 @@ pub enum EntryKind {
     WithdrawalFailure,
     Mature,
     RemoteCredit,
+    /// A withdrawal moved to another channel: the fee difference between the account and the
+    /// payout-pending account.
+    WithdrawalReroute,
 }
 
 /// The order id of entries that belong to no order (settlement maturing).

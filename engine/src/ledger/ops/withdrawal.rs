@@ -95,3 +95,44 @@ pub fn complete(state: &mut ShardState, context: &Context, id: OrderId, succeede
     state.record_change(id);
     ok_order(id, verdict)
 }
+
+/// Moves a processing withdrawal to another channel with its own fee (routing's fallback after
+/// the first channel failed). A higher fee is taken from the account's settled funds, a lower
+/// one returned to them; the amount stays reserved.
+pub fn reroute(state: &mut ShardState, context: &Context, id: OrderId, channel: u16, fee: Minor, fx: &mut Effects) -> Reply {
+    let Some(order) = state.platform_order(context.platform, id) else {
+        return Reply::rejected(ResultCode::OrderNotFound);
+    };
+    let OrderDetail::Withdrawal { fee: old_fee, .. } = order.detail else {
+        return Reply::rejected(ResultCode::OrderNotFound);
+    };
+    if order.status != OrderStatus::Processing {
+        return Reply::rejected(ResultCode::OrderStateInvalid);
+    }
+    if !(0..=AMOUNT_MINOR_MAX).contains(&fee) {
+        return Reply::rejected(ResultCode::InvalidFee);
+    }
+    let (account, currency) = (order.account, order.currency);
+    let more = fee - old_fee;
+    if more > 0 && state.account(account).expect("local").settled < more {
+        return Reply::rejected(ResultCode::InsufficientFunds);
+    }
+    // After this point the reroute must succeed.
+    if more != 0 {
+        let pending = state.system_account(SystemRole::PayoutPending, currency);
+        let target = if more < 0 && credit_refusal(state.account(account).expect("local"), currency).is_some() {
+            state.system_account(SystemRole::Suspense, currency)
+        } else {
+            account
+        };
+        state.begin_entry(fx, id, EntryKind::WithdrawalReroute, currency);
+        state.post(fx, target, Bucket::Settled, -more);
+        state.post(fx, pending, Bucket::Settled, more);
+        state.end_entry(fx);
+    }
+    let order = state.order_mut(id);
+    order.detail = OrderDetail::Withdrawal { fee, channel };
+    order.updated_at = context.now;
+    state.record_change(id);
+    ok_order(id, OrderStatus::Processing)
+}
