@@ -1017,6 +1017,12 @@ fn a_failed_channel_falls_back_to_the_next_and_all_failing_returns_the_funds() {
     assert_eq!((fallbacks[0]["from"].as_str(), fallbacks[0]["to"].as_str()), (Some("sim_unionpay"), Some("sim_ibps")), "{done}");
     assert_eq!(done["routing"]["chosen"], "sim_ibps");
     assert_eq!(p.balances(&a).0, "897.98", "amount plus the fee of the channel that paid");
+    let (status, report) = server.get("/admin/channels", Some(token));
+    assert_eq!(status, 200);
+    let row = |name: &str| report["channels"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    assert_eq!((row("sim_unionpay")["health"]["recent_failures"].as_u64(), row("sim_unionpay")["used_today"].as_str()), (Some(1), Some("0.00")), "{report}");
+    assert_eq!(row("sim_ibps")["used_today"], "100.00");
+    assert_eq!(server.get("/admin/channels", None).0, 401);
     let (_, entries) = p.get(&format!("/v1/accounts/{a}/entries?limit=1"));
     assert_eq!(entries["entries"][0]["kind"], "withdrawal_reroute", "{entries}");
     let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);

@@ -161,7 +161,7 @@ pub async fn check_invariants(request: HttpRequest, engine: web::Data<Arc<Engine
 
 /// Registers the operator routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(list_shards).service(one_shard).service(check_invariants).service(create_platform).service(set_account_status);
+    config.service(list_shards).service(one_shard).service(check_invariants).service(create_platform).service(set_account_status).service(list_channels);
 }
 
 #[derive(Serialize)]
@@ -225,4 +225,14 @@ pub async fn set_account_status(request: HttpRequest, path: web::Path<String>, b
         return Err(crate::orders::rejection(reply.code));
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({"account_id": crate::accounts::public_account_id(account), "status": body.status})))
+}
+
+/// `GET /admin/channels` (the clearing issue): every channel's configuration, today's use of its
+/// daily cap, and its health (recent outcomes, circuit state).
+#[utoipa::path(get, path = "/admin/channels", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[get("/admin/channels")]
+pub async fn list_channels(request: HttpRequest, token: web::Data<AdminToken>, channels: web::Data<Arc<crate::channels::Channels>>) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    Ok(HttpResponse::Ok().json(channels.report(now)))
 }

@@ -331,6 +331,41 @@ impl Channels {
         h.probing = false;
     }
 
+    /// Each channel as the operator sees it: configuration, today's usage and health.
+    pub fn report(&self, now: u64) -> serde_json::Value {
+        let (day, _) = self.local(now);
+        let usage = self.usage.lock().expect("usage lock");
+        let health = self.health.lock().expect("health lock");
+        let rows: Vec<serde_json::Value> = self
+            .channels
+            .iter()
+            .map(|c| {
+                let spec = engine::money::CurrencySpec::new(&c.currency, 2).expect("configured");
+                let used = if usage.day == day { usage.used.get(&c.id).copied().unwrap_or(0) } else { 0 };
+                let h = health.get(&c.id);
+                let failures = h.map_or(0, |h| h.outcomes.iter().filter(|ok| !**ok).count());
+                let serves: Vec<&str> = [c.serves_personal.then_some("personal"), c.serves_corporate.then_some("corporate")].into_iter().flatten().collect();
+                serde_json::json!({
+                    "id": c.id, "name": c.name, "kind": c.kind,
+                    "direction": if c.direction == Direction::In { "in" } else { "out" },
+                    "currency": c.currency, "arrival": c.arrival, "eta_minutes": c.eta_minutes,
+                    "fee": {"fixed": spec.format(c.fee_fixed), "rate_bps": c.fee_rate_bps, "min": spec.format(c.fee_min), "max": spec.format(c.fee_max)},
+                    "order_min": spec.format(c.order_min), "order_max": spec.format(c.order_max),
+                    "daily_cap": spec.format(c.daily_cap), "used_today": spec.format(used),
+                    "window": format!("{:02}:{:02}-{:02}:{:02}", c.window.0 / 60, c.window.0 % 60, c.window.1 / 60, c.window.1 % 60),
+                    "business_days_only": c.business_days_only,
+                    "serves": serves,
+                    "health": {
+                        "recent_outcomes": h.map_or(0, |h| h.outcomes.len()),
+                        "recent_failures": failures,
+                        "circuit": match h.and_then(|h| h.open_until) { None => "closed", Some(until) if Instant::now() < until => "open", Some(_) => "half_open" },
+                    },
+                })
+            })
+            .collect();
+        serde_json::json!({"channels": rows})
+    }
+
     /// Every configured channel.
     pub fn all(&self) -> &[Channel] {
         &self.channels

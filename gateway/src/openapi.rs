@@ -215,6 +215,7 @@ impl Modify for Security {
         crate::admin::check_invariants,
         crate::admin::create_platform,
         crate::admin::set_account_status,
+        crate::admin::list_channels,
         crate::bulk::bulk,
         crate::cards::bind,
         crate::cards::verify,
