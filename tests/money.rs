@@ -1044,3 +1044,54 @@ fn a_failed_channel_falls_back_to_the_next_and_all_failing_returns_the_funds() {
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
 }
+
+#[test]
+fn offline_transfers_land_by_virtual_account_number_or_become_cases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-21";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Offline\"}");
+    let member = p.member("m-a", "Zhang San");
+    let (_, _, account) = p.post("/v1/accounts", &json!({"out_order_no": "acct", "member_id": member, "currency": "CNY"}));
+    let (a, number) = (account["account_id"].as_str().unwrap().to_string(), account["virtual_account_no"].as_str().unwrap().to_string());
+    let mut wrong_digit = number.clone().into_bytes();
+    wrong_digit[16] = if wrong_digit[16] == b'9' { b'0' } else { wrong_digit[16] + 1 };
+    let wrong_digit = String::from_utf8(wrong_digit).unwrap();
+    let post = |lines: serde_json::Value| {
+        let request = ureq::post(&format!("{}/admin/offline-transfers", server.base)).set("Authorization", &format!("Bearer {token}"));
+        let response = answer(request.send_string(&json!({"lines": lines}).to_string()), "offline");
+        (response.status(), response.into_json::<serde_json::Value>().unwrap())
+    };
+    let lines = json!([
+        {"bank_ref": "B-1", "virtual_account_no": number, "amount": "300.00", "currency": "CNY", "payer_name": "Zhang San"},
+        {"bank_ref": "B-2", "virtual_account_no": wrong_digit, "amount": "20.00", "currency": "CNY"},
+        {"bank_ref": "B-3", "virtual_account_no": "for the sofa", "amount": "5.00", "currency": "CNY"},
+        {"bank_ref": "B-4", "virtual_account_no": number, "amount": "1.001", "currency": "CNY"},
+    ]);
+    let (status, reply) = post(lines.clone());
+    assert_eq!(status, 200, "{reply}");
+    let statuses: Vec<&str> = reply["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["credited", "suspense", "suspense", "refused"], "{reply}");
+    assert_eq!(p.balances(&a).0, "300.00");
+    let (_, order) = p.get(&format!("/v1/orders/{}", reply["results"][0]["order_id"].as_str().unwrap()));
+    assert_eq!((order["kind"].as_str(), order["channel"].as_str()), (Some("recharge"), Some("offline_transfer")), "{order}");
+    // The same statement again changes nothing.
+    let (_, again) = post(lines);
+    assert!(again["results"].as_array().unwrap()[..3].iter().all(|r| r["replayed"] == true), "{again}");
+    assert_eq!(p.balances(&a).0, "300.00");
+    let (_, cases) = server.get("/admin/cases", Some(token));
+    let open: Vec<&str> = cases["cases"].as_array().unwrap().iter().map(|c| c["case_id"].as_str().unwrap()).collect();
+    assert_eq!(open, ["case_B-2", "case_B-3"], "{cases}");
+    let resolve = |body: serde_json::Value| {
+        let request = ureq::post(&format!("{}/admin/cases/case_B-3/resolve", server.base)).set("Authorization", &format!("Bearer {token}"));
+        let response = answer(request.send_string(&body.to_string()), "resolve");
+        (response.status(), response.into_json::<serde_json::Value>().unwrap())
+    };
+    assert_eq!(resolve(json!({"resolution": "", "operator": "li"})).0, 400);
+    let (status, resolved) = resolve(json!({"resolution": "returned to the payer's bank", "operator": "li.ops"}));
+    assert_eq!((status, resolved["status"].as_str(), resolved["resolved_by"].as_str()), (200, Some("resolved"), Some("li.ops")), "{resolved}");
+    assert_eq!(resolve(json!({"resolution": "again", "operator": "li"})).0, 409);
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}

@@ -432,6 +432,9 @@ impl Engine {
         if let Some(account) = command.debited_account() {
             return Ok(account.shard(shard_count));
         }
+        if let Command::CreditSuspense { shard, .. } = command {
+            return Ok(*shard % shard_count);
+        }
         if let Some(order) = command.target_order() {
             return Ok(order.shard(shard_count));
         }

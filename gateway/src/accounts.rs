@@ -54,6 +54,18 @@ pub fn virtual_account_no(id: AccountId) -> String {
     format!("{body}{check}")
 }
 
+/// The account a virtual account number names, if it is one (prefix, length and check digit).
+pub fn parse_virtual_account_no(text: &str) -> Option<AccountId> {
+    let digits = text.as_bytes();
+    if digits.len() != 17 || !digits.iter().all(u8::is_ascii_digit) || !text.starts_with(VIRTUAL_ACCOUNT_PREFIX) {
+        return None;
+    }
+    if luhn_check_digit(&text[..16]) != digits[16] - b'0' {
+        return None;
+    }
+    text[4..16].parse().ok().map(AccountId)
+}
+
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewAccount {
@@ -205,6 +217,11 @@ mod tests {
         assert_eq!(number, format!("6229000000000025{}", luhn_check_digit("6229000000000025")));
         assert_eq!(number.len(), 17);
         assert_ne!(virtual_account_no(AccountId(25)), virtual_account_no(AccountId(27)));
+        assert_eq!(parse_virtual_account_no(&number), Some(AccountId(25)));
+        let mut wrong = number.clone().into_bytes();
+        wrong[16] = if wrong[16] == b'9' { b'0' } else { wrong[16] + 1 };
+        assert_eq!(parse_virtual_account_no(std::str::from_utf8(&wrong).unwrap()), None, "a wrong check digit");
+        assert_eq!(parse_virtual_account_no("1234"), None);
     }
 
     #[test]

@@ -130,6 +130,9 @@ static NAMES: OnceLock<HashMap<u16, String>> = OnceLock::new();
 
 /// The name of a channel number (from the configuration the server started with).
 pub fn name(id: u16) -> String {
+    if id == crate::offline::OFFLINE_CHANNEL {
+        return "offline_transfer".into();
+    }
     NAMES.get().and_then(|names| names.get(&id).cloned()).unwrap_or_else(|| format!("channel_{id}"))
 }
 
@@ -138,6 +141,9 @@ impl Channels {
     pub fn new(channels: Vec<Channel>, holidays: BTreeSet<u32>, utc_offset_seconds: i32) -> Result<Channels, String> {
         let mut ids = BTreeSet::new();
         for channel in &channels {
+            if channel.id == crate::offline::OFFLINE_CHANNEL {
+                return Err("channel id 0 is reserved for offline transfers".into());
+            }
             if !ids.insert(channel.id) || channels.iter().filter(|c| c.name == channel.name).count() > 1 {
                 return Err(format!("channel {} ({}) is configured twice", channel.id, channel.name));
             }

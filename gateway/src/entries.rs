@@ -80,6 +80,7 @@ pub fn entry_kind_name(kind: EntryKind) -> &'static str {
         EntryKind::Mature => "settlement",
         EntryKind::RemoteCredit => "transfer_in",
         EntryKind::WithdrawalReroute => "withdrawal_reroute",
+        EntryKind::SuspenseIn => "suspense_in",
     }
 }
 

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod members;
 pub mod metrics;
 pub mod notifications;
+pub mod offline;
 pub mod openapi;
 pub mod orders;
 pub mod passwords;

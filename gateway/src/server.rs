@@ -68,6 +68,7 @@ pub struct Services {
     pub notifications: Arc<crate::notifications::Notifications>,
     pub store: Arc<dyn storage::Store>,
     pub channels: Arc<crate::channels::Channels>,
+    pub cases: Arc<crate::offline::Cases>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -99,6 +100,7 @@ impl Services {
             passwords: Arc::new(crate::passwords::Passwords::load(store.clone())?),
             cards: Arc::new(crate::cards::Cards::load(store.clone())?),
             notifications: Arc::new(crate::notifications::Notifications::load(store.clone())?),
+            cases: Arc::new(crate::offline::Cases::load(store.clone())?),
             store,
             metrics,
         })
@@ -118,6 +120,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let notifications = web::Data::new(services.notifications);
     let store = web::Data::new(services.store);
     let channels = web::Data::new(services.channels);
+    let cases = web::Data::new(services.cases);
     let metrics = web::Data::new(services.metrics);
     let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
     let (engine_at_start, simulator_at_start, cards_at_start) = (engine.get_ref().clone(), simulator.get_ref().clone(), cards.get_ref().clone());
@@ -134,6 +137,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(notifications.clone())
             .app_data(store.clone())
             .app_data(channels.clone())
+            .app_data(cases.clone())
             .app_data(metrics.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
@@ -147,6 +151,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .service(readyz)
             .configure(crate::admin::routes)
             .configure(crate::settlements::routes)
+            .configure(crate::offline::routes)
             .configure(crate::v1::routes)
             .configure(crate::accounts::routes)
             .configure(crate::passwords::routes)

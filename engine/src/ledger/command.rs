@@ -119,6 +119,9 @@ pub enum Command {
     /// A withdrawal whose channel failed goes out through another channel with its fee (routing's
     /// fallback); the fee difference moves between the account and payout-pending.
     RerouteWithdrawal { order: OrderId, channel: u16, fee: Minor },
+    /// Money that arrived at the bank (an offline transfer) matching no account: reserve debited,
+    /// `shard`'s suspense stripe credited, for an operator's case.
+    CreditSuspense { shard: ShardId, currency: CurrencyId, amount: Minor },
 }
 
 /// The most orders one batch payment may carry.
@@ -160,6 +163,7 @@ impl Command {
             Command::BatchPayment { .. } => 20,
             Command::RequestDirectPayment { .. } => 21,
             Command::RerouteWithdrawal { .. } => 22,
+            Command::CreditSuspense { .. } => 23,
         }
     }
 
@@ -173,7 +177,7 @@ impl Command {
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 23] = [
+    pub const KIND_NAMES: [&'static str; 24] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -197,6 +201,7 @@ impl Command {
         "batch_payment",
         "direct_payment",
         "reroute_withdrawal",
+        "credit_suspense",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.

@@ -189,6 +189,7 @@ impl ShardState {
                 ops::payment::request_direct(self, &context, &request, *channel)
             }
             Command::RerouteWithdrawal { order, channel, fee } => ops::withdrawal::reroute(self, &context, *order, *channel, *fee, fx),
+            Command::CreditSuspense { currency, amount, .. } => ops::recharge::credit_suspense(self, *currency, *amount, fx),
             Command::AutoConfirm { created_before } => ops::guarantee::auto_confirm(self, &context, *created_before, fx),
         };
         if !reply.is_ok() {

@@ -226,6 +226,8 @@ pub enum EntryKind {
     /// A withdrawal moved to another channel: the fee difference between the account and the
     /// payout-pending account.
     WithdrawalReroute,
+    /// Money that arrived at the bank and matched no account, held in suspense for an operator.
+    SuspenseIn,
 }
 
 /// The order id of entries that belong to no order (settlement maturing).

@@ -94,3 +94,22 @@ pub fn complete(state: &mut ShardState, context: &Context, id: OrderId, succeede
     state.record_change(id);
     ok_order(id, verdict)
 }
+
+/// Books money that arrived at the bank but matched no account into this shard's suspense
+/// stripe (reserve debited), for an operator to resolve. Not an order of any platform.
+pub fn credit_suspense(state: &mut ShardState, currency: CurrencyId, amount: Minor, fx: &mut Effects) -> Reply {
+    if let Err(code) = check_amount(amount) {
+        return Reply::rejected(code);
+    }
+    if currency.0 as usize >= state.currencies.len() {
+        return Reply::rejected(ResultCode::CurrencyUnknown);
+    }
+    // After this point the credit must succeed.
+    let reserve = state.system_account(SystemRole::Reserve, currency);
+    let suspense = state.system_account(SystemRole::Suspense, currency);
+    state.begin_entry(fx, NO_ORDER, EntryKind::SuspenseIn, currency);
+    state.post(fx, reserve, Bucket::Settled, -amount);
+    state.post(fx, suspense, Bucket::Settled, amount);
+    state.end_entry(fx);
+    Reply { code: ResultCode::Ok, id: 0, status: None, replayed: false }
+}
