@@ -22,6 +22,7 @@ struct FileConfig {
     webhooks: WebhooksSection,
     channels: Vec<ChannelRow>,
     calendar: CalendarSection,
+    settlement: SettlementSection,
     currencies: Vec<CurrencyRow>,
     chart_of_accounts: BTreeMap<String, SubjectRow>,
 }
@@ -77,6 +78,13 @@ struct ChannelRow {
     serves: Vec<String>,
     sim_latency_ms: u64,
     sim_failure_per_mille: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettlementSection {
+    scheduled: bool,
+    cutoff: String,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +173,8 @@ pub struct Config {
     pub channels: Vec<gateway::channels::Channel>,
     /// Holidays as business days (days since 1970-01-01).
     pub holidays: std::collections::BTreeSet<u32>,
+    /// When the nightly settlement runs (minutes after business-local midnight), if scheduled.
+    pub settlement_cutoff_minute: Option<u32>,
 }
 
 /// Hard limits on configuration values (DESIGN.md invariant 10: every bound has a limit).
@@ -256,7 +266,9 @@ impl Config {
         for date in &file.calendar.holidays {
             holidays.insert(gateway::settlements::day_number(date).ok_or_else(|| anyhow!("calendar: bad date {date:?} (YYYY-MM-DD)"))?);
         }
-        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator, webhooks, channels, holidays })
+        let cutoff = minutes(&file.settlement.cutoff).filter(|m| *m < 1440).ok_or_else(|| anyhow!("settlement.cutoff must be HH:MM"))?;
+        let settlement_cutoff_minute = file.settlement.scheduled.then_some(cutoff);
+        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator, webhooks, channels, holidays, settlement_cutoff_minute })
     }
 }
 

@@ -56,6 +56,17 @@ enum Commands {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Runs (or re-runs, changing nothing twice) the settlement of a business date on a data
+    /// directory the server is not using; prints a line per platform and the summary.
+    Settle {
+        /// The business date, YYYY-MM-DD.
+        #[arg(long)]
+        date: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// The load generator: drives a running server over HTTP as a platform would.
     Load(load::LoadArgs),
     /// A deterministic order workload that prints one line per acknowledged order (crash tests).
@@ -83,7 +94,32 @@ fn main() -> Result<()> {
             report::print_shards_offline(&store, &config, &mut std::io::stdout())
         }
         Commands::Workload(args) => workload::run(args),
+        Commands::Settle { date, config, data_dir } => settle(&date, config, data_dir),
     }
+}
+
+/// `clearing settle --date D`: the settlement run from the command line, with progress.
+fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<()> {
+    let day = gateway::settlements::day_number(date).ok_or_else(|| anyhow::anyhow!("--date must be YYYY-MM-DD"))?;
+    let (config, data_dir) = load(config, data_dir)?;
+    let store: Arc<dyn storage::Store> = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
+    let engine = Engine::start(config.engine.clone(), store.clone())?;
+    let master_key = gateway::secrets::MasterKey::load(&data_dir).context("loading the master key")?;
+    let platforms = gateway::platforms::Platforms::load(store, master_key).map_err(anyhow::Error::msg)?.all();
+    let total = platforms.len();
+    let started = std::time::Instant::now();
+    let summary = gateway::settlements::run(&engine, &platforms, day, &mut |done, row| {
+        let filled = (done * 30).checked_div(total).unwrap_or(30);
+        println!("[{}{}] {done}/{total} {row}", "#".repeat(filled), ".".repeat(30 - filled));
+    });
+    engine.shutdown();
+    let summary = summary?;
+    println!("settlement: {summary}");
+    println!("elapsed_s: {:.3}", started.elapsed().as_secs_f64());
+    if summary["invariants_ok"] != true {
+        anyhow::bail!("invariants do not hold after the settlement run");
+    }
+    Ok(())
 }
 
 /// Loads the configuration and resolves the data directory (flag over file).
@@ -130,6 +166,10 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
     let metrics = gateway::metrics::install().map_err(anyhow::Error::msg)?;
     let channels = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
     let services = gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks, channels).map_err(anyhow::Error::msg)?;
+    if let Some(cutoff) = config.settlement_cutoff_minute {
+        gateway::settlements::start_schedule(services.engine.clone(), services.platforms.clone(), cutoff)?;
+        println!("settlement: every day at {:02}:{:02} business time", cutoff / 60, cutoff % 60);
+    }
     actix_web::rt::System::new().block_on(async move {
         let limits = gateway::server::HttpLimits::default();
         let (server, addresses) = gateway::server::bind(services, listen, limits)?;

@@ -577,6 +577,30 @@ fn home_decoration_scenario_from_recharge_to_the_companys_withdrawal() {
     assert_eq!((row["matured_accounts"].as_u64(), row["auto_confirmed_orders"].as_u64()), (Some(2), Some(1)), "{first}");
     assert_eq!(p.balances(&company), ("76000.00".into(), "76000.00".into(), "0.00".into(), "0.00".into()));
     assert_eq!(p.balances(&platform_fee).1, "4000.00");
+    // The statements of that run: the operator's, and the company's own (signed, CSV).
+    let statement = ureq::get(&format!("{}/admin/settlements/{}/statement.csv", server.base, business_date(1)))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+        .expect("operator statement")
+        .into_string()
+        .unwrap();
+    let company_line = statement.lines().find(|l| l.contains(&company)).unwrap_or_else(|| panic!("{statement}"));
+    assert!(company_line.ends_with(&company_line[company_line.rfind(',').unwrap()..]) && company_line.contains(",CNY,") && company_line.contains(",76000.00,"), "{company_line}");
+    assert_eq!(statement.lines().count(), 3, "a header and two accounts: {statement}");
+    let path = format!("/v1/settlements/{}/statement.csv?account_id={company}", business_date(1));
+    let t = now();
+    let nonce = fresh_nonce();
+    let own = ureq::get(&format!("{}{path}", server.base))
+        .set("X-Platform-Id", &p.platform)
+        .set("X-Timestamp", &t.to_string())
+        .set("X-Nonce", &nonce)
+        .set("X-Signature", &sign(&p.secret, "GET", &path, t, &nonce, b""))
+        .call()
+        .expect("merchant statement")
+        .into_string()
+        .unwrap();
+    assert_eq!(own.lines().count(), 2, "{own}");
+    assert!(own.contains(&company) && !own.contains(&platform_fee), "{own}");
     let (_, again) = settle(&server, token, &business_date(1));
     let row = again["platforms"].as_array().unwrap().iter().find(|r| r["platform_id"] == p.platform.as_str()).unwrap().clone();
     assert_eq!((row["matured_accounts"].as_u64(), row["auto_confirmed_orders"].as_u64()), (Some(0), Some(0)), "{again}");

@@ -244,6 +244,8 @@ impl Modify for Security {
         crate::server::healthz,
         crate::server::readyz,
         crate::settlements::settle,
+        crate::settlements::operator_statement,
+        crate::settlements::platform_statement,
         crate::simulator::receive_callback,
         crate::simulator::card_transactions,
         crate::v1::whoami,

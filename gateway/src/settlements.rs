@@ -7,15 +7,15 @@
 
 use std::sync::Arc;
 
-use actix_web::{post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use engine::ledger::command::{Command, Envelope};
-use engine::Engine;
+use engine::{Engine, EngineError};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::admin::AdminToken;
 use crate::error::{blocking, ApiError};
-use crate::platforms::Platforms;
+use crate::platforms::{Platform, Platforms};
 
 /// How long a settlement run waits for cross-shard credits to land.
 const QUIESCENT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -39,44 +39,154 @@ fn day_start_micros(day: i64, offset_seconds: i32) -> u64 {
     u64::try_from((day * 86_400 - offset_seconds as i64) * 1_000_000).unwrap_or(0)
 }
 
+/// Runs the settlement of business day `day` (days since 1970-01-01) for every platform, calling
+/// `progress` after each platform; returns the summary. Blocking: waits on the shards.
+pub fn run(engine: &Engine, platforms: &[Platform], day: u32, progress: &mut dyn FnMut(usize, &serde_json::Value)) -> Result<serde_json::Value, EngineError> {
+    let offset = engine.config().utc_offset_seconds;
+    let mut rows = Vec::new();
+    for (index, platform) in platforms.iter().enumerate() {
+        // Auto-confirm first: what it releases is income that the maturing may then cover.
+        let created_before = day_start_micros(day as i64 - platform.auto_confirm_days as i64 + 1, offset);
+        let envelope = Envelope { platform: platform.id, out_order_no: None, command: Command::AutoConfirm { created_before } };
+        let confirmed: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
+        // Released income travels to receivers on other shards: let it land before maturing.
+        engine.wait_quiescent(QUIESCENT_WAIT)?;
+        let through_day = day.checked_sub(platform.settlement_cycle_days as u32);
+        let matured: u64 = match through_day {
+            Some(through_day) => {
+                let envelope = Envelope { platform: platform.id, out_order_no: None, command: Command::Mature { through_day } };
+                engine.broadcast(envelope)?.iter().map(|r| r.id).sum()
+            }
+            None => 0,
+        };
+        let row = json!({"platform_id": platform.public_id(), "matured_accounts": matured, "auto_confirmed_orders": confirmed, "income_through": through_day.map(date_text)});
+        progress(index + 1, &row);
+        rows.push(row);
+    }
+    let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
+    let expired: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
+    let invariants = engine::invariants::check_engine(engine)?;
+    Ok(json!({"business_date": date_text(day), "platforms": rows, "expired_freezes": expired, "invariants_ok": invariants.ok}))
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub fn date_text(day: u32) -> String {
+    let epoch = time::Date::from_calendar_date(1970, time::Month::January, 1).expect("valid");
+    let date = epoch + time::Duration::days(day as i64);
+    format!("{:04}-{:02}-{:02}", date.year(), date.month() as u8, date.day())
+}
+
 #[utoipa::path(post, path = "/admin/settlements", tag = "operator", request_body = crate::settlements::SettlementBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/settlements")]
 pub async fn settle(request: HttpRequest, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: SettlementBody = crate::v1::parse_json(&body)?;
     let day = day_number(&body.business_date).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
-    let offset = engine.config().utc_offset_seconds;
     let (engine, platforms) = (engine.get_ref().clone(), platforms.all());
-    let summary = blocking(move || -> Result<serde_json::Value, ApiError> {
-        let mut rows = Vec::new();
-        for platform in platforms {
-            // Auto-confirm first: what it releases is income that the maturing may then cover.
-            let created_before = day_start_micros(day as i64 - platform.auto_confirm_days as i64 + 1, offset);
-            let envelope = Envelope { platform: platform.id, out_order_no: None, command: Command::AutoConfirm { created_before } };
-            let confirmed: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
-            // Released income travels to receivers on other shards: let it land before maturing.
-            engine.wait_quiescent(QUIESCENT_WAIT)?;
-            let through_day = day.checked_sub(platform.settlement_cycle_days as u32);
-            let matured: u64 = match through_day {
-                Some(through_day) => {
-                    let envelope = Envelope { platform: platform.id, out_order_no: None, command: Command::Mature { through_day } };
-                    engine.broadcast(envelope)?.iter().map(|r| r.id).sum()
-                }
-                None => 0,
-            };
-            rows.push(json!({"platform_id": platform.public_id(), "matured_accounts": matured, "auto_confirmed_orders": confirmed}));
-        }
-        let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
-        let expired: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
-        Ok(json!({"business_date": body.business_date, "platforms": rows, "expired_freezes": expired}))
-    })
-    .await??;
+    let summary = blocking(move || run(&engine, &platforms, day, &mut |_, _| {})).await??;
     Ok(HttpResponse::Ok().json(summary))
+}
+
+/// The settlement statement of a business date as CSV: one line per account whose income the
+/// run of that date made withdrawable (`platform` limits it to one platform, `account` to one
+/// account: a merchant's own statement).
+fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account: Option<engine::ledger::types::AccountId>) -> Result<String, EngineError> {
+    let mut csv = String::from("business_date,platform_id,account_id,member_id,currency,income_through,matured_amount,settled_at\n");
+    for shard in 0..engine.config().shard_count {
+        let wanted: Vec<(u32, u32)> = platforms.iter().filter_map(|p| day.checked_sub(p.settlement_cycle_days as u32).map(|through| (p.id, through))).collect();
+        let lines = engine.read_shard(shard, move |state| {
+            let mut lines = Vec::new();
+            for row in state.settled.iter() {
+                let due = wanted.iter().any(|(platform, through)| *platform == row.platform && *through == row.through_day);
+                if !due || account.is_some_and(|a| a != row.account) {
+                    continue;
+                }
+                let spec = state.currencies[row.currency.0 as usize];
+                let owner = state.account(row.account).map_or(0, |a| a.owner);
+                lines.push(format!(
+                    "{},plt_{},{},{},{},{},{},{}\n",
+                    date_text(day),
+                    row.platform,
+                    crate::accounts::public_account_id(row.account),
+                    crate::members::Member::public_id_of(owner),
+                    spec.code_str(),
+                    date_text(row.through_day),
+                    spec.format(row.amount),
+                    crate::orders::format_time(row.at)
+                ));
+            }
+            lines
+        })?;
+        csv.extend(lines);
+    }
+    Ok(csv)
+}
+
+/// `GET /admin/settlements/{business_date}/statement.csv?platform_id=`: the operator's statement.
+#[utoipa::path(get, path = "/admin/settlements/{business_date}/statement.csv", tag = "operator", params(("business_date" = String, Path, description = "YYYY-MM-DD"), ("platform_id" = Option<String>, Query, description = "One platform only")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[get("/admin/settlements/{business_date}/statement.csv")]
+pub async fn operator_statement(request: HttpRequest, path: web::Path<String>, query: web::Query<StatementQuery>, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let day = day_number(&path).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
+    let mut all = platforms.all();
+    if let Some(id) = &query.platform_id {
+        let id = Platform::parse_public_id(id).ok_or_else(ApiError::not_found)?;
+        all.retain(|p| p.id == id);
+    }
+    let engine = engine.get_ref().clone();
+    let csv = blocking(move || statement_csv(&engine, &all, day, None)).await??;
+    Ok(HttpResponse::Ok().content_type("text/csv").body(csv))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatementQuery {
+    platform_id: Option<String>,
+    account_id: Option<String>,
+}
+
+/// `GET /v1/settlements/{business_date}/statement.csv?account_id=`: a platform's statement of a
+/// date, or one merchant's (an addition to API.md).
+#[utoipa::path(get, path = "/v1/settlements/{business_date}/statement.csv", tag = "accounts", params(("business_date" = String, Path, description = "YYYY-MM-DD"), ("account_id" = Option<String>, Query, description = "One account only")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[get("/v1/settlements/{business_date}/statement.csv")]
+pub async fn platform_statement(signed: crate::v1::Signed, path: web::Path<String>, query: web::Query<StatementQuery>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    let day = day_number(&path).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
+    let account = match &query.account_id {
+        None => None,
+        Some(text) => {
+            let id = crate::accounts::parse_account_id(text).ok_or_else(ApiError::not_found)?;
+            crate::accounts::owner_of(&engine, signed.platform.id, id).await?;
+            Some(id)
+        }
+    };
+    let (engine, platform) = (engine.get_ref().clone(), signed.platform);
+    let csv = blocking(move || statement_csv(&engine, &[platform], day, account)).await??;
+    Ok(HttpResponse::Ok().content_type("text/csv").body(csv))
+}
+
+/// Runs the settlement every day at the cut-off (business-local "HH:MM"), for that business day.
+pub fn start_schedule(engine: Arc<Engine>, platforms: Arc<Platforms>, cutoff_minute: u32) -> std::io::Result<()> {
+    std::thread::Builder::new().name("settlement".into()).spawn(move || loop {
+        let offset = engine.config().utc_offset_seconds as i64;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64) + offset;
+        let (today, minute) = (now.div_euclid(86_400), now.rem_euclid(86_400) / 60);
+        let next = if minute < cutoff_minute as i64 { today * 86_400 + cutoff_minute as i64 * 60 } else { (today + 1) * 86_400 + cutoff_minute as i64 * 60 };
+        std::thread::sleep(std::time::Duration::from_secs((next - now).max(1) as u64));
+        let day = (next.div_euclid(86_400)) as u32;
+        match run(&engine, &platforms.all(), day, &mut |_, _| {}) {
+            Ok(summary) => println!("settlement of {}: {summary}", date_text(day)),
+            Err(error) => {
+                eprintln!("settlement of {} failed: {error}", date_text(day));
+                return;
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// Registers the settlement route.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(settle);
+    config.service(settle).service(operator_statement).service(platform_statement);
 }
 
 #[cfg(test)]

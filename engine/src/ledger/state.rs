@@ -92,9 +92,23 @@ pub struct ShardState {
     /// The journal batches (sequences, ascending) holding postings of each customer account: how
     /// an account's entries are found in the journal without scanning all of it.
     pub batches_of: FastMap<AccountId, Vec<u64>>,
+    /// Every maturing of unsettled income (what settlement statements list), in order.
+    pub settled: ChunkedVec<SettledRow>,
     /// Every creation and change of an order on this shard, in order: the platforms' events.
     /// Rebuilt by replay like everything else, so the journal is their durable outbox.
     pub order_changes: ChunkedVec<OrderChange>,
+}
+
+/// Income of one account that a settlement run made withdrawable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettledRow {
+    /// The last business day of income it covered (`Mature::through_day`).
+    pub through_day: u32,
+    pub account: AccountId,
+    pub platform: u32,
+    pub currency: CurrencyId,
+    pub amount: Minor,
+    pub at: Timestamp,
 }
 
 /// An order was created or changed (its status may be the same, e.g. a partial confirm).

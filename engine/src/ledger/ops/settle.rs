@@ -22,7 +22,11 @@ pub fn mature(state: &mut ShardState, context: &Context, through_day: u32, fx: &
     // The lots map is unordered: post in account order so that replay is byte-identical.
     matured.sort_unstable_by_key(|(account, _)| *account);
     for (account, due) in &matured {
-        let currency = state.account(*account).expect("local").currency;
+        let (currency, platform) = {
+            let a = state.account(*account).expect("local");
+            (a.currency, a.platform)
+        };
+        state.settled.push(crate::ledger::state::SettledRow { through_day, account: *account, platform, currency, amount: *due, at: context.now });
         state.begin_entry(fx, NO_ORDER, EntryKind::Mature, currency);
         state.debit_unsettled_only(fx, *account, *due);
         state.post(fx, *account, Bucket::Settled, *due);
