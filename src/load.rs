@@ -55,7 +55,20 @@ struct Connection {
 }
 
 impl Connection {
+    /// Sends a request and reads its response. A kept-alive connection the server has closed
+    /// meanwhile (idle timeout) is replaced once; requests carry order numbers, so a resend is safe.
     fn exchange(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>)> {
+        let reused = self.stream.is_some();
+        match self.exchange_once(request) {
+            Err(_) if reused => {
+                self.stream = None;
+                self.exchange_once(request)
+            }
+            other => other,
+        }
+    }
+
+    fn exchange_once(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>)> {
         use std::io::{Read, Write};
         if self.stream.is_none() {
             let stream = std::net::TcpStream::connect(&self.address).with_context(|| format!("connecting to {}", self.address))?;
@@ -64,14 +77,23 @@ impl Connection {
             self.stream = Some(stream);
         }
         let stream = self.stream.as_mut().expect("connected");
-        stream.write_all(request)?;
+        if let Err(error) = stream.write_all(request) {
+            self.stream = None;
+            return Err(error.into());
+        }
         self.buffer.clear();
         let mut chunk = [0u8; 16 * 1024];
         let header_end = loop {
             if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                 break end + 4;
             }
-            let read = stream.read(&mut chunk)?;
+            let read = match stream.read(&mut chunk) {
+                Ok(read) => read,
+                Err(error) => {
+                    self.stream = None;
+                    return Err(error.into());
+                }
+            };
             if read == 0 {
                 self.stream = None;
                 bail!("the server closed the connection");
