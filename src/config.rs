@@ -247,6 +247,7 @@ impl Config {
             latency_ms: sim.latency_ms,
             failure_per_mille: sim.failure_per_mille,
             callback_attempts_max: sim.callback_attempts_max,
+            utc_offset_seconds: e.utc_offset_seconds,
         };
         let w = &file.webhooks;
         if !(1..=100).contains(&w.attempts_max) || w.backoff_ms == 0 || w.backoff_ms > w.backoff_ms_max || !(1..=300).contains(&w.timeout_seconds) {

@@ -1119,3 +1119,60 @@ fn offline_transfers_land_by_virtual_account_number_or_become_cases() {
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
 }
+
+#[test]
+fn reconciliation_matches_carries_declares_and_auto_resolves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-22";
+    // Same-city clearing answers only after ten minutes: its payout stays processing here.
+    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("sim_latency_ms = 500", "sim_latency_ms = 600000")]));
+    let p = Client::create(&server, token, "{\"name\": \"Recon\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "1000.00", "r-1");
+    let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
+    let withdraw = |number: &str, amount: &str, arrival: &str| {
+        let (status, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": amount, "currency": "CNY", "arrival": arrival}));
+        assert_eq!(status, 201, "{order}");
+        order["order_id"].as_str().unwrap().to_string()
+    };
+    let (w1, w2, w4) = (withdraw("w-1", "100.00", "realtime"), withdraw("w-2", "50.00", "realtime"), withdraw("w-4", "10.00", "realtime"));
+    let w3 = withdraw("w-3", "20.00", "standard");
+    for id in [&w1, &w2, &w4] {
+        p.wait_order(id, "succeeded");
+    }
+    let today = business_date(0);
+    let statement = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
+    assert_eq!(statement.lines().count(), 4, "a header and three payouts: {statement}");
+    // The bank's file as it came, with w-2's amount changed, w-4's line lost and a stranger added.
+    let mut file: Vec<String> = statement.lines().filter(|l| !l.contains(&format!(",{w4},"))).map(|l| l.replace(",50.00,", ",49.00,")).collect();
+    file.push("SIMFOREIGN1,ord_999999,out,7.00,succeeded".to_string());
+    let file = file.join("\n");
+    let reconcile = |channel: &str, date: &str, file: &str| {
+        let request = ureq::post(&format!("{}/admin/reconciliations", server.base)).set("Authorization", &format!("Bearer {token}"));
+        let response = answer(request.send_string(&json!({"channel": channel, "business_date": date, "file": file}).to_string()), "reconcile");
+        let status = response.status();
+        (status, response.into_json::<serde_json::Value>().unwrap())
+    };
+    let (status, report) = reconcile("sim_unionpay", &today, &file);
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["counts"], json!({"matched": 1, "amount_mismatch": 1, "carried": 1, "missing_theirs": 1}), "{report}");
+    let cases = || server.get("/admin/cases", Some(token)).1["cases"].as_array().unwrap().len();
+    assert_eq!(cases(), 2);
+    let (_, again) = reconcile("sim_unionpay", &today, &file);
+    assert_eq!(again["counts"], report["counts"], "{again}");
+    assert_eq!(cases(), 2, "a re-run opens nothing twice");
+    // Two days on, the stranger is declared missing on our side (长款).
+    let (_, later) = reconcile("sim_unionpay", &business_date(2), "bank_ref,order_id,direction,amount,status\n");
+    assert_eq!(later["counts"]["missing_ours"], 1, "{later}");
+    assert_eq!(cases(), 3);
+    // Our payout still processing, the bank's verdict in its file: resolved automatically.
+    let same_city = format!("bank_ref,order_id,direction,amount,status\nSIMSC1,{w3},out,20.00,succeeded\n");
+    let (_, resolved) = reconcile("sim_same_city", &today, &same_city);
+    assert_eq!(resolved["counts"], json!({"auto_resolved": 1}), "{resolved}");
+    assert_eq!(p.get(&format!("/v1/orders/{w3}")).1["status"], "succeeded");
+    assert_eq!(reconcile("sim_nowhere", &today, "").0, 400);
+    assert_eq!(reconcile("sim_unionpay", &today, "h\nbroken").0, 400);
+    let (_, invariants) = server.get("/admin/invariants", Some(token));
+    assert_eq!(invariants["ok"], true, "{invariants}");
+    server.stop();
+}

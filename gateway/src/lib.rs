@@ -24,6 +24,7 @@ pub mod passwords;
 pub mod payments;
 pub mod platforms;
 pub mod recharges;
+pub mod reconcile;
 pub mod records;
 pub mod secrets;
 pub mod server;

@@ -51,7 +51,8 @@ pub(crate) struct TransfersBody {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Case {
     pub case_id: String,
-    pub line: StatementLine,
+    /// The statement line (or order) the case is about.
+    pub line: serde_json::Value,
     pub reason: String,
     /// `open` or `resolved`.
     pub status: String,
@@ -72,6 +73,15 @@ impl Cases {
     pub fn load(store: Arc<dyn Store>) -> Result<Cases, String> {
         let by_id = crate::records::load_all::<Case>(store.as_ref(), PREFIX.as_bytes())?.into_iter().map(|(_, c)| (c.case_id.clone(), c)).collect();
         Ok(Cases { store, by_id: Mutex::new(by_id) })
+    }
+
+    /// Opens a case unless one with its id exists (re-runs open nothing twice); true if opened.
+    pub fn open(&self, case_id: String, line: serde_json::Value, reason: String) -> Result<bool, ApiError> {
+        if self.by_id.lock().expect("cases lock").contains_key(&case_id) {
+            return Ok(false);
+        }
+        self.save(Case { case_id, line, reason, status: "open".into(), created_at: now_text(), resolution: None, resolved_by: None, resolved_at: None })?;
+        Ok(true)
     }
 
     fn save(&self, case: Case) -> Result<(), ApiError> {
@@ -118,7 +128,7 @@ async fn take_line(engine: &Arc<Engine>, cases: &Arc<Cases>, line: StatementLine
         return Err(crate::orders::rejection(reply.code));
     }
     if !reply.replayed || !cases.by_id.lock().expect("cases lock").contains_key(&case_id) {
-        let case = Case { case_id: case_id.clone(), line: line.clone(), reason: reason.clone(), status: "open".into(), created_at: now_text(), resolution: None, resolved_by: None, resolved_at: None };
+        let case = Case { case_id: case_id.clone(), line: serde_json::to_value(&line).expect("lines serialize"), reason: reason.clone(), status: "open".into(), created_at: now_text(), resolution: None, resolved_by: None, resolved_at: None };
         let cases = cases.clone();
         blocking(move || cases.save(case)).await??;
     }

@@ -219,6 +219,7 @@ impl Modify for Security {
         crate::offline::offline_transfers,
         crate::offline::list_cases,
         crate::offline::resolve_case,
+        crate::reconcile::reconcile_endpoint,
         crate::bulk::bulk,
         crate::cards::bind,
         crate::cards::verify,
@@ -248,6 +249,7 @@ impl Modify for Security {
         crate::settlements::platform_statement,
         crate::simulator::receive_callback,
         crate::simulator::card_transactions,
+        crate::simulator::statement_file,
         crate::v1::whoami,
         crate::v1::create_member,
         crate::withdrawals::create_withdrawal

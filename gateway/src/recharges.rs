@@ -54,9 +54,9 @@ pub fn prepare_recharge(engine: &Engine, channels: &Channels, platform: &Platfor
 /// the first time).
 pub fn dispatch(engine: &Engine, simulator: &Simulator, envelope: &Envelope, reply: &Reply) {
     if reply.is_ok() && !reply.replayed {
-        if let Command::RequestRecharge { currency, amount, .. } | Command::RequestDirectPayment { currency, amount, .. } = envelope.command {
+        if let Command::RequestRecharge { currency, amount, channel, .. } | Command::RequestDirectPayment { currency, amount, channel, .. } = envelope.command {
             let shown = engine.config().currencies[currency.0 as usize].format(amount);
-            simulator.submit(Work::Recharge { order: OrderId(reply.id) }, shown);
+            simulator.submit(Work::Recharge { order: OrderId(reply.id), channel }, shown);
         }
     }
 }

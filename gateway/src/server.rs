@@ -152,6 +152,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .configure(crate::admin::routes)
             .configure(crate::settlements::routes)
             .configure(crate::offline::routes)
+            .configure(crate::reconcile::routes)
             .configure(crate::v1::routes)
             .configure(crate::accounts::routes)
             .configure(crate::passwords::routes)

@@ -36,11 +36,13 @@ pub struct SimulatorConfig {
     pub failure_per_mille: u16,
     /// Delivery attempts of one callback before the simulator gives up until the next restart.
     pub callback_attempts_max: u32,
+    /// The business day's offset from UTC (statement files are per business day).
+    pub utc_offset_seconds: i32,
 }
 
 impl Default for SimulatorConfig {
     fn default() -> SimulatorConfig {
-        SimulatorConfig { enabled: true, latency_ms: 200, failure_per_mille: 0, callback_attempts_max: 10 }
+        SimulatorConfig { enabled: true, latency_ms: 200, failure_per_mille: 0, callback_attempts_max: 10, utc_offset_seconds: 8 * 3600 }
     }
 }
 
@@ -54,8 +56,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// What the bank is asked to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Work {
-    /// Collect `amount` for a pending recharge order (quick pay: no card named).
-    Recharge { order: OrderId },
+    /// Collect `amount` for a pending recharge or direct payment through money-in `channel`.
+    Recharge { order: OrderId, channel: u16 },
     /// Pay `amount` to `card_no` for a withdrawal order through `channel`.
     Withdrawal { order: OrderId, card_no: String, channel: u16 },
     /// Pay a verification amount to a card being bound (no order, no callback).
@@ -242,7 +244,8 @@ impl Simulator {
                     })
                     .map(|o| {
                         let channel = match o.detail {
-                            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => channel,
+                            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } | engine::ledger::types::OrderDetail::Recharge { channel } => channel,
+                            engine::ledger::types::OrderDetail::Payment { channel: Some(channel), .. } => channel,
                             _ => 0,
                         };
                         (o.id, o.kind, o.platform, o.out_order_no, state.currencies[o.currency.0 as usize].format(o.amount), channel)
@@ -258,7 +261,7 @@ impl Simulator {
                     let card_no = number.and_then(|n| card_of(platform, n.as_str())).unwrap_or_default();
                     Work::Withdrawal { order, card_no, channel }
                 }
-                _ => Work::Recharge { order },
+                _ => Work::Recharge { order, channel },
             };
             self.submit(work, amount);
         }
@@ -269,7 +272,7 @@ impl Simulator {
 /// Whether the bank fails this order: a fixed verdict per order, so resent orders agree.
 fn fails(failure_per_mille: u16, work: &Work) -> bool {
     let seed = match work {
-        Work::Recharge { order } => order.0,
+        Work::Recharge { order, .. } => order.0,
         // Each channel decides on its own: a fallback channel may pay what the first failed.
         Work::Withdrawal { order, channel, .. } => order.0 ^ ((*channel as u64) << 48),
         Work::MicroDeposit { .. } => return false,
@@ -317,6 +320,51 @@ fn record_card_line(inner: &Inner, card_no: &str, amount: &str, remark: String) 
     inner.cards.lock().expect("cards lock").entry(card_no.to_string()).or_default().push(line);
 }
 
+/// One line of a channel's daily statement file, as the bank reports it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatementRecord {
+    pub bank_ref: String,
+    pub order_id: String,
+    pub direction: String,
+    pub amount: String,
+    pub status: String,
+}
+
+const STATEMENT_PREFIX: &str = "s/stmt/";
+
+/// Records the bank's verdict on an order in its statement of the business day (once per order
+/// and channel: a resent order keeps its line).
+fn record_statement_line(inner: &Inner, channel: u16, order: OrderId, direction: &str, amount: &str, failed: bool) {
+    let seconds = (micros_now() / 1_000_000) as i64 + inner.config.utc_offset_seconds as i64;
+    let day = seconds.div_euclid(86_400);
+    let key = format!("{STATEMENT_PREFIX}{channel:05}/{day:08}/{:020}", order.0).into_bytes();
+    if matches!(inner.store.get(&key), Ok(Some(_))) {
+        return;
+    }
+    let line = StatementRecord {
+        bank_ref: format!("SIM{channel:03}{day:06}{:012}", order.0),
+        order_id: public_order_id(order),
+        direction: direction.into(),
+        amount: amount.into(),
+        status: if failed { "failed".into() } else { "succeeded".into() },
+    };
+    if let Err(error) = crate::records::put(inner.store.as_ref(), &[(key, &line)]) {
+        eprintln!("simulator: cannot record a statement line: {error}");
+    }
+}
+
+impl Simulator {
+    /// A channel's statement of a business day as CSV (`bank_ref,order_id,direction,amount,status`).
+    pub fn statement_csv(&self, channel: u16, day: u32) -> Result<String, String> {
+        let prefix = format!("{STATEMENT_PREFIX}{channel:05}/{day:08}/");
+        let mut csv = String::from("bank_ref,order_id,direction,amount,status\n");
+        for (_, line) in crate::records::load_all::<StatementRecord>(self.inner.store.as_ref(), prefix.as_bytes())? {
+            csv.push_str(&format!("{},{},{},{},{}\n", line.bank_ref, line.order_id, line.direction, line.amount, line.status));
+        }
+        Ok(csv)
+    }
+}
+
 fn micros_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
@@ -329,11 +377,15 @@ fn deliver_one(inner: &Inner, mut job: Job) {
             record_card_line(inner, card_no, &job.amount, "card verification deposit".to_string());
             return;
         }
-        Work::Recharge { order } => ("recharge", *order, None),
+        Work::Recharge { order, channel } => {
+            record_statement_line(inner, *channel, *order, "in", &job.amount, failed);
+            ("recharge", *order, None)
+        }
         Work::Withdrawal { order, card_no, channel } => {
             if job.attempt == 0 && !failed && !card_no.is_empty() {
                 record_card_line(inner, card_no, &job.amount, format!("withdrawal {}", public_order_id(*order)));
             }
+            record_statement_line(inner, *channel, *order, "out", &job.amount, failed);
             ("withdrawal", *order, Some(crate::channels::name(*channel)))
         }
     };
@@ -443,9 +495,22 @@ pub async fn card_transactions(path: web::Path<String>, simulator: web::Data<Sim
     HttpResponse::Ok().json(serde_json::json!({"transactions": simulator.card_transactions(&path)}))
 }
 
+/// `GET /sim/channels/{channel}/statements/{date}`: the simulated bank's statement file of a
+/// channel and business date (CSV), as reconciliation reads it.
+#[utoipa::path(get, path = "/sim/channels/{channel}/statements/{date}", tag = "simulator", params(("channel" = String, Path, description = "Channel name"), ("date" = String, Path, description = "YYYY-MM-DD")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)))]
+#[get("/sim/channels/{channel}/statements/{date}")]
+pub async fn statement_file(path: web::Path<(String, String)>, simulator: web::Data<Simulator>, channels: web::Data<Arc<crate::channels::Channels>>) -> Result<HttpResponse, ApiError> {
+    let (name, date) = path.into_inner();
+    let channel = channels.all().iter().find(|c| c.name == name).map(|c| c.id).ok_or_else(ApiError::not_found)?;
+    let day = crate::settlements::day_number(&date).ok_or_else(|| ApiError::invalid("date is YYYY-MM-DD", "date"))?;
+    let simulator = simulator.get_ref().clone();
+    let csv = crate::error::blocking(move || simulator.statement_csv(channel, day)).await?.map_err(ApiError::unavailable)?;
+    Ok(HttpResponse::Ok().content_type("text/csv").body(csv))
+}
+
 /// Registers the simulator's routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(receive_callback).service(card_transactions);
+    config.service(receive_callback).service(card_transactions).service(statement_file);
 }
 
 #[cfg(test)]
@@ -473,8 +538,8 @@ mod tests {
 
     #[test]
     fn failure_share_is_fixed_per_order() {
-        let failed = (0..10_000u64).filter(|i| fails(300, &Work::Recharge { order: OrderId(*i) })).count();
+        let failed = (0..10_000u64).filter(|i| fails(300, &Work::Recharge { order: OrderId(*i), channel: 1 })).count();
         assert!((2_500..3_500).contains(&failed), "{failed} of 10000 failed at 30 %");
-        assert_eq!(fails(300, &Work::Recharge { order: OrderId(7) }), fails(300, &Work::Recharge { order: OrderId(7) }));
+        assert_eq!(fails(300, &Work::Recharge { order: OrderId(7), channel: 1 }), fails(300, &Work::Recharge { order: OrderId(7), channel: 1 }));
     }
 }
