@@ -67,6 +67,23 @@ enum Commands {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Reconciles a channel's statement file of a business date against the ledger (on a data
+    /// directory the server is not using); prints the classification.
+    Reconcile {
+        /// Channel name (see `[[channels]]`).
+        #[arg(long)]
+        channel: String,
+        /// The business date, YYYY-MM-DD.
+        #[arg(long)]
+        date: String,
+        /// The statement file (CSV: bank_ref,order_id,direction,amount,status with a header).
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// The load generator: drives a running server over HTTP as a platform would.
     Load(load::LoadArgs),
     /// A deterministic order workload that prints one line per acknowledged order (crash tests).
@@ -95,7 +112,30 @@ fn main() -> Result<()> {
         }
         Commands::Workload(args) => workload::run(args),
         Commands::Settle { date, config, data_dir } => settle(&date, config, data_dir),
+        Commands::Reconcile { channel, date, file, config, data_dir } => reconcile(&channel, &date, &file, config, data_dir),
     }
+}
+
+/// `clearing reconcile --channel C --date D --file F`.
+fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<()> {
+    let day = gateway::settlements::day_number(date).ok_or_else(|| anyhow::anyhow!("--date must be YYYY-MM-DD"))?;
+    let (config, data_dir) = load(config, data_dir)?;
+    let channel = config.channels.iter().find(|c| c.name == channel).map(|c| c.id).ok_or_else(|| anyhow::anyhow!("no channel {channel} in the configuration"))?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let store: Arc<dyn storage::Store> = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
+    let engine = Engine::start(config.engine.clone(), store.clone())?;
+    let _names = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
+    let cases = gateway::offline::Cases::load(store.clone()).map_err(anyhow::Error::msg)?;
+    let started = std::time::Instant::now();
+    let result = gateway::reconcile::reconcile(&engine, &cases, store.as_ref(), channel, day, &text);
+    engine.shutdown();
+    let report = result.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("counts: {}", report["counts"]);
+    for detail in report["details"].as_array().into_iter().flatten().take(50) {
+        println!("  {detail}");
+    }
+    println!("elapsed_s: {:.3}", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// `clearing settle --date D`: the settlement run from the command line, with progress.

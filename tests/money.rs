@@ -1175,4 +1175,20 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
     let (_, invariants) = server.get("/admin/invariants", Some(token));
     assert_eq!(invariants["ok"], true, "{invariants}");
     server.stop();
+
+    // The same file from the command line (server stopped): the same classification.
+    let path = dir.path().join("statement.csv");
+    std::fs::write(&path, &file).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_clearing"))
+        .args(["reconcile", "--channel", "sim_unionpay", "--date", &today, "--file"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(dir.path().join("test-config.toml"))
+        .output()
+        .expect("clearing reconcile");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("\"matched\":1") && stdout.contains("\"amount_mismatch\":1") && stdout.contains("\"missing_theirs\":1"), "{stdout}");
 }
