@@ -98,11 +98,17 @@ fn our_verdict(ours: &Ours) -> Option<bool> {
 pub fn reconcile(engine: &Engine, cases: &Cases, store: &dyn Store, channel: u16, day: u32, file: &str) -> Result<Value, ApiError> {
     let mut lines: Vec<(Line, Option<u32>)> = parse_file(file)?.into_iter().map(|l| (l, None)).collect();
     let carry_prefix = format!("r/carry/{channel:05}/");
-    // A carry that ended is kept as null (the store has no deletes).
+    // A carry that ended is kept as null (the store has no deletes). A line in today's file
+    // that was carried keeps the day it was first seen.
+    let mut in_file: HashMap<String, usize> = lines.iter().enumerate().map(|(index, (l, _))| (l.bank_ref.clone(), index)).collect();
     for (_, carried) in crate::records::load_all::<Option<Carried>>(store, carry_prefix.as_bytes()).map_err(ApiError::unavailable)? {
         let Some(carried) = carried else { continue };
-        if !lines.iter().any(|(l, _)| l.bank_ref == carried.line.bank_ref) {
-            lines.push((carried.line, Some(carried.first_day)));
+        match in_file.get(&carried.line.bank_ref) {
+            Some(index) => lines[*index].1 = Some(carried.first_day),
+            None => {
+                in_file.insert(carried.line.bank_ref.clone(), lines.len());
+                lines.push((carried.line, Some(carried.first_day)));
+            }
         }
     }
     // Our channel ledger: every order through this channel (all days: a carried line may name
