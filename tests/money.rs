@@ -1192,3 +1192,55 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
     assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("\"matched\":1") && stdout.contains("\"amount_mismatch\":1") && stdout.contains("\"missing_theirs\":1"), "{stdout}");
 }
+
+#[test]
+fn an_end_to_end_night_leaves_no_unexplained_difference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-23";
+    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20"), ("latency_ms = 500", "latency_ms = 20")]));
+    let p = Client::create(&server, token, "{\"name\": \"Night\"}");
+    let buyers: Vec<String> = (0..3).map(|i| p.account(&p.member(&format!("buyer-{i}"), "Zhang San"))).collect();
+    let seller = p.account(&p.member("seller", "Li Si"));
+    // A day of orders: recharges, balance and guarantee payments, a confirm, a refund, payouts.
+    for (i, buyer) in buyers.iter().enumerate() {
+        p.fund(buyer, "500.00", &format!("day-r-{i}"));
+        let mode = if i == 0 { "guarantee" } else { "balance" };
+        let (status, _, order) = p.post("/v1/payments", &json!({"out_order_no": format!("day-p-{i}"), "payer_account_id": buyer, "mode": mode, "amount": "120.00", "currency": "CNY", "payees": [{"account_id": seller, "amount": "120.00"}]}));
+        assert_eq!(status, 201, "{order}");
+        if i == 0 {
+            p.post(&format!("/v1/payments/{}/confirm", order["order_id"].as_str().unwrap()), &json!({"out_order_no": "day-c-0"}));
+        }
+        if i == 1 {
+            p.post("/v1/refunds", &json!({"out_order_no": "day-rf-1", "payment_order_id": order["order_id"], "amount": "20.00"}));
+        }
+    }
+    let card = verified_card(&p, &server, &buyers[2], "4111111111111111", "Zhang San", "11010519491231002X");
+    let mut payouts = Vec::new();
+    for (i, arrival) in ["realtime", "standard"].iter().enumerate() {
+        let (_, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": format!("day-w-{i}"), "account_id": buyers[2], "card_id": card, "amount": "30.00", "currency": "CNY", "arrival": arrival}));
+        payouts.push((order["order_id"].as_str().unwrap().to_string(), order["channel"].as_str().unwrap().to_string()));
+    }
+    for (id, _) in &payouts {
+        p.wait_order(id, "succeeded");
+    }
+    // The night: settlement of the day, then every channel's statement reconciled.
+    let (status, settled) = settle(&server, token, &business_date(1));
+    assert_eq!((status, settled["invariants_ok"].as_bool()), (200, Some(true)), "{settled}");
+    let today = business_date(0);
+    let channels = server.get("/admin/channels", Some(token)).1;
+    for channel in channels["channels"].as_array().unwrap() {
+        let name = channel["name"].as_str().unwrap();
+        let file = ureq::get(&format!("{}/sim/channels/{name}/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
+        let request = ureq::post(&format!("{}/admin/reconciliations", server.base)).set("Authorization", &format!("Bearer {token}"));
+        let report: serde_json::Value = answer(request.send_string(&json!({"channel": name, "business_date": today, "file": file}).to_string()), "reconcile").into_json().unwrap();
+        let unexplained: Vec<&String> = report["counts"].as_object().unwrap().keys().filter(|class| *class != "matched").collect();
+        assert!(unexplained.is_empty(), "{name}: {report}");
+        let lines = file.lines().count() - 1;
+        assert_eq!(report["counts"]["matched"].as_u64().unwrap_or(0) as usize, lines, "{name}: every line matched: {report}");
+    }
+    assert!(server.get("/admin/cases", Some(token)).1["cases"].as_array().unwrap().is_empty());
+    assert_eq!(p.balances(&seller), ("340.00".into(), "340.00".into(), "0.00".into(), "0.00".into()), "all income settled after the refund");
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}
