@@ -1244,3 +1244,37 @@ fn an_end_to_end_night_leaves_no_unexplained_difference() {
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
 }
+
+#[test]
+fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-24";
+    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 500", "latency_ms = 20")]));
+    let p = Client::create(&server, token, "{\"name\": \"Agency\"}");
+    let member = p.account(&p.member("m-a", "Zhang San"));
+    let platform_account = p.account(&p.member("m-platform", "Agency Ltd"));
+    let card = verified_card(&p, &server, &member, "4111111111111111", "Zhang San", "11010519491231002X");
+    // 代收: money collected from the member's card into their account.
+    let (status, _, collected) = p.post("/v1/collections", &json!({"out_order_no": "col-1", "account_id": member, "card_id": card, "amount": "80.00", "currency": "CNY"}));
+    assert_eq!((status, collected["status"].as_str(), collected["collection"].as_bool()), (201, Some("pending"), Some(true)), "{collected}");
+    p.wait_order(collected["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!(p.balances(&member).0, "80.00");
+    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    assert!(statement["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "-80.00"), "{statement}");
+    assert_eq!(error_of(&p.post("/v1/collections", &json!({"out_order_no": "col-2", "account_id": member, "card_id": "card_99", "amount": "1.00", "currency": "CNY"}))), (404, Some("not_found")));
+    // 代付: from the platform's account to a card nobody bound.
+    p.fund(&platform_account, "100.00", "r-platform");
+    let payout = |number: &str, card_no: &str| {
+        p.post("/v1/payouts", &json!({"out_order_no": number, "account_id": platform_account, "card_no": card_no, "holder_name": "Wang Wu", "amount": "40.00", "currency": "CNY", "arrival": "standard"}))
+    };
+    assert_eq!(error_of(&payout("po-0", "4111111111111112")), (400, Some("invalid_card_no")));
+    let (status, _, paid) = payout("po-1", "5555555555554444");
+    assert_eq!((status, paid["channel"].as_str(), paid["fee"].as_str()), (201, Some("sim_same_city"), Some("0.50")), "{paid}");
+    assert_eq!(payout("po-1", "5555555555554444").1, true, "a replay");
+    assert_eq!(error_of(&payout("po-1", "4111111111111111")), (409, Some("idempotency_conflict")), "the same number to another card");
+    p.wait_order(paid["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!(p.balances(&platform_account).0, "59.50");
+    let (_, outside) = server.get("/sim/cards/5555555555554444/transactions", None);
+    assert!(outside["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "40.00"), "{outside}");
+    server.stop();
+}

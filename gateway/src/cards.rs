@@ -73,7 +73,10 @@ struct CardsState {
 /// What the gateway notes of a withdrawal before submitting it: its card and routing decision.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WithdrawalCard {
+    /// The bound card, or 0 for an outside card (代付), whose number is then `card_no`.
     pub card: u64,
+    #[serde(default)]
+    pub card_no: Option<String>,
     /// The channel chosen, its fee in minor units, and the decision as answered.
     #[serde(default)]
     pub channel: Option<u16>,
@@ -144,7 +147,7 @@ impl Cards {
     pub fn withdrawal_card_no(&self, platform: u32, out_order_no: &str) -> Option<String> {
         let state = self.state.lock().expect("cards lock");
         let noted = state.withdrawals.get(&(platform, out_order_no.to_string()))?;
-        state.by_id.get(&noted.card).map(|c| c.card_no.clone())
+        noted.card_no.clone().or_else(|| state.by_id.get(&noted.card).map(|c| c.card_no.clone()))
     }
 }
 

@@ -242,6 +242,7 @@ impl Modify for Security {
         crate::payments::create_freeze,
         crate::payments::release,
         crate::recharges::create_recharge,
+        crate::recharges::create_collection,
         crate::server::healthz,
         crate::server::readyz,
         crate::settlements::settle,

@@ -71,7 +71,54 @@ pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, sim
     crate::orders::answer(prepared, &reply)
 }
 
-/// Registers the recharge route.
+/// `POST /v1/collections` (代收, collection on behalf; an addition to API.md).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionBody {
+    pub out_order_no: String,
+    pub account_id: String,
+    /// The member's verified card the money is collected from.
+    pub card_id: String,
+    pub amount: String,
+    pub currency: String,
+    pub channel: Option<String>,
+}
+
+/// Collects money from a member's verified card into their account through a money-in channel:
+/// a recharge (same order numbers, `pending` until the channel confirms) that names the card.
+#[utoipa::path(post, path = "/v1/collections", tag = "money", request_body = crate::recharges::CollectionBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[post("/v1/collections")]
+pub async fn create_collection(
+    signed: Signed,
+    engine: web::Data<Arc<Engine>>,
+    simulator: web::Data<Simulator>,
+    channels: web::Data<Arc<Channels>>,
+    cards: web::Data<Arc<crate::cards::Cards>>,
+) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<CollectionBody>()?;
+    let account = crate::orders::account(&body.account_id, "account_id")?;
+    crate::accounts::owner_of(&engine, signed.platform.id, account).await?;
+    let card = crate::ids::parse_prefixed(&body.card_id, "card_")
+        .and_then(|id| cards.get(signed.platform.id, account, id))
+        .filter(|c| c.status != "unbound")
+        .ok_or(ApiError { param: Some("card_id"), ..ApiError::not_found() })?;
+    if card.status != "verified" {
+        return Err(ApiError { param: Some("card_id"), ..ApiError::new(422, "card_not_verified", "collections come only from verified cards") });
+    }
+    let recharge = RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
+    let mut prepared = prepare_recharge(&engine, &channels, &signed.platform, &recharge)?;
+    prepared.body.value("card_id", &body.card_id).value("collection", &true);
+    let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
+    if reply.is_ok() && !reply.replayed {
+        if let Command::RequestRecharge { currency, amount, channel, .. } = prepared.envelope.command {
+            let shown = engine.config().currencies[currency.0 as usize].format(amount);
+            simulator.submit(Work::Collection { order: OrderId(reply.id), channel, card_no: card.card_no.clone() }, shown);
+        }
+    }
+    crate::orders::answer(prepared, &reply)
+}
+
+/// Registers the recharge routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(create_recharge);
+    config.service(create_recharge).service(create_collection);
 }

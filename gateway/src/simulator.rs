@@ -60,6 +60,8 @@ pub enum Work {
     Recharge { order: OrderId, channel: u16 },
     /// Pay `amount` to `card_no` for a withdrawal order through `channel`.
     Withdrawal { order: OrderId, card_no: String, channel: u16 },
+    /// Collect `amount` from a member's card for a pending recharge (代收, collection on behalf).
+    Collection { order: OrderId, channel: u16, card_no: String },
     /// Pay a verification amount to a card being bound (no order, no callback).
     MicroDeposit { card_no: String },
 }
@@ -272,7 +274,7 @@ impl Simulator {
 /// Whether the bank fails this order: a fixed verdict per order, so resent orders agree.
 fn fails(failure_per_mille: u16, work: &Work) -> bool {
     let seed = match work {
-        Work::Recharge { order, .. } => order.0,
+        Work::Recharge { order, .. } | Work::Collection { order, .. } => order.0,
         // Each channel decides on its own: a fallback channel may pay what the first failed.
         Work::Withdrawal { order, channel, .. } => order.0 ^ ((*channel as u64) << 48),
         Work::MicroDeposit { .. } => return false,
@@ -378,6 +380,13 @@ fn deliver_one(inner: &Inner, mut job: Job) {
             return;
         }
         Work::Recharge { order, channel } => {
+            record_statement_line(inner, *channel, *order, "in", &job.amount, failed);
+            ("recharge", *order, None)
+        }
+        Work::Collection { order, channel, card_no } => {
+            if job.attempt == 0 && !failed {
+                record_card_line(inner, card_no, &format!("-{}", job.amount), format!("collection {}", public_order_id(*order)));
+            }
             record_statement_line(inner, *channel, *order, "in", &job.amount, failed);
             ("recharge", *order, None)
         }

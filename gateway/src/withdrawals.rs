@@ -69,15 +69,57 @@ pub async fn create_withdrawal(
         return Err(ApiError { param: Some("card_id"), ..ApiError::new(422, "card_not_verified", "withdrawals go only to verified cards") });
     }
     let member = members.get(platform, owner).ok_or_else(ApiError::not_found)?;
+    let account_type = if member.kind == "enterprise" { AccountType::Corporate } else { AccountType::Personal };
+    let payout = Payout { platform, number, target, minor, arrival, account_type, card_id: card.id, card_no: card.card_no.clone(), alert: Some(member) };
+    let mut view = Fields::default();
+    view.value("out_order_no", &body.out_order_no)
+        .value("kind", "withdrawal")
+        .value("amount", &spec.format(minor))
+        .value("currency", &body.currency)
+        .value("account_id", &body.account_id)
+        .value("card_id", &body.card_id)
+        .value("arrival", body.arrival.as_deref().unwrap_or("standard"));
+    submit(&engine, &cards, &notifications, &simulator, &channels, currency_id, spec, payout, view).await
+}
+
+/// A payout to a card: a member's verified card (withdrawal) or an outside one (代付).
+struct Payout {
+    platform: u32,
+    number: engine::ledger::command::OutOrderNo,
+    target: engine::ledger::types::AccountId,
+    minor: engine::money::Minor,
+    arrival: Arrival,
+    account_type: AccountType,
+    /// 0 for an outside card.
+    card_id: u64,
+    card_no: String,
+    /// The member alerted over 50,000.00 (withdrawals).
+    alert: Option<crate::members::Member>,
+}
+
+/// Routes (or, for a repeated order number, reuses the first routing of) a payout, notes it,
+/// submits it and sends it to the bank.
+#[allow(clippy::too_many_arguments)]
+async fn submit(
+    engine: &Arc<Engine>,
+    cards: &Arc<Cards>,
+    notifications: &Arc<Notifications>,
+    simulator: &Simulator,
+    channels: &Channels,
+    currency_id: engine::money::CurrencyId,
+    spec: engine::money::CurrencySpec,
+    payout: Payout,
+    mut view: Fields,
+) -> Result<HttpResponse, ApiError> {
+    let Payout { platform, number, target, minor, arrival, account_type, card_id, card_no, alert } = payout;
     // A repeated order number keeps its first routing (the engine then replays or refuses it);
     // a new one is routed now, and the decision is noted durably before the order is submitted.
     let (noted, routed_now) = match cards.withdrawal(platform, number.as_str()) {
-        Some(noted) if noted.card != card.id => {
+        Some(noted) if noted.card != card_id || noted.card_no.as_ref().is_some_and(|n| *n != card_no) => {
             return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
         }
         Some(noted) => (noted, false),
         None => {
-            let account_type = if member.kind == "enterprise" { AccountType::Corporate } else { AccountType::Personal };
             let decision = channels.route(minor, spec.code_str(), spec.exponent, arrival, account_type, micros_now());
             let routing = serde_json::to_value(&decision).expect("decisions serialize");
             let Some(channel) = decision.chosen_id else {
@@ -85,7 +127,8 @@ pub async fn create_withdrawal(
                 return Err(ApiError::new(422, "no_channel_available", &format!("no channel can pay this out now ({})", reasons.join("; "))));
             };
             let noted = WithdrawalCard {
-                card: card.id,
+                card: card_id,
+                card_no: (card_id == 0).then(|| card_no.clone()),
                 channel: Some(channel),
                 fee: decision.fee_minor,
                 routing: Some(routing),
@@ -93,7 +136,7 @@ pub async fn create_withdrawal(
                 account_type: Some(account_type),
                 tried: vec![channel],
             };
-            let (noting, record) = (cards.get_ref().clone(), noted.clone());
+            let (noting, record) = (cards.clone(), noted.clone());
             if let Err(error) = blocking(move || noting.note_withdrawal(platform, number.as_str(), record)).await? {
                 channels.release(channel, minor, micros_now());
                 return Err(error);
@@ -102,34 +145,87 @@ pub async fn create_withdrawal(
         }
     };
     let channel = noted.channel.ok_or_else(|| ApiError::unavailable("a withdrawal was noted without a channel".into()))?;
-    let mut view = Fields::default();
-    view.value("out_order_no", &body.out_order_no)
-        .value("kind", "withdrawal")
-        .value("amount", &spec.format(minor))
-        .value("currency", &body.currency)
-        .value("account_id", &body.account_id)
-        .value("card_id", &body.card_id)
-        .value("channel", &crate::channels::name(channel))
-        .value("fee", &spec.format(noted.fee))
-        .value("arrival", body.arrival.as_deref().unwrap_or("standard"))
-        .value("routing", &noted.routing);
+    view.value("channel", &crate::channels::name(channel)).value("fee", &spec.format(noted.fee)).value("routing", &noted.routing);
     // (A replay answers the routing as first decided; GET /v1/orders/{id} shows fallbacks.)
     let command = Command::Withdraw { account: target, currency: currency_id, amount: minor, fee: noted.fee, channel };
     let prepared = Prepared::new(Envelope { platform, out_order_no: Some(number), command }, view, true);
-    let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
+    let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     if !reply.is_ok() && routed_now {
         channels.release(channel, minor, micros_now());
     }
     if reply.is_ok() && !reply.replayed {
-        simulator.submit(Work::Withdrawal { order: OrderId(reply.id), card_no: card.card_no.clone(), channel }, spec.format(minor));
-        if minor > ALERT_ABOVE_MAJOR * 10i64.pow(spec.exponent as u32) {
-            let text = format!("Alert: a withdrawal of {} {} to your card ending {} is on its way.", spec.format(minor), spec.code_str(), &card.card_no[card.card_no.len() - 4..]);
+        simulator.submit(Work::Withdrawal { order: OrderId(reply.id), card_no: card_no.clone(), channel }, spec.format(minor));
+        if let (Some(member), true) = (alert, minor > ALERT_ABOVE_MAJOR * 10i64.pow(spec.exponent as u32)) {
+            let text = format!("Alert: a withdrawal of {} {} to your card ending {} is on its way.", spec.format(minor), spec.code_str(), &card_no[card_no.len() - 4..]);
             let order_id = Some(crate::orders::public_order_id(OrderId(reply.id)));
-            let notifications = notifications.get_ref().clone();
+            let notifications = notifications.clone();
             blocking(move || notifications.send(&member, "large_withdrawal_alert", text, order_id)).await??;
         }
     }
     crate::orders::answer(prepared, &reply)
+}
+
+/// `POST /v1/payouts` (代付, payment on behalf; an addition to API.md): from one of the
+/// platform's accounts to an outside card (Luhn-checked, not bound), routed like a withdrawal.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PayoutBody {
+    out_order_no: String,
+    account_id: String,
+    card_no: String,
+    holder_name: String,
+    amount: String,
+    currency: String,
+    arrival: Option<String>,
+    /// personal (default) or corporate: which channels may serve the receiving account.
+    account_type: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/payouts", tag = "money", request_body = crate::withdrawals::PayoutBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[post("/v1/payouts")]
+#[allow(clippy::too_many_arguments)]
+pub async fn create_payout(
+    signed: Signed,
+    engine: web::Data<Arc<Engine>>,
+    cards: web::Data<Arc<Cards>>,
+    notifications: web::Data<Arc<Notifications>>,
+    simulator: web::Data<Simulator>,
+    channels: web::Data<Arc<Channels>>,
+) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<PayoutBody>()?;
+    let platform = signed.platform.id;
+    let number = out_order_no(&body.out_order_no, "out_order_no")?;
+    let (currency_id, spec) = currency(&engine, &body.currency)?;
+    let minor = amount(&body.amount, &spec, "amount")?;
+    let target = account(&body.account_id, "account_id")?;
+    let arrival = match body.arrival.as_deref() {
+        None | Some("standard") => Arrival::Standard,
+        Some("realtime") => Arrival::Realtime,
+        Some(_) => return Err(ApiError::invalid("arrival is realtime or standard", "arrival")),
+    };
+    let account_type = match body.account_type.as_deref() {
+        None | Some("personal") => AccountType::Personal,
+        Some("corporate") => AccountType::Corporate,
+        Some(_) => return Err(ApiError::invalid("account_type is personal or corporate", "account_type")),
+    };
+    if !crate::cards::valid_card_no(&body.card_no) {
+        return Err(ApiError { param: Some("card_no"), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
+    }
+    if body.holder_name.trim().is_empty() || body.holder_name.chars().count() > 64 {
+        return Err(ApiError::invalid("holder_name must be 1 to 64 characters", "holder_name"));
+    }
+    account_of(&engine, platform, target).await?;
+    let payout = Payout { platform, number, target, minor, arrival, account_type, card_id: 0, card_no: body.card_no.clone(), alert: None };
+    let mut view = Fields::default();
+    view.value("out_order_no", &body.out_order_no)
+        .value("kind", "withdrawal")
+        .value("payout", &true)
+        .value("amount", &spec.format(minor))
+        .value("currency", &body.currency)
+        .value("account_id", &body.account_id)
+        .value("card_no_masked", &format!("{}****{}", &body.card_no[..4], &body.card_no[body.card_no.len() - 4..]))
+        .value("arrival", body.arrival.as_deref().unwrap_or("standard"));
+    submit(&engine, &cards, &notifications, &simulator, &channels, currency_id, spec, payout, view).await
 }
 
 fn micros_now() -> u64 {
@@ -138,7 +234,7 @@ fn micros_now() -> u64 {
 
 /// Registers the withdrawal route.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(create_withdrawal);
+    config.service(create_withdrawal).service(create_payout);
 }
 
 /// Routing's fallback (the clearing issue, item 2): a channel failed withdrawal `order`; if
