@@ -1239,6 +1239,12 @@ fn an_end_to_end_night_leaves_no_unexplained_difference() {
         assert_eq!(report["counts"]["matched"].as_u64().unwrap_or(0) as usize, lines, "{name}: every line matched: {report}");
     }
     assert!(server.get("/admin/cases", Some(token)).1["cases"].as_array().unwrap().is_empty());
+    // The reserve check: recharged 1,500.00, paid out 60.00 plus 1.50 of fees (1.00 + 0.50).
+    let (status, reserve) = server.get("/admin/reserve?currency=CNY", Some(token));
+    assert_eq!((status, reserve["ok"].as_bool(), reserve["reserve"].as_str(), reserve["fees"].as_str()), (200, Some(true), Some("1440.00"), Some("1.50")), "{reserve}");
+    let (_, short) = server.get("/admin/reserve?currency=CNY&bank_balance=1439.99", Some(token));
+    assert_eq!((short["ok"].as_bool(), short["difference"].as_str()), (Some(false), Some("-0.01")), "{short}");
+    assert_eq!(server.get("/admin/reserve?currency=XYZ", Some(token)).0, 400);
     assert_eq!(p.balances(&seller), ("340.00".into(), "340.00".into(), "0.00".into(), "0.00".into()), "all income settled after the refund");
     let (_, report) = server.get("/admin/invariants", Some(token));
     assert_eq!(report["ok"], true, "{report}");

@@ -220,6 +220,7 @@ impl Modify for Security {
         crate::offline::list_cases,
         crate::offline::resolve_case,
         crate::reconcile::reconcile_endpoint,
+        crate::reconcile::reserve_check,
         crate::bulk::bulk,
         crate::cards::bind,
         crate::cards::verify,

@@ -247,7 +247,7 @@ pub async fn reconcile_endpoint(
 
 /// Registers the route.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(reconcile_endpoint);
+    config.service(reconcile_endpoint).service(reserve_check);
 }
 
 #[cfg(test)]
@@ -262,4 +262,68 @@ mod tests {
             assert!(parse_file(bad).is_err(), "{bad:?}");
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveQuery {
+    currency: String,
+    /// The balance of the master (reserve) account on the bank's statement, to compare.
+    bank_balance: Option<String>,
+}
+
+/// `GET /admin/reserve?currency=&bank_balance=`: the reserve check. Our reserve (money the bank
+/// holds for us, by our books) must equal customer funds + in transit + escrow + payouts sent +
+/// fees + suspense; with the bank's own figure it also shows the difference to explain.
+#[utoipa::path(get, path = "/admin/reserve", tag = "operator", params(("currency" = String, Query, description = "Currency code"), ("bank_balance" = Option<String>, Query, description = "The bank's balance of the reserve account")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[actix_web::get("/admin/reserve")]
+pub async fn reserve_check(request: HttpRequest, query: web::Query<ReserveQuery>, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+    use engine::ledger::types::{AccountKind, SystemRole};
+    token.check(&request)?;
+    let (currency_id, spec) = crate::orders::currency(&engine, &query.currency)?;
+    let bank = query.bank_balance.as_deref().map(|b| crate::orders::amount(b, &spec, "bank_balance")).transpose()?;
+    // Per shard: [customer funds, then each system role], as balances (credit positive).
+    let roles = SystemRole::ALL.len();
+    let mut totals = vec![0i128; roles + 1];
+    for shard in 0..engine.config().shard_count {
+        let engine = engine.get_ref().clone();
+        let part = blocking(move || {
+            engine.read_shard(shard, move |state| {
+                let mut sums = vec![0i128; roles + 1];
+                for account in state.accounts.iter().filter(|a| a.currency == currency_id) {
+                    let slot = match account.kind {
+                        AccountKind::Customer => 0,
+                        AccountKind::System(role) => 1 + role.index(),
+                    };
+                    sums[slot] += account.total() as i128;
+                }
+                sums
+            })
+        })
+        .await??;
+        for (total, value) in totals.iter_mut().zip(part) {
+            *total += value;
+        }
+    }
+    let role = |r: SystemRole| totals[1 + r.index()];
+    let reserve = -role(SystemRole::Reserve);
+    let liabilities = totals[0] + role(SystemRole::InTransit) + role(SystemRole::Escrow) + role(SystemRole::PayoutPending) + role(SystemRole::FeeIncome) + role(SystemRole::Suspense);
+    let money = |v: i128| spec.format(v as Minor);
+    let mut body = json!({
+        "currency": spec.code_str(),
+        "reserve": money(reserve),
+        "customer_funds": money(totals[0]),
+        "in_transit": money(role(SystemRole::InTransit)),
+        "escrow": money(role(SystemRole::Escrow)),
+        "payouts_sent": money(role(SystemRole::PayoutPending)),
+        "fees": money(role(SystemRole::FeeIncome)),
+        "suspense": money(role(SystemRole::Suspense)),
+        "ok": reserve == liabilities,
+    });
+    if let Some(bank) = bank {
+        body["bank_balance"] = json!(money(bank as i128));
+        body["difference"] = json!(money(bank as i128 - reserve));
+        body["ok"] = json!(reserve == liabilities && bank as i128 == reserve);
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
