@@ -126,6 +126,7 @@ fn channel(row: &ChannelRow, currencies: &[CurrencySpec]) -> Result<gateway::cha
             _ => return Err(what("direction (in or out)")),
         },
         currency: row.currency.clone(),
+        exponent: spec.exponent,
         fee_fixed: money(&row.fee_fixed, "fee_fixed")?,
         fee_rate_bps: row.fee_rate_bps,
         fee_min: money(&row.fee_min, "fee_min")?,

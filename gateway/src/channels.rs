@@ -44,6 +44,8 @@ pub struct Channel {
     pub kind: String,
     pub direction: Direction,
     pub currency: String,
+    /// Decimals of the currency's minor unit (the amounts below are in that unit).
+    pub exponent: u8,
     pub fee_fixed: Minor,
     pub fee_rate_bps: Minor,
     pub fee_min: Minor,
@@ -346,7 +348,7 @@ impl Channels {
             .channels
             .iter()
             .map(|c| {
-                let spec = engine::money::CurrencySpec::new(&c.currency, 2).expect("configured");
+                let spec = engine::money::CurrencySpec::new(&c.currency, c.exponent).expect("configured");
                 let used = if usage.day == day { usage.used.get(&c.id).copied().unwrap_or(0) } else { 0 };
                 let h = health.get(&c.id);
                 let failures = h.map_or(0, |h| h.outcomes.iter().filter(|ok| !**ok).count());
@@ -389,6 +391,7 @@ mod tests {
             kind: "test".into(),
             direction: Direction::Out,
             currency: "CNY".into(),
+            exponent: 2,
             fee_fixed: 0,
             fee_rate_bps: 0,
             fee_min: 0,

@@ -13,14 +13,13 @@ use std::time::{Duration, Instant};
 
 use actix_web::{get, post, web, HttpResponse};
 use engine::ledger::state::{OrderChange, ShardState};
-use engine::ledger::types::Timestamp;
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use storage::Store;
 
 use crate::error::{blocking, ApiError};
-use crate::orders::{format_time, kind_name, page_limit, public_order_id};
+use crate::orders::{format_time, kind_name, merged_page, page_limit, parse_cursor, public_order_id, Position, ShardPage};
 use crate::platforms::Platforms;
 use crate::v1::Signed;
 
@@ -74,13 +73,9 @@ fn event_view(state: &ShardState, index: usize, change: &OrderChange) -> Value {
     })
 }
 
-/// A position in the listing (newest first): events strictly older than (at, event number).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Position(Timestamp, u64);
-
 /// One shard's newest `limit` events of `platform` older than `before`, and where the scan
 /// stopped if it stopped early.
-fn scan_shard(state: &ShardState, platform: u32, before: Position, limit: usize) -> (Vec<(Position, Value)>, Option<Position>) {
+fn scan_shard(state: &ShardState, platform: u32, before: Position, limit: usize) -> ShardPage {
     let number = |index: usize| index as u64 * state.shard_count as u64 + state.shard as u64;
     let changes = &state.order_changes;
     let (mut low, mut high) = (0usize, changes.len());
@@ -122,34 +117,8 @@ struct ListQuery {
 pub async fn list_events(signed: Signed, query: web::Query<ListQuery>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let limit = page_limit(query.limit.as_deref())?;
-    let before = match query.cursor.as_deref() {
-        None => Position(Timestamp::MAX, u64::MAX),
-        Some(text) => {
-            let bad = || ApiError::invalid("not a cursor this API returned", "cursor");
-            let (at, number) = text.split_once('-').ok_or_else(bad)?;
-            Position(at.parse().map_err(|_| bad())?, number.parse().map_err(|_| bad())?)
-        }
-    };
-    let mut found = Vec::new();
-    let mut floor = Position(0, 0);
-    for shard in 0..engine.config().shard_count {
-        let engine = engine.get_ref().clone();
-        let (part, stopped) = blocking(move || engine.read_shard(shard, move |state| scan_shard(state, platform, before, limit + 1))).await??;
-        found.extend(part);
-        if let Some(stopped) = stopped {
-            floor = floor.max(stopped);
-        }
-    }
-    found.retain(|(position, _)| *position >= floor);
-    found.sort_by(|a, b| b.0.cmp(&a.0));
-    let more = found.len() > limit || floor > Position(0, 0);
-    found.truncate(limit);
-    let next_cursor = match (more, found.last()) {
-        (true, Some((position, _))) => Some(format!("{}-{}", position.0, position.1)),
-        (true, None) => Some(format!("{}-{}", floor.0, floor.1)),
-        (false, _) => None,
-    };
-    let events: Vec<Value> = found.into_iter().map(|(_, v)| v).collect();
+    let before = parse_cursor(query.cursor.as_deref())?;
+    let (events, next_cursor) = merged_page(&engine, limit, move |state, wanted| scan_shard(state, platform, before, wanted)).await?;
     Ok(HttpResponse::Ok().json(json!({"events": events, "next_cursor": next_cursor})))
 }
 

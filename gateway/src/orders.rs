@@ -340,14 +340,55 @@ impl Filter {
     }
 }
 
-/// A position in the listing (newest first): orders strictly older than (created_at, id).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Position(Timestamp, u64);
+/// A position in a listing across shards (newest first): items strictly older than (time, number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position(pub Timestamp, pub u64);
 
-fn parse_cursor(text: &str) -> Result<Position, ApiError> {
+impl Position {
+    /// Before everything: the first page.
+    pub const NEWEST: Position = Position(Timestamp::MAX, u64::MAX);
+}
+
+/// Parses a `?cursor=` this API returned (`NEWEST` when absent).
+pub fn parse_cursor(text: Option<&str>) -> Result<Position, ApiError> {
+    let Some(text) = text else { return Ok(Position::NEWEST) };
     let bad = || ApiError::invalid("not a cursor this API returned", "cursor");
     let (at, id) = text.split_once('-').ok_or_else(bad)?;
     Ok(Position(at.parse().map_err(|_| bad())?, id.parse().map_err(|_| bad())?))
+}
+
+/// One shard's part of a page: its newest matches older than the cursor, and where its scan
+/// stopped if it stopped early.
+pub type ShardPage = (Vec<(Position, Value)>, Option<Position>);
+
+/// A page of `limit` items newest first across all shards, and its next cursor. `scan` gives
+/// each shard's newest `limit + 1` matches (one more tells whether a next page exists); a shard
+/// that stopped its scan early bounds the page: nothing older than where it stopped.
+pub async fn merged_page(
+    engine: &Arc<Engine>,
+    limit: usize,
+    scan: impl Fn(&ShardState, usize) -> ShardPage + Clone + Send + 'static,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    let mut found = Vec::new();
+    let mut floor = Position(0, 0);
+    for shard in 0..engine.config().shard_count {
+        let (engine, scan) = (engine.clone(), scan.clone());
+        let (part, stopped) = blocking(move || engine.read_shard(shard, move |state| scan(state, limit + 1))).await??;
+        found.extend(part);
+        if let Some(stopped) = stopped {
+            floor = floor.max(stopped);
+        }
+    }
+    found.retain(|(position, _)| *position >= floor);
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    let more = found.len() > limit || floor > Position(0, 0);
+    found.truncate(limit);
+    let next_cursor = match (more, found.last()) {
+        (true, Some((position, _))) => Some(format!("{}-{}", position.0, position.1)),
+        (true, None) => Some(format!("{}-{}", floor.0, floor.1)),
+        (false, _) => None,
+    };
+    Ok((found.into_iter().map(|(_, v)| v).collect(), next_cursor))
 }
 
 const KINDS: [&str; 5] = ["recharge", "payment", "refund", "freeze", "withdrawal"];
@@ -364,7 +405,7 @@ const STATUSES: [OrderStatus; 8] = [
 
 /// One shard's part of a page: up to `limit` matching orders older than `before`, newest first,
 /// and where its scan stopped if it stopped early.
-fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize) -> (Vec<(Position, Value)>, Option<Position>) {
+fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize) -> ShardPage {
     // Orders are appended in timestamp order: find the first at or after `before` by bisection.
     let (mut low, mut high) = (0usize, state.orders.len());
     while low < high {
@@ -442,37 +483,12 @@ pub async fn list_orders(signed: Signed, query: web::Query<ListQuery>, engine: w
     let account = query.account_id.as_deref().map(|a| parse_account_id(a).ok_or_else(|| ApiError::invalid("not an account id", "account_id"))).transpose()?;
     let from = query.from.as_deref().map(|t| parse_time(t, "from")).transpose()?.unwrap_or(0);
     let to = query.to.as_deref().map(|t| parse_time(t, "to")).transpose()?.unwrap_or(Timestamp::MAX);
-    let before = query.cursor.as_deref().map(parse_cursor).transpose()?.unwrap_or(Position(Timestamp::MAX, u64::MAX));
+    let before = parse_cursor(query.cursor.as_deref())?;
     let filter = Filter { platform, kind, status, account, from, to };
-    // Each shard gives its newest `limit + 1` matches (one more tells whether a next page
-    // exists); the page is the newest `limit` of them all.
-    // A shard that stopped its scan early bounds the page: nothing older than where it stopped.
-    let mut found = Vec::new();
-    let mut floor = Position(0, 0);
-    for shard in 0..shard_count {
-        let engine = engine.get_ref().clone();
-        let (part, stopped) = blocking(move || engine.read_shard(shard, move |state| scan_shard(state, filter, before, limit + 1))).await??;
-        found.extend(part);
-        if let Some(stopped) = stopped {
-            floor = floor.max(stopped);
-        }
+    let (mut orders, next_cursor) = merged_page(&engine, limit, move |state, wanted| scan_shard(state, filter, before, wanted)).await?;
+    for order in &mut orders {
+        with_routing(order, platform, &cards);
     }
-    found.retain(|(position, _)| *position >= floor);
-    found.sort_by(|a, b| b.0.cmp(&a.0));
-    let more = found.len() > limit || floor > Position(0, 0);
-    found.truncate(limit);
-    let next_cursor = match (more, found.last()) {
-        (true, Some((position, _))) => Some(format!("{}-{}", position.0, position.1)),
-        (true, None) => Some(format!("{}-{}", floor.0, floor.1)),
-        (false, _) => None,
-    };
-    let orders: Vec<Value> = found
-        .into_iter()
-        .map(|(_, mut v)| {
-            with_routing(&mut v, platform, &cards);
-            v
-        })
-        .collect();
     Ok(HttpResponse::Ok().json(json!({"orders": orders, "next_cursor": next_cursor})))
 }
 

@@ -173,16 +173,28 @@ pub async fn prepare_confirm(engine: &Arc<Engine>, platform: &Platform, order_id
 
 /// Checks a cancellation of (part of) a guarantee payment's unreleased escrow.
 pub async fn prepare_cancel(engine: &Arc<Engine>, platform: &Platform, order_id: &str, body: &PartialBody) -> Result<Prepared, ApiError> {
+    prepare_partial(engine, platform, order_id, body, OrderKind::Guarantee, "cancellation", |order, amount| Command::Cancel { order, amount }).await
+}
+
+/// The shared shape of cancel and release: an order of `kind`, all or `amount` of what it holds.
+async fn prepare_partial(
+    engine: &Arc<Engine>,
+    platform: &Platform,
+    order_id: &str,
+    body: &PartialBody,
+    kind: OrderKind,
+    label: &'static str,
+    command: impl FnOnce(engine::ledger::types::OrderId, Option<engine::money::Minor>) -> Command,
+) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
     let (order, target) = target(engine, platform.id, order_id).await?;
-    if target.kind != OrderKind::Guarantee {
+    if target.kind != kind {
         return Err(crate::orders::rejection(engine::result::ResultCode::OrderStateInvalid));
     }
     let part = body.amount.as_deref().map(|a| amount(a, &target.spec, "amount")).transpose()?;
     let mut view = target.body;
-    view.value("cancellation", &json!({"out_order_no": body.out_order_no, "amount": body.amount}));
-    let command = Command::Cancel { order, amount: part };
-    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, false))
+    view.value(label, &json!({"out_order_no": body.out_order_no, "amount": body.amount}));
+    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command: command(order, part) }, view, false))
 }
 
 /// `POST /v1/refunds`.
@@ -268,16 +280,7 @@ pub fn prepare_freeze(engine: &Engine, platform: &Platform, body: &FreezeBody) -
 
 /// Checks the release of (part of) a freeze.
 pub async fn prepare_release(engine: &Arc<Engine>, platform: &Platform, order_id: &str, body: &PartialBody) -> Result<Prepared, ApiError> {
-    let number = out_order_no(&body.out_order_no, "out_order_no")?;
-    let (order, target) = target(engine, platform.id, order_id).await?;
-    if target.kind != OrderKind::Freeze {
-        return Err(crate::orders::rejection(engine::result::ResultCode::OrderStateInvalid));
-    }
-    let part = body.amount.as_deref().map(|a| amount(a, &target.spec, "amount")).transpose()?;
-    let mut view = target.body;
-    view.value("release", &json!({"out_order_no": body.out_order_no, "amount": body.amount}));
-    let command = Command::ReleaseFreeze { order, amount: part };
-    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, false))
+    prepare_partial(engine, platform, order_id, body, OrderKind::Freeze, "release", |order, amount| Command::ReleaseFreeze { order, amount }).await
 }
 
 /// One order of `POST /v1/batch-payments`.

@@ -450,22 +450,26 @@ pub async fn receive_callback(
         "failed" => false,
         _ => return Err(ApiError::invalid("status is succeeded or failed", "status")),
     };
+    // The payout's channel while it waited for this verdict (health learns from the verdict).
+    let mut waiting_on = None;
     if callback.kind == "withdrawal" {
         let current = crate::orders::read_order(&engine, 0, order, |_, o| match o.detail {
-            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some((channel, o.status)),
+            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some((channel, o.status, o.amount, o.created_at)),
             _ => None,
         })
         .await?
         .flatten();
-        let Some((channel, status)) = current else { return Err(ApiError::not_found()) };
+        let Some((channel, status, amount, created_at)) = current else { return Err(ApiError::not_found()) };
         let named = callback.channel.as_deref().is_none_or(|name| name == crate::channels::name(channel));
         if !named {
             // A verdict of a channel this order has left after a fallback.
             return Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "stale": true})));
         }
+        if status == engine::ledger::types::OrderStatus::Processing {
+            waiting_on = Some(channel);
+        }
         if !succeeded && status == engine::ledger::types::OrderStatus::Processing {
             channels.record_outcome(channel, false);
-            let (amount, created_at) = crate::orders::read_order(&engine, 0, order, |_, o| (o.amount, o.created_at)).await?.unwrap_or((0, 0));
             channels.release(channel, amount, created_at);
             if let Some(next) = crate::withdrawals::fall_back(&engine, &channels, &cards, &simulator, order).await? {
                 return Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "status": "processing", "rerouted_to": next})));
@@ -479,17 +483,9 @@ pub async fn receive_callback(
     };
     // The system acts (platform 0): verdicts are idempotent by order, so no order number.
     let reply = crate::accounts::execute(&engine, Envelope { platform: 0, out_order_no: None, command }).await?;
-    if reply.is_ok() && callback.kind == "withdrawal" && succeeded && reply.status == Some(engine::ledger::types::OrderStatus::Succeeded) {
-        // The channel's health learns from every payout verdict (failures are counted above).
-        let channel = crate::orders::read_order(&engine, 0, order, |_, o| match o.detail {
-            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some(channel),
-            _ => None,
-        })
-        .await?
-        .flatten();
-        if let Some(channel) = channel {
-            channels.record_outcome(channel, true);
-        }
+    if let (Some(channel), true, true) = (waiting_on, reply.is_ok(), succeeded) {
+        // Failures were counted above, before the fallback.
+        channels.record_outcome(channel, true);
     }
     match reply.code {
         ResultCode::Ok => Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "status": reply.status.map(|s| s.name())}))),

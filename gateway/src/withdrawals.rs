@@ -55,11 +55,7 @@ pub async fn create_withdrawal(
     let (currency_id, spec) = currency(&engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
-    let arrival = match body.arrival.as_deref() {
-        None | Some("standard") => Arrival::Standard,
-        Some("realtime") => Arrival::Realtime,
-        Some(_) => return Err(ApiError::invalid("arrival is realtime or standard", "arrival")),
-    };
+    let arrival = parse_arrival(body.arrival.as_deref())?;
     let (owner, _, _) = account_of(&engine, platform, target).await?;
     let card = crate::ids::parse_prefixed(&body.card_id, "card_")
         .and_then(|id| cards.get(platform, target, id))
@@ -198,11 +194,7 @@ pub async fn create_payout(
     let (currency_id, spec) = currency(&engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
-    let arrival = match body.arrival.as_deref() {
-        None | Some("standard") => Arrival::Standard,
-        Some("realtime") => Arrival::Realtime,
-        Some(_) => return Err(ApiError::invalid("arrival is realtime or standard", "arrival")),
-    };
+    let arrival = parse_arrival(body.arrival.as_deref())?;
     let account_type = match body.account_type.as_deref() {
         None | Some("personal") => AccountType::Personal,
         Some("corporate") => AccountType::Corporate,
@@ -226,6 +218,15 @@ pub async fn create_payout(
         .value("card_no_masked", &format!("{}****{}", &body.card_no[..4], &body.card_no[body.card_no.len() - 4..]))
         .value("arrival", body.arrival.as_deref().unwrap_or("standard"));
     submit(&engine, &cards, &notifications, &simulator, &channels, currency_id, spec, payout, view).await
+}
+
+/// The requested arrival (`standard` when absent).
+fn parse_arrival(text: Option<&str>) -> Result<Arrival, ApiError> {
+    match text {
+        None | Some("standard") => Ok(Arrival::Standard),
+        Some("realtime") => Ok(Arrival::Realtime),
+        Some(_) => Err(ApiError::invalid("arrival is realtime or standard", "arrival")),
+    }
 }
 
 fn micros_now() -> u64 {
