@@ -319,7 +319,7 @@ impl Engine {
 
     /// Sends a shard-wide command (maturing, expiring freezes) to every shard; one reply each.
     pub fn broadcast(&self, envelope: Envelope) -> Result<Vec<Reply>, EngineError> {
-        if !matches!(envelope.command, Command::Mature { .. } | Command::ExpireFreezes | Command::AutoConfirm { .. }) {
+        if !matches!(envelope.command, Command::Mature { .. } | Command::Settle { .. } | Command::ExpireFreezes | Command::AutoConfirm { .. }) {
             return Err(EngineError::NotAClientCommand);
         }
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {

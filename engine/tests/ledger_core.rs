@@ -593,3 +593,160 @@ fn every_entry_is_balanced_and_rejections_post_nothing() {
     }
     assert_eq!(offset, w.fx.postings.len());
 }
+
+fn rule(basis: TierBasis, period_start: u32, tiers: &[(i64, u32)], receivers: &[(AccountId, Minor)], service_fee_ppm: u32) -> Option<Box<SettlementRule>> {
+    let tiers = tiers.iter().map(|(from, rate_ppm)| Tier { from: *from, rate_ppm: *rate_ppm }).collect();
+    let receivers = receivers.iter().map(|(account, weight)| Leg { account: *account, amount: *weight }).collect();
+    let rule = SettlementRule { currency: CNY, period_start, basis, tiers, receivers, service_fee_ppm };
+    assert_eq!(rule.check(), Ok(()));
+    Some(Box::new(rule))
+}
+
+#[test]
+fn settlement_rules_check_their_shape() {
+    let r = |tiers: &[(i64, u32)], receivers: &[(u64, Minor)], fee: u32| SettlementRule {
+        currency: CNY,
+        period_start: 0,
+        basis: TierBasis::Amount,
+        tiers: tiers.iter().map(|(from, rate_ppm)| Tier { from: *from, rate_ppm: *rate_ppm }).collect(),
+        receivers: receivers.iter().map(|(a, w)| Leg { account: AccountId(*a), amount: *w }).collect(),
+        service_fee_ppm: fee,
+    };
+    let cases: &[(SettlementRule, Result<(), &str>)] = &[
+        (r(&[(0, 6_000), (100, 4_000)], &[(1, 7), (2, 3)], 1_000), Ok(())),
+        (r(&[(0, 0)], &[], 1_000), Ok(())),
+        (r(&[], &[(1, 1)], 0), Err("tiers start from 0")),
+        (r(&[(5, 1)], &[(1, 1)], 0), Err("tiers start from 0")),
+        (r(&[(0, 1), (10, 2), (10, 3)], &[(1, 1)], 0), Err("tiers ascend")),
+        (r(&[(0, 900_000)], &[(1, 1)], 200_000), Err("a tier's rate and the service fee together exceed 100 %")),
+        (r(&[(0, 1)], &[(1, 0)], 0), Err("receiver weights are positive")),
+        (r(&[(0, 1)], &[(1, 1), (1, 2)], 0), Err("receivers are distinct")),
+        (r(&[(0, 1)], &[], 0), Err("a commission needs receivers")),
+    ];
+    for (rule, expected) in cases {
+        assert_eq!(rule.check(), *expected, "{rule:?}");
+    }
+    let tiers = r(&[(0, 6_000), (100, 4_000), (1_000, 2_000)], &[(1, 1)], 0);
+    assert_eq!([0, 99, 100, 999, 1_000, 5_000].map(|m| tiers.rate_at(m)), [6_000, 6_000, 4_000, 4_000, 2_000, 2_000]);
+    // Half up: 0.5 minor units round up, 0.4999 down.
+    assert_eq!([apply_rate(333, 6_000), apply_rate(250, 2_000), apply_rate(249, 2_000), apply_rate(0, 6_000)], [2, 1, 0, 0]);
+}
+
+#[test]
+fn settlement_charges_tiered_commission_split_exactly_among_receivers() {
+    let mut w = World::new();
+    let payer = w.funded(1, 100_000_000);
+    let merchant = w.funded(2, 0);
+    let platform_account = w.funded(3, 0);
+    let agent = w.funded(4, 0);
+    let day0 = w.state.business_day(w.now);
+    let period = day0;
+    let receivers = [(platform_account, 7), (agent, 3)];
+    let tiered = |period| rule(TierBasis::Amount, period, &[(0, 6_000), (100_000, 4_000)], &receivers, 1_000);
+    let fee_income = w.state.system_account(SystemRole::FeeIncome, CNY);
+    // Day 0: 333 of income. Its settlement: 0.6 % of 333 = 1.998 -> 2, split 7:3 = 1.4 / 0.6 ->
+    // 1 / 1 (the leftover unit to the larger remainder); service fee 0.1 % = 0.333 -> 0.
+    w.ok(pay(payer, 333, &[(merchant, 333)], &[]));
+    w.now += DAY;
+    let reply = w.run_as(P, Command::Settle { through_day: day0, rule: tiered(period) });
+    assert_eq!((reply.code, reply.id), (ResultCode::Ok, 1));
+    assert_eq!(w.balances(merchant), (331, 0, 0));
+    assert_eq!((w.balances(platform_account).0, w.balances(agent).0), (1, 1));
+    assert_eq!(w.state.account(fee_income).unwrap().total(), 0);
+    let row = *w.state.settled.iter().last().unwrap();
+    assert_eq!((row.amount, row.credits, row.period_measure, row.rate_ppm, row.commission, row.service_fee), (333, 1, 333, 6_000, 2, 0));
+    // Re-running the date changes nothing.
+    let digest = w.state.digest();
+    let again = Envelope { platform: P, out_order_no: None, command: Command::Settle { through_day: day0, rule: tiered(period) } };
+    assert_eq!(w.state.apply(&again, w.now, &mut w.fx).id, 0);
+    assert_eq!(digest, w.state.digest());
+    // Day 1: 150,000 more; the period's cumulative 150,333 reaches the second tier (0.4 %):
+    // commission 600 (420 / 180), service fee 150.
+    w.ok(pay(payer, 150_000, &[(merchant, 150_000)], &[]));
+    w.now += DAY;
+    w.run_as(P, Command::Settle { through_day: day0 + 1, rule: tiered(period) });
+    assert_eq!(w.balances(merchant), (331 + 150_000 - 600 - 150, 0, 0));
+    assert_eq!((w.balances(platform_account).0, w.balances(agent).0), (1 + 420, 1 + 180));
+    assert_eq!(w.state.account(fee_income).unwrap().total(), 150);
+    // A new period starts the measure again: 200 at the first tier.
+    w.ok(pay(payer, 200, &[(merchant, 200)], &[]));
+    w.now += DAY;
+    w.run_as(P, Command::Settle { through_day: day0 + 2, rule: tiered(day0 + 2) });
+    let row = *w.state.settled.iter().last().unwrap();
+    assert_eq!((row.period_measure, row.rate_ppm, row.commission), (200, 6_000, 1));
+    // Receivers' own income pays no commission; the commission rows add up per receiver.
+    w.ok(pay(payer, 10_000, &[(platform_account, 10_000)], &[]));
+    w.now += DAY;
+    w.run_as(P, Command::Settle { through_day: day0 + 3, rule: tiered(day0 + 2) });
+    assert_eq!(w.state.settled.iter().last().unwrap().commission, 0);
+    let paid: Minor = w.state.commissions.iter().map(|c| c.amount).sum();
+    let charged: Minor = w.state.settled.iter().map(|r| r.commission).sum();
+    assert_eq!(paid, charged);
+    w.assert_books_balance();
+}
+
+#[test]
+fn count_based_tiers_and_parts_always_sum_to_the_commission() {
+    let mut w = World::new();
+    let payer = w.funded(1, 1_000_000_000);
+    let receivers: Vec<AccountId> = (0..3).map(|i| w.funded(10 + i, 0)).collect();
+    let merchants: Vec<AccountId> = (0..20).map(|i| w.funded(100 + i, 0)).collect();
+    let weights = [(receivers[0], 5), (receivers[1], 3), (receivers[2], 1)];
+    let by_count = rule(TierBasis::Count, 0, &[(0, 10_000), (3, 5_000), (6, 3_333)], &weights, 777);
+    let mut charged_total: Minor = 0;
+    for day in 0..4u64 {
+        for (index, merchant) in merchants.iter().enumerate() {
+            // Two credits a day of odd amounts: the count tiers move at 3 and 6 credits.
+            for k in 0..2 {
+                let amount = 1 + (index as Minor * 7_919 + day as Minor * 104_729 + k * 31) % 99_991;
+                w.ok(pay(payer, amount, &[(*merchant, amount)], &[]));
+            }
+        }
+        let through_day = w.state.business_day(w.now);
+        w.now += DAY;
+        let before: Vec<Minor> = merchants.iter().chain(&receivers).map(|a| w.state.account(*a).unwrap().total()).collect();
+        w.run_as(P, Command::Settle { through_day, rule: by_count.clone() });
+        let rows: Vec<_> = w.state.settled.iter().filter(|r| r.through_day == through_day).copied().collect();
+        assert_eq!(rows.len(), merchants.len());
+        let expected_rate = match (day + 1) * 2 {
+            2 => 10_000,
+            4 => 5_000,
+            _ => 3_333,
+        };
+        for (index, row) in rows.iter().enumerate() {
+            assert_eq!((row.credits, row.period_measure, row.rate_ppm), (2, (day as i64 + 1) * 2, expected_rate));
+            assert_eq!(row.commission, apply_rate(row.amount, expected_rate));
+            let merchant = w.state.account(merchants[index]).unwrap().total();
+            assert_eq!(before[index] - merchant, row.commission + row.service_fee, "the merchant pays exactly what the row says");
+        }
+        let charged: Minor = rows.iter().map(|r| r.commission).sum();
+        let received: Minor = receivers.iter().enumerate().map(|(i, r)| w.state.account(*r).unwrap().total() - before[merchants.len() + i]).sum();
+        assert_eq!(received, charged, "the receivers' parts sum to the commissions, to the minor unit");
+        charged_total += charged;
+    }
+    assert!(charged_total > 0);
+    w.assert_books_balance();
+}
+
+#[test]
+fn a_commission_for_a_receiver_on_another_shard_travels_through_the_outbox() {
+    let mut s0 = shard(0, 2);
+    let mut s1 = shard(1, 2);
+    let (mut fx0, mut fx1) = (Effects::default(), Effects::default());
+    let run = |state: &mut ShardState, fx: &mut Effects, now: u64, command: Command| state.apply(&Envelope { platform: P, out_order_no: None, command }, now, fx);
+    let payer = AccountId(run(&mut s0, &mut fx0, T0, Command::OpenAccount { owner: 1, currency: CNY, limits: Limits::NONE }).id);
+    let merchant = AccountId(run(&mut s0, &mut fx0, T0, Command::OpenAccount { owner: 2, currency: CNY, limits: Limits::NONE }).id);
+    let agent = AccountId(run(&mut s1, &mut fx1, T0, Command::OpenAccount { owner: 3, currency: CNY, limits: Limits::NONE }).id);
+    run(&mut s0, &mut fx0, T0, Command::Recharge { account: payer, currency: CNY, amount: 100_000, channel: 1 });
+    run(&mut s0, &mut fx0, T0, pay(payer, 50_000, &[(merchant, 50_000)], &[]));
+    let day = s0.business_day(T0);
+    let settle = Command::Settle { through_day: day, rule: rule(TierBasis::Amount, day, &[(0, 10_000)], &[(agent, 1)], 0) };
+    assert_eq!(run(&mut s0, &mut fx0, T0 + DAY, settle).id, 1);
+    assert_eq!(s0.account(merchant).unwrap().settled, 49_500);
+    let credit = *s0.outboxes[1].pending.front().expect("the agent's part is on its way");
+    assert_eq!((credit.account, credit.amount, credit.purpose, credit.bucket), (agent, 500, CreditPurpose::Commission, Bucket::Settled));
+    s1.apply(&Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(credit) }, T0 + DAY, &mut fx1);
+    assert_eq!(s1.account(agent).unwrap().settled, 500, "commission lands withdrawable");
+    let total: i128 = s0.accounts.iter().chain(&s1.accounts).map(|a| a.total() as i128).sum();
+    assert_eq!(total, 0);
+}

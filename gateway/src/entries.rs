@@ -81,6 +81,8 @@ pub fn entry_kind_name(kind: EntryKind) -> &'static str {
         EntryKind::RemoteCredit => "transfer_in",
         EntryKind::WithdrawalReroute => "withdrawal_reroute",
         EntryKind::SuspenseIn => "suspense_in",
+        EntryKind::Commission => "commission",
+        EntryKind::ServiceFee => "service_fee",
     }
 }
 

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bulk;
 pub mod cards;
 pub mod channels;
+pub mod commission;
 pub mod entries;
 pub mod error;
 pub mod events;

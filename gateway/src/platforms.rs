@@ -24,6 +24,10 @@ pub struct Platform {
     /// Where the platform's events are delivered (`None`: not delivered, only listed).
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// Commission tiers, receivers and service fee the settlement run charges (`None`: income
+    /// only matures).
+    #[serde(default)]
+    pub settlement_rule: Option<crate::commission::RuleConfig>,
 }
 
 impl Platform {
@@ -115,6 +119,7 @@ impl Platforms {
             require_payment_password: request.require_payment_password.unwrap_or(false),
             secret_version: 1,
             webhook_url: None,
+            settlement_rule: None,
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -125,9 +130,19 @@ impl Platforms {
 
     /// Sets (or with `None` removes) a platform's webhook URL, durably.
     pub fn set_webhook(&self, id: u32, url: Option<String>) -> Result<Platform, ApiError> {
+        self.update(id, |platform| platform.webhook_url = url)
+    }
+
+    /// Sets (or with `None` removes) a platform's settlement rule, durably.
+    pub fn set_settlement_rule(&self, id: u32, rule: Option<crate::commission::RuleConfig>) -> Result<Platform, ApiError> {
+        self.update(id, |platform| platform.settlement_rule = rule)
+    }
+
+    /// Changes one platform's record durably, then in memory.
+    fn update(&self, id: u32, change: impl FnOnce(&mut Platform)) -> Result<Platform, ApiError> {
         let _creating = self.creating.lock().expect("platform creation lock");
         let mut platform = self.get(id).ok_or_else(ApiError::not_found)?;
-        platform.webhook_url = url;
+        change(&mut platform);
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
         self.by_id.write().expect("platforms lock").insert(id, platform.clone());

@@ -151,6 +151,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .service(readyz)
             .configure(crate::admin::routes)
             .configure(crate::settlements::routes)
+            .configure(crate::commission::routes)
             .configure(crate::offline::routes)
             .configure(crate::reconcile::routes)
             .configure(crate::v1::routes)

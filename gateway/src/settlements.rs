@@ -52,14 +52,18 @@ pub fn run(engine: &Engine, platforms: &[Platform], day: u32, progress: &mut dyn
         // Released income travels to receivers on other shards: let it land before maturing.
         engine.wait_quiescent(QUIESCENT_WAIT)?;
         let through_day = day.checked_sub(platform.settlement_cycle_days as u32);
+        let rule = crate::commission::rule_for_run(engine, platform, day);
         let matured: u64 = match through_day {
             Some(through_day) => {
-                let envelope = Envelope { platform: platform.id, out_order_no: None, command: Command::Mature { through_day } };
+                let envelope = Envelope { platform: platform.id, out_order_no: None, command: Command::Settle { through_day, rule } };
                 engine.broadcast(envelope)?.iter().map(|r| r.id).sum()
             }
             None => 0,
         };
-        let row = json!({"platform_id": platform.public_id(), "matured_accounts": matured, "auto_confirmed_orders": confirmed, "income_through": through_day.map(date_text)});
+        let mut row = json!({"platform_id": platform.public_id(), "matured_accounts": matured, "auto_confirmed_orders": confirmed, "income_through": through_day.map(date_text)});
+        if let Some(through_day) = through_day {
+            row["totals"] = totals(engine, platform.id, through_day)?;
+        }
         progress(index + 1, &row);
         rows.push(row);
     }
@@ -67,6 +71,38 @@ pub fn run(engine: &Engine, platforms: &[Platform], day: u32, progress: &mut dyn
     let expired: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
     let invariants = engine::invariants::check_engine(engine)?;
     Ok(json!({"business_date": date_text(day), "platforms": rows, "expired_freezes": expired, "invariants_ok": invariants.ok}))
+}
+
+/// What the settlement of `through_day`'s income charged a platform's accounts, per currency:
+/// matured income, commission, service fee and what stayed with the accounts (from every run of
+/// that date, so a re-run shows the same figures).
+fn totals(engine: &Engine, platform: u32, through_day: u32) -> Result<serde_json::Value, EngineError> {
+    let mut sums: std::collections::BTreeMap<u8, [i128; 4]> = std::collections::BTreeMap::new();
+    for shard in 0..engine.config().shard_count {
+        let part = engine.read_shard(shard, move |state| {
+            let mut part: Vec<(u8, [i128; 4])> = Vec::new();
+            for row in state.settled.iter().filter(|r| r.platform == platform && r.through_day == through_day) {
+                let net = row.amount - row.commission - row.service_fee;
+                part.push((row.currency.0, [row.amount as i128, row.commission as i128, row.service_fee as i128, net as i128]));
+            }
+            part
+        })?;
+        for (currency, figures) in part {
+            let sum = sums.entry(currency).or_default();
+            for (total, figure) in sum.iter_mut().zip(figures) {
+                *total += figure;
+            }
+        }
+    }
+    let currencies = engine.config().currencies.clone();
+    let rows: Vec<_> = sums
+        .into_iter()
+        .map(|(currency, [matured, commission, service_fee, net])| {
+            let spec = currencies[currency as usize];
+            json!({"currency": spec.code_str(), "matured": spec.format(matured as i64), "commission": spec.format(commission as i64), "service_fee": spec.format(service_fee as i64), "net": spec.format(net as i64)})
+        })
+        .collect();
+    Ok(json!(rows))
 }
 
 /// `YYYY-MM-DD` of a day number.
@@ -87,24 +123,29 @@ pub async fn settle(request: HttpRequest, body: web::Bytes, token: web::Data<Adm
     Ok(HttpResponse::Ok().json(summary))
 }
 
-/// The settlement statement of a business date as CSV: one line per account whose income the
-/// run of that date made withdrawable (`platform` limits it to one platform, `account` to one
+/// The settlement statement of a business date as CSV: an `income` line per account whose income
+/// the run of that date made withdrawable, with what the platform's rule charged on it
+/// (commission, service fee) and what stayed (`net_amount`), then a `commission` line per
+/// receiver with what it received (`platform` limits it to one platform, `account` to one
 /// account: a merchant's own statement).
 fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account: Option<engine::ledger::types::AccountId>) -> Result<String, EngineError> {
-    let mut csv = String::from("business_date,platform_id,account_id,member_id,currency,income_through,matured_amount,settled_at\n");
+    let mut csv = String::from("business_date,platform_id,line,account_id,member_id,currency,income_through,matured_amount,income_credits,period_measure,rate,commission,service_fee,net_amount,settled_at\n");
+    let wanted: Vec<(u32, u32)> = platforms.iter().filter_map(|p| day.checked_sub(p.settlement_cycle_days as u32).map(|through| (p.id, through))).collect();
+    let mut receivers: std::collections::BTreeMap<(u32, u64, u8), (i64, u32, u32)> = std::collections::BTreeMap::new();
     for shard in 0..engine.config().shard_count {
-        let wanted: Vec<(u32, u32)> = platforms.iter().filter_map(|p| day.checked_sub(p.settlement_cycle_days as u32).map(|through| (p.id, through))).collect();
-        let lines = engine.read_shard(shard, move |state| {
+        let wanted = wanted.clone();
+        let (lines, received) = engine.read_shard(shard, move |state| {
+            let due = |platform: u32, through: u32| wanted.iter().any(|(p, t)| *p == platform && *t == through);
             let mut lines = Vec::new();
             for row in state.settled.iter() {
-                let due = wanted.iter().any(|(platform, through)| *platform == row.platform && *through == row.through_day);
-                if !due || account.is_some_and(|a| a != row.account) {
+                if !due(row.platform, row.through_day) || account.is_some_and(|a| a != row.account) {
                     continue;
                 }
                 let spec = state.currencies[row.currency.0 as usize];
                 let owner = state.account(row.account).map_or(0, |a| a.owner);
+                let charged = row.commission > 0 || row.service_fee > 0 || row.rate_ppm > 0;
                 lines.push(format!(
-                    "{},plt_{},{},{},{},{},{},{}\n",
+                    "{},plt_{},income,{},{},{},{},{},{},{},{},{},{},{},{}\n",
                     date_text(day),
                     row.platform,
                     crate::accounts::public_account_id(row.account),
@@ -112,12 +153,45 @@ fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account: Opt
                     spec.code_str(),
                     date_text(row.through_day),
                     spec.format(row.amount),
+                    row.credits,
+                    if charged { row.period_measure.to_string() } else { String::new() },
+                    crate::commission::format_rate(row.rate_ppm),
+                    spec.format(row.commission),
+                    spec.format(row.service_fee),
+                    spec.format(row.amount - row.commission - row.service_fee),
                     crate::orders::format_time(row.at)
                 ));
             }
-            lines
+            let mut received = Vec::new();
+            for row in state.commissions.iter() {
+                if due(row.platform, row.through_day) && account.is_none_or(|a| a == row.receiver) {
+                    received.push(((row.platform, row.receiver.0, row.currency.0), (row.amount, row.accounts, row.through_day)));
+                }
+            }
+            (lines, received)
         })?;
         csv.extend(lines);
+        for (key, (amount, accounts, through_day)) in received {
+            let sum = receivers.entry(key).or_insert((0, 0, through_day));
+            sum.0 += amount;
+            sum.1 += accounts;
+        }
+    }
+    for ((platform, receiver, currency), (amount, accounts, through_day)) in receivers {
+        let spec = engine.config().currencies[currency as usize];
+        let receiver = engine::ledger::types::AccountId(receiver);
+        let shard = receiver.shard(engine.config().shard_count);
+        let owner = engine.read_shard(shard, move |state| state.account(receiver).map_or(0, |a| a.owner))?;
+        csv.push_str(&format!(
+            "{},plt_{platform},commission,{},{},{},{},,{accounts},,,{},,{},\n",
+            date_text(day),
+            crate::accounts::public_account_id(receiver),
+            crate::members::Member::public_id_of(owner),
+            spec.code_str(),
+            date_text(through_day),
+            spec.format(amount),
+            spec.format(amount),
+        ));
     }
     Ok(csv)
 }

@@ -5,7 +5,7 @@ use std::hash::{Hash, Hasher};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ledger::types::{
-    AccountId, AccountStatus, Legs, Limits, OrderId, RemoteCredit, ShardId, Timestamp,
+    AccountId, AccountStatus, Legs, Limits, OrderId, RemoteCredit, SettlementRule, ShardId, Timestamp,
 };
 use crate::money::{CurrencyId, CurrencySpec, Minor};
 
@@ -122,6 +122,9 @@ pub enum Command {
     /// Money that arrived at the bank (an offline transfer) matching no account: reserve debited,
     /// `shard`'s suspense stripe credited, for an operator's case.
     CreditSuspense { shard: ShardId, currency: CurrencyId, amount: Minor },
+    /// `Mature` with the platform's settlement rule: commissions and service fees are charged
+    /// on the income it matures (shard-wide, for the calling platform).
+    Settle { through_day: u32, rule: Option<Box<SettlementRule>> },
 }
 
 /// The most orders one batch payment may carry.
@@ -164,6 +167,7 @@ impl Command {
             Command::RequestDirectPayment { .. } => 21,
             Command::RerouteWithdrawal { .. } => 22,
             Command::CreditSuspense { .. } => 23,
+            Command::Settle { .. } => 24,
         }
     }
 
@@ -177,7 +181,7 @@ impl Command {
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 24] = [
+    pub const KIND_NAMES: [&'static str; 25] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -202,6 +206,7 @@ impl Command {
         "direct_payment",
         "reroute_withdrawal",
         "credit_suspense",
+        "settle",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.

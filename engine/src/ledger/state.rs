@@ -79,7 +79,7 @@ pub struct ShardState {
     pub idempotency: StripedMap<u128, IdempotencyRecord>,
     /// Unsettled income lots per account: (business day, amount), oldest first. A queue stays
     /// (empty) once created, so accounts that keep receiving and spending do not reallocate.
-    pub lots: FastMap<AccountId, VecDeque<(u32, Minor)>>,
+    pub lots: FastMap<AccountId, VecDeque<Lot>>,
     /// (payment, payee) -> income received, on the payee's shard.
     pub income: StripedMap<(OrderId, AccountId), Income>,
     /// Outboxes by target shard.
@@ -97,6 +97,30 @@ pub struct ShardState {
     /// Every creation and change of an order on this shard, in order: the platforms' events.
     /// Rebuilt by replay like everything else, so the journal is their durable outbox.
     pub order_changes: ChunkedVec<OrderChange>,
+    /// Each account's matured income in the current settlement-rule period (tier measures).
+    pub period_totals: FastMap<AccountId, PeriodTotal>,
+    /// What each commission receiver got from this shard's accounts in each settlement.
+    pub commissions: ChunkedVec<CommissionRow>,
+}
+
+/// An account's matured income since `period_start` (a settlement rule's period).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodTotal {
+    pub period_start: u32,
+    pub credits: u64,
+    pub amount: Minor,
+}
+
+/// One receiver's commission from one shard's accounts in one settlement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommissionRow {
+    pub through_day: u32,
+    pub platform: u32,
+    pub receiver: AccountId,
+    pub currency: CurrencyId,
+    pub amount: Minor,
+    /// How many accounts' commissions it gathers.
+    pub accounts: u32,
 }
 
 /// Income of one account that a settlement run made withdrawable.
@@ -109,6 +133,13 @@ pub struct SettledRow {
     pub currency: CurrencyId,
     pub amount: Minor,
     pub at: Timestamp,
+    /// Income credits the matured lots held.
+    pub credits: u32,
+    /// The period measure (amount or credits, by the rule's basis) that picked the tier.
+    pub period_measure: i64,
+    pub rate_ppm: u32,
+    pub commission: Minor,
+    pub service_fee: Minor,
 }
 
 /// An order was created or changed (its status may be the same, e.g. a partial confirm).
@@ -188,7 +219,8 @@ impl ShardState {
             Command::CompleteWithdrawal { order, succeeded } => {
                 ops::withdrawal::complete(self, &context, *order, *succeeded, fx)
             }
-            Command::Mature { through_day } => ops::settle::mature(self, &context, *through_day, fx),
+            Command::Mature { through_day } => ops::settle::settle(self, &context, *through_day, None, fx),
+            Command::Settle { through_day, rule } => ops::settle::settle(self, &context, *through_day, rule.as_deref(), fx),
             Command::ApplyCredit(credit) => ops::transfer::apply_credit(self, &context, credit, fx),
             Command::Acknowledge { target, sequence } => ops::transfer::acknowledge(self, *target, *sequence),
             Command::RequestRecharge { account, currency, amount, channel } => {
@@ -387,8 +419,11 @@ impl ShardState {
         self.post(fx, account, Bucket::Unsettled, amount);
         let lots = self.lots.entry(account).or_default();
         match lots.back_mut() {
-            Some((lot_day, lot_amount)) if *lot_day == day => *lot_amount += amount,
-            _ => lots.push_back((day, amount)),
+            Some(lot) if lot.day == day => {
+                lot.amount += amount;
+                lot.credits = lot.credits.saturating_add(1);
+            }
+            _ => lots.push_back(Lot { day, credits: 1, amount }),
         }
     }
 
@@ -397,10 +432,10 @@ impl ShardState {
         let lots = self.lots.get_mut(&account).expect("unsettled funds have lots");
         while amount > 0 {
             let front = lots.front_mut().expect("lots cover the unsettled bucket");
-            let take = front.1.min(amount);
-            front.1 -= take;
+            let take = front.amount.min(amount);
+            front.amount -= take;
             amount -= take;
-            if front.1 == 0 {
+            if front.amount == 0 {
                 lots.pop_front();
             }
         }
@@ -444,7 +479,7 @@ impl ShardState {
             currency,
             bucket: match purpose {
                 CreditPurpose::PaymentIncome => Bucket::Unsettled,
-                CreditPurpose::RefundToPayer => Bucket::Settled,
+                CreditPurpose::RefundToPayer | CreditPurpose::Commission => Bucket::Settled,
             },
             amount: leg.amount,
             purpose,
@@ -488,7 +523,9 @@ impl ShardState {
         lots.sort_by_key(|(k, _)| *k);
         let mut batches_of: Vec<_> = canonical.batches_of.drain().collect();
         batches_of.sort_by_key(|(k, _)| *k);
-        let bytes = bincode::serialize(&(&canonical, idempotency, owners, income, lots, batches_of)).expect("state serializes");
+        let mut period_totals: Vec<_> = canonical.period_totals.drain().collect();
+        period_totals.sort_by_key(|(k, _)| *k);
+        let bytes = bincode::serialize(&(&canonical, idempotency, owners, income, lots, batches_of, period_totals)).expect("state serializes");
         xxhash_rust::xxh3::xxh3_64(&bytes)
     }
 }

@@ -228,6 +228,10 @@ pub enum EntryKind {
     WithdrawalReroute,
     /// Money that arrived at the bank and matched no account, held in suspense for an operator.
     SuspenseIn,
+    /// A merchant's commission on matured income, split among the platform's rule receivers.
+    Commission,
+    /// The operator's service fee on matured income.
+    ServiceFee,
 }
 
 /// The order id of entries that belong to no order (settlement maturing).
@@ -347,6 +351,8 @@ pub enum CreditPurpose {
     PaymentIncome,
     /// A refund returning to the payer, whose shard holds the payment order.
     RefundToPayer,
+    /// A receiver's part of a settlement commission: lands in settled, not refundable.
+    Commission,
 }
 
 /// A credit on its way from the debiting shard to the account's shard through the durable outbox.
@@ -386,4 +392,89 @@ impl Reply {
     pub fn is_ok(&self) -> bool {
         self.code == ResultCode::Ok
     }
+}
+
+/// Rates are parts per million: 1,000,000 is 100 %.
+pub const RATE_PPM_ONE: u32 = 1_000_000;
+
+/// What picks a commission tier: the merchant's matured income over the period, or how many
+/// income credits it held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TierBasis {
+    Amount,
+    Count,
+}
+
+/// One tier: from this measure (minor units or credits) on, this rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Tier {
+    pub from: i64,
+    pub rate_ppm: u32,
+}
+
+/// A platform's settlement rule, carried by the `Settle` command that applies it (so replay
+/// applies the same rule whatever the platform's rule is today).
+///
+/// For every account of the platform in `currency` whose income matures, the period measure
+/// (income amount or credits matured since `period_start`, this run's included) picks the tier
+/// whose `from` it has reached; the commission is the matured amount times that tier's rate,
+/// rounded half up to the minor unit, and is split among `receivers` by their weights (largest
+/// remainder, so the parts sum to the commission). The service fee is the matured amount times
+/// `service_fee_ppm`, rounded half up, and goes to the operator's fee income.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SettlementRule {
+    pub currency: CurrencyId,
+    /// Business day the period began; tier measures count from it.
+    pub period_start: u32,
+    pub basis: TierBasis,
+    /// Ascending `from`, the first from 0.
+    pub tiers: Vec<Tier>,
+    /// Receivers of the commission; `amount` is each one's weight.
+    pub receivers: Vec<Leg>,
+    pub service_fee_ppm: u32,
+}
+
+impl SettlementRule {
+    /// Checks the rule's shape: tiers ascending from 0, rates within 100 % together with the
+    /// service fee, receivers distinct with positive weights (at least one when a rate is set).
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.tiers.is_empty() || self.tiers[0].from != 0 {
+            return Err("tiers start from 0");
+        }
+        if self.tiers.windows(2).any(|w| w[1].from <= w[0].from) {
+            return Err("tiers ascend");
+        }
+        if self.tiers.iter().any(|t| t.rate_ppm as u64 + self.service_fee_ppm as u64 > RATE_PPM_ONE as u64) {
+            return Err("a tier's rate and the service fee together exceed 100 %");
+        }
+        if self.receivers.iter().any(|r| r.amount <= 0) {
+            return Err("receiver weights are positive");
+        }
+        if self.receivers.iter().enumerate().any(|(i, r)| self.receivers[..i].iter().any(|e| e.account == r.account)) {
+            return Err("receivers are distinct");
+        }
+        if self.receivers.is_empty() && self.tiers.iter().any(|t| t.rate_ppm > 0) {
+            return Err("a commission needs receivers");
+        }
+        Ok(())
+    }
+
+    /// The rate of the tier that `measure` has reached.
+    pub fn rate_at(&self, measure: i64) -> u32 {
+        self.tiers.iter().take_while(|t| t.from <= measure).last().map_or(0, |t| t.rate_ppm)
+    }
+}
+
+/// `amount * rate_ppm / 1,000,000`, rounded half up to the minor unit (amounts are non-negative).
+pub fn apply_rate(amount: Minor, rate_ppm: u32) -> Minor {
+    ((amount as i128 * rate_ppm as i128 + RATE_PPM_ONE as i128 / 2) / RATE_PPM_ONE as i128) as Minor
+}
+
+/// Unsettled income of one business day on one account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lot {
+    pub day: u32,
+    /// How many income credits the lot gathered (a count-based tier's measure).
+    pub credits: u32,
+    pub amount: Minor,
 }

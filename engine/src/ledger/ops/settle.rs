@@ -1,36 +1,106 @@
-//! Settlement's ledger step: unsettled income past its cycle becomes settled (withdrawable).
+//! Settlement's ledger step: unsettled income past its cycle becomes settled (withdrawable), and
+//! the platform's settlement rule charges its commission (split among receivers) and the
+//! operator's service fee on what matured.
 
-use crate::ledger::state::{Context, Effects, ShardState};
+use crate::ledger::state::{CommissionRow, Context, Effects, PeriodTotal, SettledRow, ShardState};
 use crate::ledger::types::*;
-use crate::money::Minor;
+use crate::money::{split_proportionally, CurrencyId, Minor};
 use crate::result::ResultCode;
 
 /// Matures the calling platform's (all platforms' for the operator) income lots of business days
-/// up to `through_day`; replies with the number of accounts that had something to mature.
-pub fn mature(state: &mut ShardState, context: &Context, through_day: u32, fx: &mut Effects) -> Reply {
-    let mut matured: Vec<(AccountId, Minor)> = Vec::new();
+/// up to `through_day`, charging `rule` on each account's matured amount; replies with the
+/// number of accounts that had something to mature. Lots once matured are gone, so running the
+/// same day again changes nothing.
+pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule: Option<&SettlementRule>, fx: &mut Effects) -> Reply {
+    let mut matured: Vec<(AccountId, Minor, u32)> = Vec::new();
     for (account, lots) in &state.lots {
         let owner = state.account(*account).expect("lots are of local accounts");
         if context.platform != 0 && owner.platform != context.platform {
             continue;
         }
-        let due: Minor = lots.iter().take_while(|(day, _)| *day <= through_day).map(|(_, amount)| amount).sum();
+        let (mut due, mut credits): (Minor, u32) = (0, 0);
+        for lot in lots.iter().take_while(|lot| lot.day <= through_day) {
+            due += lot.amount;
+            credits = credits.saturating_add(lot.credits);
+        }
         if due > 0 {
-            matured.push((*account, due));
+            matured.push((*account, due, credits));
         }
     }
     // The lots map is unordered: post in account order so that replay is byte-identical.
-    matured.sort_unstable_by_key(|(account, _)| *account);
-    for (account, due) in &matured {
+    matured.sort_unstable_by_key(|(account, _, _)| *account);
+    let weights: Vec<Minor> = rule.map_or_else(Vec::new, |r| r.receivers.iter().map(|r| r.amount).collect());
+    let mut by_receiver: Vec<(Minor, u32)> = vec![(0, 0); weights.len()];
+    let mut parts = Vec::with_capacity(weights.len());
+    for (account, due, credits) in &matured {
+        let (account, due, credits) = (*account, *due, *credits);
         let (currency, platform) = {
-            let a = state.account(*account).expect("local");
+            let a = state.account(account).expect("local");
             (a.currency, a.platform)
         };
-        state.settled.push(crate::ledger::state::SettledRow { through_day, account: *account, platform, currency, amount: *due, at: context.now });
         state.begin_entry(fx, NO_ORDER, EntryKind::Mature, currency);
-        state.debit_unsettled_only(fx, *account, *due);
-        state.post(fx, *account, Bucket::Settled, *due);
+        state.debit_unsettled_only(fx, account, due);
+        state.post(fx, account, Bucket::Settled, due);
         state.end_entry(fx);
+        let mut row = SettledRow { through_day, account, platform, currency, amount: due, at: context.now, credits, period_measure: 0, rate_ppm: 0, commission: 0, service_fee: 0 };
+        // A receiver of the rule does not pay commission to itself (nor to its co-receivers).
+        if let Some(rule) = rule.filter(|r| r.currency == currency && !r.receivers.iter().any(|x| x.account == account)) {
+            let total = state.period_totals.entry(account).or_default();
+            if total.period_start != rule.period_start {
+                *total = PeriodTotal { period_start: rule.period_start, ..PeriodTotal::default() };
+            }
+            total.amount += due;
+            total.credits += credits as u64;
+            row.period_measure = match rule.basis {
+                TierBasis::Amount => total.amount,
+                TierBasis::Count => total.credits as i64,
+            };
+            row.rate_ppm = rule.rate_at(row.period_measure);
+            row.commission = apply_rate(due, row.rate_ppm);
+            // Each charge rounds half up on its own; together they never exceed what matured.
+            row.service_fee = apply_rate(due, rule.service_fee_ppm).min(due - row.commission);
+            if row.commission > 0 {
+                split_proportionally(row.commission, &weights, &mut parts);
+                state.begin_entry(fx, NO_ORDER, EntryKind::Commission, currency);
+                state.post(fx, account, Bucket::Settled, -row.commission);
+                for (index, receiver) in rule.receivers.iter().enumerate() {
+                    if parts[index] == 0 {
+                        continue;
+                    }
+                    by_receiver[index].0 += parts[index];
+                    by_receiver[index].1 += 1;
+                    credit_commission(state, fx, Leg { account: receiver.account, amount: parts[index] }, account, currency);
+                }
+                state.end_entry(fx);
+            }
+            if row.service_fee > 0 {
+                let income = state.system_account(SystemRole::FeeIncome, currency);
+                state.begin_entry(fx, NO_ORDER, EntryKind::ServiceFee, currency);
+                state.post(fx, account, Bucket::Settled, -row.service_fee);
+                state.post(fx, income, Bucket::Settled, row.service_fee);
+                state.end_entry(fx);
+            }
+        }
+        state.settled.push(row);
+    }
+    if let Some(rule) = rule {
+        for (receiver, (amount, accounts)) in rule.receivers.iter().zip(by_receiver) {
+            if amount > 0 {
+                let platform = context.platform;
+                state.commissions.push(CommissionRow { through_day, platform, receiver: receiver.account, currency: rule.currency, amount, accounts });
+            }
+        }
     }
     Reply { code: ResultCode::Ok, id: matured.len() as u64, status: None, replayed: false }
+}
+
+/// Credits a receiver's part of a commission to its settled funds, here or through the outbox;
+/// a receiver that can no longer take credits sends it to suspense.
+fn credit_commission(state: &mut ShardState, fx: &mut Effects, leg: Leg, payer: AccountId, currency: CurrencyId) {
+    if leg.account.shard(state.shard_count) != state.shard {
+        state.send_credit(fx, NO_ORDER, leg, payer, CreditPurpose::Commission, currency);
+    } else {
+        let target = state.credit_target(leg.account, currency);
+        state.post(fx, target, Bucket::Settled, leg.amount);
+    }
 }

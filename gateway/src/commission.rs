@@ -1,0 +1,304 @@
+//! Platforms' settlement rules (the clearing issue): tiered commission by the merchant's
+//! cumulative income amount or number of income credits over a period, split among several
+//! receivers (e.g. the platform and an agent), and the operator's service fee. The operator sets
+//! a rule with `PUT /admin/platforms/{id}/settlement-rule`; every settlement run hands the
+//! platform's current rule to the shards inside the `Settle` command, which charge it on the
+//! income they mature (engine `ops::settle`).
+
+use std::sync::Arc;
+
+use actix_web::{delete, get, put, web, HttpRequest, HttpResponse};
+use engine::ledger::types::{AccountId, AccountKind, AccountStatus, Leg, SettlementRule, Tier, TierBasis, RATE_PPM_ONE};
+use engine::money::CurrencySpec;
+use engine::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::admin::AdminToken;
+use crate::error::{blocking, ApiError};
+use crate::platforms::{Platform, Platforms};
+
+/// The most tiers and receivers a rule may have.
+pub const TIERS_MAX: usize = 16;
+pub const RECEIVERS_MAX: usize = 8;
+
+/// A period a tier measure counts over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    /// The first business day of the period holding `day` (days since 1970-01-01, a Thursday).
+    pub fn start(self, day: u32) -> u32 {
+        match self {
+            Period::Day => day,
+            Period::Week => day - (day + 3) % 7,
+            Period::Month => {
+                let epoch = time::Date::from_calendar_date(1970, time::Month::January, 1).expect("valid");
+                let date = epoch + time::Duration::days(day as i64);
+                day - (date.day() as u32 - 1)
+            }
+        }
+    }
+}
+
+/// A rule as the platform record stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleConfig {
+    pub currency: String,
+    pub basis: Basis,
+    pub period: Period,
+    /// (from: minor units or credits, rate in parts per million), ascending from 0.
+    pub tiers: Vec<(i64, u32)>,
+    /// (account, weight).
+    pub receivers: Vec<(u64, i64)>,
+    pub service_fee_ppm: u32,
+}
+
+/// What picks the tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    Amount,
+    Count,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TierBody {
+    /// From this cumulative figure on: an amount ("100000.00") for `amount`, a number of income
+    /// credits ("100") for `count`. The first tier is from "0".
+    from: String,
+    /// Commission rate as a decimal fraction with up to 6 places ("0.006" is 0.6 %).
+    rate: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReceiverBody {
+    account_id: String,
+    /// Weight of this receiver's part of each commission (parts are proportional to shares).
+    share: u32,
+}
+
+/// `PUT /admin/platforms/{platform_id}/settlement-rule` body.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleBody {
+    currency: String,
+    /// `amount` or `count`.
+    basis: Basis,
+    /// `day`, `week` (from Monday) or `month`: the span the tier measure accumulates over.
+    period: Period,
+    tiers: Vec<TierBody>,
+    receivers: Vec<ReceiverBody>,
+    /// The operator's service fee rate on matured income (default "0").
+    service_fee_rate: Option<String>,
+}
+
+/// Parses a rate: a decimal fraction from 0 to 1 with up to 6 places, in parts per million.
+pub fn parse_rate(text: &str) -> Option<u32> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > 6 || !fraction.bytes().all(|b| b.is_ascii_digit()) || (text.contains('.') && fraction.is_empty()) {
+        return None;
+    }
+    let whole: u64 = whole.parse().ok()?;
+    let fraction: u64 = if fraction.is_empty() { 0 } else { fraction.parse::<u64>().ok()? * 10u64.pow(6 - fraction.len() as u32) };
+    let ppm = whole.checked_mul(RATE_PPM_ONE as u64)?.checked_add(fraction)?;
+    (ppm <= RATE_PPM_ONE as u64).then_some(ppm as u32)
+}
+
+/// A rate in parts per million as the shortest decimal fraction ("0.006").
+pub fn format_rate(ppm: u32) -> String {
+    let text = format!("{}.{:06}", ppm / RATE_PPM_ONE, ppm % RATE_PPM_ONE);
+    let text = text.trim_end_matches('0');
+    text.strip_suffix('.').map_or_else(|| text.to_string(), str::to_string)
+}
+
+/// Validates a rule against the engine (currency, receivers are the platform's open accounts in
+/// it) and returns its stored form.
+async fn validate(engine: &Arc<Engine>, platform: u32, body: RuleBody) -> Result<RuleConfig, ApiError> {
+    let (currency, spec) = crate::orders::currency(engine, &body.currency)?;
+    if body.tiers.is_empty() || body.tiers.len() > TIERS_MAX {
+        return Err(ApiError::invalid("tiers holds 1 to 16 tiers", "tiers"));
+    }
+    let mut tiers = Vec::with_capacity(body.tiers.len());
+    for tier in &body.tiers {
+        let from = match body.basis {
+            Basis::Amount => spec.parse(&tier.from).filter(|m| *m >= 0),
+            Basis::Count => tier.from.parse::<u32>().ok().map(i64::from),
+        }
+        .ok_or_else(|| ApiError::invalid("a tier's from is a non-negative amount (basis amount) or count (basis count)", "tiers"))?;
+        let rate = parse_rate(&tier.rate).ok_or_else(|| ApiError::invalid("a rate is a decimal fraction from 0 to 1 with up to 6 places", "tiers"))?;
+        tiers.push((from, rate));
+    }
+    if body.receivers.len() > RECEIVERS_MAX {
+        return Err(ApiError::invalid("receivers holds at most 8 accounts", "receivers"));
+    }
+    let mut receivers = Vec::with_capacity(body.receivers.len());
+    for receiver in &body.receivers {
+        let account = crate::accounts::parse_account_id(&receiver.account_id).ok_or_else(|| ApiError::invalid("unknown receiver account", "receivers"))?;
+        let found = receiver_account(engine, platform, account).await?;
+        if found != Some(currency) {
+            return Err(ApiError::invalid("a receiver is an open account of this platform in the rule's currency", "receivers"));
+        }
+        receivers.push((account.0, receiver.share as i64));
+    }
+    let service_fee_ppm = match &body.service_fee_rate {
+        None => 0,
+        Some(text) => parse_rate(text).ok_or_else(|| ApiError::invalid("a rate is a decimal fraction from 0 to 1 with up to 6 places", "service_fee_rate"))?,
+    };
+    let config = RuleConfig { currency: body.currency, basis: body.basis, period: body.period, tiers, receivers, service_fee_ppm };
+    let check = engine_rule(&config, currency, 0).check();
+    check.map_err(|why| ApiError::invalid(why, if why.contains("receiver") { "receivers" } else { "tiers" }))?;
+    Ok(config)
+}
+
+/// The currency of `account` when it is an open customer account of `platform`.
+async fn receiver_account(engine: &Arc<Engine>, platform: u32, account: AccountId) -> Result<Option<engine::money::CurrencyId>, ApiError> {
+    let shard = account.shard(engine.config().shard_count);
+    let engine = engine.clone();
+    Ok(blocking(move || {
+        engine.read_shard(shard, move |state| {
+            state.account(account).filter(|a| a.kind == AccountKind::Customer && a.platform == platform && a.status != AccountStatus::Closed).map(|a| a.currency)
+        })
+    })
+    .await??)
+}
+
+/// The engine's form of a stored rule, for a run whose period began on `period_start`.
+fn engine_rule(config: &RuleConfig, currency: engine::money::CurrencyId, period_start: u32) -> SettlementRule {
+    SettlementRule {
+        currency,
+        period_start,
+        basis: match config.basis {
+            Basis::Amount => TierBasis::Amount,
+            Basis::Count => TierBasis::Count,
+        },
+        tiers: config.tiers.iter().map(|(from, rate_ppm)| Tier { from: *from, rate_ppm: *rate_ppm }).collect(),
+        receivers: config.receivers.iter().map(|(account, weight)| Leg { account: AccountId(*account), amount: *weight }).collect(),
+        service_fee_ppm: config.service_fee_ppm,
+    }
+}
+
+/// The rule a settlement run of business day `day` applies for `platform` (`None`: income only
+/// matures). A rule whose currency is no longer configured applies to nothing.
+pub fn rule_for_run(engine: &Engine, platform: &Platform, day: u32) -> Option<Box<SettlementRule>> {
+    let config = platform.settlement_rule.as_ref()?;
+    let (currency, _) = crate::orders::currency(engine, &config.currency).ok()?;
+    Some(Box::new(engine_rule(config, currency, config.period.start(day))))
+}
+
+/// A stored rule as the API shows it.
+pub fn view(config: &RuleConfig, spec: &CurrencySpec) -> serde_json::Value {
+    let tiers: Vec<_> = config
+        .tiers
+        .iter()
+        .map(|(from, rate)| {
+            let from = match config.basis {
+                Basis::Amount => spec.format(*from),
+                Basis::Count => from.to_string(),
+            };
+            json!({"from": from, "rate": format_rate(*rate)})
+        })
+        .collect();
+    let receivers: Vec<_> = config.receivers.iter().map(|(account, share)| json!({"account_id": crate::accounts::public_account_id(AccountId(*account)), "share": share})).collect();
+    json!({"currency": config.currency, "basis": config.basis, "period": config.period, "tiers": tiers, "receivers": receivers, "service_fee_rate": format_rate(config.service_fee_ppm)})
+}
+
+fn platform_of(platforms: &Platforms, text: &str) -> Result<Platform, ApiError> {
+    Platform::parse_public_id(text).and_then(|id| platforms.get(id)).ok_or_else(ApiError::not_found)
+}
+
+fn shown(engine: &Engine, platform: &Platform) -> Result<HttpResponse, ApiError> {
+    let config = platform.settlement_rule.as_ref().ok_or_else(ApiError::not_found)?;
+    let (_, spec) = crate::orders::currency(engine, &config.currency)?;
+    let mut body = view(config, &spec);
+    body["platform_id"] = json!(platform.public_id());
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `PUT /admin/platforms/{platform_id}/settlement-rule`: sets the platform's rule; settlement
+/// runs from now on apply it (what earlier runs charged stays as it was).
+#[utoipa::path(put, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", request_body = crate::commission::RuleBody, params(("platform_id" = String, Path, description = "plt_...")), responses((status = 200, description = "The rule", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[put("/admin/platforms/{platform_id}/settlement-rule")]
+pub async fn put_rule(request: HttpRequest, path: web::Path<String>, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let platform = platform_of(&platforms, &path)?;
+    let body: RuleBody = crate::v1::parse_json(&body)?;
+    let config = validate(&engine, platform.id, body).await?;
+    let store = platforms.get_ref().clone();
+    let platform = blocking(move || store.set_settlement_rule(platform.id, Some(config))).await??;
+    shown(&engine, &platform)
+}
+
+/// `GET /admin/platforms/{platform_id}/settlement-rule`: the platform's rule (404 when none).
+#[utoipa::path(get, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", params(("platform_id" = String, Path, description = "plt_...")), responses((status = 200, description = "The rule", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[get("/admin/platforms/{platform_id}/settlement-rule")]
+pub async fn get_rule(request: HttpRequest, path: web::Path<String>, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    shown(&engine, &platform_of(&platforms, &path)?)
+}
+
+/// `DELETE /admin/platforms/{platform_id}/settlement-rule`: income of later runs only matures.
+#[utoipa::path(delete, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", params(("platform_id" = String, Path, description = "plt_...")), responses((status = 204, description = "Removed"), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[delete("/admin/platforms/{platform_id}/settlement-rule")]
+pub async fn delete_rule(request: HttpRequest, path: web::Path<String>, token: web::Data<AdminToken>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let platform = platform_of(&platforms, &path)?;
+    let store = platforms.get_ref().clone();
+    blocking(move || store.set_settlement_rule(platform.id, None)).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Registers the rule routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(put_rule).service(get_rule).service(delete_rule);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_table() {
+        let cases: &[(&str, Option<u32>)] = &[
+            ("0.006", Some(6_000)),
+            ("0", Some(0)),
+            ("1", Some(1_000_000)),
+            ("1.0", Some(1_000_000)),
+            ("0.000001", Some(1)),
+            ("0.0000001", None),
+            ("1.000001", None),
+            ("-0.1", None),
+            (".5", None),
+            ("5.", None),
+            ("abc", None),
+            ("", None),
+        ];
+        for (text, ppm) in cases {
+            assert_eq!(parse_rate(text), *ppm, "{text}");
+        }
+        assert_eq!(format_rate(6_000), "0.006");
+        assert_eq!(format_rate(0), "0");
+        assert_eq!(format_rate(1_000_000), "1");
+        assert_eq!(format_rate(123_456), "0.123456");
+    }
+
+    #[test]
+    fn periods_table() {
+        let day = crate::settlements::day_number;
+        let d = |t: &str| day(t).expect("date");
+        // 2026-11-22 is a Sunday: its week began on Monday 2026-11-16.
+        assert_eq!(Period::Week.start(d("2026-11-22")), d("2026-11-16"));
+        assert_eq!(Period::Week.start(d("2026-11-16")), d("2026-11-16"));
+        assert_eq!(Period::Month.start(d("2026-11-22")), d("2026-11-01"));
+        assert_eq!(Period::Month.start(d("2026-03-01")), d("2026-03-01"));
+        assert_eq!(Period::Month.start(d("2024-02-29")), d("2024-02-01"));
+        assert_eq!(Period::Day.start(d("2026-11-22")), d("2026-11-22"));
+    }
+}
