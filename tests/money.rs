@@ -925,7 +925,9 @@ fn garbage_at_every_endpoint_gets_a_4xx_never_a_5xx_and_the_document_lists_them(
                 .replace("{card_id}", "card_1")
                 .replace("{member_id}", "mem_1")
                 .replace("{shard}", "0")
-                .replace("{card_no}", "4111111111111111");
+                .replace("{card_no}", "4111111111111111")
+                .replace("{platform_id}", &p.platform)
+                .replace("{business_date}", "2026-13-01");
             for body in &bodies {
                 let status = match method.as_str() {
                     "post" => signed_post_to(&server.base, &concrete, &p.platform, &p.secret, &fresh_nonce(), body).map(|r| r.0),
@@ -940,6 +942,8 @@ fn garbage_at_every_endpoint_gets_a_4xx_never_a_5xx_and_the_document_lists_them(
                             .set("X-Signature", &sign(&p.secret, &verb, &concrete, t, &nonce, b""));
                         Some(answer(request.call(), &concrete).status())
                     }
+                    // The operator's PUTs (settlement rules), with the operator's token.
+                    "put" => Some(answer(ureq::put(&format!("{}{concrete}", server.base)).set("Authorization", &format!("Bearer {token}")).send_string(body), &concrete).status()),
                     other => panic!("method {other}"),
                 };
                 let status = status.expect("an answer");
@@ -1282,5 +1286,137 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
     assert_eq!(p.balances(&platform_account).0, "59.50");
     let (_, outside) = server.get("/sim/cards/5555555555554444/transactions", None);
     assert!(outside["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "40.00"), "{outside}");
+    server.stop();
+}
+
+fn admin_request(server: &Server, method: &str, path: &str, token: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+    let request = ureq::request(method, &format!("{}{path}", server.base)).set("Authorization", &format!("Bearer {token}"));
+    let response = answer(match body {
+        Some(body) => request.send_string(&body.to_string()),
+        None => request.call(),
+    }, path);
+    let status = response.status();
+    (status, response.into_json().unwrap_or(serde_json::Value::Null))
+}
+
+fn pay_balance(p: &Client, number: &str, payer: &str, payee: &str, amount: &str) {
+    let body = json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "amount": amount, "currency": "CNY", "payees": [{"account_id": payee, "amount": amount}]});
+    let (status, _, order) = p.post("/v1/payments", &body);
+    assert_eq!((status, order["status"].as_str()), (201, Some("succeeded")), "{order}");
+}
+
+fn statement(server: &Server, token: &str, date: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let text = ureq::get(&format!("{}/admin/settlements/{date}/statement.csv", server.base)).set("Authorization", &format!("Bearer {token}")).call().expect("statement").into_string().unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_string).collect();
+    lines.map(|line| header.iter().cloned().zip(line.split(',').map(str::to_string)).collect()).collect()
+}
+
+fn cents(text: &str) -> i64 {
+    let (whole, fraction) = text.split_once('.').unwrap();
+    whole.parse::<i64>().unwrap() * 100 + fraction.parse::<i64>().unwrap()
+}
+
+#[test]
+fn settlement_charges_tiered_commissions_over_several_days_and_platforms_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-rules";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    // Platform A: commission by the merchant's income amount over the month, 7:3 to the platform
+    // and an agent. Platform B: by the number of income credits, one receiver, a service fee.
+    let a = Client::create(&server, token, "{\"name\": \"Mall A\", \"settlement_cycle_days\": 0}");
+    let b = Client::create(&server, token, "{\"name\": \"Mall B\", \"settlement_cycle_days\": 0}");
+    let (a_payer, m1, m2) = (a.account(&a.member("a-payer", "Payer A")), a.account(&a.member("m1", "Merchant One")), a.account(&a.member("m2", "Merchant Two")));
+    let (a_platform, agent) = (a.account(&a.member("a-plat", "Mall A Ltd")), a.account(&a.member("agent", "Agent Li")));
+    let (b_payer, n1, b_platform) = (b.account(&b.member("b-payer", "Payer B")), b.account(&b.member("n1", "Merchant N")), b.account(&b.member("b-plat", "Mall B Ltd")));
+    a.fund(&a_payer, "100000.00", "fund-a");
+    b.fund(&b_payer, "100000.00", "fund-b");
+
+    // Bad rules are refused and set nothing.
+    let rule_path = |client: &Client| format!("/admin/platforms/{}/settlement-rule", client.platform);
+    let good_a = json!({"currency": "CNY", "basis": "amount", "period": "month",
+        "tiers": [{"from": "0.00", "rate": "0.006"}, {"from": "1000.00", "rate": "0.004"}, {"from": "5000.00", "rate": "0.002"}],
+        "receivers": [{"account_id": a_platform, "share": 7}, {"account_id": agent, "share": 3}]});
+    let mut bad_cases = Vec::new();
+    for (field, value) in [("tiers", json!([{"from": "10.00", "rate": "0.006"}])), ("tiers", json!([{"from": "0.00", "rate": "1.5"}])), ("receivers", json!([{"account_id": b_platform, "share": 1}])), ("receivers", json!([])), ("currency", json!("XXX"))] {
+        let mut body = good_a.clone();
+        body[field] = value;
+        bad_cases.push(body);
+    }
+    for body in &bad_cases {
+        let (status, error) = admin_request(&server, "PUT", &rule_path(&a), token, Some(body));
+        assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_request")), "{body} -> {error}");
+    }
+    assert_eq!(admin_request(&server, "GET", &rule_path(&a), token, None).0, 404);
+    let (status, shown) = admin_request(&server, "PUT", &rule_path(&a), token, Some(&good_a));
+    assert_eq!((status, shown["tiers"][1]["from"].as_str(), shown["tiers"][1]["rate"].as_str()), (200, Some("1000.00"), Some("0.004")), "{shown}");
+    let good_b = json!({"currency": "CNY", "basis": "count", "period": "month", "tiers": [{"from": "0", "rate": "0.01"}, {"from": "3", "rate": "0.005"}],
+        "receivers": [{"account_id": b_platform, "share": 1}], "service_fee_rate": "0.001"});
+    assert_eq!(admin_request(&server, "PUT", &rule_path(&b), token, Some(&good_b)).0, 200);
+    assert_eq!(admin_request(&server, "GET", &rule_path(&b), token, None).1["service_fee_rate"], "0.001");
+
+    // Three business days of one month, then the first day of the next (settlement cycle 0:
+    // each run matures everything credited so far).
+    let days = ["2099-01-10", "2099-01-11", "2099-01-12", "2099-02-01"];
+    pay_balance(&a, "a1", &a_payer, &m1, "333.33");
+    pay_balance(&a, "a2", &a_payer, &m2, "10.01");
+    pay_balance(&b, "b1", &b_payer, &n1, "100.00");
+    pay_balance(&b, "b2", &b_payer, &n1, "100.00");
+    let (status, first) = settle(&server, token, days[0]);
+    assert_eq!((status, first["invariants_ok"].as_bool()), (200, Some(true)), "{first}");
+    // m1: 0.6 % of 333.33 = 1.99998 -> 2.00 (1.40 / 0.60); m2: 0.06006 -> 0.06 (0.04 / 0.02,
+    // the leftover cent to the larger remainder); n1: two credits -> 1 % of 200.00 = 2.00 and
+    // the service fee 0.20.
+    assert_eq!(a.balances(&m1).1, "331.33");
+    assert_eq!(a.balances(&m2).1, "9.95");
+    assert_eq!(b.balances(&n1).1, "197.80");
+    let a_row = first["platforms"].as_array().unwrap().iter().find(|r| r["platform_id"] == a.platform.as_str()).unwrap().clone();
+    assert_eq!(a_row["totals"], json!([{"currency": "CNY", "matured": "343.34", "commission": "2.06", "service_fee": "0.00", "net": "341.28"}]), "{first}");
+    // Re-running the date changes nothing and reports the same totals.
+    let (_, again) = settle(&server, token, days[0]);
+    let totals = |summary: &serde_json::Value| summary["platforms"].as_array().unwrap().iter().map(|r| r["totals"].clone()).collect::<Vec<_>>();
+    assert_eq!(totals(&again), totals(&first));
+    assert!(again["platforms"].as_array().unwrap().iter().all(|r| r["matured_accounts"] == 0), "{again}");
+    assert_eq!(a.balances(&m1).1, "331.33");
+
+    pay_balance(&a, "a3", &a_payer, &m1, "1000.00");
+    pay_balance(&b, "b3", &b_payer, &n1, "100.00");
+    pay_balance(&b, "b4", &b_payer, &n1, "100.00");
+    settle(&server, token, days[1]);
+    // m1's month reaches 1,333.33: 0.4 % of 1,000.00 = 4.00; n1's fourth credit: 0.5 % = 1.00.
+    assert_eq!(a.balances(&m1).1, "1327.33");
+    assert_eq!(b.balances(&n1).1, "396.60");
+    pay_balance(&a, "a4", &a_payer, &m1, "5000.00");
+    settle(&server, token, days[2]);
+    assert_eq!(a.balances(&m1).1, "6317.33", "0.2 % of 5,000.00 = 10.00 once the month passed 5,000.00");
+    pay_balance(&a, "a5", &a_payer, &m1, "100.00");
+    settle(&server, token, days[3]);
+    assert_eq!(a.balances(&m1).1, "6416.73", "a new month starts at the first tier: 0.60");
+
+    // Receivers got every cent: 11.66 + 5.00 = what A's merchants paid (16.60 + 0.06); B's
+    // receiver 3.00; the operator's service fee 0.40 is not theirs.
+    assert_eq!(a.balances(&a_platform).1, "11.66");
+    assert_eq!(a.balances(&agent).1, "5.00");
+    assert_eq!(b.balances(&b_platform).1, "3.00");
+    // The statements list each income line and each receiver's commission, and add up.
+    for day in days {
+        let lines = statement(&server, token, day);
+        let charged: i64 = lines.iter().filter(|l| l["line"] == "income").map(|l| cents(&l["commission"])).sum();
+        let received: i64 = lines.iter().filter(|l| l["line"] == "commission").map(|l| cents(&l["commission"])).sum();
+        assert_eq!(charged, received, "{day}: {lines:?}");
+        for line in lines.iter().filter(|l| l["line"] == "income") {
+            assert_eq!(cents(&line["matured_amount"]) - cents(&line["commission"]) - cents(&line["service_fee"]), cents(&line["net_amount"]), "{line:?}");
+        }
+    }
+    let lines = statement(&server, token, days[1]);
+    let n1_line = lines.iter().find(|l| l["account_id"] == n1).unwrap();
+    assert_eq!((n1_line["income_credits"].as_str(), n1_line["period_measure"].as_str(), n1_line["rate"].as_str(), n1_line["service_fee"].as_str()), ("2", "4", "0.005", "0.20"));
+    let (_, invariants) = server.get("/admin/invariants", Some(token));
+    assert_eq!(invariants["ok"], true, "{invariants}");
+    // Removing the rule: later income only matures.
+    assert_eq!(admin_request(&server, "DELETE", &rule_path(&a), token, None).0, 204);
+    pay_balance(&a, "a6", &a_payer, &m1, "100.00");
+    settle(&server, token, "2099-02-02");
+    assert_eq!(a.balances(&m1).1, "6516.73");
     server.stop();
 }

@@ -67,6 +67,8 @@ pub fn run(engine: &Engine, platforms: &[Platform], day: u32, progress: &mut dyn
         progress(index + 1, &row);
         rows.push(row);
     }
+    // Commissions travel to receivers on other shards: let them land before the statement.
+    engine.wait_quiescent(QUIESCENT_WAIT)?;
     let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
     let expired: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
     let invariants = engine::invariants::check_engine(engine)?;
