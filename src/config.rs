@@ -78,6 +78,12 @@ struct ChannelRow {
     serves: Vec<String>,
     sim_latency_ms: u64,
     sim_failure_per_mille: u16,
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -93,12 +99,6 @@ struct CalendarSection {
     holidays: Vec<String>,
 }
 
-/// "HH:MM" as minutes after midnight (24:00 allowed).
-fn minutes(text: &str) -> Option<u32> {
-    let (hours, minutes) = text.split_once(':')?;
-    let (hours, minutes): (u32, u32) = (hours.parse().ok()?, minutes.parse().ok()?);
-    (hours <= 24 && minutes < 60 && hours * 60 + minutes <= 1440).then_some(hours * 60 + minutes)
-}
 
 fn channel(row: &ChannelRow, currencies: &[CurrencySpec]) -> Result<gateway::channels::Channel> {
     use gateway::channels::{Arrival, Channel, Direction};
@@ -111,8 +111,7 @@ fn channel(row: &ChannelRow, currencies: &[CurrencySpec]) -> Result<gateway::cha
         }
         gateway::parse_amount(text, spec).map_err(|_| what(field))
     };
-    let (start, end) = row.window.split_once('-').ok_or_else(|| what("window"))?;
-    let window = (minutes(start).ok_or_else(|| what("window"))?, minutes(end).ok_or_else(|| what("window"))?);
+    let window = gateway::channels::parse_window(&row.window).ok_or_else(|| what("window"))?;
     if row.sim_failure_per_mille > 1000 || row.fee_rate_bps < 0 || row.fee_rate_bps > 10_000 {
         return Err(what("sim_failure_per_mille or fee_rate_bps"));
     }
@@ -146,6 +145,7 @@ fn channel(row: &ChannelRow, currencies: &[CurrencySpec]) -> Result<gateway::cha
         serves_corporate: row.serves.iter().any(|s| s == "corporate"),
         sim_latency_ms: row.sim_latency_ms,
         sim_failure_per_mille: row.sim_failure_per_mille,
+        enabled: row.enabled,
     })
 }
 
@@ -268,7 +268,7 @@ impl Config {
         for date in &file.calendar.holidays {
             holidays.insert(gateway::settlements::day_number(date).ok_or_else(|| anyhow!("calendar: bad date {date:?} (YYYY-MM-DD)"))?);
         }
-        let cutoff = minutes(&file.settlement.cutoff).filter(|m| *m < 1440).ok_or_else(|| anyhow!("settlement.cutoff must be HH:MM"))?;
+        let cutoff = gateway::channels::parse_minute(&file.settlement.cutoff).filter(|m| *m < 1440).ok_or_else(|| anyhow!("settlement.cutoff must be HH:MM"))?;
         let settlement_cutoff_minute = file.settlement.scheduled.then_some(cutoff);
         Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator, webhooks, channels, holidays, settlement_cutoff_minute })
     }

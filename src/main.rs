@@ -124,10 +124,11 @@ fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<P
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let store: Arc<dyn storage::Store> = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
     let engine = Engine::start(config.engine.clone(), store.clone())?;
-    let _names = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
+    let channels = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
+    channels.load_settings(store.as_ref()).map_err(anyhow::Error::msg)?;
     let cases = gateway::offline::Cases::load(store.clone()).map_err(anyhow::Error::msg)?;
     let started = std::time::Instant::now();
-    let result = gateway::reconcile::reconcile(&engine, &cases, store.as_ref(), channel, day, &text);
+    let result = gateway::reconcile::reconcile(&engine, &cases, store.as_ref(), &channels, channel, day, &text);
     engine.shutdown();
     let report = result.map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("counts: {}", report["counts"]);

@@ -927,7 +927,8 @@ fn garbage_at_every_endpoint_gets_a_4xx_never_a_5xx_and_the_document_lists_them(
                 .replace("{shard}", "0")
                 .replace("{card_no}", "4111111111111111")
                 .replace("{platform_id}", &p.platform)
-                .replace("{business_date}", "2026-13-01");
+                .replace("{business_date}", "2026-13-01")
+                .replace("{name}", "sim_unionpay");
             for body in &bodies {
                 let status = match method.as_str() {
                     "post" => signed_post_to(&server.base, &concrete, &p.platform, &p.secret, &fresh_nonce(), body).map(|r| r.0),
@@ -943,7 +944,7 @@ fn garbage_at_every_endpoint_gets_a_4xx_never_a_5xx_and_the_document_lists_them(
                         Some(answer(request.call(), &concrete).status())
                     }
                     // The operator's PUTs (settlement rules), with the operator's token.
-                    "put" => Some(answer(ureq::put(&format!("{}{concrete}", server.base)).set("Authorization", &format!("Bearer {token}")).send_string(body), &concrete).status()),
+                    "put" | "patch" => Some(answer(ureq::request(&method.to_uppercase(), &format!("{}{concrete}", server.base)).set("Authorization", &format!("Bearer {token}")).send_string(body), &concrete).status()),
                     other => panic!("method {other}"),
                 };
                 let status = status.expect("an answer");
@@ -1139,16 +1140,23 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
         assert_eq!(status, 201, "{order}");
         order["order_id"].as_str().unwrap().to_string()
     };
-    let (w1, w2, w4) = (withdraw("w-1", "100.00", "realtime"), withdraw("w-2", "50.00", "realtime"), withdraw("w-4", "10.00", "realtime"));
+    let (w1, w2, w4, w5) = (withdraw("w-1", "100.00", "realtime"), withdraw("w-2", "50.00", "realtime"), withdraw("w-4", "10.00", "realtime"), withdraw("w-5", "30.00", "realtime"));
     let w3 = withdraw("w-3", "20.00", "standard");
-    for id in [&w1, &w2, &w4] {
+    for id in [&w1, &w2, &w4, &w5] {
         p.wait_order(id, "succeeded");
     }
     let today = business_date(0);
     let statement = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
-    assert_eq!(statement.lines().count(), 4, "a header and three payouts: {statement}");
-    // The bank's file as it came, with w-2's amount changed, w-4's line lost and a stranger added.
-    let mut file: Vec<String> = statement.lines().filter(|l| !l.contains(&format!(",{w4},"))).map(|l| l.replace(",50.00,", ",49.00,")).collect();
+    assert_eq!(statement.lines().count(), 5, "a header and four payouts: {statement}");
+    assert!(statement.starts_with("bank_ref,order_id,direction,amount,status,fee\n") && statement.contains(&format!(",{w1},out,100.00,succeeded,1.00")), "the bank's tariff: {statement}");
+    // The bank's file as it came, with w-2's amount changed, w-5's fee changed, w-4's line lost
+    // and a stranger added.
+    let mut file: Vec<String> = statement
+        .lines()
+        .filter(|l| !l.contains(&format!(",{w4},")))
+        .map(|l| l.replace(",50.00,", ",49.00,"))
+        .map(|l| if l.contains(&format!(",{w5},")) { l.replace(",succeeded,1.00", ",succeeded,1.50") } else { l })
+        .collect();
     file.push("SIMFOREIGN1,ord_999999,out,7.00,succeeded".to_string());
     let file = file.join("\n");
     let reconcile = |channel: &str, date: &str, file: &str| {
@@ -1159,16 +1167,18 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
     };
     let (status, report) = reconcile("sim_unionpay", &today, &file);
     assert_eq!(status, 200, "{report}");
-    assert_eq!(report["counts"], json!({"matched": 1, "amount_mismatch": 1, "carried": 1, "missing_theirs": 1}), "{report}");
-    let cases = || server.get("/admin/cases", Some(token)).1["cases"].as_array().unwrap().len();
-    assert_eq!(cases(), 2);
+    assert_eq!(report["counts"], json!({"matched": 1, "amount_mismatch": 1, "fee_mismatch": 1, "carried": 1, "missing_theirs": 1}), "{report}");
+    let all_cases = || server.get("/admin/cases", Some(token)).1["cases"].as_array().unwrap().clone();
+    let cases = || all_cases().len();
+    assert_eq!(cases(), 3);
+    assert!(all_cases().iter().any(|c| c.to_string().contains("fee mismatch: ours 1.00, theirs 1.50")), "{:?}", all_cases());
     let (_, again) = reconcile("sim_unionpay", &today, &file);
     assert_eq!(again["counts"], report["counts"], "{again}");
-    assert_eq!(cases(), 2, "a re-run opens nothing twice");
+    assert_eq!(cases(), 3, "a re-run opens nothing twice");
     // Two days on, the stranger is declared missing on our side (长款).
     let (_, later) = reconcile("sim_unionpay", &business_date(2), "bank_ref,order_id,direction,amount,status\n");
     assert_eq!(later["counts"]["missing_ours"], 1, "{later}");
-    assert_eq!(cases(), 3);
+    assert_eq!(cases(), 4);
     // Our payout still processing, the bank's verdict in its file: resolved automatically.
     let same_city = format!("bank_ref,order_id,direction,amount,status\nSIMSC1,{w3},out,20.00,succeeded\n");
     let (_, resolved) = reconcile("sim_same_city", &today, &same_city);
@@ -1194,7 +1204,7 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
         .expect("clearing reconcile");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("\"matched\":1") && stdout.contains("\"amount_mismatch\":1") && stdout.contains("\"missing_theirs\":1"), "{stdout}");
+    assert!(stdout.contains("\"matched\":1") && stdout.contains("\"amount_mismatch\":1") && stdout.contains("\"fee_mismatch\":1") && stdout.contains("\"missing_theirs\":1"), "{stdout}");
 }
 
 #[test]
@@ -1418,5 +1428,57 @@ fn settlement_charges_tiered_commissions_over_several_days_and_platforms_exactly
     pay_balance(&a, "a6", &a_payer, &m1, "100.00");
     settle(&server, token, "2099-02-02");
     assert_eq!(a.balances(&m1).1, "6516.73");
+    server.stop();
+}
+
+#[test]
+fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-channels";
+    let config = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20")]);
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client::create(&server, token, "{\"name\": \"Channels\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "1000.00", "r-1");
+    let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
+    let withdraw = |number: &str| {
+        let (status, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+        assert_eq!(status, 201, "{order}");
+        order
+    };
+    assert_eq!(withdraw("w-1")["channel"], "sim_unionpay");
+    // The operator takes UnionPay out and changes IBPS's tariff: the next payout goes by IBPS
+    // at the new fee, and the routing says why UnionPay was not taken.
+    let (status, row) = admin_request(&server, "PATCH", "/admin/channels/sim_unionpay", token, Some(&json!({"enabled": false})));
+    assert_eq!((status, row["enabled"].as_bool()), (200, Some(false)), "{row}");
+    let (status, row) = admin_request(&server, "PATCH", "/admin/channels/sim_ibps", token, Some(&json!({"fee_fixed": "3.00", "fee_min": "3.00"})));
+    assert_eq!((status, row["fee"]["fixed"].as_str()), (200, Some("3.00")), "{row}");
+    let second = withdraw("w-2");
+    assert_eq!((second["channel"].as_str(), second["fee"].as_str()), (Some("sim_ibps"), Some("3.02")), "{second}");
+    let unionpay = second["routing"]["candidates"].as_array().unwrap().iter().find(|c| c["channel"] == "sim_unionpay").unwrap().clone();
+    assert_eq!(unionpay["rejected_because"], "disabled");
+    // Bad changes are refused and change nothing; unknown channels are not found.
+    for body in [json!({"window": "25:00-26:00"}), json!({"fee_fixed": "-1"}), json!({"order_min": "99999999999.00"}), json!({"colour": "red"}), json!({"sim_failure_per_mille": 1001})] {
+        let (status, error) = admin_request(&server, "PATCH", "/admin/channels/sim_ibps", token, Some(&body));
+        assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}: {error}");
+    }
+    assert_eq!(admin_request(&server, "PATCH", "/admin/channels/sim_nowhere", token, Some(&json!({"enabled": false}))).0, 404);
+    assert_eq!(admin_request(&server, "PATCH", "/admin/channels/sim_ibps", "wrong-token", Some(&json!({"enabled": false}))).0, 401);
+    // The bank simulator's statement shows the tariff in force when it paid.
+    p.wait_order(second["order_id"].as_str().unwrap(), "succeeded");
+    let statement = ureq::get(&format!("{}/sim/channels/sim_ibps/statements/{}", server.base, business_date(0))).call().unwrap().into_string().unwrap();
+    assert!(statement.contains(&format!(",{},out,100.00,succeeded,3.02", second["order_id"].as_str().unwrap())), "{statement}");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+
+    // After a restart with the same configuration file, the changes still hold.
+    let server = start_configured(dir.path(), token, &config);
+    let (_, report) = server.get("/admin/channels", Some(token));
+    let row = |name: &str| report["channels"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    assert_eq!((row("sim_unionpay")["enabled"].as_bool(), row("sim_ibps")["fee"]["fixed"].as_str()), (Some(false), Some("3.00")), "{report}");
+    let p = Client { server: &server, platform, secret };
+    let (_, _, third) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-3", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    assert_eq!(third["channel"], "sim_ibps", "{third}");
     server.stop();
 }

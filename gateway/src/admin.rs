@@ -161,7 +161,7 @@ pub async fn check_invariants(request: HttpRequest, engine: web::Data<Arc<Engine
 
 /// Registers the operator routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(list_shards).service(one_shard).service(check_invariants).service(create_platform).service(set_account_status).service(list_channels);
+    config.service(list_shards).service(one_shard).service(check_invariants).service(create_platform).service(set_account_status).service(list_channels).service(change_channel);
 }
 
 #[derive(Serialize)]
@@ -225,6 +225,32 @@ pub async fn set_account_status(request: HttpRequest, path: web::Path<String>, b
         return Err(crate::orders::rejection(reply.code));
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({"account_id": crate::accounts::public_account_id(account), "status": body.status})))
+}
+
+/// `PATCH /admin/channels/{name}` (the clearing issue): changes a channel at run time (fees,
+/// limits, daily cap, window, calendar, enabled, the simulator's behaviour); stored, so it
+/// outlives restarts; routing uses it from the next order on. Answers the channel's report.
+#[utoipa::path(patch, path = "/admin/channels/{name}", tag = "operator", request_body = crate::channels::ChannelChange, params(("name" = String, Path, description = "Channel name")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[actix_web::patch("/admin/channels/{name}")]
+pub async fn change_channel(
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    token: web::Data<AdminToken>,
+    channels: web::Data<Arc<crate::channels::Channels>>,
+    store: web::Data<Arc<dyn storage::Store>>,
+) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let change: crate::channels::ChannelChange = crate::v1::parse_json(&body)?;
+    let (channels, store, name) = (channels.get_ref().clone(), store.get_ref().clone(), path.into_inner());
+    let report = blocking(move || -> Result<serde_json::Value, ApiError> {
+        channels.update(store.as_ref(), &name, &change)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let all = channels.report(now);
+        Ok(all["channels"].as_array().and_then(|rows| rows.iter().find(|r| r["name"] == name.as_str()).cloned()).unwrap_or_default())
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 /// `GET /admin/channels` (the clearing issue): every channel's configuration, today's use of its

@@ -7,11 +7,11 @@
 //! requested arrival, and records every candidate with why it was or was not viable.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use engine::money::Minor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which way money moves through a channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +64,8 @@ pub struct Channel {
     /// The simulator's behaviour for this channel.
     pub sim_latency_ms: u64,
     pub sim_failure_per_mille: u16,
+    /// An operator can take a channel out of routing (`disabled`) without removing it.
+    pub enabled: bool,
 }
 
 impl Channel {
@@ -121,7 +123,8 @@ struct Usage {
 
 /// Every configured channel with the router's running state (daily usage, health).
 pub struct Channels {
-    channels: Vec<Channel>,
+    /// The operator may change them at run time (`PATCH /admin/channels/{name}`).
+    channels: RwLock<Vec<Channel>>,
     holidays: BTreeSet<u32>,
     utc_offset_seconds: i32,
     usage: Mutex<Usage>,
@@ -154,17 +157,51 @@ impl Channels {
             }
         }
         let _ = NAMES.set(channels.iter().map(|c| (c.id, c.name.clone())).collect());
-        Ok(Channels { channels, holidays, utc_offset_seconds, usage: Mutex::new(Usage::default()), health: Mutex::new(HashMap::new()) })
+        Ok(Channels { channels: RwLock::new(channels), holidays, utc_offset_seconds, usage: Mutex::new(Usage::default()), health: Mutex::new(HashMap::new()) })
     }
 
     /// A channel by number.
-    pub fn get(&self, id: u16) -> Option<&Channel> {
-        self.channels.iter().find(|c| c.id == id)
+    pub fn get(&self, id: u16) -> Option<Channel> {
+        self.read().iter().find(|c| c.id == id).cloned()
     }
 
     /// A money-in channel by name, or the first configured one when `name` is `None`.
-    pub fn money_in(&self, name: Option<&str>) -> Option<&Channel> {
-        self.channels.iter().filter(|c| c.direction == Direction::In).find(|c| name.is_none_or(|n| c.name == n))
+    pub fn money_in(&self, name: Option<&str>) -> Option<Channel> {
+        self.read().iter().filter(|c| c.direction == Direction::In && c.enabled).find(|c| name.is_none_or(|n| c.name == n)).cloned()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Channel>> {
+        self.channels.read().expect("channels lock")
+    }
+
+    /// Applies the operator's stored changes (`h/chan/`) over the configuration.
+    pub fn load_settings(&self, store: &dyn storage::Store) -> Result<(), String> {
+        let stored = crate::records::load_all::<Settings>(store, SETTINGS_PREFIX.as_bytes())?;
+        let mut channels = self.channels.write().expect("channels lock");
+        for (_, settings) in stored {
+            if let Some(channel) = channels.iter_mut().find(|c| c.id == settings.id) {
+                settings.apply(channel);
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes a channel at run time and stores the change (it outlives restarts; the
+    /// configuration file's values are the starting point). Routing sees it at once.
+    pub fn update(&self, store: &dyn storage::Store, name: &str, change: &ChannelChange) -> Result<Channel, crate::error::ApiError> {
+        use crate::error::ApiError;
+        let mut channels = self.channels.write().expect("channels lock");
+        let channel = channels.iter_mut().find(|c| c.name == name).ok_or_else(ApiError::not_found)?;
+        let mut changed = channel.clone();
+        change.apply(&mut changed)?;
+        if changed.window.0 > changed.window.1 || changed.order_min > changed.order_max || changed.fee_min > changed.fee_max {
+            return Err(ApiError::invalid("window, order limits or fee bounds would be inverted", "channel"));
+        }
+        let settings = Settings::of(&changed);
+        let key = format!("{SETTINGS_PREFIX}{:05}", changed.id).into_bytes();
+        crate::records::put(store, &[(key, &settings)])?;
+        *channel = changed.clone();
+        Ok(changed)
     }
 
     /// The business day and minute of day of `now` (microseconds since the epoch).
@@ -182,6 +219,9 @@ impl Channels {
     /// Why `channel` cannot take a payout now, if it cannot.
     fn refusal(&self, channel: &Channel, amount: Minor, currency: &str, arrival: Arrival, account: AccountType, now: u64, used: Minor) -> Option<&'static str> {
         let (day, minute) = self.local(now);
+        if !channel.enabled {
+            return Some("disabled");
+        }
         if channel.currency != currency {
             return Some("currency_not_served");
         }
@@ -234,8 +274,8 @@ impl Channels {
             usage.day = day;
             usage.used.clear();
         }
-        let mut rows: Vec<(Option<&'static str>, Minor, u32, &Channel)> = self
-            .channels
+        let channels = self.read();
+        let mut rows: Vec<(Option<&'static str>, Minor, u32, &Channel)> = channels
             .iter()
             .filter(|c| c.direction == Direction::Out)
             .map(|c| {
@@ -345,7 +385,7 @@ impl Channels {
         let usage = self.usage.lock().expect("usage lock");
         let health = self.health.lock().expect("health lock");
         let rows: Vec<serde_json::Value> = self
-            .channels
+            .read()
             .iter()
             .map(|c| {
                 let spec = engine::money::CurrencySpec::new(&c.currency, c.exponent).expect("configured");
@@ -363,6 +403,8 @@ impl Channels {
                     "window": format!("{:02}:{:02}-{:02}:{:02}", c.window.0 / 60, c.window.0 % 60, c.window.1 / 60, c.window.1 % 60),
                     "business_days_only": c.business_days_only,
                     "serves": serves,
+                    "enabled": c.enabled,
+                    "simulator": {"latency_ms": c.sim_latency_ms, "failure_per_mille": c.sim_failure_per_mille},
                     "health": {
                         "recent_outcomes": h.map_or(0, |h| h.outcomes.len()),
                         "recent_failures": failures,
@@ -374,10 +416,134 @@ impl Channels {
         serde_json::json!({"channels": rows})
     }
 
-    /// Every configured channel.
-    pub fn all(&self) -> &[Channel] {
-        &self.channels
+    /// Every configured channel, as it is now.
+    pub fn all(&self) -> Vec<Channel> {
+        self.read().clone()
     }
+}
+
+/// Key prefix of the operator's channel changes (`c/` is the cards').
+const SETTINGS_PREFIX: &str = "h/chan/";
+
+/// What the operator may change of a channel, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Settings {
+    id: u16,
+    fee_fixed: Minor,
+    fee_rate_bps: Minor,
+    fee_min: Minor,
+    fee_max: Minor,
+    order_min: Minor,
+    order_max: Minor,
+    daily_cap: Minor,
+    window: (u32, u32),
+    business_days_only: bool,
+    eta_minutes: u32,
+    enabled: bool,
+    sim_latency_ms: u64,
+    sim_failure_per_mille: u16,
+}
+
+impl Settings {
+    fn of(c: &Channel) -> Settings {
+        Settings {
+            id: c.id,
+            fee_fixed: c.fee_fixed,
+            fee_rate_bps: c.fee_rate_bps,
+            fee_min: c.fee_min,
+            fee_max: c.fee_max,
+            order_min: c.order_min,
+            order_max: c.order_max,
+            daily_cap: c.daily_cap,
+            window: c.window,
+            business_days_only: c.business_days_only,
+            eta_minutes: c.eta_minutes,
+            enabled: c.enabled,
+            sim_latency_ms: c.sim_latency_ms,
+            sim_failure_per_mille: c.sim_failure_per_mille,
+        }
+    }
+
+    fn apply(&self, c: &mut Channel) {
+        (c.fee_fixed, c.fee_rate_bps, c.fee_min, c.fee_max) = (self.fee_fixed, self.fee_rate_bps, self.fee_min, self.fee_max);
+        (c.order_min, c.order_max, c.daily_cap, c.window) = (self.order_min, self.order_max, self.daily_cap, self.window);
+        (c.business_days_only, c.eta_minutes, c.enabled) = (self.business_days_only, self.eta_minutes, self.enabled);
+        (c.sim_latency_ms, c.sim_failure_per_mille) = (self.sim_latency_ms, self.sim_failure_per_mille);
+    }
+}
+
+/// `PATCH /admin/channels/{name}` body: the fields to change (amounts in the channel's currency).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelChange {
+    pub enabled: Option<bool>,
+    pub fee_fixed: Option<String>,
+    pub fee_rate_bps: Option<u32>,
+    pub fee_min: Option<String>,
+    pub fee_max: Option<String>,
+    pub order_min: Option<String>,
+    pub order_max: Option<String>,
+    pub daily_cap: Option<String>,
+    /// "HH:MM-HH:MM", business-local time ("00:00-24:00": all day).
+    pub window: Option<String>,
+    pub business_days_only: Option<bool>,
+    pub eta_minutes: Option<u32>,
+    /// The bank simulator's behaviour for this channel.
+    pub sim_latency_ms: Option<u64>,
+    pub sim_failure_per_mille: Option<u16>,
+}
+
+impl ChannelChange {
+    fn apply(&self, c: &mut Channel) -> Result<(), crate::error::ApiError> {
+        use crate::error::ApiError;
+        let spec = engine::money::CurrencySpec::new(&c.currency, c.exponent).expect("configured");
+        let amount = |text: &Option<String>, param: &'static str, current: Minor| -> Result<Minor, ApiError> {
+            match text {
+                None => Ok(current),
+                Some(text) => spec.parse(text).filter(|m| *m >= 0).ok_or_else(|| ApiError::invalid("a non-negative amount in the channel's currency", param)),
+            }
+        };
+        c.fee_fixed = amount(&self.fee_fixed, "fee_fixed", c.fee_fixed)?;
+        c.fee_min = amount(&self.fee_min, "fee_min", c.fee_min)?;
+        c.fee_max = amount(&self.fee_max, "fee_max", c.fee_max)?;
+        c.order_min = amount(&self.order_min, "order_min", c.order_min)?;
+        c.order_max = amount(&self.order_max, "order_max", c.order_max)?;
+        c.daily_cap = amount(&self.daily_cap, "daily_cap", c.daily_cap)?;
+        if let Some(bps) = self.fee_rate_bps {
+            if bps > 10_000 {
+                return Err(ApiError::invalid("fee_rate_bps is 0 to 10000", "fee_rate_bps"));
+            }
+            c.fee_rate_bps = bps as Minor;
+        }
+        if let Some(window) = &self.window {
+            c.window = parse_window(window).ok_or_else(|| ApiError::invalid("window is HH:MM-HH:MM", "window"))?;
+        }
+        if let Some(per_mille) = self.sim_failure_per_mille {
+            if per_mille > 1000 {
+                return Err(ApiError::invalid("sim_failure_per_mille is 0 to 1000", "sim_failure_per_mille"));
+            }
+            c.sim_failure_per_mille = per_mille;
+        }
+        c.enabled = self.enabled.unwrap_or(c.enabled);
+        c.business_days_only = self.business_days_only.unwrap_or(c.business_days_only);
+        c.eta_minutes = self.eta_minutes.unwrap_or(c.eta_minutes);
+        c.sim_latency_ms = self.sim_latency_ms.unwrap_or(c.sim_latency_ms);
+        Ok(())
+    }
+}
+
+/// "HH:MM" as minutes after midnight (24:00 allowed).
+pub fn parse_minute(text: &str) -> Option<u32> {
+    let (hours, minutes) = text.split_once(':')?;
+    let (hours, minutes): (u32, u32) = (hours.parse().ok()?, minutes.parse().ok()?);
+    (hours <= 24 && minutes < 60 && hours * 60 + minutes <= 1440).then_some(hours * 60 + minutes)
+}
+
+/// "HH:MM-HH:MM" as minutes after midnight, the start not after the end.
+pub fn parse_window(text: &str) -> Option<(u32, u32)> {
+    let (from, to) = text.split_once('-')?;
+    let (from, to) = (parse_minute(from)?, parse_minute(to)?);
+    (from <= to).then_some((from, to))
 }
 
 #[cfg(test)]
@@ -407,6 +573,7 @@ mod tests {
             serves_corporate: true,
             sim_latency_ms: 0,
             sim_failure_per_mille: 0,
+            enabled: true,
         }
     }
 
@@ -444,6 +611,7 @@ mod tests {
             ("too slow for realtime", |c| c[0].arrival = Arrival::Standard, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "arrival_too_slow"),
             ("standard takes the slow cheap one", |c| c[0].arrival = Arrival::Standard, 1_000, Arrival::Standard, AccountType::Personal, MONDAY_10_00, Some("cheap"), "cheap first"),
             ("corporate not served", |c| c[0].serves_corporate = false, 1_000, Arrival::Realtime, AccountType::Corporate, MONDAY_10_00, Some("dear"), "account_type_not_served"),
+            ("disabled by the operator", |c| c[0].enabled = false, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "disabled"),
             ("other currency", |c| c[0].currency = "USD".into(), 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "currency_not_served"),
             ("nothing viable", |c| c.iter_mut().for_each(|c| c.order_max = 10), 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, None, "above_order_maximum"),
         ];
@@ -490,6 +658,53 @@ mod tests {
         assert_eq!(chosen(&decision), (Some("dear"), vec![None, Some("failed_already")]));
         let none = channels.route_excluding(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, &[1, 2]);
         assert_eq!(none.chosen, None);
+    }
+
+    #[test]
+    fn operator_changes_apply_at_once_and_are_stored() {
+        let store = storage::MemoryStore::new();
+        let channels = router(|_| {});
+        let route = |channels: &Channels| channels.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00).chosen;
+        assert_eq!(route(&channels).as_deref(), Some("cheap"));
+        let change = ChannelChange { fee_fixed: Some("9.00".into()), fee_max: Some("20.00".into()), window: Some("11:00-17:00".into()), ..ChannelChange::default() };
+        let changed = channels.update(&store, "cheap", &change).unwrap();
+        assert_eq!((changed.fee_fixed, changed.fee(1_000), changed.window), (900, 900, (660, 1020)));
+        assert_eq!(route(&channels).as_deref(), Some("dear"), "closed at 10:00 now");
+        // Refused changes change nothing.
+        for bad in [
+            ChannelChange { fee_fixed: Some("-1.00".into()), ..ChannelChange::default() },
+            ChannelChange { window: Some("17:00-08:30".into()), ..ChannelChange::default() },
+            ChannelChange { fee_rate_bps: Some(10_001), ..ChannelChange::default() },
+            ChannelChange { order_min: Some("99999999.00".into()), ..ChannelChange::default() },
+        ] {
+            assert!(channels.update(&store, "cheap", &bad).is_err(), "{bad:?}");
+        }
+        assert!(channels.update(&store, "nowhere", &ChannelChange::default()).is_err());
+        assert_eq!(channels.get(1).unwrap().fee_fixed, 900);
+        // A restart with the same configuration applies the stored change.
+        let restarted = router(|_| {});
+        restarted.load_settings(&store).unwrap();
+        assert_eq!((restarted.get(1).unwrap().fee_fixed, restarted.get(1).unwrap().window), (900, (660, 1020)));
+        let off = ChannelChange { enabled: Some(false), fee_fixed: Some("0.00".into()), ..ChannelChange::default() };
+        restarted.update(&store, "cheap", &off).unwrap();
+        let decision = restarted.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00);
+        assert_eq!(chosen(&decision), (Some("dear"), vec![None, Some("disabled")]));
+    }
+
+    #[test]
+    fn windows_table() {
+        let cases: &[(&str, Option<(u32, u32)>)] = &[
+            ("00:00-24:00", Some((0, 1440))),
+            ("08:30-17:00", Some((510, 1020))),
+            ("17:00-08:30", None),
+            ("24:01-24:02", None),
+            ("8:30", None),
+            ("aa:bb-cc:dd", None),
+            ("", None),
+        ];
+        for (text, window) in cases {
+            assert_eq!(parse_window(text), *window, "{text}");
+        }
     }
 
     #[test]

@@ -216,6 +216,7 @@ impl Modify for Security {
         crate::admin::create_platform,
         crate::admin::set_account_status,
         crate::admin::list_channels,
+        crate::admin::change_channel,
         crate::offline::offline_transfers,
         crate::offline::list_cases,
         crate::offline::resolve_case,

@@ -2,7 +2,8 @@
 //! against the engine's channel ledger (the orders that went through that channel). Each line is
 //! matched by order id and classified: matched; missing on our side (长款: the bank has it, we do
 //! not); missing on theirs (短款: we have a final order the bank does not list); amount or status
-//! mismatch. Lines missing on our side are carried to the next days (`r/carry/...`) before they
+//! mismatch, and fee mismatch (the bank's fee column against what we charged a payout, or the
+//! channel's tariff for money in). Lines missing on our side are carried to the next days (`r/carry/...`) before they
 //! are declared; the safe case (our order still pending or processing, the bank's verdict
 //! final) is resolved automatically by applying the verdict; everything else becomes a case for
 //! an operator. Re-running a date opens no case twice.
@@ -29,7 +30,7 @@ pub const CARRY_DAYS: u32 = 2;
 /// Lines one file may hold.
 pub const LINES_MAX: usize = 2_000_000;
 
-/// One statement line: `bank_ref,order_id,direction,amount,status`.
+/// One statement line: `bank_ref,order_id,direction,amount,status[,fee]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     pub bank_ref: String,
@@ -37,6 +38,9 @@ pub struct Line {
     pub direction: String,
     pub amount: String,
     pub status: String,
+    /// What the bank charged; files without the column are not checked for fees.
+    #[serde(default)]
+    pub fee: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,13 +57,15 @@ pub fn parse_file(text: &str) -> Result<Vec<Line>, ApiError> {
             continue;
         }
         let fields: Vec<&str> = row.split(',').map(str::trim).collect();
-        let [bank_ref, order_id, direction, amount, status] = fields[..] else {
-            return Err(ApiError::invalid(&format!("line {}: expected bank_ref,order_id,direction,amount,status", number + 1), "file"));
+        let (bank_ref, order_id, direction, amount, status, fee) = match fields[..] {
+            [bank_ref, order_id, direction, amount, status] => (bank_ref, order_id, direction, amount, status, None),
+            [bank_ref, order_id, direction, amount, status, fee] => (bank_ref, order_id, direction, amount, status, (!fee.is_empty()).then(|| fee.to_string())),
+            _ => return Err(ApiError::invalid(&format!("line {}: expected bank_ref,order_id,direction,amount,status[,fee]", number + 1), "file")),
         };
         if !matches!(status, "succeeded" | "failed") || !matches!(direction, "in" | "out") {
             return Err(ApiError::invalid(&format!("line {}: direction in|out, status succeeded|failed", number + 1), "file"));
         }
-        lines.push(Line { bank_ref: bank_ref.into(), order_id: order_id.into(), direction: direction.into(), amount: amount.into(), status: status.into() });
+        lines.push(Line { bank_ref: bank_ref.into(), order_id: order_id.into(), direction: direction.into(), amount: amount.into(), status: status.into(), fee });
         if lines.len() > LINES_MAX {
             return Err(ApiError::invalid("too many lines", "file"));
         }
@@ -71,6 +77,8 @@ pub fn parse_file(text: &str) -> Result<Vec<Line>, ApiError> {
 #[derive(Clone, Copy)]
 struct Ours {
     amount: Minor,
+    /// The fee we charged a payout (money in: `None`, the channel's tariff applies).
+    fee: Option<Minor>,
     status: OrderStatus,
     withdrawal: bool,
     created_day: u32,
@@ -95,7 +103,8 @@ fn our_verdict(ours: &Ours) -> Option<bool> {
 }
 
 /// Reconciles `file` for `channel` and business day `day`. Blocking (reads shards, may apply verdicts).
-pub fn reconcile(engine: &Engine, cases: &Cases, store: &dyn Store, channel: u16, day: u32, file: &str) -> Result<Value, ApiError> {
+pub fn reconcile(engine: &Engine, cases: &Cases, store: &dyn Store, channels: &crate::channels::Channels, channel: u16, day: u32, file: &str) -> Result<Value, ApiError> {
+    let tariff = channels.get(channel);
     let mut lines: Vec<(Line, Option<u32>)> = parse_file(file)?.into_iter().map(|l| (l, None)).collect();
     let carry_prefix = format!("r/carry/{channel:05}/");
     // A carry that ended is kept as null (the store has no deletes). A line in today's file
@@ -124,7 +133,11 @@ pub fn reconcile(engine: &Engine, cases: &Cases, store: &dyn Store, channel: u16
                 .map(|o| {
                     let created_day = ((o.created_at / 1_000_000) as i64 + offset).div_euclid(86_400) as u32;
                     let spec = state.currencies[o.currency.0 as usize];
-                    (o.id.0, Ours { amount: o.amount, status: o.status, withdrawal: o.kind == OrderKind::Withdrawal, created_day, spec })
+                    let fee = match o.detail {
+                        OrderDetail::Withdrawal { fee, .. } => Some(fee),
+                        _ => None,
+                    };
+                    (o.id.0, Ours { amount: o.amount, fee, status: o.status, withdrawal: o.kind == OrderKind::Withdrawal, created_day, spec })
                 })
                 .collect::<Vec<_>>()
         })?;
@@ -169,6 +182,18 @@ pub fn reconcile(engine: &Engine, cases: &Cases, store: &dyn Store, channel: u16
             cases.open(case_id.clone(), serde_json::to_value(&line).expect("lines serialize"), reason)?;
             note("amount_mismatch", json!({"bank_ref": line.bank_ref, "order_id": line.order_id, "case_id": case_id}), &mut details);
             continue;
+        }
+        if let Some(their_fee) = &line.fee {
+            // A failed order costs nothing; otherwise the fee we charged (payouts) or the
+            // channel's tariff (money in).
+            let ours_fee = if !theirs_ok { 0 } else { order.fee.unwrap_or_else(|| tariff.as_ref().map_or(0, |c| c.fee(order.amount))) };
+            if order.spec.parse(their_fee) != Some(ours_fee) {
+                let case_id = format!("recon_{channel}_{}", line.bank_ref);
+                let reason = format!("fee mismatch: ours {}, theirs {their_fee}", order.spec.format(ours_fee));
+                cases.open(case_id.clone(), serde_json::to_value(&line).expect("lines serialize"), reason)?;
+                note("fee_mismatch", json!({"bank_ref": line.bank_ref, "order_id": line.order_id, "case_id": case_id}), &mut details);
+                continue;
+            }
         }
         match our_verdict(&order) {
             Some(ok) if ok == theirs_ok => note("matched", Value::Null, &mut details),
@@ -241,7 +266,8 @@ pub async fn reconcile_endpoint(
     let channel = channels.all().iter().find(|c| c.name == body.channel).map(|c| c.id).ok_or_else(|| ApiError::invalid("unknown channel", "channel"))?;
     let day = crate::settlements::day_number(&body.business_date).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
     let (engine, cases, store) = (engine.get_ref().clone(), cases.get_ref().clone(), store.get_ref().clone());
-    let summary = blocking(move || reconcile(&engine, &cases, store.as_ref(), channel, day, &body.file)).await??;
+    let channels = channels.get_ref().clone();
+    let summary = blocking(move || reconcile(&engine, &cases, store.as_ref(), &channels, channel, day, &body.file)).await??;
     Ok(HttpResponse::Ok().json(summary))
 }
 

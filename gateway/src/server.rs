@@ -88,10 +88,11 @@ impl Services {
         let platforms = Arc::new(Platforms::load(store.clone(), master_key)?);
         crate::events::start_delivery(engine.clone(), platforms.clone(), store.clone(), webhooks)?;
         let simulator = crate::simulator::Simulator::start(simulator, channel_key, store.clone())?;
-        let behaviour = channels.all().iter().map(|c| (c.id, (c.sim_latency_ms, c.sim_failure_per_mille))).collect();
-        simulator.set_channel_behaviour(behaviour);
+        channels.load_settings(store.as_ref())?;
+        let channels = Arc::new(channels);
+        simulator.set_channels(channels.clone());
         Ok(Services {
-            channels: Arc::new(channels),
+            channels,
             simulator,
             engine,
             token,

@@ -106,8 +106,9 @@ struct Inner {
     callback_url: OnceLock<String>,
     cards: Mutex<HashMap<String, Vec<CardTransaction>>>,
     sequence: std::sync::atomic::AtomicU64,
-    /// Per channel: (latency_ms, failure_per_mille), overriding the defaults.
-    behaviour: OnceLock<HashMap<u16, (u64, u16)>>,
+    /// The channels: each one's behaviour (latency, failure share) and tariff (the fee its
+    /// statement lines show), as the operator has them now.
+    channels: OnceLock<Arc<crate::channels::Channels>>,
 }
 
 /// The running simulator; cheap to clone.
@@ -169,7 +170,7 @@ impl Simulator {
             callback_url: OnceLock::new(),
             cards: Mutex::new(cards),
             sequence: std::sync::atomic::AtomicU64::new(0),
-            behaviour: OnceLock::new(),
+            channels: OnceLock::new(),
         });
         let (deliver, deliveries) = unbounded();
         std::thread::Builder::new()
@@ -190,15 +191,16 @@ impl Simulator {
         Ok(Simulator { inner })
     }
 
-    /// How the bank behaves per channel: (latency_ms, failure_per_mille).
-    pub fn set_channel_behaviour(&self, behaviour: HashMap<u16, (u64, u16)>) {
-        let _ = self.inner.behaviour.set(behaviour);
+    /// The channels whose behaviour the bank follows (payouts: per channel; money in: the
+    /// `[simulator]` defaults) and whose tariff its statements show.
+    pub fn set_channels(&self, channels: Arc<crate::channels::Channels>) {
+        let _ = self.inner.channels.set(channels);
     }
 
     fn behaviour_of(&self, work: &Work) -> (u64, u16) {
         let default = (self.inner.config.latency_ms, self.inner.config.failure_per_mille);
         match work {
-            Work::Withdrawal { channel, .. } => self.inner.behaviour.get().and_then(|b| b.get(channel).copied()).unwrap_or(default),
+            Work::Withdrawal { channel, .. } => self.inner.channels.get().and_then(|c| c.get(*channel)).map_or(default, |c| (c.sim_latency_ms, c.sim_failure_per_mille)),
             _ => default,
         }
     }
@@ -330,6 +332,9 @@ pub struct StatementRecord {
     pub direction: String,
     pub amount: String,
     pub status: String,
+    /// What the bank charged for the order by its tariff (0 for a failed one).
+    #[serde(default)]
+    pub fee: Option<String>,
 }
 
 const STATEMENT_PREFIX: &str = "s/stmt/";
@@ -343,12 +348,19 @@ fn record_statement_line(inner: &Inner, channel: u16, order: OrderId, direction:
     if matches!(inner.store.get(&key), Ok(Some(_))) {
         return;
     }
+    // The bank's tariff: the channel's fee model on the amount; nothing for a failed order.
+    let fee = inner.channels.get().and_then(|c| c.get(channel)).and_then(|c| {
+        let spec = engine::money::CurrencySpec::new(&c.currency, c.exponent)?;
+        let minor = spec.parse(amount)?;
+        Some(spec.format(if failed { 0 } else { c.fee(minor) }))
+    });
     let line = StatementRecord {
         bank_ref: format!("SIM{channel:03}{day:06}{:012}", order.0),
         order_id: public_order_id(order),
         direction: direction.into(),
         amount: amount.into(),
         status: if failed { "failed".into() } else { "succeeded".into() },
+        fee,
     };
     if let Err(error) = crate::records::put(inner.store.as_ref(), &[(key, &line)]) {
         eprintln!("simulator: cannot record a statement line: {error}");
@@ -356,12 +368,14 @@ fn record_statement_line(inner: &Inner, channel: u16, order: OrderId, direction:
 }
 
 impl Simulator {
-    /// A channel's statement of a business day as CSV (`bank_ref,order_id,direction,amount,status`).
+    /// A channel's statement of a business day as CSV
+    /// (`bank_ref,order_id,direction,amount,status,fee`).
     pub fn statement_csv(&self, channel: u16, day: u32) -> Result<String, String> {
         let prefix = format!("{STATEMENT_PREFIX}{channel:05}/{day:08}/");
-        let mut csv = String::from("bank_ref,order_id,direction,amount,status\n");
+        let mut csv = String::from("bank_ref,order_id,direction,amount,status,fee\n");
         for (_, line) in crate::records::load_all::<StatementRecord>(self.inner.store.as_ref(), prefix.as_bytes())? {
-            csv.push_str(&format!("{},{},{},{},{}\n", line.bank_ref, line.order_id, line.direction, line.amount, line.status));
+            let fee = line.fee.as_deref().unwrap_or("");
+            csv.push_str(&format!("{},{},{},{},{},{fee}\n", line.bank_ref, line.order_id, line.direction, line.amount, line.status));
         }
         Ok(csv)
     }
