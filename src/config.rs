@@ -80,6 +80,10 @@ struct ChannelRow {
     sim_failure_per_mille: u16,
     #[serde(default = "enabled_by_default")]
     enabled: bool,
+    #[serde(default)]
+    sim_drop_per_mille: u16,
+    #[serde(default = "gateway::channels::default_timeout_ms")]
+    timeout_ms: u64,
 }
 
 fn enabled_by_default() -> bool {
@@ -112,8 +116,8 @@ fn channel(row: &ChannelRow, currencies: &[CurrencySpec]) -> Result<gateway::cha
         gateway::parse_amount(text, spec).map_err(|_| what(field))
     };
     let window = gateway::channels::parse_window(&row.window).ok_or_else(|| what("window"))?;
-    if row.sim_failure_per_mille > 1000 || row.fee_rate_bps < 0 || row.fee_rate_bps > 10_000 {
-        return Err(what("sim_failure_per_mille or fee_rate_bps"));
+    if row.sim_failure_per_mille > 1000 || row.sim_drop_per_mille > 1000 || row.fee_rate_bps < 0 || row.fee_rate_bps > 10_000 || row.timeout_ms < 100 {
+        return Err(what("sim_failure_per_mille, sim_drop_per_mille, fee_rate_bps or timeout_ms"));
     }
     Ok(Channel {
         id: row.id,
@@ -146,6 +150,8 @@ fn channel(row: &ChannelRow, currencies: &[CurrencySpec]) -> Result<gateway::cha
         sim_latency_ms: row.sim_latency_ms,
         sim_failure_per_mille: row.sim_failure_per_mille,
         enabled: row.enabled,
+        sim_drop_per_mille: row.sim_drop_per_mille,
+        timeout_ms: row.timeout_ms,
     })
 }
 

@@ -1482,3 +1482,41 @@ fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart()
     assert_eq!(third["channel"], "sim_ibps", "{third}");
     server.stop();
 }
+
+#[test]
+fn a_payout_the_bank_never_received_falls_back_after_the_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-timeout";
+    // UnionPay loses every payout on the way (no verdict ever comes) and times out after 300 ms.
+    let lost = (
+        "timeout_ms = 600000\nsim_drop_per_mille = 0\nsim_latency_ms = 200\nsim_failure_per_mille = 0\n\n[[channels]]\nid = 3",
+        "timeout_ms = 300\nsim_drop_per_mille = 1000\nsim_latency_ms = 20\nsim_failure_per_mille = 0\n\n[[channels]]\nid = 3",
+    );
+    let config = config_with(&[lost, ("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20")]);
+    assert!(config.contains("sim_drop_per_mille = 1000"), "the replacement applies");
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client::create(&server, token, "{\"name\": \"Timeout\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "1000.00", "r-1");
+    let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
+    let (status, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    assert_eq!((status, order["channel"].as_str()), (201, Some("sim_unionpay")), "{order}");
+    // No callback comes; the watchdog asks UnionPay, which never had it: IBPS pays instead.
+    let done = p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!((done["channel"].as_str(), done["fee"].as_str()), (Some("sim_ibps"), Some("2.02")), "{done}");
+    let fallbacks = done["routing"]["fallbacks"].as_array().expect("a fallback is recorded");
+    assert_eq!((fallbacks[0]["from"].as_str(), fallbacks[0]["to"].as_str()), (Some("sim_unionpay"), Some("sim_ibps")), "{done}");
+    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    assert_eq!(statement["transactions"].as_array().unwrap().iter().filter(|t| t["amount"] == "100.00").count(), 1, "paid once: {statement}");
+    // UnionPay's statement has no line for it (the bank never had it); IBPS's has.
+    let today = business_date(0);
+    let unionpay = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
+    assert_eq!(unionpay.lines().count(), 1, "{unionpay}");
+    let (_, report) = server.get("/admin/channels", Some(token));
+    let row = report["channels"].as_array().unwrap().iter().find(|c| c["name"] == "sim_unionpay").unwrap().clone();
+    assert_eq!((row["health"]["recent_failures"].as_u64(), row["timeout_ms"].as_u64()), (Some(1), Some(300)), "{row}");
+    assert_eq!(p.balances(&a).0, "897.98");
+    let (_, invariants) = server.get("/admin/invariants", Some(token));
+    assert_eq!(invariants["ok"], true, "{invariants}");
+    server.stop();
+}

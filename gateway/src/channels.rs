@@ -64,6 +64,10 @@ pub struct Channel {
     /// The simulator's behaviour for this channel.
     pub sim_latency_ms: u64,
     pub sim_failure_per_mille: u16,
+    /// Payouts in a thousand the simulated bank never receives (no verdict ever comes).
+    pub sim_drop_per_mille: u16,
+    /// How long we wait for the channel's verdict on a payout before asking it (status query).
+    pub timeout_ms: u64,
     /// An operator can take a channel out of routing (`disabled`) without removing it.
     pub enabled: bool,
 }
@@ -404,7 +408,8 @@ impl Channels {
                     "business_days_only": c.business_days_only,
                     "serves": serves,
                     "enabled": c.enabled,
-                    "simulator": {"latency_ms": c.sim_latency_ms, "failure_per_mille": c.sim_failure_per_mille},
+                    "timeout_ms": c.timeout_ms,
+                    "simulator": {"latency_ms": c.sim_latency_ms, "failure_per_mille": c.sim_failure_per_mille, "drop_per_mille": c.sim_drop_per_mille},
                     "health": {
                         "recent_outcomes": h.map_or(0, |h| h.outcomes.len()),
                         "recent_failures": failures,
@@ -442,6 +447,15 @@ struct Settings {
     enabled: bool,
     sim_latency_ms: u64,
     sim_failure_per_mille: u16,
+    #[serde(default)]
+    sim_drop_per_mille: u16,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+}
+
+/// The verdict timeout of channels that do not set one: ten minutes.
+pub fn default_timeout_ms() -> u64 {
+    600_000
 }
 
 impl Settings {
@@ -461,6 +475,8 @@ impl Settings {
             enabled: c.enabled,
             sim_latency_ms: c.sim_latency_ms,
             sim_failure_per_mille: c.sim_failure_per_mille,
+            sim_drop_per_mille: c.sim_drop_per_mille,
+            timeout_ms: c.timeout_ms,
         }
     }
 
@@ -468,7 +484,8 @@ impl Settings {
         (c.fee_fixed, c.fee_rate_bps, c.fee_min, c.fee_max) = (self.fee_fixed, self.fee_rate_bps, self.fee_min, self.fee_max);
         (c.order_min, c.order_max, c.daily_cap, c.window) = (self.order_min, self.order_max, self.daily_cap, self.window);
         (c.business_days_only, c.eta_minutes, c.enabled) = (self.business_days_only, self.eta_minutes, self.enabled);
-        (c.sim_latency_ms, c.sim_failure_per_mille) = (self.sim_latency_ms, self.sim_failure_per_mille);
+        (c.sim_latency_ms, c.sim_failure_per_mille, c.sim_drop_per_mille) = (self.sim_latency_ms, self.sim_failure_per_mille, self.sim_drop_per_mille);
+        c.timeout_ms = self.timeout_ms;
     }
 }
 
@@ -491,6 +508,10 @@ pub struct ChannelChange {
     /// The bank simulator's behaviour for this channel.
     pub sim_latency_ms: Option<u64>,
     pub sim_failure_per_mille: Option<u16>,
+    /// Payouts in a thousand the simulated bank never receives.
+    pub sim_drop_per_mille: Option<u16>,
+    /// Milliseconds to wait for a payout's verdict before asking the channel (at least 100).
+    pub timeout_ms: Option<u64>,
 }
 
 impl ChannelChange {
@@ -523,6 +544,18 @@ impl ChannelChange {
                 return Err(ApiError::invalid("sim_failure_per_mille is 0 to 1000", "sim_failure_per_mille"));
             }
             c.sim_failure_per_mille = per_mille;
+        }
+        if let Some(per_mille) = self.sim_drop_per_mille {
+            if per_mille > 1000 {
+                return Err(ApiError::invalid("sim_drop_per_mille is 0 to 1000", "sim_drop_per_mille"));
+            }
+            c.sim_drop_per_mille = per_mille;
+        }
+        if let Some(timeout_ms) = self.timeout_ms {
+            if timeout_ms < 100 {
+                return Err(ApiError::invalid("timeout_ms is at least 100", "timeout_ms"));
+            }
+            c.timeout_ms = timeout_ms;
         }
         c.enabled = self.enabled.unwrap_or(c.enabled);
         c.business_days_only = self.business_days_only.unwrap_or(c.business_days_only);
@@ -573,6 +606,8 @@ mod tests {
             serves_corporate: true,
             sim_latency_ms: 0,
             sim_failure_per_mille: 0,
+            sim_drop_per_mille: 0,
+            timeout_ms: 600_000,
             enabled: true,
         }
     }

@@ -204,5 +204,6 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     if resumed > 0 {
         println!("simulator: {resumed} orders waiting for a verdict were sent again");
     }
+    crate::simulator::start_watchdog(engine_at_start, channels_at_start, cards_at_start, simulator_at_start)?;
     Ok((server.run(), addresses))
 }

@@ -109,6 +109,21 @@ struct Inner {
     /// The channels: each one's behaviour (latency, failure share) and tariff (the fee its
     /// statement lines show), as the operator has them now.
     channels: OnceLock<Arc<crate::channels::Channels>>,
+    /// The bank's side: payouts it received, with its verdict once decided (what a status query
+    /// answers). A payout the bank never received (`sim_drop_per_mille`) is not here.
+    received: Mutex<HashMap<(u64, u16), Option<bool>>>,
+    /// Our side: payouts handed to a channel and not yet answered, with the channel and when
+    /// the answer is due (the timeout watchdog reads it).
+    outstanding: Mutex<HashMap<u64, (u16, Instant)>>,
+}
+
+/// What the bank says when asked about a payout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BankStatus {
+    /// The bank has no such order: it never arrived, so it is safe to send it elsewhere.
+    Unknown,
+    Processing,
+    Decided { succeeded: bool },
 }
 
 /// The running simulator; cheap to clone.
@@ -171,6 +186,8 @@ impl Simulator {
             cards: Mutex::new(cards),
             sequence: std::sync::atomic::AtomicU64::new(0),
             channels: OnceLock::new(),
+            received: Mutex::new(HashMap::new()),
+            outstanding: Mutex::new(HashMap::new()),
         });
         let (deliver, deliveries) = unbounded();
         std::thread::Builder::new()
@@ -197,11 +214,42 @@ impl Simulator {
         let _ = self.inner.channels.set(channels);
     }
 
-    fn behaviour_of(&self, work: &Work) -> (u64, u16) {
-        let default = (self.inner.config.latency_ms, self.inner.config.failure_per_mille);
+    /// (latency_ms, failure_per_mille, drop_per_mille) of the channel doing `work`.
+    fn behaviour_of(&self, work: &Work) -> (u64, u16, u16) {
+        let default = (self.inner.config.latency_ms, self.inner.config.failure_per_mille, 0);
         match work {
-            Work::Withdrawal { channel, .. } => self.inner.channels.get().and_then(|c| c.get(*channel)).map_or(default, |c| (c.sim_latency_ms, c.sim_failure_per_mille)),
+            Work::Withdrawal { channel, .. } => self.inner.channels.get().and_then(|c| c.get(*channel)).map_or(default, |c| (c.sim_latency_ms, c.sim_failure_per_mille, c.sim_drop_per_mille)),
             _ => default,
+        }
+    }
+
+    /// The bank's answer to a status query about payout `order` through `channel`.
+    pub fn query(&self, order: OrderId, channel: u16) -> BankStatus {
+        match self.inner.received.lock().expect("received lock").get(&(order.0, channel)) {
+            None => BankStatus::Unknown,
+            Some(None) => BankStatus::Processing,
+            Some(Some(succeeded)) => BankStatus::Decided { succeeded: *succeeded },
+        }
+    }
+
+    /// Payouts whose answer is overdue at `now` (`timeout_of` a channel); each is re-armed, so
+    /// one still processing is looked at again a timeout later.
+    pub fn overdue(&self, now: Instant, timeout_of: impl Fn(u16) -> Duration) -> Vec<(OrderId, u16)> {
+        let mut outstanding = self.inner.outstanding.lock().expect("outstanding lock");
+        let mut due = Vec::new();
+        for (order, (channel, deadline)) in outstanding.iter_mut() {
+            if *deadline <= now {
+                due.push((OrderId(*order), *channel));
+                *deadline = now + timeout_of(*channel);
+            }
+        }
+        due
+    }
+
+    /// Our side has the final answer on payout `order`: nothing to watch any more.
+    pub fn answered(&self, order: OrderId) {
+        if let Some((channel, _)) = self.inner.outstanding.lock().expect("outstanding lock").remove(&order.0) {
+            self.inner.received.lock().expect("received lock").remove(&(order.0, channel));
         }
     }
 
@@ -220,7 +268,16 @@ impl Simulator {
         if !self.inner.config.enabled {
             return;
         }
-        let (latency_ms, failure_per_mille) = self.behaviour_of(&work);
+        let (latency_ms, failure_per_mille, drop_per_mille) = self.behaviour_of(&work);
+        if let Work::Withdrawal { order, channel, .. } = &work {
+            let timeout = self.inner.channels.get().and_then(|c| c.get(*channel)).map_or(Duration::from_secs(600), |c| Duration::from_millis(c.timeout_ms));
+            self.inner.outstanding.lock().expect("outstanding lock").insert(order.0, (*channel, Instant::now() + timeout));
+            if dropped(drop_per_mille, *order, *channel) {
+                // Lost on the way: the bank never hears of it, no verdict will come.
+                return;
+            }
+            self.inner.received.lock().expect("received lock").entry((order.0, *channel)).or_insert(None);
+        }
         let due = Instant::now() + Duration::from_millis(latency_ms);
         let _ = self.inner.queue.send((due, Job { work, amount, attempt: 0, failure_per_mille }));
     }
@@ -271,6 +328,13 @@ impl Simulator {
         }
         Ok(count)
     }
+}
+
+/// Whether a payout is lost on its way to the bank: fixed per order and channel (a resent
+/// order is lost again), independent of the failure verdict.
+fn dropped(drop_per_mille: u16, order: OrderId, channel: u16) -> bool {
+    let seed = order.0 ^ ((channel as u64) << 48) ^ 0x5eed_d0d0;
+    drop_per_mille > 0 && (xxhash_rust::xxh3::xxh3_64(&seed.to_le_bytes()) % 1000) < drop_per_mille as u64
 }
 
 /// Whether the bank fails this order: a fixed verdict per order, so resent orders agree.
@@ -409,6 +473,9 @@ fn deliver_one(inner: &Inner, mut job: Job) {
                 record_card_line(inner, card_no, &job.amount, format!("withdrawal {}", public_order_id(*order)));
             }
             record_statement_line(inner, *channel, *order, "out", &job.amount, failed);
+            if let Some(verdict) = inner.received.lock().expect("received lock").get_mut(&(order.0, *channel)) {
+                *verdict = Some(!failed);
+            }
             ("withdrawal", *order, Some(crate::channels::name(*channel)))
         }
     };
@@ -464,48 +531,92 @@ pub async fn receive_callback(
         "failed" => false,
         _ => return Err(ApiError::invalid("status is succeeded or failed", "status")),
     };
-    // The payout's channel while it waited for this verdict (health learns from the verdict).
-    let mut waiting_on = None;
-    if callback.kind == "withdrawal" {
-        let current = crate::orders::read_order(&engine, 0, order, |_, o| match o.detail {
-            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some((channel, o.status, o.amount, o.created_at)),
-            _ => None,
-        })
-        .await?
-        .flatten();
-        let Some((channel, status, amount, created_at)) = current else { return Err(ApiError::not_found()) };
-        let named = callback.channel.as_deref().is_none_or(|name| name == crate::channels::name(channel));
-        if !named {
-            // A verdict of a channel this order has left after a fallback.
-            return Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "stale": true})));
-        }
-        if status == engine::ledger::types::OrderStatus::Processing {
-            waiting_on = Some(channel);
-        }
-        if !succeeded && status == engine::ledger::types::OrderStatus::Processing {
-            channels.record_outcome(channel, false);
-            channels.release(channel, amount, created_at);
-            if let Some(next) = crate::withdrawals::fall_back(&engine, &channels, &cards, &simulator, order).await? {
-                return Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "status": "processing", "rerouted_to": next})));
+    match callback.kind.as_str() {
+        "withdrawal" => Ok(HttpResponse::Ok().json(payout_verdict(&engine, &channels, &cards, &simulator, order, succeeded, callback.channel.as_deref()).await?)),
+        "recharge" => {
+            // The system acts (platform 0): verdicts are idempotent by order, so no order number.
+            let command = Command::CompleteRecharge { order, succeeded };
+            let reply = crate::accounts::execute(&engine, Envelope { platform: 0, out_order_no: None, command }).await?;
+            match reply.code {
+                ResultCode::Ok => Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "status": reply.status.map(|s| s.name())}))),
+                code => Err(crate::orders::rejection(code)),
             }
         }
+        _ => Err(ApiError::invalid("kind is recharge or withdrawal", "kind")),
     }
-    let command = match callback.kind.as_str() {
-        "recharge" => Command::CompleteRecharge { order, succeeded },
-        "withdrawal" => Command::CompleteWithdrawal { order, succeeded },
-        _ => return Err(ApiError::invalid("kind is recharge or withdrawal", "kind")),
-    };
+}
+
+/// A channel's verdict on payout `order` (from its callback, or from a status query after a
+/// timeout): a verdict of a channel the order has left is stale; a failure falls back to the
+/// next channel if one can pay it now; otherwise the verdict completes the order. Health learns
+/// from verdicts on orders that were waiting for them.
+pub async fn payout_verdict(engine: &Arc<Engine>, channels: &crate::channels::Channels, cards: &Arc<crate::cards::Cards>, simulator: &Simulator, order: OrderId, succeeded: bool, channel_name: Option<&str>) -> Result<serde_json::Value, ApiError> {
+    let current = crate::orders::read_order(engine, 0, order, |_, o| match o.detail {
+        engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some((channel, o.status, o.amount, o.created_at)),
+        _ => None,
+    })
+    .await?
+    .flatten();
+    let Some((channel, status, amount, created_at)) = current else { return Err(ApiError::not_found()) };
+    if channel_name.is_some_and(|name| name != crate::channels::name(channel)) {
+        // A verdict of a channel this order has left after a fallback.
+        return Ok(serde_json::json!({"received": true, "stale": true}));
+    }
+    let waiting = status == engine::ledger::types::OrderStatus::Processing;
+    if !waiting {
+        simulator.answered(order);
+    }
+    if !succeeded && waiting {
+        channels.record_outcome(channel, false);
+        channels.release(channel, amount, created_at);
+        if let Some(next) = crate::withdrawals::fall_back(engine, channels, cards, simulator, order).await? {
+            return Ok(serde_json::json!({"received": true, "status": "processing", "rerouted_to": next}));
+        }
+    }
     // The system acts (platform 0): verdicts are idempotent by order, so no order number.
-    let reply = crate::accounts::execute(&engine, Envelope { platform: 0, out_order_no: None, command }).await?;
-    if let (Some(channel), true, true) = (waiting_on, reply.is_ok(), succeeded) {
-        // Failures were counted above, before the fallback.
-        channels.record_outcome(channel, true);
+    let command = Command::CompleteWithdrawal { order, succeeded };
+    let reply = crate::accounts::execute(engine, Envelope { platform: 0, out_order_no: None, command }).await?;
+    if reply.is_ok() {
+        simulator.answered(order);
+        if waiting && succeeded {
+            // Failures were counted above, before the fallback.
+            channels.record_outcome(channel, true);
+        }
     }
     match reply.code {
-        ResultCode::Ok => Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "status": reply.status.map(|s| s.name())}))),
+        ResultCode::Ok => Ok(serde_json::json!({"received": true, "status": reply.status.map(|s| s.name())})),
         code => Err(crate::orders::rejection(code)),
     }
 }
+
+/// Watches payouts whose channel has not answered within its `timeout_ms` and asks the bank
+/// about each (a status query): one the bank never received goes to the next channel (or fails,
+/// funds back) as after a failure; one it decided gets that verdict (the callback was lost); one
+/// still processing is looked at again a timeout later. Never resends what the bank has.
+pub fn start_watchdog(engine: Arc<Engine>, channels: Arc<crate::channels::Channels>, cards: Arc<crate::cards::Cards>, simulator: Simulator) -> std::io::Result<()> {
+    std::thread::Builder::new().name("payout-watchdog".into()).spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            loop {
+                actix_web::rt::time::sleep(WATCHDOG_INTERVAL).await;
+                let timeout_of = |channel: u16| channels.get(channel).map_or(Duration::from_secs(600), |c| Duration::from_millis(c.timeout_ms));
+                for (order, channel) in simulator.overdue(Instant::now(), timeout_of) {
+                    let outcome = match simulator.query(order, channel) {
+                        BankStatus::Processing => continue,
+                        BankStatus::Unknown => payout_verdict(&engine, &channels, &cards, &simulator, order, false, Some(&crate::channels::name(channel))).await,
+                        BankStatus::Decided { succeeded } => payout_verdict(&engine, &channels, &cards, &simulator, order, succeeded, Some(&crate::channels::name(channel))).await,
+                    };
+                    if let Err(error) = outcome {
+                        eprintln!("payout watchdog: {}: {}", public_order_id(order), error.message);
+                    }
+                }
+            }
+        })
+    })?;
+    Ok(())
+}
+
+/// How often the watchdog looks for overdue payouts.
+const WATCHDOG_INTERVAL: Duration = Duration::from_millis(200);
 
 /// `GET /sim/cards/{card_no}/transactions`: what the card's holder sees at their bank.
 #[utoipa::path(get, path = "/sim/cards/{card_no}/transactions", tag = "simulator", params(("card_no" = String, Path, description = "Card number")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)))]
