@@ -146,10 +146,12 @@ fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Res
     let store: Arc<dyn storage::Store> = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
     let engine = Engine::start(config.engine.clone(), store.clone())?;
     let master_key = gateway::secrets::MasterKey::load(&data_dir).context("loading the master key")?;
+    let channels = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
+    channels.load_settings(store.as_ref()).map_err(anyhow::Error::msg)?;
     let platforms = gateway::platforms::Platforms::load(store, master_key).map_err(anyhow::Error::msg)?.all();
     let total = platforms.len();
     let started = std::time::Instant::now();
-    let summary = gateway::settlements::run(&engine, &platforms, day, &mut |done, row| {
+    let summary = gateway::settlements::run(&engine, &platforms, &channels, day, &mut |done, row| {
         let filled = (done * 30).checked_div(total).unwrap_or(30);
         println!("[{}{}] {done}/{total} {row}", "#".repeat(filled), ".".repeat(30 - filled));
     });
@@ -208,7 +210,7 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
     let channels = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
     let services = gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks, channels).map_err(anyhow::Error::msg)?;
     if let Some(cutoff) = config.settlement_cutoff_minute {
-        gateway::settlements::start_schedule(services.engine.clone(), services.platforms.clone(), cutoff)?;
+        gateway::settlements::start_schedule(services.engine.clone(), services.platforms.clone(), services.channels.clone(), cutoff)?;
         println!("settlement: every day at {:02}:{:02} business time", cutoff / 60, cutoff % 60);
     }
     actix_web::rt::System::new().block_on(async move {

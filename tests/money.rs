@@ -1253,10 +1253,13 @@ fn an_end_to_end_night_leaves_no_unexplained_difference() {
         assert_eq!(report["counts"]["matched"].as_u64().unwrap_or(0) as usize, lines, "{name}: every line matched: {report}");
     }
     assert!(server.get("/admin/cases", Some(token)).1["cases"].as_array().unwrap().is_empty());
-    // The reserve check: recharged 1,500.00, paid out 60.00 plus 1.50 of fees (1.00 + 0.50).
-    let (status, reserve) = server.get("/admin/reserve?currency=CNY", Some(token));
-    assert_eq!((status, reserve["ok"].as_bool(), reserve["reserve"].as_str(), reserve["fees"].as_str()), (200, Some(true), Some("1440.00"), Some("1.50")), "{reserve}");
-    let (_, short) = server.get("/admin/reserve?currency=CNY&bank_balance=1439.99", Some(token));
+    // The reserve check: recharged 1,500.00, paid out 60.00, and the channels kept their fees
+    // (1.00 + 0.50), which the run booked out of fee income: 1,438.50 at the bank.
+    let fees: Vec<&str> = settled["channel_fees"].as_array().unwrap().iter().map(|f| f["fees"].as_str().unwrap()).collect();
+    assert_eq!(fees.len(), 2, "{settled}");
+    let (status, reserve) = server.get("/admin/reserve?currency=CNY&bank_balance=1438.50", Some(token));
+    assert_eq!((status, reserve["ok"].as_bool(), reserve["reserve"].as_str(), reserve["fees"].as_str()), (200, Some(true), Some("1438.50"), Some("0.00")), "{reserve}");
+    let (_, short) = server.get("/admin/reserve?currency=CNY&bank_balance=1438.49", Some(token));
     assert_eq!((short["ok"].as_bool(), short["difference"].as_str()), (Some(false), Some("-0.01")), "{short}");
     assert_eq!(server.get("/admin/reserve?currency=XYZ", Some(token)).0, 400);
     assert_eq!(p.balances(&seller), ("340.00".into(), "340.00".into(), "0.00".into(), "0.00".into()), "all income settled after the refund");
@@ -1516,6 +1519,45 @@ fn a_payout_the_bank_never_received_falls_back_after_the_timeout() {
     let row = report["channels"].as_array().unwrap().iter().find(|c| c["name"] == "sim_unionpay").unwrap().clone();
     assert_eq!((row["health"]["recent_failures"].as_u64(), row["timeout_ms"].as_u64()), (Some(1), Some(300)), "{row}");
     assert_eq!(p.balances(&a).0, "897.98");
+    let (_, invariants) = server.get("/admin/invariants", Some(token));
+    assert_eq!(invariants["ok"], true, "{invariants}");
+    server.stop();
+}
+
+#[test]
+fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-channel-fees";
+    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20")]));
+    let p = Client::create(&server, token, "{\"name\": \"Fees\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "1000.00", "r-1");
+    let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
+    let (_, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    assert_eq!((order["channel"].as_str(), order["fee"].as_str()), (Some("sim_unionpay"), Some("1.00")), "{order}");
+    p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
+    // At the bank: 1,000.00 in, 100.00 out, and UnionPay kept its 1.00 fee (its statement says
+    // so): 899.00. Our books say so only once the run has booked the channel's fee.
+    let today = business_date(0);
+    let statement = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
+    assert!(statement.contains(",out,100.00,succeeded,1.00"), "{statement}");
+    // (The micro-deposit that verified the card is the bank's own expense, outside the reserve.)
+    let reserve = || server.get("/admin/reserve?currency=CNY&bank_balance=899.00", Some(token)).1;
+    let before = reserve();
+    assert_eq!((before["difference"].as_str(), before["fees"].as_str(), before["ok"].as_bool()), (Some("-1.00"), Some("1.00"), Some(false)), "{before}");
+    let (status, run) = settle(&server, token, &today);
+    assert_eq!(status, 200, "{run}");
+    let fees = run["channel_fees"].as_array().unwrap();
+    let unionpay: Vec<_> = fees.iter().filter(|f| f["channel"] == "sim_unionpay" && f["business_date"] == today.as_str()).collect();
+    assert_eq!(unionpay.len(), 1, "{run}");
+    assert_eq!((unionpay[0]["orders"].as_u64(), unionpay[0]["fees"].as_str(), unionpay[0]["booked_now"].as_str()), (Some(1), Some("1.00"), Some("1.00")), "{run}");
+    let after = reserve();
+    assert_eq!((after["difference"].as_str(), after["fees"].as_str(), after["ok"].as_bool()), (Some("0.00"), Some("0.00"), Some(true)), "{after}");
+    // Re-running the date books nothing again.
+    let (_, again) = settle(&server, token, &today);
+    let unionpay = again["channel_fees"].as_array().unwrap().iter().find(|f| f["channel"] == "sim_unionpay" && f["business_date"] == today.as_str()).unwrap().clone();
+    assert_eq!(unionpay["booked_now"], "0.00", "{again}");
+    assert_eq!(reserve()["ok"], true);
     let (_, invariants) = server.get("/admin/invariants", Some(token));
     assert_eq!(invariants["ok"], true, "{invariants}");
     server.stop();

@@ -750,3 +750,30 @@ fn a_commission_for_a_receiver_on_another_shard_travels_through_the_outbox() {
     let total: i128 = s0.accounts.iter().chain(&s1.accounts).map(|a| a.total() as i128).sum();
     assert_eq!(total, 0);
 }
+
+#[test]
+fn channel_fees_are_booked_once_per_total_and_late_orders_add_the_difference() {
+    let mut w = World::new();
+    let fee_income = w.state.system_account(SystemRole::FeeIncome, CNY);
+    let reserve = w.state.system_account(SystemRole::Reserve, CNY);
+    let a = w.funded(1, 10_000);
+    w.ok(Command::Withdraw { account: a, currency: CNY, amount: 1_000, fee: 100, channel: 2 });
+    let order = w.state.orders.iter().last().unwrap().id;
+    w.run_as(0, Command::CompleteWithdrawal { order, succeeded: true });
+    assert_eq!(w.state.account(fee_income).unwrap().total(), 100);
+    let reserve_before = w.state.account(reserve).unwrap().total();
+    let charge = |total| Command::ChargeChannelFees { shard: 0, channel: 2, day: 5, currency: CNY, total };
+    let apply = |w: &mut World, total| w.state.apply(&Envelope { platform: 0, out_order_no: None, command: charge(total) }, w.now, &mut w.fx);
+    assert_eq!(apply(&mut w, 100).id, 100);
+    assert_eq!(w.state.account(fee_income).unwrap().total(), 0);
+    assert_eq!(w.state.account(reserve).unwrap().total(), reserve_before + 100, "the bank kept it: less reserve");
+    let digest = w.state.digest();
+    assert_eq!(apply(&mut w, 100).id, 0, "the same total books nothing");
+    assert_eq!(digest, w.state.digest());
+    assert_eq!(apply(&mut w, 130).id, 30, "a late order adds only its part");
+    assert_eq!(apply(&mut w, 120).id, 0, "a smaller total never takes back");
+    assert_eq!(apply(&mut w, -1).code, ResultCode::InvalidAmount);
+    let other_day = Command::ChargeChannelFees { shard: 0, channel: 2, day: 6, currency: CNY, total: 100 };
+    assert_eq!(w.state.apply(&Envelope { platform: 0, out_order_no: None, command: other_day }, w.now, &mut w.fx).id, 100, "each day on its own");
+    w.assert_books_balance();
+}

@@ -83,6 +83,7 @@ pub fn entry_kind_name(kind: EntryKind) -> &'static str {
         EntryKind::SuspenseIn => "suspense_in",
         EntryKind::Commission => "commission",
         EntryKind::ServiceFee => "service_fee",
+        EntryKind::ChannelFee => "channel_fee",
     }
 }
 

@@ -85,7 +85,8 @@ struct Ours {
     spec: CurrencySpec,
 }
 
-fn channel_of(detail: &OrderDetail) -> Option<u16> {
+/// The channel an order went through, if any.
+pub(crate) fn channel_of(detail: &OrderDetail) -> Option<u16> {
     match detail {
         OrderDetail::Withdrawal { channel, .. } | OrderDetail::Recharge { channel } => Some(*channel),
         OrderDetail::Payment { channel, .. } => *channel,

@@ -13,7 +13,13 @@ use engine::{Engine, EngineError};
 use serde::Deserialize;
 use serde_json::json;
 
+use std::collections::HashMap;
+
+use engine::ledger::types::{OrderDetail, OrderStatus};
+use engine::money::{CurrencyId, Minor};
+
 use crate::admin::AdminToken;
+use crate::channels::Channels;
 use crate::error::{blocking, ApiError};
 use crate::platforms::{Platform, Platforms};
 
@@ -41,7 +47,7 @@ fn day_start_micros(day: i64, offset_seconds: i32) -> u64 {
 
 /// Runs the settlement of business day `day` (days since 1970-01-01) for every platform, calling
 /// `progress` after each platform; returns the summary. Blocking: waits on the shards.
-pub fn run(engine: &Engine, platforms: &[Platform], day: u32, progress: &mut dyn FnMut(usize, &serde_json::Value)) -> Result<serde_json::Value, EngineError> {
+pub fn run(engine: &Engine, platforms: &[Platform], channels: &Channels, day: u32, progress: &mut dyn FnMut(usize, &serde_json::Value)) -> Result<serde_json::Value, EngineError> {
     let offset = engine.config().utc_offset_seconds;
     let mut rows = Vec::new();
     for (index, platform) in platforms.iter().enumerate() {
@@ -69,10 +75,60 @@ pub fn run(engine: &Engine, platforms: &[Platform], day: u32, progress: &mut dyn
     }
     // Commissions travel to receivers on other shards: let them land before the statement.
     engine.wait_quiescent(QUIESCENT_WAIT)?;
+    // The channels' charges for the day's orders (and the day before's, for orders that came in
+    // after that run): the bank takes them from the reserve.
+    let mut fees = Vec::new();
+    for fee_day in [day.saturating_sub(1), day] {
+        for (shard, channel, currency, total, orders) in channel_fees(engine, channels, fee_day)? {
+            let command = Command::ChargeChannelFees { shard, channel, day: fee_day, currency, total };
+            let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
+            let spec = engine.config().currencies[currency.0 as usize];
+            fees.push(json!({"channel": crate::channels::name(channel), "business_date": date_text(fee_day), "shard": shard, "currency": spec.code_str(), "orders": orders, "fees": spec.format(total), "booked_now": spec.format(reply.id as i64)}));
+        }
+    }
     let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
     let expired: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
     let invariants = engine::invariants::check_engine(engine)?;
-    Ok(json!({"business_date": date_text(day), "platforms": rows, "expired_freezes": expired, "invariants_ok": invariants.ok}))
+    Ok(json!({"business_date": date_text(day), "platforms": rows, "channel_fees": fees, "expired_freezes": expired, "invariants_ok": invariants.ok}))
+}
+
+/// What each channel charges (its tariff) for each shard's orders of business day `day` that it
+/// carried out: payouts at the fee we booked with them, money in at the channel's fee model.
+/// Rows (shard, channel, currency, total, orders) with a positive total.
+fn channel_fees(engine: &Engine, channels: &Channels, day: u32) -> Result<Vec<(u16, u16, CurrencyId, Minor, u64)>, EngineError> {
+    let tariffs: HashMap<u16, crate::channels::Channel> = channels.all().into_iter().map(|c| (c.id, c)).collect();
+    let tariffs = Arc::new(tariffs);
+    let offset = engine.config().utc_offset_seconds as i64;
+    let mut rows = Vec::new();
+    for shard in 0..engine.config().shard_count {
+        let tariffs = tariffs.clone();
+        let sums = engine.read_shard(shard, move |state| {
+            let mut sums: std::collections::BTreeMap<(u16, u8), (Minor, u64)> = std::collections::BTreeMap::new();
+            for order in state.orders.iter() {
+                let Some(channel) = crate::reconcile::channel_of(&order.detail) else { continue };
+                if matches!(order.status, OrderStatus::Pending | OrderStatus::Processing | OrderStatus::Failed) {
+                    continue;
+                }
+                if ((order.created_at / 1_000_000) as i64 + offset).div_euclid(86_400) != day as i64 {
+                    continue;
+                }
+                let fee = match order.detail {
+                    OrderDetail::Withdrawal { fee, .. } => fee,
+                    _ => tariffs.get(&channel).map_or(0, |c| c.fee(order.amount)),
+                };
+                let sum = sums.entry((channel, order.currency.0)).or_default();
+                sum.0 += fee;
+                sum.1 += 1;
+            }
+            sums
+        })?;
+        for ((channel, currency), (total, orders)) in sums {
+            if total > 0 {
+                rows.push((shard, channel, CurrencyId(currency), total, orders));
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// What the settlement of `through_day`'s income charged a platform's accounts, per currency:
@@ -116,12 +172,12 @@ pub fn date_text(day: u32) -> String {
 
 #[utoipa::path(post, path = "/admin/settlements", tag = "operator", request_body = crate::settlements::SettlementBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/settlements")]
-pub async fn settle(request: HttpRequest, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+pub async fn settle(request: HttpRequest, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>, channels: web::Data<Arc<Channels>>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: SettlementBody = crate::v1::parse_json(&body)?;
     let day = day_number(&body.business_date).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
-    let (engine, platforms) = (engine.get_ref().clone(), platforms.all());
-    let summary = blocking(move || run(&engine, &platforms, day, &mut |_, _| {})).await??;
+    let (engine, platforms, channels) = (engine.get_ref().clone(), platforms.all(), channels.get_ref().clone());
+    let summary = blocking(move || run(&engine, &platforms, &channels, day, &mut |_, _| {})).await??;
     Ok(HttpResponse::Ok().json(summary))
 }
 
@@ -241,7 +297,7 @@ pub async fn platform_statement(signed: crate::v1::Signed, path: web::Path<Strin
 }
 
 /// Runs the settlement every day at the cut-off (business-local "HH:MM"), for that business day.
-pub fn start_schedule(engine: Arc<Engine>, platforms: Arc<Platforms>, cutoff_minute: u32) -> std::io::Result<()> {
+pub fn start_schedule(engine: Arc<Engine>, platforms: Arc<Platforms>, channels: Arc<Channels>, cutoff_minute: u32) -> std::io::Result<()> {
     std::thread::Builder::new().name("settlement".into()).spawn(move || loop {
         let offset = engine.config().utc_offset_seconds as i64;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64) + offset;
@@ -249,7 +305,7 @@ pub fn start_schedule(engine: Arc<Engine>, platforms: Arc<Platforms>, cutoff_min
         let next = if minute < cutoff_minute as i64 { today * 86_400 + cutoff_minute as i64 * 60 } else { (today + 1) * 86_400 + cutoff_minute as i64 * 60 };
         std::thread::sleep(std::time::Duration::from_secs((next - now).max(1) as u64));
         let day = (next.div_euclid(86_400)) as u32;
-        match run(&engine, &platforms.all(), day, &mut |_, _| {}) {
+        match run(&engine, &platforms.all(), &channels, day, &mut |_, _| {}) {
             Ok(summary) => println!("settlement of {}: {summary}", date_text(day)),
             Err(error) => {
                 eprintln!("settlement of {} failed: {error}", date_text(day));

@@ -125,6 +125,10 @@ pub enum Command {
     /// `Mature` with the platform's settlement rule: commissions and service fees are charged
     /// on the income it matures (shard-wide, for the calling platform).
     Settle { through_day: u32, rule: Option<Box<SettlementRule>> },
+    /// What `channel` charges (its tariff) for this shard's orders of business day `day`, in
+    /// total so far: the part not yet booked moves from fee income to the reserve (the bank takes
+    /// it from the reserve account). Booking the same total again books nothing.
+    ChargeChannelFees { shard: ShardId, channel: u16, day: u32, currency: CurrencyId, total: Minor },
 }
 
 /// The most orders one batch payment may carry.
@@ -168,6 +172,7 @@ impl Command {
             Command::RerouteWithdrawal { .. } => 22,
             Command::CreditSuspense { .. } => 23,
             Command::Settle { .. } => 24,
+            Command::ChargeChannelFees { .. } => 25,
         }
     }
 
@@ -181,7 +186,7 @@ impl Command {
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 25] = [
+    pub const KIND_NAMES: [&'static str; 26] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -207,6 +212,7 @@ impl Command {
         "reroute_withdrawal",
         "credit_suspense",
         "settle",
+        "charge_channel_fees",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.

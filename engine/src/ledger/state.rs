@@ -101,6 +101,8 @@ pub struct ShardState {
     pub period_totals: FastMap<AccountId, PeriodTotal>,
     /// What each commission receiver got from this shard's accounts in each settlement.
     pub commissions: ChunkedVec<CommissionRow>,
+    /// Channel fees booked per (channel, business day, currency) for this shard's orders.
+    pub channel_fees: BTreeMap<(u16, u32, u8), Minor>,
 }
 
 /// An account's matured income since `period_start` (a settlement rule's period).
@@ -221,6 +223,7 @@ impl ShardState {
             }
             Command::Mature { through_day } => ops::settle::settle(self, &context, *through_day, None, fx),
             Command::Settle { through_day, rule } => ops::settle::settle(self, &context, *through_day, rule.as_deref(), fx),
+            Command::ChargeChannelFees { channel, day, currency, total, .. } => ops::settle::charge_channel_fees(self, *channel, *day, *currency, *total, fx),
             Command::ApplyCredit(credit) => ops::transfer::apply_credit(self, &context, credit, fx),
             Command::Acknowledge { target, sequence } => ops::transfer::acknowledge(self, *target, *sequence),
             Command::RequestRecharge { account, currency, amount, channel } => {

@@ -232,6 +232,8 @@ pub enum EntryKind {
     Commission,
     /// The operator's service fee on matured income.
     ServiceFee,
+    /// A channel's charges for a day's orders, taken by the bank from the reserve.
+    ChannelFee,
 }
 
 /// The order id of entries that belong to no order (settlement maturing).

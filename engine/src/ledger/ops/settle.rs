@@ -104,3 +104,29 @@ fn credit_commission(state: &mut ShardState, fx: &mut Effects, leg: Leg, payer: 
         state.post(fx, target, Bucket::Settled, leg.amount);
     }
 }
+
+/// Books `channel`'s fees for this shard's orders of business day `day` up to `total`: the part
+/// not booked yet moves from fee income to the reserve (the bank keeps it). A total already
+/// booked books nothing, so a re-run changes nothing and a later run books only late orders.
+/// Replies with the minor units booked now.
+pub fn charge_channel_fees(state: &mut ShardState, channel: u16, day: u32, currency: CurrencyId, total: Minor, fx: &mut Effects) -> Reply {
+    if currency.0 as usize >= state.currencies.len() {
+        return Reply::rejected(ResultCode::CurrencyUnknown);
+    }
+    if !(0..=crate::money::AMOUNT_MINOR_MAX).contains(&total) {
+        return Reply::rejected(ResultCode::InvalidAmount);
+    }
+    let booked = state.channel_fees.get(&(channel, day, currency.0)).copied().unwrap_or(0);
+    // After this point the charge must succeed.
+    let now = (total - booked).max(0);
+    if now > 0 {
+        let income = state.system_account(SystemRole::FeeIncome, currency);
+        let reserve = state.system_account(SystemRole::Reserve, currency);
+        state.begin_entry(fx, NO_ORDER, EntryKind::ChannelFee, currency);
+        state.post(fx, income, Bucket::Settled, -now);
+        state.post(fx, reserve, Bucket::Settled, now);
+        state.end_entry(fx);
+        state.channel_fees.insert((channel, day, currency.0), total);
+    }
+    Reply { code: ResultCode::Ok, id: now as u64, status: None, replayed: false }
+}
