@@ -370,6 +370,35 @@ impl Engine {
         self.clients[shard as usize].len()
     }
 
+    /// Waits until every cross-shard credit sent before this call has been applied by its
+    /// target shard. Credits sent afterwards do not hold it up, so continuous cross-shard load
+    /// cannot starve it (unlike `wait_quiescent`). What settlement waits for.
+    pub fn wait_credits_applied(&self, timeout: Duration) -> Result<(), EngineError> {
+        let deadline = Instant::now() + timeout;
+        let shards = self.config.shard_count;
+        // sent[source][target]: the last sequence each shard had sent each other shard.
+        let mut sent = Vec::with_capacity(shards as usize);
+        for shard in 0..shards {
+            sent.push(self.read_shard(shard, |state| state.outboxes.iter().map(|o| o.next_sequence).collect::<Vec<u64>>())?);
+        }
+        loop {
+            let mut behind = 0;
+            for target in 0..shards {
+                let applied = self.read_shard(target, |state| state.inbound_applied.clone())?;
+                for source in 0..shards as usize {
+                    behind += sent[source][target as usize].saturating_sub(applied[source]);
+                }
+            }
+            if behind == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(EngineError::Timeout(format!("{behind} credits sent before the wait still in flight")));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Waits until no credit is in flight between shards (every outbox acknowledged).
     pub fn wait_quiescent(&self, timeout: Duration) -> Result<(), EngineError> {
         let deadline = Instant::now() + timeout;

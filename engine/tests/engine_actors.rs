@@ -369,3 +369,41 @@ fn shard_wide_and_internal_commands_are_not_routable_through_submit() {
     assert!(matches!(engine.broadcast(plain(Command::Acknowledge { target: 0, sequence: 1 })), Err(EngineError::NotAClientCommand)));
     engine.shutdown();
 }
+
+#[test]
+fn waiting_for_credits_sent_so_far_is_not_starved_by_continuous_load() {
+    // Settlement waits for the credits sent before it. It used to wait for empty outboxes
+    // (`wait_quiescent`), which need acknowledgements too and, under continuous cross-shard
+    // payments, may not come for as long as the load lasts (503). Here acknowledgements are
+    // held back (flushed only after a minute): the credit has landed, the outbox is not empty.
+    let engine = Arc::new(Engine::start(EngineConfig { ack_flush_ms: 60_000, ..config(2) }, Arc::new(MemoryStore::new())).unwrap());
+    let accounts = open_funded(&engine, 0..8, 1_000_000);
+    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
+    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    assert!(engine.execute_one(plain(pay(a0, a1, 7))).unwrap().is_ok());
+    engine.wait_credits_applied(Duration::from_secs(5)).unwrap();
+    assert_eq!(balance(&engine, a1).1, 7, "the credit sent before the wait has landed when it returns");
+    assert!(matches!(engine.wait_quiescent(Duration::from_millis(300)), Err(EngineError::Timeout(_))), "its acknowledgement has not come back yet");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch: Vec<Envelope> = (0..50).map(|i| plain(pay(if i % 2 == 0 { a0 } else { a1 }, if i % 2 == 0 { a1 } else { a0 }, 1))).collect();
+                assert!(engine.execute(batch).unwrap().iter().all(|r| r.is_ok()));
+                sent += 50;
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..20 {
+        engine.wait_credits_applied(Duration::from_secs(10)).expect("credits sent before the call land while the load goes on");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(load.join().unwrap() > 0);
+    engine.wait_credits_applied(Duration::from_secs(5)).unwrap();
+    assert!(check_engine(&engine).unwrap().ok);
+    engine.shutdown();
+}

@@ -56,7 +56,7 @@ pub fn run(engine: &Engine, platforms: &[Platform], channels: &Channels, day: u3
         let envelope = Envelope { platform: platform.id, out_order_no: None, command: Command::AutoConfirm { created_before } };
         let confirmed: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
         // Released income travels to receivers on other shards: let it land before maturing.
-        engine.wait_quiescent(QUIESCENT_WAIT)?;
+        engine.wait_credits_applied(QUIESCENT_WAIT)?;
         let through_day = day.checked_sub(platform.settlement_cycle_days as u32);
         let rule = crate::commission::rule_for_run(engine, platform, day);
         let matured: u64 = match through_day {
@@ -74,7 +74,7 @@ pub fn run(engine: &Engine, platforms: &[Platform], channels: &Channels, day: u3
         rows.push(row);
     }
     // Commissions travel to receivers on other shards: let them land before the statement.
-    engine.wait_quiescent(QUIESCENT_WAIT)?;
+    engine.wait_credits_applied(QUIESCENT_WAIT)?;
     // The channels' charges for the day's orders (and the day before's, for orders that came in
     // after that run): the bank takes them from the reserve.
     let mut fees = Vec::new();
