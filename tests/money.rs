@@ -1179,6 +1179,12 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
     let (_, later) = reconcile("sim_unionpay", &business_date(2), "bank_ref,order_id,direction,amount,status\n");
     assert_eq!(later["counts"]["missing_ours"], 1, "{later}");
     assert_eq!(cases(), 4);
+    // Re-running the first day after that: the stranger is not carried again, it stays declared.
+    let (_, rerun) = reconcile("sim_unionpay", &today, &file);
+    assert_eq!(rerun["counts"], json!({"matched": 1, "amount_mismatch": 1, "fee_mismatch": 1, "missing_ours": 1, "missing_theirs": 1}), "{rerun}");
+    assert_eq!(cases(), 4);
+    let (_, after) = reconcile("sim_unionpay", &business_date(3), "bank_ref,order_id,direction,amount,status\n");
+    assert_eq!(after["counts"], json!({}), "nothing carried any more: {after}");
     // Our payout still processing, the bank's verdict in its file: resolved automatically.
     let same_city = format!("bank_ref,order_id,direction,amount,status\nSIMSC1,{w3},out,20.00,succeeded\n");
     let (_, resolved) = reconcile("sim_same_city", &today, &same_city);

@@ -47,6 +47,10 @@ pub struct Line {
 struct Carried {
     line: Line,
     first_day: u32,
+    /// Declared missing on our side (a case is open): a re-run of an earlier date that lists
+    /// the line again does not carry it again.
+    #[serde(default)]
+    declared: bool,
 }
 
 /// Parses a statement file (a header line, then one line per order).
@@ -106,18 +110,20 @@ fn our_verdict(ours: &Ours) -> Option<bool> {
 /// Reconciles `file` for `channel` and business day `day`. Blocking (reads shards, may apply verdicts).
 pub fn reconcile(engine: &Engine, cases: &Cases, store: &dyn Store, channels: &crate::channels::Channels, channel: u16, day: u32, file: &str) -> Result<Value, ApiError> {
     let tariff = channels.get(channel);
-    let mut lines: Vec<(Line, Option<u32>)> = parse_file(file)?.into_iter().map(|l| (l, None)).collect();
+    // Each line with the day it was first seen (if carried before) and whether it was declared.
+    let mut lines: Vec<(Line, Option<u32>, bool)> = parse_file(file)?.into_iter().map(|l| (l, None, false)).collect();
     let carry_prefix = format!("r/carry/{channel:05}/");
     // A carry that ended is kept as null (the store has no deletes). A line in today's file
     // that was carried keeps the day it was first seen.
-    let mut in_file: HashMap<String, usize> = lines.iter().enumerate().map(|(index, (l, _))| (l.bank_ref.clone(), index)).collect();
+    let mut in_file: HashMap<String, usize> = lines.iter().enumerate().map(|(index, (l, _, _))| (l.bank_ref.clone(), index)).collect();
     for (_, carried) in crate::records::load_all::<Option<Carried>>(store, carry_prefix.as_bytes()).map_err(ApiError::unavailable)? {
         let Some(carried) = carried else { continue };
         match in_file.get(&carried.line.bank_ref) {
-            Some(index) => lines[*index].1 = Some(carried.first_day),
+            Some(index) => (lines[*index].1, lines[*index].2) = (Some(carried.first_day), carried.declared),
+            None if carried.declared => {}
             None => {
                 in_file.insert(carried.line.bank_ref.clone(), lines.len());
-                lines.push((carried.line, Some(carried.first_day)));
+                lines.push((carried.line, Some(carried.first_day), false));
             }
         }
     }
@@ -155,19 +161,21 @@ pub fn reconcile(engine: &Engine, cases: &Cases, store: &dyn Store, channels: &c
     let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let mut puts: Vec<(Vec<u8>, Carried)> = Vec::new();
     let mut deletes: Vec<Vec<u8>> = Vec::new();
-    for (line, carried_since) in lines {
+    for (line, carried_since, declared) in lines {
         let carry_key = format!("{carry_prefix}{}", line.bank_ref).into_bytes();
         let found = parse_order_id(&line.order_id).and_then(|id| ours.get(&id.0).copied().map(|o| (id, o)));
         let Some((id, order)) = found else {
             let first_day = carried_since.unwrap_or(day).min(day);
-            if day.saturating_sub(first_day) >= CARRY_DAYS {
+            if declared || day.saturating_sub(first_day) >= CARRY_DAYS {
                 let case_id = format!("recon_{channel}_{}", line.bank_ref);
                 cases.open(case_id.clone(), serde_json::to_value(&line).expect("lines serialize"), "missing on our side (长款): the bank lists an order we do not have".into())?;
-                deletes.push(carry_key);
                 note("missing_ours", json!({"bank_ref": line.bank_ref, "case_id": case_id}), &mut details);
+                if !declared {
+                    puts.push((carry_key, Carried { line, first_day, declared: true }));
+                }
             } else {
                 note("carried", json!({"bank_ref": line.bank_ref, "first_seen": crate::settlements::date_text(first_day)}), &mut details);
-                puts.push((carry_key, Carried { line, first_day }));
+                puts.push((carry_key, Carried { line, first_day, declared: false }));
             }
             continue;
         };
