@@ -1263,9 +1263,12 @@ fn an_end_to_end_night_leaves_no_unexplained_difference() {
     // (1.00 + 0.50), which the run booked out of fee income: 1,438.50 at the bank.
     let fees: Vec<&str> = settled["channel_fees"].as_array().unwrap().iter().map(|f| f["fees"].as_str().unwrap()).collect();
     assert_eq!(fees.len(), 2, "{settled}");
-    let (status, reserve) = server.get("/admin/reserve?currency=CNY&bank_balance=1438.50", Some(token));
-    assert_eq!((status, reserve["ok"].as_bool(), reserve["reserve"].as_str(), reserve["fees"].as_str()), (200, Some(true), Some("1438.50"), Some("0.00")), "{reserve}");
-    let (_, short) = server.get("/admin/reserve?currency=CNY&bank_balance=1438.49", Some(token));
+    // The card's micro-deposit also left the reserve, out of fee income.
+    let deposit = cents(&micro_deposit(&server, "4111111111111111"));
+    let money = |c: i64| format!("{}{}.{:02}", if c < 0 { "-" } else { "" }, c.abs() / 100, c.abs() % 100);
+    let (status, reserve) = server.get(&format!("/admin/reserve?currency=CNY&bank_balance={}", money(143_850 - deposit)), Some(token));
+    assert_eq!((status, reserve["ok"].as_bool(), reserve["reserve"].as_str(), reserve["fees"].as_str()), (200, Some(true), Some(money(143_850 - deposit).as_str()), Some(money(-deposit).as_str())), "{reserve}");
+    let (_, short) = server.get(&format!("/admin/reserve?currency=CNY&bank_balance={}", money(143_850 - deposit - 1)), Some(token));
     assert_eq!((short["ok"].as_bool(), short["difference"].as_str()), (Some(false), Some("-0.01")), "{short}");
     assert_eq!(server.get("/admin/reserve?currency=XYZ", Some(token)).0, 400);
     assert_eq!(p.balances(&seller), ("340.00".into(), "340.00".into(), "0.00".into(), "0.00".into()), "all income settled after the refund");
@@ -1547,10 +1550,13 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
     let today = business_date(0);
     let statement = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
     assert!(statement.contains(",out,100.00,succeeded,1.00"), "{statement}");
-    // (The micro-deposit that verified the card is the bank's own expense, outside the reserve.)
-    let reserve = || server.get("/admin/reserve?currency=CNY&bank_balance=899.00", Some(token)).1;
+    // The micro-deposit that verified the card left the reserve too, at the operator's cost.
+    let deposit = cents(&micro_deposit(&server, "4111111111111111"));
+    let at_bank = 89_900 - deposit;
+    let money = |c: i64| format!("{}{}.{:02}", if c < 0 { "-" } else { "" }, c.abs() / 100, c.abs() % 100);
+    let reserve = || server.get(&format!("/admin/reserve?currency=CNY&bank_balance={}", money(at_bank)), Some(token)).1;
     let before = reserve();
-    assert_eq!((before["difference"].as_str(), before["fees"].as_str(), before["ok"].as_bool()), (Some("-1.00"), Some("1.00"), Some(false)), "{before}");
+    assert_eq!((before["difference"].as_str(), before["fees"].as_str(), before["ok"].as_bool()), (Some("-1.00"), Some(money(100 - deposit).as_str()), Some(false)), "{before}");
     let (status, run) = settle(&server, token, &today);
     assert_eq!(status, 200, "{run}");
     let fees = run["channel_fees"].as_array().unwrap();
@@ -1558,7 +1564,9 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
     assert_eq!(unionpay.len(), 1, "{run}");
     assert_eq!((unionpay[0]["orders"].as_u64(), unionpay[0]["fees"].as_str(), unionpay[0]["booked_now"].as_str()), (Some(1), Some("1.00"), Some("1.00")), "{run}");
     let after = reserve();
-    assert_eq!((after["difference"].as_str(), after["fees"].as_str(), after["ok"].as_bool()), (Some("0.00"), Some("0.00"), Some(true)), "{after}");
+    assert_eq!((after["difference"].as_str(), after["fees"].as_str(), after["ok"].as_bool()), (Some("0.00"), Some(money(-deposit).as_str()), Some(true)), "{after}");
+    let (_, entries) = p.get(&format!("/v1/accounts/{a}/entries"));
+    assert!(entries["entries"].as_array().unwrap().iter().all(|e| e["kind"] != "verification_deposit"), "the operator's cost, not the member's: {entries}");
     // Re-running the date books nothing again.
     let (_, again) = settle(&server, token, &today);
     let unionpay = again["channel_fees"].as_array().unwrap().iter().find(|f| f["channel"] == "sim_unionpay" && f["business_date"] == today.as_str()).unwrap().clone();

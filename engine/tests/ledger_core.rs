@@ -777,3 +777,21 @@ fn channel_fees_are_booked_once_per_total_and_late_orders_add_the_difference() {
     assert_eq!(w.state.apply(&Envelope { platform: 0, out_order_no: None, command: other_day }, w.now, &mut w.fx).id, 100, "each day on its own");
     w.assert_books_balance();
 }
+
+#[test]
+fn a_verification_deposit_leaves_the_reserve_at_the_operators_cost_once() {
+    let mut w = World::new();
+    let fee_income = w.state.system_account(SystemRole::FeeIncome, CNY);
+    let reserve = w.state.system_account(SystemRole::Reserve, CNY);
+    let deposit = |amount| Command::VerificationDeposit { shard: 0, currency: CNY, amount };
+    let number = OutOrderNo::new("card-1").unwrap();
+    let envelope = |amount| Envelope { platform: 0, out_order_no: Some(number), command: deposit(amount) };
+    assert!(w.state.apply(&envelope(37), w.now, &mut w.fx).is_ok());
+    assert_eq!((w.state.account(fee_income).unwrap().total(), w.state.account(reserve).unwrap().total()), (-37, 37));
+    assert!(w.state.apply(&envelope(37), w.now, &mut w.fx).replayed, "once per card");
+    assert_eq!(w.state.apply(&envelope(38), w.now, &mut w.fx).code, ResultCode::IdempotencyConflict);
+    assert_eq!(w.run_as(0, deposit(0)).code, ResultCode::InvalidAmount);
+    assert_eq!(w.run_as(0, Command::VerificationDeposit { shard: 0, currency: CurrencyId(9), amount: 1 }).code, ResultCode::CurrencyUnknown);
+    assert_eq!(w.state.account(reserve).unwrap().total(), 37);
+    w.assert_books_balance();
+}

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use actix_web::{delete, get, post, web, HttpResponse};
+use engine::ledger::command::{Command, Envelope};
 use engine::ledger::types::AccountId;
 use engine::Engine;
 use rand::Rng;
@@ -184,7 +185,7 @@ pub async fn bind(
     let body = signed.json::<BindBody>()?;
     let platform = signed.platform.id;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
-    let (owner, _, spec) = account_of(&engine, platform, account).await?;
+    let (owner, currency, spec) = account_of(&engine, platform, account).await?;
     crate::orders::out_order_no(&body.out_order_no, "out_order_no")?;
     let content = hex::encode(Sha256::digest(format!("{}\n{}", account.0, serde_json::to_string(&body).expect("serializes"))));
     let existing = {
@@ -231,6 +232,14 @@ pub async fn bind(
         let mut state = cards.state.lock().expect("cards lock");
         state.by_order.insert((platform, card.out_order_no.clone()), card.id);
         state.by_id.insert(card.id, card.clone());
+    }
+    // The deposit leaves the reserve at the operator's cost: booked (once per card) before the
+    // bank is asked to pay it.
+    let number = crate::orders::out_order_no(&format!("card-{}", card.id), "card_id")?;
+    let command = Command::VerificationDeposit { shard: account.shard(engine.config().shard_count), currency, amount: deposit_minor };
+    let reply = crate::accounts::execute(&engine, Envelope { platform: 0, out_order_no: Some(number), command }).await?;
+    if !reply.is_ok() {
+        return Err(crate::orders::rejection(reply.code));
     }
     simulator.submit(Work::MicroDeposit { card_no: card.card_no.clone() }, spec.format(deposit_minor));
     Ok(HttpResponse::Created().json(card.view()))

@@ -84,6 +84,7 @@ pub fn entry_kind_name(kind: EntryKind) -> &'static str {
         EntryKind::Commission => "commission",
         EntryKind::ServiceFee => "service_fee",
         EntryKind::ChannelFee => "channel_fee",
+        EntryKind::VerificationDeposit => "verification_deposit",
     }
 }
 

@@ -129,6 +129,9 @@ pub enum Command {
     /// total so far: the part not yet booked moves from fee income to the reserve (the bank takes
     /// it from the reserve account). Booking the same total again books nothing.
     ChargeChannelFees { shard: ShardId, channel: u16, day: u32, currency: CurrencyId, total: Minor },
+    /// The amount a bank pays to a card being bound, for its holder to read back: it leaves the
+    /// reserve and is the operator's cost (out of fee income). Idempotent by the card's number.
+    VerificationDeposit { shard: ShardId, currency: CurrencyId, amount: Minor },
 }
 
 /// The most orders one batch payment may carry.
@@ -173,6 +176,7 @@ impl Command {
             Command::CreditSuspense { .. } => 23,
             Command::Settle { .. } => 24,
             Command::ChargeChannelFees { .. } => 25,
+            Command::VerificationDeposit { .. } => 26,
         }
     }
 
@@ -186,7 +190,7 @@ impl Command {
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 26] = [
+    pub const KIND_NAMES: [&'static str; 27] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -213,6 +217,7 @@ impl Command {
         "credit_suspense",
         "settle",
         "charge_channel_fees",
+        "verification_deposit",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.

@@ -224,6 +224,7 @@ impl ShardState {
             Command::Mature { through_day } => ops::settle::settle(self, &context, *through_day, None, fx),
             Command::Settle { through_day, rule } => ops::settle::settle(self, &context, *through_day, rule.as_deref(), fx),
             Command::ChargeChannelFees { channel, day, currency, total, .. } => ops::settle::charge_channel_fees(self, *channel, *day, *currency, *total, fx),
+            Command::VerificationDeposit { currency, amount, .. } => ops::settle::verification_deposit(self, *currency, *amount, fx),
             Command::ApplyCredit(credit) => ops::transfer::apply_credit(self, &context, credit, fx),
             Command::Acknowledge { target, sequence } => ops::transfer::acknowledge(self, *target, *sequence),
             Command::RequestRecharge { account, currency, amount, channel } => {

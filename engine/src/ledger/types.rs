@@ -234,6 +234,8 @@ pub enum EntryKind {
     ServiceFee,
     /// A channel's charges for a day's orders, taken by the bank from the reserve.
     ChannelFee,
+    /// A card-verification micro-deposit paid out of the reserve at the operator's cost.
+    VerificationDeposit,
 }
 
 /// The order id of entries that belong to no order (settlement maturing).

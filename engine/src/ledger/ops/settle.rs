@@ -130,3 +130,22 @@ pub fn charge_channel_fees(state: &mut ShardState, channel: u16, day: u32, curre
     }
     Reply { code: ResultCode::Ok, id: now as u64, status: None, replayed: false }
 }
+
+/// A card-verification micro-deposit: `amount` leaves the reserve (the bank pays the card) at
+/// the operator's cost (out of fee income).
+pub fn verification_deposit(state: &mut ShardState, currency: CurrencyId, amount: Minor, fx: &mut Effects) -> Reply {
+    if currency.0 as usize >= state.currencies.len() {
+        return Reply::rejected(ResultCode::CurrencyUnknown);
+    }
+    if let Err(code) = crate::ledger::state::check_amount(amount) {
+        return Reply::rejected(code);
+    }
+    // After this point the deposit must succeed.
+    let income = state.system_account(SystemRole::FeeIncome, currency);
+    let reserve = state.system_account(SystemRole::Reserve, currency);
+    state.begin_entry(fx, NO_ORDER, EntryKind::VerificationDeposit, currency);
+    state.post(fx, income, Bucket::Settled, -amount);
+    state.post(fx, reserve, Bucket::Settled, amount);
+    state.end_entry(fx);
+    Reply { code: ResultCode::Ok, id: amount as u64, status: None, replayed: false }
+}
