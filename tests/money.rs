@@ -1122,6 +1122,9 @@ fn offline_transfers_land_by_virtual_account_number_or_become_cases() {
     assert_eq!(resolve(json!({"resolution": "again", "operator": "li"})).0, 409);
     let (_, report) = server.get("/admin/invariants", Some(token));
     assert_eq!(report["ok"], true, "{report}");
+    // Everything that arrived (credited or in suspense, each once) is at the bank and in our reserve.
+    let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
+    assert_eq!((reserve["difference"].as_str(), reserve["ok"].as_bool()), (Some("0.00"), Some(true)), "{reserve}");
     server.stop();
 }
 
@@ -1268,6 +1271,8 @@ fn an_end_to_end_night_leaves_no_unexplained_difference() {
     let money = |c: i64| format!("{}{}.{:02}", if c < 0 { "-" } else { "" }, c.abs() / 100, c.abs() % 100);
     let (status, reserve) = server.get(&format!("/admin/reserve?currency=CNY&bank_balance={}", money(143_850 - deposit)), Some(token));
     assert_eq!((status, reserve["ok"].as_bool(), reserve["reserve"].as_str(), reserve["fees"].as_str()), (200, Some(true), Some(money(143_850 - deposit).as_str()), Some(money(-deposit).as_str())), "{reserve}");
+    let (_, bank) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
+    assert_eq!((bank["difference"].as_str(), bank["ok"].as_bool()), (Some("0.00"), Some(true)), "the bank's own reserve account agrees: {bank}");
     let (_, short) = server.get(&format!("/admin/reserve?currency=CNY&bank_balance={}", money(143_850 - deposit - 1)), Some(token));
     assert_eq!((short["ok"].as_bool(), short["difference"].as_str()), (Some(false), Some("-0.01")), "{short}");
     assert_eq!(server.get("/admin/reserve?currency=XYZ", Some(token)).0, 400);
@@ -1565,6 +1570,11 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
     assert_eq!((unionpay[0]["orders"].as_u64(), unionpay[0]["fees"].as_str(), unionpay[0]["booked_now"].as_str()), (Some(1), Some("1.00"), Some("1.00")), "{run}");
     let after = reserve();
     assert_eq!((after["difference"].as_str(), after["fees"].as_str(), after["ok"].as_bool()), (Some("0.00"), Some(money(-deposit).as_str()), Some(true)), "{after}");
+    // The bank simulator's own reserve account says the same.
+    let (_, bank) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
+    assert_eq!((bank["bank_balance"].as_str(), bank["ok"].as_bool()), (Some(money(at_bank).as_str()), Some(true)), "{bank}");
+    assert_eq!(server.get("/admin/reserve?currency=CNY&bank=elsewhere", Some(token)).0, 400);
+    assert_eq!(server.get("/admin/reserve?currency=CNY&bank=simulator&bank_balance=1.00", Some(token)).0, 400);
     let (_, entries) = p.get(&format!("/v1/accounts/{a}/entries"));
     assert!(entries["entries"].as_array().unwrap().iter().all(|e| e["kind"] != "verification_deposit"), "the operator's cost, not the member's: {entries}");
     // Re-running the date books nothing again.

@@ -241,7 +241,7 @@ pub async fn bind(
     if !reply.is_ok() {
         return Err(crate::orders::rejection(reply.code));
     }
-    simulator.submit(Work::MicroDeposit { card_no: card.card_no.clone() }, spec.format(deposit_minor));
+    simulator.submit(Work::MicroDeposit { card_no: card.card_no.clone(), currency: spec.code_str().to_string() }, spec.format(deposit_minor));
     Ok(HttpResponse::Created().json(card.view()))
 }
 

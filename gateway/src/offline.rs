@@ -138,7 +138,7 @@ async fn take_line(engine: &Arc<Engine>, cases: &Arc<Cases>, line: StatementLine
 /// `POST /admin/offline-transfers {lines}`: the bank statement's credit lines, one result each.
 #[utoipa::path(post, path = "/admin/offline-transfers", tag = "operator", request_body = crate::offline::TransfersBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/offline-transfers")]
-pub async fn offline_transfers(request: HttpRequest, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, cases: web::Data<Arc<Cases>>) -> Result<HttpResponse, ApiError> {
+pub async fn offline_transfers(request: HttpRequest, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, cases: web::Data<Arc<Cases>>, simulator: web::Data<crate::simulator::Simulator>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: TransfersBody = crate::v1::parse_json(&body)?;
     if body.lines.is_empty() || body.lines.len() > LINES_MAX {
@@ -147,8 +147,13 @@ pub async fn offline_transfers(request: HttpRequest, body: web::Bytes, token: we
     let mut results = Vec::with_capacity(body.lines.len());
     for line in body.lines {
         let bank_ref = line.bank_ref.clone();
+        let (currency, amount) = (line.currency.clone(), line.amount.clone());
         results.push(match take_line(&engine, &cases, line).await {
-            Ok(result) => result,
+            Ok(result) => {
+                // The simulated bank's reserve account shows the money that arrived.
+                simulator.note_transfer_in(&currency, &bank_ref, &amount);
+                result
+            }
             Err(error) if error.status < 500 => json!({"bank_ref": bank_ref, "status": "refused", "error": {"code": error.code, "message": error.message}}),
             Err(error) => return Err(error),
         });

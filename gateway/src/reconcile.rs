@@ -305,6 +305,8 @@ pub struct ReserveQuery {
     currency: String,
     /// The balance of the master (reserve) account on the bank's statement, to compare.
     bank_balance: Option<String>,
+    /// `simulator`: take the bank's balance from the bank simulator's reserve account instead.
+    bank: Option<String>,
 }
 
 /// `GET /admin/reserve?currency=&bank_balance=`: the reserve check. Our reserve (money the bank
@@ -312,11 +314,21 @@ pub struct ReserveQuery {
 /// fees + suspense; with the bank's own figure it also shows the difference to explain.
 #[utoipa::path(get, path = "/admin/reserve", tag = "operator", params(("currency" = String, Query, description = "Currency code"), ("bank_balance" = Option<String>, Query, description = "The bank's balance of the reserve account")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::get("/admin/reserve")]
-pub async fn reserve_check(request: HttpRequest, query: web::Query<ReserveQuery>, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn reserve_check(request: HttpRequest, query: web::Query<ReserveQuery>, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, simulator: web::Data<crate::simulator::Simulator>) -> Result<HttpResponse, ApiError> {
     use engine::ledger::types::{AccountKind, SystemRole};
     token.check(&request)?;
     let (currency_id, spec) = crate::orders::currency(&engine, &query.currency)?;
-    let bank = query.bank_balance.as_deref().map(|b| crate::orders::amount(b, &spec, "bank_balance")).transpose()?;
+    let bank = match (&query.bank_balance, query.bank.as_deref()) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("bank_balance or bank, not both", "bank")),
+        (Some(balance), None) => Some(spec.parse(balance).ok_or_else(|| ApiError::invalid("bank_balance is an amount", "bank_balance"))?),
+        (None, Some("simulator")) => {
+            let simulator = simulator.get_ref().clone();
+            let (balance, _) = blocking(move || simulator.reserve_balance(&spec)).await?.map_err(ApiError::unavailable)?;
+            Some(balance)
+        }
+        (None, Some(_)) => return Err(ApiError::invalid("bank is simulator", "bank")),
+        (None, None) => None,
+    };
     // Per shard: [customer funds, then each system role], as balances (credit positive).
     let roles = SystemRole::ALL.len();
     let mut totals = vec![0i128; roles + 1];

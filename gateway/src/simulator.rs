@@ -16,6 +16,7 @@ use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use engine::ledger::command::{Command, Envelope};
 use engine::ledger::types::{OrderId, OrderKind, OrderStatus};
+use engine::money::Minor;
 use engine::result::ResultCode;
 use engine::Engine;
 use serde::{Deserialize, Serialize};
@@ -63,7 +64,7 @@ pub enum Work {
     /// Collect `amount` from a member's card for a pending recharge (代收, collection on behalf).
     Collection { order: OrderId, channel: u16, card_no: String },
     /// Pay a verification amount to a card being bound (no order, no callback).
-    MicroDeposit { card_no: String },
+    MicroDeposit { card_no: String, currency: String },
 }
 
 #[derive(Clone, Debug)]
@@ -429,9 +430,51 @@ fn record_statement_line(inner: &Inner, channel: u16, order: OrderId, direction:
     if let Err(error) = crate::records::put(inner.store.as_ref(), &[(key, &line)]) {
         eprintln!("simulator: cannot record a statement line: {error}");
     }
+    // The reserve account at the bank: money in less the channel's fee, money out and its fee.
+    let Some(c) = inner.channels.get().and_then(|c| c.get(channel)) else { return };
+    let (Some(spec), false) = (engine::money::CurrencySpec::new(&c.currency, c.exponent), failed) else { return };
+    let (Some(minor), Some(fee)) = (spec.parse(amount), line.fee.as_deref().and_then(|f| spec.parse(f))) else { return };
+    let moved = if direction == "in" { minor - fee } else { -minor - fee };
+    record_reserve_line(inner, &c.currency, &format!("st/{channel:05}/{:020}", order.0), spec.format(moved), format!("{direction} {}", line.order_id));
+}
+
+/// One movement on the reserve (master) account at the bank, as its account statement shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReserveLine {
+    /// Signed decimal: credits to the reserve positive.
+    pub amount: String,
+    pub what: String,
+}
+
+const RESERVE_PREFIX: &str = "s/resv/";
+
+/// Records a movement on the reserve account at the bank (once per `key`).
+fn record_reserve_line(inner: &Inner, currency: &str, key: &str, amount: String, what: String) {
+    let key = format!("{RESERVE_PREFIX}{currency}/{key}").into_bytes();
+    if let Err(error) = crate::records::put(inner.store.as_ref(), &[(key, &ReserveLine { amount, what })]) {
+        eprintln!("simulator: cannot record a reserve line: {error}");
+    }
 }
 
 impl Simulator {
+    /// The bank learned of a transfer into the reserve account from outside (an offline transfer
+    /// naming a virtual account number; the operator hands us the bank's line).
+    pub fn note_transfer_in(&self, currency: &str, bank_ref: &str, amount: &str) {
+        record_reserve_line(&self.inner, currency, &format!("in/{bank_ref}"), amount.to_string(), format!("transfer {bank_ref}"));
+    }
+
+    /// The balance of the reserve account at the bank in `spec`'s currency, and how many
+    /// movements make it (what the bank's account statement would show).
+    pub fn reserve_balance(&self, spec: &engine::money::CurrencySpec) -> Result<(Minor, usize), String> {
+        let prefix = format!("{RESERVE_PREFIX}{}/", spec.code_str());
+        let lines = crate::records::load_all::<ReserveLine>(self.inner.store.as_ref(), prefix.as_bytes())?;
+        let mut balance: Minor = 0;
+        for (_, line) in &lines {
+            balance += spec.parse(&line.amount).ok_or_else(|| format!("a reserve line's amount {:?}", line.amount))?;
+        }
+        Ok((balance, lines.len()))
+    }
+
     /// A channel's statement of a business day as CSV
     /// (`bank_ref,order_id,direction,amount,status,fee`).
     pub fn statement_csv(&self, channel: u16, day: u32) -> Result<String, String> {
@@ -453,8 +496,11 @@ fn micros_now() -> u64 {
 fn deliver_one(inner: &Inner, mut job: Job) {
     let failed = fails(job.failure_per_mille, &job.work);
     let (kind, order, channel) = match &job.work {
-        Work::MicroDeposit { card_no } => {
+        Work::MicroDeposit { card_no, currency } => {
             record_card_line(inner, card_no, &job.amount, "card verification deposit".to_string());
+            let sequence = inner.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let key = format!("md/{card_no}/{:020}-{sequence:06}", micros_now());
+            record_reserve_line(inner, currency, &key, format!("-{}", job.amount), format!("verification deposit to {card_no}"));
             return;
         }
         Work::Recharge { order, channel } => {
