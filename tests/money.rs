@@ -895,6 +895,14 @@ fn account_entries_page_newest_first_with_balances_after() {
     assert_eq!(first["entries"].as_array().unwrap().last().unwrap()["order_id"].as_str(), Some(recharge.as_str()));
     assert_eq!(p.get(&format!("/v1/accounts/{a}/entries?limit=0")).0, 400);
     assert_eq!(p.get(&format!("/v1/accounts/{a}/entries?cursor=zz")).0, 400);
+    // A cursor is bound to its account and balances: changed, or used for another account, refused.
+    let (_, page) = p.get(&format!("/v1/accounts/{a}/entries?limit=2"));
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let parts: Vec<&str> = cursor.split('.').collect();
+    let forged = format!("{}.{}.99999999.{}.{}.{}", parts[0], parts[1], parts[3], parts[4], parts[5]);
+    assert_eq!(p.get(&format!("/v1/accounts/{a}/entries?limit=2&cursor={forged}")).0, 400);
+    assert_eq!(p.get(&format!("/v1/accounts/{b}/entries?limit=2&cursor={cursor}")).0, 400);
+    assert_eq!(p.get(&format!("/v1/accounts/{a}/entries?limit=2&cursor={cursor}")).0, 200);
     let other = Client::create(&server, token, "{\"name\": \"Other\"}");
     assert_eq!(other.get(&format!("/v1/accounts/{a}/entries")).0, 404);
     server.stop();
@@ -1381,6 +1389,9 @@ fn settlement_charges_tiered_commissions_over_several_days_and_platforms_exactly
         "receivers": [{"account_id": b_platform, "share": 1}], "service_fee_rate": "0.001"});
     assert_eq!(admin_request(&server, "PUT", &rule_path(&b), token, Some(&good_b)).0, 200);
     assert_eq!(admin_request(&server, "GET", &rule_path(&b), token, None).1["service_fee_rate"], "0.001");
+    // Each platform sees its own terms.
+    let (_, own) = b.get("/v1/platform");
+    assert_eq!((own["settlement_rule"]["basis"].as_str(), own["settlement_rule"]["tiers"][1]["from"].as_str()), (Some("count"), Some("3")), "{own}");
 
     // Three business days of one month, then the first day of the next (settlement cycle 0:
     // each run matures everything credited so far).

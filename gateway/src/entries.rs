@@ -33,12 +33,22 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn encode(&self) -> String {
-        format!("{}-{}-{}-{}-{}", self.sequence, self.index, self.balances[0], self.balances[1], self.balances[2])
+    /// `sequence-index-settled-unsettled-frozen-tag`: the tag (an HMAC under the master key,
+    /// bound to the account) makes a cursor with other balances fail, so a page's
+    /// `balance_after` always comes from the ledger.
+    fn encode(&self, tag: impl Fn(&str) -> String) -> String {
+        let body = format!("{}.{}.{}.{}.{}", self.sequence, self.index, self.balances[0], self.balances[1], self.balances[2]);
+        let tag = tag(&body);
+        format!("{body}.{tag}")
     }
 
-    fn decode(text: &str) -> Option<Cursor> {
-        let parts: Vec<&str> = text.split('-').collect();
+    fn decode(text: &str, tag: impl Fn(&str) -> String) -> Option<Cursor> {
+        let (body, given) = text.rsplit_once('.')?;
+        let expected = tag(body);
+        if expected.len() != given.len() || expected.bytes().zip(given.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) != 0 {
+            return None;
+        }
+        let parts: Vec<&str> = body.split('.').collect();
         if parts.len() != 5 {
             return None;
         }
@@ -143,11 +153,12 @@ fn read_lines(store: &dyn Store, shard: u16, account: AccountId, spec: engine::m
 
 #[utoipa::path(get, path = "/v1/accounts/{account_id}/entries", tag = "accounts", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::openapi::EntryPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}/entries")]
-pub async fn list_entries(signed: Signed, path: web::Path<String>, query: web::Query<Query>, engine: web::Data<Arc<Engine>>, store: web::Data<Arc<dyn Store>>) -> Result<HttpResponse, ApiError> {
+pub async fn list_entries(signed: Signed, path: web::Path<String>, query: web::Query<Query>, engine: web::Data<Arc<Engine>>, store: web::Data<Arc<dyn Store>>, platforms: web::Data<Arc<crate::platforms::Platforms>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
     let limit = page_limit(query.limit.as_deref())?;
-    let after = query.cursor.as_deref().map(|c| Cursor::decode(c).ok_or_else(|| ApiError::invalid("not a cursor this API returned", "cursor"))).transpose()?;
+    let tag = |body: &str| platforms.tag("entries-cursor", &format!("{}/{body}", account.0));
+    let after = query.cursor.as_deref().map(|c| Cursor::decode(c, tag).ok_or_else(|| ApiError::invalid("not a cursor this API returned", "cursor"))).transpose()?;
     let shard = account.shard(engine.config().shard_count);
     let (engine, store) = (engine.get_ref().clone(), store.get_ref().clone());
     let page = blocking(move || -> Result<Option<(Vec<Value>, Option<Cursor>)>, ApiError> {
@@ -167,7 +178,7 @@ pub async fn list_entries(signed: Signed, path: web::Path<String>, query: web::Q
     })
     .await??;
     let (lines, next) = page.ok_or_else(ApiError::not_found)?;
-    Ok(HttpResponse::Ok().json(json!({"entries": lines, "next_cursor": next.map(|c| c.encode())})))
+    Ok(HttpResponse::Ok().json(json!({"entries": lines, "next_cursor": next.map(|c| c.encode(tag))})))
 }
 
 /// Registers the entries route.
@@ -181,9 +192,18 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
+        let key = crate::secrets::MasterKey::from_bytes([7; 32]);
+        let tag = |body: &str| key.tag("entries-cursor", &format!("9/{body}"));
         let cursor = Cursor { sequence: 7, index: 3, balances: [100, 5, 0] };
-        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
-        assert_eq!(Cursor::decode("7-3"), None);
-        assert_eq!(Cursor::decode("a-b-c-d-e"), None);
+        let text = cursor.encode(tag);
+        assert_eq!(Cursor::decode(&text, tag), Some(cursor));
+        // Changed balances, another account's tag, or garbage: refused.
+        let forged = text.replacen("7.3.100.", "7.3.999.", 1);
+        assert_eq!(Cursor::decode(&forged, tag), None);
+        let other = |body: &str| key.tag("entries-cursor", &format!("10/{body}"));
+        assert_eq!(Cursor::decode(&text, other), None);
+        for garbage in ["7-3", "a.b.c.d.e.f", "", "."] {
+            assert_eq!(Cursor::decode(garbage, tag), None, "{garbage}");
+        }
     }
 }

@@ -159,6 +159,11 @@ impl Platforms {
         self.by_id.read().expect("platforms lock").get(&id).cloned()
     }
 
+    /// A tag binding `message` to `purpose` under the master key (see `MasterKey::tag`).
+    pub fn tag(&self, purpose: &str, message: &str) -> String {
+        self.master_key.tag(purpose, message)
+    }
+
     /// The platform's current secret.
     pub fn secret(&self, platform: &Platform) -> String {
         self.master_key.platform_secret(platform.id, platform.secret_version)

@@ -35,6 +35,12 @@ pub fn hmac_hex(key: &[u8], message: &[u8]) -> String {
 pub struct MasterKey([u8; 32]);
 
 impl MasterKey {
+    /// A key from its bytes (tests).
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> MasterKey {
+        MasterKey(bytes)
+    }
+
     /// Loads or creates the key.
     pub fn load(data_dir: &Path) -> std::io::Result<MasterKey> {
         let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
@@ -66,6 +72,14 @@ impl MasterKey {
     /// The secret of a platform at a secret version: HMAC(master key, "platform-secret/ID/VERSION").
     pub fn platform_secret(&self, platform_id: u32, version: u32) -> String {
         hmac_hex(&self.0, format!("platform-secret/{platform_id}/{version}").as_bytes())
+    }
+
+    /// A short tag (64 bits of HMAC) over `message` for `purpose`: what we hand out and must get
+    /// back unchanged (cursors) carries one.
+    pub fn tag(&self, purpose: &str, message: &str) -> String {
+        let mut tag = hmac_hex(&self.0, format!("tag/{purpose}/{message}").as_bytes());
+        tag.truncate(16);
+        tag
     }
 }
 

@@ -68,13 +68,20 @@ struct PlatformBody {
     settlement_cycle_days: u8,
     auto_confirm_days: u8,
     require_payment_password: bool,
+    /// The commission tiers, receivers and service fee the settlement run charges (null: none).
+    settlement_rule: Option<serde_json::Value>,
 }
 
 #[utoipa::path(get, path = "/v1/platform", tag = "platform", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/platform")]
-pub async fn whoami(signed: Signed) -> Result<HttpResponse, ApiError> {
+pub async fn whoami(signed: Signed, engine: web::Data<std::sync::Arc<engine::Engine>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform;
+    let settlement_rule = platform
+        .settlement_rule
+        .as_ref()
+        .and_then(|rule| crate::orders::currency(&engine, &rule.currency).ok().map(|(_, spec)| crate::commission::view(rule, &spec)));
     Ok(HttpResponse::Ok().json(PlatformBody {
+        settlement_rule,
         platform_id: platform.public_id(),
         name: platform.name,
         settlement_cycle_days: platform.settlement_cycle_days,
