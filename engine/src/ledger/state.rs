@@ -418,6 +418,15 @@ impl ShardState {
         fx.postings.push(Posting { account, bucket, amount });
     }
 
+    /// One entry (of no order) moving `amount` from this shard's `from` stripe to its `to` stripe.
+    pub(crate) fn move_between_roles(&mut self, fx: &mut Effects, kind: EntryKind, currency: CurrencyId, from: SystemRole, to: SystemRole, amount: Minor) {
+        let (from, to) = (self.system_account(from, currency), self.system_account(to, currency));
+        self.begin_entry(fx, NO_ORDER, kind, currency);
+        self.post(fx, from, Bucket::Settled, -amount);
+        self.post(fx, to, Bucket::Settled, amount);
+        self.end_entry(fx);
+    }
+
     /// Credits income to an account's unsettled bucket, as a lot of business day `day`.
     pub(crate) fn credit_unsettled(&mut self, fx: &mut Effects, account: AccountId, amount: Minor, day: u32) {
         self.post(fx, account, Bucket::Unsettled, amount);

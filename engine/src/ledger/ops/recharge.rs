@@ -105,11 +105,6 @@ pub fn credit_suspense(state: &mut ShardState, currency: CurrencyId, amount: Min
         return Reply::rejected(ResultCode::CurrencyUnknown);
     }
     // After this point the credit must succeed.
-    let reserve = state.system_account(SystemRole::Reserve, currency);
-    let suspense = state.system_account(SystemRole::Suspense, currency);
-    state.begin_entry(fx, NO_ORDER, EntryKind::SuspenseIn, currency);
-    state.post(fx, reserve, Bucket::Settled, -amount);
-    state.post(fx, suspense, Bucket::Settled, amount);
-    state.end_entry(fx);
+    state.move_between_roles(fx, EntryKind::SuspenseIn, currency, SystemRole::Reserve, SystemRole::Suspense, amount);
     Reply { code: ResultCode::Ok, id: 0, status: None, replayed: false }
 }

@@ -120,12 +120,7 @@ pub fn charge_channel_fees(state: &mut ShardState, channel: u16, day: u32, curre
     // After this point the charge must succeed.
     let now = (total - booked).max(0);
     if now > 0 {
-        let income = state.system_account(SystemRole::FeeIncome, currency);
-        let reserve = state.system_account(SystemRole::Reserve, currency);
-        state.begin_entry(fx, NO_ORDER, EntryKind::ChannelFee, currency);
-        state.post(fx, income, Bucket::Settled, -now);
-        state.post(fx, reserve, Bucket::Settled, now);
-        state.end_entry(fx);
+        state.move_between_roles(fx, EntryKind::ChannelFee, currency, SystemRole::FeeIncome, SystemRole::Reserve, now);
         state.channel_fees.insert((channel, day, currency.0), total);
     }
     Reply { code: ResultCode::Ok, id: now as u64, status: None, replayed: false }
@@ -141,11 +136,6 @@ pub fn verification_deposit(state: &mut ShardState, currency: CurrencyId, amount
         return Reply::rejected(code);
     }
     // After this point the deposit must succeed.
-    let income = state.system_account(SystemRole::FeeIncome, currency);
-    let reserve = state.system_account(SystemRole::Reserve, currency);
-    state.begin_entry(fx, NO_ORDER, EntryKind::VerificationDeposit, currency);
-    state.post(fx, income, Bucket::Settled, -amount);
-    state.post(fx, reserve, Bucket::Settled, amount);
-    state.end_entry(fx);
+    state.move_between_roles(fx, EntryKind::VerificationDeposit, currency, SystemRole::FeeIncome, SystemRole::Reserve, amount);
     Reply { code: ResultCode::Ok, id: amount as u64, status: None, replayed: false }
 }
