@@ -20,7 +20,7 @@ struct FileConfig {
     engine: EngineSection,
     simulator: SimulatorSection,
     webhooks: WebhooksSection,
-    channels: Vec<ChannelRow>,
+    channels: Vec<gateway::channels::ChannelSpec>,
     calendar: CalendarSection,
     settlement: SettlementSection,
     currencies: Vec<CurrencyRow>,
@@ -58,40 +58,6 @@ struct WebhooksSection {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChannelRow {
-    id: u16,
-    name: String,
-    kind: String,
-    direction: String,
-    currency: String,
-    fee_fixed: String,
-    fee_rate_bps: i64,
-    fee_min: String,
-    fee_max: String,
-    order_min: String,
-    order_max: String,
-    daily_cap: String,
-    window: String,
-    business_days_only: bool,
-    arrival: String,
-    eta_minutes: u32,
-    serves: Vec<String>,
-    sim_latency_ms: u64,
-    sim_failure_per_mille: u16,
-    #[serde(default = "enabled_by_default")]
-    enabled: bool,
-    #[serde(default)]
-    sim_drop_per_mille: u16,
-    #[serde(default = "gateway::channels::default_timeout_ms")]
-    timeout_ms: u64,
-}
-
-fn enabled_by_default() -> bool {
-    true
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SettlementSection {
     scheduled: bool,
     cutoff: String,
@@ -103,57 +69,6 @@ struct CalendarSection {
     holidays: Vec<String>,
 }
 
-
-fn channel(row: &ChannelRow, currencies: &[CurrencySpec]) -> Result<gateway::channels::Channel> {
-    use gateway::channels::{Arrival, Channel, Direction};
-    let what = |field: &str| anyhow!("channel {}: bad {field}", row.name);
-    let spec = currencies.iter().find(|c| c.code_str() == row.currency).ok_or_else(|| what("currency (not configured)"))?;
-    // Zero is a valid fee or limit here; parse_amount refuses it, so zero is spelled out.
-    let money = |text: &str, field: &str| -> Result<i64> {
-        if text.trim_start_matches('0').trim_start_matches('.').trim_matches('0').is_empty() {
-            return Ok(0);
-        }
-        gateway::parse_amount(text, spec).map_err(|_| what(field))
-    };
-    let window = gateway::channels::parse_window(&row.window).ok_or_else(|| what("window"))?;
-    if row.sim_failure_per_mille > 1000 || row.sim_drop_per_mille > 1000 || row.fee_rate_bps < 0 || row.fee_rate_bps > 10_000 || row.timeout_ms < 100 {
-        return Err(what("sim_failure_per_mille, sim_drop_per_mille, fee_rate_bps or timeout_ms"));
-    }
-    Ok(Channel {
-        id: row.id,
-        name: row.name.clone(),
-        kind: row.kind.clone(),
-        direction: match row.direction.as_str() {
-            "in" => Direction::In,
-            "out" => Direction::Out,
-            _ => return Err(what("direction (in or out)")),
-        },
-        currency: row.currency.clone(),
-        exponent: spec.exponent,
-        fee_fixed: money(&row.fee_fixed, "fee_fixed")?,
-        fee_rate_bps: row.fee_rate_bps,
-        fee_min: money(&row.fee_min, "fee_min")?,
-        fee_max: money(&row.fee_max, "fee_max")?,
-        order_min: money(&row.order_min, "order_min")?,
-        order_max: money(&row.order_max, "order_max")?,
-        daily_cap: money(&row.daily_cap, "daily_cap")?,
-        window,
-        business_days_only: row.business_days_only,
-        arrival: match row.arrival.as_str() {
-            "realtime" => Arrival::Realtime,
-            "standard" => Arrival::Standard,
-            _ => return Err(what("arrival (realtime or standard)")),
-        },
-        eta_minutes: row.eta_minutes,
-        serves_personal: row.serves.iter().any(|s| s == "personal"),
-        serves_corporate: row.serves.iter().any(|s| s == "corporate"),
-        sim_latency_ms: row.sim_latency_ms,
-        sim_failure_per_mille: row.sim_failure_per_mille,
-        enabled: row.enabled,
-        sim_drop_per_mille: row.sim_drop_per_mille,
-        timeout_ms: row.timeout_ms,
-    })
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,7 +181,7 @@ impl Config {
             backoff_ms_max: w.backoff_ms_max,
             timeout_seconds: w.timeout_seconds,
         };
-        let channels = file.channels.iter().map(|row| channel(row, &engine.currencies)).collect::<Result<Vec<_>>>()?;
+        let channels = file.channels.iter().map(|row| row.build(&engine.currencies).map_err(anyhow::Error::msg)).collect::<Result<Vec<_>>>()?;
         if !channels.iter().any(|c| c.direction == gateway::channels::Direction::In) {
             return Err(anyhow!("configure at least one money-in channel"));
         }

@@ -125,7 +125,7 @@ fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<P
     let store: Arc<dyn storage::Store> = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
     let engine = Engine::start(config.engine.clone(), store.clone())?;
     let channels = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
-    channels.load_settings(store.as_ref()).map_err(anyhow::Error::msg)?;
+    channels.load_settings(store.as_ref(), &config.engine.currencies).map_err(anyhow::Error::msg)?;
     let cases = gateway::offline::Cases::load(store.clone()).map_err(anyhow::Error::msg)?;
     let started = std::time::Instant::now();
     let result = gateway::reconcile::reconcile(&engine, &cases, store.as_ref(), &channels, channel, day, &text);
@@ -147,7 +147,7 @@ fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Res
     let engine = Engine::start(config.engine.clone(), store.clone())?;
     let master_key = gateway::secrets::MasterKey::load(&data_dir).context("loading the master key")?;
     let channels = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
-    channels.load_settings(store.as_ref()).map_err(anyhow::Error::msg)?;
+    channels.load_settings(store.as_ref(), &config.engine.currencies).map_err(anyhow::Error::msg)?;
     let platforms = gateway::platforms::Platforms::load(store, master_key).map_err(anyhow::Error::msg)?.all();
     let total = platforms.len();
     let started = std::time::Instant::now();

@@ -1508,6 +1508,35 @@ fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart()
     let p = Client { server: &server, platform, secret };
     let (_, _, third) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-3", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
     assert_eq!(third["channel"], "sim_ibps", "{third}");
+    // The operator adds a channel, cheaper than the others: the next payout goes through it and
+    // the simulated bank pays it.
+    let express = json!({"id": 9, "name": "sim_express", "kind": "unionpay_realtime", "direction": "out", "currency": "CNY",
+        "fee_fixed": "0.50", "fee_rate_bps": 0, "fee_min": "0.50", "fee_max": "0.50", "order_min": "0.01", "order_max": "1000.00",
+        "daily_cap": "100000.00", "window": "00:00-24:00", "business_days_only": false, "arrival": "realtime", "eta_minutes": 1,
+        "serves": ["personal"], "sim_latency_ms": 20, "sim_failure_per_mille": 0});
+    let (status, row) = admin_request(&server, "POST", "/admin/channels", token, Some(&express));
+    assert_eq!((status, row["fee"]["fixed"].as_str()), (201, Some("0.50")), "{row}");
+    for (field, value) in [("id", json!(2)), ("name", json!("sim_ibps")), ("id", json!(0)), ("currency", json!("XYZ")), ("window", json!("9-17")), ("direction", json!("sideways"))] {
+        let mut body = express.clone();
+        body[field] = value;
+        if field != "name" {
+            body["name"] = json!("sim_other");
+        }
+        let (status, error) = admin_request(&server, "POST", "/admin/channels", token, Some(&body));
+        assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_request")), "{field}: {error}");
+    }
+    let (_, _, fourth) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-4", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    assert_eq!((fourth["channel"].as_str(), fourth["fee"].as_str()), (Some("sim_express"), Some("0.50")), "{fourth}");
+    p.wait_order(fourth["order_id"].as_str().unwrap(), "succeeded");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+    let server = start_configured(dir.path(), token, &config);
+    let (_, report) = server.get("/admin/channels", Some(token));
+    assert!(report["channels"].as_array().unwrap().iter().any(|c| c["name"] == "sim_express" && c["id"] == 9), "added channels outlive a restart: {report}");
+    let p = Client { server: &server, platform, secret };
+    let (_, order) = p.get(&format!("/v1/orders/{}", fourth["order_id"].as_str().unwrap()));
+    assert_eq!(order["channel"], "sim_express", "{order}");
     server.stop();
 }
 

@@ -161,7 +161,7 @@ pub async fn check_invariants(request: HttpRequest, engine: web::Data<Arc<Engine
 
 /// Registers the operator routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(list_shards).service(one_shard).service(check_invariants).service(create_platform).service(set_account_status).service(list_channels).service(change_channel);
+    config.service(list_shards).service(one_shard).service(check_invariants).service(create_platform).service(set_account_status).service(list_channels).service(change_channel).service(add_channel);
 }
 
 #[derive(Serialize)]
@@ -245,12 +245,42 @@ pub async fn change_channel(
     let (channels, store, name) = (channels.get_ref().clone(), store.get_ref().clone(), path.into_inner());
     let report = blocking(move || -> Result<serde_json::Value, ApiError> {
         channels.update(store.as_ref(), &name, &change)?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-        let all = channels.report(now);
-        Ok(all["channels"].as_array().and_then(|rows| rows.iter().find(|r| r["name"] == name.as_str()).cloned()).unwrap_or_default())
+        Ok(channel_row(&channels, &name))
     })
     .await??;
     Ok(HttpResponse::Ok().json(report))
+}
+
+/// `POST /admin/channels` (the clearing issue): adds a channel at run time, in the shape of a
+/// `[[channels]]` entry of the configuration file; stored, so it outlives restarts. Answers
+/// 201 with the channel's report.
+#[utoipa::path(post, path = "/admin/channels", tag = "operator", request_body = crate::channels::ChannelSpec, responses((status = 201, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[actix_web::post("/admin/channels")]
+pub async fn add_channel(
+    request: HttpRequest,
+    body: web::Bytes,
+    token: web::Data<AdminToken>,
+    engine: web::Data<Arc<Engine>>,
+    channels: web::Data<Arc<crate::channels::Channels>>,
+    store: web::Data<Arc<dyn storage::Store>>,
+) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let spec: crate::channels::ChannelSpec = crate::v1::parse_json(&body)?;
+    let (channels, store, currencies) = (channels.get_ref().clone(), store.get_ref().clone(), engine.config().currencies.clone());
+    let name = spec.name.clone();
+    let report = blocking(move || -> Result<serde_json::Value, ApiError> {
+        channels.add(store.as_ref(), &spec, &currencies)?;
+        Ok(channel_row(&channels, &name))
+    })
+    .await??;
+    Ok(HttpResponse::Created().json(report))
+}
+
+/// One channel's row of the report, as `GET /admin/channels` shows it.
+fn channel_row(channels: &crate::channels::Channels, name: &str) -> serde_json::Value {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    let all = channels.report(now);
+    all["channels"].as_array().and_then(|rows| rows.iter().find(|r| r["name"] == name).cloned()).unwrap_or_default()
 }
 
 /// `GET /admin/channels` (the clearing issue): every channel's configuration, today's use of its

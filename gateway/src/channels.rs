@@ -6,8 +6,8 @@
 //! Routing picks, among the channels that can serve an order now, the cheapest that meets the
 //! requested arrival, and records every candidate with why it was or was not viable.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Mutex, OnceLock, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use engine::money::Minor;
@@ -125,6 +125,99 @@ struct Usage {
     used: HashMap<u16, Minor>,
 }
 
+/// A channel as the configuration file (`[[channels]]`) and `POST /admin/channels` give it:
+/// amounts as decimal strings in its currency.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    pub id: u16,
+    pub name: String,
+    pub kind: String,
+    /// `in` (recharges, direct payments, collections) or `out` (withdrawals, payouts).
+    pub direction: String,
+    pub currency: String,
+    pub fee_fixed: String,
+    pub fee_rate_bps: i64,
+    pub fee_min: String,
+    pub fee_max: String,
+    pub order_min: String,
+    pub order_max: String,
+    pub daily_cap: String,
+    /// "HH:MM-HH:MM" business-local time ("00:00-24:00": 7x24).
+    pub window: String,
+    pub business_days_only: bool,
+    /// `realtime` or `standard`.
+    pub arrival: String,
+    pub eta_minutes: u32,
+    /// `personal` and/or `corporate`.
+    pub serves: Vec<String>,
+    pub sim_latency_ms: u64,
+    pub sim_failure_per_mille: u16,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub sim_drop_per_mille: u16,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl ChannelSpec {
+    /// The channel, checked: a configured currency, amounts in it, a window, known words.
+    pub fn build(&self, currencies: &[engine::money::CurrencySpec]) -> Result<Channel, String> {
+        let what = |field: &str| format!("channel {}: bad {field}", self.name);
+        let spec = currencies.iter().find(|c| c.code_str() == self.currency).ok_or_else(|| what("currency (not configured)"))?;
+        let money = |text: &str, field: &str| -> Result<Minor, String> { spec.parse(text).filter(|m| *m >= 0).ok_or_else(|| what(field)) };
+        let window = parse_window(&self.window).ok_or_else(|| what("window"))?;
+        if self.sim_failure_per_mille > 1000 || self.sim_drop_per_mille > 1000 || !(0..=10_000).contains(&self.fee_rate_bps) || self.timeout_ms < 100 {
+            return Err(what("sim_failure_per_mille, sim_drop_per_mille, fee_rate_bps or timeout_ms"));
+        }
+        if self.name.is_empty() || self.name.len() > 64 || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(what("name (1 to 64 of [A-Za-z0-9_-])"));
+        }
+        if self.serves.iter().any(|s| s != "personal" && s != "corporate") {
+            return Err(what("serves (personal, corporate)"));
+        }
+        Ok(Channel {
+            id: self.id,
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            direction: match self.direction.as_str() {
+                "in" => Direction::In,
+                "out" => Direction::Out,
+                _ => return Err(what("direction (in or out)")),
+            },
+            currency: self.currency.clone(),
+            exponent: spec.exponent,
+            fee_fixed: money(&self.fee_fixed, "fee_fixed")?,
+            fee_rate_bps: self.fee_rate_bps,
+            fee_min: money(&self.fee_min, "fee_min")?,
+            fee_max: money(&self.fee_max, "fee_max")?,
+            order_min: money(&self.order_min, "order_min")?,
+            order_max: money(&self.order_max, "order_max")?,
+            daily_cap: money(&self.daily_cap, "daily_cap")?,
+            window,
+            business_days_only: self.business_days_only,
+            arrival: match self.arrival.as_str() {
+                "realtime" => Arrival::Realtime,
+                "standard" => Arrival::Standard,
+                _ => return Err(what("arrival (realtime or standard)")),
+            },
+            eta_minutes: self.eta_minutes,
+            serves_personal: self.serves.iter().any(|s| s == "personal"),
+            serves_corporate: self.serves.iter().any(|s| s == "corporate"),
+            sim_latency_ms: self.sim_latency_ms,
+            sim_failure_per_mille: self.sim_failure_per_mille,
+            enabled: self.enabled,
+            sim_drop_per_mille: self.sim_drop_per_mille,
+            timeout_ms: self.timeout_ms,
+        })
+    }
+}
+
 /// Every configured channel with the router's running state (daily usage, health).
 pub struct Channels {
     /// The operator may change them at run time (`PATCH /admin/channels/{name}`).
@@ -135,14 +228,14 @@ pub struct Channels {
     health: Mutex<HashMap<u16, Health>>,
 }
 
-static NAMES: OnceLock<HashMap<u16, String>> = OnceLock::new();
+static NAMES: RwLock<BTreeMap<u16, String>> = RwLock::new(BTreeMap::new());
 
 /// The name of a channel number (from the configuration the server started with).
 pub fn name(id: u16) -> String {
     if id == crate::offline::OFFLINE_CHANNEL {
         return "offline_transfer".into();
     }
-    NAMES.get().and_then(|names| names.get(&id).cloned()).unwrap_or_else(|| format!("channel_{id}"))
+    NAMES.read().expect("names lock").get(&id).cloned().unwrap_or_else(|| format!("channel_{id}"))
 }
 
 impl Channels {
@@ -160,7 +253,7 @@ impl Channels {
                 return Err(format!("channel {}: window, order limits or fee bounds are inverted", channel.name));
             }
         }
-        let _ = NAMES.set(channels.iter().map(|c| (c.id, c.name.clone())).collect());
+        NAMES.write().expect("names lock").extend(channels.iter().map(|c| (c.id, c.name.clone())));
         Ok(Channels { channels: RwLock::new(channels), holidays, utc_offset_seconds, usage: Mutex::new(Usage::default()), health: Mutex::new(HashMap::new()) })
     }
 
@@ -178,8 +271,18 @@ impl Channels {
         self.channels.read().expect("channels lock")
     }
 
-    /// Applies the operator's stored changes (`h/chan/`) over the configuration.
-    pub fn load_settings(&self, store: &dyn storage::Store) -> Result<(), String> {
+    /// Adds the channels the operator added (`h/newchan/`) and applies the operator's stored
+    /// changes (`h/chan/`) over the configuration.
+    pub fn load_settings(&self, store: &dyn storage::Store, currencies: &[engine::money::CurrencySpec]) -> Result<(), String> {
+        for (_, spec) in crate::records::load_all::<ChannelSpec>(store, ADDED_PREFIX.as_bytes())? {
+            let channel = spec.build(currencies)?;
+            let mut channels = self.channels.write().expect("channels lock");
+            if channels.iter().any(|c| c.id == channel.id || c.name == channel.name) {
+                return Err(format!("added channel {} ({}) is now also in the configuration file", channel.id, channel.name));
+            }
+            NAMES.write().expect("names lock").insert(channel.id, channel.name.clone());
+            channels.push(channel);
+        }
         let stored = crate::records::load_all::<Settings>(store, SETTINGS_PREFIX.as_bytes())?;
         let mut channels = self.channels.write().expect("channels lock");
         for (_, settings) in stored {
@@ -188,6 +291,28 @@ impl Channels {
             }
         }
         Ok(())
+    }
+
+    /// Adds a channel at run time and stores it (it outlives restarts); routing considers it
+    /// from the next order on. Its id and name must be new (id 0 is offline transfers').
+    pub fn add(&self, store: &dyn storage::Store, spec: &ChannelSpec, currencies: &[engine::money::CurrencySpec]) -> Result<Channel, crate::error::ApiError> {
+        use crate::error::ApiError;
+        let channel = spec.build(currencies).map_err(|why| ApiError::invalid(&why, "channel"))?;
+        if channel.window.0 > channel.window.1 || channel.order_min > channel.order_max || channel.fee_min > channel.fee_max {
+            return Err(ApiError::invalid("window, order limits or fee bounds are inverted", "channel"));
+        }
+        let mut channels = self.channels.write().expect("channels lock");
+        if channel.id == crate::offline::OFFLINE_CHANNEL || channels.iter().any(|c| c.id == channel.id) {
+            return Err(ApiError::invalid("a channel id is new and not 0", "id"));
+        }
+        if channels.iter().any(|c| c.name == channel.name) {
+            return Err(ApiError::invalid("a channel name is new", "name"));
+        }
+        let key = format!("{ADDED_PREFIX}{:05}", channel.id).into_bytes();
+        crate::records::put(store, &[(key, spec)])?;
+        NAMES.write().expect("names lock").insert(channel.id, channel.name.clone());
+        channels.push(channel.clone());
+        Ok(channel)
     }
 
     /// Changes a channel at run time and stores the change (it outlives restarts; the
@@ -426,6 +551,9 @@ impl Channels {
         self.read().clone()
     }
 }
+
+/// Key prefix of the channels the operator added.
+const ADDED_PREFIX: &str = "h/newchan/";
 
 /// Key prefix of the operator's channel changes (`c/` is the cards').
 const SETTINGS_PREFIX: &str = "h/chan/";
@@ -716,14 +844,51 @@ mod tests {
         }
         assert!(channels.update(&store, "nowhere", &ChannelChange::default()).is_err());
         assert_eq!(channels.get(1).unwrap().fee_fixed, 900);
-        // A restart with the same configuration applies the stored change.
+        // An added channel (faster than both) is routed to at once.
+        let currencies = [engine::money::CurrencySpec::new("CNY", 2).unwrap()];
+        let spec = |id: u16, name: &str| ChannelSpec {
+            id,
+            name: name.into(),
+            kind: "test".into(),
+            direction: "out".into(),
+            currency: "CNY".into(),
+            fee_fixed: "0.00".into(),
+            fee_rate_bps: 0,
+            fee_min: "0.00".into(),
+            fee_max: "0.00".into(),
+            order_min: "0.01".into(),
+            order_max: "50000.00".into(),
+            daily_cap: "1000000.00".into(),
+            window: "00:00-24:00".into(),
+            business_days_only: false,
+            arrival: "realtime".into(),
+            eta_minutes: 0,
+            serves: vec!["personal".into()],
+            sim_latency_ms: 0,
+            sim_failure_per_mille: 0,
+            enabled: true,
+            sim_drop_per_mille: 0,
+            timeout_ms: 1_000,
+        };
+        channels.add(&store, &spec(7, "fast"), &currencies).unwrap();
+        assert_eq!(route(&channels).as_deref(), Some("fast"));
+        assert!(channels.add(&store, &spec(7, "again"), &currencies).is_err(), "ids are new");
+        assert!(channels.add(&store, &spec(8, "fast"), &currencies).is_err(), "names are new");
+        assert!(channels.add(&store, &spec(0, "offline"), &currencies).is_err(), "0 is offline transfers'");
+        assert!(channels.add(&store, &ChannelSpec { currency: "XYZ".into(), ..spec(9, "x") }, &currencies).is_err());
+        assert!(channels.add(&store, &ChannelSpec { window: "9-5".into(), ..spec(9, "x") }, &currencies).is_err());
+        assert!(channels.add(&store, &ChannelSpec { order_min: "9.00".into(), order_max: "1.00".into(), ..spec(9, "x") }, &currencies).is_err());
+        // A restart with the same configuration has the added channel and the stored change.
         let restarted = router(|_| {});
-        restarted.load_settings(&store).unwrap();
+        restarted.load_settings(&store, &currencies).unwrap();
+        assert_eq!(restarted.get(7).map(|c| c.name), Some("fast".to_string()));
+        assert_eq!(name(7), "fast");
         assert_eq!((restarted.get(1).unwrap().fee_fixed, restarted.get(1).unwrap().window), (900, (660, 1020)));
         let off = ChannelChange { enabled: Some(false), fee_fixed: Some("0.00".into()), ..ChannelChange::default() };
         restarted.update(&store, "cheap", &off).unwrap();
+        restarted.update(&store, "fast", &ChannelChange { enabled: Some(false), ..ChannelChange::default() }).unwrap();
         let decision = restarted.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00);
-        assert_eq!(chosen(&decision), (Some("dear"), vec![None, Some("disabled")]));
+        assert_eq!(chosen(&decision), (Some("dear"), vec![None, Some("disabled"), Some("disabled")]));
     }
 
     #[test]

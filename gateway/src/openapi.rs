@@ -217,6 +217,7 @@ impl Modify for Security {
         crate::admin::set_account_status,
         crate::admin::list_channels,
         crate::admin::change_channel,
+        crate::admin::add_channel,
         crate::offline::offline_transfers,
         crate::offline::list_cases,
         crate::offline::resolve_case,

@@ -88,7 +88,7 @@ impl Services {
         let platforms = Arc::new(Platforms::load(store.clone(), master_key)?);
         crate::events::start_delivery(engine.clone(), platforms.clone(), store.clone(), webhooks)?;
         let simulator = crate::simulator::Simulator::start(simulator, channel_key, store.clone())?;
-        channels.load_settings(store.as_ref())?;
+        channels.load_settings(store.as_ref(), &engine.config().currencies)?;
         let channels = Arc::new(channels);
         simulator.set_channels(channels.clone());
         Ok(Services {
