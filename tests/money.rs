@@ -1151,22 +1151,23 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
         assert_eq!(status, 201, "{order}");
         order["order_id"].as_str().unwrap().to_string()
     };
-    let (w1, w2, w4, w5) = (withdraw("w-1", "100.00", "realtime"), withdraw("w-2", "50.00", "realtime"), withdraw("w-4", "10.00", "realtime"), withdraw("w-5", "30.00", "realtime"));
+    let (w1, w2, w4, w5, w6) = (withdraw("w-1", "100.00", "realtime"), withdraw("w-2", "50.00", "realtime"), withdraw("w-4", "10.00", "realtime"), withdraw("w-5", "30.00", "realtime"), withdraw("w-6", "40.00", "realtime"));
     let w3 = withdraw("w-3", "20.00", "standard");
-    for id in [&w1, &w2, &w4, &w5] {
+    for id in [&w1, &w2, &w4, &w5, &w6] {
         p.wait_order(id, "succeeded");
     }
     let today = business_date(0);
     let statement = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
-    assert_eq!(statement.lines().count(), 5, "a header and four payouts: {statement}");
+    assert_eq!(statement.lines().count(), 6, "a header and five payouts: {statement}");
     assert!(statement.starts_with("bank_ref,order_id,direction,amount,status,fee\n") && statement.contains(&format!(",{w1},out,100.00,succeeded,1.00")), "the bank's tariff: {statement}");
-    // The bank's file as it came, with w-2's amount changed, w-5's fee changed, w-4's line lost
-    // and a stranger added.
+    // The bank's file as it came, with w-2's amount changed, w-5's fee changed, w-6 failed on
+    // their side, w-4's line lost and a stranger added: every kind of difference.
     let mut file: Vec<String> = statement
         .lines()
         .filter(|l| !l.contains(&format!(",{w4},")))
         .map(|l| l.replace(",50.00,", ",49.00,"))
         .map(|l| if l.contains(&format!(",{w5},")) { l.replace(",succeeded,1.00", ",succeeded,1.50") } else { l })
+        .map(|l| if l.contains(&format!(",{w6},")) { l.replace(",succeeded,1.00", ",failed,0.00") } else { l })
         .collect();
     file.push("SIMFOREIGN1,ord_999999,out,7.00,succeeded".to_string());
     let file = file.join("\n");
@@ -1178,22 +1179,23 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
     };
     let (status, report) = reconcile("sim_unionpay", &today, &file);
     assert_eq!(status, 200, "{report}");
-    assert_eq!(report["counts"], json!({"matched": 1, "amount_mismatch": 1, "fee_mismatch": 1, "carried": 1, "missing_theirs": 1}), "{report}");
+    assert_eq!(report["counts"], json!({"matched": 1, "amount_mismatch": 1, "fee_mismatch": 1, "status_mismatch": 1, "carried": 1, "missing_theirs": 1}), "{report}");
     let all_cases = || server.get("/admin/cases", Some(token)).1["cases"].as_array().unwrap().clone();
     let cases = || all_cases().len();
-    assert_eq!(cases(), 3);
+    assert_eq!(cases(), 4);
+    assert!(all_cases().iter().any(|c| c.to_string().contains("status mismatch: ours succeeded, theirs failed")), "{:?}", all_cases());
     assert!(all_cases().iter().any(|c| c.to_string().contains("fee mismatch: ours 1.00, theirs 1.50")), "{:?}", all_cases());
     let (_, again) = reconcile("sim_unionpay", &today, &file);
     assert_eq!(again["counts"], report["counts"], "{again}");
-    assert_eq!(cases(), 3, "a re-run opens nothing twice");
+    assert_eq!(cases(), 4, "a re-run opens nothing twice");
     // Two days on, the stranger is declared missing on our side (长款).
     let (_, later) = reconcile("sim_unionpay", &business_date(2), "bank_ref,order_id,direction,amount,status\n");
     assert_eq!(later["counts"]["missing_ours"], 1, "{later}");
-    assert_eq!(cases(), 4);
+    assert_eq!(cases(), 5);
     // Re-running the first day after that: the stranger is not carried again, it stays declared.
     let (_, rerun) = reconcile("sim_unionpay", &today, &file);
-    assert_eq!(rerun["counts"], json!({"matched": 1, "amount_mismatch": 1, "fee_mismatch": 1, "missing_ours": 1, "missing_theirs": 1}), "{rerun}");
-    assert_eq!(cases(), 4);
+    assert_eq!(rerun["counts"], json!({"matched": 1, "amount_mismatch": 1, "fee_mismatch": 1, "status_mismatch": 1, "missing_ours": 1, "missing_theirs": 1}), "{rerun}");
+    assert_eq!(cases(), 5);
     let (_, after) = reconcile("sim_unionpay", &business_date(3), "bank_ref,order_id,direction,amount,status\n");
     assert_eq!(after["counts"], json!({}), "nothing carried any more: {after}");
     // Our payout still processing, the bank's verdict in its file: resolved automatically.
@@ -1221,7 +1223,7 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
         .expect("clearing reconcile");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("\"matched\":1") && stdout.contains("\"amount_mismatch\":1") && stdout.contains("\"fee_mismatch\":1") && stdout.contains("\"missing_theirs\":1"), "{stdout}");
+    assert!(stdout.contains("\"matched\":1") && stdout.contains("\"amount_mismatch\":1") && stdout.contains("\"fee_mismatch\":1") && stdout.contains("\"status_mismatch\":1") && stdout.contains("\"missing_theirs\":1"), "{stdout}");
 }
 
 #[test]
@@ -1590,18 +1592,24 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
     let (_, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
     assert_eq!((order["channel"].as_str(), order["fee"].as_str()), (Some("sim_unionpay"), Some("1.00")), "{order}");
     p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
-    // At the bank: 1,000.00 in, 100.00 out, and UnionPay kept its 1.00 fee (its statement says
-    // so): 899.00. Our books say so only once the run has booked the channel's fee.
+    // A recharge by WeChat scan: its tariff is 0.6 %, borne by the operator (the member gets 100.00).
+    let (status, _, scan) = p.post("/v1/recharges", &json!({"out_order_no": "r-scan", "account_id": a, "amount": "100.00", "currency": "CNY", "channel": "sim_wechat_scan"}));
+    assert_eq!((status, scan["channel"].as_str()), (201, Some("sim_wechat_scan")), "{scan}");
+    p.wait_order(scan["order_id"].as_str().unwrap(), "succeeded");
+    let wechat = ureq::get(&format!("{}/sim/channels/sim_wechat_scan/statements/{}", server.base, business_date(0))).call().unwrap().into_string().unwrap();
+    assert!(wechat.contains(",in,100.00,succeeded,0.60"), "{wechat}");
+    // At the bank: 1,100.00 in less WeChat's 0.60, 100.00 out, and UnionPay kept its 1.00 fee
+    // (the statements say so): 998.40. Our books say so only once the run has booked the fees.
     let today = business_date(0);
     let statement = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
     assert!(statement.contains(",out,100.00,succeeded,1.00"), "{statement}");
     // The micro-deposit that verified the card left the reserve too, at the operator's cost.
     let deposit = cents(&micro_deposit(&server, "4111111111111111"));
-    let at_bank = 89_900 - deposit;
+    let at_bank = 99_840 - deposit;
     let money = |c: i64| format!("{}{}.{:02}", if c < 0 { "-" } else { "" }, c.abs() / 100, c.abs() % 100);
     let reserve = || server.get(&format!("/admin/reserve?currency=CNY&bank_balance={}", money(at_bank)), Some(token)).1;
     let before = reserve();
-    assert_eq!((before["difference"].as_str(), before["fees"].as_str(), before["ok"].as_bool()), (Some("-1.00"), Some(money(100 - deposit).as_str()), Some(false)), "{before}");
+    assert_eq!((before["difference"].as_str(), before["fees"].as_str(), before["ok"].as_bool()), (Some("-1.60"), Some(money(100 - deposit).as_str()), Some(false)), "{before}");
     let (status, run) = settle(&server, token, &today);
     assert_eq!(status, 200, "{run}");
     let fees = run["channel_fees"].as_array().unwrap();
@@ -1609,7 +1617,9 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
     assert_eq!(unionpay.len(), 1, "{run}");
     assert_eq!((unionpay[0]["orders"].as_u64(), unionpay[0]["fees"].as_str(), unionpay[0]["booked_now"].as_str()), (Some(1), Some("1.00"), Some("1.00")), "{run}");
     let after = reserve();
-    assert_eq!((after["difference"].as_str(), after["fees"].as_str(), after["ok"].as_bool()), (Some("0.00"), Some(money(-deposit).as_str()), Some(true)), "{after}");
+    assert_eq!((after["difference"].as_str(), after["fees"].as_str(), after["ok"].as_bool()), (Some("0.00"), Some(money(-60 - deposit).as_str()), Some(true)), "{after}");
+    let scan_fee = run["channel_fees"].as_array().unwrap().iter().find(|f| f["channel"] == "sim_wechat_scan").cloned().unwrap_or_default();
+    assert_eq!((scan_fee["orders"].as_u64(), scan_fee["fees"].as_str()), (Some(1), Some("0.60")), "{run}");
     // The bank simulator's own reserve account says the same.
     let (_, bank) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
     assert_eq!((bank["bank_balance"].as_str(), bank["ok"].as_bool()), (Some(money(at_bank).as_str()), Some(true)), "{bank}");
