@@ -1450,7 +1450,9 @@ fn settlement_charges_tiered_commissions_over_several_days_and_platforms_exactly
     }
     let lines = statement(&server, token, days[1]);
     let n1_line = lines.iter().find(|l| l["account_id"] == n1).unwrap();
-    assert_eq!((n1_line["income_credits"].as_str(), n1_line["period_measure"].as_str(), n1_line["rate"].as_str(), n1_line["service_fee"].as_str()), ("2", "4", "0.005", "0.20"));
+    assert_eq!((n1_line["count"].as_str(), n1_line["period_measure"].as_str(), n1_line["rate"].as_str(), n1_line["service_fee"].as_str()), ("2", "4", "0.005", "0.20"));
+    let receiver_line = lines.iter().find(|l| l["line"] == "commission" && l["account_id"] == b_platform).unwrap();
+    assert_eq!((receiver_line["count"].as_str(), receiver_line["commission"].as_str()), ("1", "1.00"), "{receiver_line:?}");
     let (_, invariants) = server.get("/admin/invariants", Some(token));
     assert_eq!(invariants["ok"], true, "{invariants}");
     // Removing the rule: later income only matures.

@@ -185,9 +185,10 @@ pub async fn settle(request: HttpRequest, body: web::Bytes, token: web::Data<Adm
 /// the run of that date made withdrawable, with what the platform's rule charged on it
 /// (commission, service fee) and what stayed (`net_amount`), then a `commission` line per
 /// receiver with what it received (`platform` limits it to one platform, `account` to one
-/// account: a merchant's own statement).
+/// account: a merchant's own statement). `count` is the income credits matured on an income
+/// line, and the accounts the commission came from on a commission line.
 fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account: Option<engine::ledger::types::AccountId>) -> Result<String, EngineError> {
-    let mut csv = String::from("business_date,platform_id,line,account_id,member_id,currency,income_through,matured_amount,income_credits,period_measure,rate,commission,service_fee,net_amount,settled_at\n");
+    let mut csv = String::from("business_date,platform_id,line,account_id,member_id,currency,income_through,matured_amount,count,period_measure,rate,commission,service_fee,net_amount,settled_at\n");
     let wanted: Vec<(u32, u32)> = platforms.iter().filter_map(|p| day.checked_sub(p.settlement_cycle_days as u32).map(|through| (p.id, through))).collect();
     let mut receivers: std::collections::BTreeMap<(u32, u64, u8), (i64, u32, u32)> = std::collections::BTreeMap::new();
     for shard in 0..engine.config().shard_count {
