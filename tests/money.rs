@@ -1638,3 +1638,69 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
     assert_eq!(invariants["ok"], true, "{invariants}");
     server.stop();
 }
+
+/// Half-up rate of an amount in cents (`ppm` parts per million), as the settlement rule rounds.
+fn half_up(cents: i64, ppm: i64) -> i64 {
+    (cents * ppm + 500_000) / 1_000_000
+}
+
+#[test]
+fn a_settlement_run_killed_at_any_moment_and_run_again_charges_each_income_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-settle-crash";
+    let config = config_with(FAST_BANK);
+    let mut server = start_configured(dir.path(), token, &config);
+    let (platform, secret, payer, receivers, merchants) = {
+        let p = Client::create(&server, token, "{\"name\": \"Crash night\", \"settlement_cycle_days\": 0}");
+        let payer = p.account(&p.member("payer", "Payer"));
+        p.fund(&payer, "1000000.00", "fund");
+        let receivers = [p.account(&p.member("r-plat", "Platform Ltd")), p.account(&p.member("r-agent", "Agent"))];
+        let merchants: Vec<String> = (0..40).map(|i| p.account(&p.member(&format!("m{i}"), "Merchant"))).collect();
+        let rule = json!({"currency": "CNY", "basis": "amount", "period": "month", "tiers": [{"from": "0.00", "rate": "0.01"}],
+            "receivers": [{"account_id": receivers[0], "share": 3}, {"account_id": receivers[1], "share": 1}], "service_fee_rate": "0.002"});
+        assert_eq!(admin_request(&server, "PUT", &format!("/admin/platforms/{}/settlement-rule", p.platform), token, Some(&rule)).0, 200);
+        (p.platform.clone(), p.secret.clone(), payer, receivers, merchants)
+    };
+    let mut expected_net = vec![0i64; merchants.len()];
+    let mut expected_parts = [0i64; 2];
+    for round in 0..4i64 {
+        let p = Client { server: &server, platform: platform.clone(), secret: secret.clone() };
+        for (i, merchant) in merchants.iter().enumerate() {
+            let cents = 1 + (i as i64 * 7_919 + round * 104_729) % 99_991;
+            pay_balance(&p, &format!("r{round}-m{i}"), &payer, merchant, &format!("{}.{:02}", cents / 100, cents % 100));
+            let commission = half_up(cents, 10_000);
+            let fee = half_up(cents, 2_000).min(cents - commission);
+            expected_net[i] += cents - commission - fee;
+            // 3:1, the leftover cent to the larger remainder (ties to the platform).
+            let (a, b) = (commission * 3 / 4, commission / 4);
+            let extra = commission - a - b;
+            let (ra, rb) = ((commission * 3) % 4, commission % 4);
+            expected_parts[0] += a + if extra > 0 && ra >= rb { 1 } else { 0 };
+            expected_parts[1] += b + if extra > 0 && ra < rb { 1 } else { 0 };
+        }
+        drop(p);
+        // The run starts; the server is killed at a random moment around it.
+        let date = format!("2099-03-1{round}");
+        let url = format!("{}/admin/settlements", server.base);
+        let (run_date, run_token) = (date.clone(), token.to_string());
+        let run = std::thread::spawn(move || ureq::post(&url).set("Authorization", &format!("Bearer {run_token}")).send_string(&json!({"business_date": run_date}).to_string()).is_ok());
+        std::thread::sleep(std::time::Duration::from_micros(rand::random::<u64>() % 4_000));
+        server.kill();
+        let _ = run.join();
+        server = start_configured(dir.path(), token, &config);
+        let (status, summary) = settle(&server, token, &date);
+        assert_eq!((status, summary["invariants_ok"].as_bool()), (200, Some(true)), "{summary}");
+        let lines = statement(&server, token, &date);
+        assert_eq!(lines.iter().filter(|l| l["line"] == "income" && merchants.contains(&l["account_id"])).count(), merchants.len(), "each income matured once: {lines:?}");
+    }
+    let p = Client { server: &server, platform, secret };
+    for (i, merchant) in merchants.iter().enumerate() {
+        assert_eq!(cents(&p.balances(merchant).1), expected_net[i], "merchant {i}");
+    }
+    assert_eq!([cents(&p.balances(&receivers[0]).1), cents(&p.balances(&receivers[1]).1)], expected_parts);
+    let (_, invariants) = server.get("/admin/invariants", Some(token));
+    assert_eq!(invariants["ok"], true, "{invariants}");
+    let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
+    assert_eq!(reserve["ok"], true, "{reserve}");
+    server.stop();
+}
