@@ -38,11 +38,13 @@ pub enum ResultCode {
     NotRoutable = 28,
     /// A batch payment with no orders, too many, or an order number twice.
     InvalidBatch = 29,
+    /// A settlement rule that breaks its shape (`SettlementRule::check`).
+    InvalidRule = 30,
 }
 
 impl ResultCode {
     /// Every code, in number order (for documentation and tests).
-    pub const ALL: [ResultCode; 30] = [
+    pub const ALL: [ResultCode; 31] = [
         ResultCode::Ok,
         ResultCode::IdempotencyConflict,
         ResultCode::InvalidAmount,
@@ -73,6 +75,7 @@ impl ResultCode {
         ResultCode::InvalidExpiry,
         ResultCode::NotRoutable,
         ResultCode::InvalidBatch,
+        ResultCode::InvalidRule,
     ];
 
     /// The stable snake_case name used at the API edge.
@@ -108,6 +111,7 @@ impl ResultCode {
             ResultCode::InvalidExpiry => "invalid_expiry",
             ResultCode::NotRoutable => "not_routable",
             ResultCode::InvalidBatch => "invalid_batch",
+            ResultCode::InvalidRule => "invalid_rule",
         }
     }
 

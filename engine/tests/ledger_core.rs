@@ -795,3 +795,29 @@ fn a_verification_deposit_leaves_the_reserve_at_the_operators_cost_once() {
     assert_eq!(w.state.account(reserve).unwrap().total(), 37);
     w.assert_books_balance();
 }
+
+#[test]
+fn a_broken_rule_is_refused_by_the_shard_and_changes_nothing() {
+    let mut w = World::new();
+    let payer = w.funded(1, 10_000);
+    let merchant = w.funded(2, 0);
+    let receiver = w.funded(3, 0);
+    w.ok(pay(payer, 100, &[(merchant, 100)], &[]));
+    let day = w.state.business_day(w.now);
+    w.now += DAY;
+    let rule = |tiers: Vec<Tier>, receivers: Vec<Leg>| Some(Box::new(SettlementRule { currency: CNY, period_start: day, basis: TierBasis::Amount, tiers, receivers, service_fee_ppm: 0 }));
+    let broken = [
+        rule(vec![Tier { from: 0, rate_ppm: 5_000 }], vec![]),
+        rule(vec![], vec![Leg { account: receiver, amount: 1 }]),
+        rule(vec![Tier { from: 0, rate_ppm: 2_000_000 }], vec![Leg { account: receiver, amount: 1 }]),
+        rule(vec![Tier { from: 0, rate_ppm: 5_000 }], vec![Leg { account: receiver, amount: 0 }]),
+    ];
+    for rule in broken {
+        assert_eq!(w.run_as(P, Command::Settle { through_day: day, rule }).code, ResultCode::InvalidRule);
+    }
+    assert_eq!(w.balances(merchant), (0, 100, 0), "nothing matured");
+    let good = rule(vec![Tier { from: 0, rate_ppm: 10_000 }], vec![Leg { account: receiver, amount: 1 }]);
+    assert_eq!(w.run_as(P, Command::Settle { through_day: day, rule: good }).id, 1);
+    assert_eq!((w.balances(merchant).0, w.balances(receiver).0), (99, 1));
+    w.assert_books_balance();
+}

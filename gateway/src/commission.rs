@@ -36,7 +36,7 @@ impl Period {
     pub fn start(self, day: u32) -> u32 {
         match self {
             Period::Day => day,
-            Period::Week => day - (day + 3) % 7,
+            Period::Week => day.saturating_sub((day + 3) % 7),
             Period::Month => {
                 let epoch = time::Date::from_calendar_date(1970, time::Month::January, 1).expect("valid");
                 let date = epoch + time::Duration::days(day as i64);
@@ -300,5 +300,7 @@ mod tests {
         assert_eq!(Period::Month.start(d("2026-03-01")), d("2026-03-01"));
         assert_eq!(Period::Month.start(d("2024-02-29")), d("2024-02-01"));
         assert_eq!(Period::Day.start(d("2026-11-22")), d("2026-11-22"));
+        // The first days since the epoch have no Monday before them: the period starts at 0.
+        assert_eq!([Period::Week.start(0), Period::Week.start(2), Period::Month.start(0)], [0, 0, 0]);
     }
 }

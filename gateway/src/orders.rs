@@ -103,6 +103,7 @@ pub fn rejection(code: ResultCode) -> ApiError {
         ResultCode::InvalidExpiry => (400, "invalid_request", "the expiry must be in the future", Some("expires_at")),
         ResultCode::NotRoutable => (500, "internal_error", "the command could not be routed", None),
         ResultCode::InvalidBatch => (400, "invalid_request", "a batch carries 1 to 1000 orders with distinct order numbers", Some("orders")),
+        ResultCode::InvalidRule => (400, "invalid_request", "the settlement rule breaks its shape", Some("rule")),
     };
     ApiError { status, code: name, message: message.to_string(), param }
 }

@@ -12,6 +12,10 @@ use crate::result::ResultCode;
 /// number of accounts that had something to mature. Lots once matured are gone, so running the
 /// same day again changes nothing.
 pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule: Option<&SettlementRule>, fx: &mut Effects) -> Reply {
+    // The gateway checks rules when they are set; the shard does not trust that.
+    if rule.is_some_and(|r| r.check().is_err() || r.currency.0 as usize >= state.currencies.len()) {
+        return Reply::rejected(ResultCode::InvalidRule);
+    }
     let mut matured: Vec<(AccountId, Minor, u32)> = Vec::new();
     for (account, lots) in &state.lots {
         let owner = state.account(*account).expect("lots are of local accounts");
