@@ -578,7 +578,7 @@ pub async fn receive_callback(
         _ => return Err(ApiError::invalid("status is succeeded or failed", "status")),
     };
     match callback.kind.as_str() {
-        "withdrawal" => Ok(HttpResponse::Ok().json(payout_verdict(&engine, &channels, &cards, &simulator, order, succeeded, callback.channel.as_deref()).await?)),
+        "withdrawal" => Ok(HttpResponse::Ok().json(payout_verdict(&engine, &channels, &cards, &simulator, order, succeeded, callback.channel.as_deref(), "failed").await?)),
         "recharge" => {
             // The system acts (platform 0): verdicts are idempotent by order, so no order number.
             let command = Command::CompleteRecharge { order, succeeded };
@@ -596,7 +596,8 @@ pub async fn receive_callback(
 /// timeout): a verdict of a channel the order has left is stale; a failure falls back to the
 /// next channel if one can pay it now; otherwise the verdict completes the order. Health learns
 /// from verdicts on orders that were waiting for them.
-pub async fn payout_verdict(engine: &Arc<Engine>, channels: &crate::channels::Channels, cards: &Arc<crate::cards::Cards>, simulator: &Simulator, order: OrderId, succeeded: bool, channel_name: Option<&str>) -> Result<serde_json::Value, ApiError> {
+#[allow(clippy::too_many_arguments)]
+pub async fn payout_verdict(engine: &Arc<Engine>, channels: &crate::channels::Channels, cards: &Arc<crate::cards::Cards>, simulator: &Simulator, order: OrderId, succeeded: bool, channel_name: Option<&str>, why: &'static str) -> Result<serde_json::Value, ApiError> {
     let current = crate::orders::read_order(engine, 0, order, |_, o| match o.detail {
         engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some((channel, o.status, o.amount, o.created_at)),
         _ => None,
@@ -615,7 +616,7 @@ pub async fn payout_verdict(engine: &Arc<Engine>, channels: &crate::channels::Ch
     if !succeeded && waiting {
         channels.record_outcome(channel, false);
         channels.release(channel, amount, created_at);
-        if let Some(next) = crate::withdrawals::fall_back(engine, channels, cards, simulator, order).await? {
+        if let Some(next) = crate::withdrawals::fall_back(engine, channels, cards, simulator, order, why).await? {
             return Ok(serde_json::json!({"received": true, "status": "processing", "rerouted_to": next}));
         }
     }
@@ -648,8 +649,8 @@ pub fn start_watchdog(engine: Arc<Engine>, channels: Arc<crate::channels::Channe
                 for (order, channel) in simulator.overdue(Instant::now(), timeout_of) {
                     let outcome = match simulator.query(order, channel) {
                         BankStatus::Processing => continue,
-                        BankStatus::Unknown => payout_verdict(&engine, &channels, &cards, &simulator, order, false, Some(&crate::channels::name(channel))).await,
-                        BankStatus::Decided { succeeded } => payout_verdict(&engine, &channels, &cards, &simulator, order, succeeded, Some(&crate::channels::name(channel))).await,
+                        BankStatus::Unknown => payout_verdict(&engine, &channels, &cards, &simulator, order, false, Some(&crate::channels::name(channel)), "timeout").await,
+                        BankStatus::Decided { succeeded } => payout_verdict(&engine, &channels, &cards, &simulator, order, succeeded, Some(&crate::channels::name(channel)), "failed").await,
                     };
                     if let Err(error) = outcome {
                         eprintln!("payout watchdog: {}: {}", public_order_id(order), error.message);

@@ -238,11 +238,12 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config.service(create_withdrawal).service(create_payout);
 }
 
-/// Routing's fallback (the clearing issue, item 2): a channel failed withdrawal `order`; if
+/// Routing's fallback (the clearing issue, item 2): a channel failed withdrawal `order`
+/// (`reason`: `failed`, or `timeout` when it never received it); if
 /// another channel can pay it out now, the order moves there (`RerouteWithdrawal`, fee
 /// difference settled with the account) and the bank is asked again. Returns the new channel's
 /// name, or `None` when nothing else can take it (the order then fails, funds back).
-pub async fn fall_back(engine: &Arc<Engine>, channels: &Channels, cards: &Arc<Cards>, simulator: &Simulator, order: OrderId) -> Result<Option<String>, ApiError> {
+pub async fn fall_back(engine: &Arc<Engine>, channels: &Channels, cards: &Arc<Cards>, simulator: &Simulator, order: OrderId, reason: &'static str) -> Result<Option<String>, ApiError> {
     let found = crate::orders::read_order(engine, 0, order, |state, o| match o.detail {
         engine::ledger::types::OrderDetail::Withdrawal { channel, .. } if o.status == engine::ledger::types::OrderStatus::Processing => {
             Some((o.platform, o.out_order_no, channel, o.amount, state.currencies[o.currency.0 as usize]))
@@ -268,7 +269,7 @@ pub async fn fall_back(engine: &Arc<Engine>, channels: &Channels, cards: &Arc<Ca
     noted.tried.push(next);
     noted.channel = Some(next);
     noted.fee = decision.fee_minor;
-    let fallback = serde_json::json!({"from": crate::channels::name(failed), "to": crate::channels::name(next), "fee": spec.format(decision.fee_minor), "candidates": decision.candidates});
+    let fallback = serde_json::json!({"from": crate::channels::name(failed), "to": crate::channels::name(next), "reason": reason, "fee": spec.format(decision.fee_minor), "candidates": decision.candidates});
     if let Some(routing) = noted.routing.as_mut() {
         routing["chosen"] = serde_json::json!(crate::channels::name(next));
         match routing.get_mut("fallbacks").and_then(|f| f.as_array_mut()) {
