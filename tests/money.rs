@@ -1706,3 +1706,39 @@ fn a_settlement_run_killed_at_any_moment_and_run_again_charges_each_income_once(
     assert_eq!(reserve["ok"], true, "{reserve}");
     server.stop();
 }
+
+#[test]
+fn a_micro_deposit_the_bank_never_paid_is_asked_again_at_start_and_booked_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-deposit";
+    // The bank is away when the card is bound (the deposit is booked, the bank never asked):
+    // what a crash between the two would leave.
+    let away = config_with(&[("enabled = true", "enabled = false")]);
+    let server = start_configured(dir.path(), token, &away);
+    let p = Client::create(&server, token, "{\"name\": \"Deposits\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let (status, _, card) = p.post(&format!("/v1/accounts/{a}/cards"), &json!({"out_order_no": "card-1", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}));
+    assert_eq!(status, 201, "{card}");
+    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    assert!(statement["transactions"].as_array().unwrap().is_empty(), "{statement}");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+    // Back with the bank: the deposit is asked for again, booked once, and the card verifies.
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    assert!(server.lines.iter().any(|l| l.contains("1 card verification deposits were asked of the bank again")), "{:?}", server.lines);
+    let p = Client { server: &server, platform, secret };
+    let deposit = micro_deposit(&server, "4111111111111111");
+    let card_id = card["card_id"].as_str().unwrap();
+    let (status, _, verified) = p.post(&format!("/v1/accounts/{a}/cards/{card_id}/verify"), &json!({"amount": deposit}));
+    assert_eq!((status, verified["status"].as_str()), (200, Some("verified")), "{verified}");
+    let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
+    assert_eq!((reserve["ok"].as_bool(), reserve["fees"].as_str()), (Some(true), Some(format!("-{deposit}").as_str())), "booked once: {reserve}");
+    server.stop();
+    // A third start asks nothing again.
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    assert!(!server.lines.iter().any(|l| l.contains("verification deposits were asked")), "{:?}", server.lines);
+    let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
+    assert_eq!(reserve["ok"], true, "{reserve}");
+    server.stop();
+}

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use actix_web::{delete, get, post, web, HttpResponse};
-use engine::ledger::command::{Command, Envelope};
+use engine::ledger::command::{Command, Envelope, OutOrderNo};
 use engine::ledger::types::AccountId;
 use engine::Engine;
 use rand::Rng;
@@ -19,7 +19,7 @@ use storage::Store;
 use crate::accounts::{account_of, luhn_check_digit, parse_account_id, public_account_id};
 use crate::error::{blocking, ApiError};
 use crate::members::Members;
-use crate::simulator::{Simulator, Work};
+use crate::simulator::{Simulator, Work, DEPOSIT_REMARK};
 use crate::v1::Signed;
 
 /// Wrong verification amounts that lock a card.
@@ -125,6 +125,31 @@ impl Cards {
 
     fn save(&self, card: &Card) -> Result<(), ApiError> {
         crate::records::put(self.store.as_ref(), &[(crate::records::key(PREFIX, card.id), card)])
+    }
+
+    /// Cards waiting for a micro-deposit the bank has not paid (no deposit line on the card's
+    /// statement): each is booked (idempotent, by the number `card-{id}`) and handed to the bank
+    /// again. Run at start: it closes the window between saving a card, booking its deposit and
+    /// asking the bank (a crash in between left the card waiting for nothing). Returns how many.
+    pub fn resume_deposits(&self, engine: &Engine, simulator: &Simulator) -> Result<usize, String> {
+        let waiting: Vec<Card> = self.state.lock().expect("cards lock").by_id.values().filter(|c| c.status == "pending_verification").cloned().collect();
+        let mut resumed = 0;
+        for card in waiting {
+            if simulator.card_transactions(&card.card_no).iter().any(|t| t.remark == DEPOSIT_REMARK) {
+                continue;
+            }
+            let account = AccountId(card.account);
+            let found = engine.read_shard(account.shard(engine.config().shard_count), move |state| state.account(account).map(|a| (a.currency, state.currencies[a.currency.0 as usize]))).map_err(|e| e.to_string())?;
+            let Some((currency, spec)) = found else { continue };
+            let number = OutOrderNo::new(&format!("card-{}", card.id)).ok_or("card number")?;
+            let command = Command::VerificationDeposit { shard: account.shard(engine.config().shard_count), currency, amount: card.deposit_minor };
+            let reply = engine.execute_one(Envelope { platform: 0, out_order_no: Some(number), command }).map_err(|e| e.to_string())?;
+            if reply.is_ok() {
+                simulator.submit(Work::MicroDeposit { card_no: card.card_no.clone(), currency: spec.code_str().to_string() }, spec.format(card.deposit_minor));
+                resumed += 1;
+            }
+        }
+        Ok(resumed)
     }
 
     /// The card `id` of `account` of `platform`.

@@ -204,6 +204,10 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     if resumed > 0 {
         println!("simulator: {resumed} orders waiting for a verdict were sent again");
     }
+    let deposits = cards_at_start.resume_deposits(&engine_at_start, &simulator_at_start).map_err(std::io::Error::other)?;
+    if deposits > 0 {
+        println!("simulator: {deposits} card verification deposits were asked of the bank again");
+    }
     crate::simulator::start_watchdog(engine_at_start, channels_at_start, cards_at_start, simulator_at_start)?;
     Ok((server.run(), addresses))
 }

@@ -77,6 +77,9 @@ struct Job {
     failure_per_mille: u16,
 }
 
+/// The remark of a micro-deposit on the card's statement.
+pub const DEPOSIT_REMARK: &str = "card verification deposit";
+
 /// One line of a card's statement as its holder sees it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CardTransaction {
@@ -497,7 +500,7 @@ fn deliver_one(inner: &Inner, mut job: Job) {
     let failed = fails(job.failure_per_mille, &job.work);
     let (kind, order, channel) = match &job.work {
         Work::MicroDeposit { card_no, currency } => {
-            record_card_line(inner, card_no, &job.amount, "card verification deposit".to_string());
+            record_card_line(inner, card_no, &job.amount, DEPOSIT_REMARK.to_string());
             let sequence = inner.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let key = format!("md/{card_no}/{:020}-{sequence:06}", micros_now());
             record_reserve_line(inner, currency, &key, format!("-{}", job.amount), format!("verification deposit to {card_no}"));
