@@ -79,11 +79,11 @@ pub fn run(engine: &Engine, platforms: &[Platform], channels: &Channels, day: u3
     // after that run): the bank takes them from the reserve.
     let mut fees = Vec::new();
     for fee_day in [day.saturating_sub(1), day] {
-        for (shard, channel, currency, total, orders) in channel_fees(engine, channels, fee_day)? {
-            let command = Command::ChargeChannelFees { shard, channel, day: fee_day, currency, total };
+        for row in channel_fees(engine, channels, fee_day)? {
+            let command = Command::ChargeChannelFees { shard: row.shard, channel: row.channel, day: fee_day, currency: row.currency, total: row.total };
             let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
-            let spec = engine.config().currencies[currency.0 as usize];
-            fees.push(json!({"channel": crate::channels::name(channel), "business_date": date_text(fee_day), "shard": shard, "currency": spec.code_str(), "orders": orders, "fees": spec.format(total), "booked_now": spec.format(reply.id as i64)}));
+            let spec = engine.config().currencies[row.currency.0 as usize];
+            fees.push(json!({"channel": crate::channels::name(row.channel), "business_date": date_text(fee_day), "shard": row.shard, "currency": spec.code_str(), "orders": row.orders, "fees": spec.format(row.total), "booked_now": spec.format(reply.id as i64)}));
         }
     }
     let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
@@ -92,10 +92,19 @@ pub fn run(engine: &Engine, platforms: &[Platform], channels: &Channels, day: u3
     Ok(json!({"business_date": date_text(day), "platforms": rows, "channel_fees": fees, "expired_freezes": expired, "invariants_ok": invariants.ok}))
 }
 
+/// One channel's charges for one shard's orders of a day.
+struct ChannelFeeRow {
+    shard: u16,
+    channel: u16,
+    currency: CurrencyId,
+    total: Minor,
+    orders: u64,
+}
+
 /// What each channel charges (its tariff) for each shard's orders of business day `day` that it
 /// carried out: payouts at the fee we booked with them, money in at the channel's fee model.
-/// Rows (shard, channel, currency, total, orders) with a positive total.
-fn channel_fees(engine: &Engine, channels: &Channels, day: u32) -> Result<Vec<(u16, u16, CurrencyId, Minor, u64)>, EngineError> {
+/// Only rows with a positive total.
+fn channel_fees(engine: &Engine, channels: &Channels, day: u32) -> Result<Vec<ChannelFeeRow>, EngineError> {
     let tariffs: HashMap<u16, crate::channels::Channel> = channels.all().into_iter().map(|c| (c.id, c)).collect();
     let tariffs = Arc::new(tariffs);
     let offset = engine.config().utc_offset_seconds as i64;
@@ -124,7 +133,7 @@ fn channel_fees(engine: &Engine, channels: &Channels, day: u32) -> Result<Vec<(u
         })?;
         for ((channel, currency), (total, orders)) in sums {
             if total > 0 {
-                rows.push((shard, channel, CurrencyId(currency), total, orders));
+                rows.push(ChannelFeeRow { shard, channel, currency: CurrencyId(currency), total, orders });
             }
         }
     }
