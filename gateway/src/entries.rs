@@ -45,7 +45,7 @@ impl Cursor {
     fn decode(text: &str, tag: impl Fn(&str) -> String) -> Option<Cursor> {
         let (body, given) = text.rsplit_once('.')?;
         let expected = tag(body);
-        if expected.len() != given.len() || expected.bytes().zip(given.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) != 0 {
+        if !crate::auth::constant_time_equal(expected.as_bytes(), given.as_bytes()) {
             return None;
         }
         let parts: Vec<&str> = body.split('.').collect();

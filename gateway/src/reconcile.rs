@@ -30,7 +30,8 @@ pub const CARRY_DAYS: u32 = 2;
 /// Lines one file may hold.
 pub const LINES_MAX: usize = 2_000_000;
 
-/// One statement line: `bank_ref,order_id,direction,amount,status[,fee]`.
+/// One statement line: `bank_ref,order_id,direction,amount,status[,fee]` (also how the bank
+/// simulator records the lines of the files it writes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     pub bank_ref: String,
@@ -38,7 +39,8 @@ pub struct Line {
     pub direction: String,
     pub amount: String,
     pub status: String,
-    /// What the bank charged; files without the column are not checked for fees.
+    /// What the bank charged by its tariff (0 for a failed order); files without the column are
+    /// not checked for fees.
     #[serde(default)]
     pub fee: Option<String>,
 }

@@ -23,8 +23,8 @@ use crate::channels::Channels;
 use crate::error::{blocking, ApiError};
 use crate::platforms::{Platform, Platforms};
 
-/// How long a settlement run waits for cross-shard credits to land.
-const QUIESCENT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a settlement run waits for the cross-shard credits sent before it to land.
+const CREDITS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -56,7 +56,7 @@ pub fn run(engine: &Engine, platforms: &[Platform], channels: &Channels, day: u3
         let envelope = Envelope { platform: platform.id, out_order_no: None, command: Command::AutoConfirm { created_before } };
         let confirmed: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
         // Released income travels to receivers on other shards: let it land before maturing.
-        engine.wait_credits_applied(QUIESCENT_WAIT)?;
+        engine.wait_credits_applied(CREDITS_WAIT)?;
         let through_day = day.checked_sub(platform.settlement_cycle_days as u32);
         let rule = crate::commission::rule_for_run(engine, platform, day);
         let matured: u64 = match through_day {
@@ -74,17 +74,15 @@ pub fn run(engine: &Engine, platforms: &[Platform], channels: &Channels, day: u3
         rows.push(row);
     }
     // Commissions travel to receivers on other shards: let them land before the statement.
-    engine.wait_credits_applied(QUIESCENT_WAIT)?;
+    engine.wait_credits_applied(CREDITS_WAIT)?;
     // The channels' charges for the day's orders (and the day before's, for orders that came in
     // after that run): the bank takes them from the reserve.
     let mut fees = Vec::new();
-    for fee_day in [day.saturating_sub(1), day] {
-        for row in channel_fees(engine, channels, fee_day)? {
-            let command = Command::ChargeChannelFees { shard: row.shard, channel: row.channel, day: fee_day, currency: row.currency, total: row.total };
-            let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
-            let spec = engine.config().currencies[row.currency.0 as usize];
-            fees.push(json!({"channel": crate::channels::name(row.channel), "business_date": date_text(fee_day), "shard": row.shard, "currency": spec.code_str(), "orders": row.orders, "fees": spec.format(row.total), "booked_now": spec.format(reply.id as i64)}));
-        }
+    for row in channel_fees(engine, channels, [day.saturating_sub(1), day])? {
+        let command = Command::ChargeChannelFees { shard: row.shard, channel: row.channel, day: row.day, currency: row.currency, total: row.total };
+        let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
+        let spec = engine.config().currencies[row.currency.0 as usize];
+        fees.push(json!({"channel": crate::channels::name(row.channel), "business_date": date_text(row.day), "shard": row.shard, "currency": spec.code_str(), "orders": row.orders, "fees": spec.format(row.total), "booked_now": spec.format(reply.id as i64)}));
     }
     let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
     let expired: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
@@ -94,6 +92,7 @@ pub fn run(engine: &Engine, platforms: &[Platform], channels: &Channels, day: u3
 
 /// One channel's charges for one shard's orders of a day.
 struct ChannelFeeRow {
+    day: u32,
     shard: u16,
     channel: u16,
     currency: CurrencyId,
@@ -101,10 +100,10 @@ struct ChannelFeeRow {
     orders: u64,
 }
 
-/// What each channel charges (its tariff) for each shard's orders of business day `day` that it
-/// carried out: payouts at the fee we booked with them, money in at the channel's fee model.
-/// Only rows with a positive total.
-fn channel_fees(engine: &Engine, channels: &Channels, day: u32) -> Result<Vec<ChannelFeeRow>, EngineError> {
+/// What each channel charges (its tariff) for each shard's orders of the business `days` that
+/// it carried out: payouts at the fee we booked with them, money in at the channel's fee model.
+/// One pass over each shard's orders; only rows with a positive total, in day order.
+fn channel_fees(engine: &Engine, channels: &Channels, days: [u32; 2]) -> Result<Vec<ChannelFeeRow>, EngineError> {
     let tariffs: HashMap<u16, crate::channels::Channel> = channels.all().into_iter().map(|c| (c.id, c)).collect();
     let tariffs = Arc::new(tariffs);
     let offset = engine.config().utc_offset_seconds as i64;
@@ -112,31 +111,31 @@ fn channel_fees(engine: &Engine, channels: &Channels, day: u32) -> Result<Vec<Ch
     for shard in 0..engine.config().shard_count {
         let tariffs = tariffs.clone();
         let sums = engine.read_shard(shard, move |state| {
-            let mut sums: std::collections::BTreeMap<(u16, u8), (Minor, u64)> = std::collections::BTreeMap::new();
+            let mut sums: std::collections::BTreeMap<(u32, u16, u8), (Minor, u64)> = std::collections::BTreeMap::new();
             for order in state.orders.iter() {
                 let Some(channel) = crate::reconcile::channel_of(&order.detail) else { continue };
                 if matches!(order.status, OrderStatus::Pending | OrderStatus::Processing | OrderStatus::Failed) {
                     continue;
                 }
-                if ((order.created_at / 1_000_000) as i64 + offset).div_euclid(86_400) != day as i64 {
-                    continue;
-                }
+                let created_day = ((order.created_at / 1_000_000) as i64 + offset).div_euclid(86_400);
+                let Some(day) = days.iter().copied().find(|d| *d as i64 == created_day) else { continue };
                 let fee = match order.detail {
                     OrderDetail::Withdrawal { fee, .. } => fee,
                     _ => tariffs.get(&channel).map_or(0, |c| c.fee(order.amount)),
                 };
-                let sum = sums.entry((channel, order.currency.0)).or_default();
+                let sum = sums.entry((day, channel, order.currency.0)).or_default();
                 sum.0 += fee;
                 sum.1 += 1;
             }
             sums
         })?;
-        for ((channel, currency), (total, orders)) in sums {
+        for ((day, channel, currency), (total, orders)) in sums {
             if total > 0 {
-                rows.push(ChannelFeeRow { shard, channel, currency: CurrencyId(currency), total, orders });
+                rows.push(ChannelFeeRow { day, shard, channel, currency: CurrencyId(currency), total, orders });
             }
         }
     }
+    rows.sort_by_key(|r| (r.day, r.shard, r.channel, r.currency.0));
     Ok(rows)
 }
 

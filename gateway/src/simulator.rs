@@ -163,7 +163,7 @@ pub fn verify_signature(key: &str, header: &str, body: &[u8], now: i64) -> Resul
     }
     let expected = signature_header(key, timestamp, body);
     let expected = expected.rsplit_once("v1=").expect("built above").1;
-    let equal = expected.len() == signature.len() && expected.bytes().zip(signature.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
+    let equal = crate::auth::constant_time_equal(expected.as_bytes(), signature.as_bytes());
     if equal { Ok(()) } else { Err(bad()) }
 }
 
@@ -392,19 +392,6 @@ fn record_card_line(inner: &Inner, card_no: &str, amount: &str, remark: String) 
     inner.cards.lock().expect("cards lock").entry(card_no.to_string()).or_default().push(line);
 }
 
-/// One line of a channel's daily statement file, as the bank reports it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StatementRecord {
-    pub bank_ref: String,
-    pub order_id: String,
-    pub direction: String,
-    pub amount: String,
-    pub status: String,
-    /// What the bank charged for the order by its tariff (0 for a failed one).
-    #[serde(default)]
-    pub fee: Option<String>,
-}
-
 const STATEMENT_PREFIX: &str = "s/stmt/";
 
 /// Records the bank's verdict on an order in its statement of the business day (once per order
@@ -422,7 +409,7 @@ fn record_statement_line(inner: &Inner, channel: u16, order: OrderId, direction:
         let minor = spec.parse(amount)?;
         Some(spec.format(if failed { 0 } else { c.fee(minor) }))
     });
-    let line = StatementRecord {
+    let line = crate::reconcile::Line {
         bank_ref: format!("SIM{channel:03}{day:06}{:012}", order.0),
         order_id: public_order_id(order),
         direction: direction.into(),
@@ -483,7 +470,7 @@ impl Simulator {
     pub fn statement_csv(&self, channel: u16, day: u32) -> Result<String, String> {
         let prefix = format!("{STATEMENT_PREFIX}{channel:05}/{day:08}/");
         let mut csv = String::from("bank_ref,order_id,direction,amount,status,fee\n");
-        for (_, line) in crate::records::load_all::<StatementRecord>(self.inner.store.as_ref(), prefix.as_bytes())? {
+        for (_, line) in crate::records::load_all::<crate::reconcile::Line>(self.inner.store.as_ref(), prefix.as_bytes())? {
             let fee = line.fee.as_deref().unwrap_or("");
             csv.push_str(&format!("{},{},{},{},{},{fee}\n", line.bank_ref, line.order_id, line.direction, line.amount, line.status));
         }
