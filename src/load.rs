@@ -300,20 +300,51 @@ fn fund(args: &LoadArgs, clients: &[Client], accounts: &[String]) -> Result<()> 
         Ok(())
     })?;
     progress.finish();
-    let deadline = Instant::now() + Duration::from_secs(600);
+    wait_funded(&clients[0], &since, accounts.len())
+}
+
+/// How long the bank simulator may take to answer every funding recharge.
+const FUNDING_WAIT: Duration = Duration::from_secs(120);
+
+/// Waits until the bank simulator has answered every funding recharge of this run (none of the
+/// platform's recharges since `since` is pending); fails, saying what it waited for, when one
+/// failed or after `FUNDING_WAIT`.
+fn wait_funded(client: &Client, since: &str, funded: usize) -> Result<()> {
+    let deadline = Instant::now() + FUNDING_WAIT;
     loop {
-        let (_, pending) = clients[0].call("GET", &format!("/v1/orders?kind=recharge&status=pending&limit=1&from={since}"), "")?;
-        let (_, failed) = clients[0].call("GET", &format!("/v1/orders?kind=recharge&status=failed&limit=1&from={since}"), "")?;
-        if failed["orders"].as_array().is_some_and(|o| !o.is_empty()) {
+        if count_orders(client, "failed", since, 1, deadline)? > 0 {
             bail!("the bank simulator failed a funding recharge (is simulator.failure_per_mille above 0?)");
         }
-        if pending["orders"].as_array().is_some_and(|o| o.is_empty()) && pending["next_cursor"].is_null() {
+        let pending = count_orders(client, "pending", since, usize::MAX, deadline)?;
+        if pending == 0 {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("recharges still pending after 10 minutes (is the simulator enabled?)");
+            bail!("{pending} of {funded} funding recharges still pending at the bank simulator after {} s (is the simulator enabled?)", FUNDING_WAIT.as_secs());
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Counts the platform's recharges in `status` created since `since`, up to `enough`, following
+/// the listing's cursor to its end (a page can be empty and still have a next one).
+fn count_orders(client: &Client, status: &str, since: &str, enough: usize, deadline: Instant) -> Result<usize> {
+    let mut count = 0;
+    let mut cursor = String::new();
+    loop {
+        let path = format!("/v1/orders?kind=recharge&status={status}&limit=500&from={since}{cursor}");
+        let (code, page) = client.call("GET", &path, "")?;
+        if code != 200 {
+            bail!("GET {path}: {code} {page}");
+        }
+        count += page["orders"].as_array().map_or(0, Vec::len);
+        match page["next_cursor"].as_str() {
+            Some(next) if count < enough => cursor = format!("&cursor={next}"),
+            _ => return Ok(count),
+        }
+        if Instant::now() > deadline {
+            bail!("listing the {status} funding recharges did not reach its end within {} s", FUNDING_WAIT.as_secs());
+        }
     }
 }
 
@@ -413,8 +444,31 @@ pub fn run(args: LoadArgs) -> Result<()> {
     println!("orders: {} accepted, {refused} refused, in {:.2} s ({requests} requests)", args.orders - refused, elapsed.as_secs_f64());
     println!("orders_per_second: {:.0}", args.orders as f64 / elapsed.as_secs_f64());
     println!("latency_ms p50 p99 p100: {:.2} {:.2} {:.2}", percentile(&all, 50.0), percentile(&all, 99.0), percentile(&all, 100.0));
+    let listing = time_listing(&clients[0])?;
+    println!("listing_ms p50 p99 p100: {:.2} {:.2} {:.2}", percentile(&listing, 50.0), percentile(&listing, 99.0), percentile(&listing, 100.0));
     if refused > 0 {
         bail!("{refused} payments were refused");
     }
     Ok(())
+}
+
+/// Pages of the load's own orders each listing measurement asks for, per filter.
+const LISTING_PAGES: usize = 20;
+
+/// Times filtered listing pages of the load's platform (what a platform's back office asks
+/// while other platforms' history fills the shards): newest payments, and pending recharges.
+fn time_listing(client: &Client) -> Result<Vec<Duration>> {
+    let mut timings = Vec::with_capacity(2 * LISTING_PAGES);
+    for path in ["/v1/orders?kind=payment&limit=50", "/v1/orders?kind=recharge&status=pending&limit=50"] {
+        for _ in 0..LISTING_PAGES {
+            let sent = Instant::now();
+            let (status, page) = client.call("GET", path, "")?;
+            timings.push(sent.elapsed());
+            if status != 200 {
+                bail!("GET {path}: {status} {page}");
+            }
+        }
+    }
+    timings.sort_unstable();
+    Ok(timings)
 }

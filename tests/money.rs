@@ -362,27 +362,6 @@ fn bulk_answers_each_operation_and_bounds_the_request() {
     server.stop();
 }
 
-#[test]
-fn the_load_generator_drives_a_server_in_both_modes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-8";
-    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
-    for mode in ["single", "bulk"] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_clearing"))
-            .args(["load", "--url", &server.base, "--admin-token", token, "--mode", mode, "--concurrency", "4", "--orders", "300", "--accounts", "20"])
-            .output()
-            .expect("run the load generator");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "{mode}: {stdout} {}", String::from_utf8_lossy(&output.stderr));
-        assert!(stdout.contains("orders: 300 accepted, 0 refused"), "{stdout}");
-        assert!(stdout.lines().any(|l| l.starts_with("orders_per_second: ")), "{stdout}");
-        assert!(stdout.lines().any(|l| l.starts_with("latency_ms p50 p99 p100: ")), "{stdout}");
-    }
-    let (_, report) = server.get("/admin/invariants", Some(token));
-    assert_eq!(report["ok"], true, "{report}");
-    server.stop();
-}
-
 /// Reads the micro-deposit on a card's statement at the simulated bank, as its holder would.
 fn micro_deposit(server: &Server, card_no: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

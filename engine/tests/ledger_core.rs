@@ -86,7 +86,49 @@ impl World {
     fn assert_books_balance(&self) {
         let sum: i128 = self.state.accounts.iter().map(|a| a.total() as i128).sum();
         assert_eq!(sum, 0, "accounts must sum to zero");
+        assert_platform_index_matches(&self.state);
     }
+}
+
+/// The per-platform order index names every order once, under its platform, in order, and its
+/// open set holds exactly the orders whose status is open.
+fn assert_platform_index_matches(state: &ShardState) {
+    let mut expected: std::collections::BTreeMap<u32, (Vec<u32>, Vec<u32>)> = Default::default();
+    for (index, order) in state.orders.iter().enumerate() {
+        let (all, open) = expected.entry(order.platform).or_default();
+        all.push(index as u32);
+        if order.status.is_open() {
+            open.push(index as u32);
+        }
+    }
+    assert_eq!(state.platform_orders.len(), expected.len(), "one index per platform with orders");
+    for (platform, (all, open)) in expected {
+        let index = &state.platform_orders[&platform];
+        assert_eq!(index.all.iter().copied().collect::<Vec<_>>(), all, "platform {platform}'s orders");
+        assert_eq!(index.open.iter().copied().collect::<Vec<_>>(), open, "platform {platform}'s open orders");
+    }
+}
+
+#[test]
+fn the_platform_index_follows_orders_of_two_platforms_through_their_statuses() {
+    let mut w = World::new();
+    let (a, b) = (w.funded(1, 1_000), w.funded(2, 1_000));
+    let other = w.run_as(8, Command::OpenAccount { owner: 3, currency: CNY, limits: Limits::NONE });
+    let other = AccountId(other.id);
+    w.run_as(8, Command::Recharge { account: other, currency: CNY, amount: 500, channel: 1 });
+    let pending = w.ok(Command::RequestRecharge { account: a, currency: CNY, amount: 40, channel: 1 });
+    let held = w.ok(hold(a, 30, &[(b, 30)]));
+    let other_pending = w.run_as(8, Command::RequestRecharge { account: other, currency: CNY, amount: 9, channel: 1 }).id;
+    w.assert_books_balance();
+    assert_eq!(w.state.platform_orders[&P].open.len(), 2, "a pending recharge and a held payment");
+    assert_eq!(w.state.platform_orders[&8].open.len(), 1);
+    w.ok(Command::CompleteRecharge { order: OrderId(pending), succeeded: true });
+    w.ok(Command::Confirm { order: OrderId(held), releases: Legs::new() });
+    w.assert_books_balance();
+    assert!(w.state.platform_orders[&P].open.is_empty(), "both decided");
+    w.run_as(8, Command::CompleteRecharge { order: OrderId(other_pending), succeeded: false });
+    w.assert_books_balance();
+    assert!(w.state.platform_orders[&8].open.is_empty());
 }
 
 fn legs(items: &[(AccountId, Minor)]) -> Legs {

@@ -405,22 +405,23 @@ const STATUSES: [OrderStatus; 8] = [
 ];
 
 /// One shard's part of a page: up to `limit` matching orders older than `before`, newest first,
-/// and where its scan stopped if it stopped early.
+/// and where its scan stopped if it stopped early. Only the platform's own orders are examined
+/// (the shard indexes them per platform), and only its open ones when the filter asks for an
+/// open status, so a page costs what the platform holds, not what the shard holds.
 fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize) -> ShardPage {
-    // Orders are appended in timestamp order: find the first at or after `before` by bisection.
-    let (mut low, mut high) = (0usize, state.orders.len());
-    while low < high {
-        let middle = (low + high) / 2;
-        let order = state.orders.get(middle).expect("in range");
-        if Position(order.created_at, order.id.0) < before {
-            low = middle + 1;
-        } else {
-            high = middle;
-        }
-    }
+    let Some(index) = state.platform_orders.get(&filter.platform) else { return (Vec::new(), None) };
+    // Orders are appended in timestamp order: the first at or after `before`, by bisection.
+    let end = state.orders.partition_point(|order| Position(order.created_at, order.id.0) < before);
+    let end = u32::try_from(end).unwrap_or(u32::MAX);
+    let candidates: Box<dyn Iterator<Item = u32> + '_> = if filter.status.is_some_and(OrderStatus::is_open) {
+        Box::new(index.open.range(..end).rev().copied())
+    } else {
+        let stop = index.all.partition_point(|&local| local < end);
+        Box::new((0..stop).rev().filter_map(|k| index.all.get(k).copied()))
+    };
     let mut found = Vec::new();
-    for (scanned, index) in (0..low).rev().enumerate() {
-        let order = state.orders.get(index).expect("in range");
+    for (scanned, local) in candidates.enumerate() {
+        let order = state.orders.get(local as usize).expect("indexed orders exist");
         if order.created_at < filter.from {
             break;
         }

@@ -36,7 +36,10 @@ impl<T> ChunkedVec<T> {
     /// Appends an item.
     pub fn push(&mut self, item: T) {
         if self.len.is_multiple_of(CHUNK_LEN) {
-            self.chunks.push(Vec::with_capacity(CHUNK_LEN));
+            // The first chunk grows as a `Vec` does (many small vectors stay small); later ones
+            // are taken whole, so growing never copies more than one chunk.
+            let chunk = if self.chunks.is_empty() { Vec::new() } else { Vec::with_capacity(CHUNK_LEN) };
+            self.chunks.push(chunk);
         }
         self.chunks.last_mut().expect("a chunk with room").push(item);
         self.len += 1;
@@ -50,6 +53,20 @@ impl<T> ChunkedVec<T> {
     /// The item at `index`, mutably.
     pub fn get_mut(&mut self, index: usize) -> Option<&mut T> {
         self.chunks.get_mut(index >> CHUNK_BITS)?.get_mut(index & (CHUNK_LEN - 1))
+    }
+
+    /// The number of leading items for which `below` holds (they must come first), by bisection.
+    pub fn partition_point(&self, below: impl Fn(&T) -> bool) -> usize {
+        let (mut low, mut high) = (0, self.len);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if below(self.get(middle).expect("in range")) {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        low
     }
 
     /// All items in order.

@@ -3,7 +3,7 @@
 //! Every command is validated by a flat list of checks in precedence order and only then
 //! applied; a rejected command leaves the state exactly as it was.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +103,19 @@ pub struct ShardState {
     pub commissions: ChunkedVec<CommissionRow>,
     /// Channel fees booked per (channel, business day, currency) for this shard's orders.
     pub channel_fees: BTreeMap<(u16, u32, u8), Minor>,
+    /// Each platform's orders on this shard: how a listing filtered by platform (and by an open
+    /// status) costs what the platform holds, not what the shard holds. Derived from the orders,
+    /// rebuilt by replay.
+    pub platform_orders: FastMap<u32, PlatformOrders>,
+}
+
+/// One platform's orders on a shard, by local index (ascending, so oldest first).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformOrders {
+    /// Every order of the platform.
+    pub all: ChunkedVec<u32>,
+    /// Orders whose status is open (`OrderStatus::is_open`): few, whatever the history.
+    pub open: BTreeSet<u32>,
 }
 
 /// An account's matured income since `period_start` (a settlement rule's period).
@@ -354,8 +367,14 @@ impl ShardState {
         let (platform, currency, now) = (owner.platform, owner.currency, context.now);
         let id = self.next_order_id();
         let out_order_no = context.out_order_no;
+        let index = u32::try_from(self.orders.len()).expect("fewer than 2^32 orders per shard");
         self.orders.push(Order { id, out_order_no, kind, status, platform, account, currency, amount, created_at: now, updated_at: now, detail });
-        self.record_change(id);
+        let orders = self.platform_orders.entry(platform).or_default();
+        orders.all.push(index);
+        if status.is_open() {
+            orders.open.insert(index);
+        }
+        self.push_change(id);
         id
     }
 
@@ -374,8 +393,24 @@ impl ShardState {
         }
     }
 
-    /// Records that order `id` was created or changed (an event for its platform).
+    /// Records that order `id` changed (an event for its platform; the open-order index follows
+    /// its status).
     pub(crate) fn record_change(&mut self, id: OrderId) {
+        let order = self.order(id).expect("a local order");
+        let (platform, open) = (order.platform, order.status.is_open());
+        let index = id.local_index(self.shard_count) as u32;
+        if let Some(orders) = self.platform_orders.get_mut(&platform) {
+            if open {
+                orders.open.insert(index);
+            } else {
+                orders.open.remove(&index);
+            }
+        }
+        self.push_change(id);
+    }
+
+    /// Appends the event of order `id` as it is now.
+    fn push_change(&mut self, id: OrderId) {
         let order = self.order(id).expect("a local order");
         let change = OrderChange { order: id, platform: order.platform, status: order.status, at: order.updated_at };
         self.order_changes.push(change);

@@ -276,6 +276,12 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// Whether the order still waits for something (a bank's verdict, a confirmation, a
+    /// release): the statuses the shard indexes per platform.
+    pub fn is_open(self) -> bool {
+        matches!(self, OrderStatus::Pending | OrderStatus::Processing | OrderStatus::Held)
+    }
+
     /// Stable lower-case name of API.md.
     pub fn name(self) -> &'static str {
         match self {
