@@ -6,8 +6,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use engine::ledger::command::{Command, Envelope, OutOrderNo};
 use engine::ledger::state::{Effects, IdempotencyRecord, ShardState};
 use engine::ledger::types::{AccountId, Leg, Legs, Limits, Reply};
-use engine::result::ResultCode;
 use engine::money::{CurrencyId, CurrencySpec};
+use engine::result::ResultCode;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -105,14 +105,8 @@ fn bench_journal_encoding(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("encode_batch", |b| {
         b.iter(|| {
-            let record = engine::journal::BatchRecordRef {
-                shard: 0,
-                sequence: 1,
-                timestamp: T0,
-                envelopes: &batch,
-                entries: &fx.entries,
-                postings: &fx.postings,
-            };
+            let record =
+                engine::journal::BatchRecordRef { shard: 0, sequence: 1, timestamp: T0, envelopes: &batch, entries: &fx.entries, postings: &fx.postings };
             engine::journal::encode(&record, &mut buffer);
             buffer.len()
         })

@@ -52,11 +52,7 @@ const CNY: CurrencyId = CurrencyId(0);
 /// Resident set size of this process in bytes (Linux).
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
 }
 
 fn run_batches(engine: &Engine, batches: impl Iterator<Item = Vec<Envelope>>, in_flight: usize, latencies: &mut Vec<Duration>) -> Result<u64> {
@@ -75,9 +71,12 @@ fn run_batches(engine: &Engine, batches: impl Iterator<Item = Vec<Envelope>>, in
         }
         let sender = sender.clone();
         let started = Instant::now();
-        engine.submit(batch, Box::new(move |result| {
-            let _ = sender.send((started, result));
-        }));
+        engine.submit(
+            batch,
+            Box::new(move |result| {
+                let _ = sender.send((started, result));
+            }),
+        );
         outstanding += 1;
     }
     for _ in 0..outstanding {
@@ -100,8 +99,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let store = Arc::new(RocksStore::open(&data_dir)?);
     let config = EngineConfig { shard_count: args.shards, batch_size_max: args.batch, ..EngineConfig::default() };
     let engine = Engine::start(config, store)?;
-    println!("bench: accounts={} transfers={} batch={} distribution={:?} shards={} in_flight={} data_dir={}",
-        args.accounts, args.transfers, args.batch, args.distribution, args.shards, args.in_flight, data_dir.display());
+    println!(
+        "bench: accounts={} transfers={} batch={} distribution={:?} shards={} in_flight={} data_dir={}",
+        args.accounts,
+        args.transfers,
+        args.batch,
+        args.distribution,
+        args.shards,
+        args.in_flight,
+        data_dir.display()
+    );
 
     // Accounts, opened without order numbers so that only account state is measured per account.
     let resident_before = resident_bytes();
@@ -117,8 +124,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     let resident_after = resident_bytes();
-    println!("accounts_opened: {} resident_bytes_per_account: {}", accounts.len(),
-        resident_after.saturating_sub(resident_before) / args.accounts);
+    println!("accounts_opened: {} resident_bytes_per_account: {}", accounts.len(), resident_after.saturating_sub(resident_before) / args.accounts);
     let fund = accounts.iter().map(|a| Envelope {
         platform: PLATFORM,
         out_order_no: None,
@@ -177,13 +183,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("rejected: {rejected} invariants_ok: {} elapsed_s: {:.3}", report.ok, elapsed.as_secs_f64());
     println!("resident_bytes: {}", resident_bytes());
     println!("transfers_per_second: {}", (args.transfers as f64 / elapsed.as_secs_f64()) as u64);
-    println!(
-        "batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}",
-        percentile(0.01),
-        percentile(0.50),
-        percentile(0.99),
-        percentile(1.0)
-    );
+    println!("batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}", percentile(0.01), percentile(0.50), percentile(0.99), percentile(1.0));
     if let Some(dir) = temporary {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -69,7 +69,6 @@ struct CalendarSection {
     holidays: Vec<String>,
 }
 
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CurrencyRow {
@@ -138,15 +137,14 @@ impl Config {
         }
         let mut currencies = Vec::new();
         for row in &file.currencies {
-            let spec = CurrencySpec::new(&row.code, row.exponent)
-                .ok_or_else(|| anyhow!("currency {:?}: three capital letters and an exponent of 0..=6", row.code))?;
+            let spec =
+                CurrencySpec::new(&row.code, row.exponent).ok_or_else(|| anyhow!("currency {:?}: three capital letters and an exponent of 0..=6", row.code))?;
             if currencies.contains(&spec) {
                 return Err(anyhow!("currency {} is listed twice", row.code));
             }
             currencies.push(spec);
         }
-        let rows: Vec<(String, String, String)> =
-            file.chart_of_accounts.iter().map(|(k, s)| (k.clone(), s.code.clone(), s.name.clone())).collect();
+        let rows: Vec<(String, String, String)> = file.chart_of_accounts.iter().map(|(k, s)| (k.clone(), s.code.clone(), s.name.clone())).collect();
         let chart = ChartOfAccounts::from_rows(&rows)?;
         let engine = EngineConfig {
             shard_count: e.shard_count,
@@ -189,7 +187,8 @@ impl Config {
         for date in &file.calendar.holidays {
             holidays.insert(gateway::settlements::day_number(date).ok_or_else(|| anyhow!("calendar: bad date {date:?} (YYYY-MM-DD)"))?);
         }
-        let cutoff = gateway::channels::parse_minute(&file.settlement.cutoff).filter(|m| *m < 1440).ok_or_else(|| anyhow!("settlement.cutoff must be HH:MM"))?;
+        let cutoff =
+            gateway::channels::parse_minute(&file.settlement.cutoff).filter(|m| *m < 1440).ok_or_else(|| anyhow!("settlement.cutoff must be HH:MM"))?;
         let settlement_cutoff_minute = file.settlement.scheduled.then_some(cutoff);
         Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator, webhooks, channels, holidays, settlement_cutoff_minute })
     }

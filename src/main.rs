@@ -1,8 +1,8 @@
 //! `clearing`: the clearing engine's command line (server, benchmark, checks, crash workload).
 
 mod bench;
-mod load;
 mod config;
+mod load;
 mod report;
 mod workload;
 
@@ -120,11 +120,14 @@ fn main() -> Result<()> {
 fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<()> {
     let day = gateway::settlements::day_number(date).ok_or_else(|| anyhow::anyhow!("--date must be YYYY-MM-DD"))?;
     let (config, data_dir) = load(config, data_dir)?;
-    let channel = config.channels.iter().find(|c| c.name == channel).map(|c| c.id).ok_or_else(|| anyhow::anyhow!("no channel {channel} in the configuration"))?;
+    let channel =
+        config.channels.iter().find(|c| c.name == channel).map(|c| c.id).ok_or_else(|| anyhow::anyhow!("no channel {channel} in the configuration"))?;
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let store: Arc<dyn storage::Store> = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
+    let store: Arc<dyn storage::Store> =
+        Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
     let engine = Engine::start(config.engine.clone(), store.clone())?;
-    let channels = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
+    let channels =
+        gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
     channels.load_settings(store.as_ref(), &config.engine.currencies).map_err(anyhow::Error::msg)?;
     let cases = gateway::offline::Cases::load(store.clone()).map_err(anyhow::Error::msg)?;
     let started = std::time::Instant::now();
@@ -143,10 +146,12 @@ fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<P
 fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<()> {
     let day = gateway::settlements::day_number(date).ok_or_else(|| anyhow::anyhow!("--date must be YYYY-MM-DD"))?;
     let (config, data_dir) = load(config, data_dir)?;
-    let store: Arc<dyn storage::Store> = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
+    let store: Arc<dyn storage::Store> =
+        Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
     let engine = Engine::start(config.engine.clone(), store.clone())?;
     let master_key = gateway::secrets::MasterKey::load(&data_dir).context("loading the master key")?;
-    let channels = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
+    let channels =
+        gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
     channels.load_settings(store.as_ref(), &config.engine.currencies).map_err(anyhow::Error::msg)?;
     let platforms = gateway::platforms::Platforms::load(store, master_key).map_err(anyhow::Error::msg)?.all();
     let total = platforms.len();
@@ -207,8 +212,10 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
         }
     }
     let metrics = gateway::metrics::install().map_err(anyhow::Error::msg)?;
-    let channels = gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
-    let services = gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks, channels).map_err(anyhow::Error::msg)?;
+    let channels =
+        gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
+    let services =
+        gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks, channels).map_err(anyhow::Error::msg)?;
     if let Some(cutoff) = config.settlement_cutoff_minute {
         gateway::settlements::start_schedule(services.engine.clone(), services.platforms.clone(), services.channels.clone(), cutoff)?;
         println!("settlement: every day at {:02}:{:02} business time", cutoff / 60, cutoff % 60);

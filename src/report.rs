@@ -22,13 +22,7 @@ fn system_lines(state: &ShardState, chart: &ChartOfAccounts) -> Vec<String> {
             let id = state.system_account(role, engine::money::CurrencyId(currency_index as u8));
             let account = state.account(id).expect("system stripes are local");
             let subject = chart.subject(AccountKind::System(role));
-            lines.push(format!(
-                "    {} {:<15} {} {:>20}",
-                subject.code,
-                role.name(),
-                currency.code_str(),
-                currency.format(account.total())
-            ));
+            lines.push(format!("    {} {:<15} {} {:>20}", subject.code, role.name(), currency.code_str(), currency.format(account.total())));
         }
     }
     lines
@@ -91,11 +85,7 @@ pub fn print_invariants(report: &InvariantReport, out: &mut dyn Write) -> Result
         writeln!(out, "  entries checked: {}", report.entries_checked)?;
     }
     for c in &report.currencies {
-        writeln!(
-            out,
-            "  {} sum_minor={} in_transit_minor={} in_flight_minor={}",
-            c.currency, c.sum_minor, c.in_transit_minor, c.in_flight_minor
-        )?;
+        writeln!(out, "  {} sum_minor={} in_transit_minor={} in_flight_minor={}", c.currency, c.sum_minor, c.in_transit_minor, c.in_flight_minor)?;
     }
     for failure in &report.failures {
         writeln!(out, "  failure: {failure}")?;

@@ -137,9 +137,8 @@ pub fn run(args: WorkloadArgs) -> Result<()> {
     let engine = Engine::start(config.engine.clone(), store)?;
     let stdout = std::io::stdout();
     let mut memory = Memory::default();
-    let opens: Vec<Envelope> = (0..args.accounts)
-        .map(|k| envelope(&format!("open-{k}"), Command::OpenAccount { owner: k, currency: CNY, limits: Limits::NONE }))
-        .collect();
+    let opens: Vec<Envelope> =
+        (0..args.accounts).map(|k| envelope(&format!("open-{k}"), Command::OpenAccount { owner: k, currency: CNY, limits: Limits::NONE })).collect();
     for reply in submit(&engine, opens, &stdout)? {
         memory.accounts.push(AccountId(expect_ok("open", reply)?.id));
     }
@@ -205,11 +204,17 @@ fn order(i: u64, seed: u64, memory: &Memory) -> (Envelope, Kind) {
     let roll = rng.gen_range(0..100);
     match roll {
         0..=44 => (
-            envelope(&format!("pay-{i}"), Command::Payment { payer, guarantee: false, currency: CNY, amount, payees: legs(&[(payee, amount)]), splits: Legs::new() }),
+            envelope(
+                &format!("pay-{i}"),
+                Command::Payment { payer, guarantee: false, currency: CNY, amount, payees: legs(&[(payee, amount)]), splits: Legs::new() },
+            ),
             Kind::Payment(payee),
         ),
         45..=59 => (
-            envelope(&format!("gp-{i}"), Command::Payment { payer, guarantee: true, currency: CNY, amount, payees: legs(&[(payee, amount)]), splits: Legs::new() }),
+            envelope(
+                &format!("gp-{i}"),
+                Command::Payment { payer, guarantee: true, currency: CNY, amount, payees: legs(&[(payee, amount)]), splits: Legs::new() },
+            ),
             Kind::Guarantee,
         ),
         60..=67 if !memory.guarantees.is_empty() => {
@@ -221,19 +226,15 @@ fn order(i: u64, seed: u64, memory: &Memory) -> (Envelope, Kind) {
             let (payment, payee) = memory.payments[rng.gen_range(0..memory.payments.len())];
             (envelope(&format!("rf-{i}"), Command::Refund { payment, payee, amount: 1 }), Kind::Other)
         }
-        76..=83 => (
-            envelope(&format!("wd-{i}"), Command::Withdraw { account: payer, currency: CNY, amount, fee: 100, channel: 1 }),
-            Kind::Withdrawal,
-        ),
+        76..=83 => (envelope(&format!("wd-{i}"), Command::Withdraw { account: payer, currency: CNY, amount, fee: 100, channel: 1 }), Kind::Withdrawal),
         84..=89 if !memory.withdrawals.is_empty() => {
             let order = memory.withdrawals[rng.gen_range(0..memory.withdrawals.len())];
             let succeeded = !order.0.is_multiple_of(3);
             (envelope(&format!("wdc-{i}"), Command::CompleteWithdrawal { order, succeeded }), Kind::Other)
         }
-        90..=94 => (
-            envelope(&format!("fz-{i}"), Command::Freeze { account: payer, currency: CNY, amount, reason: "dispute".into(), expires_at: None }),
-            Kind::Freeze,
-        ),
+        90..=94 => {
+            (envelope(&format!("fz-{i}"), Command::Freeze { account: payer, currency: CNY, amount, reason: "dispute".into(), expires_at: None }), Kind::Freeze)
+        }
         95..=99 if !memory.freezes.is_empty() => {
             let order = memory.freezes[rng.gen_range(0..memory.freezes.len())];
             (envelope(&format!("fzr-{i}"), Command::ReleaseFreeze { order, amount: None }), Kind::Other)

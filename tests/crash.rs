@@ -20,11 +20,7 @@ type Acks = Vec<(String, u64, bool)>;
 
 fn workload(data_dir: &std::path::Path) -> Command {
     let mut command = Command::new(BINARY);
-    command
-        .args(["workload", "--orders", ORDERS, "--accounts", "30", "--seed", "11", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    command.args(["workload", "--orders", ORDERS, "--accounts", "30", "--seed", "11", "--data-dir"]).arg(data_dir).stdout(Stdio::piped()).stderr(Stdio::null());
     command
 }
 

@@ -93,8 +93,22 @@ fn platforms_sign_their_requests() {
         ("bad signature", platform.clone(), t, "nonce00000000002", good("nonce00000000099"), "unauthenticated"),
         ("other platform's id", other["platform_id"].as_str().unwrap().to_string(), t, "nonce00000000003", good("nonce00000000003"), "unauthenticated"),
         ("unknown platform", "plt_999".into(), t, "nonce00000000004", good("nonce00000000004"), "unauthenticated"),
-        ("old timestamp", platform.clone(), t - 305, "nonce00000000005", sign(&secret, "GET", "/v1/platform", t - 305, "nonce00000000005", b""), "timestamp_out_of_window"),
-        ("future timestamp", platform.clone(), t + 305, "nonce00000000006", sign(&secret, "GET", "/v1/platform", t + 305, "nonce00000000006", b""), "timestamp_out_of_window"),
+        (
+            "old timestamp",
+            platform.clone(),
+            t - 305,
+            "nonce00000000005",
+            sign(&secret, "GET", "/v1/platform", t - 305, "nonce00000000005", b""),
+            "timestamp_out_of_window",
+        ),
+        (
+            "future timestamp",
+            platform.clone(),
+            t + 305,
+            "nonce00000000006",
+            sign(&secret, "GET", "/v1/platform", t + 305, "nonce00000000006", b""),
+            "timestamp_out_of_window",
+        ),
         ("signed for another path", platform.clone(), t, "nonce00000000007", sign(&secret, "GET", "/v1/orders", t, "nonce00000000007", b""), "unauthenticated"),
     ];
     for (name, platform_id, timestamp, nonce, signature, code) in cases {
@@ -111,7 +125,8 @@ fn platforms_sign_their_requests() {
     // Platforms and their secrets survive a restart (the secret is derived, never stored).
     let again = start(dir.path(), Some(token));
     let t = now();
-    let (status, me) = signed_get(&again, "/v1/platform", &platform, t, "nonceAfterRestart1", &sign(&secret, "GET", "/v1/platform", t, "nonceAfterRestart1", b""));
+    let (status, me) =
+        signed_get(&again, "/v1/platform", &platform, t, "nonceAfterRestart1", &sign(&secret, "GET", "/v1/platform", t, "nonceAfterRestart1", b""));
     assert_eq!((status, me["platform_id"].as_str()), (200, Some(platform.as_str())), "{me}");
     again.stop();
     let stored = std::fs::read_dir(dir.path()).expect("data dir").filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file());
@@ -145,7 +160,12 @@ fn members_are_validated_created_once_and_kept() {
         (member("m-1", "individual", "Zhang San", "11010519491231002X", "12345"), 400, "invalid_request", Some("phone")),
         (member("bad no!", "individual", "Zhang San", "11010519491231002X", "13800138000"), 400, "invalid_request", Some("out_order_no")),
         ("{\"out_order_no\": \"m-1\"}".to_string(), 400, "invalid_request", None),
-        ("{\"out_order_no\": \"m-1\", \"type\": \"individual\", \"name\": \"a\", \"id_number\": \"x\", \"phone\": \"1\", \"extra\": 1}".to_string(), 400, "invalid_request", None),
+        (
+            "{\"out_order_no\": \"m-1\", \"type\": \"individual\", \"name\": \"a\", \"id_number\": \"x\", \"phone\": \"1\", \"extra\": 1}".to_string(),
+            400,
+            "invalid_request",
+            None,
+        ),
     ];
     for (body, status, code, param) in &cases {
         let (got, _, reply) = post(body);
@@ -182,7 +202,8 @@ fn accounts_open_once_per_member_and_currency_and_stay_in_their_platform() {
     let (_, b) = create_platform(&server, token, "{\"name\": \"B\"}");
     let (pa, sa) = (a["platform_id"].as_str().unwrap().to_string(), a["secret"].as_str().unwrap().to_string());
     let (pb, sb) = (b["platform_id"].as_str().unwrap().to_string(), b["secret"].as_str().unwrap().to_string());
-    let person = "{\"out_order_no\": \"m1\", \"type\": \"individual\", \"name\": \"Wang Wu\", \"id_number\": \"11010519491231002X\", \"phone\": \"13700137000\"}";
+    let person =
+        "{\"out_order_no\": \"m1\", \"type\": \"individual\", \"name\": \"Wang Wu\", \"id_number\": \"11010519491231002X\", \"phone\": \"13700137000\"}";
     let (_, _, member) = signed_post(&server, "/v1/members", &pa, &sa, "accountsnonce0001", person);
     let member_id = member["member_id"].as_str().unwrap().to_string();
     let open = |no: &str, member: &str, currency: &str| format!("{{\"out_order_no\": \"{no}\", \"member_id\": \"{member}\", \"currency\": \"{currency}\"}}");
@@ -206,7 +227,7 @@ fn accounts_open_once_per_member_and_currency_and_stay_in_their_platform() {
         let (got, _, reply) = signed_post(&server, "/v1/accounts", &pa, &sa, &format!("accountsfail{index:06}"), body);
         assert_eq!((got, reply["error"]["code"].as_str()), (*status, Some(*code)), "{body}: {reply}");
     }
-    let (status, usd, ) = {
+    let (status, usd) = {
         let (s, _, v) = signed_post(&server, "/v1/accounts", &pa, &sa, "accountsnonce0004", &open("a5", &member_id, "USD"));
         (s, v)
     };
@@ -234,7 +255,8 @@ fn metrics_show_commands_by_result_shard_state_and_http_latency() {
     let server = start(dir.path(), Some(token));
     let (_, created) = create_platform(&server, token, "{\"name\": \"M\"}");
     let (platform, secret) = (created["platform_id"].as_str().unwrap().to_string(), created["secret"].as_str().unwrap().to_string());
-    let person = "{\"out_order_no\": \"m1\", \"type\": \"individual\", \"name\": \"Zhao Liu\", \"id_number\": \"11010519491231002X\", \"phone\": \"13600136000\"}";
+    let person =
+        "{\"out_order_no\": \"m1\", \"type\": \"individual\", \"name\": \"Zhao Liu\", \"id_number\": \"11010519491231002X\", \"phone\": \"13600136000\"}";
     let (_, _, member) = signed_post(&server, "/v1/members", &platform, &secret, "metricsnonce00001", person);
     let body = format!("{{\"out_order_no\": \"a1\", \"member_id\": \"{}\", \"currency\": \"CNY\"}}", member["member_id"].as_str().unwrap());
     assert_eq!(signed_post(&server, "/v1/accounts", &platform, &secret, "metricsnonce00002", &body).0, 201);
@@ -247,7 +269,10 @@ fn metrics_show_commands_by_result_shard_state_and_http_latency() {
     assert_eq!(scrape("wrong").0, 401);
     let (status, text) = scrape(token);
     assert_eq!(status, 200);
-    let has = |needle: &str| text.lines().any(|l| l.starts_with(needle.split('{').next().unwrap()) && needle.split(['{', ',', '}']).filter(|p| !p.is_empty()).all(|part| l.contains(part)));
+    let has = |needle: &str| {
+        text.lines()
+            .any(|l| l.starts_with(needle.split('{').next().unwrap()) && needle.split(['{', ',', '}']).filter(|p| !p.is_empty()).all(|part| l.contains(part)))
+    };
     assert!(has("clearing_commands_total{kind=\"open_account\",result=\"ok\"}"), "{text}");
     assert!(has("clearing_commands_total{kind=\"open_account\",result=\"account_exists\"}"), "{text}");
     assert!(has("clearing_shard_mailbox_depth{shard=\"1\"}"), "{text}");

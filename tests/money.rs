@@ -80,11 +80,15 @@ fn escrow_scenario_with_staged_confirm_refund_cancel_and_freeze() {
     assert_eq!(p.balances(&owner).0, "450.00");
 
     // Freeze and release.
-    let (status, _, frozen) = p.post("/v1/freezes", &json!({"out_order_no": "f-1", "account_id": owner, "amount": "150.00", "currency": "CNY", "reason": "dispute"}));
+    let (status, _, frozen) =
+        p.post("/v1/freezes", &json!({"out_order_no": "f-1", "account_id": owner, "amount": "150.00", "currency": "CNY", "reason": "dispute"}));
     assert_eq!((status, frozen["status"].as_str()), (201, Some("held")), "{frozen}");
     assert_eq!(p.balances(&owner), ("300.00".into(), "300.00".into(), "150.00".into(), "0.00".into()));
     let freeze = frozen["order_id"].as_str().unwrap().to_string();
-    assert_eq!(error_of(&p.post(&format!("/v1/freezes/{freeze}/release"), &json!({"out_order_no": "fr-1", "amount": "150.01"}))), (422, Some("exceeds_frozen_amount")));
+    assert_eq!(
+        error_of(&p.post(&format!("/v1/freezes/{freeze}/release"), &json!({"out_order_no": "fr-1", "amount": "150.01"}))),
+        (422, Some("exceeds_frozen_amount"))
+    );
     let (status, _, released) = p.post(&format!("/v1/freezes/{freeze}/release"), &json!({"out_order_no": "fr-2"}));
     assert_eq!(status, 200, "{released}");
     assert_eq!(p.balances(&owner).0, "450.00");
@@ -160,9 +164,20 @@ fn bad_money_requests_get_their_codes_and_move_nothing() {
     let malformed = signed_post(&server, "/v1/payments", &p.platform, &p.secret, &fresh_nonce(), "{\"out_order_no\": ");
     assert_eq!(error_of(&malformed), (400, Some("invalid_request")));
     assert_eq!(error_of(&p.post("/v1/refunds", &json!({"out_order_no": "rf", "payment_order_id": "ord_999999", "amount": "1.00"}))), (404, Some("not_found")));
-    assert_eq!(error_of(&p.post("/v1/freezes", &json!({"out_order_no": "f", "account_id": a, "amount": "1.00", "currency": "CNY", "reason": ""}))), (400, Some("invalid_request")));
-    assert_eq!(error_of(&p.post("/v1/freezes", &json!({"out_order_no": "f", "account_id": a, "amount": "1.00", "currency": "CNY", "reason": "r", "expires_at": "soon"}))), (400, Some("invalid_request")));
-    assert_eq!(error_of(&p.post("/v1/recharges", &json!({"out_order_no": "r", "account_id": a, "amount": "1.00", "currency": "CNY", "channel": "carrier_pigeon"}))), (400, Some("invalid_request")));
+    assert_eq!(
+        error_of(&p.post("/v1/freezes", &json!({"out_order_no": "f", "account_id": a, "amount": "1.00", "currency": "CNY", "reason": ""}))),
+        (400, Some("invalid_request"))
+    );
+    assert_eq!(
+        error_of(
+            &p.post("/v1/freezes", &json!({"out_order_no": "f", "account_id": a, "amount": "1.00", "currency": "CNY", "reason": "r", "expires_at": "soon"}))
+        ),
+        (400, Some("invalid_request"))
+    );
+    assert_eq!(
+        error_of(&p.post("/v1/recharges", &json!({"out_order_no": "r", "account_id": a, "amount": "1.00", "currency": "CNY", "channel": "carrier_pigeon"}))),
+        (400, Some("invalid_request"))
+    );
     assert_eq!(p.get("/v1/orders/ord_abc").0, 404);
     // Nothing moved.
     assert_eq!(p.balances(&a).0, "100.00");
@@ -187,8 +202,16 @@ fn a_platform_never_touches_another_platforms_money() {
     let (_, _, frozen) = a.post("/v1/freezes", &json!({"out_order_no": "f1", "account_id": a1, "amount": "1.00", "currency": "CNY", "reason": "r"}));
     let freeze = frozen["order_id"].as_str().unwrap().to_string();
     let attempts: Vec<(&str, String, serde_json::Value)> = vec![
-        ("pay from A's account", "/v1/payments".into(), json!({"out_order_no": "x1", "payer_account_id": a1, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b1, "amount": "1.00"}]})),
-        ("pay to A's account", "/v1/payments".into(), json!({"out_order_no": "x2", "payer_account_id": b1, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": a2, "amount": "1.00"}]})),
+        (
+            "pay from A's account",
+            "/v1/payments".into(),
+            json!({"out_order_no": "x1", "payer_account_id": a1, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b1, "amount": "1.00"}]}),
+        ),
+        (
+            "pay to A's account",
+            "/v1/payments".into(),
+            json!({"out_order_no": "x2", "payer_account_id": b1, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": a2, "amount": "1.00"}]}),
+        ),
         ("confirm A's payment", format!("/v1/payments/{order}/confirm"), json!({"out_order_no": "x3"})),
         ("cancel A's payment", format!("/v1/payments/{order}/cancel"), json!({"out_order_no": "x4"})),
         ("refund A's payment", "/v1/refunds".into(), json!({"out_order_no": "x5", "payment_order_id": order, "amount": "1.00"})),
@@ -197,16 +220,31 @@ fn a_platform_never_touches_another_platforms_money() {
         ("recharge A's account", "/v1/recharges".into(), json!({"out_order_no": "x8", "account_id": a1, "amount": "1.00", "currency": "CNY"})),
         ("set A's password", format!("/v1/accounts/{a1}/password"), json!({"password": "123456"})),
         ("close A's account", format!("/v1/accounts/{a1}/close"), json!({"out_order_no": "x9"})),
-        ("bind a card to A's account", format!("/v1/accounts/{a1}/cards"), json!({"out_order_no": "x10", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"})),
+        (
+            "bind a card to A's account",
+            format!("/v1/accounts/{a1}/cards"),
+            json!({"out_order_no": "x10", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}),
+        ),
         ("verify A's card", format!("/v1/accounts/{a1}/cards/card_1/verify"), json!({"amount": "0.01"})),
-        ("withdraw from A's account", "/v1/withdrawals".into(), json!({"out_order_no": "x11", "account_id": a1, "card_id": "card_1", "amount": "1.00", "currency": "CNY"})),
-        ("batch from A's account", "/v1/batch-payments".into(), json!({"out_order_no": "x12", "payer_account_id": a1, "mode": "balance", "currency": "CNY", "orders": [{"out_order_no": "x12-1", "amount": "1.00", "payees": [{"account_id": b1, "amount": "1.00"}]}]})),
+        (
+            "withdraw from A's account",
+            "/v1/withdrawals".into(),
+            json!({"out_order_no": "x11", "account_id": a1, "card_id": "card_1", "amount": "1.00", "currency": "CNY"}),
+        ),
+        (
+            "batch from A's account",
+            "/v1/batch-payments".into(),
+            json!({"out_order_no": "x12", "payer_account_id": a1, "mode": "balance", "currency": "CNY", "orders": [{"out_order_no": "x12-1", "amount": "1.00", "payees": [{"account_id": b1, "amount": "1.00"}]}]}),
+        ),
     ];
     for (name, path, body) in &attempts {
         assert_eq!(error_of(&b.post(path, body)), (404, Some("not_found")), "{name}");
     }
     // A's card exists (card_1), so the 404s above are isolation, not absence.
-    let (status, _, card) = a.post(&format!("/v1/accounts/{a1}/cards"), &json!({"out_order_no": "c1", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}));
+    let (status, _, card) = a.post(
+        &format!("/v1/accounts/{a1}/cards"),
+        &json!({"out_order_no": "c1", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}),
+    );
     assert_eq!((status, card["card_id"].as_str()), (201, Some("card_1")), "{card}");
     assert_eq!(error_of(&b.post(&format!("/v1/accounts/{a1}/cards/card_1/verify"), &json!({"amount": "0.01"}))), (404, Some("not_found")));
     let a_member = a.get(&format!("/v1/accounts/{a1}")).1["member_id"].as_str().unwrap().to_string();
@@ -267,7 +305,8 @@ fn payment_passwords_are_checked_and_five_wrong_lock_payments() {
 fn the_simulator_fails_its_share_and_callbacks_must_be_signed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = "money-token-5";
-    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]));
+    let server =
+        start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]));
     let p = Client::create(&server, token, "{\"name\": \"Unlucky\"}");
     let a = p.account(&p.member("m-a", "Zhang San"));
     let (_, _, order) = p.post("/v1/recharges", &json!({"out_order_no": "r-1", "account_id": a, "amount": "5.00", "currency": "CNY"}));
@@ -314,9 +353,7 @@ fn bulk_answers_each_operation_and_bounds_the_request() {
     let a = p.account(&p.member("m-a", "Zhang San"));
     let b = p.account(&p.member("m-b", "Li Si"));
     p.fund(&a, "10.00", "r-1");
-    let payment = |number: &str, amount: &str| {
-        json!({"op": "payment", "body": {"out_order_no": number, "payer_account_id": a, "mode": "balance", "amount": amount, "currency": "CNY", "payees": [{"account_id": b, "amount": amount}]}})
-    };
+    let payment = |number: &str, amount: &str| json!({"op": "payment", "body": {"out_order_no": number, "payer_account_id": a, "mode": "balance", "amount": amount, "currency": "CNY", "payees": [{"account_id": b, "amount": amount}]}});
     let operations = json!({"operations": [
         payment("b-1", "3.00"),
         payment("b-2", "0.001"),
@@ -377,7 +414,11 @@ fn micro_deposit(server: &Server, card_no: &str) -> String {
 }
 
 fn wrong_amount(right: &str) -> String {
-    if right == "0.01" { "0.02".into() } else { "0.01".into() }
+    if right == "0.01" {
+        "0.02".into()
+    } else {
+        "0.01".into()
+    }
 }
 
 #[test]
@@ -389,7 +430,10 @@ fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_trie
     let member = p.member("m-a", "Zhang San");
     let a = p.account(&member);
     let bind = |number: &str, card: &str, name: &str, id: &str| {
-        p.post(&format!("/v1/accounts/{a}/cards"), &json!({"out_order_no": number, "card_no": card, "holder_name": name, "id_number": id, "phone": "13800138000"}))
+        p.post(
+            &format!("/v1/accounts/{a}/cards"),
+            &json!({"out_order_no": number, "card_no": card, "holder_name": name, "id_number": id, "phone": "13800138000"}),
+        )
     };
     let cases = [
         (bind("c-0", "4111111111111112", "Zhang San", "11010519491231002X"), 400, "invalid_card_no"),
@@ -427,9 +471,14 @@ fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_trie
     assert_eq!(error_of(&withdraw("w-0", &second_id, "1.00", "realtime")), (422, Some("card_not_verified")));
     assert_eq!(error_of(&withdraw("w-0", &card_id, "60000.00", "realtime")), (422, Some("insufficient_funds")), "60,000 + fee is more than 60,000");
     let (status, _, first) = withdraw("w-1", &card_id, "1000.00", "realtime");
-    assert_eq!((status, first["status"].as_str(), first["fee"].as_str(), first["channel"].as_str()), (201, Some("processing"), Some("1.00"), Some("sim_unionpay")), "{first}");
+    assert_eq!(
+        (status, first["status"].as_str(), first["fee"].as_str(), first["channel"].as_str()),
+        (201, Some("processing"), Some("1.00"), Some("sim_unionpay")),
+        "{first}"
+    );
     // The routing decision comes with the order: every channel, viable or why not.
-    let candidates: Vec<(&str, Option<&str>)> = first["routing"]["candidates"].as_array().unwrap().iter().map(|c| (c["channel"].as_str().unwrap(), c["rejected_because"].as_str())).collect();
+    let candidates: Vec<(&str, Option<&str>)> =
+        first["routing"]["candidates"].as_array().unwrap().iter().map(|c| (c["channel"].as_str().unwrap(), c["rejected_because"].as_str())).collect();
     assert_eq!(first["routing"]["chosen"], "sim_unionpay");
     assert!(candidates.contains(&("sim_same_city", Some("arrival_too_slow"))), "{candidates:?}");
     assert!(candidates.contains(&("sim_hvps", Some("below_order_minimum"))), "{candidates:?}");
@@ -478,16 +527,23 @@ fn a_failed_withdrawal_returns_amount_and_fee() {
     let p = Client::create(&server, token, "{\"name\": \"Payouts\"}");
     let a = p.account(&p.member("m-a", "Zhang San"));
     p.fund(&a, "100.00", "r-1");
-    let (_, _, card) = p.post(&format!("/v1/accounts/{a}/cards"), &json!({"out_order_no": "c-1", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}));
+    let (_, _, card) = p.post(
+        &format!("/v1/accounts/{a}/cards"),
+        &json!({"out_order_no": "c-1", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}),
+    );
     let card_id = card["card_id"].as_str().unwrap().to_string();
     let deposit = micro_deposit(&server, "4111111111111111");
     assert_eq!(p.post(&format!("/v1/accounts/{a}/cards/{card_id}/verify"), &json!({"amount": deposit})).0, 200);
     let (platform, secret) = (p.platform.clone(), p.secret.clone());
     drop(p);
     server.stop();
-    let failing = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]));
+    let failing =
+        start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]));
     let p = Client { server: &failing, platform, secret };
-    let (status, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": a, "card_id": card_id, "amount": "50.00", "currency": "CNY", "arrival": "realtime"}));
+    let (status, _, order) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-1", "account_id": a, "card_id": card_id, "amount": "50.00", "currency": "CNY", "arrival": "realtime"}),
+    );
     assert_eq!(status, 201, "{order}");
     assert_eq!(p.balances(&a).0, "49.00", "amount and fee reserved");
     p.wait_order(order["order_id"].as_str().unwrap(), "failed");
@@ -541,7 +597,8 @@ fn home_decoration_scenario_from_recharge_to_the_companys_withdrawal() {
     let order = held["order_id"].as_str().unwrap().to_string();
     // Confirmed in stages as the work is done: design, then materials.
     for (number, amount) in [("stage-design", "16000.00"), ("stage-materials", "30000.00")] {
-        let (status, _, stage) = p.post(&format!("/v1/payments/{order}/confirm"), &json!({"out_order_no": number, "releases": [{"account_id": company, "amount": amount}]}));
+        let (status, _, stage) =
+            p.post(&format!("/v1/payments/{order}/confirm"), &json!({"out_order_no": number, "releases": [{"account_id": company, "amount": amount}]}));
         assert_eq!((status, stage["status"].as_str()), (200, Some("held")), "{stage}");
     }
     assert_eq!(p.balances(&company), ("46000.00".into(), "0.00".into(), "0.00".into(), "46000.00".into()));
@@ -564,7 +621,10 @@ fn home_decoration_scenario_from_recharge_to_the_companys_withdrawal() {
         .into_string()
         .unwrap();
     let company_line = statement.lines().find(|l| l.contains(&company)).unwrap_or_else(|| panic!("{statement}"));
-    assert!(company_line.ends_with(&company_line[company_line.rfind(',').unwrap()..]) && company_line.contains(",CNY,") && company_line.contains(",76000.00,"), "{company_line}");
+    assert!(
+        company_line.ends_with(&company_line[company_line.rfind(',').unwrap()..]) && company_line.contains(",CNY,") && company_line.contains(",76000.00,"),
+        "{company_line}"
+    );
     assert_eq!(statement.lines().count(), 3, "a header and two accounts: {statement}");
     let path = format!("/v1/settlements/{}/statement.csv?account_id={company}", business_date(1));
     let t = now();
@@ -590,8 +650,18 @@ fn home_decoration_scenario_from_recharge_to_the_companys_withdrawal() {
     let card_id = card["card_id"].as_str().expect("card bound").to_string();
     let deposit = micro_deposit(&server, "6222020200112233446");
     assert_eq!(p.post(&format!("/v1/accounts/{company}/cards/{card_id}/verify"), &json!({"amount": deposit})).0, 200);
-    assert_eq!(error_of(&p.post("/v1/withdrawals", &json!({"out_order_no": "w-0", "account_id": company, "card_id": card_id, "amount": "76000.00", "currency": "CNY", "arrival": "realtime"}))), (422, Some("insufficient_funds")), "the fee comes on top");
-    let (status, _, withdrawal) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": company, "card_id": card_id, "amount": "45975.00", "currency": "CNY", "arrival": "realtime"}));
+    assert_eq!(
+        error_of(&p.post(
+            "/v1/withdrawals",
+            &json!({"out_order_no": "w-0", "account_id": company, "card_id": card_id, "amount": "76000.00", "currency": "CNY", "arrival": "realtime"})
+        )),
+        (422, Some("insufficient_funds")),
+        "the fee comes on top"
+    );
+    let (status, _, withdrawal) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-1", "account_id": company, "card_id": card_id, "amount": "45975.00", "currency": "CNY", "arrival": "realtime"}),
+    );
     // A company's account: UnionPay serves persons only, HVPS starts at 50,000: IBPS it is.
     assert_eq!((status, withdrawal["fee"].as_str(), withdrawal["channel"].as_str()), (201, Some("11.20"), Some("sim_ibps")), "{withdrawal}");
     p.wait_order(withdrawal["order_id"].as_str().unwrap(), "succeeded");
@@ -628,7 +698,8 @@ fn kill_9_under_http_load_loses_nothing_acknowledged() {
                     let payee = &accounts[(thread * 7 + sent + 1) % accounts.len()];
                     let number = format!("k-{thread}-{sent}");
                     let body = json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "amount": "0.01", "currency": "CNY",
-                        "payees": [{"account_id": payee, "amount": "0.01"}]}).to_string();
+                        "payees": [{"account_id": payee, "amount": "0.01"}]})
+                    .to_string();
                     match signed_post_to(base, "/v1/payments", platform, secret, &fresh_nonce(), &body) {
                         Some((201, _, reply)) => {
                             acknowledged.lock().unwrap().push((number, body, reply["order_id"].as_str().unwrap().to_string()));
@@ -678,7 +749,10 @@ fn batch_payments_are_all_or_none_with_one_password_check() {
             .enumerate()
             .map(|(i, (w, a))| json!({"out_order_no": format!("{number}-{i}"), "amount": a, "payees": [{"account_id": w, "amount": a}]}))
             .collect();
-        p.post("/v1/batch-payments", &json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "currency": "CNY", "payment_password": password, "orders": orders}))
+        p.post(
+            "/v1/batch-payments",
+            &json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "currency": "CNY", "payment_password": password, "orders": orders}),
+        )
     };
     assert_eq!(error_of(&batch("b-1", ["30.00", "30.00", "40.01"], "246810")), (422, Some("insufficient_funds")));
     assert_eq!(error_of(&batch("b-1", ["30.00", "30.00", "0.001"], "246810")), (400, Some("invalid_amount")));
@@ -690,7 +764,11 @@ fn batch_payments_are_all_or_none_with_one_password_check() {
     assert_eq!(orders.len(), 3);
     for (order, worker) in orders.iter().zip(&workers) {
         let (status, shown) = p.get(&format!("/v1/orders/{}", order["order_id"].as_str().unwrap()));
-        assert_eq!((status, shown["out_order_no"].as_str(), shown["receivers"][0]["account_id"].as_str()), (200, order["out_order_no"].as_str(), Some(worker.as_str())), "{shown}");
+        assert_eq!(
+            (status, shown["out_order_no"].as_str(), shown["receivers"][0]["account_id"].as_str()),
+            (200, order["out_order_no"].as_str(), Some(worker.as_str())),
+            "{shown}"
+        );
     }
     assert_eq!(batch("b-1", ["30.00", "30.00", "40.00"], "246810"), (201, true, paid.clone()));
     assert_eq!(p.balances(&payer).0, "0.00");
@@ -713,7 +791,10 @@ fn only_empty_accounts_close_and_closed_ones_take_nothing() {
     assert_eq!(p.post(&format!("/v1/accounts/{b}/close"), &json!({"out_order_no": "close-b"})).1, true);
     let pay = json!({"out_order_no": "p-1", "payer_account_id": a, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b, "amount": "1.00"}]});
     assert_eq!(error_of(&p.post("/v1/payments", &pay)), (422, Some("account_closed")));
-    assert_eq!(error_of(&p.post("/v1/recharges", &json!({"out_order_no": "r-2", "account_id": b, "amount": "1.00", "currency": "CNY"}))), (422, Some("account_closed")));
+    assert_eq!(
+        error_of(&p.post("/v1/recharges", &json!({"out_order_no": "r-2", "account_id": b, "amount": "1.00", "currency": "CNY"}))),
+        (422, Some("account_closed"))
+    );
     let (_, shown) = p.get(&format!("/v1/accounts/{b}"));
     assert_eq!(shown["status"], "closed");
     assert_eq!(error_of(&p.post("/v1/accounts/acc_77777/close", &json!({"out_order_no": "close-x"}))), (404, Some("not_found")));
@@ -786,7 +867,8 @@ fn order_events_are_listed_and_delivered_signed_with_retries_also_after_kill_9()
     assert_eq!(types, ["order.succeeded", "order.held", "order.held", "order.succeeded"]);
     let cursor = page["next_cursor"].as_str().unwrap().to_string();
     let (_, rest) = p.get(&format!("/v1/events?limit=4&cursor={cursor}"));
-    let last: Vec<(&str, &str)> = rest["events"].as_array().unwrap().iter().map(|e| (e["type"].as_str().unwrap(), e["data"]["order_id"].as_str().unwrap())).collect();
+    let last: Vec<(&str, &str)> =
+        rest["events"].as_array().unwrap().iter().map(|e| (e["type"].as_str().unwrap(), e["data"]["order_id"].as_str().unwrap())).collect();
     assert_eq!(last, [("order.pending", recharge.as_str())]);
     assert!(rest["next_cursor"].is_null());
 
@@ -810,7 +892,12 @@ fn order_events_are_listed_and_delivered_signed_with_retries_also_after_kill_9()
         };
         assert_eq!(v1, expected, "signature of {body}");
     }
-    let delivered: Vec<String> = received.lock().unwrap().iter().map(|(_, body)| serde_json::from_str::<serde_json::Value>(body).unwrap()["type"].as_str().unwrap().to_string()).collect();
+    let delivered: Vec<String> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| serde_json::from_str::<serde_json::Value>(body).unwrap()["type"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(delivered, ["order.pending", "order.succeeded", "order.held", "order.held", "order.succeeded"]);
 
     // After a kill -9 the deliveries go on from where they were.
@@ -854,7 +941,15 @@ fn account_entries_page_newest_first_with_balances_after() {
         assert_eq!(status, 200, "{page}");
         let entries = page["entries"].as_array().unwrap();
         assert!(entries.len() <= 2);
-        lines.extend(entries.iter().map(|e| (e["kind"].as_str().unwrap().to_string(), e["direction"].as_str().unwrap().to_string(), e["bucket"].as_str().unwrap().to_string(), e["amount"].as_str().unwrap().to_string(), e["balance_after"].as_str().unwrap().to_string())));
+        lines.extend(entries.iter().map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["direction"].as_str().unwrap().to_string(),
+                e["bucket"].as_str().unwrap().to_string(),
+                e["amount"].as_str().unwrap().to_string(),
+                e["balance_after"].as_str().unwrap().to_string(),
+            )
+        }));
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_string()),
             None => break,
@@ -868,7 +963,8 @@ fn account_entries_page_newest_first_with_balances_after() {
         ("payment", "debit", "settled", "1.00", "9.00"),
         ("recharge", "credit", "settled", "10.00", "10.00"),
     ];
-    let got: Vec<(&str, &str, &str, &str, &str)> = lines.iter().map(|(k, d, b, a, after)| (k.as_str(), d.as_str(), b.as_str(), a.as_str(), after.as_str())).collect();
+    let got: Vec<(&str, &str, &str, &str, &str)> =
+        lines.iter().map(|(k, d, b, a, after)| (k.as_str(), d.as_str(), b.as_str(), a.as_str(), after.as_str())).collect();
     assert_eq!(got, expected);
     let (_, first) = p.get(&format!("/v1/accounts/{a}/entries?limit=500"));
     assert_eq!(first["entries"].as_array().unwrap().last().unwrap()["order_id"].as_str(), Some(recharge.as_str()));
@@ -900,8 +996,19 @@ fn garbage_at_every_endpoint_gets_a_4xx_never_a_5xx_and_the_document_lists_them(
     let a = p.account(&p.member("m-a", "Zhang San"));
     p.fund(&a, "1.00", "r-1");
     let bodies = [
-        "", "{", "[]", "null", "42", "\"x\"", "{\"out_order_no\": 7}", "{\"amount\": \"1e400\"}", "{\"amount\": \"99999999999999999999999.99\", \"currency\": \"CNY\"}",
-        "{\"operations\": [{\"op\": \"payment\", \"body\": 5}]}", "{\"operations\": \"all\"}", "{\"payees\": [{}]}", "\u{0}\u{1}",
+        "",
+        "{",
+        "[]",
+        "null",
+        "42",
+        "\"x\"",
+        "{\"out_order_no\": 7}",
+        "{\"amount\": \"1e400\"}",
+        "{\"amount\": \"99999999999999999999999.99\", \"currency\": \"CNY\"}",
+        "{\"operations\": [{\"op\": \"payment\", \"body\": 5}]}",
+        "{\"operations\": \"all\"}",
+        "{\"payees\": [{}]}",
+        "\u{0}\u{1}",
     ];
     let mut checked = 0;
     for (path, item) in document["paths"].as_object().unwrap() {
@@ -919,7 +1026,10 @@ fn garbage_at_every_endpoint_gets_a_4xx_never_a_5xx_and_the_document_lists_them(
             for body in &bodies {
                 let status = match method.as_str() {
                     // The operator's POSTs with the operator's token, so their checks see the garbage.
-                    "post" if concrete.starts_with("/admin/") => Some(answer(ureq::post(&format!("{}{concrete}", server.base)).set("Authorization", &format!("Bearer {token}")).send_string(body), &concrete).status()),
+                    "post" if concrete.starts_with("/admin/") => Some(
+                        answer(ureq::post(&format!("{}{concrete}", server.base)).set("Authorization", &format!("Bearer {token}")).send_string(body), &concrete)
+                            .status(),
+                    ),
                     "post" => signed_post_to(&server.base, &concrete, &p.platform, &p.secret, &fresh_nonce(), body).map(|r| r.0),
                     "get" | "delete" => {
                         let t = now();
@@ -933,7 +1043,15 @@ fn garbage_at_every_endpoint_gets_a_4xx_never_a_5xx_and_the_document_lists_them(
                         Some(answer(request.call(), &concrete).status())
                     }
                     // The operator's PUTs (settlement rules), with the operator's token.
-                    "put" | "patch" => Some(answer(ureq::request(&method.to_uppercase(), &format!("{}{concrete}", server.base)).set("Authorization", &format!("Bearer {token}")).send_string(body), &concrete).status()),
+                    "put" | "patch" => Some(
+                        answer(
+                            ureq::request(&method.to_uppercase(), &format!("{}{concrete}", server.base))
+                                .set("Authorization", &format!("Bearer {token}"))
+                                .send_string(body),
+                            &concrete,
+                        )
+                        .status(),
+                    ),
                     other => panic!("method {other}"),
                 };
                 let status = status.expect("an answer");
@@ -956,9 +1074,7 @@ fn direct_payments_go_through_the_channel_straight_to_the_payees() {
     let p = Client::create(&server, token, "{\"name\": \"Direct\"}");
     let payer = p.account(&p.member("m-payer", "Zhang San"));
     let shop = p.account(&p.member("m-shop", "Li Si"));
-    let body = |number: &str, mode: &str| {
-        json!({"out_order_no": number, "payer_account_id": payer, "mode": mode, "funding": "channel", "amount": "12.00", "currency": "CNY", "payees": [{"account_id": shop, "amount": "12.00"}]})
-    };
+    let body = |number: &str, mode: &str| json!({"out_order_no": number, "payer_account_id": payer, "mode": mode, "funding": "channel", "amount": "12.00", "currency": "CNY", "payees": [{"account_id": shop, "amount": "12.00"}]});
     let (status, _, order) = p.post("/v1/payments", &body("d-1", "balance"));
     assert_eq!((status, order["status"].as_str(), order["funding"].as_str()), (201, Some("pending"), Some("channel")), "{order}");
     let shown = p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
@@ -998,7 +1114,9 @@ fn the_operator_blocks_an_account_and_its_payments_answer_account_frozen() {
     assert_eq!(set(&a, "frozen_solid", token).0, 400);
     assert_eq!(set("acc_424242", "debit_blocked", token).0, 404);
     assert_eq!(set(&a, "debit_blocked", token).0, 200);
-    let pay = |number: &str| p.post("/v1/payments", &json!({"out_order_no": number, "payer_account_id": a, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b, "amount": "1.00"}]}));
+    let pay = |number: &str| {
+        p.post("/v1/payments", &json!({"out_order_no": number, "payer_account_id": a, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b, "amount": "1.00"}]}))
+    };
     assert_eq!(error_of(&pay("p-1")), (422, Some("account_frozen")));
     assert_eq!(p.get(&format!("/v1/accounts/{a}")).1["status"], "debit_blocked");
     assert_eq!(set(&a, "normal", token).0, 200);
@@ -1008,7 +1126,10 @@ fn the_operator_blocks_an_account_and_its_payments_answer_account_frozen() {
 
 /// Binds and verifies a card for an account, returning its id.
 fn verified_card(p: &Client, server: &Server, account: &str, card_no: &str, name: &str, id_number: &str) -> String {
-    let (status, _, card) = p.post(&format!("/v1/accounts/{account}/cards"), &json!({"out_order_no": format!("card-{card_no}"), "card_no": card_no, "holder_name": name, "id_number": id_number, "phone": "13800138000"}));
+    let (status, _, card) = p.post(
+        &format!("/v1/accounts/{account}/cards"),
+        &json!({"out_order_no": format!("card-{card_no}"), "card_no": card_no, "holder_name": name, "id_number": id_number, "phone": "13800138000"}),
+    );
     assert_eq!(status, 201, "{card}");
     let card_id = card["card_id"].as_str().unwrap().to_string();
     let deposit = micro_deposit(server, card_no);
@@ -1022,17 +1143,25 @@ fn a_failed_channel_falls_back_to_the_next_and_all_failing_returns_the_funds() {
     let token = "money-token-20";
     // UnionPay (the cheapest real-time channel for persons) fails everything; IBPS pays.
     let unionpay_fails = ("sim_failure_per_mille = 0\n\n[[channels]]\nid = 3", "sim_failure_per_mille = 1000\n\n[[channels]]\nid = 3");
-    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20"), unionpay_fails]));
+    let server =
+        start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20"), unionpay_fails]));
     let p = Client::create(&server, token, "{\"name\": \"Fallback\"}");
     let a = p.account(&p.member("m-a", "Zhang San"));
     p.fund(&a, "1000.00", "r-1");
     let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
-    let (status, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    let (status, _, order) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+    );
     assert_eq!((status, order["channel"].as_str(), order["fee"].as_str()), (201, Some("sim_unionpay"), Some("1.00")), "{order}");
     let done = p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
     assert_eq!((done["channel"].as_str(), done["fee"].as_str()), (Some("sim_ibps"), Some("2.02")), "{done}");
     let fallbacks = done["routing"]["fallbacks"].as_array().expect("a fallback is recorded");
-    assert_eq!((fallbacks[0]["from"].as_str(), fallbacks[0]["to"].as_str(), fallbacks[0]["reason"].as_str()), (Some("sim_unionpay"), Some("sim_ibps"), Some("failed")), "{done}");
+    assert_eq!(
+        (fallbacks[0]["from"].as_str(), fallbacks[0]["to"].as_str(), fallbacks[0]["reason"].as_str()),
+        (Some("sim_unionpay"), Some("sim_ibps"), Some("failed")),
+        "{done}"
+    );
     assert_eq!(done["routing"]["chosen"], "sim_ibps");
     assert_eq!(p.balances(&a).0, "897.98", "amount plus the fee of the channel that paid");
     let (status, report) = server.get("/admin/channels", Some(token));
@@ -1050,10 +1179,14 @@ fn a_failed_channel_falls_back_to_the_next_and_all_failing_returns_the_funds() {
     server.stop();
 
     // Every channel fails: tried in turn, then the order fails and everything comes back.
-    let all_fail = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]);
+    let all_fail =
+        config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]);
     let server = start_configured(dir.path(), token, &all_fail);
     let p = Client { server: &server, platform, secret };
-    let (_, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-2", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    let (_, _, order) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-2", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+    );
     let failed = p.wait_order(order["order_id"].as_str().unwrap(), "failed");
     let tried: Vec<&str> = failed["routing"]["fallbacks"].as_array().unwrap().iter().map(|f| f["to"].as_str().unwrap()).collect();
     assert_eq!(tried, ["sim_ibps"], "{failed}");
@@ -1122,17 +1255,27 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = "money-token-22";
     // Same-city clearing answers only after ten minutes: its payout stays processing here.
-    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("sim_latency_ms = 500", "sim_latency_ms = 600000")]));
+    let server =
+        start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("sim_latency_ms = 500", "sim_latency_ms = 600000")]));
     let p = Client::create(&server, token, "{\"name\": \"Recon\"}");
     let a = p.account(&p.member("m-a", "Zhang San"));
     p.fund(&a, "1000.00", "r-1");
     let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
     let withdraw = |number: &str, amount: &str, arrival: &str| {
-        let (status, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": amount, "currency": "CNY", "arrival": arrival}));
+        let (status, _, order) = p.post(
+            "/v1/withdrawals",
+            &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": amount, "currency": "CNY", "arrival": arrival}),
+        );
         assert_eq!(status, 201, "{order}");
         order["order_id"].as_str().unwrap().to_string()
     };
-    let (w1, w2, w4, w5, w6) = (withdraw("w-1", "100.00", "realtime"), withdraw("w-2", "50.00", "realtime"), withdraw("w-4", "10.00", "realtime"), withdraw("w-5", "30.00", "realtime"), withdraw("w-6", "40.00", "realtime"));
+    let (w1, w2, w4, w5, w6) = (
+        withdraw("w-1", "100.00", "realtime"),
+        withdraw("w-2", "50.00", "realtime"),
+        withdraw("w-4", "10.00", "realtime"),
+        withdraw("w-5", "30.00", "realtime"),
+        withdraw("w-6", "40.00", "realtime"),
+    );
     let w3 = withdraw("w-3", "20.00", "standard");
     for id in [&w1, &w2, &w4, &w5, &w6] {
         p.wait_order(id, "succeeded");
@@ -1140,7 +1283,10 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
     let today = business_date(0);
     let statement = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
     assert_eq!(statement.lines().count(), 6, "a header and five payouts: {statement}");
-    assert!(statement.starts_with("bank_ref,order_id,direction,amount,status,fee\n") && statement.contains(&format!(",{w1},out,100.00,succeeded,1.00")), "the bank's tariff: {statement}");
+    assert!(
+        statement.starts_with("bank_ref,order_id,direction,amount,status,fee\n") && statement.contains(&format!(",{w1},out,100.00,succeeded,1.00")),
+        "the bank's tariff: {statement}"
+    );
     // The bank's file as it came, with w-2's amount changed, w-5's fee changed, w-6 failed on
     // their side, w-4's line lost and a stranger added: every kind of difference.
     let mut file: Vec<String> = statement
@@ -1160,7 +1306,11 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
     };
     let (status, report) = reconcile("sim_unionpay", &today, &file);
     assert_eq!(status, 200, "{report}");
-    assert_eq!(report["counts"], json!({"matched": 1, "amount_mismatch": 1, "fee_mismatch": 1, "status_mismatch": 1, "carried": 1, "missing_theirs": 1}), "{report}");
+    assert_eq!(
+        report["counts"],
+        json!({"matched": 1, "amount_mismatch": 1, "fee_mismatch": 1, "status_mismatch": 1, "carried": 1, "missing_theirs": 1}),
+        "{report}"
+    );
     let all_cases = || server.get("/admin/cases", Some(token)).1["cases"].as_array().unwrap().clone();
     let cases = || all_cases().len();
     assert_eq!(cases(), 4);
@@ -1175,7 +1325,11 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
     assert_eq!(cases(), 5);
     // Re-running the first day after that: the stranger is not carried again, it stays declared.
     let (_, rerun) = reconcile("sim_unionpay", &today, &file);
-    assert_eq!(rerun["counts"], json!({"matched": 1, "amount_mismatch": 1, "fee_mismatch": 1, "status_mismatch": 1, "missing_ours": 1, "missing_theirs": 1}), "{rerun}");
+    assert_eq!(
+        rerun["counts"],
+        json!({"matched": 1, "amount_mismatch": 1, "fee_mismatch": 1, "status_mismatch": 1, "missing_ours": 1, "missing_theirs": 1}),
+        "{rerun}"
+    );
     assert_eq!(cases(), 5);
     let (_, after) = reconcile("sim_unionpay", &business_date(3), "bank_ref,order_id,direction,amount,status\n");
     assert_eq!(after["counts"], json!({}), "nothing carried any more: {after}");
@@ -1204,14 +1358,25 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
         .expect("clearing reconcile");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("\"matched\":1") && stdout.contains("\"amount_mismatch\":1") && stdout.contains("\"fee_mismatch\":1") && stdout.contains("\"status_mismatch\":1") && stdout.contains("\"missing_theirs\":1"), "{stdout}");
+    assert!(
+        stdout.contains("\"matched\":1")
+            && stdout.contains("\"amount_mismatch\":1")
+            && stdout.contains("\"fee_mismatch\":1")
+            && stdout.contains("\"status_mismatch\":1")
+            && stdout.contains("\"missing_theirs\":1"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn an_end_to_end_night_leaves_no_unexplained_difference() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = "money-token-23";
-    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20"), ("latency_ms = 500", "latency_ms = 20")]));
+    let server = start_configured(
+        dir.path(),
+        token,
+        &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20"), ("latency_ms = 500", "latency_ms = 20")]),
+    );
     let p = Client::create(&server, token, "{\"name\": \"Night\"}");
     let buyers: Vec<String> = (0..3).map(|i| p.account(&p.member(&format!("buyer-{i}"), "Zhang San"))).collect();
     let seller = p.account(&p.member("seller", "Li Si"));
@@ -1231,7 +1396,10 @@ fn an_end_to_end_night_leaves_no_unexplained_difference() {
     let card = verified_card(&p, &server, &buyers[2], "4111111111111111", "Zhang San", "11010519491231002X");
     let mut payouts = Vec::new();
     for (i, arrival) in ["realtime", "standard"].iter().enumerate() {
-        let (_, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": format!("day-w-{i}"), "account_id": buyers[2], "card_id": card, "amount": "30.00", "currency": "CNY", "arrival": arrival}));
+        let (_, _, order) = p.post(
+            "/v1/withdrawals",
+            &json!({"out_order_no": format!("day-w-{i}"), "account_id": buyers[2], "card_id": card, "amount": "30.00", "currency": "CNY", "arrival": arrival}),
+        );
         payouts.push((order["order_id"].as_str().unwrap().to_string(), order["channel"].as_str().unwrap().to_string()));
     }
     for (id, _) in &payouts {
@@ -1246,7 +1414,8 @@ fn an_end_to_end_night_leaves_no_unexplained_difference() {
         let name = channel["name"].as_str().unwrap();
         let file = ureq::get(&format!("{}/sim/channels/{name}/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
         let request = ureq::post(&format!("{}/admin/reconciliations", server.base)).set("Authorization", &format!("Bearer {token}"));
-        let report: serde_json::Value = answer(request.send_string(&json!({"channel": name, "business_date": today, "file": file}).to_string()), "reconcile").into_json().unwrap();
+        let report: serde_json::Value =
+            answer(request.send_string(&json!({"channel": name, "business_date": today, "file": file}).to_string()), "reconcile").into_json().unwrap();
         let unexplained: Vec<&String> = report["counts"].as_object().unwrap().keys().filter(|class| *class != "matched").collect();
         assert!(unexplained.is_empty(), "{name}: {report}");
         let lines = file.lines().count() - 1;
@@ -1261,7 +1430,11 @@ fn an_end_to_end_night_leaves_no_unexplained_difference() {
     let deposit = cents(&micro_deposit(&server, "4111111111111111"));
     let money = |c: i64| format!("{}{}.{:02}", if c < 0 { "-" } else { "" }, c.abs() / 100, c.abs() % 100);
     let (status, reserve) = server.get(&format!("/admin/reserve?currency=CNY&bank_balance={}", money(143_850 - deposit)), Some(token));
-    assert_eq!((status, reserve["ok"].as_bool(), reserve["reserve"].as_str(), reserve["fees"].as_str()), (200, Some(true), Some(money(143_850 - deposit).as_str()), Some(money(-deposit).as_str())), "{reserve}");
+    assert_eq!(
+        (status, reserve["ok"].as_bool(), reserve["reserve"].as_str(), reserve["fees"].as_str()),
+        (200, Some(true), Some(money(143_850 - deposit).as_str()), Some(money(-deposit).as_str())),
+        "{reserve}"
+    );
     let (_, bank) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
     assert_eq!((bank["difference"].as_str(), bank["ok"].as_bool()), (Some("0.00"), Some(true)), "the bank's own reserve account agrees: {bank}");
     let (_, short) = server.get(&format!("/admin/reserve?currency=CNY&bank_balance={}", money(143_850 - deposit - 1)), Some(token));
@@ -1283,13 +1456,19 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
     let platform_account = p.account(&p.member("m-platform", "Agency Ltd"));
     let card = verified_card(&p, &server, &member, "4111111111111111", "Zhang San", "11010519491231002X");
     // 代收: money collected from the member's card into their account.
-    let (status, _, collected) = p.post("/v1/collections", &json!({"out_order_no": "col-1", "account_id": member, "card_id": card, "amount": "80.00", "currency": "CNY"}));
+    let (status, _, collected) =
+        p.post("/v1/collections", &json!({"out_order_no": "col-1", "account_id": member, "card_id": card, "amount": "80.00", "currency": "CNY"}));
     assert_eq!((status, collected["status"].as_str(), collected["collection"].as_bool()), (201, Some("pending"), Some(true)), "{collected}");
     p.wait_order(collected["order_id"].as_str().unwrap(), "succeeded");
     assert_eq!(p.balances(&member).0, "80.00");
     let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
     assert!(statement["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "-80.00"), "{statement}");
-    assert_eq!(error_of(&p.post("/v1/collections", &json!({"out_order_no": "col-2", "account_id": member, "card_id": "card_99", "amount": "1.00", "currency": "CNY"}))), (404, Some("not_found")));
+    assert_eq!(
+        error_of(
+            &p.post("/v1/collections", &json!({"out_order_no": "col-2", "account_id": member, "card_id": "card_99", "amount": "1.00", "currency": "CNY"}))
+        ),
+        (404, Some("not_found"))
+    );
     // 代付: from the platform's account to a card nobody bound.
     p.fund(&platform_account, "100.00", "r-platform");
     let payout = |number: &str, card_no: &str| {
@@ -1309,10 +1488,13 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
 
 fn admin_request(server: &Server, method: &str, path: &str, token: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
     let request = ureq::request(method, &format!("{}{path}", server.base)).set("Authorization", &format!("Bearer {token}"));
-    let response = answer(match body {
-        Some(body) => request.send_string(&body.to_string()),
-        None => request.call(),
-    }, path);
+    let response = answer(
+        match body {
+            Some(body) => request.send_string(&body.to_string()),
+            None => request.call(),
+        },
+        path,
+    );
     let status = response.status();
     (status, response.into_json().unwrap_or(serde_json::Value::Null))
 }
@@ -1324,7 +1506,12 @@ fn pay_balance(p: &Client, number: &str, payer: &str, payee: &str, amount: &str)
 }
 
 fn statement(server: &Server, token: &str, date: &str) -> Vec<std::collections::HashMap<String, String>> {
-    let text = ureq::get(&format!("{}/admin/settlements/{date}/statement.csv", server.base)).set("Authorization", &format!("Bearer {token}")).call().expect("statement").into_string().unwrap();
+    let text = ureq::get(&format!("{}/admin/settlements/{date}/statement.csv", server.base))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+        .expect("statement")
+        .into_string()
+        .unwrap();
     let mut lines = text.lines();
     let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_string).collect();
     lines.map(|line| header.iter().cloned().zip(line.split(',').map(str::to_string)).collect()).collect()
@@ -1344,9 +1531,11 @@ fn settlement_charges_tiered_commissions_over_several_days_and_platforms_exactly
     // and an agent. Platform B: by the number of income credits, one receiver, a service fee.
     let a = Client::create(&server, token, "{\"name\": \"Mall A\", \"settlement_cycle_days\": 0}");
     let b = Client::create(&server, token, "{\"name\": \"Mall B\", \"settlement_cycle_days\": 0}");
-    let (a_payer, m1, m2) = (a.account(&a.member("a-payer", "Payer A")), a.account(&a.member("m1", "Merchant One")), a.account(&a.member("m2", "Merchant Two")));
+    let (a_payer, m1, m2) =
+        (a.account(&a.member("a-payer", "Payer A")), a.account(&a.member("m1", "Merchant One")), a.account(&a.member("m2", "Merchant Two")));
     let (a_platform, agent) = (a.account(&a.member("a-plat", "Mall A Ltd")), a.account(&a.member("agent", "Agent Li")));
-    let (b_payer, n1, b_platform) = (b.account(&b.member("b-payer", "Payer B")), b.account(&b.member("n1", "Merchant N")), b.account(&b.member("b-plat", "Mall B Ltd")));
+    let (b_payer, n1, b_platform) =
+        (b.account(&b.member("b-payer", "Payer B")), b.account(&b.member("n1", "Merchant N")), b.account(&b.member("b-plat", "Mall B Ltd")));
     a.fund(&a_payer, "100000.00", "fund-a");
     b.fund(&b_payer, "100000.00", "fund-b");
 
@@ -1356,7 +1545,13 @@ fn settlement_charges_tiered_commissions_over_several_days_and_platforms_exactly
         "tiers": [{"from": "0.00", "rate": "0.006"}, {"from": "1000.00", "rate": "0.004"}, {"from": "5000.00", "rate": "0.002"}],
         "receivers": [{"account_id": a_platform, "share": 7}, {"account_id": agent, "share": 3}]});
     let mut bad_cases = Vec::new();
-    for (field, value) in [("tiers", json!([{"from": "10.00", "rate": "0.006"}])), ("tiers", json!([{"from": "0.00", "rate": "1.5"}])), ("receivers", json!([{"account_id": b_platform, "share": 1}])), ("receivers", json!([])), ("currency", json!("XXX"))] {
+    for (field, value) in [
+        ("tiers", json!([{"from": "10.00", "rate": "0.006"}])),
+        ("tiers", json!([{"from": "0.00", "rate": "1.5"}])),
+        ("receivers", json!([{"account_id": b_platform, "share": 1}])),
+        ("receivers", json!([])),
+        ("currency", json!("XXX")),
+    ] {
         let mut body = good_a.clone();
         body[field] = value;
         bad_cases.push(body);
@@ -1431,7 +1626,10 @@ fn settlement_charges_tiered_commissions_over_several_days_and_platforms_exactly
     }
     let lines = statement(&server, token, days[1]);
     let n1_line = lines.iter().find(|l| l["account_id"] == n1).unwrap();
-    assert_eq!((n1_line["count"].as_str(), n1_line["period_measure"].as_str(), n1_line["rate"].as_str(), n1_line["service_fee"].as_str()), ("2", "4", "0.005", "0.20"));
+    assert_eq!(
+        (n1_line["count"].as_str(), n1_line["period_measure"].as_str(), n1_line["rate"].as_str(), n1_line["service_fee"].as_str()),
+        ("2", "4", "0.005", "0.20")
+    );
     let receiver_line = lines.iter().find(|l| l["line"] == "commission" && l["account_id"] == b_platform).unwrap();
     assert_eq!((receiver_line["count"].as_str(), receiver_line["commission"].as_str()), ("1", "1.00"), "{receiver_line:?}");
     let (_, invariants) = server.get("/admin/invariants", Some(token));
@@ -1455,7 +1653,10 @@ fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart()
     p.fund(&a, "1000.00", "r-1");
     let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
     let withdraw = |number: &str| {
-        let (status, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+        let (status, _, order) = p.post(
+            "/v1/withdrawals",
+            &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+        );
         assert_eq!(status, 201, "{order}");
         order
     };
@@ -1471,7 +1672,13 @@ fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart()
     let unionpay = second["routing"]["candidates"].as_array().unwrap().iter().find(|c| c["channel"] == "sim_unionpay").unwrap().clone();
     assert_eq!(unionpay["rejected_because"], "disabled");
     // Bad changes are refused and change nothing; unknown channels are not found.
-    for body in [json!({"window": "25:00-26:00"}), json!({"fee_fixed": "-1"}), json!({"order_min": "99999999999.00"}), json!({"colour": "red"}), json!({"sim_failure_per_mille": 1001})] {
+    for body in [
+        json!({"window": "25:00-26:00"}),
+        json!({"fee_fixed": "-1"}),
+        json!({"order_min": "99999999999.00"}),
+        json!({"colour": "red"}),
+        json!({"sim_failure_per_mille": 1001}),
+    ] {
         let (status, error) = admin_request(&server, "PATCH", "/admin/channels/sim_ibps", token, Some(&body));
         assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}: {error}");
     }
@@ -1491,7 +1698,10 @@ fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart()
     let row = |name: &str| report["channels"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
     assert_eq!((row("sim_unionpay")["enabled"].as_bool(), row("sim_ibps")["fee"]["fixed"].as_str()), (Some(false), Some("3.00")), "{report}");
     let p = Client { server: &server, platform, secret };
-    let (_, _, third) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-3", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    let (_, _, third) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-3", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+    );
     assert_eq!(third["channel"], "sim_ibps", "{third}");
     // The operator adds a channel, cheaper than the others: the next payout goes through it and
     // the simulated bank pays it.
@@ -1501,7 +1711,14 @@ fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart()
         "serves": ["personal"], "sim_latency_ms": 20, "sim_failure_per_mille": 0});
     let (status, row) = admin_request(&server, "POST", "/admin/channels", token, Some(&express));
     assert_eq!((status, row["fee"]["fixed"].as_str()), (201, Some("0.50")), "{row}");
-    for (field, value) in [("id", json!(2)), ("name", json!("sim_ibps")), ("id", json!(0)), ("currency", json!("XYZ")), ("window", json!("9-17")), ("direction", json!("sideways"))] {
+    for (field, value) in [
+        ("id", json!(2)),
+        ("name", json!("sim_ibps")),
+        ("id", json!(0)),
+        ("currency", json!("XYZ")),
+        ("window", json!("9-17")),
+        ("direction", json!("sideways")),
+    ] {
         let mut body = express.clone();
         body[field] = value;
         if field != "name" {
@@ -1510,7 +1727,10 @@ fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart()
         let (status, error) = admin_request(&server, "POST", "/admin/channels", token, Some(&body));
         assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_request")), "{field}: {error}");
     }
-    let (_, _, fourth) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-4", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    let (_, _, fourth) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-4", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+    );
     assert_eq!((fourth["channel"].as_str(), fourth["fee"].as_str()), (Some("sim_express"), Some("0.50")), "{fourth}");
     p.wait_order(fourth["order_id"].as_str().unwrap(), "succeeded");
     let (platform, secret) = (p.platform.clone(), p.secret.clone());
@@ -1541,13 +1761,20 @@ fn a_payout_the_bank_never_received_falls_back_after_the_timeout() {
     let a = p.account(&p.member("m-a", "Zhang San"));
     p.fund(&a, "1000.00", "r-1");
     let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
-    let (status, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    let (status, _, order) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+    );
     assert_eq!((status, order["channel"].as_str()), (201, Some("sim_unionpay")), "{order}");
     // No callback comes; the watchdog asks UnionPay, which never had it: IBPS pays instead.
     let done = p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
     assert_eq!((done["channel"].as_str(), done["fee"].as_str()), (Some("sim_ibps"), Some("2.02")), "{done}");
     let fallbacks = done["routing"]["fallbacks"].as_array().expect("a fallback is recorded");
-    assert_eq!((fallbacks[0]["from"].as_str(), fallbacks[0]["to"].as_str(), fallbacks[0]["reason"].as_str()), (Some("sim_unionpay"), Some("sim_ibps"), Some("timeout")), "{done}");
+    assert_eq!(
+        (fallbacks[0]["from"].as_str(), fallbacks[0]["to"].as_str(), fallbacks[0]["reason"].as_str()),
+        (Some("sim_unionpay"), Some("sim_ibps"), Some("timeout")),
+        "{done}"
+    );
     let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
     assert_eq!(statement["transactions"].as_array().unwrap().iter().filter(|t| t["amount"] == "100.00").count(), 1, "paid once: {statement}");
     // UnionPay's statement has no line for it (the bank never had it); IBPS's has.
@@ -1572,11 +1799,15 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
     let a = p.account(&p.member("m-a", "Zhang San"));
     p.fund(&a, "1000.00", "r-1");
     let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
-    let (_, _, order) = p.post("/v1/withdrawals", &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}));
+    let (_, _, order) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+    );
     assert_eq!((order["channel"].as_str(), order["fee"].as_str()), (Some("sim_unionpay"), Some("1.00")), "{order}");
     p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
     // A recharge by WeChat scan: its tariff is 0.6 %, borne by the operator (the member gets 100.00).
-    let (status, _, scan) = p.post("/v1/recharges", &json!({"out_order_no": "r-scan", "account_id": a, "amount": "100.00", "currency": "CNY", "channel": "sim_wechat_scan"}));
+    let (status, _, scan) =
+        p.post("/v1/recharges", &json!({"out_order_no": "r-scan", "account_id": a, "amount": "100.00", "currency": "CNY", "channel": "sim_wechat_scan"}));
     assert_eq!((status, scan["channel"].as_str()), (201, Some("sim_wechat_scan")), "{scan}");
     p.wait_order(scan["order_id"].as_str().unwrap(), "succeeded");
     let wechat = ureq::get(&format!("{}/sim/channels/sim_wechat_scan/statements/{}", server.base, business_date(0))).call().unwrap().into_string().unwrap();
@@ -1592,15 +1823,27 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
     let money = |c: i64| format!("{}{}.{:02}", if c < 0 { "-" } else { "" }, c.abs() / 100, c.abs() % 100);
     let reserve = || server.get(&format!("/admin/reserve?currency=CNY&bank_balance={}", money(at_bank)), Some(token)).1;
     let before = reserve();
-    assert_eq!((before["difference"].as_str(), before["fees"].as_str(), before["ok"].as_bool()), (Some("-1.60"), Some(money(100 - deposit).as_str()), Some(false)), "{before}");
+    assert_eq!(
+        (before["difference"].as_str(), before["fees"].as_str(), before["ok"].as_bool()),
+        (Some("-1.60"), Some(money(100 - deposit).as_str()), Some(false)),
+        "{before}"
+    );
     let (status, run) = settle(&server, token, &today);
     assert_eq!(status, 200, "{run}");
     let fees = run["channel_fees"].as_array().unwrap();
     let unionpay: Vec<_> = fees.iter().filter(|f| f["channel"] == "sim_unionpay" && f["business_date"] == today.as_str()).collect();
     assert_eq!(unionpay.len(), 1, "{run}");
-    assert_eq!((unionpay[0]["orders"].as_u64(), unionpay[0]["fees"].as_str(), unionpay[0]["booked_now"].as_str()), (Some(1), Some("1.00"), Some("1.00")), "{run}");
+    assert_eq!(
+        (unionpay[0]["orders"].as_u64(), unionpay[0]["fees"].as_str(), unionpay[0]["booked_now"].as_str()),
+        (Some(1), Some("1.00"), Some("1.00")),
+        "{run}"
+    );
     let after = reserve();
-    assert_eq!((after["difference"].as_str(), after["fees"].as_str(), after["ok"].as_bool()), (Some("0.00"), Some(money(-60 - deposit).as_str()), Some(true)), "{after}");
+    assert_eq!(
+        (after["difference"].as_str(), after["fees"].as_str(), after["ok"].as_bool()),
+        (Some("0.00"), Some(money(-60 - deposit).as_str()), Some(true)),
+        "{after}"
+    );
     let scan_fee = run["channel_fees"].as_array().unwrap().iter().find(|f| f["channel"] == "sim_wechat_scan").cloned().unwrap_or_default();
     assert_eq!((scan_fee["orders"].as_u64(), scan_fee["fees"].as_str()), (Some(1), Some("0.60")), "{run}");
     // The bank simulator's own reserve account says the same.
@@ -1612,7 +1855,8 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
     assert!(entries["entries"].as_array().unwrap().iter().all(|e| e["kind"] != "verification_deposit"), "the operator's cost, not the member's: {entries}");
     // Re-running the date books nothing again.
     let (_, again) = settle(&server, token, &today);
-    let unionpay = again["channel_fees"].as_array().unwrap().iter().find(|f| f["channel"] == "sim_unionpay" && f["business_date"] == today.as_str()).unwrap().clone();
+    let unionpay =
+        again["channel_fees"].as_array().unwrap().iter().find(|f| f["channel"] == "sim_unionpay" && f["business_date"] == today.as_str()).unwrap().clone();
     assert_eq!(unionpay["booked_now"], "0.00", "{again}");
     assert_eq!(reserve()["ok"], true);
     let (_, invariants) = server.get("/admin/invariants", Some(token));
@@ -1664,7 +1908,9 @@ fn a_settlement_run_killed_at_any_moment_and_run_again_charges_each_income_once(
         let date = format!("2099-03-1{round}");
         let url = format!("{}/admin/settlements", server.base);
         let (run_date, run_token) = (date.clone(), token.to_string());
-        let run = std::thread::spawn(move || ureq::post(&url).set("Authorization", &format!("Bearer {run_token}")).send_string(&json!({"business_date": run_date}).to_string()).is_ok());
+        let run = std::thread::spawn(move || {
+            ureq::post(&url).set("Authorization", &format!("Bearer {run_token}")).send_string(&json!({"business_date": run_date}).to_string()).is_ok()
+        });
         std::thread::sleep(std::time::Duration::from_micros(rand::random::<u64>() % 4_000));
         server.kill();
         let _ = run.join();
@@ -1672,7 +1918,11 @@ fn a_settlement_run_killed_at_any_moment_and_run_again_charges_each_income_once(
         let (status, summary) = settle(&server, token, &date);
         assert_eq!((status, summary["invariants_ok"].as_bool()), (200, Some(true)), "{summary}");
         let lines = statement(&server, token, &date);
-        assert_eq!(lines.iter().filter(|l| l["line"] == "income" && merchants.contains(&l["account_id"])).count(), merchants.len(), "each income matured once: {lines:?}");
+        assert_eq!(
+            lines.iter().filter(|l| l["line"] == "income" && merchants.contains(&l["account_id"])).count(),
+            merchants.len(),
+            "each income matured once: {lines:?}"
+        );
     }
     let p = Client { server: &server, platform, secret };
     for (i, merchant) in merchants.iter().enumerate() {

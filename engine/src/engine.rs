@@ -169,11 +169,7 @@ impl Engine {
             control_senders.push(s);
             control_receivers.push(r);
         }
-        let limits = ShardLimits {
-            batch_size_max: config.batch_size_max,
-            outbox_pending_max: config.outbox_pending_max,
-            ack_flush_ms: config.ack_flush_ms,
-        };
+        let limits = ShardLimits { batch_size_max: config.batch_size_max, outbox_pending_max: config.outbox_pending_max, ack_flush_ms: config.ack_flush_ms };
         let mut counters = Vec::new();
         let mut threads = Vec::new();
         let receivers = client_receivers.into_iter().zip(inbound_receivers).zip(control_receivers);
@@ -306,9 +302,12 @@ impl Engine {
     /// Submits commands and waits for their replies.
     pub fn execute(&self, envelopes: Vec<Envelope>) -> Result<Vec<Reply>, EngineError> {
         let (sender, receiver) = bounded(1);
-        self.submit(envelopes, Box::new(move |result| {
-            let _ = sender.send(result);
-        }));
+        self.submit(
+            envelopes,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
         receiver.recv().map_err(|_| EngineError::ShardStopped(ShardId::MAX))?
     }
 
@@ -331,9 +330,7 @@ impl Engine {
             let reply: ReplyTo = Box::new(move |result| {
                 let _ = sender.send(result);
             });
-            clients
-                .send(ClientRequest { envelopes: vec![envelope.clone()], reply })
-                .map_err(|_| EngineError::ShardStopped(shard as ShardId))?;
+            clients.send(ClientRequest { envelopes: vec![envelope.clone()], reply }).map_err(|_| EngineError::ShardStopped(shard as ShardId))?;
             receivers.push(receiver);
         }
         let mut replies = Vec::new();
@@ -345,11 +342,7 @@ impl Engine {
     }
 
     /// Runs `read` on a shard's thread between batches and returns its result.
-    pub fn read_shard<R: Send + 'static>(
-        &self,
-        shard: ShardId,
-        read: impl FnOnce(&ShardState) -> R + Send + 'static,
-    ) -> Result<R, EngineError> {
+    pub fn read_shard<R: Send + 'static>(&self, shard: ShardId, read: impl FnOnce(&ShardState) -> R + Send + 'static) -> Result<R, EngineError> {
         let (sender, receiver) = bounded(1);
         let control = self.controls.get(shard as usize).ok_or(EngineError::ShardStopped(shard))?;
         control
@@ -433,7 +426,9 @@ impl Engine {
     fn route(&self, envelope: &Envelope) -> Result<ShardId, ResultCode> {
         let shard_count = self.config.shard_count;
         let command = &envelope.command;
-        if let Command::Payment { payer, amount, payees, splits, currency, .. } | Command::RequestDirectPayment { payer, amount, payees, splits, currency, .. } = command {
+        if let Command::Payment { payer, amount, payees, splits, currency, .. }
+        | Command::RequestDirectPayment { payer, amount, payees, splits, currency, .. } = command
+        {
             check_amount(*amount)?;
             check_legs(*payer, *amount, payees, splits)?;
             let payer_shard = payer.shard(shard_count);
@@ -483,15 +478,12 @@ impl Engine {
         }
         credit_refusal_by(entry.currency, entry.status, currency).map_or(Ok(()), Err)
     }
-
 }
 
 /// Replays every shard's journal (in parallel) and writes genesis for shards that have none.
 fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<(ShardState, u64, Timestamp)>, EngineError> {
     let results: Vec<Result<(ShardState, u64, Timestamp), EngineError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..config.shard_count)
-            .map(|shard| scope.spawn(move || replay_shard(store, shard).map_err(EngineError::from)))
-            .collect();
+        let handles: Vec<_> = (0..config.shard_count).map(|shard| scope.spawn(move || replay_shard(store, shard).map_err(EngineError::from))).collect();
         handles.into_iter().map(|h| h.join().expect("replay thread")).collect()
     });
     let mut recovered = Vec::new();
@@ -518,9 +510,7 @@ fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<(ShardSta
             encode(&record, &mut encoded);
             store.write(&[(&batch_key(shard as ShardId, sequence), &encoded)])?;
         } else if state.currencies != config.currencies || state.utc_offset_seconds != config.utc_offset_seconds {
-            return Err(EngineError::Config(format!(
-                "shard {shard} was created with other currencies or business-day offset than configured"
-            )));
+            return Err(EngineError::Config(format!("shard {shard} was created with other currencies or business-day offset than configured")));
         }
         recovered.push((state, sequence, timestamp));
     }

@@ -79,8 +79,7 @@ fn combine(shards: Vec<ShardFigures>, entries_checked: u64, mut failures: Vec<St
     let Some(first) = shards.first() else {
         return InvariantReport { ok: true, ..InvariantReport::default() };
     };
-    let mut currencies: Vec<CurrencyReport> =
-        first.codes.iter().map(|code| CurrencyReport { currency: code.clone(), ..CurrencyReport::default() }).collect();
+    let mut currencies: Vec<CurrencyReport> = first.codes.iter().map(|code| CurrencyReport { currency: code.clone(), ..CurrencyReport::default() }).collect();
     for (source, shard) in shards.iter().enumerate() {
         failures.extend(shard.failures.iter().cloned());
         for (c, report) in currencies.iter_mut().enumerate() {
@@ -101,10 +100,7 @@ fn combine(shards: Vec<ShardFigures>, entries_checked: u64, mut failures: Vec<St
             failures.push(format!("{}: accounts sum to {} instead of 0", report.currency, report.sum_minor));
         }
         if report.in_transit_minor != report.in_flight_minor {
-            failures.push(format!(
-                "{}: in-transit stripes hold {} but {} is in flight",
-                report.currency, report.in_transit_minor, report.in_flight_minor
-            ));
+            failures.push(format!("{}: in-transit stripes hold {} but {} is in flight", report.currency, report.in_transit_minor, report.in_flight_minor));
         }
     }
     InvariantReport { ok: failures.is_empty(), currencies, entries_checked, failures }
@@ -149,11 +145,7 @@ pub fn check_store(store: &dyn Store, shard_count: u16) -> Result<InvariantRepor
             for bucket in [Bucket::Settled, Bucket::Unsettled, Bucket::Frozen] {
                 let journal = lines.get(&(account.id, bucket_index(bucket))).copied().unwrap_or(0);
                 if journal != account.bucket(bucket) as i128 {
-                    failures.push(format!(
-                        "account {} {bucket:?}: balance {} but journal lines sum to {journal}",
-                        account.id.0,
-                        account.bucket(bucket)
-                    ));
+                    failures.push(format!("account {} {bucket:?}: balance {} but journal lines sum to {journal}", account.id.0, account.bucket(bucket)));
                 }
             }
         }

@@ -74,11 +74,7 @@ pub fn decode(bytes: &[u8]) -> Result<BatchRecord, String> {
 }
 
 /// Visits every batch of `shard` in sequence order, checking that sequences have no gaps.
-pub fn read_shard(
-    store: &dyn Store,
-    shard: ShardId,
-    visit: &mut dyn FnMut(BatchRecord) -> Result<(), JournalError>,
-) -> Result<u64, JournalError> {
+pub fn read_shard(store: &dyn Store, shard: ShardId, visit: &mut dyn FnMut(BatchRecord) -> Result<(), JournalError>) -> Result<u64, JournalError> {
     let start = batch_key(shard, 0);
     let end = batch_key(shard, u64::MAX);
     let mut expected = 1u64;
@@ -120,11 +116,7 @@ pub fn replay_shard(store: &dyn Store, shard: ShardId) -> Result<(ShardState, u6
             state.apply(envelope, record.timestamp, &mut fx);
         }
         if fx.postings != record.postings || fx.entries != record.entries {
-            return Err(JournalError::Corrupt {
-                shard,
-                sequence: record.sequence,
-                reason: "replay produced other postings than the journal holds".into(),
-            });
+            return Err(JournalError::Corrupt { shard, sequence: record.sequence, reason: "replay produced other postings than the journal holds".into() });
         }
         state.note_batch(record.sequence, &record.postings);
         last_timestamp = record.timestamp;

@@ -43,12 +43,7 @@ impl CurrencySpec {
         if self.exponent == 0 {
             return format!("{sign}{magnitude}");
         }
-        format!(
-            "{sign}{}.{:0width$}",
-            magnitude / scale,
-            magnitude % scale,
-            width = self.exponent as usize
-        )
+        format!("{sign}{}.{:0width$}", magnitude / scale, magnitude % scale, width = self.exponent as usize)
     }
 
     /// Parses a decimal string in major units into minor units; `None` for more decimals than the
@@ -63,9 +58,8 @@ impl CurrencySpec {
             None => (digits, ""),
         };
         let valid_whole = !whole.is_empty() && whole.bytes().all(|b| b.is_ascii_digit());
-        let valid_fraction = fraction.bytes().all(|b| b.is_ascii_digit())
-            && fraction.len() <= self.exponent as usize
-            && !(digits.contains('.') && fraction.is_empty());
+        let valid_fraction =
+            fraction.bytes().all(|b| b.is_ascii_digit()) && fraction.len() <= self.exponent as usize && !(digits.contains('.') && fraction.is_empty());
         if !valid_whole || !valid_fraction || whole.len() > 18 {
             return None;
         }
@@ -152,12 +146,8 @@ mod tests {
     #[test]
     fn proportional_split_places_every_unit() {
         let mut parts = Vec::new();
-        let cases: &[(Minor, &[Minor], &[Minor])] = &[
-            (100, &[1, 1, 1], &[34, 33, 33]),
-            (1, &[1, 1], &[1, 0]),
-            (1000, &[3, 7], &[300, 700]),
-            (101, &[50, 50], &[51, 50]),
-        ];
+        let cases: &[(Minor, &[Minor], &[Minor])] =
+            &[(100, &[1, 1, 1], &[34, 33, 33]), (1, &[1, 1], &[1, 0]), (1000, &[3, 7], &[300, 700]), (101, &[50, 50], &[51, 50])];
         for (total, weights, expected) in cases {
             split_proportionally(*total, weights, &mut parts);
             assert_eq!(&parts[..], *expected);

@@ -41,11 +41,12 @@ fn pay(payer: AccountId, payee: AccountId, amount: i64) -> Command {
 
 fn balance(engine: &Engine, account: AccountId) -> (i64, i64, i64) {
     let shard = account.shard(engine.config().shard_count);
-    engine.read_shard(shard, move |s| {
-        let a = s.account(account).unwrap();
-        (a.settled, a.unsettled, a.frozen)
-    })
-    .unwrap()
+    engine
+        .read_shard(shard, move |s| {
+            let a = s.account(account).unwrap();
+            (a.settled, a.unsettled, a.frozen)
+        })
+        .unwrap()
 }
 
 fn digests(engine: &Engine) -> Vec<u64> {
@@ -73,10 +74,13 @@ fn cross_shard_payments_balance_and_survive_restart() {
     engine.wait_quiescent(Duration::from_secs(5)).unwrap();
     let report = check_engine(&engine).unwrap();
     assert!(report.ok, "{report:?}");
-    let total: i64 = accounts.iter().map(|a| {
-        let (s, u, f) = balance(&engine, *a);
-        s + u + f
-    }).sum();
+    let total: i64 = accounts
+        .iter()
+        .map(|a| {
+            let (s, u, f) = balance(&engine, *a);
+            s + u + f
+        })
+        .sum();
     assert_eq!(total, 12 * 10_000, "payments move money, never create it");
     assert!(count > 100);
     let before = digests(&engine);
@@ -204,10 +208,23 @@ fn rocksdb_engine_recovers_guarantees_freezes_and_outboxes() {
         accounts = open_funded(&engine, 0..6, 10_000);
         let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
         let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
-        let hold = Command::Payment { payer: a0, guarantee: true, currency: CNY, amount: 500, payees: [Leg { account: a1, amount: 500 }].into_iter().collect(), splits: Legs::new() };
+        let hold = Command::Payment {
+            payer: a0,
+            guarantee: true,
+            currency: CNY,
+            amount: 500,
+            payees: [Leg { account: a1, amount: 500 }].into_iter().collect(),
+            splits: Legs::new(),
+        };
         order = OrderId(engine.execute_one(keyed("g1", hold)).unwrap().id);
-        assert!(engine.execute_one(keyed("c1", Command::Confirm { order, releases: [Leg { account: a1, amount: 200 }].into_iter().collect() })).unwrap().is_ok());
-        assert!(engine.execute_one(keyed("f1", Command::Freeze { account: a1, currency: CNY, amount: 100, reason: "audit".into(), expires_at: None })).unwrap().is_ok());
+        assert!(engine
+            .execute_one(keyed("c1", Command::Confirm { order, releases: [Leg { account: a1, amount: 200 }].into_iter().collect() }))
+            .unwrap()
+            .is_ok());
+        assert!(engine
+            .execute_one(keyed("f1", Command::Freeze { account: a1, currency: CNY, amount: 100, reason: "audit".into(), expires_at: None }))
+            .unwrap()
+            .is_ok());
         engine.wait_quiescent(Duration::from_secs(5)).unwrap();
         before = digests(&engine);
         engine.shutdown();
@@ -253,9 +270,12 @@ fn requests_racing_a_storage_failure_are_answered_not_lost() {
         let (sender, receiver) = std::sync::mpsc::channel();
         for i in 0..3 {
             let sender = sender.clone();
-            engine.submit(vec![keyed(&format!("r{i}"), pay(accounts[0], accounts[1], 1))], Box::new(move |result| {
-                let _ = sender.send(result.is_err());
-            }));
+            engine.submit(
+                vec![keyed(&format!("r{i}"), pay(accounts[0], accounts[1], 1))],
+                Box::new(move |result| {
+                    let _ = sender.send(result.is_err());
+                }),
+            );
         }
         for _ in 0..3 {
             let failed = receiver.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| panic!("round {round}: a request was never answered"));
@@ -312,9 +332,12 @@ fn shutdown_under_load_finishes_queued_requests_promptly() {
         for i in 0..200 {
             let sender = sender.clone();
             let (payer, payee) = (accounts[i % 8], accounts[(i + 3) % 8]);
-            engine.submit(vec![keyed(&format!("s{i}"), pay(payer, payee, 1))], Box::new(move |result| {
-                let _ = sender.send(result.map(|r| r[0].is_ok()));
-            }));
+            engine.submit(
+                vec![keyed(&format!("s{i}"), pay(payer, payee, 1))],
+                Box::new(move |result| {
+                    let _ = sender.send(result.map(|r| r[0].is_ok()));
+                }),
+            );
         }
         let (done_sender, done) = std::sync::mpsc::channel();
         let stopping = engine.clone();

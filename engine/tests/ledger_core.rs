@@ -318,7 +318,13 @@ fn direct_payments_wait_for_the_channel_then_pay_from_the_reserve() {
     let payer = w.open(1, Limits::NONE);
     let (x, y) = (w.open(2, Limits::NONE), w.open(3, Limits::NONE));
     let direct = |guarantee, amount, to: AccountId| Command::RequestDirectPayment {
-        payer, guarantee, currency: CNY, amount, payees: legs(&[(to, amount)]), splits: Legs::new(), channel: 1,
+        payer,
+        guarantee,
+        currency: CNY,
+        amount,
+        payees: legs(&[(to, amount)]),
+        splits: Legs::new(),
+        channel: 1,
     };
     assert_eq!(w.run(direct(false, 0, x)).code, ResultCode::InvalidAmount);
     assert_eq!(w.run(direct(false, 5, payer)).code, ResultCode::PayeeIsPayer);
@@ -564,7 +570,8 @@ fn idempotency_replays_and_conflicts() {
     assert_eq!(state.apply(&other, T0, &mut fx).code, ResultCode::Ok);
     // A rejected command does not consume its number.
     let number = OutOrderNo::new("order-2").unwrap();
-    let short = Envelope { platform: P, out_order_no: Some(number), command: Command::Withdraw { account: a, currency: CNY, amount: 1_000, fee: 0, channel: 1 } };
+    let short =
+        Envelope { platform: P, out_order_no: Some(number), command: Command::Withdraw { account: a, currency: CNY, amount: 1_000, fee: 0, channel: 1 } };
     assert_eq!(state.apply(&short, T0, &mut fx).code, ResultCode::InsufficientFunds);
     let top_up = Envelope { platform: P, out_order_no: None, command: Command::Recharge { account: a, currency: CNY, amount: 1_000, channel: 1 } };
     assert!(state.apply(&top_up, T0, &mut fx).is_ok());
@@ -609,7 +616,11 @@ fn cross_shard_credit_is_applied_exactly_once() {
     // A credit to an account closed in the meantime lands in suspense.
     run(&mut s0, &mut fx0, pay(payer, 100, &[(payee, 100)], &[]));
     let credit = *s0.outboxes[1].pending.front().unwrap();
-    s1.apply(&Envelope { platform: P, out_order_no: None, command: Command::SetAccountStatus { account: payee, status: AccountStatus::CreditBlocked } }, T0, &mut fx1);
+    s1.apply(
+        &Envelope { platform: P, out_order_no: None, command: Command::SetAccountStatus { account: payee, status: AccountStatus::CreditBlocked } },
+        T0,
+        &mut fx1,
+    );
     s1.apply(&Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(credit) }, T0, &mut fx1);
     let suspense = s1.system_account(SystemRole::Suspense, CNY);
     assert_eq!(s1.account(suspense).unwrap().total(), 100);
@@ -775,7 +786,8 @@ fn a_commission_for_a_receiver_on_another_shard_travels_through_the_outbox() {
     let mut s0 = shard(0, 2);
     let mut s1 = shard(1, 2);
     let (mut fx0, mut fx1) = (Effects::default(), Effects::default());
-    let run = |state: &mut ShardState, fx: &mut Effects, now: u64, command: Command| state.apply(&Envelope { platform: P, out_order_no: None, command }, now, fx);
+    let run =
+        |state: &mut ShardState, fx: &mut Effects, now: u64, command: Command| state.apply(&Envelope { platform: P, out_order_no: None, command }, now, fx);
     let payer = AccountId(run(&mut s0, &mut fx0, T0, Command::OpenAccount { owner: 1, currency: CNY, limits: Limits::NONE }).id);
     let merchant = AccountId(run(&mut s0, &mut fx0, T0, Command::OpenAccount { owner: 2, currency: CNY, limits: Limits::NONE }).id);
     let agent = AccountId(run(&mut s1, &mut fx1, T0, Command::OpenAccount { owner: 3, currency: CNY, limits: Limits::NONE }).id);
@@ -847,7 +859,9 @@ fn a_broken_rule_is_refused_by_the_shard_and_changes_nothing() {
     w.ok(pay(payer, 100, &[(merchant, 100)], &[]));
     let day = w.state.business_day(w.now);
     w.now += DAY;
-    let rule = |tiers: Vec<Tier>, receivers: Vec<Leg>| Some(Box::new(SettlementRule { currency: CNY, period_start: day, basis: TierBasis::Amount, tiers, receivers, service_fee_ppm: 0 }));
+    let rule = |tiers: Vec<Tier>, receivers: Vec<Leg>| {
+        Some(Box::new(SettlementRule { currency: CNY, period_start: day, basis: TierBasis::Amount, tiers, receivers, service_fee_ppm: 0 }))
+    };
     let broken = [
         rule(vec![Tier { from: 0, rate_ppm: 5_000 }], vec![]),
         rule(vec![], vec![Leg { account: receiver, amount: 1 }]),

@@ -37,7 +37,11 @@ pub fn luhn_check_digit(digits: &str) -> u8 {
             let d = (b - b'0') as u32;
             if index % 2 == 0 {
                 let doubled = d * 2;
-                if doubled > 9 { doubled - 9 } else { doubled }
+                if doubled > 9 {
+                    doubled - 9
+                } else {
+                    doubled
+                }
             } else {
                 d
             }
@@ -77,9 +81,12 @@ pub(crate) struct NewAccount {
 /// Sends one command to the engine and awaits its durable reply without blocking a worker.
 pub async fn execute(engine: &Engine, envelope: Envelope) -> Result<Reply, ApiError> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    engine.submit(vec![envelope], Box::new(move |result| {
-        let _ = sender.send(result);
-    }));
+    engine.submit(
+        vec![envelope],
+        Box::new(move |result| {
+            let _ = sender.send(result);
+        }),
+    );
     let replies = receiver.await.map_err(|_| ApiError::unavailable("the engine dropped the request".into()))??;
     Ok(replies.into_iter().next().expect("one reply per command"))
 }
@@ -92,8 +99,8 @@ fn currency_of(engine: &Engine, code: &str) -> Option<CurrencyId> {
 #[post("/v1/accounts")]
 pub async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let (platform, new) = (&signed.platform, signed.json::<NewAccount>()?);
-    let out_order_no = OutOrderNo::new(&new.out_order_no)
-        .ok_or_else(|| ApiError::invalid("out_order_no must be 1 to 64 characters [A-Za-z0-9_-]", "out_order_no"))?;
+    let out_order_no =
+        OutOrderNo::new(&new.out_order_no).ok_or_else(|| ApiError::invalid("out_order_no must be 1 to 64 characters [A-Za-z0-9_-]", "out_order_no"))?;
     let member: Member = Member::parse_public_id(&new.member_id)
         .and_then(|id| members.get(platform.id, id))
         .ok_or_else(|| ApiError { param: Some("member_id"), ..ApiError::not_found() })?;
@@ -102,12 +109,8 @@ pub async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engi
     let reply = execute(&engine, Envelope { platform: platform.id, out_order_no: Some(out_order_no), command }).await?;
     match reply.code {
         ResultCode::Ok => {}
-        ResultCode::AccountExists => {
-            return Err(ApiError::new(409, "account_exists", "the member already has an account in this currency"))
-        }
-        ResultCode::IdempotencyConflict => {
-            return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"))
-        }
+        ResultCode::AccountExists => return Err(ApiError::new(409, "account_exists", "the member already has an account in this currency")),
+        ResultCode::IdempotencyConflict => return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body")),
         other => return Err(ApiError::new(422, other.name(), "the account could not be opened")),
     }
     let id = AccountId(reply.id);

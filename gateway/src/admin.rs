@@ -117,7 +117,12 @@ pub async fn list_shards(request: HttpRequest, engine: web::Data<Arc<Engine>>, t
 
 #[utoipa::path(get, path = "/admin/shards/{shard}", tag = "operator", params(("shard" = u16, Path, description = "Shard number")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/shards/{shard}")]
-pub async fn one_shard(request: HttpRequest, path: web::Path<String>, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
+pub async fn one_shard(
+    request: HttpRequest,
+    path: web::Path<String>,
+    engine: web::Data<Arc<Engine>>,
+    token: web::Data<AdminToken>,
+) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let view = path.parse::<u16>().ok().and_then(|s| shard_view(&engine, s)).ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(view))
@@ -161,7 +166,15 @@ pub async fn check_invariants(request: HttpRequest, engine: web::Data<Arc<Engine
 
 /// Registers the operator routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(list_shards).service(one_shard).service(check_invariants).service(create_platform).service(set_account_status).service(list_channels).service(change_channel).service(add_channel);
+    config
+        .service(list_shards)
+        .service(one_shard)
+        .service(check_invariants)
+        .service(create_platform)
+        .service(set_account_status)
+        .service(list_channels)
+        .service(change_channel)
+        .service(add_channel);
 }
 
 #[derive(Serialize)]
@@ -209,7 +222,13 @@ pub(crate) struct StatusBody {
 /// unblocks an account (closing is the platform's `POST /v1/accounts/{id}/close`).
 #[utoipa::path(post, path = "/admin/accounts/{account_id}/status", tag = "operator", request_body = crate::admin::StatusBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::post("/admin/accounts/{account_id}/status")]
-pub async fn set_account_status(request: HttpRequest, path: web::Path<String>, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn set_account_status(
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    token: web::Data<AdminToken>,
+    engine: web::Data<Arc<Engine>>,
+) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: StatusBody = crate::v1::parse_json(&body)?;
     let account = crate::accounts::parse_account_id(&path).ok_or_else(ApiError::not_found)?;
@@ -287,7 +306,11 @@ fn channel_row(channels: &crate::channels::Channels, name: &str) -> serde_json::
 /// daily cap, and its health (recent outcomes, circuit state).
 #[utoipa::path(get, path = "/admin/channels", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/channels")]
-pub async fn list_channels(request: HttpRequest, token: web::Data<AdminToken>, channels: web::Data<Arc<crate::channels::Channels>>) -> Result<HttpResponse, ApiError> {
+pub async fn list_channels(
+    request: HttpRequest,
+    token: web::Data<AdminToken>,
+    channels: web::Data<Arc<crate::channels::Channels>>,
+) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     Ok(HttpResponse::Ok().json(channels.report(now)))

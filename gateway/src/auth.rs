@@ -73,11 +73,7 @@ impl NonceCache {
 }
 
 fn header<'a>(request: &'a HttpRequest, name: &str) -> Result<&'a str, ApiError> {
-    request
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::unauthenticated(&format!("missing header {name}")))
+    request.headers().get(name).and_then(|v| v.to_str().ok()).ok_or_else(|| ApiError::unauthenticated(&format!("missing header {name}")))
 }
 
 /// The canonical string a platform signs.
@@ -91,9 +87,7 @@ pub fn authenticate(request: &HttpRequest, body: &[u8], platforms: &Platforms, n
     let timestamp = header(request, "x-timestamp")?;
     let nonce = header(request, "x-nonce")?;
     let signature = header(request, "x-signature")?;
-    let platform = Platform::parse_public_id(platform_id)
-        .and_then(|id| platforms.get(id))
-        .ok_or_else(|| ApiError::unauthenticated("unknown platform"))?;
+    let platform = Platform::parse_public_id(platform_id).and_then(|id| platforms.get(id)).ok_or_else(|| ApiError::unauthenticated("unknown platform"))?;
     let nonce_valid = (16..=64).contains(&nonce.len()) && nonce.bytes().all(|b| b.is_ascii_alphanumeric());
     if !nonce_valid {
         return Err(ApiError::unauthenticated("X-Nonce must be 16 to 64 characters [A-Za-z0-9]"));

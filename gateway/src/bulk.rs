@@ -10,13 +10,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::channels::Channels;
 use crate::error::ApiError;
 use crate::orders::{render_into, Prepared};
 use crate::passwords::{check_for_payment, Passwords};
 use crate::payments::*;
 use crate::platforms::Platform;
 use crate::recharges::{dispatch, prepare_recharge, RechargeBody};
-use crate::channels::Channels;
 use crate::simulator::Simulator;
 use crate::v1::{parse_json, Signed};
 
@@ -46,7 +46,14 @@ fn order_named(id: &Option<String>) -> Result<&str, ApiError> {
 }
 
 /// Checks one operation and builds its command (the same checks as its own endpoint).
-pub async fn prepare(engine: &Arc<Engine>, channels: &Channels, passwords: &Arc<Passwords>, platform: &Platform, op: &str, body: &str) -> Result<Prepared, ApiError> {
+pub async fn prepare(
+    engine: &Arc<Engine>,
+    channels: &Channels,
+    passwords: &Arc<Passwords>,
+    platform: &Platform,
+    op: &str,
+    body: &str,
+) -> Result<Prepared, ApiError> {
     let body = body.as_bytes();
     match op {
         "payment" => {
@@ -121,9 +128,12 @@ pub async fn bulk(
         // The commands move to the engine; what rendering needs of them stays behind.
         let envelopes = prepared.iter_mut().map(|p| p.take_envelope()).collect();
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        engine.submit(envelopes, Box::new(move |result| {
-            let _ = sender.send(result);
-        }));
+        engine.submit(
+            envelopes,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
         replies = receiver.await.map_err(|_| ApiError::unavailable("the engine dropped the request".into()))??;
     }
     // The answer is written straight into one buffer, in the order of the operations.

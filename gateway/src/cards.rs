@@ -139,7 +139,11 @@ impl Cards {
                 continue;
             }
             let account = AccountId(card.account);
-            let found = engine.read_shard(account.shard(engine.config().shard_count), move |state| state.account(account).map(|a| (a.currency, state.currencies[a.currency.0 as usize]))).map_err(|e| e.to_string())?;
+            let found = engine
+                .read_shard(account.shard(engine.config().shard_count), move |state| {
+                    state.account(account).map(|a| (a.currency, state.currencies[a.currency.0 as usize]))
+                })
+                .map_err(|e| e.to_string())?;
             let Some((currency, spec)) = found else { continue };
             let number = OutOrderNo::new(&format!("card-{}", card.id)).ok_or("card number")?;
             let command = Command::VerificationDeposit { shard: account.shard(engine.config().shard_count), currency, amount: card.deposit_minor };
@@ -272,7 +276,12 @@ pub async fn bind(
 
 #[utoipa::path(post, path = "/v1/accounts/{account_id}/cards/{card_id}/verify", tag = "cards", request_body = crate::cards::VerifyBody, params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::openapi::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts/{account_id}/cards/{card_id}/verify")]
-pub async fn verify(signed: Signed, path: web::Path<(String, String)>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
+pub async fn verify(
+    signed: Signed,
+    path: web::Path<(String, String)>,
+    engine: web::Data<Arc<Engine>>,
+    cards: web::Data<Arc<Cards>>,
+) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<VerifyBody>()?;
     let platform = signed.platform.id;
     let account = parse_account_id(&path.0).ok_or_else(ApiError::not_found)?;
@@ -306,7 +315,12 @@ pub async fn verify(signed: Signed, path: web::Path<(String, String)>, engine: w
 
 #[utoipa::path(delete, path = "/v1/accounts/{account_id}/cards/{card_id}", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::openapi::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[delete("/v1/accounts/{account_id}/cards/{card_id}")]
-pub async fn unbind(signed: Signed, path: web::Path<(String, String)>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
+pub async fn unbind(
+    signed: Signed,
+    path: web::Path<(String, String)>,
+    engine: web::Data<Arc<Engine>>,
+    cards: web::Data<Arc<Cards>>,
+) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let account = parse_account_id(&path.0).ok_or_else(ApiError::not_found)?;
     account_of(&engine, platform, account).await?;
@@ -325,7 +339,8 @@ pub async fn list(signed: Signed, path: web::Path<String>, engine: web::Data<Arc
     let platform = signed.platform.id;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
     account_of(&engine, platform, account).await?;
-    let mut found: Vec<Card> = cards.state.lock().expect("cards lock").by_id.values().filter(|c| c.platform == platform && c.account == account.0).cloned().collect();
+    let mut found: Vec<Card> =
+        cards.state.lock().expect("cards lock").by_id.values().filter(|c| c.platform == platform && c.account == account.0).cloned().collect();
     found.sort_by_key(|c| c.id);
     let views: Vec<serde_json::Value> = found.iter().map(Card::view).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({"cards": views})))
@@ -342,7 +357,8 @@ mod tests {
 
     #[test]
     fn card_numbers_table() {
-        let cases = [("6222020200112233441", false), ("4111111111111111", true), ("4111111111111112", false), ("41111111111", false), ("411111111111111a", false)];
+        let cases =
+            [("6222020200112233441", false), ("4111111111111111", true), ("4111111111111112", false), ("41111111111", false), ("411111111111111a", false)];
         for (number, valid) in cases {
             assert_eq!(valid_card_no(number), valid, "{number}");
         }

@@ -764,19 +764,118 @@ mod tests {
         type Case = (&'static str, fn(&mut Vec<Channel>), Minor, Arrival, AccountType, u64, Option<&'static str>, &'static str);
         let cases: Vec<Case> = vec![
             ("cheapest viable", |_| {}, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("cheap"), "cheap first"),
-            ("over the cheap one's limit", |c| c[0].order_max = 999, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "above_order_maximum"),
-            ("under its minimum", |c| c[0].order_min = 2_000, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "below_order_minimum"),
-            ("window closed", |c| c[0].window = (9 * 60, 10 * 60), 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "outside_service_window"),
-            ("holiday", |c| c[0].business_days_only = true, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00 + DAY, Some("dear"), "not_a_business_day"),
-            ("weekend", |c| c[0].business_days_only = true, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00 + 5 * DAY, Some("dear"), "not_a_business_day"),
-            ("business day", |c| c[0].business_days_only = true, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00 + 2 * DAY, Some("cheap"), "cheap first"),
+            (
+                "over the cheap one's limit",
+                |c| c[0].order_max = 999,
+                1_000,
+                Arrival::Realtime,
+                AccountType::Personal,
+                MONDAY_10_00,
+                Some("dear"),
+                "above_order_maximum",
+            ),
+            (
+                "under its minimum",
+                |c| c[0].order_min = 2_000,
+                1_000,
+                Arrival::Realtime,
+                AccountType::Personal,
+                MONDAY_10_00,
+                Some("dear"),
+                "below_order_minimum",
+            ),
+            (
+                "window closed",
+                |c| c[0].window = (9 * 60, 10 * 60),
+                1_000,
+                Arrival::Realtime,
+                AccountType::Personal,
+                MONDAY_10_00,
+                Some("dear"),
+                "outside_service_window",
+            ),
+            (
+                "holiday",
+                |c| c[0].business_days_only = true,
+                1_000,
+                Arrival::Realtime,
+                AccountType::Personal,
+                MONDAY_10_00 + DAY,
+                Some("dear"),
+                "not_a_business_day",
+            ),
+            (
+                "weekend",
+                |c| c[0].business_days_only = true,
+                1_000,
+                Arrival::Realtime,
+                AccountType::Personal,
+                MONDAY_10_00 + 5 * DAY,
+                Some("dear"),
+                "not_a_business_day",
+            ),
+            (
+                "business day",
+                |c| c[0].business_days_only = true,
+                1_000,
+                Arrival::Realtime,
+                AccountType::Personal,
+                MONDAY_10_00 + 2 * DAY,
+                Some("cheap"),
+                "cheap first",
+            ),
             ("cap exhausted", |c| c[0].daily_cap = 999, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "daily_cap_exhausted"),
-            ("too slow for realtime", |c| c[0].arrival = Arrival::Standard, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "arrival_too_slow"),
-            ("standard takes the slow cheap one", |c| c[0].arrival = Arrival::Standard, 1_000, Arrival::Standard, AccountType::Personal, MONDAY_10_00, Some("cheap"), "cheap first"),
-            ("corporate not served", |c| c[0].serves_corporate = false, 1_000, Arrival::Realtime, AccountType::Corporate, MONDAY_10_00, Some("dear"), "account_type_not_served"),
+            (
+                "too slow for realtime",
+                |c| c[0].arrival = Arrival::Standard,
+                1_000,
+                Arrival::Realtime,
+                AccountType::Personal,
+                MONDAY_10_00,
+                Some("dear"),
+                "arrival_too_slow",
+            ),
+            (
+                "standard takes the slow cheap one",
+                |c| c[0].arrival = Arrival::Standard,
+                1_000,
+                Arrival::Standard,
+                AccountType::Personal,
+                MONDAY_10_00,
+                Some("cheap"),
+                "cheap first",
+            ),
+            (
+                "corporate not served",
+                |c| c[0].serves_corporate = false,
+                1_000,
+                Arrival::Realtime,
+                AccountType::Corporate,
+                MONDAY_10_00,
+                Some("dear"),
+                "account_type_not_served",
+            ),
             ("disabled by the operator", |c| c[0].enabled = false, 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "disabled"),
-            ("other currency", |c| c[0].currency = "USD".into(), 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, Some("dear"), "currency_not_served"),
-            ("nothing viable", |c| c.iter_mut().for_each(|c| c.order_max = 10), 1_000, Arrival::Realtime, AccountType::Personal, MONDAY_10_00, None, "above_order_maximum"),
+            (
+                "other currency",
+                |c| c[0].currency = "USD".into(),
+                1_000,
+                Arrival::Realtime,
+                AccountType::Personal,
+                MONDAY_10_00,
+                Some("dear"),
+                "currency_not_served",
+            ),
+            (
+                "nothing viable",
+                |c| c.iter_mut().for_each(|c| c.order_max = 10),
+                1_000,
+                Arrival::Realtime,
+                AccountType::Personal,
+                MONDAY_10_00,
+                None,
+                "above_order_maximum",
+            ),
         ];
         for (name, setup, amount, arrival, account, now, expected, first_reason) in cases {
             let decision = router(setup).route(amount, "CNY", 2, arrival, account, now);
@@ -795,7 +894,11 @@ mod tests {
         assert_eq!(channels.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00).chosen.as_deref(), Some("dear"));
         channels.release(1, 1_000, MONDAY_10_00);
         assert_eq!(channels.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00).chosen.as_deref(), Some("cheap"));
-        assert_eq!(channels.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00 + DAY).chosen.as_deref(), Some("cheap"), "a new day, a new cap");
+        assert_eq!(
+            channels.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00 + DAY).chosen.as_deref(),
+            Some("cheap"),
+            "a new day, a new cap"
+        );
     }
 
     #[test]
@@ -829,7 +932,8 @@ mod tests {
         let channels = router(|_| {});
         let route = |channels: &Channels| channels.route(1_000, "CNY", 2, Arrival::Realtime, AccountType::Personal, MONDAY_10_00).chosen;
         assert_eq!(route(&channels).as_deref(), Some("cheap"));
-        let change = ChannelChange { fee_fixed: Some("9.00".into()), fee_max: Some("20.00".into()), window: Some("11:00-17:00".into()), ..ChannelChange::default() };
+        let change =
+            ChannelChange { fee_fixed: Some("9.00".into()), fee_max: Some("20.00".into()), window: Some("11:00-17:00".into()), ..ChannelChange::default() };
         let changed = channels.update(&store, "cheap", &change).unwrap();
         assert_eq!((changed.fee_fixed, changed.fee(1_000), changed.window), (900, 900, (660, 1020)));
         assert_eq!(route(&channels).as_deref(), Some("dear"), "closed at 10:00 now");

@@ -103,7 +103,12 @@ pub(crate) struct RuleBody {
 /// Parses a rate: a decimal fraction from 0 to 1 with up to 6 places, in parts per million.
 pub fn parse_rate(text: &str) -> Option<u32> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || fraction.len() > 6 || !fraction.bytes().all(|b| b.is_ascii_digit()) || (text.contains('.') && fraction.is_empty()) {
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || fraction.len() > 6
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+        || (text.contains('.') && fraction.is_empty())
+    {
         return None;
     }
     let whole: u64 = whole.parse().ok()?;
@@ -164,7 +169,10 @@ async fn receiver_account(engine: &Arc<Engine>, platform: u32, account: AccountI
     let engine = engine.clone();
     Ok(blocking(move || {
         engine.read_shard(shard, move |state| {
-            state.account(account).filter(|a| a.kind == AccountKind::Customer && a.platform == platform && a.status != AccountStatus::Closed).map(|a| a.currency)
+            state
+                .account(account)
+                .filter(|a| a.kind == AccountKind::Customer && a.platform == platform && a.status != AccountStatus::Closed)
+                .map(|a| a.currency)
         })
     })
     .await??)
@@ -206,7 +214,11 @@ pub fn view(config: &RuleConfig, spec: &CurrencySpec) -> serde_json::Value {
             json!({"from": from, "rate": format_rate(*rate)})
         })
         .collect();
-    let receivers: Vec<_> = config.receivers.iter().map(|(account, share)| json!({"account_id": crate::accounts::public_account_id(AccountId(*account)), "share": share})).collect();
+    let receivers: Vec<_> = config
+        .receivers
+        .iter()
+        .map(|(account, share)| json!({"account_id": crate::accounts::public_account_id(AccountId(*account)), "share": share}))
+        .collect();
     json!({"currency": config.currency, "basis": config.basis, "period": config.period, "tiers": tiers, "receivers": receivers, "service_fee_rate": format_rate(config.service_fee_ppm)})
 }
 
@@ -226,7 +238,14 @@ fn shown(engine: &Engine, platform: &Platform) -> Result<HttpResponse, ApiError>
 /// runs from now on apply it (what earlier runs charged stays as it was).
 #[utoipa::path(put, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", request_body = crate::commission::RuleBody, params(("platform_id" = String, Path, description = "plt_...")), responses((status = 200, description = "The rule", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[put("/admin/platforms/{platform_id}/settlement-rule")]
-pub async fn put_rule(request: HttpRequest, path: web::Path<String>, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+pub async fn put_rule(
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    token: web::Data<AdminToken>,
+    engine: web::Data<Arc<Engine>>,
+    platforms: web::Data<Arc<Platforms>>,
+) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let platform = platform_of(&platforms, &path)?;
     let body: RuleBody = crate::v1::parse_json(&body)?;
@@ -239,7 +258,13 @@ pub async fn put_rule(request: HttpRequest, path: web::Path<String>, body: web::
 /// `GET /admin/platforms/{platform_id}/settlement-rule`: the platform's rule (404 when none).
 #[utoipa::path(get, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", params(("platform_id" = String, Path, description = "plt_...")), responses((status = 200, description = "The rule", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/platforms/{platform_id}/settlement-rule")]
-pub async fn get_rule(request: HttpRequest, path: web::Path<String>, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+pub async fn get_rule(
+    request: HttpRequest,
+    path: web::Path<String>,
+    token: web::Data<AdminToken>,
+    engine: web::Data<Arc<Engine>>,
+    platforms: web::Data<Arc<Platforms>>,
+) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     shown(&engine, &platform_of(&platforms, &path)?)
 }
@@ -247,7 +272,12 @@ pub async fn get_rule(request: HttpRequest, path: web::Path<String>, token: web:
 /// `DELETE /admin/platforms/{platform_id}/settlement-rule`: income of later runs only matures.
 #[utoipa::path(delete, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", params(("platform_id" = String, Path, description = "plt_...")), responses((status = 204, description = "Removed"), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[delete("/admin/platforms/{platform_id}/settlement-rule")]
-pub async fn delete_rule(request: HttpRequest, path: web::Path<String>, token: web::Data<AdminToken>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+pub async fn delete_rule(
+    request: HttpRequest,
+    path: web::Path<String>,
+    token: web::Data<AdminToken>,
+    platforms: web::Data<Arc<Platforms>>,
+) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let platform = platform_of(&platforms, &path)?;
     let store = platforms.get_ref().clone();

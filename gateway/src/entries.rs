@@ -53,11 +53,7 @@ impl Cursor {
             return None;
         }
         let number = |i: usize| parts[i].parse::<i64>().ok();
-        Some(Cursor {
-            sequence: parts[0].parse().ok()?,
-            index: parts[1].parse().ok()?,
-            balances: [number(2)?, number(3)?, number(4)?],
-        })
+        Some(Cursor { sequence: parts[0].parse().ok()?, index: parts[1].parse().ok()?, balances: [number(2)?, number(3)?, number(4)?] })
     }
 }
 
@@ -108,7 +104,16 @@ struct Query {
 /// Reads up to `limit` lines of `account` older than `cursor` from `batches` (the newest of the
 /// account's batches up to the cursor); `older` tells whether the account has batches before them.
 #[allow(clippy::too_many_arguments)]
-fn read_lines(store: &dyn Store, shard: u16, account: AccountId, spec: engine::money::CurrencySpec, batches: &[u64], older: bool, mut cursor: Cursor, limit: usize) -> Result<(Vec<Value>, Option<Cursor>), ApiError> {
+fn read_lines(
+    store: &dyn Store,
+    shard: u16,
+    account: AccountId,
+    spec: engine::money::CurrencySpec,
+    batches: &[u64],
+    older: bool,
+    mut cursor: Cursor,
+    limit: usize,
+) -> Result<(Vec<Value>, Option<Cursor>), ApiError> {
     let mut lines = Vec::new();
     for sequence in batches.iter().rev() {
         let bytes = store
@@ -153,12 +158,20 @@ fn read_lines(store: &dyn Store, shard: u16, account: AccountId, spec: engine::m
 
 #[utoipa::path(get, path = "/v1/accounts/{account_id}/entries", tag = "accounts", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::openapi::EntryPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}/entries")]
-pub async fn list_entries(signed: Signed, path: web::Path<String>, query: web::Query<Query>, engine: web::Data<Arc<Engine>>, store: web::Data<Arc<dyn Store>>, platforms: web::Data<Arc<crate::platforms::Platforms>>) -> Result<HttpResponse, ApiError> {
+pub async fn list_entries(
+    signed: Signed,
+    path: web::Path<String>,
+    query: web::Query<Query>,
+    engine: web::Data<Arc<Engine>>,
+    store: web::Data<Arc<dyn Store>>,
+    platforms: web::Data<Arc<crate::platforms::Platforms>>,
+) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
     let limit = page_limit(query.limit.as_deref())?;
     let tag = |body: &str| platforms.tag("entries-cursor", &format!("{}/{body}", account.0));
-    let after = query.cursor.as_deref().map(|c| Cursor::decode(c, tag).ok_or_else(|| ApiError::invalid("not a cursor this API returned", "cursor"))).transpose()?;
+    let after =
+        query.cursor.as_deref().map(|c| Cursor::decode(c, tag).ok_or_else(|| ApiError::invalid("not a cursor this API returned", "cursor"))).transpose()?;
     let shard = account.shard(engine.config().shard_count);
     let (engine, store) = (engine.get_ref().clone(), store.get_ref().clone());
     let page = blocking(move || -> Result<Option<(Vec<Value>, Option<Cursor>)>, ApiError> {

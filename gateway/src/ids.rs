@@ -4,7 +4,11 @@
 pub fn parse_prefixed<T: std::str::FromStr>(text: &str, prefix: &str) -> Option<T> {
     let digits = text.strip_prefix(prefix)?;
     let canonical = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0'));
-    if canonical { digits.parse().ok() } else { None }
+    if canonical {
+        digits.parse().ok()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -13,16 +17,8 @@ mod tests {
 
     #[test]
     fn prefixed_ids_table() {
-        let cases: &[(&str, Option<u32>)] = &[
-            ("x_25", Some(25)),
-            ("x_0", Some(0)),
-            ("x_01", None),
-            ("x_", None),
-            ("25", None),
-            ("x_+5", None),
-            ("x_1a", None),
-            ("x_99999999999", None),
-        ];
+        let cases: &[(&str, Option<u32>)] =
+            &[("x_25", Some(25)), ("x_0", Some(0)), ("x_01", None), ("x_", None), ("25", None), ("x_+5", None), ("x_1a", None), ("x_99999999999", None)];
         for (text, expected) in cases {
             assert_eq!(parse_prefixed::<u32>(text, "x_"), *expected, "{text}");
         }

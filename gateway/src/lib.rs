@@ -70,10 +70,7 @@ pub fn parse_amount(text: &str, currency: &CurrencySpec) -> Result<Minor, Amount
     if value <= Decimal::ZERO {
         return Err(AmountError::NotPositive);
     }
-    let minor = value
-        .checked_mul(Decimal::from(10i64.pow(currency.exponent as u32)))
-        .ok_or(AmountError::TooLarge)?
-        .trunc();
+    let minor = value.checked_mul(Decimal::from(10i64.pow(currency.exponent as u32))).ok_or(AmountError::TooLarge)?.trunc();
     let minor: i64 = minor.try_into().map_err(|_| AmountError::TooLarge)?;
     if minor > AMOUNT_MINOR_MAX {
         return Err(AmountError::TooLarge);

@@ -195,9 +195,7 @@ impl Members {
         let accepted_bytes = serde_json::to_vec(&accepted).expect("records serialize");
         let (key_member, key_accepted) = (member_key(id), accepted_key(platform, &request.out_order_no));
         // One atomic, synced write: the member and its order number together.
-        self.store
-            .write(&[(&key_member, &member_bytes), (&key_accepted, &accepted_bytes)])
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        self.store.write(&[(&key_member, &member_bytes), (&key_accepted, &accepted_bytes)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
         self.by_id.write().expect("members lock").insert(id, member.clone());
         self.accepted.write().expect("members lock").insert((platform, request.out_order_no), accepted);
         Ok(Created { member, replayed: false })

@@ -63,7 +63,12 @@ impl Notifications {
 
 #[utoipa::path(get, path = "/v1/members/{member_id}/notifications", tag = "members", params(("member_id" = String, Path, description = "Member id")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/members/{member_id}/notifications")]
-pub async fn list(signed: Signed, path: web::Path<String>, members: web::Data<Arc<Members>>, notifications: web::Data<Arc<Notifications>>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    signed: Signed,
+    path: web::Path<String>,
+    members: web::Data<Arc<Members>>,
+    notifications: web::Data<Arc<Notifications>>,
+) -> Result<HttpResponse, ApiError> {
     let member = Member::parse_public_id(&path).and_then(|id| members.get(signed.platform.id, id)).ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"notifications": notifications.of(member.id)})))
 }

@@ -111,7 +111,9 @@ async fn take_line(engine: &Arc<Engine>, cases: &Arc<Cases>, line: StatementLine
         let command = Command::Recharge { account, currency: currency_id, amount, channel: OFFLINE_CHANNEL };
         let reply = execute(engine, Envelope { platform: 0, out_order_no: Some(number), command }).await?;
         if reply.is_ok() {
-            return Ok(json!({"bank_ref": line.bank_ref, "status": "credited", "account_id": public_account_id(account), "order_id": public_order_id(OrderId(reply.id)), "replayed": reply.replayed}));
+            return Ok(
+                json!({"bank_ref": line.bank_ref, "status": "credited", "account_id": public_account_id(account), "order_id": public_order_id(OrderId(reply.id)), "replayed": reply.replayed}),
+            );
         }
         if reply.code == ResultCode::IdempotencyConflict {
             return Err(ApiError::new(409, "idempotency_conflict", "this bank_ref was taken with other content"));
@@ -128,7 +130,16 @@ async fn take_line(engine: &Arc<Engine>, cases: &Arc<Cases>, line: StatementLine
         return Err(crate::orders::rejection(reply.code));
     }
     if !reply.replayed || !cases.by_id.lock().expect("cases lock").contains_key(&case_id) {
-        let case = Case { case_id: case_id.clone(), line: serde_json::to_value(&line).expect("lines serialize"), reason: reason.clone(), status: "open".into(), created_at: now_text(), resolution: None, resolved_by: None, resolved_at: None };
+        let case = Case {
+            case_id: case_id.clone(),
+            line: serde_json::to_value(&line).expect("lines serialize"),
+            reason: reason.clone(),
+            status: "open".into(),
+            created_at: now_text(),
+            resolution: None,
+            resolved_by: None,
+            resolved_at: None,
+        };
         let cases = cases.clone();
         blocking(move || cases.save(case)).await??;
     }
@@ -138,7 +149,14 @@ async fn take_line(engine: &Arc<Engine>, cases: &Arc<Cases>, line: StatementLine
 /// `POST /admin/offline-transfers {lines}`: the bank statement's credit lines, one result each.
 #[utoipa::path(post, path = "/admin/offline-transfers", tag = "operator", request_body = crate::offline::TransfersBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/offline-transfers")]
-pub async fn offline_transfers(request: HttpRequest, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, cases: web::Data<Arc<Cases>>, simulator: web::Data<crate::simulator::Simulator>) -> Result<HttpResponse, ApiError> {
+pub async fn offline_transfers(
+    request: HttpRequest,
+    body: web::Bytes,
+    token: web::Data<AdminToken>,
+    engine: web::Data<Arc<Engine>>,
+    cases: web::Data<Arc<Cases>>,
+    simulator: web::Data<crate::simulator::Simulator>,
+) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: TransfersBody = crate::v1::parse_json(&body)?;
     if body.lines.is_empty() || body.lines.len() > LINES_MAX {
@@ -182,7 +200,13 @@ pub(crate) struct ResolveBody {
 /// `POST /admin/cases/{case_id}/resolve`: records how a case was resolved, by whom and when.
 #[utoipa::path(post, path = "/admin/cases/{case_id}/resolve", tag = "operator", request_body = crate::offline::ResolveBody, params(("case_id" = String, Path, description = "Case id")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/cases/{case_id}/resolve")]
-pub async fn resolve_case(request: HttpRequest, path: web::Path<String>, body: web::Bytes, token: web::Data<AdminToken>, cases: web::Data<Arc<Cases>>) -> Result<HttpResponse, ApiError> {
+pub async fn resolve_case(
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    token: web::Data<AdminToken>,
+    cases: web::Data<Arc<Cases>>,
+) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: ResolveBody = crate::v1::parse_json(&body)?;
     if body.resolution.trim().is_empty() || body.operator.trim().is_empty() || body.resolution.len() > 1024 || body.operator.len() > 128 {

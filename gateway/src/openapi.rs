@@ -197,7 +197,10 @@ impl Modify for Security {
         components.add_security_scheme("operator_token", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
         components.add_security_scheme(
             "channel_signature",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description("X-Channel-Signature", "t=<unix seconds>,v1=<hex HMAC-SHA256(channel key, \"t.body\")>"))),
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Channel-Signature",
+                "t=<unix seconds>,v1=<hex HMAC-SHA256(channel key, \"t.body\")>",
+            ))),
         );
     }
 }

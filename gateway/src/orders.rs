@@ -57,10 +57,7 @@ pub fn account(text: &str, param: &'static str) -> Result<AccountId, ApiError> {
 /// Formats an engine timestamp (microseconds since the epoch) as RFC 3339 in UTC.
 pub fn format_time(at: Timestamp) -> String {
     let nanos = at as i128 * 1_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_default()
 }
 
 /// Parses an RFC 3339 time into an engine timestamp.
@@ -273,7 +270,12 @@ pub async fn read_order<R: Send + 'static>(
 
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/orders/{order_id}")]
-pub async fn show_order(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<crate::cards::Cards>>) -> Result<HttpResponse, ApiError> {
+pub async fn show_order(
+    signed: Signed,
+    path: web::Path<String>,
+    engine: web::Data<Arc<Engine>>,
+    cards: web::Data<Arc<crate::cards::Cards>>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_order_id(&path).ok_or_else(ApiError::not_found)?;
     let mut found = read_order(&engine, signed.platform.id, id, |state, order| view(state, order)).await?.ok_or_else(ApiError::not_found)?;
     with_routing(&mut found, signed.platform.id, &cards);
@@ -312,11 +314,7 @@ struct ListQuery {
 pub fn page_limit(text: Option<&str>) -> Result<usize, ApiError> {
     match text {
         None => Ok(PAGE_DEFAULT),
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=PAGE_MAX).contains(n))
-            .ok_or_else(|| ApiError::invalid("limit is 1 to 500", "limit")),
+        Some(text) => text.parse::<usize>().ok().filter(|n| (1..=PAGE_MAX).contains(n)).ok_or_else(|| ApiError::invalid("limit is 1 to 500", "limit")),
     }
 }
 
@@ -442,7 +440,8 @@ fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize
 fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo) -> Option<Value> {
     let kinds = [
         Command::RequestRecharge { account: AccountId(0), currency: CurrencyId(0), amount: 0, channel: 0 }.kind_code(),
-        Command::Payment { payer: AccountId(0), guarantee: false, currency: CurrencyId(0), amount: 0, payees: Default::default(), splits: Default::default() }.kind_code(),
+        Command::Payment { payer: AccountId(0), guarantee: false, currency: CurrencyId(0), amount: 0, payees: Default::default(), splits: Default::default() }
+            .kind_code(),
         Command::Refund { payment: OrderId(0), payee: AccountId(0), amount: 0 }.kind_code(),
         Command::Freeze { account: AccountId(0), currency: CurrencyId(0), amount: 0, reason: String::new(), expires_at: None }.kind_code(),
         Command::Withdraw { account: AccountId(0), currency: CurrencyId(0), amount: 0, fee: 0, channel: 0 }.kind_code(),
@@ -457,7 +456,12 @@ fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo) 
 
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", params(("out_order_no" = Option<String>, Query, description = "The platform's order number: answers that one order"), ("kind" = Option<String>, Query, description = "recharge, payment, refund, freeze or withdrawal"), ("status" = Option<String>, Query, description = "An order status"), ("account_id" = String, Path, description = "Account id (acc_...)"), ("from" = Option<String>, Query, description = "RFC 3339: created at or after"), ("to" = Option<String>, Query, description = "RFC 3339: created before"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::openapi::OrderPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/orders")]
-pub async fn list_orders(signed: Signed, query: web::Query<ListQuery>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<crate::cards::Cards>>) -> Result<HttpResponse, ApiError> {
+pub async fn list_orders(
+    signed: Signed,
+    query: web::Query<ListQuery>,
+    engine: web::Data<Arc<Engine>>,
+    cards: web::Data<Arc<crate::cards::Cards>>,
+) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let query = query.into_inner();
     let shard_count = engine.config().shard_count;

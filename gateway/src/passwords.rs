@@ -75,7 +75,10 @@ impl Passwords {
             return Err(locked());
         }
         let Some(password) = password else {
-            return Err(ApiError { param: Some("payment_password"), ..ApiError::new(422, "invalid_payment_password", "this platform requires payment_password") });
+            return Err(ApiError {
+                param: Some("payment_password"),
+                ..ApiError::new(422, "invalid_payment_password", "this platform requires payment_password")
+            });
         };
         let parsed = PasswordHash::new(&record.hash).expect("stored hashes parse");
         let right = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
@@ -129,7 +132,12 @@ pub(crate) struct PasswordBody {
 
 #[utoipa::path(post, path = "/v1/accounts/{account_id}/password", tag = "accounts", request_body = crate::passwords::PasswordBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts/{account_id}/password")]
-pub async fn set_password(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<Passwords>>) -> Result<HttpResponse, ApiError> {
+pub async fn set_password(
+    signed: Signed,
+    path: web::Path<String>,
+    engine: web::Data<Arc<Engine>>,
+    passwords: web::Data<Arc<Passwords>>,
+) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PasswordBody>()?;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
     owner_of(&engine, signed.platform.id, account).await?;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::orders::{Fields, account, amount, currency, out_order_no, parse_order_id, parse_time, public_order_id, read_order, respond, Prepared};
+use crate::orders::{account, amount, currency, out_order_no, parse_order_id, parse_time, public_order_id, read_order, respond, Fields, Prepared};
 use crate::platforms::Platform;
 use crate::v1::Signed;
 
@@ -61,10 +61,7 @@ pub struct PaymentBody {
 }
 
 fn legs(items: &[LegBody], spec: &CurrencySpec, param: &'static str) -> Result<Legs, ApiError> {
-    items
-        .iter()
-        .map(|leg| Ok(Leg { account: account(&leg.account_id, param)?, amount: amount(&leg.amount, spec, param)? }))
-        .collect()
+    items.iter().map(|leg| Ok(Leg { account: account(&leg.account_id, param)?, amount: amount(&leg.amount, spec, param)? })).collect()
 }
 
 /// Checks a payment request and builds its command and response body.
@@ -338,7 +335,11 @@ pub fn prepare_batch(engine: &Engine, platform: &Platform, body: &BatchBody) -> 
 
 #[utoipa::path(post, path = "/v1/batch-payments", tag = "money", request_body = crate::payments::BatchBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/batch-payments")]
-pub async fn create_batch(signed: Signed, engine: web::Data<Arc<Engine>>, passwords: web::Data<Arc<crate::passwords::Passwords>>) -> Result<HttpResponse, ApiError> {
+pub async fn create_batch(
+    signed: Signed,
+    engine: web::Data<Arc<Engine>>,
+    passwords: web::Data<Arc<crate::passwords::Passwords>>,
+) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<BatchBody>()?;
     let mut prepared = prepare_batch(&engine, &signed.platform, &body)?;
     crate::passwords::check_for_payment(&passwords, &signed.platform, &prepared.envelope, body.payment_password.as_deref()).await?;
@@ -429,12 +430,5 @@ pub async fn release(signed: Signed, path: web::Path<String>, engine: web::Data<
 
 /// Registers the money-movement routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config
-        .service(create_payment)
-        .service(create_batch)
-        .service(confirm)
-        .service(cancel)
-        .service(create_refund)
-        .service(create_freeze)
-        .service(release);
+    config.service(create_payment).service(create_batch).service(confirm).service(cancel).service(create_refund).service(create_freeze).service(release);
 }

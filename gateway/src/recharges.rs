@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::channels::Channels;
 use crate::error::ApiError;
-use crate::orders::{Fields, account, amount, currency, out_order_no, Prepared};
+use crate::orders::{account, amount, currency, out_order_no, Fields, Prepared};
 use crate::platforms::Platform;
 use crate::simulator::{Simulator, Work};
 use crate::v1::Signed;
@@ -63,7 +63,12 @@ pub fn dispatch(engine: &Engine, simulator: &Simulator, envelope: &Envelope, rep
 
 #[utoipa::path(post, path = "/v1/recharges", tag = "money", request_body = crate::recharges::RechargeBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/recharges")]
-pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, simulator: web::Data<Simulator>, channels: web::Data<Arc<Channels>>) -> Result<HttpResponse, ApiError> {
+pub async fn create_recharge(
+    signed: Signed,
+    engine: web::Data<Arc<Engine>>,
+    simulator: web::Data<Simulator>,
+    channels: web::Data<Arc<Channels>>,
+) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<RechargeBody>()?;
     let prepared = prepare_recharge(&engine, &channels, &signed.platform, &body)?;
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
@@ -105,7 +110,8 @@ pub async fn create_collection(
     if card.status != "verified" {
         return Err(ApiError { param: Some("card_id"), ..ApiError::new(422, "card_not_verified", "collections come only from verified cards") });
     }
-    let recharge = RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
+    let recharge =
+        RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
     let mut prepared = prepare_recharge(&engine, &channels, &signed.platform, &recharge)?;
     prepared.body.value("card_id", &body.card_id).value("collection", &true);
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;

@@ -71,7 +71,14 @@ pub fn parse_file(text: &str) -> Result<Vec<Line>, ApiError> {
         if !matches!(status, "succeeded" | "failed") || !matches!(direction, "in" | "out") {
             return Err(ApiError::invalid(&format!("line {}: direction in|out, status succeeded|failed", number + 1), "file"));
         }
-        lines.push(Line { bank_ref: bank_ref.into(), order_id: order_id.into(), direction: direction.into(), amount: amount.into(), status: status.into(), fee });
+        lines.push(Line {
+            bank_ref: bank_ref.into(),
+            order_id: order_id.into(),
+            direction: direction.into(),
+            amount: amount.into(),
+            status: status.into(),
+            fee,
+        });
         if lines.len() > LINES_MAX {
             return Err(ApiError::invalid("too many lines", "file"));
         }
@@ -110,7 +117,15 @@ fn our_verdict(ours: &Ours) -> Option<bool> {
 }
 
 /// Reconciles `file` for `channel` and business day `day`. Blocking (reads shards, may apply verdicts).
-pub fn reconcile(engine: &Engine, cases: &Cases, store: &dyn Store, channels: &crate::channels::Channels, channel: u16, day: u32, file: &str) -> Result<Value, ApiError> {
+pub fn reconcile(
+    engine: &Engine,
+    cases: &Cases,
+    store: &dyn Store,
+    channels: &crate::channels::Channels,
+    channel: u16,
+    day: u32,
+    file: &str,
+) -> Result<Value, ApiError> {
     let tariff = channels.get(channel);
     // Each line with the day it was first seen (if carried before) and whether it was declared.
     let mut lines: Vec<(Line, Option<u32>, bool)> = parse_file(file)?.into_iter().map(|l| (l, None, false)).collect();
@@ -170,7 +185,11 @@ pub fn reconcile(engine: &Engine, cases: &Cases, store: &dyn Store, channels: &c
             let first_day = carried_since.unwrap_or(day).min(day);
             if declared || day.saturating_sub(first_day) >= CARRY_DAYS {
                 let case_id = format!("recon_{channel}_{}", line.bank_ref);
-                cases.open(case_id.clone(), serde_json::to_value(&line).expect("lines serialize"), "missing on our side (长款): the bank lists an order we do not have".into())?;
+                cases.open(
+                    case_id.clone(),
+                    serde_json::to_value(&line).expect("lines serialize"),
+                    "missing on our side (长款): the bank lists an order we do not have".into(),
+                )?;
                 note("missing_ours", json!({"bank_ref": line.bank_ref, "case_id": case_id}), &mut details);
                 if !declared {
                     puts.push((carry_key, Carried { line, first_day, declared: true }));
@@ -216,7 +235,11 @@ pub fn reconcile(engine: &Engine, cases: &Cases, store: &dyn Store, channels: &c
             }
             None => {
                 // The safe case: we wait, the bank has decided. Apply its verdict.
-                let command = if order.withdrawal { Command::CompleteWithdrawal { order: id, succeeded: theirs_ok } } else { Command::CompleteRecharge { order: id, succeeded: theirs_ok } };
+                let command = if order.withdrawal {
+                    Command::CompleteWithdrawal { order: id, succeeded: theirs_ok }
+                } else {
+                    Command::CompleteRecharge { order: id, succeeded: theirs_ok }
+                };
                 let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
                 note("auto_resolved", json!({"order_id": public_order_id(OrderId(id.0)), "status": reply.status.map(|s| s.name())}), &mut details);
             }
@@ -316,7 +339,13 @@ pub struct ReserveQuery {
 /// fees + suspense; with the bank's own figure it also shows the difference to explain.
 #[utoipa::path(get, path = "/admin/reserve", tag = "operator", params(("currency" = String, Query, description = "Currency code"), ("bank_balance" = Option<String>, Query, description = "The bank's balance of the reserve account")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::get("/admin/reserve")]
-pub async fn reserve_check(request: HttpRequest, query: web::Query<ReserveQuery>, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, simulator: web::Data<crate::simulator::Simulator>) -> Result<HttpResponse, ApiError> {
+pub async fn reserve_check(
+    request: HttpRequest,
+    query: web::Query<ReserveQuery>,
+    token: web::Data<AdminToken>,
+    engine: web::Data<Arc<Engine>>,
+    simulator: web::Data<crate::simulator::Simulator>,
+) -> Result<HttpResponse, ApiError> {
     use engine::ledger::types::{AccountKind, SystemRole};
     token.check(&request)?;
     let (currency_id, spec) = crate::orders::currency(&engine, &query.currency)?;
@@ -356,7 +385,12 @@ pub async fn reserve_check(request: HttpRequest, query: web::Query<ReserveQuery>
     }
     let role = |r: SystemRole| totals[1 + r.index()];
     let reserve = -role(SystemRole::Reserve);
-    let liabilities = totals[0] + role(SystemRole::InTransit) + role(SystemRole::Escrow) + role(SystemRole::PayoutPending) + role(SystemRole::FeeIncome) + role(SystemRole::Suspense);
+    let liabilities = totals[0]
+        + role(SystemRole::InTransit)
+        + role(SystemRole::Escrow)
+        + role(SystemRole::PayoutPending)
+        + role(SystemRole::FeeIncome)
+        + role(SystemRole::Suspense);
     let money = |v: i128| spec.format(v as Minor);
     let mut body = json!({
         "currency": spec.code_str(),

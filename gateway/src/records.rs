@@ -36,8 +36,7 @@ pub fn load_all<T: DeserializeOwned>(store: &dyn Store, prefix: &[u8]) -> Result
 
 /// Writes records in one atomic, synced store write.
 pub fn put<T: Serialize>(store: &dyn Store, records: &[(Vec<u8>, &T)]) -> Result<(), ApiError> {
-    let encoded: Vec<(Vec<u8>, Vec<u8>)> =
-        records.iter().map(|(key, record)| (key.clone(), serde_json::to_vec(record).expect("records serialize"))).collect();
+    let encoded: Vec<(Vec<u8>, Vec<u8>)> = records.iter().map(|(key, record)| (key.clone(), serde_json::to_vec(record).expect("records serialize"))).collect();
     let pairs: Vec<(&[u8], &[u8])> = encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
     store.write(&pairs).map_err(|e| ApiError::unavailable(e.to_string()))
 }

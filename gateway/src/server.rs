@@ -8,9 +8,9 @@ use engine::Engine;
 
 use crate::admin::AdminToken;
 use crate::auth::NonceCache;
+use crate::error::ApiError;
 use crate::members::Members;
 use crate::platforms::Platforms;
-use crate::error::ApiError;
 
 /// Limits of the HTTP edge (DESIGN.md invariant 10).
 #[derive(Clone, Copy, Debug)]
@@ -42,13 +42,7 @@ pub async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Success", body = Object), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)))]
 #[get("/readyz")]
 pub async fn readyz(engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
-    let stopped: Vec<usize> = engine
-        .counters()
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.stopped.load(Ordering::Relaxed))
-        .map(|(shard, _)| shard)
-        .collect();
+    let stopped: Vec<usize> = engine.counters().iter().enumerate().filter(|(_, c)| c.stopped.load(Ordering::Relaxed)).map(|(shard, _)| shard).collect();
     if stopped.is_empty() {
         Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
     } else {
@@ -145,9 +139,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(nonces.clone())
             .app_data(web::PayloadConfig::new(limits.body_bytes_max))
             .app_data(web::JsonConfig::default().limit(limits.body_bytes_max))
-            .app_data(web::QueryConfig::default().error_handler(|error, _| {
-                ApiError::new(400, "invalid_request", &error.to_string()).into()
-            }))
+            .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::new(400, "invalid_request", &error.to_string()).into()))
             .service(healthz)
             .service(readyz)
             .configure(crate::admin::routes)
@@ -200,7 +192,8 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
         }
     }
     // Orders that waited for the simulator's verdict when the server last stopped.
-    let resumed = simulator_at_start.resume(&engine_at_start, |platform, number| cards_at_start.withdrawal_card_no(platform, number)).map_err(std::io::Error::other)?;
+    let resumed =
+        simulator_at_start.resume(&engine_at_start, |platform, number| cards_at_start.withdrawal_card_no(platform, number)).map_err(std::io::Error::other)?;
     if resumed > 0 {
         println!("simulator: {resumed} orders waiting for a verdict were sent again");
     }

@@ -47,7 +47,13 @@ fn day_start_micros(day: i64, offset_seconds: i32) -> u64 {
 
 /// Runs the settlement of business day `day` (days since 1970-01-01) for every platform, calling
 /// `progress` after each platform; returns the summary. Blocking: waits on the shards.
-pub fn run(engine: &Engine, platforms: &[Platform], channels: &Channels, day: u32, progress: &mut dyn FnMut(usize, &serde_json::Value)) -> Result<serde_json::Value, EngineError> {
+pub fn run(
+    engine: &Engine,
+    platforms: &[Platform],
+    channels: &Channels,
+    day: u32,
+    progress: &mut dyn FnMut(usize, &serde_json::Value),
+) -> Result<serde_json::Value, EngineError> {
     let offset = engine.config().utc_offset_seconds;
     let mut rows = Vec::new();
     for (index, platform) in platforms.iter().enumerate() {
@@ -180,7 +186,14 @@ pub fn date_text(day: u32) -> String {
 
 #[utoipa::path(post, path = "/admin/settlements", tag = "operator", request_body = crate::settlements::SettlementBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/settlements")]
-pub async fn settle(request: HttpRequest, body: web::Bytes, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>, channels: web::Data<Arc<Channels>>) -> Result<HttpResponse, ApiError> {
+pub async fn settle(
+    request: HttpRequest,
+    body: web::Bytes,
+    token: web::Data<AdminToken>,
+    engine: web::Data<Arc<Engine>>,
+    platforms: web::Data<Arc<Platforms>>,
+    channels: web::Data<Arc<Channels>>,
+) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: SettlementBody = crate::v1::parse_json(&body)?;
     let day = day_number(&body.business_date).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
@@ -266,7 +279,14 @@ fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account: Opt
 /// `GET /admin/settlements/{business_date}/statement.csv?platform_id=`: the operator's statement.
 #[utoipa::path(get, path = "/admin/settlements/{business_date}/statement.csv", tag = "operator", params(("business_date" = String, Path, description = "YYYY-MM-DD"), ("platform_id" = Option<String>, Query, description = "One platform only")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/settlements/{business_date}/statement.csv")]
-pub async fn operator_statement(request: HttpRequest, path: web::Path<String>, query: web::Query<StatementQuery>, token: web::Data<AdminToken>, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+pub async fn operator_statement(
+    request: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<StatementQuery>,
+    token: web::Data<AdminToken>,
+    engine: web::Data<Arc<Engine>>,
+    platforms: web::Data<Arc<Platforms>>,
+) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let day = day_number(&path).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
     let mut all = platforms.all();
@@ -290,7 +310,12 @@ pub struct StatementQuery {
 /// date, or one merchant's (an addition to API.md).
 #[utoipa::path(get, path = "/v1/settlements/{business_date}/statement.csv", tag = "accounts", params(("business_date" = String, Path, description = "YYYY-MM-DD"), ("account_id" = Option<String>, Query, description = "One account only")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/settlements/{business_date}/statement.csv")]
-pub async fn platform_statement(signed: crate::v1::Signed, path: web::Path<String>, query: web::Query<StatementQuery>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn platform_statement(
+    signed: crate::v1::Signed,
+    path: web::Path<String>,
+    query: web::Query<StatementQuery>,
+    engine: web::Data<Arc<Engine>>,
+) -> Result<HttpResponse, ApiError> {
     let day = day_number(&path).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
     let account = match &query.account_id {
         None => None,

@@ -127,7 +127,9 @@ pub enum BankStatus {
     /// The bank has no such order: it never arrived, so it is safe to send it elsewhere.
     Unknown,
     Processing,
-    Decided { succeeded: bool },
+    Decided {
+        succeeded: bool,
+    },
 }
 
 /// The running simulator; cheap to clone.
@@ -164,7 +166,11 @@ pub fn verify_signature(key: &str, header: &str, body: &[u8], now: i64) -> Resul
     let expected = signature_header(key, timestamp, body);
     let expected = expected.rsplit_once("v1=").expect("built above").1;
     let equal = crate::auth::constant_time_equal(expected.as_bytes(), signature.as_bytes());
-    if equal { Ok(()) } else { Err(bad()) }
+    if equal {
+        Ok(())
+    } else {
+        Err(bad())
+    }
 }
 
 fn unix_seconds() -> i64 {
@@ -194,10 +200,7 @@ impl Simulator {
             outstanding: Mutex::new(HashMap::new()),
         });
         let (deliver, deliveries) = unbounded();
-        std::thread::Builder::new()
-            .name("sim-bank".into())
-            .spawn(move || timer_loop(&incoming, &deliver))
-            .map_err(|e| e.to_string())?;
+        std::thread::Builder::new().name("sim-bank".into()).spawn(move || timer_loop(&incoming, &deliver)).map_err(|e| e.to_string())?;
         for index in 0..DELIVERY_THREADS {
             let (worker, deliveries) = (inner.clone(), deliveries.clone());
             std::thread::Builder::new()
@@ -222,7 +225,9 @@ impl Simulator {
     fn behaviour_of(&self, work: &Work) -> (u64, u16, u16) {
         let default = (self.inner.config.latency_ms, self.inner.config.failure_per_mille, 0);
         match work {
-            Work::Withdrawal { channel, .. } => self.inner.channels.get().and_then(|c| c.get(*channel)).map_or(default, |c| (c.sim_latency_ms, c.sim_failure_per_mille, c.sim_drop_per_mille)),
+            Work::Withdrawal { channel, .. } => {
+                self.inner.channels.get().and_then(|c| c.get(*channel)).map_or(default, |c| (c.sim_latency_ms, c.sim_failure_per_mille, c.sim_drop_per_mille))
+            }
             _ => default,
         }
     }
@@ -304,12 +309,15 @@ impl Simulator {
                     .orders
                     .iter()
                     .filter(|o| {
-                        let money_in = o.kind == OrderKind::Recharge || matches!(o.detail, engine::ledger::types::OrderDetail::Payment { channel: Some(_), .. });
+                        let money_in =
+                            o.kind == OrderKind::Recharge || matches!(o.detail, engine::ledger::types::OrderDetail::Payment { channel: Some(_), .. });
                         (money_in && o.status == OrderStatus::Pending) || (o.kind == OrderKind::Withdrawal && o.status == OrderStatus::Processing)
                     })
                     .map(|o| {
                         let channel = match o.detail {
-                            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } | engine::ledger::types::OrderDetail::Recharge { channel } => channel,
+                            engine::ledger::types::OrderDetail::Withdrawal { channel, .. } | engine::ledger::types::OrderDetail::Recharge { channel } => {
+                                channel
+                            }
                             engine::ledger::types::OrderDetail::Payment { channel: Some(channel), .. } => channel,
                             _ => 0,
                         };
@@ -522,11 +530,8 @@ fn deliver_one(inner: &Inner, mut job: Job) {
     let verdict = Callback { kind: kind.to_string(), order_id: public_order_id(order), status: status.to_string(), amount: job.amount.clone(), channel };
     let body = serde_json::to_vec(&verdict).expect("callbacks serialize");
     let signature = signature_header(&inner.key, unix_seconds(), &body);
-    let sent = ureq::post(url)
-        .timeout(Duration::from_secs(10))
-        .set("Content-Type", "application/json")
-        .set("X-Channel-Signature", &signature)
-        .send_bytes(&body);
+    let sent =
+        ureq::post(url).timeout(Duration::from_secs(10)).set("Content-Type", "application/json").set("X-Channel-Signature", &signature).send_bytes(&body);
     match sent {
         Ok(_) => {}
         // The order is unknown to the server: nothing to retry.
@@ -568,7 +573,9 @@ pub async fn receive_callback(
         _ => return Err(ApiError::invalid("status is succeeded or failed", "status")),
     };
     match callback.kind.as_str() {
-        "withdrawal" => Ok(HttpResponse::Ok().json(payout_verdict(&engine, &channels, &cards, &simulator, order, succeeded, callback.channel.as_deref(), "failed").await?)),
+        "withdrawal" => {
+            Ok(HttpResponse::Ok().json(payout_verdict(&engine, &channels, &cards, &simulator, order, succeeded, callback.channel.as_deref(), "failed").await?))
+        }
         "recharge" => {
             // The system acts (platform 0): verdicts are idempotent by order, so no order number.
             let command = Command::CompleteRecharge { order, succeeded };
@@ -587,7 +594,16 @@ pub async fn receive_callback(
 /// next channel if one can pay it now; otherwise the verdict completes the order. Health learns
 /// from verdicts on orders that were waiting for them.
 #[allow(clippy::too_many_arguments)]
-pub async fn payout_verdict(engine: &Arc<Engine>, channels: &crate::channels::Channels, cards: &Arc<crate::cards::Cards>, simulator: &Simulator, order: OrderId, succeeded: bool, channel_name: Option<&str>, why: &'static str) -> Result<serde_json::Value, ApiError> {
+pub async fn payout_verdict(
+    engine: &Arc<Engine>,
+    channels: &crate::channels::Channels,
+    cards: &Arc<crate::cards::Cards>,
+    simulator: &Simulator,
+    order: OrderId,
+    succeeded: bool,
+    channel_name: Option<&str>,
+    why: &'static str,
+) -> Result<serde_json::Value, ApiError> {
     let current = crate::orders::read_order(engine, 0, order, |_, o| match o.detail {
         engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some((channel, o.status, o.amount, o.created_at)),
         _ => None,
@@ -630,7 +646,12 @@ pub async fn payout_verdict(engine: &Arc<Engine>, channels: &crate::channels::Ch
 /// about each (a status query): one the bank never received goes to the next channel (or fails,
 /// funds back) as after a failure; one it decided gets that verdict (the callback was lost); one
 /// still processing is looked at again a timeout later. Never resends what the bank has.
-pub fn start_watchdog(engine: Arc<Engine>, channels: Arc<crate::channels::Channels>, cards: Arc<crate::cards::Cards>, simulator: Simulator) -> std::io::Result<()> {
+pub fn start_watchdog(
+    engine: Arc<Engine>,
+    channels: Arc<crate::channels::Channels>,
+    cards: Arc<crate::cards::Cards>,
+    simulator: Simulator,
+) -> std::io::Result<()> {
     std::thread::Builder::new().name("payout-watchdog".into()).spawn(move || {
         actix_web::rt::System::new().block_on(async move {
             loop {
@@ -639,8 +660,12 @@ pub fn start_watchdog(engine: Arc<Engine>, channels: Arc<crate::channels::Channe
                 for (order, channel) in simulator.overdue(Instant::now(), timeout_of) {
                     let outcome = match simulator.query(order, channel) {
                         BankStatus::Processing => continue,
-                        BankStatus::Unknown => payout_verdict(&engine, &channels, &cards, &simulator, order, false, Some(&crate::channels::name(channel)), "timeout").await,
-                        BankStatus::Decided { succeeded } => payout_verdict(&engine, &channels, &cards, &simulator, order, succeeded, Some(&crate::channels::name(channel)), "failed").await,
+                        BankStatus::Unknown => {
+                            payout_verdict(&engine, &channels, &cards, &simulator, order, false, Some(&crate::channels::name(channel)), "timeout").await
+                        }
+                        BankStatus::Decided { succeeded } => {
+                            payout_verdict(&engine, &channels, &cards, &simulator, order, succeeded, Some(&crate::channels::name(channel)), "failed").await
+                        }
                     };
                     if let Err(error) = outcome {
                         eprintln!("payout watchdog: {}: {}", public_order_id(order), error.message);
@@ -666,7 +691,11 @@ pub async fn card_transactions(path: web::Path<String>, simulator: web::Data<Sim
 /// channel and business date (CSV), as reconciliation reads it.
 #[utoipa::path(get, path = "/sim/channels/{channel}/statements/{date}", tag = "simulator", params(("channel" = String, Path, description = "Channel name"), ("date" = String, Path, description = "YYYY-MM-DD")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)))]
 #[get("/sim/channels/{channel}/statements/{date}")]
-pub async fn statement_file(path: web::Path<(String, String)>, simulator: web::Data<Simulator>, channels: web::Data<Arc<crate::channels::Channels>>) -> Result<HttpResponse, ApiError> {
+pub async fn statement_file(
+    path: web::Path<(String, String)>,
+    simulator: web::Data<Simulator>,
+    channels: web::Data<Arc<crate::channels::Channels>>,
+) -> Result<HttpResponse, ApiError> {
     let (name, date) = path.into_inner();
     let channel = channels.all().iter().find(|c| c.name == name).map(|c| c.id).ok_or_else(ApiError::not_found)?;
     let day = crate::settlements::day_number(&date).ok_or_else(|| ApiError::invalid("date is YYYY-MM-DD", "date"))?;

@@ -152,7 +152,12 @@ async fn submit(
     if reply.is_ok() && !reply.replayed {
         simulator.submit(Work::Withdrawal { order: OrderId(reply.id), card_no: card_no.clone(), channel }, spec.format(minor));
         if let (Some(member), true) = (alert, minor > ALERT_ABOVE_MAJOR * 10i64.pow(spec.exponent as u32)) {
-            let text = format!("Alert: a withdrawal of {} {} to your card ending {} is on its way.", spec.format(minor), spec.code_str(), &card_no[card_no.len() - 4..]);
+            let text = format!(
+                "Alert: a withdrawal of {} {} to your card ending {} is on its way.",
+                spec.format(minor),
+                spec.code_str(),
+                &card_no[card_no.len() - 4..]
+            );
             let order_id = Some(crate::orders::public_order_id(OrderId(reply.id)));
             let notifications = notifications.clone();
             blocking(move || notifications.send(&member, "large_withdrawal_alert", text, order_id)).await??;
@@ -243,7 +248,14 @@ pub fn routes(config: &mut web::ServiceConfig) {
 /// another channel can pay it out now, the order moves there (`RerouteWithdrawal`, fee
 /// difference settled with the account) and the bank is asked again. Returns the new channel's
 /// name, or `None` when nothing else can take it (the order then fails, funds back).
-pub async fn fall_back(engine: &Arc<Engine>, channels: &Channels, cards: &Arc<Cards>, simulator: &Simulator, order: OrderId, reason: &'static str) -> Result<Option<String>, ApiError> {
+pub async fn fall_back(
+    engine: &Arc<Engine>,
+    channels: &Channels,
+    cards: &Arc<Cards>,
+    simulator: &Simulator,
+    order: OrderId,
+    reason: &'static str,
+) -> Result<Option<String>, ApiError> {
     let found = crate::orders::read_order(engine, 0, order, |state, o| match o.detail {
         engine::ledger::types::OrderDetail::Withdrawal { channel, .. } if o.status == engine::ledger::types::OrderStatus::Processing => {
             Some((o.platform, o.out_order_no, channel, o.amount, state.currencies[o.currency.0 as usize]))

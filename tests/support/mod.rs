@@ -32,7 +32,6 @@ pub fn answer(result: Result<ureq::Response, ureq::Error>, what: &str) -> ureq::
     }
 }
 
-
 impl Server {
     pub fn get(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
         let mut request = ureq::get(&format!("{}{path}", self.base));
@@ -78,9 +77,8 @@ pub fn signed_get(server: &Server, path: &str, platform: &str, timestamp: i64, n
 }
 
 pub fn create_platform(server: &Server, token: &str, body: &str) -> (u16, serde_json::Value) {
-    let request = ureq::post(&format!("{}/admin/platforms", server.base))
-        .set("Authorization", &format!("Bearer {token}"))
-        .set("Content-Type", "application/json");
+    let request =
+        ureq::post(&format!("{}/admin/platforms", server.base)).set("Authorization", &format!("Bearer {token}")).set("Content-Type", "application/json");
     let response = answer(request.send_string(body), "create platform");
     (response.status(), response.into_json().expect("JSON"))
 }
@@ -113,7 +111,6 @@ pub fn signed_get_json(server: &Server, path: &str, platform: &str, secret: &str
     let t = now();
     signed_get(server, path, platform, t, nonce, &sign(secret, "GET", path, t, nonce, b""))
 }
-
 
 /// The default configuration with some lines replaced (e.g. the simulator's latency).
 pub fn config_with(replacements: &[(&str, &str)]) -> String {

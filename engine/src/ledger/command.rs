@@ -4,9 +4,7 @@ use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ledger::types::{
-    AccountId, AccountStatus, Legs, Limits, OrderId, RemoteCredit, SettlementRule, ShardId, Timestamp,
-};
+use crate::ledger::types::{AccountId, AccountStatus, Legs, Limits, OrderId, RemoteCredit, SettlementRule, ShardId, Timestamp};
 use crate::money::{CurrencyId, CurrencySpec, Minor};
 
 /// The longest platform order number (API.md: 1–64 chars of `[A-Za-z0-9_-]`).
@@ -334,14 +332,7 @@ mod tests {
 
     #[test]
     fn out_order_numbers_table() {
-        let cases: &[(&str, bool)] = &[
-            ("A-1_b", true),
-            ("", false),
-            ("has space", false),
-            ("ünï", false),
-            (&"x".repeat(64), true),
-            (&"x".repeat(65), false),
-        ];
+        let cases: &[(&str, bool)] = &[("A-1_b", true), ("", false), ("has space", false), ("ünï", false), (&"x".repeat(64), true), (&"x".repeat(65), false)];
         for (text, valid) in cases {
             assert_eq!(OutOrderNo::new(text).is_some(), *valid, "{text:?}");
         }

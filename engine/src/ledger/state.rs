@@ -179,10 +179,7 @@ impl ShardState {
             return self.genesis(*shard, *shard_count, currencies, *utc_offset_seconds);
         }
         assert!(self.is_initialized(), "commands before genesis");
-        let key = envelope
-            .out_order_no
-            .as_ref()
-            .map(|no| idempotency_key(envelope.platform, command.idempotency_scope(), no));
+        let key = envelope.out_order_no.as_ref().map(|no| idempotency_key(envelope.platform, command.idempotency_scope(), no));
         let mut content = 0;
         if let Some(key) = key {
             content = content_hash(command);
@@ -197,32 +194,17 @@ impl ShardState {
         let postings_before = fx.postings.len();
         let reply = match command {
             Command::Genesis { .. } => unreachable!("handled above"),
-            Command::OpenAccount { owner, currency, limits } => {
-                ops::account::open(self, &context, *owner, *currency, *limits, fx)
-            }
-            Command::SetAccountStatus { account, status } => {
-                ops::account::set_status(self, &context, *account, *status, fx)
-            }
+            Command::OpenAccount { owner, currency, limits } => ops::account::open(self, &context, *owner, *currency, *limits, fx),
+            Command::SetAccountStatus { account, status } => ops::account::set_status(self, &context, *account, *status, fx),
             Command::CloseAccount { account } => ops::account::close(self, &context, *account, fx),
-            Command::Recharge { account, currency, amount, channel } => {
-                ops::recharge::apply(self, &context, *account, *currency, *amount, *channel, fx)
-            }
+            Command::Recharge { account, currency, amount, channel } => ops::recharge::apply(self, &context, *account, *currency, *amount, *channel, fx),
             Command::Payment { payer, guarantee, currency, amount, payees, splits } => {
-                let request = ops::payment::PaymentRequest {
-                    payer: *payer,
-                    guarantee: *guarantee,
-                    currency: *currency,
-                    amount: *amount,
-                    payees,
-                    splits,
-                };
+                let request = ops::payment::PaymentRequest { payer: *payer, guarantee: *guarantee, currency: *currency, amount: *amount, payees, splits };
                 ops::payment::apply(self, &context, &request, fx)
             }
             Command::Confirm { order, releases } => ops::guarantee::confirm(self, &context, *order, releases, fx),
             Command::Cancel { order, amount } => ops::guarantee::cancel(self, &context, *order, *amount, fx),
-            Command::Refund { payment, payee, amount } => {
-                ops::refund::apply(self, &context, *payment, *payee, *amount, fx)
-            }
+            Command::Refund { payment, payee, amount } => ops::refund::apply(self, &context, *payment, *payee, *amount, fx),
             Command::Freeze { account, currency, amount, reason, expires_at } => {
                 ops::freeze::freeze(self, &context, *account, *currency, *amount, reason, *expires_at, fx)
             }
@@ -231,18 +213,14 @@ impl ShardState {
             Command::Withdraw { account, currency, amount, fee, channel } => {
                 ops::withdrawal::reserve(self, &context, *account, *currency, *amount, *fee, *channel, fx)
             }
-            Command::CompleteWithdrawal { order, succeeded } => {
-                ops::withdrawal::complete(self, &context, *order, *succeeded, fx)
-            }
+            Command::CompleteWithdrawal { order, succeeded } => ops::withdrawal::complete(self, &context, *order, *succeeded, fx),
             Command::Mature { through_day } => ops::settle::settle(self, &context, *through_day, None, fx),
             Command::Settle { through_day, rule } => ops::settle::settle(self, &context, *through_day, rule.as_deref(), fx),
             Command::ChargeChannelFees { channel, day, currency, total, .. } => ops::settle::charge_channel_fees(self, *channel, *day, *currency, *total, fx),
             Command::VerificationDeposit { currency, amount, .. } => ops::settle::verification_deposit(self, *currency, *amount, fx),
             Command::ApplyCredit(credit) => ops::transfer::apply_credit(self, &context, credit, fx),
             Command::Acknowledge { target, sequence } => ops::transfer::acknowledge(self, *target, *sequence),
-            Command::RequestRecharge { account, currency, amount, channel } => {
-                ops::recharge::request(self, &context, *account, *currency, *amount, *channel)
-            }
+            Command::RequestRecharge { account, currency, amount, channel } => ops::recharge::request(self, &context, *account, *currency, *amount, *channel),
             Command::CompleteRecharge { order, succeeded } => ops::recharge::complete(self, &context, *order, *succeeded, fx),
             Command::BatchPayment { payer, guarantee, currency, orders } => {
                 ops::payment::apply_batch(self, &context, *payer, *guarantee, *currency, orders, fx)
@@ -289,14 +267,7 @@ impl ShardState {
         seconds.div_euclid(86_400) as u32
     }
 
-    pub(crate) fn push_account(
-        &mut self,
-        platform: u32,
-        owner: u64,
-        currency: CurrencyId,
-        kind: AccountKind,
-        limits: Limits,
-    ) -> AccountId {
+    pub(crate) fn push_account(&mut self, platform: u32, owner: u64, currency: CurrencyId, kind: AccountKind, limits: Limits) -> AccountId {
         let id = AccountId::compose(self.shard, self.accounts.len() as u64, self.shard_count);
         self.accounts.push(Account {
             id,
@@ -362,7 +333,15 @@ impl ShardState {
     }
 
     /// Records a new order of a local account (its platform and currency are the account's).
-    pub(crate) fn open_order(&mut self, context: &Context, kind: OrderKind, status: OrderStatus, account: AccountId, amount: Minor, detail: OrderDetail) -> OrderId {
+    pub(crate) fn open_order(
+        &mut self,
+        context: &Context,
+        kind: OrderKind,
+        status: OrderStatus,
+        account: AccountId,
+        amount: Minor,
+        detail: OrderDetail,
+    ) -> OrderId {
         let owner = self.account(account).expect("orders belong to local accounts");
         let (platform, currency, now) = (owner.platform, owner.currency, context.now);
         let id = self.next_order_id();

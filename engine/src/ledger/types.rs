@@ -103,14 +103,8 @@ pub enum SystemRole {
 
 impl SystemRole {
     /// Every role, in the order genesis opens them.
-    pub const ALL: [SystemRole; 6] = [
-        SystemRole::Reserve,
-        SystemRole::InTransit,
-        SystemRole::Escrow,
-        SystemRole::PayoutPending,
-        SystemRole::FeeIncome,
-        SystemRole::Suspense,
-    ];
+    pub const ALL: [SystemRole; 6] =
+        [SystemRole::Reserve, SystemRole::InTransit, SystemRole::Escrow, SystemRole::PayoutPending, SystemRole::FeeIncome, SystemRole::Suspense];
 
     /// Stable name, also the key in the chart of accounts configuration.
     pub fn name(self) -> &'static str {
@@ -141,12 +135,8 @@ pub struct Limits {
 
 impl Limits {
     /// No caps at all.
-    pub const NONE: Limits = Limits {
-        payment_per_order_max: Minor::MAX,
-        payment_daily_max: Minor::MAX,
-        withdrawal_per_order_max: Minor::MAX,
-        withdrawal_daily_max: Minor::MAX,
-    };
+    pub const NONE: Limits =
+        Limits { payment_per_order_max: Minor::MAX, payment_daily_max: Minor::MAX, withdrawal_per_order_max: Minor::MAX, withdrawal_daily_max: Minor::MAX };
 }
 
 /// What an account is for.
@@ -324,17 +314,34 @@ pub type HeldLegs = SmallVec<[HeldLeg; 1]>;
 pub enum OrderDetail {
     None,
     /// Recharge: the channel the money came in through.
-    Recharge { channel: u16 },
+    Recharge {
+        channel: u16,
+    },
     /// Payments: what has been refunded to the payer so far, and each receiver's leg (a balance
     /// payment's legs are released in full at once; a guarantee payment's as it is confirmed).
     /// `channel` is set for a direct payment (paid through a channel, `pending` until it confirms).
-    Payment { refunded: Minor, held: HeldLegs, channel: Option<u16> },
+    Payment {
+        refunded: Minor,
+        held: HeldLegs,
+        channel: Option<u16>,
+    },
     /// Refund of a payment: which payment and payee.
-    Refund { payment: OrderId, payee: AccountId },
+    Refund {
+        payment: OrderId,
+        payee: AccountId,
+    },
     /// Freeze: what is still frozen and from which buckets it came.
-    Freeze { remaining: Minor, from_unsettled: Minor, expires_at: Option<Timestamp>, reason: String },
+    Freeze {
+        remaining: Minor,
+        from_unsettled: Minor,
+        expires_at: Option<Timestamp>,
+        reason: String,
+    },
     /// Withdrawal: the fee charged on top and the channel it went to.
-    Withdrawal { fee: Minor, channel: u16 },
+    Withdrawal {
+        fee: Minor,
+        channel: u16,
+    },
 }
 
 /// An order as the owning shard keeps it.

@@ -44,7 +44,14 @@ pub fn freeze(
     // After this point the freeze must succeed.
     let from_settled = account.settled.min(amount);
     let from_unsettled = amount - from_settled;
-    let order = state.open_order(context, OrderKind::Freeze, OrderStatus::Held, id, amount, OrderDetail::Freeze { remaining: amount, from_unsettled, expires_at, reason: reason.to_string() });
+    let order = state.open_order(
+        context,
+        OrderKind::Freeze,
+        OrderStatus::Held,
+        id,
+        amount,
+        OrderDetail::Freeze { remaining: amount, from_unsettled, expires_at, reason: reason.to_string() },
+    );
     if let Some(at) = expires_at {
         state.expiring_freezes.insert((at, order), ());
     }

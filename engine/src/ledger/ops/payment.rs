@@ -1,7 +1,7 @@
 //! Balance and guarantee payments with several payees and splits.
 
 use crate::ledger::command::{content_hash, idempotency_key, BatchOrder, Command, BATCH_ORDERS_MAX};
-use crate::ledger::state::{check_amount, check_debit_account, credit_refusal, ok_order, Context, Effects, Income, IdempotencyRecord, ShardState};
+use crate::ledger::state::{check_amount, check_debit_account, credit_refusal, ok_order, Context, Effects, IdempotencyRecord, Income, ShardState};
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, Minor};
 use crate::result::ResultCode;
@@ -88,14 +88,9 @@ pub fn apply(state: &mut ShardState, context: &Context, request: &PaymentRequest
     state.roll_day(payer, context.day);
     state.account_mut(payer).paid_today += amount;
     let legs = request.payees.iter().chain(request.splits);
-    let (kind, status, released) = if request.guarantee {
-        (OrderKind::Guarantee, OrderStatus::Held, false)
-    } else {
-        (OrderKind::Payment, OrderStatus::Succeeded, true)
-    };
-    let held = legs
-        .map(|leg| HeldLeg { account: leg.account, held: leg.amount, released: if released { leg.amount } else { 0 }, cancelled: 0 })
-        .collect();
+    let (kind, status, released) =
+        if request.guarantee { (OrderKind::Guarantee, OrderStatus::Held, false) } else { (OrderKind::Payment, OrderStatus::Succeeded, true) };
+    let held = legs.map(|leg| HeldLeg { account: leg.account, held: leg.amount, released: if released { leg.amount } else { 0 }, cancelled: 0 }).collect();
     let id = state.open_order(context, kind, status, payer, amount, OrderDetail::Payment { refunded: 0, held, channel: None });
     let entry_kind = if request.guarantee { EntryKind::GuaranteeHold } else { EntryKind::Payment };
     state.begin_entry(fx, id, entry_kind, currency);
@@ -128,13 +123,15 @@ pub fn request_direct(state: &mut ShardState, context: &Context, request: &Payme
     }
     // After this point the request must succeed.
     let kind = if request.guarantee { OrderKind::Guarantee } else { OrderKind::Payment };
-    let held = request
-        .payees
-        .iter()
-        .chain(request.splits)
-        .map(|leg| HeldLeg { account: leg.account, held: leg.amount, released: 0, cancelled: 0 })
-        .collect();
-    let id = state.open_order(context, kind, OrderStatus::Pending, request.payer, request.amount, OrderDetail::Payment { refunded: 0, held, channel: Some(channel) });
+    let held = request.payees.iter().chain(request.splits).map(|leg| HeldLeg { account: leg.account, held: leg.amount, released: 0, cancelled: 0 }).collect();
+    let id = state.open_order(
+        context,
+        kind,
+        OrderStatus::Pending,
+        request.payer,
+        request.amount,
+        OrderDetail::Payment { refunded: 0, held, channel: Some(channel) },
+    );
     ok_order(id, OrderStatus::Pending)
 }
 
@@ -203,7 +200,15 @@ fn equivalent_payment(payer: AccountId, guarantee: bool, currency: CurrencyId, o
 /// Each order gets its own order and the idempotency record of a payment with its number (a
 /// later payment request with that number replays it). Replies with the first order's id; the
 /// others follow it (`id + k * shard_count`).
-pub fn apply_batch(state: &mut ShardState, context: &Context, payer: AccountId, guarantee: bool, currency: CurrencyId, orders: &[BatchOrder], fx: &mut Effects) -> Reply {
+pub fn apply_batch(
+    state: &mut ShardState,
+    context: &Context,
+    payer: AccountId,
+    guarantee: bool,
+    currency: CurrencyId,
+    orders: &[BatchOrder],
+    fx: &mut Effects,
+) -> Reply {
     if orders.is_empty() || orders.len() > BATCH_ORDERS_MAX {
         return Reply::rejected(ResultCode::InvalidBatch);
     }

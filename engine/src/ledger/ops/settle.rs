@@ -46,7 +46,19 @@ pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule:
         state.debit_unsettled_only(fx, account, due);
         state.post(fx, account, Bucket::Settled, due);
         state.end_entry(fx);
-        let mut row = SettledRow { through_day, account, platform, currency, amount: due, at: context.now, credits, period_measure: 0, rate_ppm: 0, commission: 0, service_fee: 0 };
+        let mut row = SettledRow {
+            through_day,
+            account,
+            platform,
+            currency,
+            amount: due,
+            at: context.now,
+            credits,
+            period_measure: 0,
+            rate_ppm: 0,
+            commission: 0,
+            service_fee: 0,
+        };
         // A receiver of the rule does not pay commission to itself (nor to its co-receivers).
         if let Some(rule) = rule.filter(|r| r.currency == currency && !r.receivers.iter().any(|x| x.account == account)) {
             let total = state.period_totals.entry(account).or_default();

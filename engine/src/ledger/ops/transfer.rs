@@ -27,9 +27,7 @@ pub fn apply_credit(state: &mut ShardState, context: &Context, credit: &RemoteCr
             let target = state.credit_target(leg.account, credit.currency);
             state.post(fx, target, Bucket::Settled, leg.amount);
         }
-        CreditPurpose::PaymentIncome => {
-            land_income(state, fx, context.day, credit.order, leg, credit.counterparty, credit.currency)
-        }
+        CreditPurpose::PaymentIncome => land_income(state, fx, context.day, credit.order, leg, credit.counterparty, credit.currency),
     }
     state.end_entry(fx);
     Reply { code: ResultCode::Ok, id: credit.order.0, status: None, replayed: false }
