@@ -13,7 +13,7 @@ use engine::{Engine, EngineConfig, EngineError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
-use storage::RocksStore;
+use storage_rocks::RocksStore;
 
 /// How payers and payees are drawn.
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -20,7 +20,7 @@ struct FileConfig {
     engine: EngineSection,
     simulator: SimulatorSection,
     webhooks: WebhooksSection,
-    channels: Vec<gateway::channels::ChannelSpec>,
+    channels: Vec<clearing_actor::channels::ChannelSpec>,
     calendar: CalendarSection,
     settlement: SettlementSection,
     currencies: Vec<CurrencyRow>,
@@ -89,9 +89,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub engine: EngineConfig,
     pub chart: ChartOfAccounts,
-    pub simulator: gateway::simulator::SimulatorConfig,
+    pub simulator: banksim::SimulatorConfig,
     pub webhooks: gateway::events::WebhookConfig,
-    pub channels: Vec<gateway::channels::Channel>,
+    pub channels: Vec<clearing_actor::channels::Channel>,
     /// Holidays as business days (days since 1970-01-01).
     pub holidays: std::collections::BTreeSet<u32>,
     /// When the nightly settlement runs (minutes after business-local midnight), if scheduled.
@@ -104,6 +104,11 @@ const MAILBOX_CAPACITY_MAX: usize = 1 << 20;
 const BATCH_SIZE_MAX: usize = 1 << 16;
 
 impl Config {
+    /// The business calendar: the engine's time zone and the configured holidays.
+    pub fn calendar(&self) -> clearing_actor::calendar::Calendar {
+        clearing_actor::calendar::Calendar { utc_offset_seconds: self.engine.utc_offset_seconds, holidays: self.holidays.clone() }
+    }
+
     /// Reads `path`, or the embedded default when `None`.
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let text = match path {
@@ -162,7 +167,7 @@ impl Config {
         if sim.latency_ms > 3_600_000 || !(1..=100).contains(&sim.callback_attempts_max) {
             return Err(anyhow!("simulator.latency_ms must be at most an hour and callback_attempts_max 1..=100"));
         }
-        let simulator = gateway::simulator::SimulatorConfig {
+        let simulator = banksim::SimulatorConfig {
             enabled: sim.enabled,
             latency_ms: sim.latency_ms,
             failure_per_mille: sim.failure_per_mille,
@@ -179,16 +184,16 @@ impl Config {
             backoff_ms_max: w.backoff_ms_max,
             timeout_seconds: w.timeout_seconds,
         };
-        let channels = file.channels.iter().map(|row| row.build(&engine.currencies).map_err(anyhow::Error::msg)).collect::<Result<Vec<_>>>()?;
-        if !channels.iter().any(|c| c.direction == gateway::channels::Direction::In) {
+        let channels = file.channels.iter().map(|row| row.build(&engine.currencies).map_err(|e| anyhow!("{e}"))).collect::<Result<Vec<_>>>()?;
+        if !channels.iter().any(|c| c.direction == clearing_actor::channels::Direction::In) {
             return Err(anyhow!("configure at least one money-in channel"));
         }
         let mut holidays = std::collections::BTreeSet::new();
         for date in &file.calendar.holidays {
-            holidays.insert(gateway::settlements::day_number(date).ok_or_else(|| anyhow!("calendar: bad date {date:?} (YYYY-MM-DD)"))?);
+            holidays.insert(clearing_actor::calendar::parse_date(date).ok_or_else(|| anyhow!("calendar: bad date {date:?} (YYYY-MM-DD)"))?);
         }
         let cutoff =
-            gateway::channels::parse_minute(&file.settlement.cutoff).filter(|m| *m < 1440).ok_or_else(|| anyhow!("settlement.cutoff must be HH:MM"))?;
+            clearing_actor::calendar::parse_minute(&file.settlement.cutoff).filter(|m| *m < 1440).ok_or_else(|| anyhow!("settlement.cutoff must be HH:MM"))?;
         let settlement_cutoff_minute = file.settlement.scheduled.then_some(cutoff);
         Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator, webhooks, channels, holidays, settlement_cutoff_minute })
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use engine::Engine;
-use storage::RocksStore;
+use storage_rocks::RocksStore;
 
 use crate::config::Config;
 
@@ -116,22 +116,27 @@ fn main() -> Result<()> {
     }
 }
 
+/// The channel table of the configuration with the operator's stored changes and additions.
+fn channel_table(config: &Config, store: &dyn storage::Store) -> Result<clearing_actor::channels::ChannelTable> {
+    let mut table = clearing_actor::channels::ChannelTable::new(config.channels.clone(), config.calendar()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    table.load_settings(store, &config.engine.currencies).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(table)
+}
+
 /// `clearing reconcile --channel C --date D --file F`.
 fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<()> {
-    let day = gateway::settlements::day_number(date).ok_or_else(|| anyhow::anyhow!("--date must be YYYY-MM-DD"))?;
+    let day = clearing_actor::calendar::parse_date(date).ok_or_else(|| anyhow::anyhow!("--date must be YYYY-MM-DD"))?;
     let (config, data_dir) = load(config, data_dir)?;
-    let channel =
-        config.channels.iter().find(|c| c.name == channel).map(|c| c.id).ok_or_else(|| anyhow::anyhow!("no channel {channel} in the configuration"))?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    // Bank files come in UTF-8 or GBK: read bytes, the statement parser decodes them.
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let store: Arc<dyn storage::Store> =
         Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
+    let channels = channel_table(&config, store.as_ref())?.set();
+    let channel = channels.by_name(channel).map(|c| c.id).ok_or_else(|| anyhow::anyhow!("no channel {channel} in the configuration"))?;
     let engine = Engine::start(config.engine.clone(), store.clone())?;
-    let channels =
-        gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
-    channels.load_settings(store.as_ref(), &config.engine.currencies).map_err(anyhow::Error::msg)?;
     let cases = gateway::offline::Cases::load(store.clone()).map_err(anyhow::Error::msg)?;
     let started = std::time::Instant::now();
-    let result = gateway::reconcile::reconcile(&engine, &cases, store.as_ref(), &channels, channel, day, &text);
+    let result = gateway::reconcile::reconcile(&engine, &cases, store.as_ref(), &channels, channel, day, &bytes);
     engine.shutdown();
     let report = result.map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("counts: {}", report["counts"]);
@@ -144,27 +149,26 @@ fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<P
 
 /// `clearing settle --date D`: the settlement run from the command line, with progress.
 fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<()> {
-    let day = gateway::settlements::day_number(date).ok_or_else(|| anyhow::anyhow!("--date must be YYYY-MM-DD"))?;
+    let day = clearing_actor::calendar::parse_date(date).ok_or_else(|| anyhow::anyhow!("--date must be YYYY-MM-DD"))?;
     let (config, data_dir) = load(config, data_dir)?;
     let store: Arc<dyn storage::Store> =
         Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
     let engine = Engine::start(config.engine.clone(), store.clone())?;
     let master_key = gateway::secrets::MasterKey::load(&data_dir).context("loading the master key")?;
-    let channels =
-        gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
-    channels.load_settings(store.as_ref(), &config.engine.currencies).map_err(anyhow::Error::msg)?;
+    let channels = channel_table(&config, store.as_ref())?.set();
     let platforms = gateway::platforms::Platforms::load(store, master_key).map_err(anyhow::Error::msg)?.all();
-    let total = platforms.len();
+    let terms = gateway::settlements::terms(&engine, &platforms, day);
+    let total = terms.len();
     let started = std::time::Instant::now();
-    let summary = gateway::settlements::run(&engine, &platforms, &channels, day, &mut |done, row| {
+    let summary = clearing_actor::settlement::run(&engine, &terms, &channels, day, &mut |done, row| {
         let filled = (done * 30).checked_div(total).unwrap_or(30);
-        println!("[{}{}] {done}/{total} {row}", "#".repeat(filled), ".".repeat(30 - filled));
+        println!("[{}{}] {done}/{total} {}", "#".repeat(filled), ".".repeat(30 - filled), serde_json::to_string(row).unwrap_or_default());
     });
     engine.shutdown();
     let summary = summary?;
-    println!("settlement: {summary}");
+    println!("settlement: {}", serde_json::to_string(&summary)?);
     println!("elapsed_s: {:.3}", started.elapsed().as_secs_f64());
-    if summary["invariants_ok"] != true {
+    if !summary.invariants_ok {
         anyhow::bail!("invariants do not hold after the settlement run");
     }
     Ok(())
@@ -212,13 +216,15 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
         }
     }
     let metrics = gateway::metrics::install().map_err(anyhow::Error::msg)?;
-    let channels =
-        gateway::channels::Channels::new(config.channels.clone(), config.holidays.clone(), config.engine.utc_offset_seconds).map_err(anyhow::Error::msg)?;
+    let setup = gateway::server::ClearingSetup {
+        channels: config.channels.clone(),
+        calendar: config.calendar(),
+        settlement_cutoff_minute: config.settlement_cutoff_minute,
+    };
     let services =
-        gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks, channels).map_err(anyhow::Error::msg)?;
+        gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks, setup).map_err(anyhow::Error::msg)?;
     if let Some(cutoff) = config.settlement_cutoff_minute {
-        gateway::settlements::start_schedule(services.engine.clone(), services.platforms.clone(), services.channels.clone(), cutoff)?;
-        println!("settlement: every day at {:02}:{:02} business time", cutoff / 60, cutoff % 60);
+        println!("settlement: every day at {:02}:{:02} business time (GET /admin/settlements shows the schedule)", cutoff / 60, cutoff % 60);
     }
     actix_web::rt::System::new().block_on(async move {
         let limits = gateway::server::HttpLimits::default();

@@ -12,7 +12,7 @@ use engine::money::CurrencyId;
 use engine::Engine;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use storage::RocksStore;
+use storage_rocks::RocksStore;
 
 use crate::config::Config;
 

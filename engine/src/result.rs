@@ -40,11 +40,13 @@ pub enum ResultCode {
     InvalidBatch = 29,
     /// A settlement rule that breaks its shape (`SettlementRule::check`).
     InvalidRule = 30,
+    /// A reroute that names a channel the payout is no longer on (another verdict moved it).
+    ChannelChanged = 31,
 }
 
 impl ResultCode {
     /// Every code, in number order (for documentation and tests).
-    pub const ALL: [ResultCode; 31] = [
+    pub const ALL: [ResultCode; 32] = [
         ResultCode::Ok,
         ResultCode::IdempotencyConflict,
         ResultCode::InvalidAmount,
@@ -76,6 +78,7 @@ impl ResultCode {
         ResultCode::NotRoutable,
         ResultCode::InvalidBatch,
         ResultCode::InvalidRule,
+        ResultCode::ChannelChanged,
     ];
 
     /// The stable snake_case name used at the API edge.
@@ -112,6 +115,7 @@ impl ResultCode {
             ResultCode::NotRoutable => "not_routable",
             ResultCode::InvalidBatch => "invalid_batch",
             ResultCode::InvalidRule => "invalid_rule",
+            ResultCode::ChannelChanged => "channel_changed",
         }
     }
 

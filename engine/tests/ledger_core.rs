@@ -507,21 +507,26 @@ fn a_rerouted_withdrawal_settles_the_fee_difference() {
     let order = OrderId(w.ok(Command::Withdraw { account: a, currency: CNY, amount: 500, fee: 10, channel: 2 }));
     assert_eq!(w.balances(a), (490, 0, 0));
     let cases: Vec<(&str, Command, ResultCode)> = vec![
-        ("negative fee", Command::RerouteWithdrawal { order, channel: 3, fee: -1 }, ResultCode::InvalidFee),
-        ("more than the account holds", Command::RerouteWithdrawal { order, channel: 3, fee: 501 }, ResultCode::InsufficientFunds),
-        ("not a withdrawal", Command::RerouteWithdrawal { order: OrderId(999), channel: 3, fee: 1 }, ResultCode::OrderNotFound),
+        ("negative fee", Command::RerouteWithdrawal { order, from: 2, channel: 3, fee: -1 }, ResultCode::InvalidFee),
+        ("more than the account holds", Command::RerouteWithdrawal { order, from: 2, channel: 3, fee: 501 }, ResultCode::InsufficientFunds),
+        ("not a withdrawal", Command::RerouteWithdrawal { order: OrderId(999), from: 2, channel: 3, fee: 1 }, ResultCode::OrderNotFound),
+        ("from a channel it is not on", Command::RerouteWithdrawal { order, from: 3, channel: 4, fee: 1 }, ResultCode::ChannelChanged),
     ];
     for (name, command, expected) in cases {
         assert_eq!(w.run(command).code, expected, "{name}");
     }
-    w.ok(Command::RerouteWithdrawal { order, channel: 3, fee: 25 });
+    w.ok(Command::RerouteWithdrawal { order, from: 2, channel: 3, fee: 25 });
     assert_eq!(w.balances(a), (475, 0, 0), "the dearer channel's extra fee");
     assert_eq!(w.order(order.0).detail, OrderDetail::Withdrawal { fee: 25, channel: 3 });
-    w.ok(Command::RerouteWithdrawal { order, channel: 4, fee: 5 });
+    // Regression: a second verdict about channel 2's failure (a late callback beside the
+    // timeout's status query) must not move the payout again.
+    assert_eq!(w.run(Command::RerouteWithdrawal { order, from: 2, channel: 4, fee: 5 }).code, ResultCode::ChannelChanged);
+    assert_eq!(w.order(order.0).detail, OrderDetail::Withdrawal { fee: 25, channel: 3 });
+    w.ok(Command::RerouteWithdrawal { order, from: 3, channel: 4, fee: 5 });
     assert_eq!(w.balances(a), (495, 0, 0), "a cheaper one gives the difference back");
     w.ok(Command::CompleteWithdrawal { order, succeeded: false });
     assert_eq!(w.balances(a), (1_000, 0, 0), "a failure returns amount and the fee charged last");
-    assert_eq!(w.run(Command::RerouteWithdrawal { order, channel: 2, fee: 1 }).code, ResultCode::OrderStateInvalid);
+    assert_eq!(w.run(Command::RerouteWithdrawal { order, from: 4, channel: 2, fee: 1 }).code, ResultCode::OrderStateInvalid);
     w.assert_books_balance();
 }
 

@@ -249,57 +249,44 @@ pub async fn set_account_status(
 /// `PATCH /admin/channels/{name}` (the clearing issue): changes a channel at run time (fees,
 /// limits, daily cap, window, calendar, enabled, the simulator's behaviour); stored, so it
 /// outlives restarts; routing uses it from the next order on. Answers the channel's report.
-#[utoipa::path(patch, path = "/admin/channels/{name}", tag = "operator", request_body = crate::channels::ChannelChange, params(("name" = String, Path, description = "Channel name")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(patch, path = "/admin/channels/{name}", tag = "operator", request_body = clearing_actor::channels::ChannelChange, params(("name" = String, Path, description = "Channel name")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::patch("/admin/channels/{name}")]
 pub async fn change_channel(
     request: HttpRequest,
     path: web::Path<String>,
     body: web::Bytes,
     token: web::Data<AdminToken>,
-    channels: web::Data<Arc<crate::channels::Channels>>,
-    store: web::Data<Arc<dyn storage::Store>>,
+    clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let change: crate::channels::ChannelChange = crate::v1::parse_json(&body)?;
-    let (channels, store, name) = (channels.get_ref().clone(), store.get_ref().clone(), path.into_inner());
-    let report = blocking(move || -> Result<serde_json::Value, ApiError> {
-        channels.update(store.as_ref(), &name, &change)?;
-        Ok(channel_row(&channels, &name))
-    })
-    .await??;
-    Ok(HttpResponse::Ok().json(report))
+    let change: clearing_actor::channels::ChannelChange = crate::v1::parse_json(&body)?;
+    let name = path.into_inner();
+    clearing.update_channel(name.clone(), change).await?;
+    Ok(HttpResponse::Ok().json(channel_row(&clearing, &name).await?))
 }
 
 /// `POST /admin/channels` (the clearing issue): adds a channel at run time, in the shape of a
 /// `[[channels]]` entry of the configuration file; stored, so it outlives restarts. Answers
 /// 201 with the channel's report.
-#[utoipa::path(post, path = "/admin/channels", tag = "operator", request_body = crate::channels::ChannelSpec, responses((status = 201, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(post, path = "/admin/channels", tag = "operator", request_body = clearing_actor::channels::ChannelSpec, responses((status = 201, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::post("/admin/channels")]
 pub async fn add_channel(
     request: HttpRequest,
     body: web::Bytes,
     token: web::Data<AdminToken>,
-    engine: web::Data<Arc<Engine>>,
-    channels: web::Data<Arc<crate::channels::Channels>>,
-    store: web::Data<Arc<dyn storage::Store>>,
+    clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let spec: crate::channels::ChannelSpec = crate::v1::parse_json(&body)?;
-    let (channels, store, currencies) = (channels.get_ref().clone(), store.get_ref().clone(), engine.config().currencies.clone());
+    let spec: clearing_actor::channels::ChannelSpec = crate::v1::parse_json(&body)?;
     let name = spec.name.clone();
-    let report = blocking(move || -> Result<serde_json::Value, ApiError> {
-        channels.add(store.as_ref(), &spec, &currencies)?;
-        Ok(channel_row(&channels, &name))
-    })
-    .await??;
-    Ok(HttpResponse::Created().json(report))
+    clearing.add_channel(spec).await?;
+    Ok(HttpResponse::Created().json(channel_row(&clearing, &name).await?))
 }
 
 /// One channel's row of the report, as `GET /admin/channels` shows it.
-fn channel_row(channels: &crate::channels::Channels, name: &str) -> serde_json::Value {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-    let all = channels.report(now);
-    all["channels"].as_array().and_then(|rows| rows.iter().find(|r| r["name"] == name).cloned()).unwrap_or_default()
+async fn channel_row(clearing: &clearing_actor::Clearing, name: &str) -> Result<serde_json::Value, ApiError> {
+    let report = clearing.report().await?;
+    Ok(report.into_iter().find(|r| r.name == name).map(|row| serde_json::to_value(row).expect("reports serialize")).unwrap_or_default())
 }
 
 /// `GET /admin/channels` (the clearing issue): every channel's configuration, today's use of its
@@ -309,9 +296,8 @@ fn channel_row(channels: &crate::channels::Channels, name: &str) -> serde_json::
 pub async fn list_channels(
     request: HttpRequest,
     token: web::Data<AdminToken>,
-    channels: web::Data<Arc<crate::channels::Channels>>,
+    clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-    Ok(HttpResponse::Ok().json(channels.report(now)))
+    Ok(HttpResponse::Ok().json(serde_json::json!({"channels": clearing.report().await?})))
 }

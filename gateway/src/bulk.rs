@@ -10,15 +10,15 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::channels::Channels;
 use crate::error::ApiError;
 use crate::orders::{render_into, Prepared};
 use crate::passwords::{check_for_payment, Passwords};
 use crate::payments::*;
 use crate::platforms::Platform;
 use crate::recharges::{dispatch, prepare_recharge, RechargeBody};
-use crate::simulator::Simulator;
 use crate::v1::{parse_json, Signed};
+use clearing_actor::channels::ChannelSet;
+use clearing_actor::Clearing;
 
 /// The most operations one bulk request may carry (one engine batch).
 pub const OPERATIONS_MAX: usize = 8189;
@@ -48,7 +48,7 @@ fn order_named(id: &Option<String>) -> Result<&str, ApiError> {
 /// Checks one operation and builds its command (the same checks as its own endpoint).
 pub async fn prepare(
     engine: &Arc<Engine>,
-    channels: &Channels,
+    channels: &ChannelSet,
     passwords: &Arc<Passwords>,
     platform: &Platform,
     op: &str,
@@ -95,9 +95,9 @@ pub async fn bulk(
     signed: Signed,
     engine: web::Data<Arc<Engine>>,
     passwords: web::Data<Arc<Passwords>>,
-    simulator: web::Data<Simulator>,
-    channels: web::Data<Arc<Channels>>,
+    clearing: web::Data<Clearing>,
 ) -> Result<HttpResponse, ApiError> {
+    let channels = clearing.channels();
     let request: BulkBody = serde_json::from_slice(&signed.body).map_err(|error| ApiError::new(400, "invalid_request", &error.to_string()))?;
     if request.operations.is_empty() {
         return Err(ApiError::invalid("operations must not be empty", "operations"));
@@ -147,7 +147,7 @@ pub async fn bulk(
         let refused = match accepted.next_if(|(_, position)| **position == index) {
             Some(((ready, reply), _)) => {
                 if let Some(recharge) = &ready.recharge {
-                    dispatch(&engine, &simulator, recharge, reply);
+                    dispatch(&engine, clearing.bank().as_ref(), recharge, reply);
                 }
                 let start = out.len();
                 out.extend_from_slice(b"{\"status\":000,\"body\":");

@@ -19,7 +19,7 @@ use storage::Store;
 use crate::accounts::{account_of, luhn_check_digit, parse_account_id, public_account_id};
 use crate::error::{blocking, ApiError};
 use crate::members::Members;
-use crate::simulator::{Simulator, Work, DEPOSIT_REMARK};
+use crate::simulator::{Simulator, DEPOSIT_REMARK};
 use crate::v1::Signed;
 
 /// Wrong verification amounts that lock a card.
@@ -66,37 +66,7 @@ pub struct Cards {
 struct CardsState {
     by_id: HashMap<u64, Card>,
     by_order: HashMap<(u32, String), u64>,
-    /// Which card each withdrawal (platform, out_order_no) pays out to, and how it was routed.
-    withdrawals: HashMap<(u32, String), WithdrawalCard>,
     highest_id: u64,
-}
-
-/// What the gateway notes of a withdrawal before submitting it: its card and routing decision.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct WithdrawalCard {
-    /// The bound card, or 0 for an outside card (代付), whose number is then `card_no`.
-    pub card: u64,
-    #[serde(default)]
-    pub card_no: Option<String>,
-    /// The channel chosen, its fee in minor units, and the decision as answered.
-    #[serde(default)]
-    pub channel: Option<u16>,
-    #[serde(default)]
-    pub fee: i64,
-    #[serde(default)]
-    pub routing: Option<serde_json::Value>,
-    /// What routing needs again for a fallback: the requested arrival and the account type.
-    #[serde(default)]
-    pub arrival: Option<crate::channels::Arrival>,
-    #[serde(default)]
-    pub account_type: Option<crate::channels::AccountType>,
-    /// Channels tried so far, in order.
-    #[serde(default)]
-    pub tried: Vec<u16>,
-}
-
-fn withdrawal_key(platform: u32, out_order_no: &str) -> Vec<u8> {
-    format!("x/{platform}/{out_order_no}").into_bytes()
 }
 
 /// A card number: 12 to 19 digits with a valid Luhn check digit.
@@ -107,18 +77,13 @@ pub fn valid_card_no(text: &str) -> bool {
 }
 
 impl Cards {
-    /// Loads every stored card and withdrawal card.
+    /// Loads every stored card.
     pub fn load(store: Arc<dyn Store>) -> Result<Cards, String> {
         let mut state = CardsState::default();
         for (_, card) in crate::records::load_all::<Card>(store.as_ref(), PREFIX.as_bytes())? {
             state.highest_id = state.highest_id.max(card.id);
             state.by_order.insert((card.platform, card.out_order_no.clone()), card.id);
             state.by_id.insert(card.id, card);
-        }
-        for (rest, record) in crate::records::load_all::<WithdrawalCard>(store.as_ref(), b"x/")? {
-            let rest = String::from_utf8_lossy(&rest).into_owned();
-            let (platform, number) = rest.split_once('/').ok_or("corrupt withdrawal card key")?;
-            state.withdrawals.insert((platform.parse().map_err(|_| "corrupt withdrawal card key")?, number.to_string()), record);
         }
         Ok(Cards { store, state: Mutex::new(state) })
     }
@@ -131,7 +96,7 @@ impl Cards {
     /// statement): each is booked (idempotent, by the number `card-{id}`) and handed to the bank
     /// again. Run at start: it closes the window between saving a card, booking its deposit and
     /// asking the bank (a crash in between left the card waiting for nothing). Returns how many.
-    pub fn resume_deposits(&self, engine: &Engine, simulator: &Simulator) -> Result<usize, String> {
+    pub fn resume_deposits(&self, engine: &Engine, simulator: &Simulator, bank: &dyn bank::BankChannel) -> Result<usize, String> {
         let waiting: Vec<Card> = self.state.lock().expect("cards lock").by_id.values().filter(|c| c.status == "pending_verification").cloned().collect();
         let mut resumed = 0;
         for card in waiting {
@@ -149,7 +114,7 @@ impl Cards {
             let command = Command::VerificationDeposit { shard: account.shard(engine.config().shard_count), currency, amount: card.deposit_minor };
             let reply = engine.execute_one(Envelope { platform: 0, out_order_no: Some(number), command }).map_err(|e| e.to_string())?;
             if reply.is_ok() {
-                simulator.submit(Work::MicroDeposit { card_no: card.card_no.clone(), currency: spec.code_str().to_string() }, spec.format(card.deposit_minor));
+                bank.submit(bank::Request::MicroDeposit { card_no: card.card_no.clone(), amount: card.deposit_minor, currency: spec });
                 resumed += 1;
             }
         }
@@ -159,25 +124,6 @@ impl Cards {
     /// The card `id` of `account` of `platform`.
     pub fn get(&self, platform: u32, account: AccountId, id: u64) -> Option<Card> {
         self.state.lock().expect("cards lock").by_id.get(&id).filter(|c| c.platform == platform && c.account == account.0).cloned()
-    }
-
-    /// What was noted of a withdrawal with this order number, if anything.
-    pub fn withdrawal(&self, platform: u32, out_order_no: &str) -> Option<WithdrawalCard> {
-        self.state.lock().expect("cards lock").withdrawals.get(&(platform, out_order_no.to_string())).cloned()
-    }
-
-    /// Durably notes a withdrawal's card and routing (before the withdrawal is submitted).
-    pub fn note_withdrawal(&self, platform: u32, out_order_no: &str, record: WithdrawalCard) -> Result<(), ApiError> {
-        crate::records::put(self.store.as_ref(), &[(withdrawal_key(platform, out_order_no), &record)])?;
-        self.state.lock().expect("cards lock").withdrawals.insert((platform, out_order_no.to_string()), record);
-        Ok(())
-    }
-
-    /// The card number a withdrawal pays out to.
-    pub fn withdrawal_card_no(&self, platform: u32, out_order_no: &str) -> Option<String> {
-        let state = self.state.lock().expect("cards lock");
-        let noted = state.withdrawals.get(&(platform, out_order_no.to_string()))?;
-        noted.card_no.clone().or_else(|| state.by_id.get(&noted.card).map(|c| c.card_no.clone()))
     }
 }
 
@@ -209,7 +155,7 @@ pub async fn bind(
     engine: web::Data<Arc<Engine>>,
     members: web::Data<Arc<Members>>,
     cards: web::Data<Arc<Cards>>,
-    simulator: web::Data<Simulator>,
+    clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<BindBody>()?;
     let platform = signed.platform.id;
@@ -270,7 +216,7 @@ pub async fn bind(
     if !reply.is_ok() {
         return Err(crate::orders::rejection(reply.code));
     }
-    simulator.submit(Work::MicroDeposit { card_no: card.card_no.clone(), currency: spec.code_str().to_string() }, spec.format(deposit_minor));
+    clearing.bank().submit(bank::Request::MicroDeposit { card_no: card.card_no.clone(), amount: deposit_minor, currency: spec });
     Ok(HttpResponse::Created().json(card.view()))
 }
 

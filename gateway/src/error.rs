@@ -76,6 +76,24 @@ impl From<engine::EngineError> for ApiError {
     }
 }
 
+/// The one table from clearing's errors to API errors.
+impl From<clearing_actor::ClearingError> for ApiError {
+    fn from(error: clearing_actor::ClearingError) -> ApiError {
+        use clearing_actor::ClearingError as E;
+        match error {
+            E::Invalid { message, param } => ApiError::invalid(&message, param),
+            E::NotFound => ApiError::not_found(),
+            E::IdempotencyConflict => ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"),
+            error @ E::NoChannel(_) => ApiError::new(422, "no_channel_available", &error.to_string()),
+            E::Refused(code) => crate::orders::rejection(code),
+            E::Busy => ApiError::new(409, "settlement_running", "a settlement run is in progress; try again when it has finished"),
+            E::Overloaded => ApiError::new(503, "overloaded", "clearing is overloaded; try again shortly"),
+            E::Engine(error) => ApiError::unavailable(error.to_string()),
+            E::Storage(message) => ApiError::unavailable(message),
+        }
+    }
+}
+
 /// Runs blocking work (store writes that sync, waits on shard threads) off the async workers.
 pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     actix_web::web::block(work).await.map_err(|e| ApiError::unavailable(e.to_string()))

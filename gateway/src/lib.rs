@@ -8,7 +8,6 @@ pub mod admin;
 pub mod auth;
 pub mod bulk;
 pub mod cards;
-pub mod channels;
 pub mod commission;
 pub mod entries;
 pub mod error;

@@ -71,9 +71,15 @@ pub async fn scrape(
     token: web::Data<AdminToken>,
     engine: web::Data<Arc<Engine>>,
     handle: web::Data<PrometheusHandle>,
+    clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     sync_engine(&engine);
+    // The daily settlement schedule: failed runs (each is tried again until it succeeds).
+    if let Some(schedule) = clearing.schedule().await? {
+        metrics::counter!("clearing_settlement_failures_total").absolute(schedule.failures_total);
+        metrics::gauge!("clearing_settlement_failures_in_a_row").set(schedule.failures_in_a_row as f64);
+    }
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(handle.render()))
 }
 

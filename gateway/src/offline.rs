@@ -23,7 +23,7 @@ use crate::error::{blocking, ApiError};
 use crate::orders::{currency, public_order_id};
 
 /// The channel number offline transfers are recorded under.
-pub const OFFLINE_CHANNEL: u16 = 0;
+pub use clearing_actor::channels::OFFLINE_CHANNEL;
 /// Statement lines one request may carry.
 pub const LINES_MAX: usize = 8189;
 const PREFIX: &str = "k/";
@@ -155,7 +155,7 @@ pub async fn offline_transfers(
     token: web::Data<AdminToken>,
     engine: web::Data<Arc<Engine>>,
     cases: web::Data<Arc<Cases>>,
-    simulator: web::Data<crate::simulator::Simulator>,
+    clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: TransfersBody = crate::v1::parse_json(&body)?;
@@ -168,8 +168,10 @@ pub async fn offline_transfers(
         let (currency, amount) = (line.currency.clone(), line.amount.clone());
         results.push(match take_line(&engine, &cases, line).await {
             Ok(result) => {
-                // The simulated bank's reserve account shows the money that arrived.
-                simulator.note_transfer_in(&currency, &bank_ref, &amount);
+                // The (simulated) bank's reserve account shows the money that arrived.
+                if let Some((spec, minor)) = crate::orders::currency(&engine, &currency).ok().and_then(|(_, spec)| Some((spec, spec.parse(&amount)?))) {
+                    clearing.bank().transfer_in(&spec, &bank_ref, minor);
+                }
                 result
             }
             Err(error) if error.status < 500 => json!({"bank_ref": bank_ref, "status": "refused", "error": {"code": error.code, "message": error.message}}),

@@ -9,7 +9,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// Codes the gateway answers without the engine (authentication, validation, cards, ...).
-pub const GATEWAY_ERROR_CODES: [&str; 20] = [
+pub const GATEWAY_ERROR_CODES: [&str; 22] = [
     "invalid_request",
     "invalid_amount",
     "unauthenticated",
@@ -30,6 +30,8 @@ pub const GATEWAY_ERROR_CODES: [&str; 20] = [
     "payment_locked",
     "payment_password_not_set",
     "no_channel_available",
+    "settlement_running",
+    "overloaded",
 ];
 
 /// Codes only the server's own failures produce (5xx).
@@ -252,6 +254,7 @@ impl Modify for Security {
         crate::server::healthz,
         crate::server::readyz,
         crate::settlements::settle,
+        crate::settlements::schedule,
         crate::settlements::operator_statement,
         crate::settlements::platform_statement,
         crate::commission::put_rule,

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use actix_web::{get, web, HttpResponse};
+use clearing_actor::channels::ChannelSet;
+use clearing_actor::Clearing;
 use engine::ledger::command::{idempotency_key, Command, Envelope, OutOrderNo};
 use engine::ledger::state::ShardState;
 use engine::ledger::types::{AccountId, Order, OrderDetail, OrderId, OrderKind, OrderStatus, Reply, Timestamp};
@@ -101,6 +103,7 @@ pub fn rejection(code: ResultCode) -> ApiError {
         ResultCode::NotRoutable => (500, "internal_error", "the command could not be routed", None),
         ResultCode::InvalidBatch => (400, "invalid_request", "a batch carries 1 to 1000 orders with distinct order numbers", Some("orders")),
         ResultCode::InvalidRule => (400, "invalid_request", "the settlement rule breaks its shape", Some("rule")),
+        ResultCode::ChannelChanged => (409, "order_state_invalid", "the payout has moved to another channel", None),
     };
     ApiError { status, code: name, message: message.to_string(), param }
 }
@@ -155,21 +158,31 @@ impl Prepared {
 /// Appends the JSON body answered for a prepared operation once the engine accepted it, and
 /// returns its status; a refusal is the API error of its result code.
 pub fn render_into(out: &mut Vec<u8>, prepared: &Prepared, reply: &Reply) -> Result<u16, ApiError> {
+    render_fields_into(out, &prepared.body, prepared.created, reply)
+}
+
+/// Renders an order's answer from its response members (see `render_into`).
+fn render_fields_into(out: &mut Vec<u8>, fields: &Fields, created: bool, reply: &Reply) -> Result<u16, ApiError> {
     if !reply.is_ok() {
         return Err(rejection(reply.code));
     }
     use std::io::Write;
     let status = reply.status.map_or("succeeded", |s| s.name());
     write!(out, "{{\"order_id\":\"ord_{}\",\"status\":\"{status}\"", reply.id).expect("writing to memory");
-    out.extend_from_slice(&prepared.body.0);
+    out.extend_from_slice(&fields.0);
     out.push(b'}');
-    Ok(if prepared.created { 201 } else { 200 })
+    Ok(if created { 201 } else { 200 })
 }
 
 /// The HTTP response of one prepared operation (with `Idempotent-Replay: true` on a replay).
 pub fn answer(prepared: Prepared, reply: &Reply) -> Result<HttpResponse, ApiError> {
-    let mut body = Vec::with_capacity(prepared.body.0.len() + 64);
-    let status = render_into(&mut body, &prepared, reply)?;
+    answer_fields(&prepared.body, prepared.created, reply)
+}
+
+/// The HTTP response of an order whose command someone else submitted (the clearing actor).
+pub fn answer_fields(fields: &Fields, created: bool, reply: &Reply) -> Result<HttpResponse, ApiError> {
+    let mut body = Vec::with_capacity(fields.0.len() + 64);
+    let status = render_fields_into(&mut body, fields, created, reply)?;
     let mut response = HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid"));
     if reply.replayed {
         response.insert_header(("Idempotent-Replay", "true"));
@@ -195,7 +208,7 @@ pub fn kind_name(kind: OrderKind) -> &'static str {
 }
 
 /// The full view of an order as `GET /v1/orders/{id}` shows it.
-pub fn view(state: &ShardState, order: &Order) -> Value {
+pub fn view(state: &ShardState, order: &Order, channels: &ChannelSet) -> Value {
     let spec = state.currencies[order.currency.0 as usize];
     let money = |minor: Minor| Value::String(spec.format(minor));
     let mut body = json!({
@@ -213,14 +226,14 @@ pub fn view(state: &ShardState, order: &Order) -> Value {
     match &order.detail {
         OrderDetail::None => {}
         OrderDetail::Recharge { channel } => {
-            extra.insert("channel".into(), json!(crate::channels::name(*channel)));
+            extra.insert("channel".into(), json!(channels.name(*channel)));
         }
         OrderDetail::Payment { refunded, held, channel } => {
             let mode = if order.kind == OrderKind::Guarantee { "guarantee" } else { "balance" };
             extra.insert("mode".into(), json!(mode));
             extra.insert("funding".into(), json!(if channel.is_some() { "channel" } else { "balance" }));
             if let Some(channel) = channel {
-                extra.insert("channel".into(), json!(crate::channels::name(*channel)));
+                extra.insert("channel".into(), json!(channels.name(*channel)));
             }
             extra.insert("payer_account_id".into(), json!(public_account_id(order.account)));
             extra.insert("refunded_amount".into(), money(*refunded));
@@ -249,7 +262,7 @@ pub fn view(state: &ShardState, order: &Order) -> Value {
         }
         OrderDetail::Withdrawal { fee, channel } => {
             extra.insert("fee".into(), money(*fee));
-            extra.insert("channel".into(), json!(crate::channels::name(*channel)));
+            extra.insert("channel".into(), json!(channels.name(*channel)));
         }
     }
     body
@@ -274,21 +287,30 @@ pub async fn show_order(
     signed: Signed,
     path: web::Path<String>,
     engine: web::Data<Arc<Engine>>,
-    cards: web::Data<Arc<crate::cards::Cards>>,
+    clearing: web::Data<Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_order_id(&path).ok_or_else(ApiError::not_found)?;
-    let mut found = read_order(&engine, signed.platform.id, id, |state, order| view(state, order)).await?.ok_or_else(ApiError::not_found)?;
-    with_routing(&mut found, signed.platform.id, &cards);
+    let channels = clearing.channels();
+    let found = read_order(&engine, signed.platform.id, id, move |state, order| view(state, order, &channels)).await?.ok_or_else(ApiError::not_found)?;
+    let mut found = [found];
+    with_routing(&mut found, signed.platform.id, &clearing).await?;
+    let [found] = found;
     Ok(HttpResponse::Ok().json(found))
 }
 
-/// Adds a withdrawal's routing decision (kept by the gateway beside the order) to its view.
-fn with_routing(view: &mut Value, platform: u32, cards: &crate::cards::Cards) {
-    if view["kind"] != "withdrawal" {
-        return;
+/// Adds each withdrawal's routing decision (the clearing actor's payout note) to its view.
+async fn with_routing(views: &mut [Value], platform: u32, clearing: &Clearing) -> Result<(), ApiError> {
+    let withdrawals: Vec<usize> = (0..views.len()).filter(|i| views[*i]["kind"] == "withdrawal").collect();
+    if withdrawals.is_empty() {
+        return Ok(());
     }
-    let routing = view["out_order_no"].as_str().and_then(|number| cards.withdrawal(platform, number)).and_then(|noted| noted.routing);
-    view["routing"] = routing.unwrap_or(Value::Null);
+    let numbers = withdrawals.iter().map(|i| views[*i]["out_order_no"].as_str().unwrap_or_default().to_string()).collect();
+    let notes = clearing.notes(platform, numbers).await?;
+    for (index, note) in withdrawals.into_iter().zip(notes) {
+        let routing = note.and_then(|n| n.routing).map(|r| serde_json::to_value(r).expect("routings serialize"));
+        views[index]["routing"] = routing.unwrap_or(Value::Null);
+    }
+    Ok(())
 }
 
 /// The most orders one listing request examines per shard before it answers with a cursor
@@ -406,7 +428,7 @@ const STATUSES: [OrderStatus; 8] = [
 /// and where its scan stopped if it stopped early. Only the platform's own orders are examined
 /// (the shard indexes them per platform), and only its open ones when the filter asks for an
 /// open status, so a page costs what the platform holds, not what the shard holds.
-fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize) -> ShardPage {
+fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize, channels: &ChannelSet) -> ShardPage {
     let Some(index) = state.platform_orders.get(&filter.platform) else { return (Vec::new(), None) };
     // Orders are appended in timestamp order: the first at or after `before`, by bisection.
     let end = state.orders.partition_point(|order| Position(order.created_at, order.id.0) < before);
@@ -427,7 +449,7 @@ fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize
             return (found, Some(Position(order.created_at, order.id.0 + 1)));
         }
         if filter.keeps(order) {
-            found.push((Position(order.created_at, order.id.0), view(state, order)));
+            found.push((Position(order.created_at, order.id.0), view(state, order, channels)));
             if found.len() == limit {
                 break;
             }
@@ -437,7 +459,7 @@ fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize
 }
 
 /// Finds the order a platform created with `number`, among the kinds that open orders.
-fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo) -> Option<Value> {
+fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo, channels: &ChannelSet) -> Option<Value> {
     let kinds = [
         Command::RequestRecharge { account: AccountId(0), currency: CurrencyId(0), amount: 0, channel: 0 }.kind_code(),
         Command::Payment { payer: AccountId(0), guarantee: false, currency: CurrencyId(0), amount: 0, payees: Default::default(), splits: Default::default() }
@@ -450,7 +472,7 @@ fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo) 
     kinds.iter().find_map(|kind| {
         let record = state.idempotency.get(&idempotency_key(platform, *kind, number))?;
         let order = state.platform_order(platform, OrderId(record.reply.id))?;
-        Some(view(state, order))
+        Some(view(state, order, channels))
     })
 }
 
@@ -460,18 +482,21 @@ pub async fn list_orders(
     signed: Signed,
     query: web::Query<ListQuery>,
     engine: web::Data<Arc<Engine>>,
-    cards: web::Data<Arc<crate::cards::Cards>>,
+    clearing: web::Data<Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let query = query.into_inner();
+    let channels = clearing.channels();
     let shard_count = engine.config().shard_count;
     if let Some(number) = &query.out_order_no {
         let number = out_order_no(number, "out_order_no")?;
         for shard in 0..shard_count {
-            let engine = engine.get_ref().clone();
-            let found = blocking(move || engine.read_shard(shard, move |state| find_by_out_order_no(state, platform, &number))).await??;
-            if let Some(mut found) = found {
-                with_routing(&mut found, platform, &cards);
+            let (engine, channels) = (engine.get_ref().clone(), channels.clone());
+            let found = blocking(move || engine.read_shard(shard, move |state| find_by_out_order_no(state, platform, &number, &channels))).await??;
+            if let Some(found) = found {
+                let mut found = [found];
+                with_routing(&mut found, platform, &clearing).await?;
+                let [found] = found;
                 return Ok(HttpResponse::Ok().json(found));
             }
         }
@@ -491,10 +516,8 @@ pub async fn list_orders(
     let to = query.to.as_deref().map(|t| parse_time(t, "to")).transpose()?.unwrap_or(Timestamp::MAX);
     let before = parse_cursor(query.cursor.as_deref())?;
     let filter = Filter { platform, kind, status, account, from, to };
-    let (mut orders, next_cursor) = merged_page(&engine, limit, move |state, wanted| scan_shard(state, filter, before, wanted)).await?;
-    for order in &mut orders {
-        with_routing(order, platform, &cards);
-    }
+    let (mut orders, next_cursor) = merged_page(&engine, limit, move |state, wanted| scan_shard(state, filter, before, wanted, &channels)).await?;
+    with_routing(&mut orders, platform, &clearing).await?;
     Ok(HttpResponse::Ok().json(json!({"orders": orders, "next_cursor": next_cursor})))
 }
 

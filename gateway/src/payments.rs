@@ -65,7 +65,12 @@ fn legs(items: &[LegBody], spec: &CurrencySpec, param: &'static str) -> Result<L
 }
 
 /// Checks a payment request and builds its command and response body.
-pub fn prepare_payment(engine: &Engine, channels: &crate::channels::Channels, platform: &Platform, body: &PaymentBody) -> Result<Prepared, ApiError> {
+pub fn prepare_payment(
+    engine: &Engine,
+    channels: &clearing_actor::channels::ChannelSet,
+    platform: &Platform,
+    body: &PaymentBody,
+) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
     let direct = body.funding == Some(Funding::Channel);
     if body.channel.is_some() && !direct {
@@ -368,14 +373,13 @@ pub async fn create_payment(
     signed: Signed,
     engine: web::Data<Arc<Engine>>,
     passwords: web::Data<Arc<crate::passwords::Passwords>>,
-    simulator: web::Data<crate::simulator::Simulator>,
-    channels: web::Data<Arc<crate::channels::Channels>>,
+    clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PaymentBody>()?;
-    let prepared = prepare_payment(&engine, &channels, &signed.platform, &body)?;
+    let prepared = prepare_payment(&engine, &clearing.channels(), &signed.platform, &body)?;
     crate::passwords::check_for_payment(&passwords, &signed.platform, &prepared.envelope, body.payment_password.as_deref()).await?;
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
-    crate::recharges::dispatch(&engine, &simulator, &prepared.envelope, &reply);
+    crate::recharges::dispatch(&engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
     crate::orders::answer(prepared, &reply)
 }
 

@@ -9,12 +9,12 @@ use engine::ledger::types::{OrderId, Reply};
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::channels::Channels;
 use crate::error::ApiError;
 use crate::orders::{account, amount, currency, out_order_no, Fields, Prepared};
 use crate::platforms::Platform;
-use crate::simulator::{Simulator, Work};
 use crate::v1::Signed;
+use clearing_actor::channels::ChannelSet;
+use clearing_actor::Clearing;
 
 /// `POST /v1/recharges`.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -28,12 +28,12 @@ pub struct RechargeBody {
 }
 
 /// A money-in channel by its optional name (the first configured one when absent).
-pub fn money_in_channel(channels: &Channels, name: Option<&str>) -> Result<u16, ApiError> {
+pub fn money_in_channel(channels: &ChannelSet, name: Option<&str>) -> Result<u16, ApiError> {
     channels.money_in(name).map(|c| c.id).ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel"))
 }
 
 /// Checks a recharge request.
-pub fn prepare_recharge(engine: &Engine, channels: &Channels, platform: &Platform, body: &RechargeBody) -> Result<Prepared, ApiError> {
+pub fn prepare_recharge(engine: &Engine, channels: &ChannelSet, platform: &Platform, body: &RechargeBody) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
     let (currency_id, spec) = currency(engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
@@ -45,34 +45,29 @@ pub fn prepare_recharge(engine: &Engine, channels: &Channels, platform: &Platfor
     view.value("amount", &spec.format(minor));
     view.value("currency", &body.currency);
     view.value("account_id", &body.account_id);
-    view.value("channel", &crate::channels::name(channel));
+    view.value("channel", &channels.name(channel));
     let command = Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel };
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }
 
 /// Sends a newly accepted pending recharge or direct payment to its channel (a replay was sent
 /// the first time).
-pub fn dispatch(engine: &Engine, simulator: &Simulator, envelope: &Envelope, reply: &Reply) {
+pub fn dispatch(engine: &Engine, bank: &dyn bank::BankChannel, envelope: &Envelope, reply: &Reply) {
     if reply.is_ok() && !reply.replayed {
         if let Command::RequestRecharge { currency, amount, channel, .. } | Command::RequestDirectPayment { currency, amount, channel, .. } = envelope.command {
-            let shown = engine.config().currencies[currency.0 as usize].format(amount);
-            simulator.submit(Work::Recharge { order: OrderId(reply.id), channel }, shown);
+            let currency = engine.config().currencies[currency.0 as usize];
+            bank.submit(bank::Request::MoneyIn { order: OrderId(reply.id), channel, amount, currency });
         }
     }
 }
 
 #[utoipa::path(post, path = "/v1/recharges", tag = "money", request_body = crate::recharges::RechargeBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/recharges")]
-pub async fn create_recharge(
-    signed: Signed,
-    engine: web::Data<Arc<Engine>>,
-    simulator: web::Data<Simulator>,
-    channels: web::Data<Arc<Channels>>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, clearing: web::Data<Clearing>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<RechargeBody>()?;
-    let prepared = prepare_recharge(&engine, &channels, &signed.platform, &body)?;
+    let prepared = prepare_recharge(&engine, &clearing.channels(), &signed.platform, &body)?;
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
-    dispatch(&engine, &simulator, &prepared.envelope, &reply);
+    dispatch(&engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
     crate::orders::answer(prepared, &reply)
 }
 
@@ -96,8 +91,7 @@ pub struct CollectionBody {
 pub async fn create_collection(
     signed: Signed,
     engine: web::Data<Arc<Engine>>,
-    simulator: web::Data<Simulator>,
-    channels: web::Data<Arc<Channels>>,
+    clearing: web::Data<Clearing>,
     cards: web::Data<Arc<crate::cards::Cards>>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<CollectionBody>()?;
@@ -112,13 +106,13 @@ pub async fn create_collection(
     }
     let recharge =
         RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
-    let mut prepared = prepare_recharge(&engine, &channels, &signed.platform, &recharge)?;
+    let mut prepared = prepare_recharge(&engine, &clearing.channels(), &signed.platform, &recharge)?;
     prepared.body.value("card_id", &body.card_id).value("collection", &true);
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
     if reply.is_ok() && !reply.replayed {
         if let Command::RequestRecharge { currency, amount, channel, .. } = prepared.envelope.command {
-            let shown = engine.config().currencies[currency.0 as usize].format(amount);
-            simulator.submit(Work::Collection { order: OrderId(reply.id), channel, card_no: card.card_no.clone() }, shown);
+            let currency = engine.config().currencies[currency.0 as usize];
+            clearing.bank().submit(bank::Request::Collection { order: OrderId(reply.id), channel, amount, currency, card_no: card.card_no.clone() });
         }
     }
     crate::orders::answer(prepared, &reply)

@@ -30,20 +30,8 @@ pub const CARRY_DAYS: u32 = 2;
 /// Lines one file may hold.
 pub const LINES_MAX: usize = 2_000_000;
 
-/// One statement line: `bank_ref,order_id,direction,amount,status[,fee]` (also how the bank
-/// simulator records the lines of the files it writes).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Line {
-    pub bank_ref: String,
-    pub order_id: String,
-    pub direction: String,
-    pub amount: String,
-    pub status: String,
-    /// What the bank charged by its tariff (0 for a failed order); files without the column are
-    /// not checked for fees.
-    #[serde(default)]
-    pub fee: Option<String>,
-}
+/// One statement line (the bank crate's: the simulator writes the same lines).
+pub use bank::StatementLine as Line;
 
 #[derive(Serialize, Deserialize)]
 struct Carried {
@@ -55,35 +43,9 @@ struct Carried {
     declared: bool,
 }
 
-/// Parses a statement file (a header line, then one line per order).
-pub fn parse_file(text: &str) -> Result<Vec<Line>, ApiError> {
-    let mut lines = Vec::new();
-    for (number, row) in text.lines().enumerate().skip(1) {
-        if row.trim().is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = row.split(',').map(str::trim).collect();
-        let (bank_ref, order_id, direction, amount, status, fee) = match fields[..] {
-            [bank_ref, order_id, direction, amount, status] => (bank_ref, order_id, direction, amount, status, None),
-            [bank_ref, order_id, direction, amount, status, fee] => (bank_ref, order_id, direction, amount, status, (!fee.is_empty()).then(|| fee.to_string())),
-            _ => return Err(ApiError::invalid(&format!("line {}: expected bank_ref,order_id,direction,amount,status[,fee]", number + 1), "file")),
-        };
-        if !matches!(status, "succeeded" | "failed") || !matches!(direction, "in" | "out") {
-            return Err(ApiError::invalid(&format!("line {}: direction in|out, status succeeded|failed", number + 1), "file"));
-        }
-        lines.push(Line {
-            bank_ref: bank_ref.into(),
-            order_id: order_id.into(),
-            direction: direction.into(),
-            amount: amount.into(),
-            status: status.into(),
-            fee,
-        });
-        if lines.len() > LINES_MAX {
-            return Err(ApiError::invalid("too many lines", "file"));
-        }
-    }
-    Ok(lines)
+/// Parses a statement file (UTF-8 or GBK; a header naming the columns, then one line per order).
+pub fn parse_file(bytes: &[u8]) -> Result<Vec<Line>, ApiError> {
+    bank::statement::parse(bytes).map_err(|error| ApiError::invalid(&error.to_string(), "file"))
 }
 
 /// What reconciliation needs of one of our orders.
@@ -98,14 +60,7 @@ struct Ours {
     spec: CurrencySpec,
 }
 
-/// The channel an order went through, if any.
-pub(crate) fn channel_of(detail: &OrderDetail) -> Option<u16> {
-    match detail {
-        OrderDetail::Withdrawal { channel, .. } | OrderDetail::Recharge { channel } => Some(*channel),
-        OrderDetail::Payment { channel, .. } => *channel,
-        _ => None,
-    }
-}
+use clearing_actor::settlement::channel_of;
 
 /// The bank's verdict seen from our side: pending, or final success/failure.
 fn our_verdict(ours: &Ours) -> Option<bool> {
@@ -121,10 +76,10 @@ pub fn reconcile(
     engine: &Engine,
     cases: &Cases,
     store: &dyn Store,
-    channels: &crate::channels::Channels,
+    channels: &clearing_actor::channels::ChannelSet,
     channel: u16,
     day: u32,
-    file: &str,
+    file: &[u8],
 ) -> Result<Value, ApiError> {
     let tariff = channels.get(channel);
     // Each line with the day it was first seen (if carried before) and whether it was declared.
@@ -195,7 +150,7 @@ pub fn reconcile(
                     puts.push((carry_key, Carried { line, first_day, declared: true }));
                 }
             } else {
-                note("carried", json!({"bank_ref": line.bank_ref, "first_seen": crate::settlements::date_text(first_day)}), &mut details);
+                note("carried", json!({"bank_ref": line.bank_ref, "first_seen": clearing_actor::calendar::date_text(first_day)}), &mut details);
                 puts.push((carry_key, Carried { line, first_day, declared: false }));
             }
             continue;
@@ -270,7 +225,7 @@ pub fn reconcile(
         crate::records::put(store, &refs)?;
     }
     let counts: serde_json::Map<String, Value> = counts.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-    Ok(json!({"channel": crate::channels::name(channel), "business_date": crate::settlements::date_text(day), "counts": counts, "details": details}))
+    Ok(json!({"channel": channels.name(channel), "business_date": clearing_actor::calendar::date_text(day), "counts": counts, "details": details}))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -293,15 +248,15 @@ pub async fn reconcile_endpoint(
     engine: web::Data<Arc<Engine>>,
     cases: web::Data<Arc<Cases>>,
     store: web::Data<Arc<dyn Store>>,
-    channels: web::Data<Arc<crate::channels::Channels>>,
+    clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: ReconcileBody = crate::v1::parse_json(&body)?;
-    let channel = channels.all().iter().find(|c| c.name == body.channel).map(|c| c.id).ok_or_else(|| ApiError::invalid("unknown channel", "channel"))?;
-    let day = crate::settlements::day_number(&body.business_date).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
+    let channels = clearing.channels();
+    let channel = channels.by_name(&body.channel).map(|c| c.id).ok_or_else(|| ApiError::invalid("unknown channel", "channel"))?;
+    let day = clearing_actor::calendar::parse_date(&body.business_date).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
     let (engine, cases, store) = (engine.get_ref().clone(), cases.get_ref().clone(), store.get_ref().clone());
-    let channels = channels.get_ref().clone();
-    let summary = blocking(move || reconcile(&engine, &cases, store.as_ref(), &channels, channel, day, &body.file)).await??;
+    let summary = blocking(move || reconcile(&engine, &cases, store.as_ref(), &channels, channel, day, body.file.as_bytes())).await??;
     Ok(HttpResponse::Ok().json(summary))
 }
 
@@ -317,9 +272,10 @@ mod tests {
     #[test]
     fn statement_files_table() {
         let good = "bank_ref,order_id,direction,amount,status\nB1,ord_3,out,10.00,succeeded\n\n";
-        assert_eq!(parse_file(good).unwrap().len(), 1);
-        for bad in ["h\nB1,ord_3,out,10.00", "h\nB1,ord_3,sideways,10.00,succeeded", "h\nB1,ord_3,out,10.00,maybe"] {
-            assert!(parse_file(bad).is_err(), "{bad:?}");
+        assert_eq!(parse_file(good.as_bytes()).unwrap().len(), 1);
+        let header = "bank_ref,order_id,direction,amount,status\n";
+        for bad in ["h\nB1,ord_3,out,10.00".to_string(), format!("{header}B1,ord_3,sideways,10.00,succeeded"), format!("{header}B1,ord_3,out,10.00,maybe")] {
+            assert!(parse_file(bad.as_bytes()).is_err(), "{bad:?}");
         }
     }
 }
@@ -344,7 +300,7 @@ pub async fn reserve_check(
     query: web::Query<ReserveQuery>,
     token: web::Data<AdminToken>,
     engine: web::Data<Arc<Engine>>,
-    simulator: web::Data<crate::simulator::Simulator>,
+    clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     use engine::ledger::types::{AccountKind, SystemRole};
     token.check(&request)?;
@@ -353,8 +309,8 @@ pub async fn reserve_check(
         (Some(_), Some(_)) => return Err(ApiError::invalid("bank_balance or bank, not both", "bank")),
         (Some(balance), None) => Some(spec.parse(balance).ok_or_else(|| ApiError::invalid("bank_balance is an amount", "bank_balance"))?),
         (None, Some("simulator")) => {
-            let simulator = simulator.get_ref().clone();
-            let (balance, _) = blocking(move || simulator.reserve_balance(&spec)).await?.map_err(ApiError::unavailable)?;
+            let bank = clearing.bank().clone();
+            let (balance, _) = blocking(move || bank.reserve_balance(&spec)).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
             Some(balance)
         }
         (None, Some(_)) => return Err(ApiError::invalid("bank is simulator", "bank")),

@@ -57,36 +57,51 @@ pub struct Services {
     pub platforms: Arc<Platforms>,
     pub members: Arc<Members>,
     pub passwords: Arc<crate::passwords::Passwords>,
-    pub simulator: crate::simulator::Simulator,
+    pub simulator: banksim::Simulator,
+    pub clearing: clearing_actor::Clearing,
     pub cards: Arc<crate::cards::Cards>,
     pub notifications: Arc<crate::notifications::Notifications>,
     pub store: Arc<dyn storage::Store>,
-    pub channels: Arc<crate::channels::Channels>,
     pub cases: Arc<crate::offline::Cases>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
+/// What clearing is started with: the configured channels, the business calendar and the daily
+/// settlement's cut-off.
+pub struct ClearingSetup {
+    pub channels: Vec<clearing_actor::channels::Channel>,
+    pub calendar: clearing_actor::calendar::Calendar,
+    pub settlement_cutoff_minute: Option<u32>,
+}
+
 impl Services {
-    /// Loads the gateway's records from `store` (platforms, members, passwords).
+    /// Loads the gateway's records from `store` (platforms, members, passwords), starts the bank
+    /// simulator and the clearing actor (which resends what waited for a bank's verdict).
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         engine: Arc<Engine>,
         store: Arc<dyn storage::Store>,
         master_key: crate::secrets::MasterKey,
         token: AdminToken,
         metrics: metrics_exporter_prometheus::PrometheusHandle,
-        simulator: crate::simulator::SimulatorConfig,
+        simulator: banksim::SimulatorConfig,
         webhooks: crate::events::WebhookConfig,
-        channels: crate::channels::Channels,
+        setup: ClearingSetup,
     ) -> Result<Services, String> {
         let channel_key = master_key.channel_key("simulator");
         let platforms = Arc::new(Platforms::load(store.clone(), master_key)?);
         crate::events::start_delivery(engine.clone(), platforms.clone(), store.clone(), webhooks)?;
-        let simulator = crate::simulator::Simulator::start(simulator, channel_key, store.clone())?;
-        channels.load_settings(store.as_ref(), &engine.config().currencies)?;
-        let channels = Arc::new(channels);
-        simulator.set_channels(channels.clone());
+        let simulator = banksim::Simulator::start(simulator, channel_key, store.clone())?;
+        let mut table = clearing_actor::channels::ChannelTable::new(setup.channels, setup.calendar).map_err(|e| e.to_string())?;
+        table.load_settings(store.as_ref(), &engine.config().currencies).map_err(|e| e.to_string())?;
+        let (terms_engine, terms_platforms) = (engine.clone(), platforms.clone());
+        let terms: clearing_actor::TermsSource = Arc::new(move |day| crate::settlements::terms(&terms_engine, &terms_platforms.all(), day));
+        let config = clearing_actor::ClearingConfig { settlement_cutoff_minute: setup.settlement_cutoff_minute, ..clearing_actor::ClearingConfig::default() };
+        let bank: Arc<dyn bank::BankChannel> = Arc::new(simulator.clone());
+        let clock = Arc::new(clearing_actor::calendar::SystemClock);
+        let clearing = clearing_actor::Clearing::start(engine.clone(), store.clone(), bank, table, clock, terms, config).map_err(|e| e.to_string())?;
         Ok(Services {
-            channels,
+            clearing,
             simulator,
             engine,
             token,
@@ -114,12 +129,12 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let cards = web::Data::new(services.cards);
     let notifications = web::Data::new(services.notifications);
     let store = web::Data::new(services.store);
-    let channels = web::Data::new(services.channels);
+    let clearing = web::Data::new(services.clearing);
     let cases = web::Data::new(services.cases);
     let metrics = web::Data::new(services.metrics);
     let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
     let (engine_at_start, simulator_at_start, cards_at_start) = (engine.get_ref().clone(), simulator.get_ref().clone(), cards.get_ref().clone());
-    let channels_at_start = channels.get_ref().clone();
+    let (bank_at_start, resumed_at_start) = (clearing.bank().clone(), clearing.resumed());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(engine.clone())
@@ -131,7 +146,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(cards.clone())
             .app_data(notifications.clone())
             .app_data(store.clone())
-            .app_data(channels.clone())
+            .app_data(clearing.clone())
             .app_data(cases.clone())
             .app_data(metrics.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
@@ -171,36 +186,14 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     if let Some(address) = addresses.first() {
         simulator_at_start.set_callback_url(format!("http://{address}/channels/simulator/callback"));
     }
-    // Today's payouts count against their channels' daily caps again.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-    for shard in 0..engine_at_start.config().shard_count {
-        let payouts = engine_at_start
-            .read_shard(shard, |state| {
-                state
-                    .orders
-                    .iter()
-                    .filter(|o| o.status != engine::ledger::types::OrderStatus::Failed)
-                    .filter_map(|o| match o.detail {
-                        engine::ledger::types::OrderDetail::Withdrawal { channel, .. } => Some((channel, o.amount, o.created_at)),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .map_err(std::io::Error::other)?;
-        for (channel, amount, created_at) in payouts {
-            channels_at_start.count_used(channel, amount, now, created_at);
-        }
+    // The clearing actor counted today's payouts against their daily caps and handed the bank
+    // again what waited for its verdict when the server last stopped.
+    if resumed_at_start > 0 {
+        println!("clearing: {resumed_at_start} orders waiting for a verdict were sent to the bank again");
     }
-    // Orders that waited for the simulator's verdict when the server last stopped.
-    let resumed =
-        simulator_at_start.resume(&engine_at_start, |platform, number| cards_at_start.withdrawal_card_no(platform, number)).map_err(std::io::Error::other)?;
-    if resumed > 0 {
-        println!("simulator: {resumed} orders waiting for a verdict were sent again");
-    }
-    let deposits = cards_at_start.resume_deposits(&engine_at_start, &simulator_at_start).map_err(std::io::Error::other)?;
+    let deposits = cards_at_start.resume_deposits(&engine_at_start, &simulator_at_start, bank_at_start.as_ref()).map_err(std::io::Error::other)?;
     if deposits > 0 {
         println!("simulator: {deposits} card verification deposits were asked of the bank again");
     }
-    crate::simulator::start_watchdog(engine_at_start, channels_at_start, cards_at_start, simulator_at_start)?;
     Ok((server.run(), addresses))
 }

@@ -1,13 +1,14 @@
-//! Persistence behind a trait. The only crate that names RocksDB; the engine sees `Store`.
+//! Persistence behind a trait, and the in-memory store. The RocksDB store is the crate
+//! `storage-rocks`; the engine and clearing see only `Store`.
 //!
 //! Every write is one atomic, durable batch: it returns only after the data is on disk (fsync).
 //! A failed write poisons the store: every later write fails too, and nothing is retried.
 
+pub mod conformance;
 mod memory;
-mod rocks;
+pub mod records;
 
 pub use memory::MemoryStore;
-pub use rocks::RocksStore;
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]

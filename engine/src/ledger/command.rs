@@ -115,8 +115,10 @@ pub enum Command {
     /// from the reserve straight to the receivers (balance) or into escrow (guarantee).
     RequestDirectPayment { payer: AccountId, guarantee: bool, currency: CurrencyId, amount: Minor, payees: Legs, splits: Legs, channel: u16 },
     /// A withdrawal whose channel failed goes out through another channel with its fee (routing's
-    /// fallback); the fee difference moves between the account and payout-pending.
-    RerouteWithdrawal { order: OrderId, channel: u16, fee: Minor },
+    /// fallback); the fee difference moves between the account and payout-pending. `from` is the
+    /// channel it leaves: a reroute from a channel the order is no longer on is refused
+    /// (`ChannelChanged`), so two verdicts about one failure can never move it twice.
+    RerouteWithdrawal { order: OrderId, from: u16, channel: u16, fee: Minor },
     /// Money that arrived at the bank (an offline transfer) matching no account: reserve debited,
     /// `shard`'s suspense stripe credited, for an operator's case.
     CreditSuspense { shard: ShardId, currency: CurrencyId, amount: Minor },

@@ -229,7 +229,7 @@ impl ShardState {
                 let request = ops::payment::PaymentRequest { payer: *payer, guarantee: *guarantee, currency: *currency, amount: *amount, payees, splits };
                 ops::payment::request_direct(self, &context, &request, *channel)
             }
-            Command::RerouteWithdrawal { order, channel, fee } => ops::withdrawal::reroute(self, &context, *order, *channel, *fee, fx),
+            Command::RerouteWithdrawal { order, from, channel, fee } => ops::withdrawal::reroute(self, &context, *order, (*from, *channel), *fee, fx),
             Command::CreditSuspense { currency, amount, .. } => ops::recharge::credit_suspense(self, *currency, *amount, fx),
             Command::AutoConfirm { created_before } => ops::guarantee::auto_confirm(self, &context, *created_before, fx),
         };

@@ -99,15 +99,18 @@ pub fn complete(state: &mut ShardState, context: &Context, id: OrderId, succeede
 /// Moves a processing withdrawal to another channel with its own fee (routing's fallback after
 /// the first channel failed). A higher fee is taken from the account's settled funds, a lower
 /// one returned to them; the amount stays reserved.
-pub fn reroute(state: &mut ShardState, context: &Context, id: OrderId, channel: u16, fee: Minor, fx: &mut Effects) -> Reply {
+pub fn reroute(state: &mut ShardState, context: &Context, id: OrderId, (from, channel): (u16, u16), fee: Minor, fx: &mut Effects) -> Reply {
     let Some(order) = state.platform_order(context.platform, id) else {
         return Reply::rejected(ResultCode::OrderNotFound);
     };
-    let OrderDetail::Withdrawal { fee: old_fee, .. } = order.detail else {
+    let OrderDetail::Withdrawal { fee: old_fee, channel: current } = order.detail else {
         return Reply::rejected(ResultCode::OrderNotFound);
     };
     if order.status != OrderStatus::Processing {
         return Reply::rejected(ResultCode::OrderStateInvalid);
+    }
+    if current != from {
+        return Reply::rejected(ResultCode::ChannelChanged);
     }
     if !(0..=AMOUNT_MINOR_MAX).contains(&fee) {
         return Reply::rejected(ResultCode::InvalidFee);

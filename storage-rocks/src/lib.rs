@@ -1,11 +1,13 @@
-//! The RocksDB `Store`: one database, every batch written with `sync = true` (WAL fsync).
+//! The RocksDB `Store`: one database, every batch written with `sync = true` (WAL fsync). The
+//! only code that names rocksdb, in its own crate so that the engine's and clearing's tests build
+//! without RocksDB's C++.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
-use crate::{StorageError, Store};
+use storage::{StorageError, Store};
 
 /// A RocksDB database in a directory.
 pub struct RocksStore {

@@ -1,0 +1,605 @@
+//! The clearing actor: one thread owns routing's channel table (channels, daily caps, health),
+//! the payout book and the payouts waiting for a bank's verdict, and the settlement schedule.
+//! Everything that changes them is a message in its bounded mailbox with a typed reply: route
+//! and submit a payout, a bank's verdict, a timeout tick, a day's settlement, a channel added or
+//! changed. Handlers, the CLI and the schedule send messages; none of them locks clearing state,
+//! so a verdict, a timeout and a fallback for one payout are handled one after the other.
+//!
+//! The actor waits for the engine on the payout commands it submits (a group commit, a few
+//! milliseconds; payouts are not the hot path). A settlement run, which can take seconds, runs
+//! on a worker thread that reports back as a message.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bank::{BankChannel, BankStatus, Request};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use engine::ledger::command::{Command, Envelope};
+use engine::ledger::types::{OrderDetail, OrderId, OrderStatus};
+use engine::money::{CurrencySpec, Minor};
+use engine::result::ResultCode;
+use engine::Engine;
+use storage::Store;
+use tokio::sync::oneshot;
+
+use crate::calendar::Clock;
+use crate::channels::{At, Channel, ChannelChange, ChannelReport, ChannelSet, ChannelSpec, ChannelTable, Fallback, RouteRequest};
+use crate::error::ClearingError;
+use crate::payouts::{PayoutBook, PayoutNote, PayoutOutcome, PayoutRequest, PayoutVerdict, VerdictOutcome};
+use crate::settlement::{PlatformTerms, Schedule, SettlementSummary};
+
+/// The platforms' terms for a business day (the gateway owns platforms and their rules).
+pub type TermsSource = Arc<dyn Fn(u32) -> Vec<PlatformTerms> + Send + Sync>;
+
+/// How the actor runs.
+#[derive(Clone, Debug)]
+pub struct ClearingConfig {
+    /// Messages waiting at most; a full mailbox answers `Overloaded`.
+    pub mailbox_capacity: usize,
+    /// How often the actor looks for overdue payouts and a due settlement.
+    pub tick: Duration,
+    /// The daily settlement's cut-off (business-local minutes after midnight), if scheduled.
+    pub settlement_cutoff_minute: Option<u32>,
+}
+
+impl Default for ClearingConfig {
+    fn default() -> ClearingConfig {
+        ClearingConfig { mailbox_capacity: 4_096, tick: Duration::from_millis(200), settlement_cutoff_minute: None }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ClearingError>>;
+
+enum Message {
+    Payout(Box<PayoutRequest>, Reply<PayoutOutcome>),
+    Verdict(PayoutVerdict, Reply<VerdictOutcome>),
+    AddChannel(Box<ChannelSpec>, Reply<Channel>),
+    UpdateChannel(String, Box<ChannelChange>, Reply<Channel>),
+    Report(Reply<Vec<ChannelReport>>),
+    Notes(u32, Vec<String>, Reply<Vec<Option<PayoutNote>>>),
+    Settle(u32, Vec<PlatformTerms>, Reply<SettlementSummary>),
+    SettlementFinished { day: u32, outcome: Result<(), String> },
+    ScheduleState(Reply<Option<Schedule>>),
+    Trip(u16, Duration, Reply<()>),
+    Stop,
+}
+
+/// A handle on the clearing actor; cheap to clone.
+#[derive(Clone)]
+pub struct Clearing {
+    mailbox: Sender<Message>,
+    channels: Arc<ArcSwap<ChannelSet>>,
+    bank: Arc<dyn BankChannel>,
+    resumed: usize,
+}
+
+/// Everything the actor owns.
+struct Actor {
+    engine: Arc<Engine>,
+    store: Arc<dyn Store>,
+    bank: Arc<dyn BankChannel>,
+    clock: Arc<dyn Clock>,
+    table: ChannelTable,
+    published: Arc<ArcSwap<ChannelSet>>,
+    book: PayoutBook,
+    /// Payouts handed to a channel and not answered yet: the channel and when its answer is due.
+    outstanding: HashMap<OrderId, (u16, Instant)>,
+    schedule: Option<Schedule>,
+    terms: TermsSource,
+    /// The day of the settlement run in progress, if one is.
+    running: Option<u32>,
+    mailbox: Sender<Message>,
+}
+
+impl Clearing {
+    /// Starts the actor: loads the payout book, counts today's payouts against their daily caps,
+    /// and hands the bank again every order still waiting for its verdict (after a restart).
+    pub fn start(
+        engine: Arc<Engine>,
+        store: Arc<dyn Store>,
+        bank: Arc<dyn BankChannel>,
+        table: ChannelTable,
+        clock: Arc<dyn Clock>,
+        terms: TermsSource,
+        config: ClearingConfig,
+    ) -> Result<Clearing, ClearingError> {
+        let published = Arc::new(ArcSwap::from_pointee(table.set()));
+        let (mailbox, inbox) = bounded(config.mailbox_capacity.max(1));
+        let schedule = config.settlement_cutoff_minute.map(|cutoff| Schedule::new(cutoff, table.calendar(), clock.now_micros()));
+        let mut actor = Actor {
+            engine,
+            book: PayoutBook::load(store.as_ref())?,
+            store,
+            bank: bank.clone(),
+            clock,
+            table,
+            published: published.clone(),
+            outstanding: HashMap::new(),
+            schedule,
+            terms,
+            running: None,
+            mailbox: mailbox.clone(),
+        };
+        actor.publish();
+        let resumed = actor.resume()?;
+        let tick = config.tick;
+        std::thread::Builder::new().name("clearing".into()).spawn(move || actor.run(&inbox, tick)).map_err(|e| ClearingError::Storage(e.to_string()))?;
+        Ok(Clearing { mailbox, channels: published, bank, resumed })
+    }
+
+    /// How many orders waiting for a bank's verdict were handed to the bank again at start.
+    pub fn resumed(&self) -> usize {
+        self.resumed
+    }
+
+    /// The channels as they are now (names, tariffs, money-in channels).
+    pub fn channels(&self) -> Arc<ChannelSet> {
+        self.channels.load_full()
+    }
+
+    /// The bank behind the channels (money in and micro-deposits go straight to it).
+    pub fn bank(&self) -> &Arc<dyn BankChannel> {
+        &self.bank
+    }
+
+    fn send(&self, message: Message) -> Result<(), ClearingError> {
+        self.mailbox.try_send(message).map_err(|error| match error {
+            TrySendError::Full(_) | TrySendError::Disconnected(_) => ClearingError::Overloaded,
+        })
+    }
+
+    async fn ask<T>(&self, message: impl FnOnce(Reply<T>) -> Message) -> Result<T, ClearingError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(message(reply))?;
+        answer.await.map_err(|_| ClearingError::Overloaded)?
+    }
+
+    fn ask_blocking<T>(&self, message: impl FnOnce(Reply<T>) -> Message) -> Result<T, ClearingError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(message(reply))?;
+        answer.blocking_recv().map_err(|_| ClearingError::Overloaded)?
+    }
+
+    /// Routes a payout (or, for a repeated order number, reuses its first routing), notes it,
+    /// submits it to the engine and hands it to the bank.
+    pub async fn payout(&self, request: PayoutRequest) -> Result<PayoutOutcome, ClearingError> {
+        self.ask(|reply| Message::Payout(Box::new(request), reply)).await
+    }
+
+    /// A bank's verdict on a payout (its callback).
+    pub async fn payout_verdict(&self, verdict: PayoutVerdict) -> Result<VerdictOutcome, ClearingError> {
+        self.ask(|reply| Message::Verdict(verdict, reply)).await
+    }
+
+    /// Adds a channel at run time (stored; routing sees it at once).
+    pub async fn add_channel(&self, spec: ChannelSpec) -> Result<Channel, ClearingError> {
+        self.ask(|reply| Message::AddChannel(Box::new(spec), reply)).await
+    }
+
+    /// Changes a channel at run time (stored; routing sees it at once).
+    pub async fn update_channel(&self, name: String, change: ChannelChange) -> Result<Channel, ClearingError> {
+        self.ask(|reply| Message::UpdateChannel(name, Box::new(change), reply)).await
+    }
+
+    /// Each channel with today's usage and its health.
+    pub async fn report(&self) -> Result<Vec<ChannelReport>, ClearingError> {
+        self.ask(Message::Report).await
+    }
+
+    /// The payout book's notes of a platform's payouts, by order number (in the same order).
+    pub async fn notes(&self, platform: u32, numbers: Vec<String>) -> Result<Vec<Option<PayoutNote>>, ClearingError> {
+        self.ask(|reply| Message::Notes(platform, numbers, reply)).await
+    }
+
+    /// The same, from a thread that may block.
+    pub fn notes_blocking(&self, platform: u32, numbers: Vec<String>) -> Result<Vec<Option<PayoutNote>>, ClearingError> {
+        self.ask_blocking(|reply| Message::Notes(platform, numbers, reply))
+    }
+
+    /// Runs the settlement of business day `day` (one run at a time: `Busy` while another runs).
+    pub async fn settle(&self, day: u32, terms: Vec<PlatformTerms>) -> Result<SettlementSummary, ClearingError> {
+        self.ask(|reply| Message::Settle(day, terms, reply)).await
+    }
+
+    /// The daily schedule's state (`None` when no cut-off is configured).
+    pub async fn schedule(&self) -> Result<Option<Schedule>, ClearingError> {
+        self.ask(Message::ScheduleState).await
+    }
+
+    /// Opens a channel's circuit for `cooldown` (operators and tests).
+    pub async fn trip(&self, channel: u16, cooldown: Duration) -> Result<(), ClearingError> {
+        self.ask(|reply| Message::Trip(channel, cooldown, reply)).await
+    }
+
+    /// Stops the actor after the messages already sent.
+    pub fn stop(&self) {
+        let _ = self.mailbox.send(Message::Stop);
+    }
+}
+
+fn answer<T>(reply: Reply<T>, result: Result<T, ClearingError>) {
+    // The asker may have gone (a client that hung up): the work is done either way.
+    let _ = reply.send(result);
+}
+
+impl Actor {
+    fn run(mut self, inbox: &Receiver<Message>, tick: Duration) {
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match inbox.recv_timeout(wait) {
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(message) => self.handle(message),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= next_tick {
+                self.tick();
+                next_tick = Instant::now() + tick;
+            }
+        }
+    }
+
+    fn handle(&mut self, message: Message) {
+        match message {
+            Message::Payout(request, reply) => answer(reply, self.payout(*request)),
+            Message::Verdict(verdict, reply) => answer(reply, self.verdict(verdict, "failed")),
+            Message::AddChannel(spec, reply) => {
+                let added = self.table.add(self.store.as_ref(), &spec, &self.engine.config().currencies);
+                self.publish();
+                answer(reply, added);
+            }
+            Message::UpdateChannel(name, change, reply) => {
+                let changed = self.table.update(self.store.as_ref(), &name, &change);
+                self.publish();
+                answer(reply, changed);
+            }
+            Message::Report(reply) => answer(reply, Ok(self.table.report(self.at()))),
+            Message::Notes(platform, numbers, reply) => answer(reply, Ok(numbers.iter().map(|n| self.book.get(platform, n).cloned()).collect())),
+            Message::Settle(day, terms, reply) => self.settle(day, terms, Some(reply)),
+            Message::SettlementFinished { day, outcome } => {
+                self.running = None;
+                if let Err(error) = &outcome {
+                    eprintln!("settlement of {} failed: {error}", crate::calendar::date_text(day));
+                }
+                let now = self.clock.instant();
+                if let Some(schedule) = self.schedule.as_mut() {
+                    schedule.finished(day, outcome, now);
+                }
+            }
+            Message::ScheduleState(reply) => answer(reply, Ok(self.schedule.clone())),
+            Message::Trip(channel, cooldown, reply) => {
+                let until = self.clock.instant() + cooldown;
+                self.table.trip(channel, until);
+                answer(reply, Ok(()));
+            }
+            Message::Stop => {}
+        }
+    }
+
+    fn at(&self) -> At {
+        At { micros: self.clock.now_micros(), instant: self.clock.instant() }
+    }
+
+    /// Publishes the channels for readers and tells the bank.
+    fn publish(&mut self) {
+        let set = self.table.set();
+        let profiles: Vec<bank::ChannelProfile> = set.all().iter().map(Channel::profile).collect();
+        self.bank.channels_changed(&profiles);
+        self.published.store(Arc::new(set));
+    }
+
+    fn timeout_of(&self, channel: u16) -> Duration {
+        Duration::from_millis(self.table.get(channel).map_or(crate::channels::default_timeout_ms(), |c| c.timeout_ms))
+    }
+
+    /// Hands payout `order` to the bank through `channel` and watches for its verdict.
+    fn send_payout(&mut self, order: OrderId, channel: u16, amount: Minor, currency: CurrencySpec, card_no: String) {
+        self.bank.submit(Request::MoneyOut { order, channel, amount, currency, card_no });
+        let due = self.clock.instant() + self.timeout_of(channel);
+        self.outstanding.insert(order, (channel, due));
+    }
+
+    fn payout(&mut self, request: PayoutRequest) -> Result<PayoutOutcome, ClearingError> {
+        let PayoutRequest { platform, number, account, currency, spec, amount, arrival, account_type, card_id, card_no } = request;
+        let at = self.at();
+        // A repeated order number keeps its first routing (the engine then replays or refuses
+        // it); a new one is routed now, and the decision is noted durably before the order is
+        // submitted.
+        let (note, routed_now) = match self.book.get(platform, number.as_str()) {
+            Some(noted) if noted.card != card_id || (card_id == 0 && noted.card_no.as_ref().is_some_and(|n| *n != card_no)) => {
+                return Err(ClearingError::IdempotencyConflict);
+            }
+            Some(noted) => (noted.clone(), false),
+            None => {
+                let decision = self.table.route(&RouteRequest { amount, currency: spec, arrival, account_type }, at, &[]);
+                let Some((channel, fee)) = decision.chosen else {
+                    let reasons: Vec<String> =
+                        decision.routing.candidates.iter().map(|c| format!("{}: {}", c.channel, c.rejected_because.as_deref().unwrap_or("viable"))).collect();
+                    return Err(ClearingError::NoChannel(reasons.join("; ")));
+                };
+                let note = PayoutNote {
+                    card: card_id,
+                    card_no: Some(card_no.clone()),
+                    channel: Some(channel),
+                    fee,
+                    routing: Some(decision.routing),
+                    arrival: Some(arrival),
+                    account_type: Some(account_type),
+                    tried: vec![channel],
+                    refused: false,
+                };
+                if let Err(error) = self.book.save(self.store.as_ref(), platform, number.as_str(), note.clone()) {
+                    self.table.release(channel, amount, at.micros);
+                    self.table.release_probe(channel);
+                    return Err(error);
+                }
+                (note, true)
+            }
+        };
+        let channel = note.channel.ok_or_else(|| ClearingError::Storage("a payout was noted without a channel".into()))?;
+        let command = Command::Withdraw { account, currency, amount, fee: note.fee, channel };
+        // An engine error leaves it unknown whether the order was applied: the note and the
+        // usage stay, and a retry with the same number replays or completes it.
+        let reply = self.engine.execute_one(Envelope { platform, out_order_no: Some(number.clone()), command })?;
+        if !reply.is_ok() && routed_now {
+            // Refused (funds, limits, status): the routing is given back, probe included, and the
+            // number is routed anew next time.
+            self.table.release(channel, amount, at.micros);
+            self.table.release_probe(channel);
+            let refused = PayoutNote { refused: true, ..note.clone() };
+            if let Err(error) = self.book.save(self.store.as_ref(), platform, number.as_str(), refused) {
+                eprintln!("clearing: cannot mark a refused payout's note: {error}");
+            }
+        }
+        if reply.is_ok() && !reply.replayed {
+            self.send_payout(OrderId(reply.id), channel, amount, spec, card_no);
+        }
+        Ok(PayoutOutcome { reply, channel: self.table.set().name(channel), fee: note.fee, routing: note.routing })
+    }
+
+    /// A channel's verdict on payout `order`: a verdict of a channel the order has left is
+    /// stale; a failure falls back to the next channel if one can pay it now; otherwise the
+    /// verdict completes the order. Health learns from verdicts on orders that waited for them.
+    fn verdict(&mut self, verdict: PayoutVerdict, why: &'static str) -> Result<VerdictOutcome, ClearingError> {
+        let PayoutVerdict { order, succeeded, channel: about } = verdict;
+        let shard = order.shard(self.engine.config().shard_count);
+        let found = self.engine.read_shard(shard, move |state| {
+            let o = state.platform_order(0, order)?;
+            let OrderDetail::Withdrawal { channel, .. } = o.detail else { return None };
+            Some((channel, o.status, o.amount, o.created_at, o.platform, o.out_order_no, state.currencies[o.currency.0 as usize]))
+        })?;
+        let Some((channel, status, amount, created_at, platform, number, spec)) = found else { return Err(ClearingError::NotFound) };
+        let names = self.table.set();
+        if about.as_deref().is_some_and(|name| name != names.name(channel)) {
+            return Ok(VerdictOutcome::Stale { received: true, stale: true });
+        }
+        let waiting = status == OrderStatus::Processing;
+        if !waiting {
+            self.forget(order, channel);
+        }
+        let now = self.clock.instant();
+        if !succeeded && waiting {
+            self.table.record_outcome(channel, false, now);
+            self.table.release(channel, amount, created_at);
+            if let Some(number) = number {
+                match self.fall_back(order, channel, platform, number.as_str(), amount, spec, why)? {
+                    FallBack::Rerouted(next) => return Ok(VerdictOutcome::Rerouted { received: true, status: "processing", rerouted_to: next }),
+                    FallBack::Stale => return Ok(VerdictOutcome::Stale { received: true, stale: true }),
+                    FallBack::Nowhere => {}
+                }
+            }
+        }
+        // The system acts (platform 0): verdicts are idempotent by order, so no order number.
+        let reply = self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command: Command::CompleteWithdrawal { order, succeeded } })?;
+        if reply.is_ok() {
+            self.forget(order, channel);
+            if waiting && succeeded {
+                // Failures were counted above, before the fallback.
+                self.table.record_outcome(channel, true, now);
+            }
+        }
+        match reply.code {
+            ResultCode::Ok => Ok(VerdictOutcome::Completed { received: true, status: reply.status.map(|s| s.name()) }),
+            code => Err(ClearingError::Refused(code)),
+        }
+    }
+
+    /// Routing's fallback: channel `failed` failed payout `order` (`why`: `failed`, or
+    /// `timeout` when it never received it); if another channel can pay it out now, the order
+    /// moves there (`RerouteWithdrawal` from `failed`, fee difference settled with the account)
+    /// and that bank is asked.
+    #[allow(clippy::too_many_arguments)]
+    fn fall_back(
+        &mut self,
+        order: OrderId,
+        failed: u16,
+        platform: u32,
+        number: &str,
+        amount: Minor,
+        spec: CurrencySpec,
+        why: &str,
+    ) -> Result<FallBack, ClearingError> {
+        let Some(mut note) = self.book.get(platform, number).cloned() else { return Ok(FallBack::Nowhere) };
+        let (Some(arrival), Some(account_type)) = (note.arrival, note.account_type) else { return Ok(FallBack::Nowhere) };
+        if !note.tried.contains(&failed) {
+            note.tried.push(failed);
+        }
+        let at = self.at();
+        let decision = self.table.route(&RouteRequest { amount, currency: spec, arrival, account_type }, at, &note.tried);
+        let Some((next, fee)) = decision.chosen else { return Ok(FallBack::Nowhere) };
+        let command = Command::RerouteWithdrawal { order, from: failed, channel: next, fee };
+        let reply = self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
+        if !reply.is_ok() {
+            self.table.release(next, amount, at.micros);
+            self.table.release_probe(next);
+            return Ok(if reply.code == ResultCode::ChannelChanged { FallBack::Stale } else { FallBack::Nowhere });
+        }
+        let names = self.table.set();
+        note.tried.push(next);
+        note.channel = Some(next);
+        note.fee = fee;
+        if let Some(routing) = note.routing.as_mut() {
+            routing.chosen = Some(names.name(next));
+            routing.fallbacks.push(Fallback {
+                from: names.name(failed),
+                to: names.name(next),
+                reason: why.to_string(),
+                fee: spec.format(fee),
+                candidates: decision.routing.candidates,
+            });
+        }
+        let card_no = note.card_no.clone().unwrap_or_default();
+        self.book.save(self.store.as_ref(), platform, number, note)?;
+        self.send_payout(order, next, amount, spec, card_no);
+        Ok(FallBack::Rerouted(names.name(next)))
+    }
+
+    /// Our side has the final answer on payout `order`: nothing to watch any more.
+    fn forget(&mut self, order: OrderId, channel: u16) {
+        if self.outstanding.remove(&order).is_some() {
+            self.bank.forget(order, channel);
+        }
+    }
+
+    /// Payouts whose channel has not answered within its timeout are looked up at the bank: one
+    /// the bank never received goes to the next channel (or fails, funds back) as after a
+    /// failure; one it decided gets that verdict (the callback was lost); one still processing
+    /// is looked at again a timeout later. Never resends what the bank has. Then the schedule.
+    fn tick(&mut self) {
+        let now = self.clock.instant();
+        let mut due = Vec::new();
+        for (order, (channel, deadline)) in self.outstanding.iter() {
+            if *deadline <= now {
+                due.push((*order, *channel));
+            }
+        }
+        for (order, channel) in due {
+            let next = now + self.timeout_of(channel);
+            self.outstanding.insert(order, (channel, next));
+            let name = Some(self.table.set().name(channel));
+            let outcome = match self.bank.query(order, channel) {
+                BankStatus::Processing => continue,
+                BankStatus::Unknown => self.verdict(PayoutVerdict { order, succeeded: false, channel: name }, "timeout"),
+                BankStatus::Decided { succeeded } => self.verdict(PayoutVerdict { order, succeeded, channel: name }, "failed"),
+            };
+            if let Err(error) = outcome {
+                eprintln!("payout watchdog: order {}: {error}", order.0);
+            }
+        }
+        let calendar = self.table.calendar().clone();
+        let due = self.schedule.as_ref().and_then(|s| s.due(&calendar, self.clock.now_micros(), now));
+        if let (Some(day), None) = (due, self.running) {
+            let terms = (self.terms)(day);
+            self.settle(day, terms, None);
+        }
+    }
+
+    /// Starts the run of `day` on a worker thread, which answers `reply` (if any) and reports
+    /// back to the schedule. One run at a time.
+    fn settle(&mut self, day: u32, terms: Vec<PlatformTerms>, reply: Option<Reply<SettlementSummary>>) {
+        if self.running.is_some() {
+            if let Some(reply) = reply {
+                answer(reply, Err(ClearingError::Busy));
+            }
+            return;
+        }
+        self.running = Some(day);
+        let (engine, channels, mailbox) = (self.engine.clone(), self.table.set(), self.mailbox.clone());
+        let worker = std::thread::Builder::new().name("settlement".into()).spawn(move || {
+            let result = crate::settlement::run(&engine, &terms, &channels, day, &mut |_, _| {}).map_err(ClearingError::from);
+            let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            if let Some(reply) = reply {
+                answer(reply, result);
+            }
+            // The actor waits for this report before it starts another run.
+            let _ = mailbox.send(Message::SettlementFinished { day, outcome });
+        });
+        if let Err(error) = worker {
+            self.running = None;
+            eprintln!("settlement of {}: cannot start a worker: {error}", crate::calendar::date_text(day));
+        }
+    }
+
+    /// Counts today's payouts against their channels' daily caps and hands the bank again every
+    /// order still waiting for its verdict (money in pending, payouts processing); returns how
+    /// many it handed on.
+    fn resume(&mut self) -> Result<usize, ClearingError> {
+        let now = self.clock.now_micros();
+        let mut resumed = 0;
+        for shard in 0..self.engine.config().shard_count {
+            let waiting = self.engine.read_shard(shard, |state| {
+                let mut found = Vec::new();
+                for o in state.orders.iter() {
+                    let spec = state.currencies[o.currency.0 as usize];
+                    match o.detail {
+                        OrderDetail::Withdrawal { channel, .. } if o.status != OrderStatus::Failed => {
+                            found.push(Waiting::Payout {
+                                order: o.id,
+                                channel,
+                                amount: o.amount,
+                                created_at: o.created_at,
+                                status: o.status,
+                                platform: o.platform,
+                                number: o.out_order_no,
+                                spec,
+                            });
+                        }
+                        OrderDetail::Recharge { channel } | OrderDetail::Payment { channel: Some(channel), .. } if o.status == OrderStatus::Pending => {
+                            found.push(Waiting::MoneyIn { order: o.id, channel, amount: o.amount, spec });
+                        }
+                        _ => {}
+                    }
+                }
+                found
+            })?;
+            for item in waiting {
+                match item {
+                    Waiting::Payout { order, channel, amount, created_at, status, platform, number, spec } => {
+                        self.table.count_used(channel, amount, now, created_at);
+                        if status == OrderStatus::Processing {
+                            resumed += 1;
+                            let card_no = number.and_then(|n| self.book.get(platform, n.as_str()).and_then(|note| note.card_no.clone())).unwrap_or_default();
+                            self.send_payout(order, channel, amount, spec, card_no);
+                        }
+                    }
+                    Waiting::MoneyIn { order, channel, amount, spec } => {
+                        resumed += 1;
+                        self.bank.submit(Request::MoneyIn { order, channel, amount, currency: spec });
+                    }
+                }
+            }
+        }
+        Ok(resumed)
+    }
+}
+
+/// What a fallback did.
+enum FallBack {
+    Rerouted(String),
+    /// The order is no longer on the failed channel: the verdict was stale.
+    Stale,
+    /// No other channel can take it.
+    Nowhere,
+}
+
+/// An order found waiting at start.
+enum Waiting {
+    Payout {
+        order: OrderId,
+        channel: u16,
+        amount: Minor,
+        created_at: u64,
+        status: OrderStatus,
+        platform: u32,
+        number: Option<engine::ledger::command::OutOrderNo>,
+        spec: CurrencySpec,
+    },
+    MoneyIn {
+        order: OrderId,
+        channel: u16,
+        amount: Minor,
+        spec: CurrencySpec,
+    },
+}

@@ -1,0 +1,332 @@
+//! The nightly settlement run of a business date, shared by the clearing actor (the API and the
+//! daily schedule) and `clearing settle`: for each platform, guarantee payments past its
+//! auto-confirm limit are confirmed, unsettled income past its cycle matures with the platform's
+//! settlement rule (commissions, service fee), then each channel's charges for the day's orders
+//! are booked, expired freezes released and the invariants checked. Every step is idempotent, so
+//! re-running a date changes nothing. `Schedule` decides when the daily run is due.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::ledger::command::{Command, Envelope};
+use engine::ledger::types::{OrderDetail, OrderStatus, SettlementRule};
+use engine::money::{CurrencyId, Minor};
+use engine::{Engine, EngineError};
+use serde::Serialize;
+
+use crate::calendar::{date_text, Calendar};
+use crate::channels::ChannelSet;
+
+/// How long a settlement run waits for the cross-shard credits sent before it to land.
+const CREDITS_WAIT: Duration = Duration::from_secs(60);
+
+/// A platform's terms for one run: its cycles and the settlement rule in force that day.
+#[derive(Clone, Debug)]
+pub struct PlatformTerms {
+    pub id: u32,
+    /// The id as the API shows it (`plt_7`).
+    pub public_id: String,
+    pub auto_confirm_days: u8,
+    pub settlement_cycle_days: u8,
+    pub rule: Option<Box<SettlementRule>>,
+}
+
+/// What a run did, per platform and in total.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SettlementSummary {
+    pub business_date: String,
+    pub platforms: Vec<PlatformSettlement>,
+    pub channel_fees: Vec<ChannelFees>,
+    pub expired_freezes: u64,
+    pub invariants_ok: bool,
+}
+
+/// One platform's part of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlatformSettlement {
+    pub platform_id: String,
+    pub matured_accounts: u64,
+    pub auto_confirmed_orders: u64,
+    /// The last business day of income that matured (none while the cycle reaches before 1970).
+    pub income_through: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<Vec<CurrencyTotals>>,
+}
+
+/// What the settlement of a date charged a platform's accounts in one currency.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CurrencyTotals {
+    pub currency: String,
+    pub matured: String,
+    pub commission: String,
+    pub service_fee: String,
+    pub net: String,
+}
+
+/// One channel's charges for one shard's orders of a day, as booked by the run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelFees {
+    pub channel: String,
+    pub business_date: String,
+    pub shard: u16,
+    pub currency: String,
+    pub orders: u64,
+    pub fees: String,
+    pub booked_now: String,
+}
+
+/// Runs the settlement of business day `day` for every platform in `terms`, calling `progress`
+/// after each platform. Blocking: waits on the shards.
+pub fn run(
+    engine: &Engine,
+    terms: &[PlatformTerms],
+    channels: &ChannelSet,
+    day: u32,
+    progress: &mut dyn FnMut(usize, &PlatformSettlement),
+) -> Result<SettlementSummary, EngineError> {
+    let calendar = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() };
+    let mut rows = Vec::new();
+    for (index, platform) in terms.iter().enumerate() {
+        // Auto-confirm first: what it releases is income that the maturing may then cover.
+        let created_before = calendar.day_start_micros(day as i64 - platform.auto_confirm_days as i64 + 1);
+        let envelope = Envelope { platform: platform.id, out_order_no: None, command: Command::AutoConfirm { created_before } };
+        let confirmed: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
+        // Released income travels to receivers on other shards: let it land before maturing.
+        engine.wait_credits_applied(CREDITS_WAIT)?;
+        let through_day = day.checked_sub(platform.settlement_cycle_days as u32);
+        let matured: u64 = match through_day {
+            Some(through_day) => {
+                let command = Command::Settle { through_day, rule: platform.rule.clone() };
+                engine.broadcast(Envelope { platform: platform.id, out_order_no: None, command })?.iter().map(|r| r.id).sum()
+            }
+            None => 0,
+        };
+        let totals = match through_day {
+            Some(through_day) => Some(totals(engine, platform.id, through_day)?),
+            None => None,
+        };
+        let row = PlatformSettlement {
+            platform_id: platform.public_id.clone(),
+            matured_accounts: matured,
+            auto_confirmed_orders: confirmed,
+            income_through: through_day.map(date_text),
+            totals,
+        };
+        progress(index + 1, &row);
+        rows.push(row);
+    }
+    // Commissions travel to receivers on other shards: let them land before the statement.
+    engine.wait_credits_applied(CREDITS_WAIT)?;
+    // The channels' charges for the day's orders (and the day before's, for orders that came in
+    // after that run): the bank takes them from the reserve.
+    let mut fees = Vec::new();
+    for row in channel_fees(engine, channels, [day.saturating_sub(1), day])? {
+        let command = Command::ChargeChannelFees { shard: row.shard, channel: row.channel, day: row.day, currency: row.currency, total: row.total };
+        let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
+        let spec = engine.config().currencies[row.currency.0 as usize];
+        fees.push(ChannelFees {
+            channel: channels.name(row.channel),
+            business_date: date_text(row.day),
+            shard: row.shard,
+            currency: spec.code_str().to_string(),
+            orders: row.orders,
+            fees: spec.format(row.total),
+            booked_now: spec.format(reply.id as Minor),
+        });
+    }
+    let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
+    let expired: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
+    let invariants = engine::invariants::check_engine(engine)?;
+    Ok(SettlementSummary { business_date: date_text(day), platforms: rows, channel_fees: fees, expired_freezes: expired, invariants_ok: invariants.ok })
+}
+
+/// The channel an order went through, if any.
+pub fn channel_of(detail: &OrderDetail) -> Option<u16> {
+    match detail {
+        OrderDetail::Withdrawal { channel, .. } | OrderDetail::Recharge { channel } => Some(*channel),
+        OrderDetail::Payment { channel, .. } => *channel,
+        _ => None,
+    }
+}
+
+/// One channel's charges for one shard's orders of a day.
+struct ChannelFeeRow {
+    day: u32,
+    shard: u16,
+    channel: u16,
+    currency: CurrencyId,
+    total: Minor,
+    orders: u64,
+}
+
+/// What each channel charges (its tariff) for each shard's orders of the business `days` that
+/// it carried out: payouts at the fee we booked with them, money in at the channel's tariff.
+/// One pass over each shard's orders; only rows with a positive total, in day order.
+fn channel_fees(engine: &Engine, channels: &ChannelSet, days: [u32; 2]) -> Result<Vec<ChannelFeeRow>, EngineError> {
+    let tariffs: Arc<HashMap<u16, bank::Tariff>> = Arc::new(channels.all().iter().map(|c| (c.id, c.tariff())).collect());
+    let calendar = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() };
+    let mut rows = Vec::new();
+    for shard in 0..engine.config().shard_count {
+        let (tariffs, calendar) = (tariffs.clone(), calendar.clone());
+        let sums = engine.read_shard(shard, move |state| {
+            let mut sums: BTreeMap<(u32, u16, u8), (Minor, u64)> = BTreeMap::new();
+            for order in state.orders.iter() {
+                let Some(channel) = channel_of(&order.detail) else { continue };
+                if matches!(order.status, OrderStatus::Pending | OrderStatus::Processing | OrderStatus::Failed) {
+                    continue;
+                }
+                let created_day = calendar.day(order.created_at);
+                if !days.contains(&created_day) {
+                    continue;
+                }
+                let fee = match order.detail {
+                    OrderDetail::Withdrawal { fee, .. } => fee,
+                    _ => tariffs.get(&channel).map_or(0, |t| t.fee(order.amount)),
+                };
+                let sum = sums.entry((created_day, channel, order.currency.0)).or_default();
+                sum.0 += fee;
+                sum.1 += 1;
+            }
+            sums
+        })?;
+        for ((day, channel, currency), (total, orders)) in sums {
+            if total > 0 {
+                rows.push(ChannelFeeRow { day, shard, channel, currency: CurrencyId(currency), total, orders });
+            }
+        }
+    }
+    rows.sort_by_key(|r| (r.day, r.shard, r.channel, r.currency.0));
+    Ok(rows)
+}
+
+/// What the settlement of `through_day`'s income charged a platform's accounts, per currency:
+/// matured income, commission, service fee and what stayed with the accounts (from every run of
+/// that date, so a re-run shows the same figures).
+fn totals(engine: &Engine, platform: u32, through_day: u32) -> Result<Vec<CurrencyTotals>, EngineError> {
+    let mut sums: BTreeMap<u8, [i128; 4]> = BTreeMap::new();
+    for shard in 0..engine.config().shard_count {
+        let part = engine.read_shard(shard, move |state| {
+            let mut part: Vec<(u8, [i128; 4])> = Vec::new();
+            for row in state.settled.iter().filter(|r| r.platform == platform && r.through_day == through_day) {
+                let net = row.amount - row.commission - row.service_fee;
+                part.push((row.currency.0, [row.amount as i128, row.commission as i128, row.service_fee as i128, net as i128]));
+            }
+            part
+        })?;
+        for (currency, figures) in part {
+            let sum = sums.entry(currency).or_default();
+            for (total, figure) in sum.iter_mut().zip(figures) {
+                *total += figure;
+            }
+        }
+    }
+    let currencies = &engine.config().currencies;
+    let format = |spec: &engine::money::CurrencySpec, value: i128| spec.format(Minor::try_from(value).unwrap_or(Minor::MAX));
+    Ok(sums
+        .into_iter()
+        .map(|(currency, [matured, commission, service_fee, net])| {
+            let spec = currencies[currency as usize];
+            CurrencyTotals {
+                currency: spec.code_str().to_string(),
+                matured: format(&spec, matured),
+                commission: format(&spec, commission),
+                service_fee: format(&spec, service_fee),
+                net: format(&spec, net),
+            }
+        })
+        .collect())
+}
+
+/// How long the schedule waits before it tries a failed run again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// When the daily run is due: at the cut-off (business-local minute) of each business day, for
+/// that day. A failed run is tried again `RETRY_AFTER` later, for the same day, until it
+/// succeeds; the schedule itself never stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub cutoff_minute: u32,
+    /// The business day whose run is next.
+    pub next_day: u32,
+    /// When a failed run may be tried again.
+    pub retry_at: Option<Instant>,
+    /// Runs that failed, since the start (a counter for `/metrics`).
+    pub failures_total: u64,
+    /// Failed runs of `next_day` in a row.
+    pub failures_in_a_row: u32,
+    pub last_error: Option<String>,
+    /// The last day whose run succeeded.
+    pub last_success_day: Option<u32>,
+}
+
+impl Schedule {
+    /// A schedule starting at `now_micros`: today's run if the cut-off is still ahead, else
+    /// tomorrow's.
+    pub fn new(cutoff_minute: u32, calendar: &Calendar, now_micros: u64) -> Schedule {
+        let (today, minute) = calendar.local(now_micros);
+        let next_day = if minute < cutoff_minute { today } else { today + 1 };
+        Schedule { cutoff_minute, next_day, retry_at: None, failures_total: 0, failures_in_a_row: 0, last_error: None, last_success_day: None }
+    }
+
+    /// The day whose run is due now, if one is.
+    pub fn due(&self, calendar: &Calendar, now_micros: u64, now: Instant) -> Option<u32> {
+        let (today, minute) = calendar.local(now_micros);
+        let reached = today > self.next_day || (today == self.next_day && minute >= self.cutoff_minute);
+        (reached && self.retry_at.is_none_or(|at| now >= at)).then_some(self.next_day)
+    }
+
+    /// Records how the run of `day` ended.
+    pub fn finished(&mut self, day: u32, outcome: Result<(), String>, now: Instant) {
+        if day != self.next_day {
+            return;
+        }
+        match outcome {
+            Ok(()) => {
+                self.next_day += 1;
+                self.retry_at = None;
+                self.failures_in_a_row = 0;
+                self.last_error = None;
+                self.last_success_day = Some(day);
+            }
+            Err(error) => {
+                self.failures_total += 1;
+                self.failures_in_a_row += 1;
+                self.last_error = Some(error);
+                self.retry_at = Some(now + RETRY_AFTER);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: u64 = 3_600_000_000;
+
+    #[test]
+    fn the_schedule_survives_a_failed_run_and_tries_again() {
+        // Regression: the daily thread returned on its first error and never ran again.
+        let calendar = Calendar { utc_offset_seconds: 0, ..Calendar::default() };
+        let start = Instant::now();
+        let day = 20_000u64;
+        let at = |hour: u64| day * 24 * HOUR + hour * HOUR;
+        let mut schedule = Schedule::new(23 * 60, &calendar, at(10));
+        assert_eq!(schedule.due(&calendar, at(22), start), None, "before the cut-off");
+        assert_eq!(schedule.due(&calendar, at(23), start), Some(20_000));
+        schedule.finished(20_000, Err("shard 1 has stopped".into()), start);
+        assert_eq!((schedule.failures_total, schedule.last_error.as_deref()), (1, Some("shard 1 has stopped")));
+        assert_eq!(schedule.due(&calendar, at(23), start + Duration::from_secs(1)), None, "not at once");
+        assert_eq!(schedule.due(&calendar, at(23), start + RETRY_AFTER), Some(20_000), "the same day, a minute later");
+        schedule.finished(20_000, Ok(()), start + RETRY_AFTER);
+        assert_eq!((schedule.failures_in_a_row, schedule.last_error.clone(), schedule.last_success_day), (0, None, Some(20_000)));
+        assert_eq!(schedule.due(&calendar, at(24 + 22), start + RETRY_AFTER), None, "the next day before its cut-off");
+        assert_eq!(schedule.due(&calendar, at(24 + 23), start + RETRY_AFTER), Some(20_001));
+        // Started after the cut-off: today's run is not made up for; tomorrow's is next.
+        assert_eq!(Schedule::new(23 * 60, &calendar, at(23)).next_day, 20_001);
+        // A run of another day (an operator's, by hand) does not move the schedule.
+        schedule.finished(19_999, Ok(()), start);
+        assert_eq!(schedule.next_day, 20_001);
+    }
+}

@@ -1,0 +1,147 @@
+//! The clearing actor with a real engine (in-memory store) and the bank simulator: payouts are
+//! routed, refused ones give their routing back, and two verdicts about one failure move a
+//! payout at most once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clearing_actor::calendar::{Calendar, SystemClock};
+use clearing_actor::channels::{AccountType, Arrival, ChannelSpec, ChannelTable};
+use clearing_actor::payouts::{PayoutRequest, PayoutVerdict, VerdictOutcome};
+use clearing_actor::{Clearing, ClearingConfig};
+use engine::ledger::command::{Command, Envelope, OutOrderNo};
+use engine::ledger::types::{AccountId, Limits, OrderDetail, OrderId};
+use engine::money::{CurrencyId, CurrencySpec};
+use engine::result::ResultCode;
+use engine::{Engine, EngineConfig};
+
+const P: u32 = 5;
+
+fn cny() -> CurrencySpec {
+    CurrencySpec::new("CNY", 2).unwrap()
+}
+
+fn spec(id: u16, name: &str, fee: &str) -> ChannelSpec {
+    ChannelSpec {
+        id,
+        name: name.into(),
+        kind: "test".into(),
+        direction: "out".into(),
+        currency: "CNY".into(),
+        fee_fixed: fee.into(),
+        fee_rate_bps: 0,
+        fee_min: "0.00".into(),
+        fee_max: "100.00".into(),
+        order_min: "0.01".into(),
+        order_max: "50000.00".into(),
+        daily_cap: "1000000.00".into(),
+        window: "00:00-24:00".into(),
+        business_days_only: false,
+        arrival: "realtime".into(),
+        eta_minutes: 1,
+        serves: vec!["personal".into()],
+        // The simulated bank takes a minute to answer: the test gives the verdicts itself.
+        sim_latency_ms: 60_000,
+        sim_failure_per_mille: 0,
+        enabled: true,
+        sim_drop_per_mille: 0,
+        timeout_ms: 600_000,
+    }
+}
+
+struct World {
+    engine: Arc<Engine>,
+    clearing: Clearing,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl World {
+    fn new() -> World {
+        let store: Arc<dyn storage::Store> = Arc::new(storage::MemoryStore::new());
+        let engine = Arc::new(Engine::start(EngineConfig { shard_count: 1, ack_flush_ms: 1, ..EngineConfig::default() }, store.clone()).unwrap());
+        let currencies = engine.config().currencies.clone();
+        let channels = vec![spec(1, "cheap", "1.00").build(&currencies).unwrap(), spec(2, "dear", "5.00").build(&currencies).unwrap()];
+        let table = ChannelTable::new(channels, Calendar { utc_offset_seconds: 8 * 3600, ..Calendar::default() }).unwrap();
+        let config = banksim::SimulatorConfig { latency_ms: 60_000, ..banksim::SimulatorConfig::default() };
+        let bank = Arc::new(banksim::Simulator::start(config, "key".into(), store.clone()).unwrap());
+        let clearing = Clearing::start(engine.clone(), store, bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        World { engine, clearing, runtime }
+    }
+
+    fn account(&self, owner: u64, amount: i64) -> AccountId {
+        let open = Command::OpenAccount { owner, currency: CurrencyId(0), limits: Limits::NONE };
+        let account = AccountId(self.engine.execute_one(Envelope { platform: P, out_order_no: None, command: open }).unwrap().id);
+        if amount > 0 {
+            let fund = Command::Recharge { account, currency: CurrencyId(0), amount, channel: 9 };
+            assert!(self.engine.execute_one(Envelope { platform: P, out_order_no: None, command: fund }).unwrap().is_ok());
+        }
+        account
+    }
+
+    fn payout(&self, number: &str, account: AccountId, amount: i64) -> clearing_actor::payouts::PayoutOutcome {
+        let request = PayoutRequest {
+            platform: P,
+            number: OutOrderNo::new(number).unwrap(),
+            account,
+            currency: CurrencyId(0),
+            spec: cny(),
+            amount,
+            arrival: Arrival::Realtime,
+            account_type: AccountType::Personal,
+            card_id: 0,
+            card_no: "6222020200112233445".into(),
+        };
+        self.runtime.block_on(self.clearing.payout(request)).unwrap()
+    }
+
+    fn channel_of(&self, order: OrderId) -> (u16, i64) {
+        self.engine
+            .read_shard(0, move |state| match state.order(order).unwrap().detail {
+                OrderDetail::Withdrawal { channel, fee } => (channel, fee),
+                _ => unreachable!("a withdrawal"),
+            })
+            .unwrap()
+    }
+}
+
+#[test]
+fn a_probe_the_engine_refused_does_not_leave_the_channel_stuck() {
+    let w = World::new();
+    let (rich, poor) = (w.account(1, 1_000_000), w.account(2, 0));
+    w.runtime.block_on(w.clearing.trip(1, Duration::ZERO)).unwrap();
+    let refused = w.payout("p1", poor, 10_000);
+    assert_eq!((refused.reply.code, refused.channel.as_str()), (ResultCode::InsufficientFunds, "cheap"), "the probe, refused by the engine");
+    // Regression: the refused probe kept the half-open channel "probing" for good.
+    let next = w.payout("p2", rich, 10_000);
+    assert_eq!((next.reply.code, next.channel.as_str()), (ResultCode::Ok, "cheap"), "the next order may probe the channel");
+    // The refused order number is free again and is routed anew.
+    let again = w.payout("p1", rich, 10_000);
+    assert_eq!(again.reply.code, ResultCode::Ok);
+    assert!(!again.reply.replayed);
+}
+
+#[test]
+fn two_verdicts_about_one_failure_move_a_payout_once() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let first = w.payout("w1", account, 10_000);
+    let order = OrderId(first.reply.id);
+    assert_eq!((first.channel.as_str(), w.channel_of(order)), ("cheap", (1, 100)));
+    // A late failure callback and the timeout's status query, both about channel `cheap`.
+    let verdict = || PayoutVerdict { order, succeeded: false, channel: Some("cheap".into()) };
+    let (a, b) = w.runtime.block_on(async { tokio::join!(w.clearing.payout_verdict(verdict()), w.clearing.payout_verdict(verdict())) });
+    let outcomes = [a.unwrap(), b.unwrap()];
+    let rerouted = outcomes.iter().filter(|o| matches!(o, VerdictOutcome::Rerouted { rerouted_to, .. } if rerouted_to == "dear")).count();
+    let stale = outcomes.iter().filter(|o| matches!(o, VerdictOutcome::Stale { .. })).count();
+    assert_eq!((rerouted, stale), (1, 1), "{outcomes:?}");
+    assert_eq!(w.channel_of(order), (2, 500), "on the second channel, its fee charged once");
+    let balance = w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap();
+    assert_eq!(balance, 1_000_000 - 10_000 - 500);
+    let notes = w.runtime.block_on(w.clearing.notes(P, vec!["w1".into()])).unwrap();
+    let note = notes[0].clone().unwrap();
+    assert_eq!((note.tried, note.routing.unwrap().fallbacks.len()), (vec![1, 2], 1));
+    // The second channel pays: the order succeeds.
+    let paid = w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded: true, channel: Some("dear".into()) })).unwrap();
+    assert_eq!(paid, VerdictOutcome::Completed { received: true, status: Some("succeeded") });
+}
