@@ -1,5 +1,8 @@
-//! Helpers of the end-to-end tests: start the real server, sign requests as a platform.
+//! Helpers of the end-to-end tests: start the real server, sign requests as a platform; `money`
+//! holds what the files of money tests share.
 #![allow(dead_code)]
+
+pub mod money;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

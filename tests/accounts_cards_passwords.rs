@@ -1,0 +1,234 @@
+//! End-to-end tests of what guards an account: payment passwords (five wrong lock payments),
+//! cards (identity check, micro-deposit verification, three wrong tries lock, the deposit asked
+//! again after a restart), closing accounts, and the operator blocking an account.
+
+mod support;
+
+use serde_json::json;
+use support::money::*;
+use support::*;
+
+#[test]
+fn payment_passwords_are_checked_and_five_wrong_lock_payments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-4";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Strict\", \"require_payment_password\": true}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let b = p.account(&p.member("m-b", "Li Si"));
+    p.fund(&a, "100.00", "r-1");
+    let pay = |number: &str, password: Option<&str>| {
+        let mut body = json!({"out_order_no": number, "payer_account_id": a, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b, "amount": "1.00"}]});
+        if let Some(password) = password {
+            body["payment_password"] = json!(password);
+        }
+        p.post("/v1/payments", &body)
+    };
+    assert_eq!(error_of(&pay("p0", Some("123456"))), (422, Some("payment_password_not_set")));
+    assert_eq!(error_of(&p.post(&format!("/v1/accounts/{a}/password"), &json!({"password": "12345"}))), (400, Some("invalid_request")));
+    let (status, _, set) = p.post(&format!("/v1/accounts/{a}/password"), &json!({"password": "123456"}));
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(error_of(&pay("p1", None)), (422, Some("invalid_payment_password")));
+    assert_eq!(pay("p2", Some("123456")).0, 201);
+    for attempt in 0..4 {
+        assert_eq!(error_of(&pay(&format!("w{attempt}"), Some("000000"))), (422, Some("invalid_payment_password")));
+    }
+    assert_eq!(error_of(&pay("w5", Some("000000"))), (422, Some("payment_locked")));
+    assert_eq!(error_of(&pay("p3", Some("123456"))), (422, Some("payment_locked")));
+    assert_eq!(p.balances(&a).0, "99.00");
+    server.stop();
+}
+
+fn wrong_amount(right: &str) -> String {
+    if right == "0.01" {
+        "0.02".into()
+    } else {
+        "0.01".into()
+    }
+}
+
+#[test]
+fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_tries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-9";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Cards\"}");
+    let member = p.member("m-a", "Zhang San");
+    let a = p.account(&member);
+    let bind = |number: &str, card: &str, name: &str, id: &str| {
+        p.post(
+            &format!("/v1/accounts/{a}/cards"),
+            &json!({"out_order_no": number, "card_no": card, "holder_name": name, "id_number": id, "phone": "13800138000"}),
+        )
+    };
+    let cases = [
+        (bind("c-0", "4111111111111112", "Zhang San", "11010519491231002X"), 400, "invalid_card_no"),
+        (bind("c-0", "4111111111111111", "Li Si", "11010519491231002X"), 422, "identity_mismatch"),
+        (bind("c-0", "4111111111111111", "Zhang San", "110105194912310021"), 422, "identity_mismatch"),
+    ];
+    for (reply, status, code) in &cases {
+        assert_eq!(error_of(reply), (*status, Some(*code)), "{}", reply.2);
+    }
+    let (status, replayed, card) = bind("c-1", "4111111111111111", "Zhang San", "11010519491231002x");
+    assert_eq!((status, replayed, card["status"].as_str()), (201, false, Some("pending_verification")), "{card}");
+    assert_eq!(bind("c-1", "4111111111111111", "Zhang San", "11010519491231002x"), (201, true, card.clone()));
+    let card_id = card["card_id"].as_str().unwrap().to_string();
+    let deposit = micro_deposit(&server, "4111111111111111");
+    assert!(deposit.starts_with("0."), "{deposit}");
+    let verify = |card_id: &str, amount: &str| p.post(&format!("/v1/accounts/{a}/cards/{card_id}/verify"), &json!({"amount": amount}));
+    assert_eq!(error_of(&verify(&card_id, &wrong_amount(&deposit))), (422, Some("verification_failed")));
+    let (status, _, verified) = verify(&card_id, &deposit);
+    assert_eq!((status, verified["status"].as_str()), (200, Some("verified")), "{verified}");
+
+    // A second card, three wrong tries: locked, even for the right amount.
+    let (_, _, second) = bind("c-2", "5555555555554444", "Zhang San", "11010519491231002X");
+    let second_id = second["card_id"].as_str().unwrap().to_string();
+    let right = micro_deposit(&server, "5555555555554444");
+    assert_eq!(error_of(&verify(&second_id, &wrong_amount(&right))), (422, Some("verification_failed")));
+    assert_eq!(error_of(&verify(&second_id, &wrong_amount(&right))), (422, Some("verification_failed")));
+    assert_eq!(error_of(&verify(&second_id, &wrong_amount(&right))), (422, Some("card_locked")));
+    assert_eq!(error_of(&verify(&second_id, &right)), (422, Some("card_locked")));
+
+    // Withdrawals go only to verified cards; the fee is charged on top; over 50,000.00 alerts.
+    p.fund(&a, "60000.00", "r-1");
+    let withdraw = |number: &str, card: &str, amount: &str, arrival: &str| {
+        p.post("/v1/withdrawals", &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": amount, "currency": "CNY", "arrival": arrival}))
+    };
+    assert_eq!(error_of(&withdraw("w-0", &second_id, "1.00", "realtime")), (422, Some("card_not_verified")));
+    assert_eq!(error_of(&withdraw("w-0", &card_id, "60000.00", "realtime")), (422, Some("insufficient_funds")), "60,000 + fee is more than 60,000");
+    let (status, _, first) = withdraw("w-1", &card_id, "1000.00", "realtime");
+    assert_eq!(
+        (status, first["status"].as_str(), first["fee"].as_str(), first["channel"].as_str()),
+        (201, Some("processing"), Some("1.00"), Some("sim_unionpay")),
+        "{first}"
+    );
+    // The routing decision comes with the order: every channel, viable or why not.
+    let candidates: Vec<(&str, Option<&str>)> =
+        first["routing"]["candidates"].as_array().unwrap().iter().map(|c| (c["channel"].as_str().unwrap(), c["rejected_because"].as_str())).collect();
+    assert_eq!(first["routing"]["chosen"], "sim_unionpay");
+    assert!(candidates.contains(&("sim_same_city", Some("arrival_too_slow"))), "{candidates:?}");
+    assert!(candidates.contains(&("sim_hvps", Some("below_order_minimum"))), "{candidates:?}");
+    assert!(candidates.contains(&("sim_ibps", None)), "viable but dearer: {candidates:?}");
+    let (_, shown) = p.get(&format!("/v1/orders/{}", first["order_id"].as_str().unwrap()));
+    assert_eq!(shown["routing"], first["routing"], "kept with the order");
+    let (status, _, large) = withdraw("w-2", &card_id, "50000.01", "standard");
+    assert_eq!((status, large["fee"].as_str(), large["channel"].as_str()), (201, Some("0.50"), Some("sim_same_city")), "{large}");
+    p.wait_order(first["order_id"].as_str().unwrap(), "succeeded");
+    p.wait_order(large["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!(p.balances(&a).0, "8998.49");
+    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    let amounts: Vec<&str> = statement["transactions"].as_array().unwrap().iter().map(|t| t["amount"].as_str().unwrap()).collect();
+    assert!(amounts.contains(&"1000.00") && amounts.contains(&"50000.01"), "{statement}");
+    let (_, notes) = p.get(&format!("/v1/members/{member}/notifications"));
+    let alerts: Vec<&serde_json::Value> = notes["notifications"].as_array().unwrap().iter().filter(|n| n["kind"] == "large_withdrawal_alert").collect();
+    assert_eq!(alerts.len(), 1, "{notes}");
+    assert_eq!(alerts[0]["order_id"], large["order_id"]);
+
+    // Unbinding: the card takes no more withdrawals.
+    let (status, _) = {
+        let t = now();
+        let path = format!("/v1/accounts/{a}/cards/{card_id}");
+        let nonce = fresh_nonce();
+        let request = ureq::delete(&format!("{}{path}", server.base))
+            .set("X-Platform-Id", &p.platform)
+            .set("X-Timestamp", &t.to_string())
+            .set("X-Nonce", &nonce)
+            .set("X-Signature", &sign(&p.secret, "DELETE", &path, t, &nonce, b""));
+        let response = answer(request.call(), "unbind");
+        (response.status(), ())
+    };
+    assert_eq!(status, 200);
+    assert_eq!(error_of(&withdraw("w-3", &card_id, "1.00", "realtime")), (404, Some("not_found")));
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}
+
+#[test]
+fn only_empty_accounts_close_and_closed_ones_take_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-14";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Closing\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let b = p.account(&p.member("m-b", "Li Si"));
+    p.fund(&a, "5.00", "r-1");
+    assert_eq!(error_of(&p.post(&format!("/v1/accounts/{a}/close"), &json!({"out_order_no": "close-a"}))), (422, Some("account_not_empty")));
+    let (status, replayed, closed) = p.post(&format!("/v1/accounts/{b}/close"), &json!({"out_order_no": "close-b"}));
+    assert_eq!((status, replayed, closed["status"].as_str()), (200, false, Some("closed")), "{closed}");
+    assert_eq!(p.post(&format!("/v1/accounts/{b}/close"), &json!({"out_order_no": "close-b"})).1, true);
+    let pay = json!({"out_order_no": "p-1", "payer_account_id": a, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b, "amount": "1.00"}]});
+    assert_eq!(error_of(&p.post("/v1/payments", &pay)), (422, Some("account_closed")));
+    assert_eq!(
+        error_of(&p.post("/v1/recharges", &json!({"out_order_no": "r-2", "account_id": b, "amount": "1.00", "currency": "CNY"}))),
+        (422, Some("account_closed"))
+    );
+    let (_, shown) = p.get(&format!("/v1/accounts/{b}"));
+    assert_eq!(shown["status"], "closed");
+    assert_eq!(error_of(&p.post("/v1/accounts/acc_77777/close", &json!({"out_order_no": "close-x"}))), (404, Some("not_found")));
+    server.stop();
+}
+
+#[test]
+fn the_operator_blocks_an_account_and_its_payments_answer_account_frozen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-19";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Blocked\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let b = p.account(&p.member("m-b", "Li Si"));
+    p.fund(&a, "5.00", "r-1");
+    let set = |account: &str, status: &str, bearer: &str| {
+        let request = ureq::post(&format!("{}/admin/accounts/{account}/status", server.base)).set("Authorization", &format!("Bearer {bearer}"));
+        let response = answer(request.send_string(&json!({"status": status}).to_string()), "status");
+        (response.status(), response.into_json::<serde_json::Value>().unwrap())
+    };
+    assert_eq!(set(&a, "debit_blocked", "wrong").0, 401);
+    assert_eq!(set(&a, "frozen_solid", token).0, 400);
+    assert_eq!(set("acc_424242", "debit_blocked", token).0, 404);
+    assert_eq!(set(&a, "debit_blocked", token).0, 200);
+    let pay = |number: &str| {
+        p.post("/v1/payments", &json!({"out_order_no": number, "payer_account_id": a, "mode": "balance", "amount": "1.00", "currency": "CNY", "payees": [{"account_id": b, "amount": "1.00"}]}))
+    };
+    assert_eq!(error_of(&pay("p-1")), (422, Some("account_frozen")));
+    assert_eq!(p.get(&format!("/v1/accounts/{a}")).1["status"], "debit_blocked");
+    assert_eq!(set(&a, "normal", token).0, 200);
+    assert_eq!(pay("p-2").0, 201, "unblocked, and still its platform's account");
+    server.stop();
+}
+
+#[test]
+fn a_micro_deposit_the_bank_never_paid_is_asked_again_at_start_and_booked_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-deposit";
+    // The bank is away when the card is bound (the deposit is booked, the bank never asked):
+    // what a crash between the two would leave.
+    let away = config_with(&[("enabled = true", "enabled = false")]);
+    let server = start_configured(dir.path(), token, &away);
+    let p = Client::create(&server, token, "{\"name\": \"Deposits\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let (status, _, card) = p.post(&format!("/v1/accounts/{a}/cards"), &json!({"out_order_no": "card-1", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}));
+    assert_eq!(status, 201, "{card}");
+    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    assert!(statement["transactions"].as_array().unwrap().is_empty(), "{statement}");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+    // Back with the bank: the deposit is asked for again, booked once, and the card verifies.
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    assert!(server.lines.iter().any(|l| l.contains("1 card verification deposits were asked of the bank again")), "{:?}", server.lines);
+    let p = Client { server: &server, platform, secret };
+    let deposit = micro_deposit(&server, "4111111111111111");
+    let card_id = card["card_id"].as_str().unwrap();
+    let (status, _, verified) = p.post(&format!("/v1/accounts/{a}/cards/{card_id}/verify"), &json!({"amount": deposit}));
+    assert_eq!((status, verified["status"].as_str()), (200, Some("verified")), "{verified}");
+    let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
+    assert_eq!((reserve["ok"].as_bool(), reserve["fees"].as_str()), (Some(true), Some(format!("-{deposit}").as_str())), "booked once: {reserve}");
+    server.stop();
+    // A third start asks nothing again.
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    assert!(!server.lines.iter().any(|l| l.contains("verification deposits were asked")), "{:?}", server.lines);
+    let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
+    assert_eq!(reserve["ok"], true, "{reserve}");
+    server.stop();
+}

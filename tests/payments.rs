@@ -1,0 +1,192 @@
+//! End-to-end tests of payments over HTTP: balance and guarantee (escrow) payments with splits,
+//! staged confirm, cancel, refunds, freezes and releases, order lookup and listing, batch payments
+//! (all or none, one password check) and direct payments funded through a channel.
+
+mod support;
+
+use serde_json::json;
+use support::money::*;
+use support::*;
+
+#[test]
+fn escrow_scenario_with_staged_confirm_refund_cancel_and_freeze() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-1";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Home Decor\"}");
+    let owner = p.account(&p.member("m-owner", "Zhang San"));
+    let company = p.account(&p.member("m-company", "Li Si"));
+    let platform_fee = p.account(&p.member("m-platform", "Home Decor Ltd"));
+
+    p.fund(&owner, "1000.00", "r-1");
+    assert_eq!(p.balances(&owner), ("1000.00".into(), "1000.00".into(), "0.00".into(), "0.00".into()));
+
+    // The fee goes into escrow: 570 for the company, 30 commission for the platform.
+    let hold = json!({"out_order_no": "pay-1", "payer_account_id": owner, "mode": "guarantee", "amount": "600.00", "currency": "CNY",
+        "payees": [{"account_id": company, "amount": "570.00"}], "splits": [{"account_id": platform_fee, "amount": "30.00"}]});
+    let (status, replayed, held) = p.post("/v1/payments", &hold);
+    assert_eq!((status, replayed, held["status"].as_str(), held["kind"].as_str()), (201, false, Some("held"), Some("payment")), "{held}");
+    let order = held["order_id"].as_str().unwrap().to_string();
+    assert_eq!(p.post("/v1/payments", &hold), (201, true, held.clone()), "a replay answers the same body");
+    let mut conflicting = hold.clone();
+    conflicting["amount"] = json!("601.00");
+    conflicting["payees"][0]["amount"] = json!("571.00");
+    assert_eq!(error_of(&p.post("/v1/payments", &conflicting)), (409, Some("idempotency_conflict")));
+    assert_eq!(p.balances(&owner).0, "400.00");
+
+    // Confirmed in stages: first 200 to the company, then the rest.
+    let confirm = |number: &str, releases: serde_json::Value| {
+        let mut body = json!({"out_order_no": number});
+        if !releases.is_null() {
+            body["releases"] = releases;
+        }
+        p.post(&format!("/v1/payments/{order}/confirm"), &body)
+    };
+    let (status, _, first) = confirm("c-1", json!([{"account_id": company, "amount": "200.00"}]));
+    assert_eq!((status, first["status"].as_str()), (200, Some("held")), "{first}");
+    assert_eq!(error_of(&confirm("c-2", json!([{"account_id": company, "amount": "370.01"}]))), (422, Some("exceeds_held_amount")));
+    let (status, _, done) = confirm("c-3", serde_json::Value::Null);
+    assert_eq!((status, done["status"].as_str()), (200, Some("succeeded")), "{done}");
+    assert_eq!(p.balances(&company).0, "570.00");
+    assert_eq!(p.balances(&company).3, "570.00", "income is unsettled until settlement");
+    assert_eq!(p.balances(&platform_fee).0, "30.00");
+
+    // A refund from the company back to the owner.
+    let refund = |number: &str, amount: &str| {
+        p.post("/v1/refunds", &json!({"out_order_no": number, "payment_order_id": order, "amount": amount, "payee_account_id": company}))
+    };
+    let (status, _, refunded) = refund("rf-1", "50.00");
+    assert_eq!((status, refunded["kind"].as_str(), refunded["status"].as_str()), (201, Some("refund"), Some("succeeded")), "{refunded}");
+    assert_eq!(error_of(&refund("rf-2", "520.01")), (422, Some("exceeds_refundable_amount")));
+    let (_, shown) = p.get(&format!("/v1/orders/{order}"));
+    assert_eq!((shown["status"].as_str(), shown["refunded_amount"].as_str()), (Some("partially_refunded"), Some("50.00")), "{shown}");
+    assert_eq!(p.balances(&owner).0, "450.00");
+
+    // A second guarantee payment, cancelled in part and then in full.
+    let second = json!({"out_order_no": "pay-2", "payer_account_id": owner, "mode": "guarantee", "amount": "100.00", "currency": "CNY",
+        "payees": [{"account_id": company, "amount": "100.00"}]});
+    let (_, _, held2) = p.post("/v1/payments", &second);
+    let order2 = held2["order_id"].as_str().unwrap().to_string();
+    let (status, _, part) = p.post(&format!("/v1/payments/{order2}/cancel"), &json!({"out_order_no": "x-1", "amount": "40.00"}));
+    assert_eq!((status, part["status"].as_str()), (200, Some("held")), "{part}");
+    let (status, _, all) = p.post(&format!("/v1/payments/{order2}/cancel"), &json!({"out_order_no": "x-2"}));
+    assert_eq!((status, all["status"].as_str()), (200, Some("cancelled")), "{all}");
+    assert_eq!(error_of(&p.post(&format!("/v1/payments/{order2}/confirm"), &json!({"out_order_no": "c-9"}))), (409, Some("order_state_invalid")));
+    assert_eq!(p.balances(&owner).0, "450.00");
+
+    // Freeze and release.
+    let (status, _, frozen) =
+        p.post("/v1/freezes", &json!({"out_order_no": "f-1", "account_id": owner, "amount": "150.00", "currency": "CNY", "reason": "dispute"}));
+    assert_eq!((status, frozen["status"].as_str()), (201, Some("held")), "{frozen}");
+    assert_eq!(p.balances(&owner), ("300.00".into(), "300.00".into(), "150.00".into(), "0.00".into()));
+    let freeze = frozen["order_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        error_of(&p.post(&format!("/v1/freezes/{freeze}/release"), &json!({"out_order_no": "fr-1", "amount": "150.01"}))),
+        (422, Some("exceeds_frozen_amount"))
+    );
+    let (status, _, released) = p.post(&format!("/v1/freezes/{freeze}/release"), &json!({"out_order_no": "fr-2"}));
+    assert_eq!(status, 200, "{released}");
+    assert_eq!(p.balances(&owner).0, "450.00");
+
+    // A balance payment lands at once.
+    let pay = json!({"out_order_no": "pay-3", "payer_account_id": owner, "mode": "balance", "amount": "10.00", "currency": "CNY",
+        "payees": [{"account_id": company, "amount": "10.00"}]});
+    let (status, _, paid) = p.post("/v1/payments", &pay);
+    assert_eq!((status, paid["status"].as_str()), (201, Some("succeeded")), "{paid}");
+
+    // Orders by out_order_no and by filters, newest first, with a cursor.
+    let (status, found) = p.get("/v1/orders?out_order_no=pay-1");
+    assert_eq!((status, found["order_id"].as_str()), (200, Some(order.as_str())), "{found}");
+    assert_eq!(p.get("/v1/orders?out_order_no=nope").0, 404);
+    let (status, page) = p.get(&format!("/v1/orders?account_id={owner}&kind=payment&limit=2"));
+    assert_eq!(status, 200, "{page}");
+    let first_page: Vec<&str> = page["orders"].as_array().unwrap().iter().map(|o| o["out_order_no"].as_str().unwrap()).collect();
+    assert_eq!(first_page, ["pay-3", "pay-2"]);
+    let cursor = page["next_cursor"].as_str().expect("more").to_string();
+    let (_, page) = p.get(&format!("/v1/orders?account_id={owner}&kind=payment&limit=2&cursor={cursor}"));
+    let second_page: Vec<&str> = page["orders"].as_array().unwrap().iter().map(|o| o["out_order_no"].as_str().unwrap()).collect();
+    assert_eq!((second_page, page["next_cursor"].is_null()), (vec!["pay-1"], true));
+    let (_, held_only) = p.get("/v1/orders?status=refunded");
+    assert_eq!(held_only["orders"].as_array().unwrap().len(), 0);
+    assert_eq!(p.get("/v1/orders?limit=501").0, 400);
+    assert_eq!(p.get("/v1/orders?kind=loan").0, 400);
+    assert_eq!(p.get("/v1/orders?colour=red").0, 400);
+
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}
+
+#[test]
+fn batch_payments_are_all_or_none_with_one_password_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-13";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Payroll\", \"require_payment_password\": true}");
+    let payer = p.account(&p.member("m-payer", "Zhang San"));
+    let workers: Vec<String> = (0..3).map(|i| p.account(&p.member(&format!("m-w{i}"), "Li Si"))).collect();
+    p.fund(&payer, "100.00", "r-1");
+    assert_eq!(p.post(&format!("/v1/accounts/{payer}/password"), &json!({"password": "246810"})).0, 200);
+    let batch = |number: &str, amounts: [&str; 3], password: &str| {
+        let orders: Vec<serde_json::Value> = workers
+            .iter()
+            .zip(amounts)
+            .enumerate()
+            .map(|(i, (w, a))| json!({"out_order_no": format!("{number}-{i}"), "amount": a, "payees": [{"account_id": w, "amount": a}]}))
+            .collect();
+        p.post(
+            "/v1/batch-payments",
+            &json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "currency": "CNY", "payment_password": password, "orders": orders}),
+        )
+    };
+    assert_eq!(error_of(&batch("b-1", ["30.00", "30.00", "40.01"], "246810")), (422, Some("insufficient_funds")));
+    assert_eq!(error_of(&batch("b-1", ["30.00", "30.00", "0.001"], "246810")), (400, Some("invalid_amount")));
+    assert_eq!(error_of(&batch("b-1", ["30.00", "30.00", "40.00"], "000000")), (422, Some("invalid_payment_password")));
+    assert_eq!(p.balances(&payer).0, "100.00", "nothing moved");
+    let (status, replayed, paid) = batch("b-1", ["30.00", "30.00", "40.00"], "246810");
+    assert_eq!((status, replayed, paid["status"].as_str()), (201, false, Some("succeeded")), "{paid}");
+    let orders = paid["orders"].as_array().unwrap();
+    assert_eq!(orders.len(), 3);
+    for (order, worker) in orders.iter().zip(&workers) {
+        let (status, shown) = p.get(&format!("/v1/orders/{}", order["order_id"].as_str().unwrap()));
+        assert_eq!(
+            (status, shown["out_order_no"].as_str(), shown["receivers"][0]["account_id"].as_str()),
+            (200, order["out_order_no"].as_str(), Some(worker.as_str())),
+            "{shown}"
+        );
+    }
+    assert_eq!(batch("b-1", ["30.00", "30.00", "40.00"], "246810"), (201, true, paid.clone()));
+    assert_eq!(p.balances(&payer).0, "0.00");
+    assert_eq!(p.balances(&workers[2]).0, "40.00");
+    server.stop();
+}
+
+#[test]
+fn direct_payments_go_through_the_channel_straight_to_the_payees() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-18";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Direct\"}");
+    let payer = p.account(&p.member("m-payer", "Zhang San"));
+    let shop = p.account(&p.member("m-shop", "Li Si"));
+    let body = |number: &str, mode: &str| json!({"out_order_no": number, "payer_account_id": payer, "mode": mode, "funding": "channel", "amount": "12.00", "currency": "CNY", "payees": [{"account_id": shop, "amount": "12.00"}]});
+    let (status, _, order) = p.post("/v1/payments", &body("d-1", "balance"));
+    assert_eq!((status, order["status"].as_str(), order["funding"].as_str()), (201, Some("pending"), Some("channel")), "{order}");
+    let shown = p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!((shown["funding"].as_str(), shown["channel"].as_str()), (Some("channel"), Some("sim_gateway")), "{shown}");
+    assert_eq!((p.balances(&payer).0, p.balances(&shop).0), ("0.00".to_string(), "12.00".to_string()), "the payer's balance is not touched");
+    let (_, _, held) = p.post("/v1/payments", &body("d-2", "guarantee"));
+    let held_id = held["order_id"].as_str().unwrap().to_string();
+    p.wait_order(&held_id, "held");
+    let (status, _, confirmed) = p.post(&format!("/v1/payments/{held_id}/confirm"), &json!({"out_order_no": "c-1"}));
+    assert_eq!((status, confirmed["status"].as_str()), (200, Some("succeeded")));
+    assert_eq!(p.balances(&shop).0, "24.00");
+    let mut named = body("d-3", "balance");
+    named["channel"] = json!("carrier_pigeon");
+    assert_eq!(error_of(&p.post("/v1/payments", &named)), (400, Some("invalid_request")));
+    let (_, found) = p.get("/v1/orders?out_order_no=d-1");
+    assert_eq!(found["order_id"], order["order_id"]);
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}

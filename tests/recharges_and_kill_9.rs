@@ -1,0 +1,111 @@
+//! End-to-end tests of recharges through the bank simulator (its failure share, signed callbacks)
+//! and of what survives a kill -9 of the server: a pending recharge, and every payment
+//! acknowledged under HTTP load.
+
+mod support;
+
+use serde_json::json;
+use support::money::*;
+use support::*;
+
+#[test]
+fn the_simulator_fails_its_share_and_callbacks_must_be_signed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-5";
+    let server =
+        start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]));
+    let p = Client::create(&server, token, "{\"name\": \"Unlucky\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let (_, _, order) = p.post("/v1/recharges", &json!({"out_order_no": "r-1", "account_id": a, "amount": "5.00", "currency": "CNY"}));
+    p.wait_order(order["order_id"].as_str().unwrap(), "failed");
+    assert_eq!(p.balances(&a).0, "0.00");
+    // A forged callback is refused.
+    let body = json!({"kind": "recharge", "order_id": order["order_id"], "status": "succeeded", "amount": "5.00"}).to_string();
+    for header in ["t=1,v1=00", ""] {
+        let request = ureq::post(&format!("{}/channels/simulator/callback", server.base)).set("X-Channel-Signature", header);
+        assert_eq!(answer(request.send_string(&body), "callback").status(), 401);
+    }
+    assert_eq!(p.balances(&a).0, "0.00");
+    server.stop();
+}
+
+#[test]
+fn a_pending_recharge_survives_kill_9_and_completes_after_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-6";
+    let slow = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 600000")]));
+    let p = Client::create(&slow, token, "{\"name\": \"Patient\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let (status, _, order) = p.post("/v1/recharges", &json!({"out_order_no": "r-1", "account_id": a, "amount": "7.00", "currency": "CNY"}));
+    assert_eq!((status, order["status"].as_str()), (201, Some("pending")));
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    slow.kill();
+    let fast = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    assert!(fast.lines.iter().any(|l| l.contains("1 orders waiting")), "{:?}", fast.lines);
+    let p = Client { server: &fast, platform, secret };
+    p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!(p.balances(&a).0, "7.00");
+    let replay = p.post("/v1/recharges", &json!({"out_order_no": "r-1", "account_id": a, "amount": "7.00", "currency": "CNY"}));
+    assert_eq!((replay.0, replay.1, &replay.2), (201, true, &order), "the acknowledged order replays after the crash");
+    fast.stop();
+}
+
+#[test]
+fn kill_9_under_http_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-12";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Crash\"}");
+    let accounts: Vec<String> = (0..16).map(|i| p.account(&p.member(&format!("m-{i}"), "Zhang San"))).collect();
+    for (i, account) in accounts.iter().enumerate() {
+        p.fund(account, "1000.00", &format!("r-{i}"));
+    }
+    let (platform, secret, base) = (p.platform.clone(), p.secret.clone(), server.base.clone());
+    drop(p);
+    let acknowledged = std::sync::Mutex::new(Vec::<(String, String, String)>::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for thread in 0..8 {
+            let (accounts, acknowledged, stop, platform, secret, base) = (&accounts, &acknowledged, &stop, &platform, &secret, &base);
+            scope.spawn(move || {
+                let mut sent = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    sent += 1;
+                    let payer = &accounts[(thread * 7 + sent) % accounts.len()];
+                    let payee = &accounts[(thread * 7 + sent + 1) % accounts.len()];
+                    let number = format!("k-{thread}-{sent}");
+                    let body = json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "amount": "0.01", "currency": "CNY",
+                        "payees": [{"account_id": payee, "amount": "0.01"}]})
+                    .to_string();
+                    match signed_post_to(base, "/v1/payments", platform, secret, &fresh_nonce(), &body) {
+                        Some((201, _, reply)) => {
+                            acknowledged.lock().unwrap().push((number, body, reply["order_id"].as_str().unwrap().to_string()));
+                        }
+                        Some((status, _, reply)) => panic!("refused: {status} {reply}"),
+                        None => return,
+                    }
+                }
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // SAFETY: plain signal to our own child process.
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGKILL) };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    server.kill();
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(acknowledged.len() > 100, "only {} orders were acknowledged before the kill", acknowledged.len());
+
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client { server: &server, platform, secret };
+    for (number, body, order_id) in &acknowledged {
+        let (status, order) = p.get(&format!("/v1/orders/{order_id}"));
+        assert_eq!((status, order["out_order_no"].as_str(), order["status"].as_str()), (200, Some(number.as_str()), Some("succeeded")), "{order}");
+        let (status, replayed, again) = signed_post(&server, "/v1/payments", &p.platform, &p.secret, &fresh_nonce(), body);
+        assert_eq!((status, replayed, again["order_id"].as_str()), (201, true, Some(order_id.as_str())), "{again}");
+    }
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}

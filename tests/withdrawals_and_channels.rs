@@ -1,0 +1,289 @@
+//! End-to-end tests of money out and channels: withdrawals to verified cards, collections (代收)
+//! and payouts to outside cards (代付), routing and fallback to the next channel, the payout
+//! timeout, and the operator changing and adding channels at run time.
+
+mod support;
+
+use serde_json::json;
+use support::money::*;
+use support::*;
+
+#[test]
+fn a_failed_withdrawal_returns_amount_and_fee() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-10";
+    // Recharges need to succeed first: the failure share is turned on after funding, by restarting.
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Payouts\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "100.00", "r-1");
+    let (_, _, card) = p.post(
+        &format!("/v1/accounts/{a}/cards"),
+        &json!({"out_order_no": "c-1", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}),
+    );
+    let card_id = card["card_id"].as_str().unwrap().to_string();
+    let deposit = micro_deposit(&server, "4111111111111111");
+    assert_eq!(p.post(&format!("/v1/accounts/{a}/cards/{card_id}/verify"), &json!({"amount": deposit})).0, 200);
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+    let failing =
+        start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]));
+    let p = Client { server: &failing, platform, secret };
+    let (status, _, order) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-1", "account_id": a, "card_id": card_id, "amount": "50.00", "currency": "CNY", "arrival": "realtime"}),
+    );
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(p.balances(&a).0, "49.00", "amount and fee reserved");
+    p.wait_order(order["order_id"].as_str().unwrap(), "failed");
+    assert_eq!(p.balances(&a).0, "100.00", "amount and fee returned");
+    failing.stop();
+}
+
+#[test]
+fn a_failed_channel_falls_back_to_the_next_and_all_failing_returns_the_funds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-20";
+    // UnionPay (the cheapest real-time channel for persons) fails everything; IBPS pays.
+    let unionpay_fails = ("sim_failure_per_mille = 0\n\n[[channels]]\nid = 3", "sim_failure_per_mille = 1000\n\n[[channels]]\nid = 3");
+    let server =
+        start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20"), unionpay_fails]));
+    let p = Client::create(&server, token, "{\"name\": \"Fallback\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "1000.00", "r-1");
+    let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
+    let (status, _, order) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+    );
+    assert_eq!((status, order["channel"].as_str(), order["fee"].as_str()), (201, Some("sim_unionpay"), Some("1.00")), "{order}");
+    let done = p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!((done["channel"].as_str(), done["fee"].as_str()), (Some("sim_ibps"), Some("2.02")), "{done}");
+    let fallbacks = done["routing"]["fallbacks"].as_array().expect("a fallback is recorded");
+    assert_eq!(
+        (fallbacks[0]["from"].as_str(), fallbacks[0]["to"].as_str(), fallbacks[0]["reason"].as_str()),
+        (Some("sim_unionpay"), Some("sim_ibps"), Some("failed")),
+        "{done}"
+    );
+    assert_eq!(done["routing"]["chosen"], "sim_ibps");
+    assert_eq!(p.balances(&a).0, "897.98", "amount plus the fee of the channel that paid");
+    let (status, report) = server.get("/admin/channels", Some(token));
+    assert_eq!(status, 200);
+    let row = |name: &str| report["channels"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    assert_eq!((row("sim_unionpay")["health"]["recent_failures"].as_u64(), row("sim_unionpay")["used_today"].as_str()), (Some(1), Some("0.00")), "{report}");
+    assert_eq!(row("sim_ibps")["used_today"], "100.00");
+    assert_eq!(server.get("/admin/channels", None).0, 401);
+    let (_, entries) = p.get(&format!("/v1/accounts/{a}/entries?limit=1"));
+    assert_eq!(entries["entries"][0]["kind"], "withdrawal_reroute", "{entries}");
+    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    assert_eq!(statement["transactions"].as_array().unwrap().iter().filter(|t| t["amount"] == "100.00").count(), 1, "paid once: {statement}");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+
+    // Every channel fails: tried in turn, then the order fails and everything comes back.
+    let all_fail =
+        config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]);
+    let server = start_configured(dir.path(), token, &all_fail);
+    let p = Client { server: &server, platform, secret };
+    let (_, _, order) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-2", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+    );
+    let failed = p.wait_order(order["order_id"].as_str().unwrap(), "failed");
+    let tried: Vec<&str> = failed["routing"]["fallbacks"].as_array().unwrap().iter().map(|f| f["to"].as_str().unwrap()).collect();
+    assert_eq!(tried, ["sim_ibps"], "{failed}");
+    assert_eq!(p.balances(&a).0, "897.98", "amount and fee returned");
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}
+
+#[test]
+fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-24";
+    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 500", "latency_ms = 20")]));
+    let p = Client::create(&server, token, "{\"name\": \"Agency\"}");
+    let member = p.account(&p.member("m-a", "Zhang San"));
+    let platform_account = p.account(&p.member("m-platform", "Agency Ltd"));
+    let card = verified_card(&p, &server, &member, "4111111111111111", "Zhang San", "11010519491231002X");
+    // 代收: money collected from the member's card into their account.
+    let (status, _, collected) =
+        p.post("/v1/collections", &json!({"out_order_no": "col-1", "account_id": member, "card_id": card, "amount": "80.00", "currency": "CNY"}));
+    assert_eq!((status, collected["status"].as_str(), collected["collection"].as_bool()), (201, Some("pending"), Some(true)), "{collected}");
+    p.wait_order(collected["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!(p.balances(&member).0, "80.00");
+    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    assert!(statement["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "-80.00"), "{statement}");
+    assert_eq!(
+        error_of(
+            &p.post("/v1/collections", &json!({"out_order_no": "col-2", "account_id": member, "card_id": "card_99", "amount": "1.00", "currency": "CNY"}))
+        ),
+        (404, Some("not_found"))
+    );
+    // 代付: from the platform's account to a card nobody bound.
+    p.fund(&platform_account, "100.00", "r-platform");
+    let payout = |number: &str, card_no: &str| {
+        p.post("/v1/payouts", &json!({"out_order_no": number, "account_id": platform_account, "card_no": card_no, "holder_name": "Wang Wu", "amount": "40.00", "currency": "CNY", "arrival": "standard"}))
+    };
+    assert_eq!(error_of(&payout("po-0", "4111111111111112")), (400, Some("invalid_card_no")));
+    let (status, _, paid) = payout("po-1", "5555555555554444");
+    assert_eq!((status, paid["channel"].as_str(), paid["fee"].as_str()), (201, Some("sim_same_city"), Some("0.50")), "{paid}");
+    assert_eq!(payout("po-1", "5555555555554444").1, true, "a replay");
+    assert_eq!(error_of(&payout("po-1", "4111111111111111")), (409, Some("idempotency_conflict")), "the same number to another card");
+    p.wait_order(paid["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!(p.balances(&platform_account).0, "59.50");
+    let (_, outside) = server.get("/sim/cards/5555555555554444/transactions", None);
+    assert!(outside["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "40.00"), "{outside}");
+    server.stop();
+}
+
+#[test]
+fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-channels";
+    let config = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20")]);
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client::create(&server, token, "{\"name\": \"Channels\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "1000.00", "r-1");
+    let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
+    let withdraw = |number: &str| {
+        let (status, _, order) = p.post(
+            "/v1/withdrawals",
+            &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+        );
+        assert_eq!(status, 201, "{order}");
+        order
+    };
+    assert_eq!(withdraw("w-1")["channel"], "sim_unionpay");
+    // The operator takes UnionPay out and changes IBPS's tariff: the next payout goes by IBPS
+    // at the new fee, and the routing says why UnionPay was not taken.
+    let (status, row) = admin_request(&server, "PATCH", "/admin/channels/sim_unionpay", token, Some(&json!({"enabled": false})));
+    assert_eq!((status, row["enabled"].as_bool()), (200, Some(false)), "{row}");
+    let (status, row) = admin_request(&server, "PATCH", "/admin/channels/sim_ibps", token, Some(&json!({"fee_fixed": "3.00", "fee_min": "3.00"})));
+    assert_eq!((status, row["fee"]["fixed"].as_str()), (200, Some("3.00")), "{row}");
+    let second = withdraw("w-2");
+    assert_eq!((second["channel"].as_str(), second["fee"].as_str()), (Some("sim_ibps"), Some("3.02")), "{second}");
+    let unionpay = second["routing"]["candidates"].as_array().unwrap().iter().find(|c| c["channel"] == "sim_unionpay").unwrap().clone();
+    assert_eq!(unionpay["rejected_because"], "disabled");
+    // Bad changes are refused and change nothing; unknown channels are not found.
+    for body in [
+        json!({"window": "25:00-26:00"}),
+        json!({"fee_fixed": "-1"}),
+        json!({"order_min": "99999999999.00"}),
+        json!({"colour": "red"}),
+        json!({"sim_failure_per_mille": 1001}),
+    ] {
+        let (status, error) = admin_request(&server, "PATCH", "/admin/channels/sim_ibps", token, Some(&body));
+        assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_request")), "{body}: {error}");
+    }
+    assert_eq!(admin_request(&server, "PATCH", "/admin/channels/sim_nowhere", token, Some(&json!({"enabled": false}))).0, 404);
+    assert_eq!(admin_request(&server, "PATCH", "/admin/channels/sim_ibps", "wrong-token", Some(&json!({"enabled": false}))).0, 401);
+    // The bank simulator's statement shows the tariff in force when it paid.
+    p.wait_order(second["order_id"].as_str().unwrap(), "succeeded");
+    let statement = ureq::get(&format!("{}/sim/channels/sim_ibps/statements/{}", server.base, business_date(0))).call().unwrap().into_string().unwrap();
+    assert!(statement.contains(&format!(",{},out,100.00,succeeded,3.02", second["order_id"].as_str().unwrap())), "{statement}");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+
+    // After a restart with the same configuration file, the changes still hold.
+    let server = start_configured(dir.path(), token, &config);
+    let (_, report) = server.get("/admin/channels", Some(token));
+    let row = |name: &str| report["channels"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    assert_eq!((row("sim_unionpay")["enabled"].as_bool(), row("sim_ibps")["fee"]["fixed"].as_str()), (Some(false), Some("3.00")), "{report}");
+    let p = Client { server: &server, platform, secret };
+    let (_, _, third) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-3", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+    );
+    assert_eq!(third["channel"], "sim_ibps", "{third}");
+    // The operator adds a channel, cheaper than the others: the next payout goes through it and
+    // the simulated bank pays it.
+    let express = json!({"id": 9, "name": "sim_express", "kind": "unionpay_realtime", "direction": "out", "currency": "CNY",
+        "fee_fixed": "0.50", "fee_rate_bps": 0, "fee_min": "0.50", "fee_max": "0.50", "order_min": "0.01", "order_max": "1000.00",
+        "daily_cap": "100000.00", "window": "00:00-24:00", "business_days_only": false, "arrival": "realtime", "eta_minutes": 1,
+        "serves": ["personal"], "sim_latency_ms": 20, "sim_failure_per_mille": 0});
+    let (status, row) = admin_request(&server, "POST", "/admin/channels", token, Some(&express));
+    assert_eq!((status, row["fee"]["fixed"].as_str()), (201, Some("0.50")), "{row}");
+    for (field, value) in [
+        ("id", json!(2)),
+        ("name", json!("sim_ibps")),
+        ("id", json!(0)),
+        ("currency", json!("XYZ")),
+        ("window", json!("9-17")),
+        ("direction", json!("sideways")),
+    ] {
+        let mut body = express.clone();
+        body[field] = value;
+        if field != "name" {
+            body["name"] = json!("sim_other");
+        }
+        let (status, error) = admin_request(&server, "POST", "/admin/channels", token, Some(&body));
+        assert_eq!((status, error["error"]["code"].as_str()), (400, Some("invalid_request")), "{field}: {error}");
+    }
+    let (_, _, fourth) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-4", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+    );
+    assert_eq!((fourth["channel"].as_str(), fourth["fee"].as_str()), (Some("sim_express"), Some("0.50")), "{fourth}");
+    p.wait_order(fourth["order_id"].as_str().unwrap(), "succeeded");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+    let server = start_configured(dir.path(), token, &config);
+    let (_, report) = server.get("/admin/channels", Some(token));
+    assert!(report["channels"].as_array().unwrap().iter().any(|c| c["name"] == "sim_express" && c["id"] == 9), "added channels outlive a restart: {report}");
+    let p = Client { server: &server, platform, secret };
+    let (_, order) = p.get(&format!("/v1/orders/{}", fourth["order_id"].as_str().unwrap()));
+    assert_eq!(order["channel"], "sim_express", "{order}");
+    server.stop();
+}
+
+#[test]
+fn a_payout_the_bank_never_received_falls_back_after_the_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-timeout";
+    // UnionPay loses every payout on the way (no verdict ever comes) and times out after 300 ms.
+    let lost = (
+        "timeout_ms = 600000\nsim_drop_per_mille = 0\nsim_latency_ms = 200\nsim_failure_per_mille = 0\n\n[[channels]]\nid = 3",
+        "timeout_ms = 300\nsim_drop_per_mille = 1000\nsim_latency_ms = 20\nsim_failure_per_mille = 0\n\n[[channels]]\nid = 3",
+    );
+    let config = config_with(&[lost, ("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20")]);
+    assert!(config.contains("sim_drop_per_mille = 1000"), "the replacement applies");
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client::create(&server, token, "{\"name\": \"Timeout\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "1000.00", "r-1");
+    let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
+    let (status, _, order) = p.post(
+        "/v1/withdrawals",
+        &json!({"out_order_no": "w-1", "account_id": a, "card_id": card, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}),
+    );
+    assert_eq!((status, order["channel"].as_str()), (201, Some("sim_unionpay")), "{order}");
+    // No callback comes; the watchdog asks UnionPay, which never had it: IBPS pays instead.
+    let done = p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!((done["channel"].as_str(), done["fee"].as_str()), (Some("sim_ibps"), Some("2.02")), "{done}");
+    let fallbacks = done["routing"]["fallbacks"].as_array().expect("a fallback is recorded");
+    assert_eq!(
+        (fallbacks[0]["from"].as_str(), fallbacks[0]["to"].as_str(), fallbacks[0]["reason"].as_str()),
+        (Some("sim_unionpay"), Some("sim_ibps"), Some("timeout")),
+        "{done}"
+    );
+    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    assert_eq!(statement["transactions"].as_array().unwrap().iter().filter(|t| t["amount"] == "100.00").count(), 1, "paid once: {statement}");
+    // UnionPay's statement has no line for it (the bank never had it); IBPS's has.
+    let today = business_date(0);
+    let unionpay = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
+    assert_eq!(unionpay.lines().count(), 1, "{unionpay}");
+    let (_, report) = server.get("/admin/channels", Some(token));
+    let row = report["channels"].as_array().unwrap().iter().find(|c| c["name"] == "sim_unionpay").unwrap().clone();
+    assert_eq!((row["health"]["recent_failures"].as_u64(), row["timeout_ms"].as_u64()), (Some(1), Some(300)), "{row}");
+    assert_eq!(p.balances(&a).0, "897.98");
+    let (_, invariants) = server.get("/admin/invariants", Some(token));
+    assert_eq!(invariants["ok"], true, "{invariants}");
+    server.stop();
+}
