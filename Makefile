@@ -15,8 +15,11 @@ build: deps
 run: deps
 	cargo run $(CARGO_FLAGS) --bin clearing -- serve
 
-## Runs every test: unit, end-to-end, crash, and the benchmarks once each with tiny inputs.
+## Runs every test: formatting and lints, unit, end-to-end, crash, and the benchmarks once each
+## with tiny inputs.
 test: deps
+	cargo fmt --all --check
+	cargo clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 	cargo build $(CARGO_FLAGS) --workspace --all-targets
 	cargo bench --locked --bench apply -- --test
 	cargo nextest run $(CARGO_FLAGS) --workspace --no-fail-fast

@@ -342,7 +342,7 @@ impl Actor {
         let command = Command::Withdraw { account, currency, amount, fee: note.fee, channel };
         // An engine error leaves it unknown whether the order was applied: the note and the
         // usage stay, and a retry with the same number replays or completes it.
-        let reply = self.engine.execute_one(Envelope { platform, out_order_no: Some(number.clone()), command })?;
+        let reply = self.engine.execute_one(Envelope { platform, out_order_no: Some(number), command })?;
         if !reply.is_ok() && routed_now {
             // Refused (funds, limits, status): the routing is given back, probe included, and the
             // number is routed anew next time.

@@ -163,7 +163,7 @@ pub async fn bulk(
                     }
                 }
             }
-            None => Some(errors[index].take().expect("an operation not accepted was refused")),
+            None => Some(errors.get_mut(index).and_then(Option::take).expect("an operation not accepted was refused")),
         };
         if let Some(error) = refused {
             serde_json::to_writer(&mut out, &error_result(&error)).expect("writing to memory");

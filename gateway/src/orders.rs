@@ -401,7 +401,7 @@ pub async fn merged_page(
         }
     }
     found.retain(|(position, _)| *position >= floor);
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|item| std::cmp::Reverse(item.0));
     let more = found.len() > limit || floor > Position(0, 0);
     found.truncate(limit);
     let next_cursor = match (more, found.last()) {

@@ -105,7 +105,7 @@ async fn submit(
     let Payout { platform, number, target, minor, arrival, account_type, card_id, card_no, alert } = payout;
     let request = PayoutRequest {
         platform,
-        number: number.clone(),
+        number,
         account: target,
         currency: currency_id,
         spec,
