@@ -64,6 +64,8 @@ pub struct Services {
     pub channels: Arc<crate::channels::Channels>,
     pub cases: Arc<crate::offline::Cases>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The webhook delivery workers, woken when a platform sets its webhook.
+    pub webhooks: crate::events::Delivery,
 }
 
 impl Services {
@@ -80,7 +82,7 @@ impl Services {
     ) -> Result<Services, String> {
         let channel_key = master_key.channel_key("simulator");
         let platforms = Arc::new(Platforms::load(store.clone(), master_key)?);
-        crate::events::start_delivery(engine.clone(), platforms.clone(), store.clone(), webhooks)?;
+        let webhooks = crate::events::start_delivery(engine.clone(), platforms.clone(), store.clone(), webhooks)?;
         let simulator = crate::simulator::Simulator::start(simulator, channel_key, store.clone())?;
         channels.load_settings(store.as_ref(), &engine.config().currencies)?;
         let channels = Arc::new(channels);
@@ -98,6 +100,7 @@ impl Services {
             cases: Arc::new(crate::offline::Cases::load(store.clone())?),
             store,
             metrics,
+            webhooks,
         })
     }
 }
@@ -117,6 +120,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let channels = web::Data::new(services.channels);
     let cases = web::Data::new(services.cases);
     let metrics = web::Data::new(services.metrics);
+    let webhooks = web::Data::new(services.webhooks);
     let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
     let (engine_at_start, simulator_at_start, cards_at_start) = (engine.get_ref().clone(), simulator.get_ref().clone(), cards.get_ref().clone());
     let channels_at_start = channels.get_ref().clone();
@@ -134,6 +138,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(channels.clone())
             .app_data(cases.clone())
             .app_data(metrics.clone())
+            .app_data(webhooks.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
             .app_data(nonces.clone())
