@@ -54,6 +54,13 @@ struct WebhooksSection {
     backoff_ms: u64,
     backoff_ms_max: u64,
     timeout_seconds: u64,
+    /// Optional, so that files written before the key existed still load.
+    #[serde(default = "default_webhook_workers")]
+    workers: usize,
+}
+
+fn default_webhook_workers() -> usize {
+    gateway::events::WebhookConfig::default().workers
 }
 
 #[derive(Deserialize)]
@@ -178,11 +185,16 @@ impl Config {
         if !(1..=100).contains(&w.attempts_max) || w.backoff_ms == 0 || w.backoff_ms > w.backoff_ms_max || !(1..=300).contains(&w.timeout_seconds) {
             return Err(anyhow!("webhooks: attempts_max 1..=100, 0 < backoff_ms <= backoff_ms_max, timeout_seconds 1..=300"));
         }
+        let (workers_min, workers_max) = (gateway::events::WORKERS_MIN, gateway::events::WORKERS_MAX);
+        if !(workers_min..=workers_max).contains(&w.workers) {
+            return Err(anyhow!("webhooks.workers must be {workers_min}..={workers_max}"));
+        }
         let webhooks = gateway::events::WebhookConfig {
             attempts_max: w.attempts_max,
             backoff_ms: w.backoff_ms,
             backoff_ms_max: w.backoff_ms_max,
             timeout_seconds: w.timeout_seconds,
+            workers: w.workers,
         };
         let channels = file.channels.iter().map(|row| row.build(&engine.currencies).map_err(|e| anyhow!("{e}"))).collect::<Result<Vec<_>>>()?;
         if !channels.iter().any(|c| c.direction == clearing_actor::channels::Direction::In) {
@@ -220,6 +232,8 @@ mod tests {
             ("code = \"USD\"", "code = \"usd\""),
             ("suspense = { code = \"2241\"", "suspense = { code = \"1002\""),
             ("ack_flush_ms = 20", "ack_flush_ms = 20\nunknown_key = 1"),
+            ("workers = 8", "workers = 1"),
+            ("workers = 8", "workers = 65"),
         ];
         for (from, to) in cases {
             let text = DEFAULT_CONFIG.replace(from, to);

@@ -1,14 +1,22 @@
 //! Events to platforms (the gateway issue, item 6): every creation and change of an order is an
 //! event. The shards keep them in order (`ShardState::order_changes`, rebuilt from the journal,
 //! so the journal is their durable outbox). Platforms list them at `GET /v1/events` and may set
-//! a webhook URL (`POST /v1/webhook`); a delivery thread posts each event there, signed like
+//! a webhook URL (`POST /v1/webhook`); delivery workers post each event there, signed like
 //! Stripe-Signature (`X-Clearing-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(platform
-//! secret, "t.body")>`), retried with exponential backoff, and remembers per platform and shard
-//! how far it has delivered (`d/<platform>/<shard>` in the store): at least once, in order per
+//! secret, "t.body")>`), retried with exponential backoff, and remember per platform and shard
+//! how far they have delivered (`d/<platform>/<shard>` in the store): at least once, in order per
 //! shard, also across restarts.
+//!
+//! Each platform is scheduled on its own (DESIGN.md invariant 12): a small pool of workers
+//! (`[webhooks] workers`) takes platforms' lanes in turn, a lane is held by one worker at a time
+//! (one request in flight per platform) and keeps its own backoff, and at most half of the
+//! workers may hold platforms whose last attempt failed. So a slow, hanging or dead endpoint
+//! delays its own platform's events only.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{get, post, web, HttpResponse};
@@ -29,22 +37,36 @@ const LIST_SCAN_MAX: usize = 100_000;
 const DELIVERY_BATCH: usize = 64;
 /// Changes one delivery round looks through per shard and platform.
 const DELIVERY_SCAN_MAX: usize = 100_000;
+/// Fewest delivery workers: one may hang on a failing platform, one is left for the others.
+pub const WORKERS_MIN: usize = 2;
+/// Most delivery workers (threads; each waits on at most one request).
+pub const WORKERS_MAX: usize = 64;
+/// Bytes of a webhook's answer read before it is dropped (nobody reads it; an endpoint must not
+/// make us read much).
+const ANSWER_BYTES_MAX: u64 = 4096;
+/// How soon a platform with nothing to deliver is looked at again.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Longest a waiting worker sleeps before it looks at the schedule again.
+const IDLE_WAIT_MAX: Duration = Duration::from_secs(1);
 
-/// How deliveries are retried (config `[webhooks]`).
+/// How deliveries are made and retried (config `[webhooks]`).
 #[derive(Clone, Copy, Debug)]
 pub struct WebhookConfig {
     /// Attempts of one event before it is given up (it stays listed at `GET /v1/events`).
     pub attempts_max: u32,
     /// The first retry waits this long; each next one twice as long, at most `backoff_ms_max`.
     pub backoff_ms: u64,
+    /// The longest wait between two attempts.
     pub backoff_ms_max: u64,
-    /// Seconds one delivery may take.
+    /// Seconds one delivery may take, connecting and reading the answer included.
     pub timeout_seconds: u64,
+    /// Delivery workers shared by all platforms (`WORKERS_MIN..=WORKERS_MAX`).
+    pub workers: usize,
 }
 
 impl Default for WebhookConfig {
     fn default() -> WebhookConfig {
-        WebhookConfig { attempts_max: 12, backoff_ms: 1_000, backoff_ms_max: 600_000, timeout_seconds: 10 }
+        WebhookConfig { attempts_max: 12, backoff_ms: 1_000, backoff_ms_max: 600_000, timeout_seconds: 10, workers: 8 }
     }
 }
 
@@ -128,7 +150,7 @@ pub(crate) struct WebhookBody {
     url: Option<String>,
 }
 
-/// A webhook URL the delivery thread can post to: plain `http://` (TLS ends in front of us).
+/// A webhook URL the delivery workers can post to: plain `http://` (TLS ends in front of us).
 fn valid_url(url: &str) -> bool {
     url.len() <= 2048 && (url.starts_with("http://") || url.starts_with("https://")) && url.parse::<actix_web::http::Uri>().is_ok()
 }
@@ -136,13 +158,14 @@ fn valid_url(url: &str) -> bool {
 /// `POST /v1/webhook {url}` (an addition to API.md): sets or (with null) removes the webhook.
 #[utoipa::path(post, path = "/v1/webhook", tag = "events", request_body = crate::events::WebhookBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/webhook")]
-pub async fn set_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+pub async fn set_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>, delivery: web::Data<Delivery>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<WebhookBody>()?;
     if body.url.as_deref().is_some_and(|u| !valid_url(u)) {
         return Err(ApiError::invalid("url must be an http:// or https:// URL", "url"));
     }
     let (platforms, id) = (platforms.get_ref().clone(), signed.platform.id);
     let platform = blocking(move || platforms.set_webhook(id, body.url)).await??;
+    delivery.wake(id);
     Ok(HttpResponse::Ok().json(json!({"url": platform.webhook_url, "signature_header": "X-Clearing-Signature"})))
 }
 
@@ -167,95 +190,347 @@ struct Cursor {
     attempts: u32,
     #[serde(skip)]
     retry_at: Option<Instant>,
+    /// The shard's last batch sequence before a read that found nothing more for this platform:
+    /// while the shard has written no batch since, reading it again would find nothing either,
+    /// so idle platforms cost the shard threads nothing.
+    #[serde(skip)]
+    quiet_at: Option<u64>,
 }
 
 fn cursor_key(platform: u32, shard: u16) -> Vec<u8> {
     format!("d/{platform}/{shard}").into_bytes()
 }
 
-/// Starts the thread that delivers events to webhooks.
-pub fn start_delivery(engine: Arc<Engine>, platforms: Arc<Platforms>, store: Arc<dyn Store>, config: WebhookConfig) -> Result<(), String> {
-    let mut cursors: HashMap<(u32, u16), Cursor> = HashMap::new();
-    for (rest, cursor) in crate::records::load_all::<Cursor>(store.as_ref(), b"d/")? {
-        let rest = String::from_utf8_lossy(&rest).into_owned();
-        let parsed = rest.split_once('/').and_then(|(p, s)| Some((p.parse().ok()?, s.parse().ok()?)));
-        cursors.insert(parsed.ok_or("corrupt delivery cursor")?, cursor);
-    }
-    std::thread::Builder::new()
-        .name("webhooks".into())
-        .spawn(move || {
-            let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(config.timeout_seconds)).build();
-            loop {
-                let mut delivered_any = false;
-                for platform in platforms.all() {
-                    let Some(url) = platform.webhook_url.clone() else { continue };
-                    let secret = platforms.secret(&platform);
-                    for shard in 0..engine.config().shard_count {
-                        let cursor = cursors.entry((platform.id, shard)).or_default();
-                        match deliver_some(&engine, &agent, &url, &secret, platform.id, shard, cursor, &config, store.as_ref()) {
-                            Ok(delivered) => delivered_any |= delivered,
-                            Err(stopped) => {
-                                eprintln!("webhooks: {stopped}");
-                                return;
-                            }
-                        }
-                    }
-                }
-                if !delivered_any {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+/// One platform's deliveries: a cursor per shard. A worker holds the lane for a turn, so a
+/// platform never has more than one request in flight, and its backoff is its own.
+struct Lane {
+    platform: u32,
+    cursors: Vec<Cursor>,
+    /// Its last attempt failed (the endpoint is down, slow or refusing).
+    failing: bool,
 }
 
-/// Delivers the next events of one platform on one shard; true if any was delivered. An error
-/// means the engine has stopped.
-#[allow(clippy::too_many_arguments)]
+impl Lane {
+    /// Forgets the waits before retries (the platform set its webhook again: try it now).
+    fn clear_backoff(&mut self) {
+        for cursor in &mut self.cursors {
+            cursor.retry_at = None;
+        }
+    }
+}
+
+/// Where a platform's lane is.
+enum Slot {
+    /// Waiting for `due_at`; `(due_at, platform)` is its key in `Schedule::healthy` or `failing`.
+    Queued { lane: Lane, due_at: Instant },
+    /// The platform has no webhook: not scheduled until one is set.
+    Parked(Lane),
+    /// A worker holds it. `failing` as it was taken; `woken`: the webhook was set meanwhile.
+    InFlight { failing: bool, woken: bool },
+}
+
+/// The lanes and when each is due. Workers take the lane due first; a lane that delivered goes
+/// back due now, behind those already due, so platforms take turns.
+#[derive(Default)]
+struct Schedule {
+    slots: HashMap<u32, Slot>,
+    healthy: BTreeSet<(Instant, u32)>,
+    failing: BTreeSet<(Instant, u32)>,
+    /// Workers holding a failing lane: at most `Shared::failing_max`, so that however many
+    /// platforms' endpoints hang, the other workers are left to the platforms that answer.
+    failing_in_flight: usize,
+    /// Cursors loaded at start, of platforms that have no lane yet.
+    saved: HashMap<u32, Vec<Cursor>>,
+    stopped: bool,
+}
+
+impl Schedule {
+    fn queue(&mut self, lane: Lane, due_at: Instant) {
+        let key = (due_at, lane.platform);
+        if lane.failing {
+            self.failing.insert(key);
+        } else {
+            self.healthy.insert(key);
+        }
+        self.slots.insert(lane.platform, Slot::Queued { lane, due_at });
+    }
+
+    fn unqueue(&mut self, key: (Instant, u32)) {
+        if !self.healthy.remove(&key) {
+            self.failing.remove(&key);
+        }
+    }
+
+    /// Takes the lane due first (a failing one only while fewer than `failing_max` are held), or
+    /// says when the next one is due (`None`: none can be taken).
+    fn take(&mut self, now: Instant, failing_max: usize) -> Result<Lane, Option<Instant>> {
+        let failing = if self.failing_in_flight < failing_max { self.failing.first() } else { None };
+        let Some(&(due_at, platform)) = [self.healthy.first(), failing].into_iter().flatten().min() else {
+            return Err(None);
+        };
+        if due_at > now {
+            return Err(Some(due_at));
+        }
+        self.unqueue((due_at, platform));
+        let Some(Slot::Queued { lane, .. }) = self.slots.remove(&platform) else {
+            panic!("a queued key names a queued lane");
+        };
+        self.failing_in_flight += usize::from(lane.failing);
+        self.slots.insert(platform, Slot::InFlight { failing: lane.failing, woken: false });
+        Ok(lane)
+    }
+
+    /// A worker gives a lane back, due again at `due_at` (`None`: parked, no webhook).
+    fn put_back(&mut self, mut lane: Lane, due_at: Option<Instant>, now: Instant) {
+        let Some(Slot::InFlight { failing, woken }) = self.slots.remove(&lane.platform) else {
+            panic!("only a lane a worker holds comes back");
+        };
+        self.failing_in_flight -= usize::from(failing);
+        match (woken, due_at) {
+            (true, _) => {
+                lane.clear_backoff();
+                self.queue(lane, now);
+            }
+            (false, Some(due_at)) => self.queue(lane, due_at),
+            (false, None) => {
+                self.slots.insert(lane.platform, Slot::Parked(lane));
+            }
+        }
+    }
+
+    /// The platform's webhook was set (or removed): its lane is due now, without its backoff.
+    fn wake(&mut self, platform: u32, shard_count: u16, now: Instant) {
+        let mut lane = match self.slots.remove(&platform) {
+            None => {
+                let cursors = self.saved.remove(&platform).unwrap_or_else(|| vec![Cursor::default(); shard_count as usize]);
+                Lane { platform, cursors, failing: false }
+            }
+            Some(Slot::Parked(lane)) => lane,
+            Some(Slot::Queued { lane, due_at }) => {
+                self.unqueue((due_at, platform));
+                lane
+            }
+            Some(Slot::InFlight { failing, .. }) => {
+                self.slots.insert(platform, Slot::InFlight { failing, woken: true });
+                return;
+            }
+        };
+        lane.clear_backoff();
+        self.queue(lane, now);
+    }
+}
+
+/// The schedule and the workers' signal, shared by the workers and `Delivery`.
+struct Shared {
+    schedule: Mutex<Schedule>,
+    changed: Condvar,
+    /// Workers that may hold failing lanes at once: half of them.
+    failing_max: usize,
+    shard_count: u16,
+}
+
+impl Shared {
+    /// The next lane due, waiting for it; `None` once delivery has stopped.
+    fn next(&self) -> Option<Lane> {
+        let mut schedule = self.schedule.lock().expect("webhook schedule lock");
+        loop {
+            if schedule.stopped {
+                return None;
+            }
+            let now = Instant::now();
+            let wait = match schedule.take(now, self.failing_max) {
+                Ok(lane) => return Some(lane),
+                Err(due_at) => due_at.map_or(IDLE_WAIT_MAX, |at| at.saturating_duration_since(now).min(IDLE_WAIT_MAX)),
+            };
+            schedule = self.changed.wait_timeout(schedule, wait).expect("webhook schedule lock").0;
+        }
+    }
+
+    fn put_back(&self, lane: Lane, due_at: Option<Instant>) {
+        self.schedule.lock().expect("webhook schedule lock").put_back(lane, due_at, Instant::now());
+        self.changed.notify_one();
+    }
+
+    fn stop(&self) {
+        self.schedule.lock().expect("webhook schedule lock").stopped = true;
+        self.changed.notify_all();
+    }
+}
+
+/// The webhook delivery workers; `wake` schedules a platform whose webhook was set.
+#[derive(Clone)]
+pub struct Delivery {
+    shared: Arc<Shared>,
+}
+
+impl Delivery {
+    /// Schedules the platform's deliveries now (its webhook was set, changed or removed).
+    pub fn wake(&self, platform: u32) {
+        self.shared.schedule.lock().expect("webhook schedule lock").wake(platform, self.shared.shard_count, Instant::now());
+        self.shared.changed.notify_one();
+    }
+}
+
+/// What every worker delivers with.
+struct Context {
+    engine: Arc<Engine>,
+    platforms: Arc<Platforms>,
+    store: Arc<dyn Store>,
+    agent: ureq::Agent,
+    config: WebhookConfig,
+}
+
+/// Starts the delivery workers and schedules every platform that has a webhook. They stop when
+/// the engine stops; a delivery cut short is not recorded, so it is made again after a restart.
+pub fn start_delivery(engine: Arc<Engine>, platforms: Arc<Platforms>, store: Arc<dyn Store>, config: WebhookConfig) -> Result<Delivery, String> {
+    let shard_count = engine.config().shard_count;
+    let mut saved: HashMap<u32, Vec<Cursor>> = HashMap::new();
+    for (rest, cursor) in crate::records::load_all::<Cursor>(store.as_ref(), b"d/")? {
+        let rest = String::from_utf8_lossy(&rest).into_owned();
+        let parsed: Option<(u32, u16)> = rest.split_once('/').and_then(|(p, s)| Some((p.parse().ok()?, s.parse().ok()?)));
+        let (platform, shard) = parsed.ok_or("corrupt delivery cursor")?;
+        let cursors = saved.entry(platform).or_insert_with(|| vec![Cursor::default(); shard_count as usize]);
+        // The shard count is fixed once data exists: a cursor of another shard is corrupt.
+        *cursors.get_mut(shard as usize).ok_or("delivery cursor of a shard that does not exist")? = cursor;
+    }
+    // The configuration checks the range; a struct built elsewhere still gets a sane pool.
+    let workers = config.workers.clamp(WORKERS_MIN, WORKERS_MAX);
+    let schedule = Schedule { saved, ..Schedule::default() };
+    let shared = Arc::new(Shared { schedule: Mutex::new(schedule), changed: Condvar::new(), failing_max: workers / 2, shard_count });
+    let delivery = Delivery { shared };
+    for platform in platforms.all() {
+        if platform.webhook_url.is_some() {
+            delivery.wake(platform.id);
+        }
+    }
+    let timeout = Duration::from_secs(config.timeout_seconds);
+    // The overall timeout bounds connect, write and read together (a slow trickle included).
+    // No redirects: ureq would follow a 301/302 with a GET without the body and count that as
+    // delivered; a redirect is an endpoint's failure to answer.
+    let agent = ureq::AgentBuilder::new().timeout_connect(timeout).timeout(timeout).redirects(0).build();
+    let context = Arc::new(Context { engine, platforms, store, agent, config });
+    for index in 0..workers {
+        let (shared, context) = (delivery.shared.clone(), context.clone());
+        let spawned = std::thread::Builder::new().name(format!("webhooks-{index}")).spawn(move || work(&shared, &context));
+        if let Err(error) = spawned {
+            delivery.shared.stop();
+            return Err(format!("starting webhook delivery: {error}"));
+        }
+    }
+    Ok(delivery)
+}
+
+/// A worker: takes the lane due first, gives it one turn, puts it back, until the engine stops.
+fn work(shared: &Shared, context: &Context) {
+    while let Some(mut lane) = shared.next() {
+        match deliver_turn(context, &mut lane) {
+            Ok(due_at) => shared.put_back(lane, due_at),
+            Err(stopped) => {
+                eprintln!("webhooks: {stopped}");
+                shared.stop();
+            }
+        }
+    }
+}
+
+/// One turn of a platform: the next events of each of its shards, until an attempt fails (so a
+/// hanging endpoint holds its worker for about one timeout per turn). Returns when the lane is
+/// due again (`None`: the platform has no webhook). An error means the engine has stopped.
+fn deliver_turn(context: &Context, lane: &mut Lane) -> Result<Option<Instant>, engine::EngineError> {
+    let counters = context.engine.counters();
+    let now = Instant::now();
+    // Per shard, its last batch sequence if it is worth reading: not waiting for a retry, and
+    // written since a read found nothing. The sequence is taken before the shard is read, so a
+    // batch written in between makes a later turn read again.
+    let readable: Vec<Option<u64>> = lane
+        .cursors
+        .iter()
+        .enumerate()
+        .map(|(shard, cursor)| {
+            let written = counters.get(shard).map_or(0, |c| c.last_sequence.load(Ordering::Relaxed));
+            let waiting = cursor.retry_at.is_some_and(|at| now < at);
+            (!waiting && cursor.quiet_at != Some(written)).then_some(written)
+        })
+        .collect();
+    if readable.iter().all(Option::is_none) {
+        // Nothing new: an idle platform costs neither a read of a shard nor its secret.
+        return Ok(Some(next_due(lane, now)));
+    }
+    let Some(platform) = context.platforms.get(lane.platform) else { return Ok(None) };
+    let Some(url) = platform.webhook_url.as_deref() else { return Ok(None) };
+    let secret = context.platforms.secret(&platform);
+    let mut delivered = false;
+    for ((shard, cursor), written) in lane.cursors.iter_mut().enumerate().zip(readable) {
+        let Some(written) = written else { continue };
+        let round = deliver_some(context, url, &secret, lane.platform, shard as u16, cursor, written)?;
+        delivered |= round.delivered;
+        if round.failed {
+            lane.failing = true;
+            break;
+        }
+        if round.delivered {
+            lane.failing = false;
+        }
+    }
+    let now = Instant::now();
+    Ok(Some(if delivered { now } else { next_due(lane, now) }))
+}
+
+/// When a lane that delivered nothing is due again: at its first retry, or to look for news.
+fn next_due(lane: &Lane, now: Instant) -> Instant {
+    lane.cursors.iter().map(|cursor| cursor.retry_at.unwrap_or(now + IDLE_POLL)).min().unwrap_or(now + IDLE_POLL)
+}
+
+/// What one shard's round of deliveries did.
+#[derive(Default)]
+struct Round {
+    delivered: bool,
+    failed: bool,
+}
+
+/// Delivers the next events of one platform on one shard, in order, until one fails. `written`
+/// is the shard's last batch sequence, read before the shard. An error means the engine has
+/// stopped.
 fn deliver_some(
-    engine: &Engine,
-    agent: &ureq::Agent,
+    context: &Context,
     url: &str,
     secret: &str,
     platform: u32,
     shard: u16,
     cursor: &mut Cursor,
-    config: &WebhookConfig,
-    store: &dyn Store,
-) -> Result<bool, engine::EngineError> {
-    if cursor.retry_at.is_some_and(|at| Instant::now() < at) {
-        return Ok(false);
-    }
+    written: u64,
+) -> Result<Round, engine::EngineError> {
     let start = cursor.next;
-    let (events, scanned_to) = engine.read_shard(shard, move |state| {
+    let (events, scanned_to, end_of_log) = context.engine.read_shard(shard, move |state| {
         let mut events = Vec::new();
-        let end = state.order_changes.len().min(start + DELIVERY_SCAN_MAX);
+        let length = state.order_changes.len();
+        let end = length.min(start.saturating_add(DELIVERY_SCAN_MAX));
         for index in start..end {
             let change = state.order_changes.get(index).expect("in range");
             if change.platform == platform {
                 events.push((index, event_view(state, index, change)));
                 if events.len() == DELIVERY_BATCH {
-                    return (events, index + 1);
+                    return (events, index + 1, index + 1 == length);
                 }
             }
         }
-        (events, end)
+        (events, end, end == length)
     })?;
-    let mut delivered = false;
+    let config = &context.config;
+    let mut round = Round::default();
     for (index, event) in events {
         let body = serde_json::to_vec(&event).expect("events serialize");
         let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let signature = crate::simulator::signature_header(secret, timestamp, &body);
-        let sent = agent.post(url).set("Content-Type", "application/json").set("X-Clearing-Signature", &signature).send_bytes(&body);
-        match sent {
-            Ok(_) => {
-                delivered = true;
+        match post(&context.agent, url, &signature, &body) {
+            Ok(()) => {
+                round.delivered = true;
                 cursor.next = index + 1;
                 cursor.attempts = 0;
                 cursor.retry_at = None;
             }
             Err(error) => {
+                round.failed = true;
                 cursor.attempts += 1;
                 if cursor.attempts >= config.attempts_max {
                     eprintln!("webhooks: giving up on {} for platform {platform} after {} attempts: {error}", event["event_id"], cursor.attempts);
@@ -273,10 +548,105 @@ fn deliver_some(
     if cursor.retry_at.is_none() && cursor.next < scanned_to {
         cursor.next = scanned_to;
     }
+    cursor.quiet_at = (end_of_log && cursor.retry_at.is_none()).then_some(written);
     if cursor.next != start {
-        if let Err(error) = crate::records::put(store, &[(cursor_key(platform, shard), &*cursor)]) {
+        if let Err(error) = crate::records::put(context.store.as_ref(), &[(cursor_key(platform, shard), &*cursor)]) {
             eprintln!("webhooks: cannot save the delivery cursor: {error}");
         }
     }
-    Ok(delivered)
+    Ok(round)
+}
+
+/// Posts one signed event; only a 2xx answer counts as delivered.
+fn post(agent: &ureq::Agent, url: &str, signature: &str, body: &[u8]) -> Result<(), String> {
+    let sent = agent.post(url).set("Content-Type", "application/json").set("X-Clearing-Signature", signature).send_bytes(body);
+    let response = match sent {
+        Ok(response) => response,
+        Err(ureq::Error::Status(status, response)) => {
+            read_capped(response);
+            return Err(format!("answered {status}"));
+        }
+        Err(error) => return Err(error.to_string()),
+    };
+    let status = response.status();
+    read_capped(response);
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("answered {status}"))
+    }
+}
+
+/// Reads at most `ANSWER_BYTES_MAX` of an answer, within the request's timeout: a short answer
+/// read to its end lets the connection be reused; a long one is cut off with its connection.
+fn read_capped(response: ureq::Response) {
+    let _ = response.into_reader().take(ANSWER_BYTES_MAX).read_to_end(&mut Vec::new());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lane(platform: u32, failing: bool) -> Lane {
+        Lane { platform, cursors: vec![Cursor::default(); 2], failing }
+    }
+
+    /// The platforms `take` hands out at `now`, in order, until it hands out none.
+    fn taken(schedule: &mut Schedule, now: Instant, failing_max: usize) -> Vec<u32> {
+        std::iter::from_fn(|| schedule.take(now, failing_max).ok().map(|lane| lane.platform)).collect()
+    }
+
+    #[test]
+    fn lanes_are_taken_in_due_order_and_failing_ones_only_up_to_their_share() {
+        let now = Instant::now();
+        let at = |ms: u64| now + Duration::from_millis(ms);
+        let mut schedule = Schedule::default();
+        // (platform, failing, due in ms)
+        for (platform, failing, due) in [(1, true, 0), (2, true, 1), (3, false, 2), (4, false, 3), (5, true, 4), (6, false, 50)] {
+            schedule.queue(lane(platform, failing), at(due));
+        }
+        // One failing lane may be held: 1, then the healthy ones that are due; 2 and 5 wait.
+        assert_eq!(taken(&mut schedule, at(10), 1), [1, 3, 4]);
+        assert_eq!(schedule.take(at(10), 1).err(), Some(Some(at(50))), "6 is the next one due");
+        // Platform 1 comes back (still failing): the next failing lane may go.
+        schedule.put_back(lane(1, true), Some(at(20)), at(10));
+        assert_eq!(taken(&mut schedule, at(10), 1), [2]);
+        assert_eq!(schedule.failing_in_flight, 1);
+    }
+
+    #[test]
+    fn a_lane_back_from_a_turn_waits_behind_the_lanes_already_due() {
+        let now = Instant::now();
+        let mut schedule = Schedule::default();
+        schedule.queue(lane(1, false), now);
+        schedule.queue(lane(2, false), now + Duration::from_millis(1));
+        let first = schedule.take(now + Duration::from_millis(5), 8).expect("due");
+        schedule.put_back(first, Some(now + Duration::from_millis(5)), now + Duration::from_millis(5));
+        assert_eq!(taken(&mut schedule, now + Duration::from_millis(5), 8), [2, 1]);
+    }
+
+    #[test]
+    fn setting_the_webhook_schedules_the_lane_now_without_its_backoff() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(600);
+        let mut schedule = Schedule::default();
+        let mut waiting = lane(1, true);
+        waiting.cursors[0].retry_at = Some(later);
+        schedule.queue(waiting, later);
+        schedule.wake(1, 2, now);
+        let lane = schedule.take(now, 1).expect("due at once");
+        assert!(lane.cursors.iter().all(|c| c.retry_at.is_none()));
+        // Woken while a worker holds it: due at once when it comes back, even if it had no webhook.
+        schedule.wake(1, 2, now);
+        schedule.put_back(lane, None, now);
+        assert_eq!(taken(&mut schedule, now, 1), [1]);
+        // Without a webhook it is parked until the next wake.
+        schedule.put_back(Lane { platform: 1, cursors: vec![Cursor::default(); 2], failing: false }, None, now);
+        assert_eq!(taken(&mut schedule, later, 1), Vec::<u32>::new());
+        schedule.wake(1, 2, now);
+        assert_eq!(taken(&mut schedule, now, 1), [1]);
+        // A platform never seen gets a lane with a cursor per shard.
+        schedule.wake(7, 2, now);
+        assert_eq!(schedule.take(now, 1).map(|lane| lane.cursors.len()).ok(), Some(2));
+    }
 }

@@ -64,6 +64,8 @@ pub struct Services {
     pub store: Arc<dyn storage::Store>,
     pub cases: Arc<crate::offline::Cases>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The webhook delivery workers, woken when a platform sets its webhook.
+    pub webhooks: crate::events::Delivery,
 }
 
 /// What clearing is started with: the configured channels, the business calendar and the daily
@@ -90,7 +92,7 @@ impl Services {
     ) -> Result<Services, String> {
         let channel_key = master_key.channel_key("simulator");
         let platforms = Arc::new(Platforms::load(store.clone(), master_key)?);
-        crate::events::start_delivery(engine.clone(), platforms.clone(), store.clone(), webhooks)?;
+        let webhooks = crate::events::start_delivery(engine.clone(), platforms.clone(), store.clone(), webhooks)?;
         let simulator = banksim::Simulator::start(simulator, channel_key, store.clone())?;
         let mut table = clearing_actor::channels::ChannelTable::new(setup.channels, setup.calendar).map_err(|e| e.to_string())?;
         table.load_settings(store.as_ref(), &engine.config().currencies).map_err(|e| e.to_string())?;
@@ -113,6 +115,7 @@ impl Services {
             cases: Arc::new(crate::offline::Cases::load(store.clone())?),
             store,
             metrics,
+            webhooks,
         })
     }
 }
@@ -132,6 +135,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let clearing = web::Data::new(services.clearing);
     let cases = web::Data::new(services.cases);
     let metrics = web::Data::new(services.metrics);
+    let webhooks = web::Data::new(services.webhooks);
     let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
     let (engine_at_start, simulator_at_start, cards_at_start) = (engine.get_ref().clone(), simulator.get_ref().clone(), cards.get_ref().clone());
     let (bank_at_start, resumed_at_start) = (clearing.bank().clone(), clearing.resumed());
@@ -149,6 +153,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(clearing.clone())
             .app_data(cases.clone())
             .app_data(metrics.clone())
+            .app_data(webhooks.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
             .app_data(nonces.clone())

@@ -1,0 +1,272 @@
+//! One platform's webhook endpoint that hangs must not delay another platform's events
+//! (DESIGN.md invariant 12: tenants cannot hurt each other).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+/// A local webhook endpoint. While hanging it takes requests and never answers (it keeps their
+/// connections open); otherwise it answers 200 at once and records (signature header, body).
+struct Endpoint {
+    url: String,
+    state: Arc<Mutex<EndpointState>>,
+}
+
+#[derive(Default)]
+struct EndpointState {
+    hanging: bool,
+    /// Connections of requests left without an answer.
+    held: Vec<TcpStream>,
+    /// Requests (or connections, while hanging) left without an answer, ever.
+    hung: usize,
+    /// Connections accepted, ever.
+    accepted: usize,
+    received: Vec<(String, String)>,
+}
+
+impl Endpoint {
+    fn start(hanging: bool) -> Endpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/hooks", listener.local_addr().expect("address"));
+        let state = Arc::new(Mutex::new(EndpointState { hanging, ..EndpointState::default() }));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let mut state = shared.lock().unwrap();
+                state.accepted += 1;
+                if state.hanging {
+                    state.hung += 1;
+                    state.held.push(stream);
+                    continue;
+                }
+                let shared = shared.clone();
+                std::thread::spawn(move || answer(stream, &shared));
+            }
+        });
+        Endpoint { url, state }
+    }
+
+    /// From now on every request is left without an answer, also on open connections.
+    fn hang(&self) {
+        self.state.lock().unwrap().hanging = true;
+    }
+
+    /// Stops hanging: the held connections close (the attempts in flight fail) and from now on
+    /// every request is answered.
+    fn release(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.hanging = false;
+        state.held.clear();
+    }
+
+    fn hung(&self) -> usize {
+        self.state.lock().unwrap().hung
+    }
+
+    fn accepted(&self) -> usize {
+        self.state.lock().unwrap().accepted
+    }
+
+    /// The events received so far, parsed, each with its signature header.
+    fn events(&self) -> Vec<(String, serde_json::Value)> {
+        self.state.lock().unwrap().received.iter().map(|(signature, body)| (signature.clone(), serde_json::from_str(body).expect("a JSON event"))).collect()
+    }
+
+    /// The distinct event ids received so far.
+    fn distinct(&self) -> usize {
+        let mut ids: Vec<String> = self.events().iter().map(|(_, e)| e["event_id"].as_str().unwrap().to_string()).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    }
+}
+
+/// Answers the requests of one connection (keep-alive: one after another) with 200, or, once
+/// the endpoint hangs, keeps the connection without answering.
+fn answer(mut stream: TcpStream, state: &Mutex<EndpointState>) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    loop {
+        let (mut length, mut signature) = (0usize, String::new());
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            let lower = line.to_ascii_lowercase();
+            if let Some(value) = lower.strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("x-clearing-signature:") {
+                signature = line["x-clearing-signature:".len()..].trim().to_string();
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let mut shared = state.lock().unwrap();
+        if shared.hanging {
+            shared.hung += 1;
+            shared.held.push(stream);
+            return;
+        }
+        shared.received.push((signature, String::from_utf8_lossy(&body).into_owned()));
+        drop(shared);
+        if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
+            return;
+        }
+    }
+}
+
+/// Kills the server if the test fails before stopping it, so no server outlives its test.
+struct Running(Option<Server>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(server) = self.0.take() {
+            server.kill();
+        }
+    }
+}
+
+/// A platform's events as listed by the API (event id to its body), to compare deliveries with.
+fn listed(client: &Client) -> BTreeMap<String, serde_json::Value> {
+    let (status, page) = client.get("/v1/events?limit=500");
+    assert_eq!(status, 200, "{page}");
+    assert!(page["next_cursor"].is_null(), "one page holds them all");
+    page["events"].as_array().unwrap().iter().map(|e| (e["event_id"].as_str().unwrap().to_string(), e.clone())).collect()
+}
+
+/// Creates a member with an account, funds it (a recharge: two events) and freezes three times;
+/// returns the account.
+fn make_orders(client: &Client, prefix: &str) -> String {
+    let account = client.account(&client.member(&format!("{prefix}-m"), "Zhang San"));
+    client.fund(&account, "10.00", &format!("{prefix}-r"));
+    for i in 0..3 {
+        freeze(client, &account, &format!("{prefix}-f-{i}"));
+    }
+    account
+}
+
+fn freeze(client: &Client, account: &str, number: &str) {
+    let body = json!({"out_order_no": number, "account_id": account, "amount": "1.00", "currency": "CNY", "reason": "r"});
+    let (status, _, order) = client.post("/v1/freezes", &body);
+    assert_eq!(status, 201, "{order}");
+}
+
+/// Waits until `done` holds, at most `seconds`; `what` says what did not happen.
+fn wait_until(seconds: u64, mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", what());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every event arrived (at least once), signed with the platform's secret, and in order per shard.
+fn check_delivered(client: &Client, endpoint: &Endpoint, expected: &BTreeMap<String, serde_json::Value>, shard_count: u64) {
+    let events = endpoint.events();
+    let mut per_shard: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (signature, event) in &events {
+        let (t, v1) = signature.split_once(",v1=").expect("t=..,v1=..");
+        let t = t.trim_start_matches("t=");
+        let body = serde_json::to_string(event).unwrap();
+        let mac = {
+            use hmac::{Hmac, Mac};
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(client.secret.as_bytes()).unwrap();
+            mac.update(format!("{t}.{body}").as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        };
+        assert_eq!(v1, mac, "signature of {body}");
+        let id = event["event_id"].as_str().unwrap();
+        assert_eq!(expected.get(id), Some(event), "an event of this platform, as listed");
+        let number: u64 = id.trim_start_matches("evt_").parse().unwrap();
+        let seen = per_shard.entry(number % shard_count).or_default();
+        if !seen.contains(&number) {
+            assert!(seen.last().is_none_or(|last| *last < number), "in order per shard: {number} after {seen:?}");
+            seen.push(number);
+        }
+    }
+    let distinct: usize = per_shard.values().map(Vec::len).sum();
+    assert_eq!(distinct, expected.len(), "every event delivered: {per_shard:?}");
+}
+
+#[test]
+fn a_hanging_webhook_delays_only_its_own_platform() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "webhooks-token-1";
+    // A long timeout, so that waiting for the hanging endpoint would be seen; short backoff so
+    // the released endpoint is retried soon.
+    let config = config_with(&[
+        ("latency_ms = 200", "latency_ms = 20"),
+        ("timeout_seconds = 10", "timeout_seconds = 30"),
+        ("backoff_ms = 1000", "backoff_ms = 100"),
+        ("backoff_ms_max = 600000", "backoff_ms_max = 1000"),
+    ]);
+    let running = Running(Some(start_configured(dir.path(), token, &config)));
+    let server = running.0.as_ref().unwrap();
+    let shard_count = 2; // config/default.toml
+
+    // A comes first, so that one delivery thread for everyone would be stuck on A before B.
+    let a = Client::create(server, token, "{\"name\": \"Hanging\"}");
+    let b = Client::create(server, token, "{\"name\": \"Healthy\"}");
+    let (hanging, healthy) = (Endpoint::start(true), Endpoint::start(false));
+    assert_eq!(a.post("/v1/webhook", &json!({"url": hanging.url})).0, 200);
+    assert_eq!(b.post("/v1/webhook", &json!({"url": healthy.url})).0, 200);
+    let account = make_orders(&a, "a");
+    make_orders(&b, "b");
+    let (a_events, b_events) = (listed(&a), listed(&b));
+    assert_eq!((a_events.len(), b_events.len()), (5, 5));
+
+    // B's events arrive well within A's timeout (generous: this detects blocking, not speed).
+    wait_until(5, || healthy.distinct() == b_events.len(), || format!("B's events are held up by A's endpoint: {} of 5 arrived", healthy.distinct()));
+    check_delivered(&b, &healthy, &b_events, shard_count);
+    // A's delivery is being attempted (its request is held open), and nothing got through.
+    assert!(hanging.hung() >= 1, "A's endpoint was never tried");
+    assert!(hanging.events().is_empty());
+
+    // Once A's endpoint answers again, the attempt that hung is retried and A's events arrive.
+    hanging.release();
+    wait_until(30, || hanging.distinct() == a_events.len(), || format!("A's events after the hang: {} of 5", hanging.distinct()));
+    check_delivered(&a, &hanging, &a_events, shard_count);
+    // The held connection was closed; what came through came on a later one.
+    assert!(hanging.accepted() >= 2, "the hung attempt was retried");
+    assert!(healthy.events().iter().all(|(_, e)| b_events.contains_key(e["event_id"].as_str().unwrap())), "no event of A went to B");
+
+    // A hangs again with a new event in flight: the server still stops at once and gracefully,
+    // and after a restart the event is delivered (its cursor did not move past it).
+    hanging.hang();
+    let hung = hanging.hung();
+    freeze(&a, &account, "a-f-late");
+    wait_until(5, || hanging.hung() > hung, || "the late event was never attempted".to_string());
+    let a_events = listed(&a);
+    assert_eq!(a_events.len(), 6);
+    let (platform, secret) = (a.platform.clone(), a.secret.clone());
+    drop((a, b));
+    let mut running = running;
+    let stopping = Instant::now();
+    running.0.take().expect("running").stop();
+    assert!(stopping.elapsed() < Duration::from_secs(10), "the stop waited for the hanging request: {:?}", stopping.elapsed());
+    hanging.release();
+    let running = Running(Some(start_configured(dir.path(), token, &config)));
+    let a = Client { server: running.0.as_ref().unwrap(), platform, secret };
+    wait_until(30, || hanging.distinct() == a_events.len(), || format!("A's events after the restart: {} of 6", hanging.distinct()));
+    check_delivered(&a, &hanging, &a_events, shard_count);
+    // (A request also makes sure the server runs its signal handling before it is stopped.)
+    assert_eq!(listed(&a), a_events);
+
+    drop(a);
+    let mut running = running;
+    running.0.take().expect("running").stop();
+}
