@@ -49,28 +49,41 @@ impl CurrencySpec {
     /// Parses a decimal string in major units into minor units; `None` for more decimals than the
     /// currency allows, non-numeric text or overflow. Zero and negatives parse (callers decide).
     pub fn parse(&self, text: &str) -> Option<Minor> {
-        let (negative, digits) = match text.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, text),
-        };
-        let (whole, fraction) = match digits.split_once('.') {
-            Some((w, f)) => (w, f),
-            None => (digits, ""),
-        };
-        let valid_whole = !whole.is_empty() && whole.bytes().all(|b| b.is_ascii_digit());
-        let valid_fraction =
-            fraction.bytes().all(|b| b.is_ascii_digit()) && fraction.len() <= self.exponent as usize && !(digits.contains('.') && fraction.is_empty());
-        if !valid_whole || !valid_fraction || whole.len() > 18 {
-            return None;
-        }
-        let scale = 10i64.pow(self.exponent as u32);
-        let mut minor = whole.parse::<i64>().ok()?.checked_mul(scale)?;
-        if !fraction.is_empty() {
-            let padding = 10i64.pow((self.exponent as usize - fraction.len()) as u32);
-            minor = minor.checked_add(fraction.parse::<i64>().ok()?.checked_mul(padding)?)?;
-        }
-        Some(if negative { -minor } else { minor })
+        parse_decimal(text, self.exponent).ok()
     }
+}
+
+/// Why a decimal text was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecimalError {
+    #[error("not a decimal number")]
+    NotANumber,
+    #[error("more decimals than allowed")]
+    TooManyDecimals,
+    #[error("too large")]
+    TooLarge,
+}
+
+/// The one parser of decimal text in the product (amounts, fees, statement lines, rates):
+/// `[-]digits[.digits]` with at most `places` decimals, as an integer of that many decimals
+/// (`"-12.05"` with 2 places is -1205). Strict syntax first (no sign `+`, exponent, spaces or
+/// separators, which `rust_decimal` alone would take), then `rust_decimal` for the value.
+pub fn parse_decimal(text: &str, places: u8) -> Result<i64, DecimalError> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let plain = !whole.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && fraction.bytes().all(|b| b.is_ascii_digit())
+        && !(digits.contains('.') && fraction.is_empty());
+    if !plain {
+        return Err(DecimalError::NotANumber);
+    }
+    if fraction.len() > places as usize {
+        return Err(DecimalError::TooManyDecimals);
+    }
+    let value: rust_decimal::Decimal = text.parse().map_err(|_| DecimalError::TooLarge)?;
+    let scaled = value.checked_mul(rust_decimal::Decimal::from(10i64.pow(places as u32))).ok_or(DecimalError::TooLarge)?;
+    i64::try_from(scaled.trunc()).map_err(|_| DecimalError::TooLarge)
 }
 
 /// Splits `total` into parts proportional to `weights`, exactly: the parts always sum to `total`.
@@ -126,6 +139,15 @@ mod tests {
             ("5.", None),
             ("1e3", None),
             ("99999999999999999999", None),
+            // rust_decimal alone would take these: the strict syntax refuses them.
+            ("1_000", None),
+            ("+5", None),
+            (" 5", None),
+            ("--5", None),
+            ("-", None),
+            ("92233720368547758.07", Some(i64::MAX)),
+            ("92233720368547758.08", None),
+            ("1234567890123456789012345678901234567890", None),
         ];
         for (text, expected) in cases {
             assert_eq!(cny().parse(text), *expected, "parse {text:?}");
@@ -133,6 +155,8 @@ mod tests {
         let jpy = CurrencySpec::new("JPY", 0).expect("valid");
         assert_eq!(jpy.parse("12"), Some(12));
         assert_eq!(jpy.parse("12.0"), None);
+        assert_eq!(parse_decimal("1.5", 0), Err(DecimalError::TooManyDecimals));
+        assert_eq!(parse_decimal("0.006", 6), Ok(6_000), "a rate in parts per million");
     }
 
     #[test]

@@ -102,19 +102,12 @@ pub(crate) struct RuleBody {
 
 /// Parses a rate: a decimal fraction from 0 to 1 with up to 6 places, in parts per million.
 pub fn parse_rate(text: &str) -> Option<u32> {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || fraction.len() > 6
-        || !fraction.bytes().all(|b| b.is_ascii_digit())
-        || (text.contains('.') && fraction.is_empty())
-    {
+    // A rate is a decimal fraction with up to 6 places: parts per million, 0 to 1 (unsigned).
+    if text.starts_with('-') {
         return None;
     }
-    let whole: u64 = whole.parse().ok()?;
-    let fraction: u64 = if fraction.is_empty() { 0 } else { fraction.parse::<u64>().ok()? * 10u64.pow(6 - fraction.len() as u32) };
-    let ppm = whole.checked_mul(RATE_PPM_ONE as u64)?.checked_add(fraction)?;
-    (ppm <= RATE_PPM_ONE as u64).then_some(ppm as u32)
+    let ppm = engine::money::parse_decimal(text, 6).ok()?;
+    u32::try_from(ppm).ok().filter(|ppm| *ppm <= RATE_PPM_ONE)
 }
 
 /// A rate in parts per million as the shortest decimal fraction ("0.006").

@@ -33,8 +33,7 @@ pub mod simulator;
 pub mod v1;
 pub mod withdrawals;
 
-use engine::money::{CurrencySpec, Minor, AMOUNT_MINOR_MAX};
-use rust_decimal::Decimal;
+use engine::money::{CurrencySpec, DecimalError, Minor, AMOUNT_MINOR_MAX};
 
 /// Why an API amount was refused (each maps to the API's `invalid_amount` code).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -56,21 +55,17 @@ impl AmountError {
     }
 }
 
-/// Parses an API amount like `"100.50"` into minor units of `currency`.
+/// Parses an API amount like `"100.50"` into minor units of `currency` (the engine's one decimal
+/// parser), positive and within `AMOUNT_MINOR_MAX`.
 pub fn parse_amount(text: &str, currency: &CurrencySpec) -> Result<Minor, AmountError> {
-    let plain = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
-    if !plain {
-        return Err(AmountError::NotANumber);
-    }
-    let value: Decimal = text.parse().map_err(|_| AmountError::NotANumber)?;
-    if value.scale() > currency.exponent as u32 {
-        return Err(AmountError::TooManyDecimals);
-    }
-    if value <= Decimal::ZERO {
+    let minor = engine::money::parse_decimal(text, currency.exponent).map_err(|error| match error {
+        DecimalError::NotANumber => AmountError::NotANumber,
+        DecimalError::TooManyDecimals => AmountError::TooManyDecimals,
+        DecimalError::TooLarge => AmountError::TooLarge,
+    })?;
+    if minor <= 0 {
         return Err(AmountError::NotPositive);
     }
-    let minor = value.checked_mul(Decimal::from(10i64.pow(currency.exponent as u32))).ok_or(AmountError::TooLarge)?.trunc();
-    let minor: i64 = minor.try_into().map_err(|_| AmountError::TooLarge)?;
     if minor > AMOUNT_MINOR_MAX {
         return Err(AmountError::TooLarge);
     }
