@@ -60,7 +60,7 @@ enum Message {
     Report(Reply<Vec<ChannelReport>>),
     Notes(u32, Vec<String>, Reply<Vec<Option<PayoutNote>>>),
     Settle(u32, Vec<PlatformTerms>, Reply<SettlementSummary>),
-    SettlementFinished { day: u32, outcome: Result<(), String> },
+    SettlementFinished { day: u32, result: Result<SettlementSummary, ClearingError>, reply: Option<Reply<SettlementSummary>> },
     ScheduleState(Reply<Option<Schedule>>),
     Trip(u16, Duration, Reply<()>),
     Stop,
@@ -258,14 +258,19 @@ impl Actor {
             Message::Report(reply) => answer(reply, Ok(self.table.report(self.at()))),
             Message::Notes(platform, numbers, reply) => answer(reply, Ok(numbers.iter().map(|n| self.book.get(platform, n).cloned()).collect())),
             Message::Settle(day, terms, reply) => self.settle(day, terms, Some(reply)),
-            Message::SettlementFinished { day, outcome } => {
+            Message::SettlementFinished { day, result, reply } => {
+                // The run is over before anyone hears of it: the next run can start at once.
                 self.running = None;
+                let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
                 if let Err(error) = &outcome {
                     eprintln!("settlement of {} failed: {error}", crate::calendar::date_text(day));
                 }
                 let now = self.clock.instant();
                 if let Some(schedule) = self.schedule.as_mut() {
                     schedule.finished(day, outcome, now);
+                }
+                if let Some(reply) = reply {
+                    answer(reply, result);
                 }
             }
             Message::ScheduleState(reply) => answer(reply, Ok(self.schedule.clone())),
@@ -496,8 +501,8 @@ impl Actor {
         }
     }
 
-    /// Starts the run of `day` on a worker thread, which answers `reply` (if any) and reports
-    /// back to the schedule. One run at a time.
+    /// Starts the run of `day` on a worker thread, which reports back with its result; the actor
+    /// then answers `reply` (if any) and tells the schedule. One run at a time.
     fn settle(&mut self, day: u32, terms: Vec<PlatformTerms>, reply: Option<Reply<SettlementSummary>>) {
         if self.running.is_some() {
             if let Some(reply) = reply {
@@ -509,12 +514,8 @@ impl Actor {
         let (engine, channels, mailbox) = (self.engine.clone(), self.table.set(), self.mailbox.clone());
         let worker = std::thread::Builder::new().name("settlement".into()).spawn(move || {
             let result = crate::settlement::run(&engine, &terms, &channels, day, &mut |_, _| {}).map_err(ClearingError::from);
-            let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
-            if let Some(reply) = reply {
-                answer(reply, result);
-            }
-            // The actor waits for this report before it starts another run.
-            let _ = mailbox.send(Message::SettlementFinished { day, outcome });
+            // A blocking send: the actor waits for this report before it starts another run.
+            let _ = mailbox.send(Message::SettlementFinished { day, result, reply });
         });
         if let Err(error) = worker {
             self.running = None;

@@ -145,3 +145,14 @@ fn two_verdicts_about_one_failure_move_a_payout_once() {
     let paid = w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded: true, channel: Some("dear".into()) })).unwrap();
     assert_eq!(paid, VerdictOutcome::Completed { received: true, status: Some("succeeded") });
 }
+
+#[test]
+fn a_settlement_run_that_answered_has_finished_so_the_next_one_starts() {
+    // Regression: the worker answered the caller before the actor heard the run was over, so
+    // an operator's next run right after it could be refused as busy.
+    let w = World::new();
+    for day in 20_000..20_050 {
+        let summary = w.runtime.block_on(w.clearing.settle(day, Vec::new())).unwrap();
+        assert!(summary.invariants_ok);
+    }
+}
