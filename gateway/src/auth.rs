@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::platforms::{Platform, Platforms};
-use crate::secrets::hmac_hex;
+use crate::secrets::hmac_verify_hex;
 
 /// How far a request's timestamp may be from the server's clock, in seconds.
 pub const TIMESTAMP_WINDOW_SECONDS: i64 = 300;
@@ -93,12 +93,12 @@ pub fn authenticate(request: &HttpRequest, body: &[u8], platforms: &Platforms, n
         return Err(ApiError::unauthenticated("X-Nonce must be 16 to 64 characters [A-Za-z0-9]"));
     }
     let seconds: i64 = timestamp.parse().map_err(|_| ApiError::unauthenticated("X-Timestamp must be unix seconds"))?;
-    if (now - seconds).abs() > TIMESTAMP_WINDOW_SECONDS {
+    if !within_window(now, seconds) {
         return Err(ApiError::new(401, "timestamp_out_of_window", "X-Timestamp is more than 300 s from the server's clock"));
     }
     let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let expected = hmac_hex(platforms.secret(&platform).as_bytes(), canonical(request.method().as_str(), path_and_query, timestamp, nonce, body).as_bytes());
-    if !constant_time_equal(expected.as_bytes(), signature.to_ascii_lowercase().as_bytes()) {
+    let canonical = canonical(request.method().as_str(), path_and_query, timestamp, nonce, body);
+    if !hmac_verify_hex(platforms.secret(&platform).as_bytes(), canonical.as_bytes(), signature) {
         return Err(ApiError::unauthenticated("bad signature"));
     }
     if !nonces.remember(platform.id, nonce, seconds, now)? {
@@ -107,7 +107,13 @@ pub fn authenticate(request: &HttpRequest, body: &[u8], platforms: &Platforms, n
     Ok(platform)
 }
 
-/// Compares two byte strings without an early exit.
+/// Whether a request's timestamp is within the signing window of `now`. Checked: a timestamp at
+/// the ends of i64 is out of the window, never an overflow (which panicked the handler).
+fn within_window(now: i64, seconds: i64) -> bool {
+    now.checked_sub(seconds).and_then(i64::checked_abs).is_some_and(|off| off <= TIMESTAMP_WINDOW_SECONDS)
+}
+
+/// Compares two byte strings without an early exit (tokens; signatures use `hmac_verify_hex`).
 pub fn constant_time_equal(a: &[u8], b: &[u8]) -> bool {
     let mut difference = (a.len() != b.len()) as u8;
     for (index, byte) in a.iter().enumerate() {
@@ -119,6 +125,16 @@ pub fn constant_time_equal(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamp_window_table() {
+        let now = 1_700_000_000;
+        let cases = [(now, true), (now - 300, true), (now + 300, true), (now - 301, false), (now + 301, false), (i64::MIN, false), (i64::MAX, false)];
+        for (seconds, inside) in cases {
+            assert_eq!(within_window(now, seconds), inside, "{seconds}");
+        }
+        assert!(!within_window(i64::MIN, i64::MAX) && !within_window(i64::MAX, i64::MIN), "no overflow either way");
+    }
 
     #[test]
     fn nonces_are_refused_within_the_window_forgotten_after_it_and_bounded() {

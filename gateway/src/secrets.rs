@@ -23,6 +23,15 @@ pub fn random_hex() -> String {
     hex::encode(bytes)
 }
 
+/// Whether `signature_hex` (either case) is the HMAC-SHA256 of `message` under `key`: the MAC's
+/// own constant-time `verify_slice`, not a compare of hex strings.
+pub fn hmac_verify_hex(key: &[u8], message: &[u8], signature_hex: &str) -> bool {
+    let Ok(signature) = hex::decode(signature_hex) else { return false };
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(message);
+    mac.verify_slice(&signature).is_ok()
+}
+
 /// HMAC-SHA256 of `message` under `key`, as lower-case hex.
 pub fn hmac_hex(key: &[u8], message: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
