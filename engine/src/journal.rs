@@ -1,6 +1,11 @@
 //! The journal: one storage value per shard batch, holding the commands applied (with the
 //! injected timestamp) and the postings they produced. Replaying the commands rebuilds the state;
 //! the stored postings are what auditors and the invariant check read, and replay must match them.
+//!
+//! A stored value is one byte, `JOURNAL_FORMAT_VERSION`, then the bincode of the batch record.
+//! bincode stores an enum variant by its declaration index, so the order of the variants of
+//! `Command` and of every enum inside a record is part of the format; `tests/journal_format.rs`
+//! pins the bytes of a record holding every command.
 
 use serde::{Deserialize, Serialize};
 use storage::{StorageError, Store};
@@ -34,7 +39,7 @@ pub struct BatchRecordRef<'a> {
 }
 
 /// One batch as read back.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 pub struct BatchRecord {
     pub shard: ShardId,
     pub sequence: u64,
@@ -44,6 +49,19 @@ pub struct BatchRecord {
     pub postings: Vec<Posting>,
 }
 
+/// The version of the journal's encoding, the first byte of every stored batch.
+///
+/// Bump it whenever the bytes of records already written would change or change meaning: a field
+/// added, removed or reordered in `BatchRecord`, `Envelope`, `EntryHeader`, `Posting` or anything
+/// they hold; an enum variant inserted before others, removed or reordered; another codec option.
+/// Appending a variant at the end of an enum changes no existing bytes and needs no bump (a binary
+/// without it refuses a record that holds it as corrupt); `tests/journal_format.rs` then wants the
+/// new variant in its golden record. Decoding refuses every other version, so a binary never
+/// misreads a journal written in another format, and nothing converts old versions: a bump makes
+/// existing data directories unreadable (acceptable while nothing is in production). Data
+/// directories written before version 1 (values without this byte) are refused too: recreate them.
+pub const JOURNAL_FORMAT_VERSION: u8 = 1;
+
 /// Why the journal could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -51,6 +69,8 @@ pub enum JournalError {
     Storage(#[from] StorageError),
     #[error("journal of shard {shard} is corrupt at batch {sequence}: {reason}")]
     Corrupt { shard: ShardId, sequence: u64, reason: String },
+    #[error("journal of shard {shard} has format version {version} at batch {sequence}; this build reads only version {supported}", supported = JOURNAL_FORMAT_VERSION)]
+    UnsupportedFormat { shard: ShardId, sequence: u64, version: u8 },
 }
 
 /// The journal's encoding: bincode with variable-length integers (ids and amounts are mostly
@@ -60,17 +80,29 @@ fn codec() -> impl bincode::Options {
     bincode::DefaultOptions::new().with_varint_encoding().with_little_endian().reject_trailing_bytes()
 }
 
-/// Encodes a batch into `buffer` (cleared first).
+/// Encodes a batch into `buffer` (cleared first): the format version, then the record.
 pub fn encode(record: &BatchRecordRef, buffer: &mut Vec<u8>) {
     use bincode::Options;
     buffer.clear();
+    // The version goes into the buffer the encoder then appends to: no second copy of the batch.
+    buffer.push(JOURNAL_FORMAT_VERSION);
     codec().serialize_into(&mut *buffer, record).expect("batch records serialize");
 }
 
-/// Decodes one stored batch.
-pub fn decode(bytes: &[u8]) -> Result<BatchRecord, String> {
+/// Decodes the value stored under `batch_key(shard, sequence)`, checking its format version and
+/// that it is that batch.
+pub fn decode(shard: ShardId, sequence: u64, bytes: &[u8]) -> Result<BatchRecord, JournalError> {
     use bincode::Options;
-    codec().deserialize(bytes).map_err(|e| e.to_string())
+    let corrupt = |reason: String| JournalError::Corrupt { shard, sequence, reason };
+    let (&version, body) = bytes.split_first().ok_or_else(|| corrupt("empty value".into()))?;
+    if version != JOURNAL_FORMAT_VERSION {
+        return Err(JournalError::UnsupportedFormat { shard, sequence, version });
+    }
+    let record: BatchRecord = codec().deserialize(body).map_err(|e| corrupt(e.to_string()))?;
+    if record.shard != shard || record.sequence != sequence {
+        return Err(corrupt(format!("the value holds batch {} of shard {}", record.sequence, record.shard)));
+    }
+    Ok(record)
 }
 
 /// Visits every batch of `shard` in sequence order, checking that sequences have no gaps.
@@ -80,14 +112,15 @@ pub fn read_shard(store: &dyn Store, shard: ShardId, visit: &mut dyn FnMut(Batch
     let mut expected = 1u64;
     let mut failure: Option<JournalError> = None;
     store.scan(&start, &end, &mut |key, value| {
-        let sequence = u64::from_be_bytes(key[3..11].try_into().expect("key length"));
-        let decoded = decode(value);
-        let result = match decoded {
-            Err(reason) => Err(JournalError::Corrupt { shard, sequence, reason }),
-            Ok(record) if record.sequence != sequence || sequence != expected || record.shard != shard => {
-                Err(JournalError::Corrupt { shard, sequence, reason: format!("expected batch {expected}") })
-            }
-            Ok(record) => visit(record),
+        // Keys come from storage: one of another length is corruption, not a reason to panic.
+        let Some(sequence) = key.get(3..).and_then(|tail| <[u8; 8]>::try_from(tail).ok()).map(u64::from_be_bytes) else {
+            failure = Some(JournalError::Corrupt { shard, sequence: expected, reason: format!("a journal key of {} bytes", key.len()) });
+            return false;
+        };
+        let result = if sequence != expected {
+            Err(JournalError::Corrupt { shard, sequence, reason: format!("expected batch {expected}") })
+        } else {
+            decode(shard, sequence, value).and_then(&mut *visit)
         };
         expected += 1;
         match result {

@@ -120,7 +120,7 @@ fn read_lines(
             .get(&batch_key(shard, *sequence))
             .map_err(|e| ApiError::unavailable(e.to_string()))?
             .ok_or_else(|| ApiError::unavailable(format!("journal batch {sequence} of shard {shard} is missing")))?;
-        let record = decode(&bytes).map_err(ApiError::unavailable)?;
+        let record = decode(shard, *sequence, &bytes).map_err(|e| ApiError::unavailable(e.to_string()))?;
         // The entry each posting belongs to.
         let mut owners: Vec<&engine::ledger::types::EntryHeader> = Vec::with_capacity(record.postings.len());
         for entry in &record.entries {

@@ -56,6 +56,9 @@ impl<'de> Deserialize<'de> for OutOrderNo {
 }
 
 /// One command for a shard, with the tenant that sent it and its idempotency key.
+///
+/// Stored in the journal field by field in this order: changing the fields means bumping
+/// `journal::JOURNAL_FORMAT_VERSION`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Envelope {
     /// The platform acting; 0 is the system operator, who may act on every account.
@@ -66,6 +69,12 @@ pub struct Envelope {
 }
 
 /// Everything a shard can be asked to do.
+///
+/// The journal stores a command by its variant's declaration index (bincode), not its name: only
+/// append new variants at the end, never reorder or remove one. A change to the bytes of existing
+/// commands (a variant moved, a field added, removed or reordered) means bumping
+/// `journal::JOURNAL_FORMAT_VERSION`; `tests/journal_format.rs` fails until the golden record
+/// holds every variant and matches.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Command {
     /// First command of every shard's journal: fixes its identity, currencies and business day.

@@ -53,6 +53,9 @@ sharded_id!(AccountId, "An account; the shard that owns it is encoded in the id.
 sharded_id!(OrderId, "An order; it lives on the shard that owns the funds it debited.");
 
 /// The three balance buckets of an account (DESIGN.md, money model).
+///
+/// The journal stores it by variant index: append new variants only at the end, never reorder or
+/// remove one; a change to its encoding means bumping `journal::JOURNAL_FORMAT_VERSION`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Bucket {
     /// Available and withdrawable.
@@ -64,6 +67,9 @@ pub enum Bucket {
 }
 
 /// Whether an account may be debited and credited.
+///
+/// The journal stores it by variant index: append new variants only at the end, never reorder or
+/// remove one; a change to its encoding means bumping `journal::JOURNAL_FORMAT_VERSION`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AccountStatus {
     Normal,
@@ -198,6 +204,9 @@ pub struct Posting {
 }
 
 /// What a journal entry records.
+///
+/// The journal stores it by variant index: append new variants only at the end, never reorder or
+/// remove one; a change to its encoding means bumping `journal::JOURNAL_FORMAT_VERSION`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EntryKind {
     Recharge,
@@ -362,6 +371,9 @@ pub struct Order {
 }
 
 /// Why a cross-shard credit is sent; decides how the receiving shard records it.
+///
+/// The journal stores it by variant index: append new variants only at the end, never reorder or
+/// remove one; a change to its encoding means bumping `journal::JOURNAL_FORMAT_VERSION`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CreditPurpose {
     /// A payee or split receiver of a payment (balance, or a guarantee release): refundable later.
@@ -416,6 +428,9 @@ pub const RATE_PPM_ONE: u32 = 1_000_000;
 
 /// What picks a commission tier: the merchant's matured income over the period, or how many
 /// income credits it held.
+///
+/// The journal stores it by variant index: append new variants only at the end, never reorder or
+/// remove one; a change to its encoding means bumping `journal::JOURNAL_FORMAT_VERSION`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TierBasis {
     Amount,
