@@ -87,7 +87,7 @@ pub async fn schedule(request: HttpRequest, token: web::Data<AdminToken>, cleari
 /// account: a merchant's own statement). `count` is the income credits matured on an income
 /// line, and the accounts the commission came from on a commission line.
 fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account: Option<engine::ledger::types::AccountId>) -> Result<String, EngineError> {
-    let mut csv = String::from("business_date,platform_id,line,account_id,member_id,currency,income_through,matured_amount,count,period_measure,rate,commission,service_fee,net_amount,settled_at\n");
+    let mut rows: Vec<[String; 15]> = Vec::new();
     let wanted: Vec<(u32, u32)> = platforms.iter().filter_map(|p| day.checked_sub(p.settlement_cycle_days as u32).map(|through| (p.id, through))).collect();
     let mut receivers: std::collections::BTreeMap<(u32, u64, u8), (i64, u32, u32)> = std::collections::BTreeMap::new();
     for shard in 0..engine.config().shard_count {
@@ -102,23 +102,23 @@ fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account: Opt
                 let spec = state.currencies[row.currency.0 as usize];
                 let owner = state.account(row.account).map_or(0, |a| a.owner);
                 let charged = row.commission > 0 || row.service_fee > 0 || row.rate_ppm > 0;
-                lines.push(format!(
-                    "{},plt_{},income,{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                lines.push([
                     date_text(day),
-                    row.platform,
+                    format!("plt_{}", row.platform),
+                    "income".to_string(),
                     crate::accounts::public_account_id(row.account),
                     crate::members::Member::public_id_of(owner),
-                    spec.code_str(),
+                    spec.code_str().to_string(),
                     date_text(row.through_day),
                     spec.format(row.amount),
-                    row.credits,
+                    row.credits.to_string(),
                     if charged { row.period_measure.to_string() } else { String::new() },
                     crate::commission::format_rate(row.rate_ppm),
                     spec.format(row.commission),
                     spec.format(row.service_fee),
                     spec.format(row.amount - row.commission - row.service_fee),
-                    crate::orders::format_time(row.at)
-                ));
+                    crate::orders::format_time(row.at),
+                ]);
             }
             let mut received = Vec::new();
             for row in state.commissions.iter() {
@@ -128,7 +128,7 @@ fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account: Opt
             }
             (lines, received)
         })?;
-        csv.extend(lines);
+        rows.extend(lines);
         for (key, (amount, accounts, through_day)) in received {
             let sum = receivers.entry(key).or_insert((0, 0, through_day));
             sum.0 += amount;
@@ -140,19 +140,52 @@ fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account: Opt
         let receiver = engine::ledger::types::AccountId(receiver);
         let shard = receiver.shard(engine.config().shard_count);
         let owner = engine.read_shard(shard, move |state| state.account(receiver).map_or(0, |a| a.owner))?;
-        csv.push_str(&format!(
-            "{},plt_{platform},commission,{},{},{},{},,{accounts},,,{},,{},\n",
+        rows.push([
             date_text(day),
+            format!("plt_{platform}"),
+            "commission".to_string(),
             crate::accounts::public_account_id(receiver),
             crate::members::Member::public_id_of(owner),
-            spec.code_str(),
+            spec.code_str().to_string(),
             date_text(through_day),
+            String::new(),
+            accounts.to_string(),
+            String::new(),
+            String::new(),
             spec.format(amount),
+            String::new(),
             spec.format(amount),
-        ));
+            String::new(),
+        ]);
     }
-    Ok(csv)
+    // The csv crate writes it (quoting whatever a field may ever hold).
+    let mut writer = csv::Writer::from_writer(Vec::with_capacity(128 * (rows.len() + 1)));
+    writer.write_record(STATEMENT_COLUMNS).expect("writing to memory cannot fail");
+    for row in &rows {
+        writer.write_record(row).expect("writing to memory cannot fail");
+    }
+    let bytes = writer.into_inner().expect("writing to memory cannot fail");
+    Ok(String::from_utf8(bytes).expect("the csv writer writes the UTF-8 it is given"))
 }
+
+/// The columns of a settlement statement.
+const STATEMENT_COLUMNS: [&str; 15] = [
+    "business_date",
+    "platform_id",
+    "line",
+    "account_id",
+    "member_id",
+    "currency",
+    "income_through",
+    "matured_amount",
+    "count",
+    "period_measure",
+    "rate",
+    "commission",
+    "service_fee",
+    "net_amount",
+    "settled_at",
+];
 
 /// `GET /admin/settlements/{business_date}/statement.csv?platform_id=`: the operator's statement.
 #[utoipa::path(get, path = "/admin/settlements/{business_date}/statement.csv", tag = "operator", params(("business_date" = String, Path, description = "YYYY-MM-DD"), ("platform_id" = Option<String>, Query, description = "One platform only")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
