@@ -7,6 +7,7 @@
 pub mod actor;
 pub mod calendar;
 pub mod channels;
+pub mod commission;
 pub mod error;
 pub mod payouts;
 pub mod settlement;

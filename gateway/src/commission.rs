@@ -1,4 +1,4 @@
-//! Platforms' settlement rules (the clearing issue): tiered commission by the merchant's
+//! Platforms' settlement rules over HTTP (the rule itself is `clearing_actor::commission`): tiered commission by the merchant's
 //! cumulative income amount or number of income credits over a period, split among several
 //! receivers (e.g. the platform and an agent), and the operator's service fee. The operator sets
 //! a rule with `PUT /admin/platforms/{id}/settlement-rule`; every settlement run hands the
@@ -8,64 +8,17 @@
 use std::sync::Arc;
 
 use actix_web::{delete, get, put, web, HttpRequest, HttpResponse};
-use engine::ledger::types::{AccountId, AccountKind, AccountStatus, Leg, SettlementRule, Tier, TierBasis, RATE_PPM_ONE};
+use engine::ledger::types::{AccountId, AccountKind, AccountStatus, SettlementRule};
 use engine::money::CurrencySpec;
 use engine::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::admin::AdminToken;
 use crate::error::{blocking, ApiError};
 use crate::platforms::{Platform, Platforms};
 
-/// The most tiers and receivers a rule may have.
-pub const TIERS_MAX: usize = 16;
-pub const RECEIVERS_MAX: usize = 8;
-
-/// A period a tier measure counts over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Period {
-    Day,
-    Week,
-    Month,
-}
-
-impl Period {
-    /// The first business day of the period holding `day` (days since 1970-01-01, a Thursday).
-    pub fn start(self, day: u32) -> u32 {
-        match self {
-            Period::Day => day,
-            Period::Week => day.saturating_sub((day + 3) % 7),
-            Period::Month => {
-                let epoch = time::Date::from_calendar_date(1970, time::Month::January, 1).expect("valid");
-                let date = epoch + time::Duration::days(day as i64);
-                day - (date.day() as u32 - 1)
-            }
-        }
-    }
-}
-
-/// A rule as the platform record stores it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleConfig {
-    pub currency: String,
-    pub basis: Basis,
-    pub period: Period,
-    /// (from: minor units or credits, rate in parts per million), ascending from 0.
-    pub tiers: Vec<(i64, u32)>,
-    /// (account, weight).
-    pub receivers: Vec<(u64, i64)>,
-    pub service_fee_ppm: u32,
-}
-
-/// What picks the tier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Basis {
-    Amount,
-    Count,
-}
+pub use clearing_actor::commission::{format_rate, parse_rate, Basis, Period, RuleConfig, RECEIVERS_MAX, TIERS_MAX};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -98,23 +51,6 @@ pub(crate) struct RuleBody {
     receivers: Vec<ReceiverBody>,
     /// The operator's service fee rate on matured income (default "0").
     service_fee_rate: Option<String>,
-}
-
-/// Parses a rate: a decimal fraction from 0 to 1 with up to 6 places, in parts per million.
-pub fn parse_rate(text: &str) -> Option<u32> {
-    // A rate is a decimal fraction with up to 6 places: parts per million, 0 to 1 (unsigned).
-    if text.starts_with('-') {
-        return None;
-    }
-    let ppm = engine::money::parse_decimal(text, 6).ok()?;
-    u32::try_from(ppm).ok().filter(|ppm| *ppm <= RATE_PPM_ONE)
-}
-
-/// A rate in parts per million as the shortest decimal fraction ("0.006").
-pub fn format_rate(ppm: u32) -> String {
-    let text = format!("{}.{:06}", ppm / RATE_PPM_ONE, ppm % RATE_PPM_ONE);
-    let text = text.trim_end_matches('0');
-    text.strip_suffix('.').map_or_else(|| text.to_string(), str::to_string)
 }
 
 /// Validates a rule against the engine (currency, receivers are the platform's open accounts in
@@ -151,7 +87,7 @@ async fn validate(engine: &Arc<Engine>, platform: u32, body: RuleBody) -> Result
         Some(text) => parse_rate(text).ok_or_else(|| ApiError::invalid("a rate is a decimal fraction from 0 to 1 with up to 6 places", "service_fee_rate"))?,
     };
     let config = RuleConfig { currency: body.currency, basis: body.basis, period: body.period, tiers, receivers, service_fee_ppm };
-    let check = engine_rule(&config, currency, 0).check();
+    let check = config.engine_rule(currency, 0).check();
     check.map_err(|why| ApiError::invalid(why, if why.contains("receiver") { "receivers" } else { "tiers" }))?;
     Ok(config)
 }
@@ -171,27 +107,12 @@ async fn receiver_account(engine: &Arc<Engine>, platform: u32, account: AccountI
     .await??)
 }
 
-/// The engine's form of a stored rule, for a run whose period began on `period_start`.
-fn engine_rule(config: &RuleConfig, currency: engine::money::CurrencyId, period_start: u32) -> SettlementRule {
-    SettlementRule {
-        currency,
-        period_start,
-        basis: match config.basis {
-            Basis::Amount => TierBasis::Amount,
-            Basis::Count => TierBasis::Count,
-        },
-        tiers: config.tiers.iter().map(|(from, rate_ppm)| Tier { from: *from, rate_ppm: *rate_ppm }).collect(),
-        receivers: config.receivers.iter().map(|(account, weight)| Leg { account: AccountId(*account), amount: *weight }).collect(),
-        service_fee_ppm: config.service_fee_ppm,
-    }
-}
-
 /// The rule a settlement run of business day `day` applies for `platform` (`None`: income only
 /// matures). A rule whose currency is no longer configured applies to nothing.
 pub fn rule_for_run(engine: &Engine, platform: &Platform, day: u32) -> Option<Box<SettlementRule>> {
     let config = platform.settlement_rule.as_ref()?;
     let (currency, _) = crate::orders::currency(engine, &config.currency).ok()?;
-    Some(Box::new(engine_rule(config, currency, config.period.start(day))))
+    Some(config.for_run(currency, day))
 }
 
 /// A stored rule as the API shows it.
@@ -281,49 +202,4 @@ pub async fn delete_rule(
 /// Registers the rule routes.
 pub fn routes(config: &mut web::ServiceConfig) {
     config.service(put_rule).service(get_rule).service(delete_rule);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates_table() {
-        let cases: &[(&str, Option<u32>)] = &[
-            ("0.006", Some(6_000)),
-            ("0", Some(0)),
-            ("1", Some(1_000_000)),
-            ("1.0", Some(1_000_000)),
-            ("0.000001", Some(1)),
-            ("0.0000001", None),
-            ("1.000001", None),
-            ("-0.1", None),
-            (".5", None),
-            ("5.", None),
-            ("abc", None),
-            ("", None),
-        ];
-        for (text, ppm) in cases {
-            assert_eq!(parse_rate(text), *ppm, "{text}");
-        }
-        assert_eq!(format_rate(6_000), "0.006");
-        assert_eq!(format_rate(0), "0");
-        assert_eq!(format_rate(1_000_000), "1");
-        assert_eq!(format_rate(123_456), "0.123456");
-    }
-
-    #[test]
-    fn periods_table() {
-        let day = crate::settlements::day_number;
-        let d = |t: &str| day(t).expect("date");
-        // 2026-11-22 is a Sunday: its week began on Monday 2026-11-16.
-        assert_eq!(Period::Week.start(d("2026-11-22")), d("2026-11-16"));
-        assert_eq!(Period::Week.start(d("2026-11-16")), d("2026-11-16"));
-        assert_eq!(Period::Month.start(d("2026-11-22")), d("2026-11-01"));
-        assert_eq!(Period::Month.start(d("2026-03-01")), d("2026-03-01"));
-        assert_eq!(Period::Month.start(d("2024-02-29")), d("2024-02-01"));
-        assert_eq!(Period::Day.start(d("2026-11-22")), d("2026-11-22"));
-        // The first days since the epoch have no Monday before them: the period starts at 0.
-        assert_eq!([Period::Week.start(0), Period::Week.start(2), Period::Month.start(0)], [0, 0, 0]);
-    }
 }
