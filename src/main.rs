@@ -134,14 +134,19 @@ fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<P
     let channels = channel_table(&config, store.as_ref())?.set();
     let channel = channels.by_name(channel).map(|c| c.id).ok_or_else(|| anyhow::anyhow!("no channel {channel} in the configuration"))?;
     let engine = Engine::start(config.engine.clone(), store.clone())?;
-    let cases = gateway::offline::Cases::load(store.clone()).map_err(anyhow::Error::msg)?;
     let started = std::time::Instant::now();
-    let result = gateway::reconcile::reconcile(&engine, &cases, store.as_ref(), &channels, channel, day, &bytes);
+    // No server runs: the cases are opened here rather than by the clearing actor.
+    let result = clearing_actor::cases::CaseBook::load(store.as_ref()).and_then(|mut book| {
+        let mut report = clearing_actor::reconcile::reconcile(&engine, store.as_ref(), &channels, channel, day, &bytes)?;
+        let now = clearing_actor::calendar::Clock::now_micros(&clearing_actor::calendar::SystemClock);
+        clearing_actor::reconcile::record(&mut report, store.as_ref(), &mut book, now)?;
+        Ok(report)
+    });
     engine.shutdown();
     let report = result.map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("counts: {}", report["counts"]);
-    for detail in report["details"].as_array().into_iter().flatten().take(50) {
-        println!("  {detail}");
+    println!("counts: {}", serde_json::to_string(&report.counts)?);
+    for detail in report.details.iter().take(50) {
+        println!("  {}", serde_json::to_string(detail)?);
     }
     println!("elapsed_s: {:.3}", started.elapsed().as_secs_f64());
     Ok(())

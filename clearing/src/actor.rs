@@ -1,15 +1,18 @@
 //! The clearing actor: one thread owns routing's channel table (channels, daily caps, health),
-//! the payout book and the payouts waiting for a bank's verdict, and the settlement schedule.
-//! Everything that changes them is a message in its bounded mailbox with a typed reply: route
-//! and submit a payout, a bank's verdict, a timeout tick, a day's settlement, a channel added or
-//! changed. Handlers, the CLI and the schedule send messages; none of them locks clearing state,
+//! the payout book and the payouts waiting for a bank's verdict, the settlement schedule and the
+//! operator's cases. Everything that changes them is a message in its bounded mailbox with a
+//! typed reply: route and submit a payout, a bank's verdict, a timeout tick, a day's settlement,
+//! a statement file to reconcile, a channel added or changed, cases opened or resolved. Handlers, the CLI and the schedule send messages; none of them locks clearing state,
 //! so a verdict, a timeout and a fallback for one payout are handled one after the other.
 //!
 //! The actor waits for the engine on the payout commands it submits (a group commit, a few
-//! milliseconds; payouts are not the hot path). A settlement run, which can take seconds, runs
-//! on a worker thread that reports back as a message.
+//! milliseconds; payouts are not the hot path). A settlement run and a reconciliation (a file
+//! may hold millions of lines), which can take seconds, run on worker threads that report back
+//! as messages; a reconciliation's worker asks the actor to open the cases it found. One
+//! reconciliation runs at a time (two of one channel would race on its carried lines); a few
+//! more wait their turn.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,9 +28,11 @@ use storage::Store;
 use tokio::sync::oneshot;
 
 use crate::calendar::Clock;
+use crate::cases::{Case, CaseBook, CaseOpening, Resolution};
 use crate::channels::{At, Channel, ChannelChange, ChannelReport, ChannelSet, ChannelSpec, ChannelTable, Fallback, RouteRequest};
 use crate::error::ClearingError;
 use crate::payouts::{PayoutBook, PayoutNote, PayoutOutcome, PayoutRequest, PayoutVerdict, VerdictOutcome};
+use crate::reconcile::ReconcileReport;
 use crate::settlement::{PlatformTerms, Schedule, SettlementSummary};
 
 /// The platforms' terms for a business day (the gateway owns platforms and their rules).
@@ -50,7 +55,20 @@ impl Default for ClearingConfig {
     }
 }
 
+/// Reconciliations waiting for the one in progress, at most; more answer `Overloaded`.
+pub const RECONCILIATIONS_WAITING_MAX: usize = 4;
+
+/// Cases a reconciliation's worker hands the actor in one message (one synced write).
+const CASES_PER_MESSAGE: usize = 8_189;
+
 type Reply<T> = oneshot::Sender<Result<T, ClearingError>>;
+
+/// A statement file to reconcile: its channel and business day.
+struct ReconcileJob {
+    channel: u16,
+    day: u32,
+    file: Vec<u8>,
+}
 
 enum Message {
     Payout(Box<PayoutRequest>, Reply<PayoutOutcome>),
@@ -62,6 +80,11 @@ enum Message {
     Settle(u32, Vec<PlatformTerms>, Reply<SettlementSummary>),
     SettlementFinished { day: u32, result: Result<SettlementSummary, ClearingError>, reply: Option<Reply<SettlementSummary>> },
     ScheduleState(Reply<Option<Schedule>>),
+    Reconcile(Box<ReconcileJob>, Reply<ReconcileReport>),
+    ReconcileFinished(Result<ReconcileReport, ClearingError>, Reply<ReconcileReport>),
+    OpenCases(Vec<CaseOpening>, Reply<usize>),
+    Cases(Reply<Vec<Case>>),
+    ResolveCase(String, Resolution, Reply<Case>),
     Trip(u16, Duration, Reply<()>),
     Stop,
 }
@@ -90,6 +113,11 @@ struct Actor {
     terms: TermsSource,
     /// The day of the settlement run in progress, if one is.
     running: Option<u32>,
+    /// The operator's cases (suspense, reconciliation).
+    cases: CaseBook,
+    /// A reconciliation is in progress on a worker; these wait their turn.
+    reconciling: bool,
+    waiting: VecDeque<(ReconcileJob, Reply<ReconcileReport>)>,
     mailbox: Sender<Message>,
 }
 
@@ -111,6 +139,9 @@ impl Clearing {
         let mut actor = Actor {
             engine,
             book: PayoutBook::load(store.as_ref())?,
+            cases: CaseBook::load(store.as_ref())?,
+            reconciling: false,
+            waiting: VecDeque::new(),
             store,
             bank: bank.clone(),
             clock,
@@ -208,6 +239,28 @@ impl Clearing {
         self.ask(Message::ScheduleState).await
     }
 
+    /// Reconciles statement `file` of `channel` for business day `day` on a worker thread: the
+    /// bank's verdicts applied to orders waiting for them, the cases it found opened, the lines
+    /// missing on our side carried.
+    pub async fn reconcile(&self, channel: u16, day: u32, file: Vec<u8>) -> Result<ReconcileReport, ClearingError> {
+        self.ask(|reply| Message::Reconcile(Box::new(ReconcileJob { channel, day, file }), reply)).await
+    }
+
+    /// Opens the cases of `openings` not open yet (one synced write); how many it opened.
+    pub async fn open_cases(&self, openings: Vec<CaseOpening>) -> Result<usize, ClearingError> {
+        self.ask(|reply| Message::OpenCases(openings, reply)).await
+    }
+
+    /// Every case, by id.
+    pub async fn cases(&self) -> Result<Vec<Case>, ClearingError> {
+        self.ask(Message::Cases).await
+    }
+
+    /// Records how an open case was resolved, by whom and when.
+    pub async fn resolve_case(&self, case_id: String, resolution: Resolution) -> Result<Case, ClearingError> {
+        self.ask(|reply| Message::ResolveCase(case_id, resolution, reply)).await
+    }
+
     /// Opens a channel's circuit for `cooldown` (operators and tests).
     pub async fn trip(&self, channel: u16, cooldown: Duration) -> Result<(), ClearingError> {
         self.ask(|reply| Message::Trip(channel, cooldown, reply)).await
@@ -274,6 +327,24 @@ impl Actor {
                 }
             }
             Message::ScheduleState(reply) => answer(reply, Ok(self.schedule.clone())),
+            Message::Reconcile(job, reply) => self.reconcile(*job, reply),
+            Message::ReconcileFinished(result, reply) => {
+                // Over before the caller hears of it: its next file waits for no one.
+                self.reconciling = false;
+                answer(reply, result);
+                if let Some((job, reply)) = self.waiting.pop_front() {
+                    self.reconcile(job, reply);
+                }
+            }
+            Message::OpenCases(openings, reply) => {
+                let now = self.clock.now_micros();
+                answer(reply, self.cases.open(self.store.as_ref(), openings, now));
+            }
+            Message::Cases(reply) => answer(reply, Ok(self.cases.all())),
+            Message::ResolveCase(case_id, resolution, reply) => {
+                let now = self.clock.now_micros();
+                answer(reply, self.cases.resolve(self.store.as_ref(), &case_id, resolution, now));
+            }
             Message::Trip(channel, cooldown, reply) => {
                 let until = self.clock.instant() + cooldown;
                 self.table.trip(channel, until);
@@ -523,6 +594,35 @@ impl Actor {
         }
     }
 
+    /// Starts reconciling `job` on a worker thread, which reports back with its result; the
+    /// actor then answers `reply`. One at a time, a few waiting.
+    fn reconcile(&mut self, job: ReconcileJob, reply: Reply<ReconcileReport>) {
+        if self.reconciling {
+            if self.waiting.len() < RECONCILIATIONS_WAITING_MAX {
+                self.waiting.push_back((job, reply));
+            } else {
+                answer(reply, Err(ClearingError::Overloaded));
+            }
+            return;
+        }
+        if self.table.get(job.channel).is_none() {
+            answer(reply, Err(ClearingError::invalid("unknown channel", "channel")));
+            return;
+        }
+        self.reconciling = true;
+        let (engine, store, channels, mailbox) = (self.engine.clone(), self.store.clone(), self.table.set(), self.mailbox.clone());
+        let worker = std::thread::Builder::new().name("reconcile".into()).spawn(move || {
+            let result = reconcile_and_record(&engine, store.as_ref(), &channels, &mailbox, &job);
+            // A blocking send: the actor waits for this report before it starts the next one.
+            let _ = mailbox.send(Message::ReconcileFinished(result, reply));
+        });
+        if let Err(error) = worker {
+            // The reply went with the closure: the asker hears `Overloaded`.
+            self.reconciling = false;
+            eprintln!("reconciliation: cannot start a worker: {error}");
+        }
+    }
+
     /// Counts today's payouts against their channels' daily caps and hands the bank again every
     /// order still waiting for its verdict (money in pending, payouts processing); returns how
     /// many it handed on.
@@ -574,6 +674,27 @@ impl Actor {
         }
         Ok(resumed)
     }
+}
+
+/// A reconciliation on its worker thread: the report, its cases opened by the actor (it owns
+/// them; the worker waits for the write), then the carried lines written.
+fn reconcile_and_record(
+    engine: &Engine,
+    store: &dyn Store,
+    channels: &ChannelSet,
+    mailbox: &Sender<Message>,
+    job: &ReconcileJob,
+) -> Result<ReconcileReport, ClearingError> {
+    let mut report = crate::reconcile::reconcile(engine, store, channels, job.channel, job.day, &job.file)?;
+    // In slices, so that a file full of differences does not hold routing up for one long write.
+    for slice in report.take_cases().chunks(CASES_PER_MESSAGE) {
+        let (reply, opened) = oneshot::channel();
+        // A blocking send: this is a worker, not a caller the actor must never stall.
+        mailbox.send(Message::OpenCases(slice.to_vec(), reply)).map_err(|_| ClearingError::Overloaded)?;
+        opened.blocking_recv().map_err(|_| ClearingError::Overloaded)??;
+    }
+    report.write_carries(store)?;
+    Ok(report)
 }
 
 /// What a fallback did.

@@ -114,6 +114,12 @@ pub fn date_text(day: u32) -> String {
     }
 }
 
+/// An instant (microseconds since the epoch) as RFC 3339 in UTC (`2026-12-01T08:00:00.5Z`).
+pub fn rfc3339(micros: u64) -> String {
+    let nanos = micros as i128 * 1_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_default()
+}
+
 /// `HH:MM` as minutes after midnight (`24:00` is 1440).
 pub fn parse_minute(text: &str) -> Option<u32> {
     let (hours, minutes) = text.split_once(':')?;
@@ -153,6 +159,7 @@ mod tests {
         assert_eq!(parse_date("1970-01-01"), Some(0));
         assert_eq!(parse_date("2026-12-01"), Some(20_788));
         assert_eq!(date_text(20_788), "2026-12-01");
+        assert_eq!(rfc3339(1_500_000), "1970-01-01T00:00:01.5Z");
         for bad in ["", "1969-12-31", "2026-13-01", "2026-1-1x", "garbage"] {
             assert_eq!(parse_date(bad), None, "{bad}");
         }

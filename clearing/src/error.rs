@@ -24,12 +24,18 @@ pub enum ClearingError {
     /// A settlement run is in progress; try again when it has finished.
     #[error("a settlement run is in progress")]
     Busy,
+    /// The case is resolved already.
+    #[error("the case is already resolved")]
+    CaseResolved,
     /// The clearing actor's mailbox is full (or it has stopped): try again later.
     #[error("clearing is overloaded")]
     Overloaded,
     /// The engine could not answer (a shard stopped, a wait timed out).
     #[error("engine: {0}")]
     Engine(#[from] engine::EngineError),
+    /// The bank could not answer (its reserve balance, for the reserve check).
+    #[error("{0}")]
+    Bank(#[from] bank::BankError),
     /// A record could not be read or written.
     #[error("storage: {0}")]
     Storage(String),

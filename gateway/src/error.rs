@@ -89,6 +89,8 @@ impl From<clearing_actor::ClearingError> for ApiError {
             E::Busy => ApiError::new(409, "settlement_running", "a settlement run is in progress; try again when it has finished"),
             E::Overloaded => ApiError::new(503, "overloaded", "clearing is overloaded; try again shortly"),
             E::Engine(error) => ApiError::unavailable(error.to_string()),
+            E::CaseResolved => ApiError::new(409, "order_state_invalid", "the case is already resolved"),
+            E::Bank(error) => ApiError::unavailable(error.to_string()),
             E::Storage(message) => ApiError::unavailable(message),
         }
     }

@@ -3,19 +3,20 @@
 //! account number they name. A line that names an account able to take it is credited to that
 //! account (a confirmed recharge through the `offline_transfer` channel); one that matches
 //! nothing goes to a suspense account and becomes a case for an operator, who records how it
-//! was resolved, by whom and when. Each line is idempotent by its bank reference.
+//! was resolved, by whom and when. Each line is idempotent by its bank reference. Cases are
+//! clearing's (`clearing_actor::cases`, owned by the clearing actor): these handlers ask it to
+//! open, list and resolve them.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use clearing_actor::cases::{CaseOpening, Resolution};
 use engine::ledger::command::{Command, Envelope, OutOrderNo};
 use engine::ledger::types::OrderId;
 use engine::result::ResultCode;
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use storage::Store;
 
 use crate::accounts::{execute, parse_virtual_account_no, public_account_id};
 use crate::admin::AdminToken;
@@ -26,7 +27,6 @@ use crate::orders::{currency, public_order_id};
 pub use clearing_actor::channels::OFFLINE_CHANNEL;
 /// Statement lines one request may carry.
 pub const LINES_MAX: usize = 8189;
-const PREFIX: &str = "k/";
 
 /// One line of the bank statement that credits the master account.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -47,56 +47,8 @@ pub(crate) struct TransfersBody {
     lines: Vec<StatementLine>,
 }
 
-/// A case for an operator: money in suspense.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Case {
-    pub case_id: String,
-    /// The statement line (or order) the case is about.
-    pub line: serde_json::Value,
-    pub reason: String,
-    /// `open` or `resolved`.
-    pub status: String,
-    pub created_at: String,
-    pub resolution: Option<String>,
-    pub resolved_by: Option<String>,
-    pub resolved_at: Option<String>,
-}
-
-/// Every case, loaded at start and written through.
-pub struct Cases {
-    store: Arc<dyn Store>,
-    by_id: Mutex<BTreeMap<String, Case>>,
-}
-
-impl Cases {
-    /// Loads every stored case.
-    pub fn load(store: Arc<dyn Store>) -> Result<Cases, String> {
-        let by_id = crate::records::load_all::<Case>(store.as_ref(), PREFIX.as_bytes())?.into_iter().map(|(_, c)| (c.case_id.clone(), c)).collect();
-        Ok(Cases { store, by_id: Mutex::new(by_id) })
-    }
-
-    /// Opens a case unless one with its id exists (re-runs open nothing twice); true if opened.
-    pub fn open(&self, case_id: String, line: serde_json::Value, reason: String) -> Result<bool, ApiError> {
-        if self.by_id.lock().expect("cases lock").contains_key(&case_id) {
-            return Ok(false);
-        }
-        self.save(Case { case_id, line, reason, status: "open".into(), created_at: now_text(), resolution: None, resolved_by: None, resolved_at: None })?;
-        Ok(true)
-    }
-
-    fn save(&self, case: Case) -> Result<(), ApiError> {
-        crate::records::put(self.store.as_ref(), &[(format!("{PREFIX}{}", case.case_id).into_bytes(), &case)])?;
-        self.by_id.lock().expect("cases lock").insert(case.case_id.clone(), case);
-        Ok(())
-    }
-}
-
-fn now_text() -> String {
-    crate::orders::format_time(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64))
-}
-
 /// Credits one statement line, or books it to suspense with a case.
-async fn take_line(engine: &Arc<Engine>, cases: &Arc<Cases>, line: StatementLine) -> Result<serde_json::Value, ApiError> {
+async fn take_line(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, line: StatementLine) -> Result<serde_json::Value, ApiError> {
     let number = OutOrderNo::new(&line.bank_ref).ok_or_else(|| ApiError::invalid("bank_ref is 1 to 64 characters [A-Za-z0-9_-]", "bank_ref"))?;
     let (currency_id, spec) = currency(engine, &line.currency)?;
     let amount = crate::orders::amount(&line.amount, &spec, "amount")?;
@@ -129,20 +81,9 @@ async fn take_line(engine: &Arc<Engine>, cases: &Arc<Cases>, line: StatementLine
     if !reply.is_ok() {
         return Err(crate::orders::rejection(reply.code));
     }
-    if !reply.replayed || !cases.by_id.lock().expect("cases lock").contains_key(&case_id) {
-        let case = Case {
-            case_id: case_id.clone(),
-            line: serde_json::to_value(&line).expect("lines serialize"),
-            reason: reason.clone(),
-            status: "open".into(),
-            created_at: now_text(),
-            resolution: None,
-            resolved_by: None,
-            resolved_at: None,
-        };
-        let cases = cases.clone();
-        blocking(move || cases.save(case)).await??;
-    }
+    // Opened once: a replayed line finds its case (and opens it if a crash came in between).
+    let opening = CaseOpening { case_id: case_id.clone(), line: serde_json::to_value(&line).expect("lines serialize"), reason: reason.clone() };
+    clearing.open_cases(vec![opening]).await?;
     Ok(json!({"bank_ref": line.bank_ref, "status": "suspense", "case_id": case_id, "reason": reason, "replayed": reply.replayed}))
 }
 
@@ -154,7 +95,6 @@ pub async fn offline_transfers(
     body: web::Bytes,
     token: web::Data<AdminToken>,
     engine: web::Data<Arc<Engine>>,
-    cases: web::Data<Arc<Cases>>,
     clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
@@ -166,7 +106,7 @@ pub async fn offline_transfers(
     for line in body.lines {
         let bank_ref = line.bank_ref.clone();
         let (currency, amount) = (line.currency.clone(), line.amount.clone());
-        results.push(match take_line(&engine, &cases, line).await {
+        results.push(match take_line(&engine, &clearing, line).await {
             Ok(result) => {
                 // The (simulated) bank's reserve account shows the money that arrived.
                 if let Some((spec, minor)) = crate::orders::currency(&engine, &currency).ok().and_then(|(_, spec)| Some((spec, spec.parse(&amount)?))) {
@@ -184,9 +124,9 @@ pub async fn offline_transfers(
 /// `GET /admin/cases`: money in suspense waiting for (or resolved by) an operator.
 #[utoipa::path(get, path = "/admin/cases", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/cases")]
-pub async fn list_cases(request: HttpRequest, token: web::Data<AdminToken>, cases: web::Data<Arc<Cases>>) -> Result<HttpResponse, ApiError> {
+pub async fn list_cases(request: HttpRequest, token: web::Data<AdminToken>, clearing: web::Data<clearing_actor::Clearing>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let all: Vec<Case> = cases.by_id.lock().expect("cases lock").values().cloned().collect();
+    let all = clearing.cases().await?;
     Ok(HttpResponse::Ok().json(json!({"cases": all})))
 }
 
@@ -207,23 +147,12 @@ pub async fn resolve_case(
     path: web::Path<String>,
     body: web::Bytes,
     token: web::Data<AdminToken>,
-    cases: web::Data<Arc<Cases>>,
+    clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: ResolveBody = crate::v1::parse_json(&body)?;
-    if body.resolution.trim().is_empty() || body.operator.trim().is_empty() || body.resolution.len() > 1024 || body.operator.len() > 128 {
-        return Err(ApiError::invalid("resolution (1-1024 bytes) and operator (1-128 bytes) are required", "resolution"));
-    }
-    let mut case = cases.by_id.lock().expect("cases lock").get(path.as_str()).cloned().ok_or_else(ApiError::not_found)?;
-    if case.status == "resolved" {
-        return Err(ApiError::new(409, "order_state_invalid", "the case is already resolved"));
-    }
-    case.status = "resolved".into();
-    case.resolution = Some(body.resolution);
-    case.resolved_by = Some(body.operator);
-    case.resolved_at = Some(now_text());
-    let (saving, saved) = (cases.get_ref().clone(), case.clone());
-    blocking(move || saving.save(saved)).await??;
+    // Clearing checks the lengths (1-1024 and 1-128 bytes) and that the case is still open.
+    let case = clearing.resolve_case(path.into_inner(), Resolution { resolution: body.resolution, operator: body.operator }).await?;
     Ok(HttpResponse::Ok().json(case))
 }
 

@@ -62,7 +62,6 @@ pub struct Services {
     pub cards: Arc<crate::cards::Cards>,
     pub notifications: Arc<crate::notifications::Notifications>,
     pub store: Arc<dyn storage::Store>,
-    pub cases: Arc<crate::offline::Cases>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The webhook delivery workers, woken when a platform sets its webhook.
     pub webhooks: crate::events::Delivery,
@@ -112,7 +111,6 @@ impl Services {
             passwords: Arc::new(crate::passwords::Passwords::load(store.clone())?),
             cards: Arc::new(crate::cards::Cards::load(store.clone())?),
             notifications: Arc::new(crate::notifications::Notifications::load(store.clone())?),
-            cases: Arc::new(crate::offline::Cases::load(store.clone())?),
             store,
             metrics,
             webhooks,
@@ -133,7 +131,6 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let notifications = web::Data::new(services.notifications);
     let store = web::Data::new(services.store);
     let clearing = web::Data::new(services.clearing);
-    let cases = web::Data::new(services.cases);
     let metrics = web::Data::new(services.metrics);
     let webhooks = web::Data::new(services.webhooks);
     let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
@@ -151,7 +148,6 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(notifications.clone())
             .app_data(store.clone())
             .app_data(clearing.clone())
-            .app_data(cases.clone())
             .app_data(metrics.clone())
             .app_data(webhooks.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))

@@ -1,0 +1,362 @@
+//! Reconciliation: a channel's statement file of a business date against the engine's channel
+//! ledger (the orders that went through that channel). Each line is matched by order id and
+//! classified: matched; missing on our side (长款: the bank has it, we do not); missing on
+//! theirs (短款: we have a final order the bank does not list); amount or status mismatch, and
+//! fee mismatch (the bank's fee column against what we charged a payout, or the channel's
+//! tariff for money in). Lines missing on our side are carried to the next days
+//! (`r/carry/{channel}/{bank_ref}`) before they are declared; the safe case (our order still
+//! pending or processing, the bank's verdict final) is resolved automatically by applying the
+//! verdict; everything else becomes a case for an operator. Re-running a date opens no case twice.
+//!
+//! `reconcile` reads and applies verdicts but writes no record: the report carries the cases to
+//! open and the carried lines to write. The clearing actor runs it on a worker thread, opens the
+//! cases (it owns them), then the worker writes the carries; the CLI does the same with a
+//! `CaseBook` of its own (`record`). Cases go first, so a line is never marked declared without
+//! its case.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bank::StatementLine;
+use engine::ledger::command::{Command, Envelope};
+use engine::ledger::types::{OrderDetail, OrderId, OrderKind, OrderStatus};
+use engine::money::{CurrencySpec, Minor};
+use engine::Engine;
+use serde::{Deserialize, Serialize};
+use storage::Store;
+
+use crate::calendar::{date_text, Calendar};
+use crate::cases::{CaseBook, CaseOpening};
+use crate::channels::{Channel, ChannelSet};
+use crate::error::ClearingError;
+use crate::settlement::channel_of;
+
+/// Days a line missing on our side is carried before it becomes a case.
+pub const CARRY_DAYS: u32 = 2;
+/// Findings a report lists at most (the counts count them all).
+pub const DETAILS_MAX: usize = 1000;
+
+/// How a statement line (or one of our orders) came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    Matched,
+    /// Missing on our side, carried to the next days.
+    Carried,
+    /// 长款: the bank lists an order we do not have (after `CARRY_DAYS`).
+    MissingOurs,
+    /// 短款: our final order of the day is not on the bank's statement.
+    MissingTheirs,
+    AmountMismatch,
+    FeeMismatch,
+    StatusMismatch,
+    /// Our order waited, the bank had decided: its verdict was applied.
+    AutoResolved,
+    /// Our order of the day is still waiting and not on the statement.
+    AwaitingBank,
+}
+
+/// One difference, as the report lists it: `{"class": ..., "detail": {...}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "class", content = "detail", rename_all = "snake_case")]
+pub enum Finding {
+    Carried { bank_ref: String, first_seen: String },
+    MissingOurs { bank_ref: String, case_id: String },
+    MissingTheirs { order_id: String, case_id: String },
+    AmountMismatch { bank_ref: String, order_id: String, case_id: String },
+    FeeMismatch { bank_ref: String, order_id: String, case_id: String },
+    StatusMismatch { bank_ref: String, order_id: String, case_id: String },
+    AutoResolved { order_id: String, status: Option<&'static str> },
+    AwaitingBank { order_id: String },
+}
+
+/// What reconciling one file found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    /// The channel's name.
+    pub channel: String,
+    pub business_date: String,
+    /// Lines (and orders) per class.
+    pub counts: BTreeMap<Class, u64>,
+    /// Every finding but matches, the first `DETAILS_MAX`.
+    pub details: Vec<Finding>,
+    /// Cases to open (each once), before the carries are written.
+    #[serde(skip)]
+    pub cases: Vec<CaseOpening>,
+    /// Carried lines to write (`None` ends a carry: the store has no deletes).
+    #[serde(skip)]
+    carries: Vec<(Vec<u8>, Option<Carried>)>,
+}
+
+/// A line missing on our side, carried across days.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Carried {
+    line: StatementLine,
+    first_day: u32,
+    /// Declared missing on our side (a case is open): a re-run of an earlier date that lists
+    /// the line again does not carry it again.
+    #[serde(default)]
+    declared: bool,
+}
+
+/// What reconciliation needs of one of our orders.
+#[derive(Clone, Copy)]
+struct Ours {
+    amount: Minor,
+    /// The fee we charged a payout (money in: `None`, the channel's tariff applies).
+    fee: Option<Minor>,
+    status: OrderStatus,
+    withdrawal: bool,
+    created_day: u32,
+    spec: CurrencySpec,
+}
+
+impl Ours {
+    /// The order's verdict as we have it: `None` while it waits for the bank.
+    fn verdict(&self) -> Option<bool> {
+        match self.status {
+            OrderStatus::Pending | OrderStatus::Processing => None,
+            OrderStatus::Failed => Some(false),
+            _ => Some(true),
+        }
+    }
+}
+
+/// A statement line to classify: the day it was first seen if it was carried, and whether it
+/// was declared missing on our side already.
+struct Pending {
+    line: StatementLine,
+    carried_since: Option<u32>,
+    declared: bool,
+}
+
+/// Reconciles statement `file` of `channel` for business day `day`. Blocking: reads every
+/// shard and applies the bank's verdict to orders still waiting for it.
+pub fn reconcile(engine: &Engine, store: &dyn Store, channels: &ChannelSet, channel: u16, day: u32, file: &[u8]) -> Result<ReconcileReport, ClearingError> {
+    let lines = lines_with_carries(store, channel, file)?;
+    let ours = channel_ledger(engine, channel)?;
+    let mut run = Run {
+        report: ReconcileReport {
+            channel: channels.name(channel),
+            business_date: date_text(day),
+            counts: BTreeMap::new(),
+            details: Vec::new(),
+            cases: Vec::new(),
+            carries: Vec::new(),
+        },
+        channel,
+        day,
+        tariff: channels.get(channel),
+    };
+    let mut seen: HashSet<u64> = HashSet::new();
+    for pending in lines {
+        if let Some(id) = run.line(engine, &ours, pending)? {
+            seen.insert(id.0);
+        }
+    }
+    // Our orders of the day the bank does not list.
+    let mut missing: Vec<(&u64, &Ours)> = ours.iter().filter(|(id, o)| o.created_day == day && !seen.contains(id)).collect();
+    missing.sort_by_key(|(id, _)| **id);
+    for (id, order) in missing {
+        run.missing_theirs(OrderId(*id), order);
+    }
+    Ok(run.report)
+}
+
+/// The file's lines, then the lines carried from earlier days that it does not list; a line in
+/// the file that was carried keeps the day it was first seen. A carry that ended is stored as
+/// null and skipped.
+fn lines_with_carries(store: &dyn Store, channel: u16, file: &[u8]) -> Result<Vec<Pending>, ClearingError> {
+    let parsed = bank::statement::parse(file).map_err(|error| ClearingError::invalid(error.to_string(), "file"))?;
+    let mut lines: Vec<Pending> = parsed.into_iter().map(|line| Pending { line, carried_since: None, declared: false }).collect();
+    let mut in_file: HashMap<String, usize> = lines.iter().enumerate().map(|(index, p)| (p.line.bank_ref.clone(), index)).collect();
+    let carried = storage::records::load_all::<Option<Carried>>(store, carry_prefix(channel).as_bytes()).map_err(ClearingError::Storage)?;
+    for carried in carried.into_iter().filter_map(|(_, c)| c) {
+        match in_file.get(&carried.line.bank_ref) {
+            Some(index) => (lines[*index].carried_since, lines[*index].declared) = (Some(carried.first_day), carried.declared),
+            None if carried.declared => {}
+            None => {
+                in_file.insert(carried.line.bank_ref.clone(), lines.len());
+                lines.push(Pending { line: carried.line, carried_since: Some(carried.first_day), declared: false });
+            }
+        }
+    }
+    Ok(lines)
+}
+
+fn carry_prefix(channel: u16) -> String {
+    format!("r/carry/{channel:05}/")
+}
+
+/// Our channel ledger: every order through `channel` (all days: a carried line may name an
+/// older one), with its business day.
+fn channel_ledger(engine: &Engine, channel: u16) -> Result<HashMap<u64, Ours>, ClearingError> {
+    let calendar = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() };
+    let mut ours = HashMap::new();
+    for shard in 0..engine.config().shard_count {
+        let calendar = calendar.clone();
+        let part = engine.read_shard(shard, move |state| {
+            state
+                .orders
+                .iter()
+                .filter(|o| channel_of(&o.detail) == Some(channel))
+                .map(|o| {
+                    let fee = match o.detail {
+                        OrderDetail::Withdrawal { fee, .. } => Some(fee),
+                        _ => None,
+                    };
+                    let ours = Ours {
+                        amount: o.amount,
+                        fee,
+                        status: o.status,
+                        withdrawal: o.kind == OrderKind::Withdrawal,
+                        created_day: calendar.day(o.created_at),
+                        spec: state.currencies[o.currency.0 as usize],
+                    };
+                    (o.id.0, ours)
+                })
+                .collect::<Vec<_>>()
+        })?;
+        ours.extend(part);
+    }
+    Ok(ours)
+}
+
+/// One reconciliation in progress.
+struct Run<'a> {
+    report: ReconcileReport,
+    channel: u16,
+    day: u32,
+    tariff: Option<&'a Channel>,
+}
+
+impl Run<'_> {
+    fn note(&mut self, class: Class, finding: Option<Finding>) {
+        *self.report.counts.entry(class).or_default() += 1;
+        if let Some(finding) = finding {
+            if self.report.details.len() < DETAILS_MAX {
+                self.report.details.push(finding);
+            }
+        }
+    }
+
+    fn open_case(&mut self, case_id: &str, line: serde_json::Value, reason: String) {
+        self.report.cases.push(CaseOpening { case_id: case_id.to_string(), line, reason });
+    }
+
+    /// Classifies one statement line; returns the order it matched, if any.
+    fn line(&mut self, engine: &Engine, ours: &HashMap<u64, Ours>, pending: Pending) -> Result<Option<OrderId>, ClearingError> {
+        let Pending { line, carried_since, declared } = pending;
+        let carry_key = format!("{}{}", carry_prefix(self.channel), line.bank_ref).into_bytes();
+        let case_id = format!("recon_{}_{}", self.channel, line.bank_ref);
+        let found = bank::parse_order_ref(&line.order_id).and_then(|id| ours.get(&id.0).map(|o| (id, *o)));
+        let Some((id, order)) = found else {
+            self.missing_ours(line, carry_key, case_id, carried_since, declared);
+            return Ok(None);
+        };
+        if carried_since.is_some() {
+            // A carried line that matched is no longer carried.
+            self.report.carries.push((carry_key, None));
+        }
+        let theirs_ok = line.status == "succeeded";
+        let line_value = || serde_json::to_value(&line).expect("lines serialize");
+        let mismatch = |class: Class| {
+            let (bank_ref, order_id, case_id) = (line.bank_ref.clone(), line.order_id.clone(), case_id.clone());
+            match class {
+                Class::AmountMismatch => Finding::AmountMismatch { bank_ref, order_id, case_id },
+                Class::FeeMismatch => Finding::FeeMismatch { bank_ref, order_id, case_id },
+                _ => Finding::StatusMismatch { bank_ref, order_id, case_id },
+            }
+        };
+        // The bank's amount, read like its fee: exact decimal text in the currency's minor unit.
+        if order.spec.parse(&line.amount) != Some(order.amount) {
+            let reason = format!("amount mismatch: ours {}, theirs {}", order.spec.format(order.amount), line.amount);
+            self.open_case(&case_id, line_value(), reason);
+            self.note(Class::AmountMismatch, Some(mismatch(Class::AmountMismatch)));
+            return Ok(Some(id));
+        }
+        if let Some(their_fee) = &line.fee {
+            // A failed order costs nothing; otherwise the fee we charged (payouts) or the
+            // channel's tariff (money in).
+            let ours_fee = if !theirs_ok { 0 } else { order.fee.unwrap_or_else(|| self.tariff.map_or(0, |c| c.fee(order.amount))) };
+            if order.spec.parse(their_fee) != Some(ours_fee) {
+                let reason = format!("fee mismatch: ours {}, theirs {their_fee}", order.spec.format(ours_fee));
+                self.open_case(&case_id, line_value(), reason);
+                self.note(Class::FeeMismatch, Some(mismatch(Class::FeeMismatch)));
+                return Ok(Some(id));
+            }
+        }
+        match order.verdict() {
+            Some(ok) if ok == theirs_ok => self.note(Class::Matched, None),
+            Some(_) => {
+                let reason = format!("status mismatch: ours {}, theirs {}", order.status.name(), line.status);
+                self.open_case(&case_id, line_value(), reason);
+                self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
+            }
+            None => {
+                // The safe case: we wait, the bank has decided. Apply its verdict.
+                let command = if order.withdrawal {
+                    Command::CompleteWithdrawal { order: id, succeeded: theirs_ok }
+                } else {
+                    Command::CompleteRecharge { order: id, succeeded: theirs_ok }
+                };
+                let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
+                let finding = Finding::AutoResolved { order_id: bank::order_ref(id), status: reply.status.map(|s| s.name()) };
+                self.note(Class::AutoResolved, Some(finding));
+            }
+        }
+        Ok(Some(id))
+    }
+
+    /// A line that names no order of ours: carried while it is young, then declared (a case).
+    fn missing_ours(&mut self, line: StatementLine, carry_key: Vec<u8>, case_id: String, carried_since: Option<u32>, declared: bool) {
+        let first_day = carried_since.unwrap_or(self.day).min(self.day);
+        if declared || self.day.saturating_sub(first_day) >= CARRY_DAYS {
+            let reason = "missing on our side (长款): the bank lists an order we do not have".to_string();
+            self.open_case(&case_id, serde_json::to_value(&line).expect("lines serialize"), reason);
+            self.note(Class::MissingOurs, Some(Finding::MissingOurs { bank_ref: line.bank_ref.clone(), case_id }));
+            if !declared {
+                self.report.carries.push((carry_key, Some(Carried { line, first_day, declared: true })));
+            }
+        } else {
+            self.note(Class::Carried, Some(Finding::Carried { bank_ref: line.bank_ref.clone(), first_seen: date_text(first_day) }));
+            self.report.carries.push((carry_key, Some(Carried { line, first_day, declared: false })));
+        }
+    }
+
+    /// Our order of the day that the bank does not list: a case once it is final.
+    fn missing_theirs(&mut self, id: OrderId, order: &Ours) {
+        let order_id = bank::order_ref(id);
+        if order.verdict().is_none() {
+            self.note(Class::AwaitingBank, Some(Finding::AwaitingBank { order_id }));
+            return;
+        }
+        let case_id = format!("recon_{}_{order_id}", self.channel);
+        let line = serde_json::json!({"order_id": order_id, "amount": order.spec.format(order.amount), "status": order.status.name()});
+        self.open_case(&case_id, line, "missing on their side (短款): our order is not on the bank's statement".into());
+        self.note(Class::MissingTheirs, Some(Finding::MissingTheirs { order_id, case_id }));
+    }
+}
+
+impl ReconcileReport {
+    /// Takes the cases to open out of the report.
+    pub fn take_cases(&mut self) -> Vec<CaseOpening> {
+        std::mem::take(&mut self.cases)
+    }
+
+    /// Writes the carried lines in one synced write (after the cases are open).
+    pub fn write_carries(&mut self, store: &dyn Store) -> Result<(), ClearingError> {
+        let carries = std::mem::take(&mut self.carries);
+        if carries.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<(Vec<u8>, &Option<Carried>)> = carries.iter().map(|(key, carried)| (key.clone(), carried)).collect();
+        storage::records::put(store, &records).map_err(|e| ClearingError::Storage(e.to_string()))
+    }
+}
+
+/// Records what a report found without the actor (the CLI): opens its cases in `book`, then
+/// writes its carries.
+pub fn record(report: &mut ReconcileReport, store: &dyn Store, book: &mut CaseBook, now_micros: u64) -> Result<(), ClearingError> {
+    book.open(store, report.take_cases(), now_micros)?;
+    report.write_carries(store)
+}

@@ -1,0 +1,297 @@
+//! Reconciliation, cases and the reserve check with a real engine (in-memory store): a
+//! hand-written statement file with every class of difference, the lines carried across days,
+//! the cases the clearing actor opens and an operator resolves, and the reserve figures.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use clearing_actor::calendar::{date_text, Calendar, Clock, SystemClock};
+use clearing_actor::cases::{CaseBook, CaseOpening, Resolution};
+use clearing_actor::channels::{ChannelSet, ChannelSpec, ChannelTable};
+use clearing_actor::reserve::BankFigure;
+use clearing_actor::{Clearing, ClearingConfig, ClearingError};
+use engine::ledger::command::{Command, Envelope};
+use engine::ledger::types::{AccountId, Limits, OrderId};
+use engine::money::CurrencyId;
+use engine::{Engine, EngineConfig};
+use serde_json::json;
+
+const P: u32 = 5;
+/// The payout channel's fee on every payout here (1.00).
+const FEE: i64 = 100;
+
+fn spec(id: u16, name: &str, direction: &str, fee: &str) -> ChannelSpec {
+    ChannelSpec {
+        id,
+        name: name.into(),
+        kind: "test".into(),
+        direction: direction.into(),
+        currency: "CNY".into(),
+        fee_fixed: fee.into(),
+        fee_rate_bps: 0,
+        fee_min: "0.00".into(),
+        fee_max: "100.00".into(),
+        order_min: "0.01".into(),
+        order_max: "50000.00".into(),
+        daily_cap: "1000000.00".into(),
+        window: "00:00-24:00".into(),
+        business_days_only: false,
+        arrival: "realtime".into(),
+        eta_minutes: 1,
+        serves: vec!["personal".into()],
+        sim_latency_ms: 60_000,
+        sim_failure_per_mille: 0,
+        enabled: true,
+        sim_drop_per_mille: 0,
+        timeout_ms: 600_000,
+    }
+}
+
+struct World {
+    engine: Arc<Engine>,
+    store: Arc<dyn storage::Store>,
+    table: Option<ChannelTable>,
+    account: AccountId,
+}
+
+impl World {
+    fn new() -> World {
+        let store: Arc<dyn storage::Store> = Arc::new(storage::MemoryStore::new());
+        let engine = Arc::new(Engine::start(EngineConfig { shard_count: 2, ack_flush_ms: 1, ..EngineConfig::default() }, store.clone()).unwrap());
+        let currencies = engine.config().currencies.clone();
+        let channels = vec![spec(1, "payout", "out", "1.00").build(&currencies).unwrap(), spec(3, "collect", "in", "0.50").build(&currencies).unwrap()];
+        let table = ChannelTable::new(channels, Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() }).unwrap();
+        let open = Command::OpenAccount { owner: 1, currency: CurrencyId(0), limits: Limits::NONE };
+        let account = AccountId(engine.execute_one(Envelope { platform: P, out_order_no: None, command: open }).unwrap().id);
+        let world = World { engine, store, table: Some(table), account };
+        world.run(Command::Recharge { account, currency: CurrencyId(0), amount: 1_000_000, channel: 9 });
+        world
+    }
+
+    fn run(&self, command: Command) -> u64 {
+        let reply = self.engine.execute_one(Envelope { platform: P, out_order_no: None, command }).unwrap();
+        assert!(reply.is_ok(), "{reply:?}");
+        reply.id
+    }
+
+    /// A payout of `amount` through channel 1, left processing or given its verdict.
+    fn payout(&self, amount: i64, verdict: Option<bool>) -> String {
+        let order = self.run(Command::Withdraw { account: self.account, currency: CurrencyId(0), amount, fee: FEE, channel: 1 });
+        if let Some(succeeded) = verdict {
+            self.run(Command::CompleteWithdrawal { order: OrderId(order), succeeded });
+        }
+        bank::order_ref(OrderId(order))
+    }
+
+    /// A recharge of `amount` through money-in channel 3, left pending or given its verdict.
+    fn money_in(&self, amount: i64, verdict: Option<bool>) -> String {
+        let order = self.run(Command::RequestRecharge { account: self.account, currency: CurrencyId(0), amount, channel: 3 });
+        if let Some(succeeded) = verdict {
+            self.run(Command::CompleteRecharge { order: OrderId(order), succeeded });
+        }
+        bank::order_ref(OrderId(order))
+    }
+
+    fn channels(&self) -> ChannelSet {
+        self.table.as_ref().expect("the table is still ours").set()
+    }
+
+    fn today(&self) -> u32 {
+        Calendar { utc_offset_seconds: self.engine.config().utc_offset_seconds, ..Calendar::default() }.day(SystemClock.now_micros())
+    }
+
+    /// Reconciles without the actor, recording cases in `book` as the CLI does.
+    fn reconcile(&self, book: &mut CaseBook, channel: u16, day: u32, file: &str) -> Result<serde_json::Value, ClearingError> {
+        let mut report = clearing_actor::reconcile::reconcile(&self.engine, self.store.as_ref(), &self.channels(), channel, day, file.as_bytes())?;
+        clearing_actor::reconcile::record(&mut report, self.store.as_ref(), book, 0)?;
+        Ok(serde_json::to_value(&report).unwrap())
+    }
+}
+
+const HEADER: &str = "bank_ref,order_id,direction,amount,status,fee\n";
+
+/// The class each line (by bank reference) or order (by order id) came out as.
+fn classes(report: &serde_json::Value) -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    for finding in report["details"].as_array().unwrap() {
+        let detail = &finding["detail"];
+        let key = detail["bank_ref"].as_str().or(detail["order_id"].as_str()).unwrap().to_string();
+        found.insert(key, finding["class"].as_str().unwrap().to_string());
+    }
+    found
+}
+
+#[test]
+fn a_statement_file_comes_out_in_every_class() {
+    let w = World::new();
+    let day = w.today();
+    let matched = w.payout(10_000, Some(true));
+    let amount = w.payout(5_000, Some(true));
+    let fee = w.payout(3_000, Some(true));
+    let status = w.payout(4_000, Some(true));
+    let failed_both = w.payout(2_500, Some(false));
+    let unlisted = w.payout(1_000, Some(true));
+    let waiting = w.payout(2_000, None);
+    let still_waiting = w.payout(500, None);
+    // (bank_ref, order, amount, status, fee, class)
+    let lines: &[(&str, &str, &str, &str, &str, &str)] = &[
+        ("B1", &matched, "100.00", "succeeded", "1.00", "matched"),
+        ("B2", &amount, "49.00", "succeeded", "1.00", "amount_mismatch"),
+        ("B3", &fee, "30.00", "succeeded", "1.50", "fee_mismatch"),
+        ("B4", &status, "40.00", "failed", "0.00", "status_mismatch"),
+        ("B5", &failed_both, "25.00", "failed", "0.00", "matched"),
+        ("B6", &waiting, "20.00", "succeeded", "1.00", "auto_resolved"),
+        ("B7", "ord_999999", "7.00", "succeeded", "", "carried"),
+        // Not our order id's canonical form: no order of ours.
+        ("B8", &format!("ord_0{}", &matched[4..]), "100.00", "succeeded", "", "carried"),
+        // The amount is read as exact decimal text, like the fee: more decimals than CNY has.
+        ("B9", &w.payout(1_200, Some(true)), "12.000", "succeeded", "1.00", "amount_mismatch"),
+    ];
+    let mut file = HEADER.to_string();
+    for (bank_ref, order, amount, status, fee, _) in lines {
+        file.push_str(&format!("{bank_ref},{order},out,{amount},{status},{fee}\n"));
+    }
+    let mut book = CaseBook::default();
+    let report = w.reconcile(&mut book, 1, day, &file).unwrap();
+    // Findings name the statement line, but for our orders (auto-resolved ones included).
+    let key = |line: &(&str, &str, &str, &str, &str, &str)| if line.5 == "auto_resolved" { line.1.to_string() } else { line.0.to_string() };
+    let mut expected: BTreeMap<String, String> = lines.iter().filter(|l| l.5 != "matched").map(|l| (key(l), l.5.to_string())).collect();
+    expected.insert(unlisted.clone(), "missing_theirs".into());
+    expected.insert(still_waiting.clone(), "awaiting_bank".into());
+    assert_eq!(classes(&report), expected, "{report}");
+    assert_eq!(
+        report["counts"],
+        json!({"matched": 2, "amount_mismatch": 2, "fee_mismatch": 1, "status_mismatch": 1, "auto_resolved": 1, "carried": 2, "missing_theirs": 1, "awaiting_bank": 1})
+    );
+    assert_eq!((report["channel"].as_str(), report["business_date"].as_str()), (Some("payout"), Some(date_text(day).as_str())));
+    // The shapes the API answers.
+    let details = report["details"].as_array().unwrap();
+    let detail_of = |class: &str| details.iter().find(|d| d["class"] == class).unwrap().clone();
+    assert_eq!(detail_of("carried"), json!({"class": "carried", "detail": {"bank_ref": "B7", "first_seen": date_text(day)}}));
+    assert_eq!(detail_of("auto_resolved"), json!({"class": "auto_resolved", "detail": {"order_id": waiting, "status": "succeeded"}}));
+    assert_eq!(detail_of("fee_mismatch"), json!({"class": "fee_mismatch", "detail": {"bank_ref": "B3", "order_id": fee, "case_id": "recon_1_B3"}}));
+    assert_eq!(detail_of("missing_theirs"), json!({"class": "missing_theirs", "detail": {"order_id": unlisted, "case_id": format!("recon_1_{unlisted}")}}));
+    let reasons: BTreeMap<String, String> = book.all().into_iter().map(|c| (c.case_id, c.reason)).collect();
+    let expected_reasons: BTreeMap<String, String> = [
+        ("recon_1_B2", "amount mismatch: ours 50.00, theirs 49.00"),
+        ("recon_1_B3", "fee mismatch: ours 1.00, theirs 1.50"),
+        ("recon_1_B4", "status mismatch: ours succeeded, theirs failed"),
+        ("recon_1_B9", "amount mismatch: ours 12.00, theirs 12.000"),
+        (&format!("recon_1_{unlisted}"), "missing on their side (短款): our order is not on the bank's statement"),
+    ]
+    .into_iter()
+    .map(|(id, reason)| (id.to_string(), reason.to_string()))
+    .collect();
+    assert_eq!(reasons, expected_reasons);
+
+    // The same file again: the same classes (the waiting payout is now matched), no case twice.
+    let again = w.reconcile(&mut book, 1, day, &file).unwrap();
+    assert_eq!(again["counts"]["auto_resolved"], serde_json::Value::Null, "{again}");
+    assert_eq!((again["counts"]["matched"].as_u64(), again["counts"]["carried"].as_u64()), (Some(3), Some(2)), "{again}");
+    assert_eq!(book.all().len(), 5);
+    // Carried lines are declared after two days (长款); then they stay declared.
+    let later = w.reconcile(&mut book, 1, day + 1, HEADER).unwrap();
+    assert_eq!(later["counts"], json!({"carried": 2}), "{later}");
+    let declared = w.reconcile(&mut book, 1, day + 2, HEADER).unwrap();
+    assert_eq!(declared["counts"], json!({"missing_ours": 2}), "{declared}");
+    assert!(book.get("recon_1_B7").unwrap().reason.contains("长款"));
+    assert_eq!(w.reconcile(&mut book, 1, day + 3, HEADER).unwrap()["counts"], json!({}));
+    let rerun = w.reconcile(&mut book, 1, day, &file).unwrap();
+    assert_eq!((rerun["counts"]["missing_ours"].as_u64(), rerun["counts"]["carried"].as_u64()), (Some(2), None), "{rerun}");
+    assert_eq!(book.all().len(), 7);
+}
+
+#[test]
+fn money_in_is_checked_against_the_channel_tariff() {
+    let w = World::new();
+    let day = w.today();
+    let (paid, dear, failed) = (w.money_in(10_000, Some(true)), w.money_in(20_000, Some(true)), w.money_in(3_000, Some(false)));
+    let pending = w.money_in(4_000, None);
+    let file = format!(
+        "{HEADER}I1,{paid},in,100.00,succeeded,0.50\nI2,{dear},in,200.00,succeeded,0.60\nI3,{failed},in,30.00,failed,0.00\nI4,{pending},in,40.00,failed,0.00\n"
+    );
+    let mut book = CaseBook::default();
+    let report = w.reconcile(&mut book, 3, day, &file).unwrap();
+    assert_eq!(report["counts"], json!({"matched": 2, "fee_mismatch": 1, "auto_resolved": 1}), "{report}");
+    assert_eq!(classes(&report), BTreeMap::from([("I2".to_string(), "fee_mismatch".to_string()), (pending.clone(), "auto_resolved".to_string())]));
+    assert!(report.to_string().contains("\"status\":\"failed\""), "the bank's failure applied: {report}");
+}
+
+#[test]
+fn files_that_are_not_statements_are_refused() {
+    let w = World::new();
+    let mut book = CaseBook::default();
+    for bad in [
+        "h\nB1,ord_3,out,10.00",
+        "bank_ref,order_id,direction,amount,status\nB1,ord_3,sideways,10.00,succeeded",
+        "bank_ref,order_id,direction,amount,status\nB1,ord_3,out,10.00,maybe",
+    ] {
+        match w.reconcile(&mut book, 1, w.today(), bad) {
+            Err(ClearingError::Invalid { param, .. }) => assert_eq!(param, "file", "{bad:?}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_actor_reconciles_on_a_worker_and_owns_the_cases() {
+    let mut w = World::new();
+    let day = w.today();
+    let unlisted = w.payout(1_000, Some(true));
+    let bank = Arc::new(banksim::Simulator::start(banksim::SimulatorConfig::default(), "key".into(), w.store.clone()).unwrap());
+    let table = w.table.take().unwrap();
+    let clearing =
+        Clearing::start(w.engine.clone(), w.store.clone(), bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Two at once: one runs, the other waits its turn; both open their cases once.
+    let file = format!("{HEADER}B7,ord_999999,out,7.00,succeeded,\n").into_bytes();
+    let (a, b) = runtime.block_on(async { tokio::join!(clearing.reconcile(1, day, file.clone()), clearing.reconcile(1, day, file.clone())) });
+    for report in [a.unwrap(), b.unwrap()] {
+        assert_eq!(serde_json::to_value(&report.counts).unwrap(), json!({"carried": 1, "missing_theirs": 1}));
+    }
+    // An offline transfer's case, opened twice.
+    let opening = CaseOpening { case_id: "case_X".into(), line: json!({"bank_ref": "X"}), reason: "no virtual account number".into() };
+    assert_eq!(runtime.block_on(clearing.open_cases(vec![opening.clone()])).unwrap(), 1);
+    assert_eq!(runtime.block_on(clearing.open_cases(vec![opening])).unwrap(), 0);
+    let ids: Vec<String> = runtime.block_on(clearing.cases()).unwrap().into_iter().map(|c| c.case_id).collect();
+    assert_eq!(ids, ["case_X".to_string(), format!("recon_1_{unlisted}")]);
+    let resolve = |id: &str| runtime.block_on(clearing.resolve_case(id.into(), Resolution { resolution: "refunded".into(), operator: "li".into() }));
+    assert_eq!(resolve("case_X").unwrap().resolved_by.as_deref(), Some("li"));
+    assert!(matches!(resolve("case_X"), Err(ClearingError::CaseResolved)));
+    assert!(matches!(resolve("nothing"), Err(ClearingError::NotFound)));
+    assert!(matches!(runtime.block_on(clearing.reconcile(42, day, Vec::new())), Err(ClearingError::Invalid { param: "channel", .. })));
+    clearing.stop();
+    // Stored where the gateway kept them: a new book reads them back.
+    let reloaded = CaseBook::load(w.store.as_ref()).unwrap();
+    assert_eq!(reloaded.get("case_X").map(|c| c.status.as_str()), Some("resolved"));
+}
+
+#[test]
+fn the_reserve_covers_what_it_must_and_meets_the_bank() {
+    let w = World::new();
+    w.payout(10_000, Some(true));
+    w.payout(2_000, None);
+    w.money_in(5_000, Some(true));
+    // 10,000.00 in (channel 9) and 50.00 (channel 3); 100.00 paid out (its 1.00 fee is fee
+    // income until a settlement run books the channel's charge); 20.00 + 1.00 on its way.
+    let reserve = clearing_actor::reserve::check(&w.engine, CurrencyId(0), BankFigure::None).unwrap();
+    assert_eq!((reserve.reserve, reserve.liabilities(), reserve.ok()), (1_005_000 - 10_000, 1_005_000 - 10_000, true), "{reserve:?}");
+    assert_eq!((reserve.payouts_sent, reserve.fees), (2_100, FEE as i128));
+    // (bank's figure, ok, difference)
+    let cases: &[(&str, bool, &str)] = &[("9950.00", true, "0.00"), ("9949.99", false, "-0.01"), ("9951.00", false, "1.00")];
+    for (stated, ok, difference) in cases {
+        let report = clearing_actor::reserve::check(&w.engine, CurrencyId(0), BankFigure::Stated(stated)).unwrap();
+        let body = serde_json::to_value(&report).unwrap();
+        assert_eq!((body["ok"].as_bool(), body["difference"].as_str(), body["bank_balance"].as_str()), (Some(*ok), Some(*difference), Some(*stated)), "{body}");
+    }
+    let body = serde_json::to_value(&reserve).unwrap();
+    assert_eq!(
+        body,
+        json!({"currency": "CNY", "reserve": "9950.00", "customer_funds": "9928.00", "in_transit": "0.00", "escrow": "0.00", "payouts_sent": "21.00", "fees": "1.00", "suspense": "0.00", "ok": true})
+    );
+    assert!(matches!(
+        clearing_actor::reserve::check(&w.engine, CurrencyId(0), BankFigure::Stated("lots")),
+        Err(ClearingError::Invalid { param: "bank_balance", .. })
+    ));
+    assert!(matches!(clearing_actor::reserve::check(&w.engine, CurrencyId(9), BankFigure::None), Err(ClearingError::Invalid { param: "currency", .. })));
+}
