@@ -89,9 +89,9 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
     assert!(acknowledged_before_kills > 0, "the kills never caught the workload acknowledging anything");
 
     // The last run completes: everything acknowledged before is replayed with the same id.
-    let output = workload(&data_dir).output().expect("final run");
+    let output = workload(&data_dir).stderr(Stdio::piped()).output().expect("final run");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "final run failed: {stdout}");
+    assert!(output.status.success(), "final run failed ({}): {}\n{stdout}", output.status, String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("invariants: ok") && stdout.contains("workload complete"), "{stdout}");
     let finals = parse_acks(&output.stdout);
     let final_keys: HashMap<&str, (u64, bool)> = finals.iter().map(|(k, id, r)| (k.as_str(), (*id, *r))).collect();

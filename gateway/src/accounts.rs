@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{blocking, ApiError};
 use crate::members::{Member, Members};
-use crate::v1::Signed;
+use crate::signed::Signed;
 
 /// The bank's prefix of virtual account numbers under the master account.
 const VIRTUAL_ACCOUNT_PREFIX: &str = "6229";
@@ -95,7 +95,7 @@ fn currency_of(engine: &Engine, code: &str) -> Option<CurrencyId> {
     engine.config().currencies.iter().position(|c| c.code_str() == code).map(|i| CurrencyId(i as u8))
 }
 
-#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = crate::accounts::NewAccount, responses((status = 201, description = "Success", body = crate::openapi::AccountView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = crate::accounts::NewAccount, responses((status = 201, description = "Success", body = crate::schemas::AccountView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts")]
 pub async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let (platform, new) = (&signed.platform, signed.json::<NewAccount>()?);
@@ -126,7 +126,7 @@ pub async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engi
     })))
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{account_id}", tag = "accounts", params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = crate::openapi::AccountView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/accounts/{account_id}", tag = "accounts", params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = crate::schemas::AccountView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}")]
 pub async fn show_account(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform;
@@ -186,16 +186,16 @@ pub(crate) struct CloseBody {
 }
 
 /// `POST /v1/accounts/{account_id}/close`: closes an account whose balances are all zero.
-#[utoipa::path(post, path = "/v1/accounts/{account_id}/close", tag = "accounts", request_body = crate::accounts::CloseBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/accounts/{account_id}/close", tag = "accounts", request_body = crate::accounts::CloseBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts/{account_id}/close")]
 pub async fn close_account(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<CloseBody>()?;
-    let number = crate::orders::out_order_no(&body.out_order_no, "out_order_no")?;
+    let number = crate::ids::out_order_no(&body.out_order_no, "out_order_no")?;
     let id = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
     let command = Command::CloseAccount { account: id };
     let reply = execute(&engine, Envelope { platform: signed.platform.id, out_order_no: Some(number), command }).await?;
     if !reply.is_ok() {
-        return Err(crate::orders::rejection(reply.code));
+        return Err(crate::error::rejection(reply.code));
     }
     let mut response = HttpResponse::Ok();
     if reply.replayed {

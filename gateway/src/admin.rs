@@ -106,7 +106,7 @@ struct ShardsBody {
     shards: Vec<ShardView>,
 }
 
-#[utoipa::path(get, path = "/admin/shards", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(get, path = "/admin/shards", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/shards")]
 pub async fn list_shards(request: HttpRequest, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
@@ -115,7 +115,7 @@ pub async fn list_shards(request: HttpRequest, engine: web::Data<Arc<Engine>>, t
     Ok(HttpResponse::Ok().json(ShardsBody { shards }))
 }
 
-#[utoipa::path(get, path = "/admin/shards/{shard}", tag = "operator", params(("shard" = u16, Path, description = "Shard number")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(get, path = "/admin/shards/{shard}", tag = "operator", params(("shard" = u16, Path, description = "Shard number")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/shards/{shard}")]
 pub async fn one_shard(
     request: HttpRequest,
@@ -143,7 +143,7 @@ struct InvariantsBody {
     failures: Vec<String>,
 }
 
-#[utoipa::path(get, path = "/admin/invariants", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(get, path = "/admin/invariants", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/invariants")]
 pub async fn check_invariants(request: HttpRequest, engine: web::Data<Arc<Engine>>, token: web::Data<AdminToken>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
@@ -188,7 +188,7 @@ struct CreatedPlatform {
 }
 
 /// `POST /admin/platforms`: the secret is in this response only.
-#[utoipa::path(post, path = "/admin/platforms", tag = "operator", request_body = crate::platforms::NewPlatform, responses((status = 201, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(post, path = "/admin/platforms", tag = "operator", request_body = crate::platforms::NewPlatform, responses((status = 201, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::post("/admin/platforms")]
 pub async fn create_platform(
     request: HttpRequest,
@@ -197,7 +197,7 @@ pub async fn create_platform(
     platforms: web::Data<Arc<crate::platforms::Platforms>>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let new: crate::platforms::NewPlatform = crate::v1::parse_json(&body)?;
+    let new: crate::platforms::NewPlatform = crate::signed::parse_json(&body)?;
     let platforms = platforms.get_ref().clone();
     // The store write syncs to disk: off the async workers.
     let (platform, secret) = blocking(move || platforms.create(new)).await??;
@@ -220,7 +220,7 @@ pub(crate) struct StatusBody {
 
 /// `POST /admin/accounts/{account_id}/status` (an addition to API.md): the operator blocks or
 /// unblocks an account (closing is the platform's `POST /v1/accounts/{id}/close`).
-#[utoipa::path(post, path = "/admin/accounts/{account_id}/status", tag = "operator", request_body = crate::admin::StatusBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(post, path = "/admin/accounts/{account_id}/status", tag = "operator", request_body = crate::admin::StatusBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::post("/admin/accounts/{account_id}/status")]
 pub async fn set_account_status(
     request: HttpRequest,
@@ -230,7 +230,7 @@ pub async fn set_account_status(
     engine: web::Data<Arc<Engine>>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let body: StatusBody = crate::v1::parse_json(&body)?;
+    let body: StatusBody = crate::signed::parse_json(&body)?;
     let account = crate::accounts::parse_account_id(&path).ok_or_else(ApiError::not_found)?;
     let status = match body.status.as_str() {
         "normal" => engine::ledger::types::AccountStatus::Normal,
@@ -241,7 +241,7 @@ pub async fn set_account_status(
     let command = engine::ledger::command::Command::SetAccountStatus { account, status };
     let reply = crate::accounts::execute(&engine, engine::ledger::command::Envelope { platform: 0, out_order_no: None, command }).await?;
     if !reply.is_ok() {
-        return Err(crate::orders::rejection(reply.code));
+        return Err(crate::error::rejection(reply.code));
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({"account_id": crate::accounts::public_account_id(account), "status": body.status})))
 }
@@ -249,7 +249,7 @@ pub async fn set_account_status(
 /// `PATCH /admin/channels/{name}` (the clearing issue): changes a channel at run time (fees,
 /// limits, daily cap, window, calendar, enabled, the simulator's behaviour); stored, so it
 /// outlives restarts; routing uses it from the next order on. Answers the channel's report.
-#[utoipa::path(patch, path = "/admin/channels/{name}", tag = "operator", request_body = clearing_actor::channels::ChannelChange, params(("name" = String, Path, description = "Channel name")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(patch, path = "/admin/channels/{name}", tag = "operator", request_body = clearing_actor::channels::ChannelChange, params(("name" = String, Path, description = "Channel name")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::patch("/admin/channels/{name}")]
 pub async fn change_channel(
     request: HttpRequest,
@@ -259,7 +259,7 @@ pub async fn change_channel(
     clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let change: clearing_actor::channels::ChannelChange = crate::v1::parse_json(&body)?;
+    let change: clearing_actor::channels::ChannelChange = crate::signed::parse_json(&body)?;
     let name = path.into_inner();
     clearing.update_channel(name.clone(), change).await?;
     Ok(HttpResponse::Ok().json(channel_row(&clearing, &name).await?))
@@ -268,7 +268,7 @@ pub async fn change_channel(
 /// `POST /admin/channels` (the clearing issue): adds a channel at run time, in the shape of a
 /// `[[channels]]` entry of the configuration file; stored, so it outlives restarts. Answers
 /// 201 with the channel's report.
-#[utoipa::path(post, path = "/admin/channels", tag = "operator", request_body = clearing_actor::channels::ChannelSpec, responses((status = 201, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(post, path = "/admin/channels", tag = "operator", request_body = clearing_actor::channels::ChannelSpec, responses((status = 201, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::post("/admin/channels")]
 pub async fn add_channel(
     request: HttpRequest,
@@ -277,7 +277,7 @@ pub async fn add_channel(
     clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let spec: clearing_actor::channels::ChannelSpec = crate::v1::parse_json(&body)?;
+    let spec: clearing_actor::channels::ChannelSpec = crate::signed::parse_json(&body)?;
     let name = spec.name.clone();
     clearing.add_channel(spec).await?;
     Ok(HttpResponse::Created().json(channel_row(&clearing, &name).await?))
@@ -291,7 +291,7 @@ async fn channel_row(clearing: &clearing_actor::Clearing, name: &str) -> Result<
 
 /// `GET /admin/channels` (the clearing issue): every channel's configuration, today's use of its
 /// daily cap, and its health (recent outcomes, circuit state).
-#[utoipa::path(get, path = "/admin/channels", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(get, path = "/admin/channels", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/channels")]
 pub async fn list_channels(
     request: HttpRequest,

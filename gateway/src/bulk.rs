@@ -16,7 +16,7 @@ use crate::passwords::{check_for_payment, Passwords};
 use crate::payments::*;
 use crate::platforms::Platform;
 use crate::recharges::{dispatch, prepare_recharge, RechargeBody};
-use crate::v1::{parse_json, Signed};
+use crate::signed::{parse_json, Signed};
 use clearing_actor::channels::ChannelSet;
 use clearing_actor::Clearing;
 
@@ -89,7 +89,7 @@ fn error_result(error: &ApiError) -> Value {
     json!({"status": error.status, "body": {"error": inner}})
 }
 
-#[utoipa::path(post, path = "/v1/bulk", tag = "money", request_body = crate::openapi::BulkRequest, responses((status = 200, description = "Success", body = crate::openapi::BulkResponse), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/bulk", tag = "money", request_body = crate::schemas::BulkRequest, responses((status = 200, description = "Success", body = crate::schemas::BulkResponse), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/bulk")]
 pub async fn bulk(
     signed: Signed,

@@ -19,8 +19,8 @@ use storage::Store;
 use crate::accounts::{account_of, luhn_check_digit, parse_account_id, public_account_id};
 use crate::error::{blocking, ApiError};
 use crate::members::Members;
+use crate::signed::Signed;
 use crate::simulator::{Simulator, DEPOSIT_REMARK};
-use crate::v1::Signed;
 
 /// Wrong verification amounts that lock a card.
 pub const VERIFY_TRIES_MAX: u8 = 3;
@@ -147,7 +147,7 @@ fn parse_card_id(text: &str) -> Option<u64> {
     crate::ids::parse_prefixed(text, "card_")
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{account_id}/cards", tag = "cards", request_body = crate::cards::BindBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 201, description = "Success", body = crate::openapi::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/accounts/{account_id}/cards", tag = "cards", request_body = crate::cards::BindBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 201, description = "Success", body = crate::schemas::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts/{account_id}/cards")]
 pub async fn bind(
     signed: Signed,
@@ -220,7 +220,7 @@ pub async fn bind(
     Ok(HttpResponse::Created().json(card.view()))
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{account_id}/cards/{card_id}/verify", tag = "cards", request_body = crate::cards::VerifyBody, params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::openapi::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/accounts/{account_id}/cards/{card_id}/verify", tag = "cards", request_body = crate::cards::VerifyBody, params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::schemas::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts/{account_id}/cards/{card_id}/verify")]
 pub async fn verify(
     signed: Signed,
@@ -259,7 +259,7 @@ pub async fn verify(
     }
 }
 
-#[utoipa::path(delete, path = "/v1/accounts/{account_id}/cards/{card_id}", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::openapi::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(delete, path = "/v1/accounts/{account_id}/cards/{card_id}", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::schemas::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[delete("/v1/accounts/{account_id}/cards/{card_id}")]
 pub async fn unbind(
     signed: Signed,
@@ -279,7 +279,7 @@ pub async fn unbind(
 }
 
 /// `GET /v1/accounts/{account_id}/cards` (an addition to API.md): the account's cards.
-#[utoipa::path(get, path = "/v1/accounts/{account_id}/cards", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/cards", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}/cards")]
 pub async fn list(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;

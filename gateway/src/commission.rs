@@ -150,7 +150,7 @@ fn shown(engine: &Engine, platform: &Platform) -> Result<HttpResponse, ApiError>
 
 /// `PUT /admin/platforms/{platform_id}/settlement-rule`: sets the platform's rule; settlement
 /// runs from now on apply it (what earlier runs charged stays as it was).
-#[utoipa::path(put, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", request_body = crate::commission::RuleBody, params(("platform_id" = String, Path, description = "plt_...")), responses((status = 200, description = "The rule", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(put, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", request_body = crate::commission::RuleBody, params(("platform_id" = String, Path, description = "plt_...")), responses((status = 200, description = "The rule", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[put("/admin/platforms/{platform_id}/settlement-rule")]
 pub async fn put_rule(
     request: HttpRequest,
@@ -162,7 +162,7 @@ pub async fn put_rule(
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let platform = platform_of(&platforms, &path)?;
-    let body: RuleBody = crate::v1::parse_json(&body)?;
+    let body: RuleBody = crate::signed::parse_json(&body)?;
     let config = validate(&engine, platform.id, body).await?;
     let store = platforms.get_ref().clone();
     let platform = blocking(move || store.set_settlement_rule(platform.id, Some(config))).await??;
@@ -170,7 +170,7 @@ pub async fn put_rule(
 }
 
 /// `GET /admin/platforms/{platform_id}/settlement-rule`: the platform's rule (404 when none).
-#[utoipa::path(get, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", params(("platform_id" = String, Path, description = "plt_...")), responses((status = 200, description = "The rule", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(get, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", params(("platform_id" = String, Path, description = "plt_...")), responses((status = 200, description = "The rule", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/platforms/{platform_id}/settlement-rule")]
 pub async fn get_rule(
     request: HttpRequest,
@@ -184,7 +184,7 @@ pub async fn get_rule(
 }
 
 /// `DELETE /admin/platforms/{platform_id}/settlement-rule`: income of later runs only matures.
-#[utoipa::path(delete, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", params(("platform_id" = String, Path, description = "plt_...")), responses((status = 204, description = "Removed"), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(delete, path = "/admin/platforms/{platform_id}/settlement-rule", tag = "operator", params(("platform_id" = String, Path, description = "plt_...")), responses((status = 204, description = "Removed"), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[delete("/admin/platforms/{platform_id}/settlement-rule")]
 pub async fn delete_rule(
     request: HttpRequest,

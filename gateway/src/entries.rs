@@ -18,7 +18,7 @@ use storage::Store;
 use crate::accounts::parse_account_id;
 use crate::error::{blocking, ApiError};
 use crate::orders::{format_time, page_limit, public_order_id};
-use crate::v1::Signed;
+use crate::signed::Signed;
 
 /// Journal batches one page reads at most before it answers (with a cursor to go on).
 const BATCHES_PER_PAGE_MAX: usize = 256;
@@ -156,7 +156,7 @@ fn read_lines(
     Ok((lines, older.then_some(cursor)))
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{account_id}/entries", tag = "accounts", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::openapi::EntryPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/entries", tag = "accounts", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::schemas::EntryPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}/entries")]
 pub async fn list_entries(
     signed: Signed,

@@ -2,6 +2,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use engine::result::ResultCode;
 use serde::Serialize;
 
 /// An error answered to a caller, with a stable code.
@@ -76,6 +77,45 @@ impl From<engine::EngineError> for ApiError {
     }
 }
 
+/// The API error for a command the engine refused (one table for every endpoint).
+pub fn rejection(code: ResultCode) -> ApiError {
+    let (status, name, message, param): (u16, &'static str, &str, Option<&'static str>) = match code {
+        ResultCode::Ok => unreachable!("not a rejection"),
+        ResultCode::IdempotencyConflict => (409, "idempotency_conflict", "this out_order_no was used with another body", Some("out_order_no")),
+        ResultCode::InvalidAmount => (400, "invalid_amount", "amounts must be positive", Some("amount")),
+        ResultCode::AmountTooLarge => (400, "invalid_amount", "the amount is too large", Some("amount")),
+        ResultCode::CurrencyUnknown => (400, "invalid_request", "unknown currency", Some("currency")),
+        ResultCode::AccountNotFound => return ApiError::not_found(),
+        ResultCode::PayeeNotFound => (404, "not_found", "no such receiver", Some("payees")),
+        ResultCode::CurrencyMismatch => (422, "currency_mismatch", "the account holds another currency", Some("currency")),
+        ResultCode::LegsUnbalanced => (400, "invalid_request", "payees and splits must sum to the amount", Some("payees")),
+        ResultCode::TooManyLegs => (400, "invalid_request", "too many payees and splits", Some("payees")),
+        ResultCode::AccountClosed => (422, "account_closed", "the account is closed", None),
+        ResultCode::AccountFrozen => (422, "account_frozen", "the account is frozen", None),
+        ResultCode::InsufficientFunds => (422, "insufficient_funds", "the balance is short", Some("amount")),
+        ResultCode::ExceedsPerOrderLimit => (422, "exceeds_per_order_limit", "over the account's per-order limit", Some("amount")),
+        ResultCode::ExceedsDailyLimit => (422, "exceeds_daily_limit", "over the account's daily limit", Some("amount")),
+        ResultCode::OrderNotFound => return ApiError::not_found(),
+        ResultCode::OrderStateInvalid => (409, "order_state_invalid", "the order is not in a state that allows this", None),
+        ResultCode::ExceedsHeldAmount => (422, "exceeds_held_amount", "more than is still held", Some("amount")),
+        ResultCode::ExceedsRefundableAmount => (422, "exceeds_refundable_amount", "more than can still be refunded", Some("amount")),
+        ResultCode::ExceedsFrozenAmount => (422, "exceeds_frozen_amount", "more than is still frozen", Some("amount")),
+        ResultCode::AccountNotEmpty => (422, "account_not_empty", "the account still holds funds", None),
+        ResultCode::AccountExists => (409, "account_exists", "the member already has an account in this currency", None),
+        ResultCode::PayeeIsPayer => (400, "invalid_request", "the payer cannot receive its own payment", Some("payees")),
+        ResultCode::DuplicateLeg => (400, "invalid_request", "an account appears twice among payees and splits", Some("payees")),
+        ResultCode::InvalidFee => (500, "internal_error", "the channel's fee is invalid", None),
+        ResultCode::AccountCreditBlocked => (422, "account_credit_blocked", "the receiving account takes no credits", None),
+        ResultCode::ReasonTooLong => (400, "invalid_request", "the reason is too long", Some("reason")),
+        ResultCode::InvalidExpiry => (400, "invalid_request", "the expiry must be in the future", Some("expires_at")),
+        ResultCode::NotRoutable => (500, "internal_error", "the command could not be routed", None),
+        ResultCode::InvalidBatch => (400, "invalid_request", "a batch carries 1 to 1000 orders with distinct order numbers", Some("orders")),
+        ResultCode::InvalidRule => (400, "invalid_request", "the settlement rule breaks its shape", Some("rule")),
+        ResultCode::ChannelChanged => (409, "order_state_invalid", "the payout has moved to another channel", None),
+    };
+    ApiError { status, code: name, message: message.to_string(), param }
+}
+
 /// The one table from clearing's errors to API errors.
 impl From<clearing_actor::ClearingError> for ApiError {
     fn from(error: clearing_actor::ClearingError) -> ApiError {
@@ -85,7 +125,7 @@ impl From<clearing_actor::ClearingError> for ApiError {
             E::NotFound => ApiError::not_found(),
             E::IdempotencyConflict => ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"),
             error @ E::NoChannel(_) => ApiError::new(422, "no_channel_available", &error.to_string()),
-            E::Refused(code) => crate::orders::rejection(code),
+            E::Refused(code) => rejection(code),
             E::Busy => ApiError::new(409, "settlement_running", "a settlement run is in progress; try again when it has finished"),
             E::Overloaded => ApiError::new(503, "overloaded", "clearing is overloaded; try again shortly"),
             E::Engine(error) => ApiError::unavailable(error.to_string()),

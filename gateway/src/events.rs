@@ -29,7 +29,7 @@ use storage::Store;
 use crate::error::{blocking, ApiError};
 use crate::orders::{format_time, kind_name, merged_page, page_limit, parse_cursor, public_order_id, Position, ShardPage};
 use crate::platforms::Platforms;
-use crate::v1::Signed;
+use crate::signed::Signed;
 
 /// Events one listing request examines per shard before it answers with a cursor.
 const LIST_SCAN_MAX: usize = 100_000;
@@ -134,7 +134,7 @@ struct ListQuery {
 }
 
 /// `GET /v1/events?limit=&cursor=`: the platform's events, newest first.
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/events")]
 pub async fn list_events(signed: Signed, query: web::Query<ListQuery>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
@@ -156,7 +156,7 @@ fn valid_url(url: &str) -> bool {
 }
 
 /// `POST /v1/webhook {url}` (an addition to API.md): sets or (with null) removes the webhook.
-#[utoipa::path(post, path = "/v1/webhook", tag = "events", request_body = crate::events::WebhookBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/webhook", tag = "events", request_body = crate::events::WebhookBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/webhook")]
 pub async fn set_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>, delivery: web::Data<Delivery>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<WebhookBody>()?;
@@ -170,7 +170,7 @@ pub async fn set_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>, d
 }
 
 /// `GET /v1/webhook`: the platform's webhook URL.
-#[utoipa::path(get, path = "/v1/webhook", tag = "events", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/webhook", tag = "events", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/webhook")]
 pub async fn show_webhook(signed: Signed) -> HttpResponse {
     HttpResponse::Ok().json(json!({"url": signed.platform.webhook_url, "signature_header": "X-Clearing-Signature"}))

@@ -1,5 +1,10 @@
 //! The API's ids: a type prefix and the engine's number in canonical decimal (`acc_25`).
 
+/// Validates a platform order number (`invalid_request` naming `param` otherwise).
+pub fn out_order_no(text: &str, param: &'static str) -> Result<engine::ledger::command::OutOrderNo, crate::error::ApiError> {
+    engine::ledger::command::OutOrderNo::new(text).ok_or_else(|| crate::error::ApiError::invalid("an order number is 1 to 64 characters [A-Za-z0-9_-]", param))
+}
+
 /// Parses `PREFIX` + canonical decimal digits (no sign, no leading zero but for "0", no overflow).
 pub fn parse_prefixed<T: std::str::FromStr>(text: &str, prefix: &str) -> Option<T> {
     let digits = text.strip_prefix(prefix)?;

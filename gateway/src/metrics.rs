@@ -64,7 +64,7 @@ fn sync_engine(engine: &Engine) {
     }
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operator", responses((status = 200, description = "Success", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(get, path = "/metrics", tag = "operator", responses((status = 200, description = "Success", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/metrics")]
 pub async fn scrape(
     request: HttpRequest,

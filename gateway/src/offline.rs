@@ -88,7 +88,7 @@ async fn take_line(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, li
 }
 
 /// `POST /admin/offline-transfers {lines}`: the bank statement's credit lines, one result each.
-#[utoipa::path(post, path = "/admin/offline-transfers", tag = "operator", request_body = crate::offline::TransfersBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(post, path = "/admin/offline-transfers", tag = "operator", request_body = crate::offline::TransfersBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/offline-transfers")]
 pub async fn offline_transfers(
     request: HttpRequest,
@@ -98,7 +98,7 @@ pub async fn offline_transfers(
     clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let body: TransfersBody = crate::v1::parse_json(&body)?;
+    let body: TransfersBody = crate::signed::parse_json(&body)?;
     if body.lines.is_empty() || body.lines.len() > LINES_MAX {
         return Err(ApiError::invalid("1 to 8189 lines per request", "lines"));
     }
@@ -122,7 +122,7 @@ pub async fn offline_transfers(
 }
 
 /// `GET /admin/cases`: money in suspense waiting for (or resolved by) an operator.
-#[utoipa::path(get, path = "/admin/cases", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(get, path = "/admin/cases", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/cases")]
 pub async fn list_cases(request: HttpRequest, token: web::Data<AdminToken>, clearing: web::Data<clearing_actor::Clearing>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
@@ -140,7 +140,7 @@ pub(crate) struct ResolveBody {
 }
 
 /// `POST /admin/cases/{case_id}/resolve`: records how a case was resolved, by whom and when.
-#[utoipa::path(post, path = "/admin/cases/{case_id}/resolve", tag = "operator", request_body = crate::offline::ResolveBody, params(("case_id" = String, Path, description = "Case id")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(post, path = "/admin/cases/{case_id}/resolve", tag = "operator", request_body = crate::offline::ResolveBody, params(("case_id" = String, Path, description = "Case id")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/cases/{case_id}/resolve")]
 pub async fn resolve_case(
     request: HttpRequest,
@@ -150,7 +150,7 @@ pub async fn resolve_case(
     clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let body: ResolveBody = crate::v1::parse_json(&body)?;
+    let body: ResolveBody = crate::signed::parse_json(&body)?;
     // Clearing checks the lengths (1-1024 and 1-128 bytes) and that the case is still open.
     let case = clearing.resolve_case(path.into_inner(), Resolution { resolution: body.resolution, operator: body.operator }).await?;
     Ok(HttpResponse::Ok().json(case))

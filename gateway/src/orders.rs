@@ -11,14 +11,13 @@ use engine::ledger::command::{idempotency_key, Command, Envelope, OutOrderNo};
 use engine::ledger::state::ShardState;
 use engine::ledger::types::{AccountId, Order, OrderDetail, OrderId, OrderKind, OrderStatus, Reply, Timestamp};
 use engine::money::{CurrencyId, CurrencySpec, Minor};
-use engine::result::ResultCode;
 use engine::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::accounts::{parse_account_id, public_account_id};
 use crate::error::{blocking, ApiError};
-use crate::v1::Signed;
+use crate::signed::Signed;
 
 /// The order id as the API shows it (`ord_42`).
 pub fn public_order_id(id: OrderId) -> String {
@@ -30,10 +29,7 @@ pub fn parse_order_id(text: &str) -> Option<OrderId> {
     crate::ids::parse_prefixed(text, "ord_").map(OrderId)
 }
 
-/// Validates a platform order number (`invalid_request` naming `param` otherwise).
-pub fn out_order_no(text: &str, param: &'static str) -> Result<OutOrderNo, ApiError> {
-    OutOrderNo::new(text).ok_or_else(|| ApiError::invalid("an order number is 1 to 64 characters [A-Za-z0-9_-]", param))
-}
+pub use crate::ids::out_order_no;
 
 /// A configured currency by its code.
 pub fn currency(engine: &Engine, code: &str) -> Result<(CurrencyId, CurrencySpec), ApiError> {
@@ -69,44 +65,7 @@ pub fn parse_time(text: &str, param: &'static str) -> Result<Timestamp, ApiError
     u64::try_from(parsed.unix_timestamp_nanos() / 1_000).map_err(|_| ApiError::invalid("time before 1970", param))
 }
 
-/// The API error for a command the engine refused (one table for every endpoint).
-pub fn rejection(code: ResultCode) -> ApiError {
-    let (status, name, message, param): (u16, &'static str, &str, Option<&'static str>) = match code {
-        ResultCode::Ok => unreachable!("not a rejection"),
-        ResultCode::IdempotencyConflict => (409, "idempotency_conflict", "this out_order_no was used with another body", Some("out_order_no")),
-        ResultCode::InvalidAmount => (400, "invalid_amount", "amounts must be positive", Some("amount")),
-        ResultCode::AmountTooLarge => (400, "invalid_amount", "the amount is too large", Some("amount")),
-        ResultCode::CurrencyUnknown => (400, "invalid_request", "unknown currency", Some("currency")),
-        ResultCode::AccountNotFound => return ApiError::not_found(),
-        ResultCode::PayeeNotFound => (404, "not_found", "no such receiver", Some("payees")),
-        ResultCode::CurrencyMismatch => (422, "currency_mismatch", "the account holds another currency", Some("currency")),
-        ResultCode::LegsUnbalanced => (400, "invalid_request", "payees and splits must sum to the amount", Some("payees")),
-        ResultCode::TooManyLegs => (400, "invalid_request", "too many payees and splits", Some("payees")),
-        ResultCode::AccountClosed => (422, "account_closed", "the account is closed", None),
-        ResultCode::AccountFrozen => (422, "account_frozen", "the account is frozen", None),
-        ResultCode::InsufficientFunds => (422, "insufficient_funds", "the balance is short", Some("amount")),
-        ResultCode::ExceedsPerOrderLimit => (422, "exceeds_per_order_limit", "over the account's per-order limit", Some("amount")),
-        ResultCode::ExceedsDailyLimit => (422, "exceeds_daily_limit", "over the account's daily limit", Some("amount")),
-        ResultCode::OrderNotFound => return ApiError::not_found(),
-        ResultCode::OrderStateInvalid => (409, "order_state_invalid", "the order is not in a state that allows this", None),
-        ResultCode::ExceedsHeldAmount => (422, "exceeds_held_amount", "more than is still held", Some("amount")),
-        ResultCode::ExceedsRefundableAmount => (422, "exceeds_refundable_amount", "more than can still be refunded", Some("amount")),
-        ResultCode::ExceedsFrozenAmount => (422, "exceeds_frozen_amount", "more than is still frozen", Some("amount")),
-        ResultCode::AccountNotEmpty => (422, "account_not_empty", "the account still holds funds", None),
-        ResultCode::AccountExists => (409, "account_exists", "the member already has an account in this currency", None),
-        ResultCode::PayeeIsPayer => (400, "invalid_request", "the payer cannot receive its own payment", Some("payees")),
-        ResultCode::DuplicateLeg => (400, "invalid_request", "an account appears twice among payees and splits", Some("payees")),
-        ResultCode::InvalidFee => (500, "internal_error", "the channel's fee is invalid", None),
-        ResultCode::AccountCreditBlocked => (422, "account_credit_blocked", "the receiving account takes no credits", None),
-        ResultCode::ReasonTooLong => (400, "invalid_request", "the reason is too long", Some("reason")),
-        ResultCode::InvalidExpiry => (400, "invalid_request", "the expiry must be in the future", Some("expires_at")),
-        ResultCode::NotRoutable => (500, "internal_error", "the command could not be routed", None),
-        ResultCode::InvalidBatch => (400, "invalid_request", "a batch carries 1 to 1000 orders with distinct order numbers", Some("orders")),
-        ResultCode::InvalidRule => (400, "invalid_request", "the settlement rule breaks its shape", Some("rule")),
-        ResultCode::ChannelChanged => (409, "order_state_invalid", "the payout has moved to another channel", None),
-    };
-    ApiError { status, code: name, message: message.to_string(), param }
-}
+pub use crate::error::rejection;
 
 /// A JSON object's members written straight into a buffer, each with a leading comma (no
 /// intermediate map: the bulk path renders thousands of these per request).
@@ -281,7 +240,7 @@ pub async fn read_order<R: Send + 'static>(
     Ok(blocking(move || engine.read_shard(shard, move |state| state.platform_order(platform, id).map(|order| read(state, order)))).await??)
 }
 
-#[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/orders/{order_id}")]
 pub async fn show_order(
     signed: Signed,
@@ -476,7 +435,7 @@ fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo, 
     })
 }
 
-#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(("out_order_no" = Option<String>, Query, description = "The platform's order number: answers that one order"), ("kind" = Option<String>, Query, description = "recharge, payment, refund, freeze or withdrawal"), ("status" = Option<String>, Query, description = "An order status"), ("account_id" = String, Path, description = "Account id (acc_...)"), ("from" = Option<String>, Query, description = "RFC 3339: created at or after"), ("to" = Option<String>, Query, description = "RFC 3339: created before"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::openapi::OrderPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(("out_order_no" = Option<String>, Query, description = "The platform's order number: answers that one order"), ("kind" = Option<String>, Query, description = "recharge, payment, refund, freeze or withdrawal"), ("status" = Option<String>, Query, description = "An order status"), ("account_id" = String, Path, description = "Account id (acc_...)"), ("from" = Option<String>, Query, description = "RFC 3339: created at or after"), ("to" = Option<String>, Query, description = "RFC 3339: created before"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::schemas::OrderPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/orders")]
 pub async fn list_orders(
     signed: Signed,
@@ -529,6 +488,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine::result::ResultCode;
 
     #[test]
     fn every_rejection_has_a_stable_code_and_only_ours_are_5xx() {

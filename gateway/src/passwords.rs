@@ -18,7 +18,7 @@ use storage::Store;
 use crate::accounts::{owner_of, parse_account_id};
 use crate::error::{blocking, ApiError};
 use crate::platforms::Platform;
-use crate::v1::Signed;
+use crate::signed::Signed;
 
 /// Wrong passwords in a row that lock payments.
 pub const FAILURES_MAX: u8 = 5;
@@ -130,7 +130,7 @@ pub(crate) struct PasswordBody {
     password: String,
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{account_id}/password", tag = "accounts", request_body = crate::passwords::PasswordBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/accounts/{account_id}/password", tag = "accounts", request_body = crate::passwords::PasswordBody, params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts/{account_id}/password")]
 pub async fn set_password(
     signed: Signed,

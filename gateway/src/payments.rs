@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::orders::{account, amount, currency, out_order_no, parse_order_id, parse_time, public_order_id, read_order, respond, Fields, Prepared};
 use crate::platforms::Platform;
-use crate::v1::Signed;
+use crate::signed::Signed;
 
 /// A payee or split receiver as the API names it.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -338,7 +338,7 @@ pub fn prepare_batch(engine: &Engine, platform: &Platform, body: &BatchBody) -> 
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }
 
-#[utoipa::path(post, path = "/v1/batch-payments", tag = "money", request_body = crate::payments::BatchBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/batch-payments", tag = "money", request_body = crate::payments::BatchBody, responses((status = 201, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/batch-payments")]
 pub async fn create_batch(
     signed: Signed,
@@ -367,7 +367,7 @@ pub async fn create_batch(
     crate::orders::answer(prepared, &reply)
 }
 
-#[utoipa::path(post, path = "/v1/payments", tag = "money", request_body = crate::payments::PaymentBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/payments", tag = "money", request_body = crate::payments::PaymentBody, responses((status = 201, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/payments")]
 pub async fn create_payment(
     signed: Signed,
@@ -383,7 +383,7 @@ pub async fn create_payment(
     crate::orders::answer(prepared, &reply)
 }
 
-#[utoipa::path(post, path = "/v1/payments/{order_id}/confirm", tag = "money", request_body = crate::payments::ConfirmBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/payments/{order_id}/confirm", tag = "money", request_body = crate::payments::ConfirmBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/payments/{order_id}/confirm")]
 pub async fn confirm(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<ConfirmBody>()?;
@@ -394,7 +394,7 @@ pub async fn confirm(signed: Signed, path: web::Path<String>, engine: web::Data<
     respond(&engine, prepared).await
 }
 
-#[utoipa::path(post, path = "/v1/payments/{order_id}/cancel", tag = "money", request_body = crate::payments::PartialBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/payments/{order_id}/cancel", tag = "money", request_body = crate::payments::PartialBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/payments/{order_id}/cancel")]
 pub async fn cancel(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PartialBody>()?;
@@ -405,7 +405,7 @@ pub async fn cancel(signed: Signed, path: web::Path<String>, engine: web::Data<A
     respond(&engine, prepared).await
 }
 
-#[utoipa::path(post, path = "/v1/refunds", tag = "money", request_body = crate::payments::RefundBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/refunds", tag = "money", request_body = crate::payments::RefundBody, responses((status = 201, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/refunds")]
 pub async fn create_refund(signed: Signed, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<RefundBody>()?;
@@ -413,7 +413,7 @@ pub async fn create_refund(signed: Signed, engine: web::Data<Arc<Engine>>) -> Re
     respond(&engine, prepared).await
 }
 
-#[utoipa::path(post, path = "/v1/freezes", tag = "money", request_body = crate::payments::FreezeBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/freezes", tag = "money", request_body = crate::payments::FreezeBody, responses((status = 201, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/freezes")]
 pub async fn create_freeze(signed: Signed, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<FreezeBody>()?;
@@ -421,7 +421,7 @@ pub async fn create_freeze(signed: Signed, engine: web::Data<Arc<Engine>>) -> Re
     respond(&engine, prepared).await
 }
 
-#[utoipa::path(post, path = "/v1/freezes/{order_id}/release", tag = "money", request_body = crate::payments::PartialBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/freezes/{order_id}/release", tag = "money", request_body = crate::payments::PartialBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/freezes/{order_id}/release")]
 pub async fn release(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PartialBody>()?;

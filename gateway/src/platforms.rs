@@ -27,7 +27,7 @@ pub struct Platform {
     /// Commission tiers, receivers and service fee the settlement run charges (`None`: income
     /// only matures).
     #[serde(default)]
-    pub settlement_rule: Option<crate::commission::RuleConfig>,
+    pub settlement_rule: Option<clearing_actor::commission::RuleConfig>,
 }
 
 impl Platform {
@@ -134,7 +134,7 @@ impl Platforms {
     }
 
     /// Sets (or with `None` removes) a platform's settlement rule, durably.
-    pub fn set_settlement_rule(&self, id: u32, rule: Option<crate::commission::RuleConfig>) -> Result<Platform, ApiError> {
+    pub fn set_settlement_rule(&self, id: u32, rule: Option<clearing_actor::commission::RuleConfig>) -> Result<Platform, ApiError> {
         self.update(id, |platform| platform.settlement_rule = rule)
     }
 

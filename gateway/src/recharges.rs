@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::orders::{account, amount, currency, out_order_no, Fields, Prepared};
 use crate::platforms::Platform;
-use crate::v1::Signed;
+use crate::signed::Signed;
 use clearing_actor::channels::ChannelSet;
 use clearing_actor::Clearing;
 
@@ -61,7 +61,7 @@ pub fn dispatch(engine: &Engine, bank: &dyn bank::BankChannel, envelope: &Envelo
     }
 }
 
-#[utoipa::path(post, path = "/v1/recharges", tag = "money", request_body = crate::recharges::RechargeBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/recharges", tag = "money", request_body = crate::recharges::RechargeBody, responses((status = 201, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/recharges")]
 pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, clearing: web::Data<Clearing>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<RechargeBody>()?;
@@ -86,7 +86,7 @@ pub struct CollectionBody {
 
 /// Collects money from a member's verified card into their account through a money-in channel:
 /// a recharge (same order numbers, `pending` until the channel confirms) that names the card.
-#[utoipa::path(post, path = "/v1/collections", tag = "money", request_body = crate::recharges::CollectionBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/collections", tag = "money", request_body = crate::recharges::CollectionBody, responses((status = 201, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/collections")]
 pub async fn create_collection(
     signed: Signed,

@@ -23,7 +23,7 @@ pub(crate) struct ReconcileBody {
 }
 
 /// `POST /admin/reconciliations {channel, business_date, file}`.
-#[utoipa::path(post, path = "/admin/reconciliations", tag = "operator", request_body = crate::reconcile::ReconcileBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(post, path = "/admin/reconciliations", tag = "operator", request_body = crate::reconcile::ReconcileBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/reconciliations")]
 pub async fn reconcile_endpoint(
     request: HttpRequest,
@@ -32,7 +32,7 @@ pub async fn reconcile_endpoint(
     clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let body: ReconcileBody = crate::v1::parse_json(&body)?;
+    let body: ReconcileBody = crate::signed::parse_json(&body)?;
     let channel = clearing.channels().by_name(&body.channel).map(|c| c.id).ok_or_else(|| ApiError::invalid("unknown channel", "channel"))?;
     let day = clearing_actor::calendar::parse_date(&body.business_date).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
     let report = clearing.reconcile(channel, day, body.file.into_bytes()).await?;
@@ -57,7 +57,7 @@ pub struct ReserveQuery {
 /// `GET /admin/reserve?currency=&bank_balance=`: the reserve check. Our reserve (money the bank
 /// holds for us, by our books) must equal customer funds + in transit + escrow + payouts sent +
 /// fees + suspense; with the bank's own figure it also shows the difference to explain.
-#[utoipa::path(get, path = "/admin/reserve", tag = "operator", params(("currency" = String, Query, description = "Currency code"), ("bank_balance" = Option<String>, Query, description = "The bank's balance of the reserve account")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(get, path = "/admin/reserve", tag = "operator", params(("currency" = String, Query, description = "Currency code"), ("bank_balance" = Option<String>, Query, description = "The bank's balance of the reserve account")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::get("/admin/reserve")]
 pub async fn reserve_check(
     request: HttpRequest,

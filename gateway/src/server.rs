@@ -1,9 +1,8 @@
 //! The HTTP server: bounded connections and bodies, health and readiness, graceful shutdown.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use actix_web::{get, web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpResponse, HttpServer};
 use engine::Engine;
 
 use crate::admin::AdminToken;
@@ -29,24 +28,6 @@ pub struct HttpLimits {
 impl Default for HttpLimits {
     fn default() -> HttpLimits {
         HttpLimits { connections_max: 1024, body_bytes_max: 16 << 20, workers: 2, nonces_max: 16 << 20 }
-    }
-}
-
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Success", body = Object), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)))]
-#[get("/healthz")]
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-}
-
-/// Ready while every shard runs; 503 once one has stopped (a failed write stops a shard).
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Success", body = Object), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)))]
-#[get("/readyz")]
-pub async fn readyz(engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
-    let stopped: Vec<usize> = engine.counters().iter().enumerate().filter(|(_, c)| c.stopped.load(Ordering::Relaxed)).map(|(shard, _)| shard).collect();
-    if stopped.is_empty() {
-        Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
-    } else {
-        Err(ApiError::unavailable(format!("shards stopped: {stopped:?}")))
     }
 }
 
@@ -156,8 +137,8 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(web::PayloadConfig::new(limits.body_bytes_max))
             .app_data(web::JsonConfig::default().limit(limits.body_bytes_max))
             .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::new(400, "invalid_request", &error.to_string()).into()))
-            .service(healthz)
-            .service(readyz)
+            .service(crate::health::healthz)
+            .service(crate::health::readyz)
             .configure(crate::admin::routes)
             .configure(crate::settlements::routes)
             .configure(crate::commission::routes)

@@ -41,7 +41,7 @@ pub fn terms(engine: &Engine, platforms: &[Platform], day: u32) -> Vec<PlatformT
         .collect()
 }
 
-#[utoipa::path(post, path = "/admin/settlements", tag = "operator", request_body = crate::settlements::SettlementBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(post, path = "/admin/settlements", tag = "operator", request_body = crate::settlements::SettlementBody, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/settlements")]
 pub async fn settle(
     request: HttpRequest,
@@ -52,7 +52,7 @@ pub async fn settle(
     clearing: web::Data<Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let body: SettlementBody = crate::v1::parse_json(&body)?;
+    let body: SettlementBody = crate::signed::parse_json(&body)?;
     let day = day_number(&body.business_date).ok_or_else(|| ApiError::invalid("business_date is YYYY-MM-DD", "business_date"))?;
     let summary = clearing.settle(day, terms(&engine, &platforms.all(), day)).await?;
     Ok(HttpResponse::Ok().json(summary))
@@ -61,7 +61,7 @@ pub async fn settle(
 /// `GET /admin/settlements`: the daily settlement schedule: its cut-off, the next business date
 /// it runs, the last that succeeded, and failed runs (a failed run is tried again a minute later,
 /// for the same date, until it succeeds).
-#[utoipa::path(get, path = "/admin/settlements", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(get, path = "/admin/settlements", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/settlements")]
 pub async fn schedule(request: HttpRequest, token: web::Data<AdminToken>, clearing: web::Data<Clearing>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
@@ -188,7 +188,7 @@ const STATEMENT_COLUMNS: [&str; 15] = [
 ];
 
 /// `GET /admin/settlements/{business_date}/statement.csv?platform_id=`: the operator's statement.
-#[utoipa::path(get, path = "/admin/settlements/{business_date}/statement.csv", tag = "operator", params(("business_date" = String, Path, description = "YYYY-MM-DD"), ("platform_id" = Option<String>, Query, description = "One platform only")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("operator_token" = [])))]
+#[utoipa::path(get, path = "/admin/settlements/{business_date}/statement.csv", tag = "operator", params(("business_date" = String, Path, description = "YYYY-MM-DD"), ("platform_id" = Option<String>, Query, description = "One platform only")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/settlements/{business_date}/statement.csv")]
 pub async fn operator_statement(
     request: HttpRequest,
@@ -219,10 +219,10 @@ pub struct StatementQuery {
 
 /// `GET /v1/settlements/{business_date}/statement.csv?account_id=`: a platform's statement of a
 /// date, or one merchant's (an addition to API.md).
-#[utoipa::path(get, path = "/v1/settlements/{business_date}/statement.csv", tag = "accounts", params(("business_date" = String, Path, description = "YYYY-MM-DD"), ("account_id" = Option<String>, Query, description = "One account only")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/settlements/{business_date}/statement.csv", tag = "accounts", params(("business_date" = String, Path, description = "YYYY-MM-DD"), ("account_id" = Option<String>, Query, description = "One account only")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/settlements/{business_date}/statement.csv")]
 pub async fn platform_statement(
-    signed: crate::v1::Signed,
+    signed: crate::signed::Signed,
     path: web::Path<String>,
     query: web::Query<StatementQuery>,
     engine: web::Data<Arc<Engine>>,

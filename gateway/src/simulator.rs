@@ -40,7 +40,7 @@ fn unix_seconds() -> i64 {
 }
 
 /// `POST /channels/simulator/callback`: the bank's verdict on an order, signed with the channel key.
-#[utoipa::path(post, path = "/channels/simulator/callback", tag = "simulator", request_body = crate::simulator::Callback, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("channel_signature" = [])))]
+#[utoipa::path(post, path = "/channels/simulator/callback", tag = "simulator", request_body = crate::simulator::Callback, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("channel_signature" = [])))]
 #[post("/channels/simulator/callback")]
 pub async fn receive_callback(
     request: HttpRequest,
@@ -54,7 +54,7 @@ pub async fn receive_callback(
         SignatureError::Bad => ApiError::unauthenticated("missing or bad X-Channel-Signature"),
         SignatureError::OutOfWindow => ApiError::new(401, "timestamp_out_of_window", "the callback's timestamp is too far off"),
     })?;
-    let callback: Callback = crate::v1::parse_json(&body)?;
+    let callback: Callback = crate::signed::parse_json(&body)?;
     let order = parse_order_id(&callback.order_id).ok_or_else(ApiError::not_found)?;
     let succeeded = match callback.status.as_str() {
         "succeeded" => true,
@@ -80,7 +80,7 @@ pub async fn receive_callback(
 }
 
 /// `GET /sim/cards/{card_no}/transactions`: what the card's holder sees at their bank.
-#[utoipa::path(get, path = "/sim/cards/{card_no}/transactions", tag = "simulator", params(("card_no" = String, Path, description = "Card number")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/sim/cards/{card_no}/transactions", tag = "simulator", params(("card_no" = String, Path, description = "Card number")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)))]
 #[get("/sim/cards/{card_no}/transactions")]
 pub async fn card_transactions(path: web::Path<String>, simulator: web::Data<Simulator>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"transactions": simulator.card_transactions(&path)}))
@@ -88,7 +88,7 @@ pub async fn card_transactions(path: web::Path<String>, simulator: web::Data<Sim
 
 /// `GET /sim/channels/{channel}/statements/{date}`: the simulated bank's statement file of a
 /// channel and business date (CSV), as reconciliation reads it.
-#[utoipa::path(get, path = "/sim/channels/{channel}/statements/{date}", tag = "simulator", params(("channel" = String, Path, description = "Channel name"), ("date" = String, Path, description = "YYYY-MM-DD")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/sim/channels/{channel}/statements/{date}", tag = "simulator", params(("channel" = String, Path, description = "Channel name"), ("date" = String, Path, description = "YYYY-MM-DD")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody)))]
 #[get("/sim/channels/{channel}/statements/{date}")]
 pub async fn statement_file(path: web::Path<(String, String)>, clearing: web::Data<Clearing>) -> Result<HttpResponse, ApiError> {
     let (name, date) = path.into_inner();

@@ -21,7 +21,7 @@ use crate::error::{blocking, ApiError};
 use crate::members::Members;
 use crate::notifications::Notifications;
 use crate::orders::{account, amount, currency, out_order_no, Fields};
-use crate::v1::Signed;
+use crate::signed::Signed;
 
 /// Withdrawals above this many major units alert the member (API.md).
 pub const ALERT_ABOVE_MAJOR: i64 = 50_000;
@@ -37,7 +37,7 @@ pub(crate) struct WithdrawalBody {
     arrival: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/withdrawals", tag = "money", request_body = crate::withdrawals::WithdrawalBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/withdrawals", tag = "money", request_body = crate::withdrawals::WithdrawalBody, responses((status = 201, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/withdrawals")]
 #[allow(clippy::too_many_arguments)]
 pub async fn create_withdrawal(
@@ -151,7 +151,7 @@ pub(crate) struct PayoutBody {
     account_type: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/payouts", tag = "money", request_body = crate::withdrawals::PayoutBody, responses((status = 201, description = "Success", body = crate::openapi::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::openapi::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::openapi::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/payouts", tag = "money", request_body = crate::withdrawals::PayoutBody, responses((status = 201, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/payouts")]
 #[allow(clippy::too_many_arguments)]
 pub async fn create_payout(
