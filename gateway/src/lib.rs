@@ -79,6 +79,39 @@ pub fn parse_amount(text: &str, currency: &CurrencySpec) -> Result<Minor, Amount
 mod tests {
     use super::*;
 
+    /// The modules of this crate import each other without a circle (ARCHITECTURE.md): module
+    /// `a` depends on `b` when its non-test code names `crate::b`; no module may reach itself.
+    #[test]
+    fn modules_import_each_other_without_a_circle() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut uses: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for file in std::fs::read_dir(dir).unwrap() {
+            let path = file.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            if name == "lib" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let named = code
+                .match_indices("crate::")
+                .map(|(at, _)| code[at + 7..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()).collect::<String>());
+            uses.insert(name.clone(), named.filter(|other| *other != name).collect());
+        }
+        for start in uses.keys() {
+            let (mut seen, mut stack) = (BTreeSet::new(), vec![start.clone()]);
+            while let Some(module) = stack.pop() {
+                for next in uses.get(&module).into_iter().flatten() {
+                    assert_ne!(next, start, "{start} reaches itself through {module}");
+                    if seen.insert(next.clone()) {
+                        stack.push(next.clone());
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn amount_table() {
         let cny = CurrencySpec::new("CNY", 2).expect("valid");
