@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clearing_actor::calendar::{Calendar, SystemClock};
-use clearing_actor::channels::{AccountType, Arrival, ChannelSpec, ChannelTable};
+use clearing_actor::channels::{AccountType, Arrival, ChannelTable};
 use clearing_actor::payouts::{PayoutRequest, PayoutVerdict, VerdictOutcome};
 use clearing_actor::{Clearing, ClearingConfig};
 use engine::ledger::command::{Command, Envelope, OutOrderNo};
@@ -15,38 +15,13 @@ use engine::money::{CurrencyId, CurrencySpec};
 use engine::result::ResultCode;
 use engine::{Engine, EngineConfig};
 
+mod common;
+use common::spec;
+
 const P: u32 = 5;
 
 fn cny() -> CurrencySpec {
     CurrencySpec::new("CNY", 2).unwrap()
-}
-
-fn spec(id: u16, name: &str, fee: &str) -> ChannelSpec {
-    ChannelSpec {
-        id,
-        name: name.into(),
-        kind: "test".into(),
-        direction: "out".into(),
-        currency: "CNY".into(),
-        fee_fixed: fee.into(),
-        fee_rate_bps: 0,
-        fee_min: "0.00".into(),
-        fee_max: "100.00".into(),
-        order_min: "0.01".into(),
-        order_max: "50000.00".into(),
-        daily_cap: "1000000.00".into(),
-        window: "00:00-24:00".into(),
-        business_days_only: false,
-        arrival: "realtime".into(),
-        eta_minutes: 1,
-        serves: vec!["personal".into()],
-        // The simulated bank takes a minute to answer: the test gives the verdicts itself.
-        sim_latency_ms: 60_000,
-        sim_failure_per_mille: 0,
-        enabled: true,
-        sim_drop_per_mille: 0,
-        timeout_ms: 600_000,
-    }
 }
 
 struct World {
@@ -60,7 +35,7 @@ impl World {
         let store: Arc<dyn storage::Store> = Arc::new(storage::MemoryStore::new());
         let engine = Arc::new(Engine::start(EngineConfig { shard_count: 1, ack_flush_ms: 1, ..EngineConfig::default() }, store.clone()).unwrap());
         let currencies = engine.config().currencies.clone();
-        let channels = vec![spec(1, "cheap", "1.00").build(&currencies).unwrap(), spec(2, "dear", "5.00").build(&currencies).unwrap()];
+        let channels = vec![spec(1, "cheap", "out", "1.00").build(&currencies).unwrap(), spec(2, "dear", "out", "5.00").build(&currencies).unwrap()];
         let table = ChannelTable::new(channels, Calendar { utc_offset_seconds: 8 * 3600, ..Calendar::default() }).unwrap();
         let config = banksim::SimulatorConfig { latency_ms: 60_000, ..banksim::SimulatorConfig::default() };
         let bank = Arc::new(banksim::Simulator::start(config, "key".into(), store.clone()).unwrap());

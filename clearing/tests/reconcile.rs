@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clearing_actor::calendar::{date_text, Calendar, Clock, SystemClock};
 use clearing_actor::cases::{CaseBook, CaseOpening, Resolution};
-use clearing_actor::channels::{ChannelSet, ChannelSpec, ChannelTable};
+use clearing_actor::channels::{ChannelSet, ChannelTable};
 use clearing_actor::reserve::BankFigure;
 use clearing_actor::{Clearing, ClearingConfig, ClearingError};
 use engine::ledger::command::{Command, Envelope};
@@ -16,36 +16,12 @@ use engine::money::CurrencyId;
 use engine::{Engine, EngineConfig};
 use serde_json::json;
 
+mod common;
+use common::spec;
+
 const P: u32 = 5;
 /// The payout channel's fee on every payout here (1.00).
 const FEE: i64 = 100;
-
-fn spec(id: u16, name: &str, direction: &str, fee: &str) -> ChannelSpec {
-    ChannelSpec {
-        id,
-        name: name.into(),
-        kind: "test".into(),
-        direction: direction.into(),
-        currency: "CNY".into(),
-        fee_fixed: fee.into(),
-        fee_rate_bps: 0,
-        fee_min: "0.00".into(),
-        fee_max: "100.00".into(),
-        order_min: "0.01".into(),
-        order_max: "50000.00".into(),
-        daily_cap: "1000000.00".into(),
-        window: "00:00-24:00".into(),
-        business_days_only: false,
-        arrival: "realtime".into(),
-        eta_minutes: 1,
-        serves: vec!["personal".into()],
-        sim_latency_ms: 60_000,
-        sim_failure_per_mille: 0,
-        enabled: true,
-        sim_drop_per_mille: 0,
-        timeout_ms: 600_000,
-    }
-}
 
 struct World {
     engine: Arc<Engine>,
