@@ -187,12 +187,6 @@ impl Clearing {
         answer.await.map_err(|_| ClearingError::Overloaded)?
     }
 
-    fn ask_blocking<T>(&self, message: impl FnOnce(Reply<T>) -> Message) -> Result<T, ClearingError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(message(reply))?;
-        answer.blocking_recv().map_err(|_| ClearingError::Overloaded)?
-    }
-
     /// Routes a payout (or, for a repeated order number, reuses its first routing), notes it,
     /// submits it to the engine and hands it to the bank.
     pub async fn payout(&self, request: PayoutRequest) -> Result<PayoutOutcome, ClearingError> {
@@ -222,11 +216,6 @@ impl Clearing {
     /// The payout book's notes of a platform's payouts, by order number (in the same order).
     pub async fn notes(&self, platform: u32, numbers: Vec<String>) -> Result<Vec<Option<PayoutNote>>, ClearingError> {
         self.ask(|reply| Message::Notes(platform, numbers, reply)).await
-    }
-
-    /// The same, from a thread that may block.
-    pub fn notes_blocking(&self, platform: u32, numbers: Vec<String>) -> Result<Vec<Option<PayoutNote>>, ClearingError> {
-        self.ask_blocking(|reply| Message::Notes(platform, numbers, reply))
     }
 
     /// Runs the settlement of business day `day` (one run at a time: `Busy` while another runs).

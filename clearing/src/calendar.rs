@@ -4,7 +4,7 @@
 //! hour without waiting for it.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Microseconds in a day.
 const DAY_MICROS: i64 = 86_400_000_000;
@@ -29,36 +29,6 @@ impl Clock for SystemClock {
 
     fn instant(&self) -> Instant {
         Instant::now()
-    }
-}
-
-/// A clock tests set and advance by hand.
-#[derive(Debug)]
-pub struct ManualClock {
-    state: std::sync::Mutex<(u64, Instant)>,
-}
-
-impl ManualClock {
-    /// A clock showing `now_micros`.
-    pub fn new(now_micros: u64) -> ManualClock {
-        ManualClock { state: std::sync::Mutex::new((now_micros, Instant::now())) }
-    }
-
-    /// Moves both clocks forward.
-    pub fn advance(&self, by: Duration) {
-        let mut state = self.state.lock().expect("clock lock");
-        state.0 += u64::try_from(by.as_micros()).unwrap_or(u64::MAX);
-        state.1 += by;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_micros(&self) -> u64 {
-        self.state.lock().expect("clock lock").0
-    }
-
-    fn instant(&self) -> Instant {
-        self.state.lock().expect("clock lock").1
     }
 }
 

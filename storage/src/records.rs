@@ -33,14 +33,6 @@ pub fn load_all<T: DeserializeOwned>(store: &dyn Store, prefix: &[u8]) -> Result
     failure.map_or(Ok(records), Err)
 }
 
-/// One record, if present.
-pub fn get<T: DeserializeOwned>(store: &dyn Store, key: &[u8]) -> Result<Option<T>, String> {
-    match store.get(key).map_err(|e| e.to_string())? {
-        None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("record {}: {e}", String::from_utf8_lossy(key))),
-    }
-}
-
 /// Writes records in one atomic, synced store write.
 pub fn put<T: Serialize>(store: &dyn Store, records: &[(Vec<u8>, &T)]) -> Result<(), StorageError> {
     let encoded: Vec<(Vec<u8>, Vec<u8>)> = records.iter().map(|(key, record)| (key.clone(), serde_json::to_vec(record).expect("records serialize"))).collect();
