@@ -32,6 +32,12 @@ struct FileConfig {
 struct EngineSection {
     shard_count: u16,
     mailbox_capacity: usize,
+    /// Optional, so that files written before the key existed still load.
+    #[serde(default = "default_inbound_capacity")]
+    inbound_capacity: usize,
+    /// Optional, so that files written before the key existed still load.
+    #[serde(default = "default_control_capacity")]
+    control_capacity: usize,
     batch_size_max: usize,
     outbox_pending_max: usize,
     ack_flush_ms: u64,
@@ -57,6 +63,14 @@ struct WebhooksSection {
     /// Optional, so that files written before the key existed still load.
     #[serde(default = "default_webhook_workers")]
     workers: usize,
+}
+
+fn default_inbound_capacity() -> usize {
+    engine::EngineConfig::default().inbound_capacity
+}
+
+fn default_control_capacity() -> usize {
+    engine::EngineConfig::default().control_capacity
 }
 
 fn default_webhook_workers() -> usize {
@@ -135,6 +149,12 @@ impl Config {
         if e.mailbox_capacity == 0 || e.mailbox_capacity > MAILBOX_CAPACITY_MAX {
             return Err(anyhow!("engine.mailbox_capacity must be 1..={MAILBOX_CAPACITY_MAX}"));
         }
+        if e.inbound_capacity == 0 || e.inbound_capacity > MAILBOX_CAPACITY_MAX {
+            return Err(anyhow!("engine.inbound_capacity must be 1..={MAILBOX_CAPACITY_MAX}"));
+        }
+        if e.control_capacity == 0 || e.control_capacity > MAILBOX_CAPACITY_MAX {
+            return Err(anyhow!("engine.control_capacity must be 1..={MAILBOX_CAPACITY_MAX}"));
+        }
         if e.batch_size_max == 0 || e.batch_size_max > BATCH_SIZE_MAX {
             return Err(anyhow!("engine.batch_size_max must be 1..={BATCH_SIZE_MAX}"));
         }
@@ -161,6 +181,8 @@ impl Config {
         let engine = EngineConfig {
             shard_count: e.shard_count,
             mailbox_capacity: e.mailbox_capacity,
+            inbound_capacity: e.inbound_capacity,
+            control_capacity: e.control_capacity,
             batch_size_max: e.batch_size_max,
             outbox_pending_max: e.outbox_pending_max,
             ack_flush_ms: e.ack_flush_ms,

@@ -194,6 +194,7 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
     println!("clearing engine: {} shards on RocksDB at {} (recovered in {:?})", config.engine.shard_count, data_dir.display(), started.elapsed());
+    watch_shards(&engine)?;
     if demo {
         workload::demo(&engine)?;
     }
@@ -205,6 +206,31 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     }
     engine.shutdown();
     println!("stopped: every acknowledged order is durable");
+    Ok(())
+}
+
+/// Exit status of a process stopped because a shard panicked (EX_SOFTWARE).
+const EXIT_SHARD_PANICKED: i32 = 70;
+
+/// Watches the shards: one that panicked (a programming error; its in-memory state is no longer
+/// trusted) stops the whole process loudly, with the shard and the panic on stderr and exit
+/// status 70, rather than serve around a dead shard whose peers' outboxes fill up. Restarting
+/// recovers every shard from the journal. A shard stopped by a failed write (DESIGN.md 4) stays
+/// stopped without exiting: `/readyz` names it, and the others keep serving.
+fn watch_shards(engine: &Arc<Engine>) -> Result<()> {
+    let engine = Arc::downgrade(engine);
+    std::thread::Builder::new().name("shard-watch".into()).spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        for (shard, failure) in engine.failures() {
+            if let engine::shard::ShardFailure::Panicked(text) = failure {
+                eprintln!("clearing: shard {shard} panicked: {text}; stopping the process (exit status {EXIT_SHARD_PANICKED}); a restart recovers it from the journal");
+                std::process::exit(EXIT_SHARD_PANICKED);
+            }
+        }
+    })?;
     Ok(())
 }
 

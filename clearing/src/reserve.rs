@@ -126,7 +126,7 @@ pub fn check(engine: &Engine, currency: CurrencyId, bank: BankFigure<'_>) -> Res
                     AccountKind::Customer => 0,
                     AccountKind::System(role) => 1 + role.index(),
                 };
-                sums[slot] += account.total() as i128;
+                sums[slot] += state.balance(account);
             }
             sums
         })?;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, unbounded, Sender};
+use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
 use storage::Store;
 
 use crate::directory::Directory;
@@ -17,7 +17,7 @@ use crate::ledger::state::{check_amount, credit_refusal_by, Effects, ShardState}
 use crate::ledger::types::{Leg, Reply, ShardId, Timestamp};
 use crate::money::CurrencySpec;
 use crate::result::ResultCode;
-use crate::shard::{ClientRequest, Control, ReplyTo, Shard, ShardCounters, ShardLimits};
+use crate::shard::{ClientRequest, Control, ReplyTo, Shard, ShardCounters, ShardFailure, ShardLimits};
 use crate::EngineError;
 
 /// How the engine is sized and what it keeps (see config/default.toml for each key).
@@ -25,6 +25,10 @@ use crate::EngineError;
 pub struct EngineConfig {
     pub shard_count: u16,
     pub mailbox_capacity: usize,
+    /// Messages (credits, acknowledgements) one shard's channel from the other shards holds.
+    pub inbound_capacity: usize,
+    /// Reads and stop requests one shard's control channel holds.
+    pub control_capacity: usize,
     pub batch_size_max: usize,
     pub outbox_pending_max: usize,
     pub ack_flush_ms: u64,
@@ -37,6 +41,8 @@ impl Default for EngineConfig {
         EngineConfig {
             shard_count: 2,
             mailbox_capacity: 1024,
+            inbound_capacity: 256,
+            control_capacity: 256,
             batch_size_max: 8189,
             outbox_pending_max: 65536,
             ack_flush_ms: 20,
@@ -47,6 +53,19 @@ impl Default for EngineConfig {
 }
 
 const CLAIM_STRIPES: usize = 64;
+
+/// How long `read_shard` waits for room in a shard's full control channel before it answers
+/// `Overloaded` (it runs on blocking threads, never on an async worker).
+const READ_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether a submission may wait for room in a full mailbox.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Never: a full mailbox answers `ResultCode::Overloaded` for the commands that did not fit.
+    Never,
+    /// Block the calling thread until there is room (threads that may wait: clearing, CLI).
+    Block,
+}
 
 /// Which shard holds each accepted order number, so a reuse that names other funds (and so
 /// another shard) is still seen as a conflict. Claims of rejected commands are released.
@@ -98,6 +117,8 @@ pub struct Engine {
     directory: Arc<Directory>,
     claims: Arc<Claims>,
     counters: Vec<Arc<ShardCounters>>,
+    /// Senders of each shard's inbound channel, kept only to read its depth.
+    inbound_depths: Vec<Sender<crate::shard::Inbound>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Set by `shutdown`: later submissions are refused instead of queued to stopped shards.
     shut_down: std::sync::atomic::AtomicBool,
@@ -133,8 +154,8 @@ impl Engine {
     /// Recovers every shard from `store` (writing genesis for new ones) and starts their threads.
     pub fn start(config: EngineConfig, store: Arc<dyn Store>) -> Result<Engine, EngineError> {
         let shard_count = config.shard_count;
-        if shard_count == 0 || config.batch_size_max == 0 || config.mailbox_capacity == 0 {
-            return Err(EngineError::Config("shard_count, batch_size_max and mailbox_capacity must be positive".into()));
+        if shard_count == 0 || config.batch_size_max == 0 || config.mailbox_capacity == 0 || config.inbound_capacity == 0 || config.control_capacity == 0 {
+            return Err(EngineError::Config("shard_count, batch_size_max, mailbox_capacity, inbound_capacity and control_capacity must be positive".into()));
         }
         match store.get(META_SHARD_COUNT)? {
             Some(bytes) if bytes != shard_count.to_le_bytes() => {
@@ -162,10 +183,10 @@ impl Engine {
             let (s, r) = bounded(config.mailbox_capacity);
             client_senders.push(s);
             client_receivers.push(r);
-            let (s, r) = unbounded();
+            let (s, r) = bounded(config.inbound_capacity);
             inbound_senders.push(s);
             inbound_receivers.push(r);
-            let (s, r) = unbounded();
+            let (s, r) = bounded(config.control_capacity);
             control_senders.push(s);
             control_receivers.push(r);
         }
@@ -206,6 +227,7 @@ impl Engine {
             directory,
             claims,
             counters,
+            inbound_depths: inbound_senders,
             threads: Mutex::new(threads),
             shut_down: std::sync::atomic::AtomicBool::new(false),
         })
@@ -217,8 +239,15 @@ impl Engine {
     }
 
     /// Submits commands; `reply` gets one reply per command, in order, once all are durable.
-    /// Blocks while a target shard's mailbox is full (backpressure).
+    /// Never blocks (it runs on async workers): the commands bound for a shard whose mailbox is
+    /// full are answered `ResultCode::Overloaded` and were never queued, so nothing of them
+    /// changed and their order numbers stay free; the other shards' parts go ahead. A caller of
+    /// several commands gets each one's own result, never a half-applied request it cannot see.
     pub fn submit(&self, envelopes: Vec<Envelope>, reply: ReplyTo) {
+        self.submit_with(envelopes, reply, Wait::Never)
+    }
+
+    fn submit_with(&self, envelopes: Vec<Envelope>, reply: ReplyTo, wait: Wait) {
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
             return reply(Err(EngineError::ShardStopped(ShardId::MAX)));
         }
@@ -292,21 +321,38 @@ impl Engine {
                 gather.finish_part();
             });
             let request = ClientRequest { envelopes: part, reply: on_reply };
-            if let Err(failed) = self.clients[shard].send(request) {
-                (failed.0.reply)(Err(EngineError::ShardStopped(shard as ShardId)));
+            let refused = match wait {
+                Wait::Block => self.clients[shard].send(request).err().map(|failed| (failed.0, false)),
+                Wait::Never => match self.clients[shard].try_send(request) {
+                    Ok(()) => None,
+                    Err(TrySendError::Full(request)) => Some((request, true)),
+                    Err(TrySendError::Disconnected(request)) => Some((request, false)),
+                },
+            };
+            match refused {
+                // Never queued: each command is answered `Overloaded` (its claim is released
+                // like any rejected command's).
+                Some((request, true)) => {
+                    let replies = vec![Reply::rejected(ResultCode::Overloaded); request.envelopes.len()];
+                    (request.reply)(Ok(replies));
+                }
+                Some((request, false)) => (request.reply)(Err(EngineError::ShardStopped(shard as ShardId))),
+                None => {}
             }
         }
         gather.lock().expect("gather lock").finish_part();
     }
 
-    /// Submits commands and waits for their replies.
+    /// Submits commands and waits for their replies, waiting for room in a full mailbox. For
+    /// threads that may block (the clearing actor, settlement, the CLI), never async workers.
     pub fn execute(&self, envelopes: Vec<Envelope>) -> Result<Vec<Reply>, EngineError> {
         let (sender, receiver) = bounded(1);
-        self.submit(
+        self.submit_with(
             envelopes,
             Box::new(move |result| {
                 let _ = sender.send(result);
             }),
+            Wait::Block,
         );
         receiver.recv().map_err(|_| EngineError::ShardStopped(ShardId::MAX))?
     }
@@ -341,16 +387,30 @@ impl Engine {
         Ok(replies)
     }
 
-    /// Runs `read` on a shard's thread between batches and returns its result.
+    /// Runs `read` on a shard's thread between batches and returns its result. Blocking (call it
+    /// off async workers); a control channel still full after `READ_QUEUE_WAIT` is `Overloaded`.
     pub fn read_shard<R: Send + 'static>(&self, shard: ShardId, read: impl FnOnce(&ShardState) -> R + Send + 'static) -> Result<R, EngineError> {
         let (sender, receiver) = bounded(1);
         let control = self.controls.get(shard as usize).ok_or(EngineError::ShardStopped(shard))?;
-        control
-            .send(Control::Read(Box::new(move |state| {
-                let _ = sender.send(read(state));
-            })))
-            .map_err(|_| EngineError::ShardStopped(shard))?;
+        let message = Control::Read(Box::new(move |state| {
+            let _ = sender.send(read(state));
+        }));
+        match control.send_timeout(message, READ_QUEUE_WAIT) {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => return Err(EngineError::Overloaded(shard)),
+            Err(SendTimeoutError::Disconnected(_)) => return Err(EngineError::ShardStopped(shard)),
+        }
         receiver.recv().map_err(|_| EngineError::ShardStopped(shard))
+    }
+
+    /// Every shard that has stopped, and why (a failed write, or a panic).
+    pub fn failures(&self) -> Vec<(ShardId, ShardFailure)> {
+        self.counters.iter().enumerate().filter_map(|(shard, c)| c.failure().map(|f| (shard as ShardId, f))).collect()
+    }
+
+    /// Messages queued in a shard's channel from the other shards.
+    pub fn inbound_depth(&self, shard: ShardId) -> usize {
+        self.inbound_depths.get(shard as usize).map_or(0, |s| s.len())
     }
 
     /// Published figures of every shard.

@@ -57,9 +57,10 @@ fn figures(state: &ShardState) -> ShardFigures {
     };
     for account in &state.accounts {
         let c = account.currency.0 as usize;
-        f.sums[c] += account.total() as i128;
+        let balance = state.balance(account);
+        f.sums[c] += balance;
         if account.kind == AccountKind::System(SystemRole::InTransit) {
-            f.in_transit[c] += account.total() as i128;
+            f.in_transit[c] += balance;
         }
         if account.kind == AccountKind::Customer && (account.settled < 0 || account.unsettled < 0 || account.frozen < 0) {
             f.failures.push(format!("account {} has a negative bucket", account.id.0));
@@ -144,8 +145,9 @@ pub fn check_store(store: &dyn Store, shard_count: u16) -> Result<InvariantRepor
         for account in &state.accounts {
             for bucket in [Bucket::Settled, Bucket::Unsettled, Bucket::Frozen] {
                 let journal = lines.get(&(account.id, bucket_index(bucket))).copied().unwrap_or(0);
-                if journal != account.bucket(bucket) as i128 {
-                    failures.push(format!("account {} {bucket:?}: balance {} but journal lines sum to {journal}", account.id.0, account.bucket(bucket)));
+                let balance = state.bucket_balance(account, bucket);
+                if journal != balance {
+                    failures.push(format!("account {} {bucket:?}: balance {balance} but journal lines sum to {journal}", account.id.0));
                 }
             }
         }

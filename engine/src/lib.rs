@@ -28,6 +28,8 @@ pub enum EngineError {
     NotAClientCommand,
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("shard {0} is overloaded; try again shortly")]
+    Overloaded(u16),
 }
 
 impl From<storage::StorageError> for EngineError {

@@ -8,6 +8,13 @@ pub type Minor = i64;
 /// The largest amount one command may carry, so that sums of a bounded number of legs never overflow.
 pub const AMOUNT_MINOR_MAX: Minor = 1_000_000_000_000_000; // 10^15 minor units (10 trillion yuan)
 
+/// The most a customer account may hold in all its buckets together (10^18 minor units, about a
+/// ninth of `i64::MAX`), so that its buckets and their sums never overflow. A credit the command
+/// can refuse is refused (`BalanceLimitExceeded`); one it cannot (a cross-shard credit, a bank's
+/// verdict) lands in the shard's suspense stripe instead, as a credit to a closed account does.
+/// System stripes are not bounded by it: they accumulate in `i128` (`ShardState::stripes`).
+pub const BALANCE_MINOR_MAX: Minor = 1_000_000_000_000_000_000;
+
 /// Index of a currency in the shard's currency table (set at genesis, append-only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CurrencyId(pub u8);

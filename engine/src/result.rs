@@ -42,11 +42,16 @@ pub enum ResultCode {
     InvalidRule = 30,
     /// A reroute that names a channel the payout is no longer on (another verdict moved it).
     ChannelChanged = 31,
+    /// The credit would take the receiving account's total balance above `BALANCE_MINOR_MAX`.
+    BalanceLimitExceeded = 32,
+    /// The shard's mailbox was full: the command was never queued and nothing changed. Answered
+    /// by the router, never journaled; the caller may try again shortly.
+    Overloaded = 33,
 }
 
 impl ResultCode {
     /// Every code, in number order (for documentation and tests).
-    pub const ALL: [ResultCode; 32] = [
+    pub const ALL: [ResultCode; 34] = [
         ResultCode::Ok,
         ResultCode::IdempotencyConflict,
         ResultCode::InvalidAmount,
@@ -79,6 +84,8 @@ impl ResultCode {
         ResultCode::InvalidBatch,
         ResultCode::InvalidRule,
         ResultCode::ChannelChanged,
+        ResultCode::BalanceLimitExceeded,
+        ResultCode::Overloaded,
     ];
 
     /// The stable snake_case name used at the API edge.
@@ -116,6 +123,8 @@ impl ResultCode {
             ResultCode::InvalidBatch => "invalid_batch",
             ResultCode::InvalidRule => "invalid_rule",
             ResultCode::ChannelChanged => "channel_changed",
+            ResultCode::BalanceLimitExceeded => "balance_limit_exceeded",
+            ResultCode::Overloaded => "overloaded",
         }
     }
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{never, select, Receiver, Sender};
+use crossbeam_channel::{never, select, Receiver, Sender, TrySendError};
 use storage::Store;
 
 use crate::directory::Directory;
@@ -25,7 +25,9 @@ pub struct ClientRequest {
     pub reply: ReplyTo,
 }
 
-/// Messages between shards (unbounded channel: their volume is bounded by the senders' outbox limit).
+/// Messages between shards, over a bounded channel (`inbound_capacity` messages). A sender never
+/// blocks on it: a full channel leaves credits in the sender's durable outbox and
+/// acknowledgements owed, and both are sent again on the sender's next round.
 pub enum Inbound {
     Credits(Vec<RemoteCredit>),
     Acknowledged { target: ShardId, sequence: u64 },
@@ -53,7 +55,43 @@ pub struct ShardCounters {
     pub last_fsync_us: AtomicU64,
     pub largest_fsync_us: AtomicU64,
     pub total_fsync_us: AtomicU64,
+    /// The injected timestamp of the last durable batch (microseconds since the epoch).
+    pub last_batch_at: AtomicU64,
     pub stopped: AtomicBool,
+    /// Why the shard stopped (a failed write, or a panic); `None` while it runs.
+    pub failure: std::sync::Mutex<Option<ShardFailure>>,
+}
+
+/// Why a shard stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShardFailure {
+    /// A storage write failed (DESIGN.md 4: never retried; the store is poisoned).
+    Storage(String),
+    /// The shard's thread panicked: a programming error. Its state is not trusted any more.
+    Panicked(String),
+}
+
+impl std::fmt::Display for ShardFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardFailure::Storage(message) => write!(f, "storage failed: {message}"),
+            ShardFailure::Panicked(message) => write!(f, "panicked: {message}"),
+        }
+    }
+}
+
+impl ShardCounters {
+    /// Records that the shard stopped and why (the first reason wins).
+    pub fn mark_stopped(&self, failure: ShardFailure) {
+        let mut slot = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.get_or_insert(failure);
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Why the shard stopped, if it has.
+    pub fn failure(&self) -> Option<ShardFailure> {
+        self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
 }
 
 impl Default for ShardCounters {
@@ -70,7 +108,9 @@ impl Default for ShardCounters {
             last_fsync_us: AtomicU64::default(),
             largest_fsync_us: AtomicU64::default(),
             total_fsync_us: AtomicU64::default(),
+            last_batch_at: AtomicU64::default(),
             stopped: AtomicBool::default(),
+            failure: std::sync::Mutex::new(None),
         }
     }
 }
@@ -115,6 +155,11 @@ struct Round {
     inbound_before: Vec<u64>,
     /// When the oldest deferred acknowledgement arrived.
     acks_since: Option<Instant>,
+    /// Per source shard: the highest applied sequence whose acknowledgement could not be sent
+    /// yet (the source's channel was full); 0 when none is owed.
+    acks_owed: Vec<u64>,
+    /// Outbox credits could not all be sent (a target's channel was full): try again soon.
+    outbox_unsent: bool,
     /// Per batch: commands by (kind, result code), for metrics.
     outcomes: Vec<u32>,
 }
@@ -124,9 +169,32 @@ pub fn outcome_cell(kind_code: u8, code: ResultCode) -> usize {
     kind_code as usize * ResultCode::ALL.len() + code.number() as usize
 }
 
+/// How soon a shard tries again to send credits or acknowledgements a full channel refused.
+const RESEND_AFTER: Duration = Duration::from_millis(1);
+
+/// The text of a panic's payload.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(no message)".to_string())
+}
+
 impl Shard {
-    /// Runs the loop until shutdown or a storage failure.
-    pub fn run(mut self) {
+    /// Runs the loop until shutdown or a storage failure. A panic (a programming error) is
+    /// caught here: the shard is marked stopped with the panic's text (readiness and
+    /// `/admin/shards` show it; the server then exits, see `Engine::failures`), and every
+    /// request that reaches it afterwards is answered with an error, never left waiting.
+    pub fn run(self) {
+        let shard = self.state.shard;
+        let (clients, control, inbound, counters) = (self.clients.clone(), self.control.clone(), self.inbound.clone(), self.counters.clone());
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || self.run_loop()));
+        if let Err(payload) = outcome {
+            let text = panic_text(&*payload);
+            counters.mark_stopped(ShardFailure::Panicked(text.clone()));
+            eprintln!("shard {shard} panicked and has stopped: {text}");
+            refuse_until_shutdown(shard, &clients, &control, &inbound);
+        }
+    }
+
+    fn run_loop(mut self) {
         let shard_count = self.state.shard_count as usize;
         let mut round = Round {
             envelopes: Vec::with_capacity(self.limits.batch_size_max),
@@ -138,11 +206,13 @@ impl Shard {
             sent: self.state.outboxes.iter().map(|o| o.acknowledged).collect(),
             inbound_before: Vec::with_capacity(shard_count),
             acks_since: None,
+            acks_owed: vec![0; shard_count],
+            outbox_unsent: false,
             outcomes: vec![0; Command::KIND_NAMES.len() * ResultCode::ALL.len()],
         };
         assert_eq!(round.sent.len(), shard_count);
         // Whatever the previous run left unacknowledged is sent again; receivers skip duplicates.
-        self.send_outbox(&mut round.sent);
+        round.outbox_unsent = !self.send_outbox(&mut round.sent);
         let mut shutting_down = false;
         loop {
             let backpressured = self.state.outbox_pending() > self.limits.outbox_pending_max;
@@ -151,6 +221,10 @@ impl Shard {
             // whatever else wakes the loop (reads must not starve them).
             let flush_after = Duration::from_millis(self.limits.ack_flush_ms);
             let mut timeout = round.acks_since.map_or(Duration::from_secs(3600), |since| flush_after.saturating_sub(since.elapsed()));
+            let owed = round.outbox_unsent || round.acks_owed.iter().any(|a| *a > 0);
+            if owed {
+                timeout = timeout.min(RESEND_AFTER);
+            }
             if shutting_down {
                 // Finish what is queued without waiting for anything new.
                 timeout = Duration::ZERO;
@@ -166,6 +240,9 @@ impl Shard {
                     Err(_) => shutting_down = true,
                 },
                 default(timeout) => {},
+            }
+            if owed {
+                self.resend(&mut round);
             }
             let flush_acks = round.acks_since.is_some_and(|since| since.elapsed() >= flush_after);
             self.drain(&mut round);
@@ -185,33 +262,31 @@ impl Shard {
             }
             round.acks_since = None;
             if !self.commit(&mut round) {
-                self.refuse_until_shutdown();
+                refuse_until_shutdown(self.state.shard, &self.clients, &self.control, &self.inbound);
                 return;
             }
         }
     }
 
-    /// After a storage failure: answer every request with an error until the engine shuts down.
-    /// The thread stays, rather than exiting, so that no request can be queued to a mailbox
-    /// nobody reads (its caller would wait forever). Reads are refused too: the in-memory state
-    /// holds the batch that was never written.
-    fn refuse_until_shutdown(&self) {
-        let shard = self.state.shard;
-        loop {
-            select! {
-                recv(self.clients) -> message => match message {
-                    Ok(request) => (request.reply)(Err(EngineError::ShardStopped(shard))),
-                    Err(_) => return,
-                },
-                recv(self.control) -> message => match message {
-                    Ok(Control::Read(_)) => {}
-                    Ok(Control::Shutdown) | Err(_) => break,
-                },
-                recv(self.inbound) -> _ => {}
+    /// Sends again what a full channel refused: outbox credits and owed acknowledgements.
+    fn resend(&mut self, round: &mut Round) {
+        if round.outbox_unsent {
+            round.outbox_unsent = !self.send_outbox(&mut round.sent);
+        }
+        for source in 0..round.acks_owed.len() {
+            let sequence = round.acks_owed[source];
+            if sequence > 0 && self.acknowledge(source, sequence) {
+                round.acks_owed[source] = 0;
             }
         }
-        while let Ok(request) = self.clients.try_recv() {
-            (request.reply)(Err(EngineError::ShardStopped(shard)));
+    }
+
+    /// Tells `source` that its credits up to `sequence` are durable here; false when its
+    /// channel is full (the caller owes it and tries again). A stopped source needs none.
+    fn acknowledge(&self, source: usize, sequence: u64) -> bool {
+        match self.peers[source].try_send(Inbound::Acknowledged { target: self.state.shard, sequence }) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => true,
+            Err(TrySendError::Full(_)) => false,
         }
     }
 
@@ -300,13 +375,14 @@ impl Shard {
         let fsync_us = started.elapsed().as_micros() as u64;
         if let Err(error) = written {
             // Invariant 4: a failed write stops the shard; nothing in this batch is acknowledged.
-            self.counters.stopped.store(true, Ordering::SeqCst);
+            self.counters.mark_stopped(ShardFailure::Storage(error.to_string()));
             for (reply, _, _) in round.waiting.drain(..) {
                 reply(Err(EngineError::Storage(error.to_string())));
             }
             return false;
         }
         self.publish(round.envelopes.len() as u64, fsync_us);
+        self.counters.last_batch_at.store(now, Ordering::Relaxed);
         self.record_outcomes(round);
         for (account, platform, currency, status) in round.fx.directory.drain(..) {
             self.directory.set(account, self.state.shard_count, platform, currency, status);
@@ -315,18 +391,23 @@ impl Shard {
             reply(Ok(round.replies[start..start + count].to_vec()));
         }
         round.envelopes.clear();
-        self.send_outbox(&mut round.sent);
-        for (source, before) in round.inbound_before.iter().enumerate() {
+        round.outbox_unsent = !self.send_outbox(&mut round.sent);
+        for source in 0..round.inbound_before.len() {
             let applied = self.state.inbound_applied[source];
-            if applied > *before {
-                let _ = self.peers[source].send(Inbound::Acknowledged { target: self.state.shard, sequence: applied });
+            if applied > round.inbound_before[source] {
+                // Cumulative: a sent acknowledgement also covers any older one still owed.
+                round.acks_owed[source] = if self.acknowledge(source, applied) { 0 } else { applied };
             }
         }
         true
     }
 
-    /// Sends every outbox credit not yet sent to its target shard, one message per target.
-    fn send_outbox(&mut self, sent: &mut [u64]) {
+    /// Sends every outbox credit not yet sent to its target shard, at most a batch per message.
+    /// Never blocks: a full channel stops the sending towards that target, and the credits stay
+    /// in the outbox (durable, part of the journaled state) for the next try. Returns false when
+    /// some credits were left unsent that way.
+    fn send_outbox(&mut self, sent: &mut [u64]) -> bool {
+        let mut all_sent = true;
         for (target, outbox) in self.state.outboxes.iter().enumerate() {
             let first_unsent = outbox.pending.partition_point(|c| c.sequence <= sent[target]);
             if first_unsent == outbox.pending.len() {
@@ -335,11 +416,19 @@ impl Shard {
             // At most a batch of credits per message, so that a receiving batch stays bounded.
             let fresh: Vec<RemoteCredit> = outbox.pending.range(first_unsent..).copied().collect();
             for chunk in fresh.chunks(self.limits.batch_size_max) {
-                sent[target] = chunk.last().expect("chunks are not empty").sequence;
-                // A stopped peer drops the message; the credits stay pending and are resent on restart.
-                let _ = self.peers[target].send(Inbound::Credits(chunk.to_vec()));
+                match self.peers[target].try_send(Inbound::Credits(chunk.to_vec())) {
+                    Ok(()) => sent[target] = chunk.last().expect("chunks are not empty").sequence,
+                    // A stopped peer: the credits stay pending and are resent on restart.
+                    Err(TrySendError::Disconnected(_)) => break,
+                    // Full: the rest goes, in order, on a later try (no gap reaches the peer).
+                    Err(TrySendError::Full(_)) => {
+                        all_sent = false;
+                        break;
+                    }
+                }
             }
         }
+        all_sent
     }
 
     /// The batch timestamp: wall-clock microseconds, strictly increasing across batches and restarts.
@@ -373,5 +462,28 @@ impl Shard {
         c.last_fsync_us.store(fsync_us, Ordering::Relaxed);
         c.largest_fsync_us.fetch_max(fsync_us, Ordering::Relaxed);
         c.total_fsync_us.fetch_add(fsync_us, Ordering::Relaxed);
+    }
+}
+
+/// After a storage failure or a panic: answer every request with an error until the engine
+/// shuts down. The thread stays, rather than exiting, so that no request can be queued to a
+/// mailbox nobody reads (its caller would wait forever). Reads are refused too (their reply
+/// sender is dropped, so the reader gets `ShardStopped`): the in-memory state is not trusted.
+fn refuse_until_shutdown(shard: ShardId, clients: &Receiver<ClientRequest>, control: &Receiver<Control>, inbound: &Receiver<Inbound>) {
+    loop {
+        select! {
+            recv(clients) -> message => match message {
+                Ok(request) => (request.reply)(Err(EngineError::ShardStopped(shard))),
+                Err(_) => return,
+            },
+            recv(control) -> message => match message {
+                Ok(Control::Read(_)) => {}
+                Ok(Control::Shutdown) | Err(_) => break,
+            },
+            recv(inbound) -> _ => {}
+        }
+    }
+    while let Ok(request) = clients.try_recv() {
+        (request.reply)(Err(EngineError::ShardStopped(shard)));
     }
 }

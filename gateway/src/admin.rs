@@ -78,12 +78,22 @@ pub struct ShardView {
     pub fsync_us_mean: u64,
     pub fsync_us_max: u64,
     pub stopped: bool,
+    /// `running` or `stopped`.
+    pub state: &'static str,
+    /// Why the shard stopped (a failed write, or a panic); absent while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// Messages (credits, acknowledgements) queued from the other shards.
+    pub inbound_depth: usize,
+    /// When the last durable batch was written (microseconds since the epoch; 0 before the first).
+    pub last_batch_at_us: u64,
 }
 
 /// The published figures of one shard.
 pub fn shard_view(engine: &Engine, shard: u16) -> Option<ShardView> {
     let c = engine.counters().get(shard as usize)?;
     let batches = c.batches.load(Ordering::Relaxed);
+    let failure = c.failure().map(|f| f.to_string());
     Some(ShardView {
         shard,
         accounts: c.accounts.load(Ordering::Relaxed),
@@ -98,6 +108,10 @@ pub fn shard_view(engine: &Engine, shard: u16) -> Option<ShardView> {
         fsync_us_mean: c.total_fsync_us.load(Ordering::Relaxed).checked_div(batches).unwrap_or(0),
         fsync_us_max: c.largest_fsync_us.load(Ordering::Relaxed),
         stopped: c.stopped.load(Ordering::Relaxed),
+        state: if c.stopped.load(Ordering::Relaxed) { "stopped" } else { "running" },
+        failure,
+        inbound_depth: engine.inbound_depth(shard),
+        last_batch_at_us: c.last_batch_at.load(Ordering::Relaxed),
     })
 }
 

@@ -52,6 +52,12 @@ impl ApiError {
     pub fn unavailable(message: String) -> ApiError {
         ApiError { status: 503, code: "unavailable", message, param: None }
     }
+
+    /// 503 `overloaded`: a full queue refused the request before anything changed; answered
+    /// with `Retry-After`.
+    pub fn overloaded(message: &str) -> ApiError {
+        ApiError { status: 503, code: "overloaded", message: message.to_string(), param: None }
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -67,13 +73,23 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let body = Body { error: Inner { code: self.code, message: &self.message, param: self.param } };
-        HttpResponse::build(self.status_code()).json(body)
+        let mut response = HttpResponse::build(self.status_code());
+        if self.code == "overloaded" {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, OVERLOADED_RETRY_AFTER_SECONDS.to_string()));
+        }
+        response.json(body)
     }
 }
 
+/// What `Retry-After` says on a 503 `overloaded`: queues drain in milliseconds, so soon.
+pub const OVERLOADED_RETRY_AFTER_SECONDS: u32 = 1;
+
 impl From<engine::EngineError> for ApiError {
     fn from(error: engine::EngineError) -> ApiError {
-        ApiError::unavailable(error.to_string())
+        match error {
+            engine::EngineError::Overloaded(_) => ApiError::overloaded(&error.to_string()),
+            _ => ApiError::unavailable(error.to_string()),
+        }
     }
 }
 
@@ -112,6 +128,10 @@ pub fn rejection(code: ResultCode) -> ApiError {
         ResultCode::InvalidBatch => (400, "invalid_request", "a batch carries 1 to 1000 orders with distinct order numbers", Some("orders")),
         ResultCode::InvalidRule => (400, "invalid_request", "the settlement rule breaks its shape", Some("rule")),
         ResultCode::ChannelChanged => (409, "order_state_invalid", "the payout has moved to another channel", None),
+        ResultCode::BalanceLimitExceeded => {
+            (422, "balance_limit_exceeded", "the receiving account's balance would pass the largest balance an account may hold", Some("amount"))
+        }
+        ResultCode::Overloaded => return ApiError::overloaded("the shard's queue is full; nothing was applied; try again shortly"),
     };
     ApiError { status, code: name, message: message.to_string(), param }
 }
@@ -127,8 +147,8 @@ impl From<clearing_actor::ClearingError> for ApiError {
             error @ E::NoChannel(_) => ApiError::new(422, "no_channel_available", &error.to_string()),
             E::Refused(code) => rejection(code),
             E::Busy => ApiError::new(409, "settlement_running", "a settlement run is in progress; try again when it has finished"),
-            E::Overloaded => ApiError::new(503, "overloaded", "clearing is overloaded; try again shortly"),
-            E::Engine(error) => ApiError::unavailable(error.to_string()),
+            E::Overloaded => ApiError::overloaded("clearing is overloaded; try again shortly"),
+            E::Engine(error) => ApiError::from(error),
             E::CaseResolved => ApiError::new(409, "order_state_invalid", "the case is already resolved"),
             E::Bank(error) => ApiError::unavailable(error.to_string()),
             E::Storage(message) => ApiError::unavailable(message),

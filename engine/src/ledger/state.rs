@@ -72,6 +72,13 @@ pub struct ShardState {
     pub accounts: Vec<Account>,
     /// System account stripes: `[currency * ROLES + role]`.
     pub system: Vec<AccountId>,
+    /// The balances of the system stripes, by local index (genesis opens them first), in `i128`:
+    /// a stripe sums every movement of its shard over all history, which no per-order limit
+    /// bounds (money recharged on one shard and withdrawn on another moves both reserves
+    /// further from zero each time), so it must not live in an `i64`. The stripe's
+    /// `Account::settled` mirrors it clamped to `i64`, for displays of one stripe only; sums read
+    /// `ShardState::balance`.
+    pub stripes: Vec<i128>,
     /// (platform, owner, currency) -> account, for "one account per member per currency".
     pub owners: FastMap<(u32, u64, CurrencyId), AccountId>,
     /// Orders by local index.
@@ -256,6 +263,7 @@ impl ShardState {
             for role in SystemRole::ALL {
                 let id = self.push_account(0, 0, CurrencyId(currency_index as u8), AccountKind::System(role), Limits::NONE);
                 self.system.push(id);
+                self.stripes.push(0);
             }
         }
         Reply { code: ResultCode::Ok, id: 0, status: None, replayed: false }
@@ -416,20 +424,47 @@ impl ShardState {
     }
 
     /// Posts `amount` (credit positive) to one bucket of an account on this shard.
+    ///
+    /// A customer account never passes `BALANCE_MINOR_MAX` in all its buckets (every credit is
+    /// checked or redirected to suspense by `credit_target`), far inside `i64`; a system stripe
+    /// accumulates in `i128` (`stripes`). So neither addition can overflow.
     pub(crate) fn post(&mut self, fx: &mut Effects, account: AccountId, bucket: Bucket, amount: Minor) {
         assert!(fx.open_entry.is_some(), "posting outside an entry");
         assert_ne!(amount, 0, "zero posting");
-        let a = self.account_mut(account);
-        let slot = match bucket {
-            Bucket::Settled => &mut a.settled,
-            Bucket::Unsettled => &mut a.unsettled,
-            Bucket::Frozen => &mut a.frozen,
-        };
-        *slot = slot.checked_add(amount).expect("balance overflow is prevented by amount limits");
-        if a.kind == AccountKind::Customer {
+        let index = account.local_index(self.shard_count) as usize;
+        let a = &mut self.accounts[index];
+        if let AccountKind::System(_) = a.kind {
+            assert_eq!(bucket, Bucket::Settled, "system stripes have one bucket");
+            let wide = &mut self.stripes[index];
+            *wide = wide.checked_add(amount as i128).expect("an i128 stripe needs about 10^23 postings of AMOUNT_MINOR_MAX to overflow");
+            a.settled = (*wide).clamp(Minor::MIN as i128, Minor::MAX as i128) as Minor;
+        } else {
+            let slot = match bucket {
+                Bucket::Settled => &mut a.settled,
+                Bucket::Unsettled => &mut a.unsettled,
+                Bucket::Frozen => &mut a.frozen,
+            };
+            *slot = slot.checked_add(amount).expect("customer balances stay within BALANCE_MINOR_MAX, far inside i64");
             assert!(*slot >= 0, "customer bucket {bucket:?} of {account:?} went negative");
         }
         fx.postings.push(Posting { account, bucket, amount });
+    }
+
+    /// The total of an account of this shard in `i128`: a system stripe's wide balance, a
+    /// customer account's buckets summed. What every sum over accounts reads.
+    pub fn balance(&self, account: &Account) -> i128 {
+        match account.kind {
+            AccountKind::System(_) => self.stripes[account.id.local_index(self.shard_count) as usize],
+            AccountKind::Customer => account.total() as i128,
+        }
+    }
+
+    /// One bucket of an account in `i128` (a system stripe has only `Settled`).
+    pub fn bucket_balance(&self, account: &Account, bucket: Bucket) -> i128 {
+        match (account.kind, bucket) {
+            (AccountKind::System(_), Bucket::Settled) => self.balance(account),
+            _ => account.bucket(bucket) as i128,
+        }
     }
 
     /// One entry (of no order) moving `amount` from this shard's `from` stripe to its `to` stripe.
@@ -447,6 +482,7 @@ impl ShardState {
         let lots = self.lots.entry(account).or_default();
         match lots.back_mut() {
             Some(lot) if lot.day == day => {
+                // Lots sum to the unsettled bucket, which stays within BALANCE_MINOR_MAX.
                 lot.amount += amount;
                 lot.credits = lot.credits.saturating_add(1);
             }
@@ -513,11 +549,13 @@ impl ShardState {
         });
     }
 
-    /// Where a credit to `account` lands: the account itself, or this shard's suspense stripe when
-    /// it is not a local customer account that can take credits in `currency`.
-    pub(crate) fn credit_target(&self, account: AccountId, currency: CurrencyId) -> AccountId {
+    /// Where a credit of `amount` to `account` lands: the account itself, or this shard's
+    /// suspense stripe when it is not a local customer account that can take it in `currency`
+    /// (closed, credit-blocked, or the credit would pass `BALANCE_MINOR_MAX`). For credits that
+    /// cannot be refused: a cross-shard credit, a bank's verdict, a returned withdrawal.
+    pub(crate) fn credit_target(&self, account: AccountId, currency: CurrencyId, amount: Minor) -> AccountId {
         match self.account(account) {
-            Some(a) if a.kind == AccountKind::Customer && credit_refusal(a, currency).is_none() => account,
+            Some(a) if a.kind == AccountKind::Customer && credit_refusal_of(a, currency, amount).is_none() => account,
             _ => self.system_account(SystemRole::Suspense, currency),
         }
     }
@@ -597,6 +635,15 @@ pub(crate) fn check_debit_account(state: &ShardState, platform: u32, id: Account
 /// Whether a local account can take a credit; `None` if it can, else why not.
 pub(crate) fn credit_refusal(account: &Account, currency: CurrencyId) -> Option<ResultCode> {
     credit_refusal_by(account.currency, account.status, currency)
+}
+
+/// Whether a local account can take a credit of `amount`: its status and currency, then room
+/// below `BALANCE_MINOR_MAX` for all its buckets together.
+pub(crate) fn credit_refusal_of(account: &Account, currency: CurrencyId, amount: Minor) -> Option<ResultCode> {
+    credit_refusal(account, currency).or_else(|| {
+        let after = account.total() as i128 + amount as i128;
+        (after > crate::money::BALANCE_MINOR_MAX as i128).then_some(ResultCode::BalanceLimitExceeded)
+    })
 }
 
 /// Whether an account of `account_currency` in `status` can take a credit in `currency`

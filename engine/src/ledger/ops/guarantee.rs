@@ -1,7 +1,7 @@
 //! Guarantee (escrow) payments: staged confirmation to receivers, and cancellation to the payer.
 
 use crate::ledger::ops::payment::credit_income;
-use crate::ledger::state::{check_amount, credit_refusal, ok_order, Context, Effects, ShardState};
+use crate::ledger::state::{check_amount, credit_refusal_of, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
 use crate::money::Minor;
 use crate::result::ResultCode;
@@ -107,7 +107,7 @@ pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Op
     }
     let (payer, currency) = (order.account, order.currency);
     let payer_account = state.account(payer).expect("payer of a local order is local");
-    if let Some(code) = credit_refusal(payer_account, currency) {
+    if let Some(code) = credit_refusal_of(payer_account, currency, amount) {
         return Reply::rejected(code);
     }
     // After this point the cancellation must succeed.

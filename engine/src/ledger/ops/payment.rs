@@ -1,7 +1,7 @@
 //! Balance and guarantee payments with several payees and splits.
 
 use crate::ledger::command::{content_hash, idempotency_key, BatchOrder, Command, BATCH_ORDERS_MAX};
-use crate::ledger::state::{check_amount, check_debit_account, credit_refusal, ok_order, Context, Effects, IdempotencyRecord, Income, ShardState};
+use crate::ledger::state::{check_amount, check_debit_account, credit_refusal_of, ok_order, Context, Effects, IdempotencyRecord, Income, ShardState};
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, Minor};
 use crate::result::ResultCode;
@@ -48,7 +48,7 @@ fn check_local_receivers(state: &ShardState, platform: u32, currency: CurrencyId
             continue;
         }
         let receiver = state.customer_account(platform, leg.account).ok_or(ResultCode::PayeeNotFound)?;
-        if let Some(code) = credit_refusal(receiver, currency) {
+        if let Some(code) = credit_refusal_of(receiver, currency, leg.amount) {
             return Err(code);
         }
     }
@@ -178,9 +178,10 @@ pub(crate) fn credit_income(state: &mut ShardState, fx: &mut Effects, day: u32, 
 }
 
 /// Lands income on a local receiver's unsettled bucket and remembers it for refunds; a receiver
-/// that can no longer take credits sends it to suspense instead.
+/// that can no longer take credits (or whose balance would pass `BALANCE_MINOR_MAX`: a
+/// cross-shard credit cannot be refused) sends it to suspense instead.
 pub(crate) fn land_income(state: &mut ShardState, fx: &mut Effects, day: u32, order: OrderId, leg: Leg, payer: AccountId, currency: CurrencyId) {
-    let target = state.credit_target(leg.account, currency);
+    let target = state.credit_target(leg.account, currency, leg.amount);
     if target != leg.account {
         state.post(fx, target, Bucket::Settled, leg.amount);
         return;

@@ -2,7 +2,7 @@
 //! `apply` books a recharge the channel has already confirmed; `request` and `complete` are the
 //! two steps of one that waits for the channel (API.md: `pending`, then `succeeded` or `failed`).
 
-use crate::ledger::state::{check_amount, credit_refusal, ok_order, Context, Effects, ShardState};
+use crate::ledger::state::{check_amount, credit_refusal_of, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, Minor};
 use crate::result::ResultCode;
@@ -14,14 +14,14 @@ fn check(state: &ShardState, context: &Context, account: AccountId, currency: Cu
         return Err(ResultCode::CurrencyUnknown);
     }
     let target = state.customer_account(context.platform, account).ok_or(ResultCode::AccountNotFound)?;
-    credit_refusal(target, currency).map_or(Ok(()), Err)
+    credit_refusal_of(target, currency, amount).map_or(Ok(()), Err)
 }
 
 /// Posts a confirmed recharge of order `id`: reserve debited, the account (or suspense, if it
-/// can no longer take credits) credited.
+/// can no longer take credits or the credit would pass `BALANCE_MINOR_MAX`) credited.
 fn post(state: &mut ShardState, id: OrderId, account: AccountId, currency: CurrencyId, amount: Minor, fx: &mut Effects) {
     let reserve = state.system_account(SystemRole::Reserve, currency);
-    let target = state.credit_target(account, currency);
+    let target = state.credit_target(account, currency, amount);
     state.begin_entry(fx, id, EntryKind::Recharge, currency);
     state.post(fx, reserve, Bucket::Settled, -amount);
     state.post(fx, target, Bucket::Settled, amount);

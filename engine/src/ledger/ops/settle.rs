@@ -65,8 +65,9 @@ pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule:
             if total.period_start != rule.period_start {
                 *total = PeriodTotal { period_start: rule.period_start, ..PeriodTotal::default() };
             }
-            total.amount += due;
-            total.credits += credits as u64;
+            // A tier measure: saturating is exact enough (past i64 the top tier applies anyway).
+            total.amount = total.amount.saturating_add(due);
+            total.credits = total.credits.saturating_add(credits as u64);
             row.period_measure = match rule.basis {
                 TierBasis::Amount => total.amount,
                 TierBasis::Count => total.credits as i64,
@@ -83,8 +84,9 @@ pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule:
                     if parts[index] == 0 {
                         continue;
                     }
-                    by_receiver[index].0 += parts[index];
-                    by_receiver[index].1 += 1;
+                    // A report row summed over accounts: saturating, it can never stop the run.
+                    by_receiver[index].0 = by_receiver[index].0.saturating_add(parts[index]);
+                    by_receiver[index].1 = by_receiver[index].1.saturating_add(1);
                     credit_commission(state, fx, Leg { account: receiver.account, amount: parts[index] }, account, currency);
                 }
                 state.end_entry(fx);
@@ -116,7 +118,7 @@ fn credit_commission(state: &mut ShardState, fx: &mut Effects, leg: Leg, payer: 
     if leg.account.shard(state.shard_count) != state.shard {
         state.send_credit(fx, NO_ORDER, leg, payer, CreditPurpose::Commission, currency);
     } else {
-        let target = state.credit_target(leg.account, currency);
+        let target = state.credit_target(leg.account, currency, leg.amount);
         state.post(fx, target, Bucket::Settled, leg.amount);
     }
 }

@@ -1,6 +1,6 @@
 //! Withdrawals: reserve `amount + fee` from settled funds, then pay out or return them.
 
-use crate::ledger::state::{check_amount, check_debit_account, credit_refusal, ok_order, Context, Effects, ShardState};
+use crate::ledger::state::{check_amount, check_debit_account, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, Minor, AMOUNT_MINOR_MAX};
 use crate::result::ResultCode;
@@ -79,8 +79,9 @@ pub fn complete(state: &mut ShardState, context: &Context, id: OrderId, succeede
             state.post(fx, income, Bucket::Settled, fee);
         }
     } else {
-        let refused = credit_refusal(state.account(account).expect("local"), currency).is_some();
-        let target = if refused { state.system_account(SystemRole::Suspense, currency) } else { account };
+        // The bank's verdict cannot be refused: an account that cannot take the money back
+        // (closed, or its balance would pass BALANCE_MINOR_MAX) leaves it in suspense.
+        let target = state.credit_target(account, currency, amount + fee);
         state.post(fx, target, Bucket::Settled, amount + fee);
         let reserved_day = state.business_day(created_at);
         let a = state.account_mut(account);
@@ -123,11 +124,7 @@ pub fn reroute(state: &mut ShardState, context: &Context, id: OrderId, (from, ch
     // After this point the reroute must succeed.
     if more != 0 {
         let pending = state.system_account(SystemRole::PayoutPending, currency);
-        let target = if more < 0 && credit_refusal(state.account(account).expect("local"), currency).is_some() {
-            state.system_account(SystemRole::Suspense, currency)
-        } else {
-            account
-        };
+        let target = if more < 0 { state.credit_target(account, currency, -more) } else { account };
         state.begin_entry(fx, id, EntryKind::WithdrawalReroute, currency);
         state.post(fx, target, Bucket::Settled, -more);
         state.post(fx, pending, Bucket::Settled, more);
