@@ -68,8 +68,12 @@ pub async fn receive_callback(
         }
         "recharge" => {
             // The system acts (platform 0): verdicts are idempotent by order, so no order number.
+            // A bank's verdict waits for room in a full mailbox (on a blocking thread, never an
+            // async worker) rather than be refused `overloaded`: a platform's flood must not
+            // leave another's recharges pending until the bank gives up retrying.
             let command = Command::CompleteRecharge { order, succeeded };
-            let reply = crate::accounts::execute(&engine, Envelope { platform: 0, out_order_no: None, command }).await?;
+            let engine = engine.get_ref().clone();
+            let reply = crate::error::blocking(move || engine.execute_one(Envelope { platform: 0, out_order_no: None, command })).await??;
             match reply.code {
                 ResultCode::Ok => Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "status": reply.status.map(|s| s.name())}))),
                 code => Err(crate::orders::rejection(code)),
