@@ -14,7 +14,7 @@ use storage::Store;
 
 use crate::config::Config;
 
-/// One line per system stripe: subject, role, currency, balance.
+/// One line per system stripe: subject, role, currency, balance (the stripe's `i128`, exactly).
 fn system_lines(state: &ShardState, chart: &ChartOfAccounts) -> Vec<String> {
     let mut lines = Vec::new();
     for (currency_index, currency) in state.currencies.iter().enumerate() {
@@ -22,7 +22,13 @@ fn system_lines(state: &ShardState, chart: &ChartOfAccounts) -> Vec<String> {
             let id = state.system_account(role, engine::money::CurrencyId(currency_index as u8));
             let account = state.account(id).expect("system stripes are local");
             let subject = chart.subject(AccountKind::System(role));
-            lines.push(format!("    {} {:<15} {} {:>20}", subject.code, role.name(), currency.code_str(), currency.format(account.total())));
+            lines.push(format!(
+                "    {} {:<15} {} {:>20}",
+                subject.code,
+                role.name(),
+                currency.code_str(),
+                clearing_actor::reserve::format_wide(currency, state.balance(account))
+            ));
         }
     }
     lines

@@ -95,7 +95,7 @@ impl Serialize for ReserveReport {
 }
 
 /// Formats a sum over shards, which may exceed one amount's range.
-fn format_wide(spec: &CurrencySpec, value: i128) -> String {
+pub fn format_wide(spec: &CurrencySpec, value: i128) -> String {
     if let Ok(minor) = Minor::try_from(value) {
         return spec.format(minor);
     }
