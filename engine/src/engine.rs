@@ -408,6 +408,11 @@ impl Engine {
         self.counters.iter().enumerate().filter_map(|(shard, c)| c.failure().map(|f| (shard as ShardId, f))).collect()
     }
 
+    /// Reads and stop requests queued in a shard's control channel.
+    pub fn control_depth(&self, shard: ShardId) -> usize {
+        self.controls.get(shard as usize).map_or(0, |s| s.len())
+    }
+
     /// Messages queued in a shard's channel from the other shards.
     pub fn inbound_depth(&self, shard: ShardId) -> usize {
         self.inbound_depths.get(shard as usize).map_or(0, |s| s.len())

@@ -210,3 +210,27 @@ fn a_failed_write_stops_the_shard_with_its_reason() {
     assert!(matches!(&failures[..], [(0, ShardFailure::Storage(message))] if message.contains("injected write failure")), "{failures:?}");
     engine.shutdown();
 }
+
+#[test]
+fn a_full_control_channel_answers_overloaded_after_a_bounded_wait() {
+    let config = EngineConfig { shard_count: 1, control_capacity: 1, ..EngineConfig::default() };
+    let engine = Arc::new(Engine::start(config, Arc::new(MemoryStore::new())).unwrap());
+    let held = hold_shard(&engine, 0);
+    // One read waits in the channel (capacity 1) behind the held one...
+    let queued = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.read_shard(0, |s| s.accounts.len()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.control_depth(0) < 1 {
+        assert!(Instant::now() < deadline, "the second read never queued");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // ...so the next is refused after its bounded wait instead of blocking for ever.
+    let started = Instant::now();
+    assert!(matches!(engine.read_shard(0, |s| s.accounts.len()), Err(EngineError::Overloaded(0))));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(held);
+    assert!(queued.join().unwrap().is_ok(), "the queued read is answered once the shard is free");
+    engine.shutdown();
+}
