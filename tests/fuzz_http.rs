@@ -635,3 +635,74 @@ fn fuzz_http_bank_callbacks_are_refused_unless_signed_and_never_a_5xx() {
     check_untouched(&world, &q, &foreign, seed);
     stop(world);
 }
+
+#[test]
+fn a_journal_damaged_into_an_impossible_record_stops_the_server_at_start_with_a_clear_message() {
+    // What fuzz_journal_replay_of_a_damaged_journal_is_an_error_never_a_panic (engine) found, end
+    // to end: a batch that decodes but cannot have been written (a credit from the shard to
+    // itself) used to panic recovery inside `apply`; the server must refuse to start and say
+    // which batch of which shard is corrupt.
+    use engine::journal::{batch_key, encode, BatchRecordRef};
+    use engine::ledger::command::{Command, Envelope};
+    use engine::ledger::types::{AccountId, Bucket, CreditPurpose, OrderId, RemoteCredit};
+    use engine::money::CurrencyId;
+    use storage::Store;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "fuzz-operator-token-0123456789abcdef";
+    let config = config_with(FAST_BANK);
+    // Killed, not stopped: the journal is durable at every acknowledgement, and a kill needs no signal handler installed yet.
+    start_configured(dir.path(), token, &config).kill();
+    {
+        let store = storage_rocks::RocksStore::open(dir.path()).expect("the data directory opens");
+        let mut last = 0;
+        store
+            .scan(&batch_key(0, 0), &batch_key(0, u64::MAX), &mut |key, _| {
+                last = u64::from_be_bytes(key[3..11].try_into().expect("a journal key"));
+                true
+            })
+            .expect("scan");
+        assert!(last > 0, "shard 0 has its genesis");
+        let credit = RemoteCredit {
+            source: 0,
+            sequence: 1,
+            order: OrderId(1),
+            account: AccountId(2),
+            counterparty: AccountId(3),
+            currency: CurrencyId(0),
+            bucket: Bucket::Unsettled,
+            amount: 100,
+            purpose: CreditPurpose::PaymentIncome,
+        };
+        let envelopes = [Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(credit) }];
+        let mut bytes = Vec::new();
+        let record = BatchRecordRef { shard: 0, sequence: last + 1, timestamp: u64::MAX / 2, envelopes: &envelopes, entries: &[], postings: &[] };
+        encode(&record, &mut bytes);
+        store.write(&[(&batch_key(0, last + 1), &bytes)]).expect("write");
+    }
+    let path = dir.path().join("test-config.toml");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clearing"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("CLEARING_ADMIN_TOKEN", token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start server");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started on a corrupt journal");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr).expect("stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("journal of shard 0 is corrupt at batch") && stderr.contains("credits to itself"), "{stderr}");
+}
