@@ -75,7 +75,7 @@ fn decimal_text() -> impl Strategy<Value = String> {
 #[test]
 fn fuzz_parse_decimal_agrees_with_an_exact_model() {
     let places = prop_oneof![4 => 0u8..=6, 1 => any::<u8>()];
-    runner(20_000)
+    runner(100_000)
         .run(&(decimal_text(), places), |(text, places)| {
             prop_assert_eq!(parse_decimal(&text, places), decimal_model(&text, places), "{:?} with {} places", text, places);
             Ok(())
@@ -212,7 +212,7 @@ fn replay_all(journal: &[(Vec<u8>, Vec<u8>)]) -> Vec<Result<u64, String>> {
 fn fuzz_journal_replay_of_a_damaged_journal_is_an_error_never_a_panic() {
     let journal = real_journal();
     assert!(replay_all(&journal).iter().all(Result::is_ok), "the undamaged journal replays");
-    runner(2_000)
+    runner(10_000)
         .run(&damage(), |damages| {
             let mut damaged = journal.clone();
             for d in &damages {
@@ -235,7 +235,7 @@ fn fuzz_journal_decode_of_arbitrary_bytes_is_an_error_never_a_panic() {
             v
         }),
     ];
-    runner(20_000)
+    runner(100_000)
         .run(&(bytes, any::<u16>(), any::<u64>()), |(bytes, shard, sequence)| {
             let _ = decode(shard, sequence, &bytes);
             Ok(())
