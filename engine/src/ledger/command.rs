@@ -189,11 +189,15 @@ impl Command {
         }
     }
 
+    /// The scope of payment order numbers: single payments, direct payments and each order of
+    /// a batch payment share it (one `out_order_no` names one payment, however it is made).
+    pub const PAYMENT_SCOPE: u8 = 5;
+
     /// The kind that scopes this command's order numbers: a direct payment shares the numbers
     /// of payments (one `out_order_no` names one payment, however it is funded).
     pub fn idempotency_scope(&self) -> u8 {
         match self {
-            Command::RequestDirectPayment { .. } => 5,
+            Command::RequestDirectPayment { .. } => Command::PAYMENT_SCOPE,
             other => other.kind_code(),
         }
     }
