@@ -496,7 +496,11 @@ impl Engine {
         if let Some(account) = command.debited_account() {
             return Ok(account.shard(shard_count));
         }
-        if let Command::CreditSuspense { shard, .. } | Command::ChargeChannelFees { shard, .. } | Command::VerificationDeposit { shard, .. } = command {
+        if let Command::CreditSuspense { shard, .. }
+        | Command::ChargeChannelFees { shard, .. }
+        | Command::VerificationDeposit { shard, .. }
+        | Command::AutoConfirmChunk { shard, .. } = command
+        {
             return Ok(*shard % shard_count);
         }
         if let Some(order) = command.target_order() {
