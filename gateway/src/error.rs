@@ -67,7 +67,12 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let body = Body { error: Inner { code: self.code, message: &self.message, param: self.param } };
-        HttpResponse::build(self.status_code()).json(body)
+        let mut response = HttpResponse::build(self.status_code());
+        if self.code == "overloaded" {
+            // A full queue or pool: the caller may try again in a second.
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
+        response.json(body)
     }
 }
 
@@ -166,3 +171,4 @@ pub fn json_errors<B: actix_web::body::MessageBody + 'static>(
     let replaced = HttpResponse::build(status).json(body).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(actix_web::dev::ServiceResponse::new(request, replaced)))
 }
+
