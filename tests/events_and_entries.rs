@@ -203,9 +203,7 @@ fn an_entries_page_over_a_long_history_stops_at_its_budget_and_the_walk_returns_
     let (filler, payee, target) = (p.account(&p.member("m-x", "Zhang San")), p.account(&p.member("m-y", "Li Si")), p.account(&p.member("m-t", "Wang Wu")));
     p.fund(&filler, "1000.00", "r-x");
     p.fund(&target, "100.00", "r-t");
-    let payment = |number: String, payer: &str| {
-        json!({"op": "payment", "body": {"out_order_no": number, "payer_account_id": payer, "mode": "balance", "amount": "0.01", "currency": "CNY", "payees": [{"account_id": payee, "amount": "0.01"}]}})
-    };
+    let payment = |number: String, payer: &str| json!({"op": "payment", "body": {"out_order_no": number, "payer_account_id": payer, "mode": "balance", "amount": "0.01", "currency": "CNY", "payees": [{"account_id": payee, "amount": "0.01"}]}});
     let batches = 10;
     for batch in 0..batches {
         let mut operations: Vec<serde_json::Value> = (0..8188).map(|k| payment(format!("f-{batch}-{k}"), &filler)).collect();

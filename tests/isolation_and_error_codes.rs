@@ -173,9 +173,7 @@ fn operator_numbers_past_their_bounds_are_refused_with_the_field_named() {
         body[field] = value;
         body
     };
-    let rule = |share: serde_json::Value| {
-        json!({"currency": "CNY", "basis": "amount", "period": "day", "tiers": [{"from": "0", "rate": "0.01"}], "receivers": [{"account_id": receiver, "share": share}]})
-    };
+    let rule = |share: serde_json::Value| json!({"currency": "CNY", "basis": "amount", "period": "day", "tiers": [{"from": "0", "rate": "0.01"}], "receivers": [{"account_id": receiver, "share": share}]});
     let rule_path = format!("/admin/platforms/{}/settlement-rule", p.platform);
     let big = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("a JSON number");
     let cases: Vec<(&str, &str, serde_json::Value, &str)> = vec![
@@ -211,7 +209,11 @@ fn operator_numbers_past_their_bounds_are_refused_with_the_field_named() {
     let channels_before = server.get("/admin/channels", Some(token)).1;
     for (method, path, body, param) in &cases {
         let (status, error) = admin_request(&server, method, path, token, Some(body));
-        assert_eq!((status, error["error"]["code"].as_str(), error["error"]["param"].as_str()), (400, Some("invalid_request"), Some(*param)), "{method} {path} {body}: {error}");
+        assert_eq!(
+            (status, error["error"]["code"].as_str(), error["error"]["param"].as_str()),
+            (400, Some("invalid_request"), Some(*param)),
+            "{method} {path} {body}: {error}"
+        );
     }
     // Nothing was stored: the channels are as they were, no rule, and the next platform is the second.
     assert_eq!(server.get("/admin/channels", Some(token)).1, channels_before);

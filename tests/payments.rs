@@ -247,7 +247,8 @@ fn order_numbers_inside_a_batch_payment_are_taken_on_every_shard_and_after_a_res
     };
     assert_eq!(error_of(&single("y-1", &payer1)), (409, Some("idempotency_conflict")), "after a restart");
     let orders = vec![order("x-1")];
-    let again = p.post("/v1/batch-payments", &json!({"out_order_no": "b-3", "payer_account_id": payer1, "mode": "balance", "currency": "CNY", "orders": orders}));
+    let again =
+        p.post("/v1/batch-payments", &json!({"out_order_no": "b-3", "payer_account_id": payer1, "mode": "balance", "currency": "CNY", "orders": orders}));
     assert_eq!(error_of(&again), (409, Some("idempotency_conflict")));
     let (status, replayed, first) = single("x-1", &payer0);
     assert_eq!((status, replayed, first["order_id"].as_str()), (201, true, paid["orders"][0]["order_id"].as_str()), "{first}");

@@ -310,7 +310,10 @@ fn a_refused_withdrawal_number_is_routed_anew_with_its_new_amount() {
     p.fund(&a, "100.00", "r-1");
     let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
     let withdraw = |number: &str, amount: &str| {
-        p.post("/v1/withdrawals", &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": amount, "currency": "CNY", "arrival": "realtime"}))
+        p.post(
+            "/v1/withdrawals",
+            &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": amount, "currency": "CNY", "arrival": "realtime"}),
+        )
     };
     let refused = withdraw("w-1", "1000.00");
     assert_eq!(error_of(&refused), (422, Some("insufficient_funds")), "{}", refused.2);

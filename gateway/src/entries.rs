@@ -265,7 +265,13 @@ mod tests {
             postings.extend(vec![Posting { account: AccountId(6), bucket: Bucket::Settled, amount: 1 }; padding]);
             postings.push(Posting { account: AccountId(8), bucket: Bucket::Settled, amount: -1 });
             postings.push(Posting { account: AccountId(2), bucket: Bucket::Settled, amount: 1 });
-            let header = |entry_id, count| EntryHeader { entry_id, order: OrderId(sequence * 2), kind: EntryKind::Payment, currency: engine::money::CurrencyId(0), posting_count: count };
+            let header = |entry_id, count| EntryHeader {
+                entry_id,
+                order: OrderId(sequence * 2),
+                kind: EntryKind::Payment,
+                currency: engine::money::CurrencyId(0),
+                posting_count: count,
+            };
             let entries = vec![header(sequence * 10, 2 * padding as u32), header(sequence * 10 + 1, 2)];
             let record = BatchRecordRef { shard: 0, sequence, timestamp: sequence * 1_000_000, envelopes: &[], entries: &entries, postings: &postings };
             let mut bytes = Vec::new();
@@ -302,7 +308,9 @@ mod tests {
         assert_eq!(pages, 7);
         // Without a budget the same walk is one page (what the old code did for any size).
         let (batches, older) = page_batches(&all, None);
-        let (lines, next) = read_lines(&store, 0, AccountId(2), spec, batches, older, Cursor { sequence: u64::MAX, index: 0, balances: [20, 0, 0] }, 500, usize::MAX).expect("reads");
+        let (lines, next) =
+            read_lines(&store, 0, AccountId(2), spec, batches, older, Cursor { sequence: u64::MAX, index: 0, balances: [20, 0, 0] }, 500, usize::MAX)
+                .expect("reads");
         assert_eq!((lines.len(), next), (20, None));
     }
 

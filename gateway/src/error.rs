@@ -148,11 +148,7 @@ pub fn json_error_param(body: &[u8], error: &serde_json::Error) -> Option<&'stat
     if !matches!(error.classify(), serde_json::error::Category::Data) || error.to_string().starts_with("unknown field") {
         return None;
     }
-    let line_start = if error.line() <= 1 {
-        0
-    } else {
-        body.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(error.line() - 2).map(|(i, _)| i + 1)?
-    };
+    let line_start = if error.line() <= 1 { 0 } else { body.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(error.line() - 2).map(|(i, _)| i + 1)? };
     let end = line_start.checked_add(error.column())?.min(body.len());
     let bytes = &body[..end];
     let mut i = bytes.len();
@@ -191,7 +187,9 @@ pub fn json_error_param(body: &[u8], error: &serde_json::Error) -> Option<&'stat
 fn intern_param(name: &str) -> Option<&'static str> {
     const PARAM_NAMES_MAX: usize = 512;
     static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
-    let shaped = (1..=40).contains(&name.len()) && name.starts_with(|c: char| c.is_ascii_lowercase()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let shaped = (1..=40).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if !shaped {
         return None;
     }

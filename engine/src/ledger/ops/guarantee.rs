@@ -151,7 +151,13 @@ pub fn auto_confirm(state: &mut ShardState, context: &Context, created_before: T
         state.orders.iter().filter(|o| is_due(o, created_before)).map(|o| o.id).collect()
     } else {
         let Some(index) = state.platform_orders.get(&context.platform) else { return Reply { code: ResultCode::Ok, id: 0, status: None, replayed: false } };
-        index.open.iter().map(|&local| state.orders.get(local as usize).expect("indexed orders exist")).filter(|o| is_due(o, created_before)).map(|o| o.id).collect()
+        index
+            .open
+            .iter()
+            .map(|&local| state.orders.get(local as usize).expect("indexed orders exist"))
+            .filter(|o| is_due(o, created_before))
+            .map(|o| o.id)
+            .collect()
     };
     for id in &due {
         let reply = confirm(state, context, *id, &[], fx);
