@@ -135,3 +135,34 @@ fn a_body_over_the_platforms_limit_is_refused_from_its_content_length() {
     assert_ne!(status, 413, "another platform keeps the server's limit: {accepted}");
     server.stop();
 }
+
+#[test]
+fn bodies_outside_the_platform_api_have_the_same_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_configured(dir.path(), TOKEN, &hostile_config());
+    let address = server.base.trim_start_matches("http://").to_string();
+    // The bank's callback needs nothing to be reached, the operator API only a header; neither
+    // may hold a socket by announcing a body it never sends.
+    let heads = [
+        format!("POST /channels/simulator/callback HTTP/1.1\r\nHost: {address}\r\nX-Channel-Signature: t=1,v1=00\r\nContent-Length: 16000000\r\n\r\n"),
+        format!("POST /admin/platforms HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 16000000\r\n\r\n"),
+        format!("POST /admin/platforms HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: 16000000\r\n\r\n"),
+    ];
+    let watchers: Vec<_> = heads
+        .iter()
+        .flat_map(|head| std::iter::repeat_n(head.clone(), 4))
+        .map(|head| {
+            let mut stream = TcpStream::connect(&address).expect("connect");
+            stream.write_all(head.as_bytes()).expect("send head");
+            std::thread::spawn(move || (head, watch(stream, Duration::from_secs(30))))
+        })
+        .collect();
+    for watcher in watchers {
+        let (head, outcome) = watcher.join().expect("watcher");
+        assert!(outcome.closed, "still open after {:?}: {head} {outcome:?}", outcome.after);
+        assert!(outcome.status.is_none_or(|status| (400..500).contains(&status)), "{head} {outcome:?}");
+    }
+    let (status, _) = server.get("/healthz", None);
+    assert_eq!(status, 200);
+    server.stop();
+}

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bulk;
 pub mod cards;
 pub mod commission;
+pub mod deadline;
 pub mod entries;
 pub mod error;
 pub mod events;

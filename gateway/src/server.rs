@@ -160,6 +160,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(webhooks.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
+            .wrap(actix_web::middleware::from_fn(crate::deadline::body_deadline))
             .app_data(nonces.clone())
             .app_data(durable_nonces.clone())
             .app_data(quotas.clone())
