@@ -12,6 +12,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub param: Option<&'static str>,
+    /// Seconds the caller should wait before trying again (`Retry-After`), for 429 and 503.
+    pub retry_after_seconds: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -30,27 +32,33 @@ struct Inner<'a> {
 impl ApiError {
     /// An error with any status and code.
     pub fn new(status: u16, code: &'static str, message: &str) -> ApiError {
-        ApiError { status, code, message: message.to_string(), param: None }
+        ApiError { status, code, message: message.to_string(), param: None, retry_after_seconds: None }
     }
 
     /// 400 `invalid_request`, naming the field at fault.
     pub fn invalid(message: &str, param: &'static str) -> ApiError {
-        ApiError { status: 400, code: "invalid_request", message: message.to_string(), param: Some(param) }
+        ApiError { status: 400, code: "invalid_request", message: message.to_string(), param: Some(param), retry_after_seconds: None }
     }
 
     /// 401 `unauthenticated`.
     pub fn unauthenticated(message: &str) -> ApiError {
-        ApiError { status: 401, code: "unauthenticated", message: message.to_string(), param: None }
+        ApiError { status: 401, code: "unauthenticated", message: message.to_string(), param: None, retry_after_seconds: None }
     }
 
     /// 404 `not_found` (never a hint that the object exists for someone else).
     pub fn not_found() -> ApiError {
-        ApiError { status: 404, code: "not_found", message: "no such object".to_string(), param: None }
+        ApiError { status: 404, code: "not_found", message: "no such object".to_string(), param: None, retry_after_seconds: None }
     }
 
     /// 503 `unavailable`: the engine (or one shard) has stopped.
     pub fn unavailable(message: String) -> ApiError {
-        ApiError { status: 503, code: "unavailable", message, param: None }
+        ApiError { status: 503, code: "unavailable", message, param: None, retry_after_seconds: None }
+    }
+
+    /// 429 `rate_limited`: the platform is over one of its quotas; it may try again after
+    /// `retry_after_seconds` (at least 1). Other platforms are not affected.
+    pub fn rate_limited(message: &str, retry_after_seconds: u32) -> ApiError {
+        ApiError { status: 429, code: "rate_limited", message: message.to_string(), param: None, retry_after_seconds: Some(retry_after_seconds.max(1)) }
     }
 }
 
@@ -68,9 +76,9 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let body = Body { error: Inner { code: self.code, message: &self.message, param: self.param } };
         let mut response = HttpResponse::build(self.status_code());
-        if self.code == "overloaded" {
-            // A full queue or pool: the caller may try again in a second.
-            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        // A full queue or pool (`overloaded`) may be tried again in a second unless told otherwise.
+        if let Some(seconds) = self.retry_after_seconds.or((self.code == "overloaded").then_some(1)) {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, seconds));
         }
         response.json(body)
     }
@@ -118,7 +126,7 @@ pub fn rejection(code: ResultCode) -> ApiError {
         ResultCode::InvalidRule => (400, "invalid_request", "the settlement rule breaks its shape", Some("rule")),
         ResultCode::ChannelChanged => (409, "order_state_invalid", "the payout has moved to another channel", None),
     };
-    ApiError { status, code: name, message: message.to_string(), param }
+    ApiError { status, code: name, message: message.to_string(), param, retry_after_seconds: None }
 }
 
 /// The one table from clearing's errors to API errors.
