@@ -25,6 +25,76 @@ struct FileConfig {
     settlement: SettlementSection,
     currencies: Vec<CurrencyRow>,
     chart_of_accounts: BTreeMap<String, SubjectRow>,
+    /// Optional, so that files written before the section existed still load.
+    #[serde(default)]
+    http: HttpSection,
+    #[serde(default)]
+    quotas: QuotasSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    workers: usize,
+    connections_max: usize,
+    body_bytes_max: usize,
+    head_timeout_ms: u64,
+    body_timeout_ms: u64,
+    keep_alive_ms: u64,
+    disconnect_timeout_ms: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> HttpSection {
+        let d = gateway::server::HttpLimits::default();
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        HttpSection {
+            workers: d.workers,
+            connections_max: d.connections_max,
+            body_bytes_max: d.body_bytes_max,
+            head_timeout_ms: ms(d.head_timeout),
+            body_timeout_ms: ms(d.body_timeout),
+            keep_alive_ms: ms(d.keep_alive),
+            disconnect_timeout_ms: ms(d.disconnect_timeout),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotasSection {
+    requests_per_second: u32,
+    burst: u32,
+    in_flight_max: u32,
+    nonces_max: u32,
+    body_bytes_max: usize,
+    /// Overrides by platform id (`plt_7`); a key left out takes the value above.
+    #[serde(default)]
+    platforms: BTreeMap<String, QuotaOverride>,
+}
+
+impl Default for QuotasSection {
+    fn default() -> QuotasSection {
+        let d = gateway::quotas::QuotaLimits::default();
+        QuotasSection {
+            requests_per_second: d.requests_per_second,
+            burst: d.burst,
+            in_flight_max: d.in_flight_max,
+            nonces_max: d.nonces_max,
+            body_bytes_max: d.body_bytes_max,
+            platforms: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaOverride {
+    requests_per_second: Option<u32>,
+    burst: Option<u32>,
+    in_flight_max: Option<u32>,
+    nonces_max: Option<u32>,
+    body_bytes_max: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -117,12 +187,82 @@ pub struct Config {
     pub holidays: std::collections::BTreeSet<u32>,
     /// When the nightly settlement runs (minutes after business-local midnight), if scheduled.
     pub settlement_cutoff_minute: Option<u32>,
+    /// The HTTP edge's limits, timeouts and per-platform quotas.
+    pub http: gateway::server::HttpLimits,
 }
 
 /// Hard limits on configuration values (DESIGN.md invariant 10: every bound has a limit).
 const SHARD_COUNT_MAX: u16 = 256;
 const MAILBOX_CAPACITY_MAX: usize = 1 << 20;
 const BATCH_SIZE_MAX: usize = 1 << 16;
+const OUTBOX_PENDING_MAX: usize = 1 << 24;
+const ACK_FLUSH_MS_MAX: u64 = 60_000;
+/// The longest webhook backoff: a day (an `Instant` plus more could overflow).
+const WEBHOOK_BACKOFF_MS_MAX: u64 = 86_400_000;
+const WORKERS_MAX: usize = 256;
+const CONNECTIONS_MAX: usize = 1 << 16;
+const BODY_BYTES_MAX: usize = 256 << 20;
+const TIMEOUT_MS_MAX: u64 = 600_000;
+
+/// The [http] section as limits, with the [quotas] section's defaults and overrides.
+fn http_limits(http: &HttpSection, quotas: &QuotasSection) -> Result<gateway::server::HttpLimits> {
+    if !(1..=WORKERS_MAX).contains(&http.workers) || !(1..=CONNECTIONS_MAX).contains(&http.connections_max) {
+        return Err(anyhow!("http.workers must be 1..={WORKERS_MAX} and http.connections_max 1..={CONNECTIONS_MAX}"));
+    }
+    if !(1..=BODY_BYTES_MAX).contains(&http.body_bytes_max) {
+        return Err(anyhow!("http.body_bytes_max must be 1..={BODY_BYTES_MAX}"));
+    }
+    let timeouts = [
+        ("head_timeout_ms", http.head_timeout_ms),
+        ("body_timeout_ms", http.body_timeout_ms),
+        ("keep_alive_ms", http.keep_alive_ms),
+        ("disconnect_timeout_ms", http.disconnect_timeout_ms),
+    ];
+    for (name, value) in timeouts {
+        if !(1..=TIMEOUT_MS_MAX).contains(&value) {
+            return Err(anyhow!("http.{name} must be 1..={TIMEOUT_MS_MAX}"));
+        }
+    }
+    let defaults = gateway::quotas::QuotaLimits {
+        requests_per_second: quotas.requests_per_second,
+        burst: quotas.burst,
+        in_flight_max: quotas.in_flight_max,
+        nonces_max: quotas.nonces_max,
+        body_bytes_max: quotas.body_bytes_max,
+    };
+    let check = |name: &str, limits: &gateway::quotas::QuotaLimits| {
+        let positive = limits.requests_per_second > 0 && limits.burst > 0 && limits.in_flight_max > 0 && limits.nonces_max > 0;
+        if !positive || !(1..=http.body_bytes_max).contains(&limits.body_bytes_max) {
+            return Err(anyhow!("{name}: requests_per_second, burst, in_flight_max and nonces_max must be positive, body_bytes_max 1..=http.body_bytes_max"));
+        }
+        Ok(())
+    };
+    check("quotas", &defaults)?;
+    let mut platforms = BTreeMap::new();
+    for (id, row) in &quotas.platforms {
+        let number = gateway::platforms::Platform::parse_public_id(id).ok_or_else(|| anyhow!("quotas.platforms: {id:?} is not a platform id (plt_N)"))?;
+        let limits = gateway::quotas::QuotaLimits {
+            requests_per_second: row.requests_per_second.unwrap_or(defaults.requests_per_second),
+            burst: row.burst.unwrap_or(defaults.burst),
+            in_flight_max: row.in_flight_max.unwrap_or(defaults.in_flight_max),
+            nonces_max: row.nonces_max.unwrap_or(defaults.nonces_max),
+            body_bytes_max: row.body_bytes_max.unwrap_or(defaults.body_bytes_max),
+        };
+        check(&format!("quotas.platforms.{id}"), &limits)?;
+        platforms.insert(number, limits);
+    }
+    let ms = std::time::Duration::from_millis;
+    Ok(gateway::server::HttpLimits {
+        connections_max: http.connections_max,
+        body_bytes_max: http.body_bytes_max,
+        workers: http.workers,
+        head_timeout: ms(http.head_timeout_ms),
+        body_timeout: ms(http.body_timeout_ms),
+        keep_alive: ms(http.keep_alive_ms),
+        disconnect_timeout: ms(http.disconnect_timeout_ms),
+        quotas: gateway::quotas::QuotaConfig { defaults, platforms },
+    })
+}
 
 impl Config {
     /// The business calendar: the engine's time zone and the configured holidays.
@@ -158,8 +298,11 @@ impl Config {
         if e.batch_size_max == 0 || e.batch_size_max > BATCH_SIZE_MAX {
             return Err(anyhow!("engine.batch_size_max must be 1..={BATCH_SIZE_MAX}"));
         }
-        if e.outbox_pending_max == 0 {
-            return Err(anyhow!("engine.outbox_pending_max must be positive"));
+        if e.outbox_pending_max == 0 || e.outbox_pending_max > OUTBOX_PENDING_MAX {
+            return Err(anyhow!("engine.outbox_pending_max must be 1..={OUTBOX_PENDING_MAX}"));
+        }
+        if e.ack_flush_ms > ACK_FLUSH_MS_MAX {
+            return Err(anyhow!("engine.ack_flush_ms must be 0..={ACK_FLUSH_MS_MAX}"));
         }
         if e.utc_offset_seconds.abs() > 14 * 3600 {
             return Err(anyhow!("engine.utc_offset_seconds must be within ±14 hours"));
@@ -204,8 +347,13 @@ impl Config {
             utc_offset_seconds: e.utc_offset_seconds,
         };
         let w = &file.webhooks;
-        if !(1..=100).contains(&w.attempts_max) || w.backoff_ms == 0 || w.backoff_ms > w.backoff_ms_max || !(1..=300).contains(&w.timeout_seconds) {
-            return Err(anyhow!("webhooks: attempts_max 1..=100, 0 < backoff_ms <= backoff_ms_max, timeout_seconds 1..=300"));
+        if !(1..=100).contains(&w.attempts_max)
+            || w.backoff_ms == 0
+            || w.backoff_ms > w.backoff_ms_max
+            || w.backoff_ms_max > WEBHOOK_BACKOFF_MS_MAX
+            || !(1..=300).contains(&w.timeout_seconds)
+        {
+            return Err(anyhow!("webhooks: attempts_max 1..=100, 0 < backoff_ms <= backoff_ms_max <= {WEBHOOK_BACKOFF_MS_MAX}, timeout_seconds 1..=300"));
         }
         let (workers_min, workers_max) = (gateway::events::WORKERS_MIN, gateway::events::WORKERS_MAX);
         if !(workers_min..=workers_max).contains(&w.workers) {
@@ -229,7 +377,8 @@ impl Config {
         let cutoff =
             clearing_actor::calendar::parse_minute(&file.settlement.cutoff).filter(|m| *m < 1440).ok_or_else(|| anyhow!("settlement.cutoff must be HH:MM"))?;
         let settlement_cutoff_minute = file.settlement.scheduled.then_some(cutoff);
-        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator, webhooks, channels, holidays, settlement_cutoff_minute })
+        let http = http_limits(&file.http, &file.quotas)?;
+        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator, webhooks, channels, holidays, settlement_cutoff_minute, http })
     }
 }
 
@@ -242,6 +391,17 @@ mod tests {
         let config = Config::parse(DEFAULT_CONFIG).expect("default config parses");
         assert_eq!(config.engine.shard_count, 2);
         assert_eq!(config.engine.batch_size_max, 8189);
+        assert_eq!(config.http.quotas.defaults, gateway::quotas::QuotaLimits::default(), "the file says what the code defaults to");
+        assert_eq!(config.http.body_timeout, gateway::server::HttpLimits::default().body_timeout);
+    }
+
+    #[test]
+    fn a_platform_override_changes_only_what_it_names() {
+        let text = DEFAULT_CONFIG.replace("# [quotas.platforms.plt_7]", "[quotas.platforms.plt_7]\nrequests_per_second = 10");
+        let config = Config::parse(&text).unwrap();
+        let limits = config.http.quotas.limits(7);
+        assert_eq!((limits.requests_per_second, limits.burst), (10, 100_000));
+        assert_eq!(config.http.quotas.limits(8).requests_per_second, 50_000);
     }
 
     #[test]
@@ -256,6 +416,25 @@ mod tests {
             ("ack_flush_ms = 20", "ack_flush_ms = 20\nunknown_key = 1"),
             ("workers = 8", "workers = 1"),
             ("workers = 8", "workers = 65"),
+            // Past their bounds (issue item 12): each would have been taken.
+            ("outbox_pending_max = 65536", "outbox_pending_max = 18446744073709551615"),
+            ("ack_flush_ms = 20", "ack_flush_ms = 18446744073709551615"),
+            ("backoff_ms_max = 600000", "backoff_ms_max = 18446744073709551615"),
+            ("eta_minutes = 1440", "eta_minutes = 4294967295"),
+            ("sim_latency_ms = 500", "sim_latency_ms = 86400001"),
+            ("utc_offset_seconds = 28800", "utc_offset_seconds = 2147483647"),
+            ("\nlatency_ms = 200", "\nlatency_ms = 3600001"),
+            ("callback_attempts_max = 10", "callback_attempts_max = 4294967295"),
+            ("exponent = 2", "exponent = 255"),
+            ("shard_count = 2", "shard_count = 65535"),
+            ("mailbox_capacity = 1024", "mailbox_capacity = 18446744073709551615"),
+            ("body_timeout_ms = 10000", "body_timeout_ms = 0"),
+            ("head_timeout_ms = 5000", "head_timeout_ms = 600001"),
+            ("requests_per_second = 50000", "requests_per_second = 0"),
+            ("in_flight_max = 512", "in_flight_max = 0"),
+            ("nonces_max = 8388608\nbody_bytes_max = 16777216", "nonces_max = 8388608\nbody_bytes_max = 16777217"),
+            ("# [quotas.platforms.plt_7]", "[quotas.platforms.seven]"),
+            ("# [quotas.platforms.plt_7]", "[quotas.platforms.plt_7]\nrequests_per_minute = 1"),
         ];
         for (from, to) in cases {
             let text = DEFAULT_CONFIG.replace(from, to);

@@ -44,6 +44,11 @@ pub struct LoadArgs {
     accounts: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Milliseconds to wait before resending a request answered 429 `rate_limited` or 503
+    /// `overloaded` (default: what the answer's `Retry-After` says). A small value keeps a
+    /// platform pushing far over its quota (the overload test of DESIGN.md invariant 12).
+    #[arg(long)]
+    retry_pause_ms: Option<u64>,
 }
 
 /// A plain HTTP/1.1 keep-alive connection: the load generator shares the cores it measures, so
@@ -57,7 +62,7 @@ struct Connection {
 impl Connection {
     /// Sends a request and reads its response. A kept-alive connection the server has closed
     /// meanwhile (idle timeout) is replaced once; requests carry order numbers, so a resend is safe.
-    fn exchange(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>)> {
+    fn exchange(&mut self, request: &[u8]) -> Result<Answer> {
         let reused = self.stream.is_some();
         match self.exchange_once(request) {
             Err(_) if reused => {
@@ -68,7 +73,7 @@ impl Connection {
         }
     }
 
-    fn exchange_once(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>)> {
+    fn exchange_once(&mut self, request: &[u8]) -> Result<Answer> {
         use std::io::{Read, Write};
         if self.stream.is_none() {
             let stream = std::net::TcpStream::connect(&self.address).with_context(|| format!("connecting to {}", self.address))?;
@@ -102,13 +107,14 @@ impl Connection {
         };
         let head = std::str::from_utf8(&self.buffer[..header_end]).context("response head is not UTF-8")?;
         let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| anyhow!("bad status line"))?;
-        let length: usize = head
-            .lines()
-            .find_map(|line| {
+        let header = |wanted: &str| -> Option<u64> {
+            head.lines().find_map(|line| {
                 let (name, value) = line.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+                name.eq_ignore_ascii_case(wanted).then(|| value.trim().parse().ok())?
             })
-            .ok_or_else(|| anyhow!("response without content-length"))?;
+        };
+        let length = header("content-length").ok_or_else(|| anyhow!("response without content-length"))? as usize;
+        let retry_after_seconds = header("retry-after");
         while self.buffer.len() < header_end + length {
             let read = stream.read(&mut chunk)?;
             if read == 0 {
@@ -117,8 +123,26 @@ impl Connection {
             }
             self.buffer.extend_from_slice(&chunk[..read]);
         }
-        Ok((status, self.buffer[header_end..header_end + length].to_vec()))
+        Ok(Answer { status, body: self.buffer[header_end..header_end + length].to_vec(), retry_after_seconds })
     }
+}
+
+/// A response: status, body and `Retry-After` (seconds) if the server sent one.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+    retry_after_seconds: Option<u64>,
+}
+
+/// Responses the load saw besides its answers, over all its clients.
+#[derive(Default)]
+struct Counts {
+    /// 429 `rate_limited`: the platform is over a quota; resent after the pause.
+    throttled: AtomicU64,
+    /// 503 `overloaded`: a full queue; resent after the pause.
+    overloaded: AtomicU64,
+    /// Any other 5xx (never expected).
+    server_errors: AtomicU64,
 }
 
 /// One signing platform client with a keep-alive connection.
@@ -129,6 +153,8 @@ struct Client {
     secret: String,
     nonce_prefix: String,
     nonces: AtomicU64,
+    counts: Arc<Counts>,
+    retry_pause_ms: Option<u64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -148,8 +174,28 @@ impl Client {
         Ok((status, value))
     }
 
-    /// Sends a signed request and returns the status and the raw body.
+    /// Sends a signed request and returns the status and the raw body. A 429 `rate_limited` or a
+    /// 503 `overloaded` is counted and sent again (signed anew) after the pause.
     fn send(&self, method: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>)> {
+        loop {
+            let answer = self.send_once(method, path, body)?;
+            let counter = match answer.status {
+                429 => &self.counts.throttled,
+                503 if answer.body.windows(12).any(|w| w == b"\"overloaded\"") => &self.counts.overloaded,
+                status => {
+                    if status >= 500 {
+                        self.counts.server_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok((answer.status, answer.body));
+                }
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let pause = self.retry_pause_ms.unwrap_or(1000 * answer.retry_after_seconds.unwrap_or(1).min(60));
+            std::thread::sleep(Duration::from_millis(pause));
+        }
+    }
+
+    fn send_once(&self, method: &str, path: &str, body: &str) -> Result<Answer> {
         let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs().to_string();
         let nonce = format!("{}{:012}", self.nonce_prefix, self.nonces.fetch_add(1, Ordering::Relaxed));
         let canonical = gateway::auth::canonical(method, path, &timestamp, &nonce, body.as_bytes());
@@ -376,6 +422,7 @@ pub fn run(args: LoadArgs) -> Result<()> {
     println!("platform: {platform} ({} accounts, {} orders, mode {:?}, concurrency {})", args.accounts, args.orders, args.mode, args.concurrency);
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
     let address = args.url.trim_end_matches('/').strip_prefix("http://").ok_or_else(|| anyhow!("--url must be http://HOST:PORT"))?.to_string();
+    let counts = Arc::new(Counts::default());
     let clients: Vec<Client> = (0..args.concurrency)
         .map(|index| Client {
             connection: std::sync::Mutex::new(Connection { address: address.clone(), stream: None, buffer: Vec::new() }),
@@ -385,6 +432,8 @@ pub fn run(args: LoadArgs) -> Result<()> {
             // Unique per run: nonces are remembered by the server for the signing window.
             nonce_prefix: format!("L{run}T{index}X"),
             nonces: AtomicU64::new(0),
+            counts: counts.clone(),
+            retry_pause_ms: args.retry_pause_ms,
         })
         .collect();
     let accounts = open_accounts(&args, &clients)?;
@@ -444,6 +493,13 @@ pub fn run(args: LoadArgs) -> Result<()> {
     println!("orders: {} accepted, {refused} refused, in {:.2} s ({requests} requests)", args.orders - refused, elapsed.as_secs_f64());
     println!("orders_per_second: {:.0}", args.orders as f64 / elapsed.as_secs_f64());
     println!("latency_ms p50 p99 p100: {:.2} {:.2} {:.2}", percentile(&all, 50.0), percentile(&all, 99.0), percentile(&all, 100.0));
+    let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    println!(
+        "resent: {} rate_limited (429), {} overloaded (503); other 5xx answers: {}",
+        count(&counts.throttled),
+        count(&counts.overloaded),
+        count(&counts.server_errors)
+    );
     let listing = time_listing(&clients[0])?;
     println!("listing_ms p50 p99 p100: {:.2} {:.2} {:.2}", percentile(&listing, 50.0), percentile(&listing, 99.0), percentile(&listing, 100.0));
     if refused > 0 {

@@ -258,7 +258,7 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
         println!("settlement: every day at {:02}:{:02} business time (GET /admin/settlements shows the schedule)", cutoff / 60, cutoff % 60);
     }
     actix_web::rt::System::new().block_on(async move {
-        let limits = gateway::server::HttpLimits::default();
+        let limits = config.http.clone();
         let (server, addresses) = gateway::server::bind(services, listen, limits)?;
         for address in addresses {
             println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants, /metrics; signed platform API: /v1/...; bank simulator: /sim/cards/{{card_no}}/transactions)");

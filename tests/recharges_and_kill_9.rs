@@ -109,3 +109,56 @@ fn kill_9_under_http_load_loses_nothing_acknowledged() {
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
 }
+
+/// Sends a captured signed POST again, byte for byte (same timestamp, nonce and signature).
+fn send_captured(base: &str, platform: &str, captured: &(String, i64, String, String, String)) -> (u16, serde_json::Value) {
+    let (path, timestamp, nonce, signature, body) = captured;
+    let request = ureq::post(&format!("{base}{path}"))
+        .set("X-Platform-Id", platform)
+        .set("X-Timestamp", &timestamp.to_string())
+        .set("X-Nonce", nonce)
+        .set("X-Signature", signature)
+        .set("Content-Type", "application/json");
+    let response = answer(request.send_string(body), path);
+    (response.status(), response.into_json().expect("JSON"))
+}
+
+#[test]
+fn a_request_without_an_order_number_does_not_replay_after_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-replay-0123456789abcdefghij";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Strict\", \"require_payment_password\": true}");
+    let payer = p.account(&p.member("m-a", "Zhang San"));
+    let payee = p.account(&p.member("m-b", "Li Si"));
+    // The platform sets a password; an attacker captures the request.
+    let path = format!("/v1/accounts/{payer}/password");
+    let (timestamp, nonce, body) = (now(), fresh_nonce(), json!({"password": "123456"}).to_string());
+    let captured = (path.clone(), timestamp, nonce.clone(), sign(&p.secret, "POST", &path, timestamp, &nonce, body.as_bytes()), body);
+    assert_eq!(send_captured(&server.base, &p.platform, &captured).0, 200);
+    // Five wrong passwords lock the account's payments.
+    let pay = |client: &Client, number: &str, password: &str| {
+        let body = json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "amount": "1.00", "currency": "CNY",
+            "payees": [{"account_id": payee, "amount": "1.00"}], "payment_password": password});
+        let (status, _, reply) = client.post("/v1/payments", &body);
+        (status, reply["error"]["code"].as_str().map(str::to_string))
+    };
+    for attempt in 0..5 {
+        assert_eq!(pay(&p, &format!("w{attempt}"), "000000").0, 422);
+    }
+    assert_eq!(pay(&p, "locked-1", "123456"), (422, Some("payment_locked".to_string())));
+    let within_process = send_captured(&server.base, &p.platform, &captured);
+    assert_eq!((within_process.0, within_process.1["error"]["code"].as_str()), (401, Some("replayed_request")));
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.kill();
+
+    // Restarted within the signing window, the captured request is still a replay, and the lock
+    // stays.
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client { server: &server, platform, secret };
+    let (status, refused) = send_captured(&server.base, &p.platform, &captured);
+    assert_eq!((status, refused["error"]["code"].as_str()), (401, Some("replayed_request")), "{refused}");
+    assert_eq!(pay(&p, "locked-2", "123456"), (422, Some("payment_locked".to_string())), "the replay lifted nothing");
+    server.stop();
+}

@@ -2,7 +2,7 @@
 //! and the body's SHA-256, within a time window, each nonce once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use actix_web::HttpRequest;
 use sha2::{Digest, Sha256};
@@ -14,17 +14,19 @@ use crate::secrets::hmac_verify_hex;
 /// How far a request's timestamp may be from the server's clock, in seconds.
 pub const TIMESTAMP_WINDOW_SECONDS: i64 = 300;
 
-/// Nonces seen within the window, per platform; bounded.
+/// Nonces seen within the window, per platform, each platform bounded by its own share.
 ///
 /// A nonce is refused while the request that first used it has its timestamp inside the
 /// window (a replay of that request carries the same timestamp, and requests outside the
 /// window are refused before the nonce is looked at). Nonces are kept as 128-bit hashes of
 /// (platform, nonce) with that timestamp, and listed per timestamp second so that whole
 /// seconds are forgotten at once as they leave the window: no allocation per request and no
-/// scan of the whole cache.
+/// scan of the whole cache. Each platform has its own map behind its own lock, counted against
+/// its own share (`QuotaLimits::nonces_max`): a platform that fills its share (say with
+/// timestamps 300 s ahead, which stay longest) is answered 429 and no other platform notices.
+#[derive(Default)]
 pub struct NonceCache {
-    seen: Mutex<Seen>,
-    entries_max: usize,
+    platforms: RwLock<HashMap<u32, Arc<Mutex<Seen>>, rustc_hash::FxBuildHasher>>,
 }
 
 #[derive(Default)]
@@ -33,42 +35,86 @@ struct Seen {
     by_second: std::collections::BTreeMap<i64, Vec<u128>>,
 }
 
-impl NonceCache {
-    /// A cache holding at most `entries_max` nonces.
-    pub fn new(entries_max: usize) -> NonceCache {
-        NonceCache { seen: Mutex::new(Seen::default()), entries_max }
-    }
-
-    /// Records the nonce of a request signed at `timestamp` (already checked to be within the
-    /// window of `now`); false if it was seen before.
-    fn remember(&self, platform: u32, nonce: &str, timestamp: i64, now: i64) -> Result<bool, ApiError> {
-        let mut key = [0u8; 4 + 64];
-        key[..4].copy_from_slice(&platform.to_le_bytes());
-        let length = nonce.len().min(64);
-        key[4..4 + length].copy_from_slice(&nonce.as_bytes()[..length]);
-        let hash = xxhash_rust::xxh3::xxh3_128(&key[..4 + length]);
-        let mut seen = self.seen.lock().expect("nonce lock");
-        let seen = &mut *seen;
-        while let Some(entry) = seen.by_second.first_entry() {
-            if *entry.key() >= now - TIMESTAMP_WINDOW_SECONDS {
+impl Seen {
+    /// Forgets the seconds that left the window of `now`.
+    fn expire(&mut self, now: i64) {
+        while let Some(entry) = self.by_second.first_entry() {
+            if *entry.key() >= now.saturating_sub(TIMESTAMP_WINDOW_SECONDS) {
                 break;
             }
             let second = *entry.key();
             for old in entry.remove() {
-                if seen.by_hash.get(&old) == Some(&second) {
-                    seen.by_hash.remove(&old);
+                if self.by_hash.get(&old) == Some(&second) {
+                    self.by_hash.remove(&old);
                 }
             }
         }
+    }
+
+    fn insert(&mut self, hash: u128, timestamp: i64) {
+        self.by_hash.insert(hash, timestamp);
+        self.by_second.entry(timestamp).or_default().push(hash);
+    }
+}
+
+/// The 128-bit hash under which a platform's nonce is remembered (in memory and on disk).
+pub fn nonce_hash(platform: u32, nonce: &str) -> u128 {
+    let mut key = [0u8; 4 + 64];
+    key[..4].copy_from_slice(&platform.to_le_bytes());
+    let length = nonce.len().min(64);
+    key[4..4 + length].copy_from_slice(&nonce.as_bytes()[..length]);
+    xxhash_rust::xxh3::xxh3_128(&key[..4 + length])
+}
+
+impl NonceCache {
+    /// An empty cache.
+    pub fn new() -> NonceCache {
+        NonceCache::default()
+    }
+
+    fn platform(&self, platform: u32) -> Arc<Mutex<Seen>> {
+        if let Some(seen) = self.platforms.read().expect("nonce lock").get(&platform) {
+            return seen.clone();
+        }
+        self.platforms.write().expect("nonce lock").entry(platform).or_default().clone()
+    }
+
+    /// Records the nonce (by `nonce_hash`) of a request signed at `timestamp` (already checked
+    /// to be within the window of `now`); false if it was seen before; 429 `rate_limited` when
+    /// the platform already holds `share` nonces.
+    pub fn remember(&self, platform: u32, hash: u128, timestamp: i64, now: i64, share: usize) -> Result<bool, ApiError> {
+        let seen = self.platform(platform);
+        // A std Mutex: no await while it is held.
+        let mut seen = seen.lock().expect("nonce lock");
+        seen.expire(now);
         if seen.by_hash.contains_key(&hash) {
             return Ok(false);
         }
-        if seen.by_hash.len() >= self.entries_max {
-            return Err(ApiError::unavailable("too many requests within the signing window".into()));
+        if seen.by_hash.len() >= share {
+            // Its oldest second leaves the window first.
+            let oldest = seen.by_second.first_key_value().map_or(now, |(second, _)| *second);
+            let wait = oldest.saturating_add(TIMESTAMP_WINDOW_SECONDS).saturating_sub(now).saturating_add(1).clamp(1, 2 * TIMESTAMP_WINDOW_SECONDS + 1);
+            return Err(ApiError::rate_limited("the platform is over its share of signed requests within the signing window", wait as u32));
         }
-        seen.by_hash.insert(hash, timestamp);
-        seen.by_second.entry(timestamp).or_default().push(hash);
+        seen.insert(hash, timestamp);
         Ok(true)
+    }
+
+    /// Puts back a nonce remembered durably before a restart (no share applies: it was within
+    /// it when it was accepted).
+    pub fn restore(&self, platform: u32, hash: u128, timestamp: i64, now: i64) {
+        if within_window(now, timestamp) {
+            let seen = self.platform(platform);
+            let mut seen = seen.lock().expect("nonce lock");
+            if !seen.by_hash.contains_key(&hash) {
+                seen.insert(hash, timestamp);
+            }
+        }
+    }
+
+    /// Nonces the platform holds now.
+    pub fn held(&self, platform: u32) -> usize {
+        self.platform(platform).lock().expect("nonce lock").by_hash.len()
     }
 }
 
@@ -81,8 +127,21 @@ pub fn canonical(method: &str, path_and_query: &str, timestamp: &str, nonce: &st
     format!("{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{}", hex::encode(Sha256::digest(body)))
 }
 
-/// Checks a platform request's signature headers; returns the platform it comes from.
-pub fn authenticate(request: &HttpRequest, body: &[u8], platforms: &Platforms, nonces: &NonceCache, now: i64) -> Result<Platform, ApiError> {
+/// What a signed request's headers say, checked before a byte of its body is read.
+#[derive(Debug)]
+pub struct SignedHead {
+    pub platform: Platform,
+    /// `X-Timestamp`, unix seconds within the window.
+    pub timestamp: i64,
+    /// `nonce_hash` of the platform and `X-Nonce`.
+    pub nonce_hash: u128,
+}
+
+/// Checks everything the headers of a platform request tell on their own: the headers are there,
+/// the platform exists, the nonce and the signature are well-formed, the timestamp is within the
+/// window. Nothing here needs the body, so a client that is refused here is refused before it
+/// sent one.
+pub fn check_head(request: &HttpRequest, platforms: &Platforms, now: i64) -> Result<SignedHead, ApiError> {
     let platform_id = header(request, "x-platform-id")?;
     let timestamp = header(request, "x-timestamp")?;
     let nonce = header(request, "x-nonce")?;
@@ -92,19 +151,46 @@ pub fn authenticate(request: &HttpRequest, body: &[u8], platforms: &Platforms, n
     if !nonce_valid {
         return Err(ApiError::unauthenticated("X-Nonce must be 16 to 64 characters [A-Za-z0-9]"));
     }
+    if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::unauthenticated("X-Signature must be 64 hexadecimal digits"));
+    }
     let seconds: i64 = timestamp.parse().map_err(|_| ApiError::unauthenticated("X-Timestamp must be unix seconds"))?;
     if !within_window(now, seconds) {
         return Err(ApiError::new(401, "timestamp_out_of_window", "X-Timestamp is more than 300 s from the server's clock"));
     }
+    let nonce_hash = nonce_hash(platform.id, nonce);
+    Ok(SignedHead { platform, timestamp: seconds, nonce_hash })
+}
+
+/// Checks the signature of a request whose head passed `check_head`, over its exact body.
+pub fn check_signature(request: &HttpRequest, head: &SignedHead, body: &[u8], platforms: &Platforms) -> Result<(), ApiError> {
+    let (timestamp, nonce, signature) = (header(request, "x-timestamp")?, header(request, "x-nonce")?, header(request, "x-signature")?);
+    let platform = &head.platform;
     let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let canonical = canonical(request.method().as_str(), path_and_query, timestamp, nonce, body);
-    if !hmac_verify_hex(platforms.secret(&platform).as_bytes(), canonical.as_bytes(), signature) {
+    if !hmac_verify_hex(platforms.secret(platform).as_bytes(), canonical.as_bytes(), signature) {
         return Err(ApiError::unauthenticated("bad signature"));
     }
-    if !nonces.remember(platform.id, nonce, seconds, now)? {
+    Ok(())
+}
+
+/// Remembers the nonce of a request whose signature was checked: `replayed_request` when it was
+/// seen within the window, 429 `rate_limited` when the platform holds `share` nonces already.
+pub fn check_nonce(head: &SignedHead, nonces: &NonceCache, now: i64, share: usize) -> Result<(), ApiError> {
+    if !nonces.remember(head.platform.id, head.nonce_hash, head.timestamp, now, share)? {
         return Err(ApiError::new(401, "replayed_request", "this nonce was already used"));
     }
-    Ok(platform)
+    Ok(())
+}
+
+/// Checks a platform request's headers, signature and nonce in that order; returns the
+/// platform it comes from (the `Signed` extractor does the same steps with the body read and
+/// quotas checked in between).
+pub fn authenticate(request: &HttpRequest, body: &[u8], platforms: &Platforms, nonces: &NonceCache, now: i64, share: usize) -> Result<Platform, ApiError> {
+    let head = check_head(request, platforms, now)?;
+    check_signature(request, &head, body, platforms)?;
+    check_nonce(&head, nonces, now, share)?;
+    Ok(head.platform)
 }
 
 /// Whether a request's timestamp is within the signing window of `now`. Checked: a timestamp at
@@ -137,15 +223,40 @@ mod tests {
     }
 
     #[test]
-    fn nonces_are_refused_within_the_window_forgotten_after_it_and_bounded() {
-        let cache = NonceCache::new(3);
+    fn nonces_are_refused_within_the_window_forgotten_after_it_and_bounded_per_platform() {
+        let cache = NonceCache::new();
+        let hash = |platform, nonce| nonce_hash(platform, nonce);
         let nonce = "abcdefghijklmnop";
-        assert_eq!(cache.remember(1, nonce, 1_000, 1_000), Ok(true));
-        assert_eq!(cache.remember(1, nonce, 1_000, 1_200), Ok(false), "a replay");
-        assert_eq!(cache.remember(1, nonce, 1_250, 1_250), Ok(false), "the same nonce re-signed within the window");
-        assert_eq!(cache.remember(2, nonce, 1_250, 1_250), Ok(true), "nonces are per platform");
-        assert_eq!(cache.remember(1, nonce, 1_301, 1_301), Ok(true), "forgotten once the first use left the window");
-        assert_eq!(cache.remember(1, "bcdefghijklmnopq", 1_301, 1_301), Ok(true));
-        assert_eq!(cache.remember(1, "cdefghijklmnopqr", 1_301, 1_301).unwrap_err().code, "unavailable", "bounded");
+        assert_eq!(cache.remember(1, hash(1, nonce), 1_000, 1_000, 3), Ok(true));
+        assert_eq!(cache.remember(1, hash(1, nonce), 1_000, 1_200, 3), Ok(false), "a replay");
+        assert_eq!(cache.remember(1, hash(1, nonce), 1_250, 1_250, 3), Ok(false), "the same nonce re-signed within the window");
+        assert_eq!(cache.remember(2, hash(2, nonce), 1_250, 1_250, 3), Ok(true), "nonces are per platform");
+        assert_eq!(cache.remember(1, hash(1, nonce), 1_301, 1_301, 3), Ok(true), "forgotten once the first use left the window");
+        assert_eq!(cache.remember(1, hash(1, "bcdefghijklmnopq"), 1_301, 1_301, 3), Ok(true));
+        assert_eq!(cache.remember(1, hash(1, "cdefghijklmnopqr"), 1_301, 1_301, 3), Ok(true));
+        let full = cache.remember(1, hash(1, "defghijklmnopqrs"), 1_301, 1_301, 3).unwrap_err();
+        assert_eq!((full.status, full.code, full.retry_after_seconds), (429, "rate_limited", Some(301)), "bounded by the platform's share");
+        assert_eq!(cache.remember(2, hash(2, "defghijklmnopqrs"), 1_301, 1_301, 3), Ok(true), "another platform's share is its own");
+        assert_eq!((cache.held(1), cache.held(2)), (3, 2));
+    }
+
+    #[test]
+    fn a_platform_filling_its_share_with_future_timestamps_leaves_others_alone() {
+        let cache = NonceCache::new();
+        let now = 10_000;
+        for index in 0..100 {
+            assert_eq!(cache.remember(7, nonce_hash(7, &format!("future{index:012}")), now + 300, now, 100), Ok(true));
+        }
+        assert_eq!(cache.remember(7, nonce_hash(7, "futurexxxxxxxxxxxx"), now + 300, now, 100).unwrap_err().code, "rate_limited");
+        assert_eq!(cache.remember(8, nonce_hash(8, "honestxxxxxxxxxxxx"), now, now, 100), Ok(true));
+    }
+
+    #[test]
+    fn restored_nonces_are_refused_and_old_ones_are_not_restored() {
+        let cache = NonceCache::new();
+        cache.restore(1, nonce_hash(1, "abcdefghijklmnop"), 1_000, 1_100);
+        cache.restore(1, nonce_hash(1, "bcdefghijklmnopq"), 700, 1_100);
+        assert_eq!(cache.remember(1, nonce_hash(1, "abcdefghijklmnop"), 1_000, 1_100, 10), Ok(false));
+        assert_eq!(cache.held(1), 1, "a nonce outside the window is not restored");
     }
 }

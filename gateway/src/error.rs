@@ -12,6 +12,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub param: Option<&'static str>,
+    /// Seconds the caller should wait before trying again (`Retry-After`), for 429 and 503.
+    pub retry_after_seconds: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -30,33 +32,39 @@ struct Inner<'a> {
 impl ApiError {
     /// An error with any status and code.
     pub fn new(status: u16, code: &'static str, message: &str) -> ApiError {
-        ApiError { status, code, message: message.to_string(), param: None }
+        ApiError { status, code, message: message.to_string(), param: None, retry_after_seconds: None }
     }
 
     /// 400 `invalid_request`, naming the field at fault.
     pub fn invalid(message: &str, param: &'static str) -> ApiError {
-        ApiError { status: 400, code: "invalid_request", message: message.to_string(), param: Some(param) }
+        ApiError { status: 400, code: "invalid_request", message: message.to_string(), param: Some(param), retry_after_seconds: None }
     }
 
     /// 401 `unauthenticated`.
     pub fn unauthenticated(message: &str) -> ApiError {
-        ApiError { status: 401, code: "unauthenticated", message: message.to_string(), param: None }
+        ApiError { status: 401, code: "unauthenticated", message: message.to_string(), param: None, retry_after_seconds: None }
     }
 
     /// 404 `not_found` (never a hint that the object exists for someone else).
     pub fn not_found() -> ApiError {
-        ApiError { status: 404, code: "not_found", message: "no such object".to_string(), param: None }
+        ApiError { status: 404, code: "not_found", message: "no such object".to_string(), param: None, retry_after_seconds: None }
     }
 
     /// 503 `unavailable`: the engine (or one shard) has stopped.
     pub fn unavailable(message: String) -> ApiError {
-        ApiError { status: 503, code: "unavailable", message, param: None }
+        ApiError { status: 503, code: "unavailable", message, param: None, retry_after_seconds: None }
+    }
+
+    /// 429 `rate_limited`: the platform is over one of its quotas; it may try again after
+    /// `retry_after_seconds` (at least 1). Other platforms are not affected.
+    pub fn rate_limited(message: &str, retry_after_seconds: u32) -> ApiError {
+        ApiError { status: 429, code: "rate_limited", message: message.to_string(), param: None, retry_after_seconds: Some(retry_after_seconds.max(1)) }
     }
 
     /// 503 `overloaded`: a full queue refused the request before anything changed; answered
     /// with `Retry-After`.
     pub fn overloaded(message: &str) -> ApiError {
-        ApiError { status: 503, code: "overloaded", message: message.to_string(), param: None }
+        ApiError { status: 503, code: "overloaded", message: message.to_string(), param: None, retry_after_seconds: Some(OVERLOADED_RETRY_AFTER_SECONDS) }
     }
 }
 
@@ -74,8 +82,9 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let body = Body { error: Inner { code: self.code, message: &self.message, param: self.param } };
         let mut response = HttpResponse::build(self.status_code());
-        if self.code == "overloaded" {
-            response.insert_header((actix_web::http::header::RETRY_AFTER, OVERLOADED_RETRY_AFTER_SECONDS.to_string()));
+        // A full queue or pool (`overloaded`) may be tried again in a second unless told otherwise.
+        if let Some(seconds) = self.retry_after_seconds.or((self.code == "overloaded").then_some(1)) {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, seconds));
         }
         response.json(body)
     }
@@ -133,7 +142,7 @@ pub fn rejection(code: ResultCode) -> ApiError {
         }
         ResultCode::Overloaded => return ApiError::overloaded("the shard's queue is full; nothing was applied; try again shortly"),
     };
-    ApiError { status, code: name, message: message.to_string(), param }
+    ApiError { status, code: name, message: message.to_string(), param, retry_after_seconds: None }
 }
 
 /// The one table from clearing's errors to API errors.
@@ -154,6 +163,70 @@ impl From<clearing_actor::ClearingError> for ApiError {
             E::Storage(message) => ApiError::unavailable(message),
         }
     }
+}
+
+/// The field a JSON body's value error is about (`{"auto_confirm_days": 300}` → `auto_confirm_days`),
+/// so that a number past its type (or of the wrong type) answers 400 with the param named.
+/// serde_json reports where the value ends; the key is the string before the `:` before it.
+pub fn json_error_param(body: &[u8], error: &serde_json::Error) -> Option<&'static str> {
+    if !matches!(error.classify(), serde_json::error::Category::Data) || error.to_string().starts_with("unknown field") {
+        return None;
+    }
+    let line_start = if error.line() <= 1 { 0 } else { body.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(error.line() - 2).map(|(i, _)| i + 1)? };
+    let end = line_start.checked_add(error.column())?.min(body.len());
+    let bytes = &body[..end];
+    let mut i = bytes.len();
+    let skip_space = |mut i: usize| {
+        while i > 0 && bytes[i - 1].is_ascii_whitespace() {
+            i -= 1;
+        }
+        i
+    };
+    i = skip_space(i);
+    if i > 0 && bytes[i - 1] == b'"' {
+        // A string value (without escaped quotes: a value with them names no param).
+        i -= 1;
+        i = bytes[..i].iter().rposition(|b| *b == b'"')?;
+    } else {
+        while i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || b"+-.".contains(&bytes[i - 1])) {
+            i -= 1;
+        }
+    }
+    i = skip_space(i);
+    if i == 0 || bytes[i - 1] != b':' {
+        return None;
+    }
+    i = skip_space(i - 1);
+    if i == 0 || bytes[i - 1] != b'"' {
+        return None;
+    }
+    let key_end = i - 1;
+    let key_start = bytes[..key_end].iter().rposition(|b| *b == b'"')? + 1;
+    intern_param(std::str::from_utf8(&bytes[key_start..key_end]).ok()?)
+}
+
+/// Field names as `&'static str` for `ApiError::param`: only names shaped like the API's fields
+/// (lower-case words joined by `_`), and at most `PARAM_NAMES_MAX` of them, so that no request
+/// can make the table grow without bound.
+fn intern_param(name: &str) -> Option<&'static str> {
+    const PARAM_NAMES_MAX: usize = 512;
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let shaped = (1..=40).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !shaped {
+        return None;
+    }
+    let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = names.iter().find(|known| **known == name) {
+        return Some(known);
+    }
+    if names.len() >= PARAM_NAMES_MAX {
+        return None;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(leaked);
+    Some(leaked)
 }
 
 /// Runs blocking work (store writes that sync, waits on shard threads) off the async workers.
@@ -185,4 +258,47 @@ pub fn json_errors<B: actix_web::body::MessageBody + 'static>(
     let (request, _) = response.into_parts();
     let replaced = HttpResponse::build(status).json(body).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(actix_web::dev::ServiceResponse::new(request, replaced)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: Option<String>,
+        days: Option<u8>,
+        millis: Option<u64>,
+        receivers: Option<Vec<Receiver>>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Receiver {
+        share: u32,
+    }
+
+    #[test]
+    fn value_errors_name_their_field() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#"{"days": 300}"#, Some("days")),
+            (r#"{"name": "x", "days": -1}"#, Some("days")),
+            (r#"{"days" :  256 , "name": "x"}"#, Some("days")),
+            ("{\n  \"name\": \"x\",\n  \"millis\": 18446744073709551616\n}", Some("millis")),
+            (r#"{"millis": 1e30}"#, Some("millis")),
+            (r#"{"millis": "12"}"#, Some("millis")),
+            (r#"{"millis": true}"#, Some("millis")),
+            (r#"{"receivers": [{"share": 4294967296}]}"#, Some("share")),
+            (r#"{"name": 5}"#, Some("name")),
+            (r#"{"colour": 1}"#, None),
+            (r#"{"days": 3"#, None),
+            (r#"not json"#, None),
+        ];
+        for (body, param) in cases {
+            let error = serde_json::from_str::<Body>(body).expect_err(body);
+            assert_eq!(json_error_param(body.as_bytes(), &error), *param, "{body}: {error}");
+        }
+    }
 }

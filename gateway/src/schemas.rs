@@ -6,7 +6,7 @@ use engine::result::ResultCode;
 use utoipa::ToSchema;
 
 /// Codes the gateway answers without the engine (authentication, validation, cards, ...).
-pub const GATEWAY_ERROR_CODES: [&str; 22] = [
+pub const GATEWAY_ERROR_CODES: [&str; 24] = [
     "invalid_request",
     "invalid_amount",
     "unauthenticated",
@@ -29,6 +29,8 @@ pub const GATEWAY_ERROR_CODES: [&str; 22] = [
     "no_channel_available",
     "settlement_running",
     "overloaded",
+    "rate_limited",
+    "request_timeout",
 ];
 
 /// Codes only the server's own failures produce (5xx).

@@ -10,24 +10,42 @@ use crate::auth::NonceCache;
 use crate::error::ApiError;
 use crate::members::Members;
 use crate::platforms::Platforms;
+use crate::replay::DurableNonces;
 
-/// Limits of the HTTP edge (DESIGN.md invariant 10).
-#[derive(Clone, Copy, Debug)]
+/// Limits of the HTTP edge (DESIGN.md invariants 10 and 12).
+#[derive(Clone, Debug)]
 pub struct HttpLimits {
     /// Concurrent connections per worker.
     pub connections_max: usize,
-    /// Largest request body in bytes.
+    /// Largest request body in bytes (a platform's quota may be lower).
     pub body_bytes_max: usize,
     /// Worker threads.
     pub workers: usize,
-    /// Signed-request nonces remembered within the timestamp window (about 40 bytes each: the
-    /// default holds ten minutes of 25,000 requests per second).
-    pub nonces_max: usize,
+    /// How long a client may take to send a request's head (line and headers); past it the
+    /// connection is answered 408 and closed. Also bounds a new connection that sends nothing.
+    pub head_timeout: std::time::Duration,
+    /// How long a signed request's body may take to arrive once its head is in.
+    pub body_timeout: std::time::Duration,
+    /// How long an idle kept-alive connection stays open.
+    pub keep_alive: std::time::Duration,
+    /// How long the server waits for a client to close its side after the server closed.
+    pub disconnect_timeout: std::time::Duration,
+    /// Each platform's quotas (rate, in flight, nonce share, body size).
+    pub quotas: crate::quotas::QuotaConfig,
 }
 
 impl Default for HttpLimits {
     fn default() -> HttpLimits {
-        HttpLimits { connections_max: 1024, body_bytes_max: 16 << 20, workers: 2, nonces_max: 16 << 20 }
+        HttpLimits {
+            connections_max: 1024,
+            body_bytes_max: 16 << 20,
+            workers: 2,
+            head_timeout: std::time::Duration::from_secs(5),
+            body_timeout: std::time::Duration::from_secs(10),
+            keep_alive: std::time::Duration::from_secs(5),
+            disconnect_timeout: std::time::Duration::from_secs(1),
+            quotas: crate::quotas::QuotaConfig::default(),
+        }
     }
 }
 
@@ -114,7 +132,16 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let clearing = web::Data::new(services.clearing);
     let metrics = web::Data::new(services.metrics);
     let webhooks = web::Data::new(services.webhooks);
-    let nonces = web::Data::new(NonceCache::new(limits.nonces_max));
+    let nonces = NonceCache::new();
+    let durable_nonces = Arc::new(DurableNonces::new(store.get_ref().clone()));
+    let restored = durable_nonces.restore(&nonces, crate::signed::unix_seconds()).map_err(std::io::Error::other)?;
+    if restored > 0 {
+        println!("replay protection: {restored} nonces of the signing window restored");
+    }
+    let nonces = web::Data::new(nonces);
+    let durable_nonces = web::Data::new(durable_nonces);
+    let quotas = web::Data::new(crate::quotas::Quotas::new(limits.quotas.clone()));
+    let body_limits = web::Data::new(crate::signed::BodyLimits { timeout: limits.body_timeout, bytes_max: limits.body_bytes_max });
     let (engine_at_start, simulator_at_start, cards_at_start) = (engine.get_ref().clone(), simulator.get_ref().clone(), cards.get_ref().clone());
     let (bank_at_start, resumed_at_start) = (clearing.bank().clone(), clearing.resumed());
     let server = HttpServer::new(move || {
@@ -133,7 +160,11 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(webhooks.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
+            .wrap(actix_web::middleware::from_fn(crate::deadline::body_deadline))
             .app_data(nonces.clone())
+            .app_data(durable_nonces.clone())
+            .app_data(quotas.clone())
+            .app_data(body_limits.clone())
             .app_data(web::PayloadConfig::new(limits.body_bytes_max))
             .app_data(web::JsonConfig::default().limit(limits.body_bytes_max))
             .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::new(400, "invalid_request", &error.to_string()).into()))
@@ -163,6 +194,9 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     })
     .workers(limits.workers)
     .max_connections(limits.connections_max)
+    .client_request_timeout(limits.head_timeout)
+    .client_disconnect_timeout(limits.disconnect_timeout)
+    .keep_alive(limits.keep_alive)
     .bind(listen)?;
     let addresses = server.addrs();
     if let Some(address) = addresses.first() {

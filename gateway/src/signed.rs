@@ -1,34 +1,56 @@
-//! The signed platform request: the `Signed` extractor (body within the limit, signature checked
-//! against its exact bytes) and JSON bodies.
+//! The signed platform request: the `Signed` extractor and JSON bodies.
+//!
+//! Order of the checks (DESIGN.md invariant 12: authentication before the body is read):
+//! 1. the headers alone (`auth::check_head`: platform known, nonce and signature well-formed,
+//!    timestamp within the window), the platform's request rate (without taking a token) and its
+//!    body limit against `Content-Length` — a client refused here is answered before it sent a
+//!    byte of body;
+//! 2. the body, within the platform's limit and under `body_timeout` (a client that announces a
+//!    body and sends nothing is answered 408 and its connection closed);
+//! 3. the signature over the exact body, then the platform's quotas (a token of its rate, a place
+//!    among its requests in flight), then its nonce (within its share of the cache), and for a
+//!    request without an order number the nonce durably (`replay`).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest};
 use serde::de::DeserializeOwned;
 
-use crate::auth::{authenticate, NonceCache};
-use crate::error::ApiError;
+use crate::auth::{check_head, check_nonce, check_signature, NonceCache};
+use crate::error::{blocking, ApiError};
 use crate::platforms::{Platform, Platforms};
+use crate::quotas::{InFlight, Quotas};
+use crate::replay::DurableNonces;
 
 /// Parses a JSON body; malformed JSON, wrong types and unknown fields are `invalid_request`.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|error| ApiError::new(400, "invalid_request", &error.to_string()))
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError { param: crate::error::json_error_param(body, &error), ..ApiError::new(400, "invalid_request", &error.to_string()) })
 }
 
-fn unix_seconds() -> i64 {
+/// The server's clock, unix seconds.
+pub fn unix_seconds() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Authenticates a `/v1` request against its exact body bytes.
-pub fn platform_of(request: &HttpRequest, body: &[u8], platforms: &Platforms, nonces: &NonceCache) -> Result<Platform, ApiError> {
-    authenticate(request, body, platforms, nonces, unix_seconds())
+/// How the extractor reads bodies (registered as app data by `server::bind`).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    /// How long a client may take to send a body once its head is in.
+    pub timeout: Duration,
+    /// The largest body of any platform (a platform's quota may be lower).
+    pub bytes_max: usize,
 }
 
-/// Extractor of a signed platform request: reads the body (within the body limit), checks the
-/// signature against it, and hands the handler the platform and the body bytes.
+/// Extractor of a signed platform request: checks the headers, reads the body (within the
+/// platform's limit and the body timeout), checks the signature against it and the platform's
+/// quotas, and hands the handler the platform and the body bytes. The request counts among the
+/// platform's requests in flight until the handler's answer is built (this value is dropped).
 pub struct Signed {
     pub platform: Platform,
     pub body: web::Bytes,
+    _in_flight: InFlight,
 }
 
 impl Signed {
@@ -38,23 +60,63 @@ impl Signed {
     }
 }
 
+/// The announced `Content-Length`, if any (a malformed one is `invalid_request`).
+fn content_length(request: &HttpRequest) -> Result<Option<usize>, ApiError> {
+    match request.headers().get(actix_web::http::header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|text| text.parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::new(400, "invalid_request", "Content-Length must be a number of bytes")),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(413, "payload_too_large", &format!("the body is larger than this platform's limit of {limit} bytes"))
+}
+
 impl actix_web::FromRequest for Signed {
     type Error = ApiError;
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Signed, ApiError>>>>;
 
     fn from_request(request: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
-        let body = web::Bytes::from_request(request, payload);
         let request = request.clone();
+        let payload = payload.take();
         Box::pin(async move {
-            let body = body.await.map_err(|error| {
-                let status = error.as_response_error().status_code().as_u16();
-                let code = if status == 413 { "payload_too_large" } else { "invalid_request" };
-                ApiError::new(status, code, &error.to_string())
-            })?;
             let platforms = request.app_data::<web::Data<Arc<Platforms>>>().expect("platforms are registered");
             let nonces = request.app_data::<web::Data<NonceCache>>().expect("nonces are registered");
-            let platform = platform_of(&request, &body, platforms, nonces)?;
-            Ok(Signed { platform, body })
+            let quotas = request.app_data::<web::Data<Quotas>>().expect("quotas are registered");
+            let limits = request.app_data::<web::Data<BodyLimits>>().expect("body limits are registered");
+            // 1. Headers only: nothing of the body has been read.
+            let head = check_head(&request, platforms, unix_seconds())?;
+            let tenant = quotas.tenant(head.platform.id);
+            tenant.check_rate(Instant::now())?;
+            let limit = tenant.limits().body_bytes_max.min(limits.bytes_max);
+            if content_length(&request)?.is_some_and(|length| length > limit) {
+                return Err(too_large(limit));
+            }
+            // 2. The body, bounded in size and time.
+            let body =
+                match actix_web::rt::time::timeout(limits.timeout, actix_web::body::to_bytes_limited(actix_web::body::BodyStream::new(payload), limit)).await {
+                    Err(_) => return Err(ApiError::new(408, "request_timeout", "the body did not arrive within the body timeout")),
+                    Ok(Err(_)) => return Err(too_large(limit)),
+                    Ok(Ok(Err(error))) => return Err(ApiError::new(400, "invalid_request", &format!("reading the body: {error}"))),
+                    Ok(Ok(Ok(body))) => body,
+                };
+            // 3. The signature, the platform's quotas, its nonce.
+            check_signature(&request, &head, &body, platforms)?;
+            tenant.take_token(Instant::now())?;
+            let in_flight = tenant.enter()?;
+            check_nonce(&head, nonces, unix_seconds(), tenant.limits().nonces_max as usize)?;
+            if !crate::replay::applied_once_by_order_number(request.method(), request.path()) {
+                let durable = request.app_data::<web::Data<Arc<DurableNonces>>>().expect("durable nonces are registered").get_ref().clone();
+                // One synced write: off the async workers.
+                let head = blocking(move || durable.record(&head).map(|()| head)).await??;
+                return Ok(Signed { platform: head.platform, body, _in_flight: in_flight });
+            }
+            Ok(Signed { platform: head.platform, body, _in_flight: in_flight })
         })
     }
 }

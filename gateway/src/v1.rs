@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::error::{blocking, ApiError};
 use crate::members::{Members, NewMember};
 
-pub use crate::signed::{parse_json, platform_of, Signed};
+pub use crate::signed::{parse_json, Signed};
 
 #[derive(Serialize)]
 struct PlatformBody {

@@ -1,0 +1,236 @@
+//! Per-platform quotas (DESIGN.md invariant 12): request rate (a token bucket), requests being
+//! executed at once, the platform's share of the nonce cache and its largest body. Each platform
+//! has its own counters, so one platform over its quota is answered 429 `rate_limited` with
+//! `Retry-After` and no other platform notices.
+//!
+//! The counters are created on a platform's first request and kept for the life of the process
+//! (one small struct per platform). A request takes no allocation: the platform's counters are
+//! found under a read lock and shared by `Arc`; the token bucket's lock is held for a few
+//! arithmetic operations and never across an await.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crate::error::ApiError;
+
+/// One platform's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaLimits {
+    /// Requests per second the bucket refills with.
+    pub requests_per_second: u32,
+    /// Requests the bucket holds when full (what a platform may send at once after a pause).
+    pub burst: u32,
+    /// Requests of the platform being executed at once (signature checked, answer not yet sent).
+    pub in_flight_max: u32,
+    /// Nonces of the platform remembered within the signing window (its share of the cache).
+    pub nonces_max: u32,
+    /// Largest request body of the platform, in bytes (at most the server's `http.body_bytes_max`).
+    pub body_bytes_max: usize,
+}
+
+impl Default for QuotaLimits {
+    /// Far above what one platform of `clearing load` sends (about 20,000 single orders/s from 64
+    /// connections), so the defaults never throttle an honest platform on one node.
+    fn default() -> QuotaLimits {
+        QuotaLimits { requests_per_second: 50_000, burst: 100_000, in_flight_max: 512, nonces_max: 8 << 20, body_bytes_max: 16 << 20 }
+    }
+}
+
+/// Limits every platform gets, and those of the platforms configured apart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QuotaConfig {
+    pub defaults: QuotaLimits,
+    /// By platform id (`plt_7` is 7).
+    pub platforms: BTreeMap<u32, QuotaLimits>,
+}
+
+impl QuotaConfig {
+    /// The limits of platform `id`.
+    pub fn limits(&self, id: u32) -> QuotaLimits {
+        self.platforms.get(&id).copied().unwrap_or(self.defaults)
+    }
+}
+
+/// Micro-tokens per request: the bucket counts in millionths so that it refills smoothly.
+const TOKEN: u64 = 1_000_000;
+
+struct Bucket {
+    micro_tokens: u64,
+    refilled: Instant,
+}
+
+/// One platform's counters.
+pub struct Tenant {
+    limits: QuotaLimits,
+    bucket: Mutex<Bucket>,
+    in_flight: AtomicU32,
+}
+
+impl Tenant {
+    fn new(limits: QuotaLimits, now: Instant) -> Tenant {
+        let full = u64::from(limits.burst).saturating_mul(TOKEN);
+        Tenant { limits, bucket: Mutex::new(Bucket { micro_tokens: full, refilled: now }), in_flight: AtomicU32::new(0) }
+    }
+
+    /// The platform's limits.
+    pub fn limits(&self) -> &QuotaLimits {
+        &self.limits
+    }
+
+    /// Refills the bucket to `now`; with `take`, takes one request's token. Err: the seconds
+    /// until a token is there.
+    fn tokens(&self, now: Instant, take: bool) -> Result<(), u32> {
+        let rate = u64::from(self.limits.requests_per_second);
+        let full = u64::from(self.limits.burst).saturating_mul(TOKEN);
+        // A std Mutex, not a tokio one: no await while it is held.
+        let mut bucket = self.bucket.lock().expect("token bucket lock");
+        let elapsed_micros = u64::try_from(now.saturating_duration_since(bucket.refilled).as_micros()).unwrap_or(u64::MAX);
+        if elapsed_micros > 0 {
+            bucket.micro_tokens = bucket.micro_tokens.saturating_add(elapsed_micros.saturating_mul(rate)).min(full);
+            bucket.refilled = now;
+        }
+        if bucket.micro_tokens >= TOKEN {
+            if take {
+                bucket.micro_tokens -= TOKEN;
+            }
+            return Ok(());
+        }
+        let missing = TOKEN - bucket.micro_tokens;
+        // Seconds until the missing part has refilled, rounded up (a rate of 0 never refills).
+        let seconds = missing.div_ceil(rate.saturating_mul(1_000_000).max(1)).max(1);
+        Err(u32::try_from(seconds).unwrap_or(u32::MAX))
+    }
+
+    /// Refuses a request of a platform whose bucket is empty, without taking a token: checked
+    /// before the body is read, when the signature is not known to be good yet (so an
+    /// unauthenticated client cannot spend a platform's tokens).
+    pub fn check_rate(&self, now: Instant) -> Result<(), ApiError> {
+        self.tokens(now, false).map_err(|seconds| ApiError::rate_limited("the platform is over its request rate", seconds))
+    }
+
+    /// Takes one request's token (after the signature was checked).
+    pub fn take_token(&self, now: Instant) -> Result<(), ApiError> {
+        self.tokens(now, true).map_err(|seconds| ApiError::rate_limited("the platform is over its request rate", seconds))
+    }
+
+    /// Counts a request as being executed until the returned guard is dropped.
+    pub fn enter(self: &Arc<Tenant>) -> Result<InFlight, ApiError> {
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= self.limits.in_flight_max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::rate_limited("the platform has too many requests in flight", 1));
+        }
+        Ok(InFlight { tenant: self.clone() })
+    }
+
+    /// Requests of the platform being executed now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// A request being executed; dropping it (when the handler has answered) frees its place.
+pub struct InFlight {
+    tenant: Arc<Tenant>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.tenant.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Every platform's counters, created on first use.
+pub struct Quotas {
+    config: QuotaConfig,
+    tenants: RwLock<HashMap<u32, Arc<Tenant>, rustc_hash::FxBuildHasher>>,
+}
+
+impl Quotas {
+    /// Counters for the limits of `config`.
+    pub fn new(config: QuotaConfig) -> Quotas {
+        Quotas { config, tenants: RwLock::new(HashMap::default()) }
+    }
+
+    /// The counters of platform `id`.
+    pub fn tenant(&self, id: u32) -> Arc<Tenant> {
+        if let Some(tenant) = self.tenants.read().expect("quotas lock").get(&id) {
+            return tenant.clone();
+        }
+        let limits = self.config.limits(id);
+        self.tenants.write().expect("quotas lock").entry(id).or_insert_with(|| Arc::new(Tenant::new(limits, Instant::now()))).clone()
+    }
+
+    /// The limits of platform `id`.
+    pub fn limits(&self, id: u32) -> QuotaLimits {
+        self.config.limits(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limits(requests_per_second: u32, burst: u32, in_flight_max: u32) -> QuotaLimits {
+        QuotaLimits { requests_per_second, burst, in_flight_max, ..QuotaLimits::default() }
+    }
+
+    #[test]
+    fn the_bucket_holds_its_burst_refills_at_its_rate_and_says_when() {
+        let start = Instant::now();
+        let tenant = Tenant::new(limits(2, 3, 10), start);
+        for _ in 0..3 {
+            assert!(tenant.take_token(start).is_ok());
+        }
+        let refused = tenant.take_token(start).unwrap_err();
+        assert_eq!((refused.status, refused.code, refused.retry_after_seconds), (429, "rate_limited", Some(1)));
+        assert!(tenant.check_rate(start).is_err(), "checking does not refill");
+        let later = start + Duration::from_millis(500);
+        assert!(tenant.check_rate(later).is_ok() && tenant.check_rate(later).is_ok(), "checking takes nothing");
+        assert!(tenant.take_token(later).is_ok(), "half a second refills one token at 2/s");
+        assert!(tenant.take_token(later).is_err());
+        let much_later = later + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert!(tenant.take_token(much_later).is_ok());
+        }
+        assert!(tenant.take_token(much_later).is_err(), "never more than the burst");
+    }
+
+    #[test]
+    fn a_slow_rate_says_how_many_seconds_and_a_zero_rate_never_overflows() {
+        let start = Instant::now();
+        let slow = Tenant::new(QuotaLimits { requests_per_second: 0, burst: 0, ..QuotaLimits::default() }, start);
+        let refused = slow.take_token(start + Duration::from_secs(1_000_000)).unwrap_err();
+        assert!(refused.retry_after_seconds.unwrap() >= 1);
+        let huge = Tenant::new(QuotaLimits { requests_per_second: u32::MAX, burst: u32::MAX, ..QuotaLimits::default() }, start);
+        assert!(huge.take_token(start + Duration::from_secs(u32::MAX as u64)).is_ok(), "no overflow at the ends of the types");
+    }
+
+    #[test]
+    fn in_flight_is_bounded_and_freed_when_the_guard_drops() {
+        let tenant = Arc::new(Tenant::new(limits(10, 10, 2), Instant::now()));
+        let first = tenant.enter().unwrap();
+        let second = tenant.enter().unwrap();
+        assert_eq!(tenant.enter().err().map(|e| (e.code, e.retry_after_seconds)), Some(("rate_limited", Some(1))));
+        drop(first);
+        let third = tenant.enter().unwrap();
+        assert_eq!(tenant.in_flight(), 2);
+        drop((second, third));
+        assert_eq!(tenant.in_flight(), 0);
+    }
+
+    #[test]
+    fn platforms_have_their_own_counters_and_overrides() {
+        let mut config = QuotaConfig::default();
+        config.platforms.insert(2, limits(1, 1, 1));
+        let quotas = Quotas::new(config);
+        let now = Instant::now();
+        assert!(quotas.tenant(2).take_token(now).is_ok());
+        assert!(quotas.tenant(2).take_token(now).is_err(), "the same counters on the next request");
+        assert!(quotas.tenant(1).take_token(now).is_ok(), "another platform is not affected");
+        assert_eq!(quotas.limits(3), QuotaLimits::default());
+    }
+}
