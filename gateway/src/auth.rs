@@ -9,7 +9,6 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::platforms::{Platform, Platforms};
-use crate::secrets::hmac_verify_hex;
 
 /// How far a request's timestamp may be from the server's clock, in seconds.
 pub const TIMESTAMP_WINDOW_SECONDS: i64 = 300;
@@ -98,7 +97,7 @@ pub fn authenticate(request: &HttpRequest, body: &[u8], platforms: &Platforms, n
     }
     let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let canonical = canonical(request.method().as_str(), path_and_query, timestamp, nonce, body);
-    if !hmac_verify_hex(platforms.secret(&platform).as_bytes(), canonical.as_bytes(), signature) {
+    if !platforms.verify_signature(&platform, canonical.as_bytes(), signature, now) {
         return Err(ApiError::unauthenticated("bad signature"));
     }
     if !nonces.remember(platform.id, nonce, seconds, now)? {

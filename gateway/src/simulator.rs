@@ -14,6 +14,7 @@ use engine::result::ResultCode;
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminToken;
 use crate::error::ApiError;
 use crate::orders::parse_order_id;
 
@@ -79,18 +80,42 @@ pub async fn receive_callback(
     }
 }
 
-/// `GET /sim/cards/{card_no}/transactions`: what the card's holder sees at their bank.
-#[utoipa::path(get, path = "/sim/cards/{card_no}/transactions", tag = "simulator", params(("card_no" = String, Path, description = "Card number")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)))]
+/// The simulator's pages are the bank's, not ours to show to anyone: each needs the operator
+/// token, and with `[simulator] pages = false` none exists (404, before the token is looked at,
+/// so nothing tells that they would exist).
+fn page_allowed(request: &HttpRequest, simulator: &Simulator, token: &AdminToken) -> Result<(), ApiError> {
+    if !simulator.pages() {
+        return Err(ApiError::not_found());
+    }
+    token.check(request)
+}
+
+/// `GET /sim/cards/{card_no}/transactions`: what the card's holder sees at their bank (operator
+/// token).
+#[utoipa::path(get, path = "/sim/cards/{card_no}/transactions", tag = "simulator", params(("card_no" = String, Path, description = "Card number")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/sim/cards/{card_no}/transactions")]
-pub async fn card_transactions(path: web::Path<String>, simulator: web::Data<Simulator>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"transactions": simulator.card_transactions(&path)}))
+pub async fn card_transactions(
+    request: HttpRequest,
+    path: web::Path<String>,
+    simulator: web::Data<Simulator>,
+    token: web::Data<AdminToken>,
+) -> Result<HttpResponse, ApiError> {
+    page_allowed(&request, &simulator, &token)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"transactions": simulator.card_transactions(&path)})))
 }
 
 /// `GET /sim/channels/{channel}/statements/{date}`: the simulated bank's statement file of a
-/// channel and business date (CSV), as reconciliation reads it.
-#[utoipa::path(get, path = "/sim/channels/{channel}/statements/{date}", tag = "simulator", params(("channel" = String, Path, description = "Channel name"), ("date" = String, Path, description = "YYYY-MM-DD")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody)))]
+/// channel and business date (CSV), as reconciliation reads it (operator token).
+#[utoipa::path(get, path = "/sim/channels/{channel}/statements/{date}", tag = "simulator", params(("channel" = String, Path, description = "Channel name"), ("date" = String, Path, description = "YYYY-MM-DD")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/sim/channels/{channel}/statements/{date}")]
-pub async fn statement_file(path: web::Path<(String, String)>, clearing: web::Data<Clearing>) -> Result<HttpResponse, ApiError> {
+pub async fn statement_file(
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    clearing: web::Data<Clearing>,
+    simulator: web::Data<Simulator>,
+    token: web::Data<AdminToken>,
+) -> Result<HttpResponse, ApiError> {
+    page_allowed(&request, &simulator, &token)?;
     let (name, date) = path.into_inner();
     let channel = clearing.channels().by_name(&name).map(|c| c.id).ok_or_else(ApiError::not_found)?;
     let day = clearing_actor::calendar::parse_date(&date).ok_or_else(|| ApiError::invalid("date is YYYY-MM-DD", "date"))?;
