@@ -221,7 +221,6 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     let places = flags.places(&config);
     // Private to the server (0700): member data and, by default, the keys live here.
     if let Some(warning) = gateway::secrets::private_directory(&data_dir).with_context(|| format!("creating {}", data_dir.display()))? {
-        eprintln!("{warning}");
         println!("{warning}");
     }
     // The secrets are loaded before anything else: a bad one stops the start with its message,
@@ -269,7 +268,6 @@ fn load_secrets(data_dir: &std::path::Path, places: &gateway::secrets::SecretPla
                 what.replace(' ', "_").replace("operator_token", "admin_token"),
                 what.replace(' ', "-").replace("operator-token", "admin-token")
             );
-            eprintln!("{warning}");
             println!("{warning}");
         }
     };

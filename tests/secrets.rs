@@ -125,8 +125,12 @@ fn the_keys_can_live_outside_the_private_data_directory() {
 
 /// Starts a prepared `clearing serve` command and waits for its `API:` line.
 fn spawn(mut command: Command) -> Server {
+    api_line(command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start"))
+}
+
+/// Reads a started server's output up to its `API:` line.
+fn api_line(mut child: std::process::Child) -> Server {
     use std::io::{BufRead, BufReader};
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start");
     let mut reader = BufReader::new(child.stdout.take().expect("piped"));
     let mut lines = Vec::new();
     loop {
