@@ -128,3 +128,58 @@ fn a_host_that_resolves_to_loopback_gets_no_delivery_without_the_development_swi
     std::thread::sleep(Duration::from_millis(300));
     server.stop();
 }
+
+/// A plain HTTP endpoint on 127.0.0.1 that answers 200 and notes when each request arrived.
+fn timing_endpoint() -> (u16, Arc<std::sync::Mutex<Vec<Instant>>>) {
+    let (port, count) = counting_endpoint();
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = arrivals.clone();
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        loop {
+            let now = count.load(Ordering::SeqCst);
+            while seen < now {
+                noted.lock().expect("arrivals").push(Instant::now());
+                seen += 1;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    (port, arrivals)
+}
+
+#[test]
+fn a_platform_gets_its_own_deliveries_per_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Platform plt_1 may have 4 deliveries a second, everyone else the default 200.
+    let config = config_with(&[
+        FAST_BANK[0],
+        ("allow_insecure_loopback = false", "allow_insecure_loopback = true"),
+        ("per_platform = {}", "per_platform = { plt_1 = 4 }"),
+    ]);
+    let server = start_configured(dir.path(), TOKEN, &config);
+    let (slow, fast) = (Client::create(&server, TOKEN, "{\"name\": \"Slow\"}"), Client::create(&server, TOKEN, "{\"name\": \"Fast\"}"));
+    let ((slow_port, slow_arrivals), (fast_port, fast_arrivals)) = (timing_endpoint(), timing_endpoint());
+    for (client, port) in [(&slow, slow_port), (&fast, fast_port)] {
+        let account = client.account(&client.member("m-a", "Zhang San"));
+        for number in 0..3 {
+            client.fund(&account, "1.00", &format!("r-{number}"));
+        }
+        assert_eq!(client.post("/v1/webhook", &json!({"url": format!("http://127.0.0.1:{port}/hook")})).0, 200);
+    }
+    // Three recharges: six events each (pending, succeeded).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while slow_arrivals.lock().unwrap().len() < 6 || fast_arrivals.lock().unwrap().len() < 6 {
+        assert!(Instant::now() < deadline, "not every event was delivered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Six deliveries at most 4 a second take at least 5 intervals of 250 ms from the first start
+    // to the last (an arrival may lag its start, so allow one interval less).
+    let slow_arrivals = slow_arrivals.lock().unwrap().clone();
+    let span = *slow_arrivals.last().unwrap() - slow_arrivals[0];
+    assert!(span >= Duration::from_millis(1000), "plt_1's six deliveries came within {span:?}");
+    assert_eq!(fast_arrivals.lock().unwrap().len(), 6);
+    drop((slow, fast));
+    std::thread::sleep(Duration::from_millis(300));
+    server.stop();
+}
