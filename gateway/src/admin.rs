@@ -29,8 +29,13 @@ impl AdminToken {
     /// first start (again when an older version left it empty). A token shorter than
     /// `ADMIN_TOKEN_CHARS_MIN` characters is refused, wherever it comes from.
     pub fn load(data_dir: &Path, places: &SecretPlaces) -> Result<(AdminToken, SecretSource), SecretError> {
-        let (token, source) = match std::env::var(ADMIN_TOKEN_VARIABLE) {
-            Ok(token) if !token.is_empty() => (token, SecretSource::Environment),
+        AdminToken::load_with(data_dir, places, std::env::var(ADMIN_TOKEN_VARIABLE).ok())
+    }
+
+    /// `load` with the environment variable's value given (tests).
+    fn load_with(data_dir: &Path, places: &SecretPlaces, variable: Option<String>) -> Result<(AdminToken, SecretSource), SecretError> {
+        let (token, source) = match variable {
+            Some(token) if !token.is_empty() => (token, SecretSource::Environment),
             _ => match &places.admin_token_file {
                 Some(path) => (read_secret_file(path, "operator token")?, SecretSource::File(path.clone())),
                 None => {
@@ -358,4 +363,35 @@ pub async fn list_channels(
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"channels": clearing.report().await?})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_tokens_are_long_private_and_an_empty_file_is_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let none = SecretPlaces::default();
+        // An empty token file (an older version crashed while writing it): a new token.
+        std::fs::write(dir.path().join(ADMIN_TOKEN_FILE), "").expect("empty");
+        std::fs::set_permissions(dir.path().join(ADMIN_TOKEN_FILE), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let (token, source) = AdminToken::load_with(dir.path(), &none, None).expect("generated");
+        assert_eq!((token.0.len(), source), (64, SecretSource::Generated(dir.path().join(ADMIN_TOKEN_FILE))));
+        let (again, source) = AdminToken::load_with(dir.path(), &none, None).expect("read back");
+        assert_eq!((again.0, source), (token.0.clone(), SecretSource::DataDirectory(dir.path().join(ADMIN_TOKEN_FILE))));
+        // (token from the environment, accepted)
+        let cases = [
+            ("tok", false),
+            ("0123456789abcdef0123456789abcde", false),
+            ("0123456789abcdef0123456789abcdef", true),
+            ("0123456789abcdef 0123456789abcdef", false),
+        ];
+        for (offered, accepted) in cases {
+            assert_eq!(AdminToken::load_with(dir.path(), &none, Some(offered.to_string())).is_ok(), accepted, "{offered}");
+        }
+        let error = AdminToken::load_with(dir.path(), &none, Some("tok".into())).err().expect("refused");
+        assert!(error.0.contains("CLEARING_ADMIN_TOKEN") && error.0.contains("at least 32 characters"), "{error}");
+    }
 }

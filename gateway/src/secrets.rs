@@ -161,10 +161,13 @@ impl MasterKey {
     /// directory. Refuses (with what to do) an empty, malformed or world-readable key file
     /// rather than generating a new key, which would silently invalidate every platform secret.
     pub fn load(data_dir: &Path, places: &SecretPlaces) -> Result<(MasterKey, SecretSource), SecretError> {
-        if let Ok(text) = std::env::var(MASTER_KEY_VARIABLE) {
-            if !text.is_empty() {
-                return Ok((MasterKey::parse(&text, MASTER_KEY_VARIABLE)?, SecretSource::Environment));
-            }
+        MasterKey::load_with(data_dir, places, std::env::var(MASTER_KEY_VARIABLE).ok())
+    }
+
+    /// `load` with the environment variable's value given (tests).
+    pub(crate) fn load_with(data_dir: &Path, places: &SecretPlaces, variable: Option<String>) -> Result<(MasterKey, SecretSource), SecretError> {
+        if let Some(text) = variable.filter(|text| !text.is_empty()) {
+            return Ok((MasterKey::parse(&text, MASTER_KEY_VARIABLE)?, SecretSource::Environment));
         }
         if let Some(path) = &places.master_key_file {
             let text = read_secret_file(path, "master key")?;
@@ -279,27 +282,30 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let none = SecretPlaces::default();
-        let (first, source) = MasterKey::load(dir.path(), &none).expect("generated");
+        let (first, source) = MasterKey::load_with(dir.path(), &none, None).expect("generated");
         assert_eq!(source, SecretSource::Generated(dir.path().join(MASTER_KEY_FILE)));
         assert_eq!(mode(&dir.path().join(MASTER_KEY_FILE)), 0o600);
-        let (again, source) = MasterKey::load(dir.path(), &none).expect("read back");
+        let (again, source) = MasterKey::load_with(dir.path(), &none, None).expect("read back");
         assert!(source.in_data_directory() && again.0 == first.0);
         // An empty key (an older version crashed while writing it) is refused with what to do.
         std::fs::write(dir.path().join(MASTER_KEY_FILE), "").expect("truncate");
-        let error = MasterKey::load(dir.path(), &none).err().expect("refused");
+        let error = MasterKey::load_with(dir.path(), &none, None).err().expect("refused");
         assert!(error.0.contains("is empty") && error.0.contains("delete the file"), "{error}");
         // A key file outside the data directory: must exist, be private and hold 64 hex digits.
         let outside = tempfile::tempdir().expect("tempdir");
         let path = outside.path().join("master-key");
         let places = SecretPlaces { master_key_file: Some(path.clone()), ..SecretPlaces::default() };
-        assert!(MasterKey::load(dir.path(), &places).is_err(), "missing");
+        assert!(MasterKey::load_with(dir.path(), &places, None).is_err(), "missing");
         write_private(&path, &"ab".repeat(32)).expect("write");
-        let (key, source) = MasterKey::load(dir.path(), &places).expect("from the file");
+        let (key, source) = MasterKey::load_with(dir.path(), &places, None).expect("from the file");
         assert_eq!((key.0, source), ([0xab; 32], SecretSource::File(path.clone())));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert!(MasterKey::load(dir.path(), &places).err().expect("refused").0.contains("chmod 600"));
+        assert!(MasterKey::load_with(dir.path(), &places, None).err().expect("refused").0.contains("chmod 600"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         std::fs::write(&path, "abcd").expect("short");
-        assert!(MasterKey::load(dir.path(), &places).err().expect("refused").0.contains("32 bytes"));
+        assert!(MasterKey::load_with(dir.path(), &places, None).err().expect("refused").0.contains("32 bytes"));
+        // The environment comes first.
+        let (key, source) = MasterKey::load_with(dir.path(), &places, Some("cd".repeat(32))).expect("from the environment");
+        assert_eq!((key.0, source), ([0xcd; 32], SecretSource::Environment));
     }
 }
