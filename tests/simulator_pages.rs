@@ -33,10 +33,40 @@ fn the_simulator_pages_need_the_operator_token() {
     server.stop();
 }
 
+fn link(server: &Server, card_no: &str, body: &str) -> (u16, serde_json::Value) {
+    let request = ureq::post(&format!("{}/admin/sim/cards/{card_no}/link", server.base)).set("Authorization", &format!("Bearer {TOKEN}"));
+    let response = answer(request.send_string(body), "link");
+    (response.status(), response.into_json().expect("JSON"))
+}
+
+#[test]
+fn a_card_holder_reads_their_own_card_through_a_short_lived_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_configured(dir.path(), TOKEN, &config_with(&[]));
+    let (code, issued) = link(&server, "4111111111111111", "{\"seconds\": 2}");
+    assert_eq!(code, 201, "{issued}");
+    let url = issued["link"].as_str().unwrap().to_string();
+    assert_eq!(status(&server, &url, None).0, 200, "the link works without the token");
+    let other_card = url.replace("4111111111111111", "5555555555554444");
+    let tampered = url.replace("signature=", "signature=0");
+    let longer = url.replace(&format!("expires={}", issued["expires"]), &format!("expires={}", issued["expires"].as_i64().unwrap() + 60));
+    for bad in [other_card, tampered, longer] {
+        assert_eq!(status(&server, &bad, None), (401, Some("unauthenticated".into())), "{bad}");
+    }
+    for (body, code) in [("{\"seconds\": 3601}", 400), ("{\"seconds\": 0}", 400), ("", 201)] {
+        assert_eq!(link(&server, "4111111111111111", body).0, code, "{body}");
+    }
+    assert_eq!(link(&server, "4111111111111112", "").0, 400, "not a card number");
+    std::thread::sleep(std::time::Duration::from_millis(3_100));
+    assert_eq!(status(&server, &url, None), (401, Some("unauthenticated".into())), "expired");
+    server.stop();
+}
+
 #[test]
 fn production_configuration_turns_the_simulator_pages_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = start_configured(dir.path(), TOKEN, &config_with(&[("pages = true", "pages = false")]));
+    assert_eq!(link(&server, "4111111111111111", "").0, 404, "no links either");
     for page in PAGES {
         for token in [None, Some(TOKEN)] {
             assert_eq!(status(&server, page, token), (404, Some("not_found".into())), "{page} {token:?}");

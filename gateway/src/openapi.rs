@@ -89,6 +89,7 @@ impl Modify for Security {
         crate::commission::delete_rule,
         crate::simulator::receive_callback,
         crate::simulator::card_transactions,
+        crate::simulator::card_link,
         crate::simulator::statement_file,
         crate::v1::whoami,
         crate::v1::create_member,
