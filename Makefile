@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= /var/tmp/clearing-target
 CARGO_FLAGS := --release --locked
 
-.PHONY: run test deps build
+.PHONY: run test deps build fuzz
 
 deps:
 	@bash scripts/install-deps.sh
@@ -23,3 +23,8 @@ test: deps
 	cargo build $(CARGO_FLAGS) --workspace --all-targets
 	cargo bench --locked --bench apply -- --test
 	cargo nextest run $(CARGO_FLAGS) --workspace --no-fail-fast
+
+## Runs every fuzz target (tests named fuzz_*) with many more cases than `make test` gives them:
+## before a release. FUZZ_CASES=N sets the cases per target; FUZZ_SEED=N replays an HTTP run.
+fuzz: deps
+	FUZZ_CASES=$${FUZZ_CASES:-200000} cargo nextest run $(CARGO_FLAGS) --workspace --no-fail-fast -E 'test(/^fuzz_/)'

@@ -166,6 +166,10 @@ pub struct Config {
 const SHARD_COUNT_MAX: u16 = 256;
 const MAILBOX_CAPACITY_MAX: usize = 1 << 20;
 const BATCH_SIZE_MAX: usize = 1 << 16;
+const OUTBOX_PENDING_MAX: usize = 1 << 24;
+const ACK_FLUSH_MS_MAX: u64 = 60_000;
+/// The longest webhook backoff: a day (an `Instant` plus more could overflow).
+const WEBHOOK_BACKOFF_MS_MAX: u64 = 86_400_000;
 
 impl Config {
     /// The business calendar: the engine's time zone and the configured holidays.
@@ -195,8 +199,11 @@ impl Config {
         if e.batch_size_max == 0 || e.batch_size_max > BATCH_SIZE_MAX {
             return Err(anyhow!("engine.batch_size_max must be 1..={BATCH_SIZE_MAX}"));
         }
-        if e.outbox_pending_max == 0 {
-            return Err(anyhow!("engine.outbox_pending_max must be positive"));
+        if e.outbox_pending_max == 0 || e.outbox_pending_max > OUTBOX_PENDING_MAX {
+            return Err(anyhow!("engine.outbox_pending_max must be 1..={OUTBOX_PENDING_MAX}"));
+        }
+        if e.ack_flush_ms > ACK_FLUSH_MS_MAX {
+            return Err(anyhow!("engine.ack_flush_ms must be 0..={ACK_FLUSH_MS_MAX}"));
         }
         if e.utc_offset_seconds.abs() > 14 * 3600 {
             return Err(anyhow!("engine.utc_offset_seconds must be within ±14 hours"));
@@ -240,8 +247,13 @@ impl Config {
             utc_offset_seconds: e.utc_offset_seconds,
         };
         let w = &file.webhooks;
-        if !(1..=100).contains(&w.attempts_max) || w.backoff_ms == 0 || w.backoff_ms > w.backoff_ms_max || !(1..=300).contains(&w.timeout_seconds) {
-            return Err(anyhow!("webhooks: attempts_max 1..=100, 0 < backoff_ms <= backoff_ms_max, timeout_seconds 1..=300"));
+        if !(1..=100).contains(&w.attempts_max)
+            || w.backoff_ms == 0
+            || w.backoff_ms > w.backoff_ms_max
+            || w.backoff_ms_max > WEBHOOK_BACKOFF_MS_MAX
+            || !(1..=300).contains(&w.timeout_seconds)
+        {
+            return Err(anyhow!("webhooks: attempts_max 1..=100, 0 < backoff_ms <= backoff_ms_max <= {WEBHOOK_BACKOFF_MS_MAX}, timeout_seconds 1..=300"));
         }
         let (workers_min, workers_max) = (gateway::events::WORKERS_MIN, gateway::events::WORKERS_MAX);
         if !(workers_min..=workers_max).contains(&w.workers) {
@@ -358,6 +370,18 @@ mod tests {
             ("deliveries_per_second_max = 200", "deliveries_per_second_max = 0"),
             ("per_platform = {}", "per_platform = { plt_x = 3 }"),
             ("per_platform = {}", "per_platform = { plt_2 = 0 }"),
+            // Past their bounds (issue item 12): each would have been taken.
+            ("outbox_pending_max = 65536", "outbox_pending_max = 18446744073709551615"),
+            ("ack_flush_ms = 20", "ack_flush_ms = 18446744073709551615"),
+            ("backoff_ms_max = 600000", "backoff_ms_max = 18446744073709551615"),
+            ("eta_minutes = 1440", "eta_minutes = 4294967295"),
+            ("sim_latency_ms = 500", "sim_latency_ms = 86400001"),
+            ("utc_offset_seconds = 28800", "utc_offset_seconds = 2147483647"),
+            ("\nlatency_ms = 200", "\nlatency_ms = 3600001"),
+            ("callback_attempts_max = 10", "callback_attempts_max = 4294967295"),
+            ("exponent = 2", "exponent = 255"),
+            ("shard_count = 2", "shard_count = 65535"),
+            ("mailbox_capacity = 1024", "mailbox_capacity = 18446744073709551615"),
         ];
         for (from, to) in cases {
             let text = DEFAULT_CONFIG.replace(from, to);

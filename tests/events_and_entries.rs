@@ -193,3 +193,52 @@ fn account_entries_page_newest_first_with_balances_after() {
     assert_eq!(other.get(&format!("/v1/accounts/{a}/entries")).0, 404);
     server.stop();
 }
+
+/// Issue item 13: one entries page decoded up to 256 journal batches whatever their size. An
+/// account with one line in each of ten full batches (8,189 payments each, some hundreds of KB
+/// stored) now gets its lines over several pages, each within the page's byte budget (1 MiB), and the
+/// cursor walk still returns every line exactly once, newest first, with its balance.
+#[test]
+fn an_entries_page_over_a_long_history_stops_at_its_budget_and_the_walk_returns_every_line_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "entries-budget-token-0123456789abcdef0123456789abcdef";
+    // One shard, so that each bulk request is one journal batch holding the account's line.
+    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("shard_count = 2", "shard_count = 1")]));
+    let p = Client::create(&server, token, "{\"name\": \"Long history\"}");
+    let (filler, payee, target) = (p.account(&p.member("m-x", "Zhang San")), p.account(&p.member("m-y", "Li Si")), p.account(&p.member("m-t", "Wang Wu")));
+    p.fund(&filler, "1000.00", "r-x");
+    p.fund(&target, "100.00", "r-t");
+    let payment = |number: String, payer: &str| json!({"op": "payment", "body": {"out_order_no": number, "payer_account_id": payer, "mode": "balance", "amount": "0.01", "currency": "CNY", "payees": [{"account_id": payee, "amount": "0.01"}]}});
+    let batches = 10;
+    for batch in 0..batches {
+        let mut operations: Vec<serde_json::Value> = (0..8188).map(|k| payment(format!("f-{batch}-{k}"), &filler)).collect();
+        operations.insert(4000, payment(format!("t-{batch}"), &target));
+        let (status, _, reply) = p.post("/v1/bulk", &json!({ "operations": operations }));
+        assert_eq!(status, 200);
+        assert!(reply["results"].as_array().unwrap().iter().all(|r| r["status"] == 201), "every payment accepted");
+    }
+    let (mut cursor, mut lines, mut pages): (Option<String>, Vec<serde_json::Value>, usize) = (None, Vec::new(), 0);
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/accounts/{target}/entries?limit=500&cursor={c}"),
+            None => format!("/v1/accounts/{target}/entries?limit=500"),
+        };
+        let (status, page) = p.get(&path);
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        lines.extend(page["entries"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+        assert!(pages <= 2 * batches + 2, "the walk ends");
+    }
+    assert!(pages > 1, "ten full batches are more than one page's budget: {pages} page(s)");
+    let ids: std::collections::BTreeSet<&str> = lines.iter().map(|l| l["entry_id"].as_str().unwrap()).collect();
+    assert_eq!((lines.len(), ids.len()), (batches + 1, batches + 1), "the recharge and each payment once");
+    let balances: Vec<&str> = lines.iter().map(|l| l["balance_after"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..=batches).rev().map(|k| format!("{:.2}", 100.0 - k as f64 * 0.01)).collect();
+    assert_eq!(balances, expected, "newest first, each balance after its line");
+    assert_eq!(lines.last().unwrap()["kind"], "recharge");
+    server.stop();
+}

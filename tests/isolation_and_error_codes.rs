@@ -154,3 +154,71 @@ fn a_platform_never_touches_another_platforms_money() {
     assert_eq!(a.wait_order(&order, "held")["status"], "held");
     server.stop();
 }
+
+/// Issue item 12: operator input past its type or past any sensible bound. Each row is one
+/// field out of range: 400 `invalid_request` with that field as `param`, and nothing stored.
+#[test]
+fn operator_numbers_past_their_bounds_are_refused_with_the_field_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "bounds-token-0123456789abcdef0123456789abcdef";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Bounds\"}");
+    let receiver = p.account(&p.member("m-r", "Zhang San"));
+    let express = json!({"id": 9, "name": "sim_express", "kind": "unionpay_realtime", "direction": "out", "currency": "CNY",
+        "fee_fixed": "0.50", "fee_rate_bps": 0, "fee_min": "0.50", "fee_max": "0.50", "order_min": "0.01", "order_max": "1000.00",
+        "daily_cap": "100000.00", "window": "00:00-24:00", "business_days_only": false, "arrival": "realtime", "eta_minutes": 1,
+        "serves": ["personal"], "sim_latency_ms": 20, "sim_failure_per_mille": 0});
+    let new_channel = |field: &str, value: serde_json::Value| {
+        let mut body = express.clone();
+        body[field] = value;
+        body
+    };
+    let rule = |share: serde_json::Value| json!({"currency": "CNY", "basis": "amount", "period": "day", "tiers": [{"from": "0", "rate": "0.01"}], "receivers": [{"account_id": receiver, "share": share}]});
+    let rule_path = format!("/admin/platforms/{}/settlement-rule", p.platform);
+    let big = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("a JSON number");
+    let cases: Vec<(&str, &str, serde_json::Value, &str)> = vec![
+        ("POST", "/admin/platforms", json!({"name": "a", "settlement_cycle_days": 31}), "settlement_cycle_days"),
+        ("POST", "/admin/platforms", json!({"name": "a", "settlement_cycle_days": 300}), "settlement_cycle_days"),
+        ("POST", "/admin/platforms", json!({"name": "a", "settlement_cycle_days": -1}), "settlement_cycle_days"),
+        ("POST", "/admin/platforms", json!({"name": "a", "auto_confirm_days": 0}), "auto_confirm_days"),
+        ("POST", "/admin/platforms", json!({"name": "a", "auto_confirm_days": 91}), "auto_confirm_days"),
+        ("POST", "/admin/platforms", json!({"name": "a", "auto_confirm_days": big("18446744073709551616")}), "auto_confirm_days"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"sim_latency_ms": u64::MAX}), "sim_latency_ms"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"sim_latency_ms": big("18446744073709551616")}), "sim_latency_ms"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"sim_latency_ms": 86_400_001}), "sim_latency_ms"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"timeout_ms": 99}), "timeout_ms"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"timeout_ms": 86_400_001}), "timeout_ms"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"eta_minutes": 43_201}), "eta_minutes"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"eta_minutes": 4_294_967_296u64}), "eta_minutes"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"fee_rate_bps": 10_001}), "fee_rate_bps"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"fee_rate_bps": -1}), "fee_rate_bps"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"sim_failure_per_mille": 1001}), "sim_failure_per_mille"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"sim_failure_per_mille": 65_536}), "sim_failure_per_mille"),
+        ("PATCH", "/admin/channels/sim_ibps", json!({"sim_drop_per_mille": 1001}), "sim_drop_per_mille"),
+        ("POST", "/admin/channels", new_channel("eta_minutes", json!(43_201)), "eta_minutes"),
+        ("POST", "/admin/channels", new_channel("sim_latency_ms", json!(86_400_001)), "sim_latency_ms"),
+        ("POST", "/admin/channels", new_channel("timeout_ms", json!(50)), "timeout_ms"),
+        ("POST", "/admin/channels", new_channel("fee_rate_bps", json!(10_001)), "fee_rate_bps"),
+        ("POST", "/admin/channels", new_channel("sim_failure_per_mille", json!(1001)), "sim_failure_per_mille"),
+        ("POST", "/admin/channels", new_channel("sim_drop_per_mille", json!(2000)), "sim_drop_per_mille"),
+        ("POST", "/admin/channels", new_channel("id", json!(65_536)), "id"),
+        ("PUT", &rule_path, rule(json!(0)), "receivers"),
+        ("PUT", &rule_path, rule(json!(1_000_001)), "receivers"),
+        ("PUT", &rule_path, rule(json!(4_294_967_296u64)), "share"),
+    ];
+    let channels_before = server.get("/admin/channels", Some(token)).1;
+    for (method, path, body, param) in &cases {
+        let (status, error) = admin_request(&server, method, path, token, Some(body));
+        assert_eq!(
+            (status, error["error"]["code"].as_str(), error["error"]["param"].as_str()),
+            (400, Some("invalid_request"), Some(*param)),
+            "{method} {path} {body}: {error}"
+        );
+    }
+    // Nothing was stored: the channels are as they were, no rule, and the next platform is the second.
+    assert_eq!(server.get("/admin/channels", Some(token)).1, channels_before);
+    assert_eq!(admin_request(&server, "GET", &rule_path, token, None).0, 404);
+    let (status, created) = create_platform(&server, token, "{\"name\": \"Next\"}");
+    assert_eq!((status, created["platform_id"].as_str()), (201, Some("plt_2")), "{created}");
+    server.stop();
+}

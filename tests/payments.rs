@@ -190,3 +190,68 @@ fn direct_payments_go_through_the_channel_straight_to_the_payees() {
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
 }
+
+/// Issue item 8: the order numbers inside a batch payment are payment numbers of the platform,
+/// taken on every shard: a payer on another shard reusing one, alone or in another batch, gets
+/// `409 idempotency_conflict` (its body differs: another payer), before and after a restart.
+/// The payer's own shard replays the batch's order for the same body (API.md idempotency).
+#[test]
+fn order_numbers_inside_a_batch_payment_are_taken_on_every_shard_and_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-batch-claims-0123456789abcdef0123456789abcdef";
+    let config = config_with(FAST_BANK);
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client::create(&server, token, "{\"name\": \"Batch numbers\"}");
+    let shard_of = |account: &str| account[4..].parse::<u64>().expect("acc_ and digits") % 2;
+    let mut payers: [Option<String>; 2] = [None, None];
+    for k in 0..64 {
+        let account = p.account(&p.member(&format!("m-{k}"), "Zhang San"));
+        let slot = &mut payers[shard_of(&account) as usize];
+        if slot.is_none() {
+            *slot = Some(account);
+        }
+        if payers.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let [Some(payer0), Some(payer1)] = payers else { panic!("no account on each shard") };
+    let payee = p.account(&p.member("m-payee", "Li Si"));
+    p.fund(&payer0, "100.00", "r-0");
+    p.fund(&payer1, "100.00", "r-1");
+    let order = |number: &str| json!({"out_order_no": number, "amount": "10.00", "payees": [{"account_id": payee, "amount": "10.00"}]});
+    let batch = |number: &str, payer: &str, numbers: &[&str]| {
+        let orders: Vec<serde_json::Value> = numbers.iter().map(|n| order(n)).collect();
+        p.post("/v1/batch-payments", &json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "currency": "CNY", "orders": orders}))
+    };
+    let single = |number: &str, payer: &str| {
+        let body = json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "amount": "10.00", "currency": "CNY",
+            "payees": [{"account_id": payee, "amount": "10.00"}]});
+        p.post("/v1/payments", &body)
+    };
+    let (status, _, paid) = batch("b-1", &payer0, &["x-1", "y-1"]);
+    assert_eq!(status, 201, "{paid}");
+    assert_eq!(error_of(&single("x-1", &payer1)), (409, Some("idempotency_conflict")), "a single payment from another shard");
+    assert_eq!(error_of(&batch("b-2", &payer1, &["z-1", "y-1"])), (409, Some("idempotency_conflict")), "a batch from another shard");
+    // The refused batch gave back the numbers it claimed.
+    assert_eq!(single("z-1", &payer1).0, 201);
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client { server: &server, platform, secret };
+    let single = |number: &str, payer: &str| {
+        let body = json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "amount": "10.00", "currency": "CNY",
+            "payees": [{"account_id": payee, "amount": "10.00"}]});
+        p.post("/v1/payments", &body)
+    };
+    assert_eq!(error_of(&single("y-1", &payer1)), (409, Some("idempotency_conflict")), "after a restart");
+    let orders = vec![order("x-1")];
+    let again =
+        p.post("/v1/batch-payments", &json!({"out_order_no": "b-3", "payer_account_id": payer1, "mode": "balance", "currency": "CNY", "orders": orders}));
+    assert_eq!(error_of(&again), (409, Some("idempotency_conflict")));
+    let (status, replayed, first) = single("x-1", &payer0);
+    assert_eq!((status, replayed, first["order_id"].as_str()), (201, true, paid["orders"][0]["order_id"].as_str()), "{first}");
+    assert_eq!((p.balances(&payer0).0, p.balances(&payer1).0), ("80.00".to_string(), "90.00".to_string()), "nothing moved twice");
+    server.stop();
+}

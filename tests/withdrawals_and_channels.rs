@@ -287,3 +287,55 @@ fn a_payout_the_bank_never_received_falls_back_after_the_timeout() {
     assert_eq!(invariants["ok"], true, "{invariants}");
     server.stop();
 }
+
+/// Issue item 7: a withdrawal refused for insufficient funds gives its number back whole. The
+/// same `out_order_no` later, for 200,000.00, is routed anew: not through the first attempt's
+/// channel (whose order maximum is 50,000.00), at the new channel's fee, counted in the daily
+/// cap of the channel that carries it (and not in the refused one's). After that the number is
+/// taken: the same body replays, another body is `409 idempotency_conflict` (API.md).
+#[test]
+fn a_refused_withdrawal_number_is_routed_anew_with_its_new_amount() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-70-0123456789abcdef0123456789abcdef";
+    // HVPS open around the clock with a daily cap of 300,000.00, so the routing does not depend
+    // on the hour the test runs at.
+    let config = config_with(&[
+        ("latency_ms = 200", "latency_ms = 20"),
+        ("window = \"08:30-17:00\"\nbusiness_days_only = true", "window = \"00:00-24:00\"\nbusiness_days_only = false"),
+        ("daily_cap = \"1000000000.00\"", "daily_cap = \"300000.00\""),
+    ]);
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client::create(&server, token, "{\"name\": \"Refused then routed\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    p.fund(&a, "100.00", "r-1");
+    let card = verified_card(&p, &server, &a, "4111111111111111", "Zhang San", "11010519491231002X");
+    let withdraw = |number: &str, amount: &str| {
+        p.post(
+            "/v1/withdrawals",
+            &json!({"out_order_no": number, "account_id": a, "card_id": card, "amount": amount, "currency": "CNY", "arrival": "realtime"}),
+        )
+    };
+    let refused = withdraw("w-1", "1000.00");
+    assert_eq!(error_of(&refused), (422, Some("insufficient_funds")), "{}", refused.2);
+    p.fund(&a, "500000.00", "r-2");
+
+    let (status, replayed, order) = withdraw("w-1", "200000.00");
+    assert_eq!((status, replayed), (201, false), "{order}");
+    assert_ne!(order["channel"], "sim_unionpay", "UnionPay's order maximum is 50,000.00: {order}");
+    assert_eq!((order["channel"].as_str(), order["fee"].as_str()), (Some("sim_hvps"), Some("5.00")), "routed anew, at HVPS's fee: {order}");
+    assert_eq!(order["amount"], "200000.00");
+    let (_, report) = server.get("/admin/channels", Some(token));
+    let used = |name: &str| report["channels"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["used_today"].as_str().unwrap().to_string();
+    assert_eq!((used("sim_unionpay"), used("sim_hvps")), ("0.00".to_string(), "200000.00".to_string()), "{report}");
+
+    // The number is now taken: the same body replays, another body conflicts.
+    let (status, replayed, again) = withdraw("w-1", "200000.00");
+    assert_eq!((status, replayed, &again["order_id"]), (201, true, &order["order_id"]), "{again}");
+    assert_eq!(error_of(&withdraw("w-1", "300.00")), (409, Some("idempotency_conflict")));
+
+    // HVPS has 100,000.00 of its cap left: the next 200,000.00 goes to IBPS at its fee.
+    let (status, _, next) = withdraw("w-2", "200000.00");
+    assert_eq!((status, next["channel"].as_str(), next["fee"].as_str()), (201, Some("sim_ibps"), Some("42.00")), "{next}");
+    assert_eq!(p.balances(&a).1, "100053.00", "500,100.00 less both amounts and their fees");
+    server.stop();
+}

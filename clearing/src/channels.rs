@@ -239,6 +239,9 @@ fn enabled_by_default() -> bool {
 /// The most a simulated latency or a verdict timeout may be: a day.
 const MILLIS_MAX: u64 = 86_400_000;
 
+/// The longest expected arrival a channel may announce: 30 days.
+const ETA_MINUTES_MAX: u32 = 43_200;
+
 impl ChannelSpec {
     /// The channel, checked: a configured currency, amounts in it, a window, known words.
     pub fn build(&self, currencies: &[CurrencySpec]) -> Result<Channel, ClearingError> {
@@ -246,13 +249,17 @@ impl ChannelSpec {
         let spec = currencies.iter().find(|c| c.code_str() == self.currency).ok_or_else(|| what("currency (not configured)"))?;
         let money = |text: &str, field: &str| -> Result<Minor, ClearingError> { spec.parse(text).filter(|m| *m >= 0).ok_or_else(|| what(field)) };
         let window = parse_window(&self.window).ok_or_else(|| what("window"))?;
-        if self.sim_failure_per_mille > 1000
-            || self.sim_drop_per_mille > 1000
-            || !(0..=10_000).contains(&self.fee_rate_bps)
-            || !(100..=MILLIS_MAX).contains(&self.timeout_ms)
-            || self.sim_latency_ms > MILLIS_MAX
-        {
-            return Err(what("sim_failure_per_mille, sim_drop_per_mille, fee_rate_bps, timeout_ms or sim_latency_ms"));
+        // Each number within its bounds, the field named as the error's param.
+        let bounds: [(bool, &'static str, &str); 6] = [
+            (self.sim_failure_per_mille <= 1000, "sim_failure_per_mille", "0 to 1000"),
+            (self.sim_drop_per_mille <= 1000, "sim_drop_per_mille", "0 to 1000"),
+            ((0..=10_000).contains(&self.fee_rate_bps), "fee_rate_bps", "0 to 10000"),
+            ((100..=MILLIS_MAX).contains(&self.timeout_ms), "timeout_ms", "100 to 86400000"),
+            (self.sim_latency_ms <= MILLIS_MAX, "sim_latency_ms", "0 to 86400000"),
+            (self.eta_minutes <= ETA_MINUTES_MAX, "eta_minutes", "0 to 43200"),
+        ];
+        if let Some((_, field, range)) = bounds.iter().find(|(ok, _, _)| !ok) {
+            return Err(ClearingError::invalid(format!("channel {}: {field} is {range}", self.name), field));
         }
         if self.name.is_empty() || self.name.len() > 64 || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             return Err(what("name (1 to 64 of [A-Za-z0-9_-])"));
@@ -738,12 +745,15 @@ impl Settings {
         }
     }
 
+    /// Applies stored settings. Numbers are held to the bounds `ChannelChange` checks: a value
+    /// stored before a bound existed (e.g. `sim_latency_ms` of 2^64 - 1) is brought within it.
     fn apply(&self, c: &mut Channel) {
-        (c.fee_fixed, c.fee_rate_bps, c.fee_min, c.fee_max) = (self.fee_fixed, self.fee_rate_bps, self.fee_min, self.fee_max);
+        (c.fee_fixed, c.fee_rate_bps, c.fee_min, c.fee_max) = (self.fee_fixed, self.fee_rate_bps.clamp(0, 10_000), self.fee_min, self.fee_max);
         (c.order_min, c.order_max, c.daily_cap, c.window) = (self.order_min, self.order_max, self.daily_cap, self.window);
-        (c.business_days_only, c.eta_minutes, c.enabled) = (self.business_days_only, self.eta_minutes, self.enabled);
-        (c.sim_latency_ms, c.sim_failure_per_mille, c.sim_drop_per_mille) = (self.sim_latency_ms, self.sim_failure_per_mille, self.sim_drop_per_mille);
-        c.timeout_ms = self.timeout_ms;
+        (c.business_days_only, c.eta_minutes, c.enabled) = (self.business_days_only, self.eta_minutes.min(ETA_MINUTES_MAX), self.enabled);
+        (c.sim_latency_ms, c.sim_failure_per_mille, c.sim_drop_per_mille) =
+            (self.sim_latency_ms.min(MILLIS_MAX), self.sim_failure_per_mille.min(1000), self.sim_drop_per_mille.min(1000));
+        c.timeout_ms = self.timeout_ms.clamp(100, MILLIS_MAX);
     }
 }
 
@@ -820,7 +830,12 @@ impl ChannelChange {
         }
         c.enabled = self.enabled.unwrap_or(c.enabled);
         c.business_days_only = self.business_days_only.unwrap_or(c.business_days_only);
-        c.eta_minutes = self.eta_minutes.unwrap_or(c.eta_minutes);
+        if let Some(eta_minutes) = self.eta_minutes {
+            if eta_minutes > ETA_MINUTES_MAX {
+                return Err(ClearingError::invalid("eta_minutes is 0 to 43200", "eta_minutes"));
+            }
+            c.eta_minutes = eta_minutes;
+        }
         Ok(())
     }
 }

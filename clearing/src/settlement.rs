@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::ledger::command::{Command, Envelope};
+use engine::ledger::command::{AutoConfirmProgress, Command, Envelope, AUTO_CONFIRM_ORDERS_MAX};
 use engine::ledger::types::{OrderDetail, OrderStatus, SettlementRule};
 use engine::money::{CurrencyId, Minor};
 use engine::{Engine, EngineError};
@@ -76,6 +76,34 @@ pub struct ChannelFees {
     pub booked_now: String,
 }
 
+/// Confirms the platform's held guarantee payments created before `created_before` on every
+/// shard, in steps (`AutoConfirmChunk`) that each examine at most `orders_max` open orders, so
+/// no shard batch does work that grows with history and payments interleave with the run. The
+/// shards work in parallel, one step each at a time. Returns how many were confirmed.
+pub fn auto_confirm(engine: &Engine, platform: u32, created_before: engine::ledger::types::Timestamp, orders_max: u32) -> Result<u64, EngineError> {
+    let mut next: Vec<Option<u32>> = vec![Some(0); engine.config().shard_count as usize];
+    let mut confirmed = 0u64;
+    loop {
+        let shards: Vec<(usize, u32)> = next.iter().enumerate().filter_map(|(shard, after)| after.map(|after| (shard, after))).collect();
+        if shards.is_empty() {
+            return Ok(confirmed);
+        }
+        let steps = shards
+            .iter()
+            .map(|&(shard, after)| Envelope {
+                platform,
+                out_order_no: None,
+                command: Command::AutoConfirmChunk { shard: shard as u16, created_before, after, orders_max },
+            })
+            .collect();
+        for ((shard, _), reply) in shards.into_iter().zip(engine.execute(steps)?) {
+            let progress = if reply.is_ok() { AutoConfirmProgress::of_reply_id(reply.id) } else { AutoConfirmProgress { confirmed: 0, resume_at: None } };
+            confirmed += u64::from(progress.confirmed);
+            next[shard] = progress.resume_at;
+        }
+    }
+}
+
 /// Runs the settlement of business day `day` for every platform in `terms`, calling `progress`
 /// after each platform. Blocking: waits on the shards.
 pub fn run(
@@ -90,8 +118,7 @@ pub fn run(
     for (index, platform) in terms.iter().enumerate() {
         // Auto-confirm first: what it releases is income that the maturing may then cover.
         let created_before = calendar.day_start_micros(day as i64 - platform.auto_confirm_days as i64 + 1);
-        let envelope = Envelope { platform: platform.id, out_order_no: None, command: Command::AutoConfirm { created_before } };
-        let confirmed: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
+        let confirmed = auto_confirm(engine, platform.id, created_before, AUTO_CONFIRM_ORDERS_MAX)?;
         // Released income travels to receivers on other shards: let it land before maturing.
         engine.wait_credits_applied(CREDITS_WAIT)?;
         let through_day = day.checked_sub(platform.settlement_cycle_days as u32);

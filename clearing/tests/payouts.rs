@@ -131,3 +131,49 @@ fn a_settlement_run_that_answered_has_finished_so_the_next_one_starts() {
         assert!(summary.invariants_ok);
     }
 }
+
+#[test]
+fn the_nightly_auto_confirm_works_in_bounded_steps_on_every_shard() {
+    // Regression (issue item 13): auto-confirm was one command per shard that scanned every
+    // order of the shard, however old, for each platform inside one batch.
+    let store: Arc<dyn storage::Store> = Arc::new(storage::MemoryStore::new());
+    let engine = Engine::start(EngineConfig { shard_count: 2, ack_flush_ms: 1, ..EngineConfig::default() }, store).unwrap();
+    let open = |owner| {
+        let command = Command::OpenAccount { owner, currency: CurrencyId(0), limits: Limits::NONE };
+        AccountId(engine.execute_one(Envelope { platform: P, out_order_no: None, command }).unwrap().id)
+    };
+    let accounts: Vec<AccountId> = (1..=8).map(open).collect();
+    let payers: Vec<AccountId> = accounts.iter().copied().take(4).collect();
+    let payee = accounts[7];
+    let mut held = Vec::new();
+    for (k, payer) in payers.iter().enumerate() {
+        let fund = Command::Recharge { account: *payer, currency: CurrencyId(0), amount: 1_000, channel: 9 };
+        assert!(engine.execute_one(Envelope { platform: P, out_order_no: None, command: fund }).unwrap().is_ok());
+        for n in 0..5 {
+            let legs = [engine::ledger::types::Leg { account: payee, amount: 10 }].into_iter().collect();
+            let command = Command::Payment { payer: *payer, guarantee: true, currency: CurrencyId(0), amount: 10, payees: legs, splits: Default::default() };
+            let number = OutOrderNo::new(&format!("g{k}-{n}")).unwrap();
+            let reply = engine.execute_one(Envelope { platform: P, out_order_no: Some(number), command }).unwrap();
+            assert_eq!(reply.status, Some(engine::ledger::types::OrderStatus::Held));
+            held.push(OrderId(reply.id));
+        }
+    }
+    let steps_before = auto_confirm_steps(&engine);
+    let confirmed = clearing_actor::settlement::auto_confirm(&engine, P, u64::MAX, 3).unwrap();
+    assert_eq!(confirmed, 20);
+    let steps = auto_confirm_steps(&engine) - steps_before;
+    assert!(steps >= 20 / 3, "steps of at most 3 orders each: {steps}");
+    for order in held {
+        let status = engine.read_shard(order.shard(2), move |s| s.order(order).unwrap().status).unwrap();
+        assert_eq!(status, engine::ledger::types::OrderStatus::Succeeded);
+    }
+    assert_eq!(clearing_actor::settlement::auto_confirm(&engine, P, u64::MAX, 3).unwrap(), 0, "a second run finds nothing");
+    engine.shutdown();
+}
+
+/// `AutoConfirmChunk` commands the shards applied so far.
+fn auto_confirm_steps(engine: &Engine) -> u64 {
+    let kind = Command::KIND_NAMES.iter().position(|name| *name == "auto_confirm_chunk").unwrap();
+    let cell = kind * ResultCode::ALL.len() + ResultCode::Ok.number() as usize;
+    engine.counters().iter().map(|c| c.outcomes[cell].load(std::sync::atomic::Ordering::Relaxed)).sum()
+}

@@ -88,6 +88,58 @@ impl Claims {
     fn release(&self, key: u128) {
         self.stripe(key).lock().expect("claims lock").remove(&key);
     }
+
+    /// Claims every order number `envelope` uses for `shard`: its own and, for a batch payment,
+    /// each order's (payment numbers, scoped like single payments, so a payer on another shard
+    /// cannot reuse one). A conflict releases what this call claimed.
+    fn claim_command(&self, envelope: &Envelope, shard: ShardId) -> Result<Claimed, ResultCode> {
+        let mut claimed = Claimed::default();
+        if let Some(number) = &envelope.out_order_no {
+            let key = idempotency_key(envelope.platform, envelope.command.idempotency_scope(), number);
+            claimed.own = Some(self.claim_one(key, shard, &claimed)?);
+        }
+        if let Command::BatchPayment { orders, .. } = &envelope.command {
+            claimed.orders.reserve(orders.len());
+            for order in orders {
+                let key = idempotency_key(envelope.platform, Command::PAYMENT_SCOPE, &order.out_order_no);
+                let one = self.claim_one(key, shard, &claimed)?;
+                claimed.orders.push(one);
+            }
+        }
+        Ok(claimed)
+    }
+
+    fn claim_one(&self, key: u128, shard: ShardId, so_far: &Claimed) -> Result<(u128, bool), ResultCode> {
+        match self.claim(key, shard) {
+            Claim::New => Ok((key, true)),
+            Claim::Held => Ok((key, false)),
+            Claim::Conflict => {
+                self.settle(so_far, false, shard);
+                Err(ResultCode::IdempotencyConflict)
+            }
+        }
+    }
+
+    /// After the shard answered: a rejected command does not keep the numbers it claimed; an
+    /// accepted one holds every number it names (another request may have made the claim, been
+    /// rejected and released it).
+    fn settle(&self, claimed: &Claimed, accepted: bool, shard: ShardId) {
+        for (key, made_here) in claimed.own.iter().chain(claimed.orders.iter()) {
+            match (made_here, accepted) {
+                (true, false) => self.release(*key),
+                (false, true) => self.hold(*key, shard),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The claims one command made (`true`) or found held by its shard (`false`). `orders` stays
+/// empty (no allocation) for everything but batch payments.
+#[derive(Default)]
+struct Claimed {
+    own: Option<(u128, bool)>,
+    orders: Vec<(u128, bool)>,
 }
 
 /// A running engine. Dropping it without `shutdown` leaves the threads to finish on their own.
@@ -224,9 +276,9 @@ impl Engine {
         }
         let shard_count = self.config.shard_count as usize;
         let mut replies: Vec<Option<Reply>> = vec![None; envelopes.len()];
-        // Per shard: its commands, and for each its position in the submission and its claim
-        // (key, and whether this submission made it).
-        type Part = (Vec<Envelope>, Vec<(usize, Option<(u128, bool)>)>);
+        // Per shard: its commands, and for each its position in the submission and its claims
+        // (keys, and whether this submission made them).
+        type Part = (Vec<Envelope>, Vec<(usize, Claimed)>);
         let mut parts: Vec<Part> = (0..shard_count).map(|_| (Vec::new(), Vec::new())).collect();
         for (index, envelope) in envelopes.into_iter().enumerate() {
             let shard = match self.route(&envelope) {
@@ -236,18 +288,13 @@ impl Engine {
                     continue;
                 }
             };
-            let mut claim = None;
-            if let Some(number) = &envelope.out_order_no {
-                let key = idempotency_key(envelope.platform, envelope.command.idempotency_scope(), number);
-                match self.claims.claim(key, shard) {
-                    Claim::Conflict => {
-                        replies[index] = Some(Reply::rejected(ResultCode::IdempotencyConflict));
-                        continue;
-                    }
-                    Claim::New => claim = Some((key, true)),
-                    Claim::Held => claim = Some((key, false)),
+            let claim = match self.claims.claim_command(&envelope, shard) {
+                Ok(claim) => claim,
+                Err(code) => {
+                    replies[index] = Some(Reply::rejected(code));
+                    continue;
                 }
-            }
+            };
             let part = &mut parts[shard as usize];
             part.0.push(envelope);
             part.1.push((index, claim));
@@ -276,14 +323,7 @@ impl Engine {
                 match result {
                     Ok(shard_replies) => {
                         for ((index, claim), reply) in positions.iter().zip(shard_replies) {
-                            match (claim, reply.is_ok()) {
-                                // A rejected command does not keep its number.
-                                (Some((key, true)), false) => claims.release(*key),
-                                // Accepted on a claim another request made: that request may
-                                // have been rejected and released it, so hold it again.
-                                (Some((key, false)), true) => claims.hold(*key, shard as ShardId),
-                                _ => {}
-                            }
+                            claims.settle(claim, reply.is_ok(), shard as ShardId);
                             gather.replies[*index] = Some(reply);
                         }
                     }
@@ -456,7 +496,11 @@ impl Engine {
         if let Some(account) = command.debited_account() {
             return Ok(account.shard(shard_count));
         }
-        if let Command::CreditSuspense { shard, .. } | Command::ChargeChannelFees { shard, .. } | Command::VerificationDeposit { shard, .. } = command {
+        if let Command::CreditSuspense { shard, .. }
+        | Command::ChargeChannelFees { shard, .. }
+        | Command::VerificationDeposit { shard, .. }
+        | Command::AutoConfirmChunk { shard, .. } = command
+        {
             return Ok(*shard % shard_count);
         }
         if let Some(order) = command.target_order() {

@@ -145,8 +145,18 @@ pub fn replay_shard(store: &dyn Store, shard: ShardId) -> Result<(ShardState, u6
     let mut last_timestamp = 0;
     let last_sequence = read_shard(store, shard, &mut |record| {
         fx.clear();
-        for envelope in &record.envelopes {
-            state.apply(envelope, record.timestamp, &mut fx);
+        // A record that decodes but was damaged (a flipped bit that still makes a command) can
+        // break an assertion of `apply` (a credit from the shard itself, a sequence gap): that is
+        // a corrupt journal, and recovery refuses to start with this error instead of a panic.
+        // The state is dropped with the error, so what the panic left half-done is never used.
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for envelope in &record.envelopes {
+                state.apply(envelope, record.timestamp, &mut fx);
+            }
+        }));
+        if let Err(panic) = applied {
+            let message = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("a panic");
+            return Err(JournalError::Corrupt { shard, sequence: record.sequence, reason: format!("replay broke an invariant: {message}") });
         }
         if fx.postings != record.postings || fx.entries != record.entries {
             return Err(JournalError::Corrupt { shard, sequence: record.sequence, reason: "replay produced other postings than the journal holds".into() });

@@ -67,7 +67,8 @@ pub enum DecimalError {
 /// The one parser of decimal text in the product (amounts, fees, statement lines, rates):
 /// `[-]digits[.digits]` with at most `places` decimals, as an integer of that many decimals
 /// (`"-12.05"` with 2 places is -1205). Strict syntax first (no sign `+`, exponent, spaces or
-/// separators, which `rust_decimal` alone would take), then `rust_decimal` for the value.
+/// separators, which `rust_decimal` alone would take), then `rust_decimal` for the value. More
+/// than 18 `places` is `TooLarge` (no i64 holds the scale).
 pub fn parse_decimal(text: &str, places: u8) -> Result<i64, DecimalError> {
     let digits = text.strip_prefix('-').unwrap_or(text);
     let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
@@ -81,8 +82,10 @@ pub fn parse_decimal(text: &str, places: u8) -> Result<i64, DecimalError> {
     if fraction.len() > places as usize {
         return Err(DecimalError::TooManyDecimals);
     }
+    // Checked: more than 18 places has no i64 scale (the unchecked power panicked; found by fuzzing).
+    let scale = 10i64.checked_pow(u32::from(places)).ok_or(DecimalError::TooLarge)?;
     let value: rust_decimal::Decimal = text.parse().map_err(|_| DecimalError::TooLarge)?;
-    let scaled = value.checked_mul(rust_decimal::Decimal::from(10i64.pow(places as u32))).ok_or(DecimalError::TooLarge)?;
+    let scaled = value.checked_mul(rust_decimal::Decimal::from(scale)).ok_or(DecimalError::TooLarge)?;
     i64::try_from(scaled.trunc()).map_err(|_| DecimalError::TooLarge)
 }
 

@@ -383,3 +383,49 @@ fn waiting_for_credits_sent_so_far_is_not_starved_by_continuous_load() {
     assert!(check_engine(&engine).unwrap().ok);
     engine.shutdown();
 }
+
+fn batch(payer: AccountId, payee: AccountId, numbers: &[&str], amount: i64) -> Command {
+    let orders = numbers
+        .iter()
+        .map(|number| engine::ledger::command::BatchOrder {
+            out_order_no: OutOrderNo::new(number).unwrap(),
+            amount,
+            payees: [Leg { account: payee, amount }].into_iter().collect(),
+            splits: Legs::new(),
+        })
+        .collect();
+    Command::BatchPayment { payer, guarantee: false, currency: CNY, orders }
+}
+
+#[test]
+fn order_numbers_inside_a_batch_payment_are_claimed_on_every_shard_and_after_restart() {
+    // Regression (issue item 8): a batch payment's order numbers were claimed only on the payer's
+    // shard, so a payer on another shard could use one again as a new payment.
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(2), store.clone()).unwrap();
+    let accounts = open_funded(&engine, 0..8, 1_000);
+    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
+    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let b = *accounts.iter().find(|a| **a != a0 && **a != a1).unwrap();
+    assert!(engine.execute_one(keyed("batch-1", batch(a0, b, &["x", "y"], 5))).unwrap().is_ok());
+    let check = |engine: &Engine| {
+        assert_eq!(engine.execute_one(keyed("x", pay(a1, b, 5))).unwrap().code, ResultCode::IdempotencyConflict, "a single payment elsewhere");
+        assert_eq!(engine.execute_one(keyed("batch-2", batch(a1, b, &["z", "y"], 5))).unwrap().code, ResultCode::IdempotencyConflict, "a batch elsewhere");
+        // The conflicting batch released what it claimed: its other number is free.
+        assert!(engine.execute_one(keyed("z", pay(a1, b, 5))).unwrap().is_ok());
+        // The payer's own shard replays the order of the batch for the same content.
+        let replay = engine.execute_one(keyed("x", pay(a0, b, 5))).unwrap();
+        assert!(replay.is_ok() && replay.replayed, "{replay:?}");
+    };
+    check(&engine);
+    let before = (balance(&engine, a0), balance(&engine, a1));
+    engine.shutdown();
+    let engine = Engine::start(config(2), store.clone()).unwrap();
+    assert_eq!(engine.execute_one(keyed("y", pay(a1, b, 5))).unwrap().code, ResultCode::IdempotencyConflict, "claims rebuilt by replay");
+    assert_eq!(engine.execute_one(keyed("batch-3", batch(a1, b, &["x"], 5))).unwrap().code, ResultCode::IdempotencyConflict);
+    assert_eq!((balance(&engine, a0), balance(&engine, a1)), before, "nothing moved twice");
+    // A batch refused by its shard gives its numbers back.
+    assert_eq!(engine.execute_one(keyed("batch-4", batch(a1, b, &["big"], 1_000_000))).unwrap().code, ResultCode::InsufficientFunds);
+    assert!(engine.execute_one(keyed("big", pay(a0, b, 5))).unwrap().is_ok());
+    engine.shutdown();
+}

@@ -18,7 +18,7 @@ enum; never reorder or remove one. If the encoding change is deliberate, bump JO
 and regenerate GOLDEN in engine/tests/journal_format.rs (appending a variant at the end changes no existing bytes and needs no bump).";
 
 /// `Command`'s variants in declaration order: the index here is the one the journal stores.
-const COMMAND_VARIANTS: [&str; 27] = [
+const COMMAND_VARIANTS: [&str; 28] = [
     "Genesis",
     "OpenAccount",
     "SetAccountStatus",
@@ -46,6 +46,7 @@ const COMMAND_VARIANTS: [&str; 27] = [
     "Settle",
     "ChargeChannelFees",
     "VerificationDeposit",
+    "AutoConfirmChunk",
 ];
 
 /// The index the journal stores for `command`. No wildcard arm: a new variant does not compile
@@ -79,6 +80,7 @@ fn variant_index(command: &Command) -> usize {
         Command::Settle { .. } => 24,
         Command::ChargeChannelFees { .. } => 25,
         Command::VerificationDeposit { .. } => 26,
+        Command::AutoConfirmChunk { .. } => 27,
     }
 }
 
@@ -87,7 +89,7 @@ fn variant_index(command: &Command) -> usize {
 /// and the postings. Regenerate only for a deliberate format change (see `FORMAT_RULES`).
 const GOLDEN: &[(&str, &str)] = &[
     ("version", "01"),
-    ("header", "012afd01401e18240a06001b"),
+    ("header", "012afd01401e18240a06001c"),
     ("Genesis", "070000010202434e59024a505900fb00e1"),
     ("OpenAccount", "070001fbe90300fbe803fbd007fb5802fbb004"),
     ("SetAccountStatus", "0700020301"),
@@ -115,6 +117,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("Settle", "070018fb0c4d0100fbf44c010200fb1027c8fb881302090e0b06fbe803"),
     ("ChargeChannelFees", "0700190101fb0b4d0018"),
     ("VerificationDeposit", "07001a010002"),
+    ("AutoConfirmChunk", "07001b01fd00401e18240a0600fb2c01fb0010"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
 ];
@@ -214,6 +217,7 @@ fn every_command() -> Vec<(Option<OutOrderNo>, Command)> {
         (None, Command::Settle { through_day: 19_724, rule: Some(Box::new(rule)) }),
         (None, Command::ChargeChannelFees { shard: SHARD, channel: 1, day: 19_723, currency: cny, total: 12 }),
         (None, Command::VerificationDeposit { shard: SHARD, currency: cny, amount: 1 }),
+        (None, Command::AutoConfirmChunk { shard: SHARD, created_before: 1_700_000_000_000_000, after: 300, orders_max: 4096 }),
     ]
 }
 

@@ -882,3 +882,56 @@ fn a_broken_rule_is_refused_by_the_shard_and_changes_nothing() {
     assert_eq!((w.balances(merchant).0, w.balances(receiver).0), (99, 1));
     w.assert_books_balance();
 }
+
+#[test]
+fn auto_confirm_in_chunks_examines_a_bounded_number_of_open_orders_and_ends_as_one_command_would() {
+    use engine::ledger::command::AutoConfirmProgress;
+    // Two worlds built alike: one confirmed by one AutoConfirm, the other step by step.
+    let build = || {
+        let mut w = World::new();
+        let payer = w.funded(1, 100_000);
+        let x = w.open(2, Limits::NONE);
+        let mut held = Vec::new();
+        for k in 0..7 {
+            held.push(w.ok(hold(payer, 10 + k, &[(x, 10 + k)])));
+            // An open order that is not a guarantee payment: examined, never confirmed.
+            w.ok(Command::Freeze { account: payer, currency: CNY, amount: 1, reason: "r".into(), expires_at: None });
+        }
+        w.now += 1_000_000;
+        let young = w.ok(hold(payer, 5, &[(x, 5)]));
+        (w, x, held, young)
+    };
+    let (mut whole, ..) = build();
+    let cutoff = whole.now;
+    assert_eq!(whole.run(Command::AutoConfirm { created_before: cutoff }).id, 7);
+    let (mut stepped, x, held, young) = build();
+    let (mut after, mut steps, mut confirmed) = (0, 0, 0);
+    loop {
+        let reply = stepped.run(Command::AutoConfirmChunk { shard: 0, created_before: cutoff, after, orders_max: 3 });
+        assert_eq!(reply.code, ResultCode::Ok);
+        let progress = AutoConfirmProgress::of_reply_id(reply.id);
+        assert!(progress.confirmed <= 3, "{progress:?}");
+        (confirmed, steps) = (confirmed + progress.confirmed, steps + 1);
+        match progress.resume_at {
+            Some(next) => {
+                assert!(next > after, "each step moves on: {next} after {after}");
+                after = next;
+            }
+            None => break,
+        }
+        assert!(steps < 20, "the steps end");
+    }
+    // 14 open orders older than the cut-off, 3 examined a step; the young one ends the last.
+    assert_eq!((confirmed, steps), (7, 5));
+    assert!(held.iter().all(|id| stepped.order(*id).status == OrderStatus::Succeeded));
+    assert_eq!(stepped.order(young).status, OrderStatus::Held);
+    assert_eq!(stepped.balances(x), whole.balances(x));
+    let escrow = |w: &World| w.state.account(w.state.system_account(SystemRole::Escrow, CNY)).unwrap().total();
+    assert_eq!((escrow(&stepped), escrow(&whole)), (5, 5), "only the young payment is still in escrow");
+    // Nothing is left: a new pass, or another platform's, confirms nothing.
+    let again = AutoConfirmProgress::of_reply_id(stepped.run(Command::AutoConfirmChunk { shard: 0, created_before: cutoff, after: 0, orders_max: 4096 }).id);
+    assert_eq!(again, AutoConfirmProgress { confirmed: 0, resume_at: None });
+    let other = stepped.run_as(P + 1, Command::AutoConfirmChunk { shard: 0, created_before: u64::MAX, after: 0, orders_max: 0 });
+    assert_eq!(AutoConfirmProgress::of_reply_id(other.id), AutoConfirmProgress { confirmed: 0, resume_at: None });
+    stepped.assert_books_balance();
+}

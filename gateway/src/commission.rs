@@ -30,6 +30,9 @@ pub(crate) struct TierBody {
     rate: String,
 }
 
+/// The largest weight of one receiver's part.
+const SHARE_MAX: u32 = 1_000_000;
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReceiverBody {
@@ -79,6 +82,9 @@ async fn validate(engine: &Arc<Engine>, platform: u32, body: RuleBody) -> Result
         let found = receiver_account(engine, platform, account).await?;
         if found != Some(currency) {
             return Err(ApiError::invalid("a receiver is an open account of this platform in the rule's currency", "receivers"));
+        }
+        if !(1..=SHARE_MAX).contains(&receiver.share) {
+            return Err(ApiError::invalid("a receiver's share is 1 to 1000000", "receivers"));
         }
         receivers.push((account.0, receiver.share as i64));
     }

@@ -4,6 +4,7 @@
 //! `balance_after` is the bucket's balance after the line, computed backwards from the balance
 //! now; the cursor carries where the page ended and the three bucket balances at that point.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix_web::{get, web, HttpResponse};
@@ -22,6 +23,36 @@ use crate::signed::Signed;
 
 /// Journal batches one page reads at most before it answers (with a cursor to go on).
 const BATCHES_PER_PAGE_MAX: usize = 256;
+
+/// Stored journal bytes one page decodes at most: once a page has read this much it answers
+/// with the lines it has and a cursor, even with fewer than `limit` lines (API.md allows it).
+/// A page always reads at least one batch, so a cursor walk always moves on. A full batch
+/// (8,189 payments) is some hundreds of KB and decodes in about 15 ms here, so a page costs a
+/// few batches (the old limit, 256 batches, could take seconds and hundreds of MB).
+pub const ENTRY_PAGE_BYTES_MAX: usize = 1 << 20;
+
+/// Entry pages read at once; one more is answered 503 `overloaded` with `Retry-After`.
+pub const ENTRY_PAGES_IN_FLIGHT_MAX: usize = 4;
+
+static ENTRY_PAGES_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// A place among the entry pages read at once; given back when dropped.
+struct PageSlot;
+
+impl PageSlot {
+    fn take() -> Result<PageSlot, ApiError> {
+        ENTRY_PAGES_IN_FLIGHT
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < ENTRY_PAGES_IN_FLIGHT_MAX).then_some(n + 1))
+            .map(|_| PageSlot)
+            .map_err(|_| ApiError::new(503, "overloaded", "too many entry pages are being read; try again shortly"))
+    }
+}
+
+impl Drop for PageSlot {
+    fn drop(&mut self) {
+        ENTRY_PAGES_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Where a page ends: lines strictly before posting `index` of batch `sequence`, and the
 /// settled, unsettled and frozen balances right after the line before that point.
@@ -103,6 +134,7 @@ struct Query {
 
 /// Reads up to `limit` lines of `account` older than `cursor` from `batches` (the newest of the
 /// account's batches up to the cursor); `older` tells whether the account has batches before them.
+/// Stops after the batch that brings the bytes read to `bytes_max` (with a cursor to go on).
 #[allow(clippy::too_many_arguments)]
 fn read_lines(
     store: &dyn Store,
@@ -113,13 +145,20 @@ fn read_lines(
     older: bool,
     mut cursor: Cursor,
     limit: usize,
+    bytes_max: usize,
 ) -> Result<(Vec<Value>, Option<Cursor>), ApiError> {
     let mut lines = Vec::new();
+    let mut bytes_read = 0usize;
     for sequence in batches.iter().rev() {
+        if bytes_read >= bytes_max {
+            // The budget is spent: this batch and the older ones are for the next page.
+            return Ok((lines, Some(cursor)));
+        }
         let bytes = store
             .get(&batch_key(shard, *sequence))
             .map_err(|e| ApiError::unavailable(e.to_string()))?
             .ok_or_else(|| ApiError::unavailable(format!("journal batch {sequence} of shard {shard} is missing")))?;
+        bytes_read = bytes_read.saturating_add(bytes.len());
         let record = decode(shard, *sequence, &bytes).map_err(|e| ApiError::unavailable(e.to_string()))?;
         // The entry each posting belongs to.
         let mut owners: Vec<&engine::ledger::types::EntryHeader> = Vec::with_capacity(record.postings.len());
@@ -156,6 +195,17 @@ fn read_lines(
     Ok((lines, older.then_some(cursor)))
 }
 
+/// The batches a page may read (at most `BATCHES_PER_PAGE_MAX`, the newest before the cursor:
+/// the cursor's own batch only if lines of it are left), and whether older ones remain.
+fn page_batches(all: &[u64], after: Option<Cursor>) -> (&[u64], bool) {
+    let upto = match after {
+        None => all.len(),
+        Some(c) => all.partition_point(|s| *s < c.sequence || (*s == c.sequence && c.index > 0)),
+    };
+    let from = upto.saturating_sub(BATCHES_PER_PAGE_MAX);
+    (&all[from..upto], from > 0)
+}
+
 #[utoipa::path(get, path = "/v1/accounts/{account_id}/entries", tag = "accounts", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::schemas::EntryPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}/entries")]
 pub async fn list_entries(
@@ -174,20 +224,20 @@ pub async fn list_entries(
         query.cursor.as_deref().map(|c| Cursor::decode(c, tag).ok_or_else(|| ApiError::invalid("not a cursor this API returned", "cursor"))).transpose()?;
     let shard = account.shard(engine.config().shard_count);
     let (engine, store) = (engine.get_ref().clone(), store.get_ref().clone());
+    let slot = PageSlot::take()?;
     let page = blocking(move || -> Result<Option<(Vec<Value>, Option<Cursor>)>, ApiError> {
+        let _slot = slot;
         // The balances now and the batches to read, as of the same moment between two batches.
         let found = engine.read_shard(shard, move |state| {
             let a = state.account(account).filter(|a| a.kind == AccountKind::Customer && a.platform == platform)?;
             let spec = state.currencies[a.currency.0 as usize];
             let all = state.batches_of.get(&account).map_or(&[][..], Vec::as_slice);
-            let before = after.map_or(u64::MAX, |c| c.sequence);
-            let upto = all.partition_point(|s| *s <= before);
-            let from = upto.saturating_sub(BATCHES_PER_PAGE_MAX);
-            Some((spec, [a.settled, a.unsettled, a.frozen], all[from..upto].to_vec(), from > 0))
+            let (batches, older) = page_batches(all, after);
+            Some((spec, [a.settled, a.unsettled, a.frozen], batches.to_vec(), older))
         })?;
         let Some((spec, balances, batches, older)) = found else { return Ok(None) };
         let cursor = after.unwrap_or(Cursor { sequence: u64::MAX, index: 0, balances });
-        Ok(Some(read_lines(store.as_ref(), shard, account, spec, &batches, older, cursor, limit)?))
+        Ok(Some(read_lines(store.as_ref(), shard, account, spec, &batches, older, cursor, limit, ENTRY_PAGE_BYTES_MAX)?))
     })
     .await??;
     let (lines, next) = page.ok_or_else(ApiError::not_found)?;
@@ -202,6 +252,76 @@ pub fn routes(config: &mut web::ServiceConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine::journal::{encode, BatchRecordRef};
+    use engine::ledger::types::{EntryHeader, OrderId, Posting};
+
+    /// A journal of `count` batches on shard 0, each holding one line of account 2 (a credit of
+    /// 1 to settled) among `padding` lines of other accounts; returns the sequences and the
+    /// stored size of one batch.
+    fn journal(store: &storage::MemoryStore, count: u64, padding: usize) -> (Vec<u64>, usize) {
+        let mut size = 0;
+        for sequence in 1..=count {
+            let mut postings = vec![Posting { account: AccountId(4), bucket: Bucket::Settled, amount: -1 }; padding];
+            postings.extend(vec![Posting { account: AccountId(6), bucket: Bucket::Settled, amount: 1 }; padding]);
+            postings.push(Posting { account: AccountId(8), bucket: Bucket::Settled, amount: -1 });
+            postings.push(Posting { account: AccountId(2), bucket: Bucket::Settled, amount: 1 });
+            let header = |entry_id, count| EntryHeader {
+                entry_id,
+                order: OrderId(sequence * 2),
+                kind: EntryKind::Payment,
+                currency: engine::money::CurrencyId(0),
+                posting_count: count,
+            };
+            let entries = vec![header(sequence * 10, 2 * padding as u32), header(sequence * 10 + 1, 2)];
+            let record = BatchRecordRef { shard: 0, sequence, timestamp: sequence * 1_000_000, envelopes: &[], entries: &entries, postings: &postings };
+            let mut bytes = Vec::new();
+            encode(&record, &mut bytes);
+            size = bytes.len();
+            store.write(&[(&batch_key(0, sequence), &bytes)]).expect("memory store writes");
+        }
+        ((1..=count).collect(), size)
+    }
+
+    #[test]
+    fn an_entries_page_stops_at_its_byte_budget_and_the_walk_returns_every_line_once() {
+        // Regression (issue item 13): a page decoded up to 256 batches whatever their size.
+        let store = storage::MemoryStore::new();
+        let (all, size) = journal(&store, 20, 2000);
+        let spec = engine::money::CurrencySpec::new("CNY", 2).expect("valid");
+        let budget = 3 * size;
+        let (mut after, mut seen, mut pages) = (None, Vec::new(), 0);
+        loop {
+            let (batches, older) = page_batches(&all, after);
+            let cursor = after.unwrap_or(Cursor { sequence: u64::MAX, index: 0, balances: [20, 0, 0] });
+            let (lines, next) = read_lines(&store, 0, AccountId(2), spec, batches, older, cursor, 500, budget).expect("reads");
+            pages += 1;
+            assert!(lines.len() <= 3, "a page reads at most its budget of batches: {}", lines.len());
+            seen.extend(lines.iter().map(|line| (line["entry_id"].as_str().unwrap().to_string(), line["balance_after"].as_str().unwrap().to_string())));
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+            assert!(pages <= 20, "the walk moves on");
+        }
+        let expected: Vec<(String, String)> = (1..=20u64).rev().map(|k| (format!("ent_{}", k * 10 + 1), spec.format(k as i64))).collect();
+        assert_eq!(seen, expected, "every line once, newest first, with its balance");
+        assert_eq!(pages, 7);
+        // Without a budget the same walk is one page (what the old code did for any size).
+        let (batches, older) = page_batches(&all, None);
+        let (lines, next) =
+            read_lines(&store, 0, AccountId(2), spec, batches, older, Cursor { sequence: u64::MAX, index: 0, balances: [20, 0, 0] }, 500, usize::MAX)
+                .expect("reads");
+        assert_eq!((lines.len(), next), (20, None));
+    }
+
+    #[test]
+    fn entry_pages_read_at_once_are_bounded() {
+        let slots: Vec<PageSlot> = (0..ENTRY_PAGES_IN_FLIGHT_MAX).map(|_| PageSlot::take().expect("a free slot")).collect();
+        let refused = PageSlot::take().err().expect("all slots taken");
+        assert_eq!((refused.status, refused.code), (503, "overloaded"));
+        drop(slots);
+        assert!(PageSlot::take().is_ok(), "slots come back");
+    }
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {

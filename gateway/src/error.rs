@@ -67,7 +67,12 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let body = Body { error: Inner { code: self.code, message: &self.message, param: self.param } };
-        HttpResponse::build(self.status_code()).json(body)
+        let mut response = HttpResponse::build(self.status_code());
+        if self.code == "overloaded" {
+            // A full queue or pool: the caller may try again in a second.
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
+        response.json(body)
     }
 }
 
@@ -136,6 +141,70 @@ impl From<clearing_actor::ClearingError> for ApiError {
     }
 }
 
+/// The field a JSON body's value error is about (`{"auto_confirm_days": 300}` → `auto_confirm_days`),
+/// so that a number past its type (or of the wrong type) answers 400 with the param named.
+/// serde_json reports where the value ends; the key is the string before the `:` before it.
+pub fn json_error_param(body: &[u8], error: &serde_json::Error) -> Option<&'static str> {
+    if !matches!(error.classify(), serde_json::error::Category::Data) || error.to_string().starts_with("unknown field") {
+        return None;
+    }
+    let line_start = if error.line() <= 1 { 0 } else { body.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(error.line() - 2).map(|(i, _)| i + 1)? };
+    let end = line_start.checked_add(error.column())?.min(body.len());
+    let bytes = &body[..end];
+    let mut i = bytes.len();
+    let skip_space = |mut i: usize| {
+        while i > 0 && bytes[i - 1].is_ascii_whitespace() {
+            i -= 1;
+        }
+        i
+    };
+    i = skip_space(i);
+    if i > 0 && bytes[i - 1] == b'"' {
+        // A string value (without escaped quotes: a value with them names no param).
+        i -= 1;
+        i = bytes[..i].iter().rposition(|b| *b == b'"')?;
+    } else {
+        while i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || b"+-.".contains(&bytes[i - 1])) {
+            i -= 1;
+        }
+    }
+    i = skip_space(i);
+    if i == 0 || bytes[i - 1] != b':' {
+        return None;
+    }
+    i = skip_space(i - 1);
+    if i == 0 || bytes[i - 1] != b'"' {
+        return None;
+    }
+    let key_end = i - 1;
+    let key_start = bytes[..key_end].iter().rposition(|b| *b == b'"')? + 1;
+    intern_param(std::str::from_utf8(&bytes[key_start..key_end]).ok()?)
+}
+
+/// Field names as `&'static str` for `ApiError::param`: only names shaped like the API's fields
+/// (lower-case words joined by `_`), and at most `PARAM_NAMES_MAX` of them, so that no request
+/// can make the table grow without bound.
+fn intern_param(name: &str) -> Option<&'static str> {
+    const PARAM_NAMES_MAX: usize = 512;
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let shaped = (1..=40).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !shaped {
+        return None;
+    }
+    let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = names.iter().find(|known| **known == name) {
+        return Some(known);
+    }
+    if names.len() >= PARAM_NAMES_MAX {
+        return None;
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    names.push(leaked);
+    Some(leaked)
+}
+
 /// Runs blocking work (store writes that sync, waits on shard threads) off the async workers.
 pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     actix_web::web::block(work).await.map_err(|e| ApiError::unavailable(e.to_string()))
@@ -165,4 +234,47 @@ pub fn json_errors<B: actix_web::body::MessageBody + 'static>(
     let (request, _) = response.into_parts();
     let replaced = HttpResponse::build(status).json(body).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(actix_web::dev::ServiceResponse::new(request, replaced)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: Option<String>,
+        days: Option<u8>,
+        millis: Option<u64>,
+        receivers: Option<Vec<Receiver>>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Receiver {
+        share: u32,
+    }
+
+    #[test]
+    fn value_errors_name_their_field() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#"{"days": 300}"#, Some("days")),
+            (r#"{"name": "x", "days": -1}"#, Some("days")),
+            (r#"{"days" :  256 , "name": "x"}"#, Some("days")),
+            ("{\n  \"name\": \"x\",\n  \"millis\": 18446744073709551616\n}", Some("millis")),
+            (r#"{"millis": 1e30}"#, Some("millis")),
+            (r#"{"millis": "12"}"#, Some("millis")),
+            (r#"{"millis": true}"#, Some("millis")),
+            (r#"{"receivers": [{"share": 4294967296}]}"#, Some("share")),
+            (r#"{"name": 5}"#, Some("name")),
+            (r#"{"colour": 1}"#, None),
+            (r#"{"days": 3"#, None),
+            (r#"not json"#, None),
+        ];
+        for (body, param) in cases {
+            let error = serde_json::from_str::<Body>(body).expect_err(body);
+            assert_eq!(json_error_param(body.as_bytes(), &error), *param, "{body}: {error}");
+        }
+    }
 }

@@ -12,7 +12,8 @@ use crate::platforms::{Platform, Platforms};
 
 /// Parses a JSON body; malformed JSON, wrong types and unknown fields are `invalid_request`.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|error| ApiError::new(400, "invalid_request", &error.to_string()))
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError { param: crate::error::json_error_param(body, &error), ..ApiError::new(400, "invalid_request", &error.to_string()) })
 }
 
 fn unix_seconds() -> i64 {

@@ -141,6 +141,37 @@ pub enum Command {
     /// The amount a bank pays to a card being bound, for its holder to read back: it leaves the
     /// reserve and is the operator's cost (out of fee income). Idempotent by the card's number.
     VerificationDeposit { shard: ShardId, currency: CurrencyId, amount: Minor },
+    /// `AutoConfirm` in bounded steps, on one shard: examines at most `orders_max` (clamped to
+    /// `AUTO_CONFIRM_ORDERS_MAX`) of the platform's open orders from local index `after` on,
+    /// oldest first, and confirms the held guarantee payments among them created before
+    /// `created_before`. The reply says how many and where the next step starts
+    /// (`AutoConfirmProgress`), so the nightly run never holds a shard for the whole history.
+    AutoConfirmChunk { shard: ShardId, created_before: Timestamp, after: u32, orders_max: u32 },
+}
+
+/// The most open orders one `AutoConfirmChunk` examines.
+pub const AUTO_CONFIRM_ORDERS_MAX: u32 = 4096;
+
+/// What one `AutoConfirmChunk` did, packed into its reply's `id` (confirmed count in the low 32
+/// bits, the next step's `after` plus one in the high 32 bits, 0 when the shard is done).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoConfirmProgress {
+    pub confirmed: u32,
+    pub resume_at: Option<u32>,
+}
+
+impl AutoConfirmProgress {
+    /// The reply `id` that carries this progress.
+    pub fn to_reply_id(self) -> u64 {
+        let resume = self.resume_at.map_or(0, |at| u64::from(at) + 1);
+        (resume << 32) | u64::from(self.confirmed)
+    }
+
+    /// The progress an `AutoConfirmChunk` reply carries.
+    pub fn of_reply_id(id: u64) -> AutoConfirmProgress {
+        let resume = (id >> 32) as u32;
+        AutoConfirmProgress { confirmed: id as u32, resume_at: resume.checked_sub(1) }
+    }
 }
 
 /// The most orders one batch payment may carry.
@@ -186,20 +217,25 @@ impl Command {
             Command::Settle { .. } => 24,
             Command::ChargeChannelFees { .. } => 25,
             Command::VerificationDeposit { .. } => 26,
+            Command::AutoConfirmChunk { .. } => 27,
         }
     }
+
+    /// The scope of payment order numbers: single payments, direct payments and each order of
+    /// a batch payment share it (one `out_order_no` names one payment, however it is made).
+    pub const PAYMENT_SCOPE: u8 = 5;
 
     /// The kind that scopes this command's order numbers: a direct payment shares the numbers
     /// of payments (one `out_order_no` names one payment, however it is funded).
     pub fn idempotency_scope(&self) -> u8 {
         match self {
-            Command::RequestDirectPayment { .. } => 5,
+            Command::RequestDirectPayment { .. } => Command::PAYMENT_SCOPE,
             other => other.kind_code(),
         }
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 27] = [
+    pub const KIND_NAMES: [&'static str; 28] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -227,6 +263,7 @@ impl Command {
         "settle",
         "charge_channel_fees",
         "verification_deposit",
+        "auto_confirm_chunk",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.

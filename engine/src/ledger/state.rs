@@ -232,6 +232,9 @@ impl ShardState {
             Command::RerouteWithdrawal { order, from, channel, fee } => ops::withdrawal::reroute(self, &context, *order, (*from, *channel), *fee, fx),
             Command::CreditSuspense { currency, amount, .. } => ops::recharge::credit_suspense(self, *currency, *amount, fx),
             Command::AutoConfirm { created_before } => ops::guarantee::auto_confirm(self, &context, *created_before, fx),
+            Command::AutoConfirmChunk { created_before, after, orders_max, .. } => {
+                ops::guarantee::auto_confirm_chunk(self, &context, *created_before, *after, *orders_max, fx)
+            }
         };
         if !reply.is_ok() {
             assert_eq!(fx.postings.len(), postings_before, "a rejected command posted");

@@ -1,5 +1,6 @@
 //! Guarantee (escrow) payments: staged confirmation to receivers, and cancellation to the payer.
 
+use crate::ledger::command::{AutoConfirmProgress, AUTO_CONFIRM_ORDERS_MAX};
 use crate::ledger::ops::payment::credit_income;
 use crate::ledger::state::{check_amount, credit_refusal, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
@@ -141,20 +142,63 @@ fn finish_if_nothing_held(order: &mut Order, now: Timestamp) {
     order.status = if released > 0 { OrderStatus::Succeeded } else { OrderStatus::Cancelled };
 }
 
-/// Confirms in full every guarantee payment of the calling platform (every platform's for the
-/// operator) still held and created before `created_before` (settlement's auto-confirm);
-/// replies with how many it confirmed. Running it again finds nothing left to confirm.
+/// Confirms in full every held guarantee payment of the platform (every platform for 0) created
+/// before `created_before`, oldest first. Only the platform's open orders are examined (kept
+/// per platform by the shard), not its whole history; the nightly run uses `auto_confirm_chunk`,
+/// which also bounds what one command does. Kept for journals that hold it.
 pub fn auto_confirm(state: &mut ShardState, context: &Context, created_before: Timestamp, fx: &mut Effects) -> Reply {
-    let due: Vec<OrderId> = state
-        .orders
-        .iter()
-        .filter(|o| o.kind == OrderKind::Guarantee && o.status == OrderStatus::Held && o.created_at < created_before)
-        .filter(|o| context.platform == 0 || o.platform == context.platform)
-        .map(|o| o.id)
-        .collect();
+    let due: Vec<OrderId> = if context.platform == 0 {
+        state.orders.iter().filter(|o| is_due(o, created_before)).map(|o| o.id).collect()
+    } else {
+        let Some(index) = state.platform_orders.get(&context.platform) else { return Reply { code: ResultCode::Ok, id: 0, status: None, replayed: false } };
+        index
+            .open
+            .iter()
+            .map(|&local| state.orders.get(local as usize).expect("indexed orders exist"))
+            .filter(|o| is_due(o, created_before))
+            .map(|o| o.id)
+            .collect()
+    };
     for id in &due {
         let reply = confirm(state, context, *id, &[], fx);
         assert!(reply.is_ok(), "a held order confirms in full: {reply:?}");
     }
     Reply { code: ResultCode::Ok, id: due.len() as u64, status: None, replayed: false }
+}
+
+/// A held guarantee payment created before `created_before`.
+fn is_due(order: &Order, created_before: Timestamp) -> bool {
+    order.kind == OrderKind::Guarantee && order.status == OrderStatus::Held && order.created_at < created_before
+}
+
+/// One bounded step of auto-confirm on this shard: examines at most `orders_max` (1 to
+/// `AUTO_CONFIRM_ORDERS_MAX`) of the platform's open orders with local index `after` or more,
+/// oldest first, and confirms in full the due ones. Orders are indexed in creation order, so the
+/// first one created at or after `created_before` ends the work. The reply's id carries an
+/// `AutoConfirmProgress`: how many were confirmed, and where the next step starts if any.
+pub fn auto_confirm_chunk(state: &mut ShardState, context: &Context, created_before: Timestamp, after: u32, orders_max: u32, fx: &mut Effects) -> Reply {
+    let orders_max = orders_max.clamp(1, AUTO_CONFIRM_ORDERS_MAX) as usize;
+    let mut due = Vec::new();
+    let mut resume_at = None;
+    if let Some(index) = state.platform_orders.get(&context.platform) {
+        for (examined, &local) in index.open.range(after..).enumerate() {
+            if examined == orders_max {
+                resume_at = Some(local);
+                break;
+            }
+            let order = state.orders.get(local as usize).expect("indexed orders exist");
+            if order.created_at >= created_before {
+                break;
+            }
+            if is_due(order, created_before) {
+                due.push(order.id);
+            }
+        }
+    }
+    for id in &due {
+        let reply = confirm(state, context, *id, &[], fx);
+        assert!(reply.is_ok(), "a held order confirms in full: {reply:?}");
+    }
+    let progress = AutoConfirmProgress { confirmed: due.len() as u32, resume_at };
+    Reply { code: ResultCode::Ok, id: progress.to_reply_id(), status: None, replayed: false }
 }

@@ -215,7 +215,8 @@ pub fn apply_batch(
     if let Err(code) = check_debit_account(state, context.platform, payer, currency) {
         return Reply::rejected(code);
     }
-    let payment_kind = equivalent_payment(payer, guarantee, currency, &orders[0]).kind_code();
+    let payment_kind = Command::PAYMENT_SCOPE;
+    debug_assert_eq!(payment_kind, equivalent_payment(payer, guarantee, currency, &orders[0]).idempotency_scope());
     let mut total: i128 = 0;
     for (index, order) in orders.iter().enumerate() {
         let checks = check_amount(order.amount)
