@@ -20,6 +20,11 @@ struct FileConfig {
     engine: EngineSection,
     simulator: SimulatorSection,
     webhooks: WebhooksSection,
+    /// Optional sections, so that files written before they existed still load.
+    #[serde(default)]
+    secrets: SecretsSection,
+    #[serde(default)]
+    cards: CardsSection,
     channels: Vec<clearing_actor::channels::ChannelSpec>,
     calendar: CalendarSection,
     settlement: SettlementSection,
@@ -121,6 +126,43 @@ struct SimulatorSection {
     latency_ms: u64,
     failure_per_mille: u16,
     callback_attempts_max: u32,
+    #[serde(default = "default_true")]
+    pages: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretsSection {
+    master_key_file: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    #[serde(default = "default_rotation_overlap_seconds")]
+    rotation_overlap_seconds: u64,
+}
+
+impl Default for SecretsSection {
+    fn default() -> SecretsSection {
+        SecretsSection { master_key_file: None, admin_token_file: None, rotation_overlap_seconds: default_rotation_overlap_seconds() }
+    }
+}
+
+fn default_rotation_overlap_seconds() -> u64 {
+    gateway::platforms::ROTATION_OVERLAP_SECONDS_DEFAULT
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardsSection {
+    binds_per_account_per_day: u32,
+}
+
+impl Default for CardsSection {
+    fn default() -> CardsSection {
+        CardsSection { binds_per_account_per_day: gateway::cards::BINDS_PER_ACCOUNT_PER_DAY_DEFAULT }
+    }
 }
 
 #[derive(Deserialize)]
@@ -133,6 +175,17 @@ struct WebhooksSection {
     /// Optional, so that files written before the key existed still load.
     #[serde(default = "default_webhook_workers")]
     workers: usize,
+    #[serde(default)]
+    allow_insecure_loopback: bool,
+    #[serde(default = "default_deliveries_per_second_max")]
+    deliveries_per_second_max: u32,
+    /// Per platform (by its public id, `plt_7`): deliveries per second.
+    #[serde(default)]
+    per_platform: BTreeMap<String, u32>,
+}
+
+fn default_deliveries_per_second_max() -> u32 {
+    gateway::events::WebhookConfig::default().deliveries_per_second_max
 }
 
 fn default_inbound_capacity() -> usize {
@@ -182,6 +235,10 @@ pub struct Config {
     pub chart: ChartOfAccounts,
     pub simulator: banksim::SimulatorConfig,
     pub webhooks: gateway::events::WebhookConfig,
+    /// Where the master key and the operator token live (`[secrets]`; flags override).
+    pub secret_places: gateway::secrets::SecretPlaces,
+    /// What the gateway limits beyond HTTP (`[secrets] rotation_overlap_seconds`, `[cards]`).
+    pub protections: gateway::server::Protections,
     pub channels: Vec<clearing_actor::channels::Channel>,
     /// Holidays as business days (days since 1970-01-01).
     pub holidays: std::collections::BTreeSet<u32>,
@@ -344,6 +401,7 @@ impl Config {
             latency_ms: sim.latency_ms,
             failure_per_mille: sim.failure_per_mille,
             callback_attempts_max: sim.callback_attempts_max,
+            pages: sim.pages,
             utc_offset_seconds: e.utc_offset_seconds,
         };
         let w = &file.webhooks;
@@ -365,6 +423,33 @@ impl Config {
             backoff_ms_max: w.backoff_ms_max,
             timeout_seconds: w.timeout_seconds,
             workers: w.workers,
+            allow_insecure_loopback: w.allow_insecure_loopback,
+            deliveries_per_second_max: w.deliveries_per_second_max,
+            per_platform: w
+                .per_platform
+                .iter()
+                .map(|(id, rate)| {
+                    let platform = gateway::platforms::Platform::parse_public_id(id)
+                        .ok_or_else(|| anyhow!("webhooks.per_platform: {id:?} is not a platform id (plt_N)"))?;
+                    Ok((platform, *rate))
+                })
+                .collect::<Result<_>>()?,
+        };
+        if webhooks.deliveries_per_second_max == 0 || webhooks.per_platform.values().any(|rate| *rate == 0) {
+            return Err(anyhow!("webhooks: deliveries_per_second_max and its per_platform values must be at least 1"));
+        }
+        let secrets = &file.secrets;
+        if secrets.rotation_overlap_seconds > gateway::platforms::ROTATION_OVERLAP_SECONDS_MAX {
+            return Err(anyhow!("secrets.rotation_overlap_seconds must be 0..={}", gateway::platforms::ROTATION_OVERLAP_SECONDS_MAX));
+        }
+        if !(1..=100).contains(&file.cards.binds_per_account_per_day) {
+            return Err(anyhow!("cards.binds_per_account_per_day must be 1..=100"));
+        }
+        let secret_places =
+            gateway::secrets::SecretPlaces { master_key_file: secrets.master_key_file.clone(), admin_token_file: secrets.admin_token_file.clone() };
+        let protections = gateway::server::Protections {
+            rotation_overlap_seconds: secrets.rotation_overlap_seconds,
+            card_binds_per_account_per_day: file.cards.binds_per_account_per_day,
         };
         let channels = file.channels.iter().map(|row| row.build(&engine.currencies).map_err(|e| anyhow!("{e}"))).collect::<Result<Vec<_>>>()?;
         if !channels.iter().any(|c| c.direction == clearing_actor::channels::Direction::In) {
@@ -378,7 +463,20 @@ impl Config {
             clearing_actor::calendar::parse_minute(&file.settlement.cutoff).filter(|m| *m < 1440).ok_or_else(|| anyhow!("settlement.cutoff must be HH:MM"))?;
         let settlement_cutoff_minute = file.settlement.scheduled.then_some(cutoff);
         let http = http_limits(&file.http, &file.quotas)?;
-        Ok(Config { listen: file.listen, data_dir: file.data_dir, engine, chart, simulator, webhooks, channels, holidays, settlement_cutoff_minute, http })
+        Ok(Config {
+            listen: file.listen,
+            data_dir: file.data_dir,
+            engine,
+            chart,
+            simulator,
+            webhooks,
+            secret_places,
+            protections,
+            channels,
+            holidays,
+            settlement_cutoff_minute,
+            http,
+        })
     }
 }
 
@@ -393,6 +491,9 @@ mod tests {
         assert_eq!(config.engine.batch_size_max, 8189);
         assert_eq!(config.http.quotas.defaults, gateway::quotas::QuotaLimits::default(), "the file says what the code defaults to");
         assert_eq!(config.http.body_timeout, gateway::server::HttpLimits::default().body_timeout);
+        assert!(config.simulator.pages && !config.webhooks.allow_insecure_loopback, "pages on for make run; webhooks https only");
+        assert_eq!(config.protections.rotation_overlap_seconds, 86_400);
+        assert!(config.secret_places.master_key_file.is_none(), "zero setup: the key in the data directory");
     }
 
     #[test]
@@ -402,6 +503,25 @@ mod tests {
         let limits = config.http.quotas.limits(7);
         assert_eq!((limits.requests_per_second, limits.burst), (10, 100_000));
         assert_eq!(config.http.quotas.limits(8).requests_per_second, 50_000);
+    }
+
+    #[test]
+    fn files_without_the_new_sections_still_load() {
+        let start = DEFAULT_CONFIG.find("[secrets]").expect("section");
+        let end = DEFAULT_CONFIG.find("[[channels]]").expect("channels");
+        let text = format!("{}{}", &DEFAULT_CONFIG[..start], &DEFAULT_CONFIG[end..])
+            .replace("pages = true\n", "")
+            .replace("allow_insecure_loopback = false\n", "")
+            .replace("deliveries_per_second_max = 200\n", "")
+            .replace("per_platform = {}\n", "");
+        let config = Config::parse(&text).expect("an older file loads");
+        assert!(config.simulator.pages);
+        assert_eq!(config.protections.card_binds_per_account_per_day, gateway::cards::BINDS_PER_ACCOUNT_PER_DAY_DEFAULT);
+        let with_files = DEFAULT_CONFIG.replace("# master_key_file = ", "master_key_file = ").replace("# admin_token_file = ", "admin_token_file = ");
+        let config = Config::parse(&with_files).expect("files named");
+        assert_eq!(config.secret_places.master_key_file.as_deref(), Some(Path::new("/etc/clearing/master-key")));
+        let with_rates = DEFAULT_CONFIG.replace("per_platform = {}", "per_platform = { plt_7 = 5 }");
+        assert_eq!(Config::parse(&with_rates).expect("override").webhooks.per_platform.get(&7), Some(&5));
     }
 
     #[test]
@@ -416,6 +536,11 @@ mod tests {
             ("ack_flush_ms = 20", "ack_flush_ms = 20\nunknown_key = 1"),
             ("workers = 8", "workers = 1"),
             ("workers = 8", "workers = 65"),
+            ("rotation_overlap_seconds = 86400", "rotation_overlap_seconds = 604801"),
+            ("binds_per_account_per_day = 5", "binds_per_account_per_day = 0"),
+            ("deliveries_per_second_max = 200", "deliveries_per_second_max = 0"),
+            ("per_platform = {}", "per_platform = { plt_x = 3 }"),
+            ("per_platform = {}", "per_platform = { plt_2 = 0 }"),
             // Past their bounds (issue item 12): each would have been taken.
             ("outbox_pending_max = 65536", "outbox_pending_max = 18446744073709551615"),
             ("ack_flush_ms = 20", "ack_flush_ms = 18446744073709551615"),

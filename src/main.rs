@@ -39,6 +39,14 @@ enum Commands {
         /// Run the demo scenario first (its own reserved platform; idempotent across restarts).
         #[arg(long)]
         demo: bool,
+        /// The master key's file (64 hex digits, mode 0600), outside the data directory and its
+        /// backups; overrides `[secrets] master_key_file`. `CLEARING_MASTER_KEY` overrides both.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
+        /// The operator token's file (at least 32 characters, mode 0600); overrides
+        /// `[secrets] admin_token_file`. `CLEARING_ADMIN_TOKEN` overrides both.
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
     },
     /// Drives the engine directly (no HTTP) with transfers, like `tigerbeetle benchmark`.
     Bench(bench::BenchArgs),
@@ -66,6 +74,9 @@ enum Commands {
         config: Option<PathBuf>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// As for `serve`.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
     },
     /// Reconciles a channel's statement file of a business date against the ledger (on a data
     /// directory the server is not using); prints the classification.
@@ -92,7 +103,9 @@ enum Commands {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Commands::Serve { config, listen, data_dir, once, demo } => serve(config, listen, data_dir, once, demo),
+        Commands::Serve { config, listen, data_dir, once, demo, master_key_file, admin_token_file } => {
+            serve(config, listen, data_dir, once, demo, Flags { master_key_file, admin_token_file })
+        }
         Commands::Load(args) => load::run(args),
         Commands::Bench(args) => bench::run(args),
         Commands::Invariants { config, data_dir } => {
@@ -111,7 +124,7 @@ fn main() -> Result<()> {
             report::print_shards_offline(&store, &config, &mut std::io::stdout())
         }
         Commands::Workload(args) => workload::run(args),
-        Commands::Settle { date, config, data_dir } => settle(&date, config, data_dir),
+        Commands::Settle { date, config, data_dir, master_key_file } => settle(&date, config, data_dir, Flags { master_key_file, admin_token_file: None }),
         Commands::Reconcile { channel, date, file, config, data_dir } => reconcile(&channel, &date, &file, config, data_dir),
     }
 }
@@ -153,13 +166,14 @@ fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<P
 }
 
 /// `clearing settle --date D`: the settlement run from the command line, with progress.
-fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<()> {
+fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>, flags: Flags) -> Result<()> {
     let day = clearing_actor::calendar::parse_date(date).ok_or_else(|| anyhow::anyhow!("--date must be YYYY-MM-DD"))?;
     let (config, data_dir) = load(config, data_dir)?;
+    let places = flags.places(&config);
     let store: Arc<dyn storage::Store> =
         Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
     let engine = Engine::start(config.engine.clone(), store.clone())?;
-    let master_key = gateway::secrets::MasterKey::load(&data_dir).context("loading the master key")?;
+    let (master_key, _) = gateway::secrets::MasterKey::load(&data_dir, &places).context("loading the master key")?;
     let channels = channel_table(&config, store.as_ref())?.set();
     let platforms = gateway::platforms::Platforms::load(store, master_key).map_err(anyhow::Error::msg)?.all();
     let terms = gateway::settlements::terms(&engine, &platforms, day);
@@ -186,10 +200,32 @@ fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(Config, P
     Ok((config, data_dir))
 }
 
-fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathBuf>, once: bool, demo: bool) -> Result<()> {
+/// Where secrets live as the command line says (over the configuration).
+struct Flags {
+    master_key_file: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+}
+
+impl Flags {
+    fn places(self, config: &Config) -> gateway::secrets::SecretPlaces {
+        gateway::secrets::SecretPlaces {
+            master_key_file: self.master_key_file.or_else(|| config.secret_places.master_key_file.clone()),
+            admin_token_file: self.admin_token_file.or_else(|| config.secret_places.admin_token_file.clone()),
+        }
+    }
+}
+
+fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathBuf>, once: bool, demo: bool, flags: Flags) -> Result<()> {
     let (config, data_dir) = load(config, data_dir)?;
     let listen = listen.unwrap_or_else(|| config.listen.clone());
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let places = flags.places(&config);
+    // Private to the server (0700): member data and, by default, the keys live here.
+    if let Some(warning) = gateway::secrets::private_directory(&data_dir).with_context(|| format!("creating {}", data_dir.display()))? {
+        println!("{warning}");
+    }
+    // The secrets are loaded before anything else: a bad one stops the start with its message,
+    // before the engine replays anything.
+    let secrets = if once { None } else { Some(load_secrets(&data_dir, &places)?) };
     let store: Arc<dyn storage::Store> = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
@@ -201,8 +237,8 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     let mut out = std::io::stdout();
     report::print_shards_online(&engine, &config, &mut out)?;
     report::print_invariants(&engine::invariants::check_engine(&engine)?, &mut out)?;
-    if !once {
-        serve_http(engine.clone(), store, &data_dir, &listen, &config)?;
+    if let Some((master_key, token)) = secrets {
+        serve_http(engine.clone(), store, master_key, token, &listen, &config)?;
     }
     engine.shutdown();
     println!("stopped: every acknowledged order is durable");
@@ -235,17 +271,53 @@ fn watch_shards(engine: &Arc<Engine>) -> Result<()> {
 }
 
 /// Serves the HTTP API until SIGINT or SIGTERM (graceful: requests in flight finish).
-fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &std::path::Path, listen: &str, config: &config::Config) -> Result<()> {
-    use gateway::admin::{AdminToken, TokenSource};
-    let master_key = gateway::secrets::MasterKey::load(data_dir).context("loading the master key")?;
-    let (token, source) = AdminToken::load(data_dir).context("loading the operator token")?;
+/// The master key and the operator token, with a line each on where they came from and a
+/// warning for each that lives in the data directory.
+fn load_secrets(data_dir: &std::path::Path, places: &gateway::secrets::SecretPlaces) -> Result<(gateway::secrets::MasterKey, gateway::admin::AdminToken)> {
+    use gateway::secrets::{inside, SecretSource};
+    let (master_key, source) = gateway::secrets::MasterKey::load(data_dir, places).context("loading the master key")?;
     match &source {
-        TokenSource::Environment => println!("operator token: from CLEARING_ADMIN_TOKEN"),
-        TokenSource::File(path) => println!("operator token: in {}", path.display()),
-        TokenSource::Generated(path) => {
+        SecretSource::Environment => println!("master key: from CLEARING_MASTER_KEY"),
+        SecretSource::File(path) | SecretSource::DataDirectory(path) => println!("master key: in {}", path.display()),
+        SecretSource::Generated(path) => println!("master key: generated in {} (mode 0600)", path.display()),
+    }
+    let warn = |what: &str, source: &SecretSource| {
+        let in_data = match source {
+            SecretSource::File(path) => inside(path, data_dir),
+            other => other.in_data_directory(),
+        };
+        if in_data {
+            let warning = format!(
+                "warning: the {what} lives in the data directory {}: every copy of it (a backup) carries the {what}; keep it apart with \
+                 [secrets] {}_file (or --{}-file) on a path outside, or the environment",
+                data_dir.display(),
+                what.replace(' ', "_").replace("operator_token", "admin_token"),
+                what.replace(' ', "-").replace("operator-token", "admin-token")
+            );
+            println!("{warning}");
+        }
+    };
+    warn("master key", &source);
+    let (token, token_source) = gateway::admin::AdminToken::load(data_dir, places).context("loading the operator token")?;
+    match &token_source {
+        SecretSource::Environment => println!("operator token: from CLEARING_ADMIN_TOKEN"),
+        SecretSource::File(path) | SecretSource::DataDirectory(path) => println!("operator token: in {}", path.display()),
+        SecretSource::Generated(path) => {
             println!("operator token (shown once; also in {}, mode 0600): {}", path.display(), token.reveal())
         }
     }
+    warn("operator token", &token_source);
+    Ok((master_key, token))
+}
+
+fn serve_http(
+    engine: Arc<Engine>,
+    store: Arc<dyn storage::Store>,
+    master_key: gateway::secrets::MasterKey,
+    token: gateway::admin::AdminToken,
+    listen: &str,
+    config: &config::Config,
+) -> Result<()> {
     let metrics = gateway::metrics::install().map_err(anyhow::Error::msg)?;
     let setup = gateway::server::ClearingSetup {
         channels: config.channels.clone(),
@@ -253,7 +325,8 @@ fn serve_http(engine: Arc<Engine>, store: Arc<dyn storage::Store>, data_dir: &st
         settlement_cutoff_minute: config.settlement_cutoff_minute,
     };
     let services =
-        gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks, setup).map_err(anyhow::Error::msg)?;
+        gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks.clone(), setup, config.protections)
+            .map_err(anyhow::Error::msg)?;
     if let Some(cutoff) = config.settlement_cutoff_minute {
         println!("settlement: every day at {:02}:{:02} business time (GET /admin/settlements shows the schedule)", cutoff / 60, cutoff % 60);
     }

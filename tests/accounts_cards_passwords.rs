@@ -11,7 +11,7 @@ use support::*;
 #[test]
 fn payment_passwords_are_checked_and_five_wrong_lock_payments() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-4";
+    let token = "money-token-4-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Strict\", \"require_payment_password\": true}");
     let a = p.account(&p.member("m-a", "Zhang San"));
@@ -50,7 +50,7 @@ fn wrong_amount(right: &str) -> String {
 #[test]
 fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_tries() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-9";
+    let token = "money-token-9-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Cards\"}");
     let member = p.member("m-a", "Zhang San");
@@ -116,7 +116,7 @@ fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_trie
     p.wait_order(first["order_id"].as_str().unwrap(), "succeeded");
     p.wait_order(large["order_id"].as_str().unwrap(), "succeeded");
     assert_eq!(p.balances(&a).0, "8998.49");
-    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    let (_, statement) = server.sim_get("/sim/cards/4111111111111111/transactions");
     let amounts: Vec<&str> = statement["transactions"].as_array().unwrap().iter().map(|t| t["amount"].as_str().unwrap()).collect();
     assert!(amounts.contains(&"1000.00") && amounts.contains(&"50000.01"), "{statement}");
     let (_, notes) = p.get(&format!("/v1/members/{member}/notifications"));
@@ -147,7 +147,7 @@ fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_trie
 #[test]
 fn only_empty_accounts_close_and_closed_ones_take_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-14";
+    let token = "money-token-14-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Closing\"}");
     let a = p.account(&p.member("m-a", "Zhang San"));
@@ -172,7 +172,7 @@ fn only_empty_accounts_close_and_closed_ones_take_nothing() {
 #[test]
 fn the_operator_blocks_an_account_and_its_payments_answer_account_frozen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-19";
+    let token = "money-token-19-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Blocked\"}");
     let a = p.account(&p.member("m-a", "Zhang San"));
@@ -200,7 +200,7 @@ fn the_operator_blocks_an_account_and_its_payments_answer_account_frozen() {
 #[test]
 fn a_micro_deposit_the_bank_never_paid_is_asked_again_at_start_and_booked_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-deposit";
+    let token = "money-token-deposit-0123456789abcdef0123456789abcdef";
     // The bank is away when the card is bound (the deposit is booked, the bank never asked):
     // what a crash between the two would leave.
     let away = config_with(&[("enabled = true", "enabled = false")]);
@@ -209,7 +209,7 @@ fn a_micro_deposit_the_bank_never_paid_is_asked_again_at_start_and_booked_once()
     let a = p.account(&p.member("m-a", "Zhang San"));
     let (status, _, card) = p.post(&format!("/v1/accounts/{a}/cards"), &json!({"out_order_no": "card-1", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}));
     assert_eq!(status, 201, "{card}");
-    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    let (_, statement) = server.sim_get("/sim/cards/4111111111111111/transactions");
     assert!(statement["transactions"].as_array().unwrap().is_empty(), "{statement}");
     let (platform, secret) = (p.platform.clone(), p.secret.clone());
     drop(p);
@@ -230,5 +230,93 @@ fn a_micro_deposit_the_bank_never_paid_is_asked_again_at_start_and_booked_once()
     assert!(!server.lines.iter().any(|l| l.contains("verification deposits were asked")), "{:?}", server.lines);
     let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
     assert_eq!(reserve["ok"], true, "{reserve}");
+    server.stop();
+}
+
+#[test]
+fn concurrent_verification_attempts_are_counted_one_by_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "cards-race-token-0123456789abcdef0123456789abcdef";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Brute force\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let body =
+        json!({"out_order_no": "c-1", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"});
+    let (status, _, card) = p.post(&format!("/v1/accounts/{a}/cards"), &body);
+    assert_eq!(status, 201, "{card}");
+    let card_id = card["card_id"].as_str().unwrap().to_string();
+    let deposit = micro_deposit(&server, "4111111111111111");
+    // Every amount from 0.01 to 0.99 at once, the right one among them, as an attacker would.
+    let amounts: Vec<String> = (1..=99).map(|cents| format!("0.{cents:02}")).collect();
+    assert!(amounts.contains(&deposit), "{deposit}");
+    let path = format!("/v1/accounts/{a}/cards/{card_id}/verify");
+    let codes: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
+        let calls: Vec<_> = amounts
+            .iter()
+            .map(|amount| {
+                let (p, path) = (&p, &path);
+                scope.spawn(move || {
+                    let (status, _, body) = p.post(path, &json!({"amount": amount}));
+                    (status, body["error"]["code"].as_str().map(str::to_string))
+                })
+            })
+            .collect();
+        calls.into_iter().map(|call| call.join().expect("call")).collect()
+    });
+    let count = |code: Option<&str>| codes.iter().filter(|(_, c)| c.as_deref() == code).count();
+    let (failed, locked, verified) = (count(Some("verification_failed")), count(Some("card_locked")), count(None));
+    assert_eq!(failed + locked + verified, 99, "only these answers: {codes:?}");
+    assert!(failed <= 2, "at most two wrong amounts answered before the third locks the card: {failed} did");
+    let (_, cards) = p.get(&format!("/v1/accounts/{a}/cards"));
+    let status = cards["cards"][0]["status"].as_str().unwrap().to_string();
+    if verified == 0 {
+        // The right amount came after the third wrong one: the card is locked for good.
+        assert_eq!((status.as_str(), locked), ("locked", 97), "{codes:?}");
+    } else {
+        // The right amount was among the first three compared; later calls see a verified card.
+        assert_eq!((status.as_str(), locked, failed + verified), ("verified", 0, 99), "{codes:?}");
+    }
+    server.stop();
+}
+
+#[test]
+fn an_account_binds_a_bounded_number_of_cards_per_day() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "cards-binds-token-0123456789abcdef0123456789abcdef";
+    let server = start_configured(dir.path(), token, &config_with(&[FAST_BANK[0], ("binds_per_account_per_day = 5", "binds_per_account_per_day = 2")]));
+    let p = Client::create(&server, token, "{\"name\": \"Rebinding\"}");
+    let (a, b) = (p.account(&p.member("m-a", "Zhang San")), p.account(&p.member("m-b", "Zhang San")));
+    let bind_body = |number: &str| json!({"out_order_no": number, "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"});
+    let bind = |account: &str, number: &str| p.post(&format!("/v1/accounts/{account}/cards"), &bind_body(number));
+    // The first card is locked by three wrong amounts; binding it again is a bind like any other.
+    let (status, _, first) = bind(&a, "c-1");
+    assert_eq!(status, 201, "{first}");
+    let first_id = first["card_id"].as_str().unwrap();
+    for _ in 0..3 {
+        p.post(&format!("/v1/accounts/{a}/cards/{first_id}/verify"), &json!({"amount": "1.00"}));
+    }
+    assert_eq!(bind(&a, "c-2").0, 201);
+    // The third bind of the day: refused before any micro-deposit, with when to come back.
+    let path = format!("/v1/accounts/{a}/cards");
+    let (t, nonce, body) = (now(), fresh_nonce(), bind_body("c-3").to_string());
+    let response = answer(
+        ureq::post(&format!("{}{path}", server.base))
+            .set("X-Platform-Id", &p.platform)
+            .set("X-Timestamp", &t.to_string())
+            .set("X-Nonce", &nonce)
+            .set("X-Signature", &sign(&p.secret, "POST", &path, t, &nonce, body.as_bytes()))
+            .set("Content-Type", "application/json")
+            .send_string(&body),
+        "third bind",
+    );
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.header("Retry-After").expect("Retry-After").parse().expect("seconds");
+    assert!((1..=86_400).contains(&retry_after), "{retry_after}");
+    assert_eq!(response.into_json::<serde_json::Value>().unwrap()["error"]["code"], "card_bind_limit_reached");
+    // A replay of a bind is no new bind; another account has its own count.
+    assert!(bind(&a, "c-1").1, "a replay");
+    assert_eq!(bind(&b, "c-4").0, 201);
+    let (_, cards) = p.get(&format!("/v1/accounts/{a}/cards"));
+    assert_eq!(cards["cards"].as_array().unwrap().len(), 2, "{cards}");
     server.stop();
 }

@@ -10,7 +10,7 @@ use support::*;
 #[test]
 fn bulk_answers_each_operation_and_bounds_the_request() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-7";
+    let token = "money-token-7-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Bulk\"}");
     let a = p.account(&p.member("m-a", "Zhang San"));
@@ -65,7 +65,7 @@ fn bulk_answers_each_operation_and_bounds_the_request() {
 #[test]
 fn garbage_at_every_endpoint_gets_a_4xx_never_a_5xx_and_the_document_lists_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-17";
+    let token = "money-token-17-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let (status, document) = server.get("/openapi.json", None);
     assert_eq!(status, 200);

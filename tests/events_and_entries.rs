@@ -51,8 +51,13 @@ fn webhook_receiver(failures: usize) -> (String, std::sync::Arc<std::sync::Mutex
 #[test]
 fn order_events_are_listed_and_delivered_signed_with_retries_also_after_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-15";
-    let config = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("backoff_ms = 1000", "backoff_ms = 50")]);
+    let token = "money-token-15-0123456789abcdef0123456789abcdef";
+    // The receiver is plain http on 127.0.0.1: the development switch.
+    let config = config_with(&[
+        ("latency_ms = 200", "latency_ms = 20"),
+        ("backoff_ms = 1000", "backoff_ms = 50"),
+        ("allow_insecure_loopback = false", "allow_insecure_loopback = true"),
+    ]);
     let server = start_configured(dir.path(), token, &config);
     let p = Client::create(&server, token, "{\"name\": \"Hooks\"}");
     let (url, received) = webhook_receiver(2);
@@ -126,7 +131,7 @@ fn order_events_are_listed_and_delivered_signed_with_retries_also_after_kill_9()
 #[test]
 fn account_entries_page_newest_first_with_balances_after() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-16";
+    let token = "money-token-16-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Ledger\"}");
     let a = p.account(&p.member("m-a", "Zhang San"));
@@ -196,7 +201,7 @@ fn account_entries_page_newest_first_with_balances_after() {
 #[test]
 fn an_entries_page_over_a_long_history_stops_at_its_budget_and_the_walk_returns_every_line_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "entries-budget-token";
+    let token = "entries-budget-token-0123456789abcdef0123456789abcdef";
     // One shard, so that each bulk request is one journal batch holding the account's line.
     let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("shard_count = 2", "shard_count = 1")]));
     let p = Client::create(&server, token, "{\"name\": \"Long history\"}");

@@ -410,6 +410,11 @@ fn fuzz_http_json_bodies_of_every_endpoint_get_an_answer_never_a_5xx() {
     let components = world.document["components"]["schemas"].clone();
     let mut endpoints: Vec<(String, String, Value)> = Vec::new();
     for (path, item) in world.document["paths"].as_object().expect("paths") {
+        // Rotating a secret (with the operator's token) revokes the fuzzing platforms' own
+        // secrets mid-run; tests/secrets.rs covers its body.
+        if path.ends_with("/rotate-secret") {
+            continue;
+        }
         for (method, operation) in item.as_object().expect("operations") {
             if let Some(schema) = operation["requestBody"]["content"]["application/json"].get("schema") {
                 endpoints.push((method.to_uppercase(), path.clone(), schema.clone()));

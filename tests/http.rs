@@ -7,33 +7,33 @@ use support::*;
 #[test]
 fn health_readiness_and_operator_views() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = start(dir.path(), Some("operator-secret-1"));
+    let server = start(dir.path(), Some("operator-secret-1-0123456789abcdef0123456789abcdef"));
     assert_eq!(server.get("/healthz", None), (200, serde_json::json!({"status": "ok"})));
     assert_eq!(server.get("/readyz", None), (200, serde_json::json!({"status": "ready"})));
     let cases: &[(&str, Option<&str>, u16, &str)] = &[
         ("/admin/shards", None, 401, "unauthenticated"),
         ("/admin/shards", Some("wrong"), 401, "unauthenticated"),
         ("/admin/invariants", Some("operator-secret-"), 401, "unauthenticated"),
-        ("/admin/shards/7", Some("operator-secret-1"), 404, "not_found"),
-        ("/admin/shards/x", Some("operator-secret-1"), 404, "not_found"),
+        ("/admin/shards/7", Some("operator-secret-1-0123456789abcdef0123456789abcdef"), 404, "not_found"),
+        ("/admin/shards/x", Some("operator-secret-1-0123456789abcdef0123456789abcdef"), 404, "not_found"),
         ("/no/such/path", None, 404, "not_found"),
     ];
     for (path, token, status, code) in cases {
         let (got, body) = server.get(path, *token);
         assert_eq!((got, body["error"]["code"].as_str()), (*status, Some(*code)), "{path} {token:?}: {body}");
     }
-    let (status, shards) = server.get("/admin/shards", Some("operator-secret-1"));
+    let (status, shards) = server.get("/admin/shards", Some("operator-secret-1-0123456789abcdef0123456789abcdef"));
     assert_eq!(status, 200);
     let shards = shards["shards"].as_array().expect("shards").clone();
     assert_eq!(shards.len(), 2);
     assert!(shards.iter().all(|s| s["stopped"] == false && s["last_sequence"].as_u64().unwrap() >= 1));
-    let (status, one) = server.get("/admin/shards/1", Some("operator-secret-1"));
+    let (status, one) = server.get("/admin/shards/1", Some("operator-secret-1-0123456789abcdef0123456789abcdef"));
     assert_eq!((status, one["shard"].as_u64()), (200, Some(1)));
-    let (status, report) = server.get("/admin/invariants", Some("operator-secret-1"));
+    let (status, report) = server.get("/admin/invariants", Some("operator-secret-1-0123456789abcdef0123456789abcdef"));
     assert_eq!(status, 200);
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["currencies"][0]["sum_minor"], "0");
-    assert!(!server.lines.iter().any(|l| l.contains("operator-secret-1")), "a token from the environment is never printed");
+    assert!(!server.lines.iter().any(|l| l.contains("operator-secret-1-0123456789abcdef0123456789abcdef")), "a token from the environment is never printed");
     server.stop();
 }
 
@@ -57,7 +57,7 @@ fn a_generated_operator_token_is_private_and_survives_restarts() {
 #[test]
 fn platforms_sign_their_requests() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "operator-secret-2";
+    let token = "operator-secret-2-0123456789abcdef0123456789abcdef";
     let server = start(dir.path(), Some(token));
     let bad_bodies: &[(&str, &str)] = &[
         ("{\"name\": \"\"}", "invalid_request"),
@@ -140,7 +140,7 @@ fn platforms_sign_their_requests() {
 #[test]
 fn members_are_validated_created_once_and_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "operator-secret-3";
+    let token = "operator-secret-3-0123456789abcdef0123456789abcdef";
     let server = start(dir.path(), Some(token));
     let (_, created) = create_platform(&server, token, "{\"name\": \"Renovation Hub\"}");
     let (platform, secret) = (created["platform_id"].as_str().unwrap().to_string(), created["secret"].as_str().unwrap().to_string());
@@ -196,7 +196,7 @@ fn members_are_validated_created_once_and_kept() {
 #[test]
 fn accounts_open_once_per_member_and_currency_and_stay_in_their_platform() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "operator-secret-4";
+    let token = "operator-secret-4-0123456789abcdef0123456789abcdef";
     let server = start(dir.path(), Some(token));
     let (_, a) = create_platform(&server, token, "{\"name\": \"A\"}");
     let (_, b) = create_platform(&server, token, "{\"name\": \"B\"}");
@@ -251,7 +251,7 @@ fn accounts_open_once_per_member_and_currency_and_stay_in_their_platform() {
 #[test]
 fn metrics_show_commands_by_result_shard_state_and_http_latency() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "operator-secret-5";
+    let token = "operator-secret-5-0123456789abcdef0123456789abcdef";
     let server = start(dir.path(), Some(token));
     let (_, created) = create_platform(&server, token, "{\"name\": \"M\"}");
     let (platform, secret) = (created["platform_id"].as_str().unwrap().to_string(), created["secret"].as_str().unwrap().to_string());
@@ -284,7 +284,7 @@ fn metrics_show_commands_by_result_shard_state_and_http_latency() {
 #[test]
 fn oversized_and_malformed_requests_get_json_errors_not_5xx() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "operator-secret-6";
+    let token = "operator-secret-6-0123456789abcdef0123456789abcdef";
     let server = start(dir.path(), Some(token));
     let post = |path: &str, body: &[u8]| match ureq::post(&format!("{}{path}", server.base))
         .set("Authorization", &format!("Bearer {token}"))

@@ -10,7 +10,7 @@ use support::*;
 #[test]
 fn bad_money_requests_get_their_codes_and_move_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-2";
+    let token = "money-token-2-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Market\"}");
     let a = p.account(&p.member("m-a", "Zhang San"));
@@ -73,7 +73,7 @@ fn bad_money_requests_get_their_codes_and_move_nothing() {
 #[test]
 fn a_platform_never_touches_another_platforms_money() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-3";
+    let token = "money-token-3-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let a = Client::create(&server, token, "{\"name\": \"A\"}");
     let b = Client::create(&server, token, "{\"name\": \"B\"}");
@@ -160,7 +160,7 @@ fn a_platform_never_touches_another_platforms_money() {
 #[test]
 fn operator_numbers_past_their_bounds_are_refused_with_the_field_named() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "bounds-token";
+    let token = "bounds-token-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Bounds\"}");
     let receiver = p.account(&p.member("m-r", "Zhang San"));

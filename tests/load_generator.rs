@@ -40,7 +40,7 @@ fn load(server: &Server, token: &str, args: &[&str], limit: Duration, output: &s
 #[test]
 fn the_load_generator_drives_a_server_in_both_modes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "load-token-1";
+    let token = "load-token-1-0123456789abcdef0123456789abcdef";
     let server = start_configured(&dir.path().join("data"), token, &config_with(FAST_BANK));
     for mode in ["single", "bulk"] {
         let args = ["--mode", mode, "--concurrency", "4", "--orders", "300", "--accounts", "20"];
@@ -62,7 +62,7 @@ fn the_load_generator_drives_a_server_in_both_modes() {
 #[test]
 fn a_second_load_run_after_a_large_one_starts_its_payments() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "load-token-2";
+    let token = "load-token-2-0123456789abcdef0123456789abcdef";
     let server = start_configured(&dir.path().join("data"), token, &config_with(FAST_BANK));
     // 300,000 payments over two shards: more than one listing scan's worth (100,000) on each.
     let first = ["--mode", "bulk", "--concurrency", "4", "--orders", "300000", "--accounts", "100"];

@@ -11,7 +11,7 @@ use support::*;
 #[test]
 fn escrow_scenario_with_staged_confirm_refund_cancel_and_freeze() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-1";
+    let token = "money-token-1-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Home Decor\"}");
     let owner = p.account(&p.member("m-owner", "Zhang San"));
@@ -120,7 +120,7 @@ fn escrow_scenario_with_staged_confirm_refund_cancel_and_freeze() {
 #[test]
 fn batch_payments_are_all_or_none_with_one_password_check() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-13";
+    let token = "money-token-13-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Payroll\", \"require_payment_password\": true}");
     let payer = p.account(&p.member("m-payer", "Zhang San"));
@@ -164,7 +164,7 @@ fn batch_payments_are_all_or_none_with_one_password_check() {
 #[test]
 fn direct_payments_go_through_the_channel_straight_to_the_payees() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-18";
+    let token = "money-token-18-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Direct\"}");
     let payer = p.account(&p.member("m-payer", "Zhang San"));
@@ -198,7 +198,7 @@ fn direct_payments_go_through_the_channel_straight_to_the_payees() {
 #[test]
 fn order_numbers_inside_a_batch_payment_are_taken_on_every_shard_and_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-batch-claims";
+    let token = "money-token-batch-claims-0123456789abcdef0123456789abcdef";
     let config = config_with(FAST_BANK);
     let server = start_configured(dir.path(), token, &config);
     let p = Client::create(&server, token, "{\"name\": \"Batch numbers\"}");

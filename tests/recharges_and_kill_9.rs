@@ -11,7 +11,7 @@ use support::*;
 #[test]
 fn the_simulator_fails_its_share_and_callbacks_must_be_signed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-5";
+    let token = "money-token-5-0123456789abcdef0123456789abcdef";
     let server =
         start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("failure_per_mille = 0", "failure_per_mille = 1000")]));
     let p = Client::create(&server, token, "{\"name\": \"Unlucky\"}");
@@ -32,7 +32,7 @@ fn the_simulator_fails_its_share_and_callbacks_must_be_signed() {
 #[test]
 fn a_pending_recharge_survives_kill_9_and_completes_after_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-6";
+    let token = "money-token-6-0123456789abcdef0123456789abcdef";
     let slow = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 600000")]));
     let p = Client::create(&slow, token, "{\"name\": \"Patient\"}");
     let a = p.account(&p.member("m-a", "Zhang San"));
@@ -54,7 +54,7 @@ fn a_pending_recharge_survives_kill_9_and_completes_after_restart() {
 #[test]
 fn kill_9_under_http_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-12";
+    let token = "money-token-12-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Crash\"}");
     let accounts: Vec<String> = (0..16).map(|i| p.account(&p.member(&format!("m-{i}"), "Zhang San"))).collect();

@@ -11,7 +11,7 @@ use support::*;
 #[test]
 fn offline_transfers_land_by_virtual_account_number_or_become_cases() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-21";
+    let token = "money-token-21-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Offline\"}");
     let member = p.member("m-a", "Zhang San");
@@ -65,7 +65,7 @@ fn offline_transfers_land_by_virtual_account_number_or_become_cases() {
 #[test]
 fn reconciliation_matches_carries_declares_and_auto_resolves() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-22";
+    let token = "money-token-22-0123456789abcdef0123456789abcdef";
     // Same-city clearing answers only after ten minutes: its payout stays processing here.
     let server =
         start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("sim_latency_ms = 500", "sim_latency_ms = 600000")]));
@@ -93,7 +93,7 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
         p.wait_order(id, "succeeded");
     }
     let today = business_date(0);
-    let statement = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
+    let statement = server.sim_text(&format!("/sim/channels/sim_unionpay/statements/{today}"));
     assert_eq!(statement.lines().count(), 6, "a header and five payouts: {statement}");
     assert!(
         statement.starts_with("bank_ref,order_id,direction,amount,status,fee\n") && statement.contains(&format!(",{w1},out,100.00,succeeded,1.00")),
@@ -183,7 +183,7 @@ fn reconciliation_matches_carries_declares_and_auto_resolves() {
 #[test]
 fn an_end_to_end_night_leaves_no_unexplained_difference() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-23";
+    let token = "money-token-23-0123456789abcdef0123456789abcdef";
     let server = start_configured(
         dir.path(),
         token,
@@ -224,7 +224,7 @@ fn an_end_to_end_night_leaves_no_unexplained_difference() {
     let channels = server.get("/admin/channels", Some(token)).1;
     for channel in channels["channels"].as_array().unwrap() {
         let name = channel["name"].as_str().unwrap();
-        let file = ureq::get(&format!("{}/sim/channels/{name}/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
+        let file = server.sim_text(&format!("/sim/channels/{name}/statements/{today}"));
         let request = ureq::post(&format!("{}/admin/reconciliations", server.base)).set("Authorization", &format!("Bearer {token}"));
         let report: serde_json::Value =
             answer(request.send_string(&json!({"channel": name, "business_date": today, "file": file}).to_string()), "reconcile").into_json().unwrap();

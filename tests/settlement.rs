@@ -11,7 +11,7 @@ use support::*;
 #[test]
 fn home_decoration_scenario_from_recharge_to_the_companys_withdrawal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-11";
+    let token = "money-token-11-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Home Decor\", \"settlement_cycle_days\": 1, \"auto_confirm_days\": 1}");
     let homeowner = p.account(&p.member("homeowner", "Zhang San"));
@@ -101,7 +101,7 @@ fn home_decoration_scenario_from_recharge_to_the_companys_withdrawal() {
     assert_eq!((status, withdrawal["fee"].as_str(), withdrawal["channel"].as_str()), (201, Some("11.20"), Some("sim_ibps")), "{withdrawal}");
     p.wait_order(withdrawal["order_id"].as_str().unwrap(), "succeeded");
     assert_eq!(p.balances(&company), ("30013.80".into(), "30013.80".into(), "0.00".into(), "0.00".into()));
-    let (_, statement) = server.get("/sim/cards/6222020200112233446/transactions", None);
+    let (_, statement) = server.sim_get("/sim/cards/6222020200112233446/transactions");
     assert!(statement["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "45975.00"), "{statement}");
     let (_, report) = server.get("/admin/invariants", Some(token));
     assert_eq!(report["ok"], true, "{report}");
@@ -129,7 +129,7 @@ fn statement(server: &Server, token: &str, date: &str) -> Vec<std::collections::
 #[test]
 fn settlement_charges_tiered_commissions_over_several_days_and_platforms_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-rules";
+    let token = "money-token-rules-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     // Platform A: commission by the merchant's income amount over the month, 7:3 to the platform
     // and an agent. Platform B: by the number of income credits, one receiver, a service fee.
@@ -249,7 +249,7 @@ fn settlement_charges_tiered_commissions_over_several_days_and_platforms_exactly
 #[test]
 fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-channel-fees";
+    let token = "money-token-channel-fees-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20")]));
     let p = Client::create(&server, token, "{\"name\": \"Fees\"}");
     let a = p.account(&p.member("m-a", "Zhang San"));
@@ -266,12 +266,12 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
         p.post("/v1/recharges", &json!({"out_order_no": "r-scan", "account_id": a, "amount": "100.00", "currency": "CNY", "channel": "sim_wechat_scan"}));
     assert_eq!((status, scan["channel"].as_str()), (201, Some("sim_wechat_scan")), "{scan}");
     p.wait_order(scan["order_id"].as_str().unwrap(), "succeeded");
-    let wechat = ureq::get(&format!("{}/sim/channels/sim_wechat_scan/statements/{}", server.base, business_date(0))).call().unwrap().into_string().unwrap();
+    let wechat = server.sim_text(&format!("/sim/channels/sim_wechat_scan/statements/{}", business_date(0)));
     assert!(wechat.contains(",in,100.00,succeeded,0.60"), "{wechat}");
     // At the bank: 1,100.00 in less WeChat's 0.60, 100.00 out, and UnionPay kept its 1.00 fee
     // (the statements say so): 998.40. Our books say so only once the run has booked the fees.
     let today = business_date(0);
-    let statement = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
+    let statement = server.sim_text(&format!("/sim/channels/sim_unionpay/statements/{today}"));
     assert!(statement.contains(",out,100.00,succeeded,1.00"), "{statement}");
     // The micro-deposit that verified the card left the reserve too, at the operator's cost.
     let deposit = cents(&micro_deposit(&server, "4111111111111111"));
@@ -328,7 +328,7 @@ fn half_up(cents: i64, ppm: i64) -> i64 {
 #[test]
 fn a_settlement_run_killed_at_any_moment_and_run_again_charges_each_income_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-settle-crash";
+    let token = "money-token-settle-crash-0123456789abcdef0123456789abcdef";
     let config = config_with(FAST_BANK);
     let mut server = start_configured(dir.path(), token, &config);
     let (platform, secret, payer, receivers, merchants) = {

@@ -205,7 +205,7 @@ fn check_delivered(client: &Client, endpoint: &Endpoint, expected: &BTreeMap<Str
 #[test]
 fn a_hanging_webhook_delays_only_its_own_platform() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "webhooks-token-1";
+    let token = "webhooks-token-1-0123456789abcdef0123456789abcdef";
     // A long timeout, so that waiting for the hanging endpoint would be seen; short backoff so
     // the released endpoint is retried soon.
     let config = config_with(&[
@@ -213,6 +213,7 @@ fn a_hanging_webhook_delays_only_its_own_platform() {
         ("timeout_seconds = 10", "timeout_seconds = 30"),
         ("backoff_ms = 1000", "backoff_ms = 100"),
         ("backoff_ms_max = 600000", "backoff_ms_max = 1000"),
+        ("allow_insecure_loopback = false", "allow_insecure_loopback = true"),
     ]);
     let running = Running(Some(start_configured(dir.path(), token, &config)));
     let server = running.0.as_ref().unwrap();

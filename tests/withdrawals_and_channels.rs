@@ -11,7 +11,7 @@ use support::*;
 #[test]
 fn a_failed_withdrawal_returns_amount_and_fee() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-10";
+    let token = "money-token-10-0123456789abcdef0123456789abcdef";
     // Recharges need to succeed first: the failure share is turned on after funding, by restarting.
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Payouts\"}");
@@ -44,7 +44,7 @@ fn a_failed_withdrawal_returns_amount_and_fee() {
 #[test]
 fn a_failed_channel_falls_back_to_the_next_and_all_failing_returns_the_funds() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-20";
+    let token = "money-token-20-0123456789abcdef0123456789abcdef";
     // UnionPay (the cheapest real-time channel for persons) fails everything; IBPS pays.
     let unionpay_fails = ("sim_failure_per_mille = 0\n\n[[channels]]\nid = 3", "sim_failure_per_mille = 1000\n\n[[channels]]\nid = 3");
     let server =
@@ -76,7 +76,7 @@ fn a_failed_channel_falls_back_to_the_next_and_all_failing_returns_the_funds() {
     assert_eq!(server.get("/admin/channels", None).0, 401);
     let (_, entries) = p.get(&format!("/v1/accounts/{a}/entries?limit=1"));
     assert_eq!(entries["entries"][0]["kind"], "withdrawal_reroute", "{entries}");
-    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    let (_, statement) = server.sim_get("/sim/cards/4111111111111111/transactions");
     assert_eq!(statement["transactions"].as_array().unwrap().iter().filter(|t| t["amount"] == "100.00").count(), 1, "paid once: {statement}");
     let (platform, secret) = (p.platform.clone(), p.secret.clone());
     drop(p);
@@ -103,7 +103,7 @@ fn a_failed_channel_falls_back_to_the_next_and_all_failing_returns_the_funds() {
 #[test]
 fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-24";
+    let token = "money-token-24-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 500", "latency_ms = 20")]));
     let p = Client::create(&server, token, "{\"name\": \"Agency\"}");
     let member = p.account(&p.member("m-a", "Zhang San"));
@@ -115,7 +115,7 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
     assert_eq!((status, collected["status"].as_str(), collected["collection"].as_bool()), (201, Some("pending"), Some(true)), "{collected}");
     p.wait_order(collected["order_id"].as_str().unwrap(), "succeeded");
     assert_eq!(p.balances(&member).0, "80.00");
-    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    let (_, statement) = server.sim_get("/sim/cards/4111111111111111/transactions");
     assert!(statement["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "-80.00"), "{statement}");
     assert_eq!(
         error_of(
@@ -135,7 +135,7 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
     assert_eq!(error_of(&payout("po-1", "4111111111111111")), (409, Some("idempotency_conflict")), "the same number to another card");
     p.wait_order(paid["order_id"].as_str().unwrap(), "succeeded");
     assert_eq!(p.balances(&platform_account).0, "59.50");
-    let (_, outside) = server.get("/sim/cards/5555555555554444/transactions", None);
+    let (_, outside) = server.sim_get("/sim/cards/5555555555554444/transactions");
     assert!(outside["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "40.00"), "{outside}");
     server.stop();
 }
@@ -143,7 +143,7 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
 #[test]
 fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-channels";
+    let token = "money-token-channels-0123456789abcdef0123456789abcdef";
     let config = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 300", "latency_ms = 20")]);
     let server = start_configured(dir.path(), token, &config);
     let p = Client::create(&server, token, "{\"name\": \"Channels\"}");
@@ -184,7 +184,7 @@ fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart()
     assert_eq!(admin_request(&server, "PATCH", "/admin/channels/sim_ibps", "wrong-token", Some(&json!({"enabled": false}))).0, 401);
     // The bank simulator's statement shows the tariff in force when it paid.
     p.wait_order(second["order_id"].as_str().unwrap(), "succeeded");
-    let statement = ureq::get(&format!("{}/sim/channels/sim_ibps/statements/{}", server.base, business_date(0))).call().unwrap().into_string().unwrap();
+    let statement = server.sim_text(&format!("/sim/channels/sim_ibps/statements/{}", business_date(0)));
     assert!(statement.contains(&format!(",{},out,100.00,succeeded,3.02", second["order_id"].as_str().unwrap())), "{statement}");
     let (platform, secret) = (p.platform.clone(), p.secret.clone());
     drop(p);
@@ -246,7 +246,7 @@ fn the_operator_changes_channels_at_run_time_and_the_change_outlives_a_restart()
 #[test]
 fn a_payout_the_bank_never_received_falls_back_after_the_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-timeout";
+    let token = "money-token-timeout-0123456789abcdef0123456789abcdef";
     // UnionPay loses every payout on the way (no verdict ever comes) and times out after 300 ms.
     let lost = (
         "timeout_ms = 600000\nsim_drop_per_mille = 0\nsim_latency_ms = 200\nsim_failure_per_mille = 0\n\n[[channels]]\nid = 3",
@@ -273,11 +273,11 @@ fn a_payout_the_bank_never_received_falls_back_after_the_timeout() {
         (Some("sim_unionpay"), Some("sim_ibps"), Some("timeout")),
         "{done}"
     );
-    let (_, statement) = server.get("/sim/cards/4111111111111111/transactions", None);
+    let (_, statement) = server.sim_get("/sim/cards/4111111111111111/transactions");
     assert_eq!(statement["transactions"].as_array().unwrap().iter().filter(|t| t["amount"] == "100.00").count(), 1, "paid once: {statement}");
     // UnionPay's statement has no line for it (the bank never had it); IBPS's has.
     let today = business_date(0);
-    let unionpay = ureq::get(&format!("{}/sim/channels/sim_unionpay/statements/{today}", server.base)).call().unwrap().into_string().unwrap();
+    let unionpay = server.sim_text(&format!("/sim/channels/sim_unionpay/statements/{today}"));
     assert_eq!(unionpay.lines().count(), 1, "{unionpay}");
     let (_, report) = server.get("/admin/channels", Some(token));
     let row = report["channels"].as_array().unwrap().iter().find(|c| c["name"] == "sim_unionpay").unwrap().clone();
@@ -296,7 +296,7 @@ fn a_payout_the_bank_never_received_falls_back_after_the_timeout() {
 #[test]
 fn a_refused_withdrawal_number_is_routed_anew_with_its_new_amount() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = "money-token-70";
+    let token = "money-token-70-0123456789abcdef0123456789abcdef";
     // HVPS open around the clock with a daily cap of 300,000.00, so the routing does not depend
     // on the hour the test runs at.
     let config = config_with(&[

@@ -36,11 +36,14 @@ pub struct SimulatorConfig {
     pub callback_attempts_max: u32,
     /// The business day's offset from UTC (statement files are per business day).
     pub utc_offset_seconds: i32,
+    /// Whether the server shows the simulator's pages (card statements, statement files) to the
+    /// operator; production configurations turn them off.
+    pub pages: bool,
 }
 
 impl Default for SimulatorConfig {
     fn default() -> SimulatorConfig {
-        SimulatorConfig { enabled: true, latency_ms: 200, failure_per_mille: 0, callback_attempts_max: 10, utc_offset_seconds: 8 * 3600 }
+        SimulatorConfig { enabled: true, latency_ms: 200, failure_per_mille: 0, callback_attempts_max: 10, utc_offset_seconds: 8 * 3600, pages: true }
     }
 }
 
@@ -209,6 +212,11 @@ impl Simulator {
     /// Where callbacks are sent (the server's own `/channels/simulator/callback`).
     pub fn set_callback_url(&self, url: String) {
         let _ = self.inner.callback_url.set(url);
+    }
+
+    /// Whether the simulator's pages are served (config `[simulator] pages`).
+    pub fn pages(&self) -> bool {
+        self.inner.config.pages
     }
 
     /// The key callbacks are signed with.

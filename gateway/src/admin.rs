@@ -10,39 +10,60 @@ use engine::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{blocking, ApiError};
-use crate::secrets::{random_hex, write_private};
+use crate::secrets::{random_hex, read_secret_file, write_private, SecretError, SecretPlaces, SecretSource};
 
 /// The system operator's token as the server holds it.
 pub struct AdminToken(String);
 
-/// Where the token came from, for the start-up message.
-pub enum TokenSource {
-    Environment,
-    /// Generated now and written to this file (shown once).
-    Generated(std::path::PathBuf),
-    /// Read from the file an earlier start wrote.
-    File(std::path::PathBuf),
-}
+/// The environment variable that holds the operator token.
+pub const ADMIN_TOKEN_VARIABLE: &str = "CLEARING_ADMIN_TOKEN";
+/// The operator token's file in the data directory (the zero-setup default).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The shortest operator token accepted, in characters: a token is a password nobody types, and
+/// 32 characters of hex carry 128 bits.
+pub const ADMIN_TOKEN_CHARS_MIN: usize = 32;
 
 impl AdminToken {
-    /// `CLEARING_ADMIN_TOKEN` when set (non-empty); else the token in `<data_dir>/admin-token`,
-    /// generated (32 random bytes, hex) and written with mode 0600 on first start.
-    pub fn load(data_dir: &Path) -> std::io::Result<(AdminToken, TokenSource)> {
-        if let Ok(token) = std::env::var("CLEARING_ADMIN_TOKEN") {
-            if !token.is_empty() {
-                return Ok((AdminToken(token), TokenSource::Environment));
-            }
+    /// `CLEARING_ADMIN_TOKEN` when set (non-empty); else the file `admin_token_file` names; else
+    /// `<data_dir>/admin-token`, generated (32 random bytes, hex) and written with mode 0600 on
+    /// first start (again when an older version left it empty). A token shorter than
+    /// `ADMIN_TOKEN_CHARS_MIN` characters is refused, wherever it comes from.
+    pub fn load(data_dir: &Path, places: &SecretPlaces) -> Result<(AdminToken, SecretSource), SecretError> {
+        AdminToken::load_with(data_dir, places, std::env::var(ADMIN_TOKEN_VARIABLE).ok())
+    }
+
+    /// `load` with the environment variable's value given (tests).
+    fn load_with(data_dir: &Path, places: &SecretPlaces, variable: Option<String>) -> Result<(AdminToken, SecretSource), SecretError> {
+        let (token, source) = match variable {
+            Some(token) if !token.is_empty() => (token, SecretSource::Environment),
+            _ => match &places.admin_token_file {
+                Some(path) => (read_secret_file(path, "operator token")?, SecretSource::File(path.clone())),
+                None => {
+                    let path = data_dir.join(ADMIN_TOKEN_FILE);
+                    let existing = match std::fs::metadata(&path) {
+                        Ok(_) => read_secret_file(&path, "operator token")?,
+                        Err(_) => String::new(),
+                    };
+                    if existing.is_empty() {
+                        let token = random_hex();
+                        write_private(&path, &token).map_err(|e| SecretError(format!("writing the operator token to {}: {e}", path.display())))?;
+                        (token, SecretSource::Generated(path))
+                    } else {
+                        (existing, SecretSource::DataDirectory(path))
+                    }
+                }
+            },
+        };
+        let origin = match &source {
+            SecretSource::Environment => ADMIN_TOKEN_VARIABLE.to_string(),
+            SecretSource::File(path) | SecretSource::DataDirectory(path) | SecretSource::Generated(path) => path.display().to_string(),
+        };
+        if token.chars().count() < ADMIN_TOKEN_CHARS_MIN || token.chars().any(char::is_whitespace) {
+            return Err(SecretError(format!(
+                "the operator token in {origin} must be at least {ADMIN_TOKEN_CHARS_MIN} characters without spaces (for example 64 hex digits: `openssl rand -hex 32`)"
+            )));
         }
-        let path = data_dir.join("admin-token");
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let token = text.trim().to_string();
-            if !token.is_empty() {
-                return Ok((AdminToken(token), TokenSource::File(path)));
-            }
-        }
-        let token = random_hex();
-        write_private(&path, &token)?;
-        Ok((AdminToken(token), TokenSource::Generated(path)))
+        Ok((AdminToken(token), source))
     }
 
     /// The token's text (to print once on first start).
@@ -185,6 +206,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(one_shard)
         .service(check_invariants)
         .service(create_platform)
+        .service(rotate_secret)
         .service(set_account_status)
         .service(list_channels)
         .service(change_channel)
@@ -222,6 +244,47 @@ pub async fn create_platform(
         settlement_cycle_days: platform.settlement_cycle_days,
         auto_confirm_days: platform.auto_confirm_days,
         require_payment_password: platform.require_payment_password,
+    }))
+}
+
+#[derive(Serialize)]
+struct RotatedSecret {
+    platform_id: String,
+    secret: String,
+    secret_version: u32,
+    /// Until when (RFC 3339, UTC) the previous secret still verifies; null: it no longer does.
+    previous_secret_valid_until: Option<String>,
+}
+
+/// `POST /admin/platforms/{platform_id}/rotate-secret` (an addition to API.md): issues the
+/// platform's next secret, shown in this answer only; the current one keeps verifying for the
+/// overlap (`overlap_seconds`, default `[secrets] rotation_overlap_seconds`), then only the new
+/// one does. Durable: the version and the overlap's end outlive restarts.
+#[utoipa::path(post, path = "/admin/platforms/{platform_id}/rotate-secret", tag = "operator", request_body = crate::platforms::RotateSecret, params(("platform_id" = String, Path, description = "Platform id (plt_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
+#[actix_web::post("/admin/platforms/{platform_id}/rotate-secret")]
+pub async fn rotate_secret(
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    token: web::Data<AdminToken>,
+    platforms: web::Data<Arc<crate::platforms::Platforms>>,
+) -> Result<HttpResponse, ApiError> {
+    token.check(&request)?;
+    let rotate: crate::platforms::RotateSecret = if body.iter().all(u8::is_ascii_whitespace) { Default::default() } else { crate::signed::parse_json(&body)? };
+    let id = crate::platforms::Platform::parse_public_id(&path).ok_or_else(ApiError::not_found)?;
+    let platforms = platforms.get_ref().clone();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    // The store write syncs to disk: off the async workers.
+    let (platform, secret) = blocking(move || platforms.rotate_secret(id, rotate, now)).await??;
+    let until = platform.previous_secret.map(|p| {
+        time::OffsetDateTime::from_unix_timestamp(p.valid_until)
+            .map_or_else(|_| p.valid_until.to_string(), |t| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default())
+    });
+    Ok(HttpResponse::Ok().json(RotatedSecret {
+        platform_id: platform.public_id(),
+        secret,
+        secret_version: platform.secret_version,
+        previous_secret_valid_until: until,
     }))
 }
 
@@ -314,4 +377,35 @@ pub async fn list_channels(
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"channels": clearing.report().await?})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_tokens_are_long_private_and_an_empty_file_is_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let none = SecretPlaces::default();
+        // An empty token file (an older version crashed while writing it): a new token.
+        std::fs::write(dir.path().join(ADMIN_TOKEN_FILE), "").expect("empty");
+        std::fs::set_permissions(dir.path().join(ADMIN_TOKEN_FILE), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let (token, source) = AdminToken::load_with(dir.path(), &none, None).expect("generated");
+        assert_eq!((token.0.len(), source), (64, SecretSource::Generated(dir.path().join(ADMIN_TOKEN_FILE))));
+        let (again, source) = AdminToken::load_with(dir.path(), &none, None).expect("read back");
+        assert_eq!((again.0, source), (token.0.clone(), SecretSource::DataDirectory(dir.path().join(ADMIN_TOKEN_FILE))));
+        // (token from the environment, accepted)
+        let cases = [
+            ("tok", false),
+            ("0123456789abcdef0123456789abcde", false),
+            ("0123456789abcdef0123456789abcdef", true),
+            ("0123456789abcdef 0123456789abcdef", false),
+        ];
+        for (offered, accepted) in cases {
+            assert_eq!(AdminToken::load_with(dir.path(), &none, Some(offered.to_string())).is_ok(), accepted, "{offered}");
+        }
+        let error = AdminToken::load_with(dir.path(), &none, Some("tok".into())).err().expect("refused");
+        assert!(error.0.contains("CLEARING_ADMIN_TOKEN") && error.0.contains("at least 32 characters"), "{error}");
+    }
 }

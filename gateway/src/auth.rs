@@ -9,7 +9,6 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::platforms::{Platform, Platforms};
-use crate::secrets::hmac_verify_hex;
 
 /// How far a request's timestamp may be from the server's clock, in seconds.
 pub const TIMESTAMP_WINDOW_SECONDS: i64 = 300;
@@ -135,6 +134,8 @@ pub struct SignedHead {
     pub timestamp: i64,
     /// `nonce_hash` of the platform and `X-Nonce`.
     pub nonce_hash: u128,
+    /// The server's clock when the head was checked (which secrets verify depends on it).
+    pub now: i64,
 }
 
 /// Checks everything the headers of a platform request tell on their own: the headers are there,
@@ -159,7 +160,7 @@ pub fn check_head(request: &HttpRequest, platforms: &Platforms, now: i64) -> Res
         return Err(ApiError::new(401, "timestamp_out_of_window", "X-Timestamp is more than 300 s from the server's clock"));
     }
     let nonce_hash = nonce_hash(platform.id, nonce);
-    Ok(SignedHead { platform, timestamp: seconds, nonce_hash })
+    Ok(SignedHead { platform, timestamp: seconds, nonce_hash, now })
 }
 
 /// Checks the signature of a request whose head passed `check_head`, over its exact body.
@@ -168,7 +169,7 @@ pub fn check_signature(request: &HttpRequest, head: &SignedHead, body: &[u8], pl
     let platform = &head.platform;
     let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let canonical = canonical(request.method().as_str(), path_and_query, timestamp, nonce, body);
-    if !hmac_verify_hex(platforms.secret(platform).as_bytes(), canonical.as_bytes(), signature) {
+    if !platforms.verify_signature(platform, canonical.as_bytes(), signature, head.now) {
         return Err(ApiError::unauthenticated("bad signature"));
     }
     Ok(())

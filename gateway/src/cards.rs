@@ -24,6 +24,9 @@ use crate::simulator::{Simulator, DEPOSIT_REMARK};
 
 /// Wrong verification amounts that lock a card.
 pub const VERIFY_TRIES_MAX: u8 = 3;
+/// Cards one account may bind per business day unless `[cards]` says otherwise: each bind costs
+/// the operator a micro-deposit, and a locked card's re-bind is a bind.
+pub const BINDS_PER_ACCOUNT_PER_DAY_DEFAULT: u32 = 5;
 const PREFIX: &str = "c/";
 
 /// A card as the gateway keeps it.
@@ -42,6 +45,9 @@ pub struct Card {
     pub out_order_no: String,
     /// SHA-256 of the binding request, to tell a replay from a conflicting reuse.
     pub content: String,
+    /// When it was bound (unix seconds; 0 for cards bound before this was recorded).
+    #[serde(default)]
+    pub bound_at: i64,
 }
 
 impl Card {
@@ -60,6 +66,19 @@ impl Card {
 pub struct Cards {
     store: Arc<dyn Store>,
     state: Mutex<CardsState>,
+    /// Held (on a blocking thread, never an async worker) across each read, change and save of
+    /// a card, and across a bind's count, id and save: two verify calls never both see the same
+    /// number of tries, and two binds never both pass the day's limit.
+    changing: Mutex<()>,
+    binds_per_account_per_day: u32,
+}
+
+/// Why a bind was refused before anything was written.
+enum BindRefusal {
+    /// The out_order_no names a card already: replay it, or refuse another body.
+    Exists(Card),
+    /// The account bound its day's number of cards; retry after this many seconds.
+    Limit { retry_after_seconds: i64 },
 }
 
 #[derive(Default)]
@@ -78,14 +97,56 @@ pub fn valid_card_no(text: &str) -> bool {
 
 impl Cards {
     /// Loads every stored card.
-    pub fn load(store: Arc<dyn Store>) -> Result<Cards, String> {
+    pub fn load(store: Arc<dyn Store>, binds_per_account_per_day: u32) -> Result<Cards, String> {
         let mut state = CardsState::default();
         for (_, card) in crate::records::load_all::<Card>(store.as_ref(), PREFIX.as_bytes())? {
             state.highest_id = state.highest_id.max(card.id);
             state.by_order.insert((card.platform, card.out_order_no.clone()), card.id);
             state.by_id.insert(card.id, card);
         }
-        Ok(Cards { store, state: Mutex::new(state) })
+        Ok(Cards { store, state: Mutex::new(state), changing: Mutex::new(()), binds_per_account_per_day })
+    }
+
+    /// Binds `card` (its id is given here) unless its order number names a card already or its
+    /// account bound its day's number of cards (business days at `utc_offset_seconds`); durable
+    /// before it is visible. Blocking: the count, the id and the save are one step.
+    fn bind_new(&self, mut card: Card, now: i64, utc_offset_seconds: i32) -> Result<Result<Card, BindRefusal>, ApiError> {
+        let _changing = self.changing.lock().expect("cards change lock");
+        let day = |at: i64| at.saturating_add(utc_offset_seconds as i64).div_euclid(86_400);
+        {
+            let mut state = self.state.lock().expect("cards lock");
+            if let Some(existing) = state.by_order.get(&(card.platform, card.out_order_no.clone())).and_then(|id| state.by_id.get(id)) {
+                return Ok(Err(BindRefusal::Exists(existing.clone())));
+            }
+            let today = day(now);
+            let bound_today = state.by_id.values().filter(|c| c.account == card.account && c.bound_at != 0 && day(c.bound_at) == today).count();
+            if bound_today >= self.binds_per_account_per_day as usize {
+                let next_day_starts = (today + 1) * 86_400 - utc_offset_seconds as i64;
+                return Ok(Err(BindRefusal::Limit { retry_after_seconds: (next_day_starts - now).max(1) }));
+            }
+            state.highest_id += 1;
+            card.id = state.highest_id;
+        }
+        card.bound_at = now;
+        self.save(&card)?;
+        let mut state = self.state.lock().expect("cards lock");
+        state.by_order.insert((card.platform, card.out_order_no.clone()), card.id);
+        state.by_id.insert(card.id, card.clone());
+        Ok(Ok(card))
+    }
+
+    /// Reads the card `id` of `account` of `platform`, lets `change` decide, and saves what it
+    /// changed, as one step per card (blocking): `change` sees every earlier change.
+    fn change<T>(&self, platform: u32, account: AccountId, id: u64, change: impl FnOnce(&mut Card) -> Result<T, ApiError>) -> Result<(T, Card), ApiError> {
+        let _changing = self.changing.lock().expect("cards change lock");
+        let mut card = self.get(platform, account, id).ok_or_else(ApiError::not_found)?;
+        let before = serde_json::to_vec(&card).expect("cards serialize");
+        let outcome = change(&mut card)?;
+        if serde_json::to_vec(&card).expect("cards serialize") != before {
+            self.save(&card)?;
+            self.state.lock().expect("cards lock").by_id.insert(card.id, card.clone());
+        }
+        Ok((outcome, card))
     }
 
     fn save(&self, card: &Card) -> Result<(), ApiError> {
@@ -125,6 +186,18 @@ impl Cards {
     pub fn get(&self, platform: u32, account: AccountId, id: u64) -> Option<Card> {
         self.state.lock().expect("cards lock").by_id.get(&id).filter(|c| c.platform == platform && c.account == account.0).cloned()
     }
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The answer to a bind whose out_order_no names `card`: the card again, or a conflict.
+fn replay_bind(card: &Card, content: &str) -> Result<HttpResponse, ApiError> {
+    if card.content != content {
+        return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
+    }
+    Ok(HttpResponse::Created().insert_header(("Idempotent-Replay", "true")).json(card.view()))
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
@@ -168,10 +241,7 @@ pub async fn bind(
         state.by_order.get(&(platform, body.out_order_no.clone())).and_then(|id| state.by_id.get(id)).cloned()
     };
     if let Some(card) = existing {
-        if card.content != content {
-            return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
-        }
-        return Ok(HttpResponse::Created().insert_header(("Idempotent-Replay", "true")).json(card.view()));
+        return replay_bind(&card, &content);
     }
     if !valid_card_no(&body.card_no) {
         return Err(ApiError { param: Some("card_no"), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
@@ -185,29 +255,30 @@ pub async fn bind(
     }
     // Below 1.00 and at least one minor unit, in the account's currency.
     let deposit_minor = rand::thread_rng().gen_range(1..10i64.pow(spec.exponent as u32).max(2));
-    let card = {
-        let mut state = cards.state.lock().expect("cards lock");
-        state.highest_id += 1;
-        Card {
-            id: state.highest_id,
-            platform,
-            account: account.0,
-            card_no: body.card_no.clone(),
-            holder_name: member.name.clone(),
-            status: "pending_verification".into(),
-            deposit_minor,
-            tries: 0,
-            out_order_no: body.out_order_no.clone(),
-            content,
+    let card = Card {
+        id: 0,
+        platform,
+        account: account.0,
+        card_no: body.card_no.clone(),
+        holder_name: member.name.clone(),
+        status: "pending_verification".into(),
+        deposit_minor,
+        tries: 0,
+        out_order_no: body.out_order_no.clone(),
+        content: content.clone(),
+        bound_at: 0,
+    };
+    let (binding, offset) = (cards.get_ref().clone(), engine.config().utc_offset_seconds);
+    let card = match blocking(move || binding.bind_new(card, unix_seconds(), offset)).await?? {
+        Ok(card) => card,
+        Err(BindRefusal::Exists(card)) => return replay_bind(&card, &content),
+        Err(BindRefusal::Limit { retry_after_seconds }) => {
+            let error = ApiError::new(429, "card_bind_limit_reached", "this account has bound as many cards as it may today; bind again tomorrow");
+            let mut response = actix_web::ResponseError::error_response(&error);
+            response.headers_mut().insert(actix_web::http::header::RETRY_AFTER, retry_after_seconds.into());
+            return Ok(response);
         }
     };
-    let (store_cards, saved) = (cards.get_ref().clone(), card.clone());
-    blocking(move || store_cards.save(&saved)).await??;
-    {
-        let mut state = cards.state.lock().expect("cards lock");
-        state.by_order.insert((platform, card.out_order_no.clone()), card.id);
-        state.by_id.insert(card.id, card.clone());
-    }
     // The deposit leaves the reserve at the operator's cost: booked (once per card) before the
     // bank is asked to pay it.
     let number = crate::orders::out_order_no(&format!("card-{}", card.id), "card_id")?;
@@ -232,31 +303,41 @@ pub async fn verify(
     let platform = signed.platform.id;
     let account = parse_account_id(&path.0).ok_or_else(ApiError::not_found)?;
     let (_, _, spec) = account_of(&engine, platform, account).await?;
-    let mut card = parse_card_id(&path.1).and_then(|id| cards.get(platform, account, id)).ok_or_else(ApiError::not_found)?;
-    match card.status.as_str() {
-        "verified" => return Ok(HttpResponse::Ok().json(card.view())),
-        "locked" => return Err(ApiError::new(422, "card_locked", "three wrong amounts locked this card; bind it again")),
-        "unbound" => return Err(ApiError::not_found()),
-        _ => {}
-    }
-    let amount = crate::orders::amount(&body.amount, &spec, "amount")?;
-    let right = amount == card.deposit_minor;
-    if right {
-        card.status = "verified".into();
-    } else {
-        card.tries += 1;
-        if card.tries >= VERIFY_TRIES_MAX {
-            card.status = "locked".into();
-        }
-    }
-    let (store_cards, saved) = (cards.get_ref().clone(), card.clone());
-    blocking(move || store_cards.save(&saved)).await??;
-    cards.state.lock().expect("cards lock").by_id.insert(card.id, card.clone());
+    let id = parse_card_id(&path.1).ok_or_else(ApiError::not_found)?;
+    let amount = crate::orders::amount(&body.amount, &spec, "amount");
+    let changing = cards.get_ref().clone();
+    // The try is counted and saved under the card's change lock: concurrent calls are taken one
+    // after the other, so at most VERIFY_TRIES_MAX wrong amounts are ever compared.
+    let (right, card) = blocking(move || {
+        changing.change(platform, account, id, |card| {
+            match card.status.as_str() {
+                "verified" => return Ok(true),
+                "locked" => return Err(locked()),
+                "unbound" => return Err(ApiError::not_found()),
+                _ => {}
+            }
+            let right = amount? == card.deposit_minor;
+            if right {
+                card.status = "verified".into();
+            } else {
+                card.tries = card.tries.saturating_add(1);
+                if card.tries >= VERIFY_TRIES_MAX {
+                    card.status = "locked".into();
+                }
+            }
+            Ok(right)
+        })
+    })
+    .await??;
     match (right, card.status.as_str()) {
         (true, _) => Ok(HttpResponse::Ok().json(card.view())),
-        (false, "locked") => Err(ApiError::new(422, "card_locked", "three wrong amounts locked this card; bind it again")),
+        (false, "locked") => Err(locked()),
         (false, _) => Err(ApiError { param: Some("amount"), ..ApiError::new(422, "verification_failed", "that is not the amount deposited") }),
     }
+}
+
+fn locked() -> ApiError {
+    ApiError::new(422, "card_locked", "three wrong amounts locked this card; bind it again")
 }
 
 #[utoipa::path(delete, path = "/v1/accounts/{account_id}/cards/{card_id}", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::schemas::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
@@ -270,11 +351,18 @@ pub async fn unbind(
     let platform = signed.platform.id;
     let account = parse_account_id(&path.0).ok_or_else(ApiError::not_found)?;
     account_of(&engine, platform, account).await?;
-    let mut card = parse_card_id(&path.1).and_then(|id| cards.get(platform, account, id)).filter(|c| c.status != "unbound").ok_or_else(ApiError::not_found)?;
-    card.status = "unbound".into();
-    let (store_cards, saved) = (cards.get_ref().clone(), card.clone());
-    blocking(move || store_cards.save(&saved)).await??;
-    cards.state.lock().expect("cards lock").by_id.insert(card.id, card.clone());
+    let id = parse_card_id(&path.1).ok_or_else(ApiError::not_found)?;
+    let changing = cards.get_ref().clone();
+    let ((), card) = blocking(move || {
+        changing.change(platform, account, id, |card| {
+            if card.status == "unbound" {
+                return Err(ApiError::not_found());
+            }
+            card.status = "unbound".into();
+            Ok(())
+        })
+    })
+    .await??;
     Ok(HttpResponse::Ok().json(card.view()))
 }
 

@@ -50,7 +50,7 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 const IDLE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// How deliveries are made and retried (config `[webhooks]`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct WebhookConfig {
     /// Attempts of one event before it is given up (it stays listed at `GET /v1/events`).
     pub attempts_max: u32,
@@ -62,11 +62,35 @@ pub struct WebhookConfig {
     pub timeout_seconds: u64,
     /// Delivery workers shared by all platforms (`WORKERS_MIN..=WORKERS_MAX`).
     pub workers: usize,
+    /// Plain `http://` to loopback addresses (development); otherwise `https://` only, and
+    /// loopback addresses are refused like private ones.
+    pub allow_insecure_loopback: bool,
+    /// Deliveries per second to one platform (at most one is in flight per platform anyway).
+    pub deliveries_per_second_max: u32,
+    /// Per platform id: its own deliveries per second.
+    pub per_platform: std::collections::BTreeMap<u32, u32>,
 }
 
 impl Default for WebhookConfig {
     fn default() -> WebhookConfig {
-        WebhookConfig { attempts_max: 12, backoff_ms: 1_000, backoff_ms_max: 600_000, timeout_seconds: 10, workers: 8 }
+        WebhookConfig {
+            attempts_max: 12,
+            backoff_ms: 1_000,
+            backoff_ms_max: 600_000,
+            timeout_seconds: 10,
+            workers: 8,
+            allow_insecure_loopback: false,
+            deliveries_per_second_max: 200,
+            per_platform: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// The least time between two deliveries to `platform`.
+    fn interval(&self, platform: u32) -> Duration {
+        let rate = self.per_platform.get(&platform).copied().unwrap_or(self.deliveries_per_second_max).max(1);
+        Duration::from_secs(1) / rate
     }
 }
 
@@ -150,9 +174,125 @@ pub(crate) struct WebhookBody {
     url: Option<String>,
 }
 
-/// A webhook URL the delivery workers can post to: plain `http://` (TLS ends in front of us).
-fn valid_url(url: &str) -> bool {
-    url.len() <= 2048 && (url.starts_with("http://") || url.starts_with("https://")) && url.parse::<actix_web::http::Uri>().is_ok()
+/// The longest webhook URL, in bytes.
+const URL_BYTES_MAX: usize = 2048;
+
+/// Why a webhook URL is refused, or `Ok` for one the workers may post to: `https://` (plain
+/// `http://` only to loopback under `allow_insecure_loopback`), no user or password, and no host
+/// that is a refused address itself (names are resolved and checked at each delivery).
+pub fn check_url(text: &str, allow_insecure_loopback: bool) -> Result<url::Url, &'static str> {
+    if text.len() > URL_BYTES_MAX {
+        return Err("url must be at most 2048 bytes");
+    }
+    let url = url::Url::parse(text).map_err(|_| "url must be an absolute https:// URL")?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("url must not carry a user name or password");
+    }
+    let loopback = match url.host() {
+        None => return Err("url must name a host"),
+        Some(url::Host::Domain(name)) => is_localhost(name),
+        Some(url::Host::Ipv4(ip)) => {
+            let ip = std::net::IpAddr::V4(ip);
+            if refused_address(ip, allow_insecure_loopback) {
+                return Err("url names a private, loopback, link-local or reserved address");
+            }
+            ip.is_loopback()
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            let ip = std::net::IpAddr::V6(ip);
+            if refused_address(ip, allow_insecure_loopback) {
+                return Err("url names a private, loopback, link-local or reserved address");
+            }
+            ip.is_loopback()
+        }
+    };
+    if loopback && !allow_insecure_loopback {
+        return Err("url names a loopback host");
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback && allow_insecure_loopback => Ok(url),
+        "http" => Err("url must be https:// (plain http:// only to loopback, under [webhooks] allow_insecure_loopback)"),
+        _ => Err("url must be an absolute https:// URL"),
+    }
+}
+
+/// `localhost` and its subdomains (RFC 6761: they resolve to loopback).
+fn is_localhost(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// Whether deliveries may not go to `ip`: unspecified, private (RFC 1918, CGNAT 100.64/10, ULA
+/// fc00::/7), loopback (unless `allow_loopback`), link-local (169.254/16 with the cloud metadata
+/// address, fe80::/10), multicast, broadcast, documentation, benchmarking and reserved ranges,
+/// and IPv6 forms that embed such an IPv4 address (mapped, compatible, NAT64, 6to4).
+pub fn refused_address(ip: std::net::IpAddr, allow_loopback: bool) -> bool {
+    use std::net::{IpAddr, Ipv4Addr};
+    let refused_v4 = |ip: Ipv4Addr| {
+        let [a, b, c, _] = ip.octets();
+        if ip.is_loopback() {
+            return !allow_loopback;
+        }
+        a == 0 // "this network", 0.0.0.0 included
+            || a == 10
+            || (a == 100 && (64..128).contains(&b)) // CGNAT
+            || (a == 169 && b == 254) // link-local, 169.254.169.254 included
+            || (a == 172 && (16..32).contains(&b))
+            || (a == 192 && b == 168)
+            || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+            || (a == 192 && b == 0 && c == 2) // TEST-NET-1
+            || (a == 198 && (18..20).contains(&b)) // benchmarking
+            || (a == 198 && b == 51 && c == 100) // TEST-NET-2
+            || (a == 203 && b == 0 && c == 113) // TEST-NET-3
+            || a >= 224 // multicast 224/4, reserved 240/4, broadcast
+    };
+    match ip {
+        IpAddr::V4(ip) => refused_v4(ip),
+        IpAddr::V6(ip) => {
+            if ip.is_loopback() {
+                return !allow_loopback;
+            }
+            let segments = ip.segments();
+            let embedded = Ipv4Addr::new((segments[6] >> 8) as u8, segments[6] as u8, (segments[7] >> 8) as u8, segments[7] as u8);
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return refused_v4(v4);
+            }
+            ip.is_unspecified()
+                || segments[..6] == [0; 6] // IPv4-compatible (deprecated)
+                || (segments[0] & 0xfe00) == 0xfc00 // unique local
+                || (segments[0] & 0xffc0) == 0xfe80 // link-local
+                || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || (segments[0] & 0xff00) == 0xff00 // multicast
+                || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
+                || (segments[0] == 0x2001 && segments[1] == 0) // Teredo
+                || (segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && refused_v4(embedded)) // NAT64
+                || (segments[0] == 0x2002 && refused_v4(Ipv4Addr::new((segments[1] >> 8) as u8, segments[1] as u8, (segments[2] >> 8) as u8, segments[2] as u8)))
+            // 6to4
+        }
+    }
+}
+
+/// Resolves a webhook's host at each delivery and hands ureq only the addresses it may connect
+/// to, so the address checked is the address connected to (a DNS answer that changes between a
+/// check and the connection cannot slip a private address in).
+struct CheckedResolver {
+    allow_loopback: bool,
+}
+
+impl ureq::Resolver for CheckedResolver {
+    fn resolve(&self, netloc: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        let all: Vec<std::net::SocketAddr> = netloc.to_socket_addrs()?.collect();
+        let allowed: Vec<std::net::SocketAddr> = all.iter().copied().filter(|a| !refused_address(a.ip(), self.allow_loopback)).collect();
+        if allowed.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{netloc} resolves only to refused (private, loopback, link-local or reserved) addresses"),
+            ));
+        }
+        Ok(allowed)
+    }
 }
 
 /// `POST /v1/webhook {url}` (an addition to API.md): sets or (with null) removes the webhook.
@@ -160,8 +300,8 @@ fn valid_url(url: &str) -> bool {
 #[post("/v1/webhook")]
 pub async fn set_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>, delivery: web::Data<Delivery>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<WebhookBody>()?;
-    if body.url.as_deref().is_some_and(|u| !valid_url(u)) {
-        return Err(ApiError::invalid("url must be an http:// or https:// URL", "url"));
+    if let Some(url) = body.url.as_deref() {
+        check_url(url, delivery.allow_insecure_loopback).map_err(|why| ApiError::invalid(why, "url"))?;
     }
     let (platforms, id) = (platforms.get_ref().clone(), signed.platform.id);
     let platform = blocking(move || platforms.set_webhook(id, body.url)).await??;
@@ -208,6 +348,8 @@ struct Lane {
     cursors: Vec<Cursor>,
     /// Its last attempt failed (the endpoint is down, slow or refusing).
     failing: bool,
+    /// No delivery starts before this (the platform's deliveries per second).
+    next_send: Option<Instant>,
 }
 
 impl Lane {
@@ -303,7 +445,7 @@ impl Schedule {
         let mut lane = match self.slots.remove(&platform) {
             None => {
                 let cursors = self.saved.remove(&platform).unwrap_or_else(|| vec![Cursor::default(); shard_count as usize]);
-                Lane { platform, cursors, failing: false }
+                Lane { platform, cursors, failing: false, next_send: None }
             }
             Some(Slot::Parked(lane)) => lane,
             Some(Slot::Queued { lane, due_at }) => {
@@ -361,6 +503,8 @@ impl Shared {
 #[derive(Clone)]
 pub struct Delivery {
     shared: Arc<Shared>,
+    /// `[webhooks] allow_insecure_loopback`, for checking URLs as they are set.
+    allow_insecure_loopback: bool,
 }
 
 impl Delivery {
@@ -397,7 +541,7 @@ pub fn start_delivery(engine: Arc<Engine>, platforms: Arc<Platforms>, store: Arc
     let workers = config.workers.clamp(WORKERS_MIN, WORKERS_MAX);
     let schedule = Schedule { saved, ..Schedule::default() };
     let shared = Arc::new(Shared { schedule: Mutex::new(schedule), changed: Condvar::new(), failing_max: workers / 2, shard_count });
-    let delivery = Delivery { shared };
+    let delivery = Delivery { shared, allow_insecure_loopback: config.allow_insecure_loopback };
     for platform in platforms.all() {
         if platform.webhook_url.is_some() {
             delivery.wake(platform.id);
@@ -407,7 +551,9 @@ pub fn start_delivery(engine: Arc<Engine>, platforms: Arc<Platforms>, store: Arc
     // The overall timeout bounds connect, write and read together (a slow trickle included).
     // No redirects: ureq would follow a 301/302 with a GET without the body and count that as
     // delivered; a redirect is an endpoint's failure to answer.
-    let agent = ureq::AgentBuilder::new().timeout_connect(timeout).timeout(timeout).redirects(0).build();
+    // https with rustls and the webpki roots; every host resolved and checked per connection.
+    let resolver = CheckedResolver { allow_loopback: config.allow_insecure_loopback };
+    let agent = ureq::AgentBuilder::new().timeout_connect(timeout).timeout(timeout).redirects(0).resolver(resolver).build();
     let context = Arc::new(Context { engine, platforms, store, agent, config });
     for index in 0..workers {
         let (shared, context) = (delivery.shared.clone(), context.clone());
@@ -460,10 +606,14 @@ fn deliver_turn(context: &Context, lane: &mut Lane) -> Result<Option<Instant>, e
     let Some(url) = platform.webhook_url.as_deref() else { return Ok(None) };
     let secret = context.platforms.secret(&platform);
     let mut delivered = false;
+    let mut pace = Pace { interval: context.config.interval(lane.platform), next_send: lane.next_send, paused_until: None };
     for ((shard, cursor), written) in lane.cursors.iter_mut().enumerate().zip(readable) {
         let Some(written) = written else { continue };
-        let round = deliver_some(context, url, &secret, lane.platform, shard as u16, cursor, written)?;
+        let round = deliver_some(context, url, &secret, lane.platform, shard as u16, cursor, written, &mut pace)?;
         delivered |= round.delivered;
+        if pace.paused_until.is_some() {
+            break;
+        }
         if round.failed {
             lane.failing = true;
             break;
@@ -472,8 +622,23 @@ fn deliver_turn(context: &Context, lane: &mut Lane) -> Result<Option<Instant>, e
             lane.failing = false;
         }
     }
+    lane.next_send = pace.next_send;
     let now = Instant::now();
-    Ok(Some(if delivered { now } else { next_due(lane, now) }))
+    Ok(Some(match pace.paused_until {
+        // Its rate is used up: due again when the next delivery may start.
+        Some(at) => at,
+        None if delivered => now,
+        None => next_due(lane, now),
+    }))
+}
+
+/// A platform's deliveries per second within a turn: the next delivery starts no sooner than
+/// `interval` after the previous one started.
+struct Pace {
+    interval: Duration,
+    next_send: Option<Instant>,
+    /// The turn stopped here because the rate was used up.
+    paused_until: Option<Instant>,
 }
 
 /// When a lane that delivered nothing is due again: at its first retry, or to look for news.
@@ -491,6 +656,7 @@ struct Round {
 /// Delivers the next events of one platform on one shard, in order, until one fails. `written`
 /// is the shard's last batch sequence, read before the shard. An error means the engine has
 /// stopped.
+#[allow(clippy::too_many_arguments)]
 fn deliver_some(
     context: &Context,
     url: &str,
@@ -499,6 +665,7 @@ fn deliver_some(
     shard: u16,
     cursor: &mut Cursor,
     written: u64,
+    pace: &mut Pace,
 ) -> Result<Round, engine::EngineError> {
     let start = cursor.next;
     let (events, scanned_to, end_of_log) = context.engine.read_shard(shard, move |state| {
@@ -519,10 +686,16 @@ fn deliver_some(
     let config = &context.config;
     let mut round = Round::default();
     for (index, event) in events {
+        let started = Instant::now();
+        if let Some(at) = pace.next_send.filter(|at| started < *at) {
+            pace.paused_until = Some(at);
+            break;
+        }
+        pace.next_send = Some(started + pace.interval);
         let body = serde_json::to_vec(&event).expect("events serialize");
         let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let signature = crate::simulator::signature_header(secret, timestamp, &body);
-        match post(&context.agent, url, &signature, &body) {
+        match post(&context.agent, url, context.config.allow_insecure_loopback, &signature, &body) {
             Ok(()) => {
                 round.delivered = true;
                 cursor.next = index + 1;
@@ -545,10 +718,13 @@ fn deliver_some(
             }
         }
     }
-    if cursor.retry_at.is_none() && cursor.next < scanned_to {
+    // Past the events read only when all were delivered: not after a failure, nor when the rate
+    // paused the turn before the last of them.
+    let finished = cursor.retry_at.is_none() && pace.paused_until.is_none();
+    if finished && cursor.next < scanned_to {
         cursor.next = scanned_to;
     }
-    cursor.quiet_at = (end_of_log && cursor.retry_at.is_none()).then_some(written);
+    cursor.quiet_at = (end_of_log && finished).then_some(written);
     if cursor.next != start {
         if let Err(error) = crate::records::put(context.store.as_ref(), &[(cursor_key(platform, shard), &*cursor)]) {
             eprintln!("webhooks: cannot save the delivery cursor: {error}");
@@ -557,8 +733,10 @@ fn deliver_some(
     Ok(round)
 }
 
-/// Posts one signed event; only a 2xx answer counts as delivered.
-fn post(agent: &ureq::Agent, url: &str, signature: &str, body: &[u8]) -> Result<(), String> {
+/// Posts one signed event; only a 2xx answer counts as delivered. The URL is checked again (the
+/// configuration may have changed since it was set), its host's addresses by the resolver.
+fn post(agent: &ureq::Agent, url: &str, allow_insecure_loopback: bool, signature: &str, body: &[u8]) -> Result<(), String> {
+    check_url(url, allow_insecure_loopback)?;
     let sent = agent.post(url).set("Content-Type", "application/json").set("X-Clearing-Signature", signature).send_bytes(body);
     let response = match sent {
         Ok(response) => response,
@@ -588,12 +766,75 @@ mod tests {
     use super::*;
 
     fn lane(platform: u32, failing: bool) -> Lane {
-        Lane { platform, cursors: vec![Cursor::default(); 2], failing }
+        Lane { platform, cursors: vec![Cursor::default(); 2], failing, next_send: None }
     }
 
     /// The platforms `take` hands out at `now`, in order, until it hands out none.
     fn taken(schedule: &mut Schedule, now: Instant, failing_max: usize) -> Vec<u32> {
         std::iter::from_fn(|| schedule.take(now, failing_max).ok().map(|lane| lane.platform)).collect()
+    }
+
+    #[test]
+    fn webhook_urls_table() {
+        // (url, refused without the development switch, refused with it)
+        let cases: &[(&str, bool, bool)] = &[
+            ("https://hooks.example.com/path?q=1", false, false),
+            ("https://93.184.216.34/hook", false, false),
+            ("https://[2606:4700::1111]/hook", false, false),
+            ("http://hooks.example.com/hook", true, true),
+            ("ftp://hooks.example.com/", true, true),
+            ("https://user:pass@hooks.example.com/", true, true),
+            ("https://user@hooks.example.com/", true, true),
+            ("http://169.254.169.254/latest/meta-data/", true, true),
+            ("https://169.254.169.254/", true, true),
+            ("https://10.0.0.1/", true, true),
+            ("https://172.16.5.4/", true, true),
+            ("https://172.31.255.255/", true, true),
+            ("https://172.32.0.1/", false, false),
+            ("https://192.168.1.1/", true, true),
+            ("https://100.64.0.1/", true, true),
+            ("https://0.0.0.0/", true, true),
+            ("https://224.0.0.1/", true, true),
+            ("https://255.255.255.255/", true, true),
+            ("https://192.0.2.1/", true, true),
+            ("https://[fd00::1]/", true, true),
+            ("https://[fe80::1]/", true, true),
+            ("https://[::ffff:10.0.0.1]/", true, true),
+            ("https://[::ffff:169.254.169.254]/", true, true),
+            ("https://[::]/", true, true),
+            ("https://[2001:db8::1]/", true, true),
+            ("http://127.0.0.1:1/", true, false),
+            ("https://127.0.0.1:1/", true, false),
+            ("http://[::1]:8080/", true, false),
+            ("http://localhost:8080/hook", true, false),
+            ("http://LOCALHOST./hook", true, false),
+            ("http://api.localhost/hook", true, false),
+            ("http://0x7f.1/", true, false),
+            ("http://2130706433/", true, false),
+            ("not a url", true, true),
+            ("https://", true, true),
+        ];
+        for (url, refused, refused_when_developing) in cases {
+            assert_eq!(check_url(url, false).is_err(), *refused, "{url} without the switch");
+            assert_eq!(check_url(url, true).is_err(), *refused_when_developing, "{url} with the switch");
+        }
+        assert!(check_url(&format!("https://example.com/{}", "a".repeat(2048)), false).is_err(), "too long");
+    }
+
+    #[test]
+    fn names_are_resolved_and_refused_addresses_dropped_at_delivery() {
+        // `localhost` resolves (from the hosts file, no network) to loopback only.
+        let refusing = CheckedResolver { allow_loopback: false };
+        let error = ureq::Resolver::resolve(&refusing, "localhost:9").expect_err("loopback refused");
+        assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
+        let developing = CheckedResolver { allow_loopback: true };
+        let addresses = ureq::Resolver::resolve(&developing, "localhost:9").expect("loopback allowed");
+        assert!(!addresses.is_empty() && addresses.iter().all(|a| a.ip().is_loopback()));
+        // Through the agent as the workers build it: no connection is made to a refused address.
+        let agent = ureq::AgentBuilder::new().resolver(CheckedResolver { allow_loopback: false }).redirects(0).build();
+        let error = agent.post("https://localhost:9/hook").send_bytes(b"{}").expect_err("refused");
+        assert!(error.to_string().contains("refused"), "{error}");
+        assert!(post(&agent, "https://localhost:9/hook", false, "t=1,v1=00", b"{}").is_err());
     }
 
     #[test]
@@ -641,7 +882,7 @@ mod tests {
         schedule.put_back(lane, None, now);
         assert_eq!(taken(&mut schedule, now, 1), [1]);
         // Without a webhook it is parked until the next wake.
-        schedule.put_back(Lane { platform: 1, cursors: vec![Cursor::default(); 2], failing: false }, None, now);
+        schedule.put_back(Lane { platform: 1, cursors: vec![Cursor::default(); 2], failing: false, next_send: None }, None, now);
         assert_eq!(taken(&mut schedule, later, 1), Vec::<u32>::new());
         schedule.wake(1, 2, now);
         assert_eq!(taken(&mut schedule, now, 1), [1]);

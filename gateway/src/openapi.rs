@@ -45,6 +45,7 @@ impl Modify for Security {
         crate::admin::one_shard,
         crate::admin::check_invariants,
         crate::admin::create_platform,
+        crate::admin::rotate_secret,
         crate::admin::set_account_status,
         crate::admin::list_channels,
         crate::admin::change_channel,
@@ -88,6 +89,7 @@ impl Modify for Security {
         crate::commission::delete_rule,
         crate::simulator::receive_callback,
         crate::simulator::card_transactions,
+        crate::simulator::card_link,
         crate::simulator::statement_file,
         crate::v1::whoami,
         crate::v1::create_member,
@@ -136,7 +138,14 @@ mod tests {
     #[test]
     fn the_document_has_every_route() {
         let doc = ApiDoc::openapi();
-        for path in ["/v1/payments", "/v1/bulk", "/v1/accounts/{account_id}/entries", "/admin/settlements", "/sim/cards/{card_no}/transactions"] {
+        for path in [
+            "/v1/payments",
+            "/v1/bulk",
+            "/v1/accounts/{account_id}/entries",
+            "/admin/settlements",
+            "/sim/cards/{card_no}/transactions",
+            "/admin/platforms/{platform_id}/rotate-secret",
+        ] {
             assert!(doc.paths.paths.contains_key(path), "{path}");
         }
     }

@@ -28,6 +28,32 @@ pub struct Platform {
     /// only matures).
     #[serde(default)]
     pub settlement_rule: Option<clearing_actor::commission::RuleConfig>,
+    /// After a rotation: the secret version that still verifies, and until when (unix seconds,
+    /// exclusive). Stored with the record, so a restart keeps the overlap and its end.
+    #[serde(default)]
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// A platform's previous secret version during the overlap after a rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    pub version: u32,
+    pub valid_until: i64,
+}
+
+/// How long the previous secret verifies after a rotation unless the configuration or the
+/// request says otherwise: a day, time for a platform to deploy the new one.
+pub const ROTATION_OVERLAP_SECONDS_DEFAULT: u64 = 86_400;
+/// The longest overlap: a week.
+pub const ROTATION_OVERLAP_SECONDS_MAX: u64 = 7 * 86_400;
+
+/// `POST /admin/platforms/{id}/rotate-secret` body (optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// Seconds the current secret still verifies beside the new one (0 = revoke it now;
+    /// default `[secrets] rotation_overlap_seconds`; at most a week).
+    pub overlap_seconds: Option<u64>,
 }
 
 impl Platform {
@@ -69,6 +95,8 @@ pub struct Platforms {
     by_id: RwLock<BTreeMap<u32, Platform>>,
     /// Serializes creation, so ids are handed out once.
     creating: Mutex<()>,
+    /// The overlap of a rotation when the request names none.
+    rotation_overlap_seconds: std::sync::atomic::AtomicU64,
 }
 
 impl Platforms {
@@ -91,7 +119,13 @@ impl Platforms {
             .map_err(|e| e.to_string())?;
         match failure {
             Some(failure) => Err(failure),
-            None => Ok(Platforms { store, master_key, by_id: RwLock::new(by_id), creating: Mutex::new(()) }),
+            None => Ok(Platforms {
+                store,
+                master_key,
+                by_id: RwLock::new(by_id),
+                creating: Mutex::new(()),
+                rotation_overlap_seconds: std::sync::atomic::AtomicU64::new(ROTATION_OVERLAP_SECONDS_DEFAULT),
+            }),
         }
     }
 
@@ -120,6 +154,7 @@ impl Platforms {
             secret_version: 1,
             webhook_url: None,
             settlement_rule: None,
+            previous_secret: None,
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -138,11 +173,62 @@ impl Platforms {
         self.update(id, |platform| platform.settlement_rule = rule)
     }
 
+    /// Sets the overlap of rotations whose request names none (config).
+    pub fn set_rotation_overlap(&self, seconds: u64) {
+        self.rotation_overlap_seconds.store(seconds.min(ROTATION_OVERLAP_SECONDS_MAX), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Issues the platform's next secret version, durably, and returns the platform and the new
+    /// secret (shown only in the answer). The current secret keeps verifying for the overlap (the
+    /// configured one unless `request` names one); a secret older than the current one stops at
+    /// once, so at most two ever verify.
+    pub fn rotate_secret(&self, id: u32, request: RotateSecret, now: i64) -> Result<(Platform, String), ApiError> {
+        let overlap = request.overlap_seconds.unwrap_or_else(|| self.rotation_overlap_seconds.load(std::sync::atomic::Ordering::Relaxed));
+        if overlap > ROTATION_OVERLAP_SECONDS_MAX {
+            return Err(ApiError::invalid("overlap_seconds must be 0 to 604800 (a week)", "overlap_seconds"));
+        }
+        let platform = self.try_update(id, |platform| {
+            let next =
+                platform.secret_version.checked_add(1).ok_or_else(|| ApiError::invalid("this platform's secret was rotated too often", "platform_id"))?;
+            // `overlap` is at most a week: no overflow.
+            let valid_until = now.saturating_add(overlap as i64);
+            platform.previous_secret = (overlap > 0).then_some(PreviousSecret { version: platform.secret_version, valid_until });
+            platform.secret_version = next;
+            Ok(())
+        })?;
+        let secret = self.secret(&platform);
+        Ok((platform, secret))
+    }
+
+    /// Whether `signature_hex` signs `message` with the platform's current secret, or with its
+    /// previous one while the overlap after a rotation lasts (`now` in unix seconds). The one
+    /// place a platform's signature is compared.
+    pub fn verify_signature(&self, platform: &Platform, message: &[u8], signature_hex: &str, now: i64) -> bool {
+        if crate::secrets::hmac_verify_hex(self.secret(platform).as_bytes(), message, signature_hex) {
+            return true;
+        }
+        match platform.previous_secret {
+            Some(previous) if now < previous.valid_until => {
+                let secret = self.master_key.platform_secret(platform.id, previous.version);
+                crate::secrets::hmac_verify_hex(secret.as_bytes(), message, signature_hex)
+            }
+            _ => false,
+        }
+    }
+
     /// Changes one platform's record durably, then in memory.
     fn update(&self, id: u32, change: impl FnOnce(&mut Platform)) -> Result<Platform, ApiError> {
+        self.try_update(id, |platform| {
+            change(platform);
+            Ok(())
+        })
+    }
+
+    /// Changes one platform's record durably, then in memory, unless `change` refuses.
+    fn try_update(&self, id: u32, change: impl FnOnce(&mut Platform) -> Result<(), ApiError>) -> Result<Platform, ApiError> {
         let _creating = self.creating.lock().expect("platform creation lock");
         let mut platform = self.get(id).ok_or_else(ApiError::not_found)?;
-        change(&mut platform);
+        change(&mut platform)?;
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
         self.by_id.write().expect("platforms lock").insert(id, platform.clone());
@@ -182,5 +268,38 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(Platform::parse_public_id(text), *expected, "{text}");
         }
+    }
+
+    #[test]
+    fn a_rotated_secret_verifies_beside_the_old_one_until_the_overlap_ends() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let platforms = Platforms::load(store.clone(), MasterKey::from_bytes([3; 32])).expect("load");
+        let (platform, first) = platforms
+            .create(NewPlatform { name: "P".into(), settlement_cycle_days: None, auto_confirm_days: None, require_payment_password: None })
+            .expect("create");
+        let sign = |secret: &str| crate::secrets::hmac_hex(secret.as_bytes(), b"message");
+        let now = 1_700_000_000;
+        let (rotated, second) = platforms.rotate_secret(platform.id, RotateSecret { overlap_seconds: Some(60) }, now).expect("rotate");
+        assert_ne!(first, second);
+        assert_eq!(rotated.previous_secret, Some(PreviousSecret { version: 1, valid_until: now + 60 }));
+        // (check, expected): both verify during the overlap, only the new one after it.
+        let cases = [(&second, now, true), (&first, now, true), (&first, now + 59, true), (&first, now + 60, false), (&second, now + 100_000, true)];
+        for (secret, at, expected) in cases {
+            assert_eq!(platforms.verify_signature(&rotated, b"message", &sign(secret), at), expected, "{at}");
+        }
+        // Durable: a reload (a restart) keeps the version and the overlap's end.
+        let reloaded = Platforms::load(store, MasterKey::from_bytes([3; 32])).expect("reload");
+        let again = reloaded.get(platform.id).expect("platform");
+        assert!(
+            reloaded.verify_signature(&again, b"message", &sign(&first), now + 1) && reloaded.verify_signature(&again, b"message", &sign(&second), now + 1)
+        );
+        // Rotating again ends the oldest at once; overlap 0 revokes the current one too.
+        let (third_platform, third) = reloaded.rotate_secret(platform.id, RotateSecret { overlap_seconds: Some(0) }, now + 2).expect("rotate");
+        for (secret, expected) in [(&first, false), (&second, false), (&third, true)] {
+            assert_eq!(reloaded.verify_signature(&third_platform, b"message", &sign(secret), now + 3), expected);
+        }
+        let too_long = RotateSecret { overlap_seconds: Some(ROTATION_OVERLAP_SECONDS_MAX + 1) };
+        assert_eq!(reloaded.rotate_secret(platform.id, too_long, now).unwrap_err().param, Some("overlap_seconds"));
+        assert_eq!(reloaded.rotate_secret(99, RotateSecret::default(), now).unwrap_err().code, "not_found");
     }
 }

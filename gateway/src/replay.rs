@@ -140,7 +140,7 @@ mod tests {
         .unwrap();
         let now = 1_700_000_000;
         for (timestamp, nonce) in [(now - 100, "aaaaaaaaaaaaaaaa"), (now - 400, "bbbbbbbbbbbbbbbb"), (now + 250, "cccccccccccccccc")] {
-            let head = SignedHead { platform: platform.clone(), timestamp, nonce_hash: crate::auth::nonce_hash(3, nonce) };
+            let head = SignedHead { platform: platform.clone(), timestamp, nonce_hash: crate::auth::nonce_hash(3, nonce), now: timestamp };
             durable.record(&head).unwrap();
         }
         let cache = NonceCache::new();

@@ -6,7 +6,7 @@ use engine::result::ResultCode;
 use utoipa::ToSchema;
 
 /// Codes the gateway answers without the engine (authentication, validation, cards, ...).
-pub const GATEWAY_ERROR_CODES: [&str; 24] = [
+pub const GATEWAY_ERROR_CODES: [&str; 25] = [
     "invalid_request",
     "invalid_amount",
     "unauthenticated",
@@ -22,6 +22,7 @@ pub const GATEWAY_ERROR_CODES: [&str; 24] = [
     "identity_mismatch",
     "verification_failed",
     "card_locked",
+    "card_bind_limit_reached",
     "card_not_verified",
     "invalid_payment_password",
     "payment_locked",

@@ -49,6 +49,24 @@ impl Default for HttpLimits {
     }
 }
 
+/// What the gateway limits beyond HTTP (config `[secrets]`, `[cards]`).
+#[derive(Clone, Copy, Debug)]
+pub struct Protections {
+    /// Seconds a platform's previous secret verifies after a rotation unless the request says.
+    pub rotation_overlap_seconds: u64,
+    /// Cards (micro-deposits) one account may bind per business day.
+    pub card_binds_per_account_per_day: u32,
+}
+
+impl Default for Protections {
+    fn default() -> Protections {
+        Protections {
+            rotation_overlap_seconds: crate::platforms::ROTATION_OVERLAP_SECONDS_DEFAULT,
+            card_binds_per_account_per_day: crate::cards::BINDS_PER_ACCOUNT_PER_DAY_DEFAULT,
+        }
+    }
+}
+
 /// Everything the handlers share, loaded once at start.
 pub struct Services {
     pub engine: Arc<Engine>,
@@ -87,9 +105,11 @@ impl Services {
         simulator: banksim::SimulatorConfig,
         webhooks: crate::events::WebhookConfig,
         setup: ClearingSetup,
+        protections: Protections,
     ) -> Result<Services, String> {
         let channel_key = master_key.channel_key("simulator");
         let platforms = Arc::new(Platforms::load(store.clone(), master_key)?);
+        platforms.set_rotation_overlap(protections.rotation_overlap_seconds);
         let webhooks = crate::events::start_delivery(engine.clone(), platforms.clone(), store.clone(), webhooks)?;
         let simulator = banksim::Simulator::start(simulator, channel_key, store.clone())?;
         let mut table = clearing_actor::channels::ChannelTable::new(setup.channels, setup.calendar).map_err(|e| e.to_string())?;
@@ -108,7 +128,7 @@ impl Services {
             platforms,
             members: Arc::new(Members::load(store.clone())?),
             passwords: Arc::new(crate::passwords::Passwords::load(store.clone())?),
-            cards: Arc::new(crate::cards::Cards::load(store.clone())?),
+            cards: Arc::new(crate::cards::Cards::load(store.clone(), protections.card_binds_per_account_per_day)?),
             notifications: Arc::new(crate::notifications::Notifications::load(store.clone())?),
             store,
             metrics,

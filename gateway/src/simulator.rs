@@ -14,8 +14,10 @@ use engine::result::ResultCode;
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminToken;
 use crate::error::ApiError;
 use crate::orders::parse_order_id;
+use crate::platforms::Platforms;
 
 pub use banksim::{signature_header, Simulator, DEPOSIT_REMARK};
 
@@ -83,18 +85,116 @@ pub async fn receive_callback(
     }
 }
 
-/// `GET /sim/cards/{card_no}/transactions`: what the card's holder sees at their bank.
-#[utoipa::path(get, path = "/sim/cards/{card_no}/transactions", tag = "simulator", params(("card_no" = String, Path, description = "Card number")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)))]
+/// The simulator's pages are the bank's, not ours to show to anyone: each needs the operator
+/// token, and with `[simulator] pages = false` none exists (404, before the token is looked at,
+/// so nothing tells that they would exist).
+fn page_allowed(request: &HttpRequest, simulator: &Simulator, token: &AdminToken) -> Result<(), ApiError> {
+    if !simulator.pages() {
+        return Err(ApiError::not_found());
+    }
+    token.check(request)
+}
+
+/// The longest life of a card holder's link, in seconds (an hour), and its default (10 min).
+pub const CARD_LINK_SECONDS_MAX: i64 = 3_600;
+const CARD_LINK_SECONDS_DEFAULT: i64 = 600;
+
+/// The tag of a card holder's link to `card_no` valid until `expires` (unix seconds).
+fn card_link_tag(platforms: &Platforms, card_no: &str, expires: i64) -> String {
+    platforms.tag("sim-card-link", &format!("{card_no}|{expires}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardLinkQuery {
+    expires: Option<String>,
+    signature: Option<String>,
+}
+
+/// `GET /sim/cards/{card_no}/transactions`: what the card's holder sees at their bank, for the
+/// operator (bearer token) or through a link the operator issued for this card that has not
+/// expired (`?expires=&signature=`).
+#[utoipa::path(get, path = "/sim/cards/{card_no}/transactions", tag = "simulator", params(("card_no" = String, Path, description = "Card number"), ("expires" = Option<String>, Query, description = "A card holder's link: its end (unix seconds)"), ("signature" = Option<String>, Query, description = "A card holder's link: its signature")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/sim/cards/{card_no}/transactions")]
-pub async fn card_transactions(path: web::Path<String>, simulator: web::Data<Simulator>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"transactions": simulator.card_transactions(&path)}))
+pub async fn card_transactions(
+    request: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<CardLinkQuery>,
+    simulator: web::Data<Simulator>,
+    token: web::Data<AdminToken>,
+    platforms: web::Data<Arc<Platforms>>,
+) -> Result<HttpResponse, ApiError> {
+    let linked = match (&query.expires, &query.signature) {
+        (Some(expires), Some(signature)) => {
+            let expires: i64 = expires.parse().map_err(|_| ApiError::unauthenticated("a bad or expired link"))?;
+            let now = unix_seconds();
+            let valid = expires > now
+                && expires <= now.saturating_add(CARD_LINK_SECONDS_MAX)
+                && crate::auth::constant_time_equal(card_link_tag(&platforms, &path, expires).as_bytes(), signature.as_bytes());
+            if !valid || !simulator.pages() {
+                return Err(if simulator.pages() { ApiError::unauthenticated("a bad or expired link") } else { ApiError::not_found() });
+            }
+            true
+        }
+        _ => false,
+    };
+    if !linked {
+        page_allowed(&request, &simulator, &token)?;
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"transactions": simulator.card_transactions(&path)})))
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CardLinkBody {
+    /// Seconds the link works (1 to 3600, default 600).
+    seconds: Option<i64>,
+}
+
+/// `POST /admin/sim/cards/{card_no}/link` (operator token): a short-lived link to the card's
+/// statement at the simulated bank, to hand to the card's holder (who reads the micro-deposit).
+#[utoipa::path(post, path = "/admin/sim/cards/{card_no}/link", tag = "simulator", request_body = crate::simulator::CardLinkBody, params(("card_no" = String, Path, description = "Card number")), responses((status = 201, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
+#[post("/admin/sim/cards/{card_no}/link")]
+pub async fn card_link(
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    simulator: web::Data<Simulator>,
+    token: web::Data<AdminToken>,
+    platforms: web::Data<Arc<Platforms>>,
+) -> Result<HttpResponse, ApiError> {
+    page_allowed(&request, &simulator, &token)?;
+    let asked: CardLinkBody = if body.iter().all(u8::is_ascii_whitespace) { CardLinkBody::default() } else { crate::signed::parse_json(&body)? };
+    let seconds = asked.seconds.unwrap_or(CARD_LINK_SECONDS_DEFAULT);
+    if !(1..=CARD_LINK_SECONDS_MAX).contains(&seconds) {
+        return Err(ApiError::invalid("seconds must be 1 to 3600", "seconds"));
+    }
+    // The card number's shape (cards.rs checks it the same way; it imports this module).
+    let digits = path.as_str();
+    let shaped = (12..=19).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && crate::accounts::luhn_check_digit(&digits[..digits.len() - 1]) == digits.as_bytes()[digits.len() - 1] - b'0';
+    if !shaped {
+        return Err(ApiError { param: Some("card_no"), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
+    }
+    let expires = unix_seconds() + seconds;
+    let signature = card_link_tag(&platforms, &path, expires);
+    let link = format!("/sim/cards/{}/transactions?expires={expires}&signature={signature}", path.as_str());
+    Ok(HttpResponse::Created().json(serde_json::json!({"link": link, "expires": expires})))
 }
 
 /// `GET /sim/channels/{channel}/statements/{date}`: the simulated bank's statement file of a
-/// channel and business date (CSV), as reconciliation reads it.
-#[utoipa::path(get, path = "/sim/channels/{channel}/statements/{date}", tag = "simulator", params(("channel" = String, Path, description = "Channel name"), ("date" = String, Path, description = "YYYY-MM-DD")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody)))]
+/// channel and business date (CSV), as reconciliation reads it (operator token).
+#[utoipa::path(get, path = "/sim/channels/{channel}/statements/{date}", tag = "simulator", params(("channel" = String, Path, description = "Channel name"), ("date" = String, Path, description = "YYYY-MM-DD")), responses((status = 200, description = "CSV", body = String), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/sim/channels/{channel}/statements/{date}")]
-pub async fn statement_file(path: web::Path<(String, String)>, clearing: web::Data<Clearing>) -> Result<HttpResponse, ApiError> {
+pub async fn statement_file(
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    clearing: web::Data<Clearing>,
+    simulator: web::Data<Simulator>,
+    token: web::Data<AdminToken>,
+) -> Result<HttpResponse, ApiError> {
+    page_allowed(&request, &simulator, &token)?;
     let (name, date) = path.into_inner();
     let channel = clearing.channels().by_name(&name).map(|c| c.id).ok_or_else(ApiError::not_found)?;
     let day = clearing_actor::calendar::parse_date(&date).ok_or_else(|| ApiError::invalid("date is YYYY-MM-DD", "date"))?;
@@ -105,5 +205,5 @@ pub async fn statement_file(path: web::Path<(String, String)>, clearing: web::Da
 
 /// Registers the simulator's routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(receive_callback).service(card_transactions).service(statement_file);
+    config.service(receive_callback).service(card_transactions).service(card_link).service(statement_file);
 }

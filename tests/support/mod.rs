@@ -13,6 +13,8 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub lines: Vec<String>,
+    /// The operator token it was started with (`None`: generated into its data directory).
+    pub token: Option<String>,
 }
 
 /// Starts `clearing serve` on an ephemeral port and waits for its `API:` line.
@@ -23,7 +25,12 @@ pub fn start(data_dir: &std::path::Path, token: Option<&str>) -> Server {
         Some(token) => command.env("CLEARING_ADMIN_TOKEN", token),
         None => command.env_remove("CLEARING_ADMIN_TOKEN"),
     };
-    wait_for_api(command.spawn().expect("start server"))
+    let mut server = wait_for_api(command.spawn().expect("start server"));
+    server.token = Some(match token {
+        Some(token) => token.to_string(),
+        None => std::fs::read_to_string(data_dir.join("admin-token")).expect("the generated token").trim().to_string(),
+    });
+    server
 }
 
 /// The response of a call, whatever its status (ureq reports 4xx and 5xx as errors).
@@ -44,6 +51,18 @@ impl Server {
         let response = answer(request.call(), path);
         let status = response.status();
         (status, response.into_json().expect("JSON body"))
+    }
+
+    /// A page of the bank simulator (JSON), read with the operator token (the pages need it).
+    pub fn sim_get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.get(path, self.token.as_deref())
+    }
+
+    /// A page of the bank simulator as text (statement files), read with the operator token.
+    pub fn sim_text(&self, path: &str) -> String {
+        let token = self.token.as_deref().expect("the server's token");
+        let response = ureq::get(&format!("{}{path}", self.base)).set("Authorization", &format!("Bearer {token}")).call().expect(path);
+        response.into_string().expect("text")
     }
 
     /// Sends SIGTERM and waits: the server must stop gracefully with success.
@@ -139,7 +158,9 @@ pub fn start_configured(data_dir: &std::path::Path, token: &str, config: &str) -
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .env("CLEARING_ADMIN_TOKEN", token);
-    wait_for_api(command.spawn().expect("start server"))
+    let mut server = wait_for_api(command.spawn().expect("start server"));
+    server.token = Some(token.to_string());
+    server
 }
 
 fn wait_for_api(mut child: Child) -> Server {
@@ -152,7 +173,7 @@ fn wait_for_api(mut child: Child) -> Server {
         if let Some(rest) = line.strip_prefix("API: ") {
             let base = rest.split_whitespace().next().expect("address").trim_end_matches('/').to_string();
             std::thread::spawn(move || for _ in reader.lines() {});
-            return Server { child, base, lines };
+            return Server { child, base, lines, token: None };
         }
     }
 }

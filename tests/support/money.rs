@@ -17,7 +17,7 @@ pub fn error_of(reply: &(u16, bool, serde_json::Value)) -> (u16, Option<&str>) {
 pub fn micro_deposit(server: &Server, card_no: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let (status, statement) = server.get(&format!("/sim/cards/{card_no}/transactions"), None);
+        let (status, statement) = server.sim_get(&format!("/sim/cards/{card_no}/transactions"));
         assert_eq!(status, 200);
         if let Some(line) = statement["transactions"].as_array().unwrap().iter().find(|t| t["remark"] == "card verification deposit") {
             return line["amount"].as_str().unwrap().to_string();
