@@ -73,6 +73,20 @@ fn content_length(request: &HttpRequest) -> Result<Option<usize>, ApiError> {
     }
 }
 
+/// How long a refusal for a quota (429 `rate_limited`) is held before it is answered. A client
+/// that resends at once (a flood) then gets at most a few refusals a second per connection, so
+/// refusing it costs the cores other platforms share next to nothing; a client that waits as
+/// `Retry-After` says loses nothing (it waits at least a second anyway).
+pub const QUOTA_REFUSAL_PAUSE: Duration = Duration::from_millis(250);
+
+/// Holds a quota refusal for `QUOTA_REFUSAL_PAUSE` before it is answered.
+async fn paced<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
+    if result.as_ref().is_err_and(|error| error.code == "rate_limited") {
+        actix_web::rt::time::sleep(QUOTA_REFUSAL_PAUSE).await;
+    }
+    result
+}
+
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(413, "payload_too_large", &format!("the body is larger than this platform's limit of {limit} bytes"))
 }
@@ -92,7 +106,7 @@ impl actix_web::FromRequest for Signed {
             // 1. Headers only: nothing of the body has been read.
             let head = check_head(&request, platforms, unix_seconds())?;
             let tenant = quotas.tenant(head.platform.id);
-            tenant.check_rate(Instant::now())?;
+            paced(tenant.check_rate(Instant::now())).await?;
             let limit = tenant.limits().body_bytes_max.min(limits.bytes_max);
             if content_length(&request)?.is_some_and(|length| length > limit) {
                 return Err(too_large(limit));
@@ -107,9 +121,9 @@ impl actix_web::FromRequest for Signed {
                 };
             // 3. The signature, the platform's quotas, its nonce.
             check_signature(&request, &head, &body, platforms)?;
-            tenant.take_token(Instant::now())?;
-            let in_flight = tenant.enter()?;
-            check_nonce(&head, nonces, unix_seconds(), tenant.limits().nonces_max as usize)?;
+            paced(tenant.take_token(Instant::now())).await?;
+            let in_flight = paced(tenant.enter()).await?;
+            paced(check_nonce(&head, nonces, unix_seconds(), tenant.limits().nonces_max as usize)).await?;
             if !crate::replay::applied_once_by_order_number(request.method(), request.path()) {
                 let durable = request.app_data::<web::Data<Arc<DurableNonces>>>().expect("durable nonces are registered").get_ref().clone();
                 // One synced write: off the async workers.
@@ -118,5 +132,20 @@ impl actix_web::FromRequest for Signed {
             }
             Ok(Signed { platform: head.platform, body, _in_flight: in_flight })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_quota_refusal_is_held_before_it_is_answered_and_nothing_else_is() {
+        let started = Instant::now();
+        let refused = paced::<()>(Err(ApiError::rate_limited("over the rate", 1))).await.unwrap_err();
+        assert_eq!((refused.status, refused.code, refused.retry_after_seconds), (429, "rate_limited", Some(1)));
+        assert!(started.elapsed() >= QUOTA_REFUSAL_PAUSE, "a flood's refusals are paced");
+        assert_eq!(paced(Ok(7)).await.unwrap(), 7);
+        assert_eq!(paced::<()>(Err(ApiError::unauthenticated("bad signature"))).await.unwrap_err().code, "unauthenticated");
     }
 }
