@@ -125,24 +125,7 @@ fn the_keys_can_live_outside_the_private_data_directory() {
 
 /// Starts a prepared `clearing serve` command and waits for its `API:` line.
 fn spawn(mut command: Command) -> Server {
-    api_line(command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start"))
-}
-
-/// Reads a started server's output up to its `API:` line.
-fn api_line(mut child: std::process::Child) -> Server {
-    use std::io::{BufRead, BufReader};
-    let mut reader = BufReader::new(child.stdout.take().expect("piped"));
-    let mut lines = Vec::new();
-    loop {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).expect("read") > 0, "server exited early: {lines:?}");
-        lines.push(line.trim_end().to_string());
-        if let Some(rest) = line.strip_prefix("API: ") {
-            let base = rest.split_whitespace().next().expect("address").trim_end_matches('/').to_string();
-            std::thread::spawn(move || for _ in reader.lines() {});
-            return Server { child, base, lines, token: None };
-        }
-    }
+    wait_for_api(command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start"))
 }
 
 fn rotate(server: &Server, token: &str, platform: &str, body: &str) -> (u16, serde_json::Value) {

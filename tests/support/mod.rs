@@ -163,7 +163,8 @@ pub fn start_configured(data_dir: &std::path::Path, token: &str, config: &str) -
     server
 }
 
-fn wait_for_api(mut child: Child) -> Server {
+/// Reads a started server's output up to its `API:` line.
+pub fn wait_for_api(mut child: Child) -> Server {
     let mut reader = BufReader::new(child.stdout.take().expect("piped"));
     let mut lines = Vec::new();
     loop {
