@@ -139,6 +139,22 @@ impl Services {
 
 /// Binds `listen` and returns the running server and the addresses it bound (port 0 picks one).
 /// Actix stops it gracefully on SIGINT/SIGTERM, finishing requests in flight.
+/// SIGTERM or SIGINT, as a future for a graceful stop. The handlers are installed here, before
+/// the caller prints where the server listens, so that a stop sent the moment the address is
+/// known is a graceful stop (actix's own handlers are installed only when the server is first
+/// polled, and a SIGTERM before that killed the process). Must be called inside the runtime.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
+    let (mut terminate, mut interrupt) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    Ok(std::future::poll_fn(move |cx| {
+        if terminate.poll_recv(cx).is_ready() || interrupt.poll_recv(cx).is_ready() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }))
+}
+
 pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Result<(actix_web::dev::Server, Vec<std::net::SocketAddr>)> {
     let engine = web::Data::new(services.engine);
     let token = web::Data::new(services.token);
@@ -217,6 +233,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     .client_request_timeout(limits.head_timeout)
     .client_disconnect_timeout(limits.disconnect_timeout)
     .keep_alive(limits.keep_alive)
+    .shutdown_signal(stop_signal()?)
     .bind(listen)?;
     let addresses = server.addrs();
     if let Some(address) = addresses.first() {
