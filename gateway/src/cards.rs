@@ -367,7 +367,7 @@ pub async fn unbind(
 }
 
 /// `GET /v1/accounts/{account_id}/cards` (an addition to API.md): the account's cards.
-#[utoipa::path(get, path = "/v1/accounts/{account_id}/cards", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/accounts/{account_id}/cards", operation_id = "list_cards", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}/cards")]
 pub async fn list(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;

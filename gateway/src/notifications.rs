@@ -61,7 +61,7 @@ impl Notifications {
     }
 }
 
-#[utoipa::path(get, path = "/v1/members/{member_id}/notifications", tag = "members", params(("member_id" = String, Path, description = "Member id")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/members/{member_id}/notifications", operation_id = "list_notifications", tag = "members", params(("member_id" = String, Path, description = "Member id")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/members/{member_id}/notifications")]
 pub async fn list(
     signed: Signed,

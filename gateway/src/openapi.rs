@@ -136,6 +136,28 @@ mod tests {
     }
 
     #[test]
+    fn operation_ids_are_unique_and_path_parameters_are_in_their_path() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut ids = std::collections::BTreeMap::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                if let Some(id) = operation["operationId"].as_str() {
+                    if let Some(first) = ids.insert(id.to_string(), format!("{method} {path}")) {
+                        panic!("operationId {id} is used by {first} and {method} {path}");
+                    }
+                }
+                for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                    if parameter["in"] == "path" {
+                        let name = parameter["name"].as_str().unwrap();
+                        assert!(path.contains(&format!("{{{name}}}")), "{method} {path} declares path parameter {name}");
+                    }
+                }
+            }
+        }
+        assert!(ids.len() > 40, "{} operations with ids", ids.len());
+    }
+
+    #[test]
     fn the_document_has_every_route() {
         let doc = ApiDoc::openapi();
         for path in [
