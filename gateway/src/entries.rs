@@ -44,7 +44,7 @@ impl PageSlot {
         ENTRY_PAGES_IN_FLIGHT
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < ENTRY_PAGES_IN_FLIGHT_MAX).then_some(n + 1))
             .map(|_| PageSlot)
-            .map_err(|_| ApiError::new(503, "overloaded", "too many entry pages are being read; try again shortly"))
+            .map_err(|_| ApiError::overloaded("too many entry pages are being read; try again shortly"))
     }
 }
 

@@ -82,8 +82,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let body = Body { error: Inner { code: self.code, message: &self.message, param: self.param } };
         let mut response = HttpResponse::build(self.status_code());
-        // A full queue or pool (`overloaded`) may be tried again in a second unless told otherwise.
-        if let Some(seconds) = self.retry_after_seconds.or((self.code == "overloaded").then_some(1)) {
+        if let Some(seconds) = self.retry_after_seconds {
             response.insert_header((actix_web::http::header::RETRY_AFTER, seconds));
         }
         response.json(body)
