@@ -241,7 +241,9 @@ pub fn json_errors<B: actix_web::body::MessageBody + 'static>(
     use actix_web::middleware::ErrorHandlerResponse;
     let is_json =
         response.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
+    let is_page = response.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html"));
+    // Portal pages answer their errors as pages (a person reads them, not a client).
+    if is_json || is_page {
         return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
     }
     let status = response.status();

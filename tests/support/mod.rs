@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod money;
+pub mod portal;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
