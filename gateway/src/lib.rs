@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod bulk;
 pub mod cards;
+pub mod charts;
 pub mod commission;
 pub mod deadline;
 pub mod entries;
