@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{blocking, ApiError};
 use crate::members::{Member, Members};
+use crate::platforms::Platform;
 use crate::signed::Signed;
 
 /// The bank's prefix of virtual account numbers under the master account.
@@ -98,24 +99,10 @@ fn currency_of(engine: &Engine, code: &str) -> Option<CurrencyId> {
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = crate::accounts::NewAccount, responses((status = 201, description = "Success", body = crate::schemas::AccountView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts")]
 pub async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
-    let (platform, new) = (&signed.platform, signed.json::<NewAccount>()?);
-    let out_order_no =
-        OutOrderNo::new(&new.out_order_no).ok_or_else(|| ApiError::invalid("out_order_no must be 1 to 64 characters [A-Za-z0-9_-]", "out_order_no"))?;
-    let member: Member = Member::parse_public_id(&new.member_id)
-        .and_then(|id| members.get(platform.id, id))
-        .ok_or_else(|| ApiError { param: Some("member_id"), ..ApiError::not_found() })?;
-    let currency = currency_of(&engine, &new.currency).ok_or_else(|| ApiError::invalid("unknown currency", "currency"))?;
-    let command = Command::OpenAccount { owner: member.id, currency, limits: Limits::NONE };
-    let reply = execute(&engine, Envelope { platform: platform.id, out_order_no: Some(out_order_no), command }).await?;
-    match reply.code {
-        ResultCode::Ok => {}
-        ResultCode::AccountExists => return Err(ApiError::new(409, "account_exists", "the member already has an account in this currency")),
-        ResultCode::IdempotencyConflict => return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body")),
-        other => return Err(ApiError::new(422, other.name(), "the account could not be opened")),
-    }
-    let id = AccountId(reply.id);
+    let new = signed.json::<NewAccount>()?;
+    let (id, replayed) = open(&engine, &members, &signed.platform, &new.out_order_no, &new.member_id, &new.currency).await?;
     let mut response = HttpResponse::Created();
-    if reply.replayed {
+    if replayed {
         response.insert_header(("Idempotent-Replay", "true"));
     }
     Ok(response.json(serde_json::json!({
@@ -126,36 +113,107 @@ pub async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engi
     })))
 }
 
+/// Opens an account of `currency` for the platform's member `member_id` (the API and the pages
+/// share it): the account and whether the order number replayed an earlier opening.
+pub async fn open(
+    engine: &Engine,
+    members: &Members,
+    platform: &Platform,
+    out_order_no: &str,
+    member_id: &str,
+    currency: &str,
+) -> Result<(AccountId, bool), ApiError> {
+    let out_order_no =
+        OutOrderNo::new(out_order_no).ok_or_else(|| ApiError::invalid("out_order_no must be 1 to 64 characters [A-Za-z0-9_-]", "out_order_no"))?;
+    let member: Member = Member::parse_public_id(member_id)
+        .and_then(|id| members.get(platform.id, id))
+        .ok_or_else(|| ApiError { param: Some("member_id"), ..ApiError::not_found() })?;
+    let currency = currency_of(engine, currency).ok_or_else(|| ApiError::invalid("unknown currency", "currency"))?;
+    let command = Command::OpenAccount { owner: member.id, currency, limits: Limits::NONE };
+    let reply = execute(engine, Envelope { platform: platform.id, out_order_no: Some(out_order_no), command }).await?;
+    match reply.code {
+        ResultCode::Ok => Ok((AccountId(reply.id), reply.replayed)),
+        ResultCode::AccountExists => Err(ApiError::new(409, "account_exists", "the member already has an account in this currency")),
+        ResultCode::IdempotencyConflict => Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body")),
+        other => Err(ApiError::new(422, other.name(), "the account could not be opened")),
+    }
+}
+
+/// An account as its member sees it: balances formatted in its currency.
+#[derive(Clone, Debug, Serialize)]
+pub struct AccountSummary {
+    pub account_id: String,
+    pub member_id: String,
+    pub currency: String,
+    pub status: String,
+    pub virtual_account_no: String,
+    pub available: String,
+    pub withdrawable: String,
+    pub frozen: String,
+    pub unsettled: String,
+}
+
+/// The customer account `id` of `platform` with its balances (`None`: not the platform's).
+pub async fn summary(engine: &Arc<Engine>, platform: u32, id: AccountId) -> Result<Option<AccountSummary>, ApiError> {
+    let shard_count = engine.config().shard_count;
+    let engine = engine.clone();
+    // Reading waits on the shard's thread: off the async workers.
+    blocking(move || {
+        engine.read_shard(id.shard(shard_count), move |state| {
+            let account = state.account(id).filter(|a| a.kind == AccountKind::Customer && a.platform == platform)?;
+            let currency = state.currencies[account.currency.0 as usize];
+            Some(AccountSummary {
+                account_id: public_account_id(id),
+                member_id: Member::public_id_of(account.owner),
+                currency: currency.code_str().to_string(),
+                status: account.status.name().to_string(),
+                virtual_account_no: virtual_account_no(id),
+                available: currency.format(account.available()),
+                withdrawable: currency.format(account.settled),
+                frozen: currency.format(account.frozen),
+                unsettled: currency.format(account.unsettled),
+            })
+        })
+    })
+    .await?
+    .map_err(ApiError::from)
+}
+
+/// The accounts of member `member` of `platform`, one per currency, looked up on every shard.
+pub async fn accounts_of_member(engine: &Arc<Engine>, platform: u32, member: u64) -> Result<Vec<AccountId>, ApiError> {
+    let mut found = Vec::new();
+    for shard in 0..engine.config().shard_count {
+        let engine = engine.clone();
+        let ids = blocking(move || {
+            engine.read_shard(shard, move |state| {
+                (0..state.currencies.len()).filter_map(|c| state.owners.get(&(platform, member, CurrencyId(c as u8))).copied()).collect::<Vec<_>>()
+            })
+        })
+        .await??;
+        found.extend(ids);
+    }
+    found.sort_by_key(|id| id.0);
+    Ok(found)
+}
+
 #[utoipa::path(get, path = "/v1/accounts/{account_id}", tag = "accounts", params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = crate::schemas::AccountView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}")]
 pub async fn show_account(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
-    let platform = signed.platform;
     let id = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
-    let shard_count = engine.config().shard_count;
-    let engine = engine.get_ref().clone();
-    let platform_id = platform.id;
-    // Reading waits on the shard's thread: off the async workers.
-    let view = blocking(move || {
-        engine.read_shard(id.shard(shard_count), move |state| {
-            let account = state.account(id).filter(|a| a.kind == AccountKind::Customer && a.platform == platform_id)?;
-            let currency = state.currencies[account.currency.0 as usize];
-            Some(serde_json::json!({
-                "account_id": public_account_id(id),
-                "member_id": Member::public_id_of(account.owner),
-                "currency": currency.code_str(),
-                "status": account.status.name(),
-                "virtual_account_no": virtual_account_no(id),
-                "balances": {
-                    "available": currency.format(account.available()),
-                    "withdrawable": currency.format(account.settled),
-                    "frozen": currency.format(account.frozen),
-                    "unsettled": currency.format(account.unsettled),
-                },
-            }))
-        })
-    })
-    .await??;
-    view.map(|v| HttpResponse::Ok().json(v)).ok_or_else(ApiError::not_found)
+    let view = summary(&engine, signed.platform.id, id).await?.ok_or_else(ApiError::not_found)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "account_id": view.account_id,
+        "member_id": view.member_id,
+        "currency": view.currency,
+        "status": view.status,
+        "virtual_account_no": view.virtual_account_no,
+        "balances": {
+            "available": view.available,
+            "withdrawable": view.withdrawable,
+            "frozen": view.frozen,
+            "unsettled": view.unsettled,
+        },
+    })))
 }
 
 /// The member owning customer account `id` of `platform` (404 when it is not the platform's).
@@ -190,18 +248,26 @@ pub(crate) struct CloseBody {
 #[post("/v1/accounts/{account_id}/close")]
 pub async fn close_account(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<CloseBody>()?;
-    let number = crate::ids::out_order_no(&body.out_order_no, "out_order_no")?;
+    crate::ids::out_order_no(&body.out_order_no, "out_order_no")?;
     let id = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
-    let command = Command::CloseAccount { account: id };
-    let reply = execute(&engine, Envelope { platform: signed.platform.id, out_order_no: Some(number), command }).await?;
-    if !reply.is_ok() {
-        return Err(crate::error::rejection(reply.code));
-    }
+    let reply = close(&engine, signed.platform.id, id, &body.out_order_no).await?;
     let mut response = HttpResponse::Ok();
     if reply.replayed {
         response.insert_header(("Idempotent-Replay", "true"));
     }
     Ok(response.json(serde_json::json!({"account_id": public_account_id(id), "status": "closed"})))
+}
+
+/// Closes account `id` of `platform` (its balances must all be zero); the API and the pages
+/// share it. A refusal is the API error of its result code.
+pub async fn close(engine: &Engine, platform: u32, id: AccountId, out_order_no: &str) -> Result<Reply, ApiError> {
+    let number = crate::ids::out_order_no(out_order_no, "out_order_no")?;
+    let command = Command::CloseAccount { account: id };
+    let reply = execute(engine, Envelope { platform, out_order_no: Some(number), command }).await?;
+    if !reply.is_ok() {
+        return Err(crate::error::rejection(reply.code));
+    }
+    Ok(reply)
 }
 
 /// Registers the account routes.

@@ -56,9 +56,14 @@ impl Card {
         format!("card_{}", self.id)
     }
 
-    fn view(&self) -> serde_json::Value {
-        let masked = format!("{}****{}", &self.card_no[..4], &self.card_no[self.card_no.len() - 4..]);
-        serde_json::json!({"card_id": self.public_id(), "account_id": public_account_id(AccountId(self.account)), "card_no_masked": masked, "holder_name": self.holder_name, "status": self.status})
+    /// The card number with all but its first and last four digits hidden.
+    pub fn masked(&self) -> String {
+        format!("{}****{}", &self.card_no[..4], &self.card_no[self.card_no.len() - 4..])
+    }
+
+    /// The API's view of the card.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({"card_id": self.public_id(), "account_id": public_account_id(AccountId(self.account)), "card_no_masked": self.masked(), "holder_name": self.holder_name, "status": self.status})
     }
 }
 
@@ -193,21 +198,21 @@ fn unix_seconds() -> i64 {
 }
 
 /// The answer to a bind whose out_order_no names `card`: the card again, or a conflict.
-fn replay_bind(card: &Card, content: &str) -> Result<HttpResponse, ApiError> {
+fn replay_bind(card: Card, content: &str) -> Result<(Card, bool), ApiError> {
     if card.content != content {
         return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
     }
-    Ok(HttpResponse::Created().insert_header(("Idempotent-Replay", "true")).json(card.view()))
+    Ok((card, true))
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct BindBody {
-    out_order_no: String,
-    card_no: String,
-    holder_name: String,
-    id_number: String,
-    phone: String,
+pub struct BindBody {
+    pub out_order_no: String,
+    pub card_no: String,
+    pub holder_name: String,
+    pub id_number: String,
+    pub phone: String,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -231,9 +236,28 @@ pub async fn bind(
     clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<BindBody>()?;
-    let platform = signed.platform.id;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
-    let (owner, currency, spec) = account_of(&engine, platform, account).await?;
+    let (card, replayed) = bind_card(&engine, &members, &cards, clearing.bank().as_ref(), signed.platform.id, account, &body).await?;
+    let mut response = HttpResponse::Created();
+    if replayed {
+        response.insert_header(("Idempotent-Replay", "true"));
+    }
+    Ok(response.json(card.view()))
+}
+
+/// Binds a card to `account` of `platform` (the API and the pages share it): the four-element
+/// check, the day's limit, then the micro-deposit booked and asked of `bank`. Answers the card
+/// and whether the order number replayed an earlier bind.
+pub async fn bind_card(
+    engine: &Arc<Engine>,
+    members: &Members,
+    cards: &Arc<Cards>,
+    bank: &dyn bank::BankChannel,
+    platform: u32,
+    account: AccountId,
+    body: &BindBody,
+) -> Result<(Card, bool), ApiError> {
+    let (owner, currency, spec) = account_of(engine, platform, account).await?;
     crate::orders::out_order_no(&body.out_order_no, "out_order_no")?;
     let content = hex::encode(Sha256::digest(format!("{}\n{}", account.0, serde_json::to_string(&body).expect("serializes"))));
     let existing = {
@@ -241,7 +265,7 @@ pub async fn bind(
         state.by_order.get(&(platform, body.out_order_no.clone())).and_then(|id| state.by_id.get(id)).cloned()
     };
     if let Some(card) = existing {
-        return replay_bind(&card, &content);
+        return replay_bind(card, &content);
     }
     if !valid_card_no(&body.card_no) {
         return Err(ApiError { param: Some("card_no"), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
@@ -268,27 +292,25 @@ pub async fn bind(
         content: content.clone(),
         bound_at: 0,
     };
-    let (binding, offset) = (cards.get_ref().clone(), engine.config().utc_offset_seconds);
+    let (binding, offset) = (cards.clone(), engine.config().utc_offset_seconds);
     let card = match blocking(move || binding.bind_new(card, unix_seconds(), offset)).await?? {
         Ok(card) => card,
-        Err(BindRefusal::Exists(card)) => return replay_bind(&card, &content),
+        Err(BindRefusal::Exists(card)) => return replay_bind(card, &content),
         Err(BindRefusal::Limit { retry_after_seconds }) => {
             let error = ApiError::new(429, "card_bind_limit_reached", "this account has bound as many cards as it may today; bind again tomorrow");
-            let mut response = actix_web::ResponseError::error_response(&error);
-            response.headers_mut().insert(actix_web::http::header::RETRY_AFTER, retry_after_seconds.into());
-            return Ok(response);
+            return Err(ApiError { retry_after_seconds: Some(u32::try_from(retry_after_seconds).unwrap_or(u32::MAX)), ..error });
         }
     };
     // The deposit leaves the reserve at the operator's cost: booked (once per card) before the
     // bank is asked to pay it.
     let number = crate::orders::out_order_no(&format!("card-{}", card.id), "card_id")?;
     let command = Command::VerificationDeposit { shard: account.shard(engine.config().shard_count), currency, amount: deposit_minor };
-    let reply = crate::accounts::execute(&engine, Envelope { platform: 0, out_order_no: Some(number), command }).await?;
+    let reply = crate::accounts::execute(engine, Envelope { platform: 0, out_order_no: Some(number), command }).await?;
     if !reply.is_ok() {
         return Err(crate::orders::rejection(reply.code));
     }
-    clearing.bank().submit(bank::Request::MicroDeposit { card_no: card.card_no.clone(), amount: deposit_minor, currency: spec });
-    Ok(HttpResponse::Created().json(card.view()))
+    bank.submit(bank::Request::MicroDeposit { card_no: card.card_no.clone(), amount: deposit_minor, currency: spec });
+    Ok((card, false))
 }
 
 #[utoipa::path(post, path = "/v1/accounts/{account_id}/cards/{card_id}/verify", tag = "cards", request_body = crate::cards::VerifyBody, params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::schemas::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
@@ -300,12 +322,18 @@ pub async fn verify(
     cards: web::Data<Arc<Cards>>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<VerifyBody>()?;
-    let platform = signed.platform.id;
     let account = parse_account_id(&path.0).ok_or_else(ApiError::not_found)?;
-    let (_, _, spec) = account_of(&engine, platform, account).await?;
-    let id = parse_card_id(&path.1).ok_or_else(ApiError::not_found)?;
-    let amount = crate::orders::amount(&body.amount, &spec, "amount");
-    let changing = cards.get_ref().clone();
+    let card = verify_card(&engine, &cards, signed.platform.id, account, &path.1, &body.amount).await?;
+    Ok(HttpResponse::Ok().json(card.view()))
+}
+
+/// Checks the micro-deposit `amount` the member read for card `card_id` of `account` (the API
+/// and the pages share it): the verified card, or why not (three wrong amounts lock it).
+pub async fn verify_card(engine: &Arc<Engine>, cards: &Arc<Cards>, platform: u32, account: AccountId, card_id: &str, amount: &str) -> Result<Card, ApiError> {
+    let (_, _, spec) = account_of(engine, platform, account).await?;
+    let id = parse_card_id(card_id).ok_or_else(ApiError::not_found)?;
+    let amount = crate::orders::amount(amount, &spec, "amount");
+    let changing = cards.clone();
     // The try is counted and saved under the card's change lock: concurrent calls are taken one
     // after the other, so at most VERIFY_TRIES_MAX wrong amounts are ever compared.
     let (right, card) = blocking(move || {
@@ -330,7 +358,7 @@ pub async fn verify(
     })
     .await??;
     match (right, card.status.as_str()) {
-        (true, _) => Ok(HttpResponse::Ok().json(card.view())),
+        (true, _) => Ok(card),
         (false, "locked") => Err(locked()),
         (false, _) => Err(ApiError { param: Some("amount"), ..ApiError::new(422, "verification_failed", "that is not the amount deposited") }),
     }
@@ -348,11 +376,16 @@ pub async fn unbind(
     engine: web::Data<Arc<Engine>>,
     cards: web::Data<Arc<Cards>>,
 ) -> Result<HttpResponse, ApiError> {
-    let platform = signed.platform.id;
     let account = parse_account_id(&path.0).ok_or_else(ApiError::not_found)?;
-    account_of(&engine, platform, account).await?;
-    let id = parse_card_id(&path.1).ok_or_else(ApiError::not_found)?;
-    let changing = cards.get_ref().clone();
+    let card = unbind_card(&engine, &cards, signed.platform.id, account, &path.1).await?;
+    Ok(HttpResponse::Ok().json(card.view()))
+}
+
+/// Unbinds card `card_id` of `account` of `platform` (the API and the pages share it).
+pub async fn unbind_card(engine: &Arc<Engine>, cards: &Arc<Cards>, platform: u32, account: AccountId, card_id: &str) -> Result<Card, ApiError> {
+    account_of(engine, platform, account).await?;
+    let id = parse_card_id(card_id).ok_or_else(ApiError::not_found)?;
+    let changing = cards.clone();
     let ((), card) = blocking(move || {
         changing.change(platform, account, id, |card| {
             if card.status == "unbound" {
@@ -363,21 +396,26 @@ pub async fn unbind(
         })
     })
     .await??;
-    Ok(HttpResponse::Ok().json(card.view()))
+    Ok(card)
 }
 
 /// `GET /v1/accounts/{account_id}/cards` (an addition to API.md): the account's cards.
 #[utoipa::path(get, path = "/v1/accounts/{account_id}/cards", operation_id = "list_cards", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/accounts/{account_id}/cards")]
 pub async fn list(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>, cards: web::Data<Arc<Cards>>) -> Result<HttpResponse, ApiError> {
-    let platform = signed.platform.id;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
-    account_of(&engine, platform, account).await?;
+    let found = cards_of(&engine, &cards, signed.platform.id, account).await?;
+    let views: Vec<serde_json::Value> = found.iter().map(Card::view).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"cards": views})))
+}
+
+/// Every card of `account` of `platform` (unbound ones too), oldest first.
+pub async fn cards_of(engine: &Arc<Engine>, cards: &Cards, platform: u32, account: AccountId) -> Result<Vec<Card>, ApiError> {
+    account_of(engine, platform, account).await?;
     let mut found: Vec<Card> =
         cards.state.lock().expect("cards lock").by_id.values().filter(|c| c.platform == platform && c.account == account.0).cloned().collect();
     found.sort_by_key(|c| c.id);
-    let views: Vec<serde_json::Value> = found.iter().map(Card::view).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({"cards": views})))
+    Ok(found)
 }
 
 /// Registers the card routes.

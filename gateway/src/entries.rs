@@ -216,14 +216,27 @@ pub async fn list_entries(
     store: web::Data<Arc<dyn Store>>,
     platforms: web::Data<Arc<crate::platforms::Platforms>>,
 ) -> Result<HttpResponse, ApiError> {
-    let platform = signed.platform.id;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
-    let limit = page_limit(query.limit.as_deref())?;
+    let (lines, next) = page(&engine, &store, &platforms, signed.platform.id, account, query.limit.as_deref(), query.cursor.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(json!({"entries": lines, "next_cursor": next})))
+}
+
+/// One page of `account`'s journal lines, newest first, and the cursor of the next page (the
+/// API and the pages share it; 404 when the account is not `platform`'s).
+pub async fn page(
+    engine: &Arc<Engine>,
+    store: &Arc<dyn Store>,
+    platforms: &crate::platforms::Platforms,
+    platform: u32,
+    account: AccountId,
+    limit: Option<&str>,
+    cursor: Option<&str>,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    let limit = page_limit(limit)?;
     let tag = |body: &str| platforms.tag("entries-cursor", &format!("{}/{body}", account.0));
-    let after =
-        query.cursor.as_deref().map(|c| Cursor::decode(c, tag).ok_or_else(|| ApiError::invalid("not a cursor this API returned", "cursor"))).transpose()?;
+    let after = cursor.map(|c| Cursor::decode(c, tag).ok_or_else(|| ApiError::invalid("not a cursor this API returned", "cursor"))).transpose()?;
     let shard = account.shard(engine.config().shard_count);
-    let (engine, store) = (engine.get_ref().clone(), store.get_ref().clone());
+    let (engine, store) = (engine.clone(), store.clone());
     let slot = PageSlot::take()?;
     let page = blocking(move || -> Result<Option<(Vec<Value>, Option<Cursor>)>, ApiError> {
         let _slot = slot;
@@ -241,7 +254,7 @@ pub async fn list_entries(
     })
     .await??;
     let (lines, next) = page.ok_or_else(ApiError::not_found)?;
-    Ok(HttpResponse::Ok().json(json!({"entries": lines, "next_cursor": next.map(|c| c.encode(tag))})))
+    Ok((lines, next.map(|c| c.encode(tag))))
 }
 
 /// Registers the entries route.

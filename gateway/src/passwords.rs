@@ -65,6 +65,11 @@ impl Passwords {
         Ok(())
     }
 
+    /// Wrong passwords in a row of `account` (`None`: no password set).
+    pub fn failures(&self, account: AccountId) -> Option<u8> {
+        self.records.lock().expect("passwords lock").get(&account.0).map(|r| r.failures)
+    }
+
     /// Verifies a payment password for `account`.
     pub fn verify(&self, account: AccountId, password: Option<&str>) -> Result<(), ApiError> {
         let record = self.records.lock().expect("passwords lock").get(&account.0).cloned();
@@ -106,7 +111,7 @@ fn locked() -> ApiError {
 }
 
 /// A payment password is exactly six digits.
-fn valid_password(text: &str) -> bool {
+pub fn valid_password(text: &str) -> bool {
     text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
@@ -140,13 +145,19 @@ pub async fn set_password(
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PasswordBody>()?;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
-    owner_of(&engine, signed.platform.id, account).await?;
-    if !valid_password(&body.password) {
+    set_password_of(&engine, &passwords, signed.platform.id, account, body.password).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"account_id": crate::accounts::public_account_id(account), "payment_password": "set"})))
+}
+
+/// Sets (or replaces) the payment password of `account` of `platform`: exactly six digits; the
+/// count of wrong ones starts again (the API and the pages share it).
+pub async fn set_password_of(engine: &Arc<Engine>, passwords: &Arc<Passwords>, platform: u32, account: AccountId, password: String) -> Result<(), ApiError> {
+    owner_of(engine, platform, account).await?;
+    if !valid_password(&password) {
         return Err(ApiError::invalid("a payment password is exactly 6 digits", "password"));
     }
-    let passwords = passwords.get_ref().clone();
-    blocking(move || passwords.set(account, &body.password)).await??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"account_id": crate::accounts::public_account_id(account), "payment_password": "set"})))
+    let passwords = passwords.clone();
+    blocking(move || passwords.set(account, &password)).await?
 }
 
 /// Registers the password route.

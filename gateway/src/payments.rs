@@ -376,11 +376,25 @@ pub async fn create_payment(
     clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PaymentBody>()?;
-    let prepared = prepare_payment(&engine, &clearing.channels(), &signed.platform, &body)?;
-    crate::passwords::check_for_payment(&passwords, &signed.platform, &prepared.envelope, body.payment_password.as_deref()).await?;
-    let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
-    crate::recharges::dispatch(&engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
+    let (prepared, reply) = pay(&engine, &passwords, &clearing, &signed.platform, &body).await?;
     crate::orders::answer(prepared, &reply)
+}
+
+/// Checks a payment and the payer's password (when the platform requires one), has the engine
+/// apply it and sends a direct payment to its channel (the API and the cashier page share it);
+/// a refusal is in the reply (render it with `orders::answer`).
+pub async fn pay(
+    engine: &Engine,
+    passwords: &Arc<crate::passwords::Passwords>,
+    clearing: &clearing_actor::Clearing,
+    platform: &Platform,
+    body: &PaymentBody,
+) -> Result<(Prepared, engine::ledger::types::Reply), ApiError> {
+    let prepared = prepare_payment(engine, &clearing.channels(), platform, body)?;
+    crate::passwords::check_for_payment(passwords, platform, &prepared.envelope, body.payment_password.as_deref()).await?;
+    let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
+    crate::recharges::dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
+    Ok((prepared, reply))
 }
 
 #[utoipa::path(post, path = "/v1/payments/{order_id}/confirm", tag = "money", request_body = crate::payments::ConfirmBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]

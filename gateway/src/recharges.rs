@@ -65,10 +65,17 @@ pub fn dispatch(engine: &Engine, bank: &dyn bank::BankChannel, envelope: &Envelo
 #[post("/v1/recharges")]
 pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, clearing: web::Data<Clearing>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<RechargeBody>()?;
-    let prepared = prepare_recharge(&engine, &clearing.channels(), &signed.platform, &body)?;
-    let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
-    dispatch(&engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
+    let (prepared, reply) = recharge(&engine, &clearing, &signed.platform, &body).await?;
     crate::orders::answer(prepared, &reply)
+}
+
+/// Checks a recharge, has the engine accept it and sends a new one to its channel (the API and
+/// the pages share it); a refusal is in the reply (render it with `orders::answer`).
+pub async fn recharge(engine: &Engine, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<(Prepared, Reply), ApiError> {
+    let prepared = prepare_recharge(engine, &clearing.channels(), platform, body)?;
+    let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
+    dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
+    Ok((prepared, reply))
 }
 
 /// `POST /v1/collections` (代收, collection on behalf; an addition to API.md).

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 
 use actix_web::{post, web, HttpResponse};
-use clearing_actor::channels::{AccountType, Arrival};
+use clearing_actor::channels::{AccountType, Arrival, ChannelSet, Direction};
 use clearing_actor::payouts::PayoutRequest;
 use clearing_actor::Clearing;
-use engine::ledger::types::OrderId;
+use engine::ledger::types::{OrderId, Reply};
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
@@ -28,13 +28,13 @@ pub const ALERT_ABOVE_MAJOR: i64 = 50_000;
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct WithdrawalBody {
-    out_order_no: String,
-    account_id: String,
-    card_id: String,
-    amount: String,
-    currency: String,
-    arrival: Option<String>,
+pub struct WithdrawalBody {
+    pub out_order_no: String,
+    pub account_id: String,
+    pub card_id: String,
+    pub amount: String,
+    pub currency: String,
+    pub arrival: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/withdrawals", tag = "money", request_body = crate::withdrawals::WithdrawalBody, responses((status = 201, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
@@ -49,13 +49,37 @@ pub async fn create_withdrawal(
     clearing: web::Data<Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<WithdrawalBody>()?;
-    let platform = signed.platform.id;
+    let withdrawn = withdraw(&engine, &cards, &members, &notifications, &clearing, signed.platform.id, &body).await?;
+    crate::orders::answer_fields(&withdrawn.view, true, &withdrawn.reply)
+}
+
+/// A payout the clearing actor routed and submitted: the order's response members, the
+/// engine's reply (a refusal is in it) and the channel and fee routing chose.
+pub struct Submitted {
+    pub view: Fields,
+    pub reply: Reply,
+    pub channel: String,
+    pub fee: engine::money::Minor,
+}
+
+/// Withdraws to a verified card of the account (the API and the pages share it): checked here,
+/// routed, noted, submitted and sent to the bank by the clearing actor (a refusal is in the
+/// reply; render it with `orders::answer_fields`).
+pub async fn withdraw(
+    engine: &Arc<Engine>,
+    cards: &Cards,
+    members: &Members,
+    notifications: &Arc<Notifications>,
+    clearing: &Clearing,
+    platform: u32,
+    body: &WithdrawalBody,
+) -> Result<Submitted, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
-    let (currency_id, spec) = currency(&engine, &body.currency)?;
+    let (currency_id, spec) = currency(engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
     let arrival = parse_arrival(body.arrival.as_deref())?;
-    let (owner, _, _) = account_of(&engine, platform, target).await?;
+    let (owner, _, _) = account_of(engine, platform, target).await?;
     let card = crate::ids::parse_prefixed(&body.card_id, "card_")
         .and_then(|id| cards.get(platform, target, id))
         .filter(|c| c.status != "unbound")
@@ -74,7 +98,31 @@ pub async fn create_withdrawal(
         .value("account_id", &body.account_id)
         .value("card_id", &body.card_id)
         .value("arrival", body.arrival.as_deref().unwrap_or("standard"));
-    submit(&clearing, &notifications, currency_id, spec, payout, view).await
+    submit(clearing, notifications, currency_id, spec, payout, view).await
+}
+
+/// The channel a payout of `amount` (minor units of `spec`) would most likely take and its fee:
+/// the cheapest enabled money-out channel whose currency, account type, order limits and
+/// arrival fit (what a page shows before the member confirms; routing at submission also
+/// weighs windows, daily caps and health, and its answer is the one that counts).
+pub fn quote(
+    channels: &ChannelSet,
+    spec: &engine::money::CurrencySpec,
+    amount: engine::money::Minor,
+    arrival: Arrival,
+    account_type: AccountType,
+) -> Option<(String, engine::money::Minor)> {
+    channels
+        .all()
+        .iter()
+        .filter(|c| c.direction == Direction::Out && c.enabled && c.currency == spec.code_str())
+        .filter(|c| match account_type {
+            AccountType::Personal => c.serves_personal,
+            AccountType::Corporate => c.serves_corporate,
+        })
+        .filter(|c| (c.order_min..=c.order_max).contains(&amount) && (arrival == Arrival::Standard || c.arrival == Arrival::Realtime))
+        .min_by_key(|c| (c.fee(amount), c.eta_minutes, c.id))
+        .map(|c| (c.name.clone(), c.fee(amount)))
 }
 
 /// A payout to a card: a member's verified card (withdrawal) or an outside one (代付).
@@ -101,7 +149,7 @@ async fn submit(
     spec: engine::money::CurrencySpec,
     payout: Payout,
     mut view: Fields,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Submitted, ApiError> {
     let Payout { platform, number, target, minor, arrival, account_type, card_id, card_no, alert } = payout;
     let request = PayoutRequest {
         platform,
@@ -132,7 +180,7 @@ async fn submit(
             blocking(move || notifications.send(&member, "large_withdrawal_alert", text, order_id)).await??;
         }
     }
-    crate::orders::answer_fields(&view, true, &reply)
+    Ok(Submitted { view, reply, channel: outcome.channel, fee: outcome.fee })
 }
 
 /// `POST /v1/payouts` (代付, payment on behalf; an addition to API.md): from one of the
@@ -189,11 +237,12 @@ pub async fn create_payout(
         .value("account_id", &body.account_id)
         .value("card_no_masked", &format!("{}****{}", &body.card_no[..4], &body.card_no[body.card_no.len() - 4..]))
         .value("arrival", body.arrival.as_deref().unwrap_or("standard"));
-    submit(&clearing, &notifications, currency_id, spec, payout, view).await
+    let submitted = submit(&clearing, &notifications, currency_id, spec, payout, view).await?;
+    crate::orders::answer_fields(&submitted.view, true, &submitted.reply)
 }
 
 /// The requested arrival (`standard` when absent).
-fn parse_arrival(text: Option<&str>) -> Result<Arrival, ApiError> {
+pub fn parse_arrival(text: Option<&str>) -> Result<Arrival, ApiError> {
     match text {
         None | Some("standard") => Ok(Arrival::Standard),
         Some("realtime") => Ok(Arrival::Realtime),
