@@ -4,6 +4,7 @@
 //! modules.
 
 pub mod accounts;
+pub mod adjustments;
 pub mod admin;
 pub mod auth;
 pub mod bulk;
@@ -38,6 +39,7 @@ pub mod server;
 pub mod settlements;
 pub mod signed;
 pub mod simulator;
+pub mod stats;
 pub mod v1;
 pub mod withdrawals;
 
