@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs what the build needs and a fresh machine lacks: libclang (RocksDB's bindings) and
-# cargo-nextest. Does nothing when they are present.
+# Installs what the build needs and a fresh machine lacks: libclang (RocksDB's bindings),
+# chromium and its WebDriver (the browser tests) and cargo-nextest. Does nothing when they are present.
 set -euo pipefail
 need_apt=()
 # bindgen needs libclang.so itself (libclang-cpp, which some images ship, is not enough).
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
+# The browser tests (tests/support/browser.rs) drive Debian's headless chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

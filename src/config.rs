@@ -25,6 +25,8 @@ struct FileConfig {
     secrets: SecretsSection,
     #[serde(default)]
     cards: CardsSection,
+    #[serde(default)]
+    portal: PortalSection,
     channels: Vec<clearing_actor::channels::ChannelSpec>,
     calendar: CalendarSection,
     settlement: SettlementSection,
@@ -162,6 +164,22 @@ struct CardsSection {
 impl Default for CardsSection {
     fn default() -> CardsSection {
         CardsSection { binds_per_account_per_day: gateway::cards::BINDS_PER_ACCOUNT_PER_DAY_DEFAULT }
+    }
+}
+
+/// `[portal]`: the operators' sessions.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortalSection {
+    session_idle_seconds: i64,
+    session_absolute_seconds: i64,
+    secure_cookies: bool,
+}
+
+impl Default for PortalSection {
+    fn default() -> PortalSection {
+        let limits = gateway::portal::SessionLimits::default();
+        PortalSection { session_idle_seconds: limits.idle_seconds, session_absolute_seconds: limits.absolute_seconds, secure_cookies: limits.secure_cookies }
     }
 }
 
@@ -447,9 +465,18 @@ impl Config {
         }
         let secret_places =
             gateway::secrets::SecretPlaces { master_key_file: secrets.master_key_file.clone(), admin_token_file: secrets.admin_token_file.clone() };
+        let portal = &file.portal;
+        if !(1..=86_400).contains(&portal.session_idle_seconds) || !(portal.session_idle_seconds..=7 * 86_400).contains(&portal.session_absolute_seconds) {
+            return Err(anyhow!("portal: session_idle_seconds must be 1..=86400 and session_absolute_seconds from it up to 604800"));
+        }
         let protections = gateway::server::Protections {
             rotation_overlap_seconds: secrets.rotation_overlap_seconds,
             card_binds_per_account_per_day: file.cards.binds_per_account_per_day,
+            sessions: gateway::portal::SessionLimits {
+                idle_seconds: portal.session_idle_seconds,
+                absolute_seconds: portal.session_absolute_seconds,
+                secure_cookies: portal.secure_cookies,
+            },
         };
         let channels = file.channels.iter().map(|row| row.build(&engine.currencies).map_err(|e| anyhow!("{e}"))).collect::<Result<Vec<_>>>()?;
         if !channels.iter().any(|c| c.direction == clearing_actor::channels::Direction::In) {

@@ -327,6 +327,13 @@ fn serve_http(
     let services =
         gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks.clone(), setup, config.protections)
             .map_err(anyhow::Error::msg)?;
+    if let Some(first) = &services.first_operator {
+        if first.generated {
+            println!("portal: first system operator \"{}\", password (shown once; change it at /portal/account): {}", first.username, first.password);
+        } else {
+            println!("portal: first system operator \"{}\", password from CLEARING_OPERATOR_PASSWORD", first.username);
+        }
+    }
     if let Some(cutoff) = config.settlement_cutoff_minute {
         println!("settlement: every day at {:02}:{:02} business time (GET /admin/settlements shows the schedule)", cutoff / 60, cutoff % 60);
     }
@@ -334,7 +341,7 @@ fn serve_http(
         let limits = config.http.clone();
         let (server, addresses) = gateway::server::bind(services, listen, limits)?;
         for address in addresses {
-            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants, /metrics; signed platform API: /v1/...; bank simulator: /sim/cards/{{card_no}}/transactions)");
+            println!("API: http://{address}/ (GET /healthz, /readyz; operator: /admin/platforms, /admin/shards, /admin/invariants, /metrics; portals: /portal/; signed platform API: /v1/...; bank simulator: /sim/cards/{{card_no}}/transactions)");
         }
         println!("running; Ctrl-C (SIGINT) or SIGTERM stops it gracefully");
         use std::io::Write;

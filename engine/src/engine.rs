@@ -14,7 +14,7 @@ use crate::journal::{batch_key, encode, replay_shard, BatchRecordRef, META_SHARD
 use crate::ledger::command::{idempotency_key, Command, Envelope};
 use crate::ledger::ops::payment::check_legs;
 use crate::ledger::state::{check_amount, credit_refusal_by, Effects, ShardState};
-use crate::ledger::types::{Leg, Reply, ShardId, Timestamp};
+use crate::ledger::types::{AdjustmentSide, Leg, Reply, ShardId, Timestamp};
 use crate::money::CurrencySpec;
 use crate::result::ResultCode;
 use crate::shard::{ClientRequest, Control, ReplyTo, Shard, ShardCounters, ShardFailure, ShardLimits};
@@ -550,6 +550,19 @@ impl Engine {
                     self.check_remote_receiver(envelope.platform, payer_shard, leg, *currency)?;
                 }
             }
+        }
+        if let Command::Adjust { source, target, currency, amount, .. } = command {
+            // Out of suspense: the stripe of the shard named; a target on another shard is
+            // checked against the directory like a payee there.
+            let source_shard = match source {
+                AdjustmentSide::Account(account) => account.shard(shard_count),
+                AdjustmentSide::Suspense(shard) if *shard < shard_count => *shard,
+                AdjustmentSide::Suspense(_) => return Err(ResultCode::AccountNotFound),
+            };
+            if let AdjustmentSide::Account(account) = target {
+                self.check_remote_receiver(envelope.platform, source_shard, &Leg { account: *account, amount: *amount }, *currency)?;
+            }
+            return Ok(source_shard);
         }
         if let Command::OpenAccount { owner, .. } = command {
             // All of one member's accounts live on one shard, so "one per currency" is a local check.

@@ -47,11 +47,16 @@ pub enum ResultCode {
     /// The shard's mailbox was full: the command was never queued and nothing changed. Answered
     /// by the router, never journaled; the caller may try again shortly.
     Overloaded = 33,
+    /// An operator's adjustment without a reason (an empty or blank one).
+    ReasonMissing = 34,
+    /// An adjustment's four eyes are missing: the proposer or the approver is not named, a
+    /// name passes `OPERATOR_NAME_BYTES_MAX`, or the approver is the proposer.
+    ApprovalInvalid = 35,
 }
 
 impl ResultCode {
     /// Every code, in number order (for documentation and tests).
-    pub const ALL: [ResultCode; 34] = [
+    pub const ALL: [ResultCode; 36] = [
         ResultCode::Ok,
         ResultCode::IdempotencyConflict,
         ResultCode::InvalidAmount,
@@ -86,6 +91,8 @@ impl ResultCode {
         ResultCode::ChannelChanged,
         ResultCode::BalanceLimitExceeded,
         ResultCode::Overloaded,
+        ResultCode::ReasonMissing,
+        ResultCode::ApprovalInvalid,
     ];
 
     /// The stable snake_case name used at the API edge.
@@ -125,6 +132,8 @@ impl ResultCode {
             ResultCode::ChannelChanged => "channel_changed",
             ResultCode::BalanceLimitExceeded => "balance_limit_exceeded",
             ResultCode::Overloaded => "overloaded",
+            ResultCode::ReasonMissing => "reason_missing",
+            ResultCode::ApprovalInvalid => "approval_invalid",
         }
     }
 

@@ -5,8 +5,8 @@
 use engine::journal::{batch_key, decode, encode, replay_shard, BatchRecord, BatchRecordRef, JournalError, JOURNAL_FORMAT_VERSION};
 use engine::ledger::command::{BatchOrder, Command, Envelope, OutOrderNo};
 use engine::ledger::types::{
-    AccountId, AccountStatus, Bucket, CreditPurpose, EntryHeader, EntryKind, Leg, Legs, Limits, OrderId, Posting, RemoteCredit, SettlementRule, Tier,
-    TierBasis, NO_ORDER,
+    AccountId, AccountStatus, AdjustmentSide, Bucket, CreditPurpose, EntryHeader, EntryKind, Leg, Legs, Limits, OrderId, Posting, RemoteCredit, SettlementRule,
+    Tier, TierBasis, NO_ORDER,
 };
 use engine::money::{CurrencyId, CurrencySpec};
 use serde::de::{DeserializeOwned, Deserializer, Error as _, Visitor};
@@ -18,7 +18,7 @@ enum; never reorder or remove one. If the encoding change is deliberate, bump JO
 and regenerate GOLDEN in engine/tests/journal_format.rs (appending a variant at the end changes no existing bytes and needs no bump).";
 
 /// `Command`'s variants in declaration order: the index here is the one the journal stores.
-const COMMAND_VARIANTS: [&str; 28] = [
+const COMMAND_VARIANTS: [&str; 30] = [
     "Genesis",
     "OpenAccount",
     "SetAccountStatus",
@@ -47,6 +47,8 @@ const COMMAND_VARIANTS: [&str; 28] = [
     "ChargeChannelFees",
     "VerificationDeposit",
     "AutoConfirmChunk",
+    "Adjust",
+    "SetLimits",
 ];
 
 /// The index the journal stores for `command`. No wildcard arm: a new variant does not compile
@@ -81,6 +83,8 @@ fn variant_index(command: &Command) -> usize {
         Command::ChargeChannelFees { .. } => 25,
         Command::VerificationDeposit { .. } => 26,
         Command::AutoConfirmChunk { .. } => 27,
+        Command::Adjust { .. } => 28,
+        Command::SetLimits { .. } => 29,
     }
 }
 
@@ -89,7 +93,7 @@ fn variant_index(command: &Command) -> usize {
 /// and the postings. Regenerate only for a deliberate format change (see `FORMAT_RULES`).
 const GOLDEN: &[(&str, &str)] = &[
     ("version", "01"),
-    ("header", "012afd01401e18240a06001c"),
+    ("header", "012afd01401e18240a06001e"),
     ("Genesis", "070000010202434e59024a505900fb00e1"),
     ("OpenAccount", "070001fbe90300fbe803fbd007fb5802fbb004"),
     ("SetAccountStatus", "0700020301"),
@@ -118,6 +122,8 @@ const GOLDEN: &[(&str, &str)] = &[
     ("ChargeChannelFees", "0700190101fb0b4d0018"),
     ("VerificationDeposit", "07001a010002"),
     ("AutoConfirmChunk", "07001b01fd00401e18240a0600fb2c01fb0010"),
+    ("Adjust", "07010561646a2d311c01010003003212756e6d617463686564207472616e73666572076f70732d616e6e066f70732d626f"),
+    ("SetLimits", "0701056c696d2d311d03fbe803fbd007fb5802fbb004"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
 ];
@@ -218,6 +224,19 @@ fn every_command() -> Vec<(Option<OutOrderNo>, Command)> {
         (None, Command::ChargeChannelFees { shard: SHARD, channel: 1, day: 19_723, currency: cny, total: 12 }),
         (None, Command::VerificationDeposit { shard: SHARD, currency: cny, amount: 1 }),
         (None, Command::AutoConfirmChunk { shard: SHARD, created_before: 1_700_000_000_000_000, after: 300, orders_max: 4096 }),
+        (
+            number("adj-1"),
+            Command::Adjust {
+                source: AdjustmentSide::Suspense(SHARD),
+                target: AdjustmentSide::Account(account(3)),
+                currency: cny,
+                amount: 25,
+                reason: "unmatched transfer".into(),
+                proposer: "ops-ann".into(),
+                approver: "ops-bo".into(),
+            },
+        ),
+        (number("lim-1"), Command::SetLimits { account: account(3), limits }),
     ]
 }
 
@@ -325,7 +344,8 @@ fn enums_in_the_journal_keep_their_declaration_order() {
         ("Command", declared_variants::<Command>(), &COMMAND_VARIANTS),
         ("Bucket", declared_variants::<Bucket>(), &["Settled", "Unsettled", "Frozen"]),
         ("AccountStatus", declared_variants::<AccountStatus>(), &["Normal", "DebitBlocked", "CreditBlocked", "Closed"]),
-        ("CreditPurpose", declared_variants::<CreditPurpose>(), &["PaymentIncome", "RefundToPayer", "Commission"]),
+        ("CreditPurpose", declared_variants::<CreditPurpose>(), &["PaymentIncome", "RefundToPayer", "Commission", "Adjustment"]),
+        ("AdjustmentSide", declared_variants::<AdjustmentSide>(), &["Account", "Suspense"]),
         ("TierBasis", declared_variants::<TierBasis>(), &["Amount", "Count"]),
         (
             "EntryKind",
@@ -350,6 +370,7 @@ fn enums_in_the_journal_keep_their_declaration_order() {
                 "ServiceFee",
                 "ChannelFee",
                 "VerificationDeposit",
+                "Adjustment",
             ],
         ),
     ];

@@ -122,6 +122,7 @@ pub fn entry_kind_name(kind: EntryKind) -> &'static str {
         EntryKind::ServiceFee => "service_fee",
         EntryKind::ChannelFee => "channel_fee",
         EntryKind::VerificationDeposit => "verification_deposit",
+        EntryKind::Adjustment => "adjustment",
     }
 }
 

@@ -140,6 +140,10 @@ pub fn rejection(code: ResultCode) -> ApiError {
             (422, "balance_limit_exceeded", "the receiving account's balance would pass the largest balance an account may hold", Some("amount"))
         }
         ResultCode::Overloaded => return ApiError::overloaded("the shard's queue is full; nothing was applied; try again shortly"),
+        ResultCode::ReasonMissing => (400, "invalid_request", "an adjustment needs a reason", Some("reason")),
+        ResultCode::ApprovalInvalid => {
+            (422, "approval_invalid", "an adjustment needs a proposer and a different approver, each named in at most 64 bytes", Some("approver"))
+        }
     };
     ApiError { status, code: name, message: message.to_string(), param, retry_after_seconds: None }
 }
@@ -234,18 +238,16 @@ pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
 }
 
 /// Gives errors that actix produces itself (a body over the limit, a malformed request line) the
-/// API's JSON error shape; responses that already are JSON, and the HTML error pages of the
-/// members' H5 pages, pass unchanged.
+/// API's JSON error shape; responses that already are JSON pass unchanged.
 pub fn json_errors<B: actix_web::body::MessageBody + 'static>(
     response: actix_web::dev::ServiceResponse<B>,
 ) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
     use actix_web::middleware::ErrorHandlerResponse;
-    let is_json = response
-        .headers()
-        .get(actix_web::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
-    if is_json {
+    let is_json =
+        response.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    let is_page = response.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html"));
+    // Portal pages answer their errors as pages (a person reads them, not a client).
+    if is_json || is_page {
         return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
     }
     let status = response.status();

@@ -9,7 +9,7 @@ use clearing_actor::channels::ChannelSet;
 use clearing_actor::Clearing;
 use engine::ledger::command::{idempotency_key, Command, Envelope, OutOrderNo};
 use engine::ledger::state::ShardState;
-use engine::ledger::types::{AccountId, Order, OrderDetail, OrderId, OrderKind, OrderStatus, Reply, Timestamp};
+use engine::ledger::types::{AccountId, AdjustmentSide, Order, OrderDetail, OrderId, OrderKind, OrderStatus, Reply, Timestamp};
 use engine::money::{CurrencyId, CurrencySpec, Minor};
 use engine::Engine;
 use serde::Deserialize;
@@ -163,6 +163,15 @@ pub fn kind_name(kind: OrderKind) -> &'static str {
         OrderKind::Refund => "refund",
         OrderKind::Freeze => "freeze",
         OrderKind::Withdrawal => "withdrawal",
+        OrderKind::Adjustment => "adjustment",
+    }
+}
+
+/// An adjustment's side as the API shows it: `acc_N`, or `suspense:SHARD`.
+pub fn adjustment_side(side: AdjustmentSide) -> String {
+    match side {
+        AdjustmentSide::Account(account) => public_account_id(account),
+        AdjustmentSide::Suspense(shard) => format!("suspense:{shard}"),
     }
 }
 
@@ -222,6 +231,17 @@ pub fn view(state: &ShardState, order: &Order, channels: &ChannelSet) -> Value {
         OrderDetail::Withdrawal { fee, channel } => {
             extra.insert("fee".into(), money(*fee));
             extra.insert("channel".into(), json!(channels.name(*channel)));
+        }
+        OrderDetail::Adjustment { source, target, reason, proposer, approver } => {
+            // Out of suspense, the order's account is a stripe: the customer credited is the one to show.
+            if let (AdjustmentSide::Suspense(_), AdjustmentSide::Account(credited)) = (source, target) {
+                extra.insert("account_id".into(), json!(public_account_id(*credited)));
+            }
+            extra.insert("from".into(), json!(adjustment_side(*source)));
+            extra.insert("to".into(), json!(adjustment_side(*target)));
+            extra.insert("reason".into(), json!(reason));
+            extra.insert("proposer".into(), json!(proposer));
+            extra.insert("approver".into(), json!(approver));
         }
     }
     body
@@ -371,7 +391,7 @@ pub async fn merged_page(
     Ok((found.into_iter().map(|(_, v)| v).collect(), next_cursor))
 }
 
-const KINDS: [&str; 5] = ["recharge", "payment", "refund", "freeze", "withdrawal"];
+const KINDS: [&str; 6] = ["recharge", "payment", "refund", "freeze", "withdrawal", "adjustment"];
 const STATUSES: [OrderStatus; 8] = [
     OrderStatus::Pending,
     OrderStatus::Processing,
@@ -427,6 +447,16 @@ fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo, 
         Command::Freeze { account: AccountId(0), currency: CurrencyId(0), amount: 0, reason: String::new(), expires_at: None }.kind_code(),
         Command::Withdraw { account: AccountId(0), currency: CurrencyId(0), amount: 0, fee: 0, channel: 0 }.kind_code(),
         Command::Recharge { account: AccountId(0), currency: CurrencyId(0), amount: 0, channel: 0 }.kind_code(),
+        Command::Adjust {
+            source: AdjustmentSide::Suspense(0),
+            target: AdjustmentSide::Suspense(0),
+            currency: CurrencyId(0),
+            amount: 0,
+            reason: String::new(),
+            proposer: String::new(),
+            approver: String::new(),
+        }
+        .kind_code(),
     ];
     kinds.iter().find_map(|kind| {
         let record = state.idempotency.get(&idempotency_key(platform, *kind, number))?;
@@ -435,7 +465,7 @@ fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo, 
     })
 }
 
-#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(("out_order_no" = Option<String>, Query, description = "The platform's order number: answers that one order"), ("kind" = Option<String>, Query, description = "recharge, payment, refund, freeze or withdrawal"), ("status" = Option<String>, Query, description = "An order status"), ("account_id" = Option<String>, Query, description = "Account id (acc_...): orders of that account"), ("from" = Option<String>, Query, description = "RFC 3339: created at or after"), ("to" = Option<String>, Query, description = "RFC 3339: created before"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::schemas::OrderPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(("out_order_no" = Option<String>, Query, description = "The platform's order number: answers that one order"), ("kind" = Option<String>, Query, description = "recharge, payment, refund, freeze, withdrawal or adjustment"), ("status" = Option<String>, Query, description = "An order status"), ("account_id" = Option<String>, Query, description = "Account id (acc_...): orders of that account"), ("from" = Option<String>, Query, description = "RFC 3339: created at or after"), ("to" = Option<String>, Query, description = "RFC 3339: created before"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::schemas::OrderPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/orders")]
 pub async fn list_orders(
     signed: Signed,

@@ -82,7 +82,7 @@ fn error_code_schema() -> utoipa::openapi::schema::Object {
 pub struct OrderView {
     pub order_id: String,
     pub out_order_no: Option<String>,
-    /// recharge, payment, refund, freeze, withdrawal (batch_payment for a batch's answer).
+    /// recharge, payment, refund, freeze, withdrawal, adjustment (batch_payment for a batch's answer).
     pub kind: String,
     /// pending, processing, held, succeeded, failed, cancelled, partially_refunded, refunded.
     pub status: String,

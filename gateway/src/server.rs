@@ -56,6 +56,8 @@ pub struct Protections {
     pub rotation_overlap_seconds: u64,
     /// Cards (micro-deposits) one account may bind per business day.
     pub card_binds_per_account_per_day: u32,
+    /// How long operators' portal sessions last (`[portal]`).
+    pub sessions: crate::portal::SessionLimits,
 }
 
 impl Default for Protections {
@@ -63,6 +65,7 @@ impl Default for Protections {
         Protections {
             rotation_overlap_seconds: crate::platforms::ROTATION_OVERLAP_SECONDS_DEFAULT,
             card_binds_per_account_per_day: crate::cards::BINDS_PER_ACCOUNT_PER_DAY_DEFAULT,
+            sessions: crate::portal::SessionLimits::default(),
         }
     }
 }
@@ -86,6 +89,10 @@ pub struct Services {
     pub agreements: Arc<crate::agreements::Agreements>,
     /// The members' H5 links and sessions (in memory).
     pub h5: Arc<crate::h5::H5Sessions>,
+    /// Operators, their sessions, the audit log and approvals.
+    pub portal: Arc<crate::portal::Portal>,
+    /// The first system operator when this start made it (printed once by the caller).
+    pub first_operator: Option<crate::portal::FirstOperator>,
 }
 
 /// What clearing is started with: the configured channels, the business calendar and the daily
@@ -123,6 +130,7 @@ impl Services {
         let config = clearing_actor::ClearingConfig { settlement_cutoff_minute: setup.settlement_cutoff_minute, ..clearing_actor::ClearingConfig::default() };
         let bank: Arc<dyn bank::BankChannel> = Arc::new(simulator.clone());
         let clock = Arc::new(clearing_actor::calendar::SystemClock);
+        let (portal, first_operator) = crate::portal::Portal::load(store.clone(), protections.sessions)?;
         let clearing = clearing_actor::Clearing::start(engine.clone(), store.clone(), bank, table, clock, terms, config).map_err(|e| e.to_string())?;
         Ok(Services {
             clearing,
@@ -139,6 +147,8 @@ impl Services {
             store,
             metrics,
             webhooks,
+            portal: Arc::new(portal),
+            first_operator,
         })
     }
 }
@@ -176,6 +186,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let webhooks = web::Data::new(services.webhooks);
     let agreements = web::Data::new(services.agreements);
     let h5 = web::Data::new(services.h5);
+    let portal = web::Data::new(services.portal);
     let nonces = NonceCache::new();
     let durable_nonces = Arc::new(DurableNonces::new(store.get_ref().clone()));
     let restored = durable_nonces.restore(&nonces, crate::signed::unix_seconds()).map_err(std::io::Error::other)?;
@@ -204,6 +215,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(webhooks.clone())
             .app_data(agreements.clone())
             .app_data(h5.clone())
+            .app_data(portal.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
             .wrap(actix_web::middleware::from_fn(crate::deadline::body_deadline))
@@ -240,6 +252,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .configure(crate::h5_wallet::routes)
             .configure(crate::h5_cashier::routes)
             .configure(crate::openapi::routes)
+            .configure(crate::portal::routes)
             .default_service(web::to(|| async { Err::<HttpResponse, ApiError>(ApiError::not_found()) }))
     })
     .workers(limits.workers)

@@ -1,8 +1,10 @@
 //! Helpers of the end-to-end tests: start the real server, sign requests as a platform; `money`
-//! holds what the files of money tests share.
+//! holds what the files of money tests share; `browser` drives headless chromium.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod money;
+pub mod portal;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

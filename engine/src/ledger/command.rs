@@ -4,7 +4,7 @@ use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ledger::types::{AccountId, AccountStatus, Legs, Limits, OrderId, RemoteCredit, SettlementRule, ShardId, Timestamp};
+use crate::ledger::types::{AccountId, AccountStatus, AdjustmentSide, Legs, Limits, OrderId, RemoteCredit, SettlementRule, ShardId, Timestamp};
 use crate::money::{CurrencyId, CurrencySpec, Minor};
 
 /// The longest platform order number (API.md: 1–64 chars of `[A-Za-z0-9_-]`).
@@ -147,6 +147,13 @@ pub enum Command {
     /// `created_before`. The reply says how many and where the next step starts
     /// (`AutoConfirmProgress`), so the nightly run never holds a shard for the whole history.
     AutoConfirmChunk { shard: ShardId, created_before: Timestamp, after: u32, orders_max: u32 },
+    /// An operator's audited adjustment (four eyes): moves `amount` from `source` (a customer
+    /// account's settled bucket, or a shard's suspense stripe) to `target`, opening an order of
+    /// kind `Adjustment` that records the reason and both operators. Runs on the source's
+    /// shard; a target on another shard is credited through the outbox like a payment's payee.
+    Adjust { source: AdjustmentSide, target: AdjustmentSide, currency: CurrencyId, amount: Minor, reason: String, proposer: String, approver: String },
+    /// Changes an account's per-order and daily caps (an operator raising or lowering a limit).
+    SetLimits { account: AccountId, limits: Limits },
 }
 
 /// The most open orders one `AutoConfirmChunk` examines.
@@ -218,6 +225,8 @@ impl Command {
             Command::ChargeChannelFees { .. } => 25,
             Command::VerificationDeposit { .. } => 26,
             Command::AutoConfirmChunk { .. } => 27,
+            Command::Adjust { .. } => 28,
+            Command::SetLimits { .. } => 29,
         }
     }
 
@@ -235,7 +244,7 @@ impl Command {
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 28] = [
+    pub const KIND_NAMES: [&'static str; 30] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -264,6 +273,8 @@ impl Command {
         "charge_channel_fees",
         "verification_deposit",
         "auto_confirm_chunk",
+        "adjust",
+        "set_limits",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.
@@ -275,7 +286,9 @@ impl Command {
             | Command::Recharge { account, .. }
             | Command::RequestRecharge { account, .. }
             | Command::Freeze { account, .. }
-            | Command::Withdraw { account, .. } => Some(*account),
+            | Command::Withdraw { account, .. }
+            | Command::SetLimits { account, .. }
+            | Command::Adjust { source: AdjustmentSide::Account(account), .. } => Some(*account),
             Command::Payment { payer, .. } | Command::BatchPayment { payer, .. } | Command::RequestDirectPayment { payer, .. } => Some(*payer),
             Command::Refund { payee, .. } => Some(*payee),
             _ => None,

@@ -114,6 +114,30 @@ pub struct ShardState {
     /// status) costs what the platform holds, not what the shard holds. Derived from the orders,
     /// rebuilt by replay.
     pub platform_orders: FastMap<u32, PlatformOrders>,
+    /// Orders created per (business day, platform, order kind index, currency): what the
+    /// dashboards chart without reading the orders. Derived in `open_order`, rebuilt by replay.
+    pub daily_volume: BTreeMap<(u32, u32, u8, u8), VolumeTotal>,
+    /// Settlement figures per (`through_day`, platform, currency): the sums of the `settled`
+    /// rows, so a dashboard reads the days it shows, not the history. Rebuilt by replay.
+    pub settled_days: BTreeMap<(u32, u32, u8), SettledDayTotal>,
+}
+
+/// How many orders one (day, platform, kind, currency) cell saw created, and their amounts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeTotal {
+    pub count: u64,
+    /// Summed in `i128`: no number of orders can overflow it.
+    pub amount: i128,
+}
+
+/// What settlement matured and charged for one (through_day, platform, currency).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettledDayTotal {
+    /// Accounts whose income matured (settled rows).
+    pub accounts: u64,
+    pub matured: i128,
+    pub commission: i128,
+    pub service_fee: i128,
 }
 
 /// One platform's orders on a shard, by local index (ascending, so oldest first).
@@ -242,6 +266,11 @@ impl ShardState {
             Command::AutoConfirmChunk { created_before, after, orders_max, .. } => {
                 ops::guarantee::auto_confirm_chunk(self, &context, *created_before, *after, *orders_max, fx)
             }
+            Command::Adjust { source, target, currency, amount, reason, proposer, approver } => {
+                let request = ops::adjust::AdjustRequest { source: *source, target: *target, currency: *currency, amount: *amount, reason, proposer, approver };
+                ops::adjust::apply(self, &context, &request, fx)
+            }
+            Command::SetLimits { account, limits } => ops::account::set_limits(self, &context, *account, *limits),
         };
         if !reply.is_ok() {
             assert_eq!(fx.postings.len(), postings_before, "a rejected command posted");
@@ -354,7 +383,24 @@ impl ShardState {
         detail: OrderDetail,
     ) -> OrderId {
         let owner = self.account(account).expect("orders belong to local accounts");
-        let (platform, currency, now) = (owner.platform, owner.currency, context.now);
+        let (platform, currency) = (owner.platform, owner.currency);
+        self.open_order_of(context, (kind, status), (account, platform, currency), amount, detail)
+    }
+
+    /// Records a new order of `account` (local) for `platform` in `currency`: an order whose
+    /// platform is not its account's (an adjustment out of a suspense stripe).
+    pub(crate) fn open_order_of(
+        &mut self,
+        context: &Context,
+        (kind, status): (OrderKind, OrderStatus),
+        (account, platform, currency): (AccountId, u32, CurrencyId),
+        amount: Minor,
+        detail: OrderDetail,
+    ) -> OrderId {
+        let now = context.now;
+        let volume = self.daily_volume.entry((context.day, platform, kind.index(), currency.0)).or_default();
+        volume.count += 1;
+        volume.amount += amount as i128;
         let id = self.next_order_id();
         let out_order_no = context.out_order_no;
         let index = u32::try_from(self.orders.len()).expect("fewer than 2^32 orders per shard");
@@ -545,7 +591,7 @@ impl ShardState {
             currency,
             bucket: match purpose {
                 CreditPurpose::PaymentIncome => Bucket::Unsettled,
-                CreditPurpose::RefundToPayer | CreditPurpose::Commission => Bucket::Settled,
+                CreditPurpose::RefundToPayer | CreditPurpose::Commission | CreditPurpose::Adjustment => Bucket::Settled,
             },
             amount: leg.amount,
             purpose,

@@ -16,8 +16,11 @@ pub type ShardId = u16;
 /// The most payees plus splits one payment may carry.
 pub const LEGS_MAX: usize = 32;
 
-/// The longest freeze reason, in bytes.
+/// The longest freeze or adjustment reason, in bytes.
 pub const REASON_BYTES_MAX: usize = 256;
+
+/// The longest operator name an adjustment records (proposer, approver), in bytes.
+pub const OPERATOR_NAME_BYTES_MAX: usize = 64;
 
 /// Ids that name their owning shard: `id = local_index * shard_count + shard`.
 macro_rules! sharded_id {
@@ -235,6 +238,8 @@ pub enum EntryKind {
     ChannelFee,
     /// A card-verification micro-deposit paid out of the reserve at the operator's cost.
     VerificationDeposit,
+    /// An operator's audited adjustment between customer accounts and suspense.
+    Adjustment,
 }
 
 /// The order id of entries that belong to no order (settlement maturing).
@@ -259,6 +264,32 @@ pub enum OrderKind {
     Refund,
     Freeze,
     Withdrawal,
+    /// An operator's audited adjustment (`Command::Adjust`).
+    Adjustment,
+}
+
+impl OrderKind {
+    /// Every kind, in declaration order (`index` is the position here).
+    pub const ALL: [OrderKind; 7] =
+        [OrderKind::Recharge, OrderKind::Payment, OrderKind::Guarantee, OrderKind::Refund, OrderKind::Freeze, OrderKind::Withdrawal, OrderKind::Adjustment];
+
+    /// Position in `ALL` (the key of per-kind aggregates).
+    pub fn index(self) -> u8 {
+        self as u8
+    }
+}
+
+/// One side of an operator's adjustment: a customer account's settled bucket, or a shard's
+/// suspense stripe (money that matched no account, or that an operator takes out of one).
+///
+/// The journal stores it by variant index: append new variants only at the end, never reorder or
+/// remove one; a change to its encoding means bumping `journal::JOURNAL_FORMAT_VERSION`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AdjustmentSide {
+    /// A customer account (its settled bucket).
+    Account(AccountId),
+    /// The suspense stripe of a shard (in the adjustment's currency).
+    Suspense(ShardId),
 }
 
 /// Order status values of API.md.
@@ -351,6 +382,15 @@ pub enum OrderDetail {
         fee: Minor,
         channel: u16,
     },
+    /// An operator's adjustment: where the money came from and went, why, and who proposed and
+    /// who approved it (four eyes).
+    Adjustment {
+        source: AdjustmentSide,
+        target: AdjustmentSide,
+        reason: String,
+        proposer: String,
+        approver: String,
+    },
 }
 
 /// An order as the owning shard keeps it.
@@ -382,6 +422,9 @@ pub enum CreditPurpose {
     RefundToPayer,
     /// A receiver's part of a settlement commission: lands in settled, not refundable.
     Commission,
+    /// The target side of an operator's adjustment: lands in settled (or the target shard's
+    /// suspense stripe), not refundable.
+    Adjustment,
 }
 
 /// A credit on its way from the debiting shard to the account's shard through the durable outbox.

@@ -59,3 +59,22 @@ pub fn close(state: &mut ShardState, context: &Context, id: AccountId, fx: &mut 
     fx.directory.push((id, platform, currency, AccountStatus::Closed));
     Reply { code: ResultCode::Ok, id: id.0, status: None, replayed: false }
 }
+
+/// Replaces an account's per-order and daily caps (an operator raising or lowering a limit).
+/// Every cap is positive (`Minor::MAX` is no cap); the new caps apply to the next order,
+/// counted against what was already paid or withdrawn today.
+pub fn set_limits(state: &mut ShardState, context: &Context, id: AccountId, limits: Limits) -> Reply {
+    let limit_values = [limits.payment_per_order_max, limits.payment_daily_max, limits.withdrawal_per_order_max, limits.withdrawal_daily_max];
+    if limit_values.iter().any(|v| *v <= 0) {
+        return Reply::rejected(ResultCode::InvalidAmount);
+    }
+    let Some(account) = state.customer_account(context.platform, id) else {
+        return Reply::rejected(ResultCode::AccountNotFound);
+    };
+    if account.status == AccountStatus::Closed {
+        return Reply::rejected(ResultCode::AccountClosed);
+    }
+    // After this point the change must succeed.
+    state.account_mut(id).limits = limits;
+    Reply { code: ResultCode::Ok, id: id.0, status: None, replayed: false }
+}

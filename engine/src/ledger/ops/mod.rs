@@ -1,6 +1,7 @@
 //! One module per operation: its checks in precedence order, then its postings.
 
 pub mod account;
+pub mod adjust;
 pub mod freeze;
 pub mod guarantee;
 pub mod payment;

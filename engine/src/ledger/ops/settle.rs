@@ -99,6 +99,11 @@ pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule:
                 state.end_entry(fx);
             }
         }
+        let day = state.settled_days.entry((row.through_day, row.platform, row.currency.0)).or_default();
+        day.accounts += 1;
+        day.matured += row.amount as i128;
+        day.commission += row.commission as i128;
+        day.service_fee += row.service_fee as i128;
         state.settled.push(row);
     }
     if let Some(rule) = rule {

@@ -23,7 +23,7 @@ pub fn apply_credit(state: &mut ShardState, context: &Context, credit: &RemoteCr
     let leg = Leg { account: credit.account, amount: credit.amount };
     match credit.purpose {
         CreditPurpose::RefundToPayer => credit_refund(state, fx, credit.order, leg, context.now),
-        CreditPurpose::Commission => {
+        CreditPurpose::Commission | CreditPurpose::Adjustment => {
             let target = state.credit_target(leg.account, credit.currency, leg.amount);
             state.post(fx, target, Bucket::Settled, leg.amount);
         }

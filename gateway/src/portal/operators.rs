@@ -1,0 +1,484 @@
+//! Operator users of the three portals: who they are (system, one platform, one merchant of a
+//! platform), what they may do (roles), how they prove it (argon2id password, optional TOTP), and
+//! the lockout after repeated failures. Stored as JSON under `o/op/{id}`, loaded at start and
+//! written through (synced) before any answer that depends on them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use storage::Store;
+
+use crate::error::ApiError;
+
+const PREFIX: &str = "o/op/";
+/// Wrong logins in a row that lock an operator.
+pub const LOGIN_FAILURES_MAX: u32 = 5;
+/// How long a lockout lasts.
+pub const LOCKOUT_SECONDS: i64 = 15 * 60;
+/// Operator names: 3 to 32 of `[a-z0-9_.-]`.
+pub const USERNAME_CHARS_MAX: usize = 32;
+/// Passwords: 12 to 128 characters.
+pub const PASSWORD_CHARS_MIN: usize = 12;
+pub const PASSWORD_CHARS_MAX: usize = 128;
+
+/// Which part of the service an operator works on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Scope {
+    /// The whole service.
+    System,
+    /// One platform and everything under it.
+    Platform { platform: u32 },
+    /// One merchant (a member) of a platform, and that member's accounts.
+    Merchant { platform: u32, member: u64 },
+}
+
+impl Scope {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Scope::System => "system",
+            Scope::Platform { .. } => "platform",
+            Scope::Merchant { .. } => "merchant",
+        }
+    }
+
+    /// The platform this scope is limited to (none for system operators).
+    pub fn platform(&self) -> Option<u32> {
+        match self {
+            Scope::System => None,
+            Scope::Platform { platform } | Scope::Merchant { platform, .. } => Some(*platform),
+        }
+    }
+
+    /// The merchant this scope is limited to.
+    pub fn member(&self) -> Option<u64> {
+        match self {
+            Scope::Merchant { member, .. } => Some(*member),
+            _ => None,
+        }
+    }
+
+    /// Whether an operator of this scope may see objects of `platform`.
+    pub fn sees_platform(&self, platform: u32) -> bool {
+        self.platform().is_none_or(|own| own == platform)
+    }
+
+    /// Whether an operator of this scope may see member `member` of `platform`.
+    pub fn sees_member(&self, platform: u32, member: u64) -> bool {
+        self.sees_platform(platform) && self.member().is_none_or(|own| own == member)
+    }
+
+    /// Whether this scope contains `other` (a system operator contains every scope; a platform
+    /// operator its platform and its merchants; a merchant only itself).
+    pub fn contains(&self, other: &Scope) -> bool {
+        match (self, other) {
+            (Scope::System, _) => true,
+            (Scope::Platform { platform }, Scope::Platform { platform: p } | Scope::Merchant { platform: p, .. }) => platform == p,
+            (Scope::Merchant { .. }, _) => self == other,
+            _ => false,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Scope::System => "system".to_string(),
+            Scope::Platform { platform } => format!("platform plt_{platform}"),
+            Scope::Merchant { platform, member } => format!("merchant mem_{member} of plt_{platform}"),
+        }
+    }
+}
+
+/// What an operator may do within the scope. Every role sees; `operator` acts and proposes;
+/// `approver` approves what another proposed (four-eyes); `admin` manages operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Approver,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Operator, Role::Approver, Role::Admin];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.name() == text)
+    }
+}
+
+/// An operator as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Operator {
+    pub id: u64,
+    pub username: String,
+    pub display_name: String,
+    pub scope: Scope,
+    pub roles: Vec<Role>,
+    /// PHC string of the argon2id hash.
+    pub password_hash: String,
+    /// Base32 TOTP secret once the second factor is on.
+    #[serde(default)]
+    pub totp_secret: Option<String>,
+    #[serde(default)]
+    pub failures: u32,
+    /// Unix seconds until which logins are refused.
+    #[serde(default)]
+    pub locked_until: i64,
+    #[serde(default)]
+    pub disabled: bool,
+    pub created_at: i64,
+    pub created_by: String,
+    /// Bumped when the password changes or the operator is disabled: older sessions end.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+impl Operator {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// The roles as text, for pages and the audit log.
+    pub fn role_names(&self) -> String {
+        self.roles.iter().map(|role| role.name()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The operator without secrets, for the audit log's before/after.
+    pub fn public_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id, "username": self.username, "display_name": self.display_name, "scope": self.scope.describe(),
+            "roles": self.role_names(), "totp": self.totp_secret.is_some(), "disabled": self.disabled,
+        })
+    }
+}
+
+/// Why a login was refused (the page says only "wrong name or password" for the first two).
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginRefusal {
+    Wrong,
+    Locked { until: i64 },
+    Disabled,
+    TotpRequired,
+    TotpWrong,
+}
+
+/// What a new operator is made of.
+pub struct NewOperator {
+    pub username: String,
+    pub display_name: String,
+    pub scope: Scope,
+    pub roles: Vec<Role>,
+    pub password: String,
+}
+
+/// Every operator, in memory, written through to the store.
+pub struct Operators {
+    store: Arc<dyn Store>,
+    inner: Mutex<Inner>,
+    /// A hash to verify against when the name is unknown, so that timing tells nothing.
+    decoy: String,
+}
+
+struct Inner {
+    by_id: HashMap<u64, Operator>,
+    by_name: HashMap<String, u64>,
+    highest: u64,
+}
+
+pub fn valid_username(text: &str) -> bool {
+    (3..=USERNAME_CHARS_MAX).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b))
+}
+
+pub fn check_password_rules(password: &str) -> Result<(), ApiError> {
+    let chars = password.chars().count();
+    if !(PASSWORD_CHARS_MIN..=PASSWORD_CHARS_MAX).contains(&chars) {
+        return Err(ApiError::invalid("the password must be 12 to 128 characters", "password"));
+    }
+    Ok(())
+}
+
+pub fn hash_password(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes make a salt");
+    Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2id hashes").to_string()
+}
+
+fn verify_hash(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+/// The TOTP of a base32 secret (RFC 6238: SHA-1, 6 digits, 30 s, one step of skew).
+pub fn totp(secret_base32: &str, username: &str) -> Option<totp_rs::Totp> {
+    let secret = totp_rs::Secret::try_from_base32(secret_base32).ok()?;
+    totp_rs::Builder::new().with_secret(secret).with_account_name(username).with_issuer(Some("clearing")).build().ok()
+}
+
+/// A new random TOTP secret (160 bits) in base32.
+pub fn new_totp_secret() -> String {
+    let mut bytes = [0u8; 20];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    totp_rs::Secret::new(bytes.to_vec().into_boxed_slice()).to_base32()
+}
+
+pub fn now_seconds() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl Operators {
+    pub fn load(store: Arc<dyn Store>) -> Result<Operators, String> {
+        let mut inner = Inner { by_id: HashMap::new(), by_name: HashMap::new(), highest: 0 };
+        for (_, operator) in crate::records::load_all::<Operator>(store.as_ref(), PREFIX.as_bytes())? {
+            inner.highest = inner.highest.max(operator.id);
+            inner.by_name.insert(operator.username.clone(), operator.id);
+            inner.by_id.insert(operator.id, operator);
+        }
+        Ok(Operators { store, inner: Mutex::new(inner), decoy: hash_password("decoy password that matches nothing") })
+    }
+
+    fn save(&self, operator: &Operator) -> Result<(), ApiError> {
+        crate::records::put(self.store.as_ref(), &[(crate::records::key(PREFIX, operator.id), operator)])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.lock().expect("operators lock").by_id.is_empty()
+    }
+
+    pub fn get(&self, id: u64) -> Option<Operator> {
+        self.inner.lock().expect("operators lock").by_id.get(&id).cloned()
+    }
+
+    /// Operators within `scope`, by id.
+    pub fn within(&self, scope: &Scope) -> Vec<Operator> {
+        let inner = self.inner.lock().expect("operators lock");
+        let mut list: Vec<Operator> = inner.by_id.values().filter(|operator| scope.contains(&operator.scope)).cloned().collect();
+        list.sort_by_key(|operator| operator.id);
+        list
+    }
+
+    /// Creates an operator (argon2 runs before the lock is taken). The name is unique.
+    pub fn create(&self, new: NewOperator, created_by: &str) -> Result<Operator, ApiError> {
+        if !valid_username(&new.username) {
+            return Err(ApiError::invalid("the user name must be 3 to 32 of a-z 0-9 _ . -", "username"));
+        }
+        let display_name = new.display_name.trim();
+        if display_name.is_empty() || display_name.chars().count() > 64 {
+            return Err(ApiError::invalid("the display name must be 1 to 64 characters", "display_name"));
+        }
+        if new.roles.is_empty() {
+            return Err(ApiError::invalid("choose at least one role", "roles"));
+        }
+        check_password_rules(&new.password)?;
+        let password_hash = hash_password(&new.password);
+        let mut inner = self.inner.lock().expect("operators lock");
+        if inner.by_name.contains_key(&new.username) {
+            return Err(ApiError { param: Some("username"), ..ApiError::new(409, "operator_exists", "an operator with this user name exists") });
+        }
+        let mut roles = new.roles;
+        roles.sort();
+        roles.dedup();
+        let operator = Operator {
+            id: inner.highest + 1,
+            username: new.username,
+            display_name: display_name.to_string(),
+            scope: new.scope,
+            roles,
+            password_hash,
+            totp_secret: None,
+            failures: 0,
+            locked_until: 0,
+            disabled: false,
+            created_at: now_seconds(),
+            created_by: created_by.to_string(),
+            generation: 0,
+        };
+        self.save(&operator)?;
+        inner.highest = operator.id;
+        inner.by_name.insert(operator.username.clone(), operator.id);
+        inner.by_id.insert(operator.id, operator.clone());
+        Ok(operator)
+    }
+
+    /// Checks a login. Blocking (argon2): call it on a blocking thread. A wrong password counts a
+    /// failure (stored, so a restart does not reset it); `LOGIN_FAILURES_MAX` in a row lock the
+    /// operator for `LOCKOUT_SECONDS`. A locked operator is refused before the password is
+    /// compared, so guessing during a lockout learns nothing.
+    pub fn login(&self, username: &str, password: &str, totp_code: Option<&str>, now: i64) -> Result<Operator, LoginRefusal> {
+        let found = {
+            let inner = self.inner.lock().expect("operators lock");
+            inner.by_name.get(username).and_then(|id| inner.by_id.get(id)).cloned()
+        };
+        let Some(operator) = found else {
+            verify_hash(&self.decoy, password);
+            return Err(LoginRefusal::Wrong);
+        };
+        if operator.locked_until > now {
+            return Err(LoginRefusal::Locked { until: operator.locked_until });
+        }
+        let right = verify_hash(&operator.password_hash, password);
+        let mut inner = self.inner.lock().expect("operators lock");
+        let current = inner.by_id.get_mut(&operator.id).expect("operators are never removed");
+        if !right {
+            let mut updated = current.clone();
+            updated.failures = updated.failures.saturating_add(1);
+            if updated.failures >= LOGIN_FAILURES_MAX {
+                updated.locked_until = now + LOCKOUT_SECONDS;
+                updated.failures = 0;
+            }
+            // A failed write keeps the old count in memory too; the refusal stands either way.
+            if self.save(&updated).is_ok() {
+                *current = updated.clone();
+            }
+            return Err(if updated.locked_until > now { LoginRefusal::Locked { until: updated.locked_until } } else { LoginRefusal::Wrong });
+        }
+        if current.disabled {
+            return Err(LoginRefusal::Disabled);
+        }
+        if let Some(secret) = &current.totp_secret {
+            let Some(code) = totp_code.map(str::trim).filter(|code| !code.is_empty()) else {
+                return Err(LoginRefusal::TotpRequired);
+            };
+            let valid = totp(secret, &current.username).is_some_and(|totp| totp.check(code, now.max(0) as u64).is_some());
+            if !valid {
+                let mut updated = current.clone();
+                updated.failures = updated.failures.saturating_add(1);
+                if updated.failures >= LOGIN_FAILURES_MAX {
+                    updated.locked_until = now + LOCKOUT_SECONDS;
+                    updated.failures = 0;
+                }
+                if self.save(&updated).is_ok() {
+                    *current = updated;
+                }
+                return Err(LoginRefusal::TotpWrong);
+            }
+        }
+        if current.failures != 0 || current.locked_until != 0 {
+            let mut updated = current.clone();
+            updated.failures = 0;
+            updated.locked_until = 0;
+            if self.save(&updated).is_ok() {
+                *current = updated;
+            }
+        }
+        Ok(current.clone())
+    }
+
+    /// Applies `change` to operator `id` and stores it; returns (before, after).
+    pub fn update(&self, id: u64, change: impl FnOnce(&mut Operator) -> Result<(), ApiError>) -> Result<(Operator, Operator), ApiError> {
+        let mut inner = self.inner.lock().expect("operators lock");
+        let current = inner.by_id.get_mut(&id).ok_or_else(ApiError::not_found)?;
+        let before = current.clone();
+        let mut after = current.clone();
+        change(&mut after)?;
+        self.save(&after)?;
+        *current = after.clone();
+        Ok((before, after))
+    }
+
+    /// Changes a password (the caller verified the old one or is an admin of the scope);
+    /// every other session of the operator ends.
+    pub fn set_password(&self, id: u64, password: &str) -> Result<(Operator, Operator), ApiError> {
+        check_password_rules(password)?;
+        let hash = hash_password(password);
+        self.update(id, |operator| {
+            operator.password_hash = hash;
+            operator.generation += 1;
+            operator.failures = 0;
+            operator.locked_until = 0;
+            Ok(())
+        })
+    }
+
+    /// Whether `password` is operator `id`'s (blocking: argon2).
+    pub fn check_password(&self, id: u64, password: &str) -> bool {
+        self.get(id).is_some_and(|operator| verify_hash(&operator.password_hash, password))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operators() -> Operators {
+        Operators::load(Arc::new(storage::MemoryStore::new())).expect("empty store loads")
+    }
+
+    fn new(username: &str) -> NewOperator {
+        NewOperator {
+            username: username.to_string(),
+            display_name: "Someone".to_string(),
+            scope: Scope::Platform { platform: 3 },
+            roles: vec![Role::Operator],
+            password: "correct horse battery".to_string(),
+        }
+    }
+
+    #[test]
+    fn five_wrong_logins_lock_and_the_right_password_does_not_open_a_lock() {
+        let operators = operators();
+        operators.create(new("alice"), "test").expect("created");
+        let now = 1_800_000_000;
+        for _ in 0..LOGIN_FAILURES_MAX - 1 {
+            assert_eq!(operators.login("alice", "wrong password!", None, now).unwrap_err(), LoginRefusal::Wrong);
+        }
+        assert_eq!(operators.login("alice", "wrong password!", None, now).unwrap_err(), LoginRefusal::Locked { until: now + LOCKOUT_SECONDS });
+        assert!(matches!(operators.login("alice", "correct horse battery", None, now + 10), Err(LoginRefusal::Locked { .. })));
+        assert!(operators.login("alice", "correct horse battery", None, now + LOCKOUT_SECONDS + 1).is_ok());
+        assert_eq!(operators.login("nobody", "correct horse battery", None, now).unwrap_err(), LoginRefusal::Wrong);
+    }
+
+    #[test]
+    fn a_second_factor_is_asked_and_checked() {
+        let operators = operators();
+        let alice = operators.create(new("alice"), "test").expect("created");
+        let secret = new_totp_secret();
+        operators
+            .update(alice.id, |operator| {
+                operator.totp_secret = Some(secret.clone());
+                Ok(())
+            })
+            .expect("updated");
+        let now = 1_800_000_000;
+        assert_eq!(operators.login("alice", "correct horse battery", None, now).unwrap_err(), LoginRefusal::TotpRequired);
+        assert_eq!(operators.login("alice", "correct horse battery", Some("000000x"), now).unwrap_err(), LoginRefusal::TotpWrong);
+        let code = totp(&secret, "alice").expect("valid secret").generate(now as u64).to_string();
+        assert!(operators.login("alice", "correct horse battery", Some(&code), now).is_ok());
+    }
+
+    #[test]
+    fn names_are_unique_and_rules_hold() {
+        let operators = operators();
+        operators.create(new("alice"), "test").expect("created");
+        assert_eq!(operators.create(new("alice"), "test").unwrap_err().code, "operator_exists");
+        assert_eq!(operators.create(new("Al"), "test").unwrap_err().param, Some("username"));
+        let mut short = new("bob");
+        short.password = "short".into();
+        assert_eq!(operators.create(short, "test").unwrap_err().param, Some("password"));
+    }
+
+    #[test]
+    fn scopes_contain_what_they_should() {
+        let system = Scope::System;
+        let platform = Scope::Platform { platform: 1 };
+        let merchant = Scope::Merchant { platform: 1, member: 7 };
+        assert!(system.contains(&platform) && system.contains(&merchant));
+        assert!(platform.contains(&merchant) && !platform.contains(&Scope::Platform { platform: 2 }));
+        assert!(!platform.contains(&system));
+        assert!(!merchant.contains(&platform) && merchant.contains(&merchant));
+        assert!(merchant.sees_member(1, 7) && !merchant.sees_member(1, 8) && !merchant.sees_platform(2));
+    }
+}

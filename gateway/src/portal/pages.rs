@@ -1,0 +1,737 @@
+//! The pages every operator has: sign in and out, the own account (password, second factor),
+//! operators of the scope (admin role), the audit log (search, CSV), and approvals (four-eyes).
+
+use std::sync::Arc;
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use maud::html;
+
+use super::approvals::{Action, Status};
+use super::audit::Query;
+use super::operators::{now_seconds, LoginRefusal, NewOperator, Role, Scope};
+use super::sessions::{peer, same_origin, COOKIE};
+use super::{bare, check_form, csrf_field, format_time, notice, page, redirect, respond, Fields, Portal, PortalError, Session};
+use crate::error::blocking;
+
+type PortalData = web::Data<Arc<Portal>>;
+
+fn login_page(status: StatusCode, message: Option<&str>) -> HttpResponse {
+    let body = html! {
+        main.narrow {
+            h1 { "Sign in" }
+            @if let Some(message) = message { (notice("error", message)) }
+            form.card method="post" action="/portal/login" autocomplete="off" {
+                label { "User name" input name="username" required autofocus maxlength="32"; }
+                label { "Password" input name="password" type="password" required maxlength="128"; }
+                label { "Authenticator code (if you turned it on)" input name="totp" inputmode="numeric" maxlength="8"; }
+                button type="submit" { "Sign in" }
+            }
+            p.muted { "Operators of the service, of a platform or of a merchant. Five wrong tries lock the user for 15 minutes." }
+        }
+    };
+    respond(status, bare("Sign in", body))
+}
+
+async fn login_form() -> HttpResponse {
+    login_page(StatusCode::OK, None)
+}
+
+async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
+    if !same_origin(&request) {
+        return Err(PortalError::Csrf);
+    }
+    let fields = form.into_inner();
+    let (username, password, code) = (fields.get("username").trim().to_string(), fields.get("password").to_string(), fields.opt("totp").map(str::to_string));
+    if username.is_empty() || password.is_empty() || username.len() > 32 || password.len() > 512 {
+        return Ok(login_page(StatusCode::UNAUTHORIZED, Some("Wrong user name or password.")));
+    }
+    let from = peer(&request);
+    let checking = portal.get_ref().clone();
+    let now = now_seconds();
+    let name = username.clone();
+    let outcome = blocking(move || checking.operators.login(&name, &password, code.as_deref(), now)).await?;
+    let known = portal.operators.within(&Scope::System).into_iter().find(|operator| operator.username == username);
+    match outcome {
+        Ok(operator) => {
+            let token = portal.sessions.open(&operator);
+            portal.audit.append(
+                operator.id,
+                &operator.username,
+                &operator.role_names(),
+                operator.scope,
+                "session.login",
+                &operator.username,
+                serde_json::Value::Null,
+                serde_json::Value::Null,
+                &from,
+                "ok",
+            )?;
+            let limits = portal.sessions.limits();
+            let cookie = Cookie::build(COOKIE, token)
+                .path("/")
+                .http_only(true)
+                .same_site(SameSite::Strict)
+                .secure(limits.secure_cookies)
+                .max_age(actix_web::cookie::time::Duration::seconds(limits.absolute_seconds))
+                .finish();
+            Ok(HttpResponse::SeeOther().cookie(cookie).insert_header(("Location", "/portal/")).insert_header(("Cache-Control", "no-store")).finish())
+        }
+        Err(refusal) => {
+            let (message, outcome) = match refusal {
+                LoginRefusal::Wrong | LoginRefusal::Disabled => ("Wrong user name or password.".to_string(), "wrong password"),
+                LoginRefusal::Locked { until } => (format!("Too many wrong tries: this user is locked until {}.", format_time(until)), "locked"),
+                LoginRefusal::TotpRequired => ("Enter the code of your authenticator.".to_string(), "second factor missing"),
+                LoginRefusal::TotpWrong => ("Wrong authenticator code.".to_string(), "second factor wrong"),
+            };
+            // Failures are recorded for existing operators only (an unknown name writes nothing).
+            if let Some(operator) = known {
+                portal.audit.append(
+                    operator.id,
+                    &operator.username,
+                    &operator.role_names(),
+                    operator.scope,
+                    "session.login_failed",
+                    &operator.username,
+                    serde_json::Value::Null,
+                    serde_json::Value::Null,
+                    &from,
+                    outcome,
+                )?;
+            }
+            Ok(login_page(StatusCode::UNAUTHORIZED, Some(&message)))
+        }
+    }
+}
+
+async fn logout(request: HttpRequest, session: Session, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    portal.sessions.close(&session.token);
+    portal.audit.record(&session, session.scope(), "session.logout", &session.operator.username, serde_json::Value::Null, serde_json::Value::Null, "ok")?;
+    let expired = Cookie::build(COOKIE, "").path("/").http_only(true).same_site(SameSite::Strict).max_age(actix_web::cookie::time::Duration::ZERO).finish();
+    Ok(HttpResponse::SeeOther().cookie(expired).insert_header(("Location", "/portal/login")).finish())
+}
+
+async fn home(session: Session) -> HttpResponse {
+    redirect(match session.scope() {
+        Scope::System => "/portal/system",
+        Scope::Platform { .. } => "/portal/platform",
+        Scope::Merchant { .. } => "/portal/merchant",
+    })
+}
+
+fn account_page(session: &Session, message: Option<(&str, &str)>, enrolling: Option<(&str, &str)>) -> HttpResponse {
+    let operator = &session.operator;
+    let body = html! {
+        @if let Some((kind, text)) = message { (notice(kind, text)) }
+        section.card {
+            h2 { "You" }
+            dl.facts {
+                dt { "User name" } dd { (operator.username) }
+                dt { "Scope" } dd { (operator.scope.describe()) }
+                dt { "Roles" } dd { (operator.role_names()) }
+                dt { "Second factor" } dd { @if operator.totp_secret.is_some() { "on (authenticator app)" } @else { "off" } }
+            }
+        }
+        section.card {
+            h2 { "Change password" }
+            form method="post" action="/portal/account/password" {
+                (csrf_field(session))
+                label { "Current password" input type="password" name="current" required; }
+                label { "New password (12 to 128 characters)" input type="password" name="password" required minlength="12" maxlength="128"; }
+                button type="submit" { "Change password" }
+            }
+        }
+        section.card {
+            h2 { "Second factor (TOTP)" }
+            @if let Some((secret, url)) = enrolling {
+                p { "Add this key to your authenticator app, then enter the code it shows." }
+                p { code id="totp-secret" { (secret) } }
+                p.muted { code { (url) } }
+                form method="post" action="/portal/account/totp" {
+                    (csrf_field(session))
+                    input type="hidden" name="secret" value=(secret);
+                    label { "Code" input name="code" inputmode="numeric" required maxlength="8"; }
+                    button type="submit" { "Turn on" }
+                }
+            } @else if operator.totp_secret.is_none() {
+                form method="post" action="/portal/account/totp" {
+                    (csrf_field(session))
+                    button type="submit" { "Set up an authenticator" }
+                }
+            } @else {
+                p { "On. Ask an admin of your scope to reset it if you lose the device." }
+            }
+        }
+    };
+    page(session, "My account", "", body)
+}
+
+async fn account(session: Session) -> HttpResponse {
+    account_page(&session, None, None)
+}
+
+async fn change_password(request: HttpRequest, session: Session, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let (current, new) = (form.get("current").to_string(), form.get("password").to_string());
+    let (checking, id) = (portal.get_ref().clone(), session.operator.id);
+    let right = blocking(move || checking.operators.check_password(id, &current)).await?;
+    if !right {
+        return Ok(account_page(&session, Some(("error", "The current password is wrong.")), None));
+    }
+    let changing = portal.get_ref().clone();
+    match blocking(move || changing.operators.set_password(id, &new)).await? {
+        Ok(_) => {
+            portal.audit.record(
+                &session,
+                session.scope(),
+                "operator.password",
+                &session.operator.username,
+                serde_json::Value::Null,
+                serde_json::Value::Null,
+                "ok",
+            )?;
+            // Every session of the operator ended with the change (its generation moved on).
+            Ok(redirect("/portal/login"))
+        }
+        Err(error) => Ok(account_page(&session, Some(("error", &error.message)), None)),
+    }
+}
+
+async fn totp(request: HttpRequest, session: Session, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    if session.operator.totp_secret.is_some() {
+        return Ok(account_page(&session, Some(("error", "The second factor is on already.")), None));
+    }
+    let Some(secret) = form.opt("secret").map(str::to_string) else {
+        let secret = super::operators::new_totp_secret();
+        let url = super::operators::totp(&secret, &session.operator.username).and_then(|t| t.to_url().ok()).unwrap_or_default();
+        return Ok(account_page(&session, None, Some((&secret, &url))));
+    };
+    let valid = super::operators::totp(&secret, &session.operator.username).is_some_and(|t| t.check(form.get("code").trim(), now_seconds() as u64).is_some());
+    if !valid {
+        let url = super::operators::totp(&secret, &session.operator.username).and_then(|t| t.to_url().ok()).unwrap_or_default();
+        return Ok(account_page(&session, Some(("error", "That code is not right; try the next one.")), Some((&secret, &url))));
+    }
+    let (before, after) = portal.operators.update(session.operator.id, |operator| {
+        operator.totp_secret = Some(secret);
+        Ok(())
+    })?;
+    portal.audit.record(&session, session.scope(), "operator.totp_on", &session.operator.username, before.public_view(), after.public_view(), "ok")?;
+    let session = Session { operator: after, ..session };
+    Ok(account_page(&session, Some(("ok", "The second factor is on: sign-ins now ask for a code.")), None))
+}
+
+/// Parses the scope of a new operator from a form, within the creator's scope.
+fn scope_of(session: &Session, fields: &Fields) -> Result<Scope, String> {
+    let platform = || fields.opt("platform").and_then(crate::platforms::Platform::parse_public_id).ok_or("name the platform (plt_N)".to_string());
+    let member = || fields.opt("member").and_then(crate::members::Member::parse_public_id).ok_or("name the merchant (mem_N)".to_string());
+    let scope = match fields.get("kind") {
+        "system" => Scope::System,
+        "platform" => Scope::Platform { platform: session.scope().platform().map_or_else(platform, Ok)? },
+        "merchant" => {
+            Scope::Merchant { platform: session.scope().platform().map_or_else(platform, Ok)?, member: session.scope().member().map_or_else(member, Ok)? }
+        }
+        _ => return Err("choose the kind of operator".into()),
+    };
+    if session.scope().contains(&scope) {
+        Ok(scope)
+    } else {
+        Err("you can only make operators within your own scope".into())
+    }
+}
+
+fn operators_page(session: &Session, portal: &Portal, message: Option<(&str, &str)>) -> HttpResponse {
+    let list = portal.operators.within(&session.scope());
+    let kinds: &[&str] = match session.scope() {
+        Scope::System => &["system", "platform", "merchant"],
+        Scope::Platform { .. } => &["platform", "merchant"],
+        Scope::Merchant { .. } => &["merchant"],
+    };
+    let body = html! {
+        @if let Some((kind, text)) = message { (notice(kind, text)) }
+        table.data {
+            thead { tr { th { "Id" } th { "User" } th { "Name" } th { "Scope" } th { "Roles" } th { "2FA" } th { "State" } th {} } }
+            tbody {
+                @for operator in &list {
+                    tr {
+                        td { (operator.id) } td { (operator.username) } td { (operator.display_name) } td { (operator.scope.describe()) }
+                        td { (operator.role_names()) } td { @if operator.totp_secret.is_some() { "on" } @else { "off" } }
+                        td { @if operator.disabled { "disabled" } @else if operator.locked_until > now_seconds() { "locked" } @else { "active" } }
+                        td {
+                            @if session.has(Role::Admin) && operator.id != session.operator.id {
+                                form.inline method="post" action=(format!("/portal/operators/{}/disable", operator.id)) {
+                                    (csrf_field(session))
+                                    button.link type="submit" { @if operator.disabled { "Enable" } @else { "Disable" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if session.has(Role::Admin) {
+            section.card {
+                h2 { "New operator" }
+                form method="post" action="/portal/operators" autocomplete="off" {
+                    (csrf_field(session))
+                    label { "User name" input name="username" required maxlength="32" pattern="[a-z0-9_.\\-]{3,32}"; }
+                    label { "Display name" input name="display_name" required maxlength="64"; }
+                    label { "Kind" select name="kind" { @for kind in kinds { option value=(kind) { (kind) } } } }
+                    @if session.scope().platform().is_none() { label { "Platform (plt_N, for platform and merchant operators)" input name="platform"; } }
+                    @if session.scope().member().is_none() { label { "Merchant (mem_N, for merchant operators)" input name="member"; } }
+                    fieldset { legend { "Roles" }
+                        @for role in Role::ALL { label.check { input type="checkbox" name="role" value=(role.name()); (role.name()) } }
+                    }
+                    label { "First password (12 to 128 characters; tell it to the operator apart)" input type="password" name="password" required minlength="12"; }
+                    button type="submit" { "Create operator" }
+                }
+            }
+        }
+    };
+    page(session, "Operators", "/portal/operators", body)
+}
+
+async fn operators(session: Session, portal: PortalData) -> HttpResponse {
+    operators_page(&session, &portal, None)
+}
+
+async fn create_operator(request: HttpRequest, session: Session, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    session.require(Role::Admin)?;
+    let scope = match scope_of(&session, &form) {
+        Ok(scope) => scope,
+        Err(message) => return Ok(operators_page(&session, &portal, Some(("error", &message)))),
+    };
+    let roles = form.all("role").filter_map(Role::parse).collect();
+    let new = NewOperator {
+        username: form.get("username").trim().to_string(),
+        display_name: form.get("display_name").to_string(),
+        scope,
+        roles,
+        password: form.get("password").to_string(),
+    };
+    let (creating, by) = (portal.get_ref().clone(), session.operator.username.clone());
+    match blocking(move || creating.operators.create(new, &by)).await? {
+        Ok(operator) => {
+            portal.audit.record(&session, scope, "operator.create", &operator.username, serde_json::Value::Null, operator.public_view(), "ok")?;
+            Ok(operators_page(&session, &portal, Some(("ok", &format!("Operator {} created.", operator.username)))))
+        }
+        Err(error) => Ok(operators_page(&session, &portal, Some(("error", &error.message)))),
+    }
+}
+
+async fn disable_operator(
+    request: HttpRequest,
+    session: Session,
+    portal: PortalData,
+    path: web::Path<u64>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    session.require(Role::Admin)?;
+    let id = path.into_inner();
+    let target = portal
+        .operators
+        .get(id)
+        .filter(|operator| session.scope().contains(&operator.scope) && operator.id != session.operator.id)
+        .ok_or(PortalError::NotFound)?;
+    let (before, after) = portal.operators.update(target.id, |operator| {
+        operator.disabled = !operator.disabled;
+        operator.generation += 1;
+        Ok(())
+    })?;
+    portal.sessions.close_all_of(target.id);
+    let action = if after.disabled { "operator.disable" } else { "operator.enable" };
+    portal.audit.record(&session, target.scope, action, &target.username, before.public_view(), after.public_view(), "ok")?;
+    Ok(redirect("/portal/operators"))
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    operator: Option<String>,
+    action: Option<String>,
+    q: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    cursor: Option<String>,
+    format: Option<String>,
+}
+
+fn day_start(text: &str) -> Option<i64> {
+    let date = time::Date::parse(text, time::macros::format_description!("[year]-[month]-[day]")).ok()?;
+    Some(date.midnight().assume_utc().unix_timestamp())
+}
+
+async fn audit(session: Session, portal: PortalData, query: web::Query<AuditQuery>) -> Result<HttpResponse, PortalError> {
+    let filled = |value: &Option<String>| value.as_ref().map(|v| v.trim().to_string()).filter(|v| !v.is_empty() && v.len() <= 200);
+    let bad_date = |value: &Option<String>| filled(value).is_some_and(|v| day_start(&v).is_none());
+    let csv = query.format.as_deref() == Some("csv");
+    let cursor = match filled(&query.cursor) {
+        None => None,
+        Some(text) => Some(text.parse::<u64>().map_err(|_| crate::error::ApiError::invalid("cursor is not one of ours", "cursor"))?),
+    };
+    if bad_date(&query.from) || bad_date(&query.to) {
+        return Err(crate::error::ApiError::invalid("dates are YYYY-MM-DD", "from").into());
+    }
+    let search = Query {
+        operator: filled(&query.operator),
+        action: filled(&query.action),
+        text: filled(&query.q),
+        from_at: filled(&query.from).and_then(|v| day_start(&v)),
+        to_at: filled(&query.to).and_then(|v| day_start(&v)).map(|start| start + 86_400),
+        before_sequence: cursor,
+        limit: if csv { 500 } else { 50 },
+    };
+    let (records, next) = portal.audit.search(&session.scope(), &search);
+    if csv {
+        return Ok(HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .insert_header(("Content-Disposition", "attachment; filename=\"audit.csv\""))
+            .insert_header(("Cache-Control", "no-store"))
+            .body(super::audit::csv(&records)));
+    }
+    let keep = |name: &str, value: &Option<String>| {
+        filled(value).map(|v| format!("&{name}={}", url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>())).unwrap_or_default()
+    };
+    let filters = format!(
+        "{}{}{}{}{}",
+        keep("operator", &query.operator),
+        keep("action", &query.action),
+        keep("q", &query.q),
+        keep("from", &query.from),
+        keep("to", &query.to)
+    );
+    let body = html! {
+        form.filters method="get" action="/portal/audit" {
+            label { "Operator" input name="operator" value=[filled(&query.operator)]; }
+            label { "Action starts with" input name="action" value=[filled(&query.action)] placeholder="e.g. approval."; }
+            label { "Text" input name="q" value=[filled(&query.q)]; }
+            label { "From" input type="date" name="from" value=[filled(&query.from)]; }
+            label { "To" input type="date" name="to" value=[filled(&query.to)]; }
+            button type="submit" { "Search" }
+            a.button href=(format!("/portal/audit?format=csv{filters}")) { "Export CSV" }
+        }
+        table.data id="audit" {
+            thead { tr { th { "#" } th { "When" } th { "Who" } th { "Roles" } th { "Scope" } th { "Action" } th { "Target" } th { "Before" } th { "After" } th { "From" } th { "Outcome" } } }
+            tbody {
+                @for record in &records {
+                    tr {
+                        td { (record.sequence) } td.nowrap { (format_time(record.at)) } td { (record.operator) } td { (record.roles) } td { (record.scope.describe()) }
+                        td { code { (record.action) } } td { (record.target) } td.small { (record.before) } td.small { (record.after) } td { (record.from) } td { (record.outcome) }
+                    }
+                }
+            }
+        }
+        @if records.is_empty() { p.muted { "Nothing matches." } }
+        @if let Some(next) = next { p { a href=(format!("/portal/audit?cursor={next}{filters}")) { "Older records →" } } }
+    };
+    Ok(page(&session, "Audit log", "/portal/audit", body))
+}
+
+fn status_filter(text: Option<&str>) -> Option<Status> {
+    match text {
+        Some("pending") | None => Some(Status::Pending),
+        Some("approved") => Some(Status::Approved),
+        Some("executed") => Some(Status::Executed),
+        Some("failed") => Some(Status::Failed),
+        Some("rejected") => Some(Status::Rejected),
+        _ => None,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ApprovalsQuery {
+    status: Option<String>,
+}
+
+fn approvals_page(session: &Session, portal: &Portal, status: Option<Status>, message: Option<(&str, &str)>, secret: Option<&str>) -> HttpResponse {
+    let list = portal.approvals.list(&session.scope(), status, 200);
+    let body = html! {
+        @if let Some((kind, text)) = message { (notice(kind, text)) }
+        @if let Some(secret) = secret {
+            section.card.secret {
+                h2 { "New secret (shown once)" }
+                p { code id="new-secret" { (secret) } }
+                p.muted { "Give it to the platform's developers now: it is not stored in a form anyone can read back." }
+            }
+        }
+        p.tabs {
+            @for name in ["pending", "approved", "executed", "failed", "rejected", "all"] {
+                a href=(format!("/portal/approvals?status={name}")) class=@if status.map_or("all", |s| s.name()) == name { "active" } @else { "" } { (name) }
+            }
+        }
+        table.data id="approvals" {
+            thead { tr { th { "#" } th { "Proposed" } th { "By" } th { "Scope" } th { "What" } th { "Note" } th { "Status" } th { "Decided by" } th { "Outcome" } th {} } }
+            tbody {
+                @for proposal in &list {
+                    tr data-id=(proposal.id) {
+                        td { (proposal.id) } td.nowrap { (format_time(proposal.proposed_at)) } td { (proposal.proposer) } td { (proposal.scope.describe()) }
+                        td { (proposal.action.summary()) } td { (proposal.note) } td { (proposal.status.name()) }
+                        td { (proposal.decider.clone().unwrap_or_default()) } td.small { (proposal.outcome) }
+                        td {
+                            @if proposal.status == Status::Pending && session.has(Role::Approver) && proposal.proposed_by != session.operator.id {
+                                form.inline method="post" action=(format!("/portal/approvals/{}/approve", proposal.id)) { (csrf_field(session)) button type="submit" { "Approve" } }
+                                form.inline method="post" action=(format!("/portal/approvals/{}/reject", proposal.id)) { (csrf_field(session)) button.secondary type="submit" { "Reject" } }
+                            } @else if proposal.status == Status::Pending && proposal.proposed_by == session.operator.id {
+                                span.muted { "waiting for another approver" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if list.is_empty() { p.muted { "No proposals here." } }
+    };
+    page(session, "Approvals", "/portal/approvals", body)
+}
+
+async fn approvals(session: Session, portal: PortalData, query: web::Query<ApprovalsQuery>) -> HttpResponse {
+    approvals_page(&session, &portal, status_filter(query.status.as_deref()), None, None)
+}
+
+/// What the server's other parts give a decision to carry out.
+pub struct Executors<'a> {
+    pub engine: &'a Arc<engine::Engine>,
+    pub platforms: &'a Arc<crate::platforms::Platforms>,
+    pub clearing: &'a clearing_actor::Clearing,
+}
+
+/// Carries out an approved action; the text is the outcome to store (never a secret), the
+/// second value a secret to show once.
+pub async fn execute(executors: &Executors<'_>, proposal: &super::approvals::Proposal) -> Result<(String, Option<String>), String> {
+    match &proposal.action {
+        Action::RotateSecret { platform, overlap_seconds } => {
+            let (platforms, id, overlap) = (executors.platforms.clone(), *platform, *overlap_seconds);
+            let rotated = blocking(move || platforms.rotate_secret(id, crate::platforms::RotateSecret { overlap_seconds: overlap }, now_seconds())).await;
+            match rotated {
+                Ok(Ok((platform, secret))) => Ok((format!("secret version {} issued", platform.secret_version), Some(secret))),
+                Ok(Err(error)) => Err(error.message),
+                Err(_) => Err("the server is stopping".into()),
+            }
+        }
+        Action::ChangeChannel { channel, change } => {
+            let change: clearing_actor::channels::ChannelChange = serde_json::from_value(change.clone()).map_err(|e| e.to_string())?;
+            let channel = executors.clearing.update_channel(channel.clone(), change).await.map_err(|e| crate::error::ApiError::from(e).message)?;
+            Ok((format!("channel {} changed", channel.name), None))
+        }
+        Action::ResolveCase { case_id, resolution } => {
+            let operator = format!("{} (approved by {})", proposal.proposer, proposal.decider.clone().unwrap_or_default());
+            let resolution = clearing_actor::cases::Resolution { resolution: resolution.clone(), operator };
+            let case = executors.clearing.resolve_case(case_id.clone(), resolution).await.map_err(|e| crate::error::ApiError::from(e).message)?;
+            Ok((format!("case {} resolved", case.case_id), None))
+        }
+        Action::Adjustment { .. } | Action::SetLimits { .. } => Err("this kind of proposal is carried out by the adjustments module".into()),
+    }
+}
+
+/// The channel settings a proposal may change (`PATCH /admin/channels/{name}`'s fields).
+const CHANNEL_FIELDS: &[&str] = &[
+    "enabled",
+    "fee_fixed",
+    "fee_rate_bps",
+    "fee_min",
+    "fee_max",
+    "order_min",
+    "order_max",
+    "daily_cap",
+    "window",
+    "business_days_only",
+    "eta_minutes",
+    "sim_latency_ms",
+    "sim_failure_per_mille",
+    "sim_drop_per_mille",
+    "timeout_ms",
+];
+/// The caps of an account a proposal may set.
+pub const LIMIT_FIELDS: &[&str] = &["payment_per_order_max", "payment_daily_max", "withdrawal_per_order_max", "withdrawal_daily_max"];
+
+/// Reads a proposal from a form (`kind` and its fields) within the proposer's scope: the
+/// action and the scope it concerns. Checks what can be checked before anyone approves.
+fn proposal_of(session: &Session, platforms: &crate::platforms::Platforms, fields: &Fields) -> Result<(Scope, Action), String> {
+    let platform = || -> Result<u32, String> {
+        let id = match session.scope().platform() {
+            Some(own) => own,
+            None => fields.opt("platform").and_then(crate::platforms::Platform::parse_public_id).ok_or("name the platform (plt_N)")?,
+        };
+        platforms.get(id).map(|p| p.id).ok_or_else(|| "no such platform".to_string())
+    };
+    let text = |name: &str, max: usize| -> Result<String, String> {
+        let value = fields.get(name).trim();
+        if value.is_empty() || value.chars().count() > max {
+            Err(format!("{name} must be 1 to {max} characters"))
+        } else {
+            Ok(value.to_string())
+        }
+    };
+    match fields.get("kind") {
+        "rotate_secret" => {
+            let overlap_seconds = match fields.opt("overlap_seconds") {
+                None => None,
+                Some(text) => Some(
+                    text.parse::<u64>().ok().filter(|s| *s <= crate::platforms::ROTATION_OVERLAP_SECONDS_MAX).ok_or("overlap_seconds must be 0 to 604800")?,
+                ),
+            };
+            let platform = platform()?;
+            Ok((Scope::Platform { platform }, Action::RotateSecret { platform, overlap_seconds }))
+        }
+        "change_channel" => {
+            let mut change = serde_json::Map::new();
+            for name in CHANNEL_FIELDS {
+                if let Some(value) = fields.opt(name) {
+                    let value = match value {
+                        "true" => serde_json::Value::Bool(true),
+                        "false" => serde_json::Value::Bool(false),
+                        number
+                            if number.bytes().all(|b| b.is_ascii_digit())
+                                && !matches!(*name, "fee_fixed" | "fee_min" | "fee_max" | "order_min" | "order_max" | "daily_cap") =>
+                        {
+                            serde_json::Value::Number(number.parse::<u64>().map_err(|_| format!("{name} is too large"))?.into())
+                        }
+                        other => serde_json::Value::String(other.to_string()),
+                    };
+                    change.insert(name.to_string(), value);
+                }
+            }
+            if change.is_empty() {
+                return Err("change at least one setting".into());
+            }
+            let change = serde_json::Value::Object(change);
+            serde_json::from_value::<clearing_actor::channels::ChannelChange>(change.clone()).map_err(|e| e.to_string())?;
+            Ok((Scope::System, Action::ChangeChannel { channel: text("channel", 64)?, change }))
+        }
+        "resolve_case" => Ok((Scope::System, Action::ResolveCase { case_id: text("case_id", 128)?, resolution: text("resolution", 1024)? })),
+        "adjustment" => {
+            let platform = platform()?;
+            let action = Action::Adjustment {
+                platform,
+                from: text("from", 32)?,
+                to: text("to", 32)?,
+                amount: text("amount", 32)?,
+                currency: text("currency", 8)?,
+                reason: text("reason", super::approvals::REASON_CHARS_MAX)?,
+            };
+            Ok((Scope::Platform { platform }, action))
+        }
+        "set_limits" => {
+            let platform = platform()?;
+            let limits: std::collections::BTreeMap<String, String> =
+                LIMIT_FIELDS.iter().filter_map(|name| fields.opt(name).map(|value| (name.to_string(), value.to_string()))).collect();
+            if limits.is_empty() {
+                return Err("set at least one limit".into());
+            }
+            Ok((Scope::Platform { platform }, Action::SetLimits { platform, account: text("account", 32)?, limits }))
+        }
+        _ => Err("unknown kind of proposal".into()),
+    }
+}
+
+/// `POST /portal/approvals`: proposes an action (the forms of the portals' pages post here).
+async fn propose(
+    request: HttpRequest,
+    session: Session,
+    portal: PortalData,
+    platforms: web::Data<Arc<crate::platforms::Platforms>>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    session.require(Role::Operator)?;
+    let (scope, action) = match proposal_of(&session, &platforms, &form) {
+        Ok(found) => found,
+        Err(message) => return Ok(approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &message)), None)),
+    };
+    let note = form.get("note").to_string();
+    let proposal = match portal.approvals.propose(&session, scope, action, &note) {
+        Ok(proposal) => proposal,
+        Err(error) if error.status == 404 => return Err(PortalError::NotFound),
+        Err(error) => return Ok(approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &error.message)), None)),
+    };
+    portal.audit.record(
+        &session,
+        scope,
+        "approval.propose",
+        &format!("proposal {}", proposal.id),
+        serde_json::Value::Null,
+        serde_json::json!({"action": proposal.action.summary(), "note": proposal.note}),
+        "pending",
+    )?;
+    let message = format!("Proposal {} recorded: {}. Another operator with the approver role must approve it.", proposal.id, proposal.action.summary());
+    Ok(approvals_page(&session, &portal, Some(Status::Pending), Some(("ok", &message)), None))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn decide(
+    request: HttpRequest,
+    session: Session,
+    portal: PortalData,
+    path: web::Path<(u64, String)>,
+    form: web::Form<Fields>,
+    engine: web::Data<Arc<engine::Engine>>,
+    platforms: web::Data<Arc<crate::platforms::Platforms>>,
+    clearing: web::Data<clearing_actor::Clearing>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let (id, verb) = path.into_inner();
+    let approve = match verb.as_str() {
+        "approve" => true,
+        "reject" => false,
+        _ => return Err(PortalError::NotFound),
+    };
+    let decided = match portal.approvals.decide(&session, id, approve) {
+        Ok(decided) => decided,
+        Err(error) if error.status == 404 => return Err(PortalError::NotFound),
+        Err(error) => return Ok(approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &error.message)), None)),
+    };
+    let action = if approve { "approval.approve" } else { "approval.reject" };
+    portal.audit.record(
+        &session,
+        decided.scope,
+        action,
+        &format!("proposal {}", decided.id),
+        serde_json::Value::Null,
+        serde_json::json!({"action": decided.action.summary()}),
+        "ok",
+    )?;
+    if !approve {
+        return Ok(approvals_page(&session, &portal, Some(Status::Pending), Some(("ok", &format!("Proposal {id} rejected."))), None));
+    }
+    let executors = Executors { engine: engine.get_ref(), platforms: platforms.get_ref(), clearing: clearing.get_ref() };
+    let outcome = execute(&executors, &decided).await;
+    let (stored, secret) = match outcome {
+        Ok((text, secret)) => (Ok(text), secret),
+        Err(text) => (Err(text), None),
+    };
+    let finished = portal.approvals.finish(id, stored)?;
+    portal.audit.record(
+        &session,
+        finished.scope,
+        &format!("approval.{}", finished.status.name()),
+        &format!("proposal {}", finished.id),
+        serde_json::Value::Null,
+        serde_json::json!({"action": finished.action.summary()}),
+        &finished.outcome,
+    )?;
+    let message = format!("Proposal {id} approved: {} ({}).", finished.outcome, finished.status.name());
+    let kind = if finished.status == Status::Executed { "ok" } else { "error" };
+    Ok(approvals_page(&session, &portal, None, Some((kind, &message)), secret.as_deref()))
+}
+
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/portal/login", web::get().to(login_form))
+        .route("/portal/login", web::post().to(login))
+        .route("/portal/logout", web::post().to(logout))
+        .route("/portal", web::get().to(home))
+        .route("/portal/", web::get().to(home))
+        .route("/portal/account", web::get().to(account))
+        .route("/portal/account/password", web::post().to(change_password))
+        .route("/portal/account/totp", web::post().to(totp))
+        .route("/portal/operators", web::get().to(operators))
+        .route("/portal/operators", web::post().to(create_operator))
+        .route("/portal/operators/{id}/disable", web::post().to(disable_operator))
+        .route("/portal/audit", web::get().to(audit))
+        .route("/portal/approvals", web::get().to(approvals))
+        .route("/portal/approvals", web::post().to(propose))
+        .route("/portal/approvals/{id}/{verb}", web::post().to(decide));
+}

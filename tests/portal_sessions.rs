@@ -1,0 +1,249 @@
+//! The portals' rules over HTTP against the real server: sign-in, lockout, CSRF and origin,
+//! session timeouts, the second factor, operators within a scope, the audit log and four-eyes
+//! approvals.
+
+mod support;
+
+use support::portal::{first_password, Person};
+use support::*;
+
+const TOKEN: &str = "portal-tests-operator-token-0123456789";
+
+fn started(dir: &std::path::Path) -> Server {
+    start(dir, Some(TOKEN))
+}
+
+fn admin(server: &Server) -> Person {
+    let mut person = Person::new(server);
+    let page = person.login("admin", &first_password(server));
+    assert_eq!((page.status, page.location.as_deref()), (303, Some("/portal/")), "{}", page.body);
+    person
+}
+
+/// Creates an operator through the operators page as `by`.
+fn make_operator(by: &mut Person, username: &str, kind: &str, platform: &str, member: &str, roles: &[&str]) -> support::portal::Page {
+    let csrf = by.csrf();
+    let mut fields =
+        vec![("csrf", csrf.as_str()), ("username", username), ("display_name", username), ("kind", kind), ("platform", platform), ("member", member)];
+    fields.extend(roles.iter().map(|role| ("role", *role)));
+    fields.push(("password", "a long enough password"));
+    by.post("/portal/operators", &fields)
+}
+
+#[test]
+fn every_page_needs_a_session_and_the_first_operator_signs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let mut stranger = Person::new(&server);
+    for path in
+        ["/portal/", "/portal/system", "/portal/platform", "/portal/merchant", "/portal/audit", "/portal/approvals", "/portal/operators", "/portal/account"]
+    {
+        let page = stranger.get(path);
+        assert_eq!((page.status, page.location.as_deref()), (303, Some("/portal/login")), "{path}");
+    }
+    let login = stranger.get("/portal/login");
+    assert_eq!(login.status, 200);
+    assert!(login.content_type.starts_with("text/html") && login.body.contains("Sign in"));
+    assert_eq!(stranger.login("admin", "not the password at all").status, 401);
+    assert_eq!(stranger.cookie, None);
+
+    let mut admin = admin(&server);
+    let cookie_line = admin.cookie.clone().expect("a session cookie");
+    assert!(cookie_line.starts_with("portal_session=") && cookie_line.len() == "portal_session=".len() + 64);
+    let home = admin.get("/portal/");
+    assert_eq!(home.location.as_deref(), Some("/portal/system"));
+    let system = admin.get("/portal/system");
+    assert_eq!(system.status, 200);
+    assert!(system.body.contains("system") && system.body.contains("Sign out"));
+    // Another kind's portal is not there for a system operator.
+    assert_eq!(admin.get("/portal/merchant").status, 404);
+    server.stop();
+}
+
+#[test]
+fn the_session_cookie_is_http_only_and_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let response = ureq::AgentBuilder::new()
+        .redirects(0)
+        .build()
+        .post(&format!("{}/portal/login", server.base))
+        .send_form(&[("username", "admin"), ("password", &first_password(&server))]);
+    let response = answer(response, "login");
+    let cookie = response.header("set-cookie").expect("cookie").to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/"), "{cookie}");
+    server.stop();
+}
+
+#[test]
+fn five_wrong_passwords_lock_the_operator_and_the_audit_log_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let mut admin = admin(&server);
+    let created = make_operator(&mut admin, "alice", "system", "", "", &["viewer"]);
+    assert!(created.body.contains("Operator alice created"), "{}", created.body);
+    let mut alice = Person::new(&server);
+    for attempt in 1..=5 {
+        let page = alice.login("alice", "wrong password number x");
+        assert_eq!(page.status, 401, "attempt {attempt}");
+        assert_eq!(page.body.contains("locked until"), attempt == 5, "attempt {attempt}");
+    }
+    let right = alice.login("alice", "a long enough password");
+    assert_eq!(right.status, 401);
+    assert!(right.body.contains("locked until"));
+    assert_eq!(alice.cookie, None);
+    let audit = admin.get("/portal/audit?action=session.login_failed");
+    assert_eq!(audit.body.matches("<code>session.login_failed</code>").count(), 5 + 1, "five wrong passwords and one try while locked");
+    assert!(audit.body.contains(">locked<"));
+    server.stop();
+}
+
+#[test]
+fn forms_without_the_token_or_from_another_origin_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let mut admin = admin(&server);
+    let fields = [("username", "mallory"), ("display_name", "M"), ("kind", "system"), ("role", "admin"), ("password", "a long enough password")];
+    let missing = admin.post("/portal/operators", &fields);
+    assert_eq!(missing.status, 403);
+    assert!(missing.body.contains("csrf_failed"));
+    let csrf = admin.csrf();
+    let mut with_token = vec![("csrf", csrf.as_str())];
+    with_token.extend_from_slice(&fields);
+    let wrong_token: Vec<(&str, &str)> = with_token.iter().map(|(k, v)| if *k == "csrf" { (*k, "0".repeat(64).leak() as &str) } else { (*k, *v) }).collect();
+    assert_eq!(admin.post("/portal/operators", &wrong_token).status, 403);
+    assert_eq!(admin.post_from("/portal/operators", &with_token, Some("https://evil.example")).status, 403);
+    assert_eq!(admin.post_from("/portal/login", &[("username", "admin"), ("password", "x")], Some("https://evil.example")).status, 403);
+    let list = admin.get("/portal/operators");
+    assert!(!list.body.contains("mallory"), "nothing was created");
+    let made = admin.post("/portal/operators", &with_token);
+    assert!(made.body.contains("Operator mallory created"), "{}", made.body);
+    server.stop();
+}
+
+#[test]
+fn an_idle_session_expires_and_signing_out_ends_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(&[("session_idle_seconds = 900", "session_idle_seconds = 2")]);
+    let server = start_configured(dir.path(), TOKEN, &config);
+    let mut admin = admin(&server);
+    assert_eq!(admin.get("/portal/system").status, 200);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(admin.get("/portal/system").status, 200, "a request keeps the session alive");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(admin.get("/portal/system").location.as_deref(), Some("/portal/login"), "idle past the timeout");
+
+    let mut again = Person::new(&server);
+    again.login("admin", &first_password(&server));
+    let cookie = again.cookie.clone();
+    let csrf = again.csrf();
+    let out = again.post("/portal/logout", &[("csrf", &csrf)]);
+    assert_eq!(out.location.as_deref(), Some("/portal/login"));
+    again.cookie = cookie;
+    assert_eq!(again.get("/portal/system").location.as_deref(), Some("/portal/login"), "the old cookie no longer works");
+    server.stop();
+}
+
+#[test]
+fn a_second_factor_is_asked_once_turned_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let mut admin = admin(&server);
+    let csrf = admin.csrf();
+    let enrolling = admin.post("/portal/account/totp", &[("csrf", &csrf)]);
+    let at = enrolling.body.find("id=\"totp-secret\">").expect("the secret is shown") + "id=\"totp-secret\">".len();
+    let secret = enrolling.body[at..].split('<').next().unwrap().to_string();
+    let totp = totp_rs::Builder::new().with_secret(totp_rs::Secret::try_from_base32(&secret).unwrap()).build().unwrap();
+    let wrong = admin.post("/portal/account/totp", &[("csrf", &csrf), ("secret", &secret), ("code", "000000")]);
+    assert!(wrong.body.contains("not right") || totp.generate_current().to_string() == "000000");
+    let code = totp.generate_current().to_string();
+    let on = admin.post("/portal/account/totp", &[("csrf", &csrf), ("secret", &secret), ("code", &code)]);
+    assert!(on.body.contains("The second factor is on"), "{}", on.body);
+
+    let mut later = Person::new(&server);
+    let without = later.login("admin", &first_password(&server));
+    assert_eq!(without.status, 401);
+    assert!(without.body.contains("authenticator"));
+    let code = totp.generate_current().to_string();
+    let with = later.post("/portal/login", &[("username", "admin"), ("password", &first_password(&server)), ("totp", &code)]);
+    assert_eq!(with.status, 303, "{}", with.body);
+    server.stop();
+}
+
+#[test]
+fn platform_operators_work_within_their_platform_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let (_, one) = create_platform(&server, TOKEN, r#"{"name": "One"}"#);
+    let (_, two) = create_platform(&server, TOKEN, r#"{"name": "Two"}"#);
+    let (one_id, two_id) = (one["platform_id"].as_str().unwrap(), two["platform_id"].as_str().unwrap());
+    let mut admin = admin(&server);
+    assert!(make_operator(&mut admin, "one_admin", "platform", one_id, "", &["admin", "viewer"]).body.contains("created"));
+    assert!(make_operator(&mut admin, "two_ops", "platform", two_id, "", &["operator"]).body.contains("created"));
+    let mut one_admin = Person::new(&server);
+    assert_eq!(one_admin.login("one_admin", "a long enough password").status, 303);
+    assert_eq!(one_admin.get("/portal/").location.as_deref(), Some("/portal/platform"));
+    assert_eq!(one_admin.get("/portal/system").status, 404);
+    let system_try = make_operator(&mut one_admin, "sneaky", "system", "", "", &["admin"]);
+    assert!(system_try.body.contains("within your own scope"), "{}", system_try.body);
+    // Naming the other platform makes an operator of its own platform, never of the other one.
+    let made = make_operator(&mut one_admin, "one_ops", "platform", two_id, "", &["operator"]);
+    assert!(made.body.contains("created"));
+    let list = one_admin.get("/portal/operators");
+    assert!(list.body.contains("one_ops") && !list.body.contains("two_ops") && !list.body.contains("<td>admin</td>"));
+    assert!(list.body.contains(&format!("platform {one_id}")) && !list.body.contains(&format!("platform {two_id}")));
+    let audit = one_admin.get("/portal/audit");
+    assert!(audit.body.contains("one_ops") && !audit.body.contains("two_ops"), "the audit log keeps to the scope");
+    let csv = one_admin.get("/portal/audit?format=csv");
+    assert!(csv.content_type.starts_with("text/csv"));
+    assert!(csv.body.starts_with("sequence,at,operator,roles,scope,action,target,before,after,from,outcome"));
+    assert!(csv.body.contains("operator.create") && !csv.body.contains("two_ops"));
+    server.stop();
+}
+
+#[test]
+fn four_eyes_a_rotation_is_carried_out_only_when_another_approver_approves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let (_, one) = create_platform(&server, TOKEN, r#"{"name": "One"}"#);
+    let (_, two) = create_platform(&server, TOKEN, r#"{"name": "Two"}"#);
+    let (one_id, two_id, old_secret) = (one["platform_id"].as_str().unwrap(), two["platform_id"].as_str().unwrap(), one["secret"].as_str().unwrap());
+    let mut admin = admin(&server);
+    make_operator(&mut admin, "proposer", "platform", one_id, "", &["operator", "approver"]);
+    make_operator(&mut admin, "approver", "platform", one_id, "", &["approver"]);
+    make_operator(&mut admin, "other", "platform", two_id, "", &["approver"]);
+    let mut proposer = Person::new(&server);
+    proposer.login("proposer", "a long enough password");
+    let csrf = proposer.csrf();
+    let proposed = proposer.post("/portal/approvals", &[("csrf", &csrf), ("kind", "rotate_secret"), ("overlap_seconds", "3600"), ("note", "leaked in a log")]);
+    assert!(proposed.body.contains("Proposal 1 recorded"), "{}", proposed.body);
+    // The proposer cannot approve its own proposal, even with the approver role.
+    let own = proposer.post("/portal/approvals/1/approve", &[("csrf", &csrf)]);
+    assert!(own.body.contains("another operator than the one who proposed"), "{}", own.body);
+    // An approver of another platform does not see it.
+    let mut other = Person::new(&server);
+    other.login("other", "a long enough password");
+    let csrf_other = other.csrf();
+    assert_eq!(other.post("/portal/approvals/1/approve", &[("csrf", &csrf_other)]).status, 404);
+    assert!(!other.get("/portal/approvals?status=all").body.contains("leaked in a log"));
+    // Nothing happened yet: the old secret alone signs.
+    let signed = |secret: &str| signed_get_json(&server, "/v1/orders?limit=1", one_id, secret, &fresh_nonce()).0;
+    assert_eq!(signed(old_secret), 200);
+    let mut approver = Person::new(&server);
+    approver.login("approver", "a long enough password");
+    let csrf_approver = approver.csrf();
+    let approved = approver.post("/portal/approvals/1/approve", &[("csrf", &csrf_approver)]);
+    assert!(approved.body.contains("executed"), "{}", approved.body);
+    let at = approved.body.find("id=\"new-secret\">").expect("the new secret is shown once") + "id=\"new-secret\">".len();
+    let new_secret = approved.body[at..].split('<').next().unwrap().to_string();
+    assert_eq!(signed(&new_secret), 200);
+    assert_eq!(signed(old_secret), 200, "the old secret verifies during the overlap");
+    // Decided once: a second approval is refused.
+    assert!(approver.post("/portal/approvals/1/approve", &[("csrf", &csrf_approver)]).body.contains("already"));
+    let audit = admin.get("/portal/audit?action=approval.");
+    for action in ["approval.propose", "approval.approve", "approval.executed"] {
+        assert!(audit.body.contains(action), "{action}");
+    }
+    assert!(!audit.body.contains(&new_secret), "the secret is not in the audit log");
+    server.stop();
+}
