@@ -36,6 +36,17 @@ pub struct Platform {
     /// `platform_suspended`) until it is resumed. Nothing else about it changes.
     #[serde(default)]
     pub suspended: bool,
+    /// Agreement codes whose latest version a member must have signed first (`agreements`).
+    #[serde(default)]
+    pub agreement_requirements: AgreementRequirements,
+}
+
+/// Agreement codes a member must have signed (the latest version of each) before an account
+/// is opened or a card bound.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgreementRequirements {
+    pub open_account: Vec<String>,
+    pub bind_card: Vec<String>,
 }
 
 /// A platform's previous secret version during the overlap after a rotation.
@@ -160,6 +171,7 @@ impl Platforms {
             settlement_rule: None,
             previous_secret: None,
             suspended: false,
+            agreement_requirements: AgreementRequirements::default(),
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -181,6 +193,12 @@ impl Platforms {
     /// Suspends (or with `false` resumes) a platform, durably.
     pub fn set_suspended(&self, id: u32, suspended: bool) -> Result<Platform, ApiError> {
         self.update(id, |platform| platform.suspended = suspended)
+    }
+
+    /// Sets a platform's agreement requirements, durably (`agreements::set_requirements` checks
+    /// the codes).
+    pub fn set_agreement_requirements(&self, id: u32, requirements: AgreementRequirements) -> Result<Platform, ApiError> {
+        self.update(id, |platform| platform.agreement_requirements = requirements)
     }
 
     /// Sets the overlap of rotations whose request names none (config).

@@ -78,7 +78,7 @@ async fn home(
     let charts = ops::dashboard_charts(&engine, &clearing).await;
     let body = html! {
         div.cards {
-            (metric("Platforms", format!("{} ({} suspended)", all.len(), suspended), "/portal/system/platforms"))
+            (metric(&format!("Platforms ({suspended} suspended)"), all.len().to_string(), "/portal/system/platforms"))
             (metric("Accounts", accounts.to_string(), "/portal/system/shards"))
             (metric("Shards up / stopped", format!("{} / {}", shards.len() - stopped, stopped), "/portal/system/shards"))
             (metric("Invariants", match invariants { Ok(true) => "ok".to_string(), Ok(false) => "FAILING".to_string(), Err(_) => "unreadable".to_string() }, "/portal/system/invariants"))
