@@ -328,6 +328,7 @@ fn serve_http(
         calendar: config.calendar(),
         settlement_cutoff_minute: config.settlement_cutoff_minute,
     };
+    gateway::portal::system::publish_chart(config.chart.clone());
     let services =
         gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks.clone(), setup, config.protections)
             .map_err(anyhow::Error::msg)?;

@@ -667,6 +667,7 @@ mod tests {
             webhook_url: None,
             settlement_rule: None,
             previous_secret: None,
+            suspended: false,
             agreement_requirements: AgreementRequirements { open_account: vec!["account_opening".into()], bind_card: vec![] },
         };
         assert!(agreements.require(&platform, 5, Purpose::OpenAccount).is_ok());

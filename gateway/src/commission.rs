@@ -58,7 +58,7 @@ pub(crate) struct RuleBody {
 
 /// Validates a rule against the engine (currency, receivers are the platform's open accounts in
 /// it) and returns its stored form.
-async fn validate(engine: &Arc<Engine>, platform: u32, body: RuleBody) -> Result<RuleConfig, ApiError> {
+pub(crate) async fn validate(engine: &Arc<Engine>, platform: u32, body: RuleBody) -> Result<RuleConfig, ApiError> {
     let (currency, spec) = crate::orders::currency(engine, &body.currency)?;
     if body.tiers.is_empty() || body.tiers.len() > TIERS_MAX {
         return Err(ApiError::invalid("tiers holds 1 to 16 tiers", "tiers"));

@@ -32,6 +32,10 @@ pub struct Platform {
     /// exclusive). Stored with the record, so a restart keeps the overlap and its end.
     #[serde(default)]
     pub previous_secret: Option<PreviousSecret>,
+    /// Suspended by a system operator: its signed requests are refused (403
+    /// `platform_suspended`) until it is resumed. Nothing else about it changes.
+    #[serde(default)]
+    pub suspended: bool,
     /// Agreement codes whose latest version a member must have signed first (`agreements`).
     #[serde(default)]
     pub agreement_requirements: AgreementRequirements,
@@ -166,6 +170,7 @@ impl Platforms {
             webhook_url: None,
             settlement_rule: None,
             previous_secret: None,
+            suspended: false,
             agreement_requirements: AgreementRequirements::default(),
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
@@ -183,6 +188,11 @@ impl Platforms {
     /// Sets (or with `None` removes) a platform's settlement rule, durably.
     pub fn set_settlement_rule(&self, id: u32, rule: Option<clearing_actor::commission::RuleConfig>) -> Result<Platform, ApiError> {
         self.update(id, |platform| platform.settlement_rule = rule)
+    }
+
+    /// Suspends (or with `false` resumes) a platform, durably.
+    pub fn set_suspended(&self, id: u32, suspended: bool) -> Result<Platform, ApiError> {
+        self.update(id, |platform| platform.suspended = suspended)
     }
 
     /// Sets a platform's agreement requirements, durably (`agreements::set_requirements` checks

@@ -121,6 +121,9 @@ impl actix_web::FromRequest for Signed {
                 };
             // 3. The signature, the platform's quotas, its nonce.
             check_signature(&request, &head, &body, platforms)?;
+            if head.platform.suspended {
+                return Err(ApiError::new(403, "platform_suspended", "this platform is suspended; ask the system operator"));
+            }
             paced(tenant.take_token(Instant::now())).await?;
             let in_flight = paced(tenant.enter()).await?;
             paced(check_nonce(&head, nonces, unix_seconds(), tenant.limits().nonces_max as usize)).await?;

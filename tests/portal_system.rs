@@ -1,0 +1,266 @@
+//! The system operators' portal over HTTP against the real server: every page for a system
+//! operator and none for a platform operator, registering a platform (its secret shown once and
+//! signing requests), suspending and resuming it, running a settlement and downloading its
+//! statement, a channel change and a case resolution carried out only after another approver.
+
+mod support;
+
+use serde_json::json;
+use support::portal::{first_password, Page, Person};
+use support::*;
+
+const TOKEN: &str = "portal-system-tests-operator-token-0123456789";
+
+const PAGES: [&str; 9] = [
+    "/portal/system",
+    "/portal/system/platforms",
+    "/portal/system/channels",
+    "/portal/system/shards",
+    "/portal/system/settlement",
+    "/portal/system/reconciliation",
+    "/portal/system/invariants",
+    "/portal/system/configuration",
+    "/portal/system/platforms/plt_1",
+];
+
+fn admin(server: &Server) -> Person {
+    let mut person = Person::new(server);
+    let page = person.login("admin", &first_password(server));
+    assert_eq!((page.status, page.location.as_deref()), (303, Some("/portal/")), "{}", page.body);
+    person
+}
+
+/// Creates an operator through the operators page as `by`, and signs them in.
+fn operator(server: &Server, by: &mut Person, username: &str, kind: &str, platform: &str, roles: &[&str]) -> Person {
+    let csrf = by.csrf();
+    let mut fields = vec![("csrf", csrf.as_str()), ("username", username), ("display_name", username), ("kind", kind), ("platform", platform), ("member", "")];
+    fields.extend(roles.iter().map(|role| ("role", *role)));
+    fields.push(("password", "a long enough password"));
+    let created = by.post("/portal/operators", &fields);
+    assert_eq!(created.status, 200, "{}", created.body);
+    let mut person = Person::new(server);
+    let signed_in = person.login(username, "a long enough password");
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    person
+}
+
+/// The text of the element with `id` (up to the next tag).
+fn text_of(page: &Page, id: &str) -> String {
+    let marker = format!("id=\"{id}\">");
+    let at = page.body.find(&marker).unwrap_or_else(|| panic!("no #{id} in {}", page.body)) + marker.len();
+    page.body[at..].split('<').next().unwrap().to_string()
+}
+
+/// Registers a platform through the form; (platform id, secret).
+fn register(person: &mut Person, name: &str) -> (String, String) {
+    let csrf = person.csrf();
+    let page = person.post(
+        "/portal/system/platforms",
+        &[("csrf", &csrf), ("name", name), ("settlement_cycle_days", "0"), ("auto_confirm_days", "15"), ("require_payment_password", "")],
+    );
+    assert_eq!(page.status, 200, "{}", page.body);
+    (text_of(&page, "platform-id"), text_of(&page, "platform-secret"))
+}
+
+fn proposal_id(page: &Page) -> String {
+    let at = page.body.find("Proposal ").unwrap_or_else(|| panic!("no proposal in {}", page.body)) + "Proposal ".len();
+    let id = page.body[at..].split(' ').next().unwrap().to_string();
+    assert!(page.body.contains(&format!("Proposal {id} recorded")), "{}", page.body);
+    id
+}
+
+#[test]
+fn every_page_answers_a_system_operator_and_is_hidden_from_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let (status, _) = create_platform(&server, TOKEN, "{\"name\": \"One\"}");
+    assert_eq!(status, 201);
+    let mut admin = admin(&server);
+    for path in PAGES {
+        let page = admin.get(path);
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        assert!(page.body.contains("Sign out") && page.body.contains("/portal/system/settlement"), "{path}");
+    }
+    assert!(admin.get("/portal/system/shards").body.contains("http-equiv=\"refresh\" content=\"5\""));
+    let configuration = admin.get("/portal/system/configuration").body;
+    assert!(configuration.contains("CNY") && configuration.contains("configuration file") && configuration.contains("2201"), "{configuration}");
+    assert_eq!(admin.get("/portal/system/platforms/plt_9").status, 404);
+    assert_eq!(admin.get("/portal/system/platforms/garbage").status, 404);
+    let mut platform_operator = operator(&server, &mut admin, "platop", "platform", "plt_1", &["viewer", "operator", "approver", "admin"]);
+    for path in PAGES.iter().chain(&["/portal/system/settlement/statement.csv?business_date=2026-01-01"]) {
+        assert_eq!(platform_operator.get(path).status, 404, "{path}");
+    }
+    let csrf = platform_operator.csrf();
+    for path in ["/portal/system/platforms", "/portal/system/platforms/plt_1/suspend", "/portal/system/settlement", "/portal/system/reconciliation"] {
+        assert_eq!(platform_operator.post(path, &[("csrf", &csrf), ("name", "x"), ("business_date", "2026-01-01")]).status, 404, "{path}");
+    }
+    // A viewer sees the pages but cannot act.
+    let mut viewer = operator(&server, &mut admin, "viewer", "system", "", &["viewer"]);
+    assert_eq!(viewer.get("/portal/system/platforms").status, 200);
+    let csrf = viewer.csrf();
+    assert_eq!(viewer.post("/portal/system/platforms/plt_1/suspend", &[("csrf", &csrf)]).status, 403);
+    assert_eq!(viewer.post("/portal/system/platforms", &[("csrf", &csrf), ("name", "Nope")]).status, 403);
+    // A form without the CSRF token changes nothing.
+    assert_eq!(admin.post("/portal/system/platforms/plt_1/suspend", &[]).status, 403);
+    assert!(!admin.get("/portal/system/platforms/plt_1").body.contains("badge bad"));
+    server.stop();
+}
+
+#[test]
+fn a_registered_platform_signs_with_the_shown_secret_and_suspension_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let mut admin = admin(&server);
+    let (platform, secret) = register(&mut admin, "Shop <One>");
+    assert_eq!((platform.as_str(), secret.len()), ("plt_1", 64), "{secret}");
+    let client = Client { server: &server, platform: platform.clone(), secret: secret.clone() };
+    let member = client.member("m-1", "Zhang San");
+    assert!(member.starts_with("mem_"));
+    let list = admin.get("/portal/system/platforms");
+    assert!(list.body.contains("Shop &lt;One&gt;") && !list.body.contains(&secret), "{}", list.body);
+    // The bad input is refused with a notice.
+    let csrf = admin.csrf();
+    let refused = admin.post("/portal/system/platforms", &[("csrf", &csrf), ("name", " "), ("settlement_cycle_days", "1")]);
+    assert!(refused.status == 200 && refused.body.contains("name must be 1 to 128 characters"), "{}", refused.body);
+    let refused = admin.post("/portal/system/platforms", &[("csrf", &csrf), ("name", "X"), ("settlement_cycle_days", "-1")]);
+    assert!(refused.body.contains("settlement_cycle_days must be a whole number"), "{}", refused.body);
+
+    let suspended = admin.post(&format!("/portal/system/platforms/{platform}/suspend"), &[("csrf", &csrf)]);
+    assert!(suspended.status == 200 && suspended.body.contains("Platform suspended"), "{}", suspended.body);
+    let (status, _, body) = client
+        .post("/v1/members", &json!({"out_order_no": "m-2", "type": "individual", "name": "Li Si", "id_number": "11010519491231002X", "phone": "13800138000"}));
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("platform_suspended")), "{body}");
+    let (status, body) = client.get(&format!("/v1/members/{member}/notifications"));
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("platform_suspended")), "{body}");
+    assert!(admin.get("/portal/system/platforms").body.contains("suspended"));
+    // A restart keeps the suspension (a second operator signs in after it: the first one's
+    // password is printed only at the first start).
+    operator(&server, &mut admin, "second", "system", "", &["viewer", "operator"]);
+    server.stop();
+    let server = start(dir.path(), Some(TOKEN));
+    let client = Client { server: &server, platform: platform.clone(), secret: secret.clone() };
+    assert_eq!(client.get(&format!("/v1/members/{member}/notifications")).0, 403);
+    let mut admin = Person::new(&server);
+    assert_eq!(admin.login("second", "a long enough password").status, 303);
+    let csrf = admin.csrf();
+    let resumed = admin.post(&format!("/portal/system/platforms/{platform}/resume"), &[("csrf", &csrf)]);
+    assert!(resumed.body.contains("Platform resumed"), "{}", resumed.body);
+    assert_eq!(client.get(&format!("/v1/members/{member}/notifications")).0, 200);
+    // The audit log has both actions and the registration, never the secret.
+    let audit = admin.get("/portal/audit");
+    for action in ["platform.register", "platform.suspend", "platform.resume"] {
+        assert!(audit.body.contains(action), "{action}: {}", audit.body);
+    }
+    assert!(!audit.body.contains(&secret));
+    server.stop();
+}
+
+#[test]
+fn a_settlement_run_from_the_portal_and_its_statement_as_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), TOKEN, &config_with(money::FAST_BANK));
+    let p = Client::create(&server, TOKEN, "{\"name\": \"Shop\", \"settlement_cycle_days\": 1}");
+    let payer = p.account(&p.member("payer", "Zhang San"));
+    let merchant = p.account(&p.member("merchant", "Li Si"));
+    p.fund(&payer, "100.00", "r-1");
+    let body = json!({"out_order_no": "pay-1", "payer_account_id": payer, "mode": "balance", "amount": "30.00", "currency": "CNY", "payees": [{"account_id": merchant, "amount": "30.00"}]});
+    let (status, _, order) = p.post("/v1/payments", &body);
+    assert_eq!(status, 201, "{order}");
+    let mut admin = admin(&server);
+    let date = money::business_date(1);
+    let csrf = admin.csrf();
+    let refused = admin.post("/portal/system/settlement", &[("csrf", &csrf), ("business_date", "2026-02-30")]);
+    assert!(refused.status == 200 && refused.body.contains("business_date must be a date"), "{}", refused.body);
+    let run = admin.post("/portal/system/settlement", &[("csrf", &csrf), ("business_date", &date)]);
+    assert!(run.status == 200 && run.body.contains(&format!("Settlement of {date} done.")), "{}", run.body);
+    assert!(run.body.contains(&format!("statement.csv?business_date={date}&amp;platform_id={}", p.platform)), "{}", run.body);
+    assert_eq!(p.balances(&merchant).1, "30.00");
+    let csv = admin.get(&format!("/portal/system/settlement/statement.csv?business_date={date}&platform_id={}", p.platform));
+    assert_eq!(csv.status, 200);
+    assert!(csv.content_type.starts_with("text/csv"), "{}", csv.content_type);
+    assert!(csv.body.starts_with("business_date,platform_id,line,account_id"), "{}", csv.body);
+    let line = csv.body.lines().find(|l| l.contains(&merchant)).unwrap_or_else(|| panic!("{}", csv.body));
+    assert!(line.contains(",income,") && line.contains(",30.00,"), "{line}");
+    // The whole day, a platform that does not exist, a bad date.
+    assert_eq!(admin.get(&format!("/portal/system/settlement/statement.csv?business_date={date}")).status, 200);
+    assert_eq!(admin.get(&format!("/portal/system/settlement/statement.csv?business_date={date}&platform_id=plt_9")).status, 404);
+    assert_eq!(admin.get("/portal/system/settlement/statement.csv?business_date=tomorrow").status, 400);
+    assert!(admin.get("/portal/audit").body.contains("settlement.run"));
+    server.stop();
+}
+
+#[test]
+fn a_channel_change_applies_only_after_another_approver_approves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let mut admin = admin(&server);
+    let mut approver = operator(&server, &mut admin, "approver", "system", "", &["viewer", "approver"]);
+    let before = admin.get("/portal/system/channels");
+    assert!(before.body.contains("data-channel=\"sim_gateway\"") && !before.body.contains("+ 77 bps"), "{}", before.body);
+    let csrf = admin.csrf();
+    let proposed = admin.post(
+        "/portal/approvals",
+        &[
+            ("csrf", &csrf),
+            ("kind", "change_channel"),
+            ("channel", "sim_gateway"),
+            ("enabled", ""),
+            ("fee_fixed", ""),
+            ("fee_rate_bps", "77"),
+            ("note", "cost up"),
+        ],
+    );
+    let id = proposal_id(&proposed);
+    assert!(!admin.get("/portal/system/channels").body.contains("+ 77 bps"), "not before the approval");
+    // The proposer cannot approve its own proposal.
+    let own = admin.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)]);
+    assert!(own.body.contains("another operator than the one who proposed"), "{}", own.body);
+    assert!(!admin.get("/portal/system/channels").body.contains("+ 77 bps"));
+    let csrf = approver.csrf();
+    let approved = approver.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)]);
+    assert!(approved.body.contains("(executed)."), "{}", approved.body);
+    assert!(admin.get("/portal/system/channels").body.contains("+ 77 bps"));
+    server.stop();
+}
+
+#[test]
+fn reconciliation_runs_against_the_simulators_statement_and_a_case_is_resolved_by_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), TOKEN, &config_with(money::FAST_BANK));
+    let p = Client::create(&server, TOKEN, "{\"name\": \"Shop\"}");
+    let account = p.account(&p.member("m-1", "Zhang San"));
+    p.fund(&account, "10.00", "r-1");
+    // A bank transfer without a usable virtual account number: a case for an operator.
+    let lines = json!({"lines": [{"bank_ref": "B-1", "virtual_account_no": "for the sofa", "amount": "5.00", "currency": "CNY"}]});
+    let request = ureq::post(&format!("{}/admin/offline-transfers", server.base)).set("Authorization", &format!("Bearer {TOKEN}"));
+    assert_eq!(answer(request.send_string(&lines.to_string()), "offline").status(), 200);
+    let mut admin = admin(&server);
+    let mut approver = operator(&server, &mut admin, "approver", "system", "", &["viewer", "approver"]);
+    let csrf = admin.csrf();
+    let date = money::business_date(0);
+    let report = admin.post("/portal/system/reconciliation", &[("csrf", &csrf), ("channel", "sim_gateway"), ("business_date", &date), ("file", "")]);
+    assert!(report.status == 200 && report.body.contains("Counts by class") && report.body.contains("simulated bank"), "{}", report.body);
+    assert!(report.body.contains("<td>matched</td><td class=\"num\">1</td>"), "{}", report.body);
+    let garbage =
+        admin.post("/portal/system/reconciliation", &[("csrf", &csrf), ("channel", "sim_gateway"), ("business_date", &date), ("file", "not,a\nstatement")]);
+    assert!(garbage.status == 200 && garbage.body.contains("Reconciliation refused"), "{}", garbage.body);
+    let bad = admin.post("/portal/system/reconciliation", &[("csrf", &csrf), ("channel", "nope"), ("business_date", &date)]);
+    assert!(bad.body.contains("choose a channel"), "{}", bad.body);
+
+    let cases = admin.get("/portal/system/reconciliation");
+    assert!(cases.body.contains("data-case=\"case_B-1\""), "{}", cases.body);
+    let proposed =
+        admin.post("/portal/approvals", &[("csrf", &csrf), ("kind", "resolve_case"), ("case_id", "case_B-1"), ("resolution", "returned to the payer")]);
+    let id = proposal_id(&proposed);
+    assert!(admin.get("/portal/system/reconciliation").body.contains("data-case=\"case_B-1\""), "still open before the approval");
+    let csrf = approver.csrf();
+    let approved = approver.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)]);
+    assert!(approved.body.contains("(executed)."), "{}", approved.body);
+    assert!(!admin.get("/portal/system/reconciliation").body.contains("data-case=\"case_B-1\""));
+    let resolved = admin.get("/portal/system/reconciliation?status=resolved");
+    assert!(resolved.body.contains("data-case=\"case_B-1\"") && resolved.body.contains("returned to the payer"), "{}", resolved.body);
+    assert!(admin.get("/portal/system/reconciliation?status=bogus").body.contains("status is open, resolved or all"));
+    let invariants = admin.get("/portal/system/invariants");
+    assert!(invariants.body.contains("Ledger invariants <span class=\"badge ok\">ok</span>") && invariants.body.contains("covered"), "{}", invariants.body);
+    server.stop();
+}
