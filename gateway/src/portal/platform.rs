@@ -123,6 +123,7 @@ async fn home(
     let exponent_of = |code: &str| engine.config().currencies.iter().find(|c| c.code_str() == code).map_or(2, |c| c.exponent);
     let first = (today.saturating_sub(13))..=today;
     let volume = crate::stats::daily_volume(&engine, Some(platform.id), first.clone()).await?;
+    let chart = orders_chart(first, &volume);
     let body = html! {
         section.cards #platform-metrics {
             div.metric { div.label { "Members" } div.value #metric-members { (member_count) } }
@@ -142,6 +143,8 @@ async fn home(
         }
         section.card {
             h2 { "Orders per day (last 14 days)" }
+            // Trusted SVG: crate::charts escapes every text it writes.
+            div.charts { div.chart { (maud::PreEscaped(chart)) } }
             (volume_table(&volume, &exponent_of))
         }
         section.card {
@@ -149,6 +152,27 @@ async fn home(
         }
     };
     Ok(page(&session, "Dashboard", "/portal/platform", body))
+}
+
+/// Orders per day and kind over `days` as stacked bars.
+fn orders_chart(days: std::ops::RangeInclusive<u32>, volume: &[crate::stats::DayKindTotal]) -> String {
+    let days: Vec<u32> = days.collect();
+    let categories: Vec<String> = days.iter().map(|d| crate::stats::date_of(*d)).collect();
+    let mut kinds: Vec<&str> = volume.iter().map(|t| t.kind).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let series: Vec<crate::charts::Series> = kinds
+        .iter()
+        .map(|kind| crate::charts::Series {
+            name: kind.to_string(),
+            values: days
+                .iter()
+                .map(|day| volume.iter().filter(|t| t.kind == *kind && t.day == *day).map(|t| t.count).sum::<u64>().min(i64::MAX as u64) as i64)
+                .collect(),
+        })
+        .collect();
+    let frame = crate::charts::Frame { id: "platform-orders-per-day", title: "Orders per day", unit: crate::charts::Unit::Count };
+    crate::charts::stacked_bars(&frame, &categories, &series)
 }
 
 fn volume_table(volume: &[crate::stats::DayKindTotal], exponent_of: &dyn Fn(&str) -> u8) -> Markup {
