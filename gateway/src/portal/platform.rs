@@ -434,13 +434,14 @@ async fn open_account(
     members: MembersData,
     engine: EngineData,
     cards: web::Data<Arc<crate::cards::Cards>>,
+    agreements: web::Data<Arc<crate::agreements::Agreements>>,
     form: web::Form<Fields>,
 ) -> Result<HttpResponse, PortalError> {
     check_form(&request, &session, &form)?;
     let platform = own_platform(&session, &platforms)?;
     let member = member_of(&members, &platform, &path)?;
     session.require(Role::Operator)?;
-    match crate::accounts::open(&engine, &members, &platform, form.get("out_order_no"), &member.public_id(), form.get("currency")).await {
+    match crate::accounts::open(&engine, &members, &agreements, &platform, form.get("out_order_no"), &member.public_id(), form.get("currency")).await {
         Ok((id, replayed)) => {
             let account = crate::accounts::public_account_id(id);
             let after = serde_json::json!({"account_id": account, "member_id": member.public_id(), "currency": form.get("currency"), "virtual_account_no": crate::accounts::virtual_account_no(id)});
