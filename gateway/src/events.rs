@@ -13,7 +13,7 @@
 //! workers may hold platforms whose last attempt failed. So a slow, hanging or dead endpoint
 //! delays its own platform's events only.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -300,13 +300,20 @@ impl ureq::Resolver for CheckedResolver {
 #[post("/v1/webhook")]
 pub async fn set_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>, delivery: web::Data<Delivery>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<WebhookBody>()?;
-    if let Some(url) = body.url.as_deref() {
+    let platform = set_webhook_url(&platforms, &delivery, signed.platform.id, body.url).await?;
+    Ok(HttpResponse::Ok().json(json!({"url": platform.webhook_url, "signature_header": "X-Clearing-Signature"})))
+}
+
+/// Checks and sets (or with `None` removes) platform `id`'s webhook URL and schedules its
+/// deliveries: the API and the portal share it.
+pub async fn set_webhook_url(platforms: &Arc<Platforms>, delivery: &Delivery, id: u32, url: Option<String>) -> Result<crate::platforms::Platform, ApiError> {
+    if let Some(url) = url.as_deref() {
         check_url(url, delivery.allow_insecure_loopback).map_err(|why| ApiError::invalid(why, "url"))?;
     }
-    let (platforms, id) = (platforms.get_ref().clone(), signed.platform.id);
-    let platform = blocking(move || platforms.set_webhook(id, body.url)).await??;
+    let platforms = platforms.clone();
+    let platform = blocking(move || platforms.set_webhook(id, url)).await??;
     delivery.wake(id);
-    Ok(HttpResponse::Ok().json(json!({"url": platform.webhook_url, "signature_header": "X-Clearing-Signature"})))
+    Ok(platform)
 }
 
 /// `GET /v1/webhook`: the platform's webhook URL.
@@ -505,9 +512,46 @@ pub struct Delivery {
     shared: Arc<Shared>,
     /// `[webhooks] allow_insecure_loopback`, for checking URLs as they are set.
     allow_insecure_loopback: bool,
+    recent: Arc<Recent>,
+}
+
+/// How many delivery attempts are kept per platform (in memory, for the platform portal).
+pub const RECENT_ATTEMPTS_MAX: usize = 20;
+
+/// One delivery attempt as the platform portal shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attempt {
+    /// Unix seconds.
+    pub at: i64,
+    pub event_id: String,
+    pub url: String,
+    /// `answered 200`, `answered 500`, or why nothing was answered.
+    pub outcome: String,
+    pub delivered: bool,
+    pub elapsed_ms: u64,
+}
+
+/// The last `RECENT_ATTEMPTS_MAX` attempts of each platform, newest last; lost at a restart.
+#[derive(Default)]
+struct Recent(Mutex<HashMap<u32, VecDeque<Attempt>>>);
+
+impl Recent {
+    fn push(&self, platform: u32, attempt: Attempt) {
+        let mut all = self.0.lock().expect("recent deliveries lock");
+        let kept = all.entry(platform).or_default();
+        if kept.len() == RECENT_ATTEMPTS_MAX {
+            kept.pop_front();
+        }
+        kept.push_back(attempt);
+    }
 }
 
 impl Delivery {
+    /// The platform's last delivery attempts, newest first.
+    pub fn recent(&self, platform: u32) -> Vec<Attempt> {
+        self.recent.0.lock().expect("recent deliveries lock").get(&platform).map(|kept| kept.iter().rev().cloned().collect()).unwrap_or_default()
+    }
+
     /// Schedules the platform's deliveries now (its webhook was set, changed or removed).
     pub fn wake(&self, platform: u32) {
         self.shared.schedule.lock().expect("webhook schedule lock").wake(platform, self.shared.shard_count, Instant::now());
@@ -522,6 +566,7 @@ struct Context {
     store: Arc<dyn Store>,
     agent: ureq::Agent,
     config: WebhookConfig,
+    recent: Arc<Recent>,
 }
 
 /// Starts the delivery workers and schedules every platform that has a webhook. They stop when
@@ -541,7 +586,8 @@ pub fn start_delivery(engine: Arc<Engine>, platforms: Arc<Platforms>, store: Arc
     let workers = config.workers.clamp(WORKERS_MIN, WORKERS_MAX);
     let schedule = Schedule { saved, ..Schedule::default() };
     let shared = Arc::new(Shared { schedule: Mutex::new(schedule), changed: Condvar::new(), failing_max: workers / 2, shard_count });
-    let delivery = Delivery { shared, allow_insecure_loopback: config.allow_insecure_loopback };
+    let recent = Arc::new(Recent::default());
+    let delivery = Delivery { shared, allow_insecure_loopback: config.allow_insecure_loopback, recent: recent.clone() };
     for platform in platforms.all() {
         if platform.webhook_url.is_some() {
             delivery.wake(platform.id);
@@ -554,7 +600,7 @@ pub fn start_delivery(engine: Arc<Engine>, platforms: Arc<Platforms>, store: Arc
     // https with rustls and the webpki roots; every host resolved and checked per connection.
     let resolver = CheckedResolver { allow_loopback: config.allow_insecure_loopback };
     let agent = ureq::AgentBuilder::new().timeout_connect(timeout).timeout(timeout).redirects(0).resolver(resolver).build();
-    let context = Arc::new(Context { engine, platforms, store, agent, config });
+    let context = Arc::new(Context { engine, platforms, store, agent, config, recent });
     for index in 0..workers {
         let (shared, context) = (delivery.shared.clone(), context.clone());
         let spawned = std::thread::Builder::new().name(format!("webhooks-{index}")).spawn(move || work(&shared, &context));
@@ -695,8 +741,16 @@ fn deliver_some(
         let body = serde_json::to_vec(&event).expect("events serialize");
         let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         let signature = crate::simulator::signature_header(secret, timestamp, &body);
-        match post(&context.agent, url, context.config.allow_insecure_loopback, &signature, &body) {
-            Ok(()) => {
+        let sent = post(&context.agent, url, context.config.allow_insecure_loopback, &signature, &body);
+        let outcome = match &sent {
+            Ok(status) => format!("answered {status}"),
+            Err(error) => error.clone(),
+        };
+        let event_id = event["event_id"].as_str().unwrap_or_default().to_string();
+        let elapsed_ms = started.elapsed().as_millis().min(u64::MAX as u128) as u64;
+        context.recent.push(platform, Attempt { at: timestamp, event_id, url: url.to_string(), outcome, delivered: sent.is_ok(), elapsed_ms });
+        match sent {
+            Ok(_) => {
                 round.delivered = true;
                 cursor.next = index + 1;
                 cursor.attempts = 0;
@@ -735,7 +789,7 @@ fn deliver_some(
 
 /// Posts one signed event; only a 2xx answer counts as delivered. The URL is checked again (the
 /// configuration may have changed since it was set), its host's addresses by the resolver.
-fn post(agent: &ureq::Agent, url: &str, allow_insecure_loopback: bool, signature: &str, body: &[u8]) -> Result<(), String> {
+fn post(agent: &ureq::Agent, url: &str, allow_insecure_loopback: bool, signature: &str, body: &[u8]) -> Result<u16, String> {
     check_url(url, allow_insecure_loopback)?;
     let sent = agent.post(url).set("Content-Type", "application/json").set("X-Clearing-Signature", signature).send_bytes(body);
     let response = match sent {
@@ -749,7 +803,7 @@ fn post(agent: &ureq::Agent, url: &str, allow_insecure_loopback: bool, signature
     let status = response.status();
     read_capped(response);
     if (200..300).contains(&status) {
-        Ok(())
+        Ok(status)
     } else {
         Err(format!("answered {status}"))
     }

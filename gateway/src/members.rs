@@ -1,7 +1,7 @@
 //! Members (individuals and enterprises) of a platform: validated, stored durably, created once
 //! per platform order number (`POST /v1/members`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,9 @@ use crate::identity::{valid_credit_code, valid_phone, valid_resident_id};
 
 /// The longest member name, in characters.
 pub const NAME_CHARS_MAX: usize = 64;
+
+/// The most members one listing page examines (`Members::of_platform`).
+pub const MEMBERS_SCAN_MAX: usize = 10_000;
 
 /// `POST /v1/members` body.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -77,6 +80,8 @@ pub struct Created {
 pub struct Members {
     store: Arc<dyn Store>,
     by_id: RwLock<HashMap<u64, Member>>,
+    /// (platform, member id) of every member: a platform's members in order, for the portal.
+    by_platform: RwLock<BTreeSet<(u32, u64)>>,
     accepted: RwLock<HashMap<(u32, String), Accepted>>,
     /// Serializes creation: order-number check, id and write happen as one step.
     creating: Mutex<()>,
@@ -141,7 +146,8 @@ impl Members {
             Some(failure) => Err(failure),
             None => {
                 let highest_id = std::sync::atomic::AtomicU64::new(by_id.keys().max().copied().unwrap_or(0));
-                Ok(Members { store, by_id: RwLock::new(by_id), accepted: RwLock::new(accepted), creating: Mutex::new(()), highest_id })
+                let by_platform = RwLock::new(by_id.values().map(|m: &Member| (m.platform, m.id)).collect());
+                Ok(Members { store, by_id: RwLock::new(by_id), by_platform, accepted: RwLock::new(accepted), creating: Mutex::new(()), highest_id })
             }
         }
     }
@@ -197,8 +203,41 @@ impl Members {
         // One atomic, synced write: the member and its order number together.
         self.store.write(&[(&key_member, &member_bytes), (&key_accepted, &accepted_bytes)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
         self.by_id.write().expect("members lock").insert(id, member.clone());
+        self.by_platform.write().expect("members lock").insert((platform, id));
         self.accepted.write().expect("members lock").insert((platform, request.out_order_no), accepted);
         Ok(Created { member, replayed: false })
+    }
+
+    /// A page of `platform`'s members with ids above `after`, oldest first, whose name contains
+    /// `filter` (case-insensitively) or whose id is `filter`; at most `limit`, examining at most
+    /// `MEMBERS_SCAN_MAX` members. The second value is where the next page starts, if any.
+    pub fn of_platform(&self, platform: u32, after: u64, filter: Option<&str>, limit: usize) -> (Vec<Member>, Option<u64>) {
+        let needle = filter.map(str::to_lowercase);
+        let wanted_id = filter.and_then(|f| Member::parse_public_id(f).or_else(|| f.parse().ok()));
+        let index = self.by_platform.read().expect("members lock");
+        let by_id = self.by_id.read().expect("members lock");
+        let mut found = Vec::new();
+        let mut last = after;
+        for (scanned, (_, id)) in index.range((platform, after.saturating_add(1))..=(platform, u64::MAX)).enumerate() {
+            if found.len() == limit || scanned == MEMBERS_SCAN_MAX {
+                return (found, Some(last));
+            }
+            last = *id;
+            let Some(member) = by_id.get(id) else { continue };
+            let keeps = match &needle {
+                None => true,
+                Some(needle) => wanted_id == Some(member.id) || member.name.to_lowercase().contains(needle.as_str()),
+            };
+            if keeps {
+                found.push(member.clone());
+            }
+        }
+        (found, None)
+    }
+
+    /// How many members `platform` has.
+    pub fn count_of(&self, platform: u32) -> usize {
+        self.by_platform.read().expect("members lock").range((platform, 0)..=(platform, u64::MAX)).count()
     }
 
     /// The member `id` if it belongs to `platform`.

@@ -299,17 +299,22 @@ const LIST_SCAN_MAX: usize = 100_000;
 const PAGE_DEFAULT: usize = 50;
 const PAGE_MAX: usize = 500;
 
-#[derive(Deserialize)]
+/// The filters of `GET /v1/orders` (the portals build one from their forms).
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
-    out_order_no: Option<String>,
-    kind: Option<String>,
-    status: Option<String>,
-    account_id: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
+pub struct ListQuery {
+    pub out_order_no: Option<String>,
+    pub kind: Option<String>,
+    pub status: Option<String>,
+    pub account_id: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+    /// Only orders that went through a bank channel (recharges and withdrawals): the portals'
+    /// channel ledger; not an API parameter.
+    #[serde(skip)]
+    pub channel_only: bool,
 }
 
 /// The page size of `?limit=` (1–500, default 50).
@@ -329,6 +334,7 @@ struct Filter {
     account: Option<AccountId>,
     from: Timestamp,
     to: Timestamp,
+    channel_only: bool,
 }
 
 impl Filter {
@@ -338,6 +344,7 @@ impl Filter {
             && self.status.is_none_or(|s| order.status == s)
             && self.account.is_none_or(|a| order.account == a)
             && (self.from..self.to).contains(&order.created_at)
+            && (!self.channel_only || matches!(order.detail, OrderDetail::Recharge { .. } | OrderDetail::Withdrawal { .. }))
     }
 }
 
@@ -571,6 +578,14 @@ pub async fn list_orders(
         }
         return Err(ApiError::not_found());
     }
+    let (orders, next_cursor) = list(&engine, &clearing, platform, &query).await?;
+    Ok(HttpResponse::Ok().json(json!({"orders": orders, "next_cursor": next_cursor})))
+}
+
+/// One page of `platform`'s orders matching `query` (its `out_order_no` aside), newest first,
+/// and the next cursor: `GET /v1/orders` and the portals' ledgers share it.
+pub async fn list(engine: &Arc<Engine>, clearing: &Clearing, platform: u32, query: &ListQuery) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    let channels = clearing.channels();
     let limit = page_limit(query.limit.as_deref())?;
     let kind = match &query.kind {
         None => None,
@@ -584,10 +599,10 @@ pub async fn list_orders(
     let from = query.from.as_deref().map(|t| parse_time(t, "from")).transpose()?.unwrap_or(0);
     let to = query.to.as_deref().map(|t| parse_time(t, "to")).transpose()?.unwrap_or(Timestamp::MAX);
     let before = parse_cursor(query.cursor.as_deref())?;
-    let filter = Filter { platform, kind, status, account, from, to };
-    let (mut orders, next_cursor) = merged_page(&engine, limit, move |state, wanted| scan_shard(state, filter, before, wanted, &channels)).await?;
-    with_routing(&mut orders, platform, &clearing).await?;
-    Ok(HttpResponse::Ok().json(json!({"orders": orders, "next_cursor": next_cursor})))
+    let filter = Filter { platform, kind, status, account, from, to, channel_only: query.channel_only };
+    let (mut orders, next_cursor) = merged_page(engine, limit, move |state, wanted| scan_shard(state, filter, before, wanted, &channels)).await?;
+    with_routing(&mut orders, platform, clearing).await?;
+    Ok((orders, next_cursor))
 }
 
 /// Registers the order routes.

@@ -1,25 +1,1182 @@
 //! The platform operators' portal. Every page here requires a platform operator's session
-//! (`Session::require_kind("platform")`); another kind of operator gets 404.
+//! (`Session::require_kind("platform")`); another kind of operator gets 404. THE platform is
+//! always the session's (`session.scope().platform()`), never one named by a URL or a form, and
+//! every object loaded by id (member, account, order) is checked to be that platform's (else 404,
+//! like the API).
+//!
+//! Pages: the dashboard; members (list, register, a member's KYC facts, accounts, cards; open an
+//! account); money (platform recharge, freeze, release, and the `adjustment` / `set_limits`
+//! proposals); the three ledgers (orders, channel in/out, accounting entries) with filters,
+//! cursor paging and CSV export; API access (webhook URL, secret version, `rotate_secret`
+//! proposal). Every form that creates something carries an `out_order_no` generated when the
+//! form was rendered, so submitting it twice is one operation (the engine's idempotency).
 
-use actix_web::{web, HttpResponse};
-use maud::html;
+use std::sync::Arc;
 
-use super::{page, PortalError, Session};
+use actix_web::{web, HttpRequest, HttpResponse};
+use clearing_actor::Clearing;
+use engine::Engine;
+use maud::{html, Markup};
+use serde_json::Value;
+use storage::Store;
+
+use super::approvals::Status;
+use super::{check_form, csrf_field, notice, page, redirect, Fields, Portal, PortalError, Role, Session};
+use crate::error::ApiError;
+use crate::members::{Member, Members};
+use crate::platforms::{Platform, Platforms};
 
 /// This portal's navigation: (label, path).
-pub const NAV: &[(&str, &str)] =
-    &[("Dashboard", "/portal/platform"), ("Approvals", "/portal/approvals"), ("Operators", "/portal/operators"), ("Audit log", "/portal/audit")];
+pub const NAV: &[(&str, &str)] = &[
+    ("Dashboard", "/portal/platform"),
+    ("Members", "/portal/platform/members"),
+    ("Money", "/portal/platform/money"),
+    ("Orders", "/portal/platform/orders"),
+    ("Channel in/out", "/portal/platform/channels"),
+    ("Entries", "/portal/platform/entries"),
+    ("API access", "/portal/platform/api"),
+    ("Approvals", "/portal/approvals"),
+    ("Operators", "/portal/operators"),
+    ("Audit log", "/portal/audit"),
+];
 
-async fn home(session: Session) -> Result<HttpResponse, PortalError> {
+/// Members on one page of the members list.
+pub const MEMBERS_PAGE: usize = 50;
+/// Rows one CSV export holds at most (followed through the ledger's cursor).
+pub const CSV_ROWS_MAX: usize = 10_000;
+
+type PortalData = web::Data<Arc<Portal>>;
+type EngineData = web::Data<Arc<Engine>>;
+type MembersData = web::Data<Arc<Members>>;
+type PlatformsData = web::Data<Arc<Platforms>>;
+
+/// The session's platform, for a platform operator (404 for another kind).
+fn own_platform(session: &Session, platforms: &Platforms) -> Result<Platform, PortalError> {
     session.require_kind("platform")?;
+    let id = session.scope().platform().ok_or(PortalError::NotFound)?;
+    platforms.get(id).ok_or(PortalError::NotFound)
+}
+
+/// A fresh order number for a form (`pt-` and 24 hex digits), rendered into it as a hidden field.
+pub fn new_out_order_no() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("pt-{}", hex::encode(bytes))
+}
+
+/// An ID number with all but its last four characters hidden.
+pub fn mask_id_number(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let keep = chars.len().min(4);
+    let hidden = chars.len() - keep;
+    "*".repeat(hidden) + &chars[hidden..].iter().collect::<String>()
+}
+
+/// A phone number as `138****8000`.
+pub fn mask_phone(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() < 8 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..3].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}****{tail}")
+}
+
+/// The error line of a refused form or filter: the message, naming the field when known.
+fn refusal(error: &ApiError) -> String {
+    match error.param {
+        Some(param) => format!("{param}: {}", error.message),
+        None => error.message.clone(),
+    }
+}
+
+fn badge(status: &str) -> Markup {
+    let class = match status {
+        "active" | "normal" | "succeeded" | "verified" | "executed" => "badge ok",
+        "failed" | "cancelled" | "closed" | "frozen" | "locked" | "rejected" => "badge bad",
+        _ => "badge warn",
+    };
+    html! { span class=(class) { (status) } }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dashboard
+
+async fn home(
+    session: Session,
+    portal: PortalData,
+    platforms: PlatformsData,
+    members: MembersData,
+    engine: EngineData,
+    delivery: web::Data<crate::events::Delivery>,
+) -> Result<HttpResponse, PortalError> {
+    let platform = own_platform(&session, &platforms)?;
+    let failed_deliveries = delivery.recent(platform.id).iter().filter(|a| !a.delivered).count();
+    let member_count = members.count_of(platform.id);
+    let account_count = count_accounts(&engine, platform.id).await?;
+    let today = crate::stats::today(&engine);
+    let today_orders: u64 = crate::stats::daily_volume(&engine, Some(platform.id), today..=today).await?.iter().map(|t| t.count).sum();
+    let held = crate::stats::balances_held(&engine, Some(platform.id)).await?;
+    let pending = portal.approvals.list(&session.scope(), Some(Status::Pending), 1000).len();
+    let exponent_of = |code: &str| engine.config().currencies.iter().find(|c| c.code_str() == code).map_or(2, |c| c.exponent);
+    let first = (today.saturating_sub(13))..=today;
+    let volume = crate::stats::daily_volume(&engine, Some(platform.id), first.clone()).await?;
+    let chart = orders_chart(first, &volume);
     let body = html! {
+        section.cards #platform-metrics {
+            div.metric { div.label { "Members" } div.value #metric-members { (member_count) } }
+            div.metric { div.label { "Accounts" } div.value #metric-accounts { (account_count) } }
+            div.metric { div.label { "Orders today" } div.value #metric-orders-today { (today_orders) } }
+            @for balance in &held {
+                div.metric {
+                    div.label { "Balances held (" (balance.currency) ")" }
+                    div.value { (super::money(balance.settled + balance.unsettled + balance.frozen + balance.escrow, exponent_of(&balance.currency))) }
+                }
+            }
+            div.metric {
+                div.label { "Failed webhook deliveries (last " (crate::events::RECENT_ATTEMPTS_MAX) ")" }
+                div.value #metric-failed-webhooks { a href="/portal/platform/api" { @if platform.webhook_url.is_some() { (failed_deliveries) } @else { "no webhook" } } }
+            }
+            div.metric { div.label { "Pending approvals" } div.value #metric-pending { a href="/portal/approvals" { (pending) } } }
+        }
         section.card {
-            p { "Signed in as " (session.operator.display_name) " for " (session.operator.scope.describe()) "." }
+            h2 { "Orders per day (last 14 days)" }
+            // Trusted SVG: crate::charts escapes every text it writes.
+            div.charts { div.chart { (maud::PreEscaped(chart)) } }
+            (volume_table(&volume, &exponent_of))
+        }
+        section.card {
+            p { "Signed in as " (session.operator.display_name) " for " (session.operator.scope.describe()) " (" (platform.name) ")." }
         }
     };
     Ok(page(&session, "Dashboard", "/portal/platform", body))
 }
 
+/// Orders per day and kind over `days` as stacked bars.
+fn orders_chart(days: std::ops::RangeInclusive<u32>, volume: &[crate::stats::DayKindTotal]) -> String {
+    let days: Vec<u32> = days.collect();
+    let categories: Vec<String> = days.iter().map(|d| crate::stats::date_of(*d)).collect();
+    let mut kinds: Vec<&str> = volume.iter().map(|t| t.kind).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let series: Vec<crate::charts::Series> = kinds
+        .iter()
+        .map(|kind| crate::charts::Series {
+            name: kind.to_string(),
+            values: days
+                .iter()
+                .map(|day| volume.iter().filter(|t| t.kind == *kind && t.day == *day).map(|t| t.count).sum::<u64>().min(i64::MAX as u64) as i64)
+                .collect(),
+        })
+        .collect();
+    let frame = crate::charts::Frame { id: "platform-orders-per-day", title: "Orders per day", unit: crate::charts::Unit::Count };
+    crate::charts::stacked_bars(&frame, &categories, &series)
+}
+
+fn volume_table(volume: &[crate::stats::DayKindTotal], exponent_of: &dyn Fn(&str) -> u8) -> Markup {
+    html! {
+        @if volume.is_empty() {
+            p.muted { "No orders in these days." }
+        } @else {
+            table.data {
+                thead { tr { th { "Date" } th { "Kind" } th { "Currency" } th.num { "Orders" } th.num { "Amount" } } }
+                tbody {
+                    @for row in volume {
+                        tr { td { (row.date) } td { (row.kind) } td { (row.currency) } td.num { (row.count) } td.num { (super::money(row.amount_minor, exponent_of(&row.currency))) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How many customer accounts `platform` has, over every shard.
+async fn count_accounts(engine: &Arc<Engine>, platform: u32) -> Result<usize, ApiError> {
+    let mut total = 0;
+    for shard in 0..engine.config().shard_count {
+        let engine = engine.clone();
+        total +=
+            crate::error::blocking(move || engine.read_shard(shard, move |state| state.owners.keys().filter(|(p, _, _)| *p == platform).count())).await??;
+    }
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Members
+
+#[derive(serde::Deserialize)]
+struct MembersQuery {
+    q: Option<String>,
+    after: Option<String>,
+}
+
+async fn members_list(
+    session: Session,
+    platforms: PlatformsData,
+    members: MembersData,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, PortalError> {
+    let platform = own_platform(&session, &platforms)?;
+    let query = MembersQuery {
+        q: query.iter().find(|(k, _)| k == "q").map(|(_, v)| v.trim().to_string()).filter(|v| !v.is_empty()),
+        after: query.iter().find(|(k, _)| k == "after").map(|(_, v)| v.clone()).filter(|v| !v.is_empty()),
+    };
+    Ok(members_page(&session, &platform, &members, &query, None))
+}
+
+fn members_page(session: &Session, platform: &Platform, members: &Members, query: &MembersQuery, flash: Option<(&str, &str)>) -> HttpResponse {
+    let mut flash = flash.map(|(kind, text)| (kind.to_string(), text.to_string()));
+    let after = match query.after.as_deref().map(|a| a.parse::<u64>()) {
+        None => 0,
+        Some(Ok(after)) => after,
+        Some(Err(_)) => {
+            flash = Some(("error".into(), "after: not a position this page gave".into()));
+            0
+        }
+    };
+    let (found, next) = members.of_platform(platform.id, after, query.q.as_deref(), MEMBERS_PAGE);
+    let next_link = next.map(|n| {
+        let mut link = format!("/portal/platform/members?after={n}");
+        if let Some(q) = &query.q {
+            link.push_str(&format!("&q={}", urlencoding(q)));
+        }
+        link
+    });
+    let body = html! {
+        @if let Some((kind, text)) = &flash { (notice(kind, text)) }
+        form.filters method="get" action="/portal/platform/members" {
+            label { "Name or id" input type="search" name="q" value=(query.q.clone().unwrap_or_default()); }
+            button.secondary type="submit" { "Filter" }
+        }
+        table.data #members {
+            thead { tr { th { "Member" } th { "Type" } th { "Name" } th { "Status" } } }
+            tbody {
+                @for member in &found {
+                    tr {
+                        td { a href=(format!("/portal/platform/members/{}", member.public_id())) { (member.public_id()) } }
+                        td { (member.kind) } td { (member.name) } td { (badge(&member.status)) }
+                    }
+                }
+            }
+        }
+        @if found.is_empty() { p.muted { "No members match." } }
+        @if let Some(link) = &next_link { p { a.next href=(link) { "Next page →" } } }
+        @if session.has(Role::Operator) {
+            section.card #register {
+                h2 { "Register a member" }
+                form method="post" action="/portal/platform/members" {
+                    (csrf_field(session))
+                    input type="hidden" name="out_order_no" value=(new_out_order_no());
+                    label { "Type" select name="type" { option value="individual" { "individual" } option value="enterprise" { "enterprise" } } }
+                    label { "Name" input name="name" required maxlength="64"; }
+                    label { "ID number (resident ID or unified credit code)" input name="id_number" required maxlength="18"; }
+                    label { "Mobile phone" input name="phone" required maxlength="11"; }
+                    button type="submit" { "Register" }
+                }
+            }
+        }
+    };
+    page(session, "Members", "/portal/platform/members", body)
+}
+
+/// Percent-encodes a query value.
+fn urlencoding(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+async fn register_member(
+    request: HttpRequest,
+    session: Session,
+    portal: PortalData,
+    platforms: PlatformsData,
+    members: MembersData,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let platform = own_platform(&session, &platforms)?;
+    session.require(Role::Operator)?;
+    let new = crate::members::NewMember {
+        out_order_no: form.get("out_order_no").to_string(),
+        kind: form.get("type").to_string(),
+        name: form.get("name").to_string(),
+        id_number: form.get("id_number").trim().to_string(),
+        phone: form.get("phone").trim().to_string(),
+    };
+    let creating = members.get_ref().clone();
+    let platform_id = platform.id;
+    match crate::error::blocking(move || creating.create(platform_id, new)).await? {
+        Ok(created) => {
+            let member = created.member;
+            let outcome = if created.replayed { "replayed" } else { "ok" };
+            portal.audit.record(&session, session.scope(), "member.create", &member.public_id(), Value::Null, member.view(), outcome)?;
+            Ok(redirect(&format!("/portal/platform/members/{}", member.public_id())))
+        }
+        Err(error) => {
+            portal.audit.record(&session, session.scope(), "member.create", "", Value::Null, Value::Null, &format!("refused: {}", error.code))?;
+            let query = MembersQuery { q: None, after: None };
+            Ok(members_page(&session, &platform, &members, &query, Some(("error", &refusal(&error)))))
+        }
+    }
+}
+
+/// The platform's member named by a path segment (`mem_N`), or 404.
+fn member_of(members: &Members, platform: &Platform, text: &str) -> Result<Member, PortalError> {
+    Member::parse_public_id(text).and_then(|id| members.get(platform.id, id)).ok_or(PortalError::NotFound)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn member_page(
+    session: Session,
+    path: web::Path<String>,
+    platforms: PlatformsData,
+    members: MembersData,
+    engine: EngineData,
+    cards: web::Data<Arc<crate::cards::Cards>>,
+) -> Result<HttpResponse, PortalError> {
+    let platform = own_platform(&session, &platforms)?;
+    let member = member_of(&members, &platform, &path)?;
+    render_member(&session, &platform, &member, &engine, &cards, None).await
+}
+
+async fn render_member(
+    session: &Session,
+    platform: &Platform,
+    member: &Member,
+    engine: &Arc<Engine>,
+    cards: &crate::cards::Cards,
+    flash: Option<(&str, &str)>,
+) -> Result<HttpResponse, PortalError> {
+    let mut accounts = Vec::new();
+    let mut bound = Vec::new();
+    for id in crate::accounts::accounts_of_member(engine, platform.id, member.id).await? {
+        if let Some(summary) = crate::accounts::summary(engine, platform.id, id).await? {
+            accounts.push(summary);
+        }
+        bound.extend(crate::cards::cards_of(engine, cards, platform.id, id).await?);
+    }
+    let currencies: Vec<String> = engine.config().currencies.iter().map(|c| c.code_str().to_string()).collect();
+    let body = html! {
+        @if let Some((kind, text)) = flash { (notice(kind, text)) }
+        section.card #kyc {
+            h2 { "Identity (KYC)" }
+            dl.facts {
+                dt { "Member" } dd #member-id { (member.public_id()) }
+                dt { "Type" } dd { (member.kind) }
+                dt { "Name" } dd { (member.name) }
+                dt { "ID number" } dd #id-number { (mask_id_number(&member.id_number)) }
+                dt { "Phone" } dd #phone { (mask_phone(&member.phone)) }
+                dt { "Status" } dd { (badge(&member.status)) }
+            }
+        }
+        section.card #accounts {
+            h2 { "Accounts" }
+            @if accounts.is_empty() { p.muted { "No account yet." } } @else {
+                table.data {
+                    thead { tr { th { "Account" } th { "Currency" } th { "Virtual account number" } th { "Status" } th.num { "Available" } th.num { "Withdrawable" } th.num { "Frozen" } th.num { "Unsettled" } } }
+                    tbody {
+                        @for account in &accounts {
+                            tr {
+                                td { a href=(format!("/portal/platform/entries?account_id={}", account.account_id)) { (account.account_id) } }
+                                td { (account.currency) }
+                                td.van { code { (account.virtual_account_no) } }
+                                td { (badge(&account.status)) }
+                                td.num { (account.available) } td.num { (account.withdrawable) } td.num { (account.frozen) } td.num { (account.unsettled) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if session.has(Role::Operator) {
+                form.inline-form method="post" action=(format!("/portal/platform/members/{}/accounts", member.public_id())) {
+                    (csrf_field(session))
+                    input type="hidden" name="out_order_no" value=(new_out_order_no());
+                    label { "Currency" select name="currency" { @for code in &currencies { option value=(code) { (code) } } } }
+                    button type="submit" { "Open an account" }
+                }
+            }
+        }
+        section.card #cards {
+            h2 { "Bank cards" }
+            @if bound.is_empty() { p.muted { "No card bound." } } @else {
+                table.data {
+                    thead { tr { th { "Card" } th { "Account" } th { "Number" } th { "Holder" } th { "Status" } } }
+                    tbody {
+                        @for card in &bound {
+                            tr {
+                                td { (card.public_id()) }
+                                td { (crate::accounts::public_account_id(engine::ledger::types::AccountId(card.account))) }
+                                td { code { (card.masked()) } }
+                                td { (card.holder_name) }
+                                td { (badge(&card.status)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section.card #agreements {
+            h2 { "Agreements" }
+            p.muted { "Electronic agreements are not in this build yet." }
+        }
+    };
+    Ok(page(session, &format!("Member {}", member.name), "/portal/platform/members", body))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn open_account(
+    request: HttpRequest,
+    session: Session,
+    path: web::Path<String>,
+    portal: PortalData,
+    platforms: PlatformsData,
+    members: MembersData,
+    engine: EngineData,
+    cards: web::Data<Arc<crate::cards::Cards>>,
+    agreements: web::Data<Arc<crate::agreements::Agreements>>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let platform = own_platform(&session, &platforms)?;
+    let member = member_of(&members, &platform, &path)?;
+    session.require(Role::Operator)?;
+    match crate::accounts::open(&engine, &members, &agreements, &platform, form.get("out_order_no"), &member.public_id(), form.get("currency")).await {
+        Ok((id, replayed)) => {
+            let account = crate::accounts::public_account_id(id);
+            let after = serde_json::json!({"account_id": account, "member_id": member.public_id(), "currency": form.get("currency"), "virtual_account_no": crate::accounts::virtual_account_no(id)});
+            portal.audit.record(&session, session.scope(), "account.open", &account, Value::Null, after, if replayed { "replayed" } else { "ok" })?;
+            Ok(redirect(&format!("/portal/platform/members/{}", member.public_id())))
+        }
+        Err(error) => {
+            portal.audit.record(
+                &session,
+                session.scope(),
+                "account.open",
+                &member.public_id(),
+                Value::Null,
+                Value::Null,
+                &format!("refused: {}", error.code),
+            )?;
+            render_member(&session, &platform, &member, &engine, &cards, Some(("error", &refusal(&error)))).await
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Money: recharge, freeze, release, and the proposals that need four eyes
+
+async fn money_page(session: Session, platforms: PlatformsData, engine: EngineData, clearing: web::Data<Clearing>) -> Result<HttpResponse, PortalError> {
+    own_platform(&session, &platforms)?;
+    Ok(render_money(&session, &engine, &clearing, None))
+}
+
+fn render_money(session: &Session, engine: &Engine, clearing: &Clearing, flash: Option<(&str, &str)>) -> HttpResponse {
+    let currencies: Vec<String> = engine.config().currencies.iter().map(|c| c.code_str().to_string()).collect();
+    let channels = clearing.channels();
+    let money_in: Vec<String> =
+        channels.all().iter().filter(|c| c.direction == clearing_actor::channels::Direction::In && c.enabled).map(|c| c.name.clone()).collect();
+    let currency_select = html! { label { "Currency" select name="currency" { @for code in &currencies { option value=(code) { (code) } } } } };
+    let operator = session.has(Role::Operator);
+    let body = html! {
+        @if let Some((kind, text)) = flash { (notice(kind, text)) }
+        @if !operator { (notice("warn", "These forms need the operator role.")) }
+        div.platform-forms {
+            section.card #recharge {
+                h2 { "Recharge an account" }
+                form method="post" action="/portal/platform/recharge" {
+                    (csrf_field(session))
+                    input type="hidden" name="out_order_no" value=(new_out_order_no());
+                    label { "Account (acc_…)" input name="account_id" required; }
+                    label { "Amount" input name="amount" required inputmode="decimal"; }
+                    (currency_select)
+                    label { "Channel" select name="channel" { @for name in &money_in { option value=(name) { (name) } } } }
+                    button type="submit" disabled[!operator] { "Recharge" }
+                }
+            }
+            section.card #freeze {
+                h2 { "Freeze" }
+                form method="post" action="/portal/platform/freeze" {
+                    (csrf_field(session))
+                    input type="hidden" name="out_order_no" value=(new_out_order_no());
+                    label { "Account (acc_…)" input name="account_id" required; }
+                    label { "Amount" input name="amount" required inputmode="decimal"; }
+                    (currency_select)
+                    label { "Reason" input name="reason" required maxlength="256"; }
+                    button type="submit" disabled[!operator] { "Freeze" }
+                }
+            }
+            section.card #release {
+                h2 { "Release a freeze" }
+                form method="post" action="/portal/platform/release" {
+                    (csrf_field(session))
+                    input type="hidden" name="out_order_no" value=(new_out_order_no());
+                    label { "Freeze order (ord_…)" input name="order_id" required; }
+                    label { "Amount (blank: all that is frozen)" input name="amount" inputmode="decimal"; }
+                    button type="submit" disabled[!operator] { "Release" }
+                }
+            }
+            section.card #adjustment {
+                h2 { "Propose an adjustment (four eyes)" }
+                form method="post" action="/portal/approvals" {
+                    (csrf_field(session))
+                    input type="hidden" name="kind" value="adjustment";
+                    label { "From (acc_… or suspense)" input name="from" required; }
+                    label { "To (acc_… or suspense)" input name="to" required; }
+                    label { "Amount" input name="amount" required; }
+                    (currency_select)
+                    label { "Reason" input name="reason" required; }
+                    label { "Note for the approver" input name="note"; }
+                    button type="submit" disabled[!operator] { "Propose" }
+                }
+            }
+            section.card #limits {
+                h2 { "Propose limits (four eyes)" }
+                form method="post" action="/portal/approvals" {
+                    (csrf_field(session))
+                    input type="hidden" name="kind" value="set_limits";
+                    label { "Account (acc_…)" input name="account" required; }
+                    label { "Payment per order max" input name="payment_per_order_max"; }
+                    label { "Payment daily max" input name="payment_daily_max"; }
+                    label { "Withdrawal per order max" input name="withdrawal_per_order_max"; }
+                    label { "Withdrawal daily max" input name="withdrawal_daily_max"; }
+                    label { "Note for the approver" input name="note"; }
+                    button type="submit" disabled[!operator] { "Propose" }
+                }
+            }
+        }
+    };
+    page(session, "Money", "/portal/platform/money", body)
+}
+
+/// Records the outcome of a money form and answers: the order's page, or the form with the refusal.
+#[allow(clippy::too_many_arguments)]
+fn money_outcome(
+    session: &Session,
+    portal: &Portal,
+    engine: &Engine,
+    clearing: &Clearing,
+    action: &str,
+    request: Value,
+    result: Result<engine::ledger::types::Reply, ApiError>,
+) -> Result<HttpResponse, PortalError> {
+    match result {
+        Ok(reply) if reply.is_ok() => {
+            let order = crate::orders::public_order_id(engine::ledger::types::OrderId(reply.id));
+            portal.audit.record(session, session.scope(), action, &order, Value::Null, request, if reply.replayed { "replayed" } else { "ok" })?;
+            Ok(redirect(&format!("/portal/platform/orders/{order}")))
+        }
+        Ok(reply) => {
+            let error = crate::error::rejection(reply.code);
+            portal.audit.record(session, session.scope(), action, "", Value::Null, request, &format!("refused: {}", error.code))?;
+            Ok(render_money(session, engine, clearing, Some(("error", &refusal(&error)))))
+        }
+        Err(error) => {
+            portal.audit.record(session, session.scope(), action, "", Value::Null, request, &format!("refused: {}", error.code))?;
+            Ok(render_money(session, engine, clearing, Some(("error", &refusal(&error)))))
+        }
+    }
+}
+
+/// The platform's account named by a form field, or the API's 404 naming it.
+async fn own_account(engine: &Arc<Engine>, platform: u32, text: &str, param: &'static str) -> Result<(), ApiError> {
+    let id = crate::orders::account(text.trim(), param)?;
+    crate::accounts::account_of(engine, platform, id).await.map(|_| ()).map_err(|e| ApiError { param: Some(param), ..e })
+}
+
+async fn recharge(
+    request: HttpRequest,
+    session: Session,
+    portal: PortalData,
+    platforms: PlatformsData,
+    engine: EngineData,
+    clearing: web::Data<Clearing>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let platform = own_platform(&session, &platforms)?;
+    session.require(Role::Operator)?;
+    let body = crate::recharges::RechargeBody {
+        out_order_no: form.get("out_order_no").to_string(),
+        account_id: form.get("account_id").trim().to_string(),
+        amount: form.get("amount").trim().to_string(),
+        currency: form.get("currency").to_string(),
+        channel: form.opt("channel").map(str::to_string),
+    };
+    let shown = serde_json::to_value(&body).unwrap_or(Value::Null);
+    let result = match own_account(&engine, platform.id, &body.account_id, "account_id").await {
+        Ok(()) => crate::recharges::recharge(&engine, &clearing, &platform, &body).await.map(|(_, reply)| reply),
+        Err(error) => Err(error),
+    };
+    money_outcome(&session, &portal, &engine, &clearing, "order.recharge", shown, result)
+}
+
+async fn freeze(
+    request: HttpRequest,
+    session: Session,
+    portal: PortalData,
+    platforms: PlatformsData,
+    engine: EngineData,
+    clearing: web::Data<Clearing>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let platform = own_platform(&session, &platforms)?;
+    session.require(Role::Operator)?;
+    let body = crate::payments::FreezeBody {
+        out_order_no: form.get("out_order_no").to_string(),
+        account_id: form.get("account_id").trim().to_string(),
+        amount: form.get("amount").trim().to_string(),
+        currency: form.get("currency").to_string(),
+        reason: form.get("reason").trim().to_string(),
+        expires_at: None,
+    };
+    let shown = serde_json::to_value(&body).unwrap_or(Value::Null);
+    let result = match own_account(&engine, platform.id, &body.account_id, "account_id").await {
+        Ok(()) => match crate::payments::prepare_freeze(&engine, &platform, &body) {
+            Ok(prepared) => crate::accounts::execute(&engine, prepared.envelope.clone()).await,
+            Err(error) => Err(error),
+        },
+        Err(error) => Err(error),
+    };
+    money_outcome(&session, &portal, &engine, &clearing, "order.freeze", shown, result)
+}
+
+async fn release(
+    request: HttpRequest,
+    session: Session,
+    portal: PortalData,
+    platforms: PlatformsData,
+    engine: EngineData,
+    clearing: web::Data<Clearing>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let platform = own_platform(&session, &platforms)?;
+    session.require(Role::Operator)?;
+    let order_id = form.get("order_id").trim().to_string();
+    let body =
+        crate::payments::PartialBody { order_id: None, out_order_no: form.get("out_order_no").to_string(), amount: form.opt("amount").map(str::to_string) };
+    let shown = serde_json::json!({"order_id": order_id, "out_order_no": body.out_order_no, "amount": body.amount});
+    // prepare_release reads the order as the platform's: another platform's order is not found.
+    let result = match crate::payments::prepare_release(&engine, &platform, &order_id, &body).await {
+        Ok(prepared) => crate::accounts::execute(&engine, prepared.envelope.clone()).await,
+        Err(error) => Err(error),
+    };
+    money_outcome(&session, &portal, &engine, &clearing, "order.release", shown, result)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ledgers: orders, channel in/out, entries
+
+/// The ledgers' filters as the page's form sends them (dates as `YYYY-MM-DD`, UTC days).
+#[derive(Default, Clone)]
+struct LedgerForm {
+    kind: String,
+    status: String,
+    account_id: String,
+    from: String,
+    to: String,
+    cursor: String,
+    /// Page size (the API's `limit`: 1-500, default 50).
+    limit: String,
+    csv: bool,
+}
+
+impl LedgerForm {
+    fn of(query: &[(String, String)]) -> LedgerForm {
+        let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_string()).unwrap_or_default();
+        LedgerForm {
+            kind: get("kind"),
+            status: get("status"),
+            account_id: get("account_id"),
+            from: get("from"),
+            to: get("to"),
+            cursor: get("cursor"),
+            limit: get("limit"),
+            csv: get("format") == "csv",
+        }
+    }
+
+    /// The query string of these filters (without the cursor).
+    fn query_string(&self) -> String {
+        let pairs =
+            [("kind", &self.kind), ("status", &self.status), ("account_id", &self.account_id), ("from", &self.from), ("to", &self.to), ("limit", &self.limit)];
+        pairs.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("{k}={}", urlencoding(v))).collect::<Vec<_>>().join("&")
+    }
+
+    /// The API's listing query, the dates turned into RFC 3339 (`to` is inclusive: the next
+    /// day's start); a bad date names its filter.
+    fn orders_query(&self, channel_only: bool) -> Result<crate::orders::ListQuery, ApiError> {
+        let opt = |text: &str| Some(text.to_string()).filter(|t| !t.is_empty());
+        Ok(crate::orders::ListQuery {
+            kind: opt(&self.kind),
+            status: opt(&self.status),
+            account_id: opt(&self.account_id),
+            from: day_start(&self.from, 0, "from")?,
+            to: day_start(&self.to, 1, "to")?,
+            cursor: opt(&self.cursor),
+            limit: opt(&self.limit),
+            channel_only,
+            ..Default::default()
+        })
+    }
+}
+
+/// `YYYY-MM-DD` (plus `days`) as the RFC 3339 start of that UTC day; "" is no bound.
+fn day_start(text: &str, days: i64, param: &'static str) -> Result<Option<String>, ApiError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let day = time::Date::parse(text, format).map_err(|_| ApiError::invalid("a date as YYYY-MM-DD", param))?;
+    let day = day.checked_add(time::Duration::days(days)).ok_or_else(|| ApiError::invalid("a date as YYYY-MM-DD", param))?;
+    Ok(Some(format!("{}T00:00:00Z", day.format(format).map_err(|_| ApiError::invalid("a date as YYYY-MM-DD", param))?)))
+}
+
+const ORDER_KINDS: [&str; 6] = ["recharge", "payment", "refund", "freeze", "withdrawal", "adjustment"];
+const CHANNEL_KINDS: [&str; 2] = ["recharge", "withdrawal"];
+const ORDER_STATUSES: [&str; 8] = ["pending", "processing", "held", "succeeded", "failed", "cancelled", "partially_refunded", "refunded"];
+
+fn text_of(value: &Value, key: &str) -> String {
+    match &value[key] {
+        Value::String(text) => text.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// A CSV answer (`text/csv`, as an attachment named `name`).
+fn csv_response(name: &str, header: &[&str], rows: &[Vec<String>]) -> HttpResponse {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let _ = writer.write_record(header);
+    for row in rows {
+        let _ = writer.write_record(row);
+    }
+    let bytes = writer.into_inner().unwrap_or_default();
+    HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header(("Content-Disposition", format!("attachment; filename=\"{name}\"")))
+        .insert_header(("Cache-Control", "no-store"))
+        .body(bytes)
+}
+
+fn filters_form(action: &str, form: &LedgerForm, kinds: &[&str], with_status: bool) -> Markup {
+    html! {
+        form.filters method="get" action=(action) {
+            label { "Kind" select name="kind" {
+                option value="" { "any" }
+                @for kind in kinds { option value=(kind) selected[form.kind == *kind] { (kind) } }
+            } }
+            @if with_status {
+                label { "Status" select name="status" {
+                    option value="" { "any" }
+                    @for status in ORDER_STATUSES { option value=(status) selected[form.status == status] { (status) } }
+                } }
+            }
+            label { "Account" input name="account_id" value=(form.account_id) placeholder="acc_…"; }
+            label { "From" input type="date" name="from" value=(form.from); }
+            label { "To" input type="date" name="to" value=(form.to); }
+            button.secondary type="submit" { "Filter" }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ledger_of_orders(
+    session: &Session,
+    platform: &Platform,
+    engine: &Arc<Engine>,
+    clearing: &Clearing,
+    query: &[(String, String)],
+    channel_only: bool,
+) -> Result<HttpResponse, PortalError> {
+    let form = LedgerForm::of(query);
+    let (path, title, kinds) = if channel_only {
+        ("/portal/platform/channels", "Channel in/out", &CHANNEL_KINDS[..])
+    } else {
+        ("/portal/platform/orders", "Orders", &ORDER_KINDS[..])
+    };
+    let mut error = None;
+    if channel_only && !form.kind.is_empty() && !CHANNEL_KINDS.contains(&form.kind.as_str()) {
+        error = Some(ApiError::invalid("unknown kind", "kind"));
+    }
+    let mut rows = Vec::new();
+    let mut next = None;
+    if error.is_none() {
+        match form.orders_query(channel_only) {
+            Err(e) => error = Some(e),
+            Ok(mut listing) => {
+                if form.csv {
+                    listing.limit = Some("500".into());
+                    loop {
+                        match crate::orders::list(engine, clearing, platform.id, &listing).await {
+                            Ok((page, cursor)) => {
+                                rows.extend(page);
+                                match cursor {
+                                    Some(cursor) if rows.len() < CSV_ROWS_MAX => listing.cursor = Some(cursor),
+                                    _ => break,
+                                }
+                            }
+                            Err(e) => {
+                                error = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                } else {
+                    match crate::orders::list(engine, clearing, platform.id, &listing).await {
+                        Ok((page, cursor)) => {
+                            rows = page;
+                            next = cursor;
+                        }
+                        Err(e) => error = Some(e),
+                    }
+                }
+            }
+        }
+    }
+    let columns: &[&str] = if channel_only {
+        &["order_id", "out_order_no", "kind", "status", "amount", "fee", "currency", "account_id", "channel", "created_at", "updated_at"]
+    } else {
+        &["order_id", "out_order_no", "kind", "status", "amount", "currency", "account_id", "channel", "created_at", "updated_at"]
+    };
+    if form.csv {
+        if let Some(error) = error {
+            return Err(PortalError::Api(error));
+        }
+        let table: Vec<Vec<String>> = rows.iter().map(|row| columns.iter().map(|c| text_of(row, c)).collect()).collect();
+        let name = if channel_only { "channel-ledger.csv" } else { "orders.csv" };
+        return Ok(csv_response(name, columns, &table));
+    }
+    let filters = form.query_string();
+    let with = |extra: &str| {
+        let mut link = format!("{path}?{filters}");
+        if !filters.is_empty() {
+            link.push('&');
+        }
+        link.push_str(extra);
+        link
+    };
+    let body = html! {
+        @if let Some(error) = &error { (notice("error", &refusal(error))) }
+        (filters_form(path, &form, kinds, true))
+        p { a.csv href=(with("format=csv")) { "Export CSV" } }
+        table.data #ledger {
+            thead { tr { @for column in columns { th { (column) } } } }
+            tbody {
+                @for row in &rows {
+                    tr {
+                        @for column in columns {
+                            @if *column == "order_id" {
+                                td { a href=(format!("/portal/platform/orders/{}", text_of(row, "order_id"))) { (text_of(row, column)) } }
+                            } @else if matches!(*column, "amount" | "fee") {
+                                td.num { (text_of(row, column)) }
+                            } @else {
+                                td { (text_of(row, column)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if rows.is_empty() && error.is_none() { p.muted { "No orders match." } }
+        @if let Some(cursor) = &next { p { a.next href=(with(&format!("cursor={}", urlencoding(cursor)))) { "Next page →" } } }
+    };
+    Ok(page(session, title, path, body))
+}
+
+async fn orders_ledger(
+    session: Session,
+    platforms: PlatformsData,
+    engine: EngineData,
+    clearing: web::Data<Clearing>,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, PortalError> {
+    let platform = own_platform(&session, &platforms)?;
+    ledger_of_orders(&session, &platform, &engine, &clearing, &query, false).await
+}
+
+async fn channels_ledger(
+    session: Session,
+    platforms: PlatformsData,
+    engine: EngineData,
+    clearing: web::Data<Clearing>,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, PortalError> {
+    let platform = own_platform(&session, &platforms)?;
+    ledger_of_orders(&session, &platform, &engine, &clearing, &query, true).await
+}
+
+async fn order_page(
+    session: Session,
+    path: web::Path<String>,
+    platforms: PlatformsData,
+    engine: EngineData,
+    clearing: web::Data<Clearing>,
+) -> Result<HttpResponse, PortalError> {
+    let platform = own_platform(&session, &platforms)?;
+    let id = crate::orders::parse_order_id(&path).ok_or(PortalError::NotFound)?;
+    let channels = clearing.channels();
+    let view = crate::orders::read_order(&engine, platform.id, id, move |state, order| crate::orders::view(state, order, &channels))
+        .await?
+        .ok_or(PortalError::NotFound)?;
+    let facts: Vec<(String, String)> = view
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), if v.is_string() || v.is_null() { text_of(&view, k) } else { v.to_string() })).collect())
+        .unwrap_or_default();
+    let body = html! {
+        section.card #order {
+            dl.facts { @for (key, value) in &facts { dt { (key) } dd data-key=(key) { (value) } } }
+        }
+        p { a href="/portal/platform/orders" { "← Orders" } }
+    };
+    Ok(page(&session, &format!("Order {}", text_of(&view, "order_id")), "/portal/platform/orders", body))
+}
+
+const ENTRY_COLUMNS: [&str; 7] = ["entry_id", "order_id", "kind", "direction", "amount", "balance_after", "created_at"];
+
+#[allow(clippy::too_many_arguments)]
+async fn entries_ledger(
+    session: Session,
+    platforms: PlatformsData,
+    engine: EngineData,
+    store: web::Data<Arc<dyn Store>>,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, PortalError> {
+    let platform = own_platform(&session, &platforms)?;
+    let form = LedgerForm::of(&query);
+    let mut error = None;
+    let mut rows: Vec<Value> = Vec::new();
+    let mut next = None;
+    // Entries have no server-side kind or date index: the filters keep lines of the pages read.
+    let from = day_start(&form.from, 0, "from");
+    let to = day_start(&form.to, 1, "to");
+    let (from, to) = match (from, to) {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(e), _) | (_, Err(e)) => {
+            error = Some(e);
+            (None, None)
+        }
+    };
+    let kinds = ["recharge", "payment", "refund", "freeze", "release", "withdrawal", "settlement", "fee", "adjustment"];
+    let keeps = |line: &Value| {
+        let at = text_of(line, "created_at");
+        (form.kind.is_empty() || text_of(line, "kind").starts_with(&form.kind))
+            && from.as_deref().is_none_or(|f| at.as_str() >= f)
+            && to.as_deref().is_none_or(|t| at.as_str() < t)
+    };
+    if error.is_none() && !form.account_id.is_empty() {
+        match crate::accounts::parse_account_id(&form.account_id) {
+            None => error = Some(ApiError::invalid("not an account id", "account_id")),
+            Some(account) => {
+                let cursor = Some(form.cursor.as_str()).filter(|c| !c.is_empty()).map(str::to_string);
+                let mut cursor = cursor;
+                loop {
+                    match crate::entries::page(&engine, &store, &platforms, platform.id, account, Some("500"), cursor.as_deref()).await {
+                        Ok((lines, more)) => {
+                            rows.extend(lines.into_iter().filter(|l| keeps(l)));
+                            cursor = more;
+                            if !form.csv || cursor.is_none() || rows.len() >= CSV_ROWS_MAX {
+                                break;
+                            }
+                        }
+                        // Another platform's account is not found, like the API.
+                        Err(e) if e.code == "not_found" => return Err(PortalError::NotFound),
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                next = cursor;
+            }
+        }
+    }
+    if form.csv {
+        if let Some(error) = error {
+            return Err(PortalError::Api(error));
+        }
+        let table: Vec<Vec<String>> = rows.iter().map(|row| ENTRY_COLUMNS.iter().map(|c| text_of(row, c)).collect()).collect();
+        return Ok(csv_response("entries.csv", &ENTRY_COLUMNS, &table));
+    }
+    let filters = form.query_string();
+    let with = |extra: &str| format!("/portal/platform/entries?{filters}&{extra}");
+    let body = html! {
+        @if let Some(error) = &error { (notice("error", &refusal(error))) }
+        (filters_form("/portal/platform/entries", &form, &kinds, false))
+        @if form.account_id.is_empty() {
+            p.muted { "Name an account (acc_…) to see its accounting entries; a member's page links each of its accounts here." }
+        } @else {
+            p { a.csv href=(with("format=csv")) { "Export CSV" } }
+            table.data #ledger {
+                thead { tr { @for column in ENTRY_COLUMNS { th { (column) } } } }
+                tbody {
+                    @for row in &rows {
+                        tr { @for column in ENTRY_COLUMNS { @if matches!(column, "amount" | "balance_after") { td.num { (text_of(row, column)) } } @else { td { (text_of(row, column)) } } } }
+                    }
+                }
+            }
+            @if rows.is_empty() && error.is_none() { p.muted { "No entries match on this page." } }
+            @if let Some(cursor) = &next { p { a.next href=(with(&format!("cursor={}", urlencoding(cursor)))) { "Next page →" } } }
+        }
+    };
+    Ok(page(&session, "Accounting entries", "/portal/platform/entries", body))
+}
+
+// ---------------------------------------------------------------------------------------------
+// API access
+
+async fn api_page(session: Session, platforms: PlatformsData, delivery: web::Data<crate::events::Delivery>) -> Result<HttpResponse, PortalError> {
+    let platform = own_platform(&session, &platforms)?;
+    Ok(render_api(&session, &platform, &delivery, None))
+}
+
+fn render_api(session: &Session, platform: &Platform, delivery: &crate::events::Delivery, flash: Option<(&str, &str)>) -> HttpResponse {
+    let attempts = delivery.recent(platform.id);
+    let body = html! {
+        @if let Some((kind, text)) = flash { (notice(kind, text)) }
+        section.card #webhook {
+            h2 { "Webhook" }
+            dl.facts {
+                dt { "Platform" } dd { (platform.public_id()) " · " (platform.name) }
+                dt { "URL" } dd #webhook-url { @match &platform.webhook_url { Some(url) => code { (url) }, None => span.muted { "not set: events are only listed" } } }
+                dt { "Signature header" } dd { code { "X-Clearing-Signature" } }
+            }
+            @if session.has(Role::Admin) {
+                form method="post" action="/portal/platform/api/webhook" {
+                    (csrf_field(session))
+                    label { "Webhook URL (https; blank removes it)" input name="url" value=(platform.webhook_url.clone().unwrap_or_default()); }
+                    button type="submit" { "Save" }
+                }
+            }
+        }
+        section.card #secret {
+            h2 { "API secret" }
+            dl.facts {
+                dt { "Secret version" } dd #secret-version { (platform.secret_version) }
+                @if let Some(previous) = &platform.previous_secret {
+                    dt { "Previous version" } dd { (previous.version) " verifies until " (super::format_time(previous.valid_until)) }
+                }
+            }
+            form method="post" action="/portal/approvals" {
+                (csrf_field(session))
+                input type="hidden" name="kind" value="rotate_secret";
+                label { "Overlap in seconds (the current secret keeps verifying; 0 revokes it now)" input name="overlap_seconds" inputmode="numeric"; }
+                label { "Note for the approver" input name="note"; }
+                button type="submit" disabled[!session.has(Role::Operator)] { "Propose a rotation" }
+            }
+            p.muted { "An approver other than you approves it on the Approvals page; the new secret is shown to them once." }
+        }
+        section.card #deliveries {
+            h2 { "Recent deliveries" }
+            @if attempts.is_empty() {
+                p.muted { "No delivery attempt since the server started (the last " (crate::events::RECENT_ATTEMPTS_MAX) " are kept in memory)." }
+            } @else {
+                table.data {
+                    thead { tr { th { "At" } th { "Event" } th { "URL" } th { "Answer" } th.num { "ms" } } }
+                    tbody {
+                        @for attempt in &attempts {
+                            tr {
+                                td.nowrap { (super::format_time(attempt.at)) }
+                                td { code { (attempt.event_id) } }
+                                td.small { (attempt.url) }
+                                td { span class=(if attempt.delivered { "badge ok" } else { "badge bad" }) { (attempt.outcome) } }
+                                td.num { (attempt.elapsed_ms) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(session, "API access", "/portal/platform/api", body)
+}
+
+async fn set_webhook(
+    request: HttpRequest,
+    session: Session,
+    portal: PortalData,
+    platforms: PlatformsData,
+    delivery: web::Data<crate::events::Delivery>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let platform = own_platform(&session, &platforms)?;
+    session.require(Role::Admin)?;
+    let url = form.opt("url").map(str::to_string);
+    let before = serde_json::json!({"url": platform.webhook_url});
+    match crate::events::set_webhook_url(&platforms, &delivery, platform.id, url.clone()).await {
+        Ok(updated) => {
+            portal.audit.record(
+                &session,
+                session.scope(),
+                "webhook.set",
+                &platform.public_id(),
+                before,
+                serde_json::json!({"url": updated.webhook_url}),
+                "ok",
+            )?;
+            Ok(render_api(&session, &updated, &delivery, Some(("ok", "The webhook URL is saved."))))
+        }
+        Err(error) => {
+            portal.audit.record(
+                &session,
+                session.scope(),
+                "webhook.set",
+                &platform.public_id(),
+                before,
+                serde_json::json!({"url": url}),
+                &format!("refused: {}", error.code),
+            )?;
+            Ok(render_api(&session, &platform, &delivery, Some(("error", &refusal(&error)))))
+        }
+    }
+}
+
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.route("/portal/platform", web::get().to(home));
+    config
+        .route("/portal/platform", web::get().to(home))
+        .route("/portal/platform/members", web::get().to(members_list))
+        .route("/portal/platform/members", web::post().to(register_member))
+        .route("/portal/platform/members/{member}", web::get().to(member_page))
+        .route("/portal/platform/members/{member}/accounts", web::post().to(open_account))
+        .route("/portal/platform/money", web::get().to(money_page))
+        .route("/portal/platform/recharge", web::post().to(recharge))
+        .route("/portal/platform/freeze", web::post().to(freeze))
+        .route("/portal/platform/release", web::post().to(release))
+        .route("/portal/platform/orders", web::get().to(orders_ledger))
+        .route("/portal/platform/orders/{order}", web::get().to(order_page))
+        .route("/portal/platform/channels", web::get().to(channels_ledger))
+        .route("/portal/platform/entries", web::get().to(entries_ledger))
+        .route("/portal/platform/api", web::get().to(api_page))
+        .route("/portal/platform/api/webhook", web::post().to(set_webhook));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_numbers_and_phones_are_masked() {
+        assert_eq!(mask_id_number("11010519491231002X"), "**************002X");
+        assert_eq!(mask_id_number("12"), "12");
+        assert_eq!(mask_phone("13800138000"), "138****8000");
+        assert_eq!(mask_phone("123"), "***");
+    }
+
+    #[test]
+    fn dates_become_day_bounds_and_bad_ones_name_the_filter() {
+        assert_eq!(day_start("2026-12-01", 0, "from").unwrap().as_deref(), Some("2026-12-01T00:00:00Z"));
+        assert_eq!(day_start("2026-12-31", 1, "to").unwrap().as_deref(), Some("2027-01-01T00:00:00Z"));
+        assert_eq!(day_start("", 0, "from").unwrap(), None);
+        assert_eq!(day_start("yesterday", 0, "from").unwrap_err().param, Some("from"));
+    }
+
+    #[test]
+    fn form_order_numbers_are_valid_and_fresh() {
+        let (a, b) = (new_out_order_no(), new_out_order_no());
+        assert_ne!(a, b);
+        assert!(crate::ids::out_order_no(&a, "out_order_no").is_ok());
+    }
 }

@@ -1,0 +1,326 @@
+//! The platform operators' portal over HTTP against the real server: members registered and
+//! accounts opened through the forms are the API's; another platform's objects are 404 by URL and
+//! absent from every list; the ledgers filter, page with a cursor and export CSV; a form posted
+//! twice is one order; freezes and releases.
+
+mod support;
+
+use support::portal::{first_password, Page, Person};
+use support::*;
+
+const TOKEN: &str = "portal-platform-tests-operator-token-0123";
+const PASSWORD: &str = "a long enough password";
+
+fn admin(server: &Server) -> Person {
+    let mut person = Person::new(server);
+    let page = person.login("admin", &first_password(server));
+    assert_eq!(page.status, 303, "{}", page.body);
+    person
+}
+
+/// A platform (through the operator API) and a signed-in platform operator of it with every role.
+fn platform_with_operator<'a>(server: &'a Server, admin: &mut Person, name: &str) -> (Client<'a>, Person) {
+    let client = Client::create(server, TOKEN, &format!(r#"{{"name": "{name}"}}"#));
+    let username = format!("{}_ops", name.to_lowercase());
+    let csrf = admin.csrf();
+    let made = admin.post(
+        "/portal/operators",
+        &[
+            ("csrf", &csrf),
+            ("username", &username),
+            ("display_name", &username),
+            ("kind", "platform"),
+            ("platform", &client.platform),
+            ("member", ""),
+            ("role", "viewer"),
+            ("role", "operator"),
+            ("role", "approver"),
+            ("role", "admin"),
+            ("password", PASSWORD),
+        ],
+    );
+    assert!(made.body.contains("created"), "{}", made.body);
+    let mut operator = Person::new(server);
+    assert_eq!(operator.login(&username, PASSWORD).status, 303);
+    (client, operator)
+}
+
+/// The value of the hidden field `name` in the form posting to `action`.
+fn hidden(page: &Page, action: &str, name: &str) -> String {
+    let form = &page.body[page.body.find(&format!("action=\"{action}\"")).unwrap_or_else(|| panic!("a form posting to {action}: {}", page.body))..];
+    let marker = format!("name=\"{name}\" value=\"");
+    let at = form.find(&marker).expect("the hidden field") + marker.len();
+    form[at..].split('"').next().unwrap().to_string()
+}
+
+/// Registers an individual member through the members page; its id (`mem_N`).
+fn register(person: &mut Person, name: &str) -> String {
+    let form = person.get("/portal/platform/members");
+    assert_eq!(form.status, 200);
+    let number = hidden(&form, "/portal/platform/members", "out_order_no");
+    let fields = [
+        ("csrf", form.csrf()),
+        ("out_order_no", number),
+        ("type", "individual".into()),
+        ("name", name.into()),
+        ("id_number", "11010519491231002X".into()),
+        ("phone", "13800138000".into()),
+    ];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let done = person.post("/portal/platform/members", &fields);
+    assert_eq!(done.status, 303, "{}", done.body);
+    done.location.unwrap().rsplit('/').next().unwrap().to_string()
+}
+
+/// Opens a CNY account for `member` through its page; the account id and virtual account number.
+fn open_account(person: &mut Person, member: &str) -> (String, String) {
+    let path = format!("/portal/platform/members/{member}");
+    let before = person.get(&path);
+    assert_eq!(before.status, 200);
+    let action = format!("{path}/accounts");
+    let number = hidden(&before, &action, "out_order_no");
+    let done = person.post(&action, &[("csrf", &before.csrf()), ("out_order_no", &number), ("currency", "CNY")]);
+    assert_eq!((done.status, done.location.as_deref()), (303, Some(path.as_str())), "{}", done.body);
+    let shown = person.get(&path);
+    let at = shown.body.find(">acc_").expect("the account is listed") + 1;
+    let account = shown.body[at..].split('<').next().unwrap().to_string();
+    let at = shown.body.find("<td class=\"van\"><code>").expect("the virtual account number") + "<td class=\"van\"><code>".len();
+    let van = shown.body[at..].split('<').next().unwrap().to_string();
+    (account, van)
+}
+
+/// Whether a page shows `id` as a whole cell or link text (not as part of a longer id).
+fn shows(page: &Page, id: &str) -> bool {
+    page.body.contains(&format!(">{id}<"))
+}
+
+/// Posts a money form of the money page (with its generated order number unless `number` says).
+fn money_form(person: &mut Person, action: &str, fields: &[(&str, &str)], number: Option<&str>) -> Page {
+    let form = person.get("/portal/platform/money");
+    let generated = hidden(&form, action, "out_order_no");
+    let csrf = form.csrf();
+    let mut all = vec![("csrf", csrf.as_str()), ("out_order_no", number.unwrap_or(&generated))];
+    all.extend_from_slice(fields);
+    person.post(action, &all)
+}
+
+#[test]
+fn members_and_accounts_made_through_the_forms_are_the_apis() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let mut admin = admin(&server);
+    let (client, mut operator) = platform_with_operator(&server, &mut admin, "Alpha");
+    let dashboard = operator.get("/portal/platform");
+    assert_eq!(dashboard.status, 200);
+    assert!(dashboard.body.contains("id=\"metric-members\">0<"), "{}", dashboard.body);
+
+    let member = register(&mut operator, "Zhang San");
+    assert!(member.starts_with("mem_"));
+    let page = operator.get(&format!("/portal/platform/members/{member}"));
+    assert!(page.body.contains("Zhang San") && page.body.contains("**************002X") && page.body.contains("138****8000"), "{}", page.body);
+    assert!(!page.body.contains("11010519491231002X") && !page.body.contains("13800138000"), "identity numbers are masked");
+    let (account, van) = open_account(&mut operator, &member);
+    assert_eq!(van.len(), 17);
+
+    // The API sees the member and the account.
+    let (status, shown) = client.get(&format!("/v1/accounts/{account}"));
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!((shown["member_id"].as_str(), shown["virtual_account_no"].as_str()), (Some(member.as_str()), Some(van.as_str())));
+    let (status, _) = client.get(&format!("/v1/members/{member}/notifications"));
+    assert_eq!(status, 200);
+
+    // Bad input is a notice naming the field, and changes nothing.
+    let form = operator.get("/portal/platform/members");
+    let number = hidden(&form, "/portal/platform/members", "out_order_no");
+    let refused = operator.post(
+        "/portal/platform/members",
+        &[("csrf", &form.csrf()), ("out_order_no", &number), ("type", "individual"), ("name", "Li Si"), ("id_number", "123"), ("phone", "13800138000")],
+    );
+    assert_eq!(refused.status, 200);
+    assert!(refused.body.contains("notice error") && refused.body.contains("id_number"), "{}", refused.body);
+    let list = operator.get("/portal/platform/members?q=zhang");
+    assert!(list.body.contains(&member) && !list.body.contains("Li Si"));
+    assert!(!operator.get("/portal/platform/members?q=nobody").body.contains(&member));
+    let dashboard = operator.get("/portal/platform");
+    assert!(dashboard.body.contains("id=\"metric-members\">1<") && dashboard.body.contains("id=\"metric-accounts\">1<"), "{}", dashboard.body);
+
+    // Every action is in the audit log.
+    let audit = operator.get("/portal/audit");
+    assert!(audit.body.contains("member.create") && audit.body.contains("account.open"));
+    assert_eq!(admin.get("/portal/platform").status, 404, "a system operator has no platform portal");
+    server.stop();
+}
+
+#[test]
+fn another_platforms_objects_are_not_found_and_never_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let mut admin = admin(&server);
+    let (_, mut alpha) = platform_with_operator(&server, &mut admin, "Alpha");
+    let (beta_client, mut beta) = platform_with_operator(&server, &mut admin, "Beta");
+    let beta_member = register(&mut beta, "Beta Member");
+    let (beta_account, _) = open_account(&mut beta, &beta_member);
+    let beta_order = beta_client.fund(&beta_account, "10.00", "beta-fund-1");
+
+    for path in [
+        format!("/portal/platform/members/{beta_member}"),
+        format!("/portal/platform/entries?account_id={beta_account}"),
+        format!("/portal/platform/orders/{beta_order}"),
+    ] {
+        let page = alpha.get(&path);
+        assert_eq!(page.status, 404, "{path}: {}", page.body);
+        assert!(!page.body.contains("Beta Member"));
+    }
+    assert!(!alpha.get("/portal/platform/members").body.contains(&beta_member));
+    let orders = alpha.get(&format!("/portal/platform/orders?account_id={beta_account}"));
+    assert_eq!(orders.status, 200);
+    assert!(!orders.body.contains(&beta_order), "another platform's orders are never listed");
+    assert!(!alpha.get("/portal/platform/orders").body.contains(&beta_order));
+    let csv = alpha.get("/portal/platform/orders?format=csv");
+    assert!(!csv.body.contains(&beta_order));
+    // A form naming another platform's account is refused and moves nothing.
+    let refused = money_form(&mut alpha, "/portal/platform/recharge", &[("account_id", &beta_account), ("amount", "1.00"), ("currency", "CNY")], None);
+    assert_eq!(refused.status, 200);
+    assert!(refused.body.contains("notice error") && refused.body.contains("account_id"), "{}", refused.body);
+    let refused = money_form(&mut alpha, "/portal/platform/release", &[("order_id", &beta_order)], None);
+    assert!(refused.body.contains("notice error"), "{}", refused.body);
+    // Opening an account for another platform's member by its URL is not found.
+    let page = alpha.get("/portal/platform/members");
+    let posted =
+        alpha.post(&format!("/portal/platform/members/{beta_member}/accounts"), &[("csrf", &page.csrf()), ("out_order_no", "x-1"), ("currency", "CNY")]);
+    assert_eq!(posted.status, 404);
+    // The other portals' operators have no platform portal.
+    assert_eq!(admin.get("/portal/platform/members").status, 404);
+    server.stop();
+}
+
+#[test]
+fn a_recharge_form_posted_twice_is_one_order_and_freezes_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let mut admin = admin(&server);
+    let (client, mut operator) = platform_with_operator(&server, &mut admin, "Alpha");
+    let member = register(&mut operator, "Wang Wu");
+    let (account, _) = open_account(&mut operator, &member);
+
+    let form = operator.get("/portal/platform/money");
+    let number = hidden(&form, "/portal/platform/recharge", "out_order_no");
+    let fields = [("account_id", account.as_str()), ("amount", "100.00"), ("currency", "CNY")];
+    let first = money_form(&mut operator, "/portal/platform/recharge", &fields, Some(&number));
+    let second = money_form(&mut operator, "/portal/platform/recharge", &fields, Some(&number));
+    assert_eq!(first.status, 303, "{}", first.body);
+    assert_eq!(first.location, second.location, "the same order");
+    let order = first.location.unwrap().rsplit('/').next().unwrap().to_string();
+    client.wait_order(&order, "succeeded");
+    let (status, listed) = client.get(&format!("/v1/orders?account_id={account}&kind=recharge"));
+    assert_eq!(status, 200);
+    assert_eq!(listed["orders"].as_array().unwrap().len(), 1, "one order: {listed}");
+    assert_eq!(client.balances(&account).0, "100.00");
+
+    let frozen = money_form(
+        &mut operator,
+        "/portal/platform/freeze",
+        &[("account_id", &account), ("amount", "30.00"), ("currency", "CNY"), ("reason", "dispute")],
+        None,
+    );
+    assert_eq!(frozen.status, 303, "{}", frozen.body);
+    let freeze_order = frozen.location.unwrap().rsplit('/').next().unwrap().to_string();
+    assert_eq!(client.balances(&account).2, "30.00");
+    let shown = operator.get(&format!("/portal/platform/orders/{freeze_order}"));
+    assert!(shown.body.contains("freeze") && shown.body.contains("dispute"), "{}", shown.body);
+    let released = money_form(&mut operator, "/portal/platform/release", &[("order_id", &freeze_order), ("amount", "10.00")], None);
+    assert_eq!(released.status, 303, "{}", released.body);
+    assert_eq!(client.balances(&account).2, "20.00");
+    let released = money_form(&mut operator, "/portal/platform/release", &[("order_id", &freeze_order)], None);
+    assert_eq!(released.status, 303, "{}", released.body);
+    assert_eq!(client.balances(&account).2, "0.00");
+    // More than the balance is refused with the engine's reason.
+    let refused =
+        money_form(&mut operator, "/portal/platform/freeze", &[("account_id", &account), ("amount", "1000.00"), ("currency", "CNY"), ("reason", "x")], None);
+    assert_eq!(refused.status, 200);
+    assert!(refused.body.contains("notice error"), "{}", refused.body);
+    let audit = operator.get("/portal/audit");
+    assert!(audit.body.contains("order.recharge") && audit.body.contains("order.freeze") && audit.body.contains("order.release"));
+    server.stop();
+}
+
+#[test]
+fn ledgers_filter_page_with_a_cursor_and_export_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let mut admin = admin(&server);
+    let (client, mut operator) = platform_with_operator(&server, &mut admin, "Alpha");
+    let member = register(&mut operator, "Zhao Liu");
+    let (account, _) = open_account(&mut operator, &member);
+    let mut recharges = Vec::new();
+    for n in 0..3 {
+        recharges.push(client.fund(&account, "5.00", &format!("fund-{n}")));
+    }
+    let (status, _, freeze) = client
+        .post("/v1/freezes", &serde_json::json!({"out_order_no": "frz-1", "account_id": account, "amount": "1.00", "currency": "CNY", "reason": "check"}));
+    assert_eq!(status, 201, "{freeze}");
+
+    let all = operator.get("/portal/platform/orders");
+    assert!(recharges.iter().all(|id| shows(&all, id.as_str())) && shows(&all, freeze["order_id"].as_str().unwrap()));
+    // Filters.
+    let only = operator.get("/portal/platform/orders?kind=freeze");
+    assert!(shows(&only, freeze["order_id"].as_str().unwrap()) && !shows(&only, recharges[0].as_str()));
+    let bad = operator.get("/portal/platform/orders?kind=nonsense");
+    assert_eq!(bad.status, 200);
+    assert!(bad.body.contains("notice error") && bad.body.contains("kind:"), "{}", bad.body);
+    let bad = operator.get("/portal/platform/orders?from=yesterday");
+    assert!(bad.body.contains("notice error") && bad.body.contains("from:"), "{}", bad.body);
+    let future = operator.get("/portal/platform/orders?from=2999-01-01");
+    assert!(!shows(&future, recharges[0].as_str()));
+    let channels = operator.get("/portal/platform/channels");
+    assert!(shows(&channels, recharges[0].as_str()) && !shows(&channels, freeze["order_id"].as_str().unwrap()), "{}", channels.body);
+
+    // Cursor paging: two per page, the next link carries the filters and the cursor.
+    let first = operator.get("/portal/platform/orders?kind=recharge&limit=2");
+    assert!(shows(&first, recharges[2].as_str()) && shows(&first, recharges[1].as_str()) && !shows(&first, recharges[0].as_str()));
+    let at = first.body.find("class=\"next\" href=\"").expect("a next page link") + "class=\"next\" href=\"".len();
+    let next = first.body[at..].split('"').next().unwrap().replace("&amp;", "&");
+    assert!(next.contains("kind=recharge") && next.contains("cursor="), "{next}");
+    let second = operator.get(&next);
+    assert!(shows(&second, recharges[0].as_str()) && !shows(&second, recharges[1].as_str()), "{}", second.body);
+    assert!(!second.body.contains("class=\"next\""), "the last page has no next link");
+    let bad = operator.get("/portal/platform/orders?cursor=garbage");
+    assert!(bad.body.contains("cursor:"));
+
+    // CSV.
+    let csv = operator.get("/portal/platform/orders?kind=recharge&format=csv");
+    assert!(csv.content_type.starts_with("text/csv"), "{}", csv.content_type);
+    let mut lines = csv.body.lines();
+    assert_eq!(lines.next(), Some("order_id,out_order_no,kind,status,amount,currency,account_id,channel,created_at,updated_at"));
+    assert_eq!(lines.count(), 3);
+    let entries = operator.get(&format!("/portal/platform/entries?account_id={account}"));
+    assert_eq!(entries.status, 200);
+    assert!(entries.body.contains("ent_"), "{}", entries.body);
+    let csv = operator.get(&format!("/portal/platform/entries?account_id={account}&format=csv"));
+    assert!(csv.content_type.starts_with("text/csv"));
+    assert!(csv.body.starts_with("entry_id,order_id,kind,direction,amount,balance_after,created_at\n"));
+    assert!(csv.body.lines().count() > 3, "{}", csv.body);
+    let bad = operator.get("/portal/platform/entries?account_id=nonsense");
+    assert!(bad.body.contains("account_id:"));
+    server.stop();
+}
+
+#[test]
+fn the_webhook_is_set_through_the_api_checks_and_rotation_is_a_proposal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let mut admin = admin(&server);
+    let (client, mut operator) = platform_with_operator(&server, &mut admin, "Alpha");
+    let page = operator.get("/portal/platform/api");
+    assert!(page.body.contains("id=\"secret-version\">1<"), "{}", page.body);
+    let refused = operator.post("/portal/platform/api/webhook", &[("csrf", &page.csrf()), ("url", "http://10.0.0.1/hook")]);
+    assert!(refused.body.contains("notice error") && refused.body.contains("url:"), "{}", refused.body);
+    let saved = operator.post("/portal/platform/api/webhook", &[("csrf", &page.csrf()), ("url", "https://example.com/hook")]);
+    assert!(saved.body.contains("notice ok"), "{}", saved.body);
+    let (status, shown) = client.get("/v1/webhook");
+    assert_eq!((status, shown["url"].as_str()), (200, Some("https://example.com/hook")));
+    let proposed = operator.post("/portal/approvals", &[("csrf", &page.csrf()), ("kind", "rotate_secret"), ("overlap_seconds", "60"), ("note", "yearly")]);
+    assert!(proposed.status == 200 && proposed.body.contains("recorded"), "{}", proposed.body);
+    assert!(operator.get("/portal/platform").body.contains("id=\"metric-pending\"><a href=\"/portal/approvals\">1<"));
+    server.stop();
+}
