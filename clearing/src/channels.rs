@@ -925,7 +925,8 @@ mod tests {
     #[test]
     fn a_quote_shows_what_routing_would_choose_and_takes_nothing() {
         let mut table = router(|channels| channels[0].daily_cap = 1_000);
-        let request = RouteRequest { amount: 600, currency: CurrencySpec::new("CNY", 2).unwrap(), arrival: Arrival::Standard, account_type: AccountType::Personal };
+        let request =
+            RouteRequest { amount: 600, currency: CurrencySpec::new("CNY", 2).unwrap(), arrival: Arrival::Standard, account_type: AccountType::Personal };
         let at = At { micros: MONDAY_10_00, instant: start() };
         // Quoted twice: the cheap channel both times, as nothing of its daily cap was taken.
         for _ in 0..2 {

@@ -230,7 +230,12 @@ async fn home(
 }
 
 /// `GET /portal/merchant/kyc`: the member's record as the platform registered it (masked).
-async fn kyc(session: Session, engine: web::Data<Arc<Engine>>, platforms: web::Data<Arc<Platforms>>, members: web::Data<Arc<Members>>) -> Result<HttpResponse, PortalError> {
+async fn kyc(
+    session: Session,
+    engine: web::Data<Arc<Engine>>,
+    platforms: web::Data<Arc<Platforms>>,
+    members: web::Data<Arc<Members>>,
+) -> Result<HttpResponse, PortalError> {
     let m = merchant(&session, &platforms, &engine).await?;
     let member = members.get(m.platform.id, m.member).ok_or(PortalError::NotFound)?;
     let body = html! {
@@ -294,7 +299,15 @@ fn complaint(error: &ApiError) -> String {
 
 /// Records an operator's action and its outcome before the answer.
 #[allow(clippy::too_many_arguments)]
-fn audit(portal: &Portal, session: &Session, m: &Merchant, action: &str, target: &str, after: Value, outcome: Result<&str, &ApiError>) -> Result<(), PortalError> {
+fn audit(
+    portal: &Portal,
+    session: &Session,
+    m: &Merchant,
+    action: &str,
+    target: &str,
+    after: Value,
+    outcome: Result<&str, &ApiError>,
+) -> Result<(), PortalError> {
     let outcome = match outcome {
         Ok(text) => text.to_string(),
         Err(error) => format!("refused: {}", error.code),
@@ -393,7 +406,13 @@ struct Checked {
     account_type: AccountType,
 }
 
-async fn check_withdrawal(m: &Merchant, fields: &Fields, engine: &Arc<Engine>, cards: &Cards, members: &Members) -> Result<Result<Checked, ApiError>, PortalError> {
+async fn check_withdrawal(
+    m: &Merchant,
+    fields: &Fields,
+    engine: &Arc<Engine>,
+    cards: &Cards,
+    members: &Members,
+) -> Result<Result<Checked, ApiError>, PortalError> {
     let account = m.own(fields.get("account_id"))?;
     let (_, _, spec) = crate::accounts::account_of(engine, m.platform.id, account).await?;
     let checked = (|| {
@@ -657,7 +676,8 @@ async fn refund(
         amount: fields.get("amount").trim().to_string(),
         payee_account_id: Some(public_account_id(payee)),
     };
-    let after = json!({"out_order_no": body.out_order_no, "payment_order_id": body.payment_order_id, "payee_account_id": body.payee_account_id, "amount": body.amount});
+    let after =
+        json!({"out_order_no": body.out_order_no, "payment_order_id": body.payment_order_id, "payee_account_id": body.payee_account_id, "amount": body.amount});
     let result = match crate::payments::prepare_refund(&engine, &m.platform, &body).await {
         Ok(prepared) => crate::accounts::execute(&engine, prepared.envelope).await,
         Err(error) => Err(error),

@@ -15,11 +15,11 @@ use serde_json::Value;
 use storage::Store;
 
 use super::{merchant, Merchant};
-use crate::portal::{notice, page, Fields, PortalError, Session};
 use crate::accounts::{parse_account_id, public_account_id};
 use crate::error::{blocking, ApiError};
 use crate::orders::{merged_page, parse_cursor, Position, ShardPage};
 use crate::platforms::Platforms;
+use crate::portal::{notice, page, Fields, PortalError, Session};
 
 /// Orders one listing examines per shard before it answers with a cursor.
 const SCAN_MAX: usize = 100_000;
@@ -103,7 +103,13 @@ fn scan(state: &ShardState, filter: &Filter, before: Position, limit: usize, cha
 }
 
 /// A page of orders for `filter` newest first, and the next cursor.
-pub async fn orders_page(engine: &Arc<Engine>, channels: Arc<ChannelSet>, filter: Filter, before: Position, limit: usize) -> Result<(Vec<Value>, Option<String>), ApiError> {
+pub async fn orders_page(
+    engine: &Arc<Engine>,
+    channels: Arc<ChannelSet>,
+    filter: Filter,
+    before: Position,
+    limit: usize,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
     merged_page(engine, limit, move |state, wanted| scan(state, &filter, before, wanted, &channels)).await
 }
 
