@@ -247,3 +247,51 @@ fn four_eyes_a_rotation_is_carried_out_only_when_another_approver_approves() {
     assert!(!audit.body.contains(&new_secret), "the secret is not in the audit log");
     server.stop();
 }
+
+#[test]
+fn four_eyes_an_adjustment_moves_money_once_and_suspense_stays_with_the_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let client = Client::create(&server, TOKEN, r#"{"name": "One"}"#);
+    let (payer, payee) = (client.account(&client.member("m-a", "Ann")), client.account(&client.member("m-b", "Bob")));
+    client.fund(&payer, "100.00", "fund-1");
+    let mut admin = admin(&server);
+    make_operator(&mut admin, "clerk", "platform", &client.platform, "", &["operator"]);
+    make_operator(&mut admin, "checker", "platform", &client.platform, "", &["approver"]);
+    let mut clerk = Person::new(&server);
+    clerk.login("clerk", "a long enough password");
+    let csrf = clerk.csrf();
+    let adjustment = [
+        ("csrf", csrf.as_str()),
+        ("kind", "adjustment"),
+        ("from", payer.as_str()),
+        ("to", payee.as_str()),
+        ("amount", "12.50"),
+        ("currency", "CNY"),
+        ("reason", "goods returned offline"),
+    ];
+    assert!(clerk.post("/portal/approvals", &adjustment).body.contains("Proposal 1 recorded"));
+    let from_suspense = [
+        ("csrf", csrf.as_str()),
+        ("kind", "adjustment"),
+        ("from", "suspense"),
+        ("to", payee.as_str()),
+        ("amount", "1.00"),
+        ("currency", "CNY"),
+        ("reason", "x"),
+    ];
+    assert!(clerk.post("/portal/approvals", &from_suspense).body.contains("only system operators"));
+    assert_eq!(client.balances(&payer).0, "100.00", "nothing moves before the approval");
+    let mut checker = Person::new(&server);
+    checker.login("checker", "a long enough password");
+    let csrf_checker = checker.csrf();
+    let approved = checker.post("/portal/approvals/1/approve", &[("csrf", &csrf_checker)]);
+    assert!(approved.body.contains("executed"), "{}", approved.body);
+    assert_eq!(client.balances(&payer).0, "87.50");
+    assert_eq!(client.balances(&payee).1, "12.50", "an adjustment lands in settled funds");
+    let (_, listed) = client.get(&format!("/v1/orders?kind=adjustment&account_id={payer}"));
+    assert_eq!(listed["orders"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert!(checker.post("/portal/approvals/1/approve", &[("csrf", &csrf_checker)]).body.contains("already"));
+    assert_eq!(client.balances(&payer).0, "87.50", "carried out once");
+    server.stop();
+}

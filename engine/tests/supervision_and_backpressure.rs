@@ -183,6 +183,12 @@ fn a_shard_that_panics_is_reported_stopped_and_answers_every_later_request() {
     let recharge = |account: AccountId| plain(Command::Recharge { account, currency: CNY, amount: 5, channel: 1 });
     // The request in the panicking batch gets an error, not silence.
     assert!(engine.execute_one(recharge(accounts[0])).is_err());
+    // The batch's replies are dropped while the panic unwinds, a moment before the shard's
+    // catch records the failure: the record follows within a bounded time.
+    let waiting = Instant::now();
+    while engine.failures().is_empty() && waiting.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let failures = engine.failures();
     assert_eq!(failures.len(), 1, "{failures:?}");
     let (shard, failure) = &failures[0];

@@ -10,6 +10,7 @@ use engine::result::ResultCode;
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::agreements::Agreements;
 use crate::error::{blocking, ApiError};
 use crate::members::{Member, Members};
 use crate::platforms::Platform;
@@ -98,9 +99,14 @@ fn currency_of(engine: &Engine, code: &str) -> Option<CurrencyId> {
 
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = crate::accounts::NewAccount, responses((status = 201, description = "Success", body = crate::schemas::AccountView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/accounts")]
-pub async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn open_account(
+    signed: Signed,
+    members: web::Data<Arc<Members>>,
+    agreements: web::Data<Arc<Agreements>>,
+    engine: web::Data<Arc<Engine>>,
+) -> Result<HttpResponse, ApiError> {
     let new = signed.json::<NewAccount>()?;
-    let (id, replayed) = open(&engine, &members, &signed.platform, &new.out_order_no, &new.member_id, &new.currency).await?;
+    let (id, replayed) = open(&engine, &members, &agreements, &signed.platform, &new.out_order_no, &new.member_id, &new.currency).await?;
     let mut response = HttpResponse::Created();
     if replayed {
         response.insert_header(("Idempotent-Replay", "true"));
@@ -114,10 +120,12 @@ pub async fn open_account(signed: Signed, members: web::Data<Arc<Members>>, engi
 }
 
 /// Opens an account of `currency` for the platform's member `member_id` (the API and the pages
-/// share it): the account and whether the order number replayed an earlier opening.
+/// share it): the account and whether the order number replayed an earlier opening. The member
+/// must have signed the agreements the platform requires first (`agreement_required`).
 pub async fn open(
     engine: &Engine,
     members: &Members,
+    agreements: &Agreements,
     platform: &Platform,
     out_order_no: &str,
     member_id: &str,
@@ -129,6 +137,7 @@ pub async fn open(
         .and_then(|id| members.get(platform.id, id))
         .ok_or_else(|| ApiError { param: Some("member_id"), ..ApiError::not_found() })?;
     let currency = currency_of(engine, currency).ok_or_else(|| ApiError::invalid("unknown currency", "currency"))?;
+    agreements.require(platform, member.id, crate::agreements::Purpose::OpenAccount)?;
     let command = Command::OpenAccount { owner: member.id, currency, limits: Limits::NONE };
     let reply = execute(engine, Envelope { platform: platform.id, out_order_no: Some(out_order_no), command }).await?;
     match reply.code {

@@ -232,12 +232,13 @@ pub async fn bind(
     path: web::Path<String>,
     engine: web::Data<Arc<Engine>>,
     members: web::Data<Arc<Members>>,
+    agreements: web::Data<Arc<crate::agreements::Agreements>>,
     cards: web::Data<Arc<Cards>>,
     clearing: web::Data<clearing_actor::Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<BindBody>()?;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
-    let (card, replayed) = bind_card(&engine, &members, &cards, clearing.bank().as_ref(), signed.platform.id, account, &body).await?;
+    let (card, replayed) = bind_card(&engine, &members, &agreements, &cards, clearing.bank().as_ref(), &signed.platform, account, &body).await?;
     let mut response = HttpResponse::Created();
     if replayed {
         response.insert_header(("Idempotent-Replay", "true"));
@@ -246,17 +247,21 @@ pub async fn bind(
 }
 
 /// Binds a card to `account` of `platform` (the API and the pages share it): the four-element
-/// check, the day's limit, then the micro-deposit booked and asked of `bank`. Answers the card
-/// and whether the order number replayed an earlier bind.
+/// check, the agreements the platform requires (`agreement_required`), the day's limit, then
+/// the micro-deposit booked and asked of `bank`. Answers the card and whether the order number
+/// replayed an earlier bind.
+#[allow(clippy::too_many_arguments)]
 pub async fn bind_card(
     engine: &Arc<Engine>,
     members: &Members,
+    agreements: &crate::agreements::Agreements,
     cards: &Arc<Cards>,
     bank: &dyn bank::BankChannel,
-    platform: u32,
+    platform: &crate::platforms::Platform,
     account: AccountId,
     body: &BindBody,
 ) -> Result<(Card, bool), ApiError> {
+    let (platform_record, platform) = (platform, platform.id);
     let (owner, currency, spec) = account_of(engine, platform, account).await?;
     crate::orders::out_order_no(&body.out_order_no, "out_order_no")?;
     let content = hex::encode(Sha256::digest(format!("{}\n{}", account.0, serde_json::to_string(&body).expect("serializes"))));
@@ -277,6 +282,7 @@ pub async fn bind_card(
     if member.name != body.holder_name.trim() || member.id_number != body.id_number.to_ascii_uppercase() {
         return Err(ApiError::new(422, "identity_mismatch", "the holder's name and id number must be the account member's"));
     }
+    agreements.require(platform_record, member.id, crate::agreements::Purpose::BindCard)?;
     // Below 1.00 and at least one minor unit, in the account's currency.
     let deposit_minor = rand::thread_rng().gen_range(1..10i64.pow(spec.exponent as u32).max(2));
     let card = Card {

@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod adjustments;
 pub mod admin;
+pub mod agreements;
 pub mod auth;
 pub mod bulk;
 pub mod cards;
@@ -15,6 +16,10 @@ pub mod deadline;
 pub mod entries;
 pub mod error;
 pub mod events;
+pub mod h5;
+pub mod h5_cashier;
+pub mod h5_text;
+pub mod h5_wallet;
 pub mod health;
 pub mod identity;
 pub mod ids;

@@ -32,6 +32,17 @@ pub struct Platform {
     /// exclusive). Stored with the record, so a restart keeps the overlap and its end.
     #[serde(default)]
     pub previous_secret: Option<PreviousSecret>,
+    /// Agreement codes whose latest version a member must have signed first (`agreements`).
+    #[serde(default)]
+    pub agreement_requirements: AgreementRequirements,
+}
+
+/// Agreement codes a member must have signed (the latest version of each) before an account
+/// is opened or a card bound.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgreementRequirements {
+    pub open_account: Vec<String>,
+    pub bind_card: Vec<String>,
 }
 
 /// A platform's previous secret version during the overlap after a rotation.
@@ -155,6 +166,7 @@ impl Platforms {
             webhook_url: None,
             settlement_rule: None,
             previous_secret: None,
+            agreement_requirements: AgreementRequirements::default(),
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -171,6 +183,12 @@ impl Platforms {
     /// Sets (or with `None` removes) a platform's settlement rule, durably.
     pub fn set_settlement_rule(&self, id: u32, rule: Option<clearing_actor::commission::RuleConfig>) -> Result<Platform, ApiError> {
         self.update(id, |platform| platform.settlement_rule = rule)
+    }
+
+    /// Sets a platform's agreement requirements, durably (`agreements::set_requirements` checks
+    /// the codes).
+    pub fn set_agreement_requirements(&self, id: u32, requirements: AgreementRequirements) -> Result<Platform, ApiError> {
+        self.update(id, |platform| platform.agreement_requirements = requirements)
     }
 
     /// Sets the overlap of rotations whose request names none (config).

@@ -6,7 +6,7 @@ use engine::result::ResultCode;
 use utoipa::ToSchema;
 
 /// Codes the gateway answers without the engine (authentication, validation, cards, ...).
-pub const GATEWAY_ERROR_CODES: [&str; 25] = [
+pub const GATEWAY_ERROR_CODES: [&str; 28] = [
     "invalid_request",
     "invalid_amount",
     "unauthenticated",
@@ -32,6 +32,9 @@ pub const GATEWAY_ERROR_CODES: [&str; 25] = [
     "overloaded",
     "rate_limited",
     "request_timeout",
+    "agreement_required",
+    "agreement_changed",
+    "agreement_limit_reached",
 ];
 
 /// Codes only the server's own failures produce (5xx).

@@ -85,6 +85,10 @@ pub struct Services {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The webhook delivery workers, woken when a platform sets its webhook.
     pub webhooks: crate::events::Delivery,
+    /// Agreement templates and members' signatures.
+    pub agreements: Arc<crate::agreements::Agreements>,
+    /// The members' H5 links and sessions (in memory).
+    pub h5: Arc<crate::h5::H5Sessions>,
     /// Operators, their sessions, the audit log and approvals.
     pub portal: Arc<crate::portal::Portal>,
     /// The first system operator when this start made it (printed once by the caller).
@@ -138,6 +142,8 @@ impl Services {
             passwords: Arc::new(crate::passwords::Passwords::load(store.clone())?),
             cards: Arc::new(crate::cards::Cards::load(store.clone(), protections.card_binds_per_account_per_day)?),
             notifications: Arc::new(crate::notifications::Notifications::load(store.clone())?),
+            agreements: Arc::new(crate::agreements::Agreements::load(store.clone())?),
+            h5: Arc::new(crate::h5::H5Sessions::new()),
             store,
             metrics,
             webhooks,
@@ -178,6 +184,8 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let clearing = web::Data::new(services.clearing);
     let metrics = web::Data::new(services.metrics);
     let webhooks = web::Data::new(services.webhooks);
+    let agreements = web::Data::new(services.agreements);
+    let h5 = web::Data::new(services.h5);
     let portal = web::Data::new(services.portal);
     let nonces = NonceCache::new();
     let durable_nonces = Arc::new(DurableNonces::new(store.get_ref().clone()));
@@ -205,6 +213,8 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(clearing.clone())
             .app_data(metrics.clone())
             .app_data(webhooks.clone())
+            .app_data(agreements.clone())
+            .app_data(h5.clone())
             .app_data(portal.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
@@ -237,6 +247,10 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .configure(crate::notifications::routes)
             .configure(crate::simulator::routes)
             .configure(crate::metrics::routes)
+            .configure(crate::agreements::routes)
+            .configure(crate::h5::routes)
+            .configure(crate::h5_wallet::routes)
+            .configure(crate::h5_cashier::routes)
             .configure(crate::openapi::routes)
             .configure(crate::portal::routes)
             .default_service(web::to(|| async { Err::<HttpResponse, ApiError>(ApiError::not_found()) }))

@@ -522,7 +522,33 @@ pub async fn execute(executors: &Executors<'_>, proposal: &super::approvals::Pro
             let case = executors.clearing.resolve_case(case_id.clone(), resolution).await.map_err(|e| crate::error::ApiError::from(e).message)?;
             Ok((format!("case {} resolved", case.case_id), None))
         }
-        Action::Adjustment { .. } | Action::SetLimits { .. } => Err("this kind of proposal is carried out by the adjustments module".into()),
+        Action::Adjustment { platform, from, to, amount, currency, reason } => {
+            let request = crate::adjustments::AdjustmentRequest {
+                from: from.clone(),
+                to: to.clone(),
+                amount: amount.clone(),
+                currency: currency.clone(),
+                reason: reason.clone(),
+                out_order_no: proposal.out_order_no(),
+                proposer: proposal.proposer.clone(),
+                approver: proposal.decider.clone().unwrap_or_default(),
+            };
+            let order = crate::adjustments::adjust(executors.engine, *platform, &request).await.map_err(|e| format!("{}: {}", e.code, e.message))?;
+            Ok((format!("order {} {}", order["order_id"].as_str().unwrap_or(""), order["status"].as_str().unwrap_or("")), None))
+        }
+        Action::SetLimits { platform, account, limits } => {
+            let field = |name: &str| limits.get(name).cloned();
+            let request = crate::adjustments::LimitsRequest {
+                payment_per_order_max: field("payment_per_order_max"),
+                payment_daily_max: field("payment_daily_max"),
+                withdrawal_per_order_max: field("withdrawal_per_order_max"),
+                withdrawal_daily_max: field("withdrawal_daily_max"),
+            };
+            let now = crate::adjustments::set_limits(executors.engine, *platform, account, &request, &proposal.out_order_no())
+                .await
+                .map_err(|e| format!("{}: {}", e.code, e.message))?;
+            Ok((format!("limits of {account} now {now}"), None))
+        }
     }
 }
 
@@ -604,15 +630,23 @@ fn proposal_of(session: &Session, platforms: &crate::platforms::Platforms, field
         "resolve_case" => Ok((Scope::System, Action::ResolveCase { case_id: text("case_id", 128)?, resolution: text("resolution", 1024)? })),
         "adjustment" => {
             let platform = platform()?;
+            let (from, to) = (text("from", 32)?, text("to", 32)?);
+            // Suspense belongs to the service: only system operators propose (and approve)
+            // movements into or out of it.
+            let touches_suspense = [&from, &to].iter().any(|side| side.starts_with("suspense"));
+            if touches_suspense && session.scope() != Scope::System {
+                return Err("only system operators move money into or out of suspense".into());
+            }
+            let scope = if touches_suspense { Scope::System } else { Scope::Platform { platform } };
             let action = Action::Adjustment {
                 platform,
-                from: text("from", 32)?,
-                to: text("to", 32)?,
+                from,
+                to,
                 amount: text("amount", 32)?,
                 currency: text("currency", 8)?,
                 reason: text("reason", super::approvals::REASON_CHARS_MAX)?,
             };
-            Ok((Scope::Platform { platform }, action))
+            Ok((scope, action))
         }
         "set_limits" => {
             let platform = platform()?;

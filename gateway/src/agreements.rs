@@ -1,0 +1,681 @@
+//! Electronic agreements (协议签约): versioned agreement templates per platform and members'
+//! signatures of them. A platform publishes a template under a code (`account_opening`,
+//! `card_binding`, `service`, ...); each publication is the code's next version (1, 2, ...) and
+//! never changes an earlier one. A signature records the member, the code and version, when, the
+//! client address, the SHA-256 of the exact text shown and the channel (`h5`, `api`, `portal`).
+//! A platform may require the latest version of some codes to be signed before an account is
+//! opened or a card bound (`agreement_required`).
+//!
+//! Stored as JSON records: templates under `a/t/{id}`, signatures under `a/s/{id}` (each written
+//! with sync before it is answered), loaded at start.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{get, post, put, web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use storage::Store;
+
+use crate::error::{blocking, ApiError};
+use crate::members::{Member, Members};
+use crate::platforms::{AgreementRequirements, Platform, Platforms};
+use crate::signed::Signed;
+
+const TEMPLATE_PREFIX: &str = "a/t/";
+const SIGNATURE_PREFIX: &str = "a/s/";
+/// The longest template code, in bytes (`[a-z0-9_]`).
+pub const CODE_BYTES_MAX: usize = 32;
+/// The longest template title, in characters.
+pub const TITLE_CHARS_MAX: usize = 128;
+/// The longest template text, in bytes.
+pub const TEXT_BYTES_MAX: usize = 64 << 10;
+/// Template versions one platform may publish in all (every code together).
+pub const TEMPLATES_PER_PLATFORM_MAX: usize = 1_000;
+/// Signatures one member may hold.
+pub const SIGNATURES_PER_MEMBER_MAX: usize = 1_000;
+/// Codes one requirement list may name.
+pub const REQUIRED_CODES_MAX: usize = 16;
+
+/// Where a signature was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// The member's H5 page.
+    H5,
+    /// The platform's signed API, on the member's behalf.
+    Api,
+    /// An operator portal.
+    Portal,
+}
+
+/// What an agreement is required for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    OpenAccount,
+    BindCard,
+}
+
+/// One version of an agreement template, as stored (never changed once published).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Template {
+    pub id: u64,
+    pub platform: u32,
+    pub code: String,
+    pub version: u32,
+    pub title: String,
+    pub text: String,
+    /// Hex SHA-256 of `text`'s UTF-8 bytes.
+    pub sha256: String,
+    /// Unix seconds.
+    pub published_at: i64,
+    pub out_order_no: String,
+    /// SHA-256 of the publishing request, to tell a replay from a conflicting reuse.
+    pub content: String,
+}
+
+impl Template {
+    /// The API's view (with the text or without).
+    pub fn view(&self, with_text: bool) -> serde_json::Value {
+        let mut view = serde_json::json!({
+            "code": self.code,
+            "version": self.version,
+            "title": self.title,
+            "sha256": self.sha256,
+            "published_at": rfc3339(self.published_at),
+        });
+        if with_text {
+            view["text"] = serde_json::Value::String(self.text.clone());
+        }
+        view
+    }
+}
+
+/// A member's signature of one template version, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Signature {
+    pub id: u64,
+    pub platform: u32,
+    pub member: u64,
+    pub code: String,
+    pub version: u32,
+    /// The template's id.
+    pub template: u64,
+    /// Unix seconds.
+    pub signed_at: i64,
+    /// The address of the client that signed (the API caller's or the member's browser's).
+    pub client_address: String,
+    /// Hex SHA-256 of the exact text shown and signed.
+    pub sha256: String,
+    pub channel: Channel,
+    /// The platform's order number of an API signature.
+    #[serde(default)]
+    pub out_order_no: Option<String>,
+}
+
+impl Signature {
+    /// The id as the API shows it (`sig_3`).
+    pub fn public_id(&self) -> String {
+        format!("sig_{}", self.id)
+    }
+
+    /// The API's view; with `text`, the text as signed.
+    pub fn view(&self, text: Option<&str>) -> serde_json::Value {
+        let mut view = serde_json::json!({
+            "signature_id": self.public_id(),
+            "member_id": Member::public_id_of(self.member),
+            "code": self.code,
+            "version": self.version,
+            "signed_at": rfc3339(self.signed_at),
+            "client_address": self.client_address,
+            "sha256": self.sha256,
+            "channel": self.channel,
+        });
+        if let Some(text) = text {
+            view["text"] = serde_json::Value::String(text.to_string());
+        }
+        view
+    }
+}
+
+fn rfc3339(unix_seconds: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix_seconds).ok().and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_default()
+}
+
+/// Hex SHA-256 of a text's UTF-8 bytes.
+pub fn text_hash(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// A template code: 1 to 32 of `[a-z0-9_]`.
+pub fn valid_code(code: &str) -> bool {
+    (1..=CODE_BYTES_MAX).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// `POST /v1/agreement-templates`: publishes the code's next version.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    pub out_order_no: String,
+    pub code: String,
+    pub title: String,
+    pub text: String,
+}
+
+/// What a signer asks to sign.
+#[derive(Clone, Debug)]
+pub struct SignRequest<'a> {
+    pub code: &'a str,
+    pub version: u32,
+    pub channel: Channel,
+    pub client_address: String,
+    /// The SHA-256 of the text the signer was shown (the pages send it back; checked against
+    /// the version's text). `None`: the version's text (the API shows it with the template).
+    pub shown_sha256: Option<&'a str>,
+    /// The platform's order number (API signatures).
+    pub out_order_no: Option<&'a str>,
+}
+
+#[derive(Default)]
+struct State {
+    templates: BTreeMap<u64, Template>,
+    /// (platform, code) -> template ids by version.
+    versions: HashMap<(u32, String), BTreeMap<u32, u64>>,
+    template_orders: HashMap<(u32, String), u64>,
+    signatures: BTreeMap<u64, Signature>,
+    /// (platform, member) -> signature ids.
+    signed: HashMap<(u32, u64), Vec<u64>>,
+    signature_orders: HashMap<(u32, String), u64>,
+    per_platform: HashMap<u32, usize>,
+    highest_template: u64,
+    highest_signature: u64,
+}
+
+/// Every template and signature, loaded at start and written through.
+pub struct Agreements {
+    store: Arc<dyn Store>,
+    /// One lock: a publication or signature is check, id, synced write, insert as one step
+    /// (runs on a blocking thread, never an async worker).
+    state: Mutex<State>,
+}
+
+impl Agreements {
+    /// Loads every stored template and signature.
+    pub fn load(store: Arc<dyn Store>) -> Result<Agreements, String> {
+        let mut state = State::default();
+        for (_, template) in crate::records::load_all::<Template>(store.as_ref(), TEMPLATE_PREFIX.as_bytes())? {
+            state.index_template(template);
+        }
+        for (_, signature) in crate::records::load_all::<Signature>(store.as_ref(), SIGNATURE_PREFIX.as_bytes())? {
+            state.index_signature(signature);
+        }
+        Ok(Agreements { store, state: Mutex::new(state) })
+    }
+
+    /// Publishes the next version of `body.code` for `platform` (or replays the publication its
+    /// order number made): the template and whether it was a replay.
+    pub fn publish(&self, platform: u32, body: &PublishBody, now: i64) -> Result<(Template, bool), ApiError> {
+        crate::ids::out_order_no(&body.out_order_no, "out_order_no")?;
+        let content = hex::encode(Sha256::digest(serde_json::to_vec(body).expect("bodies serialize")));
+        let mut state = self.state.lock().expect("agreements lock");
+        if let Some(id) = state.template_orders.get(&(platform, body.out_order_no.clone())) {
+            let template = state.templates[id].clone();
+            if template.content != content {
+                return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
+            }
+            return Ok((template, true));
+        }
+        if !valid_code(&body.code) {
+            return Err(ApiError::invalid("code must be 1 to 32 characters [a-z0-9_]", "code"));
+        }
+        let title = body.title.trim();
+        if title.is_empty() || title.chars().count() > TITLE_CHARS_MAX {
+            return Err(ApiError::invalid("title must be 1 to 128 characters", "title"));
+        }
+        if body.text.trim().is_empty() || body.text.len() > TEXT_BYTES_MAX {
+            return Err(ApiError::invalid("text must be 1 to 65536 bytes", "text"));
+        }
+        if state.per_platform.get(&platform).copied().unwrap_or(0) >= TEMPLATES_PER_PLATFORM_MAX {
+            return Err(ApiError::new(422, "agreement_limit_reached", "this platform has published as many agreement versions as it may"));
+        }
+        let version = state.versions.get(&(platform, body.code.clone())).and_then(|v| v.keys().next_back()).map_or(1, |last| last + 1);
+        let template = Template {
+            id: state.highest_template + 1,
+            platform,
+            code: body.code.clone(),
+            version,
+            title: title.to_string(),
+            text: body.text.clone(),
+            sha256: text_hash(&body.text),
+            published_at: now,
+            out_order_no: body.out_order_no.clone(),
+            content,
+        };
+        crate::records::put(self.store.as_ref(), &[(crate::records::key(TEMPLATE_PREFIX, template.id), &template)])?;
+        state.index_template(template.clone());
+        Ok((template, false))
+    }
+
+    /// Every template version of `platform`, by code then version.
+    pub fn templates(&self, platform: u32) -> Vec<Template> {
+        let state = self.state.lock().expect("agreements lock");
+        let mut found: Vec<Template> = state.templates.values().filter(|t| t.platform == platform).cloned().collect();
+        found.sort_by(|a, b| (&a.code, a.version).cmp(&(&b.code, b.version)));
+        found
+    }
+
+    /// Version `version` of `code` of `platform`.
+    pub fn template(&self, platform: u32, code: &str, version: u32) -> Option<Template> {
+        let state = self.state.lock().expect("agreements lock");
+        state.versions.get(&(platform, code.to_string())).and_then(|v| v.get(&version)).map(|id| state.templates[id].clone())
+    }
+
+    /// The latest version of `code` of `platform`.
+    pub fn latest(&self, platform: u32, code: &str) -> Option<Template> {
+        let state = self.state.lock().expect("agreements lock");
+        state.versions.get(&(platform, code.to_string())).and_then(|v| v.values().next_back()).map(|id| state.templates[id].clone())
+    }
+
+    /// Records `member`'s signature of a template version (or answers the signature they gave
+    /// that version already): the signature and whether it existed.
+    pub fn sign(&self, member: &Member, request: &SignRequest<'_>, now: i64) -> Result<(Signature, bool), ApiError> {
+        let platform = member.platform;
+        if let Some(number) = request.out_order_no {
+            crate::ids::out_order_no(number, "out_order_no")?;
+        }
+        let mut state = self.state.lock().expect("agreements lock");
+        if let Some(number) = request.out_order_no {
+            if let Some(id) = state.signature_orders.get(&(platform, number.to_string())) {
+                let signature = state.signatures[id].clone();
+                if signature.member != member.id || signature.code != request.code || signature.version != request.version {
+                    return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
+                }
+                return Ok((signature, true));
+            }
+        }
+        let template = state
+            .versions
+            .get(&(platform, request.code.to_string()))
+            .and_then(|v| v.get(&request.version))
+            .map(|id| state.templates[id].clone())
+            .ok_or(ApiError { param: Some("version"), ..ApiError::not_found() })?;
+        if let Some(shown) = request.shown_sha256 {
+            if !crate::auth::constant_time_equal(shown.as_bytes(), template.sha256.as_bytes()) {
+                return Err(ApiError {
+                    param: Some("sha256"),
+                    ..ApiError::new(409, "agreement_changed", "the text shown is not this version's text; show it again and sign")
+                });
+            }
+        }
+        let held = state.signed.get(&(platform, member.id)).map_or(&[][..], Vec::as_slice);
+        if let Some(existing) = held.iter().map(|id| &state.signatures[id]).find(|s| s.code == template.code && s.version == template.version) {
+            return Ok((existing.clone(), true));
+        }
+        if held.len() >= SIGNATURES_PER_MEMBER_MAX {
+            return Err(ApiError::new(422, "agreement_limit_reached", "this member holds as many signatures as they may"));
+        }
+        let signature = Signature {
+            id: state.highest_signature + 1,
+            platform,
+            member: member.id,
+            code: template.code.clone(),
+            version: template.version,
+            template: template.id,
+            signed_at: now,
+            client_address: request.client_address.chars().take(64).collect(),
+            sha256: template.sha256.clone(),
+            channel: request.channel,
+            out_order_no: request.out_order_no.map(str::to_string),
+        };
+        crate::records::put(self.store.as_ref(), &[(crate::records::key(SIGNATURE_PREFIX, signature.id), &signature)])?;
+        state.index_signature(signature.clone());
+        Ok((signature, false))
+    }
+
+    /// Every signature of `member` of `platform`, oldest first.
+    pub fn signatures_of(&self, platform: u32, member: u64) -> Vec<Signature> {
+        let state = self.state.lock().expect("agreements lock");
+        state.signed.get(&(platform, member)).into_iter().flatten().map(|id| state.signatures[id].clone()).collect()
+    }
+
+    /// Signature `id` of `member` of `platform`, with the template version it signed.
+    pub fn signature(&self, platform: u32, member: u64, id: u64) -> Option<(Signature, Template)> {
+        let state = self.state.lock().expect("agreements lock");
+        let signature = state.signatures.get(&id).filter(|s| s.platform == platform && s.member == member)?;
+        Some((signature.clone(), state.templates[&signature.template].clone()))
+    }
+
+    /// Refuses (422 `agreement_required`, naming the code) when `member` has not signed the
+    /// latest version of every code `platform` requires for `purpose`.
+    pub fn require(&self, platform: &Platform, member: u64, purpose: Purpose) -> Result<(), ApiError> {
+        let codes = match purpose {
+            Purpose::OpenAccount => &platform.agreement_requirements.open_account,
+            Purpose::BindCard => &platform.agreement_requirements.bind_card,
+        };
+        if codes.is_empty() {
+            return Ok(());
+        }
+        let state = self.state.lock().expect("agreements lock");
+        let held = state.signed.get(&(platform.id, member)).map_or(&[][..], Vec::as_slice);
+        for code in codes {
+            let Some(latest) = state.versions.get(&(platform.id, code.clone())).and_then(|v| v.keys().next_back()) else { continue };
+            if !held.iter().map(|id| &state.signatures[id]).any(|s| &s.code == code && s.version == *latest) {
+                return Err(ApiError {
+                    param: Some(interned(code)),
+                    ..ApiError::new(422, "agreement_required", &format!("the member must first sign version {latest} of the agreement {code}"))
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a requirement list: known codes (published by `platform`), at most 16, no repeats.
+    fn check_codes(&self, platform: u32, codes: &[String], param: &'static str) -> Result<(), ApiError> {
+        if codes.len() > REQUIRED_CODES_MAX {
+            return Err(ApiError::invalid("at most 16 codes", param));
+        }
+        let state = self.state.lock().expect("agreements lock");
+        let mut seen = HashSet::new();
+        for code in codes {
+            if !seen.insert(code) {
+                return Err(ApiError::invalid("a code is named twice", param));
+            }
+            if !state.versions.contains_key(&(platform, code.clone())) {
+                return Err(ApiError::invalid("no agreement of this code is published", param));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    fn index_template(&mut self, template: Template) {
+        self.highest_template = self.highest_template.max(template.id);
+        self.versions.entry((template.platform, template.code.clone())).or_default().insert(template.version, template.id);
+        self.template_orders.insert((template.platform, template.out_order_no.clone()), template.id);
+        *self.per_platform.entry(template.platform).or_default() += 1;
+        self.templates.insert(template.id, template);
+    }
+
+    fn index_signature(&mut self, signature: Signature) {
+        self.highest_signature = self.highest_signature.max(signature.id);
+        self.signed.entry((signature.platform, signature.member)).or_default().push(signature.id);
+        if let Some(number) = &signature.out_order_no {
+            self.signature_orders.insert((signature.platform, number.clone()), signature.id);
+        }
+        self.signatures.insert(signature.id, signature);
+    }
+}
+
+/// Codes interned as `'static` for an error's `param`: there are at most as many as codes ever
+/// required (each published, at most `TEMPLATES_PER_PLATFORM_MAX` per platform); past 4,096 the
+/// param is `agreement`.
+fn interned(code: &str) -> &'static str {
+    static CODES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut codes = CODES.lock().expect("interned codes lock");
+    let codes = codes.get_or_insert_with(HashSet::new);
+    if let Some(known) = codes.get(code) {
+        return known;
+    }
+    if codes.len() >= 4_096 {
+        return "agreement";
+    }
+    let leaked: &'static str = Box::leak(code.to_string().into_boxed_str());
+    codes.insert(leaked);
+    leaked
+}
+
+/// The address of the client of `request` (the socket's peer; a proxy's forwarding headers are
+/// not trusted).
+pub fn client_address(request: &HttpRequest) -> String {
+    request.peer_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string())
+}
+
+#[utoipa::path(post, path = "/v1/agreement-templates", tag = "agreements", request_body = crate::agreements::PublishBody, responses((status = 201, description = "The published version", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[post("/v1/agreement-templates")]
+pub async fn publish(signed: Signed, agreements: web::Data<Arc<Agreements>>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<PublishBody>()?;
+    let (platform, agreements) = (signed.platform.id, agreements.get_ref().clone());
+    let (template, replayed) = blocking(move || agreements.publish(platform, &body, crate::signed::unix_seconds())).await??;
+    let mut response = HttpResponse::Created();
+    if replayed {
+        response.insert_header(("Idempotent-Replay", "true"));
+    }
+    Ok(response.json(template.view(true)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateQuery {
+    code: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/agreement-templates", operation_id = "list_agreement_templates", tag = "agreements", params(("code" = Option<String>, Query, description = "Only this code")), responses((status = 200, description = "Every version (without texts)", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[get("/v1/agreement-templates")]
+pub async fn list_templates(signed: Signed, query: web::Query<TemplateQuery>, agreements: web::Data<Arc<Agreements>>) -> Result<HttpResponse, ApiError> {
+    let views: Vec<serde_json::Value> =
+        agreements.templates(signed.platform.id).iter().filter(|t| query.code.as_ref().is_none_or(|c| *c == t.code)).map(|t| t.view(false)).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"templates": views})))
+}
+
+#[utoipa::path(get, path = "/v1/agreement-templates/{code}/versions/{version}", tag = "agreements", params(("code" = String, Path, description = "Template code"), ("version" = u32, Path, description = "Version (1, 2, ...)")), responses((status = 200, description = "The version with its text", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[get("/v1/agreement-templates/{code}/versions/{version}")]
+pub async fn show_template(signed: Signed, path: web::Path<(String, String)>, agreements: web::Data<Arc<Agreements>>) -> Result<HttpResponse, ApiError> {
+    let version: u32 = path.1.parse().map_err(|_| ApiError::not_found())?;
+    let template = agreements.template(signed.platform.id, &path.0, version).ok_or_else(ApiError::not_found)?;
+    Ok(HttpResponse::Ok().json(template.view(true)))
+}
+
+/// `POST /v1/members/{member_id}/agreements`: the platform signs on the member's behalf.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignBody {
+    pub out_order_no: String,
+    pub code: String,
+    pub version: u32,
+}
+
+fn member_of(members: &Members, platform: u32, text: &str) -> Result<Member, ApiError> {
+    Member::parse_public_id(text).and_then(|id| members.get(platform, id)).ok_or_else(ApiError::not_found)
+}
+
+#[utoipa::path(post, path = "/v1/members/{member_id}/agreements", tag = "agreements", request_body = crate::agreements::SignBody, params(("member_id" = String, Path, description = "Member id (mem_...)")), responses((status = 201, description = "The signature", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[post("/v1/members/{member_id}/agreements")]
+pub async fn sign(
+    request: HttpRequest,
+    signed: Signed,
+    path: web::Path<String>,
+    members: web::Data<Arc<Members>>,
+    agreements: web::Data<Arc<Agreements>>,
+) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<SignBody>()?;
+    let member = member_of(&members, signed.platform.id, &path)?;
+    let (agreements, address) = (agreements.get_ref().clone(), client_address(&request));
+    let (signature, replayed) = blocking(move || {
+        let request = SignRequest {
+            code: &body.code,
+            version: body.version,
+            channel: Channel::Api,
+            client_address: address,
+            shown_sha256: None,
+            out_order_no: Some(&body.out_order_no),
+        };
+        agreements.sign(&member, &request, crate::signed::unix_seconds())
+    })
+    .await??;
+    let mut response = HttpResponse::Created();
+    if replayed {
+        response.insert_header(("Idempotent-Replay", "true"));
+    }
+    Ok(response.json(signature.view(None)))
+}
+
+#[utoipa::path(get, path = "/v1/members/{member_id}/agreements", operation_id = "list_member_agreements", tag = "agreements", params(("member_id" = String, Path, description = "Member id (mem_...)")), responses((status = 200, description = "The member's signatures", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[get("/v1/members/{member_id}/agreements")]
+pub async fn list_signatures(
+    signed: Signed,
+    path: web::Path<String>,
+    members: web::Data<Arc<Members>>,
+    agreements: web::Data<Arc<Agreements>>,
+) -> Result<HttpResponse, ApiError> {
+    let member = member_of(&members, signed.platform.id, &path)?;
+    let views: Vec<serde_json::Value> = agreements.signatures_of(member.platform, member.id).iter().map(|s| s.view(None)).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"agreements": views})))
+}
+
+#[utoipa::path(get, path = "/v1/members/{member_id}/agreements/{signature_id}", tag = "agreements", params(("member_id" = String, Path, description = "Member id (mem_...)"), ("signature_id" = String, Path, description = "Signature id (sig_...)")), responses((status = 200, description = "The signature with the text as signed", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[get("/v1/members/{member_id}/agreements/{signature_id}")]
+pub async fn show_signature(
+    signed: Signed,
+    path: web::Path<(String, String)>,
+    members: web::Data<Arc<Members>>,
+    agreements: web::Data<Arc<Agreements>>,
+) -> Result<HttpResponse, ApiError> {
+    let member = member_of(&members, signed.platform.id, &path.0)?;
+    let id = crate::ids::parse_prefixed(&path.1, "sig_").ok_or_else(ApiError::not_found)?;
+    let (signature, template) = agreements.signature(member.platform, member.id, id).ok_or_else(ApiError::not_found)?;
+    let mut view = signature.view(Some(&template.text));
+    view["title"] = serde_json::Value::String(template.title);
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// `PUT /v1/agreement-requirements`: which codes must be signed (their latest version) before
+/// an account is opened or a card bound.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequirementsBody {
+    #[serde(default)]
+    pub open_account: Vec<String>,
+    #[serde(default)]
+    pub bind_card: Vec<String>,
+}
+
+/// Sets `platform`'s requirements (the API and the portals share it): every code must be
+/// published; the latest version of each must be signed from then on.
+pub fn set_requirements(agreements: &Agreements, platforms: &Platforms, platform: u32, body: RequirementsBody) -> Result<Platform, ApiError> {
+    agreements.check_codes(platform, &body.open_account, "open_account")?;
+    agreements.check_codes(platform, &body.bind_card, "bind_card")?;
+    platforms.set_agreement_requirements(platform, AgreementRequirements { open_account: body.open_account, bind_card: body.bind_card })
+}
+
+#[utoipa::path(put, path = "/v1/agreement-requirements", tag = "agreements", request_body = crate::agreements::RequirementsBody, responses((status = 200, description = "The requirements", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[put("/v1/agreement-requirements")]
+pub async fn put_requirements(signed: Signed, agreements: web::Data<Arc<Agreements>>, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<RequirementsBody>()?;
+    let (agreements, platforms, platform) = (agreements.get_ref().clone(), platforms.get_ref().clone(), signed.platform.id);
+    let platform = blocking(move || set_requirements(&agreements, &platforms, platform, body)).await??;
+    Ok(HttpResponse::Ok().json(&platform.agreement_requirements))
+}
+
+#[utoipa::path(get, path = "/v1/agreement-requirements", tag = "agreements", responses((status = 200, description = "The requirements", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[get("/v1/agreement-requirements")]
+pub async fn get_requirements(signed: Signed) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(&signed.platform.agreement_requirements))
+}
+
+/// Registers the agreement routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .service(publish)
+        .service(list_templates)
+        .service(show_template)
+        .service(sign)
+        .service(list_signatures)
+        .service(show_signature)
+        .service(put_requirements)
+        .service(get_requirements);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, platform: u32) -> Member {
+        Member {
+            id,
+            platform,
+            kind: "individual".into(),
+            name: "Li Lei".into(),
+            id_number: "11010519491231002X".into(),
+            phone: "13800138000".into(),
+            status: "active".into(),
+        }
+    }
+
+    fn body(number: &str, code: &str, text: &str) -> PublishBody {
+        PublishBody { out_order_no: number.into(), code: code.into(), title: "Terms".into(), text: text.into() }
+    }
+
+    fn request<'a>(code: &'a str, version: u32, shown: Option<&'a str>) -> SignRequest<'a> {
+        SignRequest { code, version, channel: Channel::H5, client_address: "127.0.0.1".into(), shown_sha256: shown, out_order_no: None }
+    }
+
+    #[test]
+    fn versions_count_up_and_never_change_and_survive_a_restart() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let agreements = Agreements::load(store.clone()).unwrap();
+        let (first, replayed) = agreements.publish(1, &body("t1", "service", "v1 text"), 10).unwrap();
+        assert_eq!((first.version, replayed, first.sha256.as_str()), (1, false, text_hash("v1 text").as_str()));
+        assert!(agreements.publish(1, &body("t1", "service", "v1 text"), 11).unwrap().1, "a replay");
+        assert_eq!(agreements.publish(1, &body("t1", "service", "other"), 11).unwrap_err().code, "idempotency_conflict");
+        let (second, _) = agreements.publish(1, &body("t2", "service", "v2 text"), 12).unwrap();
+        assert_eq!(second.version, 2);
+        assert_eq!(agreements.publish(2, &body("t1", "service", "x"), 12).unwrap().0.version, 1, "versions are per platform");
+        let reloaded = Agreements::load(store).unwrap();
+        assert_eq!(reloaded.template(1, "service", 1).unwrap().text, "v1 text");
+        assert_eq!(reloaded.latest(1, "service").unwrap().version, 2);
+        assert_eq!(reloaded.publish(1, &body("t3", "service", "v3"), 13).unwrap().0.version, 3);
+    }
+
+    #[test]
+    fn publication_checks_table() {
+        let agreements = Agreements::load(Arc::new(storage::MemoryStore::new())).unwrap();
+        let long_text = "x".repeat(TEXT_BYTES_MAX + 1);
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("bad order no!", "service", "text", "out_order_no"),
+            ("a1", "Service", "text", "code"),
+            ("a2", "", "text", "code"),
+            ("a3", &"c".repeat(33), "text", "code"),
+            ("a4", "service", "  ", "text"),
+            ("a5", "service", &long_text, "text"),
+        ];
+        for (number, code, text, param) in cases {
+            let error = agreements.publish(1, &body(number, code, text), 1).unwrap_err();
+            assert_eq!(error.param, Some(*param), "{number}");
+        }
+    }
+
+    #[test]
+    fn signing_records_the_hash_once_and_requirements_follow_the_latest_version() {
+        let agreements = Agreements::load(Arc::new(storage::MemoryStore::new())).unwrap();
+        let (v1, _) = agreements.publish(1, &body("t1", "account_opening", "open v1"), 1).unwrap();
+        let li = member(5, 1);
+        assert_eq!(agreements.sign(&li, &request("account_opening", 2, None), 2).unwrap_err().code, "not_found");
+        assert_eq!(agreements.sign(&li, &request("account_opening", 1, Some("00")), 2).unwrap_err().code, "agreement_changed");
+        let (signature, existed) = agreements.sign(&li, &request("account_opening", 1, Some(v1.sha256.as_str())), 2).unwrap();
+        assert_eq!((signature.sha256.as_str(), existed), (text_hash("open v1").as_str(), false));
+        assert!(agreements.sign(&li, &request("account_opening", 1, None), 3).unwrap().1, "signed once");
+        assert_eq!(agreements.signatures_of(1, 5).len(), 1);
+        assert!(agreements.signature(2, 5, signature.id).is_none(), "another platform's");
+        let mut platform = Platform {
+            id: 1,
+            name: "p".into(),
+            settlement_cycle_days: 1,
+            auto_confirm_days: 15,
+            require_payment_password: false,
+            secret_version: 1,
+            webhook_url: None,
+            settlement_rule: None,
+            previous_secret: None,
+            agreement_requirements: AgreementRequirements { open_account: vec!["account_opening".into()], bind_card: vec![] },
+        };
+        assert!(agreements.require(&platform, 5, Purpose::OpenAccount).is_ok());
+        assert!(agreements.require(&platform, 5, Purpose::BindCard).is_ok());
+        let refused = agreements.require(&platform, 6, Purpose::OpenAccount).unwrap_err();
+        assert_eq!((refused.status, refused.code, refused.param), (422, "agreement_required", Some("account_opening")));
+        agreements.publish(1, &body("t2", "account_opening", "open v2"), 4).unwrap();
+        assert_eq!(agreements.require(&platform, 5, Purpose::OpenAccount).unwrap_err().code, "agreement_required", "a new version is signed again");
+        platform.agreement_requirements.open_account.clear();
+        assert!(agreements.require(&platform, 6, Purpose::OpenAccount).is_ok());
+    }
+}

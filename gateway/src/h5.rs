@@ -1,0 +1,567 @@
+//! H5 sessions for members: a platform asks for a short-lived link (`POST /v1/h5/sessions`),
+//! bound to one member and one purpose (`wallet`, `cashier`, `agreement`), and hands it to the
+//! member's phone. The member's browser opens it once (`GET /h5/s/{token}`) and gets a session
+//! cookie; the pages (`h5_wallet`, `h5_cashier`) then act for that member only. A platform never
+//! sees card numbers or payment passwords: they are typed into our pages.
+//!
+//! Links and sessions are kept in memory only (a restart ends them: the platform asks for a new
+//! link), each map bounded (`LINKS_MAX`, `SESSIONS_MAX`; expired entries are pruned when a new
+//! one is added; a full map is 503 `overloaded`). Only SHA-256 hashes of link tokens and session
+//! cookies are kept, so the maps hold nothing a thief could replay.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::http::header;
+use actix_web::{get, post, web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use engine::ledger::types::AccountId;
+use engine::Engine;
+use maud::{html, Markup};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::h5_text::{page, t, Locale};
+use crate::members::{Member, Members};
+use crate::payments::{Funding, LegBody, Mode, PaymentBody};
+use crate::signed::Signed;
+
+/// The longest a link is valid (and the default).
+pub const LINK_SECONDS_MAX: u64 = 300;
+/// A session ends after this long without a request.
+pub const IDLE_SECONDS: u64 = 600;
+/// A session ends this long after its link was opened, however busy.
+pub const SESSION_SECONDS_MAX: u64 = 3_600;
+/// Links waiting to be opened, at most.
+pub const LINKS_MAX: usize = 10_000;
+/// Open sessions, at most.
+pub const SESSIONS_MAX: usize = 10_000;
+/// The session cookie's name.
+pub const COOKIE: &str = "h5_session";
+/// The longest `return_url`, in bytes.
+pub const RETURN_URL_BYTES_MAX: usize = 512;
+
+/// What a session is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// My wallet: balances, entries, cards, recharge, withdraw, password, close, agreements.
+    Wallet,
+    /// Confirming one payment with the payment password.
+    Cashier,
+    /// Signing one agreement version.
+    Agreement,
+}
+
+/// A payment the cashier shows and submits: `POST /v1/payments`'s body without the password.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CashierPayment {
+    pub out_order_no: String,
+    pub payer_account_id: String,
+    pub mode: Mode,
+    pub funding: Option<Funding>,
+    pub channel: Option<String>,
+    pub amount: String,
+    pub currency: String,
+    pub payees: Vec<LegBody>,
+    #[serde(default)]
+    pub splits: Vec<LegBody>,
+    pub description: Option<String>,
+}
+
+impl CashierPayment {
+    /// The payment's API body with the password the member typed.
+    pub fn with_password(&self, password: Option<String>) -> PaymentBody {
+        PaymentBody {
+            out_order_no: self.out_order_no.clone(),
+            payer_account_id: self.payer_account_id.clone(),
+            mode: self.mode,
+            funding: self.funding,
+            channel: self.channel.clone(),
+            amount: self.amount.clone(),
+            currency: self.currency.clone(),
+            payees: self.payees.clone(),
+            splits: self.splits.clone(),
+            payment_password: password,
+            description: self.description.clone(),
+        }
+    }
+}
+
+/// The agreement version an `agreement` session signs.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgreementRef {
+    pub code: String,
+    pub version: u32,
+}
+
+/// `POST /v1/h5/sessions`.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionBody {
+    /// The platform's reference of this link (echoed back; each call makes a new link).
+    pub out_order_no: Option<String>,
+    pub member_id: String,
+    pub purpose: Purpose,
+    /// The account the pages act on (the wallet: the member's first account when absent).
+    pub account_id: Option<String>,
+    /// The payment a cashier session confirms (its payer must be the member's account).
+    pub payment: Option<CashierPayment>,
+    /// The version an agreement session signs.
+    pub agreement: Option<AgreementRef>,
+    /// Where the pages' "back to the platform" link goes (http or https).
+    pub return_url: Option<String>,
+    /// `zh-CN` or `en` (the browser's Accept-Language when absent).
+    pub locale: Option<String>,
+    /// How long the link may wait to be opened: 1 to 300 seconds (default 300).
+    pub expires_in_seconds: Option<u64>,
+}
+
+/// What a link grants, and then its session.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub platform: u32,
+    pub member: u64,
+    pub purpose: Purpose,
+    pub account: Option<AccountId>,
+    pub payment: Option<CashierPayment>,
+    pub agreement: Option<AgreementRef>,
+    pub return_url: Option<String>,
+    pub locale: Option<Locale>,
+}
+
+struct Link {
+    grant: Grant,
+    expires: Instant,
+}
+
+/// An open session (a copy is handed to each page).
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub grant: Grant,
+    pub locale: Locale,
+    /// The token every form of this session carries.
+    pub csrf: String,
+    /// A card the wallet unbinds once the card bound to replace it is verified.
+    pub replacing: Option<u64>,
+    /// The cashier's order once it was paid.
+    pub paid_order: Option<String>,
+    opened: Instant,
+    last_seen: Instant,
+}
+
+/// Links and sessions, in memory.
+#[derive(Default)]
+pub struct H5Sessions {
+    links: Mutex<HashMap<[u8; 32], Link>>,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A random token of `bytes` bytes, as hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buffer);
+    hex::encode(buffer)
+}
+
+impl H5Sessions {
+    /// No links, no sessions.
+    pub fn new() -> H5Sessions {
+        H5Sessions::default()
+    }
+
+    /// A new link's token (256 random bits) for `grant`, valid for `valid_for`.
+    pub fn issue(&self, grant: Grant, valid_for: Duration, now: Instant) -> Result<String, ApiError> {
+        let mut links = self.links.lock().expect("h5 links lock");
+        if links.len() >= LINKS_MAX {
+            links.retain(|_, link| link.expires > now);
+        }
+        if links.len() >= LINKS_MAX {
+            return Err(ApiError::overloaded("too many H5 links wait to be opened; try again shortly"));
+        }
+        let token = random_hex(32);
+        links.insert(hash(&token), Link { grant, expires: now + valid_for });
+        Ok(token)
+    }
+
+    /// Opens a link (once: it is gone afterwards): the new session's cookie value and the
+    /// session, or `None` for an unknown, used or expired link.
+    pub fn open(&self, token: &str, browser: Locale, now: Instant) -> Result<Option<(String, Session)>, ApiError> {
+        let link = self.links.lock().expect("h5 links lock").remove(&hash(token));
+        let Some(link) = link.filter(|link| link.expires > now) else { return Ok(None) };
+        let mut sessions = self.sessions.lock().expect("h5 sessions lock");
+        if sessions.len() >= SESSIONS_MAX {
+            sessions.retain(|_, session| alive(session, now));
+        }
+        if sessions.len() >= SESSIONS_MAX {
+            return Err(ApiError::overloaded("too many H5 sessions are open; try again shortly"));
+        }
+        let cookie = random_hex(32);
+        let locale = link.grant.locale.unwrap_or(browser);
+        let session = Session { grant: link.grant, locale, csrf: random_hex(16), replacing: None, paid_order: None, opened: now, last_seen: now };
+        sessions.insert(hash(&cookie), session.clone());
+        Ok(Some((cookie, session)))
+    }
+
+    /// The live session of a cookie value (its idle time starts again).
+    pub fn get(&self, cookie: &str, now: Instant) -> Option<Session> {
+        let mut sessions = self.sessions.lock().expect("h5 sessions lock");
+        let key = hash(cookie);
+        let session = sessions.get_mut(&key)?;
+        if !alive(session, now) {
+            sessions.remove(&key);
+            return None;
+        }
+        session.last_seen = now;
+        Some(session.clone())
+    }
+
+    /// Changes the session of a cookie value.
+    pub fn update(&self, cookie: &str, change: impl FnOnce(&mut Session)) {
+        if let Some(session) = self.sessions.lock().expect("h5 sessions lock").get_mut(&hash(cookie)) {
+            change(session);
+        }
+    }
+
+    /// Links waiting and sessions open (for tests and metrics).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.links.lock().expect("h5 links lock").len(), self.sessions.lock().expect("h5 sessions lock").len())
+    }
+}
+
+fn alive(session: &Session, now: Instant) -> bool {
+    now.duration_since(session.last_seen) < Duration::from_secs(IDLE_SECONDS) && now.duration_since(session.opened) < Duration::from_secs(SESSION_SECONDS_MAX)
+}
+
+/// Checks a session request and makes its grant.
+async fn grant(
+    engine: &Arc<Engine>,
+    members: &Members,
+    agreements: &crate::agreements::Agreements,
+    clearing: &clearing_actor::Clearing,
+    platform: &crate::platforms::Platform,
+    body: &SessionBody,
+) -> Result<Grant, ApiError> {
+    if let Some(number) = &body.out_order_no {
+        crate::ids::out_order_no(number, "out_order_no")?;
+    }
+    let member = Member::parse_public_id(&body.member_id)
+        .and_then(|id| members.get(platform.id, id))
+        .ok_or(ApiError { param: Some("member_id"), ..ApiError::not_found() })?;
+    let account = match &body.account_id {
+        Some(text) => Some(member_account(engine, platform.id, member.id, text, "account_id").await?),
+        None => None,
+    };
+    let locale = body.locale.as_deref().map(|l| Locale::parse(l).ok_or_else(|| ApiError::invalid("locale is zh-CN or en", "locale"))).transpose()?;
+    if let Some(url) = &body.return_url {
+        let parsed = url::Url::parse(url).ok().filter(|u| (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some());
+        if url.len() > RETURN_URL_BYTES_MAX || parsed.is_none() {
+            return Err(ApiError::invalid("return_url must be an http or https URL of at most 512 bytes", "return_url"));
+        }
+    }
+    match body.purpose {
+        Purpose::Wallet | Purpose::Agreement if body.payment.is_some() => return Err(ApiError::invalid("only a cashier session carries a payment", "payment")),
+        Purpose::Wallet | Purpose::Cashier if body.agreement.is_some() => {
+            return Err(ApiError::invalid("only an agreement session names an agreement", "agreement"))
+        }
+        Purpose::Cashier => {
+            let payment = body.payment.as_ref().ok_or_else(|| ApiError::invalid("a cashier session needs the payment", "payment"))?;
+            member_account(engine, platform.id, member.id, &payment.payer_account_id, "payment").await?;
+            // Every check of the payment now, so the member is never shown one that cannot go.
+            crate::payments::prepare_payment(engine, &clearing.channels(), platform, &payment.with_password(None))?;
+        }
+        Purpose::Agreement => {
+            let named = body.agreement.as_ref().ok_or_else(|| ApiError::invalid("an agreement session names the agreement", "agreement"))?;
+            agreements.template(platform.id, &named.code, named.version).ok_or(ApiError { param: Some("agreement"), ..ApiError::not_found() })?;
+        }
+        Purpose::Wallet => {}
+    }
+    Ok(Grant {
+        platform: platform.id,
+        member: member.id,
+        purpose: body.purpose,
+        account,
+        payment: body.payment.clone(),
+        agreement: body.agreement.clone(),
+        return_url: body.return_url.clone(),
+        locale,
+    })
+}
+
+/// The account named by `text` if it is `member`'s account of `platform` (404 naming `param`
+/// otherwise: another member's account is as unknown as a missing one).
+pub async fn member_account(engine: &Arc<Engine>, platform: u32, member: u64, text: &str, param: &'static str) -> Result<AccountId, ApiError> {
+    let missing = || ApiError { param: Some(param), ..ApiError::not_found() };
+    let account = crate::accounts::parse_account_id(text).ok_or_else(missing)?;
+    let (owner, _, _) = crate::accounts::account_of(engine, platform, account).await.map_err(|e| if e.status == 404 { missing() } else { e })?;
+    if owner != member {
+        return Err(missing());
+    }
+    Ok(account)
+}
+
+#[utoipa::path(post, path = "/v1/h5/sessions", tag = "h5", request_body = crate::h5::SessionBody, responses((status = 201, description = "The link (`url`, valid until `expires_at`, opened once)", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable, overloaded or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[post("/v1/h5/sessions")]
+#[allow(clippy::too_many_arguments)]
+pub async fn create_session(
+    request: HttpRequest,
+    signed: Signed,
+    engine: web::Data<Arc<Engine>>,
+    members: web::Data<Arc<Members>>,
+    agreements: web::Data<Arc<crate::agreements::Agreements>>,
+    clearing: web::Data<clearing_actor::Clearing>,
+    sessions: web::Data<Arc<H5Sessions>>,
+) -> Result<HttpResponse, ApiError> {
+    let body = signed.json::<SessionBody>()?;
+    let seconds = body.expires_in_seconds.unwrap_or(LINK_SECONDS_MAX);
+    if !(1..=LINK_SECONDS_MAX).contains(&seconds) {
+        return Err(ApiError::invalid("expires_in_seconds must be 1 to 300", "expires_in_seconds"));
+    }
+    let grant = grant(&engine, &members, &agreements, &clearing, &signed.platform, &body).await?;
+    let token = sessions.issue(grant, Duration::from_secs(seconds), Instant::now())?;
+    let info = request.connection_info();
+    let url = format!("{}://{}/h5/s/{token}", info.scheme(), info.host());
+    let expires_at = time::OffsetDateTime::now_utc() + Duration::from_secs(seconds);
+    let expires_at = expires_at.replace_nanosecond(0).unwrap_or(expires_at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "url": url,
+        "expires_at": expires_at,
+        "member_id": body.member_id,
+        "purpose": body.purpose,
+        "out_order_no": body.out_order_no,
+    })))
+}
+
+/// An error page: status, stable code (shown to the member in their language).
+#[derive(Debug)]
+pub struct PageError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    pub locale: Locale,
+    pub return_url: Option<String>,
+}
+
+impl PageError {
+    /// A page error with no message of its own.
+    pub fn new(status: u16, code: &'static str, locale: Locale) -> PageError {
+        PageError { status, code, message: String::new(), locale, return_url: None }
+    }
+
+    /// An API error as a page.
+    pub fn api(error: ApiError, locale: Locale) -> PageError {
+        PageError { status: error.status, code: error.code, message: error.message, locale, return_url: None }
+    }
+}
+
+impl std::fmt::Display for PageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.code)
+    }
+}
+
+impl actix_web::ResponseError for PageError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        actix_web::http::StatusCode::from_u16(self.status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let text = crate::h5_text::error_text(self.locale, self.code, &self.message);
+        let body = html! {
+            (crate::h5_text::notice("error", &text))
+            p.muted { "code: " span.code { (self.code) } }
+            @if matches!(self.code, "session_missing" | "link_invalid") { p { (t(self.locale, "reopen")) } }
+            @if let Some(url) = &self.return_url { a.button.secondary href=(url) { (t(self.locale, "back_to_platform")) } }
+        };
+        respond(&mut HttpResponse::build(self.status_code()), page(self.locale, t(self.locale, "error"), body))
+    }
+}
+
+/// Answers a page with the headers every H5 page has: not cached, no referrer, not framed, a
+/// content policy allowing only our stylesheet and forms to ourselves.
+pub fn respond(builder: &mut HttpResponseBuilder, markup: Markup) -> HttpResponse {
+    builder
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ))
+        .content_type("text/html; charset=utf-8")
+        .body(markup.into_string())
+}
+
+/// A page answered 200.
+pub fn ok_page(markup: Markup) -> HttpResponse {
+    respond(&mut HttpResponse::Ok(), markup)
+}
+
+/// The browser's language (for pages before a session exists).
+pub fn browser_locale(request: &HttpRequest) -> Locale {
+    Locale::from_accept_language(request.headers().get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok()))
+}
+
+/// The session cookie's value, if the request carries one.
+pub fn cookie_of(request: &HttpRequest) -> Option<String> {
+    request.headers().get_all(header::COOKIE).filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        (name == COOKIE && value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())).then(|| value.to_string())
+    })
+}
+
+/// The request's session (401 page without one, 403 when its purpose is not among `purposes`),
+/// with its cookie value.
+pub fn session_for(request: &HttpRequest, sessions: &H5Sessions, purposes: &[Purpose]) -> Result<(String, Session), PageError> {
+    let locale = browser_locale(request);
+    let cookie = cookie_of(request).ok_or_else(|| PageError::new(401, "session_missing", locale))?;
+    let session = sessions.get(&cookie, Instant::now()).ok_or_else(|| PageError::new(401, "session_missing", locale))?;
+    if !purposes.contains(&session.grant.purpose) {
+        return Err(PageError { return_url: session.grant.return_url.clone(), ..PageError::new(403, "wrong_purpose", session.locale) });
+    }
+    Ok((cookie, session))
+}
+
+/// A form body (`application/x-www-form-urlencoded`) as fields; the last of a repeated name wins.
+pub struct Form(HashMap<String, String>);
+
+impl Form {
+    /// Parses a form body.
+    pub fn parse(body: &[u8]) -> Form {
+        Form(url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+    }
+
+    /// A field's value, trimmed (`""` when absent).
+    pub fn get(&self, name: &str) -> &str {
+        self.0.get(name).map_or("", |v| v.trim())
+    }
+}
+
+/// Reads a POSTed form and checks its CSRF token against the session's (403 page otherwise).
+pub fn checked_form(body: &[u8], session: &Session) -> Result<Form, PageError> {
+    let form = Form::parse(body);
+    if !crate::auth::constant_time_equal(form.get("csrf").as_bytes(), session.csrf.as_bytes()) {
+        return Err(PageError { return_url: session.grant.return_url.clone(), ..PageError::new(403, "csrf_failed", session.locale) });
+    }
+    Ok(form)
+}
+
+/// A new order number for a form: the page that shows the form makes it, the POST uses it, so a
+/// form submitted twice is one order (the engine's idempotency).
+pub fn form_order_no(prefix: &str) -> String {
+    format!("{prefix}-{}", random_hex(12))
+}
+
+/// Opens a link: sets the session cookie (HttpOnly, SameSite=Strict, path /h5) and sends the
+/// browser on to the page of the link's purpose with a same-origin refresh, not a 3xx: a
+/// SameSite=Strict cookie set during a navigation that came from another site is not sent on
+/// that navigation's redirects, but it is on a navigation the page itself starts. The token
+/// leaves the address bar at once and no page after this one carries it.
+#[get("/h5/s/{token}")]
+pub async fn open_link(request: HttpRequest, path: web::Path<String>, sessions: web::Data<Arc<H5Sessions>>) -> Result<HttpResponse, PageError> {
+    let locale = browser_locale(&request);
+    let token = path.into_inner();
+    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(PageError::new(404, "link_invalid", locale));
+    }
+    let (cookie, session) =
+        sessions.open(&token, locale, Instant::now()).map_err(|e| PageError::api(e, locale))?.ok_or_else(|| PageError::new(404, "link_invalid", locale))?;
+    let target = match session.grant.purpose {
+        Purpose::Wallet => "/h5/wallet",
+        Purpose::Cashier => "/h5/cashier",
+        Purpose::Agreement => "/h5/agreement",
+    };
+    let refresh = format!("0;url={target}");
+    let body = html! {
+        (maud::DOCTYPE)
+        html lang=(session.locale.tag()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta http-equiv="refresh" content=(refresh);
+                link rel="stylesheet" href="/h5/assets/h5.css";
+            }
+            body { main { a.button href=(target) { (t(session.locale, "confirm")) } } }
+        }
+    };
+    let cookie = format!("{COOKIE}={cookie}; Path=/h5; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS_MAX}");
+    Ok(respond(HttpResponse::Ok().insert_header((header::SET_COOKIE, cookie)), body))
+}
+
+/// `GET /h5/assets/h5.css`: the pages' one stylesheet.
+#[get("/h5/assets/h5.css")]
+pub async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "public, max-age=3600")).content_type("text/css; charset=utf-8").body(crate::h5_text::CSS)
+}
+
+/// Registers the session API, the link and the stylesheet.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(create_session).service(open_link).service(stylesheet);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(purpose: Purpose) -> Grant {
+        Grant { platform: 1, member: 2, purpose, account: None, payment: None, agreement: None, return_url: None, locale: None }
+    }
+
+    #[test]
+    fn a_link_opens_once_before_it_expires_and_a_session_ends_when_idle() {
+        let sessions = H5Sessions::new();
+        let now = Instant::now();
+        let token = sessions.issue(grant(Purpose::Wallet), Duration::from_secs(300), now).unwrap();
+        assert_eq!(token.len(), 64);
+        let (cookie, session) = sessions.open(&token, Locale::En, now).unwrap().expect("opens");
+        assert_eq!((session.grant.member, session.grant.purpose), (2, Purpose::Wallet));
+        assert!(sessions.open(&token, Locale::En, now).unwrap().is_none(), "once only");
+        assert!(sessions.get(&cookie, now + Duration::from_secs(IDLE_SECONDS - 1)).is_some());
+        assert!(sessions.get(&cookie, now + Duration::from_secs(2 * IDLE_SECONDS - 2)).is_some(), "each request starts the idle time again");
+        assert!(sessions.get(&cookie, now + Duration::from_secs(4 * IDLE_SECONDS)).is_none(), "idle too long");
+        assert!(sessions.get(&cookie, now).is_none(), "ended for good");
+        let late = sessions.issue(grant(Purpose::Cashier), Duration::from_secs(1), now).unwrap();
+        assert!(sessions.open(&late, Locale::En, now + Duration::from_secs(1)).unwrap().is_none(), "expired");
+        assert!(sessions.open(&"0".repeat(64), Locale::En, now).unwrap().is_none(), "unknown");
+    }
+
+    #[test]
+    fn the_maps_are_bounded_and_pruned() {
+        let sessions = H5Sessions::new();
+        let now = Instant::now();
+        for _ in 0..LINKS_MAX {
+            sessions.issue(grant(Purpose::Wallet), Duration::from_secs(1), now).unwrap();
+        }
+        assert_eq!(sessions.issue(grant(Purpose::Wallet), Duration::from_secs(1), now).unwrap_err().code, "overloaded");
+        assert!(sessions.issue(grant(Purpose::Wallet), Duration::from_secs(1), now + Duration::from_secs(2)).is_ok(), "expired links pruned");
+        assert_eq!(sessions.counts().0, 1);
+    }
+
+    #[test]
+    fn cookies_and_forms_table() {
+        let value = "a".repeat(64);
+        let cases: &[(&str, Option<&str>)] = &[
+            ("h5_session=aaaa", None),
+            ("other=1; h5_session=AAAA", None),
+            ("h5_session=zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz", None),
+            ("", None),
+        ];
+        for (header, expected) in cases {
+            let request = actix_web::test::TestRequest::default().insert_header((header::COOKIE, *header)).to_http_request();
+            assert_eq!(cookie_of(&request).as_deref(), *expected, "{header}");
+        }
+        let request = actix_web::test::TestRequest::default().insert_header((header::COOKIE, format!("x=1; h5_session={value}"))).to_http_request();
+        assert_eq!(cookie_of(&request), Some(value));
+        let form = Form::parse(b"csrf=ab&amount=+1.00&name=%E6%9D%8E");
+        assert_eq!((form.get("csrf"), form.get("amount"), form.get("name"), form.get("none")), ("ab", "1.00", "\u{674e}", ""));
+    }
+}
