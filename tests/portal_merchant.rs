@@ -270,3 +270,40 @@ fn another_members_accounts_and_orders_are_not_found() {
     assert_eq!(p.balances(&account).0, "0.00");
     server.stop();
 }
+
+#[test]
+fn a_merchant_signs_an_agreement_with_the_hash_of_the_text_shown() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), TOKEN, &config_with(FAST_BANK));
+    let p = Client::create(&server, TOKEN, r#"{"name": "Home Decor"}"#);
+    let (member, _) = company(&p, "company");
+    let text = "Merchant service agreement <v1>: fees are as published & settled daily.";
+    let published = p.post("/v1/agreement-templates", &json!({"out_order_no": "t-1", "code": "service", "title": "Service", "text": text}));
+    assert_eq!(published.0, 201, "{}", published.2);
+    let mut admin = admin(&server);
+    let mut ops = merchant_operator(&server, &mut admin, "acme_ops", &p.platform, &member);
+    let kyc = ops.get("/portal/merchant/kyc");
+    assert!(kyc.body.contains("Merchant service agreement &lt;v1&gt;: fees are as published &amp; settled daily."), "shown escaped: {}", kyc.body);
+    let csrf = kyc.csrf();
+    let shown = field(&kyc, "sha256");
+    assert_eq!(shown, hex::encode(sha2::Sha256::digest(text.as_bytes())));
+    // A text other than the one shown is refused.
+    let wrong = ops.post("/portal/merchant/agreements/sign", &[("csrf", &csrf), ("code", "service"), ("version", "1"), ("sha256", &"0".repeat(64))]);
+    assert!(wrong.body.contains("notice error") && wrong.body.contains("sha256"), "{}", wrong.body);
+    let signed = ops.post("/portal/merchant/agreements/sign", &[("csrf", &csrf), ("code", "service"), ("version", "1"), ("sha256", &shown)]);
+    assert_eq!((signed.status, signed.location.as_deref()), (303, Some("/portal/merchant/kyc")), "{}", signed.body);
+    let (status, list) = p.get(&format!("/v1/members/{member}/agreements"));
+    assert_eq!(status, 200);
+    let signature = &list["agreements"][0];
+    assert_eq!(
+        (signature["channel"].as_str(), signature["sha256"].as_str(), signature["version"].as_u64()),
+        (Some("portal"), Some(shown.as_str()), Some(1)),
+        "{list}"
+    );
+    assert_eq!(signature["client_address"], "127.0.0.1");
+    let kyc = ops.get("/portal/merchant/kyc");
+    assert!(kyc.body.contains("Nothing to sign.") && kyc.body.contains(signature["signature_id"].as_str().unwrap()), "{}", kyc.body);
+    assert!(ops.get("/portal/audit").body.contains("merchant.agreement_sign"));
+    server.stop();
+}

@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 
 use super::{check_form, csrf_field, notice, page, redirect, Fields, Portal, PortalError, Role, Scope, Session};
 use crate::accounts::{parse_account_id, public_account_id, AccountSummary};
+use crate::agreements::{Agreements, SignRequest, Template};
 use crate::cards::{Card, Cards};
 use crate::error::ApiError;
 use crate::members::Members;
@@ -229,15 +230,24 @@ async fn home(
     Ok(page(&session, "Dashboard", "/portal/merchant", body))
 }
 
-/// `GET /portal/merchant/kyc`: the member's record as the platform registered it (masked).
+/// `GET /portal/merchant/kyc`: the member's record as the platform registered it (masked), the
+/// agreements to sign (the latest version of each code the member has not signed, its text
+/// shown) and the versions signed.
 async fn kyc(
     session: Session,
     engine: web::Data<Arc<Engine>>,
     platforms: web::Data<Arc<Platforms>>,
     members: web::Data<Arc<Members>>,
+    agreements: web::Data<Arc<Agreements>>,
 ) -> Result<HttpResponse, PortalError> {
     let m = merchant(&session, &platforms, &engine).await?;
     let member = members.get(m.platform.id, m.member).ok_or(PortalError::NotFound)?;
+    let signed = agreements.signatures_of(m.platform.id, m.member);
+    let mut latest: std::collections::BTreeMap<String, Template> = std::collections::BTreeMap::new();
+    for template in agreements.templates(m.platform.id) {
+        latest.insert(template.code.clone(), template);
+    }
+    let to_sign: Vec<&Template> = latest.values().filter(|t| !signed.iter().any(|s| s.code == t.code && s.version == t.version)).collect();
     let body = html! {
         section.card {
             dl.facts {
@@ -249,12 +259,89 @@ async fn kyc(
                 dt { "KYC status" } dd { span.badge.(if member.status == "active" { "ok" } else { "warn" }) { (member.status) } }
             }
         }
-        section.card {
-            h2 { "Agreements" }
-            p.muted { "Agreements to sign appear here once the platform publishes them." }
+        section.card.agreements {
+            h2 { "Agreements to sign" }
+            @for t in &to_sign {
+                article.agreement data-code=(t.code) {
+                    h3 { (t.title) " (" (t.code) ", version " (t.version) ")" }
+                    pre.agreement-text { (t.text) }
+                    @if session.has(Role::Operator) {
+                        form.sign method="post" action="/portal/merchant/agreements/sign" {
+                            (csrf_field(&session))
+                            input type="hidden" name="code" value=(t.code);
+                            input type="hidden" name="version" value=(t.version);
+                            input type="hidden" name="sha256" value=(crate::agreements::text_hash(&t.text));
+                            button type="submit" { "Sign version " (t.version) }
+                        }
+                    }
+                }
+            }
+            @if to_sign.is_empty() { p.muted { "Nothing to sign." } }
+            h2 { "Signed" }
+            table.data.signed {
+                thead { tr { th { "Signature" } th { "Agreement" } th.num { "Version" } th { "Signed at" } th { "Channel" } th { "From" } th { "SHA-256 of the text" } } }
+                tbody {
+                    @for s in &signed {
+                        tr { td { (s.public_id()) } td { (s.code) } td.num { (s.version) } td { (super::format_time(s.signed_at)) } td { (format!("{:?}", s.channel).to_lowercase()) } td { (s.client_address) } td { code { (s.sha256) } } }
+                    }
+                    @if signed.is_empty() { tr { td colspan="7" { "No agreement signed yet." } } }
+                }
+            }
         }
     };
     Ok(page(&session, "KYC", "/portal/merchant/kyc", body))
+}
+
+/// `POST /portal/merchant/agreements/sign`: the merchant signs a version of an agreement on the
+/// portal, with the SHA-256 of exactly the text the page showed (a text changed since is refused).
+#[allow(clippy::too_many_arguments)]
+async fn sign_agreement(
+    request: HttpRequest,
+    session: Session,
+    fields: web::Form<Fields>,
+    portal: web::Data<Arc<Portal>>,
+    engine: web::Data<Arc<Engine>>,
+    platforms: web::Data<Arc<Platforms>>,
+    members: web::Data<Arc<Members>>,
+    agreements: web::Data<Arc<Agreements>>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &fields)?;
+    session.require(Role::Operator)?;
+    let m = merchant(&session, &platforms, &engine).await?;
+    let member = members.get(m.platform.id, m.member).ok_or(PortalError::NotFound)?;
+    let (code, version, shown) = (fields.get("code").to_string(), fields.get("version").parse::<u32>().ok(), fields.get("sha256").to_string());
+    let after = json!({"code": code, "version": version, "sha256": shown});
+    let signed = match version {
+        None => Err(ApiError::invalid("not a version", "version")),
+        Some(version) => {
+            let (agreements, address) = (agreements.get_ref().clone(), session.from.clone());
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            crate::error::blocking(move || {
+                let request = SignRequest {
+                    code: &code,
+                    version,
+                    channel: crate::agreements::Channel::Portal,
+                    client_address: address,
+                    shown_sha256: Some(&shown),
+                    out_order_no: None,
+                };
+                agreements.sign(&member, &request, now)
+            })
+            .await
+            .and_then(|signed| signed)
+        }
+    };
+    match signed {
+        Ok((signature, existed)) => {
+            audit(&portal, &session, &m, "merchant.agreement_sign", &signature.public_id(), after, Ok(if existed { "signed already" } else { "ok" }))?;
+            Ok(redirect("/portal/merchant/kyc"))
+        }
+        Err(error) => {
+            audit(&portal, &session, &m, "merchant.agreement_sign", fields.get("code"), after, Err(&error))?;
+            let body = html! { (notice("error", &complaint(&error))) p { a href="/portal/merchant/kyc" { "Show the agreements again" } } };
+            Ok(page(&session, "KYC", "/portal/merchant/kyc", body))
+        }
+    }
 }
 
 fn account_options(summaries: &[AccountSummary], selected: &str) -> Markup {
@@ -737,6 +824,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/portal/merchant", web::get().to(home))
         .route("/portal/merchant/kyc", web::get().to(kyc))
+        .route("/portal/merchant/agreements/sign", web::post().to(sign_agreement))
         .route("/portal/merchant/recharge", web::get().to(recharge_page))
         .route("/portal/merchant/recharge", web::post().to(recharge))
         .route("/portal/merchant/withdraw", web::get().to(withdraw_page))
