@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod get;
 mod load;
 mod report;
 mod workload;
@@ -97,6 +98,8 @@ enum Commands {
     },
     /// The load generator: drives a running server over HTTP as a platform would.
     Load(load::LoadArgs),
+    /// One signed GET as a platform, timed (listing measurements).
+    Get(get::GetArgs),
     /// A deterministic order workload that prints one line per acknowledged order (crash tests).
     Workload(workload::WorkloadArgs),
 }
@@ -107,6 +110,7 @@ fn main() -> Result<()> {
             serve(config, listen, data_dir, once, demo, Flags { master_key_file, admin_token_file })
         }
         Commands::Load(args) => load::run(args),
+        Commands::Get(args) => get::run(args),
         Commands::Bench(args) => bench::run(args),
         Commands::Invariants { config, data_dir } => {
             let (config, data_dir) = load(config, data_dir)?;

@@ -447,3 +447,51 @@ fn an_agreement_session_signs_only_its_version_in_chinese() {
     assert_eq!(listed["agreements"][0]["version"], 2);
     server.stop();
 }
+
+#[test]
+fn a_member_pays_at_the_cashier_in_chromium() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "h5-token-6-0123456789abcdef0123456789abcdef";
+    let server = server(dir.path(), token);
+    let p = Client::create(&server, token, "{\"name\": \"Shop\"}");
+    let (payer, payee) = (p.account(&p.member("m-a", "Zhang San")), p.account(&p.member("m-b", "Li Si")));
+    p.fund(&payer, "100.00", "r-1");
+    assert_eq!(p.post(&format!("/v1/accounts/{payer}/password"), &json!({"password": "123456"})).0, 200);
+    let member = p.get(&format!("/v1/accounts/{payer}")).1["member_id"].as_str().unwrap().to_string();
+    let payment = json!({"out_order_no": "pay-chromium", "payer_account_id": payer, "mode": "balance", "amount": "25.00", "currency": "CNY",
+        "payees": [{"account_id": payee, "amount": "25.00"}], "description": "Order 1024: two coffees"});
+    // English: the machine's chromium has no CJK fonts, so a Chinese screenshot would show boxes.
+    let (status, _, link) = p.post(
+        "/v1/h5/sessions",
+        &json!({"member_id": member, "purpose": "cashier", "payment": payment, "locale": "en", "return_url": "https://shop.example/orders/1024"}),
+    );
+    assert_eq!(status, 201, "{link}");
+    let url = link["url"].as_str().unwrap();
+
+    let chromium = support::browser::Browser::start_mobile();
+    chromium.goto(url);
+    chromium.wait_for("input#password");
+    let address = chromium.current_url();
+    assert!(address.ends_with("/h5/cashier") && !address.contains(&url[url.len() - 64..]), "the token left the address bar: {address}");
+    let cookie = chromium.cookies_in_full().into_iter().find(|c| c.name() == "h5_session").expect("the session cookie");
+    assert_eq!((cookie.http_only(), format!("{:?}", cookie.same_site())), (Some(true), "Some(Strict)".to_string()));
+    assert!(chromium.text_of("p.amount").contains("25.00 CNY"));
+    assert!(chromium.text_of("main").contains("Order 1024: two coffees"));
+    chromium.screenshot("h5-cashier");
+
+    chromium.fill("input#password", "000000");
+    chromium.submit("form");
+    assert_eq!(chromium.wait_for_text("#tries-left", "4"), "4");
+    assert!(chromium.text_of(".notice.error").contains("Wrong payment password"));
+    chromium.fill("input#password", "123456");
+    chromium.submit("form");
+    let order = chromium.wait_for_text("#order-id", "ord_");
+    chromium.screenshot("h5-cashier-paid");
+    assert_eq!(p.get("/v1/orders?out_order_no=pay-chromium").1["order_id"].as_str(), Some(order.as_str()));
+    assert_eq!((p.balances(&payer).0, p.balances(&payee).0), ("75.00".to_string(), "25.00".to_string()));
+    // The same link does not open a second time, even in the same browser.
+    chromium.goto(url);
+    assert!(chromium.wait_for_text("main", "link_invalid").contains("link_invalid"));
+    drop(chromium);
+    server.stop();
+}

@@ -90,23 +90,46 @@ impl World {
     }
 }
 
-/// The per-platform order index names every order once, under its platform, in order, and its
-/// open set holds exactly the orders whose status is open.
+/// The per-platform order index names every order once, under its platform, in order, and under
+/// its kind; its open and exceptional sets hold exactly the orders whose status is such; each
+/// account's chain lists exactly its orders, newest first.
 fn assert_platform_index_matches(state: &ShardState) {
-    let mut expected: std::collections::BTreeMap<u32, (Vec<u32>, Vec<u32>)> = Default::default();
+    type Expected = (Vec<u32>, Vec<u32>, Vec<u32>, std::collections::BTreeMap<usize, Vec<u32>>);
+    let mut expected: std::collections::BTreeMap<u32, Expected> = Default::default();
+    let mut of_account: std::collections::BTreeMap<AccountId, Vec<u32>> = Default::default();
     for (index, order) in state.orders.iter().enumerate() {
-        let (all, open) = expected.entry(order.platform).or_default();
+        let (all, open, exceptional, by_kind) = expected.entry(order.platform).or_default();
         all.push(index as u32);
         if order.status.is_open() {
             open.push(index as u32);
         }
+        if order.status.is_exceptional() {
+            exceptional.push(index as u32);
+        }
+        by_kind.entry(order.kind as usize).or_default().push(index as u32);
+        of_account.entry(order.account).or_default().insert(0, index as u32);
     }
     assert_eq!(state.platform_orders.len(), expected.len(), "one index per platform with orders");
-    for (platform, (all, open)) in expected {
+    for (platform, (all, open, exceptional, by_kind)) in expected {
         let index = &state.platform_orders[&platform];
         assert_eq!(index.all.iter().copied().collect::<Vec<_>>(), all, "platform {platform}'s orders");
         assert_eq!(index.open.iter().copied().collect::<Vec<_>>(), open, "platform {platform}'s open orders");
+        assert_eq!(index.exceptional.iter().copied().collect::<Vec<_>>(), exceptional, "platform {platform}'s exceptional orders");
+        let kinds: std::collections::BTreeMap<usize, Vec<u32>> =
+            index.by_kind.iter().enumerate().filter(|(_, list)| !list.is_empty()).map(|(kind, list)| (kind, list.iter().copied().collect())).collect();
+        assert_eq!(kinds, by_kind, "platform {platform}'s orders by kind");
     }
+    assert_eq!(state.previous_order_of_account.len(), state.orders.len(), "a link per order");
+    for account in &state.accounts {
+        let mut chain = Vec::new();
+        let mut at = account.last_order;
+        while at != engine::ledger::types::NO_ORDER_INDEX {
+            chain.push(at);
+            at = *state.previous_order_of_account.get(at as usize).expect("a link per order");
+        }
+        assert_eq!(chain, of_account.remove(&account.id).unwrap_or_default(), "account {:?}'s orders, newest first", account.id);
+    }
+    assert!(of_account.is_empty(), "orders of accounts the shard does not hold: {of_account:?}");
 }
 
 #[test]

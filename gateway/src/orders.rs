@@ -8,8 +8,9 @@ use actix_web::{get, web, HttpResponse};
 use clearing_actor::channels::ChannelSet;
 use clearing_actor::Clearing;
 use engine::ledger::command::{idempotency_key, Command, Envelope, OutOrderNo};
+use engine::ledger::growth::ChunkedVec;
 use engine::ledger::state::ShardState;
-use engine::ledger::types::{AccountId, AdjustmentSide, Order, OrderDetail, OrderId, OrderKind, OrderStatus, Reply, Timestamp};
+use engine::ledger::types::{AccountId, AdjustmentSide, Order, OrderDetail, OrderId, OrderKind, OrderStatus, Reply, Timestamp, NO_ORDER_INDEX};
 use engine::money::{CurrencyId, CurrencySpec, Minor};
 use engine::Engine;
 use serde::Deserialize;
@@ -405,18 +406,31 @@ const STATUSES: [OrderStatus; 8] = [
 
 /// One shard's part of a page: up to `limit` matching orders older than `before`, newest first,
 /// and where its scan stopped if it stopped early. Only the platform's own orders are examined
-/// (the shard indexes them per platform), and only its open ones when the filter asks for an
-/// open status, so a page costs what the platform holds, not what the shard holds.
+/// (the shard indexes them per platform), and of those only the ones an index says may match:
+/// an account's own chain, the open or the exceptional set for such a status, the orders of
+/// the kind asked for. So a page costs what matches, not what the shard or the platform holds,
+/// and a filter that matches few orders among millions answers them at once (issue 11).
 fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize, channels: &ChannelSet) -> ShardPage {
     let Some(index) = state.platform_orders.get(&filter.platform) else { return (Vec::new(), None) };
-    // Orders are appended in timestamp order: the first at or after `before`, by bisection.
-    let end = state.orders.partition_point(|order| Position(order.created_at, order.id.0) < before);
+    // Nothing created at or after `to` matches: the scan starts below both it and the cursor.
+    let start = before.min(Position(filter.to, 0));
+    // Orders are appended in timestamp order: the first at or after `start`, by bisection.
+    let end = state.orders.partition_point(|order| Position(order.created_at, order.id.0) < start);
     let end = u32::try_from(end).unwrap_or(u32::MAX);
-    let candidates: Box<dyn Iterator<Item = u32> + '_> = if filter.status.is_some_and(OrderStatus::is_open) {
-        Box::new(index.open.range(..end).rev().copied())
-    } else {
-        let stop = index.all.partition_point(|&local| local < end);
-        Box::new((0..stop).rev().filter_map(|k| index.all.get(k).copied()))
+    if let Some(account) = filter.account {
+        return scan_account(state, filter, account, before, end, limit, channels);
+    }
+    let candidates: Box<dyn Iterator<Item = u32> + '_> = match (filter.status, filter.kind) {
+        (Some(status), _) if status.is_open() => Box::new(index.open.range(..end).rev().copied()),
+        (Some(status), _) if status.is_exceptional() => Box::new(index.exceptional.range(..end).rev().copied()),
+        (_, Some(name)) => {
+            // The engine's kinds the API calls `name` (a guarantee payment is a payment), found
+            // from the orders themselves, so a kind added later is listed without a table here.
+            let lists =
+                index.by_kind.iter().filter(|list| list.get(0).and_then(|&first| state.orders.get(first as usize)).is_some_and(|o| kind_name(o.kind) == name));
+            Box::new(Descending::below(lists, end))
+        }
+        _ => Box::new(Descending::below(std::iter::once(&index.all), end)),
     };
     let mut found = Vec::new();
     for (scanned, local) in candidates.enumerate() {
@@ -435,6 +449,72 @@ fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize
         }
     }
     (found, None)
+}
+
+/// The orders of one account (`?account_id=`): they all live on the account's shard, chained
+/// newest first (`Account::last_order`, `ShardState::previous_order_of_account`), so the scan
+/// reads only them. A cursor this listing returned names the account's order where the last
+/// page ended, so a deep page starts there at once; a scan that stops early answers the last
+/// order it examined as its cursor, which the next page finds the same way.
+fn scan_account(state: &ShardState, filter: Filter, account: AccountId, before: Position, end: u32, limit: usize, channels: &ChannelSet) -> ShardPage {
+    let Some(owner) = state.account(account) else { return (Vec::new(), None) };
+    let link = |local: u32| state.previous_order_of_account.get(local as usize).copied().unwrap_or(NO_ORDER_INDEX);
+    let cursor_order = OrderId(before.1);
+    let resumed = (cursor_order.shard(state.shard_count) == state.shard)
+        .then(|| cursor_order.local_index(state.shard_count))
+        .and_then(|local| state.orders.get(usize::try_from(local).ok()?).map(|order| (local as u32, order)))
+        .filter(|(_, order)| order.account == account && Position(order.created_at, order.id.0) == before);
+    let mut at = match resumed {
+        Some((local, _)) => link(local),
+        None => owner.last_order,
+    };
+    let mut found = Vec::new();
+    let (mut scanned, mut examined) = (0, None);
+    while at != NO_ORDER_INDEX {
+        let order = state.orders.get(at as usize).expect("chained orders exist");
+        if let (LIST_SCAN_MAX, Some(last)) = (scanned, examined) {
+            // Strictly older than the last order examined: the next page resumes at `at`.
+            let last: &Order = last;
+            return (found, Some(Position(last.created_at, last.id.0)));
+        }
+        scanned += 1;
+        examined = Some(order);
+        if at < end {
+            if order.created_at < filter.from {
+                break;
+            }
+            if filter.keeps(order) {
+                found.push((Position(order.created_at, order.id.0), view(state, order, channels)));
+                if found.len() == limit {
+                    break;
+                }
+            }
+        }
+        at = link(at);
+    }
+    (found, None)
+}
+
+/// Merges ascending lists of order indexes into one descending sequence, below `end`.
+struct Descending<'a> {
+    /// Each list and how many of its first items are still to come.
+    lists: Vec<(&'a ChunkedVec<u32>, usize)>,
+}
+
+impl<'a> Descending<'a> {
+    fn below(lists: impl Iterator<Item = &'a ChunkedVec<u32>>, end: u32) -> Descending<'a> {
+        Descending { lists: lists.map(|list| (list, list.partition_point(|&local| local < end))).collect() }
+    }
+}
+
+impl Iterator for Descending<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        let (list, left) = self.lists.iter_mut().filter(|(_, left)| *left > 0).max_by_key(|(list, left)| list.get(*left - 1).copied().unwrap_or(0))?;
+        *left -= 1;
+        list.get(*left).copied()
+    }
 }
 
 /// Finds the order a platform created with `number`, among the kinds that open orders.
@@ -530,6 +610,21 @@ mod tests {
             );
             assert!(!error.code.is_empty());
         }
+    }
+
+    #[test]
+    fn descending_merges_sorted_lists_below_an_end() {
+        let list = |items: &[u32]| {
+            let mut list = ChunkedVec::default();
+            items.iter().for_each(|&item| list.push(item));
+            list
+        };
+        let (odd, even, none) = (list(&[1, 3, 5, 7]), list(&[0, 2, 4, 6, 8]), list(&[]));
+        for (end, expected) in [(u32::MAX, vec![8, 7, 6, 5, 4, 3, 2, 1, 0]), (5, vec![4, 3, 2, 1, 0]), (0, vec![]), (1, vec![0])] {
+            let merged: Vec<u32> = Descending::below([&odd, &even, &none].into_iter(), end).collect();
+            assert_eq!(merged, expected, "below {end}");
+        }
+        assert_eq!(Descending::below(std::iter::empty(), 9).count(), 0);
     }
 
     #[test]

@@ -114,6 +114,10 @@ pub struct ShardState {
     /// status) costs what the platform holds, not what the shard holds. Derived from the orders,
     /// rebuilt by replay.
     pub platform_orders: FastMap<u32, PlatformOrders>,
+    /// By order local index: the local index of the same account's previous order
+    /// (`NO_ORDER_INDEX` for its first). With `Account::last_order` it lists an account's orders
+    /// newest first without looking at anyone else's. Derived from the orders, rebuilt by replay.
+    pub previous_order_of_account: ChunkedVec<u32>,
     /// Orders created per (business day, platform, order kind index, currency): what the
     /// dashboards chart without reading the orders. Derived in `open_order`, rebuilt by replay.
     pub daily_volume: BTreeMap<(u32, u32, u8, u8), VolumeTotal>,
@@ -147,6 +151,32 @@ pub struct PlatformOrders {
     pub all: ChunkedVec<u32>,
     /// Orders whose status is open (`OrderStatus::is_open`): few, whatever the history.
     pub open: BTreeSet<u32>,
+    /// Orders closed other than succeeded (`OrderStatus::is_exceptional`).
+    pub exceptional: BTreeSet<u32>,
+    /// Every order of the platform by kind (`OrderKind as usize`), so that a listing of a rare
+    /// kind (withdrawals among a million payments) reads only that kind.
+    pub by_kind: Vec<ChunkedVec<u32>>,
+}
+
+impl PlatformOrders {
+    /// The platform's orders of `kind`, oldest first (empty when it has none).
+    pub fn of_kind(&self, kind: OrderKind) -> Option<&ChunkedVec<u32>> {
+        self.by_kind.get(kind as usize)
+    }
+
+    /// Puts order `index` in the status sets its `status` belongs to, and in no other.
+    fn file_status(&mut self, index: u32, status: OrderStatus) {
+        if status.is_open() {
+            self.open.insert(index);
+        } else {
+            self.open.remove(&index);
+        }
+        if status.is_exceptional() {
+            self.exceptional.insert(index);
+        } else {
+            self.exceptional.remove(&index);
+        }
+    }
 }
 
 /// An account's matured income since `period_start` (a settlement rule's period).
@@ -323,6 +353,7 @@ impl ShardState {
             usage_day: 0,
             paid_today: 0,
             withdrawn_today: 0,
+            last_order: NO_ORDER_INDEX,
         });
         id
     }
@@ -401,15 +432,21 @@ impl ShardState {
         let volume = self.daily_volume.entry((context.day, platform, kind.index(), currency.0)).or_default();
         volume.count += 1;
         volume.amount += amount as i128;
+        let index = u32::try_from(self.orders.len()).expect("fewer than 2^32 orders per shard");
+        assert!(index != NO_ORDER_INDEX, "fewer than 2^32 - 1 orders per shard");
+        let previous = std::mem::replace(&mut self.account_mut(account).last_order, index);
         let id = self.next_order_id();
         let out_order_no = context.out_order_no;
-        let index = u32::try_from(self.orders.len()).expect("fewer than 2^32 orders per shard");
         self.orders.push(Order { id, out_order_no, kind, status, platform, account, currency, amount, created_at: now, updated_at: now, detail });
+        self.previous_order_of_account.push(previous);
         let orders = self.platform_orders.entry(platform).or_default();
         orders.all.push(index);
-        if status.is_open() {
-            orders.open.insert(index);
+        let kind_slot = kind as usize;
+        if orders.by_kind.len() <= kind_slot {
+            orders.by_kind.resize_with(kind_slot + 1, Default::default);
         }
+        orders.by_kind[kind_slot].push(index);
+        orders.file_status(index, status);
         self.push_change(id);
         id
     }
@@ -433,14 +470,10 @@ impl ShardState {
     /// its status).
     pub(crate) fn record_change(&mut self, id: OrderId) {
         let order = self.order(id).expect("a local order");
-        let (platform, open) = (order.platform, order.status.is_open());
+        let (platform, status) = (order.platform, order.status);
         let index = id.local_index(self.shard_count) as u32;
         if let Some(orders) = self.platform_orders.get_mut(&platform) {
-            if open {
-                orders.open.insert(index);
-            } else {
-                orders.open.remove(&index);
-            }
+            orders.file_status(index, status);
         }
         self.push_change(id);
     }

@@ -175,6 +175,9 @@ pub struct Account {
     pub usage_day: u32,
     pub paid_today: Minor,
     pub withdrawn_today: Minor,
+    /// Local index of the newest order of this account (`NO_ORDER_INDEX`: none yet); with
+    /// `ShardState::previous_order_of_account` it chains the account's orders, newest first.
+    pub last_order: u32,
 }
 
 impl Account {
@@ -245,6 +248,9 @@ pub enum EntryKind {
 /// The order id of entries that belong to no order (settlement maturing).
 pub const NO_ORDER: OrderId = OrderId(u64::MAX);
 
+/// "No order": the end of an account's chain of orders (`Account::last_order`).
+pub const NO_ORDER_INDEX: u32 = u32::MAX;
+
 /// A balanced group of consecutive postings in a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryHeader {
@@ -310,6 +316,12 @@ impl OrderStatus {
     /// release): the statuses the shard indexes per platform.
     pub fn is_open(self) -> bool {
         matches!(self, OrderStatus::Pending | OrderStatus::Processing | OrderStatus::Held)
+    }
+
+    /// Closed other than `succeeded` (failed, cancelled, refunded in part or whole): few orders
+    /// in a ledger, indexed per platform so that listing them never walks the successes.
+    pub fn is_exceptional(self) -> bool {
+        matches!(self, OrderStatus::Failed | OrderStatus::Cancelled | OrderStatus::PartiallyRefunded | OrderStatus::Refunded)
     }
 
     /// Stable lower-case name of API.md.
