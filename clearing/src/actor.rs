@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::calendar::Clock;
 use crate::cases::{Case, CaseBook, CaseOpening, Resolution};
-use crate::channels::{At, Channel, ChannelChange, ChannelReport, ChannelSet, ChannelSpec, ChannelTable, Fallback, RouteRequest};
+use crate::channels::{At, Channel, ChannelChange, ChannelReport, ChannelSet, ChannelSpec, ChannelTable, Decision, Fallback, RouteRequest};
 use crate::error::ClearingError;
 use crate::payouts::{PayoutBook, PayoutNote, PayoutOutcome, PayoutRequest, PayoutVerdict, VerdictOutcome};
 use crate::reconcile::ReconcileReport;
@@ -72,6 +72,7 @@ struct ReconcileJob {
 
 enum Message {
     Payout(Box<PayoutRequest>, Reply<PayoutOutcome>),
+    Quote(RouteRequest, Reply<Decision>),
     Verdict(PayoutVerdict, Reply<VerdictOutcome>),
     AddChannel(Box<ChannelSpec>, Reply<Channel>),
     UpdateChannel(String, Box<ChannelChange>, Reply<Channel>),
@@ -193,6 +194,13 @@ impl Clearing {
         self.ask(|reply| Message::Payout(Box::new(request), reply)).await
     }
 
+    /// What routing would decide for a payout now (every candidate, why each was or was not
+    /// viable, the chosen channel and its fee), reserving nothing and submitting nothing: the
+    /// preview before a withdrawal is confirmed.
+    pub async fn quote(&self, request: RouteRequest) -> Result<Decision, ClearingError> {
+        self.ask(|reply| Message::Quote(request, reply)).await
+    }
+
     /// A bank's verdict on a payout (its callback).
     pub async fn payout_verdict(&self, verdict: PayoutVerdict) -> Result<VerdictOutcome, ClearingError> {
         self.ask(|reply| Message::Verdict(verdict, reply)).await
@@ -286,6 +294,7 @@ impl Actor {
     fn handle(&mut self, message: Message) {
         match message {
             Message::Payout(request, reply) => answer(reply, self.payout(*request)),
+            Message::Quote(request, reply) => answer(reply, Ok(self.table.quote(&request, self.at()))),
             Message::Verdict(verdict, reply) => answer(reply, self.verdict(verdict, "failed")),
             Message::AddChannel(spec, reply) => {
                 let added = self.table.add(self.store.as_ref(), &spec, &self.engine.config().currencies);

@@ -534,12 +534,35 @@ impl ChannelTable {
             self.usage.day = day;
             self.usage.used.clear();
         }
+        let decision = self.decide(request, at, exclude);
+        if let Some((id, _)) = &decision.chosen {
+            *self.usage.used.entry(*id).or_insert(0) += request.amount;
+            if let Some(health) = self.health.get_mut(id) {
+                if health.open_until.is_some() {
+                    health.probing = true;
+                }
+            }
+        }
+        decision
+    }
+
+    /// What `route` would decide for a payout at `at`, taking nothing (no daily usage, no
+    /// probe): the preview a page shows before the order is confirmed. Routing at submission
+    /// decides again, and its answer is the one that counts.
+    pub fn quote(&self, request: &RouteRequest, at: At) -> Decision {
+        self.decide(request, at, &[])
+    }
+
+    /// Every money-out channel as a candidate, the viable ones by fee, then expected arrival;
+    /// the first viable one chosen.
+    fn decide(&self, request: &RouteRequest, at: At, exclude: &[u16]) -> Decision {
+        let (day, _) = self.calendar.local(at.micros);
         let mut rows: Vec<(Option<&'static str>, Minor, &Channel)> = self
             .channels
             .iter()
             .filter(|c| c.direction == Direction::Out)
             .map(|c| {
-                let used = self.usage.used.get(&c.id).copied().unwrap_or(0);
+                let used = if self.usage.day == day { self.usage.used.get(&c.id).copied().unwrap_or(0) } else { 0 };
                 let refusal = if exclude.contains(&c.id) { Some("failed_already") } else { self.refusal(c, request, at, used) };
                 (refusal, c.fee(request.amount), c)
             })
@@ -555,14 +578,6 @@ impl ChannelTable {
                 rejected_because: refusal.map(str::to_string),
             })
             .collect();
-        if let Some((id, _, _)) = &chosen {
-            *self.usage.used.entry(*id).or_insert(0) += request.amount;
-            if let Some(health) = self.health.get_mut(id) {
-                if health.open_until.is_some() {
-                    health.probing = true;
-                }
-            }
-        }
         Decision { routing: Routing { chosen: chosen.as_ref().map(|c| c.1.clone()), candidates, fallbacks: Vec::new() }, chosen: chosen.map(|c| (c.0, c.2)) }
     }
 
@@ -905,6 +920,26 @@ mod tests {
             let request = RouteRequest { amount, currency: CurrencySpec::new("CNY", 2).unwrap(), arrival, account_type };
             self.route(&request, At { micros, instant: start() }, exclude)
         }
+    }
+
+    #[test]
+    fn a_quote_shows_what_routing_would_choose_and_takes_nothing() {
+        let mut table = router(|channels| channels[0].daily_cap = 1_000);
+        let request =
+            RouteRequest { amount: 600, currency: CurrencySpec::new("CNY", 2).unwrap(), arrival: Arrival::Standard, account_type: AccountType::Personal };
+        let at = At { micros: MONDAY_10_00, instant: start() };
+        // Quoted twice: the cheap channel both times, as nothing of its daily cap was taken.
+        for _ in 0..2 {
+            let quote = table.quote(&request, at);
+            assert_eq!(chosen(&quote), (Some("cheap"), vec![None, None]));
+            assert_eq!(quote.chosen.map(|(id, _)| id), Some(1));
+        }
+        assert_eq!(table.report(at)[0].used_today, "0.00");
+        // Routed once, the cap is taken: the next quote names the dear channel and why.
+        assert_eq!(chosen(&table.route(&request, at, &[])).0, Some("cheap"));
+        let quote = table.quote(&request, at);
+        assert_eq!(chosen(&quote), (Some("dear"), vec![None, Some("daily_cap_exhausted")]));
+        assert_eq!(quote.chosen.map(|(id, _)| id), Some(2));
     }
 
     #[test]

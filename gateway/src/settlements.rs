@@ -86,12 +86,7 @@ pub async fn schedule(request: HttpRequest, token: web::Data<AdminToken>, cleari
 /// receiver with what it received (`platform` limits it to one platform, `account` to one
 /// account: a merchant's own statement). `count` is the income credits matured on an income
 /// line, and the accounts the commission came from on a commission line.
-pub(crate) fn statement_csv(
-    engine: &Engine,
-    platforms: &[Platform],
-    day: u32,
-    account: Option<engine::ledger::types::AccountId>,
-) -> Result<String, EngineError> {
+pub fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account: Option<engine::ledger::types::AccountId>) -> Result<String, EngineError> {
     let mut rows: Vec<[String; 15]> = Vec::new();
     let wanted: Vec<(u32, u32)> = platforms.iter().filter_map(|p| day.checked_sub(p.settlement_cycle_days as u32).map(|through| (p.id, through))).collect();
     let mut receivers: std::collections::BTreeMap<(u32, u64, u8), (i64, u32, u32)> = std::collections::BTreeMap::new();
@@ -174,7 +169,7 @@ pub(crate) fn statement_csv(
 }
 
 /// The columns of a settlement statement.
-const STATEMENT_COLUMNS: [&str; 15] = [
+pub const STATEMENT_COLUMNS: [&str; 15] = [
     "business_date",
     "platform_id",
     "line",
