@@ -324,3 +324,43 @@ fn the_webhook_is_set_through_the_api_checks_and_rotation_is_a_proposal() {
     assert!(operator.get("/portal/platform").body.contains("id=\"metric-pending\"><a href=\"/portal/approvals\">1<"));
     server.stop();
 }
+
+#[test]
+fn agreements_are_published_in_the_portal_and_a_members_signatures_shown_as_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let mut admin = admin(&server);
+    let (client, mut operator) = platform_with_operator(&server, &mut admin, "Deco");
+    let (_, mut stranger) = platform_with_operator(&server, &mut admin, "Other");
+    let page = operator.get("/portal/platform/agreements");
+    assert_eq!(page.status, 200);
+    let text = "甲方与乙方约定：资金由银行存管。\nFunds are held by the bank.";
+    let fields = [
+        ("csrf", page.csrf()),
+        ("out_order_no", hidden(&page, "/portal/platform/agreements", "out_order_no")),
+        ("code", "service".into()),
+        ("title", "Service".into()),
+        ("text", text.into()),
+    ];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let published = operator.post("/portal/platform/agreements", &fields);
+    assert!(published.body.contains("Published service version 1"), "{}", published.body);
+    assert!(operator.post("/portal/platform/agreements", &fields).body.contains("Published service version 1"), "a resubmitted form is the same version");
+    let without_token: Vec<(&str, &str)> = fields.iter().filter(|(k, _)| *k != "csrf").copied().collect();
+    assert_eq!(operator.post("/portal/platform/agreements", &without_token).status, 403);
+    // The API sees the version the portal published; a member signs it over the API.
+    let (status, listed) = client.get("/v1/agreement-templates?code=service");
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed.to_string().matches("\"version\":1").count(), 1, "{listed}");
+    let member = client.member("m-sign", "Zhang San");
+    let (status, _, signed) =
+        client.post(&format!("/v1/members/{member}/agreements"), &serde_json::json!({"out_order_no": "s-1", "code": "service", "version": 1}));
+    assert_eq!(status, 201, "{signed}");
+    let shown = operator.get(&format!("/portal/platform/agreements?member={member}"));
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    assert!(shown.body.contains(&sha) && shown.body.contains(signed["signature_id"].as_str().unwrap()), "{}", shown.body);
+    // Another platform's operator neither sees the member nor the template.
+    assert_eq!(stranger.get(&format!("/portal/platform/agreements?member={member}")).status, 404);
+    assert!(!stranger.get("/portal/platform/agreements").body.contains("资金由银行存管"));
+    server.stop();
+}

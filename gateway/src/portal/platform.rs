@@ -34,6 +34,7 @@ pub const NAV: &[(&str, &str)] = &[
     ("Orders", "/portal/platform/orders"),
     ("Channel in/out", "/portal/platform/channels"),
     ("Entries", "/portal/platform/entries"),
+    ("Agreements", "/portal/platform/agreements"),
     ("API access", "/portal/platform/api"),
     ("Approvals", "/portal/approvals"),
     ("Operators", "/portal/operators"),
@@ -418,7 +419,7 @@ async fn render_member(
         }
         section.card #agreements {
             h2 { "Agreements" }
-            p.muted { "Electronic agreements are not in this build yet." }
+            p { a href=(format!("/portal/platform/agreements?member={}", member.public_id())) { "Agreements this member signed" } }
         }
     };
     Ok(page(session, &format!("Member {}", member.name), "/portal/platform/members", body))
@@ -1134,8 +1135,148 @@ async fn set_webhook(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Electronic agreements: the platform's templates (a new version never changes an old one) and
+// what a member signed, shown as it was signed.
+
+#[derive(serde::Deserialize)]
+struct AgreementsQuery {
+    member: Option<String>,
+}
+
+fn agreements_page(
+    session: &Session,
+    platform: &Platform,
+    agreements: &crate::agreements::Agreements,
+    member: Option<&Member>,
+    message: Option<(&str, &str)>,
+) -> HttpResponse {
+    let templates = agreements.templates(platform.id);
+    let signatures = member.map(|member| agreements.signatures_of(platform.id, member.id)).unwrap_or_default();
+    let body = html! {
+        @if let Some((kind, text)) = message { (notice(kind, text)) }
+        @if let Some(member) = member {
+            section.card #signatures {
+                h2 { "Signed by " (member.name) " (" (member.public_id()) ")" }
+                @if signatures.is_empty() { p.muted { "Nothing signed yet." } } @else {
+                    table.data {
+                        thead { tr { th { "Signature" } th { "Agreement" } th.num { "Version" } th { "Signed at" } th { "Channel" } th { "Client address" } th { "SHA-256 of the text shown" } } }
+                        tbody {
+                            @for signature in &signatures {
+                                tr {
+                                    td { (signature.public_id()) } td { (signature.code) } td.num { (signature.version) }
+                                    td.nowrap { (super::format_time(signature.signed_at)) } td { (format!("{:?}", signature.channel).to_lowercase()) }
+                                    td { (signature.client_address) } td.small { code { (signature.sha256) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section.card #templates {
+            h2 { "Templates" }
+            @if templates.is_empty() { p.muted { "No agreement published yet." } } @else {
+                table.data {
+                    thead { tr { th { "Code" } th.num { "Version" } th { "Title" } th { "Text" } th { "SHA-256" } } }
+                    tbody {
+                        @for template in &templates {
+                            tr {
+                                td { (template.code) } td.num { (template.version) } td { (template.title) }
+                                td.small { (template.text.chars().take(300).collect::<String>()) @if template.text.chars().count() > 300 { "…" } }
+                                td.small { code { (template.sha256) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if session.has(Role::Operator) {
+            section.card {
+                h2 { "Publish a version" }
+                p.muted { "Publishing a code again makes its next version; members sign the latest version of each code the platform requires." }
+                form method="post" action="/portal/platform/agreements" {
+                    (csrf_field(session))
+                    input type="hidden" name="out_order_no" value=(new_out_order_no());
+                    label { "Code (e.g. account_opening, card_binding, service)" input name="code" required maxlength="32"; }
+                    label { "Title" input name="title" required maxlength="128"; }
+                    label { "Text, exactly as members will read it" textarea name="text" rows="8" required {} }
+                    button type="submit" { "Publish" }
+                }
+            }
+        }
+    };
+    page(session, "Agreements", "/portal/platform/agreements", body)
+}
+
+async fn agreements(
+    session: Session,
+    platforms: PlatformsData,
+    members: MembersData,
+    agreements: web::Data<Arc<crate::agreements::Agreements>>,
+    query: web::Query<AgreementsQuery>,
+) -> Result<HttpResponse, PortalError> {
+    let platform = own_platform(&session, &platforms)?;
+    let member = match query.member.as_deref().filter(|text| !text.is_empty()) {
+        Some(text) => Some(member_of(&members, &platform, text)?),
+        None => None,
+    };
+    Ok(agreements_page(&session, &platform, &agreements, member.as_ref(), None))
+}
+
+async fn publish_agreement(
+    request: HttpRequest,
+    session: Session,
+    portal: PortalData,
+    platforms: PlatformsData,
+    agreements: web::Data<Arc<crate::agreements::Agreements>>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let platform = own_platform(&session, &platforms)?;
+    session.require(Role::Operator)?;
+    let body = crate::agreements::PublishBody {
+        out_order_no: form.get("out_order_no").to_string(),
+        code: form.get("code").trim().to_string(),
+        title: form.get("title").trim().to_string(),
+        text: form.get("text").replace("\r\n", "\n"),
+    };
+    let (publishing, platform_id) = (agreements.get_ref().clone(), platform.id);
+    let now = super::operators::now_seconds();
+    match crate::error::blocking(move || publishing.publish(platform_id, &body, now)).await? {
+        Ok((template, replayed)) => {
+            let after = serde_json::json!({"code": template.code, "version": template.version, "title": template.title, "sha256": template.sha256});
+            portal.audit.record(
+                &session,
+                session.scope(),
+                "agreement.publish",
+                &format!("{} v{}", template.code, template.version),
+                Value::Null,
+                after,
+                if replayed { "replayed" } else { "ok" },
+            )?;
+            let message = format!("Published {} version {}.", template.code, template.version);
+            Ok(agreements_page(&session, &platform, &agreements, None, Some(("ok", &message))))
+        }
+        Err(error) => {
+            portal.audit.record(
+                &session,
+                session.scope(),
+                "agreement.publish",
+                form.get("code"),
+                Value::Null,
+                Value::Null,
+                &format!("refused: {}", error.code),
+            )?;
+            Ok(agreements_page(&session, &platform, &agreements, None, Some(("error", &refusal(&error)))))
+        }
+    }
+}
+
 pub fn routes(config: &mut web::ServiceConfig) {
     config
+        .route("/portal/platform/agreements", web::get().to(agreements))
+        .route("/portal/platform/agreements", web::post().to(publish_agreement))
         .route("/portal/platform", web::get().to(home))
         .route("/portal/platform/members", web::get().to(members_list))
         .route("/portal/platform/members", web::post().to(register_member))
