@@ -92,6 +92,9 @@ fn five_wrong_passwords_lock_the_operator_and_the_audit_log_shows_it() {
     assert_eq!(right.status, 401);
     assert!(right.body.contains("locked until"));
     assert_eq!(alice.cookie, None);
+    for _ in 0..3 {
+        assert_eq!(alice.login("alice", "wrong password number y").status, 401, "tries against the lock are refused");
+    }
     let audit = admin.get("/portal/audit?action=session.login_failed");
     assert_eq!(audit.body.matches("<code>session.login_failed</code>").count(), 5 + 1, "five wrong passwords and one try while locked");
     assert!(audit.body.contains(">locked<"));

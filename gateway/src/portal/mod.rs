@@ -34,6 +34,10 @@ pub struct Portal {
     pub sessions: Sessions,
     pub audit: audit::Audit,
     pub approvals: approvals::Approvals,
+    /// Per operator, the lockout whose sign-in attempts the audit log already holds one of:
+    /// tries against a lock are recorded once per lockout, so that a client without a password
+    /// cannot grow the log (and its synced writes) by hammering the sign-in page.
+    pub locked_noted: std::sync::Mutex<std::collections::HashMap<u64, i64>>,
 }
 
 /// The first system operator, made at the first start.
@@ -86,7 +90,7 @@ impl Portal {
                 .map_err(|e| e.message)?;
             first = Some(FirstOperator { username: operator.username, password, generated });
         }
-        Ok((Portal { operators, sessions: Sessions::new(limits), audit, approvals }, first))
+        Ok((Portal { operators, sessions: Sessions::new(limits), audit, approvals, locked_noted: Default::default() }, first))
     }
 }
 

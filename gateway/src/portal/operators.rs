@@ -258,6 +258,12 @@ impl Operators {
         self.inner.lock().expect("operators lock").by_id.is_empty()
     }
 
+    /// The operator with this user name.
+    pub fn named(&self, username: &str) -> Option<Operator> {
+        let inner = self.inner.lock().expect("operators lock");
+        inner.by_name.get(username).and_then(|id| inner.by_id.get(id)).cloned()
+    }
+
     pub fn get(&self, id: u64) -> Option<Operator> {
         self.inner.lock().expect("operators lock").by_id.get(&id).cloned()
     }

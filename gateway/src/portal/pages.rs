@@ -51,8 +51,8 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
     let checking = portal.get_ref().clone();
     let now = now_seconds();
     let name = username.clone();
+    let known = portal.operators.named(&username);
     let outcome = blocking(move || checking.operators.login(&name, &password, code.as_deref(), now)).await?;
-    let known = portal.operators.within(&Scope::System).into_iter().find(|operator| operator.username == username);
     match outcome {
         Ok(operator) => {
             let token = portal.sessions.open(&operator);
@@ -85,8 +85,15 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
                 LoginRefusal::TotpRequired => ("Enter the code of your authenticator.".to_string(), "second factor missing"),
                 LoginRefusal::TotpWrong => ("Wrong authenticator code.".to_string(), "second factor wrong"),
             };
-            // Failures are recorded for existing operators only (an unknown name writes nothing).
-            if let Some(operator) = known {
+            // Failures are recorded for existing operators only (an unknown name writes nothing),
+            // and tries against a lock that was already there once per lockout.
+            let noted_before = match (&known, &refusal) {
+                (Some(operator), LoginRefusal::Locked { until }) if operator.locked_until > now => {
+                    portal.locked_noted.lock().expect("lockout notes lock").insert(operator.id, *until) == Some(*until)
+                }
+                _ => false,
+            };
+            if let Some(operator) = known.filter(|_| !noted_before) {
                 portal.audit.append(
                     operator.id,
                     &operator.username,
