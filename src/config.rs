@@ -37,6 +37,16 @@ struct FileConfig {
     http: HttpSection,
     #[serde(default)]
     quotas: QuotasSection,
+    #[serde(default)]
+    backups: BackupsSection,
+}
+
+/// `[backups]`: where `POST /admin/backups` may write.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BackupsSection {
+    /// The directory backups are written under (absolute); unset: backups through the API are off.
+    root: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +274,8 @@ pub struct Config {
     pub settlement_cutoff_minute: Option<u32>,
     /// The HTTP edge's limits, timeouts and per-platform quotas.
     pub http: gateway::server::HttpLimits,
+    /// The directory `POST /admin/backups` writes under (`[backups] root`); `None`: off.
+    pub backup_root: Option<PathBuf>,
 }
 
 /// Hard limits on configuration values (DESIGN.md invariant 10: every bound has a limit).
@@ -490,6 +502,9 @@ impl Config {
             clearing_actor::calendar::parse_minute(&file.settlement.cutoff).filter(|m| *m < 1440).ok_or_else(|| anyhow!("settlement.cutoff must be HH:MM"))?;
         let settlement_cutoff_minute = file.settlement.scheduled.then_some(cutoff);
         let http = http_limits(&file.http, &file.quotas)?;
+        if file.backups.root.as_deref().is_some_and(|root| !root.is_absolute() || root.components().any(|c| matches!(c, std::path::Component::ParentDir))) {
+            return Err(anyhow!("backups.root must be an absolute path without .. components"));
+        }
         Ok(Config {
             listen: file.listen,
             data_dir: file.data_dir,
@@ -503,6 +518,7 @@ impl Config {
             holidays,
             settlement_cutoff_minute,
             http,
+            backup_root: file.backups.root,
         })
     }
 }

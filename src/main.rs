@@ -1,5 +1,6 @@
 //! `clearing`: the clearing engine's command line (server, benchmark, checks, crash workload).
 
+mod backup;
 mod bench;
 mod config;
 mod get;
@@ -96,6 +97,40 @@ enum Commands {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Takes a consistent backup of the whole database into a new or empty directory: through
+    /// the running server's operator API with --url (into a directory under its `[backups]
+    /// root`), or directly on a stopped server's data directory (--data-dir, or the
+    /// configuration's). Prints the manifest's summary: what is in the backup and what is not.
+    Backup {
+        /// The backup's directory (absent or empty).
+        #[arg(long)]
+        to: PathBuf,
+        /// A running server's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long, conflicts_with = "data_dir")]
+        url: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A stopped server's data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// With --url: the operator token's file (`CLEARING_ADMIN_TOKEN` overrides it; default:
+        /// `[secrets] admin_token_file`, else the configured data directory's `admin-token`).
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+        /// As for `serve` (says whether the master key lives in the data directory).
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
+    },
+    /// Restores a backup into a new or empty data directory: checks every file against the
+    /// manifest's SHA-256 first, copies, syncs, and says what to do about secrets kept outside.
+    Restore {
+        /// The backup's directory (holding manifest.json).
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to restore into (absent or empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// The load generator: drives a running server over HTTP as a platform would.
     Load(load::LoadArgs),
     /// One signed GET as a platform, timed (listing measurements).
@@ -130,6 +165,15 @@ fn main() -> Result<()> {
         Commands::Workload(args) => workload::run(args),
         Commands::Settle { date, config, data_dir, master_key_file } => settle(&date, config, data_dir, Flags { master_key_file, admin_token_file: None }),
         Commands::Reconcile { channel, date, file, config, data_dir } => reconcile(&channel, &date, &file, config, data_dir),
+        Commands::Backup { to, url, config, data_dir, admin_token_file, master_key_file } => {
+            let (config, data_dir) = load(config, data_dir)?;
+            let places = Flags { master_key_file, admin_token_file }.places(&config);
+            match url {
+                Some(url) => backup::backup_remote(&url, &to, &backup::client_token(places.admin_token_file.as_deref(), &data_dir)?),
+                None => backup::backup_offline(&to, &data_dir, &places),
+            }
+        }
+        Commands::Restore { from, data_dir } => backup::restore(&from, &data_dir),
     }
 }
 
@@ -230,7 +274,8 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     // The secrets are loaded before anything else: a bad one stops the start with its message,
     // before the engine replays anything.
     let secrets = if once { None } else { Some(load_secrets(&data_dir, &places)?) };
-    let store: Arc<dyn storage::Store> = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
+    let rocks = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
+    let store: Arc<dyn storage::Store> = rocks.clone();
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
     println!("clearing engine: {} shards on RocksDB at {} (recovered in {:?})", config.engine.shard_count, data_dir.display(), started.elapsed());
@@ -242,7 +287,15 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     report::print_shards_online(&engine, &config, &mut out)?;
     report::print_invariants(&engine::invariants::check_engine(&engine)?, &mut out)?;
     if let Some((master_key, token)) = secrets {
-        serve_http(engine.clone(), store, master_key, token, &listen, &config)?;
+        // Backups copy the whole database at one point while serving (`POST /admin/backups`).
+        let taker: Arc<dyn storage::backup::Backup> = Arc::new(backup::RocksBackup::new(rocks, &data_dir, backup::secret_plans(&data_dir, &places)));
+        let backups = gateway::backups::Backups::new(config.backup_root.clone(), &data_dir, taker)
+            .with_context(|| format!("the [backups] root {}", config.backup_root.as_deref().unwrap_or(std::path::Path::new("")).display()))?;
+        match &config.backup_root {
+            Some(root) => println!("backups: POST /admin/backups into directories under {}", root.display()),
+            None => println!("backups: off through the API ([backups] root is not set); `clearing backup --data-dir` works on a stopped server"),
+        }
+        serve_http(engine.clone(), store, master_key, token, backups, &listen, &config)?;
     }
     engine.shutdown();
     println!("stopped: every acknowledged order is durable");
@@ -319,6 +372,7 @@ fn serve_http(
     store: Arc<dyn storage::Store>,
     master_key: gateway::secrets::MasterKey,
     token: gateway::admin::AdminToken,
+    backups: gateway::backups::Backups,
     listen: &str,
     config: &config::Config,
 ) -> Result<()> {
@@ -329,9 +383,10 @@ fn serve_http(
         settlement_cutoff_minute: config.settlement_cutoff_minute,
     };
     gateway::portal::system::publish_chart(config.chart.clone());
-    let services =
+    let mut services =
         gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks.clone(), setup, config.protections)
             .map_err(anyhow::Error::msg)?;
+    services.backups = Arc::new(backups);
     if let Some(first) = &services.first_operator {
         if first.generated {
             println!("portal: first system operator \"{}\", password (shown once; change it at /portal/account): {}", first.username, first.password);

@@ -137,6 +137,28 @@ pub fn read_shard(store: &dyn Store, shard: ShardId, visit: &mut dyn FnMut(Batch
     }
 }
 
+/// The sequence of `shard`'s last stored batch (0 when it has none), found by seeking to the
+/// end of its key range: nothing is decoded.
+pub fn last_sequence(store: &dyn Store, shard: ShardId) -> Result<u64, JournalError> {
+    let Some(key) = store.last_key_in(&batch_key(shard, 0), &batch_key(shard, u64::MAX))? else {
+        return Ok(0);
+    };
+    key.get(3..)
+        .and_then(|tail| <[u8; 8]>::try_from(tail).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| JournalError::Corrupt { shard, sequence: 0, reason: format!("a journal key of {} bytes", key.len()) })
+}
+
+/// The shard count the data was written with (`None` for a store no engine has started on).
+pub fn stored_shard_count(store: &dyn Store) -> Result<Option<ShardId>, JournalError> {
+    let Some(bytes) = store.get(META_SHARD_COUNT)? else {
+        return Ok(None);
+    };
+    let count = <[u8; 2]>::try_from(bytes.as_slice())
+        .map_err(|_| JournalError::Corrupt { shard: 0, sequence: 0, reason: format!("the shard count is stored in {} bytes", bytes.len()) })?;
+    Ok(Some(ShardId::from_le_bytes(count)))
+}
+
 /// Rebuilds a shard's state by re-applying its journal, checking that every batch produces
 /// exactly the postings that were stored. Returns the state, the last sequence and timestamp.
 pub fn replay_shard(store: &dyn Store, shard: ShardId) -> Result<(ShardState, u64, Timestamp), JournalError> {
@@ -166,4 +188,25 @@ pub fn replay_shard(store: &dyn Store, shard: ShardId) -> Result<(ShardState, u6
         Ok(())
     })?;
     Ok((state, last_sequence, last_timestamp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_sequence_and_shard_count_are_read_without_decoding() {
+        let store = storage::MemoryStore::new();
+        assert_eq!((last_sequence(&store, 0).expect("empty"), stored_shard_count(&store).expect("none")), (0, None));
+        // Values need not decode: only keys are read.
+        for (shard, sequence) in [(0u16, 1u64), (0, 2), (0, 300), (1, 1), (2, 9)] {
+            store.write(&[(&batch_key(shard, sequence), b"x")]).expect("write");
+        }
+        store.write(&[(META_SHARD_COUNT, &3u16.to_le_bytes())]).expect("write");
+        let found: Vec<u64> = (0..4).map(|shard| last_sequence(&store, shard).expect("last")).collect();
+        assert_eq!(found, [300, 1, 9, 0]);
+        assert_eq!(stored_shard_count(&store).expect("count"), Some(3));
+        store.write(&[(META_SHARD_COUNT, b"abc")]).expect("write");
+        assert!(stored_shard_count(&store).is_err());
+    }
 }

@@ -8,6 +8,7 @@ pub mod adjustments;
 pub mod admin;
 pub mod agreements;
 pub mod auth;
+pub mod backups;
 pub mod bulk;
 pub mod cards;
 pub mod charts;

@@ -59,6 +59,8 @@ impl Modify for Security {
         crate::admin::list_channels,
         crate::admin::change_channel,
         crate::admin::add_channel,
+        crate::backups::take_backup,
+        crate::backups::list_backups,
         crate::offline::offline_transfers,
         crate::offline::list_cases,
         crate::offline::resolve_case,

@@ -6,7 +6,7 @@ use engine::result::ResultCode;
 use utoipa::ToSchema;
 
 /// Codes the gateway answers without the engine (authentication, validation, cards, ...).
-pub const GATEWAY_ERROR_CODES: [&str; 29] = [
+pub const GATEWAY_ERROR_CODES: [&str; 30] = [
     "invalid_request",
     "invalid_amount",
     "unauthenticated",
@@ -29,6 +29,7 @@ pub const GATEWAY_ERROR_CODES: [&str; 29] = [
     "payment_password_not_set",
     "no_channel_available",
     "settlement_running",
+    "backup_running",
     "overloaded",
     "rate_limited",
     "request_timeout",

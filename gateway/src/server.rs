@@ -93,6 +93,8 @@ pub struct Services {
     pub portal: Arc<crate::portal::Portal>,
     /// The first system operator when this start made it (printed once by the caller).
     pub first_operator: Option<crate::portal::FirstOperator>,
+    /// Backups while serving (`POST /admin/backups`); off unless the caller gives a taker.
+    pub backups: Arc<crate::backups::Backups>,
 }
 
 /// What clearing is started with: the configured channels, the business calendar and the daily
@@ -149,6 +151,7 @@ impl Services {
             webhooks,
             portal: Arc::new(portal),
             first_operator,
+            backups: Arc::new(crate::backups::Backups::off()),
         })
     }
 }
@@ -187,6 +190,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let agreements = web::Data::new(services.agreements);
     let h5 = web::Data::new(services.h5);
     let portal = web::Data::new(services.portal);
+    let backups = web::Data::new(services.backups);
     let nonces = NonceCache::new();
     let durable_nonces = Arc::new(DurableNonces::new(store.get_ref().clone()));
     let restored = durable_nonces.restore(&nonces, crate::signed::unix_seconds()).map_err(std::io::Error::other)?;
@@ -216,6 +220,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(agreements.clone())
             .app_data(h5.clone())
             .app_data(portal.clone())
+            .app_data(backups.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
             .wrap(actix_web::middleware::from_fn(crate::deadline::body_deadline))
@@ -229,6 +234,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .service(crate::health::healthz)
             .service(crate::health::readyz)
             .configure(crate::admin::routes)
+            .configure(crate::backups::routes)
             .configure(crate::settlements::routes)
             .configure(crate::commission::routes)
             .configure(crate::offline::routes)

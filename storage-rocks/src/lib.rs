@@ -45,6 +45,29 @@ impl RocksStore {
         let db = DB::open_for_read_only(&options, path, false).map_err(io)?;
         Ok(RocksStore { db, read_only: true, poisoned: AtomicBool::new(false) })
     }
+
+    /// Opens a copy (a checkpoint, a backup, a restored directory) read-only without writing
+    /// anything into its directory: RocksDB's info log, which a plain open creates (and rotates)
+    /// there, goes nowhere, so the files a manifest lists stay exactly as they were.
+    pub fn open_copy(path: &Path) -> Result<RocksStore, StorageError> {
+        if !path.join("CURRENT").is_file() {
+            return Err(StorageError::Io(format!("{} holds no database (no CURRENT file)", path.display())));
+        }
+        let mut options = Options::default();
+        options.set_info_logger(rocksdb::InfoLogger::new_callback_logger(rocksdb::LogLevel::Fatal, |_, _| {}));
+        let db = DB::open_for_read_only(&options, path, false).map_err(io)?;
+        Ok(RocksStore { db, read_only: true, poisoned: AtomicBool::new(false) })
+    }
+
+    /// Writes a RocksDB checkpoint of the whole database into `target`, which must not exist:
+    /// every key (all shards' journals and every record: they share this one database and its
+    /// default column family) as of one sequence number, memtables flushed first; table and blob
+    /// files are hard links when `target` is on the same file system (copies otherwise), the
+    /// write-ahead log is copied. Writers go on meanwhile.
+    pub fn checkpoint(&self, target: &Path) -> Result<(), StorageError> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(io)?;
+        checkpoint.create_checkpoint(target).map_err(io)
+    }
 }
 
 impl Store for RocksStore {
@@ -84,5 +107,17 @@ impl Store for RocksStore {
 
     fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)
+    }
+
+    fn last_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        // Seek to the last key at or before `end`, step back over `end` itself: keys only, no
+        // value (a journal batch's value lives in a blob file) is read.
+        let mut iterator = self.db.raw_iterator();
+        iterator.seek_for_prev(end);
+        if iterator.valid() && iterator.key() == Some(end) {
+            iterator.prev();
+        }
+        iterator.status().map_err(io)?;
+        Ok(iterator.key().filter(|key| *key >= start && *key < end).map(<[u8]>::to_vec))
     }
 }

@@ -30,6 +30,12 @@ pub fn check_store(store: &dyn Store) {
         })
         .expect("scan");
     assert_eq!(count, 1);
+    // The last key of a range: bounded by [start, end), none in an empty range.
+    assert_eq!(store.last_key_in(b"k/", b"k/3").expect("last").as_deref(), Some(&b"k/2"[..]));
+    assert_eq!(store.last_key_in(b"k/", b"k/~").expect("last").as_deref(), Some(&b"k/3"[..]));
+    assert_eq!(store.last_key_in(b"k/2", b"k/3").expect("last").as_deref(), Some(&b"k/2"[..]));
+    assert_eq!(store.last_key_in(b"k/4", b"k/~").expect("last"), None);
+    assert_eq!(store.last_key_in(b"a", b"k/1").expect("last"), None);
     // An empty batch is allowed.
     store.write(&[]).expect("empty write");
     assert!(!store.is_poisoned());

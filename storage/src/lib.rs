@@ -4,6 +4,7 @@
 //! Every write is one atomic, durable batch: it returns only after the data is on disk (fsync).
 //! A failed write poisons the store: every later write fails too, and nothing is retried.
 
+pub mod backup;
 pub mod conformance;
 mod memory;
 pub mod records;
@@ -34,4 +35,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether an earlier write failed (the store then refuses all writes).
     fn is_poisoned(&self) -> bool;
+
+    /// The greatest key in `[start, end)`, if any. This default visits the whole range; a store
+    /// that can seek backwards (RocksDB) overrides it.
+    fn last_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let mut last = None;
+        self.scan(start, end, &mut |key, _| {
+            last = Some(key.to_vec());
+            true
+        })?;
+        Ok(last)
+    }
 }
