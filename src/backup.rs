@@ -179,7 +179,11 @@ pub fn backup_remote(url: &str, to: &Path, token: &str) -> Result<()> {
         }
         Err(ureq::Error::Status(status, response)) => {
             let body: serde_json::Value = response.into_json().unwrap_or_default();
-            bail!("the server refused the backup: {status} {}: {}", body["error"]["code"].as_str().unwrap_or("?"), body["error"]["message"].as_str().unwrap_or("?"))
+            bail!(
+                "the server refused the backup: {status} {}: {}",
+                body["error"]["code"].as_str().unwrap_or("?"),
+                body["error"]["message"].as_str().unwrap_or("?")
+            )
         }
         Err(error) => bail!("asking {url} for a backup: {error}"),
     }

@@ -110,7 +110,8 @@ fn a_backup_taken_under_load_restores_every_order_acknowledged_before_it() {
     assert_eq!((summary["path"].as_str(), summary["shard_count"].as_u64()), (Some(text(&target)), Some(2)), "{summary}");
     let marks: Vec<u64> = summary["shards"].as_array().expect("shards").iter().map(|s| s["last_sequence"].as_u64().expect("sequence")).collect();
     assert!(marks.iter().all(|m| *m > 0) && summary["files"].as_u64() > Some(3), "{summary}");
-    let secrets: Vec<(&str, bool)> = summary["secrets"].as_array().expect("secrets").iter().map(|s| (s["secret"].as_str().unwrap(), s["included"] == true)).collect();
+    let secrets: Vec<(&str, bool)> =
+        summary["secrets"].as_array().expect("secrets").iter().map(|s| (s["secret"].as_str().unwrap(), s["included"] == true)).collect();
     assert_eq!(secrets, [("master_key", true), ("operator_token", false)], "the key lives in the data directory, the token in the environment");
     assert!(summary["secrets"][1]["note"].as_str().unwrap().contains("CLEARING_ADMIN_TOKEN"), "{summary}");
     let (status, listed) = admin_request(&server, "GET", "/admin/backups", TOKEN, None);
@@ -119,7 +120,9 @@ fn a_backup_taken_under_load_restores_every_order_acknowledged_before_it() {
 
     // Refused, naming `to`: outside the root, into the backup just taken, no root-relative tricks.
     let outside = dir.path().join("elsewhere");
-    for to in [text(&outside).to_string(), text(&target).to_string(), format!("{}/../elsewhere", root.display()), "backups/x".into(), text(&data.join("x")).into()] {
+    for to in
+        [text(&outside).to_string(), text(&target).to_string(), format!("{}/../elsewhere", root.display()), "backups/x".into(), text(&data.join("x")).into()]
+    {
         let (status, refused) = admin_request(&server, "POST", "/admin/backups", TOKEN, Some(&json!({ "to": to })));
         assert_eq!((status, refused["error"]["param"].as_str()), (400, Some("to")), "{to}: {refused}");
     }

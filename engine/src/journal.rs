@@ -143,10 +143,11 @@ pub fn last_sequence(store: &dyn Store, shard: ShardId) -> Result<u64, JournalEr
     let Some(key) = store.last_key_in(&batch_key(shard, 0), &batch_key(shard, u64::MAX))? else {
         return Ok(0);
     };
-    key.get(3..)
-        .and_then(|tail| <[u8; 8]>::try_from(tail).ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| JournalError::Corrupt { shard, sequence: 0, reason: format!("a journal key of {} bytes", key.len()) })
+    key.get(3..).and_then(|tail| <[u8; 8]>::try_from(tail).ok()).map(u64::from_be_bytes).ok_or_else(|| JournalError::Corrupt {
+        shard,
+        sequence: 0,
+        reason: format!("a journal key of {} bytes", key.len()),
+    })
 }
 
 /// The shard count the data was written with (`None` for a store no engine has started on).
@@ -154,8 +155,11 @@ pub fn stored_shard_count(store: &dyn Store) -> Result<Option<ShardId>, JournalE
     let Some(bytes) = store.get(META_SHARD_COUNT)? else {
         return Ok(None);
     };
-    let count = <[u8; 2]>::try_from(bytes.as_slice())
-        .map_err(|_| JournalError::Corrupt { shard: 0, sequence: 0, reason: format!("the shard count is stored in {} bytes", bytes.len()) })?;
+    let count = <[u8; 2]>::try_from(bytes.as_slice()).map_err(|_| JournalError::Corrupt {
+        shard: 0,
+        sequence: 0,
+        reason: format!("the shard count is stored in {} bytes", bytes.len()),
+    })?;
     Ok(Some(ShardId::from_le_bytes(count)))
 }
 

@@ -51,9 +51,10 @@ impl Backups {
     /// `..`), strictly under the root once symbolic links are resolved, and apart from the data
     /// directory. Its emptiness is the taker's check (it may be created meanwhile).
     fn target(&self, to: &str) -> Result<PathBuf, ApiError> {
-        let root = self.root.as_ref().ok_or_else(|| {
-            ApiError::invalid("backups through the API are off: set [backups] root to the directory they may be written under", "to")
-        })?;
+        let root = self
+            .root
+            .as_ref()
+            .ok_or_else(|| ApiError::invalid("backups through the API are off: set [backups] root to the directory they may be written under", "to"))?;
         let path = Path::new(to);
         let plain = path.is_absolute() && path.components().skip(1).all(|c| matches!(c, Component::Normal(_)));
         if to.len() > TARGET_BYTES_MAX || !plain {
@@ -126,7 +127,12 @@ fn refusal(error: BackupError) -> ApiError {
 /// `backup_running`). Answers 201 with the manifest's summary.
 #[utoipa::path(post, path = "/admin/backups", tag = "operator", request_body = crate::backups::BackupRequest, responses((status = 201, description = "The backup's manifest without its file list: path, created_at, binary_version, journal_format_version, shard_count, shards [{shard, last_sequence}], files, bytes, secrets [{secret, included, file?, note}], not_included, elapsed_ms", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode (400 `invalid_request` naming `to`: outside the root, not empty, ...; 409 `backup_running`)", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[post("/admin/backups")]
-pub async fn take_backup(request: HttpRequest, body: web::Bytes, token: web::Data<AdminToken>, backups: web::Data<Arc<Backups>>) -> Result<HttpResponse, ApiError> {
+pub async fn take_backup(
+    request: HttpRequest,
+    body: web::Bytes,
+    token: web::Data<AdminToken>,
+    backups: web::Data<Arc<Backups>>,
+) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: BackupRequest = crate::signed::parse_json(&body)?;
     let target = backups.target(&body.to)?;

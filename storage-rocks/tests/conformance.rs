@@ -4,7 +4,6 @@ use storage::conformance::check_store;
 use storage::Store;
 use storage_rocks::RocksStore;
 
-
 #[test]
 fn rocks_store_conforms_and_persists() {
     let dir = tempfile::tempdir().expect("tempdir");

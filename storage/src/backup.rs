@@ -265,10 +265,7 @@ pub fn describe_files(target: &Path) -> Result<Vec<FileEntry>, BackupError> {
 /// The `/`-separated text of a relative path made of plain names.
 fn path_text(path: &Path) -> Result<String, BackupError> {
     let parts: Option<Vec<&str>> = path.components().map(|c| if let std::path::Component::Normal(name) = c { name.to_str() } else { None }).collect();
-    parts
-        .filter(|p| !p.is_empty())
-        .map(|p| p.join("/"))
-        .ok_or_else(|| BackupError::TargetInvalid(format!("{} is not a plain relative path", path.display())))
+    parts.filter(|p| !p.is_empty()).map(|p| p.join("/")).ok_or_else(|| BackupError::TargetInvalid(format!("{} is not a plain relative path", path.display())))
 }
 
 /// The relative paths of the regular files under `base/relative` (nothing when it is absent).
@@ -362,7 +359,8 @@ pub fn read_manifest(directory: &Path) -> Result<Manifest, BackupError> {
 pub fn verify(directory: &Path) -> Result<Manifest, BackupError> {
     let manifest = read_manifest(directory)?;
     for file in &manifest.files {
-        let (bytes, sha256) = hash_file(&directory.join(&file.path), None).map_err(|e| BackupError::Tampered { path: file.path.clone(), reason: e.to_string() })?;
+        let (bytes, sha256) =
+            hash_file(&directory.join(&file.path), None).map_err(|e| BackupError::Tampered { path: file.path.clone(), reason: e.to_string() })?;
         check_file(file, bytes, &sha256)?;
     }
     Ok(manifest)
@@ -394,12 +392,8 @@ pub fn restore(from: &Path, to: &Path) -> Result<Manifest, BackupError> {
             std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
         }
         let secret = file.path.starts_with(SECRETS_DIRECTORY);
-        let mut copy = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(if secret { 0o600 } else { 0o644 })
-            .open(&target)
-            .map_err(io("creating", &target))?;
+        let mut copy =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(if secret { 0o600 } else { 0o644 }).open(&target).map_err(io("creating", &target))?;
         let (bytes, sha256) = hash_file(&from.join(&file.path), Some(&mut copy))?;
         check_file(file, bytes, &sha256)?;
         copy.sync_all().map_err(io("syncing", &target))?;
