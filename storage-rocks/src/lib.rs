@@ -53,7 +53,11 @@ impl RocksStore {
         if !path.join("CURRENT").is_file() {
             return Err(StorageError::Io(format!("{} holds no database (no CURRENT file)", path.display())));
         }
+        // The same blob settings as the server's database, so that values kept in blob files read back.
         let mut options = Options::default();
+        options.set_enable_blob_files(true);
+        options.set_min_blob_size(4096);
+        options.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
         options.set_info_logger(rocksdb::InfoLogger::new_callback_logger(rocksdb::LogLevel::Fatal, |_, _| {}));
         let db = DB::open_for_read_only(&options, path, false).map_err(io)?;
         Ok(RocksStore { db, read_only: true, poisoned: AtomicBool::new(false) })
