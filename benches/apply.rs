@@ -105,8 +105,15 @@ fn bench_journal_encoding(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("encode_batch", |b| {
         b.iter(|| {
-            let record =
-                engine::journal::BatchRecordRef { shard: 0, sequence: 1, timestamp: T0, envelopes: &batch, entries: &fx.entries, postings: &fx.postings };
+            let record = engine::journal::BatchRecordRef {
+                shard: 0,
+                sequence: 1,
+                timestamp: T0,
+                previous_hash: engine::journal::ZERO_HASH,
+                envelopes: &batch,
+                entries: &fx.entries,
+                postings: &fx.postings,
+            };
             engine::journal::encode(&record, &mut buffer);
             buffer.len()
         })
