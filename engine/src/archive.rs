@@ -5,13 +5,15 @@
 //!
 //! A file holds the stored values of consecutive batches, in order, exactly as the live journal
 //! held them (each one hashed and linked, see `journal`), each after its length (4 bytes, little
-//! endian), the whole compressed as one zstd stream. Its manifest names the shard, the first and
+//! endian), compressed as consecutive zstd frames of whole batches (`zstd -d` reads it; the
+//! compressor works on one chunk in memory at a time, so it does no IO and a full disk is an
+//! error here, never a panic inside it). Its manifest names the shard, the first and
 //! last batch, the chain head before the first batch and after the last, and the BLAKE3 of the
 //! compressed file. The file and its manifest are durable (written to a temporary name, synced,
 //! renamed, the directory synced) before the batches leave the live journal in one range delete.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -29,8 +31,11 @@ pub const ARCHIVE_FORMAT_VERSION: u32 = 1;
 /// reader never allocates what a damaged prefix claims).
 pub const ARCHIVED_BATCH_BYTES_MAX: u32 = 1 << 30;
 
-/// The zstd level of archive files (zstd's default: fast, and journals compress well).
-const ZSTD_LEVEL: i32 = 3;
+/// Raw bytes compressed into one zstd frame (whole batches: a frame may exceed it by one batch).
+const CHUNK_BYTES: usize = 16 << 20;
+
+/// The most a frame of an archive may decompress to (a chunk and the largest batch).
+const CHUNK_BYTES_MAX: u64 = CHUNK_BYTES as u64 + ARCHIVED_BATCH_BYTES_MAX as u64 + 4;
 
 /// A chain head as the manifest writes it (the hash in hex).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +183,8 @@ fn write_file(
     path: &Path,
 ) -> Result<Option<(ChainHead, String)>, ArchiveError> {
     let file = File::create(path).map_err(|e| io("creating", path, e))?;
-    let mut encoder = zstd::stream::Encoder::new(HashingWriter::new(BufWriter::new(file)), ZSTD_LEVEL).map_err(|e| io("compressing", path, e))?;
+    let mut output = HashingWriter::new(BufWriter::new(file));
+    let mut chunk: Vec<u8> = Vec::new();
     let mut head = head_before;
     // The batch seen last, written once the next one shows it is not the newest.
     let mut pending: Option<(ChainHead, Timestamp, Vec<u8>)> = None;
@@ -201,7 +207,11 @@ fn write_file(
                 if pending_head.sequence > through || timestamp >= before {
                     return Ok(false);
                 }
-                encoder.write_all(&(bytes.len() as u32).to_le_bytes()).and_then(|()| encoder.write_all(&bytes)).map_err(|e| io("writing", path, e))?;
+                chunk.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                chunk.extend_from_slice(&bytes);
+                if chunk.len() >= CHUNK_BYTES {
+                    write_frame(&mut chunk, &mut output).map_err(|e| io("writing", path, e))?;
+                }
                 head = pending_head;
                 written += 1;
             }
@@ -219,11 +229,21 @@ fn write_file(
     if let Some(error) = failure {
         return Err(error);
     }
-    let hashing = encoder.finish().map_err(|e| io("compressing", path, e))?;
-    let (writer, hash) = hashing.finish();
+    write_frame(&mut chunk, &mut output).map_err(|e| io("writing", path, e))?;
+    let (writer, hash) = output.finish();
     let file = writer.into_inner().map_err(|e| io("writing", path, e.into_error()))?;
     file.sync_all().map_err(|e| io("syncing", path, e))?;
     Ok((written > 0).then(|| (head, hex_of(&hash))))
+}
+
+/// Compresses `chunk` (if not empty) into one zstd frame on `output`, and empties it.
+fn write_frame(chunk: &mut Vec<u8>, output: &mut impl Write) -> std::io::Result<()> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let frame = ruzstd::encoding::compress_to_vec(chunk.as_slice(), ruzstd::encoding::CompressionLevel::Fastest);
+    chunk.clear();
+    output.write_all(&frame)
 }
 
 /// A writer that hashes what passes through it.
@@ -376,31 +396,40 @@ fn verify_file(manifest_path: &Path, manifest: &Manifest, before: ChainHead) -> 
         return Err(broken(first, BreakKind::HashMismatch, format!("the file hashes to {}, the manifest says {}", hex_of(&file_hash), manifest.file_blake3)));
     }
     let file = File::open(&path).map_err(|e| broken(first, BreakKind::Undecodable, format!("cannot read: {e}")))?;
-    let mut decoder = zstd::stream::Decoder::new(BufReader::new(file)).map_err(|e| broken(first, BreakKind::Undecodable, e.to_string()))?;
+    let mut reader = BufReader::new(file);
     let mut head = before;
+    let mut chunk = Vec::new();
     loop {
-        let mut length = [0u8; 4];
-        match read_full_or_end(&mut decoder, &mut length) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(error) => return Err(broken(head.sequence + 1, BreakKind::Undecodable, error.to_string())),
+        let at_end = reader.fill_buf().map(|b| b.is_empty()).map_err(|e| broken(head.sequence + 1, BreakKind::Undecodable, e.to_string()))?;
+        if at_end {
+            break;
         }
-        let sequence = head.sequence + 1;
-        let length = u32::from_le_bytes(length);
-        if length > ARCHIVED_BATCH_BYTES_MAX {
-            return Err(broken(sequence, BreakKind::Undecodable, format!("a batch of {length} bytes")));
+        let undecodable = |e: String| broken(head.sequence + 1, BreakKind::Undecodable, format!("zstd: {e}"));
+        let decoder = ruzstd::decoding::StreamingDecoder::new(&mut reader).map_err(|e| undecodable(e.to_string()))?;
+        chunk.clear();
+        decoder.take(CHUNK_BYTES_MAX + 1).read_to_end(&mut chunk).map_err(|e| undecodable(e.to_string()))?;
+        if chunk.len() as u64 > CHUNK_BYTES_MAX {
+            return Err(undecodable("a frame larger than an archive writes".into()));
         }
-        let mut bytes = Vec::new();
-        (&mut decoder).take(u64::from(length)).read_to_end(&mut bytes).map_err(|e| broken(sequence, BreakKind::Undecodable, e.to_string()))?;
-        if bytes.len() != length as usize {
-            return Err(broken(sequence, BreakKind::Undecodable, "the file ends inside a batch".into()));
+        let mut rest = chunk.as_slice();
+        while !rest.is_empty() {
+            let sequence = head.sequence + 1;
+            let Some((length, tail)) = rest.split_first_chunk::<4>() else {
+                return Err(broken(sequence, BreakKind::Undecodable, "a frame ends inside a length".into()));
+            };
+            let length = u32::from_le_bytes(*length) as usize;
+            if length > tail.len() {
+                return Err(broken(sequence, BreakKind::Undecodable, "a frame ends inside a batch".into()));
+            }
+            let (bytes, after) = tail.split_at(length);
+            rest = after;
+            let (record, hash) = decode_hashed(shard, sequence, bytes).map_err(|e| with_file(Break::from_error(shard, sequence, e), &manifest.file))?;
+            let expected = if sequence == 1 { ZERO_HASH } else { head.hash };
+            if record.previous_hash != expected {
+                return Err(broken(sequence, BreakKind::LinkMismatch, "the batch names another previous hash".into()));
+            }
+            head = ChainHead { sequence, hash };
         }
-        let (record, hash) = decode_hashed(shard, sequence, &bytes).map_err(|e| with_file(Break::from_error(shard, sequence, e), &manifest.file))?;
-        let expected = if sequence == 1 { ZERO_HASH } else { head.hash };
-        if record.previous_hash != expected {
-            return Err(broken(sequence, BreakKind::LinkMismatch, "the batch names another previous hash".into()));
-        }
-        head = ChainHead { sequence, hash };
     }
     if head != head_after || head.sequence != manifest.last_sequence {
         return Err(broken(
@@ -415,19 +444,6 @@ fn verify_file(manifest_path: &Path, manifest: &Manifest, before: ChainHead) -> 
 fn with_file(mut broken: Break, file: &str) -> Break {
     broken.reason = format!("archive {file}: {}", broken.reason);
     broken
-}
-
-/// Fills `buffer`; false at a clean end of the stream before its first byte.
-fn read_full_or_end(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<bool> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match reader.read(&mut buffer[filled..])? {
-            0 if filled == 0 => return Ok(false),
-            0 => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ends inside a length")),
-            read => filled += read,
-        }
-    }
-    Ok(true)
 }
 
 fn hash_file(path: &Path) -> std::io::Result<[u8; HASH_LEN]> {
@@ -449,5 +465,30 @@ impl From<JournalError> for ArchiveError {
             JournalError::Storage(error) => ArchiveError::Storage(error),
             other => ArchiveError::Io(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read};
+
+    #[test]
+    fn consecutive_zstd_frames_read_back_one_after_another() {
+        // A file of several frames (an archive over `CHUNK_BYTES`): each decoder must stop at its
+        // frame's end, so the next one starts where it should.
+        let chunks: Vec<Vec<u8>> = (0..3u8).map(|i| (0..50_000u32).map(|n| (n % 251) as u8 ^ i).collect()).collect();
+        let mut file = Vec::new();
+        for chunk in &chunks {
+            let mut chunk = chunk.clone();
+            super::write_frame(&mut chunk, &mut file).expect("writes");
+        }
+        let mut reader = BufReader::new(file.as_slice());
+        let mut read = Vec::new();
+        while !reader.fill_buf().expect("reads").is_empty() {
+            let mut frame = Vec::new();
+            ruzstd::decoding::StreamingDecoder::new(&mut reader).expect("a frame").read_to_end(&mut frame).expect("decodes");
+            read.push(frame);
+        }
+        assert_eq!(read, chunks);
     }
 }
