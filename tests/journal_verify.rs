@@ -45,7 +45,7 @@ fn verify_passes_a_sound_directory_and_names_a_flipped_byte_and_a_deleted_batch(
     assert!(ok, "{text}");
     assert!(text.contains("shard 0: ok, ") && text.contains("shard 1: ok, ") && text.contains("verify: ok (2 shards)"), "{text}");
     let head_line = text.lines().find(|l| l.starts_with("shard 1: ok")).expect("a line").to_string();
-    assert!(head_line.split_whitespace().last().is_some_and(|hash| hash.len() == 64), "{head_line}");
+    assert!(head_line.split_whitespace().next_back().is_some_and(|hash| hash.len() == 64), "{head_line}");
 
     // A flipped byte in batch 2 of shard 1.
     let pristine = {

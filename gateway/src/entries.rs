@@ -274,7 +274,6 @@ mod tests {
     use super::*;
     use engine::journal::{encode, BatchRecordRef};
     use engine::ledger::types::{EntryHeader, OrderId, Posting};
-    use storage::Store as _;
 
     /// A journal of `count` batches on shard 0, each holding one line of account 2 (a credit of
     /// 1 to settled) among `padding` lines of other accounts; returns the sequences and the
@@ -350,7 +349,7 @@ mod tests {
         assert_eq!((lines.len(), next), (6, None));
         // A batch missing inside the live journal is damage, said as such.
         store.delete_range(&batch_key(0, 7), &batch_key(0, 8)).expect("delete");
-        let error = read_lines(&store, 0, AccountId(2), spec, batches, older, start, 500, usize::MAX).err().expect("a hole");
+        let Err(error) = read_lines(&store, 0, AccountId(2), spec, batches, older, start, 500, usize::MAX) else { panic!("a hole read as lines") };
         assert!(
             error.to_string().contains("journal batch 7 of shard 0 is missing") || format!("{error:?}").contains("journal batch 7 of shard 0 is missing"),
             "{error:?}"
