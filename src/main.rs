@@ -2,6 +2,7 @@
 
 mod backup;
 mod bench;
+mod chain;
 mod config;
 mod get;
 mod load;
@@ -59,6 +60,12 @@ enum Commands {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Checks every shard's journal hash chain (and archives with `--archives`); exits 0 only
+    /// when all are sound, else prints the first break of each shard.
+    Verify(chain::VerifyArgs),
+    /// Moves journal batches older than a business date and than each shard's oldest checkpoint
+    /// into compressed archive files (with manifests), then out of the live database.
+    Archive(chain::ArchiveArgs),
     /// Prints each shard's state, rebuilt from the journal.
     Shards {
         #[arg(long)]
@@ -163,6 +170,13 @@ fn main() -> Result<()> {
             report::print_shards_offline(&store, &config, &mut std::io::stdout())
         }
         Commands::Workload(args) => workload::run(args),
+        Commands::Verify(args) => {
+            if !chain::verify(args, &mut std::io::stdout())? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Commands::Archive(args) => chain::archive(args, &mut std::io::stdout()),
         Commands::Settle { date, config, data_dir, master_key_file } => settle(&date, config, data_dir, Flags { master_key_file, admin_token_file: None }),
         Commands::Reconcile { channel, date, file, config, data_dir } => reconcile(&channel, &date, &file, config, data_dir),
         Commands::Backup { to, url, config, data_dir, admin_token_file, master_key_file } => {

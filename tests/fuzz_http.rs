@@ -660,9 +660,11 @@ fn a_journal_damaged_into_an_impossible_record_stops_the_server_at_start_with_a_
     {
         let store = storage_rocks::RocksStore::open(dir.path()).expect("the data directory opens");
         let mut last = 0;
+        let mut previous_hash = [0u8; 32];
         store
-            .scan(&batch_key(0, 0), &batch_key(0, u64::MAX), &mut |key, _| {
+            .scan(&batch_key(0, 0), &batch_key(0, u64::MAX), &mut |key, value| {
                 last = u64::from_be_bytes(key[3..11].try_into().expect("a journal key"));
+                previous_hash = engine::journal::stored_hash(value).expect("a hashed batch");
                 true
             })
             .expect("scan");
@@ -680,7 +682,8 @@ fn a_journal_damaged_into_an_impossible_record_stops_the_server_at_start_with_a_
         };
         let envelopes = [Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(credit) }];
         let mut bytes = Vec::new();
-        let record = BatchRecordRef { shard: 0, sequence: last + 1, timestamp: u64::MAX / 2, envelopes: &envelopes, entries: &[], postings: &[] };
+        let record =
+            BatchRecordRef { shard: 0, sequence: last + 1, timestamp: u64::MAX / 2, previous_hash, envelopes: &envelopes, entries: &[], postings: &[] };
         encode(&record, &mut bytes);
         store.write(&[(&batch_key(0, last + 1), &bytes)]).expect("write");
     }

@@ -10,7 +10,7 @@ use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
 use storage::Store;
 
 use crate::directory::Directory;
-use crate::journal::{batch_key, encode, replay_shard, BatchRecordRef, META_SHARD_COUNT};
+use crate::journal::{batch_key, encode, replay_shard_chained, BatchRecordRef, ChainHead, META_SHARD_COUNT, ZERO_HASH};
 use crate::ledger::command::{idempotency_key, Command, Envelope};
 use crate::ledger::ops::payment::check_legs;
 use crate::ledger::state::{check_amount, credit_refusal_by, Effects, ShardState};
@@ -246,7 +246,8 @@ impl Engine {
         let mut counters = Vec::new();
         let mut threads = Vec::new();
         let receivers = client_receivers.into_iter().zip(inbound_receivers).zip(control_receivers);
-        for ((state, sequence, last_timestamp), ((clients, inbound), control)) in recovered.into_iter().zip(receivers) {
+        for ((state, chain_head, last_timestamp), ((clients, inbound), control)) in recovered.into_iter().zip(receivers) {
+            let sequence = chain_head.sequence;
             let shard_counters = Arc::new(ShardCounters::default());
             shard_counters.accounts.store(state.accounts.len() as u64, std::sync::atomic::Ordering::Relaxed);
             shard_counters.last_sequence.store(sequence, std::sync::atomic::Ordering::Relaxed);
@@ -256,6 +257,7 @@ impl Engine {
             let shard = Shard {
                 state,
                 sequence,
+                chain_head,
                 last_timestamp,
                 store: store.clone(),
                 clients,
@@ -603,15 +605,15 @@ impl Engine {
 }
 
 /// Replays every shard's journal (in parallel) and writes genesis for shards that have none.
-fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<(ShardState, u64, Timestamp)>, EngineError> {
-    let results: Vec<Result<(ShardState, u64, Timestamp), EngineError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..config.shard_count).map(|shard| scope.spawn(move || replay_shard(store, shard).map_err(EngineError::from))).collect();
+fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<(ShardState, ChainHead, Timestamp)>, EngineError> {
+    let results: Vec<Result<(ShardState, ChainHead, Timestamp), EngineError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..config.shard_count).map(|shard| scope.spawn(move || replay_shard_chained(store, shard).map_err(EngineError::from))).collect();
         handles.into_iter().map(|h| h.join().expect("replay thread")).collect()
     });
     let mut recovered = Vec::new();
     for (shard, result) in results.into_iter().enumerate() {
-        let (mut state, mut sequence, mut timestamp) = result?;
-        if sequence == 0 {
+        let (mut state, mut head, mut timestamp) = result?;
+        if head.sequence == 0 {
             let genesis = Envelope {
                 platform: 0,
                 out_order_no: None,
@@ -625,16 +627,18 @@ fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<(ShardSta
             let mut fx = Effects::default();
             timestamp = wall_clock_micros();
             state.apply(&genesis, timestamp, &mut fx);
-            sequence = 1;
+            let sequence = 1;
             let mut encoded = Vec::new();
             let envelopes = [genesis];
-            let record = BatchRecordRef { shard: shard as ShardId, sequence, timestamp, envelopes: &envelopes, entries: &[], postings: &[] };
-            encode(&record, &mut encoded);
+            let record =
+                BatchRecordRef { shard: shard as ShardId, sequence, timestamp, previous_hash: ZERO_HASH, envelopes: &envelopes, entries: &[], postings: &[] };
+            let hash = encode(&record, &mut encoded);
             store.write(&[(&batch_key(shard as ShardId, sequence), &encoded)])?;
+            head = ChainHead { sequence, hash };
         } else if state.currencies != config.currencies || state.utc_offset_seconds != config.utc_offset_seconds {
             return Err(EngineError::Config(format!("shard {shard} was created with other currencies or business-day offset than configured")));
         }
-        recovered.push((state, sequence, timestamp));
+        recovered.push((state, head, timestamp));
     }
     Ok(recovered)
 }

@@ -1,6 +1,7 @@
 //! The clearing engine: a pure double-entry ledger core, sharded actors with group commit, and a
 //! router. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod archive;
 pub mod chart;
 pub mod directory;
 pub mod engine;

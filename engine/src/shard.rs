@@ -9,7 +9,7 @@ use crossbeam_channel::{never, select, Receiver, Sender, TrySendError};
 use storage::Store;
 
 use crate::directory::Directory;
-use crate::journal::{batch_key, encode, BatchRecordRef};
+use crate::journal::{batch_key, encode, BatchRecordRef, ChainHead};
 use crate::ledger::command::{Command, Envelope};
 use crate::ledger::state::{Effects, ShardState};
 use crate::ledger::types::{RemoteCredit, Reply, ShardId, Timestamp};
@@ -130,6 +130,8 @@ pub struct ShardLimits {
 pub struct Shard {
     pub state: ShardState,
     pub sequence: u64,
+    /// The last durable batch and its hash: the next batch links to it.
+    pub chain_head: ChainHead,
     pub last_timestamp: Timestamp,
     pub store: Arc<dyn Store>,
     pub clients: Receiver<ClientRequest>,
@@ -364,11 +366,12 @@ impl Shard {
             shard: self.state.shard,
             sequence: self.sequence,
             timestamp: now,
+            previous_hash: self.chain_head.hash,
             envelopes: &round.envelopes,
             entries: &round.fx.entries,
             postings: &round.fx.postings,
         };
-        encode(&record, &mut round.encoded);
+        let hash = encode(&record, &mut round.encoded);
         let key = batch_key(self.state.shard, self.sequence);
         let started = Instant::now();
         let written = self.store.write(&[(&key, &round.encoded)]);
@@ -381,6 +384,7 @@ impl Shard {
             }
             return false;
         }
+        self.chain_head = ChainHead { sequence: self.sequence, hash };
         self.publish(round.envelopes.len() as u64, fsync_us);
         self.counters.last_batch_at.store(now, Ordering::Relaxed);
         self.record_outcomes(round);

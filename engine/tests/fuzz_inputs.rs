@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use engine::journal::{batch_key, decode, replay_shard, JournalError, JOURNAL_FORMAT_VERSION};
+use engine::journal::{batch_key, decode, replay_shard, BreakKind, JournalError, HASH_LEN, JOURNAL_FORMAT_VERSION, ZERO_HASH};
 use engine::ledger::command::{Command, Envelope, OutOrderNo};
 use engine::ledger::types::{AccountId, Leg, Legs, Limits, OrderId};
 use engine::money::{parse_decimal, CurrencyId, DecimalError};
@@ -140,12 +140,37 @@ fn real_journal() -> Vec<(Vec<u8>, Vec<u8>)> {
 /// A way to damage a journal.
 #[derive(Clone, Debug)]
 enum Damage {
-    FlipBits { batch: usize, offset: usize, mask: u8 },
-    SetByte { batch: usize, offset: usize, byte: u8 },
-    Truncate { batch: usize, length: usize },
-    Insert { batch: usize, offset: usize, bytes: Vec<u8> },
-    SwapValues { first: usize, second: usize },
-    Drop { batch: usize },
+    FlipBits {
+        batch: usize,
+        offset: usize,
+        mask: u8,
+    },
+    SetByte {
+        batch: usize,
+        offset: usize,
+        byte: u8,
+    },
+    Truncate {
+        batch: usize,
+        length: usize,
+    },
+    Insert {
+        batch: usize,
+        offset: usize,
+        bytes: Vec<u8>,
+    },
+    SwapValues {
+        first: usize,
+        second: usize,
+    },
+    Drop {
+        batch: usize,
+    },
+    /// Recomputes a value's own hash after earlier damage (a writer that hashed what it broke),
+    /// so that damage reaches the decoder and replay behind the hash check.
+    Reseal {
+        batch: usize,
+    },
 }
 
 fn damage() -> impl Strategy<Value = Vec<Damage>> {
@@ -156,6 +181,7 @@ fn damage() -> impl Strategy<Value = Vec<Damage>> {
         1 => (any::<usize>(), any::<usize>(), proptest::collection::vec(any::<u8>(), 1..12)).prop_map(|(batch, offset, bytes)| Damage::Insert { batch, offset, bytes }),
         1 => (any::<usize>(), any::<usize>()).prop_map(|(first, second)| Damage::SwapValues { first, second }),
         1 => any::<usize>().prop_map(|batch| Damage::Drop { batch }),
+        3 => any::<usize>().prop_map(|batch| Damage::Reseal { batch }),
     ];
     proptest::collection::vec(one, 1..4)
 }
@@ -198,6 +224,10 @@ fn apply_damage(journal: &mut Vec<(Vec<u8>, Vec<u8>)>, damage: &Damage) {
         Damage::Drop { batch } => {
             journal.remove(batch % count);
         }
+        Damage::Reseal { batch } => {
+            let value = &mut journal[batch % count].1;
+            *value = sealed(&value[..value.len().saturating_sub(HASH_LEN)]);
+        }
     }
 }
 
@@ -238,9 +268,17 @@ fn fuzz_journal_decode_of_arbitrary_bytes_is_an_error_never_a_panic() {
     runner(100_000)
         .run(&(bytes, any::<u16>(), any::<u64>()), |(bytes, shard, sequence)| {
             let _ = decode(shard, sequence, &bytes);
+            // The same bytes with a matching hash after them reach the record decoder.
+            let _ = decode(shard, sequence, &sealed(&bytes));
             Ok(())
         })
         .unwrap();
+}
+
+/// `bytes` followed by their BLAKE3 hash: a value whose hash check passes.
+fn sealed(bytes: &[u8]) -> Vec<u8> {
+    let hash: [u8; HASH_LEN] = blake3::hash(bytes).into();
+    [bytes, &hash[..]].concat()
 }
 
 /// bincode's varint encoding of `value` (a u64 over 2^32: the marker byte 253, then 8 bytes).
@@ -255,15 +293,15 @@ fn varint(value: u64) -> Vec<u8> {
 
 #[test]
 fn journal_length_prefixes_of_2_pow_60_are_refused_without_allocating() {
-    // The record's header (shard 0, batch 1, a timestamp), then a vector claiming 2^60 envelopes,
+    // The record's header (shard 0, batch 1, a timestamp, the previous hash), then a vector claiming 2^60 envelopes,
     // and one claiming 2^60 bytes of text inside an envelope: decoding must refuse either
     // without reserving what the prefix claims (which would abort the process).
-    let header = [varint(0), varint(1), varint(1_700_000_000_000_000)].concat();
-    let huge_vector = [&[JOURNAL_FORMAT_VERSION][..], &header, &varint(1 << 60)].concat();
-    assert!(matches!(decode(0, 1, &huge_vector), Err(JournalError::Corrupt { .. })));
+    let header = [varint(0), varint(1), varint(1_700_000_000_000_000), ZERO_HASH.to_vec()].concat();
+    let huge_vector = sealed(&[&[JOURNAL_FORMAT_VERSION][..], &header, &varint(1 << 60)].concat());
+    assert!(matches!(decode(0, 1, &huge_vector), Err(JournalError::Corrupt { kind: BreakKind::Undecodable, .. })));
     // One envelope: platform 3, an order number (Some) of 2^60 bytes.
-    let huge_text = [&[JOURNAL_FORMAT_VERSION][..], &header, &varint(1), &varint(3), &[1u8][..], &varint(1 << 60), b"abc"].concat();
-    assert!(matches!(decode(0, 1, &huge_text), Err(JournalError::Corrupt { .. })));
+    let huge_text = sealed(&[&[JOURNAL_FORMAT_VERSION][..], &header, &varint(1), &varint(3), &[1u8][..], &varint(1 << 60), b"abc"].concat());
+    assert!(matches!(decode(0, 1, &huge_text), Err(JournalError::Corrupt { kind: BreakKind::Undecodable, .. })));
 }
 
 #[test]
@@ -291,11 +329,20 @@ fn a_decoded_but_impossible_record_is_a_corrupt_journal_not_a_panic() {
     };
     let envelopes = [genesis, envelope(None, Command::ApplyCredit(credit))];
     let mut bytes = Vec::new();
-    encode(&BatchRecordRef { shard: 1, sequence: 1, timestamp: 1_700_000_000_000_000, envelopes: &envelopes, entries: &[], postings: &[] }, &mut bytes);
+    let record = BatchRecordRef {
+        shard: 1,
+        sequence: 1,
+        timestamp: 1_700_000_000_000_000,
+        previous_hash: ZERO_HASH,
+        envelopes: &envelopes,
+        entries: &[],
+        postings: &[],
+    };
+    encode(&record, &mut bytes);
     let store = MemoryStore::new();
     store.write(&[(&batch_key(1, 1), &bytes)]).expect("memory store writes");
     match replay_shard(&store, 1) {
-        Err(JournalError::Corrupt { shard: 1, sequence: 1, reason }) => assert!(reason.contains("credits to itself"), "{reason}"),
+        Err(JournalError::Corrupt { shard: 1, sequence: 1, reason, .. }) => assert!(reason.contains("credits to itself"), "{reason}"),
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("replayed an impossible record"),
     }

@@ -92,8 +92,8 @@ fn variant_index(command: &Command) -> usize {
 /// (shard, sequence, timestamp, envelope count), one envelope per `Command` variant, the entries
 /// and the postings. Regenerate only for a deliberate format change (see `FORMAT_RULES`).
 const GOLDEN: &[(&str, &str)] = &[
-    ("version", "01"),
-    ("header", "012afd01401e18240a06001e"),
+    ("version", "02"),
+    ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d91e"),
     ("Genesis", "070000010202434e59024a505900fb00e1"),
     ("OpenAccount", "070001fbe90300fbe803fbd007fb5802fbb004"),
     ("SetAccountStatus", "0700020301"),
@@ -126,6 +126,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("SetLimits", "0701056c696d2d311d03fbe803fbd007fb5802fbb004"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
+    ("hash", "e15124933292413a25fc9752c59cf8c75c90d51617224c5e1524768d6965a58c"),
 ];
 
 const SHARD: u16 = 1;
@@ -251,6 +252,7 @@ fn golden_record() -> BatchRecord {
         shard: SHARD,
         sequence: SEQUENCE,
         timestamp: 1_700_000_000_000_001,
+        previous_hash: std::array::from_fn(|i| i as u8 * 7),
         envelopes,
         entries: vec![entry(1, OrderId(6), EntryKind::Payment, 2), entry(2, OrderId(10), EntryKind::Freeze, 2), entry(3, NO_ORDER, EntryKind::Mature, 2)],
         postings: vec![
@@ -269,6 +271,7 @@ fn encoded(record: &BatchRecord) -> Vec<u8> {
         shard: record.shard,
         sequence: record.sequence,
         timestamp: record.timestamp,
+        previous_hash: record.previous_hash,
         envelopes: &record.envelopes,
         entries: &record.entries,
         postings: &record.postings,
@@ -288,14 +291,22 @@ fn part<T: serde::Serialize>(value: &T) -> Vec<u8> {
 
 /// `golden_record()`'s encoding split like `GOLDEN`.
 fn golden_parts(record: &BatchRecord) -> Vec<(String, Vec<u8>)> {
-    let header = (record.shard, record.sequence, record.timestamp, record.envelopes.len() as u64);
+    let header = (record.shard, record.sequence, record.timestamp, record.previous_hash, record.envelopes.len() as u64);
     let mut parts = vec![("version".to_string(), vec![JOURNAL_FORMAT_VERSION]), ("header".to_string(), part(&header))];
     for envelope in &record.envelopes {
         parts.push((COMMAND_VARIANTS[variant_index(&envelope.command)].to_string(), part(envelope)));
     }
     parts.push(("entries".to_string(), part(&record.entries)));
     parts.push(("postings".to_string(), part(&record.postings)));
+    // The batch's own hash: BLAKE3 of everything before it.
+    let hashed: Vec<u8> = parts.iter().flat_map(|(_, bytes)| bytes.iter().copied()).collect();
+    parts.push(("hash".to_string(), blake3::hash(&hashed).as_bytes().to_vec()));
     parts
+}
+
+/// `bytes` followed by their BLAKE3 hash: a value whose hash check passes.
+fn sealed(bytes: &[u8]) -> Vec<u8> {
+    [bytes, blake3::hash(bytes).as_bytes()].concat()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -406,7 +417,11 @@ fn encoding_matches_the_golden_bytes() {
     let written = encoded(&record);
     let source: String = parts.iter().map(|(label, bytes)| format!("    (\"{label}\", \"{}\"),\n", hex(bytes))).collect();
     let regenerate = format!("const GOLDEN: &[(&str, &str)] = &[\n{source}];");
-    assert_eq!(hex(&written), hex(&joined), "journal::encode no longer writes the version byte then the record with the journal's codec. {FORMAT_RULES}");
+    assert_eq!(
+        hex(&written),
+        hex(&joined),
+        "journal::encode no longer writes the version byte, the record with the journal's codec, then their hash. {FORMAT_RULES}"
+    );
     let changed: Vec<&str> = parts
         .iter()
         .enumerate()
@@ -446,13 +461,20 @@ fn truncated_or_garbage_values_are_errors() {
     }
     let mut trailing = golden.clone();
     trailing.push(0);
-    let huge_count = [JOURNAL_FORMAT_VERSION, 1, 42, 1, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f];
+    // The header (shard, batch, timestamp, previous hash), then a count of 2^60 envelopes, with a
+    // matching hash after it, so that the record decoder sees it.
+    let huge_count = sealed(&[&[JOURNAL_FORMAT_VERSION, 1, 42, 1][..], &[0; 32], &[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]].concat());
+    let text = [&[JOURNAL_FORMAT_VERSION][..], b"not a batch"].concat();
+    let mut flipped = golden.clone();
+    flipped[golden.len() / 2] ^= 0x10;
     let cases: &[(&str, &[u8], u16, u64)] = &[
         ("trailing byte", &trailing, SHARD, SEQUENCE),
         ("another shard's key", &golden, SHARD + 1, SEQUENCE),
         ("another batch's key", &golden, SHARD, SEQUENCE + 1),
         ("a count of 2^60 envelopes", &huge_count, SHARD, SEQUENCE),
-        ("text", b"\x01not a batch", SHARD, SEQUENCE),
+        ("text", &text, SHARD, SEQUENCE),
+        ("a flipped byte", &flipped, SHARD, SEQUENCE),
+        ("text with its hash", &sealed(&text), SHARD, SEQUENCE),
     ];
     for (name, bytes, shard, sequence) in cases {
         match decode(*shard, *sequence, bytes) {
@@ -460,12 +482,13 @@ fn truncated_or_garbage_values_are_errors() {
             other => panic!("{name}: {other:?}"),
         }
     }
-    // Any byte flipped: an error or some record, never a panic.
+    // Any byte flipped, in the record or in its hash: an error (the hash no longer matches),
+    // never a panic and never a record.
     for index in 0..golden.len() {
         for mask in [0x01, 0x80, 0xff] {
             let mut bytes = golden.clone();
             bytes[index] ^= mask;
-            let _ = decode(SHARD, SEQUENCE, &bytes);
+            assert!(decode(SHARD, SEQUENCE, &bytes).is_err(), "byte {index} flipped with {mask:#x} decoded");
         }
     }
 }

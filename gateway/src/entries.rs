@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix_web::{get, web, HttpResponse};
-use engine::journal::{batch_key, decode};
+use engine::journal::{batch_key, decode, first_live_sequence};
 use engine::ledger::types::{AccountId, AccountKind, Bucket, EntryKind, NO_ORDER};
 use engine::money::Minor;
 use engine::Engine;
@@ -155,10 +155,16 @@ fn read_lines(
             // The budget is spent: this batch and the older ones are for the next page.
             return Ok((lines, Some(cursor)));
         }
-        let bytes = store
-            .get(&batch_key(shard, *sequence))
-            .map_err(|e| ApiError::unavailable(e.to_string()))?
-            .ok_or_else(|| ApiError::unavailable(format!("journal batch {sequence} of shard {shard} is missing")))?;
+        let Some(bytes) = store.get(&batch_key(shard, *sequence)).map_err(|e| ApiError::unavailable(e.to_string()))? else {
+            // Batches before the live journal's first were archived (`clearing archive`): the
+            // account's lines end there, and the page ends without a cursor. Any other missing
+            // batch is damage.
+            let first = first_live_sequence(store, shard).map_err(|e| ApiError::unavailable(e.to_string()))?;
+            if first > *sequence {
+                return Ok((lines, None));
+            }
+            return Err(ApiError::unavailable(format!("journal batch {sequence} of shard {shard} is missing")));
+        };
         bytes_read = bytes_read.saturating_add(bytes.len());
         let record = decode(shard, *sequence, &bytes).map_err(|e| ApiError::unavailable(e.to_string()))?;
         // The entry each posting belongs to.
@@ -274,6 +280,7 @@ mod tests {
     /// stored size of one batch.
     fn journal(store: &storage::MemoryStore, count: u64, padding: usize) -> (Vec<u64>, usize) {
         let mut size = 0;
+        let mut previous_hash = engine::journal::ZERO_HASH;
         for sequence in 1..=count {
             let mut postings = vec![Posting { account: AccountId(4), bucket: Bucket::Settled, amount: -1 }; padding];
             postings.extend(vec![Posting { account: AccountId(6), bucket: Bucket::Settled, amount: 1 }; padding]);
@@ -287,9 +294,10 @@ mod tests {
                 posting_count: count,
             };
             let entries = vec![header(sequence * 10, 2 * padding as u32), header(sequence * 10 + 1, 2)];
-            let record = BatchRecordRef { shard: 0, sequence, timestamp: sequence * 1_000_000, envelopes: &[], entries: &entries, postings: &postings };
+            let record =
+                BatchRecordRef { shard: 0, sequence, timestamp: sequence * 1_000_000, previous_hash, envelopes: &[], entries: &entries, postings: &postings };
             let mut bytes = Vec::new();
-            encode(&record, &mut bytes);
+            previous_hash = encode(&record, &mut bytes);
             size = bytes.len();
             store.write(&[(&batch_key(0, sequence), &bytes)]).expect("memory store writes");
         }
@@ -326,6 +334,26 @@ mod tests {
             read_lines(&store, 0, AccountId(2), spec, batches, older, Cursor { sequence: u64::MAX, index: 0, balances: [20, 0, 0] }, 500, usize::MAX)
                 .expect("reads");
         assert_eq!((lines.len(), next), (20, None));
+    }
+
+    #[test]
+    fn an_entries_page_ends_where_batches_were_archived_and_a_hole_is_an_error() {
+        let store = storage::MemoryStore::new();
+        let (all, _) = journal(&store, 10, 1);
+        let spec = engine::money::CurrencySpec::new("CNY", 2).expect("valid");
+        let start = Cursor { sequence: u64::MAX, index: 0, balances: [10, 0, 0] };
+        // Batches 1..=4 archived: the page holds the six live lines and no cursor.
+        store.delete_range(&batch_key(0, 1), &batch_key(0, 5)).expect("delete");
+        let (batches, older) = page_batches(&all, None);
+        let (lines, next) = read_lines(&store, 0, AccountId(2), spec, batches, older, start, 500, usize::MAX).expect("reads");
+        assert_eq!((lines.len(), next), (6, None));
+        // A batch missing inside the live journal is damage, said as such.
+        store.delete_range(&batch_key(0, 7), &batch_key(0, 8)).expect("delete");
+        let Err(error) = read_lines(&store, 0, AccountId(2), spec, batches, older, start, 500, usize::MAX) else { panic!("a hole read as lines") };
+        assert!(
+            error.to_string().contains("journal batch 7 of shard 0 is missing") || format!("{error:?}").contains("journal batch 7 of shard 0 is missing"),
+            "{error:?}"
+        );
     }
 
     #[test]

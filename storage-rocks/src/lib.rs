@@ -95,6 +95,24 @@ impl Store for RocksStore {
         })
     }
 
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
+        if self.read_only {
+            return Err(StorageError::ReadOnly);
+        }
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StorageError::Poisoned);
+        }
+        // One range tombstone: cheap to write whatever the range holds; compaction drops the data.
+        let mut batch = WriteBatch::default();
+        batch.delete_range(start, end);
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options).map_err(|error| {
+            self.poisoned.store(true, Ordering::SeqCst);
+            io(error)
+        })
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.db.get(key).map_err(io)
     }

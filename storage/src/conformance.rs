@@ -3,7 +3,7 @@
 use crate::Store;
 
 /// Checks `store` against the `Store` contract: empty reads, whole batches, overwrites, ordered
-/// and bounded scans that stop when told, empty batches. Panics on the first difference.
+/// and bounded scans that stop when told, range deletes, empty batches. Panics on the first difference.
 pub fn check_store(store: &dyn Store) {
     // Empty reads.
     assert_eq!(store.get(b"a").expect("get"), None);
@@ -36,6 +36,13 @@ pub fn check_store(store: &dyn Store) {
     assert_eq!(store.last_key_in(b"k/2", b"k/3").expect("last").as_deref(), Some(&b"k/2"[..]));
     assert_eq!(store.last_key_in(b"k/4", b"k/~").expect("last"), None);
     assert_eq!(store.last_key_in(b"a", b"k/1").expect("last"), None);
+    // A range is deleted whole, and only that range.
+    store.write(&[(b"r/1", b"1"), (b"r/2", b"2"), (b"r/3", b"3")]).expect("write");
+    store.delete_range(b"r/1", b"r/3").expect("delete range");
+    assert_eq!(store.get(b"r/1").expect("get"), None);
+    assert_eq!(store.get(b"r/2").expect("get"), None);
+    assert_eq!(store.get(b"r/3").expect("get").as_deref(), Some(&b"3"[..]));
+    assert_eq!(store.get(b"k/1").expect("get").as_deref(), Some(&b"one"[..]));
     // An empty batch is allowed.
     store.write(&[]).expect("empty write");
     assert!(!store.is_poisoned());

@@ -27,6 +27,9 @@ pub trait Store: Send + Sync + 'static {
     /// Writes all `puts` atomically and durably; returns only once they survive a crash.
     fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError>;
 
+    /// Deletes every key in `[start, end)` atomically and durably (one synced write).
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError>;
+
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 

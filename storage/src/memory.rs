@@ -33,8 +33,9 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+impl MemoryStore {
+    /// Counts one write against the injected failure; fails (and poisons) when it is the one.
+    fn count_write(&self) -> Result<(), StorageError> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(StorageError::Poisoned);
         }
@@ -46,9 +47,26 @@ impl Store for MemoryStore {
         if left != u64::MAX {
             self.writes_before_failure.store(left - 1, Ordering::SeqCst);
         }
+        Ok(())
+    }
+}
+
+impl Store for MemoryStore {
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        self.count_write()?;
         let mut map = self.map.lock().expect("memory store lock");
         for (key, value) in puts {
             map.insert(key.to_vec(), value.to_vec());
+        }
+        Ok(())
+    }
+
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
+        self.count_write()?;
+        let mut map = self.map.lock().expect("memory store lock");
+        let doomed: Vec<Vec<u8>> = map.range(start.to_vec()..end.to_vec()).map(|(key, _)| key.clone()).collect();
+        for key in doomed {
+            map.remove(&key);
         }
         Ok(())
     }

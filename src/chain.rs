@@ -1,0 +1,131 @@
+//! `clearing verify` (the journal's hash chain, live and archived) and `clearing archive` (moving
+//! journal older than the oldest checkpoint out of the live database).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use engine::archive::{self, Archived, ArchivedChain};
+use engine::journal::{first_live_sequence, Break, ChainHead, META_SHARD_COUNT};
+use storage::Store;
+use storage_rocks::RocksStore;
+
+/// `clearing verify`.
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A directory of archives (`clearing archive --to`): checked too, and the live journal must
+    /// go on from them.
+    #[arg(long)]
+    archives: Option<PathBuf>,
+}
+
+/// `clearing archive`.
+#[derive(Args)]
+pub struct ArchiveArgs {
+    /// Archive batches written before this business date (YYYY-MM-DD, business time).
+    #[arg(long)]
+    before: String,
+    /// The directory the archive files and their manifests go to.
+    #[arg(long)]
+    to: PathBuf,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// The shard count the data directory was written with.
+fn shard_count(store: &dyn Store, data_dir: &Path) -> Result<u16> {
+    let bytes = store.get(META_SHARD_COUNT)?.with_context(|| format!("{} holds no clearing data (no shard count)", data_dir.display()))?;
+    let bytes: [u8; 2] = bytes.as_slice().try_into().map_err(|_| anyhow::anyhow!("{}: a malformed shard count", data_dir.display()))?;
+    Ok(u16::from_le_bytes(bytes))
+}
+
+/// Walks every shard's chain (and the archives, if given); prints a line per shard and a summary.
+/// Returns whether everything is sound.
+pub fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<bool> {
+    let (_, data_dir) = crate::load(args.config, args.data_dir)?;
+    if !data_dir.join("CURRENT").exists() {
+        anyhow::bail!("{} is not a database directory", data_dir.display());
+    }
+    // Read-only: no lock is taken, so it also opens beside a running server (it then checks
+    // what was durable when it opened).
+    let store = RocksStore::open_read_only(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
+    let shards = shard_count(&store, &data_dir)?;
+    let mut archived: Vec<Option<Result<ArchivedChain, Break>>> = vec![None; shards as usize];
+    if let Some(directory) = &args.archives {
+        if !directory.is_dir() {
+            anyhow::bail!("--archives {}: not a directory", directory.display());
+        }
+        for (shard, chain) in archive::verify_dir(directory)? {
+            match archived.get_mut(shard as usize) {
+                Some(slot) => *slot = Some(chain),
+                None => anyhow::bail!("{}: archives of shard {shard}, but the data has {shards} shards", directory.display()),
+            }
+        }
+    }
+    let mut broken = 0;
+    for shard in 0..shards {
+        let line = match &archived[shard as usize] {
+            Some(Err(error)) => Err(error.clone()),
+            Some(Ok(chain)) => archive::verify_live(&store, shard, Some(chain)).map(|head| sound(&store, shard, head, Some(chain))),
+            None => engine::journal::verify_shard(&store, shard, None).map(|head| sound(&store, shard, head, None)),
+        };
+        match line {
+            Ok(line) => writeln!(out, "{line}")?,
+            Err(error) => {
+                broken += 1;
+                writeln!(out, "shard {shard}: BROKEN at batch {}: {}: {}", error.sequence, error.kind, error.reason)?;
+            }
+        }
+    }
+    if broken == 0 {
+        writeln!(out, "verify: ok ({shards} shards)")?;
+    } else {
+        writeln!(out, "verify: {broken} of {shards} shards broken")?;
+    }
+    Ok(broken == 0)
+}
+
+/// The line of a sound shard: its batches, archived and live, and its head.
+fn sound(store: &dyn Store, shard: u16, head: ChainHead, archived: Option<&ArchivedChain>) -> String {
+    let first = first_live_sequence(store, shard).unwrap_or(0);
+    let live = if first == 0 { 0 } else { head.sequence + 1 - first };
+    let archives = match archived {
+        Some(chain) => format!(", {} archived in {} files", chain.batches, chain.files),
+        None if first > 1 => format!(", batches before {first} archived (not checked: no --archives)"),
+        None => String::new(),
+    };
+    format!("shard {shard}: ok, {} batches ({live} live{archives}), head {}", head.sequence, head.hash_hex())
+}
+
+/// Archives every shard's journal before the date and through its oldest checkpoint.
+pub fn archive(args: ArchiveArgs, out: &mut dyn Write) -> Result<()> {
+    let day = clearing_actor::calendar::parse_date(&args.before).ok_or_else(|| anyhow::anyhow!("--before must be YYYY-MM-DD"))?;
+    let (config, data_dir) = crate::load(args.config, args.data_dir)?;
+    if !data_dir.join("CURRENT").exists() {
+        anyhow::bail!("{} is not a database directory", data_dir.display());
+    }
+    let before = config.calendar().day_start_micros(i64::from(day));
+    let store = RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?;
+    let shards = shard_count(&store, &data_dir)?;
+    for shard in 0..shards {
+        match archive::archive_shard(&store, shard, before, &args.to).with_context(|| format!("archiving shard {shard}"))? {
+            Archived::Moved(manifest) => writeln!(
+                out,
+                "shard {shard}: archived batches {}..={} into {} (blake3 {})",
+                manifest.first_sequence,
+                manifest.last_sequence,
+                args.to.join(&manifest.file).display(),
+                manifest.file_blake3
+            )?,
+            Archived::Nothing(reason) => writeln!(out, "shard {shard}: {reason}")?,
+        }
+    }
+    Ok(())
+}
