@@ -75,7 +75,7 @@ pub enum JournalError {
 
 /// The journal's encoding: bincode with variable-length integers (ids and amounts are mostly
 /// small, so a batch takes about half the bytes of fixed-width encoding).
-fn codec() -> impl bincode::Options {
+pub(crate) fn codec() -> impl bincode::Options {
     use bincode::Options;
     bincode::DefaultOptions::new().with_varint_encoding().with_little_endian().reject_trailing_bytes()
 }
@@ -107,9 +107,21 @@ pub fn decode(shard: ShardId, sequence: u64, bytes: &[u8]) -> Result<BatchRecord
 
 /// Visits every batch of `shard` in sequence order, checking that sequences have no gaps.
 pub fn read_shard(store: &dyn Store, shard: ShardId, visit: &mut dyn FnMut(BatchRecord) -> Result<(), JournalError>) -> Result<u64, JournalError> {
-    let start = batch_key(shard, 0);
+    read_shard_from(store, shard, 1, visit)
+}
+
+/// Visits the batches of `shard` from `first` on in sequence order, checking that they start at
+/// `first` (when there are any) and have no gaps. Returns the last sequence (`first - 1` when
+/// there is none from `first` on).
+pub fn read_shard_from(
+    store: &dyn Store,
+    shard: ShardId,
+    first: u64,
+    visit: &mut dyn FnMut(BatchRecord) -> Result<(), JournalError>,
+) -> Result<u64, JournalError> {
+    let start = batch_key(shard, first);
     let end = batch_key(shard, u64::MAX);
-    let mut expected = 1u64;
+    let mut expected = first;
     let mut failure: Option<JournalError> = None;
     store.scan(&start, &end, &mut |key, value| {
         // Keys come from storage: one of another length is corruption, not a reason to panic.
@@ -137,13 +149,57 @@ pub fn read_shard(store: &dyn Store, shard: ShardId, visit: &mut dyn FnMut(Batch
     }
 }
 
-/// Rebuilds a shard's state by re-applying its journal, checking that every batch produces
-/// exactly the postings that were stored. Returns the state, the last sequence and timestamp.
+/// A shard's state as recovery rebuilt it.
+pub struct Recovered {
+    pub state: ShardState,
+    /// The last batch applied.
+    pub sequence: u64,
+    /// That batch's timestamp.
+    pub timestamp: Timestamp,
+    /// The batch of the checkpoint recovery started from, if any.
+    pub checkpoint: Option<u64>,
+    /// Newer checkpoints recovery could not use, and why (a torn or corrupt one).
+    pub skipped: Vec<String>,
+}
+
+/// Rebuilds a shard's state: loads its newest usable checkpoint (falling back to older ones) and
+/// re-applies the journal after it, checking that every batch produces exactly the postings that
+/// were stored.
+pub fn recover_shard(store: &dyn Store, shard: ShardId) -> Result<Recovered, JournalError> {
+    let (loaded, skipped) = crate::checkpoint::load_newest(store, shard)?;
+    let skipped = skipped.into_iter().map(|e| e.to_string()).collect();
+    let (state, checkpoint, timestamp) = match loaded {
+        Some((state, manifest)) => (state, Some(manifest.sequence), manifest.timestamp),
+        None => (ShardState::default(), None, 0),
+    };
+    let (state, sequence, timestamp) = replay_after(store, shard, state, checkpoint.unwrap_or(0), timestamp)?;
+    Ok(Recovered { state, sequence, timestamp, checkpoint, skipped })
+}
+
+/// Rebuilds a shard's state (from its newest usable checkpoint and the journal after it).
+/// Returns the state, the last sequence and timestamp.
 pub fn replay_shard(store: &dyn Store, shard: ShardId) -> Result<(ShardState, u64, Timestamp), JournalError> {
-    let mut state = ShardState::default();
+    let recovered = recover_shard(store, shard)?;
+    Ok((recovered.state, recovered.sequence, recovered.timestamp))
+}
+
+/// Rebuilds a shard's state from its whole journal, ignoring checkpoints (what a checkpoint is
+/// checked against).
+pub fn replay_journal(store: &dyn Store, shard: ShardId) -> Result<(ShardState, u64, Timestamp), JournalError> {
+    replay_after(store, shard, ShardState::default(), 0, 0)
+}
+
+/// Re-applies the batches after `after` to `state` (the state after batch `after`).
+fn replay_after(
+    store: &dyn Store,
+    shard: ShardId,
+    mut state: ShardState,
+    after: u64,
+    timestamp: Timestamp,
+) -> Result<(ShardState, u64, Timestamp), JournalError> {
     let mut fx = Effects::default();
-    let mut last_timestamp = 0;
-    let last_sequence = read_shard(store, shard, &mut |record| {
+    let mut last_timestamp = timestamp;
+    let last_sequence = read_shard_from(store, shard, after + 1, &mut |record| {
         fx.clear();
         // A record that decodes but was damaged (a flipped bit that still makes a command) can
         // break an assertion of `apply` (a credit from the shard itself, a sequence gap): that is

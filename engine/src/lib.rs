@@ -2,6 +2,7 @@
 //! router. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod chart;
+pub mod checkpoint;
 pub mod directory;
 pub mod engine;
 pub mod invariants;

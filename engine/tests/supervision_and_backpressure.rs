@@ -161,6 +161,9 @@ impl Store for PanickingStore {
         }
         self.inner.write(puts)
     }
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
+        self.inner.delete_range(start, end)
+    }
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.inner.get(key)
     }

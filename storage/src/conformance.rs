@@ -2,7 +2,7 @@
 
 use crate::Store;
 
-/// Checks `store` against the `Store` contract: empty reads, whole batches, overwrites, ordered
+/// Checks `store` against the `Store` contract: empty reads, whole batches, overwrites, range deletes, ordered
 /// and bounded scans that stop when told, empty batches. Panics on the first difference.
 pub fn check_store(store: &dyn Store) {
     // Empty reads.
@@ -30,6 +30,13 @@ pub fn check_store(store: &dyn Store) {
         })
         .expect("scan");
     assert_eq!(count, 1);
+    // A range delete removes `[start, end)` and nothing else.
+    store.write(&[(b"d/1", b"x"), (b"d/2", b"y"), (b"d/3", b"z")]).expect("write");
+    store.delete_range(b"d/1", b"d/3").expect("delete range");
+    assert_eq!(store.get(b"d/1").expect("get"), None);
+    assert_eq!(store.get(b"d/2").expect("get"), None);
+    assert_eq!(store.get(b"d/3").expect("get").as_deref(), Some(&b"z"[..]));
+    assert_eq!(store.get(b"k/1").expect("get").as_deref(), Some(&b"one"[..]));
     // An empty batch is allowed.
     store.write(&[]).expect("empty write");
     assert!(!store.is_poisoned());

@@ -29,6 +29,9 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
+    /// Deletes every key in `[start, end)` atomically and durably (one write).
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError>;
+
     /// Visits the keys in `[start, end)` in ascending order until `visit` returns false.
     fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError>;
 

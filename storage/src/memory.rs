@@ -33,8 +33,9 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+impl MemoryStore {
+    /// Refuses a write of a poisoned store, and counts down to (and makes) an injected failure.
+    fn write_check(&self) -> Result<(), StorageError> {
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(StorageError::Poisoned);
         }
@@ -46,9 +47,26 @@ impl Store for MemoryStore {
         if left != u64::MAX {
             self.writes_before_failure.store(left - 1, Ordering::SeqCst);
         }
+        Ok(())
+    }
+}
+
+impl Store for MemoryStore {
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        self.write_check()?;
         let mut map = self.map.lock().expect("memory store lock");
         for (key, value) in puts {
             map.insert(key.to_vec(), value.to_vec());
+        }
+        Ok(())
+    }
+
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
+        self.write_check()?;
+        let mut map = self.map.lock().expect("memory store lock");
+        let doomed: Vec<Vec<u8>> = map.range(start.to_vec()..end.to_vec()).map(|(k, _)| k.clone()).collect();
+        for key in doomed {
+            map.remove(&key);
         }
         Ok(())
     }
