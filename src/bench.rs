@@ -44,6 +44,13 @@ pub struct BenchArgs {
     pub in_flight: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Batches between checkpoints of each shard's state during the run (0: none during the
+    /// run; the stop at the end writes one either way, unless --no-final-checkpoint).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every_batches: u64,
+    /// Stop without writing a checkpoint (the next start replays the whole journal).
+    #[arg(long)]
+    pub no_final_checkpoint: bool,
 }
 
 const PLATFORM: u32 = 1;
@@ -53,6 +60,12 @@ const CNY: CurrencyId = CurrencyId(0);
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
+}
+
+/// Peak resident set size of this process in bytes (Linux `VmHWM`).
+fn peak_resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
 }
 
 fn run_batches(engine: &Engine, batches: impl Iterator<Item = Vec<Envelope>>, in_flight: usize, latencies: &mut Vec<Duration>) -> Result<u64> {
@@ -97,7 +110,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temporary.clone().expect("set above"));
     std::fs::create_dir_all(&data_dir)?;
     let store = Arc::new(RocksStore::open(&data_dir)?);
-    let config = EngineConfig { shard_count: args.shards, batch_size_max: args.batch, ..EngineConfig::default() };
+    let checkpoints = engine::shard::CheckpointPolicy {
+        every_batches: args.checkpoint_every_batches,
+        every: Duration::ZERO,
+        kept: 2,
+        on_shutdown: !args.no_final_checkpoint,
+    };
+    let config = EngineConfig { shard_count: args.shards, batch_size_max: args.batch, checkpoints, ..EngineConfig::default() };
     let engine = Engine::start(config, store)?;
     println!(
         "bench: accounts={} transfers={} batch={} distribution={:?} shards={} in_flight={} data_dir={}",
@@ -174,14 +193,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
     engine.wait_quiescent(Duration::from_secs(120))?;
     let elapsed = started.elapsed();
     let report = engine::invariants::check_engine(&engine)?;
+    let resident_at_end = resident_bytes();
+    let stopping = Instant::now();
     engine.shutdown();
+    let stopped_in = stopping.elapsed();
+    for (shard, c) in engine.counters().iter().enumerate() {
+        use std::sync::atomic::Ordering::Relaxed;
+        println!(
+            "shard {shard} checkpoints: {} last_at_batch: {} bytes: {} hold_ms last/max: {:.1}/{:.1} write_ms_last: {:.1}",
+            c.checkpoints.load(Relaxed),
+            c.checkpoint_sequence.load(Relaxed),
+            c.checkpoint_bytes.load(Relaxed),
+            c.checkpoint_hold_us.load(Relaxed) as f64 / 1000.0,
+            c.largest_checkpoint_hold_us.load(Relaxed) as f64 / 1000.0,
+            c.checkpoint_write_us.load(Relaxed) as f64 / 1000.0,
+        );
+    }
+    println!("stop_s (final checkpoint included): {:.3}", stopped_in.as_secs_f64());
     latencies.sort();
     let percentile = |p: f64| -> f64 {
         let index = ((latencies.len() - 1) as f64 * p).round() as usize;
         latencies[index].as_secs_f64() * 1000.0
     };
     println!("rejected: {rejected} invariants_ok: {} elapsed_s: {:.3}", report.ok, elapsed.as_secs_f64());
-    println!("resident_bytes: {}", resident_bytes());
+    println!("resident_bytes: {resident_at_end} (peak {})", peak_resident_bytes());
     println!("transfers_per_second: {}", (args.transfers as f64 / elapsed.as_secs_f64()) as u64);
     println!("batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}", percentile(0.01), percentile(0.50), percentile(0.99), percentile(1.0));
     if let Some(dir) = temporary {

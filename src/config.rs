@@ -129,6 +129,26 @@ struct EngineSection {
     outbox_pending_max: usize,
     ack_flush_ms: u64,
     utc_offset_seconds: i32,
+    /// Optional, so that files written before checkpoints existed still load (defaults then).
+    #[serde(default)]
+    checkpoints: CheckpointSection,
+}
+
+/// `[engine.checkpoints]`: when each shard writes a checkpoint of its state.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointSection {
+    every_batches: u64,
+    every_seconds: u64,
+    kept: usize,
+    on_shutdown: bool,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> CheckpointSection {
+        let d = EngineConfig::default().checkpoints;
+        CheckpointSection { every_batches: d.every_batches, every_seconds: d.every.as_secs(), kept: d.kept, on_shutdown: d.on_shutdown }
+    }
 }
 
 #[derive(Deserialize)]
@@ -408,7 +428,17 @@ impl Config {
         }
         let rows: Vec<(String, String, String)> = file.chart_of_accounts.iter().map(|(k, s)| (k.clone(), s.code.clone(), s.name.clone())).collect();
         let chart = ChartOfAccounts::from_rows(&rows)?;
+        let c = &e.checkpoints;
+        if !(1..=100).contains(&c.kept) || c.every_seconds > 7 * 86_400 {
+            return Err(anyhow!("engine.checkpoints.kept must be 1..=100 and every_seconds at most a week"));
+        }
         let engine = EngineConfig {
+            checkpoints: engine::shard::CheckpointPolicy {
+                every_batches: c.every_batches,
+                every: std::time::Duration::from_secs(c.every_seconds),
+                kept: c.kept,
+                on_shutdown: c.on_shutdown,
+            },
             shard_count: e.shard_count,
             mailbox_capacity: e.mailbox_capacity,
             inbound_capacity: e.inbound_capacity,
@@ -595,6 +625,8 @@ mod tests {
             ("callback_attempts_max = 10", "callback_attempts_max = 4294967295"),
             ("exponent = 2", "exponent = 255"),
             ("shard_count = 2", "shard_count = 65535"),
+            ("\nkept = 2", "\nkept = 0"),
+            ("every_seconds = 600", "every_seconds = 604801"),
             ("mailbox_capacity = 1024", "mailbox_capacity = 18446744073709551615"),
             ("body_timeout_ms = 10000", "body_timeout_ms = 0"),
             ("head_timeout_ms = 5000", "head_timeout_ms = 600001"),

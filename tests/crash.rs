@@ -21,6 +21,11 @@ type Acks = Vec<(String, u64, bool)>;
 fn workload(data_dir: &std::path::Path) -> Command {
     let mut command = Command::new(BINARY);
     command.args(["workload", "--orders", ORDERS, "--accounts", "30", "--seed", "11", "--data-dir"]).arg(data_dir).stdout(Stdio::piped()).stderr(Stdio::null());
+    // A configuration beside the data directory (the checkpoint test writes one) is used.
+    let config = data_dir.with_extension("toml");
+    if config.exists() {
+        command.arg("--config").arg(config);
+    }
     command
 }
 
@@ -74,8 +79,28 @@ fn record(seen: &mut HashMap<String, u64>, acks: &Acks, run: usize) {
 #[test]
 fn sigkill_under_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
+    crash_many_times(&dir.path().join("data"), 2026);
+}
+
+/// The same with a checkpoint every few batches, so that kills land while checkpoints are being
+/// written (parts without a manifest, a manifest without its pruning) and restarts load one.
+#[test]
+fn sigkill_during_checkpoints_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
-    let mut rng = StdRng::seed_from_u64(2026);
+    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml")).expect("default config");
+    assert!(config.contains("every_batches = 20000"), "the default configuration names the checkpoint interval");
+    std::fs::write(data_dir.with_extension("toml"), config.replace("every_batches = 20000", "every_batches = 3")).expect("write config");
+    crash_many_times(&data_dir, 2027);
+    // The kills left checkpoints to start from.
+    let shards = Command::new(BINARY).arg("shards").arg("--data-dir").arg(&data_dir).output().expect("shards");
+    let text = String::from_utf8_lossy(&shards.stdout);
+    assert!(shards.status.success() && text.contains("checkpoint at batch"), "{text}{}", String::from_utf8_lossy(&shards.stderr));
+}
+
+fn crash_many_times(data_dir: &std::path::Path, seed: u64) {
+    let data_dir = data_dir.to_path_buf();
+    let mut rng = StdRng::seed_from_u64(seed);
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut acknowledged_before_kills = 0;
     let started = Instant::now();

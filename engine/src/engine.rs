@@ -10,14 +10,14 @@ use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
 use storage::Store;
 
 use crate::directory::Directory;
-use crate::journal::{batch_key, encode, replay_shard_chained, BatchRecordRef, ChainHead, META_SHARD_COUNT, ZERO_HASH};
+use crate::journal::{batch_key, encode, recover_shard, BatchRecordRef, ChainHead, Recovered, META_SHARD_COUNT, ZERO_HASH};
 use crate::ledger::command::{idempotency_key, Command, Envelope};
 use crate::ledger::ops::payment::check_legs;
 use crate::ledger::state::{check_amount, credit_refusal_by, Effects, ShardState};
 use crate::ledger::types::{AdjustmentSide, Leg, Reply, ShardId, Timestamp};
 use crate::money::CurrencySpec;
 use crate::result::ResultCode;
-use crate::shard::{ClientRequest, Control, ReplyTo, Shard, ShardCounters, ShardFailure, ShardLimits};
+use crate::shard::{CheckpointPolicy, Checkpoints, ClientRequest, Control, ReplyTo, Shard, ShardCounters, ShardFailure, ShardLimits};
 use crate::EngineError;
 
 /// How the engine is sized and what it keeps (see config/default.toml for each key).
@@ -34,6 +34,9 @@ pub struct EngineConfig {
     pub ack_flush_ms: u64,
     pub currencies: Vec<CurrencySpec>,
     pub utc_offset_seconds: i32,
+    /// When shards write checkpoints of their state (recovery loads the newest and replays only
+    /// the journal after it).
+    pub checkpoints: CheckpointPolicy,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
             ack_flush_ms: 20,
             currencies: vec![CurrencySpec::new("CNY", 2).expect("valid"), CurrencySpec::new("USD", 2).expect("valid")],
             utc_offset_seconds: 8 * 3600,
+            checkpoints: CheckpointPolicy { every_batches: 20_000, every: Duration::from_secs(600), kept: 2, on_shutdown: true },
         }
     }
 }
@@ -222,7 +226,7 @@ impl Engine {
         let recovered = recover_all(&*store, &config)?;
         let directory = Arc::new(Directory::new(shard_count));
         let claims = Arc::new(Claims::new());
-        for (state, _, _) in &recovered {
+        for Recovered { state, .. } in &recovered {
             directory.load(state);
             for (key, _) in state.idempotency.iter() {
                 claims.stripe(*key).lock().expect("claims lock").insert(*key, state.shard);
@@ -242,13 +246,20 @@ impl Engine {
             control_senders.push(s);
             control_receivers.push(r);
         }
-        let limits = ShardLimits { batch_size_max: config.batch_size_max, outbox_pending_max: config.outbox_pending_max, ack_flush_ms: config.ack_flush_ms };
+        let limits = ShardLimits {
+            batch_size_max: config.batch_size_max,
+            outbox_pending_max: config.outbox_pending_max,
+            ack_flush_ms: config.ack_flush_ms,
+            checkpoints: config.checkpoints,
+        };
         let mut counters = Vec::new();
         let mut threads = Vec::new();
         let receivers = client_receivers.into_iter().zip(inbound_receivers).zip(control_receivers);
-        for ((state, chain_head, last_timestamp), ((clients, inbound), control)) in recovered.into_iter().zip(receivers) {
+        for (recovered, ((clients, inbound), control)) in recovered.into_iter().zip(receivers) {
+            let Recovered { state, head: chain_head, timestamp: last_timestamp, checkpoint, .. } = recovered;
             let sequence = chain_head.sequence;
             let shard_counters = Arc::new(ShardCounters::default());
+            shard_counters.checkpoint_sequence.store(checkpoint.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
             shard_counters.accounts.store(state.accounts.len() as u64, std::sync::atomic::Ordering::Relaxed);
             shard_counters.last_sequence.store(sequence, std::sync::atomic::Ordering::Relaxed);
             shard_counters.outbox_pending.store(state.outbox_pending() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -267,6 +278,7 @@ impl Engine {
                 directory: directory.clone(),
                 counters: shard_counters,
                 limits,
+                checkpoints: Checkpoints::starting_from(checkpoint),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard_id}"))
@@ -604,15 +616,20 @@ impl Engine {
     }
 }
 
-/// Replays every shard's journal (in parallel) and writes genesis for shards that have none.
-fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<(ShardState, ChainHead, Timestamp)>, EngineError> {
-    let results: Vec<Result<(ShardState, ChainHead, Timestamp), EngineError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..config.shard_count).map(|shard| scope.spawn(move || replay_shard_chained(store, shard).map_err(EngineError::from))).collect();
+/// Recovers every shard (in parallel: its newest usable checkpoint, then the journal after it)
+/// and writes genesis for shards that have none.
+fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<Recovered>, EngineError> {
+    let results: Vec<Result<Recovered, EngineError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..config.shard_count).map(|shard| scope.spawn(move || recover_shard(store, shard).map_err(EngineError::from))).collect();
         handles.into_iter().map(|h| h.join().expect("replay thread")).collect()
     });
     let mut recovered = Vec::new();
     for (shard, result) in results.into_iter().enumerate() {
-        let (mut state, mut head, mut timestamp) = result?;
+        let mut shard_recovered = result?;
+        for reason in &shard_recovered.skipped {
+            eprintln!("shard {shard}: skipped a checkpoint at start: {reason}");
+        }
+        let Recovered { state, head, timestamp, .. } = &mut shard_recovered;
         if head.sequence == 0 {
             let genesis = Envelope {
                 platform: 0,
@@ -625,20 +642,27 @@ fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<(ShardSta
                 },
             };
             let mut fx = Effects::default();
-            timestamp = wall_clock_micros();
-            state.apply(&genesis, timestamp, &mut fx);
+            *timestamp = wall_clock_micros();
+            state.apply(&genesis, *timestamp, &mut fx);
             let sequence = 1;
             let mut encoded = Vec::new();
             let envelopes = [genesis];
-            let record =
-                BatchRecordRef { shard: shard as ShardId, sequence, timestamp, previous_hash: ZERO_HASH, envelopes: &envelopes, entries: &[], postings: &[] };
+            let record = BatchRecordRef {
+                shard: shard as ShardId,
+                sequence,
+                timestamp: *timestamp,
+                previous_hash: ZERO_HASH,
+                envelopes: &envelopes,
+                entries: &[],
+                postings: &[],
+            };
             let hash = encode(&record, &mut encoded);
             store.write(&[(&batch_key(shard as ShardId, sequence), &encoded)])?;
-            head = ChainHead { sequence, hash };
+            *head = ChainHead { sequence, hash };
         } else if state.currencies != config.currencies || state.utc_offset_seconds != config.utc_offset_seconds {
             return Err(EngineError::Config(format!("shard {shard} was created with other currencies or business-day offset than configured")));
         }
-        recovered.push((state, head, timestamp));
+        recovered.push(shard_recovered);
     }
     Ok(recovered)
 }

@@ -158,7 +158,7 @@ pub enum JournalError {
 
 /// The journal's encoding: bincode with variable-length integers (ids and amounts are mostly
 /// small, so a batch takes about half the bytes of fixed-width encoding).
-fn codec() -> impl bincode::Options {
+pub(crate) fn codec() -> impl bincode::Options {
     use bincode::Options;
     bincode::DefaultOptions::new().with_varint_encoding().with_little_endian().reject_trailing_bytes()
 }
@@ -386,6 +386,7 @@ pub fn last_sequence(store: &dyn Store, shard: ShardId) -> Result<u64, JournalEr
     key.get(3..).and_then(|tail| <[u8; 8]>::try_from(tail).ok()).map(u64::from_be_bytes).ok_or_else(|| JournalError::Corrupt {
         shard,
         sequence: 0,
+        kind: BreakKind::Undecodable,
         reason: format!("a journal key of {} bytes", key.len()),
     })
 }
@@ -398,24 +399,73 @@ pub fn stored_shard_count(store: &dyn Store) -> Result<Option<ShardId>, JournalE
     let count = <[u8; 2]>::try_from(bytes.as_slice()).map_err(|_| JournalError::Corrupt {
         shard: 0,
         sequence: 0,
+        kind: BreakKind::Undecodable,
         reason: format!("the shard count is stored in {} bytes", bytes.len()),
     })?;
     Ok(Some(ShardId::from_le_bytes(count)))
 }
 
-/// Rebuilds a shard's state by re-applying its journal, checking that every batch produces
-/// exactly the postings that were stored. Returns the state, the last sequence and timestamp.
+/// A shard's state as recovery rebuilt it.
+pub struct Recovered {
+    pub state: ShardState,
+    /// The last batch applied and its hash (the shard's next batch links to it).
+    pub head: ChainHead,
+    /// That batch's timestamp.
+    pub timestamp: Timestamp,
+    /// The batch of the checkpoint recovery started from, if any.
+    pub checkpoint: Option<u64>,
+    /// Newer checkpoints recovery could not use, and why (a torn or corrupt one).
+    pub skipped: Vec<String>,
+}
+
+/// Rebuilds a shard's state: loads its newest usable checkpoint (falling back to older ones) and
+/// re-applies the journal after it, checking that every batch produces exactly the postings that
+/// were stored.
+pub fn recover_shard(store: &dyn Store, shard: ShardId) -> Result<Recovered, JournalError> {
+    let (loaded, skipped) = crate::checkpoint::load_newest(store, shard)?;
+    let skipped = skipped.into_iter().map(|e| e.to_string()).collect();
+    let (state, anchor, timestamp) = match loaded {
+        Some((state, manifest)) => (state, Some(ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash }), manifest.timestamp),
+        None => (ShardState::default(), None, 0),
+    };
+    // From a checkpoint, the walk checks that the journal's batch at the checkpoint (if still
+    // live) hashes to the head the checkpoint recorded, and that the next batch links to it.
+    let (state, head, timestamp) = replay_after(store, shard, state, anchor, timestamp)?;
+    Ok(Recovered { state, head, timestamp, checkpoint: anchor.map(|a| a.sequence), skipped })
+}
+
+/// Rebuilds a shard's state (from its newest usable checkpoint and the journal after it).
+/// Returns the state, the last sequence and timestamp.
 pub fn replay_shard(store: &dyn Store, shard: ShardId) -> Result<(ShardState, u64, Timestamp), JournalError> {
-    replay_shard_chained(store, shard).map(|(state, head, timestamp)| (state, head.sequence, timestamp))
+    let recovered = recover_shard(store, shard)?;
+    Ok((recovered.state, recovered.head.sequence, recovered.timestamp))
 }
 
 /// `replay_shard`, returning the chain head instead of the last sequence (the shard goes on from it).
 pub fn replay_shard_chained(store: &dyn Store, shard: ShardId) -> Result<(ShardState, ChainHead, Timestamp), JournalError> {
-    let mut state = ShardState::default();
+    let recovered = recover_shard(store, shard)?;
+    Ok((recovered.state, recovered.head, recovered.timestamp))
+}
+
+/// Rebuilds a shard's state from its whole journal, ignoring checkpoints (what a checkpoint is
+/// checked against). Returns the state, the last sequence and timestamp.
+pub fn replay_journal(store: &dyn Store, shard: ShardId) -> Result<(ShardState, u64, Timestamp), JournalError> {
+    replay_after(store, shard, ShardState::default(), None, 0).map(|(state, head, timestamp)| (state, head.sequence, timestamp))
+}
+
+/// Re-applies the batches after `anchor` (the state's batch and its hash; `None`: an empty state
+/// before batch 1) to `state`, walking and checking the chain from there.
+fn replay_after(
+    store: &dyn Store,
+    shard: ShardId,
+    mut state: ShardState,
+    anchor: Option<ChainHead>,
+    timestamp: Timestamp,
+) -> Result<(ShardState, ChainHead, Timestamp), JournalError> {
     let mut fx = Effects::default();
-    let mut last_timestamp = 0;
-    let mut first = true;
-    let head = walk_chain(store, shard, None, &mut |record| {
+    let mut last_timestamp = timestamp;
+    let mut first = anchor.is_none();
+    let head = walk_chain(store, shard, anchor, &mut |record| {
         if std::mem::take(&mut first) && record.sequence != 1 {
             // Replay from an empty state needs every batch since genesis.
             return Err(JournalError::Corrupt {

@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod chart;
+pub mod checkpoint;
 pub mod directory;
 pub mod engine;
 pub mod invariants;

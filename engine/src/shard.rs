@@ -60,6 +60,20 @@ pub struct ShardCounters {
     pub stopped: AtomicBool,
     /// Why the shard stopped (a failed write, or a panic); `None` while it runs.
     pub failure: std::sync::Mutex<Option<ShardFailure>>,
+    /// The batch of the newest checkpoint written or loaded (0: none).
+    pub checkpoint_sequence: AtomicU64,
+    /// When it was written (wall-clock microseconds; 0: loaded at start or none).
+    pub checkpoint_at: AtomicU64,
+    /// Checkpoints written since start.
+    pub checkpoints: AtomicU64,
+    /// Bytes of encoded state of the newest checkpoint written.
+    pub checkpoint_bytes: AtomicU64,
+    /// How long the shard's own thread was held by the last checkpoint (copying its state), and
+    /// the longest such hold, in microseconds.
+    pub checkpoint_hold_us: AtomicU64,
+    pub largest_checkpoint_hold_us: AtomicU64,
+    /// How long the last checkpoint took to encode and write (off the shard's thread).
+    pub checkpoint_write_us: AtomicU64,
 }
 
 /// Why a shard stopped.
@@ -111,6 +125,13 @@ impl Default for ShardCounters {
             last_batch_at: AtomicU64::default(),
             stopped: AtomicBool::default(),
             failure: std::sync::Mutex::new(None),
+            checkpoint_sequence: AtomicU64::default(),
+            checkpoint_at: AtomicU64::default(),
+            checkpoints: AtomicU64::default(),
+            checkpoint_bytes: AtomicU64::default(),
+            checkpoint_hold_us: AtomicU64::default(),
+            largest_checkpoint_hold_us: AtomicU64::default(),
+            checkpoint_write_us: AtomicU64::default(),
         }
     }
 }
@@ -124,6 +145,44 @@ pub struct ShardLimits {
     pub outbox_pending_max: usize,
     /// How long acknowledgements may wait for a batch to ride on before they get their own.
     pub ack_flush_ms: u64,
+    /// When checkpoints are taken (see `CheckpointPolicy`).
+    pub checkpoints: CheckpointPolicy,
+}
+
+/// When a shard writes a checkpoint of its state: after `every_batches` batches or `every`
+/// time since the last one (with at least one batch since), whichever comes first; zero turns
+/// that trigger off. A graceful stop writes one too when batches were written since the last.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointPolicy {
+    pub every_batches: u64,
+    pub every: Duration,
+    /// Checkpoints kept per shard (at least 1; 2 or more lets recovery fall back past a bad one).
+    pub kept: usize,
+    pub on_shutdown: bool,
+}
+
+impl CheckpointPolicy {
+    /// No checkpoints at all: recovery replays the whole journal.
+    pub const NEVER: CheckpointPolicy = CheckpointPolicy { every_batches: 0, every: Duration::ZERO, kept: 2, on_shutdown: false };
+
+    fn enabled(&self) -> bool {
+        self.every_batches > 0 || !self.every.is_zero() || self.on_shutdown
+    }
+}
+
+/// The checkpoints a shard has taken, and the one being written.
+pub struct Checkpoints {
+    /// The batch of the last checkpoint written (or loaded at start); 0 when none.
+    pub last_sequence: u64,
+    last_at: Instant,
+    in_flight: Option<std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>>,
+}
+
+impl Checkpoints {
+    /// Nothing in flight; the last checkpoint is the one recovery started from (if any).
+    pub fn starting_from(last_sequence: Option<u64>) -> Checkpoints {
+        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), in_flight: None }
+    }
 }
 
 /// Everything one shard thread needs.
@@ -141,6 +200,7 @@ pub struct Shard {
     pub directory: Arc<Directory>,
     pub counters: Arc<ShardCounters>,
     pub limits: ShardLimits,
+    pub checkpoints: Checkpoints,
 }
 
 /// Reusable buffers of the loop: nothing on the hot path allocates once they have grown.
@@ -253,6 +313,7 @@ impl Shard {
                 round.envelopes.append(&mut round.deferred_acks);
             }
             if shutting_down && round.envelopes.is_empty() && self.clients.is_empty() && self.inbound.is_empty() {
+                self.checkpoint_at_shutdown();
                 break;
             }
             if round.envelopes.is_empty() {
@@ -267,6 +328,82 @@ impl Shard {
                 refuse_until_shutdown(self.state.shard, &self.clients, &self.control, &self.inbound);
                 return;
             }
+            self.maybe_checkpoint();
+        }
+    }
+
+    /// Between batches: collects a finished checkpoint, and starts the next one when due. The
+    /// shard's thread only copies its state (the hold, published as `checkpoint_hold_us`); a
+    /// thread of the checkpoint's own encodes and writes it. One at a time per shard.
+    fn maybe_checkpoint(&mut self) {
+        let policy = self.limits.checkpoints;
+        if let Some(handle) = self.checkpoints.in_flight.take_if(|h| h.is_finished()) {
+            self.collect_checkpoint(handle);
+        }
+        if self.checkpoints.in_flight.is_some() || self.store.is_poisoned() {
+            return;
+        }
+        let since = self.sequence - self.checkpoints.last_sequence.min(self.sequence);
+        let by_count = policy.every_batches > 0 && since >= policy.every_batches;
+        let by_time = !policy.every.is_zero() && since > 0 && self.checkpoints.last_at.elapsed() >= policy.every;
+        if !(by_count || by_time) {
+            return;
+        }
+        let held = Instant::now();
+        let snapshot = self.state.clone();
+        let hold_us = held.elapsed().as_micros() as u64;
+        self.counters.checkpoint_hold_us.store(hold_us, Ordering::Relaxed);
+        self.counters.largest_checkpoint_hold_us.fetch_max(hold_us, Ordering::Relaxed);
+        let (store, head, timestamp, kept) = (self.store.clone(), self.chain_head, self.last_timestamp, policy.kept);
+        debug_assert_eq!(head.sequence, self.sequence, "the chain head is the last batch");
+        self.checkpoints.last_sequence = head.sequence;
+        self.checkpoints.last_at = Instant::now();
+        let spawned = std::thread::Builder::new()
+            .name(format!("checkpoint-{}", self.state.shard))
+            .spawn(move || crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept));
+        match spawned {
+            Ok(handle) => self.checkpoints.in_flight = Some(handle),
+            Err(error) => eprintln!("shard {}: cannot start a checkpoint thread: {error}; trying again later", self.state.shard),
+        }
+    }
+
+    /// Publishes the outcome of a checkpoint thread. A failed write has poisoned the store, so
+    /// the shard's next batch fails and stops it (never retried, DESIGN.md 4); recovery then uses
+    /// the previous checkpoint.
+    fn collect_checkpoint(&self, handle: std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>) {
+        match handle.join() {
+            Ok(Ok(written)) => self.publish_checkpoint(&written),
+            Ok(Err(error)) => eprintln!("shard {}: checkpoint failed: {error}", self.state.shard),
+            Err(_) => eprintln!("shard {}: the checkpoint thread panicked", self.state.shard),
+        }
+    }
+
+    fn publish_checkpoint(&self, written: &crate::checkpoint::Written) {
+        let c = &self.counters;
+        c.checkpoint_sequence.store(written.manifest.sequence, Ordering::Relaxed);
+        c.checkpoint_at.store(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0), Ordering::Relaxed);
+        c.checkpoints.fetch_add(1, Ordering::Relaxed);
+        c.checkpoint_bytes.store(written.manifest.bytes, Ordering::Relaxed);
+        c.checkpoint_write_us.store(written.write_us, Ordering::Relaxed);
+    }
+
+    /// At a graceful stop: waits for the checkpoint in flight, then writes one of the final
+    /// state (on this thread: nothing else is waiting) if batches were written since the last,
+    /// so that the next start loads it instead of replaying.
+    fn checkpoint_at_shutdown(&mut self) {
+        if let Some(handle) = self.checkpoints.in_flight.take() {
+            self.collect_checkpoint(handle);
+        }
+        let policy = self.limits.checkpoints;
+        if !policy.enabled() || !policy.on_shutdown || self.store.is_poisoned() || self.sequence <= self.checkpoints.last_sequence {
+            return;
+        }
+        match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept) {
+            Ok(written) => {
+                self.checkpoints.last_sequence = self.sequence;
+                self.publish_checkpoint(&written);
+            }
+            Err(error) => eprintln!("shard {}: checkpoint at shutdown failed: {error}", self.state.shard),
         }
     }
 

@@ -108,6 +108,20 @@ pub struct ShardView {
     pub inbound_depth: usize,
     /// When the last durable batch was written (microseconds since the epoch; 0 before the first).
     pub last_batch_at_us: u64,
+    /// The batch of the newest checkpoint of the shard's state (written, or loaded at start);
+    /// 0 when there is none.
+    pub checkpoint_sequence: u64,
+    /// When this process wrote it (microseconds since the epoch; 0: loaded at start, or none).
+    pub checkpoint_at_us: u64,
+    /// Checkpoints this process wrote.
+    pub checkpoints: u64,
+    /// Bytes of encoded state in the newest checkpoint written.
+    pub checkpoint_bytes: u64,
+    /// How long the last and the longest checkpoint held the shard's thread (copying its state).
+    pub checkpoint_hold_us_last: u64,
+    pub checkpoint_hold_us_max: u64,
+    /// How long the last checkpoint took to encode and write (off the shard's thread).
+    pub checkpoint_write_us_last: u64,
 }
 
 /// The published figures of one shard.
@@ -133,6 +147,13 @@ pub fn shard_view(engine: &Engine, shard: u16) -> Option<ShardView> {
         failure,
         inbound_depth: engine.inbound_depth(shard),
         last_batch_at_us: c.last_batch_at.load(Ordering::Relaxed),
+        checkpoint_sequence: c.checkpoint_sequence.load(Ordering::Relaxed),
+        checkpoint_at_us: c.checkpoint_at.load(Ordering::Relaxed),
+        checkpoints: c.checkpoints.load(Ordering::Relaxed),
+        checkpoint_bytes: c.checkpoint_bytes.load(Ordering::Relaxed),
+        checkpoint_hold_us_last: c.checkpoint_hold_us.load(Ordering::Relaxed),
+        checkpoint_hold_us_max: c.largest_checkpoint_hold_us.load(Ordering::Relaxed),
+        checkpoint_write_us_last: c.checkpoint_write_us.load(Ordering::Relaxed),
     })
 }
 

@@ -74,17 +74,14 @@ impl RocksStore {
     }
 }
 
-impl Store for RocksStore {
-    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+impl RocksStore {
+    /// Writes one batch with sync (WAL fsync); a failure poisons the store.
+    fn write_batch(&self, batch: WriteBatch) -> Result<(), StorageError> {
         if self.read_only {
             return Err(StorageError::ReadOnly);
         }
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(StorageError::Poisoned);
-        }
-        let mut batch = WriteBatch::default();
-        for (key, value) in puts {
-            batch.put(key, value);
         }
         let mut options = WriteOptions::default();
         options.set_sync(true);
@@ -94,23 +91,22 @@ impl Store for RocksStore {
             io(error)
         })
     }
+}
+
+impl Store for RocksStore {
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        for (key, value) in puts {
+            batch.put(key, value);
+        }
+        self.write_batch(batch)
+    }
 
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
-        if self.read_only {
-            return Err(StorageError::ReadOnly);
-        }
-        if self.poisoned.load(Ordering::SeqCst) {
-            return Err(StorageError::Poisoned);
-        }
         // One range tombstone: cheap to write whatever the range holds; compaction drops the data.
         let mut batch = WriteBatch::default();
         batch.delete_range(start, end);
-        let mut options = WriteOptions::default();
-        options.set_sync(true);
-        self.db.write_opt(batch, &options).map_err(|error| {
-            self.poisoned.store(true, Ordering::SeqCst);
-            io(error)
-        })
+        self.write_batch(batch)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {

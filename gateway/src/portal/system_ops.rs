@@ -169,13 +169,23 @@ async fn shards(session: Session, engine: EngineData) -> Result<HttpResponse, Po
     system(&session)?;
     let views: Vec<_> = (0..engine.config().shard_count).filter_map(|s| crate::admin::shard_view(&engine, s)).collect();
     let checkpoint = |at_us: u64| if at_us == 0 { "none yet".to_string() } else { super::super::format_time((at_us / 1_000_000) as i64) };
+    let state_checkpoint = |s: &crate::admin::ShardView| match (s.checkpoint_sequence, s.checkpoint_at_us) {
+        (0, _) => "none yet".to_string(),
+        (sequence, 0) => format!("batch {sequence} (loaded at start)"),
+        (sequence, at) => format!(
+            "batch {sequence} at {}, {} KiB, held {} µs",
+            super::super::format_time((at / 1_000_000) as i64),
+            s.checkpoint_bytes / 1024,
+            s.checkpoint_hold_us_last
+        ),
+    };
     let body = html! {
         meta http-equiv="refresh" content="5";
-        p.muted { "Live figures, refreshed every 5 seconds. Fsync times are of the shard's durable batch writes (RocksDB WAL sync)." }
+        p.muted { "Live figures, refreshed every 5 seconds. Fsync times are of the shard's durable batch writes (RocksDB WAL sync). A checkpoint is the shard's whole state at a batch: a start loads the newest and replays only the journal after it." }
         table.data #shards {
             thead { tr {
                 th.num { "Shard" } th { "State" } th.num { "Accounts" } th.num { "Mailbox" } th.num { "Inbound" } th.num { "Outbox pending" }
-                th.num { "Batches" } th.num { "Commands" } th.num { "Last / largest batch" } th.num { "Fsync last / mean / max (µs)" } th.num { "Last sequence" } th { "Last durable batch" }
+                th.num { "Batches" } th.num { "Commands" } th.num { "Last / largest batch" } th.num { "Fsync last / mean / max (µs)" } th.num { "Last sequence" } th { "Last durable batch" } th { "Last checkpoint" }
             } }
             tbody {
                 @for s in &views {
@@ -188,6 +198,7 @@ async fn shards(session: Session, engine: EngineData) -> Result<HttpResponse, Po
                         td.num { (s.fsync_us_last) " / " (s.fsync_us_mean) " / " (s.fsync_us_max) }
                         td.num { (s.last_sequence) }
                         td { (checkpoint(s.last_batch_at_us)) }
+                        td.checkpoint { (state_checkpoint(s)) }
                     }
                 }
             }

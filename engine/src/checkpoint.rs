@@ -1,0 +1,288 @@
+//! Checkpoints: a shard's whole state at a journal position, so that recovery loads it and
+//! replays only the journal after it.
+//!
+//! Layout (shard: 2 bytes, sequence: 8 bytes, part: 4 bytes, all big-endian, so that a shard's
+//! checkpoints sort by the batch they follow):
+//! - **parts** under `m/p/` + shard + sequence + part: consecutive slices of at most `PART_BYTES`
+//!   of the encoded state (bincode, the journal's codec), each in its own synced write;
+//! - **the manifest** under `m/c/` + shard + sequence, written last, once every part is durable:
+//!   `CHECKPOINT_FORMAT_VERSION`, the bincode of a `Manifest` (shard, sequence, the batch's
+//!   timestamp and chain hash, the length and the BLAKE3 of each part), then the BLAKE3 of those
+//!   bytes. `journal::CHECKPOINT_PREFIX` and `journal::checkpoint_key` name the same keys.
+//!
+//! A checkpoint counts only once its manifest is written, so a crash at any point of writing one
+//! leaves the previous checkpoints as they were (parts without a manifest are ignored, then
+//! deleted with the next pruning). Loading checks the manifest's hash, every part's hash and
+//! that the state decodes to exactly the bytes written; recovery takes the newest checkpoint
+//! that passes and falls back to older ones, naming each one it skipped and why.
+//!
+//! The state is taken between two batches, so it is exactly what replaying the journal up to
+//! `sequence` rebuilds (a test compares their digests); its encoding is the state's own serde
+//! form, so a change of `ShardState`'s fields changes the format: bump
+//! `CHECKPOINT_FORMAT_VERSION` (a binary then ignores older checkpoints and replays the journal).
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use storage::{StorageError, Store};
+
+use crate::journal::{codec, ChainHead};
+use crate::ledger::state::ShardState;
+use crate::ledger::types::{ShardId, Timestamp};
+
+/// Parts (manifests are under `journal::CHECKPOINT_PREFIX`, `m/c/`; `c/` is the gateway's cards).
+const PART_PREFIX: &[u8; 4] = b"m/p/";
+
+/// The version of a checkpoint's encoding, the first byte of its manifest. Bump it whenever
+/// `ShardState`'s serialized form changes: checkpoints of other versions are skipped (and the
+/// journal replayed from the start), never misread.
+pub const CHECKPOINT_FORMAT_VERSION: u8 = 1;
+
+/// The most bytes of encoded state one part (one storage value, one write) holds.
+pub const PART_BYTES: usize = 16 << 20;
+
+/// The key of the manifest of the checkpoint of `shard` after batch `sequence`.
+pub fn manifest_key(shard: ShardId, sequence: u64) -> [u8; 14] {
+    crate::journal::checkpoint_key(shard, sequence)
+}
+
+/// The key of part `part` of that checkpoint.
+pub fn part_key(shard: ShardId, sequence: u64, part: u32) -> [u8; 18] {
+    let mut key = [0u8; 18];
+    key[..14].copy_from_slice(&manifest_key(shard, sequence));
+    key[..4].copy_from_slice(PART_PREFIX);
+    key[14..].copy_from_slice(&part.to_be_bytes());
+    key
+}
+
+/// What a checkpoint's manifest says of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub shard: ShardId,
+    /// The last batch the state includes.
+    pub sequence: u64,
+    /// That batch's timestamp (the shard's clock goes on from it).
+    pub timestamp: Timestamp,
+    /// That batch's hash in the journal's chain: the next batch links to it, and recovery checks
+    /// it against the batch itself while that is still in the live journal.
+    pub chain_hash: [u8; 32],
+    /// Bytes of encoded state in all parts.
+    pub bytes: u64,
+    /// The BLAKE3 of each part, in order.
+    pub part_hashes: Vec<[u8; 32]>,
+}
+
+/// Why a checkpoint could not be written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("checkpoint of shard {shard} at batch {sequence} is unusable: {reason}")]
+    Unusable { shard: ShardId, sequence: u64, reason: String },
+}
+
+/// A checkpoint written: its manifest and what it cost.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub manifest: Manifest,
+    pub write_us: u64,
+}
+
+/// Streams the encoded state into parts, writing each as it fills (the whole encoding is never
+/// held in memory at once).
+struct PartWriter<'a> {
+    store: &'a dyn Store,
+    shard: ShardId,
+    sequence: u64,
+    buffer: Vec<u8>,
+    hashes: Vec<[u8; 32]>,
+    bytes: u64,
+    error: Option<StorageError>,
+}
+
+impl PartWriter<'_> {
+    fn flush_part(&mut self) -> std::io::Result<()> {
+        let part = u32::try_from(self.hashes.len()).map_err(|_| std::io::Error::other("more than 2^32 parts"))?;
+        let hash = *blake3::hash(&self.buffer).as_bytes();
+        if let Err(error) = self.store.write(&[(&part_key(self.shard, self.sequence, part), &self.buffer)]) {
+            let text = error.to_string();
+            self.error = Some(error);
+            return Err(std::io::Error::other(text));
+        }
+        self.hashes.push(hash);
+        self.bytes += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+impl Write for PartWriter<'_> {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
+        let taken = data.len();
+        while !data.is_empty() {
+            let room = PART_BYTES - self.buffer.len();
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.buffer.extend_from_slice(now);
+            data = rest;
+            if self.buffer.len() == PART_BYTES {
+                self.flush_part()?;
+            }
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a checkpoint of `state` (the state after batch `head.sequence`, whose hash is
+/// `head.hash`, stamped `timestamp`), then
+/// deletes all but the `kept` newest checkpoints of the shard (and any parts a crash left
+/// without a manifest below them). Runs on a thread of its own (or at shutdown on the shard's).
+pub fn write(store: &dyn Store, state: &ShardState, head: ChainHead, timestamp: Timestamp, kept: usize) -> Result<Written, CheckpointError> {
+    let sequence = head.sequence;
+    use bincode::Options;
+    let started = Instant::now();
+    let shard = state.shard;
+    let mut writer = PartWriter { store, shard, sequence, buffer: Vec::with_capacity(PART_BYTES.min(1 << 20)), hashes: Vec::new(), bytes: 0, error: None };
+    if let Err(error) = codec().serialize_into(&mut writer, state) {
+        return Err(match writer.error.take() {
+            Some(storage) => CheckpointError::Storage(storage),
+            None => CheckpointError::Unusable { shard, sequence, reason: format!("the state does not encode: {error}") },
+        });
+    }
+    if !writer.buffer.is_empty() || writer.hashes.is_empty() {
+        if writer.flush_part().is_err() {
+            let error = writer.error.take().unwrap_or(StorageError::Io("part write failed".into()));
+            return Err(CheckpointError::Storage(error));
+        }
+    }
+    let manifest = Manifest { shard, sequence, timestamp, chain_hash: head.hash, bytes: writer.bytes, part_hashes: writer.hashes };
+    store.write(&[(&manifest_key(shard, sequence), &encode_manifest(&manifest))])?;
+    prune(store, shard, kept.max(1))?;
+    Ok(Written { manifest, write_us: started.elapsed().as_micros() as u64 })
+}
+
+fn encode_manifest(manifest: &Manifest) -> Vec<u8> {
+    use bincode::Options;
+    let mut bytes = vec![CHECKPOINT_FORMAT_VERSION];
+    codec().serialize_into(&mut bytes, manifest).expect("manifests serialize");
+    let hash = blake3::hash(&bytes);
+    bytes.extend_from_slice(hash.as_bytes());
+    bytes
+}
+
+fn decode_manifest(shard: ShardId, sequence: u64, bytes: &[u8]) -> Result<Manifest, CheckpointError> {
+    use bincode::Options;
+    let unusable = |reason: String| CheckpointError::Unusable { shard, sequence, reason };
+    if bytes.len() < 33 {
+        return Err(unusable(format!("a manifest of {} bytes", bytes.len())));
+    }
+    let (body, hash) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != hash {
+        return Err(unusable("the manifest's hash does not match its bytes".into()));
+    }
+    if body[0] != CHECKPOINT_FORMAT_VERSION {
+        return Err(unusable(format!("format version {}; this build reads version {CHECKPOINT_FORMAT_VERSION}", body[0])));
+    }
+    let manifest: Manifest = codec().deserialize(&body[1..]).map_err(|e| unusable(format!("the manifest does not decode: {e}")))?;
+    if manifest.shard != shard || manifest.sequence != sequence {
+        return Err(unusable(format!("the manifest names batch {} of shard {}", manifest.sequence, manifest.shard)));
+    }
+    Ok(manifest)
+}
+
+/// The sequences of `shard`'s checkpoint manifests, oldest first (whether usable or not).
+pub fn list(store: &dyn Store, shard: ShardId) -> Result<Vec<u64>, StorageError> {
+    let mut sequences = Vec::new();
+    store.scan(&manifest_key(shard, 0), &manifest_key(shard, u64::MAX), &mut |key, _| {
+        if let Some(tail) = key.get(6..14).and_then(|t| <[u8; 8]>::try_from(t).ok()) {
+            sequences.push(u64::from_be_bytes(tail));
+        }
+        true
+    })?;
+    Ok(sequences)
+}
+
+/// Deletes every checkpoint of `shard` older than its `kept` newest, with any parts without a
+/// manifest below the oldest one kept. Parts go first: a crash between the two deletes leaves
+/// manifests whose parts are gone, which loading skips as unusable and the next pruning deletes.
+fn prune(store: &dyn Store, shard: ShardId, kept: usize) -> Result<(), StorageError> {
+    let sequences = list(store, shard)?;
+    if sequences.len() <= kept {
+        return Ok(());
+    }
+    let oldest_kept = sequences[sequences.len() - kept];
+    store.delete_range(&part_key(shard, 0, 0), &part_key(shard, oldest_kept, 0))?;
+    store.delete_range(&manifest_key(shard, 0), &manifest_key(shard, oldest_kept))
+}
+
+/// Reads the parts of a checkpoint in order, checking each one's hash before serving a byte.
+struct PartReader<'a> {
+    store: &'a dyn Store,
+    manifest: &'a Manifest,
+    next_part: usize,
+    part: Vec<u8>,
+    position: usize,
+}
+
+impl Read for PartReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.position == self.part.len() {
+            let Some(expected) = self.manifest.part_hashes.get(self.next_part) else {
+                return Ok(0);
+            };
+            let key = part_key(self.manifest.shard, self.manifest.sequence, self.next_part as u32);
+            let bytes = self.store.get(&key).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let bytes = bytes.ok_or_else(|| std::io::Error::other(format!("part {} is missing", self.next_part)))?;
+            if blake3::hash(&bytes).as_bytes() != expected {
+                return Err(std::io::Error::other(format!("part {} does not match its hash", self.next_part)));
+            }
+            self.part = bytes;
+            self.position = 0;
+            self.next_part += 1;
+        }
+        let n = out.len().min(self.part.len() - self.position);
+        out[..n].copy_from_slice(&self.part[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+/// Loads the checkpoint of `shard` after batch `sequence`, checking every hash and that the
+/// state decodes from exactly the bytes written.
+pub fn load(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<(ShardState, Manifest), CheckpointError> {
+    use bincode::Options;
+    let unusable = |reason: String| CheckpointError::Unusable { shard, sequence, reason };
+    let bytes = store.get(&manifest_key(shard, sequence))?.ok_or_else(|| unusable("no manifest".into()))?;
+    let manifest = decode_manifest(shard, sequence, &bytes)?;
+    let mut reader = PartReader { store, manifest: &manifest, next_part: 0, part: Vec::new(), position: 0 };
+    // The decoder reads through a buffer; `reject_trailing_bytes` does not apply to readers, so
+    // the reader must be spent exactly afterwards.
+    let state: ShardState = codec().deserialize_from(&mut reader).map_err(|e| unusable(format!("the state does not decode: {e}")))?;
+    let mut rest = [0u8; 1];
+    match reader.read(&mut rest) {
+        Ok(0) => {}
+        Ok(_) => return Err(unusable("bytes left after the state".into())),
+        Err(error) => return Err(unusable(error.to_string())),
+    }
+    if state.shard != shard || !state.is_initialized() {
+        return Err(unusable(format!("the state is of shard {} with {} shards", state.shard, state.shard_count)));
+    }
+    Ok((state, manifest))
+}
+
+/// The newest usable checkpoint of `shard`, and why each newer one was skipped.
+pub fn load_newest(store: &dyn Store, shard: ShardId) -> Result<(Option<(ShardState, Manifest)>, Vec<CheckpointError>), StorageError> {
+    let mut skipped = Vec::new();
+    for sequence in list(store, shard)?.into_iter().rev() {
+        match load(store, shard, sequence) {
+            Ok(loaded) => return Ok((Some(loaded), skipped)),
+            Err(CheckpointError::Storage(error)) => return Err(error),
+            Err(unusable) => skipped.push(unusable),
+        }
+    }
+    Ok((None, skipped))
+}

@@ -1,0 +1,252 @@
+//! Checkpoints on the in-memory store: recovery from a checkpoint plus the journal after it
+//! rebuilds exactly the state a replay of the whole journal does; a torn or corrupt checkpoint
+//! is skipped for the one before; a write failure at any point of a checkpoint loses nothing
+//! acknowledged; old checkpoints are pruned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::checkpoint::{self, manifest_key, part_key};
+use engine::invariants::check_store;
+use engine::journal::{recover_shard, replay_journal};
+use engine::ledger::command::{Command, Envelope, OutOrderNo};
+use engine::ledger::types::*;
+use engine::money::CurrencyId;
+use engine::shard::CheckpointPolicy;
+use engine::{Engine, EngineConfig};
+use storage::{MemoryStore, Store};
+
+const CNY: CurrencyId = CurrencyId(0);
+const P: u32 = 3;
+
+fn config(every_batches: u64, kept: usize) -> EngineConfig {
+    EngineConfig {
+        shard_count: 2,
+        ack_flush_ms: 1,
+        checkpoints: CheckpointPolicy { every_batches, every: Duration::ZERO, kept, on_shutdown: false },
+        ..EngineConfig::default()
+    }
+}
+
+fn keyed(key: &str, command: Command) -> Envelope {
+    Envelope { platform: P, out_order_no: Some(OutOrderNo::new(key).unwrap()), command }
+}
+
+/// Opens accounts on both shards, funds them, and runs `rounds` rounds of cross-shard payments,
+/// guarantees, confirms and refunds, one submission (about one batch) per command. Returns the
+/// accounts and every acknowledged command with its order id.
+fn workload(engine: &Engine, tag: &str, rounds: usize) -> (Vec<AccountId>, Vec<(Envelope, u64)>) {
+    let mut acked = Vec::new();
+    let mut run = |key: String, command: Command| -> Option<u64> {
+        let envelope = keyed(&key, command);
+        match engine.execute_one(envelope.clone()) {
+            Ok(reply) if reply.is_ok() => {
+                acked.push((envelope, reply.id));
+                Some(reply.id)
+            }
+            _ => None,
+        }
+    };
+    let accounts: Vec<AccountId> = (0..6)
+        .filter_map(|owner| run(format!("{tag}-open-{owner}"), Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE }))
+        .map(AccountId)
+        .collect();
+    for (k, account) in accounts.iter().enumerate() {
+        run(format!("{tag}-fund-{k}"), Command::Recharge { account: *account, currency: CNY, amount: 10_000_000, channel: 1 });
+    }
+    if accounts.len() < 2 {
+        // A store that failed early: nothing more can be acknowledged anyway.
+        return (accounts, acked);
+    }
+    for round in 0..rounds {
+        let payer = accounts[round % accounts.len()];
+        let payee = accounts[(round + 1) % accounts.len()];
+        let amount = 100 + round as i64;
+        let legs = |a: i64| -> Legs { [Leg { account: payee, amount: a }].into_iter().collect() };
+        let paid =
+            run(format!("{tag}-pay-{round}"), Command::Payment { payer, guarantee: false, currency: CNY, amount, payees: legs(amount), splits: Legs::new() });
+        if let Some(payment) = paid.filter(|_| round % 3 == 0) {
+            run(format!("{tag}-refund-{round}"), Command::Refund { payment: OrderId(payment), payee, amount: 1 });
+        }
+        let escrow =
+            run(format!("{tag}-escrow-{round}"), Command::Payment { payer, guarantee: true, currency: CNY, amount, payees: legs(amount), splits: Legs::new() });
+        if let Some(order) = escrow.filter(|_| round % 2 == 0) {
+            run(format!("{tag}-confirm-{round}"), Command::Confirm { order: OrderId(order), releases: Legs::new() });
+        }
+    }
+    (accounts, acked)
+}
+
+/// Writes batches on both shards until each has `at_least` checkpoints (a checkpoint still
+/// being written when the batches stop holds the next one back: more batches start it).
+fn wait_for_checkpoints(engine: &Engine, store: &MemoryStore, at_least: usize) {
+    for round in 0..3000u64 {
+        if (0..2).all(|shard| checkpoint::list(store, shard).unwrap().len() >= at_least) {
+            return;
+        }
+        let open = Envelope { platform: P, out_order_no: None, command: Command::OpenAccount { owner: 1_000_000 + round, currency: CNY, limits: Limits::NONE } };
+        engine.execute_one(open).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("fewer than {at_least} checkpoints per shard were written");
+}
+
+/// The digest of each shard as recovery (checkpoint + tail) and as a whole replay rebuild it.
+fn both_ways(store: &MemoryStore) -> Vec<(u64, u64, Option<u64>, Vec<String>)> {
+    (0..2)
+        .map(|shard| {
+            let recovered = recover_shard(store, shard).unwrap();
+            let (full, sequence, timestamp) = replay_journal(store, shard).unwrap();
+            assert_eq!((recovered.head.sequence, recovered.timestamp), (sequence, timestamp), "shard {shard}: the same position either way");
+            (recovered.state.digest(), full.digest(), recovered.checkpoint, recovered.skipped)
+        })
+        .collect()
+}
+
+#[test]
+fn recovery_from_a_checkpoint_and_the_journal_after_it_equals_a_whole_replay() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(7, 2), store.clone()).unwrap();
+    let (_, acked) = workload(&engine, "a", 40);
+    assert!(acked.len() > 100);
+    wait_for_checkpoints(&engine, &store, 2);
+    // Once credits are acknowledged (their batches written) the running state is final.
+    engine.wait_quiescent(Duration::from_secs(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let live: Vec<u64> = (0..2).map(|s| engine.read_shard(s, |st| st.digest()).unwrap()).collect();
+    engine.shutdown();
+    for (shard, (recovered, full, checkpoint, skipped)) in both_ways(&store).into_iter().enumerate() {
+        assert!(checkpoint.is_some(), "shard {shard} started from a checkpoint");
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(recovered, full, "shard {shard}: checkpoint + tail == whole journal");
+        assert_eq!(recovered, live[shard], "shard {shard}: == the state the running shard had");
+    }
+    // A restarted engine answers every acknowledged command as a replay of the same order.
+    let restarted = Engine::start(config(7, 2), store.clone()).unwrap();
+    assert_replayed(&restarted, &acked, "after a restart");
+    restarted.shutdown();
+    assert!(check_store(&*store, 2).unwrap().ok);
+}
+
+/// Sends every acknowledged command again: each must be a replay of its order, not a new one.
+fn assert_replayed(engine: &Engine, acked: &[(Envelope, u64)], when: &str) {
+    for (envelope, id) in acked {
+        let reply = engine.execute_one(envelope.clone()).unwrap();
+        assert!(reply.is_ok() && reply.replayed && reply.id == *id, "{when}: acknowledged {:?} (order {id}) answered {reply:?}", envelope.out_order_no);
+    }
+}
+
+#[test]
+fn old_checkpoints_are_pruned_to_the_number_kept() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(3, 2), store.clone()).unwrap();
+    workload(&engine, "p", 30);
+    wait_for_checkpoints(&engine, &store, 2);
+    engine.shutdown();
+    for shard in 0..2u16 {
+        let kept = checkpoint::list(&*store, shard).unwrap();
+        assert!(kept.len() <= 2, "shard {shard} keeps {kept:?}");
+        // No part of a pruned checkpoint is left below the oldest kept one.
+        let mut stray = 0;
+        store
+            .scan(&part_key(shard, 0, 0), &part_key(shard, kept[0], 0), &mut |_, _| {
+                stray += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(stray, 0, "shard {shard}: parts of pruned checkpoints remain");
+    }
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(5, 3), store.clone()).unwrap();
+    workload(&engine, "c", 40);
+    wait_for_checkpoints(&engine, &store, 2);
+    engine.shutdown();
+    let newest = *checkpoint::list(&*store, 0).unwrap().last().unwrap();
+    // Flip one byte in the middle of the newest checkpoint's first part.
+    let key = part_key(0, newest, 0);
+    let mut part = store.get(&key).unwrap().unwrap();
+    let middle = part.len() / 2;
+    part[middle] ^= 0x40;
+    store.write(&[(&key, &part)]).unwrap();
+    // And on shard 1, a manifest whose parts are missing (a crash between the two, or a prune).
+    let newest_1 = *checkpoint::list(&*store, 1).unwrap().last().unwrap();
+    store.delete_range(&part_key(1, newest_1, 0), &part_key(1, newest_1 + 1, 0)).unwrap();
+    for (shard, (recovered, full, checkpoint, skipped)) in both_ways(&store).into_iter().enumerate() {
+        let newest = if shard == 0 { newest } else { newest_1 };
+        assert_eq!(skipped.len(), 1, "shard {shard}: {skipped:?}");
+        assert!(skipped[0].contains(&format!("at batch {newest}")), "{skipped:?}");
+        assert!(checkpoint.is_some_and(|c| c < newest), "shard {shard} fell back to an older checkpoint: {checkpoint:?}");
+        assert_eq!(recovered, full, "shard {shard}");
+    }
+    // A manifest that is itself damaged is skipped too.
+    let key = manifest_key(0, newest);
+    let mut manifest = store.get(&key).unwrap().unwrap();
+    manifest[3] ^= 1;
+    store.write(&[(&key, &manifest)]).unwrap();
+    let recovered = recover_shard(&*store, 0).unwrap();
+    assert!(recovered.skipped[0].contains("hash"), "{:?}", recovered.skipped);
+    let engine = Engine::start(config(5, 3), store.clone()).unwrap();
+    engine.shutdown();
+    assert!(check_store(&*store, 2).unwrap().ok);
+}
+
+#[test]
+fn parts_without_a_manifest_are_ignored() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(0, 2), store.clone()).unwrap();
+    workload(&engine, "t", 10);
+    engine.shutdown();
+    assert!(checkpoint::list(&*store, 0).unwrap().is_empty());
+    // A crash after writing a part and before the manifest: the part alone is no checkpoint.
+    store.write(&[(&part_key(0, 5, 0), b"half a checkpoint")]).unwrap();
+    for (shard, (recovered, full, checkpoint, skipped)) in both_ways(&store).into_iter().enumerate() {
+        assert_eq!(checkpoint, None, "shard {shard}");
+        assert!(skipped.is_empty());
+        assert_eq!(recovered, full);
+    }
+}
+
+#[test]
+fn a_graceful_stop_writes_a_checkpoint_so_the_next_start_replays_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let policy = CheckpointPolicy { every_batches: 0, every: Duration::ZERO, kept: 2, on_shutdown: true };
+    let engine = Engine::start(EngineConfig { checkpoints: policy, ..config(0, 2) }, store.clone()).unwrap();
+    workload(&engine, "s", 10);
+    engine.shutdown();
+    for shard in 0..2u16 {
+        let recovered = recover_shard(&*store, shard).unwrap();
+        let (_, last, _) = replay_journal(&*store, shard).unwrap();
+        assert!(last > 3, "shard {shard} wrote batches");
+        assert_eq!(recovered.checkpoint, Some(last), "shard {shard}: the checkpoint is of the last batch");
+        assert_eq!(recovered.head.sequence, last);
+    }
+}
+
+/// A write failure injected at every point of a checkpoint (each part, the manifest, the
+/// pruning): the store is poisoned, the shard stops at its next batch, and a restart from what
+/// was durable has every acknowledged order and passes the invariants.
+#[test]
+fn a_write_failure_at_any_point_of_a_checkpoint_loses_nothing_acknowledged() {
+    for failing_write in 0..12 {
+        let store = Arc::new(MemoryStore::new());
+        let engine = Engine::start(config(4, 2), store.clone()).unwrap();
+        workload(&engine, "w", 6);
+        // From here, the `failing_write`-th write fails: a batch or a piece of a checkpoint.
+        store.fail_after(failing_write);
+        let (_, acked) = workload(&engine, "x", 12);
+        engine.shutdown();
+        let durable = Arc::new(store.snapshot());
+        let restarted = Engine::start(config(4, 2), durable.clone()).unwrap();
+        assert_replayed(&restarted, &acked, &format!("failing write {failing_write}"));
+        restarted.shutdown();
+        let report = check_store(&*durable, 2).unwrap();
+        assert!(report.ok, "write {failing_write}: {report:?}");
+        for (shard, (recovered, full, _, _)) in both_ways(&durable).into_iter().enumerate() {
+            assert_eq!(recovered, full, "write {failing_write}, shard {shard}");
+        }
+    }
+}
