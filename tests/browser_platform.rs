@@ -67,6 +67,17 @@ fn a_platform_operator_registers_a_member_and_opens_an_account_in_chromium() {
     assert_eq!(van.trim().len(), 17, "{van}");
     browser.screenshot("platform-member");
 
+    // 代付 from the member's page: the preview shows the routing before anything moves.
+    browser.fill("#payout input[name=card_no]", "5555555555554444");
+    browser.fill("#payout input[name=holder_name]", "Wang Wu");
+    browser.fill("#payout input[name=amount]", "40.00");
+    browser.submit("#payout form");
+    browser.wait_for("#payout-preview");
+    assert_eq!(browser.text_of("#payout-preview dd.channel").trim(), "sim_same_city");
+    assert_eq!(browser.text_of("#payout-preview dd.fee").trim(), "0.50 CNY");
+    assert!(browser.count("#payout-preview table.candidates tr[data-channel]") >= 2, "{}", browser.source());
+    browser.screenshot("platform-payout-preview");
+
     // The API sees what the pages made.
     let (status, shown) = alpha.get(&format!("/v1/members/{member}/notifications"));
     assert_eq!(status, 200, "{shown}");

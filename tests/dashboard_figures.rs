@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use engine::{Engine, EngineConfig};
 use gateway::adjustments::{adjust, limits_of, set_limits, suspense_balances, AdjustmentRequest, LimitsRequest};
-use gateway::stats::{balances_held, daily_volume, settlement_days, today, DayKindTotal, HeldBalance, SettlementDay};
+use gateway::stats::{balances_held, daily_volume, member_figures, settlement_days, today, DayKindTotal, HeldBalance, SettlementDay};
 use serde_json::json;
 use support::money::*;
 use support::*;
@@ -98,6 +98,22 @@ fn figures_of_orders_made_through_the_api_are_exact() {
         let shop_held = cny(&balances_held(&engine, Some(shop)).await.unwrap());
         let expected = HeldBalance { currency: "CNY".into(), settled: 55_000 + 49_640 + 300, unsettled: 0, frozen: 5_000, escrow: 10_000, suspense: None };
         assert_eq!(shop_held, expected);
+        // One member's figures read only its own accounts: a paid, guaranteed and froze; b
+        // received (the payment matured; the guarantee waits in escrow for b).
+        let id = |text: &str| gateway::accounts::parse_account_id(text).expect("acc_N");
+        let of_a = member_figures(&engine, shop, &[id(&a)], days.clone()).await.unwrap();
+        assert_eq!(by_kind(&of_a.volume), [("freeze", 1, 5_000), ("guarantee", 1, 10_000), ("payment", 1, 30_000), ("recharge", 1, 100_000)]);
+        assert_eq!(cny(&of_a.held), HeldBalance { currency: "CNY".into(), settled: 55_000, unsettled: 0, frozen: 5_000, escrow: 0, suspense: None });
+        let of_b = member_figures(&engine, shop, &[id(&b)], days.clone()).await.unwrap();
+        assert_eq!(by_kind(&of_b.volume), [("recharge", 1, 20_000)], "payments received are the payer's orders");
+        assert_eq!(cny(&of_b.held), HeldBalance { currency: "CNY".into(), settled: 49_640, unsettled: 0, frozen: 0, escrow: 10_000, suspense: None });
+        assert!(!of_a.truncated && !of_b.truncated);
+        let not_ours = member_figures(&engine, shop, &[id(&d)], days.clone()).await.unwrap();
+        assert!(
+            not_ours.volume.is_empty() && cny(&not_ours.held) == HeldBalance { currency: "CNY".into(), ..HeldBalance::default() },
+            "another platform's account"
+        );
+        assert!(member_figures(&engine, shop, &[id(&a)], day - 30..=day - 2).await.unwrap().volume.is_empty(), "nothing on other days");
         let all = cny(&balances_held(&engine, None).await.unwrap());
         assert_eq!(all, HeldBalance { settled: expected.settled + 5_000, suspense: Some(0), ..expected.clone() });
 

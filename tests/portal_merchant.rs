@@ -106,6 +106,10 @@ fn a_merchant_recharges_withdraws_after_a_preview_refunds_and_reads_its_ledgers(
     assert_eq!(first, second, "a double submit is one order");
     p.wait_order(&first, "succeeded");
     assert_eq!(p.balances(&account), ("1000.00".into(), "1000.00".into(), "0.00".into(), "0.00".into()));
+    // The dashboard's charts: the merchant's own orders per day by kind and what it holds.
+    let home = ops.get("/portal/merchant");
+    assert!(home.body.contains("id=\"merchant-orders-per-day\"") && home.body.contains("id=\"merchant-held-CNY\""), "{}", home.body);
+    assert!(home.body.contains("settled 1000.00 CNY") && home.body.contains("escrow 0.00 CNY"), "{}", home.body);
     let shown = ops.get(&format!("/portal/merchant/orders/{first}"));
     assert!(shown.body.contains("recharge") && shown.body.contains("1000.00"), "{}", shown.body);
     let bad = ops.post("/portal/merchant/recharge", &[("csrf", &csrf), ("out_order_no", "prc-bad"), ("account_id", &account), ("amount", "1.001")]);

@@ -244,6 +244,125 @@ fn a_recharge_form_posted_twice_is_one_order_and_freezes_release() {
     server.stop();
 }
 
+/// The money forms of a member's page: 代收 (collect from the member's verified card) and 代付
+/// (pay out to an outside card after a routing preview).
+#[test]
+fn collections_and_payouts_from_a_members_page_move_money_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 500", "latency_ms = 20")]);
+    let server = start_configured(dir.path(), TOKEN, &config);
+    let mut admin = admin(&server);
+    let (client, mut operator) = platform_with_operator(&server, &mut admin, "Alpha");
+    let member = register(&mut operator, "Zhang San");
+    let (account, _) = open_account(&mut operator, &member);
+    let card = support::money::verified_card(&client, &server, &account, "4111111111111111", "Zhang San", "11010519491231002X");
+    let member_path = format!("/portal/platform/members/{member}");
+
+    // 代收: the form's order number makes a second submit the same order; the money moves once.
+    let page = operator.get(&member_path);
+    let collect_path = format!("{member_path}/collection");
+    let number = hidden(&page, &collect_path, "out_order_no");
+    let fields = [("csrf", page.csrf()), ("out_order_no", number), ("account_id", account.clone()), ("card_id", card.clone()), ("amount", "80.00".into())];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let first = operator.post(&collect_path, &fields);
+    assert_eq!(first.status, 303, "{}", first.body);
+    let second = operator.post(&collect_path, &fields);
+    assert_eq!(first.location, second.location, "a replay is the same order");
+    let order = first.location.unwrap().rsplit('/').next().unwrap().to_string();
+    let shown = client.wait_order(&order, "succeeded");
+    assert_eq!(shown["kind"], "recharge", "{shown}");
+    assert_eq!(client.balances(&account).0, "80.00", "collected once");
+    let (_, statement) = server.sim_get("/sim/cards/4111111111111111/transactions");
+    let debits = statement["transactions"].as_array().unwrap().iter().filter(|t| t["amount"] == "-80.00").count();
+    assert_eq!(debits, 1, "the card is debited once: {statement}");
+    // Without the CSRF token: refused, nothing moves.
+    let without: Vec<(&str, &str)> = fields.iter().filter(|(k, _)| *k != "csrf").copied().collect();
+    assert_eq!(operator.post(&collect_path, &without).status, 403);
+    // A card of another account of nobody: the API's checks, shown on the member's page.
+    let refused = operator
+        .post(&collect_path, &[("csrf", &page.csrf()), ("out_order_no", "pt-other-1"), ("account_id", &account), ("card_id", "card_999"), ("amount", "1.00")]);
+    assert_eq!(refused.status, 200);
+    assert!(refused.body.contains("notice error") && refused.body.contains("card_id"), "{}", refused.body);
+
+    // 代付: a preview with the routing (channel, candidates, fee, total), then a confirm form.
+    let preview_path = format!("{member_path}/payout/preview");
+    let payout_fields = |csrf: &str| {
+        vec![
+            ("csrf".to_string(), csrf.to_string()),
+            ("account_id".to_string(), account.clone()),
+            ("card_no".to_string(), "5555555555554444".to_string()),
+            ("holder_name".to_string(), "Wang Wu".to_string()),
+            ("amount".to_string(), "40.00".to_string()),
+            ("arrival".to_string(), "standard".to_string()),
+            ("account_type".to_string(), "personal".to_string()),
+        ]
+    };
+    let post = |person: &mut support::portal::Person, path: &str, fields: &[(String, String)]| {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        person.post(path, &fields)
+    };
+    let bad_card = {
+        let mut fields = payout_fields(&page.csrf());
+        fields[2].1 = "4111111111111112".into();
+        post(&mut operator, &preview_path, &fields)
+    };
+    assert!(bad_card.body.contains("notice error") && bad_card.body.contains("card_no"), "the API's Luhn check: {}", bad_card.body);
+    let preview = post(&mut operator, &preview_path, &payout_fields(&page.csrf()));
+    assert_eq!(preview.status, 200, "{}", preview.body);
+    assert!(preview.body.contains("Confirm payout") && preview.body.contains("data-channel=\"sim_same_city\""), "{}", preview.body);
+    assert!(preview.body.contains("<dd class=\"fee\">0.50 CNY</dd>") && preview.body.contains("<dd class=\"total\">40.50 CNY</dd>"), "{}", preview.body);
+    assert_eq!(client.balances(&account).0, "80.00", "a preview moves nothing");
+    let payout_path = format!("{member_path}/payout");
+    let number = hidden(&preview, &payout_path, "out_order_no");
+    let mut confirm = payout_fields(&preview.csrf());
+    confirm.push(("out_order_no".into(), number));
+    let first = post(&mut operator, &payout_path, &confirm);
+    assert_eq!(first.status, 303, "{}", first.body);
+    let second = post(&mut operator, &payout_path, &confirm);
+    assert_eq!(first.location, second.location, "a replay is the same order");
+    let order = first.location.unwrap().rsplit('/').next().unwrap().to_string();
+    let paid = client.wait_order(&order, "succeeded");
+    assert_eq!(paid["channel"], "sim_same_city", "{paid}");
+    assert_eq!(client.balances(&account).0, "39.50", "paid out once, with its fee");
+    let (_, outside) = server.sim_get("/sim/cards/5555555555554444/transactions");
+    assert_eq!(outside["transactions"].as_array().unwrap().iter().filter(|t| t["amount"] == "40.00").count(), 1, "{outside}");
+    // The clearing actor timed the bank's verdict: the channel report and the system's charts.
+    let (status, report) = support::money::admin_request(&server, "GET", "/admin/channels", TOKEN, None);
+    assert_eq!(status, 200);
+    let same_city = report["channels"].as_array().unwrap().iter().find(|c| c["name"] == "sim_same_city").unwrap()["latency"].clone();
+    assert_eq!((same_city["verdicts_succeeded"].as_u64(), same_city["samples"].as_u64()), (Some(1), Some(1)), "{same_city}");
+    assert!(same_city["p50_ms"].as_u64().unwrap() >= 15, "the simulated bank answers after 20 ms: {same_city}");
+    let channels = admin.get("/portal/system/channels");
+    assert!(channels.body.contains("id=\"chart-latency\"") && channels.body.contains("sim_same_city p95"), "{}", channels.body);
+    assert!(admin.get("/portal/system").body.contains("id=\"chart-latency\""), "the system dashboard charts it too");
+    let without: Vec<(String, String)> = confirm.iter().filter(|(k, _)| k != "csrf").cloned().collect();
+    assert_eq!(post(&mut operator, &payout_path, &without).status, 403, "CSRF missing");
+
+    // Another platform's member is not found by URL; its account is refused on our member's page.
+    let (_, mut beta) = platform_with_operator(&server, &mut admin, "Beta");
+    let beta_member = register(&mut beta, "Beta Member");
+    let (beta_account, _) = open_account(&mut beta, &beta_member);
+    let beta_path = format!("/portal/platform/members/{beta_member}");
+    let csrf = operator.get(&member_path).csrf();
+    for path in [format!("{beta_path}/collection"), format!("{beta_path}/payout/preview"), format!("{beta_path}/payout")] {
+        let mut fields = payout_fields(&csrf);
+        fields.push(("out_order_no".into(), "pt-beta-1".into()));
+        fields.push(("card_id".into(), card.clone()));
+        assert_eq!(post(&mut operator, &path, &fields).status, 404, "{path}");
+    }
+    let mut fields = payout_fields(&csrf);
+    fields[1].1 = beta_account.clone();
+    fields.push(("out_order_no".into(), "pt-beta-2".into()));
+    let refused = post(&mut operator, &payout_path, &fields);
+    assert!(refused.status == 200 && refused.body.contains("notice error") && refused.body.contains("account_id"), "{}", refused.body);
+    assert_eq!(client.balances(&account).0, "39.50", "nothing moved");
+
+    let audit = operator.get("/portal/audit");
+    assert!(audit.body.contains("order.collection") && audit.body.contains("order.payout") && audit.body.contains("5555****4444"), "{}", audit.body);
+    assert!(!audit.body.contains("5555555555554444"), "the audit log keeps the card number masked");
+    server.stop();
+}
+
 #[test]
 fn ledgers_filter_page_with_a_cursor_and_export_csv() {
     let dir = tempfile::tempdir().unwrap();

@@ -108,8 +108,9 @@ struct Actor {
     table: ChannelTable,
     published: Arc<ArcSwap<ChannelSet>>,
     book: PayoutBook,
-    /// Payouts handed to a channel and not answered yet: the channel and when its answer is due.
-    outstanding: HashMap<OrderId, (u16, Instant)>,
+    /// Payouts handed to a channel and not answered yet: the channel, when its answer is due and
+    /// when it was handed to the bank (its verdict's latency).
+    outstanding: HashMap<OrderId, Outstanding>,
     schedule: Option<Schedule>,
     terms: TermsSource,
     /// The day of the settlement run in progress, if one is.
@@ -371,8 +372,8 @@ impl Actor {
     /// Hands payout `order` to the bank through `channel` and watches for its verdict.
     fn send_payout(&mut self, order: OrderId, channel: u16, amount: Minor, currency: CurrencySpec, card_no: String) {
         self.bank.submit(Request::MoneyOut { order, channel, amount, currency, card_no });
-        let due = self.clock.instant() + self.timeout_of(channel);
-        self.outstanding.insert(order, (channel, due));
+        let sent = self.clock.instant();
+        self.outstanding.insert(order, Outstanding { channel, due: sent + self.timeout_of(channel), sent });
     }
 
     fn payout(&mut self, request: PayoutRequest) -> Result<PayoutOutcome, ClearingError> {
@@ -450,10 +451,14 @@ impl Actor {
             return Ok(VerdictOutcome::Stale { received: true, stale: true });
         }
         let waiting = status == OrderStatus::Processing;
+        let now = self.clock.instant();
+        // The bank answered (a timeout with no verdict is not a latency): how long it took.
+        if let (true, Some(sent)) = (waiting && why != "timeout", self.outstanding.get(&order).filter(|w| w.channel == channel).map(|w| w.sent)) {
+            self.table.record_verdict(channel, succeeded, now.saturating_duration_since(sent));
+        }
         if !waiting {
             self.forget(order, channel);
         }
-        let now = self.clock.instant();
         if !succeeded && waiting {
             self.table.record_outcome(channel, false, now);
             self.table.release(channel, amount, created_at);
@@ -544,14 +549,16 @@ impl Actor {
     fn tick(&mut self) {
         let now = self.clock.instant();
         let mut due = Vec::new();
-        for (order, (channel, deadline)) in self.outstanding.iter() {
-            if *deadline <= now {
-                due.push((*order, *channel));
+        for (order, waiting) in self.outstanding.iter() {
+            if waiting.due <= now {
+                due.push((*order, waiting.channel));
             }
         }
         for (order, channel) in due {
             let next = now + self.timeout_of(channel);
-            self.outstanding.insert(order, (channel, next));
+            if let Some(waiting) = self.outstanding.get_mut(&order) {
+                waiting.due = next;
+            }
             let name = Some(self.table.set().name(channel));
             let outcome = match self.bank.query(order, channel) {
                 BankStatus::Processing => continue,
@@ -702,6 +709,15 @@ enum FallBack {
     Stale,
     /// No other channel can take it.
     Nowhere,
+}
+
+/// A payout handed to a channel and not answered yet.
+struct Outstanding {
+    channel: u16,
+    /// When to look the order up at the bank if no verdict came.
+    due: Instant,
+    /// When it was handed to the bank (or again, after a restart).
+    sent: Instant,
 }
 
 /// An order found waiting at start.

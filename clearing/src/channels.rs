@@ -189,6 +189,56 @@ struct Health {
     probing: bool,
 }
 
+/// Verdict latencies kept per channel (the most recent; older ones are overwritten).
+pub const LATENCY_SAMPLES_MAX: usize = 512;
+
+/// A channel's verdicts since the start: how many succeeded and failed, and the latency (from
+/// handing an order to the bank to its verdict) of the last `LATENCY_SAMPLES_MAX`, in a ring
+/// of fixed size, so memory does not grow with the orders.
+#[derive(Debug)]
+struct Performance {
+    succeeded: u64,
+    failed: u64,
+    /// Milliseconds, saturated at `u32::MAX`; `len` of them are filled, `next` is overwritten next.
+    latencies_ms: Box<[u32; LATENCY_SAMPLES_MAX]>,
+    len: usize,
+    next: usize,
+}
+
+impl Default for Performance {
+    fn default() -> Performance {
+        Performance { succeeded: 0, failed: 0, latencies_ms: Box::new([0; LATENCY_SAMPLES_MAX]), len: 0, next: 0 }
+    }
+}
+
+impl Performance {
+    fn record(&mut self, succeeded: bool, latency: Duration) {
+        if succeeded {
+            self.succeeded = self.succeeded.saturating_add(1);
+        } else {
+            self.failed = self.failed.saturating_add(1);
+        }
+        self.latencies_ms[self.next] = u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
+        self.next = (self.next + 1) % LATENCY_SAMPLES_MAX;
+        self.len = (self.len + 1).min(LATENCY_SAMPLES_MAX);
+    }
+
+    fn report(&self) -> LatencyReport {
+        let mut sorted = self.latencies_ms[..self.len].to_vec();
+        sorted.sort_unstable();
+        // Nearest rank: the smallest sample with at least p% of the samples at or below it.
+        let rank = |per_cent: usize| sorted.get((sorted.len() * per_cent).div_ceil(100).saturating_sub(1)).map(|ms| u64::from(*ms));
+        LatencyReport {
+            verdicts_succeeded: self.succeeded,
+            verdicts_failed: self.failed,
+            samples: sorted.len(),
+            p50_ms: rank(50),
+            p95_ms: rank(95),
+            max_ms: sorted.last().map(|ms| u64::from(*ms)),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Usage {
     day: u32,
@@ -367,6 +417,21 @@ pub struct ChannelReport {
     pub timeout_ms: u64,
     pub simulator: SimulatorReport,
     pub health: HealthReport,
+    pub latency: LatencyReport,
+}
+
+/// A channel's verdicts since the clearing actor started and the latency of the recent ones
+/// (from handing a payout to the bank to its verdict, as the clearing actor saw it). Only
+/// payouts pass through the actor: a money-in channel reports none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LatencyReport {
+    pub verdicts_succeeded: u64,
+    pub verdicts_failed: u64,
+    /// Latencies the percentiles are taken over (the last `LATENCY_SAMPLES_MAX` at most).
+    pub samples: usize,
+    pub p50_ms: Option<u64>,
+    pub p95_ms: Option<u64>,
+    pub max_ms: Option<u64>,
 }
 
 /// A channel's tariff as the operator sees it.
@@ -405,6 +470,7 @@ pub struct ChannelTable {
     calendar: Calendar,
     usage: Usage,
     health: HashMap<u16, Health>,
+    performance: HashMap<u16, Performance>,
 }
 
 impl ChannelTable {
@@ -422,7 +488,7 @@ impl ChannelTable {
                 return Err(ClearingError::invalid(format!("channel {}: window, order limits or fee bounds are inverted", channel.name), "channel"));
             }
         }
-        Ok(ChannelTable { channels, calendar, usage: Usage::default(), health: HashMap::new() })
+        Ok(ChannelTable { channels, calendar, usage: Usage::default(), health: HashMap::new(), performance: HashMap::new() })
     }
 
     /// The channels as they are now.
@@ -648,6 +714,12 @@ impl ChannelTable {
         }
     }
 
+    /// Records a bank's verdict on an order it was handed `latency` ago (success rate and
+    /// latency percentiles; bounded per channel). Health is `record_outcome`'s.
+    pub fn record_verdict(&mut self, channel: u16, succeeded: bool, latency: Duration) {
+        self.performance.entry(channel).or_default().record(succeeded, latency);
+    }
+
     /// Opens a channel's circuit until `until` (tests and operators).
     pub fn trip(&mut self, channel: u16, until: Instant) {
         let h = self.health.entry(channel).or_default();
@@ -698,6 +770,7 @@ impl ChannelTable {
                         },
                         probing: h.is_some_and(|h| h.probing),
                     },
+                    latency: self.performance.get(&c.id).map_or_else(LatencyReport::default, Performance::report),
                 }
             })
             .collect()
@@ -1095,6 +1168,35 @@ mod tests {
         assert_eq!(route(&mut channels).routing.chosen.as_deref(), Some("dear"), "only one probe at a time");
         channels.record_outcome(1, true, start());
         assert_eq!(route(&mut channels).routing.chosen.as_deref(), Some("cheap"), "the probe's success closes the circuit");
+    }
+
+    #[test]
+    fn verdict_latencies_keep_a_bounded_ring_and_report_percentiles() {
+        let mut channels = router(|_| {});
+        let at = At { micros: MONDAY_10_00, instant: start() };
+        assert_eq!(channels.report(at)[0].latency, LatencyReport::default(), "no verdict yet: no percentile");
+        // 1..=100 ms: nearest-rank p50 is 50, p95 is 95; one failure among them.
+        for ms in 1..=100u64 {
+            channels.record_verdict(1, ms != 7, Duration::from_millis(ms));
+        }
+        let latency = channels.report(at)[0].latency.clone();
+        assert_eq!(
+            (latency.verdicts_succeeded, latency.verdicts_failed, latency.samples, latency.p50_ms, latency.p95_ms, latency.max_ms),
+            (99, 1, 100, Some(50), Some(95), Some(100))
+        );
+        assert_eq!(channels.report(at)[1].latency.samples, 0, "per channel");
+        // Past the ring's size the oldest are overwritten: memory stays fixed, counts go on.
+        for _ in 0..LATENCY_SAMPLES_MAX {
+            channels.record_verdict(1, true, Duration::from_secs(2));
+        }
+        let latency = channels.report(at)[0].latency.clone();
+        assert_eq!(
+            (latency.verdicts_succeeded, latency.samples, latency.p50_ms, latency.max_ms),
+            (99 + LATENCY_SAMPLES_MAX as u64, LATENCY_SAMPLES_MAX, Some(2_000), Some(2_000))
+        );
+        // A latency past u32 milliseconds saturates instead of wrapping.
+        channels.record_verdict(2, false, Duration::from_secs(u64::MAX / 4));
+        assert_eq!(channels.report(at)[1].latency.max_ms, Some(u64::from(u32::MAX)));
     }
 
     #[test]

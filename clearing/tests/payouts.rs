@@ -122,6 +122,27 @@ fn two_verdicts_about_one_failure_move_a_payout_once() {
 }
 
 #[test]
+fn the_channel_report_has_each_channels_verdicts_and_their_latency() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let orders: Vec<OrderId> = (0..4).map(|n| OrderId(w.payout(&format!("l{n}"), account, 10_000).reply.id)).collect();
+    // The simulated bank takes a minute; our verdicts come after at least 30 ms.
+    std::thread::sleep(Duration::from_millis(30));
+    for (n, order) in orders.iter().enumerate() {
+        let verdict = PayoutVerdict { order: *order, succeeded: n != 3, channel: Some("cheap".into()) };
+        w.runtime.block_on(w.clearing.payout_verdict(verdict)).unwrap();
+    }
+    // A second verdict on a completed order (whatever it answers) is no new latency.
+    let _again = w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order: orders[0], succeeded: true, channel: Some("cheap".into()) }));
+    let report = w.runtime.block_on(w.clearing.report()).unwrap();
+    let cheap = &report.iter().find(|c| c.name == "cheap").unwrap().latency;
+    assert_eq!((cheap.verdicts_succeeded, cheap.verdicts_failed, cheap.samples), (3, 1, 4), "{cheap:?}");
+    assert!(cheap.p50_ms.unwrap() >= 30 && cheap.p95_ms >= cheap.p50_ms && cheap.max_ms >= cheap.p95_ms, "{cheap:?}");
+    // The failed order went on to `dear`, which has not answered yet.
+    assert_eq!(report.iter().find(|c| c.name == "dear").unwrap().latency.samples, 0);
+}
+
+#[test]
 fn a_settlement_run_that_answered_has_finished_so_the_next_one_starts() {
     // Regression: the worker answered the caller before the actor heard the run was over, so
     // an operator's next run right after it could be refused as busy.

@@ -102,10 +102,24 @@ pub async fn create_collection(
     cards: web::Data<Arc<crate::cards::Cards>>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<CollectionBody>()?;
+    let (prepared, reply) = collect(&engine, &clearing, &cards, &signed.platform, body).await?;
+    crate::orders::answer(prepared, &reply)
+}
+
+/// Checks a collection (the account is the platform's, the card a verified one of that
+/// account), has the engine accept it as a recharge naming the card and sends a new one to the
+/// bank (the API and the pages share it); a refusal is in the reply.
+pub async fn collect(
+    engine: &Arc<Engine>,
+    clearing: &Clearing,
+    cards: &crate::cards::Cards,
+    platform: &Platform,
+    body: CollectionBody,
+) -> Result<(Prepared, Reply), ApiError> {
     let account = crate::orders::account(&body.account_id, "account_id")?;
-    crate::accounts::owner_of(&engine, signed.platform.id, account).await?;
+    crate::accounts::owner_of(engine, platform.id, account).await?;
     let card = crate::ids::parse_prefixed(&body.card_id, "card_")
-        .and_then(|id| cards.get(signed.platform.id, account, id))
+        .and_then(|id| cards.get(platform.id, account, id))
         .filter(|c| c.status != "unbound")
         .ok_or(ApiError { param: Some("card_id"), ..ApiError::not_found() })?;
     if card.status != "verified" {
@@ -113,16 +127,16 @@ pub async fn create_collection(
     }
     let recharge =
         RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
-    let mut prepared = prepare_recharge(&engine, &clearing.channels(), &signed.platform, &recharge)?;
+    let mut prepared = prepare_recharge(engine, &clearing.channels(), platform, &recharge)?;
     prepared.body.value("card_id", &body.card_id).value("collection", &true);
-    let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
+    let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     if reply.is_ok() && !reply.replayed {
         if let Command::RequestRecharge { currency, amount, channel, .. } = prepared.envelope.command {
             let currency = engine.config().currencies[currency.0 as usize];
             clearing.bank().submit(bank::Request::Collection { order: OrderId(reply.id), channel, amount, currency, card_no: card.card_no.clone() });
         }
     }
-    crate::orders::answer(prepared, &reply)
+    Ok((prepared, reply))
 }
 
 /// Registers the recharge routes.

@@ -9,7 +9,7 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use engine::ledger::state::ShardState;
-use engine::ledger::types::{AccountKind, OrderDetail, OrderKind, OrderStatus, SystemRole};
+use engine::ledger::types::{AccountId, AccountKind, OrderDetail, OrderKind, OrderStatus, SystemRole, NO_ORDER_INDEX};
 use engine::money::{CurrencyId, CurrencySpec};
 use engine::Engine;
 use serde::Serialize;
@@ -273,6 +273,121 @@ pub async fn settlement_days(engine: &Arc<Engine>, platform: Option<u32>, days: 
             channel_fees: platform.is_none().then_some(channel_fees),
         })
         .collect())
+}
+
+/// Orders one member's figures read at most per account (newest first; older ones are left out
+/// of the chart, which then says so).
+pub const MEMBER_SCAN_MAX: usize = 50_000;
+
+/// One member's dashboard figures: the orders of its accounts per business day, kind and
+/// currency, and what its accounts hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberFigures {
+    pub volume: Vec<DayKindTotal>,
+    /// Per currency; `suspense` is `None`. `escrow`: guarantee payments to the member's
+    /// accounts held and not yet confirmed or cancelled.
+    pub held: Vec<HeldBalance>,
+    /// An account had more than `MEMBER_SCAN_MAX` orders in the days asked: `volume` counts
+    /// only its newest.
+    pub truncated: bool,
+}
+
+/// One shard's part of a member's figures: the orders of `accounts` (those on this shard)
+/// created in `days`, each account's chain walked newest first (`Account::last_order`), so the
+/// cost is the member's recent orders, never the shard's; its buckets; and the escrow of the
+/// platform's open guarantee orders paying it (open orders are few, whatever the history).
+#[allow(clippy::type_complexity)]
+pub fn shard_member(
+    state: &ShardState,
+    platform: u32,
+    accounts: &[AccountId],
+    days: &RangeInclusive<u32>,
+) -> (Vec<((u32, u8, u8), (u64, i128))>, Vec<[i128; 4]>, bool) {
+    let offset = i64::from(state.utc_offset_seconds);
+    let day_of = |micros: u64| (((micros / 1_000_000) as i64 + offset).div_euclid(86_400)).clamp(0, i64::from(u32::MAX)) as u32;
+    let link = |local: u32| state.previous_order_of_account.get(local as usize).copied().unwrap_or(NO_ORDER_INDEX);
+    let mut volume: BTreeMap<(u32, u8, u8), (u64, i128)> = BTreeMap::new();
+    let mut held = vec![[0i128; 4]; state.currencies.len()];
+    let mut truncated = false;
+    let mine: Vec<&engine::ledger::types::Account> =
+        accounts.iter().filter_map(|id| state.account(*id)).filter(|a| a.kind == AccountKind::Customer && a.platform == platform).collect();
+    for account in &mine {
+        if let Some(row) = held.get_mut(account.currency.0 as usize) {
+            row[0] += i128::from(account.settled);
+            row[1] += i128::from(account.unsettled);
+            row[2] += i128::from(account.frozen);
+        }
+        let (mut at, mut scanned) = (account.last_order, 0);
+        while at != NO_ORDER_INDEX {
+            let Some(order) = state.orders.get(at as usize) else { break };
+            let day = day_of(order.created_at);
+            if day < *days.start() {
+                break;
+            }
+            if scanned == MEMBER_SCAN_MAX {
+                truncated = true;
+                break;
+            }
+            scanned += 1;
+            if day <= *days.end() {
+                let sum = volume.entry((day, order.kind.index(), order.currency.0)).or_default();
+                sum.0 += 1;
+                sum.1 += i128::from(order.amount);
+            }
+            at = link(at);
+        }
+    }
+    if let Some(index) = state.platform_orders.get(&platform) {
+        for local in &index.open {
+            let Some(order) = state.orders.get(*local as usize) else { continue };
+            if order.kind != OrderKind::Guarantee || order.status != OrderStatus::Held {
+                continue;
+            }
+            if let (OrderDetail::Payment { held: legs, .. }, Some(row)) = (&order.detail, held.get_mut(order.currency.0 as usize)) {
+                row[3] +=
+                    legs.iter().filter(|leg| accounts.contains(&leg.account)).map(|leg| i128::from(leg.held - leg.released - leg.cancelled)).sum::<i128>();
+            }
+        }
+    }
+    (volume.into_iter().collect(), held, truncated)
+}
+
+/// A member's figures over `days`: its accounts' orders per day and kind, and what they hold
+/// (each shard reads only the member's accounts' recent orders and the platform's open ones).
+pub async fn member_figures(engine: &Arc<Engine>, platform: u32, accounts: &[AccountId], days: RangeInclusive<u32>) -> Result<MemberFigures, ApiError> {
+    check_days(&days)?;
+    let accounts: Arc<[AccountId]> = accounts.into();
+    let parts = every_shard(engine, move |state| shard_member(state, platform, &accounts, &days)).await?;
+    let mut volume: BTreeMap<(u32, u8, u8), (u64, i128)> = BTreeMap::new();
+    let mut held = vec![[0i128; 4]; engine.config().currencies.len()];
+    let mut truncated = false;
+    for (part_volume, part_held, part_truncated) in parts {
+        for (key, (count, amount)) in part_volume {
+            let sum = volume.entry(key).or_default();
+            sum.0 += count;
+            sum.1 += amount;
+        }
+        for (sum, row) in held.iter_mut().zip(part_held) {
+            for (total, value) in sum.iter_mut().zip(row) {
+                *total += value;
+            }
+        }
+        truncated |= part_truncated;
+    }
+    let kinds = OrderKind::ALL;
+    let volume = volume
+        .into_iter()
+        .filter_map(|((day, kind, currency), (count, amount_minor))| {
+            let kind = kind_label(*kinds.get(kind as usize)?);
+            Some(DayKindTotal { day, date: date_of(day), kind, currency: code(engine, currency), count, amount_minor })
+        })
+        .collect();
+    let held = held
+        .into_iter()
+        .enumerate()
+        .map(|(c, [settled, unsettled, frozen, escrow])| HeldBalance { currency: code(engine, c as u8), settled, unsettled, frozen, escrow, suspense: None })
+        .collect();
+    Ok(MemberFigures { volume, held, truncated })
 }
 
 #[cfg(test)]

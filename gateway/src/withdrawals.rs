@@ -187,21 +187,20 @@ async fn submit(
 /// platform's accounts to an outside card (Luhn-checked, not bound), routed like a withdrawal.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PayoutBody {
-    out_order_no: String,
-    account_id: String,
-    card_no: String,
-    holder_name: String,
-    amount: String,
-    currency: String,
-    arrival: Option<String>,
+pub struct PayoutBody {
+    pub out_order_no: String,
+    pub account_id: String,
+    pub card_no: String,
+    pub holder_name: String,
+    pub amount: String,
+    pub currency: String,
+    pub arrival: Option<String>,
     /// personal (default) or corporate: which channels may serve the receiving account.
-    account_type: Option<String>,
+    pub account_type: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/payouts", tag = "money", request_body = crate::withdrawals::PayoutBody, responses((status = 201, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/payouts")]
-#[allow(clippy::too_many_arguments)]
 pub async fn create_payout(
     signed: Signed,
     engine: web::Data<Arc<Engine>>,
@@ -209,9 +208,40 @@ pub async fn create_payout(
     clearing: web::Data<Clearing>,
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<PayoutBody>()?;
-    let platform = signed.platform.id;
+    let submitted = pay_out(&engine, &notifications, &clearing, signed.platform.id, &body).await?;
+    crate::orders::answer_fields(&submitted.view, true, &submitted.reply)
+}
+
+/// A 代付 payout checked: what routing needs (`route`) and the order's response members.
+pub struct CheckedPayout {
+    payout: Payout,
+    currency_id: engine::money::CurrencyId,
+    pub spec: engine::money::CurrencySpec,
+    pub view: Fields,
+}
+
+impl CheckedPayout {
+    /// What the clearing actor routes on (for a read-only `Clearing::quote`).
+    pub fn route(&self) -> clearing_actor::channels::RouteRequest {
+        clearing_actor::channels::RouteRequest {
+            amount: self.payout.minor,
+            currency: self.spec,
+            arrival: self.payout.arrival,
+            account_type: self.payout.account_type,
+        }
+    }
+
+    /// The account debited.
+    pub fn account(&self) -> engine::ledger::types::AccountId {
+        self.payout.target
+    }
+}
+
+/// Checks a 代付 payout of `platform` (the account is the platform's, the card number passes
+/// Luhn, the holder's name is 1 to 64 characters); the API and the pages share it.
+pub async fn check_payout(engine: &Arc<Engine>, platform: u32, body: &PayoutBody) -> Result<CheckedPayout, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
-    let (currency_id, spec) = currency(&engine, &body.currency)?;
+    let (currency_id, spec) = currency(engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
     let arrival = parse_arrival(body.arrival.as_deref())?;
@@ -226,7 +256,7 @@ pub async fn create_payout(
     if body.holder_name.trim().is_empty() || body.holder_name.chars().count() > 64 {
         return Err(ApiError::invalid("holder_name must be 1 to 64 characters", "holder_name"));
     }
-    account_of(&engine, platform, target).await?;
+    account_of(engine, platform, target).await?;
     let payout = Payout { platform, number, target, minor, arrival, account_type, card_id: 0, card_no: body.card_no.clone(), alert: None };
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no)
@@ -235,10 +265,29 @@ pub async fn create_payout(
         .value("amount", &spec.format(minor))
         .value("currency", &body.currency)
         .value("account_id", &body.account_id)
-        .value("card_no_masked", &format!("{}****{}", &body.card_no[..4], &body.card_no[body.card_no.len() - 4..]))
+        .value("card_no_masked", &masked_card_no(&body.card_no))
         .value("arrival", body.arrival.as_deref().unwrap_or("standard"));
-    let submitted = submit(&clearing, &notifications, currency_id, spec, payout, view).await?;
-    crate::orders::answer_fields(&submitted.view, true, &submitted.reply)
+    Ok(CheckedPayout { payout, currency_id, spec, view })
+}
+
+/// A card number as its first and last four digits (`6222****1234`).
+pub fn masked_card_no(card_no: &str) -> String {
+    let head: String = card_no.chars().take(4).collect();
+    let tail: String = card_no.chars().skip(card_no.chars().count().saturating_sub(4)).collect();
+    format!("{head}****{tail}")
+}
+
+/// Checks a 代付 payout and has the clearing actor route, note, submit and hand it to the bank
+/// (the API and the pages share it; a refusal is in the reply).
+pub async fn pay_out(
+    engine: &Arc<Engine>,
+    notifications: &Arc<Notifications>,
+    clearing: &Clearing,
+    platform: u32,
+    body: &PayoutBody,
+) -> Result<Submitted, ApiError> {
+    let CheckedPayout { payout, currency_id, spec, view } = check_payout(engine, platform, body).await?;
+    submit(clearing, notifications, currency_id, spec, payout, view).await
 }
 
 /// The requested arrival (`standard` when absent).

@@ -178,6 +178,39 @@ async fn figures(engine: &Arc<Engine>, m: &Merchant) -> Result<Figures, PortalEr
     Ok(all)
 }
 
+/// Days the merchant's orders chart shows.
+const CHART_DAYS: u32 = 14;
+
+/// The merchant's charts: its accounts' orders per day by kind (last `CHART_DAYS` days) and
+/// what its accounts hold per currency (settled, unsettled, frozen, escrow), from
+/// `stats::member_figures`, which reads only the member's own accounts and recent orders.
+async fn charts(engine: &Arc<Engine>, m: &Merchant, summaries: &[AccountSummary]) -> Result<Markup, PortalError> {
+    let today = crate::stats::today(engine);
+    let days = today.saturating_sub(CHART_DAYS - 1)..=today;
+    let figures = crate::stats::member_figures(engine, m.platform.id, &m.accounts, days.clone()).await?;
+    let mut svgs = vec![super::platform::orders_chart("merchant-orders-per-day", "Your accounts' orders per day (last 14 days)", days, &figures.volume)];
+    let clamp = |value: i128| value.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+    let currencies = engine.config().currencies.clone();
+    for (held, spec) in figures.held.iter().zip(&currencies) {
+        if !summaries.iter().any(|a| a.currency == held.currency) {
+            continue;
+        }
+        let bars = vec![
+            ("settled".to_string(), clamp(held.settled)),
+            ("unsettled".to_string(), clamp(held.unsettled)),
+            ("frozen".to_string(), clamp(held.frozen)),
+            ("escrow".to_string(), clamp(held.escrow)),
+        ];
+        let (id, title) = (format!("merchant-held-{}", held.currency), format!("Balances held ({})", held.currency));
+        svgs.push(crate::charts::horizontal_bars(&crate::charts::Frame { id: &id, title: &title, unit: crate::charts::Unit::Money(*spec) }, &bars));
+    }
+    Ok(html! {
+        // Trusted SVG: crate::charts escapes every text it writes.
+        div.charts #merchant-charts { @for svg in &svgs { section.card.chart { (maud::PreEscaped(svg)) } } }
+        @if figures.truncated { p.muted { "An account had more than " (crate::stats::MEMBER_SCAN_MAX) " orders in these days: the chart counts its newest." } }
+    })
+}
+
 async fn home(
     session: Session,
     engine: web::Data<Arc<Engine>>,
@@ -187,6 +220,7 @@ async fn home(
     let m = merchant(&session, &platforms, &engine).await?;
     let summaries = m.summaries(&engine).await?;
     let figures = figures(&engine, &m).await?;
+    let charts = charts(&engine, &m, &summaries).await?;
     let member = members.get(m.platform.id, m.member);
     let currencies = engine.config().currencies.clone();
     let wide = |currency: u8, minor: i128| {
@@ -209,6 +243,7 @@ async fn home(
                 @for (currency, (count, amount)) in &figures.pending { span.value { (count) } span.label { (wide(*currency, *amount)) } }
             }
         }
+        (charts)
         section.card {
             h2 { "Accounts" }
             table.data.balances {
@@ -553,33 +588,9 @@ async fn withdraw_preview(
                 dt { "To card" } dd { (checked.card.masked()) " · " (checked.card.holder_name) }
                 dt { "Amount" } dd.amount { (spec.format(checked.amount)) " " (code) }
                 dt { "Arrival" } dd { (arrival) }
-                @if let Some((_, fee)) = quote.chosen {
-                    dt { "Channel" } dd.channel { (quote.routing.chosen.clone().unwrap_or_default()) }
-                    dt { "Fee" } dd.fee { (spec.format(fee)) " " (code) }
-                    dt { "Total debited" } dd.total { (crate::stats::format_wide(&spec, i128::from(checked.amount) + i128::from(fee))) " " (code) }
-                }
+                (super::routing_facts(&quote, &spec, checked.amount))
             }
-            h3 { "Candidates" }
-            table.data.candidates {
-                thead { tr { th { "Channel" } th.num { "Fee" } th.num { "ETA (minutes)" } th { "Decision" } } }
-                tbody {
-                    @for c in &quote.routing.candidates {
-                        @let chosen = quote.routing.chosen.as_deref() == Some(c.channel.as_str());
-                        tr.chosen[chosen] data-channel=(c.channel) {
-                            td { (c.channel) }
-                            td.num { (c.fee) }
-                            td.num { (c.eta_minutes) }
-                            td.why {
-                                @match (&c.rejected_because, chosen) {
-                                    (Some(why), _) => { span.badge.bad { "not viable: " (why.replace('_', " ")) } }
-                                    (None, true) => { span.badge.ok { "chosen: the cheapest viable" } }
-                                    (None, false) => { span.badge.warn { "viable, dearer or slower" } }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            (super::routing_candidates(&quote))
             @if quote.chosen.is_some() {
                 form.confirm method="post" action="/portal/merchant/withdraw" {
                     (csrf_field(&session))

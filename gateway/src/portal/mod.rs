@@ -281,6 +281,47 @@ pub fn redirect(path: &str) -> HttpResponse {
     HttpResponse::SeeOther().insert_header(("Location", path)).insert_header(("Cache-Control", "no-store")).finish()
 }
 
+/// The `dt`/`dd` lines of a routing preview: the channel routing would choose, its fee and the
+/// total debited (nothing when no channel can take the payout).
+pub fn routing_facts(quote: &clearing_actor::channels::Decision, spec: &engine::money::CurrencySpec, amount: engine::money::Minor) -> Markup {
+    let code = spec.code_str();
+    html! {
+        @if let Some((_, fee)) = quote.chosen {
+            dt { "Channel" } dd.channel { (quote.routing.chosen.clone().unwrap_or_default()) }
+            dt { "Fee" } dd.fee { (spec.format(fee)) " " (code) }
+            dt { "Total debited" } dd.total { (crate::stats::format_wide(spec, i128::from(amount) + i128::from(fee))) " " (code) }
+        }
+    }
+}
+
+/// A routing preview's candidates: every channel considered, its fee and ETA, and why it was
+/// or was not chosen (`Clearing::quote`, read-only; routing decides again at submission).
+pub fn routing_candidates(quote: &clearing_actor::channels::Decision) -> Markup {
+    html! {
+        h3 { "Candidates" }
+        table.data.candidates {
+            thead { tr { th { "Channel" } th.num { "Fee" } th.num { "ETA (minutes)" } th { "Decision" } } }
+            tbody {
+                @for c in &quote.routing.candidates {
+                    @let chosen = quote.routing.chosen.as_deref() == Some(c.channel.as_str());
+                    tr.chosen[chosen] data-channel=(c.channel) {
+                        td { (c.channel) }
+                        td.num { (c.fee) }
+                        td.num { (c.eta_minutes) }
+                        td.why {
+                            @match (&c.rejected_because, chosen) {
+                                (Some(why), _) => { span.badge.bad { "not viable: " (why.replace('_', " ")) } }
+                                (None, true) => { span.badge.ok { "chosen: the cheapest viable" } }
+                                (None, false) => { span.badge.warn { "viable, dearer or slower" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 const CSS: &str = include_str!("portal.css");
 
 async fn stylesheet() -> HttpResponse {

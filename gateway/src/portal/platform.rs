@@ -124,7 +124,7 @@ async fn home(
     let exponent_of = |code: &str| engine.config().currencies.iter().find(|c| c.code_str() == code).map_or(2, |c| c.exponent);
     let first = (today.saturating_sub(13))..=today;
     let volume = crate::stats::daily_volume(&engine, Some(platform.id), first.clone()).await?;
-    let chart = orders_chart(first, &volume);
+    let chart = orders_chart("platform-orders-per-day", "Orders per day", first, &volume);
     let body = html! {
         section.cards #platform-metrics {
             div.metric { div.label { "Members" } div.value #metric-members { (member_count) } }
@@ -155,8 +155,8 @@ async fn home(
     Ok(page(&session, "Dashboard", "/portal/platform", body))
 }
 
-/// Orders per day and kind over `days` as stacked bars.
-fn orders_chart(days: std::ops::RangeInclusive<u32>, volume: &[crate::stats::DayKindTotal]) -> String {
+/// Orders per day and kind over `days` as stacked bars (chart `id`, titled `title`).
+pub(super) fn orders_chart(id: &str, title: &str, days: std::ops::RangeInclusive<u32>, volume: &[crate::stats::DayKindTotal]) -> String {
     let days: Vec<u32> = days.collect();
     let categories: Vec<String> = days.iter().map(|d| crate::stats::date_of(*d)).collect();
     let mut kinds: Vec<&str> = volume.iter().map(|t| t.kind).collect();
@@ -172,7 +172,7 @@ fn orders_chart(days: std::ops::RangeInclusive<u32>, volume: &[crate::stats::Day
                 .collect(),
         })
         .collect();
-    let frame = crate::charts::Frame { id: "platform-orders-per-day", title: "Orders per day", unit: crate::charts::Unit::Count };
+    let frame = crate::charts::Frame { id, title, unit: crate::charts::Unit::Count };
     crate::charts::stacked_bars(&frame, &categories, &series)
 }
 
@@ -417,12 +417,268 @@ async fn render_member(
                 }
             }
         }
+        @if session.has(Role::Operator) && !accounts.is_empty() {
+            (member_money_forms(session, member, &accounts, &bound, &Fields::default()))
+        }
         section.card #agreements {
             h2 { "Agreements" }
             p { a href=(format!("/portal/platform/agreements?member={}", member.public_id())) { "Agreements this member signed" } }
         }
     };
     Ok(page(session, &format!("Member {}", member.name), "/portal/platform/members", body))
+}
+
+/// The member page's 代收 and 代付 forms: collect from one of the member's verified cards into
+/// their account, and pay out from their account to an outside card (previewed first).
+fn member_money_forms(
+    session: &Session,
+    member: &Member,
+    accounts: &[crate::accounts::AccountSummary],
+    bound: &[crate::cards::Card],
+    fields: &Fields,
+) -> Markup {
+    let base = format!("/portal/platform/members/{}", member.public_id());
+    let account_select = html! {
+        label { "Account" select name="account_id" {
+            @for a in accounts { option value=(a.account_id) selected[fields.get("account_id") == a.account_id] { (a.account_id) " · " (a.currency) } }
+        } }
+    };
+    let verified: Vec<&crate::cards::Card> = bound.iter().filter(|c| c.status == "verified").collect();
+    html! {
+        div.platform-forms {
+            section.card #collection {
+                h2 { "Collect from a card (代收)" }
+                @if verified.is_empty() { p.muted { "No verified card: collections come only from a member's verified card." } } @else {
+                    form method="post" action=(format!("{base}/collection")) {
+                        (csrf_field(session))
+                        input type="hidden" name="out_order_no" value=(new_out_order_no());
+                        (account_select)
+                        label { "Card" select name="card_id" {
+                            @for c in &verified {
+                                @let id = c.public_id();
+                                option value=(id) selected[fields.get("card_id") == id] { (c.masked()) " · " (c.holder_name) " · " (crate::accounts::public_account_id(engine::ledger::types::AccountId(c.account))) }
+                            }
+                        } }
+                        label { "Amount" input name="amount" required inputmode="decimal" value=(fields.get("amount")); }
+                        button type="submit" { "Collect" }
+                    }
+                }
+            }
+            section.card #payout {
+                h2 { "Pay out to an outside card (代付)" }
+                form method="post" action=(format!("{base}/payout/preview")) {
+                    (csrf_field(session))
+                    (account_select)
+                    label { "Card number" input name="card_no" required inputmode="numeric" maxlength="19" value=(fields.get("card_no")); }
+                    label { "Holder's name" input name="holder_name" required maxlength="64" value=(fields.get("holder_name")); }
+                    label { "Amount" input name="amount" required inputmode="decimal" value=(fields.get("amount")); }
+                    label { "Arrival" select name="arrival" {
+                        option value="standard" selected[fields.get("arrival") != "realtime"] { "standard" }
+                        option value="realtime" selected[fields.get("arrival") == "realtime"] { "realtime" }
+                    } }
+                    label { "Receiving account" select name="account_type" {
+                        option value="personal" selected[fields.get("account_type") != "corporate"] { "personal" }
+                        option value="corporate" selected[fields.get("account_type") == "corporate"] { "corporate" }
+                    } }
+                    button type="submit" { "Preview" }
+                }
+            }
+        }
+    }
+}
+
+/// The member's account named by a form field, with its currency; another member's or
+/// platform's account is the API's 404 naming the field.
+async fn members_account(engine: &Arc<Engine>, platform: u32, member: &Member, text: &str) -> Result<(String, engine::money::CurrencySpec), ApiError> {
+    let id = crate::orders::account(text.trim(), "account_id")?;
+    let (owner, _, spec) = crate::accounts::account_of(engine, platform, id).await?;
+    if owner != member.id {
+        return Err(ApiError { param: Some("account_id"), ..ApiError::not_found() });
+    }
+    Ok((crate::accounts::public_account_id(id), spec))
+}
+
+/// Audits a member money form's outcome, then answers: the order's page, or the member's page
+/// with the refusal.
+#[allow(clippy::too_many_arguments)]
+async fn member_money_outcome(
+    session: &Session,
+    portal: &Portal,
+    platform: &Platform,
+    member: &Member,
+    engine: &Arc<Engine>,
+    cards: &crate::cards::Cards,
+    action: &str,
+    after: Value,
+    result: Result<engine::ledger::types::Reply, ApiError>,
+) -> Result<HttpResponse, PortalError> {
+    let refused = match result {
+        Ok(reply) if reply.is_ok() => {
+            let order = crate::orders::public_order_id(engine::ledger::types::OrderId(reply.id));
+            portal.audit.record(session, session.scope(), action, &order, Value::Null, after, if reply.replayed { "replayed" } else { "ok" })?;
+            return Ok(redirect(&format!("/portal/platform/orders/{order}")));
+        }
+        Ok(reply) => crate::error::rejection(reply.code),
+        Err(error) => error,
+    };
+    portal.audit.record(session, session.scope(), action, &member.public_id(), Value::Null, after, &format!("refused: {}", refused.code))?;
+    render_member(session, platform, member, engine, cards, Some(("error", &refusal(&refused)))).await
+}
+
+/// 代收: collects from the member's verified card into their account (`recharges::collect`,
+/// the API's own checks); the form's order number makes a second submit a replay.
+#[allow(clippy::too_many_arguments)]
+async fn collection(
+    request: HttpRequest,
+    session: Session,
+    path: web::Path<String>,
+    portal: PortalData,
+    platforms: PlatformsData,
+    members: MembersData,
+    engine: EngineData,
+    clearing: web::Data<Clearing>,
+    cards: web::Data<Arc<crate::cards::Cards>>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let platform = own_platform(&session, &platforms)?;
+    let member = member_of(&members, &platform, &path)?;
+    session.require(Role::Operator)?;
+    let mut after = serde_json::json!({"out_order_no": form.get("out_order_no"), "member_id": member.public_id(), "account_id": form.get("account_id").trim(), "card_id": form.get("card_id"), "amount": form.get("amount").trim()});
+    let result = match members_account(&engine, platform.id, &member, form.get("account_id")).await {
+        Ok((account_id, spec)) => {
+            after["currency"] = Value::from(spec.code_str());
+            let body = crate::recharges::CollectionBody {
+                out_order_no: form.get("out_order_no").to_string(),
+                account_id,
+                card_id: form.get("card_id").to_string(),
+                amount: form.get("amount").trim().to_string(),
+                currency: spec.code_str().to_string(),
+                channel: None,
+            };
+            crate::recharges::collect(&engine, &clearing, &cards, &platform, body).await.map(|(_, reply)| reply)
+        }
+        Err(error) => Err(error),
+    };
+    member_money_outcome(&session, &portal, &platform, &member, &engine, &cards, "order.collection", after, result).await
+}
+
+/// The 代付 form's fields as the API's body (the currency is the account's).
+fn payout_body(form: &Fields, account_id: String, spec: &engine::money::CurrencySpec, out_order_no: String) -> crate::withdrawals::PayoutBody {
+    crate::withdrawals::PayoutBody {
+        out_order_no,
+        account_id,
+        card_no: form.get("card_no").trim().to_string(),
+        holder_name: form.get("holder_name").trim().to_string(),
+        amount: form.get("amount").trim().to_string(),
+        currency: spec.code_str().to_string(),
+        arrival: form.opt("arrival").map(str::to_string),
+        account_type: form.opt("account_type").map(str::to_string),
+    }
+}
+
+/// 代付 preview: the payout checked as the API checks it, then the clearing actor's read-only
+/// `quote` (channel, every candidate and why, fee, total) and a confirm form with a fresh
+/// order number. Nothing moves and nothing is audited here.
+#[allow(clippy::too_many_arguments)]
+async fn payout_preview(
+    request: HttpRequest,
+    session: Session,
+    path: web::Path<String>,
+    platforms: PlatformsData,
+    members: MembersData,
+    engine: EngineData,
+    clearing: web::Data<Clearing>,
+    cards: web::Data<Arc<crate::cards::Cards>>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let platform = own_platform(&session, &platforms)?;
+    let member = member_of(&members, &platform, &path)?;
+    session.require(Role::Operator)?;
+    let checked = match members_account(&engine, platform.id, &member, form.get("account_id")).await {
+        Ok((account_id, spec)) => {
+            let body = payout_body(&form, account_id, &spec, new_out_order_no());
+            crate::withdrawals::check_payout(&engine, platform.id, &body).await.map(|checked| (body, checked))
+        }
+        Err(error) => Err(error),
+    };
+    let (body, checked) = match checked {
+        Ok(found) => found,
+        Err(error) => return render_member(&session, &platform, &member, &engine, &cards, Some(("error", &refusal(&error)))).await,
+    };
+    let quote = clearing.quote(checked.route()).await.map_err(ApiError::from)?;
+    let (spec, amount) = (checked.spec, checked.route().amount);
+    let base = format!("/portal/platform/members/{}", member.public_id());
+    let page_body = html! {
+        section.card.preview #payout-preview {
+            h2 { "Payout preview (代付)" }
+            dl.facts {
+                dt { "From account" } dd { (body.account_id) " (" (member.name) ")" }
+                dt { "To card" } dd { (crate::withdrawals::masked_card_no(&body.card_no)) " · " (body.holder_name) }
+                dt { "Amount" } dd.amount { (spec.format(amount)) " " (spec.code_str()) }
+                dt { "Arrival" } dd { (body.arrival.as_deref().unwrap_or("standard")) }
+                (super::routing_facts(&quote, &spec, amount))
+            }
+            (super::routing_candidates(&quote))
+            @if quote.chosen.is_some() {
+                form.confirm method="post" action=(format!("{base}/payout")) {
+                    (csrf_field(&session))
+                    input type="hidden" name="out_order_no" value=(body.out_order_no);
+                    input type="hidden" name="account_id" value=(body.account_id);
+                    input type="hidden" name="card_no" value=(body.card_no);
+                    input type="hidden" name="holder_name" value=(body.holder_name);
+                    input type="hidden" name="amount" value=(spec.format(amount));
+                    input type="hidden" name="arrival" value=(body.arrival.as_deref().unwrap_or("standard"));
+                    input type="hidden" name="account_type" value=(body.account_type.as_deref().unwrap_or("personal"));
+                    button type="submit" { "Confirm payout" }
+                    " "
+                    a href=(base) { "Change" }
+                }
+                p.muted { "Routing decides again when you confirm (a channel's cap or health may change meanwhile); the order shows the channel it took." }
+            } @else {
+                (notice("error", "No channel can take this payout now; see why above."))
+            }
+        }
+    };
+    Ok(page(&session, &format!("Member {}", member.name), "/portal/platform/members", page_body))
+}
+
+/// 代付 confirmed: `withdrawals::pay_out` (the API's checks, routing, note, submission, bank);
+/// the preview's order number makes a second submit a replay.
+#[allow(clippy::too_many_arguments)]
+async fn payout(
+    request: HttpRequest,
+    session: Session,
+    path: web::Path<String>,
+    portal: PortalData,
+    platforms: PlatformsData,
+    members: MembersData,
+    engine: EngineData,
+    clearing: web::Data<Clearing>,
+    cards: web::Data<Arc<crate::cards::Cards>>,
+    notifications: web::Data<Arc<crate::notifications::Notifications>>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let platform = own_platform(&session, &platforms)?;
+    let member = member_of(&members, &platform, &path)?;
+    session.require(Role::Operator)?;
+    let card_no = form.get("card_no").trim();
+    let mut after = serde_json::json!({"out_order_no": form.get("out_order_no"), "member_id": member.public_id(), "account_id": form.get("account_id").trim(), "card_no_masked": crate::withdrawals::masked_card_no(card_no), "holder_name": form.get("holder_name").trim(), "amount": form.get("amount").trim(), "arrival": form.opt("arrival"), "account_type": form.opt("account_type")});
+    let result = match members_account(&engine, platform.id, &member, form.get("account_id")).await {
+        Ok((account_id, spec)) => {
+            after["currency"] = Value::from(spec.code_str());
+            let body = payout_body(&form, account_id, &spec, form.get("out_order_no").to_string());
+            crate::withdrawals::pay_out(&engine, &notifications, &clearing, platform.id, &body).await.map(|submitted| {
+                after["channel"] = Value::from(submitted.channel);
+                after["fee"] = Value::from(spec.format(submitted.fee));
+                submitted.reply
+            })
+        }
+        Err(error) => Err(error),
+    };
+    member_money_outcome(&session, &portal, &platform, &member, &engine, &cards, "order.payout", after, result).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1282,6 +1538,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/portal/platform/members", web::post().to(register_member))
         .route("/portal/platform/members/{member}", web::get().to(member_page))
         .route("/portal/platform/members/{member}/accounts", web::post().to(open_account))
+        .route("/portal/platform/members/{member}/collection", web::post().to(collection))
+        .route("/portal/platform/members/{member}/payout/preview", web::post().to(payout_preview))
+        .route("/portal/platform/members/{member}/payout", web::post().to(payout))
         .route("/portal/platform/money", web::get().to(money_page))
         .route("/portal/platform/recharge", web::post().to(recharge))
         .route("/portal/platform/freeze", web::post().to(freeze))

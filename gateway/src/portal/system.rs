@@ -72,6 +72,13 @@ async fn home(
     let accounts: u64 = shards.iter().map(|s| s.accounts).sum();
     let cases = clearing.cases().await.map_err(crate::error::ApiError::from)?;
     let open_cases = cases.iter().filter(|c| c.status == "open").count();
+    let mut reasons: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for case in cases.iter().filter(|c| c.status == "open") {
+        *reasons.entry(case.reason.as_str()).or_default() += 1;
+    }
+    let reasons: Vec<(String, i64)> = reasons.into_iter().map(|(reason, count)| (reason.replace('_', " "), count)).collect();
+    let cases_chart =
+        crate::charts::horizontal_bars(&crate::charts::Frame { id: "chart-cases", title: "Open cases by reason", unit: crate::charts::Unit::Count }, &reasons);
     let pending = portal.approvals.list(&session.scope(), Some(super::approvals::Status::Pending), 1000).len();
     let checked = engine.get_ref().clone();
     let invariants = blocking(move || engine::invariants::check_engine(&checked)).await?.map(|r| r.ok);
@@ -86,6 +93,8 @@ async fn home(
             (metric("Pending approvals", pending.to_string(), "/portal/approvals"))
         }
         (charts)
+        // Trusted SVG: crate::charts escapes every text it writes.
+        div.charts { section.card { (maud::PreEscaped(cases_chart)) } }
     };
     Ok(page(&session, "Dashboard", "/portal/system", body))
 }

@@ -65,15 +65,7 @@ pub(super) async fn dashboard_charts(engine: &Arc<Engine>, clearing: &Clearing) 
         }
     }
     if let Ok(report) = clearing.report().await {
-        let bars: Vec<(String, i64)> = report
-            .iter()
-            .map(|c| {
-                let h = &c.health;
-                let rate = (h.recent_outcomes.saturating_sub(h.recent_failures) * 10_000).checked_div(h.recent_outcomes).map_or(10_000, |r| r as i64);
-                (c.name.clone(), rate)
-            })
-            .collect();
-        charts.push(crate::charts::horizontal_bars(&Frame { id: "chart-channels", title: "Channels' recent success rate", unit: Unit::BasisPoints }, &bars));
+        charts.extend(channel_charts(&report));
     }
     if let Ok(settled) = crate::stats::settlement_days(engine, None, days.clone()).await {
         if let Some(first) = settled.first() {
@@ -104,12 +96,39 @@ pub(super) async fn dashboard_charts(engine: &Arc<Engine>, clearing: &Clearing) 
 
 // ---- Channels --------------------------------------------------------------------------------
 
+/// The channels' charts: the success rate of each channel's recent verdicts (its health window),
+/// and the latency of payouts from handing them to the bank to the verdict (p50 and p95 of the
+/// recent ones, money-out channels with a verdict only: money in does not pass the clearing actor).
+pub(super) fn channel_charts(report: &[clearing_actor::channels::ChannelReport]) -> [String; 2] {
+    let rates: Vec<(String, i64)> = report
+        .iter()
+        .map(|c| {
+            let h = &c.health;
+            let rate = (h.recent_outcomes.saturating_sub(h.recent_failures) * 10_000).checked_div(h.recent_outcomes).map_or(10_000, |r| r as i64);
+            (c.name.clone(), rate)
+        })
+        .collect();
+    let clamp = |ms: Option<u64>| ms.map_or(0, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
+    let latencies: Vec<(String, i64)> = report
+        .iter()
+        .filter(|c| c.latency.samples > 0)
+        .flat_map(|c| [(format!("{} p50", c.name), clamp(c.latency.p50_ms)), (format!("{} p95", c.name), clamp(c.latency.p95_ms))])
+        .collect();
+    [
+        crate::charts::horizontal_bars(&Frame { id: "chart-channels", title: "Channels' recent success rate", unit: Unit::BasisPoints }, &rates),
+        crate::charts::horizontal_bars(&Frame { id: "chart-latency", title: "Payout latency to the bank's verdict (ms)", unit: Unit::Count }, &latencies),
+    ]
+}
+
 fn channels_page(session: &Session, report: &[clearing_actor::channels::ChannelReport]) -> HttpResponse {
+    let charts = channel_charts(report);
     let body = html! {
+        // Trusted SVG: crate::charts escapes every text it writes.
+        div.charts { @for svg in &charts { section.card { (PreEscaped(svg)) } } }
         table.data #channels {
             thead { tr {
                 th { "Channel" } th { "Kind" } th { "Direction" } th { "Currency" } th { "Fee (fixed + bps, min–max)" } th { "Order min–max" }
-                th.num { "Daily cap" } th.num { "Used today" } th { "Window" } th { "Enabled" } th { "Health" } th { "Simulator" }
+                th.num { "Daily cap" } th.num { "Used today" } th { "Window" } th { "Enabled" } th { "Health" } th { "Verdicts (ok / failed)" } th { "Latency p50 / p95 / max" } th { "Simulator" }
             } }
             tbody {
                 @for c in report {
@@ -123,6 +142,13 @@ fn channels_page(session: &Session, report: &[clearing_actor::channels::ChannelR
                         td { (c.window) @if c.business_days_only { " business days" } }
                         td { @if c.enabled { span.badge.ok { "enabled" } } @else { span.badge.bad { "disabled" } } }
                         td { span class=(format!("badge {}", if h.circuit == "closed" { "ok" } else { "bad" })) { "circuit " (h.circuit) } " " (rate) @if h.probing { " (probing)" } }
+                        td.num.verdicts { (c.latency.verdicts_succeeded) " / " (c.latency.verdicts_failed) }
+                        td.latency {
+                            @match (c.latency.p50_ms, c.latency.p95_ms, c.latency.max_ms) {
+                                (Some(p50), Some(p95), Some(max)) => { (p50) " / " (p95) " / " (max) " ms (last " (c.latency.samples) ")" }
+                                _ => { span.muted { "no verdict yet" } }
+                            }
+                        }
                         td.small { (c.simulator.latency_ms) " ms, fails " (c.simulator.failure_per_mille) "‰, drops " (c.simulator.drop_per_mille) "‰" }
                     }
                 }
