@@ -136,7 +136,14 @@ class Operation:
         if body is not None:
             if self.body_type is None:
                 raise TypeError(f"{self.method} {self.path} takes no body")
-            arguments["body"] = self.body_type.from_dict(body) if isinstance(body, dict) else body
+            if isinstance(body, dict):
+                try:
+                    body = self.body_type.from_dict(body)
+                except KeyError as missing:
+                    raise ValueError(f"{self.method} {self.path}: the body lacks {missing} ({self.body_type.__name__})") from None
+                except (TypeError, ValueError) as wrong:
+                    raise ValueError(f"{self.method} {self.path}: the body does not fit {self.body_type.__name__}: {wrong}") from None
+            arguments["body"] = body
         elif self.body_type is not None and "body" in self.other_parameters:
             raise TypeError(f"{self.method} {self.path} needs a body")
         return arguments
