@@ -49,7 +49,12 @@ fn run_bounded(mut command: Command, name: &str, dir: &Path, limit: Duration) ->
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{name} still running after {} s:\n{}\n{}", limit.as_secs(), std::fs::read_to_string(&out).unwrap_or_default(), std::fs::read_to_string(&err).unwrap_or_default());
+            panic!(
+                "{name} still running after {} s:\n{}\n{}",
+                limit.as_secs(),
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -147,6 +152,7 @@ fn the_sdk_signs_what_the_server_verifies() {
     let output = child.wait_with_output().expect("python output");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let signed: Vec<String> = String::from_utf8(output.stdout).expect("utf-8").lines().map(str::to_string).collect();
-    let expected: Vec<String> = cases.iter().map(|(secret, method, path, timestamp, nonce, body)| sign(secret, method, path, *timestamp, nonce, body)).collect();
+    let expected: Vec<String> =
+        cases.iter().map(|(secret, method, path, timestamp, nonce, body)| sign(secret, method, path, *timestamp, nonce, body)).collect();
     assert_eq!(signed, expected);
 }

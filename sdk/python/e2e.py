@@ -91,7 +91,11 @@ class Run:
             check(reply.status == 200, "show_order answers 200", reply)
             if reply.data["status"] == status:
                 return reply.data
-            check(reply.data["status"] not in ("failed", "cancelled") or status in ("failed", "cancelled"), f"order {order_id} became {reply.data['status']}, not {status}", reply)
+            check(
+                reply.data["status"] not in ("failed", "cancelled") or status in ("failed", "cancelled"),
+                f"order {order_id} became {reply.data['status']}, not {status}",
+                reply,
+            )
             check(time.monotonic() < deadline, f"order {order_id} never became {status}", reply)
             time.sleep(0.02)
 
@@ -113,8 +117,14 @@ class Run:
         check(reply.status == 200 and reply.data["platform_id"] == self.platform_id, "the signed client is the platform", reply)
 
         step("members and accounts")
-        member = lambda number, name: self.created("create_member", {"out_order_no": number, "type": "individual", "name": name, "id_number": HOLDER[1], "phone": "13800138000"}).data["member_id"]
-        account = lambda number, member_id: self.created("open_account", {"out_order_no": number, "member_id": member_id, "currency": "CNY"}).data["account_id"]
+
+        def member(number: str, name: str) -> str:
+            body = {"out_order_no": number, "type": "individual", "name": name, "id_number": HOLDER[1], "phone": "13800138000"}
+            return self.created("create_member", body).data["member_id"]
+
+        def account(number: str, member_id: str) -> str:
+            return self.created("open_account", {"out_order_no": number, "member_id": member_id, "currency": "CNY"}).data["account_id"]
+
         payer = account("e2e-acct-payer", member("e2e-payer", HOLDER[0]))
         payee = account("e2e-acct-payee", member("e2e-payee", "Li Si"))
         zero = ("0.00", "0.00", "0.00", "0.00")
@@ -130,7 +140,15 @@ class Run:
         self.expect_balances(payer, ("1000.00", "1000.00", "0.00", "0.00"), "after the recharge")
 
         step("guarantee payment 300.00 into escrow")
-        body = {"out_order_no": "e2e-p-1", "payer_account_id": payer, "mode": "guarantee", "amount": "300.00", "currency": "CNY", "payees": [{"account_id": payee, "amount": "300.00"}], "description": "SDK end to end"}
+        body = {
+            "out_order_no": "e2e-p-1",
+            "payer_account_id": payer,
+            "mode": "guarantee",
+            "amount": "300.00",
+            "currency": "CNY",
+            "payees": [{"account_id": payee, "amount": "300.00"}],
+            "description": "SDK end to end",
+        }
         payment = self.created("create_payment", body)
         check(payment.data["status"] == "held" and payment.data["kind"] == "payment", "a guarantee payment is held", payment)
         order = payment.data["order_id"]
@@ -138,7 +156,9 @@ class Run:
         self.expect_balances(payee, zero, "escrow is nobody's balance yet")
 
         step("confirm 100.00, then the rest")
-        staged = self.created("confirm_payment", {"out_order_no": "e2e-c-1", "releases": [{"account_id": payee, "amount": "100.00"}]}, status=200, order_id=order)
+        staged = self.created(
+            "confirm_payment", {"out_order_no": "e2e-c-1", "releases": [{"account_id": payee, "amount": "100.00"}]}, status=200, order_id=order
+        )
         check(staged.data["status"] == "held", "a partial release leaves the rest held", staged)
         self.expect_balances(payee, ("100.00", "0.00", "0.00", "100.00"), "after the first release")
         over = self.sdk.call("confirm_payment", {"out_order_no": "e2e-c-2", "releases": [{"account_id": payee, "amount": "200.01"}]}, order_id=order)
@@ -159,20 +179,36 @@ class Run:
         self.expect_balances(payee, ("250.00", "0.00", "0.00", "250.00"), "the payee after the refund")
 
         step("insufficient funds change nothing")
-        short = self.sdk.call("create_payment", {"out_order_no": "e2e-p-2", "payer_account_id": payer, "mode": "balance", "amount": "750.01", "currency": "CNY", "payees": [{"account_id": payee, "amount": "750.01"}]})
+        short = self.sdk.call(
+            "create_payment",
+            {
+                "out_order_no": "e2e-p-2",
+                "payer_account_id": payer,
+                "mode": "balance",
+                "amount": "750.01",
+                "currency": "CNY",
+                "payees": [{"account_id": payee, "amount": "750.01"}],
+            },
+        )
         check(short.status == 422 and short.error_code == "insufficient_funds", "a payment over the balance is refused", short)
         check(type(short.parsed).__name__ != "OrderView" and short.parsed is not None, "the error is parsed as the document's error body", short)
         self.expect_balances(payer, ("750.00", "750.00", "0.00", "0.00"), "after the refused payment")
 
         step("bind and verify a card")
-        card = self.created("bind_card", {"out_order_no": "e2e-card-1", "card_no": CARD_NO, "holder_name": HOLDER[0], "id_number": HOLDER[1], "phone": "13800138000"}, account_id=payer)
+        card = self.created(
+            "bind_card",
+            {"out_order_no": "e2e-card-1", "card_no": CARD_NO, "holder_name": HOLDER[0], "id_number": HOLDER[1], "phone": "13800138000"},
+            account_id=payer,
+        )
         check(card.data["status"] == "pending_verification", "a new card waits for its micro-deposit", card)
         card_id = card.data["card_id"]
         verified = self.created("verify_card", {"amount": self.micro_deposit(CARD_NO)}, status=200, account_id=payer, card_id=card_id)
         check(verified.data["status"] == "verified", "the micro-deposit verifies the card", verified)
 
         step("withdraw 100.00 to the card")
-        withdrawal = self.created("withdraw", {"out_order_no": "e2e-w-1", "account_id": payer, "card_id": card_id, "amount": "100.00", "currency": "CNY", "arrival": "realtime"})
+        withdrawal = self.created(
+            "withdraw", {"out_order_no": "e2e-w-1", "account_id": payer, "card_id": card_id, "amount": "100.00", "currency": "CNY", "arrival": "realtime"}
+        )
         check(withdrawal.data["status"] == "processing" and withdrawal.data.get("channel"), "a withdrawal is processing on a routed channel", withdrawal)
         fee = Decimal(withdrawal.data["fee"])
         left = money(Decimal("750.00") - Decimal("100.00") - fee)
@@ -187,7 +223,14 @@ class Run:
         step("a wrong secret")
         self.wrong_secret(payer)
 
-        return {"payer": payer, "payee": payee, "withdrawal": finished["order_id"], "fee": money(fee), "payer_balances": list(self.balances(payer)), "payee_balances": list(self.balances(payee))}
+        return {
+            "payer": payer,
+            "payee": payee,
+            "withdrawal": finished["order_id"],
+            "fee": money(fee),
+            "payer_balances": list(self.balances(payer)),
+            "payee_balances": list(self.balances(payee)),
+        }
 
     def wrong_secret(self, account: str | None = None) -> None:
         wrong = Clearing.platform(self.url, self.platform_id, "0" * 64)

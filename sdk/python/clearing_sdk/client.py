@@ -23,8 +23,9 @@ import re
 import time
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -35,7 +36,9 @@ from .signing import PlatformSignature
 GENERATED_PACKAGE = "clearing_api"
 
 
-def signed_client(base_url: str, platform_id: str, secret: str, *, package: str = GENERATED_PACKAGE, timeout: float = 30.0, clock: Callable[[], float] = time.time) -> Any:
+def signed_client(
+    base_url: str, platform_id: str, secret: str, *, package: str = GENERATED_PACKAGE, timeout: float = 30.0, clock: Callable[[], float] = time.time
+) -> Any:
     """The generated ``AuthenticatedClient``, every request of which is signed as the platform.
 
     Pass it as ``client=`` to any generated operation (``sync``, ``sync_detailed``,
@@ -237,12 +240,14 @@ class Clearing:
         self.operations = Operations(package)
 
     @classmethod
-    def platform(cls, base_url: str, platform_id: str, secret: str, *, package: str = GENERATED_PACKAGE, timeout: float = 30.0, clock: Callable[[], float] = time.time) -> "Clearing":
+    def platform(
+        cls, base_url: str, platform_id: str, secret: str, *, package: str = GENERATED_PACKAGE, timeout: float = 30.0, clock: Callable[[], float] = time.time
+    ) -> Clearing:
         """A platform's signed client."""
         return cls(signed_client(base_url, platform_id, secret, package=package, timeout=timeout, clock=clock), package)
 
     @classmethod
-    def operator(cls, base_url: str, token: str, *, package: str = GENERATED_PACKAGE, timeout: float = 30.0) -> "Clearing":
+    def operator(cls, base_url: str, token: str, *, package: str = GENERATED_PACKAGE, timeout: float = 30.0) -> Clearing:
         """A system operator's client (bearer token): the operator API and the simulator's pages."""
         return cls(operator_client(base_url, token, package=package, timeout=timeout), package)
 
@@ -255,7 +260,7 @@ class Clearing:
     def close(self) -> None:
         self.client.get_httpx_client().close()
 
-    def __enter__(self) -> "Clearing":
+    def __enter__(self) -> Clearing:
         return self
 
     def __exit__(self, *_: Any) -> None:

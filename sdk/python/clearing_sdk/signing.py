@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from typing import Callable, Generator
+from collections.abc import Callable, Generator
 
 import httpx
 
