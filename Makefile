@@ -3,7 +3,7 @@
 export CARGO_TARGET_DIR ?= /var/tmp/clearing-target
 CARGO_FLAGS := --release --locked
 # The Python SDK's virtual environment (scripts/install-deps.sh makes it).
-CLEARING_SDK_VENV ?= /var/tmp/clearing-sdk-venv
+export CLEARING_SDK_VENV ?= /var/tmp/clearing-sdk-venv
 
 .PHONY: run test deps build fuzz
 
