@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -137,22 +138,29 @@ fn a_wrong_secret_is_refused_through_the_sdk_and_changes_nothing() {
 
 #[test]
 fn the_sdk_signs_what_the_server_verifies() {
-    let cases: [(&str, &str, &str, i64, &str, &[u8]); 3] = [
-        ("s3cr3t", "GET", "/v1/orders?kind=payment&limit=5", 1_700_000_000, "abcdefghijklmnop", b""),
-        ("another-secret", "POST", "/v1/payments", 1_700_000_123, "N0nce0123456789abcdefXYZ", "{\"description\": \"装修 deposit\"}".as_bytes()),
-        ("k", "DELETE", "/v1/accounts/acc_1/cards/card_2", 0, "0000000000000000", b"{}"),
+    // (secret, method, path and query, timestamp, nonce, body)
+    let cases = [
+        ("s3cr3t", "GET", "/v1/orders?kind=payment&limit=5", 1_700_000_000_i64, "abcdefghijklmnop", ""),
+        ("another-secret", "POST", "/v1/payments", 1_700_000_123, "N0nce0123456789abcdefXYZ", "{\"description\": \"装修 deposit\"}"),
+        ("k", "DELETE", "/v1/accounts/acc_1/cards/card_2", 0, "0000000000000000", "{}"),
     ];
     let script = "import json, sys\nfrom clearing_sdk.signing import sign\nfor secret, method, path, timestamp, nonce, body in json.load(sys.stdin):\n    print(sign(secret, method, path, str(timestamp), nonce, body.encode('utf-8')))\n";
-    let input = json!(cases.iter().map(|c| json!([c.0, c.1, c.2, c.3, c.4, std::str::from_utf8(c.5).unwrap()])).collect::<Vec<_>>());
-    let mut command = Command::new(python());
-    command.arg("-c").arg(script).env("PYTHONPATH", Path::new(REPO).join("sdk/python"));
-    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).env("PYTHONDONTWRITEBYTECODE", "1").spawn().expect("python");
-    use std::io::Write;
+    let input = json!(cases.iter().map(|c| json!([c.0, c.1, c.2, c.3, c.4, c.5])).collect::<Vec<_>>());
+    let mut child = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", Path::new(REPO).join("sdk/python"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
     child.stdin.take().expect("stdin").write_all(input.to_string().as_bytes()).expect("write");
     let output = child.wait_with_output().expect("python output");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let signed: Vec<String> = String::from_utf8(output.stdout).expect("utf-8").lines().map(str::to_string).collect();
     let expected: Vec<String> =
-        cases.iter().map(|(secret, method, path, timestamp, nonce, body)| sign(secret, method, path, *timestamp, nonce, body)).collect();
+        cases.iter().map(|(secret, method, path, timestamp, nonce, body)| sign(secret, method, path, *timestamp, nonce, body.as_bytes())).collect();
     assert_eq!(signed, expected);
 }
