@@ -232,7 +232,8 @@ class Run:
             "payee_balances": list(self.balances(payee)),
         }
 
-    def wrong_secret(self, account: str | None = None) -> None:
+    def wrong_secret(self, account: str | None = None) -> str:
+        """Checks that a wrong secret changes nothing; returns the member the right secret then created."""
         wrong = Clearing.platform(self.url, self.platform_id, "0" * 64)
         reply = wrong.call("whoami")
         check(reply.status == 401 and reply.error_code == "unauthenticated", "a wrong secret is refused", reply)
@@ -240,18 +241,19 @@ class Run:
         body = {"out_order_no": "e2e-wrong-1", "type": "individual", "name": HOLDER[0], "id_number": HOLDER[1], "phone": "13800138000"}
         refused = wrong.call("create_member", body)
         check(refused.status == 401 and refused.error_code == "unauthenticated", "a signed POST with a wrong secret is refused", refused)
-        listed = self.sdk.call("list_orders", out_order_no="e2e-wrong-1")
-        # Looked up by out_order_no: 404 when the platform has no such order.
-        check(listed.status == 404 and listed.error_code == "not_found", "the refused request created nothing (and the right secret still works)", listed)
+        # Had the refused request created the member, this would be an idempotent replay.
+        created = self.sdk.call("create_member", body)
+        check(created.status == 201 and not created.replayed, "the refused request created nothing (and the right secret works)", created)
         if account is not None:
             before = self.balances(account)
             moved = wrong.call("withdraw", {"out_order_no": "e2e-wrong-2", "account_id": account, "card_id": "card_1", "amount": "1.00", "currency": "CNY"})
             check(moved.status == 401, "a wrong secret moves no money", moved)
             check(self.balances(account) == before, "the balances did not change")
-        # A right secret with a stale clock is refused too: the timestamp is signed.
+        # A right secret with a clock an hour off is refused too: the timestamp is signed.
         stale = Clearing.platform(self.url, self.platform_id, self.secret, clock=lambda: time.time() - 3600)
         late = stale.call("whoami")
         check(late.status == 401 and late.error_code == "timestamp_out_of_window", "a timestamp an hour old is refused", late)
+        return created.data["member_id"]
 
 
 def main() -> int:
@@ -263,8 +265,8 @@ def main() -> int:
             print(json.dumps(summary), flush=True)
         elif mode == "wrong-secret":
             step("a wrong secret")
-            run.wrong_secret()
-            print(json.dumps({"wrong_secret": "refused"}), flush=True)
+            member = run.wrong_secret()
+            print(json.dumps({"wrong_secret": "refused", "member_id": member}), flush=True)
         else:
             print(f"unknown mode {mode!r}: all or wrong-secret", file=sys.stderr)
             return 2
