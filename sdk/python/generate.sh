@@ -26,15 +26,18 @@ mkdir -p "$out"
 "$venv/bin/python" - "$source" "$out/openapi.json" <<'PY'
 import json, sys, urllib.request
 source, target = sys.argv[1], sys.argv[2]
-if source.startswith(("http://", "https://")):
-    url = source if source.endswith(".json") else source.rstrip("/") + "/openapi.json"
-    with urllib.request.urlopen(url, timeout=30) as response:
-        text = response.read().decode("utf-8")
-else:
-    with open(source, encoding="utf-8") as file:
-        text = file.read()
-document = json.loads(text)
-if "paths" not in document:
+try:
+    if source.startswith(("http://", "https://")):
+        url = source if source.endswith(".json") else source.rstrip("/") + "/openapi.json"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            text = response.read().decode("utf-8")
+    else:
+        with open(source, encoding="utf-8") as file:
+            text = file.read()
+    document = json.loads(text)
+except (OSError, ValueError) as error:
+    sys.exit(f"cannot read an OpenAPI document from {source}: {error}")
+if not isinstance(document, dict) or "paths" not in document:
     sys.exit(f"{source} is not an OpenAPI document (no paths)")
 with open(target, "w", encoding="utf-8") as file:
     json.dump(document, file, indent=1, ensure_ascii=False)
