@@ -2,6 +2,8 @@
 # The build cache lives outside the clone so that it survives fresh clones on the same machine.
 export CARGO_TARGET_DIR ?= /var/tmp/clearing-target
 CARGO_FLAGS := --release --locked
+# The Python SDK's virtual environment (scripts/install-deps.sh makes it).
+export CLEARING_SDK_VENV ?= /var/tmp/clearing-sdk-venv
 
 .PHONY: run test deps build fuzz
 
@@ -19,6 +21,8 @@ run: deps
 ## with tiny inputs.
 test: deps
 	cargo fmt --all --check
+	$(CLEARING_SDK_VENV)/bin/ruff check sdk/python
+	$(CLEARING_SDK_VENV)/bin/ruff format --check sdk/python
 	cargo clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 	cargo build $(CARGO_FLAGS) --workspace --all-targets
 	cargo bench --locked --bench apply -- --test

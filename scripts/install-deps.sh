@@ -23,3 +23,22 @@ done
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
+# The Python SDK (sdk/python, tests/sdk_python.rs): its generator (openapi-python-client, with
+# ruff) and what the generated client imports, pinned in sdk/python/requirements.txt, in a virtual
+# environment outside the clone like the build cache. Made again when the pins change.
+sdk_venv=${CLEARING_SDK_VENV:-/var/tmp/clearing-sdk-venv}
+sdk_requirements="$(dirname "$0")/../sdk/python/requirements.txt"
+sdk_stamp=$(sha256sum "$sdk_requirements" | cut -d' ' -f1)
+if [ "$(cat "$sdk_venv/.requirements-sha256" 2>/dev/null)" != "$sdk_stamp" ]; then
+  command -v python3 >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3; }
+  if ! python3 -m venv --clear "$sdk_venv" >/dev/null 2>&1; then
+    # Debian's python3 keeps venv and ensurepip in python3-venv.
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3-venv
+    python3 -m venv --clear "$sdk_venv"
+  fi
+  "$sdk_venv/bin/pip" install --quiet --disable-pip-version-check -r "$sdk_requirements"
+  echo "$sdk_stamp" > "$sdk_venv/.requirements-sha256"
+fi
