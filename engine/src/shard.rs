@@ -9,6 +9,7 @@ use crossbeam_channel::{never, select, Receiver, Sender, TrySendError};
 use storage::Store;
 
 use crate::directory::Directory;
+use crate::histogram::{FixedHistogram, BATCH_SIZE_BOUNDS, FSYNC_MICROSECONDS_BOUNDS};
 use crate::journal::{batch_key, encode, BatchRecordRef};
 use crate::ledger::command::{Command, Envelope};
 use crate::ledger::state::{Effects, ShardState};
@@ -55,6 +56,10 @@ pub struct ShardCounters {
     pub last_fsync_us: AtomicU64,
     pub largest_fsync_us: AtomicU64,
     pub total_fsync_us: AtomicU64,
+    /// Commands per durable batch.
+    pub batch_sizes: FixedHistogram,
+    /// Microseconds per durable storage write.
+    pub fsync_us: FixedHistogram,
     /// The injected timestamp of the last durable batch (microseconds since the epoch).
     pub last_batch_at: AtomicU64,
     pub stopped: AtomicBool,
@@ -108,6 +113,8 @@ impl Default for ShardCounters {
             last_fsync_us: AtomicU64::default(),
             largest_fsync_us: AtomicU64::default(),
             total_fsync_us: AtomicU64::default(),
+            batch_sizes: FixedHistogram::new(&BATCH_SIZE_BOUNDS),
+            fsync_us: FixedHistogram::new(&FSYNC_MICROSECONDS_BOUNDS),
             last_batch_at: AtomicU64::default(),
             stopped: AtomicBool::default(),
             failure: std::sync::Mutex::new(None),
@@ -189,7 +196,7 @@ impl Shard {
         if let Err(payload) = outcome {
             let text = panic_text(&*payload);
             counters.mark_stopped(ShardFailure::Panicked(text.clone()));
-            eprintln!("shard {shard} panicked and has stopped: {text}");
+            tracing::error!(shard, "shard panicked and has stopped: {text}");
             refuse_until_shutdown(shard, &clients, &control, &inbound);
         }
     }
@@ -462,6 +469,8 @@ impl Shard {
         c.last_fsync_us.store(fsync_us, Ordering::Relaxed);
         c.largest_fsync_us.fetch_max(fsync_us, Ordering::Relaxed);
         c.total_fsync_us.fetch_add(fsync_us, Ordering::Relaxed);
+        c.batch_sizes.record(batch_size);
+        c.fsync_us.record(fsync_us);
     }
 }
 
