@@ -2,7 +2,7 @@
 # The HTTP load figures of ARCHITECTURE.md: `clearing load` single and bulk against a fresh
 # server on the default configuration, RUNS times each (default 3); prints orders_per_second and
 # the latency line of each run. Usage: bash scripts/bench-load.sh [BINARY] (default: the release
-# build under $CARGO_TARGET_DIR).
+# build under $CARGO_TARGET_DIR). MODES="single" or "bulk" runs one of them.
 set -euo pipefail
 B=${1:-${CARGO_TARGET_DIR:-/var/tmp/clearing-target}/release/clearing}
 RUNS=${RUNS:-3}
@@ -16,10 +16,14 @@ run() {
     local pid=$!
     for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null 2>&1 && break; sleep 0.1; done
     echo "== $mode run $i"
-    "$B" load --url http://127.0.0.1:$PORT --admin-token "$TOKEN" --mode "$mode" --concurrency 64 --orders "$orders" --accounts 10000 2>/dev/null | grep -E 'orders_per_second|latency_ms'
+    "$B" load --url http://127.0.0.1:$PORT --admin-token "$TOKEN" --mode "$mode" --concurrency 64 --orders "$orders" --accounts 10000 2>/dev/null | grep -E '^orders:|orders_per_second|latency_ms'
     kill -TERM $pid; wait $pid || true
     rm -rf "$D"
   done
 }
-run single 200000
-run bulk 2000000
+for mode in ${MODES:-single bulk}; do
+  case $mode in
+    single) run single 200000 ;;
+    bulk) run bulk 2000000 ;;
+  esac
+done

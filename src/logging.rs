@@ -21,7 +21,9 @@ pub fn install(config: &LogConfig) -> Result<()> {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
     };
-    // Already installed (a command that loads the configuration twice): the first one stays.
-    drop(installed);
+    if let Err(error) = installed {
+        // Already installed (a command that loads the configuration twice): the first one stays.
+        tracing::debug!("log subscriber not replaced: {error}");
+    }
     Ok(())
 }

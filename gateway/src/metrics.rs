@@ -236,24 +236,24 @@ fn write_engine(out: &mut Exposition, engine: &Engine) {
     for (name, help, read) in gauges {
         out.family(name, "gauge", help);
         for (shard, label) in shards.iter().enumerate() {
-            out.sample(name, &[("shard", label)], read(engine, shard));
+            out.sample(name, &[("shard", label.as_str())], read(engine, shard));
         }
     }
     out.family("clearing_shard_batches_total", "counter", "Durable batches the shard has written.");
     for (c, label) in counters.iter().zip(&shards) {
-        out.sample("clearing_shard_batches_total", &[("shard", label)], c.batches.load(Ordering::Relaxed));
+        out.sample("clearing_shard_batches_total", &[("shard", label.as_str())], c.batches.load(Ordering::Relaxed));
     }
     out.family("clearing_shard_commands_total", "counter", "Commands the shard has applied.");
     for (c, label) in counters.iter().zip(&shards) {
-        out.sample("clearing_shard_commands_total", &[("shard", label)], c.commands.load(Ordering::Relaxed));
+        out.sample("clearing_shard_commands_total", &[("shard", label.as_str())], c.commands.load(Ordering::Relaxed));
     }
     out.family("clearing_shard_batch_size", "histogram", "Commands per durable batch (one storage write each).");
     for (c, label) in counters.iter().zip(&shards) {
-        out.histogram("clearing_shard_batch_size", &[("shard", label)], &c.batch_sizes.snapshot(), 1.0);
+        out.histogram("clearing_shard_batch_size", &[("shard", label.as_str())], &c.batch_sizes.snapshot(), 1.0);
     }
     out.family("clearing_shard_fsync_duration_seconds", "histogram", "Duration of the shard's durable storage writes (write and sync).");
     for (c, label) in counters.iter().zip(&shards) {
-        out.histogram("clearing_shard_fsync_duration_seconds", &[("shard", label)], &c.fsync_us.snapshot(), 1e6);
+        out.histogram("clearing_shard_fsync_duration_seconds", &[("shard", label.as_str())], &c.fsync_us.snapshot(), 1e6);
     }
     out.family("clearing_commands_total", "counter", "Commands applied, by shard, command kind and result code.");
     for (c, label) in counters.iter().zip(&shards) {
@@ -264,7 +264,7 @@ fn write_engine(out: &mut Exposition, engine: &Engine) {
             }
             let kind = Command::KIND_NAMES[cell / ResultCode::ALL.len()];
             let result = ResultCode::ALL[cell % ResultCode::ALL.len()].name();
-            out.sample("clearing_commands_total", &[("shard", label), ("kind", kind), ("result", result)], count);
+            out.sample("clearing_commands_total", &[("shard", label.as_str()), ("kind", kind), ("result", result)], count);
         }
     }
 }

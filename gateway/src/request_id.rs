@@ -39,10 +39,10 @@ pub fn generate() -> HeaderValue {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = [0u8; 24];
     for (i, slot) in text[..8].iter_mut().enumerate() {
-        *slot = DIGITS[(prefix >> (28 - 4 * i) & 0xf) as usize];
+        *slot = DIGITS[((prefix >> (28 - 4 * i)) & 0xf) as usize];
     }
     for (i, slot) in text[8..].iter_mut().enumerate() {
-        *slot = DIGITS[(count >> (60 - 4 * i) & 0xf) as usize];
+        *slot = DIGITS[((count >> (60 - 4 * i)) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
 }
