@@ -589,7 +589,7 @@ mod tests {
         check("format = \"text\"\nlevel = \"debug\"", Some((LogFormat::Text, "debug")));
         check("level = \"warn,gateway=debug\"", Some((LogFormat::Text, "warn,gateway=debug")));
         check("format = \"xml\"", None);
-        check("level = \"loud=\"", None);
+        check("level = \"gateway=loud\"", None);
         check("colour = true", None);
         assert_eq!(Config::parse(DEFAULT_CONFIG).expect("default").log, LogConfig { format: LogFormat::Text, level: "info".into() });
     }
