@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build needs and a fresh machine lacks: libclang (RocksDB's bindings),
-# chromium and its WebDriver (the browser tests) and cargo-nextest. Does nothing when they are present.
+# chromium and its WebDriver (the browser tests), promtool (the metrics and alert rule tests)
+# and cargo-nextest. Does nothing when they are present.
 set -euo pipefail
 need_apt=()
 # bindgen needs libclang.so itself (libclang-cpp, which some images ship, is not enough).
@@ -10,6 +11,9 @@ command -v make >/dev/null 2>&1 || need_apt+=(make)
 # The browser tests (tests/support/browser.rs) drive Debian's headless chromium through chromedriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# tests/ops_tooling.rs runs promtool (check metrics, check rules, test rules): Debian ships it in
+# the prometheus package (its service is not started in a container without an init system).
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

@@ -39,6 +39,8 @@ struct FileConfig {
     quotas: QuotasSection,
     #[serde(default)]
     backups: BackupsSection,
+    #[serde(default)]
+    log: LogSection,
 }
 
 /// `[backups]`: where `POST /admin/backups` may write.
@@ -47,6 +49,45 @@ struct FileConfig {
 struct BackupsSection {
     /// The directory backups are written under (absolute); unset: backups through the API are off.
     root: Option<PathBuf>,
+}
+
+/// `[log]`: how the server writes its log (to stderr).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogSection {
+    #[serde(default)]
+    format: LogFormat,
+    #[serde(default = "default_log_level")]
+    level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> LogSection {
+        LogSection { format: LogFormat::default(), level: default_log_level() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+/// The log's line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields, the request's span).
+    Json,
+}
+
+/// The log's format and filter (`[log]`; `CLEARING_LOG` overrides the level).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter: a level (`info`) or directives (`info,gateway::request_id=debug`).
+    pub level: String,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +337,8 @@ pub struct Config {
     pub http: gateway::server::HttpLimits,
     /// The directory `POST /admin/backups` writes under (`[backups] root`); `None`: off.
     pub backup_root: Option<PathBuf>,
+    /// How the log is written.
+    pub log: LogConfig,
 }
 
 /// Hard limits on configuration values (DESIGN.md invariant 10: every bound has a limit).
@@ -535,6 +578,10 @@ impl Config {
         if file.backups.root.as_deref().is_some_and(|root| !root.is_absolute() || root.components().any(|c| matches!(c, std::path::Component::ParentDir))) {
             return Err(anyhow!("backups.root must be an absolute path without .. components"));
         }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
+            return Err(anyhow!("log.level {:?} is not a level or filter: {error}", file.log.level));
+        }
+        let log = LogConfig { format: file.log.format, level: file.log.level };
         Ok(Config {
             listen: file.listen,
             data_dir: file.data_dir,
@@ -549,6 +596,7 @@ impl Config {
             settlement_cutoff_minute,
             http,
             backup_root: file.backups.root,
+            log,
         })
     }
 }
@@ -567,6 +615,29 @@ mod tests {
         assert!(config.simulator.pages && !config.webhooks.allow_insecure_loopback, "pages on for make run; webhooks https only");
         assert_eq!(config.protections.rotation_overlap_seconds, 86_400);
         assert!(config.secret_places.master_key_file.is_none(), "zero setup: the key in the data directory");
+    }
+
+    #[test]
+    fn the_log_section() {
+        let check = |section: &str, expected: Option<(LogFormat, &str)>| {
+            let start = DEFAULT_CONFIG.find("[log]").expect("the default has a [log] section");
+            let parsed = Config::parse(&format!("{}[log]\n{section}\n", &DEFAULT_CONFIG[..start]));
+            match expected {
+                Some((format, level)) => {
+                    let log = parsed.expect(section).log;
+                    assert_eq!((log.format, log.level.as_str()), (format, level), "{section}");
+                }
+                None => assert!(parsed.is_err(), "{section}"),
+            }
+        };
+        check("", Some((LogFormat::Text, "info")));
+        check("format = \"json\"", Some((LogFormat::Json, "info")));
+        check("format = \"text\"\nlevel = \"debug\"", Some((LogFormat::Text, "debug")));
+        check("level = \"warn,gateway=debug\"", Some((LogFormat::Text, "warn,gateway=debug")));
+        check("format = \"xml\"", None);
+        check("level = \"gateway=loud\"", None);
+        check("colour = true", None);
+        assert_eq!(Config::parse(DEFAULT_CONFIG).expect("default").log, LogConfig { format: LogFormat::Text, level: "info".into() });
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod chain;
 mod config;
 mod get;
 mod load;
+mod logging;
 mod report;
 mod workload;
 
@@ -258,6 +259,7 @@ fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>, flags:
 /// Loads the configuration and resolves the data directory (flag over file).
 fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(Config, PathBuf)> {
     let config = Config::load(config.as_deref())?;
+    logging::install(&config.log)?;
     let data_dir = data_dir.unwrap_or_else(|| config.data_dir.clone());
     Ok((config, data_dir))
 }
@@ -333,7 +335,10 @@ fn watch_shards(engine: &Arc<Engine>) -> Result<()> {
         };
         for (shard, failure) in engine.failures() {
             if let engine::shard::ShardFailure::Panicked(text) = failure {
-                eprintln!("clearing: shard {shard} panicked: {text}; stopping the process (exit status {EXIT_SHARD_PANICKED}); a restart recovers it from the journal");
+                tracing::error!(
+                    shard,
+                    "shard panicked: {text}; stopping the process (exit status {EXIT_SHARD_PANICKED}); a restart recovers it from the journal"
+                );
                 std::process::exit(EXIT_SHARD_PANICKED);
             }
         }

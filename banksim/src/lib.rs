@@ -354,7 +354,7 @@ fn record_card_line(inner: &Inner, card_no: &str, amount: &str, remark: String) 
     let sequence = inner.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let key = format!("{CARD_PREFIX}{card_no}/{:020}-{sequence:06}", micros_now()).into_bytes();
     if let Err(error) = storage::records::put(inner.store.as_ref(), &[(key, &line)]) {
-        eprintln!("simulator: cannot record a card line: {error}");
+        tracing::warn!("simulator: cannot record a card line: {error}");
     }
     inner.cards.lock().expect("cards lock").entry(card_no.to_string()).or_default().push(line);
 }
@@ -380,7 +380,7 @@ fn record_statement_line(inner: &Inner, channel: u16, order: OrderId, direction:
         fee: fee.map(|f| currency.format(f)),
     };
     if let Err(error) = storage::records::put(inner.store.as_ref(), &[(key, &line)]) {
-        eprintln!("simulator: cannot record a statement line: {error}");
+        tracing::warn!("simulator: cannot record a statement line: {error}");
     }
     // The reserve account at the bank: money in less the channel's fee, money out and its fee.
     let (Some(fee), false) = (fee, failed) else { return };
@@ -406,7 +406,7 @@ pub struct ReserveLine {
 fn record_reserve_line(inner: &Inner, currency: &str, key: &str, amount: String, what: String) {
     let key = format!("{RESERVE_PREFIX}{currency}/{key}").into_bytes();
     if let Err(error) = storage::records::put(inner.store.as_ref(), &[(key, &ReserveLine { amount, what })]) {
-        eprintln!("simulator: cannot record a reserve line: {error}");
+        tracing::warn!("simulator: cannot record a reserve line: {error}");
     }
 }
 
@@ -460,7 +460,7 @@ fn deliver_one(inner: &Inner, mut job: Job) {
         Err(error) => {
             job.attempt += 1;
             if job.attempt >= inner.config.callback_attempts_max {
-                eprintln!("simulator: giving up on the {kind} callback of {} until the next restart: {error}", bank::order_ref(order));
+                tracing::warn!("simulator: giving up on the {kind} callback of {} until the next restart: {error}", bank::order_ref(order));
                 return;
             }
             requeue(inner, job);

@@ -81,6 +81,7 @@ enum Message {
     Settle(u32, Vec<PlatformTerms>, Reply<SettlementSummary>),
     SettlementFinished { day: u32, result: Result<SettlementSummary, ClearingError>, reply: Option<Reply<SettlementSummary>> },
     ScheduleState(Reply<Option<Schedule>>),
+    Figures(Reply<ClearingFigures>),
     Reconcile(Box<ReconcileJob>, Reply<ReconcileReport>),
     ReconcileFinished(Result<ReconcileReport, ClearingError>, Reply<ReconcileReport>),
     OpenCases(Vec<CaseOpening>, Reply<usize>),
@@ -88,6 +89,17 @@ enum Message {
     ResolveCase(String, Resolution, Reply<Case>),
     Trip(u16, Duration, Reply<()>),
     Stop,
+}
+
+/// What the clearing actor reports to `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClearingFigures {
+    /// Daily settlement runs that failed since the start (each is tried again).
+    pub settlement_failures_total: u64,
+    /// Failed runs of the next business day in a row (0 once a run succeeds).
+    pub settlement_failures_in_a_row: u32,
+    /// Reconciliation and suspense cases waiting for an operator.
+    pub cases_open: u64,
 }
 
 /// A handle on the clearing actor; cheap to clone.
@@ -237,6 +249,11 @@ impl Clearing {
         self.ask(Message::ScheduleState).await
     }
 
+    /// The figures `/metrics` exports: settlement failures and open cases.
+    pub async fn figures(&self) -> Result<ClearingFigures, ClearingError> {
+        self.ask(Message::Figures).await
+    }
+
     /// Reconciles statement `file` of `channel` for business day `day` on a worker thread: the
     /// bank's verdicts applied to orders waiting for them, the cases it found opened, the lines
     /// missing on our side carried.
@@ -315,7 +332,7 @@ impl Actor {
                 self.running = None;
                 let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
                 if let Err(error) = &outcome {
-                    eprintln!("settlement of {} failed: {error}", crate::calendar::date_text(day));
+                    tracing::error!(business_date = %crate::calendar::date_text(day), "settlement failed: {error}");
                 }
                 let now = self.clock.instant();
                 if let Some(schedule) = self.schedule.as_mut() {
@@ -326,6 +343,7 @@ impl Actor {
                 }
             }
             Message::ScheduleState(reply) => answer(reply, Ok(self.schedule.clone())),
+            Message::Figures(reply) => answer(reply, Ok(self.figures())),
             Message::Reconcile(job, reply) => self.reconcile(*job, reply),
             Message::ReconcileFinished(result, reply) => {
                 // Over before the caller hears of it: its next file waits for no one.
@@ -351,6 +369,11 @@ impl Actor {
             }
             Message::Stop => {}
         }
+    }
+
+    fn figures(&self) -> ClearingFigures {
+        let (settlement_failures_total, settlement_failures_in_a_row) = self.schedule.as_ref().map_or((0, 0), |s| (s.failures_total, s.failures_in_a_row));
+        ClearingFigures { settlement_failures_total, settlement_failures_in_a_row, cases_open: self.cases.open_count() }
     }
 
     fn at(&self) -> At {
@@ -425,7 +448,7 @@ impl Actor {
             self.table.release_probe(channel);
             let refused = PayoutNote { refused: true, ..note.clone() };
             if let Err(error) = self.book.save(self.store.as_ref(), platform, number.as_str(), refused) {
-                eprintln!("clearing: cannot mark a refused payout's note: {error}");
+                tracing::error!("clearing: cannot mark a refused payout's note: {error}");
             }
         }
         if reply.is_ok() && !reply.replayed {
@@ -566,7 +589,7 @@ impl Actor {
                 BankStatus::Decided { succeeded } => self.verdict(PayoutVerdict { order, succeeded, channel: name }, "failed"),
             };
             if let Err(error) = outcome {
-                eprintln!("payout watchdog: order {}: {error}", order.0);
+                tracing::warn!(order = order.0, "payout watchdog: {error}");
             }
         }
         let calendar = self.table.calendar().clone();
@@ -595,7 +618,7 @@ impl Actor {
         });
         if let Err(error) = worker {
             self.running = None;
-            eprintln!("settlement of {}: cannot start a worker: {error}", crate::calendar::date_text(day));
+            tracing::error!(business_date = %crate::calendar::date_text(day), "settlement: cannot start a worker: {error}");
         }
     }
 
@@ -624,7 +647,7 @@ impl Actor {
         if let Err(error) = worker {
             // The reply went with the closure: the asker hears `Overloaded`.
             self.reconciling = false;
-            eprintln!("reconciliation: cannot start a worker: {error}");
+            tracing::error!("reconciliation: cannot start a worker: {error}");
         }
     }
 

@@ -77,6 +77,11 @@ impl CaseBook {
         self.by_id.values().cloned().collect()
     }
 
+    /// How many cases are still open.
+    pub fn open_count(&self) -> u64 {
+        self.by_id.values().filter(|case| case.status == "open").count() as u64
+    }
+
     /// One case.
     pub fn get(&self, case_id: &str) -> Option<&Case> {
         self.by_id.get(case_id)

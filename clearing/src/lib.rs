@@ -16,5 +16,5 @@ pub mod reconcile;
 pub mod reserve;
 pub mod settlement;
 
-pub use actor::{Clearing, ClearingConfig, TermsSource};
+pub use actor::{Clearing, ClearingConfig, ClearingFigures, TermsSource};
 pub use error::ClearingError;

@@ -627,7 +627,7 @@ fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<Recovered
     for (shard, result) in results.into_iter().enumerate() {
         let mut shard_recovered = result?;
         for reason in &shard_recovered.skipped {
-            eprintln!("shard {shard}: skipped a checkpoint at start: {reason}");
+            tracing::warn!(shard, "skipped a checkpoint at start: {reason}");
         }
         let Recovered { state, head, timestamp, .. } = &mut shard_recovered;
         if head.sequence == 0 {

@@ -6,6 +6,7 @@ pub mod chart;
 pub mod checkpoint;
 pub mod directory;
 pub mod engine;
+pub mod histogram;
 pub mod invariants;
 pub mod journal;
 pub mod ledger;

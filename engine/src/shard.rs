@@ -10,6 +10,7 @@ use storage::Store;
 
 use crate::directory::Directory;
 use crate::journal::{batch_key, encode, BatchRecordRef, ChainHead};
+use crate::histogram::{FixedHistogram, BATCH_SIZE_BOUNDS, FSYNC_MICROSECONDS_BOUNDS};
 use crate::ledger::command::{Command, Envelope};
 use crate::ledger::state::{Effects, ShardState};
 use crate::ledger::types::{RemoteCredit, Reply, ShardId, Timestamp};
@@ -55,6 +56,10 @@ pub struct ShardCounters {
     pub last_fsync_us: AtomicU64,
     pub largest_fsync_us: AtomicU64,
     pub total_fsync_us: AtomicU64,
+    /// Commands per durable batch.
+    pub batch_sizes: FixedHistogram,
+    /// Microseconds per durable storage write.
+    pub fsync_us: FixedHistogram,
     /// The injected timestamp of the last durable batch (microseconds since the epoch).
     pub last_batch_at: AtomicU64,
     pub stopped: AtomicBool,
@@ -122,6 +127,8 @@ impl Default for ShardCounters {
             last_fsync_us: AtomicU64::default(),
             largest_fsync_us: AtomicU64::default(),
             total_fsync_us: AtomicU64::default(),
+            batch_sizes: FixedHistogram::new(&BATCH_SIZE_BOUNDS),
+            fsync_us: FixedHistogram::new(&FSYNC_MICROSECONDS_BOUNDS),
             last_batch_at: AtomicU64::default(),
             stopped: AtomicBool::default(),
             failure: std::sync::Mutex::new(None),
@@ -251,7 +258,7 @@ impl Shard {
         if let Err(payload) = outcome {
             let text = panic_text(&*payload);
             counters.mark_stopped(ShardFailure::Panicked(text.clone()));
-            eprintln!("shard {shard} panicked and has stopped: {text}");
+            tracing::error!(shard, "shard panicked and has stopped: {text}");
             refuse_until_shutdown(shard, &clients, &control, &inbound);
         }
     }
@@ -363,7 +370,7 @@ impl Shard {
             .spawn(move || crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept));
         match spawned {
             Ok(handle) => self.checkpoints.in_flight = Some(handle),
-            Err(error) => eprintln!("shard {}: cannot start a checkpoint thread: {error}; trying again later", self.state.shard),
+            Err(error) => tracing::error!(shard = self.state.shard, "cannot start a checkpoint thread: {error}; trying again later"),
         }
     }
 
@@ -373,8 +380,8 @@ impl Shard {
     fn collect_checkpoint(&self, handle: std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>) {
         match handle.join() {
             Ok(Ok(written)) => self.publish_checkpoint(&written),
-            Ok(Err(error)) => eprintln!("shard {}: checkpoint failed: {error}", self.state.shard),
-            Err(_) => eprintln!("shard {}: the checkpoint thread panicked", self.state.shard),
+            Ok(Err(error)) => tracing::error!(shard = self.state.shard, "checkpoint failed: {error}"),
+            Err(_) => tracing::error!(shard = self.state.shard, "the checkpoint thread panicked"),
         }
     }
 
@@ -403,7 +410,7 @@ impl Shard {
                 self.checkpoints.last_sequence = self.sequence;
                 self.publish_checkpoint(&written);
             }
-            Err(error) => eprintln!("shard {}: checkpoint at shutdown failed: {error}", self.state.shard),
+            Err(error) => tracing::error!(shard = self.state.shard, "checkpoint at shutdown failed: {error}"),
         }
     }
 
@@ -603,6 +610,8 @@ impl Shard {
         c.last_fsync_us.store(fsync_us, Ordering::Relaxed);
         c.largest_fsync_us.fetch_max(fsync_us, Ordering::Relaxed);
         c.total_fsync_us.fetch_add(fsync_us, Ordering::Relaxed);
+        c.batch_sizes.record(batch_size);
+        c.fsync_us.record(fsync_us);
     }
 }
 

@@ -618,7 +618,7 @@ fn work(shared: &Shared, context: &Context) {
         match deliver_turn(context, &mut lane) {
             Ok(due_at) => shared.put_back(lane, due_at),
             Err(stopped) => {
-                eprintln!("webhooks: {stopped}");
+                tracing::warn!("webhooks: {stopped}");
                 shared.stop();
             }
         }
@@ -760,7 +760,7 @@ fn deliver_some(
                 round.failed = true;
                 cursor.attempts += 1;
                 if cursor.attempts >= config.attempts_max {
-                    eprintln!("webhooks: giving up on {} for platform {platform} after {} attempts: {error}", event["event_id"], cursor.attempts);
+                    tracing::warn!("webhooks: giving up on {} for platform {platform} after {} attempts: {error}", event["event_id"], cursor.attempts);
                     cursor.next = index + 1;
                     cursor.attempts = 0;
                     cursor.retry_at = None;
@@ -781,7 +781,7 @@ fn deliver_some(
     cursor.quiet_at = (end_of_log && finished).then_some(written);
     if cursor.next != start {
         if let Err(error) = crate::records::put(context.store.as_ref(), &[(cursor_key(platform, shard), &*cursor)]) {
-            eprintln!("webhooks: cannot save the delivery cursor: {error}");
+            tracing::warn!("webhooks: cannot save the delivery cursor: {error}");
         }
     }
     Ok(round)

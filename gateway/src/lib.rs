@@ -39,6 +39,7 @@ pub mod recharges;
 pub mod reconcile;
 pub mod records;
 pub mod replay;
+pub mod request_id;
 pub mod schemas;
 pub mod secrets;
 pub mod server;

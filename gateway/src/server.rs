@@ -191,6 +191,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
     let h5 = web::Data::new(services.h5);
     let portal = web::Data::new(services.portal);
     let backups = web::Data::new(services.backups);
+    let invariants_watch = web::Data::new(crate::metrics::InvariantsWatch::default());
     let nonces = NonceCache::new();
     let durable_nonces = Arc::new(DurableNonces::new(store.get_ref().clone()));
     let restored = durable_nonces.restore(&nonces, crate::signed::unix_seconds()).map_err(std::io::Error::other)?;
@@ -221,9 +222,13 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(h5.clone())
             .app_data(portal.clone())
             .app_data(backups.clone())
+            .app_data(invariants_watch.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
             .wrap(actix_web::middleware::from_fn(crate::deadline::body_deadline))
+            // Outermost: every response (errors made by the layers inside included) carries the
+            // request id, and every log line of the request is inside its span.
+            .wrap(actix_web::middleware::from_fn(crate::request_id::request_span))
             .app_data(nonces.clone())
             .app_data(durable_nonces.clone())
             .app_data(quotas.clone())
