@@ -19,11 +19,22 @@ fn run(args: &[&str], data_dir: &Path) -> (bool, String) {
     (output.status.success(), text)
 }
 
-/// A data directory the server wrote (the demo: several batches on both shards).
+/// A data directory the server wrote (the demo: several batches on both shards), stopped
+/// without writing a checkpoint: recovery and `archive` then see the journal alone.
 fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ok, text) = run(&["serve", "--once", "--demo"], dir.path());
-    assert!(ok, "{text}");
+    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml")).expect("default config");
+    assert!(config.contains("on_shutdown = true"), "the default configuration writes a checkpoint at a stop");
+    let config_file = tempfile::NamedTempFile::new().expect("config file");
+    std::fs::write(config_file.path(), config.replace("on_shutdown = true", "on_shutdown = false")).expect("write config");
+    let output = Command::new(BINARY)
+        .args(["serve", "--once", "--demo", "--config"])
+        .arg(config_file.path())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run clearing");
+    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     dir
 }
 

@@ -9,8 +9,8 @@ use crossbeam_channel::{never, select, Receiver, Sender, TrySendError};
 use storage::Store;
 
 use crate::directory::Directory;
-use crate::journal::{batch_key, encode, BatchRecordRef, ChainHead};
 use crate::histogram::{FixedHistogram, BATCH_SIZE_BOUNDS, FSYNC_MICROSECONDS_BOUNDS};
+use crate::journal::{batch_key, encode, BatchRecordRef, ChainHead};
 use crate::ledger::command::{Command, Envelope};
 use crate::ledger::state::{Effects, ShardState};
 use crate::ledger::types::{RemoteCredit, Reply, ShardId, Timestamp};

@@ -84,7 +84,8 @@ fn wait_for_checkpoints(engine: &Engine, store: &MemoryStore, at_least: usize) {
         if (0..2).all(|shard| checkpoint::list(store, shard).unwrap().len() >= at_least) {
             return;
         }
-        let open = Envelope { platform: P, out_order_no: None, command: Command::OpenAccount { owner: 1_000_000 + round, currency: CNY, limits: Limits::NONE } };
+        let open =
+            Envelope { platform: P, out_order_no: None, command: Command::OpenAccount { owner: 1_000_000 + round, currency: CNY, limits: Limits::NONE } };
         engine.execute_one(open).unwrap();
         std::thread::sleep(Duration::from_millis(10));
     }

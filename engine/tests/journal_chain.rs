@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use engine::archive::{archive_shard, read_manifests, verify_dir, verify_live, Archived};
 use engine::journal::{
-    archivable_through, batch_key, checkpoint_key, decode, first_live_sequence, stored_hash, verify_shard, Break, BreakKind, ChainHead,
-    JournalError, HASH_LEN,
+    archivable_through, batch_key, checkpoint_key, decode, first_live_sequence, stored_hash, verify_shard, Break, BreakKind, ChainHead, JournalError, HASH_LEN,
 };
 use engine::ledger::command::{Command, Envelope};
 use engine::ledger::types::{AccountId, Limits};

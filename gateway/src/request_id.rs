@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
@@ -50,10 +50,7 @@ pub fn generate() -> HeaderValue {
 /// Middleware: picks the request's id, runs the request inside a span that names it, echoes it
 /// in the response and writes one line when the request is over (`debug` level, `error` for a
 /// 5xx answer, so the default `info` level costs no line per request).
-pub async fn request_span(
-    mut request: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+pub async fn request_span(mut request: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let id = match request.headers().get(&HEADER) {
         Some(value) if acceptable(value.as_bytes()) => value.clone(),
         _ => generate(),
@@ -61,23 +58,20 @@ pub async fn request_span(
     // Handlers that read the header see the id the response will carry.
     request.headers_mut().insert(HEADER, id.clone());
     let id_text = id.to_str().unwrap_or("");
-    let span = tracing::info_span!("request", request_id = id_text);
+    let span = tracing::info_span!("request", request_id = %id_text);
     let started = Instant::now();
-    let http_request = request.request().clone();
+    // The request must not be cloned before routing (actix then panics setting its match info):
+    // an error no inner layer turned into a response goes out as it is (`json_errors` below
+    // turns every error of the app into a response, so this is only actix's own).
     let method = request.method().clone();
-    let outcome = next.call(request).instrument(span.clone()).await;
-    let mut response = match outcome {
-        Ok(response) => response.map_into_left_body(),
-        // An error no inner layer turned into a response: answered here, so it carries the id too.
-        Err(error) => ServiceResponse::new(http_request, error.error_response()).map_into_right_body(),
-    };
+    let mut response = next.call(request).instrument(span.clone()).await?;
     let status = response.status().as_u16();
     span.in_scope(|| {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         if status >= 500 {
-            tracing::error!(method = %method, path = response.request().path(), status, elapsed_ms, "request failed");
+            tracing::error!(method = %method, path = %response.request().path(), status, elapsed_ms, "request failed");
         } else {
-            tracing::debug!(method = %method, path = response.request().path(), status, elapsed_ms, "request");
+            tracing::debug!(method = %method, path = %response.request().path(), status, elapsed_ms, "request");
         }
     });
     response.headers_mut().insert(HEADER, id);
