@@ -153,11 +153,9 @@ pub fn write(store: &dyn Store, state: &ShardState, head: ChainHead, timestamp: 
             None => CheckpointError::Unusable { shard, sequence, reason: format!("the state does not encode: {error}") },
         });
     }
-    if !writer.buffer.is_empty() || writer.hashes.is_empty() {
-        if writer.flush_part().is_err() {
-            let error = writer.error.take().unwrap_or(StorageError::Io("part write failed".into()));
-            return Err(CheckpointError::Storage(error));
-        }
+    if (!writer.buffer.is_empty() || writer.hashes.is_empty()) && writer.flush_part().is_err() {
+        let error = writer.error.take().unwrap_or(StorageError::Io("part write failed".into()));
+        return Err(CheckpointError::Storage(error));
     }
     let manifest = Manifest { shard, sequence, timestamp, chain_hash: head.hash, bytes: writer.bytes, part_hashes: writer.hashes };
     store.write(&[(&manifest_key(shard, sequence), &encode_manifest(&manifest))])?;
