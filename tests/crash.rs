@@ -89,8 +89,8 @@ fn sigkill_during_checkpoints_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
     let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml")).expect("default config");
-    assert!(config.contains("every_batches = 20000"), "the default configuration names the checkpoint interval");
-    std::fs::write(data_dir.with_extension("toml"), config.replace("every_batches = 20000", "every_batches = 3")).expect("write config");
+    assert!(config.contains("\nevery_batches = 0"), "the default configuration names the checkpoint interval");
+    std::fs::write(data_dir.with_extension("toml"), config.replace("\nevery_batches = 0", "\nevery_batches = 3")).expect("write config");
     crash_many_times(&data_dir, 2027);
     // The kills left checkpoints to start from.
     let shards = Command::new(BINARY).arg("shards").arg("--data-dir").arg(&data_dir).output().expect("shards");
