@@ -179,20 +179,34 @@ Failures are 401 `unauthenticated` (missing or bad signature, unknown platform),
 fn rule(name: &str, amount_pattern: &str, currencies: &[String]) -> Option<Value> {
     let id = |prefix: &str, what: &str| json!({"type": "string", "pattern": format!("^{prefix}(0|[1-9][0-9]{{0,18}})$"), "description": what, "example": format!("{prefix}42")});
     Some(match name {
-        "out_order_no" => json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$", "minLength": 1, "maxLength": 64, "description": "The platform's own order number (1 to 64 characters [A-Za-z0-9_-]), unique per platform and operation kind: the idempotency key.", "example": "pay-20261122-0001"}),
-        "amount" | "bank_balance" => json!({"type": "string", "pattern": amount_pattern, "description": "A positive decimal string in major units, with no more decimals than the currency allows.", "example": "100.50"}),
+        "out_order_no" => {
+            json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$", "minLength": 1, "maxLength": 64, "description": "The platform's own order number (1 to 64 characters [A-Za-z0-9_-]), unique per platform and operation kind: the idempotency key.", "example": "pay-20261122-0001"})
+        }
+        "amount" | "bank_balance" => {
+            json!({"type": "string", "pattern": amount_pattern, "description": "A positive decimal string in major units, with no more decimals than the currency allows.", "example": "100.50"})
+        }
         "currency" => json!({"type": "string", "enum": currencies, "description": "A configured currency (ISO 4217 code).", "example": currencies.first()}),
         "account_id" | "payer_account_id" | "payee_account_id" => id("acc_", "An account id."),
         "member_id" => id("mem_", "A member id."),
         "order_id" | "payment_order_id" => id("ord_", "An order id."),
         "card_id" => id("card_", "A card id."),
         "platform_id" => id("plt_", "A platform id."),
-        "password" | "payment_password" => json!({"type": "string", "pattern": "^[0-9]{6}$", "description": "A payment password: exactly 6 digits.", "example": "246810"}),
+        "password" | "payment_password" => {
+            json!({"type": "string", "pattern": "^[0-9]{6}$", "description": "A payment password: exactly 6 digits.", "example": "246810"})
+        }
         "phone" => json!({"type": "string", "pattern": "^1[3-9][0-9]{9}$", "description": "A mainland mobile number of 11 digits.", "example": "13800138000"}),
-        "id_number" => json!({"type": "string", "pattern": "^[0-9A-Za-z]{18}$", "description": "A resident ID (18 characters, GB 11643 check digit) for individuals, a unified social credit code (18 characters, GB 32100 check digit) for enterprises.", "example": "11010519491231002X"}),
-        "card_no" => json!({"type": "string", "pattern": "^[0-9]{12,19}$", "description": "A bank card number of 12 to 19 digits whose last digit is its Luhn check digit.", "example": "6222020200000000007"}),
-        "business_date" | "date" => json!({"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "description": "A business date, YYYY-MM-DD.", "example": "2026-11-22"}),
-        "type" => json!({"type": "string", "enum": ["individual", "enterprise"], "description": "individual (a resident ID) or enterprise (a unified social credit code).", "example": "individual"}),
+        "id_number" => {
+            json!({"type": "string", "pattern": "^[0-9A-Za-z]{18}$", "description": "A resident ID (18 characters, GB 11643 check digit) for individuals, a unified social credit code (18 characters, GB 32100 check digit) for enterprises.", "example": "11010519491231002X"})
+        }
+        "card_no" => {
+            json!({"type": "string", "pattern": "^[0-9]{12,19}$", "description": "A bank card number of 12 to 19 digits whose last digit is its Luhn check digit.", "example": "6222020200000000007"})
+        }
+        "business_date" | "date" => {
+            json!({"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "description": "A business date, YYYY-MM-DD.", "example": "2026-11-22"})
+        }
+        "type" => {
+            json!({"type": "string", "enum": ["individual", "enterprise"], "description": "individual (a resident ID) or enterprise (a unified social credit code).", "example": "individual"})
+        }
         "expires_at" => json!({"type": "string", "format": "date-time", "description": "An RFC 3339 time.", "example": "2026-11-22T10:00:00Z"}),
         _ => return integer_rule(name),
     })
@@ -204,9 +218,15 @@ fn parameter_rule(name: &str, amount_pattern: &str, currencies: &[String]) -> Op
     Some(match name {
         "from" | "to" => json!({"type": "string", "format": "date-time", "description": "An RFC 3339 time.", "example": "2026-11-22T10:00:00Z"}),
         "limit" => json!({"type": "integer", "minimum": 1, "maximum": 500, "default": 50, "description": "Page size, 1 to 500.", "example": 50}),
-        "cursor" => json!({"type": "string", "minLength": 1, "maxLength": 512, "description": "The next_cursor of the previous page, as the API returned it (opaque: a made-up one is 400 naming cursor).", "example": "1764582000000000-42"}),
-        "kind" => json!({"type": "string", "enum": ["recharge", "payment", "refund", "freeze", "withdrawal", "adjustment"], "description": "An order kind.", "example": "payment"}),
-        "status" => json!({"type": "string", "enum": ["pending", "processing", "held", "succeeded", "failed", "cancelled", "partially_refunded", "refunded"], "description": "An order status.", "example": "succeeded"}),
+        "cursor" => {
+            json!({"type": "string", "minLength": 1, "maxLength": 512, "description": "The next_cursor of the previous page, as the API returned it (opaque: a made-up one is 400 naming cursor).", "example": "1764582000000000-42"})
+        }
+        "kind" => {
+            json!({"type": "string", "enum": ["recharge", "payment", "refund", "freeze", "withdrawal", "adjustment"], "description": "An order kind.", "example": "payment"})
+        }
+        "status" => {
+            json!({"type": "string", "enum": ["pending", "processing", "held", "succeeded", "failed", "cancelled", "partially_refunded", "refunded"], "description": "An order status.", "example": "succeeded"})
+        }
         _ => return rule(name, amount_pattern, currencies),
     })
 }
@@ -333,8 +353,20 @@ pub fn document(mut doc: Value, currencies: &[(String, u8)]) -> Value {
     if let Some(Value::Object(schemas)) = doc["components"].get_mut("schemas") {
         for (name, schema) in schemas.iter_mut() {
             // The views the API answers keep their own shapes: only what a client sends is constrained.
-            if !["OrderView", "OrderPage", "AccountView", "MemberView", "CardView", "EntryView", "EntryPage", "BulkResult", "BulkResponse", "ErrorBody", "ErrorDetail"]
-                .contains(&name.as_str())
+            if ![
+                "OrderView",
+                "OrderPage",
+                "AccountView",
+                "MemberView",
+                "CardView",
+                "EntryView",
+                "EntryPage",
+                "BulkResult",
+                "BulkResponse",
+                "ErrorBody",
+                "ErrorDetail",
+            ]
+            .contains(&name.as_str())
             {
                 constrain_schema(schema, &amount, &codes);
             }

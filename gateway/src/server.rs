@@ -7,7 +7,6 @@ use engine::Engine;
 
 use crate::admin::AdminToken;
 use crate::auth::NonceCache;
-use crate::error::ApiError;
 use crate::members::Members;
 use crate::platforms::Platforms;
 use crate::replay::DurableNonces;
