@@ -182,7 +182,7 @@ fn rule(name: &str, amount_pattern: &str, currencies: &[String]) -> Option<Value
         "out_order_no" => {
             json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$", "minLength": 1, "maxLength": 64, "description": "The platform's own order number (1 to 64 characters [A-Za-z0-9_-]), unique per platform and operation kind: the idempotency key.", "example": "pay-20261122-0001"})
         }
-        "amount" | "bank_balance" => {
+        "amount" => {
             json!({"type": "string", "pattern": amount_pattern, "description": "A positive decimal string in major units, with no more decimals than the currency allows.", "example": "100.50"})
         }
         "currency" => json!({"type": "string", "enum": currencies, "description": "A configured currency (ISO 4217 code).", "example": currencies.first()}),
@@ -412,6 +412,8 @@ fn describe(path: &str, operation: &mut Map<String, Value>, entry: &Operation, a
                     parameter["example"] = example;
                 }
                 parameter["schema"] = Value::Object(wanted);
+            } else if let Some(Value::Object(schema)) = parameter.get_mut("schema") {
+                unsigned_bounds(schema);
             }
         }
     }
