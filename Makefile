@@ -5,7 +5,7 @@ CARGO_FLAGS := --release --locked
 # The Python SDK's virtual environment (scripts/install-deps.sh makes it).
 export CLEARING_SDK_VENV ?= /var/tmp/clearing-sdk-venv
 
-.PHONY: run test deps build fuzz
+.PHONY: run test deps build fuzz contract-long
 
 deps:
 	@bash scripts/install-deps.sh
@@ -32,3 +32,9 @@ test: deps
 ## before a release. FUZZ_CASES=N sets the cases per target; FUZZ_SEED=N replays an HTTP run.
 fuzz: deps
 	FUZZ_CASES=$${FUZZ_CASES:-200000} cargo nextest run $(CARGO_FLAGS) --workspace --no-fail-fast -E 'test(/^fuzz_/)'
+
+## The contract's long run, before a release: Schemathesis against the built server with many
+## more examples per operation than `make test` gives it (CONTRACT_MAX_EXAMPLES, default 200;
+## CONTRACT_MAX_SECONDS bounds it, default 1800).
+contract-long: deps
+	CONTRACT_MAX_EXAMPLES=$${CONTRACT_MAX_EXAMPLES:-200} CONTRACT_MAX_SECONDS=$${CONTRACT_MAX_SECONDS:-1800} cargo nextest run $(CARGO_FLAGS) --test contract --no-fail-fast -E 'test(schemathesis_finds_nothing)'

@@ -46,3 +46,23 @@ if [ "$(cat "$sdk_venv/.requirements-sha256" 2>/dev/null)" != "$sdk_stamp" ]; th
   "$sdk_venv/bin/pip" install --quiet --disable-pip-version-check -r "$sdk_requirements"
   echo "$sdk_stamp" > "$sdk_venv/.requirements-sha256"
 fi
+# The contract test (tests/contract.rs) checks the served OpenAPI document with the tools API
+# clients use and fuzzes the server against it: openapi-spec-validator and Schemathesis (pinned in
+# contract/requirements.txt, in their own virtual environment outside the clone), Redocly CLI and
+# Spectral (npm, pinned to the versions the contract/ rulesets are written for).
+contract_venv=${CLEARING_CONTRACT_VENV:-/var/tmp/clearing-contract-venv}
+contract_requirements="$(dirname "$0")/../contract/requirements.txt"
+contract_stamp=$(sha256sum "$contract_requirements" | cut -d' ' -f1)
+if [ "$(cat "$contract_venv/.requirements-sha256" 2>/dev/null)" != "$contract_stamp" ]; then
+  python3 -m venv --clear "$contract_venv"
+  "$contract_venv/bin/pip" install --quiet --disable-pip-version-check -r "$contract_requirements"
+  echo "$contract_stamp" > "$contract_venv/.requirements-sha256"
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nodejs npm
+fi
+redocly --version 2>/dev/null | grep -qx '2.77.0' || npm install --global --silent --no-fund --no-audit '@redocly/cli@2.77.0'
+spectral --version 2>/dev/null | grep -qx '6.16.3' || npm install --global --silent --no-fund --no-audit '@stoplight/spectral-cli@6.16.3'

@@ -288,7 +288,7 @@ fn the_cashier_pays_with_the_right_password_and_wrong_ones_count_down_and_lock()
     let (_, again) = browser.post("/h5/cashier", &[("password", "123456"), ("csrf", &csrf)]);
     assert_eq!(by_id(&again, "order-id"), order, "a second submission is the same order");
     assert_eq!(p.balances(&payer).0, "90.00");
-    assert_eq!(p.get("/v1/orders?out_order_no=pay-1").1["order_id"].as_str(), Some(order.as_str()));
+    assert_eq!(p.get("/v1/orders?out_order_no=pay-1").1["orders"][0]["order_id"].as_str(), Some(order.as_str()));
 
     let mut second = open(&p, json!({"member_id": member, "purpose": "cashier", "payment": payment("pay-2"), "locale": "en"}));
     let csrf = field(&second.get("/h5/cashier").1, "csrf");
@@ -487,7 +487,7 @@ fn a_member_pays_at_the_cashier_in_chromium() {
     chromium.submit("form");
     let order = chromium.wait_for_text("#order-id", "ord_");
     chromium.screenshot("h5-cashier-paid");
-    assert_eq!(p.get("/v1/orders?out_order_no=pay-chromium").1["order_id"].as_str(), Some(order.as_str()));
+    assert_eq!(p.get("/v1/orders?out_order_no=pay-chromium").1["orders"][0]["order_id"].as_str(), Some(order.as_str()));
     assert_eq!((p.balances(&payer).0, p.balances(&payee).0), ("75.00".to_string(), "25.00".to_string()));
     // The same link does not open a second time, even in the same browser.
     chromium.goto(url);

@@ -232,6 +232,37 @@ fn intern_param(name: &str) -> Option<&'static str> {
     Some(leaked)
 }
 
+/// A query string that does not parse into the handler's filters: 400 `invalid_request` naming
+/// the parameter when serde says which (an unknown one, or one of the wrong type).
+pub fn query_error(error: &actix_web::error::QueryPayloadError) -> ApiError {
+    let message = error.to_string();
+    ApiError { param: named_in(&message), ..ApiError::new(400, "invalid_request", &message) }
+}
+
+/// A path segment that does not parse (a shard number past its type): 400 `invalid_request`.
+pub fn path_error(error: &actix_web::error::PathError) -> ApiError {
+    ApiError::new(400, "invalid_request", &format!("the path does not parse: {error}"))
+}
+
+/// A JSON body actix refused before a handler saw it: its status (413 past the limit, 415 for
+/// another content type, 400 otherwise) in the API's error shape.
+pub fn json_config_error(error: &actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match error {
+        E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::new(413, "payload_too_large", &error.to_string()),
+        E::ContentType => ApiError::new(415, "invalid_request", "the body must be application/json"),
+        _ => ApiError::new(400, "invalid_request", &error.to_string()),
+    }
+}
+
+/// The field a serde message names between backquotes (`unknown field \`colour\``,
+/// `missing field \`name\``), if it is shaped like one of the API's.
+fn named_in(message: &str) -> Option<&'static str> {
+    let start = message.find("field `")? + "field `".len();
+    let end = start + message[start..].find('`')?;
+    intern_param(&message[start..end])
+}
+
 /// Runs blocking work (store writes that sync, waits on shard threads) off the async workers.
 pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     actix_web::web::block(work).await.map_err(|e| ApiError::unavailable(e.to_string()))

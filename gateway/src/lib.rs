@@ -13,6 +13,7 @@ pub mod bulk;
 pub mod cards;
 pub mod charts;
 pub mod commission;
+pub mod contract;
 pub mod deadline;
 pub mod entries;
 pub mod error;
@@ -73,8 +74,12 @@ impl AmountError {
 }
 
 /// Parses an API amount like `"100.50"` into minor units of `currency` (the engine's one decimal
-/// parser), positive and within `AMOUNT_MINOR_MAX`.
+/// parser), positive and within `AMOUNT_MINOR_MAX`. Written the one way the document's pattern
+/// says (`contract::amount_pattern`): no leading zeros (`"0100"`, `"00.5"` are not amounts).
 pub fn parse_amount(text: &str, currency: &CurrencySpec) -> Result<Minor, AmountError> {
+    if text.len() > 1 && text.starts_with('0') && !text.starts_with("0.") {
+        return Err(AmountError::NotANumber);
+    }
     let minor = engine::money::parse_decimal(text, currency.exponent).map_err(|error| match error {
         DecimalError::NotANumber => AmountError::NotANumber,
         DecimalError::TooManyDecimals => AmountError::TooManyDecimals,

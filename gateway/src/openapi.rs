@@ -111,15 +111,77 @@ impl Modify for Security {
 )]
 pub struct ApiDoc;
 
+/// The document this server serves: what utoipa derives, with `contract`'s words and the
+/// configured currencies.
+pub fn served(currencies: &[(String, u8)]) -> serde_json::Value {
+    crate::contract::document(serde_json::to_value(ApiDoc::openapi()).expect("the document serializes"), currencies)
+}
+
+/// The document, rendered on the first request with the engine's currencies.
+#[derive(Default)]
+struct Rendered(std::sync::OnceLock<String>);
+
 /// `GET /openapi.json`.
 #[get("/openapi.json")]
-pub async fn document(doc: web::Data<String>) -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(doc.get_ref().clone())
+async fn document(rendered: web::Data<Rendered>, engine: web::Data<std::sync::Arc<engine::Engine>>) -> HttpResponse {
+    let text = rendered.0.get_or_init(|| {
+        let currencies: Vec<(String, u8)> = engine.config().currencies.iter().map(|c| (c.code_str().to_string(), c.exponent)).collect();
+        serde_json::to_string(&served(&currencies)).expect("the document serializes")
+    });
+    HttpResponse::Ok().content_type("application/json").body(text.clone())
+}
+
+/// The documented paths, each with the methods it answers (`Allow`), matched as actix matches.
+fn documented_routes() -> &'static [(actix_web::dev::ResourceDef, String)] {
+    static ROUTES: std::sync::OnceLock<Vec<(actix_web::dev::ResourceDef, String)>> = std::sync::OnceLock::new();
+    ROUTES.get_or_init(|| {
+        let doc = ApiDoc::openapi();
+        doc.paths
+            .paths
+            .iter()
+            .map(|(path, item)| {
+                let methods: Vec<&str> = [
+                    ("GET", item.get.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(name, present)| present.then_some(name))
+                .collect();
+                (actix_web::dev::ResourceDef::new(path.as_str()), methods.join(", "))
+            })
+            .collect()
+    })
+}
+
+/// The methods a documented path answers, when `path` is one (`None`: no such path).
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
+    documented_routes().iter().find(|(route, _)| route.is_match(path)).map(|(_, methods)| methods.as_str())
+}
+
+/// What answers a request no route took: `405 method_not_allowed` with `Allow` when the path is
+/// a documented one asked with another method, `404 not_found` otherwise; both in the API's
+/// JSON error shape.
+pub async fn unrouted(request: actix_web::HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    match allowed_methods(request.path()) {
+        Some(methods) => {
+            let error = crate::error::ApiError::new(405, "method_not_allowed", &format!("{} answers {methods}", request.path()));
+            let mut response = error.error_response();
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(methods) {
+                response.headers_mut().insert(actix_web::http::header::ALLOW, value);
+            }
+            response
+        }
+        None => crate::error::ApiError::not_found().error_response(),
+    }
 }
 
 /// Registers the route (the document is rendered once).
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.app_data(web::Data::new(ApiDoc::openapi().to_json().expect("the document serializes"))).service(document);
+    config.app_data(web::Data::new(Rendered::default())).service(document);
 }
 
 #[cfg(test)]
@@ -171,6 +233,36 @@ mod tests {
             }
         }
         assert!(ids.len() > 40, "{} operations with ids", ids.len());
+    }
+
+    /// `contract::OPERATIONS` names every operation of the document, once, and no other.
+    #[test]
+    fn the_contract_describes_every_operation() {
+        let raw = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut handlers: Vec<String> = Vec::new();
+        for item in raw["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                handlers.push(operation["operationId"].as_str().unwrap().to_string());
+            }
+        }
+        handlers.sort();
+        let mut described: Vec<String> = crate::contract::OPERATIONS.iter().map(|o| o.handler.to_string()).collect();
+        described.sort();
+        assert_eq!(handlers, described);
+        let doc = served(&[("CNY".to_string(), 2)]);
+        for item in doc["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                assert!(operation["summary"].is_string() && operation["security"].is_array(), "{operation}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_documented_path_names_its_methods_and_another_path_none() {
+        assert_eq!(allowed_methods("/v1/orders/ord_1"), Some("GET"));
+        assert_eq!(allowed_methods("/admin/platforms/plt_1/settlement-rule"), Some("GET, PUT, DELETE"));
+        assert_eq!(allowed_methods("/v1/nothing-here"), None);
+        assert_eq!(allowed_methods("/v1/orders/ord_1/more"), None);
     }
 
     #[test]

@@ -524,8 +524,9 @@ impl Iterator for Descending<'_> {
     }
 }
 
-/// Finds the order a platform created with `number`, among the kinds that open orders.
-fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo, channels: &ChannelSet) -> Option<Value> {
+/// The orders a platform created with `number` (one per kind that opens orders: the number is
+/// unique per platform and kind) that `filter` keeps and that come before `before`, newest first.
+fn find_by_out_order_no(state: &ShardState, filter: Filter, number: &OutOrderNo, before: Position, limit: usize, channels: &ChannelSet) -> ShardPage {
     let kinds = [
         Command::RequestRecharge { account: AccountId(0), currency: CurrencyId(0), amount: 0, channel: 0 }.kind_code(),
         Command::Payment { payer: AccountId(0), guarantee: false, currency: CurrencyId(0), amount: 0, payees: Default::default(), splits: Default::default() }
@@ -545,14 +546,22 @@ fn find_by_out_order_no(state: &ShardState, platform: u32, number: &OutOrderNo, 
         }
         .kind_code(),
     ];
-    kinds.iter().find_map(|kind| {
-        let record = state.idempotency.get(&idempotency_key(platform, *kind, number))?;
-        let order = state.platform_order(platform, OrderId(record.reply.id))?;
-        Some(view(state, order, channels))
-    })
+    let mut found: Vec<(Position, Value)> = kinds
+        .iter()
+        .filter_map(|kind| {
+            let record = state.idempotency.get(&idempotency_key(filter.platform, *kind, number))?;
+            let order = state.platform_order(filter.platform, OrderId(record.reply.id))?;
+            let position = Position(order.created_at, order.id.0);
+            (position < before && filter.keeps(order)).then(|| (position, view(state, order, channels)))
+        })
+        .collect();
+    found.sort_by_key(|item| std::cmp::Reverse(item.0));
+    found.dedup_by_key(|item| item.0);
+    found.truncate(limit);
+    (found, None)
 }
 
-#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(("out_order_no" = Option<String>, Query, description = "The platform's order number: answers that one order"), ("kind" = Option<String>, Query, description = "recharge, payment, refund, freeze, withdrawal or adjustment"), ("status" = Option<String>, Query, description = "An order status"), ("account_id" = Option<String>, Query, description = "Account id (acc_...): orders of that account"), ("from" = Option<String>, Query, description = "RFC 3339: created at or after"), ("to" = Option<String>, Query, description = "RFC 3339: created before"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::schemas::OrderPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(("out_order_no" = Option<String>, Query, description = "The platform's order number: only the orders with it (at most one per kind)"), ("kind" = Option<String>, Query, description = "recharge, payment, refund, freeze, withdrawal or adjustment"), ("status" = Option<String>, Query, description = "An order status"), ("account_id" = Option<String>, Query, description = "Account id (acc_...): orders of that account"), ("from" = Option<String>, Query, description = "RFC 3339: created at or after"), ("to" = Option<String>, Query, description = "RFC 3339: created before"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::schemas::OrderPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/orders")]
 pub async fn list_orders(
     signed: Signed,
@@ -560,30 +569,14 @@ pub async fn list_orders(
     engine: web::Data<Arc<Engine>>,
     clearing: web::Data<Clearing>,
 ) -> Result<HttpResponse, ApiError> {
-    let platform = signed.platform.id;
-    let query = query.into_inner();
-    let channels = clearing.channels();
-    let shard_count = engine.config().shard_count;
-    if let Some(number) = &query.out_order_no {
-        let number = out_order_no(number, "out_order_no")?;
-        for shard in 0..shard_count {
-            let (engine, channels) = (engine.get_ref().clone(), channels.clone());
-            let found = blocking(move || engine.read_shard(shard, move |state| find_by_out_order_no(state, platform, &number, &channels))).await??;
-            if let Some(found) = found {
-                let mut found = [found];
-                with_routing(&mut found, platform, &clearing).await?;
-                let [found] = found;
-                return Ok(HttpResponse::Ok().json(found));
-            }
-        }
-        return Err(ApiError::not_found());
-    }
-    let (orders, next_cursor) = list(&engine, &clearing, platform, &query).await?;
+    let (orders, next_cursor) = list(&engine, &clearing, signed.platform.id, &query.into_inner()).await?;
     Ok(HttpResponse::Ok().json(json!({"orders": orders, "next_cursor": next_cursor})))
 }
 
-/// One page of `platform`'s orders matching `query` (its `out_order_no` aside), newest first,
-/// and the next cursor: `GET /v1/orders` and the portals' ledgers share it.
+/// One page of `platform`'s orders matching `query`, newest first, and the next cursor:
+/// `GET /v1/orders` and the portals' ledgers share it. Every filter is checked (a bad one is 400
+/// naming it) before anything is read; `out_order_no` narrows the page to the orders with that
+/// number (at most one per kind), the other filters still apply.
 pub async fn list(engine: &Arc<Engine>, clearing: &Clearing, platform: u32, query: &ListQuery) -> Result<(Vec<Value>, Option<String>), ApiError> {
     let channels = clearing.channels();
     let limit = page_limit(query.limit.as_deref())?;
@@ -599,8 +592,12 @@ pub async fn list(engine: &Arc<Engine>, clearing: &Clearing, platform: u32, quer
     let from = query.from.as_deref().map(|t| parse_time(t, "from")).transpose()?.unwrap_or(0);
     let to = query.to.as_deref().map(|t| parse_time(t, "to")).transpose()?.unwrap_or(Timestamp::MAX);
     let before = parse_cursor(query.cursor.as_deref())?;
+    let number = query.out_order_no.as_deref().map(|n| out_order_no(n, "out_order_no")).transpose()?;
     let filter = Filter { platform, kind, status, account, from, to, channel_only: query.channel_only };
-    let (mut orders, next_cursor) = merged_page(engine, limit, move |state, wanted| scan_shard(state, filter, before, wanted, &channels)).await?;
+    let (mut orders, next_cursor) = match number {
+        Some(number) => merged_page(engine, limit, move |state, wanted| find_by_out_order_no(state, filter, &number, before, wanted, &channels)).await?,
+        None => merged_page(engine, limit, move |state, wanted| scan_shard(state, filter, before, wanted, &channels)).await?,
+    };
     with_routing(&mut orders, platform, clearing).await?;
     Ok((orders, next_cursor))
 }

@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpServer};
 use engine::Engine;
 
 use crate::admin::AdminToken;
 use crate::auth::NonceCache;
-use crate::error::ApiError;
 use crate::members::Members;
 use crate::platforms::Platforms;
 use crate::replay::DurableNonces;
@@ -234,8 +233,9 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(quotas.clone())
             .app_data(body_limits.clone())
             .app_data(web::PayloadConfig::new(limits.body_bytes_max))
-            .app_data(web::JsonConfig::default().limit(limits.body_bytes_max))
-            .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::new(400, "invalid_request", &error.to_string()).into()))
+            .app_data(web::QueryConfig::default().error_handler(|error, _| crate::error::query_error(&error).into()))
+            .app_data(web::PathConfig::default().error_handler(|error, _| crate::error::path_error(&error).into()))
+            .app_data(web::JsonConfig::default().limit(limits.body_bytes_max).error_handler(|error, _| crate::error::json_config_error(&error).into()))
             .service(crate::health::healthz)
             .service(crate::health::readyz)
             .configure(crate::admin::routes)
@@ -264,7 +264,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .configure(crate::h5_cashier::routes)
             .configure(crate::openapi::routes)
             .configure(crate::portal::routes)
-            .default_service(web::to(|| async { Err::<HttpResponse, ApiError>(ApiError::not_found()) }))
+            .default_service(web::to(crate::openapi::unrouted))
     })
     .workers(limits.workers)
     .max_connections(limits.connections_max)

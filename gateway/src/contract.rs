@@ -1,0 +1,481 @@
+//! The contract's words on top of what utoipa derives from the handlers (`openapi::ApiDoc`):
+//! each operation's name, summary, description and the error codes it answers; the rules of
+//! API.md on every request field and parameter, by name (one rule per name, so the same field
+//! means the same thing everywhere); examples; the tags, servers and security schemes. The
+//! served document is `document(currencies)`; `tests/contract.rs` holds it to openapi-spec-
+//! validator, Redocly, Spectral and Schemathesis.
+
+use serde_json::{json, Map, Value};
+
+/// What the document says of one operation.
+pub struct Operation {
+    /// The handler's name (what utoipa derives the operationId from).
+    pub handler: &'static str,
+    /// The operationId: unique, named for what the operation does.
+    pub id: &'static str,
+    pub summary: &'static str,
+    pub description: &'static str,
+    /// Who may call it: `platform` (signed), `operator` (bearer token), `channel` (the bank's
+    /// callback signature) or `public`.
+    pub caller: Caller,
+    /// Codes beyond those every operation of its caller answers (see `codes_of`).
+    pub codes: &'static [&'static str],
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Caller {
+    Platform,
+    Operator,
+    Channel,
+    Public,
+}
+
+use Caller::{Channel, Operator, Platform, Public};
+
+macro_rules! op {
+    ($handler:literal, $id:literal, $caller:expr, $summary:literal, $description:literal, [$($code:literal),* $(,)?]) => {
+        Operation { handler: $handler, id: $id, caller: $caller, summary: $summary, description: $description, codes: &[$($code),*] }
+    };
+}
+
+/// Every operation of the document (a test checks that the two lists agree).
+pub const OPERATIONS: &[Operation] = &[
+    op!("open_account", "open_account", Platform, "Open an account", "Opens a member's account in one currency (one per member and currency) with its virtual account number; balances start at zero.", ["idempotency_conflict", "account_exists", "agreement_required"]),
+    op!("show_account", "show_account", Platform, "Show an account and its balances", "The account with its balances as decimal strings: available, withdrawable, frozen and unsettled.", []),
+    op!("close_account", "close_account", Platform, "Close an account", "Closes an account whose balances are all zero; a closed account takes no debits or credits.", ["idempotency_conflict", "account_not_empty", "account_closed"]),
+    op!("list_shards", "list_shards", Operator, "List the engine's shards", "Every shard with its accounts, mailbox depth, last sequence and pending outbox.", []),
+    op!("one_shard", "show_shard", Operator, "Show one shard", "One shard in detail (its state, queues and whether it stopped and why).", []),
+    op!("check_invariants", "check_invariants", Operator, "Check the ledger's invariants", "Checks every invariant of DESIGN.md over all shards: per currency the sum of all balances and what is in transit; `ok` is false when any fails.", []),
+    op!("create_platform", "create_platform", Operator, "Create a platform", "Creates a platform with its settlement terms; the answer carries its secret, shown only here.", []),
+    op!("rotate_secret", "rotate_platform_secret", Operator, "Rotate a platform's secret", "Issues the platform's next secret (shown only in this answer); the previous one keeps verifying for the overlap, then only the new one does.", []),
+    op!("set_account_status", "set_account_status", Operator, "Block or unblock an account", "The operator blocks (frozen) or unblocks (active) an account; closing is the platform's own operation.", ["account_closed"]),
+    op!("change_channel", "change_channel", Operator, "Change a bank channel", "Changes a channel at run time (fees, limits, daily cap, window, calendar, enabled, the simulator's behaviour); stored, and used by routing from the next order on.", ["invalid_amount"]),
+    op!("add_channel", "add_channel", Operator, "Add a bank channel", "Adds a channel at run time in the shape of a `[[channels]]` entry of the configuration; stored, so it outlives restarts.", ["invalid_amount"]),
+    op!("list_channels", "list_channels", Operator, "List the bank channels", "Every channel's configuration, today's use of its daily cap and its health (recent outcomes, circuit state).", []),
+    op!("publish", "publish_agreement_template", Platform, "Publish an agreement template version", "Publishes the next version of an agreement template (its code, title and text); earlier versions stay as they were signed.", ["idempotency_conflict", "agreement_limit_reached"]),
+    op!("list_agreement_templates", "list_agreement_templates", Platform, "List agreement templates", "The platform's agreement templates with their versions, optionally of one code.", []),
+    op!("show_template", "show_agreement_template", Platform, "Show an agreement template version", "One version of a template with its full text and the SHA-256 of that text.", []),
+    op!("sign", "sign_agreement", Platform, "Record a member's signature", "Records that a member signed a template version through a channel, with the SHA-256 of the text signed.", ["idempotency_conflict", "agreement_changed", "agreement_limit_reached"]),
+    op!("list_member_agreements", "list_member_agreements", Platform, "List a member's signatures", "The agreements a member signed, each with its version and the hash of its text.", []),
+    op!("show_signature", "show_member_agreement", Platform, "Show one signature", "One of a member's signatures with the text's hash, the channel and when.", []),
+    op!("put_requirements", "set_agreement_requirements", Platform, "Set the agreements required", "The template codes a member must have signed before opening an account and before binding a card.", []),
+    op!("get_requirements", "show_agreement_requirements", Platform, "Show the agreements required", "The template codes required for opening an account and for binding a card.", []),
+    op!("bulk", "submit_bulk", Platform, "Submit many operations at once", "Up to 8,189 money operations in one request, each with its own result (status and body) in order: the high-throughput path.", ["too_many_operations", "invalid_amount", "idempotency_conflict"]),
+    op!("bind", "bind_card", Platform, "Bind a bank card", "Four-element check (Luhn on the card; holder name and id number match the member), then a micro-deposit below 1.00 to the card: the card is pending_verification.", ["idempotency_conflict", "invalid_card_no", "invalid_id_number", "identity_mismatch", "card_bind_limit_reached", "agreement_required"]),
+    op!("verify", "verify_card", Platform, "Verify a card's micro-deposit", "The member reads the micro-deposit's amount off their card; the right amount verifies the card, three wrong ones lock it.", ["invalid_amount", "verification_failed", "card_locked"]),
+    op!("unbind", "unbind_card", Platform, "Unbind a card", "Unbinds a card (a change of card is an unbind then a bind).", []),
+    op!("list_cards", "list_cards", Platform, "List an account's cards", "The account's cards, masked, with their status.", []),
+    op!("put_rule", "set_settlement_rule", Operator, "Set a platform's settlement rule", "Sets the platform's commission and service fee rule; settlement runs from now on apply it.", ["invalid_amount"]),
+    op!("get_rule", "show_settlement_rule", Operator, "Show a platform's settlement rule", "The platform's rule (404 when it has none).", []),
+    op!("delete_rule", "delete_settlement_rule", Operator, "Remove a platform's settlement rule", "Removes the rule: income of later runs only matures.", []),
+    op!("list_entries", "list_entries", Platform, "List an account's journal", "The account's journal lines, newest first, paged with limit and cursor.", []),
+    op!("list_events", "list_events", Platform, "List the platform's events", "The platform's events (order changes and notifications), oldest first from a cursor, as the webhook delivers them.", []),
+    op!("set_webhook", "set_webhook", Platform, "Set or remove the webhook", "Sets the URL events are delivered to, or removes it with null.", []),
+    op!("show_webhook", "show_webhook", Platform, "Show the webhook", "The platform's webhook URL (null when none).", []),
+    op!("create_session", "create_h5_session", Platform, "Open an H5 link for a member", "A one-time link to a page where the member sets a payment password, signs an agreement, pays at the cashier or sees their wallet.", ["idempotency_conflict", "invalid_amount"]),
+    op!("healthz", "check_health", Public, "Liveness", "Answers while the process serves HTTP.", []),
+    op!("readyz", "check_readiness", Public, "Readiness", "Ready while every shard runs; 503 naming each stopped shard and why once one has stopped.", []),
+    op!("scrape", "scrape_metrics", Operator, "Prometheus metrics", "The server's metrics in the Prometheus text format.", []),
+    op!("list_notifications", "list_notifications", Platform, "List a member's notifications", "What was sent to the member (large withdrawals, card binds, ...), newest first.", []),
+    op!("offline_transfers", "import_offline_transfers", Operator, "Import offline transfers", "The bank statement's credit lines into virtual accounts, one result each: credited, or parked in suspense with a case.", ["invalid_amount", "idempotency_conflict"]),
+    op!("list_cases", "list_cases", Operator, "List suspense cases", "Money in suspense waiting for, or resolved by, an operator.", []),
+    op!("resolve_case", "resolve_case", Operator, "Resolve a suspense case", "Records how a case was resolved, by whom and when.", ["order_state_invalid"]),
+    op!("show_order", "show_order", Platform, "Show an order", "The order with its current status and its kind's details.", []),
+    op!("list_orders", "list_orders", Platform, "List orders", "The platform's transaction ledger, newest first: filtered by out_order_no, kind, status, account and creation time, paged with limit and cursor. Every filter is checked: a bad one is 400 naming it.", []),
+    op!("set_password", "set_payment_password", Platform, "Set the payment password", "Sets the account's 6-digit payment password, which paying orders then carry when the platform requires it.", ["payment_locked"]),
+    op!("create_batch", "create_batch_payment", Platform, "Pay many orders at once", "A batch of payments from one payer: all orders or none, one password check.", ["invalid_amount", "idempotency_conflict", "currency_mismatch", "account_closed", "account_frozen", "insufficient_funds", "exceeds_per_order_limit", "exceeds_daily_limit", "account_credit_blocked", "balance_limit_exceeded", "invalid_payment_password", "payment_locked", "payment_password_not_set"]),
+    op!("create_payment", "create_payment", Platform, "Pay", "A payment from the payer's balance (or through a channel) to payees and splits: balance mode succeeds at once, guarantee mode holds the funds in escrow.", ["invalid_amount", "idempotency_conflict", "currency_mismatch", "account_closed", "account_frozen", "insufficient_funds", "exceeds_per_order_limit", "exceeds_daily_limit", "account_credit_blocked", "balance_limit_exceeded", "invalid_payment_password", "payment_locked", "payment_password_not_set", "no_channel_available"]),
+    op!("confirm", "confirm_payment", Platform, "Release escrow to payees", "Releases a guarantee payment's escrow to its payees, all or part; the payment succeeds when nothing is held any more.", ["invalid_amount", "idempotency_conflict", "order_state_invalid", "exceeds_held_amount", "account_closed", "account_credit_blocked", "balance_limit_exceeded"]),
+    op!("cancel", "cancel_payment", Platform, "Return escrow to the payer", "Returns a guarantee payment's unreleased escrow to the payer, all or part.", ["invalid_amount", "idempotency_conflict", "order_state_invalid", "exceeds_held_amount", "account_closed", "balance_limit_exceeded"]),
+    op!("create_refund", "create_refund", Platform, "Refund a payment", "Back to the payer from a payee; refunds never exceed what was released to payees.", ["invalid_amount", "idempotency_conflict", "order_state_invalid", "exceeds_refundable_amount", "insufficient_funds", "account_closed", "account_frozen", "balance_limit_exceeded"]),
+    op!("create_freeze", "create_freeze", Platform, "Freeze funds", "Holds part of an account's available balance, with a reason and an optional expiry.", ["invalid_amount", "idempotency_conflict", "currency_mismatch", "account_closed", "account_frozen", "insufficient_funds"]),
+    op!("release", "release_freeze", Platform, "Release frozen funds", "Releases a freeze, all or part.", ["invalid_amount", "idempotency_conflict", "order_state_invalid", "exceeds_frozen_amount"]),
+    op!("create_recharge", "create_recharge", Platform, "Recharge an account", "Money in through a channel: pending until the channel confirms; funds land in settled.", ["invalid_amount", "idempotency_conflict", "currency_mismatch", "account_closed", "account_frozen", "account_credit_blocked", "balance_limit_exceeded", "exceeds_per_order_limit", "no_channel_available"]),
+    op!("create_collection", "create_collection", Platform, "Collect from a member's card", "A recharge from the member's verified card through a money-in channel.", ["invalid_amount", "idempotency_conflict", "currency_mismatch", "account_closed", "account_frozen", "account_credit_blocked", "balance_limit_exceeded", "card_not_verified", "no_channel_available"]),
+    op!("reconcile_endpoint", "reconcile_channel", Operator, "Reconcile a channel's statement", "Matches a channel's statement file of a business date against the books and reports every difference.", ["invalid_amount"]),
+    op!("reserve_check", "check_reserve", Operator, "Check the reserve", "Our reserve by the books must equal customer funds plus in transit, escrow, payouts sent, fees and suspense; with the bank's figure it also shows the difference.", ["invalid_amount"]),
+    op!("settle", "run_settlement", Operator, "Run the settlement of a date", "Runs (or re-runs, changing nothing twice) the settlement of a business date: income matures, splits and fees post, guarantees auto-confirm, expired freezes release.", ["settlement_running"]),
+    op!("schedule", "show_settlement_schedule", Operator, "Show the settlement schedule", "The daily settlement's cut-off, the next business date it runs, the last that succeeded and failed runs.", []),
+    op!("operator_statement", "show_operator_statement", Operator, "Download a settlement statement", "The statement of a business date as CSV, for every platform or one.", []),
+    op!("platform_statement", "show_platform_statement", Platform, "Download the platform's statement", "The platform's settlement statement of a business date as CSV, or one account's.", []),
+    op!("receive_callback", "receive_simulator_callback", Channel, "The bank simulator's verdict", "The bank's verdict on an order, signed with the channel key (X-Channel-Signature).", ["order_state_invalid"]),
+    op!("card_transactions", "list_card_transactions", Operator, "A card's transactions at the bank", "What the card's holder sees at their bank (how a member reads a micro-deposit), for the operator or through a link the operator issued.", []),
+    op!("card_link", "create_card_link", Operator, "Issue a card statement link", "A short-lived link to a card's statement at the simulated bank, to hand to the card's holder.", ["invalid_card_no"]),
+    op!("statement_file", "show_channel_statement", Operator, "A channel's statement file", "The simulated bank's statement file of a channel and date, as reconciliation reads it.", []),
+    op!("whoami", "show_platform", Platform, "Show the calling platform", "The platform the signature belongs to, with its settlement terms and quotas.", []),
+    op!("create_member", "create_member", Platform, "Create a member", "An individual (resident ID, GB 11643 check digit) or enterprise (unified social credit code, GB 32100 check digit) with a mainland mobile number.", ["idempotency_conflict", "invalid_id_number"]),
+    op!("create_withdrawal", "create_withdrawal", Platform, "Withdraw to a card", "Money out to the account's verified card: processing with the channel and fee routing chose, then succeeded or failed (funds back). The account is debited amount plus fee from withdrawable.", ["invalid_amount", "idempotency_conflict", "currency_mismatch", "account_closed", "account_frozen", "insufficient_funds", "exceeds_per_order_limit", "exceeds_daily_limit", "card_not_verified", "no_channel_available", "invalid_payment_password", "payment_locked", "payment_password_not_set"]),
+    op!("create_payout", "create_payout", Platform, "Pay out to any card", "Money out to a card named in the request (not bound to the account): like a withdrawal, routed and charged the same way.", ["invalid_amount", "idempotency_conflict", "currency_mismatch", "account_closed", "account_frozen", "insufficient_funds", "exceeds_per_order_limit", "exceeds_daily_limit", "invalid_card_no", "no_channel_available", "invalid_payment_password", "payment_locked", "payment_password_not_set"]),
+];
+
+/// The HTTP statuses a code is answered with (most have one).
+pub fn statuses_of(code: &str) -> &'static [u16] {
+    match code {
+        "invalid_request" | "invalid_amount" | "too_many_operations" | "invalid_id_number" | "invalid_card_no" => &[400],
+        "invalid_payment_password" => &[400, 422],
+        "unauthenticated" | "timestamp_out_of_window" | "replayed_request" => &[401],
+        "platform_suspended" => &[403],
+        "not_found" => &[404],
+        "method_not_allowed" => &[405],
+        "request_timeout" => &[408],
+        "idempotency_conflict" | "settlement_running" | "agreement_changed" | "order_state_invalid" | "account_exists" => &[409],
+        "payload_too_large" => &[413],
+        "card_bind_limit_reached" | "rate_limited" => &[429],
+        "internal_error" => &[500],
+        "unavailable" | "overloaded" => &[503],
+        _ => &[422],
+    }
+}
+
+/// Every code `operation` may answer: its own, those of its caller's authentication and limits,
+/// and those every operation answers.
+pub fn codes_of(operation: &Operation) -> Vec<&'static str> {
+    let mut codes: Vec<&'static str> = vec!["invalid_request", "not_found", "method_not_allowed", "internal_error", "unavailable"];
+    match operation.caller {
+        Platform => codes.extend([
+            "unauthenticated",
+            "timestamp_out_of_window",
+            "replayed_request",
+            "platform_suspended",
+            "rate_limited",
+            "request_timeout",
+            "payload_too_large",
+            "overloaded",
+        ]),
+        Operator => codes.extend(["unauthenticated", "payload_too_large", "overloaded"]),
+        Channel => codes.extend(["unauthenticated", "timestamp_out_of_window", "payload_too_large", "overloaded"]),
+        Public => {}
+    }
+    codes.extend(operation.codes);
+    let mut seen = std::collections::HashSet::new();
+    codes.retain(|code| seen.insert(*code));
+    codes
+}
+
+/// Tags, one per resource, with what they hold.
+const TAGS: &[(&str, &str)] = &[
+    ("accounts", "Members' accounts, their balances, journals, payment passwords and statements."),
+    ("agreements", "Agreement templates and members' signatures."),
+    ("cards", "Bank cards bound to accounts: the four-element check and the micro-deposit."),
+    ("events", "The platform's events and the webhook that delivers them."),
+    ("h5", "One-time links to the H5 pages a member opens."),
+    ("health", "Liveness and readiness."),
+    ("members", "Members (individuals and enterprises) and what was sent to them."),
+    ("money", "Money movement: recharges, payments, escrow, refunds, freezes, withdrawals and bulk."),
+    ("operator", "The system operator's API (bearer token): platforms, shards, channels, settlement, reconciliation."),
+    ("orders", "Orders: one, or the platform's transaction ledger."),
+    ("platform", "The calling platform itself."),
+    ("simulator", "The bank simulator: its callbacks, card statements and statement files."),
+];
+
+/// The HMAC recipe, as the security scheme's description (API.md "Authentication").
+const SIGNING: &str = "Every /v1 request is signed by the platform with its secret. Headers: `X-Platform-Id` (the platform id), \
+`X-Timestamp` (unix seconds, within 300 s of the server's clock), `X-Nonce` (16 to 64 characters [A-Za-z0-9], never reused within \
+the window) and `X-Signature` = hex(HMAC-SHA256(secret, canonical)) where canonical = METHOD \"\\n\" PATH_AND_QUERY \"\\n\" \
+TIMESTAMP \"\\n\" NONCE \"\\n\" hex(SHA256(body)); the body is the exact bytes sent (an empty body hashes the empty string). \
+Failures are 401 `unauthenticated` (missing or bad signature, unknown platform), `timestamp_out_of_window` or `replayed_request`.";
+
+/// A rule of API.md for a field or parameter of that name, as JSON Schema keywords.
+fn rule(name: &str, amount_pattern: &str, currencies: &[String]) -> Option<Value> {
+    let id = |prefix: &str, what: &str| json!({"type": "string", "pattern": format!("^{prefix}(0|[1-9][0-9]{{0,18}})$"), "description": what, "example": format!("{prefix}42")});
+    Some(match name {
+        "out_order_no" => {
+            json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$", "minLength": 1, "maxLength": 64, "description": "The platform's own order number (1 to 64 characters [A-Za-z0-9_-]), unique per platform and operation kind: the idempotency key.", "example": "pay-20261122-0001"})
+        }
+        "amount" => {
+            json!({"type": "string", "pattern": amount_pattern, "description": "A positive decimal string in major units, with no more decimals than the currency allows.", "example": "100.50"})
+        }
+        "currency" => json!({"type": "string", "enum": currencies, "description": "A configured currency (ISO 4217 code).", "example": currencies.first()}),
+        "account_id" | "payer_account_id" | "payee_account_id" => id("acc_", "An account id."),
+        "member_id" => id("mem_", "A member id."),
+        "order_id" | "payment_order_id" => id("ord_", "An order id."),
+        "card_id" => id("card_", "A card id."),
+        "platform_id" => id("plt_", "A platform id."),
+        "password" | "payment_password" => {
+            json!({"type": "string", "pattern": "^[0-9]{6}$", "description": "A payment password: exactly 6 digits.", "example": "246810"})
+        }
+        "phone" => json!({"type": "string", "pattern": "^1[3-9][0-9]{9}$", "description": "A mainland mobile number of 11 digits.", "example": "13800138000"}),
+        "id_number" => {
+            json!({"type": "string", "pattern": "^[0-9A-Za-z]{18}$", "description": "A resident ID (18 characters, GB 11643 check digit) for individuals, a unified social credit code (18 characters, GB 32100 check digit) for enterprises.", "example": "11010519491231002X"})
+        }
+        "card_no" => {
+            json!({"type": "string", "pattern": "^[0-9]{12,19}$", "description": "A bank card number of 12 to 19 digits whose last digit is its Luhn check digit.", "example": "6222020200000000007"})
+        }
+        "business_date" | "date" => {
+            json!({"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "description": "A business date, YYYY-MM-DD.", "example": "2026-11-22"})
+        }
+        "type" => {
+            json!({"type": "string", "enum": ["individual", "enterprise"], "description": "individual (a resident ID) or enterprise (a unified social credit code).", "example": "individual"})
+        }
+        "expires_at" => json!({"type": "string", "format": "date-time", "description": "An RFC 3339 time.", "example": "2026-11-22T10:00:00Z"}),
+        _ => return integer_rule(name),
+    })
+}
+
+/// The rules of query parameters (a body field of the same name may mean something else: a
+/// commission tier's `from` is an amount).
+fn parameter_rule(name: &str, amount_pattern: &str, currencies: &[String]) -> Option<Value> {
+    Some(match name {
+        "from" | "to" => json!({"type": "string", "format": "date-time", "description": "An RFC 3339 time.", "example": "2026-11-22T10:00:00Z"}),
+        "limit" => json!({"type": "integer", "minimum": 1, "maximum": 500, "default": 50, "description": "Page size, 1 to 500.", "example": 50}),
+        "cursor" => {
+            json!({"type": "string", "minLength": 1, "maxLength": 512, "description": "The next_cursor of the previous page, as the API returned it (opaque: a made-up one is 400 naming cursor).", "example": "1764582000000000-42"})
+        }
+        "kind" => {
+            json!({"type": "string", "enum": ["recharge", "payment", "refund", "freeze", "withdrawal", "adjustment"], "description": "An order kind.", "example": "payment"})
+        }
+        "status" => {
+            json!({"type": "string", "enum": ["pending", "processing", "held", "succeeded", "failed", "cancelled", "partially_refunded", "refunded"], "description": "An order status.", "example": "succeeded"})
+        }
+        _ => return rule(name, amount_pattern, currencies),
+    })
+}
+
+/// The bounds the server holds an integer field of that name to.
+fn integer_rule(name: &str) -> Option<Value> {
+    let (minimum, maximum): (u64, u64) = match name {
+        "fee_rate_bps" => (0, 10_000),
+        "sim_failure_per_mille" | "sim_drop_per_mille" => (0, 1_000),
+        "timeout_ms" => (100, 86_400_000),
+        "sim_latency_ms" => (0, 86_400_000),
+        "eta_minutes" => (0, 43_200),
+        "settlement_cycle_days" => (0, 30),
+        "auto_confirm_days" => (1, 90),
+        "seconds" => (1, 3_600),
+        "overlap_seconds" => (0, 7 * 86_400),
+        "share" => (1, 1_000_000),
+        _ => return None,
+    };
+    Some(json!({"type": "integer", "minimum": minimum, "maximum": maximum}))
+}
+
+/// An unsigned integer field without a rule of its own: the bounds of its Rust type, which
+/// the server's parser holds it to (a larger number is 400 naming the field), instead of the
+/// signed format utoipa gives it (`int64` for a u64 took numbers the server refused, and
+/// refused none it took past `int64`).
+fn unsigned_bounds(object: &mut Map<String, Value>) {
+    let unsigned = object.get("minimum").and_then(Value::as_f64) == Some(0.0) && object.get("maximum").is_none();
+    let maximum = match object.get("format").and_then(Value::as_str) {
+        Some("int32") if unsigned => u64::from(u32::MAX),
+        Some("int64") if unsigned => u64::MAX,
+        _ => return,
+    };
+    object.remove("format");
+    object.insert("maximum".into(), json!(maximum));
+}
+
+/// The amount pattern for currencies with at most `exponent` decimals: positive, no leading
+/// zeros, within `AMOUNT_MINOR_MAX` minor units.
+pub fn amount_pattern(exponent: u8) -> String {
+    let exponent = usize::from(exponent);
+    let whole_digits_max = 15usize.saturating_sub(exponent).max(1);
+    let whole = format!("[1-9][0-9]{{0,{}}}", whole_digits_max - 1);
+    if exponent == 0 {
+        return format!("^{whole}$");
+    }
+    let fractions: Vec<String> = (0..exponent)
+        .map(|zeros| {
+            let rest = exponent - zeros - 1;
+            let tail = if rest == 0 { String::new() } else { format!("[0-9]{{0,{rest}}}") };
+            format!("{}[1-9]{tail}", "0".repeat(zeros))
+        })
+        .collect();
+    format!("^({whole}(\\.[0-9]{{1,{exponent}}})?|0\\.({}))$", fractions.join("|"))
+}
+
+/// Applies the field rules to every property of `schema` (recursively through items and
+/// nested objects) whose name has one; keeps the field's own description when it has one.
+fn constrain_schema(schema: &mut Value, amount: &str, currencies: &[String]) {
+    let Some(object) = schema.as_object_mut() else { return };
+    if let Some(Value::Object(properties)) = object.get_mut("properties") {
+        for (name, property) in properties.iter_mut() {
+            constrain_property(name, property, amount, currencies);
+        }
+    }
+    if let Some(items) = object.get_mut("items") {
+        constrain_schema(items, amount, currencies);
+    }
+    for key in ["oneOf", "anyOf", "allOf"] {
+        if let Some(Value::Array(options)) = object.get_mut(key) {
+            options.iter_mut().for_each(|option| constrain_schema(option, amount, currencies));
+        }
+    }
+}
+
+fn constrain_property(name: &str, property: &mut Value, amount: &str, currencies: &[String]) {
+    let Some(mut wanted) = rule(name, amount, currencies) else {
+        if let Some(object) = property.as_object_mut() {
+            unsigned_bounds(object);
+        }
+        constrain_schema(property, amount, currencies);
+        return;
+    };
+    let Some(object) = property.as_object_mut() else { return };
+    // Only string (or integer) fields take a rule: a field of the same name with another shape
+    // (an object, a list) keeps its own schema.
+    let nullable = matches!(object.get("type"), Some(Value::Array(types)) if types.iter().any(|t| t == "null"));
+    let shaped = match object.get("type") {
+        Some(Value::String(t)) => t == "string" || t == "integer",
+        Some(Value::Array(types)) => types.iter().any(|t| t == "string" || t == "integer"),
+        _ => false,
+    };
+    if !shaped {
+        return;
+    }
+    if let Some(description) = object.get("description").cloned() {
+        wanted["description"] = description;
+    }
+    if nullable {
+        let base = wanted["type"].clone();
+        wanted["type"] = json!([base, "null"]);
+        if let Some(Value::Array(values)) = wanted.get_mut("enum") {
+            values.push(Value::Null);
+        }
+    }
+    *property = wanted;
+}
+
+/// The served document: what utoipa derived, with this module's words added.
+pub fn document(mut doc: Value, currencies: &[(String, u8)]) -> Value {
+    let codes: Vec<String> = currencies.iter().map(|(code, _)| code.clone()).collect();
+    let exponent = currencies.iter().map(|(_, e)| *e).max().unwrap_or(2);
+    let amount = amount_pattern(exponent);
+    doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    doc["info"]["description"] = json!("The platform API of a virtual-account clearing engine (API.md is the contract), and the system operator's API. Amounts are decimal strings in major units; every error is `{\"error\": {\"code\", \"message\", \"param\"?}}` with a stable code.");
+    doc["info"]["contact"] = json!({"name": "Clearing engine maintainers", "url": "https://clearing.invalid/support"});
+    doc["info"]["license"] = json!({"name": "Proprietary", "url": "https://clearing.invalid/license"});
+    doc["servers"] = json!([{"url": "http://127.0.0.1:8080", "description": "The default listen address (config/default.toml)"}]);
+    doc["tags"] = Value::Array(TAGS.iter().map(|(name, description)| json!({"name": name, "description": description})).collect());
+    let schemes = &mut doc["components"]["securitySchemes"];
+    schemes["platform_signature"] = json!({"type": "apiKey", "in": "header", "name": "X-Signature", "description": SIGNING});
+    schemes["operator_token"] = json!({"type": "http", "scheme": "bearer", "description": "The system operator's token: `CLEARING_ADMIN_TOKEN`, or the one generated into `<data_dir>/admin-token` on first start."});
+    schemes["channel_signature"] = json!({"type": "apiKey", "in": "header", "name": "X-Channel-Signature", "description": "The bank's callback signature: `t=<unix seconds>,v1=<hex HMAC-SHA256(channel key, \"t.body\")>`."});
+    if let Some(Value::Object(schemas)) = doc["components"].get_mut("schemas") {
+        for (name, schema) in schemas.iter_mut() {
+            // The views the API answers keep their own shapes: only what a client sends is constrained.
+            if ![
+                "OrderView",
+                "OrderPage",
+                "AccountView",
+                "MemberView",
+                "CardView",
+                "EntryView",
+                "EntryPage",
+                "BulkResult",
+                "BulkResponse",
+                "ErrorBody",
+                "ErrorDetail",
+            ]
+            .contains(&name.as_str())
+            {
+                constrain_schema(schema, &amount, &codes);
+            }
+        }
+    }
+    if let Some(Value::Object(paths)) = doc.get_mut("paths") {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else { continue };
+            for operation in item.values_mut() {
+                let Some(operation) = operation.as_object_mut() else { continue };
+                let handler = operation.get("operationId").and_then(Value::as_str).unwrap_or_default().to_string();
+                let Some(entry) = OPERATIONS.iter().find(|o| o.handler == handler) else { continue };
+                describe(path, operation, entry, &amount, &codes);
+            }
+        }
+    }
+    doc
+}
+
+/// Names, describes and constrains one operation, and lists its error codes by status.
+fn describe(path: &str, operation: &mut Map<String, Value>, entry: &Operation, amount: &str, currencies: &[String]) {
+    operation.insert("operationId".into(), json!(entry.id));
+    operation.insert("summary".into(), json!(entry.summary));
+    operation.insert("description".into(), json!(entry.description));
+    let security = match entry.caller {
+        Platform => json!([{"platform_signature": []}]),
+        Operator => json!([{"operator_token": []}]),
+        Channel => json!([{"channel_signature": []}]),
+        Public => json!([]),
+    };
+    operation.insert("security".into(), security);
+    if let Some(Value::Array(parameters)) = operation.get_mut("parameters") {
+        for parameter in parameters.iter_mut() {
+            let name = parameter["name"].as_str().unwrap_or_default().to_string();
+            if let Some(Value::Object(mut wanted)) = parameter_rule(&name, amount, currencies) {
+                let description = wanted.remove("description");
+                if parameter.get("description").is_none() {
+                    if let Some(description) = description {
+                        parameter["description"] = description;
+                    }
+                }
+                if let Some(example) = wanted.remove("example") {
+                    parameter["example"] = example;
+                }
+                parameter["schema"] = Value::Object(wanted);
+            } else if let Some(Value::Object(schema)) = parameter.get_mut("schema") {
+                unsigned_bounds(schema);
+            }
+        }
+    }
+    if let Some(schema) = operation.get_mut("requestBody").and_then(|b| b.pointer_mut("/content/application~1json/schema")) {
+        constrain_schema(schema, amount, currencies);
+    }
+    let Some(Value::Object(responses)) = operation.get_mut("responses") else { return };
+    if path.ends_with(".csv") {
+        if let Some(ok) = responses.get_mut("200") {
+            ok["content"] = json!({"text/csv": {"schema": {"type": "string"}, "example": "order_id,kind,amount\nord_42,payment,100.50\n"}});
+        }
+    }
+    if path == "/metrics" {
+        if let Some(ok) = responses.get_mut("200") {
+            ok["content"] = json!({"text/plain": {"schema": {"type": "string"}, "example": "clearing_commands_total{shard=\"0\"} 42\n"}});
+        }
+    }
+    responses.remove("4XX");
+    responses.remove("5XX");
+    let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = std::collections::BTreeMap::new();
+    for code in codes_of(entry) {
+        for status in statuses_of(code) {
+            by_status.entry(*status).or_default().push(code);
+        }
+    }
+    for (status, codes) in by_status {
+        let list = codes.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+        // The shared error shape, its code narrowed to what this operation answers with this status.
+        let schema = json!({"allOf": [
+            {"$ref": "#/components/schemas/ErrorBody"},
+            {"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string", "enum": codes}}}}}
+        ]});
+        let example = json!({"error": {"code": codes[0], "message": "what went wrong, for a person"}});
+        responses.insert(
+            status.to_string(),
+            json!({"description": format!("Error: {list}"), "content": {"application/json": {"schema": schema, "example": example}}}),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amount_patterns_say_positive_with_at_most_the_currencys_decimals() {
+        assert_eq!(amount_pattern(2), r"^([1-9][0-9]{0,12}(\.[0-9]{1,2})?|0\.([1-9][0-9]{0,1}|0[1-9]))$");
+        assert_eq!(amount_pattern(0), "^[1-9][0-9]{0,14}$");
+        assert_eq!(amount_pattern(3), r"^([1-9][0-9]{0,11}(\.[0-9]{1,3})?|0\.([1-9][0-9]{0,2}|0[1-9][0-9]{0,1}|00[1-9]))$");
+    }
+
+    #[test]
+    fn every_code_of_every_operation_is_one_the_api_answers() {
+        let known = crate::schemas::error_codes();
+        for operation in OPERATIONS {
+            for code in codes_of(operation) {
+                assert!(known.contains(&code), "{} lists {code}", operation.id);
+            }
+        }
+        let mut ids: Vec<&str> = OPERATIONS.iter().map(|o| o.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), OPERATIONS.len(), "operationIds are unique");
+    }
+}
