@@ -99,7 +99,12 @@ fn the_document_passes_every_checker() {
 fn schemathesis_finds_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir.path().join("data"), Some(TOKEN));
+    // plt_1, the platform the document's examples name, takes Schemathesis' secret rotations
+    // (hooks.py sends the run's own platform's there too); the run signs as the second.
+    let decoy = Client::create(&server, TOKEN, r#"{"name": "contract decoy"}"#);
     let platform = Client::create(&server, TOKEN, r#"{"name": "contract"}"#);
+    // The account commission rules in the run pay (hooks.py).
+    let receiver = platform.account(&platform.member("contract-receiver", "Receiver"));
     let (_, path) = document(&server, dir.path());
     let examples = std::env::var("CONTRACT_MAX_EXAMPLES").unwrap_or_else(|_| "8".to_string());
     let seconds = std::env::var("CONTRACT_MAX_SECONDS").unwrap_or_else(|_| "150".to_string());
@@ -123,12 +128,19 @@ fn schemathesis_finds_nothing() {
             "2",
             "--seed",
             "20261201",
+            // Each call copies the whole database into a new directory under `[backups] root`
+            // (off in this run's configuration, so every call would be the same 400); tests/backups.rs
+            // drives it.
+            "--exclude-operation-id",
+            "take_backup",
         ])
         .args(["--no-color", "--output-truncate", "false", "--report-dir"])
         .arg(&report)
         .env("PYTHONPATH", repo("contract"))
         .env("SCHEMATHESIS_HOOKS", "hooks")
         .env("CONTRACT_PLATFORM_ID", &platform.platform)
+        .env("CONTRACT_DECOY_PLATFORM_ID", &decoy.platform)
+        .env("CONTRACT_RECEIVER_ACCOUNT", &receiver)
         .env("CONTRACT_PLATFORM_SECRET", &platform.secret)
         .env("CONTRACT_ADMIN_TOKEN", TOKEN);
     let output = run("schemathesis", &mut command);

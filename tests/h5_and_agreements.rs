@@ -137,7 +137,7 @@ fn agreements_are_published_signed_listed_shown_and_required() {
     assert_eq!((status, shown["text"].as_str()), (200, Some(opening)));
     assert_eq!(p.get("/v1/agreement-templates/account_opening/versions/2").0, 404);
 
-    assert_eq!(put(&p, "/v1/agreement-requirements", &json!({"open_account": ["nothing_like_it"]})).0, 400, "only published codes");
+    assert_eq!(put(&p, "/v1/agreement-requirements", &json!({"open_account": ["nothing_like_it"]})).0, 404, "only published codes");
     let (status, required) = put(&p, "/v1/agreement-requirements", &json!({"open_account": ["account_opening"], "bind_card": ["card_binding"]}));
     assert_eq!(status, 200, "{required}");
     assert_eq!(p.get("/v1/agreement-requirements").1, json!({"open_account": ["account_opening"], "bind_card": ["card_binding"]}));

@@ -15,7 +15,8 @@ fn health_readiness_and_operator_views() {
         ("/admin/shards", Some("wrong"), 401, "unauthenticated"),
         ("/admin/invariants", Some("operator-secret-"), 401, "unauthenticated"),
         ("/admin/shards/7", Some("operator-secret-1-0123456789abcdef0123456789abcdef"), 404, "not_found"),
-        ("/admin/shards/x", Some("operator-secret-1-0123456789abcdef0123456789abcdef"), 404, "not_found"),
+        // Not a shard number at all (the document types it 0-65535): 400 naming it.
+        ("/admin/shards/x", Some("operator-secret-1-0123456789abcdef0123456789abcdef"), 400, "invalid_request"),
         ("/no/such/path", None, 404, "not_found"),
     ];
     for (path, token, status, code) in cases {
@@ -317,7 +318,8 @@ fn oversized_and_malformed_requests_get_json_errors_not_5xx() {
         ("/admin/platforms", b"\xff\xfe", 400, "invalid_request"),
         ("/admin/platforms", b"{\"name\": \"x\", \"settlement_cycle_days\": -1}", 400, "invalid_request"),
         ("/admin/platforms", b"{\"name\": \"x\", \"settlement_cycle_days\": 1e3}", 400, "invalid_request"),
-        ("/healthz", b"", 404, "not_found"),
+        // A documented path asked with a method it does not answer.
+        ("/healthz", b"", 405, "method_not_allowed"),
     ];
     for (path, body, status, code) in cases {
         let (got, text) = post(path, body);

@@ -16,10 +16,10 @@ use crate::error::ClearingError;
 
 /// Key prefix of the cases.
 const PREFIX: &str = "k/";
-/// Longest resolution text an operator may record, in bytes.
-pub const RESOLUTION_BYTES_MAX: usize = 1024;
-/// Longest operator name, in bytes.
-pub const OPERATOR_BYTES_MAX: usize = 128;
+/// Longest resolution text an operator may record, in characters (what the API documents).
+pub const RESOLUTION_CHARS_MAX: usize = 1024;
+/// Longest operator name, in characters.
+pub const OPERATOR_CHARS_MAX: usize = 128;
 
 /// A case for an operator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,8 +134,17 @@ impl CaseBook {
     /// Records how an open case was resolved, by whom and when (`now_micros`).
     pub fn resolve(&mut self, store: &dyn Store, case_id: &str, resolution: Resolution, now_micros: u64) -> Result<Case, ClearingError> {
         let Resolution { resolution, operator } = resolution;
-        if resolution.trim().is_empty() || operator.trim().is_empty() || resolution.len() > RESOLUTION_BYTES_MAX || operator.len() > OPERATOR_BYTES_MAX {
-            return Err(ClearingError::invalid("resolution (1-1024 bytes) and operator (1-128 bytes) are required", "resolution"));
+        // Not all blank, no control characters (tabs and line breaks allowed in the resolution).
+        let plain =
+            |text: &str, paragraphs: bool| !text.trim().is_empty() && text.chars().all(|c| !c.is_control() || (paragraphs && matches!(c, '\t' | '\n' | '\r')));
+        if !plain(&resolution, true) || resolution.chars().count() > RESOLUTION_CHARS_MAX {
+            return Err(ClearingError::invalid(
+                "resolution must be 1 to 1024 characters, not all blank, without control characters but tabs and line breaks",
+                "resolution",
+            ));
+        }
+        if !plain(&operator, false) || operator.chars().count() > OPERATOR_CHARS_MAX {
+            return Err(ClearingError::invalid("operator must be 1 to 128 characters, not all blank, without control characters", "operator"));
         }
         let mut case = self.by_id.get(case_id).cloned().ok_or(ClearingError::NotFound)?;
         if case.status == "resolved" {
@@ -167,7 +176,7 @@ mod tests {
         assert_eq!(book.open(&store, vec![opening("b"), opening("c")], 0).unwrap(), 1, "b is open already");
         let resolution = |text: &str, operator: &str| Resolution { resolution: text.into(), operator: operator.into() };
         // (case, resolution, operator, expected error)
-        let too_long = "x".repeat(RESOLUTION_BYTES_MAX + 1);
+        let too_long = "x".repeat(RESOLUTION_CHARS_MAX + 1);
         let cases: &[(&str, &str, &str, Option<&str>)] = &[
             ("a", "", "li", Some("invalid")),
             ("a", "refunded", " ", Some("invalid")),

@@ -180,7 +180,10 @@ pub async fn one_shard(
     token: web::Data<AdminToken>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let view = path.parse::<u16>().ok().and_then(|s| shard_view(&engine, s)).ok_or_else(ApiError::not_found)?;
+    // Checked after the token, so a caller without one learns nothing; a number past u16 is not a
+    // shard number at all (400), a shard number the engine does not have is 404.
+    let shard = path.parse::<u16>().map_err(|_| ApiError::invalid("shard must be a shard number (0-65535)", "shard"))?;
+    let view = shard_view(&engine, shard).ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(view))
 }
 

@@ -28,8 +28,8 @@ const SIGNATURE_PREFIX: &str = "a/s/";
 pub const CODE_BYTES_MAX: usize = 32;
 /// The longest template title, in characters.
 pub const TITLE_CHARS_MAX: usize = 128;
-/// The longest template text, in bytes.
-pub const TEXT_BYTES_MAX: usize = 64 << 10;
+/// The longest template text, in characters (at most 4 bytes each).
+pub const TEXT_CHARS_MAX: usize = 64 << 10;
 /// Template versions one platform may publish in all (every code together).
 pub const TEMPLATES_PER_PLATFORM_MAX: usize = 1_000;
 /// Signatures one member may hold.
@@ -229,11 +229,11 @@ impl Agreements {
             return Err(ApiError::invalid("code must be 1 to 32 characters [a-z0-9_]", "code"));
         }
         let title = body.title.trim();
-        if title.is_empty() || title.chars().count() > TITLE_CHARS_MAX {
-            return Err(ApiError::invalid("title must be 1 to 128 characters", "title"));
+        if !crate::plain_text(title, false) || title.chars().count() > TITLE_CHARS_MAX {
+            return Err(ApiError::invalid("title must be 1 to 128 characters, not all blank, without control characters", "title"));
         }
-        if body.text.trim().is_empty() || body.text.len() > TEXT_BYTES_MAX {
-            return Err(ApiError::invalid("text must be 1 to 65536 bytes", "text"));
+        if !crate::plain_text(&body.text, true) || body.text.chars().count() > TEXT_CHARS_MAX {
+            return Err(ApiError::invalid("text must be 1 to 65536 characters, not all blank, without control characters but tabs and line breaks", "text"));
         }
         if state.per_platform.get(&platform).copied().unwrap_or(0) >= TEMPLATES_PER_PLATFORM_MAX {
             return Err(ApiError::new(422, "agreement_limit_reached", "this platform has published as many agreement versions as it may"));
@@ -381,7 +381,8 @@ impl Agreements {
                 return Err(ApiError::invalid("a code is named twice", param));
             }
             if !state.versions.contains_key(&(platform, code.clone())) {
-                return Err(ApiError::invalid("no agreement of this code is published", param));
+                // A code that names nothing is a missing object, like an unknown id in a path.
+                return Err(ApiError { param: Some(param), ..ApiError::new(404, "not_found", "no agreement of this code is published") });
             }
         }
         Ok(())
@@ -630,7 +631,7 @@ mod tests {
     #[test]
     fn publication_checks_table() {
         let agreements = Agreements::load(Arc::new(storage::MemoryStore::new())).unwrap();
-        let long_text = "x".repeat(TEXT_BYTES_MAX + 1);
+        let long_text = "x".repeat(TEXT_CHARS_MAX + 1);
         let cases: &[(&str, &str, &str, &str)] = &[
             ("bad order no!", "service", "text", "out_order_no"),
             ("a1", "Service", "text", "code"),

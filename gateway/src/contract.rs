@@ -45,6 +45,8 @@ pub const OPERATIONS: &[Operation] = &[
     op!("close_account", "close_account", Platform, "Close an account", "Closes an account whose balances are all zero; a closed account takes no debits or credits.", ["idempotency_conflict", "account_not_empty", "account_closed"]),
     op!("list_shards", "list_shards", Operator, "List the engine's shards", "Every shard with its accounts, mailbox depth, last sequence and pending outbox.", []),
     op!("one_shard", "show_shard", Operator, "Show one shard", "One shard in detail (its state, queues and whether it stopped and why).", []),
+    op!("take_backup", "take_backup", Operator, "Take a backup while serving", "A consistent copy of the whole database (every shard and the gateway's records at one point) into a new directory under `[backups] root`, with a manifest of every file's BLAKE3; the server keeps serving. One at a time.", ["backup_running"]),
+    op!("list_backups", "list_backups", Operator, "List backups", "The backups under `[backups] root`, each with its manifest's summary or why it cannot be read, and whether one is being taken.", []),
     op!("check_invariants", "check_invariants", Operator, "Check the ledger's invariants", "Checks every invariant of DESIGN.md over all shards: per currency the sum of all balances and what is in transit; `ok` is false when any fails.", []),
     op!("create_platform", "create_platform", Operator, "Create a platform", "Creates a platform with its settlement terms; the answer carries its secret, shown only here.", []),
     op!("rotate_secret", "rotate_platform_secret", Operator, "Rotate a platform's secret", "Issues the platform's next secret (shown only in this answer); the previous one keeps verifying for the overlap, then only the new one does.", []),
@@ -99,7 +101,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("operator_statement", "show_operator_statement", Operator, "Download a settlement statement", "The statement of a business date as CSV, for every platform or one.", []),
     op!("platform_statement", "show_platform_statement", Platform, "Download the platform's statement", "The platform's settlement statement of a business date as CSV, or one account's.", []),
     op!("receive_callback", "receive_simulator_callback", Channel, "The bank simulator's verdict", "The bank's verdict on an order, signed with the channel key (X-Channel-Signature).", ["order_state_invalid"]),
-    op!("card_transactions", "list_card_transactions", Operator, "A card's transactions at the bank", "What the card's holder sees at their bank (how a member reads a micro-deposit), for the operator or through a link the operator issued.", []),
+    op!("card_transactions", "list_card_transactions", Operator, "A card's transactions at the bank", "What the card's holder sees at their bank (how a member reads a micro-deposit), for the operator or through a link the operator issued.", ["invalid_card_no"]),
     op!("card_link", "create_card_link", Operator, "Issue a card statement link", "A short-lived link to a card's statement at the simulated bank, to hand to the card's holder.", ["invalid_card_no"]),
     op!("statement_file", "show_channel_statement", Operator, "A channel's statement file", "The simulated bank's statement file of a channel and date, as reconciliation reads it.", []),
     op!("whoami", "show_platform", Platform, "Show the calling platform", "The platform the signature belongs to, with its settlement terms and quotas.", []),
@@ -199,24 +201,267 @@ fn rule(name: &str, amount_pattern: &str, currencies: &[String]) -> Option<Value
             json!({"type": "string", "pattern": "^[0-9A-Za-z]{18}$", "description": "A resident ID (18 characters, GB 11643 check digit) for individuals, a unified social credit code (18 characters, GB 32100 check digit) for enterprises.", "example": "11010519491231002X"})
         }
         "card_no" => {
-            json!({"type": "string", "pattern": "^[0-9]{12,19}$", "description": "A bank card number of 12 to 19 digits whose last digit is its Luhn check digit.", "example": "6222020200000000007"})
+            json!({"type": "string", "pattern": "^[0-9]{12,19}$", "description": "A bank card number of 12 to 19 digits whose last digit is its Luhn check digit.", "example": "6222020200000000006"})
         }
         "business_date" | "date" => {
-            json!({"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "description": "A business date, YYYY-MM-DD.", "example": "2026-11-22"})
+            json!({"type": "string", "format": "date", "pattern": DATE_PATTERN, "description": "A business date, YYYY-MM-DD, from 1970 on.", "example": "2026-11-22"})
         }
         "type" => {
             json!({"type": "string", "enum": ["individual", "enterprise"], "description": "individual (a resident ID) or enterprise (a unified social credit code).", "example": "individual"})
         }
-        "expires_at" => json!({"type": "string", "format": "date-time", "description": "An RFC 3339 time.", "example": "2026-11-22T10:00:00Z"}),
+        "expires_at" => {
+            json!({"type": "string", "format": "date-time", "pattern": DATE_TIME_PATTERN, "description": "An RFC 3339 time, in the future.", "example": "2099-01-01T00:00:00Z"})
+        }
         _ => return integer_rule(name),
     })
 }
+
+/// Text a person typed: `min` to `max` characters, not all blank, no control characters (the
+/// server counts characters, trims blanks and refuses control characters the same way).
+fn text(min: usize, max: usize, what: &str, example: &str) -> Value {
+    json!({"type": "string", "minLength": min, "maxLength": max, "pattern": TEXT_PATTERN, "description": what, "example": example})
+}
+
+/// A list of `item` components, `min` to `max` long.
+fn array(item: &str, min: usize, max: usize, what: &str) -> Value {
+    json!({"type": "array", "minItems": min, "maxItems": max, "items": {"$ref": format!("#/components/schemas/{item}")}, "description": what})
+}
+
+/// Like `text`, with tabs and line breaks allowed.
+fn paragraphs(min: usize, max: usize, what: &str, example: &str) -> Value {
+    json!({"type": "string", "minLength": min, "maxLength": max, "pattern": PARAGRAPHS_PATTERN, "description": what, "example": example})
+}
+
+/// Some character that is not blank, and no control characters (C0, DEL, C1): one line.
+pub const TEXT_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$";
+/// The same, with tabs and line breaks allowed: paragraphs.
+pub const PARAGRAPHS_PATTERN: &str = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$";
+
+/// A calendar date YYYY-MM-DD from 1970 on (29 February left out: JSON Schema cannot say which
+/// years are leap years; the server takes it in those years).
+const DATE_PATTERN: &str = "^(19[7-9][0-9]|2[0-9]{3})-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31)$";
+
+/// An RFC 3339 time from 1971 on (the server counts microseconds since 1970; a day of the month
+/// past the 28th is left out, as JSON Schema cannot say which months have it).
+const DATE_TIME_PATTERN: &str = "^(197[1-9]|19[89][0-9]|2[0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+
+/// A channel statement file as reconciliation reads it (bank/src/statement.rs): the header we
+/// write, then lines of five or six fields, none blank, direction and status from their words
+/// (the server also takes the columns in any order and GBK; a line's amount that does not match
+/// the order is a difference in the report, not a refusal).
+const RECONCILE_FILE_PATTERN: &str = "^bank_ref,order_id,direction,amount,status,fee(\\n[^,\"\\s][^,\"\\n\\r]*,[^,\"\\s][^,\"\\n\\r]*,(in|out),[^,\"\\s][^,\"\\n\\r]*,(succeeded|failed)(,[^,\"\\n\\r]*)?){0,20}\\n?$";
+const RECONCILE_FILE_EXAMPLE: &str = "bank_ref,order_id,direction,amount,status,fee\nB0001,ord_42,in,100.50,succeeded,0.10\n";
+
+/// A non-negative decimal in major units with at most `exponent` decimals (fees, caps, a bank
+/// balance, a tier's threshold).
+fn non_negative_pattern(exponent: u8) -> String {
+    if exponent == 0 {
+        return "^(0|[1-9][0-9]{0,14})$".to_string();
+    }
+    format!("^(0|[1-9][0-9]{{0,{}}})(\\.[0-9]{{1,{exponent}}})?$", 14usize.saturating_sub(usize::from(exponent)))
+}
+
+/// What the document knows of the configuration: currencies and channels.
+pub struct Setting<'a> {
+    pub amount: &'a str,
+    pub non_negative: &'a str,
+    pub currencies: &'a [String],
+    /// Every channel's name (reconciliation), and the enabled money-in ones (recharges, direct
+    /// payments, collections).
+    pub channels: &'a [String],
+    pub money_in: &'a [String],
+}
+
+/// The rule of a field that means one thing in one request body (`schema`) and another
+/// elsewhere: checked before the rules by name.
+fn schema_rule(schema: &str, field: &str, setting: &Setting) -> Option<Value> {
+    let enumeration = |values: &[&str], what: &str| json!({"type": "string", "enum": values, "description": what, "example": values[0]});
+    let named = |names: &[String], what: &str| json!({"type": "string", "enum": names, "description": what, "example": names.first()});
+    let rate = json!({"type": "string", "pattern": "^(0(\\.[0-9]{1,6})?|1(\\.0{1,6})?)$", "description": "A decimal fraction from 0 to 1 with up to 6 places.", "example": "0.006"});
+    let code = json!({"type": "string", "pattern": "^[a-z0-9_]{1,32}$", "description": "An agreement template's code: 1 to 32 characters [a-z0-9_].", "example": "terms"});
+    Some(match (schema, field) {
+        ("StatusBody", "status") => enumeration(&["normal", "debit_blocked", "credit_blocked"], "The account's new status."),
+        ("ResolveBody", "resolution") => paragraphs(1, 1024, "How the case was resolved.", "returned to the payer"),
+        ("ResolveBody", "operator") => text(1, 128, "Who resolved it.", "alice"),
+        ("NewPlatform", "name") => text(1, 128, "The platform's name.", "Home Decor Mall"),
+        ("NewMember", "name") => text(1, 64, "The member's legal name.", "张三"),
+        ("BindBody", "holder_name") => text(1, 64, "The card holder's name, as the member's.", "张三"),
+        ("FreezeBody", "reason") => {
+            json!({"type": "string", "minLength": 1, "maxLength": 256, "description": "Why the money is frozen (1 to 256 characters).", "example": "dispute 42"})
+        }
+        ("PaymentBody" | "CashierPayment", "description") => {
+            json!({"type": ["string", "null"], "maxLength": 256, "description": "What the payment is for (at most 256 characters).", "example": "order 42"})
+        }
+        ("PublishBody" | "SignBody" | "AgreementRef", "code") => code,
+        ("PublishBody", "title") => text(1, 128, "The template's title.", "Service terms"),
+        ("PublishBody", "text") => paragraphs(1, 65_536, "The exact text the signer is shown.", "I agree to the terms."),
+        ("SignBody" | "AgreementRef", "version") => {
+            json!({"type": "integer", "minimum": 1, "maximum": u32::MAX, "description": "The version signed.", "example": 1})
+        }
+        ("RequirementsBody", "open_account" | "bind_card") => {
+            json!({"type": "array", "maxItems": 16, "uniqueItems": true, "items": code, "description": "Codes of published templates the member must have signed (an unpublished one is 404 naming the list).", "example": ["privacy"]})
+        }
+        ("RechargeBody" | "PaymentBody" | "CashierPayment" | "CollectionBody", "channel") => {
+            let mut rule = named(setting.money_in, "An enabled money-in channel (the first configured one when absent).");
+            rule["type"] = json!(["string", "null"]);
+            rule["enum"].as_array_mut()?.push(Value::Null);
+            rule
+        }
+        ("ReconcileBody", "channel") => named(setting.channels, "A configured channel."),
+        ("ReconcileBody", "file") => {
+            json!({"type": "string", "pattern": RECONCILE_FILE_PATTERN, "description": "The channel's statement file as the bank sent it: CSV with a header line naming its columns (bank_ref, order_id, amount, ...), then one line per movement.", "example": RECONCILE_FILE_EXAMPLE})
+        }
+        ("PayoutBody", "holder_name") => text(1, 64, "The card holder's name (1 to 64 characters).", "张三"),
+        ("PayoutBody", "account_type") => {
+            json!({"type": ["string", "null"], "enum": ["personal", "corporate", null], "description": "personal (default) or corporate: which channels may serve the receiving account.", "example": "personal"})
+        }
+        ("WithdrawalBody" | "PayoutBody", "arrival") => {
+            json!({"type": ["string", "null"], "enum": ["realtime", "standard", null], "description": "realtime or standard (routing picks when absent).", "example": "standard"})
+        }
+        ("WebhookBody", "url") => json!({
+            "type": ["string", "null"],
+            "maxLength": 2048,
+            "pattern": "^https://([a-z0-9][a-z0-9-]{0,30}\\.){1,3}(com|cn|net|org)(/[A-Za-z0-9._~-]{1,40}){0,4}$",
+            "description": "An absolute https:// URL of a public host (no user or password; private, loopback and reserved addresses are refused, names checked again at each delivery); null removes it. The pattern is a safe subset: the server takes any such URL.",
+            "example": "https://hooks.example.com/clearing"
+        }),
+        ("SessionBody", "expires_in_seconds") => {
+            json!({"type": ["integer", "null"], "minimum": 1, "maximum": 300, "description": "How long the link works (1 to 300 seconds).", "example": 300})
+        }
+        ("SessionBody", "locale") => {
+            json!({"type": ["string", "null"], "enum": ["zh-CN", "en", null], "description": "The pages' language.", "example": "zh-CN"})
+        }
+        ("SessionBody", "return_url") => json!({
+            "type": ["string", "null"],
+            "maxLength": 512,
+            "pattern": "^https?://[A-Za-z0-9][A-Za-z0-9.-]{0,62}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]{0,40}){0,4}$",
+            "description": "Where the pages send the member back (http or https, at most 512 bytes). The pattern is a safe subset: the server takes any such URL.",
+            "example": "https://shop.example.com/back"
+        }),
+        ("TierBody", "from") => {
+            json!({"type": "string", "pattern": setting.non_negative, "description": "Where the tier starts: an amount (basis amount) or a whole count (basis count).", "example": "0"})
+        }
+        ("TierBody", "rate") | ("RuleBody", "service_fee_rate") => rate,
+        ("Callback", "kind") => enumeration(&["recharge", "withdrawal"], "Which kind of order the verdict is about."),
+        ("Callback", "status") => enumeration(&["succeeded", "failed"], "The bank's verdict."),
+        ("ChannelSpec" | "ChannelChange", "fee_fixed" | "fee_min" | "fee_max" | "order_min" | "order_max" | "daily_cap") => {
+            json!({"type": "string", "pattern": setting.non_negative, "description": "A non-negative amount in the channel's currency.", "example": "0"})
+        }
+        ("ChannelSpec" | "ChannelChange", "window") => json!({
+            "type": "string",
+            "pattern": "^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)-(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$",
+            "description": "HH:MM-HH:MM business-local time, start at or before end (00:00-24:00: 7x24).",
+            "example": "00:00-24:00"
+        }),
+        ("ChannelSpec", "id") => {
+            json!({"type": "integer", "minimum": 1, "maximum": u16::MAX, "description": "The channel's number: unused, 1 to 65535 (0 is offline transfers).", "example": 7})
+        }
+        ("ChannelSpec", "name") => {
+            json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$", "description": "The channel's name: 1 to 64 of [A-Za-z0-9_-].", "example": "bank_a_fast"})
+        }
+        ("ChannelSpec", "direction") => enumeration(&["in", "out"], "in (recharges, direct payments, collections) or out (withdrawals, payouts)."),
+        ("ChannelSpec", "arrival") => enumeration(&["realtime", "standard"], "When the money arrives."),
+        ("ChannelSpec", "serves") => {
+            json!({"type": "array", "items": {"type": "string", "enum": ["personal", "corporate"]}, "description": "Whom it pays out to.", "example": ["personal"]})
+        }
+        ("ChannelSpec", "kind") => {
+            json!({"type": "string", "maxLength": 64, "description": "A free label of the channel's kind (e.g. bank_direct).", "example": "bank_direct"})
+        }
+        ("PaymentBody" | "CashierPayment" | "BatchOrderBody", "payees") => {
+            array("LegBody", 1, 32, "Who receives the money (1 to 32; payees and splits together at most 32, each account once, summing to the amount).")
+        }
+        ("PaymentBody" | "CashierPayment" | "BatchOrderBody", "splits") => {
+            array("LegBody", 0, 31, "Receivers of a share on settlement (payees and splits together at most 32).")
+        }
+        ("ConfirmBody", "releases") => {
+            let mut rule = array("LegBody", 1, 32, "Partial releases: what each receiver gets now (1 to 32); absent releases all.");
+            rule["type"] = json!(["array", "null"]);
+            rule
+        }
+        ("BatchBody", "orders") => array("BatchOrderBody", 1, 1000, "1 to 1,000 orders from one payer, each with its own number and payees."),
+        ("RuleBody", "tiers") => array("TierBody", 1, 16, "1 to 16 tiers, each from a threshold on."),
+        ("RuleBody", "receivers") => array(
+            "ReceiverBody",
+            0,
+            8,
+            "Up to 8 open accounts of the platform in the rule's currency, sharing the commission (at least one when a tier's rate is above 0).",
+        ),
+        ("TransfersBody", "lines") => {
+            json!({"type": "array", "minItems": 1, "maxItems": 8189, "items": {"$ref": "#/components/schemas/StatementLine"}, "description": "1 to 8,189 statement lines, each checked on its own."})
+        }
+        ("BulkRequest", "operations") => {
+            json!({"type": "array", "minItems": 1, "maxItems": 8189, "items": {"$ref": "#/components/schemas/BulkOperation"}, "description": "1 to 8,189 operations, each checked on its own."})
+        }
+        ("BackupRequest", "to") => {
+            json!({"type": "string", "pattern": "^/", "description": "An absolute path of a new or empty directory under `[backups] root`, without . or .. parts.", "example": "/var/backups/clearing/2026-11-22"})
+        }
+        _ => return None,
+    })
+}
+
+/// The request bodies (each refuses unknown fields).
+const REQUEST_SCHEMAS: &[&str] = &[
+    "StatusBody",
+    "BackupRequest",
+    "ResolveBody",
+    "ChannelSpec",
+    "ChannelChange",
+    "TransfersBody",
+    "NewPlatform",
+    "RotateSecret",
+    "RuleBody",
+    "ReconcileBody",
+    "SettlementBody",
+    "CardLinkBody",
+    "Callback",
+    "NewAccount",
+    "BindBody",
+    "VerifyBody",
+    "CloseBody",
+    "PasswordBody",
+    "RequirementsBody",
+    "PublishBody",
+    "BatchBody",
+    "BulkRequest",
+    "CollectionBody",
+    "FreezeBody",
+    "PartialBody",
+    "SessionBody",
+    "NewMember",
+    "SignBody",
+    "PaymentBody",
+    "ConfirmBody",
+    "RechargeBody",
+    "RefundBody",
+    "WebhookBody",
+    "WithdrawalBody",
+    "TierBody",
+    "ReceiverBody",
+    "LegBody",
+    "BatchOrderBody",
+    "AgreementRef",
+    "CashierPayment",
+    "StatementLine",
+    "BulkOperation",
+    "PayoutBody",
+];
+
+/// Operations whose body may be left out (every field has a default).
+const BODY_OPTIONAL: &[&str] = &["rotate_platform_secret", "create_card_link"];
+
+/// Request schemas whose items the server checks one by one, answering each in its results (a
+/// bad item is its own 4xx inside a 200, not a refusal of the request): their fields are
+/// described, not constrained, so the document does not call a request invalid that the
+/// server rightly takes.
+const CHECKED_PER_ITEM: &[&str] = &["BulkOperation", "StatementLine"];
 
 /// The rules of query parameters (a body field of the same name may mean something else: a
 /// commission tier's `from` is an amount).
 fn parameter_rule(name: &str, amount_pattern: &str, currencies: &[String]) -> Option<Value> {
     Some(match name {
-        "from" | "to" => json!({"type": "string", "format": "date-time", "description": "An RFC 3339 time.", "example": "2026-11-22T10:00:00Z"}),
+        "from" | "to" => {
+            json!({"type": "string", "format": "date-time", "pattern": DATE_TIME_PATTERN, "description": "An RFC 3339 time (from 1971 on).", "example": "2026-11-22T10:00:00Z"})
+        }
         "limit" => json!({"type": "integer", "minimum": 1, "maximum": 500, "default": 50, "description": "Page size, 1 to 500.", "example": 50}),
         "cursor" => {
             json!({"type": "string", "minLength": 1, "maxLength": 512, "description": "The next_cursor of the previous page, as the API returned it (opaque: a made-up one is 400 naming cursor).", "example": "1764582000000000-42"})
@@ -226,6 +471,9 @@ fn parameter_rule(name: &str, amount_pattern: &str, currencies: &[String]) -> Op
         }
         "status" => {
             json!({"type": "string", "enum": ["pending", "processing", "held", "succeeded", "failed", "cancelled", "partially_refunded", "refunded"], "description": "An order status.", "example": "succeeded"})
+        }
+        "bank_balance" => {
+            json!({"type": "string", "pattern": non_negative_pattern(2), "description": "The bank's balance of the reserve account (a non-negative amount).", "example": "1000000.00"})
         }
         _ => return rule(name, amount_pattern, currencies),
     })
@@ -243,6 +491,7 @@ fn integer_rule(name: &str) -> Option<Value> {
         "auto_confirm_days" => (1, 90),
         "seconds" => (1, 3_600),
         "overlap_seconds" => (0, 7 * 86_400),
+        "shard" => (0, u64::from(u16::MAX)),
         "share" => (1, 1_000_000),
         _ => return None,
     };
@@ -285,35 +534,46 @@ pub fn amount_pattern(exponent: u8) -> String {
 
 /// Applies the field rules to every property of `schema` (recursively through items and
 /// nested objects) whose name has one; keeps the field's own description when it has one.
-fn constrain_schema(schema: &mut Value, amount: &str, currencies: &[String]) {
-    let Some(object) = schema.as_object_mut() else { return };
+/// `schema` names the component it is (its own rules first), or is empty.
+fn constrain_schema(value: &mut Value, schema: &str, setting: &Setting) {
+    let Some(object) = value.as_object_mut() else { return };
     if let Some(Value::Object(properties)) = object.get_mut("properties") {
         for (name, property) in properties.iter_mut() {
-            constrain_property(name, property, amount, currencies);
+            if let Some(mut wanted) = schema_rule(schema, name, setting) {
+                if let Some(description) = property.get("description").cloned() {
+                    wanted["description"] = description;
+                }
+                if is_nullable(property) {
+                    make_nullable(&mut wanted);
+                }
+                *property = wanted;
+                continue;
+            }
+            constrain_property(name, property, setting);
         }
     }
     if let Some(items) = object.get_mut("items") {
-        constrain_schema(items, amount, currencies);
+        constrain_schema(items, "", setting);
     }
     for key in ["oneOf", "anyOf", "allOf"] {
         if let Some(Value::Array(options)) = object.get_mut(key) {
-            options.iter_mut().for_each(|option| constrain_schema(option, amount, currencies));
+            options.iter_mut().for_each(|option| constrain_schema(option, "", setting));
         }
     }
 }
 
-fn constrain_property(name: &str, property: &mut Value, amount: &str, currencies: &[String]) {
-    let Some(mut wanted) = rule(name, amount, currencies) else {
+fn constrain_property(name: &str, property: &mut Value, setting: &Setting) {
+    let Some(mut wanted) = rule(name, setting.amount, setting.currencies) else {
         if let Some(object) = property.as_object_mut() {
             unsigned_bounds(object);
         }
-        constrain_schema(property, amount, currencies);
+        constrain_schema(property, "", setting);
         return;
     };
-    let Some(object) = property.as_object_mut() else { return };
     // Only string (or integer) fields take a rule: a field of the same name with another shape
     // (an object, a list) keeps its own schema.
-    let nullable = matches!(object.get("type"), Some(Value::Array(types)) if types.iter().any(|t| t == "null"));
+    let nullable = is_nullable(property);
+    let Some(object) = property.as_object_mut() else { return };
     let shaped = match object.get("type") {
         Some(Value::String(t)) => t == "string" || t == "integer",
         Some(Value::Array(types)) => types.iter().any(|t| t == "string" || t == "integer"),
@@ -326,20 +586,40 @@ fn constrain_property(name: &str, property: &mut Value, amount: &str, currencies
         wanted["description"] = description;
     }
     if nullable {
-        let base = wanted["type"].clone();
-        wanted["type"] = json!([base, "null"]);
-        if let Some(Value::Array(values)) = wanted.get_mut("enum") {
-            values.push(Value::Null);
-        }
+        make_nullable(&mut wanted);
     }
     *property = wanted;
 }
 
+/// Whether a field's schema takes null (`Option` in the handler's body).
+fn is_nullable(property: &Value) -> bool {
+    matches!(property.get("type"), Some(Value::Array(types)) if types.iter().any(|t| t == "null"))
+}
+
+/// A rule made to take null too (for an optional field).
+fn make_nullable(wanted: &mut Value) {
+    let base = wanted["type"].clone();
+    if base.is_array() {
+        if base.as_array().is_some_and(|types| !types.iter().any(|t| t == "null")) {
+            wanted["type"].as_array_mut().into_iter().for_each(|types| types.push(json!("null")));
+        }
+    } else {
+        wanted["type"] = json!([base, "null"]);
+    }
+    if let Some(Value::Array(values)) = wanted.get_mut("enum") {
+        if !values.contains(&Value::Null) {
+            values.push(Value::Null);
+        }
+    }
+}
+
 /// The served document: what utoipa derived, with this module's words added.
-pub fn document(mut doc: Value, currencies: &[(String, u8)]) -> Value {
+pub fn document(mut doc: Value, currencies: &[(String, u8)], channels: &[String], money_in: &[String]) -> Value {
     let codes: Vec<String> = currencies.iter().map(|(code, _)| code.clone()).collect();
     let exponent = currencies.iter().map(|(_, e)| *e).max().unwrap_or(2);
     let amount = amount_pattern(exponent);
+    let non_negative = non_negative_pattern(exponent);
+    let setting = Setting { amount: &amount, non_negative: &non_negative, currencies: &codes, channels, money_in };
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
     doc["info"]["description"] = json!("The platform API of a virtual-account clearing engine (API.md is the contract), and the system operator's API. Amounts are decimal strings in major units; every error is `{\"error\": {\"code\", \"message\", \"param\"?}}` with a stable code.");
     doc["info"]["contact"] = json!({"name": "Clearing engine maintainers", "url": "https://clearing.invalid/support"});
@@ -367,8 +647,28 @@ pub fn document(mut doc: Value, currencies: &[(String, u8)]) -> Value {
                 "ErrorDetail",
             ]
             .contains(&name.as_str())
+                && !CHECKED_PER_ITEM.contains(&name.as_str())
             {
-                constrain_schema(schema, &amount, &codes);
+                constrain_schema(schema, name, &setting);
+            }
+        }
+        // Request bodies refuse fields they do not know (serde's deny_unknown_fields): say so.
+        for (name, schema) in schemas.iter_mut() {
+            if REQUEST_SCHEMAS.contains(&name.as_str()) {
+                schema["additionalProperties"] = json!(false);
+            }
+        }
+        // The bulk's items: an operation name and its body, each checked on its own.
+        if let Some(operation) = schemas.get_mut("BulkOperation") {
+            operation["properties"]["op"] = json!({"type": "string", "description": "payment, recharge, refund, freeze, confirm, cancel or release_freeze (another name is that item's 400).", "example": "payment"});
+            operation["properties"]["body"] =
+                json!({"description": "The operation's request body, as its own endpoint takes it (checked per item).", "example": {}});
+        }
+        // A confirm, cancel or release names its order by the path; `order_id` in these bodies is
+        // for the bulk's items only (a path operation refuses it), so the document leaves it out.
+        for name in ["PartialBody", "ConfirmBody"] {
+            if let Some(Value::Object(properties)) = schemas.get_mut(name).and_then(|s| s.get_mut("properties")) {
+                properties.remove("order_id");
             }
         }
     }
@@ -379,7 +679,7 @@ pub fn document(mut doc: Value, currencies: &[(String, u8)]) -> Value {
                 let Some(operation) = operation.as_object_mut() else { continue };
                 let handler = operation.get("operationId").and_then(Value::as_str).unwrap_or_default().to_string();
                 let Some(entry) = OPERATIONS.iter().find(|o| o.handler == handler) else { continue };
-                describe(path, operation, entry, &amount, &codes);
+                describe(path, operation, entry, &setting);
             }
         }
     }
@@ -387,7 +687,7 @@ pub fn document(mut doc: Value, currencies: &[(String, u8)]) -> Value {
 }
 
 /// Names, describes and constrains one operation, and lists its error codes by status.
-fn describe(path: &str, operation: &mut Map<String, Value>, entry: &Operation, amount: &str, currencies: &[String]) {
+fn describe(path: &str, operation: &mut Map<String, Value>, entry: &Operation, setting: &Setting) {
     operation.insert("operationId".into(), json!(entry.id));
     operation.insert("summary".into(), json!(entry.summary));
     operation.insert("description".into(), json!(entry.description));
@@ -401,7 +701,7 @@ fn describe(path: &str, operation: &mut Map<String, Value>, entry: &Operation, a
     if let Some(Value::Array(parameters)) = operation.get_mut("parameters") {
         for parameter in parameters.iter_mut() {
             let name = parameter["name"].as_str().unwrap_or_default().to_string();
-            if let Some(Value::Object(mut wanted)) = parameter_rule(&name, amount, currencies) {
+            if let Some(Value::Object(mut wanted)) = parameter_rule(&name, setting.amount, setting.currencies) {
                 let description = wanted.remove("description");
                 if parameter.get("description").is_none() {
                     if let Some(description) = description {
@@ -417,8 +717,13 @@ fn describe(path: &str, operation: &mut Map<String, Value>, entry: &Operation, a
             }
         }
     }
+    if BODY_OPTIONAL.contains(&entry.id) {
+        if let Some(body) = operation.get_mut("requestBody") {
+            body["required"] = json!(false);
+        }
+    }
     if let Some(schema) = operation.get_mut("requestBody").and_then(|b| b.pointer_mut("/content/application~1json/schema")) {
-        constrain_schema(schema, amount, currencies);
+        constrain_schema(schema, "", setting);
     }
     let Some(Value::Object(responses)) = operation.get_mut("responses") else { return };
     if path.ends_with(".csv") {
@@ -441,11 +746,9 @@ fn describe(path: &str, operation: &mut Map<String, Value>, entry: &Operation, a
     }
     for (status, codes) in by_status {
         let list = codes.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
-        // The shared error shape, its code narrowed to what this operation answers with this status.
-        let schema = json!({"allOf": [
-            {"$ref": "#/components/schemas/ErrorBody"},
-            {"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string", "enum": codes}}}}}
-        ]});
+        // The shared error shape: one type for clients (an SDK's ErrorBody); the codes this
+        // operation answers with this status are listed in the description.
+        let schema = json!({"$ref": "#/components/schemas/ErrorBody"});
         let example = json!({"error": {"code": codes[0], "message": "what went wrong, for a person"}});
         responses.insert(
             status.to_string(),

@@ -76,6 +76,12 @@ impl AmountError {
 /// Parses an API amount like `"100.50"` into minor units of `currency` (the engine's one decimal
 /// parser), positive and within `AMOUNT_MINOR_MAX`. Written the one way the document's pattern
 /// says (`contract::amount_pattern`): no leading zeros (`"0100"`, `"00.5"` are not amounts).
+/// Text a person typed for a name, title or note: not all blank and no control characters
+/// (tabs and line breaks too when `paragraphs`): what the document's text patterns say.
+pub fn plain_text(text: &str, paragraphs: bool) -> bool {
+    !text.trim().is_empty() && text.chars().all(|c| !c.is_control() || (paragraphs && matches!(c, '\t' | '\n' | '\r')))
+}
+
 pub fn parse_amount(text: &str, currency: &CurrencySpec) -> Result<Minor, AmountError> {
     if text.len() > 1 && text.starts_with('0') && !text.starts_with("0.") {
         return Err(AmountError::NotANumber);

@@ -173,8 +173,8 @@ impl Members {
             _ => return Err(ApiError::invalid("type must be \"individual\" or \"enterprise\"", "type")),
         };
         let name = request.name.trim();
-        if name.is_empty() || name.chars().count() > NAME_CHARS_MAX {
-            return Err(ApiError::invalid("name must be 1 to 64 characters", "name"));
+        if !crate::plain_text(name, false) || name.chars().count() > NAME_CHARS_MAX {
+            return Err(ApiError::invalid("name must be 1 to 64 characters, not all blank, without control characters", "name"));
         }
         if !valid_number {
             let mut error = ApiError::new(400, "invalid_id_number", "id_number fails its check (GB 11643 for individuals, GB 32100 for enterprises)");

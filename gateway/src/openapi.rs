@@ -104,31 +104,48 @@ impl Modify for Security {
         crate::simulator::statement_file,
         crate::v1::whoami,
         crate::v1::create_member,
-        crate::withdrawals::create_withdrawal
+        crate::withdrawals::create_withdrawal,
+        crate::withdrawals::create_payout
     ),
     components(schemas(ErrorBody, ErrorDetail, OrderView, OrderPage, AccountView, MemberView, CardView, EntryView, EntryPage, BulkOperation, BulkRequest, BulkResult, BulkResponse)),
     modifiers(&Security)
 )]
 pub struct ApiDoc;
 
-/// The document this server serves: what utoipa derives, with `contract`'s words and the
-/// configured currencies.
-pub fn served(currencies: &[(String, u8)]) -> serde_json::Value {
-    crate::contract::document(serde_json::to_value(ApiDoc::openapi()).expect("the document serializes"), currencies)
+/// The document this server serves: what utoipa derives, with `contract`'s words, the
+/// configured currencies and the channels' names (all of them, and the enabled money-in ones).
+pub fn served(currencies: &[(String, u8)], channels: &[String], money_in: &[String]) -> serde_json::Value {
+    crate::contract::document(serde_json::to_value(ApiDoc::openapi()).expect("the document serializes"), currencies, channels, money_in)
 }
 
-/// The document, rendered on the first request with the engine's currencies.
+/// The document as last rendered, with the channel names it was rendered for: rendered again
+/// only when an operator has added, enabled or disabled a channel since (a request costs a
+/// look at the channel list, not a rendering).
 #[derive(Default)]
-struct Rendered(std::sync::OnceLock<String>);
+struct Rendered(std::sync::Mutex<Option<((Vec<String>, Vec<String>), web::Bytes)>>);
 
 /// `GET /openapi.json`.
 #[get("/openapi.json")]
-async fn document(rendered: web::Data<Rendered>, engine: web::Data<std::sync::Arc<engine::Engine>>) -> HttpResponse {
-    let text = rendered.0.get_or_init(|| {
-        let currencies: Vec<(String, u8)> = engine.config().currencies.iter().map(|c| (c.code_str().to_string(), c.exponent)).collect();
-        serde_json::to_string(&served(&currencies)).expect("the document serializes")
-    });
-    HttpResponse::Ok().content_type("application/json").body(text.clone())
+async fn document(
+    rendered: web::Data<Rendered>,
+    engine: web::Data<std::sync::Arc<engine::Engine>>,
+    clearing: web::Data<clearing_actor::Clearing>,
+) -> HttpResponse {
+    let set = clearing.channels();
+    let all: Vec<String> = set.all().iter().map(|c| c.name.clone()).collect();
+    let money_in: Vec<String> = set.all().iter().filter(|c| set.money_in(Some(&c.name)).is_some()).map(|c| c.name.clone()).collect();
+    let key = (all, money_in);
+    let mut cached = rendered.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let text = match cached.as_ref() {
+        Some((rendered_for, text)) if *rendered_for == key => text.clone(),
+        _ => {
+            let currencies: Vec<(String, u8)> = engine.config().currencies.iter().map(|c| (c.code_str().to_string(), c.exponent)).collect();
+            let text = web::Bytes::from(serde_json::to_vec(&served(&currencies, &key.0, &key.1)).expect("the document serializes"));
+            *cached = Some((key, text.clone()));
+            text
+        }
+    };
+    HttpResponse::Ok().content_type("application/json").body(text)
 }
 
 /// The documented paths, each with the methods it answers (`Allow`), matched as actix matches.
@@ -249,7 +266,7 @@ mod tests {
         let mut described: Vec<String> = crate::contract::OPERATIONS.iter().map(|o| o.handler.to_string()).collect();
         described.sort();
         assert_eq!(handlers, described);
-        let doc = served(&[("CNY".to_string(), 2)]);
+        let doc = served(&[("CNY".to_string(), 2)], &["sim_gateway".to_string()], &["sim_gateway".to_string()]);
         for item in doc["paths"].as_object().unwrap().values() {
             for operation in item.as_object().unwrap().values() {
                 assert!(operation["summary"].is_string() && operation["security"].is_array(), "{operation}");

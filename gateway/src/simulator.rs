@@ -141,6 +141,15 @@ pub async fn card_transactions(
     if !linked {
         page_allowed(&request, &simulator, &token)?;
     }
+    // A card number: 12 to 19 digits ending in its Luhn check digit (as `cards::valid_card_no`,
+    // which this module may not import: cards uses the simulator).
+    let digits = path.as_bytes();
+    if !(12..=19).contains(&digits.len())
+        || !digits.iter().all(u8::is_ascii_digit)
+        || crate::accounts::luhn_check_digit(&path[..path.len() - 1]) != digits[digits.len() - 1] - b'0'
+    {
+        return Err(ApiError { param: Some("card_no"), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
+    }
     Ok(HttpResponse::Ok().json(serde_json::json!({"transactions": simulator.card_transactions(&path)})))
 }
 

@@ -253,8 +253,8 @@ pub async fn check_payout(engine: &Arc<Engine>, platform: u32, body: &PayoutBody
     if !crate::cards::valid_card_no(&body.card_no) {
         return Err(ApiError { param: Some("card_no"), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
     }
-    if body.holder_name.trim().is_empty() || body.holder_name.chars().count() > 64 {
-        return Err(ApiError::invalid("holder_name must be 1 to 64 characters", "holder_name"));
+    if !crate::plain_text(&body.holder_name, false) || body.holder_name.chars().count() > 64 {
+        return Err(ApiError::invalid("holder_name must be 1 to 64 characters, not all blank, without control characters", "holder_name"));
     }
     account_of(engine, platform, target).await?;
     let payout = Payout { platform, number, target, minor, arrival, account_type, card_id: 0, card_no: body.card_no.clone(), alert: None };

@@ -176,7 +176,7 @@ class Run:
         shown = self.sdk.call("show_order", order_id=order)
         check(shown.data["status"] == "partially_refunded" and shown.data["refunded_amount"] == "50.00", "the payment shows the refund", shown)
         # A query string is signed too (path and query as sent).
-        listed = self.sdk.call("list_orders", kind="payment", account_id=payer, limit="10")
+        listed = self.sdk.call("list_orders", kind="payment", account_id=payer, limit=10)
         check(listed.status == 200 and [o["order_id"] for o in listed.data["orders"]] == [order], "the payer's payments are listed", listed)
         self.expect_balances(payer, ("750.00", "750.00", "0.00", "0.00"), "the payer after the refund")
         self.expect_balances(payee, ("250.00", "0.00", "0.00", "250.00"), "the payee after the refund")

@@ -15,6 +15,7 @@ into its models. This module only
 
 from __future__ import annotations
 
+import enum
 import importlib
 import inspect
 import json
@@ -132,7 +133,7 @@ class Operation:
             python_name = name if name in accepted else f"{name}_"
             if python_name not in accepted or python_name == "body":
                 raise TypeError(f"{self.method} {self.path} takes {', '.join(accepted) or 'no parameters'}, not {name!r}")
-            arguments[python_name] = value
+            arguments[python_name] = _coerced(self.module, python_name, value)
         missing = [name for name in self.path_parameters if name not in arguments]
         if missing:
             raise TypeError(f"{self.method} {self.path} needs {', '.join(missing)}")
@@ -150,6 +151,21 @@ class Operation:
         elif self.body_type is not None and "body" in self.other_parameters:
             raise TypeError(f"{self.method} {self.path} needs a body")
         return arguments
+
+
+def _coerced(module: types.ModuleType, name: str, value: Any) -> Any:
+    """A parameter the document gives as an enum (``kind``, ``status``) taken as its plain
+    string too: the generated function wants the enum's member."""
+    if not isinstance(value, str):
+        return value
+    hint = typing.get_type_hints(module.sync_detailed).get(name)
+    for option in typing.get_args(hint) or (hint,):
+        if isinstance(option, type) and issubclass(option, enum.Enum):
+            try:
+                return option(value)
+            except ValueError:
+                return value
+    return value
 
 
 def _body_type(module: types.ModuleType) -> Any:
