@@ -13,7 +13,7 @@ use crate::directory::Directory;
 use crate::journal::{batch_key, encode, recover_shard, BatchRecordRef, ChainHead, Recovered, META_SHARD_COUNT, ZERO_HASH};
 use crate::ledger::command::{idempotency_key, Command, Envelope};
 use crate::ledger::ops::payment::check_legs;
-use crate::ledger::state::{check_amount, credit_refusal_by, Effects, ShardState};
+use crate::ledger::state::{check_amount, credit_refusal_by, Effects, IdempotencyRecord, ShardState};
 use crate::ledger::types::{AdjustmentSide, Leg, Reply, ShardId, Timestamp};
 use crate::money::CurrencySpec;
 use crate::result::ResultCode;
@@ -178,6 +178,8 @@ pub struct Engine {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Set by `shutdown`: later submissions are refused instead of queued to stopped shards.
     shut_down: std::sync::atomic::AtomicBool,
+    /// The shards' store: cold idempotency records are read from it.
+    store: Arc<dyn Store>,
 }
 
 /// Collects the replies of one submission's parts (one per shard) and answers once all are in.
@@ -296,6 +298,7 @@ impl Engine {
             inbound_depths: inbound_senders,
             threads: Mutex::new(threads),
             shut_down: std::sync::atomic::AtomicBool::new(false),
+            store,
         })
     }
 
@@ -455,6 +458,22 @@ impl Engine {
             Err(SendTimeoutError::Disconnected(_)) => return Err(EngineError::ShardStopped(shard)),
         }
         receiver.recv().map_err(|_| EngineError::ShardStopped(shard))
+    }
+
+    /// The idempotency record of `key` on `shard`: from the shard's memory, else its cold row in
+    /// the store (`cold`). Blocking, like `read_shard`. A record sealed by a checkpoint leaves
+    /// memory only once its row is durable, so nothing falls between the two reads.
+    pub fn idempotency_record(&self, shard: ShardId, key: u128) -> Result<Option<IdempotencyRecord>, EngineError> {
+        if let Some(record) = self.read_shard(shard, move |state| state.idempotency_record(&key))? {
+            return Ok(Some(record));
+        }
+        Ok(crate::cold::read_record(&*self.store, shard, key)?)
+    }
+
+    /// The cold row of `key`, whichever shard holds it (a query by order number over all shards
+    /// reads it once, then asks each shard's memory).
+    pub fn cold_idempotency_row(&self, key: u128) -> Result<Option<crate::cold::ColdRow>, EngineError> {
+        Ok(crate::cold::read_row(&*self.store, key)?)
     }
 
     /// Every shard that has stopped, and why (a failed write, or a panic).

@@ -463,6 +463,7 @@ fn replay_after(
     timestamp: Timestamp,
 ) -> Result<(ShardState, ChainHead, Timestamp), JournalError> {
     let mut fx = Effects::default();
+    let mut probe_keys = Vec::new();
     let mut last_timestamp = timestamp;
     let mut first = anchor.is_none();
     let head = walk_chain(store, shard, anchor, &mut |record| {
@@ -476,6 +477,10 @@ fn replay_after(
             });
         }
         fx.clear();
+        // The batch's cold records, as the live shard read them before applying it: only rows
+        // stamped before this batch count (a newer checkpoint's rows wait until the replay has
+        // passed their stamp).
+        crate::cold::prefetch(store, &mut state, record.sequence, &record.envelopes, &mut probe_keys)?;
         // A record that decodes but was damaged (a flipped bit that still makes a command) can
         // break an assertion of `apply` (a credit from the shard itself, a sequence gap): that is
         // a corrupt journal, and recovery refuses to start with this error instead of a panic.
@@ -502,6 +507,7 @@ fn replay_after(
                 reason: "replay produced other postings than the journal holds".into(),
             });
         }
+        state.forget_cold();
         state.note_batch(record.sequence, &record.postings);
         last_timestamp = record.timestamp;
         Ok(())

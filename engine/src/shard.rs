@@ -79,6 +79,14 @@ pub struct ShardCounters {
     pub largest_checkpoint_hold_us: AtomicU64,
     /// How long the last checkpoint took to encode and write (off the shard's thread).
     pub checkpoint_write_us: AtomicU64,
+    /// Idempotency records in memory (hot, and sealed by a checkpoint in flight).
+    pub idempotency_in_memory: AtomicU64,
+    /// Idempotency records checkpoints moved to the store since start.
+    pub idempotency_evicted: AtomicU64,
+    /// Order-number keys read from the store before batches (memory did not hold them).
+    pub cold_probes: AtomicU64,
+    /// Microseconds spent reading them.
+    pub cold_probe_us: AtomicU64,
 }
 
 /// Why a shard stopped.
@@ -139,6 +147,10 @@ impl Default for ShardCounters {
             checkpoint_hold_us: AtomicU64::default(),
             largest_checkpoint_hold_us: AtomicU64::default(),
             checkpoint_write_us: AtomicU64::default(),
+            idempotency_in_memory: AtomicU64::default(),
+            idempotency_evicted: AtomicU64::default(),
+            cold_probes: AtomicU64::default(),
+            cold_probe_us: AtomicU64::default(),
         }
     }
 }
@@ -231,6 +243,8 @@ struct Round {
     outbox_unsent: bool,
     /// Per batch: commands by (kind, result code), for metrics.
     outcomes: Vec<u32>,
+    /// Order-number keys of the batch (`cold::prefetch`'s buffer).
+    probe_keys: Vec<u128>,
 }
 
 /// The cell of (command kind, result code) in `ShardCounters::outcomes`.
@@ -278,6 +292,7 @@ impl Shard {
             acks_owed: vec![0; shard_count],
             outbox_unsent: false,
             outcomes: vec![0; Command::KIND_NAMES.len() * ResultCode::ALL.len()],
+            probe_keys: Vec::new(),
         };
         assert_eq!(round.sent.len(), shard_count);
         // Whatever the previous run left unacknowledged is sent again; receivers skip duplicates.
@@ -357,6 +372,9 @@ impl Shard {
             return;
         }
         let held = Instant::now();
+        // The hot idempotency records move to the sealed generation (a pointer swap): the
+        // checkpoint writes them cold before its manifest, and the state it encodes holds none.
+        self.state.seal_idempotency();
         let snapshot = self.state.clone();
         let hold_us = held.elapsed().as_micros() as u64;
         self.counters.checkpoint_hold_us.store(hold_us, Ordering::Relaxed);
@@ -370,18 +388,34 @@ impl Shard {
             .spawn(move || crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept));
         match spawned {
             Ok(handle) => self.checkpoints.in_flight = Some(handle),
-            Err(error) => tracing::error!(shard = self.state.shard, "cannot start a checkpoint thread: {error}; trying again later"),
+            Err(error) => {
+                self.state.unseal();
+                tracing::error!(shard = self.state.shard, "cannot start a checkpoint thread: {error}; trying again later")
+            }
         }
     }
 
     /// Publishes the outcome of a checkpoint thread. A failed write has poisoned the store, so
     /// the shard's next batch fails and stops it (never retried, DESIGN.md 4); recovery then uses
     /// the previous checkpoint.
-    fn collect_checkpoint(&self, handle: std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>) {
+    ///
+    /// Once it is durable, the shard drops the idempotency records it sealed (they are cold rows
+    /// now); a checkpoint that failed gives them back to the hot map (its rows, if written, are
+    /// the same records, and a later checkpoint writes them again).
+    fn collect_checkpoint(&mut self, handle: std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>) {
         match handle.join() {
-            Ok(Ok(written)) => self.publish_checkpoint(&written),
-            Ok(Err(error)) => tracing::error!(shard = self.state.shard, "checkpoint failed: {error}"),
-            Err(_) => tracing::error!(shard = self.state.shard, "the checkpoint thread panicked"),
+            Ok(Ok(written)) => {
+                self.state.drop_sealed();
+                self.publish_checkpoint(&written);
+            }
+            Ok(Err(error)) => {
+                self.state.unseal();
+                tracing::error!(shard = self.state.shard, "checkpoint failed: {error}")
+            }
+            Err(_) => {
+                self.state.unseal();
+                tracing::error!(shard = self.state.shard, "the checkpoint thread panicked")
+            }
         }
     }
 
@@ -392,6 +426,7 @@ impl Shard {
         c.checkpoints.fetch_add(1, Ordering::Relaxed);
         c.checkpoint_bytes.store(written.manifest.bytes, Ordering::Relaxed);
         c.checkpoint_write_us.store(written.write_us, Ordering::Relaxed);
+        c.idempotency_evicted.fetch_add(written.evicted as u64, Ordering::Relaxed);
     }
 
     /// At a graceful stop: waits for the checkpoint in flight, then writes one of the final
@@ -405,12 +440,17 @@ impl Shard {
         if !policy.enabled() || !policy.on_shutdown || self.store.is_poisoned() || self.sequence <= self.checkpoints.last_sequence {
             return;
         }
+        self.state.seal_idempotency();
         match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept) {
             Ok(written) => {
+                self.state.drop_sealed();
                 self.checkpoints.last_sequence = self.sequence;
                 self.publish_checkpoint(&written);
             }
-            Err(error) => tracing::error!(shard = self.state.shard, "checkpoint at shutdown failed: {error}"),
+            Err(error) => {
+                self.state.unseal();
+                tracing::error!(shard = self.state.shard, "checkpoint at shutdown failed: {error}")
+            }
         }
     }
 
@@ -500,10 +540,29 @@ impl Shard {
         round.replies.clear();
         round.inbound_before.clear();
         round.inbound_before.extend_from_slice(&self.state.inbound_applied);
+        // Cold records the batch names are read before it is applied (`apply` does no IO).
+        let probe_started = Instant::now();
+        match crate::cold::prefetch(&*self.store, &mut self.state, self.sequence + 1, &round.envelopes, &mut round.probe_keys) {
+            Ok(0) => {}
+            Ok(probed) => {
+                self.counters.cold_probes.fetch_add(probed as u64, Ordering::Relaxed);
+                self.counters.cold_probe_us.fetch_add(probe_started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            Err(error) => {
+                // Without its cold records the batch cannot be answered right: stop, as after a
+                // failed write (nothing of this batch was applied or acknowledged).
+                self.counters.mark_stopped(ShardFailure::Storage(error.to_string()));
+                for (reply, _, _) in round.waiting.drain(..) {
+                    reply(Err(EngineError::Storage(error.to_string())));
+                }
+                return false;
+            }
+        }
         for envelope in &round.envelopes {
             let reply = self.state.apply(envelope, now, &mut round.fx);
             round.replies.push(reply);
         }
+        self.state.forget_cold();
         self.sequence += 1;
         self.state.note_batch(self.sequence, &round.fx.postings);
         let record = BatchRecordRef {
@@ -601,6 +660,8 @@ impl Shard {
     fn publish(&self, batch_size: u64, fsync_us: u64) {
         let c = &self.counters;
         c.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
+        let sealed = self.state.sealed.as_ref().map_or(0, |sealed| sealed.len());
+        c.idempotency_in_memory.store((self.state.idempotency.len() + sealed) as u64, Ordering::Relaxed);
         c.last_sequence.store(self.sequence, Ordering::Relaxed);
         c.outbox_pending.store(self.state.outbox_pending() as u64, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,202 @@
+//! Cold idempotency records: order numbers accepted long enough ago that memory no longer holds
+//! them, kept in the store and read back before a batch that names them.
+//!
+//! A shard's hot map (`ShardState::idempotency`) holds the records created since its last
+//! checkpoint. A checkpoint seals that map (`ShardState::seal_idempotency`) and writes every
+//! sealed record here as a row, stamped with the checkpoint's batch, BEFORE the state and the
+//! manifest (see `checkpoint::write`); the checkpoint's state then holds none of them, and the
+//! live shard drops the sealed map once the checkpoint is durable.
+//!
+//! Layout: `h/i/` + the record's key (16 bytes, big-endian) -> `COLD_FORMAT_VERSION`, then the
+//! codec's encoding of a `ColdRow` (the shard that accepted the order number, the stamp, the
+//! record). An order number belongs to one shard only (the router's claims see to it), so the key
+//! needs no shard and a lookup from any shard is one point read.
+//!
+//! Rows are written once and never changed or deleted (a later checkpoint that writes the same
+//! key again, after a fall-back replayed its batch, writes the same bytes: replay is exact).
+//!
+//! **Versioning.** The stamp is the batch of the checkpoint that sealed the record, so the record
+//! was created at or before it. A shard applying batch B sees only its rows stamped before B:
+//! after a fall-back to an older checkpoint, the rows a newer (torn or corrupt) checkpoint wrote
+//! are ignored until the replay has passed their stamp, by when the replay has made those records
+//! again, in memory, exactly as they were.
+//!
+//! **Lookups stay out of `apply`.** Before a batch is applied (live in the shard loop, and in
+//! every replay), `prefetch` gathers the batch's order-number keys that memory does not hold,
+//! reads them in one sorted `get_many` (RocksDB's bloom filters answer most misses without a
+//! data block), and hands what it found to the state (`ShardState::admit_cold`) for that batch
+//! only. A row of another shard means the order number is taken: the command is a conflict, as
+//! the router's claims would have said before a restart forgot them.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use storage::{StorageError, Store};
+
+use crate::journal::codec;
+use crate::ledger::command::{idempotency_key, Command, Envelope};
+use crate::ledger::growth::StripedMap;
+use crate::ledger::state::{ColdHit, IdempotencyRecord, ShardState};
+use crate::ledger::types::ShardId;
+
+/// The key prefix of cold idempotency rows (`h/` for history moved out of memory).
+pub const COLD_PREFIX: &[u8; 4] = b"h/i/";
+
+/// The first byte of every cold row's value.
+pub const COLD_FORMAT_VERSION: u8 = 1;
+
+/// Rows per synced write when a checkpoint writes its sealed records.
+pub const ROWS_PER_WRITE: usize = 65_536;
+
+/// One cold record as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColdRow {
+    /// The shard that accepted the order number.
+    pub shard: ShardId,
+    /// The batch of the checkpoint that sealed it (it was created at or before that batch).
+    pub stamp: u64,
+    pub record: IdempotencyRecord,
+}
+
+/// The storage key of the cold row of idempotency key `key`.
+pub fn cold_key(key: u128) -> [u8; 20] {
+    let mut bytes = [0u8; 20];
+    bytes[..4].copy_from_slice(COLD_PREFIX);
+    bytes[4..].copy_from_slice(&key.to_be_bytes());
+    bytes
+}
+
+/// Encodes a row: the version byte, then the codec's bytes.
+pub fn encode_row(row: &ColdRow) -> Vec<u8> {
+    use bincode::Options;
+    let mut bytes = vec![COLD_FORMAT_VERSION];
+    codec().serialize_into(&mut bytes, row).expect("cold rows serialize");
+    bytes
+}
+
+/// Decodes a row stored under `key`; a row that does not decode is a storage error (the store
+/// returned other bytes than were written).
+pub fn decode_row(key: u128, bytes: &[u8]) -> Result<ColdRow, StorageError> {
+    use bincode::Options;
+    match bytes.split_first() {
+        Some((&COLD_FORMAT_VERSION, body)) => codec().deserialize(body).map_err(|e| StorageError::Io(format!("cold idempotency row {key:032x} does not decode: {e}"))),
+        Some((version, _)) => Err(StorageError::Io(format!("cold idempotency row {key:032x} has format version {version}; this build reads {COLD_FORMAT_VERSION}"))),
+        None => Err(StorageError::Io(format!("cold idempotency row {key:032x} is empty"))),
+    }
+}
+
+/// Writes every record of `sealed` as a cold row of `shard` stamped `stamp`, in key order,
+/// `ROWS_PER_WRITE` rows per synced write. Returns how many rows it wrote.
+pub fn write_rows(store: &dyn Store, shard: ShardId, stamp: u64, sealed: &StripedMap<u128, IdempotencyRecord>) -> Result<usize, StorageError> {
+    let mut records: Vec<(u128, IdempotencyRecord)> = sealed.iter().map(|(key, record)| (*key, *record)).collect();
+    records.sort_unstable_by_key(|(key, _)| *key);
+    for chunk in records.chunks(ROWS_PER_WRITE) {
+        let rows: Vec<([u8; 20], Vec<u8>)> = chunk.iter().map(|(key, record)| (cold_key(*key), encode_row(&ColdRow { shard, stamp, record: *record }))).collect();
+        let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (&key[..], &value[..])).collect();
+        store.write(&puts)?;
+    }
+    Ok(records.len())
+}
+
+/// The cold row of `key`, whichever shard it belongs to.
+pub fn read_row(store: &dyn Store, key: u128) -> Result<Option<ColdRow>, StorageError> {
+    store.get(&cold_key(key))?.map(|bytes| decode_row(key, &bytes)).transpose()
+}
+
+/// The record of `key` a running shard `shard` holds in the store (any stamp: a running shard
+/// has replayed past every stamp of its own rows).
+pub fn read_record(store: &dyn Store, shard: ShardId, key: u128) -> Result<Option<IdempotencyRecord>, StorageError> {
+    Ok(read_row(store, key)?.filter(|row| row.shard == shard).map(|row| row.record))
+}
+
+/// Appends the idempotency keys `envelope` looks up: its own order number and, for a batch
+/// payment, each order's (in the payment scope).
+pub fn keys_of(envelope: &Envelope, keys: &mut Vec<u128>) {
+    if let Some(number) = &envelope.out_order_no {
+        keys.push(idempotency_key(envelope.platform, envelope.command.idempotency_scope(), number));
+    }
+    if let Command::BatchPayment { orders, .. } = &envelope.command {
+        keys.extend(orders.iter().map(|order| idempotency_key(envelope.platform, Command::PAYMENT_SCOPE, &order.out_order_no)));
+    }
+}
+
+/// Reads the cold records batch `batch` of `state`'s shard may look up (`envelopes`' keys that
+/// memory does not hold) and hands them to the state for that batch (`ShardState::admit_cold`;
+/// the caller calls `ShardState::forget_cold` after applying it). `keys` is a reusable buffer.
+/// Returns how many keys were read from the store.
+pub fn prefetch(store: &dyn Store, state: &mut ShardState, batch: u64, envelopes: &[Envelope], keys: &mut Vec<u128>) -> Result<usize, StorageError> {
+    keys.clear();
+    for envelope in envelopes {
+        keys_of(envelope, keys);
+    }
+    keys.retain(|key| !state.holds_idempotency(key));
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let storage_keys: Vec<[u8; 20]> = keys.iter().map(|key| cold_key(*key)).collect();
+    let refs: Vec<&[u8]> = storage_keys.iter().map(|key| &key[..]).collect();
+    let found = store.get_many(&refs)?;
+    let mut hits = Vec::new();
+    for (key, value) in keys.iter().zip(found) {
+        let Some(bytes) = value else { continue };
+        let row = decode_row(*key, &bytes)?;
+        if row.shard != state.shard {
+            hits.push((*key, ColdHit::Foreign));
+        } else if row.stamp < batch {
+            hits.push((*key, ColdHit::Own(row.record)));
+        }
+        // Else: stamped at or after this batch by a checkpoint newer than the state being
+        // replayed (a fall-back): this batch may create the record itself; the row must not
+        // be seen yet.
+    }
+    state.admit_cold(hits);
+    Ok(keys.len())
+}
+
+/// Every idempotency record `state` stands for at batch `through`: its hot and sealed maps and
+/// its shard's cold rows stamped at or before `through`, by key. What tests compare between a
+/// live shard, a recovered one and a replay of the whole journal (their split between memory
+/// and store differs; the records must not). Scans every cold row: for tests and tools only.
+pub fn logical_records(store: &dyn Store, state: &ShardState, through: u64) -> Result<Vec<(u128, IdempotencyRecord)>, StorageError> {
+    let mut records = std::collections::BTreeMap::new();
+    let mut end = COLD_PREFIX.to_vec();
+    end.extend_from_slice(&[0xff; 17]);
+    let mut failure = None;
+    store.scan(COLD_PREFIX, &end, &mut |key, value| {
+        let Some(key) = key.get(4..20).and_then(|k| <[u8; 16]>::try_from(k).ok()).map(u128::from_be_bytes) else { return true };
+        match decode_row(key, value) {
+            Ok(row) if row.shard == state.shard && row.stamp <= through => {
+                records.insert(key, row.record);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                failure = Some(error);
+                return false;
+            }
+        }
+        true
+    })?;
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    for (key, record) in state.memory_idempotency() {
+        if let Some(cold) = records.insert(key, record) {
+            assert_eq!(cold, record, "a record in memory differs from its cold row");
+        }
+    }
+    Ok(records.into_iter().collect())
+}
+
+/// A digest of `state` (`ShardState::digest`, which leaves idempotency records out) and of its
+/// logical idempotency records at batch `through` (`logical_records`).
+pub fn logical_digest(store: &dyn Store, state: &ShardState, through: u64) -> Result<u64, StorageError> {
+    let records = logical_records(store, state, through)?;
+    let bytes = bincode::serialize(&(state.digest(), records)).expect("records serialize");
+    Ok(xxhash_rust::xxh3::xxh3_64(&bytes))
+}
+
+/// A sealed generation of hot records, shared between the live shard (which still answers from
+/// it) and the checkpoint thread writing it cold.
+pub type Sealed = Arc<StripedMap<u128, IdempotencyRecord>>;
