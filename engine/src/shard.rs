@@ -252,6 +252,9 @@ pub fn outcome_cell(kind_code: u8, code: ResultCode) -> usize {
     kind_code as usize * ResultCode::ALL.len() + code.number() as usize
 }
 
+/// How often an idle shard looks whether its checkpoint in flight has finished.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
+
 /// How soon a shard tries again to send credits or acknowledgements a full channel refused.
 const RESEND_AFTER: Duration = Duration::from_millis(1);
 
@@ -309,6 +312,10 @@ impl Shard {
             if owed {
                 timeout = timeout.min(RESEND_AFTER);
             }
+            if self.checkpoints.in_flight.is_some() {
+                // Collect it soon even when idle: the sealed idempotency records leave memory then.
+                timeout = timeout.min(CHECKPOINT_POLL);
+            }
             if shutting_down {
                 // Finish what is queued without waiting for anything new.
                 timeout = Duration::ZERO;
@@ -327,6 +334,9 @@ impl Shard {
             }
             if owed {
                 self.resend(&mut round);
+            }
+            if let Some(handle) = self.checkpoints.in_flight.take_if(|h| h.is_finished()) {
+                self.collect_checkpoint(handle);
             }
             let flush_acks = round.acks_since.is_some_and(|since| since.elapsed() >= flush_after);
             self.drain(&mut round);
