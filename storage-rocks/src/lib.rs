@@ -36,13 +36,15 @@ impl RocksStore {
         options.set_min_blob_size(4096);
         options.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
         with_point_lookup_filters(&mut options);
-        let db = DB::open(&options, path).map_err(io)?;
+        // The default column family named, so that its handle serves batched multi-gets.
+        let db = DB::open_cf(&options, path, [rocksdb::DEFAULT_COLUMN_FAMILY_NAME]).map_err(io)?;
         Ok(RocksStore { db, read_only: false, poisoned: AtomicBool::new(false) })
     }
 
     /// Opens an existing database read-only (for offline checks beside a running server).
     pub fn open_read_only(path: &Path) -> Result<RocksStore, StorageError> {
-        let options = Options::default();
+        let mut options = Options::default();
+        with_point_lookup_filters(&mut options);
         let db = DB::open_for_read_only(&options, path, false).map_err(io)?;
         Ok(RocksStore { db, read_only: true, poisoned: AtomicBool::new(false) })
     }
@@ -60,6 +62,7 @@ impl RocksStore {
         options.set_min_blob_size(4096);
         options.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
         options.set_info_logger(rocksdb::InfoLogger::new_callback_logger(rocksdb::LogLevel::Fatal, |_, _| {}));
+        with_point_lookup_filters(&mut options);
         let db = DB::open_for_read_only(&options, path, false).map_err(io)?;
         Ok(RocksStore { db, read_only: true, poisoned: AtomicBool::new(false) })
     }
@@ -130,8 +133,11 @@ impl Store for RocksStore {
     }
 
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let Some(family) = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME) else {
+            // Read-only opens name no column family: one lookup per key through MultiGet.
+            return self.db.multi_get(keys).into_iter().map(|found| found.map_err(io)).collect();
+        };
         let sorted = keys.windows(2).all(|pair| pair[0] <= pair[1]);
-        let family = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).ok_or_else(|| StorageError::Io("no default column family".into()))?;
         self.db.batched_multi_get_cf(family, keys.iter().copied(), sorted).into_iter().map(|found| found.map(|value| value.map(|v| v.to_vec())).map_err(io)).collect()
     }
 
