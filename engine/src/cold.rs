@@ -200,3 +200,159 @@ pub fn logical_digest(store: &dyn Store, state: &ShardState, through: u64) -> Re
 /// A sealed generation of hot records, shared between the live shard (which still answers from
 /// it) and the checkpoint thread writing it cold.
 pub type Sealed = Arc<StripedMap<u128, IdempotencyRecord>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::command::OutOrderNo;
+    use crate::ledger::state::Effects;
+    use crate::ledger::types::{AccountId, Leg, Legs, Limits, Reply};
+    use crate::money::{CurrencyId, CurrencySpec};
+    use crate::result::ResultCode;
+    use storage::MemoryStore;
+
+    const T0: u64 = 1_700_000_000_000_000;
+
+    /// Shard 0 of 1 with two funded accounts.
+    fn state() -> (ShardState, AccountId, AccountId) {
+        let mut state = ShardState::default();
+        let mut fx = Effects::default();
+        let genesis = Command::Genesis { shard: 0, shard_count: 1, currencies: vec![CurrencySpec::new("CNY", 2).unwrap()], utc_offset_seconds: 0 };
+        state.apply(&Envelope { platform: 0, out_order_no: None, command: genesis }, T0, &mut fx);
+        let mut open = |owner| {
+            let command = Command::OpenAccount { owner, currency: CurrencyId(0), limits: Limits::NONE };
+            let id = AccountId(state.apply(&Envelope { platform: 1, out_order_no: None, command }, T0, &mut fx).id);
+            let fund = Command::Recharge { account: id, currency: CurrencyId(0), amount: 1_000_000, channel: 1 };
+            state.apply(&Envelope { platform: 1, out_order_no: None, command: fund }, T0, &mut fx);
+            id
+        };
+        let (a, b) = (open(1), open(2));
+        (state, a, b)
+    }
+
+    fn payment(number: &str, payer: AccountId, payee: AccountId, amount: i64) -> Envelope {
+        let payees: Legs = [Leg { account: payee, amount }].into_iter().collect();
+        let command = Command::Payment { payer, guarantee: false, currency: CurrencyId(0), amount, payees, splits: Legs::new() };
+        Envelope { platform: 1, out_order_no: Some(OutOrderNo::new(number).unwrap()), command }
+    }
+
+    fn row(store: &MemoryStore, envelope: &Envelope, shard: ShardId, stamp: u64, id: u64) {
+        let mut keys = Vec::new();
+        keys_of(envelope, &mut keys);
+        let record = IdempotencyRecord { content: crate::ledger::command::content_hash(&envelope.command), reply: Reply { code: ResultCode::Ok, id, status: None, replayed: false } };
+        store.write(&[(&cold_key(keys[0]), &encode_row(&ColdRow { shard, stamp, record }))]).unwrap();
+    }
+
+    /// Applies `envelope` as batch `batch` after the prefetch: what it answers, and how many keys
+    /// the prefetch read.
+    fn apply_as(store: &MemoryStore, state: &mut ShardState, batch: u64, envelope: &Envelope) -> (Reply, usize) {
+        let mut keys = Vec::new();
+        let probed = prefetch(store, state, batch, std::slice::from_ref(envelope), &mut keys).unwrap();
+        let reply = state.apply(envelope, T0 + batch, &mut Effects::default());
+        state.forget_cold();
+        (reply, probed)
+    }
+
+    #[test]
+    fn rows_round_trip_and_keys_sort_by_key() {
+        let record = IdempotencyRecord { content: 7, reply: Reply::rejected(ResultCode::Ok) };
+        let row = ColdRow { shard: 3, stamp: 99, record };
+        assert_eq!(decode_row(1, &encode_row(&row)).unwrap(), row);
+        assert!(decode_row(1, &[]).is_err());
+        assert!(decode_row(1, &[9, 0]).is_err(), "another format version");
+        assert!(cold_key(1) < cold_key(2) && cold_key(0xff) < cold_key(0x100), "big-endian keys sort by key");
+    }
+
+    #[test]
+    fn a_batch_sees_its_shards_rows_stamped_before_it_and_none_after() {
+        let store = MemoryStore::new();
+        let (mut state, a, b) = state();
+        let old = payment("old", a, b, 5);
+        row(&store, &old, 0, 10, 42);
+        // Batch 11 sees the row stamped 10: the same content replays its order, other content conflicts.
+        let (reply, probed) = apply_as(&store, &mut state, 11, &old);
+        assert_eq!((reply.code, reply.replayed, reply.id, probed), (ResultCode::Ok, true, 42, 1));
+        let (reply, _) = apply_as(&store, &mut state, 11, &payment("old", a, b, 6));
+        assert_eq!(reply.code, ResultCode::IdempotencyConflict);
+        // A replay of batch 10 (or earlier) from an older checkpoint must not see it: the batch
+        // creates the record itself.
+        let (mut replaying, _, _) = self::state();
+        let (reply, _) = apply_as(&store, &mut replaying, 10, &old);
+        assert!(reply.is_ok() && !reply.replayed, "{reply:?}");
+        assert!(replaying.idempotency_record(&{
+            let mut keys = Vec::new();
+            keys_of(&old, &mut keys);
+            keys[0]
+        })
+        .is_some());
+        // Prefetched records last one batch: without a prefetch the row is not seen.
+        let reply = state.apply(&old, T0, &mut Effects::default());
+        assert!(reply.is_ok() && !reply.replayed, "without a prefetch the number looks new: {reply:?}");
+    }
+
+    #[test]
+    fn a_row_of_another_shard_is_a_conflict_whatever_the_content() {
+        let store = MemoryStore::new();
+        let (mut state, a, b) = state();
+        let taken = payment("taken", a, b, 5);
+        row(&store, &taken, 1, 1_000, 7);
+        let (reply, _) = apply_as(&store, &mut state, 2, &taken);
+        assert_eq!(reply.code, ResultCode::IdempotencyConflict);
+    }
+
+    #[test]
+    fn a_batch_payment_probes_every_order_number_and_memory_spares_the_store() {
+        let store = MemoryStore::new();
+        let (mut state, a, b) = state();
+        let single = payment("in-batch", a, b, 5);
+        row(&store, &single, 0, 1, 9);
+        let orders = ["fresh", "in-batch"]
+            .iter()
+            .map(|number| crate::ledger::command::BatchOrder {
+                out_order_no: OutOrderNo::new(number).unwrap(),
+                amount: 5,
+                payees: [Leg { account: b, amount: 5 }].into_iter().collect(),
+                splits: Legs::new(),
+            })
+            .collect();
+        let batch = Envelope { platform: 1, out_order_no: Some(OutOrderNo::new("the-batch").unwrap()), command: Command::BatchPayment { payer: a, guarantee: false, currency: CurrencyId(0), orders } };
+        let (reply, probed) = apply_as(&store, &mut state, 5, &batch);
+        assert_eq!((reply.code, probed), (ResultCode::IdempotencyConflict, 3), "its own number and both orders' are read");
+        // A number memory holds is not read again.
+        let fresh = payment("fresh-single", a, b, 5);
+        assert!(apply_as(&store, &mut state, 6, &fresh).0.is_ok());
+        assert_eq!(apply_as(&store, &mut state, 7, &fresh).1, 0);
+    }
+
+    #[test]
+    fn sealing_moves_records_out_of_the_hot_map_and_a_checkpoint_writes_them_cold() {
+        let store = MemoryStore::new();
+        let (mut state, a, b) = state();
+        let paid = payment("sealed", a, b, 5);
+        let id = state.apply(&paid, T0, &mut Effects::default()).id;
+        let mut keys = Vec::new();
+        keys_of(&paid, &mut keys);
+        let sealed = state.seal_idempotency();
+        assert!(state.idempotency.is_empty() && sealed.len() == 1);
+        assert_eq!(state.idempotency_record(&keys[0]).map(|r| r.reply.id), Some(id), "still answered from memory");
+        let head = crate::journal::ChainHead { sequence: 4, hash: [0; 32] };
+        let written = crate::checkpoint::write(&store, &state, head, T0, 2).unwrap();
+        assert_eq!(written.evicted, 1);
+        state.drop_sealed();
+        assert_eq!(state.idempotency_record(&keys[0]), None);
+        let row = read_row(&store, keys[0]).unwrap().unwrap();
+        assert_eq!((row.shard, row.stamp, row.record.reply.id), (0, 4, id));
+        // The checkpoint's state holds no record; replayed with the row, the order is a replay.
+        let (loaded, _) = crate::checkpoint::load(&store, 0, 4).unwrap();
+        assert!(loaded.idempotency.is_empty());
+        let mut loaded = loaded;
+        let (reply, _) = apply_as(&store, &mut loaded, 5, &paid);
+        assert!(reply.replayed && reply.id == id);
+        // A checkpoint that never started gives its sealed records back.
+        state.apply(&payment("back", a, b, 5), T0, &mut Effects::default());
+        state.seal_idempotency();
+        state.unseal();
+        assert_eq!(state.idempotency.len(), 1);
+        assert!(state.sealed.is_none());
+    }
+}
