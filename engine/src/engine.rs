@@ -112,6 +112,20 @@ impl Claims {
         self.stripe(key).lock().expect("claims lock").remove(&key);
     }
 
+    /// Drops the claims of keys whose records are durable cold rows (a checkpoint evicted them).
+    /// A claim made since by a request still in flight is dropped too; that request's shard
+    /// still answers right (its own record, or another shard's row: a conflict).
+    fn forget(&self, keys: &mut dyn Iterator<Item = u128>) {
+        for key in keys {
+            self.release(key);
+        }
+    }
+
+    /// How many order numbers are claimed.
+    fn len(&self) -> usize {
+        self.stripes.iter().map(|stripe| stripe.lock().expect("claims lock").len()).sum()
+    }
+
     /// Claims every order number `envelope` uses for `shard`: its own and, for a batch payment,
     /// each order's (payment numbers, scoped like single payments, so a payer on another shard
     /// cannot reuse one). A conflict releases what this call claimed.
@@ -256,6 +270,11 @@ impl Engine {
         };
         let mut counters = Vec::new();
         let mut threads = Vec::new();
+        // Claims of order numbers that went cold are dropped: a cold row answers for them (a
+        // shard that finds another shard's row answers a conflict), so the claims stay as
+        // bounded as the hot records.
+        let forgetting = claims.clone();
+        let forget_claims: crate::shard::ForgetClaims = Arc::new(move |keys: &mut dyn Iterator<Item = u128>| forgetting.forget(keys));
         let receivers = client_receivers.into_iter().zip(inbound_receivers).zip(control_receivers);
         for (recovered, ((clients, inbound), control)) in recovered.into_iter().zip(receivers) {
             let Recovered { state, head: chain_head, timestamp: last_timestamp, checkpoint, .. } = recovered;
@@ -281,6 +300,7 @@ impl Engine {
                 counters: shard_counters,
                 limits,
                 checkpoints: Checkpoints::starting_from(checkpoint),
+                forget_claims: forget_claims.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard_id}"))
@@ -474,6 +494,11 @@ impl Engine {
     /// reads it once, then asks each shard's memory).
     pub fn cold_idempotency_row(&self, key: u128) -> Result<Option<crate::cold::ColdRow>, EngineError> {
         Ok(crate::cold::read_row(&*self.store, key)?)
+    }
+
+    /// How many order numbers the router holds claims of (the hot ones: cold ones are forgotten).
+    pub fn claims_held(&self) -> usize {
+        self.claims.len()
     }
 
     /// Every shard that has stopped, and why (a failed write, or a panic).

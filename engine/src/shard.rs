@@ -220,7 +220,13 @@ pub struct Shard {
     pub counters: Arc<ShardCounters>,
     pub limits: ShardLimits,
     pub checkpoints: Checkpoints,
+    /// Called with the keys a checkpoint made cold, once it is durable (on the checkpoint's
+    /// thread): the router forgets its claims of them, since the cold rows now answer for them.
+    pub forget_claims: ForgetClaims,
 }
+
+/// What a shard calls with the idempotency keys a durable checkpoint moved to the store.
+pub type ForgetClaims = Arc<dyn Fn(&mut dyn Iterator<Item = u128>) + Send + Sync>;
 
 /// Reusable buffers of the loop: nothing on the hot path allocates once they have grown.
 struct Round {
@@ -390,12 +396,19 @@ impl Shard {
         self.counters.checkpoint_hold_us.store(hold_us, Ordering::Relaxed);
         self.counters.largest_checkpoint_hold_us.fetch_max(hold_us, Ordering::Relaxed);
         let (store, head, timestamp, kept) = (self.store.clone(), self.chain_head, self.last_timestamp, policy.kept);
+        let forget_claims = self.forget_claims.clone();
         debug_assert_eq!(head.sequence, self.sequence, "the chain head is the last batch");
         self.checkpoints.last_sequence = head.sequence;
         self.checkpoints.last_at = Instant::now();
         let spawned = std::thread::Builder::new()
             .name(format!("checkpoint-{}", self.state.shard))
-            .spawn(move || crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept));
+            .spawn(move || {
+                let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept)?;
+                if let Some(sealed) = &snapshot.sealed {
+                    forget_claims(&mut sealed.iter().map(|(key, _)| *key));
+                }
+                Ok(written)
+            });
         match spawned {
             Ok(handle) => self.checkpoints.in_flight = Some(handle),
             Err(error) => {
