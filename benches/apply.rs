@@ -54,17 +54,13 @@ fn payments(accounts: &[AccountId], keyed: bool) -> Vec<Envelope> {
         .collect()
 }
 
-/// Idempotency records one checkpoint interval leaves in memory: 50 batches of 8,189 (a shard
-/// checkpointing every 50 batches, `clearing bench --checkpoint-every-batches 50`).
-const RECENT_RECORDS: usize = 50 * BATCH;
-
-/// A state 10 M (or any number of) orders into its history with checkpoints: the older records
-/// are cold rows in the store, not in memory, which holds one interval's (`RECENT_RECORDS`).
-/// Apply's cost depends on this hot set only, whatever the history.
-fn with_recent_history(mut state: ShardState) -> ShardState {
+/// A state 10 M (or any number of) orders into its history with a checkpoint every `batches`
+/// batches: the older records are cold rows in the store, not in memory, which holds at most one
+/// interval's (`batches` * 8,189). Apply's cost depends on this hot set only, whatever the history.
+fn with_recent_history(mut state: ShardState, batches: usize) -> ShardState {
     let mut rng = StdRng::seed_from_u64(98);
-    state.idempotency.reserve(2 * RECENT_RECORDS);
-    for _ in 0..RECENT_RECORDS {
+    state.idempotency.reserve(2 * batches * BATCH);
+    for _ in 0..batches * BATCH {
         let record = IdempotencyRecord { content: rng.gen(), reply: Reply::rejected(ResultCode::Ok) };
         state.idempotency.insert(rng.gen(), record);
     }
@@ -86,13 +82,16 @@ fn with_history(mut state: ShardState) -> ShardState {
 fn bench_apply(c: &mut Criterion) {
     let (state, accounts) = funded_state(1);
     let state_with_history = with_history(state.clone());
-    let state_with_cold_history = with_recent_history(state.clone());
+    // Checkpoints every 50 batches (`clearing bench --checkpoint-every-batches 50`) and every 10.
+    let state_with_cold_history_50 = with_recent_history(state.clone(), 50);
+    let state_with_cold_history_10 = with_recent_history(state.clone(), 10);
     let mut group = c.benchmark_group("apply");
     group.throughput(Throughput::Elements(BATCH as u64));
     let cases = [
         ("payments_with_order_numbers", true, &state),
         ("payments_with_order_numbers_after_1m_orders", true, &state_with_history),
-        ("payments_with_order_numbers_cold_history_409k_hot", true, &state_with_cold_history),
+        ("payments_with_order_numbers_cold_history_409k_hot", true, &state_with_cold_history_50),
+        ("payments_with_order_numbers_cold_history_82k_hot", true, &state_with_cold_history_10),
         ("payments_without_order_numbers", false, &state),
     ];
     for (name, keyed, state) in cases {
