@@ -179,12 +179,16 @@ fn bench_cold_probe(c: &mut Criterion) {
     let old: Vec<Envelope> = (0..BATCH).map(|_| numbered(format!("h{}", rng.gen_range(0..rows)))).collect();
     let mut group = c.benchmark_group("cold_probe");
     group.throughput(Throughput::Elements(BATCH as u64));
-    for (name, batch) in [("new_numbers", &new), ("old_numbers", &old)] {
+    // Without the engine's filter of cold keys (every key read from RocksDB, its bloom filters
+    // answering the misses), and with it (what a shard does: only keys that may be cold are read).
+    let loaded = engine::cold::ColdFilter::load(&store, engine::cold::COLD_FILTER_BYTES).expect("filter");
+    for (name, batch, filter) in [("new_numbers", &new, None), ("old_numbers", &old, None), ("new_numbers_filtered", &new, Some(&loaded)), ("old_numbers_filtered", &old, Some(&loaded))] {
+        let filter = filter.map(|f| f as &engine::cold::ColdFilter);
         let mut probing = state.clone();
         let mut keys = Vec::new();
         group.bench_function(format!("{name}_{rows}_rows"), |b| {
             b.iter(|| {
-                let probed = engine::cold::prefetch(&store, &mut probing, 2, batch, &mut keys).expect("probe");
+                let probed = engine::cold::prefetch(&store, filter, &mut probing, 2, batch, &mut keys).expect("probe");
                 probing.forget_cold();
                 probed
             })

@@ -10,7 +10,7 @@ use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
 use storage::Store;
 
 use crate::directory::Directory;
-use crate::journal::{batch_key, encode, recover_shard, BatchRecordRef, ChainHead, Recovered, META_SHARD_COUNT, ZERO_HASH};
+use crate::journal::{batch_key, encode, recover_shard_filtered, BatchRecordRef, ChainHead, Recovered, META_SHARD_COUNT, ZERO_HASH};
 use crate::ledger::command::{idempotency_key, Command, Envelope};
 use crate::ledger::ops::payment::check_legs;
 use crate::ledger::state::{check_amount, credit_refusal_by, Effects, IdempotencyRecord, ShardState};
@@ -239,7 +239,10 @@ impl Engine {
             Some(_) => {}
             None => store.write(&[(META_SHARD_COUNT, &shard_count.to_le_bytes())])?,
         }
-        let recovered = recover_all(&*store, &config)?;
+        // Every cold row's key, so that recovery and the shards ask the store only for order
+        // numbers that may be cold (nearly every new one is not).
+        let cold_filter = Arc::new(crate::cold::ColdFilter::load(&*store, crate::cold::COLD_FILTER_BYTES)?);
+        let recovered = recover_all(&*store, &config, &cold_filter)?;
         let directory = Arc::new(Directory::new(shard_count));
         let claims = Arc::new(Claims::new());
         for Recovered { state, .. } in &recovered {
@@ -301,6 +304,7 @@ impl Engine {
                 limits,
                 checkpoints: Checkpoints::starting_from(checkpoint),
                 forget_claims: forget_claims.clone(),
+                cold_filter: cold_filter.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard_id}"))
@@ -662,9 +666,10 @@ impl Engine {
 
 /// Recovers every shard (in parallel: its newest usable checkpoint, then the journal after it)
 /// and writes genesis for shards that have none.
-fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<Recovered>, EngineError> {
+fn recover_all(store: &dyn Store, config: &EngineConfig, filter: &crate::cold::ColdFilter) -> Result<Vec<Recovered>, EngineError> {
     let results: Vec<Result<Recovered, EngineError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..config.shard_count).map(|shard| scope.spawn(move || recover_shard(store, shard).map_err(EngineError::from))).collect();
+        let handles: Vec<_> =
+            (0..config.shard_count).map(|shard| scope.spawn(move || recover_shard_filtered(store, shard, Some(filter)).map_err(EngineError::from))).collect();
         handles.into_iter().map(|h| h.join().expect("replay thread")).collect()
     });
     let mut recovered = Vec::new();

@@ -223,6 +223,8 @@ pub struct Shard {
     /// Called with the keys a checkpoint made cold, once it is durable (on the checkpoint's
     /// thread): the router forgets its claims of them, since the cold rows now answer for them.
     pub forget_claims: ForgetClaims,
+    /// The keys of every cold row (all shards'): a prefetch asks the store only for those.
+    pub cold_filter: Arc<crate::cold::ColdFilter>,
 }
 
 /// What a shard calls with the idempotency keys a durable checkpoint moved to the store.
@@ -396,7 +398,7 @@ impl Shard {
         self.counters.checkpoint_hold_us.store(hold_us, Ordering::Relaxed);
         self.counters.largest_checkpoint_hold_us.fetch_max(hold_us, Ordering::Relaxed);
         let (store, head, timestamp, kept) = (self.store.clone(), self.chain_head, self.last_timestamp, policy.kept);
-        let forget_claims = self.forget_claims.clone();
+        let (forget_claims, cold_filter) = (self.forget_claims.clone(), self.cold_filter.clone());
         debug_assert_eq!(head.sequence, self.sequence, "the chain head is the last batch");
         self.checkpoints.last_sequence = head.sequence;
         self.checkpoints.last_at = Instant::now();
@@ -405,6 +407,9 @@ impl Shard {
             .spawn(move || {
                 let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept)?;
                 if let Some(sealed) = &snapshot.sealed {
+                    // Their rows are durable: the filter learns them before the router forgets
+                    // its claims and before the shard drops them from memory.
+                    sealed.iter().for_each(|(key, _)| cold_filter.insert(*key));
                     forget_claims(&mut sealed.iter().map(|(key, _)| *key));
                 }
                 Ok(written)
@@ -466,6 +471,9 @@ impl Shard {
         self.state.seal_idempotency();
         match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept) {
             Ok(written) => {
+                if let Some(sealed) = &self.state.sealed {
+                    sealed.iter().for_each(|(key, _)| self.cold_filter.insert(*key));
+                }
                 self.state.drop_sealed();
                 self.checkpoints.last_sequence = self.sequence;
                 self.publish_checkpoint(&written);
@@ -565,7 +573,7 @@ impl Shard {
         round.inbound_before.extend_from_slice(&self.state.inbound_applied);
         // Cold records the batch names are read before it is applied (`apply` does no IO).
         let probe_started = Instant::now();
-        match crate::cold::prefetch(&*self.store, &mut self.state, self.sequence + 1, &round.envelopes, &mut round.probe_keys) {
+        match crate::cold::prefetch(&*self.store, Some(&self.cold_filter), &mut self.state, self.sequence + 1, &round.envelopes, &mut round.probe_keys) {
             Ok(0) => {}
             Ok(probed) => {
                 self.counters.cold_probes.fetch_add(probed as u64, Ordering::Relaxed);
