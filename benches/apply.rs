@@ -182,7 +182,9 @@ fn bench_cold_probe(c: &mut Criterion) {
     // Without the engine's filter of cold keys (every key read from RocksDB, its bloom filters
     // answering the misses), and with it (what a shard does: only keys that may be cold are read).
     let loaded = engine::cold::ColdFilter::load(&store, engine::cold::COLD_FILTER_BYTES).expect("filter");
-    for (name, batch, filter) in [("new_numbers", &new, None), ("old_numbers", &old, None), ("new_numbers_filtered", &new, Some(&loaded)), ("old_numbers_filtered", &old, Some(&loaded))] {
+    for (name, batch, filter) in
+        [("new_numbers", &new, None), ("old_numbers", &old, None), ("new_numbers_filtered", &new, Some(&loaded)), ("old_numbers_filtered", &old, Some(&loaded))]
+    {
         let filter = filter.map(|f| f as &engine::cold::ColdFilter);
         let mut probing = state.clone();
         let mut keys = Vec::new();

@@ -79,8 +79,12 @@ pub fn encode_row(row: &ColdRow) -> Vec<u8> {
 pub fn decode_row(key: u128, bytes: &[u8]) -> Result<ColdRow, StorageError> {
     use bincode::Options;
     match bytes.split_first() {
-        Some((&COLD_FORMAT_VERSION, body)) => codec().deserialize(body).map_err(|e| StorageError::Io(format!("cold idempotency row {key:032x} does not decode: {e}"))),
-        Some((version, _)) => Err(StorageError::Io(format!("cold idempotency row {key:032x} has format version {version}; this build reads {COLD_FORMAT_VERSION}"))),
+        Some((&COLD_FORMAT_VERSION, body)) => {
+            codec().deserialize(body).map_err(|e| StorageError::Io(format!("cold idempotency row {key:032x} does not decode: {e}")))
+        }
+        Some((version, _)) => {
+            Err(StorageError::Io(format!("cold idempotency row {key:032x} has format version {version}; this build reads {COLD_FORMAT_VERSION}")))
+        }
         None => Err(StorageError::Io(format!("cold idempotency row {key:032x} is empty"))),
     }
 }
@@ -91,7 +95,8 @@ pub fn write_rows(store: &dyn Store, shard: ShardId, stamp: u64, sealed: &Stripe
     let mut records: Vec<(u128, IdempotencyRecord)> = sealed.iter().map(|(key, record)| (*key, *record)).collect();
     records.sort_unstable_by_key(|(key, _)| *key);
     for chunk in records.chunks(ROWS_PER_WRITE) {
-        let rows: Vec<([u8; 20], Vec<u8>)> = chunk.iter().map(|(key, record)| (cold_key(*key), encode_row(&ColdRow { shard, stamp, record: *record }))).collect();
+        let rows: Vec<([u8; 20], Vec<u8>)> =
+            chunk.iter().map(|(key, record)| (cold_key(*key), encode_row(&ColdRow { shard, stamp, record: *record }))).collect();
         let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (&key[..], &value[..])).collect();
         store.write(&puts)?;
     }
@@ -140,7 +145,7 @@ pub const COLD_FILTER_BYTES: usize = 32 << 20;
 impl ColdFilter {
     /// An empty filter of `bytes` (a multiple of 64).
     pub fn with_bytes(bytes: usize) -> ColdFilter {
-        assert!(bytes >= 64 && bytes % 64 == 0, "whole 64-byte blocks");
+        assert!(bytes >= 64 && bytes.is_multiple_of(64), "whole 64-byte blocks");
         ColdFilter { words: (0..bytes / 8).map(|_| std::sync::atomic::AtomicU64::new(0)).collect() }
     }
 
@@ -313,7 +318,10 @@ mod tests {
     fn row(store: &MemoryStore, envelope: &Envelope, shard: ShardId, stamp: u64, id: u64) {
         let mut keys = Vec::new();
         keys_of(envelope, &mut keys);
-        let record = IdempotencyRecord { content: crate::ledger::command::content_hash(&envelope.command), reply: Reply { code: ResultCode::Ok, id, status: None, replayed: false } };
+        let record = IdempotencyRecord {
+            content: crate::ledger::command::content_hash(&envelope.command),
+            reply: Reply { code: ResultCode::Ok, id, status: None, replayed: false },
+        };
         store.write(&[(&cold_key(keys[0]), &encode_row(&ColdRow { shard, stamp, record }))]).unwrap();
     }
 
@@ -376,12 +384,13 @@ mod tests {
         let (mut replaying, _, _) = self::state();
         let (reply, _) = apply_as(&store, &mut replaying, 10, &old);
         assert!(reply.is_ok() && !reply.replayed, "{reply:?}");
-        assert!(replaying.idempotency_record(&{
-            let mut keys = Vec::new();
-            keys_of(&old, &mut keys);
-            keys[0]
-        })
-        .is_some());
+        assert!(replaying
+            .idempotency_record(&{
+                let mut keys = Vec::new();
+                keys_of(&old, &mut keys);
+                keys[0]
+            })
+            .is_some());
         // Prefetched records last one batch: without a prefetch the row is not seen.
         let reply = state.apply(&old, T0, &mut Effects::default());
         assert!(reply.is_ok() && !reply.replayed, "without a prefetch the number looks new: {reply:?}");
@@ -412,7 +421,11 @@ mod tests {
                 splits: Legs::new(),
             })
             .collect();
-        let batch = Envelope { platform: 1, out_order_no: Some(OutOrderNo::new("the-batch").unwrap()), command: Command::BatchPayment { payer: a, guarantee: false, currency: CurrencyId(0), orders } };
+        let batch = Envelope {
+            platform: 1,
+            out_order_no: Some(OutOrderNo::new("the-batch").unwrap()),
+            command: Command::BatchPayment { payer: a, guarantee: false, currency: CurrencyId(0), orders },
+        };
         let (reply, probed) = apply_as(&store, &mut state, 5, &batch);
         assert_eq!((reply.code, probed), (ResultCode::IdempotencyConflict, 3), "its own number and both orders' are read");
         // A number memory holds is not read again.

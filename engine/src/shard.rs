@@ -402,18 +402,16 @@ impl Shard {
         debug_assert_eq!(head.sequence, self.sequence, "the chain head is the last batch");
         self.checkpoints.last_sequence = head.sequence;
         self.checkpoints.last_at = Instant::now();
-        let spawned = std::thread::Builder::new()
-            .name(format!("checkpoint-{}", self.state.shard))
-            .spawn(move || {
-                let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept)?;
-                if let Some(sealed) = &snapshot.sealed {
-                    // Their rows are durable: the filter learns them before the router forgets
-                    // its claims and before the shard drops them from memory.
-                    sealed.iter().for_each(|(key, _)| cold_filter.insert(*key));
-                    forget_claims(&mut sealed.iter().map(|(key, _)| *key));
-                }
-                Ok(written)
-            });
+        let spawned = std::thread::Builder::new().name(format!("checkpoint-{}", self.state.shard)).spawn(move || {
+            let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept)?;
+            if let Some(sealed) = &snapshot.sealed {
+                // Their rows are durable: the filter learns them before the router forgets
+                // its claims and before the shard drops them from memory.
+                sealed.iter().for_each(|(key, _)| cold_filter.insert(*key));
+                forget_claims(&mut sealed.iter().map(|(key, _)| *key));
+            }
+            Ok(written)
+        });
         match spawned {
             Ok(handle) => self.checkpoints.in_flight = Some(handle),
             Err(error) => {

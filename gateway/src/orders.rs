@@ -7,9 +7,9 @@ use std::sync::Arc;
 use actix_web::{get, web, HttpResponse};
 use clearing_actor::channels::ChannelSet;
 use clearing_actor::Clearing;
+use engine::cold::ColdRow;
 use engine::ledger::command::{idempotency_key, Command, Envelope, OutOrderNo};
 use engine::ledger::growth::ChunkedVec;
-use engine::cold::ColdRow;
 use engine::ledger::state::ShardState;
 use engine::ledger::types::{AccountId, AdjustmentSide, Order, OrderDetail, OrderId, OrderKind, OrderStatus, Reply, Timestamp, NO_ORDER_INDEX};
 use engine::money::{CurrencyId, CurrencySpec, Minor};
@@ -553,7 +553,15 @@ fn order_number_scopes() -> [u8; 7] {
 /// unique per platform and kind) that `filter` keeps and that come before `before`, newest first.
 /// `cold` holds the number's cold idempotency rows (read from the store beforehand): a record
 /// is in the shard's memory or among them.
-fn find_by_out_order_no(state: &ShardState, filter: Filter, number: &OutOrderNo, cold: &[(u128, ColdRow)], before: Position, limit: usize, channels: &ChannelSet) -> ShardPage {
+fn find_by_out_order_no(
+    state: &ShardState,
+    filter: Filter,
+    number: &OutOrderNo,
+    cold: &[(u128, ColdRow)],
+    before: Position,
+    limit: usize,
+    channels: &ChannelSet,
+) -> ShardPage {
     let mut found: Vec<(Position, Value)> = order_number_scopes()
         .iter()
         .filter_map(|kind| {

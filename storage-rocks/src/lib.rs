@@ -138,7 +138,11 @@ impl Store for RocksStore {
             return self.db.multi_get(keys).into_iter().map(|found| found.map_err(io)).collect();
         };
         let sorted = keys.windows(2).all(|pair| pair[0] <= pair[1]);
-        self.db.batched_multi_get_cf(family, keys.iter().copied(), sorted).into_iter().map(|found| found.map(|value| value.map(|v| v.to_vec())).map_err(io)).collect()
+        self.db
+            .batched_multi_get_cf(family, keys.iter().copied(), sorted)
+            .into_iter()
+            .map(|found| found.map(|value| value.map(|v| v.to_vec())).map_err(io))
+            .collect()
     }
 
     fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError> {

@@ -53,7 +53,12 @@ pub fn pay(payer: AccountId, payee: AccountId, amount: i64) -> Command {
 pub fn batch(payer: AccountId, payee: AccountId, numbers: &[String], amount: i64) -> Command {
     let orders = numbers
         .iter()
-        .map(|number| BatchOrder { out_order_no: OutOrderNo::new(number).unwrap(), amount, payees: [Leg { account: payee, amount }].into_iter().collect(), splits: Legs::new() })
+        .map(|number| BatchOrder {
+            out_order_no: OutOrderNo::new(number).unwrap(),
+            amount,
+            payees: [Leg { account: payee, amount }].into_iter().collect(),
+            splits: Legs::new(),
+        })
         .collect();
     Command::BatchPayment { payer, guarantee: false, currency: CNY, orders }
 }
