@@ -677,12 +677,23 @@ impl ShardState {
 
     /// What is known of idempotency key `key`: memory (hot, then sealed), then what this batch's
     /// prefetch found in the store.
+    #[inline]
     fn seen(&self, key: &u128) -> Option<Seen> {
-        if let Some(record) = self.idempotency_record(key) {
-            return Some(Seen::Record(record));
+        // The common answers first: a hot record, or a miss while nothing is sealed or prefetched.
+        if let Some(record) = self.idempotency.get(key) {
+            return Some(Seen::Record(*record));
         }
-        if self.cold.is_empty() {
+        if self.sealed.is_none() && self.cold.is_empty() {
             return None;
+        }
+        self.seen_beyond_hot(key)
+    }
+
+    /// `seen` past the hot map: the sealed generation, then this batch's prefetch.
+    #[cold]
+    fn seen_beyond_hot(&self, key: &u128) -> Option<Seen> {
+        if let Some(record) = self.sealed.as_ref().and_then(|sealed| sealed.get(key)) {
+            return Some(Seen::Record(*record));
         }
         match self.cold.get(key)? {
             ColdHit::Own(record) => Some(Seen::Record(*record)),
