@@ -23,9 +23,10 @@
 //!
 //! **Lookups stay out of `apply`.** Before a batch is applied (live in the shard loop, and in
 //! every replay), `prefetch` gathers the batch's order-number keys that memory does not hold,
-//! reads them in one sorted `get_many` (RocksDB's bloom filters answer most misses without a
-//! data block), and hands what it found to the state (`ShardState::admit_cold`) for that batch
-//! only. A row of another shard means the order number is taken: the command is a conflict, as
+//! drops those the engine's `ColdFilter` (every cold key, in memory) says are not cold (nearly
+//! every new number: measured, RocksDB alone took ~25 µs per missing key with 10 M rows), reads
+//! the rest in one sorted `get_many`, and hands what it found to the state
+//! (`ShardState::admit_cold`) for that batch only. A row of another shard means the order number is taken: the command is a conflict, as
 //! the router's claims would have said before a restart forgot them.
 
 use std::sync::Arc;
