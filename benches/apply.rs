@@ -1,6 +1,9 @@
 //! Criterion benches of the pure ledger core: applying a batch of 8,189 balance payments in
-//! memory on one core (no storage, no threads). Run with `cargo bench --bench apply`;
+//! memory on one core (no storage, no threads), and reading a batch's cold idempotency records
+//! from RocksDB before it is applied (`cold_probe`). Run with `cargo bench --bench apply`;
 //! `-- --test` runs each once with the same inputs (what `make test` does so they never rot).
+//! `CLEARING_BENCH_COLD_ROWS` sets how many cold rows the probe bench's database holds
+//! (default 10,000,000; 10,000 under `--test`).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use engine::ledger::command::{Command, Envelope, OutOrderNo};
@@ -51,6 +54,19 @@ fn payments(accounts: &[AccountId], keyed: bool) -> Vec<Envelope> {
         .collect()
 }
 
+/// A state 10 M (or any number of) orders into its history with a checkpoint every `batches`
+/// batches: the older records are cold rows in the store, not in memory, which holds at most one
+/// interval's (`batches` * 8,189). Apply's cost depends on this hot set only, whatever the history.
+fn with_recent_history(mut state: ShardState, batches: usize) -> ShardState {
+    let mut rng = StdRng::seed_from_u64(98);
+    state.idempotency.reserve(2 * batches * BATCH);
+    for _ in 0..batches * BATCH {
+        let record = IdempotencyRecord { content: rng.gen(), reply: Reply::rejected(ResultCode::Ok) };
+        state.idempotency.insert(rng.gen(), record);
+    }
+    state
+}
+
 /// A state that has already accepted a million orders: its idempotency map is large (inserts
 /// miss the cache, as in a running engine) and has room to grow without rehashing in the bench.
 fn with_history(mut state: ShardState) -> ShardState {
@@ -66,11 +82,16 @@ fn with_history(mut state: ShardState) -> ShardState {
 fn bench_apply(c: &mut Criterion) {
     let (state, accounts) = funded_state(1);
     let state_with_history = with_history(state.clone());
+    // Checkpoints every 50 batches (`clearing bench --checkpoint-every-batches 50`) and every 10.
+    let state_with_cold_history_50 = with_recent_history(state.clone(), 50);
+    let state_with_cold_history_10 = with_recent_history(state.clone(), 10);
     let mut group = c.benchmark_group("apply");
     group.throughput(Throughput::Elements(BATCH as u64));
     let cases = [
         ("payments_with_order_numbers", true, &state),
         ("payments_with_order_numbers_after_1m_orders", true, &state_with_history),
+        ("payments_with_order_numbers_cold_history_409k_hot", true, &state_with_cold_history_50),
+        ("payments_with_order_numbers_cold_history_82k_hot", true, &state_with_cold_history_10),
         ("payments_without_order_numbers", false, &state),
     ];
     for (name, keyed, state) in cases {
@@ -123,5 +144,60 @@ fn bench_journal_encoding(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_apply, bench_journal_encoding);
+/// Rows of the probe bench's database (see the module comment).
+fn cold_rows() -> u64 {
+    let testing = std::env::args().any(|arg| arg == "--test");
+    std::env::var("CLEARING_BENCH_COLD_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(if testing { 10_000 } else { 10_000_000 })
+}
+
+/// Reading a batch's order numbers from a RocksDB holding `cold_rows()` cold records, as the
+/// shard does before applying it (`cold::prefetch`: one sorted batched MultiGet): new numbers
+/// (every probe a miss: the bloom filters' case) and old ones (every probe a hit).
+fn bench_cold_probe(c: &mut Criterion) {
+    let (state, accounts) = funded_state(1);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = storage_rocks::RocksStore::open(dir.path()).expect("a database");
+    let rows = cold_rows();
+    let numbered = |number: String| Envelope { platform: 1, out_order_no: Some(OutOrderNo::new(&number).unwrap()), ..payments(&accounts, false)[0].clone() };
+    let scope = payments(&accounts, false)[0].command.idempotency_scope();
+    let record = IdempotencyRecord { content: 1, reply: Reply::rejected(ResultCode::Ok) };
+    let mut start = 0;
+    while start < rows {
+        let end = (start + 65_536).min(rows);
+        let puts: Vec<([u8; 20], Vec<u8>)> = (start..end)
+            .map(|i| {
+                let key = engine::ledger::command::idempotency_key(1, scope, &OutOrderNo::new(&format!("h{i}")).unwrap());
+                (engine::cold::cold_key(key), engine::cold::encode_row(&engine::cold::ColdRow { shard: 0, stamp: 1, record }))
+            })
+            .collect();
+        let refs: Vec<(&[u8], &[u8])> = puts.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        storage::Store::write(&store, &refs).expect("rows written");
+        start = end;
+    }
+    let mut rng = StdRng::seed_from_u64(5);
+    let new: Vec<Envelope> = (0..BATCH).map(|i| numbered(format!("n{i}"))).collect();
+    let old: Vec<Envelope> = (0..BATCH).map(|_| numbered(format!("h{}", rng.gen_range(0..rows)))).collect();
+    let mut group = c.benchmark_group("cold_probe");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    // Without the engine's filter of cold keys (every key read from RocksDB, its bloom filters
+    // answering the misses), and with it (what a shard does: only keys that may be cold are read).
+    let loaded = engine::cold::ColdFilter::load(&store, engine::cold::COLD_FILTER_BYTES).expect("filter");
+    for (name, batch, filter) in
+        [("new_numbers", &new, None), ("old_numbers", &old, None), ("new_numbers_filtered", &new, Some(&loaded)), ("old_numbers_filtered", &old, Some(&loaded))]
+    {
+        let filter = filter.map(|f| f as &engine::cold::ColdFilter);
+        let mut probing = state.clone();
+        let mut keys = Vec::new();
+        group.bench_function(format!("{name}_{rows}_rows"), |b| {
+            b.iter(|| {
+                let probed = engine::cold::prefetch(&store, filter, &mut probing, 2, batch, &mut keys).expect("probe");
+                probing.forget_cold();
+                probed
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_apply, bench_journal_encoding, bench_cold_probe);
 criterion_main!(benches);

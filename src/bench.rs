@@ -208,6 +208,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             c.largest_checkpoint_hold_us.load(Relaxed) as f64 / 1000.0,
             c.checkpoint_write_us.load(Relaxed) as f64 / 1000.0,
         );
+        println!(
+            "shard {shard} idempotency in_memory: {} evicted: {} cold_probes: {} cold_probe_ms: {:.1}",
+            c.idempotency_in_memory.load(Relaxed),
+            c.idempotency_evicted.load(Relaxed),
+            c.cold_probes.load(Relaxed),
+            c.cold_probe_us.load(Relaxed) as f64 / 1000.0,
+        );
     }
     println!("stop_s (final checkpoint included): {:.3}", stopped_in.as_secs_f64());
     latencies.sort();

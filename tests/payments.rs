@@ -253,6 +253,11 @@ fn order_numbers_inside_a_batch_payment_are_taken_on_every_shard_and_after_a_res
     assert_eq!(error_of(&again), (409, Some("idempotency_conflict")));
     let (status, replayed, first) = single("x-1", &payer0);
     assert_eq!((status, replayed, first["order_id"].as_str()), (201, true, paid["orders"][0]["order_id"].as_str()), "{first}");
+    // The graceful stop's checkpoint moved every order number to the store (cold records): a
+    // query by number finds the order there.
+    let (status, found) = p.get("/v1/orders?out_order_no=x-1");
+    assert_eq!((status, found["orders"][0]["order_id"].as_str()), (200, paid["orders"][0]["order_id"].as_str()), "{found}");
+    assert_eq!(found["orders"].as_array().map(Vec::len), Some(1), "{found}");
     assert_eq!((p.balances(&payer0).0, p.balances(&payer1).0), ("80.00".to_string(), "90.00".to_string()), "nothing moved twice");
     server.stop();
 }

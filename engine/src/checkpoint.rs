@@ -37,7 +37,16 @@ const PART_PREFIX: &[u8; 4] = b"m/p/";
 /// The version of a checkpoint's encoding, the first byte of its manifest. Bump it whenever
 /// `ShardState`'s serialized form changes: checkpoints of other versions are skipped (and the
 /// journal replayed from the start), never misread.
-pub const CHECKPOINT_FORMAT_VERSION: u8 = 1;
+///
+/// Version 2: the state's hot idempotency map holds only the records created since the previous
+/// checkpoint; the older ones are cold rows (`cold`), written before the manifest. The encoding
+/// is version 1's, so this build reads both (a version 1 state simply holds all its records
+/// hot); a build that knows only version 1 skips version 2 checkpoints and replays its journal
+/// from the start, which rebuilds every record in memory, so it never misses a cold one.
+pub const CHECKPOINT_FORMAT_VERSION: u8 = 2;
+
+/// Older versions this build still reads (see `CHECKPOINT_FORMAT_VERSION`).
+const READABLE_FORMAT_VERSIONS: [u8; 2] = [1, CHECKPOINT_FORMAT_VERSION];
 
 /// The most bytes of encoded state one part (one storage value, one write) holds.
 pub const PART_BYTES: usize = 16 << 20;
@@ -87,6 +96,8 @@ pub enum CheckpointError {
 pub struct Written {
     pub manifest: Manifest,
     pub write_us: u64,
+    /// Idempotency records it moved to the store (the state's sealed generation).
+    pub evicted: usize,
 }
 
 /// Streams the encoded state into parts, writing each as it fills (the whole encoding is never
@@ -141,11 +152,20 @@ impl Write for PartWriter<'_> {
 /// `head.hash`, stamped `timestamp`), then
 /// deletes all but the `kept` newest checkpoints of the shard (and any parts a crash left
 /// without a manifest below them). Runs on a thread of its own (or at shutdown on the shard's).
+///
+/// The state's sealed idempotency records (`ShardState::seal_idempotency`, not part of its
+/// encoding) are written first as cold rows stamped `head.sequence`: a manifest never names a
+/// state whose evicted records are not durable. A crash before the manifest leaves rows that a
+/// recovery from an older checkpoint ignores until its replay passes their stamp (`cold`).
 pub fn write(store: &dyn Store, state: &ShardState, head: ChainHead, timestamp: Timestamp, kept: usize) -> Result<Written, CheckpointError> {
     let sequence = head.sequence;
     use bincode::Options;
     let started = Instant::now();
     let shard = state.shard;
+    let evicted = match &state.sealed {
+        Some(sealed) => crate::cold::write_rows(store, shard, sequence, sealed)?,
+        None => 0,
+    };
     let mut writer = PartWriter { store, shard, sequence, buffer: Vec::with_capacity(PART_BYTES.min(1 << 20)), hashes: Vec::new(), bytes: 0, error: None };
     if let Err(error) = codec().serialize_into(&mut writer, state) {
         return Err(match writer.error.take() {
@@ -160,7 +180,7 @@ pub fn write(store: &dyn Store, state: &ShardState, head: ChainHead, timestamp: 
     let manifest = Manifest { shard, sequence, timestamp, chain_hash: head.hash, bytes: writer.bytes, part_hashes: writer.hashes };
     store.write(&[(&manifest_key(shard, sequence), &encode_manifest(&manifest))])?;
     prune(store, shard, kept.max(1))?;
-    Ok(Written { manifest, write_us: started.elapsed().as_micros() as u64 })
+    Ok(Written { manifest, write_us: started.elapsed().as_micros() as u64, evicted })
 }
 
 fn encode_manifest(manifest: &Manifest) -> Vec<u8> {
@@ -182,7 +202,7 @@ fn decode_manifest(shard: ShardId, sequence: u64, bytes: &[u8]) -> Result<Manife
     if blake3::hash(body).as_bytes() != hash {
         return Err(unusable("the manifest's hash does not match its bytes".into()));
     }
-    if body[0] != CHECKPOINT_FORMAT_VERSION {
+    if !READABLE_FORMAT_VERSIONS.contains(&body[0]) {
         return Err(unusable(format!("format version {}; this build reads version {CHECKPOINT_FORMAT_VERSION}", body[0])));
     }
     let manifest: Manifest = codec().deserialize(&body[1..]).map_err(|e| unusable(format!("the manifest does not decode: {e}")))?;

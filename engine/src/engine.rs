@@ -10,10 +10,10 @@ use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
 use storage::Store;
 
 use crate::directory::Directory;
-use crate::journal::{batch_key, encode, recover_shard, BatchRecordRef, ChainHead, Recovered, META_SHARD_COUNT, ZERO_HASH};
+use crate::journal::{batch_key, encode, recover_shard_filtered, BatchRecordRef, ChainHead, Recovered, META_SHARD_COUNT, ZERO_HASH};
 use crate::ledger::command::{idempotency_key, Command, Envelope};
 use crate::ledger::ops::payment::check_legs;
-use crate::ledger::state::{check_amount, credit_refusal_by, Effects, ShardState};
+use crate::ledger::state::{check_amount, credit_refusal_by, Effects, IdempotencyRecord, ShardState};
 use crate::ledger::types::{AdjustmentSide, Leg, Reply, ShardId, Timestamp};
 use crate::money::CurrencySpec;
 use crate::result::ResultCode;
@@ -112,6 +112,20 @@ impl Claims {
         self.stripe(key).lock().expect("claims lock").remove(&key);
     }
 
+    /// Drops the claims of keys whose records are durable cold rows (a checkpoint evicted them).
+    /// A claim made since by a request still in flight is dropped too; that request's shard
+    /// still answers right (its own record, or another shard's row: a conflict).
+    fn forget(&self, keys: &mut dyn Iterator<Item = u128>) {
+        for key in keys {
+            self.release(key);
+        }
+    }
+
+    /// How many order numbers are claimed.
+    fn len(&self) -> usize {
+        self.stripes.iter().map(|stripe| stripe.lock().expect("claims lock").len()).sum()
+    }
+
     /// Claims every order number `envelope` uses for `shard`: its own and, for a batch payment,
     /// each order's (payment numbers, scoped like single payments, so a payer on another shard
     /// cannot reuse one). A conflict releases what this call claimed.
@@ -178,6 +192,8 @@ pub struct Engine {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Set by `shutdown`: later submissions are refused instead of queued to stopped shards.
     shut_down: std::sync::atomic::AtomicBool,
+    /// The shards' store: cold idempotency records are read from it.
+    store: Arc<dyn Store>,
 }
 
 /// Collects the replies of one submission's parts (one per shard) and answers once all are in.
@@ -223,7 +239,10 @@ impl Engine {
             Some(_) => {}
             None => store.write(&[(META_SHARD_COUNT, &shard_count.to_le_bytes())])?,
         }
-        let recovered = recover_all(&*store, &config)?;
+        // Every cold row's key, so that recovery and the shards ask the store only for order
+        // numbers that may be cold (nearly every new one is not).
+        let cold_filter = Arc::new(crate::cold::ColdFilter::load(&*store, crate::cold::COLD_FILTER_BYTES)?);
+        let recovered = recover_all(&*store, &config, &cold_filter)?;
         let directory = Arc::new(Directory::new(shard_count));
         let claims = Arc::new(Claims::new());
         for Recovered { state, .. } in &recovered {
@@ -254,6 +273,11 @@ impl Engine {
         };
         let mut counters = Vec::new();
         let mut threads = Vec::new();
+        // Claims of order numbers that went cold are dropped: a cold row answers for them (a
+        // shard that finds another shard's row answers a conflict), so the claims stay as
+        // bounded as the hot records.
+        let forgetting = claims.clone();
+        let forget_claims: crate::shard::ForgetClaims = Arc::new(move |keys: &mut dyn Iterator<Item = u128>| forgetting.forget(keys));
         let receivers = client_receivers.into_iter().zip(inbound_receivers).zip(control_receivers);
         for (recovered, ((clients, inbound), control)) in recovered.into_iter().zip(receivers) {
             let Recovered { state, head: chain_head, timestamp: last_timestamp, checkpoint, .. } = recovered;
@@ -279,6 +303,8 @@ impl Engine {
                 counters: shard_counters,
                 limits,
                 checkpoints: Checkpoints::starting_from(checkpoint),
+                forget_claims: forget_claims.clone(),
+                cold_filter: cold_filter.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard_id}"))
@@ -296,6 +322,7 @@ impl Engine {
             inbound_depths: inbound_senders,
             threads: Mutex::new(threads),
             shut_down: std::sync::atomic::AtomicBool::new(false),
+            store,
         })
     }
 
@@ -455,6 +482,27 @@ impl Engine {
             Err(SendTimeoutError::Disconnected(_)) => return Err(EngineError::ShardStopped(shard)),
         }
         receiver.recv().map_err(|_| EngineError::ShardStopped(shard))
+    }
+
+    /// The idempotency record of `key` on `shard`: from the shard's memory, else its cold row in
+    /// the store (`cold`). Blocking, like `read_shard`. A record sealed by a checkpoint leaves
+    /// memory only once its row is durable, so nothing falls between the two reads.
+    pub fn idempotency_record(&self, shard: ShardId, key: u128) -> Result<Option<IdempotencyRecord>, EngineError> {
+        if let Some(record) = self.read_shard(shard, move |state| state.idempotency_record(&key))? {
+            return Ok(Some(record));
+        }
+        Ok(crate::cold::read_record(&*self.store, shard, key)?)
+    }
+
+    /// The cold row of `key`, whichever shard holds it (a query by order number over all shards
+    /// reads it once, then asks each shard's memory).
+    pub fn cold_idempotency_row(&self, key: u128) -> Result<Option<crate::cold::ColdRow>, EngineError> {
+        Ok(crate::cold::read_row(&*self.store, key)?)
+    }
+
+    /// How many order numbers the router holds claims of (the hot ones: cold ones are forgotten).
+    pub fn claims_held(&self) -> usize {
+        self.claims.len()
     }
 
     /// Every shard that has stopped, and why (a failed write, or a panic).
@@ -618,9 +666,10 @@ impl Engine {
 
 /// Recovers every shard (in parallel: its newest usable checkpoint, then the journal after it)
 /// and writes genesis for shards that have none.
-fn recover_all(store: &dyn Store, config: &EngineConfig) -> Result<Vec<Recovered>, EngineError> {
+fn recover_all(store: &dyn Store, config: &EngineConfig, filter: &crate::cold::ColdFilter) -> Result<Vec<Recovered>, EngineError> {
     let results: Vec<Result<Recovered, EngineError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..config.shard_count).map(|shard| scope.spawn(move || recover_shard(store, shard).map_err(EngineError::from))).collect();
+        let handles: Vec<_> =
+            (0..config.shard_count).map(|shard| scope.spawn(move || recover_shard_filtered(store, shard, Some(filter)).map_err(EngineError::from))).collect();
         handles.into_iter().map(|h| h.join().expect("replay thread")).collect()
     });
     let mut recovered = Vec::new();

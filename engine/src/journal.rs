@@ -422,6 +422,12 @@ pub struct Recovered {
 /// re-applies the journal after it, checking that every batch produces exactly the postings that
 /// were stored.
 pub fn recover_shard(store: &dyn Store, shard: ShardId) -> Result<Recovered, JournalError> {
+    recover_shard_filtered(store, shard, None)
+}
+
+/// `recover_shard`, reading from the store only the order numbers `filter` may hold (the
+/// engine's start: a filter of every cold row, `cold::ColdFilter::load`).
+pub fn recover_shard_filtered(store: &dyn Store, shard: ShardId, filter: Option<&crate::cold::ColdFilter>) -> Result<Recovered, JournalError> {
     let (loaded, skipped) = crate::checkpoint::load_newest(store, shard)?;
     let skipped = skipped.into_iter().map(|e| e.to_string()).collect();
     let (state, anchor, timestamp) = match loaded {
@@ -430,7 +436,7 @@ pub fn recover_shard(store: &dyn Store, shard: ShardId) -> Result<Recovered, Jou
     };
     // From a checkpoint, the walk checks that the journal's batch at the checkpoint (if still
     // live) hashes to the head the checkpoint recorded, and that the next batch links to it.
-    let (state, head, timestamp) = replay_after(store, shard, state, anchor, timestamp)?;
+    let (state, head, timestamp) = replay_after(store, filter, shard, state, anchor, timestamp)?;
     Ok(Recovered { state, head, timestamp, checkpoint: anchor.map(|a| a.sequence), skipped })
 }
 
@@ -450,19 +456,21 @@ pub fn replay_shard_chained(store: &dyn Store, shard: ShardId) -> Result<(ShardS
 /// Rebuilds a shard's state from its whole journal, ignoring checkpoints (what a checkpoint is
 /// checked against). Returns the state, the last sequence and timestamp.
 pub fn replay_journal(store: &dyn Store, shard: ShardId) -> Result<(ShardState, u64, Timestamp), JournalError> {
-    replay_after(store, shard, ShardState::default(), None, 0).map(|(state, head, timestamp)| (state, head.sequence, timestamp))
+    replay_after(store, None, shard, ShardState::default(), None, 0).map(|(state, head, timestamp)| (state, head.sequence, timestamp))
 }
 
 /// Re-applies the batches after `anchor` (the state's batch and its hash; `None`: an empty state
 /// before batch 1) to `state`, walking and checking the chain from there.
 fn replay_after(
     store: &dyn Store,
+    filter: Option<&crate::cold::ColdFilter>,
     shard: ShardId,
     mut state: ShardState,
     anchor: Option<ChainHead>,
     timestamp: Timestamp,
 ) -> Result<(ShardState, ChainHead, Timestamp), JournalError> {
     let mut fx = Effects::default();
+    let mut probe_keys = Vec::new();
     let mut last_timestamp = timestamp;
     let mut first = anchor.is_none();
     let head = walk_chain(store, shard, anchor, &mut |record| {
@@ -476,6 +484,10 @@ fn replay_after(
             });
         }
         fx.clear();
+        // The batch's cold records, as the live shard read them before applying it: only rows
+        // stamped before this batch count (a newer checkpoint's rows wait until the replay has
+        // passed their stamp).
+        crate::cold::prefetch(store, filter, &mut state, record.sequence, &record.envelopes, &mut probe_keys)?;
         // A record that decodes but was damaged (a flipped bit that still makes a command) can
         // break an assertion of `apply` (a credit from the shard itself, a sequence gap): that is
         // a corrupt journal, and recovery refuses to start with this error instead of a panic.
@@ -502,6 +514,7 @@ fn replay_after(
                 reason: "replay produced other postings than the journal holds".into(),
             });
         }
+        state.forget_cold();
         state.note_batch(record.sequence, &record.postings);
         last_timestamp = record.timestamp;
         Ok(())

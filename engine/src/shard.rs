@@ -79,6 +79,14 @@ pub struct ShardCounters {
     pub largest_checkpoint_hold_us: AtomicU64,
     /// How long the last checkpoint took to encode and write (off the shard's thread).
     pub checkpoint_write_us: AtomicU64,
+    /// Idempotency records in memory (hot, and sealed by a checkpoint in flight).
+    pub idempotency_in_memory: AtomicU64,
+    /// Idempotency records checkpoints moved to the store since start.
+    pub idempotency_evicted: AtomicU64,
+    /// Order-number keys read from the store before batches (memory did not hold them).
+    pub cold_probes: AtomicU64,
+    /// Microseconds spent reading them.
+    pub cold_probe_us: AtomicU64,
 }
 
 /// Why a shard stopped.
@@ -139,6 +147,10 @@ impl Default for ShardCounters {
             checkpoint_hold_us: AtomicU64::default(),
             largest_checkpoint_hold_us: AtomicU64::default(),
             checkpoint_write_us: AtomicU64::default(),
+            idempotency_in_memory: AtomicU64::default(),
+            idempotency_evicted: AtomicU64::default(),
+            cold_probes: AtomicU64::default(),
+            cold_probe_us: AtomicU64::default(),
         }
     }
 }
@@ -208,7 +220,15 @@ pub struct Shard {
     pub counters: Arc<ShardCounters>,
     pub limits: ShardLimits,
     pub checkpoints: Checkpoints,
+    /// Called with the keys a checkpoint made cold, once it is durable (on the checkpoint's
+    /// thread): the router forgets its claims of them, since the cold rows now answer for them.
+    pub forget_claims: ForgetClaims,
+    /// The keys of every cold row (all shards'): a prefetch asks the store only for those.
+    pub cold_filter: Arc<crate::cold::ColdFilter>,
 }
+
+/// What a shard calls with the idempotency keys a durable checkpoint moved to the store.
+pub type ForgetClaims = Arc<dyn Fn(&mut dyn Iterator<Item = u128>) + Send + Sync>;
 
 /// Reusable buffers of the loop: nothing on the hot path allocates once they have grown.
 struct Round {
@@ -231,12 +251,17 @@ struct Round {
     outbox_unsent: bool,
     /// Per batch: commands by (kind, result code), for metrics.
     outcomes: Vec<u32>,
+    /// Order-number keys of the batch (`cold::prefetch`'s buffer).
+    probe_keys: Vec<u128>,
 }
 
 /// The cell of (command kind, result code) in `ShardCounters::outcomes`.
 pub fn outcome_cell(kind_code: u8, code: ResultCode) -> usize {
     kind_code as usize * ResultCode::ALL.len() + code.number() as usize
 }
+
+/// How often an idle shard looks whether its checkpoint in flight has finished.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
 
 /// How soon a shard tries again to send credits or acknowledgements a full channel refused.
 const RESEND_AFTER: Duration = Duration::from_millis(1);
@@ -278,6 +303,7 @@ impl Shard {
             acks_owed: vec![0; shard_count],
             outbox_unsent: false,
             outcomes: vec![0; Command::KIND_NAMES.len() * ResultCode::ALL.len()],
+            probe_keys: Vec::new(),
         };
         assert_eq!(round.sent.len(), shard_count);
         // Whatever the previous run left unacknowledged is sent again; receivers skip duplicates.
@@ -293,6 +319,10 @@ impl Shard {
             let owed = round.outbox_unsent || round.acks_owed.iter().any(|a| *a > 0);
             if owed {
                 timeout = timeout.min(RESEND_AFTER);
+            }
+            if self.checkpoints.in_flight.is_some() {
+                // Collect it soon even when idle: the sealed idempotency records leave memory then.
+                timeout = timeout.min(CHECKPOINT_POLL);
             }
             if shutting_down {
                 // Finish what is queued without waiting for anything new.
@@ -312,6 +342,9 @@ impl Shard {
             }
             if owed {
                 self.resend(&mut round);
+            }
+            if let Some(handle) = self.checkpoints.in_flight.take_if(|h| h.is_finished()) {
+                self.collect_checkpoint(handle);
             }
             let flush_acks = round.acks_since.is_some_and(|since| since.elapsed() >= flush_after);
             self.drain(&mut round);
@@ -357,31 +390,58 @@ impl Shard {
             return;
         }
         let held = Instant::now();
+        // The hot idempotency records move to the sealed generation (a pointer swap): the
+        // checkpoint writes them cold before its manifest, and the state it encodes holds none.
+        self.state.seal_idempotency();
         let snapshot = self.state.clone();
         let hold_us = held.elapsed().as_micros() as u64;
         self.counters.checkpoint_hold_us.store(hold_us, Ordering::Relaxed);
         self.counters.largest_checkpoint_hold_us.fetch_max(hold_us, Ordering::Relaxed);
         let (store, head, timestamp, kept) = (self.store.clone(), self.chain_head, self.last_timestamp, policy.kept);
+        let (forget_claims, cold_filter) = (self.forget_claims.clone(), self.cold_filter.clone());
         debug_assert_eq!(head.sequence, self.sequence, "the chain head is the last batch");
         self.checkpoints.last_sequence = head.sequence;
         self.checkpoints.last_at = Instant::now();
-        let spawned = std::thread::Builder::new()
-            .name(format!("checkpoint-{}", self.state.shard))
-            .spawn(move || crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept));
+        let spawned = std::thread::Builder::new().name(format!("checkpoint-{}", self.state.shard)).spawn(move || {
+            let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept)?;
+            if let Some(sealed) = &snapshot.sealed {
+                // Their rows are durable: the filter learns them before the router forgets
+                // its claims and before the shard drops them from memory.
+                sealed.iter().for_each(|(key, _)| cold_filter.insert(*key));
+                forget_claims(&mut sealed.iter().map(|(key, _)| *key));
+            }
+            Ok(written)
+        });
         match spawned {
             Ok(handle) => self.checkpoints.in_flight = Some(handle),
-            Err(error) => tracing::error!(shard = self.state.shard, "cannot start a checkpoint thread: {error}; trying again later"),
+            Err(error) => {
+                self.state.unseal();
+                tracing::error!(shard = self.state.shard, "cannot start a checkpoint thread: {error}; trying again later")
+            }
         }
     }
 
     /// Publishes the outcome of a checkpoint thread. A failed write has poisoned the store, so
     /// the shard's next batch fails and stops it (never retried, DESIGN.md 4); recovery then uses
     /// the previous checkpoint.
-    fn collect_checkpoint(&self, handle: std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>) {
+    ///
+    /// Once it is durable, the shard drops the idempotency records it sealed (they are cold rows
+    /// now); a checkpoint that failed gives them back to the hot map (its rows, if written, are
+    /// the same records, and a later checkpoint writes them again).
+    fn collect_checkpoint(&mut self, handle: std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>) {
         match handle.join() {
-            Ok(Ok(written)) => self.publish_checkpoint(&written),
-            Ok(Err(error)) => tracing::error!(shard = self.state.shard, "checkpoint failed: {error}"),
-            Err(_) => tracing::error!(shard = self.state.shard, "the checkpoint thread panicked"),
+            Ok(Ok(written)) => {
+                self.state.drop_sealed();
+                self.publish_checkpoint(&written);
+            }
+            Ok(Err(error)) => {
+                self.state.unseal();
+                tracing::error!(shard = self.state.shard, "checkpoint failed: {error}")
+            }
+            Err(_) => {
+                self.state.unseal();
+                tracing::error!(shard = self.state.shard, "the checkpoint thread panicked")
+            }
         }
     }
 
@@ -392,6 +452,7 @@ impl Shard {
         c.checkpoints.fetch_add(1, Ordering::Relaxed);
         c.checkpoint_bytes.store(written.manifest.bytes, Ordering::Relaxed);
         c.checkpoint_write_us.store(written.write_us, Ordering::Relaxed);
+        c.idempotency_evicted.fetch_add(written.evicted as u64, Ordering::Relaxed);
     }
 
     /// At a graceful stop: waits for the checkpoint in flight, then writes one of the final
@@ -405,12 +466,20 @@ impl Shard {
         if !policy.enabled() || !policy.on_shutdown || self.store.is_poisoned() || self.sequence <= self.checkpoints.last_sequence {
             return;
         }
+        self.state.seal_idempotency();
         match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept) {
             Ok(written) => {
+                if let Some(sealed) = &self.state.sealed {
+                    sealed.iter().for_each(|(key, _)| self.cold_filter.insert(*key));
+                }
+                self.state.drop_sealed();
                 self.checkpoints.last_sequence = self.sequence;
                 self.publish_checkpoint(&written);
             }
-            Err(error) => tracing::error!(shard = self.state.shard, "checkpoint at shutdown failed: {error}"),
+            Err(error) => {
+                self.state.unseal();
+                tracing::error!(shard = self.state.shard, "checkpoint at shutdown failed: {error}")
+            }
         }
     }
 
@@ -500,10 +569,29 @@ impl Shard {
         round.replies.clear();
         round.inbound_before.clear();
         round.inbound_before.extend_from_slice(&self.state.inbound_applied);
+        // Cold records the batch names are read before it is applied (`apply` does no IO).
+        let probe_started = Instant::now();
+        match crate::cold::prefetch(&*self.store, Some(&self.cold_filter), &mut self.state, self.sequence + 1, &round.envelopes, &mut round.probe_keys) {
+            Ok(0) => {}
+            Ok(probed) => {
+                self.counters.cold_probes.fetch_add(probed as u64, Ordering::Relaxed);
+                self.counters.cold_probe_us.fetch_add(probe_started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            Err(error) => {
+                // Without its cold records the batch cannot be answered right: stop, as after a
+                // failed write (nothing of this batch was applied or acknowledged).
+                self.counters.mark_stopped(ShardFailure::Storage(error.to_string()));
+                for (reply, _, _) in round.waiting.drain(..) {
+                    reply(Err(EngineError::Storage(error.to_string())));
+                }
+                return false;
+            }
+        }
         for envelope in &round.envelopes {
             let reply = self.state.apply(envelope, now, &mut round.fx);
             round.replies.push(reply);
         }
+        self.state.forget_cold();
         self.sequence += 1;
         self.state.note_batch(self.sequence, &round.fx.postings);
         let record = BatchRecordRef {
@@ -601,6 +689,8 @@ impl Shard {
     fn publish(&self, batch_size: u64, fsync_us: u64) {
         let c = &self.counters;
         c.accounts.store(self.state.accounts.len() as u64, Ordering::Relaxed);
+        let sealed = self.state.sealed.as_ref().map_or(0, |sealed| sealed.len());
+        c.idempotency_in_memory.store((self.state.idempotency.len() + sealed) as u64, Ordering::Relaxed);
         c.last_sequence.store(self.sequence, Ordering::Relaxed);
         c.outbox_pending.store(self.state.outbox_pending() as u64, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);

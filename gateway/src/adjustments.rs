@@ -64,10 +64,11 @@ async fn resolve_suspense(engine: &Arc<Engine>, key: u128, preferred: ShardId, c
     for shard in 0..engine.config().shard_count {
         let reading = engine.clone();
         let (seen, balance) = blocking(move || {
-            reading.read_shard(shard, move |state| {
+            let balance = reading.read_shard(shard, move |state| {
                 let stripe = state.account(state.system_account(SystemRole::Suspense, currency)).expect("a stripe of the shard");
-                (state.idempotency.get(&key).is_some(), state.balance(stripe))
-            })
+                state.balance(stripe)
+            })?;
+            reading.idempotency_record(shard, key).map(|record| (record.is_some(), balance))
         })
         .await??;
         if seen {

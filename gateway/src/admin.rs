@@ -122,6 +122,14 @@ pub struct ShardView {
     pub checkpoint_hold_us_max: u64,
     /// How long the last checkpoint took to encode and write (off the shard's thread).
     pub checkpoint_write_us_last: u64,
+    /// Idempotency records in memory (those since the last checkpoint, and any a checkpoint in
+    /// flight is writing to the store).
+    pub idempotency_in_memory: u64,
+    /// Idempotency records this process's checkpoints moved to the store.
+    pub idempotency_evicted: u64,
+    /// Order numbers read from the store before batches (not in memory), and the time it took.
+    pub cold_probes: u64,
+    pub cold_probe_us: u64,
 }
 
 /// The published figures of one shard.
@@ -154,6 +162,10 @@ pub fn shard_view(engine: &Engine, shard: u16) -> Option<ShardView> {
         checkpoint_hold_us_last: c.checkpoint_hold_us.load(Ordering::Relaxed),
         checkpoint_hold_us_max: c.largest_checkpoint_hold_us.load(Ordering::Relaxed),
         checkpoint_write_us_last: c.checkpoint_write_us.load(Ordering::Relaxed),
+        idempotency_in_memory: c.idempotency_in_memory.load(Ordering::Relaxed),
+        idempotency_evicted: c.idempotency_evicted.load(Ordering::Relaxed),
+        cold_probes: c.cold_probes.load(Ordering::Relaxed),
+        cold_probe_us: c.cold_probe_us.load(Ordering::Relaxed),
     })
 }
 

@@ -58,7 +58,7 @@ async fn take_line(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, li
     let suspense_scope = Command::CreditSuspense { shard, currency: currency_id, amount }.idempotency_scope();
     let key = engine::ledger::command::idempotency_key(0, suspense_scope, &number);
     let reading = engine.clone();
-    let in_suspense = blocking(move || reading.read_shard(shard, move |state| state.idempotency.get(&key).is_some())).await??;
+    let in_suspense = blocking(move || reading.idempotency_record(shard, key).map(|record| record.is_some())).await??;
     if let (Some(account), false) = (named, in_suspense) {
         let command = Command::Recharge { account, currency: currency_id, amount, channel: OFFLINE_CHANNEL };
         let reply = execute(engine, Envelope { platform: 0, out_order_no: Some(number), command }).await?;

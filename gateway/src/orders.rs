@@ -7,6 +7,7 @@ use std::sync::Arc;
 use actix_web::{get, web, HttpResponse};
 use clearing_actor::channels::ChannelSet;
 use clearing_actor::Clearing;
+use engine::cold::ColdRow;
 use engine::ledger::command::{idempotency_key, Command, Envelope, OutOrderNo};
 use engine::ledger::growth::ChunkedVec;
 use engine::ledger::state::ShardState;
@@ -524,10 +525,10 @@ impl Iterator for Descending<'_> {
     }
 }
 
-/// The orders a platform created with `number` (one per kind that opens orders: the number is
-/// unique per platform and kind) that `filter` keeps and that come before `before`, newest first.
-fn find_by_out_order_no(state: &ShardState, filter: Filter, number: &OutOrderNo, before: Position, limit: usize, channels: &ChannelSet) -> ShardPage {
-    let kinds = [
+/// The idempotency scopes of the commands that open orders (a number is unique per platform and
+/// scope).
+fn order_number_scopes() -> [u8; 7] {
+    [
         Command::RequestRecharge { account: AccountId(0), currency: CurrencyId(0), amount: 0, channel: 0 }.kind_code(),
         Command::Payment { payer: AccountId(0), guarantee: false, currency: CurrencyId(0), amount: 0, payees: Default::default(), splits: Default::default() }
             .kind_code(),
@@ -545,11 +546,28 @@ fn find_by_out_order_no(state: &ShardState, filter: Filter, number: &OutOrderNo,
             approver: String::new(),
         }
         .kind_code(),
-    ];
-    let mut found: Vec<(Position, Value)> = kinds
+    ]
+}
+
+/// The orders a platform created with `number` (one per kind that opens orders: the number is
+/// unique per platform and kind) that `filter` keeps and that come before `before`, newest first.
+/// `cold` holds the number's cold idempotency rows (read from the store beforehand): a record
+/// is in the shard's memory or among them.
+fn find_by_out_order_no(
+    state: &ShardState,
+    filter: Filter,
+    number: &OutOrderNo,
+    cold: &[(u128, ColdRow)],
+    before: Position,
+    limit: usize,
+    channels: &ChannelSet,
+) -> ShardPage {
+    let mut found: Vec<(Position, Value)> = order_number_scopes()
         .iter()
         .filter_map(|kind| {
-            let record = state.idempotency.get(&idempotency_key(filter.platform, *kind, number))?;
+            let key = idempotency_key(filter.platform, *kind, number);
+            let in_cold = || cold.iter().find(|(k, row)| *k == key && row.shard == state.shard).map(|(_, row)| row.record);
+            let record = state.idempotency_record(&key).or_else(in_cold)?;
             let order = state.platform_order(filter.platform, OrderId(record.reply.id))?;
             let position = Position(order.created_at, order.id.0);
             (position < before && filter.keeps(order)).then(|| (position, view(state, order, channels)))
@@ -595,7 +613,21 @@ pub async fn list(engine: &Arc<Engine>, clearing: &Clearing, platform: u32, quer
     let number = query.out_order_no.as_deref().map(|n| out_order_no(n, "out_order_no")).transpose()?;
     let filter = Filter { platform, kind, status, account, from, to, channel_only: query.channel_only };
     let (mut orders, next_cursor) = match number {
-        Some(number) => merged_page(engine, limit, move |state, wanted| find_by_out_order_no(state, filter, &number, before, wanted, &channels)).await?,
+        Some(number) => {
+            let reading = engine.clone();
+            let cold = blocking(move || {
+                let mut rows = Vec::new();
+                for kind in order_number_scopes() {
+                    let key = idempotency_key(platform, kind, &number);
+                    if let Some(row) = reading.cold_idempotency_row(key)? {
+                        rows.push((key, row));
+                    }
+                }
+                Ok::<_, engine::EngineError>(rows)
+            })
+            .await??;
+            merged_page(engine, limit, move |state, wanted| find_by_out_order_no(state, filter, &number, &cold, before, wanted, &channels)).await?
+        }
         None => merged_page(engine, limit, move |state, wanted| scan_shard(state, filter, before, wanted, &channels)).await?,
     };
     with_routing(&mut orders, platform, clearing).await?;

@@ -10,6 +10,10 @@ pub fn check_store(store: &dyn Store) {
     // A batch is written whole.
     store.write(&[(b"k/2", b"two"), (b"k/1", b"one"), (b"k/3", b"three")]).expect("write");
     assert_eq!(store.get(b"k/1").expect("get").as_deref(), Some(&b"one"[..]));
+    // Many keys at once, answered in their order, missing ones as `None`.
+    let many = store.get_many(&[b"a", b"k/1", b"k/2", b"k/9"]).expect("get many");
+    assert_eq!(many, vec![None, Some(b"one".to_vec()), Some(b"two".to_vec()), None]);
+    assert!(store.get_many(&[]).expect("get none").is_empty());
     // Overwrite.
     store.write(&[(b"k/2", b"TWO")]).expect("write");
     assert_eq!(store.get(b"k/2").expect("get").as_deref(), Some(&b"TWO"[..]));

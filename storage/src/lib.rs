@@ -33,6 +33,13 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
+    /// Reads many keys at once, answering in their order. `keys` sorted ascending lets a store
+    /// that can (RocksDB's batched `MultiGet`) walk its files once for all of them; this default
+    /// reads them one by one.
+    fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        keys.iter().map(|key| self.get(key)).collect()
+    }
+
     /// Visits the keys in `[start, end)` in ascending order until `visit` returns false.
     fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError>;
 

@@ -76,13 +76,26 @@ impl Store for MemoryStore {
     }
 
     fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError> {
-        let map = self.map.lock().expect("memory store lock");
-        for (key, value) in map.range(start.to_vec()..end.to_vec()) {
-            if !visit(key, value) {
-                break;
+        // A few entries at a time, the lock released while `visit` runs: a visitor may read the
+        // store itself (replay reads cold records while it walks the journal), as it may on
+        // RocksDB, whose iterators hold no lock.
+        const CHUNK: usize = 64;
+        let mut from = std::ops::Bound::Included(start.to_vec());
+        loop {
+            let chunk: Vec<(Vec<u8>, Vec<u8>)> = {
+                let map = self.map.lock().expect("memory store lock");
+                map.range((from.clone(), std::ops::Bound::Excluded(end.to_vec()))).take(CHUNK).map(|(k, v)| (k.clone(), v.clone())).collect()
+            };
+            for (key, value) in &chunk {
+                if !visit(key, value) {
+                    return Ok(());
+                }
+            }
+            match chunk.last() {
+                Some((last, _)) if chunk.len() == CHUNK => from = std::ops::Bound::Excluded(last.clone()),
+                _ => return Ok(()),
             }
         }
-        Ok(())
     }
 
     fn is_poisoned(&self) -> bool {

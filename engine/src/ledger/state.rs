@@ -25,6 +25,21 @@ pub struct IdempotencyRecord {
     pub reply: Reply,
 }
 
+/// What a batch's prefetch found in the store for an order number memory does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColdHit {
+    /// This shard accepted it: the record answers a replay or a conflict.
+    Own(IdempotencyRecord),
+    /// Another shard accepted it: any use here is a conflict.
+    Foreign,
+}
+
+/// What the shard knows of an order number, from memory or this batch's prefetch.
+enum Seen {
+    Record(IdempotencyRecord),
+    Foreign,
+}
+
 /// Income an account received from a payment, kept on the payee's shard so refunds can be checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Income {
@@ -83,7 +98,16 @@ pub struct ShardState {
     pub owners: FastMap<(u32, u64, CurrencyId), AccountId>,
     /// Orders by local index.
     pub orders: ChunkedVec<Order>,
+    /// Hot idempotency records: the order numbers accepted since the last checkpoint (older ones
+    /// are cold rows in the store, see `cold`). Read through `idempotency_record`.
     pub idempotency: StripedMap<u128, IdempotencyRecord>,
+    /// The generation a checkpoint in flight is writing cold: still answered from memory until
+    /// that checkpoint is durable. Never encoded (a checkpoint's state is taken after sealing).
+    #[serde(skip)]
+    pub sealed: Option<crate::cold::Sealed>,
+    /// Cold records the current batch may look up (`cold::prefetch`), empty between batches.
+    #[serde(skip)]
+    cold: FastMap<u128, ColdHit>,
     /// Unsettled income lots per account: (business day, amount), oldest first. A queue stays
     /// (empty) once created, so accounts that keep receiving and spending do not reallocate.
     pub lots: FastMap<AccountId, VecDeque<Lot>>,
@@ -244,11 +268,10 @@ impl ShardState {
         let mut content = 0;
         if let Some(key) = key {
             content = content_hash(command);
-            if let Some(record) = self.idempotency.get(&key) {
-                if record.content != content {
-                    return Reply::rejected(ResultCode::IdempotencyConflict);
-                }
-                return Reply { replayed: true, ..record.reply };
+            match self.seen(&key) {
+                Some(Seen::Record(record)) if record.content == content => return Reply { replayed: true, ..record.reply },
+                Some(_) => return Reply::rejected(ResultCode::IdempotencyConflict),
+                None => {}
             }
         }
         let context = Context { platform: envelope.platform, out_order_no: envelope.out_order_no, now, day: self.business_day(now) };
@@ -652,16 +675,109 @@ impl ShardState {
         }
     }
 
+    /// What is known of idempotency key `key`: memory (hot, then sealed), then what this batch's
+    /// prefetch found in the store.
+    #[inline]
+    fn seen(&self, key: &u128) -> Option<Seen> {
+        // The common answers first: a hot record, or a miss while nothing is sealed or prefetched.
+        if let Some(record) = self.idempotency.get(key) {
+            return Some(Seen::Record(*record));
+        }
+        if self.sealed.is_none() && self.cold.is_empty() {
+            return None;
+        }
+        self.seen_beyond_hot(key)
+    }
+
+    /// `seen` past the hot map: the sealed generation, then this batch's prefetch.
+    #[cold]
+    fn seen_beyond_hot(&self, key: &u128) -> Option<Seen> {
+        if let Some(record) = self.sealed.as_ref().and_then(|sealed| sealed.get(key)) {
+            return Some(Seen::Record(*record));
+        }
+        match self.cold.get(key)? {
+            ColdHit::Own(record) => Some(Seen::Record(*record)),
+            ColdHit::Foreign => Some(Seen::Foreign),
+        }
+    }
+
+    /// Whether order-number key `key` is taken as far as this batch knows (memory or prefetch):
+    /// what a batch payment checks for each of its orders.
+    pub(crate) fn idempotency_taken(&self, key: &u128) -> bool {
+        self.seen(key).is_some()
+    }
+
+    /// The record of `key` if memory holds it (hot or sealed); a cold one is in the store
+    /// (`cold::read_record`, `Engine::idempotency_record`).
+    pub fn idempotency_record(&self, key: &u128) -> Option<IdempotencyRecord> {
+        if let Some(record) = self.idempotency.get(key) {
+            return Some(*record);
+        }
+        self.sealed.as_ref().and_then(|sealed| sealed.get(key).copied())
+    }
+
+    /// Whether memory holds a record of `key` (a prefetch need not read it).
+    pub fn holds_idempotency(&self, key: &u128) -> bool {
+        self.idempotency.get(key).is_some() || self.sealed.as_ref().is_some_and(|sealed| sealed.get(key).is_some())
+    }
+
+    /// Every record memory holds (hot and sealed), in no particular order.
+    pub fn memory_idempotency(&self) -> impl Iterator<Item = (u128, IdempotencyRecord)> + '_ {
+        let sealed = self.sealed.iter().flat_map(|sealed| sealed.iter());
+        self.idempotency.iter().chain(sealed).map(|(key, record)| (*key, *record))
+    }
+
+    /// Takes the cold records a batch may look up (`cold::prefetch`), replacing the last batch's.
+    pub fn admit_cold(&mut self, hits: impl IntoIterator<Item = (u128, ColdHit)>) {
+        self.cold.clear();
+        self.cold.extend(hits);
+    }
+
+    /// Forgets the prefetched cold records once their batch is applied.
+    pub fn forget_cold(&mut self) {
+        self.cold.clear();
+    }
+
+    /// Seals the hot records for a checkpoint: they move, as they are, into the sealed
+    /// generation (still answered from memory) and the hot map starts empty. Returns the sealed
+    /// generation for the checkpoint to write cold. The previous one must have been dropped
+    /// (`drop_sealed`) or given back (`unseal`): one checkpoint at a time.
+    pub fn seal_idempotency(&mut self) -> crate::cold::Sealed {
+        assert!(self.sealed.is_none(), "one sealed generation at a time");
+        let sealed = std::sync::Arc::new(std::mem::take(&mut self.idempotency));
+        self.sealed = Some(sealed.clone());
+        sealed
+    }
+
+    /// Drops the sealed generation once the checkpoint that wrote it cold is durable.
+    pub fn drop_sealed(&mut self) {
+        self.sealed = None;
+    }
+
+    /// Gives the sealed generation back to the hot map (its checkpoint never started).
+    pub fn unseal(&mut self) {
+        if let Some(sealed) = self.sealed.take() {
+            for (key, record) in sealed.iter() {
+                self.idempotency.insert(*key, *record);
+            }
+        }
+    }
+
     /// Credits not yet acknowledged by their target shards.
     pub fn outbox_pending(&self) -> usize {
         self.outboxes.iter().map(|o| o.pending.len()).sum()
     }
 
-    /// A digest of the whole state in a canonical order (equal states have equal digests).
+    /// A digest of the whole state in a canonical order (equal states have equal digests), but
+    /// for its idempotency records: which of them memory holds depends on when checkpoints
+    /// sealed them (a live shard, one recovered from a checkpoint and a replay of the whole
+    /// journal hold different hot sets of the same records). `cold::logical_digest` adds the
+    /// records, hot and cold, read through the store.
     pub fn digest(&self) -> u64 {
         let mut canonical = self.clone();
-        let mut idempotency: Vec<_> = std::mem::take(&mut canonical.idempotency).iter().map(|(k, v)| (*k, *v)).collect();
-        idempotency.sort_by_key(|(k, _)| *k);
+        canonical.idempotency = StripedMap::default();
+        canonical.sealed = None;
+        canonical.cold.clear();
         let mut owners: Vec<_> = canonical.owners.drain().collect();
         owners.sort_by_key(|(k, _)| *k);
         let mut income: Vec<_> = std::mem::take(&mut canonical.income).iter().map(|(k, v)| (*k, *v)).collect();
@@ -672,7 +788,7 @@ impl ShardState {
         batches_of.sort_by_key(|(k, _)| *k);
         let mut period_totals: Vec<_> = canonical.period_totals.drain().collect();
         period_totals.sort_by_key(|(k, _)| *k);
-        let bytes = bincode::serialize(&(&canonical, idempotency, owners, income, lots, batches_of, period_totals)).expect("state serializes");
+        let bytes = bincode::serialize(&(&canonical, owners, income, lots, batches_of, period_totals)).expect("state serializes");
         xxhash_rust::xxh3::xxh3_64(&bytes)
     }
 }

@@ -230,7 +230,7 @@ pub fn apply_batch(
         if orders[..index].iter().any(|earlier| earlier.out_order_no == order.out_order_no) {
             return Reply::rejected(ResultCode::InvalidBatch);
         }
-        if state.idempotency.get(&idempotency_key(context.platform, payment_kind, &order.out_order_no)).is_some() {
+        if state.idempotency_taken(&idempotency_key(context.platform, payment_kind, &order.out_order_no)) {
             return Reply::rejected(ResultCode::IdempotencyConflict);
         }
         let account = state.account(payer).expect("checked");
