@@ -454,6 +454,9 @@ struct TemplateQuery {
 #[utoipa::path(get, path = "/v1/agreement-templates", operation_id = "list_agreement_templates", tag = "agreements", params(("code" = Option<String>, Query, description = "Only this code")), responses((status = 200, description = "Every version (without texts)", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/agreement-templates")]
 pub async fn list_templates(signed: Signed, query: web::Query<TemplateQuery>, agreements: web::Data<Arc<Agreements>>) -> Result<HttpResponse, ApiError> {
+    if query.code.as_deref().is_some_and(|code| !valid_code(code)) {
+        return Err(ApiError::invalid("code must be 1 to 32 characters [a-z0-9_]", "code"));
+    }
     let views: Vec<serde_json::Value> =
         agreements.templates(signed.platform.id).iter().filter(|t| query.code.as_ref().is_none_or(|c| *c == t.code)).map(|t| t.view(false)).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({"templates": views})))

@@ -472,6 +472,9 @@ fn parameter_rule(name: &str, amount_pattern: &str, currencies: &[String]) -> Op
         "status" => {
             json!({"type": "string", "enum": ["pending", "processing", "held", "succeeded", "failed", "cancelled", "partially_refunded", "refunded"], "description": "An order status.", "example": "succeeded"})
         }
+        "code" => {
+            json!({"type": "string", "pattern": "^[a-z0-9_]{1,32}$", "description": "An agreement template's code: 1 to 32 characters [a-z0-9_].", "example": "terms"})
+        }
         "bank_balance" => {
             json!({"type": "string", "pattern": non_negative_pattern(2), "description": "The bank's balance of the reserve account (a non-negative amount).", "example": "1000000.00"})
         }
