@@ -333,6 +333,12 @@ def _fix_case(case):
                 body.pop(key, None)
         if path == "/v1/freezes":
             _future(body)
+            # A reason is at most 256 bytes of UTF-8 (the ledger's rule, kept in bytes so old
+            # journals replay exactly); JSON Schema's maxLength counts characters.
+            reason = body.get("reason")
+            if isinstance(reason, str) and len(reason.encode()) > 256:
+                cut = reason.encode()[:256].decode(errors="ignore")
+                body["reason"] = cut or "x"
         if path == "/v1/payments" and body.get("funding") != "channel":
             # A channel is named only for money coming in through one (funding "channel").
             body.pop("channel", None)

@@ -151,7 +151,7 @@ impl Claims {
             Claim::New => Ok((key, true)),
             Claim::Held => Ok((key, false)),
             Claim::Conflict => {
-                self.settle(so_far, false, shard);
+                self.settle(so_far, false, false, shard);
                 Err(ResultCode::IdempotencyConflict)
             }
         }
@@ -159,12 +159,14 @@ impl Claims {
 
     /// After the shard answered: a rejected command does not keep the numbers it claimed; an
     /// accepted one holds every number it names (another request may have made the claim, been
-    /// rejected and released it).
-    fn settle(&self, claimed: &Claimed, accepted: bool, shard: ShardId) {
+    /// rejected and released it). A replay keeps no claim it made and adds none: its record
+    /// already exists, hot (its claim is held) or cold (its claim was forgotten on purpose, and
+    /// another shard finds the row), so retries of old numbers cannot grow the claims again.
+    fn settle(&self, claimed: &Claimed, accepted: bool, replayed: bool, shard: ShardId) {
         for (key, made_here) in claimed.own.iter().chain(claimed.orders.iter()) {
-            match (made_here, accepted) {
-                (true, false) => self.release(*key),
-                (false, true) => self.hold(*key, shard),
+            match (made_here, accepted, replayed) {
+                (true, false, _) | (true, true, true) => self.release(*key),
+                (false, true, false) => self.hold(*key, shard),
                 _ => {}
             }
         }
@@ -393,7 +395,7 @@ impl Engine {
                 match result {
                     Ok(shard_replies) => {
                         for ((index, claim), reply) in positions.iter().zip(shard_replies) {
-                            claims.settle(claim, reply.is_ok(), shard as ShardId);
+                            claims.settle(claim, reply.is_ok(), reply.replayed, shard as ShardId);
                             gather.replies[*index] = Some(reply);
                         }
                     }

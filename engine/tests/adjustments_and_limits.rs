@@ -145,7 +145,15 @@ fn adjustment_result_codes_in_precedence_order() {
         ("amount past the largest", P, adjust(account(a), account(b), AMOUNT_MINOR_MAX + 1), ResultCode::AmountTooLarge),
         ("no reason", P, with(adjust(account(a), account(b), 5), |r, _, _, _| r.clear()), ResultCode::ReasonMissing),
         ("a blank reason", P, with(adjust(account(a), account(b), 5), |r, _, _, _| *r = "  ".into()), ResultCode::ReasonMissing),
-        ("a reason too long", P, with(adjust(account(a), account(b), 5), |r, _, _, _| *r = "r".repeat(REASON_CHARS_MAX + 1)), ResultCode::ReasonTooLong),
+        ("a reason too long", P, with(adjust(account(a), account(b), 5), |r, _, _, _| *r = "r".repeat(REASON_BYTES_MAX + 1)), ResultCode::ReasonTooLong),
+        // Bytes, not characters: 90 characters of 3 bytes each were refused when journals were
+        // written, so replay must refuse them too (a reason counted in characters would post).
+        (
+            "a reason of 90 Chinese characters (270 bytes)",
+            P,
+            with(adjust(account(a), account(b), 5), |r, _, _, _| *r = "款".repeat(90)),
+            ResultCode::ReasonTooLong,
+        ),
         ("no proposer", P, with(adjust(account(a), account(b), 5), |_, p, _, _| p.clear()), ResultCode::ApprovalInvalid),
         ("no approver", P, with(adjust(account(a), account(b), 5), |_, _, x, _| *x = " ".into()), ResultCode::ApprovalInvalid),
         ("approver is the proposer", P, with(adjust(account(a), account(b), 5), |_, p, x, _| *x = format!(" {p}")), ResultCode::ApprovalInvalid),

@@ -421,7 +421,7 @@ fn freeze_codes_and_expiry() {
     w.ok(pay(a, 300, &[(b, 300)], &[]));
     w.ok(Command::Recharge { account: b, currency: CNY, amount: 100, channel: 1 });
     let freeze = |account, amount, expires_at| Command::Freeze { account, currency: CNY, amount, reason: "court order".into(), expires_at };
-    let long_reason = Command::Freeze { account: b, currency: CNY, amount: 1, reason: "x".repeat(REASON_CHARS_MAX + 1), expires_at: None };
+    let long_reason = Command::Freeze { account: b, currency: CNY, amount: 1, reason: "x".repeat(REASON_BYTES_MAX + 1), expires_at: None };
     let cases: Vec<(&str, Command, ResultCode)> = vec![
         ("zero", freeze(b, 0, None), ResultCode::InvalidAmount),
         ("reason too long", long_reason, ResultCode::ReasonTooLong),

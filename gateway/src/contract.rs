@@ -276,7 +276,12 @@ pub struct Setting<'a> {
 /// elsewhere: checked before the rules by name.
 fn schema_rule(schema: &str, field: &str, setting: &Setting) -> Option<Value> {
     let enumeration = |values: &[&str], what: &str| json!({"type": "string", "enum": values, "description": what, "example": values[0]});
-    let named = |names: &[String], what: &str| json!({"type": "string", "enum": names, "description": what, "example": names.first()});
+    // With no such channel configured the field takes no value at all (an empty enum is not
+    // valid JSON Schema): the name is described, not enumerated.
+    let named = |names: &[String], what: &str| match names.first() {
+        Some(first) => json!({"type": "string", "enum": names, "description": what, "example": first}),
+        None => json!({"type": "string", "description": what}),
+    };
     let rate = json!({"type": "string", "pattern": "^(0(\\.[0-9]{1,6})?|1(\\.0{1,6})?)$", "description": "A decimal fraction from 0 to 1 with up to 6 places.", "example": "0.006"});
     let code = json!({"type": "string", "pattern": "^[a-z0-9_]{1,32}$", "description": "An agreement template's code: 1 to 32 characters [a-z0-9_].", "example": "terms"});
     Some(match (schema, field) {
@@ -287,7 +292,7 @@ fn schema_rule(schema: &str, field: &str, setting: &Setting) -> Option<Value> {
         ("NewMember", "name") => text(1, 64, "The member's legal name.", "张三"),
         ("BindBody", "holder_name") => text(1, 64, "The card holder's name, as the member's.", "张三"),
         ("FreezeBody", "reason") => {
-            json!({"type": "string", "minLength": 1, "maxLength": 256, "description": "Why the money is frozen (1 to 256 characters).", "example": "dispute 42"})
+            json!({"type": "string", "minLength": 1, "maxLength": 256, "description": "Why the money is frozen: 1 to 256 bytes of UTF-8 (a character may take up to 4; the ledger's own rule, kept in bytes so old journals replay exactly).", "example": "dispute 42"})
         }
         ("PaymentBody" | "CashierPayment", "description") => {
             json!({"type": ["string", "null"], "maxLength": 256, "description": "What the payment is for (at most 256 characters).", "example": "order 42"})
@@ -304,7 +309,9 @@ fn schema_rule(schema: &str, field: &str, setting: &Setting) -> Option<Value> {
         ("RechargeBody" | "PaymentBody" | "CashierPayment" | "CollectionBody", "channel") => {
             let mut rule = named(setting.money_in, "An enabled money-in channel (the first configured one when absent).");
             rule["type"] = json!(["string", "null"]);
-            rule["enum"].as_array_mut()?.push(Value::Null);
+            if let Some(values) = rule.get_mut("enum").and_then(Value::as_array_mut) {
+                values.push(Value::Null);
+            }
             rule
         }
         ("ReconcileBody", "channel") => named(setting.channels, "A configured channel."),
@@ -321,7 +328,7 @@ fn schema_rule(schema: &str, field: &str, setting: &Setting) -> Option<Value> {
         ("WebhookBody", "url") => json!({
             "type": ["string", "null"],
             "maxLength": 2048,
-            "pattern": "^https://([a-z0-9][a-z0-9-]{0,30}\\.){1,3}(com|cn|net|org)(/[A-Za-z0-9._~-]{1,40}){0,4}$",
+            "pattern": "^https://([a-z0-9][a-z0-9-]{0,30}\\.){1,3}(com|cn|net|org)(/[!-~]*)?$",
             "description": "An absolute https:// URL of a public host (no user or password; private, loopback and reserved addresses are refused, names checked again at each delivery); null removes it. The pattern is a safe subset: the server takes any such URL.",
             "example": "https://hooks.example.com/clearing"
         }),

@@ -184,7 +184,17 @@ pub fn check_url(text: &str, allow_insecure_loopback: bool) -> Result<url::Url, 
     if text.len() > URL_BYTES_MAX {
         return Err("url must be at most 2048 bytes");
     }
+    // The URL exactly as written: no blanks around it (the parser would drop them silently).
+    if text.trim() != text {
+        return Err("url must not begin or end with blanks");
+    }
     let url = url::Url::parse(text).map_err(|_| "url must be an absolute https:// URL")?;
+    // A host name is letters, digits, hyphens and dots (the parser takes more, e.g. `*`).
+    if let Some(url::Host::Domain(name)) = url.host() {
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+            return Err("url must name a host of letters, digits, hyphens and dots");
+        }
+    }
     if !url.username().is_empty() || url.password().is_some() {
         return Err("url must not carry a user name or password");
     }

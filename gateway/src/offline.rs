@@ -51,7 +51,14 @@ pub(crate) struct TransfersBody {
 async fn take_line(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, line: StatementLine) -> Result<serde_json::Value, ApiError> {
     let number = OutOrderNo::new(&line.bank_ref).ok_or_else(|| ApiError::invalid("bank_ref is 1 to 64 characters [A-Za-z0-9_-]", "bank_ref"))?;
     let (currency_id, spec) = currency(engine, &line.currency)?;
-    let amount = crate::orders::amount(&line.amount, &spec, "amount")?;
+    // Banks pad amounts with zeros ("000100.50"); the API's amounts have none, a statement's may.
+    let unpadded = match line.amount.trim_start_matches('0') {
+        rest if rest.len() == line.amount.len() => line.amount.as_str(),
+        // Keep one zero before the point ("0000.5" is "0.5") or of a zero ("00" is "0").
+        rest if rest.is_empty() || rest.starts_with('.') => &line.amount[line.amount.len() - rest.len() - 1..],
+        rest => rest,
+    };
+    let amount = crate::orders::amount(unpadded, &spec, "amount")?;
     let named = parse_virtual_account_no(line.virtual_account_no.trim());
     let shard = (xxhash_rust::xxh3::xxh3_64(line.bank_ref.as_bytes()) % engine.config().shard_count as u64) as u16;
     // A line already booked to suspense stays there, even if its account could take it now.

@@ -614,19 +614,31 @@ pub async fn list(engine: &Arc<Engine>, clearing: &Clearing, platform: u32, quer
     let filter = Filter { platform, kind, status, account, from, to, channel_only: query.channel_only };
     let (mut orders, next_cursor) = match number {
         Some(number) => {
-            let reading = engine.clone();
-            let cold = blocking(move || {
-                let mut rows = Vec::new();
-                for kind in order_number_scopes() {
-                    let key = idempotency_key(platform, kind, &number);
-                    if let Some(row) = reading.cold_idempotency_row(key)? {
-                        rows.push((key, row));
+            // The cold rows are read before the shards' memory; a checkpoint finishing in between
+            // moves a record from memory to a row the first read missed, so an empty answer is
+            // read once more (rows are durable before memory lets go: the second read finds it).
+            let mut attempt = 0;
+            loop {
+                let (reading, wanted_number) = (engine.clone(), number);
+                let cold = blocking(move || {
+                    let mut rows = Vec::new();
+                    for kind in order_number_scopes() {
+                        let key = idempotency_key(platform, kind, &wanted_number);
+                        if let Some(row) = reading.cold_idempotency_row(key)? {
+                            rows.push((key, row));
+                        }
                     }
+                    Ok::<_, engine::EngineError>(rows)
+                })
+                .await??;
+                let channels = channels.clone();
+                let page =
+                    merged_page(engine, limit, move |state, wanted| find_by_out_order_no(state, filter, &number, &cold, before, wanted, &channels)).await?;
+                attempt += 1;
+                if !page.0.is_empty() || attempt == 2 {
+                    break page;
                 }
-                Ok::<_, engine::EngineError>(rows)
-            })
-            .await??;
-            merged_page(engine, limit, move |state, wanted| find_by_out_order_no(state, filter, &number, &cold, before, wanted, &channels)).await?
+            }
         }
         None => merged_page(engine, limit, move |state, wanted| scan_shard(state, filter, before, wanted, &channels)).await?,
     };

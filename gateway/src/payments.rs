@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix_web::{post, web, HttpResponse};
 use engine::ledger::command::{Command, Envelope};
-use engine::ledger::types::{Leg, Legs, OrderDetail, OrderKind, LEGS_MAX, REASON_CHARS_MAX};
+use engine::ledger::types::{Leg, Legs, OrderDetail, OrderKind, DESCRIPTION_CHARS_MAX, LEGS_MAX, REASON_BYTES_MAX};
 use engine::money::CurrencySpec;
 use engine::Engine;
 use serde::{Deserialize, Serialize};
@@ -82,7 +82,7 @@ pub fn prepare_payment(
     if body.payees.len() + body.splits.len() > LEGS_MAX {
         return Err(ApiError::invalid("at most 32 payees and splits", "payees"));
     }
-    if body.description.as_ref().is_some_and(|d| d.chars().count() > REASON_CHARS_MAX) {
+    if body.description.as_ref().is_some_and(|d| d.chars().count() > DESCRIPTION_CHARS_MAX) {
         return Err(ApiError::invalid("the description is at most 256 characters", "description"));
     }
     let (currency_id, spec) = currency(engine, &body.currency)?;
@@ -264,8 +264,8 @@ pub fn prepare_freeze(engine: &Engine, platform: &Platform, body: &FreezeBody) -
     let (currency_id, spec) = currency(engine, &body.currency)?;
     let frozen = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
-    if body.reason.is_empty() || body.reason.chars().count() > REASON_CHARS_MAX {
-        return Err(ApiError::invalid("a reason of 1 to 256 characters is required", "reason"));
+    if body.reason.is_empty() || body.reason.len() > REASON_BYTES_MAX {
+        return Err(ApiError::invalid("a reason of 1 to 256 bytes (UTF-8) is required", "reason"));
     }
     let expires_at = body.expires_at.as_deref().map(|t| parse_time(t, "expires_at")).transpose()?;
     let mut view = Fields::default();

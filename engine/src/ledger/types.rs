@@ -16,9 +16,12 @@ pub type ShardId = u16;
 /// The most payees plus splits one payment may carry.
 pub const LEGS_MAX: usize = 32;
 
-/// The longest freeze or adjustment reason (and payment description), in characters (Unicode
-/// scalar values, at most 4 bytes each): what the API documents, JSON Schema's `maxLength`.
-pub const REASON_CHARS_MAX: usize = 256;
+/// The longest freeze or adjustment reason, in bytes of UTF-8. A rule of the engine: replaying
+/// a journal must refuse exactly what was refused when it was written, so this never loosens
+/// (nor moves to characters) without a journal format that says which rule a command met.
+pub const REASON_BYTES_MAX: usize = 256;
+/// The longest payment description, in characters (a gateway rule; the engine does not check it).
+pub const DESCRIPTION_CHARS_MAX: usize = 256;
 
 /// The longest operator name an adjustment records (proposer, approver), in bytes.
 pub const OPERATOR_NAME_BYTES_MAX: usize = 64;

@@ -28,13 +28,13 @@ pub fn suspense_account(shard: ShardId, shard_count: u16, currency: CurrencyId) 
     AccountId::compose(shard, local_index as u64, shard_count)
 }
 
-/// The reason and the four eyes: a reason of at most `REASON_CHARS_MAX` characters that is not
+/// The reason and the four eyes: a reason of at most `REASON_BYTES_MAX` bytes that is not
 /// blank, and two different operators, each named in at most `OPERATOR_NAME_BYTES_MAX` bytes.
 fn check_audit(request: &AdjustRequest) -> Result<(), ResultCode> {
     if request.reason.trim().is_empty() {
         return Err(ResultCode::ReasonMissing);
     }
-    if request.reason.chars().count() > REASON_CHARS_MAX {
+    if request.reason.len() > REASON_BYTES_MAX {
         return Err(ResultCode::ReasonTooLong);
     }
     let named = |name: &str| !name.trim().is_empty() && name.len() <= OPERATOR_NAME_BYTES_MAX;

@@ -20,7 +20,7 @@ pub fn freeze(
     if let Err(code) = check_amount(amount) {
         return Reply::rejected(code);
     }
-    if reason.chars().count() > REASON_CHARS_MAX {
+    if reason.len() > REASON_BYTES_MAX {
         return Reply::rejected(ResultCode::ReasonTooLong);
     }
     if expires_at.is_some_and(|at| at <= context.now) {
