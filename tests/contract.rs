@@ -18,7 +18,7 @@ use support::*;
 const TOKEN: &str = "contract-operator-token-0123456789abcdef";
 
 fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+    support::repo_file(path)
 }
 
 /// A Python checker from the virtual environment scripts/install-deps.sh makes

@@ -88,7 +88,7 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
 fn sigkill_during_checkpoints_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
-    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml")).expect("default config");
+    let config = include_str!("../config/default.toml").to_string();
     assert!(config.contains("\nevery_batches = 0"), "the default configuration names the checkpoint interval");
     std::fs::write(data_dir.with_extension("toml"), config.replace("\nevery_batches = 0", "\nevery_batches = 3")).expect("write config");
     crash_many_times(&data_dir, 2027);

@@ -23,7 +23,7 @@ fn run(args: &[&str], data_dir: &Path) -> (bool, String) {
 /// without writing a checkpoint: recovery and `archive` then see the journal alone.
 fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml")).expect("default config");
+    let config = include_str!("../config/default.toml").to_string();
     assert!(config.contains("on_shutdown = true"), "the default configuration writes a checkpoint at a stop");
     let config_file = tempfile::NamedTempFile::new().expect("config file");
     std::fs::write(config_file.path(), config.replace("on_shutdown = true", "on_shutdown = false")).expect("write config");

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use support::{answer, config_with, wait_for_api, Client, Server};
 
 const TOKEN: &str = "operator-secret-ops-0123456789abcdef0123456789abcdef";
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A server whose stderr (its log) is collected line by line.
 struct Logged {
@@ -88,7 +87,7 @@ fn scrape(server: &Server) -> String {
 fn promtool(args: &[&str], input: Option<&str>) -> (bool, String) {
     let mut child = Command::new("promtool")
         .args(args)
-        .current_dir(ROOT)
+        .current_dir(support::repo_file(""))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -172,11 +171,11 @@ fn metrics_pass_promtool_and_the_dashboard_and_alerts_name_only_exported_metrics
     assert!(has("clearing_invariants_ok 1"), "{text}");
     // The dashboard is valid JSON and every expression names only exported series.
     let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(ROOT).join("ops/grafana/clearing.json")).expect("dashboard")).expect("JSON");
+        serde_json::from_str(&std::fs::read_to_string(support::repo_file("ops/grafana/clearing.json")).expect("dashboard")).expect("JSON");
     let mut exprs = Vec::new();
     every_expr(&dashboard, &mut exprs);
     assert!(exprs.len() >= 10, "{exprs:?}");
-    let alerts = std::fs::read_to_string(Path::new(ROOT).join("ops/prometheus/alerts.yml")).expect("alert rules");
+    let alerts = std::fs::read_to_string(support::repo_file("ops/prometheus/alerts.yml")).expect("alert rules");
     for (source, text) in exprs.iter().map(|e| ("dashboard", e.as_str())).chain([("alerts.yml", alerts.as_str())]) {
         for name in metric_names(text) {
             assert!(names.contains(&name), "{source} names {name}, which /metrics does not export: {text}");

@@ -17,7 +17,6 @@ use serde_json::json;
 use support::money::FAST_BANK;
 use support::*;
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The virtual environment with the generator and the client's dependencies.
 fn venv() -> PathBuf {
@@ -66,7 +65,7 @@ fn run_bounded(mut command: Command, name: &str, dir: &Path, limit: Duration) ->
 fn generate(server: &Server, dir: &Path) -> PathBuf {
     let out = dir.join("sdk");
     let mut command = Command::new("bash");
-    command.arg(Path::new(REPO).join("sdk/python/generate.sh")).arg(&server.base).arg(&out).env("CLEARING_SDK_VENV", venv());
+    command.arg(support::repo_file("sdk/python/generate.sh")).arg(&server.base).arg(&out).env("CLEARING_SDK_VENV", venv());
     let (status, stdout, stderr) = run_bounded(command, "generate", dir, Duration::from_secs(120));
     assert!(status.success(), "generate.sh failed ({status}):\n{stdout}\n{stderr}");
     assert!(out.join("clearing_api/api").is_dir() && out.join("openapi.json").is_file(), "generate.sh wrote no client:\n{stdout}\n{stderr}");
@@ -77,9 +76,9 @@ fn generate(server: &Server, dir: &Path) -> PathBuf {
 fn e2e(server: &Server, p: &Client, generated: &Path, dir: &Path, mode: &str) -> String {
     let mut command = Command::new(python());
     command
-        .arg(Path::new(REPO).join("sdk/python/e2e.py"))
+        .arg(support::repo_file("sdk/python/e2e.py"))
         .arg(mode)
-        .env("PYTHONPATH", format!("{}:{}", generated.display(), Path::new(REPO).join("sdk/python").display()))
+        .env("PYTHONPATH", format!("{}:{}", generated.display(), support::repo_file("sdk/python").display()))
         .env("CLEARING_URL", &server.base)
         .env("CLEARING_PLATFORM_ID", &p.platform)
         .env("CLEARING_SECRET", &p.secret)
@@ -160,7 +159,7 @@ fn the_sdk_signs_what_the_server_verifies() {
     let mut child = Command::new(python())
         .arg("-c")
         .arg(script)
-        .env("PYTHONPATH", Path::new(REPO).join("sdk/python"))
+        .env("PYTHONPATH", support::repo_file("sdk/python"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

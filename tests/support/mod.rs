@@ -136,6 +136,15 @@ pub fn signed_get_json(server: &Server, path: &str, platform: &str, secret: &str
     signed_get(server, path, platform, t, nonce, &sign(secret, "GET", path, t, nonce, b""))
 }
 
+/// A file of the repository, found at run time (`CARGO_MANIFEST_DIR`, which cargo and nextest set
+/// for every test): a test binary built from another clone of the same sources (a shared build
+/// cache) still reads this clone's files.
+#[allow(dead_code)]
+pub fn repo_file(relative: impl AsRef<std::path::Path>) -> std::path::PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    root.join(relative)
+}
+
 /// The default configuration with some lines replaced (e.g. the simulator's latency).
 pub fn config_with(replacements: &[(&str, &str)]) -> String {
     let mut text = include_str!("../../config/default.toml").to_string();
