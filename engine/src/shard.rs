@@ -242,6 +242,10 @@ struct Round {
     sent: Vec<u64>,
     /// Credits applied from each source before this round (to know whom to acknowledge).
     inbound_before: Vec<u64>,
+    /// Per source shard: whether this round holds credits from it. A round of resent credits
+    /// only (all applied before a crash whose acknowledgement was lost) advances nothing but
+    /// must still be acknowledged, or the source keeps them pending until it sends a new one.
+    credited: Vec<bool>,
     /// When the oldest deferred acknowledgement arrived.
     acks_since: Option<Instant>,
     /// Per source shard: the highest applied sequence whose acknowledgement could not be sent
@@ -299,6 +303,7 @@ impl Shard {
             encoded: Vec::new(),
             sent: self.state.outboxes.iter().map(|o| o.acknowledged).collect(),
             inbound_before: Vec::with_capacity(shard_count),
+            credited: vec![false; shard_count],
             acks_since: None,
             acks_owed: vec![0; shard_count],
             outbox_unsent: false,
@@ -508,6 +513,9 @@ impl Shard {
     fn take_inbound(&mut self, message: Inbound, round: &mut Round) {
         match message {
             Inbound::Credits(credits) => {
+                if let Some(flag) = credits.first().and_then(|credit| round.credited.get_mut(credit.source as usize)) {
+                    *flag = true;
+                }
                 for credit in credits {
                     round.envelopes.push(Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(credit) });
                 }
@@ -630,7 +638,8 @@ impl Shard {
         round.outbox_unsent = !self.send_outbox(&mut round.sent);
         for source in 0..round.inbound_before.len() {
             let applied = self.state.inbound_applied[source];
-            if applied > round.inbound_before[source] {
+            let credited = std::mem::take(&mut round.credited[source]);
+            if applied > round.inbound_before[source] || credited {
                 // Cumulative: a sent acknowledgement also covers any older one still owed.
                 round.acks_owed[source] = if self.acknowledge(source, applied) { 0 } else { applied };
             }

@@ -429,3 +429,31 @@ fn order_numbers_inside_a_batch_payment_are_claimed_on_every_shard_and_after_res
     assert!(engine.execute_one(keyed("big", pay(a0, b, 5))).unwrap().is_ok());
     engine.shutdown();
 }
+
+/// Regression (a SIGKILL test once timed out with "10 credits still in flight"): a crash after
+/// the receiver applied credits durably but before the sender journaled their acknowledgement
+/// leaves them pending on the sender; after restart it sends them again, the receiver skips them
+/// as applied, and must still acknowledge them, or they stay pending until the sender happens to
+/// send a new credit (with no more traffic that way: for ever, and `wait_quiescent` times out).
+#[test]
+fn credits_resent_after_a_lost_acknowledgement_are_acknowledged_again() {
+    let store = Arc::new(MemoryStore::new());
+    // Acknowledgements wait for a batch to ride on (none comes): the "crash" below loses them.
+    let slow_acks = EngineConfig { ack_flush_ms: 3_600_000, ..config(2) };
+    let engine = Engine::start(slow_acks, store.clone()).unwrap();
+    let accounts = open_funded(&engine, 0..6, 1_000_000);
+    let payer = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
+    let payee = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    engine.wait_credits_applied(Duration::from_secs(10)).unwrap();
+    assert!(engine.execute_one(keyed("resent-1", pay(payer, payee, 500))).unwrap().is_ok());
+    engine.wait_credits_applied(Duration::from_secs(10)).unwrap();
+    assert_eq!(engine.read_shard(0, |s| s.outbox_pending()).unwrap(), 1, "applied on shard 1, its acknowledgement not yet journaled on shard 0");
+    // A kill -9 now: what is durable is the receiver's application, not the acknowledgement.
+    let durable = Arc::new(store.snapshot());
+    engine.shutdown();
+    let restarted = Engine::start(config(2), durable.clone()).unwrap();
+    restarted.wait_quiescent(Duration::from_secs(20)).expect("the resent credit is acknowledged although it was a duplicate");
+    assert_eq!(balance(&restarted, payee), (1_000_000, 500, 0), "applied once");
+    assert!(check_engine(&restarted).unwrap().ok);
+    restarted.shutdown();
+}
