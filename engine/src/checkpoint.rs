@@ -43,10 +43,16 @@ const PART_PREFIX: &[u8; 4] = b"m/p/";
 /// is version 1's, so this build reads both (a version 1 state simply holds all its records
 /// hot); a build that knows only version 1 skips version 2 checkpoints and replays its journal
 /// from the start, which rebuilds every record in memory, so it never misses a cold one.
-pub const CHECKPOINT_FORMAT_VERSION: u8 = 2;
+///
+/// Version 3: the history vectors (`ChunkedVec`) are encoded as flat sequences and the income
+/// map as a sequence of entries (both are copy-on-write now, in chunks and blocks of 4,096,
+/// so that a checkpoint's snapshot copies pointers, not history). Versions 1 and 2 are still
+/// read (`growth::with_legacy_layout`): a data directory whose journal was archived behind
+/// such a checkpoint cannot replay from the start, so it must not be skipped.
+pub const CHECKPOINT_FORMAT_VERSION: u8 = 3;
 
 /// Older versions this build still reads (see `CHECKPOINT_FORMAT_VERSION`).
-const READABLE_FORMAT_VERSIONS: [u8; 2] = [1, CHECKPOINT_FORMAT_VERSION];
+const READABLE_FORMAT_VERSIONS: [u8; 3] = [1, 2, CHECKPOINT_FORMAT_VERSION];
 
 /// The most bytes of encoded state one part (one storage value, one write) holds.
 pub const PART_BYTES: usize = 16 << 20;
@@ -279,7 +285,9 @@ pub fn load(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<(ShardSt
     let mut reader = PartReader { store, manifest: &manifest, next_part: 0, part: Vec::new(), position: 0 };
     // The decoder reads through a buffer; `reject_trailing_bytes` does not apply to readers, so
     // the reader must be spent exactly afterwards.
-    let state: ShardState = codec().deserialize_from(&mut reader).map_err(|e| unusable(format!("the state does not decode: {e}")))?;
+    let legacy = bytes[0] < 3;
+    let state: ShardState = crate::ledger::growth::with_legacy_layout(legacy, || codec().deserialize_from(&mut reader))
+        .map_err(|e| unusable(format!("the state does not decode: {e}")))?;
     let mut rest = [0u8; 1];
     match reader.read(&mut rest) {
         Ok(0) => {}

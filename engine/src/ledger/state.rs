@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::command::{content_hash, idempotency_key, Command, Envelope};
-use crate::ledger::growth::{ChunkedVec, StripedMap};
+use crate::ledger::growth::{ChunkedVec, OrderBlocks, StripedMap};
 use crate::ledger::ops;
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, CurrencySpec, Minor};
@@ -112,7 +112,7 @@ pub struct ShardState {
     /// (empty) once created, so accounts that keep receiving and spending do not reallocate.
     pub lots: FastMap<AccountId, VecDeque<Lot>>,
     /// (payment, payee) -> income received, on the payee's shard.
-    pub income: StripedMap<(OrderId, AccountId), Income>,
+    pub income: OrderBlocks<(OrderId, AccountId), Income>,
     /// Outboxes by target shard.
     pub outboxes: Vec<Outbox>,
     /// Highest credit sequence applied from each source shard.
