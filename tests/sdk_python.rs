@@ -17,7 +17,6 @@ use serde_json::json;
 use support::money::FAST_BANK;
 use support::*;
 
-
 /// The virtual environment with the generator and the client's dependencies.
 fn venv() -> PathBuf {
     std::env::var_os("CLEARING_SDK_VENV").map_or_else(|| PathBuf::from("/var/tmp/clearing-sdk-venv"), PathBuf::from)
