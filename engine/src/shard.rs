@@ -264,6 +264,19 @@ pub fn outcome_cell(kind_code: u8, code: ResultCode) -> usize {
     kind_code as usize * ResultCode::ALL.len() + code.number() as usize
 }
 
+/// Lowers the calling thread's scheduling priority to nice 10 (Linux: a thread is a task, so
+/// this is the thread's own): a checkpoint's encoding and writing then take the cores only when
+/// the shards' batches, which clients wait for, leave them. Anywhere else, or if refused,
+/// nothing changes; a checkpoint is correct at any speed.
+fn yield_to_batches() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `gettid` and `setpriority` take and return plain integers and touch no memory of
+    // ours; the target is the calling thread itself.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+    }
+}
+
 /// How often an idle shard looks whether its checkpoint in flight has finished.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
 
@@ -408,6 +421,7 @@ impl Shard {
         self.checkpoints.last_sequence = head.sequence;
         self.checkpoints.last_at = Instant::now();
         let spawned = std::thread::Builder::new().name(format!("checkpoint-{}", self.state.shard)).spawn(move || {
+            yield_to_batches();
             let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept)?;
             if let Some(sealed) = &snapshot.sealed {
                 // Their rows are durable: the filter learns them before the router forgets
