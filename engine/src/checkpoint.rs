@@ -5,15 +5,23 @@
 //! checkpoints sort by the batch they follow):
 //! - **parts** under `m/p/` + shard + sequence + part: consecutive slices of at most `PART_BYTES`
 //!   of the encoded state (bincode, the journal's codec), each in its own synced write;
-//! - **the manifest** under `m/c/` + shard + sequence, written last, once every part is durable:
-//!   `CHECKPOINT_FORMAT_VERSION`, the bincode of a `Manifest` (shard, sequence, the batch's
-//!   timestamp and chain hash, the length and the BLAKE3 of each part), then the BLAKE3 of those
-//!   bytes. `journal::CHECKPOINT_PREFIX` and `journal::checkpoint_key` name the same keys.
+//! - **blobs** under `m/b/` + shard + BLAKE3 of the blob: the chunks of history
+//!   (`ChunkedVec` chunks of 4,096 items, income blocks) a checkpoint keeps apart, each the
+//!   codec's encoding of the chunk, named by its own hash. The parts encode such a chunk as a
+//!   reference (its hash and size). A chunk unchanged since the previous checkpoint is not
+//!   encoded or written again: the shard knows it by address (`BlobCache`, which holds it so
+//!   it cannot change: the live side copies a shared chunk before changing it), so a
+//!   checkpoint writes what changed since the last one, not the history;
+//! - **the manifest** under `m/c/` + shard + sequence, written last, once every part and blob is
+//!   durable: `CHECKPOINT_FORMAT_VERSION`, the bincode of a `Manifest` (shard, sequence, the
+//!   batch's timestamp and chain hash, the length and the BLAKE3 of each part, the hashes of
+//!   the blobs it uses), then the BLAKE3 of those bytes. `journal::CHECKPOINT_PREFIX` and
+//!   `journal::checkpoint_key` name the same keys.
 //!
 //! A checkpoint counts only once its manifest is written, so a crash at any point of writing one
 //! leaves the previous checkpoints as they were (parts without a manifest are ignored, then
-//! deleted with the next pruning). Loading checks the manifest's hash, every part's hash and
-//! that the state decodes to exactly the bytes written; recovery takes the newest checkpoint
+//! deleted with the next pruning; so are blobs no kept manifest names). Loading checks the manifest's hash, every part's hash and
+//! that the state decodes to exactly the bytes written, and each blob's hash; recovery takes the newest checkpoint
 //! that passes and falls back to older ones, naming each one it skipped and why.
 //!
 //! The state is taken between two batches, so it is exactly what replaying the journal up to
@@ -21,18 +29,24 @@
 //! form, so a change of `ShardState`'s fields changes the format: bump
 //! `CHECKPOINT_FORMAT_VERSION` (a binary then ignores older checkpoints and replays the journal).
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use storage::{StorageError, Store};
 
 use crate::journal::{codec, ChainHead};
-use crate::ledger::state::ShardState;
+use crate::ledger::growth::{BlobSink, Layout};
+use crate::ledger::state::{FastMap, ShardState};
 use crate::ledger::types::{ShardId, Timestamp};
 
 /// Parts (manifests are under `journal::CHECKPOINT_PREFIX`, `m/c/`; `c/` is the gateway's cards).
 const PART_PREFIX: &[u8; 4] = b"m/p/";
+
+/// Blobs: chunks of history shared by the checkpoints that hold them unchanged.
+const BLOB_PREFIX: &[u8; 4] = b"m/b/";
 
 /// The version of a checkpoint's encoding, the first byte of its manifest. Bump it whenever
 /// `ShardState`'s serialized form changes: checkpoints of other versions are skipped (and the
@@ -49,10 +63,14 @@ const PART_PREFIX: &[u8; 4] = b"m/p/";
 /// so that a checkpoint's snapshot copies pointers, not history). Versions 1 and 2 are still
 /// read (`growth::with_legacy_layout`): a data directory whose journal was archived behind
 /// such a checkpoint cannot replay from the start, so it must not be skipped.
-pub const CHECKPOINT_FORMAT_VERSION: u8 = 3;
+///
+/// Version 4: full chunks of history are blobs of their own (`m/b/`), written once and shared by
+/// the checkpoints that hold them unchanged; the manifest names them (`Manifest::blobs`).
+/// Versions 1 to 3 are still read (their manifests have no blob list).
+pub const CHECKPOINT_FORMAT_VERSION: u8 = 4;
 
 /// Older versions this build still reads (see `CHECKPOINT_FORMAT_VERSION`).
-const READABLE_FORMAT_VERSIONS: [u8; 3] = [1, 2, CHECKPOINT_FORMAT_VERSION];
+const READABLE_FORMAT_VERSIONS: [u8; 4] = [1, 2, 3, CHECKPOINT_FORMAT_VERSION];
 
 /// The most bytes of encoded state one part (one storage value, one write) holds.
 pub const PART_BYTES: usize = 16 << 20;
@@ -60,6 +78,15 @@ pub const PART_BYTES: usize = 16 << 20;
 /// The key of the manifest of the checkpoint of `shard` after batch `sequence`.
 pub fn manifest_key(shard: ShardId, sequence: u64) -> [u8; 14] {
     crate::journal::checkpoint_key(shard, sequence)
+}
+
+/// The key of the blob of `shard` with hash `hash`.
+pub fn blob_key(shard: ShardId, hash: &[u8; 32]) -> [u8; 38] {
+    let mut key = [0u8; 38];
+    key[..4].copy_from_slice(BLOB_PREFIX);
+    key[4..6].copy_from_slice(&shard.to_be_bytes());
+    key[6..].copy_from_slice(hash);
+    key
 }
 
 /// The key of part `part` of that checkpoint.
@@ -86,6 +113,47 @@ pub struct Manifest {
     pub bytes: u64,
     /// The BLAKE3 of each part, in order.
     pub part_hashes: Vec<[u8; 32]>,
+    /// The blobs the state refers to, sorted (format 4; none before).
+    pub blobs: Vec<[u8; 32]>,
+}
+
+/// The manifest of formats 1 to 3 (no blobs).
+#[derive(Deserialize)]
+struct ManifestBeforeBlobs {
+    shard: ShardId,
+    sequence: u64,
+    timestamp: Timestamp,
+    chain_hash: [u8; 32],
+    bytes: u64,
+    part_hashes: Vec<[u8; 32]>,
+}
+
+/// What a shard remembers of its last checkpoint's blobs: each chunk's address and its blob's
+/// hash, and the chunks themselves (so no address is reused and no chunk changes in place while
+/// it is known). Passed from one checkpoint to the next; empty after a start or a failure (the
+/// next checkpoint then encodes every chunk again, and rewrites the same blobs).
+#[derive(Clone, Default)]
+pub struct BlobCache {
+    known: FastMap<usize, [u8; 32]>,
+    pins: Vec<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for BlobCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlobCache({} chunks)", self.known.len())
+    }
+}
+
+impl BlobCache {
+    /// How many chunks it knows.
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Whether it knows none.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
 }
 
 /// Why a checkpoint could not be written or used.
@@ -104,6 +172,74 @@ pub struct Written {
     pub write_us: u64,
     /// Idempotency records it moved to the store (the state's sealed generation).
     pub evicted: usize,
+    /// Blobs it wrote (chunks new or changed since the previous checkpoint), and their bytes.
+    pub blobs_written: u64,
+    pub blob_bytes: u64,
+    /// Blobs it took over from the previous checkpoint without encoding them.
+    pub blobs_reused: u64,
+    /// What the next checkpoint of the shard starts from.
+    pub cache: BlobCache,
+}
+
+/// Writes the blobs a checkpoint's state offers (`ShardState::offer_blobs`), batched into writes
+/// of about `PART_BYTES`, and builds the next `BlobCache`.
+struct Blobber<'a> {
+    store: &'a dyn Store,
+    shard: ShardId,
+    previous: &'a BlobCache,
+    next: BlobCache,
+    used: HashSet<[u8; 32]>,
+    pending: Vec<([u8; 38], Vec<u8>)>,
+    pending_bytes: usize,
+    written: u64,
+    bytes: u64,
+    reused: u64,
+    error: Option<StorageError>,
+}
+
+impl Blobber<'_> {
+    fn flush(&mut self) {
+        if self.pending.is_empty() || self.error.is_some() {
+            return;
+        }
+        let puts: Vec<(&[u8], &[u8])> = self.pending.iter().map(|(key, value)| (&key[..], &value[..])).collect();
+        if let Err(error) = self.store.write(&puts) {
+            self.error = Some(error);
+        }
+        self.pending.clear();
+        self.pending_bytes = 0;
+    }
+}
+
+impl BlobSink for Blobber<'_> {
+    fn offer(&mut self, address: usize, pin: Arc<dyn std::any::Any + Send + Sync>, encode: &dyn Fn() -> Vec<u8>) {
+        if self.error.is_some() {
+            return;
+        }
+        let hash = match self.previous.known.get(&address) {
+            Some(hash) => {
+                self.reused += 1;
+                *hash
+            }
+            None => {
+                let bytes = encode();
+                let hash = *blake3::hash(&bytes).as_bytes();
+                if !self.used.contains(&hash) {
+                    self.written += 1;
+                    self.bytes += bytes.len() as u64;
+                    self.pending_bytes += bytes.len();
+                    self.pending.push((blob_key(self.shard, &hash), bytes));
+                    if self.pending_bytes >= PART_BYTES {
+                        self.flush();
+                    }
+                }
+                hash
+            }
+        };
+        self.used.insert(hash);
+        self.next.known.insert(address, hash);
+        self.next.pins.push(pin);
+    }
 }
 
 /// Streams the encoded state into parts, writing each as it fills (the whole encoding is never
@@ -163,7 +299,18 @@ impl Write for PartWriter<'_> {
 /// encoding) are written first as cold rows stamped `head.sequence`: a manifest never names a
 /// state whose evicted records are not durable. A crash before the manifest leaves rows that a
 /// recovery from an older checkpoint ignores until its replay passes their stamp (`cold`).
-pub fn write(store: &dyn Store, state: &ShardState, head: ChainHead, timestamp: Timestamp, kept: usize) -> Result<Written, CheckpointError> {
+///
+/// The state's full chunks of history are blobs: those `previous` (the last checkpoint's
+/// `Written::cache`) knows, unchanged since, are referred to as they are; the others are encoded
+/// and written, before any part. `Written::cache` is what the next checkpoint starts from.
+pub fn write(
+    store: &dyn Store,
+    state: &ShardState,
+    head: ChainHead,
+    timestamp: Timestamp,
+    kept: usize,
+    previous: BlobCache,
+) -> Result<Written, CheckpointError> {
     let sequence = head.sequence;
     use bincode::Options;
     let started = Instant::now();
@@ -172,8 +319,30 @@ pub fn write(store: &dyn Store, state: &ShardState, head: ChainHead, timestamp: 
         Some(sealed) => crate::cold::write_rows(store, shard, sequence, sealed)?,
         None => 0,
     };
+    let mut blobber = Blobber {
+        store,
+        shard,
+        previous: &previous,
+        next: BlobCache::default(),
+        used: HashSet::new(),
+        pending: Vec::new(),
+        pending_bytes: 0,
+        written: 0,
+        bytes: 0,
+        reused: 0,
+        error: None,
+    };
+    state.offer_blobs(&mut blobber);
+    blobber.flush();
+    if let Some(error) = blobber.error.take() {
+        return Err(CheckpointError::Storage(error));
+    }
+    let (next, used, blobs_written, blob_bytes, blobs_reused) = (blobber.next, blobber.used, blobber.written, blobber.bytes, blobber.reused);
     let mut writer = PartWriter { store, shard, sequence, buffer: Vec::with_capacity(PART_BYTES.min(1 << 20)), hashes: Vec::new(), bytes: 0, error: None };
-    if let Err(error) = codec().serialize_into(&mut writer, state) {
+    let (encoded, layout) = crate::ledger::growth::with_layout(Layout::PiecesOut(next.known), || codec().serialize_into(&mut writer, state));
+    let Layout::PiecesOut(known) = layout else { unreachable!("the layout set above") };
+    let next = BlobCache { known, pins: next.pins };
+    if let Err(error) = encoded {
         return Err(match writer.error.take() {
             Some(storage) => CheckpointError::Storage(storage),
             None => CheckpointError::Unusable { shard, sequence, reason: format!("the state does not encode: {error}") },
@@ -183,10 +352,14 @@ pub fn write(store: &dyn Store, state: &ShardState, head: ChainHead, timestamp: 
         let error = writer.error.take().unwrap_or(StorageError::Io("part write failed".into()));
         return Err(CheckpointError::Storage(error));
     }
-    let manifest = Manifest { shard, sequence, timestamp, chain_hash: head.hash, bytes: writer.bytes, part_hashes: writer.hashes };
+    let mut blobs: Vec<[u8; 32]> = used.into_iter().collect();
+    blobs.sort_unstable();
+    let manifest = Manifest { shard, sequence, timestamp, chain_hash: head.hash, bytes: writer.bytes, part_hashes: writer.hashes, blobs };
     store.write(&[(&manifest_key(shard, sequence), &encode_manifest(&manifest))])?;
+    // The chunks the previous checkpoint held but this one does not are let go only now.
+    drop(previous);
     prune(store, shard, kept.max(1))?;
-    Ok(Written { manifest, write_us: started.elapsed().as_micros() as u64, evicted })
+    Ok(Written { manifest, write_us: started.elapsed().as_micros() as u64, evicted, blobs_written, blob_bytes, blobs_reused, cache: next })
 }
 
 fn encode_manifest(manifest: &Manifest) -> Vec<u8> {
@@ -211,7 +384,20 @@ fn decode_manifest(shard: ShardId, sequence: u64, bytes: &[u8]) -> Result<Manife
     if !READABLE_FORMAT_VERSIONS.contains(&body[0]) {
         return Err(unusable(format!("format version {}; this build reads version {CHECKPOINT_FORMAT_VERSION}", body[0])));
     }
-    let manifest: Manifest = codec().deserialize(&body[1..]).map_err(|e| unusable(format!("the manifest does not decode: {e}")))?;
+    let manifest: Manifest = if body[0] < 4 {
+        let old: ManifestBeforeBlobs = codec().deserialize(&body[1..]).map_err(|e| unusable(format!("the manifest does not decode: {e}")))?;
+        Manifest {
+            shard: old.shard,
+            sequence: old.sequence,
+            timestamp: old.timestamp,
+            chain_hash: old.chain_hash,
+            bytes: old.bytes,
+            part_hashes: old.part_hashes,
+            blobs: Vec::new(),
+        }
+    } else {
+        codec().deserialize(&body[1..]).map_err(|e| unusable(format!("the manifest does not decode: {e}")))?
+    };
     if manifest.shard != shard || manifest.sequence != sequence {
         return Err(unusable(format!("the manifest names batch {} of shard {}", manifest.sequence, manifest.shard)));
     }
@@ -240,7 +426,39 @@ fn prune(store: &dyn Store, shard: ShardId, kept: usize) -> Result<(), StorageEr
     }
     let oldest_kept = sequences[sequences.len() - kept];
     store.delete_range(&part_key(shard, 0, 0), &part_key(shard, oldest_kept, 0))?;
-    store.delete_range(&manifest_key(shard, 0), &manifest_key(shard, oldest_kept))
+    store.delete_range(&manifest_key(shard, 0), &manifest_key(shard, oldest_kept))?;
+    collect_blobs(store, shard)
+}
+
+/// Deletes the blobs of `shard` that no remaining manifest names (those of pruned checkpoints,
+/// and any a crash left before its manifest). A manifest that cannot be read protects nothing:
+/// it is unusable anyway.
+fn collect_blobs(store: &dyn Store, shard: ShardId) -> Result<(), StorageError> {
+    let mut named = HashSet::new();
+    for sequence in list(store, shard)? {
+        if let Some(bytes) = store.get(&manifest_key(shard, sequence))? {
+            if let Ok(manifest) = decode_manifest(shard, sequence, &bytes) {
+                named.extend(manifest.blobs);
+            }
+        }
+    }
+    let (start, end) = (blob_key(shard, &[0; 32]), blob_key(shard, &[0xff; 32]));
+    let mut unnamed = Vec::new();
+    store.scan(&start, &end, &mut |key, _| {
+        if let Some(hash) = key.get(6..38).and_then(|h| <[u8; 32]>::try_from(h).ok()) {
+            if !named.contains(&hash) {
+                unnamed.push(key.to_vec());
+            }
+        }
+        true
+    })?;
+    // The scan's end is exclusive: the all-ones hash (never a BLAKE3 in practice) is left alone.
+    for key in unnamed {
+        let mut after = key.clone();
+        after.push(0);
+        store.delete_range(&key, &after)?;
+    }
+    Ok(())
 }
 
 /// Reads the parts of a checkpoint in order, checking each one's hash before serving a byte.
@@ -285,9 +503,13 @@ pub fn load(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<(ShardSt
     let mut reader = PartReader { store, manifest: &manifest, next_part: 0, part: Vec::new(), position: 0 };
     // The decoder reads through a buffer; `reject_trailing_bytes` does not apply to readers, so
     // the reader must be spent exactly afterwards.
-    let legacy = bytes[0] < 3;
-    let state: ShardState = crate::ledger::growth::with_legacy_layout(legacy, || codec().deserialize_from(&mut reader))
-        .map_err(|e| unusable(format!("the state does not decode: {e}")))?;
+    let layout = match bytes[0] {
+        1 | 2 => Layout::Legacy,
+        3 => Layout::Flat,
+        _ => Layout::PiecesIn(Vec::new()),
+    };
+    let (decoded, layout) = crate::ledger::growth::with_layout(layout, || codec().deserialize_from::<_, ShardState>(&mut reader));
+    let mut state = decoded.map_err(|e| unusable(format!("the state does not decode: {e}")))?;
     let mut rest = [0u8; 1];
     match reader.read(&mut rest) {
         Ok(0) => {}
@@ -297,7 +519,53 @@ pub fn load(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<(ShardSt
     if state.shard != shard || !state.is_initialized() {
         return Err(unusable(format!("the state is of shard {} with {} shards", state.shard, state.shard_count)));
     }
+    if let Layout::PiecesIn(placeholders) = layout {
+        fill(store, &manifest, &mut state, &placeholders)?;
+    }
     Ok((state, manifest))
+}
+
+/// Reads the blobs the decoded state's placeholders stand for, each checked against its hash and
+/// against the manifest's list, and puts them in place.
+fn fill(store: &dyn Store, manifest: &Manifest, state: &mut ShardState, placeholders: &[crate::ledger::growth::Placeholder]) -> Result<(), CheckpointError> {
+    let (shard, sequence) = (manifest.shard, manifest.sequence);
+    let unusable = |reason: String| CheckpointError::Unusable { shard, sequence, reason };
+    let by_address: FastMap<usize, ([u8; 32], u32)> = placeholders.iter().map(|p| (p.address, (p.hash, p.count))).collect();
+    let mut storage_error = None;
+    let mut filled = 0usize;
+    let mut source = |address: usize| -> Result<Option<(Vec<u8>, u32)>, String> {
+        let Some((hash, count)) = by_address.get(&address) else { return Ok(None) };
+        if manifest.blobs.binary_search(hash).is_err() {
+            return Err("the state refers to a blob its manifest does not name".into());
+        }
+        let bytes = match store.get(&blob_key(shard, hash)) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err(format!("blob {} is missing", hex(hash))),
+            Err(error) => {
+                let text = error.to_string();
+                storage_error = Some(error);
+                return Err(text);
+            }
+        };
+        if blake3::hash(&bytes).as_bytes() != hash {
+            return Err(format!("blob {} does not match its hash", hex(hash)));
+        }
+        filled += 1;
+        Ok(Some((bytes, *count)))
+    };
+    let result = state.fill_blobs(&mut source);
+    if let Some(error) = storage_error {
+        return Err(CheckpointError::Storage(error));
+    }
+    result.map_err(&unusable)?;
+    if filled != placeholders.len() {
+        return Err(unusable(format!("{} of {} blob references were filled", filled, placeholders.len())));
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The newest usable checkpoint of `shard`, and why each newer one was skipped.

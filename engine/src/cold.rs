@@ -447,7 +447,7 @@ mod tests {
         assert!(state.idempotency.is_empty() && sealed.len() == 1);
         assert_eq!(state.idempotency_record(&keys[0]).map(|r| r.reply.id), Some(id), "still answered from memory");
         let head = crate::journal::ChainHead { sequence: 4, hash: [0; 32] };
-        let written = crate::checkpoint::write(&store, &state, head, T0, 2).unwrap();
+        let written = crate::checkpoint::write(&store, &state, head, T0, 2, Default::default()).unwrap();
         assert_eq!(written.evicted, 1);
         state.drop_sealed();
         assert_eq!(state.idempotency_record(&keys[0]), None);

@@ -195,12 +195,16 @@ pub struct Checkpoints {
     pub last_sequence: u64,
     last_at: Instant,
     in_flight: Option<std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>>,
+    /// The chunks of history the last checkpoint wrote as blobs (`checkpoint::BlobCache`): the
+    /// next one refers to those unchanged instead of writing them again. Handed to the
+    /// checkpoint in flight, back when it is collected; empty after a failure or a start.
+    blobs: crate::checkpoint::BlobCache,
 }
 
 impl Checkpoints {
     /// Nothing in flight; the last checkpoint is the one recovery started from (if any).
     pub fn starting_from(last_sequence: Option<u64>) -> Checkpoints {
-        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), in_flight: None }
+        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), in_flight: None, blobs: Default::default() }
     }
 }
 
@@ -264,16 +268,16 @@ pub fn outcome_cell(kind_code: u8, code: ResultCode) -> usize {
     kind_code as usize * ResultCode::ALL.len() + code.number() as usize
 }
 
-/// Lowers the calling thread's scheduling priority to nice 10 (Linux: a thread is a task, so
-/// this is the thread's own): a checkpoint's encoding and writing then take the cores only when
-/// the shards' batches, which clients wait for, leave them. Anywhere else, or if refused,
-/// nothing changes; a checkpoint is correct at any speed.
+/// Lowers the calling thread's scheduling priority to nice 10 (on Linux the nice value is per
+/// thread, and `who` 0 is the calling thread): a checkpoint's encoding and writing then take the
+/// cores only when the shards' batches, which clients wait for, leave them. Anywhere else, or
+/// if refused, nothing changes; a checkpoint is correct at any speed.
 fn yield_to_batches() {
     #[cfg(target_os = "linux")]
-    // SAFETY: `gettid` and `setpriority` take and return plain integers and touch no memory of
-    // ours; the target is the calling thread itself.
+    // SAFETY: `setpriority` takes plain integers and touches no memory of ours; `who` 0 names
+    // the calling thread.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
 
@@ -420,9 +424,10 @@ impl Shard {
         debug_assert_eq!(head.sequence, self.sequence, "the chain head is the last batch");
         self.checkpoints.last_sequence = head.sequence;
         self.checkpoints.last_at = Instant::now();
+        let blobs = std::mem::take(&mut self.checkpoints.blobs);
         let spawned = std::thread::Builder::new().name(format!("checkpoint-{}", self.state.shard)).spawn(move || {
             yield_to_batches();
-            let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept)?;
+            let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept, blobs)?;
             if let Some(sealed) = &snapshot.sealed {
                 // Their rows are durable: the filter learns them before the router forgets
                 // its claims and before the shard drops them from memory.
@@ -449,9 +454,10 @@ impl Shard {
     /// the same records, and a later checkpoint writes them again).
     fn collect_checkpoint(&mut self, handle: std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>) {
         match handle.join() {
-            Ok(Ok(written)) => {
+            Ok(Ok(mut written)) => {
                 self.state.drop_sealed();
                 self.publish_checkpoint(&written);
+                self.checkpoints.blobs = std::mem::take(&mut written.cache);
             }
             Ok(Err(error)) => {
                 self.state.unseal();
@@ -469,7 +475,8 @@ impl Shard {
         c.checkpoint_sequence.store(written.manifest.sequence, Ordering::Relaxed);
         c.checkpoint_at.store(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0), Ordering::Relaxed);
         c.checkpoints.fetch_add(1, Ordering::Relaxed);
-        c.checkpoint_bytes.store(written.manifest.bytes, Ordering::Relaxed);
+        // What it wrote: its parts and the blobs new since the previous checkpoint.
+        c.checkpoint_bytes.store(written.manifest.bytes + written.blob_bytes, Ordering::Relaxed);
         c.checkpoint_write_us.store(written.write_us, Ordering::Relaxed);
         c.idempotency_evicted.fetch_add(written.evicted as u64, Ordering::Relaxed);
     }
@@ -486,7 +493,8 @@ impl Shard {
             return;
         }
         self.state.seal_idempotency();
-        match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept) {
+        let blobs = std::mem::take(&mut self.checkpoints.blobs);
+        match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept, blobs) {
             Ok(written) => {
                 if let Some(sealed) = &self.state.sealed {
                     sealed.iter().for_each(|(key, _)| self.cold_filter.insert(*key));

@@ -259,3 +259,122 @@ fn a_write_failure_at_any_point_of_a_checkpoint_loses_nothing_acknowledged() {
         }
     }
 }
+
+fn plain(command: Command) -> Envelope {
+    Envelope { platform: P, out_order_no: None, command }
+}
+
+/// Opens accounts (pushing batches) until the newest checkpoint of `shard` has a state for which
+/// `ready` holds; returns that checkpoint's manifest.
+fn wait_for_a_checkpoint_where(
+    engine: &Engine,
+    store: &MemoryStore,
+    shard: ShardId,
+    ready: impl Fn(&engine::ledger::state::ShardState) -> bool,
+) -> checkpoint::Manifest {
+    for round in 0..3000u64 {
+        if let Some(newest) = checkpoint::list(store, shard).unwrap().last() {
+            // (A pruning may delete it while it is read: then it is simply not the one.)
+            if let Ok((state, manifest)) = checkpoint::load(store, shard, *newest) {
+                if ready(&state) {
+                    return manifest;
+                }
+            }
+        }
+        engine.execute_one(plain(Command::OpenAccount { owner: 2_000_000 + round, currency: CNY, limits: Limits::NONE })).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("no checkpoint of shard {shard} came to hold what was asked");
+}
+
+fn blob_keys(store: &MemoryStore, shard: ShardId) -> Vec<[u8; 32]> {
+    let mut hashes = Vec::new();
+    store
+        .scan(&checkpoint::blob_key(shard, &[0; 32]), &checkpoint::blob_key(shard, &[0xff; 32]), &mut |key, _| {
+            hashes.push(key[6..38].try_into().unwrap());
+            true
+        })
+        .unwrap();
+    hashes
+}
+
+/// Format 4: full chunks of history are blobs, written once and shared by the checkpoints that
+/// hold them unchanged, so a later checkpoint writes what changed, not the history; blobs no kept
+/// checkpoint names are deleted; recovery from such a checkpoint equals a whole replay; a
+/// corrupt or missing blob makes its checkpoint unusable and recovery goes on without it.
+#[test]
+fn checkpoints_write_history_once_and_then_only_what_changed() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(2, 2), store.clone()).unwrap();
+    let opens = (0..8).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
+    let accounts: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).collect();
+    let on_0: Vec<AccountId> = accounts.iter().copied().filter(|a| a.shard(2) == 0).collect();
+    let (payer, payee) = (on_0[0], on_0[1]);
+    assert!(engine.execute_one(plain(Command::Recharge { account: payer, currency: CNY, amount: 1_000_000_000, channel: 1 })).unwrap().is_ok());
+    let pay = |guarantee| {
+        plain(Command::Payment {
+            payer,
+            guarantee,
+            currency: CNY,
+            amount: 1,
+            payees: [Leg { account: payee, amount: 1 }].into_iter().collect(),
+            splits: Legs::new(),
+        })
+    };
+    let escrows = engine.execute((0..4000).map(|_| pay(true)).collect()).unwrap();
+    assert!(escrows.iter().all(|r| r.is_ok()));
+    let first_escrow = OrderId(escrows[0].id);
+    for _ in 0..2 {
+        assert!(engine.execute((0..4000).map(|_| pay(false)).collect()).unwrap().iter().all(|r| r.is_ok()));
+    }
+    // A checkpoint holding all 12,000 orders: two full chunks of orders, and income blocks.
+    let before = wait_for_a_checkpoint_where(&engine, &store, 0, |state| state.orders.len() >= 12_000);
+    assert!(before.blobs.len() >= 2, "full chunks are blobs: {}", before.blobs.len());
+    // Confirming the first escrow changes the first chunk of orders (and its income block).
+    assert!(engine.execute_one(plain(Command::Confirm { order: first_escrow, releases: Legs::new() })).unwrap().is_ok());
+    let after = wait_for_a_checkpoint_where(&engine, &store, 0, |state| state.order(first_escrow).is_some_and(|o| !o.status.is_open()));
+    let shared = after.blobs.iter().filter(|hash| before.blobs.binary_search(hash).is_ok()).count();
+    let new: Vec<[u8; 32]> = after.blobs.iter().copied().filter(|hash| before.blobs.binary_search(hash).is_err()).collect();
+    assert!(shared >= 1, "the unchanged chunks are the same blobs");
+    assert!(!new.is_empty(), "the changed chunk is a new blob");
+    assert!(new.len() < after.blobs.len(), "only what changed was written again: {} of {}", new.len(), after.blobs.len());
+    engine.shutdown();
+
+    // Every blob left is named by a kept checkpoint, and every named one is there.
+    for shard in 0..2u16 {
+        let mut named: Vec<[u8; 32]> = Vec::new();
+        for sequence in checkpoint::list(&*store, shard).unwrap() {
+            named.extend(checkpoint::load(&*store, shard, sequence).unwrap().1.blobs);
+        }
+        named.sort_unstable();
+        named.dedup();
+        assert_eq!(blob_keys(&store, shard), named, "shard {shard}: the blobs are exactly those the kept checkpoints use");
+    }
+    for (shard, (recovered, full, checkpoint, skipped)) in both_ways(&store).into_iter().enumerate() {
+        assert!(checkpoint.is_some() && skipped.is_empty(), "shard {shard}: {checkpoint:?} {skipped:?}");
+        assert_eq!(recovered, full, "shard {shard}: checkpoint with blobs + tail == whole journal");
+    }
+
+    // A flipped byte in a blob the newest checkpoint uses makes it unusable; so does a blob gone.
+    let newest = *checkpoint::list(&*store, 0).unwrap().last().unwrap();
+    let key = checkpoint::blob_key(0, &new[0]);
+    let mut blob = store.get(&key).unwrap().unwrap();
+    let middle = blob.len() / 2;
+    blob[middle] ^= 0x08;
+    store.write(&[(&key, &blob)]).unwrap();
+    let recovered = recover_shard(&*store, 0).unwrap();
+    assert!(recovered.skipped.iter().any(|s| s.contains(&format!("at batch {newest}")) && s.contains("does not match its hash")), "{:?}", recovered.skipped);
+    blob[middle] ^= 0x08;
+    store.write(&[(&key, &blob)]).unwrap();
+    let unchanged = after.blobs.iter().find(|hash| before.blobs.binary_search(hash).is_ok()).unwrap();
+    let key = checkpoint::blob_key(0, unchanged);
+    store.delete_range(&key, &[&key[..], &[0]].concat()).unwrap();
+    let recovered = recover_shard(&*store, 0).unwrap();
+    assert!(recovered.skipped.iter().any(|s| s.contains("is missing")), "{:?}", recovered.skipped);
+    for (shard, (recovered, full, _, _)) in both_ways(&store).into_iter().enumerate() {
+        assert_eq!(recovered, full, "shard {shard}: without the damaged checkpoints, still exact");
+    }
+    let restarted = Engine::start(config(2, 2), store.clone()).unwrap();
+    restarted.shutdown();
+    assert!(check_store(&*store, 2).unwrap().ok);
+}

@@ -12,28 +12,124 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ledger::state::FastMap;
 
-thread_local! {
-    static LEGACY_LAYOUT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// How the containers below encode and decode themselves: a thread-local context a checkpoint
+/// sets around its serde calls (`with_layout`); anywhere else they are flat sequences.
+#[derive(Debug, Default)]
+pub enum Layout {
+    /// Flat sequences of items (checkpoint format 3; digests and tests).
+    #[default]
+    Flat,
+    /// Decoding checkpoint formats 1 and 2: `ChunkedVec` as its chunks of 65,536, nested; the
+    /// income map as the 64 stripes of a `StripedMap`. So a data directory whose journal was
+    /// archived behind such a checkpoint still starts after an upgrade.
+    Legacy,
+    /// Encoding checkpoint format 4: each chunk or block is a *piece*, written inline or, when
+    /// its address is a key here, as a reference to the blob with that hash (written apart, and
+    /// shared by every checkpoint that holds the same chunk unchanged).
+    PiecesOut(FastMap<usize, [u8; 32]>),
+    /// Decoding checkpoint format 4: each blob reference becomes an empty placeholder, listed
+    /// here, that `ShardState::fill_blobs` then reads from the store.
+    PiecesIn(Vec<Placeholder>),
 }
 
-/// Runs `decode` with the containers below reading the layout checkpoints of format versions 1
-/// and 2 were written in (`ChunkedVec` as its chunks of 65,536, nested; the income map as the
-/// 64 stripes of a `StripedMap`) when `legacy` holds: so a data directory whose journal was
-/// archived behind such a checkpoint still starts after an upgrade.
-pub fn with_legacy_layout<R>(legacy: bool, decode: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
+/// A chunk or block decoded as a reference: the placeholder's address, the blob's hash and how
+/// many items or entries it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placeholder {
+    pub address: usize,
+    pub hash: [u8; 32],
+    pub count: u32,
+}
+
+thread_local! {
+    static LAYOUT: std::cell::RefCell<Layout> = std::cell::RefCell::new(Layout::Flat);
+}
+
+/// Runs `run` with the containers in `layout`, and gives the layout back (with the placeholders
+/// a `PiecesIn` decoding listed). The previous layout is put back on every path.
+pub fn with_layout<R>(layout: Layout, run: impl FnOnce() -> R) -> (R, Layout) {
+    struct Restore(Option<Layout>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            LEGACY_LAYOUT.with(|flag| flag.set(self.0));
+            if let Some(previous) = self.0.take() {
+                LAYOUT.with(|current| *current.borrow_mut() = previous);
+            }
         }
     }
-    let _restore = Restore(LEGACY_LAYOUT.with(|flag| flag.replace(legacy)));
-    decode()
+    let mut restore = Restore(Some(LAYOUT.with(|current| current.replace(layout))));
+    let result = run();
+    let used = LAYOUT.with(|current| current.replace(restore.0.take().expect("set above")));
+    (result, used)
 }
 
-fn legacy_layout() -> bool {
-    LEGACY_LAYOUT.with(|flag| flag.get())
+/// Runs `decode` with the containers reading the layout of checkpoint formats 1 and 2 when
+/// `legacy` holds (see `Layout::Legacy`).
+pub fn with_legacy_layout<R>(legacy: bool, decode: impl FnOnce() -> R) -> R {
+    with_layout(if legacy { Layout::Legacy } else { Layout::Flat }, decode).0
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Flat,
+    Legacy,
+    PiecesOut,
+    PiecesIn,
+}
+
+fn mode() -> Mode {
+    LAYOUT.with(|current| match &*current.borrow() {
+        Layout::Flat => Mode::Flat,
+        Layout::Legacy => Mode::Legacy,
+        Layout::PiecesOut(_) => Mode::PiecesOut,
+        Layout::PiecesIn(_) => Mode::PiecesIn,
+    })
+}
+
+#[cfg(test)]
+fn legacy_layout() -> bool {
+    mode() == Mode::Legacy
+}
+
+/// The blob hash `PiecesOut` gives the chunk or block at `address`, if any.
+fn blob_of(address: usize) -> Option<[u8; 32]> {
+    LAYOUT.with(|current| match &*current.borrow() {
+        Layout::PiecesOut(blobs) => blobs.get(&address).copied(),
+        _ => None,
+    })
+}
+
+/// Records a placeholder met while decoding `PiecesIn`.
+fn note_placeholder(placeholder: Placeholder) {
+    LAYOUT.with(|current| {
+        if let Layout::PiecesIn(found) = &mut *current.borrow_mut() {
+            found.push(placeholder);
+        }
+    })
+}
+
+/// One chunk (or block) in format 4: inline, or the hash and size of its blob.
+#[derive(Serialize)]
+enum PieceOut<'a, C: ?Sized> {
+    Inline(&'a C),
+    Blob { hash: [u8; 32], count: u32 },
+}
+
+#[derive(Deserialize)]
+enum PieceIn<C> {
+    Inline(C),
+    Blob { hash: [u8; 32], count: u32 },
+}
+
+/// A chunk or block a checkpoint may write as a blob: its address (its identity while `pin`
+/// holds it, unchanged: the live side copies a shared chunk before changing it), a handle that
+/// keeps it so, and its encoding.
+pub trait BlobSink {
+    fn offer(&mut self, address: usize, pin: Arc<dyn std::any::Any + Send + Sync>, encode: &dyn Fn() -> Vec<u8>);
+}
+
+/// Gives the bytes of the blob a placeholder stands for (checked against its hash) and the
+/// count the pieces said it holds, by the placeholder's address; `None` for any other address.
+pub type BlobSource<'a> = dyn FnMut(usize) -> Result<Option<(Vec<u8>, u32)>, String> + 'a;
 
 const CHUNK_BITS: u32 = 12;
 const CHUNK_LEN: usize = 1 << CHUNK_BITS;
@@ -120,6 +216,45 @@ impl<T: Clone> ChunkedVec<T> {
     }
 }
 
+impl<T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> ChunkedVec<T> {
+    /// Offers each full chunk to a checkpoint as a blob (the last, still filling, goes inline).
+    pub fn offer_blobs(&self, sink: &mut dyn BlobSink) {
+        use bincode::Options;
+        for chunk in self.chunks.iter().filter(|chunk| chunk.len() == CHUNK_LEN) {
+            let encode = || crate::journal::codec().serialize(&**chunk).expect("items encode");
+            sink.offer(Arc::as_ptr(chunk) as usize, chunk.clone(), &encode);
+        }
+    }
+
+    /// Replaces each placeholder chunk with the items of its blob.
+    pub fn fill_blobs(&mut self, source: &mut BlobSource<'_>) -> Result<(), String> {
+        use bincode::Options;
+        for (index, chunk) in self.chunks.iter_mut().enumerate() {
+            if !chunk.is_empty() {
+                continue;
+            }
+            let Some((bytes, count)) = source(Arc::as_ptr(chunk) as usize)? else { continue };
+            let items: Vec<T> = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("chunk {index} does not decode: {e}"))?;
+            if items.len() != count as usize {
+                return Err(format!("chunk {index}'s blob holds {} items where {count} were said", items.len()));
+            }
+            *chunk = Arc::new(items);
+        }
+        // Every chunk but the last is full, as the pieces said, and no placeholder is left.
+        let last = self.chunks.len().saturating_sub(1);
+        for (index, chunk) in self.chunks.iter().enumerate() {
+            if chunk.is_empty() || chunk.len() > CHUNK_LEN || (index < last && chunk.len() != CHUNK_LEN) {
+                return Err(format!("chunk {index} of {} holds {} items", last + 1, chunk.len()));
+            }
+        }
+        let counted: usize = self.chunks.iter().map(|chunk| chunk.len()).sum();
+        if counted != self.len {
+            return Err(format!("{counted} items where the pieces said {}", self.len));
+        }
+        Ok(())
+    }
+}
+
 /// The chunk, unshared: copied (with a whole chunk's room, so appending to the copy does not
 /// grow it again; the first chunk keeps growing as a `Vec`) when a snapshot still holds it.
 fn own<T: Clone>(chunk: &mut Arc<Vec<T>>, first: bool) -> &mut Vec<T> {
@@ -133,6 +268,16 @@ fn own<T: Clone>(chunk: &mut Arc<Vec<T>>, first: bool) -> &mut Vec<T> {
 
 impl<T: Serialize> Serialize for ChunkedVec<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if mode() == Mode::PiecesOut {
+            let mut seq = serializer.serialize_seq(Some(self.chunks.len()))?;
+            for chunk in &self.chunks {
+                match blob_of(Arc::as_ptr(chunk) as usize) {
+                    Some(hash) => seq.serialize_element::<PieceOut<'_, [T]>>(&PieceOut::Blob { hash, count: chunk.len() as u32 })?,
+                    None => seq.serialize_element(&PieceOut::Inline(chunk.as_slice()))?,
+                }
+            }
+            return seq.end();
+        }
         let mut seq = serializer.serialize_seq(Some(self.len))?;
         for item in self.iter() {
             seq.serialize_element(item)?;
@@ -143,7 +288,7 @@ impl<T: Serialize> Serialize for ChunkedVec<T> {
 
 impl<'de, T: Deserialize<'de> + Clone> Deserialize<'de> for ChunkedVec<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        if legacy_layout() {
+        if mode() == Mode::Legacy {
             #[derive(Deserialize)]
             struct Legacy<T> {
                 chunks: Vec<Vec<T>>,
@@ -154,6 +299,31 @@ impl<'de, T: Deserialize<'de> + Clone> Deserialize<'de> for ChunkedVec<T> {
             legacy.chunks.into_iter().flatten().for_each(|item| items.push(item));
             if items.len() != legacy.len {
                 return Err(serde::de::Error::custom(format!("{} items in chunks said to hold {}", items.len(), legacy.len)));
+            }
+            return Ok(items);
+        }
+        if mode() == Mode::PiecesIn {
+            let pieces = Vec::<PieceIn<Vec<T>>>::deserialize(deserializer)?;
+            let last = pieces.len().saturating_sub(1);
+            let mut items = ChunkedVec { chunks: Vec::with_capacity(pieces.len()), len: 0 };
+            for (index, piece) in pieces.into_iter().enumerate() {
+                let (chunk, count) = match piece {
+                    PieceIn::Inline(chunk) => {
+                        let count = chunk.len();
+                        (Arc::new(chunk), count)
+                    }
+                    PieceIn::Blob { hash, count } => {
+                        let placeholder = Arc::new(Vec::new());
+                        note_placeholder(Placeholder { address: Arc::as_ptr(&placeholder) as usize, hash, count });
+                        (placeholder, count as usize)
+                    }
+                };
+                // Indexing needs every chunk but the last full, and none empty or past full.
+                if count == 0 || count > CHUNK_LEN || (index < last && count != CHUNK_LEN) {
+                    return Err(serde::de::Error::custom(format!("chunk {index} of {} holds {count} items", last + 1)));
+                }
+                items.chunks.push(chunk);
+                items.len += count;
             }
             return Ok(items);
         }
@@ -254,98 +424,138 @@ impl<K: std::hash::Hash + Eq + StripeKey, V> StripedMap<K, V> {
 /// Keys that say which block of an `OrderBlocks` map they live in: consecutive order ids share a
 /// block, so the keys of new orders fall in the newest blocks.
 pub trait BlockKey {
-    fn block(&self) -> usize;
+    fn block(&self) -> u64;
 }
 
 impl BlockKey for (crate::ledger::types::OrderId, crate::ledger::types::AccountId) {
-    fn block(&self) -> usize {
-        // An id past `usize` (only a caller's made-up id can be) names no existing block.
-        usize::try_from(self.0 .0 >> CHUNK_BITS).unwrap_or(usize::MAX)
+    fn block(&self) -> u64 {
+        self.0 .0 >> CHUNK_BITS
     }
 }
 
 /// A hash map keyed by order, in copy-on-write blocks of 4,096 consecutive order ids. Entries
 /// of new orders land in the newest blocks, so a clone (a checkpoint's snapshot) copies only the
 /// block pointers, and the live side copies the few blocks it changes while a snapshot holds
-/// them (the newest ones, and an old one when a refund changes an old payment's income).
-/// Encoded as a flat sequence of (key, value) in block order.
+/// them (the newest ones, and an old one when a refund changes an old payment's income). The
+/// blocks are themselves in a hash map (not a vector indexed by block), so no id, however large,
+/// makes it allocate more than its entries need. Encoded as a flat sequence of (key, value).
 #[derive(Clone, Debug)]
 pub struct OrderBlocks<K: std::hash::Hash + Eq, V> {
-    blocks: Vec<Option<Arc<FastMap<K, V>>>>,
-    len: usize,
+    blocks: FastMap<u64, Arc<FastMap<K, V>>>,
 }
 
 impl<K: std::hash::Hash + Eq, V> Default for OrderBlocks<K, V> {
     fn default() -> Self {
-        OrderBlocks { blocks: Vec::new(), len: 0 }
+        OrderBlocks { blocks: FastMap::default() }
     }
 }
 
 impl<K: std::hash::Hash + Eq + BlockKey + Clone, V: Clone> OrderBlocks<K, V> {
     /// The value of `key`.
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.blocks.get(key.block())?.as_ref()?.get(key)
+        self.blocks.get(&key.block())?.get(key)
     }
 
     /// The value of `key`, mutably (its block is copied first if a snapshot shares it).
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        let block = self.blocks.get_mut(key.block())?.as_mut()?;
+        let block = self.blocks.get_mut(&key.block())?;
         if !block.contains_key(key) {
             return None;
         }
         Arc::make_mut(block).get_mut(key)
     }
 
-    /// The entry of `key` (to insert or update in place). Only for keys of orders that exist:
-    /// the blocks up to the key's are made.
+    /// The entry of `key` (to insert or update in place). A block left empty by an entry not
+    /// filled is never encoded (see `Serialize`).
     pub fn entry(&mut self, key: K) -> std::collections::hash_map::Entry<'_, K, V> {
-        let index = key.block();
-        if self.blocks.len() <= index {
-            self.blocks.resize_with(index + 1, || None);
-        }
-        let block = Arc::make_mut(self.blocks[index].get_or_insert_with(Default::default));
-        let entry = block.entry(key);
-        if matches!(entry, std::collections::hash_map::Entry::Vacant(_)) {
-            self.len += 1;
-        }
-        entry
+        Arc::make_mut(self.blocks.entry(key.block()).or_default()).entry(key)
     }
 
     /// Inserts or replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        match self.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut occupied) => Some(occupied.insert(value)),
-            std::collections::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(value);
-                None
-            }
-        }
+        Arc::make_mut(self.blocks.entry(key.block()).or_default()).insert(key, value)
     }
 
-    /// Number of entries.
+    /// Number of entries (a sum over the blocks: exact whatever was done with an entry).
     pub fn len(&self) -> usize {
-        self.len
+        self.blocks.values().map(|block| block.len()).sum()
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.blocks.values().all(|block| block.is_empty())
     }
 
-    /// Every entry, block by block (in no particular order within a block).
+    /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.blocks.iter().flatten().flat_map(|block| block.iter())
+        self.blocks.values().flat_map(|block| block.iter())
     }
 
     /// How many blocks a snapshot shares with this map (tests and figures).
     pub fn shared_blocks(&self) -> usize {
-        self.blocks.iter().flatten().filter(|block| Arc::strong_count(block) > 1).count()
+        self.blocks.values().filter(|block| Arc::strong_count(block) > 1).count()
+    }
+
+    /// The non-empty blocks, by ascending block number.
+    fn ordered(&self) -> Vec<(u64, &Arc<FastMap<K, V>>)> {
+        let mut blocks: Vec<(u64, &Arc<FastMap<K, V>>)> =
+            self.blocks.iter().filter(|(_, block)| !block.is_empty()).map(|(index, block)| (*index, block)).collect();
+        blocks.sort_unstable_by_key(|(index, _)| *index);
+        blocks
+    }
+}
+
+/// Blocks with fewer entries than this go inline in a checkpoint (not worth a blob of their own).
+const BLOB_BLOCK_MIN: usize = 64;
+
+impl<K, V> OrderBlocks<K, V>
+where
+    K: std::hash::Hash + Eq + BlockKey + Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    /// Offers each block of at least `BLOB_BLOCK_MIN` entries to a checkpoint as a blob.
+    pub fn offer_blobs(&self, sink: &mut dyn BlobSink) {
+        use bincode::Options;
+        for block in self.blocks.values().filter(|block| block.len() >= BLOB_BLOCK_MIN) {
+            let encode = || crate::journal::codec().serialize(&**block).expect("entries encode");
+            sink.offer(Arc::as_ptr(block) as usize, block.clone(), &encode);
+        }
+    }
+
+    /// Replaces each placeholder block with the entries of its blob.
+    pub fn fill_blobs(&mut self, source: &mut BlobSource<'_>) -> Result<(), String> {
+        use bincode::Options;
+        for (index, block) in self.blocks.iter_mut() {
+            if !block.is_empty() {
+                continue;
+            }
+            let Some((bytes, count)) = source(Arc::as_ptr(block) as usize)? else {
+                return Err(format!("block {index} is empty"));
+            };
+            let entries: FastMap<K, V> = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("block {index} does not decode: {e}"))?;
+            if entries.len() != count as usize || entries.keys().any(|key| key.block() != *index) {
+                return Err(format!("block {index}'s blob holds {} entries, or another block's, where {count} were said", entries.len()));
+            }
+            *block = Arc::new(entries);
+        }
+        Ok(())
     }
 }
 
 impl<K: std::hash::Hash + Eq + BlockKey + Clone + Serialize, V: Clone + Serialize> Serialize for OrderBlocks<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.len))?;
+        if mode() == Mode::PiecesOut {
+            let blocks = self.ordered();
+            let mut seq = serializer.serialize_seq(Some(blocks.len()))?;
+            for (index, block) in blocks {
+                match blob_of(Arc::as_ptr(block) as usize) {
+                    Some(hash) => seq.serialize_element::<(u64, PieceOut<'_, FastMap<K, V>>)>(&(index, PieceOut::Blob { hash, count: block.len() as u32 }))?,
+                    None => seq.serialize_element(&(index, PieceOut::Inline(&**block)))?,
+                }
+            }
+            return seq.end();
+        }
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
         for entry in self.iter() {
             seq.serialize_element(&entry)?;
         }
@@ -359,7 +569,7 @@ where
     V: Clone + Deserialize<'de>,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        if legacy_layout() {
+        if mode() == Mode::Legacy {
             #[derive(Deserialize)]
             struct Legacy<K: std::hash::Hash + Eq, V> {
                 stripes: Vec<FastMap<K, V>>,
@@ -367,10 +577,37 @@ where
             let legacy = Legacy::<K, V>::deserialize(deserializer)?;
             let mut map = OrderBlocks::default();
             for (key, value) in legacy.stripes.into_iter().flatten() {
-                if key.block() == usize::MAX {
-                    return Err(serde::de::Error::custom("an order id past the address space"));
-                }
                 map.insert(key, value);
+            }
+            return Ok(map);
+        }
+        if mode() == Mode::PiecesIn {
+            let pieces = Vec::<(u64, PieceIn<FastMap<K, V>>)>::deserialize(deserializer)?;
+            let mut map = OrderBlocks::default();
+            let mut previous = None;
+            for (index, piece) in pieces {
+                // Blocks come in ascending order, each once, none empty.
+                if previous.is_some_and(|p| p >= index) {
+                    return Err(serde::de::Error::custom("blocks out of order"));
+                }
+                previous = Some(index);
+                let block = match piece {
+                    PieceIn::Inline(block) => {
+                        if block.is_empty() || block.keys().any(|key| key.block() != index) {
+                            return Err(serde::de::Error::custom(format!("block {index} is empty or holds another block's key")));
+                        }
+                        Arc::new(block)
+                    }
+                    PieceIn::Blob { hash, count } => {
+                        if count == 0 {
+                            return Err(serde::de::Error::custom(format!("block {index} is an empty blob")));
+                        }
+                        let placeholder = Arc::new(FastMap::default());
+                        note_placeholder(Placeholder { address: Arc::as_ptr(&placeholder) as usize, hash, count });
+                        placeholder
+                    }
+                };
+                map.blocks.insert(index, block);
             }
             return Ok(map);
         }
@@ -387,9 +624,6 @@ where
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut map = OrderBlocks::default();
                 while let Some((key, value)) = seq.next_element::<(K, V)>()? {
-                    if key.block() == usize::MAX {
-                        return Err(serde::de::Error::custom("an order id past the address space"));
-                    }
                     map.insert(key, value);
                 }
                 Ok(map)
@@ -521,5 +755,91 @@ mod tests {
         let old_bytes = codec().serialize(&old).unwrap();
         let read: OrderBlocks<(OrderId, AccountId), u64> = with_legacy_layout(true, || codec().deserialize(&old_bytes)).unwrap();
         assert_eq!((sorted(&read), read.len()), (sorted(&live), live.len()));
+    }
+
+    #[test]
+    fn pieces_refer_to_blobs_and_read_back_whole() {
+        use bincode::Options;
+        let codec = crate::journal::codec;
+        let mut v: ChunkedVec<u64> = ChunkedVec::default();
+        for i in 0..(CHUNK_LEN as u64 * 2 + 7) {
+            v.push(i * 11);
+        }
+        // Chunk 1 is a blob (as a checkpoint that offered it would have it); 0 and 2 go inline.
+        let mut blobs: Vec<(usize, [u8; 32], Vec<u8>)> = Vec::new();
+        struct Sink<'a>(&'a mut Vec<(usize, [u8; 32], Vec<u8>)>);
+        impl BlobSink for Sink<'_> {
+            fn offer(&mut self, address: usize, _pin: Arc<dyn std::any::Any + Send + Sync>, encode: &dyn Fn() -> Vec<u8>) {
+                let bytes = encode();
+                self.0.push((address, *blake3::hash(&bytes).as_bytes(), bytes));
+            }
+        }
+        v.offer_blobs(&mut Sink(&mut blobs));
+        assert_eq!(blobs.len(), 2, "the two full chunks are offered, the last is not");
+        let (address, hash, bytes) = blobs[1].clone();
+        let out: FastMap<usize, [u8; 32]> = [(address, hash)].into_iter().collect();
+        let (encoded, _) = with_layout(Layout::PiecesOut(out), || codec().serialize(&v).unwrap());
+        assert!(encoded.len() < codec().serialize(&v).unwrap().len() / 2, "chunk 1 is a reference, not its items");
+        let (decoded, layout) = with_layout(Layout::PiecesIn(Vec::new()), || codec().deserialize::<ChunkedVec<u64>>(&encoded).unwrap());
+        let Layout::PiecesIn(placeholders) = layout else { panic!("layout kept") };
+        assert_eq!(placeholders.len(), 1);
+        assert_eq!((placeholders[0].hash, placeholders[0].count), (hash, CHUNK_LEN as u32));
+        assert_eq!(decoded.len(), v.len());
+        // Filled from its blob it is the vector again; a blob of the wrong size is refused.
+        let mut filled = decoded.clone();
+        filled.fill_blobs(&mut |a: usize| Ok((a == placeholders[0].address).then(|| (bytes.clone(), CHUNK_LEN as u32)))).unwrap();
+        assert_eq!(filled, v);
+        let short = codec().serialize(&vec![1u64; 10]).unwrap();
+        let mut wrong = decoded.clone();
+        // (the clone shares the placeholder's address)
+        assert!(wrong.fill_blobs(&mut |a: usize| Ok((a == placeholders[0].address).then(|| (short.clone(), CHUNK_LEN as u32)))).is_err());
+        let mut unfilled = decoded;
+        assert!(unfilled.fill_blobs(&mut |_| Ok(None)).is_err(), "a placeholder left empty is an error");
+        // Pieces that would break indexing (a chunk before the last not full) are refused.
+        #[derive(Serialize)]
+        enum Piece {
+            Inline(Vec<u64>),
+        }
+        let bad = codec().serialize(&vec![Piece::Inline(vec![1; 3]), Piece::Inline(vec![2; 3])]).unwrap();
+        let (result, _) = with_layout(Layout::PiecesIn(Vec::new()), || codec().deserialize::<ChunkedVec<u64>>(&bad));
+        assert!(result.is_err());
+        assert_eq!(mode(), Mode::Flat, "the layout is put back");
+    }
+
+    #[test]
+    fn order_blocks_pieces_round_trip_through_blobs() {
+        use crate::ledger::types::{AccountId, OrderId};
+        use bincode::Options;
+        let codec = crate::journal::codec;
+        let mut m: OrderBlocks<(OrderId, AccountId), u64> = OrderBlocks::default();
+        for i in (0..30_000u64).step_by(3) {
+            m.insert((OrderId(i), AccountId(i % 5)), i);
+        }
+        let mut blobs: FastMap<usize, Vec<u8>> = FastMap::default();
+        let mut out: FastMap<usize, [u8; 32]> = FastMap::default();
+        struct Sink<'a>(&'a mut FastMap<usize, Vec<u8>>, &'a mut FastMap<usize, [u8; 32]>);
+        impl BlobSink for Sink<'_> {
+            fn offer(&mut self, address: usize, _pin: Arc<dyn std::any::Any + Send + Sync>, encode: &dyn Fn() -> Vec<u8>) {
+                let bytes = encode();
+                self.1.insert(address, *blake3::hash(&bytes).as_bytes());
+                self.0.insert(address, bytes);
+            }
+        }
+        m.offer_blobs(&mut Sink(&mut blobs, &mut out));
+        assert_eq!(blobs.len(), 30_000usize.div_ceil(CHUNK_LEN));
+        let by_hash: FastMap<[u8; 32], Vec<u8>> = out.iter().map(|(a, h)| (*h, blobs[a].clone())).collect();
+        let (encoded, _) = with_layout(Layout::PiecesOut(out), || codec().serialize(&m).unwrap());
+        let (decoded, layout) = with_layout(Layout::PiecesIn(Vec::new()), || codec().deserialize::<OrderBlocks<(OrderId, AccountId), u64>>(&encoded).unwrap());
+        let Layout::PiecesIn(placeholders) = layout else { panic!("layout kept") };
+        let mut filled = decoded;
+        let by_address: FastMap<usize, ([u8; 32], u32)> = placeholders.iter().map(|p| (p.address, (p.hash, p.count))).collect();
+        filled.fill_blobs(&mut |a: usize| Ok(by_address.get(&a).map(|(h, count)| (by_hash[h].clone(), *count)))).unwrap();
+        let sorted = |m: &OrderBlocks<(OrderId, AccountId), u64>| {
+            let mut all: Vec<_> = m.iter().map(|(k, v)| (*k, *v)).collect();
+            all.sort();
+            all
+        };
+        assert_eq!((sorted(&filled), filled.len()), (sorted(&m), m.len()));
+        assert_eq!(filled.get(&(OrderId(29_997), AccountId(29_997 % 5))), Some(&29_997));
     }
 }

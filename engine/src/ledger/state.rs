@@ -768,6 +768,39 @@ impl ShardState {
         self.outboxes.iter().map(|o| o.pending.len()).sum()
     }
 
+    /// Offers every chunk of history a checkpoint may keep as a blob (`checkpoint::write`): the
+    /// `ChunkedVec`s and the income blocks. A field left out here is simply encoded inline.
+    pub fn offer_blobs(&self, sink: &mut dyn crate::ledger::growth::BlobSink) {
+        self.orders.offer_blobs(sink);
+        self.income.offer_blobs(sink);
+        self.settled.offer_blobs(sink);
+        self.order_changes.offer_blobs(sink);
+        self.commissions.offer_blobs(sink);
+        self.previous_order_of_account.offer_blobs(sink);
+        for orders in self.platform_orders.values() {
+            orders.all.offer_blobs(sink);
+            orders.by_kind.iter().for_each(|kind| kind.offer_blobs(sink));
+        }
+    }
+
+    /// Reads back every chunk a checkpoint kept as a blob (`checkpoint::load`): the same fields
+    /// as `offer_blobs`.
+    pub fn fill_blobs(&mut self, source: &mut crate::ledger::growth::BlobSource<'_>) -> Result<(), String> {
+        self.orders.fill_blobs(source)?;
+        self.income.fill_blobs(source)?;
+        self.settled.fill_blobs(source)?;
+        self.order_changes.fill_blobs(source)?;
+        self.commissions.fill_blobs(source)?;
+        self.previous_order_of_account.fill_blobs(source)?;
+        for orders in self.platform_orders.values_mut() {
+            orders.all.fill_blobs(source)?;
+            for kind in &mut orders.by_kind {
+                kind.fill_blobs(source)?;
+            }
+        }
+        Ok(())
+    }
+
     /// A digest of the whole state in a canonical order (equal states have equal digests), but
     /// for its idempotency records: which of them memory holds depends on when checkpoints
     /// sealed them (a live shard, one recovered from a checkpoint and a replay of the whole
