@@ -42,7 +42,7 @@ pub struct Placeholder {
 }
 
 thread_local! {
-    static LAYOUT: std::cell::RefCell<Layout> = std::cell::RefCell::new(Layout::Flat);
+    static LAYOUT: std::cell::RefCell<Layout> = const { std::cell::RefCell::new(Layout::Flat) };
 }
 
 /// Runs `run` with the containers in `layout`, and gives the layout back (with the placeholders
