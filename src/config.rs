@@ -697,7 +697,7 @@ mod tests {
             ("exponent = 2", "exponent = 255"),
             ("shard_count = 2", "shard_count = 65535"),
             ("\nkept = 2", "\nkept = 0"),
-            ("every_seconds = 0", "every_seconds = 604801"),
+            ("every_seconds = 300", "every_seconds = 604801"),
             ("mailbox_capacity = 1024", "mailbox_capacity = 18446744073709551615"),
             ("body_timeout_ms = 10000", "body_timeout_ms = 0"),
             ("head_timeout_ms = 5000", "head_timeout_ms = 600001"),
