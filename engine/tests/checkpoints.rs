@@ -378,3 +378,58 @@ fn checkpoints_write_history_once_and_then_only_what_changed() {
     restarted.shutdown();
     assert!(check_store(&*store, 2).unwrap().ok);
 }
+
+/// A write failure at any point of a checkpoint that writes blobs (a changed chunk of history,
+/// then its parts, manifest, pruning and blob collection) loses nothing acknowledged, and what
+/// was durable recovers exactly: the checkpoint it interrupted simply does not count.
+#[test]
+fn a_write_failure_while_a_checkpoint_writes_blobs_loses_nothing_acknowledged() {
+    for failing_write in 0..8 {
+        let store = Arc::new(MemoryStore::new());
+        let engine = Engine::start(config(2, 2), store.clone()).unwrap();
+        let opens = (0..8).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
+        let accounts: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).collect();
+        let on_0: Vec<AccountId> = accounts.iter().copied().filter(|a| a.shard(2) == 0).collect();
+        let (payer, payee) = (on_0[0], on_0[1]);
+        assert!(engine.execute_one(plain(Command::Recharge { account: payer, currency: CNY, amount: 1_000_000_000, channel: 1 })).unwrap().is_ok());
+        let pay = |guarantee| Command::Payment {
+            payer,
+            guarantee,
+            currency: CNY,
+            amount: 1,
+            payees: [Leg { account: payee, amount: 1 }].into_iter().collect(),
+            splits: Legs::new(),
+        };
+        let escrows = engine.execute((0..4500).map(|_| plain(pay(true))).collect()).unwrap();
+        let first_escrow = OrderId(escrows[0].id);
+        assert!(engine.execute((0..4500).map(|_| plain(pay(false))).collect()).unwrap().iter().all(|r| r.is_ok()));
+        // A checkpoint with two full chunks of orders: the blob cache now knows them.
+        wait_for_a_checkpoint_where(&engine, &store, 0, |state| state.orders.len() >= 9_000);
+        store.fail_after(failing_write);
+        let mut acked = Vec::new();
+        let mut run = |key: String, command: Command| {
+            let envelope = keyed(&key, command);
+            if let Ok(reply) = engine.execute_one(envelope.clone()) {
+                if reply.is_ok() {
+                    acked.push((envelope, reply.id));
+                }
+            }
+        };
+        // The next checkpoint writes the first chunk again (an escrow in it changed).
+        run(format!("f{failing_write}-confirm"), Command::Confirm { order: first_escrow, releases: Legs::new() });
+        for round in 0..12 {
+            run(format!("f{failing_write}-pay-{round}"), pay(round % 2 == 0));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        engine.shutdown();
+        let durable = Arc::new(store.snapshot());
+        let restarted = Engine::start(config(2, 2), durable.clone()).unwrap();
+        assert_replayed(&restarted, &acked, &format!("failing write {failing_write}"));
+        restarted.shutdown();
+        let report = check_store(&*durable, 2).unwrap();
+        assert!(report.ok, "write {failing_write}: {report:?}");
+        for (shard, (recovered, full, _, _)) in both_ways(&durable).into_iter().enumerate() {
+            assert_eq!(recovered, full, "write {failing_write}, shard {shard}");
+        }
+    }
+}
