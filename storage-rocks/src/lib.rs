@@ -35,9 +35,18 @@ impl RocksStore {
         options.set_enable_blob_files(true);
         options.set_min_blob_size(4096);
         options.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
+        // A blob file is freed only once every value in it is dead; checkpoint parts and blobs
+        // (pruned every checkpoint) share files with journal batches (kept), so without this the
+        // space of every pruned checkpoint stayed on disk for good. Compactions relocate the
+        // live values of the oldest quarter of blob files, which then go.
+        options.set_enable_blob_gc(true);
+        options.set_blob_gc_age_cutoff(0.25);
         with_point_lookup_filters(&mut options);
-        // The default column family named, so that its handle serves batched multi-gets.
-        let db = DB::open_cf(&options, path, [rocksdb::DEFAULT_COLUMN_FAMILY_NAME]).map_err(io)?;
+        // The default column family named, so that its handle serves batched multi-gets, and
+        // opened with these options: `DB::open_cf` by name would give it RocksDB's defaults (no
+        // blob files, no bloom filters), which it silently did for a while (journal values
+        // inline in tables, rewritten by every compaction; point lookups without filters).
+        let db = DB::open_cf_with_opts(&options, path, [(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone())]).map_err(io)?;
         Ok(RocksStore { db, read_only: false, poisoned: AtomicBool::new(false) })
     }
 

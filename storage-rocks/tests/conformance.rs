@@ -48,3 +48,30 @@ fn a_checkpoint_holds_every_key_written_before_it_and_opening_it_writes_nothing(
     assert_eq!(names(&copy), before, "opening a copy adds, renames or removes no file");
     assert!(RocksStore::open_copy(&dir.path().join("nothing")).is_err());
 }
+
+/// Regression: the default column family was opened by name with RocksDB's default options, so
+/// large values (journal batches, checkpoints) stayed in the tables and compactions rewrote them,
+/// point lookups had no bloom filter, and blob files were never collected. RocksDB records the
+/// options each column family runs with in its OPTIONS file: the default one's must be ours.
+#[test]
+fn the_default_column_family_runs_with_the_stores_options() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = RocksStore::open(dir.path()).expect("open");
+    store.write(&[(b"j/1", &[3u8; 100_000])]).expect("write");
+    drop(store);
+    let newest = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("OPTIONS-"))
+        .max_by_key(|name| name.trim_start_matches("OPTIONS-").parse::<u64>().unwrap_or(0))
+        .expect("an OPTIONS file");
+    let text = std::fs::read_to_string(dir.path().join(newest)).expect("read OPTIONS");
+    let default = text.split("[CFOptions \"default\"]").nth(1).expect("the default column family's section");
+    let section = default.split("\n[").next().unwrap_or(default);
+    for setting in ["enable_blob_files=true", "min_blob_size=4096", "enable_blob_garbage_collection=true", "blob_compression_type=kLZ4Compression"] {
+        assert!(section.lines().any(|line| line.trim() == setting), "{setting} missing in:\n{section}");
+    }
+    let table = default.split("[TableOptions/BlockBasedTable \"default\"]").nth(1).expect("the default table options");
+    let table = table.split("\n[").next().unwrap_or(table);
+    assert!(table.lines().any(|line| line.trim().starts_with("filter_policy=") && line.contains("bloom")), "no bloom filter in:\n{table}");
+}
