@@ -496,6 +496,12 @@ impl Read for PartReader<'_> {
 /// Loads the checkpoint of `shard` after batch `sequence`, checking every hash and that the
 /// state decodes from exactly the bytes written.
 pub fn load(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<(ShardState, Manifest), CheckpointError> {
+    load_cached(store, shard, sequence).map(|(state, manifest, _)| (state, manifest))
+}
+
+/// `load`, with the `BlobCache` of the chunks it read from blobs (what the shard's next
+/// checkpoint starts from).
+pub fn load_cached(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<(ShardState, Manifest, BlobCache), CheckpointError> {
     use bincode::Options;
     let unusable = |reason: String| CheckpointError::Unusable { shard, sequence, reason };
     let bytes = store.get(&manifest_key(shard, sequence))?.ok_or_else(|| unusable("no manifest".into()))?;
@@ -519,49 +525,69 @@ pub fn load(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<(ShardSt
     if state.shard != shard || !state.is_initialized() {
         return Err(unusable(format!("the state is of shard {} with {} shards", state.shard, state.shard_count)));
     }
-    if let Layout::PiecesIn(placeholders) = layout {
-        fill(store, &manifest, &mut state, &placeholders)?;
-    }
-    Ok((state, manifest))
+    let cache = match layout {
+        Layout::PiecesIn(placeholders) => fill(store, &manifest, &mut state, &placeholders)?,
+        _ => BlobCache::default(),
+    };
+    Ok((state, manifest, cache))
 }
 
 /// Reads the blobs the decoded state's placeholders stand for, each checked against its hash and
-/// against the manifest's list, and puts them in place.
-fn fill(store: &dyn Store, manifest: &Manifest, state: &mut ShardState, placeholders: &[crate::ledger::growth::Placeholder]) -> Result<(), CheckpointError> {
+/// against the manifest's list, and puts them in place; gives the `BlobCache` of the filled
+/// chunks, so the shard's next checkpoint refers to them instead of writing them again.
+fn fill(
+    store: &dyn Store,
+    manifest: &Manifest,
+    state: &mut ShardState,
+    placeholders: &[crate::ledger::growth::Placeholder],
+) -> Result<BlobCache, CheckpointError> {
+    struct Filler<'a> {
+        store: &'a dyn Store,
+        manifest: &'a Manifest,
+        by_address: FastMap<usize, ([u8; 32], u32)>,
+        storage_error: Option<StorageError>,
+        cache: BlobCache,
+    }
+    impl crate::ledger::growth::BlobSource for Filler<'_> {
+        fn bytes(&mut self, address: usize) -> Result<Option<(Vec<u8>, u32)>, String> {
+            let Some((hash, count)) = self.by_address.get(&address) else { return Ok(None) };
+            if self.manifest.blobs.binary_search(hash).is_err() {
+                return Err("the state refers to a blob its manifest does not name".into());
+            }
+            let bytes = match self.store.get(&blob_key(self.manifest.shard, hash)) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return Err(format!("blob {} is missing", hex(hash))),
+                Err(error) => {
+                    let text = error.to_string();
+                    self.storage_error = Some(error);
+                    return Err(text);
+                }
+            };
+            if blake3::hash(&bytes).as_bytes() != hash {
+                return Err(format!("blob {} does not match its hash", hex(hash)));
+            }
+            Ok(Some((bytes, *count)))
+        }
+        fn filled(&mut self, placeholder: usize, address: usize, pin: Arc<dyn std::any::Any + Send + Sync>) {
+            if let Some((hash, _)) = self.by_address.get(&placeholder) {
+                self.cache.known.insert(address, *hash);
+                self.cache.pins.push(pin);
+            }
+        }
+    }
     let (shard, sequence) = (manifest.shard, manifest.sequence);
     let unusable = |reason: String| CheckpointError::Unusable { shard, sequence, reason };
-    let by_address: FastMap<usize, ([u8; 32], u32)> = placeholders.iter().map(|p| (p.address, (p.hash, p.count))).collect();
-    let mut storage_error = None;
-    let mut filled = 0usize;
-    let mut source = |address: usize| -> Result<Option<(Vec<u8>, u32)>, String> {
-        let Some((hash, count)) = by_address.get(&address) else { return Ok(None) };
-        if manifest.blobs.binary_search(hash).is_err() {
-            return Err("the state refers to a blob its manifest does not name".into());
-        }
-        let bytes = match store.get(&blob_key(shard, hash)) {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return Err(format!("blob {} is missing", hex(hash))),
-            Err(error) => {
-                let text = error.to_string();
-                storage_error = Some(error);
-                return Err(text);
-            }
-        };
-        if blake3::hash(&bytes).as_bytes() != hash {
-            return Err(format!("blob {} does not match its hash", hex(hash)));
-        }
-        filled += 1;
-        Ok(Some((bytes, *count)))
-    };
-    let result = state.fill_blobs(&mut source);
-    if let Some(error) = storage_error {
+    let by_address = placeholders.iter().map(|p| (p.address, (p.hash, p.count))).collect();
+    let mut filler = Filler { store, manifest, by_address, storage_error: None, cache: BlobCache::default() };
+    let result = state.fill_blobs(&mut filler);
+    if let Some(error) = filler.storage_error {
         return Err(CheckpointError::Storage(error));
     }
     result.map_err(&unusable)?;
-    if filled != placeholders.len() {
-        return Err(unusable(format!("{} of {} blob references were filled", filled, placeholders.len())));
+    if filler.cache.pins.len() != placeholders.len() {
+        return Err(unusable(format!("{} of {} blob references were filled", filler.cache.pins.len(), placeholders.len())));
     }
-    Ok(())
+    Ok(filler.cache)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -569,10 +595,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The newest usable checkpoint of `shard`, and why each newer one was skipped.
-pub fn load_newest(store: &dyn Store, shard: ShardId) -> Result<(Option<(ShardState, Manifest)>, Vec<CheckpointError>), StorageError> {
+#[allow(clippy::type_complexity)]
+pub fn load_newest(store: &dyn Store, shard: ShardId) -> Result<(Option<(ShardState, Manifest, BlobCache)>, Vec<CheckpointError>), StorageError> {
     let mut skipped = Vec::new();
     for sequence in list(store, shard)?.into_iter().rev() {
-        match load(store, shard, sequence) {
+        match load_cached(store, shard, sequence) {
             Ok(loaded) => return Ok((Some(loaded), skipped)),
             Err(CheckpointError::Storage(error)) => return Err(error),
             Err(unusable) => skipped.push(unusable),

@@ -282,7 +282,7 @@ impl Engine {
         let forget_claims: crate::shard::ForgetClaims = Arc::new(move |keys: &mut dyn Iterator<Item = u128>| forgetting.forget(keys));
         let receivers = client_receivers.into_iter().zip(inbound_receivers).zip(control_receivers);
         for (recovered, ((clients, inbound), control)) in recovered.into_iter().zip(receivers) {
-            let Recovered { state, head: chain_head, timestamp: last_timestamp, checkpoint, .. } = recovered;
+            let Recovered { state, head: chain_head, timestamp: last_timestamp, checkpoint, blobs, .. } = recovered;
             let sequence = chain_head.sequence;
             let shard_counters = Arc::new(ShardCounters::default());
             shard_counters.checkpoint_sequence.store(checkpoint.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
@@ -304,7 +304,7 @@ impl Engine {
                 directory: directory.clone(),
                 counters: shard_counters,
                 limits,
-                checkpoints: Checkpoints::starting_from(checkpoint),
+                checkpoints: Checkpoints::starting_from(checkpoint, blobs),
                 forget_claims: forget_claims.clone(),
                 cold_filter: cold_filter.clone(),
             };

@@ -416,6 +416,9 @@ pub struct Recovered {
     pub checkpoint: Option<u64>,
     /// Newer checkpoints recovery could not use, and why (a torn or corrupt one).
     pub skipped: Vec<String>,
+    /// The chunks of history the checkpoint kept as blobs, as the state now holds them: the
+    /// shard's first checkpoint refers to those still unchanged instead of writing them again.
+    pub blobs: crate::checkpoint::BlobCache,
 }
 
 /// Rebuilds a shard's state: loads its newest usable checkpoint (falling back to older ones) and
@@ -430,14 +433,14 @@ pub fn recover_shard(store: &dyn Store, shard: ShardId) -> Result<Recovered, Jou
 pub fn recover_shard_filtered(store: &dyn Store, shard: ShardId, filter: Option<&crate::cold::ColdFilter>) -> Result<Recovered, JournalError> {
     let (loaded, skipped) = crate::checkpoint::load_newest(store, shard)?;
     let skipped = skipped.into_iter().map(|e| e.to_string()).collect();
-    let (state, anchor, timestamp) = match loaded {
-        Some((state, manifest)) => (state, Some(ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash }), manifest.timestamp),
-        None => (ShardState::default(), None, 0),
+    let (state, anchor, timestamp, blobs) = match loaded {
+        Some((state, manifest, blobs)) => (state, Some(ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash }), manifest.timestamp, blobs),
+        None => (ShardState::default(), None, 0, Default::default()),
     };
     // From a checkpoint, the walk checks that the journal's batch at the checkpoint (if still
     // live) hashes to the head the checkpoint recorded, and that the next batch links to it.
     let (state, head, timestamp) = replay_after(store, filter, shard, state, anchor, timestamp)?;
-    Ok(Recovered { state, head, timestamp, checkpoint: anchor.map(|a| a.sequence), skipped })
+    Ok(Recovered { state, head, timestamp, checkpoint: anchor.map(|a| a.sequence), skipped, blobs })
 }
 
 /// Rebuilds a shard's state (from its newest usable checkpoint and the journal after it).

@@ -197,14 +197,15 @@ pub struct Checkpoints {
     in_flight: Option<std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>>,
     /// The chunks of history the last checkpoint wrote as blobs (`checkpoint::BlobCache`): the
     /// next one refers to those unchanged instead of writing them again. Handed to the
-    /// checkpoint in flight, back when it is collected; empty after a failure or a start.
+    /// checkpoint in flight, back when it is collected; at a start, those recovery read from
+    /// blobs; empty after a failure.
     blobs: crate::checkpoint::BlobCache,
 }
 
 impl Checkpoints {
     /// Nothing in flight; the last checkpoint is the one recovery started from (if any).
-    pub fn starting_from(last_sequence: Option<u64>) -> Checkpoints {
-        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), in_flight: None, blobs: Default::default() }
+    pub fn starting_from(last_sequence: Option<u64>, blobs: crate::checkpoint::BlobCache) -> Checkpoints {
+        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), in_flight: None, blobs }
     }
 }
 

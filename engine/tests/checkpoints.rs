@@ -355,8 +355,18 @@ fn checkpoints_write_history_once_and_then_only_what_changed() {
         assert_eq!(recovered, full, "shard {shard}: checkpoint with blobs + tail == whole journal");
     }
 
-    // A flipped byte in a blob the newest checkpoint uses makes it unusable; so does a blob gone.
+    // What a start loads knows its chunks: the next checkpoint of that state writes no blob.
     let newest = *checkpoint::list(&*store, 0).unwrap().last().unwrap();
+    let (state, manifest, cache) = checkpoint::load_cached(&*store, 0, newest).unwrap();
+    assert!(cache.len() >= manifest.blobs.len() && !cache.is_empty());
+    let known = cache.len() as u64;
+    let copy = store.snapshot();
+    let head = engine::journal::ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash };
+    let again = checkpoint::write(&copy, &state, head, manifest.timestamp, 2, cache).unwrap();
+    assert_eq!((again.blobs_written, again.blobs_reused), (0, known), "after a start, unchanged history is not written again");
+    assert_eq!(again.manifest.blobs, manifest.blobs);
+
+    // A flipped byte in a blob the newest checkpoint uses makes it unusable; so does a blob gone.
     let key = checkpoint::blob_key(0, &new[0]);
     let mut blob = store.get(&key).unwrap().unwrap();
     let middle = blob.len() / 2;

@@ -127,9 +127,16 @@ pub trait BlobSink {
     fn offer(&mut self, address: usize, pin: Arc<dyn std::any::Any + Send + Sync>, encode: &dyn Fn() -> Vec<u8>);
 }
 
-/// Gives the bytes of the blob a placeholder stands for (checked against its hash) and the
-/// count the pieces said it holds, by the placeholder's address; `None` for any other address.
-pub type BlobSource<'a> = dyn FnMut(usize) -> Result<Option<(Vec<u8>, u32)>, String> + 'a;
+/// Where a decoded state's placeholders are filled from (`checkpoint::load`).
+pub trait BlobSource {
+    /// The bytes of the blob the placeholder at `address` stands for (checked against its
+    /// hash) and the count the pieces said it holds; `None` for an address that is no
+    /// placeholder.
+    fn bytes(&mut self, address: usize) -> Result<Option<(Vec<u8>, u32)>, String>;
+    /// The placeholder at `placeholder` is now the chunk at `address` (`pin` holds it): what the
+    /// next checkpoint's `BlobCache` knows it by.
+    fn filled(&mut self, placeholder: usize, address: usize, pin: Arc<dyn std::any::Any + Send + Sync>);
+}
 
 const CHUNK_BITS: u32 = 12;
 const CHUNK_LEN: usize = 1 << CHUNK_BITS;
@@ -227,18 +234,20 @@ impl<T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Chunked
     }
 
     /// Replaces each placeholder chunk with the items of its blob.
-    pub fn fill_blobs(&mut self, source: &mut BlobSource<'_>) -> Result<(), String> {
+    pub fn fill_blobs(&mut self, source: &mut dyn BlobSource) -> Result<(), String> {
         use bincode::Options;
         for (index, chunk) in self.chunks.iter_mut().enumerate() {
             if !chunk.is_empty() {
                 continue;
             }
-            let Some((bytes, count)) = source(Arc::as_ptr(chunk) as usize)? else { continue };
+            let placeholder = Arc::as_ptr(chunk) as usize;
+            let Some((bytes, count)) = source.bytes(placeholder)? else { continue };
             let items: Vec<T> = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("chunk {index} does not decode: {e}"))?;
             if items.len() != count as usize {
                 return Err(format!("chunk {index}'s blob holds {} items where {count} were said", items.len()));
             }
             *chunk = Arc::new(items);
+            source.filled(placeholder, Arc::as_ptr(chunk) as usize, chunk.clone());
         }
         // Every chunk but the last is full, as the pieces said, and no placeholder is left.
         let last = self.chunks.len().saturating_sub(1);
@@ -523,13 +532,14 @@ where
     }
 
     /// Replaces each placeholder block with the entries of its blob.
-    pub fn fill_blobs(&mut self, source: &mut BlobSource<'_>) -> Result<(), String> {
+    pub fn fill_blobs(&mut self, source: &mut dyn BlobSource) -> Result<(), String> {
         use bincode::Options;
         for (index, block) in self.blocks.iter_mut() {
             if !block.is_empty() {
                 continue;
             }
-            let Some((bytes, count)) = source(Arc::as_ptr(block) as usize)? else {
+            let placeholder = Arc::as_ptr(block) as usize;
+            let Some((bytes, count)) = source.bytes(placeholder)? else {
                 return Err(format!("block {index} is empty"));
             };
             let entries: FastMap<K, V> = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("block {index} does not decode: {e}"))?;
@@ -537,6 +547,7 @@ where
                 return Err(format!("block {index}'s blob holds {} entries, or another block's, where {count} were said", entries.len()));
             }
             *block = Arc::new(entries);
+            source.filled(placeholder, Arc::as_ptr(block) as usize, block.clone());
         }
         Ok(())
     }
@@ -636,6 +647,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Blobs by placeholder address, and what was filled.
+    struct Source {
+        blobs: FastMap<usize, (Vec<u8>, u32)>,
+        filled: Vec<(usize, usize)>,
+    }
+
+    impl Source {
+        fn of(blobs: impl IntoIterator<Item = (usize, (Vec<u8>, u32))>) -> Source {
+            Source { blobs: blobs.into_iter().collect(), filled: Vec::new() }
+        }
+    }
+
+    impl BlobSource for Source {
+        fn bytes(&mut self, address: usize) -> Result<Option<(Vec<u8>, u32)>, String> {
+            Ok(self.blobs.get(&address).cloned())
+        }
+        fn filled(&mut self, placeholder: usize, address: usize, _pin: Arc<dyn std::any::Any + Send + Sync>) {
+            self.filled.push((placeholder, address));
+        }
+    }
 
     #[test]
     fn chunked_vec_crosses_chunks() {
@@ -787,14 +819,16 @@ mod tests {
         assert_eq!(decoded.len(), v.len());
         // Filled from its blob it is the vector again; a blob of the wrong size is refused.
         let mut filled = decoded.clone();
-        filled.fill_blobs(&mut |a: usize| Ok((a == placeholders[0].address).then(|| (bytes.clone(), CHUNK_LEN as u32)))).unwrap();
+        let mut source = Source::of([(placeholders[0].address, (bytes.clone(), CHUNK_LEN as u32))]);
+        filled.fill_blobs(&mut source).unwrap();
         assert_eq!(filled, v);
+        assert_eq!(source.filled.len(), 1, "the filled chunk is reported (for the next checkpoint's cache)");
         let short = codec().serialize(&vec![1u64; 10]).unwrap();
         let mut wrong = decoded.clone();
         // (the clone shares the placeholder's address)
-        assert!(wrong.fill_blobs(&mut |a: usize| Ok((a == placeholders[0].address).then(|| (short.clone(), CHUNK_LEN as u32)))).is_err());
+        assert!(wrong.fill_blobs(&mut Source::of([(placeholders[0].address, (short, CHUNK_LEN as u32))])).is_err());
         let mut unfilled = decoded;
-        assert!(unfilled.fill_blobs(&mut |_| Ok(None)).is_err(), "a placeholder left empty is an error");
+        assert!(unfilled.fill_blobs(&mut Source::of([])).is_err(), "a placeholder left empty is an error");
         // Pieces that would break indexing (a chunk before the last not full) are refused.
         #[derive(Serialize)]
         enum Piece {
@@ -832,8 +866,7 @@ mod tests {
         let (decoded, layout) = with_layout(Layout::PiecesIn(Vec::new()), || codec().deserialize::<OrderBlocks<(OrderId, AccountId), u64>>(&encoded).unwrap());
         let Layout::PiecesIn(placeholders) = layout else { panic!("layout kept") };
         let mut filled = decoded;
-        let by_address: FastMap<usize, ([u8; 32], u32)> = placeholders.iter().map(|p| (p.address, (p.hash, p.count))).collect();
-        filled.fill_blobs(&mut |a: usize| Ok(by_address.get(&a).map(|(h, count)| (by_hash[h].clone(), *count)))).unwrap();
+        filled.fill_blobs(&mut Source::of(placeholders.iter().map(|p| (p.address, (by_hash[&p.hash].clone(), p.count))))).unwrap();
         let sorted = |m: &OrderBlocks<(OrderId, AccountId), u64>| {
             let mut all: Vec<_> = m.iter().map(|(k, v)| (*k, *v)).collect();
             all.sort();

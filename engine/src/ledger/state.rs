@@ -785,7 +785,7 @@ impl ShardState {
 
     /// Reads back every chunk a checkpoint kept as a blob (`checkpoint::load`): the same fields
     /// as `offer_blobs`.
-    pub fn fill_blobs(&mut self, source: &mut crate::ledger::growth::BlobSource<'_>) -> Result<(), String> {
+    pub fn fill_blobs(&mut self, source: &mut dyn crate::ledger::growth::BlobSource) -> Result<(), String> {
         self.orders.fill_blobs(source)?;
         self.income.fill_blobs(source)?;
         self.settled.fill_blobs(source)?;
