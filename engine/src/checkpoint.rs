@@ -9,9 +9,8 @@
 //!   (`ChunkedVec` chunks of 4,096 items, income blocks) a checkpoint keeps apart, each the
 //!   codec's encoding of the chunk, named by its own hash. The parts encode such a chunk as a
 //!   reference (its hash and size). A chunk unchanged since the previous checkpoint is not
-//!   encoded or written again: the shard knows it by address (`BlobCache`, which holds it so
-//!   it cannot change: the live side copies a shared chunk before changing it), so a
-//!   checkpoint writes what changed since the last one, not the history;
+//!   encoded or written again: the shard knows it by id and version (`BlobCache`; see
+//!   `growth::Tagged`), so a checkpoint writes what changed since the last one, not the history;
 //! - **the manifest** under `m/c/` + shard + sequence, written last, once every part and blob is
 //!   durable: `CHECKPOINT_FORMAT_VERSION`, the bincode of a `Manifest` (shard, sequence, the
 //!   batch's timestamp and chain hash, the length and the BLAKE3 of each part, the hashes of
@@ -31,7 +30,6 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -128,14 +126,14 @@ struct ManifestBeforeBlobs {
     part_hashes: Vec<[u8; 32]>,
 }
 
-/// What a shard remembers of its last checkpoint's blobs: each chunk's address and its blob's
-/// hash, and the chunks themselves (so no address is reused and no chunk changes in place while
-/// it is known). Passed from one checkpoint to the next; empty after a start or a failure (the
-/// next checkpoint then encodes every chunk again, and rewrites the same blobs).
+/// What a shard remembers of its last checkpoint's blobs: each chunk's id, the version it had,
+/// and its blob's hash (a chunk with that id and version is that blob: `growth::Tagged`).
+/// Passed from one checkpoint to the next, seeded at a start by the checkpoint loaded; empty
+/// after a failure (the next checkpoint then encodes every chunk again, and rewrites the same
+/// blobs).
 #[derive(Clone, Default)]
 pub struct BlobCache {
-    known: FastMap<usize, [u8; 32]>,
-    pins: Vec<Arc<dyn std::any::Any + Send + Sync>>,
+    known: FastMap<u64, (u64, [u8; 32])>,
 }
 
 impl std::fmt::Debug for BlobCache {
@@ -212,16 +210,16 @@ impl Blobber<'_> {
 }
 
 impl BlobSink for Blobber<'_> {
-    fn offer(&mut self, address: usize, pin: Arc<dyn std::any::Any + Send + Sync>, encode: &dyn Fn() -> Vec<u8>) {
+    fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn() -> Vec<u8>) {
         if self.error.is_some() {
             return;
         }
-        let hash = match self.previous.known.get(&address) {
-            Some(hash) => {
+        let hash = match self.previous.known.get(&id) {
+            Some((known, hash)) if *known == version => {
                 self.reused += 1;
                 *hash
             }
-            None => {
+            _ => {
                 let bytes = encode();
                 let hash = *blake3::hash(&bytes).as_bytes();
                 if !self.used.contains(&hash) {
@@ -237,8 +235,7 @@ impl BlobSink for Blobber<'_> {
             }
         };
         self.used.insert(hash);
-        self.next.known.insert(address, hash);
-        self.next.pins.push(pin);
+        self.next.known.insert(id, (version, hash));
     }
 }
 
@@ -339,9 +336,8 @@ pub fn write(
     }
     let (next, used, blobs_written, blob_bytes, blobs_reused) = (blobber.next, blobber.used, blobber.written, blobber.bytes, blobber.reused);
     let mut writer = PartWriter { store, shard, sequence, buffer: Vec::with_capacity(PART_BYTES.min(1 << 20)), hashes: Vec::new(), bytes: 0, error: None };
-    let (encoded, layout) = crate::ledger::growth::with_layout(Layout::PiecesOut(next.known), || codec().serialize_into(&mut writer, state));
-    let Layout::PiecesOut(known) = layout else { unreachable!("the layout set above") };
-    let next = BlobCache { known, pins: next.pins };
+    let blob_of_chunk = next.known.iter().map(|(id, (_, hash))| (*id, *hash)).collect();
+    let (encoded, _) = crate::ledger::growth::with_layout(Layout::PiecesOut(blob_of_chunk), || codec().serialize_into(&mut writer, state));
     if let Err(error) = encoded {
         return Err(match writer.error.take() {
             Some(storage) => CheckpointError::Storage(storage),
@@ -356,7 +352,6 @@ pub fn write(
     blobs.sort_unstable();
     let manifest = Manifest { shard, sequence, timestamp, chain_hash: head.hash, bytes: writer.bytes, part_hashes: writer.hashes, blobs };
     store.write(&[(&manifest_key(shard, sequence), &encode_manifest(&manifest))])?;
-    // The chunks the previous checkpoint held but this one does not are let go only now.
     drop(previous);
     prune(store, shard, kept.max(1))?;
     Ok(Written { manifest, write_us: started.elapsed().as_micros() as u64, evicted, blobs_written, blob_bytes, blobs_reused, cache: next })
@@ -544,13 +539,13 @@ fn fill(
     struct Filler<'a> {
         store: &'a dyn Store,
         manifest: &'a Manifest,
-        by_address: FastMap<usize, ([u8; 32], u32)>,
+        by_id: FastMap<u64, ([u8; 32], u32)>,
         storage_error: Option<StorageError>,
         cache: BlobCache,
     }
     impl crate::ledger::growth::BlobSource for Filler<'_> {
-        fn bytes(&mut self, address: usize) -> Result<Option<(Vec<u8>, u32)>, String> {
-            let Some((hash, count)) = self.by_address.get(&address) else { return Ok(None) };
+        fn bytes(&mut self, id: u64) -> Result<Option<(Vec<u8>, u32)>, String> {
+            let Some((hash, count)) = self.by_id.get(&id) else { return Ok(None) };
             if self.manifest.blobs.binary_search(hash).is_err() {
                 return Err("the state refers to a blob its manifest does not name".into());
             }
@@ -568,24 +563,23 @@ fn fill(
             }
             Ok(Some((bytes, *count)))
         }
-        fn filled(&mut self, placeholder: usize, address: usize, pin: Arc<dyn std::any::Any + Send + Sync>) {
-            if let Some((hash, _)) = self.by_address.get(&placeholder) {
-                self.cache.known.insert(address, *hash);
-                self.cache.pins.push(pin);
+        fn filled(&mut self, id: u64, version: u64) {
+            if let Some((hash, _)) = self.by_id.get(&id) {
+                self.cache.known.insert(id, (version, *hash));
             }
         }
     }
     let (shard, sequence) = (manifest.shard, manifest.sequence);
     let unusable = |reason: String| CheckpointError::Unusable { shard, sequence, reason };
-    let by_address = placeholders.iter().map(|p| (p.address, (p.hash, p.count))).collect();
-    let mut filler = Filler { store, manifest, by_address, storage_error: None, cache: BlobCache::default() };
+    let by_id = placeholders.iter().map(|p| (p.id, (p.hash, p.count))).collect();
+    let mut filler = Filler { store, manifest, by_id, storage_error: None, cache: BlobCache::default() };
     let result = state.fill_blobs(&mut filler);
     if let Some(error) = filler.storage_error {
         return Err(CheckpointError::Storage(error));
     }
     result.map_err(&unusable)?;
-    if filler.cache.pins.len() != placeholders.len() {
-        return Err(unusable(format!("{} of {} blob references were filled", filler.cache.pins.len(), placeholders.len())));
+    if filler.cache.known.len() != placeholders.len() {
+        return Err(unusable(format!("{} of {} blob references were filled", filler.cache.known.len(), placeholders.len())));
     }
     Ok(filler.cache)
 }

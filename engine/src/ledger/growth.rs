@@ -24,19 +24,19 @@ pub enum Layout {
     /// archived behind such a checkpoint still starts after an upgrade.
     Legacy,
     /// Encoding checkpoint format 4: each chunk or block is a *piece*, written inline or, when
-    /// its address is a key here, as a reference to the blob with that hash (written apart, and
+    /// its id is a key here, as a reference to the blob with that hash (written apart, and
     /// shared by every checkpoint that holds the same chunk unchanged).
-    PiecesOut(FastMap<usize, [u8; 32]>),
+    PiecesOut(FastMap<u64, [u8; 32]>),
     /// Decoding checkpoint format 4: each blob reference becomes an empty placeholder, listed
     /// here, that `ShardState::fill_blobs` then reads from the store.
     PiecesIn(Vec<Placeholder>),
 }
 
-/// A chunk or block decoded as a reference: the placeholder's address, the blob's hash and how
-/// many items or entries it holds.
+/// A chunk or block decoded as a reference: the placeholder's id, the blob's hash and how many
+/// items or entries it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placeholder {
-    pub address: usize,
+    pub id: u64,
     pub hash: [u8; 32],
     pub count: u32,
 }
@@ -90,10 +90,10 @@ fn legacy_layout() -> bool {
     mode() == Mode::Legacy
 }
 
-/// The blob hash `PiecesOut` gives the chunk or block at `address`, if any.
-fn blob_of(address: usize) -> Option<[u8; 32]> {
+/// The blob hash `PiecesOut` gives the chunk or block `id`, if any.
+fn blob_of(id: u64) -> Option<[u8; 32]> {
     LAYOUT.with(|current| match &*current.borrow() {
-        Layout::PiecesOut(blobs) => blobs.get(&address).copied(),
+        Layout::PiecesOut(blobs) => blobs.get(&id).copied(),
         _ => None,
     })
 }
@@ -120,22 +120,67 @@ enum PieceIn<C> {
     Blob { hash: [u8; 32], count: u32 },
 }
 
-/// A chunk or block a checkpoint may write as a blob: its address (its identity while `pin`
-/// holds it, unchanged: the live side copies a shared chunk before changing it), a handle that
-/// keeps it so, and its encoding.
+/// A chunk or block a checkpoint may write as a blob: its id and version (`Tagged`: the same id
+/// and version are the same content) and its encoding.
 pub trait BlobSink {
-    fn offer(&mut self, address: usize, pin: Arc<dyn std::any::Any + Send + Sync>, encode: &dyn Fn() -> Vec<u8>);
+    fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn() -> Vec<u8>);
 }
 
 /// Where a decoded state's placeholders are filled from (`checkpoint::load`).
 pub trait BlobSource {
-    /// The bytes of the blob the placeholder at `address` stands for (checked against its
-    /// hash) and the count the pieces said it holds; `None` for an address that is no
-    /// placeholder.
-    fn bytes(&mut self, address: usize) -> Result<Option<(Vec<u8>, u32)>, String>;
-    /// The placeholder at `placeholder` is now the chunk at `address` (`pin` holds it): what the
-    /// next checkpoint's `BlobCache` knows it by.
-    fn filled(&mut self, placeholder: usize, address: usize, pin: Arc<dyn std::any::Any + Send + Sync>);
+    /// The bytes of the blob the placeholder `id` stands for (checked against its hash) and the
+    /// count the pieces said it holds; `None` for an id that is no placeholder.
+    fn bytes(&mut self, id: u64) -> Result<Option<(Vec<u8>, u32)>, String>;
+    /// The placeholder `id` now holds its blob's items, at `version`: what the next
+    /// checkpoint's `BlobCache` knows it by.
+    fn filled(&mut self, id: u64, version: u64);
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A chunk or block with its identity: an id no other chunk of this process has (taken when it
+/// is made or copied, once per 4,096 items, not per change) and a version that every mutable
+/// access bumps. A checkpoint's `BlobCache` maps (id, version) to the blob it wrote, so a chunk
+/// whose id and version it knows is byte for byte that blob, without holding the chunk: changes
+/// in place are free between checkpoints (the live side copies a chunk only while a snapshot
+/// shares it).
+#[derive(Debug)]
+pub struct Tagged<C> {
+    id: u64,
+    version: u64,
+    data: C,
+}
+
+impl<C> Tagged<C> {
+    fn new(data: C) -> Tagged<C> {
+        Tagged { id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed), version: 0, data }
+    }
+}
+
+impl<C> std::ops::Deref for Tagged<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        &self.data
+    }
+}
+
+impl<C: PartialEq> PartialEq for Tagged<C> {
+    fn eq(&self, other: &Self) -> bool {
+        self.data == other.data
+    }
+}
+
+impl<C: Eq> Eq for Tagged<C> {}
+
+/// The data of `tagged` to change: copied first (a new id) when a snapshot shares it, and its
+/// version bumped either way.
+fn tagged_mut<C>(tagged: &mut Arc<Tagged<C>>, copy: impl FnOnce(&C) -> C) -> &mut C {
+    if Arc::get_mut(tagged).is_none() {
+        *tagged = Arc::new(Tagged::new(copy(&tagged.data)));
+    }
+    let unique = Arc::get_mut(tagged).expect("just made unique");
+    unique.version += 1;
+    &mut unique.data
 }
 
 const CHUNK_BITS: u32 = 12;
@@ -150,7 +195,7 @@ const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 /// items, so the encoding does not depend on the chunk size.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChunkedVec<T> {
-    chunks: Vec<Arc<Vec<T>>>,
+    chunks: Vec<Arc<Tagged<Vec<T>>>>,
     len: usize,
 }
 
@@ -208,7 +253,7 @@ impl<T: Clone> ChunkedVec<T> {
             // The first chunk grows as a `Vec` does (many small vectors stay small); later ones
             // are taken whole, so growing never copies more than one chunk.
             let chunk = if self.chunks.is_empty() { Vec::new() } else { Vec::with_capacity(CHUNK_LEN) };
-            self.chunks.push(Arc::new(chunk));
+            self.chunks.push(Arc::new(Tagged::new(chunk)));
         }
         let first = self.chunks.len() == 1;
         own(self.chunks.last_mut().expect("a chunk with room"), first).push(item);
@@ -228,8 +273,8 @@ impl<T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Chunked
     pub fn offer_blobs(&self, sink: &mut dyn BlobSink) {
         use bincode::Options;
         for chunk in self.chunks.iter().filter(|chunk| chunk.len() == CHUNK_LEN) {
-            let encode = || crate::journal::codec().serialize(&**chunk).expect("items encode");
-            sink.offer(Arc::as_ptr(chunk) as usize, chunk.clone(), &encode);
+            let encode = || crate::journal::codec().serialize(&chunk.data).expect("items encode");
+            sink.offer(chunk.id, chunk.version, &encode);
         }
     }
 
@@ -240,14 +285,14 @@ impl<T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Chunked
             if !chunk.is_empty() {
                 continue;
             }
-            let placeholder = Arc::as_ptr(chunk) as usize;
-            let Some((bytes, count)) = source.bytes(placeholder)? else { continue };
+            let Some((bytes, count)) = source.bytes(chunk.id)? else { continue };
             let items: Vec<T> = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("chunk {index} does not decode: {e}"))?;
             if items.len() != count as usize {
                 return Err(format!("chunk {index}'s blob holds {} items where {count} were said", items.len()));
             }
-            *chunk = Arc::new(items);
-            source.filled(placeholder, Arc::as_ptr(chunk) as usize, chunk.clone());
+            let placeholder = Arc::get_mut(chunk).ok_or_else(|| format!("chunk {index} is shared while it is read"))?;
+            placeholder.data = items;
+            source.filled(placeholder.id, placeholder.version);
         }
         // Every chunk but the last is full, as the pieces said, and no placeholder is left.
         let last = self.chunks.len().saturating_sub(1);
@@ -266,13 +311,12 @@ impl<T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Chunked
 
 /// The chunk, unshared: copied (with a whole chunk's room, so appending to the copy does not
 /// grow it again; the first chunk keeps growing as a `Vec`) when a snapshot still holds it.
-fn own<T: Clone>(chunk: &mut Arc<Vec<T>>, first: bool) -> &mut Vec<T> {
-    if Arc::get_mut(chunk).is_none() {
-        let mut copy = Vec::with_capacity(if first { chunk.capacity() } else { CHUNK_LEN });
-        copy.extend_from_slice(chunk);
-        *chunk = Arc::new(copy);
-    }
-    Arc::get_mut(chunk).expect("just made unique")
+fn own<T: Clone>(chunk: &mut Arc<Tagged<Vec<T>>>, first: bool) -> &mut Vec<T> {
+    tagged_mut(chunk, |items| {
+        let mut copy = Vec::with_capacity(if first { items.capacity() } else { CHUNK_LEN });
+        copy.extend_from_slice(items);
+        copy
+    })
 }
 
 impl<T: Serialize> Serialize for ChunkedVec<T> {
@@ -280,7 +324,7 @@ impl<T: Serialize> Serialize for ChunkedVec<T> {
         if mode() == Mode::PiecesOut {
             let mut seq = serializer.serialize_seq(Some(self.chunks.len()))?;
             for chunk in &self.chunks {
-                match blob_of(Arc::as_ptr(chunk) as usize) {
+                match blob_of(chunk.id) {
                     Some(hash) => seq.serialize_element::<PieceOut<'_, [T]>>(&PieceOut::Blob { hash, count: chunk.len() as u32 })?,
                     None => seq.serialize_element(&PieceOut::Inline(chunk.as_slice()))?,
                 }
@@ -319,11 +363,11 @@ impl<'de, T: Deserialize<'de> + Clone> Deserialize<'de> for ChunkedVec<T> {
                 let (chunk, count) = match piece {
                     PieceIn::Inline(chunk) => {
                         let count = chunk.len();
-                        (Arc::new(chunk), count)
+                        (Arc::new(Tagged::new(chunk)), count)
                     }
                     PieceIn::Blob { hash, count } => {
-                        let placeholder = Arc::new(Vec::new());
-                        note_placeholder(Placeholder { address: Arc::as_ptr(&placeholder) as usize, hash, count });
+                        let placeholder = Arc::new(Tagged::new(Vec::new()));
+                        note_placeholder(Placeholder { id: placeholder.id, hash, count });
                         (placeholder, count as usize)
                     }
                 };
@@ -450,7 +494,7 @@ impl BlockKey for (crate::ledger::types::OrderId, crate::ledger::types::AccountI
 /// makes it allocate more than its entries need. Encoded as a flat sequence of (key, value).
 #[derive(Clone, Debug)]
 pub struct OrderBlocks<K: std::hash::Hash + Eq, V> {
-    blocks: FastMap<u64, Arc<FastMap<K, V>>>,
+    blocks: FastMap<u64, Arc<Tagged<FastMap<K, V>>>>,
 }
 
 impl<K: std::hash::Hash + Eq, V> Default for OrderBlocks<K, V> {
@@ -471,18 +515,18 @@ impl<K: std::hash::Hash + Eq + BlockKey + Clone, V: Clone> OrderBlocks<K, V> {
         if !block.contains_key(key) {
             return None;
         }
-        Arc::make_mut(block).get_mut(key)
+        tagged_mut(block, Clone::clone).get_mut(key)
     }
 
     /// The entry of `key` (to insert or update in place). A block left empty by an entry not
     /// filled is never encoded (see `Serialize`).
     pub fn entry(&mut self, key: K) -> std::collections::hash_map::Entry<'_, K, V> {
-        Arc::make_mut(self.blocks.entry(key.block()).or_default()).entry(key)
+        tagged_mut(self.blocks.entry(key.block()).or_insert_with(|| Arc::new(Tagged::new(FastMap::default()))), Clone::clone).entry(key)
     }
 
     /// Inserts or replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        Arc::make_mut(self.blocks.entry(key.block()).or_default()).insert(key, value)
+        tagged_mut(self.blocks.entry(key.block()).or_insert_with(|| Arc::new(Tagged::new(FastMap::default()))), Clone::clone).insert(key, value)
     }
 
     /// Number of entries (a sum over the blocks: exact whatever was done with an entry).
@@ -506,8 +550,8 @@ impl<K: std::hash::Hash + Eq + BlockKey + Clone, V: Clone> OrderBlocks<K, V> {
     }
 
     /// The non-empty blocks, by ascending block number.
-    fn ordered(&self) -> Vec<(u64, &Arc<FastMap<K, V>>)> {
-        let mut blocks: Vec<(u64, &Arc<FastMap<K, V>>)> =
+    fn ordered(&self) -> Vec<(u64, &Arc<Tagged<FastMap<K, V>>>)> {
+        let mut blocks: Vec<(u64, &Arc<Tagged<FastMap<K, V>>>)> =
             self.blocks.iter().filter(|(_, block)| !block.is_empty()).map(|(index, block)| (*index, block)).collect();
         blocks.sort_unstable_by_key(|(index, _)| *index);
         blocks
@@ -526,8 +570,8 @@ where
     pub fn offer_blobs(&self, sink: &mut dyn BlobSink) {
         use bincode::Options;
         for block in self.blocks.values().filter(|block| block.len() >= BLOB_BLOCK_MIN) {
-            let encode = || crate::journal::codec().serialize(&**block).expect("entries encode");
-            sink.offer(Arc::as_ptr(block) as usize, block.clone(), &encode);
+            let encode = || crate::journal::codec().serialize(&block.data).expect("entries encode");
+            sink.offer(block.id, block.version, &encode);
         }
     }
 
@@ -538,16 +582,16 @@ where
             if !block.is_empty() {
                 continue;
             }
-            let placeholder = Arc::as_ptr(block) as usize;
-            let Some((bytes, count)) = source.bytes(placeholder)? else {
+            let Some((bytes, count)) = source.bytes(block.id)? else {
                 return Err(format!("block {index} is empty"));
             };
             let entries: FastMap<K, V> = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("block {index} does not decode: {e}"))?;
             if entries.len() != count as usize || entries.keys().any(|key| key.block() != *index) {
                 return Err(format!("block {index}'s blob holds {} entries, or another block's, where {count} were said", entries.len()));
             }
-            *block = Arc::new(entries);
-            source.filled(placeholder, Arc::as_ptr(block) as usize, block.clone());
+            let placeholder = Arc::get_mut(block).ok_or_else(|| format!("block {index} is shared while it is read"))?;
+            placeholder.data = entries;
+            source.filled(placeholder.id, placeholder.version);
         }
         Ok(())
     }
@@ -559,9 +603,9 @@ impl<K: std::hash::Hash + Eq + BlockKey + Clone + Serialize, V: Clone + Serializ
             let blocks = self.ordered();
             let mut seq = serializer.serialize_seq(Some(blocks.len()))?;
             for (index, block) in blocks {
-                match blob_of(Arc::as_ptr(block) as usize) {
+                match blob_of(block.id) {
                     Some(hash) => seq.serialize_element::<(u64, PieceOut<'_, FastMap<K, V>>)>(&(index, PieceOut::Blob { hash, count: block.len() as u32 }))?,
-                    None => seq.serialize_element(&(index, PieceOut::Inline(&**block)))?,
+                    None => seq.serialize_element(&(index, PieceOut::Inline(&block.data)))?,
                 }
             }
             return seq.end();
@@ -607,14 +651,14 @@ where
                         if block.is_empty() || block.keys().any(|key| key.block() != index) {
                             return Err(serde::de::Error::custom(format!("block {index} is empty or holds another block's key")));
                         }
-                        Arc::new(block)
+                        Arc::new(Tagged::new(block))
                     }
                     PieceIn::Blob { hash, count } => {
                         if count == 0 {
                             return Err(serde::de::Error::custom(format!("block {index} is an empty blob")));
                         }
-                        let placeholder = Arc::new(FastMap::default());
-                        note_placeholder(Placeholder { address: Arc::as_ptr(&placeholder) as usize, hash, count });
+                        let placeholder = Arc::new(Tagged::new(FastMap::default()));
+                        note_placeholder(Placeholder { id: placeholder.id, hash, count });
                         placeholder
                     }
                 };
@@ -648,24 +692,24 @@ where
 mod tests {
     use super::*;
 
-    /// Blobs by placeholder address, and what was filled.
+    /// Blobs by placeholder id, and what was filled.
     struct Source {
-        blobs: FastMap<usize, (Vec<u8>, u32)>,
-        filled: Vec<(usize, usize)>,
+        blobs: FastMap<u64, (Vec<u8>, u32)>,
+        filled: Vec<(u64, u64)>,
     }
 
     impl Source {
-        fn of(blobs: impl IntoIterator<Item = (usize, (Vec<u8>, u32))>) -> Source {
+        fn of(blobs: impl IntoIterator<Item = (u64, (Vec<u8>, u32))>) -> Source {
             Source { blobs: blobs.into_iter().collect(), filled: Vec::new() }
         }
     }
 
     impl BlobSource for Source {
-        fn bytes(&mut self, address: usize) -> Result<Option<(Vec<u8>, u32)>, String> {
-            Ok(self.blobs.get(&address).cloned())
+        fn bytes(&mut self, id: u64) -> Result<Option<(Vec<u8>, u32)>, String> {
+            Ok(self.blobs.get(&id).cloned())
         }
-        fn filled(&mut self, placeholder: usize, address: usize, _pin: Arc<dyn std::any::Any + Send + Sync>) {
-            self.filled.push((placeholder, address));
+        fn filled(&mut self, id: u64, version: u64) {
+            self.filled.push((id, version));
         }
     }
 
@@ -798,36 +842,38 @@ mod tests {
             v.push(i * 11);
         }
         // Chunk 1 is a blob (as a checkpoint that offered it would have it); 0 and 2 go inline.
-        let mut blobs: Vec<(usize, [u8; 32], Vec<u8>)> = Vec::new();
-        struct Sink<'a>(&'a mut Vec<(usize, [u8; 32], Vec<u8>)>);
+        let mut blobs: Vec<(u64, u64, [u8; 32], Vec<u8>)> = Vec::new();
+        struct Sink<'a>(&'a mut Vec<(u64, u64, [u8; 32], Vec<u8>)>);
         impl BlobSink for Sink<'_> {
-            fn offer(&mut self, address: usize, _pin: Arc<dyn std::any::Any + Send + Sync>, encode: &dyn Fn() -> Vec<u8>) {
+            fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn() -> Vec<u8>) {
                 let bytes = encode();
-                self.0.push((address, *blake3::hash(&bytes).as_bytes(), bytes));
+                self.0.push((id, version, *blake3::hash(&bytes).as_bytes(), bytes));
             }
         }
         v.offer_blobs(&mut Sink(&mut blobs));
         assert_eq!(blobs.len(), 2, "the two full chunks are offered, the last is not");
-        let (address, hash, bytes) = blobs[1].clone();
-        let out: FastMap<usize, [u8; 32]> = [(address, hash)].into_iter().collect();
+        let (id, _, hash, bytes) = blobs[1].clone();
+        let out: FastMap<u64, [u8; 32]> = [(id, hash)].into_iter().collect();
         let (encoded, _) = with_layout(Layout::PiecesOut(out), || codec().serialize(&v).unwrap());
         assert!(encoded.len() < codec().serialize(&v).unwrap().len() / 2, "chunk 1 is a reference, not its items");
-        let (decoded, layout) = with_layout(Layout::PiecesIn(Vec::new()), || codec().deserialize::<ChunkedVec<u64>>(&encoded).unwrap());
-        let Layout::PiecesIn(placeholders) = layout else { panic!("layout kept") };
+        let decode = || {
+            let (decoded, layout) = with_layout(Layout::PiecesIn(Vec::new()), || codec().deserialize::<ChunkedVec<u64>>(&encoded).unwrap());
+            let Layout::PiecesIn(placeholders) = layout else { panic!("layout kept") };
+            (decoded, placeholders)
+        };
+        let (mut filled, placeholders) = decode();
         assert_eq!(placeholders.len(), 1);
         assert_eq!((placeholders[0].hash, placeholders[0].count), (hash, CHUNK_LEN as u32));
-        assert_eq!(decoded.len(), v.len());
+        assert_eq!(filled.len(), v.len());
         // Filled from its blob it is the vector again; a blob of the wrong size is refused.
-        let mut filled = decoded.clone();
-        let mut source = Source::of([(placeholders[0].address, (bytes.clone(), CHUNK_LEN as u32))]);
+        let mut source = Source::of([(placeholders[0].id, (bytes.clone(), CHUNK_LEN as u32))]);
         filled.fill_blobs(&mut source).unwrap();
         assert_eq!(filled, v);
-        assert_eq!(source.filled.len(), 1, "the filled chunk is reported (for the next checkpoint's cache)");
+        assert_eq!(source.filled, vec![(placeholders[0].id, 0)], "the filled chunk is reported (for the next checkpoint's cache)");
         let short = codec().serialize(&vec![1u64; 10]).unwrap();
-        let mut wrong = decoded.clone();
-        // (the clone shares the placeholder's address)
-        assert!(wrong.fill_blobs(&mut Source::of([(placeholders[0].address, (short, CHUNK_LEN as u32))])).is_err());
-        let mut unfilled = decoded;
+        let (mut wrong, placeholders) = decode();
+        assert!(wrong.fill_blobs(&mut Source::of([(placeholders[0].id, (short, CHUNK_LEN as u32))])).is_err());
+        let (mut unfilled, _) = decode();
         assert!(unfilled.fill_blobs(&mut Source::of([])).is_err(), "a placeholder left empty is an error");
         // Pieces that would break indexing (a chunk before the last not full) are refused.
         #[derive(Serialize)]
@@ -849,14 +895,14 @@ mod tests {
         for i in (0..30_000u64).step_by(3) {
             m.insert((OrderId(i), AccountId(i % 5)), i);
         }
-        let mut blobs: FastMap<usize, Vec<u8>> = FastMap::default();
-        let mut out: FastMap<usize, [u8; 32]> = FastMap::default();
-        struct Sink<'a>(&'a mut FastMap<usize, Vec<u8>>, &'a mut FastMap<usize, [u8; 32]>);
+        let mut blobs: FastMap<u64, Vec<u8>> = FastMap::default();
+        let mut out: FastMap<u64, [u8; 32]> = FastMap::default();
+        struct Sink<'a>(&'a mut FastMap<u64, Vec<u8>>, &'a mut FastMap<u64, [u8; 32]>);
         impl BlobSink for Sink<'_> {
-            fn offer(&mut self, address: usize, _pin: Arc<dyn std::any::Any + Send + Sync>, encode: &dyn Fn() -> Vec<u8>) {
+            fn offer(&mut self, id: u64, _version: u64, encode: &dyn Fn() -> Vec<u8>) {
                 let bytes = encode();
-                self.1.insert(address, *blake3::hash(&bytes).as_bytes());
-                self.0.insert(address, bytes);
+                self.1.insert(id, *blake3::hash(&bytes).as_bytes());
+                self.0.insert(id, bytes);
             }
         }
         m.offer_blobs(&mut Sink(&mut blobs, &mut out));
@@ -866,7 +912,7 @@ mod tests {
         let (decoded, layout) = with_layout(Layout::PiecesIn(Vec::new()), || codec().deserialize::<OrderBlocks<(OrderId, AccountId), u64>>(&encoded).unwrap());
         let Layout::PiecesIn(placeholders) = layout else { panic!("layout kept") };
         let mut filled = decoded;
-        filled.fill_blobs(&mut Source::of(placeholders.iter().map(|p| (p.address, (by_hash[&p.hash].clone(), p.count))))).unwrap();
+        filled.fill_blobs(&mut Source::of(placeholders.iter().map(|p| (p.id, (by_hash[&p.hash].clone(), p.count))))).unwrap();
         let sorted = |m: &OrderBlocks<(OrderId, AccountId), u64>| {
             let mut all: Vec<_> = m.iter().map(|(k, v)| (*k, *v)).collect();
             all.sort();
@@ -874,5 +920,24 @@ mod tests {
         };
         assert_eq!((sorted(&filled), filled.len()), (sorted(&m), m.len()));
         assert_eq!(filled.get(&(OrderId(29_997), AccountId(29_997 % 5))), Some(&29_997));
+    }
+
+    #[test]
+    fn a_chunk_keeps_its_id_when_changed_in_place_and_gets_a_new_one_when_copied() {
+        let mut v: ChunkedVec<u32> = ChunkedVec::default();
+        for i in 0..(CHUNK_LEN as u32 + 3) {
+            v.push(i);
+        }
+        let identity = |v: &ChunkedVec<u32>| (v.chunks[0].id, v.chunks[0].version);
+        let (id, version) = identity(&v);
+        *v.get_mut(3).unwrap() = 33;
+        assert_eq!(identity(&v), (id, version + 1), "changed in place: same id, a new version");
+        let snapshot = v.clone();
+        *v.get_mut(4).unwrap() = 44;
+        let (copied, _) = identity(&v);
+        assert_ne!(copied, id, "changed while a snapshot shares it: a copy with an id of its own");
+        assert_eq!((snapshot.chunks[0].id, snapshot.chunks[0].version, snapshot.get(4)), (id, version + 1, Some(&4)), "the snapshot's chunk is as it was");
+        let untouched = (v.chunks[1].id, v.chunks[1].version);
+        assert_eq!((snapshot.chunks[1].id, snapshot.chunks[1].version), untouched, "a chunk nobody changed is the same chunk in both");
     }
 }
