@@ -300,6 +300,9 @@ impl Write for PartWriter<'_> {
 /// The state's full chunks of history are blobs: those `previous` (the last checkpoint's
 /// `Written::cache`) knows, unchanged since, are referred to as they are; the others are encoded
 /// and written, before any part. `Written::cache` is what the next checkpoint starts from.
+///
+/// `rows` (the engine's filter of every cold row's key) spares the cold rows' write from reading
+/// keys that cannot have a row yet.
 pub fn write(
     store: &dyn Store,
     state: &ShardState,
@@ -307,13 +310,14 @@ pub fn write(
     timestamp: Timestamp,
     kept: usize,
     previous: BlobCache,
+    rows: Option<&crate::cold::ColdFilter>,
 ) -> Result<Written, CheckpointError> {
     let sequence = head.sequence;
     use bincode::Options;
     let started = Instant::now();
     let shard = state.shard;
     let evicted = match &state.sealed {
-        Some(sealed) => crate::cold::write_rows(store, shard, sequence, sealed)?,
+        Some(sealed) => crate::cold::write_rows(store, shard, sequence, sealed, rows)?,
         None => 0,
     };
     let mut blobber = Blobber {

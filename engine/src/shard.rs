@@ -428,7 +428,7 @@ impl Shard {
         let blobs = std::mem::take(&mut self.checkpoints.blobs);
         let spawned = std::thread::Builder::new().name(format!("checkpoint-{}", self.state.shard)).spawn(move || {
             yield_to_batches();
-            let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept, blobs)?;
+            let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept, blobs, Some(&*cold_filter))?;
             if let Some(sealed) = &snapshot.sealed {
                 // Their rows are durable: the filter learns them before the router forgets
                 // its claims and before the shard drops them from memory.
@@ -495,7 +495,7 @@ impl Shard {
         }
         self.state.seal_idempotency();
         let blobs = std::mem::take(&mut self.checkpoints.blobs);
-        match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept, blobs) {
+        match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept, blobs, Some(&*self.cold_filter)) {
             Ok(written) => {
                 if let Some(sealed) = &self.state.sealed {
                     sealed.iter().for_each(|(key, _)| self.cold_filter.insert(*key));

@@ -362,7 +362,7 @@ fn checkpoints_write_history_once_and_then_only_what_changed() {
     let known = cache.len() as u64;
     let copy = store.snapshot();
     let head = engine::journal::ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash };
-    let again = checkpoint::write(&copy, &state, head, manifest.timestamp, 2, cache).unwrap();
+    let again = checkpoint::write(&copy, &state, head, manifest.timestamp, 2, cache, None).unwrap();
     assert_eq!((again.blobs_written, again.blobs_reused), (0, known), "after a start, unchanged history is not written again");
     assert_eq!(again.manifest.blobs, manifest.blobs);
 
