@@ -248,15 +248,21 @@ fn a_write_failure_at_any_point_of_a_checkpoint_loses_nothing_acknowledged() {
         store.fail_after(failing_write);
         let (_, acked) = workload(&engine, "x", 12);
         engine.shutdown();
-        let durable = Arc::new(store.snapshot());
-        let restarted = Engine::start(config(4, 2), durable.clone()).unwrap();
-        assert_replayed(&restarted, &acked, &format!("failing write {failing_write}"));
-        restarted.shutdown();
-        let report = check_store(&*durable, 2).unwrap();
-        assert!(report.ok, "write {failing_write}: {report:?}");
-        for (shard, (recovered, full, _, _)) in both_ways(&durable).into_iter().enumerate() {
-            assert_eq!(recovered, full, "write {failing_write}, shard {shard}");
-        }
+        restart_from_what_was_durable(&store, config(4, 2), &acked, failing_write);
+    }
+}
+
+/// Restarts from what `store` holds durably: every acknowledged command replays with its order,
+/// the invariants hold, and a checkpoint + tail equals a whole replay on each shard.
+fn restart_from_what_was_durable(store: &MemoryStore, config: EngineConfig, acked: &[(Envelope, u64)], failing_write: u64) {
+    let durable = Arc::new(store.snapshot());
+    let restarted = Engine::start(config, durable.clone()).unwrap();
+    assert_replayed(&restarted, acked, &format!("failing write {failing_write}"));
+    restarted.shutdown();
+    let report = check_store(&*durable, 2).unwrap();
+    assert!(report.ok, "write {failing_write}: {report:?}");
+    for (shard, (recovered, full, _, _)) in both_ways(&durable).into_iter().enumerate() {
+        assert_eq!(recovered, full, "write {failing_write}, shard {shard}");
     }
 }
 
@@ -287,6 +293,32 @@ fn wait_for_a_checkpoint_where(
     panic!("no checkpoint of shard {shard} came to hold what was asked");
 }
 
+/// Two accounts on shard 0, the payer funded, and `submissions` submissions of 4,000 one-cent
+/// payments between them (the first of escrows): about a chunk of orders per submission. Gives
+/// the payment command (with `guarantee`) and the first escrow.
+fn escrow_history(engine: &Engine, submissions: usize) -> (impl Fn(bool) -> Command, OrderId) {
+    let opens = (0..8).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
+    let accounts: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).collect();
+    let on_0: Vec<AccountId> = accounts.iter().copied().filter(|a| a.shard(2) == 0).collect();
+    let (payer, payee) = (on_0[0], on_0[1]);
+    assert!(engine.execute_one(plain(Command::Recharge { account: payer, currency: CNY, amount: 1_000_000_000, channel: 1 })).unwrap().is_ok());
+    let pay = move |guarantee| Command::Payment {
+        payer,
+        guarantee,
+        currency: CNY,
+        amount: 1,
+        payees: [Leg { account: payee, amount: 1 }].into_iter().collect(),
+        splits: Legs::new(),
+    };
+    let mut first_escrow = None;
+    for submission in 0..submissions {
+        let replies = engine.execute((0..4000).map(|_| plain(pay(submission == 0))).collect()).unwrap();
+        assert!(replies.iter().all(|r| r.is_ok()));
+        first_escrow.get_or_insert(OrderId(replies[0].id));
+    }
+    (pay, first_escrow.expect("a submission"))
+}
+
 fn blob_keys(store: &MemoryStore, shard: ShardId) -> Vec<[u8; 32]> {
     let mut hashes = Vec::new();
     store
@@ -306,27 +338,7 @@ fn blob_keys(store: &MemoryStore, shard: ShardId) -> Vec<[u8; 32]> {
 fn checkpoints_write_history_once_and_then_only_what_changed() {
     let store = Arc::new(MemoryStore::new());
     let engine = Engine::start(config(2, 2), store.clone()).unwrap();
-    let opens = (0..8).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
-    let accounts: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).collect();
-    let on_0: Vec<AccountId> = accounts.iter().copied().filter(|a| a.shard(2) == 0).collect();
-    let (payer, payee) = (on_0[0], on_0[1]);
-    assert!(engine.execute_one(plain(Command::Recharge { account: payer, currency: CNY, amount: 1_000_000_000, channel: 1 })).unwrap().is_ok());
-    let pay = |guarantee| {
-        plain(Command::Payment {
-            payer,
-            guarantee,
-            currency: CNY,
-            amount: 1,
-            payees: [Leg { account: payee, amount: 1 }].into_iter().collect(),
-            splits: Legs::new(),
-        })
-    };
-    let escrows = engine.execute((0..4000).map(|_| pay(true)).collect()).unwrap();
-    assert!(escrows.iter().all(|r| r.is_ok()));
-    let first_escrow = OrderId(escrows[0].id);
-    for _ in 0..2 {
-        assert!(engine.execute((0..4000).map(|_| pay(false)).collect()).unwrap().iter().all(|r| r.is_ok()));
-    }
+    let (_, first_escrow) = escrow_history(&engine, 3);
     // A checkpoint holding all 12,000 orders: two full chunks of orders, and income blocks.
     let before = wait_for_a_checkpoint_where(&engine, &store, 0, |state| state.orders.len() >= 12_000);
     assert!(before.blobs.len() >= 2, "full chunks are blobs: {}", before.blobs.len());
@@ -397,24 +409,9 @@ fn a_write_failure_while_a_checkpoint_writes_blobs_loses_nothing_acknowledged() 
     for failing_write in 0..8 {
         let store = Arc::new(MemoryStore::new());
         let engine = Engine::start(config(2, 2), store.clone()).unwrap();
-        let opens = (0..8).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
-        let accounts: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).collect();
-        let on_0: Vec<AccountId> = accounts.iter().copied().filter(|a| a.shard(2) == 0).collect();
-        let (payer, payee) = (on_0[0], on_0[1]);
-        assert!(engine.execute_one(plain(Command::Recharge { account: payer, currency: CNY, amount: 1_000_000_000, channel: 1 })).unwrap().is_ok());
-        let pay = |guarantee| Command::Payment {
-            payer,
-            guarantee,
-            currency: CNY,
-            amount: 1,
-            payees: [Leg { account: payee, amount: 1 }].into_iter().collect(),
-            splits: Legs::new(),
-        };
-        let escrows = engine.execute((0..4500).map(|_| plain(pay(true))).collect()).unwrap();
-        let first_escrow = OrderId(escrows[0].id);
-        assert!(engine.execute((0..4500).map(|_| plain(pay(false))).collect()).unwrap().iter().all(|r| r.is_ok()));
+        let (pay, first_escrow) = escrow_history(&engine, 3);
         // A checkpoint with two full chunks of orders: the blob cache now knows them.
-        wait_for_a_checkpoint_where(&engine, &store, 0, |state| state.orders.len() >= 9_000);
+        wait_for_a_checkpoint_where(&engine, &store, 0, |state| state.orders.len() >= 12_000);
         store.fail_after(failing_write);
         let mut acked = Vec::new();
         let mut run = |key: String, command: Command| {
@@ -432,14 +429,6 @@ fn a_write_failure_while_a_checkpoint_writes_blobs_loses_nothing_acknowledged() 
             std::thread::sleep(Duration::from_millis(5));
         }
         engine.shutdown();
-        let durable = Arc::new(store.snapshot());
-        let restarted = Engine::start(config(2, 2), durable.clone()).unwrap();
-        assert_replayed(&restarted, &acked, &format!("failing write {failing_write}"));
-        restarted.shutdown();
-        let report = check_store(&*durable, 2).unwrap();
-        assert!(report.ok, "write {failing_write}: {report:?}");
-        for (shard, (recovered, full, _, _)) in both_ways(&durable).into_iter().enumerate() {
-            assert_eq!(recovered, full, "write {failing_write}, shard {shard}");
-        }
+        restart_from_what_was_durable(&store, config(2, 2), &acked, failing_write);
     }
 }
