@@ -285,3 +285,32 @@ fn framework_rejections_are_json_errors() {
     }
     server.stop();
 }
+
+/// Regression (CI's Schemathesis run): a platform name of 129 characters, the first a blank, was
+/// taken because the length was counted after trimming, while the document's maxLength counts
+/// what the client sends. Names and titles now count what was sent; the blanks are then dropped.
+#[test]
+fn text_limits_count_what_the_client_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"), Some(TOKEN));
+    let at_limit = "名".repeat(128);
+    let past = format!(" {at_limit}");
+    let (status, body) = create_platform(&server, TOKEN, &json!({ "name": past }).to_string());
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("name")), "{body}");
+    let (status, created) = create_platform(&server, TOKEN, &json!({ "name": at_limit }).to_string());
+    assert_eq!(status, 201, "{created}");
+    let (status, padded) = create_platform(&server, TOKEN, &json!({ "name": " Renovation Hub " }).to_string());
+    assert_eq!((status, padded["name"].as_str()), (201, Some("Renovation Hub")), "blanks around a name within the limit are dropped");
+    let (platform, secret) = (created["platform_id"].as_str().unwrap(), created["secret"].as_str().unwrap());
+    let member = |name: &str| {
+        json!({"out_order_no": "m-limit", "type": "enterprise", "name": name, "id_number": "91110108MA01ABCD3N", "phone": "13800138000"}).to_string()
+    };
+    let (status, _, body) = signed_post(&server, "/v1/members", platform, secret, "limitnonce000001", &member(&format!(" {}", "名".repeat(64))));
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("name")), "{body}");
+    let template = |title: &str| json!({"out_order_no": format!("t-{}", title.len()), "code": "terms", "title": title, "text": "Terms."}).to_string();
+    let (status, _, body) = signed_post(&server, "/v1/agreement-templates", platform, secret, "limitnonce000002", &template(&format!("{} ", "条".repeat(128))));
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("title")), "{body}");
+    let (status, _, body) = signed_post(&server, "/v1/agreement-templates", platform, secret, "limitnonce000003", &template(&"条".repeat(128)));
+    assert_eq!(status, 201, "{body}");
+    server.stop();
+}
