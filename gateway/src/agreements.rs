@@ -228,9 +228,9 @@ impl Agreements {
         if !valid_code(&body.code) {
             return Err(ApiError::invalid("code must be 1 to 32 characters [a-z0-9_]", "code"));
         }
-        // The length counts what the client sent (the document's maxLength), blanks included.
+        // The checks are of what the client sent (the document's maxLength and pattern).
         let title = body.title.trim();
-        if !crate::plain_text(title, false) || body.title.chars().count() > TITLE_CHARS_MAX {
+        if !crate::plain_text(&body.title, false) || body.title.chars().count() > TITLE_CHARS_MAX {
             return Err(ApiError::invalid("title must be 1 to 128 characters, not all blank, without control characters", "title"));
         }
         if !crate::plain_text(&body.text, true) || body.text.chars().count() > TEXT_CHARS_MAX {

@@ -172,9 +172,9 @@ impl Members {
             "enterprise" => valid_credit_code(&request.id_number),
             _ => return Err(ApiError::invalid("type must be \"individual\" or \"enterprise\"", "type")),
         };
-        // The length counts what the client sent (the document's maxLength), blanks included.
+        // The checks are of what the client sent (the document's maxLength and pattern).
         let name = request.name.trim();
-        if !crate::plain_text(name, false) || request.name.chars().count() > NAME_CHARS_MAX {
+        if !crate::plain_text(&request.name, false) || request.name.chars().count() > NAME_CHARS_MAX {
             return Err(ApiError::invalid("name must be 1 to 64 characters, not all blank, without control characters", "name"));
         }
         if !valid_number {

@@ -146,10 +146,11 @@ impl Platforms {
 
     /// Validates and durably creates a platform; returns it with its secret (shown only here).
     pub fn create(&self, request: NewPlatform) -> Result<(Platform, String), ApiError> {
-        // The length counts what the client sent (the document's maxLength), blanks around the
-        // name included; the blanks are then dropped.
+        // The checks are of what the client sent (the document's maxLength and pattern), blanks
+        // around the name included (a tab is a control character even there); the blanks are
+        // then dropped.
         let name = request.name.trim().to_string();
-        if !crate::plain_text(&name, false) || request.name.chars().count() > NAME_CHARS_MAX {
+        if !crate::plain_text(&request.name, false) || request.name.chars().count() > NAME_CHARS_MAX {
             return Err(ApiError::invalid("name must be 1 to 128 characters, not all blank, without control characters", "name"));
         }
         let settlement_cycle_days = request.settlement_cycle_days.unwrap_or(1);
