@@ -59,7 +59,7 @@ const BLOB_PREFIX: &[u8; 4] = b"m/b/";
 /// Version 3: the history vectors (`ChunkedVec`) are encoded as flat sequences and the income
 /// map as a sequence of entries (both are copy-on-write now, in chunks and blocks of 4,096,
 /// so that a checkpoint's snapshot copies pointers, not history). Versions 1 and 2 are still
-/// read (`growth::with_legacy_layout`): a data directory whose journal was archived behind
+/// read (`growth::Layout::Legacy`): a data directory whose journal was archived behind
 /// such a checkpoint cannot replay from the start, so it must not be skipped.
 ///
 /// Version 4: full chunks of history are blobs of their own (`m/b/`), written once and shared by

@@ -63,8 +63,9 @@ pub fn with_layout<R>(layout: Layout, run: impl FnOnce() -> R) -> (R, Layout) {
 }
 
 /// Runs `decode` with the containers reading the layout of checkpoint formats 1 and 2 when
-/// `legacy` holds (see `Layout::Legacy`).
-pub fn with_legacy_layout<R>(legacy: bool, decode: impl FnOnce() -> R) -> R {
+/// `legacy` holds (see `Layout::Legacy`; `checkpoint::load` sets the layout itself).
+#[cfg(test)]
+fn with_legacy_layout<R>(legacy: bool, decode: impl FnOnce() -> R) -> R {
     with_layout(if legacy { Layout::Legacy } else { Layout::Flat }, decode).0
 }
 
@@ -240,8 +241,9 @@ impl<T> ChunkedVec<T> {
         self.chunks.iter().flat_map(|chunk| chunk.iter())
     }
 
-    /// How many chunks a snapshot shares with this vector (tests and figures).
-    pub fn shared_chunks(&self) -> usize {
+    /// How many chunks a snapshot shares with this vector.
+    #[cfg(test)]
+    fn shared_chunks(&self) -> usize {
         self.chunks.iter().filter(|chunk| Arc::strong_count(chunk) > 1).count()
     }
 }
@@ -544,8 +546,9 @@ impl<K: std::hash::Hash + Eq + BlockKey + Clone, V: Clone> OrderBlocks<K, V> {
         self.blocks.values().flat_map(|block| block.iter())
     }
 
-    /// How many blocks a snapshot shares with this map (tests and figures).
-    pub fn shared_blocks(&self) -> usize {
+    /// How many blocks a snapshot shares with this map.
+    #[cfg(test)]
+    fn shared_blocks(&self) -> usize {
         self.blocks.values().filter(|block| Arc::strong_count(block) > 1).count()
     }
 
