@@ -83,8 +83,20 @@ fn a_write_failure_at_each_write_of_an_evicting_checkpoint_loses_nothing_acknowl
             let engine = Engine::start(config(3), store.clone()).unwrap();
             let accounts = accounts(&engine);
             store.left.store(nth, Ordering::SeqCst);
-            let mut acked = orders(&engine, &accounts, "a", 10);
-            acked.extend(orders(&engine, &accounts, "b", 10));
+            // How many checkpoints run depends on scheduling (one at a time per shard, on a
+            // thread of low priority: a busy machine coalesces them), so orders go on until the
+            // failure has happened, then one more round meets the stopped shards.
+            let mut acked = Vec::new();
+            for attempt in 0..100 {
+                let failed = store.failed.load(Ordering::SeqCst);
+                acked.extend(orders(&engine, &accounts, &format!("t{attempt}"), 10));
+                if failed {
+                    break;
+                }
+                if attempt > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
             engine.shutdown();
             drop(engine);
             assert!(store.failed.load(Ordering::SeqCst), "{when}: the failure was injected");
