@@ -167,7 +167,8 @@ fn main() -> Result<()> {
         }
         Commands::Shards { config, data_dir } => {
             let (config, data_dir) = load(config, data_dir)?;
-            let store = RocksStore::open_read_only(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
+            let store: std::sync::Arc<dyn storage::Store> =
+                std::sync::Arc::new(RocksStore::open_read_only(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
             report::print_shards_offline(&store, &config, &mut std::io::stdout())
         }
         Commands::Workload(args) => workload::run(args),

@@ -660,7 +660,8 @@ impl Actor {
         for shard in 0..self.engine.config().shard_count {
             let waiting = self.engine.read_shard(shard, |state| {
                 let mut found = Vec::new();
-                for o in state.orders.iter() {
+                // Old history out of memory is read back one chunk at a time.
+                state.orders.scan(|o| {
                     let spec = state.currencies[o.currency.0 as usize];
                     match o.detail {
                         OrderDetail::Withdrawal { channel, .. } if o.status != OrderStatus::Failed => {
@@ -680,7 +681,7 @@ impl Actor {
                         }
                         _ => {}
                     }
-                }
+                });
                 found
             })?;
             for item in waiting {

@@ -198,14 +198,18 @@ fn channel_fees(engine: &Engine, channels: &ChannelSet, days: [u32; 2]) -> Resul
         let (tariffs, calendar) = (tariffs.clone(), calendar.clone());
         let sums = engine.read_shard(shard, move |state| {
             let mut sums: BTreeMap<(u32, u16, u8), (Minor, u64)> = BTreeMap::new();
-            for order in state.orders.iter() {
-                let Some(channel) = channel_of(&order.detail) else { continue };
-                if matches!(order.status, OrderStatus::Pending | OrderStatus::Processing | OrderStatus::Failed) {
-                    continue;
-                }
+            // Orders are kept in the order they were created, and a shard's timestamps never go
+            // back: the days' orders are one run, found by bisection, not by reading the history.
+            let (first, last) = (days[0].min(days[1]), days[0].max(days[1]));
+            let start = state.orders.partition_point(|order| calendar.day(order.created_at) < first);
+            state.orders.scan_from(start, |order| {
                 let created_day = calendar.day(order.created_at);
-                if !days.contains(&created_day) {
-                    continue;
+                if created_day > last {
+                    return false;
+                }
+                let Some(channel) = channel_of(&order.detail) else { return true };
+                if matches!(order.status, OrderStatus::Pending | OrderStatus::Processing | OrderStatus::Failed) || !days.contains(&created_day) {
+                    return true;
                 }
                 let fee = match order.detail {
                     OrderDetail::Withdrawal { fee, .. } => fee,
@@ -214,7 +218,8 @@ fn channel_fees(engine: &Engine, channels: &ChannelSet, days: [u32; 2]) -> Resul
                 let sum = sums.entry((created_day, channel, order.currency.0)).or_default();
                 sum.0 += fee;
                 sum.1 += 1;
-            }
+                true
+            });
             sums
         })?;
         for ((day, channel, currency), (total, orders)) in sums {
@@ -235,10 +240,12 @@ fn totals(engine: &Engine, platform: u32, through_day: u32) -> Result<Vec<Curren
     for shard in 0..engine.config().shard_count {
         let part = engine.read_shard(shard, move |state| {
             let mut part: Vec<(u8, [i128; 4])> = Vec::new();
-            for row in state.settled.iter().filter(|r| r.platform == platform && r.through_day == through_day) {
-                let net = row.amount - row.commission - row.service_fee;
-                part.push((row.currency.0, [row.amount as i128, row.commission as i128, row.service_fee as i128, net as i128]));
-            }
+            state.settled.scan(|row| {
+                if row.platform == platform && row.through_day == through_day {
+                    let net = row.amount - row.commission - row.service_fee;
+                    part.push((row.currency.0, [row.amount as i128, row.commission as i128, row.service_fee as i128, net as i128]));
+                }
+            });
             part
         })?;
         for (currency, figures) in part {

@@ -152,6 +152,12 @@ impl BlobCache {
     pub fn is_empty(&self) -> bool {
         self.known.is_empty()
     }
+
+    /// The blob of chunk `id` if the checkpoint wrote it at `version` (so the chunk, unchanged
+    /// since, is that blob).
+    pub fn hash_of(&self, id: u64, version: u64) -> Option<[u8; 32]> {
+        self.known.get(&id).filter(|(known, _)| *known == version).map(|(_, hash)| *hash)
+    }
 }
 
 /// Why a checkpoint could not be written or used.
@@ -236,6 +242,60 @@ impl BlobSink for Blobber<'_> {
         };
         self.used.insert(hash);
         self.next.known.insert(id, (version, hash));
+    }
+
+    fn keep(&mut self, hash: &[u8; 32]) {
+        self.reused += 1;
+        self.used.insert(*hash);
+    }
+}
+
+/// Reads a shard's history blobs back for its pieces out of memory (`growth::Piece::Cold`), and
+/// counts the bytes its pieces hold read back, so that the shard drops those copies once they
+/// pass `CACHE_BYTES` (`ShardState::uncache`).
+pub struct HistoryReader {
+    store: std::sync::Arc<dyn Store>,
+    shard: ShardId,
+    cached: std::sync::atomic::AtomicUsize,
+    reads: std::sync::atomic::AtomicU64,
+}
+
+impl HistoryReader {
+    /// How many bytes of blobs read back the shard keeps before it drops them all.
+    pub const CACHE_BYTES: usize = 64 << 20;
+
+    pub fn new(store: std::sync::Arc<dyn Store>, shard: ShardId) -> std::sync::Arc<HistoryReader> {
+        std::sync::Arc::new(HistoryReader { store, shard, cached: Default::default(), reads: Default::default() })
+    }
+
+    /// Bytes of blobs read back since the last `reset`.
+    pub fn cached_bytes(&self) -> usize {
+        self.cached.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many blobs were read back since the start.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The shard dropped every copy read back.
+    pub fn reset(&self) {
+        self.cached.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl crate::ledger::growth::BlobRead for HistoryReader {
+    fn read(&self, hash: &[u8; 32]) -> Result<Vec<u8>, String> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bytes = self.store.get(&blob_key(self.shard, hash)).map_err(|e| e.to_string())?.ok_or_else(|| "it is missing".to_string())?;
+        if blake3::hash(&bytes).as_bytes() != hash {
+            return Err("it does not match its hash".into());
+        }
+        Ok(bytes)
+    }
+
+    fn cached(&self, bytes: usize) {
+        self.cached.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -501,6 +561,18 @@ pub fn load(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<(ShardSt
 /// `load`, with the `BlobCache` of the chunks it read from blobs (what the shard's next
 /// checkpoint starts from).
 pub fn load_cached(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<(ShardState, Manifest, BlobCache), CheckpointError> {
+    load_with(store, shard, sequence, None)
+}
+
+/// `load_cached`, leaving the chunks a checkpoint kept as blobs out of memory when `lazy` is
+/// given (they are read back through it when used): a start then reads the hot state only. The
+/// blobs are checked against the manifest's list here and against their hashes when read.
+pub fn load_with(
+    store: &dyn Store,
+    shard: ShardId,
+    sequence: u64,
+    lazy: Option<&std::sync::Arc<HistoryReader>>,
+) -> Result<(ShardState, Manifest, BlobCache), CheckpointError> {
     use bincode::Options;
     let unusable = |reason: String| CheckpointError::Unusable { shard, sequence, reason };
     let bytes = store.get(&manifest_key(shard, sequence))?.ok_or_else(|| unusable("no manifest".into()))?;
@@ -508,10 +580,11 @@ pub fn load_cached(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<(
     let mut reader = PartReader { store, manifest: &manifest, next_part: 0, part: Vec::new(), position: 0 };
     // The decoder reads through a buffer; `reject_trailing_bytes` does not apply to readers, so
     // the reader must be spent exactly afterwards.
-    let layout = match bytes[0] {
-        1 | 2 => Layout::Legacy,
-        3 => Layout::Flat,
-        _ => Layout::PiecesIn(Vec::new()),
+    let layout = match (bytes[0], lazy) {
+        (1 | 2, _) => Layout::Legacy,
+        (3, _) => Layout::Flat,
+        (_, Some(reader)) => Layout::PiecesLazy(reader.clone(), Vec::new()),
+        (_, None) => Layout::PiecesIn(Vec::new()),
     };
     let (decoded, layout) = crate::ledger::growth::with_layout(layout, || codec().deserialize_from::<_, ShardState>(&mut reader));
     let mut state = decoded.map_err(|e| unusable(format!("the state does not decode: {e}")))?;
@@ -526,6 +599,12 @@ pub fn load_cached(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<(
     }
     let cache = match layout {
         Layout::PiecesIn(placeholders) => fill(store, &manifest, &mut state, &placeholders)?,
+        Layout::PiecesLazy(_, hashes) => {
+            if let Some(hash) = hashes.iter().find(|hash| manifest.blobs.binary_search(hash).is_err()) {
+                return Err(unusable(format!("the state refers to blob {}, which its manifest does not name", hex(hash))));
+            }
+            BlobCache::default()
+        }
         _ => BlobCache::default(),
     };
     Ok((state, manifest, cache))
@@ -588,16 +667,18 @@ fn fill(
     Ok(filler.cache)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
+use crate::ledger::growth::hex;
 
 /// The newest usable checkpoint of `shard`, and why each newer one was skipped.
 #[allow(clippy::type_complexity)]
-pub fn load_newest(store: &dyn Store, shard: ShardId) -> Result<(Option<(ShardState, Manifest, BlobCache)>, Vec<CheckpointError>), StorageError> {
+pub fn load_newest(
+    store: &dyn Store,
+    shard: ShardId,
+    lazy: Option<&std::sync::Arc<HistoryReader>>,
+) -> Result<(Option<(ShardState, Manifest, BlobCache)>, Vec<CheckpointError>), StorageError> {
     let mut skipped = Vec::new();
     for sequence in list(store, shard)?.into_iter().rev() {
-        match load_cached(store, shard, sequence) {
+        match load_with(store, shard, sequence, lazy) {
             Ok(loaded) => return Ok((Some(loaded), skipped)),
             Err(CheckpointError::Storage(error)) => return Err(error),
             Err(unusable) => skipped.push(unusable),

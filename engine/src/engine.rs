@@ -244,7 +244,7 @@ impl Engine {
         // Every cold row's key, so that recovery and the shards ask the store only for order
         // numbers that may be cold (nearly every new one is not).
         let cold_filter = Arc::new(crate::cold::ColdFilter::load(&*store, crate::cold::COLD_FILTER_BYTES)?);
-        let recovered = recover_all(&*store, &config, &cold_filter)?;
+        let recovered = recover_all(&store, &config, &cold_filter)?;
         let directory = Arc::new(Directory::new(shard_count));
         let claims = Arc::new(Claims::new());
         for Recovered { state, .. } in &recovered {
@@ -282,7 +282,7 @@ impl Engine {
         let forget_claims: crate::shard::ForgetClaims = Arc::new(move |keys: &mut dyn Iterator<Item = u128>| forgetting.forget(keys));
         let receivers = client_receivers.into_iter().zip(inbound_receivers).zip(control_receivers);
         for (recovered, ((clients, inbound), control)) in recovered.into_iter().zip(receivers) {
-            let Recovered { state, head: chain_head, timestamp: last_timestamp, checkpoint, blobs, .. } = recovered;
+            let Recovered { state, head: chain_head, timestamp: last_timestamp, checkpoint, blobs, history, .. } = recovered;
             let sequence = chain_head.sequence;
             let shard_counters = Arc::new(ShardCounters::default());
             shard_counters.checkpoint_sequence.store(checkpoint.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
@@ -307,6 +307,7 @@ impl Engine {
                 checkpoints: Checkpoints::starting_from(checkpoint, blobs),
                 forget_claims: forget_claims.clone(),
                 cold_filter: cold_filter.clone(),
+                history: history.unwrap_or_else(|| crate::checkpoint::HistoryReader::new(store.clone(), shard_id)),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard_id}"))
@@ -668,10 +669,15 @@ impl Engine {
 
 /// Recovers every shard (in parallel: its newest usable checkpoint, then the journal after it)
 /// and writes genesis for shards that have none.
-fn recover_all(store: &dyn Store, config: &EngineConfig, filter: &crate::cold::ColdFilter) -> Result<Vec<Recovered>, EngineError> {
+fn recover_all(store: &Arc<dyn Store>, config: &EngineConfig, filter: &crate::cold::ColdFilter) -> Result<Vec<Recovered>, EngineError> {
     let results: Vec<Result<Recovered, EngineError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            (0..config.shard_count).map(|shard| scope.spawn(move || recover_shard_filtered(store, shard, Some(filter)).map_err(EngineError::from))).collect();
+        let handles: Vec<_> = (0..config.shard_count)
+            .map(|shard| {
+                // History a checkpoint kept as blobs stays out of memory until used.
+                let history = crate::checkpoint::HistoryReader::new(store.clone(), shard);
+                scope.spawn(move || recover_shard_filtered(&**store, shard, Some(filter), Some(&history)).map_err(EngineError::from))
+            })
+            .collect();
         handles.into_iter().map(|h| h.join().expect("replay thread")).collect()
     });
     let mut recovered = Vec::new();

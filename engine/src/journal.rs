@@ -419,19 +419,28 @@ pub struct Recovered {
     /// The chunks of history the checkpoint kept as blobs, as the state now holds them: the
     /// shard's first checkpoint refers to those still unchanged instead of writing them again.
     pub blobs: crate::checkpoint::BlobCache,
+    /// What the state's chunks out of memory are read back through (a lazy recovery's reader).
+    pub history: Option<std::sync::Arc<crate::checkpoint::HistoryReader>>,
 }
 
 /// Rebuilds a shard's state: loads its newest usable checkpoint (falling back to older ones) and
 /// re-applies the journal after it, checking that every batch produces exactly the postings that
 /// were stored.
 pub fn recover_shard(store: &dyn Store, shard: ShardId) -> Result<Recovered, JournalError> {
-    recover_shard_filtered(store, shard, None)
+    recover_shard_filtered(store, shard, None, None)
 }
 
 /// `recover_shard`, reading from the store only the order numbers `filter` may hold (the
-/// engine's start: a filter of every cold row, `cold::ColdFilter::load`).
-pub fn recover_shard_filtered(store: &dyn Store, shard: ShardId, filter: Option<&crate::cold::ColdFilter>) -> Result<Recovered, JournalError> {
-    let (loaded, skipped) = crate::checkpoint::load_newest(store, shard)?;
+/// engine's start: a filter of every cold row, `cold::ColdFilter::load`), and with `lazy`
+/// leaving the checkpoint's chunks of history out of memory, read back through it when used
+/// (`checkpoint::load_with`).
+pub fn recover_shard_filtered(
+    store: &dyn Store,
+    shard: ShardId,
+    filter: Option<&crate::cold::ColdFilter>,
+    lazy: Option<&std::sync::Arc<crate::checkpoint::HistoryReader>>,
+) -> Result<Recovered, JournalError> {
+    let (loaded, skipped) = crate::checkpoint::load_newest(store, shard, lazy)?;
     let skipped = skipped.into_iter().map(|e| e.to_string()).collect();
     let (state, anchor, timestamp, blobs) = match loaded {
         Some((state, manifest, blobs)) => (state, Some(ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash }), manifest.timestamp, blobs),
@@ -440,7 +449,7 @@ pub fn recover_shard_filtered(store: &dyn Store, shard: ShardId, filter: Option<
     // From a checkpoint, the walk checks that the journal's batch at the checkpoint (if still
     // live) hashes to the head the checkpoint recorded, and that the next batch links to it.
     let (state, head, timestamp) = replay_after(store, filter, shard, state, anchor, timestamp)?;
-    Ok(Recovered { state, head, timestamp, checkpoint: anchor.map(|a| a.sequence), skipped, blobs })
+    Ok(Recovered { state, head, timestamp, checkpoint: anchor.map(|a| a.sequence), skipped, blobs, history: lazy.cloned() })
 }
 
 /// Rebuilds a shard's state (from its newest usable checkpoint and the journal after it).

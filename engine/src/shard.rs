@@ -87,6 +87,10 @@ pub struct ShardCounters {
     pub cold_probes: AtomicU64,
     /// Microseconds spent reading them.
     pub cold_probe_us: AtomicU64,
+    /// Chunks and blocks of history out of memory (as of the last checkpoint collected).
+    pub history_cold: AtomicU64,
+    /// Blobs of history read back since start (queries and commands that used old history).
+    pub history_reads: AtomicU64,
 }
 
 /// Why a shard stopped.
@@ -151,6 +155,8 @@ impl Default for ShardCounters {
             idempotency_evicted: AtomicU64::default(),
             cold_probes: AtomicU64::default(),
             cold_probe_us: AtomicU64::default(),
+            history_cold: AtomicU64::default(),
+            history_reads: AtomicU64::default(),
         }
     }
 }
@@ -230,6 +236,9 @@ pub struct Shard {
     pub forget_claims: ForgetClaims,
     /// The keys of every cold row (all shards'): a prefetch asks the store only for those.
     pub cold_filter: Arc<crate::cold::ColdFilter>,
+    /// Reads history out of memory back (its pieces' `Piece::Cold`), and counts what they hold
+    /// read back: past `HistoryReader::CACHE_BYTES` the shard drops it between batches.
+    pub history: Arc<crate::checkpoint::HistoryReader>,
 }
 
 /// What a shard calls with the idempotency keys a durable checkpoint moved to the store.
@@ -369,6 +378,13 @@ impl Shard {
             if let Some(handle) = self.checkpoints.in_flight.take_if(|h| h.is_finished()) {
                 self.collect_checkpoint(handle);
             }
+            if self.history.cached_bytes() > crate::checkpoint::HistoryReader::CACHE_BYTES {
+                // Old history read back by queries and commands: dropped at once past the
+                // budget (between batches, so nothing holds a reference into it).
+                self.state.uncache();
+                self.history.reset();
+                self.counters.history_reads.store(self.history.reads(), Ordering::Relaxed);
+            }
             let flush_acks = round.acks_since.is_some_and(|since| since.elapsed() >= flush_after);
             self.drain(&mut round);
             let only_acks = round.envelopes.is_empty();
@@ -459,6 +475,15 @@ impl Shard {
                 self.state.drop_sealed();
                 self.publish_checkpoint(&written);
                 self.checkpoints.blobs = std::mem::take(&mut written.cache);
+                // The history it holds unchanged leaves memory (the snapshot that shared it has
+                // ended with the checkpoint's thread), and copies read back are dropped.
+                let known = &self.checkpoints.blobs;
+                let durable = |id: u64, version: u64| known.hash_of(id, version);
+                let reader: Arc<dyn crate::ledger::growth::BlobRead> = self.history.clone();
+                self.state.cool(&durable, &reader);
+                self.history.reset();
+                self.counters.history_cold.store(self.state.cold_pieces() as u64, Ordering::Relaxed);
+                self.counters.history_reads.store(self.history.reads(), Ordering::Relaxed);
             }
             Ok(Err(error)) => {
                 self.state.unseal();

@@ -432,3 +432,55 @@ fn a_write_failure_while_a_checkpoint_writes_blobs_loses_nothing_acknowledged() 
         restart_from_what_was_durable(&store, config(2, 2), &acked, failing_write);
     }
 }
+
+/// Once a checkpoint is durable, the full chunks of history it holds unchanged leave memory (but
+/// the newest); an old escrow in such a chunk is still confirmed and an old payment refunded (the
+/// chunk read back, then written again as a new blob); a start leaves the checkpoint's chunks
+/// out of memory; and every way back (lazy start, eager recovery, whole replay) is the same state.
+#[test]
+fn history_leaves_memory_after_a_checkpoint_and_old_orders_still_change() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(2, 2), store.clone()).unwrap();
+    let (_, first_escrow) = escrow_history(&engine, 5);
+    let cold = |engine: &Engine| engine.read_shard(0, |state| state.orders.cold_chunks()).unwrap();
+    for round in 0..3000u64 {
+        if cold(&engine) >= 2 {
+            break;
+        }
+        engine.execute_one(plain(Command::OpenAccount { owner: 3_000_000 + round, currency: CNY, limits: Limits::NONE })).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(cold(&engine) >= 2, "the oldest chunks of 20,000 orders left memory");
+    assert!(engine.counters()[0].history_cold.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    // The first escrow (chunk 0) and a payment of chunk 1, both out of memory.
+    let (payment, payee) = engine
+        .read_shard(0, |state| {
+            let order = state.orders.get(5_000).unwrap();
+            let engine::ledger::types::OrderDetail::Payment { held, .. } = &order.detail else { panic!("a payment") };
+            (order.id, held[0].account)
+        })
+        .unwrap();
+    assert!(engine.execute_one(plain(Command::Confirm { order: first_escrow, releases: Legs::new() })).unwrap().is_ok());
+    assert!(engine.execute_one(plain(Command::Refund { payment, payee, amount: 1 })).unwrap().is_ok());
+    let status = |engine: &Engine, order: OrderId| engine.read_shard(0, move |state| state.order(order).map(|o| o.status)).unwrap();
+    assert_eq!(status(&engine, first_escrow), Some(OrderStatus::Succeeded));
+    engine.shutdown();
+    drop(engine);
+
+    let restarted = Engine::start(config(2, 2), store.clone()).unwrap();
+    assert!(cold(&restarted) >= 2, "a start leaves the checkpoint's chunks out of memory");
+    assert_eq!(status(&restarted, first_escrow), Some(OrderStatus::Succeeded));
+    let refunded = restarted.read_shard(0, move |state| state.order(payment).map(|o| o.detail.clone())).unwrap();
+    assert!(matches!(refunded, Some(engine::ledger::types::OrderDetail::Payment { refunded: 1, .. })), "{refunded:?}");
+    restarted.shutdown();
+    assert!(check_store(&*store, 2).unwrap().ok);
+    let shared: Arc<dyn Store> = store.clone();
+    for (shard, (recovered, full, checkpoint, _)) in both_ways(&store).into_iter().enumerate() {
+        assert!(checkpoint.is_some());
+        assert_eq!(recovered, full, "shard {shard}: eager recovery == whole replay");
+        let history = checkpoint::HistoryReader::new(shared.clone(), shard as ShardId);
+        let lazy = engine::journal::recover_shard_filtered(&*store, shard as ShardId, None, Some(&history)).unwrap();
+        let sequence = lazy.head.sequence;
+        assert_eq!(engine::cold::logical_digest(&*store, &lazy.state, sequence).unwrap(), full, "shard {shard}: lazy recovery == whole replay");
+    }
+}

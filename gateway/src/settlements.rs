@@ -95,9 +95,10 @@ pub fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account:
         let (lines, received) = engine.read_shard(shard, move |state| {
             let due = |platform: u32, through: u32| wanted.iter().any(|(p, t)| *p == platform && *t == through);
             let mut lines = Vec::new();
-            for row in state.settled.iter() {
+            // The whole history of settled rows, read back one chunk at a time.
+            state.settled.scan(|row| {
                 if !due(row.platform, row.through_day) || account.is_some_and(|a| a != row.account) {
-                    continue;
+                    return;
                 }
                 let spec = state.currencies[row.currency.0 as usize];
                 let owner = state.account(row.account).map_or(0, |a| a.owner);
@@ -119,13 +120,13 @@ pub fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account:
                     spec.format(row.amount - row.commission - row.service_fee),
                     crate::orders::format_time(row.at),
                 ]);
-            }
+            });
             let mut received = Vec::new();
-            for row in state.commissions.iter() {
+            state.commissions.scan(|row| {
                 if due(row.platform, row.through_day) && account.is_none_or(|a| a == row.receiver) {
                     received.push(((row.platform, row.receiver.0, row.currency.0), (row.amount, row.accounts, row.through_day)));
                 }
-            }
+            });
             (lines, received)
         })?;
         rows.extend(lines);

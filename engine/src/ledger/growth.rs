@@ -30,6 +30,16 @@ pub enum Layout {
     /// Decoding checkpoint format 4: each blob reference becomes an empty placeholder, listed
     /// here, that `ShardState::fill_blobs` then reads from the store.
     PiecesIn(Vec<Placeholder>),
+    /// Decoding checkpoint format 4 lazily: each blob reference becomes a piece out of memory,
+    /// read back through the reader when used; the hashes met are listed (to check them against
+    /// the manifest).
+    PiecesLazy(Arc<dyn BlobRead>, Vec<[u8; 32]>),
+}
+
+impl fmt::Debug for dyn BlobRead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BlobRead")
+    }
 }
 
 /// A chunk or block decoded as a reference: the placeholder's id, the blob's hash and how many
@@ -82,7 +92,19 @@ fn mode() -> Mode {
         Layout::Flat => Mode::Flat,
         Layout::Legacy => Mode::Legacy,
         Layout::PiecesOut(_) => Mode::PiecesOut,
-        Layout::PiecesIn(_) => Mode::PiecesIn,
+        Layout::PiecesIn(_) | Layout::PiecesLazy(..) => Mode::PiecesIn,
+    })
+}
+
+/// The reader a `PiecesLazy` decoding gives the blob `hash`'s piece (listing the hash), if the
+/// layout reads lazily.
+fn lazy_reader(hash: [u8; 32]) -> Option<Arc<dyn BlobRead>> {
+    LAYOUT.with(|current| match &mut *current.borrow_mut() {
+        Layout::PiecesLazy(reader, hashes) => {
+            hashes.push(hash);
+            Some(reader.clone())
+        }
+        _ => None,
     })
 }
 
@@ -125,6 +147,8 @@ enum PieceIn<C> {
 /// and version are the same content) and its encoding.
 pub trait BlobSink {
     fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn() -> Vec<u8>);
+    /// A piece already out of memory (`Piece::Cold`): its blob is durable and stays named.
+    fn keep(&mut self, hash: &[u8; 32]);
 }
 
 /// Where a decoded state's placeholders are filled from (`checkpoint::load`).
@@ -184,6 +208,203 @@ fn tagged_mut<C>(tagged: &mut Arc<Tagged<C>>, copy: impl FnOnce(&C) -> C) -> &mu
     &mut unique.data
 }
 
+/// What a chunk or block holds, as a checkpoint writes it to a blob and reads it back.
+pub trait PieceData: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
+    /// How many items or entries it holds.
+    fn count(&self) -> usize;
+}
+
+impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> PieceData for Vec<T> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<K, V> PieceData for FastMap<K, V>
+where
+    K: std::hash::Hash + Eq + Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Where pieces that left memory are read back from: a shard's blobs in the store
+/// (`checkpoint::HistoryReader`), which also counts what its pieces hold read back, so the shard
+/// can drop those copies when they pass its budget.
+pub trait BlobRead: Send + Sync {
+    /// The bytes of blob `hash`, checked against the hash.
+    fn read(&self, hash: &[u8; 32]) -> Result<Vec<u8>, String>;
+    /// `bytes` of blobs were read back into pieces' caches.
+    fn cached(&self, bytes: usize);
+}
+
+/// A chunk or block out of memory: the durable blob it is (a checkpoint wrote it and every
+/// checkpoint since names it), how many items it holds, and its copy read back on first use,
+/// kept until the shard drops it (`Piece::uncache`).
+pub struct ColdPiece<C> {
+    hash: [u8; 32],
+    count: u32,
+    reader: Arc<dyn BlobRead>,
+    cache: std::sync::OnceLock<C>,
+}
+
+impl<C: PieceData> ColdPiece<C> {
+    /// Reads the blob back. A blob that cannot be read or is not what was written is a storage
+    /// fault: the shard stops (its thread's panic guard records why, and recovery names the
+    /// blob), as a failed journal write stops it; an answer computed without the data would be
+    /// wrong.
+    fn read(&self) -> C {
+        use bincode::Options;
+        let data = self.reader.read(&self.hash).and_then(|bytes| {
+            let data: C = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("it does not decode: {e}"))?;
+            if data.count() != self.count as usize {
+                return Err(format!("it holds {} items where {} were said", data.count(), self.count));
+            }
+            self.reader.cached(bytes.len());
+            Ok(data)
+        });
+        match data {
+            Ok(data) => data,
+            Err(error) => panic!("storage fault: the history blob {} cannot be read back: {error}", hex(&self.hash)),
+        }
+    }
+
+    fn data(&self) -> &C {
+        self.cache.get_or_init(|| self.read())
+    }
+}
+
+/// The first bytes of a hash, in hex (for messages).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A chunk or block: in memory (copy-on-write, with its identity), or out of memory as the
+/// blob a durable checkpoint wrote (read back when used).
+pub enum Piece<C> {
+    Hot(Arc<Tagged<C>>),
+    Cold(Arc<ColdPiece<C>>),
+}
+
+impl<C> Clone for Piece<C> {
+    fn clone(&self) -> Self {
+        match self {
+            Piece::Hot(hot) => Piece::Hot(hot.clone()),
+            Piece::Cold(cold) => Piece::Cold(cold.clone()),
+        }
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for Piece<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Piece::Hot(hot) => f.debug_tuple("Hot").field(&hot.data).finish(),
+            Piece::Cold(cold) => write!(f, "Cold({}, {} items)", hex(&cold.hash), cold.count),
+        }
+    }
+}
+
+impl<C: PieceData> Piece<C> {
+    fn hot(data: C) -> Piece<C> {
+        Piece::Hot(Arc::new(Tagged::new(data)))
+    }
+
+    /// Its data, read back first if it is out of memory.
+    fn data(&self) -> &C {
+        match self {
+            Piece::Hot(hot) => &hot.data,
+            Piece::Cold(cold) => cold.data(),
+        }
+    }
+
+    /// How many items it holds (without reading it back).
+    fn count(&self) -> usize {
+        match self {
+            Piece::Hot(hot) => hot.data.count(),
+            Piece::Cold(cold) => cold.count as usize,
+        }
+    }
+
+    /// Its data to change: a piece out of memory comes back as a new chunk (a new id, so the
+    /// next checkpoint writes its blob), a shared one is copied (`tagged_mut`).
+    fn data_mut(&mut self, copy: impl FnOnce(&C) -> C) -> &mut C {
+        if let Piece::Cold(cold) = self {
+            let data = cold.cache.get().cloned().unwrap_or_else(|| cold.read());
+            *self = Piece::hot(data);
+        }
+        match self {
+            Piece::Hot(hot) => tagged_mut(hot, copy),
+            Piece::Cold(_) => unreachable!("brought back into memory above"),
+        }
+    }
+
+    /// Offers it to a checkpoint: a piece in memory to be written (or referred to, if
+    /// unchanged), one out of memory kept as the blob it is.
+    fn offer(&self, sink: &mut dyn BlobSink) {
+        use bincode::Options;
+        match self {
+            Piece::Hot(hot) => {
+                let encode = || crate::journal::codec().serialize(&hot.data).expect("pieces encode");
+                sink.offer(hot.id, hot.version, &encode);
+            }
+            Piece::Cold(cold) => sink.keep(&cold.hash),
+        }
+    }
+
+    /// Moves it out of memory if a durable checkpoint holds it as it is now (`durable` knows its
+    /// id at its version); true if it did.
+    fn cool(&mut self, durable: &dyn Fn(u64, u64) -> Option<[u8; 32]>, reader: &Arc<dyn BlobRead>) -> bool {
+        let Piece::Hot(hot) = self else { return false };
+        let Some(hash) = durable(hot.id, hot.version) else { return false };
+        let Ok(count) = u32::try_from(hot.data.count()) else { return false };
+        *self = Piece::Cold(Arc::new(ColdPiece { hash, count, reader: reader.clone(), cache: std::sync::OnceLock::new() }));
+        true
+    }
+
+    /// Drops its copy read back, if any (a snapshot sharing the old one keeps that until it ends).
+    fn uncache(&mut self) {
+        if let Piece::Cold(cold) = self {
+            if cold.cache.get().is_some() {
+                *cold = Arc::new(ColdPiece { hash: cold.hash, count: cold.count, reader: cold.reader.clone(), cache: std::sync::OnceLock::new() });
+            }
+        }
+    }
+
+    /// The piece as a checkpoint encodes it (`Layout::PiecesOut`).
+    fn piece_out(&self) -> PieceOut<'_, C> {
+        match self {
+            Piece::Hot(hot) => match blob_of(hot.id) {
+                Some(hash) => PieceOut::Blob { hash, count: hot.data.count() as u32 },
+                None => PieceOut::Inline(&hot.data),
+            },
+            Piece::Cold(cold) => PieceOut::Blob { hash: cold.hash, count: cold.count },
+        }
+    }
+
+    /// A piece decoded as a blob reference (`Layout::PiecesIn`): out of memory when the layout
+    /// reads lazily, else a placeholder that `fill_blobs` fills.
+    fn from_blob(hash: [u8; 32], count: u32, empty: C) -> Piece<C> {
+        match lazy_reader(hash) {
+            Some(reader) => Piece::Cold(Arc::new(ColdPiece { hash, count, reader, cache: std::sync::OnceLock::new() })),
+            None => {
+                let placeholder = Tagged::new(empty);
+                note_placeholder(Placeholder { id: placeholder.id, hash, count });
+                Piece::Hot(Arc::new(placeholder))
+            }
+        }
+    }
+
+    /// The placeholder to fill, if this is one (`fill_blobs`).
+    fn placeholder(&mut self) -> Option<&mut Tagged<C>> {
+        match self {
+            Piece::Hot(hot) if hot.data.count() == 0 => Arc::get_mut(hot),
+            _ => None,
+        }
+    }
+}
+
 const CHUNK_BITS: u32 = 12;
 const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 
@@ -194,9 +415,9 @@ const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 /// the first time it changes one that a snapshot still holds: the last chunk when it appends,
 /// an older one when an old item changes (an order's status). Encoded as a flat sequence of its
 /// items, so the encoding does not depend on the chunk size.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ChunkedVec<T> {
-    chunks: Vec<Arc<Tagged<Vec<T>>>>,
+    chunks: Vec<Piece<Vec<T>>>,
     len: usize,
 }
 
@@ -206,7 +427,11 @@ impl<T> Default for ChunkedVec<T> {
     }
 }
 
-impl<T> ChunkedVec<T> {
+/// How many of a vector's newest full chunks stay in memory after a checkpoint (with the one
+/// still filling): recent orders are the ones refunds, confirmations and listings touch.
+const HOT_CHUNKS: usize = 2;
+
+impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> ChunkedVec<T> {
     /// Number of items.
     pub fn len(&self) -> usize {
         self.len
@@ -217,9 +442,9 @@ impl<T> ChunkedVec<T> {
         self.len == 0
     }
 
-    /// The item at `index`.
+    /// The item at `index` (its chunk read back first if it is out of memory).
     pub fn get(&self, index: usize) -> Option<&T> {
-        self.chunks.get(index >> CHUNK_BITS)?.get(index & (CHUNK_LEN - 1))
+        self.chunks.get(index >> CHUNK_BITS)?.data().get(index & (CHUNK_LEN - 1))
     }
 
     /// The number of leading items for which `below` holds (they must come first), by bisection.
@@ -236,74 +461,124 @@ impl<T> ChunkedVec<T> {
         low
     }
 
-    /// All items in order.
+    /// All items in order (chunks out of memory are read back and kept until the shard drops
+    /// them: for a walk of the whole history use `scan`).
     pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.chunks.iter().flat_map(|chunk| chunk.iter())
+        self.chunks.iter().flat_map(|chunk| chunk.data().iter())
+    }
+
+    /// Visits every item in order; a chunk out of memory is read back for the visit only, so a
+    /// walk of the whole history holds one chunk of it at a time.
+    pub fn scan(&self, mut visit: impl FnMut(&T)) {
+        self.scan_from(0, |item| {
+            visit(item);
+            true
+        });
+    }
+
+    /// Visits the items from index `from` on, in order, until `visit` answers false; chunks out
+    /// of memory are read back for the visit only (see `scan`).
+    pub fn scan_from(&self, from: usize, mut visit: impl FnMut(&T) -> bool) {
+        let mut skip = from & (CHUNK_LEN - 1);
+        for chunk in self.chunks.iter().skip(from >> CHUNK_BITS) {
+            let read;
+            let items = match chunk {
+                Piece::Cold(cold) if cold.cache.get().is_none() => {
+                    read = cold.read();
+                    &read
+                }
+                _ => chunk.data(),
+            };
+            if !items.iter().skip(std::mem::take(&mut skip)).all(&mut visit) {
+                return;
+            }
+        }
     }
 
     /// How many chunks a snapshot shares with this vector.
     #[cfg(test)]
     fn shared_chunks(&self) -> usize {
-        self.chunks.iter().filter(|chunk| Arc::strong_count(chunk) > 1).count()
+        self.chunks.iter().filter(|chunk| matches!(chunk, Piece::Hot(hot) if Arc::strong_count(hot) > 1)).count()
     }
-}
 
-impl<T: Clone> ChunkedVec<T> {
+    /// How many chunks are out of memory.
+    pub fn cold_chunks(&self) -> usize {
+        self.chunks.iter().filter(|chunk| matches!(chunk, Piece::Cold(_))).count()
+    }
+
     /// Appends an item.
     pub fn push(&mut self, item: T) {
         if self.len.is_multiple_of(CHUNK_LEN) {
             // The first chunk grows as a `Vec` does (many small vectors stay small); later ones
             // are taken whole, so growing never copies more than one chunk.
             let chunk = if self.chunks.is_empty() { Vec::new() } else { Vec::with_capacity(CHUNK_LEN) };
-            self.chunks.push(Arc::new(Tagged::new(chunk)));
+            self.chunks.push(Piece::hot(chunk));
         }
         let first = self.chunks.len() == 1;
         own(self.chunks.last_mut().expect("a chunk with room"), first).push(item);
         self.len += 1;
     }
 
-    /// The item at `index`, mutably (the chunk is copied first if a snapshot shares it).
+    /// The item at `index`, mutably (the chunk is copied first if a snapshot shares it, and
+    /// brought back into memory if it was out).
     pub fn get_mut(&mut self, index: usize) -> Option<&mut T> {
         let chunk = index >> CHUNK_BITS;
         let first = chunk == 0;
+        if index >= self.len {
+            return None;
+        }
         own(self.chunks.get_mut(chunk)?, first).get_mut(index & (CHUNK_LEN - 1))
     }
-}
 
-impl<T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> ChunkedVec<T> {
     /// Offers each full chunk to a checkpoint as a blob (the last, still filling, goes inline).
     pub fn offer_blobs(&self, sink: &mut dyn BlobSink) {
-        use bincode::Options;
-        for chunk in self.chunks.iter().filter(|chunk| chunk.len() == CHUNK_LEN) {
-            let encode = || crate::journal::codec().serialize(&chunk.data).expect("items encode");
-            sink.offer(chunk.id, chunk.version, &encode);
+        for chunk in self.chunks.iter().filter(|chunk| chunk.count() == CHUNK_LEN) {
+            chunk.offer(sink);
         }
+    }
+
+    /// After a durable checkpoint: moves out of memory each full chunk it holds as it is now
+    /// (`durable`), but the newest `HOT_CHUNKS`, and drops the copies of chunks read back.
+    /// Gives how many chunks it moved out.
+    pub fn cool(&mut self, durable: &dyn Fn(u64, u64) -> Option<[u8; 32]>, reader: &Arc<dyn BlobRead>) -> usize {
+        let full = self.len / CHUNK_LEN;
+        let mut moved = 0;
+        for (index, chunk) in self.chunks.iter_mut().enumerate() {
+            if index + HOT_CHUNKS < full && chunk.cool(durable, reader) {
+                moved += 1;
+            }
+            chunk.uncache();
+        }
+        moved
+    }
+
+    /// Drops the copies of chunks read back.
+    pub fn uncache(&mut self) {
+        self.chunks.iter_mut().for_each(Piece::uncache);
     }
 
     /// Replaces each placeholder chunk with the items of its blob.
     pub fn fill_blobs(&mut self, source: &mut dyn BlobSource) -> Result<(), String> {
         use bincode::Options;
         for (index, chunk) in self.chunks.iter_mut().enumerate() {
-            if !chunk.is_empty() {
-                continue;
-            }
-            let Some((bytes, count)) = source.bytes(chunk.id)? else { continue };
+            let Some(placeholder) = chunk.placeholder() else { continue };
+            let Some((bytes, count)) = source.bytes(placeholder.id)? else { continue };
             let items: Vec<T> = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("chunk {index} does not decode: {e}"))?;
             if items.len() != count as usize {
                 return Err(format!("chunk {index}'s blob holds {} items where {count} were said", items.len()));
             }
-            let placeholder = Arc::get_mut(chunk).ok_or_else(|| format!("chunk {index} is shared while it is read"))?;
             placeholder.data = items;
             source.filled(placeholder.id, placeholder.version);
         }
         // Every chunk but the last is full, as the pieces said, and no placeholder is left.
         let last = self.chunks.len().saturating_sub(1);
         for (index, chunk) in self.chunks.iter().enumerate() {
-            if chunk.is_empty() || chunk.len() > CHUNK_LEN || (index < last && chunk.len() != CHUNK_LEN) {
-                return Err(format!("chunk {index} of {} holds {} items", last + 1, chunk.len()));
+            let count = chunk.count();
+            if count == 0 || count > CHUNK_LEN || (index < last && count != CHUNK_LEN) {
+                return Err(format!("chunk {index} of {} holds {count} items", last + 1));
             }
         }
-        let counted: usize = self.chunks.iter().map(|chunk| chunk.len()).sum();
+        let counted: usize = self.chunks.iter().map(Piece::count).sum();
         if counted != self.len {
             return Err(format!("{counted} items where the pieces said {}", self.len));
         }
@@ -311,25 +586,31 @@ impl<T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Chunked
     }
 }
 
-/// The chunk, unshared: copied (with a whole chunk's room, so appending to the copy does not
-/// grow it again; the first chunk keeps growing as a `Vec`) when a snapshot still holds it.
-fn own<T: Clone>(chunk: &mut Arc<Tagged<Vec<T>>>, first: bool) -> &mut Vec<T> {
-    tagged_mut(chunk, |items| {
+impl<T: PartialEq + Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> PartialEq for ChunkedVec<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl<T: Eq + Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Eq for ChunkedVec<T> {}
+
+/// The chunk, unshared and in memory: copied (with a whole chunk's room, so appending to the copy
+/// does not grow it again; the first chunk keeps growing as a `Vec`) when a snapshot still holds
+/// it.
+fn own<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>(chunk: &mut Piece<Vec<T>>, first: bool) -> &mut Vec<T> {
+    chunk.data_mut(|items| {
         let mut copy = Vec::with_capacity(if first { items.capacity() } else { CHUNK_LEN });
         copy.extend_from_slice(items);
         copy
     })
 }
 
-impl<T: Serialize> Serialize for ChunkedVec<T> {
+impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Serialize for ChunkedVec<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if mode() == Mode::PiecesOut {
             let mut seq = serializer.serialize_seq(Some(self.chunks.len()))?;
             for chunk in &self.chunks {
-                match blob_of(chunk.id) {
-                    Some(hash) => seq.serialize_element::<PieceOut<'_, [T]>>(&PieceOut::Blob { hash, count: chunk.len() as u32 })?,
-                    None => seq.serialize_element(&PieceOut::Inline(chunk.as_slice()))?,
-                }
+                seq.serialize_element(&chunk.piece_out())?;
             }
             return seq.end();
         }
@@ -341,7 +622,7 @@ impl<T: Serialize> Serialize for ChunkedVec<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de> + Clone> Deserialize<'de> for ChunkedVec<T> {
+impl<'de, T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Deserialize<'de> for ChunkedVec<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if mode() == Mode::Legacy {
             #[derive(Deserialize)]
@@ -365,13 +646,9 @@ impl<'de, T: Deserialize<'de> + Clone> Deserialize<'de> for ChunkedVec<T> {
                 let (chunk, count) = match piece {
                     PieceIn::Inline(chunk) => {
                         let count = chunk.len();
-                        (Arc::new(Tagged::new(chunk)), count)
+                        (Piece::hot(chunk), count)
                     }
-                    PieceIn::Blob { hash, count } => {
-                        let placeholder = Arc::new(Tagged::new(Vec::new()));
-                        note_placeholder(Placeholder { id: placeholder.id, hash, count });
-                        (placeholder, count as usize)
-                    }
+                    PieceIn::Blob { hash, count } => (Piece::from_blob(hash, count, Vec::new()), count as usize),
                 };
                 // Indexing needs every chunk but the last full, and none empty or past full.
                 if count == 0 || count > CHUNK_LEN || (index < last && count != CHUNK_LEN) {
@@ -383,7 +660,7 @@ impl<'de, T: Deserialize<'de> + Clone> Deserialize<'de> for ChunkedVec<T> {
             return Ok(items);
         }
         struct Items<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de> + Clone> Visitor<'de> for Items<T> {
+        impl<'de, T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Visitor<'de> for Items<T> {
             type Value = ChunkedVec<T>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a sequence of items")
@@ -496,7 +773,7 @@ impl BlockKey for (crate::ledger::types::OrderId, crate::ledger::types::AccountI
 /// makes it allocate more than its entries need. Encoded as a flat sequence of (key, value).
 #[derive(Clone, Debug)]
 pub struct OrderBlocks<K: std::hash::Hash + Eq, V> {
-    blocks: FastMap<u64, Arc<Tagged<FastMap<K, V>>>>,
+    blocks: FastMap<u64, Piece<FastMap<K, V>>>,
 }
 
 impl<K: std::hash::Hash + Eq, V> Default for OrderBlocks<K, V> {
@@ -505,94 +782,116 @@ impl<K: std::hash::Hash + Eq, V> Default for OrderBlocks<K, V> {
     }
 }
 
-impl<K: std::hash::Hash + Eq + BlockKey + Clone, V: Clone> OrderBlocks<K, V> {
-    /// The value of `key`.
+/// The bounds of an `OrderBlocks` key and value (they go to blobs and back).
+pub trait BlockEntry: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
+
+impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> BlockEntry for T {}
+
+impl<K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> OrderBlocks<K, V> {
+    /// The value of `key` (its block read back first if it is out of memory).
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.blocks.get(&key.block())?.get(key)
+        self.blocks.get(&key.block())?.data().get(key)
     }
 
-    /// The value of `key`, mutably (its block is copied first if a snapshot shares it).
+    /// The value of `key`, mutably (its block is copied first if a snapshot shares it, and
+    /// brought back into memory if it was out).
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let block = self.blocks.get_mut(&key.block())?;
-        if !block.contains_key(key) {
+        if !block.data().contains_key(key) {
             return None;
         }
-        tagged_mut(block, Clone::clone).get_mut(key)
+        block.data_mut(Clone::clone).get_mut(key)
     }
 
     /// The entry of `key` (to insert or update in place). A block left empty by an entry not
     /// filled is never encoded (see `Serialize`).
     pub fn entry(&mut self, key: K) -> std::collections::hash_map::Entry<'_, K, V> {
-        tagged_mut(self.blocks.entry(key.block()).or_insert_with(|| Arc::new(Tagged::new(FastMap::default()))), Clone::clone).entry(key)
+        self.blocks.entry(key.block()).or_insert_with(|| Piece::hot(FastMap::default())).data_mut(Clone::clone).entry(key)
     }
 
     /// Inserts or replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        tagged_mut(self.blocks.entry(key.block()).or_insert_with(|| Arc::new(Tagged::new(FastMap::default()))), Clone::clone).insert(key, value)
+        self.blocks.entry(key.block()).or_insert_with(|| Piece::hot(FastMap::default())).data_mut(Clone::clone).insert(key, value)
     }
 
     /// Number of entries (a sum over the blocks: exact whatever was done with an entry).
     pub fn len(&self) -> usize {
-        self.blocks.values().map(|block| block.len()).sum()
+        self.blocks.values().map(Piece::count).sum()
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.blocks.values().all(|block| block.is_empty())
+        self.blocks.values().all(|block| block.count() == 0)
     }
 
-    /// Every entry, in no particular order.
+    /// Every entry, in no particular order (blocks out of memory are read back and kept until
+    /// the shard drops them).
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.blocks.values().flat_map(|block| block.iter())
+        self.blocks.values().flat_map(|block| block.data().iter())
     }
 
     /// How many blocks a snapshot shares with this map.
     #[cfg(test)]
     fn shared_blocks(&self) -> usize {
-        self.blocks.values().filter(|block| Arc::strong_count(block) > 1).count()
+        self.blocks.values().filter(|block| matches!(block, Piece::Hot(hot) if Arc::strong_count(hot) > 1)).count()
+    }
+
+    /// How many blocks are out of memory.
+    pub fn cold_blocks(&self) -> usize {
+        self.blocks.values().filter(|block| matches!(block, Piece::Cold(_))).count()
     }
 
     /// The non-empty blocks, by ascending block number.
-    fn ordered(&self) -> Vec<(u64, &Arc<Tagged<FastMap<K, V>>>)> {
-        let mut blocks: Vec<(u64, &Arc<Tagged<FastMap<K, V>>>)> =
-            self.blocks.iter().filter(|(_, block)| !block.is_empty()).map(|(index, block)| (*index, block)).collect();
+    fn ordered(&self) -> Vec<(u64, &Piece<FastMap<K, V>>)> {
+        let mut blocks: Vec<(u64, &Piece<FastMap<K, V>>)> =
+            self.blocks.iter().filter(|(_, block)| block.count() > 0).map(|(index, block)| (*index, block)).collect();
         blocks.sort_unstable_by_key(|(index, _)| *index);
         blocks
     }
-}
 
-/// Blocks with fewer entries than this go inline in a checkpoint (not worth a blob of their own).
-const BLOB_BLOCK_MIN: usize = 64;
-
-impl<K, V> OrderBlocks<K, V>
-where
-    K: std::hash::Hash + Eq + BlockKey + Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-    V: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
     /// Offers each block of at least `BLOB_BLOCK_MIN` entries to a checkpoint as a blob.
     pub fn offer_blobs(&self, sink: &mut dyn BlobSink) {
-        use bincode::Options;
-        for block in self.blocks.values().filter(|block| block.len() >= BLOB_BLOCK_MIN) {
-            let encode = || crate::journal::codec().serialize(&block.data).expect("entries encode");
-            sink.offer(block.id, block.version, &encode);
+        for block in self.blocks.values().filter(|block| block.count() >= BLOB_BLOCK_MIN) {
+            block.offer(sink);
         }
+    }
+
+    /// After a durable checkpoint: moves out of memory each block it holds as it is now
+    /// (`durable`: blocks still filling have changed since, so they stay), and drops the copies
+    /// of blocks read back. Gives how many blocks it moved out.
+    pub fn cool(&mut self, durable: &dyn Fn(u64, u64) -> Option<[u8; 32]>, reader: &Arc<dyn BlobRead>) -> usize {
+        let mut moved = 0;
+        for block in self.blocks.values_mut() {
+            if block.cool(durable, reader) {
+                moved += 1;
+            }
+            block.uncache();
+        }
+        moved
+    }
+
+    /// Drops the copies of blocks read back.
+    pub fn uncache(&mut self) {
+        self.blocks.values_mut().for_each(Piece::uncache);
     }
 
     /// Replaces each placeholder block with the entries of its blob.
     pub fn fill_blobs(&mut self, source: &mut dyn BlobSource) -> Result<(), String> {
         use bincode::Options;
         for (index, block) in self.blocks.iter_mut() {
-            if !block.is_empty() {
+            if block.count() > 0 {
                 continue;
             }
-            let Some((bytes, count)) = source.bytes(block.id)? else {
+            let Some(placeholder) = block.placeholder() else {
+                return Err(format!("block {index} is shared while it is read"));
+            };
+            let Some((bytes, count)) = source.bytes(placeholder.id)? else {
                 return Err(format!("block {index} is empty"));
             };
             let entries: FastMap<K, V> = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("block {index} does not decode: {e}"))?;
             if entries.len() != count as usize || entries.keys().any(|key| key.block() != *index) {
                 return Err(format!("block {index}'s blob holds {} entries, or another block's, where {count} were said", entries.len()));
             }
-            let placeholder = Arc::get_mut(block).ok_or_else(|| format!("block {index} is shared while it is read"))?;
             placeholder.data = entries;
             source.filled(placeholder.id, placeholder.version);
         }
@@ -600,16 +899,16 @@ where
     }
 }
 
-impl<K: std::hash::Hash + Eq + BlockKey + Clone + Serialize, V: Clone + Serialize> Serialize for OrderBlocks<K, V> {
+/// Blocks with fewer entries than this go inline in a checkpoint (not worth a blob of their own).
+const BLOB_BLOCK_MIN: usize = 64;
+
+impl<K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> Serialize for OrderBlocks<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if mode() == Mode::PiecesOut {
             let blocks = self.ordered();
             let mut seq = serializer.serialize_seq(Some(blocks.len()))?;
             for (index, block) in blocks {
-                match blob_of(block.id) {
-                    Some(hash) => seq.serialize_element::<(u64, PieceOut<'_, FastMap<K, V>>)>(&(index, PieceOut::Blob { hash, count: block.len() as u32 }))?,
-                    None => seq.serialize_element(&(index, PieceOut::Inline(&block.data)))?,
-                }
+                seq.serialize_element(&(index, block.piece_out()))?;
             }
             return seq.end();
         }
@@ -621,11 +920,7 @@ impl<K: std::hash::Hash + Eq + BlockKey + Clone + Serialize, V: Clone + Serializ
     }
 }
 
-impl<'de, K, V> Deserialize<'de> for OrderBlocks<K, V>
-where
-    K: std::hash::Hash + Eq + BlockKey + Clone + Deserialize<'de>,
-    V: Clone + Deserialize<'de>,
-{
+impl<'de, K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> Deserialize<'de> for OrderBlocks<K, V> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if mode() == Mode::Legacy {
             #[derive(Deserialize)]
@@ -654,15 +949,13 @@ where
                         if block.is_empty() || block.keys().any(|key| key.block() != index) {
                             return Err(serde::de::Error::custom(format!("block {index} is empty or holds another block's key")));
                         }
-                        Arc::new(Tagged::new(block))
+                        Piece::hot(block)
                     }
                     PieceIn::Blob { hash, count } => {
                         if count == 0 {
                             return Err(serde::de::Error::custom(format!("block {index} is an empty blob")));
                         }
-                        let placeholder = Arc::new(Tagged::new(FastMap::default()));
-                        note_placeholder(Placeholder { id: placeholder.id, hash, count });
-                        placeholder
+                        Piece::from_blob(hash, count, FastMap::default())
                     }
                 };
                 map.blocks.insert(index, block);
@@ -670,11 +963,7 @@ where
             return Ok(map);
         }
         struct Entries<K, V>(PhantomData<(K, V)>);
-        impl<'de, K, V> Visitor<'de> for Entries<K, V>
-        where
-            K: std::hash::Hash + Eq + BlockKey + Clone + Deserialize<'de>,
-            V: Clone + Deserialize<'de>,
-        {
+        impl<'de, K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> Visitor<'de> for Entries<K, V> {
             type Value = OrderBlocks<K, V>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a sequence of (key, value)")
@@ -852,6 +1141,7 @@ mod tests {
                 let bytes = encode();
                 self.0.push((id, version, *blake3::hash(&bytes).as_bytes(), bytes));
             }
+            fn keep(&mut self, _hash: &[u8; 32]) {}
         }
         v.offer_blobs(&mut Sink(&mut blobs));
         assert_eq!(blobs.len(), 2, "the two full chunks are offered, the last is not");
@@ -907,6 +1197,7 @@ mod tests {
                 self.1.insert(id, *blake3::hash(&bytes).as_bytes());
                 self.0.insert(id, bytes);
             }
+            fn keep(&mut self, _hash: &[u8; 32]) {}
         }
         m.offer_blobs(&mut Sink(&mut blobs, &mut out));
         assert_eq!(blobs.len(), 30_000usize.div_ceil(CHUNK_LEN));
@@ -931,7 +1222,11 @@ mod tests {
         for i in 0..(CHUNK_LEN as u32 + 3) {
             v.push(i);
         }
-        let identity = |v: &ChunkedVec<u32>| (v.chunks[0].id, v.chunks[0].version);
+        let tag = |piece: &Piece<Vec<u32>>| match piece {
+            Piece::Hot(hot) => (hot.id, hot.version),
+            Piece::Cold(_) => panic!("in memory"),
+        };
+        let identity = |v: &ChunkedVec<u32>| tag(&v.chunks[0]);
         let (id, version) = identity(&v);
         *v.get_mut(3).unwrap() = 33;
         assert_eq!(identity(&v), (id, version + 1), "changed in place: same id, a new version");
@@ -939,8 +1234,172 @@ mod tests {
         *v.get_mut(4).unwrap() = 44;
         let (copied, _) = identity(&v);
         assert_ne!(copied, id, "changed while a snapshot shares it: a copy with an id of its own");
-        assert_eq!((snapshot.chunks[0].id, snapshot.chunks[0].version, snapshot.get(4)), (id, version + 1, Some(&4)), "the snapshot's chunk is as it was");
-        let untouched = (v.chunks[1].id, v.chunks[1].version);
-        assert_eq!((snapshot.chunks[1].id, snapshot.chunks[1].version), untouched, "a chunk nobody changed is the same chunk in both");
+        assert_eq!((tag(&snapshot.chunks[0]), snapshot.get(4)), ((id, version + 1), Some(&4)), "the snapshot's chunk is as it was");
+        assert_eq!(tag(&snapshot.chunks[1]), tag(&v.chunks[1]), "a chunk nobody changed is the same chunk in both");
+    }
+
+    /// Blobs by hash, as a shard's store holds them, counting reads.
+    #[derive(Default)]
+    struct Blobs {
+        by_hash: std::sync::Mutex<FastMap<[u8; 32], Vec<u8>>>,
+        reads: std::sync::atomic::AtomicUsize,
+        cached: std::sync::atomic::AtomicUsize,
+    }
+
+    impl BlobRead for Blobs {
+        fn read(&self, hash: &[u8; 32]) -> Result<Vec<u8>, String> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.by_hash.lock().unwrap().get(hash).cloned().ok_or_else(|| "it is missing".into())
+        }
+        fn cached(&self, bytes: usize) {
+            self.cached.fetch_add(bytes, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Blobs {
+        fn reads(&self) -> usize {
+            self.reads.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// A checkpoint's blob writer: blobs into `Blobs`, (id, version) -> hash as `durable`, and
+    /// the hashes kept as they were.
+    struct Writer<'a> {
+        blobs: &'a Blobs,
+        durable: FastMap<u64, (u64, [u8; 32])>,
+        kept: Vec<[u8; 32]>,
+    }
+
+    impl BlobSink for Writer<'_> {
+        fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn() -> Vec<u8>) {
+            let bytes = encode();
+            let hash = *blake3::hash(&bytes).as_bytes();
+            self.blobs.by_hash.lock().unwrap().insert(hash, bytes);
+            self.durable.insert(id, (version, hash));
+        }
+        fn keep(&mut self, hash: &[u8; 32]) {
+            self.kept.push(*hash);
+        }
+    }
+
+    impl Writer<'_> {
+        fn durable(&self) -> impl Fn(u64, u64) -> Option<[u8; 32]> + '_ {
+            |id, version| self.durable.get(&id).filter(|(v, _)| *v == version).map(|(_, hash)| *hash)
+        }
+    }
+
+    #[test]
+    fn chunks_leave_memory_after_a_durable_checkpoint_and_come_back_when_used() {
+        use bincode::Options;
+        let codec = crate::journal::codec;
+        let blobs = Arc::new(Blobs::default());
+        let reader: Arc<dyn BlobRead> = blobs.clone();
+        let mut v: ChunkedVec<u64> = ChunkedVec::default();
+        for i in 0..(CHUNK_LEN as u64 * 6 + 5) {
+            v.push(i * 3);
+        }
+        let copy = v.clone();
+        let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
+        v.offer_blobs(&mut writer);
+        *v.get_mut(CHUNK_LEN * 3).unwrap() = 1; // changed after the checkpoint: stays in memory
+        *v.get_mut(CHUNK_LEN * 3).unwrap() = CHUNK_LEN as u64 * 9;
+        assert_eq!(v.cool(&writer.durable(), &reader), 3, "chunks 0, 1 and 2 leave; 3 changed since; 4 and 5 are the newest");
+        assert_eq!((v.cold_chunks(), blobs.reads()), (3, 0));
+        drop(copy);
+        assert_eq!(
+            v,
+            (0..(CHUNK_LEN as u64 * 6 + 5)).map(|i| i * 3).fold(ChunkedVec::default(), |mut w, i| {
+                w.push(i);
+                w
+            })
+        );
+        assert_eq!(blobs.reads(), 3, "the comparison read each cold chunk back once");
+        assert_eq!((v.get(5), v.get(CHUNK_LEN + 1)), (Some(&15), Some(&((CHUNK_LEN as u64 + 1) * 3))));
+        assert_eq!(blobs.reads(), 3, "read back once, then kept");
+        v.uncache();
+        let mut sum = 0u64;
+        v.scan(|item| sum += item);
+        assert_eq!(sum, (0..(CHUNK_LEN as u64 * 6 + 5)).map(|i| i * 3).sum::<u64>());
+        assert_eq!(blobs.reads(), 6, "a scan reads each cold chunk once");
+        v.scan(|_| {});
+        assert_eq!(blobs.reads(), 9, "and keeps none of them");
+        let mut seen = Vec::new();
+        v.scan_from(CHUNK_LEN * 2 - 2, |item| {
+            seen.push(*item);
+            seen.len() < 4
+        });
+        assert_eq!(seen, (CHUNK_LEN as u64 * 2 - 2..CHUNK_LEN as u64 * 2 + 2).map(|i| i * 3).collect::<Vec<_>>());
+
+        // A checkpoint refers to cold chunks by their blobs, and a lazy decoding leaves them out.
+        let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
+        v.offer_blobs(&mut writer);
+        assert_eq!(writer.kept.len(), 3, "the cold chunks are kept as they are, not encoded again");
+        let out: FastMap<u64, [u8; 32]> = writer.durable.iter().map(|(id, (_, hash))| (*id, *hash)).collect();
+        let (encoded, _) = with_layout(Layout::PiecesOut(out), || codec().serialize(&v).unwrap());
+        let (decoded, layout) = with_layout(Layout::PiecesLazy(reader.clone(), Vec::new()), || codec().deserialize::<ChunkedVec<u64>>(&encoded).unwrap());
+        let Layout::PiecesLazy(_, hashes) = layout else { panic!("layout kept") };
+        assert_eq!((hashes.len(), decoded.cold_chunks()), (6, 6), "every full chunk's blob, none read");
+        let before = blobs.reads();
+        assert_eq!(decoded.get(CHUNK_LEN * 5 + 1), Some(&((CHUNK_LEN as u64 * 5 + 1) * 3)));
+        assert_eq!(blobs.reads(), before + 1);
+
+        // Changing an item of a cold chunk brings it back into memory as a new chunk.
+        *v.get_mut(7).unwrap() = 70;
+        assert_eq!((v.get(7), v.cold_chunks()), (Some(&70), 2));
+        let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
+        v.offer_blobs(&mut writer);
+        assert_eq!(writer.kept.len(), 2, "the changed chunk is offered to be written again");
+    }
+
+    #[test]
+    fn a_cold_chunk_whose_blob_is_gone_or_wrong_stops_with_a_storage_fault() {
+        let blobs = Arc::new(Blobs::default());
+        let reader: Arc<dyn BlobRead> = blobs.clone();
+        let mut v: ChunkedVec<u64> = ChunkedVec::default();
+        for i in 0..(CHUNK_LEN as u64 * 4) {
+            v.push(i);
+        }
+        let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
+        v.offer_blobs(&mut writer);
+        assert_eq!(v.cool(&writer.durable(), &reader), 2);
+        use bincode::Options;
+        let hashes: Vec<[u8; 32]> = blobs.by_hash.lock().unwrap().keys().copied().collect();
+        for hash in &hashes {
+            // Another chunk's bytes under this hash (a mix-up), then nothing at all.
+            blobs.by_hash.lock().unwrap().insert(*hash, crate::journal::codec().serialize(&vec![1u64; 5]).unwrap());
+        }
+        let fault = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.get(3).copied())).unwrap_err();
+        assert!(
+            fault.downcast_ref::<String>().is_some_and(|m| m.contains("storage fault") && m.contains("5 items where 4096")),
+            "{:?}",
+            fault.downcast_ref::<String>()
+        );
+        blobs.by_hash.lock().unwrap().clear();
+        let fault = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.get(CHUNK_LEN + 3).copied())).unwrap_err();
+        assert!(fault.downcast_ref::<String>().is_some_and(|m| m.contains("storage fault") && m.contains("missing")));
+    }
+
+    #[test]
+    fn order_blocks_leave_memory_when_unchanged_since_a_durable_checkpoint() {
+        use crate::ledger::types::{AccountId, OrderId};
+        let blobs = Arc::new(Blobs::default());
+        let reader: Arc<dyn BlobRead> = blobs.clone();
+        let mut m: OrderBlocks<(OrderId, AccountId), u64> = OrderBlocks::default();
+        for i in 0..20_000u64 {
+            m.insert((OrderId(i), AccountId(i % 3)), i);
+        }
+        let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
+        m.offer_blobs(&mut writer);
+        m.insert((OrderId(20_001), AccountId(0)), 1); // the newest block changes after the checkpoint
+        assert_eq!(m.cool(&writer.durable(), &reader), 4, "blocks 0-3 leave, block 4 changed since");
+        assert_eq!((m.cold_blocks(), m.len(), blobs.reads()), (4, 20_001, 0), "counting needs no read");
+        assert_eq!(m.get(&(OrderId(4_100), AccountId(4_100 % 3))), Some(&4_100));
+        assert_eq!(m.get(&(OrderId(4_101), AccountId(1))), None);
+        assert_eq!(blobs.reads(), 1);
+        *m.get_mut(&(OrderId(10), AccountId(1))).unwrap() += 5;
+        assert_eq!((m.get(&(OrderId(10), AccountId(1))), m.cold_blocks()), (Some(&15), 3), "a changed block is back in memory");
+        assert!(m.get_mut(&(OrderId(8_200), AccountId(0))).is_none());
+        assert_eq!(m.cold_blocks(), 3, "a miss brings nothing back");
+        assert_eq!(m.iter().count(), 20_001);
     }
 }

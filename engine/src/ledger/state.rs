@@ -783,6 +783,50 @@ impl ShardState {
         }
     }
 
+    /// After a durable checkpoint: moves out of memory the chunks and blocks of history it holds
+    /// as they are now (`durable`: id and version to blob hash), but the newest of each vector,
+    /// and drops every copy read back. The same fields as `offer_blobs`. Gives how many pieces
+    /// it moved out.
+    pub fn cool(&mut self, durable: &dyn Fn(u64, u64) -> Option<[u8; 32]>, reader: &std::sync::Arc<dyn crate::ledger::growth::BlobRead>) -> usize {
+        let mut moved = self.orders.cool(durable, reader);
+        moved += self.income.cool(durable, reader);
+        moved += self.settled.cool(durable, reader);
+        moved += self.order_changes.cool(durable, reader);
+        moved += self.commissions.cool(durable, reader);
+        moved += self.previous_order_of_account.cool(durable, reader);
+        for orders in self.platform_orders.values_mut() {
+            moved += orders.all.cool(durable, reader);
+            for kind in &mut orders.by_kind {
+                moved += kind.cool(durable, reader);
+            }
+        }
+        moved
+    }
+
+    /// Drops every copy of history read back (the pieces stay out of memory).
+    pub fn uncache(&mut self) {
+        self.orders.uncache();
+        self.income.uncache();
+        self.settled.uncache();
+        self.order_changes.uncache();
+        self.commissions.uncache();
+        self.previous_order_of_account.uncache();
+        for orders in self.platform_orders.values_mut() {
+            orders.all.uncache();
+            orders.by_kind.iter_mut().for_each(ChunkedVec::uncache);
+        }
+    }
+
+    /// How many chunks and blocks of history are out of memory.
+    pub fn cold_pieces(&self) -> usize {
+        let mut cold = self.orders.cold_chunks() + self.income.cold_blocks() + self.settled.cold_chunks() + self.order_changes.cold_chunks();
+        cold += self.commissions.cold_chunks() + self.previous_order_of_account.cold_chunks();
+        for orders in self.platform_orders.values() {
+            cold += orders.all.cold_chunks() + orders.by_kind.iter().map(ChunkedVec::cold_chunks).sum::<usize>();
+        }
+        cold
+    }
+
     /// Reads back every chunk a checkpoint kept as a blob (`checkpoint::load`): the same fields
     /// as `offer_blobs`.
     pub fn fill_blobs(&mut self, source: &mut dyn crate::ledger::growth::BlobSource) -> Result<(), String> {

@@ -111,10 +111,16 @@ pub fn key_of(envelope: &Envelope) -> u128 {
 }
 
 /// Runs batches (account openings, no order numbers) until both shards have written at least
-/// `at_least` checkpoints and none is in flight... as far as the list shows.
+/// `at_least` checkpoints, the newest after every batch written before the call (a checkpoint
+/// started earlier may finish late on a busy machine: it does not count).
 pub fn wait_for_checkpoints(engine: &Engine, store: &dyn Store, at_least: usize) {
+    let written: Vec<u64> = engine.counters().iter().map(|c| c.last_sequence.load(std::sync::atomic::Ordering::SeqCst)).collect();
     for round in 0..3000u64 {
-        if (0..2).all(|shard| checkpoint::list(store, shard).unwrap().len() >= at_least) {
+        let done = |shard: usize| {
+            let list = checkpoint::list(store, shard as u16).unwrap();
+            list.len() >= at_least && list.last().is_some_and(|newest| *newest >= written[shard])
+        };
+        if (0..2).all(done) {
             return;
         }
         engine.execute_one(plain(Command::OpenAccount { owner: 5_000_000 + round, currency: CNY, limits: Limits::NONE })).unwrap();

@@ -148,7 +148,13 @@ fn finish_if_nothing_held(order: &mut Order, now: Timestamp) {
 /// which also bounds what one command does. Kept for journals that hold it.
 pub fn auto_confirm(state: &mut ShardState, context: &Context, created_before: Timestamp, fx: &mut Effects) -> Reply {
     let due: Vec<OrderId> = if context.platform == 0 {
-        state.orders.iter().filter(|o| is_due(o, created_before)).map(|o| o.id).collect()
+        let mut due = Vec::new();
+        state.orders.scan(|o| {
+            if is_due(o, created_before) {
+                due.push(o.id);
+            }
+        });
+        due
     } else {
         let Some(index) = state.platform_orders.get(&context.platform) else { return Reply { code: ResultCode::Ok, id: 0, status: None, replayed: false } };
         index
