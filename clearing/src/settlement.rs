@@ -239,14 +239,12 @@ fn totals(engine: &Engine, platform: u32, through_day: u32) -> Result<Vec<Curren
     let mut sums: BTreeMap<u8, [i128; 4]> = BTreeMap::new();
     for shard in 0..engine.config().shard_count {
         let part = engine.read_shard(shard, move |state| {
-            let mut part: Vec<(u8, [i128; 4])> = Vec::new();
-            state.settled.scan(|row| {
-                if row.platform == platform && row.through_day == through_day {
-                    let net = row.amount - row.commission - row.service_fee;
-                    part.push((row.currency.0, [row.amount as i128, row.commission as i128, row.service_fee as i128, net as i128]));
-                }
-            });
-            part
+            // The shard keeps these sums per (day, platform, currency): no settled row is read.
+            state
+                .settled_days
+                .range((through_day, platform, 0)..=(through_day, platform, u8::MAX))
+                .map(|((_, _, currency), day)| (*currency, [day.matured, day.commission, day.service_fee, day.matured - day.commission - day.service_fee]))
+                .collect::<Vec<(u8, [i128; 4])>>()
         })?;
         for (currency, figures) in part {
             let sum = sums.entry(currency).or_default();

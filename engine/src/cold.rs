@@ -174,6 +174,29 @@ pub struct ColdFilter {
     words: Box<[std::sync::atomic::AtomicU64]>,
 }
 
+/// Where a graceful stop saves the filter: its head, and its pieces under `m/f/p` + index.
+const FILTER_HEAD: &[u8] = b"m/f/h";
+const FILTER_PIECE_BYTES: usize = 4 << 20;
+
+fn filter_piece_key(index: u32) -> [u8; 9] {
+    let mut key = *b"m/f/p\0\0\0\0";
+    key[5..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// A saved filter's head: format 1, its size, each shard's newest checkpoint, the pieces' hash.
+fn filter_head(store: &dyn Store, bytes: usize, shard_count: u16, hash: &[u8; 32]) -> Result<Vec<u8>, StorageError> {
+    let mut head = vec![1u8];
+    head.extend_from_slice(&(bytes as u64).to_le_bytes());
+    head.extend_from_slice(&shard_count.to_le_bytes());
+    for shard in 0..shard_count {
+        let newest = crate::checkpoint::list(store, shard)?.last().copied().unwrap_or(0);
+        head.extend_from_slice(&newest.to_le_bytes());
+    }
+    head.extend_from_slice(hash);
+    Ok(head)
+}
+
 /// Bytes of the cold-key filter: 32 MiB, about 27 million keys at 1 % false positives.
 pub const COLD_FILTER_BYTES: usize = 32 << 20;
 
@@ -196,6 +219,62 @@ impl ColdFilter {
             true
         })?;
         Ok(filter)
+    }
+
+    /// The filter a graceful stop saved (`save`), if it still describes the store: the newest
+    /// checkpoint of every shard is the one it was saved with (a checkpoint since, after a start
+    /// that used it, may have written rows it lacks), and its bytes match their hash. Otherwise
+    /// the filter of a scan of every cold row (`load`). Gives whether the saved one was used.
+    ///
+    /// Rows written by a checkpoint whose manifest never landed (a crash while writing one) are
+    /// not in a saved filter; they need not be: recovery replays the batches that made those
+    /// records, so they are in memory again, and rows of later checkpoints set their bits.
+    pub fn load_saved_or_scan(store: &dyn Store, bytes: usize, shard_count: u16) -> Result<(ColdFilter, bool), StorageError> {
+        if let Some(filter) = ColdFilter::load_saved(store, bytes, shard_count)? {
+            return Ok((filter, true));
+        }
+        Ok((ColdFilter::load(store, bytes)?, false))
+    }
+
+    fn load_saved(store: &dyn Store, bytes: usize, shard_count: u16) -> Result<Option<ColdFilter>, StorageError> {
+        let Some(head) = store.get(FILTER_HEAD)? else { return Ok(None) };
+        let expected = filter_head(store, bytes, shard_count, &[0; 32])?;
+        if head.len() != expected.len() || head[..expected.len() - 32] != expected[..expected.len() - 32] {
+            return Ok(None);
+        }
+        let filter = ColdFilter::with_bytes(bytes);
+        let mut hasher = blake3::Hasher::new();
+        let words_per_piece = FILTER_PIECE_BYTES / 8;
+        for (index, piece) in filter.words.chunks(words_per_piece).enumerate() {
+            let Some(value) = store.get(&filter_piece_key(index as u32))? else { return Ok(None) };
+            if value.len() != piece.len() * 8 {
+                return Ok(None);
+            }
+            hasher.update(&value);
+            for (word, bytes) in piece.iter().zip(value.chunks_exact(8)) {
+                word.store(u64::from_le_bytes(bytes.try_into().expect("8 bytes")), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if hasher.finalize().as_bytes()[..] != head[head.len() - 32..] {
+            return Ok(None);
+        }
+        Ok(Some(filter))
+    }
+
+    /// Saves the filter for the next start (`load_saved_or_scan`): its pieces, then a head
+    /// naming each shard's newest checkpoint and the pieces' hash. Called at a graceful stop,
+    /// once the shards have stopped and written their last checkpoints.
+    pub fn save(&self, store: &dyn Store, shard_count: u16) -> Result<(), StorageError> {
+        let mut hasher = blake3::Hasher::new();
+        let mut value = Vec::with_capacity(FILTER_PIECE_BYTES);
+        for (index, piece) in self.words.chunks(FILTER_PIECE_BYTES / 8).enumerate() {
+            value.clear();
+            piece.iter().for_each(|word| value.extend_from_slice(&word.load(std::sync::atomic::Ordering::Acquire).to_le_bytes()));
+            hasher.update(&value);
+            store.write(&[(&filter_piece_key(index as u32), &value)])?;
+        }
+        let head = filter_head(store, self.words.len() * 8, shard_count, hasher.finalize().as_bytes())?;
+        store.write(&[(FILTER_HEAD, &head)])
     }
 
     /// The block (first word) and the six bits of `key`.
@@ -537,5 +616,39 @@ mod tests {
         keys.clear();
         keys_of(&other, &mut keys);
         assert_eq!(read_row(&store, keys[0]).unwrap().unwrap().stamp, 12, "a new record gets the checkpoint's stamp");
+    }
+
+    /// A saved filter is read back as it was while the shards' newest checkpoints are those it
+    /// was saved with; a checkpoint since, a damaged piece or another size make the start scan
+    /// the rows instead.
+    #[test]
+    fn a_saved_filter_is_used_only_while_it_matches_the_checkpoints() {
+        let store = MemoryStore::new();
+        let keys: Vec<u128> = (1..2_000u128).map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)).collect();
+        let filter = ColdFilter::with_bytes(64 << 10);
+        for key in &keys {
+            filter.insert(*key);
+        }
+        store.write(&[(&crate::checkpoint::manifest_key(0, 7), b"m")]).unwrap();
+        assert!(!ColdFilter::load_saved_or_scan(&store, 64 << 10, 2).unwrap().1, "nothing saved yet: a scan");
+        filter.save(&store, 2).unwrap();
+        let (read, saved) = ColdFilter::load_saved_or_scan(&store, 64 << 10, 2).unwrap();
+        assert!(saved, "saved and still matching");
+        assert!(keys.iter().all(|k| read.may_contain(*k)));
+        let words = |f: &ColdFilter| f.words.iter().map(|w| w.load(std::sync::atomic::Ordering::Relaxed)).collect::<Vec<_>>();
+        assert_eq!(words(&read), words(&filter));
+        assert!(!ColdFilter::load_saved_or_scan(&store, 128 << 10, 2).unwrap().1, "another size");
+        assert!(!ColdFilter::load_saved_or_scan(&store, 64 << 10, 3).unwrap().1, "another shard count");
+        // A checkpoint written since (its rows may be missing from the saved bits).
+        store.write(&[(&crate::checkpoint::manifest_key(1, 3), b"m")]).unwrap();
+        assert!(!ColdFilter::load_saved_or_scan(&store, 64 << 10, 2).unwrap().1);
+        filter.save(&store, 2).unwrap();
+        assert!(ColdFilter::load_saved_or_scan(&store, 64 << 10, 2).unwrap().1);
+        // A flipped bit in a piece.
+        let key = filter_piece_key(0);
+        let mut piece = store.get(&key).unwrap().unwrap();
+        piece[100] ^= 1;
+        store.write(&[(&key, &piece)]).unwrap();
+        assert!(!ColdFilter::load_saved_or_scan(&store, 64 << 10, 2).unwrap().1);
     }
 }

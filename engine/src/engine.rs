@@ -196,6 +196,8 @@ pub struct Engine {
     shut_down: std::sync::atomic::AtomicBool,
     /// The shards' store: cold idempotency records are read from it.
     store: Arc<dyn Store>,
+    /// Every cold row's key: saved at a graceful stop, so the next start need not scan the rows.
+    cold_filter: Arc<crate::cold::ColdFilter>,
 }
 
 /// Collects the replies of one submission's parts (one per shard) and answers once all are in.
@@ -243,7 +245,9 @@ impl Engine {
         }
         // Every cold row's key, so that recovery and the shards ask the store only for order
         // numbers that may be cold (nearly every new one is not).
-        let cold_filter = Arc::new(crate::cold::ColdFilter::load(&*store, crate::cold::COLD_FILTER_BYTES)?);
+        let (cold_filter, saved) = crate::cold::ColdFilter::load_saved_or_scan(&*store, crate::cold::COLD_FILTER_BYTES, shard_count)?;
+        tracing::info!(saved, "cold-row filter {}", if saved { "read as the last graceful stop saved it" } else { "built by a scan of the cold rows" });
+        let cold_filter = Arc::new(cold_filter);
         let recovered = recover_all(&store, &config, &cold_filter)?;
         let directory = Arc::new(Directory::new(shard_count));
         let claims = Arc::new(Claims::new());
@@ -326,6 +330,7 @@ impl Engine {
             threads: Mutex::new(threads),
             shut_down: std::sync::atomic::AtomicBool::new(false),
             store,
+            cold_filter,
         })
     }
 
@@ -587,8 +592,19 @@ impl Engine {
             let _ = control.send(Control::Shutdown);
         }
         let threads: Vec<JoinHandle<()>> = self.threads.lock().expect("threads lock").drain(..).collect();
+        let stopping = !threads.is_empty();
         for thread in threads {
             let _ = thread.join();
+        }
+        // The shards have written their last checkpoints: the filter of every cold row is saved
+        // for the next start (which checks it still matches those checkpoints). Not after a
+        // shard stopped on a fault: a checkpoint thread it left may still be writing (its rows'
+        // bits set only after its manifest), so the next start scans the rows instead.
+        let all_ran = self.counters.iter().all(|c| !c.stopped.load(std::sync::atomic::Ordering::SeqCst));
+        if stopping && all_ran && !self.store.is_poisoned() {
+            if let Err(error) = self.cold_filter.save(&*self.store, self.config.shard_count) {
+                tracing::warn!("the cold-row filter was not saved (the next start scans the rows): {error}");
+            }
         }
     }
 

@@ -262,7 +262,6 @@ impl<C: PieceData> ColdPiece<C> {
             if data.count() != self.count as usize {
                 return Err(format!("it holds {} items where {} were said", data.count(), self.count));
             }
-            self.reader.cached(bytes.len());
             Ok(data)
         });
         match data {
@@ -271,10 +270,20 @@ impl<C: PieceData> ColdPiece<C> {
         }
     }
 
+    /// Its data, read back on first use and kept (counted against the shard's budget: what a
+    /// `scan` reads or a change takes back into memory is not kept here and not counted).
     fn data(&self) -> &C {
-        self.cache.get_or_init(|| self.read())
+        self.cache.get_or_init(|| {
+            let data = self.read();
+            self.reader.cached(std::mem::size_of::<C>() + data.count() * PIECE_ITEM_BYTES);
+            data
+        })
     }
 }
+
+/// What one item or entry of a piece read back is counted as in memory (an order is about
+/// this size; smaller items are counted high, which only drops the copies sooner).
+const PIECE_ITEM_BYTES: usize = 160;
 
 /// The first bytes of a hash, in hex (for messages).
 pub fn hex(bytes: &[u8]) -> String {
@@ -532,7 +541,9 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>
 
     /// Offers each full chunk to a checkpoint as a blob (the last, still filling, goes inline).
     pub fn offer_blobs(&self, sink: &mut dyn BlobSink) {
-        for chunk in self.chunks.iter().filter(|chunk| chunk.count() == CHUNK_LEN) {
+        // A piece out of memory is always named (whatever its size), or collecting blobs would
+        // delete one the live state still reads.
+        for chunk in self.chunks.iter().filter(|chunk| chunk.count() == CHUNK_LEN || matches!(chunk, Piece::Cold(_))) {
             chunk.offer(sink);
         }
     }
@@ -851,7 +862,7 @@ impl<K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> OrderBlocks
 
     /// Offers each block of at least `BLOB_BLOCK_MIN` entries to a checkpoint as a blob.
     pub fn offer_blobs(&self, sink: &mut dyn BlobSink) {
-        for block in self.blocks.values().filter(|block| block.count() >= BLOB_BLOCK_MIN) {
+        for block in self.blocks.values().filter(|block| block.count() >= BLOB_BLOCK_MIN || matches!(block, Piece::Cold(_))) {
             block.offer(sink);
         }
     }
