@@ -658,10 +658,9 @@ impl Actor {
         let now = self.clock.now_micros();
         let mut resumed = 0;
         for shard in 0..self.engine.config().shard_count {
-            let waiting = self.engine.read_shard(shard, |state| {
+            let waiting = self.engine.read_shard(shard, move |state| {
                 let mut found = Vec::new();
-                // Old history out of memory is read back one chunk at a time.
-                state.orders.scan(|o| {
+                let mut visit = |o: &engine::ledger::types::Order| {
                     let spec = state.currencies[o.currency.0 as usize];
                     match o.detail {
                         OrderDetail::Withdrawal { channel, .. } if o.status != OrderStatus::Failed => {
@@ -681,6 +680,18 @@ impl Actor {
                         }
                         _ => {}
                     }
+                };
+                // Not the whole history: the orders still open (any age, few) and those of the
+                // last two days (today's payouts count against the caps); orders are kept in the
+                // order they were created, with timestamps that never go back.
+                let since = now.saturating_sub(2 * 86_400_000_000);
+                let recent = state.orders.partition_point(|o| o.created_at < since);
+                let mut older_open: Vec<u32> = state.platform_orders.values().flat_map(|p| p.open.iter().copied()).filter(|i| (*i as usize) < recent).collect();
+                older_open.sort_unstable();
+                older_open.iter().filter_map(|i| state.orders.get(*i as usize)).for_each(&mut visit);
+                state.orders.scan_from(recent, |o| {
+                    visit(o);
+                    true
                 });
                 found
             })?;

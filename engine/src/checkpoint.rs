@@ -250,6 +250,47 @@ impl BlobSink for Blobber<'_> {
     }
 }
 
+/// Marks of history blobs found damaged or missing: `m/x/` + shard + hash -> why.
+const DAMAGED_PREFIX: &[u8; 4] = b"m/x/";
+
+fn damaged_key(shard: ShardId, hash: &[u8; 32]) -> [u8; 38] {
+    let mut key = blob_key(shard, hash);
+    key[..4].copy_from_slice(DAMAGED_PREFIX);
+    key
+}
+
+/// Records that `shard`'s history blob `hash` could not be read back (a shard stopped on it, or
+/// recovery met it): recovery then skips every checkpoint naming it, and the next checkpoint
+/// that writes the blob again (rebuilt by the replay: the same bytes) clears the mark.
+pub fn mark_damaged(store: &dyn Store, shard: ShardId, hash: &[u8; 32], reason: &str) -> Result<(), StorageError> {
+    store.write(&[(&damaged_key(shard, hash), reason.as_bytes())])
+}
+
+/// The history blobs of `shard` marked damaged.
+pub fn damaged(store: &dyn Store, shard: ShardId) -> Result<HashSet<[u8; 32]>, StorageError> {
+    let mut found = HashSet::new();
+    store.scan(&damaged_key(shard, &[0; 32]), &damaged_key(shard, &[0xff; 32]), &mut |key, _| {
+        if let Some(hash) = key.get(6..38).and_then(|h| <[u8; 32]>::try_from(h).ok()) {
+            found.insert(hash);
+        }
+        true
+    })?;
+    Ok(found)
+}
+
+/// Clears the marks of damaged blobs that this checkpoint uses and that now read back whole
+/// (it wrote them again).
+fn clear_repaired(store: &dyn Store, shard: ShardId, used: &HashSet<[u8; 32]>) -> Result<(), StorageError> {
+    for hash in damaged(store, shard)? {
+        let whole = used.contains(&hash) && store.get(&blob_key(shard, &hash))?.is_some_and(|bytes| blake3::hash(&bytes).as_bytes() == &hash);
+        if whole {
+            let key = damaged_key(shard, &hash);
+            store.delete_range(&key, &[&key[..], &[0]].concat())?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads a shard's history blobs back for its pieces out of memory (`growth::Piece::Cold`), and
 /// counts the bytes its pieces hold read back, so that the shard drops those copies once they
 /// pass `CACHE_BYTES` (`ShardState::uncache`).
@@ -412,10 +453,11 @@ pub fn write(
         let error = writer.error.take().unwrap_or(StorageError::Io("part write failed".into()));
         return Err(CheckpointError::Storage(error));
     }
-    let mut blobs: Vec<[u8; 32]> = used.into_iter().collect();
+    let mut blobs: Vec<[u8; 32]> = used.iter().copied().collect();
     blobs.sort_unstable();
     let manifest = Manifest { shard, sequence, timestamp, chain_hash: head.hash, bytes: writer.bytes, part_hashes: writer.hashes, blobs };
     store.write(&[(&manifest_key(shard, sequence), &encode_manifest(&manifest))])?;
+    clear_repaired(store, shard, &used)?;
     drop(previous);
     prune(store, shard, kept.max(1))?;
     Ok(Written { manifest, write_us: started.elapsed().as_micros() as u64, evicted, blobs_written, blob_bytes, blobs_reused, cache: next })
@@ -517,6 +559,13 @@ fn collect_blobs(store: &dyn Store, shard: ShardId) -> Result<(), StorageError> 
         after.push(0);
         store.delete_range(&key, &after)?;
     }
+    // A damaged mark outlives its blob only while a kept checkpoint names it.
+    for hash in damaged(store, shard)? {
+        if !named.contains(&hash) {
+            let key = damaged_key(shard, &hash);
+            store.delete_range(&key, &[&key[..], &[0]].concat())?;
+        }
+    }
     Ok(())
 }
 
@@ -573,10 +622,24 @@ pub fn load_with(
     sequence: u64,
     lazy: Option<&std::sync::Arc<HistoryReader>>,
 ) -> Result<(ShardState, Manifest, BlobCache), CheckpointError> {
+    load_avoiding(store, shard, sequence, lazy, &HashSet::new())
+}
+
+/// `load_with`, refusing a checkpoint that names a blob of `damaged` (`mark_damaged`).
+fn load_avoiding(
+    store: &dyn Store,
+    shard: ShardId,
+    sequence: u64,
+    lazy: Option<&std::sync::Arc<HistoryReader>>,
+    damaged: &HashSet<[u8; 32]>,
+) -> Result<(ShardState, Manifest, BlobCache), CheckpointError> {
     use bincode::Options;
     let unusable = |reason: String| CheckpointError::Unusable { shard, sequence, reason };
     let bytes = store.get(&manifest_key(shard, sequence))?.ok_or_else(|| unusable("no manifest".into()))?;
     let manifest = decode_manifest(shard, sequence, &bytes)?;
+    if let Some(hash) = manifest.blobs.iter().find(|hash| damaged.contains(*hash)) {
+        return Err(unusable(format!("it uses the history blob {}, which a shard found damaged", hex(hash))));
+    }
     let mut reader = PartReader { store, manifest: &manifest, next_part: 0, part: Vec::new(), position: 0 };
     // The decoder reads through a buffer; `reject_trailing_bytes` does not apply to readers, so
     // the reader must be spent exactly afterwards.
@@ -675,10 +738,11 @@ pub fn load_newest(
     store: &dyn Store,
     shard: ShardId,
     lazy: Option<&std::sync::Arc<HistoryReader>>,
+    damaged: &HashSet<[u8; 32]>,
 ) -> Result<(Option<(ShardState, Manifest, BlobCache)>, Vec<CheckpointError>), StorageError> {
     let mut skipped = Vec::new();
     for sequence in list(store, shard)?.into_iter().rev() {
-        match load_with(store, shard, sequence, lazy) {
+        match load_avoiding(store, shard, sequence, lazy, damaged) {
             Ok(loaded) => return Ok((Some(loaded), skipped)),
             Err(CheckpointError::Storage(error)) => return Err(error),
             Err(unusable) => skipped.push(unusable),

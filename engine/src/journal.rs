@@ -154,6 +154,10 @@ pub enum JournalError {
     Corrupt { shard: ShardId, sequence: u64, kind: BreakKind, reason: String },
     #[error("journal of shard {shard} has format version {version} at batch {sequence}; this build reads only version {supported}", supported = JOURNAL_FORMAT_VERSION)]
     UnsupportedFormat { shard: ShardId, sequence: u64, version: u8 },
+    /// Replaying batch `sequence` needed a chunk of history whose blob could not be read back
+    /// (`growth::StorageFault`): not the journal's fault; recovery retries without that blob.
+    #[error("shard {shard} at batch {sequence}: {fault}")]
+    History { shard: ShardId, sequence: u64, fault: crate::ledger::growth::StorageFault },
 }
 
 /// The journal's encoding: bincode with variable-length integers (ids and amounts are mostly
@@ -239,6 +243,7 @@ impl Break {
                 Break { shard, sequence, kind: BreakKind::Undecodable, reason: format!("format version {version}, this build reads {JOURNAL_FORMAT_VERSION}") }
             }
             JournalError::Storage(error) => Break { shard, sequence: reached, kind: BreakKind::Undecodable, reason: format!("cannot read: {error}") },
+            JournalError::History { shard, sequence, fault } => Break { shard, sequence, kind: BreakKind::Replay, reason: fault.to_string() },
         }
     }
 }
@@ -440,16 +445,32 @@ pub fn recover_shard_filtered(
     filter: Option<&crate::cold::ColdFilter>,
     lazy: Option<&std::sync::Arc<crate::checkpoint::HistoryReader>>,
 ) -> Result<Recovered, JournalError> {
-    let (loaded, skipped) = crate::checkpoint::load_newest(store, shard, lazy)?;
-    let skipped = skipped.into_iter().map(|e| e.to_string()).collect();
-    let (state, anchor, timestamp, blobs) = match loaded {
-        Some((state, manifest, blobs)) => (state, Some(ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash }), manifest.timestamp, blobs),
-        None => (ShardState::default(), None, 0, Default::default()),
-    };
-    // From a checkpoint, the walk checks that the journal's batch at the checkpoint (if still
-    // live) hashes to the head the checkpoint recorded, and that the next batch links to it.
-    let (state, head, timestamp) = replay_after(store, filter, shard, state, anchor, timestamp)?;
-    Ok(Recovered { state, head, timestamp, checkpoint: anchor.map(|a| a.sequence), skipped, blobs, history: lazy.cloned() })
+    // Blobs a shard found damaged (`checkpoint::mark_damaged`) rule out the checkpoints that
+    // name them; one found damaged during the replay below is marked and the recovery retried
+    // from a checkpoint without it (or from the journal's start).
+    let mut damaged = crate::checkpoint::damaged(store, shard)?;
+    loop {
+        let (loaded, skipped) = crate::checkpoint::load_newest(store, shard, lazy, &damaged)?;
+        let skipped = skipped.into_iter().map(|e| e.to_string()).collect();
+        let (state, anchor, timestamp, blobs) = match loaded {
+            Some((state, manifest, blobs)) => (state, Some(ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash }), manifest.timestamp, blobs),
+            None => (ShardState::default(), None, 0, Default::default()),
+        };
+        // From a checkpoint, the walk checks that the journal's batch at the checkpoint (if still
+        // live) hashes to the head the checkpoint recorded, and that the next batch links to it.
+        match replay_after(store, filter, shard, state, anchor, timestamp) {
+            Ok((state, head, timestamp)) => {
+                return Ok(Recovered { state, head, timestamp, checkpoint: anchor.map(|a| a.sequence), skipped, blobs, history: lazy.cloned() });
+            }
+            Err(JournalError::History { fault, sequence, .. }) if damaged.insert(fault.hash) => {
+                tracing::warn!(shard, sequence, "{fault}; recovering without the checkpoints that use it");
+                // A read-only store (`clearing shards`) cannot keep the mark: the retry still
+                // avoids the blob.
+                let _ = crate::checkpoint::mark_damaged(store, shard, &fault.hash, &fault.reason);
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// Rebuilds a shard's state (from its newest usable checkpoint and the journal after it).
@@ -500,6 +521,9 @@ fn replay_after(
         // stamped before this batch count (a newer checkpoint's rows wait until the replay has
         // passed their stamp).
         crate::cold::prefetch(store, filter, &mut state, record.sequence, &record.envelopes, &mut probe_keys)?;
+        for envelope in &record.envelopes {
+            state.warm_history(envelope).map_err(|fault| JournalError::History { shard, sequence: record.sequence, fault })?;
+        }
         // A record that decodes but was damaged (a flipped bit that still makes a command) can
         // break an assertion of `apply` (a credit from the shard itself, a sequence gap): that is
         // a corrupt journal, and recovery refuses to start with this error instead of a panic.
@@ -510,6 +534,9 @@ fn replay_after(
             }
         }));
         if let Err(panic) = applied {
+            if let Some(fault) = panic.downcast_ref::<crate::ledger::growth::StorageFault>() {
+                return Err(JournalError::History { shard, sequence: record.sequence, fault: fault.clone() });
+            }
             let message = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("a panic");
             return Err(JournalError::Corrupt {
                 shard,

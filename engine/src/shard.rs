@@ -310,11 +310,22 @@ impl Shard {
     pub fn run(self) {
         let shard = self.state.shard;
         let (clients, control, inbound, counters) = (self.clients.clone(), self.control.clone(), self.inbound.clone(), self.counters.clone());
+        let store = self.store.clone();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || self.run_loop()));
         if let Err(payload) = outcome {
-            let text = panic_text(&*payload);
-            counters.mark_stopped(ShardFailure::Panicked(text.clone()));
-            tracing::error!(shard, "shard panicked and has stopped: {text}");
+            if let Some(fault) = payload.downcast_ref::<crate::ledger::growth::StorageFault>() {
+                // A blob of history could not be read back: a storage fault, not a bug. Marked, so
+                // that the next start recovers from a checkpoint without it (or the journal).
+                if let Err(error) = crate::checkpoint::mark_damaged(&*store, shard, &fault.hash, &fault.reason) {
+                    tracing::error!(shard, "the damaged blob could not be marked: {error}");
+                }
+                counters.mark_stopped(ShardFailure::Storage(fault.to_string()));
+                tracing::error!(shard, "shard stopped: {fault}");
+            } else {
+                let text = panic_text(&*payload);
+                counters.mark_stopped(ShardFailure::Panicked(text.clone()));
+                tracing::error!(shard, "shard panicked and has stopped: {text}");
+            }
             refuse_until_shutdown(shard, &clients, &control, &inbound);
         }
     }
@@ -642,6 +653,18 @@ impl Shard {
                 }
                 return false;
             }
+        }
+        // So is the history out of memory the batch touches.
+        if let Err(fault) = round.envelopes.iter().try_for_each(|envelope| self.state.warm_history(envelope)) {
+            if let Err(error) = crate::checkpoint::mark_damaged(&*self.store, self.state.shard, &fault.hash, &fault.reason) {
+                tracing::error!(shard = self.state.shard, "the damaged blob could not be marked: {error}");
+            }
+            tracing::error!(shard = self.state.shard, "shard stopped: {fault}");
+            self.counters.mark_stopped(ShardFailure::Storage(fault.to_string()));
+            for (reply, _, _) in round.waiting.drain(..) {
+                reply(Err(EngineError::Storage(fault.to_string())));
+            }
+            return false;
         }
         for envelope in &round.envelopes {
             let reply = self.state.apply(envelope, now, &mut round.fx);

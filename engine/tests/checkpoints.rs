@@ -443,14 +443,7 @@ fn history_leaves_memory_after_a_checkpoint_and_old_orders_still_change() {
     let engine = Engine::start(config(2, 2), store.clone()).unwrap();
     let (_, first_escrow) = escrow_history(&engine, 5);
     let cold = |engine: &Engine| engine.read_shard(0, |state| state.orders.cold_chunks()).unwrap();
-    for round in 0..3000u64 {
-        if cold(&engine) >= 2 {
-            break;
-        }
-        engine.execute_one(plain(Command::OpenAccount { owner: 3_000_000 + round, currency: CNY, limits: Limits::NONE })).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(cold(&engine) >= 2, "the oldest chunks of 20,000 orders left memory");
+    wait_for_cold_chunks(&engine, 2);
     assert!(engine.counters()[0].history_cold.load(std::sync::atomic::Ordering::Relaxed) >= 2);
     // The first escrow (chunk 0) and a payment of chunk 1, both out of memory.
     let (payment, payee) = engine
@@ -483,4 +476,89 @@ fn history_leaves_memory_after_a_checkpoint_and_old_orders_still_change() {
         let sequence = lazy.head.sequence;
         assert_eq!(engine::cold::logical_digest(&*store, &lazy.state, sequence).unwrap(), full, "shard {shard}: lazy recovery == whole replay");
     }
+}
+
+/// Pushes batches until at least `at_least` chunks of shard 0's orders are out of memory.
+fn wait_for_cold_chunks(engine: &Engine, at_least: usize) {
+    let cold = |engine: &Engine| engine.read_shard(0, |state| state.orders.cold_chunks()).unwrap();
+    for round in 0..3000u64 {
+        if cold(engine) >= at_least {
+            return;
+        }
+        engine.execute_one(plain(Command::OpenAccount { owner: 3_000_000 + round, currency: CNY, limits: Limits::NONE })).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("fewer than {at_least} chunks of orders left memory");
+}
+
+/// A blob of history that turns out damaged when a command needs it stops the shard as a
+/// storage failure before the batch is applied (nothing acknowledged), and marks the blob; the
+/// next start recovers without the checkpoints that use it (here: from the whole journal), the
+/// command then succeeds, and the next checkpoints write the history again and drop the marks.
+#[test]
+fn a_damaged_history_blob_stops_the_shard_and_the_next_start_recovers_without_it() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(2, 2), store.clone()).unwrap();
+    let (_, first_escrow) = escrow_history(&engine, 5);
+    wait_for_cold_chunks(&engine, 2);
+    for hash in blob_keys(&store, 0) {
+        store.write(&[(&checkpoint::blob_key(0, &hash), b"not the blob")]).unwrap();
+    }
+    let confirm = plain(Command::Confirm { order: first_escrow, releases: Legs::new() });
+    let refused = engine.execute_one(confirm.clone());
+    assert!(refused.is_err(), "{refused:?}");
+    let failure = engine.counters()[0].failure();
+    assert!(matches!(&failure, Some(engine::shard::ShardFailure::Storage(text)) if text.contains("storage fault")), "{failure:?}");
+    assert!(!checkpoint::damaged(&*store, 0).unwrap().is_empty(), "the blob is marked");
+    engine.shutdown();
+    drop(engine);
+
+    let restarted = Engine::start(config(2, 2), store.clone()).unwrap();
+    let status = restarted.read_shard(0, move |state| state.order(first_escrow).map(|o| o.status)).unwrap();
+    assert_eq!(status, Some(OrderStatus::Held), "recovered without the damaged blob; the refused confirm left nothing");
+    assert!(restarted.execute_one(confirm).unwrap().is_ok());
+    for round in 0..3000u64 {
+        if checkpoint::damaged(&*store, 0).unwrap().is_empty() {
+            break;
+        }
+        restarted.execute_one(plain(Command::OpenAccount { owner: 4_000_000 + round, currency: CNY, limits: Limits::NONE })).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(checkpoint::damaged(&*store, 0).unwrap().is_empty(), "rewritten or no longer named: the marks are gone");
+    restarted.shutdown();
+    assert!(check_store(&*store, 2).unwrap().ok);
+    for (shard, (recovered, full, _, _)) in both_ways(&store).into_iter().enumerate() {
+        assert_eq!(recovered, full, "shard {shard}");
+    }
+}
+
+/// A blob that a replay after a lazily loaded checkpoint needs and cannot read back sends
+/// recovery to a checkpoint without it (here: the whole journal), marking the blob, and nothing
+/// acknowledged is lost.
+#[test]
+fn recovery_that_meets_a_damaged_blob_falls_back_without_it() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(2, 2), store.clone()).unwrap();
+    let (_, first_escrow) = escrow_history(&engine, 5);
+    wait_for_cold_chunks(&engine, 2);
+    engine.shutdown();
+    drop(engine);
+    // Without checkpoints, a confirm of the first escrow (a cold chunk) is journal only.
+    let quiet = config(0, 2);
+    let engine = Engine::start(quiet.clone(), store.clone()).unwrap();
+    let confirm = keyed("confirm-first", Command::Confirm { order: first_escrow, releases: Legs::new() });
+    let id = engine.execute_one(confirm.clone()).unwrap();
+    assert!(id.is_ok());
+    engine.shutdown();
+    drop(engine);
+    for hash in blob_keys(&store, 0) {
+        store.write(&[(&checkpoint::blob_key(0, &hash), b"not the blob")]).unwrap();
+    }
+    let restarted = Engine::start(quiet, store.clone()).unwrap();
+    assert!(!checkpoint::damaged(&*store, 0).unwrap().is_empty(), "recovery marked the blob it could not read");
+    let status = restarted.read_shard(0, move |state| state.order(first_escrow).map(|o| o.status)).unwrap();
+    assert_eq!(status, Some(OrderStatus::Succeeded));
+    assert_replayed(&restarted, &[(confirm, id.id)], "after the fall-back");
+    restarted.shutdown();
+    assert!(check_store(&*store, 2).unwrap().ok);
 }

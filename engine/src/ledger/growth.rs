@@ -256,6 +256,24 @@ impl<C: PieceData> ColdPiece<C> {
     /// blob), as a failed journal write stops it; an answer computed without the data would be
     /// wrong.
     fn read(&self) -> C {
+        match self.try_read() {
+            Ok(data) => data,
+            Err(fault) => std::panic::panic_any(fault),
+        }
+    }
+
+    /// Reads the blob back into the cache unless it is there (what a batch's prefetch does, so
+    /// that `apply` finds it in memory), or says why it cannot.
+    fn warm(&self) -> Result<(), StorageFault> {
+        if self.cache.get().is_none() {
+            let data = self.try_read()?;
+            self.reader.cached(std::mem::size_of::<C>() + data.count() * PIECE_ITEM_BYTES);
+            let _ = self.cache.set(data);
+        }
+        Ok(())
+    }
+
+    fn try_read(&self) -> Result<C, StorageFault> {
         use bincode::Options;
         let data = self.reader.read(&self.hash).and_then(|bytes| {
             let data: C = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("it does not decode: {e}"))?;
@@ -264,10 +282,7 @@ impl<C: PieceData> ColdPiece<C> {
             }
             Ok(data)
         });
-        match data {
-            Ok(data) => data,
-            Err(error) => panic!("storage fault: the history blob {} cannot be read back: {error}", hex(&self.hash)),
-        }
+        data.map_err(|reason| StorageFault { hash: self.hash, reason })
     }
 
     /// Its data, read back on first use and kept (counted against the shard's budget: what a
@@ -278,6 +293,22 @@ impl<C: PieceData> ColdPiece<C> {
             self.reader.cached(std::mem::size_of::<C>() + data.count() * PIECE_ITEM_BYTES);
             data
         })
+    }
+}
+
+/// Why a piece out of memory could not be read back: the payload of the panic that stops the
+/// shard (its thread's guard reports it as a storage failure and marks the blob damaged, so
+/// that the next start recovers without it: `checkpoint::mark_damaged`), or that recovery turns
+/// into a fall-back to a checkpoint that does not use the blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageFault {
+    pub hash: [u8; 32],
+    pub reason: String,
+}
+
+impl fmt::Display for StorageFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "storage fault: the history blob {} cannot be read back: {}", hex(&self.hash), self.reason)
     }
 }
 
@@ -508,6 +539,14 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>
     #[cfg(test)]
     fn shared_chunks(&self) -> usize {
         self.chunks.iter().filter(|chunk| matches!(chunk, Piece::Hot(hot) if Arc::strong_count(hot) > 1)).count()
+    }
+
+    /// Reads the chunk of `index` back into memory now if it is out (see `ColdPiece::warm`).
+    pub fn warm(&self, index: usize) -> Result<(), StorageFault> {
+        match self.chunks.get(index >> CHUNK_BITS) {
+            Some(Piece::Cold(cold)) => cold.warm(),
+            _ => Ok(()),
+        }
     }
 
     /// How many chunks are out of memory.
@@ -845,6 +884,14 @@ impl<K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> OrderBlocks
     #[cfg(test)]
     fn shared_blocks(&self) -> usize {
         self.blocks.values().filter(|block| matches!(block, Piece::Hot(hot) if Arc::strong_count(hot) > 1)).count()
+    }
+
+    /// Reads the block of `key` back into memory now if it is out (see `ColdPiece::warm`).
+    pub fn warm(&self, key: &K) -> Result<(), StorageFault> {
+        match self.blocks.get(&key.block()) {
+            Some(Piece::Cold(cold)) => cold.warm(),
+            _ => Ok(()),
+        }
     }
 
     /// How many blocks are out of memory.
@@ -1380,14 +1427,12 @@ mod tests {
             blobs.by_hash.lock().unwrap().insert(*hash, crate::journal::codec().serialize(&vec![1u64; 5]).unwrap());
         }
         let fault = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.get(3).copied())).unwrap_err();
-        assert!(
-            fault.downcast_ref::<String>().is_some_and(|m| m.contains("storage fault") && m.contains("5 items where 4096")),
-            "{:?}",
-            fault.downcast_ref::<String>()
-        );
+        let fault = fault.downcast_ref::<StorageFault>().expect("a storage fault");
+        assert!(hashes.contains(&fault.hash) && fault.reason.contains("5 items where 4096"), "{fault}");
+        assert!(fault.to_string().starts_with("storage fault: the history blob "));
         blobs.by_hash.lock().unwrap().clear();
         let fault = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.get(CHUNK_LEN + 3).copied())).unwrap_err();
-        assert!(fault.downcast_ref::<String>().is_some_and(|m| m.contains("storage fault") && m.contains("missing")));
+        assert!(fault.downcast_ref::<StorageFault>().is_some_and(|f| f.reason.contains("missing")));
     }
 
     #[test]

@@ -803,6 +803,37 @@ impl ShardState {
         moved
     }
 
+    /// Reads back, before a batch is applied, the history out of memory that `envelope` will
+    /// touch: the order a command acts on, a refunded payment and its income, the income block
+    /// a payment's credit lands in, the payment a refund's credit returns to. So `apply` finds
+    /// them in memory, and a blob that cannot be read stops the batch before anything is
+    /// applied. (The nightly `ExpireFreezes` and `AutoConfirm` walk open orders of any age: a
+    /// cold one among them is read inside `apply`.)
+    pub fn warm_history(&self, envelope: &Envelope) -> Result<(), crate::ledger::growth::StorageFault> {
+        let warm_order = |id: OrderId| {
+            if self.shard_count > 0 && id.shard(self.shard_count) == self.shard {
+                self.orders.warm(id.local_index(self.shard_count) as usize)
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(order) = envelope.command.target_order() {
+            warm_order(order)?;
+        }
+        match &envelope.command {
+            Command::Refund { payment, payee, .. } => {
+                warm_order(*payment)?;
+                self.income.warm(&(*payment, *payee))
+            }
+            Command::ApplyCredit(credit) => match credit.purpose {
+                CreditPurpose::PaymentIncome => self.income.warm(&(credit.order, credit.account)),
+                CreditPurpose::RefundToPayer => warm_order(credit.order),
+                CreditPurpose::Commission | CreditPurpose::Adjustment => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
     /// Drops every copy of history read back (the pieces stay out of memory).
     pub fn uncache(&mut self) {
         self.orders.uncache();
