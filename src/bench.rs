@@ -116,7 +116,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         kept: 2,
         on_shutdown: !args.no_final_checkpoint,
     };
-    let config = EngineConfig { shard_count: args.shards, batch_size_max: args.batch, checkpoints, ..EngineConfig::default() };
+    // The cold-number filter sized for every transfer's order number (10 bits each), at least
+    // the default.
+    let cold_filter_bytes = (args.transfers as usize * 10 / 8).next_multiple_of(64).max(engine::cold::COLD_FILTER_BYTES);
+    let config = EngineConfig { shard_count: args.shards, batch_size_max: args.batch, checkpoints, cold_filter_bytes, ..EngineConfig::default() };
     let engine = Engine::start(config, store)?;
     println!(
         "bench: accounts={} transfers={} batch={} distribution={:?} shards={} in_flight={} data_dir={}",
@@ -194,19 +197,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let elapsed = started.elapsed();
     let report = engine::invariants::check_engine(&engine)?;
     let resident_at_end = resident_bytes();
+    for shard in 0..args.shards {
+        println!("shard {shard} holds: {}", engine.read_shard(shard, |state| state.history_report())?);
+    }
     let stopping = Instant::now();
     engine.shutdown();
     let stopped_in = stopping.elapsed();
     for (shard, c) in engine.counters().iter().enumerate() {
         use std::sync::atomic::Ordering::Relaxed;
         println!(
-            "shard {shard} checkpoints: {} last_at_batch: {} bytes: {} hold_ms last/max: {:.1}/{:.1} write_ms_last: {:.1}",
+            "shard {shard} checkpoints: {} last_at_batch: {} bytes: {} hold_ms last/max: {:.1}/{:.1} write_ms_last: {:.1} lag_holds: {}",
             c.checkpoints.load(Relaxed),
             c.checkpoint_sequence.load(Relaxed),
             c.checkpoint_bytes.load(Relaxed),
             c.checkpoint_hold_us.load(Relaxed) as f64 / 1000.0,
             c.largest_checkpoint_hold_us.load(Relaxed) as f64 / 1000.0,
             c.checkpoint_write_us.load(Relaxed) as f64 / 1000.0,
+            c.checkpoint_lag_holds.load(Relaxed),
         );
         println!(
             "shard {shard} idempotency in_memory: {} evicted: {} cold_probes: {} cold_probe_ms: {:.1}",

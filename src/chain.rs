@@ -55,8 +55,10 @@ pub fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<bool> {
     }
     // Read-only: no lock is taken, so it also opens beside a running server (it then checks
     // what was durable when it opened).
-    let store = RocksStore::open_read_only(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
-    let shards = shard_count(&store, &data_dir)?;
+    let shared: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(RocksStore::open_read_only(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
+    let store = &*shared;
+    let shards = shard_count(store, &data_dir)?;
     let mut archived: Vec<Option<Result<ArchivedChain, Break>>> = vec![None; shards as usize];
     if let Some(directory) = &args.archives {
         if !directory.is_dir() {
@@ -73,15 +75,16 @@ pub fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<bool> {
     for shard in 0..shards {
         let line = match &archived[shard as usize] {
             Some(Err(error)) => Err(error.clone()),
-            Some(Ok(chain)) => archive::verify_live(&store, shard, Some(chain)).map(|head| sound(&store, shard, head, Some(chain))),
-            None => engine::journal::verify_shard(&store, shard, None).map(|head| sound(&store, shard, head, None)),
+            Some(Ok(chain)) => archive::verify_live(store, shard, Some(chain)).map(|head| sound(store, shard, head, Some(chain))),
+            None => engine::journal::verify_shard(store, shard, None).map(|head| sound(store, shard, head, None)),
         };
-        match line {
+        match &line {
             Ok(line) => writeln!(out, "{line}")?,
-            Err(error) => {
-                broken += 1;
-                writeln!(out, "shard {shard}: BROKEN at batch {}: {}: {}", error.sequence, error.kind, error.reason)?;
-            }
+            Err(error) => writeln!(out, "shard {shard}: BROKEN at batch {}: {}: {}", error.sequence, error.kind, error.reason)?,
+        }
+        let journal_sound = line.is_ok();
+        if !checkpoints_sound(&shared, shard, out)? || !journal_sound {
+            broken += 1;
         }
     }
     if broken == 0 {
@@ -90,6 +93,27 @@ pub fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<bool> {
         writeln!(out, "verify: {broken} of {shards} shards broken")?;
     }
     Ok(broken == 0)
+}
+
+/// Checks every checkpoint of `shard` in full (`checkpoint::verify`: every part, the state's
+/// decoding, every history blob against its hash) and lists the blobs a shard marked damaged; prints a line, or one per problem. Returns whether all are sound.
+fn checkpoints_sound(store: &std::sync::Arc<dyn Store>, shard: u16, out: &mut dyn Write) -> Result<bool> {
+    let sequences = engine::checkpoint::list(&**store, shard)?;
+    let mut sound = true;
+    for sequence in &sequences {
+        if let Err(error) = engine::checkpoint::verify(store, shard, *sequence) {
+            sound = false;
+            writeln!(out, "shard {shard}: CHECKPOINT BROKEN: {error}")?;
+        }
+    }
+    for hash in engine::checkpoint::damaged(&**store, shard)? {
+        sound = false;
+        writeln!(out, "shard {shard}: history blob {} is marked damaged (a shard could not read it back)", engine::ledger::growth::hex(&hash))?;
+    }
+    if sound {
+        writeln!(out, "shard {shard}: {} checkpoints ok (parts and history blobs checked)", sequences.len())?;
+    }
+    Ok(sound)
 }
 
 /// The line of a sound shard: its batches, archived and live, and its head.

@@ -173,6 +173,13 @@ struct EngineSection {
     /// Optional, so that files written before checkpoints existed still load (defaults then).
     #[serde(default)]
     checkpoints: CheckpointSection,
+    /// Optional (32 MiB when absent).
+    #[serde(default = "default_cold_filter_mib")]
+    cold_filter_mib: usize,
+}
+
+fn default_cold_filter_mib() -> usize {
+    engine::cold::COLD_FILTER_BYTES >> 20
 }
 
 /// `[engine.checkpoints]`: when each shard writes a checkpoint of its state.
@@ -471,6 +478,9 @@ impl Config {
         }
         let rows: Vec<(String, String, String)> = file.chart_of_accounts.iter().map(|(k, s)| (k.clone(), s.code.clone(), s.name.clone())).collect();
         let chart = ChartOfAccounts::from_rows(&rows)?;
+        if !(1..=4096).contains(&e.cold_filter_mib) {
+            return Err(anyhow!("engine.cold_filter_mib must be 1..=4096"));
+        }
         let c = &e.checkpoints;
         if !(1..=100).contains(&c.kept) || c.every_seconds > 7 * 86_400 {
             return Err(anyhow!("engine.checkpoints.kept must be 1..=100 and every_seconds at most a week"));
@@ -491,6 +501,7 @@ impl Config {
             ack_flush_ms: e.ack_flush_ms,
             currencies,
             utc_offset_seconds: e.utc_offset_seconds,
+            cold_filter_bytes: e.cold_filter_mib << 20,
         };
         let sim = &file.simulator;
         if sim.failure_per_mille > 1000 {

@@ -113,3 +113,27 @@ fn archive_without_a_checkpoint_changes_nothing_and_the_server_still_serves() {
     let (ok, text) = run(&["serve", "--once", "--demo"], dir.path());
     assert!(ok && text.contains("invariants: ok"), "{text}");
 }
+
+/// A flipped byte in a checkpoint (here a part of the one a graceful stop wrote) is found and
+/// named by `clearing verify`, which loads every checkpoint in full.
+#[test]
+fn verify_names_a_flipped_byte_in_a_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(BINARY).args(["serve", "--once", "--demo", "--data-dir"]).arg(dir.path()).output().expect("run clearing");
+    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let (ok, text) = run(&["verify"], dir.path());
+    assert!(ok && text.contains("shard 1: 1 checkpoints ok (parts and history blobs checked)"), "{text}");
+    {
+        let store = RocksStore::open(dir.path()).expect("open");
+        let newest = *engine::checkpoint::list(&store, 1).expect("list").last().expect("a checkpoint at the stop");
+        let key = engine::checkpoint::part_key(1, newest, 0);
+        let mut part = store.get(&key).expect("get").expect("part 0");
+        let middle = part.len() / 2;
+        part[middle] ^= 0x04;
+        store.write(&[(&key, &part)]).expect("write");
+    }
+    let (ok, text) = run(&["verify"], dir.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("shard 1: CHECKPOINT BROKEN: checkpoint of shard 1 at batch") && text.contains("does not match its hash"), "{text}");
+    assert!(text.contains("verify: 1 of 2 shards broken"), "{text}");
+}

@@ -37,6 +37,10 @@ pub struct EngineConfig {
     /// When shards write checkpoints of their state (recovery loads the newest and replays only
     /// the journal after it).
     pub checkpoints: CheckpointPolicy,
+    /// Bytes of the filter of cold order numbers (`cold::ColdFilter`, a multiple of 64): about
+    /// 1.25 bytes per order number the store keeps cold for 1 % false positives; past that a
+    /// batch's probes and a checkpoint's row writes read the store more and more.
+    pub cold_filter_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +56,7 @@ impl Default for EngineConfig {
             currencies: vec![CurrencySpec::new("CNY", 2).expect("valid"), CurrencySpec::new("USD", 2).expect("valid")],
             utc_offset_seconds: 8 * 3600,
             checkpoints: CheckpointPolicy { every_batches: 20_000, every: Duration::from_secs(600), kept: 2, on_shutdown: true },
+            cold_filter_bytes: crate::cold::COLD_FILTER_BYTES,
         }
     }
 }
@@ -245,7 +250,7 @@ impl Engine {
         }
         // Every cold row's key, so that recovery and the shards ask the store only for order
         // numbers that may be cold (nearly every new one is not).
-        let (cold_filter, saved) = crate::cold::ColdFilter::load_saved_or_scan(&*store, crate::cold::COLD_FILTER_BYTES, shard_count)?;
+        let (cold_filter, saved) = crate::cold::ColdFilter::load_saved_or_scan(&*store, config.cold_filter_bytes.max(64) / 64 * 64, shard_count)?;
         tracing::info!(saved, "cold-row filter {}", if saved { "read as the last graceful stop saved it" } else { "built by a scan of the cold rows" });
         let cold_filter = Arc::new(cold_filter);
         let recovered = recover_all(&store, &config, &cold_filter)?;

@@ -91,6 +91,8 @@ pub struct ShardCounters {
     pub history_cold: AtomicU64,
     /// Blobs of history read back since start (queries and commands that used old history).
     pub history_reads: AtomicU64,
+    /// Turns of the shard's loop in which client requests waited for a lagging checkpoint.
+    pub checkpoint_lag_holds: AtomicU64,
 }
 
 /// Why a shard stopped.
@@ -157,6 +159,7 @@ impl Default for ShardCounters {
             cold_probe_us: AtomicU64::default(),
             history_cold: AtomicU64::default(),
             history_reads: AtomicU64::default(),
+            checkpoint_lag_holds: AtomicU64::default(),
         }
     }
 }
@@ -354,7 +357,8 @@ impl Shard {
         let mut shutting_down = false;
         loop {
             let backpressured = self.state.outbox_pending() > self.limits.outbox_pending_max;
-            let clients = if backpressured || shutting_down { never() } else { self.clients.clone() };
+            let lagging = self.checkpoint_lagging();
+            let clients = if backpressured || lagging || shutting_down { never() } else { self.clients.clone() };
             // Deferred acknowledgements are flushed once the oldest has waited `ack_flush_ms`,
             // whatever else wakes the loop (reads must not starve them).
             let flush_after = Duration::from_millis(self.limits.ack_flush_ms);
@@ -420,6 +424,21 @@ impl Shard {
             }
             self.maybe_checkpoint();
         }
+    }
+
+    /// Whether new client requests wait for the checkpoint in flight: with checkpoints every
+    /// N batches, once 2N batches were written since its snapshot. History leaves memory only
+    /// once a checkpoint holding it is durable, so a shard that writes faster than its
+    /// checkpoints can keep up would hold ever more of it; this holds the shard's memory to about
+    /// three intervals of history, at the pace the store can take (credits from other shards
+    /// and reads still go on). Counted in `checkpoint_lag_holds`.
+    fn checkpoint_lagging(&self) -> bool {
+        let every = self.limits.checkpoints.every_batches;
+        let lagging = every > 0 && self.checkpoints.in_flight.is_some() && self.sequence.saturating_sub(self.checkpoints.last_sequence) >= 2 * every;
+        if lagging {
+            self.counters.checkpoint_lag_holds.fetch_add(1, Ordering::Relaxed);
+        }
+        lagging
     }
 
     /// Between batches: collects a finished checkpoint, and starts the next one when due. The
@@ -617,7 +636,7 @@ impl Shard {
             }
         }
         let backpressured = self.state.outbox_pending() > self.limits.outbox_pending_max;
-        if backpressured {
+        if backpressured || self.checkpoint_lagging() {
             return;
         }
         while round.envelopes.len() < self.limits.batch_size_max {

@@ -562,3 +562,68 @@ fn recovery_that_meets_a_damaged_blob_falls_back_without_it() {
     restarted.shutdown();
     assert!(check_store(&*store, 2).unwrap().ok);
 }
+
+/// A store whose checkpoint parts are slow to write (a disk that cannot keep up).
+struct SlowCheckpoints(MemoryStore);
+
+impl Store for SlowCheckpoints {
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
+        if puts.first().is_some_and(|(key, _)| key.starts_with(b"m/p/")) {
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        self.0.write(puts)
+    }
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), storage::StorageError> {
+        self.0.delete_range(start, end)
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
+        self.0.get(key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
+        self.0.scan(start, end, visit)
+    }
+    fn is_poisoned(&self) -> bool {
+        self.0.is_poisoned()
+    }
+}
+
+/// A shard that writes faster than its checkpoints can keep up holds new client requests once
+/// twice the interval was written since the checkpoint in flight began, so the history it
+/// holds in memory stays bounded; nothing is refused or lost, only slowed.
+#[test]
+fn a_shard_waits_for_a_checkpoint_that_cannot_keep_up() {
+    let store = Arc::new(SlowCheckpoints(MemoryStore::new()));
+    let engine = Arc::new(Engine::start(config(2, 2), store.clone()).unwrap());
+    let opens = (0..4).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
+    let accounts: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).filter(|a| a.shard(2) == 0).collect();
+    let payer = accounts[0];
+    assert!(engine.execute_one(plain(Command::Recharge { account: payer, currency: CNY, amount: 1_000_000, channel: 1 })).unwrap().is_ok());
+    let counters = engine.counters()[0].clone();
+    let lag = || {
+        counters.last_sequence.load(std::sync::atomic::Ordering::SeqCst).saturating_sub(counters.checkpoint_sequence.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    let senders: Vec<_> = (0..4)
+        .map(|thread| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                for round in 0..15 {
+                    let key = format!("lag-{thread}-{round}");
+                    let pay = Command::Recharge { account: payer, currency: CNY, amount: 1, channel: 1 };
+                    assert!(engine.execute_one(keyed(&key, pay)).unwrap().is_ok());
+                }
+            })
+        })
+        .collect();
+    let mut largest = 0;
+    while senders.iter().any(|s| !s.is_finished()) {
+        largest = largest.max(lag());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    senders.into_iter().for_each(|s| s.join().unwrap());
+    assert!(counters.checkpoint_lag_holds.load(std::sync::atomic::Ordering::SeqCst) > 0, "the shard waited for its checkpoints");
+    // Past the last durable checkpoint: the batches until the one in flight began (at most twice
+    // the interval, as it waited itself), then at most twice the interval since.
+    assert!(largest <= 4 * 2 + 1, "batches past the last durable checkpoint: {largest}");
+    engine.shutdown();
+    assert!(check_store(&store.0, 2).unwrap().ok);
+}

@@ -204,13 +204,16 @@ fn read_lines(
 
 /// The batches a page may read (at most `BATCHES_PER_PAGE_MAX`, the newest before the cursor:
 /// the cursor's own batch only if lines of it are left), and whether older ones remain.
+#[cfg(test)]
 fn page_batches(all: &[u64], after: Option<Cursor>) -> (&[u64], bool) {
-    let upto = match after {
-        None => all.len(),
-        Some(c) => all.partition_point(|s| *s < c.sequence || (*s == c.sequence && c.index > 0)),
-    };
+    let upto = all.partition_point(|s| before(after, *s));
     let from = upto.saturating_sub(BATCHES_PER_PAGE_MAX);
     (&all[from..upto], from > 0)
+}
+
+/// Whether batch `sequence` comes before the cursor (all do without one).
+fn before(after: Option<Cursor>, sequence: u64) -> bool {
+    after.is_none_or(|c| sequence < c.sequence || (sequence == c.sequence && c.index > 0))
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{account_id}/entries", tag = "accounts", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = crate::schemas::EntryPage), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
@@ -251,9 +254,8 @@ pub async fn page(
         let found = engine.read_shard(shard, move |state| {
             let a = state.account(account).filter(|a| a.kind == AccountKind::Customer && a.platform == platform)?;
             let spec = state.currencies[a.currency.0 as usize];
-            let all = state.batches_of.get(&account).map_or(&[][..], Vec::as_slice);
-            let (batches, older) = page_batches(all, after);
-            Some((spec, [a.settled, a.unsettled, a.frozen], batches.to_vec(), older))
+            let (batches, older) = state.batches_of.get(&account).map_or((Vec::new(), false), |all| all.window(|s| before(after, s), BATCHES_PER_PAGE_MAX));
+            Some((spec, [a.settled, a.unsettled, a.frozen], batches, older))
         })?;
         let Some((spec, balances, batches, older)) = found else { return Ok(None) };
         let cursor = after.unwrap_or(Cursor { sequence: u64::MAX, index: 0, balances });

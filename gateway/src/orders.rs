@@ -297,6 +297,11 @@ async fn with_routing(views: &mut [Value], platform: u32, clearing: &Clearing) -
 /// The most orders one listing request examines per shard before it answers with a cursor
 /// (filters that match little must not turn one request into a scan of the whole history).
 const LIST_SCAN_MAX: usize = 100_000;
+
+/// The most chunks of orders out of memory one listing request reads back per shard before it
+/// answers with a cursor (each is a store read and about 650 KB decoded: a walk over an old,
+/// busy account's chain must not read the whole history back in one request).
+const LIST_COLD_READS_MAX: usize = 32;
 const PAGE_DEFAULT: usize = 50;
 const PAGE_MAX: usize = 500;
 
@@ -441,12 +446,14 @@ fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize
         _ => Box::new(Descending::below(std::iter::once(&index.all), end)),
     };
     let mut found = Vec::new();
+    let mut cold_reads = 0;
     for (scanned, local) in candidates.enumerate() {
+        cold_reads += usize::from(!state.orders.is_resident(local as usize));
         let order = state.orders.get(local as usize).expect("indexed orders exist");
         if order.created_at < filter.from {
             break;
         }
-        if scanned == LIST_SCAN_MAX {
+        if scanned == LIST_SCAN_MAX || cold_reads > LIST_COLD_READS_MAX {
             return (found, Some(Position(order.created_at, order.id.0 + 1)));
         }
         if filter.keeps(order) {
@@ -477,10 +484,11 @@ fn scan_account(state: &ShardState, filter: Filter, account: AccountId, before: 
         None => owner.last_order,
     };
     let mut found = Vec::new();
-    let (mut scanned, mut examined) = (0, None);
+    let (mut scanned, mut examined, mut cold_reads) = (0, None, 0);
     while at != NO_ORDER_INDEX {
+        cold_reads += usize::from(!state.orders.is_resident(at as usize));
         let order = state.orders.get(at as usize).expect("chained orders exist");
-        if let (LIST_SCAN_MAX, Some(last)) = (scanned, examined) {
+        if let (true, Some(last)) = (scanned == LIST_SCAN_MAX || cold_reads > LIST_COLD_READS_MAX, examined) {
             // Strictly older than the last order examined: the next page resumes at `at`.
             let last: &Order = last;
             return (found, Some(Position(last.created_at, last.id.0)));

@@ -541,12 +541,26 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>
         self.chunks.iter().filter(|chunk| matches!(chunk, Piece::Hot(hot) if Arc::strong_count(hot) > 1)).count()
     }
 
+    /// Whether the item at `index` is in memory (its chunk hot, or read back and kept): reading
+    /// one that is not costs a store read.
+    pub fn is_resident(&self, index: usize) -> bool {
+        match self.chunks.get(index >> CHUNK_BITS) {
+            Some(Piece::Cold(cold)) => cold.cache.get().is_some(),
+            _ => true,
+        }
+    }
+
     /// Reads the chunk of `index` back into memory now if it is out (see `ColdPiece::warm`).
     pub fn warm(&self, index: usize) -> Result<(), StorageFault> {
         match self.chunks.get(index >> CHUNK_BITS) {
             Some(Piece::Cold(cold)) => cold.warm(),
             _ => Ok(()),
         }
+    }
+
+    /// How many chunks, in memory or not.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
     }
 
     /// How many chunks are out of memory.
@@ -894,6 +908,11 @@ impl<K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> OrderBlocks
         }
     }
 
+    /// How many blocks, in memory or not.
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
     /// How many blocks are out of memory.
     pub fn cold_blocks(&self) -> usize {
         self.blocks.values().filter(|block| matches!(block, Piece::Cold(_))).count()
@@ -1035,6 +1054,156 @@ impl<'de, K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> Deseri
             }
         }
         deserializer.deserialize_seq(Entries(PhantomData))
+    }
+}
+
+/// The journal batches that hold an account's postings, ascending: kept as varint deltas in
+/// blocks of `BATCHES_PER_BLOCK` (about a byte per batch instead of eight, however long the
+/// history), and encoded as a plain sequence of `u64` (what a `Vec<u64>` encodes as, so the
+/// checkpoint format does not change).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchList {
+    blocks: Vec<BatchBlock>,
+    len: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct BatchBlock {
+    first: u64,
+    last: u64,
+    count: u32,
+    /// LEB128 of each batch's distance from the one before, after the first.
+    deltas: Vec<u8>,
+}
+
+impl BatchBlock {
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut at = 0;
+        let mut current = self.first;
+        (0..self.count).map(move |index| {
+            if index > 0 {
+                let (mut delta, mut shift) = (0u64, 0u32);
+                loop {
+                    let byte = self.deltas[at];
+                    at += 1;
+                    delta |= u64::from(byte & 0x7f) << shift;
+                    shift += 7;
+                    if byte & 0x80 == 0 {
+                        break;
+                    }
+                }
+                current += delta;
+            }
+            current
+        })
+    }
+}
+
+const BATCHES_PER_BLOCK: u32 = 256;
+
+impl BatchList {
+    /// Appends batch `sequence` if it is after the last one (a batch is noted once; sequences
+    /// only grow).
+    pub fn push(&mut self, sequence: u64) {
+        match self.blocks.last_mut() {
+            Some(block) if block.last >= sequence => {}
+            Some(block) if block.count < BATCHES_PER_BLOCK => {
+                let mut delta = sequence - block.last;
+                while delta >= 0x80 {
+                    block.deltas.push((delta as u8) | 0x80);
+                    delta >>= 7;
+                }
+                block.deltas.push(delta as u8);
+                block.last = sequence;
+                block.count += 1;
+                if block.count == BATCHES_PER_BLOCK {
+                    block.deltas.shrink_to_fit();
+                }
+                self.len += 1;
+            }
+            _ => {
+                self.blocks.push(BatchBlock { first: sequence, last: sequence, count: 1, deltas: Vec::new() });
+                self.len += 1;
+            }
+        }
+    }
+
+    /// The last batch noted.
+    pub fn last(&self) -> Option<u64> {
+        self.blocks.last().map(|block| block.last)
+    }
+
+    /// How many batches.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every batch, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.blocks.iter().flat_map(BatchBlock::iter)
+    }
+
+    /// The newest `max` batches among the leading ones for which `below` holds (it must hold
+    /// for a prefix), ascending, and whether older ones are left. Decodes only the blocks it
+    /// returns from (and one to find where `below` stops holding).
+    pub fn window(&self, below: impl Fn(u64) -> bool, max: usize) -> (Vec<u64>, bool) {
+        // Blocks wholly below come first; the one where `below` stops holding is decoded.
+        let whole = self.blocks.partition_point(|block| below(block.last));
+        let upto = whole * BATCHES_PER_BLOCK as usize + self.blocks.get(whole).map_or(0, |block| block.iter().take_while(|s| below(*s)).count());
+        let from = upto.saturating_sub(max);
+        let mut found = Vec::with_capacity(upto - from);
+        let first_block = from / BATCHES_PER_BLOCK as usize;
+        let mut index = first_block * BATCHES_PER_BLOCK as usize;
+        'blocks: for block in &self.blocks[first_block.min(self.blocks.len())..] {
+            for sequence in block.iter() {
+                if index >= upto {
+                    break 'blocks;
+                }
+                if index >= from {
+                    found.push(sequence);
+                }
+                index += 1;
+            }
+        }
+        (found, from > 0)
+    }
+}
+
+impl Serialize for BatchList {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.len))?;
+        for sequence in self.iter() {
+            seq.serialize_element(&sequence)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Batches;
+        impl<'de> Visitor<'de> for Batches {
+            type Value = BatchList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a sequence of batch numbers")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut list = BatchList::default();
+                while let Some(sequence) = seq.next_element::<u64>()? {
+                    if list.last().is_some_and(|last| last >= sequence) {
+                        return Err(serde::de::Error::custom("batch numbers out of order"));
+                    }
+                    list.push(sequence);
+                }
+                Ok(list)
+            }
+        }
+        deserializer.deserialize_seq(Batches)
     }
 }
 
@@ -1457,5 +1626,37 @@ mod tests {
         assert!(m.get_mut(&(OrderId(8_200), AccountId(0))).is_none());
         assert_eq!(m.cold_blocks(), 3, "a miss brings nothing back");
         assert_eq!(m.iter().count(), 20_001);
+    }
+
+    #[test]
+    fn batch_lists_keep_ascending_batches_compactly_and_encode_as_plain_vectors() {
+        use bincode::Options;
+        let codec = crate::journal::codec;
+        let plain: Vec<u64> = (0..2_000u64).map(|i| 3 + i * 2 + (i % 7) * (i % 3) * 1000 + i * i).collect();
+        let mut sorted = plain.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut list = BatchList::default();
+        for sequence in &sorted {
+            list.push(*sequence);
+            list.push(*sequence); // a batch is noted once
+        }
+        assert_eq!((list.len(), list.last()), (sorted.len(), sorted.last().copied()));
+        assert_eq!(list.iter().collect::<Vec<_>>(), sorted);
+        let bytes = codec().serialize(&list).unwrap();
+        assert_eq!(bytes, codec().serialize(&sorted).unwrap(), "the encoding of a Vec<u64>: the checkpoint format is unchanged");
+        assert_eq!(codec().deserialize::<BatchList>(&bytes).unwrap(), list);
+        assert!(codec().deserialize::<BatchList>(&codec().serialize(&vec![5u64, 4]).unwrap()).is_err(), "out of order is refused");
+        // Windows: the newest `max` below a bound, as a slice's partition point gives them.
+        for bound in [0, 1, sorted[0], sorted[300], sorted[300] + 1, sorted[1_000], u64::MAX] {
+            for max in [1, 5, 256, 257, 5_000] {
+                let upto = sorted.partition_point(|s| *s < bound);
+                let from = upto.saturating_sub(max);
+                assert_eq!(list.window(|s| s < bound, max), (sorted[from..upto].to_vec(), from > 0), "bound {bound}, max {max}");
+            }
+        }
+        let heap: usize = list.blocks.iter().map(|b| b.deltas.capacity()).sum();
+        assert!(heap < sorted.len() * 4, "{heap} bytes of deltas for {} batches", sorted.len());
+        assert_eq!(BatchList::default().window(|_| true, 10), (Vec::new(), false));
     }
 }

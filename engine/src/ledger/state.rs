@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::command::{content_hash, idempotency_key, Command, Envelope};
-use crate::ledger::growth::{ChunkedVec, OrderBlocks, StripedMap};
+use crate::ledger::growth::{BatchList, ChunkedVec, OrderBlocks, StripedMap};
 use crate::ledger::ops;
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, CurrencySpec, Minor};
@@ -122,7 +122,7 @@ pub struct ShardState {
     pub expiring_freezes: BTreeMap<(Timestamp, OrderId), ()>,
     /// The journal batches (sequences, ascending) holding postings of each customer account: how
     /// an account's entries are found in the journal without scanning all of it.
-    pub batches_of: FastMap<AccountId, Vec<u64>>,
+    pub batches_of: FastMap<AccountId, BatchList>,
     /// Every maturing of unsettled income (what settlement statements list), in order.
     pub settled: ChunkedVec<SettledRow>,
     /// Every creation and change of an order on this shard, in order: the platforms' events.
@@ -482,10 +482,7 @@ impl ShardState {
             if !customer {
                 continue;
             }
-            let batches = self.batches_of.entry(posting.account).or_default();
-            if batches.last() != Some(&sequence) {
-                batches.push(sequence);
-            }
+            self.batches_of.entry(posting.account).or_default().push(sequence);
         }
     }
 
@@ -846,6 +843,37 @@ impl ShardState {
             orders.all.uncache();
             orders.by_kind.iter_mut().for_each(ChunkedVec::uncache);
         }
+    }
+
+    /// What the shard holds of its history, in memory and out (for `clearing bench` and
+    /// operators): one line.
+    pub fn history_report(&self) -> String {
+        let vector = |name: &str, v: usize, chunks: usize, cold: usize| format!("{name} {v} ({cold}/{chunks} chunks out)");
+        let (mut all, mut all_chunks, mut all_cold) = (0, 0, 0);
+        for orders in self.platform_orders.values() {
+            for list in std::iter::once(&orders.all).chain(orders.by_kind.iter()) {
+                all += list.len();
+                all_chunks += list.chunk_count();
+                all_cold += list.cold_chunks();
+            }
+        }
+        [
+            vector("orders", self.orders.len(), self.orders.chunk_count(), self.orders.cold_chunks()),
+            vector("changes", self.order_changes.len(), self.order_changes.chunk_count(), self.order_changes.cold_chunks()),
+            vector(
+                "previous",
+                self.previous_order_of_account.len(),
+                self.previous_order_of_account.chunk_count(),
+                self.previous_order_of_account.cold_chunks(),
+            ),
+            vector("order_lists", all, all_chunks, all_cold),
+            format!("income {} ({}/{} blocks out)", self.income.len(), self.income.cold_blocks(), self.income.block_count()),
+            format!("idempotency {} hot, {} sealed", self.idempotency.len(), self.sealed.as_ref().map_or(0, |s| s.len())),
+            format!("batch_index {} entries for {} accounts", self.batches_of.values().map(BatchList::len).sum::<usize>(), self.batches_of.len()),
+            format!("lots {}", self.lots.values().map(VecDeque::len).sum::<usize>()),
+            format!("open_orders {}", self.platform_orders.values().map(|p| p.open.len() + p.exceptional.len()).sum::<usize>()),
+        ]
+        .join(", ")
     }
 
     /// How many chunks and blocks of history are out of memory.
