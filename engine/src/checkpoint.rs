@@ -326,11 +326,13 @@ impl HistoryReader {
 }
 
 impl crate::ledger::growth::BlobRead for HistoryReader {
-    fn read(&self, hash: &[u8; 32]) -> Result<Vec<u8>, String> {
+    fn read(&self, hash: &[u8; 32]) -> Result<Vec<u8>, crate::ledger::growth::BlobError> {
+        use crate::ledger::growth::BlobError;
         self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let bytes = self.store.get(&blob_key(self.shard, hash)).map_err(|e| e.to_string())?.ok_or_else(|| "it is missing".to_string())?;
+        let found = self.store.get(&blob_key(self.shard, hash)).map_err(|e| BlobError { reason: e.to_string(), damaged: false })?;
+        let bytes = found.ok_or_else(|| BlobError::damaged("it is missing"))?;
         if blake3::hash(&bytes).as_bytes() != hash {
-            return Err("it does not match its hash".into());
+            return Err(BlobError::damaged("it does not match its hash"));
         }
         Ok(bytes)
     }
@@ -740,10 +742,10 @@ pub fn verify(store: &std::sync::Arc<dyn Store>, shard: ShardId, sequence: u64) 
     let reader = HistoryReader::new(store.clone(), shard);
     let (_, manifest, _) = load_with(&**store, shard, sequence, Some(&reader))?;
     for hash in &manifest.blobs {
-        crate::ledger::growth::BlobRead::read(&*reader, hash).map_err(|reason| CheckpointError::Unusable {
+        crate::ledger::growth::BlobRead::read(&*reader, hash).map_err(|error| CheckpointError::Unusable {
             shard,
             sequence,
-            reason: format!("blob {}: {reason}", hex(hash)),
+            reason: format!("blob {}: {}", hex(hash), error.reason),
         })?;
     }
     Ok(manifest.blobs.len())

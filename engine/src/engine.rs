@@ -317,6 +317,7 @@ impl Engine {
                 forget_claims: forget_claims.clone(),
                 cold_filter: cold_filter.clone(),
                 history: history.unwrap_or_else(|| crate::checkpoint::HistoryReader::new(store.clone(), shard_id)),
+                hold_clients: false,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard_id}"))

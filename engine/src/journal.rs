@@ -462,7 +462,7 @@ pub fn recover_shard_filtered(
             Ok((state, head, timestamp)) => {
                 return Ok(Recovered { state, head, timestamp, checkpoint: anchor.map(|a| a.sequence), skipped, blobs, history: lazy.cloned() });
             }
-            Err(JournalError::History { fault, sequence, .. }) if damaged.insert(fault.hash) => {
+            Err(JournalError::History { fault, sequence, .. }) if fault.damaged && damaged.insert(fault.hash) => {
                 tracing::warn!(shard, sequence, "{fault}; recovering without the checkpoints that use it");
                 // A read-only store (`clearing shards`) cannot keep the mark: the retry still
                 // avoids the blob.

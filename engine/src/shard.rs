@@ -242,6 +242,8 @@ pub struct Shard {
     /// Reads history out of memory back (its pieces' `Piece::Cold`), and counts what they hold
     /// read back: past `HistoryReader::CACHE_BYTES` the shard drops it between batches.
     pub history: Arc<crate::checkpoint::HistoryReader>,
+    /// This turn of the loop takes no new client requests (`checkpoint_lagging`).
+    pub hold_clients: bool,
 }
 
 /// What a shard calls with the idempotency keys a durable checkpoint moved to the store.
@@ -300,6 +302,15 @@ const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
 /// How soon a shard tries again to send credits or acknowledgements a full channel refused.
 const RESEND_AFTER: Duration = Duration::from_millis(1);
 
+/// Marks the blob of `fault` damaged if it is (not when the store only failed to answer).
+fn mark_if_damaged(store: &dyn Store, shard: ShardId, fault: &crate::ledger::growth::StorageFault) {
+    if fault.damaged {
+        if let Err(error) = crate::checkpoint::mark_damaged(store, shard, &fault.hash, &fault.reason) {
+            tracing::error!(shard, "the damaged blob could not be marked: {error}");
+        }
+    }
+}
+
 /// The text of a panic's payload.
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(no message)".to_string())
@@ -317,11 +328,9 @@ impl Shard {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || self.run_loop()));
         if let Err(payload) = outcome {
             if let Some(fault) = payload.downcast_ref::<crate::ledger::growth::StorageFault>() {
-                // A blob of history could not be read back: a storage fault, not a bug. Marked, so
-                // that the next start recovers from a checkpoint without it (or the journal).
-                if let Err(error) = crate::checkpoint::mark_damaged(&*store, shard, &fault.hash, &fault.reason) {
-                    tracing::error!(shard, "the damaged blob could not be marked: {error}");
-                }
+                // A blob of history could not be read back: a storage fault, not a bug. A damaged
+                // one is marked, so that the next start recovers from a checkpoint without it.
+                mark_if_damaged(&*store, shard, fault);
                 counters.mark_stopped(ShardFailure::Storage(fault.to_string()));
                 tracing::error!(shard, "shard stopped: {fault}");
             } else {
@@ -357,8 +366,9 @@ impl Shard {
         let mut shutting_down = false;
         loop {
             let backpressured = self.state.outbox_pending() > self.limits.outbox_pending_max;
-            let lagging = self.checkpoint_lagging();
-            let clients = if backpressured || lagging || shutting_down { never() } else { self.clients.clone() };
+            // A stop takes what is queued at once (the last checkpoint is written at the end).
+            self.hold_clients = !shutting_down && self.checkpoint_lagging();
+            let clients = if backpressured || self.hold_clients || shutting_down { never() } else { self.clients.clone() };
             // Deferred acknowledgements are flushed once the oldest has waited `ack_flush_ms`,
             // whatever else wakes the loop (reads must not starve them).
             let flush_after = Duration::from_millis(self.limits.ack_flush_ms);
@@ -636,7 +646,7 @@ impl Shard {
             }
         }
         let backpressured = self.state.outbox_pending() > self.limits.outbox_pending_max;
-        if backpressured || self.checkpoint_lagging() {
+        if backpressured || self.hold_clients {
             return;
         }
         while round.envelopes.len() < self.limits.batch_size_max {
@@ -675,9 +685,7 @@ impl Shard {
         }
         // So is the history out of memory the batch touches.
         if let Err(fault) = round.envelopes.iter().try_for_each(|envelope| self.state.warm_history(envelope)) {
-            if let Err(error) = crate::checkpoint::mark_damaged(&*self.store, self.state.shard, &fault.hash, &fault.reason) {
-                tracing::error!(shard = self.state.shard, "the damaged blob could not be marked: {error}");
-            }
+            mark_if_damaged(&*self.store, self.state.shard, &fault);
             tracing::error!(shard = self.state.shard, "shard stopped: {fault}");
             self.counters.mark_stopped(ShardFailure::Storage(fault.to_string()));
             for (reply, _, _) in round.waiting.drain(..) {

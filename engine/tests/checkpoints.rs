@@ -627,3 +627,56 @@ fn a_shard_waits_for_a_checkpoint_that_cannot_keep_up() {
     engine.shutdown();
     assert!(check_store(&store.0, 2).unwrap().ok);
 }
+
+/// A store that fails to answer reads of history blobs while `failing` is set (an I/O error, not
+/// damage).
+struct FlakyBlobReads {
+    inner: MemoryStore,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Store for FlakyBlobReads {
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
+        self.inner.write(puts)
+    }
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), storage::StorageError> {
+        self.inner.delete_range(start, end)
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
+        if key.starts_with(b"m/b/") && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(storage::StorageError::Io("the disk did not answer".into()));
+        }
+        self.inner.get(key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
+        self.inner.scan(start, end, visit)
+    }
+    fn is_poisoned(&self) -> bool {
+        self.inner.is_poisoned()
+    }
+}
+
+/// A store that fails to answer a history read stops the shard as a storage failure, but marks
+/// nothing: the blob is sound, and the next start uses the checkpoints as they are.
+#[test]
+fn a_history_read_the_store_fails_to_answer_stops_the_shard_without_marking_the_blob() {
+    let store = Arc::new(FlakyBlobReads { inner: MemoryStore::new(), failing: std::sync::atomic::AtomicBool::new(false) });
+    let engine = Engine::start(config(2, 2), store.clone()).unwrap();
+    let (_, first_escrow) = escrow_history(&engine, 5);
+    wait_for_cold_chunks(&engine, 2);
+    store.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let confirm = plain(Command::Confirm { order: first_escrow, releases: Legs::new() });
+    assert!(engine.execute_one(confirm.clone()).is_err());
+    let failure = engine.counters()[0].failure();
+    assert!(matches!(&failure, Some(engine::shard::ShardFailure::Storage(text)) if text.contains("the disk did not answer")), "{failure:?}");
+    assert!(checkpoint::damaged(&store.inner, 0).unwrap().is_empty(), "nothing marked: the blob is sound");
+    engine.shutdown();
+    drop(engine);
+    store.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let restarted = Engine::start(config(2, 2), store.clone()).unwrap();
+    let from = restarted.counters()[0].checkpoint_sequence.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(from > 0, "the start used a checkpoint");
+    assert!(restarted.execute_one(confirm).unwrap().is_ok());
+    restarted.shutdown();
+    assert!(check_store(&store.inner, 2).unwrap().ok);
+}

@@ -235,9 +235,23 @@ where
 /// can drop those copies when they pass its budget.
 pub trait BlobRead: Send + Sync {
     /// The bytes of blob `hash`, checked against the hash.
-    fn read(&self, hash: &[u8; 32]) -> Result<Vec<u8>, String>;
+    fn read(&self, hash: &[u8; 32]) -> Result<Vec<u8>, BlobError>;
     /// `bytes` of blobs were read back into pieces' caches.
     fn cached(&self, bytes: usize);
+}
+
+/// Why a blob could not be read back: `damaged` when it is missing or not what was written (the
+/// blob itself is bad), not when the store failed to answer (which may pass).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobError {
+    pub reason: String,
+    pub damaged: bool,
+}
+
+impl BlobError {
+    pub fn damaged(reason: impl Into<String>) -> BlobError {
+        BlobError { reason: reason.into(), damaged: true }
+    }
 }
 
 /// A chunk or block out of memory: the durable blob it is (a checkpoint wrote it and every
@@ -276,13 +290,13 @@ impl<C: PieceData> ColdPiece<C> {
     fn try_read(&self) -> Result<C, StorageFault> {
         use bincode::Options;
         let data = self.reader.read(&self.hash).and_then(|bytes| {
-            let data: C = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("it does not decode: {e}"))?;
+            let data: C = crate::journal::codec().deserialize(&bytes).map_err(|e| BlobError::damaged(format!("it does not decode: {e}")))?;
             if data.count() != self.count as usize {
-                return Err(format!("it holds {} items where {} were said", data.count(), self.count));
+                return Err(BlobError::damaged(format!("it holds {} items where {} were said", data.count(), self.count)));
             }
             Ok(data)
         });
-        data.map_err(|reason| StorageFault { hash: self.hash, reason })
+        data.map_err(|error| StorageFault { hash: self.hash, reason: error.reason, damaged: error.damaged })
     }
 
     /// Its data, read back on first use and kept (counted against the shard's budget: what a
@@ -304,6 +318,9 @@ impl<C: PieceData> ColdPiece<C> {
 pub struct StorageFault {
     pub hash: [u8; 32],
     pub reason: String,
+    /// The blob is missing or not what was written (marked, and avoided by the next recovery);
+    /// else the store failed to answer (nothing is marked: a restart reads it again).
+    pub damaged: bool,
 }
 
 impl fmt::Display for StorageFault {
@@ -936,15 +953,25 @@ impl<K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> OrderBlocks
     /// After a durable checkpoint: moves out of memory each block it holds as it is now
     /// (`durable`: blocks still filling have changed since, so they stay), and drops the copies
     /// of blocks read back. Gives how many blocks it moved out.
-    pub fn cool(&mut self, durable: &dyn Fn(u64, u64) -> Option<[u8; 32]>, reader: &Arc<dyn BlobRead>) -> usize {
+    ///
+    /// Blocks from `keep_from` up stay: the shard's own new orders land there.
+    pub fn cool(&mut self, durable: &dyn Fn(u64, u64) -> Option<[u8; 32]>, reader: &Arc<dyn BlobRead>, keep_from: u64) -> usize {
         let mut moved = 0;
-        for block in self.blocks.values_mut() {
-            if block.cool(durable, reader) {
+        for (index, block) in self.blocks.iter_mut() {
+            if *index < keep_from && block.cool(durable, reader) {
                 moved += 1;
             }
             block.uncache();
         }
         moved
+    }
+
+    /// Reads block `block` back into memory now if it is out.
+    pub fn warm_block(&self, block: u64) -> Result<(), StorageFault> {
+        match self.blocks.get(&block) {
+            Some(Piece::Cold(cold)) => cold.warm(),
+            _ => Ok(()),
+        }
     }
 
     /// Drops the copies of blocks read back.
@@ -1154,7 +1181,11 @@ impl BatchList {
     pub fn window(&self, below: impl Fn(u64) -> bool, max: usize) -> (Vec<u64>, bool) {
         // Blocks wholly below come first; the one where `below` stops holding is decoded.
         let whole = self.blocks.partition_point(|block| below(block.last));
-        let upto = whole * BATCHES_PER_BLOCK as usize + self.blocks.get(whole).map_or(0, |block| block.iter().take_while(|s| below(*s)).count());
+        // Every block but the last is full.
+        let upto = match self.blocks.get(whole) {
+            Some(block) => whole * BATCHES_PER_BLOCK as usize + block.iter().take_while(|s| below(*s)).count(),
+            None => self.len,
+        };
         let from = upto.saturating_sub(max);
         let mut found = Vec::with_capacity(upto - from);
         let first_block = from / BATCHES_PER_BLOCK as usize;
@@ -1474,9 +1505,9 @@ mod tests {
     }
 
     impl BlobRead for Blobs {
-        fn read(&self, hash: &[u8; 32]) -> Result<Vec<u8>, String> {
+        fn read(&self, hash: &[u8; 32]) -> Result<Vec<u8>, BlobError> {
             self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.by_hash.lock().unwrap().get(hash).cloned().ok_or_else(|| "it is missing".into())
+            self.by_hash.lock().unwrap().get(hash).cloned().ok_or_else(|| BlobError::damaged("it is missing"))
         }
         fn cached(&self, bytes: usize) {
             self.cached.fetch_add(bytes, std::sync::atomic::Ordering::SeqCst);
@@ -1616,15 +1647,15 @@ mod tests {
         let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
         m.offer_blobs(&mut writer);
         m.insert((OrderId(20_001), AccountId(0)), 1); // the newest block changes after the checkpoint
-        assert_eq!(m.cool(&writer.durable(), &reader), 4, "blocks 0-3 leave, block 4 changed since");
-        assert_eq!((m.cold_blocks(), m.len(), blobs.reads()), (4, 20_001, 0), "counting needs no read");
+        assert_eq!(m.cool(&writer.durable(), &reader, 3), 3, "blocks 0-2 leave; 3 is where new orders land, 4 changed since");
+        assert_eq!((m.cold_blocks(), m.len(), blobs.reads()), (3, 20_001, 0), "counting needs no read");
         assert_eq!(m.get(&(OrderId(4_100), AccountId(4_100 % 3))), Some(&4_100));
         assert_eq!(m.get(&(OrderId(4_101), AccountId(1))), None);
         assert_eq!(blobs.reads(), 1);
         *m.get_mut(&(OrderId(10), AccountId(1))).unwrap() += 5;
-        assert_eq!((m.get(&(OrderId(10), AccountId(1))), m.cold_blocks()), (Some(&15), 3), "a changed block is back in memory");
+        assert_eq!((m.get(&(OrderId(10), AccountId(1))), m.cold_blocks()), (Some(&15), 2), "a changed block is back in memory");
         assert!(m.get_mut(&(OrderId(8_200), AccountId(0))).is_none());
-        assert_eq!(m.cold_blocks(), 3, "a miss brings nothing back");
+        assert_eq!(m.cold_blocks(), 2, "a miss brings nothing back");
         assert_eq!(m.iter().count(), 20_001);
     }
 

@@ -786,7 +786,10 @@ impl ShardState {
     /// it moved out.
     pub fn cool(&mut self, durable: &dyn Fn(u64, u64) -> Option<[u8; 32]>, reader: &std::sync::Arc<dyn crate::ledger::growth::BlobRead>) -> usize {
         let mut moved = self.orders.cool(durable, reader);
-        moved += self.income.cool(durable, reader);
+        // Income blocks are keyed by order id, shared by every shard's orders: the block of this
+        // shard's next order and those after it stay in memory (its new payments land there).
+        let frontier = if self.shard_count > 0 { self.next_order_id().0 >> 12 } else { 0 };
+        moved += self.income.cool(durable, reader, frontier);
         moved += self.settled.cool(durable, reader);
         moved += self.order_changes.cool(durable, reader);
         moved += self.commissions.cool(durable, reader);
@@ -816,6 +819,8 @@ impl ShardState {
         };
         if let Some(order) = envelope.command.target_order() {
             warm_order(order)?;
+            // Confirming a guarantee or a direct payment lands its income here (same shard).
+            self.income.warm(&(order, AccountId(0)))?;
         }
         match &envelope.command {
             Command::Refund { payment, payee, .. } => {
@@ -871,7 +876,7 @@ impl ShardState {
             format!("idempotency {} hot, {} sealed", self.idempotency.len(), self.sealed.as_ref().map_or(0, |s| s.len())),
             format!("batch_index {} entries for {} accounts", self.batches_of.values().map(BatchList::len).sum::<usize>(), self.batches_of.len()),
             format!("lots {}", self.lots.values().map(VecDeque::len).sum::<usize>()),
-            format!("open_orders {}", self.platform_orders.values().map(|p| p.open.len() + p.exceptional.len()).sum::<usize>()),
+            format!("open_orders {}", self.platform_orders.values().map(|p| p.open.len()).sum::<usize>()),
         ]
         .join(", ")
     }
