@@ -100,8 +100,10 @@ pub fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<bool> {
 fn checkpoints_sound(store: &std::sync::Arc<dyn Store>, shard: u16, out: &mut dyn Write) -> Result<bool> {
     let sequences = engine::checkpoint::list(&**store, shard)?;
     let mut sound = true;
+    // A blob shared by several checkpoints is read once.
+    let mut checked = std::collections::HashSet::new();
     for sequence in &sequences {
-        if let Err(error) = engine::checkpoint::verify(store, shard, *sequence) {
+        if let Err(error) = engine::checkpoint::verify(store, shard, *sequence, &mut checked) {
             sound = false;
             writeln!(out, "shard {shard}: CHECKPOINT BROKEN: {error}")?;
         }
