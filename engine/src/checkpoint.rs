@@ -298,7 +298,6 @@ pub struct HistoryReader {
     store: std::sync::Arc<dyn Store>,
     shard: ShardId,
     cached: std::sync::atomic::AtomicUsize,
-    reads: std::sync::atomic::AtomicU64,
 }
 
 impl HistoryReader {
@@ -306,17 +305,12 @@ impl HistoryReader {
     pub const CACHE_BYTES: usize = 64 << 20;
 
     pub fn new(store: std::sync::Arc<dyn Store>, shard: ShardId) -> std::sync::Arc<HistoryReader> {
-        std::sync::Arc::new(HistoryReader { store, shard, cached: Default::default(), reads: Default::default() })
+        std::sync::Arc::new(HistoryReader { store, shard, cached: Default::default() })
     }
 
     /// Bytes of blobs read back since the last `reset`.
     pub fn cached_bytes(&self) -> usize {
         self.cached.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// How many blobs were read back since the start.
-    pub fn reads(&self) -> u64 {
-        self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The shard dropped every copy read back.
@@ -328,7 +322,6 @@ impl HistoryReader {
 impl crate::ledger::growth::BlobRead for HistoryReader {
     fn read(&self, hash: &[u8; 32]) -> Result<Vec<u8>, crate::ledger::growth::BlobError> {
         use crate::ledger::growth::BlobError;
-        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let found = self.store.get(&blob_key(self.shard, hash)).map_err(|e| BlobError { reason: e.to_string(), damaged: false })?;
         let bytes = found.ok_or_else(|| BlobError::damaged("it is missing"))?;
         if blake3::hash(&bytes).as_bytes() != hash {

@@ -89,8 +89,6 @@ pub struct ShardCounters {
     pub cold_probe_us: AtomicU64,
     /// Chunks and blocks of history out of memory (as of the last checkpoint collected).
     pub history_cold: AtomicU64,
-    /// Blobs of history read back since start (queries and commands that used old history).
-    pub history_reads: AtomicU64,
     /// Turns of the shard's loop in which client requests waited for a lagging checkpoint.
     pub checkpoint_lag_holds: AtomicU64,
 }
@@ -158,7 +156,6 @@ impl Default for ShardCounters {
             cold_probes: AtomicU64::default(),
             cold_probe_us: AtomicU64::default(),
             history_cold: AtomicU64::default(),
-            history_reads: AtomicU64::default(),
             checkpoint_lag_holds: AtomicU64::default(),
         }
     }
@@ -408,7 +405,6 @@ impl Shard {
                 // budget (between batches, so nothing holds a reference into it).
                 self.state.uncache();
                 self.history.reset();
-                self.counters.history_reads.store(self.history.reads(), Ordering::Relaxed);
             }
             let flush_acks = round.acks_since.is_some_and(|since| since.elapsed() >= flush_after);
             self.drain(&mut round);
@@ -523,7 +519,6 @@ impl Shard {
                 self.state.cool(&durable, &reader);
                 self.history.reset();
                 self.counters.history_cold.store(self.state.cold_pieces() as u64, Ordering::Relaxed);
-                self.counters.history_reads.store(self.history.reads(), Ordering::Relaxed);
             }
             Ok(Err(error)) => {
                 self.state.unseal();

@@ -302,11 +302,10 @@ impl<C: PieceData> ColdPiece<C> {
     /// Its data, read back on first use and kept (counted against the shard's budget: what a
     /// `scan` reads or a change takes back into memory is not kept here and not counted).
     fn data(&self) -> &C {
-        self.cache.get_or_init(|| {
-            let data = self.read();
-            self.reader.cached(std::mem::size_of::<C>() + data.count() * PIECE_ITEM_BYTES);
-            data
-        })
+        if let Err(fault) = self.warm() {
+            std::panic::panic_any(fault);
+        }
+        self.cache.get().expect("just read back")
     }
 }
 
@@ -964,14 +963,6 @@ impl<K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> OrderBlocks
             block.uncache();
         }
         moved
-    }
-
-    /// Reads block `block` back into memory now if it is out.
-    pub fn warm_block(&self, block: u64) -> Result<(), StorageFault> {
-        match self.blocks.get(&block) {
-            Some(Piece::Cold(cold)) => cold.warm(),
-            _ => Ok(()),
-        }
     }
 
     /// Drops the copies of blocks read back.
