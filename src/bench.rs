@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// run; the stop at the end writes one either way, unless --no-final-checkpoint).
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every_batches: u64,
+    /// Orders of each shard between checkpoints during the run (0: no trigger by orders); the
+    /// default is the server's (`[engine.checkpoints] every_orders`), which bounds memory.
+    #[arg(long, default_value_t = engine::shard::DEFAULT_EVERY_ORDERS)]
+    pub checkpoint_every_orders: u64,
     /// Stop without writing a checkpoint (the next start replays the whole journal).
     #[arg(long)]
     pub no_final_checkpoint: bool,
@@ -112,6 +116,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let store = Arc::new(RocksStore::open(&data_dir)?);
     let checkpoints = engine::shard::CheckpointPolicy {
         every_batches: args.checkpoint_every_batches,
+        every_orders: args.checkpoint_every_orders,
         every: Duration::ZERO,
         kept: 2,
         on_shutdown: !args.no_final_checkpoint,

@@ -187,6 +187,7 @@ fn default_cold_filter_mib() -> usize {
 #[serde(deny_unknown_fields)]
 struct CheckpointSection {
     every_batches: u64,
+    every_orders: u64,
     every_seconds: u64,
     kept: usize,
     on_shutdown: bool,
@@ -195,7 +196,13 @@ struct CheckpointSection {
 impl Default for CheckpointSection {
     fn default() -> CheckpointSection {
         let d = EngineConfig::default().checkpoints;
-        CheckpointSection { every_batches: d.every_batches, every_seconds: d.every.as_secs(), kept: d.kept, on_shutdown: d.on_shutdown }
+        CheckpointSection {
+            every_batches: d.every_batches,
+            every_orders: d.every_orders,
+            every_seconds: d.every.as_secs(),
+            kept: d.kept,
+            on_shutdown: d.on_shutdown,
+        }
     }
 }
 
@@ -488,6 +495,7 @@ impl Config {
         let engine = EngineConfig {
             checkpoints: engine::shard::CheckpointPolicy {
                 every_batches: c.every_batches,
+                every_orders: c.every_orders,
                 every: std::time::Duration::from_secs(c.every_seconds),
                 kept: c.kept,
                 on_shutdown: c.on_shutdown,

@@ -17,7 +17,7 @@ use crate::ledger::state::{check_amount, credit_refusal_by, Effects, Idempotency
 use crate::ledger::types::{AdjustmentSide, Leg, Reply, ShardId, Timestamp};
 use crate::money::CurrencySpec;
 use crate::result::ResultCode;
-use crate::shard::{CheckpointPolicy, Checkpoints, ClientRequest, Control, ReplyTo, Shard, ShardCounters, ShardFailure, ShardLimits};
+use crate::shard::{CheckpointPolicy, Checkpoints, ClientRequest, Control, ReplyTo, Shard, ShardCounters, ShardFailure, ShardLimits, DEFAULT_EVERY_ORDERS};
 use crate::EngineError;
 
 /// How the engine is sized and what it keeps (see config/default.toml for each key).
@@ -55,7 +55,13 @@ impl Default for EngineConfig {
             ack_flush_ms: 20,
             currencies: vec![CurrencySpec::new("CNY", 2).expect("valid"), CurrencySpec::new("USD", 2).expect("valid")],
             utc_offset_seconds: 8 * 3600,
-            checkpoints: CheckpointPolicy { every_batches: 20_000, every: Duration::from_secs(600), kept: 2, on_shutdown: true },
+            checkpoints: CheckpointPolicy {
+                every_batches: 20_000,
+                every_orders: DEFAULT_EVERY_ORDERS,
+                every: Duration::from_secs(600),
+                kept: 2,
+                on_shutdown: true,
+            },
             cold_filter_bytes: crate::cold::COLD_FILTER_BYTES,
         }
     }
@@ -300,6 +306,7 @@ impl Engine {
             shard_counters.outbox_pending.store(state.outbox_pending() as u64, std::sync::atomic::Ordering::Relaxed);
             counters.push(shard_counters.clone());
             let shard_id = state.shard;
+            let orders = state.orders.len();
             let shard = Shard {
                 state,
                 sequence,
@@ -313,7 +320,7 @@ impl Engine {
                 directory: directory.clone(),
                 counters: shard_counters,
                 limits,
-                checkpoints: Checkpoints::starting_from(checkpoint, blobs),
+                checkpoints: Checkpoints::starting_from(checkpoint, blobs, orders),
                 forget_claims: forget_claims.clone(),
                 cold_filter: cold_filter.clone(),
                 history: history.unwrap_or_else(|| crate::checkpoint::HistoryReader::new(store.clone(), shard_id)),

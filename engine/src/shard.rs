@@ -174,12 +174,22 @@ pub struct ShardLimits {
     pub checkpoints: CheckpointPolicy,
 }
 
-/// When a shard writes a checkpoint of its state: after `every_batches` batches or `every`
-/// time since the last one (with at least one batch since), whichever comes first; zero turns
-/// that trigger off. A graceful stop writes one too when batches were written since the last.
+/// The default `CheckpointPolicy::every_orders`: half a million orders a shard, about 150 MB of
+/// history an interval (so at most about half a gigabyte a shard waits for a checkpoint).
+pub const DEFAULT_EVERY_ORDERS: u64 = 500_000;
+
+/// When a shard writes a checkpoint of its state: after `every_batches` batches, `every_orders`
+/// orders or `every` time since the last one (with at least one batch since), whichever comes
+/// first; zero turns that trigger off. A graceful stop writes one too when batches were written
+/// since the last.
 #[derive(Clone, Copy, Debug)]
 pub struct CheckpointPolicy {
     pub every_batches: u64,
+    /// Orders created since the last checkpoint's snapshot. History (orders, their events and
+    /// order numbers) leaves memory only with a durable checkpoint, so this is what bounds the
+    /// shard's memory whatever the traffic: about 300 bytes an order, for at most three such
+    /// intervals (see `Shard::checkpoint_lagging`).
+    pub every_orders: u64,
     pub every: Duration,
     /// Checkpoints kept per shard (at least 1; 2 or more lets recovery fall back past a bad one).
     pub kept: usize,
@@ -188,10 +198,10 @@ pub struct CheckpointPolicy {
 
 impl CheckpointPolicy {
     /// No checkpoints at all: recovery replays the whole journal.
-    pub const NEVER: CheckpointPolicy = CheckpointPolicy { every_batches: 0, every: Duration::ZERO, kept: 2, on_shutdown: false };
+    pub const NEVER: CheckpointPolicy = CheckpointPolicy { every_batches: 0, every_orders: 0, every: Duration::ZERO, kept: 2, on_shutdown: false };
 
     fn enabled(&self) -> bool {
-        self.every_batches > 0 || !self.every.is_zero() || self.on_shutdown
+        self.every_batches > 0 || self.every_orders > 0 || !self.every.is_zero() || self.on_shutdown
     }
 }
 
@@ -200,6 +210,8 @@ pub struct Checkpoints {
     /// The batch of the last checkpoint written (or loaded at start); 0 when none.
     pub last_sequence: u64,
     last_at: Instant,
+    /// How many orders the state held at the last checkpoint's snapshot (or at start).
+    last_orders: usize,
     in_flight: Option<std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>>,
     /// The chunks of history the last checkpoint wrote as blobs (`checkpoint::BlobCache`): the
     /// next one refers to those unchanged instead of writing them again. Handed to the
@@ -209,9 +221,10 @@ pub struct Checkpoints {
 }
 
 impl Checkpoints {
-    /// Nothing in flight; the last checkpoint is the one recovery started from (if any).
-    pub fn starting_from(last_sequence: Option<u64>, blobs: crate::checkpoint::BlobCache) -> Checkpoints {
-        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), in_flight: None, blobs }
+    /// Nothing in flight; the last checkpoint is the one recovery started from (if any), and
+    /// the recovered state holds `orders` orders.
+    pub fn starting_from(last_sequence: Option<u64>, blobs: crate::checkpoint::BlobCache, orders: usize) -> Checkpoints {
+        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), last_orders: orders, in_flight: None, blobs }
     }
 }
 
@@ -433,18 +446,30 @@ impl Shard {
     }
 
     /// Whether new client requests wait for the checkpoint in flight: with checkpoints every
-    /// N batches, once 2N batches were written since its snapshot. History leaves memory only
-    /// once a checkpoint holding it is durable, so a shard that writes faster than its
-    /// checkpoints can keep up would hold ever more of it; this holds the shard's memory to about
-    /// three intervals of history, at the pace the store can take (credits from other shards
-    /// and reads still go on). Counted in `checkpoint_lag_holds`.
+    /// N batches (or N orders), once 2N batches were written (or 2N orders made) since its
+    /// snapshot. History leaves memory only once a checkpoint holding it is durable, so a shard
+    /// that writes faster than its checkpoints can keep up would hold ever more of it; this
+    /// holds the shard's memory to about three intervals of history, at the pace the store can
+    /// take (credits from other shards and reads still go on). Counted in
+    /// `checkpoint_lag_holds`.
     fn checkpoint_lagging(&self) -> bool {
-        let every = self.limits.checkpoints.every_batches;
-        let lagging = every > 0 && self.checkpoints.in_flight.is_some() && self.sequence.saturating_sub(self.checkpoints.last_sequence) >= 2 * every;
+        if self.checkpoints.in_flight.is_none() {
+            return false;
+        }
+        let policy = &self.limits.checkpoints;
+        let batches = self.sequence.saturating_sub(self.checkpoints.last_sequence);
+        let orders = self.orders_since_checkpoint() as u64;
+        let lagging = (policy.every_batches > 0 && batches >= policy.every_batches.saturating_mul(2))
+            || (policy.every_orders > 0 && orders >= policy.every_orders.saturating_mul(2));
         if lagging {
             self.counters.checkpoint_lag_holds.fetch_add(1, Ordering::Relaxed);
         }
         lagging
+    }
+
+    /// Orders made since the last checkpoint's snapshot.
+    fn orders_since_checkpoint(&self) -> usize {
+        self.state.orders.len().saturating_sub(self.checkpoints.last_orders)
     }
 
     /// Between batches: collects a finished checkpoint, and starts the next one when due. The
@@ -460,8 +485,9 @@ impl Shard {
         }
         let since = self.sequence - self.checkpoints.last_sequence.min(self.sequence);
         let by_count = policy.every_batches > 0 && since >= policy.every_batches;
+        let by_orders = policy.every_orders > 0 && since > 0 && self.orders_since_checkpoint() as u64 >= policy.every_orders;
         let by_time = !policy.every.is_zero() && since > 0 && self.checkpoints.last_at.elapsed() >= policy.every;
-        if !(by_count || by_time) {
+        if !(by_count || by_orders || by_time) {
             return;
         }
         let held = Instant::now();
@@ -477,6 +503,7 @@ impl Shard {
         debug_assert_eq!(head.sequence, self.sequence, "the chain head is the last batch");
         self.checkpoints.last_sequence = head.sequence;
         self.checkpoints.last_at = Instant::now();
+        self.checkpoints.last_orders = self.state.orders.len();
         let blobs = std::mem::take(&mut self.checkpoints.blobs);
         let spawned = std::thread::Builder::new().name(format!("checkpoint-{}", self.state.shard)).spawn(move || {
             yield_to_batches();

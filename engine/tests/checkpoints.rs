@@ -23,7 +23,7 @@ fn config(every_batches: u64, kept: usize) -> EngineConfig {
     EngineConfig {
         shard_count: 2,
         ack_flush_ms: 1,
-        checkpoints: CheckpointPolicy { every_batches, every: Duration::ZERO, kept, on_shutdown: false },
+        checkpoints: CheckpointPolicy { every_batches, every_orders: 0, every: Duration::ZERO, kept, on_shutdown: false },
         ..EngineConfig::default()
     }
 }
@@ -222,7 +222,7 @@ fn parts_without_a_manifest_are_ignored() {
 #[test]
 fn a_graceful_stop_writes_a_checkpoint_so_the_next_start_replays_nothing() {
     let store = Arc::new(MemoryStore::new());
-    let policy = CheckpointPolicy { every_batches: 0, every: Duration::ZERO, kept: 2, on_shutdown: true };
+    let policy = CheckpointPolicy { every_batches: 0, every_orders: 0, every: Duration::ZERO, kept: 2, on_shutdown: true };
     let engine = Engine::start(EngineConfig { checkpoints: policy, ..config(0, 2) }, store.clone()).unwrap();
     workload(&engine, "s", 10);
     engine.shutdown();
@@ -592,8 +592,21 @@ impl Store for SlowCheckpoints {
 /// holds in memory stays bounded; nothing is refused or lost, only slowed.
 #[test]
 fn a_shard_waits_for_a_checkpoint_that_cannot_keep_up() {
+    waits_for_checkpoints(config(2, 2));
+}
+
+/// The same with checkpoints by orders alone (the server's default trigger besides time): an
+/// interval of 2 orders, and each recharge here is one order in (about) one batch.
+#[test]
+fn a_shard_checkpointing_by_orders_waits_for_a_checkpoint_that_cannot_keep_up() {
+    let mut by_orders = config(0, 2);
+    by_orders.checkpoints.every_orders = 2;
+    waits_for_checkpoints(by_orders);
+}
+
+fn waits_for_checkpoints(config: EngineConfig) {
     let store = Arc::new(SlowCheckpoints(MemoryStore::new()));
-    let engine = Arc::new(Engine::start(config(2, 2), store.clone()).unwrap());
+    let engine = Arc::new(Engine::start(config, store.clone()).unwrap());
     let opens = (0..4).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
     let accounts: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).filter(|a| a.shard(2) == 0).collect();
     let payer = accounts[0];
@@ -621,8 +634,10 @@ fn a_shard_waits_for_a_checkpoint_that_cannot_keep_up() {
     }
     senders.into_iter().for_each(|s| s.join().unwrap());
     assert!(counters.checkpoint_lag_holds.load(std::sync::atomic::Ordering::SeqCst) > 0, "the shard waited for its checkpoints");
+    assert!(counters.checkpoints.load(std::sync::atomic::Ordering::SeqCst) > 1, "its own trigger started checkpoints");
     // Past the last durable checkpoint: the batches until the one in flight began (at most twice
-    // the interval, as it waited itself), then at most twice the interval since.
+    // the interval, as it waited itself), then at most twice the interval since (an order is at
+    // most a batch: one more for the batch that crosses it).
     assert!(largest <= 4 * 2 + 1, "batches past the last durable checkpoint: {largest}");
     engine.shutdown();
     assert!(check_store(&store.0, 2).unwrap().ok);

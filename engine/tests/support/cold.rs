@@ -33,7 +33,7 @@ pub fn config(every_batches: u64) -> EngineConfig {
     EngineConfig {
         shard_count: 2,
         ack_flush_ms: 1,
-        checkpoints: CheckpointPolicy { every_batches, every: Duration::ZERO, kept: 3, on_shutdown: true },
+        checkpoints: CheckpointPolicy { every_batches, every_orders: 0, every: Duration::ZERO, kept: 3, on_shutdown: true },
         ..EngineConfig::default()
     }
 }
