@@ -65,10 +65,16 @@ const BLOB_PREFIX: &[u8; 4] = b"m/b/";
 /// Version 4: full chunks of history are blobs of their own (`m/b/`), written once and shared by
 /// the checkpoints that hold them unchanged; the manifest names them (`Manifest::blobs`).
 /// Versions 1 to 3 are still read (their manifests have no blob list).
-pub const CHECKPOINT_FORMAT_VERSION: u8 = 4;
+///
+/// Version 5: the per-account batch index (`growth::BatchList`) is in pieces too: each account's
+/// list is its length and its blocks of 1,024 batches, each with its first and last batch and the
+/// block inline (the last, still filling) or as a blob. Version 4 encoded every list as a plain
+/// sequence of batch numbers, so every checkpoint carried the whole index, growing with history;
+/// it is still read.
+pub const CHECKPOINT_FORMAT_VERSION: u8 = 5;
 
 /// Older versions this build still reads (see `CHECKPOINT_FORMAT_VERSION`).
-const READABLE_FORMAT_VERSIONS: [u8; 4] = [1, 2, 3, CHECKPOINT_FORMAT_VERSION];
+const READABLE_FORMAT_VERSIONS: [u8; 5] = [1, 2, 3, 4, CHECKPOINT_FORMAT_VERSION];
 
 /// The most bytes of encoded state one part (one storage value, one write) holds.
 pub const PART_BYTES: usize = 16 << 20;
@@ -437,7 +443,7 @@ pub fn write(
     let (next, used, blobs_written, blob_bytes, blobs_reused) = (blobber.next, blobber.used, blobber.written, blobber.bytes, blobber.reused);
     let mut writer = PartWriter { store, shard, sequence, buffer: Vec::with_capacity(PART_BYTES.min(1 << 20)), hashes: Vec::new(), bytes: 0, error: None };
     let blob_of_chunk = next.known.iter().map(|(id, (_, hash))| (*id, *hash)).collect();
-    let (encoded, _) = crate::ledger::growth::with_layout(Layout::PiecesOut(blob_of_chunk), || codec().serialize_into(&mut writer, state));
+    let (encoded, _) = crate::ledger::growth::with_layout_at(Layout::PiecesOut(blob_of_chunk), true, || codec().serialize_into(&mut writer, state));
     if let Err(error) = encoded {
         return Err(match writer.error.take() {
             Some(storage) => CheckpointError::Storage(storage),
@@ -644,7 +650,7 @@ fn load_avoiding(
         (_, Some(reader)) => Layout::PiecesLazy(reader.clone(), Vec::new()),
         (_, None) => Layout::PiecesIn(Vec::new()),
     };
-    let (decoded, layout) = crate::ledger::growth::with_layout(layout, || codec().deserialize_from::<_, ShardState>(&mut reader));
+    let (decoded, layout) = crate::ledger::growth::with_layout_at(layout, bytes[0] >= 5, || codec().deserialize_from::<_, ShardState>(&mut reader));
     let mut state = decoded.map_err(|e| unusable(format!("the state does not decode: {e}")))?;
     let mut rest = [0u8; 1];
     match reader.read(&mut rest) {

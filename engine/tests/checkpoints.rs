@@ -478,6 +478,51 @@ fn history_leaves_memory_after_a_checkpoint_and_old_orders_still_change() {
     }
 }
 
+/// The per-account batch index goes out of memory in full blocks (1,024 batches) with the
+/// history, a start leaves them out, and what it answers is the same before and after, and the
+/// same as a whole replay's.
+#[test]
+fn the_batch_index_leaves_memory_and_answers_the_same_after_a_start() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(300, 2), store.clone()).unwrap();
+    let opens = (0..6).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
+    let account = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).find(|a| a.shard(2) == 0).unwrap();
+    // One recharge a batch: each is a batch in the account's index.
+    for _ in 0..2_200 {
+        assert!(engine.execute_one(plain(Command::Recharge { account, currency: CNY, amount: 1, channel: 1 })).unwrap().is_ok());
+    }
+    let index = |engine: &Engine| {
+        engine
+            .read_shard(0, move |state| {
+                let list = &state.batches_of[&account];
+                (list.block_counts(), list.window(|_| true, 5_000).0, list.window(|s| s < 1_500, 100))
+            })
+            .unwrap()
+    };
+    let mut live = index(&engine);
+    for _ in 0..500 {
+        if live.0 .1 >= 2 {
+            break;
+        }
+        // Checkpoints are written behind: other batches move the shard on until one is durable.
+        engine.execute_one(plain(Command::Recharge { account, currency: CNY, amount: 1, channel: 1 })).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        live = index(&engine);
+    }
+    assert!(live.0 .1 >= 2, "full blocks left memory: {:?}", live.0);
+    assert!(live.1.len() >= 2_200 && live.1.windows(2).all(|w| w[0] < w[1]), "{:?} {}", live.0, live.1.len());
+    engine.shutdown();
+    drop(engine);
+    let restarted = Engine::start(config(300, 2), store.clone()).unwrap();
+    let after = index(&restarted);
+    assert!(after.0 .1 >= 2, "a start leaves them out: {:?}", after.0);
+    assert_eq!((after.1, after.2), (live.1, live.2), "the same batches before and after the start");
+    restarted.shutdown();
+    let (recovered, full, checkpoint, _) = both_ways(&store).remove(0);
+    assert!(checkpoint.is_some());
+    assert_eq!(recovered, full, "shard 0: recovery == whole replay");
+}
+
 /// Pushes batches until at least `at_least` chunks of shard 0's orders are out of memory.
 fn wait_for_cold_chunks(engine: &Engine, at_least: usize) {
     let cold = |engine: &Engine| engine.read_shard(0, |state| state.orders.cold_chunks()).unwrap();

@@ -1077,21 +1077,59 @@ impl<'de, K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> Deseri
 
 /// The journal batches that hold an account's postings, ascending: kept as varint deltas in
 /// blocks of `BATCHES_PER_BLOCK` (about a byte per batch instead of eight, however long the
-/// history), and encoded as a plain sequence of `u64` (what a `Vec<u64>` encodes as, so the
-/// checkpoint format does not change).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// history). Each block is a piece (`Piece`): shared copy-on-write, so a checkpoint's snapshot
+/// copies pointers (about 32 bytes a block), and a full block is a blob written once, out of
+/// memory once a durable checkpoint holds it. Each block's first and last batch stay in memory,
+/// so finding where a window starts reads nothing back.
+///
+/// Encoded as a plain sequence of `u64` (what a `Vec<u64>` encodes as: digests, checkpoint
+/// format 4 and before), or in checkpoint format 5 (`with_layout_at` with `batch_pieces`) as its
+/// length and its blocks, each with its first and last batch and the piece (inline or a blob).
+#[derive(Clone, Debug, Default)]
 pub struct BatchList {
-    blocks: Vec<BatchBlock>,
+    blocks: Vec<BatchBlockRef>,
     len: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct BatchBlock {
+#[derive(Clone, Debug)]
+struct BatchBlockRef {
+    first: u64,
+    last: u64,
+    piece: Piece<BatchBlock>,
+}
+
+impl BatchBlockRef {
+    /// The block's batches, read back first if it is out of memory. A block read back that is not
+    /// the one its reference describes is damaged: the same storage fault as an unreadable blob.
+    fn block(&self) -> &BatchBlock {
+        let block = self.piece.data();
+        if block.first != self.first || block.last != self.last {
+            if let Piece::Cold(cold) = &self.piece {
+                std::panic::panic_any(StorageFault {
+                    hash: cold.hash,
+                    reason: format!("it holds batches {}..={} where {}..={} were said", block.first, block.last, self.first, self.last),
+                    damaged: true,
+                });
+            }
+        }
+        block
+    }
+}
+
+/// The batches of one block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchBlock {
     first: u64,
     last: u64,
     count: u32,
     /// LEB128 of each batch's distance from the one before, after the first.
     deltas: Vec<u8>,
+}
+
+impl PieceData for BatchBlock {
+    fn count(&self) -> usize {
+        self.count as usize
+    }
 }
 
 impl BatchBlock {
@@ -1102,22 +1140,81 @@ impl BatchBlock {
             if index > 0 {
                 let (mut delta, mut shift) = (0u64, 0u32);
                 loop {
-                    let byte = self.deltas[at];
+                    // A block decoded from a blob may be short of deltas: it ends there.
+                    let Some(&byte) = self.deltas.get(at) else { break };
                     at += 1;
+                    delta |= u64::from(byte & 0x7f) << (shift & 63);
+                    shift += 7;
+                    if byte & 0x80 == 0 {
+                        break;
+                    }
+                }
+                current = current.saturating_add(delta);
+            }
+            current
+        })
+    }
+
+    /// Whether its deltas decode to `count` batches from `first` to `last`, ascending, with no
+    /// byte left over (a block decoded from a checkpoint).
+    fn is_consistent(&self) -> bool {
+        let mut previous: Option<u64> = None;
+        let mut decoded = 0u32;
+        let mut at = 0usize;
+        let mut current = self.first;
+        while decoded < self.count {
+            if decoded > 0 {
+                let (mut delta, mut shift) = (0u64, 0u32);
+                loop {
+                    let Some(&byte) = self.deltas.get(at) else { return false };
+                    at += 1;
+                    if shift > 63 {
+                        return false;
+                    }
                     delta |= u64::from(byte & 0x7f) << shift;
                     shift += 7;
                     if byte & 0x80 == 0 {
                         break;
                     }
                 }
-                current += delta;
+                let Some(next) = current.checked_add(delta) else { return false };
+                current = next;
             }
-            current
-        })
+            if previous.is_some_and(|p| p >= current) {
+                return false;
+            }
+            previous = Some(current);
+            decoded += 1;
+        }
+        self.count > 0 && at == self.deltas.len() && previous == Some(self.last)
     }
 }
 
-const BATCHES_PER_BLOCK: u32 = 256;
+/// Batches per block of a `BatchList` (a full block's blob is about a kilobyte).
+const BATCHES_PER_BLOCK: u32 = 1024;
+
+thread_local! {
+    /// Whether `BatchList`s encode and decode as pieces (checkpoint format 5) in a pieces layout.
+    static BATCH_PIECES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `with_layout`, telling the batch index whether it is in pieces (checkpoint format 5 and
+/// later) or a plain sequence (format 4 and before, and outside checkpoints).
+pub fn with_layout_at<R>(layout: Layout, batch_pieces: bool, run: impl FnOnce() -> R) -> (R, Layout) {
+    let previous = BATCH_PIECES.with(|cell| cell.replace(batch_pieces));
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BATCH_PIECES.with(|cell| cell.set(self.0));
+        }
+    }
+    let _restore = Restore(previous);
+    with_layout(layout, run)
+}
+
+fn batch_pieces() -> bool {
+    BATCH_PIECES.with(std::cell::Cell::get) && matches!(mode(), Mode::PiecesOut | Mode::PiecesIn)
+}
 
 impl BatchList {
     /// Appends batch `sequence` if it is after the last one (a batch is noted once; sequences
@@ -1125,22 +1222,27 @@ impl BatchList {
     pub fn push(&mut self, sequence: u64) {
         match self.blocks.last_mut() {
             Some(block) if block.last >= sequence => {}
-            Some(block) if block.count < BATCHES_PER_BLOCK => {
-                let mut delta = sequence - block.last;
+            Some(block) if block.piece.count() < BATCHES_PER_BLOCK as usize => {
+                // Only full blocks leave memory, so this one is in memory (copied first if a
+                // snapshot shares it).
+                let data = block.piece.data_mut(BatchBlock::clone);
+                let mut delta = sequence - data.last;
                 while delta >= 0x80 {
-                    block.deltas.push((delta as u8) | 0x80);
+                    data.deltas.push((delta as u8) | 0x80);
                     delta >>= 7;
                 }
-                block.deltas.push(delta as u8);
-                block.last = sequence;
-                block.count += 1;
-                if block.count == BATCHES_PER_BLOCK {
-                    block.deltas.shrink_to_fit();
+                data.deltas.push(delta as u8);
+                data.last = sequence;
+                data.count += 1;
+                if data.count == BATCHES_PER_BLOCK {
+                    data.deltas.shrink_to_fit();
                 }
+                block.last = sequence;
                 self.len += 1;
             }
             _ => {
-                self.blocks.push(BatchBlock { first: sequence, last: sequence, count: 1, deltas: Vec::new() });
+                let data = BatchBlock { first: sequence, last: sequence, count: 1, deltas: Vec::new() };
+                self.blocks.push(BatchBlockRef { first: sequence, last: sequence, piece: Piece::hot(data) });
                 self.len += 1;
             }
         }
@@ -1161,20 +1263,21 @@ impl BatchList {
         self.len == 0
     }
 
-    /// Every batch, ascending.
+    /// Every batch, ascending (reading back every block out of memory).
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        self.blocks.iter().flat_map(BatchBlock::iter)
+        self.blocks.iter().flat_map(|block| block.block().iter())
     }
 
     /// The newest `max` batches among the leading ones for which `below` holds (it must hold
-    /// for a prefix), ascending, and whether older ones are left. Decodes only the blocks it
-    /// returns from (and one to find where `below` stops holding).
+    /// for a prefix), ascending, and whether older ones are left. Decodes (and reads back) only
+    /// the blocks it returns from and the one where `below` stops holding.
     pub fn window(&self, below: impl Fn(u64) -> bool, max: usize) -> (Vec<u64>, bool) {
         // Blocks wholly below come first; the one where `below` stops holding is decoded.
         let whole = self.blocks.partition_point(|block| below(block.last));
         // Every block but the last is full.
         let upto = match self.blocks.get(whole) {
-            Some(block) => whole * BATCHES_PER_BLOCK as usize + block.iter().take_while(|s| below(*s)).count(),
+            Some(block) if below(block.first) => whole * BATCHES_PER_BLOCK as usize + block.block().iter().take_while(|s| below(*s)).count(),
+            Some(_) => whole * BATCHES_PER_BLOCK as usize,
             None => self.len,
         };
         let from = upto.saturating_sub(max);
@@ -1182,7 +1285,10 @@ impl BatchList {
         let first_block = from / BATCHES_PER_BLOCK as usize;
         let mut index = first_block * BATCHES_PER_BLOCK as usize;
         'blocks: for block in &self.blocks[first_block.min(self.blocks.len())..] {
-            for sequence in block.iter() {
+            if index >= upto {
+                break;
+            }
+            for sequence in block.block().iter() {
                 if index >= upto {
                     break 'blocks;
                 }
@@ -1194,10 +1300,90 @@ impl BatchList {
         }
         (found, from > 0)
     }
+
+    /// Offers each full block to a checkpoint as a blob (the last, still filling, goes inline;
+    /// one out of memory is always named).
+    pub fn offer_blobs(&self, sink: &mut dyn BlobSink) {
+        for block in &self.blocks {
+            if block.piece.count() == BATCHES_PER_BLOCK as usize || matches!(block.piece, Piece::Cold(_)) {
+                block.piece.offer(sink);
+            }
+        }
+    }
+
+    /// After a durable checkpoint: moves out of memory each full block it holds as it is now,
+    /// and drops the copies read back. Gives how many blocks it moved out.
+    pub fn cool(&mut self, durable: &dyn Fn(u64, u64) -> Option<[u8; 32]>, reader: &Arc<dyn BlobRead>) -> usize {
+        let mut moved = 0;
+        for block in &mut self.blocks {
+            if block.piece.count() == BATCHES_PER_BLOCK as usize && block.piece.cool(durable, reader) {
+                moved += 1;
+            }
+            block.piece.uncache();
+        }
+        moved
+    }
+
+    /// Drops the copies of blocks read back.
+    pub fn uncache(&mut self) {
+        self.blocks.iter_mut().for_each(|block| block.piece.uncache());
+    }
+
+    /// How many blocks, and how many of them are out of memory.
+    pub fn block_counts(&self) -> (usize, usize) {
+        (self.blocks.len(), self.blocks.iter().filter(|block| matches!(block.piece, Piece::Cold(_))).count())
+    }
+
+    /// Replaces each placeholder block with the batches of its blob.
+    pub fn fill_blobs(&mut self, source: &mut dyn BlobSource) -> Result<(), String> {
+        use bincode::Options;
+        for (index, block) in self.blocks.iter_mut().enumerate() {
+            let (first, last) = (block.first, block.last);
+            let Some(placeholder) = block.piece.placeholder() else { continue };
+            let Some((bytes, count)) = source.bytes(placeholder.id)? else { continue };
+            let data: BatchBlock = crate::journal::codec().deserialize(&bytes).map_err(|e| format!("batch block {index} does not decode: {e}"))?;
+            if data.count != count || data.first != first || data.last != last || !data.is_consistent() {
+                return Err(format!("batch block {index}'s blob is not the block its reference describes"));
+            }
+            placeholder.data = data;
+            source.filled(placeholder.id, placeholder.version);
+        }
+        if self.blocks.iter().any(|block| block.piece.count() == 0) {
+            return Err("a batch block was left empty".into());
+        }
+        Ok(())
+    }
+}
+
+impl PartialEq for BatchList {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for BatchList {}
+
+/// One block of a `BatchList` as format 5 encodes it.
+#[derive(Serialize)]
+struct BlockOut<'a> {
+    first: u64,
+    last: u64,
+    piece: PieceOut<'a, BatchBlock>,
+}
+
+#[derive(Deserialize)]
+struct BlockIn {
+    first: u64,
+    last: u64,
+    piece: PieceIn<BatchBlock>,
 }
 
 impl Serialize for BatchList {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if batch_pieces() && mode() == Mode::PiecesOut {
+            let blocks: Vec<BlockOut<'_>> = self.blocks.iter().map(|b| BlockOut { first: b.first, last: b.last, piece: b.piece.piece_out() }).collect();
+            return (self.len as u64, blocks).serialize(serializer);
+        }
         let mut seq = serializer.serialize_seq(Some(self.len))?;
         for sequence in self.iter() {
             seq.serialize_element(&sequence)?;
@@ -1208,6 +1394,39 @@ impl Serialize for BatchList {
 
 impl<'de> Deserialize<'de> for BatchList {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        if batch_pieces() {
+            let (len, blocks) = <(u64, Vec<BlockIn>)>::deserialize(deserializer)?;
+            let mut list = BatchList { blocks: Vec::with_capacity(blocks.len()), len: 0 };
+            let last_index = blocks.len().saturating_sub(1);
+            for (index, block) in blocks.into_iter().enumerate() {
+                let (piece, count) = match block.piece {
+                    PieceIn::Inline(data) => {
+                        if data.first != block.first || data.last != block.last || !data.is_consistent() {
+                            return Err(D::Error::custom(format!("batch block {index} is not what its reference says")));
+                        }
+                        let count = data.count;
+                        (Piece::hot(data), count)
+                    }
+                    PieceIn::Blob { hash, count } => {
+                        let empty = BatchBlock { first: block.first, last: block.last, count: 0, deltas: Vec::new() };
+                        (Piece::from_blob(hash, count, empty), count)
+                    }
+                };
+                // Windows count on every block but the last being full, and on ascending blocks.
+                let full = count == BATCHES_PER_BLOCK;
+                let ordered = block.first <= block.last && list.blocks.last().is_none_or(|previous: &BatchBlockRef| previous.last < block.first);
+                if count == 0 || count > BATCHES_PER_BLOCK || (index < last_index && !full) || !ordered {
+                    return Err(D::Error::custom(format!("batch block {index} of {} holds {count} batches, or is out of order", last_index + 1)));
+                }
+                list.blocks.push(BatchBlockRef { first: block.first, last: block.last, piece });
+                list.len += count as usize;
+            }
+            if list.len as u64 != len {
+                return Err(D::Error::custom(format!("{} batches in blocks said to hold {len}", list.len)));
+            }
+            return Ok(list);
+        }
         struct Batches;
         impl<'de> Visitor<'de> for Batches {
             type Value = BatchList;
@@ -1677,8 +1896,92 @@ mod tests {
                 assert_eq!(list.window(|s| s < bound, max), (sorted[from..upto].to_vec(), from > 0), "bound {bound}, max {max}");
             }
         }
-        let heap: usize = list.blocks.iter().map(|b| b.deltas.capacity()).sum();
+        let heap: usize = list.blocks.iter().map(|b| b.block().deltas.capacity()).sum();
         assert!(heap < sorted.len() * 4, "{heap} bytes of deltas for {} batches", sorted.len());
         assert_eq!(BatchList::default().window(|_| true, 10), (Vec::new(), false));
+    }
+
+    /// A batch list of `count` batches (gaps of 1 to 300, so deltas take one or two bytes).
+    fn batch_list(count: u64) -> (BatchList, Vec<u64>) {
+        let all: Vec<u64> = (0..count)
+            .scan(0u64, |at, i| {
+                *at += 1 + (i * 7919) % 300;
+                Some(*at)
+            })
+            .collect();
+        let mut list = BatchList::default();
+        all.iter().for_each(|s| list.push(*s));
+        (list, all)
+    }
+
+    #[test]
+    fn batch_lists_share_blocks_leave_memory_and_read_back_only_the_window() {
+        use bincode::Options;
+        let codec = crate::journal::codec;
+        let (mut list, all) = batch_list(5 * BATCHES_PER_BLOCK as u64 + 10);
+        let snapshot = list.clone();
+        list.push(all.last().unwrap() + 1);
+        assert_eq!(snapshot.len() + 1, list.len(), "the snapshot's last block is its own after a push");
+        let blobs = Arc::new(Blobs::default());
+        let reader: Arc<dyn BlobRead> = blobs.clone();
+        let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
+        snapshot.offer_blobs(&mut writer);
+        assert_eq!(writer.durable.len(), 5, "the full blocks are offered, the one filling is not");
+        assert_eq!(list.cool(&writer.durable(), &reader), 5);
+        assert_eq!(list.block_counts(), (6, 5));
+        let mut expected = all.clone();
+        expected.push(all.last().unwrap() + 1);
+        // A window of the newest batches reads nothing back; one further back reads its blocks.
+        assert_eq!(list.window(|_| true, 11), (expected[expected.len() - 11..].to_vec(), true));
+        assert_eq!(blobs.reads(), 0, "the newest block is in memory and the bounds are known");
+        let bound = expected[2 * BATCHES_PER_BLOCK as usize + 5];
+        let upto = expected.partition_point(|s| *s < bound);
+        assert_eq!(list.window(|s| s < bound, 20), (expected[upto - 20..upto].to_vec(), true));
+        assert_eq!(blobs.reads(), 2, "the block holding the bound and the one before it");
+        assert_eq!(list.iter().collect::<Vec<_>>(), expected);
+        // Format 5: blocks named by hash and read back lazily; the last inline.
+        let known: FastMap<u64, [u8; 32]> = FastMap::default();
+        let (encoded, _) = with_layout_at(Layout::PiecesOut(known), true, || codec().serialize(&list).unwrap());
+        assert!(encoded.len() < 6 * 100 + 1_100, "references, not batches: {} bytes", encoded.len());
+        let lazy = Layout::PiecesLazy(reader.clone(), Vec::new());
+        let (decoded, layout) = with_layout_at(lazy, true, || codec().deserialize::<BatchList>(&encoded).unwrap());
+        let Layout::PiecesLazy(_, hashes) = layout else { panic!("layout kept") };
+        assert_eq!((hashes.len(), decoded.block_counts()), (5, (6, 5)));
+        assert_eq!(decoded, list);
+        // Format 4 reads as the plain sequence it was.
+        let (old, _) =
+            with_layout_at(Layout::PiecesIn(Vec::new()), false, || codec().deserialize::<BatchList>(&codec().serialize(&expected).unwrap()).unwrap());
+        assert_eq!(old, list);
+        // A block whose reference lies about its bounds is refused when decoded inline.
+        let mut bad = BatchList::default();
+        (1..=3).for_each(|s| bad.push(s));
+        bad.blocks[0].first = 0;
+        let (encoded, _) = with_layout_at(Layout::PiecesOut(FastMap::default()), true, || codec().serialize(&bad).unwrap());
+        let (result, _) = with_layout_at(Layout::PiecesIn(Vec::new()), true, || codec().deserialize::<BatchList>(&encoded));
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn a_batch_block_read_back_with_other_bounds_is_a_storage_fault() {
+        let (mut list, _) = batch_list(2 * BATCHES_PER_BLOCK as u64);
+        let blobs = Arc::new(Blobs::default());
+        let reader: Arc<dyn BlobRead> = blobs.clone();
+        let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
+        list.offer_blobs(&mut writer);
+        assert_eq!(list.cool(&writer.durable(), &reader), 2);
+        // The first block's blob holds the second block's batches.
+        let hashes: Vec<[u8; 32]> = list
+            .blocks
+            .iter()
+            .map(|b| match &b.piece {
+                Piece::Cold(c) => c.hash,
+                Piece::Hot(_) => unreachable!(),
+            })
+            .collect();
+        let second = blobs.by_hash.lock().unwrap()[&hashes[1]].clone();
+        blobs.by_hash.lock().unwrap().insert(hashes[0], second);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| list.window(|_| true, 5_000)));
+        let fault = caught.expect_err("stops").downcast::<StorageFault>().expect("a storage fault");
+        assert!(fault.damaged && fault.hash == hashes[0], "{fault}");
     }
 }

@@ -766,7 +766,7 @@ impl ShardState {
     }
 
     /// Offers every chunk of history a checkpoint may keep as a blob (`checkpoint::write`): the
-    /// `ChunkedVec`s and the income blocks. A field left out here is simply encoded inline.
+    /// `ChunkedVec`s, the income blocks and the batch index. A field left out here is simply encoded inline.
     pub fn offer_blobs(&self, sink: &mut dyn crate::ledger::growth::BlobSink) {
         self.orders.offer_blobs(sink);
         self.income.offer_blobs(sink);
@@ -778,6 +778,7 @@ impl ShardState {
             orders.all.offer_blobs(sink);
             orders.by_kind.iter().for_each(|kind| kind.offer_blobs(sink));
         }
+        self.batches_of.values().for_each(|batches| batches.offer_blobs(sink));
     }
 
     /// After a durable checkpoint: moves out of memory the chunks and blocks of history it holds
@@ -800,6 +801,7 @@ impl ShardState {
                 moved += kind.cool(durable, reader);
             }
         }
+        moved += self.batches_of.values_mut().map(|batches| batches.cool(durable, reader)).sum::<usize>();
         moved
     }
 
@@ -848,6 +850,7 @@ impl ShardState {
             orders.all.uncache();
             orders.by_kind.iter_mut().for_each(ChunkedVec::uncache);
         }
+        self.batches_of.values_mut().for_each(BatchList::uncache);
     }
 
     /// What the shard holds of its history, in memory and out (for `clearing bench` and
@@ -874,7 +877,11 @@ impl ShardState {
             vector("order_lists", all, all_chunks, all_cold),
             format!("income {} ({}/{} blocks out)", self.income.len(), self.income.cold_blocks(), self.income.block_count()),
             format!("idempotency {} hot, {} sealed", self.idempotency.len(), self.sealed.as_ref().map_or(0, |s| s.len())),
-            format!("batch_index {} entries for {} accounts", self.batches_of.values().map(BatchList::len).sum::<usize>(), self.batches_of.len()),
+            {
+                let (blocks, cold) = self.batches_of.values().map(BatchList::block_counts).fold((0, 0), |(b, c), (nb, nc)| (b + nb, c + nc));
+                let entries = self.batches_of.values().map(BatchList::len).sum::<usize>();
+                format!("batch_index {entries} entries for {} accounts ({cold}/{blocks} blocks out)", self.batches_of.len())
+            },
             format!("lots {}", self.lots.values().map(VecDeque::len).sum::<usize>()),
             format!("open_orders {}", self.platform_orders.values().map(|p| p.open.len()).sum::<usize>()),
         ]
@@ -888,7 +895,7 @@ impl ShardState {
         for orders in self.platform_orders.values() {
             cold += orders.all.cold_chunks() + orders.by_kind.iter().map(ChunkedVec::cold_chunks).sum::<usize>();
         }
-        cold
+        cold + self.batches_of.values().map(|batches| batches.block_counts().1).sum::<usize>()
     }
 
     /// Reads back every chunk a checkpoint kept as a blob (`checkpoint::load`): the same fields
@@ -905,6 +912,9 @@ impl ShardState {
             for kind in &mut orders.by_kind {
                 kind.fill_blobs(source)?;
             }
+        }
+        for batches in self.batches_of.values_mut() {
+            batches.fill_blobs(source)?;
         }
         Ok(())
     }
