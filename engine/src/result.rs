@@ -45,7 +45,9 @@ pub enum ResultCode {
     /// The credit would take the receiving account's total balance above `BALANCE_MINOR_MAX`.
     BalanceLimitExceeded = 32,
     /// The shard's mailbox was full: the command was never queued and nothing changed. Answered
-    /// by the router, never journaled; the caller may try again shortly.
+    /// by the router, or by a shard for a client command whose batch had read back all the
+    /// history one batch may (`shard::HISTORY_READS_PER_BATCH_MAX`); never journaled, the caller
+    /// may try again shortly.
     Overloaded = 33,
     /// An operator's adjustment without a reason (an empty or blank one).
     ReasonMissing = 34,

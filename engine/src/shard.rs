@@ -91,6 +91,9 @@ pub struct ShardCounters {
     pub history_cold: AtomicU64,
     /// Turns of the shard's loop in which client requests waited for a lagging checkpoint.
     pub checkpoint_lag_holds: AtomicU64,
+    /// Client commands answered `Overloaded` because their batch had read back all the history
+    /// it may (`HISTORY_READS_PER_BATCH_MAX`).
+    pub history_reads_refused: AtomicU64,
 }
 
 /// Why a shard stopped.
@@ -157,6 +160,7 @@ impl Default for ShardCounters {
             cold_probe_us: AtomicU64::default(),
             history_cold: AtomicU64::default(),
             checkpoint_lag_holds: AtomicU64::default(),
+            history_reads_refused: AtomicU64::default(),
         }
     }
 }
@@ -308,6 +312,11 @@ fn yield_to_batches() {
 
 /// How often an idle shard looks whether its checkpoint in flight has finished.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
+
+/// Pieces of history out of memory (chunks of 4,096 orders, income blocks) one batch may read
+/// back for its client commands (see `Shard::warm_round`): a few tens of
+/// milliseconds of reads.
+pub const HISTORY_READS_PER_BATCH_MAX: usize = 32;
 
 /// How soon a shard tries again to send credits or acknowledgements a full channel refused.
 const RESEND_AFTER: Duration = Duration::from_millis(1);
@@ -465,6 +474,47 @@ impl Shard {
             self.counters.checkpoint_lag_holds.fetch_add(1, Ordering::Relaxed);
         }
         lagging
+    }
+
+    /// Reads back the history out of memory the round's commands touch (so that `apply` finds
+    /// it in memory), at most `HISTORY_READS_PER_BATCH_MAX` pieces of it for client commands:
+    /// gives which commands to leave out (`None`: none, the usual case) or the fault that stops
+    /// the shard. Client commands past the bound are left out in their order of arrival, and
+    /// answered `Overloaded`; credits from other shards cannot fail and are always read for.
+    /// Each piece is a store read of up to a few hundred kilobytes, so without a bound a batch of
+    /// commands naming old orders (a platform confirming made-up ids, which `apply` refuses only
+    /// once their chunks are read) would hold every other platform's batch for seconds and fill
+    /// memory with history. Commands are taken one after the other, so a piece two of them
+    /// share is counted once.
+    fn warm_round(&self, round: &Round) -> Result<Option<Vec<bool>>, crate::ledger::growth::StorageFault> {
+        // New orders land in the income blocks from the shard's next order id up (a batch of
+        // more commands than two blocks hold may reach a block out of memory).
+        self.state.warm_own_income(round.envelopes.len())?;
+        let mut reads = 0;
+        let mut skipped: Option<Vec<bool>> = None;
+        let mut client: Vec<bool> = Vec::new();
+        for (index, envelope) in round.envelopes.iter().enumerate() {
+            let needed = self.state.history_reads(envelope);
+            if needed == 0 {
+                continue;
+            }
+            if reads + needed > HISTORY_READS_PER_BATCH_MAX {
+                if client.is_empty() {
+                    client = vec![false; round.envelopes.len()];
+                    for (_, start, count) in &round.waiting {
+                        client[*start..*start + *count].iter_mut().for_each(|c| *c = true);
+                    }
+                }
+                if client[index] {
+                    skipped.get_or_insert_with(|| vec![false; round.envelopes.len()])[index] = true;
+                    self.counters.history_reads_refused.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            self.state.warm_history(envelope)?;
+            reads += needed;
+        }
+        Ok(skipped)
     }
 
     /// Orders made since the last checkpoint's snapshot.
@@ -705,20 +755,30 @@ impl Shard {
                 return false;
             }
         }
-        // So is the history out of memory the batch touches.
-        if let Err(fault) = round.envelopes.iter().try_for_each(|envelope| self.state.warm_history(envelope)) {
-            mark_if_damaged(&*self.store, self.state.shard, &fault);
-            tracing::error!(shard = self.state.shard, "shard stopped: {fault}");
-            self.counters.mark_stopped(ShardFailure::Storage(fault.to_string()));
-            for (reply, _, _) in round.waiting.drain(..) {
-                reply(Err(EngineError::Storage(fault.to_string())));
+        // So is the history out of memory the batch touches, up to a bound: client commands
+        // that would read back more are answered `Overloaded` and left out of the batch.
+        let skipped = match self.warm_round(round) {
+            Ok(skipped) => skipped,
+            Err(fault) => {
+                mark_if_damaged(&*self.store, self.state.shard, &fault);
+                tracing::error!(shard = self.state.shard, "shard stopped: {fault}");
+                self.counters.mark_stopped(ShardFailure::Storage(fault.to_string()));
+                for (reply, _, _) in round.waiting.drain(..) {
+                    reply(Err(EngineError::Storage(fault.to_string())));
+                }
+                return false;
             }
-            return false;
-        }
-        for envelope in &round.envelopes {
-            let reply = self.state.apply(envelope, now, &mut round.fx);
+        };
+        for (index, envelope) in round.envelopes.iter().enumerate() {
+            let reply = match &skipped {
+                Some(skipped) if skipped[index] => Reply::rejected(ResultCode::Overloaded),
+                _ => self.state.apply(envelope, now, &mut round.fx),
+            };
             round.replies.push(reply);
         }
+        // The journal holds what was applied: a command left out is not replayed either.
+        let applied: Option<Vec<Envelope>> =
+            skipped.as_ref().map(|skipped| round.envelopes.iter().zip(skipped).filter(|(_, skip)| !**skip).map(|(envelope, _)| envelope.clone()).collect());
         self.state.forget_cold();
         self.sequence += 1;
         self.state.note_batch(self.sequence, &round.fx.postings);
@@ -727,7 +787,7 @@ impl Shard {
             sequence: self.sequence,
             timestamp: now,
             previous_hash: self.chain_head.hash,
-            envelopes: &round.envelopes,
+            envelopes: applied.as_deref().unwrap_or(&round.envelopes),
             entries: &round.fx.entries,
             postings: &round.fx.postings,
         };

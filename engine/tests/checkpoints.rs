@@ -523,6 +523,66 @@ fn the_batch_index_leaves_memory_and_answers_the_same_after_a_start() {
     assert_eq!(recovered, full, "shard 0: recovery == whole replay");
 }
 
+/// A batch reads back at most `HISTORY_READS_PER_BATCH_MAX` pieces of history for its client
+/// commands: a request naming more old orders (each in a chunk out of memory) gets `overloaded`
+/// for the rest, which are not applied or journaled, and go through when sent again.
+#[test]
+fn a_batch_reads_back_a_bounded_amount_of_history_and_refuses_the_rest_as_overloaded() {
+    use engine::shard::HISTORY_READS_PER_BATCH_MAX;
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(2, 2), store.clone()).unwrap();
+    let chunks = HISTORY_READS_PER_BATCH_MAX + 8;
+    // Escrows on shard 0, in submissions of 4,096: one chunk of orders each (about).
+    let opens = (0..8).map(|owner| plain(Command::OpenAccount { owner: 100 + owner, currency: CNY, limits: Limits::NONE })).collect();
+    let on_0: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).filter(|a| a.shard(2) == 0).collect();
+    let (payer, payee) = (on_0[0], on_0[1]);
+    assert!(engine.execute_one(plain(Command::Recharge { account: payer, currency: CNY, amount: 1_000_000_000, channel: 1 })).unwrap().is_ok());
+    let escrow = || Command::Payment {
+        payer,
+        guarantee: true,
+        currency: CNY,
+        amount: 1,
+        payees: [Leg { account: payee, amount: 1 }].into_iter().collect(),
+        splits: Legs::new(),
+    };
+    let mut by_chunk: std::collections::BTreeMap<u64, OrderId> = std::collections::BTreeMap::new();
+    for _ in 0..chunks + 3 {
+        let replies = engine.execute((0..4096).map(|_| plain(escrow())).collect()).unwrap();
+        for reply in replies {
+            assert!(reply.is_ok());
+            let id = OrderId(reply.id);
+            by_chunk.entry(id.local_index(2) >> 12).or_insert(id);
+        }
+    }
+    wait_for_cold_chunks(&engine, chunks + 1);
+    let cold: Vec<OrderId> = engine
+        .read_shard(0, {
+            let candidates: Vec<OrderId> = by_chunk.values().copied().collect();
+            move |state| candidates.into_iter().filter(|id| !state.orders.is_resident(id.local_index(2) as usize)).collect()
+        })
+        .unwrap();
+    assert!(cold.len() > HISTORY_READS_PER_BATCH_MAX + 2, "{} orders in chunks out of memory", cold.len());
+    let confirms: Vec<Envelope> = cold.iter().map(|order| plain(Command::Confirm { order: *order, releases: Legs::new() })).collect();
+    let replies = engine.execute(confirms.clone()).unwrap();
+    let overloaded: Vec<usize> = (0..replies.len()).filter(|i| replies[*i].code == engine::result::ResultCode::Overloaded).collect();
+    // Each confirm reads its order's chunk and the order's income block: two pieces, or one
+    // when the block was read already.
+    assert!(!overloaded.is_empty() && overloaded.len() < cold.len(), "{} of {} refused", overloaded.len(), cold.len());
+    assert!(replies.iter().enumerate().all(|(i, r)| overloaded.contains(&i) || r.is_ok()), "the others were applied");
+    assert!(overloaded.windows(2).all(|w| w[1] == w[0] + 1) && *overloaded.last().unwrap() == replies.len() - 1, "the last ones are refused");
+    assert_eq!(engine.counters()[0].history_reads_refused.load(std::sync::atomic::Ordering::Relaxed), overloaded.len() as u64);
+    let again: Vec<Envelope> = overloaded.iter().map(|i| confirms[*i].clone()).collect();
+    let second = engine.execute(again).unwrap();
+    assert!(second.iter().all(|r| r.is_ok() || r.code == engine::result::ResultCode::Overloaded), "{second:?}");
+    assert!(second.iter().any(|r| r.is_ok()), "sent again, they go through");
+    engine.shutdown();
+    assert!(check_store(&*store, 2).unwrap().ok);
+    // The refused commands are not in the journal: a whole replay is the live state.
+    for (shard, (recovered, full, _, _)) in both_ways(&store).into_iter().enumerate() {
+        assert_eq!(recovered, full, "shard {shard}");
+    }
+}
+
 /// Pushes batches until at least `at_least` chunks of shard 0's orders are out of memory.
 fn wait_for_cold_chunks(engine: &Engine, at_least: usize) {
     let cold = |engine: &Engine| engine.read_shard(0, |state| state.orders.cold_chunks()).unwrap();

@@ -130,6 +130,13 @@ pub struct ShardView {
     /// Order numbers read from the store before batches (not in memory), and the time it took.
     pub cold_probes: u64,
     pub cold_probe_us: u64,
+    /// Pieces of history (chunks of orders, income blocks, batch index blocks) out of memory.
+    pub history_cold: u64,
+    /// Turns of the loop in which client requests waited for a checkpoint that lagged behind.
+    pub checkpoint_lag_holds: u64,
+    /// Client commands answered `overloaded` because their batch had read back all the history
+    /// one batch may.
+    pub history_reads_refused: u64,
 }
 
 /// The published figures of one shard.
@@ -166,6 +173,9 @@ pub fn shard_view(engine: &Engine, shard: u16) -> Option<ShardView> {
         idempotency_evicted: c.idempotency_evicted.load(Ordering::Relaxed),
         cold_probes: c.cold_probes.load(Ordering::Relaxed),
         cold_probe_us: c.cold_probe_us.load(Ordering::Relaxed),
+        history_cold: c.history_cold.load(Ordering::Relaxed),
+        checkpoint_lag_holds: c.checkpoint_lag_holds.load(Ordering::Relaxed),
+        history_reads_refused: c.history_reads_refused.load(Ordering::Relaxed),
     })
 }
 

@@ -211,7 +211,7 @@ fn seconds(micros: u64) -> f64 {
 fn write_engine(out: &mut Exposition, engine: &Engine) {
     let counters = engine.counters();
     let shards: Vec<String> = (0..counters.len()).map(|shard| shard.to_string()).collect();
-    let gauges: [(&str, &str, fn(&Engine, usize) -> f64); 8] = [
+    let gauges: [(&str, &str, fn(&Engine, usize) -> f64); 10] = [
         ("clearing_shard_mailbox_depth", "Client requests waiting in the shard's mailbox.", |e, s| e.mailbox_depth(s as u16) as f64),
         ("clearing_shard_outbox_pending", "Credits to other shards written but not yet acknowledged by them.", |e, s| {
             e.counters()[s].outbox_pending.load(Ordering::Relaxed) as f64
@@ -232,6 +232,12 @@ fn write_engine(out: &mut Exposition, engine: &Engine) {
         ("clearing_shard_stopped", "1 when the shard has stopped (a failed write or a panic), else 0.", |e, s| {
             u8::from(e.counters()[s].stopped.load(Ordering::Relaxed)) as f64
         }),
+        ("clearing_shard_history_cold_pieces", "Pieces of history (chunks of orders, income and batch index blocks) out of memory.", |e, s| {
+            e.counters()[s].history_cold.load(Ordering::Relaxed) as f64
+        }),
+        ("clearing_shard_idempotency_in_memory", "Order numbers the shard holds in memory (the rest are rows in the store).", |e, s| {
+            e.counters()[s].idempotency_in_memory.load(Ordering::Relaxed) as f64
+        }),
     ];
     for (name, help, read) in gauges {
         out.family(name, "gauge", help);
@@ -242,6 +248,22 @@ fn write_engine(out: &mut Exposition, engine: &Engine) {
     out.family("clearing_shard_batches_total", "counter", "Durable batches the shard has written.");
     for (c, label) in counters.iter().zip(&shards) {
         out.sample("clearing_shard_batches_total", &[("shard", label.as_str())], c.batches.load(Ordering::Relaxed));
+    }
+    let totals: [(&str, &str, fn(&engine::shard::ShardCounters) -> u64); 2] = [
+        ("clearing_shard_checkpoint_lag_holds_total", "Turns of the shard's loop in which client requests waited for a checkpoint that lagged behind.", |c| {
+            c.checkpoint_lag_holds.load(Ordering::Relaxed)
+        }),
+        (
+            "clearing_shard_history_reads_refused_total",
+            "Client commands answered overloaded because their batch had read back all the history one batch may.",
+            |c| c.history_reads_refused.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, read) in totals {
+        out.family(name, "counter", help);
+        for (c, label) in counters.iter().zip(&shards) {
+            out.sample(name, &[("shard", label.as_str())], read(c));
+        }
     }
     out.family("clearing_shard_commands_total", "counter", "Commands the shard has applied.");
     for (c, label) in counters.iter().zip(&shards) {

@@ -916,6 +916,22 @@ impl<K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> OrderBlocks
         self.blocks.values().filter(|block| matches!(block, Piece::Hot(hot) if Arc::strong_count(hot) > 1)).count()
     }
 
+    /// Whether the block of `key` is in memory (hot, or read back and kept), or there is none.
+    pub fn is_resident(&self, key: &K) -> bool {
+        match self.blocks.get(&key.block()) {
+            Some(Piece::Cold(cold)) => cold.cache.get().is_some(),
+            _ => true,
+        }
+    }
+
+    /// Reads block `index` back into memory now if it is out (see `ColdPiece::warm`).
+    pub fn warm_block(&self, index: u64) -> Result<(), StorageFault> {
+        match self.blocks.get(&index) {
+            Some(Piece::Cold(cold)) => cold.warm(),
+            _ => Ok(()),
+        }
+    }
+
     /// Reads the block of `key` back into memory now if it is out (see `ColdPiece::warm`).
     pub fn warm(&self, key: &K) -> Result<(), StorageFault> {
         match self.blocks.get(&key.block()) {
@@ -953,11 +969,13 @@ impl<K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> OrderBlocks
     /// (`durable`: blocks still filling have changed since, so they stay), and drops the copies
     /// of blocks read back. Gives how many blocks it moved out.
     ///
-    /// Blocks from `keep_from` up stay: the shard's own new orders land there.
-    pub fn cool(&mut self, durable: &dyn Fn(u64, u64) -> Option<[u8; 32]>, reader: &Arc<dyn BlobRead>, keep_from: u64) -> usize {
+    /// Blocks in `keep` stay: the shard's own new orders land there next. (Blocks past it hold
+    /// orders of other shards that run ahead of this one; they go like older ones, and come back
+    /// when used: `warm_block` ahead of a batch.)
+    pub fn cool(&mut self, durable: &dyn Fn(u64, u64) -> Option<[u8; 32]>, reader: &Arc<dyn BlobRead>, keep: std::ops::Range<u64>) -> usize {
         let mut moved = 0;
         for (index, block) in self.blocks.iter_mut() {
-            if *index < keep_from && block.cool(durable, reader) {
+            if !keep.contains(index) && block.cool(durable, reader) {
                 moved += 1;
             }
             block.uncache();
@@ -1139,9 +1157,8 @@ impl BatchBlock {
         (0..self.count).map(move |index| {
             if index > 0 {
                 let (mut delta, mut shift) = (0u64, 0u32);
-                loop {
-                    // A block decoded from a blob may be short of deltas: it ends there.
-                    let Some(&byte) = self.deltas.get(at) else { break };
+                // A block decoded from a blob may be short of deltas: it ends there.
+                while let Some(&byte) = self.deltas.get(at) {
                     at += 1;
                     delta |= u64::from(byte & 0x7f) << (shift & 63);
                     shift += 7;
@@ -1857,7 +1874,7 @@ mod tests {
         let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
         m.offer_blobs(&mut writer);
         m.insert((OrderId(20_001), AccountId(0)), 1); // the newest block changes after the checkpoint
-        assert_eq!(m.cool(&writer.durable(), &reader, 3), 3, "blocks 0-2 leave; 3 is where new orders land, 4 changed since");
+        assert_eq!(m.cool(&writer.durable(), &reader, 3..4), 3, "blocks 0-2 leave; 3 is where new orders land, 4 changed since");
         assert_eq!((m.cold_blocks(), m.len(), blobs.reads()), (3, 20_001, 0), "counting needs no read");
         assert_eq!(m.get(&(OrderId(4_100), AccountId(4_100 % 3))), Some(&4_100));
         assert_eq!(m.get(&(OrderId(4_101), AccountId(1))), None);
@@ -1867,6 +1884,19 @@ mod tests {
         assert!(m.get_mut(&(OrderId(8_200), AccountId(0))).is_none());
         assert_eq!(m.cold_blocks(), 2, "a miss brings nothing back");
         assert_eq!(m.iter().count(), 20_001);
+        // Regression: blocks past the kept range (orders of a shard that runs ahead of this one)
+        // stayed in memory for good, growing with the shards' imbalance.
+        for i in 0..100u64 {
+            m.insert((OrderId(9 * 4096 + i), AccountId(1)), i);
+        }
+        let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
+        m.offer_blobs(&mut writer);
+        let cold_before = m.cold_blocks();
+        assert_eq!(m.cool(&writer.durable(), &reader, 3..5), 2, "0 (changed before this checkpoint) and 9, the block ahead, leave; 3 and 4 are kept");
+        assert_eq!(m.cold_blocks(), cold_before + 2);
+        assert!(!m.is_resident(&(OrderId(9 * 4096), AccountId(1))));
+        m.warm_block(9).unwrap();
+        assert!(m.is_resident(&(OrderId(9 * 4096), AccountId(1))), "read back ahead of a batch");
     }
 
     #[test]

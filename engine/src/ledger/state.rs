@@ -76,6 +76,18 @@ impl Effects {
     }
 }
 
+/// Income blocks from the shard's next order id's up that stay in memory after a checkpoint: its
+/// new payments land there (`ShardState::cool`).
+const INCOME_BLOCKS_KEPT: u64 = 2;
+
+/// A piece of history a command touches (`ShardState::warm_history`): the order at a local
+/// index, or an income record's block.
+#[derive(Clone, Copy, Debug)]
+enum HistoryTouch {
+    Order(usize),
+    Income((OrderId, AccountId)),
+}
+
 /// One shard's state: its accounts, open and past orders, idempotency records and outboxes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ShardState {
@@ -790,7 +802,7 @@ impl ShardState {
         // Income blocks are keyed by order id, shared by every shard's orders: the block of this
         // shard's next order and those after it stay in memory (its new payments land there).
         let frontier = if self.shard_count > 0 { self.next_order_id().0 >> 12 } else { 0 };
-        moved += self.income.cool(durable, reader, frontier);
+        moved += self.income.cool(durable, reader, frontier..frontier + INCOME_BLOCKS_KEPT);
         moved += self.settled.cool(durable, reader);
         moved += self.order_changes.cool(durable, reader);
         moved += self.commissions.cool(durable, reader);
@@ -812,26 +824,67 @@ impl ShardState {
     /// applied. (The nightly `ExpireFreezes` and `AutoConfirm` walk open orders of any age: a
     /// cold one among them is read inside `apply`.)
     pub fn warm_history(&self, envelope: &Envelope) -> Result<(), crate::ledger::growth::StorageFault> {
-        let warm_order = |id: OrderId| {
+        self.history_touched(envelope, &mut |touch| match touch {
+            HistoryTouch::Order(index) => self.orders.warm(index),
+            HistoryTouch::Income(key) => self.income.warm(&key),
+        })
+    }
+
+    /// Reads back the income blocks the shard's next `commands` orders land in, if out of memory
+    /// (blocks past the shard's newest two hold other shards' orders, and go like older ones).
+    pub fn warm_own_income(&self, commands: usize) -> Result<(), crate::ledger::growth::StorageFault> {
+        if self.shard_count == 0 {
+            return Ok(());
+        }
+        let next = self.next_order_id().0;
+        let last = next.saturating_add((commands as u64).saturating_mul(self.shard_count as u64)) >> 12;
+        for block in (next >> 12) + INCOME_BLOCKS_KEPT..=last {
+            self.income.warm_block(block)?;
+        }
+        Ok(())
+    }
+
+    /// How many pieces of history out of memory `warm_history` would read back for `envelope`
+    /// (a piece two of its touches share counted twice): none for nearly every command.
+    pub fn history_reads(&self, envelope: &Envelope) -> usize {
+        let mut reads = 0;
+        let _ = self.history_touched(envelope, &mut |touch| {
+            let resident = match touch {
+                HistoryTouch::Order(index) => self.orders.is_resident(index),
+                HistoryTouch::Income(key) => self.income.is_resident(&key),
+            };
+            reads += usize::from(!resident);
+            Ok(())
+        });
+        reads
+    }
+
+    /// Calls `visit` with each piece of history `envelope` touches (see `warm_history`).
+    fn history_touched(
+        &self,
+        envelope: &Envelope,
+        visit: &mut dyn FnMut(HistoryTouch) -> Result<(), crate::ledger::growth::StorageFault>,
+    ) -> Result<(), crate::ledger::growth::StorageFault> {
+        let order = |id: OrderId, visit: &mut dyn FnMut(HistoryTouch) -> Result<(), crate::ledger::growth::StorageFault>| {
             if self.shard_count > 0 && id.shard(self.shard_count) == self.shard {
-                self.orders.warm(id.local_index(self.shard_count) as usize)
+                visit(HistoryTouch::Order(id.local_index(self.shard_count) as usize))
             } else {
                 Ok(())
             }
         };
-        if let Some(order) = envelope.command.target_order() {
-            warm_order(order)?;
+        if let Some(target) = envelope.command.target_order() {
+            order(target, visit)?;
             // Confirming a guarantee or a direct payment lands its income here (same shard).
-            self.income.warm(&(order, AccountId(0)))?;
+            visit(HistoryTouch::Income((target, AccountId(0))))?;
         }
         match &envelope.command {
             Command::Refund { payment, payee, .. } => {
-                warm_order(*payment)?;
-                self.income.warm(&(*payment, *payee))
+                order(*payment, visit)?;
+                visit(HistoryTouch::Income((*payment, *payee)))
             }
             Command::ApplyCredit(credit) => match credit.purpose {
-                CreditPurpose::PaymentIncome => self.income.warm(&(credit.order, credit.account)),
-                CreditPurpose::RefundToPayer => warm_order(credit.order),
+                CreditPurpose::PaymentIncome => visit(HistoryTouch::Income((credit.order, credit.account))),
+                CreditPurpose::RefundToPayer => order(credit.order, visit),
                 CreditPurpose::Commission | CreditPurpose::Adjustment => Ok(()),
             },
             _ => Ok(()),
