@@ -178,6 +178,10 @@ struct EngineSection {
     cold_filter_mib: usize,
 }
 
+fn default_every_orders() -> u64 {
+    engine::shard::DEFAULT_EVERY_ORDERS
+}
+
 fn default_cold_filter_mib() -> usize {
     engine::cold::COLD_FILTER_BYTES >> 20
 }
@@ -187,6 +191,8 @@ fn default_cold_filter_mib() -> usize {
 #[serde(deny_unknown_fields)]
 struct CheckpointSection {
     every_batches: u64,
+    /// Absent from files written before it: the default.
+    #[serde(default = "default_every_orders")]
     every_orders: u64,
     every_seconds: u64,
     kept: usize,
@@ -676,9 +682,12 @@ mod tests {
             .replace("pages = true\n", "")
             .replace("allow_insecure_loopback = false\n", "")
             .replace("deliveries_per_second_max = 200\n", "")
-            .replace("per_platform = {}\n", "");
+            .replace("per_platform = {}\n", "")
+            .replace("every_orders = 500000\n", "");
+        assert!(!text.contains("every_orders"));
         let config = Config::parse(&text).expect("an older file loads");
         assert!(config.simulator.pages);
+        assert_eq!(config.engine.checkpoints.every_orders, engine::shard::DEFAULT_EVERY_ORDERS, "checkpoints by orders, as a new file says");
         assert_eq!(config.protections.card_binds_per_account_per_day, gateway::cards::BINDS_PER_ACCOUNT_PER_DAY_DEFAULT);
         let with_files = DEFAULT_CONFIG.replace("# master_key_file = ", "master_key_file = ").replace("# admin_token_file = ", "admin_token_file = ");
         let config = Config::parse(&with_files).expect("files named");

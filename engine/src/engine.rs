@@ -422,7 +422,7 @@ impl Engine {
                 }
                 gather.finish_part();
             });
-            let request = ClientRequest { envelopes: part, reply: on_reply };
+            let request = ClientRequest { envelopes: part, reply: on_reply, refusable: matches!(wait, Wait::Never) };
             let refused = match wait {
                 Wait::Block => self.clients[shard].send(request).err().map(|failed| (failed.0, false)),
                 Wait::Never => match self.clients[shard].try_send(request) {
@@ -478,7 +478,9 @@ impl Engine {
             let reply: ReplyTo = Box::new(move |result| {
                 let _ = sender.send(result);
             });
-            clients.send(ClientRequest { envelopes: vec![envelope.clone()], reply }).map_err(|_| EngineError::ShardStopped(shard as ShardId))?;
+            clients
+                .send(ClientRequest { envelopes: vec![envelope.clone()], reply, refusable: false })
+                .map_err(|_| EngineError::ShardStopped(shard as ShardId))?;
             receivers.push(receiver);
         }
         let mut replies = Vec::new();
@@ -491,18 +493,45 @@ impl Engine {
 
     /// Runs `read` on a shard's thread between batches and returns its result. Blocking (call it
     /// off async workers); a control channel still full after `READ_QUEUE_WAIT` is `Overloaded`.
+    ///
+    /// History out of memory that `read` cannot read back (a `StorageFault`: a blob missing,
+    /// damaged, or the store not answering) fails this read only, as `EngineError::Storage`:
+    /// the shard goes on (a read changes nothing), and a damaged blob is marked, so that the next
+    /// start recovers without it. A batch that needs the blob stops the shard, as before.
     pub fn read_shard<R: Send + 'static>(&self, shard: ShardId, read: impl FnOnce(&ShardState) -> R + Send + 'static) -> Result<R, EngineError> {
         let (sender, receiver) = bounded(1);
         let control = self.controls.get(shard as usize).ok_or(EngineError::ShardStopped(shard))?;
         let message = Control::Read(Box::new(move |state| {
-            let _ = sender.send(read(state));
+            // Unwind safety: `read` sees the state only by shared reference; the only interior
+            // mutability it may reach is a cold piece's read-back cache (set whole or not at all)
+            // and the history reader's counter.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(state))) {
+                Ok(value) => {
+                    let _ = sender.send(Ok(value));
+                }
+                Err(payload) => match payload.downcast::<crate::ledger::growth::StorageFault>() {
+                    Ok(fault) => {
+                        let _ = sender.send(Err(*fault));
+                    }
+                    // Anything else is a bug: it stops the shard (its thread's guard reports it).
+                    Err(other) => std::panic::resume_unwind(other),
+                },
+            }
         }));
         match control.send_timeout(message, READ_QUEUE_WAIT) {
             Ok(()) => {}
             Err(SendTimeoutError::Timeout(_)) => return Err(EngineError::Overloaded(shard)),
             Err(SendTimeoutError::Disconnected(_)) => return Err(EngineError::ShardStopped(shard)),
         }
-        receiver.recv().map_err(|_| EngineError::ShardStopped(shard))
+        match receiver.recv() {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(fault)) => {
+                crate::shard::mark_if_damaged(&*self.store, shard, &fault);
+                tracing::error!(shard, "a read of the shard failed: {fault}");
+                Err(EngineError::Storage(fault.to_string()))
+            }
+            Err(_) => Err(EngineError::ShardStopped(shard)),
+        }
     }
 
     /// The idempotency record of `key` on `shard`: from the shard's memory, else its cold row in

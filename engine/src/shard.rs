@@ -24,6 +24,11 @@ pub type ReplyTo = Box<dyn FnOnce(Result<Vec<Reply>, EngineError>) + Send>;
 pub struct ClientRequest {
     pub envelopes: Vec<Envelope>,
     pub reply: ReplyTo,
+    /// Whether the shard may answer a platform's command of it `Overloaded` instead of applying
+    /// it (`Shard::warm_round`): requests from the HTTP edge, whose callers see a 503 and try
+    /// again; never a blocking caller's (the clearing actor, settlement, the CLI), which acts on
+    /// every outcome as final.
+    pub refusable: bool,
 }
 
 /// Messages between shards, over a bounded channel (`inbound_capacity` messages). A sender never
@@ -268,6 +273,8 @@ struct Round {
     envelopes: Vec<Envelope>,
     replies: Vec<Reply>,
     waiting: Vec<(ReplyTo, usize, usize)>,
+    /// The envelopes (start, count) of refusable client requests (`ClientRequest::refusable`).
+    refusable: Vec<(usize, usize)>,
     deferred_acks: Vec<Envelope>,
     fx: Effects,
     encoded: Vec<u8>,
@@ -322,7 +329,7 @@ pub const HISTORY_READS_PER_BATCH_MAX: usize = 32;
 const RESEND_AFTER: Duration = Duration::from_millis(1);
 
 /// Marks the blob of `fault` damaged if it is (not when the store only failed to answer).
-fn mark_if_damaged(store: &dyn Store, shard: ShardId, fault: &crate::ledger::growth::StorageFault) {
+pub(crate) fn mark_if_damaged(store: &dyn Store, shard: ShardId, fault: &crate::ledger::growth::StorageFault) {
     if fault.damaged {
         if let Err(error) = crate::checkpoint::mark_damaged(store, shard, &fault.hash, &fault.reason) {
             tracing::error!(shard, "the damaged blob could not be marked: {error}");
@@ -367,6 +374,7 @@ impl Shard {
             envelopes: Vec::with_capacity(self.limits.batch_size_max),
             replies: Vec::with_capacity(self.limits.batch_size_max),
             waiting: Vec::new(),
+            refusable: Vec::new(),
             deferred_acks: Vec::new(),
             fx: Effects::default(),
             encoded: Vec::new(),
@@ -489,7 +497,7 @@ impl Shard {
     fn warm_round(&self, round: &Round) -> Result<Option<Vec<bool>>, crate::ledger::growth::StorageFault> {
         // New orders land in the income blocks from the shard's next order id up (a batch of
         // more commands than two blocks hold may reach a block out of memory).
-        self.state.warm_own_income(round.envelopes.len())?;
+        self.state.warm_own_income(&round.envelopes)?;
         let mut reads = 0;
         let mut skipped: Option<Vec<bool>> = None;
         let mut client: Vec<bool> = Vec::new();
@@ -501,11 +509,13 @@ impl Shard {
             if reads + needed > HISTORY_READS_PER_BATCH_MAX {
                 if client.is_empty() {
                     client = vec![false; round.envelopes.len()];
-                    for (_, start, count) in &round.waiting {
+                    for (start, count) in &round.refusable {
                         client[*start..*start + *count].iter_mut().for_each(|c| *c = true);
                     }
                 }
-                if client[index] {
+                // A platform's command from the HTTP edge; the system's own (platform 0:
+                // callbacks, clearing) are always applied.
+                if client[index] && envelope.platform != 0 {
                     skipped.get_or_insert_with(|| vec![false; round.envelopes.len()])[index] = true;
                     self.counters.history_reads_refused.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -701,6 +711,9 @@ impl Shard {
         let count = request.envelopes.len();
         round.envelopes.append(&mut request.envelopes);
         round.waiting.push((request.reply, start, count));
+        if request.refusable {
+            round.refusable.push((start, count));
+        }
     }
 
     /// Takes what is already queued, without waiting, up to the batch limit.
@@ -815,6 +828,7 @@ impl Shard {
             reply(Ok(round.replies[start..start + count].to_vec()));
         }
         round.envelopes.clear();
+        round.refusable.clear();
         round.outbox_unsent = !self.send_outbox(&mut round.sent);
         for source in 0..round.inbound_before.len() {
             let applied = self.state.inbound_applied[source];

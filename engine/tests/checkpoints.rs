@@ -563,7 +563,18 @@ fn a_batch_reads_back_a_bounded_amount_of_history_and_refuses_the_rest_as_overlo
         .unwrap();
     assert!(cold.len() > HISTORY_READS_PER_BATCH_MAX + 2, "{} orders in chunks out of memory", cold.len());
     let confirms: Vec<Envelope> = cold.iter().map(|order| plain(Command::Confirm { order: *order, releases: Legs::new() })).collect();
-    let replies = engine.execute(confirms.clone()).unwrap();
+    // As the HTTP edge submits (`Engine::submit`: the caller sees 503 and tries again).
+    let submit = |envelopes: Vec<Envelope>| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        engine.submit(
+            envelopes,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
+        receiver.recv().unwrap().unwrap()
+    };
+    let replies = submit(confirms.clone());
     let overloaded: Vec<usize> = (0..replies.len()).filter(|i| replies[*i].code == engine::result::ResultCode::Overloaded).collect();
     // Each confirm reads its order's chunk and the order's income block: two pieces, or one
     // when the block was read already.
@@ -572,9 +583,16 @@ fn a_batch_reads_back_a_bounded_amount_of_history_and_refuses_the_rest_as_overlo
     assert!(overloaded.windows(2).all(|w| w[1] == w[0] + 1) && *overloaded.last().unwrap() == replies.len() - 1, "the last ones are refused");
     assert_eq!(engine.counters()[0].history_reads_refused.load(std::sync::atomic::Ordering::Relaxed), overloaded.len() as u64);
     let again: Vec<Envelope> = overloaded.iter().map(|i| confirms[*i].clone()).collect();
-    let second = engine.execute(again).unwrap();
+    let second = submit(again);
     assert!(second.iter().all(|r| r.is_ok() || r.code == engine::result::ResultCode::Overloaded), "{second:?}");
     assert!(second.iter().any(|r| r.is_ok()), "sent again, they go through");
+    // A blocking caller (the clearing actor, settlement, the CLI) acts on every outcome as
+    // final: its commands are never refused, however much history they read back.
+    let refused_before = engine.counters()[0].history_reads_refused.load(std::sync::atomic::Ordering::Relaxed);
+    let cancels: Vec<Envelope> = by_chunk.values().map(|order| plain(Command::Cancel { order: *order, amount: None })).collect();
+    let cancelled = engine.execute(cancels).unwrap();
+    assert!(cancelled.iter().all(|r| r.code != engine::result::ResultCode::Overloaded), "{cancelled:?}");
+    assert_eq!(engine.counters()[0].history_reads_refused.load(std::sync::atomic::Ordering::Relaxed), refused_before);
     engine.shutdown();
     assert!(check_store(&*store, 2).unwrap().ok);
     // The refused commands are not in the journal: a whole replay is the live state.
@@ -601,7 +619,7 @@ fn wait_for_cold_chunks(engine: &Engine, at_least: usize) {
 /// next start recovers without the checkpoints that use it (here: from the whole journal), the
 /// command then succeeds, and the next checkpoints write the history again and drop the marks.
 #[test]
-fn a_damaged_history_blob_stops_the_shard_and_the_next_start_recovers_without_it() {
+fn a_damaged_history_blob_fails_a_read_stops_a_batch_and_the_next_start_recovers_without_it() {
     let store = Arc::new(MemoryStore::new());
     let engine = Engine::start(config(2, 2), store.clone()).unwrap();
     let (_, first_escrow) = escrow_history(&engine, 5);
@@ -609,6 +627,12 @@ fn a_damaged_history_blob_stops_the_shard_and_the_next_start_recovers_without_it
     for hash in blob_keys(&store, 0) {
         store.write(&[(&checkpoint::blob_key(0, &hash), b"not the blob")]).unwrap();
     }
+    // A read that meets it fails alone (a gateway query): the shard goes on, the blob is marked.
+    let read = engine.read_shard(0, move |state| state.order(first_escrow).map(|o| o.status));
+    assert!(matches!(&read, Err(engine::EngineError::Storage(text)) if text.contains("storage fault")), "{read:?}");
+    assert!(engine.counters()[0].failure().is_none(), "a read does not stop the shard");
+    assert!(!checkpoint::damaged(&*store, 0).unwrap().is_empty(), "the blob is marked");
+    assert!(engine.execute_one(plain(Command::OpenAccount { owner: 9_999_999, currency: CNY, limits: Limits::NONE })).unwrap().is_ok());
     let confirm = plain(Command::Confirm { order: first_escrow, releases: Legs::new() });
     let refused = engine.execute_one(confirm.clone());
     assert!(refused.is_err(), "{refused:?}");

@@ -139,7 +139,11 @@ pub fn rejection(code: ResultCode) -> ApiError {
         ResultCode::BalanceLimitExceeded => {
             (422, "balance_limit_exceeded", "the receiving account's balance would pass the largest balance an account may hold", Some("amount"))
         }
-        ResultCode::Overloaded => return ApiError::overloaded("the shard's queue is full; nothing was applied; try again shortly"),
+        ResultCode::Overloaded => {
+            return ApiError::overloaded(
+                "the shard is busy (its queue is full, or its batch has read back all the history one batch may); nothing was applied; try again shortly",
+            )
+        }
         ResultCode::ReasonMissing => (400, "invalid_request", "an adjustment needs a reason", Some("reason")),
         ResultCode::ApprovalInvalid => {
             (422, "approval_invalid", "an adjustment needs a proposer and a different approver, each named in at most 64 bytes", Some("approver"))

@@ -265,7 +265,11 @@ fn write_engine(out: &mut Exposition, engine: &Engine) {
             out.sample(name, &[("shard", label.as_str())], read(c));
         }
     }
-    out.family("clearing_shard_commands_total", "counter", "Commands the shard has applied.");
+    out.family(
+        "clearing_shard_commands_total",
+        "counter",
+        "Commands the shard has answered in its batches (applied, or refused overloaded without being applied).",
+    );
     for (c, label) in counters.iter().zip(&shards) {
         out.sample("clearing_shard_commands_total", &[("shard", label.as_str())], c.commands.load(Ordering::Relaxed));
     }

@@ -5,13 +5,29 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rocksdb::{BlockBasedOptions, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use storage::{StorageError, Store};
+
+/// The column family of the engine's cold idempotency rows (keys under `ROWS_PREFIX`).
+///
+/// One row per order number ever accepted: hundreds of millions of small rows with random keys,
+/// written by every checkpoint and read only behind the engine's filter. In the default family
+/// their compactions rewrote them with LZ4 beside the journal and the checkpoints (about a
+/// quarter of the process's CPU at 100 M orders, most of it merging each flush of random keys
+/// into the whole level below). Apart, they get options of their own (`rows_options`): no
+/// compression (random keys do not compress), and more flushes gathered before a merge.
+const ROWS_FAMILY: &str = "rows";
+
+/// Keys that live in `ROWS_FAMILY` (the engine's `h/` space: history moved out of memory).
+const ROWS_PREFIX: &[u8] = b"h/";
 
 /// A RocksDB database in a directory.
 pub struct RocksStore {
     db: DB,
+    /// Whether `ROWS_PREFIX` keys live in `ROWS_FAMILY`: true for every database made by this
+    /// build; false for one made before (every key in the default family, as it was written).
+    rows_apart: bool,
     read_only: bool,
     poisoned: AtomicBool,
 }
@@ -47,20 +63,35 @@ impl RocksStore {
         options.set_enable_blob_gc(true);
         options.set_blob_gc_age_cutoff(0.25);
         with_point_lookup_filters(&mut options);
-        // The default column family named, so that its handle serves batched multi-gets, and
-        // opened with these options: `DB::open_cf` by name would give it RocksDB's defaults (no
-        // blob files, no bloom filters), which it silently did for a while (journal values
-        // inline in tables, rewritten by every compaction; point lookups without filters).
-        let db = DB::open_cf_with_opts(&options, path, [(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone())]).map_err(io)?;
-        Ok(RocksStore { db, read_only: false, poisoned: AtomicBool::new(false) })
+        // A new database gets the rows family; one made before it keeps every key where it is.
+        let existing = if path.join("CURRENT").is_file() { DB::list_cf(&options, path).map_err(io)? } else { Vec::new() };
+        let rows_apart = existing.is_empty() || existing.iter().any(|name| name == ROWS_FAMILY);
+        options.create_missing_column_families(true);
+        // Each column family named and opened with its options: `DB::open_cf` by name would give
+        // the default one RocksDB's defaults (no blob files, no bloom filters), which it silently
+        // did for a while (journal values inline in tables, rewritten by every compaction; point
+        // lookups without filters).
+        let mut families = vec![ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone())];
+        if rows_apart {
+            families.push(ColumnFamilyDescriptor::new(ROWS_FAMILY, rows_options()));
+        }
+        let db = DB::open_cf_descriptors(&options, path, families).map_err(io)?;
+        Ok(RocksStore { db, rows_apart, read_only: false, poisoned: AtomicBool::new(false) })
     }
 
     /// Opens an existing database read-only (for offline checks beside a running server).
     pub fn open_read_only(path: &Path) -> Result<RocksStore, StorageError> {
         let mut options = Options::default();
         with_point_lookup_filters(&mut options);
-        let db = DB::open_for_read_only(&options, path, false).map_err(io)?;
-        Ok(RocksStore { db, read_only: true, poisoned: AtomicBool::new(false) })
+        Self::open_families_read_only(&options, path)
+    }
+
+    /// Opens every column family of the database in `path` read-only.
+    fn open_families_read_only(options: &Options, path: &Path) -> Result<RocksStore, StorageError> {
+        let existing = DB::list_cf(options, path).map_err(io)?;
+        let rows_apart = existing.iter().any(|name| name == ROWS_FAMILY);
+        let db = DB::open_cf_for_read_only(options, path, &existing, false).map_err(io)?;
+        Ok(RocksStore { db, rows_apart, read_only: true, poisoned: AtomicBool::new(false) })
     }
 
     /// Opens a copy (a checkpoint, a backup, a restored directory) read-only without writing
@@ -77,8 +108,7 @@ impl RocksStore {
         options.set_blob_compression_type(rocksdb::DBCompressionType::None);
         options.set_info_logger(rocksdb::InfoLogger::new_callback_logger(rocksdb::LogLevel::Fatal, |_, _| {}));
         with_point_lookup_filters(&mut options);
-        let db = DB::open_for_read_only(&options, path, false).map_err(io)?;
-        Ok(RocksStore { db, read_only: true, poisoned: AtomicBool::new(false) })
+        Self::open_families_read_only(&options, path)
     }
 
     /// Writes a RocksDB checkpoint of the whole database into `target`, which must not exist:
@@ -90,6 +120,18 @@ impl RocksStore {
         let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(io)?;
         checkpoint.create_checkpoint(target).map_err(io)
     }
+}
+
+/// The options of `ROWS_FAMILY`: small values in the tables (no blob files), no compression,
+/// the same bloom filters, and eight flushes gathered before they are merged into the level below
+/// (each merge of random keys rewrites all of that level, so half as many halves that cost).
+fn rows_options() -> Options {
+    let mut options = Options::default();
+    options.set_write_buffer_size(64 << 20);
+    options.set_compression_type(rocksdb::DBCompressionType::None);
+    options.set_level_zero_file_num_compaction_trigger(8);
+    with_point_lookup_filters(&mut options);
+    options
 }
 
 /// Bloom filters for point lookups: cold idempotency records (`h/i/` + key) are probed for every
@@ -108,6 +150,12 @@ fn with_point_lookup_filters(options: &mut Options) {
 }
 
 impl RocksStore {
+    /// The column family `key` lives in.
+    fn family(&self, key: &[u8]) -> &ColumnFamily {
+        let name = if self.rows_apart && key.starts_with(ROWS_PREFIX) { ROWS_FAMILY } else { rocksdb::DEFAULT_COLUMN_FAMILY_NAME };
+        self.db.cf_handle(name).expect("every column family is opened with the database")
+    }
+
     /// Writes one batch with sync (WAL fsync); a failure poisons the store.
     fn write_batch(&self, batch: WriteBatch) -> Result<(), StorageError> {
         if self.read_only {
@@ -130,27 +178,30 @@ impl Store for RocksStore {
     fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         for (key, value) in puts {
-            batch.put(key, value);
+            batch.put_cf(self.family(key), key, value);
         }
         self.write_batch(batch)
     }
 
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
         // One range tombstone: cheap to write whatever the range holds; compaction drops the data.
+        // A range within one family: the engine's ranges are all within one prefix.
         let mut batch = WriteBatch::default();
-        batch.delete_range(start, end);
+        batch.delete_range_cf(self.family(start), start, end);
         self.write_batch(batch)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db.get(key).map_err(io)
+        self.db.get_cf(self.family(key), key).map_err(io)
     }
 
     fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        let Some(family) = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME) else {
-            // Read-only opens name no column family: one lookup per key through MultiGet.
-            return self.db.multi_get(keys).into_iter().map(|found| found.map_err(io)).collect();
-        };
+        let Some(first) = keys.first() else { return Ok(Vec::new()) };
+        let family = self.family(first);
+        if keys.iter().any(|key| !std::ptr::eq(self.family(key), family)) {
+            // Keys of several families (no caller sends such): one lookup each.
+            return keys.iter().map(|key| self.get(key)).collect();
+        }
         let sorted = keys.windows(2).all(|pair| pair[0] <= pair[1]);
         self.db
             .batched_multi_get_cf(family, keys.iter().copied(), sorted)
@@ -160,7 +211,7 @@ impl Store for RocksStore {
     }
 
     fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError> {
-        for item in self.db.iterator(IteratorMode::From(start, Direction::Forward)) {
+        for item in self.db.iterator_cf(self.family(start), IteratorMode::From(start, Direction::Forward)) {
             let (key, value) = item.map_err(io)?;
             if key.as_ref() >= end || !visit(&key, &value) {
                 break;
@@ -176,7 +227,7 @@ impl Store for RocksStore {
     fn last_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         // Seek to the last key at or before `end`, step back over `end` itself: keys only, no
         // value (a journal batch's value lives in a blob file) is read.
-        let mut iterator = self.db.raw_iterator();
+        let mut iterator = self.db.raw_iterator_cf(self.family(start));
         iterator.seek_for_prev(end);
         if iterator.valid() && iterator.key() == Some(end) {
             iterator.prev();

@@ -68,10 +68,86 @@ fn the_default_column_family_runs_with_the_stores_options() {
     let text = std::fs::read_to_string(dir.path().join(newest)).expect("read OPTIONS");
     let default = text.split("[CFOptions \"default\"]").nth(1).expect("the default column family's section");
     let section = default.split("\n[").next().unwrap_or(default);
-    for setting in ["enable_blob_files=true", "min_blob_size=4096", "enable_blob_garbage_collection=true", "blob_compression_type=kLZ4Compression"] {
+    for setting in ["enable_blob_files=true", "min_blob_size=4096", "enable_blob_garbage_collection=true", "blob_compression_type=kNoCompression"] {
         assert!(section.lines().any(|line| line.trim() == setting), "{setting} missing in:\n{section}");
     }
     let table = default.split("[TableOptions/BlockBasedTable \"default\"]").nth(1).expect("the default table options");
     let table = table.split("\n[").next().unwrap_or(table);
     assert!(table.lines().any(|line| line.trim().starts_with("filter_policy=") && line.contains("bloom")), "no bloom filter in:\n{table}");
+}
+
+/// The newest OPTIONS file's section of column family `family` (up to the next section).
+fn options_section(dir: &std::path::Path, family: &str) -> String {
+    let newest = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("OPTIONS-"))
+        .max_by_key(|name| name.trim_start_matches("OPTIONS-").parse::<u64>().unwrap_or(0))
+        .expect("an OPTIONS file");
+    let text = std::fs::read_to_string(dir.join(newest)).expect("read OPTIONS");
+    let section = text.split(&format!("[CFOptions \"{family}\"]")).nth(1).unwrap_or_else(|| panic!("no section for {family}"));
+    section.split("\n[").next().unwrap_or(section).to_string()
+}
+
+/// Cold idempotency rows (`h/`) live in a column family of their own, with options of their own,
+/// and every operation finds them there: the conformance suite with `h/` keys, a checkpoint and
+/// the read-only and copy opens.
+#[test]
+fn cold_rows_live_in_their_own_column_family() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let store = RocksStore::open(&path).expect("open");
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = (0u32..500).map(|n| (format!("h/i/{n:08}").into_bytes(), n.to_be_bytes().to_vec())).collect();
+    let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(k, v)| (&k[..], &v[..])).chain([(&b"j/1"[..], &[1u8; 10_000][..])]).collect();
+    store.write(&puts).expect("one batch over both families");
+    let keys: Vec<&[u8]> = rows.iter().map(|(k, _)| &k[..]).chain([&b"h/i/99999999"[..]]).collect();
+    let found = store.get_many(&keys).expect("get_many");
+    assert_eq!(found[499].as_deref(), Some(&499u32.to_be_bytes()[..]));
+    assert_eq!(found[500], None);
+    assert_eq!(store.get_many(&[b"h/i/00000001", b"j/1"]).expect("mixed").iter().filter(|v| v.is_some()).count(), 2);
+    let mut seen = 0;
+    store
+        .scan(b"h/i/", b"h/i0", &mut |_, _| {
+            seen += 1;
+            true
+        })
+        .expect("scan");
+    assert_eq!(seen, 500);
+    assert_eq!(store.last_key_in(b"h/i/", b"h/i0").expect("last").as_deref(), Some(&b"h/i/00000499"[..]));
+    store.delete_range(b"h/i/00000100", b"h/i/00000200").expect("delete range");
+    assert_eq!(store.get(b"h/i/00000150").expect("get"), None);
+    assert_eq!(store.get(b"j/1").expect("get").map(|v| v.len()), Some(10_000));
+    store.checkpoint(&dir.path().join("copy")).expect("checkpoint");
+    drop(store);
+    let section = options_section(&path, "rows");
+    for setting in ["compression=kNoCompression", "level0_file_num_compaction_trigger=8", "enable_blob_files=false"] {
+        assert!(section.lines().any(|line| line.trim() == setting), "{setting} missing in:\n{section}");
+    }
+    for opened in [RocksStore::open(&path), RocksStore::open_read_only(&path), RocksStore::open_copy(&dir.path().join("copy"))] {
+        let opened = opened.expect("opens");
+        assert_eq!(opened.get(b"h/i/00000499").expect("get").as_deref(), Some(&499u32.to_be_bytes()[..]));
+        assert_eq!(opened.get(b"h/i/00000150").expect("get"), None);
+    }
+}
+
+/// A database made before the rows family (every key in the default family) keeps its rows
+/// where they are: they are still found, and new ones go beside them.
+#[test]
+fn a_database_without_the_rows_family_keeps_its_rows_where_they_are() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        let db = rocksdb::DB::open(&options, dir.path()).expect("a database of before");
+        db.put(b"h/i/00000001", b"old row").expect("put");
+    }
+    let store = RocksStore::open(dir.path()).expect("open");
+    assert_eq!(store.get(b"h/i/00000001").expect("get").as_deref(), Some(&b"old row"[..]));
+    store.write(&[(b"h/i/00000002", b"new row")]).expect("write");
+    assert_eq!(store.get_many(&[b"h/i/00000001", b"h/i/00000002"]).expect("get_many").iter().flatten().count(), 2);
+    drop(store);
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).expect("families");
+    assert_eq!(names, vec!["default".to_string()], "no family added to a database of before");
+    let read_only = RocksStore::open_read_only(dir.path()).expect("read-only");
+    assert_eq!(read_only.get(b"h/i/00000002").expect("get").as_deref(), Some(&b"new row"[..]));
 }

@@ -212,6 +212,11 @@ fn tagged_mut<C>(tagged: &mut Arc<Tagged<C>>, copy: impl FnOnce(&C) -> C) -> &mu
 pub trait PieceData: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
     /// How many items or entries it holds.
     fn count(&self) -> usize;
+    /// About how much memory it takes once read back (counted against the shard's budget of
+    /// copies read back): `PIECE_ITEM_BYTES` an item unless it knows better.
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.count() * PIECE_ITEM_BYTES
+    }
 }
 
 impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> PieceData for Vec<T> {
@@ -281,7 +286,7 @@ impl<C: PieceData> ColdPiece<C> {
     fn warm(&self) -> Result<(), StorageFault> {
         if self.cache.get().is_none() {
             let data = self.try_read()?;
-            self.reader.cached(std::mem::size_of::<C>() + data.count() * PIECE_ITEM_BYTES);
+            self.reader.cached(data.memory_bytes());
             let _ = self.cache.set(data);
         }
         Ok(())
@@ -1121,11 +1126,14 @@ impl BatchBlockRef {
     /// the one its reference describes is damaged: the same storage fault as an unreadable blob.
     fn block(&self) -> &BatchBlock {
         let block = self.piece.data();
-        if block.first != self.first || block.last != self.last {
-            if let Piece::Cold(cold) = &self.piece {
+        if let Piece::Cold(cold) = &self.piece {
+            if block.first != self.first || block.last != self.last || !block.is_consistent() {
                 std::panic::panic_any(StorageFault {
                     hash: cold.hash,
-                    reason: format!("it holds batches {}..={} where {}..={} were said", block.first, block.last, self.first, self.last),
+                    reason: format!(
+                        "it is not the block of batches {}..={} its reference names (it holds {}..={})",
+                        self.first, self.last, block.first, block.last
+                    ),
                     damaged: true,
                 });
             }
@@ -1147,6 +1155,9 @@ pub struct BatchBlock {
 impl PieceData for BatchBlock {
     fn count(&self) -> usize {
         self.count as usize
+    }
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.deltas.capacity()
     }
 }
 
@@ -1425,9 +1436,14 @@ impl<'de> Deserialize<'de> for BatchList {
                         let count = data.count;
                         (Piece::hot(data), count)
                     }
-                    PieceIn::Blob { hash, count } => {
+                    // Only full blocks are written as blobs (`offer_blobs`): the last block, which
+                    // takes new batches, is always in memory.
+                    PieceIn::Blob { hash, count } if count == BATCHES_PER_BLOCK => {
                         let empty = BatchBlock { first: block.first, last: block.last, count: 0, deltas: Vec::new() };
                         (Piece::from_blob(hash, count, empty), count)
+                    }
+                    PieceIn::Blob { count, .. } => {
+                        return Err(D::Error::custom(format!("batch block {index} is a blob of {count} batches, not a full block")));
                     }
                 };
                 // Windows count on every block but the last being full, and on ascending blocks.

@@ -830,15 +830,25 @@ impl ShardState {
         })
     }
 
-    /// Reads back the income blocks the shard's next `commands` orders land in, if out of memory
-    /// (blocks past the shard's newest two hold other shards' orders, and go like older ones).
-    pub fn warm_own_income(&self, commands: usize) -> Result<(), crate::ledger::growth::StorageFault> {
+    /// Reads back the income blocks the orders `envelopes` may open land in, if out of memory:
+    /// from the block of the shard's next order id on (the shard's next id moves on past the
+    /// blocks its last checkpoint kept, into blocks that held only other shards' orders then and
+    /// may have left memory). At most a handful of blocks, usually all in memory.
+    pub fn warm_own_income(&self, envelopes: &[Envelope]) -> Result<(), crate::ledger::growth::StorageFault> {
         if self.shard_count == 0 {
             return Ok(());
         }
+        // At most one order a command, but a batch payment: one an item and one of its own.
+        let orders: u64 = envelopes
+            .iter()
+            .map(|envelope| match &envelope.command {
+                Command::BatchPayment { orders, .. } => orders.len() as u64 + 1,
+                _ => 1,
+            })
+            .sum();
         let next = self.next_order_id().0;
-        let last = next.saturating_add((commands as u64).saturating_mul(self.shard_count as u64)) >> 12;
-        for block in (next >> 12) + INCOME_BLOCKS_KEPT..=last {
+        let last = next.saturating_add(orders.saturating_mul(self.shard_count as u64)) >> 12;
+        for block in (next >> 12)..=last {
             self.income.warm_block(block)?;
         }
         Ok(())
@@ -874,8 +884,11 @@ impl ShardState {
         };
         if let Some(target) = envelope.command.target_order() {
             order(target, visit)?;
-            // Confirming a guarantee or a direct payment lands its income here (same shard).
-            visit(HistoryTouch::Income((target, AccountId(0))))?;
+            // Confirming a guarantee or completing a direct payment lands its income here (same
+            // shard, keyed by the order: `credit_income`); no other targeted command touches it.
+            if matches!(envelope.command, Command::Confirm { .. } | Command::CompleteRecharge { .. }) {
+                visit(HistoryTouch::Income((target, AccountId(0))))?;
+            }
         }
         match &envelope.command {
             Command::Refund { payment, payee, .. } => {
