@@ -200,6 +200,9 @@ fn filter_head(store: &dyn Store, bytes: usize, shard_count: u16, hash: &[u8; 32
 /// Bytes of the cold-key filter: 32 MiB, about 27 million keys at 1 % false positives.
 pub const COLD_FILTER_BYTES: usize = 32 << 20;
 
+/// The largest saved filter a start takes (the configuration's bound, `cold_filter_mib`).
+const COLD_FILTER_BYTES_MAX: usize = 4096 << 20;
+
 impl ColdFilter {
     /// An empty filter of `bytes` (a multiple of 64).
     pub fn with_bytes(bytes: usize) -> ColdFilter {
@@ -236,8 +239,17 @@ impl ColdFilter {
         Ok((ColdFilter::load(store, bytes)?, false))
     }
 
+    /// A saved filter larger than `bytes` (saved by a run that asked for more, such as `clearing
+    /// bench`, which sizes it by the transfers it makes) is used at its own size: it answers
+    /// with fewer false positives, and a scan of hundreds of millions of rows would take a
+    /// minute. A smaller one is not (it would answer with more).
     fn load_saved(store: &dyn Store, bytes: usize, shard_count: u16) -> Result<Option<ColdFilter>, StorageError> {
         let Some(head) = store.get(FILTER_HEAD)? else { return Ok(None) };
+        let saved = head.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_le_bytes);
+        let bytes = match usize::try_from(saved) {
+            Ok(saved) if saved > bytes && saved <= COLD_FILTER_BYTES_MAX && saved.is_multiple_of(64) => saved,
+            _ => bytes,
+        };
         let expected = filter_head(store, bytes, shard_count, &[0; 32])?;
         if head.len() != expected.len() || head[..expected.len() - 32] != expected[..expected.len() - 32] {
             return Ok(None);
@@ -619,8 +631,8 @@ mod tests {
     }
 
     /// A saved filter is read back as it was while the shards' newest checkpoints are those it
-    /// was saved with; a checkpoint since, a damaged piece or another size make the start scan
-    /// the rows instead.
+    /// was saved with; a checkpoint since, a damaged piece or a larger size asked for make the
+    /// start scan the rows instead.
     #[test]
     fn a_saved_filter_is_used_only_while_it_matches_the_checkpoints() {
         let store = MemoryStore::new();
@@ -637,7 +649,10 @@ mod tests {
         assert!(keys.iter().all(|k| read.may_contain(*k)));
         let words = |f: &ColdFilter| f.words.iter().map(|w| w.load(std::sync::atomic::Ordering::Relaxed)).collect::<Vec<_>>();
         assert_eq!(words(&read), words(&filter));
-        assert!(!ColdFilter::load_saved_or_scan(&store, 128 << 10, 2).unwrap().1, "another size");
+        assert!(!ColdFilter::load_saved_or_scan(&store, 128 << 10, 2).unwrap().1, "a larger size than saved: a scan");
+        let (smaller, saved) = ColdFilter::load_saved_or_scan(&store, 32 << 10, 2).unwrap();
+        assert!(saved, "a smaller size than saved: the saved one, at its own size");
+        assert_eq!(words(&smaller), words(&filter));
         assert!(!ColdFilter::load_saved_or_scan(&store, 64 << 10, 3).unwrap().1, "another shard count");
         // A checkpoint written since (its rows may be missing from the saved bits).
         store.write(&[(&crate::checkpoint::manifest_key(1, 3), b"m")]).unwrap();

@@ -494,10 +494,13 @@ impl Engine {
     /// Runs `read` on a shard's thread between batches and returns its result. Blocking (call it
     /// off async workers); a control channel still full after `READ_QUEUE_WAIT` is `Overloaded`.
     ///
-    /// History out of memory that `read` cannot read back (a `StorageFault`: a blob missing,
-    /// damaged, or the store not answering) fails this read only, as `EngineError::Storage`:
-    /// the shard goes on (a read changes nothing), and a damaged blob is marked, so that the next
-    /// start recovers without it. A batch that needs the blob stops the shard, as before.
+    /// History out of memory that `read` cannot read back because the store did not answer (a
+    /// `StorageFault` that is not `damaged`) fails this read only, as `EngineError::Storage`: the
+    /// shard goes on (a read changes nothing; the blob is sound and is read again next time). A
+    /// damaged blob (missing, or not what was written) stops the shard, as a batch that needs it
+    /// does: the shard's guard marks it and the next start recovers from before it. (Going on
+    /// would have every later checkpoint name the damaged blob, and pruning would soon delete the
+    /// last checkpoint without it.)
     pub fn read_shard<R: Send + 'static>(&self, shard: ShardId, read: impl FnOnce(&ShardState) -> R + Send + 'static) -> Result<R, EngineError> {
         let (sender, receiver) = bounded(1);
         let control = self.controls.get(shard as usize).ok_or(EngineError::ShardStopped(shard))?;
@@ -509,12 +512,13 @@ impl Engine {
                 Ok(value) => {
                     let _ = sender.send(Ok(value));
                 }
-                Err(payload) => match payload.downcast::<crate::ledger::growth::StorageFault>() {
-                    Ok(fault) => {
-                        let _ = sender.send(Err(*fault));
+                Err(payload) => match payload.downcast_ref::<crate::ledger::growth::StorageFault>() {
+                    Some(fault) if !fault.damaged => {
+                        let _ = sender.send(Err(fault.clone()));
                     }
-                    // Anything else is a bug: it stops the shard (its thread's guard reports it).
-                    Err(other) => std::panic::resume_unwind(other),
+                    // A damaged blob, or a bug: it stops the shard (its thread's guard reports it
+                    // and marks a damaged blob).
+                    _ => std::panic::resume_unwind(payload),
                 },
             }
         }));
@@ -526,7 +530,6 @@ impl Engine {
         match receiver.recv() {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(fault)) => {
-                crate::shard::mark_if_damaged(&*self.store, shard, &fault);
                 tracing::error!(shard, "a read of the shard failed: {fault}");
                 Err(EngineError::Storage(fault.to_string()))
             }

@@ -329,7 +329,7 @@ pub const HISTORY_READS_PER_BATCH_MAX: usize = 32;
 const RESEND_AFTER: Duration = Duration::from_millis(1);
 
 /// Marks the blob of `fault` damaged if it is (not when the store only failed to answer).
-pub(crate) fn mark_if_damaged(store: &dyn Store, shard: ShardId, fault: &crate::ledger::growth::StorageFault) {
+fn mark_if_damaged(store: &dyn Store, shard: ShardId, fault: &crate::ledger::growth::StorageFault) {
     if fault.damaged {
         if let Err(error) = crate::checkpoint::mark_damaged(store, shard, &fault.hash, &fault.reason) {
             tracing::error!(shard, "the damaged blob could not be marked: {error}");

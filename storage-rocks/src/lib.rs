@@ -19,8 +19,9 @@ use storage::{StorageError, Store};
 /// compression (random keys do not compress), and more flushes gathered before a merge.
 const ROWS_FAMILY: &str = "rows";
 
-/// Keys that live in `ROWS_FAMILY` (the engine's `h/` space: history moved out of memory).
-const ROWS_PREFIX: &[u8] = b"h/";
+/// Keys that live in `ROWS_FAMILY`: the engine's cold idempotency rows (`engine::cold`). Other
+/// `h/` keys (clearing's channel records) stay in the default family.
+const ROWS_PREFIX: &[u8] = b"h/i/";
 
 /// A RocksDB database in a directory.
 pub struct RocksStore {
@@ -67,6 +68,9 @@ impl RocksStore {
         let existing = if path.join("CURRENT").is_file() { DB::list_cf(&options, path).map_err(io)? } else { Vec::new() };
         let rows_apart = existing.is_empty() || existing.iter().any(|name| name == ROWS_FAMILY);
         options.create_missing_column_families(true);
+        // The rows family flushes seldom, and the log is kept until every family has flushed
+        // what it holds: bound it, so that a start after a crash replays at most this much.
+        options.set_max_total_wal_size(256 << 20);
         // Each column family named and opened with its options: `DB::open_cf` by name would give
         // the default one RocksDB's defaults (no blob files, no bloom filters), which it silently
         // did for a while (journal values inline in tables, rewritten by every compaction; point
@@ -90,7 +94,9 @@ impl RocksStore {
     fn open_families_read_only(options: &Options, path: &Path) -> Result<RocksStore, StorageError> {
         let existing = DB::list_cf(options, path).map_err(io)?;
         let rows_apart = existing.iter().any(|name| name == ROWS_FAMILY);
-        let db = DB::open_cf_for_read_only(options, path, &existing, false).map_err(io)?;
+        // Each family with its own options (its bloom filters, for the rows' point lookups).
+        let families = existing.iter().map(|name| ColumnFamilyDescriptor::new(name, if name == ROWS_FAMILY { rows_options() } else { options.clone() }));
+        let db = DB::open_cf_descriptors_read_only(options, path, families, false).map_err(io)?;
         Ok(RocksStore { db, rows_apart, read_only: true, poisoned: AtomicBool::new(false) })
     }
 
