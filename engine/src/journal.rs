@@ -521,6 +521,7 @@ fn replay_after(
         // stamped before this batch count (a newer checkpoint's rows wait until the replay has
         // passed their stamp).
         crate::cold::prefetch(store, filter, &mut state, record.sequence, &record.envelopes, &mut probe_keys)?;
+        state.warm_own_income(&record.envelopes).map_err(|fault| JournalError::History { shard, sequence: record.sequence, fault })?;
         for envelope in &record.envelopes {
             state.warm_history(envelope).map_err(|fault| JournalError::History { shard, sequence: record.sequence, fault })?;
         }

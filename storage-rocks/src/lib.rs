@@ -156,6 +156,33 @@ fn with_point_lookup_filters(options: &mut Options) {
 }
 
 impl RocksStore {
+    /// The keys from `start` to `end` (excluded) as ranges of one column family each, in key
+    /// order: the part before `ROWS_PREFIX`, the rows, the part after them. (The engine's ranges
+    /// lie within one prefix, so nearly always one range; the `Store` contract allows any.)
+    fn ranges<'k>(&self, start: &'k [u8], end: &'k [u8]) -> Vec<(&ColumnFamily, &'k [u8], &'k [u8])> {
+        const ROWS_END: &[u8] = b"h/i0";
+        let default = self.family(b"");
+        if !self.rows_apart {
+            return vec![(default, start, end)];
+        }
+        let rows = self.family(ROWS_PREFIX);
+        let clamp = |key: &'k [u8], low: &'static [u8], high: &'static [u8]| -> &'k [u8] {
+            if key < low {
+                low
+            } else if key > high {
+                high
+            } else {
+                key
+            }
+        };
+        let pieces = [
+            (default, start, if end < ROWS_PREFIX { end } else { ROWS_PREFIX }),
+            (rows, clamp(start, ROWS_PREFIX, ROWS_END), clamp(end, ROWS_PREFIX, ROWS_END)),
+            (default, if start > ROWS_END { start } else { ROWS_END }, end),
+        ];
+        pieces.into_iter().filter(|(_, from, to)| from < to).collect()
+    }
+
     /// The column family `key` lives in.
     fn family(&self, key: &[u8]) -> &ColumnFamily {
         let name = if self.rows_apart && key.starts_with(ROWS_PREFIX) { ROWS_FAMILY } else { rocksdb::DEFAULT_COLUMN_FAMILY_NAME };
@@ -191,9 +218,10 @@ impl Store for RocksStore {
 
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
         // One range tombstone: cheap to write whatever the range holds; compaction drops the data.
-        // A range within one family: the engine's ranges are all within one prefix.
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.family(start), start, end);
+        for (family, from, to) in self.ranges(start, end) {
+            batch.delete_range_cf(family, from, to);
+        }
         self.write_batch(batch)
     }
 
@@ -217,10 +245,15 @@ impl Store for RocksStore {
     }
 
     fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError> {
-        for item in self.db.iterator_cf(self.family(start), IteratorMode::From(start, Direction::Forward)) {
-            let (key, value) = item.map_err(io)?;
-            if key.as_ref() >= end || !visit(&key, &value) {
-                break;
+        for (family, from, to) in self.ranges(start, end) {
+            for item in self.db.iterator_cf(family, IteratorMode::From(from, Direction::Forward)) {
+                let (key, value) = item.map_err(io)?;
+                if key.as_ref() >= to {
+                    break;
+                }
+                if !visit(&key, &value) {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -232,13 +265,18 @@ impl Store for RocksStore {
 
     fn last_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         // Seek to the last key at or before `end`, step back over `end` itself: keys only, no
-        // value (a journal batch's value lives in a blob file) is read.
-        let mut iterator = self.db.raw_iterator_cf(self.family(start));
-        iterator.seek_for_prev(end);
-        if iterator.valid() && iterator.key() == Some(end) {
-            iterator.prev();
+        // value (a journal batch's value lives in a blob file) is read. The ranges from the last.
+        for (family, from, to) in self.ranges(start, end).into_iter().rev() {
+            let mut iterator = self.db.raw_iterator_cf(family);
+            iterator.seek_for_prev(to);
+            if iterator.valid() && iterator.key() == Some(to) {
+                iterator.prev();
+            }
+            iterator.status().map_err(io)?;
+            if let Some(key) = iterator.key().filter(|key| *key >= from && *key < to) {
+                return Ok(Some(key.to_vec()));
+            }
         }
-        iterator.status().map_err(io)?;
-        Ok(iterator.key().filter(|key| *key >= start && *key < end).map(<[u8]>::to_vec))
+        Ok(None)
     }
 }

@@ -115,6 +115,22 @@ fn cold_rows_live_in_their_own_column_family() {
     assert_eq!(seen, 500);
     assert_eq!(store.last_key_in(b"h/i/", b"h/i0").expect("last").as_deref(), Some(&b"h/i/00000499"[..]));
     store.delete_range(b"h/i/00000100", b"h/i/00000200").expect("delete range");
+    // Ranges across both families, in key order: a default key on each side of the rows.
+    store.write(&[(b"h/chan/1", b"c"), (b"h/j", b"after")]).expect("write");
+    let mut keys = Vec::new();
+    store
+        .scan(b"h/", b"i/", &mut |key, _| {
+            keys.push(key.to_vec());
+            true
+        })
+        .expect("scan across");
+    assert_eq!((keys.len(), keys.first().map(Vec::as_slice), keys.last().map(Vec::as_slice)), (402, Some(&b"h/chan/1"[..]), Some(&b"h/j"[..])));
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "in key order");
+    assert_eq!(store.last_key_in(b"h/", b"h/j").expect("last").as_deref(), Some(&b"h/i/00000499"[..]));
+    assert_eq!(store.last_key_in(b"h/", b"h/i/").expect("last").as_deref(), Some(&b"h/chan/1"[..]));
+    store.delete_range(b"h/chan/1", b"h/i/00000010").expect("delete across");
+    assert_eq!((store.get(b"h/chan/1").expect("get"), store.get(b"h/i/00000009").expect("get")), (None, None));
+    assert!(store.get(b"h/i/00000010").expect("get").is_some());
     assert_eq!(store.get(b"h/i/00000150").expect("get"), None);
     assert_eq!(store.get(b"j/1").expect("get").map(|v| v.len()), Some(10_000));
     store.checkpoint(&dir.path().join("copy")).expect("checkpoint");
