@@ -495,31 +495,23 @@ impl Shard {
     /// memory with history. Commands are taken one after the other, so a piece two of them
     /// share is counted once.
     fn warm_round(&self, round: &Round) -> Result<Option<Vec<bool>>, crate::ledger::growth::StorageFault> {
-        // New orders land in the income blocks from the shard's next order id up (a batch of
-        // more commands than two blocks hold may reach a block out of memory).
+        // New orders land in the income blocks from the shard's next order id up.
         self.state.warm_own_income(&round.envelopes)?;
+        // A platform's command from the HTTP edge; the system's own (platform 0: callbacks,
+        // clearing) are always applied.
+        let refusable =
+            |index: usize, envelope: &Envelope| envelope.platform != 0 && round.refusable.iter().any(|&(start, count)| (start..start + count).contains(&index));
         let mut reads = 0;
         let mut skipped: Option<Vec<bool>> = None;
-        let mut client: Vec<bool> = Vec::new();
         for (index, envelope) in round.envelopes.iter().enumerate() {
             let needed = self.state.history_reads(envelope);
             if needed == 0 {
                 continue;
             }
-            if reads + needed > HISTORY_READS_PER_BATCH_MAX {
-                if client.is_empty() {
-                    client = vec![false; round.envelopes.len()];
-                    for (start, count) in &round.refusable {
-                        client[*start..*start + *count].iter_mut().for_each(|c| *c = true);
-                    }
-                }
-                // A platform's command from the HTTP edge; the system's own (platform 0:
-                // callbacks, clearing) are always applied.
-                if client[index] && envelope.platform != 0 {
-                    skipped.get_or_insert_with(|| vec![false; round.envelopes.len()])[index] = true;
-                    self.counters.history_reads_refused.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
+            if reads + needed > HISTORY_READS_PER_BATCH_MAX && refusable(index, envelope) {
+                skipped.get_or_insert_with(|| vec![false; round.envelopes.len()])[index] = true;
+                self.counters.history_reads_refused.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
             self.state.warm_history(envelope)?;
             reads += needed;

@@ -166,19 +166,10 @@ impl RocksStore {
             return vec![(default, start, end)];
         }
         let rows = self.family(ROWS_PREFIX);
-        let clamp = |key: &'k [u8], low: &'static [u8], high: &'static [u8]| -> &'k [u8] {
-            if key < low {
-                low
-            } else if key > high {
-                high
-            } else {
-                key
-            }
-        };
         let pieces = [
-            (default, start, if end < ROWS_PREFIX { end } else { ROWS_PREFIX }),
-            (rows, clamp(start, ROWS_PREFIX, ROWS_END), clamp(end, ROWS_PREFIX, ROWS_END)),
-            (default, if start > ROWS_END { start } else { ROWS_END }, end),
+            (default, start, end.min(ROWS_PREFIX)),
+            (rows, start.clamp(ROWS_PREFIX, ROWS_END), end.clamp(ROWS_PREFIX, ROWS_END)),
+            (default, start.max(ROWS_END), end),
         ];
         pieces.into_iter().filter(|(_, from, to)| from < to).collect()
     }

@@ -1161,23 +1161,32 @@ impl PieceData for BatchBlock {
     }
 }
 
+/// The LEB128 delta at `at` in `deltas`, moving `at` past it; `None` if the bytes end first or
+/// it does not fit 64 bits.
+fn read_delta(deltas: &[u8], at: &mut usize) -> Option<u64> {
+    let (mut delta, mut shift) = (0u64, 0u32);
+    loop {
+        let byte = *deltas.get(*at)?;
+        *at += 1;
+        if shift > 63 {
+            return None;
+        }
+        delta |= u64::from(byte & 0x7f) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            return Some(delta);
+        }
+    }
+}
+
 impl BatchBlock {
     fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         let mut at = 0;
         let mut current = self.first;
         (0..self.count).map(move |index| {
             if index > 0 {
-                let (mut delta, mut shift) = (0u64, 0u32);
-                // A block decoded from a blob may be short of deltas: it ends there.
-                while let Some(&byte) = self.deltas.get(at) {
-                    at += 1;
-                    delta |= u64::from(byte & 0x7f) << (shift & 63);
-                    shift += 7;
-                    if byte & 0x80 == 0 {
-                        break;
-                    }
-                }
-                current = current.saturating_add(delta);
+                // Blocks in memory are consistent (`is_consistent` checks those read back).
+                current = current.saturating_add(read_delta(&self.deltas, &mut at).unwrap_or(0));
             }
             current
         })
@@ -1192,20 +1201,7 @@ impl BatchBlock {
         let mut current = self.first;
         while decoded < self.count {
             if decoded > 0 {
-                let (mut delta, mut shift) = (0u64, 0u32);
-                loop {
-                    let Some(&byte) = self.deltas.get(at) else { return false };
-                    at += 1;
-                    if shift > 63 {
-                        return false;
-                    }
-                    delta |= u64::from(byte & 0x7f) << shift;
-                    shift += 7;
-                    if byte & 0x80 == 0 {
-                        break;
-                    }
-                }
-                let Some(next) = current.checked_add(delta) else { return false };
+                let Some(next) = read_delta(&self.deltas, &mut at).and_then(|delta| current.checked_add(delta)) else { return false };
                 current = next;
             }
             if previous.is_some_and(|p| p >= current) {
