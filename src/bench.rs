@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// Stop without writing a checkpoint (the next start replays the whole journal).
     #[arg(long)]
     pub no_final_checkpoint: bool,
+    /// Writes RocksDB's statistics (flushes, compactions and write amplification per level and
+    /// column family, blob files) at the end of the run into this file.
+    #[arg(long)]
+    pub rocksdb_stats: Option<PathBuf>,
 }
 
 const PLATFORM: u32 = 1;
@@ -70,6 +74,56 @@ fn resident_bytes() -> u64 {
 fn peak_resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
+}
+
+/// Bytes the allocator has handed out and not taken back (glibc: arenas in use plus mmapped
+/// blocks): the process's own data, without the free memory malloc keeps or RocksDB's mappings.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_in_use_bytes() -> u64 {
+    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's own statistics.
+    let info = unsafe { libc::mallinfo2() };
+    (info.uordblks + info.hblkhd) as u64
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_in_use_bytes() -> u64 {
+    0
+}
+
+/// Samples the heap in use once a second until dropped; keeps the largest figure.
+struct HeapSampler {
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HeapSampler {
+    fn start() -> HeapSampler {
+        use std::sync::atomic::Ordering::Relaxed;
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (peak_in, stop_in) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop_in.load(Relaxed) {
+                peak_in.fetch_max(heap_in_use_bytes(), Relaxed);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        HeapSampler { peak, stop, thread: Some(thread) }
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed).max(heap_in_use_bytes())
+    }
+}
+
+impl Drop for HeapSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn run_batches(engine: &Engine, batches: impl Iterator<Item = Vec<Envelope>>, in_flight: usize, latencies: &mut Vec<Duration>) -> Result<u64> {
@@ -125,7 +179,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // the default.
     let cold_filter_bytes = (args.transfers as usize * 10 / 8).next_multiple_of(64).max(engine::cold::COLD_FILTER_BYTES);
     let config = EngineConfig { shard_count: args.shards, batch_size_max: args.batch, checkpoints, cold_filter_bytes, ..EngineConfig::default() };
-    let engine = Engine::start(config, store)?;
+    let engine = Engine::start(config, store.clone())?;
     println!(
         "bench: accounts={} transfers={} batch={} distribution={:?} shards={} in_flight={} data_dir={}",
         args.accounts,
@@ -196,12 +250,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     });
     let mut latencies = Vec::with_capacity((args.transfers as usize).div_ceil(args.batch));
+    let heap = HeapSampler::start();
     let started = Instant::now();
     let rejected = run_batches(&engine, chunked(transfers, args.batch), args.in_flight, &mut latencies)?;
     engine.wait_quiescent(Duration::from_secs(120))?;
     let elapsed = started.elapsed();
     let report = engine::invariants::check_engine(&engine)?;
     let resident_at_end = resident_bytes();
+    let heap_at_end = heap_in_use_bytes();
+    let rocksdb_at_end = store.memory_report();
+    if let Some(path) = &args.rocksdb_stats {
+        std::fs::write(path, store.statistics())?;
+    }
     for shard in 0..args.shards {
         println!("shard {shard} holds: {}", engine.read_shard(shard, |state| state.history_report())?);
     }
@@ -236,6 +296,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     println!("rejected: {rejected} invariants_ok: {} elapsed_s: {:.3}", report.ok, elapsed.as_secs_f64());
     println!("resident_bytes: {resident_at_end} (peak {})", peak_resident_bytes());
+    println!("heap_in_use_bytes: {heap_at_end} (peak of 1 s samples {})", heap.peak());
+    println!("rocksdb at the end of the run: {rocksdb_at_end}");
     println!("transfers_per_second: {}", (args.transfers as f64 / elapsed.as_secs_f64()) as u64);
     println!("batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}", percentile(0.01), percentile(0.50), percentile(0.99), percentile(1.0));
     if let Some(dir) = temporary {

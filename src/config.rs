@@ -683,7 +683,7 @@ mod tests {
             .replace("allow_insecure_loopback = false\n", "")
             .replace("deliveries_per_second_max = 200\n", "")
             .replace("per_platform = {}\n", "")
-            .replace("every_orders = 500000\n", "");
+            .replace("every_orders = 250000\n", "");
         assert!(!text.contains("every_orders"));
         let config = Config::parse(&text).expect("an older file loads");
         assert!(config.simulator.pages);

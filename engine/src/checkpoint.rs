@@ -19,7 +19,8 @@
 //!
 //! A checkpoint counts only once its manifest is written, so a crash at any point of writing one
 //! leaves the previous checkpoints as they were (parts without a manifest are ignored, then
-//! deleted with the next pruning; so are blobs no kept manifest names). Loading checks the manifest's hash, every part's hash and
+//! deleted with the next pruning; blobs no kept manifest names are deleted by the first
+//! checkpoint after, which finds the writing mark the interrupted one left: `prune`). Loading checks the manifest's hash, every part's hash and
 //! that the state decodes to exactly the bytes written, and each blob's hash; recovery takes the newest checkpoint
 //! that passes and falls back to older ones, naming each one it skipped and why.
 //!
@@ -90,6 +91,21 @@ pub fn blob_key(shard: ShardId, hash: &[u8; 32]) -> [u8; 38] {
     key[..4].copy_from_slice(BLOB_PREFIX);
     key[4..6].copy_from_slice(&shard.to_be_bytes());
     key[6..].copy_from_slice(hash);
+    key
+}
+
+/// Set while a checkpoint of a shard is written, from before its first blob until it has pruned:
+/// found set when a checkpoint begins, an earlier one stopped half-way (a crash, a failed write)
+/// and may have left blobs that no manifest names, so this one's pruning looks at every blob of
+/// the shard (`collect_blobs`). Otherwise pruning deletes only the blobs of the checkpoints it
+/// prunes that no kept one names, without reading the others.
+const WRITING_PREFIX: &[u8; 4] = b"m/w/";
+
+/// The key of `shard`'s writing mark (see `WRITING_PREFIX`).
+pub fn writing_key(shard: ShardId) -> [u8; 6] {
+    let mut key = [0u8; 6];
+    key[..4].copy_from_slice(WRITING_PREFIX);
+    key[4..].copy_from_slice(&shard.to_be_bytes());
     key
 }
 
@@ -418,6 +434,11 @@ pub fn write(
     use bincode::Options;
     let started = Instant::now();
     let shard = state.shard;
+    // An earlier checkpoint that did not finish may have left blobs no manifest names.
+    let sweep = store.get(&writing_key(shard))?.is_some();
+    if !sweep {
+        store.write(&[(&writing_key(shard), &sequence.to_be_bytes())])?;
+    }
     let evicted = match &state.sealed {
         Some(sealed) => crate::cold::write_rows(store, shard, sequence, sealed, rows)?,
         None => 0,
@@ -460,7 +481,9 @@ pub fn write(
     store.write(&[(&manifest_key(shard, sequence), &encode_manifest(&manifest))])?;
     clear_repaired(store, shard, &used)?;
     drop(previous);
-    prune(store, shard, kept.max(1))?;
+    prune(store, shard, kept.max(1), sweep, &used)?;
+    let writing = writing_key(shard);
+    store.delete_range(&writing, &[&writing[..], &[0]].concat())?;
     Ok(Written { manifest, write_us: started.elapsed().as_micros() as u64, evicted, blobs_written, blob_bytes, blobs_reused, cache: next })
 }
 
@@ -519,30 +542,76 @@ pub fn list(store: &dyn Store, shard: ShardId) -> Result<Vec<u64>, StorageError>
 }
 
 /// Deletes every checkpoint of `shard` older than its `kept` newest, with any parts without a
-/// manifest below the oldest one kept. Parts go first: a crash between the two deletes leaves
-/// manifests whose parts are gone, which loading skips as unusable and the next pruning deletes.
-fn prune(store: &dyn Store, shard: ShardId, kept: usize) -> Result<(), StorageError> {
+/// manifest below the oldest one kept, and the blobs only they named. Parts go first: a crash
+/// between the two deletes leaves manifests whose parts are gone, which loading skips as
+/// unusable and the next pruning deletes.
+///
+/// The blobs to delete are those the pruned manifests name and no kept one does: read from the
+/// manifests, not by listing the shard's blobs, which would read every blob of its history back
+/// (a store's scan reads values; at 100 M transfers, gigabytes at each checkpoint). Every blob
+/// of the shard is looked at (`collect_blobs`) only when `sweep` is asked (an earlier checkpoint
+/// stopped half-way: see `WRITING_PREFIX`) or a pruned manifest does not decode. `used`: the
+/// blobs of the checkpoint just written, kept whatever its manifest reads back as.
+fn prune(store: &dyn Store, shard: ShardId, kept: usize, sweep: bool, used: &HashSet<[u8; 32]>) -> Result<(), StorageError> {
     let sequences = list(store, shard)?;
-    if sequences.len() <= kept {
+    let (pruned, kept) = sequences.split_at(sequences.len().saturating_sub(kept));
+    if pruned.is_empty() && !sweep {
         return Ok(());
     }
-    let oldest_kept = sequences[sequences.len() - kept];
-    store.delete_range(&part_key(shard, 0, 0), &part_key(shard, oldest_kept, 0))?;
-    store.delete_range(&manifest_key(shard, 0), &manifest_key(shard, oldest_kept))?;
-    collect_blobs(store, shard)
+    // What the pruned checkpoints name, read before they go, and what the kept ones name (a
+    // manifest that cannot be read protects nothing: it is unusable anyway).
+    let mut sweep = sweep;
+    let mut dropped = HashSet::new();
+    for sequence in pruned {
+        match manifest_blobs(store, shard, *sequence)? {
+            Some(blobs) => dropped.extend(blobs),
+            None => sweep = true,
+        }
+    }
+    // The blobs the checkpoint just written uses are protected whatever its manifest reads back.
+    let mut named = used.clone();
+    for sequence in kept {
+        named.extend(manifest_blobs(store, shard, *sequence)?.unwrap_or_default());
+    }
+    if let Some(oldest_kept) = kept.first() {
+        store.delete_range(&part_key(shard, 0, 0), &part_key(shard, *oldest_kept, 0))?;
+        store.delete_range(&manifest_key(shard, 0), &manifest_key(shard, *oldest_kept))?;
+    }
+    if sweep {
+        return collect_blobs(store, shard);
+    }
+    for hash in dropped.difference(&named) {
+        let key = blob_key(shard, hash);
+        store.delete_range(&key, &[&key[..], &[0]].concat())?;
+    }
+    forget_marks_unnamed(store, shard, &named)
+}
+
+/// The blobs the manifest of `shard`'s checkpoint at `sequence` names; `None` if it is missing or
+/// does not decode.
+fn manifest_blobs(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<Option<Vec<[u8; 32]>>, StorageError> {
+    Ok(store.get(&manifest_key(shard, sequence))?.and_then(|bytes| decode_manifest(shard, sequence, &bytes).ok()).map(|manifest| manifest.blobs))
+}
+
+/// A damaged mark outlives its blob only while a kept checkpoint names it.
+fn forget_marks_unnamed(store: &dyn Store, shard: ShardId, named: &HashSet<[u8; 32]>) -> Result<(), StorageError> {
+    for hash in damaged(store, shard)? {
+        if !named.contains(&hash) {
+            let key = damaged_key(shard, &hash);
+            store.delete_range(&key, &[&key[..], &[0]].concat())?;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the blobs of `shard` that no remaining manifest names (those of pruned checkpoints,
-/// and any a crash left before its manifest). A manifest that cannot be read protects nothing:
-/// it is unusable anyway.
+/// and any a crash left before its manifest), looking at every blob of the shard (a scan that
+/// reads them all back: after a checkpoint that stopped half-way only). A manifest that cannot
+/// be read protects nothing: it is unusable anyway.
 fn collect_blobs(store: &dyn Store, shard: ShardId) -> Result<(), StorageError> {
     let mut named = HashSet::new();
     for sequence in list(store, shard)? {
-        if let Some(bytes) = store.get(&manifest_key(shard, sequence))? {
-            if let Ok(manifest) = decode_manifest(shard, sequence, &bytes) {
-                named.extend(manifest.blobs);
-            }
-        }
+        named.extend(manifest_blobs(store, shard, sequence)?.unwrap_or_default());
     }
     let (start, end) = (blob_key(shard, &[0; 32]), blob_key(shard, &[0xff; 32]));
     let mut unnamed = Vec::new();
@@ -560,14 +629,7 @@ fn collect_blobs(store: &dyn Store, shard: ShardId) -> Result<(), StorageError> 
         after.push(0);
         store.delete_range(&key, &after)?;
     }
-    // A damaged mark outlives its blob only while a kept checkpoint names it.
-    for hash in damaged(store, shard)? {
-        if !named.contains(&hash) {
-            let key = damaged_key(shard, &hash);
-            store.delete_range(&key, &[&key[..], &[0]].concat())?;
-        }
-    }
-    Ok(())
+    forget_marks_unnamed(store, shard, &named)
 }
 
 /// Reads the parts of a checkpoint in order, checking each one's hash before serving a byte.

@@ -183,9 +183,11 @@ pub struct ShardLimits {
     pub checkpoints: CheckpointPolicy,
 }
 
-/// The default `CheckpointPolicy::every_orders`: half a million orders a shard, about 150 MB of
-/// history an interval (so at most about half a gigabyte a shard waits for a checkpoint).
-pub const DEFAULT_EVERY_ORDERS: u64 = 500_000;
+/// The default `CheckpointPolicy::every_orders`: a quarter of a million orders a shard, about
+/// 100-140 MB of memory an interval (orders, their events, order numbers, income, the router's
+/// claims), so at most about 400 MB a shard waits for checkpoints. Half a million held 0.5 GB
+/// more at 10 M transfers for the same throughput (ARCHITECTURE.md "Measured").
+pub const DEFAULT_EVERY_ORDERS: u64 = 250_000;
 
 /// When a shard writes a checkpoint of its state: after `every_batches` batches, `every_orders`
 /// orders or `every` time since the last one (with at least one batch since), whichever comes

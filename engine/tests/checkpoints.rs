@@ -330,6 +330,66 @@ fn blob_keys(store: &MemoryStore, shard: ShardId) -> Vec<[u8; 32]> {
     hashes
 }
 
+/// The blobs of `shard` the kept checkpoints name, sorted.
+fn named_blobs(store: &MemoryStore, shard: ShardId) -> Vec<[u8; 32]> {
+    let mut named: Vec<[u8; 32]> = Vec::new();
+    for sequence in checkpoint::list(store, shard).unwrap() {
+        named.extend(checkpoint::load(store, shard, sequence).unwrap().1.blobs);
+    }
+    named.sort_unstable();
+    named.dedup();
+    named
+}
+
+/// Pruning deletes the blobs that only the pruned checkpoints named, found from their manifests
+/// (a listing of the shard's blobs would read every blob of its history back at each
+/// checkpoint). A blob no manifest names, which a checkpoint stopped half-way leaves, is looked
+/// for only when that checkpoint's writing mark is still set: the next checkpoint then sweeps
+/// every blob of the shard, and clears the mark.
+#[test]
+fn pruning_deletes_what_only_pruned_checkpoints_named_and_sweeps_after_a_checkpoint_left_half_way() {
+    let store = Arc::new(MemoryStore::new());
+    let at_stops = EngineConfig {
+        shard_count: 2,
+        ack_flush_ms: 1,
+        checkpoints: CheckpointPolicy { every_batches: 0, every_orders: 0, every: Duration::ZERO, kept: 1, on_shutdown: true },
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(at_stops.clone(), store.clone()).unwrap();
+    let (_, first_escrow) = escrow_history(&engine, 3);
+    engine.shutdown();
+    let first = named_blobs(&store, 0);
+    assert!(first.len() >= 2, "full chunks are blobs: {}", first.len());
+    assert_eq!(blob_keys(&store, 0), first);
+    assert!(store.get(&checkpoint::writing_key(0)).unwrap().is_none(), "a finished checkpoint clears its mark");
+
+    // A blob nobody names, without the mark: not looked for. Confirming the first escrow changes
+    // the first chunk, so the next checkpoint names a new blob for it and the old one goes.
+    let orphan = [7u8; 32];
+    store.write(&[(&checkpoint::blob_key(0, &orphan), b"left by nobody")]).unwrap();
+    let engine = Engine::start(at_stops.clone(), store.clone()).unwrap();
+    assert!(engine.execute_one(plain(Command::Confirm { order: first_escrow, releases: Legs::new() })).unwrap().is_ok());
+    engine.shutdown();
+    let second = named_blobs(&store, 0);
+    assert!(first.iter().any(|hash| second.binary_search(hash).is_err()), "the changed chunk's old blob is no longer named");
+    let mut expected = second.clone();
+    expected.push(orphan);
+    expected.sort_unstable();
+    assert_eq!(blob_keys(&store, 0), expected, "the pruned checkpoint's own blobs went, the orphan stayed");
+
+    // As a checkpoint stopped half-way leaves it: the mark set. The next checkpoint sweeps.
+    store.write(&[(&checkpoint::writing_key(0), &1u64.to_be_bytes())]).unwrap();
+    let engine = Engine::start(at_stops, store.clone()).unwrap();
+    engine.execute_one(plain(Command::OpenAccount { owner: 77, currency: CNY, limits: Limits::NONE })).unwrap();
+    engine.shutdown();
+    assert_eq!(blob_keys(&store, 0), named_blobs(&store, 0), "every blob left is named, the orphan swept");
+    assert!(store.get(&checkpoint::writing_key(0)).unwrap().is_none(), "the sweep cleared the mark");
+    for (shard, (recovered, full, checkpoint, skipped)) in both_ways(&store).into_iter().enumerate() {
+        assert!(checkpoint.is_some() && skipped.is_empty(), "shard {shard}: {checkpoint:?} {skipped:?}");
+        assert_eq!(recovered, full, "shard {shard}: recovery == whole replay");
+    }
+}
+
 /// Format 4: full chunks of history are blobs, written once and shared by the checkpoints that
 /// hold them unchanged, so a later checkpoint writes what changed, not the history; blobs no kept
 /// checkpoint names are deleted; recovery from such a checkpoint equals a whole replay; a
@@ -354,13 +414,7 @@ fn checkpoints_write_history_once_and_then_only_what_changed() {
 
     // Every blob left is named by a kept checkpoint, and every named one is there.
     for shard in 0..2u16 {
-        let mut named: Vec<[u8; 32]> = Vec::new();
-        for sequence in checkpoint::list(&*store, shard).unwrap() {
-            named.extend(checkpoint::load(&*store, shard, sequence).unwrap().1.blobs);
-        }
-        named.sort_unstable();
-        named.dedup();
-        assert_eq!(blob_keys(&store, shard), named, "shard {shard}: the blobs are exactly those the kept checkpoints use");
+        assert_eq!(blob_keys(&store, shard), named_blobs(&store, shard), "shard {shard}: the blobs are exactly those the kept checkpoints use");
     }
     for (shard, (recovered, full, checkpoint, skipped)) in both_ways(&store).into_iter().enumerate() {
         assert!(checkpoint.is_some() && skipped.is_empty(), "shard {shard}: {checkpoint:?} {skipped:?}");
@@ -406,7 +460,7 @@ fn checkpoints_write_history_once_and_then_only_what_changed() {
 /// was durable recovers exactly: the checkpoint it interrupted simply does not count.
 #[test]
 fn a_write_failure_while_a_checkpoint_writes_blobs_loses_nothing_acknowledged() {
-    for failing_write in 0..8 {
+    for failing_write in 0..10 {
         let store = Arc::new(MemoryStore::new());
         let engine = Engine::start(config(2, 2), store.clone()).unwrap();
         let (pay, first_escrow) = escrow_history(&engine, 3);

@@ -9,28 +9,82 @@ use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction
 
 use storage::{StorageError, Store};
 
-/// The column family of the engine's cold idempotency rows (keys under `ROWS_PREFIX`).
-///
-/// One row per order number ever accepted: hundreds of millions of small rows with random keys,
-/// written by every checkpoint and read only behind the engine's filter. In the default family
-/// their compactions rewrote them with LZ4 beside the journal and the checkpoints (about a
-/// quarter of the process's CPU at 100 M orders, most of it merging each flush of random keys
-/// into the whole level below). Apart, they get options of their own (`rows_options`): no
-/// compression (random keys do not compress), and more flushes gathered before a merge.
-const ROWS_FAMILY: &str = "rows";
+/// A column family of its own for the keys under one prefix, with options of its own.
+struct Apart {
+    family: &'static str,
+    /// The prefix: keys from `start` up to `end` (excluded) live in `family`.
+    start: &'static [u8],
+    end: &'static [u8],
+    options: fn() -> Options,
+}
 
-/// Keys that live in `ROWS_FAMILY`: the engine's cold idempotency rows (`engine::cold`). Other
-/// `h/` keys (clearing's channel records) stay in the default family.
-const ROWS_PREFIX: &[u8] = b"h/i/";
+/// The engine's cold idempotency rows (`engine::cold`, keys `h/i/`): one row per order number
+/// ever accepted, hundreds of millions of small rows with random keys, written by every
+/// checkpoint and read only behind the engine's filter. In the default family their compactions
+/// rewrote them with LZ4 beside the journal and the checkpoints (about a quarter of the process's
+/// CPU at 100 M orders, most of it merging each flush of random keys into the whole level below).
+/// Other `h/` keys (clearing's channel records) stay in the default family.
+const ROWS: Apart = Apart { family: "rows", start: b"h/i/", end: b"h/i0", options: rows_options };
+
+/// The engine's journal (`engine::journal::batch_key`, keys `j` + shard + sequence): one value of
+/// a whole batch (up to about a megabyte) per key, written once, never changed, deleted only by
+/// `clearing archive` in whole ranges. Alone in its blob files, those die whole and need no
+/// garbage collection: shared with pruned checkpoint parts (in the default family, before), blob
+/// garbage collection relocated journal batches again and again as their files aged (at 10 M
+/// transfers it read and rewrote 1.1 of 1.5 GB of blobs).
+const JOURNAL: Apart = Apart { family: "journal", start: b"j", end: b"k", options: journal_options };
+
+/// The engine's checkpoints but their history blobs (`engine::checkpoint`, keys `m/`: manifests,
+/// parts, damage marks, writing marks, the saved cold-row filter, the shard count): parts of tens
+/// of megabytes written at each checkpoint and pruned at the next ones.
+const CHECKPOINTS_BEFORE_BLOBS: Apart = Apart { family: "checkpoints", start: b"m/", end: b"m/b/", options: checkpoints_options };
+const CHECKPOINTS_AFTER_BLOBS: Apart = Apart { family: "checkpoints", start: b"m/b0", end: b"m0", options: checkpoints_options };
+
+/// The history blobs of checkpoints (`m/b/`: chunks of orders, events, income blocks...): most
+/// live for years (as long as a kept checkpoint names them), a few are replaced when old
+/// history changes. Apart from the parts, so that collecting the parts' space (files of mostly
+/// dead parts) does not relocate them, and collected with a narrow age window (see
+/// `history_options`).
+const HISTORY: Apart = Apart { family: "history", start: b"m/b/", end: b"m/b0", options: history_options };
+
+/// What the memtables of all families may hold together; past it RocksDB flushes early.
+const MEMTABLES_BYTES_MAX: usize = 192 << 20;
+
+/// Every key range apart from the default family, in key order (the checkpoints family holds
+/// two, around the history's).
+const APART: [&Apart; 5] = [&ROWS, &JOURNAL, &CHECKPOINTS_BEFORE_BLOBS, &HISTORY, &CHECKPOINTS_AFTER_BLOBS];
+
+/// The families made together with the journal's (a database has all of them or none).
+const WITH_JOURNAL: [&str; 3] = ["journal", "checkpoints", "history"];
 
 /// A RocksDB database in a directory.
 pub struct RocksStore {
     db: DB,
-    /// Whether `ROWS_PREFIX` keys live in `ROWS_FAMILY`: true for every database made by this
-    /// build; false for one made before (every key in the default family, as it was written).
-    rows_apart: bool,
+    /// The key ranges apart this database has, in key order (`layout`): all of `APART` for a
+    /// database made by this build; for one made before, those of the families it was made with
+    /// (the keys of the others live in the default family, as they were written, and stay there).
+    apart: Vec<&'static Apart>,
     read_only: bool,
     poisoned: AtomicBool,
+}
+
+/// The key ranges apart of a database with families `existing` (every one when `new`): the rows
+/// family's if it has it (made since session 22), the journal's and the checkpoints' if it has
+/// the journal's (made since session 23). Keys of the others stay in the default family.
+fn layout(existing: &[String], new: bool) -> Vec<&'static Apart> {
+    let has = |name: &str| new || existing.iter().any(|e| e == name);
+    APART.into_iter().filter(|apart| if WITH_JOURNAL.contains(&apart.family) { has("journal") } else { has(apart.family) }).collect()
+}
+
+/// Each family of `apart` once, in key order of their first range.
+fn family_names<'a>(apart: &'a [&'static Apart]) -> impl Iterator<Item = &'static str> + 'a {
+    apart.iter().enumerate().filter(|(i, a)| !apart[..*i].iter().any(|b| b.family == a.family)).map(|(_, a)| a.family)
+}
+
+/// The options of family `name` (one of `apart`'s, else a family this build does not know:
+/// RocksDB's defaults, as it was made).
+fn options_of(apart: &[&'static Apart], name: &str) -> Options {
+    apart.iter().find(|a| a.family == name).map_or_else(Options::default, |a| (a.options)())
 }
 
 fn io(error: rocksdb::Error) -> StorageError {
@@ -40,47 +94,26 @@ fn io(error: rocksdb::Error) -> StorageError {
 impl RocksStore {
     /// Opens (creating if missing) the database in `path` for reading and writing.
     pub fn open(path: &Path) -> Result<RocksStore, StorageError> {
-        let mut options = Options::default();
+        let existing = if path.join("CURRENT").is_file() { DB::list_cf(&Options::default(), path).map_err(io)? } else { Vec::new() };
+        // A new database gets every family; one made before keeps every key where it is.
+        let apart = layout(&existing, existing.is_empty());
+        let mut options = default_options();
         options.create_if_missing(true);
-        // Journal values are large (one per batch) and written once: a larger write buffer
-        // and LZ4 keep compaction cheap.
-        options.set_write_buffer_size(64 << 20);
-        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        options.set_max_background_jobs(2);
-        // Values of a whole batch (about a megabyte) go to blob files, so compaction moves only
-        // keys and pointers instead of rewriting the journal again and again.
-        options.set_enable_blob_files(true);
-        options.set_min_blob_size(4096);
-        // Blob values are not compressed: LZ4 on every journal batch and checkpoint piece, at
-        // flush and again when blob garbage collection moves them, cost about a sixth of the
-        // process's CPU for a quarter less disk (10 M transfers with a checkpoint every 200
-        // batches: 96 -> 80 s of CPU, 1.7 -> 2.2 GB; ARCHITECTURE.md "Measured"). Blob files
-        // written compressed before stay readable: each file records its own compression.
-        options.set_blob_compression_type(rocksdb::DBCompressionType::None);
-        // A blob file is freed only once every value in it is dead; checkpoint parts and blobs
-        // (pruned every checkpoint) share files with journal batches (kept), so without this the
-        // space of every pruned checkpoint stayed on disk for good. Compactions relocate the
-        // live values of the oldest quarter of blob files, which then go.
-        options.set_enable_blob_gc(true);
-        options.set_blob_gc_age_cutoff(0.25);
-        with_point_lookup_filters(&mut options);
-        // A new database gets the rows family; one made before it keeps every key where it is.
-        let existing = if path.join("CURRENT").is_file() { DB::list_cf(&options, path).map_err(io)? } else { Vec::new() };
-        let rows_apart = existing.is_empty() || existing.iter().any(|name| name == ROWS_FAMILY);
         options.create_missing_column_families(true);
         // The rows family flushes seldom, and the log is kept until every family has flushed
         // what it holds: bound it, so that a start after a crash replays at most this much.
         options.set_max_total_wal_size(256 << 20);
+        // One budget for the memtables of every family (64 MiB each, two each while one
+        // flushes): past it the largest is flushed early.
+        options.set_write_buffer_manager(&rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLES_BYTES_MAX, false));
         // Each column family named and opened with its options: `DB::open_cf` by name would give
         // the default one RocksDB's defaults (no blob files, no bloom filters), which it silently
         // did for a while (journal values inline in tables, rewritten by every compaction; point
         // lookups without filters).
         let mut families = vec![ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone())];
-        if rows_apart {
-            families.push(ColumnFamilyDescriptor::new(ROWS_FAMILY, rows_options()));
-        }
+        families.extend(family_names(&apart).map(|name| ColumnFamilyDescriptor::new(name, options_of(&apart, name))));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(io)?;
-        Ok(RocksStore { db, rows_apart, read_only: false, poisoned: AtomicBool::new(false) })
+        Ok(RocksStore { db, apart, read_only: false, poisoned: AtomicBool::new(false) })
     }
 
     /// Opens an existing database read-only (for offline checks beside a running server).
@@ -93,11 +126,14 @@ impl RocksStore {
     /// Opens every column family of the database in `path` read-only.
     fn open_families_read_only(options: &Options, path: &Path) -> Result<RocksStore, StorageError> {
         let existing = DB::list_cf(options, path).map_err(io)?;
-        let rows_apart = existing.iter().any(|name| name == ROWS_FAMILY);
+        let apart = layout(&existing, false);
         // Each family with its own options (its bloom filters, for the rows' point lookups).
-        let families = existing.iter().map(|name| ColumnFamilyDescriptor::new(name, if name == ROWS_FAMILY { rows_options() } else { options.clone() }));
+        let families = existing.iter().map(|name| {
+            let options = if name == rocksdb::DEFAULT_COLUMN_FAMILY_NAME { options.clone() } else { options_of(&apart, name) };
+            ColumnFamilyDescriptor::new(name, options)
+        });
         let db = DB::open_cf_descriptors_read_only(options, path, families, false).map_err(io)?;
-        Ok(RocksStore { db, rows_apart, read_only: true, poisoned: AtomicBool::new(false) })
+        Ok(RocksStore { db, apart, read_only: true, poisoned: AtomicBool::new(false) })
     }
 
     /// Opens a copy (a checkpoint, a backup, a restored directory) read-only without writing
@@ -108,18 +144,14 @@ impl RocksStore {
             return Err(StorageError::Io(format!("{} holds no database (no CURRENT file)", path.display())));
         }
         // The same blob settings as the server's database, so that values kept in blob files read back.
-        let mut options = Options::default();
-        options.set_enable_blob_files(true);
-        options.set_min_blob_size(4096);
-        options.set_blob_compression_type(rocksdb::DBCompressionType::None);
+        let mut options = large_values_options();
         options.set_info_logger(rocksdb::InfoLogger::new_callback_logger(rocksdb::LogLevel::Fatal, |_, _| {}));
-        with_point_lookup_filters(&mut options);
         Self::open_families_read_only(&options, path)
     }
 
     /// Writes a RocksDB checkpoint of the whole database into `target`, which must not exist:
-    /// every key (all shards' journals and every record: they share this one database and its
-    /// default column family) as of one sequence number, memtables flushed first; table and blob
+    /// every key of every column family (all shards' journals, checkpoints and every record: they
+    /// share this one database) as of one sequence number, memtables flushed first; table and blob
     /// files are hard links when `target` is on the same file system (copies otherwise), the
     /// write-ahead log is copied. Writers go on meanwhile.
     pub fn checkpoint(&self, target: &Path) -> Result<(), StorageError> {
@@ -128,7 +160,106 @@ impl RocksStore {
     }
 }
 
-/// The options of `ROWS_FAMILY`: small values in the tables (no blob files), no compression,
+impl RocksStore {
+    /// What RocksDB holds in memory and on disk, per column family: memtables, table readers
+    /// (index and filter blocks outside the block cache), files at level 0, live table and blob
+    /// bytes. For benchmarks and operators reading where a process's memory goes.
+    pub fn memory_report(&self) -> String {
+        let names = std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).chain(family_names(&self.apart));
+        let mb = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        names
+            .filter_map(|name| {
+                let family = self.db.cf_handle(name)?;
+                let int = |property: &str| self.db.property_int_value_cf(family, property).ok().flatten().unwrap_or(0);
+                let level0 = self.db.property_value_cf(family, rocksdb::properties::num_files_at_level(0)).ok().flatten().unwrap_or_default();
+                Some(format!(
+                    "{name}: memtables {:.1} MB, table readers {:.1} MB, level-0 files {level0}, tables {:.1} MB, blobs {:.1} MB",
+                    mb(int("rocksdb.cur-size-all-mem-tables")),
+                    mb(int("rocksdb.estimate-table-readers-mem")),
+                    mb(int("rocksdb.live-sst-files-size")),
+                    mb(int("rocksdb.live-blob-file-size")),
+                ))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// RocksDB's own statistics text (`rocksdb.stats`: per level and per family, flushes,
+    /// compactions, blob files, stalls), each family's after the default's.
+    pub fn statistics(&self) -> String {
+        let mut text = self.db.property_value(rocksdb::properties::STATS).ok().flatten().unwrap_or_default();
+        for name in family_names(&self.apart) {
+            text.push_str(&self.db.property_value_cf(self.handle(name), rocksdb::properties::STATS).ok().flatten().unwrap_or_default());
+        }
+        text
+    }
+}
+
+/// The default family's options: every record but those of the families apart (and in a
+/// database made before them, those too: the journal, the checkpoints).
+fn default_options() -> Options {
+    let mut options = large_values_options();
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.set_max_background_jobs(2);
+    // A blob file is freed only once every value in it is dead: compactions relocate the live
+    // values of the oldest quarter of blob files, which then go. (In a database made before the
+    // journal's family, its pruned checkpoint parts share files with journal batches.)
+    options.set_enable_blob_gc(true);
+    options.set_blob_gc_age_cutoff(0.25);
+    options
+}
+
+/// The journal family's options: blob files, never collected (see `JOURNAL`).
+fn journal_options() -> Options {
+    let mut options = large_values_options();
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options
+}
+
+/// The checkpoints family's options: blob files collected as checkpoints are pruned. Its files
+/// hold mostly parts, dead within two checkpoints: relocating the live ones of the oldest
+/// quarter is cheap.
+fn checkpoints_options() -> Options {
+    let mut options = large_values_options();
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.set_enable_blob_gc(true);
+    options.set_blob_gc_age_cutoff(0.25);
+    options
+}
+
+/// The history family's options: blob files collected only in the oldest twentieth. RocksDB
+/// relocates every live value of a file in the age window whenever a compaction meets it, dead
+/// or not; with the quarter (and the parts beside them) it rewrote the history about four times
+/// over in 100 M transfers (44 GB written for 10 GB). A blob replaced later (old history changed)
+/// keeps its space until its file reaches the window.
+fn history_options() -> Options {
+    let mut options = checkpoints_options();
+    options.set_blob_gc_age_cutoff(HISTORY_GC_AGE_CUTOFF);
+    options
+}
+
+/// The oldest fraction of the history family's blob files whose live values compactions move.
+const HISTORY_GC_AGE_CUTOFF: f64 = 0.05;
+
+/// Values of 4 KiB or more (journal batches, checkpoint parts and blobs) go to blob files, so
+/// compaction moves only keys and pointers instead of rewriting them again and again, with the
+/// point-lookup filters.
+fn large_values_options() -> Options {
+    let mut options = Options::default();
+    options.set_write_buffer_size(64 << 20);
+    options.set_enable_blob_files(true);
+    options.set_min_blob_size(4096);
+    // Blob values are not compressed: LZ4 on every journal batch and checkpoint piece, at flush
+    // and again when blob garbage collection moves them, cost about a sixth of the process's CPU
+    // for a quarter less disk (10 M transfers with a checkpoint every 200 batches: 96 -> 80 s of
+    // CPU, 1.7 -> 2.2 GB; ARCHITECTURE.md "Measured"). Blob files written compressed before stay
+    // readable: each file records its own compression.
+    options.set_blob_compression_type(rocksdb::DBCompressionType::None);
+    with_point_lookup_filters(&mut options);
+    options
+}
+
+/// The options of the rows family (`ROWS`): small values in the tables (no blob files), no compression,
 /// the same bloom filters, and eight flushes gathered before they are merged into the level below
 /// (each merge of random keys rewrites all of that level, so half as many halves that cost).
 fn rows_options() -> Options {
@@ -136,6 +267,9 @@ fn rows_options() -> Options {
     options.set_write_buffer_size(64 << 20);
     options.set_compression_type(rocksdb::DBCompressionType::None);
     options.set_level_zero_file_num_compaction_trigger(8);
+    // Filters in every level, the last too (`optimize_filters_for_hits` would spare about 10
+    // bits a row of memory): the engine's own filter of cold keys comes first, but a server's
+    // is sized by `cold_filter_mib`, and past its size most new numbers get through to here.
     with_point_lookup_filters(&mut options);
     options
 }
@@ -157,26 +291,29 @@ fn with_point_lookup_filters(options: &mut Options) {
 
 impl RocksStore {
     /// The keys from `start` to `end` (excluded) as ranges of one column family each, in key
-    /// order: the part before `ROWS_PREFIX`, the rows, the part after them. (The engine's ranges
+    /// order: around and between the families apart, the default family's. (The engine's ranges
     /// lie within one prefix, so nearly always one range; the `Store` contract allows any.)
     fn ranges<'k>(&self, start: &'k [u8], end: &'k [u8]) -> Vec<(&ColumnFamily, &'k [u8], &'k [u8])> {
-        const ROWS_END: &[u8] = b"h/i0";
-        let default = self.family(b"");
-        if !self.rows_apart {
-            return vec![(default, start, end)];
+        let default = self.handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME);
+        let mut pieces = Vec::with_capacity(1);
+        let mut from = start;
+        for apart in &self.apart {
+            pieces.push((default, from, end.min(apart.start)));
+            pieces.push((self.handle(apart.family), from.clamp(apart.start, apart.end), end.clamp(apart.start, apart.end)));
+            from = from.max(apart.end);
         }
-        let rows = self.family(ROWS_PREFIX);
-        let pieces = [
-            (default, start, end.min(ROWS_PREFIX)),
-            (rows, start.clamp(ROWS_PREFIX, ROWS_END), end.clamp(ROWS_PREFIX, ROWS_END)),
-            (default, start.max(ROWS_END), end),
-        ];
-        pieces.into_iter().filter(|(_, from, to)| from < to).collect()
+        pieces.push((default, from, end));
+        pieces.retain(|(_, from, to)| from < to);
+        pieces
     }
 
     /// The column family `key` lives in.
     fn family(&self, key: &[u8]) -> &ColumnFamily {
-        let name = if self.rows_apart && key.starts_with(ROWS_PREFIX) { ROWS_FAMILY } else { rocksdb::DEFAULT_COLUMN_FAMILY_NAME };
+        let apart = self.apart.iter().find(|apart| key >= apart.start && key < apart.end);
+        self.handle(apart.map_or(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, |apart| apart.family))
+    }
+
+    fn handle(&self, name: &str) -> &ColumnFamily {
         self.db.cf_handle(name).expect("every column family is opened with the database")
     }
 

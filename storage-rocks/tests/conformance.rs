@@ -52,7 +52,9 @@ fn a_checkpoint_holds_every_key_written_before_it_and_opening_it_writes_nothing(
 /// Regression: the default column family was opened by name with RocksDB's default options, so
 /// large values (journal batches, checkpoints) stayed in the tables and compactions rewrote them,
 /// point lookups had no bloom filter, and blob files were never collected. RocksDB records the
-/// options each column family runs with in its OPTIONS file: the default one's must be ours.
+/// options each column family runs with in its OPTIONS file: the default one's must be ours, and
+/// the journal's blob files are never collected (the journal is never moved), the checkpoints'
+/// and history's are.
 #[test]
 fn the_default_column_family_runs_with_the_stores_options() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -70,6 +72,16 @@ fn the_default_column_family_runs_with_the_stores_options() {
     let section = default.split("\n[").next().unwrap_or(default);
     for setting in ["enable_blob_files=true", "min_blob_size=4096", "enable_blob_garbage_collection=true", "blob_compression_type=kNoCompression"] {
         assert!(section.lines().any(|line| line.trim() == setting), "{setting} missing in:\n{section}");
+    }
+    for (family, settings) in [
+        ("journal", ["enable_blob_files=true", "min_blob_size=4096", "enable_blob_garbage_collection=false"]),
+        ("checkpoints", ["enable_blob_files=true", "enable_blob_garbage_collection=true", "blob_garbage_collection_age_cutoff=0.250000"]),
+        ("history", ["enable_blob_files=true", "enable_blob_garbage_collection=true", "blob_garbage_collection_age_cutoff=0.050000"]),
+    ] {
+        let section = options_section(dir.path(), family);
+        for setting in settings {
+            assert!(section.lines().any(|line| line.trim() == setting), "{family}: {setting} missing in:\n{section}");
+        }
     }
     let table = default.split("[TableOptions/BlockBasedTable \"default\"]").nth(1).expect("the default table options");
     let table = table.split("\n[").next().unwrap_or(table);
@@ -136,7 +148,7 @@ fn cold_rows_live_in_their_own_column_family() {
     store.checkpoint(&dir.path().join("copy")).expect("checkpoint");
     drop(store);
     let section = options_section(&path, "rows");
-    for setting in ["compression=kNoCompression", "level0_file_num_compaction_trigger=8", "enable_blob_files=false"] {
+    for setting in ["compression=kNoCompression", "level0_file_num_compaction_trigger=8", "enable_blob_files=false", "optimize_filters_for_hits=false"] {
         assert!(section.lines().any(|line| line.trim() == setting), "{setting} missing in:\n{section}");
     }
     for opened in [RocksStore::open(&path), RocksStore::open_read_only(&path), RocksStore::open_copy(&dir.path().join("copy"))] {
@@ -166,4 +178,102 @@ fn a_database_without_the_rows_family_keeps_its_rows_where_they_are() {
     assert_eq!(names, vec!["default".to_string()], "no family added to a database of before");
     let read_only = RocksStore::open_read_only(dir.path()).expect("read-only");
     assert_eq!(read_only.get(b"h/i/00000002").expect("get").as_deref(), Some(&b"new row"[..]));
+}
+
+/// The journal (`j` keys), checkpoints (`m/` keys: manifests, parts) and their history blobs
+/// (`m/b/`) live in column families of their own, whose blob files are collected apart (the
+/// journal's never); every operation finds them there, ranges across all the families come back
+/// in key order, and copies open with them.
+#[test]
+fn the_journal_checkpoints_and_history_live_in_their_own_column_families() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let store = RocksStore::open(&path).expect("open");
+    let big = vec![5u8; 20_000];
+    let puts: Vec<(Vec<u8>, &[u8])> = (0u32..50)
+        .map(|n| (format!("m/p/{n:04}").into_bytes(), &big[..]))
+        .chain([
+            (b"m/c/1".to_vec(), &b"manifest"[..]),
+            (b"m/b/1".to_vec(), &big[..]),
+            (b"m/x/1".to_vec(), &b"mark"[..]),
+            (b"j/1".to_vec(), &big[..]),
+            (b"h/i/1".to_vec(), &b"row"[..]),
+            (b"p/1".to_vec(), &b"record"[..]),
+        ])
+        .collect();
+    let refs: Vec<(&[u8], &[u8])> = puts.iter().map(|(k, v)| (&k[..], *v)).collect();
+    store.write(&refs).expect("one batch over three families");
+    assert_eq!(store.get(b"m/p/0049").expect("get").map(|v| v.len()), Some(20_000));
+    assert_eq!(store.get_many(&[b"m/c/1", b"m/p/0000", b"m/p/9999"]).expect("get_many").iter().filter(|v| v.is_some()).count(), 2);
+    let mut keys = Vec::new();
+    store
+        .scan(b"", b"\xff", &mut |key, _| {
+            keys.push(key.to_vec());
+            true
+        })
+        .expect("scan everything");
+    assert_eq!(keys.len(), 56);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "in key order across the families");
+    assert_eq!(store.last_key_in(b"m/", b"m0").expect("last").as_deref(), Some(&b"m/p/0049"[..]));
+    assert_eq!(store.last_key_in(b"j", b"m/p/").expect("last").as_deref(), Some(&b"m/c/1"[..]));
+    assert_eq!(store.last_key_in(b"", b"\xff").expect("last").as_deref(), Some(&b"p/1"[..]));
+    assert_eq!(store.last_key_in(b"m/", b"m/c/2").expect("last").as_deref(), Some(&b"m/c/1"[..]), "across checkpoints and history");
+    store.delete_range(b"m/p/0010", b"m/p/0040").expect("delete range");
+    store.delete_range(b"m/b/", b"m/p/0001").expect("delete across history and checkpoints");
+    assert_eq!((store.get(b"m/b/1").expect("get"), store.get(b"m/c/1").expect("get")), (None, None));
+    assert!(store.get(b"m/p/0001").expect("get").is_some() && store.get(b"m/x/1").expect("get").is_some());
+    store.delete_range(b"m/p/0045", b"p/0").expect("delete across families");
+    assert_eq!((store.get(b"m/p/0020").expect("get"), store.get(b"m/p/0047").expect("get")), (None, None));
+    assert!(store.get(b"m/p/0044").expect("get").is_some() && store.get(b"p/1").expect("get").is_some());
+    store.checkpoint(&dir.path().join("copy")).expect("checkpoint");
+    store.write(&[(b"m/b/2", &big[..])]).expect("write");
+    drop(store);
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("families");
+    assert_eq!(names, ["default", "rows", "journal", "checkpoints", "history"]);
+    // Each key in its family and in no other (read with RocksDB itself).
+    let raw = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, &names, false).expect("raw open");
+    for (key, family) in
+        [(&b"h/i/1"[..], "rows"), (b"j/1", "journal"), (b"m/p/0001", "checkpoints"), (b"m/x/1", "checkpoints"), (b"m/b/2", "history"), (b"p/1", "default")]
+    {
+        for name in &names {
+            let found = raw.get_cf(raw.cf_handle(name).expect("family"), key).expect("get").is_some();
+            assert_eq!(found, name == family, "{} in {name}", String::from_utf8_lossy(key));
+        }
+    }
+    drop(raw);
+    for opened in [RocksStore::open(&path), RocksStore::open_read_only(&path), RocksStore::open_copy(&dir.path().join("copy"))] {
+        let opened = opened.expect("opens");
+        assert_eq!(opened.get(b"m/p/0001").expect("get").map(|v| v.len()), Some(20_000));
+        assert_eq!(opened.get(b"m/p/0030").expect("get"), None);
+        assert_eq!(opened.last_key_in(b"m/p/", b"m/p0").expect("last").as_deref(), Some(&b"m/p/0044"[..]));
+    }
+}
+
+/// A database made with the rows family but before the journal's and the checkpoints' keeps
+/// them in the default family (found, and new ones written beside them), whose blob files are
+/// still collected (its pruned checkpoints share them with the journal).
+#[test]
+fn a_database_without_the_journal_family_keeps_its_journal_and_checkpoints_where_they_are() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&options, dir.path(), ["rows"]).expect("a database of before");
+        db.put(b"m/c/1", b"old manifest").expect("put");
+        db.put(b"j/1", [1u8; 10_000]).expect("put");
+        db.put_cf(db.cf_handle("rows").expect("rows"), b"h/i/1", b"row").expect("put");
+    }
+    let store = RocksStore::open(dir.path()).expect("open");
+    assert_eq!(store.get(b"m/c/1").expect("get").as_deref(), Some(&b"old manifest"[..]));
+    assert_eq!(store.get(b"h/i/1").expect("get").as_deref(), Some(&b"row"[..]));
+    store.write(&[(b"m/c/2", b"new manifest"), (b"j/2", &[2u8; 10_000])]).expect("write");
+    assert_eq!(store.last_key_in(b"j", b"k").expect("last").as_deref(), Some(&b"j/2"[..]));
+    assert_eq!(store.last_key_in(b"m/c/", b"m/c0").expect("last").as_deref(), Some(&b"m/c/2"[..]));
+    drop(store);
+    let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).expect("families");
+    assert_eq!(names, vec!["default".to_string(), "rows".to_string()], "no family added to a database of before");
+    assert!(options_section(dir.path(), "default").lines().any(|line| line.trim() == "enable_blob_garbage_collection=true"));
+    let read_only = RocksStore::open_read_only(dir.path()).expect("read-only");
+    assert_eq!(read_only.get(b"m/c/2").expect("get").as_deref(), Some(&b"new manifest"[..]));
 }
