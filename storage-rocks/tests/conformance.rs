@@ -214,7 +214,8 @@ fn the_journal_checkpoints_and_history_live_in_their_own_column_families() {
         .expect("scan everything");
     assert_eq!(keys.len(), 56);
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "in key order across the families");
-    assert_eq!(store.last_key_in(b"m/", b"m0").expect("last").as_deref(), Some(&b"m/p/0049"[..]));
+    assert_eq!(store.last_key_in(b"m/", b"m0").expect("last").as_deref(), Some(&b"m/x/1"[..]));
+    assert_eq!(store.last_key_in(b"m/", b"m/x/").expect("last").as_deref(), Some(&b"m/p/0049"[..]));
     assert_eq!(store.last_key_in(b"j", b"m/p/").expect("last").as_deref(), Some(&b"m/c/1"[..]));
     assert_eq!(store.last_key_in(b"", b"\xff").expect("last").as_deref(), Some(&b"p/1"[..]));
     assert_eq!(store.last_key_in(b"m/", b"m/c/2").expect("last").as_deref(), Some(&b"m/c/1"[..]), "across checkpoints and history");
@@ -226,14 +227,14 @@ fn the_journal_checkpoints_and_history_live_in_their_own_column_families() {
     assert_eq!((store.get(b"m/p/0020").expect("get"), store.get(b"m/p/0047").expect("get")), (None, None));
     assert!(store.get(b"m/p/0044").expect("get").is_some() && store.get(b"p/1").expect("get").is_some());
     store.checkpoint(&dir.path().join("copy")).expect("checkpoint");
-    store.write(&[(b"m/b/2", &big[..])]).expect("write");
+    store.write(&[(b"m/b/2", &big[..]), (b"m/x/2", b"mark")]).expect("write");
     drop(store);
     let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).expect("families");
     assert_eq!(names, ["default", "rows", "journal", "checkpoints", "history"]);
     // Each key in its family and in no other (read with RocksDB itself).
     let raw = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), &path, &names, false).expect("raw open");
     for (key, family) in
-        [(&b"h/i/1"[..], "rows"), (b"j/1", "journal"), (b"m/p/0001", "checkpoints"), (b"m/x/1", "checkpoints"), (b"m/b/2", "history"), (b"p/1", "default")]
+        [(&b"h/i/1"[..], "rows"), (b"j/1", "journal"), (b"m/p/0001", "checkpoints"), (b"m/x/2", "checkpoints"), (b"m/b/2", "history"), (b"p/1", "default")]
     {
         for name in &names {
             let found = raw.get_cf(raw.cf_handle(name).expect("family"), key).expect("get").is_some();
