@@ -390,6 +390,76 @@ fn pruning_deletes_what_only_pruned_checkpoints_named_and_sweeps_after_a_checkpo
     }
 }
 
+/// A store whose writes of checkpoint manifests fail while `failing` is set.
+struct FailingManifests {
+    inner: MemoryStore,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Store for FailingManifests {
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) && puts.iter().any(|(key, _)| key.starts_with(b"m/c/")) {
+            return Err(storage::StorageError::Io("the manifest write failed".into()));
+        }
+        self.inner.write(puts)
+    }
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), storage::StorageError> {
+        self.inner.delete_range(start, end)
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
+        self.inner.get(key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
+        self.inner.scan(start, end, visit)
+    }
+    fn is_poisoned(&self) -> bool {
+        self.inner.is_poisoned()
+    }
+}
+
+/// A checkpoint that stops after writing a new blob (its manifest write fails) leaves that blob
+/// named by no manifest and its writing mark set; the next checkpoint sweeps it, and clears the
+/// mark. Nothing acknowledged is lost meanwhile.
+#[test]
+fn the_blob_of_a_checkpoint_stopped_before_its_manifest_goes_with_the_next_checkpoint() {
+    let store = Arc::new(FailingManifests { inner: MemoryStore::new(), failing: std::sync::atomic::AtomicBool::new(false) });
+    let at_stops = EngineConfig {
+        shard_count: 2,
+        ack_flush_ms: 1,
+        checkpoints: CheckpointPolicy { every_batches: 0, every_orders: 0, every: Duration::ZERO, kept: 1, on_shutdown: true },
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(at_stops.clone(), store.clone()).unwrap();
+    let (_, first_escrow) = escrow_history(&engine, 3);
+    engine.shutdown();
+    drop(engine);
+    assert_eq!(blob_keys(&store.inner, 0), named_blobs(&store.inner, 0));
+
+    // Confirming the first escrow changes its chunk: the checkpoint at the stop writes a new blob
+    // for it, then fails at its manifest.
+    let engine = Engine::start(at_stops.clone(), store.clone()).unwrap();
+    assert!(engine.execute_one(plain(Command::Confirm { order: first_escrow, releases: Legs::new() })).unwrap().is_ok());
+    store.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    engine.shutdown();
+    drop(engine);
+    store.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let named = named_blobs(&store.inner, 0);
+    assert!(blob_keys(&store.inner, 0).iter().any(|hash| named.binary_search(hash).is_err()), "the stopped checkpoint's blob is named by no manifest");
+    assert!(store.get(&checkpoint::writing_key(0)).unwrap().is_some(), "its writing mark stayed");
+
+    // The next run changes the chunk again (the second escrow confirmed): its checkpoint names
+    // another blob for it, so the stopped one's blob can only go by the sweep.
+    let engine = Engine::start(at_stops, store.clone()).unwrap();
+    let status = engine.read_shard(0, move |state| state.order(first_escrow).map(|o| o.status)).unwrap();
+    assert_eq!(status, Some(OrderStatus::Succeeded), "the confirm was durable in the journal");
+    let second_escrow = engine.read_shard(0, move |state| state.orders.get(first_escrow.local_index(2) as usize + 1).map(|o| o.id)).unwrap().unwrap();
+    assert!(engine.execute_one(plain(Command::Confirm { order: second_escrow, releases: Legs::new() })).unwrap().is_ok());
+    engine.shutdown();
+    assert_eq!(blob_keys(&store.inner, 0), named_blobs(&store.inner, 0), "swept: every blob left is named");
+    assert!(store.get(&checkpoint::writing_key(0)).unwrap().is_none(), "the mark is cleared");
+    assert!(check_store(&store.inner, 2).unwrap().ok);
+}
+
 /// Format 4: full chunks of history are blobs, written once and shared by the checkpoints that
 /// hold them unchanged, so a later checkpoint writes what changed, not the history; blobs no kept
 /// checkpoint names are deleted; recovery from such a checkpoint equals a whole replay; a
