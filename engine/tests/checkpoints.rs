@@ -28,6 +28,16 @@ fn config(every_batches: u64, kept: usize) -> EngineConfig {
     }
 }
 
+/// Checkpoints only at a graceful stop, one kept: each run's stop writes one and prunes the last.
+fn at_stops() -> EngineConfig {
+    EngineConfig {
+        shard_count: 2,
+        ack_flush_ms: 1,
+        checkpoints: CheckpointPolicy { every_batches: 0, every_orders: 0, every: Duration::ZERO, kept: 1, on_shutdown: true },
+        ..EngineConfig::default()
+    }
+}
+
 fn keyed(key: &str, command: Command) -> Envelope {
     Envelope { platform: P, out_order_no: Some(OutOrderNo::new(key).unwrap()), command }
 }
@@ -349,12 +359,7 @@ fn named_blobs(store: &MemoryStore, shard: ShardId) -> Vec<[u8; 32]> {
 #[test]
 fn pruning_deletes_what_only_pruned_checkpoints_named_and_sweeps_after_a_checkpoint_left_half_way() {
     let store = Arc::new(MemoryStore::new());
-    let at_stops = EngineConfig {
-        shard_count: 2,
-        ack_flush_ms: 1,
-        checkpoints: CheckpointPolicy { every_batches: 0, every_orders: 0, every: Duration::ZERO, kept: 1, on_shutdown: true },
-        ..EngineConfig::default()
-    };
+    let at_stops = at_stops();
     let engine = Engine::start(at_stops.clone(), store.clone()).unwrap();
     let (_, first_escrow) = escrow_history(&engine, 3);
     engine.shutdown();
@@ -390,45 +395,13 @@ fn pruning_deletes_what_only_pruned_checkpoints_named_and_sweeps_after_a_checkpo
     }
 }
 
-/// A store whose writes of checkpoint manifests fail while `failing` is set.
-struct FailingManifests {
-    inner: MemoryStore,
-    failing: std::sync::atomic::AtomicBool,
-}
-
-impl Store for FailingManifests {
-    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) && puts.iter().any(|(key, _)| key.starts_with(b"m/c/")) {
-            return Err(storage::StorageError::Io("the manifest write failed".into()));
-        }
-        self.inner.write(puts)
-    }
-    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), storage::StorageError> {
-        self.inner.delete_range(start, end)
-    }
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
-        self.inner.get(key)
-    }
-    fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
-        self.inner.scan(start, end, visit)
-    }
-    fn is_poisoned(&self) -> bool {
-        self.inner.is_poisoned()
-    }
-}
-
 /// A checkpoint that stops after writing a new blob (its manifest write fails) leaves that blob
 /// named by no manifest and its writing mark set; the next checkpoint sweeps it, and clears the
 /// mark. Nothing acknowledged is lost meanwhile.
 #[test]
 fn the_blob_of_a_checkpoint_stopped_before_its_manifest_goes_with_the_next_checkpoint() {
-    let store = Arc::new(FailingManifests { inner: MemoryStore::new(), failing: std::sync::atomic::AtomicBool::new(false) });
-    let at_stops = EngineConfig {
-        shard_count: 2,
-        ack_flush_ms: 1,
-        checkpoints: CheckpointPolicy { every_batches: 0, every_orders: 0, every: Duration::ZERO, kept: 1, on_shutdown: true },
-        ..EngineConfig::default()
-    };
+    let store = Arc::new(FaultyStore::new());
+    let at_stops = at_stops();
     let engine = Engine::start(at_stops.clone(), store.clone()).unwrap();
     let (_, first_escrow) = escrow_history(&engine, 3);
     engine.shutdown();
@@ -439,10 +412,10 @@ fn the_blob_of_a_checkpoint_stopped_before_its_manifest_goes_with_the_next_check
     // for it, then fails at its manifest.
     let engine = Engine::start(at_stops.clone(), store.clone()).unwrap();
     assert!(engine.execute_one(plain(Command::Confirm { order: first_escrow, releases: Legs::new() })).unwrap().is_ok());
-    store.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    store.failing_manifest_writes.store(true, std::sync::atomic::Ordering::SeqCst);
     engine.shutdown();
     drop(engine);
-    store.failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    store.failing_manifest_writes.store(false, std::sync::atomic::Ordering::SeqCst);
     let named = named_blobs(&store.inner, 0);
     assert!(blob_keys(&store.inner, 0).iter().any(|hash| named.binary_search(hash).is_err()), "the stopped checkpoint's blob is named by no manifest");
     assert!(store.get(&checkpoint::writing_key(0)).unwrap().is_some(), "its writing mark stayed");
@@ -894,14 +867,24 @@ fn waits_for_checkpoints(config: EngineConfig) {
 }
 
 /// A store that fails to answer reads of history blobs while `failing` is set (an I/O error, not
-/// damage).
-struct FlakyBlobReads {
+/// damage), and fails writes of checkpoint manifests while `failing_manifest_writes` is.
+struct FaultyStore {
     inner: MemoryStore,
     failing: std::sync::atomic::AtomicBool,
+    failing_manifest_writes: std::sync::atomic::AtomicBool,
 }
 
-impl Store for FlakyBlobReads {
+impl FaultyStore {
+    fn new() -> FaultyStore {
+        FaultyStore { inner: MemoryStore::new(), failing: Default::default(), failing_manifest_writes: Default::default() }
+    }
+}
+
+impl Store for FaultyStore {
     fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
+        if self.failing_manifest_writes.load(std::sync::atomic::Ordering::SeqCst) && puts.iter().any(|(key, _)| key.starts_with(b"m/c/")) {
+            return Err(storage::StorageError::Io("the manifest write failed".into()));
+        }
         self.inner.write(puts)
     }
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), storage::StorageError> {
@@ -925,7 +908,7 @@ impl Store for FlakyBlobReads {
 /// nothing: the blob is sound, and the next start uses the checkpoints as they are.
 #[test]
 fn a_history_read_the_store_fails_to_answer_stops_the_shard_without_marking_the_blob() {
-    let store = Arc::new(FlakyBlobReads { inner: MemoryStore::new(), failing: std::sync::atomic::AtomicBool::new(false) });
+    let store = Arc::new(FaultyStore::new());
     let engine = Engine::start(config(2, 2), store.clone()).unwrap();
     let (_, first_escrow) = escrow_history(&engine, 5);
     wait_for_cold_chunks(&engine, 2);
