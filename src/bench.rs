@@ -59,36 +59,16 @@ pub struct BenchArgs {
     /// column family, blob files) at the end of the run into this file.
     #[arg(long)]
     pub rocksdb_stats: Option<PathBuf>,
+    /// Gives the allocator's free memory back to the kernel once the resident memory not in use
+    /// passes this many MiB (as `clearing serve` does, `[server] trim_above_mib`); 0: never.
+    #[arg(long, default_value_t = crate::memory::TRIM_ABOVE_MIB)]
+    pub trim_above_mib: u64,
 }
 
 const PLATFORM: u32 = 1;
 const CNY: CurrencyId = CurrencyId(0);
 
-/// Resident set size of this process in bytes (Linux).
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
-}
-
-/// Peak resident set size of this process in bytes (Linux `VmHWM`).
-fn peak_resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
-}
-
-/// Bytes the allocator has handed out and not taken back (glibc: arenas in use plus mmapped
-/// blocks): the process's own data, without the free memory malloc keeps or RocksDB's mappings.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn heap_in_use_bytes() -> u64 {
-    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's own statistics.
-    let info = unsafe { libc::mallinfo2() };
-    (info.uordblks + info.hblkhd) as u64
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn heap_in_use_bytes() -> u64 {
-    0
-}
+use crate::memory::{heap_in_use_bytes, peak_resident_bytes, resident_bytes};
 
 /// Samples the heap in use once a second until dropped; keeps the largest figure.
 struct HeapSampler {
@@ -158,6 +138,7 @@ fn run_batches(engine: &Engine, batches: impl Iterator<Item = Vec<Envelope>>, in
 
 /// Runs the benchmark and prints `transfers_per_second` and batch latency percentiles.
 pub fn run(args: BenchArgs) -> Result<()> {
+    let trimmer = crate::memory::Trimmer::start(args.trim_above_mib << 20, crate::memory::TRIM_EVERY);
     if args.accounts < 2 || args.batch == 0 || args.shards == 0 {
         return Err(anyhow!("need at least 2 accounts, a positive batch and at least one shard"));
     }
@@ -175,9 +156,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         kept: 2,
         on_shutdown: !args.no_final_checkpoint,
     };
-    // The cold-number filter sized for every transfer's order number (10 bits each), at least
-    // the default.
-    let cold_filter_bytes = (args.transfers as usize * 10 / 8).next_multiple_of(64).max(engine::cold::COLD_FILTER_BYTES);
+    // The cold-number filter sized for every transfer's order number in one segment (11 bits
+    // each: it grows once 10 bits a key are used), at least the default.
+    let cold_filter_bytes = (args.transfers as usize * 11 / 8).next_multiple_of(64).max(engine::cold::COLD_FILTER_BYTES);
     let config = EngineConfig { shard_count: args.shards, batch_size_max: args.batch, checkpoints, cold_filter_bytes, ..EngineConfig::default() };
     let engine = Engine::start(config, store.clone())?;
     println!(
@@ -296,7 +277,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     println!("rejected: {rejected} invariants_ok: {} elapsed_s: {:.3}", report.ok, elapsed.as_secs_f64());
     println!("resident_bytes: {resident_at_end} (peak {})", peak_resident_bytes());
-    println!("heap_in_use_bytes: {heap_at_end} (peak of 1 s samples {})", heap.peak());
+    println!("heap_in_use_bytes: {heap_at_end} (peak of 1 s samples {}) trims: {}", heap.peak(), trimmer.trims());
     println!("rocksdb at the end of the run: {rocksdb_at_end}");
     println!("transfers_per_second: {}", (args.transfers as f64 / elapsed.as_secs_f64()) as u64);
     println!("batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}", percentile(0.01), percentile(0.50), percentile(0.99), percentile(1.0));

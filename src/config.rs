@@ -41,6 +41,21 @@ struct FileConfig {
     backups: BackupsSection,
     #[serde(default)]
     log: LogSection,
+    #[serde(default)]
+    memory: MemorySection,
+}
+
+/// `[memory]`: giving the allocator's free memory back to the kernel (`memory::Trimmer`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemorySection {
+    trim_above_mib: u64,
+}
+
+impl Default for MemorySection {
+    fn default() -> MemorySection {
+        MemorySection { trim_above_mib: crate::memory::TRIM_ABOVE_MIB }
+    }
 }
 
 /// `[backups]`: where `POST /admin/backups` may write.
@@ -359,9 +374,12 @@ pub struct Config {
     pub backup_root: Option<PathBuf>,
     /// How the log is written.
     pub log: LogConfig,
+    /// Resident memory not in use past which the allocator is trimmed (`[memory]`); 0: never.
+    pub trim_above_bytes: u64,
 }
 
 /// Hard limits on configuration values (DESIGN.md invariant 10: every bound has a limit).
+const TRIM_ABOVE_MIB_MAX: u64 = 1 << 20;
 const SHARD_COUNT_MAX: u16 = 256;
 const MAILBOX_CAPACITY_MAX: usize = 1 << 20;
 const BATCH_SIZE_MAX: usize = 1 << 16;
@@ -494,6 +512,9 @@ impl Config {
         if !(1..=4096).contains(&e.cold_filter_mib) {
             return Err(anyhow!("engine.cold_filter_mib must be 1..=4096"));
         }
+        if file.memory.trim_above_mib > TRIM_ABOVE_MIB_MAX {
+            return Err(anyhow!("memory.trim_above_mib must be 0..={TRIM_ABOVE_MIB_MAX} (0: never trim)"));
+        }
         let c = &e.checkpoints;
         if !(1..=100).contains(&c.kept) || c.every_seconds > 7 * 86_400 {
             return Err(anyhow!("engine.checkpoints.kept must be 1..=100 and every_seconds at most a week"));
@@ -622,6 +643,7 @@ impl Config {
             http,
             backup_root: file.backups.root,
             log,
+            trim_above_bytes: file.memory.trim_above_mib << 20,
         })
     }
 }
@@ -638,6 +660,7 @@ mod tests {
         assert_eq!(config.http.quotas.defaults, gateway::quotas::QuotaLimits::default(), "the file says what the code defaults to");
         assert_eq!(config.http.body_timeout, gateway::server::HttpLimits::default().body_timeout);
         assert!(config.simulator.pages && !config.webhooks.allow_insecure_loopback, "pages on for make run; webhooks https only");
+        assert_eq!(config.trim_above_bytes, crate::memory::TRIM_ABOVE_MIB << 20, "the file says what the code defaults to");
         assert_eq!(config.protections.rotation_overlap_seconds, 86_400);
         assert!(config.secret_places.master_key_file.is_none(), "zero setup: the key in the data directory");
     }
@@ -683,12 +706,16 @@ mod tests {
             .replace("allow_insecure_loopback = false\n", "")
             .replace("deliveries_per_second_max = 200\n", "")
             .replace("per_platform = {}\n", "")
-            .replace("every_orders = 250000\n", "");
-        assert!(!text.contains("every_orders"));
+            .replace("every_orders = 250000\n", "")
+            .replace("[memory]\ntrim_above_mib = 256\n", "");
+        assert!(!text.contains("every_orders") && !text.contains("[memory]"));
         let config = Config::parse(&text).expect("an older file loads");
         assert!(config.simulator.pages);
         assert_eq!(config.engine.checkpoints.every_orders, engine::shard::DEFAULT_EVERY_ORDERS, "checkpoints by orders, as a new file says");
         assert_eq!(config.protections.card_binds_per_account_per_day, gateway::cards::BINDS_PER_ACCOUNT_PER_DAY_DEFAULT);
+        assert_eq!(config.trim_above_bytes, 256 << 20, "trimmed as a new file says");
+        let never = DEFAULT_CONFIG.replace("trim_above_mib = 256", "trim_above_mib = 0");
+        assert_eq!(Config::parse(&never).expect("0: never").trim_above_bytes, 0);
         let with_files = DEFAULT_CONFIG.replace("# master_key_file = ", "master_key_file = ").replace("# admin_token_file = ", "admin_token_file = ");
         let config = Config::parse(&with_files).expect("files named");
         assert_eq!(config.secret_places.master_key_file.as_deref(), Some(Path::new("/etc/clearing/master-key")));
@@ -734,6 +761,8 @@ mod tests {
             ("nonces_max = 8388608\nbody_bytes_max = 16777216", "nonces_max = 8388608\nbody_bytes_max = 16777217"),
             ("# [quotas.platforms.plt_7]", "[quotas.platforms.seven]"),
             ("# [quotas.platforms.plt_7]", "[quotas.platforms.plt_7]\nrequests_per_minute = 1"),
+            ("trim_above_mib = 256", "trim_above_mib = 1048577"),
+            ("trim_above_mib = 256", "trim_above_mib = 256\ntrim_every_seconds = 1"),
         ];
         for (from, to) in cases {
             let text = DEFAULT_CONFIG.replace(from, to);

@@ -163,23 +163,113 @@ pub fn keys_of(envelope: &Envelope, keys: &mut Vec<u128>) {
 /// An in-memory Bloom filter of the keys of every cold row, of all shards: a new order number
 /// (nearly every probe) is answered here without asking the store. No false negatives: a key's
 /// bits are set once its row is durable and before memory or the router's claims let go of it,
-/// and `load` sets them for every row already stored. False positives (about 1 % at 10 bits per
-/// key) only cost a store read, which the stamp rule then judges as usual.
+/// and `load` sets them for every row already stored. False positives (1-2 % a segment) only
+/// cost a store read, which the stamp rule then judges as usual.
 ///
 /// Blocked (one 64-byte block per key, six bits in it, from the key itself: keys are XXH3-128
-/// hashes already), so a lookup touches one cache line. Its size is fixed
-/// (`COLD_FILTER_BYTES`); past about `COLD_FILTER_BYTES * 0.8` keys its false positives grow
-/// and the store answers more probes.
+/// hashes already), so a lookup touches one cache line a segment. It grows with the rows: new
+/// keys go into the newest segment, and once 45 % of that segment's bits are set (about 10
+/// bits a key) a segment twice its size is added (up to `COLD_FILTER_BYTES_MAX` in all). A
+/// lookup asks every segment, so the false positives are about the sum of the segments' (a
+/// server that began with 32 MiB holds 100 M rows in 32 + 64 + 128 MiB, about 3 %). A filter of a fixed
+/// size, as before, let most new numbers through to the store past about 27 M rows, each a
+/// RocksDB read on the shard's thread.
 pub struct ColdFilter {
-    words: Box<[std::sync::atomic::AtomicU64]>,
+    /// The segments, oldest first; those set are a prefix.
+    segments: [std::sync::OnceLock<Segment>; MAX_SEGMENTS],
+    /// Held while adding a segment (one at a time).
+    growing: std::sync::Mutex<()>,
     /// The saved head this filter was read from and checked against (`load_saved`): a stop that
     /// would save the same (no checkpoint since, the same bits) writes nothing.
     saved_head: Option<Vec<u8>>,
 }
 
+/// The most segments a filter has (with each twice the one before, far past the byte bound).
+const MAX_SEGMENTS: usize = 12;
+
+/// One segment: 64-byte blocks of bits, and how many of them are set.
+struct Segment {
+    words: Box<[std::sync::atomic::AtomicU64]>,
+    set_bits: std::sync::atomic::AtomicU64,
+}
+
+impl Segment {
+    /// A segment of `bytes` (a multiple of 64), all bits clear. The memory comes zeroed from the
+    /// allocator (`calloc`: pages the kernel maps in only once written), so adding a segment of
+    /// hundreds of megabytes costs no pass over it on the thread that adds it.
+    fn with_bytes(bytes: usize) -> Segment {
+        assert!(bytes >= 64 && bytes.is_multiple_of(64), "whole 64-byte blocks");
+        let len = bytes / 8;
+        let layout = std::alloc::Layout::array::<std::sync::atomic::AtomicU64>(len).expect("a segment's size fits the address space");
+        // SAFETY: `layout` is non-zero-sized (at least 8 words) and of `len` `AtomicU64`s; an
+        // all-zero `AtomicU64` is a valid one (it has the in-memory representation of `u64`); the
+        // pointer comes from the global allocator with exactly this layout, as `Box` frees it.
+        let words = unsafe {
+            let pointer = std::alloc::alloc_zeroed(layout).cast::<std::sync::atomic::AtomicU64>();
+            if pointer.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(pointer, len))
+        };
+        Segment { words, set_bits: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn bytes(&self) -> usize {
+        self.words.len() * 8
+    }
+
+    /// The block (first word) and the six bits of `key`.
+    fn positions(&self, key: u128) -> (usize, [(usize, u64); 6]) {
+        let blocks = self.words.len() / 8;
+        let block = ((key as u64) % blocks as u64) as usize * 8;
+        let mut high = (key >> 64) as u64;
+        let mut bits = [(0, 0); 6];
+        for bit in &mut bits {
+            let position = (high & 511) as usize;
+            high >>= 9;
+            *bit = (position / 64, 1u64 << (position % 64));
+        }
+        (block, bits)
+    }
+
+    fn insert(&self, key: u128) {
+        let (block, bits) = self.positions(key);
+        let mut newly = 0;
+        for (word, mask) in bits {
+            if self.words[block + word].fetch_or(mask, std::sync::atomic::Ordering::Release) & mask == 0 {
+                newly += 1;
+            }
+        }
+        if newly > 0 {
+            self.set_bits.fetch_add(newly, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn may_contain(&self, key: u128) -> bool {
+        let (block, bits) = self.positions(key);
+        bits.iter().all(|(word, mask)| self.words[block + word].load(std::sync::atomic::Ordering::Acquire) & mask != 0)
+    }
+
+    /// 45 % of its bits set (10 bits a key; about 1 % false positives): new keys go to a new
+    /// segment.
+    fn full(&self) -> bool {
+        self.set_bits.load(std::sync::atomic::Ordering::Relaxed) * 20 >= self.words.len() as u64 * 64 * 9
+    }
+
+    /// Counts the bits set (after its words were filled in directly).
+    fn count_bits(&self) {
+        let set: u64 = self.words.iter().map(|w| u64::from(w.load(std::sync::atomic::Ordering::Relaxed).count_ones())).sum();
+        self.set_bits.store(set, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Where a graceful stop saves the filter: its head, and its pieces under `m/f/p` + index.
 const FILTER_HEAD: &[u8] = b"m/f/h";
 const FILTER_PIECE_BYTES: usize = 4 << 20;
+
+/// The saved head's format: 2 names each segment's size (format 1, one size, was written before
+/// the filter grew; still read).
+const FILTER_FORMAT: u8 = 2;
 
 fn filter_piece_key(index: u32) -> [u8; 9] {
     let mut key = *b"m/f/p\0\0\0\0";
@@ -187,10 +277,17 @@ fn filter_piece_key(index: u32) -> [u8; 9] {
     key
 }
 
-/// A saved filter's head: format 1, its size, each shard's newest checkpoint, the pieces' hash.
-fn filter_head(store: &dyn Store, bytes: usize, shard_count: u16, hash: &[u8; 32]) -> Result<Vec<u8>, StorageError> {
-    let mut head = vec![1u8];
-    head.extend_from_slice(&(bytes as u64).to_le_bytes());
+/// A saved filter's head, format 2: the format, the segment count and each segment's size, the
+/// shard count, each shard's newest checkpoint, the pieces' hash. (Format 1: the format, the one
+/// size, then the same.)
+fn filter_head(store: &dyn Store, format: u8, sizes: &[usize], shard_count: u16, hash: &[u8; 32]) -> Result<Vec<u8>, StorageError> {
+    let mut head = vec![format];
+    if format != 1 {
+        head.push(sizes.len() as u8);
+    }
+    for size in sizes {
+        head.extend_from_slice(&(*size as u64).to_le_bytes());
+    }
     head.extend_from_slice(&shard_count.to_le_bytes());
     for shard in 0..shard_count {
         let newest = crate::checkpoint::list(store, shard)?.last().copied().unwrap_or(0);
@@ -200,20 +297,60 @@ fn filter_head(store: &dyn Store, bytes: usize, shard_count: u16, hash: &[u8; 32
     Ok(head)
 }
 
-/// Bytes of the cold-key filter: 32 MiB, about 27 million keys at 1 % false positives.
+/// The segment sizes a saved head names, if they are ones a filter can have.
+fn saved_sizes(head: &[u8]) -> Option<(u8, Vec<usize>)> {
+    let (&format, rest) = head.split_first()?;
+    let (count, rest) = match format {
+        1 => (1, rest),
+        FILTER_FORMAT => (usize::from(*rest.first()?), rest.get(1..)?),
+        _ => return None,
+    };
+    if count == 0 || count > MAX_SEGMENTS {
+        return None;
+    }
+    let sizes: Vec<usize> =
+        rest.get(..count * 8)?.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).map(|s| usize::try_from(s).unwrap_or(0)).collect();
+    let total = sizes.iter().try_fold(0usize, |sum, size| sum.checked_add(*size))?;
+    (sizes.iter().all(|size| *size >= 64 && size.is_multiple_of(64)) && total <= COLD_FILTER_BYTES_MAX).then_some((format, sizes))
+}
+
+/// Bytes of the cold-key filter's first segment: 32 MiB, about 27 million keys before the
+/// filter grows.
 pub const COLD_FILTER_BYTES: usize = 32 << 20;
 
-/// The largest saved filter a start takes (the configuration's bound, `cold_filter_mib`).
+/// The most bytes a filter grows to, and the largest saved filter a start takes.
 const COLD_FILTER_BYTES_MAX: usize = 4096 << 20;
 
 impl ColdFilter {
-    /// An empty filter of `bytes` (a multiple of 64).
+    /// An empty filter whose first segment is `bytes` (a multiple of 64).
     pub fn with_bytes(bytes: usize) -> ColdFilter {
-        assert!(bytes >= 64 && bytes.is_multiple_of(64), "whole 64-byte blocks");
-        ColdFilter { words: (0..bytes / 8).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(), saved_head: None }
+        ColdFilter::of_segments(vec![Segment::with_bytes(bytes)])
     }
 
-    /// The filter of every cold row in `store` (a scan of the keys under `COLD_PREFIX`).
+    fn of_segments(segments: Vec<Segment>) -> ColdFilter {
+        let filter = ColdFilter { segments: Default::default(), growing: std::sync::Mutex::new(()), saved_head: None };
+        for (slot, segment) in filter.segments.iter().zip(segments) {
+            let _ = slot.set(segment);
+        }
+        filter
+    }
+
+    fn each(&self) -> impl Iterator<Item = &Segment> + Clone {
+        self.segments.iter().map_while(|slot| slot.get())
+    }
+
+    /// Bytes of every segment.
+    pub fn bytes(&self) -> usize {
+        self.each().map(Segment::bytes).sum()
+    }
+
+    /// How many segments the filter has grown to.
+    pub fn segment_count(&self) -> usize {
+        self.each().count()
+    }
+
+    /// The filter of every cold row in `store` (a scan of the keys under `COLD_PREFIX`), its
+    /// first segment `bytes`.
     pub fn load(store: &dyn Store, bytes: usize) -> Result<ColdFilter, StorageError> {
         let filter = ColdFilter::with_bytes(bytes);
         let mut end = COLD_PREFIX.to_vec();
@@ -242,25 +379,23 @@ impl ColdFilter {
         Ok((ColdFilter::load(store, bytes)?, false))
     }
 
-    /// A saved filter larger than `bytes` (saved by a run that asked for more, such as `clearing
-    /// bench`, which sizes it by the transfers it makes) is used at its own size: it answers
-    /// with fewer false positives, and a scan of hundreds of millions of rows would take a
-    /// minute. A smaller one is not (it would answer with more).
+    /// A saved filter of at least `bytes` in all is used with its own segments (one larger than
+    /// asked, such as `clearing bench`'s, sized by the transfers it makes, answers with fewer
+    /// false positives, and a scan of hundreds of millions of rows would take a minute). A
+    /// smaller one is not: the configuration asks for more.
     fn load_saved(store: &dyn Store, bytes: usize, shard_count: u16) -> Result<Option<ColdFilter>, StorageError> {
         let Some(head) = store.get(FILTER_HEAD)? else { return Ok(None) };
-        let saved = head.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_le_bytes);
-        let bytes = match usize::try_from(saved) {
-            Ok(saved) if saved > bytes && saved <= COLD_FILTER_BYTES_MAX && saved.is_multiple_of(64) => saved,
-            _ => bytes,
-        };
-        let expected = filter_head(store, bytes, shard_count, &[0; 32])?;
+        let Some((format, sizes)) = saved_sizes(&head) else { return Ok(None) };
+        if sizes.iter().sum::<usize>() < bytes {
+            return Ok(None);
+        }
+        let expected = filter_head(store, format, &sizes, shard_count, &[0; 32])?;
         if head.len() != expected.len() || head[..expected.len() - 32] != expected[..expected.len() - 32] {
             return Ok(None);
         }
-        let mut filter = ColdFilter::with_bytes(bytes);
+        let mut filter = ColdFilter::of_segments(sizes.iter().map(|size| Segment::with_bytes(*size)).collect());
         let mut hasher = blake3::Hasher::new();
-        let words_per_piece = FILTER_PIECE_BYTES / 8;
-        for (index, piece) in filter.words.chunks(words_per_piece).enumerate() {
+        for (index, piece) in filter.pieces().enumerate() {
             let Some(value) = store.get(&filter_piece_key(index as u32))? else { return Ok(None) };
             if value.len() != piece.len() * 8 {
                 return Ok(None);
@@ -273,29 +408,40 @@ impl ColdFilter {
         if hasher.finalize().as_bytes()[..] != head[head.len() - 32..] {
             return Ok(None);
         }
+        filter.each().for_each(Segment::count_bits);
         filter.saved_head = Some(head);
         Ok(Some(filter))
     }
 
+    /// The words in saved pieces: each segment's in turn, `FILTER_PIECE_BYTES` at most a piece.
+    fn pieces(&self) -> impl Iterator<Item = &[std::sync::atomic::AtomicU64]> + Clone {
+        self.each().flat_map(|segment| segment.words.chunks(FILTER_PIECE_BYTES / 8))
+    }
+
     /// Saves the filter for the next start (`load_saved_or_scan`): its pieces, then a head
-    /// naming each shard's newest checkpoint and the pieces' hash. Called at a graceful stop,
-    /// once the shards have stopped and written their last checkpoints. Writes nothing when
-    /// what is saved is this filter already (read from it at the start, checked whole, and
-    /// neither a checkpoint nor a bit since): a start and stop with no batch in between costs no
-    /// rewrite of the whole filter (125 MB for `clearing bench`'s 100 M transfers).
+    /// naming each segment's size, each shard's newest checkpoint and the pieces' hash. Called
+    /// at a graceful stop, once the shards have stopped and written their last checkpoints.
+    /// Writes nothing when what is saved is this filter already (read from it at the start,
+    /// checked whole, and neither a checkpoint nor a bit since): a start and stop with no batch
+    /// in between costs no rewrite of the whole filter (125 MB for `clearing bench`'s 100 M
+    /// transfers).
     pub fn save(&self, store: &dyn Store, shard_count: u16) -> Result<(), StorageError> {
         let mut hasher = blake3::Hasher::new();
         let mut value = Vec::with_capacity(FILTER_PIECE_BYTES);
-        let pieces = self.words.chunks(FILTER_PIECE_BYTES / 8);
         let encode = |piece: &[std::sync::atomic::AtomicU64], value: &mut Vec<u8>| {
             value.clear();
             piece.iter().for_each(|word| value.extend_from_slice(&word.load(std::sync::atomic::Ordering::Acquire).to_le_bytes()));
         };
+        // The segments are read once here: one added meanwhile (no shard runs at a stop) would
+        // not be named by the head nor hashed.
+        let sizes: Vec<usize> = self.each().map(Segment::bytes).collect();
+        let pieces = self.each().take(sizes.len()).flat_map(|segment| segment.words.chunks(FILTER_PIECE_BYTES / 8));
         for piece in pieces.clone() {
             encode(piece, &mut value);
             hasher.update(&value);
         }
-        let head = filter_head(store, self.words.len() * 8, shard_count, hasher.finalize().as_bytes())?;
+        // (One read from a format-1 head is written again, once, in format 2.)
+        let head = filter_head(store, FILTER_FORMAT, &sizes, shard_count, hasher.finalize().as_bytes())?;
         if self.saved_head.as_deref() == Some(&head[..]) {
             return Ok(());
         }
@@ -306,32 +452,34 @@ impl ColdFilter {
         store.write(&[(FILTER_HEAD, &head)])
     }
 
-    /// The block (first word) and the six bits of `key`.
-    fn positions(&self, key: u128) -> (usize, [(usize, u64); 6]) {
-        let blocks = self.words.len() / 8;
-        let block = ((key as u64) % blocks as u64) as usize * 8;
-        let mut high = (key >> 64) as u64;
-        let mut bits = [(0, 0); 6];
-        for bit in &mut bits {
-            let position = (high & 511) as usize;
-            high >>= 9;
-            *bit = (position / 64, 1u64 << (position % 64));
+    /// Sets the bits of `key` (in the newest segment), and adds a segment when that one is
+    /// half set.
+    pub fn insert(&self, key: u128) {
+        let Some(newest) = self.each().last() else { return };
+        newest.insert(key);
+        if newest.full() {
+            self.grow();
         }
-        (block, bits)
     }
 
-    /// Sets the bits of `key`.
-    pub fn insert(&self, key: u128) {
-        let (block, bits) = self.positions(key);
-        for (word, mask) in bits {
-            self.words[block + word].fetch_or(mask, std::sync::atomic::Ordering::Release);
+    /// Adds a segment twice the newest's size, unless another thread just did, or the filter
+    /// would pass `COLD_FILTER_BYTES_MAX` (then the newest takes every key, and the false
+    /// positives climb).
+    fn grow(&self) {
+        let _growing = self.growing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = self.segment_count();
+        let newest = self.segments[count - 1].get().expect("a prefix of segments is set");
+        let size = newest.bytes() * 2;
+        if !newest.full() || count == MAX_SEGMENTS || self.bytes() + size > COLD_FILTER_BYTES_MAX {
+            return;
         }
+        let _ = self.segments[count].set(Segment::with_bytes(size));
+        tracing::info!(segments = count + 1, bytes = self.bytes(), "the cold-key filter grew");
     }
 
     /// False when no cold row of `key` exists; true when one may.
     pub fn may_contain(&self, key: u128) -> bool {
-        let (block, bits) = self.positions(key);
-        bits.iter().all(|(word, mask)| self.words[block + word].load(std::sync::atomic::Ordering::Acquire) & mask != 0)
+        self.each().any(|segment| segment.may_contain(key))
     }
 }
 
@@ -501,6 +649,72 @@ mod tests {
         assert!(inserted[..100].iter().all(|key| loaded.may_contain(*key)));
     }
 
+    /// Before, the filter had one fixed size: past about 0.8 keys a byte (27 M for a server's
+    /// 32 MiB) nearly every new order number got through to a RocksDB read on the shard's thread.
+    #[test]
+    fn the_filter_grows_with_its_keys_and_keeps_its_false_positives_low() {
+        let filter = ColdFilter::with_bytes(1 << 10);
+        let mut rng = 0x1234_5678_9abc_def0_u128;
+        let mut next = || {
+            rng = rng.wrapping_mul(0x2545_f491_4f6c_dd1d_6a09_e667_f3bc_c909).wrapping_add(1);
+            xxhash_rust::xxh3::xxh3_128(&rng.to_le_bytes())
+        };
+        // About 80 times what the first segment takes at 10 bits a key.
+        let inserted: Vec<u128> = (0..66_000).map(|_| next()).collect();
+        inserted.iter().for_each(|key| filter.insert(*key));
+        assert!(inserted.iter().all(|key| filter.may_contain(*key)), "no false negatives across segments");
+        let segments: Vec<usize> = filter.each().map(Segment::bytes).collect();
+        assert_eq!(segments, [1 << 10, 2 << 10, 4 << 10, 8 << 10, 16 << 10, 32 << 10, 64 << 10], "each segment twice the one before");
+        let false_positives = (0..100_000).filter(|_| filter.may_contain(next())).count();
+        assert!(false_positives < 8_000, "{false_positives} of 100,000 across {} segments", segments.len());
+        // Saved and read back with its segments; a start asking for more in all scans instead.
+        let store = MemoryStore::new();
+        store.write(&[(&crate::checkpoint::manifest_key(0, 3), b"m")]).unwrap();
+        filter.save(&store, 1).unwrap();
+        let (read, saved) = ColdFilter::load_saved_or_scan(&store, 1 << 10, 1).unwrap();
+        assert!(saved);
+        assert_eq!(read.each().map(Segment::bytes).collect::<Vec<_>>(), segments);
+        assert!(inserted.iter().all(|key| read.may_contain(*key)));
+        let set = |f: &ColdFilter| f.each().map(|s| s.set_bits.load(std::sync::atomic::Ordering::Relaxed)).collect::<Vec<_>>();
+        assert_eq!(set(&read), set(&filter), "the bits set are counted again");
+        assert!(!ColdFilter::load_saved_or_scan(&store, 256 << 10, 1).unwrap().1);
+        // A new key goes on into the newest segment, which is not yet half set.
+        read.insert(next());
+        assert_eq!(read.segment_count(), segments.len());
+        // The bound: a filter never grows past `COLD_FILTER_BYTES_MAX` in all.
+        let large = ColdFilter::with_bytes(COLD_FILTER_BYTES_MAX / 2);
+        large.each().for_each(|segment| segment.set_bits.store(segment.bytes() as u64 * 8, std::sync::atomic::Ordering::Relaxed));
+        large.insert(next());
+        assert_eq!(large.segment_count(), 1, "twice the newest would pass the bound");
+    }
+
+    /// A filter saved by the build before (head format 1: one size) is still read, and written
+    /// again in format 2 at the next stop.
+    #[test]
+    fn a_filter_saved_in_format_1_is_still_read() {
+        let store = MemoryStore::new();
+        store.write(&[(&crate::checkpoint::manifest_key(0, 5), b"m")]).unwrap();
+        let filter = ColdFilter::with_bytes(64 << 10);
+        let keys: Vec<u128> = (1..500u128).map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)).collect();
+        keys.iter().for_each(|key| filter.insert(*key));
+        filter.save(&store, 1).unwrap();
+        let mut head = store.get(FILTER_HEAD).unwrap().unwrap();
+        assert_eq!(&head[..2], &[FILTER_FORMAT, 1]);
+        head.remove(1);
+        head[0] = 1;
+        store.write(&[(FILTER_HEAD, &head)]).unwrap();
+        let (read, saved) = ColdFilter::load_saved_or_scan(&store, 64 << 10, 1).unwrap();
+        assert!(saved && keys.iter().all(|key| read.may_contain(*key)));
+        read.save(&store, 1).unwrap();
+        assert_eq!(store.get(FILTER_HEAD).unwrap().unwrap()[0], FILTER_FORMAT, "written again in format 2");
+        assert!(ColdFilter::load_saved_or_scan(&store, 64 << 10, 1).unwrap().1);
+        // Heads that name no possible filter are not read (a scan instead).
+        for bad in [vec![3u8, 1], vec![2, 0], vec![2, 13], vec![1, 7, 0, 0, 0, 0, 0, 0, 0]] {
+            store.write(&[(FILTER_HEAD, &bad)]).unwrap();
+            assert!(!ColdFilter::load_saved_or_scan(&store, 64 << 10, 1).unwrap().1, "{bad:?}");
+        }
+    }
+
     #[test]
     fn rows_round_trip_and_keys_sort_by_key() {
         let record = IdempotencyRecord { content: 7, reply: Reply::rejected(ResultCode::Ok) };
@@ -664,7 +878,7 @@ mod tests {
         let (read, saved) = ColdFilter::load_saved_or_scan(&store, 64 << 10, 2).unwrap();
         assert!(saved, "saved and still matching");
         assert!(keys.iter().all(|k| read.may_contain(*k)));
-        let words = |f: &ColdFilter| f.words.iter().map(|w| w.load(std::sync::atomic::Ordering::Relaxed)).collect::<Vec<_>>();
+        let words = |f: &ColdFilter| f.pieces().flatten().map(|w| w.load(std::sync::atomic::Ordering::Relaxed)).collect::<Vec<_>>();
         assert_eq!(words(&read), words(&filter));
         assert!(!ColdFilter::load_saved_or_scan(&store, 128 << 10, 2).unwrap().1, "a larger size than saved: a scan");
         let (smaller, saved) = ColdFilter::load_saved_or_scan(&store, 32 << 10, 2).unwrap();

@@ -267,9 +267,12 @@ fn rows_options() -> Options {
     options.set_write_buffer_size(64 << 20);
     options.set_compression_type(rocksdb::DBCompressionType::None);
     options.set_level_zero_file_num_compaction_trigger(8);
-    // Filters in every level, the last too (`optimize_filters_for_hits` would spare about 10
-    // bits a row of memory): the engine's own filter of cold keys comes first, but a server's
-    // is sized by `cold_filter_mib`, and past its size most new numbers get through to here.
+    // Filters in every level, the last too: the engine's own filter of cold keys comes first,
+    // and its false positives (about 1 % a segment) are answered here without reading a data
+    // block. `optimize_filters_for_hits` spared 100 MB of memory at 100 M rows but cost 15 % of
+    // the throughput, each such key then a block read. Universal compaction halved this
+    // family's compaction writes at 100 M (12 of 25 GB) for no more throughput and slower
+    // probes (more sorted runs): leveled stays (ARCHITECTURE.md, "Measured", session 24).
     with_point_lookup_filters(&mut options);
     options
 }

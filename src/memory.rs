@@ -1,0 +1,140 @@
+//! The process's memory as the allocator sees it, and giving back what it keeps free.
+//!
+//! glibc's malloc keeps freed memory in its arenas (one per thread that allocates, up to eight
+//! a core) and returns it to the kernel only from the top of each heap. The engine frees in
+//! large waves (a checkpoint's sealed order numbers, hot chunks once they are cold, the copies a
+//! checkpoint encodes), between long-lived allocations, so that most of it stays resident:
+//! measured at the end of `clearing bench --transfers 10000000`, 1.22 GB resident for 0.58 GB
+//! in use. The `Trimmer` returns it once the free part passes a threshold.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bytes the allocator has handed out and not taken back (glibc: arenas in use plus mmapped
+/// blocks): the process's own data, without the free memory malloc keeps or RocksDB's mappings.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn heap_in_use_bytes() -> u64 {
+    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's own statistics.
+    let info = unsafe { libc::mallinfo2() };
+    (info.uordblks + info.hblkhd) as u64
+}
+
+/// Resident bytes of this process (Linux `VmRSS`), 0 where unknown.
+pub fn resident_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// Peak resident bytes of this process (Linux `VmHWM`), 0 where unknown.
+pub fn peak_resident_bytes() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+fn status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
+}
+
+/// Resident bytes not in use by the allocator's callers: mostly free memory malloc keeps (and
+/// the program's code and stacks, tens of megabytes).
+pub fn resident_not_in_use() -> u64 {
+    resident_bytes().saturating_sub(heap_in_use_bytes())
+}
+
+/// Returns every whole free page of every arena to the kernel (glibc `malloc_trim(0)`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim only walks the allocator's own arenas, under their locks.
+    unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn heap_in_use_bytes() -> u64 {
+    0
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
+
+/// The default threshold of resident memory not in use past which the allocator is trimmed.
+pub const TRIM_ABOVE_MIB: u64 = 256;
+
+/// How often the trimmer looks.
+pub const TRIM_EVERY: Duration = Duration::from_secs(2);
+
+/// A thread that looks every `every` at the resident memory not in use and trims the
+/// allocator's free pages when it passes `threshold`. Trimming costs the pages faulted in again when malloc reuses them, so it
+/// runs only when the free part is large, not at every wave (a trim at every checkpoint cost
+/// about 8 % of `clearing bench`'s throughput).
+pub struct Trimmer {
+    trims: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Trimmer {
+    /// Starts the thread; `threshold` 0 starts none (the allocator keeps what it frees).
+    pub fn start(threshold: u64, every: Duration) -> Trimmer {
+        let (trims, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let thread = (threshold > 0).then(|| {
+            let (trims, stop) = (trims.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("trimmer".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if heap_in_use_bytes() > 0 && resident_not_in_use() > threshold {
+                            trim();
+                            trims.fetch_add(1, Ordering::Relaxed);
+                        }
+                        std::thread::park_timeout(every);
+                    }
+                })
+                .ok()
+        });
+        Trimmer { trims, stop, thread: thread.flatten() }
+    }
+
+    /// How many times it trimmed.
+    pub fn trims(&self) -> u64 {
+        self.trims.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Trimmer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::*;
+
+    /// Memory freed in the middle of the arenas (held there by a live allocation after it) is
+    /// free but resident; once it passes the threshold the trimmer gives it back.
+    #[test]
+    fn the_trimmer_returns_free_memory_past_its_threshold() {
+        let trimmer = Trimmer::start(64 << 20, Duration::from_millis(20));
+        // Blocks under the mmap threshold, each followed by one that stays.
+        let mut freed = Vec::new();
+        let mut kept = Vec::new();
+        for _ in 0..2_000 {
+            freed.push(vec![1u8; 64 << 10]);
+            kept.push(vec![1u8; 64]);
+        }
+        drop(freed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while trimmer.trims() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(trimmer.trims() > 0, "trimmed");
+        assert!(resident_not_in_use() < 64 << 20, "given back: {} resident not in use", resident_not_in_use());
+        drop(kept);
+        let idle = Trimmer::start(0, Duration::from_millis(1));
+        assert!(idle.thread.is_none() && idle.trims() == 0, "threshold 0 starts no thread");
+    }
+}
