@@ -60,9 +60,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub rocksdb_stats: Option<PathBuf>,
     /// Gives the allocator's free memory back to the kernel once the resident memory not in use
-    /// passes this many MiB (as `clearing serve` does, `[server] trim_above_mib`); 0: never.
-    #[arg(long, default_value_t = crate::memory::TRIM_ABOVE_MIB)]
+    /// grows by this many MiB (as `clearing serve` does, `[memory] trim_above_mib`); 0: never.
+    #[arg(long, default_value_t = crate::memory::TRIM_ABOVE_MIB, value_parser = clap::value_parser!(u64).range(0..=crate::memory::TRIM_ABOVE_MIB_MAX))]
     pub trim_above_mib: u64,
+    /// The cold-number filter's first segment in MiB, as a server's `[engine] cold_filter_mib`
+    /// (it grows from there); by default it is sized for every transfer in one segment.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub cold_filter_mib: Option<u64>,
 }
 
 const PLATFORM: u32 = 1;
@@ -158,7 +162,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     // The cold-number filter sized for every transfer's order number in one segment (11 bits
     // each: it grows once 10 bits a key are used), at least the default.
-    let cold_filter_bytes = (args.transfers as usize * 11 / 8).next_multiple_of(64).max(engine::cold::COLD_FILTER_BYTES);
+    let sized = (args.transfers as usize * 11 / 8).next_multiple_of(64).max(engine::cold::COLD_FILTER_BYTES);
+    let cold_filter_bytes = args.cold_filter_mib.map_or(sized, |mib| (mib as usize) << 20);
     let config = EngineConfig { shard_count: args.shards, batch_size_max: args.batch, checkpoints, cold_filter_bytes, ..EngineConfig::default() };
     let engine = Engine::start(config, store.clone())?;
     println!(
@@ -240,6 +245,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let resident_at_end = resident_bytes();
     let heap_at_end = heap_in_use_bytes();
     let rocksdb_at_end = store.memory_report();
+    let (filter_bytes, filter_segments, filter_stopped) = engine.cold_filter_figures();
     if let Some(path) = &args.rocksdb_stats {
         std::fs::write(path, store.statistics())?;
     }
@@ -278,6 +284,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("rejected: {rejected} invariants_ok: {} elapsed_s: {:.3}", report.ok, elapsed.as_secs_f64());
     println!("resident_bytes: {resident_at_end} (peak {})", peak_resident_bytes());
     println!("heap_in_use_bytes: {heap_at_end} (peak of 1 s samples {}) trims: {}", heap.peak(), trimmer.trims());
+    println!("cold_filter_bytes: {filter_bytes} segments: {filter_segments} stopped: {filter_stopped}");
     println!("rocksdb at the end of the run: {rocksdb_at_end}");
     println!("transfers_per_second: {}", (args.transfers as f64 / elapsed.as_secs_f64()) as u64);
     println!("batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}", percentile(0.01), percentile(0.50), percentile(0.99), percentile(1.0));

@@ -379,7 +379,6 @@ pub struct Config {
 }
 
 /// Hard limits on configuration values (DESIGN.md invariant 10: every bound has a limit).
-const TRIM_ABOVE_MIB_MAX: u64 = 1 << 20;
 const SHARD_COUNT_MAX: u16 = 256;
 const MAILBOX_CAPACITY_MAX: usize = 1 << 20;
 const BATCH_SIZE_MAX: usize = 1 << 16;
@@ -512,8 +511,9 @@ impl Config {
         if !(1..=4096).contains(&e.cold_filter_mib) {
             return Err(anyhow!("engine.cold_filter_mib must be 1..=4096"));
         }
-        if file.memory.trim_above_mib > TRIM_ABOVE_MIB_MAX {
-            return Err(anyhow!("memory.trim_above_mib must be 0..={TRIM_ABOVE_MIB_MAX} (0: never trim)"));
+        let (min, max) = (crate::memory::TRIM_ABOVE_MIB_MIN, crate::memory::TRIM_ABOVE_MIB_MAX);
+        if file.memory.trim_above_mib != 0 && !(min..=max).contains(&file.memory.trim_above_mib) {
+            return Err(anyhow!("memory.trim_above_mib must be 0 (never trim) or {min}..={max}"));
         }
         let c = &e.checkpoints;
         if !(1..=100).contains(&c.kept) || c.every_seconds > 7 * 86_400 {
@@ -762,6 +762,7 @@ mod tests {
             ("# [quotas.platforms.plt_7]", "[quotas.platforms.seven]"),
             ("# [quotas.platforms.plt_7]", "[quotas.platforms.plt_7]\nrequests_per_minute = 1"),
             ("trim_above_mib = 256", "trim_above_mib = 1048577"),
+            ("trim_above_mib = 256", "trim_above_mib = 63"),
             ("trim_above_mib = 256", "trim_above_mib = 256\ntrim_every_seconds = 1"),
         ];
         for (from, to) in cases {

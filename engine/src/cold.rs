@@ -171,7 +171,7 @@ pub fn keys_of(envelope: &Envelope, keys: &mut Vec<u128>) {
 /// keys go into the newest segment, and once 45 % of that segment's bits are set (about 10
 /// bits a key) a segment twice its size is added (up to `COLD_FILTER_BYTES_MAX` in all). A
 /// lookup asks every segment, so the false positives are about the sum of the segments' (a
-/// server that began with 32 MiB holds 100 M rows in 32 + 64 + 128 MiB, about 3 %). A filter of a fixed
+/// server that began with 32 MiB holds 100 M rows in 32 + 64 + 128 MiB, about 2 %). A filter of a fixed
 /// size, as before, let most new numbers through to the store past about 27 M rows, each a
 /// RocksDB read on the shard's thread.
 pub struct ColdFilter {
@@ -179,6 +179,11 @@ pub struct ColdFilter {
     segments: [std::sync::OnceLock<Segment>; MAX_SEGMENTS],
     /// Held while adding a segment (one at a time).
     growing: std::sync::Mutex<()>,
+    /// Set once a segment could not be added (the byte bound, the segment count, or the
+    /// allocator refused): the newest takes every key from then on, its false positives climb.
+    stopped: std::sync::atomic::AtomicBool,
+    /// The most bytes the segments may take in all (`COLD_FILTER_BYTES_MAX`; less in tests).
+    bytes_max: usize,
     /// The saved head this filter was read from and checked against (`load_saved`): a stop that
     /// would save the same (no checkpoint since, the same bits) writes nothing.
     saved_head: Option<Vec<u8>>,
@@ -196,22 +201,27 @@ struct Segment {
 impl Segment {
     /// A segment of `bytes` (a multiple of 64), all bits clear. The memory comes zeroed from the
     /// allocator (`calloc`: pages the kernel maps in only once written), so adding a segment of
-    /// hundreds of megabytes costs no pass over it on the thread that adds it.
+    /// hundreds of megabytes costs no pass over it on the thread that adds it. Aborts when the
+    /// allocator refuses, as any allocation does (`try_with_bytes` does not).
     fn with_bytes(bytes: usize) -> Segment {
+        Segment::try_with_bytes(bytes).unwrap_or_else(|layout| std::alloc::handle_alloc_error(layout))
+    }
+
+    /// As `with_bytes`, or the layout the allocator refused.
+    fn try_with_bytes(bytes: usize) -> Result<Segment, std::alloc::Layout> {
         assert!(bytes >= 64 && bytes.is_multiple_of(64), "whole 64-byte blocks");
         let len = bytes / 8;
         let layout = std::alloc::Layout::array::<std::sync::atomic::AtomicU64>(len).expect("a segment's size fits the address space");
         // SAFETY: `layout` is non-zero-sized (at least 8 words) and of `len` `AtomicU64`s; an
         // all-zero `AtomicU64` is a valid one (it has the in-memory representation of `u64`); the
         // pointer comes from the global allocator with exactly this layout, as `Box` frees it.
-        let words = unsafe {
-            let pointer = std::alloc::alloc_zeroed(layout).cast::<std::sync::atomic::AtomicU64>();
-            if pointer.is_null() {
-                std::alloc::handle_alloc_error(layout);
-            }
-            Box::from_raw(std::ptr::slice_from_raw_parts_mut(pointer, len))
-        };
-        Segment { words, set_bits: std::sync::atomic::AtomicU64::new(0) }
+        let pointer = unsafe { std::alloc::alloc_zeroed(layout).cast::<std::sync::atomic::AtomicU64>() };
+        if pointer.is_null() {
+            return Err(layout);
+        }
+        // SAFETY: as above; the pointer is non-null and owned by nothing else.
+        let words = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(pointer, len)) };
+        Ok(Segment { words, set_bits: std::sync::atomic::AtomicU64::new(0) })
     }
 
     fn bytes(&self) -> usize {
@@ -261,6 +271,14 @@ impl Segment {
         let set: u64 = self.words.iter().map(|w| u64::from(w.load(std::sync::atomic::Ordering::Relaxed).count_ones())).sum();
         self.set_bits.store(set, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// More than 55 % of its bits set: fuller than growth leaves a segment (45 %, and a few keys
+    /// inserted while the next one is added), so written by a filter that could not grow (the
+    /// build before segments: one 32 MiB filter at 100 M rows was 89 % set, about half of all
+    /// new numbers let through).
+    fn overfull(&self) -> bool {
+        self.set_bits.load(std::sync::atomic::Ordering::Relaxed) * 20 > self.words.len() as u64 * 64 * 11
+    }
 }
 
 /// Where a graceful stop saves the filter: its head, and its pieces under `m/f/p` + index.
@@ -278,8 +296,9 @@ fn filter_piece_key(index: u32) -> [u8; 9] {
 }
 
 /// A saved filter's head, format 2: the format, the segment count and each segment's size, the
-/// shard count, each shard's newest checkpoint, the pieces' hash. (Format 1: the format, the one
-/// size, then the same.)
+/// shard count, each shard's newest checkpoint, the hash of the sizes and the pieces
+/// (`layout_hasher`). (Format 1: the format, the one size, then the same, the hash of the
+/// pieces only.)
 fn filter_head(store: &dyn Store, format: u8, sizes: &[usize], shard_count: u16, hash: &[u8; 32]) -> Result<Vec<u8>, StorageError> {
     let mut head = vec![format];
     if format != 1 {
@@ -295,6 +314,20 @@ fn filter_head(store: &dyn Store, format: u8, sizes: &[usize], shard_count: u16,
     }
     head.extend_from_slice(hash);
     Ok(head)
+}
+
+/// The hasher of a saved filter, fed its segment sizes first in format 2: a head naming other
+/// sizes (reordered, merged) for the same pieces would load the bits at other places, and keys
+/// would be missed.
+fn layout_hasher(format: u8, sizes: &[usize]) -> blake3::Hasher {
+    let mut hasher = blake3::Hasher::new();
+    if format != 1 {
+        hasher.update(&[sizes.len() as u8]);
+        sizes.iter().for_each(|size| {
+            hasher.update(&(*size as u64).to_le_bytes());
+        });
+    }
+    hasher
 }
 
 /// The segment sizes a saved head names, if they are ones a filter can have.
@@ -328,7 +361,13 @@ impl ColdFilter {
     }
 
     fn of_segments(segments: Vec<Segment>) -> ColdFilter {
-        let filter = ColdFilter { segments: Default::default(), growing: std::sync::Mutex::new(()), saved_head: None };
+        let filter = ColdFilter {
+            segments: Default::default(),
+            growing: std::sync::Mutex::new(()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            bytes_max: COLD_FILTER_BYTES_MAX,
+            saved_head: None,
+        };
         for (slot, segment) in filter.segments.iter().zip(segments) {
             let _ = slot.set(segment);
         }
@@ -347,6 +386,11 @@ impl ColdFilter {
     /// How many segments the filter has grown to.
     pub fn segment_count(&self) -> usize {
         self.each().count()
+    }
+
+    /// Whether it could not add a segment when its newest was full (`grow`).
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The filter of every cold row in `store` (a scan of the keys under `COLD_PREFIX`), its
@@ -394,7 +438,7 @@ impl ColdFilter {
             return Ok(None);
         }
         let mut filter = ColdFilter::of_segments(sizes.iter().map(|size| Segment::with_bytes(*size)).collect());
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = layout_hasher(format, &sizes);
         for (index, piece) in filter.pieces().enumerate() {
             let Some(value) = store.get(&filter_piece_key(index as u32))? else { return Ok(None) };
             if value.len() != piece.len() * 8 {
@@ -409,6 +453,13 @@ impl ColdFilter {
             return Ok(None);
         }
         filter.each().for_each(Segment::count_bits);
+        // A segment fuller than growth leaves one, in a filter that can still grow: rebuilt by a
+        // scan (once), so that it grows as it should have.
+        let segments: Vec<&Segment> = filter.each().collect();
+        if segments.iter().any(|segment| segment.overfull()) && filter.next_size().is_some() {
+            tracing::warn!(bytes = filter.bytes(), "the saved cold-key filter is fuller than growth leaves one: rebuilt from the rows");
+            return Ok(None);
+        }
         filter.saved_head = Some(head);
         Ok(Some(filter))
     }
@@ -426,7 +477,6 @@ impl ColdFilter {
     /// in between costs no rewrite of the whole filter (125 MB for `clearing bench`'s 100 M
     /// transfers).
     pub fn save(&self, store: &dyn Store, shard_count: u16) -> Result<(), StorageError> {
-        let mut hasher = blake3::Hasher::new();
         let mut value = Vec::with_capacity(FILTER_PIECE_BYTES);
         let encode = |piece: &[std::sync::atomic::AtomicU64], value: &mut Vec<u8>| {
             value.clear();
@@ -435,6 +485,7 @@ impl ColdFilter {
         // The segments are read once here: one added meanwhile (no shard runs at a stop) would
         // not be named by the head nor hashed.
         let sizes: Vec<usize> = self.each().map(Segment::bytes).collect();
+        let mut hasher = layout_hasher(FILTER_FORMAT, &sizes);
         let pieces = self.each().take(sizes.len()).flat_map(|segment| segment.words.chunks(FILTER_PIECE_BYTES / 8));
         for piece in pieces.clone() {
             encode(piece, &mut value);
@@ -453,28 +504,51 @@ impl ColdFilter {
     }
 
     /// Sets the bits of `key` (in the newest segment), and adds a segment when that one is
-    /// half set.
+    /// 45 % set.
     pub fn insert(&self, key: u128) {
-        let Some(newest) = self.each().last() else { return };
+        let newest = self.each().last().expect("a filter has its first segment from its making");
         newest.insert(key);
-        if newest.full() {
+        if newest.full() && !self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
             self.grow();
         }
     }
 
-    /// Adds a segment twice the newest's size, unless another thread just did, or the filter
-    /// would pass `COLD_FILTER_BYTES_MAX` (then the newest takes every key, and the false
-    /// positives climb).
+    /// The size of the segment to add: twice the newest's, or what is left under the bound
+    /// (`COLD_FILTER_BYTES_MAX`) if that is at least half the newest's; none past the bound or
+    /// the segment count.
+    fn next_size(&self) -> Option<usize> {
+        let count = self.segment_count();
+        let newest = self.each().last()?.bytes();
+        let left = self.bytes_max.saturating_sub(self.bytes()) / 64 * 64;
+        let size = (newest * 2).min(left);
+        (count < MAX_SEGMENTS && size >= newest / 2 && size >= 64).then_some(size)
+    }
+
+    /// Adds a segment (`next_size`), unless another thread just did. When none can be added
+    /// (the bound, or the allocator refuses), says so once and stops trying: the newest then
+    /// takes every key, and the false positives climb.
     fn grow(&self) {
         let _growing = self.growing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let count = self.segment_count();
-        let newest = self.segments[count - 1].get().expect("a prefix of segments is set");
-        let size = newest.bytes() * 2;
-        if !newest.full() || count == MAX_SEGMENTS || self.bytes() + size > COLD_FILTER_BYTES_MAX {
+        if !self.segments[count - 1].get().is_some_and(Segment::full) || self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let _ = self.segments[count].set(Segment::with_bytes(size));
-        tracing::info!(segments = count + 1, bytes = self.bytes(), "the cold-key filter grew");
+        let added = self.next_size().ok_or(None).and_then(|size| Segment::try_with_bytes(size).map_err(Some));
+        match added {
+            Ok(segment) => {
+                let _ = self.segments[count].set(segment);
+                tracing::info!(segments = count + 1, bytes = self.bytes(), "the cold-key filter grew");
+            }
+            Err(refused) => {
+                self.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    segments = count,
+                    bytes = self.bytes(),
+                    allocator_refused = refused.map(|layout| layout.size()),
+                    "the cold-key filter cannot grow: its false positives will climb, and more new order numbers be read from the store"
+                );
+            }
+        }
     }
 
     /// False when no cold row of `key` exists; true when one may.
@@ -681,38 +755,97 @@ mod tests {
         // A new key goes on into the newest segment, which is not yet half set.
         read.insert(next());
         assert_eq!(read.segment_count(), segments.len());
-        // The bound: a filter never grows past `COLD_FILTER_BYTES_MAX` in all.
-        let large = ColdFilter::with_bytes(COLD_FILTER_BYTES_MAX / 2);
-        large.each().for_each(|segment| segment.set_bits.store(segment.bytes() as u64 * 8, std::sync::atomic::Ordering::Relaxed));
-        large.insert(next());
-        assert_eq!(large.segment_count(), 1, "twice the newest would pass the bound");
+        // The bound: the last segment takes what is left under it if that is at least half the
+        // newest; then no more, and the newest takes every key.
+        let mut bounded = ColdFilter::with_bytes(1 << 10);
+        bounded.bytes_max = 5 << 10;
+        let keys: Vec<u128> = (0..20_000).map(|_| next()).collect();
+        keys.iter().for_each(|key| bounded.insert(*key));
+        assert_eq!(bounded.each().map(Segment::bytes).collect::<Vec<_>>(), [1 << 10, 2 << 10, 2 << 10]);
+        assert!(bounded.stopped.load(std::sync::atomic::Ordering::Relaxed));
+        assert!(keys.iter().all(|key| bounded.may_contain(*key)), "still no false negatives");
+        // The segment count bounds it too.
+        let mut counted = ColdFilter::with_bytes(64);
+        counted.bytes_max = usize::MAX;
+        (0..400_000).for_each(|_| counted.insert(next()));
+        assert_eq!(counted.segment_count(), MAX_SEGMENTS);
+        assert!(counted.stopped.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    /// Rewrites the saved head as the build before wrote it: format 1 (one size, no segment
+    /// count), its hash over the pieces only.
+    fn as_format_1(store: &MemoryStore) {
+        let mut head = store.get(FILTER_HEAD).unwrap().unwrap();
+        assert_eq!(&head[..2], &[FILTER_FORMAT, 1], "one segment");
+        head.remove(1);
+        head[0] = 1;
+        let mut hasher = blake3::Hasher::new();
+        for index in 0.. {
+            let Some(piece) = store.get(&filter_piece_key(index)).unwrap() else { break };
+            hasher.update(&piece);
+        }
+        let at = head.len() - 32;
+        head[at..].copy_from_slice(hasher.finalize().as_bytes());
+        store.write(&[(FILTER_HEAD, &head)]).unwrap();
     }
 
     /// A filter saved by the build before (head format 1: one size) is still read, and written
-    /// again in format 2 at the next stop.
+    /// again in format 2 at the next stop; one fuller than growth leaves a segment (the build
+    /// before could not grow) is rebuilt by a scan instead.
     #[test]
-    fn a_filter_saved_in_format_1_is_still_read() {
+    fn a_filter_saved_in_format_1_is_still_read_unless_overfull() {
         let store = MemoryStore::new();
         store.write(&[(&crate::checkpoint::manifest_key(0, 5), b"m")]).unwrap();
         let filter = ColdFilter::with_bytes(64 << 10);
         let keys: Vec<u128> = (1..500u128).map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)).collect();
         keys.iter().for_each(|key| filter.insert(*key));
         filter.save(&store, 1).unwrap();
-        let mut head = store.get(FILTER_HEAD).unwrap().unwrap();
-        assert_eq!(&head[..2], &[FILTER_FORMAT, 1]);
-        head.remove(1);
-        head[0] = 1;
-        store.write(&[(FILTER_HEAD, &head)]).unwrap();
+        as_format_1(&store);
         let (read, saved) = ColdFilter::load_saved_or_scan(&store, 64 << 10, 1).unwrap();
         assert!(saved && keys.iter().all(|key| read.may_contain(*key)));
         read.save(&store, 1).unwrap();
         assert_eq!(store.get(FILTER_HEAD).unwrap().unwrap()[0], FILTER_FORMAT, "written again in format 2");
         assert!(ColdFilter::load_saved_or_scan(&store, 64 << 10, 1).unwrap().1);
+        // Overfull, as a 32 MiB filter of the build before was at 100 M rows: a scan.
+        let full = ColdFilter::with_bytes(64 << 10);
+        let segment = full.each().next().unwrap();
+        (1..200_000u128).for_each(|k| segment.insert(k.wrapping_mul(0x2545_F491_4F6C_DD1D_6A09_E667_F3BC_C909)));
+        assert!(segment.overfull() && full.segment_count() == 1);
+        full.save(&store, 1).unwrap();
+        as_format_1(&store);
+        assert!(!ColdFilter::load_saved_or_scan(&store, 64 << 10, 1).unwrap().1, "overfull: rebuilt by a scan");
         // Heads that name no possible filter are not read (a scan instead).
+        filter.save(&store, 1).unwrap();
+        assert!(ColdFilter::load_saved_or_scan(&store, 64 << 10, 1).unwrap().1);
+        let head = store.get(FILTER_HEAD).unwrap().unwrap();
         for bad in [vec![3u8, 1], vec![2, 0], vec![2, 13], vec![1, 7, 0, 0, 0, 0, 0, 0, 0]] {
-            store.write(&[(FILTER_HEAD, &bad)]).unwrap();
+            let mut bad_head = bad.clone();
+            bad_head.extend_from_slice(&head[bad.len().min(head.len())..]);
+            store.write(&[(FILTER_HEAD, &bad_head)]).unwrap();
             assert!(!ColdFilter::load_saved_or_scan(&store, 64 << 10, 1).unwrap().1, "{bad:?}");
         }
+    }
+
+    /// Review finding: the saved hash covered the pieces, not the sizes, so a head naming the
+    /// same pieces as other segments (8 + 16 MiB read as 16 + 8: every piece 4 MiB either way)
+    /// would load the bits at other places and miss keys.
+    #[test]
+    fn a_saved_filter_read_with_other_segment_sizes_is_not_used() {
+        let store = MemoryStore::new();
+        store.write(&[(&crate::checkpoint::manifest_key(0, 5), b"m")]).unwrap();
+        let filter = ColdFilter::of_segments(vec![Segment::with_bytes(8 << 20), Segment::with_bytes(16 << 20)]);
+        let keys: Vec<u128> = (1..5_000u128).map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)).collect();
+        keys.iter().for_each(|key| filter.insert(*key));
+        filter.save(&store, 1).unwrap();
+        assert!(ColdFilter::load_saved_or_scan(&store, 64 << 10, 1).unwrap().1);
+        let mut head = store.get(FILTER_HEAD).unwrap().unwrap();
+        let (first, second) = (head[2..10].to_vec(), head[10..18].to_vec());
+        head[2..10].copy_from_slice(&second);
+        head[10..18].copy_from_slice(&first);
+        store.write(&[(FILTER_HEAD, &head)]).unwrap();
+        let (read, saved) = ColdFilter::load_saved_or_scan(&store, 64 << 10, 1).unwrap();
+        assert!(!saved, "sizes swapped: not the filter that was saved");
+        assert!(read.bytes() == 64 << 10, "rebuilt by a scan at the asked size");
     }
 
     #[test]

@@ -37,9 +37,9 @@ pub struct EngineConfig {
     /// When shards write checkpoints of their state (recovery loads the newest and replays only
     /// the journal after it).
     pub checkpoints: CheckpointPolicy,
-    /// Bytes of the filter of cold order numbers (`cold::ColdFilter`, a multiple of 64): about
-    /// 1.25 bytes per order number the store keeps cold for 1 % false positives; past that a
-    /// batch's probes and a checkpoint's row writes read the store more and more.
+    /// Bytes of the first segment of the filter of cold order numbers (`cold::ColdFilter`, a
+    /// multiple of 64): about 1.25 bytes per order number for 1 % false positives; past that the
+    /// filter adds a segment twice the newest's size (up to 4 GiB in all).
     pub cold_filter_bytes: usize,
 }
 
@@ -574,6 +574,12 @@ impl Engine {
     }
 
     /// Published figures of every shard.
+    /// The filter of cold order numbers: its bytes, its segments, and whether it stopped
+    /// growing (`cold::ColdFilter`).
+    pub fn cold_filter_figures(&self) -> (usize, usize, bool) {
+        (self.cold_filter.bytes(), self.cold_filter.segment_count(), self.cold_filter.stopped())
+    }
+
     pub fn counters(&self) -> &[Arc<ShardCounters>] {
         &self.counters
     }

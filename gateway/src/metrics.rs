@@ -245,6 +245,17 @@ fn write_engine(out: &mut Exposition, engine: &Engine) {
             out.sample(name, &[("shard", label.as_str())], read(engine, shard));
         }
     }
+    let (bytes, segments, stopped) = engine.cold_filter_figures();
+    out.family("clearing_cold_filter_bytes", "gauge", "Bytes of the in-memory filter of cold order numbers (all shards); it grows with them.");
+    out.sample("clearing_cold_filter_bytes", &[], bytes as f64);
+    out.family("clearing_cold_filter_segments", "gauge", "Segments of the filter of cold order numbers (its false positives are about 1 % each).");
+    out.sample("clearing_cold_filter_segments", &[], segments as f64);
+    out.family(
+        "clearing_cold_filter_stopped",
+        "gauge",
+        "1 when the filter of cold order numbers could not grow (its bound or the allocator): more and more new numbers are read from the store.",
+    );
+    out.sample("clearing_cold_filter_stopped", &[], u8::from(stopped) as f64);
     out.family("clearing_shard_batches_total", "counter", "Durable batches the shard has written.");
     for (c, label) in counters.iter().zip(&shards) {
         out.sample("clearing_shard_batches_total", &[("shard", label.as_str())], c.batches.load(Ordering::Relaxed));
