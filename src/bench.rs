@@ -142,7 +142,7 @@ fn run_batches(engine: &Engine, batches: impl Iterator<Item = Vec<Envelope>>, in
 
 /// Runs the benchmark and prints `transfers_per_second` and batch latency percentiles.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let trimmer = crate::memory::Trimmer::start(args.trim_above_mib << 20, crate::memory::TRIM_EVERY);
+    let trimmer = crate::memory::Trimmer::start(args.trim_above_mib << 20, crate::memory::TRIM_EVERY, crate::memory::TRIM_GAP);
     if args.accounts < 2 || args.batch == 0 || args.shards == 0 {
         return Err(anyhow!("need at least 2 accounts, a positive batch and at least one shard"));
     }

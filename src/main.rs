@@ -293,7 +293,7 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     // before the engine replays anything.
     let secrets = if once { None } else { Some(load_secrets(&data_dir, &places)?) };
     // For the life of the server: gives back what the allocator keeps free (`[memory]`).
-    let _trimmer = memory::Trimmer::start(config.trim_above_bytes, memory::TRIM_EVERY);
+    let _trimmer = memory::Trimmer::start(config.trim_above_bytes, memory::TRIM_EVERY, memory::TRIM_GAP);
     let rocks = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
     let store: Arc<dyn storage::Store> = rocks.clone();
     let started = std::time::Instant::now();

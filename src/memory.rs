@@ -69,13 +69,19 @@ pub const TRIM_ABOVE_MIB_MAX: u64 = 1 << 20;
 /// How often the trimmer looks.
 pub const TRIM_EVERY: Duration = Duration::from_secs(2);
 
+/// The least time between two trims. Under sustained load the engine frees and allocates
+/// again hundreds of megabytes a few seconds apart (a checkpoint's cycle): at 100 M transfers a
+/// trim whenever the residue had grown by 256 MiB ran every 3-4 s, its page faults costing a
+/// fifth of the throughput, for a peak only 8 % lower.
+pub const TRIM_GAP: Duration = Duration::from_secs(30);
+
 /// A thread that looks every `every` at the resident memory not in use and trims the
 /// allocator's free pages when it has grown by `threshold` since the last trim left it (what a
-/// trim cannot give back, free space inside pages still in use, stays resident: measured at 100
-/// M transfers, about 0.7 GB, and trimming each time it was over the threshold cost a fifth of
-/// the throughput in page faults). Trimming costs the pages faulted in again when malloc reuses
-/// them, so it runs only after a large wave of frees, not at every one (a trim at every
-/// checkpoint cost about 8 % of `clearing bench`'s throughput at 10 M).
+/// trim cannot give back, free space inside pages still in use, stays resident: about 0.7 GB
+/// at 100 M transfers), at most once every `gap`. Trimming costs the pages faulted in again
+/// when malloc reuses them (a trim at every checkpoint cost about 8 % of `clearing bench`'s
+/// throughput at 10 M; see `TRIM_GAP` for 100 M), so it is for the waves of frees a server
+/// meets now and then (a burst, a large read), not for every cycle of a sustained load.
 pub struct Trimmer {
     trims: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -85,22 +91,25 @@ pub struct Trimmer {
 impl Trimmer {
     /// Starts the thread; `threshold` 0 starts none (the allocator keeps what it frees), nor
     /// does an allocator other than glibc's.
-    pub fn start(threshold: u64, every: Duration) -> Trimmer {
+    pub fn start(threshold: u64, every: Duration, gap: Duration) -> Trimmer {
         let (trims, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
         let thread = (threshold > 0 && cfg!(all(target_os = "linux", target_env = "gnu"))).then(|| {
             let (trims, stop) = (trims.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("trimmer".into())
                 .spawn(move || {
-                    // What the last trim could not give back.
+                    // What the last trim could not give back, and when it ran.
                     let mut floor = 0u64;
+                    let mut last: Option<std::time::Instant> = None;
                     while !stop.load(Ordering::Relaxed) {
                         // VmRSS first (cheap); the allocator's figures (a walk of every arena
                         // under its lock) only when it could be over.
-                        if resident_bytes() > floor + threshold && resident_not_in_use() > floor + threshold {
+                        let rested = last.is_none_or(|at| at.elapsed() >= gap);
+                        if rested && resident_bytes() > floor + threshold && resident_not_in_use() > floor + threshold {
                             trim();
                             trims.fetch_add(1, Ordering::Relaxed);
                             floor = resident_not_in_use();
+                            last = Some(std::time::Instant::now());
                         }
                         std::thread::park_timeout(every);
                     }
@@ -134,7 +143,7 @@ mod tests {
     /// free but resident; once it passes the threshold the trimmer gives it back.
     #[test]
     fn the_trimmer_returns_free_memory_past_its_threshold() {
-        let trimmer = Trimmer::start(64 << 20, Duration::from_millis(20));
+        let trimmer = Trimmer::start(64 << 20, Duration::from_millis(20), Duration::ZERO);
         // Blocks under the mmap threshold, each followed by one that stays.
         let mut freed = Vec::new();
         let mut kept = Vec::new();
@@ -155,7 +164,21 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(trimmer.trims(), after, "no trim while nothing more is freed");
         drop(kept);
-        let idle = Trimmer::start(0, Duration::from_millis(1));
+        drop(trimmer);
+        // With a gap, a second wave of frees right after waits for it.
+        let spaced = Trimmer::start(64 << 20, Duration::from_millis(20), Duration::from_secs(3600));
+        for _ in 0..2 {
+            let mut freed = Vec::new();
+            let mut kept = Vec::new();
+            for _ in 0..2_000 {
+                freed.push(vec![1u8; 64 << 10]);
+                kept.push(vec![1u8; 64]);
+            }
+            drop(freed);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_eq!(spaced.trims(), 1, "the first wave trimmed, the second waits for the gap");
+        let idle = Trimmer::start(0, Duration::from_millis(1), Duration::ZERO);
         assert!(idle.thread.is_none() && idle.trims() == 0, "threshold 0 starts no thread");
     }
 }

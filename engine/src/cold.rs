@@ -69,10 +69,16 @@ pub fn cold_key(key: u128) -> [u8; 20] {
 
 /// Encodes a row: the version byte, then the codec's bytes.
 pub fn encode_row(row: &ColdRow) -> Vec<u8> {
-    use bincode::Options;
-    let mut bytes = vec![COLD_FORMAT_VERSION];
-    codec().serialize_into(&mut bytes, row).expect("cold rows serialize");
+    let mut bytes = Vec::new();
+    encode_row_into(row, &mut bytes);
     bytes
+}
+
+/// Appends a row's encoding (`encode_row`) to `bytes`.
+fn encode_row_into(row: &ColdRow, bytes: &mut Vec<u8>) {
+    use bincode::Options;
+    bytes.push(COLD_FORMAT_VERSION);
+    codec().serialize_into(&mut *bytes, row).expect("cold rows serialize");
 }
 
 /// Decodes a row stored under `key`; a row that does not decode is a storage error (the store
@@ -120,7 +126,9 @@ pub fn write_rows(
         for (i, value) in maybe.into_iter().zip(found) {
             existing[i] = value;
         }
-        let mut rows: Vec<([u8; 20], Vec<u8>)> = Vec::with_capacity(chunk.len());
+        // Every value of the chunk encoded into one buffer (one allocation, not one a row).
+        let mut values = Vec::with_capacity(chunk.len() * 32);
+        let mut rows: Vec<(&[u8; 20], std::ops::Range<usize>)> = Vec::with_capacity(chunk.len());
         for ((key, record), (stored_key, found)) in chunk.iter().zip(keys.iter().zip(existing)) {
             if let Some(bytes) = found {
                 let row = decode_row(*key, &bytes)?;
@@ -128,9 +136,11 @@ pub fn write_rows(
                     continue;
                 }
             }
-            rows.push((*stored_key, encode_row(&ColdRow { shard, stamp, record: *record })));
+            let start = values.len();
+            encode_row_into(&ColdRow { shard, stamp, record: *record }, &mut values);
+            rows.push((stored_key, start..values.len()));
         }
-        let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (&key[..], &value[..])).collect();
+        let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (&key[..], &values[value.clone()])).collect();
         if !puts.is_empty() {
             store.write(&puts)?;
         }
