@@ -710,14 +710,19 @@ mod tests {
         (reply, probed)
     }
 
+    /// Keys as the engine makes them (XXH3-128 hashes), the same sequence for a seed.
+    fn random_keys(seed: u128) -> impl FnMut() -> u128 {
+        let mut rng = seed;
+        move || {
+            rng = rng.wrapping_mul(0x2545_f491_4f6c_dd1d_6a09_e667_f3bc_c909).wrapping_add(1);
+            xxhash_rust::xxh3::xxh3_128(&rng.to_le_bytes())
+        }
+    }
+
     #[test]
     fn the_filter_has_no_false_negatives_and_few_false_positives() {
         let filter = ColdFilter::with_bytes(1 << 16);
-        let mut rng = 0x9e37_79b9_7f4a_7c15_u128;
-        let mut next = || {
-            rng = rng.wrapping_mul(0x2545_f491_4f6c_dd1d_6a09_e667_f3bc_c909).wrapping_add(1);
-            xxhash_rust::xxh3::xxh3_128(&rng.to_le_bytes())
-        };
+        let mut next = random_keys(0x9e37_79b9_7f4a_7c15);
         let inserted: Vec<u128> = (0..40_000).map(|_| next()).collect();
         inserted.iter().for_each(|key| filter.insert(*key));
         assert!(inserted.iter().all(|key| filter.may_contain(*key)));
@@ -738,11 +743,7 @@ mod tests {
     #[test]
     fn the_filter_grows_with_its_keys_and_keeps_its_false_positives_low() {
         let filter = ColdFilter::with_bytes(1 << 10);
-        let mut rng = 0x1234_5678_9abc_def0_u128;
-        let mut next = || {
-            rng = rng.wrapping_mul(0x2545_f491_4f6c_dd1d_6a09_e667_f3bc_c909).wrapping_add(1);
-            xxhash_rust::xxh3::xxh3_128(&rng.to_le_bytes())
-        };
+        let mut next = random_keys(0x1234_5678_9abc_def0);
         // About 80 times what the first segment takes at 10 bits a key.
         let inserted: Vec<u128> = (0..66_000).map(|_| next()).collect();
         inserted.iter().for_each(|key| filter.insert(*key));
