@@ -163,6 +163,8 @@ pub fn archive_shard(store: &dyn Store, shard: ShardId, before: Timestamp, direc
     rename_durably(&manifest_temporary, &directory.join(format!("{file}.json")))?;
     // Only now, with both files on disk, do the batches leave the live journal: one atomic write.
     store.delete_range(&batch_key(shard, first), &batch_key(shard, head_after.sequence + 1))?;
+    // And their space: RocksDB keeps deleted data until a compaction meets the range.
+    store.reclaim(&batch_key(shard, first), &batch_key(shard, head_after.sequence + 1))?;
     Ok(Archived::Moved(manifest))
 }
 
@@ -307,6 +309,7 @@ fn finish_interrupted(store: &dyn Store, shard: ShardId, first: u64, directory: 
         );
     }
     store.delete_range(&batch_key(shard, first), &batch_key(shard, head.sequence + 1))?;
+    store.reclaim(&batch_key(shard, first), &batch_key(shard, head.sequence + 1))?;
     Ok(head.sequence + 1)
 }
 

@@ -356,6 +356,19 @@ impl Store for RocksStore {
         self.write_batch(batch)
     }
 
+    /// Compacts the range in each family it spans: the deleted keys' tombstones and data leave
+    /// the tables, and blob files no table names any more are deleted (the journal's family never
+    /// collects blob garbage, so an archived journal's files go only this way).
+    fn reclaim(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
+        if self.read_only {
+            return Err(StorageError::ReadOnly);
+        }
+        for (family, from, to) in self.ranges(start, end) {
+            self.db.compact_range_cf(family, Some(from), Some(to));
+        }
+        Ok(())
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.db.get_cf(self.family(key), key).map_err(io)
     }

@@ -46,6 +46,14 @@ pub trait Store: Send + Sync + 'static {
     /// Whether an earlier write failed (the store then refuses all writes).
     fn is_poisoned(&self) -> bool;
 
+    /// Gives back the disk space of keys deleted in `[start, end)` now, where the store keeps
+    /// deleted data until it reorganises its files (RocksDB: until a compaction meets the range
+    /// tombstone, which for data no longer written, such as an archived journal, may be never).
+    /// Changes no key. This default does nothing (the store frees space as it deletes).
+    fn reclaim(&self, _start: &[u8], _end: &[u8]) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// The greatest key in `[start, end)`, if any. This default visits the whole range; a store
     /// that can seek backwards (RocksDB) overrides it.
     fn last_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
