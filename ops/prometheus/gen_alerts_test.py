@@ -51,6 +51,12 @@ case('cases open for a day fire; cases resolved within the day do not', '5m', [
 ], [quiet('ClearingReconciliationCasesOpen', '20h'), quiet('ClearingReconciliationCasesOpen', '30h'),
     fired('ClearingReconciliationCasesOpen', '46h', {'severity': 'warning', 'instance': I}, f'3 reconciliation cases open on {I} for more than a day')])
 
+case('a filter of cold numbers that cannot grow fires after five minutes; a growing one never', '1m', [
+    {'series': f'clearing_cold_filter_stopped{{instance="{I}",job="clearing"}}', 'values': '0 0 1x10'},
+    {'series': f'clearing_cold_filter_stopped{{instance="other:8080",job="clearing"}}', 'values': '0x12'},
+], [quiet('ClearingColdFilterStopped', '4m'),
+    fired('ClearingColdFilterStopped', '8m', {'severity': 'warning', 'instance': I}, f'The filter of cold order numbers on {I} cannot grow')])
+
 doc = {'rule_files': ['alerts.yml'], 'evaluation_interval': '15s', 'tests': tests}
 header = '# Unit tests of alerts.yml: each alert fires on the series that should page and stays quiet on\n# the ones that should not. Run: promtool test rules ops/prometheus/alerts_test.yml\n# (written by hand as data; the runbook texts repeat alerts.yml\'s, as promtool compares them).\n'
 open('alerts_test.yml', 'w').write(header + yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True))
