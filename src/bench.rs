@@ -72,43 +72,7 @@ pub struct BenchArgs {
 const PLATFORM: u32 = 1;
 const CNY: CurrencyId = CurrencyId(0);
 
-use crate::memory::{heap_in_use_bytes, peak_resident_bytes, resident_bytes};
-
-/// Samples the heap in use once a second until dropped; keeps the largest figure.
-struct HeapSampler {
-    peak: Arc<std::sync::atomic::AtomicU64>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl HeapSampler {
-    fn start() -> HeapSampler {
-        use std::sync::atomic::Ordering::Relaxed;
-        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (peak_in, stop_in) = (peak.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !stop_in.load(Relaxed) {
-                peak_in.fetch_max(heap_in_use_bytes(), Relaxed);
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        });
-        HeapSampler { peak, stop, thread: Some(thread) }
-    }
-
-    fn peak(&self) -> u64 {
-        self.peak.load(std::sync::atomic::Ordering::Relaxed).max(heap_in_use_bytes())
-    }
-}
-
-impl Drop for HeapSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
+use crate::memory::{heap_in_use_bytes, peak_resident_bytes, resident_bytes, HeapSampler};
 
 fn run_batches(engine: &Engine, batches: impl Iterator<Item = Vec<Envelope>>, in_flight: usize, latencies: &mut Vec<Duration>) -> Result<u64> {
     let (sender, receiver) = std::sync::mpsc::sync_channel::<(Instant, Result<Vec<Reply>, EngineError>)>(in_flight.max(1));

@@ -84,39 +84,32 @@ pub const TRIM_GAP: Duration = Duration::from_secs(30);
 /// meets now and then (a burst, a large read), not for every cycle of a sustained load.
 pub struct Trimmer {
     trims: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: Option<Periodic>,
 }
 
 impl Trimmer {
     /// Starts the thread; `threshold` 0 starts none (the allocator keeps what it frees), nor
     /// does an allocator other than glibc's.
     pub fn start(threshold: u64, every: Duration, gap: Duration) -> Trimmer {
-        let (trims, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let trims = Arc::new(AtomicU64::new(0));
+        let counted = trims.clone();
+        // What the last trim could not give back, and when it ran.
+        let mut floor = 0u64;
+        let mut last: Option<std::time::Instant> = None;
         let thread = (threshold > 0 && cfg!(all(target_os = "linux", target_env = "gnu"))).then(|| {
-            let (trims, stop) = (trims.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("trimmer".into())
-                .spawn(move || {
-                    // What the last trim could not give back, and when it ran.
-                    let mut floor = 0u64;
-                    let mut last: Option<std::time::Instant> = None;
-                    while !stop.load(Ordering::Relaxed) {
-                        // VmRSS first (cheap); the allocator's figures (a walk of every arena
-                        // under its lock) only when it could be over.
-                        let rested = last.is_none_or(|at| at.elapsed() >= gap);
-                        if rested && resident_bytes() > floor + threshold && resident_not_in_use() > floor + threshold {
-                            trim();
-                            trims.fetch_add(1, Ordering::Relaxed);
-                            floor = resident_not_in_use();
-                            last = Some(std::time::Instant::now());
-                        }
-                        std::thread::park_timeout(every);
-                    }
-                })
-                .ok()
+            Periodic::start("trimmer", every, move || {
+                // VmRSS first (cheap); the allocator's figures (a walk of every arena under its
+                // lock) only when it could be over.
+                let rested = last.is_none_or(|at| at.elapsed() >= gap);
+                if rested && resident_bytes() > floor + threshold && resident_not_in_use() > floor + threshold {
+                    trim();
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    floor = resident_not_in_use();
+                    last = Some(std::time::Instant::now());
+                }
+            })
         });
-        Trimmer { trims, stop, thread: thread.flatten() }
+        Trimmer { trims, _thread: thread.flatten() }
     }
 
     /// How many times it trimmed.
@@ -125,7 +118,55 @@ impl Trimmer {
     }
 }
 
-impl Drop for Trimmer {
+/// Samples the heap in use (`heap_in_use_bytes`) once a second until dropped; keeps the
+/// largest figure (`clearing bench`).
+pub struct HeapSampler {
+    peak: Arc<AtomicU64>,
+    _thread: Option<Periodic>,
+}
+
+impl HeapSampler {
+    pub fn start() -> HeapSampler {
+        let peak = Arc::new(AtomicU64::new(0));
+        let sampled = peak.clone();
+        let thread = Periodic::start("heap-sampler", Duration::from_secs(1), move || {
+            sampled.fetch_max(heap_in_use_bytes(), Ordering::Relaxed);
+        });
+        HeapSampler { peak, _thread: thread }
+    }
+
+    /// The largest figure sampled, or the heap in use now if larger.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed).max(heap_in_use_bytes())
+    }
+}
+
+/// A thread that calls `tick` at once and then every `every`, until dropped (which wakes it
+/// and joins it).
+struct Periodic {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Periodic {
+    /// `None` when the thread cannot be started (the caller goes on without it).
+    fn start(name: &str, every: Duration, mut tick: impl FnMut() + Send + 'static) -> Option<Periodic> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while !stopping.load(Ordering::Relaxed) {
+                    tick();
+                    std::thread::park_timeout(every);
+                }
+            })
+            .ok()?;
+        Some(Periodic { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Periodic {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
@@ -179,6 +220,6 @@ mod tests {
         }
         assert_eq!(spaced.trims(), 1, "the first wave trimmed, the second waits for the gap");
         let idle = Trimmer::start(0, Duration::from_millis(1), Duration::ZERO);
-        assert!(idle.thread.is_none() && idle.trims() == 0, "threshold 0 starts no thread");
+        assert!(idle._thread.is_none() && idle.trims() == 0, "threshold 0 starts no thread");
     }
 }

@@ -161,10 +161,11 @@ pub fn archive_shard(store: &dyn Store, shard: ShardId, before: Timestamp, direc
     let manifest_temporary = directory.join(format!(".{file}.json.tmp"));
     write_synced(&manifest_temporary, &json)?;
     rename_durably(&manifest_temporary, &directory.join(format!("{file}.json")))?;
-    // Only now, with both files on disk, do the batches leave the live journal: one atomic write.
-    store.delete_range(&batch_key(shard, first), &batch_key(shard, head_after.sequence + 1))?;
-    // And their space: RocksDB keeps deleted data until a compaction meets the range.
-    store.reclaim(&batch_key(shard, first), &batch_key(shard, head_after.sequence + 1))?;
+    // Only now, with both files on disk, do the batches leave the live journal: one atomic write;
+    // then their space (RocksDB keeps deleted data until a compaction meets the range).
+    let (from, to) = (batch_key(shard, first), batch_key(shard, head_after.sequence + 1));
+    store.delete_range(&from, &to)?;
+    store.reclaim(&from, &to)?;
     Ok(Archived::Moved(manifest))
 }
 
@@ -308,8 +309,9 @@ fn finish_interrupted(store: &dyn Store, shard: ShardId, first: u64, directory: 
             Break { shard, sequence: head.sequence, kind: BreakKind::LinkMismatch, reason: format!("archive {} ends with another batch", last.file) }.into()
         );
     }
-    store.delete_range(&batch_key(shard, first), &batch_key(shard, head.sequence + 1))?;
-    store.reclaim(&batch_key(shard, first), &batch_key(shard, head.sequence + 1))?;
+    let (from, to) = (batch_key(shard, first), batch_key(shard, head.sequence + 1));
+    store.delete_range(&from, &to)?;
+    store.reclaim(&from, &to)?;
     Ok(head.sequence + 1)
 }
 

@@ -173,7 +173,7 @@ pub fn keys_of(envelope: &Envelope, keys: &mut Vec<u128>) {
 /// An in-memory Bloom filter of the keys of every cold row, of all shards: a new order number
 /// (nearly every probe) is answered here without asking the store. No false negatives: a key's
 /// bits are set once its row is durable and before memory or the router's claims let go of it,
-/// and `load` sets them for every row already stored. False positives (1-2 % a segment) only
+/// and `load` sets them for every row already stored. False positives (about 1 % a segment) only
 /// cost a store read, which the stamp rule then judges as usual.
 ///
 /// Blocked (one 64-byte block per key, six bits in it, from the key itself: keys are XXH3-128
@@ -449,7 +449,7 @@ impl ColdFilter {
         }
         let mut filter = ColdFilter::of_segments(sizes.iter().map(|size| Segment::with_bytes(*size)).collect());
         let mut hasher = layout_hasher(format, &sizes);
-        for (index, piece) in filter.pieces().enumerate() {
+        for (index, piece) in filter.pieces(sizes.len()).enumerate() {
             let Some(value) = store.get(&filter_piece_key(index as u32))? else { return Ok(None) };
             if value.len() != piece.len() * 8 {
                 return Ok(None);
@@ -465,8 +465,7 @@ impl ColdFilter {
         filter.each().for_each(Segment::count_bits);
         // A segment fuller than growth leaves one, in a filter that can still grow: rebuilt by a
         // scan (once), so that it grows as it should have.
-        let segments: Vec<&Segment> = filter.each().collect();
-        if segments.iter().any(|segment| segment.overfull()) && filter.next_size().is_some() {
+        if filter.each().any(Segment::overfull) && filter.next_size().is_some() {
             tracing::warn!(bytes = filter.bytes(), "the saved cold-key filter is fuller than growth leaves one: rebuilt from the rows");
             return Ok(None);
         }
@@ -474,9 +473,10 @@ impl ColdFilter {
         Ok(Some(filter))
     }
 
-    /// The words in saved pieces: each segment's in turn, `FILTER_PIECE_BYTES` at most a piece.
-    fn pieces(&self) -> impl Iterator<Item = &[std::sync::atomic::AtomicU64]> + Clone {
-        self.each().flat_map(|segment| segment.words.chunks(FILTER_PIECE_BYTES / 8))
+    /// The words in saved pieces: each of the first `segments` segments' in turn,
+    /// `FILTER_PIECE_BYTES` at most a piece.
+    fn pieces(&self, segments: usize) -> impl Iterator<Item = &[std::sync::atomic::AtomicU64]> + Clone {
+        self.each().take(segments).flat_map(|segment| segment.words.chunks(FILTER_PIECE_BYTES / 8))
     }
 
     /// Saves the filter for the next start (`load_saved_or_scan`): its pieces, then a head
@@ -496,7 +496,7 @@ impl ColdFilter {
         // not be named by the head nor hashed.
         let sizes: Vec<usize> = self.each().map(Segment::bytes).collect();
         let mut hasher = layout_hasher(FILTER_FORMAT, &sizes);
-        let pieces = self.each().take(sizes.len()).flat_map(|segment| segment.words.chunks(FILTER_PIECE_BYTES / 8));
+        let pieces = self.pieces(sizes.len());
         for piece in pieces.clone() {
             encode(piece, &mut value);
             hasher.update(&value);
@@ -1022,7 +1022,7 @@ mod tests {
         let (read, saved) = ColdFilter::load_saved_or_scan(&store, 64 << 10, 2).unwrap();
         assert!(saved, "saved and still matching");
         assert!(keys.iter().all(|k| read.may_contain(*k)));
-        let words = |f: &ColdFilter| f.pieces().flatten().map(|w| w.load(std::sync::atomic::Ordering::Relaxed)).collect::<Vec<_>>();
+        let words = |f: &ColdFilter| f.pieces(MAX_SEGMENTS).flatten().map(|w| w.load(std::sync::atomic::Ordering::Relaxed)).collect::<Vec<_>>();
         assert_eq!(words(&read), words(&filter));
         assert!(!ColdFilter::load_saved_or_scan(&store, 128 << 10, 2).unwrap().1, "a larger size than saved: a scan");
         let (smaller, saved) = ColdFilter::load_saved_or_scan(&store, 32 << 10, 2).unwrap();

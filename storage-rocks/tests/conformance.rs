@@ -88,6 +88,18 @@ fn the_default_column_family_runs_with_the_stores_options() {
     assert!(table.lines().any(|line| line.trim().starts_with("filter_policy=") && line.contains("bloom")), "no bloom filter in:\n{table}");
 }
 
+/// Every key in `[start, end)`, in the order the store's scan gives them.
+fn keys_in(store: &RocksStore, start: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
+    let mut keys = Vec::new();
+    store
+        .scan(start, end, &mut |key, _| {
+            keys.push(key.to_vec());
+            true
+        })
+        .expect("scan");
+    keys
+}
+
 /// The newest OPTIONS file's section of column family `family` (up to the next section).
 fn options_section(dir: &std::path::Path, family: &str) -> String {
     let newest = std::fs::read_dir(dir)
@@ -129,13 +141,7 @@ fn cold_rows_live_in_their_own_column_family() {
     store.delete_range(b"h/i/00000100", b"h/i/00000200").expect("delete range");
     // Ranges across both families, in key order: a default key on each side of the rows.
     store.write(&[(b"h/chan/1", b"c"), (b"h/j", b"after")]).expect("write");
-    let mut keys = Vec::new();
-    store
-        .scan(b"h/", b"i/", &mut |key, _| {
-            keys.push(key.to_vec());
-            true
-        })
-        .expect("scan across");
+    let keys = keys_in(&store, b"h/", b"i/");
     assert_eq!((keys.len(), keys.first().map(Vec::as_slice), keys.last().map(Vec::as_slice)), (402, Some(&b"h/chan/1"[..]), Some(&b"h/j"[..])));
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "in key order");
     assert_eq!(store.last_key_in(b"h/", b"h/j").expect("last").as_deref(), Some(&b"h/i/00000499"[..]));
@@ -205,13 +211,7 @@ fn the_journal_checkpoints_and_history_live_in_their_own_column_families() {
     store.write(&refs).expect("one batch over three families");
     assert_eq!(store.get(b"m/p/0049").expect("get").map(|v| v.len()), Some(20_000));
     assert_eq!(store.get_many(&[b"m/c/1", b"m/p/0000", b"m/p/9999"]).expect("get_many").iter().filter(|v| v.is_some()).count(), 2);
-    let mut keys = Vec::new();
-    store
-        .scan(b"", b"\xff", &mut |key, _| {
-            keys.push(key.to_vec());
-            true
-        })
-        .expect("scan everything");
+    let keys = keys_in(&store, b"", b"\xff");
     assert_eq!(keys.len(), 56);
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "in key order across the families");
     assert_eq!(store.last_key_in(b"m/", b"m0").expect("last").as_deref(), Some(&b"m/x/1"[..]));
