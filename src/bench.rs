@@ -222,13 +222,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for (shard, c) in engine.counters().iter().enumerate() {
         use std::sync::atomic::Ordering::Relaxed;
         println!(
-            "shard {shard} checkpoints: {} last_at_batch: {} bytes: {} hold_ms last/max: {:.1}/{:.1} write_ms_last: {:.1} lag_holds: {}",
+            "shard {shard} checkpoints: {} last_at_batch: {} bytes: {} hold_ms last/max: {:.1}/{:.1} write_ms_last: {:.1} write_s_total: {:.1} lag_holds: {}",
             c.checkpoints.load(Relaxed),
             c.checkpoint_sequence.load(Relaxed),
             c.checkpoint_bytes.load(Relaxed),
             c.checkpoint_hold_us.load(Relaxed) as f64 / 1000.0,
             c.largest_checkpoint_hold_us.load(Relaxed) as f64 / 1000.0,
             c.checkpoint_write_us.load(Relaxed) as f64 / 1000.0,
+            c.checkpoint_write_us_total.load(Relaxed) as f64 / 1e6,
             c.checkpoint_lag_holds.load(Relaxed),
         );
         println!(

@@ -104,12 +104,12 @@ impl Claims {
     }
 
     fn claim(&self, key: u128, shard: ShardId) -> Claim {
-        let mut map = self.stripe(key).lock().expect("claims lock");
-        match map.get(&key) {
-            Some(holder) if *holder == shard => Claim::Held,
-            Some(_) => Claim::Conflict,
-            None => {
-                map.insert(key, shard);
+        // One probe of the map for the lookup and the insert (its table misses the cache).
+        match self.stripe(key).lock().expect("claims lock").entry(key) {
+            std::collections::hash_map::Entry::Occupied(holder) if *holder.get() == shard => Claim::Held,
+            std::collections::hash_map::Entry::Occupied(_) => Claim::Conflict,
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(shard);
                 Claim::New
             }
         }

@@ -84,6 +84,8 @@ pub struct ShardCounters {
     pub largest_checkpoint_hold_us: AtomicU64,
     /// How long the last checkpoint took to encode and write (off the shard's thread).
     pub checkpoint_write_us: AtomicU64,
+    /// How long all checkpoints since start took to encode and write.
+    pub checkpoint_write_us_total: AtomicU64,
     /// Idempotency records in memory (hot, and sealed by a checkpoint in flight).
     pub idempotency_in_memory: AtomicU64,
     /// Idempotency records checkpoints moved to the store since start.
@@ -159,6 +161,7 @@ impl Default for ShardCounters {
             checkpoint_hold_us: AtomicU64::default(),
             largest_checkpoint_hold_us: AtomicU64::default(),
             checkpoint_write_us: AtomicU64::default(),
+            checkpoint_write_us_total: AtomicU64::default(),
             idempotency_in_memory: AtomicU64::default(),
             idempotency_evicted: AtomicU64::default(),
             cold_probes: AtomicU64::default(),
@@ -565,7 +568,7 @@ impl Shard {
             if let Some(sealed) = &snapshot.sealed {
                 // Their rows are durable: the filter learns them before the router forgets
                 // its claims and before the shard drops them from memory.
-                sealed.iter().for_each(|(key, _)| cold_filter.insert(*key));
+                cold_filter.insert_all(sealed.iter().map(|(key, _)| *key));
                 forget_claims(&mut sealed.iter().map(|(key, _)| *key));
             }
             Ok(written)
@@ -620,6 +623,7 @@ impl Shard {
         // What it wrote: its parts and the blobs new since the previous checkpoint.
         c.checkpoint_bytes.store(written.manifest.bytes + written.blob_bytes, Ordering::Relaxed);
         c.checkpoint_write_us.store(written.write_us, Ordering::Relaxed);
+        c.checkpoint_write_us_total.fetch_add(written.write_us, Ordering::Relaxed);
         c.idempotency_evicted.fetch_add(written.evicted as u64, Ordering::Relaxed);
     }
 
@@ -639,7 +643,7 @@ impl Shard {
         match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept, blobs, Some(&*self.cold_filter)) {
             Ok(written) => {
                 if let Some(sealed) = &self.state.sealed {
-                    sealed.iter().for_each(|(key, _)| self.cold_filter.insert(*key));
+                    self.cold_filter.insert_all(sealed.iter().map(|(key, _)| *key));
                 }
                 self.state.drop_sealed();
                 self.checkpoints.last_sequence = self.sequence;
