@@ -204,15 +204,17 @@ const MAX_SEGMENTS: usize = 12;
 
 /// One segment: 64-byte blocks of bits, and how many of them are set.
 struct Segment {
-    blocks: Box<[Block]>,
+    /// The allocation: the blocks' words and up to seven words before them, so that the first
+    /// block can start on a cache line (`first`).
+    memory: Box<[std::sync::atomic::AtomicU64]>,
+    /// The index in `memory` of the first block's first word (64-byte aligned): each key's bits
+    /// are then in one cache line, so a probe misses the cache once (the allocator's 16-byte
+    /// header put most blocks of a plain array across two lines).
+    first: usize,
+    /// How many 64-byte blocks.
+    blocks: usize,
     set_bits: std::sync::atomic::AtomicU64,
 }
-
-/// The bits a key sets: one cache line, aligned as one, so a probe misses the cache once (with
-/// the words of a plain `u64` array, the allocator's 16-byte header put most blocks across two
-/// lines).
-#[repr(C, align(64))]
-struct Block([std::sync::atomic::AtomicU64; 8]);
 
 impl Segment {
     /// A segment of `bytes` (a multiple of 64), all bits clear. The memory comes zeroed from the
@@ -226,30 +228,31 @@ impl Segment {
     /// As `with_bytes`, or the layout the allocator refused.
     fn try_with_bytes(bytes: usize) -> Result<Segment, std::alloc::Layout> {
         assert!(bytes >= 64 && bytes.is_multiple_of(64), "whole 64-byte blocks");
-        let len = bytes / 64;
-        let layout = std::alloc::Layout::array::<Block>(len).expect("a segment's size fits the address space");
-        // SAFETY: `layout` is non-zero-sized (at least one block) and of `len` `Block`s; an
-        // all-zero `Block` is a valid one (`AtomicU64` has the in-memory representation of
-        // `u64`); the pointer comes from the global allocator with exactly this layout (size and
-        // alignment), as `Box` frees it.
-        let pointer = unsafe { std::alloc::alloc_zeroed(layout).cast::<Block>() };
+        // Seven words more than the blocks need, to start them on a cache line. The layout's
+        // alignment stays that of `u64`: a larger one would make the allocator zero the whole
+        // segment itself (`posix_memalign` and a memset) instead of `calloc`.
+        let len = bytes / 8 + 7;
+        let layout = std::alloc::Layout::array::<std::sync::atomic::AtomicU64>(len).expect("a segment's size fits the address space");
+        // SAFETY: `layout` is non-zero-sized (at least 15 words) and of `len` `AtomicU64`s; an
+        // all-zero `AtomicU64` is a valid one (it has the in-memory representation of `u64`); the
+        // pointer comes from the global allocator with exactly this layout, as `Box` frees it.
+        let pointer = unsafe { std::alloc::alloc_zeroed(layout).cast::<std::sync::atomic::AtomicU64>() };
         if pointer.is_null() {
             return Err(layout);
         }
         // SAFETY: as above; the pointer is non-null and owned by nothing else.
-        let blocks = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(pointer, len)) };
-        Ok(Segment { blocks, set_bits: std::sync::atomic::AtomicU64::new(0) })
+        let memory: Box<[std::sync::atomic::AtomicU64]> = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(pointer, len)) };
+        let first = (memory.as_ptr() as usize).wrapping_neg() % 64 / 8;
+        Ok(Segment { memory, first, blocks: bytes / 64, set_bits: std::sync::atomic::AtomicU64::new(0) })
     }
 
     /// The blocks' words, in order.
     fn words(&self) -> &[std::sync::atomic::AtomicU64] {
-        // SAFETY: `Block` is `repr(C)` of eight `AtomicU64`s, 64 bytes with no padding, so the
-        // blocks are `8 * len` contiguous, initialized `AtomicU64`s borrowed for `self`'s life.
-        unsafe { std::slice::from_raw_parts(self.blocks.as_ptr().cast::<std::sync::atomic::AtomicU64>(), self.blocks.len() * 8) }
+        &self.memory[self.first..self.first + self.blocks * 8]
     }
 
     fn bytes(&self) -> usize {
-        self.blocks.len() * 64
+        self.blocks * 64
     }
 
     /// Asks the CPU to bring `key`'s block into its cache (a hint: it never faults), so that a
@@ -257,9 +260,9 @@ impl Segment {
     fn prefetch(&self, key: u128) {
         #[cfg(target_arch = "x86_64")]
         {
-            let block = &self.blocks[((key as u64) % self.blocks.len() as u64) as usize];
+            let word = &self.words()[((key as u64) % self.blocks as u64) as usize * 8];
             // SAFETY: `_mm_prefetch` only hints the cache; the address is a live block's.
-            unsafe { std::arch::x86_64::_mm_prefetch(std::ptr::from_ref(block).cast::<i8>(), std::arch::x86_64::_MM_HINT_T0) };
+            unsafe { std::arch::x86_64::_mm_prefetch(std::ptr::from_ref(word).cast::<i8>(), std::arch::x86_64::_MM_HINT_T0) };
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = key;
@@ -267,7 +270,7 @@ impl Segment {
 
     /// The block (first word) and the six bits of `key`.
     fn positions(&self, key: u128) -> (usize, [(usize, u64); 6]) {
-        let block = ((key as u64) % self.blocks.len() as u64) as usize * 8;
+        let block = ((key as u64) % self.blocks as u64) as usize * 8;
         let mut high = (key >> 64) as u64;
         let mut bits = [(0, 0); 6];
         for bit in &mut bits {
@@ -301,7 +304,7 @@ impl Segment {
     /// 45 % of its bits set (10 bits a key; about 1 % false positives): new keys go to a new
     /// segment.
     fn full(&self) -> bool {
-        self.set_bits.load(std::sync::atomic::Ordering::Relaxed) * 20 >= self.blocks.len() as u64 * 512 * 9
+        self.set_bits.load(std::sync::atomic::Ordering::Relaxed) * 20 >= self.blocks as u64 * 512 * 9
     }
 
     /// Counts the bits set (after its words were filled in directly).
@@ -315,7 +318,7 @@ impl Segment {
     /// build before segments: one 32 MiB filter at 100 M rows was 89 % set, about half of all
     /// new numbers let through).
     fn overfull(&self) -> bool {
-        self.set_bits.load(std::sync::atomic::Ordering::Relaxed) * 20 > self.blocks.len() as u64 * 512 * 11
+        self.set_bits.load(std::sync::atomic::Ordering::Relaxed) * 20 > self.blocks as u64 * 512 * 11
     }
 }
 
@@ -821,7 +824,7 @@ mod tests {
             assert_eq!(words(&at_once), words(&one_by_one), "{count} keys");
             assert_eq!(at_once.segment_count(), one_by_one.segment_count());
             assert!(keys.iter().all(|key| at_once.may_contain(*key)), "{count} keys");
-            assert!(at_once.each().all(|segment| (segment.blocks.as_ptr() as usize).is_multiple_of(64)), "blocks on cache lines");
+            assert!(at_once.each().all(|segment| (segment.words().as_ptr() as usize).is_multiple_of(64)), "blocks on cache lines");
         }
     }
 
