@@ -260,7 +260,7 @@ impl Segment {
     fn prefetch(&self, key: u128) {
         #[cfg(target_arch = "x86_64")]
         {
-            let word = &self.words()[((key as u64) % self.blocks as u64) as usize * 8];
+            let word = &self.words()[self.block_of(key)];
             // SAFETY: `_mm_prefetch` only hints the cache; the address is a live block's.
             unsafe { std::arch::x86_64::_mm_prefetch(std::ptr::from_ref(word).cast::<i8>(), std::arch::x86_64::_MM_HINT_T0) };
         }
@@ -268,9 +268,14 @@ impl Segment {
         let _ = key;
     }
 
+    /// The first word of `key`'s block.
+    fn block_of(&self, key: u128) -> usize {
+        ((key as u64) % self.blocks as u64) as usize * 8
+    }
+
     /// The block (first word) and the six bits of `key`.
     fn positions(&self, key: u128) -> (usize, [(usize, u64); 6]) {
-        let block = ((key as u64) % self.blocks as u64) as usize * 8;
+        let block = self.block_of(key);
         let mut high = (key >> 64) as u64;
         let mut bits = [(0, 0); 6];
         for bit in &mut bits {
@@ -644,7 +649,10 @@ pub fn prefetch(
     for envelope in envelopes {
         keys_of(envelope, keys);
     }
-    // `retain`, with each key's filter blocks asked for a few keys ahead.
+    // `retain`, with each key's filter blocks asked for a few keys ahead (the first ones now).
+    if let Some(filter) = filter {
+        keys.iter().take(PREFETCH_AHEAD).for_each(|key| filter.prefetch(*key));
+    }
     let mut kept = 0;
     for index in 0..keys.len() {
         let key = keys[index];

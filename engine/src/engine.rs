@@ -104,7 +104,6 @@ impl Claims {
     }
 
     fn claim(&self, key: u128, shard: ShardId) -> Claim {
-        // One probe of the map for the lookup and the insert (its table misses the cache).
         match self.stripe(key).lock().expect("claims lock").entry(key) {
             std::collections::hash_map::Entry::Occupied(holder) if *holder.get() == shard => Claim::Held,
             std::collections::hash_map::Entry::Occupied(_) => Claim::Conflict,
