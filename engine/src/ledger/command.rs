@@ -310,13 +310,13 @@ impl Command {
 }
 
 /// 128-bit key of (platform, command kind, out_order_no): wide enough that collisions do not happen.
+///
+/// XXH3-128 of the platform (little-endian), the kind and the number's text. Keys are stored
+/// (cold rows, the cold-key filter), so these bytes never change; `keyhash` hashes them where
+/// they lie instead of copying them into a buffer first.
 pub fn idempotency_key(platform: u32, kind: u8, out_order_no: &OutOrderNo) -> u128 {
-    let mut buffer = [0u8; 5 + OUT_ORDER_NO_BYTES_MAX];
-    buffer[..4].copy_from_slice(&platform.to_le_bytes());
-    buffer[4] = kind;
-    let text = out_order_no.as_str().as_bytes();
-    buffer[5..5 + text.len()].copy_from_slice(text);
-    xxhash_rust::xxh3::xxh3_128(&buffer[..5 + text.len()])
+    let prefix = u64::from(platform) | u64::from(kind) << 32;
+    super::keyhash::xxh3_128_prefixed(prefix, &out_order_no.bytes, out_order_no.len as usize)
 }
 
 /// A fingerprint of a command's content, to tell a replay from a conflicting reuse of a key.
@@ -371,6 +371,23 @@ mod tests {
     use super::*;
     use crate::ledger::types::{AccountId, Leg};
     use crate::money::CurrencyId;
+
+    #[test]
+    fn idempotency_key_hashes_platform_kind_and_the_text_only() {
+        // The definition the stored keys were made with: XXH3-128 of the platform (LE), the kind
+        // and the text, whatever the number's length (the inline array's zeros are not hashed).
+        let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-";
+        for len in 1..=OUT_ORDER_NO_BYTES_MAX {
+            let text = std::str::from_utf8(&alphabet[..len]).unwrap();
+            let number = OutOrderNo::new(text).unwrap();
+            for (platform, kind) in [(0u32, 0u8), (7, 3), (u32::MAX, 255)] {
+                let mut bytes = platform.to_le_bytes().to_vec();
+                bytes.push(kind);
+                bytes.extend_from_slice(text.as_bytes());
+                assert_eq!(idempotency_key(platform, kind, &number), xxhash_rust::xxh3::xxh3_128(&bytes), "{len} {platform} {kind}");
+            }
+        }
+    }
 
     #[test]
     fn content_hash_tells_commands_apart_and_is_stable() {

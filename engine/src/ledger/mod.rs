@@ -2,6 +2,7 @@
 
 pub mod command;
 pub mod growth;
+mod keyhash;
 pub mod ops;
 pub mod state;
 pub mod types;
