@@ -4,6 +4,7 @@ mod backup;
 mod bench;
 mod chain;
 mod config;
+mod cpu;
 mod get;
 mod load;
 mod logging;
@@ -149,6 +150,7 @@ enum Commands {
 }
 
 fn main() -> Result<()> {
+    cpu::check()?;
     match Cli::parse().command {
         Commands::Serve { config, listen, data_dir, once, demo, master_key_file, admin_token_file } => {
             serve(config, listen, data_dir, once, demo, Flags { master_key_file, admin_token_file })
