@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use storage::{StorageError, Store};
 
@@ -15,7 +15,7 @@ struct Apart {
     /// The prefix: keys from `start` up to `end` (excluded) live in `family`.
     start: &'static [u8],
     end: &'static [u8],
-    options: fn() -> Options,
+    options: fn(&Cache) -> Options,
 }
 
 /// The engine's cold idempotency rows (`engine::cold`, keys `h/i/`): one row per order number
@@ -50,6 +50,12 @@ const HISTORY: Apart = Apart { family: "history", start: b"m/b/", end: b"m/b0", 
 /// What the memtables of all families may hold together; past it RocksDB flushes early.
 const MEMTABLES_BYTES_MAX: usize = 192 << 20;
 
+/// The one block cache of a database, all families together: data blocks read, and the rows
+/// family's index and filter pieces (`rows_options`). Without it each family's table options made
+/// a cache of their own (32 MiB each in RocksDB's defaults). A cache of the rows' own (64 MiB)
+/// beside a shared 32 MiB one probed no faster at 100 M (ARCHITECTURE.md, "Measured").
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
 /// Every key range apart from the default family, in key order (the checkpoints family holds
 /// two, around the history's).
 const APART: [&Apart; 5] = [&ROWS, &JOURNAL, &CHECKPOINTS_BEFORE_BLOBS, &HISTORY, &CHECKPOINTS_AFTER_BLOBS];
@@ -83,8 +89,8 @@ fn family_names<'a>(apart: &'a [&'static Apart]) -> impl Iterator<Item = &'stati
 
 /// The options of family `name` (one of `apart`'s, else a family this build does not know:
 /// RocksDB's defaults, as it was made).
-fn options_of(apart: &[&'static Apart], name: &str) -> Options {
-    apart.iter().find(|a| a.family == name).map_or_else(Options::default, |a| (a.options)())
+fn options_of(apart: &[&'static Apart], name: &str, cache: &Cache) -> Options {
+    apart.iter().find(|a| a.family == name).map_or_else(Options::default, |a| (a.options)(cache))
 }
 
 fn io(error: rocksdb::Error) -> StorageError {
@@ -97,7 +103,8 @@ impl RocksStore {
         let existing = if path.join("CURRENT").is_file() { DB::list_cf(&Options::default(), path).map_err(io)? } else { Vec::new() };
         // A new database gets every family; one made before keeps every key where it is.
         let apart = layout(&existing, existing.is_empty());
-        let mut options = default_options();
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let mut options = default_options(&cache);
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         // The rows family flushes seldom, and the log is kept until every family has flushed
@@ -111,25 +118,26 @@ impl RocksStore {
         // did for a while (journal values inline in tables, rewritten by every compaction; point
         // lookups without filters).
         let mut families = vec![ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone())];
-        families.extend(family_names(&apart).map(|name| ColumnFamilyDescriptor::new(name, options_of(&apart, name))));
+        families.extend(family_names(&apart).map(|name| ColumnFamilyDescriptor::new(name, options_of(&apart, name, &cache))));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(io)?;
         Ok(RocksStore { db, apart, read_only: false, poisoned: AtomicBool::new(false) })
     }
 
     /// Opens an existing database read-only (for offline checks beside a running server).
     pub fn open_read_only(path: &Path) -> Result<RocksStore, StorageError> {
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let mut options = Options::default();
-        with_point_lookup_filters(&mut options);
-        Self::open_families_read_only(&options, path)
+        with_point_lookup_filters(&mut options, point_lookup_table(&cache));
+        Self::open_families_read_only(&options, &cache, path)
     }
 
     /// Opens every column family of the database in `path` read-only.
-    fn open_families_read_only(options: &Options, path: &Path) -> Result<RocksStore, StorageError> {
+    fn open_families_read_only(options: &Options, cache: &Cache, path: &Path) -> Result<RocksStore, StorageError> {
         let existing = DB::list_cf(options, path).map_err(io)?;
         let apart = layout(&existing, false);
         // Each family with its own options (its bloom filters, for the rows' point lookups).
         let families = existing.iter().map(|name| {
-            let options = if name == rocksdb::DEFAULT_COLUMN_FAMILY_NAME { options.clone() } else { options_of(&apart, name) };
+            let options = if name == rocksdb::DEFAULT_COLUMN_FAMILY_NAME { options.clone() } else { options_of(&apart, name, cache) };
             ColumnFamilyDescriptor::new(name, options)
         });
         let db = DB::open_cf_descriptors_read_only(options, path, families, false).map_err(io)?;
@@ -144,9 +152,10 @@ impl RocksStore {
             return Err(StorageError::Io(format!("{} holds no database (no CURRENT file)", path.display())));
         }
         // The same blob settings as the server's database, so that values kept in blob files read back.
-        let mut options = large_values_options();
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let mut options = large_values_options(&cache);
         options.set_info_logger(rocksdb::InfoLogger::new_callback_logger(rocksdb::LogLevel::Fatal, |_, _| {}));
-        Self::open_families_read_only(&options, path)
+        Self::open_families_read_only(&options, &cache, path)
     }
 
     /// Writes a RocksDB checkpoint of the whole database into `target`, which must not exist:
@@ -163,25 +172,35 @@ impl RocksStore {
 impl RocksStore {
     /// What RocksDB holds in memory and on disk, per column family: memtables, table readers
     /// (index and filter blocks outside the block cache), files at level 0, live table and blob
-    /// bytes. For benchmarks and operators reading where a process's memory goes.
+    /// bytes; then the database's one block cache and what is pinned in it. For benchmarks and
+    /// operators reading where a process's memory goes.
     pub fn memory_report(&self) -> String {
         let names = std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).chain(family_names(&self.apart));
         let mb = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-        names
+        let int = |family, property: &str| self.db.property_int_value_cf(family, property).ok().flatten().unwrap_or(0);
+        let mut report = names
             .filter_map(|name| {
                 let family = self.db.cf_handle(name)?;
-                let int = |property: &str| self.db.property_int_value_cf(family, property).ok().flatten().unwrap_or(0);
                 let level0 = self.db.property_value_cf(family, rocksdb::properties::num_files_at_level(0)).ok().flatten().unwrap_or_default();
                 Some(format!(
                     "{name}: memtables {:.1} MB, table readers {:.1} MB, level-0 files {level0}, tables {:.1} MB, blobs {:.1} MB",
-                    mb(int("rocksdb.cur-size-all-mem-tables")),
-                    mb(int("rocksdb.estimate-table-readers-mem")),
-                    mb(int("rocksdb.live-sst-files-size")),
-                    mb(int("rocksdb.live-blob-file-size")),
+                    mb(int(family, "rocksdb.cur-size-all-mem-tables")),
+                    mb(int(family, "rocksdb.estimate-table-readers-mem")),
+                    mb(int(family, "rocksdb.live-sst-files-size")),
+                    mb(int(family, "rocksdb.live-blob-file-size")),
                 ))
             })
             .collect::<Vec<_>>()
-            .join("; ")
+            .join("; ");
+        // One cache for all families: any family's figures are the whole cache's.
+        if let Some(family) = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME) {
+            report.push_str(&format!(
+                "; block cache (all families) {:.1} MB, pinned {:.1} MB",
+                mb(int(family, "rocksdb.block-cache-usage")),
+                mb(int(family, "rocksdb.block-cache-pinned-usage"))
+            ));
+        }
+        report
     }
 
     /// RocksDB's own statistics text (`rocksdb.stats`: per level and per family, flushes,
@@ -197,8 +216,8 @@ impl RocksStore {
 
 /// The default family's options: every record but those of the families apart (and in a
 /// database made before them, those too: the journal, the checkpoints).
-fn default_options() -> Options {
-    let mut options = large_values_options();
+fn default_options(cache: &Cache) -> Options {
+    let mut options = large_values_options(cache);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.set_max_background_jobs(2);
     // A blob file is freed only once every value in it is dead: compactions relocate the live
@@ -210,8 +229,8 @@ fn default_options() -> Options {
 }
 
 /// The journal family's options: blob files, never collected (see `JOURNAL`).
-fn journal_options() -> Options {
-    let mut options = large_values_options();
+fn journal_options(cache: &Cache) -> Options {
+    let mut options = large_values_options(cache);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options
 }
@@ -219,8 +238,8 @@ fn journal_options() -> Options {
 /// The checkpoints family's options: blob files collected as checkpoints are pruned. Its files
 /// hold mostly parts, dead within two checkpoints: relocating the live ones of the oldest
 /// quarter is cheap.
-fn checkpoints_options() -> Options {
-    let mut options = large_values_options();
+fn checkpoints_options(cache: &Cache) -> Options {
+    let mut options = large_values_options(cache);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.set_enable_blob_gc(true);
     options.set_blob_gc_age_cutoff(0.25);
@@ -232,8 +251,8 @@ fn checkpoints_options() -> Options {
 /// or not; with the quarter (and the parts beside them) it rewrote the history about four times
 /// over in 100 M transfers (44 GB written for 10 GB). A blob replaced later (old history changed)
 /// keeps its space until its file reaches the window.
-fn history_options() -> Options {
-    let mut options = checkpoints_options();
+fn history_options(cache: &Cache) -> Options {
+    let mut options = checkpoints_options(cache);
     options.set_blob_gc_age_cutoff(HISTORY_GC_AGE_CUTOFF);
     options
 }
@@ -244,7 +263,7 @@ const HISTORY_GC_AGE_CUTOFF: f64 = 0.05;
 /// Values of 4 KiB or more (journal batches, checkpoint parts and blobs) go to blob files, so
 /// compaction moves only keys and pointers instead of rewriting them again and again, with the
 /// point-lookup filters.
-fn large_values_options() -> Options {
+fn large_values_options(cache: &Cache) -> Options {
     let mut options = Options::default();
     options.set_write_buffer_size(64 << 20);
     options.set_enable_blob_files(true);
@@ -255,14 +274,14 @@ fn large_values_options() -> Options {
     // CPU, 1.7 -> 2.2 GB; ARCHITECTURE.md "Measured"). Blob files written compressed before stay
     // readable: each file records its own compression.
     options.set_blob_compression_type(rocksdb::DBCompressionType::None);
-    with_point_lookup_filters(&mut options);
+    with_point_lookup_filters(&mut options, point_lookup_table(cache));
     options
 }
 
 /// The options of the rows family (`ROWS`): small values in the tables (no blob files), no compression,
 /// the same bloom filters, and eight flushes gathered before they are merged into the level below
 /// (each merge of random keys rewrites all of that level, so half as many halves that cost).
-fn rows_options() -> Options {
+fn rows_options(cache: &Cache) -> Options {
     let mut options = Options::default();
     options.set_write_buffer_size(64 << 20);
     options.set_compression_type(rocksdb::DBCompressionType::None);
@@ -273,7 +292,22 @@ fn rows_options() -> Options {
     // the throughput, each such key then a block read. Universal compaction halved this
     // family's compaction writes at 100 M (12 of 25 GB) for no more throughput and slower
     // probes (more sorted runs): leveled stays (ARCHITECTURE.md, "Measured", session 24).
-    with_point_lookup_filters(&mut options);
+    // Those filters (10 bits a row) and the index grow with every row ever written: 141 MB at
+    // 100 M rows, 1.4 GB at a billion, when table readers hold them. So they are partitioned
+    // (4 KiB pieces under a small top-level index, which stays pinned) and held in the
+    // database's one block cache (`BLOCK_CACHE_BYTES`) with the data blocks, in its
+    // high-priority half: memory stays bounded whatever the history, and a probe past the
+    // engine's filter reads the piece it needs (from the page cache, as a data block would be)
+    // when it is not cached.
+    let mut table = point_lookup_table(cache);
+    table.set_partition_filters(true);
+    table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_metadata_block_size(4096);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    with_point_lookup_filters(&mut options, table);
     options
 }
 
@@ -282,14 +316,21 @@ fn rows_options() -> Options {
 /// (about 1 % false positives) in every table file, and one in the memtable, answer most misses
 /// without reading a data block. Iterators (journal scans) do not use them. Filters are written
 /// into new table files only; older files get them as compaction rewrites them.
-fn with_point_lookup_filters(options: &mut Options) {
-    let mut table = BlockBasedOptions::default();
-    table.set_bloom_filter(10.0, false);
-    table.set_whole_key_filtering(true);
-    table.set_cache_index_and_filter_blocks(false);
+fn with_point_lookup_filters(options: &mut Options, table: BlockBasedOptions) {
     options.set_block_based_table_factory(&table);
     options.set_memtable_whole_key_filtering(true);
     options.set_memtable_prefix_bloom_ratio(0.02);
+}
+
+/// Table options with whole-key bloom filters of 10 bits a key, held by the table readers, and
+/// data blocks read through the database's `cache`.
+fn point_lookup_table(cache: &Cache) -> BlockBasedOptions {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(true);
+    table.set_cache_index_and_filter_blocks(false);
+    table
 }
 
 impl RocksStore {

@@ -102,6 +102,11 @@ fn keys_in(store: &RocksStore, start: &[u8], end: &[u8]) -> Vec<Vec<u8>> {
 
 /// The newest OPTIONS file's section of column family `family` (up to the next section).
 fn options_section(dir: &std::path::Path, family: &str) -> String {
+    options_section_named(dir, &format!("CFOptions \"{family}\""))
+}
+
+/// The section `[name]` of the newest OPTIONS file in `dir`.
+fn options_section_named(dir: &std::path::Path, name: &str) -> String {
     let newest = std::fs::read_dir(dir)
         .expect("list")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -109,7 +114,7 @@ fn options_section(dir: &std::path::Path, family: &str) -> String {
         .max_by_key(|name| name.trim_start_matches("OPTIONS-").parse::<u64>().unwrap_or(0))
         .expect("an OPTIONS file");
     let text = std::fs::read_to_string(dir.join(newest)).expect("read OPTIONS");
-    let section = text.split(&format!("[CFOptions \"{family}\"]")).nth(1).unwrap_or_else(|| panic!("no section for {family}"));
+    let section = text.split(&format!("[{name}]")).nth(1).unwrap_or_else(|| panic!("no section {name}"));
     section.split("\n[").next().unwrap_or(section).to_string()
 }
 
@@ -152,10 +157,24 @@ fn cold_rows_live_in_their_own_column_family() {
     assert_eq!(store.get(b"h/i/00000150").expect("get"), None);
     assert_eq!(store.get(b"j/1").expect("get").map(|v| v.len()), Some(10_000));
     store.checkpoint(&dir.path().join("copy")).expect("checkpoint");
+    let report = store.memory_report();
+    assert!(report.contains("; block cache (all families) "), "{report}");
     drop(store);
     let section = options_section(&path, "rows");
     for setting in ["compression=kNoCompression", "level0_file_num_compaction_trigger=8", "enable_blob_files=false", "optimize_filters_for_hits=false"] {
         assert!(section.lines().any(|line| line.trim() == setting), "{setting} missing in:\n{section}");
+    }
+    // The rows' filters and index grow with every row ever written: in pieces, in the block
+    // cache (bounded), not in table readers.
+    let table = options_section_named(&path, "TableOptions/BlockBasedTable \"rows\"");
+    for setting in [
+        "partition_filters=true",
+        "index_type=kTwoLevelIndexSearch",
+        "cache_index_and_filter_blocks=true",
+        "pin_top_level_index_and_filter=true",
+        "whole_key_filtering=true",
+    ] {
+        assert!(table.lines().any(|line| line.trim() == setting), "{setting} missing in:\n{table}");
     }
     for opened in [RocksStore::open(&path), RocksStore::open_read_only(&path), RocksStore::open_copy(&dir.path().join("copy"))] {
         let opened = opened.expect("opens");
