@@ -313,17 +313,18 @@ fn rows_options(cache: &Cache) -> Options {
 
 /// Bloom filters for point lookups: cold idempotency records (`h/i/` + key) are probed for every
 /// new order number, and nearly every probe is a miss. A whole-key filter of 10 bits per key
-/// (about 1 % false positives) in every table file, and one in the memtable, answer most misses
-/// without reading a data block. Iterators (journal scans) do not use them. Filters are written
-/// into new table files only; older files get them as compaction rewrites them.
+/// (about 1 % false positives) in every table file (`table`, from `point_lookup_table`), and one
+/// in the memtable, answer most misses without reading a data block. Iterators (journal scans)
+/// do not use them. Filters are written into new table files only; older files get them as
+/// compaction rewrites them.
 fn with_point_lookup_filters(options: &mut Options, table: BlockBasedOptions) {
     options.set_block_based_table_factory(&table);
     options.set_memtable_whole_key_filtering(true);
     options.set_memtable_prefix_bloom_ratio(0.02);
 }
 
-/// Table options with whole-key bloom filters of 10 bits a key, held by the table readers, and
-/// data blocks read through the database's `cache`.
+/// Table options with whole-key bloom filters of 10 bits a key, held by the table readers (the
+/// rows family changes that: `rows_options`), and data blocks read through the database's `cache`.
 fn point_lookup_table(cache: &Cache) -> BlockBasedOptions {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
