@@ -207,7 +207,13 @@ fn adjustment_result_codes_in_precedence_order() {
     );
     assert_eq!(
         recorded.detail,
-        OrderDetail::Adjustment { source: account(a), target: account(b), reason: "wrong credit".into(), proposer: "ann".into(), approver: "bo".into() }
+        OrderDetail::Adjustment(Box::new(AdjustmentDetail {
+            source: account(a),
+            target: account(b),
+            reason: "wrong credit".into(),
+            proposer: "ann".into(),
+            approver: "bo".into()
+        }))
     );
     let adjustments: Vec<&EntryHeader> = w.fx.entries.iter().filter(|e| e.kind == EntryKind::Adjustment).collect();
     assert_eq!(adjustments.len(), 4);

@@ -11,7 +11,9 @@ use engine::cold::ColdRow;
 use engine::ledger::command::{idempotency_key, Command, Envelope, OutOrderNo};
 use engine::ledger::growth::ChunkedVec;
 use engine::ledger::state::ShardState;
-use engine::ledger::types::{AccountId, AdjustmentSide, Order, OrderDetail, OrderId, OrderKind, OrderStatus, Reply, Timestamp, NO_ORDER_INDEX};
+use engine::ledger::types::{
+    AccountId, AdjustmentDetail, AdjustmentSide, Order, OrderDetail, OrderId, OrderKind, OrderStatus, Reply, Timestamp, NO_ORDER_INDEX,
+};
 use engine::money::{CurrencyId, CurrencySpec, Minor};
 use engine::Engine;
 use serde::Deserialize;
@@ -234,7 +236,8 @@ pub fn view(state: &ShardState, order: &Order, channels: &ChannelSet) -> Value {
             extra.insert("fee".into(), money(*fee));
             extra.insert("channel".into(), json!(channels.name(*channel)));
         }
-        OrderDetail::Adjustment { source, target, reason, proposer, approver } => {
+        OrderDetail::Adjustment(adjustment) => {
+            let AdjustmentDetail { source, target, reason, proposer, approver } = &**adjustment;
             // Out of suspense, the order's account is a stripe: the customer credited is the one to show.
             if let (AdjustmentSide::Suspense(_), AdjustmentSide::Account(credited)) = (source, target) {
                 extra.insert("account_id".into(), json!(public_account_id(*credited)));

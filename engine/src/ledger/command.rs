@@ -13,7 +13,9 @@ pub const OUT_ORDER_NO_BYTES_MAX: usize = 64;
 /// A platform's own order number, stored inline so that commands need no heap for it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OutOrderNo {
-    len: u8,
+    /// Never zero (a number has 1 to 64 characters), so `Option<OutOrderNo>` takes no byte more
+    /// (an order holds one). Hashes as the `u8` it holds.
+    len: std::num::NonZeroU8,
     bytes: [u8; OUT_ORDER_NO_BYTES_MAX],
 }
 
@@ -25,14 +27,15 @@ impl OutOrderNo {
         if source.is_empty() || source.len() > OUT_ORDER_NO_BYTES_MAX || !source.iter().all(allowed) {
             return None;
         }
+        let len = std::num::NonZeroU8::new(source.len() as u8)?;
         let mut bytes = [0u8; OUT_ORDER_NO_BYTES_MAX];
         bytes[..source.len()].copy_from_slice(source);
-        Some(OutOrderNo { len: source.len() as u8, bytes })
+        Some(OutOrderNo { len, bytes })
     }
 
     /// The number as text.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("validated as ASCII")
+        std::str::from_utf8(&self.bytes[..usize::from(self.len.get())]).expect("validated as ASCII")
     }
 }
 
@@ -316,7 +319,7 @@ impl Command {
 /// they lie instead of copying them into a buffer first.
 pub fn idempotency_key(platform: u32, kind: u8, out_order_no: &OutOrderNo) -> u128 {
     let prefix = u64::from(platform) | u64::from(kind) << 32;
-    super::keyhash::xxh3_128_prefixed(prefix, &out_order_no.bytes, out_order_no.len as usize)
+    super::keyhash::xxh3_128_prefixed(prefix, &out_order_no.bytes, usize::from(out_order_no.len.get()))
 }
 
 /// A fingerprint of a command's content, to tell a replay from a conflicting reuse of a key.
@@ -371,6 +374,23 @@ mod tests {
     use super::*;
     use crate::ledger::types::{AccountId, Leg};
     use crate::money::CurrencyId;
+
+    /// Content hashes are stored with idempotency records: the number's `Hash` must write what
+    /// it wrote when its length was a plain `u8`.
+    #[test]
+    fn an_order_number_hashes_as_its_length_byte_and_its_bytes() {
+        for text in ["a", "order-42", &"x".repeat(OUT_ORDER_NO_BYTES_MAX)] {
+            let number = OutOrderNo::new(text).unwrap();
+            let mut bytes = [0u8; OUT_ORDER_NO_BYTES_MAX];
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
+            let (mut now, mut before) = (BufferedXxh3::default(), BufferedXxh3::default());
+            number.hash(&mut now);
+            (text.len() as u8).hash(&mut before);
+            bytes.hash(&mut before);
+            assert_eq!(now.finish(), before.finish(), "{text}");
+        }
+        assert!(OutOrderNo::new("").is_none());
+    }
 
     #[test]
     fn idempotency_key_hashes_platform_kind_and_the_text_only() {

@@ -136,13 +136,13 @@ pub fn apply(state: &mut ShardState, context: &Context, request: &AdjustRequest,
         AdjustmentSide::Suspense(_) => state.system_account(SystemRole::Suspense, currency),
     };
     let platform = order_platform(state, context, request);
-    let detail = OrderDetail::Adjustment {
+    let detail = OrderDetail::Adjustment(Box::new(AdjustmentDetail {
         source: request.source,
         target: request.target,
         reason: request.reason.to_string(),
         proposer: request.proposer.to_string(),
         approver: request.approver.to_string(),
-    };
+    }));
     let kind = (OrderKind::Adjustment, OrderStatus::Succeeded);
     let id = state.open_order_of(context, kind, (source_account, platform, currency), amount, detail);
     let target_account = match request.target {

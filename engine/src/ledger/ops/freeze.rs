@@ -50,7 +50,7 @@ pub fn freeze(
         OrderStatus::Held,
         id,
         amount,
-        OrderDetail::Freeze { remaining: amount, from_unsettled, expires_at, reason: reason.to_string() },
+        OrderDetail::Freeze { remaining: amount, from_unsettled, expires_at, reason: reason.into() },
     );
     if let Some(at) = expires_at {
         state.expiring_freezes.insert((at, order), ());
