@@ -85,7 +85,16 @@ enum Wait {
 /// Which shard holds each accepted order number, so a reuse that names other funds (and so
 /// another shard) is still seen as a conflict. Claims of rejected commands are released.
 struct Claims {
-    stripes: Vec<Mutex<HashMap<u128, ShardId, rustc_hash::FxBuildHasher>>>,
+    stripes: Vec<Mutex<HashMap<ClaimKey, ShardId, rustc_hash::FxBuildHasher>>>,
+}
+
+/// An idempotency key as the claims hold it: two `u64`s, so that an entry with its shard takes
+/// 24 bytes (a `u128`'s 16-byte alignment made it 32), for as many entries as there are order
+/// numbers in the shards' hot windows.
+type ClaimKey = [u64; 2];
+
+fn claim_key(key: u128) -> ClaimKey {
+    [key as u64, (key >> 64) as u64]
 }
 
 enum Claim {
@@ -99,12 +108,12 @@ impl Claims {
         Claims { stripes: (0..CLAIM_STRIPES).map(|_| Mutex::new(HashMap::default())).collect() }
     }
 
-    fn stripe(&self, key: u128) -> &Mutex<HashMap<u128, ShardId, rustc_hash::FxBuildHasher>> {
+    fn stripe(&self, key: u128) -> &Mutex<HashMap<ClaimKey, ShardId, rustc_hash::FxBuildHasher>> {
         &self.stripes[(key as usize) % CLAIM_STRIPES]
     }
 
     fn claim(&self, key: u128, shard: ShardId) -> Claim {
-        match self.stripe(key).lock().expect("claims lock").entry(key) {
+        match self.stripe(key).lock().expect("claims lock").entry(claim_key(key)) {
             std::collections::hash_map::Entry::Occupied(holder) if *holder.get() == shard => Claim::Held,
             std::collections::hash_map::Entry::Occupied(_) => Claim::Conflict,
             std::collections::hash_map::Entry::Vacant(vacant) => {
@@ -115,11 +124,11 @@ impl Claims {
     }
 
     fn hold(&self, key: u128, shard: ShardId) {
-        self.stripe(key).lock().expect("claims lock").insert(key, shard);
+        self.stripe(key).lock().expect("claims lock").insert(claim_key(key), shard);
     }
 
     fn release(&self, key: u128) {
-        self.stripe(key).lock().expect("claims lock").remove(&key);
+        self.stripe(key).lock().expect("claims lock").remove(&claim_key(key));
     }
 
     /// Drops the claims of keys whose records are durable cold rows (a checkpoint evicted them).
@@ -264,7 +273,7 @@ impl Engine {
         for Recovered { state, .. } in &recovered {
             directory.load(state);
             for (key, _) in state.idempotency.iter() {
-                claims.stripe(*key).lock().expect("claims lock").insert(*key, state.shard);
+                claims.stripe(*key).lock().expect("claims lock").insert(claim_key(*key), state.shard);
             }
         }
         let (mut client_senders, mut client_receivers) = (Vec::new(), Vec::new());
