@@ -90,11 +90,13 @@ struct Claims {
 
 /// An idempotency key as the claims hold it: two `u64`s, so that an entry with its shard takes
 /// 24 bytes (a `u128`'s 16-byte alignment made it 32), for as many entries as there are order
-/// numbers in the shards' hot windows.
-type ClaimKey = [u64; 2];
+/// numbers in the shards' hot windows. A struct, not an array: its derived `Hash` feeds the
+/// hasher two words, where an array's would hash a length and then 16 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct ClaimKey(u64, u64);
 
 fn claim_key(key: u128) -> ClaimKey {
-    [key as u64, (key >> 64) as u64]
+    ClaimKey(key as u64, (key >> 64) as u64)
 }
 
 enum Claim {
@@ -797,4 +799,25 @@ fn recover_all(store: &Arc<dyn Store>, config: &EngineConfig, filter: &crate::co
         recovered.push(shard_recovered);
     }
     Ok(recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claims hold an entry per order number of the shards' hot windows.
+    #[test]
+    fn a_claim_takes_24_bytes_and_keeps_every_bit_of_its_key() {
+        assert_eq!(std::mem::size_of::<(ClaimKey, ShardId)>(), 24);
+        let claims = Claims::new();
+        let (key, twin) = (0x0123_4567_89ab_cdef_0000_0000_0000_0001u128, 0x0000_0000_0000_0001u128);
+        assert!(matches!(claims.claim(key, 1), Claim::New));
+        // Same low word (so the same stripe), another high word: another order number.
+        assert!(matches!(claims.claim(twin, 0), Claim::New));
+        assert!(matches!(claims.claim(key, 0), Claim::Conflict));
+        assert!(matches!(claims.claim(key, 1), Claim::Held));
+        claims.release(key);
+        assert!(matches!(claims.claim(key, 0), Claim::New));
+        assert_eq!(claims.len(), 2);
+    }
 }

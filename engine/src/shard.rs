@@ -189,8 +189,8 @@ pub struct ShardLimits {
 /// The default `CheckpointPolicy::every_orders`: 125,000 orders a shard, about 40-60 MB of memory
 /// an interval (orders, their events, order numbers, income, the router's claims), so at most
 /// about 200 MB a shard waits for checkpoints. At 100 M transfers a quarter of a million peaked
-/// 0.35 GB higher (1.80 against 1.44 GB) for about the same throughput, half a million at 10 M
-/// 0.5 GB higher than a quarter (ARCHITECTURE.md "Measured").
+/// 0.35 GB higher (1.80 against 1.44 GB), for 3-4 % more throughput at 10 M; half a million at
+/// 10 M 0.5 GB higher than a quarter (ARCHITECTURE.md "Measured").
 pub const DEFAULT_EVERY_ORDERS: u64 = 125_000;
 
 /// When a shard writes a checkpoint of its state: after `every_batches` batches, `every_orders`
