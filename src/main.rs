@@ -300,7 +300,13 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     let store: Arc<dyn storage::Store> = rocks.clone();
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
-    println!("clearing engine: {} shards on RocksDB at {} (recovered in {:?})", config.engine.shard_count, data_dir.display(), started.elapsed());
+    println!(
+        "clearing engine: {} shards on RocksDB at {} (recovered in {:?}; flushes and compactions write {})",
+        config.engine.shard_count,
+        data_dir.display(),
+        started.elapsed(),
+        rocks.direct_writes_refused().map_or_else(|| "with direct I/O".to_string(), |why| format!("through the page cache ({why})"))
+    );
     watch_shards(&engine)?;
     if demo {
         workload::demo(&engine)?;
