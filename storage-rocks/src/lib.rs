@@ -101,8 +101,8 @@ fn options_of(apart: &[&'static Apart], name: &str, cache: &Cache) -> Options {
 /// elsewhere by someone else) opened there with `O_DIRECT`, and one aligned block written to
 /// it. Some file systems refuse `O_DIRECT` (tmpfs before Linux 6.6), and RocksDB then refuses
 /// to open a database asked for direct I/O ("Direct I/O is not supported by the specified
-/// DB"); there, and wherever the probe fails for any reason, the store writes through the
-/// page cache as before. A missing `dir` is made as RocksDB's open makes it (with its missing
+/// DB"); there, and wherever the probe fails for any reason (a file system without
+/// `O_TMPFILE` too), the store writes through the page cache as before. A missing `dir` is made as RocksDB's open makes it (with its missing
 /// parents, mode 0755), so that the probe runs where the database will be.
 #[cfg(target_os = "linux")]
 fn direct_writes_work(dir: &Path) -> Result<(), String> {
