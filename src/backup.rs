@@ -154,11 +154,11 @@ pub fn secret_plans(data_dir: &Path, places: &gateway::secrets::SecretPlaces) ->
 }
 
 /// `clearing backup --to DIR --data-dir D`: a backup of a stopped server's data directory.
-pub fn backup_offline(to: &Path, data_dir: &Path, places: &gateway::secrets::SecretPlaces) -> Result<()> {
+pub fn backup_offline(to: &Path, data_dir: &Path, places: &gateway::secrets::SecretPlaces, rows_compaction: storage_rocks::RowsCompaction) -> Result<()> {
     if !data_dir.join("CURRENT").is_file() {
         bail!("{} holds no database (no CURRENT file)", data_dir.display());
     }
-    let store = RocksStore::open(data_dir)
+    let store = RocksStore::open_with(data_dir, rows_compaction)
         .with_context(|| format!("opening {} (is the server running on it? Then ask it: clearing backup --url URL --to DIR)", data_dir.display()))?;
     let backup = RocksBackup::new(Arc::new(store), data_dir, secret_plans(data_dir, places));
     let manifest = backup.take(to).map_err(|e| anyhow!("{e}"))?;

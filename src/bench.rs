@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// (it grows from there); by default it is sized for every transfer in one segment.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub cold_filter_mib: Option<u64>,
+    /// How the database's rows family compacts, as a server's `[storage] rows_compaction`:
+    /// universal or leveled.
+    #[arg(long, default_value = "universal")]
+    pub rows_compaction: storage_rocks::RowsCompaction,
 }
 
 const PLATFORM: u32 = 1;
@@ -116,7 +120,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temporary.clone().expect("set above"));
     std::fs::create_dir_all(&data_dir)?;
-    let store = Arc::new(RocksStore::open(&data_dir)?);
+    let store = Arc::new(RocksStore::open_with(&data_dir, args.rows_compaction)?);
     let checkpoints = engine::shard::CheckpointPolicy {
         every_batches: args.checkpoint_every_batches,
         every_orders: args.checkpoint_every_orders,
@@ -250,7 +254,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("resident_bytes: {resident_at_end} (peak {})", peak_resident_bytes());
     println!("heap_in_use_bytes: {heap_at_end} (peak of 1 s samples {}) trims: {}", heap.peak(), trimmer.trims());
     println!("cold_filter_bytes: {filter_bytes} segments: {filter_segments} stopped: {filter_stopped}");
-    println!("rocksdb at the end of the run: {rocksdb_at_end}; direct_writes: {}", store.direct_writes());
+    println!("rocksdb at the end of the run: {rocksdb_at_end}; direct_writes: {}; rows_compaction: {}", store.direct_writes(), store.rows_compaction().name());
     println!("transfers_per_second: {}", (args.transfers as f64 / elapsed.as_secs_f64()) as u64);
     println!("batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}", percentile(0.01), percentile(0.50), percentile(0.99), percentile(1.0));
     if let Some(dir) = temporary {

@@ -138,7 +138,8 @@ pub fn archive(args: ArchiveArgs, out: &mut dyn Write) -> Result<()> {
         anyhow::bail!("{} is not a database directory", data_dir.display());
     }
     let before = config.calendar().day_start_micros(i64::from(day));
-    let store = RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?;
+    let store =
+        RocksStore::open_with(&data_dir, config.rows_compaction).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?;
     let shards = shard_count(&store, &data_dir)?;
     for shard in 0..shards {
         match archive::archive_shard(&store, shard, before, &args.to).with_context(|| format!("archiving shard {shard}"))? {

@@ -43,6 +43,27 @@ struct FileConfig {
     log: LogSection,
     #[serde(default)]
     memory: MemorySection,
+    #[serde(default)]
+    storage: StorageSection,
+}
+
+/// `[storage]`: how the RocksDB database runs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageSection {
+    /// How the rows family compacts: "universal" or "leveled" (`storage_rocks::RowsCompaction`).
+    #[serde(default = "default_rows_compaction")]
+    rows_compaction: String,
+}
+
+impl Default for StorageSection {
+    fn default() -> StorageSection {
+        StorageSection { rows_compaction: default_rows_compaction() }
+    }
+}
+
+fn default_rows_compaction() -> String {
+    storage_rocks::RowsCompaction::default().name().into()
 }
 
 /// `[memory]`: giving the allocator's free memory back to the kernel (`memory::Trimmer`).
@@ -376,6 +397,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Resident memory not in use past which the allocator is trimmed (`[memory]`); 0: never.
     pub trim_above_bytes: u64,
+    /// How the database's rows family compacts (`[storage] rows_compaction`).
+    pub rows_compaction: storage_rocks::RowsCompaction,
 }
 
 /// Hard limits on configuration values (DESIGN.md invariant 10: every bound has a limit).
@@ -515,6 +538,7 @@ impl Config {
         if file.memory.trim_above_mib != 0 && !(min..=max).contains(&file.memory.trim_above_mib) {
             return Err(anyhow!("memory.trim_above_mib must be 0 (never trim) or {min}..={max}"));
         }
+        let rows_compaction = file.storage.rows_compaction.parse().map_err(|e| anyhow!("storage.rows_compaction: {e}"))?;
         let c = &e.checkpoints;
         if !(1..=100).contains(&c.kept) || c.every_seconds > 7 * 86_400 {
             return Err(anyhow!("engine.checkpoints.kept must be 1..=100 and every_seconds at most a week"));
@@ -644,6 +668,7 @@ impl Config {
             backup_root: file.backups.root,
             log,
             trim_above_bytes: file.memory.trim_above_mib << 20,
+            rows_compaction,
         })
     }
 }
@@ -663,6 +688,7 @@ mod tests {
         assert_eq!(config.trim_above_bytes, crate::memory::TRIM_ABOVE_MIB << 20, "the file says what the code defaults to");
         assert_eq!(config.protections.rotation_overlap_seconds, 86_400);
         assert!(config.secret_places.master_key_file.is_none(), "zero setup: the key in the data directory");
+        assert_eq!(config.rows_compaction, storage_rocks::RowsCompaction::default(), "the file says what the code defaults to");
     }
 
     #[test]
@@ -707,13 +733,20 @@ mod tests {
             .replace("deliveries_per_second_max = 200\n", "")
             .replace("per_platform = {}\n", "")
             .replace("every_orders = 125000\n", "")
-            .replace("[memory]\ntrim_above_mib = 256\n", "");
-        assert!(!text.contains("every_orders") && !text.contains("[memory]"));
+            .replace("[memory]\ntrim_above_mib = 256\n", "")
+            .replace("[storage]\n", "")
+            .replace("rows_compaction = \"universal\"\n", "");
+        assert!(!text.contains("every_orders") && !text.contains("[memory]") && !text.contains("rows_compaction"));
         let config = Config::parse(&text).expect("an older file loads");
         assert!(config.simulator.pages);
         assert_eq!(config.engine.checkpoints.every_orders, engine::shard::DEFAULT_EVERY_ORDERS, "checkpoints by orders, as a new file says");
         assert_eq!(config.protections.card_binds_per_account_per_day, gateway::cards::BINDS_PER_ACCOUNT_PER_DAY_DEFAULT);
         assert_eq!(config.trim_above_bytes, 256 << 20, "trimmed as a new file says");
+        assert_eq!(config.rows_compaction, storage_rocks::RowsCompaction::Universal, "compacted as a new file says");
+        let leveled = DEFAULT_CONFIG.replace("rows_compaction = \"universal\"", "rows_compaction = \"leveled\"");
+        assert_eq!(Config::parse(&leveled).expect("the way back").rows_compaction, storage_rocks::RowsCompaction::Leveled);
+        let empty = DEFAULT_CONFIG.replace("rows_compaction = \"universal\"", "");
+        assert_eq!(Config::parse(&empty).expect("an empty [storage]").rows_compaction, storage_rocks::RowsCompaction::Universal);
         let never = DEFAULT_CONFIG.replace("trim_above_mib = 256", "trim_above_mib = 0");
         assert_eq!(Config::parse(&never).expect("0: never").trim_above_bytes, 0);
         let with_files = DEFAULT_CONFIG.replace("# master_key_file = ", "master_key_file = ").replace("# admin_token_file = ", "admin_token_file = ");
@@ -739,6 +772,8 @@ mod tests {
             ("binds_per_account_per_day = 5", "binds_per_account_per_day = 0"),
             ("deliveries_per_second_max = 200", "deliveries_per_second_max = 0"),
             ("per_platform = {}", "per_platform = { plt_x = 3 }"),
+            ("rows_compaction = \"universal\"", "rows_compaction = \"fifo\""),
+            ("rows_compaction = \"universal\"", "rows_compaction = \"Universal\""),
             ("per_platform = {}", "per_platform = { plt_2 = 0 }"),
             // Past their bounds (issue item 12): each would have been taken.
             ("outbox_pending_max = 65536", "outbox_pending_max = 18446744073709551615"),

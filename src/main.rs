@@ -189,7 +189,7 @@ fn main() -> Result<()> {
             let places = Flags { master_key_file, admin_token_file }.places(&config);
             match url {
                 Some(url) => backup::backup_remote(&url, &to, &backup::client_token(places.admin_token_file.as_deref(), &data_dir)?),
-                None => backup::backup_offline(&to, &data_dir, &places),
+                None => backup::backup_offline(&to, &data_dir, &places, config.rows_compaction),
             }
         }
         Commands::Restore { from, data_dir } => backup::restore(&from, &data_dir),
@@ -209,8 +209,9 @@ fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<P
     let (config, data_dir) = load(config, data_dir)?;
     // Bank files come in UTF-8 or GBK: read bytes, the statement parser decodes them.
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let store: Arc<dyn storage::Store> =
-        Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
+    let store: Arc<dyn storage::Store> = Arc::new(
+        RocksStore::open_with(&data_dir, config.rows_compaction).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?,
+    );
     let channels = channel_table(&config, store.as_ref())?.set();
     let channel = channels.by_name(channel).map(|c| c.id).ok_or_else(|| anyhow::anyhow!("no channel {channel} in the configuration"))?;
     let engine = Engine::start(config.engine.clone(), store.clone())?;
@@ -237,8 +238,9 @@ fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>, flags:
     let day = clearing_actor::calendar::parse_date(date).ok_or_else(|| anyhow::anyhow!("--date must be YYYY-MM-DD"))?;
     let (config, data_dir) = load(config, data_dir)?;
     let places = flags.places(&config);
-    let store: Arc<dyn storage::Store> =
-        Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?);
+    let store: Arc<dyn storage::Store> = Arc::new(
+        RocksStore::open_with(&data_dir, config.rows_compaction).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?,
+    );
     let engine = Engine::start(config.engine.clone(), store.clone())?;
     let (master_key, _) = gateway::secrets::MasterKey::load(&data_dir, &places).context("loading the master key")?;
     let channels = channel_table(&config, store.as_ref())?.set();
@@ -296,16 +298,17 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     let secrets = if once { None } else { Some(load_secrets(&data_dir, &places)?) };
     // For the life of the server: gives back what the allocator keeps free (`[memory]`).
     let _trimmer = memory::Trimmer::start(config.trim_above_bytes, memory::TRIM_EVERY, memory::TRIM_GAP);
-    let rocks = Arc::new(RocksStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
+    let rocks = Arc::new(RocksStore::open_with(&data_dir, config.rows_compaction).with_context(|| format!("opening {}", data_dir.display()))?);
     let store: Arc<dyn storage::Store> = rocks.clone();
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
     println!(
-        "clearing engine: {} shards on RocksDB at {} (recovered in {:?}; flushes and compactions write {})",
+        "clearing engine: {} shards on RocksDB at {} (recovered in {:?}; flushes and compactions write {}; cold rows compact {})",
         config.engine.shard_count,
         data_dir.display(),
         started.elapsed(),
-        rocks.direct_writes_refused().map_or_else(|| "with direct I/O".to_string(), |why| format!("through the page cache ({why})"))
+        rocks.direct_writes_refused().map_or_else(|| "with direct I/O".to_string(), |why| format!("through the page cache ({why})")),
+        rocks.rows_compaction().name()
     );
     watch_shards(&engine)?;
     if demo {

@@ -75,6 +75,9 @@ pub struct RocksStore {
     /// Why flushes and compactions do not write with direct I/O (`open`), none when they do;
     /// a read-only store writes nothing.
     direct_writes: Option<String>,
+    /// How the rows family compacts (`open_with`; the default for a read-only store, which
+    /// compacts nothing).
+    rows_compaction: RowsCompaction,
 }
 
 /// The key ranges apart of a database with families `existing` (every one when `new`): the rows
@@ -91,9 +94,13 @@ fn family_names<'a>(apart: &'a [&'static Apart]) -> impl Iterator<Item = &'stati
 }
 
 /// The options of family `name` (one of `apart`'s, else a family this build does not know:
-/// RocksDB's defaults, as it was made).
-fn options_of(apart: &[&'static Apart], name: &str, cache: &Cache) -> Options {
-    apart.iter().find(|a| a.family == name).map_or_else(Options::default, |a| (a.options)(cache))
+/// RocksDB's defaults, as it was made), the rows family's compacted as `compaction` says.
+fn options_of(apart: &[&'static Apart], name: &str, cache: &Cache, compaction: RowsCompaction) -> Options {
+    let mut options = apart.iter().find(|a| a.family == name).map_or_else(Options::default, |a| (a.options)(cache));
+    if name == ROWS.family {
+        compacted(&mut options, compaction);
+    }
+    options
 }
 
 /// Whether files in `dir` can be written with direct I/O, or why not: an unnamed file
@@ -133,8 +140,15 @@ fn io(error: rocksdb::Error) -> StorageError {
 }
 
 impl RocksStore {
-    /// Opens (creating if missing) the database in `path` for reading and writing.
+    /// Opens (creating if missing) the database in `path` for reading and writing, the rows
+    /// family compacted as by default (`RowsCompaction`).
     pub fn open(path: &Path) -> Result<RocksStore, StorageError> {
+        Self::open_with(path, RowsCompaction::default())
+    }
+
+    /// Opens (creating if missing) the database in `path` for reading and writing, the rows
+    /// family compacted as `compaction` says, whichever way it was compacted before.
+    pub fn open_with(path: &Path, compaction: RowsCompaction) -> Result<RocksStore, StorageError> {
         let existing = if path.join("CURRENT").is_file() { DB::list_cf(&Options::default(), path).map_err(io)? } else { Vec::new() };
         // A new database gets every family; one made before keeps every key where it is.
         let apart = layout(&existing, existing.is_empty());
@@ -161,9 +175,9 @@ impl RocksStore {
         // did for a while (journal values inline in tables, rewritten by every compaction; point
         // lookups without filters).
         let mut families = vec![ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone())];
-        families.extend(family_names(&apart).map(|name| ColumnFamilyDescriptor::new(name, options_of(&apart, name, &cache))));
+        families.extend(family_names(&apart).map(|name| ColumnFamilyDescriptor::new(name, options_of(&apart, name, &cache, compaction))));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(io)?;
-        Ok(RocksStore { db, apart, read_only: false, poisoned: AtomicBool::new(false), direct_writes })
+        Ok(RocksStore { db, apart, read_only: false, poisoned: AtomicBool::new(false), direct_writes, rows_compaction: compaction })
     }
 
     /// Whether flushes and compactions write with direct I/O (`direct_writes_work` said the
@@ -176,6 +190,28 @@ impl RocksStore {
     /// failure), if they do.
     pub fn direct_writes_refused(&self) -> Option<&str> {
         self.direct_writes.as_deref()
+    }
+
+    /// How the rows family compacts (`open_with`).
+    pub fn rows_compaction(&self) -> RowsCompaction {
+        self.rows_compaction
+    }
+
+    /// Writes what every family's memtable holds into a table file now (waiting for it), as
+    /// RocksDB does by itself when a memtable fills: for tools and tests that need a database's
+    /// tables in a given shape.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        if self.read_only {
+            return Err(StorageError::ReadOnly);
+        }
+        let mut families = std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).chain(family_names(&self.apart));
+        families.try_for_each(|name| self.db.flush_cf(self.handle(name)).map_err(io))
+    }
+
+    /// Waits until no flush or compaction is queued or running (RocksDB's `WaitForCompact`): for
+    /// tests and tools that read the shape compactions leave.
+    pub fn wait_for_compactions(&self) -> Result<(), StorageError> {
+        self.db.wait_for_compact(&rocksdb::WaitForCompactOptions::default()).map_err(io)
     }
 
     /// Opens an existing database read-only (for offline checks beside a running server).
@@ -192,11 +228,19 @@ impl RocksStore {
         let apart = layout(&existing, false);
         // Each family with its own options (its bloom filters, for the rows' point lookups).
         let families = existing.iter().map(|name| {
-            let options = if name == rocksdb::DEFAULT_COLUMN_FAMILY_NAME { options.clone() } else { options_of(&apart, name, cache) };
+            let options =
+                if name == rocksdb::DEFAULT_COLUMN_FAMILY_NAME { options.clone() } else { options_of(&apart, name, cache, RowsCompaction::default()) };
             ColumnFamilyDescriptor::new(name, options)
         });
         let db = DB::open_cf_descriptors_read_only(options, path, families, false).map_err(io)?;
-        Ok(RocksStore { db, apart, read_only: true, poisoned: AtomicBool::new(false), direct_writes: Some("opened read-only".into()) })
+        Ok(RocksStore {
+            db,
+            apart,
+            read_only: true,
+            poisoned: AtomicBool::new(false),
+            direct_writes: Some("opened read-only".into()),
+            rows_compaction: RowsCompaction::default(),
+        })
     }
 
     /// Opens a copy (a checkpoint, a backup, a restored directory) read-only without writing
@@ -333,9 +377,61 @@ fn large_values_options(cache: &Cache) -> Options {
     options
 }
 
-/// The options of the rows family (`ROWS`): small values in the tables (no blob files), no compression,
-/// the same bloom filters, and eight flushes gathered before they are merged into the level below
-/// (each merge of random keys rewrites all of that level, so half as many halves that cost).
+/// How the rows family (`ROWS`) compacts. Either opens a family written under the other as it
+/// is, with nothing to migrate: both keep RocksDB's 7 levels, each level past 0 is one sorted
+/// run of files apart in key order under both, and leveled compaction (with dynamic level sizes,
+/// RocksDB's default) takes the first level holding files as its base and drains the levels
+/// above what it needs by itself. RocksDB's own `OptionChangeMigration` does nothing for leveled
+/// to universal at the same number of levels; for the way back it compacts everything into the
+/// last level first, which only spares those drains. Tested both ways (`tests/conformance.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RowsCompaction {
+    /// Sorted runs of about the same size merged together (RocksDB's "universal" style): a row
+    /// is rewritten about once each time the family doubles, not at every merge into its
+    /// level. At 100 M transfers:
+    /// 14.0 GB written by this family's compactions against 24.0 GB, 126 s of their CPU
+    /// against 209 s, 9 % more throughput, no slower cold probes (ARCHITECTURE.md, "Measured",
+    /// sessions 29-30).
+    #[default]
+    Universal,
+    /// RocksDB's default leveled compaction, as every database was run before session 30: the
+    /// way back if universal compaction misbehaves somewhere.
+    Leveled,
+}
+
+impl RowsCompaction {
+    /// The name the configuration and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            RowsCompaction::Universal => "universal",
+            RowsCompaction::Leveled => "leveled",
+        }
+    }
+}
+
+impl std::str::FromStr for RowsCompaction {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "universal" => Ok(RowsCompaction::Universal),
+            "leveled" => Ok(RowsCompaction::Leveled),
+            other => Err(format!("rows compaction must be \"universal\" or \"leveled\", not {other:?}")),
+        }
+    }
+}
+
+/// The options of the rows family (`ROWS`) compacted as `compaction` says: small values in the
+/// tables (no blob files), no compression, the same bloom filters. Leveled compaction gathers
+/// eight flushes before merging them into the level below (each merge of random keys rewrites
+/// all of that level, so half as many halves that cost); universal compaction merges sorted
+/// runs once eight of them are there, at least four at a time, newest first, taking in the next
+/// older run while it is no larger than those taken together: so a row is rewritten about once
+/// each time the family doubles, and the whole family (the oldest run too) about then
+/// (`compacted`). The size-amplification rule (`max_size_amplification_percent`) is set high
+/// (1000) so that it seldom forces a whole merge on its own: rows are never overwritten or
+/// deleted, so merging into the oldest run collects no garbage. A whole merge needs free disk
+/// about the family's size while it runs.
 fn rows_options(cache: &Cache) -> Options {
     let mut options = Options::default();
     options.set_write_buffer_size(64 << 20);
@@ -344,9 +440,9 @@ fn rows_options(cache: &Cache) -> Options {
     // Filters in every level, the last too: the engine's own filter of cold keys comes first,
     // and its false positives (about 1 % a segment) are answered here without reading a data
     // block. `optimize_filters_for_hits` spared 100 MB of memory at 100 M rows but cost 15 % of
-    // the throughput, each such key then a block read. Universal compaction halved this
-    // family's compaction writes at 100 M (12 of 25 GB) for no more throughput and slower
-    // probes (more sorted runs): leveled stays (ARCHITECTURE.md, "Measured", session 24).
+    // the throughput, each such key then a block read. With them, universal compaction's
+    // more sorted runs cost no probe time (session 29; in session 24, before the engine's
+    // filter took nearly every miss, they made probes slower).
     // Those filters (10 bits a row) and the index grow with every row ever written: 141 MB at
     // 100 M rows, 1.4 GB at a billion, when table readers hold them. So they are partitioned
     // (4 KiB pieces under a small top-level index, which stays pinned) and held in the
@@ -364,6 +460,28 @@ fn rows_options(cache: &Cache) -> Options {
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     with_point_lookup_filters(&mut options, table);
     options
+}
+
+/// `options` (the rows family's) set to compact as `compaction` says (`rows_options`).
+fn compacted(options: &mut Options, compaction: RowsCompaction) {
+    match compaction {
+        RowsCompaction::Universal => {
+            options.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
+            let mut universal = rocksdb::UniversalCompactOptions::default();
+            universal.set_max_size_amplification_percent(1000);
+            universal.set_min_merge_width(4);
+            options.set_universal_compaction_options(&universal);
+            // RocksDB turns on periodic compaction for universal compaction (30 days, by `ttl`
+            // and `periodic_compaction_seconds`, whichever is smaller and not 0): a rewrite of
+            // the whole family, every row ever taken, once its oldest file is that old; at the
+            // first start on a database a year old, then every month, idle or not, holding the
+            // database's one compaction slot (`max_background_jobs` 2) while other families'
+            // files pile up. Rows never change or expire: nothing would be gained.
+            options.set_periodic_compaction_seconds(0);
+            options.set_ttl(0);
+        }
+        RowsCompaction::Leveled => options.set_compaction_style(rocksdb::DBCompactionStyle::Level),
+    }
 }
 
 /// Bloom filters for point lookups: cold idempotency records (`h/i/` + key) are probed for every

@@ -2,7 +2,7 @@
 
 use storage::conformance::check_store;
 use storage::Store;
-use storage_rocks::RocksStore;
+use storage_rocks::{RocksStore, RowsCompaction};
 
 #[test]
 fn rocks_store_conforms_and_persists() {
@@ -376,4 +376,116 @@ fn flushes_and_compactions_write_directly_where_the_file_system_takes_it() {
     for round in 0u8..4 {
         assert_eq!(store.get(format!("j/{round}").as_bytes()).expect("get"), Some(vec![round; 5_000 + round as usize]));
     }
+}
+
+/// The files of each level of the rows family, from RocksDB's own statistics (`statistics`:
+/// "** Compaction Stats [rows] **", a line per level such as `  L6      3/0   1.20 MB ...`).
+fn rows_levels(store: &RocksStore) -> Vec<(u32, u32)> {
+    let text = store.statistics();
+    let section = text.split("** Compaction Stats [rows] **").nth(1).expect("the rows family's statistics");
+    section
+        .lines()
+        .take_while(|line| !line.trim_start().starts_with("Sum"))
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let level = words.next()?.strip_prefix('L')?.parse().ok()?;
+            let files = words.next()?.split('/').next()?.parse().ok()?;
+            Some((level, files))
+        })
+        .filter(|&(_, files)| files > 0)
+        .collect()
+}
+
+/// Opens `path` with the rows compacted as `compaction` says, checks that every row of
+/// `rounds` rounds is there (scan and point lookups) and that RocksDB runs the family that way.
+fn reopen_and_check(path: &std::path::Path, compaction: RowsCompaction, rounds: u32) -> RocksStore {
+    let store = RocksStore::open_with(path, compaction).expect("opens");
+    assert_eq!(store.rows_compaction(), compaction);
+    let section = options_section(path, "rows");
+    let style = match compaction {
+        RowsCompaction::Universal => "compaction_style=kCompactionStyleUniversal",
+        RowsCompaction::Leveled => "compaction_style=kCompactionStyleLevel",
+    };
+    assert!(section.lines().any(|line| line.trim() == style), "{style} missing in:\n{section}");
+    if compaction == RowsCompaction::Universal {
+        let universal = options_section_named(path, "CFOptions \"rows\"");
+        for setting in ["max_size_amplification_percent=1000", "min_merge_width=4", "periodic_compaction_seconds=0", "ttl=0"] {
+            assert!(universal.contains(setting), "{setting} missing in:\n{universal}");
+        }
+    }
+    let mut count = 0u32;
+    store
+        .scan(b"h/i/", b"h/i0", &mut |key, found| {
+            let n: u32 = std::str::from_utf8(&key[4..]).expect("text").parse().expect("a number");
+            assert_eq!(found, row_value(n), "row {n}");
+            count += 1;
+            true
+        })
+        .expect("scan");
+    assert_eq!(count, rounds * ROWS_A_ROUND, "every row of {rounds} rounds under {compaction:?}");
+    let keys: Vec<Vec<u8>> =
+        (0..rounds).flat_map(|round| (0..ROWS_A_ROUND).step_by(97).map(move |i| i * 4096 + round)).chain([u32::MAX - 1]).map(row_key).collect();
+    let found = store.get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>()).expect("get_many");
+    assert!(found[..found.len() - 1].iter().all(Option::is_some) && found[found.len() - 1].is_none());
+    store
+}
+
+const ROWS_A_ROUND: u32 = 4_000;
+
+fn row_key(n: u32) -> Vec<u8> {
+    format!("h/i/{n:010}").into_bytes()
+}
+
+fn row_value(n: u32) -> Vec<u8> {
+    n.to_le_bytes().repeat(1 + n as usize % 5)
+}
+
+/// Rounds `from..to` of rows, each round's keys spread over the whole key range (as order
+/// numbers' hashes are), one flush each: a sorted run of its own.
+fn write_rounds(store: &RocksStore, from: u32, to: u32) {
+    for round in from..to {
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..ROWS_A_ROUND).map(|i| i * 4096 + round).map(|n| (row_key(n), row_value(n))).collect();
+        let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        store.write(&puts).expect("rows");
+        store.flush().expect("flush");
+    }
+}
+
+/// The rows family changed from leveled to universal compaction (session 30): a database made
+/// under leveled compaction, its rows at level 0 and in the last level, opens under universal
+/// and keeps every row, through universal compactions of its own; and the way back (an operator
+/// setting `rows_compaction = "leveled"`) keeps every row too, with the sorted runs universal
+/// left in levels above the last. Keys here are `n * 4096 + round` so that the scan can tell
+/// every row's value.
+#[test]
+fn the_rows_family_changes_compaction_either_way_and_keeps_every_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    {
+        let store = RocksStore::open_with(&path, RowsCompaction::Leveled).expect("open");
+        write_rounds(&store, 0, 6);
+        store.reclaim(b"h/i/", b"h/i0").expect("compacted into the last level");
+        write_rounds(&store, 6, 9);
+        store.wait_for_compactions().expect("compactions done");
+        let levels = rows_levels(&store);
+        assert!(levels.iter().any(|&(level, _)| level == 0) && levels.iter().any(|&(level, _)| level > 0), "{levels:?}");
+    }
+    let store = reopen_and_check(&path, RowsCompaction::Universal, 9);
+    // Enough sorted runs for universal compactions of its own (8 runs trigger one).
+    write_rounds(&store, 9, 30);
+    store.wait_for_compactions().expect("compactions done");
+    let levels = rows_levels(&store);
+    drop(store);
+    // Universal's own shape (seen: L0 4 files, one run each in L4, L5 and L6): runs in levels
+    // above the last, which leveled compaction must take as they are.
+    assert!(levels.iter().filter(|&&(level, _)| (1..6).contains(&level)).count() >= 1, "{levels:?}");
+    drop(reopen_and_check(&path, RowsCompaction::Universal, 30));
+    let store = reopen_and_check(&path, RowsCompaction::Leveled, 30);
+    write_rounds(&store, 30, 42);
+    store.reclaim(b"h/i/", b"h/i0").expect("compacted");
+    assert_eq!(rows_levels(&store).len(), 1, "a whole compaction under leveled leaves one level: {:?}", rows_levels(&store));
+    drop(store);
+    let store = reopen_and_check(&path, RowsCompaction::Leveled, 42);
+    drop(store);
+    reopen_and_check(&path, RowsCompaction::Universal, 42);
 }
