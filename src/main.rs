@@ -303,12 +303,14 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
     println!(
-        "clearing engine: {} shards on RocksDB at {} (recovered in {:?}; flushes and compactions write {}; cold rows compact {})",
+        "clearing engine: {} shards on RocksDB at {} (recovered in {:?}; flushes and compactions write {}; {})",
         config.engine.shard_count,
         data_dir.display(),
         started.elapsed(),
         rocks.direct_writes_refused().map_or_else(|| "with direct I/O".to_string(), |why| format!("through the page cache ({why})")),
-        rocks.rows_compaction().name()
+        rocks
+            .rows_compaction()
+            .map_or_else(|| "cold rows in the default family, made before their own".to_string(), |style| format!("cold rows compact {}", style.name()))
     );
     watch_shards(&engine)?;
     if demo {
