@@ -261,6 +261,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     println!("transfers_per_second: {}", (args.transfers as f64 / elapsed.as_secs_f64()) as u64);
     println!("batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}", percentile(0.01), percentile(0.50), percentile(0.99), percentile(1.0));
+    // The close a graceful stop makes: memtables into tables (`flush_for_close`), timed.
+    let closing = Instant::now();
+    let flushed = store.flush_for_close();
+    println!(
+        "close_s (memtables flushed): {:.3}{}",
+        closing.elapsed().as_secs_f64(),
+        flushed.err().map(|why| format!(" (not flushed: {why})")).unwrap_or_default()
+    );
+    drop(store);
     if let Some(dir) = temporary {
         let _ = std::fs::remove_dir_all(dir);
     }

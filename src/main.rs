@@ -299,6 +299,9 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     // For the life of the server: gives back what the allocator keeps free (`[memory]`).
     let _trimmer = memory::Trimmer::start(config.trim_above_bytes, memory::TRIM_EVERY, memory::TRIM_GAP);
     let rocks = Arc::new(RocksStore::open_with(&data_dir, config.rows_compaction).with_context(|| format!("opening {}", data_dir.display()))?);
+    // Kept for the close: the HTTP side's threads (webhook workers) may hold the store past
+    // the end of `serve`, so its `Drop` may never run.
+    let closing = rocks.clone();
     let store: Arc<dyn storage::Store> = rocks.clone();
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
@@ -331,6 +334,11 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
         serve_http(engine.clone(), store, master_key, token, backups, &listen, &config)?;
     }
     engine.shutdown();
+    // The memtables into tables, so that the next start replays no write-ahead log (skipped,
+    // and said, where the flush could wait on compactions: `flush_for_close`).
+    if let Err(why) = closing.flush_for_close() {
+        println!("the next start replays RocksDB's write-ahead log: {why}");
+    }
     println!("stopped: every acknowledged order is durable");
     Ok(())
 }

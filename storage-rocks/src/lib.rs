@@ -270,17 +270,68 @@ impl RocksStore {
     }
 }
 
-/// A store closed in order (the last handle dropped: a graceful stop, the end of a command)
-/// first writes its memtables into tables, so that the next open has no write-ahead log to
-/// replay: after 100 M transfers the logs held about 150-250 MB (`max_total_wal_size` bounds
-/// them at 256 MB), and replaying them made the next start's RocksDB open take 1.1 s instead of
-/// 0.17 s (ARCHITECTURE.md, "Measured", session 30). Nothing depends on it: a failed flush, a
-/// poisoned store or a crash leave the logs, which the next open replays as before.
+/// A store dropped in order (its last handle: the end of a command) flushes for its close
+/// (`flush_for_close`). Nothing depends on it: a skipped or failed flush, a poisoned store or a
+/// crash leave the logs, which the next open replays as before.
 impl Drop for RocksStore {
     fn drop(&mut self) {
-        if !self.read_only && !self.poisoned.load(Ordering::SeqCst) {
-            let _ = self.flush();
+        let _ = self.flush_for_close();
+    }
+}
+
+/// RocksDB's `level0_slowdown_writes_trigger` (its default, which no family changes): a flush
+/// that would bring a family's level-0 files (for universal compaction, its sorted runs: level-0
+/// files and every non-empty level) to it waits for compactions first.
+const LEVEL0_SLOWDOWN_WRITES_TRIGGER: u64 = 20;
+
+/// Levels past 0 (RocksDB's default `num_levels` 7, which no family changes).
+const LEVELS_PAST_ZERO: u64 = 6;
+
+/// Pending compaction bytes past which `flush_for_close` does not flush: half RocksDB's soft
+/// limit (64 GiB), where writes, flushes among them, would be slowed.
+const PENDING_COMPACTION_BYTES_MAX: u64 = 32 << 30;
+
+impl RocksStore {
+    /// Writes the memtables into tables before a close in order, so that the next open has no
+    /// write-ahead log to replay: after 100 M transfers the logs a close left held about 200
+    /// MB, and replaying them took 0.85 s of the next start (2.15 s in all with a cold page
+    /// cache, 1.00 s after a flush: ARCHITECTURE.md, "Measured", session 30). Only when the
+    /// flush cannot wait on compactions: RocksDB makes a flush wait (without a timeout) while
+    /// it would stall writes, which a whole merge of the rows could make last minutes, and
+    /// forever while a background error (a full disk) stands. So it is skipped, and says why,
+    /// on a read-only or poisoned store, with a background error, with writes stopped or
+    /// delayed, when a family's level-0 files and levels could reach the slowdown trigger, or
+    /// with compactions far behind. `Ok(())` when it flushed.
+    pub fn flush_for_close(&self) -> Result<(), StorageError> {
+        if self.read_only {
+            return Err(StorageError::ReadOnly);
         }
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StorageError::Io("poisoned by a failed write".into()));
+        }
+        let int = |family: &ColumnFamily, property: &str| self.db.property_int_value_cf(family, property).ok().flatten().unwrap_or(0);
+        let default = self.handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME);
+        for (property, what) in [
+            ("rocksdb.background-errors", "RocksDB reports background errors"),
+            ("rocksdb.is-write-stopped", "writes are stopped"),
+            ("rocksdb.actual-delayed-write-rate", "writes are delayed"),
+        ] {
+            if int(default, property) > 0 {
+                return Err(StorageError::Io(format!("not flushed at close: {what}")));
+            }
+        }
+        let families: Vec<&'static str> = std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).chain(family_names(&self.apart)).collect();
+        for name in &families {
+            let family = self.handle(name);
+            let level0 = int(family, "rocksdb.num-files-at-level0");
+            if level0 + LEVELS_PAST_ZERO + 1 >= LEVEL0_SLOWDOWN_WRITES_TRIGGER {
+                return Err(StorageError::Io(format!("not flushed at close: {name} has {level0} files at level 0")));
+            }
+            if int(family, "rocksdb.estimate-pending-compaction-bytes") >= PENDING_COMPACTION_BYTES_MAX {
+                return Err(StorageError::Io(format!("not flushed at close: {name}'s compactions are far behind")));
+            }
+        }
+        self.flush()
     }
 }
 
