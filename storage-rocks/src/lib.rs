@@ -206,8 +206,12 @@ impl RocksStore {
         if self.read_only {
             return Err(StorageError::ReadOnly);
         }
-        let mut families = std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).chain(family_names(&self.apart));
-        families.try_for_each(|name| self.db.flush_cf(self.handle(name)).map_err(io))
+        self.families().try_for_each(|name| self.db.flush_cf(self.handle(name)).map_err(io))
+    }
+
+    /// Every column family's name, the default one first.
+    fn families(&self) -> impl Iterator<Item = &'static str> + '_ {
+        std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).chain(family_names(&self.apart))
     }
 
     /// Waits until no flush or compaction is queued or running (RocksDB's `WaitForCompact`): for
@@ -320,8 +324,7 @@ impl RocksStore {
                 return Err(StorageError::Io(format!("not flushed at close: {what}")));
             }
         }
-        let families: Vec<&'static str> = std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).chain(family_names(&self.apart)).collect();
-        for name in &families {
+        for name in self.families() {
             let family = self.handle(name);
             let level0 = int(family, "rocksdb.num-files-at-level0");
             if level0 + LEVELS_PAST_ZERO + 1 >= LEVEL0_SLOWDOWN_WRITES_TRIGGER {
@@ -341,7 +344,7 @@ impl RocksStore {
     /// bytes; then the database's one block cache and what is pinned in it. For benchmarks and
     /// operators reading where a process's memory goes.
     pub fn memory_report(&self) -> String {
-        let names = std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME).chain(family_names(&self.apart));
+        let names = self.families();
         let mb = |bytes: u64| bytes as f64 / (1 << 20) as f64;
         let int = |family, property: &str| self.db.property_int_value_cf(family, property).ok().flatten().unwrap_or(0);
         let mut report = names

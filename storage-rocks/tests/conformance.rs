@@ -364,16 +364,7 @@ fn flushes_and_compactions_write_directly_where_the_file_system_takes_it() {
     }
     drop(store);
     let store = RocksStore::open(&path).expect("reopen");
-    let mut count = 0u32;
-    store
-        .scan(b"h/i/", b"h/i0", &mut |key, found| {
-            let n: u32 = std::str::from_utf8(&key[4..]).expect("text").parse().expect("a number");
-            assert_eq!(found, value(n), "row {n}");
-            count += 1;
-            true
-        })
-        .expect("scan");
-    assert_eq!(count, 80_000);
+    assert_eq!(checked_rows(&store, value), 80_000);
     for round in 0u8..4 {
         assert_eq!(store.get(format!("j/{round}").as_bytes()).expect("get"), Some(vec![round; 5_000 + round as usize]));
     }
@@ -409,26 +400,31 @@ fn reopen_and_check(path: &std::path::Path, compaction: RowsCompaction, rounds: 
     };
     assert!(section.lines().any(|line| line.trim() == style), "{style} missing in:\n{section}");
     if compaction == RowsCompaction::Universal {
-        let universal = options_section_named(path, "CFOptions \"rows\"");
         for setting in ["max_size_amplification_percent=1000", "min_merge_width=4", "periodic_compaction_seconds=0", "ttl=0"] {
-            assert!(universal.contains(setting), "{setting} missing in:\n{universal}");
+            assert!(section.contains(setting), "{setting} missing in:\n{section}");
         }
     }
-    let mut count = 0u32;
-    store
-        .scan(b"h/i/", b"h/i0", &mut |key, found| {
-            let n: u32 = std::str::from_utf8(&key[4..]).expect("text").parse().expect("a number");
-            assert_eq!(found, row_value(n), "row {n}");
-            count += 1;
-            true
-        })
-        .expect("scan");
-    assert_eq!(count, rounds * ROWS_A_ROUND, "every row of {rounds} rounds under {compaction:?}");
+    assert_eq!(checked_rows(&store, row_value), rounds * ROWS_A_ROUND, "every row of {rounds} rounds under {compaction:?}");
     let keys: Vec<Vec<u8>> =
         (0..rounds).flat_map(|round| (0..ROWS_A_ROUND).step_by(97).map(move |i| i * 4096 + round)).chain([u32::MAX - 1]).map(row_key).collect();
     let found = store.get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>()).expect("get_many");
     assert!(found[..found.len() - 1].iter().all(Option::is_some) && found[found.len() - 1].is_none());
     store
+}
+
+/// How many rows `store` holds, each checked against `value` of the number its key ends with
+/// (`h/i/` + decimal digits).
+fn checked_rows(store: &RocksStore, value: fn(u32) -> Vec<u8>) -> u32 {
+    let mut count = 0u32;
+    store
+        .scan(b"h/i/", b"h/i0", &mut |key, found| {
+            let n: u32 = std::str::from_utf8(&key[4..]).expect("text").parse().expect("a number");
+            assert_eq!(found, value(n), "row {n}");
+            count += 1;
+            true
+        })
+        .expect("scan");
+    count
 }
 
 const ROWS_A_ROUND: u32 = 4_000;
@@ -445,11 +441,16 @@ fn row_value(n: u32) -> Vec<u8> {
 /// numbers' hashes are), one flush each: a sorted run of its own.
 fn write_rounds(store: &RocksStore, from: u32, to: u32) {
     for round in from..to {
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..ROWS_A_ROUND).map(|i| i * 4096 + round).map(|n| (row_key(n), row_value(n))).collect();
-        let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-        store.write(&puts).expect("rows");
+        write_round(store, round);
         store.flush().expect("flush");
     }
+}
+
+/// Round `round`'s rows (`write_rounds`), left in the memtable.
+fn write_round(store: &RocksStore, round: u32) {
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..ROWS_A_ROUND).map(|i| i * 4096 + round).map(|n| (row_key(n), row_value(n))).collect();
+    let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+    store.write(&puts).expect("rows");
 }
 
 /// The rows family changed from leveled to universal compaction (session 30): a database made
@@ -510,7 +511,7 @@ fn log_bytes(dir: &std::path::Path) -> u64 {
 fn a_store_closed_in_order_leaves_no_log_to_replay() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = RocksStore::open(dir.path()).expect("open");
-    write_rounds_unflushed(&store, 3);
+    (0..3).for_each(|round| write_round(&store, round));
     store.write(&[(b"j/1", &[5u8; 10_000][..]), (b"m/1", b"manifest")]).expect("other families");
     assert!(log_bytes(dir.path()) > 100_000, "the rows are in the log: {} bytes", log_bytes(dir.path()));
     drop(store);
@@ -528,13 +529,4 @@ fn a_store_closed_in_order_leaves_no_log_to_replay() {
     drop(store);
     let read_only = RocksStore::open_read_only(dir.path()).expect("read-only");
     assert!(matches!(read_only.flush_for_close(), Err(storage::StorageError::ReadOnly)));
-}
-
-/// Rounds of rows as `write_rounds` writes them, left in the memtable.
-fn write_rounds_unflushed(store: &RocksStore, rounds: u32) {
-    for round in 0..rounds {
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..ROWS_A_ROUND).map(|i| i * 4096 + round).map(|n| (row_key(n), row_value(n))).collect();
-        let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-        store.write(&puts).expect("rows");
-    }
 }
