@@ -46,8 +46,8 @@ pub const COLD_PREFIX: &[u8; 4] = b"h/i/";
 /// The first byte of every cold row's value.
 pub const COLD_FORMAT_VERSION: u8 = 1;
 
-/// Rows per synced write when a checkpoint writes its sealed records.
-pub const ROWS_PER_WRITE: usize = 65_536;
+/// Rows whose earlier rows a checkpoint looks up at once (one batched read) before writing them.
+pub const ROWS_PER_LOOKUP: usize = 65_536;
 
 /// One cold record as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,8 +96,9 @@ pub fn decode_row(key: u128, bytes: &[u8]) -> Result<ColdRow, StorageError> {
     }
 }
 
-/// Writes every record of `sealed` as a cold row of `shard` stamped `stamp`, in key order,
-/// `ROWS_PER_WRITE` rows per synced write. Returns how many records it covered.
+/// Writes every record of `sealed` as a cold row of `shard` stamped `stamp`: one sorted, synced
+/// write of them all, the rows already there looked up `ROWS_PER_LOOKUP` at a time. Returns how
+/// many records it covered.
 ///
 /// A record the shard already has a row for, stamped at or below `stamp`, keeps that row: the
 /// lower stamp is the truer one (the record existed by then), and a checkpoint between the two
@@ -118,18 +119,20 @@ pub fn write_rows(
 ) -> Result<usize, StorageError> {
     let mut records: Vec<(u128, IdempotencyRecord)> = sealed.iter().map(|(key, record)| (*key, *record)).collect();
     records.sort_unstable_by_key(|(key, _)| *key);
-    for chunk in records.chunks(ROWS_PER_WRITE) {
-        let keys: Vec<[u8; 20]> = chunk.iter().map(|(key, _)| cold_key(*key)).collect();
+    // Every row in one sorted write (`Store::write_sorted`: RocksDB takes them in as one table
+    // file, so one file a checkpoint, not one a chunk); the keys and values each in one buffer.
+    let mut keys: Vec<[u8; 20]> = Vec::with_capacity(records.len());
+    let mut values = Vec::with_capacity(records.len() * 24);
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::with_capacity(records.len());
+    for chunk in records.chunks(ROWS_PER_LOOKUP) {
+        let chunk_keys: Vec<[u8; 20]> = chunk.iter().map(|(key, _)| cold_key(*key)).collect();
         let maybe: Vec<usize> = (0..chunk.len()).filter(|i| filter.is_none_or(|f| f.may_contain(chunk[*i].0))).collect();
-        let found = store.get_many(&maybe.iter().map(|i| &keys[*i][..]).collect::<Vec<_>>())?;
+        let found = store.get_many(&maybe.iter().map(|i| &chunk_keys[*i][..]).collect::<Vec<_>>())?;
         let mut existing: Vec<Option<Vec<u8>>> = vec![None; chunk.len()];
         for (i, value) in maybe.into_iter().zip(found) {
             existing[i] = value;
         }
-        // Every value of the chunk encoded into one buffer (one allocation, not one a row).
-        let mut values = Vec::with_capacity(chunk.len() * 32);
-        let mut rows: Vec<(&[u8; 20], std::ops::Range<usize>)> = Vec::with_capacity(chunk.len());
-        for ((key, record), (stored_key, found)) in chunk.iter().zip(keys.iter().zip(existing)) {
+        for ((key, record), (stored_key, found)) in chunk.iter().zip(chunk_keys.into_iter().zip(existing)) {
             if let Some(bytes) = found {
                 let row = decode_row(*key, &bytes)?;
                 if row.shard == shard && row.stamp <= stamp {
@@ -138,12 +141,14 @@ pub fn write_rows(
             }
             let start = values.len();
             encode_row_into(&ColdRow { shard, stamp, record: *record }, &mut values);
-            rows.push((stored_key, start..values.len()));
+            keys.push(stored_key);
+            ranges.push(start..values.len());
         }
-        let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (&key[..], &values[value.clone()])).collect();
-        if !puts.is_empty() {
-            store.write(&puts)?;
-        }
+    }
+    // Ascending: the records are sorted by key, and a cold key is the key big-endian.
+    let puts: Vec<(&[u8], &[u8])> = keys.iter().zip(ranges).map(|(key, value)| (&key[..], &values[value])).collect();
+    if !puts.is_empty() {
+        store.write_sorted(&puts)?;
     }
     Ok(records.len())
 }

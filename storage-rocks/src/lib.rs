@@ -78,7 +78,23 @@ pub struct RocksStore {
     /// How the rows family compacts (`open_with`; the default for a read-only store, which
     /// compacts nothing).
     rows_compaction: RowsCompaction,
+    /// The rows family's options, for the table files `write_sorted` builds; none for a
+    /// read-only store and for a database made before the rows family.
+    rows_tables: Option<Options>,
+    /// Where `write_sorted` builds its table files before RocksDB takes them in (`INGEST_DIR`).
+    ingest_dir: std::path::PathBuf,
+    /// Table files built so far by this handle (their names).
+    ingested: std::sync::atomic::AtomicU64,
 }
+
+/// The directory in a database's directory where `write_sorted` builds table files. A file left
+/// there (a crash between building and taking it in, whose rows the engine writes again) is
+/// removed by the next read-write open.
+const INGEST_DIR: &str = "ingest";
+
+/// Fewer rows than this go through `write` (the log and the memtable): a table file and a
+/// manifest update for a handful of rows would cost more than it saves.
+const INGEST_ROWS_MIN: usize = 4096;
 
 /// The key ranges apart of a database with families `existing` (every one when `new`): the rows
 /// family's if it has it (made since session 22), the journal's and the checkpoints' if it has
@@ -177,7 +193,24 @@ impl RocksStore {
         let mut families = vec![ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone())];
         families.extend(family_names(&apart).map(|name| ColumnFamilyDescriptor::new(name, options_of(&apart, name, &cache, compaction))));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(io)?;
-        Ok(RocksStore { db, apart, read_only: false, poisoned: AtomicBool::new(false), direct_writes, rows_compaction: compaction })
+        let rows_tables = apart.iter().any(|apart| apart.family == ROWS.family).then(|| options_of(&apart, ROWS.family, &cache, compaction));
+        let ingest_dir = path.join(INGEST_DIR);
+        // Files a crash left half built or not taken in: their rows are written again.
+        match std::fs::remove_dir_all(&ingest_dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(StorageError::Io(format!("removing {}: {error}", ingest_dir.display()))),
+            _ => {}
+        }
+        Ok(RocksStore {
+            db,
+            apart,
+            read_only: false,
+            poisoned: AtomicBool::new(false),
+            direct_writes,
+            rows_compaction: compaction,
+            rows_tables,
+            ingest_dir,
+            ingested: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// Whether flushes and compactions write with direct I/O (`direct_writes_work` said the
@@ -246,6 +279,9 @@ impl RocksStore {
             poisoned: AtomicBool::new(false),
             direct_writes: Some("opened read-only".into()),
             rows_compaction: RowsCompaction::default(),
+            rows_tables: None,
+            ingest_dir: path.join(INGEST_DIR),
+            ingested: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -283,10 +319,14 @@ impl Drop for RocksStore {
     }
 }
 
-/// RocksDB's `level0_slowdown_writes_trigger` (its default, which no family changes): a flush
-/// that would bring a family's level-0 files (for universal compaction, its sorted runs: level-0
-/// files and every non-empty level) to it waits for compactions first.
+/// RocksDB's `level0_slowdown_writes_trigger` (its default, which every family but the rows
+/// keeps): a flush that would bring a family's level-0 files (for universal compaction, its
+/// sorted runs: level-0 files and every non-empty level) to it waits for compactions first.
 const LEVEL0_SLOWDOWN_WRITES_TRIGGER: u64 = 20;
+
+/// The rows family's own `level0_slowdown_writes_trigger` and stop trigger (`rows_options`).
+const ROWS_LEVEL0_SLOWDOWN_WRITES_TRIGGER: u64 = 40;
+const ROWS_LEVEL0_STOP_WRITES_TRIGGER: i32 = 64;
 
 /// Levels past 0 (RocksDB's default `num_levels` 7, which no family changes).
 const LEVELS_PAST_ZERO: u64 = 6;
@@ -327,7 +367,8 @@ impl RocksStore {
         for name in self.families() {
             let family = self.handle(name);
             let level0 = int(family, "rocksdb.num-files-at-level0");
-            if level0 + LEVELS_PAST_ZERO + 1 >= LEVEL0_SLOWDOWN_WRITES_TRIGGER {
+            let trigger = if name == ROWS.family { ROWS_LEVEL0_SLOWDOWN_WRITES_TRIGGER } else { LEVEL0_SLOWDOWN_WRITES_TRIGGER };
+            if level0 + LEVELS_PAST_ZERO + 1 >= trigger {
                 return Err(StorageError::Io(format!("not flushed at close: {name} has {level0} files at level 0")));
             }
             if int(family, "rocksdb.estimate-pending-compaction-bytes") >= PENDING_COMPACTION_BYTES_MAX {
@@ -388,7 +429,10 @@ impl RocksStore {
 fn default_options(cache: &Cache) -> Options {
     let mut options = large_values_options(cache);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    options.set_max_background_jobs(2);
+    // One flush and two compactions at a time: while one merge of the rows runs long (a whole
+    // merge at 100 M rows takes about 20 s), the other merges the small runs that checkpoints
+    // keep adding (`write_sorted`), which would otherwise pile up to the rows' slowdown trigger.
+    options.set_max_background_jobs(3);
     // A blob file is freed only once every value in it is dead: compactions relocate the live
     // values of the oldest quarter of blob files, which then go. (In a database made before the
     // journal's family, its pruned checkpoint parts share files with journal batches.)
@@ -507,6 +551,15 @@ fn rows_options(cache: &Cache) -> Options {
     options.set_write_buffer_size(64 << 20);
     options.set_compression_type(rocksdb::DBCompressionType::None);
     options.set_level_zero_file_num_compaction_trigger(8);
+    // The rows come as a table file a checkpoint (`write_sorted`), a few megabytes each, many
+    // more sorted runs than memtable flushes made; while a compaction merges a large run they
+    // pile up, and at RocksDB's default triggers (20, 36) they slowed every write of the
+    // database, the shards' journal batches among them (21 delays at 10 M transfers with one
+    // compaction slot, the worst batch 1.3-1.8 s; see also `max_background_jobs`). A probe past
+    // the engine's filter reads one more filter piece per run; writes to this family come from
+    // checkpoints only.
+    options.set_level_zero_slowdown_writes_trigger(ROWS_LEVEL0_SLOWDOWN_WRITES_TRIGGER as i32);
+    options.set_level_zero_stop_writes_trigger(ROWS_LEVEL0_STOP_WRITES_TRIGGER);
     // Filters in every level, the last too: the engine's own filter of cold keys comes first,
     // and its false positives (about 1 % a segment) are answered here without reading a data
     // block. `optimize_filters_for_hits` spared 100 MB of memory at 100 M rows but cost 15 % of
@@ -544,9 +597,9 @@ fn compacted(options: &mut Options, compaction: RowsCompaction) {
             // RocksDB turns on periodic compaction for universal compaction (30 days, by `ttl`
             // and `periodic_compaction_seconds`, whichever is smaller and not 0): a rewrite of
             // the whole family, every row ever taken, once its oldest file is that old; at the
-            // first start on a database a year old, then every month, idle or not, holding the
-            // database's one compaction slot (`max_background_jobs` 2) while other families'
-            // files pile up. Rows never change or expire: nothing would be gained.
+            // first start on a database a year old, then every month, idle or not, holding one
+            // of the database's two compaction slots (`max_background_jobs` 3) for as long.
+            // Rows never change or expire: nothing would be gained.
             options.set_periodic_compaction_seconds(0);
             options.set_ttl(0);
         }
@@ -630,6 +683,49 @@ impl Store for RocksStore {
             batch.put_cf(self.family(key), key, value);
         }
         self.write_batch(batch)
+    }
+
+    /// Rows of the rows family, at least `INGEST_ROWS_MIN` of them, strictly ascending: one
+    /// table file built beside the database (`INGEST_DIR`, synced) and taken in whole by
+    /// RocksDB (`IngestExternalFile`: one synced manifest record; the file moves in by a link).
+    /// Nothing goes through the write-ahead log or the memtable: inserting a checkpoint's cold
+    /// rows one by one into the memtable's skip list was about a tenth of the process's CPU at
+    /// 10 M transfers, and the same rows were then written again by the flush. RocksDB gives
+    /// the file a sequence number above every write before it, so its rows read as if written
+    /// with `write` now (a later one of the same key wins, as it would), and it flushes the
+    /// memtable first if that holds any of the file's keys. Anything else goes to `write`.
+    fn write_sorted(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        let Some(tables) = &self.rows_tables else { return self.write(puts) };
+        let in_rows = puts.iter().all(|(key, _)| *key >= ROWS.start && *key < ROWS.end);
+        let ascending = puts.windows(2).all(|pair| pair[0].0 < pair[1].0);
+        if puts.len() < INGEST_ROWS_MIN || !in_rows || !ascending {
+            return self.write(puts);
+        }
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(StorageError::Poisoned);
+        }
+        let file = self.ingest_dir.join(format!("{}.sst", self.ingested.fetch_add(1, Ordering::SeqCst)));
+        let ingest = || -> Result<(), rocksdb::Error> {
+            let mut writer = rocksdb::SstFileWriter::create(tables);
+            writer.open(&file)?;
+            for (key, value) in puts {
+                writer.put(key, value)?;
+            }
+            writer.finish()?;
+            let mut options = rocksdb::IngestExternalFileOptions::default();
+            options.set_move_files(true);
+            self.db.ingest_external_file_cf_opts(self.handle(ROWS.family), &options, vec![&file])
+        };
+        let result = std::fs::create_dir_all(&self.ingest_dir)
+            .map_err(|error| format!("making {}: {error}", self.ingest_dir.display()))
+            .and_then(|()| ingest().map_err(rocksdb::Error::into_string));
+        // Taken in, the file is linked into the database: this name goes. Not taken in, it goes too.
+        let _ = std::fs::remove_file(&file);
+        result.map_err(|error| {
+            // As for `write`: a failure leaves what reached the disk unknown.
+            self.poisoned.store(true, Ordering::SeqCst);
+            StorageError::Io(error)
+        })
     }
 
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {

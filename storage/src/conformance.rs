@@ -47,6 +47,12 @@ pub fn check_store(store: &dyn Store) {
     assert_eq!(store.get(b"r/2").expect("get"), None);
     assert_eq!(store.get(b"r/3").expect("get").as_deref(), Some(&b"3"[..]));
     assert_eq!(store.get(b"k/1").expect("get").as_deref(), Some(&b"one"[..]));
+    // Sorted writes read back as any write; keys that do not ascend are written all the same.
+    store.write_sorted(&[(b"s/1", b"1"), (b"s/2", b"2")]).expect("sorted write");
+    store.write_sorted(&[(b"s/4", b"4"), (b"s/3", b"3")]).expect("unsorted write");
+    store.write_sorted(&[]).expect("empty sorted write");
+    let sorted = store.get_many(&[b"s/1", b"s/2", b"s/3", b"s/4"]).expect("get many");
+    assert_eq!(sorted, [&b"1"[..], b"2", b"3", b"4"].map(|v| Some(v.to_vec())));
     // An empty batch is allowed.
     store.write(&[]).expect("empty write");
     assert!(!store.is_poisoned());

@@ -27,6 +27,15 @@ pub trait Store: Send + Sync + 'static {
     /// Writes all `puts` atomically and durably; returns only once they survive a crash.
     fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError>;
 
+    /// Writes `puts`, their keys strictly ascending, atomically and durably, as `write` does: for
+    /// many rows at once, each written once (the engine's cold idempotency rows). A store that
+    /// can (RocksDB, for the keys of its rows family) builds them into one sorted table file and
+    /// takes it in whole, past its log and its memtables. This default is `write`, which is also
+    /// what any store does with keys that do not ascend.
+    fn write_sorted(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        self.write(puts)
+    }
+
     /// Deletes every key in `[start, end)` atomically and durably (one synced write).
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError>;
 
