@@ -87,14 +87,37 @@ pub struct RocksStore {
     ingested: std::sync::atomic::AtomicU64,
 }
 
-/// The directory in a database's directory where `write_sorted` builds table files. A file left
-/// there (a crash between building and taking it in, whose rows the engine writes again) is
-/// removed by the next read-write open.
-const INGEST_DIR: &str = "ingest";
+/// The directory, in the database's directory (which is also the server's data directory),
+/// where `write_sorted` builds table files (`N.sst`). A file left there (a crash between
+/// building it and RocksDB taking it in; the engine writes those rows again) is removed by the
+/// next read-write open, which removes the directory too once empty and refuses to open if the
+/// name is taken by anything but a directory: the name is reserved.
+const INGEST_DIR: &str = "rows-ingest.tmp";
 
-/// Fewer rows than this go through `write` (the log and the memtable): a table file and a
-/// manifest update for a handful of rows would cost more than it saves.
-const INGEST_ROWS_MIN: usize = 4096;
+/// Removes what `write_sorted` may have left in `dir` (`INGEST_DIR`): its `N.sst` files, then
+/// the directory if nothing else is in it. Anything else there is left alone.
+fn clear_ingest_dir(dir: &Path) -> Result<(), StorageError> {
+    let failed = |what: &str, error: std::io::Error| StorageError::Io(format!("{what} {}: {error}", dir.display()));
+    match std::fs::symlink_metadata(dir) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(failed("reading", error)),
+        Ok(metadata) if !metadata.is_dir() => {
+            return Err(StorageError::Io(format!("{} is reserved for the table files the store builds, and is not a directory", dir.display())))
+        }
+        Ok(_) => {}
+    }
+    for entry in std::fs::read_dir(dir).map_err(|error| failed("reading", error))? {
+        let entry = entry.map_err(|error| failed("reading", error))?;
+        let name = entry.file_name();
+        let ours = name.to_str().and_then(|name| name.strip_suffix(".sst")).is_some_and(|stem| stem.parse::<u64>().is_ok());
+        if ours && entry.file_type().is_ok_and(|kind| kind.is_file()) {
+            std::fs::remove_file(entry.path()).map_err(|error| failed("removing a file in", error))?;
+        }
+    }
+    // Not empty: something else is there, and stays.
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
 
 /// The key ranges apart of a database with families `existing` (every one when `new`): the rows
 /// family's if it has it (made since session 22), the journal's and the checkpoints' if it has
@@ -195,11 +218,7 @@ impl RocksStore {
         let db = DB::open_cf_descriptors(&options, path, families).map_err(io)?;
         let rows_tables = apart.iter().any(|apart| apart.family == ROWS.family).then(|| options_of(&apart, ROWS.family, &cache, compaction));
         let ingest_dir = path.join(INGEST_DIR);
-        // Files a crash left half built or not taken in: their rows are written again.
-        match std::fs::remove_dir_all(&ingest_dir) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(StorageError::Io(format!("removing {}: {error}", ingest_dir.display()))),
-            _ => {}
-        }
+        clear_ingest_dir(&ingest_dir)?;
         Ok(RocksStore {
             db,
             apart,
@@ -429,9 +448,12 @@ impl RocksStore {
 fn default_options(cache: &Cache) -> Options {
     let mut options = large_values_options(cache);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    // One flush and two compactions at a time: while one merge of the rows runs long (a whole
-    // merge at 100 M rows takes about 20 s), the other merges the small runs that checkpoints
-    // keep adding (`write_sorted`), which would otherwise pile up to the rows' slowdown trigger.
+    // One flush and up to two compactions at a time. RocksDB runs the second only under
+    // pressure (writes delayed, or a family past its speed-up point: for the rows, 16 sorted
+    // runs with their triggers), which is when it is wanted: while one merge of the rows runs
+    // long (a whole merge at 100 M rows takes about 20 s), the other merges the small runs
+    // that checkpoints keep adding (`write_sorted`), which would otherwise pile up to the rows'
+    // slowdown trigger.
     options.set_max_background_jobs(3);
     // A blob file is freed only once every value in it is dead: compactions relocate the live
     // values of the oldest quarter of blob files, which then go. (In a database made before the
@@ -597,8 +619,8 @@ fn compacted(options: &mut Options, compaction: RowsCompaction) {
             // RocksDB turns on periodic compaction for universal compaction (30 days, by `ttl`
             // and `periodic_compaction_seconds`, whichever is smaller and not 0): a rewrite of
             // the whole family, every row ever taken, once its oldest file is that old; at the
-            // first start on a database a year old, then every month, idle or not, holding one
-            // of the database's two compaction slots (`max_background_jobs` 3) for as long.
+            // first start on a database a year old, then every month, idle or not, holding a
+            // compaction slot (`max_background_jobs`) for as long.
             // Rows never change or expire: nothing would be gained.
             options.set_periodic_compaction_seconds(0);
             options.set_ttl(0);
@@ -685,24 +707,33 @@ impl Store for RocksStore {
         self.write_batch(batch)
     }
 
-    /// Rows of the rows family, at least `INGEST_ROWS_MIN` of them, strictly ascending: one
-    /// table file built beside the database (`INGEST_DIR`, synced) and taken in whole by
-    /// RocksDB (`IngestExternalFile`: one synced manifest record; the file moves in by a link).
-    /// Nothing goes through the write-ahead log or the memtable: inserting a checkpoint's cold
-    /// rows one by one into the memtable's skip list was about a tenth of the process's CPU at
-    /// 10 M transfers, and the same rows were then written again by the flush. RocksDB gives
-    /// the file a sequence number above every write before it, so its rows read as if written
-    /// with `write` now (a later one of the same key wins, as it would), and it flushes the
-    /// memtable first if that holds any of the file's keys. Anything else goes to `write`.
+    /// Rows of the rows family, strictly ascending: one table file built in the database's
+    /// directory (`INGEST_DIR`; `SstFileWriter` syncs it) and taken in whole by RocksDB
+    /// (`IngestExternalFile`: the file moves in by a link, which it syncs with the directory,
+    /// and two synced manifest records). Nothing goes through the write-ahead log or the
+    /// memtable: inserting a checkpoint's cold rows one by one into the memtable's skip list was
+    /// about a tenth of the process's CPU at 10 M transfers, the same rows were then written
+    /// again by the flush, and the shards' journal writes queued behind that synced batch. They
+    /// still wait while RocksDB takes a file in (it holds writes from assigning the file's
+    /// sequence number to the manifest's sync), a shorter wait. The file's sequence number is
+    /// above every write before it, so its rows read as if written with `write` now (a later
+    /// write of the same key wins, as it would). Rows the memtable holds (written with `write`)
+    /// are flushed first, here: RocksDB would otherwise flush them inside the ingestion, with
+    /// every write of the database held. Anything else goes to `write`.
     fn write_sorted(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
-        let Some(tables) = &self.rows_tables else { return self.write(puts) };
+        let Some(tables) = &self.rows_tables else { return storage::write_in_chunks(self, puts) };
         let in_rows = puts.iter().all(|(key, _)| *key >= ROWS.start && *key < ROWS.end);
         let ascending = puts.windows(2).all(|pair| pair[0].0 < pair[1].0);
-        if puts.len() < INGEST_ROWS_MIN || !in_rows || !ascending {
-            return self.write(puts);
+        if puts.is_empty() || !in_rows || !ascending {
+            return storage::write_in_chunks(self, puts);
         }
         if self.poisoned.load(Ordering::SeqCst) {
             return Err(StorageError::Poisoned);
+        }
+        let rows = self.handle(ROWS.family);
+        let entries = |property: &str| self.db.property_int_value_cf(rows, property).ok().flatten().unwrap_or(0);
+        if entries("rocksdb.num-entries-active-mem-table") + entries("rocksdb.num-entries-imm-mem-tables") > 0 {
+            self.db.flush_cf(rows).map_err(io)?;
         }
         let file = self.ingest_dir.join(format!("{}.sst", self.ingested.fetch_add(1, Ordering::SeqCst)));
         let ingest = || -> Result<(), rocksdb::Error> {
@@ -714,12 +745,13 @@ impl Store for RocksStore {
             writer.finish()?;
             let mut options = rocksdb::IngestExternalFileOptions::default();
             options.set_move_files(true);
-            self.db.ingest_external_file_cf_opts(self.handle(ROWS.family), &options, vec![&file])
+            self.db.ingest_external_file_cf_opts(rows, &options, vec![&file])
         };
         let result = std::fs::create_dir_all(&self.ingest_dir)
             .map_err(|error| format!("making {}: {error}", self.ingest_dir.display()))
             .and_then(|()| ingest().map_err(rocksdb::Error::into_string));
-        // Taken in, the file is linked into the database: this name goes. Not taken in, it goes too.
+        // Taken in, the file is linked into the database (RocksDB removes this name itself).
+        // Not taken in, it goes too.
         let _ = std::fs::remove_file(&file);
         result.map_err(|error| {
             // As for `write`: a failure leaves what reached the disk unknown.

@@ -544,19 +544,28 @@ fn as_puts(rows: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], &[u8])> {
 /// (`write_sorted`), past the write-ahead log and the memtable, and read back exactly as rows
 /// written the ordinary way: by scan, point and batched lookups, after a reopen, with the
 /// newer of two writes of a key winning whichever way each came. What it cannot take that way
-/// (keys that do not ascend, keys of another family, a handful of rows) it writes with `write`.
+/// (keys that do not ascend, keys of another family) it writes with `write`.
 #[test]
 fn sorted_rows_go_in_as_a_table_file_and_read_back_as_written_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("db");
     let store = RocksStore::open(&path).expect("open");
-    let log_at_open = log_bytes(&path);
-    store.write_sorted(&as_puts(&round_rows(1, 5_000))).expect("sorted rows");
-    // Not in the log, not in the memtable: in a table file of the rows family.
-    assert_eq!(log_bytes(&path), log_at_open, "the rows went through the log");
-    assert!(!rows_levels(&store).is_empty(), "no table file in the rows family");
+    let log = log_bytes(&path);
+    // Each taken in as a table file: the log does not grow (a write of ten rows grows it by
+    // about 400 bytes), and the rows' memtable stays empty.
+    let taken_in = |store: &RocksStore, rows: &[(Vec<u8>, Vec<u8>)]| {
+        let log = log_bytes(&path);
+        store.write_sorted(&as_puts(rows)).expect("sorted rows");
+        // (A flush of the memtable first starts a new, empty log.)
+        assert!(log_bytes(&path) <= log, "the rows went through the log: {} > {log} bytes", log_bytes(&path));
+        let report = store.memory_report();
+        assert!(report.contains("rows: memtables 0.0 MB"), "{report}");
+        assert!(rows.iter().all(|(key, value)| store.get(key).expect("get").as_ref() == Some(value)));
+    };
+    taken_in(&store, &round_rows(1, 5_000));
+    assert_eq!(log_bytes(&path), log);
     assert_eq!(checked_rows(&store, row_value), 5_000);
-    // Rows in the memtable whose keys interleave with a file's: RocksDB flushes them first.
+    // Rows in the memtable whose keys interleave with a file's: flushed first.
     write_round(&store, 0);
     store.write_sorted(&as_puts(&round_rows(2, 5_000))).expect("sorted rows over the memtable's");
     assert_eq!(checked_rows(&store, row_value), 5_000 + ROWS_A_ROUND + 5_000);
@@ -566,32 +575,53 @@ fn sorted_rows_go_in_as_a_table_file_and_read_back_as_written_ones() {
     // The newer write of a key wins: a file over a written row, a written row over a file's.
     let mut newer = round_rows(3, 5_000);
     newer.insert(0, (row_key(0), b"file over write".to_vec()));
-    store.write_sorted(&as_puts(&newer)).expect("sorted rows");
+    taken_in(&store, &newer);
     store.write(&[(&row_key(4097)[..], b"write over file")]).expect("write");
     assert_eq!(store.get(&row_key(0)).expect("get").as_deref(), Some(&b"file over write"[..]));
     assert_eq!(store.get(&row_key(4097)).expect("get").as_deref(), Some(&b"write over file"[..]));
-    // Keys that do not ascend, of another family, or too few: written through the log.
+    // A handful of rows too (after the write above, the memtable is flushed first).
+    taken_in(&store, &round_rows(5, 10));
+    // Two checkpoint threads at once: each its own file.
+    std::thread::scope(|scope| {
+        for round in [8, 9] {
+            let store = &store;
+            scope.spawn(move || store.write_sorted(&as_puts(&round_rows(round, 5_000))).expect("sorted rows"));
+        }
+    });
+    // Keys that do not ascend, or of another family: written through the log.
     let mut unsorted = round_rows(4, 5_000);
     unsorted.swap(10, 20);
     let other: Vec<(Vec<u8>, Vec<u8>)> = (0..5_000u32).map(|n| (format!("j/{n:010}").into_bytes(), n.to_le_bytes().to_vec())).collect();
-    for rows in [&unsorted, &other, &round_rows(5, 10)] {
+    for rows in [&unsorted, &other] {
         let before = log_bytes(&path);
         store.write_sorted(&as_puts(rows)).expect("written as by write");
         assert!(log_bytes(&path) > before, "not through the log");
         assert!(rows.iter().all(|(key, value)| store.get(key).expect("get").as_ref() == Some(value)));
     }
     assert!(!store.is_poisoned());
+    let all = 5_000 * 6 + ROWS_A_ROUND as usize + 10;
+    assert_eq!(keys_in(&store, b"h/i/", b"h/i0").len(), all);
     drop(store);
-    // A file a crash left in the ingest directory is removed at the next open; every row stays.
-    std::fs::create_dir_all(path.join("ingest")).expect("ingest dir");
-    std::fs::write(path.join("ingest/0.sst"), b"half a table").expect("a leftover");
+    // A file a crash left in the ingest directory is removed at the next open, what is not its
+    // own stays; every row stays.
+    let ingest = path.join("rows-ingest.tmp");
+    std::fs::create_dir_all(&ingest).expect("ingest dir");
+    std::fs::write(ingest.join("0.sst"), b"half a table").expect("a leftover");
+    std::fs::write(ingest.join("notes.txt"), b"not the store's").expect("an operator's file");
     let store = RocksStore::open(&path).expect("reopen");
-    assert!(!path.join("ingest").exists(), "the leftover stayed");
-    assert_eq!(keys_in(&store, b"h/i/", b"h/i0").len(), 5_000 * 4 + ROWS_A_ROUND as usize + 10);
+    assert!(!ingest.join("0.sst").exists() && ingest.join("notes.txt").exists());
+    assert_eq!(keys_in(&store, b"h/i/", b"h/i0").len(), all);
     assert_eq!(store.get(&row_key(0)).expect("get").as_deref(), Some(&b"file over write"[..]));
-    store.write_sorted(&as_puts(&round_rows(6, 5_000))).expect("sorted rows after a reopen");
+    taken_in(&store, &round_rows(6, 5_000));
     drop(store);
+    std::fs::remove_dir_all(&ingest).expect("removed");
     let read_only = RocksStore::open_read_only(&path).expect("read-only");
-    assert_eq!(keys_in(&read_only, b"h/i/", b"h/i0").len(), 5_000 * 5 + ROWS_A_ROUND as usize + 10);
+    assert_eq!(keys_in(&read_only, b"h/i/", b"h/i0").len(), all + 5_000);
     assert!(matches!(read_only.write_sorted(&as_puts(&round_rows(7, 5_000))), Err(storage::StorageError::ReadOnly)));
+    drop(read_only);
+    // The name is reserved: anything but a directory there refuses the open, and says why.
+    std::fs::write(&ingest, b"an operator's file").expect("a file");
+    let refused = RocksStore::open(&path).err().expect("refused");
+    assert!(refused.to_string().contains("rows-ingest.tmp is reserved"), "{refused}");
+    assert_eq!(std::fs::read(&ingest).expect("kept"), b"an operator's file");
 }

@@ -22,18 +22,27 @@ pub enum StorageError {
     ReadOnly,
 }
 
+/// Rows per `write` when `Store::write_sorted` writes them through `write`.
+pub const SORTED_CHUNK_ROWS: usize = 65_536;
+
+/// Writes `puts` with `store.write`, `SORTED_CHUNK_ROWS` at a time (nothing for none).
+pub fn write_in_chunks<S: Store + ?Sized>(store: &S, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+    puts.chunks(SORTED_CHUNK_ROWS).try_for_each(|chunk| store.write(chunk))
+}
+
 /// An ordered key-value store with atomic, durable batch writes.
 pub trait Store: Send + Sync + 'static {
     /// Writes all `puts` atomically and durably; returns only once they survive a crash.
     fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError>;
 
-    /// Writes `puts`, their keys strictly ascending, atomically and durably, as `write` does: for
-    /// many rows at once, each written once (the engine's cold idempotency rows). A store that
-    /// can (RocksDB, for the keys of its rows family) builds them into one sorted table file and
-    /// takes it in whole, past its log and its memtables. This default is `write`, which is also
-    /// what any store does with keys that do not ascend.
+    /// Writes `puts`, their keys strictly ascending, durably, as `write` does: for many rows at
+    /// once, each written once (the engine's cold idempotency rows), which need no atomicity
+    /// among themselves. A store that can (RocksDB, for the keys of its rows family) builds them
+    /// into one sorted table file and takes it in whole, past its log and its memtables. This
+    /// default, and any store with keys that do not ascend, writes them `SORTED_CHUNK_ROWS` at a
+    /// time (`write_in_chunks`): each part atomic, a large set never one huge batch.
     fn write_sorted(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
-        self.write(puts)
+        write_in_chunks(self, puts)
     }
 
     /// Deletes every key in `[start, end)` atomically and durably (one synced write).
