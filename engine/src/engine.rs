@@ -1,7 +1,6 @@
 //! The engine: recovers the shards from the journal, starts their threads, and routes each
 //! command to the shard that owns the funds it debits.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -9,9 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
 use storage::Store;
 
+use crate::claims::{own_key, Claimed, Claims, PREFETCH_AHEAD};
 use crate::directory::Directory;
 use crate::journal::{batch_key, encode, recover_shard_filtered, BatchRecordRef, ChainHead, Recovered, META_SHARD_COUNT, ZERO_HASH};
-use crate::ledger::command::{idempotency_key, Command, Envelope};
+use crate::ledger::command::{Command, Envelope};
 use crate::ledger::ops::payment::check_legs;
 use crate::ledger::state::{check_amount, credit_refusal_by, Effects, IdempotencyRecord, ShardState};
 use crate::ledger::types::{AdjustmentSide, Leg, Reply, ShardId, Timestamp};
@@ -67,8 +67,6 @@ impl Default for EngineConfig {
     }
 }
 
-const CLAIM_STRIPES: usize = 64;
-
 /// How long `read_shard` waits for room in a shard's full control channel before it answers
 /// `Overloaded` (it runs on blocking threads, never on an async worker).
 const READ_QUEUE_WAIT: Duration = Duration::from_secs(2);
@@ -80,126 +78,6 @@ enum Wait {
     Never,
     /// Block the calling thread until there is room (threads that may wait: clearing, CLI).
     Block,
-}
-
-/// Which shard holds each accepted order number, so a reuse that names other funds (and so
-/// another shard) is still seen as a conflict. Claims of rejected commands are released.
-struct Claims {
-    stripes: Vec<Mutex<HashMap<ClaimKey, ShardId, rustc_hash::FxBuildHasher>>>,
-}
-
-/// An idempotency key as the claims hold it: two `u64`s, so that an entry with its shard takes
-/// 24 bytes (a `u128`'s 16-byte alignment made it 32), for as many entries as there are order
-/// numbers in the shards' hot windows. A struct, not an array: its derived `Hash` feeds the
-/// hasher two words, where an array's would hash a length and then 16 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct ClaimKey(u64, u64);
-
-fn claim_key(key: u128) -> ClaimKey {
-    ClaimKey(key as u64, (key >> 64) as u64)
-}
-
-enum Claim {
-    New,
-    Held,
-    Conflict,
-}
-
-impl Claims {
-    fn new() -> Claims {
-        Claims { stripes: (0..CLAIM_STRIPES).map(|_| Mutex::new(HashMap::default())).collect() }
-    }
-
-    fn stripe(&self, key: u128) -> &Mutex<HashMap<ClaimKey, ShardId, rustc_hash::FxBuildHasher>> {
-        &self.stripes[(key as usize) % CLAIM_STRIPES]
-    }
-
-    fn claim(&self, key: u128, shard: ShardId) -> Claim {
-        match self.stripe(key).lock().expect("claims lock").entry(claim_key(key)) {
-            std::collections::hash_map::Entry::Occupied(holder) if *holder.get() == shard => Claim::Held,
-            std::collections::hash_map::Entry::Occupied(_) => Claim::Conflict,
-            std::collections::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(shard);
-                Claim::New
-            }
-        }
-    }
-
-    fn hold(&self, key: u128, shard: ShardId) {
-        self.stripe(key).lock().expect("claims lock").insert(claim_key(key), shard);
-    }
-
-    fn release(&self, key: u128) {
-        self.stripe(key).lock().expect("claims lock").remove(&claim_key(key));
-    }
-
-    /// Drops the claims of keys whose records are durable cold rows (a checkpoint evicted them).
-    /// A claim made since by a request still in flight is dropped too; that request's shard
-    /// still answers right (its own record, or another shard's row: a conflict).
-    fn forget(&self, keys: &mut dyn Iterator<Item = u128>) {
-        for key in keys {
-            self.release(key);
-        }
-    }
-
-    /// How many order numbers are claimed.
-    fn len(&self) -> usize {
-        self.stripes.iter().map(|stripe| stripe.lock().expect("claims lock").len()).sum()
-    }
-
-    /// Claims every order number `envelope` uses for `shard`: its own and, for a batch payment,
-    /// each order's (payment numbers, scoped like single payments, so a payer on another shard
-    /// cannot reuse one). A conflict releases what this call claimed.
-    fn claim_command(&self, envelope: &Envelope, shard: ShardId) -> Result<Claimed, ResultCode> {
-        let mut claimed = Claimed::default();
-        if let Some(number) = &envelope.out_order_no {
-            let key = idempotency_key(envelope.platform, envelope.command.idempotency_scope(), number);
-            claimed.own = Some(self.claim_one(key, shard, &claimed)?);
-        }
-        if let Command::BatchPayment { orders, .. } = &envelope.command {
-            claimed.orders.reserve(orders.len());
-            for order in orders {
-                let key = idempotency_key(envelope.platform, Command::PAYMENT_SCOPE, &order.out_order_no);
-                let one = self.claim_one(key, shard, &claimed)?;
-                claimed.orders.push(one);
-            }
-        }
-        Ok(claimed)
-    }
-
-    fn claim_one(&self, key: u128, shard: ShardId, so_far: &Claimed) -> Result<(u128, bool), ResultCode> {
-        match self.claim(key, shard) {
-            Claim::New => Ok((key, true)),
-            Claim::Held => Ok((key, false)),
-            Claim::Conflict => {
-                self.settle(so_far, false, false, shard);
-                Err(ResultCode::IdempotencyConflict)
-            }
-        }
-    }
-
-    /// After the shard answered: a rejected command does not keep the numbers it claimed; an
-    /// accepted one holds every number it names (another request may have made the claim, been
-    /// rejected and released it). A replay keeps no claim it made and adds none: its record
-    /// already exists, hot (its claim is held) or cold (its claim was forgotten on purpose, and
-    /// another shard finds the row), so retries of old numbers cannot grow the claims again.
-    fn settle(&self, claimed: &Claimed, accepted: bool, replayed: bool, shard: ShardId) {
-        for (key, made_here) in claimed.own.iter().chain(claimed.orders.iter()) {
-            match (made_here, accepted, replayed) {
-                (true, false, _) | (true, true, true) => self.release(*key),
-                (false, true, false) => self.hold(*key, shard),
-                _ => {}
-            }
-        }
-    }
-}
-
-/// The claims one command made (`true`) or found held by its shard (`false`). `orders` stays
-/// empty (no allocation) for everything but batch payments.
-#[derive(Default)]
-struct Claimed {
-    own: Option<(u128, bool)>,
-    orders: Vec<(u128, bool)>,
 }
 
 /// A running engine. Dropping it without `shutdown` leaves the threads to finish on their own.
@@ -275,7 +153,7 @@ impl Engine {
         for Recovered { state, .. } in &recovered {
             directory.load(state);
             for (key, _) in state.idempotency.iter() {
-                claims.stripe(*key).lock().expect("claims lock").insert(claim_key(*key), state.shard);
+                claims.hold(*key, state.shard);
             }
         }
         let (mut client_senders, mut client_receivers) = (Vec::new(), Vec::new());
@@ -381,7 +259,19 @@ impl Engine {
         // (keys, and whether this submission made them).
         type Part = (Vec<Envelope>, Vec<(usize, Claimed)>);
         let mut parts: Vec<Part> = (0..shard_count).map(|_| (Vec::new(), Vec::new())).collect();
-        for (index, envelope) in envelopes.into_iter().enumerate() {
+        // Each command's own order number's key is computed `PREFETCH_AHEAD` commands before it
+        // is claimed, and its claim's slot asked for then: the claims' cache misses overlap.
+        let mut ahead = [None; PREFETCH_AHEAD];
+        for (slot, envelope) in ahead.iter_mut().zip(&envelopes) {
+            *slot = own_key(envelope);
+            slot.inspect(|key| self.claims.prefetch(*key));
+        }
+        let mut envelopes = envelopes.into_iter();
+        for index in 0.. {
+            let Some(envelope) = envelopes.next() else { break };
+            let coming = envelopes.as_slice().get(PREFETCH_AHEAD - 1).and_then(own_key);
+            coming.inspect(|key| self.claims.prefetch(*key));
+            let own = std::mem::replace(&mut ahead[index % PREFETCH_AHEAD], coming);
             let shard = match self.route(&envelope) {
                 Ok(shard) => shard,
                 Err(code) => {
@@ -389,7 +279,7 @@ impl Engine {
                     continue;
                 }
             };
-            let claim = match self.claims.claim_command(&envelope, shard) {
+            let claim = match self.claims.claim_command(&envelope, own, shard) {
                 Ok(claim) => claim,
                 Err(code) => {
                     replies[index] = Some(Reply::rejected(code));
@@ -799,25 +689,4 @@ fn recover_all(store: &Arc<dyn Store>, config: &EngineConfig, filter: &crate::co
         recovered.push(shard_recovered);
     }
     Ok(recovered)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The claims hold an entry per order number of the shards' hot windows.
-    #[test]
-    fn a_claim_takes_24_bytes_and_keeps_every_bit_of_its_key() {
-        assert_eq!(std::mem::size_of::<(ClaimKey, ShardId)>(), 24);
-        let claims = Claims::new();
-        let (key, twin) = (0x0123_4567_89ab_cdef_0000_0000_0000_0001u128, 0x0000_0000_0000_0001u128);
-        assert!(matches!(claims.claim(key, 1), Claim::New));
-        // Same low word (so the same stripe), another high word: another order number.
-        assert!(matches!(claims.claim(twin, 0), Claim::New));
-        assert!(matches!(claims.claim(key, 0), Claim::Conflict));
-        assert!(matches!(claims.claim(key, 1), Claim::Held));
-        claims.release(key);
-        assert!(matches!(claims.claim(key, 0), Claim::New));
-        assert_eq!(claims.len(), 2);
-    }
 }

@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod chart;
 pub mod checkpoint;
+mod claims;
 pub mod cold;
 pub mod directory;
 pub mod engine;
