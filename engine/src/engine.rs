@@ -258,7 +258,10 @@ impl Engine {
         // Per shard: its commands, and for each its position in the submission and its claims
         // (keys, and whether this submission made them).
         type Part = (Vec<Envelope>, Vec<(usize, Claimed)>);
-        let mut parts: Vec<Part> = (0..shard_count).map(|_| (Vec::new(), Vec::new())).collect();
+        // Sized for an even spread and a quarter more, so that a large submission's parts do not
+        // grow (and copy their commands) again and again; a small one allocates only what it uses.
+        let expected = if envelopes.len() < 2 * shard_count { 0 } else { envelopes.len() / shard_count * 5 / 4 };
+        let mut parts: Vec<Part> = (0..shard_count).map(|_| (Vec::with_capacity(expected), Vec::with_capacity(expected))).collect();
         // Each command's own order number's key is computed `PREFETCH_AHEAD` commands before it
         // is claimed, and its claim's slot asked for then: the claims' cache misses overlap.
         let mut ahead = [None; PREFETCH_AHEAD];
