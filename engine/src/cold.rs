@@ -128,7 +128,10 @@ pub fn write_rows(
     let mut ranges: Vec<std::ops::Range<usize>> = Vec::with_capacity(records.len());
     for chunk in records.chunks(ROWS_PER_LOOKUP) {
         let chunk_keys: Vec<[u8; 20]> = chunk.iter().map(|(key, _)| cold_key(*key)).collect();
-        let maybe: Vec<usize> = (0..chunk.len()).filter(|i| filter.is_none_or(|f| f.may_contain(chunk[*i].0))).collect();
+        let maybe: Vec<usize> = match filter {
+            Some(filter) => filter.positions_maybe_held(chunk.len(), |i| chunk[i].0),
+            None => (0..chunk.len()).collect(),
+        };
         let found = store.get_many(&maybe.iter().map(|i| &chunk_keys[*i][..]).collect::<Vec<_>>())?;
         let mut existing: Vec<Option<Vec<u8>>> = vec![None; chunk.len()];
         for (i, value) in maybe.into_iter().zip(found) {
@@ -612,6 +615,20 @@ impl ColdFilter {
     /// Asks for `key`'s block in every segment (a hint), for a `may_contain` a few keys later.
     pub fn prefetch(&self, key: u128) {
         self.each().for_each(|segment| segment.prefetch(key));
+    }
+
+    /// The positions in `0..count` whose key (`key_at`) may have a cold row, each key's blocks
+    /// asked for `PREFETCH_AHEAD` keys before it is tested.
+    pub fn positions_maybe_held(&self, count: usize, key_at: impl Fn(usize) -> u128) -> Vec<usize> {
+        (0..count.min(PREFETCH_AHEAD)).for_each(|index| self.prefetch(key_at(index)));
+        (0..count)
+            .filter(|index| {
+                if index + PREFETCH_AHEAD < count {
+                    self.prefetch(key_at(index + PREFETCH_AHEAD));
+                }
+                self.may_contain(key_at(*index))
+            })
+            .collect()
     }
 
     /// `insert` of every key of `keys`, each key's block asked for `PREFETCH_AHEAD` keys
