@@ -217,17 +217,10 @@ impl Claims {
     /// changes nothing), for a claim, hold or release of `key` a few keys later. (Asking for the
     /// next line too measured the same at 10 M.)
     pub(crate) fn prefetch(&self, key: u128) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let stripe = self.stripe(key);
-            let (slots, mask) = (stripe.slots.load(Ordering::Relaxed), stripe.mask.load(Ordering::Relaxed));
-            let home = slots.wrapping_add(self.seed.home(key) & mask).cast::<i8>();
-            // SAFETY: `_mm_prefetch` only hints the cache and never dereferences: an address
-            // outside the table (a stale pair while another thread resizes) is harmless.
-            unsafe { std::arch::x86_64::_mm_prefetch(home, std::arch::x86_64::_MM_HINT_T0) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = key;
+        let stripe = self.stripe(key);
+        let (slots, mask) = (stripe.slots.load(Ordering::Relaxed), stripe.mask.load(Ordering::Relaxed));
+        // An address outside the table (a stale pair while another thread resizes) is harmless.
+        crate::prefetch(slots.wrapping_add(self.seed.home(key) & mask));
     }
 
     pub(crate) fn claim(&self, key: u128, shard: ShardId) -> Claim {

@@ -18,6 +18,20 @@ pub mod shard;
 
 pub use engine::{Engine, EngineConfig};
 
+/// Asks the CPU to bring the cache line holding `address` in, for a read or write a little
+/// later (a hint: it never faults and changes nothing, so any address, even a dangling or
+/// stale one, is harmless).
+#[inline(always)]
+pub(crate) fn prefetch<T>(address: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` only hints the cache and never dereferences its address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(address.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
 /// Failures that are not business outcomes: storage, a stopped shard, bad configuration.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum EngineError {

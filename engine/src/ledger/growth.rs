@@ -1248,10 +1248,36 @@ impl BatchList {
     /// Appends batch `sequence` if it is after the last one (a batch is noted once; sequences
     /// only grow).
     pub fn push(&mut self, sequence: u64) {
+        if self.note(sequence) {
+            self.append(sequence);
+        }
+    }
+
+    /// Whether batch `sequence` is after the newest noted, which it becomes: the caller then
+    /// calls `append(sequence)`, after other lists' notes if it likes (`ShardState::note_batch`
+    /// notes every account of a batch first, asking for their last blocks ahead). Reads nothing
+    /// but the list itself.
+    pub fn note(&mut self, sequence: u64) -> bool {
         if self.len > 0 && self.newest >= sequence {
-            return;
+            return false;
         }
         self.newest = sequence;
+        crate::prefetch(self.blocks.as_ptr().wrapping_add(self.blocks.len().wrapping_sub(1)));
+        true
+    }
+
+    /// Asks for the open (last) block's data, a few lists before `append` writes to it.
+    pub fn prefetch_open(&self) {
+        if let Some(Piece::Hot(hot)) = self.blocks.last().map(|block| &block.piece) {
+            let data = Arc::as_ptr(hot).cast::<u8>();
+            // The counts just before the data and the block's fields after it.
+            crate::prefetch(data.wrapping_sub(16));
+            crate::prefetch(data.wrapping_add(48));
+        }
+    }
+
+    /// Appends batch `sequence` after `note(sequence)` said it is new.
+    pub fn append(&mut self, sequence: u64) {
         match self.blocks.last_mut() {
             Some(block) if block.last >= sequence => {}
             Some(block) if block.piece.count() < BATCHES_PER_BLOCK as usize => {

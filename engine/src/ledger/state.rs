@@ -488,13 +488,27 @@ impl ShardState {
 
     /// Notes which customer accounts batch `sequence` posted to (called by the shard loop and by
     /// replay, with the batch's postings).
+    ///
+    /// In three passes over the accounts new to this batch, so that their cache misses overlap:
+    /// each list noted (its last block's reference asked for), then each open block's data asked
+    /// for, then the appends.
     pub fn note_batch(&mut self, sequence: u64, postings: &[Posting]) {
+        let mut new = Vec::with_capacity(postings.len().min(4096));
         for posting in postings {
             let customer = self.account(posting.account).is_some_and(|a| a.kind == AccountKind::Customer);
-            if !customer {
-                continue;
+            if customer && self.batches_of.entry(posting.account).or_default().note(sequence) {
+                new.push(posting.account);
             }
-            self.batches_of.entry(posting.account).or_default().push(sequence);
+        }
+        for account in &new {
+            if let Some(batches) = self.batches_of.get(account) {
+                batches.prefetch_open();
+            }
+        }
+        for account in &new {
+            if let Some(batches) = self.batches_of.get_mut(account) {
+                batches.append(sequence);
+            }
         }
     }
 
