@@ -700,7 +700,11 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
+        // Sized up front (each record: a type byte, a family id and two lengths, at most 16
+        // bytes beside its key and value; the batch's 12-byte header): a shard's journal batch
+        // is megabytes, which a growing batch copied several times over.
+        let bytes: usize = puts.iter().map(|(key, value)| key.len() + value.len() + 16).sum();
+        let mut batch = WriteBatch::with_capacity_bytes(bytes + 12);
         for (key, value) in puts {
             batch.put_cf(self.family(key), key, value);
         }

@@ -1112,10 +1112,11 @@ impl<'de, K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> Deseri
 pub struct BatchList {
     blocks: Vec<BatchBlockRef>,
     len: usize,
-    /// The last block's `last` (0 while empty), beside the list: a batch notes an account once
-    /// per posting, and most postings of a batch name an account already noted in it, which
-    /// this answers without a cache miss into the blocks.
-    newest: u64,
+    /// The newest batch noted (`note`), beside the blocks: a batch notes an account once per
+    /// posting, and a repeat is answered without a cache miss into the blocks. Set by `note`
+    /// before `append` adds the batch, so a second note of the same batch is refused even while
+    /// the list is empty.
+    newest: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -1258,10 +1259,10 @@ impl BatchList {
     /// notes every account of a batch first, asking for their last blocks ahead). Reads nothing
     /// but the list itself.
     pub fn note(&mut self, sequence: u64) -> bool {
-        if self.len > 0 && self.newest >= sequence {
+        if self.newest.is_some_and(|newest| newest >= sequence) {
             return false;
         }
-        self.newest = sequence;
+        self.newest = Some(sequence);
         crate::prefetch(self.blocks.as_ptr().wrapping_add(self.blocks.len().wrapping_sub(1)));
         true
     }
@@ -1455,7 +1456,7 @@ impl<'de> Deserialize<'de> for BatchList {
         use serde::de::Error;
         if batch_pieces() {
             let (len, blocks) = <(u64, Vec<BlockIn>)>::deserialize(deserializer)?;
-            let mut list = BatchList { blocks: Vec::with_capacity(blocks.len()), len: 0, newest: 0 };
+            let mut list = BatchList { blocks: Vec::with_capacity(blocks.len()), len: 0, newest: None };
             let last_index = blocks.len().saturating_sub(1);
             for (index, block) in blocks.into_iter().enumerate() {
                 let (piece, count) = match block.piece {
@@ -1488,7 +1489,7 @@ impl<'de> Deserialize<'de> for BatchList {
             if list.len as u64 != len {
                 return Err(D::Error::custom(format!("{} batches in blocks said to hold {len}", list.len)));
             }
-            list.newest = list.last().unwrap_or(0);
+            list.newest = list.last();
             return Ok(list);
         }
         struct Batches;
@@ -2025,6 +2026,11 @@ mod tests {
         let Layout::PiecesLazy(_, hashes) = layout else { panic!("layout kept") };
         assert_eq!((hashes.len(), decoded.block_counts()), (5, (6, 5)));
         assert_eq!(decoded, list);
+        // A decoded list knows its newest batch: a repeat is refused, the next one taken.
+        let (mut decoded, newest) = (decoded, *expected.last().unwrap());
+        assert!(!decoded.note(newest));
+        decoded.push(newest + 1);
+        assert_eq!((decoded.len(), decoded.last()), (list.len() + 1, Some(newest + 1)));
         // Format 4 reads as the plain sequence it was.
         let (old, _) =
             with_layout_at(Layout::PiecesIn(Vec::new()), false, || codec().deserialize::<BatchList>(&codec().serialize(&expected).unwrap()).unwrap());
@@ -2036,6 +2042,26 @@ mod tests {
         let (encoded, _) = with_layout_at(Layout::PiecesOut(FastMap::default()), true, || codec().serialize(&bad).unwrap());
         let (result, _) = with_layout_at(Layout::PiecesIn(Vec::new()), true, || codec().deserialize::<BatchList>(&encoded));
         assert!(result.is_err());
+    }
+
+    /// `ShardState::note_batch`'s order: every list of a batch noted (some twice), then asked
+    /// for, then appended; the same lists as one `push` at a time, across full blocks.
+    #[test]
+    fn batch_lists_noted_first_and_appended_later_equal_pushed_ones() {
+        let mut noted: Vec<BatchList> = vec![BatchList::default(); 3];
+        let mut pushed: Vec<BatchList> = vec![BatchList::default(); 3];
+        for sequence in 1..=(2 * BATCHES_PER_BLOCK as u64 + 7) {
+            // List 0 every batch, list 1 every other one, list 2 every third; each named twice.
+            let named: Vec<usize> = (0..3).filter(|n| sequence.is_multiple_of(*n as u64 + 1)).collect();
+            let new: Vec<usize> = named.iter().chain(&named).copied().filter(|n| noted[*n].note(sequence)).collect();
+            assert_eq!(new, named, "each list is new to the batch once");
+            new.iter().for_each(|n| noted[*n].prefetch_open());
+            new.iter().for_each(|n| noted[*n].append(sequence));
+            named.iter().chain(&named).for_each(|n| pushed[*n].push(sequence));
+        }
+        assert_eq!(noted, pushed);
+        assert_eq!(noted[0].len(), 2 * BATCHES_PER_BLOCK as usize + 7);
+        assert!(noted.iter().zip(&pushed).all(|(a, b)| a.iter().eq(b.iter()) && a.block_counts() == b.block_counts()));
     }
 
     #[test]
