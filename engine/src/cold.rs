@@ -268,14 +268,7 @@ impl Segment {
     /// Asks the CPU to bring `key`'s block into its cache (a hint: it never faults), so that a
     /// probe or insert a few keys later does not wait for it.
     fn prefetch(&self, key: u128) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let word = &self.words()[self.block_of(key)];
-            // SAFETY: `_mm_prefetch` only hints the cache; the address is a live block's.
-            unsafe { std::arch::x86_64::_mm_prefetch(std::ptr::from_ref(word).cast::<i8>(), std::arch::x86_64::_MM_HINT_T0) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = key;
+        crate::prefetch(&self.words()[self.block_of(key)]);
     }
 
     /// The first word of `key`'s block.

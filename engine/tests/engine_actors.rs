@@ -329,6 +329,42 @@ fn an_order_number_accepted_after_a_rejected_first_try_stays_claimed() {
 }
 
 #[test]
+fn every_command_of_a_large_submission_claims_its_own_order_number() {
+    // The router computes each command's key several commands ahead (to ask for its claim's
+    // slot early): each command must still claim its own number, around a command the router
+    // rejects, a reuse from another shard and a replay within the same submission.
+    let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();
+    let accounts = open_funded(&engine, 0..8, 10_000);
+    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
+    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let b = *accounts.iter().find(|a| **a != a0 && **a != a1).unwrap();
+    let payer = |n: i64| if n % 2 == 0 { a0 } else { a1 };
+    let mut envelopes: Vec<Envelope> = (0..24).map(|n| keyed(&format!("n{n}"), pay(payer(n), b, 1 + n))).collect();
+    envelopes.insert(3, keyed("zero", pay(a0, b, 0)));
+    envelopes.push(keyed("n5", pay(payer(4), b, 6)));
+    envelopes.push(keyed("n6", pay(payer(6), b, 7)));
+    let replies = engine.execute(envelopes).unwrap();
+    let refused = engine.execute_one(keyed("zero-alone", pay(a0, b, 0))).unwrap().code;
+    assert_ne!(refused, ResultCode::Ok);
+    let mut expected = vec![ResultCode::Ok; 24];
+    expected.insert(3, refused);
+    expected.extend([ResultCode::IdempotencyConflict, ResultCode::Ok]);
+    assert_eq!(replies.iter().map(|r| r.code).collect::<Vec<_>>(), expected);
+    assert!(replies[26].replayed && !replies[0].replayed);
+    // Each number is held by its own payer's shard: from the other one it is a conflict, from
+    // its own with the same content a replay.
+    for n in 0..24 {
+        let other = engine.execute_one(keyed(&format!("n{n}"), pay(payer(n + 1), b, 1 + n))).unwrap();
+        assert_eq!(other.code, ResultCode::IdempotencyConflict, "n{n} from the other shard");
+        let again = engine.execute_one(keyed(&format!("n{n}"), pay(payer(n), b, 1 + n))).unwrap();
+        assert!(again.code == ResultCode::Ok && again.replayed, "n{n} again");
+    }
+    // The rejected command's number stayed free.
+    assert_eq!(engine.execute_one(keyed("zero", pay(a1, b, 5))).unwrap().code, ResultCode::Ok);
+    engine.shutdown();
+}
+
+#[test]
 fn shard_wide_and_internal_commands_are_not_routable_through_submit() {
     let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();
     let internal = [

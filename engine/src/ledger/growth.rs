@@ -1258,27 +1258,33 @@ impl BatchList {
     /// calls `append(sequence)`, after other lists' notes if it likes (`ShardState::note_batch`
     /// notes every account of a batch first, asking for their last blocks ahead). Reads nothing
     /// but the list itself.
-    pub fn note(&mut self, sequence: u64) -> bool {
+    pub(crate) fn note(&mut self, sequence: u64) -> bool {
         if self.newest.is_some_and(|newest| newest >= sequence) {
             return false;
         }
         self.newest = Some(sequence);
-        crate::prefetch(self.blocks.as_ptr().wrapping_add(self.blocks.len().wrapping_sub(1)));
+        if let Some(block) = self.blocks.last() {
+            crate::prefetch(block);
+        }
         true
     }
 
-    /// Asks for the open (last) block's data, a few lists before `append` writes to it.
-    pub fn prefetch_open(&self) {
+    /// Asks for the open (last) block's data, a few lists before `append` writes to it: the
+    /// line where `Arc::as_ptr` points and the next (its counts and the block's fields lie
+    /// around there; a guess at a layout Rust does not promise, which costs only a useless
+    /// hint if wrong). The block's delta bytes are not asked for.
+    pub(crate) fn prefetch_open(&self) {
         if let Some(Piece::Hot(hot)) = self.blocks.last().map(|block| &block.piece) {
             let data = Arc::as_ptr(hot).cast::<u8>();
-            // The counts just before the data and the block's fields after it.
             crate::prefetch(data.wrapping_sub(16));
             crate::prefetch(data.wrapping_add(48));
         }
     }
 
-    /// Appends batch `sequence` after `note(sequence)` said it is new.
-    pub fn append(&mut self, sequence: u64) {
+    /// Appends batch `sequence` after `note(sequence)` said it is new (a note without its
+    /// append would leave the batch out of the index for good).
+    pub(crate) fn append(&mut self, sequence: u64) {
+        debug_assert_eq!(self.newest, Some(sequence), "append follows its note");
         match self.blocks.last_mut() {
             Some(block) if block.last >= sequence => {}
             Some(block) if block.piece.count() < BATCHES_PER_BLOCK as usize => {

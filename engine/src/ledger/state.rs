@@ -489,9 +489,10 @@ impl ShardState {
     /// Notes which customer accounts batch `sequence` posted to (called by the shard loop and by
     /// replay, with the batch's postings).
     ///
-    /// In three passes over the accounts new to this batch, so that their cache misses overlap:
-    /// each list noted (its last block's reference asked for), then each open block's data asked
-    /// for, then the appends.
+    /// In three passes, so that the accounts' cache misses overlap: over the postings, each
+    /// customer account's list noted (its last block's reference asked for when the batch is new
+    /// to it); over the accounts new to this batch, each open block's data asked for; then their
+    /// appends.
     pub fn note_batch(&mut self, sequence: u64, postings: &[Posting]) {
         let mut new = Vec::with_capacity(postings.len().min(4096));
         for posting in postings {
