@@ -26,10 +26,6 @@ const STRIPES: usize = 64;
 /// A stripe's table never has fewer slots (a power of two).
 const MIN_SLOTS: usize = 16;
 
-/// How many keys ahead a caller asks for slots (`Claims::prefetch`): enough misses in flight to
-/// overlap, few enough that the slots are still cached when they are used.
-pub(crate) const PREFETCH_AHEAD: usize = 8;
-
 /// One claim: the key's two words, and the holding shard plus one (0: the slot is empty, so a
 /// key of all zero bits is a claim like any other).
 #[derive(Clone, Copy, Default)]
@@ -264,20 +260,7 @@ impl Claims {
     /// still in flight is dropped too; that request's shard still answers right (its own record,
     /// or another shard's row: a conflict).
     pub(crate) fn forget(&self, keys: &mut dyn Iterator<Item = u128>) {
-        let mut ring = [0u128; PREFETCH_AHEAD];
-        let mut count = 0;
-        for key in keys {
-            self.prefetch(key);
-            let slot = count % PREFETCH_AHEAD;
-            if count >= PREFETCH_AHEAD {
-                self.release(ring[slot]);
-            }
-            ring[slot] = key;
-            count += 1;
-        }
-        for index in count.saturating_sub(PREFETCH_AHEAD)..count {
-            self.release(ring[index % PREFETCH_AHEAD]);
-        }
+        crate::each_prefetched(keys, |key| self.prefetch(key), |key| self.release(key));
     }
 
     /// How many order numbers are claimed.

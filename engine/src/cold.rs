@@ -39,6 +39,7 @@ use crate::ledger::command::{idempotency_key, Command, Envelope};
 use crate::ledger::growth::StripedMap;
 use crate::ledger::state::{ColdHit, IdempotencyRecord, ShardState};
 use crate::ledger::types::ShardId;
+use crate::PREFETCH_AHEAD;
 
 /// The key prefix of cold idempotency rows (`h/` for history moved out of memory).
 pub const COLD_PREFIX: &[u8; 4] = b"h/i/";
@@ -627,28 +628,11 @@ impl ColdFilter {
     /// `insert` of every key of `keys`, each key's block asked for `PREFETCH_AHEAD` keys
     /// before it is set: the blocks' cache misses overlap instead of coming one after another.
     pub fn insert_all(&self, keys: impl Iterator<Item = u128>) {
-        let mut ring = [0u128; PREFETCH_AHEAD];
-        let mut count = 0;
-        for key in keys {
-            if let Some(newest) = self.each().last() {
-                newest.prefetch(key);
-            }
-            let slot = count % PREFETCH_AHEAD;
-            if count >= PREFETCH_AHEAD {
-                self.insert(ring[slot]);
-            }
-            ring[slot] = key;
-            count += 1;
-        }
-        for index in count.saturating_sub(PREFETCH_AHEAD)..count {
-            self.insert(ring[index % PREFETCH_AHEAD]);
-        }
+        // The newest segment asked each time: an insert may add one.
+        let prefetch = |key| self.each().last().iter().for_each(|segment| segment.prefetch(key));
+        crate::each_prefetched(keys, prefetch, |key| self.insert(key));
     }
 }
-
-/// How many keys ahead the filter's blocks are asked for (`ColdFilter::prefetch`,
-/// `ColdFilter::insert_all`): enough misses in flight to overlap, few enough to stay cached.
-const PREFETCH_AHEAD: usize = 8;
 
 /// Reads the cold records batch `batch` of `state`'s shard may look up (`envelopes`' keys that
 /// memory does not hold and, given a `filter`, that it may hold) and hands them to the state for

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
 use storage::Store;
 
-use crate::claims::{own_key, Claimed, Claims, PREFETCH_AHEAD};
+use crate::claims::{own_key, Claimed, Claims};
 use crate::directory::Directory;
 use crate::journal::{batch_key, encode, recover_shard_filtered, BatchRecordRef, ChainHead, Recovered, META_SHARD_COUNT, ZERO_HASH};
 use crate::ledger::command::{Command, Envelope};
@@ -18,7 +18,7 @@ use crate::ledger::types::{AdjustmentSide, Leg, Reply, ShardId, Timestamp};
 use crate::money::CurrencySpec;
 use crate::result::ResultCode;
 use crate::shard::{CheckpointPolicy, Checkpoints, ClientRequest, Control, ReplyTo, Shard, ShardCounters, ShardFailure, ShardLimits, DEFAULT_EVERY_ORDERS};
-use crate::EngineError;
+use crate::{EngineError, PREFETCH_AHEAD};
 
 /// How the engine is sized and what it keeps (see config/default.toml for each key).
 #[derive(Clone, Debug)]
