@@ -45,6 +45,9 @@ pub enum AccountType {
     Corporate,
 }
 
+/// Characters of a channel's `kind` (a free label), as the contract's `maxLength` says.
+pub const CHANNEL_KIND_MAX: usize = 64;
+
 /// One channel as configured (amounts in minor units of its currency).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Channel {
@@ -528,6 +531,12 @@ impl ChannelTable {
     /// Adds a channel at run time and stores it (it outlives restarts); routing considers it
     /// from the next order on. Its id and name must be new (id 0 is offline transfers').
     pub fn add(&mut self, store: &dyn Store, spec: &ChannelSpec, currencies: &[CurrencySpec]) -> Result<Channel, ClearingError> {
+        // The contract's bound on the free label (characters, as JSON Schema counts them).
+        // Checked here, not in `build`: a channel stored or configured before the check still
+        // loads.
+        if spec.kind.chars().count() > CHANNEL_KIND_MAX {
+            return Err(ClearingError::invalid(format!("a channel's kind is at most {CHANNEL_KIND_MAX} characters"), "kind"));
+        }
         let channel = spec.build(currencies)?;
         if channel.id == OFFLINE_CHANNEL || self.channels.iter().any(|c| c.id == channel.id) {
             return Err(ClearingError::invalid("a channel id is new and not 0", "id"));
@@ -1281,6 +1290,10 @@ mod tests {
         assert!(channels.add(&store, &spec(8, "fast"), &currencies).is_err(), "names are new");
         assert!(channels.add(&store, &spec(0, "offline"), &currencies).is_err(), "0 is offline transfers'");
         assert!(channels.add(&store, &ChannelSpec { currency: "XYZ".into(), ..spec(9, "x") }, &currencies).is_err());
+        // Regression (Schemathesis): a kind past the contract's 64 characters was stored.
+        let long = ChannelSpec { kind: "\u{88}é".repeat(32) + "*", ..spec(9, "x") };
+        assert!(matches!(channels.add(&store, &long, &currencies), Err(ClearingError::Invalid { param: "kind", .. })));
+        assert!(channels.get(9).is_none());
         assert!(channels.add(&store, &ChannelSpec { window: "9-5".into(), ..spec(9, "x") }, &currencies).is_err());
         assert!(channels.add(&store, &ChannelSpec { order_min: "9.00".into(), order_max: "1.00".into(), ..spec(9, "x") }, &currencies).is_err());
         // A restart with the same configuration has the added channel and the stored change.

@@ -614,15 +614,17 @@ impl ColdFilter {
     /// The positions in `0..count` whose key (`key_at`) may have a cold row, each key's blocks
     /// asked for `PREFETCH_AHEAD` keys before it is tested.
     pub fn positions_maybe_held(&self, count: usize, key_at: impl Fn(usize) -> u128) -> Vec<usize> {
-        (0..count.min(PREFETCH_AHEAD)).for_each(|index| self.prefetch(key_at(index)));
-        (0..count)
-            .filter(|index| {
-                if index + PREFETCH_AHEAD < count {
-                    self.prefetch(key_at(index + PREFETCH_AHEAD));
+        let mut maybe = Vec::new();
+        crate::each_prefetched(
+            0..count,
+            |index| self.prefetch(key_at(index)),
+            |index| {
+                if self.may_contain(key_at(index)) {
+                    maybe.push(index);
                 }
-                self.may_contain(key_at(*index))
-            })
-            .collect()
+            },
+        );
+        maybe
     }
 
     /// `insert` of every key of `keys`, each key's block asked for `PREFETCH_AHEAD` keys

@@ -267,13 +267,17 @@ impl Engine {
         let mut ahead = [None; PREFETCH_AHEAD];
         for (slot, envelope) in ahead.iter_mut().zip(&envelopes) {
             *slot = own_key(envelope);
-            slot.inspect(|key| self.claims.prefetch(*key));
+            if let Some(key) = *slot {
+                self.claims.prefetch(key);
+            }
         }
         let mut envelopes = envelopes.into_iter();
         for index in 0.. {
             let Some(envelope) = envelopes.next() else { break };
             let coming = envelopes.as_slice().get(PREFETCH_AHEAD - 1).and_then(own_key);
-            coming.inspect(|key| self.claims.prefetch(*key));
+            if let Some(key) = coming {
+                self.claims.prefetch(key);
+            }
             let own = std::mem::replace(&mut ahead[index % PREFETCH_AHEAD], coming);
             let shard = match self.route(&envelope) {
                 Ok(shard) => shard,

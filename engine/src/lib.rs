@@ -37,18 +37,19 @@ pub(crate) fn prefetch<T>(address: *const T) {
 /// lines are still cached when they are used.
 pub(crate) const PREFETCH_AHEAD: usize = 8;
 
-/// `each(key)` for every key of `keys`, in order, with `prefetch(key)` called `PREFETCH_AHEAD`
-/// keys before: the keys' cache misses overlap instead of coming one after another.
-pub(crate) fn each_prefetched(keys: impl Iterator<Item = u128>, prefetch: impl Fn(u128), mut each: impl FnMut(u128)) {
-    let mut ring = [0u128; PREFETCH_AHEAD];
+/// `each(item)` for every item of `items`, in order, with `prefetch(item)` called
+/// `PREFETCH_AHEAD` items before: the items' cache misses overlap instead of coming one after
+/// another.
+pub(crate) fn each_prefetched<T: Copy + Default>(items: impl Iterator<Item = T>, prefetch: impl Fn(T), mut each: impl FnMut(T)) {
+    let mut ring = [T::default(); PREFETCH_AHEAD];
     let mut count = 0;
-    for key in keys {
-        prefetch(key);
+    for item in items {
+        prefetch(item);
         let slot = count % PREFETCH_AHEAD;
         if count >= PREFETCH_AHEAD {
             each(ring[slot]);
         }
-        ring[slot] = key;
+        ring[slot] = item;
         count += 1;
     }
     for index in count.saturating_sub(PREFETCH_AHEAD)..count {

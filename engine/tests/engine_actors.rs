@@ -36,6 +36,12 @@ fn open_funded(engine: &Engine, owners: std::ops::Range<u64>, amount: i64) -> Ve
     accounts
 }
 
+/// The first of `accounts` on shard 0 and the first on shard 1 (of two).
+fn one_on_each_shard(accounts: &[AccountId]) -> (AccountId, AccountId) {
+    let on = |shard| *accounts.iter().find(|a| a.shard(2) == shard).unwrap();
+    (on(0), on(1))
+}
+
 fn pay(payer: AccountId, payee: AccountId, amount: i64) -> Command {
     Command::Payment { payer, guarantee: false, currency: CNY, amount, payees: [Leg { account: payee, amount }].into_iter().collect(), splits: Legs::new() }
 }
@@ -104,8 +110,7 @@ fn cross_shard_payments_balance_and_survive_restart() {
 fn reusing_an_order_number_for_other_funds_is_a_conflict_across_shards() {
     let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();
     let accounts = open_funded(&engine, 0..8, 1_000);
-    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
-    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let (a0, a1) = one_on_each_shard(&accounts);
     let b = *accounts.iter().find(|a| **a != a0 && **a != a1).unwrap();
     assert!(engine.execute_one(keyed("same", pay(a0, b, 5))).unwrap().is_ok());
     let conflict = engine.execute_one(keyed("same", pay(a1, b, 5))).unwrap();
@@ -121,8 +126,7 @@ fn reusing_an_order_number_for_other_funds_is_a_conflict_across_shards() {
 fn router_checks_receivers_on_other_shards() {
     let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();
     let accounts = open_funded(&engine, 0..8, 1_000);
-    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
-    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let (a0, a1) = one_on_each_shard(&accounts);
     let missing = AccountId(1_000_001); // shard 1, never opened
     assert_eq!(engine.execute_one(plain(pay(a0, missing, 5))).unwrap().code, ResultCode::PayeeNotFound);
     let foreign = Envelope { platform: P + 1, ..plain(Command::OpenAccount { owner: 99, currency: CNY, limits: Limits::NONE }) };
@@ -204,8 +208,7 @@ fn frequent_reads_do_not_starve_acknowledgements() {
     let config = EngineConfig { ack_flush_ms: 50, ..config(2) };
     let engine = Engine::start(config, Arc::new(MemoryStore::new())).unwrap();
     let accounts = open_funded(&engine, 0..8, 1_000);
-    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
-    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let (a0, a1) = one_on_each_shard(&accounts);
     assert!(engine.execute_one(plain(pay(a0, a1, 5))).unwrap().is_ok());
     engine.wait_quiescent(Duration::from_secs(5)).expect("acks are flushed despite polling");
     engine.shutdown();
@@ -247,8 +250,7 @@ fn a_full_outbox_holds_back_clients_without_deadlock() {
     let config = EngineConfig { outbox_pending_max: 1, batch_size_max: 4, ack_flush_ms: 1, ..config(2) };
     let engine = Arc::new(Engine::start(config, Arc::new(MemoryStore::new())).unwrap());
     let accounts = open_funded(&engine, 0..8, 1_000_000);
-    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
-    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let (a0, a1) = one_on_each_shard(&accounts);
     let threads: Vec<_> = [(a0, a1), (a1, a0)]
         .into_iter()
         .enumerate()
@@ -312,8 +314,7 @@ fn an_order_number_accepted_after_a_rejected_first_try_stays_claimed() {
     // use, queued behind it, was accepted; the number was then free on every other shard.
     let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();
     let accounts = open_funded(&engine, 0..8, 100);
-    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
-    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let (a0, a1) = one_on_each_shard(&accounts);
     let b = *accounts.iter().find(|a| **a != a0 && **a != a1).unwrap();
     let replies = engine
         .execute(vec![
@@ -335,8 +336,7 @@ fn every_command_of_a_large_submission_claims_its_own_order_number() {
     // rejects, a reuse from another shard and a replay within the same submission.
     let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();
     let accounts = open_funded(&engine, 0..8, 10_000);
-    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
-    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let (a0, a1) = one_on_each_shard(&accounts);
     let b = *accounts.iter().find(|a| **a != a0 && **a != a1).unwrap();
     let payer = |n: i64| if n % 2 == 0 { a0 } else { a1 };
     let mut envelopes: Vec<Envelope> = (0..24).map(|n| keyed(&format!("n{n}"), pay(payer(n), b, 1 + n))).collect();
@@ -390,8 +390,7 @@ fn waiting_for_credits_sent_so_far_is_not_starved_by_continuous_load() {
     // held back (flushed only after a minute): the credit has landed, the outbox is not empty.
     let engine = Arc::new(Engine::start(EngineConfig { ack_flush_ms: 60_000, ..config(2) }, Arc::new(MemoryStore::new())).unwrap());
     let accounts = open_funded(&engine, 0..8, 1_000_000);
-    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
-    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let (a0, a1) = one_on_each_shard(&accounts);
     assert!(engine.execute_one(plain(pay(a0, a1, 7))).unwrap().is_ok());
     engine.wait_credits_applied(Duration::from_secs(5)).unwrap();
     assert_eq!(balance(&engine, a1).1, 7, "the credit sent before the wait has landed when it returns");
@@ -440,8 +439,7 @@ fn order_numbers_inside_a_batch_payment_are_claimed_on_every_shard_and_after_res
     let store = Arc::new(MemoryStore::new());
     let engine = Engine::start(config(2), store.clone()).unwrap();
     let accounts = open_funded(&engine, 0..8, 1_000);
-    let a0 = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
-    let a1 = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let (a0, a1) = one_on_each_shard(&accounts);
     let b = *accounts.iter().find(|a| **a != a0 && **a != a1).unwrap();
     assert!(engine.execute_one(keyed("batch-1", batch(a0, b, &["x", "y"], 5))).unwrap().is_ok());
     let check = |engine: &Engine| {
@@ -478,8 +476,7 @@ fn credits_resent_after_a_lost_acknowledgement_are_acknowledged_again() {
     let slow_acks = EngineConfig { ack_flush_ms: 3_600_000, ..config(2) };
     let engine = Engine::start(slow_acks, store.clone()).unwrap();
     let accounts = open_funded(&engine, 0..6, 1_000_000);
-    let payer = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
-    let payee = *accounts.iter().find(|a| a.shard(2) == 1).unwrap();
+    let (payer, payee) = one_on_each_shard(&accounts);
     engine.wait_credits_applied(Duration::from_secs(10)).unwrap();
     assert!(engine.execute_one(keyed("resent-1", pay(payer, payee, 500))).unwrap().is_ok());
     engine.wait_credits_applied(Duration::from_secs(10)).unwrap();

@@ -372,7 +372,7 @@ fn schema_rule(schema: &str, field: &str, setting: &Setting) -> Option<Value> {
             json!({"type": "array", "items": {"type": "string", "enum": ["personal", "corporate"]}, "description": "Whom it pays out to.", "example": ["personal"]})
         }
         ("ChannelSpec", "kind") => {
-            json!({"type": "string", "maxLength": 64, "description": "A free label of the channel's kind (e.g. bank_direct).", "example": "bank_direct"})
+            json!({"type": "string", "maxLength": clearing_actor::channels::CHANNEL_KIND_MAX, "description": "A free label of the channel's kind (e.g. bank_direct).", "example": "bank_direct"})
         }
         ("PaymentBody" | "CashierPayment" | "BatchOrderBody", "payees") => {
             array("LegBody", 1, 32, "Who receives the money (1 to 32; payees and splits together at most 32, each account once, summing to the amount).")

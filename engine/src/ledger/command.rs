@@ -345,19 +345,6 @@ impl Default for BufferedXxh3 {
 }
 
 impl BufferedXxh3 {
-    /// Appends an integer's bytes (what `Hasher`'s default `write_*` would pass to `write`): one
-    /// store while the buffer has room, no call per field of a derived `Hash`.
-    #[inline(always)]
-    fn put<const N: usize>(&mut self, bytes: [u8; N]) {
-        match self.buffer.get_mut(self.length..self.length + N) {
-            Some(room) if self.overflow.is_none() => {
-                room.copy_from_slice(&bytes);
-                self.length += N;
-            }
-            _ => self.spill(&bytes),
-        }
-    }
-
     /// Bytes past the buffer's room, or after it overflowed: the streaming hasher.
     #[cold]
     fn spill(&mut self, bytes: &[u8]) {
@@ -380,66 +367,6 @@ impl Hasher for BufferedXxh3 {
             }
             _ => self.spill(bytes),
         }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, value: u8) {
-        self.put(value.to_ne_bytes());
-    }
-
-    #[inline]
-    fn write_u16(&mut self, value: u16) {
-        self.put(value.to_ne_bytes());
-    }
-
-    #[inline]
-    fn write_u32(&mut self, value: u32) {
-        self.put(value.to_ne_bytes());
-    }
-
-    #[inline]
-    fn write_u64(&mut self, value: u64) {
-        self.put(value.to_ne_bytes());
-    }
-
-    #[inline]
-    fn write_u128(&mut self, value: u128) {
-        self.put(value.to_ne_bytes());
-    }
-
-    #[inline]
-    fn write_usize(&mut self, value: usize) {
-        self.put(value.to_ne_bytes());
-    }
-
-    #[inline]
-    fn write_i8(&mut self, value: i8) {
-        self.put(value.to_ne_bytes());
-    }
-
-    #[inline]
-    fn write_i16(&mut self, value: i16) {
-        self.put(value.to_ne_bytes());
-    }
-
-    #[inline]
-    fn write_i32(&mut self, value: i32) {
-        self.put(value.to_ne_bytes());
-    }
-
-    #[inline]
-    fn write_i64(&mut self, value: i64) {
-        self.put(value.to_ne_bytes());
-    }
-
-    #[inline]
-    fn write_i128(&mut self, value: i128) {
-        self.put(value.to_ne_bytes());
-    }
-
-    #[inline]
-    fn write_isize(&mut self, value: isize) {
-        self.put(value.to_ne_bytes());
     }
 
     fn finish(&self) -> u64 {
