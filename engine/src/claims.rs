@@ -4,18 +4,16 @@
 //!
 //! Every order number of the shards' hot windows has a claim, and every command with an order
 //! number looks one up: at hundreds of thousands of orders a second the lookups are cache misses
-//! (the table is tens of MB). So the table is flat and open-addressed (linear probing, slots of
-//! 24 bytes holding the whole key and the shard), and a caller that knows the next keys asks for
-//! their slots ahead (`Claims::prefetch`): the misses of several keys overlap instead of coming
-//! one after another. Slots are chosen by a keyed mix of the key (a per-process secret), so that
-//! order numbers chosen to collide cannot build long probe chains.
+//! (the table is tens of MB). So each of its 64 stripes is a flat table (`ledger::flat`: linear
+//! probing, slots of 24 bytes holding the whole key and the shard, slots chosen by a keyed mix),
+//! and a caller that knows the next keys asks for their slots ahead (`Claims::prefetch`): the
+//! misses of several keys overlap instead of coming one after another.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::ledger::command::{idempotency_key, Command, Envelope};
+use crate::ledger::flat::{prefetch_slot, Seed, Slot, Table};
 use crate::ledger::types::ShardId;
 use crate::result::ResultCode;
 
@@ -23,137 +21,12 @@ use crate::result::ResultCode;
 /// the checkpoint threads forgetting cold claims rarely wait for each other.
 const STRIPES: usize = 64;
 
-/// A stripe's table never has fewer slots (a power of two).
-const MIN_SLOTS: usize = 16;
-
-/// One claim: the key's two words, and the holding shard plus one (0: the slot is empty, so a
-/// key of all zero bits is a claim like any other).
-#[derive(Clone, Copy, Default)]
-struct Slot {
-    low: u64,
-    high: u64,
-    holder: u64,
-}
-
-impl Slot {
-    fn is_empty(&self) -> bool {
-        self.holder == 0
-    }
-
-    fn holds(&self, key: u128) -> bool {
-        self.holder != 0 && self.low == key as u64 && self.high == (key >> 64) as u64
-    }
-
-    fn key(&self) -> u128 {
-        u128::from(self.high) << 64 | u128::from(self.low)
-    }
-
-    fn shard(&self) -> ShardId {
-        (self.holder - 1) as ShardId
-    }
-}
-
-/// One stripe's table: a power-of-two number of slots, at most 5/8 of them used (linear probing
-/// then looks at about four slots for a key it does not hold, two for one it does).
-struct Table {
-    slots: Box<[Slot]>,
-    len: usize,
-}
-
-impl Table {
-    fn with_slots(count: usize) -> Table {
-        Table { slots: vec![Slot::default(); count].into_boxed_slice(), len: 0 }
-    }
-
-    fn mask(&self) -> usize {
-        self.slots.len() - 1
-    }
-
-    /// The slot holding `key` (`Ok`) or the empty slot where it would go (`Err`).
-    fn find(&self, key: u128, home: usize) -> Result<usize, usize> {
-        let mask = self.mask();
-        let mut index = home & mask;
-        loop {
-            let slot = &self.slots[index];
-            if slot.is_empty() {
-                return Err(index);
-            }
-            if slot.holds(key) {
-                return Ok(index);
-            }
-            index = (index + 1) & mask;
-        }
-    }
-
-    /// Puts `key` for `shard` in the empty slot `index`, growing the table past 5/8 full.
-    fn put(&mut self, index: usize, key: u128, shard: ShardId, seed: &Seed) {
-        self.slots[index] = Slot { low: key as u64, high: (key >> 64) as u64, holder: u64::from(shard) + 1 };
-        self.len += 1;
-        if self.len * 8 > self.slots.len() * 5 {
-            self.resize(self.slots.len() * 2, seed);
-        }
-    }
-
-    /// Empties slot `index` and moves later slots of its probe run back (backward-shift
-    /// deletion: no tombstones, so lookups stay as short as the load allows). Shrinks a table
-    /// that fell under 1/8 full.
-    fn remove(&mut self, mut index: usize, seed: &Seed) {
-        let mask = self.mask();
-        let mut next = (index + 1) & mask;
-        loop {
-            let slot = self.slots[next];
-            if slot.is_empty() {
-                break;
-            }
-            // The slot may move back to `index` when `index` lies on its way from its home
-            // (cyclically, home ..= next): otherwise a lookup from its home would stop at the hole.
-            let home = seed.home(slot.key()) & mask;
-            if (next.wrapping_sub(home) & mask) >= (next.wrapping_sub(index) & mask) {
-                self.slots[index] = slot;
-                index = next;
-            }
-            next = (next + 1) & mask;
-        }
-        self.slots[index] = Slot::default();
-        self.len -= 1;
-        if self.slots.len() > MIN_SLOTS && self.len * 8 < self.slots.len() {
-            self.resize(self.slots.len() / 2, seed);
-        }
-    }
-
-    fn resize(&mut self, count: usize, seed: &Seed) {
-        let old = std::mem::replace(self, Table::with_slots(count));
-        for slot in old.slots.iter().filter(|slot| !slot.is_empty()) {
-            if let Err(index) = self.find(slot.key(), seed.home(slot.key())) {
-                self.slots[index] = *slot;
-                self.len += 1;
-            }
-        }
-    }
-}
-
-/// The per-process secret of the slot mix.
-struct Seed(u64, u64);
-
-impl Seed {
-    fn new() -> Seed {
-        let state = RandomState::new();
-        Seed(state.hash_one(0x5eed_u64) | 1, state.hash_one(0x5eed_u64 + 1))
-    }
-
-    /// `key`'s first slot (before masking): a folded 64x64->128 multiply of its keyed words.
-    fn home(&self, key: u128) -> usize {
-        let product = u128::from(key as u64 ^ self.0) * u128::from((key >> 64) as u64 ^ self.1);
-        ((product >> 64) as u64 ^ product as u64) as usize
-    }
-}
-
 /// A stripe: its table under a lock, and the table's slots and mask as plain atomics for
 /// `Claims::prefetch`, which only hints the cache and so may read them without the lock (a
 /// stale pair only makes a useless hint). Aligned so that stripes do not share cache lines.
 #[repr(align(64))]
 struct Stripe {
-    table: Mutex<Table>,
+    table: Mutex<Table<ShardId>>,
     published: Published,
 }
 
@@ -162,14 +35,14 @@ struct Stripe {
 /// changes with every claim.
 #[repr(align(64))]
 struct Published {
-    slots: AtomicPtr<Slot>,
+    slots: AtomicPtr<Slot<ShardId>>,
     mask: AtomicUsize,
 }
 
 impl Stripe {
     fn new() -> Stripe {
-        let mut table = Table::with_slots(MIN_SLOTS);
-        let published = Published { slots: AtomicPtr::new(table.slots.as_mut_ptr()), mask: AtomicUsize::new(table.mask()) };
+        let mut table = Table::with_slots(0);
+        let published = Published { slots: AtomicPtr::new(table.slots_ptr()), mask: AtomicUsize::new(table.mask()) };
         Stripe { table: Mutex::new(table), published }
     }
 }
@@ -177,13 +50,13 @@ impl Stripe {
 /// A stripe's table, locked; publishes the table's slots for `prefetch` when it is unlocked
 /// after a resize.
 struct Locked<'a> {
-    table: MutexGuard<'a, Table>,
+    table: MutexGuard<'a, Table<ShardId>>,
     stripe: &'a Stripe,
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        let (slots, published) = (self.table.slots.as_mut_ptr(), &self.stripe.published);
+        let (slots, published) = (self.table.slots_ptr(), &self.stripe.published);
         if published.slots.load(Ordering::Relaxed) != slots {
             published.slots.store(slots, Ordering::Relaxed);
             published.mask.store(self.table.mask(), Ordering::Relaxed);
@@ -224,13 +97,13 @@ impl Claims {
         let stripe = self.stripe(key);
         let (slots, mask) = (stripe.published.slots.load(Ordering::Relaxed), stripe.published.mask.load(Ordering::Relaxed));
         // An address outside the table (a stale pair while another thread resizes) is harmless.
-        crate::prefetch(slots.wrapping_add(self.seed.home(key) & mask));
+        prefetch_slot(slots, mask, self.seed.home(key));
     }
 
     pub(crate) fn claim(&self, key: u128, shard: ShardId) -> Claim {
         let mut locked = self.lock(key);
         match locked.table.find(key, self.seed.home(key)) {
-            Ok(index) if locked.table.slots[index].shard() == shard => Claim::Held,
+            Ok(index) if locked.table.value(index) == Some(&shard) => Claim::Held,
             Ok(_) => Claim::Conflict,
             Err(index) => {
                 locked.table.put(index, key, shard, &self.seed);
@@ -243,7 +116,11 @@ impl Claims {
     pub(crate) fn hold(&self, key: u128, shard: ShardId) {
         let mut locked = self.lock(key);
         match locked.table.find(key, self.seed.home(key)) {
-            Ok(index) => locked.table.slots[index].holder = u64::from(shard) + 1,
+            Ok(index) => {
+                if let Some(holder) = locked.table.value_mut(index) {
+                    *holder = shard;
+                }
+            }
             Err(index) => locked.table.put(index, key, shard, &self.seed),
         }
     }
@@ -265,7 +142,7 @@ impl Claims {
 
     /// How many order numbers are claimed.
     pub(crate) fn len(&self) -> usize {
-        (0..STRIPES).map(|stripe| self.lock(stripe as u128).table.len).sum()
+        (0..STRIPES).map(|stripe| self.lock(stripe as u128).table.len()).sum()
     }
 
     /// Claims every order number `envelope` uses for `shard`: its own (`own`, its key computed
@@ -321,11 +198,6 @@ impl Claims {
     }
 }
 
-/// The key of `envelope`'s own order number, if it has one.
-pub(crate) fn own_key(envelope: &Envelope) -> Option<u128> {
-    envelope.out_order_no.as_ref().map(|number| idempotency_key(envelope.platform, envelope.command.idempotency_scope(), number))
-}
-
 /// The claims one command made (`true`) or found held by its shard (`false`). `orders` stays
 /// empty (no allocation) for everything but batch payments.
 #[derive(Default)]
@@ -342,7 +214,7 @@ mod tests {
     /// The claims hold an entry per order number of the shards' hot windows.
     #[test]
     fn a_claim_takes_24_bytes_and_keeps_every_bit_of_its_key() {
-        assert_eq!(std::mem::size_of::<Slot>(), 24);
+        assert_eq!(std::mem::size_of::<Slot<ShardId>>(), 24);
         let claims = Claims::new();
         let (key, twin) = (0x0123_4567_89ab_cdef_0000_0000_0000_0001u128, 0x0000_0000_0000_0001u128);
         assert!(matches!(claims.claim(key, 1), Claim::New));

@@ -36,7 +36,7 @@ use storage::{StorageError, Store};
 
 use crate::journal::codec;
 use crate::ledger::command::{idempotency_key, Command, Envelope};
-use crate::ledger::growth::StripedMap;
+use crate::ledger::flat::FlatMap;
 use crate::ledger::state::{ColdHit, IdempotencyRecord, ShardState};
 use crate::ledger::types::ShardId;
 use crate::PREFETCH_AHEAD;
@@ -117,10 +117,10 @@ pub fn write_rows(
     store: &dyn Store,
     shard: ShardId,
     stamp: u64,
-    sealed: &StripedMap<u128, IdempotencyRecord>,
+    sealed: &FlatMap<IdempotencyRecord>,
     filter: Option<&ColdFilter>,
 ) -> Result<usize, StorageError> {
-    let mut records: Vec<(u128, IdempotencyRecord)> = sealed.iter().map(|(key, record)| (*key, *record)).collect();
+    let mut records: Vec<(u128, IdempotencyRecord)> = sealed.iter().map(|(key, record)| (key, *record)).collect();
     records.sort_unstable_by_key(|(key, _)| *key);
     // Every row in one sorted write (`Store::write_sorted`: RocksDB takes them in as one table
     // file, so one file a checkpoint, not one a chunk); the keys and values each in one buffer.
@@ -739,7 +739,7 @@ pub fn logical_digest(store: &dyn Store, state: &ShardState, through: u64) -> Re
 
 /// A sealed generation of hot records, shared between the live shard (which still answers from
 /// it) and the checkpoint thread writing it cold.
-pub type Sealed = Arc<StripedMap<u128, IdempotencyRecord>>;
+pub type Sealed = Arc<FlatMap<IdempotencyRecord>>;
 
 #[cfg(test)]
 mod tests {
@@ -1036,6 +1036,47 @@ mod tests {
         let fresh = payment("fresh-single", a, b, 5);
         assert!(apply_as(&store, &mut state, 6, &fresh).0.is_ok());
         assert_eq!(apply_as(&store, &mut state, 7, &fresh).1, 0);
+    }
+
+    /// `apply_all` (slots asked for ahead) answers and posts exactly as `apply` one by one: a
+    /// number used twice in the batch (a replay, then a conflict), commands without numbers, one
+    /// left out, a sealed generation holding earlier numbers, and more commands than the ring.
+    #[test]
+    fn applying_a_batch_at_once_is_applying_it_one_by_one() {
+        let (mut state, a, b) = state();
+        let mut earlier = Effects::default();
+        for n in 0..20 {
+            state.apply(&payment(&format!("old{n}"), a, b, 1), T0, &mut earlier);
+        }
+        let _sealed = state.seal_idempotency();
+        let mut batch: Vec<Envelope> =
+            (0..30).map(|n| payment(&format!("new{n}"), if n % 2 == 0 { a } else { b }, if n % 2 == 0 { b } else { a }, 3)).collect();
+        batch[5] = payment("new1", b, a, 3);
+        batch[6] = payment("new1", b, a, 4);
+        batch[7] = payment("old3", a, b, 1);
+        batch[8] = payment("old4", a, b, 2);
+        batch[9].out_order_no = None;
+        let skip: Vec<bool> = (0..batch.len()).map(|n| n == 12).collect();
+        let (mut one_by_one, mut at_once) = (state.clone(), state);
+        let (mut fx_one, mut fx_all) = (Effects::default(), Effects::default());
+        let expected: Vec<Reply> = batch
+            .iter()
+            .zip(&skip)
+            .map(|(envelope, skipped)| if *skipped { Reply::rejected(ResultCode::Overloaded) } else { one_by_one.apply(envelope, T0 + 1, &mut fx_one) })
+            .collect();
+        let mut replies = Vec::new();
+        at_once.apply_all(&batch, Some(&skip), T0 + 1, &mut fx_all, &mut replies);
+        assert_eq!(replies, expected);
+        assert_eq!(fx_all.postings, fx_one.postings);
+        assert!(expected[5].replayed && expected[7].replayed);
+        assert_eq!((expected[6].code, expected[8].code), (ResultCode::IdempotencyConflict, ResultCode::IdempotencyConflict));
+        let records = |state: &ShardState| {
+            let mut all: Vec<(u128, IdempotencyRecord)> = state.memory_idempotency().collect();
+            all.sort_unstable_by_key(|(key, _)| *key);
+            all
+        };
+        assert_eq!(records(&at_once), records(&one_by_one));
+        assert_eq!(at_once.idempotency.len(), 24);
     }
 
     #[test]

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, SendTimeoutError, Sender, TrySendError};
 use storage::Store;
 
-use crate::claims::{own_key, Claimed, Claims};
+use crate::claims::{Claimed, Claims};
 use crate::directory::Directory;
 use crate::journal::{batch_key, encode, recover_shard_filtered, BatchRecordRef, ChainHead, Recovered, META_SHARD_COUNT, ZERO_HASH};
+use crate::ledger::command::own_key;
 use crate::ledger::command::{Command, Envelope};
 use crate::ledger::ops::payment::check_legs;
 use crate::ledger::state::{check_amount, credit_refusal_by, Effects, IdempotencyRecord, ShardState};
@@ -153,7 +154,7 @@ impl Engine {
         for Recovered { state, .. } in &recovered {
             directory.load(state);
             for (key, _) in state.idempotency.iter() {
-                claims.hold(*key, state.shard);
+                claims.hold(key, state.shard);
             }
         }
         let (mut client_senders, mut client_receivers) = (Vec::new(), Vec::new());

@@ -504,6 +504,7 @@ fn replay_after(
 ) -> Result<(ShardState, ChainHead, Timestamp), JournalError> {
     let mut fx = Effects::default();
     let mut probe_keys = Vec::new();
+    let mut replies = Vec::new();
     let mut last_timestamp = timestamp;
     let mut first = anchor.is_none();
     let head = walk_chain(store, shard, anchor, &mut |record| {
@@ -530,9 +531,8 @@ fn replay_after(
         // a corrupt journal, and recovery refuses to start with this error instead of a panic.
         // The state is dropped with the error, so what the panic left half-done is never used.
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for envelope in &record.envelopes {
-                state.apply(envelope, record.timestamp, &mut fx);
-            }
+            replies.clear();
+            state.apply_all(&record.envelopes, None, record.timestamp, &mut fx, &mut replies);
         }));
         if let Err(panic) = applied {
             if let Some(fault) = panic.downcast_ref::<crate::ledger::growth::StorageFault>() {

@@ -570,8 +570,8 @@ impl Shard {
             if let Some(sealed) = &snapshot.sealed {
                 // Their rows are durable: the filter learns them before the router forgets
                 // its claims and before the shard drops them from memory.
-                cold_filter.insert_all(sealed.iter().map(|(key, _)| *key));
-                forget_claims(&mut sealed.iter().map(|(key, _)| *key));
+                cold_filter.insert_all(sealed.iter().map(|(key, _)| key));
+                forget_claims(&mut sealed.iter().map(|(key, _)| key));
             }
             Ok(written)
         });
@@ -645,7 +645,7 @@ impl Shard {
         match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept, blobs, Some(&*self.cold_filter)) {
             Ok(written) => {
                 if let Some(sealed) = &self.state.sealed {
-                    self.cold_filter.insert_all(sealed.iter().map(|(key, _)| *key));
+                    self.cold_filter.insert_all(sealed.iter().map(|(key, _)| key));
                 }
                 self.state.drop_sealed();
                 self.checkpoints.last_sequence = self.sequence;
@@ -782,13 +782,7 @@ impl Shard {
                 return false;
             }
         };
-        for (index, envelope) in round.envelopes.iter().enumerate() {
-            let reply = match &skipped {
-                Some(skipped) if skipped[index] => Reply::rejected(ResultCode::Overloaded),
-                _ => self.state.apply(envelope, now, &mut round.fx),
-            };
-            round.replies.push(reply);
-        }
+        self.state.apply_all(&round.envelopes, skipped.as_deref(), now, &mut round.fx, &mut round.replies);
         // The journal holds what was applied: a command left out is not replayed either.
         let applied: Option<Vec<Envelope>> =
             skipped.as_ref().map(|skipped| round.envelopes.iter().zip(skipped).filter(|(_, skip)| !**skip).map(|(envelope, _)| envelope.clone()).collect());

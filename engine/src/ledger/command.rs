@@ -322,6 +322,11 @@ pub fn idempotency_key(platform: u32, kind: u8, out_order_no: &OutOrderNo) -> u1
     super::keyhash::xxh3_128_prefixed(prefix, &out_order_no.bytes, usize::from(out_order_no.len.get()))
 }
 
+/// The idempotency key of `envelope`'s own order number, if it has one.
+pub fn own_key(envelope: &Envelope) -> Option<u128> {
+    envelope.out_order_no.as_ref().map(|number| idempotency_key(envelope.platform, envelope.command.idempotency_scope(), number))
+}
+
 /// A fingerprint of a command's content, to tell a replay from a conflicting reuse of a key.
 pub fn content_hash(command: &Command) -> u64 {
     let mut hasher = BufferedXxh3::default();

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::command::{content_hash, idempotency_key, Command, Envelope};
-use crate::ledger::growth::{BatchList, ChunkedVec, OrderBlocks, StripedMap};
+use crate::ledger::command::{content_hash, own_key, Command, Envelope};
+use crate::ledger::flat::FlatMap;
+use crate::ledger::growth::{BatchList, ChunkedVec, OrderBlocks};
 use crate::ledger::ops;
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, CurrencySpec, Minor};
@@ -112,7 +113,7 @@ pub struct ShardState {
     pub orders: ChunkedVec<Order>,
     /// Hot idempotency records: the order numbers accepted since the last checkpoint (older ones
     /// are cold rows in the store, see `cold`). Read through `idempotency_record`.
-    pub idempotency: StripedMap<u128, IdempotencyRecord>,
+    pub idempotency: FlatMap<IdempotencyRecord>,
     /// The generation a checkpoint in flight is writing cold: still answered from memory until
     /// that checkpoint is durable. Never encoded (a checkpoint's state is taken after sealing).
     #[serde(skip)]
@@ -271,12 +272,44 @@ impl ShardState {
 
     /// Applies one command at time `now`, appending its postings to `fx`. Pure and deterministic.
     pub fn apply(&mut self, envelope: &Envelope, now: Timestamp, fx: &mut Effects) -> Reply {
+        self.apply_keyed(envelope, own_key(envelope), now, fx)
+    }
+
+    /// Applies `envelopes` in order at time `now` as `apply` does each (except those `skip`
+    /// marks: left out, answered `Overloaded`), pushing each reply to `replies`. The same
+    /// outcome as `apply` one by one; each command's record slot (hot, and sealed if a
+    /// checkpoint is in flight) is asked for `PREFETCH_AHEAD` commands before it is looked up,
+    /// so the lookups' cache misses overlap (a batch's order numbers are in tables of MBs).
+    pub fn apply_all(&mut self, envelopes: &[Envelope], skip: Option<&[bool]>, now: Timestamp, fx: &mut Effects, replies: &mut Vec<Reply>) {
+        let mut ring = [None; crate::PREFETCH_AHEAD];
+        let key_ahead = |state: &ShardState, index: usize| {
+            let key = own_key(envelopes.get(index)?)?;
+            state.idempotency.prefetch(key);
+            if let Some(sealed) = &state.sealed {
+                sealed.prefetch(key);
+            }
+            Some(key)
+        };
+        for (index, slot) in ring.iter_mut().enumerate() {
+            *slot = key_ahead(self, index);
+        }
+        for (index, envelope) in envelopes.iter().enumerate() {
+            let key = std::mem::replace(&mut ring[index % crate::PREFETCH_AHEAD], key_ahead(self, index + crate::PREFETCH_AHEAD));
+            let reply = match skip {
+                Some(skip) if skip.get(index).copied().unwrap_or(false) => Reply::rejected(ResultCode::Overloaded),
+                _ => self.apply_keyed(envelope, key, now, fx),
+            };
+            replies.push(reply);
+        }
+    }
+
+    /// `apply` with the command's own idempotency key (`own_key`) already computed.
+    fn apply_keyed(&mut self, envelope: &Envelope, key: Option<u128>, now: Timestamp, fx: &mut Effects) -> Reply {
         let command = &envelope.command;
         if let Command::Genesis { shard, shard_count, currencies, utc_offset_seconds } = command {
             return self.genesis(*shard, *shard_count, currencies, *utc_offset_seconds);
         }
         assert!(self.is_initialized(), "commands before genesis");
-        let key = envelope.out_order_no.as_ref().map(|no| idempotency_key(envelope.platform, command.idempotency_scope(), no));
         let mut content = 0;
         if let Some(key) = key {
             content = content_hash(command);
@@ -704,7 +737,7 @@ impl ShardState {
     #[inline]
     fn seen(&self, key: &u128) -> Option<Seen> {
         // The common answers first: a hot record, or a miss while nothing is sealed or prefetched.
-        if let Some(record) = self.idempotency.get(key) {
+        if let Some(record) = self.idempotency.get(*key) {
             return Some(Seen::Record(*record));
         }
         if self.sealed.is_none() && self.cold.is_empty() {
@@ -716,7 +749,7 @@ impl ShardState {
     /// `seen` past the hot map: the sealed generation, then this batch's prefetch.
     #[cold]
     fn seen_beyond_hot(&self, key: &u128) -> Option<Seen> {
-        if let Some(record) = self.sealed.as_ref().and_then(|sealed| sealed.get(key)) {
+        if let Some(record) = self.sealed.as_ref().and_then(|sealed| sealed.get(*key)) {
             return Some(Seen::Record(*record));
         }
         match self.cold.get(key)? {
@@ -734,21 +767,21 @@ impl ShardState {
     /// The record of `key` if memory holds it (hot or sealed); a cold one is in the store
     /// (`cold::read_record`, `Engine::idempotency_record`).
     pub fn idempotency_record(&self, key: &u128) -> Option<IdempotencyRecord> {
-        if let Some(record) = self.idempotency.get(key) {
+        if let Some(record) = self.idempotency.get(*key) {
             return Some(*record);
         }
-        self.sealed.as_ref().and_then(|sealed| sealed.get(key).copied())
+        self.sealed.as_ref().and_then(|sealed| sealed.get(*key).copied())
     }
 
     /// Whether memory holds a record of `key` (a prefetch need not read it).
     pub fn holds_idempotency(&self, key: &u128) -> bool {
-        self.idempotency.get(key).is_some() || self.sealed.as_ref().is_some_and(|sealed| sealed.get(key).is_some())
+        self.idempotency.get(*key).is_some() || self.sealed.as_ref().is_some_and(|sealed| sealed.get(*key).is_some())
     }
 
     /// Every record memory holds (hot and sealed), in no particular order.
     pub fn memory_idempotency(&self) -> impl Iterator<Item = (u128, IdempotencyRecord)> + '_ {
         let sealed = self.sealed.iter().flat_map(|sealed| sealed.iter());
-        self.idempotency.iter().chain(sealed).map(|(key, record)| (*key, *record))
+        self.idempotency.iter().chain(sealed).map(|(key, record)| (key, *record))
     }
 
     /// Takes the cold records a batch may look up (`cold::prefetch`), replacing the last batch's.
@@ -782,7 +815,7 @@ impl ShardState {
     pub fn unseal(&mut self) {
         if let Some(sealed) = self.sealed.take() {
             for (key, record) in sealed.iter() {
-                self.idempotency.insert(*key, *record);
+                self.idempotency.insert(key, *record);
             }
         }
     }
@@ -1007,7 +1040,7 @@ impl ShardState {
     /// records, hot and cold, read through the store.
     pub fn digest(&self) -> u64 {
         let mut canonical = self.clone();
-        canonical.idempotency = StripedMap::default();
+        canonical.idempotency = FlatMap::default();
         canonical.sealed = None;
         canonical.cold.clear();
         let mut owners: Vec<_> = canonical.owners.drain().collect();
