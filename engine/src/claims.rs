@@ -90,9 +90,9 @@ impl Claims {
         Locked { table: stripe.table.lock().expect("claims lock"), stripe }
     }
 
-    /// Asks the CPU for the cache line of `key`'s first slot (a hint: it never faults and
-    /// changes nothing), for a claim, hold or release of `key` a few keys later. (Asking for the
-    /// next line too measured the same at 10 M.)
+    /// Asks the CPU for the cache lines of `key`'s first slot (`prefetch_slot`: a hint, it never
+    /// faults and changes nothing), for a claim, hold or release of `key` a few keys later.
+    /// (Asking for the slot after it too measured the same at 10 M.)
     pub(crate) fn prefetch(&self, key: u128) {
         let stripe = self.stripe(key);
         let (slots, mask) = (stripe.published.slots.load(Ordering::Relaxed), stripe.published.mask.load(Ordering::Relaxed));

@@ -1,12 +1,12 @@
 //! Flat open-addressed tables of 128-bit keys: the router's claims (`crate::claims`) and a
-//! shard's hot idempotency records (`FlatMap`).
+//! shard's hot and sealed idempotency records (`FlatMap`).
 //!
 //! Both are looked up once per order number, at hundreds of thousands a second, in tables of
 //! tens of MB: each lookup is a cache miss. A flat table keeps the whole key and its value in one
 //! slot (linear probing, at most 5/8 of the slots used, so a lookup reads about one cache line),
 //! and a caller that knows the next keys asks for their slots ahead (`prefetch`): the misses of
 //! several keys overlap instead of coming one after another. Slots are chosen by a keyed mix of
-//! the key (a per-table secret), so that order numbers chosen to collide cannot build long probe
+//! the key (a secret per claims or per map), so that order numbers chosen to collide cannot build long probe
 //! runs. A slot is empty when its value is `None`, so a key of all zero bits is a key like any
 //! other (and for values with a niche, such as the records, `Option` costs no byte).
 
@@ -30,7 +30,7 @@ impl Seed {
     /// A fresh secret (from the process's random hasher keys).
     pub(crate) fn new() -> Seed {
         let state = RandomState::new();
-        Seed(state.hash_one(0x5eed_u64) | 1, state.hash_one(0x5eed_u64 + 1))
+        Seed(state.hash_one(0x5eed_u64), state.hash_one(0x5eed_u64 + 1))
     }
 
     /// `key`'s first slot (before masking): a folded 64x64->128 multiply of its keyed words.
@@ -199,8 +199,9 @@ const STRIPES: usize = 64;
 /// A map of 128-bit keys (already hashes) to small copyable values: 64 flat tables, key `key` in
 /// table `key % 64` (the stripe of the 64 hash maps it replaced) at a slot of the keyed mix.
 /// Insert-only (it is emptied whole). Encoded as the sequence of the 64 tables, each a map of
-/// key to value: the encoding of those hash maps, so checkpoints are read right by the builds
-/// before as well as after.
+/// key to value: the format of those hash maps, so checkpoints are read right by the builds
+/// before as well as after (entries come in slot order, which the secret decides: the same
+/// map's bytes differ between processes; nothing compares them). `reserve` is for benches.
 #[derive(Clone)]
 pub struct FlatMap<V> {
     stripes: Box<[Table<V>]>,
@@ -214,9 +215,15 @@ impl<V: Copy> Default for FlatMap<V> {
 }
 
 impl<V: Copy> FlatMap<V> {
+    /// The table of `key`.
+    #[inline]
+    fn stripe_of(key: u128) -> usize {
+        (key % STRIPES as u128) as usize
+    }
+
     #[inline]
     fn stripe(&self, key: u128) -> &Table<V> {
-        &self.stripes[(key % STRIPES as u128) as usize]
+        &self.stripes[Self::stripe_of(key)]
     }
 
     /// The value of `key`.
@@ -229,7 +236,7 @@ impl<V: Copy> FlatMap<V> {
     /// Inserts or replaces; returns the value replaced.
     pub fn insert(&mut self, key: u128, value: V) -> Option<V> {
         let (home, seed) = (self.seed.home(key), self.seed);
-        let table = &mut self.stripes[(key % STRIPES as u128) as usize];
+        let table = &mut self.stripes[Self::stripe_of(key)];
         match table.find(key, home) {
             Ok(index) => table.slots[index].value.replace(value),
             Err(index) => {
@@ -381,13 +388,19 @@ mod tests {
     /// map `key % 64`), both ways: old checkpoints decode, and builds before read new ones.
     #[test]
     fn encodes_as_the_striped_hash_maps_did() {
+        use crate::ledger::state::FastMap;
         use bincode::Options;
+        /// What the builds before encoded (`growth::StripedMap`): one field, 64 Fx hash maps.
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct StripedMap {
+            stripes: Vec<FastMap<u128, u64>>,
+        }
         let codec = crate::journal::codec;
-        let mut striped: Vec<std::collections::HashMap<u128, u64>> = vec![Default::default(); STRIPES];
+        let mut striped = StripedMap { stripes: vec![FastMap::default(); STRIPES] };
         let mut map: FlatMap<u64> = FlatMap::default();
         for n in 0..5_000u128 {
             let key = n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-            striped[(key as usize) % STRIPES].insert(key, n as u64 * 3);
+            striped.stripes[(key as usize) % STRIPES].insert(key, n as u64 * 3);
             map.insert(key, n as u64 * 3);
         }
         let sorted = |map: &FlatMap<u64>| {
@@ -397,7 +410,7 @@ mod tests {
         };
         let old: FlatMap<u64> = codec().deserialize(&codec().serialize(&striped).unwrap()).unwrap();
         assert_eq!(sorted(&old), sorted(&map));
-        let back: Vec<std::collections::HashMap<u128, u64>> = codec().deserialize(&codec().serialize(&map).unwrap()).unwrap();
+        let back: StripedMap = codec().deserialize(&codec().serialize(&map).unwrap()).unwrap();
         assert_eq!(back, striped);
     }
 

@@ -281,6 +281,12 @@ impl ShardState {
     /// checkpoint is in flight) is asked for `PREFETCH_AHEAD` commands before it is looked up,
     /// so the lookups' cache misses overlap (a batch's order numbers are in tables of MBs).
     pub fn apply_all(&mut self, envelopes: &[Envelope], skip: Option<&[bool]>, now: Timestamp, fx: &mut Effects, replies: &mut Vec<Reply>) {
+        // One mark a command: the journal keeps the commands not skipped, by the same marks.
+        if let Some(skip) = skip {
+            assert_eq!(skip.len(), envelopes.len(), "a skip mark for each command");
+        }
+        // Its own ring, not `each_prefetched`: applying needs the state mutably, asking ahead
+        // reads it.
         let mut ring = [None; crate::PREFETCH_AHEAD];
         let key_ahead = |state: &ShardState, index: usize| {
             let key = own_key(envelopes.get(index)?)?;
@@ -296,7 +302,7 @@ impl ShardState {
         for (index, envelope) in envelopes.iter().enumerate() {
             let key = std::mem::replace(&mut ring[index % crate::PREFETCH_AHEAD], key_ahead(self, index + crate::PREFETCH_AHEAD));
             let reply = match skip {
-                Some(skip) if skip.get(index).copied().unwrap_or(false) => Reply::rejected(ResultCode::Overloaded),
+                Some(skip) if skip[index] => Reply::rejected(ResultCode::Overloaded),
                 _ => self.apply_keyed(envelope, key, now, fx),
             };
             replies.push(reply);
