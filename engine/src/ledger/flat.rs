@@ -52,9 +52,10 @@ pub(crate) struct Slot<V> {
 impl<V: Copy> Slot<V> {
     const EMPTY: Slot<V> = Slot { low: 0, high: 0, value: None };
 
+    /// Whether the slot's key words are `key`'s (meaningful for an occupied slot only).
     #[inline]
-    fn holds(&self, key: u128) -> bool {
-        self.value.is_some() && self.low == key as u64 && self.high == (key >> 64) as u64
+    fn has_key(&self, key: u128) -> bool {
+        self.low == key as u64 && self.high == (key >> 64) as u64
     }
 
     fn key(&self) -> u128 {
@@ -99,7 +100,7 @@ impl<V: Copy> Table<V> {
             if slot.value.is_none() {
                 return Err(index);
             }
-            if slot.holds(key) {
+            if slot.has_key(key) {
                 return Ok(index);
             }
             index = (index + 1) & mask;
