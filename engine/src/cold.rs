@@ -1109,6 +1109,13 @@ mod tests {
         state.unseal();
         assert_eq!(state.idempotency.len(), 1);
         assert!(state.sealed.is_none());
+        // A live shard sizes the new hot map once it has its checkpoint's copy; records given
+        // back land in it.
+        state.seal_idempotency();
+        state.expect_records(100_000);
+        assert!(state.idempotency.is_empty() && state.idempotency.capacity() >= 100_000);
+        state.unseal();
+        assert_eq!((state.idempotency.len(), state.idempotency.capacity() >= 100_000), (1, true));
     }
 
     /// Review finding (two faults needed): records sealed again by a later checkpoint, after a

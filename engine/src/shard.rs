@@ -552,8 +552,9 @@ impl Shard {
         let held = Instant::now();
         // The hot idempotency records move to the sealed generation (a pointer swap): the
         // checkpoint writes them cold before its manifest, and the state it encodes holds none.
-        self.state.seal_idempotency();
+        let sealed = self.state.seal_idempotency().len();
         let snapshot = self.state.clone();
+        self.state.expect_records(sealed.saturating_add(sealed / 4));
         let hold_us = held.elapsed().as_micros() as u64;
         self.counters.checkpoint_hold_us.store(hold_us, Ordering::Relaxed);
         self.counters.largest_checkpoint_hold_us.fetch_max(hold_us, Ordering::Relaxed);

@@ -6,20 +6,29 @@
 //! slot (linear probing, at most 5/8 of the slots used, so a lookup reads about one cache line),
 //! and a caller that knows the next keys asks for their slots ahead (`prefetch`): the misses of
 //! several keys overlap instead of coming one after another. Slots are chosen by a keyed mix of
-//! the key (a secret per claims or per map), so that order numbers chosen to collide cannot build long probe
-//! runs. A slot is empty when its value is `None`, so a key of all zero bits is a key like any
-//! other (and for values with a niche, such as the records, `Option` costs no byte).
+//! the key (a secret per claims or per map), so that order numbers chosen to collide cannot build
+//! long probe runs.
+//!
+//! A slot whose key words are both zero is empty, so a new table is zeroed memory: a table of
+//! 2 MB or more is mapped from the kernel, whose pages are zero and arrive as they are first
+//! written (a large new or resized table costs no fill), and is advised onto huge pages (a
+//! lookup in tens of MB is then a cache miss but not also a TLB miss, for which a prefetch would
+//! wait on its page walk). Key 0, a key like any other, has a slot of its own past the probed
+//! ones.
 
+use std::alloc::Layout;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
 
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A table never has fewer slots (a power of two).
+/// A table never has fewer probed slots (a power of two).
 const MIN_SLOTS: usize = 16;
 
 /// The secret of a table's slot mix.
@@ -41,18 +50,37 @@ impl Seed {
     }
 }
 
-/// One entry: the key's two words and the value (`None`: the slot is empty).
-#[derive(Clone, Copy)]
+/// One entry: the key's two words and the value. A probed slot whose key words are both zero
+/// is empty (its value is then never read); an occupied slot's value was written with its key.
+#[repr(C)]
 pub(crate) struct Slot<V> {
     low: u64,
     high: u64,
-    value: Option<V>,
+    value: MaybeUninit<V>,
 }
 
-impl<V: Copy> Slot<V> {
-    const EMPTY: Slot<V> = Slot { low: 0, high: 0, value: None };
+impl<V: Copy> Clone for Slot<V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
 
-    /// Whether the slot's key words are `key`'s (meaningful for an occupied slot only).
+impl<V: Copy> Copy for Slot<V> {}
+
+impl<V: Copy> Slot<V> {
+    const EMPTY: Slot<V> = Slot { low: 0, high: 0, value: MaybeUninit::uninit() };
+
+    fn new(key: u128, value: V) -> Slot<V> {
+        Slot { low: key as u64, high: (key >> 64) as u64, value: MaybeUninit::new(value) }
+    }
+
+    /// Whether a probed slot is empty (no key but 0 has both words zero; key 0 is not probed).
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.low | self.high == 0
+    }
+
+    /// Whether the slot's key words are `key`'s.
     #[inline]
     fn has_key(&self, key: u128) -> bool {
         self.low == key as u64 && self.high == (key >> 64) as u64
@@ -63,24 +91,134 @@ impl<V: Copy> Slot<V> {
     }
 }
 
-/// A power-of-two number of slots, at most 5/8 of them used (linear probing then looks at about
-/// four slots for a key it does not hold, two for one it does).
-#[derive(Clone)]
+/// Slots of this many bytes or more are mapped from the kernel on huge pages (the size of one).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Owned slots, all zero (empty) when made: mapped from the kernel for `HUGE_PAGE` bytes or
+/// more (on Linux), from the allocator's zeroed memory below.
+struct Slots<V> {
+    first: NonNull<Slot<V>>,
+    count: usize,
+    /// The mapping's start and length, when mapped (`first` is its first huge-page boundary).
+    mapping: Option<(NonNull<u8>, usize)>,
+}
+
+// SAFETY: `Slots` owns its memory alone, like a `Box<[Slot<V>]>`.
+unsafe impl<V: Send> Send for Slots<V> {}
+// SAFETY: as above; shared access only reads.
+unsafe impl<V: Sync> Sync for Slots<V> {}
+
+impl<V> Slots<V> {
+    fn layout(count: usize) -> Layout {
+        Layout::array::<Slot<V>>(count).expect("a table's size fits the address space")
+    }
+
+    /// `count` (at least one) empty slots.
+    fn zeroed(count: usize) -> Slots<V> {
+        let layout = Self::layout(count);
+        #[cfg(target_os = "linux")]
+        if layout.size() >= HUGE_PAGE {
+            // Room for the slots from the first huge-page boundary in the mapping on, in whole
+            // huge pages (pages never written are never backed).
+            let length = layout.size().next_multiple_of(HUGE_PAGE) + HUGE_PAGE;
+            // SAFETY: an anonymous private mapping of fresh memory, placed by the kernel; it
+            // touches nothing of ours.
+            let start = unsafe { libc::mmap(std::ptr::null_mut(), length, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+            if start == libc::MAP_FAILED {
+                std::alloc::handle_alloc_error(layout);
+            }
+            let first = (start as usize).next_multiple_of(HUGE_PAGE);
+            // SAFETY: the range starts inside the mapping and ends at most at its end (`first`
+            // is less than a huge page past `start`); the advice only changes how the kernel
+            // backs those pages, never their contents, and a refusal (huge pages off) changes
+            // nothing.
+            unsafe { libc::madvise(first as *mut libc::c_void, layout.size().next_multiple_of(HUGE_PAGE), libc::MADV_HUGEPAGE) };
+            let first = NonNull::new(first as *mut Slot<V>).expect("a mapping is not at address 0");
+            let mapping = NonNull::new(start.cast::<u8>()).expect("a mapping is not at address 0");
+            return Slots { first, count, mapping: Some((mapping, length)) };
+        }
+        // SAFETY: `layout` is non-zero-sized (at least one slot of 16 bytes or more).
+        let pointer = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Slot<V>>();
+        let first = NonNull::new(pointer).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Slots { first, count, mapping: None }
+    }
+}
+
+impl<V> std::ops::Deref for Slots<V> {
+    type Target = [Slot<V>];
+    fn deref(&self) -> &[Slot<V>] {
+        // SAFETY: `first` points at `count` slots this value owns, initialised: all-zero bytes
+        // are a valid `Slot` (two integers and a `MaybeUninit`), and every write is a `Slot`.
+        unsafe { std::slice::from_raw_parts(self.first.as_ptr(), self.count) }
+    }
+}
+
+impl<V> std::ops::DerefMut for Slots<V> {
+    fn deref_mut(&mut self) -> &mut [Slot<V>] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.first.as_ptr(), self.count) }
+    }
+}
+
+impl<V: Copy> Clone for Slots<V> {
+    fn clone(&self) -> Self {
+        let mut copy = Slots::zeroed(self.count);
+        copy.copy_from_slice(self);
+        copy
+    }
+}
+
+impl<V> Drop for Slots<V> {
+    fn drop(&mut self) {
+        match self.mapping {
+            // SAFETY: the mapping `zeroed` made, unmapped once; nothing refers to it past `self`.
+            #[cfg(target_os = "linux")]
+            Some((start, length)) => unsafe {
+                libc::munmap(start.as_ptr().cast(), length);
+            },
+            // SAFETY: the memory `zeroed` had from the allocator with this layout, freed once.
+            _ => unsafe { std::alloc::dealloc(self.first.as_ptr().cast(), Self::layout(self.count)) },
+        }
+    }
+}
+
+/// A power-of-two number of probed slots, at most 5/8 of the table used (linear probing then
+/// looks at about four slots for a key it does not hold, two for one it does), then key 0's slot.
 pub(crate) struct Table<V> {
-    slots: Box<[Slot<V>]>,
+    slots: Slots<V>,
     len: usize,
+    /// Whether key 0 is held (in the last slot).
+    zero: bool,
+}
+
+impl<V: Copy> Clone for Table<V> {
+    fn clone(&self) -> Self {
+        Table { slots: self.slots.clone(), len: self.len, zero: self.zero }
+    }
 }
 
 impl<V: Copy> Table<V> {
+    /// A table of at least `count` probed slots.
     pub(crate) fn with_slots(count: usize) -> Table<V> {
-        Table { slots: vec![Slot::EMPTY; count.max(MIN_SLOTS).next_power_of_two()].into_boxed_slice(), len: 0 }
+        Table { slots: Slots::zeroed(count.max(MIN_SLOTS).next_power_of_two() + 1), len: 0, zero: false }
     }
 
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
+    /// How many slots are probed (a power of two).
+    fn probed(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// The probed slots' mask.
     pub(crate) fn mask(&self) -> usize {
+        self.probed() - 1
+    }
+
+    /// Key 0's slot.
+    fn zero_index(&self) -> usize {
         self.slots.len() - 1
     }
 
@@ -93,37 +231,59 @@ impl<V: Copy> Table<V> {
     /// `Seed::home(key)`.
     #[inline]
     pub(crate) fn find(&self, key: u128, home: usize) -> Result<usize, usize> {
+        if key == 0 {
+            let index = self.zero_index();
+            return if self.zero { Ok(index) } else { Err(index) };
+        }
         let mask = self.mask();
         let mut index = home & mask;
         loop {
             let slot = &self.slots[index];
-            if slot.value.is_none() {
-                return Err(index);
-            }
             if slot.has_key(key) {
                 return Ok(index);
+            }
+            if slot.is_empty() {
+                return Err(index);
             }
             index = (index + 1) & mask;
         }
     }
 
+    /// Whether slot `index` holds an entry.
+    #[inline]
+    fn occupied(&self, index: usize) -> bool {
+        if index == self.zero_index() {
+            self.zero
+        } else {
+            !self.slots[index].is_empty()
+        }
+    }
+
     /// The value in slot `index` (`None` if it is empty).
     pub(crate) fn value(&self, index: usize) -> Option<&V> {
-        self.slots[index].value.as_ref()
+        // SAFETY: an occupied slot's value was written with its key (`place`).
+        self.occupied(index).then(|| unsafe { self.slots[index].value.assume_init_ref() })
     }
 
     /// The value in slot `index`, mutably.
     pub(crate) fn value_mut(&mut self, index: usize) -> Option<&mut V> {
-        self.slots[index].value.as_mut()
+        // SAFETY: as in `value`.
+        self.occupied(index).then(|| unsafe { self.slots[index].value.assume_init_mut() })
+    }
+
+    /// Writes `key` and `value` into the empty slot `index` (from `find`).
+    fn place(&mut self, index: usize, key: u128, value: V) {
+        self.slots[index] = Slot::new(key, value);
+        self.zero |= key == 0;
+        self.len += 1;
     }
 
     /// Puts `key` and `value` in the empty slot `index` (from `find`), growing the table past
     /// 5/8 full.
     pub(crate) fn put(&mut self, index: usize, key: u128, value: V, seed: &Seed) {
-        self.slots[index] = Slot { low: key as u64, high: (key >> 64) as u64, value: Some(value) };
-        self.len += 1;
-        if self.len * 8 > self.slots.len() * 5 {
-            self.resize(self.slots.len() * 2, seed);
+        self.place(index, key, value);
+        if self.len * 8 > self.probed() * 5 {
+            self.resize(self.probed() * 2, seed);
         }
     }
 
@@ -131,50 +291,57 @@ impl<V: Copy> Table<V> {
     /// deletion: no tombstones, so lookups stay as short as the load allows). Shrinks a table
     /// that fell under 1/8 full.
     pub(crate) fn remove(&mut self, mut index: usize, seed: &Seed) {
-        let mask = self.mask();
-        let mut next = (index + 1) & mask;
-        loop {
-            let slot = self.slots[next];
-            if slot.value.is_none() {
-                break;
+        if index == self.zero_index() {
+            self.zero = false;
+        } else {
+            let mask = self.mask();
+            let mut next = (index + 1) & mask;
+            loop {
+                let slot = self.slots[next];
+                if slot.is_empty() {
+                    break;
+                }
+                // The slot may move back to `index` when `index` lies on its way from its home
+                // (cyclically, home ..= next): otherwise a lookup from its home would stop at the hole.
+                let home = seed.home(slot.key()) & mask;
+                if (next.wrapping_sub(home) & mask) >= (next.wrapping_sub(index) & mask) {
+                    self.slots[index] = slot;
+                    index = next;
+                }
+                next = (next + 1) & mask;
             }
-            // The slot may move back to `index` when `index` lies on its way from its home
-            // (cyclically, home ..= next): otherwise a lookup from its home would stop at the hole.
-            let home = seed.home(slot.key()) & mask;
-            if (next.wrapping_sub(home) & mask) >= (next.wrapping_sub(index) & mask) {
-                self.slots[index] = slot;
-                index = next;
-            }
-            next = (next + 1) & mask;
         }
         self.slots[index] = Slot::EMPTY;
         self.len -= 1;
-        if self.slots.len() > MIN_SLOTS && self.len * 8 < self.slots.len() {
-            self.resize(self.slots.len() / 2, seed);
+        if self.probed() > MIN_SLOTS && self.len * 8 < self.probed() {
+            self.resize(self.probed() / 2, seed);
         }
     }
 
     /// Makes room for `additional` more entries without growing in between.
     pub(crate) fn reserve(&mut self, additional: usize, seed: &Seed) {
         let needed = slots_for(self.len + additional);
-        if needed > self.slots.len() {
+        if needed > self.probed() {
             self.resize(needed, seed);
         }
     }
 
     fn resize(&mut self, count: usize, seed: &Seed) {
         let old = std::mem::replace(self, Table::with_slots(count));
-        for slot in old.slots.iter().filter(|slot| slot.value.is_some()) {
-            if let Err(index) = self.find(slot.key(), seed.home(slot.key())) {
-                self.slots[index] = *slot;
-                self.len += 1;
+        for (key, value) in old.iter() {
+            if let Err(index) = self.find(key, seed.home(key)) {
+                self.place(index, key, *value);
             }
         }
     }
 
     /// Every entry, in slot order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u128, &V)> {
-        self.slots.iter().filter_map(|slot| slot.value.as_ref().map(|value| (slot.key(), value)))
+        let probed = self.slots[..self.zero_index()].iter().filter(|slot| !slot.is_empty());
+        probed.chain(self.zero.then(|| &self.slots[self.zero_index()])).map(|slot| {
+            // SAFETY: only occupied slots pass the filters above (see `value`).
+            (slot.key(), unsafe { slot.value.assume_init_ref() })
+        })
     }
 }
 
@@ -193,55 +360,52 @@ pub(crate) fn prefetch_slot<V>(slots: *const Slot<V>, mask: usize, home: usize) 
     crate::prefetch(slot.cast::<u8>().wrapping_add(std::mem::size_of::<Slot<V>>() - 1));
 }
 
-/// Independent tables: each resize moves 1/64 of the entries (no batch waits for a whole
-/// map's copy), and the encoding's maps.
-const STRIPES: usize = 64;
+/// How many maps the encoding has: the 64 hash maps `FlatMap` replaced, entry `key` in map
+/// `key % 64`.
+const ENCODED_MAPS: usize = 64;
 
-/// A map of 128-bit keys (already hashes) to small copyable values: 64 flat tables, key `key` in
-/// table `key % 64` (the stripe of the 64 hash maps it replaced) at a slot of the keyed mix.
-/// Insert-only (it is emptied whole). Encoded as the sequence of the 64 tables, each a map of
-/// key to value: the format of those hash maps, so checkpoints are read right by the builds
-/// before as well as after (entries come in slot order, which the secret decides: the same
-/// map's bytes differ between processes; nothing compares them). `reserve` is for benches.
-#[derive(Clone)]
+/// A map of 128-bit keys (already hashes) to small copyable values in one flat table at slots
+/// of a keyed mix. Insert-only (it is emptied whole). It grows by doubling; sized first
+/// (`with_capacity`, as a shard does for each new generation of records, from the one before)
+/// it does not pause to grow. Encoded as a sequence of 64 maps of key to value, entry `key` in
+/// map `key % 64`: the format of the striped hash maps it replaced, so checkpoints are read right
+/// by the builds before as well as after (entries come in slot order, which the secret decides:
+/// the same map's bytes differ between processes; nothing compares them).
 pub struct FlatMap<V> {
-    stripes: Box<[Table<V>]>,
+    table: Table<V>,
     seed: Seed,
+}
+
+impl<V: Copy> Clone for FlatMap<V> {
+    fn clone(&self) -> Self {
+        FlatMap { table: self.table.clone(), seed: self.seed }
+    }
 }
 
 impl<V: Copy> Default for FlatMap<V> {
     fn default() -> Self {
-        FlatMap { stripes: (0..STRIPES).map(|_| Table::with_slots(MIN_SLOTS)).collect(), seed: Seed::new() }
+        FlatMap::with_capacity(0)
     }
 }
 
 impl<V: Copy> FlatMap<V> {
-    /// The table of `key`.
-    #[inline]
-    fn stripe_of(key: u128) -> usize {
-        (key % STRIPES as u128) as usize
-    }
-
-    #[inline]
-    fn stripe(&self, key: u128) -> &Table<V> {
-        &self.stripes[Self::stripe_of(key)]
+    /// An empty map with room for `capacity` entries (its pages are backed as entries land).
+    pub fn with_capacity(capacity: usize) -> Self {
+        FlatMap { table: Table::with_slots(slots_for(capacity)), seed: Seed::new() }
     }
 
     /// The value of `key`.
     #[inline]
     pub fn get(&self, key: u128) -> Option<&V> {
-        let table = self.stripe(key);
-        table.find(key, self.seed.home(key)).ok().and_then(|index| table.value(index))
+        self.table.find(key, self.seed.home(key)).ok().and_then(|index| self.table.value(index))
     }
 
     /// Inserts or replaces; returns the value replaced.
     pub fn insert(&mut self, key: u128, value: V) -> Option<V> {
-        let (home, seed) = (self.seed.home(key), self.seed);
-        let table = &mut self.stripes[Self::stripe_of(key)];
-        match table.find(key, home) {
-            Ok(index) => table.slots[index].value.replace(value),
+        match self.table.find(key, self.seed.home(key)) {
+            Ok(index) => self.table.value_mut(index).map(|old| std::mem::replace(old, value)),
             Err(index) => {
-                table.put(index, key, value, &seed);
+                self.table.put(index, key, value, &self.seed);
                 None
             }
         }
@@ -251,31 +415,32 @@ impl<V: Copy> FlatMap<V> {
     /// lookup a few keys later).
     #[inline]
     pub fn prefetch(&self, key: u128) {
-        let table = self.stripe(key);
-        prefetch_slot(table.slots.as_ptr(), table.mask(), self.seed.home(key));
+        prefetch_slot(self.table.slots.as_ptr(), self.table.mask(), self.seed.home(key));
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.stripes.iter().map(Table::len).sum()
+        self.table.len
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.stripes.iter().all(|table| table.len == 0)
+        self.table.len == 0
     }
 
-    /// Makes room for `additional` more entries spread over the stripes.
+    /// How many entries it holds before it grows.
+    pub fn capacity(&self) -> usize {
+        self.table.probed() * 5 / 8
+    }
+
+    /// Makes room for `additional` more entries.
     pub fn reserve(&mut self, additional: usize) {
-        let seed = self.seed;
-        for table in self.stripes.iter_mut() {
-            table.reserve(additional / STRIPES + 1, &seed);
-        }
+        self.table.reserve(additional, &self.seed);
     }
 
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u128, &V)> {
-        self.stripes.iter().flat_map(Table::iter)
+        self.table.iter()
     }
 }
 
@@ -285,14 +450,19 @@ impl<V: Copy + fmt::Debug> fmt::Debug for FlatMap<V> {
     }
 }
 
-/// One stripe, encoded as a map.
-struct StripeEntries<'a, V>(&'a Table<V>);
+/// The encoded map of `key`.
+fn encoded_map_of(key: u128) -> usize {
+    (key % ENCODED_MAPS as u128) as usize
+}
 
-impl<V: Copy + Serialize> Serialize for StripeEntries<'_, V> {
+/// The entries of one encoded map, encoded as a map.
+struct Entries<'a, V>(&'a [(u128, V)]);
+
+impl<V: Copy + Serialize> Serialize for Entries<'_, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len))?;
-        for (key, value) in self.0.iter() {
-            map.serialize_entry(&key, value)?;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            map.serialize_entry(key, value)?;
         }
         map.end()
     }
@@ -300,9 +470,14 @@ impl<V: Copy + Serialize> Serialize for StripeEntries<'_, V> {
 
 impl<V: Copy + Serialize> Serialize for FlatMap<V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(STRIPES))?;
-        for table in self.stripes.iter() {
-            seq.serialize_element(&StripeEntries(table))?;
+        let mut entries: Vec<(u128, V)> = self.iter().map(|(key, value)| (key, *value)).collect();
+        entries.sort_unstable_by_key(|(key, _)| encoded_map_of(*key));
+        let mut seq = serializer.serialize_seq(Some(ENCODED_MAPS))?;
+        let mut rest = &entries[..];
+        for map in 0..ENCODED_MAPS {
+            let (these, after) = rest.split_at(rest.partition_point(|(key, _)| encoded_map_of(*key) == map));
+            seq.serialize_element(&Entries(these))?;
+            rest = after;
         }
         seq.end()
     }
@@ -375,14 +550,37 @@ mod tests {
     fn a_map_sized_first_does_not_grow_and_its_copy_answers_the_same() {
         let mut map: FlatMap<u64> = FlatMap::default();
         map.reserve(100_000);
-        let slots: usize = map.stripes.iter().map(|table| table.slots.len()).sum();
+        let slots = map.table.probed();
         assert!(slots * 5 / 8 >= 100_000, "{slots} slots");
         for key in 0..100_000u128 {
             map.insert(key.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835), key as u64);
         }
-        assert_eq!((map.stripes.iter().map(|table| table.slots.len()).sum::<usize>(), map.len()), (slots, 100_000));
+        assert_eq!((map.table.probed(), map.len()), (slots, 100_000));
         let copy = map.clone();
         assert_eq!((copy.len(), copy.get(0), copy.get(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)), (100_000, Some(&0), Some(&1)));
+    }
+
+    /// A table of 2 MB or more is a mapping on huge-page boundaries (on Linux); filled well
+    /// past its first size, with key 0 among its keys, it and its copy answer for every key, and
+    /// its slots outside the entries read empty.
+    #[test]
+    fn a_large_table_is_mapped_zeroed_and_answers_through_growth() {
+        let mut map: FlatMap<u64> = FlatMap::with_capacity(60_000);
+        assert_eq!(map.table.probed(), 131_072);
+        #[cfg(target_os = "linux")]
+        assert!(map.table.slots.mapping.is_some() && (map.table.slots.as_ptr() as usize).is_multiple_of(HUGE_PAGE));
+        assert!(map.table.slots.iter().all(Slot::is_empty) && map.iter().next().is_none());
+        let key = |n: u64| u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        for n in 0..200_000 {
+            assert_eq!(map.insert(key(n), n), None);
+        }
+        assert_eq!((map.len(), map.table.probed()), (200_000, 524_288));
+        let copy = map.clone();
+        drop(map);
+        assert!((0..200_000).all(|n| copy.get(key(n)) == Some(&n)));
+        assert_eq!((copy.get(key(200_000)), copy.iter().count()), (None, 200_000));
+        let occupied = copy.table.slots.iter().filter(|slot| !slot.is_empty()).count();
+        assert_eq!(occupied, 199_999, "key 0 (n = 0) sits in its own slot past the probed ones");
     }
 
     /// The encoding is the one of the 64 hash maps it replaced (`StripedMap`, entry `key` in
@@ -397,11 +595,11 @@ mod tests {
             stripes: Vec<FastMap<u128, u64>>,
         }
         let codec = crate::journal::codec;
-        let mut striped = StripedMap { stripes: vec![FastMap::default(); STRIPES] };
+        let mut striped = StripedMap { stripes: vec![FastMap::default(); ENCODED_MAPS] };
         let mut map: FlatMap<u64> = FlatMap::default();
         for n in 0..5_000u128 {
             let key = n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-            striped.stripes[(key as usize) % STRIPES].insert(key, n as u64 * 3);
+            striped.stripes[(key as usize) % ENCODED_MAPS].insert(key, n as u64 * 3);
             map.insert(key, n as u64 * 3);
         }
         let sorted = |map: &FlatMap<u64>| {

@@ -804,12 +804,21 @@ impl ShardState {
     /// Seals the hot records for a checkpoint: they move, as they are, into the sealed
     /// generation (still answered from memory) and the hot map starts empty. Returns the sealed
     /// generation for the checkpoint to write cold. The previous one must have been dropped
-    /// (`drop_sealed`) or given back (`unseal`): one checkpoint at a time.
+    /// (`drop_sealed`) or given back (`unseal`): one checkpoint at a time. A live shard then
+    /// sizes the new hot map (`expect_records`) once it has taken its checkpoint's copy of the
+    /// state (a copy of a small empty map costs nothing, of a sized one its whole table).
     pub fn seal_idempotency(&mut self) -> crate::cold::Sealed {
         assert!(self.sealed.is_none(), "one sealed generation at a time");
         let sealed = std::sync::Arc::new(std::mem::take(&mut self.idempotency));
         self.sealed = Some(sealed.clone());
         sealed
+    }
+
+    /// Sizes the hot map for `records` more: a shard expects as many as the generation it just
+    /// sealed and a quarter more (the next interval is most likely as long), so the map never
+    /// pauses a batch to grow (its pages are backed as records land).
+    pub fn expect_records(&mut self, records: usize) {
+        self.idempotency.reserve(records);
     }
 
     /// Drops the sealed generation once the checkpoint that wrote it cold is durable.
