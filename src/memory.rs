@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes the allocator has handed out and not taken back (glibc: arenas in use plus mmapped
-/// blocks): the process's own data, without the free memory malloc keeps or RocksDB's mappings.
+/// blocks), and the flat tables' own mappings (`engine::ledger::flat::mapped_table_bytes`): the
+/// process's own data, without the free memory malloc keeps or RocksDB's mappings.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn heap_in_use_bytes() -> u64 {
     // SAFETY: mallinfo2 takes no arguments and only reads the allocator's own statistics.
     let info = unsafe { libc::mallinfo2() };
-    (info.uordblks + info.hblkhd) as u64
+    (info.uordblks + info.hblkhd) as u64 + engine::ledger::flat::mapped_table_bytes()
 }
 
 /// Resident bytes of this process (Linux `VmRSS`), 0 where unknown.

@@ -92,7 +92,18 @@ impl<V: Copy> Slot<V> {
 }
 
 /// Slots of this many bytes or more are mapped from the kernel on huge pages (the size of one).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const HUGE_PAGE: usize = 2 << 20;
+
+/// Bytes of slots in tables mapped from the kernel, outside the allocator's own figures.
+static MAPPED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes of slots the flat tables have mapped from the kernel (resident as they are written;
+/// a table's slots are spread at random, so all of them soon after it is made). The allocator's
+/// in-use figure does not count them; the process's memory accounting adds them.
+pub fn mapped_table_bytes() -> u64 {
+    MAPPED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Owned slots, all zero (empty) when made: mapped from the kernel for `HUGE_PAGE` bytes or
 /// more (on Linux), from the allocator's zeroed memory below.
@@ -135,6 +146,7 @@ impl<V> Slots<V> {
             unsafe { libc::madvise(first as *mut libc::c_void, layout.size().next_multiple_of(HUGE_PAGE), libc::MADV_HUGEPAGE) };
             let first = NonNull::new(first as *mut Slot<V>).expect("a mapping is not at address 0");
             let mapping = NonNull::new(start.cast::<u8>()).expect("a mapping is not at address 0");
+            MAPPED_BYTES.fetch_add(layout.size() as u64, std::sync::atomic::Ordering::Relaxed);
             return Slots { first, count, mapping: Some((mapping, length)) };
         }
         // SAFETY: `layout` is non-zero-sized (at least one slot of 16 bytes or more).
@@ -171,11 +183,12 @@ impl<V: Copy> Clone for Slots<V> {
 impl<V> Drop for Slots<V> {
     fn drop(&mut self) {
         match self.mapping {
-            // SAFETY: the mapping `zeroed` made, unmapped once; nothing refers to it past `self`.
             #[cfg(target_os = "linux")]
-            Some((start, length)) => unsafe {
-                libc::munmap(start.as_ptr().cast(), length);
-            },
+            Some((start, length)) => {
+                MAPPED_BYTES.fetch_sub(Self::layout(self.count).size() as u64, std::sync::atomic::Ordering::Relaxed);
+                // SAFETY: the mapping `zeroed` made, unmapped once; nothing refers to it past `self`.
+                unsafe { libc::munmap(start.as_ptr().cast(), length) };
+            }
             // SAFETY: the memory `zeroed` had from the allocator with this layout, freed once.
             _ => unsafe { std::alloc::dealloc(self.first.as_ptr().cast(), Self::layout(self.count)) },
         }
@@ -366,11 +379,12 @@ const ENCODED_MAPS: usize = 64;
 
 /// A map of 128-bit keys (already hashes) to small copyable values in one flat table at slots
 /// of a keyed mix. Insert-only (it is emptied whole). It grows by doubling; sized first
-/// (`with_capacity`, as a shard does for each new generation of records, from the one before)
-/// it does not pause to grow. Encoded as a sequence of 64 maps of key to value, entry `key` in
-/// map `key % 64`: the format of the striped hash maps it replaced, so checkpoints are read right
-/// by the builds before as well as after (entries come in slot order, which the secret decides:
-/// the same map's bytes differ between processes; nothing compares them).
+/// (`with_capacity` or `reserve`, as a shard does for each new generation of records, from the
+/// one before) it does not pause to grow until it holds more. Encoded as a sequence of 64 maps
+/// of key to value, entry `key` in map `key % 64`: the format of the striped hash maps it
+/// replaced, so checkpoints are read right by the builds before as well as after (the entries'
+/// order within a map is not kept: the same map's bytes differ between processes; nothing
+/// compares them).
 pub struct FlatMap<V> {
     table: Table<V>,
     seed: Seed,
@@ -565,10 +579,15 @@ mod tests {
     /// its slots outside the entries read empty.
     #[test]
     fn a_large_table_is_mapped_zeroed_and_answers_through_growth() {
+        let before = mapped_table_bytes();
         let mut map: FlatMap<u64> = FlatMap::with_capacity(60_000);
         assert_eq!(map.table.probed(), 131_072);
         #[cfg(target_os = "linux")]
-        assert!(map.table.slots.mapping.is_some() && (map.table.slots.as_ptr() as usize).is_multiple_of(HUGE_PAGE));
+        {
+            assert!(map.table.slots.mapping.is_some() && (map.table.slots.as_ptr() as usize).is_multiple_of(HUGE_PAGE));
+            // Counted for the process's memory figures (nextest runs each test in its own process).
+            assert_eq!(mapped_table_bytes() - before, 131_073 * 24);
+        }
         assert!(map.table.slots.iter().all(Slot::is_empty) && map.iter().next().is_none());
         let key = |n: u64| u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
         for n in 0..200_000 {
@@ -581,6 +600,8 @@ mod tests {
         assert_eq!((copy.get(key(200_000)), copy.iter().count()), (None, 200_000));
         let occupied = copy.table.slots.iter().filter(|slot| !slot.is_empty()).count();
         assert_eq!(occupied, 199_999, "key 0 (n = 0) sits in its own slot past the probed ones");
+        drop(copy);
+        assert_eq!(mapped_table_bytes(), before, "every mapping is counted out when dropped");
     }
 
     /// The encoding is the one of the 64 hash maps it replaced (`StripedMap`, entry `key` in

@@ -815,8 +815,9 @@ impl ShardState {
     }
 
     /// Sizes the hot map for `records` more: a shard expects as many as the generation it just
-    /// sealed and a quarter more (the next interval is most likely as long), so the map never
-    /// pauses a batch to grow (its pages are backed as records land).
+    /// sealed and a quarter more (the next interval is most likely as long), so the map does not
+    /// pause a batch to grow unless the interval brings more (its table is resident soon after:
+    /// records land on slots spread over all of it).
     pub fn expect_records(&mut self, records: usize) {
         self.idempotency.reserve(records);
     }
