@@ -128,9 +128,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         kept: 2,
         on_shutdown: !args.no_final_checkpoint,
     };
-    // The cold-number filter sized for every transfer's order number in one segment (11 bits
-    // each: it grows once 10 bits a key are used), at least the default.
-    let sized = (args.transfers as usize * 11 / 8).next_multiple_of(64).max(engine::cold::COLD_FILTER_BYTES);
+    // The cold-number filter sized for every transfer's order number in one segment (16 bits
+    // each: it grows once about 15 bits a key are used), at least the default.
+    let sized = (args.transfers as usize * 2).next_multiple_of(64).max(engine::cold::COLD_FILTER_BYTES);
     let cold_filter_bytes = args.cold_filter_mib.map_or(sized, |mib| (mib as usize) << 20);
     let config = EngineConfig { shard_count: args.shards, batch_size_max: args.batch, checkpoints, cold_filter_bytes, ..EngineConfig::default() };
     let engine = Engine::start(config, store.clone())?;

@@ -184,15 +184,17 @@ pub fn keys_of(envelope: &Envelope, keys: &mut Vec<u128>) {
 /// An in-memory Bloom filter of the keys of every cold row, of all shards: a new order number
 /// (nearly every probe) is answered here without asking the store. No false negatives: a key's
 /// bits are set once its row is durable and before memory or the router's claims let go of it,
-/// and `load` sets them for every row already stored. False positives (about 1 % a segment) only
-/// cost a store read, which the stamp rule then judges as usual.
+/// and `load` sets them for every row already stored. False positives (at most about 0.15 % a
+/// segment) only cost a store read, which the stamp rule then judges as usual.
 ///
 /// Blocked (one 64-byte block per key, six bits in it, from the key itself: keys are XXH3-128
 /// hashes already), so a lookup touches one cache line a segment. It grows with the rows: new
-/// keys go into the newest segment, and once 45 % of that segment's bits are set (about 10
+/// keys go into the newest segment, and once a third of that segment's bits are set (about 15
 /// bits a key) a segment twice its size is added (up to `COLD_FILTER_BYTES_MAX` in all). A
 /// lookup asks every segment, so the false positives are about the sum of the segments' (a
-/// server that began with 32 MiB holds 100 M rows in 32 + 64 + 128 MiB, about 2 %). A filter of a fixed
+/// server that began with 32 MiB holds 100 M rows in 32 + 64 + 128 MiB, about 0.3 %; at 45 %
+/// set, 10 bits a key, until session 34 the same bytes let about 2 % through, each a RocksDB
+/// read on the shard's thread of 0.2-0.4 ms at 100 M rows). A filter of a fixed
 /// size, as before, let most new numbers through to the store past about 27 M rows, each a
 /// RocksDB read on the shard's thread.
 pub struct ColdFilter {
@@ -310,10 +312,10 @@ impl Segment {
         bits.iter().all(|(word, mask)| words[block + word].load(std::sync::atomic::Ordering::Acquire) & mask != 0)
     }
 
-    /// 45 % of its bits set (10 bits a key; about 1 % false positives): new keys go to a new
-    /// segment.
+    /// A third of its bits set (about 15 bits a key; about 0.15 % false positives, a sixth of
+    /// what 45 % set let through): new keys go to a new segment.
     fn full(&self) -> bool {
-        self.set_bits.load(std::sync::atomic::Ordering::Relaxed) * 20 >= self.blocks as u64 * 512 * 9
+        self.set_bits.load(std::sync::atomic::Ordering::Relaxed) * 3 >= self.blocks as u64 * 512
     }
 
     /// Counts the bits set (after its words were filled in directly).
@@ -322,8 +324,9 @@ impl Segment {
         self.set_bits.store(set, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// More than 55 % of its bits set: fuller than growth leaves a segment (45 %, and a few keys
-    /// inserted while the next one is added), so written by a filter that could not grow (the
+    /// More than 55 % of its bits set: fuller than growth leaves a segment (a third, 45 % before
+    /// session 34, and a few keys inserted while the next one is added), so written by a filter
+    /// that could not grow (the
     /// build before segments: one 32 MiB filter at 100 M rows was 89 % set, about half of all
     /// new numbers let through).
     fn overfull(&self) -> bool {
@@ -553,8 +556,8 @@ impl ColdFilter {
         store.write(&[(FILTER_HEAD, &head)])
     }
 
-    /// Sets the bits of `key` (in the newest segment), and adds a segment when that one is
-    /// 45 % set.
+    /// Sets the bits of `key` (in the newest segment), and adds a segment when a third of that
+    /// one's bits are set.
     pub fn insert(&self, key: u128) {
         let newest = self.each().last().expect("a filter has its first segment from its making");
         newest.insert(key);
@@ -847,7 +850,7 @@ mod tests {
     fn the_filter_grows_with_its_keys_and_keeps_its_false_positives_low() {
         let filter = ColdFilter::with_bytes(1 << 10);
         let mut next = random_keys(0x1234_5678_9abc_def0);
-        // About 80 times what the first segment takes at 10 bits a key.
+        // About 120 times what the first segment takes at 15 bits a key.
         let inserted: Vec<u128> = (0..66_000).map(|_| next()).collect();
         inserted.iter().for_each(|key| filter.insert(*key));
         assert!(inserted.iter().all(|key| filter.may_contain(*key)), "no false negatives across segments");
