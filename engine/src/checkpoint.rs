@@ -156,11 +156,20 @@ struct ManifestBeforeBlobs {
 #[derive(Clone, Default)]
 pub struct BlobCache {
     known: FastMap<u64, (u64, [u8; 32])>,
+    /// The sorted blob lists (`Manifest::blobs`) of the shard's newest checkpoints that it wrote
+    /// or loaded, by sequence: the next checkpoint's pruning takes them from here instead of
+    /// reading and decoding their manifests again (each names every blob of the history: at 100
+    /// M transfers about 120,000 a shard, decoded twice at every checkpoint before session 35).
+    named: Vec<(u64, std::sync::Arc<Vec<[u8; 32]>>)>,
 }
+
+/// A set of BLAKE3 hashes (uniform already: the cheap hasher is enough, and no input of a
+/// platform chooses them).
+type HashSet32 = HashSet<[u8; 32], rustc_hash::FxBuildHasher>;
 
 impl std::fmt::Debug for BlobCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BlobCache({} chunks)", self.known.len())
+        write!(f, "BlobCache({} chunks, {} blob lists)", self.known.len(), self.named.len())
     }
 }
 
@@ -213,8 +222,12 @@ struct Blobber<'a> {
     store: &'a dyn Store,
     shard: ShardId,
     previous: &'a BlobCache,
-    next: BlobCache,
-    used: HashSet<[u8; 32]>,
+    next: FastMap<u64, (u64, [u8; 32])>,
+    /// Every blob the state uses, as offered (sorted and deduplicated once, for the manifest):
+    /// at 100 M transfers about 120,000 a shard, nearly all kept as they were, so no set of them.
+    used: Vec<[u8; 32]>,
+    /// The blobs this checkpoint wrote (a chunk's content may equal another's: written once).
+    new: HashSet32,
     pending: Vec<([u8; 38], Vec<u8>)>,
     pending_bytes: usize,
     written: u64,
@@ -250,7 +263,7 @@ impl BlobSink for Blobber<'_> {
             _ => {
                 let bytes = encode();
                 let hash = *blake3::hash(&bytes).as_bytes();
-                if !self.used.contains(&hash) {
+                if self.new.insert(hash) {
                     self.written += 1;
                     self.bytes += bytes.len() as u64;
                     self.pending_bytes += bytes.len();
@@ -262,13 +275,13 @@ impl BlobSink for Blobber<'_> {
                 hash
             }
         };
-        self.used.insert(hash);
-        self.next.known.insert(id, (version, hash));
+        self.used.push(hash);
+        self.next.insert(id, (version, hash));
     }
 
     fn keep(&mut self, hash: &[u8; 32]) {
         self.reused += 1;
-        self.used.insert(*hash);
+        self.used.push(*hash);
     }
 }
 
@@ -302,9 +315,9 @@ pub fn damaged(store: &dyn Store, shard: ShardId) -> Result<HashSet<[u8; 32]>, S
 
 /// Clears the marks of damaged blobs that this checkpoint uses and that now read back whole
 /// (it wrote them again).
-fn clear_repaired(store: &dyn Store, shard: ShardId, used: &HashSet<[u8; 32]>) -> Result<(), StorageError> {
+fn clear_repaired(store: &dyn Store, shard: ShardId, used: &[[u8; 32]]) -> Result<(), StorageError> {
     for hash in damaged(store, shard)? {
-        let whole = used.contains(&hash) && store.get(&blob_key(shard, &hash))?.is_some_and(|bytes| blake3::hash(&bytes).as_bytes() == &hash);
+        let whole = used.binary_search(&hash).is_ok() && store.get(&blob_key(shard, &hash))?.is_some_and(|bytes| blake3::hash(&bytes).as_bytes() == &hash);
         if whole {
             let key = damaged_key(shard, &hash);
             store.delete_range(&key, &[&key[..], &[0]].concat())?;
@@ -447,8 +460,9 @@ pub fn write(
         store,
         shard,
         previous: &previous,
-        next: BlobCache::default(),
-        used: HashSet::new(),
+        next: FastMap::default(),
+        used: Vec::new(),
+        new: HashSet32::default(),
         pending: Vec::new(),
         pending_bytes: 0,
         written: 0,
@@ -463,8 +477,17 @@ pub fn write(
     }
     let (next, used, blobs_written, blob_bytes, blobs_reused) = (blobber.next, blobber.used, blobber.written, blobber.bytes, blobber.reused);
     let mut writer = PartWriter { store, shard, sequence, buffer: Vec::with_capacity(PART_BYTES.min(1 << 20)), hashes: Vec::new(), bytes: 0, error: None };
-    let blob_of_chunk = next.known.iter().map(|(id, (_, hash))| (*id, *hash)).collect();
-    let (encoded, _) = crate::ledger::growth::with_layout_at(Layout::PiecesOut(blob_of_chunk), true, || codec().serialize_into(&mut writer, state));
+    // The chunks' blobs by id, lent to the encoding and given back for the next checkpoint.
+    let (encoded, layout) = crate::ledger::growth::with_layout_at(Layout::PiecesOut(next), true, || {
+        // Through a buffer: the codec writes each field apart, and a part's `write` per field
+        // cost more than the copy.
+        let mut buffered = std::io::BufWriter::with_capacity(64 << 10, &mut writer);
+        let result = codec().serialize_into(&mut buffered, state).map_err(|e| e.to_string()).and_then(|()| buffered.flush().map_err(|e| e.to_string()));
+        // Never flushed again when dropped (after a failure, nothing more is written).
+        drop(buffered.into_parts());
+        result
+    });
+    let Layout::PiecesOut(next) = layout else { unreachable!("with_layout gives back the layout it was given") };
     if let Err(error) = encoded {
         return Err(match writer.error.take() {
             Some(storage) => CheckpointError::Storage(storage),
@@ -475,16 +498,19 @@ pub fn write(
         let error = writer.error.take().unwrap_or(StorageError::Io("part write failed".into()));
         return Err(CheckpointError::Storage(error));
     }
-    let mut blobs: Vec<[u8; 32]> = used.iter().copied().collect();
+    let mut blobs = used;
     blobs.sort_unstable();
+    blobs.dedup();
     let manifest = Manifest { shard, sequence, timestamp, chain_hash: head.hash, bytes: writer.bytes, part_hashes: writer.hashes, blobs };
     store.write(&[(&manifest_key(shard, sequence), &encode_manifest(&manifest))])?;
-    clear_repaired(store, shard, &used)?;
+    let current = (sequence, std::sync::Arc::new(manifest.blobs.clone()));
+    clear_repaired(store, shard, &current.1)?;
+    let named = prune(store, shard, kept.max(1), sweep, current, &previous.named)?;
     drop(previous);
-    prune(store, shard, kept.max(1), sweep, &used)?;
     let writing = writing_key(shard);
     store.delete_range(&writing, &[&writing[..], &[0]].concat())?;
-    Ok(Written { manifest, write_us: started.elapsed().as_micros() as u64, evicted, blobs_written, blob_bytes, blobs_reused, cache: next })
+    let cache = BlobCache { known: next, named };
+    Ok(Written { manifest, write_us: started.elapsed().as_micros() as u64, evicted, blobs_written, blob_bytes, blobs_reused, cache })
 }
 
 fn encode_manifest(manifest: &Manifest) -> Vec<u8> {
@@ -548,43 +574,98 @@ pub fn list(store: &dyn Store, shard: ShardId) -> Result<Vec<u64>, StorageError>
 ///
 /// The blobs to delete are those the pruned manifests name and no kept one does: read from the
 /// manifests, not by listing the shard's blobs, which would read every blob of its history back
-/// (a store's scan reads values; at 100 M transfers, gigabytes at each checkpoint). Every blob
-/// of the shard is looked at (`collect_blobs`) only when `sweep` is asked (an earlier checkpoint
-/// stopped half-way: see `WRITING_PREFIX`) or a pruned manifest does not decode. `used`: the
-/// blobs of the checkpoint just written, kept whatever its manifest reads back as.
-fn prune(store: &dyn Store, shard: ShardId, kept: usize, sweep: bool, used: &HashSet<[u8; 32]>) -> Result<(), StorageError> {
+/// (a store's scan reads values; at 100 M transfers, gigabytes at each checkpoint). A checkpoint's
+/// list is taken from `cached` (the lists of the checkpoints this shard wrote or loaded) when it
+/// is there, so a shard that goes on writing checkpoints decodes no manifest; the lists are
+/// sorted, so the difference is a walk, not a hash set of the whole history. Every blob of the
+/// shard is looked at (`collect_blobs`) only when `sweep` is asked (an earlier checkpoint
+/// stopped half-way: see `WRITING_PREFIX`) or a pruned manifest does not decode. `current`: the
+/// checkpoint just written and its blobs, kept whatever its manifest reads back as. Gives the
+/// lists of the checkpoints kept (for the next checkpoint's `BlobCache`).
+fn prune(
+    store: &dyn Store,
+    shard: ShardId,
+    kept: usize,
+    sweep: bool,
+    current: (u64, std::sync::Arc<Vec<[u8; 32]>>),
+    cached: &[(u64, std::sync::Arc<Vec<[u8; 32]>>)],
+) -> Result<Vec<(u64, std::sync::Arc<Vec<[u8; 32]>>)>, StorageError> {
     let sequences = list(store, shard)?;
     let (pruned, kept) = sequences.split_at(sequences.len().saturating_sub(kept));
-    if pruned.is_empty() && !sweep {
-        return Ok(());
-    }
-    // What the pruned checkpoints name, read before they go, and what the kept ones name (a
-    // manifest that cannot be read protects nothing: it is unusable anyway).
-    let mut sweep = sweep;
-    let mut dropped = HashSet::new();
-    for sequence in pruned {
-        match manifest_blobs(store, shard, *sequence)? {
-            Some(blobs) => dropped.extend(blobs),
-            None => sweep = true,
+    // A list from memory, else the manifest's (`None`: missing or it does not decode).
+    let list_of = |sequence: u64| -> Result<Option<std::sync::Arc<Vec<[u8; 32]>>>, StorageError> {
+        if sequence == current.0 {
+            return Ok(Some(current.1.clone()));
+        }
+        if let Some((_, list)) = cached.iter().find(|(cached, _)| *cached == sequence) {
+            return Ok(Some(list.clone()));
+        }
+        Ok(manifest_blobs(store, shard, sequence)?.map(std::sync::Arc::new))
+    };
+    // What the kept checkpoints name (a manifest that cannot be read protects nothing: it is
+    // unusable anyway), the one just written among them whatever its manifest reads back.
+    let mut named = vec![current.clone()];
+    for sequence in kept.iter().filter(|sequence| **sequence != current.0) {
+        if let Some(list) = list_of(*sequence)? {
+            named.push((*sequence, list));
         }
     }
-    // The blobs the checkpoint just written uses are protected whatever its manifest reads back.
-    let mut named = used.clone();
-    for sequence in kept {
-        named.extend(manifest_blobs(store, shard, *sequence)?.unwrap_or_default());
+    named.sort_unstable_by_key(|(sequence, _)| *sequence);
+    if pruned.is_empty() && !sweep {
+        return Ok(named);
+    }
+    // What the pruned checkpoints name, read before they go.
+    let mut sweep = sweep;
+    let mut dropped: Vec<std::sync::Arc<Vec<[u8; 32]>>> = Vec::new();
+    for sequence in pruned {
+        match list_of(*sequence)? {
+            Some(list) => dropped.push(list),
+            None => sweep = true,
+        }
     }
     if let Some(oldest_kept) = kept.first() {
         store.delete_range(&part_key(shard, 0, 0), &part_key(shard, *oldest_kept, 0))?;
         store.delete_range(&manifest_key(shard, 0), &manifest_key(shard, *oldest_kept))?;
     }
     if sweep {
-        return collect_blobs(store, shard);
+        collect_blobs(store, shard)?;
+        return Ok(named);
     }
-    for hash in dropped.difference(&named) {
-        let key = blob_key(shard, hash);
+    let lists: Vec<&[[u8; 32]]> = named.iter().map(|(_, list)| &list[..]).collect();
+    let dropped: std::borrow::Cow<'_, [[u8; 32]]> = match &dropped[..] {
+        [one] => std::borrow::Cow::Borrowed(&one[..]),
+        several => {
+            let mut all: Vec<[u8; 32]> = several.iter().flat_map(|list| list.iter().copied()).collect();
+            all.sort_unstable();
+            all.dedup();
+            std::borrow::Cow::Owned(all)
+        }
+    };
+    for hash in absent_from(&dropped, &lists) {
+        let key = blob_key(shard, &hash);
         store.delete_range(&key, &[&key[..], &[0]].concat())?;
     }
-    forget_marks_unnamed(store, shard, &named)
+    forget_marks_unnamed(store, shard, |hash| lists.iter().any(|list| list.binary_search(hash).is_ok()))?;
+    Ok(named)
+}
+
+/// The hashes of `sorted` that none of the sorted `lists` holds, in order: one walk of each.
+fn absent_from(sorted: &[[u8; 32]], lists: &[&[[u8; 32]]]) -> Vec<[u8; 32]> {
+    let mut at = vec![0usize; lists.len()];
+    let mut absent = Vec::new();
+    for hash in sorted {
+        let mut held = false;
+        for (list, at) in lists.iter().zip(at.iter_mut()) {
+            while list.get(*at).is_some_and(|other| other < hash) {
+                *at += 1;
+            }
+            held |= list.get(*at) == Some(hash);
+        }
+        if !held {
+            absent.push(*hash);
+        }
+    }
+    absent
 }
 
 /// The blobs the manifest of `shard`'s checkpoint at `sequence` names; `None` if it is missing or
@@ -594,9 +675,9 @@ fn manifest_blobs(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<Op
 }
 
 /// A damaged mark outlives its blob only while a kept checkpoint names it.
-fn forget_marks_unnamed(store: &dyn Store, shard: ShardId, named: &HashSet<[u8; 32]>) -> Result<(), StorageError> {
+fn forget_marks_unnamed(store: &dyn Store, shard: ShardId, named: impl Fn(&[u8; 32]) -> bool) -> Result<(), StorageError> {
     for hash in damaged(store, shard)? {
-        if !named.contains(&hash) {
+        if !named(&hash) {
             let key = damaged_key(shard, &hash);
             store.delete_range(&key, &[&key[..], &[0]].concat())?;
         }
@@ -629,7 +710,7 @@ fn collect_blobs(store: &dyn Store, shard: ShardId) -> Result<(), StorageError> 
         after.push(0);
         store.delete_range(&key, &after)?;
     }
-    forget_marks_unnamed(store, shard, &named)
+    forget_marks_unnamed(store, shard, |hash| named.contains(hash))
 }
 
 /// Reads the parts of a checkpoint in order, checking each one's hash before serving a byte.
@@ -723,7 +804,7 @@ fn load_avoiding(
     if state.shard != shard || !state.is_initialized() {
         return Err(unusable(format!("the state is of shard {} with {} shards", state.shard, state.shard_count)));
     }
-    let cache = match layout {
+    let mut cache = match layout {
         Layout::PiecesIn(placeholders) => fill(store, &manifest, &mut state, &placeholders)?,
         Layout::PiecesLazy(_, hashes) => {
             if let Some(hash) = hashes.iter().find(|hash| manifest.blobs.binary_search(hash).is_err()) {
@@ -733,6 +814,7 @@ fn load_avoiding(
         }
         _ => BlobCache::default(),
     };
+    cache.named = vec![(sequence, std::sync::Arc::new(manifest.blobs.clone()))];
     Ok((state, manifest, cache))
 }
 
@@ -832,4 +914,34 @@ pub fn load_newest(
         }
     }
     Ok((None, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::absent_from;
+
+    /// The walk gives what a hash set would: every hash of the first list in none of the others.
+    #[test]
+    fn absent_from_is_the_set_difference_of_sorted_lists() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..200 {
+            // Hashes from a small range, so that the lists overlap.
+            let mut list = |len: u64| {
+                let mut hashes: Vec<[u8; 32]> = (0..next() % len).map(|_| [(next() % 64) as u8; 32]).collect();
+                hashes.sort_unstable();
+                hashes.dedup();
+                hashes
+            };
+            let (dropped, a, b) = (list(40), list(40), list(round % 5 + 1));
+            let expected: Vec<[u8; 32]> = dropped.iter().filter(|h| !a.contains(h) && !b.contains(h)).copied().collect();
+            assert_eq!(absent_from(&dropped, &[&a, &b]), expected, "round {round}");
+            assert_eq!(absent_from(&dropped, &[]), dropped);
+        }
+    }
 }

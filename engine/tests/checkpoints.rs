@@ -395,6 +395,46 @@ fn pruning_deletes_what_only_pruned_checkpoints_named_and_sweeps_after_a_checkpo
     }
 }
 
+/// A shard that goes on writing checkpoints prunes with the blob lists it keeps in memory (its
+/// own, and the one it loaded at the start), not its manifests read back: checkpoint after
+/// checkpoint, each changing an old chunk (an escrow confirmed), the blobs in the store are
+/// exactly those the kept checkpoints name (none left behind, none named gone), and recovery
+/// from them is the journal's replay.
+#[test]
+fn checkpoints_written_one_after_another_keep_exactly_the_blobs_their_kept_manifests_name() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(at_stops(), store.clone()).unwrap();
+    let (_, first_escrow) = escrow_history(&engine, 3);
+    engine.shutdown();
+    let first = named_blobs(&store, 0);
+    let policy = CheckpointPolicy { every_batches: 1, every_orders: 0, every: Duration::ZERO, kept: 2, on_shutdown: true };
+    let engine = Engine::start(EngineConfig { checkpoints: policy, ..at_stops() }, store.clone()).unwrap();
+    let counters = engine.counters()[0].clone();
+    let written = || counters.checkpoints.load(std::sync::atomic::Ordering::SeqCst);
+    for step in 0..6u64 {
+        let before = written();
+        // The first escrows one by one: each confirmation changes the first chunk of orders.
+        let order = OrderId(first_escrow.0 + step * 2);
+        assert!(engine.execute_one(plain(Command::Confirm { order, releases: Legs::new() })).unwrap().is_ok(), "step {step}");
+        let waited = std::time::Instant::now();
+        while written() == before {
+            assert!(waited.elapsed() < Duration::from_secs(20), "step {step}: no checkpoint");
+            // A batch lets the shard collect the finished checkpoint and start the next.
+            engine.execute_one(plain(Command::OpenAccount { owner: 1_000 + step, currency: CNY, limits: Limits::NONE })).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    engine.shutdown();
+    assert!(written() >= 6, "{} checkpoints", written());
+    let last = named_blobs(&store, 0);
+    assert!(first.iter().any(|hash| last.binary_search(hash).is_err()), "the first chunk's old blob went");
+    assert_eq!(blob_keys(&store, 0), last, "the blobs left are exactly those the kept checkpoints name");
+    for (shard, (recovered, full, checkpoint, skipped)) in both_ways(&store).into_iter().enumerate() {
+        assert!(checkpoint.is_some() && skipped.is_empty(), "shard {shard}: {checkpoint:?} {skipped:?}");
+        assert_eq!(recovered, full, "shard {shard}: recovery == whole replay");
+    }
+}
+
 /// A checkpoint that stops after writing a new blob (its manifest write fails) leaves that blob
 /// named by no manifest and its writing mark set; the next checkpoint sweeps it, and clears the
 /// mark. Nothing acknowledged is lost meanwhile.

@@ -26,7 +26,8 @@ pub enum Layout {
     /// Encoding checkpoint format 4: each chunk or block is a *piece*, written inline or, when
     /// its id is a key here, as a reference to the blob with that hash (written apart, and
     /// shared by every checkpoint that holds the same chunk unchanged).
-    PiecesOut(FastMap<u64, [u8; 32]>),
+    /// The map is the checkpoint's `BlobCache` of them: id to (version, hash).
+    PiecesOut(FastMap<u64, (u64, [u8; 32])>),
     /// Decoding checkpoint format 4: each blob reference becomes an empty placeholder, listed
     /// here, that `ShardState::fill_blobs` then reads from the store.
     PiecesIn(Vec<Placeholder>),
@@ -116,7 +117,7 @@ fn legacy_layout() -> bool {
 /// The blob hash `PiecesOut` gives the chunk or block `id`, if any.
 fn blob_of(id: u64) -> Option<[u8; 32]> {
     LAYOUT.with(|current| match &*current.borrow() {
-        Layout::PiecesOut(blobs) => blobs.get(&id).copied(),
+        Layout::PiecesOut(blobs) => blobs.get(&id).map(|(_, hash)| *hash),
         _ => None,
     })
 }
@@ -1593,7 +1594,7 @@ mod tests {
         v.offer_blobs(&mut Sink(&mut blobs));
         assert_eq!(blobs.len(), 2, "the two full chunks are offered, the last is not");
         let (id, _, hash, bytes) = blobs[1].clone();
-        let out: FastMap<u64, [u8; 32]> = [(id, hash)].into_iter().collect();
+        let out: FastMap<u64, (u64, [u8; 32])> = [(id, (0, hash))].into_iter().collect();
         let (encoded, _) = with_layout(Layout::PiecesOut(out), || codec().serialize(&v).unwrap());
         assert!(encoded.len() < codec().serialize(&v).unwrap().len() / 2, "chunk 1 is a reference, not its items");
         let decode = || {
@@ -1636,19 +1637,19 @@ mod tests {
             m.insert((OrderId(i), AccountId(i % 5)), i);
         }
         let mut blobs: FastMap<u64, Vec<u8>> = FastMap::default();
-        let mut out: FastMap<u64, [u8; 32]> = FastMap::default();
-        struct Sink<'a>(&'a mut FastMap<u64, Vec<u8>>, &'a mut FastMap<u64, [u8; 32]>);
+        let mut out: FastMap<u64, (u64, [u8; 32])> = FastMap::default();
+        struct Sink<'a>(&'a mut FastMap<u64, Vec<u8>>, &'a mut FastMap<u64, (u64, [u8; 32])>);
         impl BlobSink for Sink<'_> {
-            fn offer(&mut self, id: u64, _version: u64, encode: &dyn Fn() -> Vec<u8>) {
+            fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn() -> Vec<u8>) {
                 let bytes = encode();
-                self.1.insert(id, *blake3::hash(&bytes).as_bytes());
+                self.1.insert(id, (version, *blake3::hash(&bytes).as_bytes()));
                 self.0.insert(id, bytes);
             }
             fn keep(&mut self, _hash: &[u8; 32]) {}
         }
         m.offer_blobs(&mut Sink(&mut blobs, &mut out));
         assert_eq!(blobs.len(), 30_000usize.div_ceil(CHUNK_LEN));
-        let by_hash: FastMap<[u8; 32], Vec<u8>> = out.iter().map(|(a, h)| (*h, blobs[a].clone())).collect();
+        let by_hash: FastMap<[u8; 32], Vec<u8>> = out.iter().map(|(a, (_, h))| (*h, blobs[a].clone())).collect();
         let (encoded, _) = with_layout(Layout::PiecesOut(out), || codec().serialize(&m).unwrap());
         let (decoded, layout) = with_layout(Layout::PiecesIn(Vec::new()), || codec().deserialize::<OrderBlocks<(OrderId, AccountId), u64>>(&encoded).unwrap());
         let Layout::PiecesIn(placeholders) = layout else { panic!("layout kept") };
@@ -1781,7 +1782,7 @@ mod tests {
         let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
         v.offer_blobs(&mut writer);
         assert_eq!(writer.kept.len(), 3, "the cold chunks are kept as they are, not encoded again");
-        let out: FastMap<u64, [u8; 32]> = writer.durable.iter().map(|(id, (_, hash))| (*id, *hash)).collect();
+        let out: FastMap<u64, (u64, [u8; 32])> = writer.durable.clone();
         let (encoded, _) = with_layout(Layout::PiecesOut(out), || codec().serialize(&v).unwrap());
         let (decoded, layout) = with_layout(Layout::PiecesLazy(reader.clone(), Vec::new()), || codec().deserialize::<ChunkedVec<u64>>(&encoded).unwrap());
         let Layout::PiecesLazy(_, hashes) = layout else { panic!("layout kept") };
@@ -1932,7 +1933,7 @@ mod tests {
         assert_eq!(blobs.reads(), 2, "the block holding the bound and the one before it");
         assert_eq!(list.iter().collect::<Vec<_>>(), expected);
         // Format 5: blocks named by hash and read back lazily; the last inline.
-        let known: FastMap<u64, [u8; 32]> = FastMap::default();
+        let known: FastMap<u64, (u64, [u8; 32])> = FastMap::default();
         let (encoded, _) = with_layout_at(Layout::PiecesOut(known), true, || codec().serialize(&list).unwrap());
         assert!(encoded.len() < 6 * 100 + 1_100, "references, not batches: {} bytes", encoded.len());
         let lazy = Layout::PiecesLazy(reader.clone(), Vec::new());
