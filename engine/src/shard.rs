@@ -86,6 +86,9 @@ pub struct ShardCounters {
     pub checkpoint_write_us: AtomicU64,
     /// How long all checkpoints since start took to encode and write.
     pub checkpoint_write_us_total: AtomicU64,
+    /// The same time by phase (`checkpoint::Phase`): the cold rows, the blobs of history, the
+    /// state's parts, the manifest and pruning.
+    pub checkpoint_phase_us_total: [AtomicU64; crate::checkpoint::PHASES],
     /// Idempotency records in memory (hot, and sealed by a checkpoint in flight).
     pub idempotency_in_memory: AtomicU64,
     /// Idempotency records checkpoints moved to the store since start.
@@ -162,6 +165,7 @@ impl Default for ShardCounters {
             largest_checkpoint_hold_us: AtomicU64::default(),
             checkpoint_write_us: AtomicU64::default(),
             checkpoint_write_us_total: AtomicU64::default(),
+            checkpoint_phase_us_total: Default::default(),
             idempotency_in_memory: AtomicU64::default(),
             idempotency_evicted: AtomicU64::default(),
             cold_probes: AtomicU64::default(),
@@ -627,6 +631,9 @@ impl Shard {
         c.checkpoint_bytes.store(written.manifest.bytes + written.blob_bytes, Ordering::Relaxed);
         c.checkpoint_write_us.store(written.write_us, Ordering::Relaxed);
         c.checkpoint_write_us_total.fetch_add(written.write_us, Ordering::Relaxed);
+        for (total, us) in c.checkpoint_phase_us_total.iter().zip(written.phase_us) {
+            total.fetch_add(us, Ordering::Relaxed);
+        }
         c.idempotency_evicted.fetch_add(written.evicted as u64, Ordering::Relaxed);
     }
 

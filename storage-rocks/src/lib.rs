@@ -773,6 +773,17 @@ impl Store for RocksStore {
         self.write_batch(batch)
     }
 
+    /// One batch of range tombstones, one synced write for them all.
+    fn delete_ranges(&self, ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        for (start, end) in ranges {
+            for (family, from, to) in self.ranges(start, end) {
+                batch.delete_range_cf(family, from, to);
+            }
+        }
+        self.write_batch(batch)
+    }
+
     /// Compacts the range in each family it spans: the deleted keys' tombstones and data leave
     /// the tables, and blob files no table names any more are deleted (the journal's family never
     /// collects blob garbage, so an archived journal's files go only this way).
@@ -816,6 +827,26 @@ impl Store for RocksStore {
                     return Ok(());
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A raw iterator's keys, no value taken: a checkpoint's manifest (megabytes at 100 M
+    /// transfers, in a blob file) is not read back to list it.
+    fn keys_in(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StorageError> {
+        for (family, from, to) in self.ranges(start, end) {
+            let mut iterator = self.db.raw_iterator_cf(family);
+            iterator.seek(from);
+            while let Some(key) = iterator.key() {
+                if key >= to {
+                    break;
+                }
+                if !visit(key) {
+                    return Ok(());
+                }
+                iterator.next();
+            }
+            iterator.status().map_err(io)?;
         }
         Ok(())
     }

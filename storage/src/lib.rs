@@ -48,6 +48,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every key in `[start, end)` atomically and durably (one synced write).
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError>;
 
+    /// Deletes every key in each of `ranges` (each `[start, end)`), durably. A store that can
+    /// (RocksDB, `MemoryStore`) does it as one atomic synced write; this default deletes one
+    /// range after the other, in order, each atomic (a crash may leave the later ones).
+    fn delete_ranges(&self, ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        ranges.iter().try_for_each(|(start, end)| self.delete_range(start, end))
+    }
+
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
@@ -60,6 +67,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Visits the keys in `[start, end)` in ascending order until `visit` returns false.
     fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError>;
+
+    /// Visits the keys in `[start, end)` in ascending order until `visit` returns false, without
+    /// their values. This default scans (values read and dropped); a store that keeps large
+    /// values apart (RocksDB's blob files) overrides it to read keys only.
+    fn keys_in(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StorageError> {
+        self.scan(start, end, &mut |key, _| visit(key))
+    }
 
     /// Whether an earlier write failed (the store then refuses all writes).
     fn is_poisoned(&self) -> bool;

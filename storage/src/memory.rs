@@ -71,6 +71,19 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn delete_ranges(&self, ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        // One write, as RocksDB's one batch: all of them or (a failure injected) none.
+        self.count_write()?;
+        let mut map = self.map.lock().expect("memory store lock");
+        for (start, end) in ranges {
+            let doomed: Vec<Vec<u8>> = map.range(start.to_vec()..end.to_vec()).map(|(key, _)| key.clone()).collect();
+            for key in doomed {
+                map.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.map.lock().expect("memory store lock").get(key).cloned())
     }
