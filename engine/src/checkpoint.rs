@@ -160,6 +160,8 @@ pub struct BlobCache {
     /// or loaded, by sequence: the next checkpoint's pruning takes them from here instead of
     /// reading and decoding their manifests again (each names every blob of the history: at 100
     /// M transfers about 120,000 a shard, decoded twice at every checkpoint before session 35).
+    /// At most the `kept` newest: 32 bytes a blob each, about 4 MB a list a shard at 100 M
+    /// transfers, growing with history as the manifests do.
     named: Vec<(u64, std::sync::Arc<Vec<[u8; 32]>>)>,
 }
 
@@ -213,7 +215,8 @@ pub const PHASE_NAMES: [&str; PHASES] = ["rows", "blobs", "parts", "manifest_and
 pub struct Written {
     pub manifest: Manifest,
     pub write_us: u64,
-    /// That time by phase (`PHASE_NAMES`).
+    /// That time by phase (`PHASE_NAMES`; the writing mark's read and write before the first
+    /// phase are in none).
     pub phase_us: [u64; PHASES],
     /// Idempotency records it moved to the store (the state's sealed generation).
     pub evicted: usize,
@@ -236,7 +239,9 @@ struct Blobber<'a> {
     /// Every blob the state uses, as offered (sorted and deduplicated once, for the manifest):
     /// at 100 M transfers about 120,000 a shard, nearly all kept as they were, so no set of them.
     used: Vec<[u8; 32]>,
-    /// The blobs this checkpoint wrote (a chunk's content may equal another's: written once).
+    /// The blobs this checkpoint wrote (a chunk's content may equal another's: written once; a
+    /// chunk encoded again whose content equals a blob kept as it was is written again, the
+    /// same bytes under the same key).
     new: HashSet32,
     pending: Vec<([u8; 38], Vec<u8>)>,
     pending_bytes: usize,
@@ -581,13 +586,18 @@ fn decode_manifest(shard: ShardId, sequence: u64, bytes: &[u8]) -> Result<Manife
     if manifest.shard != shard || manifest.sequence != sequence {
         return Err(unusable(format!("the manifest names batch {} of shard {}", manifest.sequence, manifest.shard)));
     }
+    // Loading looks blobs up in the list by bisection, and pruning walks it: every build since
+    // format 4 writes it strictly ascending.
+    if manifest.blobs.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err(unusable("the manifest's blob list is not in strictly ascending order".into()));
+    }
     Ok(manifest)
 }
 
 /// The sequences of `shard`'s checkpoint manifests, oldest first (whether usable or not).
 pub fn list(store: &dyn Store, shard: ShardId) -> Result<Vec<u64>, StorageError> {
     let mut sequences = Vec::new();
-    store.keys_in(&manifest_key(shard, 0), &manifest_key(shard, u64::MAX), &mut |key| {
+    store.scan(&manifest_key(shard, 0), &manifest_key(shard, u64::MAX), &mut |key, _| {
         if let Some(tail) = key.get(6..14).and_then(|t| <[u8; 8]>::try_from(t).ok()) {
             sequences.push(u64::from_be_bytes(tail));
         }
@@ -610,7 +620,10 @@ pub fn list(store: &dyn Store, shard: ShardId) -> Result<Vec<u64>, StorageError>
 /// shard is looked at (`collect_blobs`) only when `sweep` is asked (an earlier checkpoint
 /// stopped half-way: see `WRITING_PREFIX`) or a pruned manifest does not decode. `current`: the
 /// checkpoint just written and its blobs, kept whatever its manifest reads back as. Gives the
-/// lists of the checkpoints kept (for the next checkpoint's `BlobCache`).
+/// lists of the checkpoints kept (for the next checkpoint's `BlobCache`). A list in memory is
+/// trusted over its manifest: one writer of checkpoints per shard (a second engine on the same
+/// store beside a stopped shard's checkpoint thread breaks that, see the known limits; two
+/// states at one sequence are the same state, so their lists agree).
 fn prune(
     store: &dyn Store,
     shard: ShardId,
@@ -692,6 +705,7 @@ fn prune(
 
 /// The hashes of `sorted` that none of the sorted `lists` holds, in order: one walk of each.
 fn absent_from(sorted: &[[u8; 32]], lists: &[&[[u8; 32]]]) -> Vec<[u8; 32]> {
+    debug_assert!(sorted.is_sorted() && lists.iter().all(|list| list.is_sorted()), "sorted lists");
     let mut at = vec![0usize; lists.len()];
     let mut absent = Vec::new();
     for hash in sorted {
@@ -965,20 +979,28 @@ mod tests {
     fn a_manifest_encodes_as_the_codec_would() {
         use bincode::Options;
         for blobs in [0usize, 1, 130, 70_000] {
-            let manifest = Manifest {
+            let mut hashes: Vec<[u8; 32]> = (0..blobs).map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes()).collect();
+            hashes.sort_unstable();
+            let mut manifest = Manifest {
                 shard: 1,
                 sequence: 300 + blobs as u64,
                 timestamp: 1_700_000_000_000_000,
                 chain_hash: [9; 32],
                 bytes: 123_456_789,
                 part_hashes: vec![[1; 32], [2; 32]],
-                blobs: (0..blobs).map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes()).collect(),
+                blobs: hashes,
             };
             let encoded = encode_manifest(&manifest);
             let mut expected = vec![super::CHECKPOINT_FORMAT_VERSION];
             crate::journal::codec().serialize_into(&mut expected, &manifest).unwrap();
             assert_eq!(&encoded[..encoded.len() - 32], &expected[..], "{blobs} blobs");
             assert_eq!(decode_manifest(1, manifest.sequence, &encoded).unwrap(), manifest);
+            // A list out of order (no build writes one) is refused: pruning walks it sorted.
+            if blobs >= 2 {
+                manifest.blobs.swap(0, 1);
+                let reason = decode_manifest(1, manifest.sequence, &encode_manifest(&manifest)).unwrap_err().to_string();
+                assert!(reason.contains("ascending"), "{reason}");
+            }
         }
     }
 

@@ -86,7 +86,7 @@ pub struct ShardCounters {
     pub checkpoint_write_us: AtomicU64,
     /// How long all checkpoints since start took to encode and write.
     pub checkpoint_write_us_total: AtomicU64,
-    /// The same time by phase (`checkpoint::Phase`): the cold rows, the blobs of history, the
+    /// The same time by phase (`checkpoint::PHASE_NAMES`): the cold rows, the blobs of history, the
     /// state's parts, the manifest and pruning.
     pub checkpoint_phase_us_total: [AtomicU64; crate::checkpoint::PHASES],
     /// Idempotency records in memory (hot, and sealed by a checkpoint in flight).

@@ -274,6 +274,19 @@ fn restart_from_what_was_durable(store: &MemoryStore, config: EngineConfig, acke
     for (shard, (recovered, full, _, _)) in both_ways(&durable).into_iter().enumerate() {
         assert_eq!(recovered, full, "write {failing_write}, shard {shard}");
     }
+    // No checkpoint left on disk names a blob that is gone (pruning deletes a blob with, or
+    // after, the last manifest naming it), whichever write failed.
+    for shard in 0..2u16 {
+        let stored = blob_keys(&durable, shard);
+        let dyn_store: Arc<dyn Store> = durable.clone();
+        for sequence in checkpoint::list(&*durable, shard).unwrap() {
+            let reader = checkpoint::HistoryReader::new(dyn_store.clone(), shard);
+            let Ok((_, manifest, _)) = checkpoint::load_with(&*durable, shard, sequence, Some(&reader)) else { continue };
+            for hash in &manifest.blobs {
+                assert!(stored.binary_search(hash).is_ok(), "write {failing_write}: shard {shard}'s checkpoint {sequence} names a deleted blob");
+            }
+        }
+    }
 }
 
 fn plain(command: Command) -> Envelope {

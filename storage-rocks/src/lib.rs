@@ -773,8 +773,11 @@ impl Store for RocksStore {
         self.write_batch(batch)
     }
 
-    /// One batch of range tombstones, one synced write for them all.
+    /// One batch of range tombstones, one synced write for them all (none for no range).
     fn delete_ranges(&self, ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
         let mut batch = WriteBatch::default();
         for (start, end) in ranges {
             for (family, from, to) in self.ranges(start, end) {
@@ -831,33 +834,14 @@ impl Store for RocksStore {
         Ok(())
     }
 
-    /// A raw iterator's keys, no value taken: a checkpoint's manifest (megabytes at 100 M
-    /// transfers, in a blob file) is not read back to list it.
-    fn keys_in(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StorageError> {
-        for (family, from, to) in self.ranges(start, end) {
-            let mut iterator = self.db.raw_iterator_cf(family);
-            iterator.seek(from);
-            while let Some(key) = iterator.key() {
-                if key >= to {
-                    break;
-                }
-                if !visit(key) {
-                    return Ok(());
-                }
-                iterator.next();
-            }
-            iterator.status().map_err(io)?;
-        }
-        Ok(())
-    }
-
     fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)
     }
 
     fn last_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        // Seek to the last key at or before `end`, step back over `end` itself: keys only, no
-        // value (a journal batch's value lives in a blob file) is read. The ranges from the last.
+        // Seek to the last key at or before `end`, step back over `end` itself: no value is
+        // copied out (RocksDB still loads a blob file's value for each entry the iterator lands
+        // on, one or two). The ranges from the last.
         for (family, from, to) in self.ranges(start, end).into_iter().rev() {
             let mut iterator = self.db.raw_iterator_cf(family);
             iterator.seek_for_prev(to);

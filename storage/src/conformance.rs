@@ -47,23 +47,6 @@ pub fn check_store(store: &dyn Store) {
     assert_eq!(store.get(b"r/2").expect("get"), None);
     assert_eq!(store.get(b"r/3").expect("get").as_deref(), Some(&b"3"[..]));
     assert_eq!(store.get(b"k/1").expect("get").as_deref(), Some(&b"one"[..]));
-    // Keys alone, in order, bounded by [start, end), stopping when asked.
-    let mut keys = Vec::new();
-    store
-        .keys_in(b"k/", b"k/3", &mut |key| {
-            keys.push(key.to_vec());
-            true
-        })
-        .expect("keys");
-    assert_eq!(keys, [b"k/1".to_vec(), b"k/2".to_vec()]);
-    keys.clear();
-    store
-        .keys_in(b"k/", b"k/~", &mut |key| {
-            keys.push(key.to_vec());
-            false
-        })
-        .expect("keys");
-    assert_eq!(keys, [b"k/1".to_vec()]);
     // Several ranges at once: each deleted whole, nothing between or beside them.
     store.write(&[(b"d/1", b"1"), (b"d/2", b"2"), (b"d/3", b"3"), (b"d/4", b"4"), (b"d/5", b"5")]).expect("write");
     store.delete_ranges(&[(b"d/1", b"d/2"), (b"d/3", b"d/5")]).expect("delete ranges");

@@ -68,13 +68,6 @@ pub trait Store: Send + Sync + 'static {
     /// Visits the keys in `[start, end)` in ascending order until `visit` returns false.
     fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError>;
 
-    /// Visits the keys in `[start, end)` in ascending order until `visit` returns false, without
-    /// their values. This default scans (values read and dropped); a store that keeps large
-    /// values apart (RocksDB's blob files) overrides it to read keys only.
-    fn keys_in(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StorageError> {
-        self.scan(start, end, &mut |key, _| visit(key))
-    }
-
     /// Whether an earlier write failed (the store then refuses all writes).
     fn is_poisoned(&self) -> bool;
 
