@@ -765,15 +765,11 @@ impl Store for RocksStore {
     }
 
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
-        // One range tombstone: cheap to write whatever the range holds; compaction drops the data.
-        let mut batch = WriteBatch::default();
-        for (family, from, to) in self.ranges(start, end) {
-            batch.delete_range_cf(family, from, to);
-        }
-        self.write_batch(batch)
+        self.delete_ranges(&[(start, end)])
     }
 
-    /// One batch of range tombstones, one synced write for them all (none for no range).
+    /// One batch of range tombstones, one synced write for them all (none for no range): cheap
+    /// to write whatever the ranges hold; compaction drops the data.
     fn delete_ranges(&self, ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
         if ranges.is_empty() {
             return Ok(());

@@ -62,13 +62,7 @@ impl Store for MemoryStore {
     }
 
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
-        self.count_write()?;
-        let mut map = self.map.lock().expect("memory store lock");
-        let doomed: Vec<Vec<u8>> = map.range(start.to_vec()..end.to_vec()).map(|(key, _)| key.clone()).collect();
-        for key in doomed {
-            map.remove(&key);
-        }
-        Ok(())
+        self.delete_ranges(&[(start, end)])
     }
 
     fn delete_ranges(&self, ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
