@@ -347,6 +347,17 @@ const LEVEL0_SLOWDOWN_WRITES_TRIGGER: u64 = 20;
 const ROWS_LEVEL0_SLOWDOWN_WRITES_TRIGGER: u64 = 40;
 const ROWS_LEVEL0_STOP_WRITES_TRIGGER: i32 = 64;
 
+/// When universal compaction merges the rows family's sorted runs (`compacted`): once there are
+/// this many, at least this many at a time. Each checkpoint brings one run of random keys (its
+/// table file, `write_sorted`), so these set how often a row is rewritten: at 100 M transfers,
+/// 16 and 8 against session 30's 8 and 4 gave 494 / 468 k transfers/s against 435 / 406 k
+/// (alternated pairs), 16 % less user CPU, the same cold probe times and peak memory; 24 and
+/// 12 gained nothing more (456 k against 467 k) and raised the worst batch (ARCHITECTURE.md,
+/// "Measured", session 36). Below the rows' slowdown trigger (40), with room for the runs
+/// that pile up while one whole merge runs.
+const ROWS_UNIVERSAL_RUNS_TRIGGER: i32 = 16;
+const ROWS_UNIVERSAL_MIN_MERGE_WIDTH: i32 = 8;
+
 /// Levels past 0 (RocksDB's default `num_levels` 7, which no family changes).
 const LEVELS_PAST_ZERO: u64 = 6;
 
@@ -449,8 +460,8 @@ fn default_options(cache: &Cache) -> Options {
     let mut options = large_values_options(cache);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     // One flush and up to two compactions at a time. RocksDB runs the second only under
-    // pressure (writes delayed, or a family past its speed-up point: for the rows, 16 sorted
-    // runs with their triggers), which is when it is wanted: while one merge of the rows runs
+    // pressure (writes delayed, or a family past its speed-up point: for the rows, 22 sorted
+    // runs with their triggers, 16 + (40 - 16) / 4), which is when it is wanted: while one merge of the rows runs
     // long (a whole merge at 100 M rows takes about 20 s), the other merges the small runs
     // that checkpoints keep adding (`write_sorted`), which would otherwise pile up to the rows'
     // slowdown trigger.
@@ -561,9 +572,10 @@ impl std::str::FromStr for RowsCompaction {
 /// tables (no blob files), no compression, the same bloom filters. Leveled compaction gathers
 /// eight flushes before merging them into the level below (each merge of random keys rewrites
 /// all of that level, so half as many halves that cost); universal compaction merges sorted
-/// runs once eight of them are there, at least four at a time, newest first, taking in the next
-/// older run while it is no larger than those taken together: so a row is rewritten about once
-/// each time the family doubles, and the whole family (the oldest run too) about then
+/// runs once `ROWS_UNIVERSAL_RUNS_TRIGGER` (16) of them are there, at least
+/// `ROWS_UNIVERSAL_MIN_MERGE_WIDTH` (8) at a time, newest first, taking in the next older run
+/// while it is no larger than those taken together: so a row is rewritten about once each time
+/// the family grows eightfold, and the whole family (the oldest run too) about then
 /// (`compacted`). The size-amplification rule (`max_size_amplification_percent`) is set high
 /// (1000) so that it seldom forces a whole merge on its own: rows are never overwritten or
 /// deleted, so merging into the oldest run collects no garbage. A whole merge needs free disk
@@ -614,8 +626,9 @@ fn compacted(options: &mut Options, compaction: RowsCompaction) {
             options.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
             let mut universal = rocksdb::UniversalCompactOptions::default();
             universal.set_max_size_amplification_percent(1000);
-            universal.set_min_merge_width(4);
+            universal.set_min_merge_width(ROWS_UNIVERSAL_MIN_MERGE_WIDTH);
             options.set_universal_compaction_options(&universal);
+            options.set_level_zero_file_num_compaction_trigger(ROWS_UNIVERSAL_RUNS_TRIGGER);
             // RocksDB turns on periodic compaction for universal compaction (30 days, by `ttl`
             // and `periodic_compaction_seconds`, whichever is smaller and not 0): a rewrite of
             // the whole family, every row ever taken, once its oldest file is that old; at the

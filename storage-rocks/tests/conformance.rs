@@ -161,7 +161,7 @@ fn cold_rows_live_in_their_own_column_family() {
     assert!(report.contains("; block cache (all families) "), "{report}");
     drop(store);
     let section = options_section(&path, "rows");
-    for setting in ["compression=kNoCompression", "level0_file_num_compaction_trigger=8", "enable_blob_files=false", "optimize_filters_for_hits=false"] {
+    for setting in ["compression=kNoCompression", "level0_file_num_compaction_trigger=16", "enable_blob_files=false", "optimize_filters_for_hits=false"] {
         assert!(section.lines().any(|line| line.trim() == setting), "{setting} missing in:\n{section}");
     }
     // The rows' filters and index grow with every row ever written: in pieces, in the block
@@ -399,10 +399,17 @@ fn reopen_and_check(path: &std::path::Path, compaction: RowsCompaction, rounds: 
         RowsCompaction::Leveled => "compaction_style=kCompactionStyleLevel",
     };
     assert!(section.lines().any(|line| line.trim() == style), "{style} missing in:\n{section}");
-    if compaction == RowsCompaction::Universal {
-        for setting in ["max_size_amplification_percent=1000", "min_merge_width=4", "periodic_compaction_seconds=0", "ttl=0"] {
-            assert!(section.contains(setting), "{setting} missing in:\n{section}");
+    // Universal merges at least 8 of 16 runs; leveled keeps gathering 8 flushes in level 0.
+    let settings: &[&str] = match compaction {
+        RowsCompaction::Universal => {
+            &["max_size_amplification_percent=1000", "min_merge_width=8", "level0_file_num_compaction_trigger=16", "periodic_compaction_seconds=0", "ttl=0"]
         }
+        RowsCompaction::Leveled => &["level0_file_num_compaction_trigger=8"],
+    };
+    for setting in settings {
+        // A line of its own, or a field of a nested one (`compaction_options_universal={..;}`).
+        let found = section.lines().any(|line| line.trim() == *setting) || section.contains(&format!("{setting};"));
+        assert!(found, "{setting} missing in:\n{section}");
     }
     assert_eq!(checked_rows(&store, row_value), rounds * ROWS_A_ROUND, "every row of {rounds} rounds under {compaction:?}");
     let keys: Vec<Vec<u8>> =
@@ -453,7 +460,8 @@ fn write_round(store: &RocksStore, round: u32) {
     store.write(&puts).expect("rows");
 }
 
-/// The rows family changed from leveled to universal compaction (session 30): a database made
+/// The rows family changed from leveled to universal compaction (session 30; its triggers in
+/// session 36): a database made
 /// under leveled compaction, its rows at level 0 and in the last level, opens under universal
 /// and keeps every row, through universal compactions of its own; and the way back (an operator
 /// setting `rows_compaction = "leveled"`) keeps every row too, with the sorted runs universal
@@ -464,32 +472,34 @@ fn the_rows_family_changes_compaction_either_way_and_keeps_every_row() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("db");
     {
+        // A last level larger than the sixteen runs universal gathers, so that its merges of
+        // them leave their output above it.
         let store = RocksStore::open_with(&path, RowsCompaction::Leveled).expect("open");
-        write_rounds(&store, 0, 6);
+        write_rounds(&store, 0, 40);
         store.reclaim(b"h/i/", b"h/i0").expect("compacted into the last level");
-        write_rounds(&store, 6, 9);
+        write_rounds(&store, 40, 43);
         store.wait_for_compactions().expect("compactions done");
         let levels = rows_levels(&store);
         assert!(levels.iter().any(|&(level, _)| level == 0) && levels.iter().any(|&(level, _)| level > 0), "{levels:?}");
     }
-    let store = reopen_and_check(&path, RowsCompaction::Universal, 9);
-    // Enough sorted runs for universal compactions of its own (8 runs trigger one).
-    write_rounds(&store, 9, 30);
+    let store = reopen_and_check(&path, RowsCompaction::Universal, 43);
+    // Enough sorted runs for universal compactions of its own (16 runs trigger one).
+    write_rounds(&store, 43, 64);
     store.wait_for_compactions().expect("compactions done");
     let levels = rows_levels(&store);
     drop(store);
-    // Universal's own shape (seen: L0 4 files, one run each in L4, L5 and L6): runs in levels
+    // Universal's own shape (seen: L0 9 files, one run each in L5 and L6): runs in levels
     // above the last, which leveled compaction must take as they are.
     assert!(levels.iter().filter(|&&(level, _)| (1..6).contains(&level)).count() >= 1, "{levels:?}");
-    drop(reopen_and_check(&path, RowsCompaction::Universal, 30));
-    let store = reopen_and_check(&path, RowsCompaction::Leveled, 30);
-    write_rounds(&store, 30, 42);
+    drop(reopen_and_check(&path, RowsCompaction::Universal, 64));
+    let store = reopen_and_check(&path, RowsCompaction::Leveled, 64);
+    write_rounds(&store, 64, 76);
     store.reclaim(b"h/i/", b"h/i0").expect("compacted");
     assert_eq!(rows_levels(&store).len(), 1, "a whole compaction under leveled leaves one level: {:?}", rows_levels(&store));
     drop(store);
-    let store = reopen_and_check(&path, RowsCompaction::Leveled, 42);
+    let store = reopen_and_check(&path, RowsCompaction::Leveled, 76);
     drop(store);
-    reopen_and_check(&path, RowsCompaction::Universal, 42);
+    reopen_and_check(&path, RowsCompaction::Universal, 76);
 }
 
 /// The write-ahead logs' bytes in `dir` (`*.log`).
