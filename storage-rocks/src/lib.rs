@@ -350,8 +350,9 @@ const ROWS_LEVEL0_STOP_WRITES_TRIGGER: i32 = 64;
 /// When universal compaction merges the rows family's sorted runs (`compacted`): once there are
 /// this many, at least this many at a time. Each checkpoint brings one run of random keys (its
 /// table file, `write_sorted`), so these set how often a row is rewritten: at 100 M transfers,
-/// 16 and 8 against session 30's 8 and 4 gave 494 / 468 k transfers/s against 435 / 406 k
-/// (alternated pairs), 16 % less user CPU, the same cold probe times and peak memory; 24 and
+/// 16 and 8 against session 30's 8 and 4 gave 494 / 468 / 483 k transfers/s against 435 /
+/// 406 / 455 k (alternated pairs), 6-16 % less user CPU, the same cold probe times and peak
+/// memory, a worst batch that varies more (0.7-3.5 s against 0.8-1.3 s); 24 and
 /// 12 gained nothing more (456 k against 467 k) and raised the worst batch (ARCHITECTURE.md,
 /// "Measured", session 36). Below the rows' slowdown trigger (40), with room for the runs
 /// that pile up while one whole merge runs.
