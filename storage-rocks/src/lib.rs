@@ -347,16 +347,17 @@ const LEVEL0_SLOWDOWN_WRITES_TRIGGER: u64 = 20;
 const ROWS_LEVEL0_SLOWDOWN_WRITES_TRIGGER: u64 = 40;
 const ROWS_LEVEL0_STOP_WRITES_TRIGGER: i32 = 64;
 
-/// When universal compaction merges the rows family's sorted runs (`compacted`): once there are
-/// this many, at least this many at a time. Each checkpoint brings one run of random keys (its
-/// table file, `write_sorted`), so these set how often a row is rewritten: at 100 M transfers,
-/// 16 and 8 against session 30's 8 and 4 gave 494 / 468 / 483 k transfers/s against 435 /
-/// 406 / 455 k (alternated pairs), 6-16 % less user CPU, the same cold probe times and peak
-/// memory, a worst batch that varies more (0.7-3.5 s against 0.8-1.3 s); 24 and
-/// 12 gained nothing more (456 k against 467 k) and raised the worst batch (ARCHITECTURE.md,
-/// "Measured", session 36). Below the rows' slowdown trigger (40), with room for the runs
-/// that pile up while one whole merge runs.
+/// How many sorted runs the rows family gathers before universal compaction merges
+/// (`compacted`). Each checkpoint brings one run of random keys (its table file,
+/// `write_sorted`), so this and `ROWS_UNIVERSAL_MIN_MERGE_WIDTH` set how often a row is
+/// rewritten: at 100 M transfers, 16 and 8 against session 30's 8 and 4 gave 494 / 468 / 483 k
+/// transfers/s against 435 / 406 / 455 k (alternated pairs), 6-16 % less user CPU, the same
+/// peak memory, a worst batch that varies more (0.7-3.5 s against 0.8-1.2 s); 24 and 12 gained
+/// nothing clear (456 / 457 k against 467 / 404 k) with worst batches no better
+/// (ARCHITECTURE.md, "Measured", session 36). Below the rows' slowdown trigger (40), with room
+/// for the runs that pile up while one whole merge runs.
 const ROWS_UNIVERSAL_RUNS_TRIGGER: i32 = 16;
+/// The fewest sorted runs one universal merge of the rows family takes (`compacted`).
 const ROWS_UNIVERSAL_MIN_MERGE_WIDTH: i32 = 8;
 
 /// Levels past 0 (RocksDB's default `num_levels` 7, which no family changes).
@@ -462,10 +463,10 @@ fn default_options(cache: &Cache) -> Options {
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     // One flush and up to two compactions at a time. RocksDB runs the second only under
     // pressure (writes delayed, or a family past its speed-up point: for the rows, 22 sorted
-    // runs with their triggers, 16 + (40 - 16) / 4), which is when it is wanted: while one merge of the rows runs
-    // long (a whole merge at 100 M rows takes about 20 s), the other merges the small runs
-    // that checkpoints keep adding (`write_sorted`), which would otherwise pile up to the rows'
-    // slowdown trigger.
+    // runs with their triggers, 16 + (40 - 16) / 4), which is when it is wanted: while one
+    // merge of the rows runs long (a whole merge at 100 M rows takes about 20 s), the other
+    // merges the small runs that checkpoints keep adding (`write_sorted`), which would
+    // otherwise pile up to the rows' slowdown trigger.
     options.set_max_background_jobs(3);
     // A blob file is freed only once every value in it is dead: compactions relocate the live
     // values of the oldest quarter of blob files, which then go. (In a database made before the

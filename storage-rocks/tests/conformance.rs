@@ -461,11 +461,10 @@ fn write_round(store: &RocksStore, round: u32) {
 }
 
 /// The rows family changed from leveled to universal compaction (session 30; its triggers in
-/// session 36): a database made
-/// under leveled compaction, its rows at level 0 and in the last level, opens under universal
-/// and keeps every row, through universal compactions of its own; and the way back (an operator
-/// setting `rows_compaction = "leveled"`) keeps every row too, with the sorted runs universal
-/// left in levels above the last. Keys here are `n * 4096 + round` so that the scan can tell
+/// session 36): a database made under leveled compaction, its rows at level 0 and in the last
+/// level, opens under universal and keeps every row, through universal compactions of its own;
+/// and the way back (an operator setting `rows_compaction = "leveled"`) keeps every row too,
+/// with the sorted runs universal left in levels above the last. Keys here are `n * 4096 + round` so that the scan can tell
 /// every row's value.
 #[test]
 fn the_rows_family_changes_compaction_either_way_and_keeps_every_row() {
