@@ -343,9 +343,15 @@ impl Drop for RocksStore {
 /// sorted runs: level-0 files and every non-empty level) to it waits for compactions first.
 const LEVEL0_SLOWDOWN_WRITES_TRIGGER: u64 = 20;
 
-/// The rows family's own `level0_slowdown_writes_trigger` and stop trigger (`rows_options`).
-const ROWS_LEVEL0_SLOWDOWN_WRITES_TRIGGER: u64 = 40;
-const ROWS_LEVEL0_STOP_WRITES_TRIGGER: i32 = 64;
+/// The rows family's own `level0_slowdown_writes_trigger` (`rows_options`): under universal
+/// compaction, sorted runs. At 40 (sessions 25-36), 100 M transfers' worst batch was 2.3-3.8 s,
+/// writes delayed while a whole merge ran; at 64, in four alternated pairs, 0.8-1.0 s against
+/// 2.3-3.8 s, throughput 470 / 413 / 494 / 443 k against 434 / 442 / 476 / 421 k, the cold
+/// probes no slower (ARCHITECTURE.md, "Measured", session 37). It also sets where RocksDB
+/// starts a second compaction for the family (`max_background_jobs`).
+const ROWS_LEVEL0_SLOWDOWN_WRITES_TRIGGER: u64 = 64;
+/// The rows family's `level0_stop_writes_trigger`: half again its slowdown trigger.
+const ROWS_LEVEL0_STOP_WRITES_TRIGGER: i32 = 96;
 
 /// How many sorted runs the rows family gathers before universal compaction merges
 /// (`compacted`). Each checkpoint brings one run of random keys (its table file,
@@ -354,7 +360,7 @@ const ROWS_LEVEL0_STOP_WRITES_TRIGGER: i32 = 64;
 /// transfers/s against 435 / 406 / 455 k (alternated pairs), 6-16 % less user CPU, the same
 /// peak memory, a worst batch that varies more (0.7-3.5 s against 0.8-1.2 s); 24 and 12 gained
 /// nothing clear (456 / 457 k against 467 / 404 k) with worst batches no better
-/// (ARCHITECTURE.md, "Measured", session 36). Below the rows' slowdown trigger (40), with room
+/// (ARCHITECTURE.md, "Measured", session 36). Below the rows' slowdown trigger (64), with room
 /// for the runs that pile up while one whole merge runs.
 const ROWS_UNIVERSAL_RUNS_TRIGGER: i32 = 16;
 /// The fewest sorted runs one universal merge of the rows family takes (`compacted`).
@@ -462,8 +468,8 @@ fn default_options(cache: &Cache) -> Options {
     let mut options = large_values_options(cache);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     // One flush and up to two compactions at a time. RocksDB runs the second only under
-    // pressure (writes delayed, or a family past its speed-up point: for the rows, 22 sorted
-    // runs with their triggers, 16 + (40 - 16) / 4), which is when it is wanted: while one
+    // pressure (writes delayed, or a family past its speed-up point: for the rows, 28 sorted
+    // runs with their triggers, 16 + (64 - 16) / 4), which is when it is wanted: while one
     // merge of the rows runs long (a whole merge at 100 M rows takes about 20 s), the other
     // merges the small runs that checkpoints keep adding (`write_sorted`), which would
     // otherwise pile up to the rows' slowdown trigger.
@@ -591,7 +597,8 @@ fn rows_options(cache: &Cache) -> Options {
     // more sorted runs than memtable flushes made; while a compaction merges a large run they
     // pile up, and at RocksDB's default triggers (20, 36) they slowed every write of the
     // database, the shards' journal batches among them (21 delays at 10 M transfers with one
-    // compaction slot, the worst batch 1.3-1.8 s; see also `max_background_jobs`). A probe past
+    // compaction slot, the worst batch 1.3-1.8 s; see also `max_background_jobs`); at 40 and
+    // 64 still a few times at 100 M (`ROWS_LEVEL0_SLOWDOWN_WRITES_TRIGGER`). A probe past
     // the engine's filter reads one more filter piece per run; writes to this family come from
     // checkpoints only.
     options.set_level_zero_slowdown_writes_trigger(ROWS_LEVEL0_SLOWDOWN_WRITES_TRIGGER as i32);

@@ -161,7 +161,14 @@ fn cold_rows_live_in_their_own_column_family() {
     assert!(report.contains("; block cache (all families) "), "{report}");
     drop(store);
     let section = options_section(&path, "rows");
-    for setting in ["compression=kNoCompression", "level0_file_num_compaction_trigger=16", "enable_blob_files=false", "optimize_filters_for_hits=false"] {
+    for setting in [
+        "compression=kNoCompression",
+        "level0_file_num_compaction_trigger=16",
+        "level0_slowdown_writes_trigger=64",
+        "level0_stop_writes_trigger=96",
+        "enable_blob_files=false",
+        "optimize_filters_for_hits=false",
+    ] {
         assert!(section.lines().any(|line| line.trim() == setting), "{setting} missing in:\n{section}");
     }
     // The rows' filters and index grow with every row ever written: in pieces, in the block
