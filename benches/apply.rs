@@ -199,5 +199,22 @@ fn bench_cold_probe(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_apply, bench_journal_encoding, bench_cold_probe);
+/// The filter of cold order numbers at the size a 100 M run gives it (one segment of 200 MB, as
+/// `clearing bench` sizes it): what a checkpoint's thread does with a sealed generation (its keys
+/// asked for, then set once their rows are durable), 131,072 random keys a round, into a filter
+/// already holding 50 M keys (every block touched, as in a server that has run a while).
+fn bench_cold_filter(c: &mut Criterion) {
+    const KEYS: usize = 131_072;
+    let filter = engine::cold::ColdFilter::with_bytes(200_000_000);
+    let mut rng = StdRng::seed_from_u64(9);
+    filter.insert_all((0..50_000_000).map(|_| rng.gen::<u128>()));
+    let keys: Vec<u128> = (0..KEYS).map(|_| rng.gen::<u128>()).collect();
+    let mut group = c.benchmark_group("cold_filter");
+    group.throughput(Throughput::Elements(KEYS as u64));
+    group.bench_function("positions_maybe_held_200mb", |b| b.iter(|| filter.positions_maybe_held(KEYS, |i| keys[i]).len()));
+    group.bench_function("insert_all_200mb", |b| b.iter(|| filter.insert_all(keys.iter().copied())));
+    group.finish();
+}
+
+criterion_group!(benches, bench_apply, bench_journal_encoding, bench_cold_probe, bench_cold_filter);
 criterion_main!(benches);
