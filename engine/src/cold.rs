@@ -229,31 +229,6 @@ struct Segment {
     set_bits: std::sync::atomic::AtomicU64,
 }
 
-/// Asks the kernel to back the whole 2 MiB pages inside `bytes` at `start` (a segment's
-/// allocation) with huge pages as they are first written. Every probe and insert lands on a
-/// random block of a segment of up to hundreds of megabytes, so with 4 KiB pages nearly each
-/// one also missed the TLB and walked the page tables: on a 200 MB segment holding 50 M keys
-/// (criterion `cold_filter`, alternated), inserts 34 against 25 M keys/s and the checkpoint's
-/// lookups 47 against 41 M keys/s (ARCHITECTURE.md, "Measured", session 37). Advice only: it
-/// never changes the memory's contents, and the kernel may ignore it (huge pages off, none
-/// free); an allocation holding no whole huge page is left as it is.
-fn advise_huge_pages(start: *mut u8, bytes: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE_PAGE: usize = 2 << 20;
-        let first = (start as usize).next_multiple_of(HUGE_PAGE);
-        let end = (start as usize + bytes) / HUGE_PAGE * HUGE_PAGE;
-        if end > first {
-            // SAFETY: the range lies inside the allocation (from its first huge-page boundary to
-            // its last one); `MADV_HUGEPAGE` changes how the kernel backs those pages, never what
-            // they hold, and a refusal changes nothing.
-            unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (start, bytes);
-}
-
 impl Segment {
     /// A segment of `bytes` (a multiple of 64), all bits clear. The memory comes zeroed from the
     /// allocator (`calloc`: pages the kernel maps in only once written), so adding a segment of
@@ -278,7 +253,12 @@ impl Segment {
         if pointer.is_null() {
             return Err(layout);
         }
-        advise_huge_pages(pointer.cast(), layout.size());
+        // Every probe and insert lands on a random block of a segment of up to hundreds of
+        // megabytes: with 4 KiB pages nearly each one also missed the TLB and walked the page
+        // tables. On a 200 MB segment holding 50 M keys (criterion `cold_filter`, alternated),
+        // inserts 34 against 25 M keys/s and the checkpoint's lookups 47 against 41 M keys/s
+        // (ARCHITECTURE.md, "Measured", session 37).
+        crate::ledger::flat::advise_huge_pages(pointer.cast(), layout.size());
         // SAFETY: as above; the pointer is non-null and owned by nothing else.
         let memory: Box<[std::sync::atomic::AtomicU64]> = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(pointer, len)) };
         let first = (memory.as_ptr() as usize).wrapping_neg() % 64 / 8;

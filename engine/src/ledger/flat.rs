@@ -95,6 +95,27 @@ impl<V: Copy> Slot<V> {
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const HUGE_PAGE: usize = 2 << 20;
 
+/// Asks the kernel to back the whole huge pages inside `bytes` at `start` (memory the caller
+/// owns: a table's mapping, a filter segment's allocation) with huge pages as they are first
+/// written. Advice only: it never changes the memory's contents, and the kernel may ignore it
+/// (huge pages off, none free); a range holding no whole huge page is left as it is. Nothing
+/// off Linux.
+pub(crate) fn advise_huge_pages(start: *mut u8, bytes: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        let first = (start as usize).next_multiple_of(HUGE_PAGE);
+        let end = (start as usize + bytes) / HUGE_PAGE * HUGE_PAGE;
+        if end > first {
+            // SAFETY: the range lies inside the caller's memory (from its first huge-page
+            // boundary to its last one); `MADV_HUGEPAGE` changes how the kernel backs those
+            // pages, never what they hold, and a refusal changes nothing.
+            unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (start, bytes);
+}
+
 /// Bytes of slots in tables mapped from the kernel, outside the allocator's own figures.
 static MAPPED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -139,11 +160,9 @@ impl<V> Slots<V> {
                 std::alloc::handle_alloc_error(layout);
             }
             let first = (start as usize).next_multiple_of(HUGE_PAGE);
-            // SAFETY: the range starts inside the mapping and ends at most at its end (`first`
-            // is less than a huge page past `start`); the advice only changes how the kernel
-            // backs those pages, never their contents, and a refusal (huge pages off) changes
-            // nothing.
-            unsafe { libc::madvise(first as *mut libc::c_void, layout.size().next_multiple_of(HUGE_PAGE), libc::MADV_HUGEPAGE) };
+            // The mapping's whole huge pages from `first` on: the slots' and the rest of the
+            // last one (`first` is less than a huge page past `start`).
+            advise_huge_pages(first as *mut u8, layout.size().next_multiple_of(HUGE_PAGE));
             let first = NonNull::new(first as *mut Slot<V>).expect("a mapping is not at address 0");
             let mapping = NonNull::new(start.cast::<u8>()).expect("a mapping is not at address 0");
             MAPPED_BYTES.fetch_add(layout.size() as u64, std::sync::atomic::Ordering::Relaxed);
