@@ -1092,6 +1092,9 @@ mod tests {
         batch[7] = payment("old3", a, b, 1);
         batch[8] = payment("old4", a, b, 2);
         batch[9].out_order_no = None;
+        // Accounts no shard holds (asked for ahead too: past the accounts, any id).
+        batch[10] = payment("ghost-payer", AccountId(u64::MAX), b, 3);
+        batch[11] = payment("ghost-payee", a, AccountId(1 << 40), 3);
         let skip: Vec<bool> = (0..batch.len()).map(|n| n == 12).collect();
         let (mut one_by_one, mut at_once) = (state.clone(), state);
         let (mut fx_one, mut fx_all) = (Effects::default(), Effects::default());
@@ -1106,13 +1109,14 @@ mod tests {
         assert_eq!(fx_all.postings, fx_one.postings);
         assert!(expected[5].replayed && expected[7].replayed);
         assert_eq!((expected[6].code, expected[8].code), (ResultCode::IdempotencyConflict, ResultCode::IdempotencyConflict));
+        assert!(!expected[10].is_ok() && !expected[11].is_ok(), "{:?}", &expected[10..12]);
         let records = |state: &ShardState| {
             let mut all: Vec<(u128, IdempotencyRecord)> = state.memory_idempotency().collect();
             all.sort_unstable_by_key(|(key, _)| *key);
             all
         };
         assert_eq!(records(&at_once), records(&one_by_one));
-        assert_eq!(at_once.idempotency.len(), 24);
+        assert_eq!(at_once.idempotency.len(), 22);
     }
 
     #[test]
