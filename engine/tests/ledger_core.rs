@@ -243,6 +243,30 @@ fn payments_spend_unsettled_first_and_maturing_makes_income_withdrawable() {
     w.assert_books_balance();
 }
 
+/// Spending takes lots oldest first, across days: lots emptied go, a lot partly spent keeps its
+/// rest, and an account spent to zero keeps an empty entry.
+#[test]
+fn spending_takes_lots_oldest_first_across_days() {
+    let mut w = World::new();
+    let a = w.funded(1, 10_000);
+    let b = w.funded(2, 0);
+    let c = w.funded(3, 0);
+    let first = w.state.business_day(w.now);
+    for amount in [100, 200, 300] {
+        w.ok(pay(a, amount, &[(b, amount)], &[]));
+        w.now += DAY;
+    }
+    let lots = |w: &World| w.state.lots[&b].iter().map(|lot| (lot.day - first, lot.amount, lot.credits)).collect::<Vec<_>>();
+    assert_eq!(lots(&w), [(0, 100, 1), (1, 200, 1), (2, 300, 1)]);
+    w.ok(pay(b, 250, &[(c, 250)], &[]));
+    assert_eq!(lots(&w), [(1, 50, 1), (2, 300, 1)]);
+    assert_eq!(w.balances(b), (0, 350, 0));
+    w.ok(pay(b, 350, &[(c, 350)], &[]));
+    assert_eq!(lots(&w), []);
+    assert_eq!(w.run(pay(b, 1, &[(c, 1)], &[])).code, ResultCode::InsufficientFunds);
+    w.assert_books_balance();
+}
+
 #[test]
 fn guarantee_confirm_cancel_codes() {
     let mut w = World::new();

@@ -121,9 +121,9 @@ pub struct ShardState {
     /// Cold records the current batch may look up (`cold::prefetch`), empty between batches.
     #[serde(skip)]
     cold: FastMap<u128, ColdHit>,
-    /// Unsettled income lots per account: (business day, amount), oldest first. A queue stays
+    /// Unsettled income lots per account: (business day, amount), oldest first. An entry stays
     /// (empty) once created, so accounts that keep receiving and spending do not reallocate.
-    pub lots: FastMap<AccountId, VecDeque<Lot>>,
+    pub lots: FastMap<AccountId, Lots>,
     /// (payment, payee) -> income received, on the payee's shard.
     pub income: OrderBlocks<(OrderId, AccountId), Income>,
     /// Outboxes by target shard.
@@ -680,28 +680,31 @@ impl ShardState {
     pub(crate) fn credit_unsettled(&mut self, fx: &mut Effects, account: AccountId, amount: Minor, day: u32) {
         self.post(fx, account, Bucket::Unsettled, amount);
         let lots = self.lots.entry(account).or_default();
-        match lots.back_mut() {
+        match lots.last_mut() {
             Some(lot) if lot.day == day => {
                 // Lots sum to the unsettled bucket, which stays within BALANCE_MINOR_MAX.
                 lot.amount += amount;
                 lot.credits = lot.credits.saturating_add(1);
             }
-            _ => lots.push_back(Lot { day, credits: 1, amount }),
+            _ => lots.push(Lot { day, credits: 1, amount }),
         }
     }
 
-    /// Takes `amount` out of unsettled lots, oldest first (the unsettled bucket is posted by the caller).
+    /// Takes `amount` out of unsettled lots, oldest first (the unsettled bucket is posted by the
+    /// caller); the lots it empties go in one move of those left.
     fn consume_lots(&mut self, account: AccountId, mut amount: Minor) {
         let lots = self.lots.get_mut(&account).expect("unsettled funds have lots");
+        let mut emptied = 0;
         while amount > 0 {
-            let front = lots.front_mut().expect("lots cover the unsettled bucket");
-            let take = front.amount.min(amount);
-            front.amount -= take;
+            let lot = lots.get_mut(emptied).expect("lots cover the unsettled bucket");
+            let take = lot.amount.min(amount);
+            lot.amount -= take;
             amount -= take;
-            if front.amount == 0 {
-                lots.pop_front();
+            if lot.amount == 0 {
+                emptied += 1;
             }
         }
+        lots.drain(..emptied);
     }
 
     /// Debits `amount` from the unsettled bucket, consuming its lots oldest first.
@@ -1044,7 +1047,7 @@ impl ShardState {
                 let entries = self.batches_of.values().map(BatchList::len).sum::<usize>();
                 format!("batch_index {entries} entries for {} accounts ({cold}/{blocks} blocks out)", self.batches_of.len())
             },
-            format!("lots {}", self.lots.values().map(VecDeque::len).sum::<usize>()),
+            format!("lots {}", self.lots.values().map(Lots::len).sum::<usize>()),
             format!("open_orders {}", self.platform_orders.values().map(|p| p.open.len()).sum::<usize>()),
         ]
         .join(", ")

@@ -576,6 +576,11 @@ pub struct Lot {
     pub amount: Minor,
 }
 
+/// An account's unsettled lots, oldest first: one a business day, so an account settled daily
+/// holds one or two, kept in place (its map entry holds them: no second cache miss for a
+/// buffer). Encoded as a sequence, as the `VecDeque` it replaced was.
+pub type Lots = SmallVec<[Lot; 2]>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,6 +592,21 @@ mod tests {
     fn an_order_stays_small() {
         assert!(std::mem::size_of::<Order>() <= 168, "Order is {} bytes", std::mem::size_of::<Order>());
         assert_eq!(std::mem::size_of::<Option<crate::ledger::command::OutOrderNo>>(), std::mem::size_of::<crate::ledger::command::OutOrderNo>());
+    }
+
+    /// Lots are encoded as the `VecDeque` they were (a sequence): checkpoints written before
+    /// decode now, and the bytes are the same, with more lots than are kept in place too.
+    #[test]
+    fn lots_encode_as_the_queue_they_replaced() {
+        let codec = crate::journal::codec;
+        for count in [0, 1, 2, 5] {
+            let items: Vec<Lot> = (0..count).map(|n| Lot { day: 20_000 + n, credits: n + 1, amount: 100 * n as i64 + 1 }).collect();
+            let before: std::collections::VecDeque<Lot> = items.iter().copied().collect();
+            let now: Lots = items.iter().copied().collect();
+            let bytes = codec().serialize(&before).unwrap();
+            assert_eq!(codec().serialize(&now).unwrap(), bytes);
+            assert_eq!(codec().deserialize::<Lots>(&bytes).unwrap(), now);
+        }
     }
 
     /// The details as they were before the boxes: checkpoints and history blobs written then
