@@ -312,8 +312,8 @@ impl ShardState {
     }
 
     /// Asks for the cache lines of the local accounts `command` will read first (a payment's
-    /// payer and receivers, a credit's or recharge's account): a hint for a command a few places
-    /// later in the batch, so that the accounts' misses overlap.
+    /// payer and receivers; a credit's, recharge's, withdrawal's or freeze's account): a hint for
+    /// a command a few places later in the batch, so that the accounts' misses overlap.
     #[inline]
     fn prefetch_accounts(&self, command: &Command) {
         match command {

@@ -594,6 +594,13 @@ mod tests {
         assert_eq!(std::mem::size_of::<Option<crate::ledger::command::OutOrderNo>>(), std::mem::size_of::<crate::ledger::command::OutOrderNo>());
     }
 
+    /// Two lots fit in place: an account's entry in the lots map is its id and 40 bytes.
+    #[test]
+    fn lots_stay_small() {
+        assert!(std::mem::size_of::<Lots>() <= 40, "Lots is {} bytes", std::mem::size_of::<Lots>());
+        assert!(!Lots::from_slice(&[Lot { day: 1, credits: 1, amount: 1 }; 2]).spilled());
+    }
+
     /// Lots are encoded as the `VecDeque` they were (a sequence): checkpoints written before
     /// decode now, and the bytes are the same, with more lots than are kept in place too.
     #[test]
