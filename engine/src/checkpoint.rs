@@ -857,6 +857,8 @@ fn load_avoiding(
     if state.shard != shard || !state.is_initialized() {
         return Err(unusable(format!("the state is of shard {} with {} shards", state.shard, state.shard_count)));
     }
+    let (shard_count, accounts) = (state.shard_count, state.accounts.len());
+    state.lots.place(shard, shard_count, accounts).map_err(unusable)?;
     let mut cache = match layout {
         Layout::PiecesIn(placeholders) => fill(store, &manifest, &mut state, &placeholders)?,
         Layout::PiecesLazy(_, hashes) => {

@@ -65,7 +65,7 @@ fn figures(state: &ShardState) -> ShardFigures {
         if account.kind == AccountKind::Customer && (account.settled < 0 || account.unsettled < 0 || account.frozen < 0) {
             f.failures.push(format!("account {} has a negative bucket", account.id.0));
         }
-        let lots: Minor = state.lots.get(&account.id).map_or(0, |l| l.iter().map(|lot| lot.amount).sum());
+        let lots: Minor = state.lots.get(account.id).map_or(0, |l| l.iter().map(|lot| lot.amount).sum());
         if lots != account.unsettled {
             f.failures.push(format!("account {}: unsettled {} but lots sum to {lots}", account.id.0, account.unsettled));
         }

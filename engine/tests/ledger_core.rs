@@ -256,7 +256,7 @@ fn spending_takes_lots_oldest_first_across_days() {
         w.ok(pay(a, amount, &[(b, amount)], &[]));
         w.now += DAY;
     }
-    let lots = |w: &World| w.state.lots[&b].iter().map(|lot| (lot.day - first, lot.amount, lot.credits)).collect::<Vec<_>>();
+    let lots = |w: &World| w.state.lots.get(b).into_iter().flatten().map(|lot| (lot.day - first, lot.amount, lot.credits)).collect::<Vec<_>>();
     assert_eq!(lots(&w), [(0, 100, 1), (1, 200, 1), (2, 300, 1)]);
     w.ok(pay(b, 250, &[(c, 250)], &[]));
     assert_eq!(lots(&w), [(1, 50, 1), (2, 300, 1)]);

@@ -121,9 +121,10 @@ pub struct ShardState {
     /// Cold records the current batch may look up (`cold::prefetch`), empty between batches.
     #[serde(skip)]
     cold: FastMap<u128, ColdHit>,
-    /// Unsettled income lots per account: (business day, amount), oldest first. An entry stays
-    /// (empty) once created, so accounts that keep receiving and spending do not reallocate.
-    pub lots: FastMap<AccountId, Lots>,
+    /// Unsettled income lots per account, by local index: (business day, amount), oldest
+    /// first. An entry stays (empty) once created, so accounts that keep receiving and spending
+    /// do not reallocate.
+    pub lots: AccountLots,
     /// (payment, payee) -> income received, on the payee's shard.
     pub income: OrderBlocks<(OrderId, AccountId), Income>,
     /// Outboxes by target shard.
@@ -334,10 +335,12 @@ impl ShardState {
         if self.shard_count == 0 || id.shard(self.shard_count) != self.shard {
             return;
         }
-        if let Some(account) = self.accounts.get(id.local_index(self.shard_count) as usize) {
+        let index = id.local_index(self.shard_count) as usize;
+        if let Some(account) = self.accounts.get(index) {
             let start: *const Account = account;
             crate::prefetch(start);
             crate::prefetch(start.cast::<u8>().wrapping_add(std::mem::size_of::<Account>() - 1));
+            self.lots.prefetch(index);
         }
     }
 
@@ -427,6 +430,7 @@ impl ShardState {
         self.utc_offset_seconds = offset;
         self.outboxes = vec![Outbox::default(); shard_count as usize];
         self.inbound_applied = vec![0; shard_count as usize];
+        self.lots = AccountLots::of_shard(shard, shard_count);
         for currency_index in 0..currencies.len() {
             for role in SystemRole::ALL {
                 let id = self.push_account(0, 0, CurrencyId(currency_index as u8), AccountKind::System(role), Limits::NONE);
@@ -679,7 +683,7 @@ impl ShardState {
     /// Credits income to an account's unsettled bucket, as a lot of business day `day`.
     pub(crate) fn credit_unsettled(&mut self, fx: &mut Effects, account: AccountId, amount: Minor, day: u32) {
         self.post(fx, account, Bucket::Unsettled, amount);
-        let lots = self.lots.entry(account).or_default();
+        let lots = self.lots.at_mut(account.local_index(self.shard_count) as usize);
         match lots.last_mut() {
             Some(lot) if lot.day == day => {
                 // Lots sum to the unsettled bucket, which stays within BALANCE_MINOR_MAX.
@@ -693,7 +697,7 @@ impl ShardState {
     /// Takes `amount` out of unsettled lots, oldest first (the unsettled bucket is posted by the
     /// caller); the lots it empties go in one move of those left.
     fn consume_lots(&mut self, account: AccountId, mut amount: Minor) {
-        let lots = self.lots.get_mut(&account).expect("unsettled funds have lots");
+        let lots = self.lots.at_mut(account.local_index(self.shard_count) as usize);
         let mut emptied = 0;
         while amount > 0 {
             let lot = lots.get_mut(emptied).expect("lots cover the unsettled bucket");
@@ -1047,7 +1051,7 @@ impl ShardState {
                 let entries = self.batches_of.values().map(BatchList::len).sum::<usize>();
                 format!("batch_index {entries} entries for {} accounts ({cold}/{blocks} blocks out)", self.batches_of.len())
             },
-            format!("lots {}", self.lots.values().map(Lots::len).sum::<usize>()),
+            format!("lots {}", self.lots.iter().map(|(_, lots)| lots.len()).sum::<usize>()),
             format!("open_orders {}", self.platform_orders.values().map(|p| p.open.len()).sum::<usize>()),
         ]
         .join(", ")
@@ -1098,8 +1102,7 @@ impl ShardState {
         owners.sort_by_key(|(k, _)| *k);
         let mut income: Vec<_> = std::mem::take(&mut canonical.income).iter().map(|(k, v)| (*k, *v)).collect();
         income.sort_by_key(|(k, _)| *k);
-        let mut lots: Vec<_> = canonical.lots.drain().filter(|(_, l)| !l.is_empty()).collect();
-        lots.sort_by_key(|(k, _)| *k);
+        let lots: Vec<_> = std::mem::take(&mut canonical.lots).iter().map(|(id, lots)| (id, lots.clone())).collect();
         let mut batches_of: Vec<_> = canonical.batches_of.drain().collect();
         batches_of.sort_by_key(|(k, _)| *k);
         let mut period_totals: Vec<_> = canonical.period_totals.drain().collect();

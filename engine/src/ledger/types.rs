@@ -581,6 +581,123 @@ pub struct Lot {
 /// buffer). Encoded as a sequence, as the `VecDeque` it replaced was.
 pub type Lots = SmallVec<[Lot; 2]>;
 
+/// A shard's accounts' unsettled lots, by the accounts' local index (as `ShardState::accounts`):
+/// an account's lots are found without a look-up, so they can be asked for ahead with the
+/// account. Encoded as the map of account id to lots it replaced (accounts with lots only, in
+/// id order); decoding reads that map, empty entries included, into `decoded` until `place`
+/// knows the shard.
+#[derive(Clone, Debug, Default)]
+pub struct AccountLots {
+    by_index: Vec<Lots>,
+    shard: ShardId,
+    shard_count: u16,
+    /// Entries decoded, before `place`.
+    decoded: Vec<(AccountId, Lots)>,
+}
+
+impl AccountLots {
+    /// Empty lots for the accounts of `shard` of `shard_count` (at genesis).
+    pub fn of_shard(shard: ShardId, shard_count: u16) -> AccountLots {
+        AccountLots { shard, shard_count, ..AccountLots::default() }
+    }
+
+    /// After decoding, puts the decoded entries in place for `shard` of `shard_count`, whose
+    /// accounts number `accounts`; refuses lots of an account this shard does not hold.
+    pub fn place(&mut self, shard: ShardId, shard_count: u16, accounts: usize) -> Result<(), String> {
+        self.shard = shard;
+        self.shard_count = shard_count;
+        for (id, lots) in std::mem::take(&mut self.decoded) {
+            let index = id.local_index(shard_count.max(1)) as usize;
+            if shard_count == 0 || id.shard(shard_count) != shard || index >= accounts {
+                return Err(format!("lots of account {}, which shard {shard} of {shard_count} does not hold", id.0));
+            }
+            if !lots.is_empty() {
+                *self.at_mut(index) = lots;
+            }
+        }
+        Ok(())
+    }
+
+    /// The lots of the account with local index `index` (empty if it never had any).
+    #[inline]
+    pub fn at_mut(&mut self, index: usize) -> &mut Lots {
+        if index >= self.by_index.len() {
+            self.by_index.resize_with(index + 1, Lots::new);
+        }
+        &mut self.by_index[index]
+    }
+
+    /// The lots of account `id` (`None` if it has none, or is not of this shard).
+    pub fn get(&self, id: AccountId) -> Option<&Lots> {
+        if self.shard_count == 0 || id.shard(self.shard_count) != self.shard {
+            return None;
+        }
+        self.by_index.get(id.local_index(self.shard_count) as usize).filter(|lots| !lots.is_empty())
+    }
+
+    /// Asks for the cache lines of the lots of the account with local index `index` (a hint).
+    #[inline]
+    pub fn prefetch(&self, index: usize) {
+        if let Some(lots) = self.by_index.get(index) {
+            let start: *const Lots = lots;
+            crate::prefetch(start);
+            crate::prefetch(start.cast::<u8>().wrapping_add(std::mem::size_of::<Lots>() - 1));
+        }
+    }
+
+    /// Every account with lots, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (AccountId, &Lots)> + '_ {
+        let (shard, shard_count) = (self.shard, self.shard_count);
+        self.by_index
+            .iter()
+            .enumerate()
+            .filter(|(_, lots)| !lots.is_empty())
+            .map(move |(index, lots)| (AccountId::compose(shard, index as u64, shard_count), lots))
+    }
+}
+
+/// Equal when they hold the same lots for the same accounts (however many empty entries).
+impl PartialEq for AccountLots {
+    fn eq(&self, other: &AccountLots) -> bool {
+        self.iter().eq(other.iter()) && self.decoded == other.decoded
+    }
+}
+
+impl Serialize for AccountLots {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.iter().count() + self.decoded.len()))?;
+        for (id, lots) in self.iter() {
+            map.serialize_entry(&id, lots)?;
+        }
+        // (Only a state decoded and not yet placed has these.)
+        for (id, lots) in &self.decoded {
+            map.serialize_entry(id, lots)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountLots {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = AccountLots;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of account id to lots")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut entries: A) -> Result<AccountLots, A::Error> {
+                let mut decoded = Vec::with_capacity(entries.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(entry) = entries.next_entry::<AccountId, Lots>()? {
+                    decoded.push(entry);
+                }
+                Ok(AccountLots { decoded, ..AccountLots::default() })
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,6 +731,38 @@ mod tests {
             assert_eq!(codec().serialize(&now).unwrap(), bytes);
             assert_eq!(codec().deserialize::<Lots>(&bytes).unwrap(), now);
         }
+    }
+
+    /// The lots by account index encode as the map of id to lots they replaced (accounts with
+    /// lots, in id order), and read that map back, empty entries included; lots of an account
+    /// of another shard, or past the shard's accounts, are refused.
+    #[test]
+    fn account_lots_encode_as_the_map_they_replaced() {
+        let codec = crate::journal::codec;
+        let lot = |day: u32, amount: Minor| Lot { day, credits: 1, amount };
+        let (shard, shard_count) = (1, 3);
+        let mut lots = AccountLots::of_shard(shard, shard_count);
+        lots.at_mut(4).push(lot(20_000, 5));
+        lots.at_mut(0).extend([lot(20_000, 1), lot(20_001, 2), lot(20_002, 3)]);
+        lots.at_mut(2);
+        let id = |index: u64| AccountId::compose(shard, index, shard_count);
+        let before: std::collections::BTreeMap<AccountId, Lots> = [(id(0), lots.at_mut(0).clone()), (id(4), lots.at_mut(4).clone())].into_iter().collect();
+        let bytes = codec().serialize(&before).unwrap();
+        assert_eq!(codec().serialize(&lots).unwrap(), bytes);
+        assert_eq!(lots.iter().map(|(id, lots)| (id, lots.len())).collect::<Vec<_>>(), vec![(id(0), 3), (id(4), 1)]);
+        assert_eq!((lots.get(id(2)), lots.get(id(4)).map(|l| l[0].amount), lots.get(AccountId::compose(0, 4, shard_count))), (None, Some(5), None));
+        // The old map, with an empty entry (accounts that had spent their lots kept one).
+        let mut old: crate::ledger::state::FastMap<AccountId, Lots> = before.clone().into_iter().collect();
+        old.insert(id(3), Lots::new());
+        let mut back: AccountLots = codec().deserialize(&codec().serialize(&old).unwrap()).unwrap();
+        assert_eq!(back.get(id(0)), None, "not placed yet");
+        back.place(shard, shard_count, 5).unwrap();
+        assert_eq!(codec().serialize(&back).unwrap(), bytes);
+        assert_eq!((back.get(id(3)), back.get(id(0)).map(|l| l.len())), (None, Some(3)));
+        let mut foreign: AccountLots = codec().deserialize(&codec().serialize(&old).unwrap()).unwrap();
+        assert!(foreign.place(0, shard_count, 5).is_err(), "ids of shard 1 are not shard 0's");
+        let mut beyond: AccountLots = codec().deserialize(&bytes).unwrap();
+        assert!(beyond.place(shard, shard_count, 4).is_err(), "account index 4 past four accounts");
     }
 
     /// The details as they were before the boxes: checkpoints and history blobs written then

@@ -17,8 +17,8 @@ pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule:
         return Reply::rejected(ResultCode::InvalidRule);
     }
     let mut matured: Vec<(AccountId, Minor, u32)> = Vec::new();
-    for (account, lots) in &state.lots {
-        let owner = state.account(*account).expect("lots are of local accounts");
+    for (account, lots) in state.lots.iter() {
+        let owner = state.account(account).expect("lots are of local accounts");
         if context.platform != 0 && owner.platform != context.platform {
             continue;
         }
@@ -28,11 +28,11 @@ pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule:
             credits = credits.saturating_add(lot.credits);
         }
         if due > 0 {
-            matured.push((*account, due, credits));
+            matured.push((account, due, credits));
         }
     }
-    // The lots map is unordered: post in account order so that replay is byte-identical.
-    matured.sort_unstable_by_key(|(account, _, _)| *account);
+    // In account order (as the lots come), so that replay is byte-identical.
+    debug_assert!(matured.is_sorted_by_key(|(account, _, _)| *account));
     let weights: Vec<Minor> = rule.map_or_else(Vec::new, |r| r.receivers.iter().map(|r| r.amount).collect());
     let mut by_receiver: Vec<(Minor, u32)> = vec![(0, 0); weights.len()];
     let mut parts = Vec::with_capacity(weights.len());
