@@ -147,6 +147,57 @@ fn recovery_from_a_checkpoint_and_the_journal_after_it_equals_a_whole_replay() {
     assert!(check_store(&*store, 2).unwrap().ok);
 }
 
+/// Lots read back from a checkpoint (by account index, `AccountLots::place`) mature as a live
+/// shard's would: after a restart from checkpoints, a `Mature` of every day so far moves all
+/// unsettled income to settled, and recovery (the same checkpoint and the `Mature` after it)
+/// equals a whole replay of the journal.
+#[test]
+fn lots_read_back_from_a_checkpoint_mature_as_a_whole_replay_does() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(7, 2), store.clone()).unwrap();
+    let (_, acked) = workload(&engine, "m", 30);
+    assert!(acked.len() > 60);
+    engine.wait_quiescent(Duration::from_secs(10)).unwrap();
+    // A checkpoint of each shard after all of it (the lots are in the checkpoint, not only in
+    // the journal after it).
+    let written: Vec<u64> = engine.counters().iter().map(|c| c.last_sequence.load(std::sync::atomic::Ordering::SeqCst)).collect();
+    let after = |engine: &Engine| engine.counters().iter().zip(&written).all(|(c, w)| c.checkpoint_sequence.load(std::sync::atomic::Ordering::SeqCst) >= *w);
+    let reached = (0..3000u64).any(|round| {
+        let open =
+            Envelope { platform: P, out_order_no: None, command: Command::OpenAccount { owner: 2_000_000 + round, currency: CNY, limits: Limits::NONE } };
+        engine.execute_one(open).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        after(&engine)
+    });
+    assert!(reached, "no checkpoint after the workload");
+    engine.shutdown();
+    drop(engine);
+    // No checkpoint in this run: the one it started from is what recovery starts from below.
+    let restarted = Engine::start(config(1_000_000, 2), store.clone()).unwrap();
+    let unsettled = |engine: &Engine| -> (i64, usize) {
+        (0..2u16)
+            .map(|s| engine.read_shard(s, |st| (st.accounts.iter().map(|a| a.unsettled).sum::<i64>(), st.lots.iter().count())).unwrap())
+            .fold((0, 0), |(sum, lots), (s, l)| (sum + s, lots + l))
+    };
+    let (before, with_lots) = unsettled(&restarted);
+    assert!(before > 0 && with_lots >= 1, "income is unsettled on {with_lots} accounts: {before}");
+    let matured: u64 = restarted
+        .broadcast(Envelope { platform: 0, out_order_no: None, command: Command::Mature { through_day: 1_000_000 } })
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .sum();
+    assert_eq!((matured as usize, unsettled(&restarted)), (with_lots, (0, 0)), "every account with lots matured");
+    restarted.wait_quiescent(Duration::from_secs(10)).unwrap();
+    restarted.shutdown();
+    drop(restarted);
+    for (shard, (recovered, full, checkpoint, skipped)) in both_ways(&store).into_iter().enumerate() {
+        assert!(checkpoint.is_some() && skipped.is_empty(), "shard {shard}: from a checkpoint, {skipped:?}");
+        assert_eq!(recovered, full, "shard {shard}: checkpoint + tail (with the Mature) == whole journal");
+    }
+    assert!(check_store(&*store, 2).unwrap().ok);
+}
+
 /// Sends every acknowledged command again: each must be a replay of its order, not a new one.
 fn assert_replayed(engine: &Engine, acked: &[(Envelope, u64)], when: &str) {
     for (envelope, id) in acked {

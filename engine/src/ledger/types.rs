@@ -602,11 +602,17 @@ impl AccountLots {
     }
 
     /// After decoding, puts the decoded entries in place for `shard` of `shard_count`, whose
-    /// accounts number `accounts`; refuses lots of an account this shard does not hold.
+    /// accounts number `accounts`; refuses lots of an account this shard does not hold, and an
+    /// account named twice (a map's encoding never does).
     pub fn place(&mut self, shard: ShardId, shard_count: u16, accounts: usize) -> Result<(), String> {
         self.shard = shard;
         self.shard_count = shard_count;
-        for (id, lots) in std::mem::take(&mut self.decoded) {
+        let mut decoded = std::mem::take(&mut self.decoded);
+        decoded.sort_unstable_by_key(|(id, _)| *id);
+        if let Some(pair) = decoded.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(format!("lots of account {} twice", pair[0].0 .0));
+        }
+        for (id, lots) in decoded {
             let index = id.local_index(shard_count.max(1)) as usize;
             if shard_count == 0 || id.shard(shard_count) != shard || index >= accounts {
                 return Err(format!("lots of account {}, which shard {shard} of {shard_count} does not hold", id.0));
@@ -656,7 +662,8 @@ impl AccountLots {
     }
 }
 
-/// Equal when they hold the same lots for the same accounts (however many empty entries).
+/// Equal when they hold the same lots for the same accounts (however many empty entries); a
+/// decoded value not yet placed equals only one with the same entries decoded.
 impl PartialEq for AccountLots {
     fn eq(&self, other: &AccountLots) -> bool {
         self.iter().eq(other.iter()) && self.decoded == other.decoded
@@ -763,6 +770,10 @@ mod tests {
         assert!(foreign.place(0, shard_count, 5).is_err(), "ids of shard 1 are not shard 0's");
         let mut beyond: AccountLots = codec().deserialize(&bytes).unwrap();
         assert!(beyond.place(shard, shard_count, 4).is_err(), "account index 4 past four accounts");
+        // The same account twice (an empty entry after one with lots): refused, not merged.
+        let twice = AccountLots { decoded: vec![(id(0), lots.at_mut(0).clone()), (id(4), Lots::new()), (id(0), Lots::new())], ..AccountLots::default() };
+        let mut twice: AccountLots = codec().deserialize(&codec().serialize(&twice).unwrap()).unwrap();
+        assert!(twice.place(shard, shard_count, 5).unwrap_err().contains("twice"));
     }
 
     /// The details as they were before the boxes: checkpoints and history blobs written then
