@@ -577,8 +577,8 @@ pub struct Lot {
 }
 
 /// An account's unsettled lots, oldest first: one a business day, so an account settled daily
-/// holds one or two, kept in place (its map entry holds them: no second cache miss for a
-/// buffer). Encoded as a sequence, as the `VecDeque` it replaced was.
+/// holds one or two, kept in place (its `AccountLots` element holds them: no second cache miss
+/// for a buffer). Encoded as a sequence, as the `VecDeque` it replaced was.
 pub type Lots = SmallVec<[Lot; 2]>;
 
 /// A shard's accounts' unsettled lots, by the accounts' local index (as `ShardState::accounts`):
@@ -605,6 +605,9 @@ impl AccountLots {
     /// accounts number `accounts`; refuses lots of an account this shard does not hold, and an
     /// account named twice (a map's encoding never does).
     pub fn place(&mut self, shard: ShardId, shard_count: u16, accounts: usize) -> Result<(), String> {
+        if shard_count == 0 {
+            return Err("lots of a shard of no shards".into());
+        }
         self.shard = shard;
         self.shard_count = shard_count;
         let mut decoded = std::mem::take(&mut self.decoded);
@@ -613,8 +616,8 @@ impl AccountLots {
             return Err(format!("lots of account {} twice", pair[0].0 .0));
         }
         for (id, lots) in decoded {
-            let index = id.local_index(shard_count.max(1)) as usize;
-            if shard_count == 0 || id.shard(shard_count) != shard || index >= accounts {
+            let index = id.local_index(shard_count) as usize;
+            if id.shard(shard_count) != shard || index >= accounts {
                 return Err(format!("lots of account {}, which shard {shard} of {shard_count} does not hold", id.0));
             }
             if !lots.is_empty() {
@@ -718,7 +721,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Option<crate::ledger::command::OutOrderNo>>(), std::mem::size_of::<crate::ledger::command::OutOrderNo>());
     }
 
-    /// Two lots fit in place: an account's entry in the lots map is its id and 40 bytes.
+    /// Two lots fit in place: an account's element of `AccountLots` is 40 bytes.
     #[test]
     fn lots_stay_small() {
         assert!(std::mem::size_of::<Lots>() <= 40, "Lots is {} bytes", std::mem::size_of::<Lots>());
