@@ -1037,3 +1037,136 @@ fn a_history_read_the_store_fails_to_answer_stops_the_shard_without_marking_the_
     restarted.shutdown();
     assert!(check_store(&store.inner, 2).unwrap().ok);
 }
+
+/// The checkpoint fixture of the current format: a whole store (journal, checkpoints with blobs
+/// of history, cold rows) that a build of this format wrote. Written again with
+/// `CLEARING_WRITE_CHECKPOINT_FIXTURE=1` when `CHECKPOINT_FORMAT_VERSION` is bumped (the old
+/// fixture stays, under its own version's name).
+fn fixture_path(version: u8) -> std::path::PathBuf {
+    // At run time first (cargo and nextest set it): a test binary built from another clone of
+    // the same sources (a shared build cache) reads this clone's files.
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    root.join(format!("tests/fixtures/checkpoint-format-{version}.store.zst"))
+}
+
+/// Every key and value of `store`: each as its length (4 bytes, little-endian) and its bytes.
+fn dump(store: &MemoryStore) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    store
+        .scan(&[], &[0xff; 64], &mut |key, value| {
+            for field in [key, value] {
+                bytes.extend_from_slice(&(field.len() as u32).to_le_bytes());
+                bytes.extend_from_slice(field);
+            }
+            true
+        })
+        .unwrap();
+    bytes
+}
+
+/// The store `dump` wrote.
+fn undump(mut bytes: &[u8]) -> MemoryStore {
+    let store = MemoryStore::new();
+    let mut take = |bytes: &mut &[u8]| -> Vec<u8> {
+        let (length, rest) = bytes.split_at(4);
+        let length = u32::from_le_bytes(length.try_into().unwrap()) as usize;
+        let (field, rest) = rest.split_at(length);
+        *bytes = rest;
+        field.to_vec()
+    };
+    while !bytes.is_empty() {
+        let (key, value) = (take(&mut bytes), take(&mut bytes));
+        store.write(&[(&key, &value)]).unwrap();
+    }
+    store
+}
+
+/// A store as an older build left it is what an upgrade starts from: each checkpoint format this
+/// build reads has a fixture (a workload with escrows, refunds, cross-shard credits, unsettled
+/// lots and a full chunk of history out of memory as blobs, checkpointed at a graceful stop). This
+/// build must start from those checkpoints, not fall back to replaying the whole journal (a
+/// checkpoint it decodes to other bytes than were written is unusable: after an upgrade, a
+/// start of minutes), and what it loads must equal a whole replay of the fixture's journal. For
+/// the current format, writing the loaded state again gives the same blobs (chunks of orders,
+/// changes, income: the parts differ in the pieces' ids, which a load gives anew): a change of the
+/// encoding without a new format version fails here.
+#[test]
+fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
+    let current = checkpoint::CHECKPOINT_FORMAT_VERSION;
+    if std::env::var_os("CLEARING_WRITE_CHECKPOINT_FIXTURE").is_some() {
+        let store = Arc::new(MemoryStore::new());
+        let engine = Engine::start(at_stops(), store.clone()).unwrap();
+        let (accounts, acked) = workload(&engine, "f", 30);
+        assert!(acked.len() > 60);
+        // More than a chunk of orders (4,096) on shard 0: the full one leaves memory as blobs.
+        let on_0: Vec<AccountId> = accounts.iter().copied().filter(|a| a.shard(2) == 0).collect();
+        let pay = || {
+            plain(Command::Payment {
+                payer: on_0[0],
+                guarantee: false,
+                currency: CNY,
+                amount: 1,
+                payees: [Leg { account: on_0[1], amount: 1 }].into_iter().collect(),
+                splits: Legs::new(),
+            })
+        };
+        for _ in 0..2 {
+            assert!(engine.execute((0..2100).map(|_| pay()).collect()).unwrap().iter().all(|r| r.is_ok()));
+        }
+        engine.wait_quiescent(Duration::from_secs(10)).unwrap();
+        engine.shutdown();
+        drop(engine);
+        let compressed = ruzstd::encoding::compress_to_vec(&dump(&store)[..], ruzstd::encoding::CompressionLevel::Fastest);
+        std::fs::create_dir_all(fixture_path(current).parent().unwrap()).unwrap();
+        std::fs::write(fixture_path(current), compressed).unwrap();
+    }
+    let mut checked = 0;
+    for version in 1..=current {
+        let Ok(compressed) = std::fs::read(fixture_path(version)) else { continue };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut ruzstd::decoding::StreamingDecoder::new(&compressed[..]).unwrap(), &mut bytes).unwrap();
+        let store = undump(&bytes);
+        for shard in 0..2u16 {
+            let newest = *checkpoint::list(&store, shard).unwrap().last().expect("the fixture has a checkpoint of each shard");
+            let manifest_bytes = store.get(&manifest_key(shard, newest)).unwrap().unwrap();
+            assert_eq!(manifest_bytes[0], version, "fixture {version}: shard {shard}'s manifest is of another format");
+            let recovered = recover_shard(&store, shard).unwrap();
+            assert_eq!((recovered.checkpoint, &recovered.skipped), (Some(newest), &Vec::new()), "fixture {version}: shard {shard} starts from its checkpoint");
+            let (full, sequence, _) = replay_journal(&store, shard).unwrap();
+            assert_eq!(recovered.head.sequence, sequence, "fixture {version}: the checkpoint is at the journal's end");
+            let state = &recovered.state;
+            assert_eq!(
+                engine::cold::logical_digest(&store, state, sequence).unwrap(),
+                engine::cold::logical_digest(&store, &full, sequence).unwrap(),
+                "fixture {version}: shard {shard}'s checkpoint == a whole replay of its journal"
+            );
+            let (_, manifest) = checkpoint::load(&store, shard, newest).unwrap();
+            if shard == 0 {
+                // What the fixture covers, so that a change of any of it is caught here.
+                assert!(!manifest.blobs.is_empty(), "fixture {version}: history out of memory");
+                assert!(state.lots.iter().count() >= 1 && state.income.iter().count() >= 1, "fixture {version}: unsettled income");
+                assert!(state.orders.iter().any(|order| order.status == OrderStatus::Held), "fixture {version}: open escrows");
+            }
+            if version == current {
+                let written = checkpoint::write(
+                    &MemoryStore::new(),
+                    state,
+                    engine::journal::ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash },
+                    manifest.timestamp,
+                    1,
+                    checkpoint::BlobCache::default(),
+                    None,
+                )
+                .unwrap();
+                assert!(
+                    written.manifest.blobs == manifest.blobs,
+                    "shard {shard}: this build encodes the fixture's chunks of history (format {current}) to other bytes than the build \
+                     that wrote it. If the change is deliberate, bump CHECKPOINT_FORMAT_VERSION (engine/src/checkpoint.rs), keep this \
+                     fixture (its format must still load) and write the new one with CLEARING_WRITE_CHECKPOINT_FIXTURE=1"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 1 && fixture_path(current).exists(), "no fixture of the current checkpoint format {current}");
+}
