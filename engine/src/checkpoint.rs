@@ -243,8 +243,10 @@ struct Blobber<'a> {
     /// chunk encoded again whose content equals a blob kept as it was is written again, the
     /// same bytes under the same key).
     new: HashSet32,
-    pending: Vec<([u8; 38], Vec<u8>)>,
-    pending_bytes: usize,
+    /// The blobs encoded and not yet written: their keys and where each is in `buffer`, all
+    /// written in one store write once `buffer` holds `PART_BYTES`.
+    pending: Vec<([u8; 38], std::ops::Range<usize>)>,
+    buffer: Vec<u8>,
     written: u64,
     bytes: u64,
     reused: u64,
@@ -256,17 +258,17 @@ impl Blobber<'_> {
         if self.pending.is_empty() || self.error.is_some() {
             return;
         }
-        let puts: Vec<(&[u8], &[u8])> = self.pending.iter().map(|(key, value)| (&key[..], &value[..])).collect();
+        let puts: Vec<(&[u8], &[u8])> = self.pending.iter().map(|(key, range)| (&key[..], &self.buffer[range.clone()])).collect();
         if let Err(error) = self.store.write(&puts) {
             self.error = Some(error);
         }
         self.pending.clear();
-        self.pending_bytes = 0;
+        self.buffer.clear();
     }
 }
 
 impl BlobSink for Blobber<'_> {
-    fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn() -> Vec<u8>) {
+    fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn(&mut Vec<u8>)) {
         if self.error.is_some() {
             return;
         }
@@ -276,16 +278,19 @@ impl BlobSink for Blobber<'_> {
                 *hash
             }
             _ => {
-                let bytes = encode();
-                let hash = *blake3::hash(&bytes).as_bytes();
+                let start = self.buffer.len();
+                encode(&mut self.buffer);
+                let hash = *blake3::hash(&self.buffer[start..]).as_bytes();
                 if self.new.insert(hash) {
                     self.written += 1;
-                    self.bytes += bytes.len() as u64;
-                    self.pending_bytes += bytes.len();
-                    self.pending.push((blob_key(self.shard, &hash), bytes));
-                    if self.pending_bytes >= PART_BYTES {
+                    self.bytes += (self.buffer.len() - start) as u64;
+                    self.pending.push((blob_key(self.shard, &hash), start..self.buffer.len()));
+                    if self.buffer.len() >= PART_BYTES {
                         self.flush();
                     }
+                } else {
+                    // Content another chunk of this checkpoint has: written once.
+                    self.buffer.truncate(start);
                 }
                 hash
             }
@@ -459,7 +464,6 @@ pub fn write(
     rows: Option<&crate::cold::ColdFilter>,
 ) -> Result<Written, CheckpointError> {
     let sequence = head.sequence;
-    use bincode::Options;
     let started = Instant::now();
     let shard = state.shard;
     // An earlier checkpoint that did not finish may have left blobs no manifest names.
@@ -487,7 +491,8 @@ pub fn write(
         used: Vec::new(),
         new: HashSet32::default(),
         pending: Vec::new(),
-        pending_bytes: 0,
+        // Room for a full write and the blob that fills it (pages are touched only as used).
+        buffer: Vec::with_capacity(PART_BYTES + (1 << 20)),
         written: 0,
         bytes: 0,
         reused: 0,
@@ -503,13 +508,10 @@ pub fn write(
     let mut writer = PartWriter { store, shard, sequence, buffer: Vec::with_capacity(PART_BYTES.min(1 << 20)), hashes: Vec::new(), bytes: 0, error: None };
     // The chunks' blobs by id, lent to the encoding and given back for the next checkpoint.
     let (encoded, layout) = crate::ledger::growth::with_layout_at(Layout::PiecesOut(next), true, || {
-        // Through a buffer: the codec writes each field apart, and a part's `write` per field
-        // cost more than the copy.
-        let mut buffered = std::io::BufWriter::with_capacity(64 << 10, &mut writer);
-        let result = codec().serialize_into(&mut buffered, state).map_err(|e| e.to_string()).and_then(|()| buffered.flush().map_err(|e| e.to_string()));
-        // Never flushed again when dropped (after a failure, nothing more is written).
-        drop(buffered.into_parts());
-        result
+        // Handed on in slices of about 64 KiB (`codec::STREAM_BYTES`): the whole encoding is
+        // never held at once.
+        crate::codec::encode_to(state, &mut |bytes| writer.write_all(bytes).map_err(|e| crate::codec::EncodeError::new(e.to_string())))
+            .map_err(|e| e.to_string())
     });
     let Layout::PiecesOut(next) = layout else { unreachable!("with_layout gives back the layout it was given") };
     if let Err(error) = encoded {

@@ -77,9 +77,8 @@ pub fn encode_row(row: &ColdRow) -> Vec<u8> {
 
 /// Appends a row's encoding (`encode_row`) to `bytes`.
 fn encode_row_into(row: &ColdRow, bytes: &mut Vec<u8>) {
-    use bincode::Options;
     bytes.push(COLD_FORMAT_VERSION);
-    codec().serialize_into(&mut *bytes, row).expect("cold rows serialize");
+    crate::codec::encode_into(row, bytes).expect("cold rows serialize");
 }
 
 /// Decodes a row stored under `key`; a row that does not decode is a storage error (the store

@@ -170,11 +170,10 @@ pub(crate) fn codec() -> impl bincode::Options {
 /// Encodes a batch into `buffer` (cleared first): the format version, the record, then the
 /// hash of those bytes, which it returns (the batch's link in the chain).
 pub fn encode(record: &BatchRecordRef, buffer: &mut Vec<u8>) -> [u8; HASH_LEN] {
-    use bincode::Options;
     buffer.clear();
     // The version goes into the buffer the encoder then appends to: no second copy of the batch.
     buffer.push(JOURNAL_FORMAT_VERSION);
-    codec().serialize_into(&mut *buffer, record).expect("batch records serialize");
+    crate::codec::encode_into(record, buffer).expect("batch records serialize");
     let hash: [u8; HASH_LEN] = blake3::hash(buffer).into();
     buffer.extend_from_slice(&hash);
     hash

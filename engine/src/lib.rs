@@ -5,6 +5,7 @@ pub mod archive;
 pub mod chart;
 pub mod checkpoint;
 mod claims;
+pub mod codec;
 pub mod cold;
 pub mod directory;
 pub mod engine;

@@ -1067,7 +1067,7 @@ fn dump(store: &MemoryStore) -> Vec<u8> {
 /// The store `dump` wrote.
 fn undump(mut bytes: &[u8]) -> MemoryStore {
     let store = MemoryStore::new();
-    let mut take = |bytes: &mut &[u8]| -> Vec<u8> {
+    let take = |bytes: &mut &[u8]| -> Vec<u8> {
         let (length, rest) = bytes.split_at(4);
         let length = u32::from_le_bytes(length.try_into().unwrap()) as usize;
         let (field, rest) = rest.split_at(length);
@@ -1148,6 +1148,12 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
                 assert!(state.orders.iter().any(|order| order.status == OrderStatus::Held), "fixture {version}: open escrows");
             }
             if version == current {
+                // The engine's encoder (`codec`) writes the state as bincode does, every field of it.
+                let mut ours = Vec::new();
+                engine::codec::encode_into(state, &mut ours).unwrap();
+                use bincode::Options;
+                let bincode = bincode::DefaultOptions::new().with_varint_encoding().with_little_endian().serialize(state).unwrap();
+                assert!(ours == bincode, "shard {shard}: codec::encode_into is not bincode ({} against {} bytes)", ours.len(), bincode.len());
                 let written = checkpoint::write(
                     &MemoryStore::new(),
                     state,

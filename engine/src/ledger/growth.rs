@@ -145,9 +145,10 @@ enum PieceIn<C> {
 }
 
 /// A chunk or block a checkpoint may write as a blob: its id and version (`Tagged`: the same id
-/// and version are the same content) and its encoding.
+/// and version are the same content) and its encoding (`encode` appends it to the vector it is
+/// given: the sink's own buffer, so no blob is a vector of its own).
 pub trait BlobSink {
-    fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn() -> Vec<u8>);
+    fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn(&mut Vec<u8>));
     /// A piece already out of memory (`Piece::Cold`): its blob is durable and stays named.
     fn keep(&mut self, hash: &[u8; 32]);
 }
@@ -405,10 +406,9 @@ impl<C: PieceData> Piece<C> {
     /// Offers it to a checkpoint: a piece in memory to be written (or referred to, if
     /// unchanged), one out of memory kept as the blob it is.
     fn offer(&self, sink: &mut dyn BlobSink) {
-        use bincode::Options;
         match self {
             Piece::Hot(hot) => {
-                let encode = || crate::journal::codec().serialize(&hot.data).expect("pieces encode");
+                let encode = |bytes: &mut Vec<u8>| crate::codec::encode_into(&hot.data, bytes).expect("pieces encode");
                 sink.offer(hot.id, hot.version, &encode);
             }
             Piece::Cold(cold) => sink.keep(&cold.hash),
@@ -1585,8 +1585,9 @@ mod tests {
         let mut blobs: Vec<(u64, u64, [u8; 32], Vec<u8>)> = Vec::new();
         struct Sink<'a>(&'a mut Vec<(u64, u64, [u8; 32], Vec<u8>)>);
         impl BlobSink for Sink<'_> {
-            fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn() -> Vec<u8>) {
-                let bytes = encode();
+            fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn(&mut Vec<u8>)) {
+                let mut bytes = Vec::new();
+                encode(&mut bytes);
                 self.0.push((id, version, *blake3::hash(&bytes).as_bytes(), bytes));
             }
             fn keep(&mut self, _hash: &[u8; 32]) {}
@@ -1640,8 +1641,9 @@ mod tests {
         let mut out: FastMap<u64, (u64, [u8; 32])> = FastMap::default();
         struct Sink<'a>(&'a mut FastMap<u64, Vec<u8>>, &'a mut FastMap<u64, (u64, [u8; 32])>);
         impl BlobSink for Sink<'_> {
-            fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn() -> Vec<u8>) {
-                let bytes = encode();
+            fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn(&mut Vec<u8>)) {
+                let mut bytes = Vec::new();
+                encode(&mut bytes);
                 self.1.insert(id, (version, *blake3::hash(&bytes).as_bytes()));
                 self.0.insert(id, bytes);
             }
@@ -1719,8 +1721,9 @@ mod tests {
     }
 
     impl BlobSink for Writer<'_> {
-        fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn() -> Vec<u8>) {
-            let bytes = encode();
+        fn offer(&mut self, id: u64, version: u64, encode: &dyn Fn(&mut Vec<u8>)) {
+            let mut bytes = Vec::new();
+            encode(&mut bytes);
             let hash = *blake3::hash(&bytes).as_bytes();
             self.blobs.by_hash.lock().unwrap().insert(hash, bytes);
             self.durable.insert(id, (version, hash));
