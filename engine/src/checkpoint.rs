@@ -861,6 +861,15 @@ fn load_avoiding(
     }
     let (shard_count, accounts) = (state.shard_count, state.accounts.len());
     state.lots.place(shard, shard_count, accounts).map_err(unusable)?;
+    // An account's lots are its unsettled balance by day: a state where they disagree was not
+    // written by a sound shard (its hashes match: a bug, not the disk), and settling from it would
+    // move other amounts than the balance holds. Recovery takes the checkpoint before.
+    for account in &state.accounts {
+        let lots: i128 = state.lots.get(account.id).map_or(0, |lots| lots.iter().map(|lot| lot.amount as i128).sum());
+        if lots != account.unsettled as i128 {
+            return Err(unusable(format!("account {}'s lots sum to {lots}, its unsettled balance is {}", account.id.0, account.unsettled)));
+        }
+    }
     let mut cache = match layout {
         Layout::PiecesIn(placeholders) => fill(store, &manifest, &mut state, &placeholders)?,
         Layout::PiecesLazy(_, hashes) => {

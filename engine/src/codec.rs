@@ -2,8 +2,10 @@
 //! variable-length integers, little-endian), written straight into a `Vec<u8>`.
 //!
 //! bincode's own serializer writes every field through `io::Write` and its error type (a single
-//! byte is a `write_all` of a one-byte slice, each integer a call that is not inlined): encoding a
-//! batch of 8,189 payments was 10-20 % of a shard thread's time. This one pushes into the vector,
+//! byte is a `write_all` of a one-byte slice, each integer a call that is not inlined): its varint
+//! function alone was 7-17 % of a shard thread's samples at 100 M transfers, and criterion's
+//! `journal/encode_batch` (8,189 payments) takes about a fifth less time with this one
+//! (535-544 -> 418-428 us, its BLAKE3 of 64 us included). This one pushes into the vector,
 //! with nothing that can fail but a sequence or map without a length (as bincode). It writes the
 //! same bytes for every value (`tests`: each serde shape and the extremes of every integer width;
 //! `tests/journal_format.rs` pins a record holding every command). Decoding stays bincode's.

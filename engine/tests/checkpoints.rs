@@ -1176,3 +1176,32 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
     }
     assert!(checked >= 1 && fixture_path(current).exists(), "no fixture of the current checkpoint format {current}");
 }
+
+/// A checkpoint whose lots disagree with the unsettled balances (hashes intact: what a bug in a
+/// build would write) is unusable: recovery names it and takes the journal instead, and ends
+/// with the state a whole replay gives.
+#[test]
+fn a_checkpoint_whose_lots_disagree_with_the_unsettled_balances_is_skipped() {
+    let compressed = std::fs::read(fixture_path(checkpoint::CHECKPOINT_FORMAT_VERSION)).unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut ruzstd::decoding::StreamingDecoder::new(&compressed[..]).unwrap(), &mut bytes).unwrap();
+    let store = undump(&bytes);
+    let shard = 0;
+    let newest = *checkpoint::list(&store, shard).unwrap().last().unwrap();
+    let (mut state, manifest) = checkpoint::load(&store, shard, newest).unwrap();
+    let account = state.accounts.iter().find(|account| account.unsettled > 0).expect("the fixture has unsettled income").id;
+    let index = account.local_index(state.shard_count) as usize;
+    state.lots.at_mut(index)[0].amount += 1;
+    let head = engine::journal::ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash };
+    checkpoint::write(&store, &state, head, manifest.timestamp, 1, checkpoint::BlobCache::default(), None).unwrap();
+    let recovered = recover_shard(&store, shard).unwrap();
+    assert_eq!(recovered.checkpoint, None, "{:?}", recovered.skipped);
+    assert!(
+        recovered.skipped.iter().any(|why| why.contains(&format!("account {}'s lots sum to", account.0)) && why.contains("unsettled balance")),
+        "{:?}",
+        recovered.skipped
+    );
+    let (full, sequence, _) = replay_journal(&store, shard).unwrap();
+    assert_eq!(recovered.head.sequence, sequence);
+    assert_eq!(recovered.state.digest(), full.digest(), "the journal gives the state the checkpoint should have held");
+}
