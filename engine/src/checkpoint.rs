@@ -504,6 +504,8 @@ pub fn write(
         return Err(CheckpointError::Storage(error));
     }
     let (next, used, blobs_written, blob_bytes, blobs_reused) = (blobber.next, blobber.used, blobber.written, blobber.bytes, blobber.reused);
+    // Its buffer (up to `PART_BYTES` and a blob, written) goes now, not after the parts.
+    drop((blobber.buffer, blobber.pending, blobber.new));
     phase_done(1);
     let mut writer = PartWriter { store, shard, sequence, buffer: Vec::with_capacity(PART_BYTES.min(1 << 20)), hashes: Vec::new(), bytes: 0, error: None };
     // The chunks' blobs by id, lent to the encoding and given back for the next checkpoint.

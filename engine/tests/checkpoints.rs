@@ -1154,6 +1154,27 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
                 use bincode::Options;
                 let bincode = bincode::DefaultOptions::new().with_varint_encoding().with_little_endian().serialize(state).unwrap();
                 assert!(ours == bincode, "shard {shard}: codec::encode_into is not bincode ({} against {} bytes)", ours.len(), bincode.len());
+                // And streamed (`codec::encode_to`, the parts' way) with pieces as the parts lay
+                // them out (here each inline: no blob is named to the layout).
+                let pieces = || engine::ledger::growth::Layout::PiecesOut(Default::default());
+                let (streamed, _) = engine::ledger::growth::with_layout_at(pieces(), true, || {
+                    let mut joined = Vec::new();
+                    engine::codec::encode_to(state, &mut |slice| {
+                        joined.extend_from_slice(slice);
+                        Ok(())
+                    })
+                    .unwrap();
+                    joined
+                });
+                let (expected, _) = engine::ledger::growth::with_layout_at(pieces(), true, || {
+                    bincode::DefaultOptions::new().with_varint_encoding().with_little_endian().serialize(state).unwrap()
+                });
+                assert!(
+                    streamed == expected,
+                    "shard {shard}: codec::encode_to is not bincode with pieces ({} against {} bytes)",
+                    streamed.len(),
+                    expected.len()
+                );
                 let written = checkpoint::write(
                     &MemoryStore::new(),
                     state,
