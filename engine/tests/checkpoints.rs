@@ -1064,6 +1064,14 @@ fn dump(store: &MemoryStore) -> Vec<u8> {
     bytes
 }
 
+/// The store of the fixture of checkpoint format `version`, if there is one.
+fn fixture_store(version: u8) -> Option<MemoryStore> {
+    let compressed = std::fs::read(fixture_path(version)).ok()?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut ruzstd::decoding::StreamingDecoder::new(&compressed[..]).unwrap(), &mut bytes).unwrap();
+    Some(undump(&bytes))
+}
+
 /// The store `dump` wrote.
 fn undump(mut bytes: &[u8]) -> MemoryStore {
     let store = MemoryStore::new();
@@ -1122,10 +1130,7 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
     }
     let mut checked = 0;
     for version in 1..=current {
-        let Ok(compressed) = std::fs::read(fixture_path(version)) else { continue };
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut ruzstd::decoding::StreamingDecoder::new(&compressed[..]).unwrap(), &mut bytes).unwrap();
-        let store = undump(&bytes);
+        let Some(store) = fixture_store(version) else { continue };
         for shard in 0..2u16 {
             let newest = *checkpoint::list(&store, shard).unwrap().last().expect("the fixture has a checkpoint of each shard");
             let manifest_bytes = store.get(&manifest_key(shard, newest)).unwrap().unwrap();
@@ -1203,10 +1208,7 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
 /// with the state a whole replay gives.
 #[test]
 fn a_checkpoint_whose_lots_disagree_with_the_unsettled_balances_is_skipped() {
-    let compressed = std::fs::read(fixture_path(checkpoint::CHECKPOINT_FORMAT_VERSION)).unwrap();
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut ruzstd::decoding::StreamingDecoder::new(&compressed[..]).unwrap(), &mut bytes).unwrap();
-    let store = undump(&bytes);
+    let store = fixture_store(checkpoint::CHECKPOINT_FORMAT_VERSION).expect("the fixture of the current format");
     let shard = 0;
     let newest = *checkpoint::list(&store, shard).unwrap().last().unwrap();
     let (mut state, manifest) = checkpoint::load(&store, shard, newest).unwrap();
