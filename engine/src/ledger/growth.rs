@@ -6,6 +6,13 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+/// The shared pointer of a piece in memory (`Piece::Hot`): a snapshot shares it, and the live
+/// state copies it before its first change after one (`tagged_mut`). Without weak references,
+/// so that the uniqueness check before every change (several for each order applied) is a load;
+/// std's `Arc::get_mut` is a compare-and-swap, a locked instruction that waits for the core's
+/// pending stores, and was most of `ChunkedVec::push`'s time in the `apply` bench (session 41).
+type HotArc<T> = triomphe::Arc<T>;
+
 use serde::de::{SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -201,11 +208,11 @@ impl<C: Eq> Eq for Tagged<C> {}
 
 /// The data of `tagged` to change: copied first (a new id) when a snapshot shares it, and its
 /// version bumped either way.
-fn tagged_mut<C>(tagged: &mut Arc<Tagged<C>>, copy: impl FnOnce(&C) -> C) -> &mut C {
-    if Arc::get_mut(tagged).is_none() {
-        *tagged = Arc::new(Tagged::new(copy(&tagged.data)));
+fn tagged_mut<C>(tagged: &mut HotArc<Tagged<C>>, copy: impl FnOnce(&C) -> C) -> &mut C {
+    if HotArc::get_mut(tagged).is_none() {
+        *tagged = HotArc::new(Tagged::new(copy(&tagged.data)));
     }
-    let unique = Arc::get_mut(tagged).expect("just made unique");
+    let unique = HotArc::get_mut(tagged).expect("just made unique");
     unique.version += 1;
     &mut unique.data
 }
@@ -347,7 +354,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// A chunk or block: in memory (copy-on-write, with its identity), or out of memory as the
 /// blob a durable checkpoint wrote (read back when used).
 pub enum Piece<C> {
-    Hot(Arc<Tagged<C>>),
+    Hot(HotArc<Tagged<C>>),
     Cold(Arc<ColdPiece<C>>),
 }
 
@@ -371,7 +378,7 @@ impl<C: fmt::Debug> fmt::Debug for Piece<C> {
 
 impl<C: PieceData> Piece<C> {
     fn hot(data: C) -> Piece<C> {
-        Piece::Hot(Arc::new(Tagged::new(data)))
+        Piece::Hot(HotArc::new(Tagged::new(data)))
     }
 
     /// Its data, read back first if it is out of memory.
@@ -453,7 +460,7 @@ impl<C: PieceData> Piece<C> {
             None => {
                 let placeholder = Tagged::new(empty);
                 note_placeholder(Placeholder { id: placeholder.id, hash, count });
-                Piece::Hot(Arc::new(placeholder))
+                Piece::Hot(HotArc::new(placeholder))
             }
         }
     }
@@ -461,7 +468,7 @@ impl<C: PieceData> Piece<C> {
     /// The placeholder to fill, if this is one (`fill_blobs`).
     fn placeholder(&mut self) -> Option<&mut Tagged<C>> {
         match self {
-            Piece::Hot(hot) if hot.data.count() == 0 => Arc::get_mut(hot),
+            Piece::Hot(hot) if hot.data.count() == 0 => HotArc::get_mut(hot),
             _ => None,
         }
     }
@@ -560,7 +567,7 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>
     /// How many chunks a snapshot shares with this vector.
     #[cfg(test)]
     fn shared_chunks(&self) -> usize {
-        self.chunks.iter().filter(|chunk| matches!(chunk, Piece::Hot(hot) if Arc::strong_count(hot) > 1)).count()
+        self.chunks.iter().filter(|chunk| matches!(chunk, Piece::Hot(hot) if HotArc::count(hot) > 1)).count()
     }
 
     /// Whether the item at `index` is in memory (its chunk hot, or read back and kept): reading
@@ -843,7 +850,7 @@ impl<K: std::hash::Hash + Eq + BlockKey + BlockEntry, V: BlockEntry> OrderBlocks
     /// How many blocks a snapshot shares with this map.
     #[cfg(test)]
     fn shared_blocks(&self) -> usize {
-        self.blocks.values().filter(|block| matches!(block, Piece::Hot(hot) if Arc::strong_count(hot) > 1)).count()
+        self.blocks.values().filter(|block| matches!(block, Piece::Hot(hot) if HotArc::count(hot) > 1)).count()
     }
 
     /// Whether the block of `key` is in memory (hot, or read back and kept), or there is none.
@@ -1195,13 +1202,13 @@ impl BatchList {
     }
 
     /// Asks for the open (last) block's data, a few lists before `append` writes to it: the
-    /// line where `Arc::as_ptr` points and the next (its counts and the block's fields lie
+    /// line where `HotArc::as_ptr` points and the next (its count and the block's fields lie
     /// around there; a guess at a layout Rust does not promise, which costs only a useless
     /// hint if wrong). The block's delta bytes are not asked for.
     pub(crate) fn prefetch_open(&self) {
         if let Some(Piece::Hot(hot)) = self.blocks.last().map(|block| &block.piece) {
-            let data = Arc::as_ptr(hot).cast::<u8>();
-            crate::prefetch(data.wrapping_sub(16));
+            let data = HotArc::as_ptr(hot).cast::<u8>();
+            crate::prefetch(data.wrapping_sub(8));
             crate::prefetch(data.wrapping_add(48));
         }
     }
