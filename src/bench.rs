@@ -236,12 +236,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             c.checkpoint_write_us_total.load(Relaxed) as f64 / 1e6,
             c.checkpoint_lag_holds.load(Relaxed),
         );
-        let phases: Vec<String> = engine::checkpoint::PHASE_NAMES
-            .iter()
-            .zip(&c.checkpoint_phase_us_total)
-            .map(|(name, total)| format!("{name} {:.1}", total.load(Relaxed) as f64 / 1e6))
-            .collect();
-        println!("shard {shard} checkpoint_s_total by phase: {}", phases.join(", "));
+        let by_phase = |totals: &[std::sync::atomic::AtomicU64]| -> String {
+            let phases = engine::checkpoint::PHASE_NAMES.iter().zip(totals);
+            phases.map(|(name, total)| format!("{name} {:.1}", total.load(Relaxed) as f64 / 1e6)).collect::<Vec<_>>().join(", ")
+        };
+        println!("shard {shard} checkpoint_s_total by phase: {}", by_phase(&c.checkpoint_phase_us_total));
+        println!("shard {shard} checkpoint_cpu_s_total by phase: {}", by_phase(&c.checkpoint_phase_cpu_us_total));
         println!(
             "shard {shard} idempotency in_memory: {} evicted: {} cold_probes: {} cold_probe_ms: {:.1}",
             c.idempotency_in_memory.load(Relaxed),

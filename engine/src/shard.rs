@@ -89,6 +89,9 @@ pub struct ShardCounters {
     /// The same time by phase (`checkpoint::PHASE_NAMES`): the cold rows, the blobs of history, the
     /// state's parts, the manifest and pruning.
     pub checkpoint_phase_us_total: [AtomicU64; crate::checkpoint::PHASES],
+    /// The CPU time the writing threads used in those phases (the wall time above is mostly
+    /// waiting: the checkpoint thread runs at nice 10).
+    pub checkpoint_phase_cpu_us_total: [AtomicU64; crate::checkpoint::PHASES],
     /// Idempotency records in memory (hot, and sealed by a checkpoint in flight).
     pub idempotency_in_memory: AtomicU64,
     /// Idempotency records checkpoints moved to the store since start.
@@ -166,6 +169,7 @@ impl Default for ShardCounters {
             checkpoint_write_us: AtomicU64::default(),
             checkpoint_write_us_total: AtomicU64::default(),
             checkpoint_phase_us_total: Default::default(),
+            checkpoint_phase_cpu_us_total: Default::default(),
             idempotency_in_memory: AtomicU64::default(),
             idempotency_evicted: AtomicU64::default(),
             cold_probes: AtomicU64::default(),
@@ -632,6 +636,9 @@ impl Shard {
         c.checkpoint_write_us.store(written.write_us, Ordering::Relaxed);
         c.checkpoint_write_us_total.fetch_add(written.write_us, Ordering::Relaxed);
         for (total, us) in c.checkpoint_phase_us_total.iter().zip(written.phase_us) {
+            total.fetch_add(us, Ordering::Relaxed);
+        }
+        for (total, us) in c.checkpoint_phase_cpu_us_total.iter().zip(written.phase_cpu_us) {
             total.fetch_add(us, Ordering::Relaxed);
         }
         c.idempotency_evicted.fetch_add(written.evicted as u64, Ordering::Relaxed);
