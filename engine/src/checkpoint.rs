@@ -478,7 +478,8 @@ pub fn write(
     let mut phase_done = |phase: usize| {
         let (now, cpu) = (Instant::now(), thread_cpu_us());
         phase_us[phase] = now.duration_since(phase_started).as_micros() as u64;
-        phase_cpu_us[phase] = cpu.saturating_sub(cpu_started);
+        // Nothing unless both ends were read (a failed read is not a thread's whole life).
+        phase_cpu_us[phase] = cpu.zip(cpu_started).map_or(0, |(end, start)| end.saturating_sub(start));
         (phase_started, cpu_started) = (now, cpu);
     };
     let evicted = match &state.sealed {
@@ -546,17 +547,24 @@ pub fn write(
     Ok(Written { manifest, write_us: started.elapsed().as_micros() as u64, phase_us, phase_cpu_us, evicted, blobs_written, blob_bytes, blobs_reused, cache })
 }
 
-/// The CPU time the calling thread has used, in microseconds (0 where the clock cannot be read).
-/// A checkpoint thread runs at nice 10 beside the shards and RocksDB's compactions, so a phase's
-/// wall time says more about the others than about the phase: at 100 M transfers the phases took
-/// about four times their CPU time (session 41).
-fn thread_cpu_us() -> u64 {
+/// The CPU time the calling thread has used, in microseconds (`None` where the clock cannot be
+/// read). A checkpoint thread runs at nice 10 beside the shards and RocksDB's compactions, so a
+/// phase's wall time says more about the others (and about I/O) than about the phase: at 100 M
+/// transfers the phases took about four times their CPU time (session 41).
+#[cfg(unix)]
+fn thread_cpu_us() -> Option<u64> {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `clock_gettime` writes one `timespec` through a pointer to a live one.
     if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
-        return 0;
+        return None;
     }
-    (now.tv_sec as u64).saturating_mul(1_000_000).saturating_add(now.tv_nsec as u64 / 1_000)
+    Some((now.tv_sec as u64).saturating_mul(1_000_000).saturating_add(now.tv_nsec as u64 / 1_000))
+}
+
+/// No thread clock is read elsewhere: the phases' CPU time stays 0.
+#[cfg(not(unix))]
+fn thread_cpu_us() -> Option<u64> {
+    None
 }
 
 /// The format version, the codec's encoding of `manifest`, then the BLAKE3 of those bytes. The
@@ -1013,7 +1021,8 @@ mod tests {
         while started.elapsed() < std::time::Duration::from_millis(30) {
             hash = blake3::hash(hash.as_bytes());
         }
-        assert!(thread_cpu_us() > before, "{hash}");
+        let (before, after) = (before.expect("a thread clock on Linux"), thread_cpu_us().expect("a thread clock on Linux"));
+        assert!(after > before, "{hash}");
     }
 
     /// `encode_manifest` writes the blob list itself: the bytes are the codec's for the whole
