@@ -1013,6 +1013,7 @@ mod tests {
     use super::{absent_from, decode_manifest, encode_manifest, thread_cpu_us, Manifest};
 
     /// The phases' CPU time is the writing thread's own: it advances while the thread works.
+    #[cfg(unix)]
     #[test]
     fn thread_cpu_time_advances_while_the_thread_works() {
         let before = thread_cpu_us();

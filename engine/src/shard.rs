@@ -90,7 +90,7 @@ pub struct ShardCounters {
     /// state's parts, the manifest and pruning.
     pub checkpoint_phase_us_total: [AtomicU64; crate::checkpoint::PHASES],
     /// The CPU time the writing threads used in those phases (the wall time above is mostly
-    /// waiting: the checkpoint thread runs at nice 10).
+    /// waiting: for the CPU, the checkpoint thread running at nice 10, and for I/O).
     pub checkpoint_phase_cpu_us_total: [AtomicU64; crate::checkpoint::PHASES],
     /// Idempotency records in memory (hot, and sealed by a checkpoint in flight).
     pub idempotency_in_memory: AtomicU64,
