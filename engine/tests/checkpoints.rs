@@ -1203,6 +1203,34 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
     assert!(checked >= 1 && fixture_path(current).exists(), "no fixture of the current checkpoint format {current}");
 }
 
+/// A checkpoint holding a lot of zero or less is unusable even where each account's lots still
+/// sum to its unsettled balance (a lot's surplus hiding another's shortfall): a shard drops the
+/// lots it empties and credits only positive amounts. Recovery names it and takes the journal.
+#[test]
+fn a_checkpoint_with_a_lot_of_zero_or_less_is_skipped_though_the_sums_agree() {
+    for (name, shortfall) in [("zero", 0), ("negative", -7)] {
+        let store = fixture_store(checkpoint::CHECKPOINT_FORMAT_VERSION).expect("the fixture of the current format");
+        let shard = 0;
+        let newest = *checkpoint::list(&store, shard).unwrap().last().unwrap();
+        let (mut state, manifest) = checkpoint::load(&store, shard, newest).unwrap();
+        let account = state.accounts.iter().find(|account| account.unsettled > 0).expect("the fixture has unsettled income").id;
+        let index = account.local_index(state.shard_count) as usize;
+        let lots = state.lots.at_mut(index);
+        lots[0].amount -= shortfall;
+        let day = lots[0].day;
+        lots.push(Lot { day: day + 1, credits: 1, amount: shortfall });
+        let head = engine::journal::ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash };
+        checkpoint::write(&store, &state, head, manifest.timestamp, 1, checkpoint::BlobCache::default(), None).unwrap();
+        let recovered = recover_shard(&store, shard).unwrap();
+        assert_eq!(recovered.checkpoint, None, "{name}: {:?}", recovered.skipped);
+        let named = format!("account {} has a lot of {shortfall} for day {}", account.0, day + 1);
+        assert!(recovered.skipped.iter().any(|why| why.contains(&named)), "{name}: {:?}", recovered.skipped);
+        let (full, sequence, _) = replay_journal(&store, shard).unwrap();
+        assert_eq!(recovered.head.sequence, sequence);
+        assert_eq!(recovered.state.digest(), full.digest(), "{name}: the journal gives the state the checkpoint should have held");
+    }
+}
+
 /// A checkpoint whose lots disagree with the unsettled balances (hashes intact: what a bug in a
 /// build would write) is unusable: recovery names it and takes the journal instead, and ends
 /// with the state a whole replay gives.
