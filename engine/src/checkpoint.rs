@@ -893,10 +893,11 @@ fn load_avoiding(
     // Every lot holds income: a shard drops a lot it empties, and credits are positive. A lot of
     // zero or less is refused even where the sum still agrees (one hidden by another's surplus).
     for account in &state.accounts {
-        if let Some(lot) = state.lots.get(account.id).and_then(|lots| lots.iter().find(|lot| lot.amount <= 0)) {
+        let lots = state.lots.get(account.id).map_or(&[][..], |lots| &lots[..]);
+        if let Some(lot) = lots.iter().find(|lot| lot.amount <= 0) {
             return Err(unusable(format!("account {} has a lot of {} for day {}: lots hold income", account.id.0, lot.amount, lot.day)));
         }
-        let lots: i128 = state.lots.get(account.id).map_or(0, |lots| lots.iter().map(|lot| lot.amount as i128).sum());
+        let lots: i128 = lots.iter().map(|lot| lot.amount as i128).sum();
         if lots != account.unsettled as i128 {
             return Err(unusable(format!("account {}'s lots sum to {lots}, its unsettled balance is {}", account.id.0, account.unsettled)));
         }

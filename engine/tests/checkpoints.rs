@@ -1203,56 +1203,49 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
     assert!(checked >= 1 && fixture_path(current).exists(), "no fixture of the current checkpoint format {current}");
 }
 
-/// A checkpoint holding a lot of zero or less is unusable even where each account's lots still
-/// sum to its unsettled balance (a lot's surplus hiding another's shortfall): a shard drops the
-/// lots it empties and credits only positive amounts. Recovery names it and takes the journal.
-#[test]
-fn a_checkpoint_with_a_lot_of_zero_or_less_is_skipped_though_the_sums_agree() {
-    for (name, shortfall) in [("zero", 0), ("negative", -7)] {
-        let store = fixture_store(checkpoint::CHECKPOINT_FORMAT_VERSION).expect("the fixture of the current format");
-        let shard = 0;
-        let newest = *checkpoint::list(&store, shard).unwrap().last().unwrap();
-        let (mut state, manifest) = checkpoint::load(&store, shard, newest).unwrap();
-        let account = state.accounts.iter().find(|account| account.unsettled > 0).expect("the fixture has unsettled income").id;
-        let index = account.local_index(state.shard_count) as usize;
-        let lots = state.lots.at_mut(index);
-        lots[0].amount -= shortfall;
-        let day = lots[0].day;
-        lots.push(Lot { day: day + 1, credits: 1, amount: shortfall });
-        let head = engine::journal::ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash };
-        checkpoint::write(&store, &state, head, manifest.timestamp, 1, checkpoint::BlobCache::default(), None).unwrap();
-        let recovered = recover_shard(&store, shard).unwrap();
-        assert_eq!(recovered.checkpoint, None, "{name}: {:?}", recovered.skipped);
-        let named = format!("account {} has a lot of {shortfall} for day {}", account.0, day + 1);
-        assert!(recovered.skipped.iter().any(|why| why.contains(&named)), "{name}: {:?}", recovered.skipped);
-        let (full, sequence, _) = replay_journal(&store, shard).unwrap();
-        assert_eq!(recovered.head.sequence, sequence);
-        assert_eq!(recovered.state.digest(), full.digest(), "{name}: the journal gives the state the checkpoint should have held");
-    }
-}
-
-/// A checkpoint whose lots disagree with the unsettled balances (hashes intact: what a bug in a
-/// build would write) is unusable: recovery names it and takes the journal instead, and ends
-/// with the state a whole replay gives.
-#[test]
-fn a_checkpoint_whose_lots_disagree_with_the_unsettled_balances_is_skipped() {
+/// The fixture's newest checkpoint of shard 0 written again with the lots of its first account
+/// holding unsettled income changed by `edit` (hashes intact: what a bug in a build would
+/// write): recovery must not use it, and must end with the state a whole replay gives. Gives
+/// that account and why recovery skipped checkpoints.
+fn recover_with_lots_edited(edit: impl FnOnce(&mut Lots)) -> (AccountId, Vec<String>) {
     let store = fixture_store(checkpoint::CHECKPOINT_FORMAT_VERSION).expect("the fixture of the current format");
     let shard = 0;
     let newest = *checkpoint::list(&store, shard).unwrap().last().unwrap();
     let (mut state, manifest) = checkpoint::load(&store, shard, newest).unwrap();
     let account = state.accounts.iter().find(|account| account.unsettled > 0).expect("the fixture has unsettled income").id;
     let index = account.local_index(state.shard_count) as usize;
-    state.lots.at_mut(index)[0].amount += 1;
+    edit(state.lots.at_mut(index));
     let head = engine::journal::ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash };
     checkpoint::write(&store, &state, head, manifest.timestamp, 1, checkpoint::BlobCache::default(), None).unwrap();
     let recovered = recover_shard(&store, shard).unwrap();
     assert_eq!(recovered.checkpoint, None, "{:?}", recovered.skipped);
-    assert!(
-        recovered.skipped.iter().any(|why| why.contains(&format!("account {}'s lots sum to", account.0)) && why.contains("unsettled balance")),
-        "{:?}",
-        recovered.skipped
-    );
     let (full, sequence, _) = replay_journal(&store, shard).unwrap();
     assert_eq!(recovered.head.sequence, sequence);
     assert_eq!(recovered.state.digest(), full.digest(), "the journal gives the state the checkpoint should have held");
+    (account, recovered.skipped)
+}
+
+/// A checkpoint holding a lot of zero or less is unusable even where each account's lots still
+/// sum to its unsettled balance (a lot's surplus hiding another's shortfall): a shard drops the
+/// lots it empties and credits only positive amounts. Recovery names it and takes the journal.
+#[test]
+fn a_checkpoint_with_a_lot_of_zero_or_less_is_skipped_though_the_sums_agree() {
+    for (name, shortfall) in [("zero", 0), ("negative", -7)] {
+        let mut day = 0;
+        let (account, skipped) = recover_with_lots_edited(|lots| {
+            lots[0].amount -= shortfall;
+            day = lots[0].day + 1;
+            lots.push(Lot { day, credits: 1, amount: shortfall });
+        });
+        let named = format!("account {} has a lot of {shortfall} for day {day}", account.0);
+        assert!(skipped.iter().any(|why| why.contains(&named)), "{name}: {skipped:?}");
+    }
+}
+
+/// A checkpoint whose lots disagree with the unsettled balances is unusable: recovery names it
+/// and takes the journal instead, and ends with the state a whole replay gives.
+#[test]
+fn a_checkpoint_whose_lots_disagree_with_the_unsettled_balances_is_skipped() {
+    let (account, skipped) = recover_with_lots_edited(|lots| lots[0].amount += 1);
+    assert!(skipped.iter().any(|why| why.contains(&format!("account {}'s lots sum to", account.0)) && why.contains("unsettled balance")), "{skipped:?}");
 }
