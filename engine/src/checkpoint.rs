@@ -548,9 +548,10 @@ pub fn write(
 }
 
 /// The CPU time the calling thread has used, in microseconds (`None` where the clock cannot be
-/// read). A checkpoint thread runs at nice 10 beside the shards and RocksDB's compactions, so a
+/// read). A checkpoint thread shares two cores with the shards and RocksDB's compactions, so a
 /// phase's wall time says more about the others (and about I/O) than about the phase: at 100 M
-/// transfers the phases took about four times their CPU time (session 41).
+/// transfers the phases took about four times their CPU time at nice 10 (sessions 41-43), about
+/// three times at the shard's priority (session 43).
 #[cfg(unix)]
 fn thread_cpu_us() -> Option<u64> {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
