@@ -732,7 +732,7 @@ mod tests {
             .replace("allow_insecure_loopback = false\n", "")
             .replace("deliveries_per_second_max = 200\n", "")
             .replace("per_platform = {}\n", "")
-            .replace("every_orders = 125000\n", "")
+            .replace("every_orders = 250000\n", "")
             .replace("[memory]\ntrim_above_mib = 256\n", "")
             .replace("[storage]\n", "")
             .replace("rows_compaction = \"universal\"\n", "");

@@ -99,7 +99,7 @@ pub fn decode_row(key: u128, bytes: &[u8]) -> Result<ColdRow, StorageError> {
 /// Writes every record of `sealed` as a cold row of `shard` stamped `stamp`, all in one
 /// `Store::write_sorted` (RocksDB: one table file; other stores: synced writes in parts), the
 /// rows already there looked up `ROWS_PER_LOOKUP` at a time. Every row is held encoded until
-/// then (about 60 bytes each beside the sealed records: 7.5 MB for a checkpoint of 125,000).
+/// then (about 60 bytes each beside the sealed records: 15 MB for a checkpoint of 250,000).
 /// Returns how many records it covered.
 ///
 /// A record the shard already has a row for, stamped at or below `stamp`, keeps that row: the

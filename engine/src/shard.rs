@@ -194,13 +194,17 @@ pub struct ShardLimits {
     pub checkpoints: CheckpointPolicy,
 }
 
-/// The default `CheckpointPolicy::every_orders`: 125,000 orders a shard, about 40-60 MB of memory
-/// an interval (orders, their events, order numbers, income, the router's claims; estimated from
-/// the 100 M heap peaks, 1.32 GB at 250,000 against 1.01 GB), so at most about 200 MB a shard
-/// waits for checkpoints. At 100 M transfers a quarter of a million peaked
-/// 0.35 GB higher (1.80 against 1.44 GB), for 3-4 % more throughput at 10 M; half a million at
-/// 10 M 0.5 GB higher than a quarter (ARCHITECTURE.md "Measured").
-pub const DEFAULT_EVERY_ORDERS: u64 = 125_000;
+/// The default `CheckpointPolicy::every_orders`: 250,000 orders a shard. Each interval of
+/// orders is memory (orders, their events, order numbers, income, the router's claims) until a
+/// checkpoint holding it is durable, at most about three intervals a shard
+/// (`Shard::checkpoint_lagging`); each checkpoint costs a fixed share of work (its state's
+/// parts, its manifest, one more small run of cold rows for RocksDB to merge). With checkpoints
+/// at the shard's priority, 100 M transfers on machine D (ARCHITECTURE.md "Measured", session
+/// 43), alternated pairs: 187,500 against 125,000 390.9 / 388.9 against 346.9 / 316.9 k/s, then
+/// 250,000 against 187,500 410.0 / 368.3 against 347.3 / 327.8 k/s; peak resident 1.11-1.15,
+/// 1.17-1.20 and 1.27-1.33 GB (`time -v`). Until session 43 it was 125,000, when checkpoints at
+/// nice 10 fell behind and spaced themselves out anyway.
+pub const DEFAULT_EVERY_ORDERS: u64 = 250_000;
 
 /// When a shard writes a checkpoint of its state: after `every_batches` batches, `every_orders`
 /// orders or `every` time since the last one (with at least one batch since), whichever comes
