@@ -84,7 +84,7 @@ fn a_write_failure_at_each_write_of_an_evicting_checkpoint_loses_nothing_acknowl
             let accounts = accounts(&engine);
             store.left.store(nth, Ordering::SeqCst);
             // How many checkpoints run depends on scheduling (one at a time per shard, on a
-            // thread of low priority: a busy machine coalesces them), so orders go on until the
+            // thread of its own: a busy machine coalesces them), so orders go on until the
             // failure has happened, then one more round meets the stopped shards.
             let mut acked = Vec::new();
             for attempt in 0..100 {
