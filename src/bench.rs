@@ -342,9 +342,9 @@ mod tests {
             counts[zipf.sample(&mut rng)] += 1;
         }
         let harmonic: f64 = (1..=n).map(|k| 1.0 / k as f64).sum();
-        for rank in 0..5 {
+        for (rank, &count) in counts.iter().enumerate().take(5) {
             let expected = draws as f64 / ((rank + 1) as f64 * harmonic);
-            let seen = counts[rank] as f64;
+            let seen = count as f64;
             assert!((seen - expected).abs() < 0.02 * expected, "rank {rank}: {seen} draws, expected {expected:.0}");
         }
         let top: u64 = counts[..n / 10].iter().sum();
