@@ -550,7 +550,7 @@ pub fn write(
 /// The CPU time the calling thread has used, in microseconds (`None` where the clock cannot be
 /// read). A checkpoint thread shares two cores with the shards and RocksDB's compactions, so a
 /// phase's wall time says more about the others (and about I/O) than about the phase: at 100 M
-/// transfers the phases took about four times their CPU time at nice 10 (sessions 41-43), about
+/// transfers the phases took about four times their CPU time at nice 10 (sessions 41 and 43), about
 /// three times at the shard's priority (session 43).
 #[cfg(unix)]
 fn thread_cpu_us() -> Option<u64> {
