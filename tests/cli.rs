@@ -57,3 +57,29 @@ fn bench_runs_small_and_reports_its_lines() {
     assert!(text.lines().any(|l| l.starts_with("transfers_per_second: ")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("batch_latency_ms p1 p50 p99 p100: ")), "{text}");
 }
+
+/// Paced (`--rate`), the bench offers the rate and no more: of 30 batches of 1,000 at 60,000
+/// transfers a second the last is due 29/60 s in (so at most about 62,000 a second), and every batch is counted either during a checkpoint (one every
+/// 5 batches a shard here) or between checkpoints.
+#[test]
+fn bench_paced_offers_its_rate_and_splits_latency_by_checkpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(BINARY)
+        .args(["bench", "--accounts", "200", "--transfers", "30000", "--batch", "1000", "--distribution", "uniform", "--shards", "2"])
+        .args(["--rate", "60000", "--checkpoint-every-batches", "5", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("bench");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("invariants_ok: true") && text.contains(" rate=60000 "), "{text}");
+    let field = |prefix: &str, index: usize| -> f64 {
+        let line = text.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("no {prefix:?} in {text}"));
+        line.split_whitespace().nth(index).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{prefix:?} {index} in {text}"))
+    };
+    assert!(field("transfers_per_second: ", 0) <= 60_000.0 * 1.05, "{text}");
+    let during = field("batch_latency_ms during_checkpoints batches p50 p99 p100: ", 0);
+    let between = field("batch_latency_ms between_checkpoints batches p50 p99 p100: ", 0);
+    assert_eq!(during + between, 30.0, "each of the 30 batches in one part: {text}");
+    assert!(field("shard 0 checkpoints: ", 0) >= 1.0, "{text}");
+}

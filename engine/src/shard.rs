@@ -82,6 +82,10 @@ pub struct ShardCounters {
     /// the longest such hold, in microseconds.
     pub checkpoint_hold_us: AtomicU64,
     pub largest_checkpoint_hold_us: AtomicU64,
+    /// Whether a checkpoint of this shard is being encoded and written off its thread: set as
+    /// its thread starts, cleared as that thread ends (written, failed or panicked). Read by
+    /// `clearing bench` to tell the batches answered during a checkpoint from the others.
+    pub checkpoint_in_flight: AtomicBool,
     /// How long the last checkpoint took to encode and write (off the shard's thread).
     pub checkpoint_write_us: AtomicU64,
     /// How long all checkpoints since start took to encode and write.
@@ -166,6 +170,7 @@ impl Default for ShardCounters {
             checkpoint_bytes: AtomicU64::default(),
             checkpoint_hold_us: AtomicU64::default(),
             largest_checkpoint_hold_us: AtomicU64::default(),
+            checkpoint_in_flight: AtomicBool::default(),
             checkpoint_write_us: AtomicU64::default(),
             checkpoint_write_us_total: AtomicU64::default(),
             checkpoint_phase_us_total: Default::default(),
@@ -570,7 +575,10 @@ impl Shard {
         // transfers batch p99 was 259-400 ms against 127-169 ms at the shard's priority, peak
         // memory 0.87-0.89 against 0.66-0.69 GB, throughput the same (ARCHITECTURE.md,
         // "Measured", session 43).
+        let in_flight = InFlight::start(self.counters.clone());
         let spawned = std::thread::Builder::new().name(format!("checkpoint-{}", self.state.shard)).spawn(move || {
+            // Cleared when this thread ends, however it ends (dropped with the closure).
+            let _in_flight = in_flight;
             let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept, blobs, Some(&*cold_filter))?;
             if let Some(sealed) = &snapshot.sealed {
                 // Their rows are durable: the filter learns them before the router forgets
@@ -933,5 +941,22 @@ fn refuse_until_shutdown(shard: ShardId, clients: &Receiver<ClientRequest>, cont
     }
     while let Ok(request) = clients.try_recv() {
         (request.reply)(Err(EngineError::ShardStopped(shard)));
+    }
+}
+
+/// `ShardCounters::checkpoint_in_flight`, set while this lives: moved into a checkpoint's
+/// thread, it is dropped when the thread ends, or with the closure if the thread never started.
+struct InFlight(Arc<ShardCounters>);
+
+impl InFlight {
+    fn start(counters: Arc<ShardCounters>) -> InFlight {
+        counters.checkpoint_in_flight.store(true, Ordering::Relaxed);
+        InFlight(counters)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.checkpoint_in_flight.store(false, Ordering::Relaxed);
     }
 }
