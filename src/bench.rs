@@ -78,6 +78,9 @@ pub struct BenchArgs {
     pub rows_compaction: storage_rocks::RowsCompaction,
 }
 
+/// The longest paced schedule `--rate` may make: a year.
+const RATE_SCHEDULE_SECONDS_MAX: u64 = 365 * 24 * 3600;
+
 const PLATFORM: u32 = 1;
 const CNY: CurrencyId = CurrencyId(0);
 
@@ -172,6 +175,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let trimmer = crate::memory::Trimmer::start(args.trim_above_mib << 20, crate::memory::TRIM_EVERY, crate::memory::TRIM_GAP);
     if args.accounts < 2 || args.batch == 0 || args.shards == 0 {
         return Err(anyhow!("need at least 2 accounts, a positive batch and at least one shard"));
+    }
+    // A schedule past a year is a typing error (and past what an `Instant` holds, a panic).
+    if args.rate > 0 && args.transfers / args.rate > RATE_SCHEDULE_SECONDS_MAX {
+        return Err(anyhow!("--rate {} would spread {} transfers over more than a year", args.rate, args.transfers));
     }
     let temporary = match &args.data_dir {
         Some(_) => None,

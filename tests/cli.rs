@@ -59,14 +59,15 @@ fn bench_runs_small_and_reports_its_lines() {
 }
 
 /// Paced (`--rate`), the bench offers the rate and no more: of 30 batches of 1,000 at 60,000
-/// transfers a second the last is due 29/60 s in (so at most about 62,000 a second), and every batch is counted either during a checkpoint (one every
-/// 5 batches a shard here) or between checkpoints.
+/// transfers a second the last is due 29/60 s in (so at most about 62,000 a second). Every batch
+/// is counted once, during a checkpoint or between checkpoints; with a checkpoint after every
+/// batch of each shard, some are during one (the flag is set while a checkpoint's thread runs).
 #[test]
 fn bench_paced_offers_its_rate_and_splits_latency_by_checkpoints() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = Command::new(BINARY)
         .args(["bench", "--accounts", "200", "--transfers", "30000", "--batch", "1000", "--distribution", "uniform", "--shards", "2"])
-        .args(["--rate", "60000", "--checkpoint-every-batches", "5", "--data-dir"])
+        .args(["--rate", "60000", "--checkpoint-every-batches", "1", "--data-dir"])
         .arg(dir.path())
         .output()
         .expect("bench");
@@ -81,5 +82,16 @@ fn bench_paced_offers_its_rate_and_splits_latency_by_checkpoints() {
     let during = field("batch_latency_ms during_checkpoints batches p50 p99 p100: ", 0);
     let between = field("batch_latency_ms between_checkpoints batches p50 p99 p100: ", 0);
     assert_eq!(during + between, 30.0, "each of the 30 batches in one part: {text}");
+    assert!(during >= 1.0, "batches sent or answered while a checkpoint was written: {text}");
     assert!(field("shard 0 checkpoints: ", 0) >= 1.0, "{text}");
+
+    // A schedule longer than a year is refused before anything runs, not a panic.
+    let refused = Command::new(BINARY)
+        .args(["bench", "--transfers", "18446744073709551615", "--rate", "1", "--data-dir"])
+        .arg(dir.path().join("never"))
+        .output()
+        .expect("bench");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("more than a year"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(!dir.path().join("never").exists(), "nothing made");
 }
