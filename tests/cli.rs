@@ -58,32 +58,32 @@ fn bench_runs_small_and_reports_its_lines() {
     assert!(text.lines().any(|l| l.starts_with("batch_latency_ms p1 p50 p99 p100: ")), "{text}");
 }
 
-/// Paced (`--rate`), the bench offers the rate and no more: of 30 batches of 1,000 at 60,000
-/// transfers a second the last is due 29/60 s in (so at most about 62,000 a second). Every batch
-/// is counted once, during a checkpoint or between checkpoints; with a checkpoint after every
-/// batch of each shard, some are during one (the flag is set while a checkpoint's thread runs).
+/// Paced (`--rate`), the bench offers the rate and no more: of 30 batches of 1,000 at 20,000
+/// transfers a second the last is due 29/20 s in, so the run cannot take less. Every batch is
+/// reported once, during a checkpoint or between checkpoints (the flag itself is tested in
+/// engine/tests/checkpoints.rs, `the_in_flight_flag_...`).
 #[test]
 fn bench_paced_offers_its_rate_and_splits_latency_by_checkpoints() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = Command::new(BINARY)
         .args(["bench", "--accounts", "200", "--transfers", "30000", "--batch", "1000", "--distribution", "uniform", "--shards", "2"])
-        .args(["--rate", "60000", "--checkpoint-every-batches", "1", "--data-dir"])
+        .args(["--rate", "20000", "--checkpoint-every-batches", "5", "--data-dir"])
         .arg(dir.path())
         .output()
         .expect("bench");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(text.contains("invariants_ok: true") && text.contains(" rate=60000 "), "{text}");
+    assert!(text.contains("invariants_ok: true") && text.contains(" rate=20000 "), "{text}");
     let field = |prefix: &str, index: usize| -> f64 {
-        let line = text.lines().find_map(|l| l.strip_prefix(prefix)).unwrap_or_else(|| panic!("no {prefix:?} in {text}"));
+        let line = text.lines().find_map(|l| l.split_once(prefix).map(|(_, rest)| rest)).unwrap_or_else(|| panic!("no {prefix:?} in {text}"));
         line.split_whitespace().nth(index).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{prefix:?} {index} in {text}"))
     };
-    assert!(field("transfers_per_second: ", 0) <= 60_000.0 * 1.05, "{text}");
+    assert!(field("elapsed_s: ", 0) >= 29.0 / 20.0, "{text}");
     let during = field("batch_latency_ms during_checkpoints batches p50 p99 p100: ", 0);
     let between = field("batch_latency_ms between_checkpoints batches p50 p99 p100: ", 0);
     assert_eq!(during + between, 30.0, "each of the 30 batches in one part: {text}");
-    assert!(during >= 1.0, "batches sent or answered while a checkpoint was written: {text}");
-    assert!(field("shard 0 checkpoints: ", 0) >= 1.0, "{text}");
+    // Checkpoints during the run, besides the one of the stop.
+    assert!(field("shard 0 checkpoints: ", 0) >= 2.0, "{text}");
 
     // A schedule longer than a year is refused before anything runs, not a panic.
     let refused = Command::new(BINARY)

@@ -82,9 +82,12 @@ pub struct ShardCounters {
     /// the longest such hold, in microseconds.
     pub checkpoint_hold_us: AtomicU64,
     pub largest_checkpoint_hold_us: AtomicU64,
-    /// Whether a checkpoint of this shard is being encoded and written off its thread: set as
-    /// its thread starts, cleared as that thread ends (written, failed or panicked). Read by
-    /// `clearing bench` to tell the batches answered during a checkpoint from the others.
+    /// Whether a checkpoint of this shard is under way: set on the shard's thread before it
+    /// copies its state for one (the hold), cleared once the shard has collected it (written,
+    /// failed or panicked; after the collect drops the sealed records and cools the history it
+    /// wrote), or when the shard's loop ends. Also set while the final checkpoint of a graceful
+    /// stop is written. `clearing bench` reads it to tell the batches sent or answered during a
+    /// checkpoint from the others.
     pub checkpoint_in_flight: AtomicBool,
     /// How long the last checkpoint took to encode and write (off the shard's thread).
     pub checkpoint_write_us: AtomicU64,
@@ -246,6 +249,8 @@ pub struct Checkpoints {
     /// How many orders the state held at the last checkpoint's snapshot (or at start).
     last_orders: usize,
     in_flight: Option<std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>>,
+    /// Set with `in_flight` and dropped after its collect (`ShardCounters::checkpoint_in_flight`).
+    in_flight_flag: Option<InFlight>,
     /// The chunks of history the last checkpoint wrote as blobs (`checkpoint::BlobCache`): the
     /// next one refers to those unchanged instead of writing them again. Handed to the
     /// checkpoint in flight, back when it is collected; at a start, those recovery read from
@@ -257,7 +262,7 @@ impl Checkpoints {
     /// Nothing in flight; the last checkpoint is the one recovery started from (if any), and
     /// the recovered state holds `orders` orders.
     pub fn starting_from(last_sequence: Option<u64>, blobs: crate::checkpoint::BlobCache, orders: usize) -> Checkpoints {
-        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), last_orders: orders, in_flight: None, blobs }
+        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), last_orders: orders, in_flight: None, in_flight_flag: None, blobs }
     }
 }
 
@@ -440,6 +445,7 @@ impl Shard {
             }
             if let Some(handle) = self.checkpoints.in_flight.take_if(|h| h.is_finished()) {
                 self.collect_checkpoint(handle);
+                self.checkpoints.in_flight_flag = None;
             }
             if self.history.cached_bytes() > crate::checkpoint::HistoryReader::CACHE_BYTES {
                 // Old history read back by queries and commands: dropped at once past the
@@ -542,6 +548,7 @@ impl Shard {
         let policy = self.limits.checkpoints;
         if let Some(handle) = self.checkpoints.in_flight.take_if(|h| h.is_finished()) {
             self.collect_checkpoint(handle);
+            self.checkpoints.in_flight_flag = None;
         }
         if self.checkpoints.in_flight.is_some() || self.store.is_poisoned() {
             return;
@@ -553,6 +560,7 @@ impl Shard {
         if !(by_count || by_orders || by_time) {
             return;
         }
+        let in_flight = InFlight::start(self.counters.clone());
         let held = Instant::now();
         // The hot idempotency records move to the sealed generation (a pointer swap): the
         // checkpoint writes them cold before its manifest, and the state it encodes holds none.
@@ -575,10 +583,7 @@ impl Shard {
         // transfers batch p99 was 259-400 ms against 127-169 ms at the shard's priority, peak
         // memory 0.87-0.89 against 0.66-0.69 GB, throughput the same (ARCHITECTURE.md,
         // "Measured", session 43).
-        let in_flight = InFlight::start(self.counters.clone());
         let spawned = std::thread::Builder::new().name(format!("checkpoint-{}", self.state.shard)).spawn(move || {
-            // Cleared when this thread ends, however it ends (dropped with the closure).
-            let _in_flight = in_flight;
             let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept, blobs, Some(&*cold_filter))?;
             if let Some(sealed) = &snapshot.sealed {
                 // Their rows are durable: the filter learns them before the router forgets
@@ -589,7 +594,10 @@ impl Shard {
             Ok(written)
         });
         match spawned {
-            Ok(handle) => self.checkpoints.in_flight = Some(handle),
+            Ok(handle) => {
+                self.checkpoints.in_flight = Some(handle);
+                self.checkpoints.in_flight_flag = Some(in_flight);
+            }
             Err(error) => {
                 self.state.unseal();
                 tracing::error!(shard = self.state.shard, "cannot start a checkpoint thread: {error}; trying again later")
@@ -654,11 +662,13 @@ impl Shard {
     fn checkpoint_at_shutdown(&mut self) {
         if let Some(handle) = self.checkpoints.in_flight.take() {
             self.collect_checkpoint(handle);
+            self.checkpoints.in_flight_flag = None;
         }
         let policy = self.limits.checkpoints;
         if !policy.enabled() || !policy.on_shutdown || self.store.is_poisoned() || self.sequence <= self.checkpoints.last_sequence {
             return;
         }
+        let _in_flight = InFlight::start(self.counters.clone());
         self.state.seal_idempotency();
         let blobs = std::mem::take(&mut self.checkpoints.blobs);
         match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept, blobs, Some(&*self.cold_filter)) {
@@ -944,8 +954,9 @@ fn refuse_until_shutdown(shard: ShardId, clients: &Receiver<ClientRequest>, cont
     }
 }
 
-/// `ShardCounters::checkpoint_in_flight`, set while this lives: moved into a checkpoint's
-/// thread, it is dropped when the thread ends, or with the closure if the thread never started.
+/// `ShardCounters::checkpoint_in_flight`, set while this lives: kept beside the checkpoint's
+/// thread (`Checkpoints::in_flight_flag`) until the shard collects it, dropped at once if the
+/// thread could not start, and with the shard's `Checkpoints` if its loop ends first.
 struct InFlight(Arc<ShardCounters>);
 
 impl InFlight {

@@ -1249,3 +1249,100 @@ fn a_checkpoint_whose_lots_disagree_with_the_unsettled_balances_is_skipped() {
     let (account, skipped) = recover_with_lots_edited(|lots| lots[0].amount += 1);
     assert!(skipped.iter().any(|why| why.contains(&format!("account {}'s lots sum to", account.0)) && why.contains("unsettled balance")), "{skipped:?}");
 }
+
+/// A store whose checkpoint manifests wait at a gate until it opens, then fail while `fail` is
+/// set: a checkpoint held half-way, for as long as a test needs.
+struct GatedManifests {
+    inner: MemoryStore,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl GatedManifests {
+    fn set_open(&self, open: bool) {
+        *self.open.lock().unwrap() = open;
+        self.opened.notify_all();
+    }
+}
+
+impl Store for GatedManifests {
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
+        if puts.iter().any(|(key, _)| key.starts_with(b"m/c/")) {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(storage::StorageError::Io("the manifest write failed".into()));
+            }
+        }
+        self.inner.write(puts)
+    }
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), storage::StorageError> {
+        self.inner.delete_range(start, end)
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
+        self.inner.get(key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
+        self.inner.scan(start, end, visit)
+    }
+    fn is_poisoned(&self) -> bool {
+        self.inner.is_poisoned()
+    }
+}
+
+/// Polls `condition` every millisecond for up to 10 s; whether it came true.
+fn within_10s(condition: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    condition()
+}
+
+/// `checkpoint_in_flight` (what `clearing bench` splits latencies by) is set while a checkpoint
+/// is under way, however long its writes take, and cleared once the shard has collected it,
+/// whether it was written or failed.
+#[test]
+fn the_in_flight_flag_covers_a_checkpoint_until_it_is_collected_written_or_failed() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = Arc::new(GatedManifests { inner: MemoryStore::new(), open: std::sync::Mutex::new(true), opened: Default::default(), fail: Default::default() });
+    // Opened whatever happens, so that a failing assertion cannot leave a checkpoint waiting.
+    struct OpenOnDrop(Arc<GatedManifests>);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.set_open(true);
+        }
+    }
+    let _open_at_the_end = OpenOnDrop(store.clone());
+    let engine = Engine::start(config(1, 2), store.clone()).unwrap();
+    let opens = (0..4).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
+    let account = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).find(|a| a.shard(2) == 0).expect("an account of shard 0");
+    let counters = engine.counters()[0].clone();
+    let in_flight = || counters.checkpoint_in_flight.load(SeqCst);
+    assert!(within_10s(|| !in_flight()), "the checkpoints of the opening batches are collected");
+    let recharge = || plain(Command::Recharge { account, currency: CNY, amount: 100, channel: 1 });
+
+    for fail in [false, true] {
+        let written_before = counters.checkpoints.load(SeqCst);
+        store.set_open(false);
+        store.fail.store(fail, SeqCst);
+        assert!(engine.execute_one(recharge()).unwrap().is_ok());
+        assert!(within_10s(in_flight), "set once the batch's checkpoint began (fail: {fail})");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(in_flight(), "still set while its manifest waits (fail: {fail})");
+        store.set_open(true);
+        assert!(within_10s(|| !in_flight()), "cleared once collected (fail: {fail})");
+        // Written (a later batch may have started and written another), or none while failing.
+        let written = counters.checkpoints.load(SeqCst) - written_before;
+        assert!(if fail { written == 0 } else { written >= 1 }, "written: {written} (fail: {fail})");
+    }
+    store.fail.store(false, SeqCst);
+    engine.shutdown();
+    assert!(!in_flight(), "not set after a stop");
+}
