@@ -89,8 +89,8 @@ const CNY: CurrencyId = CurrencyId(0);
 use crate::memory::{heap_in_use_bytes, peak_resident_bytes, resident_bytes, HeapSampler};
 
 /// One answered submission: how long it took (from when it was sent, or paced, when it was due,
-/// until the engine answered), and whether a shard's checkpoint was being written when it was
-/// sent or when it was answered.
+/// until the engine answered), and whether a shard's checkpoint was under way when it was sent
+/// or answered, or began or ended in between.
 #[derive(Clone, Copy, Debug)]
 struct Answered {
     latency: Duration,
@@ -122,7 +122,13 @@ fn run_batches(
     type Outcome = (Duration, bool, Result<Vec<Reply>, EngineError>);
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Outcome>(in_flight.max(1));
     let counters: Arc<[Arc<engine::shard::ShardCounters>]> = engine.counters().into();
-    let checkpointing = move || counters.iter().any(|c| c.checkpoint_in_flight.load(std::sync::atomic::Ordering::Relaxed));
+    // Whether any shard's checkpoint is under way, and the sum of their epochs (each start and
+    // end adds one): a batch is during a checkpoint if one was under way when it was sent or
+    // answered, or one began or ended in between (the sums differ).
+    let checkpointing = move || {
+        let epochs = counters.iter().map(|c| c.checkpoint_epoch.load(std::sync::atomic::Ordering::Relaxed));
+        epochs.fold((false, 0u64), |(any, sum), epoch| (any || epoch % 2 == 1, sum.wrapping_add(epoch)))
+    };
     let mut outstanding = 0usize;
     let mut rejected = 0u64;
     let mut sent = 0u64;
@@ -152,7 +158,10 @@ fn run_batches(
             Box::new(move |result| {
                 // Timed here, as the engine answers: an answer may wait in the channel until
                 // this thread needs a free slot (paced, until its next submission is due).
-                let _ = sender.send((started.elapsed(), at_send || checkpointing(), result));
+                let latency = started.elapsed();
+                let at_answer = checkpointing();
+                let during = at_send.0 || at_answer.0 || at_send.1 != at_answer.1;
+                let _ = sender.send((latency, during, result));
             }),
         );
         outstanding += 1;

@@ -82,13 +82,14 @@ pub struct ShardCounters {
     /// the longest such hold, in microseconds.
     pub checkpoint_hold_us: AtomicU64,
     pub largest_checkpoint_hold_us: AtomicU64,
-    /// Whether a checkpoint of this shard is under way: set on the shard's thread before it
-    /// copies its state for one (the hold), cleared once the shard has collected it (written,
-    /// failed or panicked; after the collect drops the sealed records and cools the history it
-    /// wrote), or when the shard's loop ends. Also set while the final checkpoint of a graceful
-    /// stop is written. `clearing bench` reads it to tell the batches sent or answered during a
-    /// checkpoint from the others.
-    pub checkpoint_in_flight: AtomicBool,
+    /// Counts the starts and ends of this shard's checkpoints: odd while one is under way. It
+    /// goes odd on the shard's thread before the shard copies its state for one (the hold), and
+    /// even once the shard has collected it (written, failed or panicked; after the collect
+    /// drops the sealed records and cools the history it wrote), or when the shard's loop ends.
+    /// It is odd too while the final checkpoint of a graceful stop is written. `clearing bench`
+    /// reads it at a batch's send and answer: a batch is during a checkpoint if either reading
+    /// is odd or they differ (`checkpoint_in_flight`).
+    pub checkpoint_epoch: AtomicU64,
     /// How long the last checkpoint took to encode and write (off the shard's thread).
     pub checkpoint_write_us: AtomicU64,
     /// How long all checkpoints since start took to encode and write.
@@ -173,7 +174,7 @@ impl Default for ShardCounters {
             checkpoint_bytes: AtomicU64::default(),
             checkpoint_hold_us: AtomicU64::default(),
             largest_checkpoint_hold_us: AtomicU64::default(),
-            checkpoint_in_flight: AtomicBool::default(),
+            checkpoint_epoch: AtomicU64::default(),
             checkpoint_write_us: AtomicU64::default(),
             checkpoint_write_us_total: AtomicU64::default(),
             checkpoint_phase_us_total: Default::default(),
@@ -249,7 +250,7 @@ pub struct Checkpoints {
     /// How many orders the state held at the last checkpoint's snapshot (or at start).
     last_orders: usize,
     in_flight: Option<std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>>,
-    /// Set with `in_flight` and dropped after its collect (`ShardCounters::checkpoint_in_flight`).
+    /// Made with `in_flight` and dropped after its collect (`ShardCounters::checkpoint_epoch`).
     in_flight_flag: Option<InFlight>,
     /// The chunks of history the last checkpoint wrote as blobs (`checkpoint::BlobCache`): the
     /// next one refers to those unchanged instead of writing them again. Handed to the
@@ -954,20 +955,27 @@ fn refuse_until_shutdown(shard: ShardId, clients: &Receiver<ClientRequest>, cont
     }
 }
 
-/// `ShardCounters::checkpoint_in_flight`, set while this lives: kept beside the checkpoint's
-/// thread (`Checkpoints::in_flight_flag`) until the shard collects it, dropped at once if the
-/// thread could not start, and with the shard's `Checkpoints` if its loop ends first.
+/// `ShardCounters::checkpoint_epoch` odd while this lives: kept beside the checkpoint's thread
+/// (`Checkpoints::in_flight_flag`) until the shard collects it, dropped at once if the thread
+/// could not start, and with the shard's `Checkpoints` if its loop ends first.
 struct InFlight(Arc<ShardCounters>);
 
 impl InFlight {
     fn start(counters: Arc<ShardCounters>) -> InFlight {
-        counters.checkpoint_in_flight.store(true, Ordering::Relaxed);
+        counters.checkpoint_epoch.fetch_add(1, Ordering::Relaxed);
         InFlight(counters)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.checkpoint_in_flight.store(false, Ordering::Relaxed);
+        self.0.checkpoint_epoch.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl ShardCounters {
+    /// Whether a checkpoint of this shard is under way (`checkpoint_epoch` is odd).
+    pub fn checkpoint_in_flight(&self) -> bool {
+        self.checkpoint_epoch.load(Ordering::Relaxed) % 2 == 1
     }
 }

@@ -1305,7 +1305,7 @@ fn within_10s(condition: impl Fn() -> bool) -> bool {
     condition()
 }
 
-/// `checkpoint_in_flight` (what `clearing bench` splits latencies by) is set while a checkpoint
+/// `checkpoint_in_flight` (what `clearing bench` splits latencies by) is true while a checkpoint
 /// is under way, however long its writes take, and cleared once the shard has collected it,
 /// whether it was written or failed.
 #[test]
@@ -1324,12 +1324,13 @@ fn the_in_flight_flag_covers_a_checkpoint_until_it_is_collected_written_or_faile
     let opens = (0..4).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
     let account = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).find(|a| a.shard(2) == 0).expect("an account of shard 0");
     let counters = engine.counters()[0].clone();
-    let in_flight = || counters.checkpoint_in_flight.load(SeqCst);
+    let in_flight = || counters.checkpoint_in_flight();
     assert!(within_10s(|| !in_flight()), "the checkpoints of the opening batches are collected");
     let recharge = || plain(Command::Recharge { account, currency: CNY, amount: 100, channel: 1 });
 
     for fail in [false, true] {
         let written_before = counters.checkpoints.load(SeqCst);
+        let epoch_before = counters.checkpoint_epoch.load(SeqCst);
         store.set_open(false);
         store.fail.store(fail, SeqCst);
         assert!(engine.execute_one(recharge()).unwrap().is_ok());
@@ -1338,6 +1339,8 @@ fn the_in_flight_flag_covers_a_checkpoint_until_it_is_collected_written_or_faile
         assert!(in_flight(), "still set while its manifest waits (fail: {fail})");
         store.set_open(true);
         assert!(within_10s(|| !in_flight()), "cleared once collected (fail: {fail})");
+        // Each start and each end counted: a reader sees a checkpoint it missed in between.
+        assert!(counters.checkpoint_epoch.load(SeqCst) >= epoch_before + 2, "fail: {fail}");
         // Written (a later batch may have started and written another), or none while failing.
         let written = counters.checkpoints.load(SeqCst) - written_before;
         assert!(if fail { written == 0 } else { written >= 1 }, "written: {written} (fail: {fail})");
