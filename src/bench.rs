@@ -39,9 +39,9 @@ pub struct BenchArgs {
     /// Database directory; a fresh temporary directory (removed afterwards) when absent.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Submissions in flight at once.
-    #[arg(long, default_value_t = 4)]
-    pub in_flight: usize,
+    /// Submissions in flight at once (1 to 1,024; with none the bench would wait forever).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=IN_FLIGHT_MAX))]
+    pub in_flight: u64,
     /// Transfers a second to offer, paced batch by batch (a batch's latency then counts from
     /// when it was due, so a backlog shows); 0: as fast as the engine takes them. Each batch is
     /// due at the start of its share of the schedule, so `transfers_per_second` may exceed the
@@ -79,6 +79,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "universal")]
     pub rows_compaction: storage_rocks::RowsCompaction,
 }
+
+/// The most submissions `--in-flight` may keep in flight.
+const IN_FLIGHT_MAX: u64 = 1024;
 
 /// The longest paced schedule `--rate` may make: a year.
 const RATE_SCHEDULE_SECONDS_MAX: u64 = 365 * 24 * 3600;
@@ -243,7 +246,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         out_order_no: None,
         command: Command::Recharge { account: *a, currency: CNY, amount: 1_000_000_000_000, channel: 1 },
     });
-    run_batches(&engine, chunked(fund, args.batch), args.in_flight, None, &mut Vec::new())?;
+    run_batches(&engine, chunked(fund, args.batch), args.in_flight as usize, None, &mut Vec::new())?;
     engine.wait_quiescent(Duration::from_secs(60))?;
 
     // Transfers: balance payments with one payee, each with its own order number (idempotent).
@@ -285,7 +288,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let heap = HeapSampler::start();
     let started = Instant::now();
     let pace = (args.rate > 0).then_some(Pace { start: started, rate: args.rate });
-    let rejected = run_batches(&engine, chunked(transfers, args.batch), args.in_flight, pace, &mut answered)?;
+    let rejected = run_batches(&engine, chunked(transfers, args.batch), args.in_flight as usize, pace, &mut answered)?;
     engine.wait_quiescent(Duration::from_secs(120))?;
     let elapsed = started.elapsed();
     let report = engine::invariants::check_engine(&engine)?;

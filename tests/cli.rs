@@ -94,4 +94,10 @@ fn bench_paced_offers_its_rate_and_splits_latency_by_checkpoints() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("more than a year"), "{}", String::from_utf8_lossy(&refused.stderr));
     assert!(!dir.path().join("never").exists(), "nothing made");
+
+    // No submission in flight would wait forever (it hung before): refused as the arguments are read.
+    let refused = Command::new(BINARY).args(["bench", "--in-flight", "0", "--data-dir"]).arg(dir.path().join("never")).output().expect("bench");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--in-flight"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(!dir.path().join("never").exists(), "nothing made");
 }
