@@ -351,7 +351,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     println!("transfers_per_second: {}", (args.transfers as f64 / elapsed.as_secs_f64()) as u64);
     println!("batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}", percentile(0.01), percentile(0.50), percentile(0.99), percentile(1.0));
-    // Batches sent or answered while a shard's checkpoint was being written, and the others.
+    // Batches with a shard's checkpoint under way when sent or answered (or beginning or ending
+    // in between), and the others.
     for (name, during) in [("during_checkpoints", true), ("between_checkpoints", false)] {
         let part = sorted(Some(during));
         let figures = if part.is_empty() {
