@@ -249,9 +249,9 @@ pub struct Checkpoints {
     last_at: Instant,
     /// How many orders the state held at the last checkpoint's snapshot (or at start).
     last_orders: usize,
-    in_flight: Option<std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>>,
-    /// Made with `in_flight` and dropped after its collect (`ShardCounters::checkpoint_epoch`).
-    in_flight_flag: Option<InFlight>,
+    /// The checkpoint's thread, and its mark (`ShardCounters::checkpoint_epoch`), dropped once
+    /// the shard has collected it.
+    in_flight: Option<(std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>, InFlight)>,
     /// The chunks of history the last checkpoint wrote as blobs (`checkpoint::BlobCache`): the
     /// next one refers to those unchanged instead of writing them again. Handed to the
     /// checkpoint in flight, back when it is collected; at a start, those recovery read from
@@ -263,7 +263,7 @@ impl Checkpoints {
     /// Nothing in flight; the last checkpoint is the one recovery started from (if any), and
     /// the recovered state holds `orders` orders.
     pub fn starting_from(last_sequence: Option<u64>, blobs: crate::checkpoint::BlobCache, orders: usize) -> Checkpoints {
-        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), last_orders: orders, in_flight: None, in_flight_flag: None, blobs }
+        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), last_orders: orders, in_flight: None, blobs }
     }
 }
 
@@ -444,9 +444,8 @@ impl Shard {
             if owed {
                 self.resend(&mut round);
             }
-            if let Some(handle) = self.checkpoints.in_flight.take_if(|h| h.is_finished()) {
+            if let Some((handle, _mark)) = self.checkpoints.in_flight.take_if(|(h, _)| h.is_finished()) {
                 self.collect_checkpoint(handle);
-                self.checkpoints.in_flight_flag = None;
             }
             if self.history.cached_bytes() > crate::checkpoint::HistoryReader::CACHE_BYTES {
                 // Old history read back by queries and commands: dropped at once past the
@@ -547,9 +546,8 @@ impl Shard {
     /// thread of the checkpoint's own encodes and writes it. One at a time per shard.
     fn maybe_checkpoint(&mut self) {
         let policy = self.limits.checkpoints;
-        if let Some(handle) = self.checkpoints.in_flight.take_if(|h| h.is_finished()) {
+        if let Some((handle, _mark)) = self.checkpoints.in_flight.take_if(|(h, _)| h.is_finished()) {
             self.collect_checkpoint(handle);
-            self.checkpoints.in_flight_flag = None;
         }
         if self.checkpoints.in_flight.is_some() || self.store.is_poisoned() {
             return;
@@ -596,8 +594,7 @@ impl Shard {
         });
         match spawned {
             Ok(handle) => {
-                self.checkpoints.in_flight = Some(handle);
-                self.checkpoints.in_flight_flag = Some(in_flight);
+                self.checkpoints.in_flight = Some((handle, in_flight));
             }
             Err(error) => {
                 self.state.unseal();
@@ -661,9 +658,8 @@ impl Shard {
     /// state (on this thread: nothing else is waiting) if batches were written since the last,
     /// so that the next start loads it instead of replaying.
     fn checkpoint_at_shutdown(&mut self) {
-        if let Some(handle) = self.checkpoints.in_flight.take() {
+        if let Some((handle, _mark)) = self.checkpoints.in_flight.take() {
             self.collect_checkpoint(handle);
-            self.checkpoints.in_flight_flag = None;
         }
         let policy = self.limits.checkpoints;
         if !policy.enabled() || !policy.on_shutdown || self.store.is_poisoned() || self.sequence <= self.checkpoints.last_sequence {
@@ -955,8 +951,8 @@ fn refuse_until_shutdown(shard: ShardId, clients: &Receiver<ClientRequest>, cont
     }
 }
 
-/// `ShardCounters::checkpoint_epoch` odd while this lives: kept beside the checkpoint's thread
-/// (`Checkpoints::in_flight_flag`) until the shard collects it, dropped at once if the thread
+/// `ShardCounters::checkpoint_epoch` odd while this lives: kept with the checkpoint's thread
+/// (`Checkpoints::in_flight`) until the shard has collected it, dropped at once if the thread
 /// could not start, and with the shard's `Checkpoints` if its loop ends first.
 struct InFlight(Arc<ShardCounters>);
 
