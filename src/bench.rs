@@ -324,6 +324,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         };
         println!("shard {shard} checkpoint_s_total by phase: {}", by_phase(&c.checkpoint_phase_us_total));
         println!("shard {shard} checkpoint_cpu_s_total by phase: {}", by_phase(&c.checkpoint_phase_cpu_us_total));
+        println!("shard {shard} checkpoint_gave_way_s_total: {:.1}", c.checkpoint_gave_way_us_total.load(Relaxed) as f64 / 1e6);
         println!(
             "shard {shard} idempotency in_memory: {} evicted: {} cold_probes: {} cold_probe_ms: {:.1}",
             c.idempotency_in_memory.load(Relaxed),

@@ -231,6 +231,18 @@ pub struct Written {
     pub cache: BlobCache,
 }
 
+/// What a shard lends a checkpoint's write besides its state (`Aids::default()`: nothing).
+#[derive(Clone, Copy, Default)]
+pub struct Aids<'a> {
+    /// The engine's filter of every cold row's key: spares the cold rows' write from reading
+    /// keys that cannot have a row yet.
+    pub rows: Option<&'a crate::cold::ColdFilter>,
+    /// Called between pieces of the work (a chunk of cold rows, a blob, about 64 KiB of the
+    /// state's encoding); returns when the write may go on. A shard's checkpoint thread gives
+    /// way there to the shard's batches (`shard::GiveWay`).
+    pub give_way: Option<&'a dyn Fn()>,
+}
+
 /// Writes the blobs a checkpoint's state offers (`ShardState::offer_blobs`), batched into writes
 /// of about `PART_BYTES`, and builds the next `BlobCache`.
 struct Blobber<'a> {
@@ -253,6 +265,8 @@ struct Blobber<'a> {
     bytes: u64,
     reused: u64,
     error: Option<StorageError>,
+    /// `Aids::give_way`, called before each blob is encoded.
+    give_way: &'a dyn Fn(),
 }
 
 impl Blobber<'_> {
@@ -280,6 +294,7 @@ impl BlobSink for Blobber<'_> {
                 *hash
             }
             _ => {
+                (self.give_way)();
                 let start = self.buffer.len();
                 encode(&mut self.buffer);
                 let hash = *blake3::hash(&self.buffer[start..]).as_bytes();
@@ -454,8 +469,7 @@ impl Write for PartWriter<'_> {
 /// `Written::cache`) knows, unchanged since, are referred to as they are; the others are encoded
 /// and written, before any part. `Written::cache` is what the next checkpoint starts from.
 ///
-/// `rows` (the engine's filter of every cold row's key) spares the cold rows' write from reading
-/// keys that cannot have a row yet.
+/// `aids` are what the shard lends the write besides its state (`Aids`).
 pub fn write(
     store: &dyn Store,
     state: &ShardState,
@@ -463,7 +477,7 @@ pub fn write(
     timestamp: Timestamp,
     kept: usize,
     previous: BlobCache,
-    rows: Option<&crate::cold::ColdFilter>,
+    aids: Aids<'_>,
 ) -> Result<Written, CheckpointError> {
     let sequence = head.sequence;
     let started = Instant::now();
@@ -482,8 +496,9 @@ pub fn write(
         phase_cpu_us[phase] = cpu.zip(cpu_started).map_or(0, |(end, start)| end.saturating_sub(start));
         (phase_started, cpu_started) = (now, cpu);
     };
+    let give_way = aids.give_way.unwrap_or(&|| {});
     let evicted = match &state.sealed {
-        Some(sealed) => crate::cold::write_rows(store, shard, sequence, sealed, rows)?,
+        Some(sealed) => crate::cold::write_rows(store, shard, sequence, sealed, aids.rows, give_way)?,
         None => 0,
     };
     phase_done(0);
@@ -501,6 +516,7 @@ pub fn write(
         bytes: 0,
         reused: 0,
         error: None,
+        give_way,
     };
     state.offer_blobs(&mut blobber);
     blobber.flush();
@@ -516,8 +532,11 @@ pub fn write(
     let (encoded, layout) = crate::ledger::growth::with_layout_at(Layout::PiecesOut(next), true, || {
         // Handed on in slices of about 64 KiB (`codec::STREAM_BYTES`): the whole encoding is
         // never held at once.
-        crate::codec::encode_to(state, &mut |bytes| writer.write_all(bytes).map_err(|e| crate::codec::EncodeError::new(e.to_string())))
-            .map_err(|e| e.to_string())
+        crate::codec::encode_to(state, &mut |bytes| {
+            give_way();
+            writer.write_all(bytes).map_err(|e| crate::codec::EncodeError::new(e.to_string()))
+        })
+        .map_err(|e| e.to_string())
     });
     let Layout::PiecesOut(next) = layout else { unreachable!("with_layout gives back the layout it was given") };
     if let Err(error) = encoded {

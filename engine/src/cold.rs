@@ -50,6 +50,9 @@ pub const COLD_FORMAT_VERSION: u8 = 1;
 /// Rows whose earlier rows a checkpoint looks up at once (one batched read) before writing them.
 pub const ROWS_PER_LOOKUP: usize = 65_536;
 
+/// Rows encoded between two calls of `write_rows`' `give_way` (a few hundred microseconds).
+const GIVE_WAY_ROWS: usize = 4_096;
+
 /// One cold record as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColdRow {
@@ -111,13 +114,15 @@ pub fn decode_row(key: u128, bytes: &[u8]) -> Result<ColdRow, StorageError> {
 ///
 /// Only keys `filter` (every durable row's key, when given) may hold are read first: almost
 /// every sealed record is new, and reading millions of absent keys would cost the checkpoint
-/// seconds.
+/// seconds. `give_way` is called before each chunk of lookups and every `GIVE_WAY_ROWS` rows
+/// (`checkpoint::Aids::give_way`).
 pub fn write_rows(
     store: &dyn Store,
     shard: ShardId,
     stamp: u64,
     sealed: &FlatMap<IdempotencyRecord>,
     filter: Option<&ColdFilter>,
+    give_way: &dyn Fn(),
 ) -> Result<usize, StorageError> {
     let mut records: Vec<(u128, IdempotencyRecord)> = sealed.iter().map(|(key, record)| (key, *record)).collect();
     records.sort_unstable_by_key(|(key, _)| *key);
@@ -127,6 +132,7 @@ pub fn write_rows(
     let mut values = Vec::with_capacity(records.len() * 24);
     let mut ranges: Vec<std::ops::Range<usize>> = Vec::with_capacity(records.len());
     for chunk in records.chunks(ROWS_PER_LOOKUP) {
+        give_way();
         let chunk_keys: Vec<[u8; 20]> = chunk.iter().map(|(key, _)| cold_key(*key)).collect();
         let maybe: Vec<usize> = match filter {
             Some(filter) => filter.positions_maybe_held(chunk.len(), |i| chunk[i].0),
@@ -137,7 +143,10 @@ pub fn write_rows(
         for (i, value) in maybe.into_iter().zip(found) {
             existing[i] = value;
         }
-        for ((key, record), (stored_key, found)) in chunk.iter().zip(chunk_keys.into_iter().zip(existing)) {
+        for (i, ((key, record), (stored_key, found))) in chunk.iter().zip(chunk_keys.into_iter().zip(existing)).enumerate() {
+            if i % GIVE_WAY_ROWS == GIVE_WAY_ROWS - 1 {
+                give_way();
+            }
             if let Some(bytes) = found {
                 let row = decode_row(*key, &bytes)?;
                 if row.shard == shard && row.stamp <= stamp {
@@ -1130,7 +1139,7 @@ mod tests {
         assert!(state.idempotency.is_empty() && sealed.len() == 1);
         assert_eq!(state.idempotency_record(&keys[0]).map(|r| r.reply.id), Some(id), "still answered from memory");
         let head = crate::journal::ChainHead { sequence: 4, hash: [0; 32] };
-        let written = crate::checkpoint::write(&store, &state, head, T0, 2, Default::default(), None).unwrap();
+        let written = crate::checkpoint::write(&store, &state, head, T0, 2, Default::default(), Default::default()).unwrap();
         assert_eq!(written.evicted, 1);
         state.drop_sealed();
         assert_eq!(state.idempotency_record(&keys[0]), None);
@@ -1170,26 +1179,26 @@ mod tests {
         let mut keys = Vec::new();
         keys_of(&paid, &mut keys);
         let sealed = state.seal_idempotency();
-        assert_eq!(write_rows(&store, 0, 4, &sealed, None).unwrap(), 1);
-        assert_eq!(write_rows(&store, 0, 9, &sealed, None).unwrap(), 1);
+        assert_eq!(write_rows(&store, 0, 4, &sealed, None, &|| {}).unwrap(), 1);
+        assert_eq!(write_rows(&store, 0, 9, &sealed, None, &|| {}).unwrap(), 1);
         assert_eq!(read_row(&store, keys[0]).unwrap().unwrap().stamp, 4, "the lower stamp stays");
         // With the engine's filter, only keys it may hold are read first: this one is.
         let filter = ColdFilter::with_bytes(1 << 12);
         filter.insert(keys[0]);
-        write_rows(&store, 0, 10, &sealed, Some(&filter)).unwrap();
+        write_rows(&store, 0, 10, &sealed, Some(&filter), &|| {}).unwrap();
         assert_eq!(read_row(&store, keys[0]).unwrap().unwrap().stamp, 4, "the lower stamp stays (read through the filter)");
         // A row of another shard (which no order number can have) or with a higher stamp is
         // replaced as before.
-        write_rows(&store, 1, 2, &sealed, None).unwrap();
+        write_rows(&store, 1, 2, &sealed, None, &|| {}).unwrap();
         assert_eq!(read_row(&store, keys[0]).unwrap().unwrap().shard, 1);
-        write_rows(&store, 0, 7, &sealed, None).unwrap();
+        write_rows(&store, 0, 7, &sealed, None, &|| {}).unwrap();
         assert_eq!((read_row(&store, keys[0]).unwrap().unwrap().shard, read_row(&store, keys[0]).unwrap().unwrap().stamp), (0, 7));
         let other = payment("other", a, b, 5);
         state.unseal();
         state.apply(&other, T0, &mut Effects::default());
         let both = state.seal_idempotency();
         assert_eq!(both.len(), 2);
-        write_rows(&store, 0, 12, &both, None).unwrap();
+        write_rows(&store, 0, 12, &both, None, &|| {}).unwrap();
         keys.clear();
         keys_of(&other, &mut keys);
         assert_eq!(read_row(&store, keys[0]).unwrap().unwrap().stamp, 12, "a new record gets the checkpoint's stamp");

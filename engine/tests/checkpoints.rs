@@ -575,7 +575,7 @@ fn checkpoints_write_history_once_and_then_only_what_changed() {
     let known = cache.len() as u64;
     let copy = store.snapshot();
     let head = engine::journal::ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash };
-    let again = checkpoint::write(&copy, &state, head, manifest.timestamp, 2, cache, None).unwrap();
+    let again = checkpoint::write(&copy, &state, head, manifest.timestamp, 2, cache, Default::default()).unwrap();
     assert_eq!((again.blobs_written, again.blobs_reused), (0, known), "after a start, unchanged history is not written again");
     assert_eq!(again.manifest.blobs, manifest.blobs);
 
@@ -970,6 +970,68 @@ fn waits_for_checkpoints(config: EngineConfig) {
     assert!(check_store(&store.0, 2).unwrap().ok);
 }
 
+/// A store whose journal writes take 2 ms (a shard busy with every batch it writes).
+struct SlowJournal(MemoryStore);
+
+impl Store for SlowJournal {
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
+        if puts.iter().any(|(key, _)| key.first() == Some(&engine::journal::batch_key(0, 0)[0])) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.0.write(puts)
+    }
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), storage::StorageError> {
+        self.0.delete_range(start, end)
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
+        self.0.get(key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
+        self.0.scan(start, end, visit)
+    }
+    fn is_poisoned(&self) -> bool {
+        self.0.is_poisoned()
+    }
+}
+
+/// A checkpoint's thread gives the cores to its shard's batches while the shard works, and
+/// still ends (the next one falls due and it stops giving way; the stop waits for it): under
+/// requests that keep the shard busy every checkpoint is written, none is lost, and the time
+/// given way is counted.
+#[test]
+fn a_checkpoint_gives_way_to_its_shards_batches_and_still_ends() {
+    let store = Arc::new(SlowJournal(MemoryStore::new()));
+    let engine = Arc::new(Engine::start(config(3, 2), store.clone()).unwrap());
+    let opens = (0..4).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
+    let accounts: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).filter(|a| a.shard(2) == 0).collect();
+    let payer = accounts[0];
+    let senders: Vec<_> = (0..4)
+        .map(|thread| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                for round in 0..40 {
+                    let key = format!("way-{thread}-{round}");
+                    let pay = Command::Recharge { account: payer, currency: CNY, amount: 1, channel: 1 };
+                    assert!(engine.execute_one(keyed(&key, pay)).unwrap().is_ok());
+                }
+            })
+        })
+        .collect();
+    senders.into_iter().for_each(|s| s.join().unwrap());
+    let counters = engine.counters()[0].clone();
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    assert!(counters.checkpoints.load(relaxed) > 2, "checkpoints under load: {}", counters.checkpoints.load(relaxed));
+    assert!(counters.checkpoint_gave_way_us_total.load(relaxed) > 0, "no checkpoint gave way to the shard's batches");
+    engine.shutdown();
+    assert!(!counters.working.load(relaxed));
+    assert!(check_store(&store.0, 2).unwrap().ok);
+    // Every recharge is in the state the last checkpoint and the journal give back.
+    let restarted = Engine::start(config(3, 2), store.clone()).unwrap();
+    let balance = restarted.read_shard(0, move |state| state.account(payer).map(|a| a.unsettled + a.settled)).unwrap();
+    assert_eq!(balance, Some(160));
+    restarted.shutdown();
+}
+
 /// A store that fails to answer reads of history blobs while `failing` is set (an I/O error, not
 /// damage), and fails writes of checkpoint manifests while `failing_manifest_writes` is.
 struct FaultyStore {
@@ -1187,7 +1249,7 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
                     manifest.timestamp,
                     1,
                     checkpoint::BlobCache::default(),
-                    None,
+                    Default::default(),
                 )
                 .unwrap();
                 assert!(
@@ -1216,7 +1278,7 @@ fn recover_with_lots_edited(edit: impl FnOnce(&mut Lots)) -> (AccountId, Vec<Str
     let index = account.local_index(state.shard_count) as usize;
     edit(state.lots.at_mut(index));
     let head = engine::journal::ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash };
-    checkpoint::write(&store, &state, head, manifest.timestamp, 1, checkpoint::BlobCache::default(), None).unwrap();
+    checkpoint::write(&store, &state, head, manifest.timestamp, 1, checkpoint::BlobCache::default(), Default::default()).unwrap();
     let recovered = recover_shard(&store, shard).unwrap();
     assert_eq!(recovered.checkpoint, None, "{:?}", recovered.skipped);
     let (full, sequence, _) = replay_journal(&store, shard).unwrap();

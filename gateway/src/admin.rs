@@ -134,6 +134,9 @@ pub struct ShardView {
     pub history_cold: u64,
     /// Turns of the loop in which client requests waited for a checkpoint that lagged behind.
     pub checkpoint_lag_holds: u64,
+    /// How long checkpoint threads waited for the shard's batches since start (a checkpoint
+    /// gives way while the shard works, until the next one is due).
+    pub checkpoint_gave_way_us_total: u64,
     /// Client commands answered `overloaded` because their batch had read back all the history
     /// one batch may.
     pub history_reads_refused: u64,
@@ -175,6 +178,7 @@ pub fn shard_view(engine: &Engine, shard: u16) -> Option<ShardView> {
         cold_probe_us: c.cold_probe_us.load(Ordering::Relaxed),
         history_cold: c.history_cold.load(Ordering::Relaxed),
         checkpoint_lag_holds: c.checkpoint_lag_holds.load(Ordering::Relaxed),
+        checkpoint_gave_way_us_total: c.checkpoint_gave_way_us_total.load(Ordering::Relaxed),
         history_reads_refused: c.history_reads_refused.load(Ordering::Relaxed),
     })
 }

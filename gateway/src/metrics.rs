@@ -277,6 +277,15 @@ fn write_engine(out: &mut Exposition, engine: &Engine) {
         }
     }
     out.family(
+        "clearing_shard_checkpoint_gave_way_seconds_total",
+        "counter",
+        "Time the shard's checkpoint threads waited for its batches (a checkpoint gives way while the shard works, until the next one is due).",
+    );
+    for (c, label) in counters.iter().zip(&shards) {
+        let seconds = c.checkpoint_gave_way_us_total.load(Ordering::Relaxed) as f64 / 1e6;
+        out.sample("clearing_shard_checkpoint_gave_way_seconds_total", &[("shard", label.as_str())], seconds);
+    }
+    out.family(
         "clearing_shard_commands_total",
         "counter",
         "Commands the shard has answered in its batches (applied, or refused overloaded without being applied).",
