@@ -77,8 +77,12 @@ pub const CHECKPOINT_FORMAT_VERSION: u8 = 5;
 /// Older versions this build still reads (see `CHECKPOINT_FORMAT_VERSION`).
 const READABLE_FORMAT_VERSIONS: [u8; 5] = [1, 2, 3, 4, CHECKPOINT_FORMAT_VERSION];
 
-/// The most bytes of encoded state one part (one storage value, one write) holds.
-pub const PART_BYTES: usize = 16 << 20;
+/// The most bytes of encoded state one part (one storage value, one write) holds, and about
+/// the most one write of blobs carries. Every write is synced, and a shard's journal write that
+/// comes while one is under way waits for it: on machine D a synced write of 16 MiB (the size
+/// until session 45) takes about 47 ms, one of 1 MiB about 3 (`dd oflag=dsync`; ARCHITECTURE.md,
+/// "Measured", session 45).
+pub const PART_BYTES: usize = 1 << 20;
 
 /// The key of the manifest of the checkpoint of `shard` after batch `sequence`.
 pub fn manifest_key(shard: ShardId, sequence: u64) -> [u8; 14] {

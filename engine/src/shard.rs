@@ -118,9 +118,12 @@ pub struct ShardCounters {
     /// Set by the shard while it works on a batch (from before its cold probes until its
     /// replies are sent): its checkpoint thread gives way meanwhile (`GiveWay`).
     pub working: AtomicBool,
-    /// Set by the shard once it is half-way to its next checkpoint while one is still being
-    /// written (or when it stops, or waits for that one): from then that one no longer gives
-    /// way. Cleared when the next checkpoint starts.
+    /// Set by the shard when requests were queued at the end of its last batch (it does not
+    /// keep up with them): its checkpoint thread does not give way meanwhile (`GiveWay`).
+    pub backlogged: AtomicBool,
+    /// Set by the shard once it is a quarter of the way to its next checkpoint while one is still
+    /// being written (`GIVE_WAY_SHARE`; or when it waits for that one): from then that one no
+    /// longer gives way. Cleared when the next checkpoint starts.
     pub checkpoint_overdue: AtomicBool,
     /// How long checkpoint threads have waited for the shard's batches since start (`GiveWay`).
     pub checkpoint_gave_way_us_total: AtomicU64,
@@ -196,6 +199,7 @@ impl Default for ShardCounters {
             checkpoint_lag_holds: AtomicU64::default(),
             history_reads_refused: AtomicU64::default(),
             working: AtomicBool::default(),
+            backlogged: AtomicBool::default(),
             checkpoint_overdue: AtomicBool::default(),
             checkpoint_gave_way_us_total: AtomicU64::default(),
         }
@@ -422,6 +426,11 @@ impl Shard {
         let mut shutting_down = false;
         loop {
             let backpressured = self.state.outbox_pending() > self.limits.outbox_pending_max;
+            if backpressured && self.checkpoints.in_flight.is_some() && !self.counters.checkpoint_overdue.load(Ordering::Relaxed) {
+                // Requests wait in the queue that this shard does not take now: nothing to
+                // give way to.
+                self.checkpoint_overdue();
+            }
             // A stop takes what is queued at once (the last checkpoint is written at the end).
             self.hold_clients = !shutting_down && self.checkpoint_lagging();
             let clients = if backpressured || self.hold_clients || shutting_down { never() } else { self.clients.clone() };
@@ -486,6 +495,10 @@ impl Shard {
             self.counters.working.store(true, Ordering::Relaxed);
             let committed = self.commit(&mut round);
             self.counters.working.store(false, Ordering::Relaxed);
+            // Requests that came while this batch was applied and written: the shard does not
+            // keep up, and a checkpoint that gave way would only fall behind (`GiveWay`).
+            self.counters.backlogged.store(!self.clients.is_empty(), Ordering::Relaxed);
+            self.wake_checkpoint();
             if !committed {
                 refuse_until_shutdown(self.state.shard, &self.clients, &self.control, &self.inbound);
                 return;
@@ -512,11 +525,26 @@ impl Shard {
             || (policy.every_orders > 0 && orders >= policy.every_orders.saturating_mul(2));
         if lagging {
             self.counters.checkpoint_lag_holds.fetch_add(1, Ordering::Relaxed);
-            // Set already half-way to the next checkpoint (a lag is two intervals); again here,
+            // Set already a quarter of the way to the next one (a lag is two intervals); again here,
             // since the requests this leaves queued must not hold the checkpoint back.
-            self.counters.checkpoint_overdue.store(true, Ordering::Relaxed);
+            self.checkpoint_overdue();
         }
         lagging
+    }
+
+    /// The checkpoint in flight no longer gives way to the batches (`GiveWay`): marked, and its
+    /// thread woken if it waits.
+    fn checkpoint_overdue(&self) {
+        self.counters.checkpoint_overdue.store(true, Ordering::Relaxed);
+        self.wake_checkpoint();
+    }
+
+    /// Wakes the checkpoint thread in flight if it is giving way (`GiveWay::wait`); nothing
+    /// otherwise (an unpark of a thread that is not parked only makes its next park return).
+    fn wake_checkpoint(&self) {
+        if let Some((handle, _mark)) = &self.checkpoints.in_flight {
+            handle.thread().unpark();
+        }
     }
 
     /// Reads back the history out of memory the round's commands touch (so that `apply` finds
@@ -572,7 +600,7 @@ impl Shard {
         }
         let since = self.sequence - self.checkpoints.last_sequence.min(self.sequence);
         let (orders, elapsed) = (self.orders_since_checkpoint() as u64, self.checkpoints.last_at.elapsed());
-        // Whether the next checkpoint is due (`share` 1) or half-way to due (`share` 2).
+        // Whether the next checkpoint is due (`share` 1) or `1 / share` of the way to due.
         let due = |share: u32| {
             let by_count = policy.every_batches > 0 && since.saturating_mul(share as u64) >= policy.every_batches;
             let by_orders = policy.every_orders > 0 && since > 0 && orders.saturating_mul(share as u64) >= policy.every_orders;
@@ -580,10 +608,10 @@ impl Shard {
             by_count || by_orders || by_time
         };
         if self.checkpoints.in_flight.is_some() {
-            // Half an interval on: the one in flight stops giving way to the batches, so that at
-            // full load it ends about half an interval later than it would, not one or more.
-            if due(2) {
-                self.counters.checkpoint_overdue.store(true, Ordering::Relaxed);
+            // A quarter of an interval on, the one in flight stops giving way to the batches,
+            // so that at full load it ends at most about that much later than it would.
+            if due(GIVE_WAY_SHARE) && !self.counters.checkpoint_overdue.load(Ordering::Relaxed) {
+                self.checkpoint_overdue();
             }
             return;
         }
@@ -591,7 +619,8 @@ impl Shard {
             return;
         }
         self.counters.checkpoint_overdue.store(false, Ordering::Relaxed);
-        let in_flight = InFlight::start(self.counters.clone());
+        let queues: Queues = Arc::new(std::sync::Mutex::new(Some((self.clients.clone(), self.inbound.clone()))));
+        let in_flight = InFlight::start(self.counters.clone(), Some(queues.clone()));
         let held = Instant::now();
         // The hot idempotency records move to the sealed generation (a pointer swap): the
         // checkpoint writes them cold before its manifest, and the state it encodes holds none.
@@ -603,7 +632,7 @@ impl Shard {
         self.counters.largest_checkpoint_hold_us.fetch_max(hold_us, Ordering::Relaxed);
         let (store, head, timestamp, kept) = (self.store.clone(), self.chain_head, self.last_timestamp, policy.kept);
         let (forget_claims, cold_filter) = (self.forget_claims.clone(), self.cold_filter.clone());
-        let give_way = GiveWay { counters: self.counters.clone(), clients: self.clients.clone(), inbound: self.inbound.clone() };
+        let give_way = GiveWay { counters: self.counters.clone(), queues };
         debug_assert_eq!(head.sequence, self.sequence, "the chain head is the last batch");
         self.checkpoints.last_sequence = head.sequence;
         self.checkpoints.last_at = Instant::now();
@@ -692,16 +721,16 @@ impl Shard {
     /// state (on this thread: nothing else is waiting) if batches were written since the last,
     /// so that the next start loads it instead of replaying.
     fn checkpoint_at_shutdown(&mut self) {
+        // Nothing to give way to now: this thread waits for it.
+        self.checkpoint_overdue();
         if let Some((handle, _mark)) = self.checkpoints.in_flight.take() {
-            // Nothing to give way to now: this thread waits for it.
-            self.counters.checkpoint_overdue.store(true, Ordering::Relaxed);
             self.collect_checkpoint(handle);
         }
         let policy = self.limits.checkpoints;
         if !policy.enabled() || !policy.on_shutdown || self.store.is_poisoned() || self.sequence <= self.checkpoints.last_sequence {
             return;
         }
-        let _in_flight = InFlight::start(self.counters.clone());
+        let _in_flight = InFlight::start(self.counters.clone(), None);
         self.state.seal_idempotency();
         let blobs = std::mem::take(&mut self.checkpoints.blobs);
         let aids = crate::checkpoint::Aids { rows: Some(&*self.cold_filter), give_way: None };
@@ -990,39 +1019,60 @@ fn refuse_until_shutdown(shard: ShardId, clients: &Receiver<ClientRequest>, cont
 
 /// How a checkpoint's thread gives the cores to its shard's batches. Between pieces of its work
 /// (`checkpoint::Aids::give_way`) it waits while the shard works on a batch or has requests or
-/// credits queued, until the shard is half-way to its next checkpoint
-/// (`ShardCounters::checkpoint_overdue`), has stopped, or waits for it. From then it no longer
-/// waits, so a shard at full load still gets its checkpoints, about half an interval later than
-/// without giving way (a little more history in memory meanwhile). On two cores the checkpoint
-/// threads and RocksDB's compactions otherwise share them fairly with the shards, and a batch
-/// that arrives waits for a core: at 300,000 transfers/s on machine D, batch p99 fell from
-/// 120-157 to 83-112 ms (ARCHITECTURE.md, "Measured", session 45).
+/// credits queued, until the shard is a quarter of the way to its next checkpoint
+/// (`ShardCounters::checkpoint_overdue`, `GIVE_WAY_SHARE`), has stopped, or waits for it. From then
+/// it no longer waits, so a shard at full load still gets its checkpoints, at most about a quarter
+/// of an interval later than without giving way (a little more history in memory meanwhile). On two
+/// cores the checkpoint threads and RocksDB's compactions otherwise share them fairly with the
+/// shards, and a batch that arrives waits for a core: at 300,000 transfers/s on machine D, batch
+/// p99 fell from 120-157 to 83-112 ms (ARCHITECTURE.md, "Measured", session 45).
 struct GiveWay {
     counters: Arc<ShardCounters>,
-    clients: Receiver<ClientRequest>,
-    inbound: Receiver<Inbound>,
+    queues: Queues,
 }
+
+/// The shard's own receivers of requests and of credits, lent to its checkpoint's `GiveWay` only
+/// to see whether anything waits (never received from). The shard takes them back when it
+/// collects the checkpoint or its loop ends (`InFlight`'s drop), so a checkpoint thread that
+/// outlives its shard (after a panic) never keeps the channels open: senders still find them
+/// closed (`TrySendError::Disconnected`) once the shard is gone.
+type Queues = Arc<std::sync::Mutex<Option<(Receiver<ClientRequest>, Receiver<Inbound>)>>>;
 
 impl GiveWay {
     fn wait(&self) {
         let c = &self.counters;
         // A stopped shard takes nothing more: nothing to give way to.
-        let yielding = || !c.checkpoint_overdue.load(Ordering::Relaxed) && !c.stopped.load(Ordering::Relaxed);
-        let busy = || yielding() && (c.working.load(Ordering::Relaxed) || !self.clients.is_empty() || !self.inbound.is_empty());
+        let yielding = || !c.checkpoint_overdue.load(Ordering::Relaxed) && !c.stopped.load(Ordering::Relaxed) && !c.backlogged.load(Ordering::Relaxed);
+        let queued = || {
+            let queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            queues.as_ref().is_some_and(|(clients, inbound)| !clients.is_empty() || !inbound.is_empty())
+        };
+        let busy = || yielding() && (c.working.load(Ordering::Relaxed) || queued());
         if !busy() {
             return;
         }
         let started = Instant::now();
         // Bounded, whatever the shard does: a checkpoint always ends.
         while busy() && started.elapsed() < GIVE_WAY_MAX {
-            std::thread::sleep(GIVE_WAY_NAP);
+            // Woken by the shard when a batch is done (`Shard::wake_checkpoint`) or when the
+            // checkpoint falls overdue; the timeout covers requests that leave the queue
+            // without a batch (a stop, a refusal).
+            std::thread::park_timeout(GIVE_WAY_NAP);
         }
         c.checkpoint_gave_way_us_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 }
 
-/// How long a checkpoint thread sleeps before it looks again whether its shard is still busy.
-const GIVE_WAY_NAP: Duration = Duration::from_micros(200);
+/// The longest a checkpoint thread that gives way sleeps before it looks again whether its
+/// shard is still busy (unless the shard wakes it).
+const GIVE_WAY_NAP: Duration = Duration::from_millis(2);
+
+/// A checkpoint in flight gives way until its shard is `1 / GIVE_WAY_SHARE` of the way to the
+/// next one: at full load it ends that much of an interval later than it would, and the history
+/// and order numbers of that much longer stay in memory. At 100 M transfers on machine D, half an
+/// interval (2) peaked at 1.41-1.52 GB against 1.30 without giving way (ARCHITECTURE.md,
+/// "Measured", session 45).
+const GIVE_WAY_SHARE: u32 = 4;
 
 /// The longest a checkpoint thread gives way at once.
 const GIVE_WAY_MAX: Duration = Duration::from_secs(1);
@@ -1030,17 +1080,21 @@ const GIVE_WAY_MAX: Duration = Duration::from_secs(1);
 /// `ShardCounters::checkpoint_epoch` odd while this lives: kept with the checkpoint's thread
 /// (`Checkpoints::in_flight`) until the shard has collected it, dropped at once if the thread
 /// could not start, and with the shard's `Checkpoints` if its loop ends first.
-struct InFlight(Arc<ShardCounters>);
+struct InFlight(Arc<ShardCounters>, Option<Queues>);
 
 impl InFlight {
-    fn start(counters: Arc<ShardCounters>) -> InFlight {
+    /// `queues`: those lent to the checkpoint's `GiveWay`, taken back when this drops.
+    fn start(counters: Arc<ShardCounters>, queues: Option<Queues>) -> InFlight {
         counters.checkpoint_epoch.fetch_add(1, Ordering::Relaxed);
-        InFlight(counters)
+        InFlight(counters, queues)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if let Some(queues) = &self.1 {
+            queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        }
         self.0.checkpoint_epoch.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -1056,63 +1110,83 @@ impl ShardCounters {
 mod tests {
     use super::*;
 
-    fn give_way() -> (GiveWay, Sender<ClientRequest>, Sender<Inbound>) {
+    fn give_way() -> (GiveWay, Sender<ClientRequest>, Sender<Inbound>, Queues) {
         let (client_tx, clients) = crossbeam_channel::unbounded();
         let (inbound_tx, inbound) = crossbeam_channel::unbounded();
-        (GiveWay { counters: Arc::new(ShardCounters::default()), clients, inbound }, client_tx, inbound_tx)
+        let queues: Queues = Arc::new(std::sync::Mutex::new(Some((clients, inbound))));
+        (GiveWay { counters: Arc::new(ShardCounters::default()), queues: queues.clone() }, client_tx, inbound_tx, queues)
     }
 
-    /// Waits `wait` on a thread of its own; gives whether it returned within `within`.
-    fn returns_within(give_way: &Arc<GiveWay>, within: Duration) -> (bool, std::thread::JoinHandle<()>) {
-        let (done_tx, done) = crossbeam_channel::bounded(1);
-        let waiting = give_way.clone();
-        let handle = std::thread::spawn(move || {
-            waiting.wait();
-            let _ = done_tx.send(());
+    /// Calls `wait` on this thread while `busy` holds the shard busy, `release` undoing it from
+    /// another thread after `after`: how long the wait took, and what it counted.
+    fn wait_released(give_way: &GiveWay, after: Duration, release: impl FnOnce() + Send + 'static) -> (Duration, u64) {
+        let before = give_way.counters.checkpoint_gave_way_us_total.load(Ordering::Relaxed);
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(after);
+            release();
         });
-        (done.recv_timeout(within).is_ok(), handle)
+        let started = Instant::now();
+        give_way.wait();
+        let waited = started.elapsed();
+        releaser.join().unwrap();
+        (waited, give_way.counters.checkpoint_gave_way_us_total.load(Ordering::Relaxed) - before)
+    }
+
+    /// Nothing counted: `wait` returned without waiting (had it waited, `GIVE_WAY_MAX` would
+    /// have ended it with a second counted).
+    fn went_on_at_once(give_way: &GiveWay) -> bool {
+        let before = give_way.counters.checkpoint_gave_way_us_total.load(Ordering::Relaxed);
+        give_way.wait();
+        give_way.counters.checkpoint_gave_way_us_total.load(Ordering::Relaxed) == before
     }
 
     #[test]
-    fn a_checkpoint_gives_way_while_its_shard_works_and_not_once_overdue_or_stopped() {
-        let (give_way, _clients, _inbound) = give_way();
-        let give_way = Arc::new(give_way);
+    fn a_checkpoint_gives_way_while_its_shard_works_and_not_once_overdue_backlogged_or_stopped() {
+        let (give_way, _clients, _inbound, _queues) = give_way();
         let c = give_way.counters.clone();
-        // An idle shard: no wait, nothing counted.
-        assert!(returns_within(&give_way, Duration::from_secs(5)).0);
-        assert_eq!(c.checkpoint_gave_way_us_total.load(Ordering::Relaxed), 0);
+        assert!(went_on_at_once(&give_way), "an idle shard held its checkpoint");
         // A shard at work holds the checkpoint until it is done.
         c.working.store(true, Ordering::Relaxed);
-        let (returned, handle) = returns_within(&give_way, Duration::from_millis(50));
-        assert!(!returned, "the checkpoint went on while its shard worked");
-        c.working.store(false, Ordering::Relaxed);
-        handle.join().unwrap();
-        // Counted (how long exactly depends on when the waiting thread began).
-        assert!(c.checkpoint_gave_way_us_total.load(Ordering::Relaxed) > 0);
-        // Half-way to the next checkpoint: the one in flight no longer waits, however busy the
-        // shard.
+        let working = c.clone();
+        let (waited, counted) = wait_released(&give_way, Duration::from_millis(200), move || working.working.store(false, Ordering::Relaxed));
+        assert!(waited >= Duration::from_millis(200) && counted >= 200_000, "waited {waited:?}, counted {counted} µs");
+        // However busy the shard: not once a quarter of the way to the next checkpoint, nor
+        // while it does not keep up with its requests, nor once it has stopped.
         c.working.store(true, Ordering::Relaxed);
         c.checkpoint_overdue.store(true, Ordering::Relaxed);
-        assert!(returns_within(&give_way, Duration::from_secs(5)).0);
-        // Nor once the shard has stopped (it takes nothing more).
+        assert!(went_on_at_once(&give_way), "an overdue checkpoint gave way");
         c.checkpoint_overdue.store(false, Ordering::Relaxed);
+        c.backlogged.store(true, Ordering::Relaxed);
+        assert!(went_on_at_once(&give_way), "a checkpoint gave way to a backlogged shard");
+        c.backlogged.store(false, Ordering::Relaxed);
         c.mark_stopped(ShardFailure::Storage("gone".into()));
-        assert!(returns_within(&give_way, Duration::from_secs(5)).0);
+        assert!(went_on_at_once(&give_way), "a checkpoint gave way to a stopped shard");
     }
 
     #[test]
-    fn queued_requests_and_credits_count_as_work() {
-        let (give_way, clients, inbound) = give_way();
+    fn queued_requests_and_credits_count_as_work_until_the_shard_takes_its_queues_back() {
+        let (give_way, clients, inbound, queues) = give_way();
         let give_way = Arc::new(give_way);
         clients.send(ClientRequest { envelopes: Vec::new(), reply: Box::new(|_| {}), refusable: false }).unwrap();
-        let (returned, handle) = returns_within(&give_way, Duration::from_millis(50));
-        assert!(!returned, "the checkpoint went on with a request queued");
+        let taking = give_way.clone();
+        let (waited, _) = wait_released(&give_way, Duration::from_millis(200), move || {
+            let queues = taking.queues.lock().unwrap();
+            queues.as_ref().unwrap().0.recv().unwrap();
+        });
+        assert!(waited >= Duration::from_millis(200), "the checkpoint went on with a request queued ({waited:?})");
         inbound.send(Inbound::Acknowledged { target: 0, sequence: 1 }).unwrap();
-        give_way.clients.recv().unwrap();
-        let (returned, second) = returns_within(&give_way, Duration::from_millis(50));
-        assert!(!returned, "the checkpoint went on with a credit queued");
-        give_way.inbound.recv().unwrap();
-        handle.join().unwrap();
-        second.join().unwrap();
+        let taking = give_way.clone();
+        let (waited, _) = wait_released(&give_way, Duration::from_millis(200), move || {
+            let queues = taking.queues.lock().unwrap();
+            queues.as_ref().unwrap().1.recv().unwrap();
+        });
+        assert!(waited >= Duration::from_millis(200), "the checkpoint went on with a credit queued ({waited:?})");
+        // Once the shard has taken its receivers back (the checkpoint collected, or the loop
+        // ended), the checkpoint sees no queue, and keeps no channel open.
+        inbound.send(Inbound::Acknowledged { target: 0, sequence: 2 }).unwrap();
+        drop(InFlight::start(give_way.counters.clone(), Some(queues)));
+        assert!(went_on_at_once(&give_way));
+        assert!(inbound.send(Inbound::Acknowledged { target: 0, sequence: 3 }).is_err(), "the credits' channel is still open");
+        assert!(clients.send(ClientRequest { envelopes: Vec::new(), reply: Box::new(|_| {}), refusable: false }).is_err());
     }
 }
