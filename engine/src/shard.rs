@@ -118,9 +118,6 @@ pub struct ShardCounters {
     /// Set by the shard while it works on a batch (from before its cold probes until its
     /// replies are sent): its checkpoint thread gives way meanwhile (`GiveWay`).
     pub working: AtomicBool,
-    /// Set by the shard when requests were queued at the end of its last batch (it does not
-    /// keep up with them): its checkpoint thread does not give way meanwhile (`GiveWay`).
-    pub backlogged: AtomicBool,
     /// Set by the shard once it is a quarter of the way to its next checkpoint while one is still
     /// being written (`GIVE_WAY_SHARE`; or when it waits for that one): from then that one no
     /// longer gives way. Cleared when the next checkpoint starts.
@@ -199,7 +196,6 @@ impl Default for ShardCounters {
             checkpoint_lag_holds: AtomicU64::default(),
             history_reads_refused: AtomicU64::default(),
             working: AtomicBool::default(),
-            backlogged: AtomicBool::default(),
             checkpoint_overdue: AtomicBool::default(),
             checkpoint_gave_way_us_total: AtomicU64::default(),
         }
@@ -495,9 +491,6 @@ impl Shard {
             self.counters.working.store(true, Ordering::Relaxed);
             let committed = self.commit(&mut round);
             self.counters.working.store(false, Ordering::Relaxed);
-            // Requests that came while this batch was applied and written: the shard does not
-            // keep up, and a checkpoint that gave way would only fall behind (`GiveWay`).
-            self.counters.backlogged.store(!self.clients.is_empty(), Ordering::Relaxed);
             self.wake_checkpoint();
             if !committed {
                 refuse_until_shutdown(self.state.shard, &self.clients, &self.control, &self.inbound);
@@ -1025,7 +1018,8 @@ fn refuse_until_shutdown(shard: ShardId, clients: &Receiver<ClientRequest>, cont
 /// of an interval later than without giving way (a little more history in memory meanwhile). On two
 /// cores the checkpoint threads and RocksDB's compactions otherwise share them fairly with the
 /// shards, and a batch that arrives waits for a core: at 300,000 transfers/s on machine D, batch
-/// p99 fell from 120-157 to 83-112 ms (ARCHITECTURE.md, "Measured", session 45).
+/// p99 was 24.9-33.1 ms against 40.8-46.6 without giving way (ARCHITECTURE.md, "Measured",
+/// session 45).
 struct GiveWay {
     counters: Arc<ShardCounters>,
     queues: Queues,
@@ -1042,7 +1036,7 @@ impl GiveWay {
     fn wait(&self) {
         let c = &self.counters;
         // A stopped shard takes nothing more: nothing to give way to.
-        let yielding = || !c.checkpoint_overdue.load(Ordering::Relaxed) && !c.stopped.load(Ordering::Relaxed) && !c.backlogged.load(Ordering::Relaxed);
+        let yielding = || !c.checkpoint_overdue.load(Ordering::Relaxed) && !c.stopped.load(Ordering::Relaxed);
         let queued = || {
             let queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             queues.as_ref().is_some_and(|(clients, inbound)| !clients.is_empty() || !inbound.is_empty())
@@ -1070,8 +1064,8 @@ const GIVE_WAY_NAP: Duration = Duration::from_millis(2);
 /// A checkpoint in flight gives way until its shard is `1 / GIVE_WAY_SHARE` of the way to the
 /// next one: at full load it ends that much of an interval later than it would, and the history
 /// and order numbers of that much longer stay in memory. At 100 M transfers on machine D, half an
-/// interval (2) peaked at 1.41-1.52 GB against 1.30 without giving way (ARCHITECTURE.md,
-/// "Measured", session 45).
+/// interval (2) peaked at 1.41-1.52 GB, a quarter at 1.40-1.41, against 1.30-1.31 without giving
+/// way (ARCHITECTURE.md, "Measured", session 45).
 const GIVE_WAY_SHARE: u32 = 4;
 
 /// The longest a checkpoint thread gives way at once.
@@ -1141,7 +1135,7 @@ mod tests {
     }
 
     #[test]
-    fn a_checkpoint_gives_way_while_its_shard_works_and_not_once_overdue_backlogged_or_stopped() {
+    fn a_checkpoint_gives_way_while_its_shard_works_and_not_once_overdue_or_stopped() {
         let (give_way, _clients, _inbound, _queues) = give_way();
         let c = give_way.counters.clone();
         assert!(went_on_at_once(&give_way), "an idle shard held its checkpoint");
@@ -1151,14 +1145,11 @@ mod tests {
         let (waited, counted) = wait_released(&give_way, Duration::from_millis(200), move || working.working.store(false, Ordering::Relaxed));
         assert!(waited >= Duration::from_millis(200) && counted >= 200_000, "waited {waited:?}, counted {counted} µs");
         // However busy the shard: not once a quarter of the way to the next checkpoint, nor
-        // while it does not keep up with its requests, nor once it has stopped.
+        // once it has stopped.
         c.working.store(true, Ordering::Relaxed);
         c.checkpoint_overdue.store(true, Ordering::Relaxed);
         assert!(went_on_at_once(&give_way), "an overdue checkpoint gave way");
         c.checkpoint_overdue.store(false, Ordering::Relaxed);
-        c.backlogged.store(true, Ordering::Relaxed);
-        assert!(went_on_at_once(&give_way), "a checkpoint gave way to a backlogged shard");
-        c.backlogged.store(false, Ordering::Relaxed);
         c.mark_stopped(ShardFailure::Storage("gone".into()));
         assert!(went_on_at_once(&give_way), "a checkpoint gave way to a stopped shard");
     }

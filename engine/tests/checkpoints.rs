@@ -1018,8 +1018,7 @@ impl Store for SlowJournal {
 
 /// A checkpoint's thread gives the cores to its shard's batches while the shard works, and
 /// still ends (the shard nears the next one and it stops giving way; the stop waits for it):
-/// under requests that keep the shard busy one at a time (so it keeps up: no backlog) every
-/// checkpoint is written, none is lost, and the time given way is counted.
+/// under requests that keep the shard busy one after another every checkpoint is written, none is lost, and the time given way is counted.
 #[test]
 fn a_checkpoint_gives_way_to_its_shards_batches_and_still_ends() {
     let store = Arc::new(SlowJournal(MemoryStore::new()));
