@@ -912,13 +912,23 @@ fn recovery_that_meets_a_damaged_blob_falls_back_without_it() {
     assert!(check_store(&*store, 2).unwrap().ok);
 }
 
-/// A store whose checkpoint parts are slow to write (a disk that cannot keep up).
-struct SlowCheckpoints(MemoryStore);
+/// A store whose writes of keys under a prefix are slow: checkpoint parts (`m/p/`, 60 ms: a
+/// disk that cannot keep up) or journal batches (`j`, 2 ms: a shard busy with every batch).
+struct SlowWrites(MemoryStore, &'static [u8], Duration);
 
-impl Store for SlowCheckpoints {
+impl SlowWrites {
+    fn checkpoints() -> SlowWrites {
+        SlowWrites(MemoryStore::new(), b"m/p/", Duration::from_millis(60))
+    }
+    fn journal() -> SlowWrites {
+        SlowWrites(MemoryStore::new(), b"j", Duration::from_millis(2))
+    }
+}
+
+impl Store for SlowWrites {
     fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
-        if puts.first().is_some_and(|(key, _)| key.starts_with(b"m/p/")) {
-            std::thread::sleep(Duration::from_millis(60));
+        if puts.iter().any(|(key, _)| key.starts_with(self.1)) {
+            std::thread::sleep(self.2);
         }
         self.0.write(puts)
     }
@@ -954,7 +964,7 @@ fn a_shard_checkpointing_by_orders_waits_for_a_checkpoint_that_cannot_keep_up() 
 }
 
 fn waits_for_checkpoints(config: EngineConfig) {
-    let store = Arc::new(SlowCheckpoints(MemoryStore::new()));
+    let store = Arc::new(SlowWrites::checkpoints());
     let engine = Arc::new(Engine::start(config, store.clone()).unwrap());
     let opens = (0..4).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
     let accounts: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).filter(|a| a.shard(2) == 0).collect();
@@ -992,36 +1002,13 @@ fn waits_for_checkpoints(config: EngineConfig) {
     assert!(check_store(&store.0, 2).unwrap().ok);
 }
 
-/// A store whose journal writes take 2 ms (a shard busy with every batch it writes).
-struct SlowJournal(MemoryStore);
-
-impl Store for SlowJournal {
-    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
-        if puts.iter().any(|(key, _)| key.first() == Some(&engine::journal::batch_key(0, 0)[0])) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        self.0.write(puts)
-    }
-    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), storage::StorageError> {
-        self.0.delete_range(start, end)
-    }
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
-        self.0.get(key)
-    }
-    fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
-        self.0.scan(start, end, visit)
-    }
-    fn is_poisoned(&self) -> bool {
-        self.0.is_poisoned()
-    }
-}
-
 /// A checkpoint's thread gives the cores to its shard's batches while the shard works, and
 /// still ends (the shard nears the next one and it stops giving way; the stop waits for it):
-/// under requests that keep the shard busy one after another every checkpoint is written, none is lost, and the time given way is counted.
+/// under requests that keep the shard busy one after another every checkpoint is written, none
+/// is lost, and the time given way is counted.
 #[test]
 fn a_checkpoint_gives_way_to_its_shards_batches_and_still_ends() {
-    let store = Arc::new(SlowJournal(MemoryStore::new()));
+    let store = Arc::new(SlowWrites::journal());
     let engine = Engine::start(config(3, 2), store.clone()).unwrap();
     let opens = (0..4).map(|owner| plain(Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
     let accounts: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).filter(|a| a.shard(2) == 0).collect();
