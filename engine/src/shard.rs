@@ -115,12 +115,13 @@ pub struct ShardCounters {
     /// Client commands answered `Overloaded` because their batch had read back all the history
     /// it may (`HISTORY_READS_PER_BATCH_MAX`).
     pub history_reads_refused: AtomicU64,
-    /// Set by the shard while it works on a batch (from before its cold probes until its
-    /// replies are sent): its checkpoint thread gives way meanwhile (`GiveWay`).
+    /// Set by the shard while it works on a batch (`commit`: from its cold probes until it has
+    /// answered, sent its credits and acknowledged): its checkpoint thread gives way meanwhile
+    /// (`GiveWay`).
     pub working: AtomicBool,
     /// Set by the shard once it is a quarter of the way to its next checkpoint while one is still
-    /// being written (`GIVE_WAY_SHARE`; or when it waits for that one): from then that one no
-    /// longer gives way. Cleared when the next checkpoint starts.
+    /// being written (`GIVE_WAY_SHARE`), or when it is backpressured, lags, or waits for that one:
+    /// from then that one no longer gives way. Cleared when the next checkpoint starts.
     pub checkpoint_overdue: AtomicBool,
     /// How long checkpoint threads have waited for the shard's batches since start (`GiveWay`).
     pub checkpoint_gave_way_us_total: AtomicU64,
@@ -422,7 +423,7 @@ impl Shard {
         let mut shutting_down = false;
         loop {
             let backpressured = self.state.outbox_pending() > self.limits.outbox_pending_max;
-            if backpressured && self.checkpoints.in_flight.is_some() && !self.counters.checkpoint_overdue.load(Ordering::Relaxed) {
+            if backpressured && self.checkpoints.in_flight.is_some() {
                 // Requests wait in the queue that this shard does not take now: nothing to
                 // give way to.
                 self.checkpoint_overdue();
@@ -526,10 +527,11 @@ impl Shard {
     }
 
     /// The checkpoint in flight no longer gives way to the batches (`GiveWay`): marked, and its
-    /// thread woken if it waits.
+    /// thread woken (once: marked already, it no longer waits).
     fn checkpoint_overdue(&self) {
-        self.counters.checkpoint_overdue.store(true, Ordering::Relaxed);
-        self.wake_checkpoint();
+        if !self.counters.checkpoint_overdue.swap(true, Ordering::Relaxed) {
+            self.wake_checkpoint();
+        }
     }
 
     /// Wakes the checkpoint thread in flight if it is giving way (`GiveWay::wait`); nothing
@@ -603,7 +605,7 @@ impl Shard {
         if self.checkpoints.in_flight.is_some() {
             // A quarter of an interval on, the one in flight stops giving way to the batches,
             // so that at full load it ends at most about that much later than it would.
-            if due(GIVE_WAY_SHARE) && !self.counters.checkpoint_overdue.load(Ordering::Relaxed) {
+            if due(GIVE_WAY_SHARE) {
                 self.checkpoint_overdue();
             }
             return;

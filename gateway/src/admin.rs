@@ -135,7 +135,7 @@ pub struct ShardView {
     /// Turns of the loop in which client requests waited for a checkpoint that lagged behind.
     pub checkpoint_lag_holds: u64,
     /// How long checkpoint threads waited for the shard's batches since start (a checkpoint
-    /// gives way while the shard works, until the next one is due).
+    /// gives way while the shard works, until the shard is a quarter of the way to the next).
     pub checkpoint_gave_way_us_total: u64,
     /// Client commands answered `overloaded` because their batch had read back all the history
     /// one batch may.

@@ -279,7 +279,7 @@ fn write_engine(out: &mut Exposition, engine: &Engine) {
     out.family(
         "clearing_shard_checkpoint_gave_way_seconds_total",
         "counter",
-        "Time the shard's checkpoint threads waited for its batches (a checkpoint gives way while the shard works, until the next one is due).",
+        "Time the shard's checkpoint threads waited for its batches (a checkpoint gives way while the shard works, until the shard is a quarter of the way to the next one).",
     );
     for (c, label) in counters.iter().zip(&shards) {
         let seconds = c.checkpoint_gave_way_us_total.load(Ordering::Relaxed) as f64 / 1e6;
