@@ -1,4 +1,5 @@
-//! XXH3-128 of an idempotency key's bytes, read where they lie.
+//! XXH3-128 of an idempotency key's bytes, read where they lie; XXH3-64 of bytes given word by
+//! word (a payment's content hash, `command::content_hash`).
 //!
 //! An idempotency key is XXH3-128 (seed 0, the default secret) of the platform (4 bytes,
 //! little-endian), the command kind (1 byte) and the order number's text. Building those bytes in
@@ -176,9 +177,50 @@ fn len_17to128(input: &Input) -> u128 {
     low as u128 | (high as u128) << 64
 }
 
+/// XXH3-64 with seed 0 and the default secret of `len` bytes (17 to 128) that `read64` gives
+/// eight at a time: `read64(offset)` is bytes `offset..offset + 8`, little-endian (it is only
+/// asked for offsets the hash reads: 0, 8, 16, ... up to 56 and `len - 64` ... `len - 8` in steps
+/// of 8). So a caller whose bytes are fields at known places hands them over from registers,
+/// with no buffer to store and read back. Bit for bit the crate's `xxh3_64` of the same bytes
+/// (stored content hashes depend on it; the tests compare every length).
+#[inline(always)]
+pub(crate) fn xxh3_64_17to128(len: usize, read64: impl Fn(usize) -> u64) -> u64 {
+    debug_assert!((17..=128).contains(&len), "17 to 128 bytes");
+    let mix16 = |offset: usize, secret: usize| mul128_fold64(read64(offset) ^ secret64(secret), read64(offset + 8) ^ secret64(secret + 8));
+    let mut acc = (len as u64).wrapping_mul(PRIME64_1);
+    if len > 32 {
+        if len > 64 {
+            if len > 96 {
+                acc = acc.wrapping_add(mix16(48, 96)).wrapping_add(mix16(len - 64, 112));
+            }
+            acc = acc.wrapping_add(mix16(32, 64)).wrapping_add(mix16(len - 48, 80));
+        }
+        acc = acc.wrapping_add(mix16(16, 32)).wrapping_add(mix16(len - 32, 48));
+    }
+    acc = acc.wrapping_add(mix16(0, 0)).wrapping_add(mix16(len - 16, 16));
+    avalanche(acc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xxh3_64_of_words_equals_the_crates_at_every_length() {
+        let mut state = 0x0F1E_2D3C_4B5A_6978u64;
+        for len in 17..=128 {
+            for _ in 0..100 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        (state >> 56) as u8
+                    })
+                    .collect();
+                let read64 = |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("eight bytes"));
+                assert_eq!(xxh3_64_17to128(len, read64), xxhash_rust::xxh3::xxh3_64(&bytes), "length {len}");
+            }
+        }
+    }
 
     #[test]
     fn equals_the_crates_xxh3_128_of_the_same_bytes_at_every_length() {
