@@ -599,7 +599,26 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>
     }
 
     /// Appends an item.
+    #[inline(always)]
     pub fn push(&mut self, item: T) {
+        // The usual case, small enough to inline (the item can then be written where it goes,
+        // not built aside and copied): the last chunk has room, is in memory and unshared.
+        if !self.len.is_multiple_of(CHUNK_LEN) {
+            if let Some(Piece::Hot(hot)) = self.chunks.last_mut() {
+                if let Some(unique) = HotArc::get_mut(hot) {
+                    unique.version += 1;
+                    unique.data.push(item);
+                    self.len += 1;
+                    return;
+                }
+            }
+        }
+        self.push_to_new_or_shared(item);
+    }
+
+    /// `push` into a new chunk, or a last chunk a snapshot shares or that is out of memory.
+    #[inline(never)]
+    fn push_to_new_or_shared(&mut self, item: T) {
         if self.len.is_multiple_of(CHUNK_LEN) {
             // The first chunk grows as a `Vec` does (many small vectors stay small); later ones
             // are taken whole, so growing never copies more than one chunk.
