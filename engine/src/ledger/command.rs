@@ -384,20 +384,24 @@ fn payment_content_hash(payer: AccountId, guarantee: bool, currency: CurrencyId,
         push(leg.account.0);
         push(leg.amount as u64);
     }
-    let flags = u64::from(guarantee) | u64::from(currency.0) << 8;
-    // Bytes `16 + 8q .. 24 + 8q`: the last two bytes of the value before (the flags for the
-    // first), then the first six of value `q`.
-    let word = |q: usize| if q == 0 { flags } else { values[q - 1] >> 48 } | values[q] << 16;
-    let read64 = |offset: usize| match offset {
-        0 => PAYMENT_DISCRIMINANT,
-        8 => payer.0,
-        _ => {
-            let (q, shift) = ((offset - 16) / 8, 8 * ((offset - 16) % 8));
-            if shift == 0 {
-                word(q)
-            } else {
-                word(q) >> shift | word(q + 1) << (64 - shift)
-            }
+    // The input's eight-byte words: the variant, the payer, then from byte 16 the last two bytes
+    // of each value (the guarantee and currency bytes before the first) and the first six of
+    // the next. The hash reads these words, or (at `len - 16`, `len - 8` and the like: 2 past a
+    // word, since the input is 18 bytes and values of eight) the values themselves.
+    let mut words = [0u64; 3 + 3 + 2 * PAYMENT_FAST_LEGS];
+    words[0] = PAYMENT_DISCRIMINANT;
+    words[1] = payer.0;
+    let mut before = u64::from(guarantee) | u64::from(currency.0) << 8;
+    for (word, value) in words[2..].iter_mut().zip(&values[..=count]) {
+        *word = before | value << 16;
+        before = value >> 48;
+    }
+    let read64 = |offset: usize| {
+        debug_assert!(offset % 8 == 0 || (offset >= 18 && offset % 8 == 2), "the hash reads words or values");
+        if offset % 8 == 0 {
+            words[offset / 8]
+        } else {
+            values[(offset - 18) / 8]
         }
     };
     Some(super::keyhash::xxh3_64_17to128(18 + 8 * count, read64))

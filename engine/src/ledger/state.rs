@@ -557,7 +557,8 @@ impl ShardState {
         }
         orders.by_kind[kind_slot].push(index);
         orders.file_status(index, status);
-        self.push_change(id);
+        // Its event, from the values just written (not read back through the chunks).
+        self.order_changes.push(OrderChange { order: id, platform, status, at: now });
         id
     }
 
