@@ -415,11 +415,13 @@ impl ShardState {
             assert_eq!(fx.postings.len(), postings_before, "a rejected command posted");
         }
         if let (Some(key), true) = (key, reply.is_ok()) {
-            // Built from the two fields that vary (an accepted command's reply is `Ok`, not a
-            // replay): reading the reply whole, across the single-field stores that wrote it,
-            // could not take their data and would wait for every older store to reach the cache.
+            // Built from the two fields that vary, not read whole across the single-field stores
+            // that wrote it (such a read cannot take their data and waits for every older store
+            // to reach the cache). The code is `Ok` (just checked). A stored reply is never a
+            // replay: a replay answers with the record marked `replayed` (`seen` above), and the
+            // one accepted reply marked so when made, a credit's resend skipped, carries no
+            // order number.
             let stored = Reply { code: ResultCode::Ok, id: reply.id, status: reply.status, replayed: false };
-            debug_assert_eq!(stored, reply);
             self.idempotency.insert(key, IdempotencyRecord { content, reply: stored });
         }
         reply
