@@ -399,8 +399,8 @@ fn payment_content_hash(payer: AccountId, guarantee: bool, currency: CurrencyId,
         before = value >> 48;
     }
     let read64 = |offset: usize| {
-        debug_assert!(offset % 8 == 0 || (offset >= 18 && offset % 8 == 2), "the hash reads words or values");
-        if offset % 8 == 0 {
+        debug_assert!(offset.is_multiple_of(8) || (offset >= 18 && offset % 8 == 2), "the hash reads words or values");
+        if offset.is_multiple_of(8) {
             words[offset / 8]
         } else {
             values[(offset - 18) / 8]

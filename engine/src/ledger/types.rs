@@ -729,7 +729,7 @@ mod tests {
     /// index as the division, for every count (and `compose` undoes them).
     #[test]
     fn an_ids_shard_and_index_are_the_divisions_at_every_shard_count() {
-        let mut state = 0x1D5_0F_5A4D5u64;
+        let mut state = 0x001D_50F5_A4D5_u64;
         for shard_count in 1..=64u16 {
             for round in 0..2_000u64 {
                 state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
