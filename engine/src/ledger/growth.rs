@@ -609,6 +609,13 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>
                     unique.version += 1;
                     unique.data.push(item);
                     self.len += 1;
+                    // Asks for the line 512 bytes on, where the appends to come will write: a
+                    // store into fresh memory that misses the cache holds back every later one.
+                    // Criterion `apply` +1-2 % (session 46).
+                    let spare = unique.data.spare_capacity_mut();
+                    if let Some(ahead) = spare.get(512 / std::mem::size_of::<T>().max(1)) {
+                        crate::prefetch(ahead.as_ptr());
+                    }
                     return;
                 }
             }
