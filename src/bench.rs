@@ -251,16 +251,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // Transfers: balance payments with one payee, each with its own order number (idempotent).
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let zipf = zipf_ranks(accounts.len())?;
+    // The Zipf table only for a Zipf run (a uniform one draws without it).
+    let zipf = match args.distribution {
+        AccountDistribution::Zipf => Some(zipf_ranks(accounts.len())?),
+        AccountDistribution::Uniform => None,
+    };
     let mut permutation: Vec<usize> = (0..accounts.len()).collect();
     for i in (1..permutation.len()).rev() {
         permutation.swap(i, rng.gen_range(0..=i));
     }
-    let distribution = args.distribution;
     let draw = move |rng: &mut StdRng| -> usize {
-        match distribution {
-            AccountDistribution::Uniform => rng.gen_range(0..permutation.len()),
-            AccountDistribution::Zipf => permutation[zipf.sample(rng)],
+        match &zipf {
+            Some(zipf) => permutation[zipf.sample(rng)],
+            None => rng.gen_range(0..permutation.len()),
         }
     };
     let transfers = (0..args.transfers).map(|i| {
