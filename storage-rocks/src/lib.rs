@@ -75,6 +75,9 @@ pub struct RocksStore {
     /// Why flushes and compactions do not write with direct I/O (`open`), none when they do;
     /// a read-only store writes nothing.
     direct_writes: Option<String>,
+    /// The mount point of the database's file system if it trims every deleted file in the
+    /// write path (`online_discard`, at `open`); none for a read-only store.
+    online_discard: Option<std::path::PathBuf>,
     /// How the rows family compacts (`open_with`; the default for a read-only store, which
     /// compacts nothing).
     rows_compaction: RowsCompaction,
@@ -168,6 +171,59 @@ fn direct_writes_work(dir: &Path) -> Result<(), String> {
     file.write_all(&Box::new(Block([0; 4096])).0).map_err(|error| format!("a direct write in {}: {error}", dir.display()))
 }
 
+/// The mount point of the file system holding `dir` when it is mounted with online discard
+/// (`discard` among its options in `/proc/self/mounts`). There every file deleted is trimmed in
+/// the file system's journal commit, which every synced write waits for: a compaction that
+/// deletes its hundreds of megabytes of inputs holds the shards' journal writes for tens of
+/// milliseconds (on the test machine, deleting a 400 MB file took 100-130 ms and held a
+/// concurrent `fdatasync` for up to 57-99 ms; without discard, 0.1 ms and 3-4 ms: ARCHITECTURE.md,
+/// "Measured", session 47). Periodic trimming (`fstrim`) does the same work off the write path.
+/// None where the mount table does not say so, or cannot be read (not Linux).
+pub fn online_discard(dir: &Path) -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let dir = std::fs::canonicalize(dir).ok()?;
+    discard_mount_of(&mounts, &dir)
+}
+
+/// `online_discard` over a mount table's text (`/proc/self/mounts`: device, mount point with
+/// spaces and the like as octal escapes, type, options, ...): the mount point that holds `dir`
+/// (the longest that is an ancestor of it; later lines mount over earlier ones at the same
+/// point) if its options name `discard`.
+fn discard_mount_of(mounts: &str, dir: &Path) -> Option<std::path::PathBuf> {
+    let unescape = |field: &str| -> String {
+        let mut out = Vec::with_capacity(field.len());
+        let bytes = field.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let octal = bytes.get(i + 1..i + 4).and_then(|digits| std::str::from_utf8(digits).ok()).and_then(|digits| u8::from_str_radix(digits, 8).ok());
+            match (bytes[i], octal) {
+                (b'\\', Some(byte)) => {
+                    out.push(byte);
+                    i += 4;
+                }
+                (byte, _) => {
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let mut holder: Option<(std::path::PathBuf, bool)> = None;
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(_device), Some(point), Some(_kind), Some(options)) = (fields.next(), fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let point = std::path::PathBuf::from(unescape(point));
+        let deeper = holder.as_ref().is_none_or(|(held, _)| point.components().count() >= held.components().count());
+        if dir.starts_with(&point) && deeper {
+            holder = Some((point, options.split(',').any(|option| option == "discard")));
+        }
+    }
+    holder.and_then(|(point, discard)| discard.then_some(point))
+}
+
 /// Direct I/O is probed on Linux only.
 #[cfg(not(target_os = "linux"))]
 fn direct_writes_work(_dir: &Path) -> Result<(), String> {
@@ -225,6 +281,7 @@ impl RocksStore {
             read_only: false,
             poisoned: AtomicBool::new(false),
             direct_writes,
+            online_discard: online_discard(path),
             rows_compaction: compaction,
             rows_tables,
             ingest_dir,
@@ -236,6 +293,13 @@ impl RocksStore {
     /// database's directory takes it when it was opened).
     pub fn direct_writes(&self) -> bool {
         self.direct_writes.is_none()
+    }
+
+    /// The mount point of the database's file system if it is mounted with online discard
+    /// (`online_discard`): its deletions hold the journal's synced writes; `fstrim` run from
+    /// time to time, with the file system mounted without `discard`, does not.
+    pub fn online_discard(&self) -> Option<&Path> {
+        self.online_discard.as_deref()
     }
 
     /// Why flushes and compactions write through the page cache (`direct_writes_work`'s
@@ -297,6 +361,7 @@ impl RocksStore {
             read_only: true,
             poisoned: AtomicBool::new(false),
             direct_writes: Some("opened read-only".into()),
+            online_discard: None,
             rows_compaction: RowsCompaction::default(),
             rows_tables: None,
             ingest_dir: path.join(INGEST_DIR),
@@ -872,5 +937,32 @@ impl Store for RocksStore {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn online_discard_is_read_from_the_mount_that_holds_the_directory() {
+        let mounts = "/dev/vda / ext4 rw,relatime,discard,resv_strict 0 0\n\
+                      proc /proc proc rw,nosuid 0 0\n\
+                      /dev/vdb /data xfs rw,noatime 0 0\n\
+                      /dev/vdc /srv ext4 rw,nodiscard 0 0\n\
+                      /dev/vdd /mnt/my\\040disk ext4 rw,discard 0 0\n\
+                      /dev/vde /over ext4 rw,discard 0 0\n\
+                      /dev/vdf /over ext4 rw 0 0\n\
+                      garbage\n";
+        let held = |dir: &str| discard_mount_of(mounts, Path::new(dir));
+        assert_eq!(held("/var/tmp/db"), Some(PathBuf::from("/")));
+        // A deeper mount decides, discard or not; a name that only starts alike is not one.
+        assert_eq!(held("/data/db"), None);
+        assert_eq!(held("/database/db"), Some(PathBuf::from("/")));
+        assert_eq!(held("/srv/db"), None, "nodiscard is not discard");
+        assert_eq!(held("/mnt/my disk/db"), Some(PathBuf::from("/mnt/my disk")));
+        assert_eq!(held("/over/db"), None, "the later mount at a point hides the earlier one");
+        assert_eq!(discard_mount_of("", Path::new("/var/tmp")), None);
     }
 }
