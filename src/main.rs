@@ -316,10 +316,10 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
             .map_or_else(|| "cold rows in the default family, made before their own".to_string(), |style| format!("cold rows compact {}", style.name()))
     );
     if let Some(point) = rocks.online_discard() {
-        // Deletions trimmed in the write path hold the journal's synced writes (compactions
-        // delete hundreds of megabytes at once): tens of milliseconds of batch latency.
+        // Deleted files are trimmed at once while synced writes wait (compactions delete
+        // hundreds of megabytes at a time): tens of milliseconds of batch latency.
         println!(
-            "warning: the data directory's file system ({}) is mounted with online discard: each compaction's deleted inputs are trimmed while the journal's writes wait (tens of ms). Mount it without `discard` and run `fstrim` from time to time (fstrim.timer)",
+            "warning: the data directory's file system ({}) is mounted with online discard: each compaction's deleted inputs are trimmed at once while the journal's writes wait (tens of ms). Mount it without `discard` and run `fstrim` from time to time (fstrim.timer)",
             point.display()
         );
     }

@@ -172,31 +172,39 @@ fn direct_writes_work(dir: &Path) -> Result<(), String> {
 }
 
 /// The mount point of the file system holding `dir` when it is mounted with online discard
-/// (`discard` among its options in `/proc/self/mounts`). There every file deleted is trimmed in
-/// the file system's journal commit, which every synced write waits for: a compaction that
-/// deletes its hundreds of megabytes of inputs holds the shards' journal writes for tens of
-/// milliseconds (on the test machine, deleting a 400 MB file took 100-130 ms and held a
-/// concurrent `fdatasync` for up to 57-99 ms; without discard, 0.1 ms and 3-4 ms: ARCHITECTURE.md,
-/// "Measured", session 47). Periodic trimming (`fstrim`) does the same work off the write path.
-/// None where the mount table does not say so, or cannot be read (not Linux).
+/// (`discard` among its options in `/proc/self/mounts`). There every file deleted is trimmed at
+/// once, and synced writes issued meanwhile wait: a compaction that deletes its hundreds of
+/// megabytes of inputs holds the shards' journal writes for tens of milliseconds (on the test
+/// machine, deleting a 400 MB file took 100-138 ms and held a concurrent 4 KiB `fdatasync` for up
+/// to 49-99 ms; remounted without discard, 0.1 ms and 1.5 ms: ARCHITECTURE.md, "Measured",
+/// session 47). Periodic trimming (`fstrim`) does the same work off the write path. btrfs's
+/// `discard=async` (trims queued and paced) does not count. None where the mount table does not
+/// say so, or cannot be read (not Linux).
+#[cfg(unix)]
 pub fn online_discard(dir: &Path) -> Option<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let mounts = std::fs::read("/proc/self/mounts").ok()?;
     let dir = std::fs::canonicalize(dir).ok()?;
     discard_mount_of(&mounts, &dir)
 }
 
-/// `online_discard` over a mount table's text (`/proc/self/mounts`: device, mount point with
-/// spaces and the like as octal escapes, type, options, ...): the mount point that holds `dir`
-/// (the longest that is an ancestor of it; later lines mount over earlier ones at the same
-/// point) if its options name `discard`.
-fn discard_mount_of(mounts: &str, dir: &Path) -> Option<std::path::PathBuf> {
-    let unescape = |field: &str| -> String {
+/// `online_discard` over a mount table's bytes (`/proc/self/mounts`: fields separated by one
+/// space, device, mount point with space, tab, line break and backslash as octal escapes, type,
+/// options, ...; a mount point need not be UTF-8): the mount point that holds `dir` (the
+/// longest that is an ancestor of it; later lines mount over earlier ones at the same point) if
+/// its options name `discard`. A parent mounted later over a deeper mount hides it, which this
+/// does not see (rare; the mount ids of `/proc/self/mountinfo` would).
+#[cfg(unix)]
+fn discard_mount_of(mounts: &[u8], dir: &Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let unescape = |field: &[u8]| -> Vec<u8> {
         let mut out = Vec::with_capacity(field.len());
-        let bytes = field.as_bytes();
         let mut i = 0;
-        while i < bytes.len() {
-            let octal = bytes.get(i + 1..i + 4).and_then(|digits| std::str::from_utf8(digits).ok()).and_then(|digits| u8::from_str_radix(digits, 8).ok());
-            match (bytes[i], octal) {
+        while i < field.len() {
+            let octal = field
+                .get(i + 1..i + 4)
+                .filter(|digits| digits.iter().all(|digit| (b'0'..=b'7').contains(digit)))
+                .and_then(|digits| u8::try_from(digits.iter().fold(0u32, |value, digit| value * 8 + u32::from(digit - b'0'))).ok());
+            match (field[i], octal) {
                 (b'\\', Some(byte)) => {
                     out.push(byte);
                     i += 4;
@@ -207,21 +215,27 @@ fn discard_mount_of(mounts: &str, dir: &Path) -> Option<std::path::PathBuf> {
                 }
             }
         }
-        String::from_utf8_lossy(&out).into_owned()
+        out
     };
     let mut holder: Option<(std::path::PathBuf, bool)> = None;
-    for line in mounts.lines() {
-        let mut fields = line.split_whitespace();
+    for line in mounts.split(|&byte| byte == b'\n') {
+        let mut fields = line.split(|&byte| byte == b' ');
         let (Some(_device), Some(point), Some(_kind), Some(options)) = (fields.next(), fields.next(), fields.next(), fields.next()) else {
             continue;
         };
-        let point = std::path::PathBuf::from(unescape(point));
+        let point = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(point)));
         let deeper = holder.as_ref().is_none_or(|(held, _)| point.components().count() >= held.components().count());
-        if dir.starts_with(&point) && deeper {
-            holder = Some((point, options.split(',').any(|option| option == "discard")));
+        if point.is_absolute() && dir.starts_with(&point) && deeper {
+            holder = Some((point, options.split(|&byte| byte == b',').any(|option| option == b"discard")));
         }
     }
     holder.and_then(|(point, discard)| discard.then_some(point))
+}
+
+/// Mount tables are read on Unix only.
+#[cfg(not(unix))]
+pub fn online_discard(_dir: &Path) -> Option<std::path::PathBuf> {
+    None
 }
 
 /// Direct I/O is probed on Linux only.
@@ -940,9 +954,10 @@ impl Store for RocksStore {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
     use std::path::PathBuf;
 
     #[test]
@@ -954,8 +969,11 @@ mod tests {
                       /dev/vdd /mnt/my\\040disk ext4 rw,discard 0 0\n\
                       /dev/vde /over ext4 rw,discard 0 0\n\
                       /dev/vdf /over ext4 rw 0 0\n\
+                      /dev/vdg /btr btrfs rw,ssd,discard=async 0 0\n\
+                      /dev/vdh /non\\377utf8 ext4 rw,discard 0 0\n\
+                      /dev/vdi /nbsp\u{a0}x ext4 rw,discard 0 0\n\
                       garbage\n";
-        let held = |dir: &str| discard_mount_of(mounts, Path::new(dir));
+        let held = |dir: &str| discard_mount_of(mounts.as_bytes(), Path::new(dir));
         assert_eq!(held("/var/tmp/db"), Some(PathBuf::from("/")));
         // A deeper mount decides, discard or not; a name that only starts alike is not one.
         assert_eq!(held("/data/db"), None);
@@ -963,6 +981,11 @@ mod tests {
         assert_eq!(held("/srv/db"), None, "nodiscard is not discard");
         assert_eq!(held("/mnt/my disk/db"), Some(PathBuf::from("/mnt/my disk")));
         assert_eq!(held("/over/db"), None, "the later mount at a point hides the earlier one");
-        assert_eq!(discard_mount_of("", Path::new("/var/tmp")), None);
+        assert_eq!(held("/btr/db"), None, "btrfs's queued, paced trims are not in the write path");
+        // Not UTF-8, and a space that is not a field separator: read as the kernel wrote them.
+        let odd = std::ffi::OsStr::from_bytes(b"/non\xffutf8/db");
+        assert_eq!(discard_mount_of(mounts.as_bytes(), Path::new(odd)), Some(PathBuf::from(std::ffi::OsStr::from_bytes(b"/non\xffutf8"))));
+        assert_eq!(held("/nbsp\u{a0}x/db"), Some(PathBuf::from("/nbsp\u{a0}x")));
+        assert_eq!(discard_mount_of(b"", Path::new("/var/tmp")), None);
     }
 }
