@@ -175,8 +175,8 @@ fn direct_writes_work(dir: &Path) -> Result<(), String> {
 /// (`discard` among its options in `/proc/self/mounts`). There every file deleted is trimmed at
 /// once, and synced writes issued meanwhile wait: a compaction that deletes its hundreds of
 /// megabytes of inputs holds the shards' journal writes for tens of milliseconds (on the test
-/// machine, deleting a 400 MB file took 100-138 ms and held a concurrent 4 KiB `fdatasync` for up
-/// to 49-99 ms; remounted without discard, 0.1 ms and 1.5 ms: ARCHITECTURE.md, "Measured",
+/// machine, deleting a 400 MB file took 97-138 ms and held a concurrent 4 KiB `fdatasync` for up
+/// to 34-99 ms; remounted without discard, 0.1 ms and 1.5 ms: ARCHITECTURE.md, "Measured",
 /// session 47). Periodic trimming (`fstrim`) does the same work off the write path. btrfs's
 /// `discard=async` (trims queued and paced) does not count. None where the mount table does not
 /// say so, or cannot be read (not Linux).
