@@ -207,15 +207,10 @@ mod tests {
 
     #[test]
     fn xxh3_64_of_words_equals_the_crates_at_every_length() {
-        let mut state = 0x0F1E_2D3C_4B5A_6978u64;
+        let mut values = crate::ledger::TestValues::seeded(0x0F1E_2D3C_4B5A_6978);
         for len in 17..=128 {
             for _ in 0..100 {
-                let bytes: Vec<u8> = (0..len)
-                    .map(|_| {
-                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                        (state >> 56) as u8
-                    })
-                    .collect();
+                let bytes: Vec<u8> = (0..len).map(|_| (values.next() >> 56) as u8).collect();
                 let read64 = |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("eight bytes"));
                 assert_eq!(xxh3_64_17to128(len, read64), xxhash_rust::xxh3::xxh3_64(&bytes), "length {len}");
             }
@@ -224,17 +219,15 @@ mod tests {
 
     #[test]
     fn equals_the_crates_xxh3_128_of_the_same_bytes_at_every_length() {
-        let mut state = 0x1234_5678_9ABC_DEF0u64;
+        let mut values = crate::ledger::TestValues::seeded(0x1234_5678_9ABC_DEF0);
         for text_len in 1..=OUT_ORDER_NO_BYTES_MAX {
             for _ in 0..200 {
                 // Bytes past the text are not part of the input whatever they hold.
                 let mut text = [0u8; OUT_ORDER_NO_BYTES_MAX];
                 for byte in &mut text {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    *byte = (state >> 56) as u8;
+                    *byte = (values.next() >> 56) as u8;
                 }
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let prefix = state >> 24;
+                let prefix = values.next() >> 24;
                 let mut bytes = prefix.to_le_bytes()[..PREFIX].to_vec();
                 bytes.extend_from_slice(&text[..text_len]);
                 assert_eq!(xxh3_128_prefixed(prefix, &text, text_len), xxhash_rust::xxh3::xxh3_128(&bytes), "text length {text_len}");

@@ -729,12 +729,11 @@ mod tests {
     /// index as the division, for every count (and `compose` undoes them).
     #[test]
     fn an_ids_shard_and_index_are_the_divisions_at_every_shard_count() {
-        let mut state = 0x001D_50F5_A4D5_u64;
+        let mut values = crate::ledger::TestValues::seeded(0x001D_50F5_A4D5);
         for shard_count in 1..=64u16 {
             for round in 0..2_000u64 {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let raw = match round % 3 {
-                    0 => state,
+                    0 => values.next(),
                     1 => u64::MAX - round,
                     _ => round,
                 };
