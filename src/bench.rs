@@ -349,10 +349,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("heap_in_use_bytes: {heap_at_end} (peak of 1 s samples {}) trims: {}", heap.peak(), trimmer.trims());
     println!("cold_filter_bytes: {filter_bytes} segments: {filter_segments} stopped: {filter_stopped}");
     println!(
-        "rocksdb at the end of the run: {rocksdb_at_end}; direct_writes: {}; rows_compaction: {}; online_discard: {}",
+        "rocksdb at the end of the run: {rocksdb_at_end}; direct_writes: {}; rows_compaction: {}; online_discard: {}; read_ahead_kib: {}",
         store.direct_writes(),
         store.rows_compaction().map_or("default family", |style| style.name()),
-        store.online_discard().map_or_else(|| "no".to_string(), |point| format!("yes ({})", point.display()))
+        store.online_discard().map_or_else(|| "no".to_string(), |point| format!("yes ({})", point.display())),
+        store.read_ahead().map_or_else(|| "unknown".to_string(), |read_ahead| format!("{} ({})", read_ahead.kib, read_ahead.disk))
     );
     println!("transfers_per_second: {}", (args.transfers as f64 / elapsed.as_secs_f64()) as u64);
     println!("batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}", percentile(0.01), percentile(0.50), percentile(0.99), percentile(1.0));

@@ -323,6 +323,14 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
             point.display()
         );
     }
+    if let Some(read_ahead) = rocks.read_ahead().filter(|read_ahead| read_ahead.too_far()) {
+        // A compaction's reads of its inputs go out in requests as large, and the journal's
+        // synced writes wait behind them (storage_rocks::ReadAhead).
+        println!(
+            "warning: the data directory's disk ({}) reads ahead {} KiB: a compaction's reads then hold the journal's writes (milliseconds each). Set 128 KiB (`echo 128 > /sys/block/{}/queue/read_ahead_kb`, kept by a udev rule)",
+            read_ahead.disk, read_ahead.kib, read_ahead.disk
+        );
+    }
     watch_shards(&engine)?;
     if demo {
         workload::demo(&engine)?;

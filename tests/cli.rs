@@ -23,6 +23,10 @@ fn serve_runs_the_demo_durably_and_restarts_into_the_same_books() {
     assert!(line("homeowner").ends_with("settled 20000.00 unsettled 0.00 frozen 0.00"), "{first}");
     assert!(line("company").ends_with("settled 25998.00 unsettled 0.00 frozen 0.00"), "{first}");
     assert!(line("platform").ends_with("settled 4000.00 unsettled 0.00 frozen 0.00"), "{first}");
+    // The disk warnings say what the store's checks say of this directory, on any machine.
+    let warned = |about: &str| first.lines().any(|l| l.starts_with("warning: the data directory's") && l.contains(about));
+    assert_eq!(warned("online discard"), storage_rocks::online_discard(dir.path()).is_some(), "{first}");
+    assert_eq!(warned("reads ahead"), storage_rocks::read_ahead(dir.path()).is_some_and(|disk| disk.too_far()), "{first}");
     // A restart replays the journal; the demo's order numbers replay instead of paying twice.
     let (ok, second) = run(&["serve", "--once", "--demo"], dir.path());
     assert!(ok, "{second}");
