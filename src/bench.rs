@@ -353,7 +353,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         store.direct_writes(),
         store.rows_compaction().map_or("default family", |style| style.name()),
         store.online_discard().map_or_else(|| "no".to_string(), |point| format!("yes ({})", point.display())),
-        store.read_ahead().map_or_else(|| "unknown".to_string(), |read_ahead| format!("{} ({})", read_ahead.kib, read_ahead.disk))
+        store
+            .read_ahead()
+            .map_or_else(|| "none (no block device of its own, or unreadable)".to_string(), |read_ahead| format!("{} ({})", read_ahead.kib, read_ahead.disk))
     );
     println!("transfers_per_second: {}", (args.transfers as f64 / elapsed.as_secs_f64()) as u64);
     println!("batch_latency_ms p1 p50 p99 p100: {:.1} {:.1} {:.1} {:.1}", percentile(0.01), percentile(0.50), percentile(0.99), percentile(1.0));

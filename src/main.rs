@@ -324,10 +324,10 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
         );
     }
     if let Some(read_ahead) = rocks.read_ahead().filter(|read_ahead| read_ahead.too_far()) {
-        // A compaction's reads of its inputs go out in requests as large, and the journal's
-        // synced writes wait behind them (storage_rocks::ReadAhead).
+        // A compaction's reads of its inputs keep the disk busy in windows as large, and the
+        // journal's synced writes wait meanwhile (storage_rocks::ReadAhead).
         println!(
-            "warning: the data directory's disk ({}) reads ahead {} KiB: a compaction's reads then hold the journal's writes (milliseconds each). Set 128 KiB (`echo 128 > /sys/block/{}/queue/read_ahead_kb`, kept by a udev rule)",
+            "warning: the data directory's disk ({}) reads ahead {} KiB: a compaction's reads then hold the journal's writes (milliseconds each). Set 128 KiB (`echo 128 > /sys/block/{}/queue/read_ahead_kb`, or `lvchange --readahead 256` for a logical volume; a udev rule keeps it across boots), then restart the server: open files keep the old value",
             read_ahead.disk, read_ahead.kib, read_ahead.disk
         );
     }

@@ -60,6 +60,8 @@ fn bench_runs_small_and_reports_its_lines() {
     assert!(text.contains("invariants_ok: true"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("transfers_per_second: ")), "{text}");
     assert!(text.lines().any(|l| l.starts_with("batch_latency_ms p1 p50 p99 p100: ")), "{text}");
+    let read_ahead = storage_rocks::read_ahead(dir.path()).map_or("none".to_string(), |disk| format!("{} ({})", disk.kib, disk.disk));
+    assert!(text.contains(&format!("read_ahead_kib: {read_ahead}")), "{text}");
 }
 
 /// Paced (`--rate`), the bench offers the rate and no more: of 30 batches of 1,000 at 20,000
