@@ -12,7 +12,8 @@ use crate::directory::Directory;
 use crate::histogram::{FixedHistogram, BATCH_SIZE_BOUNDS, FSYNC_MICROSECONDS_BOUNDS};
 use crate::journal::{batch_key, encode, BatchRecordRef, ChainHead};
 use crate::ledger::command::{Command, Envelope};
-use crate::ledger::state::{Effects, ShardState};
+use crate::ledger::flat::FlatMap;
+use crate::ledger::state::{Effects, IdempotencyRecord, ShardState};
 use crate::ledger::types::{RemoteCredit, Reply, ShardId, Timestamp};
 use crate::result::ResultCode;
 use crate::EngineError;
@@ -270,13 +271,16 @@ pub struct Checkpoints {
     /// checkpoint in flight, back when it is collected; at a start, those recovery read from
     /// blobs; empty after a failure.
     blobs: crate::checkpoint::BlobCache,
+    /// The thread making the next hot idempotency map resident, started once a checkpoint is
+    /// collected (`prepare_hot_map`), joined at the next seal (`ShardState::expect_records_with`).
+    ready_hot: Option<std::thread::JoinHandle<FlatMap<IdempotencyRecord>>>,
 }
 
 impl Checkpoints {
     /// Nothing in flight; the last checkpoint is the one recovery started from (if any), and
     /// the recovered state holds `orders` orders.
     pub fn starting_from(last_sequence: Option<u64>, blobs: crate::checkpoint::BlobCache, orders: usize) -> Checkpoints {
-        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), last_orders: orders, in_flight: None, blobs }
+        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), last_orders: orders, in_flight: None, blobs, ready_hot: None }
     }
 }
 
@@ -621,7 +625,10 @@ impl Shard {
         // checkpoint writes them cold before its manifest, and the state it encodes holds none.
         let sealed = self.state.seal_idempotency().len();
         let snapshot = self.state.clone();
-        self.state.expect_records(sealed.saturating_add(sealed / 4));
+        // Waited for if not made yet (at full load the seal comes as soon as the last checkpoint
+        // is collected): memory then never holds a third table beside the hot and sealed ones.
+        let ready = self.checkpoints.ready_hot.take().and_then(|making| making.join().ok());
+        self.state.expect_records_with(sealed.saturating_add(sealed / 4), ready);
         let hold_us = held.elapsed().as_micros() as u64;
         self.counters.checkpoint_hold_us.store(hold_us, Ordering::Relaxed);
         self.counters.largest_checkpoint_hold_us.fetch_max(hold_us, Ordering::Relaxed);
@@ -665,6 +672,24 @@ impl Shard {
         }
     }
 
+    /// Makes the next hot idempotency map ahead of the next seal, on a thread of its own, with
+    /// room for `records` (the generation just made cold and a quarter more, as the seal sizes
+    /// it: most likely enough; sized from the hot map's own capacity instead, each generation's
+    /// table would be twice the last, as a table is at most 5/8 full), with every page backed (`FlatMap::with_capacity_resident`): the kernel clears those pages on
+    /// that thread, not in the shard's first batches after the seal, where it was most of the
+    /// shard's extra CPU during a checkpoint (ARCHITECTURE.md, "Measured", session 48). Made
+    /// once the sealed generation is dropped, and joined at the next seal, so that memory holds
+    /// two tables, as before (a first version that did not wait held a third at full load: 100 M
+    /// transfers peaked at 1.59 against 1.48 GB); a thread that cannot start leaves the seal to
+    /// size the map as before.
+    fn prepare_hot_map(&mut self, records: usize) {
+        let made = std::thread::Builder::new().name(format!("hot-map-{}", self.state.shard)).spawn(move || FlatMap::with_capacity_resident(records));
+        match made {
+            Ok(making) => self.checkpoints.ready_hot = Some(making),
+            Err(error) => tracing::debug!(shard = self.state.shard, "no thread to make the next hot map ahead: {error}"),
+        }
+    }
+
     /// Publishes the outcome of a checkpoint thread. A failed write has poisoned the store, so
     /// the shard's next batch fails and stops it (never retried, DESIGN.md 4); recovery then uses
     /// the previous checkpoint.
@@ -675,7 +700,9 @@ impl Shard {
     fn collect_checkpoint(&mut self, handle: std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>) {
         match handle.join() {
             Ok(Ok(mut written)) => {
+                let sealed = self.state.sealed.as_ref().map_or(0, |sealed| sealed.len());
                 self.state.drop_sealed();
+                self.prepare_hot_map(sealed.saturating_add(sealed / 4));
                 self.publish_checkpoint(&written);
                 self.checkpoints.blobs = std::mem::take(&mut written.cache);
                 // The history it holds unchanged leaves memory (the snapshot that shared it has

@@ -521,6 +521,56 @@ fn checkpoints_written_one_after_another_keep_exactly_the_blobs_their_kept_manif
     }
 }
 
+/// Regression (session 48): the next hot idempotency map, made ahead once a checkpoint is
+/// collected, was sized from the hot map's capacity, and as a table is at most 5/8 full each
+/// generation's table was twice the last (20-24 GB in the bench). Sized from the generation
+/// made cold, the tables stay the size of one interval's records, checkpoint after checkpoint.
+#[test]
+fn the_hot_maps_made_ahead_stay_the_size_of_an_interval() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(at_stops(), store.clone()).unwrap();
+    let (accounts, _) = workload(&engine, "h", 2);
+    engine.shutdown();
+    let on_0: Vec<AccountId> = accounts.iter().copied().filter(|a| a.shard(2) == 0).collect();
+    let policy = CheckpointPolicy { every_batches: 1, every_orders: 0, every: Duration::ZERO, kept: 2, on_shutdown: false };
+    let engine = Engine::start(EngineConfig { checkpoints: policy, ..at_stops() }, store.clone()).unwrap();
+    let counters = engine.counters()[0].clone();
+    let written = || counters.checkpoints.load(std::sync::atomic::Ordering::SeqCst);
+    let mapped_before = engine::ledger::flat::mapped_table_bytes();
+    for round in 0..10 {
+        let before = written();
+        // 60,000 order numbers an interval: a table of 131,072 slots (5 MiB, mapped), as many
+        // records each time.
+        let pay = |i: usize| {
+            keyed(
+                &format!("hm{round}-{i}"),
+                Command::Payment {
+                    payer: on_0[0],
+                    guarantee: false,
+                    currency: CNY,
+                    amount: 1,
+                    payees: [Leg { account: on_0[1], amount: 1 }].into_iter().collect(),
+                    splits: Legs::new(),
+                },
+            )
+        };
+        for chunk in (0..60_000).collect::<Vec<_>>().chunks(8_000) {
+            assert!(engine.execute(chunk.iter().map(|&i| pay(i)).collect()).unwrap().iter().all(|r| r.is_ok()), "round {round}");
+        }
+        let waited = std::time::Instant::now();
+        while written() == before {
+            assert!(waited.elapsed() < Duration::from_secs(30), "round {round}: no checkpoint");
+            engine.execute_one(plain(Command::OpenAccount { owner: 2_000 + round, currency: CNY, limits: Limits::NONE })).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // At most a hot, a sealed and a ready table of 131,073 or 262,145 slots of 40 bytes for
+        // shard 0; twice the last each time, the fifth would already be past this.
+        let grown = engine::ledger::flat::mapped_table_bytes().saturating_sub(mapped_before);
+        assert!(grown < 64 << 20, "round {round}: {grown} bytes of tables mapped");
+    }
+    engine.shutdown();
+}
+
 /// A checkpoint that stops after writing a new blob (its manifest write fails) leaves that blob
 /// named by no manifest and its writing mark set; the next checkpoint sweeps it, and clears the
 /// mark. Nothing acknowledged is lost meanwhile.

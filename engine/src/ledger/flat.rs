@@ -175,6 +175,24 @@ impl<V> Slots<V> {
     }
 }
 
+impl<V> Slots<V> {
+    /// Backs every page of the slots now, each written once with the zero it holds, so that
+    /// the thread that fills them later does not wait for the kernel to clear fresh pages as
+    /// entries land (`FlatMap::with_capacity_resident`).
+    fn make_resident(&mut self) {
+        let bytes = self.count * std::mem::size_of::<Slot<V>>();
+        let start = self.first.as_ptr().cast::<u8>();
+        for offset in (0..bytes).step_by(RESIDENT_STEP) {
+            // SAFETY: inside the slots this value owns, borrowed exclusively (`&mut self`); the
+            // byte is zero (the slots are empty) and stays zero, a valid `Slot`'s byte.
+            unsafe { std::ptr::write_volatile(start.add(offset), 0) };
+        }
+    }
+}
+
+/// Bytes between two writes of `Slots::make_resident`: the smallest page.
+const RESIDENT_STEP: usize = 4096;
+
 impl<V> std::ops::Deref for Slots<V> {
     type Target = [Slot<V>];
     fn deref(&self) -> &[Slot<V>] {
@@ -427,6 +445,15 @@ impl<V: Copy> FlatMap<V> {
         FlatMap { table: Table::with_slots(slots_for(capacity)), seed: Seed::new() }
     }
 
+    /// `with_capacity`, every page of its table backed now: made ahead of time on a thread of
+    /// its own, it spares the thread that fills it the kernel's clearing of fresh pages (the
+    /// shard's next hot map, `ShardState::expect_records_with`).
+    pub fn with_capacity_resident(capacity: usize) -> Self {
+        let mut map = FlatMap::with_capacity(capacity);
+        map.table.slots.make_resident();
+        map
+    }
+
     /// The value of `key`.
     #[inline]
     pub fn get(&self, key: u128) -> Option<&V> {
@@ -621,6 +648,34 @@ mod tests {
         assert_eq!(occupied, 199_999, "key 0 (n = 0) sits in its own slot past the probed ones");
         drop(copy);
         assert_eq!(mapped_table_bytes(), before, "every mapping is counted out when dropped");
+    }
+
+    /// A map made resident ahead of time is an empty map of the same room, every page backed
+    /// (read from `/proc/self/smaps_rollup`'s anonymous bytes where there is one), that fills
+    /// and answers as any other.
+    #[test]
+    fn a_resident_map_is_empty_backed_and_fills_as_another() {
+        let anonymous = || -> Option<u64> {
+            let text = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+            text.lines().find_map(|line| line.strip_prefix("Anonymous:")).and_then(|kib| kib.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        };
+        let before = anonymous();
+        let mut map: FlatMap<u64> = FlatMap::with_capacity_resident(300_000);
+        let after = anonymous();
+        assert_eq!((map.len(), map.capacity()), (0, FlatMap::<u64>::with_capacity(300_000).capacity()));
+        assert!(map.table.slots.iter().all(Slot::is_empty) && map.iter().next().is_none());
+        if let (Some(before), Some(after)) = (before, after) {
+            // 524,289 slots of 24 bytes (12 MiB): all backed at once, not as entries land.
+            assert!(after - before >= 12_000, "{before} -> {after} KiB anonymous");
+        }
+        let key = |n: u64| u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        for n in 0..300_000 {
+            assert_eq!(map.insert(key(n), n), None);
+        }
+        assert_eq!(map.table.probed(), 524_288, "sized first, it did not grow");
+        assert!((0..300_000).all(|n| map.get(key(n)) == Some(&n)) && map.get(key(300_000)).is_none());
+        let small: FlatMap<u64> = FlatMap::with_capacity_resident(3);
+        assert_eq!((small.len(), small.table.slots.mapping.is_none()), (0, true), "small tables come from the allocator");
     }
 
     /// The encoding is the one of the 64 hash maps it replaced (`StripedMap`, entry `key` in

@@ -866,7 +866,23 @@ impl ShardState {
     /// pause a batch to grow unless the interval brings more (its table is resident soon after:
     /// records land on slots spread over all of it).
     pub fn expect_records(&mut self, records: usize) {
-        self.idempotency.reserve(records);
+        self.expect_records_with(records, None);
+    }
+
+    /// `expect_records`, taking `ready` as the hot map instead when the hot map is empty (just
+    /// sealed) and `ready` is an empty map with room for them: a table made resident ahead of
+    /// time off the shard's thread (`FlatMap::with_capacity_resident`), so that the batches
+    /// after a seal do not wait while the kernel clears the new table's pages as records land
+    /// (ARCHITECTURE.md, "Measured", session 48). Otherwise `ready` is dropped.
+    pub fn expect_records_with(&mut self, records: usize, ready: Option<FlatMap<IdempotencyRecord>>) {
+        match ready {
+            Some(map) if self.idempotency.is_empty() && map.is_empty() && map.capacity() >= records => self.idempotency = map,
+            unfit => {
+                // Dropped before the hot map grows: never three tables at once.
+                drop(unfit);
+                self.idempotency.reserve(records);
+            }
+        }
     }
 
     /// Drops the sealed generation once the checkpoint that wrote it cold is durable.
