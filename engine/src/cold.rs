@@ -1178,7 +1178,7 @@ mod tests {
         assert!(state.idempotency.is_empty() && state.idempotency.capacity() >= 50_000, "too small: sized as before");
         state.unseal();
         let held = state.idempotency.len();
-        state.expect_records_with(10, Some(FlatMap::with_capacity_resident(1_000_000)));
+        state.expect_records_with(10, Some(FlatMap::with_capacity_resident(1_000)));
         assert_eq!(state.idempotency.len(), held, "a hot map with records is kept");
     }
 

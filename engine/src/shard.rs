@@ -83,6 +83,8 @@ pub struct ShardCounters {
     /// the longest such hold, in microseconds.
     pub checkpoint_hold_us: AtomicU64,
     pub largest_checkpoint_hold_us: AtomicU64,
+    /// Seals that took a hot idempotency map made ahead (`Shard::prepare_hot_map`).
+    pub hot_maps_taken: AtomicU64,
     /// Counts the starts and ends of this shard's checkpoints: odd while one is under way. It
     /// goes odd on the shard's thread before the shard copies its state for one (the hold), and
     /// even once the shard has collected it (written, failed or panicked; after the collect
@@ -200,6 +202,7 @@ impl Default for ShardCounters {
             working: AtomicBool::default(),
             checkpoint_overdue: AtomicBool::default(),
             checkpoint_gave_way_us_total: AtomicU64::default(),
+            hot_maps_taken: AtomicU64::default(),
         }
     }
 }
@@ -274,13 +277,24 @@ pub struct Checkpoints {
     /// The thread making the next hot idempotency map resident, started once a checkpoint is
     /// collected (`prepare_hot_map`), joined at the next seal (`ShardState::expect_records_with`).
     ready_hot: Option<std::thread::JoinHandle<FlatMap<IdempotencyRecord>>>,
+    /// Room for the next hot map to make ahead, set when a checkpoint is collected, taken by
+    /// the first batch after it at which the next checkpoint is not yet due.
+    next_hot_records: Option<usize>,
 }
 
 impl Checkpoints {
     /// Nothing in flight; the last checkpoint is the one recovery started from (if any), and
     /// the recovered state holds `orders` orders.
     pub fn starting_from(last_sequence: Option<u64>, blobs: crate::checkpoint::BlobCache, orders: usize) -> Checkpoints {
-        Checkpoints { last_sequence: last_sequence.unwrap_or(0), last_at: Instant::now(), last_orders: orders, in_flight: None, blobs, ready_hot: None }
+        Checkpoints {
+            last_sequence: last_sequence.unwrap_or(0),
+            last_at: Instant::now(),
+            last_orders: orders,
+            in_flight: None,
+            blobs,
+            ready_hot: None,
+            next_hot_records: None,
+        }
     }
 }
 
@@ -615,6 +629,11 @@ impl Shard {
             return;
         }
         if !due(1) {
+            // Not at the collect itself: at full load the next seal comes at once, and it would
+            // wait for the table to be made in the hold; there the seal sizes it as before.
+            if let Some(records) = self.checkpoints.next_hot_records.take() {
+                self.prepare_hot_map(records);
+            }
             return;
         }
         self.counters.checkpoint_overdue.store(false, Ordering::Relaxed);
@@ -627,7 +646,17 @@ impl Shard {
         let snapshot = self.state.clone();
         // Waited for if not made yet (at full load the seal comes as soon as the last checkpoint
         // is collected): memory then never holds a third table beside the hot and sealed ones.
-        let ready = self.checkpoints.ready_hot.take().and_then(|making| making.join().ok());
+        self.checkpoints.next_hot_records = None;
+        let ready = self.checkpoints.ready_hot.take().and_then(|making| {
+            let made = making.join();
+            if made.is_err() {
+                tracing::warn!(shard = self.state.shard, "the thread making the next hot map panicked; the seal sizes it");
+            }
+            made.ok()
+        });
+        if ready.as_ref().is_some_and(|map| map.capacity() >= sealed.saturating_add(sealed / 4)) {
+            self.counters.hot_maps_taken.fetch_add(1, Ordering::Relaxed);
+        }
         self.state.expect_records_with(sealed.saturating_add(sealed / 4), ready);
         let hold_us = held.elapsed().as_micros() as u64;
         self.counters.checkpoint_hold_us.store(hold_us, Ordering::Relaxed);
@@ -686,7 +715,7 @@ impl Shard {
         let made = std::thread::Builder::new().name(format!("hot-map-{}", self.state.shard)).spawn(move || FlatMap::with_capacity_resident(records));
         match made {
             Ok(making) => self.checkpoints.ready_hot = Some(making),
-            Err(error) => tracing::debug!(shard = self.state.shard, "no thread to make the next hot map ahead: {error}"),
+            Err(error) => tracing::warn!(shard = self.state.shard, "no thread to make the next hot map ahead: {error}"),
         }
     }
 
@@ -702,7 +731,7 @@ impl Shard {
             Ok(Ok(mut written)) => {
                 let sealed = self.state.sealed.as_ref().map_or(0, |sealed| sealed.len());
                 self.state.drop_sealed();
-                self.prepare_hot_map(sealed.saturating_add(sealed / 4));
+                self.checkpoints.next_hot_records = Some(sealed.saturating_add(sealed / 4));
                 self.publish_checkpoint(&written);
                 self.checkpoints.blobs = std::mem::take(&mut written.cache);
                 // The history it holds unchanged leaves memory (the snapshot that shared it has
@@ -747,8 +776,13 @@ impl Shard {
     /// state (on this thread: nothing else is waiting) if batches were written since the last,
     /// so that the next start loads it instead of replaying.
     fn checkpoint_at_shutdown(&mut self) {
-        // Nothing to give way to now: this thread waits for it.
+        // Nothing to give way to now: this thread waits for it. A next hot map being made is
+        // not wanted any more: its thread ends before the shard does.
         self.checkpoint_overdue();
+        self.checkpoints.next_hot_records = None;
+        if let Some(making) = self.checkpoints.ready_hot.take() {
+            let _ = making.join();
+        }
         if let Some((handle, _mark)) = self.checkpoints.in_flight.take() {
             self.collect_checkpoint(handle);
         }

@@ -532,15 +532,15 @@ fn the_hot_maps_made_ahead_stay_the_size_of_an_interval() {
     let (accounts, _) = workload(&engine, "h", 2);
     engine.shutdown();
     let on_0: Vec<AccountId> = accounts.iter().copied().filter(|a| a.shard(2) == 0).collect();
-    let policy = CheckpointPolicy { every_batches: 1, every_orders: 0, every: Duration::ZERO, kept: 2, on_shutdown: false };
+    // A checkpoint every 8 batches: about 60,000 order numbers an interval (a table of 131,072
+    // slots, 5 MiB, mapped), as many each time.
+    let policy = CheckpointPolicy { every_batches: 8, every_orders: 0, every: Duration::ZERO, kept: 2, on_shutdown: false };
     let engine = Engine::start(EngineConfig { checkpoints: policy, ..at_stops() }, store.clone()).unwrap();
     let counters = engine.counters()[0].clone();
     let written = || counters.checkpoints.load(std::sync::atomic::Ordering::SeqCst);
     let mapped_before = engine::ledger::flat::mapped_table_bytes();
     for round in 0..10 {
         let before = written();
-        // 60,000 order numbers an interval: a table of 131,072 slots (5 MiB, mapped), as many
-        // records each time.
         let pay = |i: usize| {
             keyed(
                 &format!("hm{round}-{i}"),
@@ -568,7 +568,10 @@ fn the_hot_maps_made_ahead_stay_the_size_of_an_interval() {
         let grown = engine::ledger::flat::mapped_table_bytes().saturating_sub(mapped_before);
         assert!(grown < 64 << 20, "round {round}: {grown} bytes of tables mapped");
     }
+    // Below capacity the seals took the maps made ahead (not one dropped, not one missing).
+    let taken = counters.hot_maps_taken.load(std::sync::atomic::Ordering::SeqCst);
     engine.shutdown();
+    assert!(taken >= 5, "{taken} hot maps made ahead were taken");
 }
 
 /// A checkpoint that stops after writing a new blob (its manifest write fails) leaves that blob

@@ -182,7 +182,9 @@ impl<V> Slots<V> {
     fn make_resident(&mut self) {
         let bytes = self.count * std::mem::size_of::<Slot<V>>();
         let start = self.first.as_ptr().cast::<u8>();
-        for offset in (0..bytes).step_by(RESIDENT_STEP) {
+        // Every page's first byte, and the last byte (a table from the allocator need not start
+        // on a page).
+        for offset in (0..bytes).step_by(RESIDENT_STEP).chain(bytes.checked_sub(1)) {
             // SAFETY: inside the slots this value owns, borrowed exclusively (`&mut self`); the
             // byte is zero (the slots are empty) and stays zero, a valid `Slot`'s byte.
             unsafe { std::ptr::write_volatile(start.add(offset), 0) };
@@ -666,7 +668,7 @@ mod tests {
         assert!(map.table.slots.iter().all(Slot::is_empty) && map.iter().next().is_none());
         if let (Some(before), Some(after)) = (before, after) {
             // 524,289 slots of 24 bytes (12 MiB): all backed at once, not as entries land.
-            assert!(after - before >= 12_000, "{before} -> {after} KiB anonymous");
+            assert!(after.saturating_sub(before) >= 12_000, "{before} -> {after} KiB anonymous");
         }
         let key = |n: u64| u128::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
         for n in 0..300_000 {
