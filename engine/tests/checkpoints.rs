@@ -362,6 +362,18 @@ fn restart_from_what_was_durable(store: &MemoryStore, config: EngineConfig, acke
     }
 }
 
+/// A payment of one cent from `payer` to `payee`.
+fn cent(payer: AccountId, payee: AccountId) -> Command {
+    Command::Payment {
+        payer,
+        guarantee: false,
+        currency: CNY,
+        amount: 1,
+        payees: [Leg { account: payee, amount: 1 }].into_iter().collect(),
+        splits: Legs::new(),
+    }
+}
+
 fn plain(command: Command) -> Envelope {
     Envelope { platform: P, out_order_no: None, command }
 }
@@ -541,19 +553,7 @@ fn the_hot_maps_made_ahead_stay_the_size_of_an_interval() {
     let mapped_before = engine::ledger::flat::mapped_table_bytes();
     for round in 0..10 {
         let before = written();
-        let pay = |i: usize| {
-            keyed(
-                &format!("hm{round}-{i}"),
-                Command::Payment {
-                    payer: on_0[0],
-                    guarantee: false,
-                    currency: CNY,
-                    amount: 1,
-                    payees: [Leg { account: on_0[1], amount: 1 }].into_iter().collect(),
-                    splits: Legs::new(),
-                },
-            )
-        };
+        let pay = |i: usize| keyed(&format!("hm{round}-{i}"), cent(on_0[0], on_0[1]));
         for chunk in (0..60_000).collect::<Vec<_>>().chunks(8_000) {
             assert!(engine.execute(chunk.iter().map(|&i| pay(i)).collect()).unwrap().iter().all(|r| r.is_ok()), "round {round}");
         }
@@ -1231,16 +1231,7 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
         assert!(acked.len() > 60);
         // More than a chunk of orders (4,096) on shard 0: the full one leaves memory as blobs.
         let on_0: Vec<AccountId> = accounts.iter().copied().filter(|a| a.shard(2) == 0).collect();
-        let pay = || {
-            plain(Command::Payment {
-                payer: on_0[0],
-                guarantee: false,
-                currency: CNY,
-                amount: 1,
-                payees: [Leg { account: on_0[1], amount: 1 }].into_iter().collect(),
-                splits: Legs::new(),
-            })
-        };
+        let pay = || plain(cent(on_0[0], on_0[1]));
         for _ in 0..2 {
             assert!(engine.execute((0..2100).map(|_| pay()).collect()).unwrap().iter().all(|r| r.is_ok()));
         }
