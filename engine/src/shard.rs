@@ -274,7 +274,7 @@ pub struct Checkpoints {
     /// checkpoint in flight, back when it is collected; at a start, those recovery read from
     /// blobs; empty after a failure.
     blobs: crate::checkpoint::BlobCache,
-    /// The thread making the next hot idempotency map resident, started once a checkpoint is
+    /// The thread making the next hot idempotency map resident, started after a checkpoint is
     /// collected (`prepare_hot_map`), joined at the next seal (`ShardState::expect_records_with`).
     ready_hot: Option<std::thread::JoinHandle<FlatMap<IdempotencyRecord>>>,
     /// Room for the next hot map to make ahead, set when a checkpoint is collected, taken by
@@ -704,13 +704,14 @@ impl Shard {
     /// Makes the next hot idempotency map ahead of the next seal, on a thread of its own, with
     /// room for `records` (the generation just made cold and a quarter more, as the seal sizes
     /// it: most likely enough; sized from the hot map's own capacity instead, each generation's
-    /// table would be twice the last, as a table is at most 5/8 full), with every page backed (`FlatMap::with_capacity_resident`): the kernel clears those pages on
-    /// that thread, not in the shard's first batches after the seal, where it was most of the
-    /// shard's extra CPU during a checkpoint (ARCHITECTURE.md, "Measured", session 48). Made
-    /// once the sealed generation is dropped, and joined at the next seal, so that memory holds
-    /// two tables, as before (a first version that did not wait held a third at full load: 100 M
-    /// transfers peaked at 1.59 against 1.48 GB); a thread that cannot start leaves the seal to
-    /// size the map as before.
+    /// table would be twice the last, as a table is at most 5/8 full), with every page backed
+    /// (`FlatMap::with_capacity_resident`): the kernel clears those pages on that thread, not
+    /// in the shard's first batches after the seal, where it was most of the shard's extra CPU
+    /// during a checkpoint (ARCHITECTURE.md, "Measured", session 48). Started at the first batch
+    /// after a collect (the sealed generation dropped) at which the next checkpoint is not yet
+    /// due, and joined at the next seal, so that memory holds two tables, as before (a first
+    /// version that did not wait held a third at full load: 100 M transfers peaked at 1.59
+    /// against 1.48 GB); a thread that cannot start leaves the seal to size the map as before.
     fn prepare_hot_map(&mut self, records: usize) {
         let made = std::thread::Builder::new().name(format!("hot-map-{}", self.state.shard)).spawn(move || FlatMap::with_capacity_resident(records));
         match made {
