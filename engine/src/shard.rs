@@ -654,10 +654,9 @@ impl Shard {
             }
             made.ok()
         });
-        if ready.as_ref().is_some_and(|map| map.capacity() >= sealed.saturating_add(sealed / 4)) {
+        if self.state.expect_records_with(sealed.saturating_add(sealed / 4), ready) {
             self.counters.hot_maps_taken.fetch_add(1, Ordering::Relaxed);
         }
-        self.state.expect_records_with(sealed.saturating_add(sealed / 4), ready);
         let hold_us = held.elapsed().as_micros() as u64;
         self.counters.checkpoint_hold_us.store(hold_us, Ordering::Relaxed);
         self.counters.largest_checkpoint_hold_us.fetch_max(hold_us, Ordering::Relaxed);

@@ -255,9 +255,9 @@ pub const READ_AHEAD_KIB_WARN_ABOVE: u64 = 1024;
 /// read nearly as fast (209 against 190-195 ms). A file takes the value when it is opened, so a
 /// change reaches a running server's open tables only at its restart. btrfs reads ahead by its
 /// own setting (at least 4 MiB, `/sys/fs/btrfs/FSID/bdi/read_ahead_kb`), which this does not
-/// read: its devices are anonymous (major 0). In the bench at 300,000
-/// transfers/s the batches' p99 during checkpoints fell from 21.0 to 13.3 ms (medians of eight
-/// alternated rounds; ARCHITECTURE.md, "Measured", session 48).
+/// read: its devices are anonymous (major 0). In the bench at 300,000 transfers/s the
+/// batches' p99 during checkpoints fell from 21.0 to 13.3 ms (medians of eight alternated
+/// rounds; ARCHITECTURE.md, "Measured", session 48).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadAhead {
     /// The disk's name in sysfs (`vda`; the disk, not its partition).

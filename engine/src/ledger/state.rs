@@ -866,21 +866,26 @@ impl ShardState {
     /// pause a batch to grow unless the interval brings more (its table is resident soon after:
     /// records land on slots spread over all of it).
     pub fn expect_records(&mut self, records: usize) {
-        self.expect_records_with(records, None);
+        let _ = self.expect_records_with(records, None);
     }
 
     /// `expect_records`, taking `ready` as the hot map instead when the hot map is empty (just
     /// sealed) and `ready` is an empty map with room for them: a table made resident ahead of
     /// time off the shard's thread (`FlatMap::with_capacity_resident`), so that the batches
     /// after a seal do not wait while the kernel clears the new table's pages as records land
-    /// (ARCHITECTURE.md, "Measured", session 48). Otherwise `ready` is dropped.
-    pub fn expect_records_with(&mut self, records: usize, ready: Option<FlatMap<IdempotencyRecord>>) {
+    /// (ARCHITECTURE.md, "Measured", session 48). Otherwise `ready` is dropped. True when it
+    /// took `ready`.
+    pub fn expect_records_with(&mut self, records: usize, ready: Option<FlatMap<IdempotencyRecord>>) -> bool {
         match ready {
-            Some(map) if self.idempotency.is_empty() && map.is_empty() && map.capacity() >= records => self.idempotency = map,
+            Some(map) if self.idempotency.is_empty() && map.is_empty() && map.capacity() >= records => {
+                self.idempotency = map;
+                true
+            }
             unfit => {
                 // Dropped before the hot map grows: never three tables at once.
                 drop(unfit);
                 self.idempotency.reserve(records);
+                false
             }
         }
     }
