@@ -1127,6 +1127,35 @@ mod tests {
         assert_eq!(at_once.idempotency.len(), 22);
     }
 
+    /// `apply_all` makes the records' map's room once, at a batch's first order number, for
+    /// every command left (a map growing from small would double many times in the batch); a
+    /// batch without order numbers leaves the map as it was.
+    #[test]
+    fn a_batch_makes_room_for_its_records_once_and_only_with_order_numbers() {
+        let (mut state, a, b) = state();
+        let _sealed = state.seal_idempotency();
+        let empty = state.idempotency.capacity();
+        let unnumbered = |n: usize| {
+            let mut envelope = payment(&format!("none{n}"), a, b, 1);
+            envelope.out_order_no = None;
+            envelope
+        };
+        let (mut fx, mut replies) = (Effects::default(), Vec::new());
+        let plain: Vec<Envelope> = (0..100).map(unnumbered).collect();
+        state.apply_all(&plain, None, T0 + 1, &mut fx, &mut replies);
+        assert!(replies.iter().all(Reply::is_ok));
+        assert_eq!((state.idempotency.len(), state.idempotency.capacity()), (0, empty), "no order numbers, no room made");
+        // One numbered command first, then 99 without: room for all 100 is made at the first
+        // (growing by doubling would have left the smallest table).
+        let mut mixed: Vec<Envelope> = (0..100).map(unnumbered).collect();
+        mixed[0] = payment("first", a, b, 1);
+        replies.clear();
+        state.apply_all(&mixed, None, T0 + 1, &mut fx, &mut replies);
+        assert!(replies.iter().all(Reply::is_ok));
+        assert_eq!(state.idempotency.len(), 1);
+        assert!(state.idempotency.capacity() >= 100, "room for the batch's commands: {}", state.idempotency.capacity());
+    }
+
     #[test]
     fn sealing_moves_records_out_of_the_hot_map_and_a_checkpoint_writes_them_cold() {
         let store = MemoryStore::new();
