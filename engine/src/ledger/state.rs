@@ -580,7 +580,7 @@ impl ShardState {
         let previous = std::mem::replace(&mut self.account_mut(account).last_order, index);
         let id = self.next_order_id();
         let out_order_no = context.out_order_no;
-        self.orders.push(Order { id, out_order_no, kind, status, platform, account, currency, amount, created_at: now, updated_at: now, detail });
+        self.orders.push_with(|| Order { id, out_order_no, kind, status, platform, account, currency, amount, created_at: now, updated_at: now, detail });
         self.previous_order_of_account.push(previous);
         let orders = self.platform_orders.entry(platform).or_default();
         orders.all.push(index);
