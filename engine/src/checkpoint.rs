@@ -1111,4 +1111,63 @@ mod tests {
             assert_eq!(absent_from(&dropped, &[]), dropped);
         }
     }
+
+    /// Builds before session 45 wrote parts of up to 16 MiB (`PART_BYTES` was 16 MiB then), and
+    /// a bank upgrades from them: a checkpoint whose state lies in one part much larger than
+    /// today's `PART_BYTES` loads as the same state, records and all.
+    #[test]
+    fn a_checkpoint_written_in_parts_larger_than_today_loads_the_same() {
+        use crate::ledger::command::{Command, Envelope, OutOrderNo};
+        use crate::ledger::state::{Effects, ShardState};
+        use crate::ledger::types::{AccountId, Leg, Legs, Limits};
+        use crate::money::{CurrencyId, CurrencySpec};
+        use storage::{MemoryStore, Store};
+        const T0: u64 = 1_700_000_000_000_000;
+        let mut state = ShardState::default();
+        let mut fx = Effects::default();
+        let genesis = Command::Genesis { shard: 0, shard_count: 1, currencies: vec![CurrencySpec::new("CNY", 2).unwrap()], utc_offset_seconds: 0 };
+        state.apply(&Envelope { platform: 0, out_order_no: None, command: genesis }, T0, &mut fx);
+        let mut open = |state: &mut ShardState, owner| {
+            let command = Command::OpenAccount { owner, currency: CurrencyId(0), limits: Limits::NONE };
+            let id = AccountId(state.apply(&Envelope { platform: 1, out_order_no: None, command }, T0, &mut fx).id);
+            let fund = Command::Recharge { account: id, currency: CurrencyId(0), amount: 1_000_000_000, channel: 1 };
+            assert!(state.apply(&Envelope { platform: 1, out_order_no: None, command: fund }, T0, &mut fx).is_ok());
+            id
+        };
+        let (a, b) = (open(&mut state, 1), open(&mut state, 2));
+        // Enough records in the hot map (encoded in the parts, not in blobs) for several parts.
+        for n in 0..80_000 {
+            let payees: Legs = [Leg { account: b, amount: 1 }].into_iter().collect();
+            let command = Command::Payment { payer: a, guarantee: false, currency: CurrencyId(0), amount: 1, payees, splits: Legs::new() };
+            let envelope = Envelope { platform: 1, out_order_no: Some(OutOrderNo::new(&format!("big-{n}")).unwrap()), command };
+            assert!(state.apply(&envelope, T0, &mut fx).is_ok());
+        }
+        let store = MemoryStore::new();
+        let head = crate::journal::ChainHead { sequence: 7, hash: [3; 32] };
+        super::write(&store, &state, head, T0, 2, Default::default(), Default::default()).unwrap();
+        let key = super::manifest_key(0, 7);
+        let mut manifest = decode_manifest(0, 7, &store.get(&key).unwrap().unwrap()).unwrap();
+        let parts = manifest.part_hashes.len();
+        assert!(parts >= 3, "the state spans several parts today: {parts}");
+        // Rewritten as an older build would have: all of it in part 0.
+        let mut whole = Vec::new();
+        for part in 0..parts as u32 {
+            whole.extend(store.get(&super::part_key(0, 7, part)).unwrap().unwrap());
+        }
+        assert!(whole.len() > 2 * super::PART_BYTES);
+        store.delete_range(&super::part_key(0, 7, 1), &super::part_key(0, 7, u32::MAX)).unwrap();
+        store.write(&[(&super::part_key(0, 7, 0), &whole)]).unwrap();
+        manifest.part_hashes = vec![*blake3::hash(&whole).as_bytes()];
+        store.write(&[(&key, &encode_manifest(&manifest))]).unwrap();
+        let (loaded, read) = super::load(&store, 0, 7).unwrap();
+        assert_eq!(read.part_hashes.len(), 1);
+        assert_eq!(loaded.digest(), state.digest());
+        let records = |state: &ShardState| {
+            let mut all: Vec<_> = state.memory_idempotency().collect();
+            all.sort_unstable_by_key(|(key, _)| *key);
+            all
+        };
+        assert_eq!(records(&loaded).len(), 80_000);
+        assert_eq!(records(&loaded), records(&state));
+    }
 }
