@@ -1127,9 +1127,27 @@ mod tests {
         assert_eq!(at_once.idempotency.len(), 22);
     }
 
-    /// `apply_all` makes the records' map's room once, at a batch's first order number, for
-    /// every command left (a map growing from small would double many times in the batch); a
-    /// batch without order numbers leaves the map as it was.
+    /// A batch payment of `count` orders of `amount` each from `payer` to `payee`, numbered
+    /// `prefix-N`, under its own number `prefix`.
+    fn batch_payment(prefix: &str, payer: AccountId, payee: AccountId, count: usize, amount: i64) -> Envelope {
+        let orders = (0..count)
+            .map(|n| crate::ledger::command::BatchOrder {
+                out_order_no: OutOrderNo::new(&format!("{prefix}-{n}")).unwrap(),
+                amount,
+                payees: [Leg { account: payee, amount }].into_iter().collect(),
+                splits: Legs::new(),
+            })
+            .collect();
+        Envelope {
+            platform: 1,
+            out_order_no: Some(OutOrderNo::new(prefix).unwrap()),
+            command: Command::BatchPayment { payer, guarantee: false, currency: CurrencyId(0), orders },
+        }
+    }
+
+    /// `apply_all` makes the records' map's room once, at a batch's first order number, for as
+    /// many records as commands left; a batch without order numbers, or one the map has room
+    /// for, leaves the map as it was.
     #[test]
     fn a_batch_makes_room_for_its_records_once_and_only_with_order_numbers() {
         let (mut state, a, b) = state();
@@ -1145,15 +1163,61 @@ mod tests {
         state.apply_all(&plain, None, T0 + 1, &mut fx, &mut replies);
         assert!(replies.iter().all(Reply::is_ok));
         assert_eq!((state.idempotency.len(), state.idempotency.capacity()), (0, empty), "no order numbers, no room made");
-        // One numbered command first, then 99 without: room for all 100 is made at the first
-        // (growing by doubling would have left the smallest table).
-        let mut mixed: Vec<Envelope> = (0..100).map(unnumbered).collect();
-        mixed[0] = payment("first", a, b, 1);
+        // Fifty without numbers, one numbered payment, then 99 more without: room for 100 is
+        // made at the number (growing as records land would have kept the smallest table).
+        let mut mixed: Vec<Envelope> = (0..150).map(unnumbered).collect();
+        mixed[50] = payment("first", a, b, 1);
         replies.clear();
         state.apply_all(&mixed, None, T0 + 1, &mut fx, &mut replies);
         assert!(replies.iter().all(Reply::is_ok));
         assert_eq!(state.idempotency.len(), 1);
-        assert!(state.idempotency.capacity() >= 100, "room for the batch's commands: {}", state.idempotency.capacity());
+        assert!(state.idempotency.capacity() >= 100, "room for the commands left: {}", state.idempotency.capacity());
+        // A map with room for the batch is left as it is.
+        state.expect_records(10_000);
+        let roomy = state.idempotency.capacity();
+        let numbered: Vec<Envelope> = (0..100).map(|n| payment(&format!("roomy{n}"), a, b, 1)).collect();
+        replies.clear();
+        state.apply_all(&numbered, None, T0 + 1, &mut fx, &mut replies);
+        assert!(replies.iter().all(Reply::is_ok));
+        assert_eq!((state.idempotency.len(), state.idempotency.capacity()), (101, roomy));
+    }
+
+    /// `apply_all` equals `apply` one by one when the records' map's room is made in the middle
+    /// of the batch (the first order number past the ring of slots asked for ahead) and a batch
+    /// payment's orders land in it, and when the map grows inside the batch (a batch payment
+    /// in a batch the map seemed to have room for).
+    #[test]
+    fn a_batch_that_makes_room_mid_way_applies_as_one_by_one() {
+        let (state, a, b) = state();
+        let mut late: Vec<Envelope> = (0..20)
+            .map(|n| {
+                let mut envelope = payment(&format!("late{n}"), a, b, 1);
+                if n < 12 {
+                    envelope.out_order_no = None;
+                }
+                envelope
+            })
+            .collect();
+        late.insert(15, batch_payment("batch", b, a, 300, 2));
+        let mut grows: Vec<Envelope> = vec![batch_payment("grows", a, b, 200, 1)];
+        grows.push(payment("after", a, b, 1));
+        for batch in [late, grows] {
+            let (mut one_by_one, mut at_once) = (state.clone(), state.clone());
+            let (mut fx_one, mut fx_all) = (Effects::default(), Effects::default());
+            let expected: Vec<Reply> = batch.iter().map(|envelope| one_by_one.apply(envelope, T0 + 1, &mut fx_one)).collect();
+            assert!(expected.iter().all(Reply::is_ok), "{expected:?}");
+            let mut replies = Vec::new();
+            at_once.apply_all(&batch, None, T0 + 1, &mut fx_all, &mut replies);
+            assert_eq!(replies, expected);
+            assert_eq!(fx_all.postings, fx_one.postings);
+            let records = |state: &ShardState| {
+                let mut all: Vec<(u128, IdempotencyRecord)> = state.memory_idempotency().collect();
+                all.sort_unstable_by_key(|(key, _)| *key);
+                all
+            };
+            assert_eq!(records(&at_once), records(&one_by_one));
+            assert_eq!(at_once.digest(), one_by_one.digest());
+        }
     }
 
     #[test]

@@ -605,10 +605,10 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>
     }
 
     /// Appends the item `make` builds. In the usual case, small enough to inline (the last
-    /// chunk has room, is in memory and unshared), the item is built where it goes: an item
-    /// built aside and copied there is, for a large one (an `Order`), a read across the stores
-    /// that just wrote it, which waits for them to reach the cache (criterion `apply` +1-3 %,
-    /// session 49).
+    /// chunk has room, is in memory and unshared), the item is written straight into its slot,
+    /// which lets the compiler build it there: an item built aside and copied is, for a large
+    /// one (an `Order`), a read across the stores that just wrote it, which waits for them to
+    /// reach the cache (criterion `apply` +1-3 %, session 49).
     #[inline(always)]
     pub fn push_with(&mut self, make: impl FnOnce() -> T) {
         if !self.len.is_multiple_of(CHUNK_LEN) {
@@ -1530,27 +1530,60 @@ mod tests {
         assert_eq!(v.iter().count(), v.len());
     }
 
-    /// `push_with` (built in place when the last chunk has room and is unshared) appends as
-    /// `push` does: in the first chunk as it grows, across chunks, into a chunk a snapshot
-    /// shares (copied first), and counts the chunk's changes alike.
+    /// The chunks' versions, in order (a chunk's version counts its changes since it was made
+    /// or copied).
+    fn chunk_versions<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>(v: &ChunkedVec<T>) -> Vec<u64> {
+        v.chunks.iter().map(|piece| if let Piece::Hot(hot) = piece { hot.version } else { u64::MAX }).collect()
+    }
+
+    /// `push_with` (the item written straight into the last chunk's room when it is unshared)
+    /// against a model: the items as a `Vec`, and each chunk's version as the pushes since it
+    /// was made or copied. Across chunks, the first chunk growing, and chunks a snapshot
+    /// shares (copied first; the snapshots keep what they had). Items own heap memory.
     #[test]
-    fn pushing_what_a_closure_builds_is_pushing_it() {
-        let (mut pushed, mut built) = (ChunkedVec::default(), ChunkedVec::default());
-        let mut snapshots = Vec::new();
-        for i in 0..(CHUNK_LEN * 2 + 7) as u64 {
+    fn pushing_what_a_closure_builds_matches_a_model() {
+        let mut v: ChunkedVec<String> = ChunkedVec::default();
+        let (mut items, mut versions, mut snapshots) = (Vec::new(), Vec::<u64>::new(), Vec::new());
+        let mut last_shared = false;
+        for i in 0..(CHUNK_LEN * 2 + 7) {
             if i % 1000 == 999 {
-                snapshots.push((pushed.clone(), built.clone()));
+                snapshots.push((v.clone(), items.clone()));
+                last_shared = true;
             }
-            pushed.push(i * 3);
-            built.push_with(|| i * 3);
+            if items.len() % CHUNK_LEN == 0 {
+                versions.push(0);
+            } else if last_shared {
+                *versions.last_mut().unwrap() = 0;
+            }
+            last_shared = false;
+            *versions.last_mut().unwrap() += 1;
+            let item = format!("item-{i}");
+            v.push_with(|| item.clone());
+            items.push(item);
         }
-        assert_eq!(built.len(), pushed.len());
-        assert!(built.iter().eq(pushed.iter()));
-        let versions = |v: &ChunkedVec<u64>| v.chunks.iter().map(|piece| if let Piece::Hot(hot) = piece { hot.version } else { 0 }).collect::<Vec<_>>();
-        assert_eq!(versions(&built), versions(&pushed));
-        for (pushed_then, built_then) in &snapshots {
-            assert!(built_then.iter().eq(pushed_then.iter()), "a snapshot is what it was");
+        assert_eq!(v.len(), items.len());
+        assert!(v.iter().eq(items.iter()));
+        assert_eq!(chunk_versions(&v), versions);
+        for (snapshot, then) in &snapshots {
+            assert!(snapshot.iter().eq(then.iter()), "a snapshot is what it was");
         }
+    }
+
+    /// A `push_with` whose closure panics changes nothing: the length, the items and the
+    /// chunk's version are as they were, and the next push lands where it should.
+    #[test]
+    fn a_push_whose_item_panics_changes_nothing() {
+        let mut v: ChunkedVec<String> = ChunkedVec::default();
+        for i in 0..10 {
+            v.push(i.to_string());
+        }
+        let versions = chunk_versions(&v);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.push_with(|| -> String { panic!("no item") })));
+        assert!(outcome.is_err());
+        assert_eq!((v.len(), chunk_versions(&v)), (10, versions));
+        assert!(v.iter().map(String::as_str).eq((0..10).map(|i| i.to_string()).collect::<Vec<_>>().iter().map(String::as_str)));
+        v.push_with(|| "ten".to_string());
+        assert_eq!((v.len(), v.get(10).map(String::as_str)), (11, Some("ten")));
     }
 
     #[test]
