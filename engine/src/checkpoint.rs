@@ -4,16 +4,15 @@
 //! Layout (shard: 2 bytes, sequence: 8 bytes, part: 4 bytes, all big-endian, so that a shard's
 //! checkpoints sort by the batch they follow):
 //! - **parts** under `m/p/` + shard + sequence + part: consecutive slices of at most `PART_BYTES`
-//!   of the encoded state (bincode, the journal's codec), each in its own write, without the
-//!   store's log (`Store::write_unlogged`; made durable together before the manifest);
+//!   of the encoded state (bincode, the journal's codec), each in its own synced write;
 //! - **blobs** under `m/b/` + shard + BLAKE3 of the blob: the chunks of history
 //!   (`ChunkedVec` chunks of 4,096 items, income blocks) a checkpoint keeps apart, each the
 //!   codec's encoding of the chunk, named by its own hash. The parts encode such a chunk as a
 //!   reference (its hash and size). A chunk unchanged since the previous checkpoint is not
 //!   encoded or written again: the shard knows it by id and version (`BlobCache`; see
 //!   `growth::Tagged`), so a checkpoint writes what changed since the last one, not the history;
-//! - **the manifest** under `m/c/` + shard + sequence, written last (a synced write), once every
-//!   part and blob is durable (`Store::persist_unlogged`): `CHECKPOINT_FORMAT_VERSION`, the bincode of a `Manifest` (shard, sequence, the
+//! - **the manifest** under `m/c/` + shard + sequence, written last, once every part and blob is
+//!   durable: `CHECKPOINT_FORMAT_VERSION`, the bincode of a `Manifest` (shard, sequence, the
 //!   batch's timestamp and chain hash, the length and the BLAKE3 of each part, the hashes of
 //!   the blobs it uses), then the BLAKE3 of those bytes. `journal::CHECKPOINT_PREFIX` and
 //!   `journal::checkpoint_key` name the same keys.
@@ -79,12 +78,10 @@ pub const CHECKPOINT_FORMAT_VERSION: u8 = 5;
 const READABLE_FORMAT_VERSIONS: [u8; 5] = [1, 2, 3, 4, CHECKPOINT_FORMAT_VERSION];
 
 /// The most bytes of encoded state one part (one storage value, one write) holds, and about
-/// the most one write of blobs carries. Until session 50 every such write was synced, and a
-/// shard's journal write that came while one was under way waited for it (on machine D a synced
-/// write of 16 MiB, the size until session 45, took about 47 ms, one of 1 MiB about 3: `dd
-/// oflag=dsync`; ARCHITECTURE.md, "Measured", session 45). They now go without the store's log
-/// (`write_unlogged`), but a RocksDB write still holds the writes queued behind it while it
-/// goes into the memtable, so they stay this size.
+/// the most one write of blobs carries. Every write is synced, and a shard's journal write that
+/// comes while one is under way waits for it: on machine D a synced write of 16 MiB (the size
+/// until session 45) takes about 47 ms, one of 1 MiB about 3 (`dd oflag=dsync`; ARCHITECTURE.md,
+/// "Measured", session 45).
 pub const PART_BYTES: usize = 1 << 20;
 
 /// The key of the manifest of the checkpoint of `shard` after batch `sequence`.
@@ -250,9 +247,8 @@ pub struct Aids<'a> {
     pub give_way: Option<&'a dyn Fn()>,
 }
 
-/// Writes the blobs a checkpoint's state offers (`ShardState::offer_blobs`), batched into
-/// unlogged writes (`Store::write_unlogged`) of about `PART_BYTES`, and builds the next
-/// `BlobCache`.
+/// Writes the blobs a checkpoint's state offers (`ShardState::offer_blobs`), batched into writes
+/// of about `PART_BYTES`, and builds the next `BlobCache`.
 struct Blobber<'a> {
     store: &'a dyn Store,
     shard: ShardId,
@@ -283,7 +279,7 @@ impl Blobber<'_> {
             return;
         }
         let puts: Vec<(&[u8], &[u8])> = self.pending.iter().map(|(key, range)| (&key[..], &self.buffer[range.clone()])).collect();
-        if let Err(error) = self.store.write_unlogged(&puts) {
+        if let Err(error) = self.store.write(&puts) {
             self.error = Some(error);
         }
         self.pending.clear();
@@ -415,8 +411,8 @@ impl crate::ledger::growth::BlobRead for HistoryReader {
     }
 }
 
-/// Streams the encoded state into parts, writing each as it fills, unlogged (the whole encoding
-/// is never held in memory at once).
+/// Streams the encoded state into parts, writing each as it fills (the whole encoding is never
+/// held in memory at once).
 struct PartWriter<'a> {
     store: &'a dyn Store,
     shard: ShardId,
@@ -431,8 +427,7 @@ impl PartWriter<'_> {
     fn flush_part(&mut self) -> std::io::Result<()> {
         let part = u32::try_from(self.hashes.len()).map_err(|_| std::io::Error::other("more than 2^32 parts"))?;
         let hash = *blake3::hash(&self.buffer).as_bytes();
-        let put = [(&part_key(self.shard, self.sequence, part)[..], &self.buffer[..])];
-        if let Err(error) = self.store.write_unlogged(&put) {
+        if let Err(error) = self.store.write(&[(&part_key(self.shard, self.sequence, part), &self.buffer)]) {
             let text = error.to_string();
             self.error = Some(error);
             return Err(std::io::Error::other(text));
@@ -563,9 +558,6 @@ pub fn write(
     blobs.sort_unstable();
     blobs.dedup();
     let manifest = Manifest { shard, sequence, timestamp, chain_hash: head.hash, bytes: writer.bytes, part_hashes: writer.hashes, blobs };
-    // The parts and blobs went without the store's log (`write_unlogged`): durable from here,
-    // before the manifest that names them is written.
-    store.persist_unlogged()?;
     store.write(&[(&manifest_key(shard, sequence), &encode_manifest(&manifest))])?;
     let current = (sequence, std::sync::Arc::new(manifest.blobs.clone()));
     clear_repaired(store, shard, &current.1)?;

@@ -318,23 +318,6 @@ fn a_state_of_several_parts_loads_back_as_written() {
     assert!(parts.iter().all(|&n| n > 1), "parts per shard: {parts:?}");
 }
 
-/// A checkpoint's parts and blobs are written without the store's log (`write_unlogged`) and
-/// made durable before its manifest: what a crash right after the stop leaves (`snapshot` drops
-/// every unlogged write not persisted) starts from each shard's newest checkpoint, none skipped.
-#[test]
-fn a_checkpoint_is_durable_once_its_manifest_is() {
-    let store = Arc::new(MemoryStore::new());
-    let engine = Engine::start(config(3, 2), store.clone()).unwrap();
-    workload(&engine, "w", 12);
-    engine.shutdown();
-    let crashed = store.snapshot();
-    for (shard, (recovered, full, checkpoint, skipped)) in both_ways(&crashed).into_iter().enumerate() {
-        assert!(checkpoint.is_some(), "shard {shard}: a checkpoint to start from");
-        assert!(skipped.is_empty(), "shard {shard}: {skipped:?}");
-        assert_eq!(recovered, full, "shard {shard}");
-    }
-}
-
 /// A write failure injected at every point of a checkpoint (each part, the manifest, the
 /// pruning): the store is poisoned, the shard stops at its next batch, and a restart from what
 /// was durable has every acknowledged order and passes the invariants.

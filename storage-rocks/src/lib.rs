@@ -91,10 +91,6 @@ pub struct RocksStore {
     ingest_dir: std::path::PathBuf,
     /// Table files built so far by this handle (their names).
     ingested: std::sync::atomic::AtomicU64,
-    /// The families `write_unlogged` has written to through this handle, which
-    /// `persist_unlogged` flushes (never cleared: a flush of a family whose memtable is empty
-    /// costs nothing, and two threads' writes and persists may interleave).
-    unlogged: std::sync::Mutex<Vec<&'static str>>,
 }
 
 /// The directory, in the database's directory (which is also the server's data directory),
@@ -371,7 +367,6 @@ impl RocksStore {
             rows_tables,
             ingest_dir,
             ingested: std::sync::atomic::AtomicU64::new(0),
-            unlogged: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -458,7 +453,6 @@ impl RocksStore {
             rows_tables: None,
             ingest_dir: path.join(INGEST_DIR),
             ingested: std::sync::atomic::AtomicU64::new(0),
-            unlogged: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -852,13 +846,8 @@ impl RocksStore {
 
     /// The column family `key` lives in.
     fn family(&self, key: &[u8]) -> &ColumnFamily {
-        self.handle(self.family_name(key))
-    }
-
-    /// The name of the column family `key` lives in.
-    fn family_name(&self, key: &[u8]) -> &'static str {
         let apart = self.apart.iter().find(|apart| key >= apart.start && key < apart.end);
-        apart.map_or(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, |apart| apart.family)
+        self.handle(apart.map_or(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, |apart| apart.family))
     }
 
     fn handle(&self, name: &str) -> &ColumnFamily {
@@ -884,58 +873,6 @@ impl RocksStore {
 }
 
 impl Store for RocksStore {
-    /// One batch without the write-ahead log (`disable_wal`) and without sync: it goes to the
-    /// memtables only, and reaches the disk when its families are flushed (`persist_unlogged`, or
-    /// RocksDB's own flushes, or a graceful close). A crash before loses it whole: RocksDB's
-    /// recovery replays only the log. Its families are noted for `persist_unlogged` before it
-    /// is written.
-    fn write_unlogged(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
-        if self.read_only {
-            return Err(StorageError::ReadOnly);
-        }
-        if self.poisoned.load(Ordering::SeqCst) {
-            return Err(StorageError::Poisoned);
-        }
-        let bytes: usize = puts.iter().map(|(key, value)| key.len() + value.len() + 16).sum();
-        let mut batch = WriteBatch::with_capacity_bytes(bytes + 12);
-        {
-            let mut unlogged = self.unlogged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (key, value) in puts {
-                let name = self.family_name(key);
-                if !unlogged.contains(&name) {
-                    unlogged.push(name);
-                }
-                batch.put_cf(self.handle(name), key, value);
-            }
-        }
-        let mut options = WriteOptions::default();
-        options.disable_wal(true);
-        self.db.write_opt(batch, &options).map_err(|error| {
-            self.poisoned.store(true, Ordering::SeqCst);
-            io(error)
-        })
-    }
-
-    /// Flushes every family `write_unlogged` has written to (RocksDB's flush writes a memtable's
-    /// table file and syncs it and the manifest before it returns; an empty memtable is not
-    /// flushed). A failure poisons the store, as a failed write does.
-    fn persist_unlogged(&self) -> Result<(), StorageError> {
-        if self.read_only {
-            return Err(StorageError::ReadOnly);
-        }
-        if self.poisoned.load(Ordering::SeqCst) {
-            return Err(StorageError::Poisoned);
-        }
-        let names = self.unlogged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        for name in names {
-            self.db.flush_cf(self.handle(name)).map_err(|error| {
-                self.poisoned.store(true, Ordering::SeqCst);
-                io(error)
-            })?;
-        }
-        Ok(())
-    }
-
     fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
         // Sized up front (each record: a type byte, a family id and two lengths, at most 16
         // bytes beside its key and value; the batch's 12-byte header): a shard's journal batch

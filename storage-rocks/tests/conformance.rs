@@ -641,31 +641,3 @@ fn sorted_rows_go_in_as_a_table_file_and_read_back_as_written_ones() {
     assert!(refused.to_string().contains("rows-ingest.tmp is reserved"), "{refused}");
     assert_eq!(std::fs::read(&ingest).expect("kept"), b"an operator's file");
 }
-
-/// A checkpoint's parts and blobs go through `write_unlogged`: out of the write-ahead log, so
-/// the journal's synced writes beside them do not carry their bytes. What the disk holds while
-/// the store stays open (a read-only open beside it reads the files and replays the log, as a
-/// start after a crash would) has them only once `persist_unlogged` has returned.
-#[test]
-fn unlogged_writes_stay_out_of_the_log_until_persisted_into_tables() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = RocksStore::open(dir.path()).expect("open");
-    store.write(&[(b"j/1", b"journal")]).expect("a logged write");
-    let logged = log_bytes(dir.path());
-    let value = vec![9u8; 1 << 20];
-    let keys: Vec<Vec<u8>> = (0..4u8).flat_map(|n| [[&b"m/p/"[..], &[n]].concat(), [&b"m/b/"[..], &[n]].concat()]).collect();
-    for pair in keys.chunks(2) {
-        store.write_unlogged(&[(&pair[0], &value), (&pair[1], &value)]).expect("unlogged write");
-    }
-    assert!(log_bytes(dir.path()) < logged + (64 << 10), "8 MiB unlogged; the log grew from {logged} to {} bytes", log_bytes(dir.path()));
-    assert!(keys.iter().all(|key| store.get(key).expect("get").is_some_and(|v| v == value)), "read back at once");
-    let on_disk = |key: &[u8]| RocksStore::open_read_only(dir.path()).expect("read-only beside it").get(key).expect("get");
-    assert_eq!(on_disk(b"j/1").as_deref(), Some(&b"journal"[..]), "the logged write is on disk");
-    assert!(keys.iter().all(|key| on_disk(key).is_none()), "unlogged and not persisted: not on disk yet");
-    store.persist_unlogged().expect("persist");
-    assert!(keys.iter().all(|key| on_disk(key).is_some_and(|v| v == value)), "persisted: on disk");
-    // A read-only store refuses both.
-    let read_only = RocksStore::open_read_only(dir.path()).expect("read-only");
-    assert!(matches!(read_only.write_unlogged(&[(b"m/p/9", b"x")]), Err(storage::StorageError::ReadOnly)));
-    assert!(matches!(read_only.persist_unlogged(), Err(storage::StorageError::ReadOnly)));
-}

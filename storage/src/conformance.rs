@@ -59,15 +59,6 @@ pub fn check_store(store: &dyn Store) {
     store.write_sorted(&[]).expect("empty sorted write");
     let sorted = store.get_many(&[b"s/1", b"s/2", b"s/3", b"s/4"]).expect("get many");
     assert_eq!(sorted, [&b"1"[..], b"2", b"3", b"4"].map(|v| Some(v.to_vec())));
-    // Unlogged writes read back at once, before and after they are persisted; a durable write
-    // after one wins; persisting with nothing unlogged is allowed.
-    store.persist_unlogged().expect("persist nothing");
-    store.write_unlogged(&[(b"u/1", b"1"), (b"u/2", b"2")]).expect("unlogged write");
-    assert_eq!(store.get_many(&[b"u/1", b"u/2"]).expect("get many"), [Some(b"1".to_vec()), Some(b"2".to_vec())]);
-    store.write(&[(b"u/2", b"TWO")]).expect("write");
-    store.persist_unlogged().expect("persist");
-    assert_eq!(store.get_many(&[b"u/1", b"u/2"]).expect("get many"), [Some(b"1".to_vec()), Some(b"TWO".to_vec())]);
-    store.write_unlogged(&[]).expect("empty unlogged write");
     // An empty batch is allowed.
     store.write(&[]).expect("empty write");
     assert!(!store.is_poisoned());

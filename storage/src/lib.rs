@@ -45,23 +45,6 @@ pub trait Store: Send + Sync + 'static {
         write_in_chunks(self, puts)
     }
 
-    /// Writes all `puts` atomically but not yet durably: they read back at once, and survive a
-    /// crash only once a `persist_unlogged` begun after this write has returned (a crash before
-    /// that keeps each such write whole or not at all, in any combination). For large writes whose
-    /// durability can wait for one later point: a checkpoint's parts and blobs, made durable
-    /// before the manifest that names them. A store that can (RocksDB) keeps them out of its
-    /// write-ahead log, so that the synced writes beside them (the shards' journal) do not carry
-    /// their bytes to the disk. This default writes them durably, with `write`.
-    fn write_unlogged(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
-        self.write(puts)
-    }
-
-    /// Makes every `write_unlogged` that returned before this call durable; returns once they
-    /// survive a crash. This default has nothing to do (`write_unlogged` wrote durably).
-    fn persist_unlogged(&self) -> Result<(), StorageError> {
-        Ok(())
-    }
-
     /// Deletes every key in `[start, end)` atomically and durably (one synced write).
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError>;
 

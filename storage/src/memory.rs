@@ -6,24 +6,13 @@ use std::sync::Mutex;
 
 use crate::{StorageError, Store};
 
-/// A `BTreeMap` behind a mutex. "Durable" for the life of the value, but for `write_unlogged`
-/// writes no `persist_unlogged` has made durable yet: `snapshot` (what a crash leaves) goes
-/// without them. Used by tests and simulations.
+/// A `BTreeMap` behind a mutex. "Durable" for the life of the value; used by tests and simulations.
 #[derive(Default)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     poisoned: AtomicBool,
     /// Writes left before an injected failure; `u64::MAX` means never fail.
     writes_before_failure: AtomicU64,
-}
-
-#[derive(Default, Clone)]
-struct Inner {
-    /// Every key as it reads now.
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// Each key written by `write_unlogged` since the last `persist_unlogged` (and not written
-    /// or deleted durably after), with the durable value it had before (none: absent).
-    unpersisted: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl MemoryStore {
@@ -32,29 +21,15 @@ impl MemoryStore {
         MemoryStore { writes_before_failure: AtomicU64::new(u64::MAX), ..MemoryStore::default() }
     }
 
-    /// Makes the write after the next `writes` succeed fail (as an fsync error would). A
-    /// `persist_unlogged` counts as a write.
+    /// Makes the write after the next `writes` succeed fail (as an fsync error would).
     pub fn fail_after(&self, writes: u64) {
         self.writes_before_failure.store(writes, Ordering::SeqCst);
     }
 
-    /// A copy of what would survive a crash now (for tests that restart an engine on the same
-    /// data): everything written durably, and none of the `write_unlogged` writes that no
-    /// `persist_unlogged` has made durable (RocksDB may keep some of those; none is the case a
-    /// reader of the store must be ready for).
+    /// A copy of everything stored (for tests that restart an engine on the same data).
     pub fn snapshot(&self) -> MemoryStore {
-        let Inner { mut map, unpersisted } = self.lock().clone();
-        for (key, durable) in unpersisted {
-            match durable {
-                Some(value) => map.insert(key, value),
-                None => map.remove(&key),
-            };
-        }
-        MemoryStore { inner: Mutex::new(Inner { map, unpersisted: BTreeMap::new() }), ..MemoryStore::new() }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("memory store lock")
+        let map = self.map.lock().expect("memory store lock").clone();
+        MemoryStore { map: Mutex::new(map), ..MemoryStore::new() }
     }
 }
 
@@ -79,29 +54,10 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
         self.count_write()?;
-        let mut inner = self.lock();
+        let mut map = self.map.lock().expect("memory store lock");
         for (key, value) in puts {
-            // Durable now, whatever an unlogged write before it left.
-            inner.unpersisted.remove(*key);
-            inner.map.insert(key.to_vec(), value.to_vec());
+            map.insert(key.to_vec(), value.to_vec());
         }
-        Ok(())
-    }
-
-    fn write_unlogged(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
-        self.count_write()?;
-        let Inner { map, unpersisted } = &mut *self.lock();
-        for (key, value) in puts {
-            let before = map.insert(key.to_vec(), value.to_vec());
-            // The durable value is the one before the first unpersisted write of the key.
-            unpersisted.entry(key.to_vec()).or_insert(before);
-        }
-        Ok(())
-    }
-
-    fn persist_unlogged(&self) -> Result<(), StorageError> {
-        self.count_write()?;
-        self.lock().unpersisted.clear();
         Ok(())
     }
 
@@ -116,12 +72,9 @@ impl Store for MemoryStore {
             return Ok(());
         }
         self.count_write()?;
-        let Inner { map, unpersisted } = &mut *self.lock();
+        let mut map = self.map.lock().expect("memory store lock");
         for (start, end) in ranges {
-            let range = start.to_vec()..end.to_vec();
-            // Deleted durably, unlogged writes before it or not.
-            unpersisted.retain(|key, _| !range.contains(key));
-            let doomed: Vec<Vec<u8>> = map.range(range).map(|(key, _)| key.clone()).collect();
+            let doomed: Vec<Vec<u8>> = map.range(start.to_vec()..end.to_vec()).map(|(key, _)| key.clone()).collect();
             for key in doomed {
                 map.remove(&key);
             }
@@ -130,7 +83,7 @@ impl Store for MemoryStore {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.lock().map.get(key).cloned())
+        Ok(self.map.lock().expect("memory store lock").get(key).cloned())
     }
 
     fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StorageError> {
@@ -141,8 +94,8 @@ impl Store for MemoryStore {
         let mut from = std::ops::Bound::Included(start.to_vec());
         loop {
             let chunk: Vec<(Vec<u8>, Vec<u8>)> = {
-                let inner = self.lock();
-                inner.map.range((from.clone(), std::ops::Bound::Excluded(end.to_vec()))).take(CHUNK).map(|(k, v)| (k.clone(), v.clone())).collect()
+                let map = self.map.lock().expect("memory store lock");
+                map.range((from.clone(), std::ops::Bound::Excluded(end.to_vec()))).take(CHUNK).map(|(k, v)| (k.clone(), v.clone())).collect()
             };
             for (key, value) in &chunk {
                 if !visit(key, value) {
