@@ -507,9 +507,9 @@ impl Shard {
                 round.envelopes.append(&mut round.deferred_acks);
             }
             round.acks_since = None;
-            self.counters.working.store(true, Ordering::Relaxed);
+            let working = Working::set(self.counters.clone());
             let committed = self.commit(&mut round);
-            self.counters.working.store(false, Ordering::Relaxed);
+            drop(working);
             self.wake_checkpoint();
             if !committed {
                 refuse_until_shutdown(self.state.shard, &self.clients, &self.control, &self.inbound);
@@ -1124,6 +1124,24 @@ impl GiveWay {
     }
 }
 
+/// `ShardCounters::working` set while this lives: cleared when the batch is done, and also if
+/// `commit` panics (the unwind drops it), so that a checkpoint thread does not give way to a
+/// batch that will never end for up to `GIVE_WAY_MAX` at each of its waits.
+struct Working(Arc<ShardCounters>);
+
+impl Working {
+    fn set(counters: Arc<ShardCounters>) -> Working {
+        counters.working.store(true, Ordering::Relaxed);
+        Working(counters)
+    }
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.0.working.store(false, Ordering::Relaxed);
+    }
+}
+
 /// The longest a checkpoint thread that gives way sleeps before it looks again whether its
 /// shard is still busy (unless the shard wakes it).
 const GIVE_WAY_NAP: Duration = Duration::from_millis(2);
@@ -1220,6 +1238,20 @@ mod tests {
         c.checkpoint_overdue.store(false, Ordering::Relaxed);
         c.mark_stopped(ShardFailure::Storage("gone".into()));
         assert!(went_on_at_once(&give_way), "a checkpoint gave way to a stopped shard");
+    }
+
+    #[test]
+    fn a_batch_that_panics_leaves_its_shard_not_working() {
+        let (give_way, _clients, _inbound, _queues) = give_way();
+        let counters = give_way.counters.clone();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _working = Working::set(counters.clone());
+            assert!(counters.working.load(Ordering::Relaxed));
+            panic!("a commit that panics");
+        }));
+        assert!(unwound.is_err());
+        assert!(!counters.working.load(Ordering::Relaxed), "the shard still reads as working");
+        assert!(went_on_at_once(&give_way), "a checkpoint gave way to a batch that had ended in a panic");
     }
 
     #[test]
