@@ -202,6 +202,25 @@ fn an_undeclared_method_is_405_with_allow() {
 }
 
 /// Every filter of the listing is checked before anything is read, and the error names it;
+/// A caller's made-up field names are named back to it, and no number of them takes the name
+/// away from anyone's next error: the names were kept in a process-wide table of 512, which one
+/// platform could fill, after which every platform's errors about fields not yet in it lost their
+/// `param`.
+#[test]
+fn made_up_field_names_never_cost_another_platform_its_param() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), TOKEN, &config_with(support::money::FAST_BANK));
+    let hostile = Client::create(&server, TOKEN, r#"{"name": "hostile"}"#);
+    let other = Client::create(&server, TOKEN, r#"{"name": "other"}"#);
+    for i in 0..600 {
+        let name = format!("made_up_{i}");
+        let (status, body) = hostile.get(&format!("/v1/orders?{name}=1"));
+        assert_eq!((status, body["error"]["param"].as_str()), (400, Some(name.as_str())), "{body}");
+    }
+    let (status, body) = other.get("/v1/orders?colour_of_the_sky=blue");
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("colour_of_the_sky")), "{body}");
+}
+
 /// `out_order_no` narrows a page (the other filters still apply) instead of answering one order.
 #[test]
 fn listing_filters_are_checked_and_out_order_no_is_a_page() {

@@ -135,7 +135,7 @@ pub async fn open(
         OutOrderNo::new(out_order_no).ok_or_else(|| ApiError::invalid("out_order_no must be 1 to 64 characters [A-Za-z0-9_-]", "out_order_no"))?;
     let member: Member = Member::parse_public_id(member_id)
         .and_then(|id| members.get(platform.id, id))
-        .ok_or_else(|| ApiError { param: Some("member_id"), ..ApiError::not_found() })?;
+        .ok_or_else(|| ApiError { param: Some("member_id".into()), ..ApiError::not_found() })?;
     let currency = currency_of(engine, currency).ok_or_else(|| ApiError::invalid("unknown currency", "currency"))?;
     agreements.require(platform, member.id, crate::agreements::Purpose::OpenAccount)?;
     let command = Command::OpenAccount { owner: member.id, currency, limits: Limits::NONE };
@@ -243,7 +243,7 @@ pub async fn account_of(engine: &Arc<Engine>, platform: u32, id: AccountId) -> R
         })
     })
     .await??;
-    found.ok_or(ApiError { param: Some("account_id"), ..ApiError::not_found() })
+    found.ok_or(ApiError { param: Some("account_id".into()), ..ApiError::not_found() })
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -184,7 +184,7 @@ async fn read_limits(engine: &Arc<Engine>, platform: u32, account: AccountId) ->
         })
     })
     .await??;
-    found.ok_or(ApiError { param: Some("account_id"), ..ApiError::not_found() })
+    found.ok_or(ApiError { param: Some("account_id".into()), ..ApiError::not_found() })
 }
 
 /// An account's caps (`unlimited` where there is none), for the page that changes them.
@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(side("suspense:1", 2, "to").unwrap(), Side::Suspense(Some(1)));
         for (text, status) in [("suspense:2", 400), ("suspense:x", 400), ("suspense:-1", 400), ("acc_x", 404), ("", 404)] {
             let error = side(text, 2, "from").unwrap_err();
-            assert_eq!((error.status, error.param), (status, Some("from")), "{text:?}");
+            assert_eq!((error.status, error.param.as_deref()), (status, Some("from")), "{text:?}");
         }
     }
 

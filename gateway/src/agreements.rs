@@ -299,11 +299,11 @@ impl Agreements {
             .get(&(platform, request.code.to_string()))
             .and_then(|v| v.get(&request.version))
             .map(|id| state.templates[id].clone())
-            .ok_or(ApiError { param: Some("version"), ..ApiError::not_found() })?;
+            .ok_or(ApiError { param: Some("version".into()), ..ApiError::not_found() })?;
         if let Some(shown) = request.shown_sha256 {
             if !crate::auth::constant_time_equal(shown.as_bytes(), template.sha256.as_bytes()) {
                 return Err(ApiError {
-                    param: Some("sha256"),
+                    param: Some("sha256".into()),
                     ..ApiError::new(409, "agreement_changed", "the text shown is not this version's text; show it again and sign")
                 });
             }
@@ -362,7 +362,7 @@ impl Agreements {
             let Some(latest) = state.versions.get(&(platform.id, code.clone())).and_then(|v| v.keys().next_back()) else { continue };
             if !held.iter().map(|id| &state.signatures[id]).any(|s| &s.code == code && s.version == *latest) {
                 return Err(ApiError {
-                    param: Some(interned(code)),
+                    param: Some(code.clone().into()),
                     ..ApiError::new(422, "agreement_required", &format!("the member must first sign version {latest} of the agreement {code}"))
                 });
             }
@@ -383,7 +383,7 @@ impl Agreements {
             }
             if !state.versions.contains_key(&(platform, code.clone())) {
                 // A code that names nothing is a missing object, like an unknown id in a path.
-                return Err(ApiError { param: Some(param), ..ApiError::new(404, "not_found", "no agreement of this code is published") });
+                return Err(ApiError { param: Some(param.into()), ..ApiError::new(404, "not_found", "no agreement of this code is published") });
             }
         }
         Ok(())
@@ -407,24 +407,6 @@ impl State {
         }
         self.signatures.insert(signature.id, signature);
     }
-}
-
-/// Codes interned as `'static` for an error's `param`: there are at most as many as codes ever
-/// required (each published, at most `TEMPLATES_PER_PLATFORM_MAX` per platform); past 4,096 the
-/// param is `agreement`.
-fn interned(code: &str) -> &'static str {
-    static CODES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
-    let mut codes = CODES.lock().expect("interned codes lock");
-    let codes = codes.get_or_insert_with(HashSet::new);
-    if let Some(known) = codes.get(code) {
-        return known;
-    }
-    if codes.len() >= 4_096 {
-        return "agreement";
-    }
-    let leaked: &'static str = Box::leak(code.to_string().into_boxed_str());
-    codes.insert(leaked);
-    leaked
 }
 
 /// The address of the client of `request` (the socket's peer; a proxy's forwarding headers are
@@ -646,7 +628,7 @@ mod tests {
         ];
         for (number, code, text, param) in cases {
             let error = agreements.publish(1, &body(number, code, text), 1).unwrap_err();
-            assert_eq!(error.param, Some(*param), "{number}");
+            assert_eq!(error.param.as_deref(), Some(*param), "{number}");
         }
     }
 
@@ -678,7 +660,7 @@ mod tests {
         assert!(agreements.require(&platform, 5, Purpose::OpenAccount).is_ok());
         assert!(agreements.require(&platform, 5, Purpose::BindCard).is_ok());
         let refused = agreements.require(&platform, 6, Purpose::OpenAccount).unwrap_err();
-        assert_eq!((refused.status, refused.code, refused.param), (422, "agreement_required", Some("account_opening")));
+        assert_eq!((refused.status, refused.code, refused.param.as_deref()), (422, "agreement_required", Some("account_opening")));
         agreements.publish(1, &body("t2", "account_opening", "open v2"), 4).unwrap();
         assert_eq!(agreements.require(&platform, 5, Purpose::OpenAccount).unwrap_err().code, "agreement_required", "a new version is signed again");
         platform.agreement_requirements.open_account.clear();

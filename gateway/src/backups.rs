@@ -214,10 +214,10 @@ mod tests {
         ];
         for to in refused {
             let error = backups.target(&to).err().unwrap_or_else(|| panic!("{to} accepted"));
-            assert_eq!((error.status, error.param), (400, Some("to")), "{to}");
+            assert_eq!((error.status, error.param.as_deref()), (400, Some("to")), "{to}");
         }
         let off = Backups::off();
-        assert_eq!(off.target(&text(&root.join("x"))).err().map(|e| e.param), Some(Some("to")));
+        assert_eq!(off.target(&text(&root.join("x"))).err().and_then(|e| e.param).as_deref(), Some("to"));
     }
 
     #[test]

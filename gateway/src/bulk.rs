@@ -83,7 +83,7 @@ pub async fn prepare(
 
 fn error_result(error: &ApiError) -> Value {
     let mut inner = json!({"code": error.code, "message": error.message});
-    if let Some(param) = error.param {
+    if let Some(param) = &error.param {
         inner["param"] = json!(param);
     }
     json!({"status": error.status, "body": {"error": inner}})
@@ -104,7 +104,7 @@ pub async fn bulk(
     }
     if request.operations.len() > OPERATIONS_MAX {
         let mut error = ApiError::new(400, "too_many_operations", "a bulk request carries at most 8189 operations");
-        error.param = Some("operations");
+        error.param = Some("operations".into());
         return Err(error);
     }
     let count = request.operations.len();

@@ -273,7 +273,7 @@ pub async fn bind_card(
         return replay_bind(card, &content);
     }
     if !valid_card_no(&body.card_no) {
-        return Err(ApiError { param: Some("card_no"), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
+        return Err(ApiError { param: Some("card_no".into()), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
     }
     if !crate::identity::valid_phone(&body.phone) {
         return Err(ApiError::invalid("phone must be a mainland mobile number of 11 digits", "phone"));
@@ -366,7 +366,7 @@ pub async fn verify_card(engine: &Arc<Engine>, cards: &Arc<Cards>, platform: u32
     match (right, card.status.as_str()) {
         (true, _) => Ok(card),
         (false, "locked") => Err(locked()),
-        (false, _) => Err(ApiError { param: Some("amount"), ..ApiError::new(422, "verification_failed", "that is not the amount deposited") }),
+        (false, _) => Err(ApiError { param: Some("amount".into()), ..ApiError::new(422, "verification_failed", "that is not the amount deposited") }),
     }
 }
 

@@ -4,6 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use engine::result::ResultCode;
 use serde::Serialize;
+use std::borrow::Cow;
 
 /// An error answered to a caller, with a stable code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,7 +12,9 @@ pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
-    pub param: Option<&'static str>,
+    /// The field at fault: one of the API's names, or a name the caller sent (an unknown field),
+    /// owned then, so that no table of names grows with what callers send.
+    pub param: Option<Cow<'static, str>>,
     /// Seconds the caller should wait before trying again (`Retry-After`), for 429 and 503.
     pub retry_after_seconds: Option<u32>,
 }
@@ -37,7 +40,7 @@ impl ApiError {
 
     /// 400 `invalid_request`, naming the field at fault.
     pub fn invalid(message: &str, param: &'static str) -> ApiError {
-        ApiError { status: 400, code: "invalid_request", message: message.to_string(), param: Some(param), retry_after_seconds: None }
+        ApiError { status: 400, code: "invalid_request", message: message.to_string(), param: Some(Cow::Borrowed(param)), retry_after_seconds: None }
     }
 
     /// 401 `unauthenticated`.
@@ -80,7 +83,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let body = Body { error: Inner { code: self.code, message: &self.message, param: self.param } };
+        let body = Body { error: Inner { code: self.code, message: &self.message, param: self.param.as_deref() } };
         let mut response = HttpResponse::build(self.status_code());
         if let Some(seconds) = self.retry_after_seconds {
             response.insert_header((actix_web::http::header::RETRY_AFTER, seconds));
@@ -149,7 +152,7 @@ pub fn rejection(code: ResultCode) -> ApiError {
             (422, "approval_invalid", "an adjustment needs a proposer and a different approver, each named in at most 64 bytes", Some("approver"))
         }
     };
-    ApiError { status, code: name, message: message.to_string(), param, retry_after_seconds: None }
+    ApiError { status, code: name, message: message.to_string(), param: param.map(Cow::Borrowed), retry_after_seconds: None }
 }
 
 /// The one table from clearing's errors to API errors.
@@ -175,7 +178,7 @@ impl From<clearing_actor::ClearingError> for ApiError {
 /// The field a JSON body's value error is about (`{"auto_confirm_days": 300}` → `auto_confirm_days`),
 /// so that a number past its type (or of the wrong type) answers 400 with the param named.
 /// serde_json reports where the value ends; the key is the string before the `:` before it.
-pub fn json_error_param(body: &[u8], error: &serde_json::Error) -> Option<&'static str> {
+pub fn json_error_param(body: &[u8], error: &serde_json::Error) -> Option<Cow<'static, str>> {
     if !matches!(error.classify(), serde_json::error::Category::Data) || error.to_string().starts_with("unknown field") {
         return None;
     }
@@ -209,31 +212,18 @@ pub fn json_error_param(body: &[u8], error: &serde_json::Error) -> Option<&'stat
     }
     let key_end = i - 1;
     let key_start = bytes[..key_end].iter().rposition(|b| *b == b'"')? + 1;
-    intern_param(std::str::from_utf8(&bytes[key_start..key_end]).ok()?)
+    param_named(std::str::from_utf8(&bytes[key_start..key_end]).ok()?)
 }
 
-/// Field names as `&'static str` for `ApiError::param`: only names shaped like the API's fields
-/// (lower-case words joined by `_`), and at most `PARAM_NAMES_MAX` of them, so that no request
-/// can make the table grow without bound.
-fn intern_param(name: &str) -> Option<&'static str> {
-    const PARAM_NAMES_MAX: usize = 512;
-    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+/// A field name a caller sent, for `ApiError::param`: only names shaped like the API's fields
+/// (lower-case words joined by `_`, at most 40 bytes); anything else names no param. Owned, each
+/// error its own: a table of names kept for the process (as before, 512 at most) could be filled
+/// by one caller's made-up field names, after which every caller's errors lost their param.
+fn param_named(name: &str) -> Option<Cow<'static, str>> {
     let shaped = (1..=40).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !shaped {
-        return None;
-    }
-    let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(known) = names.iter().find(|known| **known == name) {
-        return Some(known);
-    }
-    if names.len() >= PARAM_NAMES_MAX {
-        return None;
-    }
-    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
-    names.push(leaked);
-    Some(leaked)
+    shaped.then(|| Cow::Owned(name.to_string()))
 }
 
 /// A query string that does not parse into the handler's filters: 400 `invalid_request` naming
@@ -261,10 +251,10 @@ pub fn json_config_error(error: &actix_web::error::JsonPayloadError) -> ApiError
 
 /// The field a serde message names between backquotes (`unknown field \`colour\``,
 /// `missing field \`name\``), if it is shaped like one of the API's.
-fn named_in(message: &str) -> Option<&'static str> {
+fn named_in(message: &str) -> Option<Cow<'static, str>> {
     let start = message.find("field `")? + "field `".len();
     let end = start + message[start..].find('`')?;
-    intern_param(&message[start..end])
+    param_named(&message[start..end])
 }
 
 /// Runs blocking work (store writes that sync, waits on shard threads) off the async workers.
@@ -338,7 +328,20 @@ mod tests {
         ];
         for (body, param) in cases {
             let error = serde_json::from_str::<Body>(body).expect_err(body);
-            assert_eq!(json_error_param(body.as_bytes(), &error), *param, "{body}: {error}");
+            assert_eq!(json_error_param(body.as_bytes(), &error).as_deref(), *param, "{body}: {error}");
         }
+    }
+
+    /// However many made-up names came before, the next is named (no table of names fills):
+    /// a query's unknown parameter, and a body's value of the wrong type.
+    #[test]
+    fn every_made_up_name_is_named() {
+        for i in 0..2_000 {
+            assert_eq!(named_in(&format!("unknown field `made_up_{i}`, expected one of `a`")).as_deref(), Some(format!("made_up_{i}").as_str()));
+            let body = format!(r#"{{"made_up_{i}": 1}}"#);
+            let error = serde_json::from_str::<std::collections::HashMap<String, String>>(&body).expect_err(&body);
+            assert_eq!(json_error_param(body.as_bytes(), &error).as_deref(), Some(format!("made_up_{i}").as_str()), "{error}");
+        }
+        assert_eq!(named_in("unknown field `a_name_of_forty_one_bytes_is_too_long_xxxx`"), None);
     }
 }

@@ -255,7 +255,7 @@ async fn grant(
     }
     let member = Member::parse_public_id(&body.member_id)
         .and_then(|id| members.get(platform.id, id))
-        .ok_or(ApiError { param: Some("member_id"), ..ApiError::not_found() })?;
+        .ok_or(ApiError { param: Some("member_id".into()), ..ApiError::not_found() })?;
     let account = match &body.account_id {
         Some(text) => Some(member_account(engine, platform.id, member.id, text, "account_id").await?),
         None => None,
@@ -280,7 +280,7 @@ async fn grant(
         }
         Purpose::Agreement => {
             let named = body.agreement.as_ref().ok_or_else(|| ApiError::invalid("an agreement session names the agreement", "agreement"))?;
-            agreements.template(platform.id, &named.code, named.version).ok_or(ApiError { param: Some("agreement"), ..ApiError::not_found() })?;
+            agreements.template(platform.id, &named.code, named.version).ok_or(ApiError { param: Some("agreement".into()), ..ApiError::not_found() })?;
         }
         Purpose::Wallet => {}
     }
@@ -299,7 +299,7 @@ async fn grant(
 /// The account named by `text` if it is `member`'s account of `platform` (404 naming `param`
 /// otherwise: another member's account is as unknown as a missing one).
 pub async fn member_account(engine: &Arc<Engine>, platform: u32, member: u64, text: &str, param: &'static str) -> Result<AccountId, ApiError> {
-    let missing = || ApiError { param: Some(param), ..ApiError::not_found() };
+    let missing = || ApiError { param: Some(param.into()), ..ApiError::not_found() };
     let account = crate::accounts::parse_account_id(text).ok_or_else(missing)?;
     let (owner, _, _) = crate::accounts::account_of(engine, platform, account).await.map_err(|e| if e.status == 404 { missing() } else { e })?;
     if owner != member {

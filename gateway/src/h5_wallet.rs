@@ -311,7 +311,7 @@ pub async fn withdraw(
         let card = crate::ids::parse_prefixed(form.get("card"), "card_")
             .and_then(|id| cards.get(platform, w.account, id))
             .filter(|c| c.status == "verified")
-            .ok_or(ApiError { param: Some("card_id"), ..ApiError::not_found() })?;
+            .ok_or(ApiError { param: Some("card_id".into()), ..ApiError::not_found() })?;
         let arrival = crate::withdrawals::parse_arrival(Some(form.get("arrival")).filter(|a| !a.is_empty()))?;
         Ok((minor, card, arrival))
     })();

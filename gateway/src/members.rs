@@ -179,7 +179,7 @@ impl Members {
         }
         if !valid_number {
             let mut error = ApiError::new(400, "invalid_id_number", "id_number fails its check (GB 11643 for individuals, GB 32100 for enterprises)");
-            error.param = Some("id_number");
+            error.param = Some("id_number".into());
             return Err(error);
         }
         if !valid_phone(&request.phone) {

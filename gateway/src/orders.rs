@@ -48,12 +48,12 @@ pub fn currency(engine: &Engine, code: &str) -> Result<(CurrencyId, CurrencySpec
 
 /// An API amount in minor units of `spec` (`invalid_amount` naming `param` otherwise).
 pub fn amount(text: &str, spec: &CurrencySpec, param: &'static str) -> Result<Minor, ApiError> {
-    crate::parse_amount(text, spec).map_err(|error| ApiError { param: Some(param), ..ApiError::new(400, error.code(), &error.to_string()) })
+    crate::parse_amount(text, spec).map_err(|error| ApiError { param: Some(param.into()), ..ApiError::new(400, error.code(), &error.to_string()) })
 }
 
 /// An account id named by the request; an unparseable one is as unknown as a missing one.
 pub fn account(text: &str, param: &'static str) -> Result<AccountId, ApiError> {
-    parse_account_id(text).ok_or(ApiError { param: Some(param), ..ApiError::not_found() })
+    parse_account_id(text).ok_or(ApiError { param: Some(param.into()), ..ApiError::not_found() })
 }
 
 /// Formats an engine timestamp (microseconds since the epoch) as RFC 3339 in UTC.

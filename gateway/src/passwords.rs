@@ -81,7 +81,7 @@ impl Passwords {
         }
         let Some(password) = password else {
             return Err(ApiError {
-                param: Some("payment_password"),
+                param: Some("payment_password".into()),
                 ..ApiError::new(422, "invalid_payment_password", "this platform requires payment_password")
             });
         };
@@ -99,7 +99,7 @@ impl Passwords {
             (true, _) => Ok(()),
             (false, true) => Err(locked()),
             (false, false) => Err(ApiError {
-                param: Some("payment_password"),
+                param: Some("payment_password".into()),
                 ..ApiError::new(422, "invalid_payment_password", &format!("wrong payment password ({} tries left)", FAILURES_MAX - failures))
             }),
         }

@@ -137,7 +137,7 @@ struct Target {
 
 /// Reads the order an operation acts on (404 when it is not the platform's).
 async fn target(engine: &Arc<Engine>, platform: u32, order_id: &str) -> Result<(engine::ledger::types::OrderId, Target), ApiError> {
-    let id = parse_order_id(order_id).ok_or(ApiError { param: Some("order_id"), ..ApiError::not_found() })?;
+    let id = parse_order_id(order_id).ok_or(ApiError { param: Some("order_id".into()), ..ApiError::not_found() })?;
     let found = read_order(engine, platform, id, |state, order| {
         let spec = state.currencies[order.currency.0 as usize];
         let mut body = Fields::default();
@@ -149,7 +149,7 @@ async fn target(engine: &Arc<Engine>, platform: u32, order_id: &str) -> Result<(
         Target { spec, kind: order.kind, body }
     })
     .await?;
-    found.map(|t| (id, t)).ok_or(ApiError { param: Some("order_id"), ..ApiError::not_found() })
+    found.map(|t| (id, t)).ok_or(ApiError { param: Some("order_id".into()), ..ApiError::not_found() })
 }
 
 /// Checks a confirmation of a guarantee payment.
@@ -213,7 +213,7 @@ pub struct RefundBody {
 /// exactly one receiver.
 pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &RefundBody) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
-    let payment = parse_order_id(&body.payment_order_id).ok_or(ApiError { param: Some("payment_order_id"), ..ApiError::not_found() })?;
+    let payment = parse_order_id(&body.payment_order_id).ok_or(ApiError { param: Some("payment_order_id".into()), ..ApiError::not_found() })?;
     let found = read_order(engine, platform.id, payment, |state, order| {
         let receivers: Vec<_> = match &order.detail {
             OrderDetail::Payment { held, .. } => held.iter().map(|l| l.account).collect(),
@@ -222,9 +222,9 @@ pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &Re
         (state.currencies[order.currency.0 as usize], receivers)
     })
     .await?;
-    let (spec, receivers) = found.ok_or(ApiError { param: Some("payment_order_id"), ..ApiError::not_found() })?;
+    let (spec, receivers) = found.ok_or(ApiError { param: Some("payment_order_id".into()), ..ApiError::not_found() })?;
     if receivers.is_empty() {
-        return Err(ApiError { param: Some("payment_order_id"), ..ApiError::not_found() });
+        return Err(ApiError { param: Some("payment_order_id".into()), ..ApiError::not_found() });
     }
     let payee = match &body.payee_account_id {
         Some(text) => account(text, "payee_account_id")?,
@@ -232,7 +232,7 @@ pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &Re
         None => return Err(ApiError::invalid("the payment has several receivers: name payee_account_id", "payee_account_id")),
     };
     if !receivers.contains(&payee) {
-        return Err(ApiError { param: Some("payee_account_id"), ..ApiError::not_found() });
+        return Err(ApiError { param: Some("payee_account_id".into()), ..ApiError::not_found() });
     }
     let refund = amount(&body.amount, &spec, "amount")?;
     let mut view = Fields::default();

@@ -330,7 +330,7 @@ mod tests {
             assert_eq!(reloaded.verify_signature(&third_platform, b"message", &sign(secret), now + 3), expected);
         }
         let too_long = RotateSecret { overlap_seconds: Some(ROTATION_OVERLAP_SECONDS_MAX + 1) };
-        assert_eq!(reloaded.rotate_secret(platform.id, too_long, now).unwrap_err().param, Some("overlap_seconds"));
+        assert_eq!(reloaded.rotate_secret(platform.id, too_long, now).unwrap_err().param.as_deref(), Some("overlap_seconds"));
         assert_eq!(reloaded.rotate_secret(99, RotateSecret::default(), now).unwrap_err().code, "not_found");
     }
 }

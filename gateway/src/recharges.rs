@@ -121,9 +121,9 @@ pub async fn collect(
     let card = crate::ids::parse_prefixed(&body.card_id, "card_")
         .and_then(|id| cards.get(platform.id, account, id))
         .filter(|c| c.status != "unbound")
-        .ok_or(ApiError { param: Some("card_id"), ..ApiError::not_found() })?;
+        .ok_or(ApiError { param: Some("card_id".into()), ..ApiError::not_found() })?;
     if card.status != "verified" {
-        return Err(ApiError { param: Some("card_id"), ..ApiError::new(422, "card_not_verified", "collections come only from verified cards") });
+        return Err(ApiError { param: Some("card_id".into()), ..ApiError::new(422, "card_not_verified", "collections come only from verified cards") });
     }
     let recharge =
         RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };

@@ -148,7 +148,7 @@ pub async fn card_transactions(
         || !digits.iter().all(u8::is_ascii_digit)
         || crate::accounts::luhn_check_digit(&path[..path.len() - 1]) != digits[digits.len() - 1] - b'0'
     {
-        return Err(ApiError { param: Some("card_no"), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
+        return Err(ApiError { param: Some("card_no".into()), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({"transactions": simulator.card_transactions(&path)})))
 }
@@ -184,7 +184,7 @@ pub async fn card_link(
         && digits.bytes().all(|b| b.is_ascii_digit())
         && crate::accounts::luhn_check_digit(&digits[..digits.len() - 1]) == digits.as_bytes()[digits.len() - 1] - b'0';
     if !shaped {
-        return Err(ApiError { param: Some("card_no"), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
+        return Err(ApiError { param: Some("card_no".into()), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
     }
     let expires = unix_seconds() + seconds;
     let signature = card_link_tag(&platforms, &path, expires);

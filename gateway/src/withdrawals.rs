@@ -83,9 +83,9 @@ pub async fn withdraw(
     let card = crate::ids::parse_prefixed(&body.card_id, "card_")
         .and_then(|id| cards.get(platform, target, id))
         .filter(|c| c.status != "unbound")
-        .ok_or(ApiError { param: Some("card_id"), ..ApiError::not_found() })?;
+        .ok_or(ApiError { param: Some("card_id".into()), ..ApiError::not_found() })?;
     if card.status != "verified" {
-        return Err(ApiError { param: Some("card_id"), ..ApiError::new(422, "card_not_verified", "withdrawals go only to verified cards") });
+        return Err(ApiError { param: Some("card_id".into()), ..ApiError::new(422, "card_not_verified", "withdrawals go only to verified cards") });
     }
     let member = members.get(platform, owner).ok_or_else(ApiError::not_found)?;
     let account_type = if member.kind == "enterprise" { AccountType::Corporate } else { AccountType::Personal };
@@ -251,7 +251,7 @@ pub async fn check_payout(engine: &Arc<Engine>, platform: u32, body: &PayoutBody
         Some(_) => return Err(ApiError::invalid("account_type is personal or corporate", "account_type")),
     };
     if !crate::cards::valid_card_no(&body.card_no) {
-        return Err(ApiError { param: Some("card_no"), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
+        return Err(ApiError { param: Some("card_no".into()), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
     }
     if !crate::plain_text(&body.holder_name, false) || body.holder_name.chars().count() > 64 {
         return Err(ApiError::invalid("holder_name must be 1 to 64 characters, not all blank, without control characters", "holder_name"));

@@ -413,7 +413,7 @@ async fn recharge_page(session: Session, engine: web::Data<Arc<Engine>>, platfor
 
 /// The message of an API error for a notice: the field it names, then why.
 fn complaint(error: &ApiError) -> String {
-    match error.param {
+    match &error.param {
         Some(param) => format!("{param}: {}", error.message),
         None => error.message.clone(),
     }

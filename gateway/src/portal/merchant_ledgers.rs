@@ -297,7 +297,7 @@ async fn entries(
     let found = crate::entries::page(&engine, &store, &platforms, m.platform.id, account, Some(limit), query.opt("cursor")).await;
     let (lines, next, complaint) = match found {
         Ok((lines, next)) => (lines, next, None),
-        Err(error) if error.status == 400 => (Vec::new(), None, Some(format!("{}: {}", error.param.unwrap_or("filter"), error.message))),
+        Err(error) if error.status == 400 => (Vec::new(), None, Some(format!("{}: {}", error.param.as_deref().unwrap_or("filter"), error.message))),
         Err(error) => return Err(error.into()),
     };
     if csv && complaint.is_none() {

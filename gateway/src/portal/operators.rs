@@ -292,7 +292,7 @@ impl Operators {
         let password_hash = hash_password(&new.password);
         let mut inner = self.inner.lock().expect("operators lock");
         if inner.by_name.contains_key(&new.username) {
-            return Err(ApiError { param: Some("username"), ..ApiError::new(409, "operator_exists", "an operator with this user name exists") });
+            return Err(ApiError { param: Some("username".into()), ..ApiError::new(409, "operator_exists", "an operator with this user name exists") });
         }
         let mut roles = new.roles;
         roles.sort();
@@ -470,10 +470,10 @@ mod tests {
         let operators = operators();
         operators.create(new("alice"), "test").expect("created");
         assert_eq!(operators.create(new("alice"), "test").unwrap_err().code, "operator_exists");
-        assert_eq!(operators.create(new("Al"), "test").unwrap_err().param, Some("username"));
+        assert_eq!(operators.create(new("Al"), "test").unwrap_err().param.as_deref(), Some("username"));
         let mut short = new("bob");
         short.password = "short".into();
-        assert_eq!(operators.create(short, "test").unwrap_err().param, Some("password"));
+        assert_eq!(operators.create(short, "test").unwrap_err().param.as_deref(), Some("password"));
     }
 
     #[test]

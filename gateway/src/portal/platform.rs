@@ -87,7 +87,7 @@ pub fn mask_phone(text: &str) -> String {
 
 /// The error line of a refused form or filter: the message, naming the field when known.
 fn refusal(error: &ApiError) -> String {
-    match error.param {
+    match &error.param {
         Some(param) => format!("{param}: {}", error.message),
         None => error.message.clone(),
     }
@@ -493,7 +493,7 @@ async fn members_account(engine: &Arc<Engine>, platform: u32, member: &Member, t
     let id = crate::orders::account(text.trim(), "account_id")?;
     let (owner, _, spec) = crate::accounts::account_of(engine, platform, id).await?;
     if owner != member.id {
-        return Err(ApiError { param: Some("account_id"), ..ApiError::not_found() });
+        return Err(ApiError { param: Some("account_id".into()), ..ApiError::not_found() });
     }
     Ok((crate::accounts::public_account_id(id), spec))
 }
@@ -838,7 +838,7 @@ fn money_outcome(
 /// The platform's account named by a form field, or the API's 404 naming it.
 async fn own_account(engine: &Arc<Engine>, platform: u32, text: &str, param: &'static str) -> Result<(), ApiError> {
     let id = crate::orders::account(text.trim(), param)?;
-    crate::accounts::account_of(engine, platform, id).await.map(|_| ()).map_err(|e| ApiError { param: Some(param), ..e })
+    crate::accounts::account_of(engine, platform, id).await.map(|_| ()).map_err(|e| ApiError { param: Some(param.into()), ..e })
 }
 
 async fn recharge(
@@ -1570,7 +1570,7 @@ mod tests {
         assert_eq!(day_start("2026-12-01", 0, "from").unwrap().as_deref(), Some("2026-12-01T00:00:00Z"));
         assert_eq!(day_start("2026-12-31", 1, "to").unwrap().as_deref(), Some("2027-01-01T00:00:00Z"));
         assert_eq!(day_start("", 0, "from").unwrap(), None);
-        assert_eq!(day_start("yesterday", 0, "from").unwrap_err().param, Some("from"));
+        assert_eq!(day_start("yesterday", 0, "from").unwrap_err().param.as_deref(), Some("from"));
     }
 
     #[test]
