@@ -8,8 +8,11 @@
 //! `q/`) after the signature is checked and before the handler runs; at start the nonces still
 //! within the window are put back into the cache. So the hot path (orders, bulk, reads) pays
 //! nothing, and the rule is safe by default: a new `/v1` route that is not a GET is durable
-//! unless it is added to `applied_once_by_order_number`.
+//! unless it is added to `applied_once_by_order_number`. Records a day past the window are
+//! deleted (`DurableNonces::prune`, at start and at most hourly after), so they do not pile up
+//! for the life of the data directory.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use actix_web::http::Method;
@@ -19,6 +22,14 @@ use crate::auth::{NonceCache, SignedHead, TIMESTAMP_WINDOW_SECONDS};
 use crate::error::ApiError;
 
 const PREFIX: &[u8] = b"q/";
+
+/// How long past the window a record is kept before `prune` deletes it. Past the window no start
+/// reads it (a request that old is refused by its timestamp); a day more keeps the records a
+/// start would read after the server's clock was set back by up to a day.
+const KEPT_PAST_WINDOW_SECONDS: i64 = 86_400;
+
+/// How often `record` prunes (by the server's clock), besides the prune of each start.
+const PRUNE_EVERY_SECONDS: i64 = 3_600;
 
 /// `q/` + timestamp (order-preserving) + platform + nonce hash.
 fn key(timestamp: i64, platform: u32, hash: u128) -> [u8; 30] {
@@ -38,12 +49,14 @@ fn ordered(timestamp: i64) -> u64 {
 /// Nonces recorded in the store.
 pub struct DurableNonces {
     store: Arc<dyn Store>,
+    /// The server's clock at the last prune (`i64::MIN`: none yet).
+    pruned_at: AtomicI64,
 }
 
 impl DurableNonces {
     /// Nonces kept in `store`.
     pub fn new(store: Arc<dyn Store>) -> DurableNonces {
-        DurableNonces { store }
+        DurableNonces { store, pruned_at: AtomicI64::new(i64::MIN) }
     }
 
     /// Puts the recorded nonces still within the window of `now` back into `cache`; returns how
@@ -64,13 +77,30 @@ impl DurableNonces {
                 true
             })
             .map_err(|e| format!("reading the recorded nonces: {e}"))?;
+        self.prune(now).map_err(|e| format!("deleting the recorded nonces past the window: {e}"))?;
         Ok(restored)
+    }
+
+    /// Deletes the records more than `KEPT_PAST_WINDOW_SECONDS` past the window of `now` (one
+    /// synced range deletion, whatever it holds).
+    pub fn prune(&self, now: i64) -> Result<(), storage::StorageError> {
+        self.pruned_at.store(now, Ordering::Relaxed);
+        let end = key(now.saturating_sub(TIMESTAMP_WINDOW_SECONDS).saturating_sub(KEPT_PAST_WINDOW_SECONDS), 0, 0);
+        self.store.delete_range(PREFIX, &end)
     }
 
     /// Records a request's nonce durably (one synced write); call off the async workers.
     pub fn record(&self, head: &SignedHead) -> Result<(), ApiError> {
         let key = key(head.timestamp, head.platform.id, head.nonce_hash);
-        self.store.write(&[(&key, b"1")]).map_err(|e| ApiError::unavailable(e.to_string()))
+        self.store.write(&[(&key, b"1")]).map_err(|e| ApiError::unavailable(e.to_string()))?;
+        // At most one caller an interval prunes; the request does not wait on its outcome (a
+        // record left stays harmless, and a store that failed refuses the next write anyway).
+        let last = self.pruned_at.load(Ordering::Relaxed);
+        if head.now.saturating_sub(last) >= PRUNE_EVERY_SECONDS && self.pruned_at.compare_exchange(last, head.now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let _ = self.prune(head.now);
+        }
+        Ok(())
     }
 }
 
@@ -147,5 +177,54 @@ mod tests {
         assert_eq!(durable.restore(&cache, now).unwrap(), 2, "the one 400 s old is not read");
         assert_eq!(cache.remember(3, crate::auth::nonce_hash(3, "aaaaaaaaaaaaaaaa"), now - 100, now, 10), Ok(false));
         assert_eq!(cache.remember(3, crate::auth::nonce_hash(3, "cccccccccccccccc"), now + 250, now, 10), Ok(false));
+    }
+
+    /// Records a day past the window go: at start, and from `record` at most once an hour.
+    #[test]
+    fn records_a_day_past_the_window_are_deleted() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let durable = DurableNonces::new(store.clone());
+        let platform: crate::platforms::Platform = serde_json::from_value(serde_json::json!({
+            "id": 3, "name": "p", "settlement_cycle_days": 1, "auto_confirm_days": 15, "require_payment_password": false, "secret_version": 1
+        }))
+        .unwrap();
+        let recorded = || {
+            let mut times = Vec::new();
+            store
+                .scan(PREFIX, &[b'q', b'/' + 1], &mut |key, _| {
+                    times.push((u64::from_be_bytes(key[2..10].try_into().unwrap()) ^ (1 << 63)) as i64);
+                    true
+                })
+                .unwrap();
+            times
+        };
+        let record = |timestamp: i64, now: i64, nonce: &str| {
+            let head = SignedHead { platform: platform.clone(), timestamp, nonce_hash: crate::auth::nonce_hash(3, nonce), now };
+            durable.record(&head).unwrap();
+        };
+        let now = 1_700_000_000;
+        let day = KEPT_PAST_WINDOW_SECONDS;
+        // Written long ago (by earlier processes), and one a negative clock would give.
+        record(now - 3 * day, now - 3 * day, "aaaaaaaaaaaaaaaa");
+        record(now - day - TIMESTAMP_WINDOW_SECONDS - 1, now - day - TIMESTAMP_WINDOW_SECONDS - 1, "bbbbbbbbbbbbbbbb");
+        record(-5, -5, "cccccccccccccccc");
+        let fresh = DurableNonces::new(store.clone());
+        let head = SignedHead { platform: platform.clone(), timestamp: now - 10, nonce_hash: crate::auth::nonce_hash(3, "dddddddddddddddd"), now: now - 10 };
+        fresh.record(&head).unwrap();
+        store.write(&[(&key(now - day, 3, 7), b"1")]).unwrap();
+        // A start prunes all but the last day and the window.
+        assert_eq!(fresh.restore(&NonceCache::new(), now).unwrap(), 1);
+        assert_eq!(recorded(), vec![now - day, now - 10]);
+        // Within the hour, records are kept; an hour on, the next record prunes.
+        let record_fresh = |timestamp: i64, now: i64, nonce: &str| {
+            let head = SignedHead { platform: platform.clone(), timestamp, nonce_hash: crate::auth::nonce_hash(3, nonce), now };
+            fresh.record(&head).unwrap();
+        };
+        // An hour and more on, past the day and window of the record made 10 s before `now`.
+        let later = now + day + TIMESTAMP_WINDOW_SECONDS + 11;
+        record_fresh(now + 100, now + 100, "eeeeeeeeeeeeeeee");
+        assert_eq!(recorded(), vec![now - day, now - 10, now + 100]);
+        record_fresh(later - 5, later, "ffffffffffffffff");
+        assert_eq!(recorded(), vec![now + 100, later - 5]);
     }
 }
