@@ -12,8 +12,8 @@
 //! deleted (`DurableNonces::prune`, at start and at most hourly after), so they do not pile up
 //! for the life of the data directory.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
 use storage::Store;
@@ -23,13 +23,13 @@ use crate::error::ApiError;
 
 const PREFIX: &[u8] = b"q/";
 
-/// How long past the window a record is kept before `prune` deletes it. Past the window no start
+/// How long past the window a record is kept before it is deleted. Past the window no start
 /// reads it (a request that old is refused by its timestamp); a day more keeps the records a
 /// start would read after the server's clock was set back by up to a day.
 const KEPT_PAST_WINDOW_SECONDS: i64 = 86_400;
 
-/// How often `record` prunes (by the server's clock), besides the prune of each start.
-const PRUNE_EVERY_SECONDS: i64 = 3_600;
+/// How often `record` prunes, by the monotonic clock, besides the prune of each start.
+const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
 
 /// `q/` + timestamp (order-preserving) + platform + nonce hash.
 fn key(timestamp: i64, platform: u32, hash: u128) -> [u8; 30] {
@@ -46,21 +46,33 @@ fn ordered(timestamp: i64) -> u64 {
     (timestamp as u64) ^ (1 << 63)
 }
 
+/// The timestamp of a `q/` key.
+fn timestamp_of(key: &[u8]) -> Option<i64> {
+    Some((u64::from_be_bytes(key.get(2..10)?.try_into().ok()?) ^ (1 << 63)) as i64)
+}
+
 /// Nonces recorded in the store.
 pub struct DurableNonces {
     store: Arc<dyn Store>,
-    /// The server's clock at the last prune (`i64::MIN`: none yet).
-    pruned_at: AtomicI64,
+    /// The wall-clock time `restore` pruned at and the monotonic instant it did: later prunes
+    /// take their time from these, never from a request's clock reading, so that a wall clock
+    /// that jumps forward cannot delete the records of the true window. None before `restore`.
+    anchor: OnceLock<(i64, Instant)>,
+    /// When `record` last pruned (or `restore`), by the monotonic clock; none: due.
+    pruned: Mutex<Option<Instant>>,
 }
 
 impl DurableNonces {
     /// Nonces kept in `store`.
     pub fn new(store: Arc<dyn Store>) -> DurableNonces {
-        DurableNonces { store, pruned_at: AtomicI64::new(i64::MIN) }
+        DurableNonces { store, anchor: OnceLock::new(), pruned: Mutex::new(None) }
     }
 
     /// Puts the recorded nonces still within the window of `now` back into `cache`; returns how
-    /// many. Reads only the keys of the window (they are ordered by timestamp).
+    /// many. Reads only the keys of the window (they are ordered by timestamp). Then deletes
+    /// the records a day past the window: past the window of `now` or of the newest record,
+    /// whichever is older (a clock that is days ahead at a start deletes nothing more than the
+    /// records' own times allow).
     pub fn restore(&self, cache: &NonceCache, now: i64) -> Result<usize, String> {
         let start = key(now.saturating_sub(TIMESTAMP_WINDOW_SECONDS), 0, 0);
         let end = [b'q', b'/' + 1];
@@ -68,7 +80,7 @@ impl DurableNonces {
         self.store
             .scan(&start, &end, &mut |key, _| {
                 if key.len() == 30 {
-                    let timestamp = (u64::from_be_bytes(key[2..10].try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
+                    let timestamp = timestamp_of(key).expect("a 30-byte key");
                     let platform = u32::from_be_bytes(key[10..14].try_into().expect("4 bytes"));
                     let hash = u128::from_be_bytes(key[14..30].try_into().expect("16 bytes"));
                     cache.restore(platform, hash, timestamp, now);
@@ -77,28 +89,43 @@ impl DurableNonces {
                 true
             })
             .map_err(|e| format!("reading the recorded nonces: {e}"))?;
-        self.prune(now).map_err(|e| format!("deleting the recorded nonces past the window: {e}"))?;
+        let newest = self.store.last_key_in(PREFIX, &end).map_err(|e| format!("reading the recorded nonces: {e}"))?;
+        let anchor = newest.as_deref().and_then(timestamp_of).map_or(now, |newest| newest.min(now));
+        let _ = self.anchor.set((anchor, Instant::now()));
+        *self.pruned.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        self.prune(anchor).map_err(|e| format!("deleting the recorded nonces past the window: {e}"))?;
         Ok(restored)
     }
 
     /// Deletes the records more than `KEPT_PAST_WINDOW_SECONDS` past the window of `now` (one
     /// synced range deletion, whatever it holds).
-    pub fn prune(&self, now: i64) -> Result<(), storage::StorageError> {
-        self.pruned_at.store(now, Ordering::Relaxed);
+    fn prune(&self, now: i64) -> Result<(), storage::StorageError> {
         let end = key(now.saturating_sub(TIMESTAMP_WINDOW_SECONDS).saturating_sub(KEPT_PAST_WINDOW_SECONDS), 0, 0);
         self.store.delete_range(PREFIX, &end)
     }
 
-    /// Records a request's nonce durably (one synced write); call off the async workers.
+    /// Records a request's nonce durably (one synced write); call off the async workers. At most
+    /// once every `PRUNE_EVERY` (monotonic), and only after `restore`, it also prunes, at the
+    /// start's time plus the time since (or the request's clock reading, if earlier).
     pub fn record(&self, head: &SignedHead) -> Result<(), ApiError> {
         let key = key(head.timestamp, head.platform.id, head.nonce_hash);
         self.store.write(&[(&key, b"1")]).map_err(|e| ApiError::unavailable(e.to_string()))?;
-        // At most one caller an interval prunes; the request does not wait on its outcome (a
-        // record left stays harmless, and a store that failed refuses the next write anyway).
-        let last = self.pruned_at.load(Ordering::Relaxed);
-        if head.now.saturating_sub(last) >= PRUNE_EVERY_SECONDS && self.pruned_at.compare_exchange(last, head.now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            let _ = self.prune(head.now);
+        let Some(&(anchor, anchored)) = self.anchor.get() else { return Ok(()) };
+        let due = {
+            let mut pruned = self.pruned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
+            if due {
+                *pruned = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            let since = i64::try_from(anchored.elapsed().as_secs()).unwrap_or(i64::MAX);
+            // The request does not wait on the outcome: a record left is harmless, and a store
+            // that failed refuses the next write anyway.
+            if let Err(error) = self.prune(anchor.saturating_add(since).min(head.now)) {
+                tracing::warn!("replay: cannot delete the recorded nonces past the window: {error}");
+            }
         }
         Ok(())
     }
@@ -179,11 +206,12 @@ mod tests {
         assert_eq!(cache.remember(3, crate::auth::nonce_hash(3, "cccccccccccccccc"), now + 250, now, 10), Ok(false));
     }
 
-    /// Records a day past the window go: at start, and from `record` at most once an hour.
+    /// Records a day past the window go at start (by the older of the start's clock and the
+    /// newest record), and from `record` once the monotonic interval has passed, never by a
+    /// request's clock reading alone.
     #[test]
-    fn records_a_day_past_the_window_are_deleted() {
+    fn records_a_day_past_the_window_are_deleted_by_trusted_time_only() {
         let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
-        let durable = DurableNonces::new(store.clone());
         let platform: crate::platforms::Platform = serde_json::from_value(serde_json::json!({
             "id": 3, "name": "p", "settlement_cycle_days": 1, "auto_confirm_days": 15, "require_payment_password": false, "secret_version": 1
         }))
@@ -192,39 +220,40 @@ mod tests {
             let mut times = Vec::new();
             store
                 .scan(PREFIX, &[b'q', b'/' + 1], &mut |key, _| {
-                    times.push((u64::from_be_bytes(key[2..10].try_into().unwrap()) ^ (1 << 63)) as i64);
+                    times.push(timestamp_of(key).unwrap());
                     true
                 })
                 .unwrap();
             times
         };
-        let record = |timestamp: i64, now: i64, nonce: &str| {
-            let head = SignedHead { platform: platform.clone(), timestamp, nonce_hash: crate::auth::nonce_hash(3, nonce), now };
-            durable.record(&head).unwrap();
-        };
+        let head = |timestamp: i64, now: i64, nonce: u128| SignedHead { platform: platform.clone(), timestamp, nonce_hash: nonce, now };
         let now = 1_700_000_000;
-        let day = KEPT_PAST_WINDOW_SECONDS;
-        // Written long ago (by earlier processes), and one a negative clock would give.
-        record(now - 3 * day, now - 3 * day, "aaaaaaaaaaaaaaaa");
-        record(now - day - TIMESTAMP_WINDOW_SECONDS - 1, now - day - TIMESTAMP_WINDOW_SECONDS - 1, "bbbbbbbbbbbbbbbb");
-        record(-5, -5, "cccccccccccccccc");
-        let fresh = DurableNonces::new(store.clone());
-        let head = SignedHead { platform: platform.clone(), timestamp: now - 10, nonce_hash: crate::auth::nonce_hash(3, "dddddddddddddddd"), now: now - 10 };
-        fresh.record(&head).unwrap();
-        store.write(&[(&key(now - day, 3, 7), b"1")]).unwrap();
-        // A start prunes all but the last day and the window.
-        assert_eq!(fresh.restore(&NonceCache::new(), now).unwrap(), 1);
-        assert_eq!(recorded(), vec![now - day, now - 10]);
-        // Within the hour, records are kept; an hour on, the next record prunes.
-        let record_fresh = |timestamp: i64, now: i64, nonce: &str| {
-            let head = SignedHead { platform: platform.clone(), timestamp, nonce_hash: crate::auth::nonce_hash(3, nonce), now };
-            fresh.record(&head).unwrap();
-        };
-        // An hour and more on, past the day and window of the record made 10 s before `now`.
-        let later = now + day + TIMESTAMP_WINDOW_SECONDS + 11;
-        record_fresh(now + 100, now + 100, "eeeeeeeeeeeeeeee");
-        assert_eq!(recorded(), vec![now - day, now - 10, now + 100]);
-        record_fresh(later - 5, later, "ffffffffffffffff");
-        assert_eq!(recorded(), vec![now + 100, later - 5]);
+        let cutoff = now - TIMESTAMP_WINDOW_SECONDS - KEPT_PAST_WINDOW_SECONDS;
+        // Written by earlier processes: before `restore`, `record` prunes nothing.
+        let durable = DurableNonces::new(store.clone());
+        for (i, timestamp) in [-5, now - 3 * 86_400, cutoff - 1, cutoff, now - 10].into_iter().enumerate() {
+            durable.record(&head(timestamp, now + 30 * 86_400, i as u128 + 1)).unwrap();
+        }
+        assert_eq!(recorded(), vec![-5, now - 3 * 86_400, cutoff - 1, cutoff, now - 10]);
+        // A start whose clock is ten days ahead prunes by the newest record's time (now - 10)
+        // instead: only what is a day past that record's window goes.
+        let ahead = DurableNonces::new(store.clone());
+        assert_eq!(ahead.restore(&NonceCache::new(), now + 10 * 86_400).unwrap(), 0);
+        assert_eq!(recorded(), vec![cutoff - 1, cutoff, now - 10]);
+        // A start at `now` (its newest record at `now`) keeps the record at the cutoff and the
+        // window's, and deletes the one before.
+        store.write(&[(&key(now, 3, 9), b"1")]).unwrap();
+        let durable = DurableNonces::new(store.clone());
+        assert_eq!(durable.restore(&NonceCache::new(), now).unwrap(), 2);
+        assert_eq!(recorded(), vec![cutoff, now - 10, now]);
+        // Within the interval, `record` prunes nothing, whatever the request's clock says.
+        store.write(&[(&key(cutoff - 1, 3, 10), b"1")]).unwrap();
+        durable.record(&head(now + 100, now + 100 * 86_400, 20)).unwrap();
+        assert_eq!(recorded(), vec![cutoff - 1, cutoff, now - 10, now, now + 100]);
+        // Past it (the interval ended by hand here: no prune yet counts as due), the prune's time is the start's plus
+        // the time since, not the request's reading ten days ahead: the window stays.
+        *durable.pruned.lock().unwrap() = None;
+        durable.record(&head(now + 101, now + 10 * 86_400, 21)).unwrap();
+        assert_eq!(recorded(), vec![cutoff, now - 10, now, now + 100, now + 101]);
     }
 }
