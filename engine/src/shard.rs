@@ -373,6 +373,13 @@ const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
 /// milliseconds of reads.
 pub const HISTORY_READS_PER_BATCH_MAX: usize = 32;
 
+/// Of `HISTORY_READS_PER_BATCH_MAX`, what one platform's commands may read back in one batch: a
+/// platform naming old orders (or made-up ids in old chunks) at its request quota then holds
+/// at most a quarter of every batch's reads, and the other platforms' commands that need history
+/// in the same batch still go through (before, the first platform's commands took all 32 and
+/// the others were answered `Overloaded` in every batch).
+pub const HISTORY_READS_PER_PLATFORM_MAX: usize = 8;
+
 /// How soon a shard tries again to send credits or acknowledgements a full channel refused.
 const RESEND_AFTER: Duration = Duration::from_millis(1);
 
@@ -563,7 +570,8 @@ impl Shard {
     /// Reads back the history out of memory the round's commands touch (so that `apply` finds
     /// it in memory), at most `HISTORY_READS_PER_BATCH_MAX` pieces of it for client commands:
     /// gives which commands to leave out (`None`: none, the usual case) or the fault that stops
-    /// the shard. Client commands past the bound are left out in their order of arrival, and
+    /// the shard. Client commands past the bound, or past their platform's share of it
+    /// (`HISTORY_READS_PER_PLATFORM_MAX`), are left out in their order of arrival, and
     /// answered `Overloaded`; credits from other shards cannot fail and are always read for.
     /// Each piece is a store read of up to a few hundred kilobytes, so without a bound a batch of
     /// commands naming old orders (a platform confirming made-up ids, which `apply` refuses only
@@ -578,19 +586,36 @@ impl Shard {
         let refusable =
             |index: usize, envelope: &Envelope| envelope.platform != 0 && round.refusable.iter().any(|&(start, count)| (start..start + count).contains(&index));
         let mut reads = 0;
+        // Reads by platform (refusable commands only); a batch's platforms that read history
+        // are few, and none allocates this in a batch that reads none. A platform's first
+        // command of the batch is never held to its share (only to the batch's bound).
+        let mut by_platform: Vec<(u32, usize)> = Vec::new();
         let mut skipped: Option<Vec<bool>> = None;
         for (index, envelope) in round.envelopes.iter().enumerate() {
             let needed = self.state.history_reads(envelope);
             if needed == 0 {
                 continue;
             }
-            if reads + needed > HISTORY_READS_PER_BATCH_MAX && refusable(index, envelope) {
+            let share = refusable(index, envelope).then(|| match by_platform.iter().position(|(platform, _)| *platform == envelope.platform) {
+                Some(at) => at,
+                None => {
+                    by_platform.push((envelope.platform, 0));
+                    by_platform.len() - 1
+                }
+            });
+            let over = |share: usize| {
+                reads + needed > HISTORY_READS_PER_BATCH_MAX || (by_platform[share].1 > 0 && by_platform[share].1 + needed > HISTORY_READS_PER_PLATFORM_MAX)
+            };
+            if share.is_some_and(over) {
                 skipped.get_or_insert_with(|| vec![false; round.envelopes.len()])[index] = true;
                 self.counters.history_reads_refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             self.state.warm_history(envelope)?;
             reads += needed;
+            if let Some(share) = share {
+                by_platform[share].1 += needed;
+            }
         }
         Ok(skipped)
     }

@@ -802,8 +802,9 @@ fn the_batch_index_leaves_memory_and_answers_the_same_after_a_start() {
 /// A batch reads back at most `HISTORY_READS_PER_BATCH_MAX` pieces of history for its client
 /// commands: a request naming more old orders (each in a chunk out of memory) gets `overloaded`
 /// for the rest, which are not applied or journaled, and go through when sent again.
-#[test]
-fn a_batch_reads_back_a_bounded_amount_of_history_and_refuses_the_rest_as_overloaded() {
+/// An engine whose shard 0 has escrows in more than `HISTORY_READS_PER_BATCH_MAX` + 2 chunks out
+/// of memory: the store, the engine, one escrow of each cold chunk, and one of every chunk.
+fn escrows_in_cold_chunks() -> (Arc<MemoryStore>, Engine, Vec<OrderId>, Vec<OrderId>) {
     use engine::shard::HISTORY_READS_PER_BATCH_MAX;
     let store = Arc::new(MemoryStore::new());
     let engine = Engine::start(config(2, 2), store.clone()).unwrap();
@@ -838,6 +839,12 @@ fn a_batch_reads_back_a_bounded_amount_of_history_and_refuses_the_rest_as_overlo
         })
         .unwrap();
     assert!(cold.len() > HISTORY_READS_PER_BATCH_MAX + 2, "{} orders in chunks out of memory", cold.len());
+    (store, engine, cold, by_chunk.into_values().collect())
+}
+
+#[test]
+fn a_batch_reads_back_a_bounded_amount_of_history_and_refuses_the_rest_as_overloaded() {
+    let (store, engine, cold, by_chunk) = escrows_in_cold_chunks();
     let confirms: Vec<Envelope> = cold.iter().map(|order| plain(Command::Confirm { order: *order, releases: Legs::new() })).collect();
     // As the HTTP edge submits (`Engine::submit`: the caller sees 503 and tries again).
     let submit = |envelopes: Vec<Envelope>| {
@@ -865,7 +872,7 @@ fn a_batch_reads_back_a_bounded_amount_of_history_and_refuses_the_rest_as_overlo
     // A blocking caller (the clearing actor, settlement, the CLI) acts on every outcome as
     // final: its commands are never refused, however much history they read back.
     let refused_before = engine.counters()[0].history_reads_refused.load(std::sync::atomic::Ordering::Relaxed);
-    let cancels: Vec<Envelope> = by_chunk.values().map(|order| plain(Command::Cancel { order: *order, amount: None })).collect();
+    let cancels: Vec<Envelope> = by_chunk.iter().map(|order| plain(Command::Cancel { order: *order, amount: None })).collect();
     let cancelled = engine.execute(cancels).unwrap();
     assert!(cancelled.iter().all(|r| r.code != engine::result::ResultCode::Overloaded), "{cancelled:?}");
     assert_eq!(engine.counters()[0].history_reads_refused.load(std::sync::atomic::Ordering::Relaxed), refused_before);
@@ -875,6 +882,40 @@ fn a_batch_reads_back_a_bounded_amount_of_history_and_refuses_the_rest_as_overlo
     for (shard, (recovered, full, _, _)) in both_ways(&store).into_iter().enumerate() {
         assert_eq!(recovered, full, "shard {shard}");
     }
+}
+
+/// One platform's commands take at most `HISTORY_READS_PER_PLATFORM_MAX` of a batch's history
+/// reads: another platform's commands in the same batch still read theirs and are applied (or
+/// refused by the ledger), not answered `Overloaded`.
+#[test]
+fn one_platform_naming_old_orders_leaves_the_batchs_history_reads_to_the_others() {
+    use engine::shard::{HISTORY_READS_PER_BATCH_MAX, HISTORY_READS_PER_PLATFORM_MAX};
+    let (store, engine, cold, _) = escrows_in_cold_chunks();
+    let confirm = |platform: u32, order: OrderId| Envelope { platform, out_order_no: None, command: Command::Confirm { order, releases: Legs::new() } };
+    // Platform P names more old orders than the whole batch may read (a piece or two each),
+    // then platform P + 1 names two, in the same submission (so in the same batch).
+    let hostile = HISTORY_READS_PER_BATCH_MAX + 1;
+    assert!(cold.len() >= hostile + 2, "{} orders in chunks out of memory", cold.len());
+    let mut envelopes: Vec<Envelope> = cold[..hostile].iter().map(|order| confirm(P, *order)).collect();
+    envelopes.extend(cold[hostile..hostile + 2].iter().map(|order| confirm(P + 1, *order)));
+    let (sender, receiver) = std::sync::mpsc::channel();
+    engine.submit(
+        envelopes,
+        Box::new(move |result| {
+            let _ = sender.send(result);
+        }),
+    );
+    let replies = receiver.recv().unwrap().unwrap();
+    let overloaded = |replies: &[engine::ledger::types::Reply]| replies.iter().filter(|r| r.code == engine::result::ResultCode::Overloaded).count();
+    // P's first few are read for and applied, the rest refused for now.
+    let applied = replies[..hostile].iter().filter(|r| r.is_ok()).count();
+    assert!((1..=HISTORY_READS_PER_PLATFORM_MAX).contains(&applied), "{applied} of P's applied: {replies:?}");
+    assert_eq!(overloaded(&replies[..hostile]), hostile - applied);
+    // The other platform's are not refused for want of reads (the ledger answers them: the
+    // orders are P's).
+    assert_eq!(overloaded(&replies[hostile..]), 0, "{:?}", &replies[hostile..]);
+    engine.shutdown();
+    assert!(check_store(&*store, 2).unwrap().ok);
 }
 
 /// Pushes batches until at least `at_least` chunks of shard 0's orders are out of memory.
