@@ -46,7 +46,9 @@ pub enum ResultCode {
     BalanceLimitExceeded = 32,
     /// The shard's mailbox was full: the command was never queued and nothing changed. Answered
     /// by the router, or by a shard for a client command whose batch had read back all the
-    /// history one batch may (`shard::HISTORY_READS_PER_BATCH_MAX`); never journaled, the caller
+    /// history one batch may (`shard::HISTORY_READS_PER_BATCH_MAX`, of which one platform's
+    /// commands get `shard::HISTORY_READS_PER_PLATFORM_MAX` before the others have had theirs);
+    /// never journaled, the caller
     /// may try again shortly.
     Overloaded = 33,
     /// An operator's adjustment without a reason (an empty or blank one).

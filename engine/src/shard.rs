@@ -373,11 +373,12 @@ const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
 /// milliseconds of reads.
 pub const HISTORY_READS_PER_BATCH_MAX: usize = 32;
 
-/// Of `HISTORY_READS_PER_BATCH_MAX`, what one platform's commands may read back in one batch: a
-/// platform naming old orders (or made-up ids in old chunks) at its request quota then holds
-/// at most a quarter of every batch's reads, and the other platforms' commands that need history
-/// in the same batch still go through (before, the first platform's commands took all 32 and
-/// the others were answered `Overloaded` in every batch).
+/// Of `HISTORY_READS_PER_BATCH_MAX`, what one platform's commands may read back in one batch
+/// before every other platform's have had theirs (`Shard::warm_round`; what is left then goes
+/// to the commands held back, in order): a platform naming old orders (or made-up ids in old
+/// chunks) at its request quota no longer takes every batch's reads from the other platforms'
+/// commands that need history (before, it took all 32 and theirs were answered `Overloaded`),
+/// and a platform alone in its batch still reads up to the whole bound.
 pub const HISTORY_READS_PER_PLATFORM_MAX: usize = 8;
 
 /// How soon a shard tries again to send credits or acknowledgements a full channel refused.
@@ -570,9 +571,10 @@ impl Shard {
     /// Reads back the history out of memory the round's commands touch (so that `apply` finds
     /// it in memory), at most `HISTORY_READS_PER_BATCH_MAX` pieces of it for client commands:
     /// gives which commands to leave out (`None`: none, the usual case) or the fault that stops
-    /// the shard. Client commands past the bound, or past their platform's share of it
-    /// (`HISTORY_READS_PER_PLATFORM_MAX`), are left out in their order of arrival, and
-    /// answered `Overloaded`; credits from other shards cannot fail and are always read for.
+    /// the shard. Client commands are read for in their order of arrival up to the bound, each
+    /// platform's up to its share (`HISTORY_READS_PER_PLATFORM_MAX`) at first, then those held
+    /// back while the bound has room; the rest are left out and answered `Overloaded`. Credits
+    /// from other shards cannot fail and are always read for.
     /// Each piece is a store read of up to a few hundred kilobytes, so without a bound a batch of
     /// commands naming old orders (a platform confirming made-up ids, which `apply` refuses only
     /// once their chunks are read) would hold every other platform's batch for seconds and fill
@@ -587,8 +589,8 @@ impl Shard {
             |index: usize, envelope: &Envelope| envelope.platform != 0 && round.refusable.iter().any(|&(start, count)| (start..start + count).contains(&index));
         let mut reads = 0;
         // Reads by platform (refusable commands only); a batch's platforms that read history
-        // are few, and none allocates this in a batch that reads none. A platform's first
-        // command of the batch is never held to its share (only to the batch's bound).
+        // are few (at most one an admitted read), and none allocates this in a batch that reads
+        // none. A platform's first command of the batch is never held to its share.
         let mut by_platform: Vec<(u32, usize)> = Vec::new();
         let mut skipped: Option<Vec<bool>> = None;
         for (index, envelope) in round.envelopes.iter().enumerate() {
@@ -596,25 +598,47 @@ impl Shard {
             if needed == 0 {
                 continue;
             }
-            let share = refusable(index, envelope).then(|| match by_platform.iter().position(|(platform, _)| *platform == envelope.platform) {
+            let refusable = refusable(index, envelope);
+            if refusable && reads + needed > HISTORY_READS_PER_BATCH_MAX {
+                skipped.get_or_insert_with(|| vec![false; round.envelopes.len()])[index] = true;
+                continue;
+            }
+            let share = refusable.then(|| match by_platform.iter().position(|(platform, _)| *platform == envelope.platform) {
                 Some(at) => at,
                 None => {
                     by_platform.push((envelope.platform, 0));
                     by_platform.len() - 1
                 }
             });
-            let over = |share: usize| {
-                reads + needed > HISTORY_READS_PER_BATCH_MAX || (by_platform[share].1 > 0 && by_platform[share].1 + needed > HISTORY_READS_PER_PLATFORM_MAX)
-            };
-            if share.is_some_and(over) {
+            if share.is_some_and(|share| by_platform[share].1 > 0 && by_platform[share].1 + needed > HISTORY_READS_PER_PLATFORM_MAX) {
                 skipped.get_or_insert_with(|| vec![false; round.envelopes.len()])[index] = true;
-                self.counters.history_reads_refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             self.state.warm_history(envelope)?;
             reads += needed;
             if let Some(share) = share {
                 by_platform[share].1 += needed;
+            }
+        }
+        // What the shares left of the batch's bound goes to the commands held back, in their
+        // order: a platform alone in its batch still reads up to the whole bound, and one that
+        // shares it with others takes only what they left.
+        if let Some(skip) = skipped.as_mut() {
+            for (index, envelope) in round.envelopes.iter().enumerate() {
+                if !skip[index] {
+                    continue;
+                }
+                let needed = self.state.history_reads(envelope);
+                if reads + needed <= HISTORY_READS_PER_BATCH_MAX {
+                    self.state.warm_history(envelope)?;
+                    reads += needed;
+                    skip[index] = false;
+                }
+            }
+            let refused = skip.iter().filter(|&&skip| skip).count();
+            self.counters.history_reads_refused.fetch_add(refused as u64, Ordering::Relaxed);
+            if refused == 0 {
+                skipped = None;
             }
         }
         Ok(skipped)
