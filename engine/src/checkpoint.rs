@@ -72,10 +72,15 @@ const BLOB_PREFIX: &[u8; 4] = b"m/b/";
 /// block inline (the last, still filling) or as a blob. Version 4 encoded every list as a plain
 /// sequence of batch numbers, so every checkpoint carried the whole index, growing with history;
 /// it is still read.
-pub const CHECKPOINT_FORMAT_VERSION: u8 = 5;
+///
+/// Version 6: the state ends with where each business day's settlement rows are
+/// (`ShardState::settled_runs`, `commission_runs`), so a statement reads that day's chunks, not
+/// all history. Versions 1 to 5 are still read: the runs are rebuilt from the rows at load (a
+/// scan of them, once; the next checkpoint is of version 6).
+pub const CHECKPOINT_FORMAT_VERSION: u8 = 6;
 
 /// Older versions this build still reads (see `CHECKPOINT_FORMAT_VERSION`).
-const READABLE_FORMAT_VERSIONS: [u8; 5] = [1, 2, 3, 4, CHECKPOINT_FORMAT_VERSION];
+const READABLE_FORMAT_VERSIONS: [u8; 6] = [1, 2, 3, 4, 5, CHECKPOINT_FORMAT_VERSION];
 
 /// The most bytes of encoded state one part (one storage value, one write) holds, and about
 /// the most one write of blobs carries. Every write is synced, and a shard's journal write that
@@ -533,7 +538,7 @@ pub fn write(
     phase_done(1);
     let mut writer = PartWriter { store, shard, sequence, buffer: Vec::with_capacity(PART_BYTES.min(1 << 20)), hashes: Vec::new(), bytes: 0, error: None };
     // The chunks' blobs by id, lent to the encoding and given back for the next checkpoint.
-    let (encoded, layout) = crate::ledger::growth::with_layout_at(Layout::PiecesOut(next), true, || {
+    let (encoded, layout) = crate::ledger::growth::with_layout_at(Layout::PiecesOut(next), CHECKPOINT_FORMAT_VERSION, || {
         // Handed on in slices of about 64 KiB (`codec::STREAM_BYTES`): the whole encoding is
         // never held at once.
         crate::codec::encode_to(state, &mut |bytes| {
@@ -898,7 +903,7 @@ fn load_avoiding(
         (_, Some(reader)) => Layout::PiecesLazy(reader.clone(), Vec::new()),
         (_, None) => Layout::PiecesIn(Vec::new()),
     };
-    let (decoded, layout) = crate::ledger::growth::with_layout_at(layout, bytes[0] >= 5, || codec().deserialize_from::<_, ShardState>(&mut reader));
+    let (decoded, layout) = crate::ledger::growth::with_layout_at(layout, bytes[0], || codec().deserialize_from::<_, ShardState>(&mut reader));
     let mut state = decoded.map_err(|e| unusable(format!("the state does not decode: {e}")))?;
     let mut rest = [0u8; 1];
     match reader.read(&mut rest) {
@@ -936,6 +941,16 @@ fn load_avoiding(
         }
         _ => BlobCache::default(),
     };
+    if bytes[0] < 6 {
+        // The rows' chunks are in place now (or readable lazily): a chunk that cannot be read
+        // makes this checkpoint unusable, as a blob that does not fill does.
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.rebuild_day_runs())) {
+            match payload.downcast_ref::<crate::ledger::growth::StorageFault>() {
+                Some(fault) => return Err(unusable(format!("its settlement rows cannot be read to index them: {fault}"))),
+                None => std::panic::resume_unwind(payload),
+            }
+        }
+    }
     cache.named = vec![(sequence, std::sync::Arc::new(manifest.blobs.clone()))];
     Ok((state, manifest, cache))
 }

@@ -1280,6 +1280,10 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
         let engine = Engine::start(at_stops(), store.clone()).unwrap();
         let (accounts, acked) = workload(&engine, "f", 30);
         assert!(acked.len() > 60);
+        // Settlement rows, and where each day's are (format 6), before the lots of the payments below.
+        let settle = Envelope { platform: 0, out_order_no: None, command: Command::Settle { through_day: 1_000_000, rule: None } };
+        let settled = engine.broadcast(settle).unwrap();
+        assert!(settled.iter().all(Reply::is_ok) && settled.iter().map(|r| r.id).sum::<u64>() > 0, "{settled:?}");
         // More than a chunk of orders (4,096) on shard 0: the full one leaves memory as blobs.
         let on_0: Vec<AccountId> = accounts.iter().copied().filter(|a| a.shard(2) == 0).collect();
         let pay = || plain(cent(on_0[0], on_0[1]));
@@ -1296,6 +1300,7 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
     let mut checked = 0;
     for version in 1..=current {
         let Some(store) = fixture_store(version) else { continue };
+        let mut settled_runs = 0;
         for shard in 0..2u16 {
             let newest = *checkpoint::list(&store, shard).unwrap().last().expect("the fixture has a checkpoint of each shard");
             let manifest_bytes = store.get(&manifest_key(shard, newest)).unwrap().unwrap();
@@ -1311,6 +1316,7 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
                 "fixture {version}: shard {shard}'s checkpoint == a whole replay of its journal"
             );
             let (_, manifest) = checkpoint::load(&store, shard, newest).unwrap();
+            settled_runs += state.settled_runs.len();
             if shard == 0 {
                 // What the fixture covers, so that a change of any of it is caught here.
                 assert!(!manifest.blobs.is_empty(), "fixture {version}: history out of memory");
@@ -1327,7 +1333,7 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
                 // And streamed (`codec::encode_to`, the parts' way) with pieces as the parts lay
                 // them out (here each inline: no blob is named to the layout).
                 let pieces = || engine::ledger::growth::Layout::PiecesOut(Default::default());
-                let (streamed, _) = engine::ledger::growth::with_layout_at(pieces(), true, || {
+                let (streamed, _) = engine::ledger::growth::with_layout_at(pieces(), engine::checkpoint::CHECKPOINT_FORMAT_VERSION, || {
                     let mut joined = Vec::new();
                     engine::codec::encode_to(state, &mut |slice| {
                         joined.extend_from_slice(slice);
@@ -1336,7 +1342,7 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
                     .unwrap();
                     joined
                 });
-                let (expected, _) = engine::ledger::growth::with_layout_at(pieces(), true, || {
+                let (expected, _) = engine::ledger::growth::with_layout_at(pieces(), engine::checkpoint::CHECKPOINT_FORMAT_VERSION, || {
                     bincode::DefaultOptions::new().with_varint_encoding().with_little_endian().serialize(state).unwrap()
                 });
                 assert!(
@@ -1363,6 +1369,7 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
                 );
             }
         }
+        assert!(version < 6 || settled_runs > 0, "fixture {version}: settlement rows and where each day's are");
         checked += 1;
     }
     assert!(checked >= 1 && fixture_path(current).exists(), "no fixture of the current checkpoint format {current}");

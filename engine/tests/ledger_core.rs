@@ -833,6 +833,59 @@ fn count_based_tiers_and_parts_always_sum_to_the_commission() {
     w.assert_books_balance();
 }
 
+/// A statement reads a day's settlement rows through `settled_runs` / `commission_runs` (where
+/// each `through_day`'s rows are), not by scanning all history: the runs must name exactly the
+/// rows of each day, in order, whatever order the days were settled in (a run for a future day,
+/// then for an earlier one, then the future day again); they are rebuilt from the rows alone
+/// the same (a checkpoint of format 5 did not hold them), and encoded from format 6 on.
+#[test]
+fn settlement_rows_are_found_by_day_whatever_order_the_days_were_settled_in() {
+    use engine::ledger::growth::{with_layout_at, DayRuns, Layout};
+    let mut w = World::new();
+    let payer = w.funded(1, 1_000_000_000);
+    let receiver = w.funded(2, 0);
+    let merchants: Vec<AccountId> = (0..12).map(|i| w.funded(100 + i, 0)).collect();
+    let with_commission = rule(TierBasis::Amount, 0, &[(0, 10_000)], &[(receiver, 1)], 0);
+    let today = w.state.business_day(w.now);
+    // Through days as a platform's runs may name them: ahead of today, behind, ahead again.
+    for (round, offset) in [10u32, 10, 2, 10, 3, 2].into_iter().enumerate() {
+        for (index, merchant) in merchants.iter().enumerate().skip(round % 3) {
+            let amount = 100 + index as Minor;
+            w.ok(pay(payer, amount, &[(*merchant, amount)], &[]));
+        }
+        w.run_as(P, Command::Settle { through_day: w.state.business_day(w.now) + offset, rule: with_commission.clone() });
+        w.now += DAY;
+    }
+    assert!(w.state.settled_runs.len() >= 4, "the days alternate: {:?}", w.state.settled_runs);
+    let days: std::collections::BTreeSet<u32> = w.state.settled.iter().map(|row| row.through_day).collect();
+    assert!(days.len() >= 3 && w.state.commissions.iter().count() >= 4);
+    for day in days.iter().copied().chain([today, today + 99]) {
+        let mut found = Vec::new();
+        w.state.settled_runs.visit(&w.state.settled, day, |row| found.push(*row));
+        let expected: Vec<_> = w.state.settled.iter().filter(|row| row.through_day == day).copied().collect();
+        assert_eq!(found, expected, "settled rows of day {day}");
+        let mut found = Vec::new();
+        w.state.commission_runs.visit(&w.state.commissions, day, |row| found.push(*row));
+        let expected: Vec<_> = w.state.commissions.iter().filter(|row| row.through_day == day).copied().collect();
+        assert_eq!(found, expected, "commission rows of day {day}");
+    }
+    assert_eq!(w.state.settled_runs, DayRuns::of_rows(&w.state.settled, |row| row.through_day));
+    assert_eq!(w.state.commission_runs, DayRuns::of_rows(&w.state.commissions, |row| row.through_day));
+    // Format 5 had no runs: they decode empty and are rebuilt the same from the rows.
+    let (old, _) = with_layout_at(Layout::Flat, 5, || bincode::serialize(&w.state).unwrap());
+    let (current, _) = with_layout_at(Layout::Flat, engine::checkpoint::CHECKPOINT_FORMAT_VERSION, || bincode::serialize(&w.state).unwrap());
+    assert!(old.len() < current.len());
+    let (decoded, _) = with_layout_at(Layout::Flat, 5, || bincode::deserialize::<ShardState>(&old).unwrap());
+    let mut decoded: ShardState = decoded;
+    assert!(decoded.settled_runs.is_empty() && decoded.commission_runs.is_empty());
+    decoded.rebuild_day_runs();
+    assert_eq!(decoded.digest(), w.state.digest());
+    let (decoded, _) = with_layout_at(Layout::Flat, engine::checkpoint::CHECKPOINT_FORMAT_VERSION, || bincode::deserialize::<ShardState>(&current).unwrap());
+    let decoded: ShardState = decoded;
+    assert_eq!((decoded.settled_runs, decoded.commission_runs), (w.state.settled_runs.clone(), w.state.commission_runs.clone()));
+    w.assert_books_balance();
+}
+
 #[test]
 fn a_commission_for_a_receiver_on_another_shard_travels_through_the_outbox() {
     let mut s0 = shard(0, 2);

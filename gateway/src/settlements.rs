@@ -94,38 +94,45 @@ pub fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account:
         let wanted = wanted.clone();
         let (lines, received) = engine.read_shard(shard, move |state| {
             let due = |platform: u32, through: u32| wanted.iter().any(|(p, t)| *p == platform && *t == through);
+            // The days' rows only (`DayRuns`): chunks of other days are not read.
+            let mut days: Vec<u32> = wanted.iter().map(|(_, through)| *through).collect();
+            days.sort_unstable();
+            days.dedup();
             let mut lines = Vec::new();
-            // The whole history of settled rows, read back one chunk at a time.
-            state.settled.scan(|row| {
-                if !due(row.platform, row.through_day) || account.is_some_and(|a| a != row.account) {
-                    return;
-                }
-                let spec = state.currencies[row.currency.0 as usize];
-                let owner = state.account(row.account).map_or(0, |a| a.owner);
-                let charged = row.commission > 0 || row.service_fee > 0 || row.rate_ppm > 0;
-                lines.push([
-                    date_text(day),
-                    format!("plt_{}", row.platform),
-                    "income".to_string(),
-                    crate::accounts::public_account_id(row.account),
-                    crate::members::Member::public_id_of(owner),
-                    spec.code_str().to_string(),
-                    date_text(row.through_day),
-                    spec.format(row.amount),
-                    row.credits.to_string(),
-                    if charged { row.period_measure.to_string() } else { String::new() },
-                    crate::commission::format_rate(row.rate_ppm),
-                    spec.format(row.commission),
-                    spec.format(row.service_fee),
-                    spec.format(row.amount - row.commission - row.service_fee),
-                    crate::orders::format_time(row.at),
-                ]);
+            days.iter().for_each(|through| {
+                state.settled_runs.visit(&state.settled, *through, |row| {
+                    if !due(row.platform, row.through_day) || account.is_some_and(|a| a != row.account) {
+                        return;
+                    }
+                    let spec = state.currencies[row.currency.0 as usize];
+                    let owner = state.account(row.account).map_or(0, |a| a.owner);
+                    let charged = row.commission > 0 || row.service_fee > 0 || row.rate_ppm > 0;
+                    lines.push([
+                        date_text(day),
+                        format!("plt_{}", row.platform),
+                        "income".to_string(),
+                        crate::accounts::public_account_id(row.account),
+                        crate::members::Member::public_id_of(owner),
+                        spec.code_str().to_string(),
+                        date_text(row.through_day),
+                        spec.format(row.amount),
+                        row.credits.to_string(),
+                        if charged { row.period_measure.to_string() } else { String::new() },
+                        crate::commission::format_rate(row.rate_ppm),
+                        spec.format(row.commission),
+                        spec.format(row.service_fee),
+                        spec.format(row.amount - row.commission - row.service_fee),
+                        crate::orders::format_time(row.at),
+                    ]);
+                })
             });
             let mut received = Vec::new();
-            state.commissions.scan(|row| {
-                if due(row.platform, row.through_day) && account.is_none_or(|a| a == row.receiver) {
-                    received.push(((row.platform, row.receiver.0, row.currency.0), (row.amount, row.accounts, row.through_day)));
-                }
+            days.iter().for_each(|through| {
+                state.commission_runs.visit(&state.commissions, *through, |row| {
+                    if due(row.platform, row.through_day) && account.is_none_or(|a| a == row.receiver) {
+                        received.push(((row.platform, row.receiver.0, row.currency.0), (row.amount, row.accounts, row.through_day)));
+                    }
+                })
             });
             (lines, received)
         })?;

@@ -1194,18 +1194,19 @@ impl BatchBlock {
 const BATCHES_PER_BLOCK: u32 = 1024;
 
 thread_local! {
-    /// Whether `BatchList`s encode and decode as pieces (checkpoint format 5) in a pieces layout.
-    static BATCH_PIECES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The checkpoint format being encoded or decoded (`with_layout_at`); `None` outside one.
+    static FORMAT: std::cell::Cell<Option<u8>> = const { std::cell::Cell::new(None) };
 }
 
-/// `with_layout`, telling the batch index whether it is in pieces (checkpoint format 5 and
-/// later) or a plain sequence (format 4 and before, and outside checkpoints).
-pub fn with_layout_at<R>(layout: Layout, batch_pieces: bool, run: impl FnOnce() -> R) -> (R, Layout) {
-    let previous = BATCH_PIECES.with(|cell| cell.replace(batch_pieces));
-    struct Restore(bool);
+/// `with_layout`, telling the containers which checkpoint format they are in: the batch index
+/// is in pieces from format 5 on (a plain sequence before, and outside checkpoints), and
+/// `DayRuns` are encoded from format 6 on (and outside checkpoints).
+pub fn with_layout_at<R>(layout: Layout, format: u8, run: impl FnOnce() -> R) -> (R, Layout) {
+    let previous = FORMAT.with(|cell| cell.replace(Some(format)));
+    struct Restore(Option<u8>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            BATCH_PIECES.with(|cell| cell.set(self.0));
+            FORMAT.with(|cell| cell.set(self.0));
         }
     }
     let _restore = Restore(previous);
@@ -1213,7 +1214,88 @@ pub fn with_layout_at<R>(layout: Layout, batch_pieces: bool, run: impl FnOnce() 
 }
 
 fn batch_pieces() -> bool {
-    BATCH_PIECES.with(std::cell::Cell::get) && matches!(mode(), Mode::PiecesOut | Mode::PiecesIn)
+    FORMAT.with(std::cell::Cell::get).is_some_and(|format| format >= 5) && matches!(mode(), Mode::PiecesOut | Mode::PiecesIn)
+}
+
+/// Whether `DayRuns` are in the encoding (checkpoint format 6 on, and outside checkpoints).
+fn day_runs_encoded() -> bool {
+    FORMAT.with(std::cell::Cell::get).is_none_or(|format| format >= 6)
+}
+
+/// Where each business day's rows are in a vector of settlement rows (`ShardState::settled`,
+/// `commissions`): a run of consecutive rows of one `through_day`, as (day, index of its first
+/// row). A settlement run pushes its rows together, so there are about as many runs as
+/// settlement runs, and a statement of a day reads that day's chunks, not the whole history.
+/// Derived from the rows (`note` at each push; `of_rows` by a scan, after a checkpoint of format
+/// 5 or before, which did not encode them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DayRuns(Vec<(u32, u64)>);
+
+impl DayRuns {
+    /// Notes that the row at `index` (the vector's newest) is of `day`.
+    pub fn note(&mut self, day: u32, index: u64) {
+        if self.0.last().is_none_or(|(last, _)| *last != day) {
+            self.0.push((day, index));
+        }
+    }
+
+    /// The runs of `rows`, from a scan of every row (chunks out of memory read back one at a time).
+    pub fn of_rows<T: BlockEntry>(rows: &ChunkedVec<T>, day_of: impl Fn(&T) -> u32) -> DayRuns {
+        let (mut runs, mut index) = (DayRuns::default(), 0u64);
+        rows.scan(|row| {
+            runs.note(day_of(row), index);
+            index += 1;
+        });
+        runs
+    }
+
+    /// How many runs.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Visits, in order, the rows of `rows` (which these runs describe) of `day`: only the
+    /// chunks holding them are read.
+    pub fn visit<T: BlockEntry>(&self, rows: &ChunkedVec<T>, day: u32, mut visit: impl FnMut(&T)) {
+        for (at, (_, start)) in self.0.iter().enumerate().filter(|(_, (run_day, _))| *run_day == day) {
+            let end = self.0.get(at + 1).map_or(rows.len() as u64, |(_, next)| *next);
+            let mut index = *start;
+            rows.scan_from(usize::try_from(*start).unwrap_or(usize::MAX), |row| {
+                if index >= end {
+                    return false;
+                }
+                visit(row);
+                index += 1;
+                true
+            });
+        }
+    }
+}
+
+impl Serialize for DayRuns {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if day_runs_encoded() {
+            self.0.serialize(serializer)
+        } else {
+            serializer.serialize_unit()
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DayRuns {
+    /// Empty where the format has none (`checkpoint::load` then rebuilds them from the rows).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if day_runs_encoded() {
+            Vec::deserialize(deserializer).map(DayRuns)
+        } else {
+            Ok(DayRuns::default())
+        }
+    }
 }
 
 impl BatchList {
@@ -1841,6 +1923,49 @@ mod tests {
         }
     }
 
+    /// A day's rows are read through its runs: only the chunks out of memory that hold them are
+    /// read back (a statement of one day costs that day, not the history), and each run ends
+    /// where the next begins (or at the vector's end).
+    #[test]
+    fn day_runs_read_back_only_the_chunks_of_their_day() {
+        let blobs = Arc::new(Blobs::default());
+        let reader: Arc<dyn BlobRead> = blobs.clone();
+        let (mut rows, mut runs) = (ChunkedVec::<(u32, u64)>::default(), DayRuns::default());
+        // Runs as settlement makes them: day 9, then 4, then 9 again, ..., across chunk bounds.
+        let spec = [(9u32, CHUNK_LEN + 10), (4, 20), (9, 2 * CHUNK_LEN), (6, 3 * CHUNK_LEN), (4, 7), (8, 5)];
+        for (day, count) in spec {
+            for _ in 0..count {
+                let index = rows.len() as u64;
+                runs.note(day, index);
+                rows.push((day, index));
+            }
+        }
+        assert_eq!(runs.len(), spec.len());
+        assert_eq!(runs, DayRuns::of_rows(&rows, |row| row.0));
+        let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
+        rows.offer_blobs(&mut writer);
+        rows.cool(&writer.durable(), &reader);
+        assert!(rows.cold_chunks() >= 4, "{} chunks out", rows.cold_chunks());
+        for day in [9, 4, 6, 8, 5] {
+            // Each run of the day reads the chunks out of memory it spans (a chunk two runs of
+            // the day share is read for each: a scan keeps nothing).
+            let (mut expected, mut cold, mut start) = (Vec::new(), 0, 0usize);
+            for (d, count) in spec {
+                if d == day {
+                    expected.extend((start..start + count).map(|index| (d, index as u64)));
+                    cold += (start >> CHUNK_BITS..=(start + count - 1) >> CHUNK_BITS).filter(|chunk| !rows.is_resident(chunk << CHUNK_BITS)).count();
+                }
+                start += count;
+            }
+            let before = blobs.reads();
+            let mut found = Vec::new();
+            runs.visit(&rows, day, |row| found.push(*row));
+            assert!(found == expected, "day {day}: {} rows found, {} expected", found.len(), expected.len());
+            assert_eq!(blobs.reads() - before, cold, "day {day}: only its own chunks out of memory are read");
+        }
+        assert!(blobs.reads() < 2 * rows.cold_chunks(), "nothing read the whole history");
+    }
+
     #[test]
     fn chunks_leave_memory_after_a_durable_checkpoint_and_come_back_when_used() {
         use bincode::Options;
@@ -2039,10 +2164,10 @@ mod tests {
         assert_eq!(list.iter().collect::<Vec<_>>(), expected);
         // Format 5: blocks named by hash and read back lazily; the last inline.
         let known: FastMap<u64, (u64, [u8; 32])> = FastMap::default();
-        let (encoded, _) = with_layout_at(Layout::PiecesOut(known), true, || codec().serialize(&list).unwrap());
+        let (encoded, _) = with_layout_at(Layout::PiecesOut(known), 5, || codec().serialize(&list).unwrap());
         assert!(encoded.len() < 6 * 100 + 1_100, "references, not batches: {} bytes", encoded.len());
         let lazy = Layout::PiecesLazy(reader.clone(), Vec::new());
-        let (decoded, layout) = with_layout_at(lazy, true, || codec().deserialize::<BatchList>(&encoded).unwrap());
+        let (decoded, layout) = with_layout_at(lazy, 5, || codec().deserialize::<BatchList>(&encoded).unwrap());
         let Layout::PiecesLazy(_, hashes) = layout else { panic!("layout kept") };
         assert_eq!((hashes.len(), decoded.block_counts()), (5, (6, 5)));
         assert_eq!(decoded, list);
@@ -2052,15 +2177,14 @@ mod tests {
         decoded.push(newest + 1);
         assert_eq!((decoded.len(), decoded.last()), (list.len() + 1, Some(newest + 1)));
         // Format 4 reads as the plain sequence it was.
-        let (old, _) =
-            with_layout_at(Layout::PiecesIn(Vec::new()), false, || codec().deserialize::<BatchList>(&codec().serialize(&expected).unwrap()).unwrap());
+        let (old, _) = with_layout_at(Layout::PiecesIn(Vec::new()), 4, || codec().deserialize::<BatchList>(&codec().serialize(&expected).unwrap()).unwrap());
         assert_eq!(old, list);
         // A block whose reference lies about its bounds is refused when decoded inline.
         let mut bad = BatchList::default();
         (1..=3).for_each(|s| bad.push(s));
         bad.blocks[0].first = 0;
-        let (encoded, _) = with_layout_at(Layout::PiecesOut(FastMap::default()), true, || codec().serialize(&bad).unwrap());
-        let (result, _) = with_layout_at(Layout::PiecesIn(Vec::new()), true, || codec().deserialize::<BatchList>(&encoded));
+        let (encoded, _) = with_layout_at(Layout::PiecesOut(FastMap::default()), 5, || codec().serialize(&bad).unwrap());
+        let (result, _) = with_layout_at(Layout::PiecesIn(Vec::new()), 5, || codec().deserialize::<BatchList>(&encoded));
         assert!(result.is_err());
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::command::{content_hash, own_key, Command, Envelope};
 use crate::ledger::flat::FlatMap;
-use crate::ledger::growth::{BatchList, ChunkedVec, OrderBlocks};
+use crate::ledger::growth::{BatchList, ChunkedVec, DayRuns, OrderBlocks};
 use crate::ledger::ops;
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, CurrencySpec, Minor};
@@ -162,6 +162,12 @@ pub struct ShardState {
     /// Settlement figures per (`through_day`, platform, currency): the sums of the `settled`
     /// rows, so a dashboard reads the days it shows, not the history. Rebuilt by replay.
     pub settled_days: BTreeMap<(u32, u32, u8), SettledDayTotal>,
+    /// Where each `through_day`'s rows are in `settled`: a statement reads that day's chunks
+    /// only. Derived from the rows, rebuilt by replay (and by `rebuild_day_runs` after a
+    /// checkpoint of format 5 or before).
+    pub settled_runs: DayRuns,
+    /// Where each `through_day`'s rows are in `commissions` (as `settled_runs`).
+    pub commission_runs: DayRuns,
 }
 
 /// How many orders one (day, platform, kind, currency) cell saw created, and their amounts.
@@ -1143,6 +1149,14 @@ impl ShardState {
             batches.fill_blobs(source)?;
         }
         Ok(())
+    }
+
+    /// Rebuilds `settled_runs` and `commission_runs` from the rows (a scan of both; after a
+    /// checkpoint of a format that did not encode them). A chunk that cannot be read back
+    /// panics with its `StorageFault`, as any read of history does.
+    pub fn rebuild_day_runs(&mut self) {
+        self.settled_runs = DayRuns::of_rows(&self.settled, |row| row.through_day);
+        self.commission_runs = DayRuns::of_rows(&self.commissions, |row| row.through_day);
     }
 
     /// A digest of the whole state in a canonical order (equal states have equal digests), but
