@@ -130,7 +130,34 @@ fn sound(store: &dyn Store, shard: u16, head: ChainHead, archived: Option<&Archi
     format!("shard {shard}: ok, {} batches ({live} live{archives}), head {}", head.sequence, head.hash_hex())
 }
 
-/// Archives every shard's journal before the date and through its oldest checkpoint.
+/// The newest of `shard`'s kept checkpoints that is sound in full (`checkpoint::verify`: its
+/// parts, the state's decoding, every history blob against its hash), with how many blobs were
+/// read; `None` when the shard has no checkpoint (then nothing of it is archived). An error when
+/// it has checkpoints and none is sound: archiving its journal would leave recovery nothing to
+/// start from.
+fn sound_checkpoint(store: &std::sync::Arc<dyn Store>, shard: u16) -> Result<Option<(u64, usize)>> {
+    // A blob shared by several checkpoints is read once (`checked` holds those found sound).
+    let mut checked = std::collections::HashSet::new();
+    let mut problems = Vec::new();
+    for sequence in engine::checkpoint::list(&**store, shard)?.into_iter().rev() {
+        match engine::checkpoint::verify(store, shard, sequence, &mut checked) {
+            Ok(_) => return Ok(Some((sequence, checked.len()))),
+            Err(engine::checkpoint::CheckpointError::Storage(error)) => return Err(error.into()),
+            Err(error) => problems.push(error.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        return Ok(None);
+    }
+    anyhow::bail!(
+        "shard {shard}: no kept checkpoint is sound, so nothing was archived (recovery could not start without the journal): {}. \
+         `clearing verify` lists what is damaged",
+        problems.join("; ")
+    )
+}
+
+/// Archives every shard's journal before the date and through its oldest checkpoint, once each
+/// shard with checkpoints has a sound one.
 pub fn archive(args: ArchiveArgs, out: &mut dyn Write) -> Result<()> {
     let day = clearing_actor::calendar::parse_date(&args.before).ok_or_else(|| anyhow::anyhow!("--before must be YYYY-MM-DD"))?;
     let (config, data_dir) = crate::load(args.config, args.data_dir)?;
@@ -138,11 +165,20 @@ pub fn archive(args: ArchiveArgs, out: &mut dyn Write) -> Result<()> {
         anyhow::bail!("{} is not a database directory", data_dir.display());
     }
     let before = config.calendar().day_start_micros(i64::from(day));
-    let store =
-        RocksStore::open_with(&data_dir, config.rows_compaction).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?;
-    let shards = shard_count(&store, &data_dir)?;
+    let shared: std::sync::Arc<dyn Store> = std::sync::Arc::new(
+        RocksStore::open_with(&data_dir, config.rows_compaction).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?,
+    );
+    let store = &*shared;
+    let shards = shard_count(store, &data_dir)?;
+    // Every shard's recovery must have a sound checkpoint once its batches are gone: checked for
+    // all shards before any batch moves.
     for shard in 0..shards {
-        match archive::archive_shard(&store, shard, before, &args.to).with_context(|| format!("archiving shard {shard}"))? {
+        if let Some((sequence, blobs)) = sound_checkpoint(&shared, shard)? {
+            writeln!(out, "shard {shard}: checkpoint at batch {sequence} is sound (parts and {blobs} history blobs read back)")?;
+        }
+    }
+    for shard in 0..shards {
+        match archive::archive_shard(store, shard, before, &args.to).with_context(|| format!("archiving shard {shard}"))? {
             Archived::Moved(manifest) => writeln!(
                 out,
                 "shard {shard}: archived batches {}..={} into {} (blake3 {})",

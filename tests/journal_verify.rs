@@ -137,3 +137,46 @@ fn verify_names_a_flipped_byte_in_a_checkpoint() {
     assert!(text.contains("shard 1: CHECKPOINT BROKEN: checkpoint of shard 1 at batch") && text.contains("does not match its hash"), "{text}");
     assert!(text.contains("verify: 1 of 2 shards broken"), "{text}");
 }
+
+/// `clearing archive` moves a shard's batches out of the live journal only while one of its kept
+/// checkpoints is sound in full (recovery starts from it once they are gone): with the only
+/// checkpoint of shard 1 damaged it archives nothing, on any shard, and says why; mended, it
+/// archives and names the checkpoint it checked.
+#[test]
+fn archive_moves_nothing_while_no_kept_checkpoint_of_a_shard_is_sound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(BINARY).args(["serve", "--once", "--demo", "--data-dir"]).arg(dir.path()).output().expect("run clearing");
+    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let archives = tempfile::tempdir().expect("tempdir");
+    let to = archives.path().to_str().expect("utf-8 path");
+    let (key, pristine) = {
+        let store = RocksStore::open(dir.path()).expect("open");
+        let newest = *engine::checkpoint::list(&store, 1).expect("list").last().expect("a checkpoint at the stop");
+        let key = engine::checkpoint::part_key(1, newest, 0);
+        let pristine = store.get(&key).expect("get").expect("part 0");
+        let mut part = pristine.clone();
+        let middle = part.len() / 2;
+        part[middle] ^= 0x10;
+        store.write(&[(&key, &part)]).expect("write");
+        (key, pristine)
+    };
+    let (_, before) = run(&["verify"], dir.path());
+    let (ok, text) = run(&["archive", "--before", "2999-01-01", "--to", to], dir.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("shard 1: no kept checkpoint is sound, so nothing was archived") && text.contains("does not match its hash"), "{text}");
+    assert_eq!(std::fs::read_dir(archives.path()).expect("read").count(), 0, "no file written");
+    let (_, after) = run(&["verify"], dir.path());
+    assert_eq!(before, after, "no batch left the journal of either shard");
+    {
+        let store = RocksStore::open(dir.path()).expect("open");
+        store.write(&[(&key, &pristine)]).expect("write");
+    }
+    let (ok, text) = run(&["archive", "--before", "2999-01-01", "--to", to], dir.path());
+    assert!(ok, "{text}");
+    assert!(text.contains("shard 0: checkpoint at batch ") && text.contains("shard 1: checkpoint at batch ") && text.contains("is sound"), "{text}");
+    assert!(text.contains("shard 1: archived batches 1..="), "{text}");
+    let (ok, text) = run(&["verify", "--archives", to], dir.path());
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["serve", "--once", "--demo"], dir.path());
+    assert!(ok && text.contains("invariants: ok"), "{text}");
+}
