@@ -942,14 +942,21 @@ fn load_avoiding(
         _ => BlobCache::default(),
     };
     if bytes[0] < 6 {
-        // The rows' chunks are in place now (or readable lazily): a chunk that cannot be read
-        // makes this checkpoint unusable, as a blob that does not fill does.
+        // Where each day's settlement rows are, from the rows (in place now, or readable
+        // lazily). A store that does not answer fails the start (as `fill` does); a damaged blob
+        // is marked, as a shard marks one it meets, and makes this checkpoint unusable.
         if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.rebuild_day_runs())) {
-            match payload.downcast_ref::<crate::ledger::growth::StorageFault>() {
-                Some(fault) => return Err(unusable(format!("its settlement rows cannot be read to index them: {fault}"))),
-                None => std::panic::resume_unwind(payload),
+            let Some(fault) = payload.downcast_ref::<crate::ledger::growth::StorageFault>() else { std::panic::resume_unwind(payload) };
+            if !fault.damaged {
+                return Err(CheckpointError::Storage(StorageError::Io(fault.to_string())));
             }
+            // A read-only store (`clearing verify`) cannot mark it: the error below still says it.
+            let _ = mark_damaged(store, shard, &fault.hash, &fault.reason);
+            return Err(unusable(format!("its settlement rows cannot be read to index them: {fault}")));
         }
+    } else {
+        state.settled_runs.check(state.settled.len()).map_err(|e| unusable(format!("its settled rows' runs: {e}")))?;
+        state.commission_runs.check(state.commissions.len()).map_err(|e| unusable(format!("its commissions' runs: {e}")))?;
     }
     cache.named = vec![(sequence, std::sync::Arc::new(manifest.blobs.clone()))];
     Ok((state, manifest, cache))

@@ -835,8 +835,8 @@ fn count_based_tiers_and_parts_always_sum_to_the_commission() {
 
 /// A statement reads a day's settlement rows through `settled_runs` / `commission_runs` (where
 /// each `through_day`'s rows are), not by scanning all history: the runs must name exactly the
-/// rows of each day, in order, whatever order the days were settled in (a run for a future day,
-/// then for an earlier one, then the future day again); they are rebuilt from the rows alone
+/// rows of each day, in order, whatever order the days were settled in (a future day, an earlier
+/// one, the future day again in a run of its own, ...); they are rebuilt from the rows alone
 /// the same (a checkpoint of format 5 did not hold them), and encoded from format 6 on.
 #[test]
 fn settlement_rows_are_found_by_day_whatever_order_the_days_were_settled_in() {
@@ -847,8 +847,9 @@ fn settlement_rows_are_found_by_day_whatever_order_the_days_were_settled_in() {
     let merchants: Vec<AccountId> = (0..12).map(|i| w.funded(100 + i, 0)).collect();
     let with_commission = rule(TierBasis::Amount, 0, &[(0, 10_000)], &[(receiver, 1)], 0);
     let today = w.state.business_day(w.now);
-    // Through days as a platform's runs may name them: ahead of today, behind, ahead again.
-    for (round, offset) in [10u32, 10, 2, 10, 3, 2].into_iter().enumerate() {
+    // Through days as runs may name them, today advancing a day a round: t+10 twice (one run),
+    // t+4, t+10, t+4, t+10 (each a run of its own).
+    for (round, offset) in [10u32, 9, 2, 7, 0, 5].into_iter().enumerate() {
         for (index, merchant) in merchants.iter().enumerate().skip(round % 3) {
             let amount = 100 + index as Minor;
             w.ok(pay(payer, amount, &[(*merchant, amount)], &[]));
@@ -856,9 +857,11 @@ fn settlement_rows_are_found_by_day_whatever_order_the_days_were_settled_in() {
         w.run_as(P, Command::Settle { through_day: w.state.business_day(w.now) + offset, rule: with_commission.clone() });
         w.now += DAY;
     }
-    assert!(w.state.settled_runs.len() >= 4, "the days alternate: {:?}", w.state.settled_runs);
+    assert_eq!(w.state.settled_runs.len(), 5, "the days alternate: {:?}", w.state.settled_runs);
     let days: std::collections::BTreeSet<u32> = w.state.settled.iter().map(|row| row.through_day).collect();
-    assert!(days.len() >= 3 && w.state.commissions.iter().count() >= 4);
+    assert_eq!(days, [today + 4, today + 10].into());
+    assert_eq!(w.state.commission_runs.len(), 5);
+    assert!(w.state.commissions.iter().count() >= 6);
     for day in days.iter().copied().chain([today, today + 99]) {
         let mut found = Vec::new();
         w.state.settled_runs.visit(&w.state.settled, day, |row| found.push(*row));
@@ -870,6 +873,7 @@ fn settlement_rows_are_found_by_day_whatever_order_the_days_were_settled_in() {
         assert_eq!(found, expected, "commission rows of day {day}");
     }
     assert_eq!(w.state.settled_runs, DayRuns::of_rows(&w.state.settled, |row| row.through_day));
+    assert_eq!(w.state.settled_runs.check(w.state.settled.len()), Ok(()));
     assert_eq!(w.state.commission_runs, DayRuns::of_rows(&w.state.commissions, |row| row.through_day));
     // Format 5 had no runs: they decode empty and are rebuilt the same from the rows.
     let (old, _) = with_layout_at(Layout::Flat, 5, || bincode::serialize(&w.state).unwrap());

@@ -565,6 +565,29 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>
         }
     }
 
+    /// Visits the items at `range` (clamped to the vector), in order; chunks out of memory are
+    /// read back for the visit only, and no chunk past the range is read.
+    pub fn scan_range(&self, range: std::ops::Range<usize>, mut visit: impl FnMut(&T)) {
+        let end = range.end.min(self.len());
+        if range.start >= end {
+            return;
+        }
+        for index in range.start >> CHUNK_BITS..=(end - 1) >> CHUNK_BITS {
+            let Some(chunk) = self.chunks.get(index) else { return };
+            let read;
+            let items = match chunk {
+                Piece::Cold(cold) if cold.cache.get().is_none() => {
+                    read = cold.read();
+                    &read
+                }
+                _ => chunk.data(),
+            };
+            let base = index << CHUNK_BITS;
+            let (from, to) = (range.start.saturating_sub(base), (end - base).min(items.len()));
+            items.get(from..to).unwrap_or(&[]).iter().for_each(&mut visit);
+        }
+    }
+
     /// How many chunks a snapshot shares with this vector.
     #[cfg(test)]
     fn shared_chunks(&self) -> usize {
@@ -1260,19 +1283,28 @@ impl DayRuns {
     }
 
     /// Visits, in order, the rows of `rows` (which these runs describe) of `day`: only the
-    /// chunks holding them are read.
+    /// chunks holding them are read (a walk of the runs, a few a settlement day).
     pub fn visit<T: BlockEntry>(&self, rows: &ChunkedVec<T>, day: u32, mut visit: impl FnMut(&T)) {
+        let index = |at: u64| usize::try_from(at).unwrap_or(usize::MAX);
         for (at, (_, start)) in self.0.iter().enumerate().filter(|(_, (run_day, _))| *run_day == day) {
-            let end = self.0.get(at + 1).map_or(rows.len() as u64, |(_, next)| *next);
-            let mut index = *start;
-            rows.scan_from(usize::try_from(*start).unwrap_or(usize::MAX), |row| {
-                if index >= end {
-                    return false;
-                }
-                visit(row);
-                index += 1;
-                true
-            });
+            let end = self.0.get(at + 1).map_or(rows.len(), |(_, next)| index(*next));
+            rows.scan_range(index(*start)..end, &mut visit);
+        }
+    }
+
+    /// Whether these runs can describe a vector of `len` rows: the first starts at 0 (when there
+    /// are rows), each starts after the one before and before the end, and neighbours are of
+    /// different days (what `note` makes). A checkpoint whose runs are not is unusable.
+    pub fn check(&self, len: usize) -> Result<(), String> {
+        let Some(((_, first), (_, last))) = self.0.first().zip(self.0.last()) else {
+            return if len == 0 { Ok(()) } else { Err(format!("no runs for {len} rows")) };
+        };
+        if *first != 0 || *last >= len as u64 {
+            return Err(format!("runs from row {first} to row {last} for {len} rows"));
+        }
+        match self.0.windows(2).find(|pair| pair[1].1 <= pair[0].1 || pair[1].0 == pair[0].0) {
+            Some(pair) => Err(format!("run ({}, {}) follows ({}, {})", pair[1].0, pair[1].1, pair[0].0, pair[0].1)),
+            None => Ok(()),
         }
     }
 }
@@ -1932,7 +1964,8 @@ mod tests {
         let reader: Arc<dyn BlobRead> = blobs.clone();
         let (mut rows, mut runs) = (ChunkedVec::<(u32, u64)>::default(), DayRuns::default());
         // Runs as settlement makes them: day 9, then 4, then 9 again, ..., across chunk bounds.
-        let spec = [(9u32, CHUNK_LEN + 10), (4, 20), (9, 2 * CHUNK_LEN), (6, 3 * CHUNK_LEN), (4, 7), (8, 5)];
+        // Runs ending on chunk bounds (at 2, 4 and 7 chunks) read nothing past them.
+        let spec = [(9u32, CHUNK_LEN + 10), (4, CHUNK_LEN - 10), (9, 2 * CHUNK_LEN), (6, 3 * CHUNK_LEN), (4, 7), (8, 5)];
         for (day, count) in spec {
             for _ in 0..count {
                 let index = rows.len() as u64;
@@ -1942,6 +1975,19 @@ mod tests {
         }
         assert_eq!(runs.len(), spec.len());
         assert_eq!(runs, DayRuns::of_rows(&rows, |row| row.0));
+        assert_eq!(runs.check(rows.len()), Ok(()));
+        // Runs a sound shard cannot have made are refused (`checkpoint::load`).
+        for (bad, len) in [
+            (vec![(9, 0), (4, 10)], 5),
+            (vec![(9, 1), (4, 10)], 20),
+            (vec![(9, 0), (4, 10), (6, 10)], 20),
+            (vec![(9, 0), (4, 10), (6, 7)], 20),
+            (vec![(9, 0), (9, 10)], 20),
+            (vec![], 3),
+        ] {
+            assert!(DayRuns(bad.clone()).check(len).is_err(), "{bad:?} for {len} rows");
+        }
+        assert_eq!(DayRuns::default().check(0), Ok(()));
         let mut writer = Writer { blobs: &blobs, durable: FastMap::default(), kept: Vec::new() };
         rows.offer_blobs(&mut writer);
         rows.cool(&writer.durable(), &reader);

@@ -104,15 +104,15 @@ pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule:
         day.matured += row.amount as i128;
         day.commission += row.commission as i128;
         day.service_fee += row.service_fee as i128;
-        state.settled_runs.note(row.through_day, state.settled.len() as u64);
         state.settled.push(row);
+        state.settled_runs.note(through_day, state.settled.len() as u64 - 1);
     }
     if let Some(rule) = rule {
         for (receiver, (amount, accounts)) in rule.receivers.iter().zip(by_receiver) {
             if amount > 0 {
                 let platform = context.platform;
-                state.commission_runs.note(through_day, state.commissions.len() as u64);
                 state.commissions.push(CommissionRow { through_day, platform, receiver: receiver.account, currency: rule.currency, amount, accounts });
+                state.commission_runs.note(through_day, state.commissions.len() as u64 - 1);
             }
         }
     }
