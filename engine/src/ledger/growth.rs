@@ -378,6 +378,15 @@ impl<C: fmt::Debug> fmt::Debug for Piece<C> {
 }
 
 impl<C: PieceData> Piece<C> {
+    /// Runs `visit` on its data; out of memory (and not read back already), it is read for the
+    /// visit only, not kept (`ChunkedVec::scan`).
+    fn visit<R>(&self, visit: impl FnOnce(&C) -> R) -> R {
+        match self {
+            Piece::Cold(cold) if cold.cache.get().is_none() => visit(&cold.read()),
+            _ => visit(self.data()),
+        }
+    }
+
     fn hot(data: C) -> Piece<C> {
         Piece::Hot(HotArc::new(Tagged::new(data)))
     }
@@ -551,15 +560,7 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>
     pub fn scan_from(&self, from: usize, mut visit: impl FnMut(&T) -> bool) {
         let mut skip = from & (CHUNK_LEN - 1);
         for chunk in self.chunks.iter().skip(from >> CHUNK_BITS) {
-            let read;
-            let items = match chunk {
-                Piece::Cold(cold) if cold.cache.get().is_none() => {
-                    read = cold.read();
-                    &read
-                }
-                _ => chunk.data(),
-            };
-            if !items.iter().skip(std::mem::take(&mut skip)).all(&mut visit) {
+            if !chunk.visit(|items| items.iter().skip(std::mem::take(&mut skip)).all(&mut visit)) {
                 return;
             }
         }
@@ -574,17 +575,11 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>
         }
         for index in range.start >> CHUNK_BITS..=(end - 1) >> CHUNK_BITS {
             let Some(chunk) = self.chunks.get(index) else { return };
-            let read;
-            let items = match chunk {
-                Piece::Cold(cold) if cold.cache.get().is_none() => {
-                    read = cold.read();
-                    &read
-                }
-                _ => chunk.data(),
-            };
             let base = index << CHUNK_BITS;
-            let (from, to) = (range.start.saturating_sub(base), (end - base).min(items.len()));
-            items.get(from..to).unwrap_or(&[]).iter().for_each(&mut visit);
+            chunk.visit(|items| {
+                let (from, to) = (range.start.saturating_sub(base), (end - base).min(items.len()));
+                items.get(from..to).unwrap_or(&[]).iter().for_each(&mut visit);
+            });
         }
     }
 
