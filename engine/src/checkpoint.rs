@@ -75,8 +75,9 @@ const BLOB_PREFIX: &[u8; 4] = b"m/b/";
 ///
 /// Version 6: the state ends with where each business day's settlement rows are
 /// (`ShardState::settled_runs`, `commission_runs`), so a statement reads that day's chunks, not
-/// all history. Versions 1 to 5 are still read: the runs are rebuilt from the rows at load (a
-/// scan of them, once; the next checkpoint is of version 6).
+/// all history; they are checked at load (`DayRuns::check`). Versions 1 to 5 are still read:
+/// the runs are rebuilt from the rows at each load of such a checkpoint (a scan of them), until
+/// the shard writes one of version 6.
 pub const CHECKPOINT_FORMAT_VERSION: u8 = 6;
 
 /// Older versions this build still reads (see `CHECKPOINT_FORMAT_VERSION`).
