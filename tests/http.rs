@@ -127,6 +127,55 @@ fn platforms_sign_their_requests() {
         let (status, reply) = signed_get(&server, "/v1/platform", &platform_id, timestamp, nonce, &signature);
         assert_eq!((status, reply["error"]["code"].as_str()), (401, Some(code)), "{name}: {reply}");
     }
+    // A signing header given twice is refused whichever value comes first (a proxy reading the
+    // other would see another platform, time or signature), and so is a timestamp with a sign.
+    let raw = |headers: &[(&str, String)]| -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(server.base.trim_start_matches("http://")).expect("connect");
+        let mut head = "GET /v1/platform HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n".to_string();
+        headers.iter().for_each(|(name, value)| head.push_str(&format!("{name}: {value}\r\n")));
+        stream.write_all(format!("{head}\r\n").as_bytes()).expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        (answer.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0), answer)
+    };
+    let t = now();
+    let signed = |nonce: &str| {
+        vec![
+            ("X-Platform-Id", platform.clone()),
+            ("X-Timestamp", t.to_string()),
+            ("X-Nonce", nonce.to_string()),
+            ("X-Signature", sign(&secret, "GET", "/v1/platform", t, nonce, b"")),
+        ]
+    };
+    let (status, answer) = raw(&signed("nonceRaw00000001"));
+    assert_eq!(status, 200, "the same request, each header once: {answer}");
+    for (name, value) in [
+        ("X-Platform-Id", other["platform_id"].as_str().unwrap().to_string()),
+        ("X-Timestamp", "0".to_string()),
+        ("X-Nonce", "nonceRawOther0001".to_string()),
+        ("X-Signature", "0".repeat(64)),
+    ] {
+        for (at, nonce) in [(0, "nonceRaw00000002"), (4, "nonceRaw00000003")] {
+            let mut headers = signed(nonce);
+            headers.insert(at, (name, value.clone()));
+            let (status, answer) = raw(&headers);
+            assert!(status == 401 && answer.contains("unauthenticated"), "{name} twice (the other one at {at}): {answer}");
+        }
+    }
+    let plus = format!("+{t}");
+    // Signed over the text as sent (the signature is right; the timestamp's form is not).
+    let signature = {
+        use hmac::{Hmac, Mac};
+        use sha2::{Digest, Sha256};
+        let canonical = format!("GET\n/v1/platform\n{plus}\nnonceRaw00000004\n{}", hex::encode(Sha256::digest(b"")));
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(canonical.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    };
+    let (status, answer) =
+        raw(&[("X-Platform-Id", platform.clone()), ("X-Timestamp", plus.clone()), ("X-Nonce", "nonceRaw00000004".to_string()), ("X-Signature", signature)]);
+    assert!(status == 401 && answer.contains("X-Timestamp must be unix seconds"), "{answer}");
     let (status, reply) = match ureq::get(&format!("{}/v1/platform", server.base)).call() {
         Err(ureq::Error::Status(status, response)) => (status, response.into_json::<serde_json::Value>().expect("JSON")),
         other => panic!("unsigned request answered {other:?}"),

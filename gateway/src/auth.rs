@@ -117,8 +117,15 @@ impl NonceCache {
     }
 }
 
+/// The one value of header `name`. Given twice it is refused, whatever the values: a proxy in
+/// front that read the other one would see another platform, signature or time than we check.
 fn header<'a>(request: &'a HttpRequest, name: &str) -> Result<&'a str, ApiError> {
-    request.headers().get(name).and_then(|v| v.to_str().ok()).ok_or_else(|| ApiError::unauthenticated(&format!("missing header {name}")))
+    let mut values = request.headers().get_all(name);
+    let value = values.next().and_then(|v| v.to_str().ok()).ok_or_else(|| ApiError::unauthenticated(&format!("missing header {name}")))?;
+    if values.next().is_some() {
+        return Err(ApiError::unauthenticated(&format!("header {name} given more than once")));
+    }
+    Ok(value)
 }
 
 /// The canonical string a platform signs.
@@ -155,7 +162,11 @@ pub fn check_head(request: &HttpRequest, platforms: &Platforms, now: i64) -> Res
     if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::unauthenticated("X-Signature must be 64 hexadecimal digits"));
     }
-    let seconds: i64 = timestamp.parse().map_err(|_| ApiError::unauthenticated("X-Timestamp must be unix seconds"))?;
+    // Digits only (`parse` would also take a sign): the signed text is the number as written.
+    let seconds: i64 = Some(timestamp)
+        .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| ApiError::unauthenticated("X-Timestamp must be unix seconds"))?;
     if !within_window(now, seconds) {
         return Err(ApiError::new(401, "timestamp_out_of_window", "X-Timestamp is more than 300 s from the server's clock"));
     }
