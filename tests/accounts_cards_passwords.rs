@@ -79,6 +79,11 @@ fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_trie
     assert_eq!(error_of(&verify(&card_id, &wrong_amount(&deposit))), (422, Some("verification_failed")));
     let (status, _, verified) = verify(&card_id, &deposit);
     assert_eq!((status, verified["status"].as_str()), (200, Some("verified")), "{verified}");
+    // Verified again with the amount: the card as it is; bad input is still refused as such.
+    assert_eq!(verify(&card_id, &deposit).0, 200);
+    for bad in ["abc", "-1.00", "1e9", "0.001"] {
+        assert_eq!(error_of(&verify(&card_id, bad)), (400, Some("invalid_amount")), "{bad} for a verified card");
+    }
 
     // A second card, three wrong tries: locked, even for the right amount.
     let (_, _, second) = bind("c-2", "5555555555554444", "Zhang San", "11010519491231002X");

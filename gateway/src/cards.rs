@@ -338,7 +338,8 @@ pub async fn verify(
 pub async fn verify_card(engine: &Arc<Engine>, cards: &Arc<Cards>, platform: u32, account: AccountId, card_id: &str, amount: &str) -> Result<Card, ApiError> {
     let (_, _, spec) = account_of(engine, platform, account).await?;
     let id = parse_card_id(card_id).ok_or_else(ApiError::not_found)?;
-    let amount = crate::orders::amount(amount, &spec, "amount");
+    // Checked first, whatever the card's state: bad input is a 400 even for a verified card.
+    let amount = crate::orders::amount(amount, &spec, "amount")?;
     let changing = cards.clone();
     // The try is counted and saved under the card's change lock: concurrent calls are taken one
     // after the other, so at most VERIFY_TRIES_MAX wrong amounts are ever compared.
@@ -350,7 +351,7 @@ pub async fn verify_card(engine: &Arc<Engine>, cards: &Arc<Cards>, platform: u32
                 "unbound" => return Err(ApiError::not_found()),
                 _ => {}
             }
-            let right = amount? == card.deposit_minor;
+            let right = amount == card.deposit_minor;
             if right {
                 card.status = "verified".into();
             } else {
