@@ -79,8 +79,15 @@ fn assert_healthy(server: &Server) {
     assert_eq!((status, &report["ok"]), (200, &json!(true)), "{report}");
 }
 
+/// The money-in channel taking orders up to the largest amount (its default `order_max` is
+/// 5,000,000.00, which the server holds recharges to).
+const WHALE_CHANNEL: (&str, &str) = (
+    "direction = \"in\"\ncurrency = \"CNY\"\nfee_fixed = \"0.00\"\nfee_rate_bps = 0\nfee_min = \"0.00\"\nfee_max = \"0.00\"\norder_min = \"0.01\"\norder_max = \"5000000.00\"",
+    "direction = \"in\"\ncurrency = \"CNY\"\nfee_fixed = \"0.00\"\nfee_rate_bps = 0\nfee_min = \"0.00\"\nfee_max = \"0.00\"\norder_min = \"0.01\"\norder_max = \"10000000000000.00\"",
+);
+
 fn start(dir: &std::path::Path) -> Server {
-    start_configured(dir, TOKEN, &config_with(FAST_BANK))
+    start_configured(dir, TOKEN, &config_with(&[FAST_BANK[0], WHALE_CHANNEL]))
 }
 
 #[test]
@@ -132,6 +139,12 @@ fn the_largest_recharges_past_i64_stop_no_shard_even_across_a_kill_9() {
         assert!(Instant::now() < deadline, "suspense never held the 89 recharges that could not land: {reserve}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The reserve check against the simulated bank's own records still answers past i64 (its
+    // sum of reserve lines overflowed an i64 and answered 503 from then on), and they agree.
+    let (status, checked) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(TOKEN));
+    assert_eq!(status, 200, "{checked}");
+    assert!(cents(checked["bank_balance"].as_str().unwrap()) > i64::MAX as i128, "{checked}");
+    assert_eq!(cents(checked["bank_balance"].as_str().unwrap()), cents(checked["reserve"].as_str().unwrap()), "{checked}");
     // A full account refuses more with the new code, singly and in bulk.
     let refused = p.post("/v1/recharges", &json!({"out_order_no": "d-1", "account_id": accounts[0], "amount": "0.01", "currency": "CNY"}));
     assert_eq!(error_of(&refused), (422, Some("balance_limit_exceeded")), "{refused:?}");

@@ -107,7 +107,9 @@ pub trait BankChannel: Send + Sync + 'static {
     fn statement(&self, channel: u16, day: u32) -> Result<Vec<StatementLine>, BankError>;
 
     /// The reserve account's balance at the bank in `currency`, and how many movements make it.
-    fn reserve_balance(&self, currency: &CurrencySpec) -> Result<(Minor, usize), BankError>;
+    /// In `i128`: it sums every movement ever, which no per-order bound keeps within `i64` (as
+    /// the ledger's system stripes).
+    fn reserve_balance(&self, currency: &CurrencySpec) -> Result<(i128, usize), BankError>;
 
     /// A transfer into the reserve account from outside, as the operator read it on the bank's
     /// statement (an offline transfer): a simulated bank books it; a real one has it already.

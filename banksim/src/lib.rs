@@ -285,13 +285,15 @@ impl BankChannel for Simulator {
         Ok(lines.into_iter().map(|(_, line)| line).collect())
     }
 
-    fn reserve_balance(&self, currency: &CurrencySpec) -> Result<(Minor, usize), BankError> {
+    fn reserve_balance(&self, currency: &CurrencySpec) -> Result<(i128, usize), BankError> {
         let prefix = format!("{RESERVE_PREFIX}{}/", currency.code_str());
         let lines = storage::records::load_all::<ReserveLine>(self.inner.store.as_ref(), prefix.as_bytes()).map_err(BankError::Records)?;
-        let mut balance: Minor = 0;
+        // Each line is within an order's bounds; their sum is not within `i64` (a platform's
+        // largest recharges passed it): summed in `i128`, which no count of lines can overflow.
+        let mut balance: i128 = 0;
         for (_, line) in &lines {
             let amount = currency.parse(&line.amount).ok_or_else(|| BankError::Records(format!("a reserve line's amount {:?}", line.amount)))?;
-            balance = balance.checked_add(amount).ok_or_else(|| BankError::Records("the reserve's balance overflows".into()))?;
+            balance += i128::from(amount);
         }
         Ok((balance, lines.len()))
     }

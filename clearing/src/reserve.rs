@@ -112,7 +112,7 @@ pub fn check(engine: &Engine, currency: CurrencyId, bank: BankFigure<'_>) -> Res
     let spec = *engine.config().currencies.get(currency.0 as usize).ok_or_else(|| ClearingError::invalid("unknown currency", "currency"))?;
     let bank_balance = match bank {
         BankFigure::None => None,
-        BankFigure::Stated(text) => Some(spec.parse(text).ok_or_else(|| ClearingError::invalid("bank_balance is an amount", "bank_balance"))?),
+        BankFigure::Stated(text) => Some(i128::from(spec.parse(text).ok_or_else(|| ClearingError::invalid("bank_balance is an amount", "bank_balance"))?)),
         BankFigure::Bank(bank) => Some(bank.reserve_balance(&spec)?.0),
     };
     // Per shard: [customer funds, then each system role], as balances (credit positive).
@@ -144,7 +144,7 @@ pub fn check(engine: &Engine, currency: CurrencyId, bank: BankFigure<'_>) -> Res
         payouts_sent: role(SystemRole::PayoutPending),
         fees: role(SystemRole::FeeIncome),
         suspense: role(SystemRole::Suspense),
-        bank_balance: bank_balance.map(i128::from),
+        bank_balance,
     })
 }
 
