@@ -175,7 +175,8 @@ const SIGNING: &str = "Every /v1 request is signed by the platform with its secr
 `X-Timestamp` (unix seconds, within 300 s of the server's clock), `X-Nonce` (16 to 64 characters [A-Za-z0-9], never reused within \
 the window) and `X-Signature` = hex(HMAC-SHA256(secret, canonical)) where canonical = METHOD \"\\n\" PATH_AND_QUERY \"\\n\" \
 TIMESTAMP \"\\n\" NONCE \"\\n\" hex(SHA256(body)); the body is the exact bytes sent (an empty body hashes the empty string). \
-Failures are 401 `unauthenticated` (missing or bad signature, unknown platform), `timestamp_out_of_window` or `replayed_request`.";
+Each header appears once (a repeated one is refused), and `X-Timestamp` is decimal digits. \
+Failures are 401 `unauthenticated` (missing, repeated or bad header or signature, unknown platform), `timestamp_out_of_window` or `replayed_request`.";
 
 /// A rule of API.md for a field or parameter of that name, as JSON Schema keywords.
 fn rule(name: &str, amount_pattern: &str, currencies: &[String]) -> Option<Value> {

@@ -92,7 +92,7 @@ pub fn prepare_payment(
     let splits = legs(&body.splits, &spec, "splits")?;
     let guarantee = body.mode == Mode::Guarantee;
     let command = if direct {
-        let channel = crate::recharges::money_in_channel(channels, body.channel.as_deref(), total, &spec)?;
+        let channel = crate::recharges::money_in_channel(channels, body.channel.as_deref())?;
         Command::RequestDirectPayment { payer, guarantee, currency: currency_id, amount: total, payees, splits, channel }
     } else {
         Command::Payment { payer, guarantee, currency: currency_id, amount: total, payees, splits }

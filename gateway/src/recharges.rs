@@ -6,7 +6,6 @@ use std::sync::Arc;
 use actix_web::{post, web, HttpResponse};
 use engine::ledger::command::{Command, Envelope};
 use engine::ledger::types::{OrderId, Reply};
-use engine::money::{CurrencySpec, Minor};
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
@@ -28,17 +27,9 @@ pub struct RechargeBody {
     pub channel: Option<String>,
 }
 
-/// A money-in channel by its optional name (the first configured one when absent) for an order
-/// of `amount`: 422 `no_channel_available` when the amount is outside the channel's
-/// `order_min`..=`order_max` (as routing refuses a payout; the daily cap is the bank's to hold
-/// for money in: see ARCHITECTURE's Known limits).
-pub fn money_in_channel(channels: &ChannelSet, name: Option<&str>, amount: Minor, spec: &CurrencySpec) -> Result<u16, ApiError> {
-    let channel = channels.money_in(name).ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel"))?;
-    if !(channel.order_min..=channel.order_max).contains(&amount) {
-        let message = format!("{} takes orders of {} to {}", channel.name, spec.format(channel.order_min), spec.format(channel.order_max));
-        return Err(ApiError { param: Some("amount".into()), ..ApiError::new(422, "no_channel_available", &message) });
-    }
-    Ok(channel.id)
+/// A money-in channel by its optional name (the first configured one when absent).
+pub fn money_in_channel(channels: &ChannelSet, name: Option<&str>) -> Result<u16, ApiError> {
+    channels.money_in(name).map(|c| c.id).ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel"))
 }
 
 /// Checks a recharge request.
@@ -47,7 +38,7 @@ pub fn prepare_recharge(engine: &Engine, channels: &ChannelSet, platform: &Platf
     let (currency_id, spec) = currency(engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
-    let channel = money_in_channel(channels, body.channel.as_deref(), minor, &spec)?;
+    let channel = money_in_channel(channels, body.channel.as_deref())?;
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no);
     view.value("kind", &"recharge");
