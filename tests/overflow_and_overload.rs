@@ -79,8 +79,15 @@ fn assert_healthy(server: &Server) {
     assert_eq!((status, &report["ok"]), (200, &json!(true)), "{report}");
 }
 
+/// The money-in channel taking orders up to the largest amount (its default `order_max` is
+/// 5,000,000.00, which new recharges are held to).
+const WHALE_CHANNEL: (&str, &str) = (
+    "direction = \"in\"\ncurrency = \"CNY\"\nfee_fixed = \"0.00\"\nfee_rate_bps = 0\nfee_min = \"0.00\"\nfee_max = \"0.00\"\norder_min = \"0.01\"\norder_max = \"5000000.00\"",
+    "direction = \"in\"\ncurrency = \"CNY\"\nfee_fixed = \"0.00\"\nfee_rate_bps = 0\nfee_min = \"0.00\"\nfee_max = \"0.00\"\norder_min = \"0.01\"\norder_max = \"10000000000000.00\"",
+);
+
 fn start(dir: &std::path::Path) -> Server {
-    start_configured(dir, TOKEN, &config_with(FAST_BANK))
+    start_configured(dir, TOKEN, &config_with(&[FAST_BANK[0], WHALE_CHANNEL]))
 }
 
 #[test]

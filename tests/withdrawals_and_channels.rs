@@ -123,6 +123,43 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
         ),
         (404, Some("not_found"))
     );
+    // Money in holds to its channel's per-order bounds (sim_gateway: 0.01 to 5,000,000.00), as
+    // routing holds payouts to theirs: recharges, collections and direct payments alike, and
+    // nothing is created.
+    let over = "5000000.01";
+    let refusals = [
+        p.post("/v1/recharges", &json!({"out_order_no": "big-1", "account_id": member, "amount": over, "currency": "CNY"})),
+        p.post("/v1/collections", &json!({"out_order_no": "big-2", "account_id": member, "card_id": card, "amount": over, "currency": "CNY"})),
+        p.post(
+            "/v1/payments",
+            &json!({"out_order_no": "big-3", "payer_account_id": member, "mode": "balance", "funding": "channel", "amount": over, "currency": "CNY", "payees": [{"account_id": platform_account, "amount": over}]}),
+        ),
+        p.post("/v1/bulk", &json!({"operations": [{"op": "recharge", "body": {"out_order_no": "big-4", "account_id": member, "amount": over, "currency": "CNY"}}]})),
+    ];
+    for refused in &refusals[..3] {
+        assert_eq!((error_of(refused), refused.2["error"]["param"].as_str()), ((422, Some("no_channel_available")), Some("amount")), "{}", refused.2);
+        assert!(refused.2["error"]["message"].as_str().unwrap().contains("5000000.00"), "{}", refused.2);
+    }
+    assert_eq!(refusals[3].2["results"][0]["body"]["error"]["code"], "no_channel_available", "{}", refusals[3].2);
+    for number in ["big-1", "big-2", "big-3", "big-4"] {
+        let (status, listed) = p.get(&format!("/v1/orders?out_order_no={number}"));
+        assert_eq!((status, listed["orders"].as_array().map(Vec::len)), (200, Some(0)), "{number}: {listed}");
+    }
+    // An order accepted before the operator lowers the bound is still answered as it was: a
+    // replay of its number is a replay (and another body under it a conflict), not a refusal.
+    let recharge =
+        |number: &str, amount: &str| p.post("/v1/recharges", &json!({"out_order_no": number, "account_id": member, "amount": amount, "currency": "CNY"}));
+    let (status, _, first) = recharge("low-1", "100.00");
+    assert_eq!(status, 201, "{first}");
+    p.wait_order(first["order_id"].as_str().unwrap(), "succeeded");
+    let (status, _) = admin_request(&server, "PATCH", "/admin/channels/sim_gateway", token, Some(&json!({"order_max": "50.00"})));
+    assert_eq!(status, 200);
+    let (status, replayed, again) = recharge("low-1", "100.00");
+    assert_eq!((status, replayed, &again["order_id"]), (201, true, &first["order_id"]), "{again}");
+    assert_eq!(error_of(&recharge("low-1", "60.00")), (409, Some("idempotency_conflict")));
+    assert_eq!(error_of(&recharge("low-2", "60.00")), (422, Some("no_channel_available")));
+    assert_eq!(recharge("low-3", "50.00").0, 201);
+    assert_eq!(admin_request(&server, "PATCH", "/admin/channels/sim_gateway", token, Some(&json!({"order_max": "5000000.00"}))).0, 200);
     // 代付: from the platform's account to a card nobody bound.
     p.fund(&platform_account, "100.00", "r-platform");
     let payout = |number: &str, card_no: &str| {

@@ -384,13 +384,14 @@ pub async fn create_payment(
 /// apply it and sends a direct payment to its channel (the API and the cashier page share it);
 /// a refusal is in the reply (render it with `orders::answer`).
 pub async fn pay(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     passwords: &Arc<crate::passwords::Passwords>,
     clearing: &clearing_actor::Clearing,
     platform: &Platform,
     body: &PaymentBody,
 ) -> Result<(Prepared, engine::ledger::types::Reply), ApiError> {
     let prepared = prepare_payment(engine, &clearing.channels(), platform, body)?;
+    crate::recharges::within_money_in_bounds(engine, &clearing.channels(), &prepared.envelope).await?;
     crate::passwords::check_for_payment(passwords, platform, &prepared.envelope, body.payment_password.as_deref()).await?;
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     crate::recharges::dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);

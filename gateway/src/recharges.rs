@@ -50,6 +50,39 @@ pub fn prepare_recharge(engine: &Engine, channels: &ChannelSet, platform: &Platf
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }
 
+/// Holds a new money-in order (a recharge, a collection, a direct payment) to its channel's
+/// `order_min`..=`order_max`: 422 `no_channel_available` outside them, as routing refuses a
+/// payout. An order number the engine already holds a record of goes on to the engine whatever
+/// its amount, which answers it as it did the first time (a replay) or as a conflict: a bound the
+/// operator lowered since must not change an answer already given. Other commands pass.
+pub async fn within_money_in_bounds(engine: &Arc<Engine>, channels: &ChannelSet, envelope: &Envelope) -> Result<(), ApiError> {
+    let (Command::RequestRecharge { amount, channel, currency, .. } | Command::RequestDirectPayment { amount, channel, currency, .. }) = envelope.command
+    else {
+        return Ok(());
+    };
+    let Some(bounds) = channels.get(channel) else { return Ok(()) };
+    if (bounds.order_min..=bounds.order_max).contains(&amount) {
+        return Ok(());
+    }
+    let refusal = || {
+        let spec = engine.config().currencies.get(currency.0 as usize).copied();
+        let shown = |minor: engine::money::Minor| spec.map_or_else(|| minor.to_string(), |spec| spec.format(minor));
+        let message = format!("{} takes orders of {} to {}", bounds.name, shown(bounds.order_min), shown(bounds.order_max));
+        ApiError { param: Some("amount".into()), ..ApiError::new(422, "no_channel_available", &message) }
+    };
+    // The record the engine would answer from: on the shard of the account the order debits.
+    let (Some(key), Some(account)) = (engine::ledger::command::own_key(envelope), envelope.command.debited_account()) else { return Err(refusal()) };
+    let shard = account.shard(engine.config().shard_count);
+    let reading = engine.clone();
+    // Off the async workers (a read of the shard, or of its cold rows); out of bounds is rare.
+    let held = crate::error::blocking(move || reading.idempotency_record(shard, key).map(|record| record.is_some())).await??;
+    if held {
+        Ok(())
+    } else {
+        Err(refusal())
+    }
+}
+
 /// Sends a newly accepted pending recharge or direct payment to its channel (a replay was sent
 /// the first time).
 pub fn dispatch(engine: &Engine, bank: &dyn bank::BankChannel, envelope: &Envelope, reply: &Reply) {
@@ -71,8 +104,9 @@ pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, cle
 
 /// Checks a recharge, has the engine accept it and sends a new one to its channel (the API and
 /// the pages share it); a refusal is in the reply (render it with `orders::answer`).
-pub async fn recharge(engine: &Engine, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<(Prepared, Reply), ApiError> {
+pub async fn recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<(Prepared, Reply), ApiError> {
     let prepared = prepare_recharge(engine, &clearing.channels(), platform, body)?;
+    within_money_in_bounds(engine, &clearing.channels(), &prepared.envelope).await?;
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
     Ok((prepared, reply))
@@ -128,6 +162,7 @@ pub async fn collect(
     let recharge =
         RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
     let mut prepared = prepare_recharge(engine, &clearing.channels(), platform, &recharge)?;
+    within_money_in_bounds(engine, &clearing.channels(), &prepared.envelope).await?;
     prepared.body.value("card_id", &body.card_id).value("collection", &true);
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     if reply.is_ok() && !reply.replayed {
