@@ -15,7 +15,7 @@ use crate::orders::{render_into, Prepared};
 use crate::passwords::{check_for_payment, Passwords};
 use crate::payments::*;
 use crate::platforms::Platform;
-use crate::recharges::{dispatch, prepare_recharge, within_money_in_bounds, RechargeBody};
+use crate::recharges::{dispatch, prepare_recharge, RechargeBody};
 use crate::signed::{parse_json, Signed};
 use clearing_actor::channels::ChannelSet;
 use clearing_actor::Clearing;
@@ -58,16 +58,11 @@ pub async fn prepare(
     match op {
         "payment" => {
             let request = parse_json::<PaymentBody>(body)?;
-            let prepared = prepare_payment(engine, channels, platform, &request)?;
-            within_money_in_bounds(engine, channels, &prepared.envelope).await?;
+            let prepared = prepare_payment(engine, channels, platform, &request).await?;
             check_for_payment(passwords, platform, &prepared.envelope, request.payment_password.as_deref()).await?;
             Ok(prepared)
         }
-        "recharge" => {
-            let prepared = prepare_recharge(engine, channels, platform, &parse_json::<RechargeBody>(body)?)?;
-            within_money_in_bounds(engine, channels, &prepared.envelope).await?;
-            Ok(prepared)
-        }
+        "recharge" => prepare_recharge(engine, channels, platform, &parse_json::<RechargeBody>(body)?).await,
         "freeze" => prepare_freeze(engine, platform, &parse_json::<FreezeBody>(body)?),
         "refund" => prepare_refund(engine, platform, &parse_json::<RefundBody>(body)?).await,
         "confirm" => {

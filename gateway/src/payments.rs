@@ -64,9 +64,10 @@ fn legs(items: &[LegBody], spec: &CurrencySpec, param: &'static str) -> Result<L
     items.iter().map(|leg| Ok(Leg { account: account(&leg.account_id, param)?, amount: amount(&leg.amount, spec, param)? })).collect()
 }
 
-/// Checks a payment request and builds its command and response body.
-pub fn prepare_payment(
-    engine: &Engine,
+/// Checks a payment request (a direct payment's channel bounds too:
+/// `recharges::within_money_in_bounds`) and builds its command and response body.
+pub async fn prepare_payment(
+    engine: &Arc<Engine>,
     channels: &clearing_actor::channels::ChannelSet,
     platform: &Platform,
     body: &PaymentBody,
@@ -105,7 +106,9 @@ pub fn prepare_payment(
     view.value("currency", &body.currency);
     view.value("payer_account_id", &body.payer_account_id);
     view.value("payees", &body.payees).value("splits", &body.splits).value("funding", if direct { "channel" } else { "balance" });
-    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
+    let prepared = Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true);
+    crate::recharges::within_money_in_bounds(engine, channels, &prepared.envelope).await?;
+    Ok(prepared)
 }
 
 /// `POST /v1/payments/{order_id}/confirm` (and the bulk `confirm` operation, which names the order).
@@ -390,8 +393,7 @@ pub async fn pay(
     platform: &Platform,
     body: &PaymentBody,
 ) -> Result<(Prepared, engine::ledger::types::Reply), ApiError> {
-    let prepared = prepare_payment(engine, &clearing.channels(), platform, body)?;
-    crate::recharges::within_money_in_bounds(engine, &clearing.channels(), &prepared.envelope).await?;
+    let prepared = prepare_payment(engine, &clearing.channels(), platform, body).await?;
     crate::passwords::check_for_payment(passwords, platform, &prepared.envelope, body.payment_password.as_deref()).await?;
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     crate::recharges::dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);

@@ -32,8 +32,8 @@ pub fn money_in_channel(channels: &ChannelSet, name: Option<&str>) -> Result<u16
     channels.money_in(name).map(|c| c.id).ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel"))
 }
 
-/// Checks a recharge request.
-pub fn prepare_recharge(engine: &Engine, channels: &ChannelSet, platform: &Platform, body: &RechargeBody) -> Result<Prepared, ApiError> {
+/// Checks a recharge request (its channel's bounds too: `within_money_in_bounds`).
+pub async fn prepare_recharge(engine: &Arc<Engine>, channels: &ChannelSet, platform: &Platform, body: &RechargeBody) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
     let (currency_id, spec) = currency(engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
@@ -47,15 +47,18 @@ pub fn prepare_recharge(engine: &Engine, channels: &ChannelSet, platform: &Platf
     view.value("account_id", &body.account_id);
     view.value("channel", &channels.name(channel));
     let command = Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel };
-    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
+    let prepared = Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true);
+    within_money_in_bounds(engine, channels, &prepared.envelope).await?;
+    Ok(prepared)
 }
 
 /// Holds a new money-in order (a recharge, a collection, a direct payment) to its channel's
 /// `order_min`..=`order_max`: 422 `no_channel_available` outside them, as routing refuses a
 /// payout. An order number the engine already holds a record of goes on to the engine whatever
 /// its amount, which answers it as it did the first time (a replay) or as a conflict: a bound the
-/// operator lowered since must not change an answer already given. Other commands pass.
-pub async fn within_money_in_bounds(engine: &Arc<Engine>, channels: &ChannelSet, envelope: &Envelope) -> Result<(), ApiError> {
+/// operator lowered since must not change an answer already given. Other commands pass. Part of
+/// `prepare_recharge` and `prepare_payment`, so every path of money in (API, bulk, pages) has it.
+pub(crate) async fn within_money_in_bounds(engine: &Arc<Engine>, channels: &ChannelSet, envelope: &Envelope) -> Result<(), ApiError> {
     let (Command::RequestRecharge { amount, channel, currency, .. } | Command::RequestDirectPayment { amount, channel, currency, .. }) = envelope.command
     else {
         return Ok(());
@@ -105,8 +108,7 @@ pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, cle
 /// Checks a recharge, has the engine accept it and sends a new one to its channel (the API and
 /// the pages share it); a refusal is in the reply (render it with `orders::answer`).
 pub async fn recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<(Prepared, Reply), ApiError> {
-    let prepared = prepare_recharge(engine, &clearing.channels(), platform, body)?;
-    within_money_in_bounds(engine, &clearing.channels(), &prepared.envelope).await?;
+    let prepared = prepare_recharge(engine, &clearing.channels(), platform, body).await?;
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
     Ok((prepared, reply))
@@ -161,8 +163,7 @@ pub async fn collect(
     }
     let recharge =
         RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
-    let mut prepared = prepare_recharge(engine, &clearing.channels(), platform, &recharge)?;
-    within_money_in_bounds(engine, &clearing.channels(), &prepared.envelope).await?;
+    let mut prepared = prepare_recharge(engine, &clearing.channels(), platform, &recharge).await?;
     prepared.body.value("card_id", &body.card_id).value("collection", &true);
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     if reply.is_ok() && !reply.replayed {
