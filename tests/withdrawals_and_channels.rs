@@ -100,6 +100,86 @@ fn a_failed_channel_falls_back_to_the_next_and_all_failing_returns_the_funds() {
     server.stop();
 }
 
+/// Money in through a channel holds to what the channel takes now, as routing holds payouts:
+/// its currency (a USD order never goes through a CNY channel and is booked in USD), its service
+/// window and its business days; the order is refused and nothing is created. An order number
+/// the channel took before the operator closed it is still answered as the first time.
+#[test]
+fn money_in_channels_take_only_their_currency_in_their_hours_and_days() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-27-0123456789abcdef0123456789abcdef";
+    // Today (business-local) and its neighbours are holidays: a business-days-only channel is shut.
+    let holidays = format!("holidays = [\"{}\", \"{}\", \"{}\", ", business_date(-1), business_date(0), business_date(1));
+    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("holidays = [", holidays.as_str())]));
+    let p = Client::create(&server, token, "{\"name\": \"Channels in\"}");
+    let member = p.member("m-a", "Zhang San");
+    let cny = p.account(&member);
+    let (status, _, opened) = p.post("/v1/accounts", &json!({"out_order_no": "acct-usd", "member_id": member, "currency": "USD"}));
+    assert_eq!(status, 201, "{opened}");
+    let usd = opened["account_id"].as_str().unwrap().to_string();
+    let recharge = |number: &str, account: &str, currency: &str, channel: Option<&str>| {
+        let mut body = json!({"out_order_no": number, "account_id": account, "amount": "10.00", "currency": currency});
+        if let Some(channel) = channel {
+            body["channel"] = json!(channel);
+        }
+        p.post("/v1/recharges", &body)
+    };
+    let refused = |reply: &(u16, bool, serde_json::Value), param: &str, message: &str| {
+        assert_eq!((error_of(reply), reply.2["error"]["param"].as_str()), ((422, Some("no_channel_available")), Some(param)), "{}", reply.2);
+        assert!(reply.2["error"]["message"].as_str().unwrap().contains(message), "{}", reply.2);
+    };
+    // The only money-in channel is sim_gateway, in CNY.
+    refused(&recharge("usd-1", &usd, "USD", None), "currency", "sim_gateway takes CNY only");
+    refused(&recharge("usd-2", &usd, "USD", Some("sim_gateway")), "currency", "sim_gateway takes CNY only");
+    let direct = p.post(
+        "/v1/payments",
+        &json!({"out_order_no": "usd-3", "payer_account_id": usd, "mode": "balance", "funding": "channel", "amount": "10.00", "currency": "USD", "payees": [{"account_id": usd, "amount": "10.00"}]}),
+    );
+    refused(&direct, "currency", "takes CNY only");
+    // A USD money-in channel: an order naming no channel goes through it, one naming the CNY
+    // channel is still refused.
+    let usd_in = json!({"id": 9, "name": "sim_usd_in", "kind": "quick_pay", "direction": "in", "currency": "USD",
+        "fee_fixed": "0.00", "fee_rate_bps": 0, "fee_min": "0.00", "fee_max": "0.00", "order_min": "0.01", "order_max": "1000.00",
+        "daily_cap": "100000.00", "window": "00:00-24:00", "business_days_only": false, "arrival": "realtime", "eta_minutes": 0,
+        "serves": ["personal", "corporate"], "sim_latency_ms": 20, "sim_failure_per_mille": 0});
+    assert_eq!(admin_request(&server, "POST", "/admin/channels", token, Some(&usd_in)).0, 201);
+    let (status, _, in_usd) = recharge("usd-4", &usd, "USD", None);
+    assert_eq!((status, in_usd["channel"].as_str()), (201, Some("sim_usd_in")), "{in_usd}");
+    p.wait_order(in_usd["order_id"].as_str().unwrap(), "succeeded");
+    refused(&recharge("usd-5", &usd, "USD", Some("sim_gateway")), "currency", "sim_gateway takes CNY only");
+    let (status, _, first) = recharge("cny-1", &cny, "CNY", None);
+    assert_eq!((status, first["channel"].as_str()), (201, Some("sim_gateway")), "{first}");
+    p.wait_order(first["order_id"].as_str().unwrap(), "succeeded");
+    // Outside the service window (an empty one), then on a holiday: new orders are refused, in
+    // bulk too; the order taken before is answered as it was.
+    let channel_change = |change: serde_json::Value| assert_eq!(admin_request(&server, "PATCH", "/admin/channels/sim_gateway", token, Some(&change)).0, 200);
+    channel_change(json!({"window": "00:00-00:00"}));
+    refused(&recharge("cny-2", &cny, "CNY", None), "channel", "sim_gateway takes orders from 00:00 to 00:00 business-local time");
+    let bulk = p.post(
+        "/v1/bulk",
+        &json!({"operations": [{"op": "recharge", "body": {"out_order_no": "cny-3", "account_id": cny, "amount": "10.00", "currency": "CNY"}}]}),
+    );
+    assert_eq!(bulk.2["results"][0]["body"]["error"]["code"], "no_channel_available", "{}", bulk.2);
+    let (status, replayed, again) = recharge("cny-1", &cny, "CNY", None);
+    assert_eq!((status, replayed, &again["order_id"]), (201, true, &first["order_id"]), "{again}");
+    channel_change(json!({"window": "00:00-24:00", "business_days_only": true}));
+    refused(&recharge("cny-4", &cny, "CNY", None), "channel", "sim_gateway takes orders on business days only");
+    let (status, replayed, _) = recharge("cny-1", &cny, "CNY", None);
+    assert_eq!((status, replayed), (201, true));
+    for number in ["usd-1", "usd-2", "usd-3", "usd-5", "cny-2", "cny-3", "cny-4"] {
+        let (status, listed) = p.get(&format!("/v1/orders?out_order_no={number}"));
+        assert_eq!((status, listed["orders"].as_array().map(Vec::len)), (200, Some(0)), "{number}: {listed}");
+    }
+    channel_change(json!({"business_days_only": false}));
+    let (status, _, last) = recharge("cny-5", &cny, "CNY", None);
+    assert_eq!(status, 201, "{last}");
+    p.wait_order(last["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!((p.balances(&usd).0, p.balances(&cny).0), ("10.00".to_string(), "20.00".to_string()));
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}
+
 #[test]
 fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
     let dir = tempfile::tempdir().expect("tempdir");

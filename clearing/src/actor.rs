@@ -108,6 +108,7 @@ pub struct Clearing {
     mailbox: Sender<Message>,
     channels: Arc<ArcSwap<ChannelSet>>,
     bank: Arc<dyn BankChannel>,
+    clock: Arc<dyn Clock>,
     resumed: usize,
 }
 
@@ -158,7 +159,7 @@ impl Clearing {
             waiting: VecDeque::new(),
             store,
             bank: bank.clone(),
-            clock,
+            clock: clock.clone(),
             table,
             published: published.clone(),
             outstanding: HashMap::new(),
@@ -171,7 +172,7 @@ impl Clearing {
         let resumed = actor.resume()?;
         let tick = config.tick;
         std::thread::Builder::new().name("clearing".into()).spawn(move || actor.run(&inbox, tick)).map_err(|e| ClearingError::Storage(e.to_string()))?;
-        Ok(Clearing { mailbox, channels: published, bank, resumed })
+        Ok(Clearing { mailbox, channels: published, bank, clock, resumed })
     }
 
     /// How many orders waiting for a bank's verdict were handed to the bank again at start.
@@ -182,6 +183,12 @@ impl Clearing {
     /// The channels as they are now (names, tariffs, money-in channels).
     pub fn channels(&self) -> Arc<ChannelSet> {
         self.channels.load_full()
+    }
+
+    /// The clearing clock's now, microseconds since 1970-01-01 UTC (what routing and money-in
+    /// channels' windows are judged by).
+    pub fn now_micros(&self) -> u64 {
+        self.clock.now_micros()
     }
 
     /// The bank behind the channels (money in and micro-deposits go straight to it).

@@ -115,6 +115,27 @@ impl Channel {
         }
     }
 
+    /// Why the channel cannot take an order of `amount` in `currency` at `micros`, whichever way
+    /// the money goes, if it cannot: another currency, outside its per-order limits, not a
+    /// business day (when it keeps them) or outside its service window.
+    pub fn standing_refusal(&self, calendar: &Calendar, currency: &str, amount: Minor, micros: u64) -> Option<&'static str> {
+        let (day, minute) = calendar.local(micros);
+        let reason = if self.currency != currency {
+            "currency_not_served"
+        } else if amount < self.order_min {
+            "below_order_minimum"
+        } else if amount > self.order_max {
+            "above_order_maximum"
+        } else if self.business_days_only && !calendar.is_business_day(day) {
+            "not_a_business_day"
+        } else if minute < self.window.0 || minute >= self.window.1 {
+            "outside_service_window"
+        } else {
+            return None;
+        };
+        Some(reason)
+    }
+
     /// Whether the window, order limits and fee bounds are in order.
     fn is_ordered(&self) -> bool {
         self.window.0 <= self.window.1 && self.window.1 <= 1440 && self.order_min <= self.order_max && self.fee_min <= self.fee_max
@@ -366,6 +387,7 @@ impl ChannelSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChannelSet {
     channels: Vec<Channel>,
+    calendar: Calendar,
 }
 
 impl ChannelSet {
@@ -387,9 +409,26 @@ impl ChannelSet {
         self.get(id).map_or_else(|| format!("channel_{id}"), |c| c.name.clone())
     }
 
-    /// An enabled money-in channel by name, or the first configured one when `name` is `None`.
-    pub fn money_in(&self, name: Option<&str>) -> Option<&Channel> {
-        self.channels.iter().filter(|c| c.direction == Direction::In && c.enabled).find(|c| name.is_none_or(|n| c.name == n))
+    /// An enabled money-in channel by name; when `name` is `None`, the first configured one in
+    /// `currency` (or, if none is, the first configured one: `money_in_refusal` then says why it
+    /// cannot take a new order, while a replay of one it took still gets its first answer).
+    pub fn money_in(&self, name: Option<&str>, currency: &str) -> Option<&Channel> {
+        let mut open = self.channels.iter().filter(|c| c.direction == Direction::In && c.enabled);
+        match name {
+            Some(name) => open.find(|c| c.name == name),
+            None => open.clone().find(|c| c.currency == currency).or_else(|| open.next()),
+        }
+    }
+
+    /// Why money-in `channel` cannot take a new order of `amount` in `currency` at `micros`, if
+    /// it cannot (`Channel::standing_refusal` on the business calendar).
+    pub fn money_in_refusal(&self, channel: &Channel, currency: &str, amount: Minor, micros: u64) -> Option<&'static str> {
+        channel.standing_refusal(&self.calendar, currency, amount, micros)
+    }
+
+    /// The business calendar.
+    pub fn calendar(&self) -> &Calendar {
+        &self.calendar
     }
 
     /// Every channel, in configuration order (added ones last).
@@ -496,7 +535,7 @@ impl ChannelTable {
 
     /// The channels as they are now.
     pub fn set(&self) -> ChannelSet {
-        ChannelSet { channels: self.channels.clone() }
+        ChannelSet { channels: self.channels.clone(), calendar: self.calendar.clone() }
     }
 
     /// The business calendar.
@@ -567,27 +606,19 @@ impl ChannelTable {
 
     /// Why `channel` cannot take a payout now, if it cannot.
     fn refusal(&self, channel: &Channel, request: &RouteRequest, at: At, used: Minor) -> Option<&'static str> {
-        let (day, minute) = self.calendar.local(at.micros);
         let served = match request.account_type {
             AccountType::Personal => channel.serves_personal,
             AccountType::Corporate => channel.serves_corporate,
         };
+        let standing = || channel.standing_refusal(&self.calendar, request.currency.code_str(), request.amount, at.micros);
         let reason = if !channel.enabled {
             "disabled"
-        } else if channel.currency != request.currency.code_str() {
-            "currency_not_served"
         } else if !served {
             "account_type_not_served"
-        } else if request.amount < channel.order_min {
-            "below_order_minimum"
-        } else if request.amount > channel.order_max {
-            "above_order_maximum"
         } else if request.arrival == Arrival::Realtime && channel.arrival != Arrival::Realtime {
             "arrival_too_slow"
-        } else if channel.business_days_only && !self.calendar.is_business_day(day) {
-            "not_a_business_day"
-        } else if minute < channel.window.0 || minute >= channel.window.1 {
-            "outside_service_window"
+        } else if let Some(reason) = standing() {
+            reason
         } else if used as i128 + request.amount as i128 > channel.daily_cap as i128 {
             "daily_cap_exhausted"
         } else if !self.healthy(channel.id, at.instant) {

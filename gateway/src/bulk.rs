@@ -17,7 +17,6 @@ use crate::payments::*;
 use crate::platforms::Platform;
 use crate::recharges::{dispatch, prepare_recharge, RechargeBody};
 use crate::signed::{parse_json, Signed};
-use clearing_actor::channels::ChannelSet;
 use clearing_actor::Clearing;
 
 /// The most operations one bulk request may carry (one engine batch).
@@ -48,7 +47,7 @@ fn order_named(id: &Option<String>) -> Result<&str, ApiError> {
 /// Checks one operation and builds its command (the same checks as its own endpoint).
 pub async fn prepare(
     engine: &Arc<Engine>,
-    channels: &ChannelSet,
+    clearing: &Clearing,
     passwords: &Arc<Passwords>,
     platform: &Platform,
     op: &str,
@@ -58,11 +57,11 @@ pub async fn prepare(
     match op {
         "payment" => {
             let request = parse_json::<PaymentBody>(body)?;
-            let prepared = prepare_payment(engine, channels, platform, &request).await?;
+            let prepared = prepare_payment(engine, clearing, platform, &request).await?;
             check_for_payment(passwords, platform, &prepared.envelope, request.payment_password.as_deref()).await?;
             Ok(prepared)
         }
-        "recharge" => prepare_recharge(engine, channels, platform, &parse_json::<RechargeBody>(body)?).await,
+        "recharge" => prepare_recharge(engine, clearing, platform, &parse_json::<RechargeBody>(body)?).await,
         "freeze" => prepare_freeze(engine, platform, &parse_json::<FreezeBody>(body)?),
         "refund" => prepare_refund(engine, platform, &parse_json::<RefundBody>(body)?).await,
         "confirm" => {
@@ -97,7 +96,6 @@ pub async fn bulk(
     passwords: web::Data<Arc<Passwords>>,
     clearing: web::Data<Clearing>,
 ) -> Result<HttpResponse, ApiError> {
-    let channels = clearing.channels();
     let request: BulkBody = serde_json::from_slice(&signed.body).map_err(|error| ApiError::new(400, "invalid_request", &error.to_string()))?;
     if request.operations.is_empty() {
         return Err(ApiError::invalid("operations must not be empty", "operations"));
@@ -112,7 +110,7 @@ pub async fn bulk(
     let mut prepared = Vec::with_capacity(count);
     let mut positions = Vec::with_capacity(count);
     for (index, operation) in request.operations.iter().enumerate() {
-        match prepare(&engine, &channels, &passwords, &signed.platform, &operation.op, operation.body.get()).await {
+        match prepare(&engine, &clearing, &passwords, &signed.platform, &operation.op, operation.body.get()).await {
             Ok(ready) => {
                 positions.push(index);
                 prepared.push(ready);

@@ -276,7 +276,7 @@ async fn grant(
             let payment = body.payment.as_ref().ok_or_else(|| ApiError::invalid("a cashier session needs the payment", "payment"))?;
             member_account(engine, platform.id, member.id, &payment.payer_account_id, "payment").await?;
             // Every check of the payment now, so the member is never shown one that cannot go.
-            crate::payments::prepare_payment(engine, &clearing.channels(), platform, &payment.with_password(None)).await?;
+            crate::payments::prepare_payment(engine, clearing, platform, &payment.with_password(None)).await?;
         }
         Purpose::Agreement => {
             let named = body.agreement.as_ref().ok_or_else(|| ApiError::invalid("an agreement session names the agreement", "agreement"))?;

@@ -123,7 +123,7 @@ pub async fn pay(
     }
     let body = payment.with_password(Some(password.clone()));
     let outcome = async {
-        let prepared = crate::payments::prepare_payment(&engine, &clearing.channels(), &platform, &body).await?;
+        let prepared = crate::payments::prepare_payment(&engine, &clearing, &platform, &body).await?;
         let payer = crate::accounts::parse_account_id(&payment.payer_account_id).ok_or_else(crate::error::ApiError::not_found)?;
         let checking = passwords.get_ref().clone();
         // argon2 takes tens of milliseconds of CPU: off the async workers.

@@ -133,7 +133,7 @@ async fn document(
 ) -> HttpResponse {
     let set = clearing.channels();
     let all: Vec<String> = set.all().iter().map(|c| c.name.clone()).collect();
-    let money_in: Vec<String> = set.all().iter().filter(|c| set.money_in(Some(&c.name)).is_some()).map(|c| c.name.clone()).collect();
+    let money_in: Vec<String> = set.all().iter().filter(|c| set.money_in(Some(&c.name), &c.currency).is_some()).map(|c| c.name.clone()).collect();
     let key = (all, money_in);
     let mut cached = rendered.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let text = match cached.as_ref() {

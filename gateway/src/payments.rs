@@ -64,14 +64,9 @@ fn legs(items: &[LegBody], spec: &CurrencySpec, param: &'static str) -> Result<L
     items.iter().map(|leg| Ok(Leg { account: account(&leg.account_id, param)?, amount: amount(&leg.amount, spec, param)? })).collect()
 }
 
-/// Checks a payment request (a direct payment's channel bounds too:
-/// `recharges::within_money_in_bounds`) and builds its command and response body.
-pub async fn prepare_payment(
-    engine: &Arc<Engine>,
-    channels: &clearing_actor::channels::ChannelSet,
-    platform: &Platform,
-    body: &PaymentBody,
-) -> Result<Prepared, ApiError> {
+/// Checks a payment request (whether a direct payment's channel takes it too:
+/// `recharges::within_money_in_channel`) and builds its command and response body.
+pub async fn prepare_payment(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, platform: &Platform, body: &PaymentBody) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
     let direct = body.funding == Some(Funding::Channel);
     if body.channel.is_some() && !direct {
@@ -93,7 +88,7 @@ pub async fn prepare_payment(
     let splits = legs(&body.splits, &spec, "splits")?;
     let guarantee = body.mode == Mode::Guarantee;
     let command = if direct {
-        let channel = crate::recharges::money_in_channel(channels, body.channel.as_deref())?;
+        let channel = crate::recharges::money_in_channel(&clearing.channels(), body.channel.as_deref(), spec.code_str())?;
         Command::RequestDirectPayment { payer, guarantee, currency: currency_id, amount: total, payees, splits, channel }
     } else {
         Command::Payment { payer, guarantee, currency: currency_id, amount: total, payees, splits }
@@ -107,7 +102,9 @@ pub async fn prepare_payment(
     view.value("payer_account_id", &body.payer_account_id);
     view.value("payees", &body.payees).value("splits", &body.splits).value("funding", if direct { "channel" } else { "balance" });
     let prepared = Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true);
-    crate::recharges::within_money_in_bounds(engine, channels, &prepared.envelope).await?;
+    if direct {
+        crate::recharges::within_money_in_channel(engine, &clearing.channels(), clearing.now_micros(), &prepared.envelope).await?;
+    }
     Ok(prepared)
 }
 
@@ -393,7 +390,7 @@ pub async fn pay(
     platform: &Platform,
     body: &PaymentBody,
 ) -> Result<(Prepared, engine::ledger::types::Reply), ApiError> {
-    let prepared = prepare_payment(engine, &clearing.channels(), platform, body).await?;
+    let prepared = prepare_payment(engine, clearing, platform, body).await?;
     crate::passwords::check_for_payment(passwords, platform, &prepared.envelope, body.payment_password.as_deref()).await?;
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     crate::recharges::dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);

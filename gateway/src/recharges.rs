@@ -27,18 +27,20 @@ pub struct RechargeBody {
     pub channel: Option<String>,
 }
 
-/// A money-in channel by its optional name (the first configured one when absent).
-pub fn money_in_channel(channels: &ChannelSet, name: Option<&str>) -> Result<u16, ApiError> {
-    channels.money_in(name).map(|c| c.id).ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel"))
+/// A money-in channel by its optional name (when absent, the first configured one in the order's
+/// currency).
+pub fn money_in_channel(channels: &ChannelSet, name: Option<&str>, currency: &str) -> Result<u16, ApiError> {
+    channels.money_in(name, currency).map(|c| c.id).ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel"))
 }
 
-/// Checks a recharge request (its channel's bounds too: `within_money_in_bounds`).
-pub async fn prepare_recharge(engine: &Arc<Engine>, channels: &ChannelSet, platform: &Platform, body: &RechargeBody) -> Result<Prepared, ApiError> {
+/// Checks a recharge request (whether its channel takes it too: `within_money_in_channel`).
+pub async fn prepare_recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<Prepared, ApiError> {
+    let channels = clearing.channels();
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
     let (currency_id, spec) = currency(engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
-    let channel = money_in_channel(channels, body.channel.as_deref())?;
+    let channel = money_in_channel(&channels, body.channel.as_deref(), spec.code_str())?;
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no);
     view.value("kind", &"recharge");
@@ -48,36 +50,46 @@ pub async fn prepare_recharge(engine: &Arc<Engine>, channels: &ChannelSet, platf
     view.value("channel", &channels.name(channel));
     let command = Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel };
     let prepared = Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true);
-    within_money_in_bounds(engine, channels, &prepared.envelope).await?;
+    within_money_in_channel(engine, &channels, clearing.now_micros(), &prepared.envelope).await?;
     Ok(prepared)
 }
 
-/// Holds a new money-in order (a recharge, a collection, a direct payment) to its channel's
-/// `order_min`..=`order_max`: 422 `no_channel_available` outside them, as routing refuses a
-/// payout. An order number the engine already holds a record of goes on to the engine whatever
-/// its amount, which answers it as it did the first time (a replay) or as a conflict: a bound the
-/// operator lowered since must not change an answer already given. Other commands pass. Part of
-/// `prepare_recharge` and `prepare_payment`, so every path of money in (API, bulk, pages) has it.
-pub(crate) async fn within_money_in_bounds(engine: &Arc<Engine>, channels: &ChannelSet, envelope: &Envelope) -> Result<(), ApiError> {
+/// Holds a new money-in order (a recharge, a collection, a direct payment) to what its channel
+/// takes at `now` (`ChannelSet::money_in_refusal`: its currency, per-order limits, business days
+/// and service window): 422 `no_channel_available` otherwise, as routing refuses a payout. An
+/// order number the engine already holds a record of goes on to the engine whatever its
+/// channel says now, which answers it as it did the first time (a replay) or as a conflict: a
+/// limit the operator lowered or a window that closed since must not change an answer already
+/// given. Other commands pass. Part of `prepare_recharge` and `prepare_payment`, so every path
+/// of money in (API, bulk, pages) has it.
+pub(crate) async fn within_money_in_channel(engine: &Arc<Engine>, channels: &ChannelSet, now: u64, envelope: &Envelope) -> Result<(), ApiError> {
     let (Command::RequestRecharge { amount, channel, currency, .. } | Command::RequestDirectPayment { amount, channel, currency, .. }) = envelope.command
     else {
         return Ok(());
     };
-    let Some(bounds) = channels.get(channel) else { return Ok(()) };
-    if (bounds.order_min..=bounds.order_max).contains(&amount) {
-        return Ok(());
-    }
+    let Some(taker) = channels.get(channel) else { return Ok(()) };
+    let Some(spec) = engine.config().currencies.get(currency.0 as usize).copied() else { return Ok(()) };
+    let Some(reason) = channels.money_in_refusal(taker, spec.code_str(), amount, now) else { return Ok(()) };
     let refusal = || {
-        let spec = engine.config().currencies.get(currency.0 as usize).copied();
-        let shown = |minor: engine::money::Minor| spec.map_or_else(|| minor.to_string(), |spec| spec.format(minor));
-        let message = format!("{} takes orders of {} to {}", bounds.name, shown(bounds.order_min), shown(bounds.order_max));
-        ApiError { param: Some("amount".into()), ..ApiError::new(422, "no_channel_available", &message) }
+        let name = &taker.name;
+        let (message, param) = match reason {
+            "currency_not_served" => (format!("{name} takes {} only", taker.currency), "currency"),
+            "below_order_minimum" | "above_order_maximum" => {
+                (format!("{name} takes orders of {} to {}", spec.format(taker.order_min), spec.format(taker.order_max)), "amount")
+            }
+            "not_a_business_day" => (format!("{name} takes orders on business days only"), "channel"),
+            _ => {
+                let clock = |minute: u32| format!("{:02}:{:02}", minute / 60, minute % 60);
+                (format!("{name} takes orders from {} to {} business-local time", clock(taker.window.0), clock(taker.window.1)), "channel")
+            }
+        };
+        ApiError { param: Some(param.into()), ..ApiError::new(422, "no_channel_available", &message) }
     };
     // The record the engine would answer from: on the shard of the account the order debits.
     let (Some(key), Some(account)) = (engine::ledger::command::own_key(envelope), envelope.command.debited_account()) else { return Err(refusal()) };
     let shard = account.shard(engine.config().shard_count);
     let reading = engine.clone();
-    // Off the async workers (a read of the shard, or of its cold rows); out of bounds is rare.
+    // Off the async workers (a read of the shard, or of its cold rows); a refusal is rare.
     let held = crate::error::blocking(move || reading.idempotency_record(shard, key).map(|record| record.is_some())).await??;
     if held {
         Ok(())
@@ -108,7 +120,7 @@ pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, cle
 /// Checks a recharge, has the engine accept it and sends a new one to its channel (the API and
 /// the pages share it); a refusal is in the reply (render it with `orders::answer`).
 pub async fn recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<(Prepared, Reply), ApiError> {
-    let prepared = prepare_recharge(engine, &clearing.channels(), platform, body).await?;
+    let prepared = prepare_recharge(engine, clearing, platform, body).await?;
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
     Ok((prepared, reply))
@@ -163,7 +175,7 @@ pub async fn collect(
     }
     let recharge =
         RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
-    let mut prepared = prepare_recharge(engine, &clearing.channels(), platform, &recharge).await?;
+    let mut prepared = prepare_recharge(engine, clearing, platform, &recharge).await?;
     prepared.body.value("card_id", &body.card_id).value("collection", &true);
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     if reply.is_ok() && !reply.replayed {
