@@ -120,7 +120,6 @@ struct Actor {
     clock: Arc<dyn Clock>,
     table: ChannelTable,
     published: Arc<ArcSwap<ChannelSet>>,
-    book: PayoutBook,
     /// Payouts handed to a channel and not answered yet: the channel, when its answer is due and
     /// when it was handed to the bank (its verdict's latency).
     outstanding: HashMap<OrderId, Outstanding>,
@@ -153,7 +152,6 @@ impl Clearing {
         let schedule = config.settlement_cutoff_minute.map(|cutoff| Schedule::new(cutoff, table.calendar(), clock.now_micros()));
         let mut actor = Actor {
             engine,
-            book: PayoutBook::load(store.as_ref())?,
             cases: CaseBook::load(store.as_ref())?,
             reconciling: false,
             waiting: VecDeque::new(),
@@ -332,7 +330,7 @@ impl Actor {
                 answer(reply, changed);
             }
             Message::Report(reply) => answer(reply, Ok(self.table.report(self.at()))),
-            Message::Notes(platform, numbers, reply) => answer(reply, Ok(numbers.iter().map(|n| self.book.get(platform, n).cloned()).collect())),
+            Message::Notes(platform, numbers, reply) => answer(reply, PayoutBook::get_many(self.store.as_ref(), platform, &numbers)),
             Message::Settle(day, terms, reply) => self.settle(day, terms, Some(reply)),
             Message::SettlementFinished { day, result, reply } => {
                 // The run is over before anyone hears of it: the next run can start at once.
@@ -412,11 +410,11 @@ impl Actor {
         // A repeated order number keeps its first routing (the engine then replays or refuses
         // it); a new one is routed now, and the decision is noted durably before the order is
         // submitted.
-        let (note, routed_now) = match self.book.get(platform, number.as_str()) {
+        let (note, routed_now) = match PayoutBook::get(self.store.as_ref(), platform, number.as_str())? {
             Some(noted) if noted.card != card_id || (card_id == 0 && noted.card_no.as_ref().is_some_and(|n| *n != card_no)) => {
                 return Err(ClearingError::IdempotencyConflict);
             }
-            Some(noted) => (noted.clone(), false),
+            Some(noted) => (noted, false),
             None => {
                 let decision = self.table.route(&RouteRequest { amount, currency: spec, arrival, account_type }, at, &[]);
                 let Some((channel, fee)) = decision.chosen else {
@@ -435,7 +433,7 @@ impl Actor {
                     tried: vec![channel],
                     refused: false,
                 };
-                if let Err(error) = self.book.save(self.store.as_ref(), platform, number.as_str(), note.clone()) {
+                if let Err(error) = PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note) {
                     self.table.release(channel, amount, at.micros);
                     self.table.release_probe(channel);
                     return Err(error);
@@ -454,7 +452,7 @@ impl Actor {
             self.table.release(channel, amount, at.micros);
             self.table.release_probe(channel);
             let refused = PayoutNote { refused: true, ..note.clone() };
-            if let Err(error) = self.book.save(self.store.as_ref(), platform, number.as_str(), refused) {
+            if let Err(error) = PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &refused) {
                 tracing::error!("clearing: cannot mark a refused payout's note: {error}");
             }
         }
@@ -530,7 +528,7 @@ impl Actor {
         spec: CurrencySpec,
         why: &str,
     ) -> Result<FallBack, ClearingError> {
-        let Some(mut note) = self.book.get(platform, number).cloned() else { return Ok(FallBack::Nowhere) };
+        let Some(mut note) = PayoutBook::get(self.store.as_ref(), platform, number)? else { return Ok(FallBack::Nowhere) };
         let (Some(arrival), Some(account_type)) = (note.arrival, note.account_type) else { return Ok(FallBack::Nowhere) };
         if !note.tried.contains(&failed) {
             note.tried.push(failed);
@@ -560,7 +558,7 @@ impl Actor {
             });
         }
         let card_no = note.card_no.clone().unwrap_or_default();
-        self.book.save(self.store.as_ref(), platform, number, note)?;
+        PayoutBook::save(self.store.as_ref(), platform, number, &note)?;
         self.send_payout(order, next, amount, spec, card_no);
         Ok(FallBack::Rerouted(names.name(next)))
     }
@@ -708,7 +706,11 @@ impl Actor {
                         self.table.count_used(channel, amount, now, created_at);
                         if status == OrderStatus::Processing {
                             resumed += 1;
-                            let card_no = number.and_then(|n| self.book.get(platform, n.as_str()).and_then(|note| note.card_no.clone())).unwrap_or_default();
+                            let noted = match number {
+                                Some(number) => PayoutBook::get(self.store.as_ref(), platform, number.as_str())?,
+                                None => None,
+                            };
+                            let card_no = noted.and_then(|note| note.card_no).unwrap_or_default();
                             self.send_payout(order, channel, amount, spec, card_no);
                         }
                     }

@@ -3,8 +3,6 @@
 //! is submitted, so a replay reuses the decision and a restart resends the payout to the same
 //! card through the same channel.
 
-use std::collections::HashMap;
-
 use engine::ledger::command::OutOrderNo;
 use engine::ledger::types::{AccountId, OrderId, Reply};
 use engine::money::{CurrencyId, CurrencySpec, Minor};
@@ -93,40 +91,77 @@ pub enum VerdictOutcome {
     Stale { received: bool, stale: bool },
 }
 
-/// The notes, in memory and in the store.
-#[derive(Debug, Default)]
-pub(crate) struct PayoutBook {
-    notes: HashMap<(u32, String), PayoutNote>,
-}
-
 fn note_key(platform: u32, number: &str) -> Vec<u8> {
     format!("{NOTE_PREFIX}{platform}/{number}").into_bytes()
 }
 
+fn decoded(key: &[u8], value: Option<Vec<u8>>) -> Result<Option<PayoutNote>, ClearingError> {
+    let Some(value) = value else { return Ok(None) };
+    serde_json::from_slice(&value).map(Some).map_err(|error| ClearingError::Storage(format!("payout note {}: {error}", String::from_utf8_lossy(key))))
+}
+
+/// The notes, in the store alone: one is read when a payout with its number comes again, falls
+/// back, is listed or is resumed at start. Not held in memory: a bank's payouts over the years
+/// outgrow it (about 1 KB a note with its routing), and reading them all made every start
+/// slower with age.
+pub(crate) struct PayoutBook;
+
 impl PayoutBook {
-    /// Loads every note.
-    pub(crate) fn load(store: &dyn Store) -> Result<PayoutBook, ClearingError> {
-        let mut notes = HashMap::new();
-        for (rest, note) in storage::records::load_all::<PayoutNote>(store, NOTE_PREFIX.as_bytes()).map_err(ClearingError::Storage)? {
-            let rest = String::from_utf8_lossy(&rest).into_owned();
-            if let Some((platform, number)) = rest.split_once('/') {
-                if let Ok(platform) = platform.parse() {
-                    notes.insert((platform, number.to_string()), note);
-                }
-            }
-        }
-        Ok(PayoutBook { notes })
-    }
-
     /// The note of a payout, unless the engine refused it.
-    pub(crate) fn get(&self, platform: u32, number: &str) -> Option<&PayoutNote> {
-        self.notes.get(&(platform, number.to_string())).filter(|n| !n.refused)
+    pub(crate) fn get(store: &dyn Store, platform: u32, number: &str) -> Result<Option<PayoutNote>, ClearingError> {
+        let key = note_key(platform, number);
+        let value = store.get(&key).map_err(|e| ClearingError::Storage(e.to_string()))?;
+        Ok(decoded(&key, value)?.filter(|n| !n.refused))
     }
 
-    /// Writes a note durably, then keeps it.
-    pub(crate) fn save(&mut self, store: &dyn Store, platform: u32, number: &str, note: PayoutNote) -> Result<(), ClearingError> {
-        storage::records::put(store, &[(note_key(platform, number), &note)]).map_err(|e| ClearingError::Storage(e.to_string()))?;
-        self.notes.insert((platform, number.to_string()), note);
-        Ok(())
+    /// The notes of `numbers` of one platform, in their order (a listing's page): one read.
+    pub(crate) fn get_many(store: &dyn Store, platform: u32, numbers: &[String]) -> Result<Vec<Option<PayoutNote>>, ClearingError> {
+        let keys: Vec<Vec<u8>> = numbers.iter().map(|number| note_key(platform, number)).collect();
+        let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let values = store.get_many(&borrowed).map_err(|e| ClearingError::Storage(e.to_string()))?;
+        keys.iter().zip(values).map(|(key, value)| Ok(decoded(key, value)?.filter(|n| !n.refused))).collect()
+    }
+
+    /// Writes a note durably.
+    pub(crate) fn save(store: &dyn Store, platform: u32, number: &str, note: &PayoutNote) -> Result<(), ClearingError> {
+        storage::records::put(store, &[(note_key(platform, number), note)]).map_err(|e| ClearingError::Storage(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::MemoryStore;
+
+    fn note(card: u64, refused: bool) -> PayoutNote {
+        PayoutNote {
+            card,
+            card_no: Some("6222020200112233445".into()),
+            channel: Some(2),
+            fee: 50,
+            routing: None,
+            arrival: Some(Arrival::Standard),
+            account_type: Some(AccountType::Personal),
+            tried: vec![2],
+            refused,
+        }
+    }
+
+    #[test]
+    fn notes_are_read_back_from_the_store_and_a_refused_one_is_none() {
+        let store = MemoryStore::new();
+        PayoutBook::save(&store, 7, "w-1", &note(3, false)).unwrap();
+        PayoutBook::save(&store, 7, "w-2", &note(4, true)).unwrap();
+        PayoutBook::save(&store, 8, "w-1", &note(5, false)).unwrap();
+        assert_eq!(PayoutBook::get(&store, 7, "w-1").unwrap(), Some(note(3, false)));
+        assert_eq!(PayoutBook::get(&store, 7, "w-2").unwrap(), None, "refused: the number is routed anew");
+        assert_eq!(PayoutBook::get(&store, 9, "w-1").unwrap(), None);
+        let numbers = ["w-1".to_string(), "w-2".into(), "w-3".into()];
+        assert_eq!(PayoutBook::get_many(&store, 8, &numbers).unwrap(), vec![Some(note(5, false)), None, None]);
+        assert_eq!(PayoutBook::get_many(&store, 7, &numbers).unwrap(), vec![Some(note(3, false)), None, None]);
+        // A note that does not decode is an error, never a payout routed anew.
+        store.write(&[(b"x/7/w-1".as_slice(), b"{not json".as_slice())]).unwrap();
+        assert!(matches!(PayoutBook::get(&store, 7, "w-1"), Err(ClearingError::Storage(message)) if message.contains("x/7/w-1")));
+        assert!(PayoutBook::get_many(&store, 7, &numbers).is_err());
     }
 }
