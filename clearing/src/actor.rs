@@ -559,6 +559,9 @@ impl Actor {
         }
         let card_no = note.card_no.clone().unwrap_or_default();
         PayoutBook::save(self.store.as_ref(), platform, number, &note)?;
+        // The order has left the failed channel: its bank need not keep it for status queries
+        // (nobody asks it again; its late verdicts are stale).
+        self.bank.forget(order, failed);
         self.send_payout(order, next, amount, spec, card_no);
         Ok(FallBack::Rerouted(names.name(next)))
     }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bank::{BankChannel, BankStatus};
 use clearing_actor::calendar::{Calendar, SystemClock};
 use clearing_actor::channels::{AccountType, Arrival, ChannelTable};
 use clearing_actor::payouts::{PayoutRequest, PayoutVerdict, VerdictOutcome};
@@ -27,6 +28,7 @@ fn cny() -> CurrencySpec {
 struct World {
     engine: Arc<Engine>,
     clearing: Clearing,
+    bank: Arc<banksim::Simulator>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -39,9 +41,10 @@ impl World {
         let table = ChannelTable::new(channels, Calendar { utc_offset_seconds: 8 * 3600, ..Calendar::default() }).unwrap();
         let config = banksim::SimulatorConfig { latency_ms: 60_000, ..banksim::SimulatorConfig::default() };
         let bank = Arc::new(banksim::Simulator::start(config, "key".into(), store.clone()).unwrap());
-        let clearing = Clearing::start(engine.clone(), store, bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
+        let clearing =
+            Clearing::start(engine.clone(), store, bank.clone(), table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        World { engine, clearing, runtime }
+        World { engine, clearing, bank, runtime }
     }
 
     fn account(&self, owner: u64, amount: i64) -> AccountId {
@@ -111,6 +114,9 @@ fn two_verdicts_about_one_failure_move_a_payout_once() {
     let stale = outcomes.iter().filter(|o| matches!(o, VerdictOutcome::Stale { .. })).count();
     assert_eq!((rerouted, stale), (1, 1), "{outcomes:?}");
     assert_eq!(w.channel_of(order), (2, 500), "on the second channel, its fee charged once");
+    // The first channel's bank no longer holds the order that left it (it held one entry per
+    // fallback for the life of the process); the second one does.
+    assert_eq!((w.bank.query(order, 1), w.bank.query(order, 2)), (BankStatus::Unknown, BankStatus::Processing));
     let balance = w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap();
     assert_eq!(balance, 1_000_000 - 10_000 - 500);
     let notes = w.runtime.block_on(w.clearing.notes(P, vec!["w1".into()])).unwrap();
