@@ -133,7 +133,8 @@ struct Pending {
 /// shard and applies the bank's verdict to orders still waiting for it.
 pub fn reconcile(engine: &Engine, store: &dyn Store, channels: &ChannelSet, channel: u16, day: u32, file: &[u8]) -> Result<ReconcileReport, ClearingError> {
     let lines = lines_with_carries(store, channel, file)?;
-    let ours = channel_ledger(engine, channel)?;
+    let named: Vec<OrderId> = lines.iter().filter_map(|pending| bank::parse_order_ref(&pending.line.order_id)).collect();
+    let ours = channel_ledger(engine, channel, day, &named)?;
     let mut run = Run {
         report: ReconcileReport {
             channel: channels.name(channel),
@@ -187,38 +188,65 @@ fn carry_prefix(channel: u16) -> String {
     format!("r/carry/{channel:05}/")
 }
 
-/// Our channel ledger: every order through `channel` (all days: a carried line may name an
-/// older one), with its business day.
-fn channel_ledger(engine: &Engine, channel: u16) -> Result<HashMap<u64, Ours>, ClearingError> {
+/// Orders one read of a shard visits at most while the channel ledger is gathered: the shard's
+/// batches wait while it reads, so a day of a busy channel is read a slice at a time.
+const ORDERS_PER_READ: usize = 16_384;
+
+/// Our channel ledger for business day `day`: the orders through `channel` created that day,
+/// and those the lines name (a carried line, or a verdict the bank lists a day after the order),
+/// each with its business day. Reads only that day's orders of each shard (orders are kept in
+/// the order they were created, with timestamps that never go back), never the whole history:
+/// the history's old orders are out of memory, and reading them all back held every shard for
+/// as long as the bank had been running.
+fn channel_ledger(engine: &Engine, channel: u16, day: u32, named: &[OrderId]) -> Result<HashMap<u64, Ours>, ClearingError> {
     let calendar = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() };
+    let (start, end) = (calendar.day_start_micros(day as i64), calendar.day_start_micros(day as i64 + 1));
+    let shard_count = engine.config().shard_count;
     let mut ours = HashMap::new();
-    for shard in 0..engine.config().shard_count {
-        let calendar = calendar.clone();
-        let part = engine.read_shard(shard, move |state| {
-            state
-                .orders
-                .iter()
-                .filter(|o| channel_of(&o.detail) == Some(channel))
-                .map(|o| {
-                    let fee = match o.detail {
-                        OrderDetail::Withdrawal { fee, .. } => Some(fee),
-                        _ => None,
-                    };
-                    let ours = Ours {
-                        amount: o.amount,
-                        fee,
-                        status: o.status,
-                        withdrawal: o.kind == OrderKind::Withdrawal,
-                        created_day: calendar.day(o.created_at),
-                        spec: state.currencies[o.currency.0 as usize],
-                    };
-                    (o.id.0, ours)
-                })
-                .collect::<Vec<_>>()
-        })?;
-        ours.extend(part);
+    for shard in 0..shard_count {
+        let (first, last) = engine
+            .read_shard(shard, move |state| (state.orders.partition_point(|o| o.created_at < start), state.orders.partition_point(|o| o.created_at < end)))?;
+        let mut from = first;
+        while from < last {
+            let to = last.min(from + ORDERS_PER_READ);
+            let calendar = calendar.clone();
+            let part = engine.read_shard(shard, move |state| {
+                let mut part = Vec::new();
+                state.orders.scan_range(from..to, |o| part.extend(ours_of(o, channel, &calendar, state)));
+                part
+            })?;
+            ours.extend(part);
+            from = to;
+        }
+        let elsewhere: Vec<OrderId> = named.iter().filter(|id| id.shard(shard_count) == shard && !ours.contains_key(&id.0)).copied().collect();
+        if !elsewhere.is_empty() {
+            let calendar = calendar.clone();
+            let part = engine
+                .read_shard(shard, move |state| elsewhere.iter().filter_map(|id| ours_of(state.order(*id)?, channel, &calendar, state)).collect::<Vec<_>>())?;
+            ours.extend(part);
+        }
     }
     Ok(ours)
+}
+
+/// What reconciliation needs of order `o`, if it went through `channel`.
+fn ours_of(o: &engine::ledger::types::Order, channel: u16, calendar: &Calendar, state: &engine::ledger::state::ShardState) -> Option<(u64, Ours)> {
+    if channel_of(&o.detail) != Some(channel) {
+        return None;
+    }
+    let fee = match o.detail {
+        OrderDetail::Withdrawal { fee, .. } => Some(fee),
+        _ => None,
+    };
+    let ours = Ours {
+        amount: o.amount,
+        fee,
+        status: o.status,
+        withdrawal: o.kind == OrderKind::Withdrawal,
+        created_day: calendar.day(o.created_at),
+        spec: state.currencies[o.currency.0 as usize],
+    };
+    Some((o.id.0, ours))
 }
 
 /// One reconciliation in progress.

@@ -177,6 +177,52 @@ fn a_statement_file_comes_out_in_every_class() {
     assert_eq!(book.all().len(), 7);
 }
 
+/// The ledger side of a run reads the run's day of each shard, a slice of orders at a time:
+/// every order of a day larger than one slice is seen once (those at the slices' edges left off
+/// the statement are found missing on their side); an order of an earlier day that a later
+/// day's line names (a verdict the bank lists a day late) is still matched; and the earlier
+/// day's unlisted orders are not the later day's findings.
+#[test]
+fn a_day_is_read_whole_in_slices_and_lines_may_name_orders_of_earlier_days() {
+    let w = World::new();
+    let day = w.today();
+    // Over two reads' slices (16,384 orders each) on the account's shard, all succeeded.
+    let count = 40_000u64;
+    let withdraw = |_| Envelope {
+        platform: P,
+        out_order_no: None,
+        command: Command::Withdraw { account: w.account, currency: CurrencyId(0), amount: 1, fee: 0, channel: 1 },
+    };
+    let mut ids = Vec::new();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(4_096) {
+        let replies = w.engine.execute(chunk.iter().map(withdraw).collect()).unwrap();
+        ids.extend(replies.iter().map(|r| {
+            assert!(r.is_ok(), "{r:?}");
+            OrderId(r.id)
+        }));
+    }
+    let verdicts =
+        ids.iter().map(|order| Envelope { platform: P, out_order_no: None, command: Command::CompleteWithdrawal { order: *order, succeeded: true } });
+    assert!(w.engine.execute(verdicts.collect()).unwrap().iter().all(|r| r.is_ok()));
+    // Left off the statement: the orders at the edges of the slices, and the last.
+    let edge = |id: &OrderId| matches!(id.local_index(2), 16_383 | 16_384 | 32_767 | 32_768);
+    let unlisted: Vec<&OrderId> = ids.iter().filter(|id| edge(id) || Some(*id) == ids.last()).collect();
+    assert_eq!(unlisted.len(), 5, "two orders at each of two edges, and the last");
+    let mut file = HEADER.to_string();
+    for (n, order) in ids.iter().enumerate().filter(|(_, id)| !unlisted.contains(id)) {
+        file.push_str(&format!("L{n},{},out,0.01,succeeded,0.00\n", bank::order_ref(*order)));
+    }
+    let mut book = CaseBook::default();
+    let report = w.reconcile(&mut book, 1, day, &file).unwrap();
+    assert_eq!(report["counts"], json!({"matched": count - 5, "missing_theirs": 5}));
+    let expected: BTreeMap<String, String> = unlisted.iter().map(|id| (bank::order_ref(**id), "missing_theirs".to_string())).collect();
+    assert_eq!(classes(&report), expected);
+    // The next day's statement lists the last one's verdict: matched, not missing on our side.
+    let last = bank::order_ref(*ids.last().unwrap());
+    let next_day = w.reconcile(&mut book, 1, day + 1, &format!("{HEADER}N1,{last},out,0.01,succeeded,0.00\n")).unwrap();
+    assert_eq!(next_day["counts"], json!({"matched": 1}), "{next_day}");
+}
+
 #[test]
 fn money_in_is_checked_against_the_channel_tariff() {
     let w = World::new();
