@@ -43,7 +43,7 @@ async fn cashier_page(
     let payer = members.get(session.grant.platform, session.grant.member).map(|m: Member| m.name).unwrap_or_default();
     let payees = payee_names(engine, members, session.grant.platform, session).await;
     let payer_account = crate::accounts::parse_account_id(&payment.payer_account_id);
-    let failures = payer_account.and_then(|a| passwords.failures(a)).unwrap_or(0);
+    let failures = payer_account.map_or(Ok(None), |a| passwords.failures(a)).map_err(|e| PageError::api(e, locale))?.unwrap_or(0);
     let body = html! {
         @if let Some(message) = message { (message) }
         section {
@@ -83,14 +83,15 @@ pub async fn show(
     passwords: web::Data<Arc<Passwords>>,
 ) -> Result<HttpResponse, PageError> {
     let (_, session) = session_for(&request, &sessions, &[Purpose::Cashier])?;
-    let failures = payer_failures(&passwords, &session);
+    let failures = payer_failures(&passwords, &session)?;
     let message =
         (failures >= FAILURES_MAX && session.paid_order.is_none()).then(|| notice("error", &crate::h5_text::error_text(session.locale, "payment_locked", "")));
     cashier_page(&engine, &members, &passwords, &session, message).await
 }
 
-fn payer_failures(passwords: &Passwords, session: &Session) -> u8 {
-    session.grant.payment.as_ref().and_then(|p| crate::accounts::parse_account_id(&p.payer_account_id)).and_then(|a| passwords.failures(a)).unwrap_or(0)
+fn payer_failures(passwords: &Passwords, session: &Session) -> Result<u8, PageError> {
+    let payer = session.grant.payment.as_ref().and_then(|p| crate::accounts::parse_account_id(&p.payer_account_id));
+    Ok(payer.map_or(Ok(None), |a| passwords.failures(a)).map_err(|e| PageError::api(e, session.locale))?.unwrap_or(0))
 }
 
 fn error_notice(locale: Locale, error: &crate::error::ApiError) -> Markup {

@@ -545,12 +545,12 @@ pub async fn password_form(
     passwords: web::Data<Arc<Passwords>>,
 ) -> Result<HttpResponse, PageError> {
     let w = wallet(&request, &sessions, &engine, query.account.as_deref().unwrap_or_default()).await?;
-    Ok(ok_page(password_page(&w, &passwords, None)))
+    Ok(ok_page(password_page(&w, &passwords, None)?))
 }
 
-fn password_page(w: &Wallet, passwords: &Passwords, message: Option<Markup>) -> Markup {
+fn password_page(w: &Wallet, passwords: &Passwords, message: Option<Markup>) -> Result<Markup, PageError> {
     let locale = w.session.locale;
-    let reset = passwords.failures(w.account).is_some();
+    let reset = passwords.failures(w.account).map_err(|e| PageError::api(e, locale))?.is_some();
     let body = html! {
         @if let Some(message) = message { (message) }
         form method="post" action="/h5/wallet/password" {
@@ -570,7 +570,7 @@ fn password_page(w: &Wallet, passwords: &Passwords, message: Option<Markup>) -> 
         }
         (back(locale, &w.summary))
     };
-    page(locale, t(locale, "password"), body)
+    Ok(page(locale, t(locale, "password"), body))
 }
 
 /// `POST /h5/wallet/password`: sets the first password, or resets one with the member's id
@@ -589,14 +589,14 @@ pub async fn password(
     let form = checked_form(&body, &w.session)?;
     let locale = w.session.locale;
     if form.get("password") != form.get("repeat") {
-        return Ok(ok_page(password_page(&w, &passwords, Some(notice("error", t(locale, "passwords_differ"))))));
+        return Ok(ok_page(password_page(&w, &passwords, Some(notice("error", t(locale, "passwords_differ"))))?));
     }
-    if passwords.failures(w.account).is_some() {
+    if passwords.failures(w.account).map_err(|e| PageError::api(e, locale))?.is_some() {
         let member = members.get(w.session.grant.platform, w.session.grant.member).ok_or_else(|| PageError::new(404, "not_found", locale))?;
         let id_right = crate::auth::constant_time_equal(form.get("id_number").to_ascii_uppercase().as_bytes(), member.id_number.as_bytes());
         let phone_right = crate::auth::constant_time_equal(form.get("phone").as_bytes(), member.phone.as_bytes());
         if !(id_right && phone_right) {
-            return Ok(ok_page(password_page(&w, &passwords, Some(notice("error", t(locale, "second_factor_failed"))))));
+            return Ok(ok_page(password_page(&w, &passwords, Some(notice("error", t(locale, "second_factor_failed"))))?));
         }
     }
     match crate::passwords::set_password_of(&engine, &passwords, w.session.grant.platform, w.account, form.get("password").to_string()).await {
@@ -604,7 +604,7 @@ pub async fn password(
             let body = html! { (notice("ok", t(locale, "password_set"))) (back(locale, &w.summary)) };
             Ok(ok_page(page(locale, t(locale, "password"), body)))
         }
-        Err(error) => Ok(ok_page(password_page(&w, &passwords, Some(api_notice(locale, &error))))),
+        Err(error) => Ok(ok_page(password_page(&w, &passwords, Some(api_notice(locale, &error)))?)),
     }
 }
 

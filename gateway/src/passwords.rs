@@ -31,22 +31,32 @@ struct Record {
     failures: u8,
 }
 
-/// Every account's password record, loaded at start and written through.
+/// Password records, in the store alone (one read per check: a bank's accounts outgrow memory),
+/// with the checks in flight.
 pub struct Passwords {
     store: Arc<dyn Store>,
-    /// One lock for all: a check is read, verify, write; argon2 runs outside it.
-    records: Mutex<HashMap<u64, Record>>,
+    /// Accounts with checks in flight, and how many: each check holds one of the account's
+    /// remaining tries from before argon2 runs until its outcome is written, so concurrent
+    /// guesses cannot get past the lockout (a burst of a thousand all read the count before
+    /// any was written). Its lock also orders every read-modify-write of a record; argon2 runs
+    /// outside it. An account leaves the map when its last check ends.
+    in_flight: Mutex<HashMap<u64, u8>>,
 }
 
 impl Passwords {
-    /// Loads every stored password record.
-    pub fn load(store: Arc<dyn Store>) -> Result<Passwords, String> {
-        let mut records = HashMap::new();
-        for (rest, record) in crate::records::load_all::<Record>(store.as_ref(), PREFIX.as_bytes())? {
-            let id: u64 = String::from_utf8_lossy(&rest).parse().map_err(|_| "corrupt password key".to_string())?;
-            records.insert(id, record);
+    /// The passwords of `store` (nothing is read until a check).
+    pub fn new(store: Arc<dyn Store>) -> Passwords {
+        Passwords { store, in_flight: Mutex::new(HashMap::new()) }
+    }
+
+    fn read(&self, account: AccountId) -> Result<Option<Record>, ApiError> {
+        let key = crate::records::key(PREFIX, account.0);
+        match self.store.get(&key).map_err(|e| ApiError::unavailable(e.to_string()))? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| ApiError::unavailable(format!("the password record of {} does not read: {e}", account.0)))
+            }
         }
-        Ok(Passwords { store, records: Mutex::new(records) })
     }
 
     fn save(&self, account: AccountId, record: &Record) -> Result<(), ApiError> {
@@ -59,42 +69,66 @@ impl Passwords {
         rand::thread_rng().fill_bytes(&mut salt);
         let salt = SaltString::encode_b64(&salt).expect("16 bytes make a salt");
         let hash = Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2id hashes").to_string();
-        let record = Record { hash, failures: 0 };
-        self.save(account, &record)?;
-        self.records.lock().expect("passwords lock").insert(account.0, record);
-        Ok(())
+        let _order = self.in_flight.lock().expect("passwords lock");
+        self.save(account, &Record { hash, failures: 0 })
     }
 
     /// Wrong passwords in a row of `account` (`None`: no password set).
-    pub fn failures(&self, account: AccountId) -> Option<u8> {
-        self.records.lock().expect("passwords lock").get(&account.0).map(|r| r.failures)
+    pub fn failures(&self, account: AccountId) -> Result<Option<u8>, ApiError> {
+        Ok(self.read(account)?.map(|r| r.failures))
     }
 
     /// Verifies a payment password for `account`.
     pub fn verify(&self, account: AccountId, password: Option<&str>) -> Result<(), ApiError> {
-        let record = self.records.lock().expect("passwords lock").get(&account.0).cloned();
-        let Some(record) = record else {
-            return Err(ApiError::new(422, "payment_password_not_set", "the account has no payment password; set one first"));
+        let record = {
+            let mut in_flight = self.in_flight.lock().expect("passwords lock");
+            let Some(record) = self.read(account)? else {
+                return Err(ApiError::new(422, "payment_password_not_set", "the account has no payment password; set one first"));
+            };
+            if record.failures >= FAILURES_MAX {
+                return Err(locked());
+            }
+            let Some(_) = password else {
+                return Err(ApiError {
+                    param: Some("payment_password".into()),
+                    ..ApiError::new(422, "invalid_payment_password", "this platform requires payment_password")
+                });
+            };
+            let checking = in_flight.entry(account.0).or_insert(0);
+            if record.failures.saturating_add(*checking) >= FAILURES_MAX {
+                return Err(ApiError::rate_limited("this account's remaining payment password tries are all being checked; try again in a second", 1));
+            }
+            *checking += 1;
+            record
         };
-        if record.failures >= FAILURES_MAX {
-            return Err(locked());
+        let right = PasswordHash::new(&record.hash)
+            .map(|parsed| Argon2::default().verify_password(password.unwrap_or_default().as_bytes(), &parsed).is_ok())
+            .map_err(|e| ApiError::unavailable(format!("the password hash of {} does not parse: {e}", account.0)));
+        let mut in_flight = self.in_flight.lock().expect("passwords lock");
+        if let Some(checking) = in_flight.get_mut(&account.0) {
+            *checking -= 1;
+            if *checking == 0 {
+                in_flight.remove(&account.0);
+            }
         }
-        let Some(password) = password else {
-            return Err(ApiError {
-                param: Some("payment_password".into()),
-                ..ApiError::new(422, "invalid_payment_password", "this platform requires payment_password")
-            });
+        let right = right?;
+        // As the record is now: another check may have counted since, or the password changed
+        // (then this check was of the old one and counts against nothing).
+        let current = self.read(account)?.filter(|current| current.hash == record.hash);
+        let failures = match &current {
+            Some(current) if right => {
+                if current.failures != 0 {
+                    self.save(account, &Record { hash: record.hash.clone(), failures: 0 })?;
+                }
+                0
+            }
+            Some(current) => {
+                let failures = current.failures.saturating_add(1);
+                self.save(account, &Record { hash: record.hash.clone(), failures })?;
+                failures
+            }
+            None => record.failures.saturating_add(u8::from(!right)),
         };
-        let parsed = PasswordHash::new(&record.hash).expect("stored hashes parse");
-        let right = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
-        let mut records = self.records.lock().expect("passwords lock");
-        let current = records.get_mut(&account.0).expect("records are never removed");
-        let failures = if right { 0 } else { current.failures.saturating_add(1) };
-        if failures != current.failures {
-            let updated = Record { hash: current.hash.clone(), failures };
-            self.save(account, &updated)?;
-            *current = updated;
-        }
         match (right, failures >= FAILURES_MAX) {
             (true, _) => Ok(()),
             (false, true) => Err(locked()),
@@ -171,7 +205,7 @@ mod tests {
 
     #[test]
     fn five_wrong_in_a_row_lock_and_a_right_one_resets() {
-        let passwords = Passwords::load(Arc::new(storage::MemoryStore::new())).unwrap();
+        let passwords = Passwords::new(Arc::new(storage::MemoryStore::new()));
         let account = AccountId(7);
         assert_eq!(passwords.verify(account, Some("123456")).unwrap_err().code, "payment_password_not_set");
         passwords.set(account, "123456").unwrap();
@@ -185,8 +219,46 @@ mod tests {
         }
         assert_eq!(passwords.verify(account, Some("000000")).unwrap_err().code, "payment_locked");
         assert_eq!(passwords.verify(account, Some("123456")).unwrap_err().code, "payment_locked", "locked even for the right one");
-        let reloaded = Passwords::load(passwords.store.clone()).unwrap();
+        let reloaded = Passwords::new(passwords.store.clone());
         assert_eq!(reloaded.verify(account, Some("123456")).unwrap_err().code, "payment_locked", "the lock survives a restart");
+    }
+
+    /// Regression: every check read the count of wrong tries before any was written, so a
+    /// burst of concurrent guesses all ran (and a right one among them reset the count): the
+    /// lockout held only for guesses sent one after another.
+    #[test]
+    fn concurrent_guesses_get_no_more_tries_than_are_left() {
+        let passwords = Arc::new(Passwords::new(Arc::new(storage::MemoryStore::new())));
+        let account = AccountId(9);
+        passwords.set(account, "123456").unwrap();
+        passwords.verify(account, Some("000000")).unwrap_err();
+        let start = Arc::new(std::sync::Barrier::new(24));
+        let guesses: Vec<_> = (0..24)
+            .map(|n| {
+                let (passwords, start) = (passwords.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    passwords.verify(account, Some(&format!("{:06}", 100 + n))).unwrap_err().code
+                })
+            })
+            .collect();
+        let codes: Vec<&str> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
+        let checked = codes.iter().filter(|c| **c == "invalid_payment_password" || **c == "payment_locked").count();
+        assert!(codes.iter().all(|c| ["invalid_payment_password", "payment_locked", "rate_limited"].contains(c)), "{codes:?}");
+        assert!(checked <= 4 && codes.contains(&"rate_limited"), "four tries were left: {codes:?}");
+        assert_eq!(passwords.failures(account).unwrap(), Some(1 + checked as u8), "each checked guess counted once");
+        assert!(passwords.in_flight.lock().unwrap().is_empty(), "no check left in flight");
+        // Tries held by checks in flight are not anyone else's.
+        let fresh = AccountId(10);
+        passwords.set(fresh, "123456").unwrap();
+        passwords.verify(fresh, Some("000000")).unwrap_err();
+        passwords.verify(fresh, Some("000000")).unwrap_err();
+        passwords.in_flight.lock().unwrap().insert(fresh.0, 3);
+        assert_eq!(passwords.verify(fresh, Some("123456")).unwrap_err().code, "rate_limited", "two wrong and three in flight");
+        passwords.in_flight.lock().unwrap().insert(fresh.0, 2);
+        assert!(passwords.verify(fresh, Some("123456")).is_ok(), "one try left for this check");
+        assert_eq!(passwords.in_flight.lock().unwrap().get(&fresh.0), Some(&2), "its own try given back");
+        assert_eq!(passwords.failures(fresh).unwrap(), Some(0));
     }
 
     #[test]

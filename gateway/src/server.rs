@@ -140,7 +140,7 @@ impl Services {
             token,
             platforms,
             members: Arc::new(Members::load(store.clone())?),
-            passwords: Arc::new(crate::passwords::Passwords::load(store.clone())?),
+            passwords: Arc::new(crate::passwords::Passwords::new(store.clone())),
             cards: Arc::new(crate::cards::Cards::load(store.clone(), protections.card_binds_per_account_per_day)?),
             notifications: Arc::new(crate::notifications::Notifications::load(store.clone())?),
             agreements: Arc::new(crate::agreements::Agreements::load(store.clone())?),
