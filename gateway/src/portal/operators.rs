@@ -170,10 +170,15 @@ impl Operator {
 #[derive(Debug, PartialEq, Eq)]
 pub enum LoginRefusal {
     Wrong,
-    Locked { until: i64 },
+    Locked {
+        until: i64,
+    },
     Disabled,
     TotpRequired,
     TotpWrong,
+    /// The operator's remaining tries are all held by sign-ins being checked: nothing was
+    /// compared.
+    Busy,
 }
 
 /// What a new operator is made of.
@@ -197,6 +202,10 @@ struct Inner {
     by_id: HashMap<u64, Operator>,
     by_name: HashMap<String, u64>,
     highest: u64,
+    /// Operators with sign-ins being checked, and how many: each holds one of the operator's
+    /// remaining tries while argon2 runs (see `login`). An operator leaves it when its last
+    /// check ends.
+    checking: HashMap<u64, u32>,
 }
 
 pub fn valid_username(text: &str) -> bool {
@@ -241,7 +250,7 @@ pub fn now_seconds() -> i64 {
 
 impl Operators {
     pub fn load(store: Arc<dyn Store>) -> Result<Operators, String> {
-        let mut inner = Inner { by_id: HashMap::new(), by_name: HashMap::new(), highest: 0 };
+        let mut inner = Inner { by_id: HashMap::new(), by_name: HashMap::new(), highest: 0, checking: HashMap::new() };
         for (_, operator) in crate::records::load_all::<Operator>(store.as_ref(), PREFIX.as_bytes())? {
             inner.highest = inner.highest.max(operator.id);
             inner.by_name.insert(operator.username.clone(), operator.id);
@@ -322,22 +331,42 @@ impl Operators {
     /// Checks a login. Blocking (argon2): call it on a blocking thread. A wrong password counts a
     /// failure (stored, so a restart does not reset it); `LOGIN_FAILURES_MAX` in a row lock the
     /// operator for `LOCKOUT_SECONDS`. A locked operator is refused before the password is
-    /// compared, so guessing during a lockout learns nothing.
+    /// compared, so guessing during a lockout learns nothing. Each check holds one of the
+    /// operator's remaining tries from before the comparison until its outcome is counted, so
+    /// concurrent guesses get no more tries than are left (`Busy` beyond them).
     pub fn login(&self, username: &str, password: &str, totp_code: Option<&str>, now: i64) -> Result<Operator, LoginRefusal> {
         let found = {
-            let inner = self.inner.lock().expect("operators lock");
-            inner.by_name.get(username).and_then(|id| inner.by_id.get(id)).cloned()
+            let mut inner = self.inner.lock().expect("operators lock");
+            let found = inner.by_name.get(username).and_then(|id| inner.by_id.get(id)).cloned();
+            if let Some(operator) = &found {
+                if operator.locked_until > now {
+                    return Err(LoginRefusal::Locked { until: operator.locked_until });
+                }
+                let checking = inner.checking.entry(operator.id).or_insert(0);
+                if operator.failures.saturating_add(*checking) >= LOGIN_FAILURES_MAX {
+                    return Err(LoginRefusal::Busy);
+                }
+                *checking += 1;
+            }
+            found
         };
         let Some(operator) = found else {
             verify_hash(&self.decoy, password);
             return Err(LoginRefusal::Wrong);
         };
-        if operator.locked_until > now {
-            return Err(LoginRefusal::Locked { until: operator.locked_until });
-        }
         let right = verify_hash(&operator.password_hash, password);
         let mut inner = self.inner.lock().expect("operators lock");
+        if let Some(checking) = inner.checking.get_mut(&operator.id) {
+            *checking -= 1;
+            if *checking == 0 {
+                inner.checking.remove(&operator.id);
+            }
+        }
         let current = inner.by_id.get_mut(&operator.id).expect("operators are never removed");
+        if current.locked_until > now {
+            // Locked by another check while this one ran.
+            return Err(LoginRefusal::Locked { until: current.locked_until });
+        }
         if !right {
             let mut updated = current.clone();
             updated.failures = updated.failures.saturating_add(1);
@@ -445,6 +474,34 @@ mod tests {
         assert!(matches!(operators.login("alice", "correct horse battery", None, now + 10), Err(LoginRefusal::Locked { .. })));
         assert!(operators.login("alice", "correct horse battery", None, now + LOCKOUT_SECONDS + 1).is_ok());
         assert_eq!(operators.login("nobody", "correct horse battery", None, now).unwrap_err(), LoginRefusal::Wrong);
+    }
+
+    /// Regression: every sign-in read the count of wrong tries before any was written, so a burst
+    /// of concurrent guesses all ran past the lockout.
+    #[test]
+    fn concurrent_sign_ins_get_no_more_tries_than_are_left() {
+        let operators = Arc::new(operators());
+        operators.create(new("alice"), "test").expect("created");
+        let now = 1_800_000_000;
+        assert_eq!(operators.login("alice", "wrong password!", None, now).unwrap_err(), LoginRefusal::Wrong);
+        let start = Arc::new(std::sync::Barrier::new(16));
+        let guesses: Vec<_> = (0..16)
+            .map(|n| {
+                let (operators, start) = (operators.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    operators.login("alice", &format!("guess number {n}"), None, now).unwrap_err()
+                })
+            })
+            .collect();
+        let refusals: Vec<LoginRefusal> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
+        let compared = refusals.iter().filter(|r| !matches!(r, LoginRefusal::Busy)).count();
+        assert!(compared <= (LOGIN_FAILURES_MAX - 1) as usize && refusals.contains(&LoginRefusal::Busy), "{refusals:?}");
+        assert!(operators.inner.lock().unwrap().checking.is_empty(), "no check left in flight");
+        if compared == (LOGIN_FAILURES_MAX - 1) as usize {
+            assert!(matches!(operators.login("alice", "correct horse battery", None, now + 1), Err(LoginRefusal::Locked { .. })), "five wrong in all");
+        }
+        assert!(operators.login("alice", "correct horse battery", None, now + LOCKOUT_SECONDS + 1).is_ok());
     }
 
     #[test]

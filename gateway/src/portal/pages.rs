@@ -84,6 +84,7 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
                 LoginRefusal::Locked { until } => (format!("Too many wrong tries: this user is locked until {}.", format_time(until)), "locked"),
                 LoginRefusal::TotpRequired => ("Enter the code of your authenticator.".to_string(), "second factor missing"),
                 LoginRefusal::TotpWrong => ("Wrong authenticator code.".to_string(), "second factor wrong"),
+                LoginRefusal::Busy => ("Too many sign-ins of this user are being checked at once; try again in a moment.".to_string(), "busy"),
             };
             // Failures are recorded for existing operators only (an unknown name writes nothing),
             // and tries against a lock that was already there once per lockout.
@@ -91,6 +92,8 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
                 (Some(operator), LoginRefusal::Locked { until }) if operator.locked_until > now => {
                     portal.locked_noted.lock().expect("lockout notes lock").insert(operator.id, *until) == Some(*until)
                 }
+                // Nothing was compared: a flood of these is not a flood of audit records.
+                (_, LoginRefusal::Busy) => true,
                 _ => false,
             };
             if let Some(operator) = known.filter(|_| !noted_before) {
@@ -107,7 +110,8 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
                     outcome,
                 )?;
             }
-            Ok(login_page(StatusCode::UNAUTHORIZED, Some(&message)))
+            let status = if refusal == LoginRefusal::Busy { StatusCode::TOO_MANY_REQUESTS } else { StatusCode::UNAUTHORIZED };
+            Ok(login_page(status, Some(&message)))
         }
     }
 }
