@@ -95,7 +95,6 @@ struct Inner {
     store: Arc<dyn Store>,
     queue: Sender<(Instant, Job)>,
     callback_url: OnceLock<String>,
-    cards: Mutex<HashMap<String, Vec<CardTransaction>>>,
     sequence: std::sync::atomic::AtomicU64,
     /// The channels as clearing has them: names, tariffs (the fee on statement lines) and
     /// behaviour.
@@ -175,12 +174,6 @@ fn format_time(micros: u64) -> String {
 impl Simulator {
     /// Starts the simulator's threads; callbacks go out once `set_callback_url` is called.
     pub fn start(config: SimulatorConfig, key: String, store: Arc<dyn Store>) -> Result<Simulator, String> {
-        let mut cards: HashMap<String, Vec<CardTransaction>> = HashMap::new();
-        for (rest, line) in storage::records::load_all::<CardTransaction>(store.as_ref(), CARD_PREFIX.as_bytes())? {
-            let rest = String::from_utf8_lossy(&rest).into_owned();
-            let card = rest.split('/').next().unwrap_or_default().to_string();
-            cards.entry(card).or_default().push(line);
-        }
         let (queue, incoming) = unbounded();
         let inner = Arc::new(Inner {
             config,
@@ -188,7 +181,6 @@ impl Simulator {
             store,
             queue,
             callback_url: OnceLock::new(),
-            cards: Mutex::new(cards),
             sequence: std::sync::atomic::AtomicU64::new(0),
             channels: Mutex::new(HashMap::new()),
             received: Mutex::new(HashMap::new()),
@@ -224,9 +216,11 @@ impl Simulator {
         &self.inner.key
     }
 
-    /// A card's statement, oldest first.
-    pub fn card_transactions(&self, card_no: &str) -> Vec<CardTransaction> {
-        self.inner.cards.lock().expect("cards lock").get(card_no).cloned().unwrap_or_default()
+    /// A card's statement, oldest first: read from the bank's books (`s/card/{card_no}/`, by
+    /// time), none of it held in memory (a card line per payout and collection outgrows it).
+    pub fn card_transactions(&self, card_no: &str) -> Result<Vec<CardTransaction>, String> {
+        let prefix = format!("{CARD_PREFIX}{card_no}/");
+        Ok(storage::records::load_all::<CardTransaction>(self.inner.store.as_ref(), prefix.as_bytes())?.into_iter().map(|(_, line)| line).collect())
     }
 
     fn profile(&self, channel: u16) -> Option<ChannelProfile> {
@@ -358,7 +352,6 @@ fn record_card_line(inner: &Inner, card_no: &str, amount: &str, remark: String) 
     if let Err(error) = storage::records::put(inner.store.as_ref(), &[(key, &line)]) {
         tracing::warn!("simulator: cannot record a card line: {error}");
     }
-    inner.cards.lock().expect("cards lock").entry(card_no.to_string()).or_default().push(line);
 }
 
 /// Records the bank's verdict on an order in its statement of the business day (once per order

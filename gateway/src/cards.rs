@@ -166,7 +166,7 @@ impl Cards {
         let waiting: Vec<Card> = self.state.lock().expect("cards lock").by_id.values().filter(|c| c.status == "pending_verification").cloned().collect();
         let mut resumed = 0;
         for card in waiting {
-            if simulator.card_transactions(&card.card_no).iter().any(|t| t.remark == DEPOSIT_REMARK) {
+            if simulator.card_transactions(&card.card_no)?.iter().any(|t| t.remark == DEPOSIT_REMARK) {
                 continue;
             }
             let account = AccountId(card.account);

@@ -150,7 +150,9 @@ pub async fn card_transactions(
     {
         return Err(ApiError { param: Some("card_no".into()), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({"transactions": simulator.card_transactions(&path)})))
+    let (reading, card_no) = (simulator.get_ref().clone(), path.into_inner());
+    let transactions = crate::error::blocking(move || reading.card_transactions(&card_no).map_err(ApiError::unavailable)).await??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"transactions": transactions})))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
