@@ -54,6 +54,22 @@ fn offline_transfers_land_by_virtual_account_number_or_become_cases() {
     let (status, resolved) = resolve(json!({"resolution": "returned to the payer's bank", "operator": "li.ops"}));
     assert_eq!((status, resolved["status"].as_str(), resolved["resolved_by"].as_str()), (200, Some("resolved"), Some("li.ops")), "{resolved}");
     assert_eq!(resolve(json!({"resolution": "again", "operator": "li"})).0, 409);
+    // Listed a page at a time, by status: open ones from memory, resolved ones from the store.
+    let listed = |query: &str| {
+        let (status, page) = server.get(&format!("/admin/cases{query}"), Some(token));
+        let ids: Vec<String> = page["cases"].as_array().map(|a| a.iter().map(|c| c["case_id"].as_str().unwrap().to_string()).collect()).unwrap_or_default();
+        (status, ids, page["next_cursor"].as_str().map(str::to_string), page)
+    };
+    let (_, first, next, _) = listed("?limit=1");
+    assert_eq!((first, next.as_deref()), (vec!["case_B-2".to_string()], Some("case_B-2")));
+    let (_, second, next, _) = listed("?limit=1&cursor=case_B-2");
+    assert_eq!((second, next), (vec!["case_B-3".to_string()], None));
+    assert_eq!(listed("?status=open").1, ["case_B-2"]);
+    assert_eq!(listed("?status=resolved").1, ["case_B-3"]);
+    for bad in ["?status=closed", "?limit=0", "?limit=501", "?cursor=", "?colour=red"] {
+        let (status, _, _, page) = listed(bad);
+        assert_eq!((status, page["error"]["code"].as_str()), (400, Some("invalid_request")), "{bad}: {page}");
+    }
     let (_, report) = server.get("/admin/invariants", Some(token));
     assert_eq!(report["ok"], true, "{report}");
     // Everything that arrived (credited or in suspense, each once) is at the bank and in our reserve.

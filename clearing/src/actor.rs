@@ -28,7 +28,7 @@ use storage::Store;
 use tokio::sync::oneshot;
 
 use crate::calendar::Clock;
-use crate::cases::{Case, CaseBook, CaseOpening, Resolution};
+use crate::cases::{Case, CaseBook, CaseFilter, CaseOpening, CasePage, Resolution};
 use crate::channels::{At, Channel, ChannelChange, ChannelReport, ChannelSet, ChannelSpec, ChannelTable, Decision, Fallback, RouteRequest};
 use crate::error::ClearingError;
 use crate::payouts::{PayoutBook, PayoutNote, PayoutOutcome, PayoutRequest, PayoutVerdict, VerdictOutcome};
@@ -85,7 +85,8 @@ enum Message {
     Reconcile(Box<ReconcileJob>, Reply<ReconcileReport>),
     ReconcileFinished(Result<ReconcileReport, ClearingError>, Reply<ReconcileReport>),
     OpenCases(Vec<CaseOpening>, Reply<usize>),
-    Cases(Reply<Vec<Case>>),
+    OpenCaseList(Reply<Vec<Case>>),
+    CasesPage(CaseFilter, Option<String>, usize, Reply<CasePage>),
     ResolveCase(String, Resolution, Reply<Case>),
     Trip(u16, Duration, Reply<()>),
     Stop,
@@ -271,9 +272,15 @@ impl Clearing {
         self.ask(|reply| Message::OpenCases(openings, reply)).await
     }
 
-    /// Every case, by id.
-    pub async fn cases(&self) -> Result<Vec<Case>, ClearingError> {
-        self.ask(Message::Cases).await
+    /// The open cases, by id (an operator's work list: memory only).
+    pub async fn open_case_list(&self) -> Result<Vec<Case>, ClearingError> {
+        self.ask(Message::OpenCaseList).await
+    }
+
+    /// A page of the cases `filter` keeps with ids after `after` (resolved ones are read from
+    /// the store).
+    pub async fn cases_page(&self, filter: CaseFilter, after: Option<String>, limit: usize) -> Result<CasePage, ClearingError> {
+        self.ask(|reply| Message::CasesPage(filter, after, limit, reply)).await
     }
 
     /// Records how an open case was resolved, by whom and when.
@@ -362,7 +369,8 @@ impl Actor {
                 let now = self.clock.now_micros();
                 answer(reply, self.cases.open(self.store.as_ref(), openings, now));
             }
-            Message::Cases(reply) => answer(reply, Ok(self.cases.all())),
+            Message::OpenCaseList(reply) => answer(reply, Ok(self.cases.open_cases())),
+            Message::CasesPage(filter, after, limit, reply) => answer(reply, self.cases.page(self.store.as_ref(), filter, after.as_deref(), limit)),
             Message::ResolveCase(case_id, resolution, reply) => {
                 let now = self.clock.now_micros();
                 answer(reply, self.cases.resolve(self.store.as_ref(), &case_id, resolution, now));

@@ -5,9 +5,12 @@
 //! resolve them through it, so a case is never written by two threads at once. The CLI, which
 //! runs without the actor, uses a `CaseBook` of its own.
 //!
-//! Stored as JSON `Case` records under `k/{case_id}` (the format the gateway wrote before).
+//! Stored as JSON `Case` records under `k/{case_id}` (the format the gateway wrote before), with
+//! an empty `ko/{case_id}` beside each open one. Memory holds the open cases only (an operator's
+//! work list, found through `ko/` at start); resolved ones, which pile up for as long as the bank
+//! runs, are read from the store when asked, a page at a time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use storage::Store;
@@ -16,6 +19,16 @@ use crate::error::ClearingError;
 
 /// Key prefix of the cases.
 const PREFIX: &str = "k/";
+/// The key after every case's.
+const PREFIX_END: &str = "k0";
+/// Key prefix of the open cases' marks (empty values).
+const OPEN_PREFIX: &str = "ko/";
+const OPEN_PREFIX_END: &str = "ko0";
+/// Written once the `ko/` marks exist: a database from before them (session 53) has them built
+/// by one scan of its cases at its first start.
+const OPEN_INDEX_BUILT: &[u8] = b"ki/open";
+/// Cases one page lists at most.
+pub const PAGE_MAX: usize = 1000;
 /// Longest resolution text an operator may record, in characters (what the API documents).
 pub const RESOLUTION_CHARS_MAX: usize = 1024;
 /// Longest operator name, in characters.
@@ -54,10 +67,11 @@ pub struct Resolution {
     pub operator: String,
 }
 
-/// Every case, loaded at start and written through (synced before it is kept in memory).
+/// The open cases, loaded at start and written through (synced before they are kept in memory);
+/// resolved cases stay in the store.
 #[derive(Debug, Default)]
 pub struct CaseBook {
-    by_id: BTreeMap<String, Case>,
+    open: BTreeMap<String, Case>,
 }
 
 /// The key of a case.
@@ -65,35 +79,170 @@ pub(crate) fn case_key(case_id: &str) -> Vec<u8> {
     format!("{PREFIX}{case_id}").into_bytes()
 }
 
-impl CaseBook {
-    /// Loads every stored case.
-    pub fn load(store: &dyn Store) -> Result<CaseBook, ClearingError> {
-        let records = storage::records::load_all::<Case>(store, PREFIX.as_bytes()).map_err(ClearingError::Storage)?;
-        Ok(CaseBook { by_id: records.into_iter().map(|(_, case)| (case.case_id.clone(), case)).collect() })
+fn open_key(case_id: &str) -> Vec<u8> {
+    format!("{OPEN_PREFIX}{case_id}").into_bytes()
+}
+
+fn storage(error: impl std::fmt::Display) -> ClearingError {
+    ClearingError::Storage(error.to_string())
+}
+
+fn decode(key: &[u8], value: &[u8]) -> Result<Case, ClearingError> {
+    serde_json::from_slice(value).map_err(|error| ClearingError::Storage(format!("case {}: {error}", String::from_utf8_lossy(key))))
+}
+
+/// Which cases a page lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaseFilter {
+    Open,
+    Resolved,
+    All,
+}
+
+impl CaseFilter {
+    /// `open`, `resolved` or `all`.
+    pub fn parse(text: &str) -> Option<CaseFilter> {
+        match text {
+            "open" => Some(CaseFilter::Open),
+            "resolved" => Some(CaseFilter::Resolved),
+            "all" => Some(CaseFilter::All),
+            _ => None,
+        }
     }
 
-    /// Every case, by id.
-    pub fn all(&self) -> Vec<Case> {
-        self.by_id.values().cloned().collect()
+    fn keeps(self, case: &Case) -> bool {
+        match self {
+            CaseFilter::Open => case.status == "open",
+            CaseFilter::Resolved => case.status != "open",
+            CaseFilter::All => true,
+        }
+    }
+}
+
+/// One page of cases by id, and the id to list on from when there are more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CasePage {
+    pub cases: Vec<Case>,
+    pub next_cursor: Option<String>,
+}
+
+impl CaseBook {
+    /// Loads the open cases (building their marks first on a database from before them).
+    pub fn load(store: &dyn Store) -> Result<CaseBook, ClearingError> {
+        if store.get(OPEN_INDEX_BUILT).map_err(storage)?.is_none() {
+            let all = storage::records::load_all::<Case>(store, PREFIX.as_bytes()).map_err(ClearingError::Storage)?;
+            let marks: Vec<Vec<u8>> = all.iter().filter(|(_, case)| case.status == "open").map(|(_, case)| open_key(&case.case_id)).collect();
+            let mut puts: Vec<(&[u8], &[u8])> = marks.iter().map(|key| (key.as_slice(), &b""[..])).collect();
+            puts.push((OPEN_INDEX_BUILT, b"1"));
+            storage::write_in_chunks(store, &puts).map_err(storage)?;
+        }
+        let mut ids = Vec::new();
+        store
+            .scan(OPEN_PREFIX.as_bytes(), OPEN_PREFIX_END.as_bytes(), &mut |key, _| {
+                ids.push(String::from_utf8_lossy(&key[OPEN_PREFIX.len()..]).into_owned());
+                true
+            })
+            .map_err(storage)?;
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| case_key(id)).collect();
+        let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut open = BTreeMap::new();
+        let mut stale = Vec::new();
+        for ((id, key), value) in ids.into_iter().zip(&keys).zip(store.get_many(&borrowed).map_err(storage)?) {
+            match value {
+                Some(value) => {
+                    let case = decode(key, &value)?;
+                    if case.status == "open" {
+                        open.insert(id, case);
+                    } else {
+                        stale.push(id);
+                    }
+                }
+                None => stale.push(id),
+            }
+        }
+        // Marks of cases resolved by a run that stopped between the two writes of `resolve`.
+        for id in stale {
+            CaseBook::unmark(store, &id)?;
+        }
+        Ok(CaseBook { open })
+    }
+
+    fn unmark(store: &dyn Store, case_id: &str) -> Result<(), ClearingError> {
+        let mut end = open_key(case_id);
+        let start = end.clone();
+        end.push(0);
+        store.delete_range(&start, &end).map_err(storage)
+    }
+
+    /// The open cases, by id.
+    pub fn open_cases(&self) -> Vec<Case> {
+        self.open.values().cloned().collect()
     }
 
     /// How many cases are still open.
     pub fn open_count(&self) -> u64 {
-        self.by_id.values().filter(|case| case.status == "open").count() as u64
+        self.open.len() as u64
     }
 
-    /// One case.
-    pub fn get(&self, case_id: &str) -> Option<&Case> {
-        self.by_id.get(case_id)
+    /// One case, open (memory) or resolved (the store).
+    pub fn get(&self, store: &dyn Store, case_id: &str) -> Result<Option<Case>, ClearingError> {
+        if let Some(case) = self.open.get(case_id) {
+            return Ok(Some(case.clone()));
+        }
+        let key = case_key(case_id);
+        store.get(&key).map_err(storage)?.map(|value| decode(&key, &value)).transpose()
     }
 
-    /// The cases of `openings` not open yet (re-runs open nothing twice; the first of two
-    /// openings with one id wins), as they would be stored, created at `now_micros`.
-    pub(crate) fn new_cases(&self, openings: Vec<CaseOpening>, now_micros: u64) -> Vec<Case> {
+    /// The cases `filter` keeps with ids after `after`, by id, at most `limit` (1 to
+    /// `PAGE_MAX`). Open ones come from memory; the others are read from the store.
+    pub fn page(&self, store: &dyn Store, filter: CaseFilter, after: Option<&str>, limit: usize) -> Result<CasePage, ClearingError> {
+        let limit = limit.clamp(1, PAGE_MAX);
+        let mut cases: Vec<Case> = Vec::with_capacity(limit + 1);
+        if filter == CaseFilter::Open {
+            let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+            cases.extend(self.open.range::<str, _>((from, std::ops::Bound::Unbounded)).take(limit + 1).map(|(_, case)| case.clone()));
+        } else {
+            let mut start = case_key(after.unwrap_or_default());
+            if after.is_some() {
+                start.push(0);
+            }
+            let mut failure = None;
+            store
+                .scan(&start, PREFIX_END.as_bytes(), &mut |key, value| match decode(key, value) {
+                    Ok(case) => {
+                        if filter.keeps(&case) {
+                            cases.push(case);
+                        }
+                        cases.len() <= limit
+                    }
+                    Err(error) => {
+                        failure = Some(error);
+                        false
+                    }
+                })
+                .map_err(storage)?;
+            if let Some(error) = failure {
+                return Err(error);
+            }
+        }
+        let next_cursor = (cases.len() > limit).then(|| {
+            cases.truncate(limit);
+            cases.last().map(|case| case.case_id.clone()).unwrap_or_default()
+        });
+        Ok(CasePage { cases, next_cursor })
+    }
+
+    /// The cases of `openings` not opened before (re-runs open nothing twice, resolved ones
+    /// included; the first of two openings with one id wins), as they would be stored, created
+    /// at `now_micros`.
+    pub(crate) fn new_cases(&self, store: &dyn Store, openings: Vec<CaseOpening>, now_micros: u64) -> Result<Vec<Case>, ClearingError> {
         let created_at = crate::calendar::rfc3339(now_micros);
+        let unknown: Vec<Vec<u8>> = openings.iter().filter(|o| !self.open.contains_key(&o.case_id)).map(|o| case_key(&o.case_id)).collect();
+        let borrowed: Vec<&[u8]> = unknown.iter().map(Vec::as_slice).collect();
+        let stored: HashSet<&[u8]> = borrowed.iter().zip(store.get_many(&borrowed).map_err(storage)?).filter(|(_, v)| v.is_some()).map(|(k, _)| *k).collect();
         let mut fresh: BTreeMap<String, Case> = BTreeMap::new();
         for CaseOpening { case_id, line, reason } in openings {
-            if self.by_id.contains_key(&case_id) || fresh.contains_key(&case_id) {
+            if self.open.contains_key(&case_id) || fresh.contains_key(&case_id) || stored.contains(case_key(&case_id).as_slice()) {
                 continue;
             }
             let case = Case {
@@ -108,24 +257,29 @@ impl CaseBook {
             };
             fresh.insert(case_id, case);
         }
-        fresh.into_values().collect()
+        Ok(fresh.into_values().collect())
     }
 
     /// Keeps cases that were written.
     pub(crate) fn keep(&mut self, cases: Vec<Case>) {
         for case in cases {
-            self.by_id.insert(case.case_id.clone(), case);
+            self.open.insert(case.case_id.clone(), case);
         }
     }
 
-    /// Opens the cases of `openings` not open yet, in one synced write; returns how many it opened.
+    /// Opens the cases of `openings` not opened before, each with its mark, in one synced
+    /// write; returns how many it opened.
     pub fn open(&mut self, store: &dyn Store, openings: Vec<CaseOpening>, now_micros: u64) -> Result<usize, ClearingError> {
-        let fresh = self.new_cases(openings, now_micros);
+        let fresh = self.new_cases(store, openings, now_micros)?;
         if fresh.is_empty() {
             return Ok(0);
         }
-        let records: Vec<(Vec<u8>, &Case)> = fresh.iter().map(|case| (case_key(&case.case_id), case)).collect();
-        storage::records::put(store, &records).map_err(|e| ClearingError::Storage(e.to_string()))?;
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = fresh
+            .iter()
+            .flat_map(|case| [(case_key(&case.case_id), serde_json::to_vec(case).expect("cases serialize")), (open_key(&case.case_id), Vec::new())])
+            .collect();
+        let puts: Vec<(&[u8], &[u8])> = encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        store.write(&puts).map_err(storage)?;
         let opened = fresh.len();
         self.keep(fresh);
         Ok(opened)
@@ -146,7 +300,10 @@ impl CaseBook {
         if !plain(&operator, false) || operator.chars().count() > OPERATOR_CHARS_MAX {
             return Err(ClearingError::invalid("operator must be 1 to 128 characters, not all blank, without control characters", "operator"));
         }
-        let mut case = self.by_id.get(case_id).cloned().ok_or(ClearingError::NotFound)?;
+        let mut case = match self.open.get(case_id) {
+            Some(case) => case.clone(),
+            None => self.get(store, case_id)?.ok_or(ClearingError::NotFound)?,
+        };
         if case.status == "resolved" {
             return Err(ClearingError::CaseResolved);
         }
@@ -154,8 +311,10 @@ impl CaseBook {
         case.resolution = Some(resolution);
         case.resolved_by = Some(operator);
         case.resolved_at = Some(crate::calendar::rfc3339(now_micros));
-        storage::records::put(store, &[(case_key(&case.case_id), &case)]).map_err(|e| ClearingError::Storage(e.to_string()))?;
-        self.by_id.insert(case.case_id.clone(), case.clone());
+        storage::records::put(store, &[(case_key(&case.case_id), &case)]).map_err(storage)?;
+        self.open.remove(&case.case_id);
+        // Its mark next: a stop in between leaves a mark that the next load drops.
+        CaseBook::unmark(store, &case.case_id)?;
         Ok(case)
     }
 }
@@ -202,8 +361,89 @@ mod tests {
             }
         }
         let reloaded = CaseBook::load(&store).unwrap();
-        let ids: Vec<(String, String)> = reloaded.all().into_iter().map(|c| (c.case_id, c.status)).collect();
+        let all = reloaded.page(&store, CaseFilter::All, None, PAGE_MAX).unwrap();
+        let ids: Vec<(String, String)> = all.cases.into_iter().map(|c| (c.case_id, c.status)).collect();
         assert_eq!(ids, [("a".into(), "resolved".into()), ("b".into(), "open".into()), ("c".into(), "open".into())]);
+        // Memory holds the open ones; a resolved one is read back, and never opened again.
+        assert_eq!((reloaded.open_count(), reloaded.open.contains_key("a")), (2, false));
+        assert_eq!(reloaded.get(&store, "a").unwrap().map(|c| c.status), Some("resolved".into()));
+        let mut reloaded = reloaded;
+        assert_eq!(reloaded.open(&store, vec![opening("a"), opening("d")], 0).unwrap(), 1, "a was opened before");
+        assert!(matches!(reloaded.resolve(&store, "a", resolution("again", "li"), 0), Err(ClearingError::CaseResolved)));
+    }
+
+    fn marks(store: &storage::MemoryStore) -> Vec<String> {
+        let mut found = Vec::new();
+        store
+            .scan(OPEN_PREFIX.as_bytes(), OPEN_PREFIX_END.as_bytes(), &mut |key, _| {
+                found.push(String::from_utf8_lossy(&key[OPEN_PREFIX.len()..]).into_owned());
+                true
+            })
+            .unwrap();
+        found
+    }
+
+    #[test]
+    fn open_cases_are_marked_and_pages_walk_every_case_once() {
+        let store = storage::MemoryStore::new();
+        let mut book = CaseBook::load(&store).unwrap();
+        let ids: Vec<String> = (0..25).map(|n| format!("c{n:02}")).collect();
+        book.open(&store, ids.iter().map(|id| opening(id)).collect(), 0).unwrap();
+        let resolution = Resolution { resolution: "done".into(), operator: "li".into() };
+        for id in ids.iter().step_by(3) {
+            book.resolve(&store, id, resolution.clone(), 0).unwrap();
+        }
+        let open: Vec<String> = ids.iter().enumerate().filter(|(n, _)| n % 3 != 0).map(|(_, id)| id.clone()).collect();
+        assert_eq!(marks(&store), open, "a mark for each open case, none for resolved ones");
+        for (filter, expected) in
+            [(CaseFilter::All, ids.clone()), (CaseFilter::Open, open.clone()), (CaseFilter::Resolved, ids.iter().step_by(3).cloned().collect::<Vec<_>>())]
+        {
+            for limit in [1, 4, 7, 100] {
+                let (mut seen, mut after) = (Vec::new(), None::<String>);
+                loop {
+                    let page = book.page(&store, filter, after.as_deref(), limit).unwrap();
+                    assert!(page.cases.len() <= limit);
+                    seen.extend(page.cases.into_iter().map(|c| c.case_id));
+                    match page.next_cursor {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                assert_eq!(seen, expected, "{filter:?} by {limit}");
+            }
+        }
+        // A stop between a resolution's two writes leaves its mark: the next load drops it.
+        let resolved = Case { status: "resolved".into(), ..book.get(&store, "c01").unwrap().unwrap() };
+        storage::records::put(&store, &[(case_key("c01"), &resolved)]).unwrap();
+        let reloaded = CaseBook::load(&store).unwrap();
+        assert_eq!(reloaded.open_count(), open.len() as u64 - 1);
+        assert!(!marks(&store).contains(&"c01".to_string()));
+    }
+
+    #[test]
+    fn a_database_from_before_the_marks_gets_them_at_its_first_load() {
+        let store = storage::MemoryStore::new();
+        let case = |id: &str, status: &str| Case {
+            case_id: id.into(),
+            line: serde_json::json!({}),
+            reason: "why".into(),
+            status: status.into(),
+            created_at: "2026-12-01T08:00:00Z".into(),
+            resolution: None,
+            resolved_by: None,
+            resolved_at: None,
+        };
+        // As session 52's book wrote them: records only.
+        let records = [case("x", "open"), case("y", "resolved"), case("z", "open")];
+        let keyed: Vec<(Vec<u8>, &Case)> = records.iter().map(|c| (case_key(&c.case_id), c)).collect();
+        storage::records::put(&store, &keyed).unwrap();
+        let book = CaseBook::load(&store).unwrap();
+        assert_eq!(book.open_cases().into_iter().map(|c| c.case_id).collect::<Vec<_>>(), ["x", "z"]);
+        assert_eq!(marks(&store), ["x", "z"]);
+        assert_eq!(store.get(OPEN_INDEX_BUILT).unwrap().as_deref(), Some(&b"1"[..]));
+        // Built once: a record written without a mark afterwards is not found as open.
+        storage::records::put(&store, &[(case_key("w"), &case("w", "open"))]).unwrap();
+        assert_eq!(CaseBook::load(&store).unwrap().open_count(), 2);
     }
 
     #[test]
@@ -213,8 +453,9 @@ mod tests {
         let stored = br#"{"case_id":"case_B-2","line":{"amount":"20.00","bank_ref":"B-2","currency":"CNY","payer_name":null,"virtual_account_no":"x"},"reason":"no virtual account number","status":"open","created_at":"2026-12-01T08:00:00.5Z","resolution":null,"resolved_by":null,"resolved_at":null}"#;
         store.write(&[(b"k/case_B-2".as_slice(), stored.as_slice())]).unwrap();
         let book = CaseBook::load(&store).unwrap();
-        let case = book.get("case_B-2").expect("loaded");
+        let case = book.get(&store, "case_B-2").unwrap().expect("loaded");
         assert_eq!((case.reason.as_str(), case.line["amount"].as_str()), ("no virtual account number", Some("20.00")));
-        assert_eq!(serde_json::to_vec(case).unwrap(), stored.to_vec(), "written back byte for byte");
+        assert_eq!(serde_json::to_vec(&case).unwrap(), stored.to_vec(), "written back byte for byte");
+        assert_eq!(book.open_count(), 1, "an open case of the gateway's is open");
     }
 }

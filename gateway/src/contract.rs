@@ -80,7 +80,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("scrape", "scrape_metrics", Operator, "Prometheus metrics", "The server's metrics in the Prometheus text format.", []),
     op!("list_notifications", "list_notifications", Platform, "List a member's notifications", "What was sent to the member (large withdrawals, card binds, ...), newest first.", []),
     op!("offline_transfers", "import_offline_transfers", Operator, "Import offline transfers", "The bank statement's credit lines into virtual accounts, one result each: credited, or parked in suspense with a case.", ["invalid_amount", "idempotency_conflict"]),
-    op!("list_cases", "list_cases", Operator, "List suspense cases", "Money in suspense waiting for, or resolved by, an operator.", []),
+    op!("list_cases", "list_cases", Operator, "List cases", "Money in suspense and reconciliation differences waiting for, or resolved by, an operator, by case id: filtered by status, paged with limit and cursor ({cases, next_cursor}).", []),
     op!("resolve_case", "resolve_case", Operator, "Resolve a suspense case", "Records how a case was resolved, by whom and when.", ["order_state_invalid"]),
     op!("show_order", "show_order", Platform, "Show an order", "The order with its current status and its kind's details.", []),
     op!("list_orders", "list_orders", Platform, "List orders", "The platform's transaction ledger, newest first: filtered by out_order_no, kind, status, account and creation time, paged with limit and cursor. Every filter is checked: a bad one is 400 naming it.", []),
@@ -468,8 +468,14 @@ const CHECKED_PER_ITEM: &[&str] = &["BulkOperation", "StatementLine"];
 
 /// The rules of query parameters (a body field of the same name may mean something else: a
 /// commission tier's `from` is an amount).
-fn parameter_rule(name: &str, amount_pattern: &str, currencies: &[String]) -> Option<Value> {
+fn parameter_rule(path: &str, name: &str, amount_pattern: &str, currencies: &[String]) -> Option<Value> {
     Some(match name {
+        "status" if path == "/admin/cases" => {
+            json!({"type": "string", "enum": ["open", "resolved", "all"], "description": "Which cases: open, resolved or all (the default).", "example": "open"})
+        }
+        "cursor" if path == "/admin/cases" => {
+            json!({"type": "string", "minLength": 1, "maxLength": 512, "description": "The next_cursor of the previous page (the last case id it listed).", "example": "case_B-2"})
+        }
         "from" | "to" => {
             json!({"type": "string", "format": "date-time", "pattern": DATE_TIME_PATTERN, "description": "An RFC 3339 time (from 1971 on).", "example": "2026-11-22T10:00:00Z"})
         }
@@ -715,7 +721,7 @@ fn describe(path: &str, operation: &mut Map<String, Value>, entry: &Operation, s
     if let Some(Value::Array(parameters)) = operation.get_mut("parameters") {
         for parameter in parameters.iter_mut() {
             let name = parameter["name"].as_str().unwrap_or_default().to_string();
-            if let Some(Value::Object(mut wanted)) = parameter_rule(&name, setting.amount, setting.currencies) {
+            if let Some(Value::Object(mut wanted)) = parameter_rule(path, &name, setting.amount, setting.currencies) {
                 let description = wanted.remove("description");
                 if parameter.get("description").is_none() {
                     if let Some(description) = description {

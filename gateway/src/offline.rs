@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use clearing_actor::cases::{CaseOpening, Resolution};
+use clearing_actor::cases::{CaseFilter, CaseOpening, Resolution};
 use engine::ledger::command::{Command, Envelope, OutOrderNo};
 use engine::ledger::types::OrderId;
 use engine::result::ResultCode;
@@ -128,13 +128,33 @@ pub async fn offline_transfers(
     Ok(HttpResponse::Ok().json(json!({"results": results})))
 }
 
-/// `GET /admin/cases`: money in suspense waiting for (or resolved by) an operator.
-#[utoipa::path(get, path = "/admin/cases", tag = "operator", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CasesQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /admin/cases?status=&limit=&cursor=`: money in suspense and reconciliation differences
+/// waiting for (or resolved by) an operator, by case id, a page at a time (`status` open,
+/// resolved or all, the default; `limit` 1-500, default 50; `cursor` the `next_cursor` of the
+/// previous page).
+#[utoipa::path(get, path = "/admin/cases", tag = "operator", params(("status" = Option<String>, Query, description = "open, resolved or all (default)"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[get("/admin/cases")]
 pub async fn list_cases(request: HttpRequest, token: web::Data<AdminToken>, clearing: web::Data<clearing_actor::Clearing>) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
-    let all = clearing.cases().await?;
-    Ok(HttpResponse::Ok().json(json!({"cases": all})))
+    let query = web::Query::<CasesQuery>::from_query(request.query_string()).map_err(|e| ApiError::invalid(&e.to_string(), "query"))?.into_inner();
+    let filter = match query.status.as_deref() {
+        None => CaseFilter::All,
+        Some(text) => CaseFilter::parse(text).ok_or_else(|| ApiError::invalid("status is open, resolved or all", "status"))?,
+    };
+    let limit = crate::orders::page_limit(query.limit.as_deref())?;
+    if query.cursor.as_ref().is_some_and(|cursor| cursor.is_empty() || cursor.len() > 512) {
+        return Err(ApiError::invalid("cursor is the next_cursor of the previous page", "cursor"));
+    }
+    let page = clearing.cases_page(filter, query.cursor, limit).await?;
+    Ok(HttpResponse::Ok().json(page))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -70,10 +70,10 @@ async fn home(
     let shards: Vec<_> = (0..engine.config().shard_count).filter_map(|s| crate::admin::shard_view(&engine, s)).collect();
     let stopped = shards.iter().filter(|s| s.stopped).count();
     let accounts: u64 = shards.iter().map(|s| s.accounts).sum();
-    let cases = clearing.cases().await.map_err(crate::error::ApiError::from)?;
-    let open_cases = cases.iter().filter(|c| c.status == "open").count();
+    let cases = clearing.open_case_list().await.map_err(crate::error::ApiError::from)?;
+    let open_cases = cases.len();
     let mut reasons: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
-    for case in cases.iter().filter(|c| c.status == "open") {
+    for case in &cases {
         *reasons.entry(case.reason.as_str()).or_default() += 1;
     }
     let reasons: Vec<(String, i64)> = reasons.into_iter().map(|(reason, count)| (reason.replace('_', " "), count)).collect();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use clearing_actor::calendar::{date_text, parse_date};
+use clearing_actor::cases::{CaseFilter, CasePage};
 use clearing_actor::Clearing;
 use engine::Engine;
 use maud::{html, Markup, PreEscaped};
@@ -373,13 +374,24 @@ async fn statement(session: Session, query: web::Query<StatementQuery>, engine: 
 #[derive(Deserialize)]
 struct CasesQuery {
     status: Option<String>,
+    cursor: Option<String>,
 }
 
-async fn reconciliation_page(session: &Session, clearing: &Clearing, status: &str, result: Option<Markup>) -> Result<HttpResponse, PortalError> {
-    let mut cases = clearing.cases().await.map_err(ApiError::from)?;
-    if status != "all" {
-        cases.retain(|c| c.status == status);
-    }
+/// Cases one page of the reconciliation page lists.
+const CASES_PER_PAGE: usize = 200;
+
+async fn reconciliation_page(
+    session: &Session,
+    clearing: &Clearing,
+    status: &str,
+    after: Option<String>,
+    result: Option<Markup>,
+) -> Result<HttpResponse, PortalError> {
+    let filter = CaseFilter::parse(status).unwrap_or(CaseFilter::Open);
+    let CasePage { cases, next_cursor } = clearing.cases_page(filter, after, CASES_PER_PAGE).await.map_err(ApiError::from)?;
+    let next_link = next_cursor.map(|next| {
+        format!("/portal/system/reconciliation?status={status}&cursor={}", url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>())
+    });
     let channels: Vec<String> = clearing.channels().all().iter().map(|c| c.name.clone()).collect();
     let body = html! {
         @if let Some(result) = result { (result) }
@@ -424,6 +436,7 @@ async fn reconciliation_page(session: &Session, clearing: &Clearing, status: &st
                 @if cases.is_empty() { tr { td colspan="6" .muted { "No " (status) " case." } } }
             }
         }
+        @if let Some(link) = &next_link { p { a.next href=(link) { "Next page →" } } }
     };
     Ok(page(session, "Reconciliation", "/portal/system/reconciliation", body))
 }
@@ -434,9 +447,9 @@ async fn reconciliation(session: Session, clearing: ClearingData, query: web::Qu
         None | Some("open") => "open",
         Some("resolved") => "resolved",
         Some("all") => "all",
-        Some(_) => return reconciliation_page(&session, &clearing, "open", Some(notice("error", "status is open, resolved or all"))).await,
+        Some(_) => return reconciliation_page(&session, &clearing, "open", None, Some(notice("error", "status is open, resolved or all"))).await,
     };
-    reconciliation_page(&session, &clearing, status, None).await
+    reconciliation_page(&session, &clearing, status, query.cursor.clone(), None).await
 }
 
 async fn reconcile(
@@ -452,7 +465,7 @@ async fn reconcile(
     let name = form.get("channel").to_string();
     let date = form.get("business_date").trim().to_string();
     let (Some(channel), Some(day)) = (clearing.channels().by_name(&name).map(|c| c.id), parse_date(&date)) else {
-        return reconciliation_page(&session, &clearing, "open", Some(notice("error", "choose a channel and a business date YYYY-MM-DD"))).await;
+        return reconciliation_page(&session, &clearing, "open", None, Some(notice("error", "choose a channel and a business date YYYY-MM-DD"))).await;
     };
     let (file, source) = match form.opt("file") {
         Some(text) => (text.as_bytes().to_vec(), "pasted file"),
@@ -500,7 +513,7 @@ async fn reconcile(
             notice("error", &format!("Reconciliation refused: {}", error.message))
         }
     };
-    reconciliation_page(&session, &clearing, "open", Some(result)).await
+    reconciliation_page(&session, &clearing, "open", None, Some(result)).await
 }
 
 // ---- Invariants and the reserve --------------------------------------------------------------
