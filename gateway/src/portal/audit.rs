@@ -2,6 +2,9 @@
 //! from where, outcome) under `o/au/{sequence}`, each carrying the SHA-256 of the record before
 //! it, so that a changed or removed record breaks the chain (`verify`). Written (synced) before
 //! the answer to the action it records; searched within the searcher's scope; exported as CSV.
+//! Memory holds the chain's head only (the next sequence, the last record's hash): records are
+//! read from the store, a window at a time, newest first, for each search (operators act every
+//! day for years, and each sign-in is a record).
 
 use std::sync::{Arc, Mutex};
 
@@ -51,10 +54,16 @@ pub struct Query {
 
 pub struct Audit {
     store: Arc<dyn Store>,
-    /// Every record in order (operator actions are few; see ARCHITECTURE.md's known limits),
-    /// and the hash of the last one.
-    inner: Mutex<(Vec<Arc<Record>>, String)>,
+    /// How many records there are (the last one's sequence), and the hash of the last one.
+    inner: Mutex<(u64, String)>,
 }
+
+/// Records a start checks the links of (the newest ones); `verify` checks them all.
+pub const START_CHECKED: u64 = 10_000;
+/// Records one read of a search takes from the store.
+const SEARCH_WINDOW: u64 = 256;
+/// Records one search page examines at most.
+const SEARCH_EXAMINED_MAX: usize = 100_000;
 
 fn key(sequence: u64) -> Vec<u8> {
     let mut key = PREFIX.to_vec();
@@ -78,37 +87,69 @@ fn text_of(value: &serde_json::Value) -> String {
     }
 }
 
-impl Audit {
-    /// Loads the log and checks its chain: a broken chain refuses the start (someone changed
-    /// the records behind the server's back).
-    pub fn load(store: Arc<dyn Store>) -> Result<Audit, String> {
-        let mut records = Vec::new();
-        let mut previous = String::new();
-        let mut failure = None;
-        let mut end = PREFIX.to_vec();
-        *end.last_mut().expect("prefix") += 1;
-        store
-            .scan(PREFIX, &end, &mut |_, value| {
-                let record = match serde_json::from_slice::<Record>(value) {
-                    Ok(record) => record,
-                    Err(error) => {
-                        failure = Some(format!("audit record: {error}"));
-                        return false;
-                    }
-                };
-                if record.previous != previous {
-                    failure = Some(format!("audit log chain broken at record {}", record.sequence));
+fn prefix_end() -> Vec<u8> {
+    let mut end = PREFIX.to_vec();
+    *end.last_mut().expect("prefix") += 1;
+    end
+}
+
+/// Walks the records from `from` to `to` (sequences, `to` excluded) in order, checking that each
+/// names the hash of the one before (`previous`: the hash the first must name, `None` to take
+/// the first as it is); returns how many it walked and the last one's hash.
+fn walk_chain(store: &dyn Store, from: u64, to: u64, mut previous: Option<String>) -> Result<(u64, String), String> {
+    let (mut walked, mut failure, mut expected) = (0u64, None, from);
+    let end = if to == u64::MAX { prefix_end() } else { key(to) };
+    store
+        .scan(&key(from), &end, &mut |_, value| {
+            let record = match serde_json::from_slice::<Record>(value) {
+                Ok(record) => record,
+                Err(error) => {
+                    failure = Some(format!("audit record: {error}"));
                     return false;
                 }
-                previous = hex::encode(Sha256::digest(value));
-                records.push(Arc::new(record));
-                true
-            })
-            .map_err(|e| e.to_string())?;
-        if let Some(failure) = failure {
-            return Err(failure);
+            };
+            if record.sequence != expected || previous.as_ref().is_some_and(|previous| record.previous != *previous) {
+                failure = Some(format!("audit log chain broken at record {}", record.sequence));
+                return false;
+            }
+            previous = Some(hex::encode(Sha256::digest(value)));
+            expected += 1;
+            walked += 1;
+            true
+        })
+        .map_err(|e| e.to_string())?;
+    match failure {
+        Some(failure) => Err(failure),
+        None => Ok((walked, previous.unwrap_or_default())),
+    }
+}
+
+impl Audit {
+    /// Finds the chain's head and checks the links of the newest `START_CHECKED` records (the
+    /// first names no record before it): a broken chain refuses the start (someone changed the
+    /// records behind the server's back). `verify` checks the whole chain.
+    pub fn load(store: Arc<dyn Store>) -> Result<Audit, String> {
+        let exists = |sequence: u64| store.get(&key(sequence)).map(|v| v.is_some()).map_err(|e| e.to_string());
+        // Sequences run from 1 without a gap: the last one by doubling, then bisection.
+        let (mut low, mut high) = (0u64, 1u64);
+        while exists(high)? {
+            low = high;
+            high = high.saturating_mul(2);
         }
-        Ok(Audit { store, inner: Mutex::new((records, previous)) })
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            if exists(middle)? {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+        let last = low;
+        let first = last.saturating_sub(START_CHECKED).max(1);
+        let previous = if first == 1 { Some(String::new()) } else { None };
+        // Up to the end of the prefix: a record past a gap breaks the walk too.
+        let (_, hash) = walk_chain(store.as_ref(), first, u64::MAX, previous)?;
+        Ok(Audit { store, inner: Mutex::new((last, hash)) })
     }
 
     /// Appends a record of `session`'s action on `scope`; synced before it returns.
@@ -154,7 +195,7 @@ impl Audit {
     ) -> Result<(), ApiError> {
         let mut inner = self.inner.lock().expect("audit lock");
         let record = Record {
-            sequence: inner.0.len() as u64 + 1,
+            sequence: inner.0 + 1,
             at: now_seconds(),
             operator_id,
             operator: operator.to_string(),
@@ -171,47 +212,73 @@ impl Audit {
         let bytes = serde_json::to_vec(&record).expect("records serialize");
         self.store.write(&[(&key(record.sequence), &bytes)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
         inner.1 = hex::encode(Sha256::digest(&bytes));
-        inner.0.push(Arc::new(record));
+        inner.0 = record.sequence;
         Ok(())
     }
 
     /// Records visible to `scope` that match `query`, newest first, and the cursor of the next
-    /// page. Work per call is bounded by the records examined (at most 100,000 per page).
-    pub fn search(&self, scope: &Scope, query: &Query) -> (Vec<Arc<Record>>, Option<u64>) {
-        let inner = self.inner.lock().expect("audit lock");
-        let records = &inner.0;
-        let start = query.before_sequence.map_or(records.len(), |before| (before.saturating_sub(1) as usize).min(records.len()));
+    /// page. Work per call is bounded by the records examined (at most 100,000 per page), read
+    /// from the store `SEARCH_WINDOW` at a time.
+    pub fn search(&self, scope: &Scope, query: &Query) -> Result<(Vec<Arc<Record>>, Option<u64>), ApiError> {
+        let count = self.inner.lock().expect("audit lock").0;
+        // Records below `index` (a sequence) are still to examine.
+        let mut index = query.before_sequence.map_or(count + 1, |before| before.min(count + 1));
         let limit = query.limit.clamp(1, 500);
         let text = query.text.as_ref().map(|text| text.to_lowercase());
         let mut found = Vec::new();
         let mut examined = 0usize;
-        let mut index = start;
-        while index > 0 && found.len() < limit && examined < 100_000 {
-            index -= 1;
-            examined += 1;
-            let record = &records[index];
-            let visible = scope.contains(&record.scope);
-            let matches = visible
-                && query.operator.as_ref().is_none_or(|name| &record.operator == name)
-                && query.action.as_ref().is_none_or(|action| record.action.starts_with(action.as_str()))
-                && query.from_at.is_none_or(|from| record.at >= from)
-                && query.to_at.is_none_or(|to| record.at < to)
-                && text.as_ref().is_none_or(|text| {
-                    [&record.target, &record.before, &record.after, &record.outcome, &record.action]
-                        .iter()
-                        .any(|field| field.to_lowercase().contains(text.as_str()))
-                });
-            if matches {
-                found.push(record.clone());
+        while index > 1 && found.len() < limit && examined < SEARCH_EXAMINED_MAX {
+            let low = index.saturating_sub(SEARCH_WINDOW).max(1);
+            let mut window: Vec<Record> = Vec::with_capacity((index - low) as usize);
+            let mut failure = None;
+            self.store
+                .scan(&key(low), &key(index), &mut |_, value| match serde_json::from_slice::<Record>(value) {
+                    Ok(record) => {
+                        window.push(record);
+                        true
+                    }
+                    Err(error) => {
+                        failure = Some(error.to_string());
+                        false
+                    }
+                })
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            if let Some(failure) = failure {
+                return Err(ApiError::unavailable(format!("audit record: {failure}")));
+            }
+            if window.len() as u64 != index - low {
+                return Err(ApiError::unavailable(format!("audit records {low} to {} are not all in the store", index - 1)));
+            }
+            for record in window.into_iter().rev() {
+                if found.len() >= limit || examined >= SEARCH_EXAMINED_MAX {
+                    break;
+                }
+                index = record.sequence;
+                examined += 1;
+                let visible = scope.contains(&record.scope);
+                let matches = visible
+                    && query.operator.as_ref().is_none_or(|name| &record.operator == name)
+                    && query.action.as_ref().is_none_or(|action| record.action.starts_with(action.as_str()))
+                    && query.from_at.is_none_or(|from| record.at >= from)
+                    && query.to_at.is_none_or(|to| record.at < to)
+                    && text.as_ref().is_none_or(|text| {
+                        [&record.target, &record.before, &record.after, &record.outcome, &record.action]
+                            .iter()
+                            .any(|field| field.to_lowercase().contains(text.as_str()))
+                    });
+                if matches {
+                    found.push(Arc::new(record));
+                }
             }
         }
-        let next = (index > 0).then_some(index as u64 + 1);
-        (found, next)
+        let next = (index > 1).then_some(index);
+        Ok((found, next))
     }
 
-    /// Checks the whole chain against the store (what `load` checks, on demand).
-    pub fn verify(&self) -> Result<usize, String> {
-        Audit::load(self.store.clone()).map(|audit| audit.inner.lock().expect("audit lock").0.len())
+    /// Checks the whole chain against the store, one record at a time (nothing kept); how many
+    /// records it holds.
+    pub fn verify(&self) -> Result<u64, String> {
+        walk_chain(self.store.as_ref(), 1, u64::MAX, Some(String::new())).map(|(walked, _)| walked)
     }
 }
 
@@ -265,12 +332,12 @@ mod tests {
                 .expect("written");
         }
         assert_eq!(audit.verify(), Ok(4));
-        let (mine, next) = audit.search(&Scope::Platform { platform: 1 }, &Query { limit: 50, ..Query::default() });
+        let (mine, next) = audit.search(&Scope::Platform { platform: 1 }, &Query { limit: 50, ..Query::default() }).unwrap();
         assert_eq!(mine.iter().map(|r| r.sequence).collect::<Vec<_>>(), vec![4, 2]);
         assert_eq!(next, None);
-        let (page, next) = audit.search(&Scope::System, &Query { limit: 2, ..Query::default() });
+        let (page, next) = audit.search(&Scope::System, &Query { limit: 2, ..Query::default() }).unwrap();
         assert_eq!((page.len(), next), (2, Some(3)));
-        let (rest, _) = audit.search(&Scope::System, &Query { limit: 2, before_sequence: next, ..Query::default() });
+        let (rest, _) = audit.search(&Scope::System, &Query { limit: 2, before_sequence: next, ..Query::default() }).unwrap();
         assert_eq!(rest.iter().map(|r| r.sequence).collect::<Vec<_>>(), vec![2, 1]);
         // Someone edits record 2 in the store: the chain breaks at record 3.
         let mut changed: Record = serde_json::from_slice(&store.get(&key(2)).unwrap().unwrap()).unwrap();
@@ -279,5 +346,75 @@ mod tests {
         assert_eq!(audit.verify(), Err("audit log chain broken at record 3".to_string()));
         let text = String::from_utf8(csv(&page)).unwrap();
         assert!(text.starts_with("sequence,at,operator"), "{text}");
+    }
+
+    fn append(audit: &Audit, n: u64) {
+        let scope = if n.is_multiple_of(2) { Scope::Platform { platform: 1 } } else { Scope::Platform { platform: 2 } };
+        audit
+            .append(1, "alice", "operator", scope, "member.freeze", &format!("t{n}"), serde_json::Value::Null, serde_json::Value::Null, "127.0.0.1", "ok")
+            .expect("written");
+    }
+
+    /// The log is read from the store for each search, a window at a time, and a start finds
+    /// its head without reading it all: pages walk every visible record once, newest first,
+    /// across windows and restarts.
+    #[test]
+    fn searches_read_the_store_a_window_at_a_time_and_a_start_finds_the_head() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let audit = Audit::load(store.clone()).expect("empty");
+        for n in 1..=700 {
+            append(&audit, n);
+        }
+        let audit = Audit::load(store.clone()).expect("reloaded");
+        append(&audit, 701);
+        assert_eq!(audit.inner.lock().unwrap().0, 701, "the next record follows the last one stored");
+        assert_eq!(audit.verify(), Ok(701));
+        let mine: Vec<u64> = (1..=701u64).rev().filter(|n| n.is_multiple_of(2)).collect();
+        for limit in [1, 7, 100, 500] {
+            let (mut seen, mut cursor) = (Vec::new(), None);
+            loop {
+                let (page, next) = audit.search(&Scope::Platform { platform: 1 }, &Query { limit, before_sequence: cursor, ..Query::default() }).unwrap();
+                seen.extend(page.iter().map(|r| r.sequence));
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, mine, "pages of {limit}");
+        }
+        let (text, _) = audit.search(&Scope::System, &Query { limit: 500, text: Some("T69".into()), ..Query::default() }).unwrap();
+        assert_eq!(text.iter().map(|r| r.sequence).collect::<Vec<_>>(), vec![699, 698, 697, 696, 695, 694, 693, 692, 691, 690, 69]);
+    }
+
+    /// A start checks the newest `START_CHECKED` links (and that nothing follows a gap); an
+    /// older change is found by `verify`, which walks the whole chain.
+    #[test]
+    fn a_start_checks_the_newest_links_and_verify_all_of_them() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let audit = Audit::load(store.clone()).expect("empty");
+        let count = START_CHECKED + 50;
+        for n in 1..=count {
+            append(&audit, n);
+        }
+        let tamper = |sequence: u64| {
+            let mut changed: Record = serde_json::from_slice(&store.get(&key(sequence)).unwrap().unwrap()).unwrap();
+            changed.target = "edited".into();
+            store.write(&[(&key(sequence), &serde_json::to_vec(&changed).unwrap())]).unwrap();
+        };
+        tamper(20);
+        assert!(Audit::load(store.clone()).is_ok(), "older than the records a start checks");
+        assert_eq!(Audit::load(store.clone()).unwrap().verify(), Err("audit log chain broken at record 21".to_string()));
+        tamper(count - 5);
+        assert_eq!(Audit::load(store.clone()).err(), Some(format!("audit log chain broken at record {}", count - 4)));
+        // A record past a gap refuses the start, as does a missing first one in a short log.
+        let short: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let audit = Audit::load(short.clone()).expect("empty");
+        for n in 1..=3 {
+            append(&audit, n);
+        }
+        short.delete_range(&key(1), &key(2)).unwrap();
+        assert_eq!(Audit::load(short.clone()).err(), Some("audit log chain broken at record 2".to_string()));
+        short.delete_range(&key(2), &key(3)).unwrap();
+        assert_eq!(Audit::load(short.clone()).err(), Some("audit log chain broken at record 3".to_string()));
     }
 }

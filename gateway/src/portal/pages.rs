@@ -395,7 +395,7 @@ async fn audit(session: Session, portal: PortalData, query: web::Query<AuditQuer
         before_sequence: cursor,
         limit: if csv { 500 } else { 50 },
     };
-    let (records, next) = portal.audit.search(&session.scope(), &search);
+    let (records, next) = portal.audit.search(&session.scope(), &search)?;
     if csv {
         return Ok(HttpResponse::Ok()
             .content_type("text/csv; charset=utf-8")
