@@ -175,6 +175,16 @@ fn money_in_channels_take_only_their_currency_in_their_hours_and_days() {
     assert_eq!(status, 201, "{last}");
     p.wait_order(last["order_id"].as_str().unwrap(), "succeeded");
     assert_eq!((p.balances(&usd).0, p.balances(&cny).0), ("10.00".to_string(), "20.00".to_string()));
+    // sim_gateway taken out: a new order naming no channel goes through the next CNY one
+    // (sim_wechat_scan), while a replay of one that went through sim_gateway is still its replay
+    // (not a conflict over the channel chosen today).
+    channel_change(json!({"enabled": false}));
+    let (status, replayed, again) = recharge("cny-1", &cny, "CNY", None);
+    assert_eq!((status, replayed, &again["order_id"], again["channel"].as_str()), (201, true, &first["order_id"], Some("sim_gateway")), "{again}");
+    assert_eq!(error_of(&recharge("cny-1", &usd, "USD", None)), (409, Some("idempotency_conflict")), "another body under the number");
+    let (status, _, moved) = recharge("cny-6", &cny, "CNY", None);
+    assert_eq!((status, moved["channel"].as_str()), (201, Some("sim_wechat_scan")), "{moved}");
+    p.wait_order(moved["order_id"].as_str().unwrap(), "succeeded");
     let (_, report) = server.get("/admin/invariants", Some(token));
     assert_eq!(report["ok"], true, "{report}");
     server.stop();

@@ -101,11 +101,11 @@ pub async fn prepare_payment(engine: &Arc<Engine>, clearing: &clearing_actor::Cl
     view.value("currency", &body.currency);
     view.value("payer_account_id", &body.payer_account_id);
     view.value("payees", &body.payees).value("splits", &body.splits).value("funding", if direct { "channel" } else { "balance" });
-    let prepared = Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true);
+    let mut envelope = Envelope { platform: platform.id, out_order_no: Some(number), command };
     if direct {
-        crate::recharges::within_money_in_channel(engine, &clearing.channels(), clearing.now_micros(), &prepared.envelope).await?;
+        crate::recharges::within_money_in_channel(engine, &clearing.channels(), clearing.now_micros(), &mut envelope, body.channel.is_none()).await?;
     }
-    Ok(prepared)
+    Ok(Prepared::new(envelope, view, true))
 }
 
 /// `POST /v1/payments/{order_id}/confirm` (and the bulk `confirm` operation, which names the order).

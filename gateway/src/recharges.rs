@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use actix_web::{post, web, HttpResponse};
 use engine::ledger::command::{Command, Envelope};
-use engine::ledger::types::{OrderId, Reply};
+use engine::ledger::types::{OrderDetail, OrderId, Reply};
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,13 @@ pub async fn prepare_recharge(engine: &Arc<Engine>, clearing: &Clearing, platfor
     let minor = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
     let channel = money_in_channel(&channels, body.channel.as_deref(), spec.code_str())?;
+    let command = Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel };
+    let mut envelope = Envelope { platform: platform.id, out_order_no: Some(number), command };
+    within_money_in_channel(engine, &channels, clearing.now_micros(), &mut envelope, body.channel.is_none()).await?;
+    let channel = match envelope.command {
+        Command::RequestRecharge { channel, .. } => channel,
+        _ => channel,
+    };
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no);
     view.value("kind", &"recharge");
@@ -48,10 +55,7 @@ pub async fn prepare_recharge(engine: &Arc<Engine>, clearing: &Clearing, platfor
     view.value("currency", &body.currency);
     view.value("account_id", &body.account_id);
     view.value("channel", &channels.name(channel));
-    let command = Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel };
-    let prepared = Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true);
-    within_money_in_channel(engine, &channels, clearing.now_micros(), &prepared.envelope).await?;
-    Ok(prepared)
+    Ok(Prepared::new(envelope, view, true))
 }
 
 /// Holds a new money-in order (a recharge, a collection, a direct payment) to what its channel
@@ -60,17 +64,33 @@ pub async fn prepare_recharge(engine: &Arc<Engine>, clearing: &Clearing, platfor
 /// order number the engine already holds a record of goes on to the engine whatever its
 /// channel says now, which answers it as it did the first time (a replay) or as a conflict: a
 /// limit the operator lowered or a window that closed since must not change an answer already
-/// given. Other commands pass. Part of `prepare_recharge` and `prepare_payment`, so every path
-/// of money in (API, bulk, pages) has it.
-pub(crate) async fn within_money_in_channel(engine: &Arc<Engine>, channels: &ChannelSet, now: u64, envelope: &Envelope) -> Result<(), ApiError> {
+/// given. When the platform named no channel (`defaulted`), the channel is the one the held
+/// order went through, not the one chosen today (a channel added or disabled since would make
+/// the replay a conflict, and a platform that took that as a failure would pay twice). Other
+/// commands pass. Part of `prepare_recharge` and `prepare_payment`, so every path of money in
+/// (API, bulk, pages) has it.
+pub(crate) async fn within_money_in_channel(
+    engine: &Arc<Engine>,
+    channels: &ChannelSet,
+    now: u64,
+    envelope: &mut Envelope,
+    defaulted: bool,
+) -> Result<(), ApiError> {
     let (Command::RequestRecharge { amount, channel, currency, .. } | Command::RequestDirectPayment { amount, channel, currency, .. }) = envelope.command
     else {
         return Ok(());
     };
-    let Some(taker) = channels.get(channel) else { return Ok(()) };
-    let Some(spec) = engine.config().currencies.get(currency.0 as usize).copied() else { return Ok(()) };
-    let Some(reason) = channels.money_in_refusal(taker, spec.code_str(), amount, now) else { return Ok(()) };
-    let refusal = || {
+    let spec = engine.config().currencies.get(currency.0 as usize).copied();
+    let taker = channels.get(channel);
+    let reason = match (taker, spec) {
+        (Some(taker), Some(spec)) => channels.money_in_refusal(taker, spec.code_str(), amount, now),
+        _ => None,
+    };
+    if reason.is_none() && !defaulted {
+        return Ok(());
+    }
+    let refusal = |reason: &str| {
+        let (Some(taker), Some(spec)) = (taker, spec) else { return ApiError::new(422, "no_channel_available", "the channel cannot take this order") };
         let name = &taker.name;
         let (message, param) = match reason {
             "currency_not_served" => (format!("{name} takes {} only", taker.currency), "currency"),
@@ -86,15 +106,35 @@ pub(crate) async fn within_money_in_channel(engine: &Arc<Engine>, channels: &Cha
         ApiError { param: Some(param.into()), ..ApiError::new(422, "no_channel_available", &message) }
     };
     // The record the engine would answer from: on the shard of the account the order debits.
-    let (Some(key), Some(account)) = (engine::ledger::command::own_key(envelope), envelope.command.debited_account()) else { return Err(refusal()) };
-    let shard = account.shard(engine.config().shard_count);
+    let (Some(key), Some(account)) = (engine::ledger::command::own_key(envelope), envelope.command.debited_account()) else {
+        return reason.map_or(Ok(()), |reason| Err(refusal(reason)));
+    };
+    let shard_count = engine.config().shard_count;
     let reading = engine.clone();
-    // Off the async workers (a read of the shard, or of its cold rows); a refusal is rare.
-    let held = crate::error::blocking(move || reading.idempotency_record(shard, key).map(|record| record.is_some())).await??;
-    if held {
-        Ok(())
-    } else {
-        Err(refusal())
+    // Off the async workers (a read of the shard, or of its cold rows): a refusal is rare; an
+    // order naming no channel pays this read for its replays' sake.
+    let first_channel = crate::error::blocking(move || -> Result<Option<Option<u16>>, engine::EngineError> {
+        let Some(record) = reading.idempotency_record(account.shard(shard_count), key)? else { return Ok(None) };
+        let order = OrderId(record.reply.id);
+        let channel = reading.read_shard(order.shard(shard_count), move |state| {
+            state.order(order).and_then(|o| match o.detail {
+                OrderDetail::Recharge { channel } | OrderDetail::Payment { channel: Some(channel), .. } => Some(channel),
+                _ => None,
+            })
+        })?;
+        Ok(Some(channel))
+    })
+    .await??;
+    match first_channel {
+        Some(held) => {
+            if let (true, Some(held)) = (defaulted, held) {
+                if let Command::RequestRecharge { channel, .. } | Command::RequestDirectPayment { channel, .. } = &mut envelope.command {
+                    *channel = held;
+                }
+            }
+            Ok(())
+        }
+        None => reason.map_or(Ok(()), |reason| Err(refusal(reason))),
     }
 }
 
