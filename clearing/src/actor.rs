@@ -496,10 +496,16 @@ impl Actor {
             self.forget(order, channel);
         }
         if !succeeded && waiting {
+            // The note first: a note that cannot be read stops the verdict before anything is
+            // given back, so the watchdog's next try does not give the channel's usage back twice.
+            let noted = match number {
+                Some(number) => Some((number, PayoutBook::get(self.store.as_ref(), platform, number.as_str())?)),
+                None => None,
+            };
             self.table.record_outcome(channel, false, now);
             self.table.release(channel, amount, created_at);
-            if let Some(number) = number {
-                match self.fall_back(order, channel, platform, number.as_str(), amount, spec, why)? {
+            if let Some((number, note)) = noted {
+                match self.fall_back(order, channel, note, platform, number.as_str(), amount, spec, why)? {
                     FallBack::Rerouted(next) => return Ok(VerdictOutcome::Rerouted { received: true, status: "processing", rerouted_to: next }),
                     FallBack::Stale => return Ok(VerdictOutcome::Stale { received: true, stale: true }),
                     FallBack::Nowhere => {}
@@ -530,13 +536,14 @@ impl Actor {
         &mut self,
         order: OrderId,
         failed: u16,
+        note: Option<PayoutNote>,
         platform: u32,
         number: &str,
         amount: Minor,
         spec: CurrencySpec,
         why: &str,
     ) -> Result<FallBack, ClearingError> {
-        let Some(mut note) = PayoutBook::get(self.store.as_ref(), platform, number)? else { return Ok(FallBack::Nowhere) };
+        let Some(mut note) = note else { return Ok(FallBack::Nowhere) };
         let (Some(arrival), Some(account_type)) = (note.arrival, note.account_type) else { return Ok(FallBack::Nowhere) };
         if !note.tried.contains(&failed) {
             note.tried.push(failed);
@@ -716,12 +723,21 @@ impl Actor {
                     Waiting::Payout { order, channel, amount, created_at, status, platform, number, spec } => {
                         self.table.count_used(channel, amount, now, created_at);
                         if status == OrderStatus::Processing {
-                            resumed += 1;
                             let noted = match number {
-                                Some(number) => PayoutBook::get(self.store.as_ref(), platform, number.as_str())?,
-                                None => None,
+                                Some(number) => PayoutBook::get(self.store.as_ref(), platform, number.as_str()),
+                                None => Ok(None),
+                            };
+                            // A note that cannot be read: the payout is not sent again (its card is
+                            // in the note), and the start goes on for every other order.
+                            let noted = match noted {
+                                Ok(noted) => noted,
+                                Err(error) => {
+                                    tracing::error!(order = order.0, "payout not resent at start: {error}");
+                                    continue;
+                                }
                             };
                             let card_no = noted.and_then(|note| note.card_no).unwrap_or_default();
+                            resumed += 1;
                             self.send_payout(order, channel, amount, spec, card_no);
                         }
                     }

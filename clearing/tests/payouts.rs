@@ -29,6 +29,7 @@ struct World {
     engine: Arc<Engine>,
     clearing: Clearing,
     bank: Arc<banksim::Simulator>,
+    store: Arc<dyn storage::Store>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -42,9 +43,10 @@ impl World {
         let config = banksim::SimulatorConfig { latency_ms: 60_000, ..banksim::SimulatorConfig::default() };
         let bank = Arc::new(banksim::Simulator::start(config, "key".into(), store.clone()).unwrap());
         let clearing =
-            Clearing::start(engine.clone(), store, bank.clone(), table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
+            Clearing::start(engine.clone(), store.clone(), bank.clone(), table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default())
+                .unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        World { engine, clearing, bank, runtime }
+        World { engine, clearing, bank, store, runtime }
     }
 
     fn account(&self, owner: u64, amount: i64) -> AccountId {
@@ -125,6 +127,29 @@ fn two_verdicts_about_one_failure_move_a_payout_once() {
     // The second channel pays: the order succeeds.
     let paid = w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded: true, channel: Some("dear".into()) })).unwrap();
     assert_eq!(paid, VerdictOutcome::Completed { received: true, status: Some("succeeded") });
+}
+
+/// A failed payout whose note cannot be read is an error before anything is given back: the
+/// watchdog retries the verdict every timeout, and each try gave the channel's daily usage back
+/// again (until its cap no longer held) before the note was read.
+#[test]
+fn a_verdict_on_a_payout_whose_note_cannot_be_read_gives_nothing_back() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let first = w.payout("w1", account, 10_000);
+    let order = OrderId(first.reply.id);
+    let used = || {
+        let report = w.runtime.block_on(w.clearing.report()).unwrap();
+        report.iter().find(|c| c.name == "cheap").unwrap().used_today.clone()
+    };
+    assert_eq!(used(), "100.00");
+    w.store.write(&[(format!("x/{P}/w1").as_bytes(), b"{not a note".as_slice())]).unwrap();
+    for _ in 0..3 {
+        let outcome = w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded: false, channel: Some("cheap".into()) }));
+        assert!(matches!(outcome, Err(clearing_actor::ClearingError::Storage(ref message)) if message.contains("x/5/w1")), "{outcome:?}");
+        assert_eq!(used(), "100.00", "nothing given back");
+    }
+    assert_eq!(w.channel_of(order), (1, 100), "still on its channel, charged once");
 }
 
 #[test]
