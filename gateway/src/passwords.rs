@@ -40,7 +40,7 @@ pub struct Passwords {
     /// guesses cannot get past the lockout (a burst of a thousand all read the count before
     /// any was written). Its lock also orders every read-modify-write of a record; argon2 runs
     /// outside it. An account leaves the map when its last check ends.
-    in_flight: Mutex<HashMap<u64, u8>>,
+    in_flight: Mutex<HashMap<u64, u32>>,
 }
 
 impl Passwords {
@@ -80,7 +80,7 @@ impl Passwords {
 
     /// Verifies a payment password for `account`.
     pub fn verify(&self, account: AccountId, password: Option<&str>) -> Result<(), ApiError> {
-        let record = {
+        let (record, mut held) = {
             let mut in_flight = self.in_flight.lock().expect("passwords lock");
             let Some(record) = self.read(account)? else {
                 return Err(ApiError::new(422, "payment_password_not_set", "the account has no payment password; set one first"));
@@ -88,47 +88,37 @@ impl Passwords {
             if record.failures >= FAILURES_MAX {
                 return Err(locked());
             }
-            let Some(_) = password else {
+            if password.is_none() {
                 return Err(ApiError {
                     param: Some("payment_password".into()),
                     ..ApiError::new(422, "invalid_payment_password", "this platform requires payment_password")
                 });
-            };
-            let checking = in_flight.entry(account.0).or_insert(0);
-            if record.failures.saturating_add(*checking) >= FAILURES_MAX {
-                return Err(ApiError::rate_limited("this account's remaining payment password tries are all being checked; try again in a second", 1));
             }
-            *checking += 1;
-            record
+            let Some(held) = HeldTry::take(&self.in_flight, &mut in_flight, account.0, u32::from(record.failures), u32::from(FAILURES_MAX)) else {
+                return Err(ApiError::rate_limited("this account's remaining payment password tries are all being checked; try again in a second", 1));
+            };
+            (record, held)
         };
         let right = PasswordHash::new(&record.hash)
             .map(|parsed| Argon2::default().verify_password(password.unwrap_or_default().as_bytes(), &parsed).is_ok())
             .map_err(|e| ApiError::unavailable(format!("the password hash of {} does not parse: {e}", account.0)));
+        // The try is given back and the outcome counted under one hold of the lock: a check that
+        // starts in between would see neither.
         let mut in_flight = self.in_flight.lock().expect("passwords lock");
-        if let Some(checking) = in_flight.get_mut(&account.0) {
-            *checking -= 1;
-            if *checking == 0 {
-                in_flight.remove(&account.0);
-            }
-        }
+        held.give_back(&mut in_flight);
         let right = right?;
         // As the record is now: another check may have counted since, or the password changed
-        // (then this check was of the old one and counts against nothing).
-        let current = self.read(account)?.filter(|current| current.hash == record.hash);
-        let failures = match &current {
-            Some(current) if right => {
-                if current.failures != 0 {
-                    self.save(account, &Record { hash: record.hash.clone(), failures: 0 })?;
-                }
-                0
-            }
-            Some(current) => {
-                let failures = current.failures.saturating_add(1);
-                self.save(account, &Record { hash: record.hash.clone(), failures })?;
-                failures
-            }
-            None => record.failures.saturating_add(u8::from(!right)),
+        // (then this check was of the old one: refused, and counted against nothing).
+        let Some(current) = self.read(account)?.filter(|current| current.hash == record.hash) else {
+            return Err(ApiError {
+                param: Some("payment_password".into()),
+                ..ApiError::new(422, "invalid_payment_password", "the payment password changed while it was checked; try again")
+            });
         };
+        let failures = if right { 0 } else { current.failures.saturating_add(1) };
+        if failures != current.failures {
+            self.save(account, &Record { hash: record.hash.clone(), failures })?;
+        }
         match (right, failures >= FAILURES_MAX) {
             (true, _) => Ok(()),
             (false, true) => Err(locked()),
@@ -136,6 +126,54 @@ impl Passwords {
                 param: Some("payment_password".into()),
                 ..ApiError::new(422, "invalid_payment_password", &format!("wrong payment password ({} tries left)", FAILURES_MAX - failures))
             }),
+        }
+    }
+}
+
+/// One of a subject's remaining tries (an account's payment password, an operator's sign-in),
+/// held by a check while argon2 runs: given back under the same hold of the lock that counts the
+/// check's outcome (`give_back`), or, on any other way out of the check (a panic included), when
+/// it is dropped. The map counts the tries held per subject; a subject leaves it at zero.
+pub(crate) struct HeldTry<'a> {
+    lock: &'a Mutex<HashMap<u64, u32>>,
+    subject: u64,
+    held: bool,
+}
+
+impl<'a> HeldTry<'a> {
+    /// Takes one of `subject`'s tries (`failures` of `max` spent) unless the checks in flight
+    /// hold all that are left. `in_flight` is `lock`'s content, locked by the caller.
+    pub(crate) fn take(lock: &'a Mutex<HashMap<u64, u32>>, in_flight: &mut HashMap<u64, u32>, subject: u64, failures: u32, max: u32) -> Option<HeldTry<'a>> {
+        let checking = in_flight.entry(subject).or_insert(0);
+        if failures.saturating_add(*checking) >= max {
+            if *checking == 0 {
+                in_flight.remove(&subject);
+            }
+            return None;
+        }
+        *checking += 1;
+        Some(HeldTry { lock, subject, held: true })
+    }
+
+    /// Gives the try back (`in_flight`: the lock's content, locked by the caller).
+    pub(crate) fn give_back(&mut self, in_flight: &mut HashMap<u64, u32>) {
+        if std::mem::take(&mut self.held) {
+            if let Some(checking) = in_flight.get_mut(&self.subject) {
+                *checking = checking.saturating_sub(1);
+                if *checking == 0 {
+                    in_flight.remove(&self.subject);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for HeldTry<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            let lock = self.lock;
+            let mut in_flight = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.give_back(&mut in_flight);
         }
     }
 }
@@ -259,6 +297,33 @@ mod tests {
         assert!(passwords.verify(fresh, Some("123456")).is_ok(), "one try left for this check");
         assert_eq!(passwords.in_flight.lock().unwrap().get(&fresh.0), Some(&2), "its own try given back");
         assert_eq!(passwords.failures(fresh).unwrap(), Some(0));
+    }
+
+    /// A held try is given back however its check ends: counted (`give_back`), or dropped on
+    /// an early way out or a panic; a refused take leaves nothing behind.
+    #[test]
+    fn a_held_try_is_given_back_however_the_check_ends() {
+        let lock = Mutex::new(HashMap::new());
+        let first = HeldTry::take(&lock, &mut lock.lock().unwrap(), 7, 3, 5).expect("two tries left");
+        let second = HeldTry::take(&lock, &mut lock.lock().unwrap(), 7, 3, 5).expect("one try left");
+        assert!(HeldTry::take(&lock, &mut lock.lock().unwrap(), 7, 3, 5).is_none(), "both held");
+        assert_eq!(lock.lock().unwrap().get(&7), Some(&2));
+        let mut second = second;
+        second.give_back(&mut lock.lock().unwrap());
+        drop(second);
+        assert_eq!(lock.lock().unwrap().get(&7), Some(&1), "given back once, not again when dropped");
+        let panicked = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let _held = first;
+                    panic!("argon2 panicked");
+                })
+                .join()
+        });
+        assert!(panicked.is_err());
+        assert!(lock.lock().unwrap().is_empty(), "the panicking check's try is back");
+        assert!(HeldTry::take(&lock, &mut lock.lock().unwrap(), 8, 5, 5).is_none());
+        assert!(lock.lock().unwrap().is_empty(), "a refused take leaves no entry");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use storage::Store;
 
 use crate::error::ApiError;
+use crate::passwords::HeldTry;
 
 const PREFIX: &str = "o/op/";
 /// Wrong logins in a row that lock an operator.
@@ -194,6 +195,10 @@ pub struct NewOperator {
 pub struct Operators {
     store: Arc<dyn Store>,
     inner: Mutex<Inner>,
+    /// Operators with sign-ins being checked, and how many: each holds one of the operator's
+    /// remaining tries while argon2 runs (`HeldTry`; see `login`). Locked after `inner`, never
+    /// before it.
+    checking: Mutex<HashMap<u64, u32>>,
     /// A hash to verify against when the name is unknown, so that timing tells nothing.
     decoy: String,
 }
@@ -202,10 +207,6 @@ struct Inner {
     by_id: HashMap<u64, Operator>,
     by_name: HashMap<String, u64>,
     highest: u64,
-    /// Operators with sign-ins being checked, and how many: each holds one of the operator's
-    /// remaining tries while argon2 runs (see `login`). An operator leaves it when its last
-    /// check ends.
-    checking: HashMap<u64, u32>,
 }
 
 pub fn valid_username(text: &str) -> bool {
@@ -250,13 +251,13 @@ pub fn now_seconds() -> i64 {
 
 impl Operators {
     pub fn load(store: Arc<dyn Store>) -> Result<Operators, String> {
-        let mut inner = Inner { by_id: HashMap::new(), by_name: HashMap::new(), highest: 0, checking: HashMap::new() };
+        let mut inner = Inner { by_id: HashMap::new(), by_name: HashMap::new(), highest: 0 };
         for (_, operator) in crate::records::load_all::<Operator>(store.as_ref(), PREFIX.as_bytes())? {
             inner.highest = inner.highest.max(operator.id);
             inner.by_name.insert(operator.username.clone(), operator.id);
             inner.by_id.insert(operator.id, operator);
         }
-        Ok(Operators { store, inner: Mutex::new(inner), decoy: hash_password("decoy password that matches nothing") })
+        Ok(Operators { store, inner: Mutex::new(inner), checking: Mutex::new(HashMap::new()), decoy: hash_password("decoy password that matches nothing") })
     }
 
     fn save(&self, operator: &Operator) -> Result<(), ApiError> {
@@ -335,37 +336,37 @@ impl Operators {
     /// operator's remaining tries from before the comparison until its outcome is counted, so
     /// concurrent guesses get no more tries than are left (`Busy` beyond them).
     pub fn login(&self, username: &str, password: &str, totp_code: Option<&str>, now: i64) -> Result<Operator, LoginRefusal> {
-        let found = {
-            let mut inner = self.inner.lock().expect("operators lock");
+        let (operator, mut held) = {
+            let inner = self.inner.lock().expect("operators lock");
             let found = inner.by_name.get(username).and_then(|id| inner.by_id.get(id)).cloned();
-            if let Some(operator) = &found {
-                if operator.locked_until > now {
-                    return Err(LoginRefusal::Locked { until: operator.locked_until });
-                }
-                let checking = inner.checking.entry(operator.id).or_insert(0);
-                if operator.failures.saturating_add(*checking) >= LOGIN_FAILURES_MAX {
-                    return Err(LoginRefusal::Busy);
-                }
-                *checking += 1;
+            let Some(operator) = found else {
+                drop(inner);
+                verify_hash(&self.decoy, password);
+                return Err(LoginRefusal::Wrong);
+            };
+            if operator.locked_until > now {
+                return Err(LoginRefusal::Locked { until: operator.locked_until });
             }
-            found
-        };
-        let Some(operator) = found else {
-            verify_hash(&self.decoy, password);
-            return Err(LoginRefusal::Wrong);
+            let mut checking = self.checking.lock().expect("sign-in checks lock");
+            let Some(held) = HeldTry::take(&self.checking, &mut checking, operator.id, operator.failures, LOGIN_FAILURES_MAX) else {
+                return Err(LoginRefusal::Busy);
+            };
+            (operator, held)
         };
         let right = verify_hash(&operator.password_hash, password);
         let mut inner = self.inner.lock().expect("operators lock");
-        if let Some(checking) = inner.checking.get_mut(&operator.id) {
-            *checking -= 1;
-            if *checking == 0 {
-                inner.checking.remove(&operator.id);
-            }
-        }
+        // Given back under the lock that counts the outcome: a sign-in that starts in between
+        // sees neither.
+        held.give_back(&mut self.checking.lock().expect("sign-in checks lock"));
         let current = inner.by_id.get_mut(&operator.id).expect("operators are never removed");
         if current.locked_until > now {
             // Locked by another check while this one ran.
             return Err(LoginRefusal::Locked { until: current.locked_until });
+        }
+        if current.password_hash != operator.password_hash {
+            // The password changed while this one was checked against the old one: refused,
+            // and counted against nothing.
+            return Err(LoginRefusal::Wrong);
         }
         if !right {
             let mut updated = current.clone();
@@ -497,7 +498,7 @@ mod tests {
         let refusals: Vec<LoginRefusal> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
         let compared = refusals.iter().filter(|r| !matches!(r, LoginRefusal::Busy)).count();
         assert!(compared <= (LOGIN_FAILURES_MAX - 1) as usize && refusals.contains(&LoginRefusal::Busy), "{refusals:?}");
-        assert!(operators.inner.lock().unwrap().checking.is_empty(), "no check left in flight");
+        assert!(operators.checking.lock().unwrap().is_empty(), "no check left in flight");
         if compared == (LOGIN_FAILURES_MAX - 1) as usize {
             assert!(matches!(operators.login("alice", "correct horse battery", None, now + 1), Err(LoginRefusal::Locked { .. })), "five wrong in all");
         }
