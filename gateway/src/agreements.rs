@@ -223,7 +223,7 @@ impl Agreements {
             if template.content != content {
                 return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
             }
-            return Ok((template, true));
+            return Ok((self.with_text(template)?, true));
         }
         if !valid_code(&body.code) {
             return Err(ApiError::invalid("code must be 1 to 32 characters [a-z0-9_]", "code"));
@@ -257,7 +257,27 @@ impl Agreements {
         Ok((template, false))
     }
 
-    /// Every template version of `platform`, by code then version.
+    /// `templates` with their texts, read from the store (the index keeps none).
+    pub fn with_texts(&self, mut templates: Vec<Template>) -> Result<Vec<Template>, ApiError> {
+        let keys: Vec<Vec<u8>> = templates.iter().map(|t| crate::records::key(TEMPLATE_PREFIX, t.id)).collect();
+        let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let values = self.store.get_many(&borrowed).map_err(|e| ApiError::unavailable(e.to_string()))?;
+        for (template, value) in templates.iter_mut().zip(values) {
+            let stored: Template = value
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .ok_or_else(|| ApiError::unavailable(format!("agreement template {} does not read back", template.id)))?;
+            template.text = stored.text;
+        }
+        Ok(templates)
+    }
+
+    /// `template` with its text, read from the store.
+    pub fn with_text(&self, template: Template) -> Result<Template, ApiError> {
+        self.with_texts(vec![template])?.pop().ok_or_else(|| ApiError::unavailable("an agreement template does not read back".into()))
+    }
+
+    /// Every template version of `platform`, by code then version (without texts:
+    /// `with_texts`).
     pub fn templates(&self, platform: u32) -> Vec<Template> {
         let state = self.state.lock().expect("agreements lock");
         let mut found: Vec<Template> = state.templates.values().filter(|t| t.platform == platform).cloned().collect();
@@ -265,13 +285,13 @@ impl Agreements {
         found
     }
 
-    /// Version `version` of `code` of `platform`.
+    /// Version `version` of `code` of `platform` (without its text: `with_text`).
     pub fn template(&self, platform: u32, code: &str, version: u32) -> Option<Template> {
         let state = self.state.lock().expect("agreements lock");
         state.versions.get(&(platform, code.to_string())).and_then(|v| v.get(&version)).map(|id| state.templates[id].clone())
     }
 
-    /// The latest version of `code` of `platform`.
+    /// The latest version of `code` of `platform` (without its text: `with_text`).
     pub fn latest(&self, platform: u32, code: &str) -> Option<Template> {
         let state = self.state.lock().expect("agreements lock");
         state.versions.get(&(platform, code.to_string())).and_then(|v| v.values().next_back()).map(|id| state.templates[id].clone())
@@ -391,7 +411,10 @@ impl Agreements {
 }
 
 impl State {
-    fn index_template(&mut self, template: Template) {
+    /// Indexes `template`, keeping everything but its text (up to 64 Ki characters a version,
+    /// a thousand versions a platform: `Agreements::with_texts` reads texts from the store).
+    fn index_template(&mut self, mut template: Template) {
+        template.text = String::new();
         self.highest_template = self.highest_template.max(template.id);
         self.versions.entry((template.platform, template.code.clone())).or_default().insert(template.version, template.id);
         self.template_orders.insert((template.platform, template.out_order_no.clone()), template.id);
@@ -450,6 +473,7 @@ pub async fn list_templates(signed: Signed, query: web::Query<TemplateQuery>, ag
 pub async fn show_template(signed: Signed, path: web::Path<(String, String)>, agreements: web::Data<Arc<Agreements>>) -> Result<HttpResponse, ApiError> {
     let version: u32 = path.1.parse().map_err(|_| ApiError::not_found())?;
     let template = agreements.template(signed.platform.id, &path.0, version).ok_or_else(ApiError::not_found)?;
+    let template = agreements.with_text(template)?;
     Ok(HttpResponse::Ok().json(template.view(true)))
 }
 
@@ -521,6 +545,7 @@ pub async fn show_signature(
     let member = member_of(&members, signed.platform.id, &path.0)?;
     let id = crate::ids::parse_prefixed(&path.1, "sig_").ok_or_else(ApiError::not_found)?;
     let (signature, template) = agreements.signature(member.platform, member.id, id).ok_or_else(ApiError::not_found)?;
+    let template = agreements.with_text(template)?;
     let mut view = signature.view(Some(&template.text));
     view["title"] = serde_json::Value::String(template.title);
     Ok(HttpResponse::Ok().json(view))
@@ -609,7 +634,13 @@ mod tests {
         assert_eq!(second.version, 2);
         assert_eq!(agreements.publish(2, &body("t1", "service", "x"), 12).unwrap().0.version, 1, "versions are per platform");
         let reloaded = Agreements::load(store).unwrap();
-        assert_eq!(reloaded.template(1, "service", 1).unwrap().text, "v1 text");
+        assert_eq!(reloaded.with_text(reloaded.template(1, "service", 1).unwrap()).unwrap().text, "v1 text");
+        assert!(reloaded.state.lock().unwrap().templates.values().all(|t| t.text.is_empty()), "no text held in memory");
+        assert!(agreements.state.lock().unwrap().templates.values().all(|t| t.text.is_empty()), "nor after publishing");
+        let replayed = agreements.publish(1, &body("t1", "service", "v1 text"), 11).unwrap().0;
+        assert_eq!(replayed.text, "v1 text", "a replay answers with the text");
+        let texts: Vec<String> = reloaded.with_texts(reloaded.templates(1)).unwrap().into_iter().map(|t| t.text).collect();
+        assert_eq!(texts, ["v1 text", "v2 text"]);
         assert_eq!(reloaded.latest(1, "service").unwrap().version, 2);
         assert_eq!(reloaded.publish(1, &body("t3", "service", "v3"), 13).unwrap().0.version, 3);
     }

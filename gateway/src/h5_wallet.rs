@@ -695,6 +695,7 @@ fn agreement_page(session: &Session, agreements: &Agreements, chosen: Option<(St
     let body = match chosen {
         Some((code, version)) => {
             let template = agreements.template(platform, &code, version).ok_or_else(|| PageError::new(404, "not_found", locale))?;
+            let template = agreements.with_text(template).map_err(|e| PageError::api(e, locale))?;
             let signed_at = is_signed(&template.code, template.version);
             html! {
                 @if let Some(message) = message { (message) }

@@ -282,7 +282,8 @@ async fn kyc(
     for template in agreements.templates(m.platform.id) {
         latest.insert(template.code.clone(), template);
     }
-    let to_sign: Vec<&Template> = latest.values().filter(|t| !signed.iter().any(|s| s.code == t.code && s.version == t.version)).collect();
+    let to_sign: Vec<Template> = latest.into_values().filter(|t| !signed.iter().any(|s| s.code == t.code && s.version == t.version)).collect();
+    let to_sign = agreements.with_texts(to_sign)?;
     let body = html! {
         section.card {
             dl.facts {

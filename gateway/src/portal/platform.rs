@@ -1406,8 +1406,9 @@ fn agreements_page(
     agreements: &crate::agreements::Agreements,
     member: Option<&Member>,
     message: Option<(&str, &str)>,
-) -> HttpResponse {
-    let templates = agreements.templates(platform.id);
+) -> Result<HttpResponse, PortalError> {
+    // Texts for their first 300 characters: a page of this platform's versions, read for it.
+    let templates = agreements.with_texts(agreements.templates(platform.id))?;
     let signatures = member.map(|member| agreements.signatures_of(platform.id, member.id)).unwrap_or_default();
     let body = html! {
         @if let Some((kind, text)) = message { (notice(kind, text)) }
@@ -1462,7 +1463,7 @@ fn agreements_page(
             }
         }
     };
-    page(session, "Agreements", "/portal/platform/agreements", body)
+    Ok(page(session, "Agreements", "/portal/platform/agreements", body))
 }
 
 async fn agreements(
@@ -1477,7 +1478,7 @@ async fn agreements(
         Some(text) => Some(member_of(&members, &platform, text)?),
         None => None,
     };
-    Ok(agreements_page(&session, &platform, &agreements, member.as_ref(), None))
+    agreements_page(&session, &platform, &agreements, member.as_ref(), None)
 }
 
 async fn publish_agreement(
@@ -1512,7 +1513,7 @@ async fn publish_agreement(
                 if replayed { "replayed" } else { "ok" },
             )?;
             let message = format!("Published {} version {}.", template.code, template.version);
-            Ok(agreements_page(&session, &platform, &agreements, None, Some(("ok", &message))))
+            agreements_page(&session, &platform, &agreements, None, Some(("ok", &message)))
         }
         Err(error) => {
             portal.audit.record(
@@ -1524,7 +1525,7 @@ async fn publish_agreement(
                 Value::Null,
                 &format!("refused: {}", error.code),
             )?;
-            Ok(agreements_page(&session, &platform, &agreements, None, Some(("error", &refusal(&error)))))
+            agreements_page(&session, &platform, &agreements, None, Some(("error", &refusal(&error))))
         }
     }
 }
