@@ -90,7 +90,25 @@ enum BindRefusal {
 struct CardsState {
     by_id: HashMap<u64, Card>,
     by_order: HashMap<(u32, String), u64>,
+    /// Each account's card ids, oldest first: a bind counts its account's cards of the day and
+    /// a listing reads its account's cards, not every card (they walked them all, under the
+    /// lock, on every bind and every listing).
+    by_account: HashMap<u64, Vec<u64>>,
     highest_id: u64,
+}
+
+impl CardsState {
+    /// Keeps a new card (its id above every earlier one).
+    fn insert_new(&mut self, card: Card) {
+        self.by_order.insert((card.platform, card.out_order_no.clone()), card.id);
+        self.by_account.entry(card.account).or_default().push(card.id);
+        self.by_id.insert(card.id, card);
+    }
+
+    /// The cards of `account`, oldest first.
+    fn of_account(&self, account: u64) -> impl Iterator<Item = &Card> {
+        self.by_account.get(&account).into_iter().flatten().filter_map(|id| self.by_id.get(id))
+    }
 }
 
 /// A card number: 12 to 19 digits with a valid Luhn check digit.
@@ -104,10 +122,12 @@ impl Cards {
     /// Loads every stored card.
     pub fn load(store: Arc<dyn Store>, binds_per_account_per_day: u32) -> Result<Cards, String> {
         let mut state = CardsState::default();
-        for (_, card) in crate::records::load_all::<Card>(store.as_ref(), PREFIX.as_bytes())? {
+        let mut loaded = crate::records::load_all::<Card>(store.as_ref(), PREFIX.as_bytes())?;
+        // Decimal keys do not sort by number: in id order, so each account's list is oldest first.
+        loaded.sort_by_key(|(_, card)| card.id);
+        for (_, card) in loaded {
             state.highest_id = state.highest_id.max(card.id);
-            state.by_order.insert((card.platform, card.out_order_no.clone()), card.id);
-            state.by_id.insert(card.id, card);
+            state.insert_new(card);
         }
         Ok(Cards { store, state: Mutex::new(state), changing: Mutex::new(()), binds_per_account_per_day })
     }
@@ -124,7 +144,7 @@ impl Cards {
                 return Ok(Err(BindRefusal::Exists(existing.clone())));
             }
             let today = day(now);
-            let bound_today = state.by_id.values().filter(|c| c.account == card.account && c.bound_at != 0 && day(c.bound_at) == today).count();
+            let bound_today = state.of_account(card.account).filter(|c| c.bound_at != 0 && day(c.bound_at) == today).count();
             if bound_today >= self.binds_per_account_per_day as usize {
                 let next_day_starts = (today + 1) * 86_400 - utc_offset_seconds as i64;
                 return Ok(Err(BindRefusal::Limit { retry_after_seconds: (next_day_starts - now).max(1) }));
@@ -134,9 +154,7 @@ impl Cards {
         }
         card.bound_at = now;
         self.save(&card)?;
-        let mut state = self.state.lock().expect("cards lock");
-        state.by_order.insert((card.platform, card.out_order_no.clone()), card.id);
-        state.by_id.insert(card.id, card.clone());
+        self.state.lock().expect("cards lock").insert_new(card.clone());
         Ok(Ok(card))
     }
 
@@ -419,9 +437,7 @@ pub async fn list(signed: Signed, path: web::Path<String>, engine: web::Data<Arc
 /// Every card of `account` of `platform` (unbound ones too), oldest first.
 pub async fn cards_of(engine: &Arc<Engine>, cards: &Cards, platform: u32, account: AccountId) -> Result<Vec<Card>, ApiError> {
     account_of(engine, platform, account).await?;
-    let mut found: Vec<Card> =
-        cards.state.lock().expect("cards lock").by_id.values().filter(|c| c.platform == platform && c.account == account.0).cloned().collect();
-    found.sort_by_key(|c| c.id);
+    let found: Vec<Card> = cards.state.lock().expect("cards lock").of_account(account.0).filter(|c| c.platform == platform).cloned().collect();
     Ok(found)
 }
 
@@ -440,6 +456,43 @@ mod tests {
             [("6222020200112233441", false), ("4111111111111111", true), ("4111111111111112", false), ("41111111111", false), ("411111111111111a", false)];
         for (number, valid) in cases {
             assert_eq!(valid_card_no(number), valid, "{number}");
+        }
+    }
+
+    /// Each account's cards are indexed: the day's count and the listing read that account's
+    /// cards alone, oldest first, also after a reload (whose keys sort as text: c/10 before c/2).
+    #[test]
+    fn an_accounts_cards_are_counted_and_listed_from_its_own_index() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let cards = Cards::load(store.clone(), 3).unwrap();
+        let card = |account: u64, n: u32| Card {
+            id: 0,
+            platform: 1,
+            account,
+            card_no: "4111111111111111".into(),
+            holder_name: "Zhang San".into(),
+            status: "pending_verification".into(),
+            deposit_minor: 12,
+            tries: 0,
+            out_order_no: format!("c-{account}-{n}"),
+            content: String::new(),
+            bound_at: 0,
+        };
+        let now = 1_800_000_000;
+        let mut expected: HashMap<u64, Vec<u64>> = HashMap::new();
+        for n in 0..12u32 {
+            let account = if n % 4 == 3 { 8 } else { 7 };
+            // Account 7 binds three a day: the fourth on a later day.
+            let at = now + i64::from(n / 4) * 86_400;
+            let bound = cards.bind_new(card(account, n), at, 0).unwrap().ok().expect("within the day's limit");
+            expected.entry(account).or_default().push(bound.id);
+        }
+        assert!(matches!(cards.bind_new(card(7, 99), now + 2 * 86_400, 0).unwrap(), Err(BindRefusal::Limit { .. })), "three on that day already");
+        for loaded in [cards, Cards::load(store, 3).unwrap()] {
+            let state = loaded.state.lock().unwrap();
+            for (account, ids) in &expected {
+                assert_eq!(state.of_account(*account).map(|c| c.id).collect::<Vec<_>>(), *ids, "account {account}");
+            }
         }
     }
 }
