@@ -102,6 +102,10 @@ struct Inner {
     /// Payouts the bank received, with its verdict once decided (what a status query answers).
     /// A payout the bank never received (`drop_per_mille`) is not here.
     received: Mutex<HashMap<(u64, u16), Option<bool>>>,
+    /// Each currency's reserve balance at the bank and how many lines make it: summed from the
+    /// lines at the first ask after a start, then kept as lines are recorded (every ask read
+    /// every line ever recorded). Its lock also orders each line's check-and-write.
+    reserve: Mutex<HashMap<String, (i128, usize)>>,
 }
 
 /// The running simulator; cheap to clone.
@@ -184,6 +188,7 @@ impl Simulator {
             sequence: std::sync::atomic::AtomicU64::new(0),
             channels: Mutex::new(HashMap::new()),
             received: Mutex::new(HashMap::new()),
+            reserve: Mutex::new(HashMap::new()),
         });
         let (deliver, deliveries) = unbounded();
         std::thread::Builder::new().name("sim-bank".into()).spawn(move || timer_loop(&incoming, &deliver)).map_err(|e| e.to_string())?;
@@ -280,6 +285,10 @@ impl BankChannel for Simulator {
     }
 
     fn reserve_balance(&self, currency: &CurrencySpec) -> Result<(i128, usize), BankError> {
+        let mut totals = self.inner.reserve.lock().expect("reserve lock");
+        if let Some(total) = totals.get(currency.code_str()) {
+            return Ok(*total);
+        }
         let prefix = format!("{RESERVE_PREFIX}{}/", currency.code_str());
         let lines = storage::records::load_all::<ReserveLine>(self.inner.store.as_ref(), prefix.as_bytes()).map_err(BankError::Records)?;
         // Each line is within an order's bounds; their sum is not within `i64` (a platform's
@@ -289,11 +298,12 @@ impl BankChannel for Simulator {
             let amount = currency.parse(&line.amount).ok_or_else(|| BankError::Records(format!("a reserve line's amount {:?}", line.amount)))?;
             balance += i128::from(amount);
         }
+        totals.insert(currency.code_str().to_string(), (balance, lines.len()));
         Ok((balance, lines.len()))
     }
 
     fn transfer_in(&self, currency: &CurrencySpec, bank_ref: &str, amount: Minor) {
-        record_reserve_line(&self.inner, currency.code_str(), &format!("in/{bank_ref}"), currency.format(amount), format!("transfer {bank_ref}"));
+        record_reserve_line(&self.inner, currency, &format!("in/{bank_ref}"), amount, format!("transfer {bank_ref}"));
     }
 }
 
@@ -380,13 +390,7 @@ fn record_statement_line(inner: &Inner, channel: u16, order: OrderId, direction:
     // The reserve account at the bank: money in less the channel's fee, money out and its fee.
     let (Some(fee), false) = (fee, failed) else { return };
     let moved = if direction == "in" { amount - fee } else { -amount - fee };
-    record_reserve_line(
-        inner,
-        currency.code_str(),
-        &format!("st/{channel:05}/{:020}", order.0),
-        currency.format(moved),
-        format!("{direction} {}", line.order_id),
-    );
+    record_reserve_line(inner, currency, &format!("st/{channel:05}/{:020}", order.0), moved, format!("{direction} {}", line.order_id));
 }
 
 /// One movement on the reserve (master) account at the bank, as its account statement shows it.
@@ -397,11 +401,28 @@ pub struct ReserveLine {
     pub what: String,
 }
 
-/// Records a movement on the reserve account at the bank (once per `key`).
-fn record_reserve_line(inner: &Inner, currency: &str, key: &str, amount: String, what: String) {
-    let key = format!("{RESERVE_PREFIX}{currency}/{key}").into_bytes();
-    if let Err(error) = storage::records::put(inner.store.as_ref(), &[(key, &ReserveLine { amount, what })]) {
-        tracing::warn!("simulator: cannot record a reserve line: {error}");
+/// Records a movement on the reserve account at the bank (once per `key`: a line recorded again,
+/// for an order resent, changes no balance).
+fn record_reserve_line(inner: &Inner, currency: &CurrencySpec, key: &str, amount: Minor, what: String) {
+    let code = currency.code_str();
+    let key = format!("{RESERVE_PREFIX}{code}/{key}").into_bytes();
+    let mut totals = inner.reserve.lock().expect("reserve lock");
+    let new = inner.store.get(&key).map(|held| held.is_none());
+    let written = storage::records::put(inner.store.as_ref(), &[(key, &ReserveLine { amount: currency.format(amount), what })]);
+    match (new, written) {
+        (Ok(new), Ok(())) => {
+            if let (true, Some(total)) = (new, totals.get_mut(code)) {
+                total.0 += i128::from(amount);
+                total.1 += 1;
+            }
+        }
+        (_, written) => {
+            // Whether the line is there is not known: the next ask sums the lines again.
+            totals.remove(code);
+            if let Err(error) = written {
+                tracing::warn!("simulator: cannot record a reserve line: {error}");
+            }
+        }
     }
 }
 
@@ -413,7 +434,7 @@ fn deliver_one(inner: &Inner, mut job: Job) {
             record_card_line(inner, card_no, &currency.format(*amount), DEPOSIT_REMARK.to_string());
             let sequence = inner.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let key = format!("md/{card_no}/{:020}-{sequence:06}", micros_now());
-            record_reserve_line(inner, currency.code_str(), &key, currency.format(-amount), format!("verification deposit to {card_no}"));
+            record_reserve_line(inner, currency, &key, -amount, format!("verification deposit to {card_no}"));
             return;
         }
         Request::MoneyIn { order, channel, amount, currency } => {
@@ -502,5 +523,29 @@ mod tests {
         assert!((200..400).contains(&failed), "about 30 % of orders fail: {failed}");
         assert!((0..100).all(|order| fails(300, &request(order)) == fails(300, &request(order))), "a resent order gets the same verdict");
         assert_eq!((0..100).filter(|order| fails(0, &request(*order))).count(), 0);
+    }
+
+    /// The reserve balance is summed from the lines once after a start, then kept as lines are
+    /// recorded: a line recorded again (an order resent) counts once, and a new start sums the
+    /// same from the store.
+    #[test]
+    fn the_reserve_balance_is_kept_as_lines_are_recorded_and_each_line_counts_once() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let bank = Simulator::start(SimulatorConfig::default(), "key".into(), store.clone()).unwrap();
+        let cny = CurrencySpec::new("CNY", 2).unwrap();
+        let usd = CurrencySpec::new("USD", 2).unwrap();
+        bank.transfer_in(&cny, "B1", 10_000);
+        assert_eq!(bank.reserve_balance(&cny).unwrap(), (10_000, 1), "summed at the first ask");
+        bank.transfer_in(&cny, "B2", 2_550);
+        bank.transfer_in(&cny, "B2", 2_550);
+        bank.transfer_in(&usd, "B3", 700);
+        assert_eq!(bank.reserve_balance(&cny).unwrap(), (12_550, 2), "kept; B2 once");
+        assert_eq!(bank.reserve_balance(&usd).unwrap(), (700, 1));
+        bank.transfer_in(&cny, "B4", i64::MAX);
+        bank.transfer_in(&cny, "B5", i64::MAX);
+        let expected = (12_550 + 2 * i128::from(i64::MAX), 4);
+        assert_eq!(bank.reserve_balance(&cny).unwrap(), expected, "past i64");
+        let restarted = Simulator::start(SimulatorConfig::default(), "key".into(), store).unwrap();
+        assert_eq!(restarted.reserve_balance(&cny).unwrap(), expected, "the same from the lines");
     }
 }
