@@ -82,9 +82,12 @@ pub struct ReconcileReport {
     /// Cases to open (each once), before the carries are written.
     #[serde(skip)]
     pub cases: Vec<CaseOpening>,
-    /// Carried lines to write (`None` ends a carry: the store has no deletes).
+    /// Carried lines to write (`None` ends a carry: its record is deleted).
     #[serde(skip)]
     carries: Vec<(Vec<u8>, Option<Carried>)>,
+    /// Records of carries that ended before (stored as null until session 53), to delete.
+    #[serde(skip)]
+    ended: Vec<Vec<u8>>,
 }
 
 /// A line missing on our side, carried across days.
@@ -132,7 +135,7 @@ struct Pending {
 /// Reconciles statement `file` of `channel` for business day `day`. Blocking: reads every
 /// shard and applies the bank's verdict to orders still waiting for it.
 pub fn reconcile(engine: &Engine, store: &dyn Store, channels: &ChannelSet, channel: u16, day: u32, file: &[u8]) -> Result<ReconcileReport, ClearingError> {
-    let lines = lines_with_carries(store, channel, file)?;
+    let (lines, ended) = lines_with_carries(store, channel, file)?;
     let named: Vec<OrderId> = lines.iter().filter_map(|pending| bank::parse_order_ref(&pending.line.order_id)).collect();
     let ours = channel_ledger(engine, channel, day, &named)?;
     let mut run = Run {
@@ -143,6 +146,7 @@ pub fn reconcile(engine: &Engine, store: &dyn Store, channels: &ChannelSet, chan
             details: Vec::new(),
             cases: Vec::new(),
             carries: Vec::new(),
+            ended,
         },
         channel,
         day,
@@ -164,14 +168,20 @@ pub fn reconcile(engine: &Engine, store: &dyn Store, channels: &ChannelSet, chan
 }
 
 /// The file's lines, then the lines carried from earlier days that it does not list; a line in
-/// the file that was carried keeps the day it was first seen. A carry that ended is stored as
-/// null and skipped.
-fn lines_with_carries(store: &dyn Store, channel: u16, file: &[u8]) -> Result<Vec<Pending>, ClearingError> {
+/// the file that was carried keeps the day it was first seen. A carry that ended and was kept
+/// as null (before session 53) is skipped, and its key returned to be deleted.
+fn lines_with_carries(store: &dyn Store, channel: u16, file: &[u8]) -> Result<(Vec<Pending>, Vec<Vec<u8>>), ClearingError> {
     let parsed = bank::statement::parse(file).map_err(|error| ClearingError::invalid(error.to_string(), "file"))?;
     let mut lines: Vec<Pending> = parsed.into_iter().map(|line| Pending { line, carried_since: None, declared: false }).collect();
     let mut in_file: HashMap<String, usize> = lines.iter().enumerate().map(|(index, p)| (p.line.bank_ref.clone(), index)).collect();
-    let carried = storage::records::load_all::<Option<Carried>>(store, carry_prefix(channel).as_bytes()).map_err(ClearingError::Storage)?;
-    for carried in carried.into_iter().filter_map(|(_, c)| c) {
+    let prefix = carry_prefix(channel);
+    let carried = storage::records::load_all::<Option<Carried>>(store, prefix.as_bytes()).map_err(ClearingError::Storage)?;
+    let mut ended = Vec::new();
+    for (rest, carried) in carried {
+        let Some(carried) = carried else {
+            ended.push([prefix.as_bytes(), &rest].concat());
+            continue;
+        };
         match in_file.get(&carried.line.bank_ref) {
             Some(index) => (lines[*index].carried_since, lines[*index].declared) = (Some(carried.first_day), carried.declared),
             None if carried.declared => {}
@@ -181,7 +191,7 @@ fn lines_with_carries(store: &dyn Store, channel: u16, file: &[u8]) -> Result<Ve
             }
         }
     }
-    Ok(lines)
+    Ok((lines, ended))
 }
 
 fn carry_prefix(channel: u16) -> String {
@@ -371,14 +381,23 @@ impl ReconcileReport {
         std::mem::take(&mut self.cases)
     }
 
-    /// Writes the carried lines in one synced write (after the cases are open).
+    /// Writes the carried lines in one synced write (after the cases are open), then deletes
+    /// the carries that ended (in one more: a stop in between leaves an ended carry, which the
+    /// next run matches again and deletes).
     pub fn write_carries(&mut self, store: &dyn Store) -> Result<(), ClearingError> {
         let carries = std::mem::take(&mut self.carries);
-        if carries.is_empty() {
+        let mut ended = std::mem::take(&mut self.ended);
+        let records: Vec<(Vec<u8>, &Carried)> = carries.iter().filter_map(|(key, carried)| Some((key.clone(), carried.as_ref()?))).collect();
+        if !records.is_empty() {
+            storage::records::put(store, &records).map_err(|e| ClearingError::Storage(e.to_string()))?;
+        }
+        ended.extend(carries.into_iter().filter(|(_, carried)| carried.is_none()).map(|(key, _)| key));
+        if ended.is_empty() {
             return Ok(());
         }
-        let records: Vec<(Vec<u8>, &Option<Carried>)> = carries.iter().map(|(key, carried)| (key.clone(), carried)).collect();
-        storage::records::put(store, &records).map_err(|e| ClearingError::Storage(e.to_string()))
+        let ends: Vec<Vec<u8>> = ended.iter().map(|key| [key.as_slice(), &[0]].concat()).collect();
+        let ranges: Vec<(&[u8], &[u8])> = ended.iter().zip(&ends).map(|(start, end)| (start.as_slice(), end.as_slice())).collect();
+        store.delete_ranges(&ranges).map_err(|e| ClearingError::Storage(e.to_string()))
     }
 }
 

@@ -224,6 +224,31 @@ fn a_day_is_read_whole_in_slices_and_lines_may_name_orders_of_earlier_days() {
     assert_eq!(next_day["counts"], json!({"matched": 1}), "{next_day}");
 }
 
+/// A carry that ends (its line matched an order at last) is deleted, as is one kept as null by
+/// a run before session 53: carries left only the lines still carried or declared.
+#[test]
+fn carries_that_end_are_deleted() {
+    let w = World::new();
+    let day = w.today();
+    let paid = w.payout(10_000, Some(true));
+    let carry = |bank_ref: &str| format!("r/carry/00001/{bank_ref}").into_bytes();
+    let line = json!({"bank_ref": "C1", "order_id": paid, "direction": "out", "amount": "100.00", "status": "succeeded", "fee": "1.00"});
+    w.store.write(&[(carry("C1").as_slice(), json!({"line": line, "first_day": day - 1, "declared": false}).to_string().as_bytes())]).unwrap();
+    w.store.write(&[(carry("OLD").as_slice(), b"null".as_slice())]).unwrap();
+    w.store.write(&[(carry("KEPT").as_slice(), json!({"line": {"bank_ref": "KEPT", "order_id": "ord_999999", "direction": "out", "amount": "1.00", "status": "succeeded"}, "first_day": day, "declared": true}).to_string().as_bytes())]).unwrap();
+    let mut book = CaseBook::default();
+    let report = w.reconcile(&mut book, 1, day, HEADER).unwrap();
+    assert_eq!(report["counts"], json!({"matched": 1}), "the carried line matched its order: {report}");
+    let mut left = Vec::new();
+    w.store
+        .scan(b"r/carry/", b"r/carry0", &mut |key, _| {
+            left.push(String::from_utf8_lossy(key).into_owned());
+            true
+        })
+        .unwrap();
+    assert_eq!(left, ["r/carry/00001/KEPT"], "the ended carry and the null one are gone; the declared one stays");
+}
+
 #[test]
 fn money_in_is_checked_against_the_channel_tariff() {
     let w = World::new();
