@@ -87,12 +87,25 @@ pub fn verify(args: VerifyArgs, out: &mut dyn Write) -> Result<bool> {
             broken += 1;
         }
     }
-    if broken == 0 {
+    // The operators' audit log: its whole chain (a start checks only the newest links).
+    let audit_sound = match gateway::portal::audit::verify_store(store) {
+        Ok(records) => {
+            writeln!(out, "audit log: ok ({records} records)")?;
+            true
+        }
+        Err(reason) => {
+            writeln!(out, "audit log: BROKEN: {reason}")?;
+            false
+        }
+    };
+    if broken == 0 && audit_sound {
         writeln!(out, "verify: ok ({shards} shards)")?;
+    } else if broken == 0 {
+        writeln!(out, "verify: the audit log is broken")?;
     } else {
         writeln!(out, "verify: {broken} of {shards} shards broken")?;
     }
-    Ok(broken == 0)
+    Ok(broken == 0 && audit_sound)
 }
 
 /// Checks every checkpoint of `shard` in full (`checkpoint::verify`: every part, the state's

@@ -180,3 +180,31 @@ fn archive_moves_nothing_while_no_kept_checkpoint_of_a_shard_is_sound() {
     let (ok, text) = run(&["serve", "--once", "--demo"], dir.path());
     assert!(ok && text.contains("invariants: ok"), "{text}");
 }
+
+/// `clearing verify` walks the whole audit chain, which a start no longer reads: an edited old
+/// record is found and named, with a non-zero status.
+#[test]
+fn verify_walks_the_whole_audit_chain() {
+    let dir = data_dir();
+    let key = |sequence: u64| [b"o/au/".as_slice(), &sequence.to_be_bytes()].concat();
+    {
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(RocksStore::open(dir.path()).expect("open"));
+        let audit = gateway::portal::audit::Audit::load(store.clone()).expect("an empty log");
+        for n in 0..3 {
+            let scope = gateway::portal::operators::Scope::System;
+            let (before, after) = (serde_json::Value::Null, serde_json::json!({"n": n}));
+            audit.append(1, "alice", "admin", scope, "channel.change", "sim_ibps", before, after, "127.0.0.1", "ok").expect("appended");
+        }
+    }
+    let (ok, text) = run(&["verify"], dir.path());
+    assert!(ok && text.contains("audit log: ok (3 records)") && text.contains("verify: ok (2 shards)"), "{text}");
+    {
+        let store = RocksStore::open(dir.path()).expect("open");
+        let mut record: serde_json::Value = serde_json::from_slice(&store.get(&key(1)).expect("get").expect("record 1")).expect("json");
+        record["target"] = serde_json::json!("sim_unionpay");
+        store.write(&[(&key(1), &serde_json::to_vec(&record).expect("json"))]).expect("write");
+    }
+    let (ok, text) = run(&["verify"], dir.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("audit log: BROKEN: audit log chain broken at record 2") && text.contains("verify: the audit log is broken"), "{text}");
+}

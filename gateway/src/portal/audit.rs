@@ -278,8 +278,14 @@ impl Audit {
     /// Checks the whole chain against the store, one record at a time (nothing kept); how many
     /// records it holds.
     pub fn verify(&self) -> Result<u64, String> {
-        walk_chain(self.store.as_ref(), 1, u64::MAX, Some(String::new())).map(|(walked, _)| walked)
+        verify_store(self.store.as_ref())
     }
+}
+
+/// Checks the whole audit chain of `store` (`clearing verify`, `Audit::verify`), one record at a
+/// time; how many records it holds.
+pub fn verify_store(store: &dyn Store) -> Result<u64, String> {
+    walk_chain(store, 1, u64::MAX, Some(String::new())).map(|(walked, _)| walked)
 }
 
 /// CSV of records (header first), quoted by the csv crate.
