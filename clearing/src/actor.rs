@@ -495,29 +495,39 @@ impl Actor {
         if !waiting {
             self.forget(order, channel);
         }
+        // A failure counts against the channel and gives its daily usage back once the order has
+        // moved on (rerouted, or failed for good), never before: a verdict that stops on an error
+        // on the way (a note that cannot be read, a shard or store that does not answer) is tried
+        // again by the watchdog every timeout, and would count and give back again each time.
+        let mut failed_here = false;
         if !succeeded && waiting {
-            // The note first: a note that cannot be read stops the verdict before anything is
-            // given back, so the watchdog's next try does not give the channel's usage back twice.
             let noted = match number {
                 Some(number) => Some((number, PayoutBook::get(self.store.as_ref(), platform, number.as_str())?)),
                 None => None,
             };
-            self.table.record_outcome(channel, false, now);
-            self.table.release(channel, amount, created_at);
             if let Some((number, note)) = noted {
                 match self.fall_back(order, channel, note, platform, number.as_str(), amount, spec, why)? {
-                    FallBack::Rerouted(next) => return Ok(VerdictOutcome::Rerouted { received: true, status: "processing", rerouted_to: next }),
+                    FallBack::Rerouted(next) => {
+                        self.table.record_outcome(channel, false, now);
+                        self.table.release(channel, amount, created_at);
+                        return Ok(VerdictOutcome::Rerouted { received: true, status: "processing", rerouted_to: next });
+                    }
+                    // Another verdict moved it (and counted the failure).
                     FallBack::Stale => return Ok(VerdictOutcome::Stale { received: true, stale: true }),
                     FallBack::Nowhere => {}
                 }
             }
+            failed_here = true;
         }
         // The system acts (platform 0): verdicts are idempotent by order, so no order number.
         let reply = self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command: Command::CompleteWithdrawal { order, succeeded } })?;
         if reply.is_ok() {
             self.forget(order, channel);
+            if failed_here {
+                self.table.record_outcome(channel, false, now);
+                self.table.release(channel, amount, created_at);
+            }
             if waiting && succeeded {
-                // Failures were counted above, before the fallback.
                 self.table.record_outcome(channel, true, now);
             }
         }
@@ -573,7 +583,11 @@ impl Actor {
             });
         }
         let card_no = note.card_no.clone().unwrap_or_default();
-        PayoutBook::save(self.store.as_ref(), platform, number, &note)?;
+        // The engine moved the order: the next bank is asked whatever becomes of the note (one
+        // not saved leaves its channels tried as before this fallback, for the next one).
+        if let Err(error) = PayoutBook::save(self.store.as_ref(), platform, number, &note) {
+            tracing::error!(order = order.0, "payout rerouted, its note not saved: {error}");
+        }
         // The order has left the failed channel: its bank need not keep it for status queries
         // (nobody asks it again; its late verdicts are stale).
         self.bank.forget(order, failed);
@@ -732,7 +746,11 @@ impl Actor {
                             let noted = match noted {
                                 Ok(noted) => noted,
                                 Err(error) => {
+                                    // Watched without being resent: the status query at its
+                                    // timeout finds the bank's verdict, if it has one.
                                     tracing::error!(order = order.0, "payout not resent at start: {error}");
+                                    let sent = self.clock.instant();
+                                    self.outstanding.insert(order, Outstanding { channel, due: sent + self.timeout_of(channel), sent });
                                     continue;
                                 }
                             };

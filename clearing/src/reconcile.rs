@@ -391,7 +391,10 @@ impl ReconcileReport {
         if !records.is_empty() {
             storage::records::put(store, &records).map_err(|e| ClearingError::Storage(e.to_string()))?;
         }
-        ended.extend(carries.into_iter().filter(|(_, carried)| carried.is_none()).map(|(key, _)| key));
+        // A key this run carries again (a null left by an earlier version, now a line missing on
+        // our side once more) is not deleted.
+        ended.retain(|key| !records.iter().any(|(written, _)| written == key));
+        ended.extend(carries.iter().filter(|(_, carried)| carried.is_none()).map(|(key, _)| key.clone()));
         if ended.is_empty() {
             return Ok(());
         }

@@ -235,10 +235,13 @@ fn carries_that_end_are_deleted() {
     let line = json!({"bank_ref": "C1", "order_id": paid, "direction": "out", "amount": "100.00", "status": "succeeded", "fee": "1.00"});
     w.store.write(&[(carry("C1").as_slice(), json!({"line": line, "first_day": day - 1, "declared": false}).to_string().as_bytes())]).unwrap();
     w.store.write(&[(carry("OLD").as_slice(), b"null".as_slice())]).unwrap();
+    // A null left under a bank reference that today's file lists again, naming no order of
+    // ours: carried again, not deleted with the nulls.
+    w.store.write(&[(carry("AGAIN").as_slice(), b"null".as_slice())]).unwrap();
     w.store.write(&[(carry("KEPT").as_slice(), json!({"line": {"bank_ref": "KEPT", "order_id": "ord_999999", "direction": "out", "amount": "1.00", "status": "succeeded"}, "first_day": day, "declared": true}).to_string().as_bytes())]).unwrap();
     let mut book = CaseBook::default();
-    let report = w.reconcile(&mut book, 1, day, HEADER).unwrap();
-    assert_eq!(report["counts"], json!({"matched": 1}), "the carried line matched its order: {report}");
+    let report = w.reconcile(&mut book, 1, day, &format!("{HEADER}AGAIN,ord_999998,out,3.00,succeeded,0.00\n")).unwrap();
+    assert_eq!(report["counts"], json!({"matched": 1, "carried": 1}), "the carried line matched its order: {report}");
     let mut left = Vec::new();
     w.store
         .scan(b"r/carry/", b"r/carry0", &mut |key, _| {
@@ -246,7 +249,7 @@ fn carries_that_end_are_deleted() {
             true
         })
         .unwrap();
-    assert_eq!(left, ["r/carry/00001/KEPT"], "the ended carry and the null one are gone; the declared one stays");
+    assert_eq!(left, ["r/carry/00001/AGAIN", "r/carry/00001/KEPT"], "the ended carry and the null one are gone; the declared one and the new carry stay");
 }
 
 #[test]
