@@ -407,13 +407,21 @@ fn record_reserve_line(inner: &Inner, currency: &CurrencySpec, key: &str, amount
     let code = currency.code_str();
     let key = format!("{RESERVE_PREFIX}{code}/{key}").into_bytes();
     let mut totals = inner.reserve.lock().expect("reserve lock");
-    let new = inner.store.get(&key).map(|held| held.is_none());
+    // What the line held before, if it was recorded already (a resent order; its amount may
+    // differ if the tariff changed in between): the total moves by the difference.
+    let before =
+        inner.store.get(&key).map(|held| held.map(|bytes| serde_json::from_slice::<ReserveLine>(&bytes).ok().and_then(|line| currency.parse(&line.amount))));
     let written = storage::records::put(inner.store.as_ref(), &[(key, &ReserveLine { amount: currency.format(amount), what })]);
-    match (new, written) {
-        (Ok(new), Ok(())) => {
-            if let (true, Some(total)) = (new, totals.get_mut(code)) {
-                total.0 += i128::from(amount);
-                total.1 += 1;
+    match (before, written) {
+        (Ok(before), Ok(())) if before != Some(None) => {
+            if let Some(total) = totals.get_mut(code) {
+                match before {
+                    Some(Some(old)) => total.0 += i128::from(amount) - i128::from(old),
+                    _ => {
+                        total.0 += i128::from(amount);
+                        total.1 += 1;
+                    }
+                }
             }
         }
         (_, written) => {
@@ -541,9 +549,13 @@ mod tests {
         bank.transfer_in(&usd, "B3", 700);
         assert_eq!(bank.reserve_balance(&cny).unwrap(), (12_550, 2), "kept; B2 once");
         assert_eq!(bank.reserve_balance(&usd).unwrap(), (700, 1));
+        // Recorded again with another amount (an order resent after a tariff change): the line
+        // holds the new amount, and the total moves by the difference.
+        bank.transfer_in(&cny, "B2", 2_600);
+        assert_eq!(bank.reserve_balance(&cny).unwrap(), (12_600, 2));
         bank.transfer_in(&cny, "B4", i64::MAX);
         bank.transfer_in(&cny, "B5", i64::MAX);
-        let expected = (12_550 + 2 * i128::from(i64::MAX), 4);
+        let expected = (12_600 + 2 * i128::from(i64::MAX), 4);
         assert_eq!(bank.reserve_balance(&cny).unwrap(), expected, "past i64");
         let restarted = Simulator::start(SimulatorConfig::default(), "key".into(), store).unwrap();
         assert_eq!(restarted.reserve_balance(&cny).unwrap(), expected, "the same from the lines");

@@ -72,7 +72,14 @@ pub struct Template {
     pub out_order_no: String,
     /// SHA-256 of the publishing request, to tell a replay from a conflicting reuse.
     pub content: String,
+    /// The text's first 300 characters, with "…" when there is more: kept in the index, which
+    /// keeps no text, for the pages that list versions (not stored).
+    #[serde(skip)]
+    pub excerpt: String,
 }
+
+/// Characters of a template's text its excerpt keeps.
+pub const EXCERPT_CHARS: usize = 300;
 
 impl Template {
     /// The API's view (with the text or without).
@@ -251,6 +258,7 @@ impl Agreements {
             published_at: now,
             out_order_no: body.out_order_no.clone(),
             content,
+            excerpt: String::new(),
         };
         crate::records::put(self.store.as_ref(), &[(crate::records::key(TEMPLATE_PREFIX, template.id), &template)])?;
         state.index_template(template.clone());
@@ -414,6 +422,10 @@ impl State {
     /// Indexes `template`, keeping everything but its text (up to 64 Ki characters a version,
     /// a thousand versions a platform: `Agreements::with_texts` reads texts from the store).
     fn index_template(&mut self, mut template: Template) {
+        template.excerpt = template.text.chars().take(EXCERPT_CHARS).collect();
+        if template.text.chars().nth(EXCERPT_CHARS).is_some() {
+            template.excerpt.push('…');
+        }
         template.text = String::new();
         self.highest_template = self.highest_template.max(template.id);
         self.versions.entry((template.platform, template.code.clone())).or_default().insert(template.version, template.id);

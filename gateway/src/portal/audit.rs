@@ -229,12 +229,14 @@ impl Audit {
         let mut examined = 0usize;
         while index > 1 && found.len() < limit && examined < SEARCH_EXAMINED_MAX {
             let low = index.saturating_sub(SEARCH_WINDOW).max(1);
-            let mut window: Vec<Record> = Vec::with_capacity((index - low) as usize);
+            let mut window: Vec<(u64, Record)> = Vec::with_capacity((index - low) as usize);
             let mut failure = None;
             self.store
-                .scan(&key(low), &key(index), &mut |_, value| match serde_json::from_slice::<Record>(value) {
+                .scan(&key(low), &key(index), &mut |stored, value| match serde_json::from_slice::<Record>(value) {
                     Ok(record) => {
-                        window.push(record);
+                        // The page moves by the key's sequence, not the record's own field.
+                        let sequence = stored.get(PREFIX.len()..).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+                        window.push((sequence, record));
                         true
                     }
                     Err(error) => {
@@ -249,11 +251,11 @@ impl Audit {
             if window.len() as u64 != index - low {
                 return Err(ApiError::unavailable(format!("audit records {low} to {} are not all in the store", index - 1)));
             }
-            for record in window.into_iter().rev() {
+            for (sequence, record) in window.into_iter().rev() {
                 if found.len() >= limit || examined >= SEARCH_EXAMINED_MAX {
                     break;
                 }
-                index = record.sequence;
+                index = sequence;
                 examined += 1;
                 let visible = scope.contains(&record.scope);
                 let matches = visible
@@ -388,6 +390,21 @@ mod tests {
             }
             assert_eq!(seen, mine, "pages of {limit}");
         }
+        // A record whose own sequence field was changed (older than a start checks): pages move
+        // by the keys, so they still walk every record once.
+        let mut changed: Record = serde_json::from_slice(&store.get(&key(50)).unwrap().unwrap()).unwrap();
+        changed.sequence = 9_999;
+        store.write(&[(&key(50), &serde_json::to_vec(&changed).unwrap())]).unwrap();
+        let (mut walked, mut cursor) = (0, None);
+        loop {
+            let (page, next) = audit.search(&Scope::Platform { platform: 1 }, &Query { limit: 7, before_sequence: cursor, ..Query::default() }).unwrap();
+            walked += page.len();
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(walked, mine.len());
         let (text, _) = audit.search(&Scope::System, &Query { limit: 500, text: Some("T69".into()), ..Query::default() }).unwrap();
         assert_eq!(text.iter().map(|r| r.sequence).collect::<Vec<_>>(), vec![699, 698, 697, 696, 695, 694, 693, 692, 691, 690, 69]);
     }

@@ -395,7 +395,9 @@ async fn audit(session: Session, portal: PortalData, query: web::Query<AuditQuer
         before_sequence: cursor,
         limit: if csv { 500 } else { 50 },
     };
-    let (records, next) = portal.audit.search(&session.scope(), &search)?;
+    // Reads the store (up to 100,000 records a page): off the async workers.
+    let (reading, scope) = (portal.clone(), session.scope());
+    let (records, next) = crate::error::blocking(move || reading.audit.search(&scope, &search)).await??;
     if csv {
         return Ok(HttpResponse::Ok()
             .content_type("text/csv; charset=utf-8")

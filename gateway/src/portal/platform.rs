@@ -1407,8 +1407,8 @@ fn agreements_page(
     member: Option<&Member>,
     message: Option<(&str, &str)>,
 ) -> Result<HttpResponse, PortalError> {
-    // Texts for their first 300 characters: a page of this platform's versions, read for it.
-    let templates = agreements.with_texts(agreements.templates(platform.id))?;
+    // Each version's excerpt (kept in the index), not its text.
+    let templates = agreements.templates(platform.id);
     let signatures = member.map(|member| agreements.signatures_of(platform.id, member.id)).unwrap_or_default();
     let body = html! {
         @if let Some((kind, text)) = message { (notice(kind, text)) }
@@ -1440,7 +1440,7 @@ fn agreements_page(
                         @for template in &templates {
                             tr {
                                 td { (template.code) } td.num { (template.version) } td { (template.title) }
-                                td.small { (template.text.chars().take(300).collect::<String>()) @if template.text.chars().count() > 300 { "…" } }
+                                td.small { (template.excerpt) }
                                 td.small { code { (template.sha256) } }
                             }
                         }
