@@ -178,7 +178,15 @@ fn money_in_channels_take_only_their_currency_in_their_hours_and_days() {
     // sim_gateway taken out: a new order naming no channel goes through the next CNY one
     // (sim_wechat_scan), while a replay of one that went through sim_gateway is still its replay
     // (not a conflict over the channel chosen today).
+    let (status, _, named) = recharge("cny-n1", &cny, "CNY", Some("sim_gateway"));
+    assert_eq!(status, 201, "{named}");
+    p.wait_order(named["order_id"].as_str().unwrap(), "succeeded");
     channel_change(json!({"enabled": false}));
+    // Naming the channel taken out: its replay is still its replay; a new number is refused.
+    let (status, replayed, again) = recharge("cny-n1", &cny, "CNY", Some("sim_gateway"));
+    assert_eq!((status, replayed, &again["order_id"]), (201, true, &named["order_id"]), "{again}");
+    let refused = recharge("cny-n2", &cny, "CNY", Some("sim_gateway"));
+    assert_eq!((error_of(&refused), refused.2["error"]["param"].as_str()), ((400, Some("invalid_request")), Some("channel")), "{}", refused.2);
     let (status, replayed, again) = recharge("cny-1", &cny, "CNY", None);
     assert_eq!((status, replayed, &again["order_id"], again["channel"].as_str()), (201, true, &first["order_id"], Some("sim_gateway")), "{again}");
     assert_eq!(error_of(&recharge("cny-1", &usd, "USD", None)), (409, Some("idempotency_conflict")), "another body under the number");

@@ -88,8 +88,16 @@ pub async fn prepare_payment(engine: &Arc<Engine>, clearing: &clearing_actor::Cl
     let splits = legs(&body.splits, &spec, "splits")?;
     let guarantee = body.mode == Mode::Guarantee;
     let command = if direct {
-        let channel = crate::recharges::money_in_channel(&clearing.channels(), body.channel.as_deref(), spec.code_str())?;
-        Command::RequestDirectPayment { payer, guarantee, currency: currency_id, amount: total, payees, splits, channel }
+        let mut probe = Envelope {
+            platform: platform.id,
+            out_order_no: Some(number),
+            command: Command::RequestDirectPayment { payer, guarantee, currency: currency_id, amount: total, payees, splits, channel: 0 },
+        };
+        let channel = crate::recharges::resolve_money_in_channel(engine, &clearing.channels(), body.channel.as_deref(), spec.code_str(), &probe).await?;
+        if let Command::RequestDirectPayment { channel: chosen, .. } = &mut probe.command {
+            *chosen = channel;
+        }
+        probe.command
     } else {
         Command::Payment { payer, guarantee, currency: currency_id, amount: total, payees, splits }
     };

@@ -40,9 +40,15 @@ pub async fn prepare_recharge(engine: &Arc<Engine>, clearing: &Clearing, platfor
     let (currency_id, spec) = currency(engine, &body.currency)?;
     let minor = amount(&body.amount, &spec, "amount")?;
     let target = account(&body.account_id, "account_id")?;
-    let channel = money_in_channel(&channels, body.channel.as_deref(), spec.code_str())?;
-    let command = Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel };
-    let mut envelope = Envelope { platform: platform.id, out_order_no: Some(number), command };
+    let mut envelope = Envelope {
+        platform: platform.id,
+        out_order_no: Some(number),
+        command: Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel: 0 },
+    };
+    let channel = resolve_money_in_channel(engine, &channels, body.channel.as_deref(), spec.code_str(), &envelope).await?;
+    if let Command::RequestRecharge { channel: chosen, .. } = &mut envelope.command {
+        *chosen = channel;
+    }
     within_money_in_channel(engine, &channels, clearing.now_micros(), &mut envelope, body.channel.is_none()).await?;
     let channel = match envelope.command {
         Command::RequestRecharge { channel, .. } => channel,
@@ -105,26 +111,7 @@ pub(crate) async fn within_money_in_channel(
         };
         ApiError { param: Some(param.into()), ..ApiError::new(422, "no_channel_available", &message) }
     };
-    // The record the engine would answer from: on the shard of the account the order debits.
-    let (Some(key), Some(account)) = (engine::ledger::command::own_key(envelope), envelope.command.debited_account()) else {
-        return reason.map_or(Ok(()), |reason| Err(refusal(reason)));
-    };
-    let shard_count = engine.config().shard_count;
-    let reading = engine.clone();
-    // Off the async workers (a read of the shard, or of its cold rows): a refusal is rare; an
-    // order naming no channel pays this read for its replays' sake.
-    let first_channel = crate::error::blocking(move || -> Result<Option<Option<u16>>, engine::EngineError> {
-        let Some(record) = reading.idempotency_record(account.shard(shard_count), key)? else { return Ok(None) };
-        let order = OrderId(record.reply.id);
-        let channel = reading.read_shard(order.shard(shard_count), move |state| {
-            state.order(order).and_then(|o| match o.detail {
-                OrderDetail::Recharge { channel } | OrderDetail::Payment { channel: Some(channel), .. } => Some(channel),
-                _ => None,
-            })
-        })?;
-        Ok(Some(channel))
-    })
-    .await??;
+    let first_channel = held_order_channel(engine, envelope).await?;
     match first_channel {
         Some(held) => {
             if let (true, Some(held)) = (defaulted, held) {
@@ -135,6 +122,47 @@ pub(crate) async fn within_money_in_channel(
             Ok(())
         }
         None => reason.map_or(Ok(()), |reason| Err(refusal(reason))),
+    }
+}
+
+/// What the engine holds of `envelope`'s order number: `None` if nothing; else the channel the
+/// held order went through (`None` inside when it is not a money-in order). Read off the async
+/// workers (the shard, or its cold rows).
+async fn held_order_channel(engine: &Arc<Engine>, envelope: &Envelope) -> Result<Option<Option<u16>>, ApiError> {
+    // The record the engine would answer from: on the shard of the account the order debits.
+    let (Some(key), Some(account)) = (engine::ledger::command::own_key(envelope), envelope.command.debited_account()) else { return Ok(None) };
+    let shard_count = engine.config().shard_count;
+    let reading = engine.clone();
+    crate::error::blocking(move || -> Result<Option<Option<u16>>, engine::EngineError> {
+        let Some(record) = reading.idempotency_record(account.shard(shard_count), key)? else { return Ok(None) };
+        let order = OrderId(record.reply.id);
+        let channel = reading.read_shard(order.shard(shard_count), move |state| {
+            state.order(order).and_then(|o| match o.detail {
+                OrderDetail::Recharge { channel } | OrderDetail::Payment { channel: Some(channel), .. } => Some(channel),
+                _ => None,
+            })
+        })?;
+        Ok(Some(channel))
+    })
+    .await?
+    .map_err(ApiError::from)
+}
+
+/// The money-in channel of a request: the one it names (enabled), else the first enabled one in
+/// `currency`. When none resolves (the named one was disabled since, or none is enabled), an
+/// order number the engine holds takes its held order's channel, so that its replay is still
+/// answered as the first time; otherwise 400 `invalid_request` naming `channel`. `probe` is the
+/// order's envelope (its channel not yet chosen).
+pub(crate) async fn resolve_money_in_channel(
+    engine: &Arc<Engine>,
+    channels: &ChannelSet,
+    name: Option<&str>,
+    currency: &str,
+    probe: &Envelope,
+) -> Result<u16, ApiError> {
+    match money_in_channel(channels, name, currency) {
+        Ok(channel) => Ok(channel),
+        Err(error) => held_order_channel(engine, probe).await?.flatten().ok_or(error),
     }
 }
 
