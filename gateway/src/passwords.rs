@@ -40,13 +40,25 @@ pub struct Passwords {
     /// guesses cannot get past the lockout (a burst of a thousand all read the count before
     /// any was written). Its lock also orders every read-modify-write of a record; argon2 runs
     /// outside it. An account leaves the map when its last check ends.
-    in_flight: Mutex<HashMap<u64, u32>>,
+    ///
+    /// In `IN_FLIGHT_STRIPES` stripes by account number: a check holds its stripe's lock across
+    /// a store read and a synced write, and a flood of guesses against some accounts must not
+    /// queue every other account's checks behind it.
+    in_flight: Box<[Mutex<HashMap<u64, u32>>]>,
 }
+
+/// Stripes of the checks in flight (see `Passwords::in_flight`).
+const IN_FLIGHT_STRIPES: u64 = 64;
 
 impl Passwords {
     /// The passwords of `store` (nothing is read until a check).
     pub fn new(store: Arc<dyn Store>) -> Passwords {
-        Passwords { store, in_flight: Mutex::new(HashMap::new()) }
+        Passwords { store, in_flight: (0..IN_FLIGHT_STRIPES).map(|_| Mutex::new(HashMap::new())).collect() }
+    }
+
+    /// The lock of `account`'s checks (its stripe).
+    fn stripe(&self, account: AccountId) -> &Mutex<HashMap<u64, u32>> {
+        &self.in_flight[(account.0 % IN_FLIGHT_STRIPES) as usize]
     }
 
     fn read(&self, account: AccountId) -> Result<Option<Record>, ApiError> {
@@ -69,7 +81,7 @@ impl Passwords {
         rand::thread_rng().fill_bytes(&mut salt);
         let salt = SaltString::encode_b64(&salt).expect("16 bytes make a salt");
         let hash = Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2id hashes").to_string();
-        let _order = self.in_flight.lock().expect("passwords lock");
+        let _order = self.stripe(account).lock().expect("passwords lock");
         self.save(account, &Record { hash, failures: 0 })
     }
 
@@ -81,7 +93,7 @@ impl Passwords {
     /// Verifies a payment password for `account`.
     pub fn verify(&self, account: AccountId, password: Option<&str>) -> Result<(), ApiError> {
         let (record, mut held) = {
-            let mut in_flight = self.in_flight.lock().expect("passwords lock");
+            let mut in_flight = self.stripe(account).lock().expect("passwords lock");
             let Some(record) = self.read(account)? else {
                 return Err(ApiError::new(422, "payment_password_not_set", "the account has no payment password; set one first"));
             };
@@ -94,7 +106,7 @@ impl Passwords {
                     ..ApiError::new(422, "invalid_payment_password", "this platform requires payment_password")
                 });
             }
-            let Some(held) = HeldTry::take(&self.in_flight, &mut in_flight, account.0, u32::from(record.failures), u32::from(FAILURES_MAX)) else {
+            let Some(held) = HeldTry::take(self.stripe(account), &mut in_flight, account.0, u32::from(record.failures), u32::from(FAILURES_MAX)) else {
                 return Err(ApiError::rate_limited("this account's remaining payment password tries are all being checked; try again in a second", 1));
             };
             (record, held)
@@ -104,7 +116,7 @@ impl Passwords {
             .map_err(|e| ApiError::unavailable(format!("the password hash of {} does not parse: {e}", account.0)));
         // The try is given back and the outcome counted under one hold of the lock: a check that
         // starts in between would see neither.
-        let mut in_flight = self.in_flight.lock().expect("passwords lock");
+        let mut in_flight = self.stripe(account).lock().expect("passwords lock");
         held.give_back(&mut in_flight);
         let right = right?;
         // As the record is now: another check may have counted since, or the password changed
@@ -285,17 +297,17 @@ mod tests {
         assert!(codes.iter().all(|c| ["invalid_payment_password", "payment_locked", "rate_limited"].contains(c)), "{codes:?}");
         assert!(checked <= 4 && codes.contains(&"rate_limited"), "four tries were left: {codes:?}");
         assert_eq!(passwords.failures(account).unwrap(), Some(1 + checked as u8), "each checked guess counted once");
-        assert!(passwords.in_flight.lock().unwrap().is_empty(), "no check left in flight");
+        assert!(passwords.in_flight.iter().all(|stripe| stripe.lock().unwrap().is_empty()), "no check left in flight");
         // Tries held by checks in flight are not anyone else's.
         let fresh = AccountId(10);
         passwords.set(fresh, "123456").unwrap();
         passwords.verify(fresh, Some("000000")).unwrap_err();
         passwords.verify(fresh, Some("000000")).unwrap_err();
-        passwords.in_flight.lock().unwrap().insert(fresh.0, 3);
+        passwords.stripe(fresh).lock().unwrap().insert(fresh.0, 3);
         assert_eq!(passwords.verify(fresh, Some("123456")).unwrap_err().code, "rate_limited", "two wrong and three in flight");
-        passwords.in_flight.lock().unwrap().insert(fresh.0, 2);
+        passwords.stripe(fresh).lock().unwrap().insert(fresh.0, 2);
         assert!(passwords.verify(fresh, Some("123456")).is_ok(), "one try left for this check");
-        assert_eq!(passwords.in_flight.lock().unwrap().get(&fresh.0), Some(&2), "its own try given back");
+        assert_eq!(passwords.stripe(fresh).lock().unwrap().get(&fresh.0), Some(&2), "its own try given back");
         assert_eq!(passwords.failures(fresh).unwrap(), Some(0));
     }
 
@@ -324,6 +336,21 @@ mod tests {
         assert!(lock.lock().unwrap().is_empty(), "the panicking check's try is back");
         assert!(HeldTry::take(&lock, &mut lock.lock().unwrap(), 8, 5, 5).is_none());
         assert!(lock.lock().unwrap().is_empty(), "a refused take leaves no entry");
+    }
+
+    /// A check holds its account's stripe only: one account's checks (a store read and a synced
+    /// write under the lock) do not hold up another stripe's.
+    #[test]
+    fn checks_of_other_stripes_do_not_wait() {
+        let passwords = Arc::new(Passwords::new(Arc::new(storage::MemoryStore::new())));
+        let (busy, other) = (AccountId(1), AccountId(2));
+        passwords.set(other, "123456").unwrap();
+        let held = passwords.stripe(busy).lock().unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let checking = passwords.clone();
+        std::thread::spawn(move || done.send(checking.verify(other, Some("123456")).is_ok()).unwrap());
+        assert_eq!(finished.recv_timeout(std::time::Duration::from_secs(20)), Ok(true), "account 2 checked while account 1's stripe is held");
+        drop(held);
     }
 
     #[test]
