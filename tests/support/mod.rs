@@ -44,6 +44,17 @@ pub fn answer(result: Result<ureq::Response, ureq::Error>, what: &str) -> ureq::
     }
 }
 
+/// A test that fails (or never calls `stop`) must not leave its server running: the child is
+/// killed if it has not exited.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Server {
     pub fn get(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
         let mut request = ureq::get(&format!("{}{path}", self.base));
