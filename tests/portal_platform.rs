@@ -104,6 +104,58 @@ fn money_form(person: &mut Person, action: &str, fields: &[(&str, &str)], number
     person.post(action, &all)
 }
 
+/// The member ids a members page lists, in order.
+fn listed_members(page: &Page) -> Vec<String> {
+    page.body.split("href=\"/portal/platform/members/").skip(1).map(|rest| rest.split('"').next().unwrap().to_string()).collect()
+}
+
+#[test]
+fn the_members_list_pages_from_the_store_and_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let mut admin = admin(&server);
+    let (alpha, _) = platform_with_operator(&server, &mut admin, "Alpha");
+    let beta = Client::create(&server, TOKEN, r#"{"name": "Beta"}"#);
+    let mut made = Vec::new();
+    for n in 0..60 {
+        made.push(alpha.member(&format!("a-{n}"), &format!("Alpha Member {n}")));
+        beta.member(&format!("b-{n}"), &format!("Beta Member {n}"));
+    }
+    let (platform, secret) = (alpha.platform.clone(), alpha.secret.clone());
+    server.stop();
+
+    // After a restart: the list pages through Alpha's members only, fifty at a time.
+    let server = start(dir.path(), Some(TOKEN));
+    let mut operator = Person::new(&server);
+    assert_eq!(operator.login("alpha_ops", PASSWORD).status, 303);
+    let first = operator.get("/portal/platform/members");
+    assert_eq!(first.status, 200);
+    assert_eq!(listed_members(&first), made[..50]);
+    let last_id: u64 = made[49].trim_start_matches("mem_").parse().unwrap();
+    assert!(first.body.contains(&format!("/portal/platform/members?after={last_id}")), "{}", first.body);
+    let second = operator.get(&format!("/portal/platform/members?after={last_id}"));
+    assert_eq!(listed_members(&second), made[50..]);
+    assert!(!second.body.contains("Next page"), "{}", second.body);
+    let filtered = operator.get("/portal/platform/members?q=member%2059");
+    assert_eq!(listed_members(&filtered), made[59..]);
+    let dashboard = operator.get("/portal/platform");
+    assert!(dashboard.body.contains("id=\"metric-members\">60<"), "{}", dashboard.body);
+
+    // Order numbers from before the restart replay; a new member takes an id never used.
+    let alpha = Client { server: &server, platform, secret };
+    let body =
+        serde_json::json!({"out_order_no": "a-0", "type": "individual", "name": "Alpha Member 0", "id_number": "11010519491231002X", "phone": "13800138000"});
+    let (status, replayed, shown) = alpha.post("/v1/members", &body);
+    assert_eq!((status, replayed, shown["member_id"].as_str()), (201, true, Some(made[0].as_str())));
+    let newest = alpha.member("a-new", "Alpha Newest");
+    let newest_id: u64 = newest.trim_start_matches("mem_").parse().unwrap();
+    assert_eq!(newest_id, 121, "two platforms made 120 members before");
+    let (status, shown) = alpha.get(&format!("/v1/members/{newest}/notifications"));
+    assert_eq!(status, 200, "{shown}");
+    assert!(operator.get("/portal/platform").body.contains("id=\"metric-members\">61<"));
+    server.stop();
+}
+
 #[test]
 fn members_and_accounts_made_through_the_forms_are_the_apis() {
     let dir = tempfile::tempdir().unwrap();

@@ -133,9 +133,7 @@ pub async fn open(
 ) -> Result<(AccountId, bool), ApiError> {
     let out_order_no =
         OutOrderNo::new(out_order_no).ok_or_else(|| ApiError::invalid("out_order_no must be 1 to 64 characters [A-Za-z0-9_-]", "out_order_no"))?;
-    let member: Member = Member::parse_public_id(member_id)
-        .and_then(|id| members.get(platform.id, id))
-        .ok_or_else(|| ApiError { param: Some("member_id".into()), ..ApiError::not_found() })?;
+    let member: Member = members.named(platform.id, member_id)?.ok_or_else(|| ApiError { param: Some("member_id".into()), ..ApiError::not_found() })?;
     let currency = currency_of(engine, currency).ok_or_else(|| ApiError::invalid("unknown currency", "currency"))?;
     agreements.require(platform, member.id, crate::agreements::Purpose::OpenAccount)?;
     let command = Command::OpenAccount { owner: member.id, currency, limits: Limits::NONE };

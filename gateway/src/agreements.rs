@@ -499,7 +499,7 @@ pub struct SignBody {
 }
 
 fn member_of(members: &Members, platform: u32, text: &str) -> Result<Member, ApiError> {
-    Member::parse_public_id(text).and_then(|id| members.get(platform, id)).ok_or_else(ApiError::not_found)
+    members.named(platform, text)?.ok_or_else(ApiError::not_found)
 }
 
 #[utoipa::path(post, path = "/v1/members/{member_id}/agreements", tag = "agreements", request_body = crate::agreements::SignBody, params(("member_id" = String, Path, description = "Member id (mem_...)")), responses((status = 201, description = "The signature", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]

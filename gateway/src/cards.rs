@@ -296,7 +296,7 @@ pub async fn bind_card(
     if !crate::identity::valid_phone(&body.phone) {
         return Err(ApiError::invalid("phone must be a mainland mobile number of 11 digits", "phone"));
     }
-    let member = members.get(platform, owner).ok_or_else(ApiError::not_found)?;
+    let member = members.get(platform, owner)?.ok_or_else(ApiError::not_found)?;
     if member.name != body.holder_name.trim() || member.id_number != body.id_number.to_ascii_uppercase() {
         return Err(ApiError::new(422, "identity_mismatch", "the holder's name and id number must be the account member's"));
     }

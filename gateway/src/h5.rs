@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::h5_text::{page, t, Locale};
-use crate::members::{Member, Members};
+use crate::members::Members;
 use crate::payments::{Funding, LegBody, Mode, PaymentBody};
 use crate::signed::Signed;
 
@@ -253,9 +253,7 @@ async fn grant(
     if let Some(number) = &body.out_order_no {
         crate::ids::out_order_no(number, "out_order_no")?;
     }
-    let member = Member::parse_public_id(&body.member_id)
-        .and_then(|id| members.get(platform.id, id))
-        .ok_or(ApiError { param: Some("member_id".into()), ..ApiError::not_found() })?;
+    let member = members.named(platform.id, &body.member_id)?.ok_or(ApiError { param: Some("member_id".into()), ..ApiError::not_found() })?;
     let account = match &body.account_id {
         Some(text) => Some(member_account(engine, platform.id, member.id, text, "account_id").await?),
         None => None,

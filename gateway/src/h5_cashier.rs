@@ -22,7 +22,9 @@ async fn payee_names(engine: &Arc<Engine>, members: &Members, platform: u32, ses
     let mut shown = Vec::new();
     for leg in &payment.payees {
         let name = match crate::accounts::parse_account_id(&leg.account_id) {
-            Some(id) => crate::accounts::owner_of(engine, platform, id).await.ok().and_then(|owner| members.get(platform, owner)).map(|m| m.name),
+            Some(id) => {
+                crate::accounts::owner_of(engine, platform, id).await.ok().and_then(|owner| members.get(platform, owner).ok().flatten()).map(|m| m.name)
+            }
             None => None,
         };
         shown.push((leg.account_id.clone(), name.unwrap_or_default(), leg.amount.clone()));
@@ -40,7 +42,7 @@ async fn cashier_page(
 ) -> Result<HttpResponse, PageError> {
     let locale = session.locale;
     let payment = session.grant.payment.as_ref().ok_or_else(|| PageError::new(404, "not_found", locale))?;
-    let payer = members.get(session.grant.platform, session.grant.member).map(|m: Member| m.name).unwrap_or_default();
+    let payer = members.get(session.grant.platform, session.grant.member).map_err(|e| PageError::api(e, locale))?.map(|m: Member| m.name).unwrap_or_default();
     let payees = payee_names(engine, members, session.grant.platform, session).await;
     let payer_account = crate::accounts::parse_account_id(&payment.payer_account_id);
     let failures = payer_account.map_or(Ok(None), |a| passwords.failures(a)).map_err(|e| PageError::api(e, locale))?.unwrap_or(0);

@@ -321,7 +321,7 @@ pub async fn withdraw(
     };
     let arrival_name = if arrival == Arrival::Realtime { "realtime" } else { "standard" };
     if form.get("step") != "confirm" {
-        let member = members.get(platform, w.session.grant.member);
+        let member = members.get(platform, w.session.grant.member).map_err(|e| PageError::api(e, locale))?;
         let account_type = if member.is_some_and(|m| m.kind == "enterprise") { AccountType::Corporate } else { AccountType::Personal };
         let Some((channel, fee)) = crate::withdrawals::quote(&clearing.channels(), &spec, minor, arrival, account_type) else {
             return withdraw_page(&w, &engine, &cards, Some(notice("error", t(locale, "no_channel")))).await;
@@ -592,7 +592,10 @@ pub async fn password(
         return Ok(ok_page(password_page(&w, &passwords, Some(notice("error", t(locale, "passwords_differ"))))?));
     }
     if passwords.failures(w.account).map_err(|e| PageError::api(e, locale))?.is_some() {
-        let member = members.get(w.session.grant.platform, w.session.grant.member).ok_or_else(|| PageError::new(404, "not_found", locale))?;
+        let member = members
+            .get(w.session.grant.platform, w.session.grant.member)
+            .map_err(|e| PageError::api(e, locale))?
+            .ok_or_else(|| PageError::new(404, "not_found", locale))?;
         let id_right = crate::auth::constant_time_equal(form.get("id_number").to_ascii_uppercase().as_bytes(), member.id_number.as_bytes());
         let phone_right = crate::auth::constant_time_equal(form.get("phone").as_bytes(), member.phone.as_bytes());
         if !(id_right && phone_right) {
@@ -763,7 +766,10 @@ pub async fn sign(
             return Err(PageError::new(403, "wrong_purpose", locale));
         }
     }
-    let member = members.get(session.grant.platform, session.grant.member).ok_or_else(|| PageError::new(404, "not_found", locale))?;
+    let member = members
+        .get(session.grant.platform, session.grant.member)
+        .map_err(|e| PageError::api(e, locale))?
+        .ok_or_else(|| PageError::new(404, "not_found", locale))?;
     let (signing, shown, address) = (agreements.get_ref().clone(), form.get("sha256").to_string(), crate::agreements::client_address(&request));
     let code_signed = code.clone();
     let outcome = blocking(move || {

@@ -69,7 +69,7 @@ pub async fn list(
     members: web::Data<Arc<Members>>,
     notifications: web::Data<Arc<Notifications>>,
 ) -> Result<HttpResponse, ApiError> {
-    let member = Member::parse_public_id(&path).and_then(|id| members.get(signed.platform.id, id)).ok_or_else(ApiError::not_found)?;
+    let member = members.named(signed.platform.id, &path)?.ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"notifications": notifications.of(member.id)})))
 }
 

@@ -87,7 +87,7 @@ pub async fn withdraw(
     if card.status != "verified" {
         return Err(ApiError { param: Some("card_id".into()), ..ApiError::new(422, "card_not_verified", "withdrawals go only to verified cards") });
     }
-    let member = members.get(platform, owner).ok_or_else(ApiError::not_found)?;
+    let member = members.get(platform, owner)?.ok_or_else(ApiError::not_found)?;
     let account_type = if member.kind == "enterprise" { AccountType::Corporate } else { AccountType::Personal };
     let payout = Payout { platform, number, target, minor, arrival, account_type, card_id: card.id, card_no: card.card_no.clone(), alert: Some(member) };
     let mut view = Fields::default();

@@ -221,7 +221,7 @@ async fn home(
     let summaries = m.summaries(&engine).await?;
     let figures = figures(&engine, &m).await?;
     let charts = charts(&engine, &m, &summaries).await?;
-    let member = members.get(m.platform.id, m.member);
+    let member = members.get(m.platform.id, m.member)?;
     let currencies = engine.config().currencies.clone();
     let wide = |currency: u8, minor: i128| {
         let spec = currencies[currency as usize];
@@ -276,7 +276,7 @@ async fn kyc(
     agreements: web::Data<Arc<Agreements>>,
 ) -> Result<HttpResponse, PortalError> {
     let m = merchant(&session, &platforms, &engine).await?;
-    let member = members.get(m.platform.id, m.member).ok_or(PortalError::NotFound)?;
+    let member = members.get(m.platform.id, m.member)?.ok_or(PortalError::NotFound)?;
     let signed = agreements.signatures_of(m.platform.id, m.member);
     let mut latest: std::collections::BTreeMap<String, Template> = std::collections::BTreeMap::new();
     for template in agreements.templates(m.platform.id) {
@@ -344,7 +344,7 @@ async fn sign_agreement(
     check_form(&request, &session, &fields)?;
     session.require(Role::Operator)?;
     let m = merchant(&session, &platforms, &engine).await?;
-    let member = members.get(m.platform.id, m.member).ok_or(PortalError::NotFound)?;
+    let member = members.get(m.platform.id, m.member)?.ok_or(PortalError::NotFound)?;
     let (code, version, shown) = (fields.get("code").to_string(), fields.get("version").parse::<u32>().ok(), fields.get("sha256").to_string());
     let after = json!({"code": code, "version": version, "sha256": shown});
     let signed = match version {
@@ -545,7 +545,7 @@ async fn check_withdrawal(
             .ok_or_else(|| ApiError::invalid("choose a verified card of this account", "card_id"))?;
         let amount = crate::orders::amount(fields.get("amount").trim(), &spec, "amount")?;
         let arrival = crate::withdrawals::parse_arrival(fields.opt("arrival"))?;
-        let member = members.get(m.platform.id, m.member).ok_or_else(ApiError::not_found)?;
+        let member = members.get(m.platform.id, m.member)?.ok_or_else(ApiError::not_found)?;
         let account_type = if member.kind == "enterprise" { AccountType::Corporate } else { AccountType::Personal };
         Ok(Checked { account, card, spec, amount, arrival, account_type })
     })();

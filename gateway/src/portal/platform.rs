@@ -115,7 +115,7 @@ async fn home(
 ) -> Result<HttpResponse, PortalError> {
     let platform = own_platform(&session, &platforms)?;
     let failed_deliveries = delivery.recent(platform.id).iter().filter(|a| !a.delivered).count();
-    let member_count = members.count_of(platform.id);
+    let member_count = members.count_of(platform.id)?;
     let account_count = count_accounts(&engine, platform.id).await?;
     let today = crate::stats::today(&engine);
     let today_orders: u64 = crate::stats::daily_volume(&engine, Some(platform.id), today..=today).await?.iter().map(|t| t.count).sum();
@@ -224,10 +224,16 @@ async fn members_list(
         q: query.iter().find(|(k, _)| k == "q").map(|(_, v)| v.trim().to_string()).filter(|v| !v.is_empty()),
         after: query.iter().find(|(k, _)| k == "after").map(|(_, v)| v.clone()).filter(|v| !v.is_empty()),
     };
-    Ok(members_page(&session, &platform, &members, &query, None))
+    members_page(&session, &platform, &members, &query, None).await
 }
 
-fn members_page(session: &Session, platform: &Platform, members: &Members, query: &MembersQuery, flash: Option<(&str, &str)>) -> HttpResponse {
+async fn members_page(
+    session: &Session,
+    platform: &Platform,
+    members: &Arc<Members>,
+    query: &MembersQuery,
+    flash: Option<(&str, &str)>,
+) -> Result<HttpResponse, PortalError> {
     let mut flash = flash.map(|(kind, text)| (kind.to_string(), text.to_string()));
     let after = match query.after.as_deref().map(|a| a.parse::<u64>()) {
         None => 0,
@@ -237,7 +243,8 @@ fn members_page(session: &Session, platform: &Platform, members: &Members, query
             0
         }
     };
-    let (found, next) = members.of_platform(platform.id, after, query.q.as_deref(), MEMBERS_PAGE);
+    let (listing, platform_id, filter) = (members.clone(), platform.id, query.q.clone());
+    let (found, next) = crate::error::blocking(move || listing.of_platform(platform_id, after, filter.as_deref(), MEMBERS_PAGE)).await??;
     let next_link = next.map(|n| {
         let mut link = format!("/portal/platform/members?after={n}");
         if let Some(q) = &query.q {
@@ -279,7 +286,7 @@ fn members_page(session: &Session, platform: &Platform, members: &Members, query
             }
         }
     };
-    page(session, "Members", "/portal/platform/members", body)
+    Ok(page(session, "Members", "/portal/platform/members", body))
 }
 
 /// Percent-encodes a query value.
@@ -317,14 +324,14 @@ async fn register_member(
         Err(error) => {
             portal.audit.record(&session, session.scope(), "member.create", "", Value::Null, Value::Null, &format!("refused: {}", error.code))?;
             let query = MembersQuery { q: None, after: None };
-            Ok(members_page(&session, &platform, &members, &query, Some(("error", &refusal(&error)))))
+            members_page(&session, &platform, &members, &query, Some(("error", &refusal(&error)))).await
         }
     }
 }
 
 /// The platform's member named by a path segment (`mem_N`), or 404.
 fn member_of(members: &Members, platform: &Platform, text: &str) -> Result<Member, PortalError> {
-    Member::parse_public_id(text).and_then(|id| members.get(platform.id, id)).ok_or(PortalError::NotFound)
+    members.named(platform.id, text)?.ok_or(PortalError::NotFound)
 }
 
 #[allow(clippy::too_many_arguments)]
