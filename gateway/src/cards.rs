@@ -4,7 +4,7 @@
 //! statement and reports back; three wrong tries lock the card. Withdrawals go only to
 //! verified cards.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_web::{delete, get, post, web, HttpResponse};
@@ -67,15 +67,74 @@ impl Card {
     }
 }
 
-/// Every card, loaded at start and written through.
+/// Cards, kept in the store and read from it where used: memory holds only the highest id.
+///
+/// Keys: `c/{id}` the card (JSON, decimal id), `cg/{platform}/{out_order_no}` the card an order
+/// number bound (its id), `ca/{account}{id}` an account's cards in id order (the bind time, for
+/// the day's count), `cp/{id}` a card waiting for verification (for `resume_deposits`),
+/// `cn/highest` the highest id. A bind writes all five in one synced batch.
 pub struct Cards {
     store: Arc<dyn Store>,
-    state: Mutex<CardsState>,
     /// Held (on a blocking thread, never an async worker) across each read, change and save of
     /// a card, and across a bind's count, id and save: two verify calls never both see the same
     /// number of tries, and two binds never both pass the day's limit.
     changing: Mutex<()>,
+    highest_id: AtomicU64,
     binds_per_account_per_day: u32,
+}
+
+const ORDER_PREFIX: &[u8] = b"cg/";
+const ACCOUNT_PREFIX: &[u8] = b"ca/";
+const PENDING_PREFIX: &[u8] = b"cp/";
+const PENDING_PREFIX_END: &[u8] = b"cp0";
+const HIGHEST: &[u8] = b"cn/highest";
+/// Written once the `cg/`, `ca/`, `cp/` keys and `cn/highest` exist: a database from before
+/// them (session 54) has them built by one pass over its cards at its first start.
+const INDEX_BUILT: &[u8] = b"ci/built";
+/// Cards the index is built for per write when a database from before it first starts.
+const INDEX_BUILD_CHUNK: usize = 65_536;
+
+fn card_key(id: u64) -> Vec<u8> {
+    crate::records::key(PREFIX, id)
+}
+
+fn order_key(platform: u32, out_order_no: &str) -> Vec<u8> {
+    let mut key = ORDER_PREFIX.to_vec();
+    key.extend_from_slice(&platform.to_be_bytes());
+    key.push(b'/');
+    key.extend_from_slice(out_order_no.as_bytes());
+    key
+}
+
+fn account_key(account: u64, id: u64) -> [u8; 19] {
+    let mut key = [0u8; 19];
+    key[..3].copy_from_slice(ACCOUNT_PREFIX);
+    key[3..11].copy_from_slice(&account.to_be_bytes());
+    key[11..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn pending_key(id: u64) -> [u8; 11] {
+    let mut key = [0u8; 11];
+    key[..3].copy_from_slice(PENDING_PREFIX);
+    key[3..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn unavailable(error: storage::StorageError) -> ApiError {
+    ApiError::unavailable(error.to_string())
+}
+
+fn corrupt(what: &str) -> ApiError {
+    ApiError::new(500, "internal_error", &format!("{what} is corrupt"))
+}
+
+fn decode_card(value: &[u8]) -> Result<Card, ApiError> {
+    serde_json::from_slice(value).map_err(|_| corrupt("a stored card record"))
+}
+
+fn decode_u64(value: &[u8], what: &str) -> Result<u64, ApiError> {
+    value.try_into().map(u64::from_be_bytes).map_err(|_| corrupt(what))
 }
 
 /// Why a bind was refused before anything was written.
@@ -86,31 +145,6 @@ enum BindRefusal {
     Limit { retry_after_seconds: i64 },
 }
 
-#[derive(Default)]
-struct CardsState {
-    by_id: HashMap<u64, Card>,
-    by_order: HashMap<(u32, String), u64>,
-    /// Each account's card ids, oldest first: a bind counts its account's cards of the day and
-    /// a listing reads its account's cards, not every card (they walked them all, under the
-    /// lock, on every bind and every listing).
-    by_account: HashMap<u64, Vec<u64>>,
-    highest_id: u64,
-}
-
-impl CardsState {
-    /// Keeps a new card (its id above every earlier one).
-    fn insert_new(&mut self, card: Card) {
-        self.by_order.insert((card.platform, card.out_order_no.clone()), card.id);
-        self.by_account.entry(card.account).or_default().push(card.id);
-        self.by_id.insert(card.id, card);
-    }
-
-    /// The cards of `account`, oldest first.
-    fn of_account(&self, account: u64) -> impl Iterator<Item = &Card> {
-        self.by_account.get(&account).into_iter().flatten().filter_map(|id| self.by_id.get(id))
-    }
-}
-
 /// A card number: 12 to 19 digits with a valid Luhn check digit.
 pub fn valid_card_no(text: &str) -> bool {
     (12..=19).contains(&text.len())
@@ -119,71 +153,129 @@ pub fn valid_card_no(text: &str) -> bool {
 }
 
 impl Cards {
-    /// Loads every stored card.
+    /// Opens the cards in `store` (building their indexes first on a database from before them).
     pub fn load(store: Arc<dyn Store>, binds_per_account_per_day: u32) -> Result<Cards, String> {
-        let mut state = CardsState::default();
-        let mut loaded = crate::records::load_all::<Card>(store.as_ref(), PREFIX.as_bytes())?;
-        // Decimal keys do not sort by number: in id order, so each account's list is oldest first.
-        loaded.sort_by_key(|(_, card)| card.id);
-        for (_, card) in loaded {
-            state.highest_id = state.highest_id.max(card.id);
-            state.insert_new(card);
+        if store.get(INDEX_BUILT).map_err(|e| e.to_string())?.is_none() {
+            build_index(store.as_ref())?;
         }
-        Ok(Cards { store, state: Mutex::new(state), changing: Mutex::new(()), binds_per_account_per_day })
+        let highest = match store.get(HIGHEST).map_err(|e| e.to_string())? {
+            None => 0,
+            Some(value) => decode_u64(&value, "the highest card id").map_err(|e| e.message)?,
+        };
+        Ok(Cards { store, changing: Mutex::new(()), highest_id: AtomicU64::new(highest), binds_per_account_per_day })
     }
 
     /// Binds `card` (its id is given here) unless its order number names a card already or its
     /// account bound its day's number of cards (business days at `utc_offset_seconds`); durable
     /// before it is visible. Blocking: the count, the id and the save are one step.
     fn bind_new(&self, mut card: Card, now: i64, utc_offset_seconds: i32) -> Result<Result<Card, BindRefusal>, ApiError> {
-        let _changing = self.changing.lock().expect("cards change lock");
+        let _changing = self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let day = |at: i64| at.saturating_add(utc_offset_seconds as i64).div_euclid(86_400);
-        {
-            let mut state = self.state.lock().expect("cards lock");
-            if let Some(existing) = state.by_order.get(&(card.platform, card.out_order_no.clone())).and_then(|id| state.by_id.get(id)) {
-                return Ok(Err(BindRefusal::Exists(existing.clone())));
-            }
-            let today = day(now);
-            let bound_today = state.of_account(card.account).filter(|c| c.bound_at != 0 && day(c.bound_at) == today).count();
-            if bound_today >= self.binds_per_account_per_day as usize {
-                let next_day_starts = (today + 1) * 86_400 - utc_offset_seconds as i64;
-                return Ok(Err(BindRefusal::Limit { retry_after_seconds: (next_day_starts - now).max(1) }));
-            }
-            state.highest_id += 1;
-            card.id = state.highest_id;
+        let order = order_key(card.platform, &card.out_order_no);
+        if let Some(existing) = self.card_of_order(&order)? {
+            return Ok(Err(BindRefusal::Exists(existing)));
         }
+        let today = day(now);
+        let mut bound_today = 0usize;
+        self.store
+            .scan(&account_key(card.account, 0), &account_key(card.account, u64::MAX), &mut |_, value| {
+                let at = value.try_into().map(i64::from_be_bytes).unwrap_or(0);
+                if at != 0 && day(at) == today {
+                    bound_today += 1;
+                }
+                true
+            })
+            .map_err(unavailable)?;
+        if bound_today >= self.binds_per_account_per_day as usize {
+            let next_day_starts = (today + 1) * 86_400 - utc_offset_seconds as i64;
+            return Ok(Err(BindRefusal::Limit { retry_after_seconds: (next_day_starts - now).max(1) }));
+        }
+        card.id = self.highest_id.load(Ordering::Relaxed) + 1;
         card.bound_at = now;
-        self.save(&card)?;
-        self.state.lock().expect("cards lock").insert_new(card.clone());
+        let record = serde_json::to_vec(&card).expect("cards serialize");
+        let id_bytes = card.id.to_be_bytes();
+        let (key, by_account, bound_at, pending) = (card_key(card.id), account_key(card.account, card.id), now.to_be_bytes(), pending_key(card.id));
+        let mut puts: Vec<(&[u8], &[u8])> = Vec::with_capacity(5);
+        puts.extend([(key.as_slice(), record.as_slice()), (&order, &id_bytes), (&by_account, &bound_at), (HIGHEST, &id_bytes)]);
+        if card.status == "pending_verification" {
+            puts.push((&pending, b""));
+        }
+        self.store.write(&puts).map_err(unavailable)?;
+        self.highest_id.store(card.id, Ordering::Relaxed);
         Ok(Ok(card))
     }
 
+    /// The card an order number (its `cg/` key) bound, if any.
+    fn card_of_order(&self, order: &[u8]) -> Result<Option<Card>, ApiError> {
+        let Some(id) = self.store.get(order).map_err(unavailable)? else { return Ok(None) };
+        let id = decode_u64(&id, "a card order number")?;
+        self.read(id)?.map(Some).ok_or_else(|| corrupt("an order number's card (missing)"))
+    }
+
     /// Reads the card `id` of `account` of `platform`, lets `change` decide, and saves what it
-    /// changed, as one step per card (blocking): `change` sees every earlier change.
+    /// changed, as one step per card (blocking): `change` sees every earlier change. A card
+    /// that leaves `pending_verification` loses its `cp/` mark after it is saved (a stop in
+    /// between leaves a mark `resume_deposits` drops).
     fn change<T>(&self, platform: u32, account: AccountId, id: u64, change: impl FnOnce(&mut Card) -> Result<T, ApiError>) -> Result<(T, Card), ApiError> {
-        let _changing = self.changing.lock().expect("cards change lock");
-        let mut card = self.get(platform, account, id).ok_or_else(ApiError::not_found)?;
+        let _changing = self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut card = self.get(platform, account, id)?.ok_or_else(ApiError::not_found)?;
         let before = serde_json::to_vec(&card).expect("cards serialize");
+        let was_pending = card.status == "pending_verification";
         let outcome = change(&mut card)?;
         if serde_json::to_vec(&card).expect("cards serialize") != before {
             self.save(&card)?;
-            self.state.lock().expect("cards lock").by_id.insert(card.id, card.clone());
+            if was_pending && card.status != "pending_verification" {
+                self.unmark(card.id).map_err(unavailable)?;
+            }
         }
         Ok((outcome, card))
     }
 
     fn save(&self, card: &Card) -> Result<(), ApiError> {
-        crate::records::put(self.store.as_ref(), &[(crate::records::key(PREFIX, card.id), card)])
+        crate::records::put(self.store.as_ref(), &[(card_key(card.id), card)])
+    }
+
+    fn unmark(&self, id: u64) -> Result<(), storage::StorageError> {
+        let start = pending_key(id);
+        let mut end = start.to_vec();
+        end.push(0);
+        self.store.delete_range(&start, &end)
+    }
+
+    /// The cards marked waiting for verification (`cp/`), oldest first; marks of cards no
+    /// longer waiting (a stop between a card's save and its mark's removal) are dropped.
+    fn waiting(&self) -> Result<Vec<Card>, String> {
+        let mut ids = Vec::new();
+        self.store
+            .scan(PENDING_PREFIX, PENDING_PREFIX_END, &mut |key, _| {
+                if let Some(id) = key.get(PENDING_PREFIX.len()..).and_then(|id| <[u8; 8]>::try_from(id).ok()) {
+                    ids.push(u64::from_be_bytes(id));
+                }
+                true
+            })
+            .map_err(|e| e.to_string())?;
+        let mut waiting = Vec::new();
+        for id in ids {
+            match self.read(id).map_err(|e| e.message)? {
+                Some(card) if card.status == "pending_verification" => waiting.push(card),
+                _ => self.unmark(id).map_err(|e| e.to_string())?,
+            }
+        }
+        Ok(waiting)
+    }
+
+    fn read(&self, id: u64) -> Result<Option<Card>, ApiError> {
+        self.store.get(&card_key(id)).map_err(unavailable)?.map(|value| decode_card(&value)).transpose()
     }
 
     /// Cards waiting for a micro-deposit the bank has not paid (no deposit line on the card's
     /// statement): each is booked (idempotent, by the number `card-{id}`) and handed to the bank
     /// again. Run at start: it closes the window between saving a card, booking its deposit and
-    /// asking the bank (a crash in between left the card waiting for nothing). Returns how many.
+    /// asking the bank (a crash in between left the card waiting for nothing). Reads the cards
+    /// marked waiting (`cp/`), not every card. Returns how many.
     pub fn resume_deposits(&self, engine: &Engine, simulator: &Simulator, bank: &dyn bank::BankChannel) -> Result<usize, String> {
-        let waiting: Vec<Card> = self.state.lock().expect("cards lock").by_id.values().filter(|c| c.status == "pending_verification").cloned().collect();
         let mut resumed = 0;
-        for card in waiting {
+        for card in self.waiting()? {
             if simulator.card_transactions(&card.card_no)?.iter().any(|t| t.remark == DEPOSIT_REMARK) {
                 continue;
             }
@@ -205,10 +297,92 @@ impl Cards {
         Ok(resumed)
     }
 
-    /// The card `id` of `account` of `platform`.
-    pub fn get(&self, platform: u32, account: AccountId, id: u64) -> Option<Card> {
-        self.state.lock().expect("cards lock").by_id.get(&id).filter(|c| c.platform == platform && c.account == account.0).cloned()
+    /// The card `id` of `account` of `platform` (one read of the store).
+    pub fn get(&self, platform: u32, account: AccountId, id: u64) -> Result<Option<Card>, ApiError> {
+        Ok(self.read(id)?.filter(|c| c.platform == platform && c.account == account.0))
     }
+
+    /// The card an API id (`card_N`) names if it is `account`'s of `platform`; `None` for a text
+    /// that is no card id.
+    pub fn named(&self, platform: u32, account: AccountId, text: &str) -> Result<Option<Card>, ApiError> {
+        match parse_card_id(text) {
+            Some(id) => self.get(platform, account, id),
+            None => Ok(None),
+        }
+    }
+
+    /// The cards of `account` of `platform` (unbound ones too), oldest first: its `ca/` keys,
+    /// then one read of their records.
+    fn of_account(&self, platform: u32, account: u64) -> Result<Vec<Card>, ApiError> {
+        let mut keys = Vec::new();
+        self.store
+            .scan(&account_key(account, 0), &account_key(account, u64::MAX), &mut |key, _| {
+                if let Some(id) = key.get(11..).and_then(|id| <[u8; 8]>::try_from(id).ok()) {
+                    keys.push(card_key(u64::from_be_bytes(id)));
+                }
+                true
+            })
+            .map_err(unavailable)?;
+        let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut found = Vec::with_capacity(keys.len());
+        for value in self.store.get_many(&borrowed).map_err(unavailable)?.into_iter().flatten() {
+            let card = decode_card(&value)?;
+            if card.platform == platform && card.account == account {
+                found.push(card);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Builds the `cg/`, `ca/`, `cp/` keys and `cn/highest` of a database from before them: one
+/// pass over the cards, `INDEX_BUILD_CHUNK` at a time (the keys are idempotent), the highest id
+/// and the marker written last, together (a start stopped before them builds it all again).
+fn build_index(store: &dyn Store) -> Result<(), String> {
+    let mut highest = 0u64;
+    let mut from = PREFIX.as_bytes().to_vec();
+    loop {
+        let mut chunk: Vec<Card> = Vec::new();
+        let mut last_key = Vec::new();
+        let mut failure = None;
+        store
+            .scan(&from, b"c0", &mut |key, value| match serde_json::from_slice::<Card>(value) {
+                Ok(card) if key == card_key(card.id).as_slice() => {
+                    chunk.push(card);
+                    last_key = key.to_vec();
+                    chunk.len() < INDEX_BUILD_CHUNK
+                }
+                _ => {
+                    failure = Some(format!("card record {} is corrupt", String::from_utf8_lossy(key)));
+                    false
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(chunk.len() * 3);
+        for card in &chunk {
+            highest = highest.max(card.id);
+            rows.push((order_key(card.platform, &card.out_order_no), card.id.to_be_bytes().to_vec()));
+            rows.push((account_key(card.account, card.id).to_vec(), card.bound_at.to_be_bytes().to_vec()));
+            if card.status == "pending_verification" {
+                rows.push((pending_key(card.id).to_vec(), Vec::new()));
+            }
+        }
+        let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (key.as_slice(), value.as_slice())).collect();
+        if !puts.is_empty() {
+            store.write(&puts).map_err(|e| e.to_string())?;
+        }
+        if chunk.len() < INDEX_BUILD_CHUNK {
+            break;
+        }
+        // The next key after the last one read.
+        last_key.push(0);
+        from = last_key;
+    }
+    let highest = highest.to_be_bytes();
+    store.write(&[(HIGHEST, &highest[..]), (INDEX_BUILT, b"1")]).map_err(|e| e.to_string())
 }
 
 fn unix_seconds() -> i64 {
@@ -283,11 +457,7 @@ pub async fn bind_card(
     let (owner, currency, spec) = account_of(engine, platform, account).await?;
     crate::orders::out_order_no(&body.out_order_no, "out_order_no")?;
     let content = hex::encode(Sha256::digest(format!("{}\n{}", account.0, serde_json::to_string(&body).expect("serializes"))));
-    let existing = {
-        let state = cards.state.lock().expect("cards lock");
-        state.by_order.get(&(platform, body.out_order_no.clone())).and_then(|id| state.by_id.get(id)).cloned()
-    };
-    if let Some(card) = existing {
+    if let Some(card) = cards.card_of_order(&order_key(platform, &body.out_order_no))? {
         return replay_bind(card, &content);
     }
     if !valid_card_no(&body.card_no) {
@@ -437,8 +607,7 @@ pub async fn list(signed: Signed, path: web::Path<String>, engine: web::Data<Arc
 /// Every card of `account` of `platform` (unbound ones too), oldest first.
 pub async fn cards_of(engine: &Arc<Engine>, cards: &Cards, platform: u32, account: AccountId) -> Result<Vec<Card>, ApiError> {
     account_of(engine, platform, account).await?;
-    let found: Vec<Card> = cards.state.lock().expect("cards lock").of_account(account.0).filter(|c| c.platform == platform).cloned().collect();
-    Ok(found)
+    cards.of_account(platform, account.0)
 }
 
 /// Registers the card routes.
@@ -449,6 +618,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn card_numbers_table() {
@@ -459,13 +629,8 @@ mod tests {
         }
     }
 
-    /// Each account's cards are indexed: the day's count and the listing read that account's
-    /// cards alone, oldest first, also after a reload (whose keys sort as text: c/10 before c/2).
-    #[test]
-    fn an_accounts_cards_are_counted_and_listed_from_its_own_index() {
-        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
-        let cards = Cards::load(store.clone(), 3).unwrap();
-        let card = |account: u64, n: u32| Card {
+    fn card(account: u64, n: u32) -> Card {
+        Card {
             id: 0,
             platform: 1,
             account,
@@ -477,7 +642,26 @@ mod tests {
             out_order_no: format!("c-{account}-{n}"),
             content: String::new(),
             bound_at: 0,
-        };
+        }
+    }
+
+    fn pending_ids(store: &dyn Store) -> Vec<u64> {
+        let mut ids = Vec::new();
+        store
+            .scan(PENDING_PREFIX, PENDING_PREFIX_END, &mut |key, _| {
+                ids.push(u64::from_be_bytes(key[3..].try_into().unwrap()));
+                true
+            })
+            .unwrap();
+        ids
+    }
+
+    /// Each account's cards are indexed in the store: the day's count and the listing read that
+    /// account's cards alone, oldest first, also after a reload.
+    #[test]
+    fn an_accounts_cards_are_counted_and_listed_from_its_own_index() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let cards = Cards::load(store.clone(), 3).unwrap();
         let now = 1_800_000_000;
         let mut expected: HashMap<u64, Vec<u64>> = HashMap::new();
         for n in 0..12u32 {
@@ -488,11 +672,77 @@ mod tests {
             expected.entry(account).or_default().push(bound.id);
         }
         assert!(matches!(cards.bind_new(card(7, 99), now + 2 * 86_400, 0).unwrap(), Err(BindRefusal::Limit { .. })), "three on that day already");
-        for loaded in [cards, Cards::load(store, 3).unwrap()] {
-            let state = loaded.state.lock().unwrap();
+        assert!(matches!(cards.bind_new(card(7, 0), now + 9 * 86_400, 0).unwrap(), Err(BindRefusal::Exists(c)) if c.id == expected[&7][0]));
+        for loaded in [cards, Cards::load(store.clone(), 3).unwrap()] {
             for (account, ids) in &expected {
-                assert_eq!(state.of_account(*account).map(|c| c.id).collect::<Vec<_>>(), *ids, "account {account}");
+                assert_eq!(loaded.of_account(1, *account).unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), *ids, "account {account}");
+                assert!(loaded.of_account(2, *account).unwrap().is_empty(), "another platform's");
             }
+            // Ids go on from the highest after a reload.
+            assert_eq!(loaded.highest_id.load(Ordering::Relaxed), 12);
         }
+        assert_eq!(pending_ids(store.as_ref()), (1..=12).collect::<Vec<_>>());
+    }
+
+    /// A card that leaves `pending_verification` loses its mark; a mark a stop left behind is
+    /// dropped when deposits are resumed (that needs an engine: tests/).
+    #[test]
+    fn verified_locked_and_unbound_cards_are_no_longer_marked_waiting() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let cards = Cards::load(store.clone(), 9).unwrap();
+        let ids: Vec<u64> = (0..4).map(|n| cards.bind_new(card(7, n), 1_800_000_000, 0).unwrap().ok().unwrap().id).collect();
+        for (id, status) in ids.iter().zip(["verified", "locked", "unbound"]) {
+            cards
+                .change(1, AccountId(7), *id, |c| {
+                    c.status = status.into();
+                    Ok(())
+                })
+                .unwrap();
+        }
+        assert_eq!(pending_ids(store.as_ref()), [ids[3]]);
+        // A mark left by a stop between the save and the mark's removal is dropped.
+        store.write(&[(&pending_key(ids[0])[..], &b""[..])]).unwrap();
+        assert_eq!(cards.waiting().unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), [ids[3]]);
+        assert_eq!(pending_ids(store.as_ref()), [ids[3]]);
+        // Another platform's or account's card is not found, and changes nothing.
+        assert_eq!(cards.change(2, AccountId(7), ids[3], |_| Ok(())).err().map(|e| e.status), Some(404));
+        assert_eq!(cards.change(1, AccountId(8), ids[3], |_| Ok(())).err().map(|e| e.status), Some(404));
+        assert_eq!(cards.named(1, AccountId(7), &format!("card_{}", ids[0])).unwrap().map(|c| c.status), Some("verified".to_string()));
+        assert_eq!(cards.named(1, AccountId(7), "card_x").unwrap().map(|c| c.id), None);
+    }
+
+    #[test]
+    fn a_database_from_before_the_index_has_it_built_once_at_its_first_start() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        // Cards exactly as the old code wrote them: c/{decimal id} only (c/10 sorts before c/2).
+        let mut old = Vec::new();
+        for id in 1..=12u64 {
+            let mut made = card(if id % 3 == 0 { 8 } else { 7 }, id as u32);
+            made.id = id;
+            made.bound_at = if id == 1 { 0 } else { 1_800_000_000 };
+            if id % 4 == 0 {
+                made.status = "verified".into();
+            }
+            old.push((card_key(id), made));
+        }
+        let refs: Vec<(Vec<u8>, &Card)> = old.iter().map(|(k, c)| (k.clone(), c)).collect();
+        crate::records::put(store.as_ref(), &refs).unwrap();
+        let cards = Cards::load(store.clone(), 8).unwrap();
+        assert_eq!(cards.highest_id.load(Ordering::Relaxed), 12);
+        assert_eq!(cards.of_account(1, 8).unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), [3, 6, 9, 12]);
+        assert_eq!(pending_ids(store.as_ref()), [1, 2, 3, 5, 6, 7, 9, 10, 11]);
+        // Order numbers bound before replay; account 7 bound 7 of its 8 cards today (one has no
+        // time), and may bind 8 a day.
+        let now = 1_800_000_000;
+        assert!(matches!(cards.bind_new(card(7, 2), now, 0).unwrap(), Err(BindRefusal::Exists(c)) if c.id == 2));
+        assert_eq!(cards.bind_new(card(7, 50), now, 0).unwrap().ok().map(|c| c.id), Some(13));
+        assert!(matches!(cards.bind_new(card(7, 51), now, 0).unwrap(), Err(BindRefusal::Limit { .. })));
+        // Built once.
+        assert_eq!(Cards::load(store.clone(), 9).unwrap().highest_id.load(Ordering::Relaxed), 13);
+        // A corrupt card stops the first start of an old database, and is a 500 where read.
+        store.write(&[(&card_key(5)[..], &b"{"[..])]).unwrap();
+        assert_eq!(cards.get(1, AccountId(7), 5).err().map(|e| e.status), Some(500));
+        store.delete_range(b"ci/", b"ci0").unwrap();
+        assert!(Cards::load(store, 9).err().expect("refused").contains("corrupt"));
     }
 }

@@ -308,8 +308,8 @@ pub async fn withdraw(
     let (_, spec) = crate::orders::currency(&engine, &w.summary.currency).map_err(|e| PageError::api(e, locale))?;
     let checked = (|| -> Result<(i64, Card, Arrival), ApiError> {
         let minor = crate::orders::amount(form.get("amount"), &spec, "amount")?;
-        let card = crate::ids::parse_prefixed(form.get("card"), "card_")
-            .and_then(|id| cards.get(platform, w.account, id))
+        let card = cards
+            .named(platform, w.account, form.get("card"))?
             .filter(|c| c.status == "verified")
             .ok_or(ApiError { param: Some("card_id".into()), ..ApiError::not_found() })?;
         let arrival = crate::withdrawals::parse_arrival(Some(form.get("arrival")).filter(|a| !a.is_empty()))?;

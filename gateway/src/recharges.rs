@@ -234,8 +234,8 @@ pub async fn collect(
 ) -> Result<(Prepared, Reply), ApiError> {
     let account = crate::orders::account(&body.account_id, "account_id")?;
     crate::accounts::owner_of(engine, platform.id, account).await?;
-    let card = crate::ids::parse_prefixed(&body.card_id, "card_")
-        .and_then(|id| cards.get(platform.id, account, id))
+    let card = cards
+        .named(platform.id, account, &body.card_id)?
         .filter(|c| c.status != "unbound")
         .ok_or(ApiError { param: Some("card_id".into()), ..ApiError::not_found() })?;
     if card.status != "verified" {

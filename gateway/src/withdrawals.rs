@@ -80,8 +80,8 @@ pub async fn withdraw(
     let target = account(&body.account_id, "account_id")?;
     let arrival = parse_arrival(body.arrival.as_deref())?;
     let (owner, _, _) = account_of(engine, platform, target).await?;
-    let card = crate::ids::parse_prefixed(&body.card_id, "card_")
-        .and_then(|id| cards.get(platform, target, id))
+    let card = cards
+        .named(platform, target, &body.card_id)?
         .filter(|c| c.status != "unbound")
         .ok_or(ApiError { param: Some("card_id".into()), ..ApiError::not_found() })?;
     if card.status != "verified" {

@@ -539,8 +539,8 @@ async fn check_withdrawal(
     let account = m.own(fields.get("account_id"))?;
     let (_, _, spec) = crate::accounts::account_of(engine, m.platform.id, account).await?;
     let checked = (|| {
-        let card = crate::ids::parse_prefixed(fields.get("card_id"), "card_")
-            .and_then(|id| cards.get(m.platform.id, account, id))
+        let card = cards
+            .named(m.platform.id, account, fields.get("card_id"))?
             .filter(|c| c.status == "verified")
             .ok_or_else(|| ApiError::invalid("choose a verified card of this account", "card_id"))?;
         let amount = crate::orders::amount(fields.get("amount").trim(), &spec, "amount")?;
