@@ -24,6 +24,17 @@ use crate::signed::Signed;
 
 const TEMPLATE_PREFIX: &str = "a/t/";
 const SIGNATURE_PREFIX: &str = "a/s/";
+/// `am/{platform}{member}{signature id}` (empty): a member's signatures in id order.
+const MEMBER_SIGNATURES_PREFIX: &[u8] = b"am/";
+/// `ao/{platform}/{out_order_no}`: the id of the signature an API order number made.
+const SIGNATURE_ORDER_PREFIX: &[u8] = b"ao/";
+/// The highest signature id (u64, big-endian).
+const HIGHEST_SIGNATURE: &[u8] = b"an/signature";
+/// Written once the `am/`, `ao/` keys and `an/signature` exist: a database from before them
+/// (session 54) has them built by one pass over its signatures at its first start.
+const SIGNATURE_INDEX_BUILT: &[u8] = b"ai/signatures";
+/// Signatures the index is built for per write when a database from before it first starts.
+const INDEX_BUILD_CHUNK: usize = 65_536;
 /// The longest template code, in bytes (`[a-z0-9_]`).
 pub const CODE_BYTES_MAX: usize = 32;
 /// The longest template title, in characters.
@@ -189,21 +200,50 @@ struct State {
     /// (platform, code) -> template ids by version.
     versions: HashMap<(u32, String), BTreeMap<u32, u64>>,
     template_orders: HashMap<(u32, String), u64>,
-    signatures: BTreeMap<u64, Signature>,
-    /// (platform, member) -> signature ids.
-    signed: HashMap<(u32, u64), Vec<u64>>,
-    signature_orders: HashMap<(u32, String), u64>,
     per_platform: HashMap<u32, usize>,
     highest_template: u64,
     highest_signature: u64,
 }
 
-/// Every template and signature, loaded at start and written through.
+/// Every template (without its text) in memory, written through; signatures in the store only
+/// (`a/s/{id}`, with `am/`, `ao/` and `an/signature` beside them), read where used.
 pub struct Agreements {
     store: Arc<dyn Store>,
     /// One lock: a publication or signature is check, id, synced write, insert as one step
     /// (runs on a blocking thread, never an async worker).
     state: Mutex<State>,
+}
+
+fn member_signature_key(platform: u32, member: u64, id: u64) -> [u8; 23] {
+    let mut key = [0u8; 23];
+    key[..3].copy_from_slice(MEMBER_SIGNATURES_PREFIX);
+    key[3..7].copy_from_slice(&platform.to_be_bytes());
+    key[7..15].copy_from_slice(&member.to_be_bytes());
+    key[15..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn signature_order_key(platform: u32, out_order_no: &str) -> Vec<u8> {
+    let mut key = SIGNATURE_ORDER_PREFIX.to_vec();
+    key.extend_from_slice(&platform.to_be_bytes());
+    key.push(b'/');
+    key.extend_from_slice(out_order_no.as_bytes());
+    key
+}
+
+fn read_highest_signature(store: &dyn Store) -> Result<u64, String> {
+    match store.get(HIGHEST_SIGNATURE).map_err(|e| e.to_string())? {
+        None => Ok(0),
+        Some(value) => value.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| "the highest signature id is corrupt".to_string()),
+    }
+}
+
+fn unavailable(error: storage::StorageError) -> ApiError {
+    ApiError::unavailable(error.to_string())
+}
+
+fn corrupt(what: &str) -> ApiError {
+    ApiError::new(500, "internal_error", &format!("{what} is corrupt"))
 }
 
 impl Agreements {
@@ -213,8 +253,15 @@ impl Agreements {
         for (_, template) in crate::records::load_all::<Template>(store.as_ref(), TEMPLATE_PREFIX.as_bytes())? {
             state.index_template(template);
         }
-        for (_, signature) in crate::records::load_all::<Signature>(store.as_ref(), SIGNATURE_PREFIX.as_bytes())? {
-            state.index_signature(signature);
+        if store.get(SIGNATURE_INDEX_BUILT).map_err(|e| e.to_string())?.is_none() {
+            build_signature_index(store.as_ref())?;
+        }
+        state.highest_signature = read_highest_signature(store.as_ref())?;
+        // Signatures past the highest id: made by a binary from before these keys (a downgrade
+        // and upgrade again). Built again, so no id is handed out twice.
+        if store.get(&crate::records::key(SIGNATURE_PREFIX, state.highest_signature + 1)).map_err(|e| e.to_string())?.is_some() {
+            build_signature_index(store.as_ref())?;
+            state.highest_signature = read_highest_signature(store.as_ref())?;
         }
         Ok(Agreements { store, state: Mutex::new(state) })
     }
@@ -312,11 +359,13 @@ impl Agreements {
         if let Some(number) = request.out_order_no {
             crate::ids::out_order_no(number, "out_order_no")?;
         }
-        let mut state = self.state.lock().expect("agreements lock");
-        if let Some(number) = request.out_order_no {
-            if let Some(id) = state.signature_orders.get(&(platform, number.to_string())) {
-                let signature = state.signatures[id].clone();
-                if signature.member != member.id || signature.code != request.code || signature.version != request.version {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let order_key = request.out_order_no.map(|number| signature_order_key(platform, number));
+        if let Some(key) = &order_key {
+            if let Some(id) = self.store.get(key).map_err(unavailable)? {
+                let id = id.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| corrupt("a signature order number"))?;
+                let signature = self.read_signature(id)?.ok_or_else(|| corrupt("an order number's signature (missing)"))?;
+                if signature.platform != platform || signature.member != member.id || signature.code != request.code || signature.version != request.version {
                     return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
                 }
                 return Ok((signature, true));
@@ -336,8 +385,8 @@ impl Agreements {
                 });
             }
         }
-        let held = state.signed.get(&(platform, member.id)).map_or(&[][..], Vec::as_slice);
-        if let Some(existing) = held.iter().map(|id| &state.signatures[id]).find(|s| s.code == template.code && s.version == template.version) {
+        let held = self.signatures_of(platform, member.id)?;
+        if let Some(existing) = held.iter().find(|s| s.code == template.code && s.version == template.version) {
             return Ok((existing.clone(), true));
         }
         if held.len() >= SIGNATURES_PER_MEMBER_MAX {
@@ -356,22 +405,57 @@ impl Agreements {
             channel: request.channel,
             out_order_no: request.out_order_no.map(str::to_string),
         };
-        crate::records::put(self.store.as_ref(), &[(crate::records::key(SIGNATURE_PREFIX, signature.id), &signature)])?;
-        state.index_signature(signature.clone());
+        let (record_key, record) = (crate::records::key(SIGNATURE_PREFIX, signature.id), serde_json::to_vec(&signature).expect("signatures serialize"));
+        if self.store.get(&record_key).map_err(unavailable)?.is_some() {
+            return Err(corrupt(&format!("the highest signature id (signature {} exists)", signature.id)));
+        }
+        let (by_member, id_bytes) = (member_signature_key(platform, member.id, signature.id), signature.id.to_be_bytes());
+        let mut puts: Vec<(&[u8], &[u8])> = vec![(&record_key, &record), (&by_member, b""), (HIGHEST_SIGNATURE, &id_bytes)];
+        if let Some(key) = &order_key {
+            puts.push((key, &id_bytes));
+        }
+        // One synced write: the signature, its place under its member, its order number and
+        // the highest id together.
+        self.store.write(&puts).map_err(unavailable)?;
+        state.highest_signature = signature.id;
         Ok((signature, false))
     }
 
-    /// Every signature of `member` of `platform`, oldest first.
-    pub fn signatures_of(&self, platform: u32, member: u64) -> Vec<Signature> {
-        let state = self.state.lock().expect("agreements lock");
-        state.signed.get(&(platform, member)).into_iter().flatten().map(|id| state.signatures[id].clone()).collect()
+    fn read_signature(&self, id: u64) -> Result<Option<Signature>, ApiError> {
+        let value = self.store.get(&crate::records::key(SIGNATURE_PREFIX, id)).map_err(unavailable)?;
+        value.map(|bytes| serde_json::from_slice(&bytes).map_err(|_| corrupt("a stored signature"))).transpose()
+    }
+
+    /// Every signature of `member` of `platform`, oldest first: its `am/` keys, then one read of
+    /// their records (at most `SIGNATURES_PER_MEMBER_MAX`).
+    pub fn signatures_of(&self, platform: u32, member: u64) -> Result<Vec<Signature>, ApiError> {
+        let mut keys = Vec::new();
+        let (start, end) = (member_signature_key(platform, member, 0), member_signature_key(platform, member, u64::MAX));
+        self.store
+            .scan(&start, &end, &mut |key, _| {
+                if let Some(id) = key.get(15..).and_then(|id| <[u8; 8]>::try_from(id).ok()) {
+                    keys.push(crate::records::key(SIGNATURE_PREFIX, u64::from_be_bytes(id)));
+                }
+                true
+            })
+            .map_err(unavailable)?;
+        let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut found = Vec::with_capacity(keys.len());
+        for value in self.store.get_many(&borrowed).map_err(unavailable)?.into_iter().flatten() {
+            let signature: Signature = serde_json::from_slice(&value).map_err(|_| corrupt("a stored signature"))?;
+            if signature.platform == platform && signature.member == member {
+                found.push(signature);
+            }
+        }
+        Ok(found)
     }
 
     /// Signature `id` of `member` of `platform`, with the template version it signed.
-    pub fn signature(&self, platform: u32, member: u64, id: u64) -> Option<(Signature, Template)> {
-        let state = self.state.lock().expect("agreements lock");
-        let signature = state.signatures.get(&id).filter(|s| s.platform == platform && s.member == member)?;
-        Some((signature.clone(), state.templates[&signature.template].clone()))
+    pub fn signature(&self, platform: u32, member: u64, id: u64) -> Result<Option<(Signature, Template)>, ApiError> {
+        let Some(signature) = self.read_signature(id)?.filter(|s| s.platform == platform && s.member == member) else { return Ok(None) };
+        let template = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).templates.get(&signature.template).cloned();
+        let template = template.ok_or_else(|| corrupt("a signature's template (missing)"))?;
+        Ok(Some((signature, template)))
     }
 
     /// Refuses (422 `agreement_required`, naming the code) when `member` has not signed the
@@ -384,11 +468,11 @@ impl Agreements {
         if codes.is_empty() {
             return Ok(());
         }
-        let state = self.state.lock().expect("agreements lock");
-        let held = state.signed.get(&(platform.id, member)).map_or(&[][..], Vec::as_slice);
+        let held = self.signatures_of(platform.id, member)?;
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for code in codes {
             let Some(latest) = state.versions.get(&(platform.id, code.clone())).and_then(|v| v.keys().next_back()) else { continue };
-            if !held.iter().map(|id| &state.signatures[id]).any(|s| &s.code == code && s.version == *latest) {
+            if !held.iter().any(|s| &s.code == code && s.version == *latest) {
                 return Err(ApiError {
                     param: Some(code.clone().into()),
                     ..ApiError::new(422, "agreement_required", &format!("the member must first sign version {latest} of the agreement {code}"))
@@ -433,15 +517,55 @@ impl State {
         *self.per_platform.entry(template.platform).or_default() += 1;
         self.templates.insert(template.id, template);
     }
+}
 
-    fn index_signature(&mut self, signature: Signature) {
-        self.highest_signature = self.highest_signature.max(signature.id);
-        self.signed.entry((signature.platform, signature.member)).or_default().push(signature.id);
-        if let Some(number) = &signature.out_order_no {
-            self.signature_orders.insert((signature.platform, number.clone()), signature.id);
+/// Builds the `am/`, `ao/` keys and `an/signature` of a database from before them: one pass
+/// over the signatures, `INDEX_BUILD_CHUNK` at a time (the keys are idempotent), the highest id
+/// and the marker written last, together (a start stopped before them builds it all again).
+fn build_signature_index(store: &dyn Store) -> Result<(), String> {
+    let mut highest = 0u64;
+    let mut from = SIGNATURE_PREFIX.as_bytes().to_vec();
+    let end = b"a/s0";
+    loop {
+        let mut chunk: Vec<Signature> = Vec::new();
+        let mut last_key = Vec::new();
+        let mut failure = None;
+        store
+            .scan(&from, end, &mut |key, value| match serde_json::from_slice::<Signature>(value) {
+                Ok(signature) if key == crate::records::key(SIGNATURE_PREFIX, signature.id).as_slice() => {
+                    chunk.push(signature);
+                    last_key = key.to_vec();
+                    chunk.len() < INDEX_BUILD_CHUNK
+                }
+                _ => {
+                    failure = Some(format!("signature record {} is corrupt", String::from_utf8_lossy(key)));
+                    false
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(failure) = failure {
+            return Err(failure);
         }
-        self.signatures.insert(signature.id, signature);
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(chunk.len() * 2);
+        for signature in &chunk {
+            highest = highest.max(signature.id);
+            rows.push((member_signature_key(signature.platform, signature.member, signature.id).to_vec(), Vec::new()));
+            if let Some(number) = &signature.out_order_no {
+                rows.push((signature_order_key(signature.platform, number), signature.id.to_be_bytes().to_vec()));
+            }
+        }
+        let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (key.as_slice(), value.as_slice())).collect();
+        if !puts.is_empty() {
+            store.write(&puts).map_err(|e| e.to_string())?;
+        }
+        if chunk.len() < INDEX_BUILD_CHUNK {
+            break;
+        }
+        last_key.push(0);
+        from = last_key;
     }
+    let highest = highest.to_be_bytes();
+    store.write(&[(HIGHEST_SIGNATURE, &highest[..]), (SIGNATURE_INDEX_BUILT, b"1")]).map_err(|e| e.to_string())
 }
 
 /// The address of the client of `request` (the socket's peer; a proxy's forwarding headers are
@@ -542,7 +666,7 @@ pub async fn list_signatures(
     agreements: web::Data<Arc<Agreements>>,
 ) -> Result<HttpResponse, ApiError> {
     let member = member_of(&members, signed.platform.id, &path)?;
-    let views: Vec<serde_json::Value> = agreements.signatures_of(member.platform, member.id).iter().map(|s| s.view(None)).collect();
+    let views: Vec<serde_json::Value> = agreements.signatures_of(member.platform, member.id)?.iter().map(|s| s.view(None)).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({"agreements": views})))
 }
 
@@ -556,7 +680,7 @@ pub async fn show_signature(
 ) -> Result<HttpResponse, ApiError> {
     let member = member_of(&members, signed.platform.id, &path.0)?;
     let id = crate::ids::parse_prefixed(&path.1, "sig_").ok_or_else(ApiError::not_found)?;
-    let (signature, template) = agreements.signature(member.platform, member.id, id).ok_or_else(ApiError::not_found)?;
+    let (signature, template) = agreements.signature(member.platform, member.id, id)?.ok_or_else(ApiError::not_found)?;
     let template = agreements.with_text(template)?;
     let mut view = signature.view(Some(&template.text));
     view["title"] = serde_json::Value::String(template.title);
@@ -685,8 +809,8 @@ mod tests {
         let (signature, existed) = agreements.sign(&li, &request("account_opening", 1, Some(v1.sha256.as_str())), 2).unwrap();
         assert_eq!((signature.sha256.as_str(), existed), (text_hash("open v1").as_str(), false));
         assert!(agreements.sign(&li, &request("account_opening", 1, None), 3).unwrap().1, "signed once");
-        assert_eq!(agreements.signatures_of(1, 5).len(), 1);
-        assert!(agreements.signature(2, 5, signature.id).is_none(), "another platform's");
+        assert_eq!(agreements.signatures_of(1, 5).unwrap().len(), 1);
+        assert!(agreements.signature(2, 5, signature.id).unwrap().is_none(), "another platform's");
         let mut platform = Platform {
             id: 1,
             name: "p".into(),
@@ -708,5 +832,85 @@ mod tests {
         assert_eq!(agreements.require(&platform, 5, Purpose::OpenAccount).unwrap_err().code, "agreement_required", "a new version is signed again");
         platform.agreement_requirements.open_account.clear();
         assert!(agreements.require(&platform, 6, Purpose::OpenAccount).is_ok());
+    }
+
+    fn signed(store: &Arc<dyn Store>, member: u64) -> Vec<(u64, String, u32)> {
+        Agreements::load(store.clone()).unwrap().signatures_of(1, member).unwrap().into_iter().map(|s| (s.id, s.code, s.version)).collect()
+    }
+
+    /// Signatures live in the store: a member's are read from its own keys, API order numbers
+    /// replay (or conflict) after a restart, ids go on from the highest.
+    #[test]
+    fn signatures_are_read_from_the_store_and_order_numbers_replay_after_a_restart() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let agreements = Agreements::load(store.clone()).unwrap();
+        agreements.publish(1, &body("t1", "service", "service v1"), 1).unwrap();
+        agreements.publish(1, &body("t2", "privacy", "privacy v1"), 1).unwrap();
+        let numbered = |number| SignRequest { out_order_no: Some(number), ..request("service", 1, None) };
+        let (first, existed) = agreements.sign(&member(5, 1), &numbered("s-1"), 2).unwrap();
+        assert!(!existed);
+        agreements.sign(&member(6, 1), &request("service", 1, None), 2).unwrap();
+        agreements.sign(&member(5, 1), &request("privacy", 1, None), 3).unwrap();
+        drop(agreements);
+        let agreements = Agreements::load(store.clone()).unwrap();
+        let (again, existed) = agreements.sign(&member(5, 1), &numbered("s-1"), 9).unwrap();
+        assert_eq!((again.id, again.signed_at, existed), (first.id, 2, true));
+        assert_eq!(agreements.sign(&member(6, 1), &numbered("s-1"), 9).unwrap_err().code, "idempotency_conflict", "another member");
+        let privacy = SignRequest { out_order_no: Some("s-1"), ..request("privacy", 1, None) };
+        assert_eq!(agreements.sign(&member(5, 1), &privacy, 9).unwrap_err().code, "idempotency_conflict", "another agreement");
+        assert_eq!(signed(&store, 5), [(1, "service".to_string(), 1), (3, "privacy".to_string(), 1)]);
+        assert_eq!(signed(&store, 6), [(2, "service".to_string(), 1)]);
+        let (fourth, _) = agreements.sign(&member(7, 1), &request("privacy", 1, None), 4).unwrap();
+        assert_eq!(fourth.id, 4);
+        let (shown, template) = agreements.signature(1, 7, 4).unwrap().expect("found");
+        assert_eq!((shown.member, template.code.as_str()), (7, "privacy"));
+        assert!(agreements.signature(1, 5, 4).unwrap().is_none(), "another member's");
+    }
+
+    #[test]
+    fn a_database_from_before_the_signature_index_has_it_built_once_at_its_first_start() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let agreements = Agreements::load(store.clone()).unwrap();
+        agreements.publish(1, &body("t1", "service", "service v1"), 1).unwrap();
+        for n in 1..=12u64 {
+            let number = format!("s-{n}");
+            let request = SignRequest { out_order_no: (n % 2 == 0).then_some(number.as_str()), ..request("service", 1, None) };
+            agreements.sign(&member(n % 4 + 1, 1), &request, 2).ok();
+        }
+        // Members 1-4 signed once each (ids 1-4); take the store back to before the index.
+        for (start, end) in [(&b"am/"[..], &b"am0"[..]), (b"ao/", b"ao0"), (b"an/", b"an0"), (b"ai/", b"ai0")] {
+            store.delete_range(start, end).unwrap();
+        }
+        assert_eq!(signed(&store, 2), [(1, "service".to_string(), 1)]);
+        assert_eq!(signed(&store, 1), [(4, "service".to_string(), 1)]);
+        let agreements = Agreements::load(store.clone()).unwrap();
+        let replay = SignRequest { out_order_no: Some("s-2"), ..request("service", 1, None) };
+        assert_eq!(agreements.sign(&member(3, 1), &replay, 9).unwrap().0.id, 2, "s-2 made member 3's signature");
+        agreements.publish(1, &body("t2", "privacy", "privacy v1"), 1).unwrap();
+        assert_eq!(agreements.sign(&member(1, 1), &request("privacy", 1, None), 9).unwrap().0.id, 5);
+        // A corrupt signature is a 500 where read, and stops the first start of an old database.
+        store.write(&[(&crate::records::key(SIGNATURE_PREFIX, 1)[..], &b"{"[..])]).unwrap();
+        assert_eq!(agreements.signatures_of(1, 2).err().map(|e| e.status), Some(500));
+        store.delete_range(b"ai/", b"ai0").unwrap();
+        assert!(Agreements::load(store).err().expect("refused").contains("corrupt"));
+    }
+
+    /// A signature a binary from before the index made after it was built (a downgrade) is
+    /// found at the next start: its id is not handed out again, its member lists it.
+    #[test]
+    fn signatures_made_past_the_index_are_indexed_at_the_next_start() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let agreements = Agreements::load(store.clone()).unwrap();
+        agreements.publish(1, &body("t1", "service", "service v1"), 1).unwrap();
+        let (first, _) = agreements.sign(&member(5, 1), &request("service", 1, None), 2).unwrap();
+        let old = Signature { id: first.id + 1, member: 6, out_order_no: Some("old-1".into()), ..first.clone() };
+        crate::records::put(store.as_ref(), &[(crate::records::key(SIGNATURE_PREFIX, old.id), &old)]).unwrap();
+        // This process does not know of it: it refuses to write over it.
+        assert_eq!(agreements.sign(&member(7, 1), &request("service", 1, None), 3).unwrap_err().status, 500);
+        let agreements = Agreements::load(store.clone()).unwrap();
+        assert_eq!(signed(&store, 6), [(2, "service".to_string(), 1)]);
+        assert_eq!(agreements.sign(&member(7, 1), &request("service", 1, None), 3).unwrap().0.id, 3);
+        let replay = SignRequest { out_order_no: Some("old-1"), ..request("service", 1, None) };
+        assert_eq!(agreements.sign(&member(6, 1), &replay, 4).unwrap().0.id, 2);
     }
 }

@@ -129,8 +129,15 @@ fn corrupt(what: &str) -> ApiError {
     ApiError::new(500, "internal_error", &format!("{what} is corrupt"))
 }
 
-fn decode_card(value: &[u8]) -> Result<Card, ApiError> {
-    serde_json::from_slice(value).map_err(|_| corrupt("a stored card record"))
+fn decode_card(id: u64, value: &[u8]) -> Result<Card, ApiError> {
+    serde_json::from_slice(value).map_err(|_| corrupt(&format!("card record {id}")))
+}
+
+fn read_highest(store: &dyn Store) -> Result<u64, String> {
+    match store.get(HIGHEST).map_err(|e| e.to_string())? {
+        None => Ok(0),
+        Some(value) => decode_u64(&value, "the highest card id").map_err(|e| e.message),
+    }
 }
 
 fn decode_u64(value: &[u8], what: &str) -> Result<u64, ApiError> {
@@ -158,10 +165,13 @@ impl Cards {
         if store.get(INDEX_BUILT).map_err(|e| e.to_string())?.is_none() {
             build_index(store.as_ref())?;
         }
-        let highest = match store.get(HIGHEST).map_err(|e| e.to_string())? {
-            None => 0,
-            Some(value) => decode_u64(&value, "the highest card id").map_err(|e| e.message)?,
-        };
+        let mut highest = read_highest(store.as_ref())?;
+        // Cards past the highest id: written by a binary from before these keys (a downgrade
+        // and upgrade again). Built again, so no id is handed out twice.
+        if store.get(&card_key(highest + 1)).map_err(|e| e.to_string())?.is_some() {
+            build_index(store.as_ref())?;
+            highest = read_highest(store.as_ref())?;
+        }
         Ok(Cards { store, changing: Mutex::new(()), highest_id: AtomicU64::new(highest), binds_per_account_per_day })
     }
 
@@ -176,21 +186,33 @@ impl Cards {
             return Ok(Err(BindRefusal::Exists(existing)));
         }
         let today = day(now);
-        let mut bound_today = 0usize;
+        let (mut bound_today, mut unreadable) = (0usize, false);
         self.store
-            .scan(&account_key(card.account, 0), &account_key(card.account, u64::MAX), &mut |_, value| {
-                let at = value.try_into().map(i64::from_be_bytes).unwrap_or(0);
-                if at != 0 && day(at) == today {
-                    bound_today += 1;
+            .scan(&account_key(card.account, 0), &account_key(card.account, u64::MAX), &mut |_, value| match <[u8; 8]>::try_from(value) {
+                Ok(at) => {
+                    let at = i64::from_be_bytes(at);
+                    if at != 0 && day(at) == today {
+                        bound_today += 1;
+                    }
+                    true
                 }
-                true
+                Err(_) => {
+                    unreadable = true;
+                    false
+                }
             })
             .map_err(unavailable)?;
+        if unreadable {
+            return Err(corrupt(&format!("a bind time of account {}'s cards", card.account)));
+        }
         if bound_today >= self.binds_per_account_per_day as usize {
             let next_day_starts = (today + 1) * 86_400 - utc_offset_seconds as i64;
             return Ok(Err(BindRefusal::Limit { retry_after_seconds: (next_day_starts - now).max(1) }));
         }
         card.id = self.highest_id.load(Ordering::Relaxed) + 1;
+        if self.store.get(&card_key(card.id)).map_err(unavailable)?.is_some() {
+            return Err(corrupt(&format!("the highest card id (card {} exists)", card.id)));
+        }
         card.bound_at = now;
         let record = serde_json::to_vec(&card).expect("cards serialize");
         let id_bytes = card.id.to_be_bytes();
@@ -224,8 +246,12 @@ impl Cards {
         let outcome = change(&mut card)?;
         if serde_json::to_vec(&card).expect("cards serialize") != before {
             self.save(&card)?;
+            // The change is durable: a mark that cannot be dropped now is dropped by the next
+            // start's `waiting`, so the caller is not told it failed.
             if was_pending && card.status != "pending_verification" {
-                self.unmark(card.id).map_err(unavailable)?;
+                if let Err(error) = self.unmark(card.id) {
+                    tracing::warn!("cards: card {} left its waiting mark: {error}", card.id);
+                }
             }
         }
         Ok((outcome, card))
@@ -265,7 +291,7 @@ impl Cards {
     }
 
     fn read(&self, id: u64) -> Result<Option<Card>, ApiError> {
-        self.store.get(&card_key(id)).map_err(unavailable)?.map(|value| decode_card(&value)).transpose()
+        self.store.get(&card_key(id)).map_err(unavailable)?.map(|value| decode_card(id, &value)).transpose()
     }
 
     /// Cards waiting for a micro-deposit the bank has not paid (no deposit line on the card's
@@ -314,19 +340,21 @@ impl Cards {
     /// The cards of `account` of `platform` (unbound ones too), oldest first: its `ca/` keys,
     /// then one read of their records.
     fn of_account(&self, platform: u32, account: u64) -> Result<Vec<Card>, ApiError> {
-        let mut keys = Vec::new();
+        let mut ids = Vec::new();
         self.store
             .scan(&account_key(account, 0), &account_key(account, u64::MAX), &mut |key, _| {
                 if let Some(id) = key.get(11..).and_then(|id| <[u8; 8]>::try_from(id).ok()) {
-                    keys.push(card_key(u64::from_be_bytes(id)));
+                    ids.push(u64::from_be_bytes(id));
                 }
                 true
             })
             .map_err(unavailable)?;
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| card_key(*id)).collect();
         let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let mut found = Vec::with_capacity(keys.len());
-        for value in self.store.get_many(&borrowed).map_err(unavailable)?.into_iter().flatten() {
-            let card = decode_card(&value)?;
+        for (id, value) in ids.iter().zip(self.store.get_many(&borrowed).map_err(unavailable)?) {
+            let Some(value) = value else { continue };
+            let card = decode_card(*id, &value)?;
             if card.platform == platform && card.account == account {
                 found.push(card);
             }
@@ -605,9 +633,11 @@ pub async fn list(signed: Signed, path: web::Path<String>, engine: web::Data<Arc
 }
 
 /// Every card of `account` of `platform` (unbound ones too), oldest first.
-pub async fn cards_of(engine: &Arc<Engine>, cards: &Cards, platform: u32, account: AccountId) -> Result<Vec<Card>, ApiError> {
+pub async fn cards_of(engine: &Arc<Engine>, cards: &Arc<Cards>, platform: u32, account: AccountId) -> Result<Vec<Card>, ApiError> {
     account_of(engine, platform, account).await?;
-    cards.of_account(platform, account.0)
+    // Every card the account ever bound (up to the day's limit a day): read off the HTTP worker.
+    let reading = cards.clone();
+    blocking(move || reading.of_account(platform, account.0)).await?
 }
 
 /// Registers the card routes.
@@ -709,6 +739,25 @@ mod tests {
         assert_eq!(cards.change(1, AccountId(8), ids[3], |_| Ok(())).err().map(|e| e.status), Some(404));
         assert_eq!(cards.named(1, AccountId(7), &format!("card_{}", ids[0])).unwrap().map(|c| c.status), Some("verified".to_string()));
         assert_eq!(cards.named(1, AccountId(7), "card_x").unwrap().map(|c| c.id), None);
+    }
+
+    /// Cards a binary from before these keys bound after they were built (a downgrade) are
+    /// found at the next start: their ids are not handed out again, their accounts list them.
+    #[test]
+    fn cards_bound_past_the_index_are_indexed_at_the_next_start() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let cards = Cards::load(store.clone(), 9).unwrap();
+        let first = cards.bind_new(card(7, 0), 1_800_000_000, 0).unwrap().ok().unwrap();
+        let old = Card { id: 2, out_order_no: "old-1".into(), ..first.clone() };
+        crate::records::put(store.as_ref(), &[(card_key(2), &old)]).unwrap();
+        // This process does not know of it: it refuses to write over it.
+        assert_eq!(cards.bind_new(card(7, 1), 1_800_000_000, 0).err().map(|e| e.status), Some(500));
+        let cards = Cards::load(store.clone(), 9).unwrap();
+        assert_eq!(cards.of_account(1, 7).unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(cards.bind_new(card(7, 1), 1_800_000_000, 0).unwrap().ok().map(|c| c.id), Some(3));
+        let mut replay = card(7, 0);
+        replay.out_order_no = "old-1".into();
+        assert!(matches!(cards.bind_new(replay, 1_800_000_000, 0).unwrap(), Err(BindRefusal::Exists(c)) if c.id == 2));
     }
 
     #[test]

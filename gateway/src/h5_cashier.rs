@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::error::ApiError;
+
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use engine::Engine;
 use maud::{html, Markup};
@@ -17,19 +19,23 @@ use crate::passwords::{Passwords, FAILURES_MAX};
 use crate::platforms::Platforms;
 
 /// A payee as the cashier shows it: account id and its member's name.
-async fn payee_names(engine: &Arc<Engine>, members: &Members, platform: u32, session: &Session) -> Vec<(String, String, String)> {
-    let Some(payment) = &session.grant.payment else { return Vec::new() };
+/// An account that is not the platform's shows no name; a member that cannot be read is an
+/// error (a 5xx), not a blank.
+async fn payee_names(engine: &Arc<Engine>, members: &Members, platform: u32, session: &Session) -> Result<Vec<(String, String, String)>, ApiError> {
+    let Some(payment) = &session.grant.payment else { return Ok(Vec::new()) };
     let mut shown = Vec::new();
     for leg in &payment.payees {
-        let name = match crate::accounts::parse_account_id(&leg.account_id) {
-            Some(id) => {
-                crate::accounts::owner_of(engine, platform, id).await.ok().and_then(|owner| members.get(platform, owner).ok().flatten()).map(|m| m.name)
-            }
+        let owner = match crate::accounts::parse_account_id(&leg.account_id) {
+            Some(id) => crate::accounts::owner_of(engine, platform, id).await.ok(),
+            None => None,
+        };
+        let name = match owner {
+            Some(owner) => members.get(platform, owner)?.map(|m| m.name),
             None => None,
         };
         shown.push((leg.account_id.clone(), name.unwrap_or_default(), leg.amount.clone()));
     }
-    shown
+    Ok(shown)
 }
 
 /// The cashier page, with a notice (an error and the tries left, or the payment done).
@@ -43,7 +49,7 @@ async fn cashier_page(
     let locale = session.locale;
     let payment = session.grant.payment.as_ref().ok_or_else(|| PageError::new(404, "not_found", locale))?;
     let payer = members.get(session.grant.platform, session.grant.member).map_err(|e| PageError::api(e, locale))?.map(|m: Member| m.name).unwrap_or_default();
-    let payees = payee_names(engine, members, session.grant.platform, session).await;
+    let payees = payee_names(engine, members, session.grant.platform, session).await.map_err(|e| PageError::api(e, locale))?;
     let payer_account = crate::accounts::parse_account_id(&payment.payer_account_id);
     let failures = payer_account.map_or(Ok(None), |a| passwords.failures(a)).map_err(|e| PageError::api(e, locale))?.unwrap_or(0);
     let body = html! {

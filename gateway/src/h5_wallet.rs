@@ -253,12 +253,12 @@ pub async fn withdraw_form(
     withdraw_page(&w, &engine, &cards, None).await
 }
 
-async fn verified_cards(w: &Wallet, engine: &Arc<Engine>, cards: &Cards) -> Result<Vec<Card>, PageError> {
+async fn verified_cards(w: &Wallet, engine: &Arc<Engine>, cards: &Arc<Cards>) -> Result<Vec<Card>, PageError> {
     let all = crate::cards::cards_of(engine, cards, w.session.grant.platform, w.account).await.map_err(|e| PageError::api(e, w.session.locale))?;
     Ok(all.into_iter().filter(|c| c.status == "verified").collect())
 }
 
-async fn withdraw_page(w: &Wallet, engine: &Arc<Engine>, cards: &Cards, message: Option<Markup>) -> Result<HttpResponse, PageError> {
+async fn withdraw_page(w: &Wallet, engine: &Arc<Engine>, cards: &Arc<Cards>, message: Option<Markup>) -> Result<HttpResponse, PageError> {
     let locale = w.session.locale;
     let verified = verified_cards(w, engine, cards).await?;
     let body = html! {
@@ -398,7 +398,7 @@ pub async fn card_form(
     card_page(&w, &engine, &cards, None).await
 }
 
-async fn card_page(w: &Wallet, engine: &Arc<Engine>, cards: &Cards, message: Option<Markup>) -> Result<HttpResponse, PageError> {
+async fn card_page(w: &Wallet, engine: &Arc<Engine>, cards: &Arc<Cards>, message: Option<Markup>) -> Result<HttpResponse, PageError> {
     let locale = w.session.locale;
     let all = crate::cards::cards_of(engine, cards, w.session.grant.platform, w.account).await.map_err(|e| PageError::api(e, locale))?;
     let bound: Vec<&Card> = all.iter().filter(|c| c.status != "unbound").collect();
@@ -693,7 +693,7 @@ pub async fn agreement(
 
 fn agreement_page(session: &Session, agreements: &Agreements, chosen: Option<(String, u32)>, message: Option<Markup>) -> Result<HttpResponse, PageError> {
     let (locale, platform, member) = (session.locale, session.grant.platform, session.grant.member);
-    let signed = agreements.signatures_of(platform, member);
+    let signed = agreements.signatures_of(platform, member).map_err(|e| PageError::api(e, locale))?;
     let is_signed = |code: &str, version: u32| signed.iter().find(|s| s.code == code && s.version == version).map(|s| s.signed_at);
     let body = match chosen {
         Some((code, version)) => {

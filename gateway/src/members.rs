@@ -150,8 +150,8 @@ fn corrupt(what: &str) -> ApiError {
     ApiError::new(500, "internal_error", &format!("{what} is corrupt"))
 }
 
-fn decode_member(value: &[u8]) -> Result<Member, ApiError> {
-    serde_json::from_slice(value).map_err(|_| corrupt("a stored member record"))
+fn decode_member(id: u64, value: &[u8]) -> Result<Member, ApiError> {
+    serde_json::from_slice(value).map_err(|_| corrupt(&format!("member record {id}")))
 }
 
 fn decode_count(value: Option<Vec<u8>>) -> Result<u64, ApiError> {
@@ -165,17 +165,27 @@ impl Members {
     /// Opens the members in `store`: finds the highest id (one backwards seek) and, on a
     /// database from before the per-platform index, builds it first.
     pub fn load(store: Arc<dyn Store>) -> Result<Members, String> {
-        if store.get(INDEX_BUILT).map_err(|e| e.to_string())?.is_none() {
-            build_index(store.as_ref())?;
-        }
         let highest = match store.last_key_in(MEMBER_PREFIX, MEMBER_PREFIX_END).map_err(|e| e.to_string())? {
             None => 0,
             Some(key) => key
                 .get(MEMBER_PREFIX.len()..)
                 .and_then(|id| <[u8; 8]>::try_from(id).ok())
                 .map(u64::from_be_bytes)
-                .ok_or_else(|| "a member key is not u/ and eight bytes".to_string())?,
+                .ok_or_else(|| format!("member key {} is not u/ and eight bytes", hex::encode(&key)))?,
         };
+        let built = store.get(INDEX_BUILT).map_err(|e| e.to_string())?.is_some();
+        // The newest member not in its platform's index: created by a binary from before the
+        // index (a downgrade and upgrade again). Built again, so counts and listings hold it.
+        let newest_unindexed = match store.get(&member_key(highest)).map_err(|e| e.to_string())? {
+            Some(value) if built => {
+                let member = decode_member(highest, &value).map_err(|e| e.message)?;
+                store.get(&index_key(member.platform, highest)).map_err(|e| e.to_string())?.is_none()
+            }
+            _ => false,
+        };
+        if !built || newest_unindexed {
+            build_index(store.as_ref())?;
+        }
         Ok(Members { store, creating: Mutex::new(()), highest_id: AtomicU64::new(highest) })
     }
 
@@ -274,7 +284,7 @@ impl Members {
                 scanned += 1;
                 last = *id;
                 let Some(record) = record else { continue };
-                let member = decode_member(&record)?;
+                let member = decode_member(*id, &record)?;
                 let keeps = member.platform == platform
                     && match &needle {
                         None => true,
@@ -311,7 +321,7 @@ impl Members {
     }
 
     fn read(&self, id: u64) -> Result<Option<Member>, ApiError> {
-        self.store.get(&member_key(id)).map_err(unavailable)?.map(|value| decode_member(&value)).transpose()
+        self.store.get(&member_key(id)).map_err(unavailable)?.map(|value| decode_member(id, &value)).transpose()
     }
 }
 
@@ -331,7 +341,7 @@ fn build_index(store: &dyn Store) -> Result<(), String> {
                     chunk.len() < INDEX_BUILD_CHUNK
                 }
                 _ => {
-                    failure = Some(format!("member record {} is corrupt", String::from_utf8_lossy(key)));
+                    failure = Some(format!("member record {} is corrupt", hex::encode(key)));
                     false
                 }
             })
@@ -489,6 +499,28 @@ mod tests {
         drop(members);
         let members = Members::load(store.clone()).unwrap();
         assert_eq!(members.count_of(1).unwrap(), 41);
+    }
+
+    /// Members a binary from before the index created after it was built (a downgrade) are
+    /// indexed and counted at the next start.
+    #[test]
+    fn members_created_past_the_index_are_indexed_at_the_next_start() {
+        let store = Arc::new(MemoryStore::new());
+        interleaved(&store, 3);
+        let old = Member {
+            id: 7,
+            platform: 1,
+            kind: "individual".into(),
+            name: "Old".into(),
+            id_number: "11010519491231002X".into(),
+            phone: "13800138000".into(),
+            status: "active".into(),
+        };
+        store.write(&[(&member_key(7)[..], &serde_json::to_vec(&old).unwrap()[..])]).unwrap();
+        let members = Members::load(store.clone()).unwrap();
+        assert_eq!((members.count_of(1).unwrap(), members.count_of(2).unwrap()), (4, 3));
+        assert_eq!(ids(&members.of_platform(1, 0, None, 50).unwrap().0), [1, 3, 5, 7]);
+        assert_eq!(members.create(2, request("b-new", "New")).unwrap().member.id, 8);
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl Merchant {
     }
 
     /// The verified cards of the merchant's accounts.
-    async fn verified_cards(&self, engine: &Arc<Engine>, cards: &Cards) -> Result<Vec<Card>, PortalError> {
+    async fn verified_cards(&self, engine: &Arc<Engine>, cards: &Arc<Cards>) -> Result<Vec<Card>, PortalError> {
         let mut all = Vec::new();
         for id in &self.accounts {
             all.extend(crate::cards::cards_of(engine, cards, self.platform.id, *id).await?.into_iter().filter(|c| c.status == "verified"));
@@ -277,7 +277,7 @@ async fn kyc(
 ) -> Result<HttpResponse, PortalError> {
     let m = merchant(&session, &platforms, &engine).await?;
     let member = members.get(m.platform.id, m.member)?.ok_or(PortalError::NotFound)?;
-    let signed = agreements.signatures_of(m.platform.id, m.member);
+    let signed = agreements.signatures_of(m.platform.id, m.member)?;
     let mut latest: std::collections::BTreeMap<String, Template> = std::collections::BTreeMap::new();
     for template in agreements.templates(m.platform.id) {
         latest.insert(template.code.clone(), template);

@@ -353,7 +353,7 @@ async fn render_member(
     platform: &Platform,
     member: &Member,
     engine: &Arc<Engine>,
-    cards: &crate::cards::Cards,
+    cards: &Arc<crate::cards::Cards>,
     flash: Option<(&str, &str)>,
 ) -> Result<HttpResponse, PortalError> {
     let mut accounts = Vec::new();
@@ -514,7 +514,7 @@ async fn member_money_outcome(
     platform: &Platform,
     member: &Member,
     engine: &Arc<Engine>,
-    cards: &crate::cards::Cards,
+    cards: &Arc<crate::cards::Cards>,
     action: &str,
     after: Value,
     result: Result<engine::ledger::types::Reply, ApiError>,
@@ -1416,7 +1416,7 @@ fn agreements_page(
 ) -> Result<HttpResponse, PortalError> {
     // Each version's excerpt (kept in the index), not its text.
     let templates = agreements.templates(platform.id);
-    let signatures = member.map(|member| agreements.signatures_of(platform.id, member.id)).unwrap_or_default();
+    let signatures = member.map(|member| agreements.signatures_of(platform.id, member.id)).transpose()?.unwrap_or_default();
     let body = html! {
         @if let Some((kind, text)) = message { (notice(kind, text)) }
         @if let Some(member) = member {
