@@ -114,19 +114,123 @@ impl Proposal {
     }
 }
 
+/// Proposals: the pending ones in memory (what the dashboards count and approvers act on), every
+/// one in the store (`o/ap/{id}`, ids dense from 1), read from it where listed or finished.
 pub struct Approvals {
     store: Arc<dyn Store>,
-    inner: Mutex<BTreeMap<u64, Proposal>>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    pending: BTreeMap<u64, Proposal>,
+    highest: u64,
+}
+
+/// `o/aq/{id BE}` (empty): a pending proposal, written with it; dropped once it is decided.
+const PENDING_PREFIX: &[u8] = b"o/aq/";
+const PENDING_PREFIX_END: &[u8] = b"o/aq0";
+/// Written once the `o/aq/` marks exist: a database from before them (session 54) has them
+/// built by one pass over its proposals at its first start.
+const PENDING_BUILT: &[u8] = b"o/ai/pending";
+/// Proposals one list examines at most, newest first (each a record read).
+pub const LIST_SCAN_MAX: u64 = 5_000;
+/// Proposals read from the store at a time when listing.
+const LIST_WINDOW: u64 = 256;
+
+fn record_key(id: u64) -> Vec<u8> {
+    crate::records::key(PREFIX, id)
+}
+
+fn pending_key(id: u64) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[..5].copy_from_slice(PENDING_PREFIX);
+    key[5..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn unavailable(error: storage::StorageError) -> ApiError {
+    ApiError::unavailable(error.to_string())
+}
+
+fn decode(id: u64, value: &[u8]) -> Result<Proposal, ApiError> {
+    serde_json::from_slice(value).map_err(|_| ApiError::new(500, "internal_error", &format!("proposal record {id} is corrupt")))
+}
+
+/// The highest proposal id: ids are dense from 1 (each is the highest + 1, written before the
+/// next is made), so the largest id with a record is found by doubling, then bisection.
+fn find_highest(store: &dyn Store) -> Result<u64, String> {
+    let exists = |id: u64| store.get(&record_key(id)).map(|v| v.is_some()).map_err(|e| e.to_string());
+    if !exists(1)? {
+        return Ok(0);
+    }
+    let (mut low, mut high) = (1u64, 2u64);
+    while exists(high)? {
+        low = high;
+        high = high.checked_mul(2).ok_or("too many proposals")?;
+    }
+    // low exists, high does not.
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        if exists(middle)? {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    Ok(low)
 }
 
 impl Approvals {
+    /// Opens the proposals in `store`: the pending ones (by their marks) and the highest id.
     pub fn load(store: Arc<dyn Store>) -> Result<Approvals, String> {
-        let proposals = crate::records::load_all::<Proposal>(store.as_ref(), PREFIX.as_bytes())?.into_iter().map(|(_, p)| (p.id, p)).collect();
-        Ok(Approvals { store, inner: Mutex::new(proposals) })
+        if store.get(PENDING_BUILT).map_err(|e| e.to_string())?.is_none() {
+            let all = crate::records::load_all::<Proposal>(store.as_ref(), PREFIX.as_bytes())?;
+            let marks: Vec<[u8; 13]> = all.iter().filter(|(_, p)| p.status == Status::Pending).map(|(_, p)| pending_key(p.id)).collect();
+            let mut puts: Vec<(&[u8], &[u8])> = marks.iter().map(|key| (key.as_slice(), &b""[..])).collect();
+            puts.push((PENDING_BUILT, b"1"));
+            storage::write_in_chunks(store.as_ref(), &puts).map_err(|e| e.to_string())?;
+        }
+        let mut ids = Vec::new();
+        store
+            .scan(PENDING_PREFIX, PENDING_PREFIX_END, &mut |key, _| {
+                if let Some(id) = key.get(PENDING_PREFIX.len()..).and_then(|id| <[u8; 8]>::try_from(id).ok()) {
+                    ids.push(u64::from_be_bytes(id));
+                }
+                true
+            })
+            .map_err(|e| e.to_string())?;
+        let mut pending = BTreeMap::new();
+        for id in ids {
+            match store.get(&record_key(id)).map_err(|e| e.to_string())? {
+                Some(value) => {
+                    let proposal = decode(id, &value).map_err(|e| e.message)?;
+                    if proposal.status == Status::Pending {
+                        pending.insert(id, proposal);
+                        continue;
+                    }
+                    // Decided by a run that stopped before dropping its mark.
+                    Approvals::unmark(store.as_ref(), id).map_err(|e| e.to_string())?;
+                }
+                None => Approvals::unmark(store.as_ref(), id).map_err(|e| e.to_string())?,
+            }
+        }
+        let highest = find_highest(store.as_ref())?;
+        Ok(Approvals { store, inner: Mutex::new(Inner { pending, highest }) })
+    }
+
+    fn unmark(store: &dyn Store, id: u64) -> Result<(), storage::StorageError> {
+        let start = pending_key(id);
+        let mut end = start.to_vec();
+        end.push(0);
+        store.delete_range(&start, &end)
     }
 
     fn save(&self, proposal: &Proposal) -> Result<(), ApiError> {
-        crate::records::put(self.store.as_ref(), &[(crate::records::key(PREFIX, proposal.id), proposal)])
+        crate::records::put(self.store.as_ref(), &[(record_key(proposal.id), proposal)])
+    }
+
+    fn read(&self, id: u64) -> Result<Option<Proposal>, ApiError> {
+        self.store.get(&record_key(id)).map_err(unavailable)?.map(|value| decode(id, &value)).transpose()
     }
 
     /// Records a proposal by `session` (who needs the `operator` role and a scope containing
@@ -142,9 +246,9 @@ impl Approvals {
         if note.chars().count() > REASON_CHARS_MAX {
             return Err(ApiError::invalid("the note must be at most 200 characters", "note"));
         }
-        let mut inner = self.inner.lock().expect("approvals lock");
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let proposal = Proposal {
-            id: inner.keys().next_back().copied().unwrap_or(0) + 1,
+            id: inner.highest + 1,
             scope,
             action,
             note: note.to_string(),
@@ -157,30 +261,61 @@ impl Approvals {
             decided_at: None,
             outcome: String::new(),
         };
-        self.save(&proposal)?;
-        inner.insert(proposal.id, proposal.clone());
+        let (key, record, mark) = (record_key(proposal.id), serde_json::to_vec(&proposal).expect("proposals serialize"), pending_key(proposal.id));
+        // One synced write: the proposal and its pending mark.
+        self.store.write(&[(&key, &record), (&mark, b"")]).map_err(unavailable)?;
+        inner.highest = proposal.id;
+        inner.pending.insert(proposal.id, proposal.clone());
         Ok(proposal)
     }
 
-    /// Proposals `scope` may see, newest first, optionally only one status.
-    pub fn list(&self, scope: &Scope, status: Option<Status>, limit: usize) -> Vec<Proposal> {
-        let inner = self.inner.lock().expect("approvals lock");
-        inner.values().rev().filter(|p| scope.contains(&p.scope) && status.is_none_or(|s| p.status == s)).take(limit).cloned().collect()
+    /// Proposals `scope` may see, newest first, optionally only one status: pending ones from
+    /// memory; others read from the store, examining at most `LIST_SCAN_MAX` of the newest.
+    pub fn list(&self, scope: &Scope, status: Option<Status>, limit: usize) -> Result<Vec<Proposal>, ApiError> {
+        let keeps = |p: &Proposal| scope.contains(&p.scope) && status.is_none_or(|s| p.status == s);
+        let highest = {
+            let inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if status == Some(Status::Pending) {
+                return Ok(inner.pending.values().rev().filter(|p| keeps(p)).take(limit).cloned().collect());
+            }
+            inner.highest
+        };
+        let mut found = Vec::new();
+        let lowest = highest.saturating_sub(LIST_SCAN_MAX) + 1;
+        let mut top = highest;
+        while top >= lowest && found.len() < limit && top > 0 {
+            let bottom = top.saturating_sub(LIST_WINDOW - 1).max(lowest);
+            let keys: Vec<Vec<u8>> = (bottom..=top).rev().map(record_key).collect();
+            let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            for (id, value) in (bottom..=top).rev().zip(self.store.get_many(&borrowed).map_err(unavailable)?) {
+                let Some(value) = value else { continue };
+                let proposal = decode(id, &value)?;
+                if keeps(&proposal) && found.len() < limit {
+                    found.push(proposal);
+                }
+            }
+            top = bottom - 1;
+        }
+        Ok(found)
     }
 
-    pub fn get(&self, scope: &Scope, id: u64) -> Option<Proposal> {
-        self.inner.lock().expect("approvals lock").get(&id).filter(|p| scope.contains(&p.scope)).cloned()
+    /// Proposal `id` if `scope` may see it.
+    pub fn get(&self, scope: &Scope, id: u64) -> Result<Option<Proposal>, ApiError> {
+        Ok(self.read(id)?.filter(|p| scope.contains(&p.scope)))
     }
 
     /// The decision of `session` on a pending proposal: the four-eyes rules, then the new
-    /// status stored. Approving returns the proposal to carry out; the caller then calls
-    /// `finish` with the outcome.
+    /// status stored (then its pending mark dropped). Approving returns the proposal to carry
+    /// out; the caller then calls `finish` with the outcome.
     pub fn decide(&self, session: &Session, id: u64, approve: bool) -> Result<Proposal, ApiError> {
-        let mut inner = self.inner.lock().expect("approvals lock");
-        let proposal = inner.get_mut(&id).filter(|p| session.scope().contains(&p.scope)).ok_or_else(ApiError::not_found)?;
-        if proposal.status != Status::Pending {
-            return Err(ApiError::new(409, "already_decided", &format!("this proposal is {} already", proposal.status.name())));
-        }
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(proposal) = inner.pending.get(&id).filter(|p| session.scope().contains(&p.scope)) else {
+            drop(inner);
+            return match self.get(&session.scope(), id)? {
+                Some(decided) => Err(ApiError::new(409, "already_decided", &format!("this proposal is {} already", decided.status.name()))),
+                None => Err(ApiError::not_found()),
+            };
+        };
         if !session.has(Role::Approver) {
             return Err(ApiError::new(403, "forbidden", "deciding needs the approver role"));
         }
@@ -193,21 +328,129 @@ impl Approvals {
         decided.decider = Some(session.operator.username.clone());
         decided.decided_at = Some(now_seconds());
         self.save(&decided)?;
-        *proposal = decided.clone();
+        inner.pending.remove(&id);
+        // The decision is durable: a mark that cannot be dropped now is dropped at the next start.
+        if let Err(error) = Approvals::unmark(self.store.as_ref(), id) {
+            tracing::warn!("approvals: proposal {id} left its pending mark: {error}");
+        }
         Ok(decided)
     }
 
     /// Stores what carrying out an approved proposal gave.
     pub fn finish(&self, id: u64, outcome: Result<String, String>) -> Result<Proposal, ApiError> {
-        let mut inner = self.inner.lock().expect("approvals lock");
-        let proposal = inner.get_mut(&id).ok_or_else(ApiError::not_found)?;
-        let mut finished = proposal.clone();
+        let _inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut finished = self.read(id)?.ok_or_else(ApiError::not_found)?;
         (finished.status, finished.outcome) = match outcome {
             Ok(text) => (Status::Executed, text),
             Err(text) => (Status::Failed, text),
         };
         self.save(&finished)?;
-        *proposal = finished.clone();
         Ok(finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::portal::operators::Operator;
+
+    fn session(id: u64, scope: Scope, roles: &[Role]) -> Session {
+        let operator: Operator = serde_json::from_value(serde_json::json!({
+            "id": id, "username": format!("op{id}"), "display_name": "", "scope": scope, "roles": roles,
+            "password_hash": "", "created_at": 0, "created_by": "test",
+        }))
+        .expect("an operator");
+        Session { operator, csrf: String::new(), from: "127.0.0.1".into(), token: String::new() }
+    }
+
+    fn limits(platform: u32) -> Action {
+        Action::SetLimits { platform, account: "acc_1".into(), limits: BTreeMap::new() }
+    }
+
+    fn ids(list: &[Proposal]) -> Vec<u64> {
+        list.iter().map(|p| p.id).collect()
+    }
+
+    #[test]
+    fn pending_proposals_are_kept_decided_ones_read_from_the_store() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let approvals = Approvals::load(store.clone()).unwrap();
+        let (proposer, approver) = (session(1, Scope::System, &[Role::Operator]), session(2, Scope::System, &[Role::Approver]));
+        let platform_two = session(3, Scope::Platform { platform: 2 }, &[Role::Operator, Role::Approver]);
+        for n in 1..=6u32 {
+            approvals.propose(&proposer, Scope::Platform { platform: n % 2 + 1 }, limits(n % 2 + 1), "").unwrap();
+        }
+        approvals.decide(&approver, 2, true).unwrap();
+        approvals.finish(2, Ok("done".into())).unwrap();
+        approvals.decide(&approver, 3, false).unwrap();
+        assert_eq!(approvals.decide(&approver, 3, true).unwrap_err().code, "already_decided");
+        assert_eq!(approvals.decide(&platform_two, 4, true).unwrap_err().status, 404, "platform 1's, out of scope");
+        for loaded in [approvals, Approvals::load(store.clone()).unwrap()] {
+            assert_eq!(ids(&loaded.list(&Scope::System, Some(Status::Pending), 10).unwrap()), [6, 5, 4, 1]);
+            assert_eq!(ids(&loaded.list(&Scope::System, None, 10).unwrap()), [6, 5, 4, 3, 2, 1]);
+            assert_eq!(ids(&loaded.list(&Scope::System, None, 2).unwrap()), [6, 5]);
+            assert_eq!(ids(&loaded.list(&Scope::Platform { platform: 2 }, None, 10).unwrap()), [5, 3, 1]);
+            assert_eq!(ids(&loaded.list(&Scope::System, Some(Status::Executed), 10).unwrap()), [2]);
+            assert_eq!(loaded.get(&Scope::System, 2).unwrap().map(|p| p.outcome), Some("done".to_string()));
+            assert_eq!(loaded.get(&Scope::Platform { platform: 1 }, 3).unwrap().map(|p| p.id), None);
+            assert_eq!(loaded.inner.lock().unwrap().highest, 6);
+        }
+        let marks = |store: &Arc<dyn Store>| {
+            let mut found = Vec::new();
+            store
+                .scan(PENDING_PREFIX, PENDING_PREFIX_END, &mut |key, _| {
+                    found.push(u64::from_be_bytes(key[5..].try_into().unwrap()));
+                    true
+                })
+                .unwrap();
+            found
+        };
+        assert_eq!(marks(&store), [1, 4, 5, 6]);
+        // A mark a stop left behind (decision saved, mark not yet dropped) is dropped at start.
+        store.write(&[(&pending_key(2)[..], &b""[..])]).unwrap();
+        let approvals = Approvals::load(store.clone()).unwrap();
+        assert_eq!(ids(&approvals.list(&Scope::System, Some(Status::Pending), 10).unwrap()), [6, 5, 4, 1]);
+        assert_eq!(marks(&store), [1, 4, 5, 6]);
+        assert_eq!(approvals.propose(&proposer, Scope::System, limits(1), "").unwrap().id, 7);
+    }
+
+    #[test]
+    fn the_highest_id_is_found_by_bisection_and_lists_examine_a_bounded_number() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        assert_eq!(find_highest(store.as_ref()).unwrap(), 0);
+        let proposer = session(1, Scope::System, &[Role::Operator]);
+        let approvals = Approvals::load(store.clone()).unwrap();
+        let count = LIST_SCAN_MAX + 300;
+        for n in 1..=count {
+            let scope = if n <= 5 { Scope::Platform { platform: 9 } } else { Scope::System };
+            approvals.propose(&proposer, scope, limits(1), "").unwrap();
+            if [1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 100, 255, 256, 257, 1000].contains(&n) {
+                assert_eq!(find_highest(store.as_ref()).unwrap(), n);
+            }
+        }
+        assert_eq!(find_highest(store.as_ref()).unwrap(), count);
+        // Platform 9's proposals are older than the newest LIST_SCAN_MAX: not reached by a list
+        // of everything (only the pending ones, kept in memory, are).
+        assert!(approvals.list(&Scope::Platform { platform: 9 }, None, 10).unwrap().is_empty());
+        assert_eq!(ids(&approvals.list(&Scope::Platform { platform: 9 }, Some(Status::Pending), 10).unwrap()), [5, 4, 3, 2, 1]);
+        assert_eq!(ids(&approvals.list(&Scope::System, None, 300).unwrap()).first(), Some(&count));
+        assert_eq!(approvals.list(&Scope::System, None, 300).unwrap().len(), 300);
+    }
+
+    #[test]
+    fn a_database_from_before_the_marks_has_them_built_once() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let approvals = Approvals::load(store.clone()).unwrap();
+        let (proposer, approver) = (session(1, Scope::System, &[Role::Operator]), session(2, Scope::System, &[Role::Approver]));
+        for _ in 0..12 {
+            approvals.propose(&proposer, Scope::System, limits(1), "").unwrap();
+        }
+        approvals.decide(&approver, 10, false).unwrap();
+        store.delete_range(b"o/aq/", b"o/aq0").unwrap();
+        store.delete_range(b"o/ai/", b"o/ai0").unwrap();
+        let approvals = Approvals::load(store.clone()).unwrap();
+        let pending = ids(&approvals.list(&Scope::System, Some(Status::Pending), 100).unwrap());
+        assert_eq!(pending, [12, 11, 9, 8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(approvals.decide(&approver, 10, true).unwrap_err().code, "already_decided");
     }
 }

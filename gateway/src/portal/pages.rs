@@ -459,8 +459,14 @@ struct ApprovalsQuery {
     status: Option<String>,
 }
 
-fn approvals_page(session: &Session, portal: &Portal, status: Option<Status>, message: Option<(&str, &str)>, secret: Option<&str>) -> HttpResponse {
-    let list = portal.approvals.list(&session.scope(), status, 200);
+fn approvals_page(
+    session: &Session,
+    portal: &Portal,
+    status: Option<Status>,
+    message: Option<(&str, &str)>,
+    secret: Option<&str>,
+) -> Result<HttpResponse, PortalError> {
+    let list = portal.approvals.list(&session.scope(), status, 200)?;
     let body = html! {
         @if let Some((kind, text)) = message { (notice(kind, text)) }
         @if let Some(secret) = secret {
@@ -497,10 +503,10 @@ fn approvals_page(session: &Session, portal: &Portal, status: Option<Status>, me
         }
         @if list.is_empty() { p.muted { "No proposals here." } }
     };
-    page(session, "Approvals", "/portal/approvals", body)
+    Ok(page(session, "Approvals", "/portal/approvals", body))
 }
 
-async fn approvals(session: Session, portal: PortalData, query: web::Query<ApprovalsQuery>) -> HttpResponse {
+async fn approvals(session: Session, portal: PortalData, query: web::Query<ApprovalsQuery>) -> Result<HttpResponse, PortalError> {
     approvals_page(&session, &portal, status_filter(query.status.as_deref()), None, None)
 }
 
@@ -686,13 +692,13 @@ async fn propose(
     session.require(Role::Operator)?;
     let (scope, action) = match proposal_of(&session, &platforms, &form) {
         Ok(found) => found,
-        Err(message) => return Ok(approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &message)), None)),
+        Err(message) => return approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &message)), None),
     };
     let note = form.get("note").to_string();
     let proposal = match portal.approvals.propose(&session, scope, action, &note) {
         Ok(proposal) => proposal,
         Err(error) if error.status == 404 => return Err(PortalError::NotFound),
-        Err(error) => return Ok(approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &error.message)), None)),
+        Err(error) => return approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &error.message)), None),
     };
     portal.audit.record(
         &session,
@@ -704,7 +710,7 @@ async fn propose(
         "pending",
     )?;
     let message = format!("Proposal {} recorded: {}. Another operator with the approver role must approve it.", proposal.id, proposal.action.summary());
-    Ok(approvals_page(&session, &portal, Some(Status::Pending), Some(("ok", &message)), None))
+    approvals_page(&session, &portal, Some(Status::Pending), Some(("ok", &message)), None)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -728,7 +734,7 @@ async fn decide(
     let decided = match portal.approvals.decide(&session, id, approve) {
         Ok(decided) => decided,
         Err(error) if error.status == 404 => return Err(PortalError::NotFound),
-        Err(error) => return Ok(approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &error.message)), None)),
+        Err(error) => return approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &error.message)), None),
     };
     let action = if approve { "approval.approve" } else { "approval.reject" };
     portal.audit.record(
@@ -741,7 +747,7 @@ async fn decide(
         "ok",
     )?;
     if !approve {
-        return Ok(approvals_page(&session, &portal, Some(Status::Pending), Some(("ok", &format!("Proposal {id} rejected."))), None));
+        return approvals_page(&session, &portal, Some(Status::Pending), Some(("ok", &format!("Proposal {id} rejected."))), None);
     }
     let executors = Executors { engine: engine.get_ref(), platforms: platforms.get_ref(), clearing: clearing.get_ref() };
     let outcome = execute(&executors, &decided).await;
@@ -761,7 +767,7 @@ async fn decide(
     )?;
     let message = format!("Proposal {id} approved: {} ({}).", finished.outcome, finished.status.name());
     let kind = if finished.status == Status::Executed { "ok" } else { "error" };
-    Ok(approvals_page(&session, &portal, None, Some((kind, &message)), secret.as_deref()))
+    approvals_page(&session, &portal, None, Some((kind, &message)), secret.as_deref())
 }
 
 pub fn routes(config: &mut web::ServiceConfig) {

@@ -120,7 +120,7 @@ async fn home(
     let today = crate::stats::today(&engine);
     let today_orders: u64 = crate::stats::daily_volume(&engine, Some(platform.id), today..=today).await?.iter().map(|t| t.count).sum();
     let held = crate::stats::balances_held(&engine, Some(platform.id)).await?;
-    let pending = portal.approvals.list(&session.scope(), Some(Status::Pending), 1000).len();
+    let pending = portal.approvals.list(&session.scope(), Some(Status::Pending), 1000)?.len();
     let exponent_of = |code: &str| engine.config().currencies.iter().find(|c| c.code_str() == code).map_or(2, |c| c.exponent);
     let first = (today.saturating_sub(13))..=today;
     let volume = crate::stats::daily_volume(&engine, Some(platform.id), first.clone()).await?;

@@ -79,7 +79,7 @@ async fn home(
     let reasons: Vec<(String, i64)> = reasons.into_iter().map(|(reason, count)| (reason.replace('_', " "), count)).collect();
     let cases_chart =
         crate::charts::horizontal_bars(&crate::charts::Frame { id: "chart-cases", title: "Open cases by reason", unit: crate::charts::Unit::Count }, &reasons);
-    let pending = portal.approvals.list(&session.scope(), Some(super::approvals::Status::Pending), 1000).len();
+    let pending = portal.approvals.list(&session.scope(), Some(super::approvals::Status::Pending), 1000)?.len();
     let checked = engine.get_ref().clone();
     let invariants = blocking(move || engine::invariants::check_engine(&checked)).await?.map(|r| r.ok);
     let charts = ops::dashboard_charts(&engine, &clearing).await;
