@@ -474,3 +474,74 @@ fn a_refused_withdrawal_number_is_routed_anew_with_its_new_amount() {
     assert_eq!(p.balances(&a).1, "100053.00", "500,100.00 less both amounts and their fees");
     server.stop();
 }
+
+#[test]
+fn a_money_in_channel_takes_no_more_than_its_daily_cap_also_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-cap-0123456789abcdef0123456789abcdef";
+    let config = config_with(&[("latency_ms = 200", "latency_ms = 20")]);
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client::create(&server, token, "{\"name\": \"Capped\"}");
+    let member = p.member("m-a", "Zhang San");
+    let (status, _, opened) = p.post("/v1/accounts", &json!({"out_order_no": "acct-usd", "member_id": member, "currency": "USD"}));
+    assert_eq!(status, 201, "{opened}");
+    let usd = opened["account_id"].as_str().unwrap().to_string();
+    let payee_member = p.member("m-b", "Li Si");
+    let (status, _, opened) = p.post("/v1/accounts", &json!({"out_order_no": "acct-usd-b", "member_id": payee_member, "currency": "USD"}));
+    assert_eq!(status, 201, "{opened}");
+    let payee = opened["account_id"].as_str().unwrap().to_string();
+    let capped = json!({"id": 9, "name": "sim_usd_in", "kind": "quick_pay", "direction": "in", "currency": "USD",
+        "fee_fixed": "0.00", "fee_rate_bps": 0, "fee_min": "0.00", "fee_max": "0.00", "order_min": "0.01", "order_max": "1000.00",
+        "daily_cap": "100.00", "window": "00:00-24:00", "business_days_only": false, "arrival": "realtime", "eta_minutes": 0,
+        "serves": ["personal", "corporate"], "sim_latency_ms": 20, "sim_failure_per_mille": 0});
+    assert_eq!(admin_request(&server, "POST", "/admin/channels", token, Some(&capped)).0, 201);
+    let recharge = |p: &Client, number: &str, account: &str, amount: &str| {
+        p.post("/v1/recharges", &json!({"out_order_no": number, "account_id": account, "amount": amount, "currency": "USD"}))
+    };
+    let over_cap = |reply: &(u16, bool, serde_json::Value)| {
+        assert_eq!((error_of(reply), reply.2["error"]["param"].as_str()), ((422, Some("no_channel_available")), Some("amount")), "{}", reply.2);
+        assert!(reply.2["error"]["message"].as_str().unwrap().contains("daily cap of 100.00"), "{}", reply.2);
+    };
+    let used = |server: &Server| {
+        let (_, report) = server.get("/admin/channels", Some(token));
+        report["channels"].as_array().unwrap().iter().find(|c| c["name"] == "sim_usd_in").unwrap()["used_today"].as_str().unwrap().to_string()
+    };
+    let (status, _, first) = recharge(&p, "u-1", &usd, "60.00");
+    assert_eq!((status, first["channel"].as_str()), (201, Some("sim_usd_in")), "{first}");
+    over_cap(&recharge(&p, "u-2", &usd, "50.00"));
+    // A replay is answered as the first time and takes nothing more.
+    let (status, replayed, again) = recharge(&p, "u-1", &usd, "60.00");
+    assert_eq!((status, replayed, &again["order_id"]), (201, true, &first["order_id"]), "{again}");
+    // An order the engine refuses gives its hold back.
+    assert_eq!(error_of(&recharge(&p, "u-3", "acc_999999", "40.00")).0, 404);
+    assert_eq!(used(&server), "60.00");
+    // A direct payment through the channel counts too; exactly the cap is within it.
+    let direct = p.post(
+        "/v1/payments",
+        &json!({"out_order_no": "u-4", "payer_account_id": usd, "mode": "balance", "funding": "channel", "amount": "40.00", "currency": "USD", "payees": [{"account_id": payee, "amount": "40.00"}]}),
+    );
+    assert_eq!(direct.0, 201, "{}", direct.2);
+    over_cap(&recharge(&p, "u-5", &usd, "0.01"));
+    assert_eq!(used(&server), "100.00");
+    p.wait_order(first["order_id"].as_str().unwrap(), "succeeded");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    server.stop();
+
+    // After a restart the day's orders count again: still at the cap; replays still answered.
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client { server: &server, platform, secret };
+    assert_eq!(used(&server), "100.00");
+    over_cap(&recharge(&p, "u-5", &usd, "0.01"));
+    let (status, replayed, _) = recharge(&p, "u-1", &usd, "60.00");
+    assert_eq!((status, replayed), (201, true));
+    // The operator raises the cap: the next order goes, in bulk too (one within, one over).
+    let raised = admin_request(&server, "PATCH", "/admin/channels/sim_usd_in", token, Some(&json!({"daily_cap": "150.00"})));
+    assert_eq!(raised.0, 200, "{}", raised.1);
+    let op = |number: &str, amount: &str| json!({"op": "recharge", "body": {"out_order_no": number, "account_id": usd, "amount": amount, "currency": "USD"}});
+    let (status, _, bulk) = p.post("/v1/bulk", &json!({"operations": [op("u-6", "30.00"), op("u-7", "30.00")]}));
+    assert_eq!(status, 200, "{bulk}");
+    let statuses: Vec<u64> = bulk["results"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [201, 422], "{bulk}");
+    assert_eq!(used(&server), "130.00");
+    server.stop();
+}
