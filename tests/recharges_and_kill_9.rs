@@ -162,3 +162,49 @@ fn a_request_without_an_order_number_does_not_replay_after_kill_9() {
     assert_eq!(pay(&p, "locked-2", "123456"), (422, Some("payment_locked".to_string())), "the replay lifted nothing");
     server.stop();
 }
+
+/// A recharge the bank confirms after its account was closed lands in suspense (the money is at
+/// the bank; the ledger cannot credit a closed account): an operator's case says so, once, with
+/// the order and the amount, also after a restart.
+#[test]
+fn a_recharge_confirmed_for_a_closed_account_opens_a_case_for_its_suspense_credit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-diverted-0123456789abcdef0123456789abcdef";
+    let config = config_with(&[("latency_ms = 200", "latency_ms = 2500")]);
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client::create(&server, token, "{\"name\": \"Closing\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let (status, _, order) = p.post("/v1/recharges", &json!({"out_order_no": "r-1", "account_id": a, "amount": "12.34", "currency": "CNY"}));
+    assert_eq!((status, order["status"].as_str()), (201, Some("pending")), "{order}");
+    let (status, _, closed) = p.post(&format!("/v1/accounts/{a}/close"), &json!({"out_order_no": "close-1"}));
+    assert_eq!(status, 200, "{closed}");
+    let order_id = order["order_id"].as_str().unwrap().to_string();
+    p.wait_order(&order_id, "succeeded");
+    let suspense_cases = |server: &Server| {
+        let (status, page) = server.get("/admin/cases?status=open&limit=500", Some(token));
+        assert_eq!(status, 200, "{page}");
+        page["cases"].as_array().unwrap().iter().filter(|c| c["case_id"].as_str().unwrap().starts_with("suspense_")).cloned().collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut cases = suspense_cases(&server);
+    while cases.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        cases = suspense_cases(&server);
+    }
+    assert_eq!(cases.len(), 1, "{cases:?}");
+    let case = &cases[0];
+    assert_eq!(
+        (case["line"]["order_id"].as_str(), case["line"]["amount"].as_str(), case["line"]["entry"].as_str()),
+        (Some(order_id.as_str()), Some("12.34"), Some("Recharge")),
+        "{case}"
+    );
+    assert!(case["reason"].as_str().unwrap().contains("went to suspense"), "{case}");
+    let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
+    assert_eq!((reserve["ok"].as_bool(), reserve["suspense"].as_str()), (Some(true), Some("12.34")), "{reserve}");
+    server.stop();
+    // Opened once: a restart finds the case, and no second one.
+    let server = start_configured(dir.path(), token, &config);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(suspense_cases(&server).len(), 1);
+    server.stop();
+}

@@ -61,6 +61,8 @@ pub const RECONCILIATIONS_WAITING_MAX: usize = 4;
 
 /// Cases a reconciliation's worker hands the actor in one message (one synced write).
 const CASES_PER_MESSAGE: usize = 8_189;
+/// Credits sent to suspense turned into cases per tick (`Actor::open_diversion_cases`).
+const DIVERSIONS_PER_TICK: usize = 256;
 
 type Reply<T> = oneshot::Sender<Result<T, ClearingError>>;
 
@@ -628,6 +630,45 @@ impl Actor {
         }
     }
 
+    /// A case for each credit the ledger sent to suspense instead of its account (the engine's
+    /// notices, `engine::diversions`), then the notices forgotten: a stop in between opens
+    /// nothing twice (a case id is opened once). At most `DIVERSIONS_PER_TICK` a tick.
+    fn open_diversion_cases(&mut self) -> Result<usize, ClearingError> {
+        let notices = engine::diversions::read(self.store.as_ref(), DIVERSIONS_PER_TICK).map_err(ClearingError::Storage)?;
+        if notices.is_empty() {
+            return Ok(0);
+        }
+        let openings = notices
+            .iter()
+            .map(|(key, notice)| {
+                let index = key.get(15..19).and_then(|i| <[u8; 4]>::try_from(i).ok()).map_or(0, u32::from_be_bytes);
+                let spec = self.engine.config().currencies.iter().find(|c| c.code_str() == notice.currency).copied();
+                let amount = spec.map_or_else(|| notice.amount.to_string(), |spec| spec.format(notice.amount));
+                CaseOpening {
+                    case_id: format!("suspense_{}_{}_{index}", notice.shard, notice.sequence),
+                    line: serde_json::json!({
+                        "order_id": bank::order_ref(notice.order),
+                        "entry": notice.kind,
+                        "amount": amount,
+                        "currency": notice.currency,
+                        "shard": notice.shard,
+                        "batch": notice.sequence,
+                    }),
+                    reason: format!(
+                        "{amount} {} of order {} ({}) went to suspense: its account could not take it (closed, credit-blocked or at its balance ceiling)",
+                        notice.currency,
+                        bank::order_ref(notice.order),
+                        notice.kind
+                    ),
+                }
+            })
+            .collect();
+        let opened = self.cases.open(self.store.as_ref(), openings, self.clock.now_micros())?;
+        let keys: Vec<Vec<u8>> = notices.into_iter().map(|(key, _)| key).collect();
+        engine::diversions::forget(self.store.as_ref(), &keys).map_err(|e| ClearingError::Storage(e.to_string()))?;
+        Ok(opened)
+    }
+
     /// Payouts whose channel has not answered within its timeout are looked up at the bank: one
     /// the bank never received goes to the next channel (or fails, funds back) as after a
     /// failure; one it decided gets that verdict (the callback was lost); one still processing
@@ -654,6 +695,9 @@ impl Actor {
             if let Err(error) = outcome {
                 tracing::warn!(order = order.0, "payout watchdog: {error}");
             }
+        }
+        if let Err(error) = self.open_diversion_cases() {
+            tracing::error!("credits sent to suspense: {error}");
         }
         let calendar = self.table.calendar().clone();
         let due = self.schedule.as_ref().and_then(|s| s.due(&calendar, self.clock.now_micros(), now));

@@ -8,6 +8,7 @@ mod claims;
 pub mod codec;
 pub mod cold;
 pub mod directory;
+pub mod diversions;
 pub mod engine;
 pub mod histogram;
 pub mod invariants;

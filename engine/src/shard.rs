@@ -1001,8 +1001,16 @@ impl Shard {
         };
         let hash = encode(&record, &mut round.encoded);
         let key = batch_key(self.state.shard, self.sequence);
+        // Credits sent to suspense: a notice of each in the same write (`diversions`).
+        let notices = crate::diversions::collect(&self.state, &round.fx, self.sequence, now);
         let started = Instant::now();
-        let written = self.store.write(&[(&key, &round.encoded)]);
+        let written = if notices.is_empty() {
+            self.store.write(&[(&key, &round.encoded)])
+        } else {
+            let mut puts: Vec<(&[u8], &[u8])> = vec![(&key, &round.encoded)];
+            puts.extend(notices.iter().map(|(key, value)| (key.as_slice(), value.as_slice())));
+            self.store.write(&puts)
+        };
         let fsync_us = started.elapsed().as_micros() as u64;
         if let Err(error) = written {
             // Invariant 4: a failed write stops the shard; nothing in this batch is acknowledged.

@@ -64,6 +64,9 @@ pub struct Effects {
     pub entries: Vec<EntryHeader>,
     /// Accounts opened or changed status in this batch (the router's directory learns them).
     pub directory: Vec<(AccountId, u32, CurrencyId, AccountStatus)>,
+    /// Credits `credit_target` sent to suspense instead of their account in this batch (the
+    /// shard writes a notice of each with the batch: `diversions`).
+    pub diversions: u32,
     open_entry: Option<(usize, EntryHeader)>,
 }
 
@@ -74,6 +77,7 @@ impl Effects {
         self.postings.clear();
         self.entries.clear();
         self.directory.clear();
+        self.diversions = 0;
     }
 }
 
@@ -802,10 +806,14 @@ impl ShardState {
     /// suspense stripe when it is not a local customer account that can take it in `currency`
     /// (closed, credit-blocked, or the credit would pass `BALANCE_MINOR_MAX`). For credits that
     /// cannot be refused: a cross-shard credit, a bank's verdict, a returned withdrawal.
-    pub(crate) fn credit_target(&self, account: AccountId, currency: CurrencyId, amount: Minor) -> AccountId {
+    /// A credit sent to suspense is counted in `fx.diversions`.
+    pub(crate) fn credit_target(&self, fx: &mut Effects, account: AccountId, currency: CurrencyId, amount: Minor) -> AccountId {
         match self.account(account) {
             Some(a) if a.kind == AccountKind::Customer && credit_refusal_of(a, currency, amount).is_none() => account,
-            _ => self.system_account(SystemRole::Suspense, currency),
+            _ => {
+                fx.diversions += 1;
+                self.system_account(SystemRole::Suspense, currency)
+            }
         }
     }
 

@@ -181,7 +181,7 @@ pub(crate) fn credit_income(state: &mut ShardState, fx: &mut Effects, day: u32, 
 /// that can no longer take credits (or whose balance would pass `BALANCE_MINOR_MAX`: a
 /// cross-shard credit cannot be refused) sends it to suspense instead.
 pub(crate) fn land_income(state: &mut ShardState, fx: &mut Effects, day: u32, order: OrderId, leg: Leg, payer: AccountId, currency: CurrencyId) {
-    let target = state.credit_target(leg.account, currency, leg.amount);
+    let target = state.credit_target(fx, leg.account, currency, leg.amount);
     if target != leg.account {
         state.post(fx, target, Bucket::Settled, leg.amount);
         return;

@@ -21,7 +21,7 @@ fn check(state: &ShardState, context: &Context, account: AccountId, currency: Cu
 /// can no longer take credits or the credit would pass `BALANCE_MINOR_MAX`) credited.
 fn post(state: &mut ShardState, id: OrderId, account: AccountId, currency: CurrencyId, amount: Minor, fx: &mut Effects) {
     let reserve = state.system_account(SystemRole::Reserve, currency);
-    let target = state.credit_target(account, currency, amount);
+    let target = state.credit_target(fx, account, currency, amount);
     state.begin_entry(fx, id, EntryKind::Recharge, currency);
     state.post(fx, reserve, Bucket::Settled, -amount);
     state.post(fx, target, Bucket::Settled, amount);

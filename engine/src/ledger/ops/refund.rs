@@ -47,7 +47,7 @@ pub fn apply(state: &mut ShardState, context: &Context, payment: OrderId, payee:
 /// bucket, or suspense if the payer can no longer take credits, and updates the payment's status.
 pub(crate) fn credit_refund(state: &mut ShardState, fx: &mut Effects, payment: OrderId, leg: Leg, now: Timestamp) {
     let currency = state.order(payment).expect("a refunded payment lives on the payer's shard").currency;
-    let target = state.credit_target(leg.account, currency, leg.amount);
+    let target = state.credit_target(fx, leg.account, currency, leg.amount);
     state.post(fx, target, Bucket::Settled, leg.amount);
     let order = state.order_mut(payment);
     order.updated_at = now;

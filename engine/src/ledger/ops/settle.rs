@@ -125,7 +125,7 @@ fn credit_commission(state: &mut ShardState, fx: &mut Effects, leg: Leg, payer: 
     if leg.account.shard(state.shard_count) != state.shard {
         state.send_credit(fx, NO_ORDER, leg, payer, CreditPurpose::Commission, currency);
     } else {
-        let target = state.credit_target(leg.account, currency, leg.amount);
+        let target = state.credit_target(fx, leg.account, currency, leg.amount);
         state.post(fx, target, Bucket::Settled, leg.amount);
     }
 }

@@ -24,7 +24,7 @@ pub fn apply_credit(state: &mut ShardState, context: &Context, credit: &RemoteCr
     match credit.purpose {
         CreditPurpose::RefundToPayer => credit_refund(state, fx, credit.order, leg, context.now),
         CreditPurpose::Commission | CreditPurpose::Adjustment => {
-            let target = state.credit_target(leg.account, credit.currency, leg.amount);
+            let target = state.credit_target(fx, leg.account, credit.currency, leg.amount);
             state.post(fx, target, Bucket::Settled, leg.amount);
         }
         CreditPurpose::PaymentIncome => land_income(state, fx, context.day, credit.order, leg, credit.counterparty, credit.currency),

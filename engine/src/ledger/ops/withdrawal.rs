@@ -81,7 +81,7 @@ pub fn complete(state: &mut ShardState, context: &Context, id: OrderId, succeede
     } else {
         // The bank's verdict cannot be refused: an account that cannot take the money back
         // (closed, or its balance would pass BALANCE_MINOR_MAX) leaves it in suspense.
-        let target = state.credit_target(account, currency, amount + fee);
+        let target = state.credit_target(fx, account, currency, amount + fee);
         state.post(fx, target, Bucket::Settled, amount + fee);
         let reserved_day = state.business_day(created_at);
         let a = state.account_mut(account);
@@ -124,7 +124,7 @@ pub fn reroute(state: &mut ShardState, context: &Context, id: OrderId, (from, ch
     // After this point the reroute must succeed.
     if more != 0 {
         let pending = state.system_account(SystemRole::PayoutPending, currency);
-        let target = if more < 0 { state.credit_target(account, currency, -more) } else { account };
+        let target = if more < 0 { state.credit_target(fx, account, currency, -more) } else { account };
         state.begin_entry(fx, id, EntryKind::WithdrawalReroute, currency);
         state.post(fx, target, Bucket::Settled, -more);
         state.post(fx, pending, Bucket::Settled, more);
