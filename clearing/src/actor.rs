@@ -31,7 +31,6 @@ use crate::calendar::Clock;
 use crate::cases::{Case, CaseBook, CaseFilter, CaseOpening, CasePage, Resolution};
 use crate::channels::{At, Channel, ChannelChange, ChannelReport, ChannelSet, ChannelSpec, ChannelTable, Decision, Fallback, RouteRequest};
 use crate::error::ClearingError;
-use crate::money_in::{MoneyInHold, MoneyInUsage};
 use crate::payouts::{PayoutBook, PayoutNote, PayoutOutcome, PayoutRequest, PayoutVerdict, VerdictOutcome};
 use crate::reconcile::ReconcileReport;
 use crate::settlement::{PlatformTerms, Schedule, SettlementSummary};
@@ -111,8 +110,6 @@ pub struct ClearingFigures {
 pub struct Clearing {
     mailbox: Sender<Message>,
     channels: Arc<ArcSwap<ChannelSet>>,
-    /// What money-in channels took today, against their daily caps (`money_in`).
-    money_in: Arc<MoneyInUsage>,
     bank: Arc<dyn BankChannel>,
     clock: Arc<dyn Clock>,
     resumed: usize,
@@ -126,7 +123,6 @@ struct Actor {
     clock: Arc<dyn Clock>,
     table: ChannelTable,
     published: Arc<ArcSwap<ChannelSet>>,
-    money_in: Arc<MoneyInUsage>,
     /// Payouts handed to a channel and not answered yet: the channel, when its answer is due and
     /// when it was handed to the bank (its verdict's latency).
     outstanding: HashMap<OrderId, Outstanding>,
@@ -155,7 +151,6 @@ impl Clearing {
         config: ClearingConfig,
     ) -> Result<Clearing, ClearingError> {
         let published = Arc::new(ArcSwap::from_pointee(table.set()));
-        let money_in = Arc::new(MoneyInUsage::default());
         let (mailbox, inbox) = bounded(config.mailbox_capacity.max(1));
         let schedule = config.settlement_cutoff_minute.map(|cutoff| Schedule::new(cutoff, table.calendar(), clock.now_micros()));
         let mut actor = Actor {
@@ -168,7 +163,6 @@ impl Clearing {
             clock: clock.clone(),
             table,
             published: published.clone(),
-            money_in: money_in.clone(),
             outstanding: HashMap::new(),
             schedule,
             terms,
@@ -179,7 +173,7 @@ impl Clearing {
         let resumed = actor.resume()?;
         let tick = config.tick;
         std::thread::Builder::new().name("clearing".into()).spawn(move || actor.run(&inbox, tick)).map_err(|e| ClearingError::Storage(e.to_string()))?;
-        Ok(Clearing { mailbox, channels: published, money_in, bank, clock, resumed })
+        Ok(Clearing { mailbox, channels: published, bank, clock, resumed })
     }
 
     /// How many orders waiting for a bank's verdict were handed to the bank again at start.
@@ -196,14 +190,6 @@ impl Clearing {
     /// channels' windows are judged by).
     pub fn now_micros(&self) -> u64 {
         self.clock.now_micros()
-    }
-
-    /// Holds `amount` of a new money-in order against `channel`'s daily cap for today's business
-    /// day: the hold (keep it once the engine accepted the order as new; dropped, it is given
-    /// back), or `None` when the cap would be passed.
-    pub fn hold_money_in(&self, channel: &Channel, amount: Minor) -> Option<MoneyInHold> {
-        let day = self.channels.load().calendar().day(self.clock.now_micros());
-        self.money_in.hold(channel.id, amount, channel.daily_cap, day)
     }
 
     /// The bank behind the channels (money in and micro-deposits go straight to it).
@@ -352,19 +338,7 @@ impl Actor {
                 self.publish();
                 answer(reply, changed);
             }
-            Message::Report(reply) => {
-                let at = self.at();
-                let mut report = self.table.report(at);
-                // Money-in channels' usage is kept beside the table (money in does not pass
-                // through the actor).
-                let (set, day) = (self.published.load(), self.table.calendar().day(at.micros));
-                for row in report.iter_mut().filter(|row| row.direction == "in") {
-                    if let Some(spec) = set.get(row.id).map(Channel::spec) {
-                        row.used_today = spec.format(self.money_in.used(row.id, day));
-                    }
-                }
-                answer(reply, Ok(report))
-            }
+            Message::Report(reply) => answer(reply, Ok(self.table.report(self.at()))),
             Message::Notes(platform, numbers, reply) => answer(reply, PayoutBook::get_many(self.store.as_ref(), platform, &numbers)),
             Message::Settle(day, terms, reply) => self.settle(day, terms, Some(reply)),
             Message::SettlementFinished { day, result, reply } => {
@@ -782,13 +756,8 @@ impl Actor {
                                 spec,
                             });
                         }
-                        OrderDetail::Recharge { channel } | OrderDetail::Payment { channel: Some(channel), .. } => {
-                            // Every money-in order of today counts against its channel's cap
-                            // (failed ones too: the cap bounds what was sent to the channel).
-                            found.push(Waiting::MoneyInUsed { channel, amount: o.amount, created_at: o.created_at });
-                            if o.status == OrderStatus::Pending {
-                                found.push(Waiting::MoneyIn { order: o.id, channel, amount: o.amount, spec });
-                            }
+                        OrderDetail::Recharge { channel } | OrderDetail::Payment { channel: Some(channel), .. } if o.status == OrderStatus::Pending => {
+                            found.push(Waiting::MoneyIn { order: o.id, channel, amount: o.amount, spec });
                         }
                         _ => {}
                     }
@@ -833,10 +802,6 @@ impl Actor {
                             resumed += 1;
                             self.send_payout(order, channel, amount, spec, card_no);
                         }
-                    }
-                    Waiting::MoneyInUsed { channel, amount, created_at } => {
-                        let calendar = self.table.calendar();
-                        self.money_in.count(channel, amount, calendar.day(created_at), calendar.day(now));
                     }
                     Waiting::MoneyIn { order, channel, amount, spec } => {
                         resumed += 1;
@@ -899,11 +864,6 @@ enum Waiting {
         platform: u32,
         number: Option<engine::ledger::command::OutOrderNo>,
         spec: CurrencySpec,
-    },
-    MoneyInUsed {
-        channel: u16,
-        amount: Minor,
-        created_at: u64,
     },
     MoneyIn {
         order: OrderId,

@@ -11,7 +11,6 @@ pub mod cases;
 pub mod channels;
 pub mod commission;
 pub mod error;
-pub mod money_in;
 pub mod payouts;
 pub mod reconcile;
 pub mod reserve;

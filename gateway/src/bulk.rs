@@ -144,8 +144,8 @@ pub async fn bulk(
         }
         let refused = match accepted.next_if(|(_, position)| **position == index) {
             Some(((ready, reply), _)) => {
-                if ready.recharge.is_some() {
-                    dispatch(&engine, clearing.bank().as_ref(), ready, reply);
+                if let Some(recharge) = &ready.recharge {
+                    dispatch(&engine, clearing.bank().as_ref(), recharge, reply);
                 }
                 let start = out.len();
                 out.extend_from_slice(b"{\"status\":000,\"body\":");

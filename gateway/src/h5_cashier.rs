@@ -138,7 +138,7 @@ pub async fn pay(
         // argon2 takes tens of milliseconds of CPU: off the async workers.
         crate::error::blocking(move || checking.verify(payer, Some(&password))).await??;
         let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
-        crate::recharges::dispatch(&engine, clearing.bank().as_ref(), &prepared, &reply);
+        crate::recharges::dispatch(&engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
         if !reply.is_ok() {
             return Err(crate::orders::rejection(reply.code));
         }

@@ -99,15 +99,12 @@ pub struct Prepared {
     /// A pending recharge's command, kept once `take_envelope` has moved the command out
     /// (the simulator is told about it after the engine accepted it).
     pub recharge: Option<Envelope>,
-    /// A new money-in order's amount held against its channel's daily cap (`recharges::
-    /// dispatch` keeps it once the engine accepted the order as new; dropped, it is given back).
-    pub money_in: Option<clearing_actor::money_in::MoneyInHold>,
 }
 
 impl Prepared {
     /// An operation with its command and the members of its response body.
     pub fn new(envelope: Envelope, body: Fields, created: bool) -> Prepared {
-        Prepared { envelope, body, created, recharge: None, money_in: None }
+        Prepared { envelope, body, created, recharge: None }
     }
 
     /// Moves the command out (for a submission of many) without copying it.

@@ -110,13 +110,10 @@ pub async fn prepare_payment(engine: &Arc<Engine>, clearing: &clearing_actor::Cl
     view.value("payer_account_id", &body.payer_account_id);
     view.value("payees", &body.payees).value("splits", &body.splits).value("funding", if direct { "channel" } else { "balance" });
     let mut envelope = Envelope { platform: platform.id, out_order_no: Some(number), command };
-    let hold = match direct {
-        true => crate::recharges::within_money_in_channel(engine, clearing, &clearing.channels(), &mut envelope, body.channel.is_none()).await?,
-        false => None,
-    };
-    let mut prepared = Prepared::new(envelope, view, true);
-    prepared.money_in = hold;
-    Ok(prepared)
+    if direct {
+        crate::recharges::within_money_in_channel(engine, &clearing.channels(), clearing.now_micros(), &mut envelope, body.channel.is_none()).await?;
+    }
+    Ok(Prepared::new(envelope, view, true))
 }
 
 /// `POST /v1/payments/{order_id}/confirm` (and the bulk `confirm` operation, which names the order).
@@ -404,7 +401,7 @@ pub async fn pay(
     let prepared = prepare_payment(engine, clearing, platform, body).await?;
     crate::passwords::check_for_payment(passwords, platform, &prepared.envelope, body.payment_password.as_deref()).await?;
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
-    crate::recharges::dispatch(engine, clearing.bank().as_ref(), &prepared, &reply);
+    crate::recharges::dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
     Ok((prepared, reply))
 }
 

@@ -14,7 +14,6 @@ use crate::orders::{account, amount, currency, out_order_no, Fields, Prepared};
 use crate::platforms::Platform;
 use crate::signed::Signed;
 use clearing_actor::channels::ChannelSet;
-use clearing_actor::money_in::MoneyInHold;
 use clearing_actor::Clearing;
 
 /// `POST /v1/recharges`.
@@ -50,7 +49,7 @@ pub async fn prepare_recharge(engine: &Arc<Engine>, clearing: &Clearing, platfor
     if let Command::RequestRecharge { channel: chosen, .. } = &mut envelope.command {
         *chosen = channel;
     }
-    let hold = within_money_in_channel(engine, clearing, &channels, &mut envelope, body.channel.is_none()).await?;
+    within_money_in_channel(engine, &channels, clearing.now_micros(), &mut envelope, body.channel.is_none()).await?;
     let channel = match envelope.command {
         Command::RequestRecharge { channel, .. } => channel,
         _ => channel,
@@ -62,9 +61,7 @@ pub async fn prepare_recharge(engine: &Arc<Engine>, clearing: &Clearing, platfor
     view.value("currency", &body.currency);
     view.value("account_id", &body.account_id);
     view.value("channel", &channels.name(channel));
-    let mut prepared = Prepared::new(envelope, view, true);
-    prepared.money_in = hold;
-    Ok(prepared)
+    Ok(Prepared::new(envelope, view, true))
 }
 
 /// Holds a new money-in order (a recharge, a collection, a direct payment) to what its channel
@@ -77,43 +74,26 @@ pub async fn prepare_recharge(engine: &Arc<Engine>, clearing: &Clearing, platfor
 /// order went through, not the one chosen today (a channel added or disabled since would make
 /// the replay a conflict, and a platform that took that as a failure would pay twice). Other
 /// commands pass. Part of `prepare_recharge` and `prepare_payment`, so every path of money in
-/// (API, bulk, pages) has it. A new order within its channel's terms also holds its amount
-/// against the channel's daily cap (the hold answered; over the cap, 422 `no_channel_available`
-/// naming `amount`).
+/// (API, bulk, pages) has it.
 pub(crate) async fn within_money_in_channel(
     engine: &Arc<Engine>,
-    clearing: &Clearing,
     channels: &ChannelSet,
+    now: u64,
     envelope: &mut Envelope,
     defaulted: bool,
-) -> Result<Option<MoneyInHold>, ApiError> {
+) -> Result<(), ApiError> {
     let (Command::RequestRecharge { amount, channel, currency, .. } | Command::RequestDirectPayment { amount, channel, currency, .. }) = envelope.command
     else {
-        return Ok(None);
+        return Ok(());
     };
     let spec = engine.config().currencies.get(currency.0 as usize).copied();
     let taker = channels.get(channel);
     let reason = match (taker, spec) {
-        (Some(taker), Some(spec)) => channels.money_in_refusal(taker, spec.code_str(), amount, clearing.now_micros()),
+        (Some(taker), Some(spec)) => channels.money_in_refusal(taker, spec.code_str(), amount, now),
         _ => None,
     };
-    // Over its channel's daily cap: 422, unless the engine holds the number (a replay, answered
-    // as the first time).
-    let cap_refusal = || {
-        let (Some(taker), Some(spec)) = (taker, spec) else { return ApiError::new(422, "no_channel_available", "the channel cannot take this order") };
-        let message = format!("{} has taken its daily cap of {} today", taker.name, spec.format(taker.daily_cap));
-        ApiError { param: Some("amount".into()), ..ApiError::new(422, "no_channel_available", &message) }
-    };
-    let hold = || taker.map(|taker| clearing.hold_money_in(taker, amount).ok_or(()));
     if reason.is_none() && !defaulted {
-        return match hold() {
-            None => Ok(None),
-            Some(Ok(held)) => Ok(Some(held)),
-            Some(Err(())) => match held_order_channel(engine, envelope).await? {
-                Some(_) => Ok(None),
-                None => Err(cap_refusal()),
-            },
-        };
+        return Ok(());
     }
     let refusal = |reason: &str| {
         let (Some(taker), Some(spec)) = (taker, spec) else { return ApiError::new(422, "no_channel_available", "the channel cannot take this order") };
@@ -139,13 +119,9 @@ pub(crate) async fn within_money_in_channel(
                     *channel = held;
                 }
             }
-            Ok(None)
+            Ok(())
         }
-        None => match (reason, hold()) {
-            (Some(reason), _) => Err(refusal(reason)),
-            (None, None) => Ok(None),
-            (None, Some(held)) => held.map(Some).map_err(|()| cap_refusal()),
-        },
+        None => reason.map_or(Ok(()), |reason| Err(refusal(reason))),
     }
 }
 
@@ -191,14 +167,9 @@ pub(crate) async fn resolve_money_in_channel(
 }
 
 /// Sends a newly accepted pending recharge or direct payment to its channel (a replay was sent
-/// the first time), and keeps its hold on the channel's daily cap (anything else gives it back
-/// when `prepared` is dropped).
-pub fn dispatch(engine: &Engine, bank: &dyn bank::BankChannel, prepared: &Prepared, reply: &Reply) {
-    let envelope = prepared.recharge.as_ref().unwrap_or(&prepared.envelope);
+/// the first time).
+pub fn dispatch(engine: &Engine, bank: &dyn bank::BankChannel, envelope: &Envelope, reply: &Reply) {
     if reply.is_ok() && !reply.replayed {
-        if let Some(hold) = &prepared.money_in {
-            hold.keep();
-        }
         if let Command::RequestRecharge { currency, amount, channel, .. } | Command::RequestDirectPayment { currency, amount, channel, .. } = envelope.command {
             let currency = engine.config().currencies[currency.0 as usize];
             bank.submit(bank::Request::MoneyIn { order: OrderId(reply.id), channel, amount, currency });
@@ -219,7 +190,7 @@ pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, cle
 pub async fn recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<(Prepared, Reply), ApiError> {
     let prepared = prepare_recharge(engine, clearing, platform, body).await?;
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
-    dispatch(engine, clearing.bank().as_ref(), &prepared, &reply);
+    dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
     Ok((prepared, reply))
 }
 
@@ -276,9 +247,6 @@ pub async fn collect(
     prepared.body.value("card_id", &body.card_id).value("collection", &true);
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     if reply.is_ok() && !reply.replayed {
-        if let Some(hold) = &prepared.money_in {
-            hold.keep();
-        }
         if let Command::RequestRecharge { currency, amount, channel, .. } = prepared.envelope.command {
             let currency = engine.config().currencies[currency.0 as usize];
             clearing.bank().submit(bank::Request::Collection { order: OrderId(reply.id), channel, amount, currency, card_no: card.card_no.clone() });
