@@ -392,6 +392,12 @@ impl Agreements {
         if held.len() >= SIGNATURES_PER_MEMBER_MAX {
             return Err(ApiError::new(422, "agreement_limit_reached", "this member holds as many signatures as they may"));
         }
+        if self.store.get(&crate::records::key(SIGNATURE_PREFIX, state.highest_signature + 1)).map_err(unavailable)?.is_some() {
+            // Made behind this process's back (a binary from before these keys, or a write that
+            // failed yet reached the disk): the keys are built again, then the next id.
+            build_signature_index(self.store.as_ref()).map_err(|e| corrupt(&format!("the signatures' keys ({e})")))?;
+            state.highest_signature = read_highest_signature(self.store.as_ref()).map_err(|e| corrupt(&format!("the highest signature id ({e})")))?;
+        }
         let signature = Signature {
             id: state.highest_signature + 1,
             platform,
@@ -905,11 +911,11 @@ mod tests {
         let (first, _) = agreements.sign(&member(5, 1), &request("service", 1, None), 2).unwrap();
         let old = Signature { id: first.id + 1, member: 6, out_order_no: Some("old-1".into()), ..first.clone() };
         crate::records::put(store.as_ref(), &[(crate::records::key(SIGNATURE_PREFIX, old.id), &old)]).unwrap();
-        // This process does not know of it: it refuses to write over it.
-        assert_eq!(agreements.sign(&member(7, 1), &request("service", 1, None), 3).unwrap_err().status, 500);
-        let agreements = Agreements::load(store.clone()).unwrap();
-        assert_eq!(signed(&store, 6), [(2, "service".to_string(), 1)]);
+        // This process does not know of it: it does not write over it, it finds it.
         assert_eq!(agreements.sign(&member(7, 1), &request("service", 1, None), 3).unwrap().0.id, 3);
+        assert_eq!(signed(&store, 6), [(2, "service".to_string(), 1)]);
+        let agreements = Agreements::load(store.clone()).unwrap();
+        assert_eq!(agreements.sign(&member(8, 1), &request("service", 1, None), 3).unwrap().0.id, 4);
         let replay = SignRequest { out_order_no: Some("old-1"), ..request("service", 1, None) };
         assert_eq!(agreements.sign(&member(6, 1), &replay, 4).unwrap().0.id, 2);
     }

@@ -211,7 +211,14 @@ impl Cards {
         }
         card.id = self.highest_id.load(Ordering::Relaxed) + 1;
         if self.store.get(&card_key(card.id)).map_err(unavailable)?.is_some() {
-            return Err(corrupt(&format!("the highest card id (card {} exists)", card.id)));
+            // Bound behind this process's back (a binary from before these keys, or a write
+            // that failed yet reached the disk): the keys are built again, then the next id.
+            build_index(self.store.as_ref()).map_err(|e| corrupt(&format!("the cards' keys ({e})")))?;
+            card.id = read_highest(self.store.as_ref()).map_err(|e| corrupt(&format!("the highest card id ({e})")))? + 1;
+            self.highest_id.store(card.id - 1, Ordering::Relaxed);
+            if self.store.get(&card_key(card.id)).map_err(unavailable)?.is_some() {
+                return Err(corrupt(&format!("the highest card id (card {} exists)", card.id)));
+            }
         }
         card.bound_at = now;
         let record = serde_json::to_vec(&card).expect("cards serialize");
@@ -750,11 +757,12 @@ mod tests {
         let first = cards.bind_new(card(7, 0), 1_800_000_000, 0).unwrap().ok().unwrap();
         let old = Card { id: 2, out_order_no: "old-1".into(), ..first.clone() };
         crate::records::put(store.as_ref(), &[(card_key(2), &old)]).unwrap();
-        // This process does not know of it: it refuses to write over it.
-        assert_eq!(cards.bind_new(card(7, 1), 1_800_000_000, 0).err().map(|e| e.status), Some(500));
-        let cards = Cards::load(store.clone(), 9).unwrap();
-        assert_eq!(cards.of_account(1, 7).unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), [1, 2]);
+        // This process does not know of it: it does not write over it, it finds it.
         assert_eq!(cards.bind_new(card(7, 1), 1_800_000_000, 0).unwrap().ok().map(|c| c.id), Some(3));
+        assert_eq!(cards.of_account(1, 7).unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), [1, 2, 3]);
+        let cards = Cards::load(store.clone(), 9).unwrap();
+        assert_eq!(cards.of_account(1, 7).unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(cards.bind_new(card(7, 4), 1_800_000_000, 0).unwrap().ok().map(|c| c.id), Some(4));
         let mut replay = card(7, 0);
         replay.out_order_no = "old-1".into();
         assert!(matches!(cards.bind_new(replay, 1_800_000_000, 0).unwrap(), Err(BindRefusal::Exists(c)) if c.id == 2));

@@ -225,7 +225,15 @@ impl Members {
             return Err(ApiError::invalid("phone must be a mainland mobile number of 11 digits", "phone"));
         }
         // Ids are handed out under the creation lock; the highest is kept, not searched for.
-        let id = self.highest_id.load(Ordering::Relaxed) + 1;
+        let mut id = self.highest_id.load(Ordering::Relaxed) + 1;
+        if self.store.get(&member_key(id)).map_err(unavailable)?.is_some() {
+            // Created behind this process's back (a binary from before the index, or a write
+            // that failed yet reached the disk): the index and counts are built again, then the
+            // next id after the newest member.
+            build_index(self.store.as_ref()).map_err(|e| corrupt(&format!("the members' index ({e})")))?;
+            let newest = self.store.last_key_in(MEMBER_PREFIX, MEMBER_PREFIX_END).map_err(unavailable)?;
+            id = newest.and_then(|key| key.get(MEMBER_PREFIX.len()..).and_then(|id| <[u8; 8]>::try_from(id).ok())).map_or(0, u64::from_be_bytes) + 1;
+        }
         let count = decode_count(self.store.get(&count_key(platform)).map_err(unavailable)?)?;
         let member = Member {
             id,
@@ -521,6 +529,11 @@ mod tests {
         assert_eq!((members.count_of(1).unwrap(), members.count_of(2).unwrap()), (4, 3));
         assert_eq!(ids(&members.of_platform(1, 0, None, 50).unwrap().0), [1, 3, 5, 7]);
         assert_eq!(members.create(2, request("b-new", "New")).unwrap().member.id, 8);
+        // One created behind a running process's back is found, not written over.
+        let old = Member { id: 9, ..old };
+        store.write(&[(&member_key(9)[..], &serde_json::to_vec(&old).unwrap()[..])]).unwrap();
+        assert_eq!(members.create(2, request("b-newer", "Newer")).unwrap().member.id, 10);
+        assert_eq!((members.count_of(1).unwrap(), members.count_of(2).unwrap()), (5, 5));
     }
 
     #[test]

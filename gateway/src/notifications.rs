@@ -28,9 +28,13 @@ pub struct Notification {
 /// where shown: nothing is held in memory.
 pub struct Notifications {
     store: Arc<dyn Store>,
-    /// Serializes sends: a member's next sequence number is read and written as one step.
-    sending: Mutex<()>,
+    /// Serialize a member's sends (its next sequence number is read and written as one step):
+    /// `SEND_STRIPES` locks by member, so one member's synced write does not queue another's.
+    sending: Vec<Mutex<()>>,
 }
+
+/// Locks `Notifications::sending` has.
+const SEND_STRIPES: usize = 64;
 
 /// The key range of `member`'s notifications: `n/{member}/` up to `n/{member}0`.
 fn member_range(member: u64) -> (Vec<u8>, Vec<u8>) {
@@ -45,14 +49,15 @@ fn member_range(member: u64) -> (Vec<u8>, Vec<u8>) {
 impl Notifications {
     /// Opens the notifications in `store` (nothing is read until asked for).
     pub fn load(store: Arc<dyn Store>) -> Result<Notifications, String> {
-        Ok(Notifications { store, sending: Mutex::new(()) })
+        Ok(Notifications { store, sending: (0..SEND_STRIPES).map(|_| Mutex::new(())).collect() })
     }
 
     /// Durably records a notification to `member` (blocking: a read and a synced write).
     pub fn send(&self, member: &Member, kind: &str, text: String, order_id: Option<String>) -> Result<(), ApiError> {
         let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         let notification = Notification { kind: kind.into(), phone: member.phone.clone(), text, order_id, time: crate::orders::format_time(at) };
-        let _sending = self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stripe = &self.sending[(member.id % SEND_STRIPES as u64) as usize];
+        let _sending = stripe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (start, end) = member_range(member.id);
         let last = self.store.last_key_in(&start, &end).map_err(|e| ApiError::unavailable(e.to_string()))?;
         let sequence = match last {

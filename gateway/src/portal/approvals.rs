@@ -132,6 +132,10 @@ const PENDING_PREFIX_END: &[u8] = b"o/aq0";
 /// Written once the `o/aq/` marks exist: a database from before them (session 54) has them
 /// built by one pass over its proposals at its first start.
 const PENDING_BUILT: &[u8] = b"o/ai/pending";
+/// The highest proposal id (u64, big-endian), written with each proposal.
+const HIGHEST: &[u8] = b"o/ai/highest";
+/// Ids past a taken one a proposal tries before giving up (`propose`).
+const IDS_TRIED_MAX: u64 = 1_000;
 /// Proposals one list examines at most, newest first (each a record read).
 pub const LIST_SCAN_MAX: u64 = 5_000;
 /// Proposals read from the store at a time when listing.
@@ -214,7 +218,28 @@ impl Approvals {
                 None => Approvals::unmark(store.as_ref(), id).map_err(|e| e.to_string())?,
             }
         }
-        let highest = find_highest(store.as_ref())?;
+        let stored = match store.get(HIGHEST).map_err(|e| e.to_string())? {
+            Some(value) => Some(value.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| "the highest proposal id is corrupt".to_string())?),
+            None => None,
+        };
+        // Before the key (session 54) ids were dense: found by bisection. Proposals past the
+        // stored id were made by a binary from before these keys (a downgrade, then upgrade):
+        // the pending ones among them are marked, so they can be decided.
+        let mut highest = match stored {
+            Some(highest) => highest,
+            None => find_highest(store.as_ref())?,
+        };
+        while let Some(value) = store.get(&record_key(highest + 1)).map_err(|e| e.to_string())? {
+            highest += 1;
+            let proposal = decode(highest, &value).map_err(|e| e.message)?;
+            if proposal.status == Status::Pending {
+                store.write(&[(&pending_key(highest)[..], &b""[..])]).map_err(|e| e.to_string())?;
+                pending.insert(highest, proposal);
+            }
+        }
+        if stored != Some(highest) {
+            store.write(&[(HIGHEST, &highest.to_be_bytes()[..])]).map_err(|e| e.to_string())?;
+        }
         Ok(Approvals { store, inner: Mutex::new(Inner { pending, highest }) })
     }
 
@@ -247,8 +272,23 @@ impl Approvals {
             return Err(ApiError::invalid("the note must be at most 200 characters", "note"));
         }
         let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Past any id taken by a write this process did not see through (it failed, yet
+        // reached the disk): a proposal's id is its money action's order number.
+        // Pending ones found there (an older binary's, unmarked) are marked with this one.
+        let mut id = inner.highest + 1;
+        let mut found = Vec::new();
+        while let Some(value) = self.store.get(&record_key(id)).map_err(unavailable)? {
+            if id - inner.highest >= IDS_TRIED_MAX {
+                return Err(ApiError::new(500, "internal_error", "proposal ids past the highest are taken"));
+            }
+            let taken = decode(id, &value)?;
+            if taken.status == Status::Pending {
+                found.push(taken);
+            }
+            id += 1;
+        }
         let proposal = Proposal {
-            id: inner.highest + 1,
+            id,
             scope,
             action,
             note: note.to_string(),
@@ -262,9 +302,14 @@ impl Approvals {
             outcome: String::new(),
         };
         let (key, record, mark) = (record_key(proposal.id), serde_json::to_vec(&proposal).expect("proposals serialize"), pending_key(proposal.id));
-        // One synced write: the proposal and its pending mark.
-        self.store.write(&[(&key, &record), (&mark, b"")]).map_err(unavailable)?;
+        // One synced write: the proposal, its pending mark and the highest id.
+        let highest = proposal.id.to_be_bytes();
+        let marks: Vec<[u8; 13]> = found.iter().map(|p| pending_key(p.id)).collect();
+        let mut puts: Vec<(&[u8], &[u8])> = vec![(&key, &record), (&mark, b""), (HIGHEST, &highest)];
+        puts.extend(marks.iter().map(|mark| (mark.as_slice(), &b""[..])));
+        self.store.write(&puts).map_err(unavailable)?;
         inner.highest = proposal.id;
+        inner.pending.extend(found.into_iter().map(|p| (p.id, p)));
         inner.pending.insert(proposal.id, proposal.clone());
         Ok(proposal)
     }
@@ -448,9 +493,35 @@ mod tests {
         approvals.decide(&approver, 10, false).unwrap();
         store.delete_range(b"o/aq/", b"o/aq0").unwrap();
         store.delete_range(b"o/ai/", b"o/ai0").unwrap();
+        store
+            .write(&[(&record_key(13)[..], &serde_json::to_vec(&Proposal { id: 13, ..approvals.get(&Scope::System, 12).unwrap().unwrap() }).unwrap()[..])])
+            .unwrap();
         let approvals = Approvals::load(store.clone()).unwrap();
         let pending = ids(&approvals.list(&Scope::System, Some(Status::Pending), 100).unwrap());
-        assert_eq!(pending, [12, 11, 9, 8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(pending, [13, 12, 11, 9, 8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(approvals.decide(&approver, 10, true).unwrap_err().code, "already_decided");
+        assert_eq!(approvals.propose(&proposer, Scope::System, limits(1), "").unwrap().id, 14);
+    }
+
+    /// Proposals an older binary made after the marks were built (a downgrade) are found, and
+    /// pending ones can be decided; an id taken behind this process's back is not written over.
+    #[test]
+    fn proposals_past_the_highest_id_are_found_and_never_written_over() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let approvals = Approvals::load(store.clone()).unwrap();
+        let (proposer, approver) = (session(1, Scope::System, &[Role::Operator]), session(2, Scope::System, &[Role::Approver]));
+        let first = approvals.propose(&proposer, Scope::System, limits(1), "").unwrap();
+        // Written by another binary: ids 2 and 3, no marks, no highest.
+        for id in [2u64, 3] {
+            let old = Proposal { id, note: format!("old {id}"), ..first.clone() };
+            crate::records::put(store.as_ref(), &[(record_key(id), &old)]).unwrap();
+        }
+        // This process does not know of them: it takes the next free id.
+        assert_eq!(approvals.propose(&proposer, Scope::System, limits(1), "").unwrap().id, 4);
+        let approvals = Approvals::load(store.clone()).unwrap();
+        assert_eq!(ids(&approvals.list(&Scope::System, Some(Status::Pending), 10).unwrap()), [4, 3, 2, 1]);
+        assert_eq!(approvals.decide(&approver, 3, false).unwrap().status, Status::Rejected);
+        assert_eq!(approvals.propose(&proposer, Scope::System, limits(1), "").unwrap().id, 5);
+        assert_eq!(approvals.get(&Scope::System, 2).unwrap().map(|p| p.note), Some("old 2".to_string()));
     }
 }
