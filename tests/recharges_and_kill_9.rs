@@ -193,12 +193,13 @@ fn a_recharge_confirmed_for_a_closed_account_opens_a_case_for_its_suspense_credi
     }
     assert_eq!(cases.len(), 1, "{cases:?}");
     let case = &cases[0];
+    let line = &case["line"];
     assert_eq!(
-        (case["line"]["order_id"].as_str(), case["line"]["amount"].as_str(), case["line"]["entry"].as_str()),
-        (Some(order_id.as_str()), Some("12.34"), Some("Recharge")),
+        (line["order_id"].as_str(), line["account_id"].as_str(), line["amount"].as_str(), line["entry"].as_str()),
+        (Some(order_id.as_str()), Some(a.as_str()), Some("12.34"), Some("recharge")),
         "{case}"
     );
-    assert!(case["reason"].as_str().unwrap().contains("went to suspense"), "{case}");
+    assert!(case["reason"].as_str().unwrap().contains(&format!("a credit to {a} went to suspense")), "{case}");
     let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
     assert_eq!((reserve["ok"].as_bool(), reserve["suspense"].as_str()), (Some(true), Some("12.34")), "{reserve}");
     server.stop();

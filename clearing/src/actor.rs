@@ -608,33 +608,40 @@ impl Actor {
     /// notices, `engine::diversions`), then the notices forgotten: a stop in between opens
     /// nothing twice (a case id is opened once). At most `DIVERSIONS_PER_TICK` a tick.
     fn open_diversion_cases(&mut self) -> Result<usize, ClearingError> {
-        let notices = engine::diversions::read(self.store.as_ref(), DIVERSIONS_PER_TICK).map_err(ClearingError::Storage)?;
+        let notices = engine::diversions::read(self.store.as_ref(), DIVERSIONS_PER_TICK).map_err(|e| ClearingError::Storage(e.to_string()))?;
         if notices.is_empty() {
             return Ok(0);
         }
         let openings = notices
             .iter()
-            .map(|(key, notice)| {
-                let index = key.get(15..19).and_then(|i| <[u8; 4]>::try_from(i).ok()).map_or(0, u32::from_be_bytes);
-                let spec = self.engine.config().currencies.iter().find(|c| c.code_str() == notice.currency).copied();
-                let amount = spec.map_or_else(|| notice.amount.to_string(), |spec| spec.format(notice.amount));
-                CaseOpening {
-                    case_id: format!("suspense_{}_{}_{index}", notice.shard, notice.sequence),
-                    line: serde_json::json!({
-                        "order_id": bank::order_ref(notice.order),
-                        "entry": notice.kind,
-                        "amount": amount,
-                        "currency": notice.currency,
-                        "shard": notice.shard,
-                        "batch": notice.sequence,
-                    }),
-                    reason: format!(
-                        "{amount} {} of order {} ({}) went to suspense: its account could not take it (closed, credit-blocked or at its balance ceiling)",
-                        notice.currency,
-                        bank::order_ref(notice.order),
-                        notice.kind
-                    ),
+            .map(|(key, notice)| match notice {
+                Ok(notice) => {
+                    let spec = self.engine.config().currencies.iter().find(|c| c.code_str() == notice.currency).copied();
+                    let amount = spec.map_or_else(|| notice.amount.to_string(), |spec| spec.format(notice.amount));
+                    let account = format!("acc_{}", notice.account.0);
+                    let order = notice.order.map(bank::order_ref);
+                    CaseOpening {
+                        case_id: format!("suspense_{}_{}_{}", notice.shard, notice.sequence, notice.index),
+                        line: serde_json::json!({
+                            "account_id": account,
+                            "order_id": order,
+                            "entry": notice.kind,
+                            "amount": amount,
+                            "currency": notice.currency,
+                            "shard": notice.shard,
+                            "batch": notice.sequence,
+                        }),
+                        reason: format!(
+                            "a credit to {account} went to suspense: the account could not take it (closed, credit-blocked or at its balance ceiling)"
+                        ),
+                    }
                 }
+                // Never in the way of the others: a case that shows the bytes.
+                Err(bytes) => CaseOpening {
+                    case_id: format!("suspense_notice_{}", engine::diversions::hex_of(key)),
+                    line: serde_json::json!({"notice": bytes}),
+                    reason: "a notice of a credit sent to suspense could not be read".to_string(),
+                },
             })
             .collect();
         let opened = self.cases.open(self.store.as_ref(), openings, self.clock.now_micros())?;

@@ -1039,3 +1039,33 @@ fn auto_confirm_in_chunks_examines_a_bounded_number_of_open_orders_and_ends_as_o
     assert_eq!(AutoConfirmProgress::of_reply_id(other.id), AutoConfirmProgress { confirmed: 0, resume_at: None });
     stepped.assert_books_balance();
 }
+
+/// A credit that cannot land on its account goes to suspense and is noted (the account it was
+/// for, the amount, where), and the notice names the entry's order and kind; a recharge to an
+/// open account, and an adjustment into suspense, note nothing.
+#[test]
+fn credits_sent_to_suspense_are_noted_with_their_account_and_order() {
+    let mut w = World::new();
+    let open = w.open(1, Limits::NONE);
+    let closing = w.open(2, Limits::NONE);
+    let first = w.ok(Command::RequestRecharge { account: closing, currency: CNY, amount: 1_234, channel: 1 });
+    let second = w.ok(Command::RequestRecharge { account: open, currency: CNY, amount: 500, channel: 1 });
+    w.ok(Command::CloseAccount { account: closing });
+    w.fx.clear();
+    w.ok(Command::CompleteRecharge { order: OrderId(second), succeeded: true });
+    assert!(w.fx.diverted.is_empty(), "an open account takes its credit");
+    w.ok(Command::CompleteRecharge { order: OrderId(first), succeeded: true });
+    assert_eq!(w.fx.diverted.len(), 1);
+    assert_eq!((w.fx.diverted[0].account, w.fx.diverted[0].amount), (closing, 1_234));
+    let notices = engine::diversions::collect(&w.state, &w.fx, 9, w.now);
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].0, engine::diversions::key(0, 9, 0));
+    let notice: engine::diversions::Diversion = serde_json::from_slice(&notices[0].1).unwrap();
+    assert_eq!(
+        (notice.order, notice.kind.as_str(), notice.account, notice.currency.as_str(), notice.amount),
+        (Some(OrderId(first)), "recharge", closing, "CNY", 1_234)
+    );
+    assert_eq!(w.balances(closing), (0, 0, 0));
+    w.fx.clear();
+    assert!(engine::diversions::collect(&w.state, &w.fx, 10, w.now).is_empty());
+}

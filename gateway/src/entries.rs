@@ -100,30 +100,9 @@ fn bucket_name(bucket: Bucket) -> &'static str {
     ["settled", "unsettled", "frozen"][bucket_index(bucket)]
 }
 
-/// The API's name of a journal entry kind.
+/// The API's name of a journal entry kind (`EntryKind::name`).
 pub fn entry_kind_name(kind: EntryKind) -> &'static str {
-    match kind {
-        EntryKind::Recharge => "recharge",
-        EntryKind::Payment => "payment",
-        EntryKind::GuaranteeHold => "guarantee_hold",
-        EntryKind::GuaranteeRelease => "guarantee_release",
-        EntryKind::GuaranteeCancel => "guarantee_cancel",
-        EntryKind::Refund => "refund",
-        EntryKind::Freeze => "freeze",
-        EntryKind::FreezeRelease => "freeze_release",
-        EntryKind::WithdrawalReserve => "withdrawal",
-        EntryKind::WithdrawalSuccess => "withdrawal_success",
-        EntryKind::WithdrawalFailure => "withdrawal_failure",
-        EntryKind::Mature => "settlement",
-        EntryKind::RemoteCredit => "transfer_in",
-        EntryKind::WithdrawalReroute => "withdrawal_reroute",
-        EntryKind::SuspenseIn => "suspense_in",
-        EntryKind::Commission => "commission",
-        EntryKind::ServiceFee => "service_fee",
-        EntryKind::ChannelFee => "channel_fee",
-        EntryKind::VerificationDeposit => "verification_deposit",
-        EntryKind::Adjustment => "adjustment",
-    }
+    kind.name()
 }
 
 #[derive(Deserialize)]

@@ -57,6 +57,16 @@ pub struct Outbox {
     pub acknowledged: u64,
 }
 
+/// A credit `credit_target` sent to suspense: the account it was for, the amount and currency,
+/// and how many postings the batch had before it (its suspense posting comes at or after).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Diverted {
+    pub account: AccountId,
+    pub currency: CurrencyId,
+    pub amount: Minor,
+    pub from_posting: usize,
+}
+
 /// Postings and entries produced by commands, appended into reusable buffers.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -65,8 +75,8 @@ pub struct Effects {
     /// Accounts opened or changed status in this batch (the router's directory learns them).
     pub directory: Vec<(AccountId, u32, CurrencyId, AccountStatus)>,
     /// Credits `credit_target` sent to suspense instead of their account in this batch (the
-    /// shard writes a notice of each with the batch: `diversions`).
-    pub diversions: u32,
+    /// shard writes a notice of each with the batch: `diversions`); empty but for those.
+    pub diverted: Vec<Diverted>,
     open_entry: Option<(usize, EntryHeader)>,
 }
 
@@ -77,7 +87,7 @@ impl Effects {
         self.postings.clear();
         self.entries.clear();
         self.directory.clear();
-        self.diversions = 0;
+        self.diverted.clear();
     }
 }
 
@@ -806,13 +816,16 @@ impl ShardState {
     /// suspense stripe when it is not a local customer account that can take it in `currency`
     /// (closed, credit-blocked, or the credit would pass `BALANCE_MINOR_MAX`). For credits that
     /// cannot be refused: a cross-shard credit, a bank's verdict, a returned withdrawal.
-    /// A credit sent to suspense is counted in `fx.diversions`.
+    /// A credit sent to suspense is noted in `fx.diverted`; one meant for the suspense stripe
+    /// itself (an operator's adjustment into another shard's suspense) is not a diversion.
     pub(crate) fn credit_target(&self, fx: &mut Effects, account: AccountId, currency: CurrencyId, amount: Minor) -> AccountId {
+        let suspense = self.system_account(SystemRole::Suspense, currency);
         match self.account(account) {
             Some(a) if a.kind == AccountKind::Customer && credit_refusal_of(a, currency, amount).is_none() => account,
+            _ if account == suspense => account,
             _ => {
-                fx.diversions += 1;
-                self.system_account(SystemRole::Suspense, currency)
+                fx.diverted.push(Diverted { account, currency, amount, from_posting: fx.postings.len() });
+                suspense
             }
         }
     }

@@ -264,6 +264,35 @@ pub enum EntryKind {
 /// The order id of entries that belong to no order (settlement maturing).
 pub const NO_ORDER: OrderId = OrderId(u64::MAX);
 
+impl EntryKind {
+    /// The kind's name in the API (an account's entries) and in operators' cases.
+    pub fn name(self) -> &'static str {
+        let kind = self;
+        match kind {
+            EntryKind::Recharge => "recharge",
+            EntryKind::Payment => "payment",
+            EntryKind::GuaranteeHold => "guarantee_hold",
+            EntryKind::GuaranteeRelease => "guarantee_release",
+            EntryKind::GuaranteeCancel => "guarantee_cancel",
+            EntryKind::Refund => "refund",
+            EntryKind::Freeze => "freeze",
+            EntryKind::FreezeRelease => "freeze_release",
+            EntryKind::WithdrawalReserve => "withdrawal",
+            EntryKind::WithdrawalSuccess => "withdrawal_success",
+            EntryKind::WithdrawalFailure => "withdrawal_failure",
+            EntryKind::Mature => "settlement",
+            EntryKind::RemoteCredit => "transfer_in",
+            EntryKind::WithdrawalReroute => "withdrawal_reroute",
+            EntryKind::SuspenseIn => "suspense_in",
+            EntryKind::Commission => "commission",
+            EntryKind::ServiceFee => "service_fee",
+            EntryKind::ChannelFee => "channel_fee",
+            EntryKind::VerificationDeposit => "verification_deposit",
+            EntryKind::Adjustment => "adjustment",
+        }
+    }
+}
+
 /// "No order": the end of an account's chain of orders (`Account::last_order`).
 pub const NO_ORDER_INDEX: u32 = u32::MAX;
 
