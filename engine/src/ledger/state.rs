@@ -819,12 +819,13 @@ impl ShardState {
     /// A credit sent to suspense is noted in `fx.diverted`; one meant for the suspense stripe
     /// itself (an operator's adjustment into another shard's suspense) is not a diversion.
     pub(crate) fn credit_target(&self, fx: &mut Effects, account: AccountId, currency: CurrencyId, amount: Minor) -> AccountId {
-        let suspense = self.system_account(SystemRole::Suspense, currency);
         match self.account(account) {
             Some(a) if a.kind == AccountKind::Customer && credit_refusal_of(a, currency, amount).is_none() => account,
-            _ if account == suspense => account,
             _ => {
-                fx.diverted.push(Diverted { account, currency, amount, from_posting: fx.postings.len() });
+                let suspense = self.system_account(SystemRole::Suspense, currency);
+                if account != suspense {
+                    fx.diverted.push(Diverted { account, currency, amount, from_posting: fx.postings.len() });
+                }
                 suspense
             }
         }
