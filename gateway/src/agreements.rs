@@ -33,8 +33,6 @@ const HIGHEST_SIGNATURE: &[u8] = b"an/signature";
 /// Written once the `am/`, `ao/` keys and `an/signature` exist: a database from before them
 /// (session 54) has them built by one pass over its signatures at its first start.
 const SIGNATURE_INDEX_BUILT: &[u8] = b"ai/signatures";
-/// Signatures the index is built for per write when a database from before it first starts.
-const INDEX_BUILD_CHUNK: usize = 65_536;
 /// The longest template code, in bytes (`[a-z0-9_]`).
 pub const CODE_BYTES_MAX: usize = 32;
 /// The longest template title, in characters.
@@ -526,50 +524,32 @@ impl State {
 }
 
 /// Builds the `am/`, `ao/` keys and `an/signature` of a database from before them: one pass
-/// over the signatures, `INDEX_BUILD_CHUNK` at a time (the keys are idempotent), the highest id
+/// over the signatures, `records::CHUNK_RECORDS` at a time (the keys are idempotent), the highest id
 /// and the marker written last, together (a start stopped before them builds it all again).
 fn build_signature_index(store: &dyn Store) -> Result<(), String> {
     let mut highest = 0u64;
-    let mut from = SIGNATURE_PREFIX.as_bytes().to_vec();
-    let end = b"a/s0";
-    loop {
-        let mut chunk: Vec<Signature> = Vec::new();
-        let mut last_key = Vec::new();
-        let mut failure = None;
-        store
-            .scan(&from, end, &mut |key, value| match serde_json::from_slice::<Signature>(value) {
-                Ok(signature) if key == crate::records::key(SIGNATURE_PREFIX, signature.id).as_slice() => {
-                    chunk.push(signature);
-                    last_key = key.to_vec();
-                    chunk.len() < INDEX_BUILD_CHUNK
+    let range = (SIGNATURE_PREFIX.as_bytes(), &b"a/s0"[..]);
+    crate::records::for_each_chunk(
+        store,
+        range,
+        "signature",
+        |s: &Signature| crate::records::key(SIGNATURE_PREFIX, s.id),
+        |chunk| {
+            let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(chunk.len() * 2);
+            for signature in chunk {
+                highest = highest.max(signature.id);
+                rows.push((member_signature_key(signature.platform, signature.member, signature.id).to_vec(), Vec::new()));
+                if let Some(number) = &signature.out_order_no {
+                    rows.push((signature_order_key(signature.platform, number), signature.id.to_be_bytes().to_vec()));
                 }
-                _ => {
-                    failure = Some(format!("signature record {} is corrupt", String::from_utf8_lossy(key)));
-                    false
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(chunk.len() * 2);
-        for signature in &chunk {
-            highest = highest.max(signature.id);
-            rows.push((member_signature_key(signature.platform, signature.member, signature.id).to_vec(), Vec::new()));
-            if let Some(number) = &signature.out_order_no {
-                rows.push((signature_order_key(signature.platform, number), signature.id.to_be_bytes().to_vec()));
             }
-        }
-        let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (key.as_slice(), value.as_slice())).collect();
-        if !puts.is_empty() {
-            store.write(&puts).map_err(|e| e.to_string())?;
-        }
-        if chunk.len() < INDEX_BUILD_CHUNK {
-            break;
-        }
-        last_key.push(0);
-        from = last_key;
-    }
+            let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (key.as_slice(), value.as_slice())).collect();
+            if puts.is_empty() {
+                return Ok(());
+            }
+            store.write(&puts).map_err(|e| e.to_string())
+        },
+    )?;
     let highest = highest.to_be_bytes();
     store.write(&[(HIGHEST_SIGNATURE, &highest[..]), (SIGNATURE_INDEX_BUILT, b"1")]).map_err(|e| e.to_string())
 }

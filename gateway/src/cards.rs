@@ -91,8 +91,6 @@ const HIGHEST: &[u8] = b"cn/highest";
 /// Written once the `cg/`, `ca/`, `cp/` keys and `cn/highest` exist: a database from before
 /// them (session 54) has them built by one pass over its cards at its first start.
 const INDEX_BUILT: &[u8] = b"ci/built";
-/// Cards the index is built for per write when a database from before it first starts.
-const INDEX_BUILD_CHUNK: usize = 65_536;
 
 fn card_key(id: u64) -> Vec<u8> {
     crate::records::key(PREFIX, id)
@@ -371,51 +369,32 @@ impl Cards {
 }
 
 /// Builds the `cg/`, `ca/`, `cp/` keys and `cn/highest` of a database from before them: one
-/// pass over the cards, `INDEX_BUILD_CHUNK` at a time (the keys are idempotent), the highest id
+/// pass over the cards, `records::CHUNK_RECORDS` at a time (the keys are idempotent), the highest id
 /// and the marker written last, together (a start stopped before them builds it all again).
 fn build_index(store: &dyn Store) -> Result<(), String> {
     let mut highest = 0u64;
-    let mut from = PREFIX.as_bytes().to_vec();
-    loop {
-        let mut chunk: Vec<Card> = Vec::new();
-        let mut last_key = Vec::new();
-        let mut failure = None;
-        store
-            .scan(&from, b"c0", &mut |key, value| match serde_json::from_slice::<Card>(value) {
-                Ok(card) if key == card_key(card.id).as_slice() => {
-                    chunk.push(card);
-                    last_key = key.to_vec();
-                    chunk.len() < INDEX_BUILD_CHUNK
+    crate::records::for_each_chunk(
+        store,
+        (PREFIX.as_bytes(), b"c0"),
+        "card",
+        |card: &Card| card_key(card.id),
+        |chunk| {
+            let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(chunk.len() * 3);
+            for card in chunk {
+                highest = highest.max(card.id);
+                rows.push((order_key(card.platform, &card.out_order_no), card.id.to_be_bytes().to_vec()));
+                rows.push((account_key(card.account, card.id).to_vec(), card.bound_at.to_be_bytes().to_vec()));
+                if card.status == "pending_verification" {
+                    rows.push((pending_key(card.id).to_vec(), Vec::new()));
                 }
-                _ => {
-                    failure = Some(format!("card record {} is corrupt", String::from_utf8_lossy(key)));
-                    false
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(chunk.len() * 3);
-        for card in &chunk {
-            highest = highest.max(card.id);
-            rows.push((order_key(card.platform, &card.out_order_no), card.id.to_be_bytes().to_vec()));
-            rows.push((account_key(card.account, card.id).to_vec(), card.bound_at.to_be_bytes().to_vec()));
-            if card.status == "pending_verification" {
-                rows.push((pending_key(card.id).to_vec(), Vec::new()));
             }
-        }
-        let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (key.as_slice(), value.as_slice())).collect();
-        if !puts.is_empty() {
-            store.write(&puts).map_err(|e| e.to_string())?;
-        }
-        if chunk.len() < INDEX_BUILD_CHUNK {
-            break;
-        }
-        // The next key after the last one read.
-        last_key.push(0);
-        from = last_key;
-    }
+            let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (key.as_slice(), value.as_slice())).collect();
+            if puts.is_empty() {
+                return Ok(());
+            }
+            store.write(&puts).map_err(|e| e.to_string())
+        },
+    )?;
     let highest = highest.to_be_bytes();
     store.write(&[(HIGHEST, &highest[..]), (INDEX_BUILT, b"1")]).map_err(|e| e.to_string())
 }

@@ -98,8 +98,6 @@ const COUNT_PREFIX: &[u8] = b"uc/";
 const INDEX_BUILT: &[u8] = b"ui/platform";
 /// Members one read of a listing takes from the store at a time.
 const LISTING_WINDOW: usize = 256;
-/// Members the index is built for per write when a database from before it first starts.
-const INDEX_BUILD_CHUNK: usize = 65_536;
 
 fn member_key(id: u64) -> Vec<u8> {
     let mut key = MEMBER_PREFIX.to_vec();
@@ -334,42 +332,27 @@ impl Members {
 }
 
 /// Builds the `up/` index and `uc/` counts of a database from before them: one pass over the
-/// members, `INDEX_BUILD_CHUNK` at a time (the index rows are idempotent), the counts and the
+/// members, `records::CHUNK_RECORDS` at a time (the index rows are idempotent), the counts and the
 /// marker written last, together (a start stopped before them builds it all again).
 fn build_index(store: &dyn Store) -> Result<(), String> {
     let mut counts: HashMap<u32, u64> = HashMap::new();
-    let mut from = MEMBER_PREFIX.to_vec();
-    loop {
-        let mut chunk: Vec<(u32, u64)> = Vec::new();
-        let mut failure = None;
-        store
-            .scan(&from, MEMBER_PREFIX_END, &mut |key, value| match serde_json::from_slice::<Member>(value) {
-                Ok(member) if key == member_key(member.id).as_slice() => {
-                    chunk.push((member.platform, member.id));
-                    chunk.len() < INDEX_BUILD_CHUNK
-                }
-                _ => {
-                    failure = Some(format!("member record {} is corrupt", hex::encode(key)));
-                    false
-                }
-            })
-            .map_err(|e| e.to_string())?;
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        let keys: Vec<[u8; 15]> = chunk.iter().map(|(platform, id)| index_key(*platform, *id)).collect();
-        let puts: Vec<(&[u8], &[u8])> = keys.iter().map(|key| (key.as_slice(), &b""[..])).collect();
-        if !puts.is_empty() {
-            store.write(&puts).map_err(|e| e.to_string())?;
-        }
-        for (platform, _) in &chunk {
-            *counts.entry(*platform).or_default() += 1;
-        }
-        match chunk.last() {
-            Some((_, id)) if chunk.len() == INDEX_BUILD_CHUNK && *id < u64::MAX => from = member_key(id + 1),
-            _ => break,
-        }
-    }
+    crate::records::for_each_chunk(
+        store,
+        (MEMBER_PREFIX, MEMBER_PREFIX_END),
+        "member",
+        |m: &Member| member_key(m.id),
+        |chunk| {
+            let keys: Vec<[u8; 15]> = chunk.iter().map(|m| index_key(m.platform, m.id)).collect();
+            let puts: Vec<(&[u8], &[u8])> = keys.iter().map(|key| (key.as_slice(), &b""[..])).collect();
+            if !puts.is_empty() {
+                store.write(&puts).map_err(|e| e.to_string())?;
+            }
+            for member in chunk {
+                *counts.entry(member.platform).or_default() += 1;
+            }
+            Ok(())
+        },
+    )?;
     let rows: Vec<([u8; 7], [u8; 8])> = counts.into_iter().map(|(platform, count)| (count_key(platform), count.to_be_bytes())).collect();
     let mut puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (key.as_slice(), value.as_slice())).collect();
     puts.push((INDEX_BUILT, b"1"));

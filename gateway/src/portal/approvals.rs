@@ -163,25 +163,7 @@ fn decode(id: u64, value: &[u8]) -> Result<Proposal, ApiError> {
 /// The highest proposal id: ids are dense from 1 (each is the highest + 1, written before the
 /// next is made), so the largest id with a record is found by doubling, then bisection.
 fn find_highest(store: &dyn Store) -> Result<u64, String> {
-    let exists = |id: u64| store.get(&record_key(id)).map(|v| v.is_some()).map_err(|e| e.to_string());
-    if !exists(1)? {
-        return Ok(0);
-    }
-    let (mut low, mut high) = (1u64, 2u64);
-    while exists(high)? {
-        low = high;
-        high = high.checked_mul(2).ok_or("too many proposals")?;
-    }
-    // low exists, high does not.
-    while high - low > 1 {
-        let middle = low + (high - low) / 2;
-        if exists(middle)? {
-            low = middle;
-        } else {
-            high = middle;
-        }
-    }
-    Ok(low)
+    crate::records::last_of_dense(|id| store.get(&record_key(id)).map(|v| v.is_some()).map_err(|e| e.to_string()))
 }
 
 impl Approvals {

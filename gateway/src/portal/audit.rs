@@ -129,22 +129,8 @@ impl Audit {
     /// first names no record before it): a broken chain refuses the start (someone changed the
     /// records behind the server's back). `verify` checks the whole chain.
     pub fn load(store: Arc<dyn Store>) -> Result<Audit, String> {
-        let exists = |sequence: u64| store.get(&key(sequence)).map(|v| v.is_some()).map_err(|e| e.to_string());
         // Sequences run from 1 without a gap: the last one by doubling, then bisection.
-        let (mut low, mut high) = (0u64, 1u64);
-        while exists(high)? {
-            low = high;
-            high = high.saturating_mul(2);
-        }
-        while high - low > 1 {
-            let middle = low + (high - low) / 2;
-            if exists(middle)? {
-                low = middle;
-            } else {
-                high = middle;
-            }
-        }
-        let last = low;
+        let last = crate::records::last_of_dense(|sequence| store.get(&key(sequence)).map(|v| v.is_some()).map_err(|e| e.to_string()))?;
         let first = last.saturating_sub(START_CHECKED).max(1);
         let previous = if first == 1 { Some(String::new()) } else { None };
         // Up to the end of the prefix: a record past a gap breaks the walk too.
