@@ -543,11 +543,7 @@ fn build_signature_index(store: &dyn Store) -> Result<(), String> {
                     rows.push((signature_order_key(signature.platform, number), signature.id.to_be_bytes().to_vec()));
                 }
             }
-            let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (key.as_slice(), value.as_slice())).collect();
-            if puts.is_empty() {
-                return Ok(());
-            }
-            store.write(&puts).map_err(|e| e.to_string())
+            crate::records::write_rows(store, &rows)
         },
     )?;
     let highest = highest.to_be_bytes();

@@ -388,11 +388,7 @@ fn build_index(store: &dyn Store) -> Result<(), String> {
                     rows.push((pending_key(card.id).to_vec(), Vec::new()));
                 }
             }
-            let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (key.as_slice(), value.as_slice())).collect();
-            if puts.is_empty() {
-                return Ok(());
-            }
-            store.write(&puts).map_err(|e| e.to_string())
+            crate::records::write_rows(store, &rows)
         },
     )?;
     let highest = highest.to_be_bytes();

@@ -57,6 +57,15 @@ pub fn for_each_chunk<T: DeserializeOwned>(
     }
 }
 
+/// Writes `rows` in one synced write (nothing for none).
+pub fn write_rows(store: &dyn Store, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<(), String> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let puts: Vec<(&[u8], &[u8])> = rows.iter().map(|(key, value)| (key.as_slice(), value.as_slice())).collect();
+    store.write(&puts).map_err(|e| e.to_string())
+}
+
 /// The last of ids that run from 1 without a gap (0 for none), `exists` telling which are
 /// present: found by doubling, then bisection, in a logarithmic number of reads.
 pub fn last_of_dense(mut exists: impl FnMut(u64) -> Result<bool, String>) -> Result<u64, String> {
