@@ -236,14 +236,6 @@ fn read_highest_signature(store: &dyn Store) -> Result<u64, String> {
     }
 }
 
-fn unavailable(error: storage::StorageError) -> ApiError {
-    ApiError::unavailable(error.to_string())
-}
-
-fn corrupt(what: &str) -> ApiError {
-    ApiError::new(500, "internal_error", &format!("{what} is corrupt"))
-}
-
 impl Agreements {
     /// Loads every stored template and signature.
     pub fn load(store: Arc<dyn Store>) -> Result<Agreements, String> {
@@ -360,9 +352,9 @@ impl Agreements {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let order_key = request.out_order_no.map(|number| signature_order_key(platform, number));
         if let Some(key) = &order_key {
-            if let Some(id) = self.store.get(key).map_err(unavailable)? {
-                let id = id.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| corrupt("a signature order number"))?;
-                let signature = self.read_signature(id)?.ok_or_else(|| corrupt("an order number's signature (missing)"))?;
+            if let Some(id) = self.store.get(key).map_err(ApiError::store)? {
+                let id = id.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| ApiError::corrupt("a signature order number"))?;
+                let signature = self.read_signature(id)?.ok_or_else(|| ApiError::corrupt("an order number's signature (missing)"))?;
                 if signature.platform != platform || signature.member != member.id || signature.code != request.code || signature.version != request.version {
                     return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
                 }
@@ -390,11 +382,11 @@ impl Agreements {
         if held.len() >= SIGNATURES_PER_MEMBER_MAX {
             return Err(ApiError::new(422, "agreement_limit_reached", "this member holds as many signatures as they may"));
         }
-        if self.store.get(&crate::records::key(SIGNATURE_PREFIX, state.highest_signature + 1)).map_err(unavailable)?.is_some() {
+        if self.store.get(&crate::records::key(SIGNATURE_PREFIX, state.highest_signature + 1)).map_err(ApiError::store)?.is_some() {
             // Made behind this process's back (a binary from before these keys, or a write that
             // failed yet reached the disk): the keys are built again, then the next id.
-            build_signature_index(self.store.as_ref()).map_err(|e| corrupt(&format!("the signatures' keys ({e})")))?;
-            state.highest_signature = read_highest_signature(self.store.as_ref()).map_err(|e| corrupt(&format!("the highest signature id ({e})")))?;
+            build_signature_index(self.store.as_ref()).map_err(|e| ApiError::corrupt(&format!("the signatures' keys ({e})")))?;
+            state.highest_signature = read_highest_signature(self.store.as_ref()).map_err(|e| ApiError::corrupt(&format!("the highest signature id ({e})")))?;
         }
         let signature = Signature {
             id: state.highest_signature + 1,
@@ -410,8 +402,8 @@ impl Agreements {
             out_order_no: request.out_order_no.map(str::to_string),
         };
         let (record_key, record) = (crate::records::key(SIGNATURE_PREFIX, signature.id), serde_json::to_vec(&signature).expect("signatures serialize"));
-        if self.store.get(&record_key).map_err(unavailable)?.is_some() {
-            return Err(corrupt(&format!("the highest signature id (signature {} exists)", signature.id)));
+        if self.store.get(&record_key).map_err(ApiError::store)?.is_some() {
+            return Err(ApiError::corrupt(&format!("the highest signature id (signature {} exists)", signature.id)));
         }
         let (by_member, id_bytes) = (member_signature_key(platform, member.id, signature.id), signature.id.to_be_bytes());
         let mut puts: Vec<(&[u8], &[u8])> = vec![(&record_key, &record), (&by_member, b""), (HIGHEST_SIGNATURE, &id_bytes)];
@@ -420,14 +412,14 @@ impl Agreements {
         }
         // One synced write: the signature, its place under its member, its order number and
         // the highest id together.
-        self.store.write(&puts).map_err(unavailable)?;
+        self.store.write(&puts).map_err(ApiError::store)?;
         state.highest_signature = signature.id;
         Ok((signature, false))
     }
 
     fn read_signature(&self, id: u64) -> Result<Option<Signature>, ApiError> {
-        let value = self.store.get(&crate::records::key(SIGNATURE_PREFIX, id)).map_err(unavailable)?;
-        value.map(|bytes| serde_json::from_slice(&bytes).map_err(|_| corrupt("a stored signature"))).transpose()
+        let value = self.store.get(&crate::records::key(SIGNATURE_PREFIX, id)).map_err(ApiError::store)?;
+        value.map(|bytes| serde_json::from_slice(&bytes).map_err(|_| ApiError::corrupt("a stored signature"))).transpose()
     }
 
     /// Every signature of `member` of `platform`, oldest first: its `am/` keys, then one read of
@@ -442,11 +434,11 @@ impl Agreements {
                 }
                 true
             })
-            .map_err(unavailable)?;
+            .map_err(ApiError::store)?;
         let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let mut found = Vec::with_capacity(keys.len());
-        for value in self.store.get_many(&borrowed).map_err(unavailable)?.into_iter().flatten() {
-            let signature: Signature = serde_json::from_slice(&value).map_err(|_| corrupt("a stored signature"))?;
+        for value in self.store.get_many(&borrowed).map_err(ApiError::store)?.into_iter().flatten() {
+            let signature: Signature = serde_json::from_slice(&value).map_err(|_| ApiError::corrupt("a stored signature"))?;
             if signature.platform == platform && signature.member == member {
                 found.push(signature);
             }
@@ -458,7 +450,7 @@ impl Agreements {
     pub fn signature(&self, platform: u32, member: u64, id: u64) -> Result<Option<(Signature, Template)>, ApiError> {
         let Some(signature) = self.read_signature(id)?.filter(|s| s.platform == platform && s.member == member) else { return Ok(None) };
         let template = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).templates.get(&signature.template).cloned();
-        let template = template.ok_or_else(|| corrupt("a signature's template (missing)"))?;
+        let template = template.ok_or_else(|| ApiError::corrupt("a signature's template (missing)"))?;
         Ok(Some((signature, template)))
     }
 

@@ -119,16 +119,8 @@ fn pending_key(id: u64) -> [u8; 11] {
     key
 }
 
-fn unavailable(error: storage::StorageError) -> ApiError {
-    ApiError::unavailable(error.to_string())
-}
-
-fn corrupt(what: &str) -> ApiError {
-    ApiError::new(500, "internal_error", &format!("{what} is corrupt"))
-}
-
 fn decode_card(id: u64, value: &[u8]) -> Result<Card, ApiError> {
-    serde_json::from_slice(value).map_err(|_| corrupt(&format!("card record {id}")))
+    serde_json::from_slice(value).map_err(|_| ApiError::corrupt(&format!("card record {id}")))
 }
 
 fn read_highest(store: &dyn Store) -> Result<u64, String> {
@@ -139,7 +131,7 @@ fn read_highest(store: &dyn Store) -> Result<u64, String> {
 }
 
 fn decode_u64(value: &[u8], what: &str) -> Result<u64, ApiError> {
-    value.try_into().map(u64::from_be_bytes).map_err(|_| corrupt(what))
+    value.try_into().map(u64::from_be_bytes).map_err(|_| ApiError::corrupt(what))
 }
 
 /// Why a bind was refused before anything was written.
@@ -199,23 +191,23 @@ impl Cards {
                     false
                 }
             })
-            .map_err(unavailable)?;
+            .map_err(ApiError::store)?;
         if unreadable {
-            return Err(corrupt(&format!("a bind time of account {}'s cards", card.account)));
+            return Err(ApiError::corrupt(&format!("a bind time of account {}'s cards", card.account)));
         }
         if bound_today >= self.binds_per_account_per_day as usize {
             let next_day_starts = (today + 1) * 86_400 - utc_offset_seconds as i64;
             return Ok(Err(BindRefusal::Limit { retry_after_seconds: (next_day_starts - now).max(1) }));
         }
         card.id = self.highest_id.load(Ordering::Relaxed) + 1;
-        if self.store.get(&card_key(card.id)).map_err(unavailable)?.is_some() {
+        if self.store.get(&card_key(card.id)).map_err(ApiError::store)?.is_some() {
             // Bound behind this process's back (a binary from before these keys, or a write
             // that failed yet reached the disk): the keys are built again, then the next id.
-            build_index(self.store.as_ref()).map_err(|e| corrupt(&format!("the cards' keys ({e})")))?;
-            card.id = read_highest(self.store.as_ref()).map_err(|e| corrupt(&format!("the highest card id ({e})")))? + 1;
+            build_index(self.store.as_ref()).map_err(|e| ApiError::corrupt(&format!("the cards' keys ({e})")))?;
+            card.id = read_highest(self.store.as_ref()).map_err(|e| ApiError::corrupt(&format!("the highest card id ({e})")))? + 1;
             self.highest_id.store(card.id - 1, Ordering::Relaxed);
-            if self.store.get(&card_key(card.id)).map_err(unavailable)?.is_some() {
-                return Err(corrupt(&format!("the highest card id (card {} exists)", card.id)));
+            if self.store.get(&card_key(card.id)).map_err(ApiError::store)?.is_some() {
+                return Err(ApiError::corrupt(&format!("the highest card id (card {} exists)", card.id)));
             }
         }
         card.bound_at = now;
@@ -227,16 +219,16 @@ impl Cards {
         if card.status == "pending_verification" {
             puts.push((&pending, b""));
         }
-        self.store.write(&puts).map_err(unavailable)?;
+        self.store.write(&puts).map_err(ApiError::store)?;
         self.highest_id.store(card.id, Ordering::Relaxed);
         Ok(Ok(card))
     }
 
     /// The card an order number (its `cg/` key) bound, if any.
     fn card_of_order(&self, order: &[u8]) -> Result<Option<Card>, ApiError> {
-        let Some(id) = self.store.get(order).map_err(unavailable)? else { return Ok(None) };
+        let Some(id) = self.store.get(order).map_err(ApiError::store)? else { return Ok(None) };
         let id = decode_u64(&id, "a card order number")?;
-        self.read(id)?.map(Some).ok_or_else(|| corrupt("an order number's card (missing)"))
+        self.read(id)?.map(Some).ok_or_else(|| ApiError::corrupt("an order number's card (missing)"))
     }
 
     /// Reads the card `id` of `account` of `platform`, lets `change` decide, and saves what it
@@ -296,7 +288,7 @@ impl Cards {
     }
 
     fn read(&self, id: u64) -> Result<Option<Card>, ApiError> {
-        self.store.get(&card_key(id)).map_err(unavailable)?.map(|value| decode_card(id, &value)).transpose()
+        self.store.get(&card_key(id)).map_err(ApiError::store)?.map(|value| decode_card(id, &value)).transpose()
     }
 
     /// Cards waiting for a micro-deposit the bank has not paid (no deposit line on the card's
@@ -353,11 +345,11 @@ impl Cards {
                 }
                 true
             })
-            .map_err(unavailable)?;
+            .map_err(ApiError::store)?;
         let keys: Vec<Vec<u8>> = ids.iter().map(|id| card_key(*id)).collect();
         let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let mut found = Vec::with_capacity(keys.len());
-        for (id, value) in ids.iter().zip(self.store.get_many(&borrowed).map_err(unavailable)?) {
+        for (id, value) in ids.iter().zip(self.store.get_many(&borrowed).map_err(ApiError::store)?) {
             let Some(value) = value else { continue };
             let card = decode_card(*id, &value)?;
             if card.platform == platform && card.account == account {

@@ -58,6 +58,16 @@ impl ApiError {
         ApiError { status: 503, code: "unavailable", message, param: None, retry_after_seconds: None }
     }
 
+    /// 503 `unavailable`: the store could not be read or written.
+    pub fn store(error: storage::StorageError) -> ApiError {
+        ApiError::unavailable(error.to_string())
+    }
+
+    /// 500 `internal_error`: `what`, a stored record, does not read back as it was written.
+    pub fn corrupt(what: &str) -> ApiError {
+        ApiError::new(500, "internal_error", &format!("{what} is corrupt"))
+    }
+
     /// 429 `rate_limited`: the platform is over one of its quotas; it may try again after
     /// `retry_after_seconds` (at least 1). Other platforms are not affected.
     pub fn rate_limited(message: &str, retry_after_seconds: u32) -> ApiError {

@@ -140,22 +140,14 @@ fn valid_out_order_no(text: &str) -> bool {
     (1..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn unavailable(error: storage::StorageError) -> ApiError {
-    ApiError::unavailable(error.to_string())
-}
-
-fn corrupt(what: &str) -> ApiError {
-    ApiError::new(500, "internal_error", &format!("{what} is corrupt"))
-}
-
 fn decode_member(id: u64, value: &[u8]) -> Result<Member, ApiError> {
-    serde_json::from_slice(value).map_err(|_| corrupt(&format!("member record {id}")))
+    serde_json::from_slice(value).map_err(|_| ApiError::corrupt(&format!("member record {id}")))
 }
 
 fn decode_count(value: Option<Vec<u8>>) -> Result<u64, ApiError> {
     match value {
         None => Ok(0),
-        Some(bytes) => bytes.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| corrupt("a stored member count")),
+        Some(bytes) => bytes.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| ApiError::corrupt("a stored member count")),
     }
 }
 
@@ -196,12 +188,12 @@ impl Members {
         let content = hex::encode(Sha256::digest(serde_json::to_vec(&request).expect("requests serialize")));
         let key_accepted = accepted_key(platform, &request.out_order_no);
         let _creating = self.creating.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(value) = self.store.get(&key_accepted).map_err(unavailable)? {
-            let accepted: Accepted = serde_json::from_slice(&value).map_err(|_| corrupt("an accepted member order number"))?;
+        if let Some(value) = self.store.get(&key_accepted).map_err(ApiError::store)? {
+            let accepted: Accepted = serde_json::from_slice(&value).map_err(|_| ApiError::corrupt("an accepted member order number"))?;
             if accepted.content != content {
                 return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
             }
-            let member = self.read(accepted.member)?.ok_or_else(|| corrupt("an accepted order number's member (missing)"))?;
+            let member = self.read(accepted.member)?.ok_or_else(|| ApiError::corrupt("an accepted order number's member (missing)"))?;
             return Ok(Created { member, replayed: true });
         }
         let valid_number = match request.kind.as_str() {
@@ -224,15 +216,15 @@ impl Members {
         }
         // Ids are handed out under the creation lock; the highest is kept, not searched for.
         let mut id = self.highest_id.load(Ordering::Relaxed) + 1;
-        if self.store.get(&member_key(id)).map_err(unavailable)?.is_some() {
+        if self.store.get(&member_key(id)).map_err(ApiError::store)?.is_some() {
             // Created behind this process's back (a binary from before the index, or a write
             // that failed yet reached the disk): the index and counts are built again, then the
             // next id after the newest member.
-            build_index(self.store.as_ref()).map_err(|e| corrupt(&format!("the members' index ({e})")))?;
-            let newest = self.store.last_key_in(MEMBER_PREFIX, MEMBER_PREFIX_END).map_err(unavailable)?;
+            build_index(self.store.as_ref()).map_err(|e| ApiError::corrupt(&format!("the members' index ({e})")))?;
+            let newest = self.store.last_key_in(MEMBER_PREFIX, MEMBER_PREFIX_END).map_err(ApiError::store)?;
             id = newest.and_then(|key| key.get(MEMBER_PREFIX.len()..).and_then(|id| <[u8; 8]>::try_from(id).ok())).map_or(0, u64::from_be_bytes) + 1;
         }
-        let count = decode_count(self.store.get(&count_key(platform)).map_err(unavailable)?)?;
+        let count = decode_count(self.store.get(&count_key(platform)).map_err(ApiError::store)?)?;
         let member = Member {
             id,
             platform,
@@ -251,7 +243,7 @@ impl Members {
         // listing and the platform's count together.
         self.store
             .write(&[(&key_member, &member_bytes), (&key_accepted, &accepted_bytes), (&index_key(platform, id), b""), (&count_key(platform), &count_bytes)])
-            .map_err(unavailable)?;
+            .map_err(ApiError::store)?;
         self.highest_id.store(id, Ordering::Relaxed);
         Ok(Created { member, replayed: false })
     }
@@ -279,10 +271,10 @@ impl Members {
                     }
                     ids.len() < window
                 })
-                .map_err(unavailable)?;
+                .map_err(ApiError::store)?;
             let keys: Vec<Vec<u8>> = ids.iter().map(|id| member_key(*id)).collect();
             let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            let records = self.store.get_many(&borrowed).map_err(unavailable)?;
+            let records = self.store.get_many(&borrowed).map_err(ApiError::store)?;
             for (id, record) in ids.iter().zip(records) {
                 if found.len() == limit || scanned == MEMBERS_SCAN_MAX {
                     return Ok((found, Some(last)));
@@ -309,7 +301,7 @@ impl Members {
 
     /// How many members `platform` has (one read).
     pub fn count_of(&self, platform: u32) -> Result<u64, ApiError> {
-        decode_count(self.store.get(&count_key(platform)).map_err(unavailable)?)
+        decode_count(self.store.get(&count_key(platform)).map_err(ApiError::store)?)
     }
 
     /// The member `id` if it belongs to `platform` (one read of the store).
@@ -327,7 +319,7 @@ impl Members {
     }
 
     fn read(&self, id: u64) -> Result<Option<Member>, ApiError> {
-        self.store.get(&member_key(id)).map_err(unavailable)?.map(|value| decode_member(id, &value)).transpose()
+        self.store.get(&member_key(id)).map_err(ApiError::store)?.map(|value| decode_member(id, &value)).transpose()
     }
 }
 

@@ -59,14 +59,14 @@ impl Notifications {
         let stripe = &self.sending[(member.id % SEND_STRIPES as u64) as usize];
         let _sending = stripe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (start, end) = member_range(member.id);
-        let last = self.store.last_key_in(&start, &end).map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let last = self.store.last_key_in(&start, &end).map_err(ApiError::store)?;
         let sequence = match last {
             None => 0,
             Some(key) => std::str::from_utf8(&key[start.len()..])
                 .ok()
                 .and_then(|n| n.parse::<u64>().ok())
                 .and_then(|n| n.checked_add(1))
-                .ok_or_else(|| ApiError::new(500, "internal_error", "a stored notification key is corrupt"))?,
+                .ok_or_else(|| ApiError::corrupt("a stored notification key"))?,
         };
         let key = format!("{PREFIX}{}/{sequence:012}", member.id).into_bytes();
         crate::records::put(self.store.as_ref(), &[(key, &notification)])
@@ -88,9 +88,9 @@ impl Notifications {
                     false
                 }
             })
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            .map_err(ApiError::store)?;
         if corrupt {
-            return Err(ApiError::new(500, "internal_error", "a stored notification is corrupt"));
+            return Err(ApiError::corrupt("a stored notification"));
         }
         Ok(found)
     }

@@ -152,12 +152,8 @@ fn pending_key(id: u64) -> [u8; 13] {
     key
 }
 
-fn unavailable(error: storage::StorageError) -> ApiError {
-    ApiError::unavailable(error.to_string())
-}
-
 fn decode(id: u64, value: &[u8]) -> Result<Proposal, ApiError> {
-    serde_json::from_slice(value).map_err(|_| ApiError::new(500, "internal_error", &format!("proposal record {id} is corrupt")))
+    serde_json::from_slice(value).map_err(|_| ApiError::corrupt(&format!("proposal record {id}")))
 }
 
 /// The highest proposal id: ids are dense from 1 (each is the highest + 1, written before the
@@ -237,7 +233,7 @@ impl Approvals {
     }
 
     fn read(&self, id: u64) -> Result<Option<Proposal>, ApiError> {
-        self.store.get(&record_key(id)).map_err(unavailable)?.map(|value| decode(id, &value)).transpose()
+        self.store.get(&record_key(id)).map_err(ApiError::store)?.map(|value| decode(id, &value)).transpose()
     }
 
     /// Records a proposal by `session` (who needs the `operator` role and a scope containing
@@ -259,7 +255,7 @@ impl Approvals {
         // Pending ones found there (an older binary's, unmarked) are marked with this one.
         let mut id = inner.highest + 1;
         let mut found = Vec::new();
-        while let Some(value) = self.store.get(&record_key(id)).map_err(unavailable)? {
+        while let Some(value) = self.store.get(&record_key(id)).map_err(ApiError::store)? {
             if id - inner.highest >= IDS_TRIED_MAX {
                 return Err(ApiError::new(500, "internal_error", "proposal ids past the highest are taken"));
             }
@@ -289,7 +285,7 @@ impl Approvals {
         let marks: Vec<[u8; 13]> = found.iter().map(|p| pending_key(p.id)).collect();
         let mut puts: Vec<(&[u8], &[u8])> = vec![(&key, &record), (&mark, b""), (HIGHEST, &highest)];
         puts.extend(marks.iter().map(|mark| (mark.as_slice(), &b""[..])));
-        self.store.write(&puts).map_err(unavailable)?;
+        self.store.write(&puts).map_err(ApiError::store)?;
         inner.highest = proposal.id;
         inner.pending.extend(found.into_iter().map(|p| (p.id, p)));
         inner.pending.insert(proposal.id, proposal.clone());
@@ -314,7 +310,7 @@ impl Approvals {
             let bottom = top.saturating_sub(LIST_WINDOW - 1).max(lowest);
             let keys: Vec<Vec<u8>> = (bottom..=top).rev().map(record_key).collect();
             let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            for (id, value) in (bottom..=top).rev().zip(self.store.get_many(&borrowed).map_err(unavailable)?) {
+            for (id, value) in (bottom..=top).rev().zip(self.store.get_many(&borrowed).map_err(ApiError::store)?) {
                 let Some(value) = value else { continue };
                 let proposal = decode(id, &value)?;
                 if keeps(&proposal) && found.len() < limit {
