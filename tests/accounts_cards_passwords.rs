@@ -128,6 +128,20 @@ fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_trie
     let alerts: Vec<&serde_json::Value> = notes["notifications"].as_array().unwrap().iter().filter(|n| n["kind"] == "large_withdrawal_alert").collect();
     assert_eq!(alerts.len(), 1, "{notes}");
     assert_eq!(alerts[0]["order_id"], large["order_id"]);
+    // Two more: the member's notifications page newest first, and a page's cursor goes on.
+    p.fund(&a, "100001.00", "r-2");
+    let (_, _, third) = withdraw("w-3", &card_id, "50000.02", "standard");
+    let (_, _, fourth) = withdraw("w-4", &card_id, "50000.03", "standard");
+    let orders_of = |page: &serde_json::Value| page["notifications"].as_array().unwrap().iter().map(|n| n["order_id"].clone()).collect::<Vec<_>>();
+    let (status, first_page) = p.get(&format!("/v1/members/{member}/notifications?limit=2"));
+    assert_eq!((status, orders_of(&first_page)), (200, vec![fourth["order_id"].clone(), third["order_id"].clone()]), "{first_page}");
+    let cursor = first_page["next_cursor"].as_str().expect("a cursor: one more is older").to_string();
+    let (status, last_page) = p.get(&format!("/v1/members/{member}/notifications?limit=2&cursor={cursor}"));
+    assert_eq!((status, orders_of(&last_page), &last_page["next_cursor"]), (200, vec![large["order_id"].clone()], &serde_json::Value::Null), "{last_page}");
+    for bad in ["limit=0", "limit=501", "cursor=abc", "cursor=0", "cursor=", "page=2"] {
+        let (status, refused) = p.get(&format!("/v1/members/{member}/notifications?{bad}"));
+        assert_eq!((status, refused["error"]["code"].as_str()), (400, Some("invalid_request")), "{bad}: {refused}");
+    }
 
     // Unbinding: the card takes no more withdrawals.
     let (status, _) = {

@@ -176,25 +176,7 @@ impl Cards {
             return Ok(Err(BindRefusal::Exists(existing)));
         }
         let today = day(now);
-        let (mut bound_today, mut unreadable) = (0usize, false);
-        self.store
-            .scan(&account_key(card.account, 0), &account_key(card.account, u64::MAX), &mut |_, value| match <[u8; 8]>::try_from(value) {
-                Ok(at) => {
-                    let at = i64::from_be_bytes(at);
-                    if at != 0 && day(at) == today {
-                        bound_today += 1;
-                    }
-                    true
-                }
-                Err(_) => {
-                    unreadable = true;
-                    false
-                }
-            })
-            .map_err(ApiError::store)?;
-        if unreadable {
-            return Err(ApiError::corrupt(&format!("a bind time of account {}'s cards", card.account)));
-        }
+        let bound_today = self.bound_on(card.account, today, &day)?;
         if bound_today >= self.binds_per_account_per_day as usize {
             let next_day_starts = (today + 1) * 86_400 - utc_offset_seconds as i64;
             return Ok(Err(BindRefusal::Limit { retry_after_seconds: (next_day_starts - now).max(1) }));
@@ -222,6 +204,41 @@ impl Cards {
         self.store.write(&puts).map_err(ApiError::store)?;
         self.highest_id.store(card.id, Ordering::Relaxed);
         Ok(Ok(card))
+    }
+
+    /// How many cards `account` bound on business day `today` (`day` of a bind time): its
+    /// `ca/` rows walked newest first (ids grow with time), one backwards seek and one read a
+    /// card, stopping at the first card bound on an earlier day or once the day's limit is
+    /// reached. So a bind reads at most the day's limit and one more of the account's cards,
+    /// however many it bound over the years. A card without a bind time (written before bind
+    /// times were kept) is passed over, and so is one bound on a later day than `today` (the
+    /// clock was set back since); a card of today behind one bound "yesterday" (the clock set
+    /// back across midnight and forward again) is not counted.
+    fn bound_on(&self, account: u64, today: i64, day: &impl Fn(i64) -> i64) -> Result<usize, ApiError> {
+        let start = account_key(account, 0);
+        let mut end = account_key(account, u64::MAX).to_vec();
+        end.push(0);
+        let mut bound = 0usize;
+        while bound < self.binds_per_account_per_day as usize {
+            let Some(key) = self.store.last_key_in(&start, &end).map_err(ApiError::store)? else { break };
+            let at = self
+                .store
+                .get(&key)
+                .map_err(ApiError::store)?
+                .ok_or_else(|| ApiError::corrupt(&format!("a bind time of account {account}'s cards (missing)")))?;
+            let at = <[u8; 8]>::try_from(at.as_slice())
+                .map(i64::from_be_bytes)
+                .map_err(|_| ApiError::corrupt(&format!("a bind time of account {account}'s cards")))?;
+            match day(at).cmp(&today) {
+                _ if at == 0 => {}
+                std::cmp::Ordering::Less => break,
+                std::cmp::Ordering::Equal => bound += 1,
+                // Bound "later" than now: the clock was set back since. Passed over.
+                std::cmp::Ordering::Greater => {}
+            }
+            end = key;
+        }
+        Ok(bound)
     }
 
     /// The card an order number (its `cg/` key) bound, if any.
@@ -686,6 +703,63 @@ mod tests {
             assert_eq!(loaded.highest_id.load(Ordering::Relaxed), 12);
         }
         assert_eq!(pending_ids(store.as_ref()), (1..=12).collect::<Vec<_>>());
+    }
+
+    /// A store that counts its point reads.
+    struct CountingStore {
+        inner: storage::MemoryStore,
+        gets: AtomicU64,
+    }
+
+    impl Store for CountingStore {
+        fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
+            self.inner.write(puts)
+        }
+        fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), storage::StorageError> {
+            self.inner.delete_range(start, end)
+        }
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
+            self.gets.fetch_add(1, Ordering::Relaxed);
+            self.inner.get(key)
+        }
+        fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
+            self.inner.scan(start, end, visit)
+        }
+        fn is_poisoned(&self) -> bool {
+            false
+        }
+    }
+
+    /// The day's count reads the account's newest cards only: after years of binds (here 300
+    /// cards over 100 days, and cards without a bind time among them) a bind reads the day's
+    /// limit and one more, and counts exactly the day's binds (cards bound "tomorrow", by a
+    /// clock set back since, are passed over).
+    #[test]
+    fn a_binds_day_count_reads_only_the_accounts_newest_cards() {
+        let store = Arc::new(CountingStore { inner: storage::MemoryStore::new(), gets: AtomicU64::new(0) });
+        let cards = Cards::load(store.clone(), 3).unwrap();
+        let today = 1_800_000_000 / 86_400 * 86_400;
+        for n in 0..300u32 {
+            let at = today - 100 * 86_400 + i64::from(n / 3) * 86_400 + i64::from(n % 3);
+            cards.bind_new(card(7, n), at, 0).unwrap().ok().expect("three a day");
+        }
+        // Cards of old data without a bind time, one bound "tomorrow".
+        let untimed: Vec<Card> = (0..2).map(|n| cards.bind_new(card(7, 1000 + n), today - 86_400 * 300, 0).unwrap().ok().unwrap()).collect();
+        let rows: Vec<([u8; 19], [u8; 8])> = untimed.iter().map(|c| (account_key(7, c.id), 0i64.to_be_bytes())).collect();
+        store.write(&rows.iter().map(|(k, v)| (&k[..], &v[..])).collect::<Vec<_>>()).unwrap();
+        cards.bind_new(card(7, 2000), today + 86_400 + 5, 0).unwrap().ok().unwrap();
+        let day = |at: i64| at.div_euclid(86_400);
+        for (bound, expected_gets) in [(0usize, 4u64), (1, 5), (2, 6)] {
+            store.gets.store(0, Ordering::Relaxed);
+            assert_eq!(cards.bound_on(7, day(today), &day).unwrap(), bound);
+            // The "tomorrow" card, the two untimed ones, today's, then one of an earlier day.
+            assert_eq!(store.gets.load(Ordering::Relaxed), expected_gets, "{bound} bound today");
+            cards.bind_new(card(7, 3000 + bound as u32), today + 60, 0).unwrap().ok().expect("within the day's limit");
+        }
+        store.gets.store(0, Ordering::Relaxed);
+        assert!(matches!(cards.bind_new(card(7, 4000), today + 120, 0).unwrap(), Err(BindRefusal::Limit { .. })));
+        assert_eq!(store.gets.load(Ordering::Relaxed), 4, "the order number's key and today's three cards");
+        assert_eq!(cards.bound_on(8, day(today), &day).unwrap(), 0, "another account's");
     }
 
     /// A card that leaves `pending_verification` loses its mark; a mark a stop left behind is

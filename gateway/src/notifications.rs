@@ -1,6 +1,6 @@
 //! Notifications to members (API.md: a withdrawal over 50,000.00 alerts its member). Each is
 //! kept durably and shown at `GET /v1/members/{member_id}/notifications` (an addition to
-//! API.md); the text is what the member's SMS gateway would send to their phone.
+//! API.md: newest first, paged with `limit` and `cursor` as API.md's lists are); the text is what the member's SMS gateway would send to their phone.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +15,7 @@ use crate::signed::Signed;
 const PREFIX: &str = "n/";
 
 /// One notification to a member.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     pub kind: String,
     pub phone: String,
@@ -62,52 +62,78 @@ impl Notifications {
         let last = self.store.last_key_in(&start, &end).map_err(ApiError::store)?;
         let sequence = match last {
             None => 0,
-            Some(key) => std::str::from_utf8(&key[start.len()..])
-                .ok()
-                .and_then(|n| n.parse::<u64>().ok())
-                .and_then(|n| n.checked_add(1))
-                .ok_or_else(|| ApiError::corrupt("a stored notification key"))?,
+            Some(key) => sequence_of(&key[start.len()..])?.checked_add(1).ok_or_else(|| ApiError::corrupt("a stored notification key"))?,
         };
-        let key = format!("{PREFIX}{}/{sequence:012}", member.id).into_bytes();
+        let key = notification_key(member.id, sequence);
         crate::records::put(self.store.as_ref(), &[(key, &notification)])
     }
 
-    /// A member's notifications, oldest first, read from the store (blocking).
-    pub fn of(&self, member: u64) -> Result<Vec<Notification>, ApiError> {
-        let (start, end) = member_range(member);
-        let mut found = Vec::new();
-        let mut corrupt = false;
-        self.store
-            .scan(&start, &end, &mut |_, value| match serde_json::from_slice(value) {
-                Ok(notification) => {
-                    found.push(notification);
-                    true
+    /// A page of `member`'s notifications, newest first: up to `limit` of those numbered below
+    /// `before` (all for `None`), and the number to give as `before` for the next page (`None`
+    /// at the oldest). Sequence numbers run from 0 without a gap (`send`), so a page is one
+    /// backwards seek for the newest and one `get_many` of its keys, whatever the member's
+    /// history holds (blocking).
+    pub fn page(&self, member: u64, before: Option<u64>, limit: usize) -> Result<(Vec<Notification>, Option<u64>), ApiError> {
+        let upto = match before {
+            Some(before) => before,
+            None => {
+                let (start, end) = member_range(member);
+                match self.store.last_key_in(&start, &end).map_err(ApiError::store)? {
+                    None => return Ok((Vec::new(), None)),
+                    Some(key) => sequence_of(&key[start.len()..])?.checked_add(1).ok_or_else(|| ApiError::corrupt("a stored notification key"))?,
                 }
-                Err(_) => {
-                    corrupt = true;
-                    false
-                }
-            })
-            .map_err(ApiError::store)?;
-        if corrupt {
-            return Err(ApiError::corrupt("a stored notification"));
+            }
+        };
+        let from = upto.saturating_sub(limit as u64);
+        let keys: Vec<Vec<u8>> = (from..upto).rev().map(|sequence| notification_key(member, sequence)).collect();
+        let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut found = Vec::with_capacity(keys.len());
+        for value in self.store.get_many(&borrowed).map_err(ApiError::store)?.into_iter().flatten() {
+            found.push(serde_json::from_slice(&value).map_err(|_| ApiError::corrupt("a stored notification"))?);
         }
-        Ok(found)
+        Ok((found, (from > 0).then_some(from)))
     }
 }
 
-#[utoipa::path(get, path = "/v1/members/{member_id}/notifications", operation_id = "list_notifications", tag = "members", params(("member_id" = String, Path, description = "Member id")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+/// The key of `member`'s notification number `sequence`.
+fn notification_key(member: u64, sequence: u64) -> Vec<u8> {
+    format!("{PREFIX}{member}/{sequence:012}").into_bytes()
+}
+
+/// The sequence number a notification key ends with.
+fn sequence_of(tail: &[u8]) -> Result<u64, ApiError> {
+    std::str::from_utf8(tail).ok().and_then(|n| n.parse::<u64>().ok()).ok_or_else(|| ApiError::corrupt("a stored notification key"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// A `next_cursor` of this listing: the sequence number the next page stops below, in decimal
+/// (0 is never one: the oldest page has none).
+fn parse_cursor(text: &str) -> Result<u64, ApiError> {
+    let valid = !text.is_empty() && text.len() <= 20 && text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
+    valid.then(|| text.parse::<u64>().ok()).flatten().ok_or_else(|| ApiError::invalid("cursor is the next_cursor of the previous page", "cursor"))
+}
+
+#[utoipa::path(get, path = "/v1/members/{member_id}/notifications", operation_id = "list_notifications", tag = "members", params(("member_id" = String, Path, description = "Member id"), ("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/members/{member_id}/notifications")]
 pub async fn list(
     signed: Signed,
     path: web::Path<String>,
+    query: web::Query<PageQuery>,
     members: web::Data<Arc<Members>>,
     notifications: web::Data<Arc<Notifications>>,
 ) -> Result<HttpResponse, ApiError> {
+    let limit = crate::orders::page_limit(query.limit.as_deref())?;
+    let before = query.cursor.as_deref().map(parse_cursor).transpose()?;
     let member = members.named(signed.platform.id, &path)?.ok_or_else(ApiError::not_found)?;
     let reading = notifications.get_ref().clone();
-    let found = crate::error::blocking(move || reading.of(member.id)).await??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"notifications": found})))
+    let (found, next) = crate::error::blocking(move || reading.page(member.id, before, limit)).await??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"notifications": found, "next_cursor": next.map(|n| n.to_string())})))
 }
 
 /// Registers the notification route.
@@ -144,9 +170,9 @@ mod tests {
         }
         let again = Notifications::load(store.clone()).unwrap();
         again.send(&member(1), "large_withdrawal_alert", "alert 3 of 1".into(), None).unwrap();
-        let texts = |id| again.of(id).unwrap().into_iter().map(|n| n.text).collect::<Vec<_>>();
-        assert_eq!(texts(1), ["alert 0 of 1", "alert 1 of 1", "alert 2 of 1", "alert 3 of 1"]);
-        assert_eq!(texts(10), ["alert 0 of 10", "alert 1 of 10"]);
+        let texts = |id| again.page(id, None, 500).unwrap().0.into_iter().map(|n| n.text).collect::<Vec<_>>();
+        assert_eq!(texts(1), ["alert 3 of 1", "alert 2 of 1", "alert 1 of 1", "alert 0 of 1"], "newest first");
+        assert_eq!(texts(10), ["alert 1 of 10", "alert 0 of 10"]);
         assert_eq!(texts(11), ["alert 0 of 11"]);
         assert!(texts(2).is_empty());
         let mut keys = Vec::new();
@@ -159,6 +185,38 @@ mod tests {
         assert_eq!(keys[..4], ["n/1/000000000000", "n/1/000000000001", "n/1/000000000002", "n/1/000000000003"]);
         // A corrupt record is an error, not a panic or a silent gap.
         store.write(&[(&b"n/11/000000000000"[..], &b"{"[..])]).unwrap();
-        assert_eq!(again.of(11).err().map(|e| e.status), Some(500));
+        assert_eq!(again.page(11, None, 50).err().map(|e| e.status), Some(500));
+    }
+
+    /// Pages run newest first and end at the oldest: every notification once, whatever the
+    /// page size, and a page past the newest (a cursor made up) holds only what exists.
+    #[test]
+    fn a_members_notifications_are_paged_newest_first() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let notifications = Notifications::load(store).unwrap();
+        for n in 0..7 {
+            notifications.send(&member(3), "large_withdrawal_alert", format!("{n}"), None).unwrap();
+        }
+        notifications.send(&member(30), "large_withdrawal_alert", "other".into(), None).unwrap();
+        for limit in [1, 2, 3, 7, 8, 500] {
+            let (mut seen, mut before, mut pages) = (Vec::new(), None, 0);
+            loop {
+                let (page, next) = notifications.page(3, before, limit).unwrap();
+                assert!(page.len() <= limit);
+                seen.extend(page.into_iter().map(|n| n.text));
+                pages += 1;
+                match next {
+                    Some(next) => before = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, ["6", "5", "4", "3", "2", "1", "0"], "limit {limit}");
+            assert_eq!(pages, 7usize.div_ceil(limit), "limit {limit}");
+        }
+        let (page, next) = notifications.page(3, Some(9), 3).unwrap();
+        assert_eq!((page.iter().map(|n| n.text.as_str()).collect::<Vec<_>>(), next), (vec!["6"], Some(6)));
+        assert_eq!(notifications.page(4, None, 50).unwrap(), (Vec::new(), None), "no notifications");
+        assert!(parse_cursor("0").is_err() && parse_cursor("007").is_err() && parse_cursor("-1").is_err() && parse_cursor("99999999999999999999").is_err());
+        assert_eq!(parse_cursor("18446744073709551615").unwrap(), u64::MAX);
     }
 }
