@@ -249,6 +249,10 @@ fn reconciliation_runs_against_the_simulators_statement_and_a_case_is_resolved_b
 
     let cases = admin.get("/portal/system/reconciliation");
     assert!(cases.body.contains("data-case=\"case_B-1\""), "{}", cases.body);
+    // The dashboard counts it and charts it by reason, read from the store.
+    let open_cases = |count: u32| format!("<div class=\"label\">Open cases</div><div class=\"value\">{count}</div>");
+    let home = admin.get("/portal/system");
+    assert!(home.body.contains(&open_cases(1)) && home.body.contains("no virtual account number"), "{}", home.body);
     let proposed =
         admin.post("/portal/approvals", &[("csrf", &csrf), ("kind", "resolve_case"), ("case_id", "case_B-1"), ("resolution", "returned to the payer")]);
     let id = proposal_id(&proposed);
@@ -257,6 +261,7 @@ fn reconciliation_runs_against_the_simulators_statement_and_a_case_is_resolved_b
     let approved = approver.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)]);
     assert!(approved.body.contains("(executed)."), "{}", approved.body);
     assert!(!admin.get("/portal/system/reconciliation").body.contains("data-case=\"case_B-1\""));
+    assert!(admin.get("/portal/system").body.contains(&open_cases(0)));
     let resolved = admin.get("/portal/system/reconciliation?status=resolved");
     assert!(resolved.body.contains("data-case=\"case_B-1\"") && resolved.body.contains("returned to the payer"), "{}", resolved.body);
     assert!(admin.get("/portal/system/reconciliation?status=bogus").body.contains("status is open, resolved or all"));

@@ -87,7 +87,6 @@ enum Message {
     Reconcile(Box<ReconcileJob>, Reply<ReconcileReport>),
     ReconcileFinished(Result<ReconcileReport, ClearingError>, Reply<ReconcileReport>),
     OpenCases(Vec<CaseOpening>, Reply<usize>),
-    OpenCaseList(Reply<Vec<Case>>),
     CasesPage(CaseFilter, Option<String>, usize, Reply<CasePage>),
     ResolveCase(String, Resolution, Reply<Case>),
     Trip(u16, Duration, Reply<()>),
@@ -274,11 +273,6 @@ impl Clearing {
         self.ask(|reply| Message::OpenCases(openings, reply)).await
     }
 
-    /// The open cases, by id (an operator's work list: memory only).
-    pub async fn open_case_list(&self) -> Result<Vec<Case>, ClearingError> {
-        self.ask(Message::OpenCaseList).await
-    }
-
     /// A page of the cases `filter` keeps with ids after `after` (resolved ones are read from
     /// the store).
     pub async fn cases_page(&self, filter: CaseFilter, after: Option<String>, limit: usize) -> Result<CasePage, ClearingError> {
@@ -371,7 +365,6 @@ impl Actor {
                 let now = self.clock.now_micros();
                 answer(reply, self.cases.open(self.store.as_ref(), openings, now));
             }
-            Message::OpenCaseList(reply) => answer(reply, Ok(self.cases.open_cases())),
             Message::CasesPage(filter, after, limit, reply) => answer(reply, self.cases.page(self.store.as_ref(), filter, after.as_deref(), limit)),
             Message::ResolveCase(case_id, resolution, reply) => {
                 let now = self.clock.now_micros();

@@ -6,9 +6,11 @@
 //! runs without the actor, uses a `CaseBook` of its own.
 //!
 //! Stored as JSON `Case` records under `k/{case_id}` (the format the gateway wrote before), with
-//! an empty `ko/{case_id}` beside each open one. Memory holds the open cases only (an operator's
-//! work list, found through `ko/` at start); resolved ones, which pile up for as long as the bank
-//! runs, are read from the store when asked, a page at a time.
+//! an empty `ko/{case_id}` beside each open one, written in the case's own write and deleted in
+//! its resolution's. Memory holds how many are open, nothing else: open cases (which a hostile
+//! platform can multiply, a suspense credit of a cent at a time) and resolved ones (which pile up
+//! for as long as the bank runs) are read from the store when asked, a page at a time; open ones
+//! through their `ko/` marks.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -27,6 +29,11 @@ const OPEN_PREFIX_END: &str = "ko0";
 /// Written once the `ko/` marks exist: a database from before them (session 53) has them built
 /// by one scan of its cases at its first start.
 const OPEN_INDEX_BUILT: &[u8] = b"ki/open";
+/// Written once the marks were checked against their cases: before session 55 a resolution
+/// wrote its case and deleted its mark in two writes, so a stop between them left a mark of a
+/// resolved case. Since, one write does both; a database from before has its marks checked
+/// once, at its first start.
+const OPEN_MARKS_CHECKED: &[u8] = b"ki/checked";
 /// Cases one page lists at most.
 pub const PAGE_MAX: usize = 1000;
 /// Longest resolution text an operator may record, in characters (what the API documents).
@@ -67,11 +74,11 @@ pub struct Resolution {
     pub operator: String,
 }
 
-/// The open cases, loaded at start and written through (synced before they are kept in memory);
-/// resolved cases stay in the store.
+/// The cases, in the store; memory holds how many are open (counted from their marks at start,
+/// kept by every opening and resolution after their write).
 #[derive(Debug, Default)]
 pub struct CaseBook {
-    open: BTreeMap<String, Case>,
+    open_count: u64,
 }
 
 /// The key of a case.
@@ -81,6 +88,26 @@ pub(crate) fn case_key(case_id: &str) -> Vec<u8> {
 
 fn open_key(case_id: &str) -> Vec<u8> {
     format!("{OPEN_PREFIX}{case_id}").into_bytes()
+}
+
+/// Marks read per step when marks are walked.
+const MARKS_CHUNK: usize = 1024;
+
+/// The ids of up to `limit` open cases' marks after the mark `after` (from the first without
+/// one), by id.
+fn marked_ids(store: &dyn Store, after: Option<&[u8]>, limit: usize) -> Result<Vec<String>, ClearingError> {
+    let mut start = after.map_or_else(|| OPEN_PREFIX.as_bytes().to_vec(), <[u8]>::to_vec);
+    if after.is_some() {
+        start.push(0);
+    }
+    let mut ids = Vec::with_capacity(limit.min(MARKS_CHUNK));
+    store
+        .scan(&start, OPEN_PREFIX_END.as_bytes(), &mut |key, _| {
+            ids.push(String::from_utf8_lossy(&key[OPEN_PREFIX.len()..]).into_owned());
+            ids.len() < limit
+        })
+        .map_err(storage)?;
+    Ok(ids)
 }
 
 fn storage(error: impl std::fmt::Display) -> ClearingError {
@@ -127,44 +154,49 @@ pub struct CasePage {
 }
 
 impl CaseBook {
-    /// Loads the open cases (building their marks first on a database from before them).
+    /// Counts the open cases by their marks (building the marks first on a database from before
+    /// them, and checking them once on one from before a resolution dropped its mark in its own
+    /// write): a scan of keys, no case read.
     pub fn load(store: &dyn Store) -> Result<CaseBook, ClearingError> {
         if store.get(OPEN_INDEX_BUILT).map_err(storage)?.is_none() {
             let all = storage::records::load_all::<Case>(store, PREFIX.as_bytes()).map_err(ClearingError::Storage)?;
             let marks: Vec<Vec<u8>> = all.iter().filter(|(_, case)| case.status == "open").map(|(_, case)| open_key(&case.case_id)).collect();
             let mut puts: Vec<(&[u8], &[u8])> = marks.iter().map(|key| (key.as_slice(), &b""[..])).collect();
             puts.push((OPEN_INDEX_BUILT, b"1"));
+            puts.push((OPEN_MARKS_CHECKED, b"1"));
             storage::write_in_chunks(store, &puts).map_err(storage)?;
         }
-        let mut ids = Vec::new();
+        if store.get(OPEN_MARKS_CHECKED).map_err(storage)?.is_none() {
+            CaseBook::drop_stale_marks(store)?;
+            store.write(&[(OPEN_MARKS_CHECKED, b"1")]).map_err(storage)?;
+        }
+        let mut open_count = 0u64;
         store
-            .scan(OPEN_PREFIX.as_bytes(), OPEN_PREFIX_END.as_bytes(), &mut |key, _| {
-                ids.push(String::from_utf8_lossy(&key[OPEN_PREFIX.len()..]).into_owned());
+            .scan(OPEN_PREFIX.as_bytes(), OPEN_PREFIX_END.as_bytes(), &mut |_, _| {
+                open_count += 1;
                 true
             })
             .map_err(storage)?;
-        let keys: Vec<Vec<u8>> = ids.iter().map(|id| case_key(id)).collect();
-        let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        let mut open = BTreeMap::new();
-        let mut stale = Vec::new();
-        for ((id, key), value) in ids.into_iter().zip(&keys).zip(store.get_many(&borrowed).map_err(storage)?) {
-            match value {
-                Some(value) => {
-                    let case = decode(key, &value)?;
-                    if case.status == "open" {
-                        open.insert(id, case);
-                    } else {
-                        stale.push(id);
-                    }
+        Ok(CaseBook { open_count })
+    }
+
+    /// Deletes the marks of cases that are not open (a stop between the two writes of a
+    /// resolution before session 55), reading every marked case once, a chunk at a time.
+    fn drop_stale_marks(store: &dyn Store) -> Result<(), ClearingError> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let ids = marked_ids(store, after.as_deref(), MARKS_CHUNK)?;
+            let Some(last) = ids.last() else { return Ok(()) };
+            after = Some(open_key(last));
+            let keys: Vec<Vec<u8>> = ids.iter().map(|id| case_key(id)).collect();
+            let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            for ((id, key), value) in ids.iter().zip(&keys).zip(store.get_many(&borrowed).map_err(storage)?) {
+                let open = value.map(|value| decode(key, &value)).transpose()?.is_some_and(|case| case.status == "open");
+                if !open {
+                    CaseBook::unmark(store, id)?;
                 }
-                None => stale.push(id),
             }
         }
-        // Marks of cases resolved by a run that stopped between the two writes of `resolve`.
-        for id in stale {
-            CaseBook::unmark(store, &id)?;
-        }
-        Ok(CaseBook { open })
     }
 
     fn unmark(store: &dyn Store, case_id: &str) -> Result<(), ClearingError> {
@@ -174,33 +206,38 @@ impl CaseBook {
         store.delete_range(&start, &end).map_err(storage)
     }
 
-    /// The open cases, by id.
-    pub fn open_cases(&self) -> Vec<Case> {
-        self.open.values().cloned().collect()
-    }
-
     /// How many cases are still open.
     pub fn open_count(&self) -> u64 {
-        self.open.len() as u64
+        self.open_count
     }
 
-    /// One case, open (memory) or resolved (the store).
+    /// One case, open or resolved (one read of the store).
     pub fn get(&self, store: &dyn Store, case_id: &str) -> Result<Option<Case>, ClearingError> {
-        if let Some(case) = self.open.get(case_id) {
-            return Ok(Some(case.clone()));
-        }
         let key = case_key(case_id);
         store.get(&key).map_err(storage)?.map(|value| decode(&key, &value)).transpose()
     }
 
     /// The cases `filter` keeps with ids after `after`, by id, at most `limit` (1 to
-    /// `PAGE_MAX`). Open ones come from memory; the others are read from the store.
+    /// `PAGE_MAX`), read from the store: open ones through their marks (a mark whose case is not
+    /// open, which only an older binary can leave, is passed over), the others by a scan of
+    /// the cases.
     pub fn page(&self, store: &dyn Store, filter: CaseFilter, after: Option<&str>, limit: usize) -> Result<CasePage, ClearingError> {
         let limit = limit.clamp(1, PAGE_MAX);
         let mut cases: Vec<Case> = Vec::with_capacity(limit + 1);
         if filter == CaseFilter::Open {
-            let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-            cases.extend(self.open.range::<str, _>((from, std::ops::Bound::Unbounded)).take(limit + 1).map(|(_, case)| case.clone()));
+            let mut from = after.map(open_key);
+            while cases.len() <= limit {
+                let ids = marked_ids(store, from.as_deref(), limit + 1 - cases.len())?;
+                let Some(last) = ids.last() else { break };
+                from = Some(open_key(last));
+                let keys: Vec<Vec<u8>> = ids.iter().map(|id| case_key(id)).collect();
+                let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                for (key, value) in keys.iter().zip(store.get_many(&borrowed).map_err(storage)?) {
+                    if let Some(case) = value.map(|value| decode(key, &value)).transpose()?.filter(|case| case.status == "open") {
+                        cases.push(case);
+                    }
+                }
+            }
         } else {
             let mut start = case_key(after.unwrap_or_default());
             if after.is_some() {
@@ -237,12 +274,12 @@ impl CaseBook {
     /// at `now_micros`.
     pub(crate) fn new_cases(&self, store: &dyn Store, openings: Vec<CaseOpening>, now_micros: u64) -> Result<Vec<Case>, ClearingError> {
         let created_at = crate::calendar::rfc3339(now_micros);
-        let unknown: Vec<Vec<u8>> = openings.iter().filter(|o| !self.open.contains_key(&o.case_id)).map(|o| case_key(&o.case_id)).collect();
-        let borrowed: Vec<&[u8]> = unknown.iter().map(Vec::as_slice).collect();
+        let keys: Vec<Vec<u8>> = openings.iter().map(|o| case_key(&o.case_id)).collect();
+        let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let stored: HashSet<&[u8]> = borrowed.iter().zip(store.get_many(&borrowed).map_err(storage)?).filter(|(_, v)| v.is_some()).map(|(k, _)| *k).collect();
         let mut fresh: BTreeMap<String, Case> = BTreeMap::new();
         for CaseOpening { case_id, line, reason } in openings {
-            if self.open.contains_key(&case_id) || fresh.contains_key(&case_id) || stored.contains(case_key(&case_id).as_slice()) {
+            if fresh.contains_key(&case_id) || stored.contains(case_key(&case_id).as_slice()) {
                 continue;
             }
             let case = Case {
@@ -260,13 +297,6 @@ impl CaseBook {
         Ok(fresh.into_values().collect())
     }
 
-    /// Keeps cases that were written.
-    pub(crate) fn keep(&mut self, cases: Vec<Case>) {
-        for case in cases {
-            self.open.insert(case.case_id.clone(), case);
-        }
-    }
-
     /// Opens the cases of `openings` not opened before, each with its mark, in one synced
     /// write; returns how many it opened.
     pub fn open(&mut self, store: &dyn Store, openings: Vec<CaseOpening>, now_micros: u64) -> Result<usize, ClearingError> {
@@ -280,9 +310,8 @@ impl CaseBook {
             .collect();
         let puts: Vec<(&[u8], &[u8])> = encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
         store.write(&puts).map_err(storage)?;
-        let opened = fresh.len();
-        self.keep(fresh);
-        Ok(opened)
+        self.open_count += fresh.len() as u64;
+        Ok(fresh.len())
     }
 
     /// Records how an open case was resolved, by whom and when (`now_micros`).
@@ -300,10 +329,7 @@ impl CaseBook {
         if !plain(&operator, false) || operator.chars().count() > OPERATOR_CHARS_MAX {
             return Err(ClearingError::invalid("operator must be 1 to 128 characters, not all blank, without control characters", "operator"));
         }
-        let mut case = match self.open.get(case_id) {
-            Some(case) => case.clone(),
-            None => self.get(store, case_id)?.ok_or(ClearingError::NotFound)?,
-        };
+        let mut case = self.get(store, case_id)?.ok_or(ClearingError::NotFound)?;
         if case.status == "resolved" {
             return Err(ClearingError::CaseResolved);
         }
@@ -311,10 +337,12 @@ impl CaseBook {
         case.resolution = Some(resolution);
         case.resolved_by = Some(operator);
         case.resolved_at = Some(crate::calendar::rfc3339(now_micros));
-        storage::records::put(store, &[(case_key(&case.case_id), &case)]).map_err(storage)?;
-        self.open.remove(&case.case_id);
-        // Its mark next: a stop in between leaves a mark that the next load drops.
-        CaseBook::unmark(store, &case.case_id)?;
+        // The case and the end of its mark, one write.
+        let (key, record) = (case_key(&case.case_id), serde_json::to_vec(&case).expect("cases serialize"));
+        let mark = open_key(&case.case_id);
+        let mark_end = [mark.as_slice(), &[0]].concat();
+        store.write_and_delete(&[(&key, &record)], &[(&mark, &mark_end)]).map_err(storage)?;
+        self.open_count = self.open_count.saturating_sub(1);
         Ok(case)
     }
 }
@@ -364,8 +392,8 @@ mod tests {
         let all = reloaded.page(&store, CaseFilter::All, None, PAGE_MAX).unwrap();
         let ids: Vec<(String, String)> = all.cases.into_iter().map(|c| (c.case_id, c.status)).collect();
         assert_eq!(ids, [("a".into(), "resolved".into()), ("b".into(), "open".into()), ("c".into(), "open".into())]);
-        // Memory holds the open ones; a resolved one is read back, and never opened again.
-        assert_eq!((reloaded.open_count(), reloaded.open.contains_key("a")), (2, false));
+        // Memory holds the count; a resolved one is read back, and never opened again.
+        assert_eq!(reloaded.open_count(), 2);
         assert_eq!(reloaded.get(&store, "a").unwrap().map(|c| c.status), Some("resolved".into()));
         let mut reloaded = reloaded;
         assert_eq!(reloaded.open(&store, vec![opening("a"), opening("d")], 0).unwrap(), 1, "a was opened before");
@@ -412,11 +440,44 @@ mod tests {
                 assert_eq!(seen, expected, "{filter:?} by {limit}");
             }
         }
-        // A stop between a resolution's two writes leaves its mark: the next load drops it.
+        assert_eq!((book.open_count(), CaseBook::load(&store).unwrap().open_count()), (open.len() as u64, open.len() as u64));
+        // A resolution is one write: whichever write fails, the case is open and marked, or
+        // resolved and unmarked, never resolved with its mark.
+        for (fail_after, resolved) in [(0, false), (1, true)] {
+            let store = store.snapshot();
+            let mut book = CaseBook::load(&store).unwrap();
+            store.fail_after(fail_after);
+            assert_eq!(book.resolve(&store, "c01", resolution.clone(), 0).is_ok(), resolved);
+            let store = store.snapshot();
+            let status = book.get(&store, "c01").unwrap().map(|c| c.status);
+            assert_eq!(
+                (status.as_deref(), marks(&store).contains(&"c01".to_string())),
+                if resolved { (Some("resolved"), false) } else { (Some("open"), true) }
+            );
+            assert_eq!(book.open_count(), open.len() as u64 - u64::from(resolved));
+        }
+        // A mark of a resolved case (an older binary stopped between its two writes) is passed
+        // over by pages, and dropped by the first load that checks the marks.
         let resolved = Case { status: "resolved".into(), ..book.get(&store, "c01").unwrap().unwrap() };
         storage::records::put(&store, &[(case_key("c01"), &resolved)]).unwrap();
-        let reloaded = CaseBook::load(&store).unwrap();
-        assert_eq!(reloaded.open_count(), open.len() as u64 - 1);
+        let walked = |limit| {
+            let (mut seen, mut after) = (Vec::new(), None::<String>);
+            loop {
+                let page = book.page(&store, CaseFilter::Open, after.as_deref(), limit).unwrap();
+                seen.extend(page.cases.into_iter().map(|c| c.case_id));
+                match page.next_cursor {
+                    Some(next) => after = Some(next),
+                    None => return seen,
+                }
+            }
+        };
+        let still_open: Vec<String> = open.iter().filter(|id| *id != "c01").cloned().collect();
+        for limit in [1, 2, 100] {
+            assert_eq!(walked(limit), still_open, "by {limit}");
+        }
+        assert_eq!(CaseBook::load(&store).unwrap().open_count(), open.len() as u64, "checked once, before session 55's marker");
+        store.delete_range(OPEN_MARKS_CHECKED, &[OPEN_MARKS_CHECKED, &[0]].concat()).unwrap();
+        assert_eq!(CaseBook::load(&store).unwrap().open_count(), open.len() as u64 - 1);
         assert!(!marks(&store).contains(&"c01".to_string()));
     }
 
@@ -438,7 +499,8 @@ mod tests {
         let keyed: Vec<(Vec<u8>, &Case)> = records.iter().map(|c| (case_key(&c.case_id), c)).collect();
         storage::records::put(&store, &keyed).unwrap();
         let book = CaseBook::load(&store).unwrap();
-        assert_eq!(book.open_cases().into_iter().map(|c| c.case_id).collect::<Vec<_>>(), ["x", "z"]);
+        let open = book.page(&store, CaseFilter::Open, None, PAGE_MAX).unwrap().cases;
+        assert_eq!((open.into_iter().map(|c| c.case_id).collect::<Vec<_>>(), book.open_count()), (vec!["x".to_string(), "z".to_string()], 2));
         assert_eq!(marks(&store), ["x", "z"]);
         assert_eq!(store.get(OPEN_INDEX_BUILT).unwrap().as_deref(), Some(&b"1"[..]));
         // Built once: a record written without a mark afterwards is not found as open.

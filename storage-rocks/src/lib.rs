@@ -874,15 +874,7 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
-        // Sized up front (each record: a type byte, a family id and two lengths, at most 16
-        // bytes beside its key and value; the batch's 12-byte header): a shard's journal batch
-        // is megabytes, which a growing batch copied several times over.
-        let bytes: usize = puts.iter().map(|(key, value)| key.len() + value.len() + 16).sum();
-        let mut batch = WriteBatch::with_capacity_bytes(bytes + 12);
-        for (key, value) in puts {
-            batch.put_cf(self.family(key), key, value);
-        }
-        self.write_batch(batch)
+        self.write_and_delete(puts, &[])
     }
 
     /// Rows of the rows family, strictly ascending: one table file built in the database's
@@ -942,19 +934,31 @@ impl Store for RocksStore {
         self.delete_ranges(&[(start, end)])
     }
 
-    /// One batch of range tombstones, one synced write for them all (none for no range): cheap
-    /// to write whatever the ranges hold; compaction drops the data.
-    fn delete_ranges(&self, ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
-        if ranges.is_empty() {
-            return Ok(());
+    /// The puts, then the ranges' tombstones, in one synced batch.
+    fn write_and_delete(&self, puts: &[(&[u8], &[u8])], ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        // Sized up front (each record: a type byte, a family id and two lengths, at most 16
+        // bytes beside its key and value; the batch's 12-byte header): a shard's journal batch
+        // is megabytes, which a growing batch copied several times over.
+        let bytes: usize = puts.iter().map(|(key, value)| key.len() + value.len() + 16).sum();
+        let mut batch = WriteBatch::with_capacity_bytes(bytes + 12);
+        for (key, value) in puts {
+            batch.put_cf(self.family(key), key, value);
         }
-        let mut batch = WriteBatch::default();
         for (start, end) in ranges {
             for (family, from, to) in self.ranges(start, end) {
                 batch.delete_range_cf(family, from, to);
             }
         }
         self.write_batch(batch)
+    }
+
+    /// One batch of range tombstones, one synced write for them all (none for no range): cheap
+    /// to write whatever the ranges hold; compaction drops the data.
+    fn delete_ranges(&self, ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        self.write_and_delete(&[], ranges)
     }
 
     /// Compacts the range in each family it spans: the deleted keys' tombstones and data leave

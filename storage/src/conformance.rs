@@ -53,6 +53,13 @@ pub fn check_store(store: &dyn Store) {
     store.delete_ranges(&[]).expect("no ranges");
     let left = store.get_many(&[b"d/1", b"d/2", b"d/3", b"d/4", b"d/5"]).expect("get many");
     assert_eq!(left, [None, Some(b"2".to_vec()), None, None, Some(b"5".to_vec())]);
+    // Puts and deletions in one write: the deletions come after the puts (a put inside a
+    // deleted range is gone), nothing else is touched.
+    store.write(&[(b"w/1", b"1"), (b"w/2", b"2"), (b"w/3", b"3")]).expect("write");
+    store.write_and_delete(&[(b"w/0", b"0"), (b"w/2", b"two"), (b"w/4", b"4")], &[(b"w/1", b"w/3"), (b"w/4", b"w/5")]).expect("write and delete");
+    let left = store.get_many(&[b"w/0", b"w/1", b"w/2", b"w/3", b"w/4"]).expect("get many");
+    assert_eq!(left, [Some(b"0".to_vec()), None, None, Some(b"3".to_vec()), None]);
+    store.write_and_delete(&[], &[]).expect("nothing");
     // Sorted writes read back as any write; keys that do not ascend are written all the same.
     store.write_sorted(&[(b"s/1", b"1"), (b"s/2", b"2")]).expect("sorted write");
     store.write_sorted(&[(b"s/4", b"4"), (b"s/3", b"3")]).expect("unsorted write");

@@ -55,6 +55,15 @@ pub trait Store: Send + Sync + 'static {
         ranges.iter().try_for_each(|(start, end)| self.delete_range(start, end))
     }
 
+    /// Writes `puts` and deletes every key in each of `ranges`, durably. A store that can
+    /// (RocksDB, `MemoryStore`) does both as one atomic synced write (the deletions after the
+    /// puts: a put inside a deleted range is deleted); this default writes, then deletes (a
+    /// crash may leave the deletions undone).
+    fn write_and_delete(&self, puts: &[(&[u8], &[u8])], ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        self.write(puts)?;
+        self.delete_ranges(ranges)
+    }
+
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 

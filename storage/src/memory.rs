@@ -53,12 +53,7 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
-        self.count_write()?;
-        let mut map = self.map.lock().expect("memory store lock");
-        for (key, value) in puts {
-            map.insert(key.to_vec(), value.to_vec());
-        }
-        Ok(())
+        self.write_and_delete(puts, &[])
     }
 
     fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StorageError> {
@@ -66,13 +61,20 @@ impl Store for MemoryStore {
     }
 
     fn delete_ranges(&self, ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
-        // One write, as RocksDB's one batch: all of them or (a failure injected) none; no write
-        // for no range.
+        // One write, as RocksDB's one batch; no write for no range.
         if ranges.is_empty() {
             return Ok(());
         }
+        self.write_and_delete(&[], ranges)
+    }
+
+    fn write_and_delete(&self, puts: &[(&[u8], &[u8])], ranges: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
+        // One write, as RocksDB's one batch: all of it or (a failure injected) none.
         self.count_write()?;
         let mut map = self.map.lock().expect("memory store lock");
+        for (key, value) in puts {
+            map.insert(key.to_vec(), value.to_vec());
+        }
         for (start, end) in ranges {
             let doomed: Vec<Vec<u8>> = map.range(start.to_vec()..end.to_vec()).map(|(key, _)| key.clone()).collect();
             for key in doomed {

@@ -57,6 +57,9 @@ fn metric(label: &str, value: String, path: &str) -> Markup {
     html! { a.metric href=(path) { div.label { (label) } div.value { (value) } } }
 }
 
+/// Open cases the dashboard's chart reads at most (one page, by id).
+const CASES_CHARTED: usize = 1000;
+
 async fn home(
     session: Session,
     portal: PortalData,
@@ -70,15 +73,18 @@ async fn home(
     let shards: Vec<_> = (0..engine.config().shard_count).filter_map(|s| crate::admin::shard_view(&engine, s)).collect();
     let stopped = shards.iter().filter(|s| s.stopped).count();
     let accounts: u64 = shards.iter().map(|s| s.accounts).sum();
-    let cases = clearing.open_case_list().await.map_err(crate::error::ApiError::from)?;
-    let open_cases = cases.len();
+    // The count of every open case; the chart of the first page of them (by id), read from the
+    // store: open cases are not held in memory.
+    let open_cases = clearing.figures().await.map_err(crate::error::ApiError::from)?.cases_open;
+    let first = clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, CASES_CHARTED).await.map_err(crate::error::ApiError::from)?;
     let mut reasons: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
-    for case in &cases {
+    for case in &first.cases {
         *reasons.entry(case.reason.as_str()).or_default() += 1;
     }
     let reasons: Vec<(String, i64)> = reasons.into_iter().map(|(reason, count)| (reason.replace('_', " "), count)).collect();
-    let cases_chart =
-        crate::charts::horizontal_bars(&crate::charts::Frame { id: "chart-cases", title: "Open cases by reason", unit: crate::charts::Unit::Count }, &reasons);
+    let title =
+        if first.next_cursor.is_some() { format!("Open cases by reason (the first {CASES_CHARTED} by id)") } else { "Open cases by reason".to_string() };
+    let cases_chart = crate::charts::horizontal_bars(&crate::charts::Frame { id: "chart-cases", title: &title, unit: crate::charts::Unit::Count }, &reasons);
     let pending = portal.approvals.list(&session.scope(), Some(super::approvals::Status::Pending), 1000)?.len();
     let checked = engine.get_ref().clone();
     let invariants = blocking(move || engine::invariants::check_engine(&checked)).await?.map(|r| r.ok);
