@@ -236,6 +236,7 @@ fn a_micro_deposit_the_bank_never_paid_is_asked_again_at_start_and_booked_once()
     // Back with the bank: the deposit is asked for again, booked once, and the card verifies.
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     assert!(server.lines.iter().any(|l| l.contains("1 card verification deposits were asked of the bank again")), "{:?}", server.lines);
+    let (p_platform, p_secret) = (platform.clone(), secret.clone());
     let p = Client { server: &server, platform, secret };
     let deposit = micro_deposit(&server, "4111111111111111");
     let card_id = card["card_id"].as_str().unwrap();
@@ -243,12 +244,35 @@ fn a_micro_deposit_the_bank_never_paid_is_asked_again_at_start_and_booked_once()
     assert_eq!((status, verified["status"].as_str()), (200, Some("verified")), "{verified}");
     let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
     assert_eq!((reserve["ok"].as_bool(), reserve["fees"].as_str()), (Some(true), Some(format!("-{deposit}").as_str())), "booked once: {reserve}");
+    // A second card whose deposit the bank pays and the member never verifies.
+    let (status, _, second) = p.post(&format!("/v1/accounts/{a}/cards"), &json!({"out_order_no": "card-2", "card_no": "5555555555554444", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}));
+    assert_eq!(status, 201, "{second}");
+    let second_deposit = micro_deposit(&server, "5555555555554444");
+    drop(p);
     server.stop();
-    // A third start asks nothing again.
+    // A third start asks nothing again, and no longer keeps the paid card among those waiting
+    // for their deposit (later starts do not read it); the card still verifies.
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     assert!(!server.lines.iter().any(|l| l.contains("verification deposits were asked")), "{:?}", server.lines);
     let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
     assert_eq!(reserve["ok"], true, "{reserve}");
+    server.stop();
+    {
+        let store = storage_rocks::RocksStore::open(dir.path()).expect("the server's database");
+        let mut waiting = 0;
+        storage::Store::scan(&store, b"cp/", b"cp0", &mut |_, _| {
+            waiting += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(waiting, 0, "no card is waiting for a deposit");
+    }
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client { server: &server, platform: p_platform, secret: p_secret };
+    let second_id = second["card_id"].as_str().unwrap();
+    let (status, _, verified) = p.post(&format!("/v1/accounts/{a}/cards/{second_id}/verify"), &json!({"amount": second_deposit}));
+    assert_eq!((status, verified["status"].as_str()), (200, Some("verified")), "{verified}");
+    drop(p);
     server.stop();
 }
 

@@ -71,7 +71,7 @@ impl Card {
 ///
 /// Keys: `c/{id}` the card (JSON, decimal id), `cg/{platform}/{out_order_no}` the card an order
 /// number bound (its id), `ca/{account}{id}` an account's cards in id order (the bind time, for
-/// the day's count), `cp/{id}` a card waiting for verification (for `resume_deposits`),
+/// the day's count), `cp/{id}` a card waiting for its deposit (for `resume_deposits`),
 /// `cn/highest` the highest id. A bind writes all five in one synced batch.
 pub struct Cards {
     store: Arc<dyn Store>,
@@ -312,11 +312,16 @@ impl Cards {
     /// statement): each is booked (idempotent, by the number `card-{id}`) and handed to the bank
     /// again. Run at start: it closes the window between saving a card, booking its deposit and
     /// asking the bank (a crash in between left the card waiting for nothing). Reads the cards
-    /// marked waiting (`cp/`), not every card. Returns how many.
+    /// marked waiting (`cp/`), not every card; a card whose deposit the bank paid loses its
+    /// mark here, so the marks hold only cards bound since the last start or still unpaid.
+    /// Returns how many were asked again.
     pub fn resume_deposits(&self, engine: &Engine, simulator: &Simulator, bank: &dyn bank::BankChannel) -> Result<usize, String> {
         let mut resumed = 0;
         for card in self.waiting()? {
             if simulator.card_transactions(&card.card_no)?.iter().any(|t| t.remark == DEPOSIT_REMARK) {
+                // Paid: nothing to resume for this card any more, whether or not the member
+                // ever verifies it, so no later start reads it.
+                self.unmark(card.id).map_err(|e| e.to_string())?;
                 continue;
             }
             let account = AccountId(card.account);
