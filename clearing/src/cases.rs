@@ -75,8 +75,9 @@ pub struct Resolution {
 }
 
 /// The cases, in the store; memory holds how many are open (counted from their marks at start,
-/// kept by every opening and resolution after their write).
-#[derive(Debug, Default)]
+/// kept by every opening and resolution after their write, by the marks each writes or drops).
+/// Made by `load` only: a count must start from the store's marks.
+#[derive(Debug)]
 pub struct CaseBook {
     open_count: u64,
 }
@@ -309,8 +310,11 @@ impl CaseBook {
             .flat_map(|case| [(case_key(&case.case_id), serde_json::to_vec(case).expect("cases serialize")), (open_key(&case.case_id), Vec::new())])
             .collect();
         let puts: Vec<(&[u8], &[u8])> = encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        // A mark already there (with no case: not written by this code) was counted at start.
+        let marks: Vec<&[u8]> = puts.iter().skip(1).step_by(2).map(|(key, _)| *key).collect();
+        let unmarked = store.get_many(&marks).map_err(storage)?.iter().filter(|mark| mark.is_none()).count();
         store.write(&puts).map_err(storage)?;
-        self.open_count += fresh.len() as u64;
+        self.open_count += unmarked as u64;
         Ok(fresh.len())
     }
 
@@ -330,7 +334,16 @@ impl CaseBook {
             return Err(ClearingError::invalid("operator must be 1 to 128 characters, not all blank, without control characters", "operator"));
         }
         let mut case = self.get(store, case_id)?.ok_or(ClearingError::NotFound)?;
+        let mark = open_key(&case.case_id);
+        let mark_end = [mark.as_slice(), &[0]].concat();
+        let marked = store.get(&mark).map_err(storage)?.is_some();
         if case.status == "resolved" {
+            if marked {
+                // A mark left beside a resolved case (by a store whose `write_and_delete` is
+                // not one write, or an older binary): dropped, and no longer counted.
+                store.delete_range(&mark, &mark_end).map_err(storage)?;
+                self.open_count = self.open_count.saturating_sub(1);
+            }
             return Err(ClearingError::CaseResolved);
         }
         case.status = "resolved".into();
@@ -339,10 +352,10 @@ impl CaseBook {
         case.resolved_at = Some(crate::calendar::rfc3339(now_micros));
         // The case and the end of its mark, one write.
         let (key, record) = (case_key(&case.case_id), serde_json::to_vec(&case).expect("cases serialize"));
-        let mark = open_key(&case.case_id);
-        let mark_end = [mark.as_slice(), &[0]].concat();
         store.write_and_delete(&[(&key, &record)], &[(&mark, &mark_end)]).map_err(storage)?;
-        self.open_count = self.open_count.saturating_sub(1);
+        if marked {
+            self.open_count = self.open_count.saturating_sub(1);
+        }
         Ok(case)
     }
 }
@@ -441,8 +454,9 @@ mod tests {
             }
         }
         assert_eq!((book.open_count(), CaseBook::load(&store).unwrap().open_count()), (open.len() as u64, open.len() as u64));
-        // A resolution is one write: whichever write fails, the case is open and marked, or
-        // resolved and unmarked, never resolved with its mark.
+        // A resolution is one write: the case is open and marked (its write failed), or
+        // resolved and unmarked (its write, the store's one write left, went through), never
+        // resolved with its mark (two writes would leave that with the second failing).
         for (fail_after, resolved) in [(0, false), (1, true)] {
             let store = store.snapshot();
             let mut book = CaseBook::load(&store).unwrap();
@@ -476,6 +490,26 @@ mod tests {
             assert_eq!(walked(limit), still_open, "by {limit}");
         }
         assert_eq!(CaseBook::load(&store).unwrap().open_count(), open.len() as u64, "checked once, before session 55's marker");
+        // Resolving it again answers that it is resolved, and drops the mark and its count.
+        {
+            let store = store.snapshot();
+            let mut book = CaseBook::load(&store).unwrap();
+            assert!(matches!(book.resolve(&store, "c01", resolution.clone(), 0), Err(ClearingError::CaseResolved)));
+            assert_eq!((book.open_count(), marks(&store).contains(&"c01".to_string())), (open.len() as u64 - 1, false));
+            assert_eq!(CaseBook::load(&store).unwrap().open_count(), open.len() as u64 - 1);
+        }
+        // A mark with no case (not written by this code) is counted once, not again when a
+        // case with its id is opened; its resolution counts it out once.
+        {
+            let store = store.snapshot();
+            store.write(&[(&open_key("c99")[..], &b""[..])]).unwrap();
+            let mut book = CaseBook::load(&store).unwrap();
+            assert_eq!(book.open_count(), open.len() as u64 + 1);
+            assert_eq!(book.open(&store, vec![opening("c99")], 0).unwrap(), 1);
+            assert_eq!(book.open_count(), open.len() as u64 + 1);
+            book.resolve(&store, "c99", resolution.clone(), 0).unwrap();
+            assert_eq!((book.open_count(), CaseBook::load(&store).unwrap().open_count()), (open.len() as u64, open.len() as u64));
+        }
         store.delete_range(OPEN_MARKS_CHECKED, &[OPEN_MARKS_CHECKED, &[0]].concat()).unwrap();
         assert_eq!(CaseBook::load(&store).unwrap().open_count(), open.len() as u64 - 1);
         assert!(!marks(&store).contains(&"c01".to_string()));

@@ -127,7 +127,7 @@ fn a_statement_file_comes_out_in_every_class() {
     for (bank_ref, order, amount, status, fee, _) in lines {
         file.push_str(&format!("{bank_ref},{order},out,{amount},{status},{fee}\n"));
     }
-    let mut book = CaseBook::default();
+    let mut book = CaseBook::load(w.store.as_ref()).unwrap();
     let report = w.reconcile(&mut book, 1, day, &file).unwrap();
     // Findings name the statement line, but for our orders (auto-resolved ones included).
     let key = |line: &(&str, &str, &str, &str, &str, &str)| if line.5 == "auto_resolved" { line.1.to_string() } else { line.0.to_string() };
@@ -213,7 +213,7 @@ fn a_day_is_read_whole_in_slices_and_lines_may_name_orders_of_earlier_days() {
     for (n, order) in ids.iter().enumerate().filter(|(_, id)| !unlisted.contains(id)) {
         file.push_str(&format!("L{n},{},out,0.01,succeeded,0.00\n", bank::order_ref(*order)));
     }
-    let mut book = CaseBook::default();
+    let mut book = CaseBook::load(w.store.as_ref()).unwrap();
     let report = w.reconcile(&mut book, 1, day, &file).unwrap();
     assert_eq!(report["counts"], json!({"matched": count - 5, "missing_theirs": 5}));
     let expected: BTreeMap<String, String> = unlisted.iter().map(|id| (bank::order_ref(**id), "missing_theirs".to_string())).collect();
@@ -239,7 +239,7 @@ fn carries_that_end_are_deleted() {
     // ours: carried again, not deleted with the nulls.
     w.store.write(&[(carry("AGAIN").as_slice(), b"null".as_slice())]).unwrap();
     w.store.write(&[(carry("KEPT").as_slice(), json!({"line": {"bank_ref": "KEPT", "order_id": "ord_999999", "direction": "out", "amount": "1.00", "status": "succeeded"}, "first_day": day, "declared": true}).to_string().as_bytes())]).unwrap();
-    let mut book = CaseBook::default();
+    let mut book = CaseBook::load(w.store.as_ref()).unwrap();
     let report = w.reconcile(&mut book, 1, day, &format!("{HEADER}AGAIN,ord_999998,out,3.00,succeeded,0.00\n")).unwrap();
     assert_eq!(report["counts"], json!({"matched": 1, "carried": 1}), "the carried line matched its order: {report}");
     let mut left = Vec::new();
@@ -261,7 +261,7 @@ fn money_in_is_checked_against_the_channel_tariff() {
     let file = format!(
         "{HEADER}I1,{paid},in,100.00,succeeded,0.50\nI2,{dear},in,200.00,succeeded,0.60\nI3,{failed},in,30.00,failed,0.00\nI4,{pending},in,40.00,failed,0.00\n"
     );
-    let mut book = CaseBook::default();
+    let mut book = CaseBook::load(w.store.as_ref()).unwrap();
     let report = w.reconcile(&mut book, 3, day, &file).unwrap();
     assert_eq!(report["counts"], json!({"matched": 2, "fee_mismatch": 1, "auto_resolved": 1}), "{report}");
     assert_eq!(classes(&report), BTreeMap::from([("I2".to_string(), "fee_mismatch".to_string()), (pending.clone(), "auto_resolved".to_string())]));
@@ -271,7 +271,7 @@ fn money_in_is_checked_against_the_channel_tariff() {
 #[test]
 fn files_that_are_not_statements_are_refused() {
     let w = World::new();
-    let mut book = CaseBook::default();
+    let mut book = CaseBook::load(w.store.as_ref()).unwrap();
     for bad in [
         "h\nB1,ord_3,out,10.00",
         "bank_ref,order_id,direction,amount,status\nB1,ord_3,sideways,10.00,succeeded",

@@ -168,8 +168,16 @@ impl Cards {
     /// Binds `card` (its id is given here) unless its order number names a card already or its
     /// account bound its day's number of cards (business days at `utc_offset_seconds`); durable
     /// before it is visible. Blocking: the count, the id and the save are one step.
-    fn bind_new(&self, mut card: Card, now: i64, utc_offset_seconds: i32) -> Result<Result<Card, BindRefusal>, ApiError> {
+    #[cfg(test)]
+    fn bind_new(&self, card: Card, now: i64, utc_offset_seconds: i32) -> Result<Result<Card, BindRefusal>, ApiError> {
+        self.bind_new_at(card, || now, utc_offset_seconds)
+    }
+
+    /// `bind_new` at the time `clock` tells once the cards lock is held: binds take their times
+    /// in the order of their ids (the day's count walks ids newest first).
+    fn bind_new_at(&self, mut card: Card, clock: impl FnOnce() -> i64, utc_offset_seconds: i32) -> Result<Result<Card, BindRefusal>, ApiError> {
         let _changing = self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = clock();
         let day = |at: i64| at.saturating_add(utc_offset_seconds as i64).div_euclid(86_400);
         let order = order_key(card.platform, &card.out_order_no);
         if let Some(existing) = self.card_of_order(&order)? {
@@ -208,12 +216,11 @@ impl Cards {
 
     /// How many cards `account` bound on business day `today` (`day` of a bind time): its
     /// `ca/` rows walked newest first (ids grow with time), one backwards seek and one read a
-    /// card, stopping at the first card bound on an earlier day or once the day's limit is
+    /// card, stopping at the first card bound on an earlier day or without a bind time (bound
+    /// before bind times were kept, as every card before it was), or once the day's limit is
     /// reached. So a bind reads at most the day's limit and one more of the account's cards,
-    /// however many it bound over the years. A card without a bind time (written before bind
-    /// times were kept) is passed over, and so is one bound on a later day than `today` (the
-    /// clock was set back since); a card of today behind one bound "yesterday" (the clock set
-    /// back across midnight and forward again) is not counted.
+    /// however many it bound over the years. A card bound on a later day than `today` (the
+    /// clock was set back since) counts as today's: the limit errs on the side of refusing.
     fn bound_on(&self, account: u64, today: i64, day: &impl Fn(i64) -> i64) -> Result<usize, ApiError> {
         let start = account_key(account, 0);
         let mut end = account_key(account, u64::MAX).to_vec();
@@ -229,13 +236,12 @@ impl Cards {
             let at = <[u8; 8]>::try_from(at.as_slice())
                 .map(i64::from_be_bytes)
                 .map_err(|_| ApiError::corrupt(&format!("a bind time of account {account}'s cards")))?;
-            match day(at).cmp(&today) {
-                _ if at == 0 => {}
-                std::cmp::Ordering::Less => break,
-                std::cmp::Ordering::Equal => bound += 1,
-                // Bound "later" than now: the clock was set back since. Passed over.
-                std::cmp::Ordering::Greater => {}
+            // No bind time: bound before bind times were kept, as is every card before it.
+            if at == 0 || day(at) < today {
+                break;
             }
+            // Today's, or "later" (the clock was set back since): counted as today's.
+            bound += 1;
             end = key;
         }
         Ok(bound)
@@ -511,7 +517,7 @@ pub async fn bind_card(
         bound_at: 0,
     };
     let (binding, offset) = (cards.clone(), engine.config().utc_offset_seconds);
-    let card = match blocking(move || binding.bind_new(card, unix_seconds(), offset)).await?? {
+    let card = match blocking(move || binding.bind_new_at(card, unix_seconds, offset)).await?? {
         Ok(card) => card,
         Err(BindRefusal::Exists(card)) => return replay_bind(card, &content),
         Err(BindRefusal::Limit { retry_after_seconds }) => {
@@ -730,41 +736,50 @@ mod tests {
         fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
             self.inner.scan(start, end, visit)
         }
+        fn last_key_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
+            self.inner.last_key_in(start, end)
+        }
         fn is_poisoned(&self) -> bool {
             false
         }
     }
 
     /// The day's count reads the account's newest cards only: after years of binds (here 300
-    /// cards over 100 days, and cards without a bind time among them) a bind reads the day's
-    /// limit and one more, and counts exactly the day's binds (cards bound "tomorrow", by a
-    /// clock set back since, are passed over).
+    /// cards over 100 days, after two bound before bind times were kept) a bind reads at most
+    /// the day's limit and one more, and counts exactly the day's binds (a card bound
+    /// "tomorrow", by a clock set back since, counts as today's).
     #[test]
     fn a_binds_day_count_reads_only_the_accounts_newest_cards() {
         let store = Arc::new(CountingStore { inner: storage::MemoryStore::new(), gets: AtomicU64::new(0) });
         let cards = Cards::load(store.clone(), 3).unwrap();
         let today = 1_800_000_000 / 86_400 * 86_400;
+        let day = |at: i64| at.div_euclid(86_400);
+        // Two cards of each account from before bind times were kept.
+        for account in [7, 8] {
+            let untimed: Vec<Card> = (0..2).map(|n| cards.bind_new(card(account, 1000 + n), today - 86_400 * 300, 0).unwrap().ok().unwrap()).collect();
+            let rows: Vec<([u8; 19], [u8; 8])> = untimed.iter().map(|c| (account_key(account, c.id), 0i64.to_be_bytes())).collect();
+            store.write(&rows.iter().map(|(k, v)| (&k[..], &v[..])).collect::<Vec<_>>()).unwrap();
+        }
         for n in 0..300u32 {
             let at = today - 100 * 86_400 + i64::from(n / 3) * 86_400 + i64::from(n % 3);
             cards.bind_new(card(7, n), at, 0).unwrap().ok().expect("three a day");
         }
-        // Cards of old data without a bind time, one bound "tomorrow".
-        let untimed: Vec<Card> = (0..2).map(|n| cards.bind_new(card(7, 1000 + n), today - 86_400 * 300, 0).unwrap().ok().unwrap()).collect();
-        let rows: Vec<([u8; 19], [u8; 8])> = untimed.iter().map(|c| (account_key(7, c.id), 0i64.to_be_bytes())).collect();
-        store.write(&rows.iter().map(|(k, v)| (&k[..], &v[..])).collect::<Vec<_>>()).unwrap();
-        cards.bind_new(card(7, 2000), today + 86_400 + 5, 0).unwrap().ok().unwrap();
-        let day = |at: i64| at.div_euclid(86_400);
-        for (bound, expected_gets) in [(0usize, 4u64), (1, 5), (2, 6)] {
+        let counted = |account| {
             store.gets.store(0, Ordering::Relaxed);
-            assert_eq!(cards.bound_on(7, day(today), &day).unwrap(), bound);
-            // The "tomorrow" card, the two untimed ones, today's, then one of an earlier day.
-            assert_eq!(store.gets.load(Ordering::Relaxed), expected_gets, "{bound} bound today");
-            cards.bind_new(card(7, 3000 + bound as u32), today + 60, 0).unwrap().ok().expect("within the day's limit");
-        }
+            let bound = cards.bound_on(account, day(today), &day).unwrap();
+            (bound, store.gets.load(Ordering::Relaxed))
+        };
+        assert_eq!(counted(7), (0, 1), "yesterday's newest card ends the walk");
+        assert_eq!(counted(8), (0, 1), "a card without a bind time ends the walk");
+        cards.bind_new(card(7, 2000), today + 86_400 + 5, 0).unwrap().ok().unwrap();
+        assert_eq!(counted(7), (1, 2), "a card of 'tomorrow' counts as today's");
+        cards.bind_new(card(7, 3000), today + 60, 0).unwrap().ok().expect("within the day's limit");
+        assert_eq!(counted(7), (2, 3));
+        cards.bind_new(card(7, 3001), today + 61, 0).unwrap().ok().expect("within the day's limit");
+        assert_eq!(counted(7), (3, 3), "the limit reached: no more read");
         store.gets.store(0, Ordering::Relaxed);
         assert!(matches!(cards.bind_new(card(7, 4000), today + 120, 0).unwrap(), Err(BindRefusal::Limit { .. })));
-        assert_eq!(store.gets.load(Ordering::Relaxed), 4, "the order number's key and today's three cards");
-        assert_eq!(cards.bound_on(8, day(today), &day).unwrap(), 0, "another account's");
+        assert_eq!(store.gets.load(Ordering::Relaxed), 4, "the order number's key and three cards");
     }
 
     /// A card that leaves `pending_verification` loses its mark; a mark a stop left behind is

@@ -78,7 +78,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("healthz", "check_health", Public, "Liveness", "Answers while the process serves HTTP.", []),
     op!("readyz", "check_readiness", Public, "Readiness", "Ready while every shard runs; 503 naming each stopped shard and why once one has stopped.", []),
     op!("scrape", "scrape_metrics", Operator, "Prometheus metrics", "The server's metrics in the Prometheus text format.", []),
-    op!("list_notifications", "list_notifications", Platform, "List a member's notifications", "What was sent to the member (large withdrawals, card binds, ...), newest first.", []),
+    op!("list_notifications", "list_notifications", Platform, "List a member's notifications", "What was sent to the member (alerts of withdrawals over 50,000.00), newest first, paged with limit and cursor ({notifications, next_cursor}).", []),
     op!("offline_transfers", "import_offline_transfers", Operator, "Import offline transfers", "The bank statement's credit lines into virtual accounts, one result each: credited, or parked in suspense with a case.", ["invalid_amount", "idempotency_conflict"]),
     op!("list_cases", "list_cases", Operator, "List cases", "Money in suspense and reconciliation differences waiting for, or resolved by, an operator, by case id: filtered by status, paged with limit and cursor ({cases, next_cursor}).", []),
     op!("resolve_case", "resolve_case", Operator, "Resolve a suspense case", "Records how a case was resolved, by whom and when.", ["order_state_invalid"]),

@@ -72,18 +72,15 @@ impl Notifications {
     /// `before` (all for `None`), and the number to give as `before` for the next page (`None`
     /// at the oldest). Sequence numbers run from 0 without a gap (`send`), so a page is one
     /// backwards seek for the newest and one `get_many` of its keys, whatever the member's
-    /// history holds (blocking).
+    /// history holds (blocking). A `before` past the newest (a made-up cursor) starts at the
+    /// newest, so every walk ends.
     pub fn page(&self, member: u64, before: Option<u64>, limit: usize) -> Result<(Vec<Notification>, Option<u64>), ApiError> {
-        let upto = match before {
-            Some(before) => before,
-            None => {
-                let (start, end) = member_range(member);
-                match self.store.last_key_in(&start, &end).map_err(ApiError::store)? {
-                    None => return Ok((Vec::new(), None)),
-                    Some(key) => sequence_of(&key[start.len()..])?.checked_add(1).ok_or_else(|| ApiError::corrupt("a stored notification key"))?,
-                }
-            }
+        let (start, end) = member_range(member);
+        let newest = match self.store.last_key_in(&start, &end).map_err(ApiError::store)? {
+            None => return Ok((Vec::new(), None)),
+            Some(key) => sequence_of(&key[start.len()..])?,
         };
+        let upto = before.unwrap_or(u64::MAX).min(newest.saturating_add(1));
         let from = upto.saturating_sub(limit as u64);
         let keys: Vec<Vec<u8>> = (from..upto).rev().map(|sequence| notification_key(member, sequence)).collect();
         let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
@@ -213,8 +210,9 @@ mod tests {
             assert_eq!(seen, ["6", "5", "4", "3", "2", "1", "0"], "limit {limit}");
             assert_eq!(pages, 7usize.div_ceil(limit), "limit {limit}");
         }
-        let (page, next) = notifications.page(3, Some(9), 3).unwrap();
-        assert_eq!((page.iter().map(|n| n.text.as_str()).collect::<Vec<_>>(), next), (vec!["6"], Some(6)));
+        // A cursor past the newest starts at the newest: a walk from any cursor ends.
+        let (page, next) = notifications.page(3, Some(u64::MAX), 3).unwrap();
+        assert_eq!((page.iter().map(|n| n.text.as_str()).collect::<Vec<_>>(), next), (vec!["6", "5", "4"], Some(4)));
         assert_eq!(notifications.page(4, None, 50).unwrap(), (Vec::new(), None), "no notifications");
         assert!(parse_cursor("0").is_err() && parse_cursor("007").is_err() && parse_cursor("-1").is_err() && parse_cursor("99999999999999999999").is_err());
         assert_eq!(parse_cursor("18446744073709551615").unwrap(), u64::MAX);
