@@ -309,5 +309,35 @@ fn a_merchant_signs_an_agreement_with_the_hash_of_the_text_shown() {
     let kyc = ops.get("/portal/merchant/kyc");
     assert!(kyc.body.contains("Nothing to sign.") && kyc.body.contains(signature["signature_id"].as_str().unwrap()), "{}", kyc.body);
     assert!(ops.get("/portal/audit").body.contains("merchant.agreement_sign"));
+
+    // Many large agreements: the KYC page shows the first five texts whole and lists the
+    // others, each signed on a page of its own with the hash of the text that page shows.
+    let large = |n: u32| format!("Agreement {n}: {}", "clause ".repeat(8_000));
+    for n in 0..8u32 {
+        let published = p.post(
+            "/v1/agreement-templates",
+            &json!({"out_order_no": format!("big-{n}"), "code": format!("a{n}"), "title": format!("Annex {n}"), "text": large(n)}),
+        );
+        assert_eq!(published.0, 201, "{}", published.2);
+    }
+    let kyc = ops.get("/portal/merchant/kyc");
+    assert_eq!(kyc.body.matches("<pre class=\"agreement-text\">").count(), 5, "five texts whole");
+    assert!(kyc.body.contains("3 more to sign") && kyc.body.contains("href=\"/portal/merchant/agreements/a7\""), "{}", &kyc.body[..2000.min(kyc.body.len())]);
+    assert!(kyc.body.len() < 5 * 60_000, "{} bytes", kyc.body.len());
+    let own = ops.get("/portal/merchant/agreements/a7");
+    assert!(own.body.contains(&large(7)[..40]) && own.body.contains("Sign version 1"), "{}", &own.body[..2000.min(own.body.len())]);
+    let shown = field(&own, "sha256");
+    assert_eq!(shown, hex::encode(sha2::Sha256::digest(large(7).as_bytes())));
+    let signed = ops.post("/portal/merchant/agreements/sign", &[("csrf", &own.csrf()), ("code", "a7"), ("version", "1"), ("sha256", &shown)]);
+    assert_eq!((signed.status, signed.location.as_deref()), (303, Some("/portal/merchant/kyc")), "{}", signed.body);
+    let own = ops.get("/portal/merchant/agreements/a7");
+    assert!(own.body.contains("signed") && !own.body.contains("Sign version 1"));
+    assert!(ops.get("/portal/merchant/kyc").body.contains("2 more to sign"));
+    assert_eq!(ops.get("/portal/merchant/agreements/nope").status, 404);
+    // Another platform's agreement is not found from this merchant's portal.
+    let other = Client::create(&server, TOKEN, r#"{"name": "Other"}"#);
+    let published = other.post("/v1/agreement-templates", &json!({"out_order_no": "o-1", "code": "theirs", "title": "Theirs", "text": "Not yours."}));
+    assert_eq!(published.0, 201, "{}", published.2);
+    assert_eq!(ops.get("/portal/merchant/agreements/theirs").status, 404);
     server.stop();
 }

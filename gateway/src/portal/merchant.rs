@@ -265,9 +265,36 @@ async fn home(
     Ok(page(&session, "Dashboard", "/portal/merchant", body))
 }
 
+/// Agreements to sign that the KYC page shows with their whole text; the others are listed
+/// with their excerpt and a link to a page of their own (`agreement_page`). A platform may
+/// publish up to 1,000 codes of 64 K characters each: every text on one page would be up to
+/// 256 MB built for one request.
+const KYC_TEXTS_SHOWN: usize = 5;
+
+/// An agreement to sign: its title, its whole text and (for an operator) the form that signs
+/// that version with the SHA-256 of the text shown.
+fn agreement_to_sign(session: &Session, t: &Template) -> Markup {
+    html! {
+        article.agreement data-code=(t.code) {
+            h3 { (t.title) " (" (t.code) ", version " (t.version) ")" }
+            pre.agreement-text { (t.text) }
+            @if session.has(Role::Operator) {
+                form.sign method="post" action="/portal/merchant/agreements/sign" {
+                    (csrf_field(session))
+                    input type="hidden" name="code" value=(t.code);
+                    input type="hidden" name="version" value=(t.version);
+                    input type="hidden" name="sha256" value=(crate::agreements::text_hash(&t.text));
+                    button type="submit" { "Sign version " (t.version) }
+                }
+            }
+        }
+    }
+}
+
 /// `GET /portal/merchant/kyc`: the member's record as the platform registered it (masked), the
-/// agreements to sign (the latest version of each code the member has not signed, its text
-/// shown) and the versions signed.
+/// agreements to sign (the latest version of each code the member has not signed: the first
+/// `KYC_TEXTS_SHOWN` by code with their text, the others by excerpt and link) and the versions
+/// signed.
 async fn kyc(
     session: Session,
     engine: web::Data<Arc<Engine>>,
@@ -282,8 +309,10 @@ async fn kyc(
     for template in agreements.templates(m.platform.id) {
         latest.insert(template.code.clone(), template);
     }
-    let to_sign: Vec<Template> = latest.into_values().filter(|t| !signed.iter().any(|s| s.code == t.code && s.version == t.version)).collect();
-    let to_sign = agreements.with_texts(to_sign)?;
+    let mut to_sign: Vec<Template> = latest.into_values().filter(|t| !signed.iter().any(|s| s.code == t.code && s.version == t.version)).collect();
+    let listed = to_sign.split_off(to_sign.len().min(KYC_TEXTS_SHOWN));
+    let reading = agreements.get_ref().clone();
+    let to_sign = crate::error::blocking(move || reading.with_texts(to_sign)).await??;
     let body = html! {
         section.card {
             dl.facts {
@@ -297,17 +326,14 @@ async fn kyc(
         }
         section.card.agreements {
             h2 { "Agreements to sign" }
-            @for t in &to_sign {
-                article.agreement data-code=(t.code) {
-                    h3 { (t.title) " (" (t.code) ", version " (t.version) ")" }
-                    pre.agreement-text { (t.text) }
-                    @if session.has(Role::Operator) {
-                        form.sign method="post" action="/portal/merchant/agreements/sign" {
-                            (csrf_field(&session))
-                            input type="hidden" name="code" value=(t.code);
-                            input type="hidden" name="version" value=(t.version);
-                            input type="hidden" name="sha256" value=(crate::agreements::text_hash(&t.text));
-                            button type="submit" { "Sign version " (t.version) }
+            @for t in &to_sign { (agreement_to_sign(&session, t)) }
+            @if !listed.is_empty() {
+                p { (listed.len()) " more to sign, each on a page of its own:" }
+                ul.more-agreements {
+                    @for t in &listed {
+                        li data-code=(t.code) {
+                            a href=(format!("/portal/merchant/agreements/{}", t.code)) { (t.title) " (" (t.code) ", version " (t.version) ")" }
+                            span.muted { " " (t.excerpt) }
                         }
                     }
                 }
@@ -323,6 +349,42 @@ async fn kyc(
                     @if signed.is_empty() { tr { td colspan="7" { "No agreement signed yet." } } }
                 }
             }
+        }
+    };
+    Ok(page(&session, "KYC", "/portal/merchant/kyc", body))
+}
+
+/// `GET /portal/merchant/agreements/{code}`: the latest version of one of the platform's
+/// agreements, its whole text, and (for an operator, unless the member signed that version)
+/// the form that signs it.
+async fn agreement_page(
+    session: Session,
+    path: web::Path<String>,
+    engine: web::Data<Arc<Engine>>,
+    platforms: web::Data<Arc<Platforms>>,
+    agreements: web::Data<Arc<Agreements>>,
+) -> Result<HttpResponse, PortalError> {
+    let m = merchant(&session, &platforms, &engine).await?;
+    let latest = agreements.templates(m.platform.id).into_iter().filter(|t| t.code == *path).max_by_key(|t| t.version).ok_or(PortalError::NotFound)?;
+    let reading = agreements.get_ref().clone();
+    let member = m.member;
+    let (template, signed) = crate::error::blocking(move || -> Result<(Template, bool), ApiError> {
+        let signed = reading.signatures_of(latest.platform, member)?.iter().any(|s| s.code == latest.code && s.version == latest.version);
+        Ok((reading.with_text(latest)?, signed))
+    })
+    .await??;
+    let body = html! {
+        section.card.agreements {
+            @if signed {
+                article.agreement data-code=(template.code) {
+                    h3 { (template.title) " (" (template.code) ", version " (template.version) ")" }
+                    p { span.badge.ok { "signed" } }
+                    pre.agreement-text { (template.text) }
+                }
+            } @else {
+                (agreement_to_sign(&session, &template))
+            }
+            p { a href="/portal/merchant/kyc" { "Back to KYC" } }
         }
     };
     Ok(page(&session, "KYC", "/portal/merchant/kyc", body))
@@ -837,6 +899,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/portal/merchant", web::get().to(home))
         .route("/portal/merchant/kyc", web::get().to(kyc))
         .route("/portal/merchant/agreements/sign", web::post().to(sign_agreement))
+        .route("/portal/merchant/agreements/{code}", web::get().to(agreement_page))
         .route("/portal/merchant/recharge", web::get().to(recharge_page))
         .route("/portal/merchant/recharge", web::post().to(recharge))
         .route("/portal/merchant/withdraw", web::get().to(withdraw_page))
