@@ -459,14 +459,21 @@ struct ApprovalsQuery {
     status: Option<String>,
 }
 
-fn approvals_page(
+async fn approvals_page(
     session: &Session,
-    portal: &Portal,
+    portal: &Arc<Portal>,
     status: Option<Status>,
     message: Option<(&str, &str)>,
     secret: Option<&str>,
 ) -> Result<HttpResponse, PortalError> {
-    let list = portal.approvals.list(&session.scope(), status, 200)?;
+    // Pending proposals are in memory; decided ones are read from the store (up to
+    // `LIST_SCAN_MAX` examined): off the HTTP worker.
+    let list = if status == Some(Status::Pending) {
+        portal.approvals.list(&session.scope(), status, 200)?
+    } else {
+        let (reading, scope) = (portal.clone(), session.scope());
+        crate::error::blocking(move || reading.approvals.list(&scope, status, 200)).await??
+    };
     let body = html! {
         @if let Some((kind, text)) = message { (notice(kind, text)) }
         @if let Some(secret) = secret {
@@ -507,7 +514,7 @@ fn approvals_page(
 }
 
 async fn approvals(session: Session, portal: PortalData, query: web::Query<ApprovalsQuery>) -> Result<HttpResponse, PortalError> {
-    approvals_page(&session, &portal, status_filter(query.status.as_deref()), None, None)
+    approvals_page(&session, portal.get_ref(), status_filter(query.status.as_deref()), None, None).await
 }
 
 /// What the server's other parts give a decision to carry out.
@@ -692,13 +699,13 @@ async fn propose(
     session.require(Role::Operator)?;
     let (scope, action) = match proposal_of(&session, &platforms, &form) {
         Ok(found) => found,
-        Err(message) => return approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &message)), None),
+        Err(message) => return approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("error", &message)), None).await,
     };
     let note = form.get("note").to_string();
     let proposal = match portal.approvals.propose(&session, scope, action, &note) {
         Ok(proposal) => proposal,
         Err(error) if error.status == 404 => return Err(PortalError::NotFound),
-        Err(error) => return approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &error.message)), None),
+        Err(error) => return approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("error", &error.message)), None).await,
     };
     portal.audit.record(
         &session,
@@ -710,7 +717,7 @@ async fn propose(
         "pending",
     )?;
     let message = format!("Proposal {} recorded: {}. Another operator with the approver role must approve it.", proposal.id, proposal.action.summary());
-    approvals_page(&session, &portal, Some(Status::Pending), Some(("ok", &message)), None)
+    approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("ok", &message)), None).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -734,7 +741,7 @@ async fn decide(
     let decided = match portal.approvals.decide(&session, id, approve) {
         Ok(decided) => decided,
         Err(error) if error.status == 404 => return Err(PortalError::NotFound),
-        Err(error) => return approvals_page(&session, &portal, Some(Status::Pending), Some(("error", &error.message)), None),
+        Err(error) => return approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("error", &error.message)), None).await,
     };
     let action = if approve { "approval.approve" } else { "approval.reject" };
     portal.audit.record(
@@ -747,7 +754,7 @@ async fn decide(
         "ok",
     )?;
     if !approve {
-        return approvals_page(&session, &portal, Some(Status::Pending), Some(("ok", &format!("Proposal {id} rejected."))), None);
+        return approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("ok", &format!("Proposal {id} rejected."))), None).await;
     }
     let executors = Executors { engine: engine.get_ref(), platforms: platforms.get_ref(), clearing: clearing.get_ref() };
     let outcome = execute(&executors, &decided).await;
@@ -767,7 +774,7 @@ async fn decide(
     )?;
     let message = format!("Proposal {id} approved: {} ({}).", finished.outcome, finished.status.name());
     let kind = if finished.status == Status::Executed { "ok" } else { "error" };
-    approvals_page(&session, &portal, None, Some((kind, &message)), secret.as_deref())
+    approvals_page(&session, portal.get_ref(), None, Some((kind, &message)), secret.as_deref()).await
 }
 
 pub fn routes(config: &mut web::ServiceConfig) {
