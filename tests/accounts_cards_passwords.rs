@@ -268,9 +268,35 @@ fn a_micro_deposit_the_bank_never_paid_is_asked_again_at_start_and_booked_once()
         assert_eq!(waiting, 0, "no card is waiting for a deposit");
     }
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
-    let p = Client { server: &server, platform: p_platform, secret: p_secret };
+    let p = Client { server: &server, platform: p_platform.clone(), secret: p_secret.clone() };
     let second_id = second["card_id"].as_str().unwrap();
     let (status, _, verified) = p.post(&format!("/v1/accounts/{a}/cards/{second_id}/verify"), &json!({"amount": second_deposit}));
+    assert_eq!((status, verified["status"].as_str()), (200, Some("verified")), "{verified}");
+    drop(p);
+    server.stop();
+    // The first card's number bound again while the bank is away: the deposit line of the
+    // first bind is not this bind's, so the next start asks the bank for this one.
+    let server = start_configured(dir.path(), token, &away);
+    let p = Client { server: &server, platform: p_platform.clone(), secret: p_secret.clone() };
+    let (status, _, third) = p.post(&format!("/v1/accounts/{a}/cards"), &json!({"out_order_no": "card-3", "card_no": "4111111111111111", "holder_name": "Zhang San", "id_number": "11010519491231002X", "phone": "13800138000"}));
+    assert_eq!(status, 201, "{third}");
+    drop(p);
+    server.stop();
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    assert!(server.lines.iter().any(|l| l.contains("1 card verification deposits were asked of the bank again")), "{:?}", server.lines);
+    let third_id = third["card_id"].as_str().unwrap();
+    let reference = format!("card-{}", third_id.trim_start_matches("card_"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let third_deposit = loop {
+        let (_, statement) = server.sim_get("/sim/cards/4111111111111111/transactions");
+        if let Some(line) = statement["transactions"].as_array().unwrap().iter().find(|t| t["reference"] == reference.as_str()) {
+            break line["amount"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no deposit for {reference}: {statement}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let p = Client { server: &server, platform: p_platform, secret: p_secret };
+    let (status, _, verified) = p.post(&format!("/v1/accounts/{a}/cards/{third_id}/verify"), &json!({"amount": third_deposit}));
     assert_eq!((status, verified["status"].as_str()), (200, Some("verified")), "{verified}");
     drop(p);
     server.stop();

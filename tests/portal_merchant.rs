@@ -334,10 +334,22 @@ fn a_merchant_signs_an_agreement_with_the_hash_of_the_text_shown() {
     assert!(own.body.contains("signed") && !own.body.contains("Sign version 1"));
     assert!(ops.get("/portal/merchant/kyc").body.contains("2 more to sign"));
     assert_eq!(ops.get("/portal/merchant/agreements/nope").status, 404);
-    // Another platform's agreement is not found from this merchant's portal.
+    // Another platform's agreements are not this merchant's: not found by their code, and one
+    // with this platform's code (two versions of it) leaves this platform's version 1 shown.
     let other = Client::create(&server, TOKEN, r#"{"name": "Other"}"#);
-    let published = other.post("/v1/agreement-templates", &json!({"out_order_no": "o-1", "code": "theirs", "title": "Theirs", "text": "Not yours."}));
-    assert_eq!(published.0, 201, "{}", published.2);
+    for (n, code) in [(1, "theirs"), (2, "a6"), (3, "a6")] {
+        let published = other
+            .post("/v1/agreement-templates", &json!({"out_order_no": format!("o-{n}"), "code": code, "title": "Theirs", "text": format!("Not yours {n}.")}));
+        assert_eq!(published.0, 201, "{}", published.2);
+    }
     assert_eq!(ops.get("/portal/merchant/agreements/theirs").status, 404);
+    let own = ops.get("/portal/merchant/agreements/a6");
+    assert!(own.body.contains("Sign version 1") && !own.body.contains("Not yours"), "{}", &own.body[..2000.min(own.body.len())]);
+    assert_eq!(field(&own, "sha256"), hex::encode(sha2::Sha256::digest(large(6).as_bytes())));
+    let refused = ops.post(
+        "/portal/merchant/agreements/sign",
+        &[("csrf", &own.csrf()), ("code", "a6"), ("version", "2"), ("sha256", &hex::encode(sha2::Sha256::digest(b"Not yours 3.")))],
+    );
+    assert!(refused.body.contains("notice error"), "{}", refused.body);
     server.stop();
 }

@@ -64,8 +64,10 @@ pub enum Request {
     Collection { order: OrderId, channel: u16, amount: Minor, currency: CurrencySpec, card_no: String },
     /// Pay `amount` to `card_no` for a payout (withdrawal or 代付) through `channel`.
     MoneyOut { order: OrderId, channel: u16, amount: Minor, currency: CurrencySpec, card_no: String },
-    /// Pay a verification amount to a card being bound (no order, no verdict).
-    MicroDeposit { card_no: String, amount: Minor, currency: CurrencySpec },
+    /// Pay a verification amount to a card being bound (no order, no verdict); `reference`
+    /// names the bind (`card-{id}`) on the card's statement line, since one card number can be
+    /// bound many times (to other accounts, again after a lock).
+    MicroDeposit { card_no: String, amount: Minor, currency: CurrencySpec, reference: String },
 }
 
 /// What the bank says when asked about a payout.

@@ -71,6 +71,10 @@ pub struct CardTransaction {
     pub amount: String,
     pub remark: String,
     pub time: String,
+    /// What the payer named the line by: a micro-deposit's bind (`card-{id}`). Absent on
+    /// other lines and on deposits recorded before it was kept (session 55).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// The callback the simulated bank sends when it has decided an order.
@@ -355,8 +359,8 @@ fn timer_loop(incoming: &Receiver<(Instant, Job)>, deliver: &Sender<Job>) {
 }
 
 /// Records a line on a card's statement (durably: the bank's own books).
-fn record_card_line(inner: &Inner, card_no: &str, amount: &str, remark: String) {
-    let line = CardTransaction { amount: amount.to_string(), remark, time: format_time(micros_now()) };
+fn record_card_line(inner: &Inner, card_no: &str, amount: &str, remark: String, reference: Option<String>) {
+    let line = CardTransaction { amount: amount.to_string(), remark, time: format_time(micros_now()), reference };
     let sequence = inner.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let key = format!("{CARD_PREFIX}{card_no}/{:020}-{sequence:06}", micros_now()).into_bytes();
     if let Err(error) = storage::records::put(inner.store.as_ref(), &[(key, &line)]) {
@@ -438,8 +442,8 @@ fn record_reserve_line(inner: &Inner, currency: &CurrencySpec, key: &str, amount
 fn deliver_one(inner: &Inner, mut job: Job) {
     let failed = fails(job.failure_per_mille, &job.request);
     let (kind, order, channel, amount) = match &job.request {
-        Request::MicroDeposit { card_no, amount, currency } => {
-            record_card_line(inner, card_no, &currency.format(*amount), DEPOSIT_REMARK.to_string());
+        Request::MicroDeposit { card_no, amount, currency, reference } => {
+            record_card_line(inner, card_no, &currency.format(*amount), DEPOSIT_REMARK.to_string(), Some(reference.clone()));
             let sequence = inner.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let key = format!("md/{card_no}/{:020}-{sequence:06}", micros_now());
             record_reserve_line(inner, currency, &key, -amount, format!("verification deposit to {card_no}"));
@@ -451,14 +455,14 @@ fn deliver_one(inner: &Inner, mut job: Job) {
         }
         Request::Collection { order, channel, amount, currency, card_no } => {
             if job.attempt == 0 && !failed {
-                record_card_line(inner, card_no, &currency.format(-amount), format!("collection {}", bank::order_ref(*order)));
+                record_card_line(inner, card_no, &currency.format(-amount), format!("collection {}", bank::order_ref(*order)), None);
             }
             record_statement_line(inner, *channel, *order, "in", *amount, currency, failed);
             ("recharge", *order, None, currency.format(*amount))
         }
         Request::MoneyOut { order, channel, amount, currency, card_no } => {
             if job.attempt == 0 && !failed && !card_no.is_empty() {
-                record_card_line(inner, card_no, &currency.format(*amount), format!("withdrawal {}", bank::order_ref(*order)));
+                record_card_line(inner, card_no, &currency.format(*amount), format!("withdrawal {}", bank::order_ref(*order)), None);
             }
             record_statement_line(inner, *channel, *order, "out", *amount, currency, failed);
             if let Some(verdict) = inner.received.lock().expect("received lock").get_mut(&(order.0, *channel)) {

@@ -236,7 +236,8 @@ impl Cards {
             let at = <[u8; 8]>::try_from(at.as_slice())
                 .map(i64::from_be_bytes)
                 .map_err(|_| ApiError::corrupt(&format!("a bind time of account {account}'s cards")))?;
-            // No bind time: bound before bind times were kept, as is every card before it.
+            // No bind time: bound before bind times were kept, as is every card before it
+            // (unless an older binary bound it after a downgrade: the walk then stops early).
             if at == 0 || day(at) < today {
                 break;
             }
@@ -288,7 +289,7 @@ impl Cards {
         self.store.delete_range(&start, &end)
     }
 
-    /// The cards marked waiting for verification (`cp/`), oldest first; marks of cards no
+    /// The cards marked waiting for their deposit (`cp/`), oldest first; marks of cards no
     /// longer waiting (a stop between a card's save and its mark's removal) are dropped.
     fn waiting(&self) -> Result<Vec<Card>, String> {
         let mut ids = Vec::new();
@@ -318,16 +319,26 @@ impl Cards {
     /// statement): each is booked (idempotent, by the number `card-{id}`) and handed to the bank
     /// again. Run at start: it closes the window between saving a card, booking its deposit and
     /// asking the bank (a crash in between left the card waiting for nothing). Reads the cards
-    /// marked waiting (`cp/`), not every card; a card whose deposit the bank paid loses its
-    /// mark here, so the marks hold only cards bound since the last start or still unpaid.
-    /// Returns how many were asked again.
+    /// marked waiting (`cp/`), not every card. A card whose deposit line names it (the line's
+    /// reference `card-{id}`: one card number can be bound many times) loses its mark here, so
+    /// later starts do not read it; a deposit line without a reference (recorded before
+    /// references were kept) may be another bind's, so its card is not asked again but keeps
+    /// its mark (as before). Returns how many were asked again.
     pub fn resume_deposits(&self, engine: &Engine, simulator: &Simulator, bank: &dyn bank::BankChannel) -> Result<usize, String> {
         let mut resumed = 0;
         for card in self.waiting()? {
-            if simulator.card_transactions(&card.card_no)?.iter().any(|t| t.remark == DEPOSIT_REMARK) {
+            let reference = deposit_reference(card.id);
+            let lines = simulator.card_transactions(&card.card_no)?;
+            let deposits = || lines.iter().filter(|t| t.remark == DEPOSIT_REMARK);
+            if deposits().any(|t| t.reference.as_deref() == Some(reference.as_str())) {
                 // Paid: nothing to resume for this card any more, whether or not the member
-                // ever verifies it, so no later start reads it.
-                self.unmark(card.id).map_err(|e| e.to_string())?;
+                // ever verifies it. A mark that cannot be dropped is read again next start.
+                if let Err(error) = self.unmark(card.id) {
+                    tracing::warn!("cards: card {} keeps its waiting mark: {error}", card.id);
+                }
+                continue;
+            }
+            if deposits().any(|t| t.reference.is_none()) {
                 continue;
             }
             let account = AccountId(card.account);
@@ -337,11 +348,11 @@ impl Cards {
                 })
                 .map_err(|e| e.to_string())?;
             let Some((currency, spec)) = found else { continue };
-            let number = OutOrderNo::new(&format!("card-{}", card.id)).ok_or("card number")?;
+            let number = OutOrderNo::new(&reference).ok_or("card number")?;
             let command = Command::VerificationDeposit { shard: account.shard(engine.config().shard_count), currency, amount: card.deposit_minor };
             let reply = engine.execute_one(Envelope { platform: 0, out_order_no: Some(number), command }).map_err(|e| e.to_string())?;
             if reply.is_ok() {
-                bank.submit(bank::Request::MicroDeposit { card_no: card.card_no.clone(), amount: card.deposit_minor, currency: spec });
+                bank.submit(bank::Request::MicroDeposit { card_no: card.card_no.clone(), amount: card.deposit_minor, currency: spec, reference });
                 resumed += 1;
             }
         }
@@ -443,6 +454,12 @@ pub(crate) struct VerifyBody {
     amount: String,
 }
 
+/// The order number a card's micro-deposit is booked under, and the reference the bank's line
+/// of it carries.
+fn deposit_reference(card: u64) -> String {
+    format!("card-{card}")
+}
+
 fn parse_card_id(text: &str) -> Option<u64> {
     crate::ids::parse_prefixed(text, "card_")
 }
@@ -527,13 +544,14 @@ pub async fn bind_card(
     };
     // The deposit leaves the reserve at the operator's cost: booked (once per card) before the
     // bank is asked to pay it.
-    let number = crate::orders::out_order_no(&format!("card-{}", card.id), "card_id")?;
+    let reference = deposit_reference(card.id);
+    let number = crate::orders::out_order_no(&reference, "card_id")?;
     let command = Command::VerificationDeposit { shard: account.shard(engine.config().shard_count), currency, amount: deposit_minor };
     let reply = crate::accounts::execute(engine, Envelope { platform: 0, out_order_no: Some(number), command }).await?;
     if !reply.is_ok() {
         return Err(crate::orders::rejection(reply.code));
     }
-    bank.submit(bank::Request::MicroDeposit { card_no: card.card_no.clone(), amount: deposit_minor, currency: spec });
+    bank.submit(bank::Request::MicroDeposit { card_no: card.card_no.clone(), amount: deposit_minor, currency: spec, reference });
     Ok((card, false))
 }
 

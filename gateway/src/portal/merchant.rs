@@ -277,7 +277,9 @@ fn agreement_to_sign(session: &Session, t: &Template) -> Markup {
     html! {
         article.agreement data-code=(t.code) {
             h3 { (t.title) " (" (t.code) ", version " (t.version) ")" }
-            pre.agreement-text { (t.text) }
+            // The line break after <pre> is the parser's to drop, so a text that begins with
+            // one shows it (the hash signed is of the text's own bytes).
+            pre.agreement-text { "\n" (t.text) }
             @if session.has(Role::Operator) {
                 form.sign method="post" action="/portal/merchant/agreements/sign" {
                     (csrf_field(session))
@@ -304,7 +306,9 @@ async fn kyc(
 ) -> Result<HttpResponse, PortalError> {
     let m = merchant(&session, &platforms, &engine).await?;
     let member = members.get(m.platform.id, m.member)?.ok_or(PortalError::NotFound)?;
-    let signed = agreements.signatures_of(m.platform.id, m.member)?;
+    let reading = agreements.get_ref().clone();
+    let (platform, member_id) = (m.platform.id, m.member);
+    let signed = crate::error::blocking(move || reading.signatures_of(platform, member_id)).await??;
     let mut latest: std::collections::BTreeMap<String, Template> = std::collections::BTreeMap::new();
     for template in agreements.templates(m.platform.id) {
         latest.insert(template.code.clone(), template);
@@ -365,7 +369,7 @@ async fn agreement_page(
     agreements: web::Data<Arc<Agreements>>,
 ) -> Result<HttpResponse, PortalError> {
     let m = merchant(&session, &platforms, &engine).await?;
-    let latest = agreements.templates(m.platform.id).into_iter().filter(|t| t.code == *path).max_by_key(|t| t.version).ok_or(PortalError::NotFound)?;
+    let latest = agreements.latest(m.platform.id, &path).ok_or(PortalError::NotFound)?;
     let reading = agreements.get_ref().clone();
     let member = m.member;
     let (template, signed) = crate::error::blocking(move || -> Result<(Template, bool), ApiError> {
@@ -379,7 +383,7 @@ async fn agreement_page(
                 article.agreement data-code=(template.code) {
                     h3 { (template.title) " (" (template.code) ", version " (template.version) ")" }
                     p { span.badge.ok { "signed" } }
-                    pre.agreement-text { (template.text) }
+                    pre.agreement-text { "\n" (template.text) }
                 }
             } @else {
                 (agreement_to_sign(&session, &template))

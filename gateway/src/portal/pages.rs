@@ -468,11 +468,20 @@ async fn approvals_page(
 ) -> Result<HttpResponse, PortalError> {
     // Pending proposals are in memory; decided ones are read from the store (up to
     // `LIST_SCAN_MAX` examined): off the HTTP worker.
-    let list = if status == Some(Status::Pending) {
-        portal.approvals.list(&session.scope(), status, 200)?
+    let listed = if status == Some(Status::Pending) {
+        portal.approvals.list(&session.scope(), status, 200)
     } else {
         let (reading, scope) = (portal.clone(), session.scope());
-        crate::error::blocking(move || reading.approvals.list(&scope, status, 200)).await??
+        crate::error::blocking(move || reading.approvals.list(&scope, status, 200)).await.and_then(|listed| listed)
+    };
+    let list = match listed {
+        Ok(list) => list,
+        // A secret shown once is shown whatever became of the list.
+        Err(error) if secret.is_some() => {
+            tracing::warn!("portal: the approvals list under a new secret: {}", error.message);
+            Vec::new()
+        }
+        Err(error) => return Err(error.into()),
     };
     let body = html! {
         @if let Some((kind, text)) = message { (notice(kind, text)) }
