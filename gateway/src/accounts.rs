@@ -124,8 +124,8 @@ pub async fn open_account(
 /// must have signed the agreements the platform requires first (`agreement_required`).
 pub async fn open(
     engine: &Engine,
-    members: &Members,
-    agreements: &Agreements,
+    members: &Arc<Members>,
+    agreements: &Arc<Agreements>,
     platform: &Platform,
     out_order_no: &str,
     member_id: &str,
@@ -133,9 +133,21 @@ pub async fn open(
 ) -> Result<(AccountId, bool), ApiError> {
     let out_order_no =
         OutOrderNo::new(out_order_no).ok_or_else(|| ApiError::invalid("out_order_no must be 1 to 64 characters [A-Za-z0-9_-]", "out_order_no"))?;
-    let member: Member = members.named(platform.id, member_id)?.ok_or_else(|| ApiError { param: Some("member_id".into()), ..ApiError::not_found() })?;
-    let currency = currency_of(engine, currency).ok_or_else(|| ApiError::invalid("unknown currency", "currency"))?;
-    agreements.require(platform, member.id, crate::agreements::Purpose::OpenAccount)?;
+    let currency = currency_of(engine, currency);
+    // The member's record and signatures are read from the store: off the HTTP worker. The
+    // checks answer in this order: the member, the currency, the agreements.
+    let (members, agreements, platform_record, member_text) = (members.clone(), agreements.clone(), platform.clone(), member_id.to_string());
+    let known_currency = currency.is_some();
+    let member: Member = blocking(move || -> Result<Member, ApiError> {
+        let member = members.named(platform_record.id, &member_text)?.ok_or_else(|| ApiError { param: Some("member_id".into()), ..ApiError::not_found() })?;
+        if !known_currency {
+            return Err(ApiError::invalid("unknown currency", "currency"));
+        }
+        agreements.require(&platform_record, member.id, crate::agreements::Purpose::OpenAccount)?;
+        Ok(member)
+    })
+    .await??;
+    let currency = currency.ok_or_else(|| ApiError::invalid("unknown currency", "currency"))?;
     let command = Command::OpenAccount { owner: member.id, currency, limits: Limits::NONE };
     let reply = execute(engine, Envelope { platform: platform.id, out_order_no: Some(out_order_no), command }).await?;
     match reply.code {

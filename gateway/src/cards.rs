@@ -18,7 +18,7 @@ use storage::Store;
 
 use crate::accounts::{account_of, luhn_check_digit, parse_account_id, public_account_id};
 use crate::error::{blocking, ApiError};
-use crate::members::Members;
+use crate::members::{Member, Members};
 use crate::signed::Signed;
 use crate::simulator::{Simulator, DEPOSIT_REMARK};
 
@@ -438,7 +438,7 @@ fn replay_bind(card: Card, content: &str) -> Result<(Card, bool), ApiError> {
     Ok((card, true))
 }
 
-#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindBody {
     pub out_order_no: String,
@@ -492,8 +492,8 @@ pub async fn bind(
 #[allow(clippy::too_many_arguments)]
 pub async fn bind_card(
     engine: &Arc<Engine>,
-    members: &Members,
-    agreements: &crate::agreements::Agreements,
+    members: &Arc<Members>,
+    agreements: &Arc<crate::agreements::Agreements>,
     cards: &Arc<Cards>,
     bank: &dyn bank::BankChannel,
     platform: &crate::platforms::Platform,
@@ -504,20 +504,33 @@ pub async fn bind_card(
     let (owner, currency, spec) = account_of(engine, platform, account).await?;
     crate::orders::out_order_no(&body.out_order_no, "out_order_no")?;
     let content = hex::encode(Sha256::digest(format!("{}\n{}", account.0, serde_json::to_string(&body).expect("serializes"))));
-    if let Some(card) = cards.card_of_order(&order_key(platform, &body.out_order_no))? {
-        return replay_bind(card, &content);
-    }
-    if !valid_card_no(&body.card_no) {
-        return Err(ApiError { param: Some("card_no".into()), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
-    }
-    if !crate::identity::valid_phone(&body.phone) {
-        return Err(ApiError::invalid("phone must be a mainland mobile number of 11 digits", "phone"));
-    }
-    let member = members.get(platform, owner)?.ok_or_else(ApiError::not_found)?;
-    if member.name != body.holder_name.trim() || member.id_number != body.id_number.to_ascii_uppercase() {
-        return Err(ApiError::new(422, "identity_mismatch", "the holder's name and id number must be the account member's"));
-    }
-    agreements.require(platform_record, member.id, crate::agreements::Purpose::BindCard)?;
+    // The replay, the member and the signatures are read from the store: off the HTTP worker,
+    // in the order the checks answer (replay, card number, phone, member, identity, agreements).
+    let checked = {
+        let (cards, members, agreements, platform_record, body) = (cards.clone(), members.clone(), agreements.clone(), platform_record.clone(), body.clone());
+        blocking(move || -> Result<Result<Member, Card>, ApiError> {
+            if let Some(card) = cards.card_of_order(&order_key(platform_record.id, &body.out_order_no))? {
+                return Ok(Err(card));
+            }
+            if !valid_card_no(&body.card_no) {
+                return Err(ApiError { param: Some("card_no".into()), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
+            }
+            if !crate::identity::valid_phone(&body.phone) {
+                return Err(ApiError::invalid("phone must be a mainland mobile number of 11 digits", "phone"));
+            }
+            let member = members.get(platform_record.id, owner)?.ok_or_else(ApiError::not_found)?;
+            if member.name != body.holder_name.trim() || member.id_number != body.id_number.to_ascii_uppercase() {
+                return Err(ApiError::new(422, "identity_mismatch", "the holder's name and id number must be the account member's"));
+            }
+            agreements.require(&platform_record, member.id, crate::agreements::Purpose::BindCard)?;
+            Ok(Ok(member))
+        })
+        .await??
+    };
+    let member = match checked {
+        Ok(member) => member,
+        Err(card) => return replay_bind(card, &content),
+    };
     // Below 1.00 and at least one minor unit, in the account's currency.
     let deposit_minor = rand::thread_rng().gen_range(1..10i64.pow(spec.exponent as u32).max(2));
     let card = Card {
