@@ -137,17 +137,13 @@ pub async fn open(
     // The member's record and signatures are read from the store: off the HTTP worker. The
     // checks answer in this order: the member, the currency, the agreements.
     let (members, agreements, platform_record, member_text) = (members.clone(), agreements.clone(), platform.clone(), member_id.to_string());
-    let known_currency = currency.is_some();
-    let member: Member = blocking(move || -> Result<Member, ApiError> {
+    let (member, currency): (Member, CurrencyId) = blocking(move || -> Result<(Member, CurrencyId), ApiError> {
         let member = members.named(platform_record.id, &member_text)?.ok_or_else(|| ApiError { param: Some("member_id".into()), ..ApiError::not_found() })?;
-        if !known_currency {
-            return Err(ApiError::invalid("unknown currency", "currency"));
-        }
+        let currency = currency.ok_or_else(|| ApiError::invalid("unknown currency", "currency"))?;
         agreements.require(&platform_record, member.id, crate::agreements::Purpose::OpenAccount)?;
-        Ok(member)
+        Ok((member, currency))
     })
     .await??;
-    let currency = currency.ok_or_else(|| ApiError::invalid("unknown currency", "currency"))?;
     let command = Command::OpenAccount { owner: member.id, currency, limits: Limits::NONE };
     let reply = execute(engine, Envelope { platform: platform.id, out_order_no: Some(out_order_no), command }).await?;
     match reply.code {

@@ -438,7 +438,7 @@ fn replay_bind(card: Card, content: &str) -> Result<(Card, bool), ApiError> {
     Ok((card, true))
 }
 
-#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindBody {
     pub out_order_no: String,
@@ -506,20 +506,24 @@ pub async fn bind_card(
     let content = hex::encode(Sha256::digest(format!("{}\n{}", account.0, serde_json::to_string(&body).expect("serializes"))));
     // The replay, the member and the signatures are read from the store: off the HTTP worker,
     // in the order the checks answer (replay, card number, phone, member, identity, agreements).
+    // What the closure needs of the body is checked or copied here: the body itself (up to the
+    // request size) is not copied.
+    let (card_no_valid, phone_valid) = (valid_card_no(&body.card_no), crate::identity::valid_phone(&body.phone));
+    let (order, holder_name, id_number) = (order_key(platform, &body.out_order_no), body.holder_name.trim().to_string(), body.id_number.to_ascii_uppercase());
     let checked = {
-        let (cards, members, agreements, platform_record, body) = (cards.clone(), members.clone(), agreements.clone(), platform_record.clone(), body.clone());
+        let (cards, members, agreements, platform_record) = (cards.clone(), members.clone(), agreements.clone(), platform_record.clone());
         blocking(move || -> Result<Result<Member, Card>, ApiError> {
-            if let Some(card) = cards.card_of_order(&order_key(platform_record.id, &body.out_order_no))? {
+            if let Some(card) = cards.card_of_order(&order)? {
                 return Ok(Err(card));
             }
-            if !valid_card_no(&body.card_no) {
+            if !card_no_valid {
                 return Err(ApiError { param: Some("card_no".into()), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") });
             }
-            if !crate::identity::valid_phone(&body.phone) {
+            if !phone_valid {
                 return Err(ApiError::invalid("phone must be a mainland mobile number of 11 digits", "phone"));
             }
             let member = members.get(platform_record.id, owner)?.ok_or_else(ApiError::not_found)?;
-            if member.name != body.holder_name.trim() || member.id_number != body.id_number.to_ascii_uppercase() {
+            if member.name != holder_name || member.id_number != id_number {
                 return Err(ApiError::new(422, "identity_mismatch", "the holder's name and id number must be the account member's"));
             }
             agreements.require(&platform_record, member.id, crate::agreements::Purpose::BindCard)?;

@@ -1,6 +1,7 @@
 //! Notifications to members (API.md: a withdrawal over 50,000.00 alerts its member). Each is
 //! kept durably and shown at `GET /v1/members/{member_id}/notifications` (an addition to
-//! API.md: newest first, paged with `limit` and `cursor` as API.md's lists are); the text is what the member's SMS gateway would send to their phone.
+//! API.md: newest first, paged with `limit` and `cursor` as API.md's lists are); the text is
+//! what the member's SMS gateway would send to their phone.
 
 use std::sync::{Arc, Mutex};
 
