@@ -222,18 +222,11 @@ fn member_signature_key(platform: u32, member: u64, id: u64) -> [u8; 23] {
 }
 
 fn signature_order_key(platform: u32, out_order_no: &str) -> Vec<u8> {
-    let mut key = SIGNATURE_ORDER_PREFIX.to_vec();
-    key.extend_from_slice(&platform.to_be_bytes());
-    key.push(b'/');
-    key.extend_from_slice(out_order_no.as_bytes());
-    key
+    crate::records::order_key(SIGNATURE_ORDER_PREFIX, platform, out_order_no)
 }
 
 fn read_highest_signature(store: &dyn Store) -> Result<u64, String> {
-    match store.get(HIGHEST_SIGNATURE).map_err(|e| e.to_string())? {
-        None => Ok(0),
-        Some(value) => value.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| "the highest signature id is corrupt".to_string()),
-    }
+    crate::records::read_u64(store, HIGHEST_SIGNATURE, "the highest signature id")
 }
 
 impl Agreements {

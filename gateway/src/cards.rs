@@ -97,11 +97,7 @@ fn card_key(id: u64) -> Vec<u8> {
 }
 
 fn order_key(platform: u32, out_order_no: &str) -> Vec<u8> {
-    let mut key = ORDER_PREFIX.to_vec();
-    key.extend_from_slice(&platform.to_be_bytes());
-    key.push(b'/');
-    key.extend_from_slice(out_order_no.as_bytes());
-    key
+    crate::records::order_key(ORDER_PREFIX, platform, out_order_no)
 }
 
 fn account_key(account: u64, id: u64) -> [u8; 19] {
@@ -124,10 +120,7 @@ fn decode_card(id: u64, value: &[u8]) -> Result<Card, ApiError> {
 }
 
 fn read_highest(store: &dyn Store) -> Result<u64, String> {
-    match store.get(HIGHEST).map_err(|e| e.to_string())? {
-        None => Ok(0),
-        Some(value) => decode_u64(&value, "the highest card id").map_err(|e| e.message),
-    }
+    crate::records::read_u64(store, HIGHEST, "the highest card id")
 }
 
 fn decode_u64(value: &[u8], what: &str) -> Result<u64, ApiError> {

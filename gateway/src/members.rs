@@ -129,11 +129,7 @@ fn count_key(platform: u32) -> [u8; 7] {
 }
 
 fn accepted_key(platform: u32, out_order_no: &str) -> Vec<u8> {
-    let mut key = b"g/members/".to_vec();
-    key.extend_from_slice(&platform.to_be_bytes());
-    key.push(b'/');
-    key.extend_from_slice(out_order_no.as_bytes());
-    key
+    crate::records::order_key(b"g/members/", platform, out_order_no)
 }
 
 fn valid_out_order_no(text: &str) -> bool {

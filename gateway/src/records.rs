@@ -66,6 +66,26 @@ pub fn write_rows(store: &dyn Store, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<(), 
     store.write(&puts).map_err(|e| e.to_string())
 }
 
+/// The key of an order number `out_order_no` of `platform` under `prefix`:
+/// `{prefix}{platform BE}/{out_order_no}` (members', cards' and signatures' order numbers).
+pub fn order_key(prefix: &[u8], platform: u32, out_order_no: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 5 + out_order_no.len());
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(&platform.to_be_bytes());
+    key.push(b'/');
+    key.extend_from_slice(out_order_no.as_bytes());
+    key
+}
+
+/// The big-endian `u64` under `key` (a highest id), 0 when there is none; `what` names it in
+/// the error for a value that is not 8 bytes.
+pub fn read_u64(store: &dyn Store, key: &[u8], what: &str) -> Result<u64, String> {
+    match store.get(key).map_err(|e| e.to_string())? {
+        None => Ok(0),
+        Some(value) => value.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| format!("{what} is corrupt")),
+    }
+}
+
 /// The last of ids that run from 1 without a gap (0 for none), `exists` telling which are
 /// present: found by doubling, then bisection, in a logarithmic number of reads.
 pub fn last_of_dense(mut exists: impl FnMut(u64) -> Result<bool, String>) -> Result<u64, String> {
