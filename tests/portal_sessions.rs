@@ -298,3 +298,91 @@ fn four_eyes_an_adjustment_moves_money_once_and_suspense_stays_with_the_system()
     assert_eq!(client.balances(&payer).0, "87.50", "carried out once");
     server.stop();
 }
+
+/// A server that stops between an approval and storing its outcome leaves the proposal
+/// `approved`: another approver carries it out again from the Approvals page, once. Proposal 1
+/// went through the engine before the stop (the retry is the engine's replay: the same order,
+/// no second movement); proposal 2 never reached it (the retry moves its money, once).
+#[test]
+fn an_approval_left_without_outcome_by_a_stop_is_carried_out_again_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let client = Client::create(&server, TOKEN, r#"{"name": "One"}"#);
+    let (platform, secret) = (client.platform.clone(), client.secret.clone());
+    let (payer, payee) = (client.account(&client.member("m-a", "Ann")), client.account(&client.member("m-b", "Bob")));
+    client.fund(&payer, "100.00", "fund-1");
+    let mut admin = admin(&server);
+    make_operator(&mut admin, "clerk", "platform", &platform, "", &["operator", "approver"]);
+    make_operator(&mut admin, "checker", "platform", &platform, "", &["approver"]);
+    let adjust = |person: &mut Person, amount: &str| {
+        let csrf = person.csrf();
+        let fields = [
+            ("csrf", csrf.as_str()),
+            ("kind", "adjustment"),
+            ("from", payer.as_str()),
+            ("to", payee.as_str()),
+            ("amount", amount),
+            ("currency", "CNY"),
+            ("reason", "goods returned offline"),
+        ];
+        person.post("/portal/approvals", &fields)
+    };
+    let (mut clerk, mut checker) = (Person::new(&server), Person::new(&server));
+    clerk.login("clerk", "a long enough password");
+    checker.login("checker", "a long enough password");
+    assert!(adjust(&mut clerk, "12.50").body.contains("Proposal 1 recorded"));
+    assert!(adjust(&mut clerk, "3.00").body.contains("Proposal 2 recorded"));
+    let csrf = checker.csrf();
+    let approved = checker.post("/portal/approvals/1/approve", &[("csrf", &csrf)]);
+    assert!(approved.body.contains("(executed)."), "{}", approved.body);
+    let order = approved.body.split("approved: order ").nth(1).and_then(|rest| rest.split(' ').next()).expect("the order in the outcome").to_string();
+    assert_eq!(client.balances(&payer).0, "87.50");
+    drop(client);
+    server.stop();
+    // As a stop between the decision and its outcome leaves them: both approved by checker,
+    // no outcome stored.
+    {
+        let store = storage_rocks::RocksStore::open(dir.path()).expect("the server's database");
+        for id in [1u64, 2] {
+            let key = storage::records::key("o/ap/", id);
+            let mut proposal: serde_json::Value = serde_json::from_slice(&storage::Store::get(&store, &key).unwrap().expect("the proposal")).unwrap();
+            proposal["status"] = "approved".into();
+            proposal["outcome"] = "".into();
+            proposal["decider"] = "checker".into();
+            proposal["decided_by"] = 3.into();
+            storage::Store::write(&store, &[(&key[..], &serde_json::to_vec(&proposal).unwrap()[..])]).unwrap();
+        }
+    }
+    let server = started(dir.path());
+    let client = Client { server: &server, platform, secret };
+    let (mut clerk, mut checker) = (Person::new(&server), Person::new(&server));
+    clerk.login("clerk", "a long enough password");
+    checker.login("checker", "a long enough password");
+    let listed = clerk.get("/portal/approvals?status=approved");
+    assert!(listed.body.contains("outcome was never stored"), "{}", listed.body);
+    assert!(!listed.body.contains("/portal/approvals/1/retry"), "not offered to its proposer");
+    let csrf_clerk = clerk.csrf();
+    assert!(clerk.post("/portal/approvals/1/retry", &[("csrf", &csrf_clerk)]).body.contains("another operator than the one who proposed"));
+    assert!(checker.get("/portal/approvals?status=approved").body.contains("/portal/approvals/1/retry"));
+    let csrf = checker.csrf();
+    // Without the form's token nothing happens.
+    assert_ne!(checker.post("/portal/approvals/2/retry", &[]).status, 200);
+    assert_eq!(client.balances(&payer).0, "87.50");
+    let again = checker.post("/portal/approvals/1/retry", &[("csrf", &csrf)]);
+    assert!(again.body.contains(&format!("approved: order {order} succeeded (executed).")), "the engine's replay: {}", again.body);
+    assert_eq!(client.balances(&payer).0, "87.50", "moved once");
+    let again = checker.post("/portal/approvals/2/retry", &[("csrf", &csrf)]);
+    assert!(again.body.contains("(executed)."), "{}", again.body);
+    assert_eq!(client.balances(&payer).0, "84.50");
+    assert_eq!(client.balances(&payee).1, "15.50");
+    for id in [1, 2] {
+        let refused = checker.post(&format!("/portal/approvals/{id}/retry"), &[("csrf", &csrf)]);
+        assert!(refused.body.contains("this one is executed"), "{}", refused.body);
+    }
+    assert_eq!(client.balances(&payer).0, "84.50", "carried out once each");
+    let (_, listed) = client.get(&format!("/v1/orders?kind=adjustment&account_id={payer}"));
+    assert_eq!(listed["orders"].as_array().map(Vec::len), Some(2), "{listed}");
+    assert!(checker.get("/portal/audit?action=approval.").body.contains("approval.retry"));
+    drop(client);
+    server.stop();
+}

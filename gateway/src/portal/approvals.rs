@@ -3,10 +3,13 @@
 //! out only when a different operator with the `approver` role, whose scope contains the
 //! proposal's, approves it. Proposals are JSON under `o/ap/{id}`; each step is written (synced)
 //! and in the audit log before its answer. The decision is stored before the action runs, so a
-//! proposal is carried out at most once; money actions carry an order number made from the
-//! proposal's id, so the engine's idempotency makes a retry after a crash harmless.
+//! proposal is carried out at most once by its decision; money actions carry an order number made
+//! from the proposal's id, so the engine's idempotency makes a retry after a crash harmless. A
+//! proposal left `approved` with no outcome (the server stopped while it was carried out) is
+//! carried out again only when an approver asks (`retry`), never while this process carries it
+//! out already.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -124,6 +127,9 @@ pub struct Approvals {
 struct Inner {
     pending: BTreeMap<u64, Proposal>,
     highest: u64,
+    /// Approved proposals this process is carrying out (from `decide` or `retry` to `finish` or
+    /// `release`): not carried out again meanwhile. Empty at a start.
+    carrying: BTreeSet<u64>,
 }
 
 /// `o/aq/{id BE}` (empty): a pending proposal, written with it; dropped once it is decided.
@@ -218,7 +224,7 @@ impl Approvals {
         if stored != Some(highest) {
             store.write(&[(HIGHEST, &highest.to_be_bytes()[..])]).map_err(|e| e.to_string())?;
         }
-        Ok(Approvals { store, inner: Mutex::new(Inner { pending, highest }) })
+        Ok(Approvals { store, inner: Mutex::new(Inner { pending, highest, carrying: BTreeSet::new() }) })
     }
 
     fn unmark(store: &dyn Store, id: u64) -> Result<(), storage::StorageError> {
@@ -352,6 +358,9 @@ impl Approvals {
         decided.decided_at = Some(now_seconds());
         self.save(&decided)?;
         inner.pending.remove(&id);
+        if approve {
+            inner.carrying.insert(id);
+        }
         // The decision is durable: a mark that cannot be dropped now is dropped at the next start.
         if let Err(error) = Approvals::unmark(self.store.as_ref(), id) {
             tracing::warn!("approvals: proposal {id} left its pending mark: {error}");
@@ -359,9 +368,45 @@ impl Approvals {
         Ok(decided)
     }
 
-    /// Stores what carrying out an approved proposal gave.
+    /// An approved proposal whose outcome was never stored (the server stopped while it was
+    /// carried out), to carry out again, asked by `session`: an approver other than its
+    /// proposer, whose scope contains it. Refused while this process is carrying it out; the
+    /// caller then calls `finish` (or `release`) as after `decide`. A money action carries the
+    /// same order number again, so the engine answers it as a replay if it went through.
+    pub fn retry(&self, session: &Session, id: u64) -> Result<Proposal, ApiError> {
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let proposal = self.read(id)?.filter(|p| session.scope().contains(&p.scope)).ok_or_else(ApiError::not_found)?;
+        if proposal.status != Status::Approved {
+            let message = format!("only an approved proposal whose outcome was never stored is carried out again; this one is {}", proposal.status.name());
+            return Err(ApiError::new(409, "already_decided", &message));
+        }
+        if !session.has(Role::Approver) {
+            return Err(ApiError::new(403, "forbidden", "carrying a proposal out again needs the approver role"));
+        }
+        if proposal.proposed_by == session.operator.id {
+            return Err(ApiError::new(403, "four_eyes", "a proposal is carried out by another operator than the one who proposed it"));
+        }
+        if !inner.carrying.insert(id) {
+            return Err(ApiError::new(409, "in_progress", "this proposal is being carried out now"));
+        }
+        Ok(proposal)
+    }
+
+    /// Whether this process is carrying out proposal `id` now.
+    pub fn is_carrying(&self, id: u64) -> bool {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).carrying.contains(&id)
+    }
+
+    /// Gives up carrying out `id` with nothing stored (it stays `approved`, to be retried).
+    pub fn release(&self, id: u64) {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).carrying.remove(&id);
+    }
+
+    /// Stores what carrying out an approved proposal gave (and ends its carrying out, stored or
+    /// not: a proposal whose outcome could not be stored stays `approved`, to be retried).
     pub fn finish(&self, id: u64, outcome: Result<String, String>) -> Result<Proposal, ApiError> {
-        let _inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.carrying.remove(&id);
         let mut finished = self.read(id)?.ok_or_else(ApiError::not_found)?;
         (finished.status, finished.outcome) = match outcome {
             Ok(text) => (Status::Executed, text),
@@ -435,6 +480,47 @@ mod tests {
         assert_eq!(ids(&approvals.list(&Scope::System, Some(Status::Pending), 10).unwrap()), [6, 5, 4, 1]);
         assert_eq!(marks(&store), [1, 4, 5, 6]);
         assert_eq!(approvals.propose(&proposer, Scope::System, limits(1), "").unwrap().id, 7);
+    }
+
+    /// A proposal approved by a process that stopped before storing its outcome: carried out
+    /// again only at an approver's request (not its proposer's, not out of scope), once at a
+    /// time, and never while this process carries it out.
+    #[test]
+    fn an_approved_proposal_without_outcome_is_carried_out_again_once_at_a_time() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let approvals = Approvals::load(store.clone()).unwrap();
+        let proposer = session(1, Scope::System, &[Role::Operator, Role::Approver]);
+        let (approver, other) = (session(2, Scope::System, &[Role::Approver]), session(4, Scope::System, &[Role::Approver]));
+        let viewer = session(5, Scope::System, &[Role::Viewer]);
+        let platform_two = session(3, Scope::Platform { platform: 2 }, &[Role::Approver]);
+        for _ in 0..3 {
+            approvals.propose(&proposer, Scope::Platform { platform: 1 }, limits(1), "").unwrap();
+        }
+        assert_eq!(approvals.retry(&approver, 1).unwrap_err().code, "already_decided", "pending: decided first");
+        approvals.decide(&approver, 1, true).unwrap();
+        assert!(approvals.is_carrying(1));
+        assert_eq!(approvals.retry(&other, 1).unwrap_err().code, "in_progress", "carried out by its decision now");
+        approvals.finish(1, Ok("done".into())).unwrap();
+        assert!(!approvals.is_carrying(1));
+        assert_eq!(approvals.retry(&other, 1).unwrap_err().code, "already_decided", "executed");
+        approvals.decide(&approver, 2, true).unwrap();
+        approvals.decide(&approver, 3, false).unwrap();
+        assert_eq!(approvals.retry(&other, 3).unwrap_err().code, "already_decided", "rejected");
+        // The process stops while 2 is carried out: approved, no outcome.
+        let approvals = Approvals::load(store.clone()).unwrap();
+        assert!(!approvals.is_carrying(2));
+        assert_eq!(approvals.retry(&proposer, 2).unwrap_err().code, "four_eyes");
+        assert_eq!(approvals.retry(&viewer, 2).unwrap_err().code, "forbidden");
+        assert_eq!(approvals.retry(&platform_two, 2).unwrap_err().status, 404, "platform 1's, out of scope");
+        assert_eq!(approvals.retry(&approver, 99).unwrap_err().status, 404);
+        let again = approvals.retry(&other, 2).unwrap();
+        assert_eq!((again.id, again.status, again.out_order_no()), (2, Status::Approved, "approval-2".to_string()));
+        assert_eq!(approvals.retry(&approver, 2).unwrap_err().code, "in_progress", "one retry at a time");
+        approvals.release(2);
+        approvals.retry(&approver, 2).unwrap();
+        assert_eq!(approvals.finish(2, Err("no such account".into())).unwrap().status, Status::Failed);
+        assert_eq!(approvals.retry(&other, 2).unwrap_err().code, "already_decided", "failed is an outcome");
+        assert_eq!(ids(&approvals.list(&Scope::System, Some(Status::Approved), 10).unwrap()), Vec::<u64>::new());
     }
 
     #[test]

@@ -511,6 +511,13 @@ async fn approvals_page(
                                 form.inline method="post" action=(format!("/portal/approvals/{}/reject", proposal.id)) { (csrf_field(session)) button.secondary type="submit" { "Reject" } }
                             } @else if proposal.status == Status::Pending && proposal.proposed_by == session.operator.id {
                                 span.muted { "waiting for another approver" }
+                            } @else if proposal.status == Status::Approved && portal.approvals.is_carrying(proposal.id) {
+                                span.muted { "being carried out" }
+                            } @else if proposal.status == Status::Approved {
+                                span.muted { "approved, but its outcome was never stored (the server stopped while it was carried out)" }
+                                @if session.has(Role::Approver) && proposal.proposed_by != session.operator.id {
+                                    form.inline method="post" action=(format!("/portal/approvals/{}/retry", proposal.id)) { (csrf_field(session)) button type="submit" { "Carry out again" } }
+                                }
                             }
                         }
                     }
@@ -742,18 +749,26 @@ async fn decide(
 ) -> Result<HttpResponse, PortalError> {
     check_form(&request, &session, &form)?;
     let (id, verb) = path.into_inner();
-    let approve = match verb.as_str() {
-        "approve" => true,
-        "reject" => false,
+    let decision = match verb.as_str() {
+        "approve" => portal.approvals.decide(&session, id, true),
+        "reject" => portal.approvals.decide(&session, id, false),
+        "retry" => portal.approvals.retry(&session, id),
         _ => return Err(PortalError::NotFound),
     };
-    let decided = match portal.approvals.decide(&session, id, approve) {
+    let decided = match decision {
         Ok(decided) => decided,
         Err(error) if error.status == 404 => return Err(PortalError::NotFound),
-        Err(error) => return approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("error", &error.message)), None).await,
+        Err(error) => {
+            let listed = if verb == "retry" { Some(Status::Approved) } else { Some(Status::Pending) };
+            return approvals_page(&session, portal.get_ref(), listed, Some(("error", &error.message)), None).await;
+        }
     };
-    let action = if approve { "approval.approve" } else { "approval.reject" };
-    portal.audit.record(
+    let action = match verb.as_str() {
+        "approve" => "approval.approve",
+        "reject" => "approval.reject",
+        _ => "approval.retry",
+    };
+    let recorded = portal.audit.record(
         &session,
         decided.scope,
         action,
@@ -761,17 +776,44 @@ async fn decide(
         serde_json::Value::Null,
         serde_json::json!({"action": decided.action.summary()}),
         "ok",
-    )?;
-    if !approve {
+    );
+    if decided.status == Status::Rejected {
+        recorded?;
         return approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("ok", &format!("Proposal {id} rejected."))), None).await;
     }
-    let executors = Executors { engine: engine.get_ref(), platforms: platforms.get_ref(), clearing: clearing.get_ref() };
-    let outcome = execute(&executors, &decided).await;
-    let (stored, secret) = match outcome {
+    if let Err(error) = recorded {
+        // Not carried out without its audit record: it stays approved, for a retry.
+        portal.approvals.release(id);
+        return Err(error.into());
+    }
+    // Carried out on a task of its own: a request cut short (the approver's browser closed, a
+    // proxy's timeout) drops this handler at its next await, not the action halfway, so the
+    // outcome is stored whatever becomes of the answer.
+    let carrying =
+        carry_out(session.clone(), portal.get_ref().clone(), engine.get_ref().clone(), platforms.get_ref().clone(), clearing.get_ref().clone(), decided);
+    let (finished, secret) =
+        actix_web::rt::spawn(carrying).await.map_err(|_| PortalError::from(crate::error::ApiError::unavailable("the server is stopping".into())))??;
+    let message = format!("Proposal {id} approved: {} ({}).", finished.outcome, finished.status.name());
+    let kind = if finished.status == Status::Executed { "ok" } else { "error" };
+    approvals_page(&session, portal.get_ref(), None, Some((kind, &message)), secret.as_deref()).await
+}
+
+/// Carries out an approved (or retried) proposal and stores its outcome and audit record: the
+/// finished proposal and a secret to show once.
+async fn carry_out(
+    session: Session,
+    portal: Arc<Portal>,
+    engine: Arc<engine::Engine>,
+    platforms: Arc<crate::platforms::Platforms>,
+    clearing: clearing_actor::Clearing,
+    decided: super::approvals::Proposal,
+) -> Result<(super::approvals::Proposal, Option<String>), PortalError> {
+    let executors = Executors { engine: &engine, platforms: &platforms, clearing: &clearing };
+    let (stored, secret) = match execute(&executors, &decided).await {
         Ok((text, secret)) => (Ok(text), secret),
         Err(text) => (Err(text), None),
     };
-    let finished = portal.approvals.finish(id, stored)?;
+    let finished = portal.approvals.finish(decided.id, stored)?;
     portal.audit.record(
         &session,
         finished.scope,
@@ -781,9 +823,7 @@ async fn decide(
         serde_json::json!({"action": finished.action.summary()}),
         &finished.outcome,
     )?;
-    let message = format!("Proposal {id} approved: {} ({}).", finished.outcome, finished.status.name());
-    let kind = if finished.status == Status::Executed { "ok" } else { "error" };
-    approvals_page(&session, portal.get_ref(), None, Some((kind, &message)), secret.as_deref()).await
+    Ok((finished, secret))
 }
 
 pub fn routes(config: &mut web::ServiceConfig) {
