@@ -39,6 +39,58 @@ fn payment_passwords_are_checked_and_five_wrong_lock_payments() {
     server.stop();
 }
 
+/// A platform that requires payment passwords names another platform's account as the payer
+/// with wrong passwords, one payment, a batch and a bulk request at a time: each is refused as
+/// any unknown account is (no hint whether it has a password), and the account is not locked.
+#[test]
+fn another_platforms_account_is_neither_locked_nor_probed_through_payment_passwords() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-4-0123456789abcdef0123456789abcdef";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let hostile = Client::create(&server, token, "{\"name\": \"Hostile\", \"require_payment_password\": true}");
+    let victim = Client::create(&server, token, "{\"name\": \"Victim\", \"require_payment_password\": true}");
+    let own = hostile.account(&hostile.member("m-h", "Zhang San"));
+    let (locked_out, other) = (victim.account(&victim.member("m-v", "Li Si")), victim.account(&victim.member("m-w", "Wang Wu")));
+    victim.fund(&locked_out, "10.00", "r-1");
+    assert_eq!(victim.post(&format!("/v1/accounts/{locked_out}/password"), &json!({"password": "654321"})).0, 200);
+    let payment = |number: &str, payer: &str| {
+        json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "amount": "1.00", "currency": "CNY",
+            "payees": [{"account_id": own, "amount": "1.00"}], "payment_password": "000000"})
+    };
+    // The answer for an account that does not exist at all: the same for the other platform's.
+    let unknown_answer = hostile.post("/v1/payments", &payment("u-1", "acc_999999999"));
+    let unknown = error_of(&unknown_answer);
+    assert_ne!(unknown.1, Some("invalid_payment_password"));
+    for attempt in 0..6 {
+        assert_eq!(error_of(&hostile.post("/v1/payments", &payment(&format!("h-{attempt}"), &locked_out))), unknown, "attempt {attempt}");
+    }
+    let orders = json!([{"out_order_no": "hb-1", "amount": "1.00", "payees": [{"account_id": own, "amount": "1.00"}]}]);
+    for attempt in 0..6 {
+        let batch = json!({"out_order_no": format!("hb-{attempt}"), "payer_account_id": locked_out, "mode": "balance", "currency": "CNY", "payment_password": "000000", "orders": orders});
+        let (status, _, reply) = hostile.post("/v1/batch-payments", &batch);
+        assert_ne!(reply["error"]["code"].as_str(), Some("invalid_payment_password"), "{status} {reply}");
+        assert!(status >= 400, "{reply}");
+    }
+    let operations: Vec<serde_json::Value> = (0..6).map(|i| json!({"op": "payment", "body": payment(&format!("hk-{i}"), &locked_out)})).collect();
+    let (status, _, reply) = hostile.post("/v1/bulk", &json!({"operations": operations}));
+    assert_eq!(status, 200, "{reply}");
+    for result in reply["results"].as_array().unwrap() {
+        assert_eq!((result["status"].as_u64(), result["body"]["error"]["code"].as_str()), (Some(unknown.0 as u64), unknown.1), "{result}");
+    }
+    // Not one try was counted: the owner pays with its password, and a wrong one has 4 left.
+    let pay = |number: &str, password: &str| {
+        let body = json!({"out_order_no": number, "payer_account_id": locked_out, "mode": "balance", "amount": "1.00", "currency": "CNY",
+            "payees": [{"account_id": other, "amount": "1.00"}], "payment_password": password});
+        victim.post("/v1/payments", &body)
+    };
+    assert_eq!(error_of(&pay("v-0", "000000")), (422, Some("invalid_payment_password")));
+    let (status, _, paid) = pay("v-1", "654321");
+    assert_eq!(status, 201, "{paid}");
+    assert_eq!(victim.balances(&locked_out).0, "9.00");
+    assert_eq!(hostile.balances(&own).0, "0.00");
+    server.stop();
+}
+
 fn wrong_amount(right: &str) -> String {
     if right == "0.01" {
         "0.02".into()

@@ -58,7 +58,7 @@ pub async fn prepare(
         "payment" => {
             let request = parse_json::<PaymentBody>(body)?;
             let prepared = prepare_payment(engine, clearing, platform, &request).await?;
-            check_for_payment(passwords, platform, &prepared.envelope, request.payment_password.as_deref()).await?;
+            check_for_payment(engine, passwords, platform, &prepared.envelope, request.payment_password.as_deref()).await?;
             Ok(prepared)
         }
         "recharge" => prepare_recharge(engine, clearing, platform, &parse_json::<RechargeBody>(body)?).await,

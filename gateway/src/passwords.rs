@@ -9,7 +9,7 @@ use actix_web::{post, web, HttpResponse};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use engine::ledger::command::{Command, Envelope};
-use engine::ledger::types::AccountId;
+use engine::ledger::types::{AccountId, AccountKind};
 use engine::Engine;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -199,8 +199,17 @@ pub fn valid_password(text: &str) -> bool {
     text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Checks the payer's password for a payment when `platform` requires one.
-pub async fn check_for_payment(passwords: &Arc<Passwords>, platform: &Platform, envelope: &Envelope, password: Option<&str>) -> Result<(), ApiError> {
+/// Checks the payer's password for a payment when `platform` requires one. A payer that is not
+/// one of `platform`'s customer accounts is not checked (nor its failures counted): the engine
+/// refuses the payment as it refuses any other platform's account, so one platform can neither
+/// lock another's account nor learn whether it has a password.
+pub async fn check_for_payment(
+    engine: &Arc<Engine>,
+    passwords: &Arc<Passwords>,
+    platform: &Platform,
+    envelope: &Envelope,
+    password: Option<&str>,
+) -> Result<(), ApiError> {
     if !platform.require_payment_password {
         return Ok(());
     }
@@ -208,9 +217,17 @@ pub async fn check_for_payment(passwords: &Arc<Passwords>, platform: &Platform, 
         Command::Payment { payer, .. } | Command::BatchPayment { payer, .. } => *payer,
         _ => return Ok(()),
     };
-    let (passwords, password) = (passwords.clone(), password.map(str::to_string));
-    // argon2 takes tens of milliseconds of CPU: off the async workers.
-    blocking(move || passwords.verify(payer, password.as_deref())).await?
+    let (engine, passwords, password, platform) = (engine.clone(), passwords.clone(), password.map(str::to_string), platform.id);
+    // A shard read, then argon2 (tens of milliseconds of CPU): off the async workers.
+    blocking(move || {
+        let shard = payer.shard(engine.config().shard_count);
+        let own = engine.read_shard(shard, move |state| state.account(payer).is_some_and(|a| a.kind == AccountKind::Customer && a.platform == platform))?;
+        if !own {
+            return Ok(());
+        }
+        passwords.verify(payer, password.as_deref())
+    })
+    .await?
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

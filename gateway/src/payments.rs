@@ -355,7 +355,7 @@ pub async fn create_batch(
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<BatchBody>()?;
     let mut prepared = prepare_batch(&engine, &signed.platform, &body)?;
-    crate::passwords::check_for_payment(&passwords, &signed.platform, &prepared.envelope, body.payment_password.as_deref()).await?;
+    crate::passwords::check_for_payment(&engine, &passwords, &signed.platform, &prepared.envelope, body.payment_password.as_deref()).await?;
     let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
     if reply.is_ok() {
         // The batch's orders follow the first one on the payer's shard.
@@ -399,7 +399,7 @@ pub async fn pay(
     body: &PaymentBody,
 ) -> Result<(Prepared, engine::ledger::types::Reply), ApiError> {
     let prepared = prepare_payment(engine, clearing, platform, body).await?;
-    crate::passwords::check_for_payment(passwords, platform, &prepared.envelope, body.payment_password.as_deref()).await?;
+    crate::passwords::check_for_payment(engine, passwords, platform, &prepared.envelope, body.payment_password.as_deref()).await?;
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     crate::recharges::dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
     Ok((prepared, reply))
