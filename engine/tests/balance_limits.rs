@@ -158,3 +158,33 @@ fn credits_that_cannot_be_refused_land_in_suspense_at_the_ceiling() {
     assert_eq!(stripe(&s1, SystemRole::Suspense), 700);
     assert_eq!(books(&[&s0, &s1]), 0);
 }
+
+/// A balance batch whose orders each fit under the receiver's ceiling but together pass it is
+/// refused whole, not applied halfway (the shard asserted every checked order was accepted).
+#[test]
+fn a_batch_whose_orders_pass_the_ceiling_only_together_is_refused_whole() {
+    use engine::ledger::command::BatchOrder;
+    let (mut state, mut fx) = (shard(0, 1), Effects::default());
+    let (near, payer, other) = (open(&mut state, &mut fx, 1), open(&mut state, &mut fx, 2), open(&mut state, &mut fx, 3));
+    fill(&mut state, &mut fx, near);
+    let out = Command::Withdraw { account: near, currency: CNY, amount: 100, fee: 0, channel: 1 };
+    assert!(run(&mut state, &mut fx, out).is_ok(), "100 below the ceiling");
+    assert!(run(&mut state, &mut fx, recharge(payer, 1_000)).is_ok());
+    let order = |number: &str, legs: &[(AccountId, Minor)]| BatchOrder {
+        out_order_no: OutOrderNo::new(number).unwrap(),
+        amount: legs.iter().map(|(_, amount)| amount).sum(),
+        payees: legs.iter().map(|&(account, amount)| Leg { account, amount }).collect(),
+        splits: Legs::new(),
+    };
+    let batch = |orders: Vec<BatchOrder>, guarantee: bool| Command::BatchPayment { payer, guarantee, currency: CNY, orders };
+    // 60 + 60 to `near`, which has room for 100: each fits alone.
+    let over = vec![order("b-1", &[(near, 60)]), order("b-2", &[(other, 5), (near, 60)])];
+    assert_eq!(run(&mut state, &mut fx, batch(over.clone(), false)).code, ResultCode::BalanceLimitExceeded);
+    // Held in escrow, the same batch credits no one yet: accepted.
+    assert!(run(&mut state, &mut fx, batch(over, true)).is_ok());
+    // Exactly the room left: accepted, and `near` is full.
+    let fits = vec![order("b-3", &[(near, 40)]), order("b-4", &[(near, 60), (other, 1)])];
+    assert!(run(&mut state, &mut fx, batch(fits, false)).is_ok());
+    assert_eq!(state.account(near).unwrap().total(), BALANCE_MINOR_MAX);
+    assert_eq!(books(&[&state]), 0);
+}

@@ -191,6 +191,30 @@ pub(crate) fn land_income(state: &mut ShardState, fx: &mut Effects, day: u32, or
     income.received += leg.amount;
 }
 
+/// Checks a balance batch's credits to each local receiver together against the balance
+/// ceiling: each order's were checked alone, but a receiver several orders pay takes their sum,
+/// and an order refused halfway through the batch would leave it half applied.
+fn check_batch_credits(state: &ShardState, orders: &[BatchOrder]) -> Result<(), ResultCode> {
+    let mut credits: Vec<(AccountId, Minor)> = orders
+        .iter()
+        .flat_map(|order| order.payees.iter().chain(order.splits.iter()))
+        .filter(|leg| leg.account.shard(state.shard_count) == state.shard)
+        .map(|leg| (leg.account, leg.amount))
+        .collect();
+    credits.sort_unstable_by_key(|(account, _)| *account);
+    for run in credits.chunk_by(|a, b| a.0 == b.0) {
+        if run.len() < 2 {
+            continue;
+        }
+        let sum: i128 = run.iter().map(|(_, amount)| *amount as i128).sum();
+        let total = state.account(run[0].0).map_or(0, |account| account.total() as i128);
+        if total + sum > crate::money::BALANCE_MINOR_MAX as i128 {
+            return Err(ResultCode::BalanceLimitExceeded);
+        }
+    }
+    Ok(())
+}
+
 /// The payment command equivalent to one order of a batch (its idempotency record's content).
 fn equivalent_payment(payer: AccountId, guarantee: bool, currency: CurrencyId, order: &BatchOrder) -> Command {
     Command::Payment { payer, guarantee, currency, amount: order.amount, payees: order.payees.clone(), splits: order.splits.clone() }
@@ -238,6 +262,11 @@ pub fn apply_batch(
             return Reply::rejected(ResultCode::ExceedsPerOrderLimit);
         }
         total += order.amount as i128;
+    }
+    if !guarantee {
+        if let Err(code) = check_batch_credits(state, orders) {
+            return Reply::rejected(code);
+        }
     }
     let account = state.account(payer).expect("checked");
     let paid_today = if account.usage_day == context.day { account.paid_today } else { 0 };
