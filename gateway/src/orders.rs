@@ -475,7 +475,9 @@ fn scan_shard(state: &ShardState, filter: Filter, before: Position, limit: usize
 /// page ended, so a deep page starts there at once; a scan that stops early answers the last
 /// order it examined as its cursor, which the next page finds the same way.
 fn scan_account(state: &ShardState, filter: Filter, account: AccountId, before: Position, end: u32, limit: usize, channels: &ChannelSet) -> ShardPage {
-    let Some(owner) = state.account(account) else { return (Vec::new(), None) };
+    // Another platform's account (or none) lists nothing and answers no cursor: a cursor from
+    // its history would tell that it exists and when it was used.
+    let Some(owner) = state.account(account).filter(|owner| owner.platform == filter.platform) else { return (Vec::new(), None) };
     let link = |local: u32| state.previous_order_of_account.get(local as usize).copied().unwrap_or(NO_ORDER_INDEX);
     let cursor_order = OrderId(before.1);
     let resumed = (cursor_order.shard(state.shard_count) == state.shard)
@@ -677,6 +679,35 @@ mod tests {
             );
             assert!(!error.code.is_empty());
         }
+    }
+
+    /// Listing another platform's account by `?account_id=` finds nothing and answers no
+    /// cursor, however long that account's history (a scan that stopped at its limit answered
+    /// the last order it examined: the account's order ids and times).
+    #[test]
+    fn another_platforms_account_lists_nothing_and_no_cursor() {
+        use engine::ledger::state::Effects;
+        use engine::ledger::types::Limits;
+        let (mut state, mut fx) = (ShardState::default(), Effects::default());
+        let currencies = vec![engine::money::CurrencySpec::new("CNY", 2).unwrap()];
+        let apply = |state: &mut ShardState, fx: &mut Effects, platform: u32, command: Command| {
+            fx.clear();
+            let reply = state.apply(&Envelope { platform, out_order_no: None, command }, 1_700_000_000_000_000, fx);
+            assert!(reply.is_ok(), "{reply:?}");
+            reply.id
+        };
+        apply(&mut state, &mut fx, 0, Command::Genesis { shard: 0, shard_count: 1, currencies, utc_offset_seconds: 0 });
+        let account = AccountId(apply(&mut state, &mut fx, 2, Command::OpenAccount { owner: 1, currency: CurrencyId(0), limits: Limits::NONE }));
+        for _ in 0..=LIST_SCAN_MAX {
+            apply(&mut state, &mut fx, 2, Command::Recharge { account, currency: CurrencyId(0), amount: 1, channel: 1 });
+        }
+        let filter = |platform| Filter { platform, kind: None, status: None, account: Some(account), from: 0, to: u64::MAX, channel_only: false };
+        let channels = ChannelSet::default();
+        let top = Position(u64::MAX, u64::MAX);
+        let (found, cursor) = scan_account(&state, filter(1), account, top, u32::MAX, 50, &channels);
+        assert!(found.is_empty() && cursor.is_none(), "{} found, cursor {cursor:?}", found.len());
+        let (found, cursor) = scan_account(&state, filter(2), account, top, u32::MAX, 50, &channels);
+        assert_eq!((found.len(), cursor.is_some()), (50, false), "its own platform lists it");
     }
 
     #[test]
