@@ -218,7 +218,9 @@ fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<P
     let started = std::time::Instant::now();
     // No server runs: the cases are opened here rather than by the clearing actor.
     let result = clearing_actor::cases::CaseBook::load(store.as_ref()).and_then(|mut book| {
-        let mut report = clearing_actor::reconcile::reconcile(&engine, store.as_ref(), &channels, channel, day, &bytes)?;
+        // The server is stopped (the database is this process's): no payout moves meanwhile.
+        let mut verdicts = clearing_actor::reconcile::verdicts_to_engine(&engine);
+        let mut report = clearing_actor::reconcile::reconcile(&engine, store.as_ref(), &channels, channel, day, &bytes, &mut verdicts)?;
         let now = clearing_actor::calendar::Clock::now_micros(&clearing_actor::calendar::SystemClock);
         clearing_actor::reconcile::record(&mut report, store.as_ref(), &mut book, now)?;
         Ok(report)

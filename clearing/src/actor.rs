@@ -76,12 +76,18 @@ enum Message {
     Payout(Box<PayoutRequest>, Reply<PayoutOutcome>),
     Quote(RouteRequest, Reply<Decision>),
     Verdict(PayoutVerdict, Reply<VerdictOutcome>),
+    /// A payout's verdict read from a reconciled statement (from the reconciliation worker).
+    StatementVerdict(PayoutVerdict, Reply<VerdictOutcome>),
     AddChannel(Box<ChannelSpec>, Reply<Channel>),
     UpdateChannel(String, Box<ChannelChange>, Reply<Channel>),
     Report(Reply<Vec<ChannelReport>>),
     Notes(u32, Vec<String>, Reply<Vec<Option<PayoutNote>>>),
     Settle(u32, Vec<PlatformTerms>, Reply<SettlementSummary>),
-    SettlementFinished { day: u32, result: Result<SettlementSummary, ClearingError>, reply: Option<Reply<SettlementSummary>> },
+    SettlementFinished {
+        day: u32,
+        result: Result<SettlementSummary, ClearingError>,
+        reply: Option<Reply<SettlementSummary>>,
+    },
     ScheduleState(Reply<Option<Schedule>>),
     Figures(Reply<ClearingFigures>),
     Reconcile(Box<ReconcileJob>, Reply<ReconcileReport>),
@@ -322,6 +328,7 @@ impl Actor {
             Message::Payout(request, reply) => answer(reply, self.payout(*request)),
             Message::Quote(request, reply) => answer(reply, Ok(self.table.quote(&request, self.at()))),
             Message::Verdict(verdict, reply) => answer(reply, self.verdict(verdict, "failed")),
+            Message::StatementVerdict(verdict, reply) => answer(reply, self.verdict(verdict, "statement")),
             Message::AddChannel(spec, reply) => {
                 let added = self.table.add(self.store.as_ref(), &spec, &self.engine.config().currencies);
                 self.publish();
@@ -484,7 +491,9 @@ impl Actor {
         let waiting = status == OrderStatus::Processing;
         let now = self.clock.instant();
         // The bank answered (a timeout with no verdict is not a latency): how long it took.
-        if let (true, Some(sent)) = (waiting && why != "timeout", self.outstanding.get(&order).filter(|w| w.channel == channel).map(|w| w.sent)) {
+        // (A statement's verdict came by file, days later maybe: not the bank's latency either.)
+        let answered = waiting && !matches!(why, "timeout" | "statement");
+        if let (true, Some(sent)) = (answered, self.outstanding.get(&order).filter(|w| w.channel == channel).map(|w| w.sent)) {
             self.table.record_verdict(channel, succeeded, now.saturating_duration_since(sent));
         }
         if !waiting {
@@ -823,7 +832,14 @@ fn reconcile_and_record(
     mailbox: &Sender<Message>,
     job: &ReconcileJob,
 ) -> Result<ReconcileReport, ClearingError> {
-    let mut report = crate::reconcile::reconcile(engine, store, channels, job.channel, job.day, &job.file)?;
+    // Payouts' verdicts go through the actor, which alone reroutes payouts (see `reconcile`).
+    let mut verdicts = |verdict: PayoutVerdict| {
+        let (reply, outcome) = oneshot::channel();
+        // A blocking send: this is a worker, not a caller the actor must never stall.
+        mailbox.send(Message::StatementVerdict(verdict, reply)).map_err(|_| ClearingError::Overloaded)?;
+        outcome.blocking_recv().map_err(|_| ClearingError::Overloaded)?
+    };
+    let mut report = crate::reconcile::reconcile(engine, store, channels, job.channel, job.day, &job.file, &mut verdicts)?;
     // In slices, so that a file full of differences does not hold routing up for one long write.
     for slice in report.take_cases().chunks(CASES_PER_MESSAGE) {
         let (reply, opened) = oneshot::channel();

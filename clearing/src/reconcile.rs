@@ -8,6 +8,12 @@
 //! pending or processing, the bank's verdict final) is resolved automatically by applying the
 //! verdict; everything else becomes a case for an operator. Re-running a date opens no case twice.
 //!
+//! A payout's verdict goes through `Verdicts`: under the server, the clearing actor, which alone
+//! moves payouts between channels, so its check that the order is still on this channel and the
+//! completion are one step (a verdict applied straight to the engine from a worker could fail an
+//! order the actor had just rerouted to a channel that then paid it: paid twice); it may also
+//! fall back to another channel, as after the bank's own failure callback.
+//!
 //! `reconcile` reads and applies verdicts but writes no record: the report carries the cases to
 //! open and the carried lines to write. The clearing actor runs it on a worker thread, opens the
 //! cases (it owns them), then the worker writes the carries; the CLI does the same with a
@@ -28,7 +34,24 @@ use crate::calendar::{date_text, Calendar};
 use crate::cases::{CaseBook, CaseOpening};
 use crate::channels::{Channel, ChannelSet};
 use crate::error::ClearingError;
+use crate::payouts::{PayoutVerdict, VerdictOutcome};
 use crate::settlement::channel_of;
+
+/// Applies a statement's verdict on one payout (see the module's note).
+pub type Verdicts<'a> = &'a mut dyn FnMut(PayoutVerdict) -> Result<VerdictOutcome, ClearingError>;
+
+/// `Verdicts` straight to the engine, for where nothing else moves payouts (the CLI, with the
+/// server stopped; tests): a payout still on the channel is completed.
+pub fn verdicts_to_engine(engine: &Engine) -> impl FnMut(PayoutVerdict) -> Result<VerdictOutcome, ClearingError> + '_ {
+    move |verdict| {
+        let command = Command::CompleteWithdrawal { order: verdict.order, succeeded: verdict.succeeded };
+        let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
+        match reply.code {
+            engine::result::ResultCode::Ok => Ok(VerdictOutcome::Completed { received: true, status: reply.status.map(|s| s.name()) }),
+            code => Err(ClearingError::Refused(code)),
+        }
+    }
+}
 
 /// Days a line missing on our side is carried before it becomes a case.
 pub const CARRY_DAYS: u32 = 2;
@@ -111,6 +134,9 @@ struct Ours {
     withdrawal: bool,
     created_day: u32,
     spec: CurrencySpec,
+    /// A payout the statement names that is on another channel now: routing's fallback moved it
+    /// off this one (which failed it, or never answered).
+    left: bool,
 }
 
 impl Ours {
@@ -134,7 +160,15 @@ struct Pending {
 
 /// Reconciles statement `file` of `channel` for business day `day`. Blocking: reads every
 /// shard and applies the bank's verdict to orders still waiting for it.
-pub fn reconcile(engine: &Engine, store: &dyn Store, channels: &ChannelSet, channel: u16, day: u32, file: &[u8]) -> Result<ReconcileReport, ClearingError> {
+pub fn reconcile(
+    engine: &Engine,
+    store: &dyn Store,
+    channels: &ChannelSet,
+    channel: u16,
+    day: u32,
+    file: &[u8],
+    verdicts: Verdicts<'_>,
+) -> Result<ReconcileReport, ClearingError> {
     let (lines, ended) = lines_with_carries(store, channel, file)?;
     let named: Vec<OrderId> = lines.iter().filter_map(|pending| bank::parse_order_ref(&pending.line.order_id)).collect();
     let ours = channel_ledger(engine, channel, day, &named)?;
@@ -154,7 +188,7 @@ pub fn reconcile(engine: &Engine, store: &dyn Store, channels: &ChannelSet, chan
     };
     let mut seen: HashSet<u64> = HashSet::new();
     for pending in lines {
-        if let Some(id) = run.line(engine, &ours, pending)? {
+        if let Some(id) = run.line(engine, &mut *verdicts, &ours, pending)? {
             seen.insert(id.0);
         }
     }
@@ -231,12 +265,26 @@ fn channel_ledger(engine: &Engine, channel: u16, day: u32, named: &[OrderId]) ->
         let elsewhere: Vec<OrderId> = named.iter().filter(|id| id.shard(shard_count) == shard && !ours.contains_key(&id.0)).copied().collect();
         if !elsewhere.is_empty() {
             let calendar = calendar.clone();
-            let part = engine
-                .read_shard(shard, move |state| elsewhere.iter().filter_map(|id| ours_of(state.order(*id)?, channel, &calendar, state)).collect::<Vec<_>>())?;
+            let part = engine.read_shard(shard, move |state| {
+                elsewhere
+                    .iter()
+                    .filter_map(|id| {
+                        let order = state.order(*id)?;
+                        ours_of(order, channel, &calendar, state).or_else(|| left_payout(order, channel, &calendar, state))
+                    })
+                    .collect::<Vec<_>>()
+            })?;
             ours.extend(part);
         }
     }
     Ok(ours)
+}
+
+/// A payout now on another channel than `channel`, as `ours_of` reads it, marked `left`.
+fn left_payout(o: &engine::ledger::types::Order, channel: u16, calendar: &Calendar, state: &engine::ledger::state::ShardState) -> Option<(u64, Ours)> {
+    let OrderDetail::Withdrawal { channel: now, .. } = o.detail else { return None };
+    let (id, ours) = ours_of(o, now, calendar, state)?;
+    (now != channel).then_some((id, Ours { left: true, ..ours }))
 }
 
 /// What reconciliation needs of order `o`, if it went through `channel`.
@@ -255,8 +303,19 @@ fn ours_of(o: &engine::ledger::types::Order, channel: u16, calendar: &Calendar, 
         withdrawal: o.kind == OrderKind::Withdrawal,
         created_day: calendar.day(o.created_at),
         spec: state.currencies[o.currency.0 as usize],
+        left: false,
     };
     Some((o.id.0, ours))
+}
+
+/// What applying a waiting order's verdict from a line came to.
+enum Applied {
+    /// Applied (or already so): the order's status now.
+    Status(Option<&'static str>),
+    /// The order moved on in a way the line agrees with.
+    AlreadyAgrees,
+    /// The order moved on in a way the line contradicts: a case.
+    Differs(&'static str),
 }
 
 /// One reconciliation in progress.
@@ -282,7 +341,7 @@ impl Run<'_> {
     }
 
     /// Classifies one statement line; returns the order it matched, if any.
-    fn line(&mut self, engine: &Engine, ours: &HashMap<u64, Ours>, pending: Pending) -> Result<Option<OrderId>, ClearingError> {
+    fn line(&mut self, engine: &Engine, verdicts: Verdicts<'_>, ours: &HashMap<u64, Ours>, pending: Pending) -> Result<Option<OrderId>, ClearingError> {
         let Pending { line, carried_since, declared } = pending;
         let carry_key = format!("{}{}", carry_prefix(self.channel), line.bank_ref).into_bytes();
         let case_id = format!("recon_{}_{}", self.channel, line.bank_ref);
@@ -312,6 +371,18 @@ impl Run<'_> {
             self.note(Class::AmountMismatch, Some(mismatch(Class::AmountMismatch)));
             return Ok(Some(id));
         }
+        if order.left {
+            // A failure here is what moved it (nothing to do); a success here means this bank
+            // paid it as well as the channel it moved to may: an operator's case at once.
+            if theirs_ok {
+                let reason = format!("status mismatch: ours rerouted to another channel after this one, theirs {}", line.status);
+                self.open_case(&case_id, line_value(), reason);
+                self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
+            } else {
+                self.note(Class::Matched, None);
+            }
+            return Ok(Some(id));
+        }
         if let Some(their_fee) = &line.fee {
             // A failed order costs nothing; otherwise the fee we charged (payouts) or the
             // channel's tariff (money in).
@@ -331,15 +402,37 @@ impl Run<'_> {
                 self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
             }
             None => {
-                // The safe case: we wait, the bank has decided. Apply its verdict.
-                let command = if order.withdrawal {
-                    Command::CompleteWithdrawal { order: id, succeeded: theirs_ok }
+                // The safe case: we wait, the bank has decided. Apply its verdict (a payout's
+                // through `verdicts`, which checks it is still on this channel).
+                let applied = if order.withdrawal {
+                    match verdicts(PayoutVerdict { order: id, succeeded: theirs_ok, channel: Some(self.report.channel.clone()) }) {
+                        Ok(VerdictOutcome::Completed { status, .. }) => Applied::Status(status),
+                        Ok(VerdictOutcome::Rerouted { status, .. }) => Applied::Status(Some(status)),
+                        // It left this channel since it was read (a fallback): a failure here is
+                        // what moved it; a success here means this bank paid it too.
+                        Ok(VerdictOutcome::Stale { .. }) if !theirs_ok => Applied::AlreadyAgrees,
+                        Ok(VerdictOutcome::Stale { .. }) => Applied::Differs("rerouted to another channel"),
+                        Err(ClearingError::Refused(_)) => Applied::Differs("given the opposite verdict meanwhile"),
+                        Err(error) => return Err(error),
+                    }
                 } else {
-                    Command::CompleteRecharge { order: id, succeeded: theirs_ok }
+                    let command = Command::CompleteRecharge { order: id, succeeded: theirs_ok };
+                    let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
+                    if reply.is_ok() {
+                        Applied::Status(reply.status.map(|s| s.name()))
+                    } else {
+                        Applied::Differs("given the opposite verdict meanwhile")
+                    }
                 };
-                let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
-                let finding = Finding::AutoResolved { order_id: bank::order_ref(id), status: reply.status.map(|s| s.name()) };
-                self.note(Class::AutoResolved, Some(finding));
+                match applied {
+                    Applied::Status(status) => self.note(Class::AutoResolved, Some(Finding::AutoResolved { order_id: bank::order_ref(id), status })),
+                    Applied::AlreadyAgrees => self.note(Class::Matched, None),
+                    Applied::Differs(what) => {
+                        let reason = format!("status mismatch: ours {what} while reconciling, theirs {}", line.status);
+                        self.open_case(&case_id, line_value(), reason);
+                        self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
+                    }
+                }
             }
         }
         Ok(Some(id))

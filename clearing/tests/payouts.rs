@@ -229,3 +229,54 @@ fn auto_confirm_steps(engine: &Engine) -> u64 {
     let cell = kind * ResultCode::ALL.len() + ResultCode::Ok.number() as usize;
     engine.counters().iter().map(|c| c.outcomes[cell].load(std::sync::atomic::Ordering::Relaxed)).sum()
 }
+
+/// A statement's failure of a payout and the bank's own failure callback, whichever comes first,
+/// move it to the next channel once (both go through the actor, which alone reroutes): applied
+/// straight to the engine from the reconciliation worker, the statement's verdict could fail an
+/// order the actor had just rerouted to a channel that then paid it (paid twice). The file read
+/// again afterwards matches the line (the failure is what moved it); a success on the channel
+/// it left is a case.
+#[test]
+fn a_statements_failure_and_the_banks_callback_move_a_payout_once() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let day = Calendar { utc_offset_seconds: 8 * 3600, ..Calendar::default() }.day(clearing_actor::calendar::Clock::now_micros(&SystemClock));
+    let mut orders = Vec::new();
+    for (number, callback_first) in [("s1", false), ("s2", true)] {
+        let order = OrderId(w.payout(number, account, 10_000).reply.id);
+        orders.push(order);
+        assert_eq!(w.channel_of(order), (1, 100));
+        let file = format!("bank_ref,order_id,direction,amount,status,fee\nB-{number},{},out,100.00,failed,0.00\n", bank::order_ref(order));
+        let callback = PayoutVerdict { order, succeeded: false, channel: Some("cheap".into()) };
+        let (report, verdict) = w.runtime.block_on(async {
+            if callback_first {
+                let verdict = w.clearing.payout_verdict(callback).await;
+                (w.clearing.reconcile(1, day, file.clone().into_bytes()).await, verdict)
+            } else {
+                let report = w.clearing.reconcile(1, day, file.clone().into_bytes()).await;
+                (report, w.clearing.payout_verdict(callback).await)
+            }
+        });
+        let (report, verdict) = (serde_json::to_value(report.unwrap()).unwrap(), verdict.unwrap());
+        assert_eq!(w.channel_of(order), (2, 500), "{number}: on the second channel, once");
+        let status = w.engine.read_shard(0, move |s| s.order(order).unwrap().status).unwrap();
+        assert_eq!(status, engine::ledger::types::OrderStatus::Processing, "{number}");
+        if callback_first {
+            assert!(matches!(verdict, VerdictOutcome::Rerouted { .. }), "{verdict:?}");
+            assert_eq!(report["counts"], serde_json::json!({"matched": 1}), "{report}");
+        } else {
+            assert!(matches!(verdict, VerdictOutcome::Stale { .. }), "{verdict:?}");
+            assert_eq!(report["counts"], serde_json::json!({"auto_resolved": 1}), "{report}");
+            assert_eq!(report["details"][0]["detail"]["status"], "processing", "{report}");
+        }
+    }
+    let balance = w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap();
+    assert_eq!(balance, 1_000_000 - 2 * (10_000 + 500), "each payout held once, at the second channel's fee");
+    // The first channel's statement saying it paid an order that moved on: a case, nothing moves.
+    let order = orders[0];
+    let paid_here = format!("bank_ref,order_id,direction,amount,status,fee\nP-1,{},out,100.00,succeeded,1.00\n", bank::order_ref(order));
+    let report = serde_json::to_value(w.runtime.block_on(w.clearing.reconcile(1, day, paid_here.into_bytes())).unwrap()).unwrap();
+    assert_eq!(report["counts"], serde_json::json!({"status_mismatch": 1}), "{report}");
+    let status = w.engine.read_shard(0, move |s| s.order(order).unwrap().status).unwrap();
+    assert_eq!(status, engine::ledger::types::OrderStatus::Processing);
+}

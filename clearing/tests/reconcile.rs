@@ -78,7 +78,9 @@ impl World {
 
     /// Reconciles without the actor, recording cases in `book` as the CLI does.
     fn reconcile(&self, book: &mut CaseBook, channel: u16, day: u32, file: &str) -> Result<serde_json::Value, ClearingError> {
-        let mut report = clearing_actor::reconcile::reconcile(&self.engine, self.store.as_ref(), &self.channels(), channel, day, file.as_bytes())?;
+        let mut verdicts = clearing_actor::reconcile::verdicts_to_engine(&self.engine);
+        let mut report =
+            clearing_actor::reconcile::reconcile(&self.engine, self.store.as_ref(), &self.channels(), channel, day, file.as_bytes(), &mut verdicts)?;
         clearing_actor::reconcile::record(&mut report, self.store.as_ref(), book, 0)?;
         Ok(serde_json::to_value(&report).unwrap())
     }
