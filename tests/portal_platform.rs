@@ -427,8 +427,8 @@ fn ledgers_filter_page_with_a_cursor_and_export_csv() {
     for n in 0..3 {
         recharges.push(client.fund(&account, "5.00", &format!("fund-{n}")));
     }
-    let (status, _, freeze) = client
-        .post("/v1/freezes", &serde_json::json!({"out_order_no": "frz-1", "account_id": account, "amount": "1.00", "currency": "CNY", "reason": "check"}));
+    let (status, _, freeze) =
+        client.post("/v1/freezes", &serde_json::json!({"out_order_no": "-1-1", "account_id": account, "amount": "1.00", "currency": "CNY", "reason": "check"}));
     assert_eq!(status, 201, "{freeze}");
 
     let all = operator.get("/portal/platform/orders");
@@ -464,6 +464,9 @@ fn ledgers_filter_page_with_a_cursor_and_export_csv() {
     let mut lines = csv.body.lines();
     assert_eq!(lines.next(), Some("order_id,out_order_no,kind,status,amount,currency,account_id,channel,created_at,updated_at"));
     assert_eq!(lines.count(), 3);
+    // A platform's order number a spreadsheet would compute (-1-1 is -2) is written as text.
+    let csv = operator.get("/portal/platform/orders?kind=freeze&format=csv");
+    assert!(csv.body.contains(",'-1-1,freeze,"), "{}", csv.body);
     let entries = operator.get(&format!("/portal/platform/entries?account_id={account}"));
     assert_eq!(entries.status, 200);
     assert!(entries.body.contains("ent_"), "{}", entries.body);

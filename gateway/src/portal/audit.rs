@@ -276,12 +276,11 @@ pub fn verify_store(store: &dyn Store) -> Result<u64, String> {
     walk_chain(store, 1, u64::MAX, Some(String::new())).map(|(walked, _)| walked)
 }
 
-/// CSV of records (header first), quoted by the csv crate.
+/// CSV of records (header first; `csv_file`: quoted, no cell a spreadsheet would run).
 pub fn csv(records: &[Arc<Record>]) -> Vec<u8> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    let _ = writer.write_record(["sequence", "at", "operator", "roles", "scope", "action", "target", "before", "after", "from", "outcome"]);
-    for record in records {
-        let _ = writer.write_record([
+    let header = ["sequence", "at", "operator", "roles", "scope", "action", "target", "before", "after", "from", "outcome"];
+    let rows = records.iter().map(|record| {
+        [
             record.sequence.to_string(),
             crate::portal::format_time(record.at),
             record.operator.clone(),
@@ -293,9 +292,9 @@ pub fn csv(records: &[Arc<Record>]) -> Vec<u8> {
             record.after.clone(),
             record.from.clone(),
             record.outcome.clone(),
-        ]);
-    }
-    writer.into_inner().unwrap_or_default()
+        ]
+    });
+    crate::portal::csv_file(&header, rows)
 }
 
 #[cfg(test)]

@@ -203,12 +203,7 @@ pub fn badge(status: &str) -> &'static str {
 }
 
 fn csv_response(name: &str, header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> HttpResponse {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    writer.write_record(header).expect("writing to memory cannot fail");
-    for row in rows {
-        writer.write_record(&row).expect("writing to memory cannot fail");
-    }
-    let bytes = writer.into_inner().expect("writing to memory cannot fail");
+    let bytes = crate::portal::csv_file(header, rows);
     HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
         .insert_header(("Content-Disposition", format!("attachment; filename=\"{name}\"")))

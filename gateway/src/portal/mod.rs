@@ -347,6 +347,37 @@ pub fn money(minor: i128, exponent: u8) -> String {
     }
 }
 
+/// A portal's CSV export (header first, quoted by the csv crate) with every cell safe to open in
+/// a spreadsheet: a cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return and is
+/// not a plain number (`-12.50` stays a number) gets a leading `'`, so a name or order number a
+/// platform or merchant chose cannot become a formula on an operator's machine.
+pub fn csv_file<R: AsRef<[String]>>(header: &[&str], rows: impl IntoIterator<Item = R>) -> Vec<u8> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let _ = writer.write_record(header);
+    for row in rows {
+        for cell in row.as_ref() {
+            let _ = writer.write_field(spreadsheet_cell(cell).as_bytes());
+        }
+        let _ = writer.write_record(None::<&[u8]>);
+    }
+    writer.into_inner().unwrap_or_default()
+}
+
+/// `cell`, with a leading `'` if a spreadsheet would read it as a formula (see `csv_file`).
+pub fn spreadsheet_cell(cell: &str) -> std::borrow::Cow<'_, str> {
+    let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let number = |text: &str| {
+        let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+        let (whole, fraction) = digits.split_once('.').unwrap_or((digits, "0"));
+        !whole.is_empty() && !fraction.is_empty() && whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())
+    };
+    if risky && !number(cell) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
 pub fn routes(config: &mut web::ServiceConfig) {
     config.route("/portal/assets/portal.css", web::get().to(stylesheet));
     pages::routes(config);
@@ -357,6 +388,31 @@ pub fn routes(config: &mut web::ServiceConfig) {
 
 #[cfg(test)]
 mod tests {
+    use super::{csv_file, spreadsheet_cell};
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_get_a_quote() {
+        for (cell, written) in [
+            ("=HYPERLINK(\"https://evil/\",\"x\")", "'=HYPERLINK(\"https://evil/\",\"x\")"),
+            ("+1+1", "'+1+1"),
+            ("-1+1", "'-1+1"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\r=1", "'\r=1"),
+            ("-12.50", "-12.50"),
+            ("+3", "+3"),
+            ("-", "'-"),
+            ("-.5", "'-.5"),
+            ("12.50", "12.50"),
+            ("Zhang San", "Zhang San"),
+            ("", ""),
+        ] {
+            assert_eq!(spreadsheet_cell(cell), written, "{cell:?}");
+        }
+        let file = String::from_utf8(csv_file(&["a", "b"], [vec!["=1+1".to_string(), "-5".to_string()]])).unwrap();
+        assert_eq!(file, "a,b\n'=1+1,-5\n");
+    }
+
     #[test]
     fn money_is_formatted_exactly() {
         assert_eq!(super::money(0, 2), "0.00");

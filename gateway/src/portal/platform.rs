@@ -1012,12 +1012,7 @@ fn text_of(value: &Value, key: &str) -> String {
 
 /// A CSV answer (`text/csv`, as an attachment named `name`).
 fn csv_response(name: &str, header: &[&str], rows: &[Vec<String>]) -> HttpResponse {
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    let _ = writer.write_record(header);
-    for row in rows {
-        let _ = writer.write_record(row);
-    }
-    let bytes = writer.into_inner().unwrap_or_default();
+    let bytes = crate::portal::csv_file(header, rows);
     HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
         .insert_header(("Content-Disposition", format!("attachment; filename=\"{name}\"")))
