@@ -5,9 +5,11 @@
 //! sees card numbers or payment passwords: they are typed into our pages.
 //!
 //! Links and sessions are kept in memory only (a restart ends them: the platform asks for a new
-//! link), each map bounded (`LINKS_MAX`, `SESSIONS_MAX`; expired entries are pruned when a new
-//! one is added; a full map is 503 `overloaded`). Only SHA-256 hashes of link tokens and session
-//! cookies are kept, so the maps hold nothing a thief could replay.
+//! link), each map bounded in all (`LINKS_MAX`, `SESSIONS_MAX`) and for each platform
+//! (`LINKS_PER_PLATFORM_MAX`, `SESSIONS_PER_PLATFORM_MAX`: one platform filling its share leaves
+//! the others theirs); expired entries are pruned when a bound is reached (at most once a
+//! second), and a full map or share is 503 `overloaded`. Only SHA-256 hashes of link tokens and
+//! session cookies are kept, so the maps hold nothing a thief could replay.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,10 +36,17 @@ pub const LINK_SECONDS_MAX: u64 = 300;
 pub const IDLE_SECONDS: u64 = 600;
 /// A session ends this long after its link was opened, however busy.
 pub const SESSION_SECONDS_MAX: u64 = 3_600;
-/// Links waiting to be opened, at most.
-pub const LINKS_MAX: usize = 10_000;
+/// Links waiting to be opened, at most (a few kilobytes each at most: a cashier's payees).
+pub const LINKS_MAX: usize = 30_000;
 /// Open sessions, at most.
-pub const SESSIONS_MAX: usize = 10_000;
+pub const SESSIONS_MAX: usize = 30_000;
+/// Links of one platform waiting to be opened, at most: ten platforms at their share fill the
+/// map.
+pub const LINKS_PER_PLATFORM_MAX: usize = 3_000;
+/// Open sessions of one platform, at most.
+pub const SESSIONS_PER_PLATFORM_MAX: usize = 3_000;
+/// The least time between two prunings of a full map (each walks it under its lock).
+const PRUNE_GAP: Duration = Duration::from_secs(1);
 /// The session cookie's name.
 pub const COOKIE: &str = "h5_session";
 /// The longest `return_url`, in bytes.
@@ -157,8 +166,96 @@ pub struct Session {
 /// Links and sessions, in memory.
 #[derive(Default)]
 pub struct H5Sessions {
-    links: Mutex<HashMap<[u8; 32], Link>>,
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    links: Mutex<Tokens<Link>>,
+    sessions: Mutex<Tokens<Session>>,
+}
+
+/// What a bounded map of tokens needs of its entries.
+trait Entry {
+    fn platform(&self) -> u32;
+    fn alive(&self, now: Instant) -> bool;
+}
+
+impl Entry for Link {
+    fn platform(&self) -> u32 {
+        self.grant.platform
+    }
+    fn alive(&self, now: Instant) -> bool {
+        self.expires > now
+    }
+}
+
+impl Entry for Session {
+    fn platform(&self) -> u32 {
+        self.grant.platform
+    }
+    fn alive(&self, now: Instant) -> bool {
+        alive(self, now)
+    }
+}
+
+/// Entries by the hash of their token, bounded in all and for each platform.
+struct Tokens<V> {
+    by_hash: HashMap<[u8; 32], V>,
+    per_platform: HashMap<u32, usize>,
+    pruned: Option<Instant>,
+}
+
+impl<V> Default for Tokens<V> {
+    fn default() -> Self {
+        Tokens { by_hash: HashMap::new(), per_platform: HashMap::new(), pruned: None }
+    }
+}
+
+impl<V: Entry> Tokens<V> {
+    fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    fn of_platform(&self, platform: u32) -> usize {
+        self.per_platform.get(&platform).copied().unwrap_or(0)
+    }
+
+    /// Adds `value` under `key` unless the map (`max`) or its platform's share (`share`) is
+    /// full, pruning dead entries first when one is (at most once every `PRUNE_GAP`).
+    fn insert(&mut self, key: [u8; 32], value: V, (max, share): (usize, usize), now: Instant, what: &str) -> Result<(), ApiError> {
+        let platform = value.platform();
+        let full = |tokens: &Self| tokens.len() >= max || tokens.of_platform(platform) >= share;
+        if full(self) && self.pruned.is_none_or(|at| now.saturating_duration_since(at) >= PRUNE_GAP) {
+            self.pruned = Some(now);
+            let per_platform = &mut self.per_platform;
+            self.by_hash.retain(|_, entry| {
+                let keep = entry.alive(now);
+                if !keep {
+                    Self::uncount(per_platform, entry.platform());
+                }
+                keep
+            });
+        }
+        if full(self) {
+            return Err(ApiError::overloaded(&format!("too many H5 {what}; try again shortly")));
+        }
+        *self.per_platform.entry(platform).or_default() += 1;
+        if let Some(replaced) = self.by_hash.insert(key, value) {
+            Self::uncount(&mut self.per_platform, replaced.platform());
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &[u8; 32]) -> Option<V> {
+        let removed = self.by_hash.remove(key)?;
+        Self::uncount(&mut self.per_platform, removed.platform());
+        Some(removed)
+    }
+
+    fn uncount(per_platform: &mut HashMap<u32, usize>, platform: u32) {
+        if let Some(count) = per_platform.get_mut(&platform) {
+            *count -= 1;
+            if *count == 0 {
+                per_platform.remove(&platform);
+            }
+        }
+    }
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -180,15 +277,9 @@ impl H5Sessions {
 
     /// A new link's token (256 random bits) for `grant`, valid for `valid_for`.
     pub fn issue(&self, grant: Grant, valid_for: Duration, now: Instant) -> Result<String, ApiError> {
-        let mut links = self.links.lock().expect("h5 links lock");
-        if links.len() >= LINKS_MAX {
-            links.retain(|_, link| link.expires > now);
-        }
-        if links.len() >= LINKS_MAX {
-            return Err(ApiError::overloaded("too many H5 links wait to be opened; try again shortly"));
-        }
         let token = random_hex(32);
-        links.insert(hash(&token), Link { grant, expires: now + valid_for });
+        let link = Link { grant, expires: now + valid_for };
+        self.links.lock().expect("h5 links lock").insert(hash(&token), link, (LINKS_MAX, LINKS_PER_PLATFORM_MAX), now, "links wait to be opened")?;
         Ok(token)
     }
 
@@ -197,17 +288,11 @@ impl H5Sessions {
     pub fn open(&self, token: &str, browser: Locale, now: Instant) -> Result<Option<(String, Session)>, ApiError> {
         let link = self.links.lock().expect("h5 links lock").remove(&hash(token));
         let Some(link) = link.filter(|link| link.expires > now) else { return Ok(None) };
-        let mut sessions = self.sessions.lock().expect("h5 sessions lock");
-        if sessions.len() >= SESSIONS_MAX {
-            sessions.retain(|_, session| alive(session, now));
-        }
-        if sessions.len() >= SESSIONS_MAX {
-            return Err(ApiError::overloaded("too many H5 sessions are open; try again shortly"));
-        }
         let cookie = random_hex(32);
         let locale = link.grant.locale.unwrap_or(browser);
         let session = Session { grant: link.grant, locale, csrf: random_hex(16), replacing: None, paid_order: None, opened: now, last_seen: now };
-        sessions.insert(hash(&cookie), session.clone());
+        let bounds = (SESSIONS_MAX, SESSIONS_PER_PLATFORM_MAX);
+        self.sessions.lock().expect("h5 sessions lock").insert(hash(&cookie), session.clone(), bounds, now, "sessions are open")?;
         Ok(Some((cookie, session)))
     }
 
@@ -215,18 +300,18 @@ impl H5Sessions {
     pub fn get(&self, cookie: &str, now: Instant) -> Option<Session> {
         let mut sessions = self.sessions.lock().expect("h5 sessions lock");
         let key = hash(cookie);
-        let session = sessions.get_mut(&key)?;
-        if !alive(session, now) {
+        if !alive(sessions.by_hash.get(&key)?, now) {
             sessions.remove(&key);
             return None;
         }
+        let session = sessions.by_hash.get_mut(&key)?;
         session.last_seen = now;
         Some(session.clone())
     }
 
     /// Changes the session of a cookie value.
     pub fn update(&self, cookie: &str, change: impl FnOnce(&mut Session)) {
-        if let Some(session) = self.sessions.lock().expect("h5 sessions lock").get_mut(&hash(cookie)) {
+        if let Some(session) = self.sessions.lock().expect("h5 sessions lock").by_hash.get_mut(&hash(cookie)) {
             change(session);
         }
     }
@@ -533,15 +618,36 @@ mod tests {
     }
 
     #[test]
-    fn the_maps_are_bounded_and_pruned() {
+    fn the_maps_are_bounded_in_all_and_for_each_platform_and_pruned() {
         let sessions = H5Sessions::new();
         let now = Instant::now();
-        for _ in 0..LINKS_MAX {
-            sessions.issue(grant(Purpose::Wallet), Duration::from_secs(1), now).unwrap();
+        let of = |platform: u32| Grant { platform, ..grant(Purpose::Wallet) };
+        for _ in 0..LINKS_PER_PLATFORM_MAX {
+            sessions.issue(of(1), Duration::from_secs(1), now).unwrap();
         }
-        assert_eq!(sessions.issue(grant(Purpose::Wallet), Duration::from_secs(1), now).unwrap_err().code, "overloaded");
-        assert!(sessions.issue(grant(Purpose::Wallet), Duration::from_secs(1), now + Duration::from_secs(2)).is_ok(), "expired links pruned");
-        assert_eq!(sessions.counts().0, 1);
+        // Platform 1's share is full; platform 2 still gets links.
+        assert_eq!(sessions.issue(of(1), Duration::from_secs(1), now).unwrap_err().code, "overloaded");
+        let token = sessions.issue(of(2), Duration::from_secs(300), now).unwrap();
+        // Sessions have their own shares: platform 2's link opens.
+        assert!(sessions.open(&token, Locale::En, now).unwrap().is_some());
+        // Pruning at most once a second: platform 1's expired links are dropped at the next one.
+        let later = now + Duration::from_secs(2);
+        let fresh = sessions.issue(of(1), Duration::from_secs(1), later).unwrap();
+        assert_eq!(sessions.counts(), (1, 1), "platform 1's expired links pruned (platform 2's opened)");
+        assert!(sessions.open(&fresh, Locale::En, later).unwrap().is_some());
+        // The whole map's bound: shares of many platforms fill it.
+        let platforms = (LINKS_MAX / LINKS_PER_PLATFORM_MAX) as u32;
+        for platform in 10..10 + platforms {
+            for _ in 0..LINKS_PER_PLATFORM_MAX {
+                sessions.issue(of(platform), Duration::from_secs(60), later).unwrap();
+            }
+        }
+        assert_eq!(sessions.issue(of(3), Duration::from_secs(1), later).unwrap_err().code, "overloaded");
+        assert_eq!(sessions.counts().0, LINKS_MAX);
+        // Opened links leave their platform's count.
+        let links = sessions.links.lock().unwrap();
+        assert_eq!(links.of_platform(10), LINKS_PER_PLATFORM_MAX);
+        assert_eq!(links.of_platform(1) + links.of_platform(2), 0);
     }
 
     #[test]
