@@ -273,6 +273,10 @@ fn the_cashier_pays_with_the_right_password_and_wrong_ones_count_down_and_lock()
 
     let (status, refused) = browser.post("/h5/cashier", &[("password", "123456")]);
     assert_eq!(status, 403, "no CSRF token: {refused}");
+    // A form is a few hundred bytes: one past 16 KiB is refused (its session's page, 413).
+    let padding = "x".repeat(16 * 1024);
+    let (status, too_large) = browser.post("/h5/cashier", &[("password", "123456"), ("csrf", &csrf), ("pad", &padding)]);
+    assert_eq!(status, 413, "{too_large}");
     assert!(refused.contains("csrf_failed"));
     assert_eq!(browser.post("/h5/cashier", &[("password", "123456"), ("csrf", "00")]).0, 403);
     assert_eq!(p.balances(&payer).0, "100.00", "nothing paid without the token");

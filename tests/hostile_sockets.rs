@@ -166,3 +166,22 @@ fn bodies_outside_the_platform_api_have_the_same_deadline() {
     assert_eq!(status, 200);
     server.stop();
 }
+
+/// An H5 form announcing a large body without a session cookie is answered 401 at once, its
+/// body never read (DESIGN.md invariant 12): before, every H5 POST read up to 16 MiB from anyone.
+#[test]
+fn an_h5_form_without_a_session_is_refused_before_its_body() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_configured(dir.path(), TOKEN, &hostile_config());
+    let address = server.base.trim_start_matches("http://").to_string();
+    for path in ["/h5/cashier", "/h5/wallet/recharge", "/h5/wallet/card/bind"] {
+        let mut stream = TcpStream::connect(&address).expect("connect");
+        let head = format!("POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 16000000\r\n\r\n");
+        stream.write_all(head.as_bytes()).expect("send head");
+        let outcome = watch(stream, Duration::from_secs(30));
+        assert_eq!(outcome.status, Some(401), "{path}: {outcome:?}");
+    }
+    let (status, _) = server.get("/healthz", None);
+    assert_eq!(status, 200);
+    server.stop();
+}

@@ -502,6 +502,55 @@ pub fn cookie_of(request: &HttpRequest) -> Option<String> {
     })
 }
 
+/// The largest form an H5 page posts (the longest is a few hundred bytes).
+pub const FORM_BYTES_MAX: usize = 16 * 1024;
+
+/// An H5 form's body, read only for a request with a live session (DESIGN.md invariant 12:
+/// who asks before the body is read) and only up to `FORM_BYTES_MAX` (413 past it, from its
+/// `Content-Length` before a byte of it is read), within the body timeout. A request without
+/// a session gets an empty body unread: the handler's `session_for` answers it 401.
+pub struct FormBody(web::Bytes);
+
+impl std::ops::Deref for FormBody {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl actix_web::FromRequest for FormBody {
+    type Error = PageError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<FormBody, PageError>>>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let request = request.clone();
+        let payload = payload.take();
+        Box::pin(async move {
+            let locale = browser_locale(&request);
+            let live = request
+                .app_data::<web::Data<Arc<H5Sessions>>>()
+                .zip(cookie_of(&request))
+                .is_some_and(|(sessions, cookie)| sessions.get(&cookie, Instant::now()).is_some());
+            if !live {
+                return Ok(FormBody(web::Bytes::new()));
+            }
+            let too_large = || PageError { message: format!("a form is at most {FORM_BYTES_MAX} bytes"), ..PageError::new(413, "payload_too_large", locale) };
+            let announced = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+            if announced.is_some_and(|length| length > FORM_BYTES_MAX as u64) {
+                return Err(too_large());
+            }
+            let timeout = request.app_data::<web::Data<crate::signed::BodyLimits>>().map_or(Duration::from_secs(10), |limits| limits.timeout);
+            let reading = actix_web::body::to_bytes_limited(actix_web::body::BodyStream::new(payload), FORM_BYTES_MAX);
+            match actix_web::rt::time::timeout(timeout, reading).await {
+                Err(_) => Err(PageError::new(408, "request_timeout", locale)),
+                Ok(Err(_)) => Err(too_large()),
+                Ok(Ok(Err(error))) => Err(PageError { message: format!("reading the form: {error}"), ..PageError::new(400, "invalid_request", locale) }),
+                Ok(Ok(Ok(body))) => Ok(FormBody(body)),
+            }
+        })
+    }
+}
+
 /// The request's session (401 page without one, 403 when its purpose is not among `purposes`),
 /// with its cookie value.
 pub fn session_for(request: &HttpRequest, sessions: &H5Sessions, purposes: &[Purpose]) -> Result<(String, Session), PageError> {

@@ -112,7 +112,7 @@ fn error_notice(locale: Locale, error: &crate::error::ApiError) -> Markup {
 #[allow(clippy::too_many_arguments)]
 pub async fn pay(
     request: HttpRequest,
-    body: web::Bytes,
+    body: crate::h5::FormBody,
     sessions: web::Data<Arc<H5Sessions>>,
     engine: web::Data<Arc<Engine>>,
     members: web::Data<Arc<Members>>,

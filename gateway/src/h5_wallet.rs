@@ -196,7 +196,7 @@ fn recharge_page(w: &Wallet, message: Option<Markup>) -> Markup {
 #[post("/h5/wallet/recharge")]
 pub async fn recharge(
     request: HttpRequest,
-    body: web::Bytes,
+    body: crate::h5::FormBody,
     sessions: web::Data<Arc<H5Sessions>>,
     engine: web::Data<Arc<Engine>>,
     platforms: web::Data<Arc<Platforms>>,
@@ -293,7 +293,7 @@ async fn withdraw_page(w: &Wallet, engine: &Arc<Engine>, cards: &Arc<Cards>, mes
 #[allow(clippy::too_many_arguments)]
 pub async fn withdraw(
     request: HttpRequest,
-    body: web::Bytes,
+    body: crate::h5::FormBody,
     sessions: web::Data<Arc<H5Sessions>>,
     engine: web::Data<Arc<Engine>>,
     cards: web::Data<Arc<Cards>>,
@@ -458,7 +458,7 @@ async fn card_page(w: &Wallet, engine: &Arc<Engine>, cards: &Arc<Cards>, message
 #[allow(clippy::too_many_arguments)]
 pub async fn card_bind(
     request: HttpRequest,
-    body: web::Bytes,
+    body: crate::h5::FormBody,
     sessions: web::Data<Arc<H5Sessions>>,
     engine: web::Data<Arc<Engine>>,
     cards: web::Data<Arc<Cards>>,
@@ -494,7 +494,7 @@ pub async fn card_bind(
 #[post("/h5/wallet/card/verify")]
 pub async fn card_verify(
     request: HttpRequest,
-    body: web::Bytes,
+    body: crate::h5::FormBody,
     sessions: web::Data<Arc<H5Sessions>>,
     engine: web::Data<Arc<Engine>>,
     cards: web::Data<Arc<Cards>>,
@@ -520,7 +520,7 @@ pub async fn card_verify(
 #[post("/h5/wallet/card/unbind")]
 pub async fn card_unbind(
     request: HttpRequest,
-    body: web::Bytes,
+    body: crate::h5::FormBody,
     sessions: web::Data<Arc<H5Sessions>>,
     engine: web::Data<Arc<Engine>>,
     cards: web::Data<Arc<Cards>>,
@@ -578,7 +578,7 @@ fn password_page(w: &Wallet, passwords: &Passwords, message: Option<Markup>) -> 
 #[post("/h5/wallet/password")]
 pub async fn password(
     request: HttpRequest,
-    body: web::Bytes,
+    body: crate::h5::FormBody,
     sessions: web::Data<Arc<H5Sessions>>,
     engine: web::Data<Arc<Engine>>,
     members: web::Data<Arc<Members>>,
@@ -648,7 +648,7 @@ fn close_page(w: &Wallet, message: Option<Markup>) -> Markup {
 #[post("/h5/wallet/close")]
 pub async fn close(
     request: HttpRequest,
-    body: web::Bytes,
+    body: crate::h5::FormBody,
     sessions: web::Data<Arc<H5Sessions>>,
     engine: web::Data<Arc<Engine>>,
 ) -> Result<HttpResponse, PageError> {
@@ -751,7 +751,7 @@ fn agreement_page(session: &Session, agreements: &Agreements, chosen: Option<(St
 #[post("/h5/agreement")]
 pub async fn sign(
     request: HttpRequest,
-    body: web::Bytes,
+    body: crate::h5::FormBody,
     sessions: web::Data<Arc<H5Sessions>>,
     members: web::Data<Arc<Members>>,
     agreements: web::Data<Arc<Agreements>>,
