@@ -136,7 +136,7 @@ pub async fn pay(
         let payer = crate::accounts::parse_account_id(&payment.payer_account_id).ok_or_else(crate::error::ApiError::not_found)?;
         let checking = passwords.get_ref().clone();
         // argon2 takes tens of milliseconds of CPU: off the async workers.
-        crate::error::blocking(move || checking.verify(payer, Some(&password))).await??;
+        crate::passwords::hashing(u64::from(platform.id), move || checking.verify(payer, Some(&password))).await??;
         let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
         crate::recharges::dispatch(&engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
         if !reply.is_ok() {

@@ -199,6 +199,48 @@ pub fn valid_password(text: &str) -> bool {
     text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Who a password hash is computed for, in `hashing`: a platform's payers (its id) or the
+/// portals' operators (`PORTAL_HASHING`, no platform id reaches it).
+pub const PORTAL_HASHING: u64 = 1 << 32;
+
+/// The budget of password hashing (argon2id: about 19 MiB and tens of milliseconds of a core
+/// each): at most half the cores at once (at least one) in all, and one at a time for each
+/// platform and for the portals' sign-ins together. Waiting is done on the async side, so a
+/// flood of password checks (a bulk request of 8,189 payments, sign-in tries from anyone)
+/// neither fills the blocking pool the store reads need nor takes every core from the shards,
+/// and one platform's checks wait behind each other, not in front of another platform's.
+struct HashingBudget {
+    all: tokio::sync::Semaphore,
+    tenants: Mutex<HashMap<u64, Arc<tokio::sync::Semaphore>>>,
+}
+
+static HASHING: std::sync::OnceLock<HashingBudget> = std::sync::OnceLock::new();
+
+/// How many hashes run at once in all (`HashingBudget`).
+pub fn hashing_slots() -> usize {
+    (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1)
+}
+
+/// Runs `work` (which computes password hashes) on a blocking thread within the hashing
+/// budget of `tenant` (a platform id, or `PORTAL_HASHING`).
+pub async fn hashing<T: Send + 'static>(tenant: u64, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    HASHING.get_or_init(|| HashingBudget::new(hashing_slots())).run(tenant, work).await
+}
+
+impl HashingBudget {
+    fn new(slots: usize) -> HashingBudget {
+        HashingBudget { all: tokio::sync::Semaphore::new(slots), tenants: Mutex::new(HashMap::new()) }
+    }
+
+    async fn run<T: Send + 'static>(&self, tenant: u64, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+        let own = self.tenants.lock().expect("hashing lock").entry(tenant).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1))).clone();
+        let closed = |_| ApiError::unavailable("the server is stopping".into());
+        let _own = own.acquire().await.map_err(closed)?;
+        let _all = self.all.acquire().await.map_err(closed)?;
+        blocking(work).await
+    }
+}
+
 /// Checks the payer's password for a payment when `platform` requires one. A payer that is not
 /// one of `platform`'s customer accounts is not checked (nor its failures counted): the engine
 /// refuses the payment as it refuses any other platform's account, so one platform can neither
@@ -218,8 +260,9 @@ pub async fn check_for_payment(
         _ => return Ok(()),
     };
     let (engine, passwords, password, platform) = (engine.clone(), passwords.clone(), password.map(str::to_string), platform.id);
-    // A shard read, then argon2 (tens of milliseconds of CPU): off the async workers.
-    blocking(move || {
+    // A shard read, then argon2 (tens of milliseconds of CPU): off the async workers, within
+    // the platform's hashing budget.
+    hashing(u64::from(platform), move || {
         let shard = payer.shard(engine.config().shard_count);
         let own = engine.read_shard(shard, move |state| state.account(payer).is_some_and(|a| a.kind == AccountKind::Customer && a.platform == platform))?;
         if !own {
@@ -258,7 +301,7 @@ pub async fn set_password_of(engine: &Arc<Engine>, passwords: &Arc<Passwords>, p
         return Err(ApiError::invalid("a payment password is exactly 6 digits", "password"));
     }
     let passwords = passwords.clone();
-    blocking(move || passwords.set(account, &password)).await?
+    hashing(u64::from(platform), move || passwords.set(account, &password)).await?
 }
 
 /// Registers the password route.
@@ -269,6 +312,45 @@ pub fn routes(config: &mut web::ServiceConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hashing runs one at a time for each tenant and at most the budget's slots at once in all.
+    #[actix_web::test]
+    async fn hashing_is_bounded_in_all_and_one_at_a_time_per_tenant() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for (slots, tenants, most_in_all) in [(4, 2, 2), (4, 6, 4), (1, 3, 1)] {
+            let budget = Arc::new(HashingBudget::new(slots));
+            let running: Arc<Vec<AtomicUsize>> = Arc::new((0..=tenants).map(|_| AtomicUsize::new(0)).collect());
+            let most: Arc<Vec<AtomicUsize>> = Arc::new((0..=tenants).map(|_| AtomicUsize::new(0)).collect());
+            let tasks: Vec<_> = (0..4 * tenants)
+                .map(|n| {
+                    let (budget, running, most, tenant) = (budget.clone(), running.clone(), most.clone(), 1 + n % tenants);
+                    actix_web::rt::spawn(async move {
+                        budget
+                            .run(tenant as u64, move || {
+                                for slot in [0, tenant] {
+                                    let now = running[slot].fetch_add(1, Ordering::SeqCst) + 1;
+                                    most[slot].fetch_max(now, Ordering::SeqCst);
+                                }
+                                std::thread::sleep(std::time::Duration::from_millis(20));
+                                for slot in [0, tenant] {
+                                    running[slot].fetch_sub(1, Ordering::SeqCst);
+                                }
+                            })
+                            .await
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+            for tenant in 1..=tenants {
+                assert_eq!(most[tenant].load(Ordering::SeqCst), 1, "one at a time for tenant {tenant} ({slots} slots)");
+            }
+            let in_all = most[0].load(Ordering::SeqCst);
+            assert!((1..=most_in_all).contains(&in_all), "{in_all} at once with {slots} slots and {tenants} tenants");
+        }
+        assert!(hashing_slots() >= 1);
+    }
 
     #[test]
     fn five_wrong_in_a_row_lock_and_a_right_one_resets() {

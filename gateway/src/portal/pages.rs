@@ -52,7 +52,7 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
     let now = now_seconds();
     let name = username.clone();
     let known = portal.operators.named(&username);
-    let outcome = blocking(move || checking.operators.login(&name, &password, code.as_deref(), now)).await?;
+    let outcome = crate::passwords::hashing(crate::passwords::PORTAL_HASHING, move || checking.operators.login(&name, &password, code.as_deref(), now)).await?;
     match outcome {
         Ok(operator) => {
             let token = portal.sessions.open(&operator);
@@ -187,12 +187,12 @@ async fn change_password(request: HttpRequest, session: Session, portal: PortalD
     check_form(&request, &session, &form)?;
     let (current, new) = (form.get("current").to_string(), form.get("password").to_string());
     let (checking, id) = (portal.get_ref().clone(), session.operator.id);
-    let right = blocking(move || checking.operators.check_password(id, &current)).await?;
+    let right = crate::passwords::hashing(crate::passwords::PORTAL_HASHING, move || checking.operators.check_password(id, &current)).await?;
     if !right {
         return Ok(account_page(&session, Some(("error", "The current password is wrong.")), None));
     }
     let changing = portal.get_ref().clone();
-    match blocking(move || changing.operators.set_password(id, &new)).await? {
+    match crate::passwords::hashing(crate::passwords::PORTAL_HASHING, move || changing.operators.set_password(id, &new)).await? {
         Ok(_) => {
             portal.audit.record(
                 &session,
@@ -324,7 +324,7 @@ async fn create_operator(request: HttpRequest, session: Session, portal: PortalD
         password: form.get("password").to_string(),
     };
     let (creating, by) = (portal.get_ref().clone(), session.operator.username.clone());
-    match blocking(move || creating.operators.create(new, &by)).await? {
+    match crate::passwords::hashing(crate::passwords::PORTAL_HASHING, move || creating.operators.create(new, &by)).await? {
         Ok(operator) => {
             portal.audit.record(&session, scope, "operator.create", &operator.username, serde_json::Value::Null, operator.public_view(), "ok")?;
             Ok(operators_page(&session, &portal, Some(("ok", &format!("Operator {} created.", operator.username)))))
