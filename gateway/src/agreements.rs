@@ -10,7 +10,7 @@
 //! with sync before it is answered), loaded at start.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use actix_web::{get, post, put, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -200,16 +200,22 @@ struct State {
     template_orders: HashMap<(u32, String), u64>,
     per_platform: HashMap<u32, usize>,
     highest_template: u64,
-    highest_signature: u64,
 }
 
 /// Every template (without its text) in memory, written through; signatures in the store only
 /// (`a/s/{id}`, with `am/`, `ao/` and `an/signature` beside them), read where used.
 pub struct Agreements {
     store: Arc<dyn Store>,
-    /// One lock: a publication or signature is check, id, synced write, insert as one step
-    /// (runs on a blocking thread, never an async worker).
-    state: Mutex<State>,
+    /// The templates' index, read on the async workers (pages, the API): never held across
+    /// a store read or write, so a publication or a signature waiting on the disk holds up no
+    /// reader.
+    state: RwLock<State>,
+    /// Held by a publication from its checks to its insert (check, id, synced write, insert
+    /// as one step among publications; on a blocking thread).
+    publishing: Mutex<()>,
+    /// The highest signature id, held by a signature from its checks to its synced write (on a
+    /// blocking thread).
+    signing: Mutex<u64>,
 }
 
 fn member_signature_key(platform: u32, member: u64, id: u64) -> [u8; 23] {
@@ -239,14 +245,14 @@ impl Agreements {
         if store.get(SIGNATURE_INDEX_BUILT).map_err(|e| e.to_string())?.is_none() {
             build_signature_index(store.as_ref())?;
         }
-        state.highest_signature = read_highest_signature(store.as_ref())?;
+        let mut highest_signature = read_highest_signature(store.as_ref())?;
         // Signatures past the highest id: made by a binary from before these keys (a downgrade
         // and upgrade again). Built again, so no id is handed out twice.
-        if store.get(&crate::records::key(SIGNATURE_PREFIX, state.highest_signature + 1)).map_err(|e| e.to_string())?.is_some() {
+        if store.get(&crate::records::key(SIGNATURE_PREFIX, highest_signature + 1)).map_err(|e| e.to_string())?.is_some() {
             build_signature_index(store.as_ref())?;
-            state.highest_signature = read_highest_signature(store.as_ref())?;
+            highest_signature = read_highest_signature(store.as_ref())?;
         }
-        Ok(Agreements { store, state: Mutex::new(state) })
+        Ok(Agreements { store, state: RwLock::new(state), publishing: Mutex::new(()), signing: Mutex::new(highest_signature) })
     }
 
     /// Publishes the next version of `body.code` for `platform` (or replays the publication its
@@ -254,9 +260,12 @@ impl Agreements {
     pub fn publish(&self, platform: u32, body: &PublishBody, now: i64) -> Result<(Template, bool), ApiError> {
         crate::ids::out_order_no(&body.out_order_no, "out_order_no")?;
         let content = hex::encode(Sha256::digest(serde_json::to_vec(body).expect("bodies serialize")));
-        let mut state = self.state.lock().expect("agreements lock");
-        if let Some(id) = state.template_orders.get(&(platform, body.out_order_no.clone())) {
-            let template = state.templates[id].clone();
+        let _publishing = self.publishing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let replayed = {
+            let state = self.index();
+            state.template_orders.get(&(platform, body.out_order_no.clone())).map(|id| state.templates[id].clone())
+        };
+        if let Some(template) = replayed {
             if template.content != content {
                 return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
             }
@@ -273,12 +282,16 @@ impl Agreements {
         if !crate::plain_text(&body.text, true) || body.text.chars().count() > TEXT_CHARS_MAX {
             return Err(ApiError::invalid("text must be 1 to 65536 characters, not all blank, without control characters but tabs and line breaks", "text"));
         }
-        if state.per_platform.get(&platform).copied().unwrap_or(0) >= TEMPLATES_PER_PLATFORM_MAX {
+        let (published, version, id) = {
+            let state = self.index();
+            let version = state.versions.get(&(platform, body.code.clone())).and_then(|v| v.keys().next_back()).map_or(1, |last| last + 1);
+            (state.per_platform.get(&platform).copied().unwrap_or(0), version, state.highest_template + 1)
+        };
+        if published >= TEMPLATES_PER_PLATFORM_MAX {
             return Err(ApiError::new(422, "agreement_limit_reached", "this platform has published as many agreement versions as it may"));
         }
-        let version = state.versions.get(&(platform, body.code.clone())).and_then(|v| v.keys().next_back()).map_or(1, |last| last + 1);
         let template = Template {
-            id: state.highest_template + 1,
+            id,
             platform,
             code: body.code.clone(),
             version,
@@ -291,8 +304,13 @@ impl Agreements {
             excerpt: String::new(),
         };
         crate::records::put(self.store.as_ref(), &[(crate::records::key(TEMPLATE_PREFIX, template.id), &template)])?;
-        state.index_template(template.clone());
+        self.state.write().unwrap_or_else(std::sync::PoisonError::into_inner).index_template(template.clone());
         Ok((template, false))
+    }
+
+    /// The templates' index, for reading (never held across the store).
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `templates` with their texts, read from the store (the index keeps none).
@@ -317,7 +335,7 @@ impl Agreements {
     /// Every template version of `platform`, by code then version (without texts:
     /// `with_texts`).
     pub fn templates(&self, platform: u32) -> Vec<Template> {
-        let state = self.state.lock().expect("agreements lock");
+        let state = self.index();
         let mut found: Vec<Template> = state.templates.values().filter(|t| t.platform == platform).cloned().collect();
         found.sort_by(|a, b| (&a.code, a.version).cmp(&(&b.code, b.version)));
         found
@@ -325,13 +343,13 @@ impl Agreements {
 
     /// Version `version` of `code` of `platform` (without its text: `with_text`).
     pub fn template(&self, platform: u32, code: &str, version: u32) -> Option<Template> {
-        let state = self.state.lock().expect("agreements lock");
+        let state = self.index();
         state.versions.get(&(platform, code.to_string())).and_then(|v| v.get(&version)).map(|id| state.templates[id].clone())
     }
 
     /// The latest version of `code` of `platform` (without its text: `with_text`).
     pub fn latest(&self, platform: u32, code: &str) -> Option<Template> {
-        let state = self.state.lock().expect("agreements lock");
+        let state = self.index();
         state.versions.get(&(platform, code.to_string())).and_then(|v| v.values().next_back()).map(|id| state.templates[id].clone())
     }
 
@@ -342,7 +360,7 @@ impl Agreements {
         if let Some(number) = request.out_order_no {
             crate::ids::out_order_no(number, "out_order_no")?;
         }
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut highest_signature = self.signing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let order_key = request.out_order_no.map(|number| signature_order_key(platform, number));
         if let Some(key) = &order_key {
             if let Some(id) = self.store.get(key).map_err(ApiError::store)? {
@@ -354,12 +372,7 @@ impl Agreements {
                 return Ok((signature, true));
             }
         }
-        let template = state
-            .versions
-            .get(&(platform, request.code.to_string()))
-            .and_then(|v| v.get(&request.version))
-            .map(|id| state.templates[id].clone())
-            .ok_or(ApiError { param: Some("version".into()), ..ApiError::not_found() })?;
+        let template = self.template(platform, request.code, request.version).ok_or(ApiError { param: Some("version".into()), ..ApiError::not_found() })?;
         if let Some(shown) = request.shown_sha256 {
             if !crate::auth::constant_time_equal(shown.as_bytes(), template.sha256.as_bytes()) {
                 return Err(ApiError {
@@ -375,14 +388,14 @@ impl Agreements {
         if held.len() >= SIGNATURES_PER_MEMBER_MAX {
             return Err(ApiError::new(422, "agreement_limit_reached", "this member holds as many signatures as they may"));
         }
-        if self.store.get(&crate::records::key(SIGNATURE_PREFIX, state.highest_signature + 1)).map_err(ApiError::store)?.is_some() {
+        if self.store.get(&crate::records::key(SIGNATURE_PREFIX, *highest_signature + 1)).map_err(ApiError::store)?.is_some() {
             // Made behind this process's back (a binary from before these keys, or a write that
             // failed yet reached the disk): the keys are built again, then the next id.
             build_signature_index(self.store.as_ref()).map_err(|e| ApiError::corrupt(&format!("the signatures' keys ({e})")))?;
-            state.highest_signature = read_highest_signature(self.store.as_ref()).map_err(|e| ApiError::corrupt(&format!("the highest signature id ({e})")))?;
+            *highest_signature = read_highest_signature(self.store.as_ref()).map_err(|e| ApiError::corrupt(&format!("the highest signature id ({e})")))?;
         }
         let signature = Signature {
-            id: state.highest_signature + 1,
+            id: *highest_signature + 1,
             platform,
             member: member.id,
             code: template.code.clone(),
@@ -406,7 +419,7 @@ impl Agreements {
         // One synced write: the signature, its place under its member, its order number and
         // the highest id together.
         self.store.write(&puts).map_err(ApiError::store)?;
-        state.highest_signature = signature.id;
+        *highest_signature = signature.id;
         Ok((signature, false))
     }
 
@@ -442,7 +455,7 @@ impl Agreements {
     /// Signature `id` of `member` of `platform`, with the template version it signed.
     pub fn signature(&self, platform: u32, member: u64, id: u64) -> Result<Option<(Signature, Template)>, ApiError> {
         let Some(signature) = self.read_signature(id)?.filter(|s| s.platform == platform && s.member == member) else { return Ok(None) };
-        let template = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).templates.get(&signature.template).cloned();
+        let template = self.index().templates.get(&signature.template).cloned();
         let template = template.ok_or_else(|| ApiError::corrupt("a signature's template (missing)"))?;
         Ok(Some((signature, template)))
     }
@@ -458,7 +471,7 @@ impl Agreements {
             return Ok(());
         }
         let held = self.signatures_of(platform.id, member)?;
-        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self.index();
         for code in codes {
             let Some(latest) = state.versions.get(&(platform.id, code.clone())).and_then(|v| v.keys().next_back()) else { continue };
             if !held.iter().any(|s| &s.code == code && s.version == *latest) {
@@ -476,7 +489,7 @@ impl Agreements {
         if codes.len() > REQUIRED_CODES_MAX {
             return Err(ApiError::invalid("at most 16 codes", param));
         }
-        let state = self.state.lock().expect("agreements lock");
+        let state = self.index();
         let mut seen = HashSet::new();
         for code in codes {
             if !seen.insert(code) {
@@ -717,6 +730,73 @@ mod tests {
         }
     }
 
+    /// A store whose writes wait until the test opens its gate (a disk that stalls).
+    struct GatedStore {
+        inner: storage::MemoryStore,
+        gate: Mutex<bool>,
+        opened: std::sync::Condvar,
+    }
+
+    impl GatedStore {
+        fn wait(&self) {
+            let mut open = self.gate.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        }
+        fn set(&self, open: bool) {
+            *self.gate.lock().unwrap() = open;
+            self.opened.notify_all();
+        }
+    }
+
+    impl Store for GatedStore {
+        fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
+            self.wait();
+            self.inner.write(puts)
+        }
+        fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), storage::StorageError> {
+            self.inner.delete_range(start, end)
+        }
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
+            self.inner.get(key)
+        }
+        fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
+            self.inner.scan(start, end, visit)
+        }
+        fn is_poisoned(&self) -> bool {
+            false
+        }
+    }
+
+    /// A signature or a publication waiting on a stalled disk holds up no reader of the
+    /// templates (the pages and the API read them on the async workers): the index is never
+    /// locked across the store.
+    #[test]
+    fn readers_of_the_templates_do_not_wait_for_a_write_on_the_disk() {
+        let store = Arc::new(GatedStore { inner: storage::MemoryStore::new(), gate: Mutex::new(true), opened: std::sync::Condvar::new() });
+        let agreements = Arc::new(Agreements::load(store.clone()).unwrap());
+        agreements.publish(1, &body("t1", "service", "v1 text"), 10).unwrap();
+        store.set(false);
+        let (signing, publishing) = (agreements.clone(), agreements.clone());
+        let signer = std::thread::spawn(move || signing.sign(&member(5, 1), &request("service", 1, None), 11).map(|(s, _)| s.id));
+        let publisher = std::thread::spawn(move || publishing.publish(1, &body("t2", "privacy", "text"), 11).map(|(t, _)| t.version));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Both are waiting on the disk; the readers answer now (or the test fails, not hangs).
+        assert!(!signer.is_finished() && !publisher.is_finished());
+        let (reading, (answer, answered)) = (agreements.clone(), std::sync::mpsc::channel());
+        std::thread::spawn(move || {
+            let read = (reading.templates(1).len(), reading.latest(1, "service").map(|t| t.version), reading.template(1, "privacy", 1).is_none());
+            let _ = answer.send(read);
+        });
+        let read = answered.recv_timeout(std::time::Duration::from_secs(5));
+        store.set(true);
+        assert_eq!(read.expect("the readers answered while the writes waited"), (1, Some(1), true), "privacy is not published before its write");
+        assert_eq!(signer.join().unwrap().unwrap(), 1);
+        assert_eq!(publisher.join().unwrap().unwrap(), 1);
+        assert_eq!(agreements.templates(1).len(), 2);
+    }
+
     fn body(number: &str, code: &str, text: &str) -> PublishBody {
         PublishBody { out_order_no: number.into(), code: code.into(), title: "Terms".into(), text: text.into() }
     }
@@ -738,8 +818,8 @@ mod tests {
         assert_eq!(agreements.publish(2, &body("t1", "service", "x"), 12).unwrap().0.version, 1, "versions are per platform");
         let reloaded = Agreements::load(store).unwrap();
         assert_eq!(reloaded.with_text(reloaded.template(1, "service", 1).unwrap()).unwrap().text, "v1 text");
-        assert!(reloaded.state.lock().unwrap().templates.values().all(|t| t.text.is_empty()), "no text held in memory");
-        assert!(agreements.state.lock().unwrap().templates.values().all(|t| t.text.is_empty()), "nor after publishing");
+        assert!(reloaded.index().templates.values().all(|t| t.text.is_empty()), "no text held in memory");
+        assert!(agreements.index().templates.values().all(|t| t.text.is_empty()), "nor after publishing");
         let replayed = agreements.publish(1, &body("t1", "service", "v1 text"), 11).unwrap().0;
         assert_eq!(replayed.text, "v1 text", "a replay answers with the text");
         let texts: Vec<String> = reloaded.with_texts(reloaded.templates(1)).unwrap().into_iter().map(|t| t.text).collect();
