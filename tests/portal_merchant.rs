@@ -353,3 +353,32 @@ fn a_merchant_signs_an_agreement_with_the_hash_of_the_text_shown() {
     assert!(refused.body.contains("notice error"), "{}", refused.body);
     server.stop();
 }
+
+/// An export stops at 10,000 rows (or 20 pages read) and says so in its last row, with the
+/// cursor to export the rest from: it neither ends silently nor walks the whole history.
+#[test]
+fn an_export_that_stops_short_says_where_to_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let p = Client::create(&server, TOKEN, r#"{"name": "Bulk shop"}"#);
+    let (member, account) = company(&p, "m-export");
+    let mut admin = admin(&server);
+    let mut ops = merchant_operator(&server, &mut admin, "exporter", &p.platform, &member);
+    let recharge = |n: usize| json!({"op": "recharge", "body": {"out_order_no": format!("x-{n}"), "account_id": account, "amount": "0.01", "currency": "CNY"}});
+    for range in [0..8_189, 8_189..10_002] {
+        let operations: Vec<serde_json::Value> = range.map(recharge).collect();
+        let (status, _, reply) = p.post("/v1/bulk", &json!({"operations": operations}));
+        assert_eq!(status, 200);
+        assert!(reply["results"].as_array().unwrap().iter().all(|r| r["status"] == 201), "every recharge is made");
+    }
+    let csv = ops.get("/portal/merchant/orders?format=csv");
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(lines.len(), 1 + 10_000 + 1, "header, 10,000 orders, the note");
+    let note = lines.last().unwrap();
+    let cursor = note.split("export again with cursor=").nth(1).and_then(|rest| rest.split(')').next()).unwrap_or_else(|| panic!("{note}"));
+    let rest = ops.get(&format!("/portal/merchant/orders?format=csv&cursor={cursor}"));
+    let rest: Vec<&str> = rest.body.lines().collect();
+    assert_eq!(rest.len(), 1 + 2, "the two oldest, and no note: {rest:?}");
+    assert!(rest.iter().all(|line| !line.contains("more rows")));
+    server.stop();
+}

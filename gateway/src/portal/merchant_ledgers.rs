@@ -23,6 +23,9 @@ use crate::portal::{notice, page, Fields, PortalError, Session};
 
 /// Orders one listing examines per shard before it answers with a cursor.
 const SCAN_MAX: usize = 100_000;
+/// Orders out of memory one listing reads back per shard before it answers with a cursor (as
+/// the API's listings do).
+const COLD_READS_MAX: usize = 32;
 /// Rows on one page.
 const PAGE_ROWS: usize = 50;
 /// Rows of one CSV export at most (the file says when it stopped short).
@@ -84,12 +87,16 @@ fn scan(state: &ShardState, filter: &Filter, before: Position, limit: usize, cha
     let end = u32::try_from(end).unwrap_or(u32::MAX);
     let stop = index.all.partition_point(|&local| local < end);
     let mut found = Vec::new();
+    let mut cold_reads = 0;
     for (scanned, k) in (0..stop).rev().enumerate() {
-        let Some(order) = index.all.get(k).and_then(|local| state.orders.get(*local as usize)) else { break };
+        let Some(&local) = index.all.get(k) else { break };
+        // An order out of memory is read back from the store on the shard's thread.
+        cold_reads += usize::from(!state.orders.is_resident(local as usize));
+        let Some(order) = state.orders.get(local as usize) else { break };
         if order.created_at < filter.from {
             break;
         }
-        if scanned == SCAN_MAX {
+        if scanned == SCAN_MAX || cold_reads > COLD_READS_MAX {
             return (found, Some(Position(order.created_at, order.id.0 + 1)));
         }
         if filter.keeps(order) {
@@ -225,19 +232,22 @@ async fn orders(
     let csv = query.get("format") == "csv";
     let (listing, complaint) = match parsed {
         Ok((filter, before)) if csv => {
-            let mut rows = Vec::new();
-            let mut before = before;
-            loop {
+            let (mut rows, mut before, mut stopped) = (Vec::new(), before, None);
+            for pages in 1.. {
                 let want = (EXPORT_ROWS_MAX - rows.len()).min(500);
                 let (page, next) = orders_page(&engine, clearing.channels(), filter.clone(), before, want).await?;
                 rows.extend(page);
                 match next {
-                    Some(cursor) if rows.len() < EXPORT_ROWS_MAX => before = parse_cursor(Some(&cursor))?,
-                    _ => break,
+                    Some(cursor) if rows.len() < EXPORT_ROWS_MAX && pages < crate::portal::EXPORT_PAGES_MAX => before = parse_cursor(Some(&cursor))?,
+                    next => {
+                        stopped = next;
+                        break;
+                    }
                 }
             }
-            let lines = rows.into_iter().map(|o| ORDER_COLUMNS.iter().map(|c| text(&o[*c])).collect());
-            return Ok(csv_response("orders.csv", &ORDER_COLUMNS, lines));
+            let mut lines: Vec<Vec<String>> = rows.into_iter().map(|o| ORDER_COLUMNS.iter().map(|c| text(&o[*c])).collect()).collect();
+            lines.extend(stopped.map(|cursor| crate::portal::export_stopped_row(ORDER_COLUMNS.len(), &cursor)));
+            return Ok(csv_response("orders.csv", &ORDER_COLUMNS, lines.into_iter()));
         }
         Ok((filter, before)) => (Some(orders_page(&engine, clearing.channels(), filter, before, PAGE_ROWS).await?), None),
         Err(complaint) => (None, Some(complaint)),

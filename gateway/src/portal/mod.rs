@@ -347,6 +347,17 @@ pub fn money(minor: i128, exponent: u8) -> String {
     }
 }
 
+/// Pages one CSV export reads at most (each within its own scan and cold-read budget): a
+/// filter that matches little no longer walks the whole history in one request.
+pub const EXPORT_PAGES_MAX: usize = 20;
+
+/// The last row of an export that stopped before the listing's end: where to go on from.
+pub fn export_stopped_row(columns: usize, cursor: &str) -> Vec<String> {
+    let mut row = vec![String::new(); columns.max(1)];
+    row[0] = format!("(more rows: this export stopped here; export again with cursor={cursor})");
+    row
+}
+
 /// A portal's CSV export (header first, quoted by the csv crate) with every cell safe to open in
 /// a spreadsheet: a cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return and is
 /// not a plain number (`-12.50` stays a number) gets a leading `'`, so a name or order number a

@@ -1068,13 +1068,16 @@ async fn ledger_of_orders(
             Ok(mut listing) => {
                 if form.csv {
                     listing.limit = Some("500".into());
-                    loop {
+                    for pages in 1.. {
                         match crate::orders::list(engine, clearing, platform.id, &listing).await {
                             Ok((page, cursor)) => {
                                 rows.extend(page);
                                 match cursor {
-                                    Some(cursor) if rows.len() < CSV_ROWS_MAX => listing.cursor = Some(cursor),
-                                    _ => break,
+                                    Some(cursor) if rows.len() < CSV_ROWS_MAX && pages < super::EXPORT_PAGES_MAX => listing.cursor = Some(cursor),
+                                    cursor => {
+                                        next = cursor;
+                                        break;
+                                    }
                                 }
                             }
                             Err(e) => {
@@ -1104,7 +1107,8 @@ async fn ledger_of_orders(
         if let Some(error) = error {
             return Err(PortalError::Api(error));
         }
-        let table: Vec<Vec<String>> = rows.iter().map(|row| columns.iter().map(|c| text_of(row, c)).collect()).collect();
+        let mut table: Vec<Vec<String>> = rows.iter().map(|row| columns.iter().map(|c| text_of(row, c)).collect()).collect();
+        table.extend(next.map(|cursor| super::export_stopped_row(columns.len(), &cursor)));
         let name = if channel_only { "channel-ledger.csv" } else { "orders.csv" };
         return Ok(csv_response(name, columns, &table));
     }
@@ -1231,12 +1235,12 @@ async fn entries_ledger(
             Some(account) => {
                 let cursor = Some(form.cursor.as_str()).filter(|c| !c.is_empty()).map(str::to_string);
                 let mut cursor = cursor;
-                loop {
+                for pages in 1.. {
                     match crate::entries::page(&engine, &store, &platforms, platform.id, account, Some("500"), cursor.as_deref()).await {
                         Ok((lines, more)) => {
                             rows.extend(lines.into_iter().filter(|l| keeps(l)));
                             cursor = more;
-                            if !form.csv || cursor.is_none() || rows.len() >= CSV_ROWS_MAX {
+                            if !form.csv || cursor.is_none() || rows.len() >= CSV_ROWS_MAX || pages >= super::EXPORT_PAGES_MAX {
                                 break;
                             }
                         }
@@ -1256,7 +1260,8 @@ async fn entries_ledger(
         if let Some(error) = error {
             return Err(PortalError::Api(error));
         }
-        let table: Vec<Vec<String>> = rows.iter().map(|row| ENTRY_COLUMNS.iter().map(|c| text_of(row, c)).collect()).collect();
+        let mut table: Vec<Vec<String>> = rows.iter().map(|row| ENTRY_COLUMNS.iter().map(|c| text_of(row, c)).collect()).collect();
+        table.extend(next.map(|cursor| super::export_stopped_row(ENTRY_COLUMNS.len(), &cursor)));
         return Ok(csv_response("entries.csv", &ENTRY_COLUMNS, &table));
     }
     let filters = form.query_string();
