@@ -366,6 +366,20 @@ impl Cards {
         }
     }
 
+    /// The verified card an API id names for money to or from it (a withdrawal, a collection;
+    /// `refusal` is the message for a card not verified): 404 naming `card_id` for no such card of `account`
+    /// or an unbound one, 422 `card_not_verified` for one not verified. Read on a blocking
+    /// thread (a card read is a store read).
+    pub async fn verified(self: &Arc<Cards>, platform: u32, account: AccountId, text: &str, refusal: &'static str) -> Result<Card, ApiError> {
+        let (cards, text) = (self.clone(), text.to_string());
+        let card = blocking(move || cards.named(platform, account, &text)).await??;
+        let card = card.filter(|c| c.status != "unbound").ok_or(ApiError { param: Some("card_id".into()), ..ApiError::not_found() })?;
+        if card.status != "verified" {
+            return Err(ApiError { param: Some("card_id".into()), ..ApiError::new(422, "card_not_verified", refusal) });
+        }
+        Ok(card)
+    }
+
     /// The cards of `account` of `platform` (unbound ones too), oldest first: its `ca/` keys,
     /// then one read of their records.
     fn of_account(&self, platform: u32, account: u64) -> Result<Vec<Card>, ApiError> {

@@ -228,19 +228,13 @@ pub async fn create_collection(
 pub async fn collect(
     engine: &Arc<Engine>,
     clearing: &Clearing,
-    cards: &crate::cards::Cards,
+    cards: &Arc<crate::cards::Cards>,
     platform: &Platform,
     body: CollectionBody,
 ) -> Result<(Prepared, Reply), ApiError> {
     let account = crate::orders::account(&body.account_id, "account_id")?;
     crate::accounts::owner_of(engine, platform.id, account).await?;
-    let card = cards
-        .named(platform.id, account, &body.card_id)?
-        .filter(|c| c.status != "unbound")
-        .ok_or(ApiError { param: Some("card_id".into()), ..ApiError::not_found() })?;
-    if card.status != "verified" {
-        return Err(ApiError { param: Some("card_id".into()), ..ApiError::new(422, "card_not_verified", "collections come only from verified cards") });
-    }
+    let card = cards.verified(platform.id, account, &body.card_id, "collections come only from verified cards").await?;
     let recharge =
         RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
     let mut prepared = prepare_recharge(engine, clearing, platform, &recharge).await?;

@@ -67,8 +67,8 @@ pub struct Submitted {
 /// reply; render it with `orders::answer_fields`).
 pub async fn withdraw(
     engine: &Arc<Engine>,
-    cards: &Cards,
-    members: &Members,
+    cards: &Arc<Cards>,
+    members: &Arc<Members>,
     notifications: &Arc<Notifications>,
     clearing: &Clearing,
     platform: u32,
@@ -80,14 +80,9 @@ pub async fn withdraw(
     let target = account(&body.account_id, "account_id")?;
     let arrival = parse_arrival(body.arrival.as_deref())?;
     let (owner, _, _) = account_of(engine, platform, target).await?;
-    let card = cards
-        .named(platform, target, &body.card_id)?
-        .filter(|c| c.status != "unbound")
-        .ok_or(ApiError { param: Some("card_id".into()), ..ApiError::not_found() })?;
-    if card.status != "verified" {
-        return Err(ApiError { param: Some("card_id".into()), ..ApiError::new(422, "card_not_verified", "withdrawals go only to verified cards") });
-    }
-    let member = members.get(platform, owner)?.ok_or_else(ApiError::not_found)?;
+    let card = cards.verified(platform, target, &body.card_id, "withdrawals go only to verified cards").await?;
+    let reading = members.clone();
+    let member = crate::error::blocking(move || reading.get(platform, owner)).await??.ok_or_else(ApiError::not_found)?;
     let account_type = if member.kind == "enterprise" { AccountType::Corporate } else { AccountType::Personal };
     let payout = Payout { platform, number, target, minor, arrival, account_type, card_id: card.id, card_no: card.card_no.clone(), alert: Some(member) };
     let mut view = Fields::default();
