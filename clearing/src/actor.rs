@@ -493,6 +493,9 @@ impl Actor {
         // The bank answered (a timeout with no verdict is not a latency): how long it took.
         // (A statement's verdict came by file, days later maybe: not the bank's latency either.)
         let answered = waiting && !matches!(why, "timeout" | "statement");
+        // The channel's health (its circuit) learns from what it answers now, not from a
+        // statement's lines, which may be days old.
+        let health = why != "statement";
         if let (true, Some(sent)) = (answered, self.outstanding.get(&order).filter(|w| w.channel == channel).map(|w| w.sent)) {
             self.table.record_verdict(channel, succeeded, now.saturating_duration_since(sent));
         }
@@ -512,7 +515,9 @@ impl Actor {
             if let Some((number, note)) = noted {
                 match self.fall_back(order, channel, note, platform, number.as_str(), amount, spec, why)? {
                     FallBack::Rerouted(next) => {
-                        self.table.record_outcome(channel, false, now);
+                        if health {
+                            self.table.record_outcome(channel, false, now);
+                        }
                         self.table.release(channel, amount, created_at);
                         return Ok(VerdictOutcome::Rerouted { received: true, status: "processing", rerouted_to: next });
                     }
@@ -528,10 +533,12 @@ impl Actor {
         if reply.is_ok() {
             self.forget(order, channel);
             if failed_here {
-                self.table.record_outcome(channel, false, now);
+                if health {
+                    self.table.record_outcome(channel, false, now);
+                }
                 self.table.release(channel, amount, created_at);
             }
-            if waiting && succeeded {
+            if waiting && succeeded && health {
                 self.table.record_outcome(channel, true, now);
             }
         }

@@ -157,7 +157,8 @@ pub struct Candidate {
 pub struct Fallback {
     pub from: String,
     pub to: String,
-    /// `failed`, or `timeout` when the channel never received the payout.
+    /// `failed`, `timeout` when the channel never received the payout, or `statement` when the
+    /// channel's reconciled statement failed it.
     pub reason: String,
     pub fee: String,
     pub candidates: Vec<Candidate>,

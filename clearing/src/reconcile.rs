@@ -134,9 +134,10 @@ struct Ours {
     withdrawal: bool,
     created_day: u32,
     spec: CurrencySpec,
-    /// A payout the statement names that is on another channel now: routing's fallback moved it
-    /// off this one (which failed it, or never answered).
-    left: bool,
+    /// A payout the statement names that is on another channel now (its platform and order
+    /// number, to read its note: routing's fallback moved it off this one if the note says it
+    /// tried this channel).
+    left: Option<(u32, Option<engine::ledger::command::OutOrderNo>)>,
 }
 
 impl Ours {
@@ -173,6 +174,7 @@ pub fn reconcile(
     let named: Vec<OrderId> = lines.iter().filter_map(|pending| bank::parse_order_ref(&pending.line.order_id)).collect();
     let ours = channel_ledger(engine, channel, day, &named)?;
     let mut run = Run {
+        store,
         report: ReconcileReport {
             channel: channels.name(channel),
             business_date: date_text(day),
@@ -284,7 +286,7 @@ fn channel_ledger(engine: &Engine, channel: u16, day: u32, named: &[OrderId]) ->
 fn left_payout(o: &engine::ledger::types::Order, channel: u16, calendar: &Calendar, state: &engine::ledger::state::ShardState) -> Option<(u64, Ours)> {
     let OrderDetail::Withdrawal { channel: now, .. } = o.detail else { return None };
     let (id, ours) = ours_of(o, now, calendar, state)?;
-    (now != channel).then_some((id, Ours { left: true, ..ours }))
+    (now != channel).then_some((id, Ours { left: Some((o.platform, o.out_order_no)), ..ours }))
 }
 
 /// What reconciliation needs of order `o`, if it went through `channel`.
@@ -303,7 +305,7 @@ fn ours_of(o: &engine::ledger::types::Order, channel: u16, calendar: &Calendar, 
         withdrawal: o.kind == OrderKind::Withdrawal,
         created_day: calendar.day(o.created_at),
         spec: state.currencies[o.currency.0 as usize],
-        left: false,
+        left: None,
     };
     Some((o.id.0, ours))
 }
@@ -320,6 +322,7 @@ enum Applied {
 
 /// One reconciliation in progress.
 struct Run<'a> {
+    store: &'a dyn Store,
     report: ReconcileReport,
     channel: u16,
     day: u32,
@@ -371,11 +374,18 @@ impl Run<'_> {
             self.note(Class::AmountMismatch, Some(mismatch(Class::AmountMismatch)));
             return Ok(Some(id));
         }
-        if order.left {
-            // A failure here is what moved it (nothing to do); a success here means this bank
-            // paid it as well as the channel it moved to may: an operator's case at once.
-            if theirs_ok {
-                let reason = format!("status mismatch: ours rerouted to another channel after this one, theirs {}", line.status);
+        if let Some((platform, number)) = order.left {
+            // A failure here is what moved it (nothing to do) if its note says it tried this
+            // channel; a success here means this bank paid it as well as the channel it moved
+            // to may, and a line about a payout that never went through this channel is wrong:
+            // an operator's case at once.
+            let tried_here = match number {
+                Some(number) => crate::payouts::PayoutBook::get(self.store, platform, number.as_str())?.is_some_and(|note| note.tried.contains(&self.channel)),
+                None => false,
+            };
+            if theirs_ok || !tried_here {
+                let ours = if tried_here { "rerouted to another channel after this one" } else { "on another channel, never on this one" };
+                let reason = format!("status mismatch: ours {ours}, theirs {}", line.status);
                 self.open_case(&case_id, line_value(), reason);
                 self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
             } else {

@@ -279,4 +279,13 @@ fn a_statements_failure_and_the_banks_callback_move_a_payout_once() {
     assert_eq!(report["counts"], serde_json::json!({"status_mismatch": 1}), "{report}");
     let status = w.engine.read_shard(0, move |s| s.order(order).unwrap().status).unwrap();
     assert_eq!(status, engine::ledger::types::OrderStatus::Processing);
+    // A channel's line failing a payout that never went through it (its note never tried it):
+    // a case, not a match.
+    let elsewhere = OrderId(w.payout("s3", account, 10_000).reply.id);
+    assert_eq!(w.channel_of(elsewhere).0, 1);
+    let wrong = format!("bank_ref,order_id,direction,amount,status,fee\nW-1,{},out,100.00,failed,0.00\n", bank::order_ref(elsewhere));
+    let report = serde_json::to_value(w.runtime.block_on(w.clearing.reconcile(2, day, wrong.into_bytes())).unwrap()).unwrap();
+    assert_eq!(report["counts"]["status_mismatch"], 1, "{report}");
+    assert_eq!(report["details"][0]["detail"]["bank_ref"], "W-1", "{report}");
+    assert_eq!(w.channel_of(elsewhere).0, 1, "nothing moved");
 }

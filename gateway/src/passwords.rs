@@ -210,9 +210,19 @@ pub const PORTAL_HASHING: u64 = 1 << 32;
 /// neither fills the blocking pool the store reads need nor takes every core from the shards,
 /// and one platform's checks wait behind each other, not in front of another platform's.
 struct HashingBudget {
-    all: tokio::sync::Semaphore,
-    tenants: Mutex<HashMap<u64, Arc<tokio::sync::Semaphore>>>,
+    all: Arc<tokio::sync::Semaphore>,
+    tenants: Mutex<HashMap<u64, Arc<Tenant>>>,
 }
+
+/// One tenant's lane: one hash at a time, at most `HASHING_WAITING_MAX` waiting.
+struct Tenant {
+    lane: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Password checks of one tenant that wait for its lane, at most: more are answered 503
+/// `overloaded` at once (a full queue answers, it does not grow).
+pub const HASHING_WAITING_MAX: usize = 64;
 
 static HASHING: std::sync::OnceLock<HashingBudget> = std::sync::OnceLock::new();
 
@@ -229,15 +239,41 @@ pub async fn hashing<T: Send + 'static>(tenant: u64, work: impl FnOnce() -> T + 
 
 impl HashingBudget {
     fn new(slots: usize) -> HashingBudget {
-        HashingBudget { all: tokio::sync::Semaphore::new(slots), tenants: Mutex::new(HashMap::new()) }
+        HashingBudget { all: Arc::new(tokio::sync::Semaphore::new(slots)), tenants: Mutex::new(HashMap::new()) }
     }
 
     async fn run<T: Send + 'static>(&self, tenant: u64, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-        let own = self.tenants.lock().expect("hashing lock").entry(tenant).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1))).clone();
+        use std::sync::atomic::Ordering;
+        let own = self
+            .tenants
+            .lock()
+            .expect("hashing lock")
+            .entry(tenant)
+            .or_insert_with(|| Arc::new(Tenant { lane: Arc::new(tokio::sync::Semaphore::new(1)), waiting: Default::default() }))
+            .clone();
+        // Counted while waiting: given back however the wait ends (a request dropped too).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        if own.waiting.fetch_add(1, Ordering::SeqCst) >= HASHING_WAITING_MAX {
+            own.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::overloaded("too many password checks wait; try again shortly"));
+        }
+        let waiting = Waiting(&own.waiting);
         let closed = |_| ApiError::unavailable("the server is stopping".into());
-        let _own = own.acquire().await.map_err(closed)?;
-        let _all = self.all.acquire().await.map_err(closed)?;
-        blocking(work).await
+        let lane = own.lane.clone().acquire_owned().await.map_err(closed)?;
+        let slot = self.all.clone().acquire_owned().await.map_err(closed)?;
+        drop(waiting);
+        // The permits go with the work: a request dropped while its hash runs (the blocking
+        // thread goes on) keeps them until the hash ends.
+        blocking(move || {
+            let _permits = (lane, slot);
+            work()
+        })
+        .await
     }
 }
 
@@ -312,6 +348,48 @@ pub fn routes(config: &mut web::ServiceConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request dropped while its hash runs keeps its permits until the hash ends (the blocking
+    /// thread goes on), and a tenant with `HASHING_WAITING_MAX` checks waiting is answered 503.
+    #[actix_web::test]
+    async fn hashing_permits_outlive_a_dropped_request_and_the_queue_is_bounded() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let budget = Arc::new(HashingBudget::new(1));
+        let done = Arc::new(AtomicBool::new(false));
+        let (running, finishing) = (budget.clone(), done.clone());
+        let first = actix_web::rt::spawn(async move {
+            running
+                .run(1, move || {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    finishing.store(true, Ordering::SeqCst);
+                })
+                .await
+        });
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        first.abort();
+        let seen = done.clone();
+        let second = budget.run(2, move || seen.load(Ordering::SeqCst)).await.unwrap();
+        assert!(second, "the next hash started only after the dropped one ended");
+        // Tenant 3 holds its lane; 64 more wait; the next is refused at once.
+        let (hold, release) = std::sync::mpsc::channel::<()>();
+        let holding = budget.clone();
+        let held = actix_web::rt::spawn(async move { holding.run(3, move || release.recv().is_ok()).await });
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        let waiters: Vec<_> = (0..HASHING_WAITING_MAX)
+            .map(|_| {
+                let waiting = budget.clone();
+                actix_web::rt::spawn(async move { waiting.run(3, || ()).await })
+            })
+            .collect();
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(budget.run(3, || ()).await.unwrap_err().code, "overloaded");
+        hold.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        for waiter in waiters {
+            waiter.await.unwrap().unwrap();
+        }
+        assert!(budget.run(3, || ()).await.is_ok(), "the queue emptied");
+    }
 
     /// Hashing runs one at a time for each tenant and at most the budget's slots at once in all.
     #[actix_web::test]

@@ -231,6 +231,38 @@ impl Platforms {
         Ok((platform, secret))
     }
 
+    /// `rotate_secret` from secret version `from` exactly, once: the rotation an approved
+    /// proposal carries out (again, after a stop). At `from` it rotates; at `from + 1` it
+    /// rotated already and answers that version's secret without rotating again (a second
+    /// rotation would end the overlap of the secret the platform uses, for one nobody saw);
+    /// at any other version it refuses (409 `secret_changed`: rotated by someone else since).
+    /// The flag says whether it rotated now.
+    pub fn rotate_secret_from(&self, id: u32, request: RotateSecret, from: u32, now: i64) -> Result<(Platform, String, bool), ApiError> {
+        let current = self.get(id).ok_or_else(ApiError::not_found)?;
+        if from.checked_add(1) == Some(current.secret_version) {
+            let secret = self.secret(&current);
+            return Ok((current, secret, false));
+        }
+        let changed = || ApiError::new(409, "secret_changed", "the platform's secret was rotated since this rotation was proposed; propose it again");
+        if current.secret_version != from {
+            return Err(changed());
+        }
+        let overlap = request.overlap_seconds.unwrap_or_else(|| self.rotation_overlap_seconds.load(std::sync::atomic::Ordering::Relaxed));
+        if overlap > ROTATION_OVERLAP_SECONDS_MAX {
+            return Err(ApiError::invalid("overlap_seconds must be 0 to 604800 (a week)", "overlap_seconds"));
+        }
+        let platform = self.try_update(id, |platform| {
+            if platform.secret_version != from {
+                return Err(changed());
+            }
+            platform.previous_secret = (overlap > 0).then_some(PreviousSecret { version: from, valid_until: now.saturating_add(overlap as i64) });
+            platform.secret_version = from.checked_add(1).ok_or_else(|| ApiError::invalid("this platform's secret was rotated too often", "platform_id"))?;
+            Ok(())
+        })?;
+        let secret = self.secret(&platform);
+        Ok((platform, secret, true))
+    }
+
     /// Whether `signature_hex` signs `message` with the platform's current secret, or with its
     /// previous one while the overlap after a rotation lasts (`now` in unix seconds). The one
     /// place a platform's signature is compared.
@@ -332,5 +364,30 @@ mod tests {
         let too_long = RotateSecret { overlap_seconds: Some(ROTATION_OVERLAP_SECONDS_MAX + 1) };
         assert_eq!(reloaded.rotate_secret(platform.id, too_long, now).unwrap_err().param.as_deref(), Some("overlap_seconds"));
         assert_eq!(reloaded.rotate_secret(99, RotateSecret::default(), now).unwrap_err().code, "not_found");
+    }
+
+    /// A rotation from a given version happens once: carried out again it answers the version it
+    /// made (the same secret, the overlap of the one before kept), and after another rotation
+    /// it refuses.
+    #[test]
+    fn a_rotation_from_a_version_rotates_once() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let platforms = Platforms::load(store, MasterKey::from_bytes([3; 32])).expect("load");
+        let (platform, first) = platforms
+            .create(NewPlatform { name: "P".into(), settlement_cycle_days: None, auto_confirm_days: None, require_payment_password: None })
+            .expect("create");
+        let now = 1_700_000_000;
+        let overlap = || RotateSecret { overlap_seconds: Some(60) };
+        let (rotated, second, now_rotated) = platforms.rotate_secret_from(platform.id, overlap(), 1, now).expect("rotate");
+        assert_eq!((rotated.secret_version, now_rotated), (2, true));
+        let (again, same, again_rotated) = platforms.rotate_secret_from(platform.id, overlap(), 1, now + 30).expect("again");
+        assert_eq!((again.secret_version, again_rotated, &same), (2, false, &second));
+        assert_eq!(again.previous_secret, Some(PreviousSecret { version: 1, valid_until: now + 60 }), "the overlap of the secret in use is kept");
+        let sign = |secret: &str| crate::secrets::hmac_hex(secret.as_bytes(), b"message");
+        assert!(platforms.verify_signature(&again, b"message", &sign(&first), now + 30));
+        platforms.rotate_secret(platform.id, RotateSecret::default(), now + 40).expect("someone else rotates");
+        assert_eq!(platforms.rotate_secret_from(platform.id, overlap(), 1, now + 50).unwrap_err().code, "secret_changed");
+        assert_eq!(platforms.get(platform.id).unwrap().secret_version, 3);
+        assert_eq!(platforms.rotate_secret_from(99, overlap(), 1, now).unwrap_err().code, "not_found");
     }
 }

@@ -27,8 +27,15 @@ pub const REASON_CHARS_MAX: usize = 200;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
-    /// A new secret for a platform (shown once, to the approver).
-    RotateSecret { platform: u32, overlap_seconds: Option<u64> },
+    /// A new secret for a platform (shown once, to the approver), rotated from the version it
+    /// had when proposed (`from_version`; `None` in proposals made before session 56: from
+    /// whatever version it has), so that carrying it out again rotates at most once.
+    RotateSecret {
+        platform: u32,
+        overlap_seconds: Option<u64>,
+        #[serde(default)]
+        from_version: Option<u32>,
+    },
     /// A change of a channel's settings (the `PATCH /admin/channels/{name}` body).
     ChangeChannel { channel: String, change: serde_json::Value },
     /// Closing a case with what was done.
@@ -53,7 +60,7 @@ impl Action {
     /// One line for lists and the audit log.
     pub fn summary(&self) -> String {
         match self {
-            Action::RotateSecret { platform, overlap_seconds } => {
+            Action::RotateSecret { platform, overlap_seconds, .. } => {
                 format!("rotate the secret of plt_{platform} (old one valid {} s more)", overlap_seconds.map_or("default".to_string(), |s| s.to_string()))
             }
             Action::ChangeChannel { channel, change } => format!("change channel {channel}: {change}"),

@@ -544,11 +544,21 @@ pub struct Executors<'a> {
 /// second value a secret to show once.
 pub async fn execute(executors: &Executors<'_>, proposal: &super::approvals::Proposal) -> Result<(String, Option<String>), String> {
     match &proposal.action {
-        Action::RotateSecret { platform, overlap_seconds } => {
-            let (platforms, id, overlap) = (executors.platforms.clone(), *platform, *overlap_seconds);
-            let rotated = blocking(move || platforms.rotate_secret(id, crate::platforms::RotateSecret { overlap_seconds: overlap }, now_seconds())).await;
+        Action::RotateSecret { platform, overlap_seconds, from_version } => {
+            let (platforms, id, overlap, from) = (executors.platforms.clone(), *platform, *overlap_seconds, *from_version);
+            let rotated = blocking(move || {
+                let request = crate::platforms::RotateSecret { overlap_seconds: overlap };
+                match from {
+                    Some(from) => platforms.rotate_secret_from(id, request, from, now_seconds()),
+                    None => platforms.rotate_secret(id, request, now_seconds()).map(|(platform, secret)| (platform, secret, true)),
+                }
+            })
+            .await;
             match rotated {
-                Ok(Ok((platform, secret))) => Ok((format!("secret version {} issued", platform.secret_version), Some(secret))),
+                Ok(Ok((platform, secret, true))) => Ok((format!("secret version {} issued", platform.secret_version), Some(secret))),
+                Ok(Ok((platform, secret, false))) => {
+                    Ok((format!("secret version {} issued (before a stop; shown again)", platform.secret_version), Some(secret)))
+                }
                 Ok(Err(error)) => Err(error.message),
                 Err(_) => Err("the server is stopping".into()),
             }
@@ -642,7 +652,8 @@ fn proposal_of(session: &Session, platforms: &crate::platforms::Platforms, field
                 ),
             };
             let platform = platform()?;
-            Ok((Scope::Platform { platform }, Action::RotateSecret { platform, overlap_seconds }))
+            let from_version = platforms.get(platform).map(|p| p.secret_version);
+            Ok((Scope::Platform { platform }, Action::RotateSecret { platform, overlap_seconds, from_version }))
         }
         "change_channel" => {
             let mut change = serde_json::Map::new();
