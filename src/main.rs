@@ -246,11 +246,11 @@ fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>, flags:
     let engine = Engine::start(config.engine.clone(), store.clone())?;
     let (master_key, _) = gateway::secrets::MasterKey::load(&data_dir, &places).context("loading the master key")?;
     let channels = channel_table(&config, store.as_ref())?.set();
-    let platforms = gateway::platforms::Platforms::load(store, master_key).map_err(anyhow::Error::msg)?.all();
+    let platforms = gateway::platforms::Platforms::load(store.clone(), master_key).map_err(anyhow::Error::msg)?.all();
     let terms = gateway::settlements::terms(&engine, &platforms, day);
     let total = terms.len();
     let started = std::time::Instant::now();
-    let summary = clearing_actor::settlement::run(&engine, &terms, &channels, day, &mut |done, row| {
+    let summary = clearing_actor::settlement::run(&engine, store.as_ref(), &terms, &channels, day, &mut |done, row| {
         let filled = (done * 30).checked_div(total).unwrap_or(30);
         println!("[{}{}] {done}/{total} {}", "#".repeat(filled), ".".repeat(30 - filled), serde_json::to_string(row).unwrap_or_default());
     });

@@ -707,9 +707,9 @@ impl Actor {
             return;
         }
         self.running = Some(day);
-        let (engine, channels, mailbox) = (self.engine.clone(), self.table.set(), self.mailbox.clone());
+        let (engine, store, channels, mailbox) = (self.engine.clone(), self.store.clone(), self.table.set(), self.mailbox.clone());
         let worker = std::thread::Builder::new().name("settlement".into()).spawn(move || {
-            let result = crate::settlement::run(&engine, &terms, &channels, day, &mut |_, _| {}).map_err(ClearingError::from);
+            let result = crate::settlement::run(&engine, store.as_ref(), &terms, &channels, day, &mut |_, _| {}).map_err(ClearingError::from);
             // A blocking send: the actor waits for this report before it starts another run.
             let _ = mailbox.send(Message::SettlementFinished { day, result, reply });
         });

@@ -108,6 +108,7 @@ pub fn auto_confirm(engine: &Engine, platform: u32, created_before: engine::ledg
 /// after each platform. Blocking: waits on the shards.
 pub fn run(
     engine: &Engine,
+    store: &dyn storage::Store,
     terms: &[PlatformTerms],
     channels: &ChannelSet,
     day: u32,
@@ -146,9 +147,19 @@ pub fn run(
     // Commissions travel to receivers on other shards: let them land before the statement.
     engine.wait_credits_applied(CREDITS_WAIT)?;
     // The channels' charges for the day's orders (and the day before's, for orders that came in
-    // after that run): the bank takes them from the reserve.
+    // after that run), and for the days that still had orders waiting for their channel at an
+    // earlier run (a payout or recharge decided days later): the bank takes them from the
+    // reserve. Booking a day's total again books only what it did not book yet.
+    let stored = open_fee_days(store)?;
+    let recent = |open: &u32| open.saturating_add(FEE_DAYS_OPEN_MAX) >= day;
+    let mut days: std::collections::BTreeSet<u32> = stored.iter().copied().filter(|open| recent(open) && *open <= day).collect();
+    days.extend([day.saturating_sub(1), day]);
+    let (fee_rows, still_open) = channel_fees(engine, channels, &days)?;
+    // Days this run did not read (after `day`: a run of an earlier day again) stay as they were.
+    let mut open_after: std::collections::BTreeSet<u32> = stored.into_iter().filter(|open| recent(open) && !days.contains(open)).collect();
+    open_after.extend(still_open);
     let mut fees = Vec::new();
-    for row in channel_fees(engine, channels, [day.saturating_sub(1), day])? {
+    for row in fee_rows {
         let command = Command::ChargeChannelFees { shard: row.shard, channel: row.channel, day: row.day, currency: row.currency, total: row.total };
         let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
         let spec = engine.config().currencies[row.currency.0 as usize];
@@ -162,6 +173,9 @@ pub fn run(
             booked_now: spec.format(reply.id as Minor),
         });
     }
+    // After the bookings: a stop before this line books them again next time (booking a total
+    // again books nothing more).
+    save_open_fee_days(store, &open_after)?;
     let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
     let expired: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
     let invariants = engine::invariants::check_engine(engine)?;
@@ -187,49 +201,88 @@ struct ChannelFeeRow {
     orders: u64,
 }
 
+/// The days that had channel orders still waiting for their channel at the last run
+/// (`sf/open-days`, JSON), to book their fees again once those orders are decided.
+const OPEN_FEE_DAYS: &[u8] = b"sf/open-days";
+/// How long a day with orders still waiting is booked again at each run: an order decided
+/// later than this is not booked (its day is forgotten).
+pub const FEE_DAYS_OPEN_MAX: u32 = 62;
+/// Orders one `read_shard` of the fees' scan reads (the shard's batches wait meanwhile).
+const FEE_ORDERS_PER_READ: usize = 16_384;
+
+fn open_fee_days(store: &dyn storage::Store) -> Result<std::collections::BTreeSet<u32>, EngineError> {
+    let value = store.get(OPEN_FEE_DAYS).map_err(|e| EngineError::Storage(e.to_string()))?;
+    value.map_or(Ok(Default::default()), |bytes| serde_json::from_slice(&bytes).map_err(|e| EngineError::Storage(format!("sf/open-days: {e}"))))
+}
+
+fn save_open_fee_days(store: &dyn storage::Store, days: &std::collections::BTreeSet<u32>) -> Result<(), EngineError> {
+    let bytes = serde_json::to_vec(days).expect("days serialize");
+    store.write(&[(OPEN_FEE_DAYS, &bytes)]).map_err(|e| EngineError::Storage(e.to_string()))
+}
+
 /// What each channel charges (its tariff) for each shard's orders of the business `days` that
 /// it carried out: payouts at the fee we booked with them, money in at the channel's tariff.
-/// One pass over each shard's orders; only rows with a positive total, in day order.
-fn channel_fees(engine: &Engine, channels: &ChannelSet, days: [u32; 2]) -> Result<Vec<ChannelFeeRow>, EngineError> {
+/// Each day's orders are one run of each shard's orders (found by bisection: a shard's
+/// timestamps never go back), read `FEE_ORDERS_PER_READ` at a time. Only rows with a positive
+/// total, in day order; and the days among `days` with channel orders still waiting.
+fn channel_fees(
+    engine: &Engine,
+    channels: &ChannelSet,
+    days: &std::collections::BTreeSet<u32>,
+) -> Result<(Vec<ChannelFeeRow>, std::collections::BTreeSet<u32>), EngineError> {
     let tariffs: Arc<HashMap<u16, bank::Tariff>> = Arc::new(channels.all().iter().map(|c| (c.id, c.tariff())).collect());
     let calendar = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() };
     let mut rows = Vec::new();
+    let mut open = std::collections::BTreeSet::new();
     for shard in 0..engine.config().shard_count {
-        let (tariffs, calendar) = (tariffs.clone(), calendar.clone());
-        let sums = engine.read_shard(shard, move |state| {
-            let mut sums: BTreeMap<(u32, u16, u8), (Minor, u64)> = BTreeMap::new();
-            // Orders are kept in the order they were created, and a shard's timestamps never go
-            // back: the days' orders are one run, found by bisection, not by reading the history.
-            let (first, last) = (days[0].min(days[1]), days[0].max(days[1]));
-            let start = state.orders.partition_point(|order| calendar.day(order.created_at) < first);
-            state.orders.scan_from(start, |order| {
-                let created_day = calendar.day(order.created_at);
-                if created_day > last {
-                    return false;
+        for &day in days {
+            let (start, end) = (calendar.day_start_micros(day as i64), calendar.day_start_micros(day as i64 + 1));
+            let (first, last) = engine.read_shard(shard, move |state| {
+                (state.orders.partition_point(|o| o.created_at < start), state.orders.partition_point(|o| o.created_at < end))
+            })?;
+            let mut sums: BTreeMap<(u16, u8), (Minor, u64)> = BTreeMap::new();
+            let mut from = first;
+            while from < last {
+                let to = last.min(from + FEE_ORDERS_PER_READ);
+                let tariffs = tariffs.clone();
+                let (part, waiting) = engine.read_shard(shard, move |state| {
+                    let mut part: Vec<(u16, u8, Minor)> = Vec::new();
+                    let mut waiting = false;
+                    state.orders.scan_range(from..to, |order| {
+                        let Some(channel) = channel_of(&order.detail) else { return };
+                        match order.status {
+                            OrderStatus::Pending | OrderStatus::Processing => waiting = true,
+                            OrderStatus::Failed => {}
+                            _ => {
+                                let fee = match order.detail {
+                                    OrderDetail::Withdrawal { fee, .. } => fee,
+                                    _ => tariffs.get(&channel).map_or(0, |t| t.fee(order.amount)),
+                                };
+                                part.push((channel, order.currency.0, fee));
+                            }
+                        }
+                    });
+                    (part, waiting)
+                })?;
+                for (channel, currency, fee) in part {
+                    let sum = sums.entry((channel, currency)).or_default();
+                    sum.0 += fee;
+                    sum.1 += 1;
                 }
-                let Some(channel) = channel_of(&order.detail) else { return true };
-                if matches!(order.status, OrderStatus::Pending | OrderStatus::Processing | OrderStatus::Failed) || !days.contains(&created_day) {
-                    return true;
+                if waiting {
+                    open.insert(day);
                 }
-                let fee = match order.detail {
-                    OrderDetail::Withdrawal { fee, .. } => fee,
-                    _ => tariffs.get(&channel).map_or(0, |t| t.fee(order.amount)),
-                };
-                let sum = sums.entry((created_day, channel, order.currency.0)).or_default();
-                sum.0 += fee;
-                sum.1 += 1;
-                true
-            });
-            sums
-        })?;
-        for ((day, channel, currency), (total, orders)) in sums {
-            if total > 0 {
-                rows.push(ChannelFeeRow { day, shard, channel, currency: CurrencyId(currency), total, orders });
+                from = to;
+            }
+            for ((channel, currency), (total, orders)) in sums {
+                if total > 0 {
+                    rows.push(ChannelFeeRow { day, shard, channel, currency: CurrencyId(currency), total, orders });
+                }
             }
         }
     }
     rows.sort_by_key(|r| (r.day, r.shard, r.channel, r.currency.0));
-    Ok(rows)
+    Ok((rows, open))
 }
 
 /// What the settlement of `through_day`'s income charged a platform's accounts, per currency:

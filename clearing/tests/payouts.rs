@@ -289,3 +289,34 @@ fn a_statements_failure_and_the_banks_callback_move_a_payout_once() {
     assert_eq!(report["details"][0]["detail"]["bank_ref"], "W-1", "{report}");
     assert_eq!(w.channel_of(elsewhere).0, 1, "nothing moved");
 }
+
+/// A payout decided days after it was made has its channel fee booked by the next run: the
+/// runs book their day and the day before, and since session 56 the days that still had orders
+/// waiting for their channel (before, such a fee was never booked: fee income overstated and the
+/// reserve short of what the bank took).
+#[test]
+fn a_payout_decided_days_later_has_its_fee_booked_once() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let today = Calendar { utc_offset_seconds: w.engine.config().utc_offset_seconds, ..Calendar::default() }
+        .day(clearing_actor::calendar::Clock::now_micros(&SystemClock));
+    let order = OrderId(w.payout("late", account, 10_000).reply.id);
+    let settle = |day: u32| {
+        let summary = w.runtime.block_on(w.clearing.settle(day, Vec::new())).unwrap();
+        assert!(summary.invariants_ok);
+        serde_json::to_value(&summary.channel_fees).unwrap()
+    };
+    assert_eq!(settle(today), serde_json::json!([]), "waiting: nothing to book");
+    assert_eq!(settle(today + 1), serde_json::json!([]));
+    let paid = w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded: true, channel: Some("cheap".into()) })).unwrap();
+    assert_eq!(paid, VerdictOutcome::Completed { received: true, status: Some("succeeded") });
+    let booked = settle(today + 3);
+    assert_eq!(booked.as_array().map(Vec::len), Some(1), "{booked}");
+    assert_eq!(
+        (booked[0]["channel"].as_str(), booked[0]["fees"].as_str(), booked[0]["booked_now"].as_str()),
+        (Some("cheap"), Some("1.00"), Some("1.00")),
+        "{booked}"
+    );
+    assert_eq!(booked[0]["business_date"], clearing_actor::calendar::date_text(today), "{booked}");
+    assert_eq!(settle(today + 4), serde_json::json!([]), "booked once, the day no longer read");
+}
