@@ -28,6 +28,10 @@ pub struct NonceCache {
     platforms: RwLock<HashMap<u32, Arc<Mutex<Seen>>, rustc_hash::FxBuildHasher>>,
 }
 
+/// Nonces a platform's map keeps room for however few it holds (shrinking below is not worth
+/// its rehash).
+const NONCES_KEPT_ROOM: usize = 1024;
+
 #[derive(Default)]
 struct Seen {
     by_hash: HashMap<u128, i64, rustc_hash::FxBuildHasher>,
@@ -35,18 +39,25 @@ struct Seen {
 }
 
 impl Seen {
-    /// Forgets the seconds that left the window of `now`.
+    /// Forgets the seconds that left the window of `now`; a map left at a quarter of its room
+    /// or less (after a burst) gives the rest back, so a platform's peak does not stay resident
+    /// (up to its share of 8 Mi nonces, hundreds of MB) for the life of the process.
     fn expire(&mut self, now: i64) {
+        let mut expired = false;
         while let Some(entry) = self.by_second.first_entry() {
             if *entry.key() >= now.saturating_sub(TIMESTAMP_WINDOW_SECONDS) {
                 break;
             }
+            expired = true;
             let second = *entry.key();
             for old in entry.remove() {
                 if self.by_hash.get(&old) == Some(&second) {
                     self.by_hash.remove(&old);
                 }
             }
+        }
+        if expired && self.by_hash.capacity() > 4 * self.by_hash.len().max(NONCES_KEPT_ROOM) {
+            self.by_hash.shrink_to(2 * self.by_hash.len());
         }
     }
 
@@ -223,6 +234,25 @@ pub fn constant_time_equal(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst's room is given back once its nonces leave the window.
+    #[test]
+    fn a_platforms_nonce_map_shrinks_after_a_burst() {
+        let nonces = NonceCache::default();
+        let now = 1_700_000_000;
+        for n in 0..200_000u128 {
+            assert!(nonces.remember(1, n, now, now, usize::MAX).unwrap());
+        }
+        let room = |nonces: &NonceCache| nonces.platform(1).lock().unwrap().by_hash.capacity();
+        assert!(room(&nonces) >= 200_000);
+        // Past the window: the next request expires the burst and the map shrinks.
+        let later = now + TIMESTAMP_WINDOW_SECONDS + 1;
+        assert!(nonces.remember(1, u128::MAX, later, later, usize::MAX).unwrap());
+        assert_eq!(nonces.held(1), 1);
+        assert!(room(&nonces) <= 4 * NONCES_KEPT_ROOM, "{} slots kept for 1 nonce", room(&nonces));
+        // Still a replay within the window.
+        assert!(!nonces.remember(1, u128::MAX, later, later, usize::MAX).unwrap());
+    }
 
     #[test]
     fn timestamp_window_table() {
