@@ -273,3 +273,52 @@ fn an_end_to_end_night_leaves_no_unexplained_difference() {
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
 }
+
+/// The same statement uploaded by several operators at once while the account's status
+/// changes: each line lands once, on the account or in suspense, never both (uploads are one
+/// at a time: a line checked for suspense, then credited, could be booked to both).
+#[test]
+fn concurrent_uploads_of_one_statement_credit_each_line_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-21-0123456789abcdef0123456789abcdef";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Offline\"}");
+    let member = p.member("m-a", "Zhang San");
+    let (_, _, account) = p.post("/v1/accounts", &json!({"out_order_no": "acct", "member_id": member, "currency": "CNY"}));
+    let (a, number) = (account["account_id"].as_str().unwrap().to_string(), account["virtual_account_no"].as_str().unwrap().to_string());
+    let lines: Vec<serde_json::Value> =
+        (0..60).map(|n| json!({"bank_ref": format!("C-{n}"), "virtual_account_no": number, "amount": "1.00", "currency": "CNY"})).collect();
+    let body = json!({"lines": lines}).to_string();
+    let base = server.base.clone();
+    std::thread::scope(|scope| {
+        let toggler = scope.spawn(|| {
+            for n in 0..40 {
+                let status = if n % 2 == 0 { "credit_blocked" } else { "normal" };
+                let request = ureq::post(&format!("{base}/admin/accounts/{a}/status")).set("Authorization", &format!("Bearer {token}"));
+                answer(request.send_string(&json!({"status": status}).to_string()), "status");
+            }
+            let request = ureq::post(&format!("{base}/admin/accounts/{a}/status")).set("Authorization", &format!("Bearer {token}"));
+            answer(request.send_string(&json!({"status": "normal"}).to_string()), "status");
+        });
+        let uploads: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let request = ureq::post(&format!("{base}/admin/offline-transfers")).set("Authorization", &format!("Bearer {token}"));
+                    answer(request.send_string(&body), "offline").status()
+                })
+            })
+            .collect();
+        for upload in uploads {
+            assert_eq!(upload.join().unwrap(), 200);
+        }
+        toggler.join().unwrap();
+    });
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    // Each line once: what the account and suspense hold together is what the bank received.
+    let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
+    assert_eq!((reserve["difference"].as_str(), reserve["ok"].as_bool()), (Some("0.00"), Some(true)), "{reserve}");
+    let credited: f64 = p.balances(&a).1.parse().unwrap();
+    assert!(credited <= 60.0, "{credited}");
+    server.stop();
+}

@@ -47,6 +47,9 @@ pub(crate) struct TransfersBody {
     lines: Vec<StatementLine>,
 }
 
+/// Held by an upload of statement lines from its first line to its last.
+static UPLOADS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Credits one statement line, or books it to suspense with a case.
 async fn take_line(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, line: StatementLine) -> Result<serde_json::Value, ApiError> {
     let number = OutOrderNo::new(&line.bank_ref).ok_or_else(|| ApiError::invalid("bank_ref is 1 to 64 characters [A-Za-z0-9_-]", "bank_ref"))?;
@@ -109,6 +112,10 @@ pub async fn offline_transfers(
     if body.lines.is_empty() || body.lines.len() > LINES_MAX {
         return Err(ApiError::invalid("1 to 8189 lines per request", "lines"));
     }
+    // One statement at a time: a line is checked for suspense, then credited to its account or
+    // booked to suspense (two order numbers of two scopes); two uploads of one line at once, the
+    // account's status changing in between, could do both (one bank transfer credited twice).
+    let _one_at_a_time = UPLOADS.lock().await;
     let mut results = Vec::with_capacity(body.lines.len());
     for line in body.lines {
         let bank_ref = line.bank_ref.clone();
