@@ -538,6 +538,11 @@ impl Actor {
                 }
                 self.table.release(channel, amount, created_at);
             }
+            if waiting && succeeded && !health {
+                // Not a health sample, but the payout is decided: a probe it was is over (a
+                // half-open circuit waiting on it would never route again).
+                self.table.release_probe(channel);
+            }
             if waiting && succeeded && health {
                 self.table.record_outcome(channel, true, now);
             }

@@ -39,6 +39,10 @@ pub struct Platform {
     /// Agreement codes whose latest version a member must have signed first (`agreements`).
     #[serde(default)]
     pub agreement_requirements: AgreementRequirements,
+    /// The approved proposal whose rotation made the current secret version (`None`: made
+    /// otherwise), so that carrying it out again shows that secret instead of rotating twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_rotated_by: Option<u64>,
 }
 
 /// Agreement codes a member must have signed (the latest version of each) before an account
@@ -175,6 +179,7 @@ impl Platforms {
             previous_secret: None,
             suspended: false,
             agreement_requirements: AgreementRequirements::default(),
+            secret_rotated_by: None,
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -225,21 +230,23 @@ impl Platforms {
             let valid_until = now.saturating_add(overlap as i64);
             platform.previous_secret = (overlap > 0).then_some(PreviousSecret { version: platform.secret_version, valid_until });
             platform.secret_version = next;
+            platform.secret_rotated_by = None;
             Ok(())
         })?;
         let secret = self.secret(&platform);
         Ok((platform, secret))
     }
 
-    /// `rotate_secret` from secret version `from` exactly, once: the rotation an approved
-    /// proposal carries out (again, after a stop). At `from` it rotates; at `from + 1` it
-    /// rotated already and answers that version's secret without rotating again (a second
-    /// rotation would end the overlap of the secret the platform uses, for one nobody saw);
-    /// at any other version it refuses (409 `secret_changed`: rotated by someone else since).
-    /// The flag says whether it rotated now.
-    pub fn rotate_secret_from(&self, id: u32, request: RotateSecret, from: u32, now: i64) -> Result<(Platform, String, bool), ApiError> {
+    /// `rotate_secret` from secret version `from` exactly, once, for approved proposal
+    /// `proposal` (carried out again after a stop). At `from` it rotates and records the
+    /// proposal; at `from + 1` made by this same proposal it rotated already and answers that
+    /// version's secret without rotating again (a second rotation would end the overlap of the
+    /// secret the platform uses, for one nobody saw); otherwise it refuses (409
+    /// `secret_changed`: rotated by someone else since it was proposed). The flag says whether
+    /// it rotated now.
+    pub fn rotate_secret_from(&self, id: u32, request: RotateSecret, from: u32, proposal: u64, now: i64) -> Result<(Platform, String, bool), ApiError> {
         let current = self.get(id).ok_or_else(ApiError::not_found)?;
-        if from.checked_add(1) == Some(current.secret_version) {
+        if from.checked_add(1) == Some(current.secret_version) && current.secret_rotated_by == Some(proposal) {
             let secret = self.secret(&current);
             return Ok((current, secret, false));
         }
@@ -257,6 +264,7 @@ impl Platforms {
             }
             platform.previous_secret = (overlap > 0).then_some(PreviousSecret { version: from, valid_until: now.saturating_add(overlap as i64) });
             platform.secret_version = from.checked_add(1).ok_or_else(|| ApiError::invalid("this platform's secret was rotated too often", "platform_id"))?;
+            platform.secret_rotated_by = Some(proposal);
             Ok(())
         })?;
         let secret = self.secret(&platform);
@@ -378,16 +386,20 @@ mod tests {
             .expect("create");
         let now = 1_700_000_000;
         let overlap = || RotateSecret { overlap_seconds: Some(60) };
-        let (rotated, second, now_rotated) = platforms.rotate_secret_from(platform.id, overlap(), 1, now).expect("rotate");
+        let (rotated, second, now_rotated) = platforms.rotate_secret_from(platform.id, overlap(), 1, 7, now).expect("rotate");
         assert_eq!((rotated.secret_version, now_rotated), (2, true));
-        let (again, same, again_rotated) = platforms.rotate_secret_from(platform.id, overlap(), 1, now + 30).expect("again");
+        // Another proposal from the same version: rotated by someone else since, refused (it
+        // is shown no secret it did not make).
+        assert_eq!(platforms.rotate_secret_from(platform.id, overlap(), 1, 8, now + 10).unwrap_err().code, "secret_changed");
+        let (again, same, again_rotated) = platforms.rotate_secret_from(platform.id, overlap(), 1, 7, now + 30).expect("again");
         assert_eq!((again.secret_version, again_rotated, &same), (2, false, &second));
         assert_eq!(again.previous_secret, Some(PreviousSecret { version: 1, valid_until: now + 60 }), "the overlap of the secret in use is kept");
         let sign = |secret: &str| crate::secrets::hmac_hex(secret.as_bytes(), b"message");
         assert!(platforms.verify_signature(&again, b"message", &sign(&first), now + 30));
         platforms.rotate_secret(platform.id, RotateSecret::default(), now + 40).expect("someone else rotates");
-        assert_eq!(platforms.rotate_secret_from(platform.id, overlap(), 1, now + 50).unwrap_err().code, "secret_changed");
+        assert_eq!(platforms.rotate_secret_from(platform.id, overlap(), 1, 7, now + 50).unwrap_err().code, "secret_changed");
+        assert_eq!(platforms.rotate_secret_from(platform.id, overlap(), 2, 7, now + 50).unwrap_err().code, "secret_changed", "made by the admin API");
         assert_eq!(platforms.get(platform.id).unwrap().secret_version, 3);
-        assert_eq!(platforms.rotate_secret_from(99, overlap(), 1, now).unwrap_err().code, "not_found");
+        assert_eq!(platforms.rotate_secret_from(99, overlap(), 1, 7, now).unwrap_err().code, "not_found");
     }
 }

@@ -545,11 +545,11 @@ pub struct Executors<'a> {
 pub async fn execute(executors: &Executors<'_>, proposal: &super::approvals::Proposal) -> Result<(String, Option<String>), String> {
     match &proposal.action {
         Action::RotateSecret { platform, overlap_seconds, from_version } => {
-            let (platforms, id, overlap, from) = (executors.platforms.clone(), *platform, *overlap_seconds, *from_version);
+            let (platforms, id, overlap, from, proposal_id) = (executors.platforms.clone(), *platform, *overlap_seconds, *from_version, proposal.id);
             let rotated = blocking(move || {
                 let request = crate::platforms::RotateSecret { overlap_seconds: overlap };
                 match from {
-                    Some(from) => platforms.rotate_secret_from(id, request, from, now_seconds()),
+                    Some(from) => platforms.rotate_secret_from(id, request, from, proposal_id, now_seconds()),
                     None => platforms.rotate_secret(id, request, now_seconds()).map(|(platform, secret)| (platform, secret, true)),
                 }
             })
