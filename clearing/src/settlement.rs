@@ -147,17 +147,23 @@ pub fn run(
     // Commissions travel to receivers on other shards: let them land before the statement.
     engine.wait_credits_applied(CREDITS_WAIT)?;
     // The channels' charges for the day's orders (and the day before's, for orders that came in
-    // after that run), and for the days that still had orders waiting for their channel at an
-    // earlier run (a payout or recharge decided days later): the bank takes them from the
-    // reserve. Booking a day's total again books only what it did not book yet.
-    let stored = open_fee_days(store)?;
-    let recent = |open: &u32| open.saturating_add(FEE_DAYS_OPEN_MAX) >= day;
-    let mut days: std::collections::BTreeSet<u32> = stored.iter().copied().filter(|open| recent(open) && *open <= day).collect();
-    days.extend([day.saturating_sub(1), day]);
-    let (fee_rows, still_open) = channel_fees(engine, channels, &days)?;
-    // Days this run did not read (after `day`: a run of an earlier day again) stay as they were.
-    let mut open_after: std::collections::BTreeSet<u32> = stored.into_iter().filter(|open| recent(open) && !days.contains(open)).collect();
-    open_after.extend(still_open);
+    // after that run): the bank takes them from the reserve. Booking a day's total again books
+    // only what it did not book yet. Orders of earlier days that were still waiting for their
+    // channel at an earlier run and have been decided since are booked one by one (`late_fees`).
+    let stored = waiting_fee_orders(store)?;
+    let days = [day.saturating_sub(1), day];
+    let (mut fee_rows, found_waiting) = channel_fees(engine, channels, days)?;
+    let (late_rows, still_waiting) = late_fees(engine, channels, &stored, day)?;
+    fee_rows.extend(late_rows);
+    // Kept for the next runs: what still waits (examined now, or of days after `day`: a run of
+    // an earlier day again leaves them as they were), within `FEE_WAITING_DAYS_MAX`.
+    let mut waiting_after: Vec<WaitingFee> = stored.into_iter().filter(|w| w.day > day).collect();
+    waiting_after.extend(still_waiting);
+    waiting_after.extend(found_waiting);
+    waiting_after.retain(|w| w.day.saturating_add(FEE_WAITING_DAYS_MAX) >= day);
+    waiting_after.sort_by_key(|w| (std::cmp::Reverse(w.day), w.shard, w.order));
+    waiting_after.dedup_by_key(|w| (w.shard, w.order));
+    waiting_after.truncate(FEE_WAITING_ORDERS_MAX);
     let mut fees = Vec::new();
     for row in fee_rows {
         let command = Command::ChargeChannelFees { shard: row.shard, channel: row.channel, day: row.day, currency: row.currency, total: row.total };
@@ -175,7 +181,7 @@ pub fn run(
     }
     // After the bookings: a stop before this line books them again next time (booking a total
     // again books nothing more).
-    save_open_fee_days(store, &open_after)?;
+    save_waiting_fee_orders(store, &waiting_after)?;
     let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
     let expired: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
     let invariants = engine::invariants::check_engine(engine)?;
@@ -201,41 +207,58 @@ struct ChannelFeeRow {
     orders: u64,
 }
 
-/// The days that had channel orders still waiting for their channel at the last run
-/// (`sf/open-days`, JSON), to book their fees again once those orders are decided.
-const OPEN_FEE_DAYS: &[u8] = b"sf/open-days";
-/// How long a day with orders still waiting is booked again at each run: an order decided
-/// later than this is not booked (its day is forgotten).
-pub const FEE_DAYS_OPEN_MAX: u32 = 62;
-/// Orders one `read_shard` of the fees' scan reads (the shard's batches wait meanwhile).
+/// Channel orders that were still waiting for their channel at the last run (`sf/waiting`,
+/// JSON), to book their fees once they are decided: (shard, order, the day it was created).
+const WAITING_FEE_ORDERS: &[u8] = b"sf/waiting";
+/// How long an order still waiting is looked at again at each run: one decided later than
+/// this is not booked (forgotten).
+pub const FEE_WAITING_DAYS_MAX: u32 = 62;
+/// Orders kept waiting for their fee at most (the newest days first): past this, the oldest
+/// are forgotten.
+pub const FEE_WAITING_ORDERS_MAX: usize = 100_000;
+/// Orders one `read_shard` of the fees' work reads (the shard's batches wait meanwhile).
 const FEE_ORDERS_PER_READ: usize = 16_384;
 
-fn open_fee_days(store: &dyn storage::Store) -> Result<std::collections::BTreeSet<u32>, EngineError> {
-    let value = store.get(OPEN_FEE_DAYS).map_err(|e| EngineError::Storage(e.to_string()))?;
-    value.map_or(Ok(Default::default()), |bytes| serde_json::from_slice(&bytes).map_err(|e| EngineError::Storage(format!("sf/open-days: {e}"))))
+/// A channel order that waited for its channel at a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct WaitingFee {
+    shard: u16,
+    order: u64,
+    day: u32,
 }
 
-fn save_open_fee_days(store: &dyn storage::Store, days: &std::collections::BTreeSet<u32>) -> Result<(), EngineError> {
-    let bytes = serde_json::to_vec(days).expect("days serialize");
-    store.write(&[(OPEN_FEE_DAYS, &bytes)]).map_err(|e| EngineError::Storage(e.to_string()))
+fn waiting_fee_orders(store: &dyn storage::Store) -> Result<Vec<WaitingFee>, EngineError> {
+    let value = store.get(WAITING_FEE_ORDERS).map_err(|e| EngineError::Storage(e.to_string()))?;
+    value.map_or(Ok(Vec::new()), |bytes| serde_json::from_slice(&bytes).map_err(|e| EngineError::Storage(format!("sf/waiting: {e}"))))
+}
+
+fn save_waiting_fee_orders(store: &dyn storage::Store, waiting: &[WaitingFee]) -> Result<(), EngineError> {
+    let bytes = serde_json::to_vec(waiting).expect("waiting orders serialize");
+    store.write(&[(WAITING_FEE_ORDERS, &bytes)]).map_err(|e| EngineError::Storage(e.to_string()))
+}
+
+/// What channel `channel` charges for `order` once carried out: a payout the fee booked with it,
+/// money in the channel's tariff.
+fn fee_of(order: &engine::ledger::types::Order, channel: u16, tariffs: &HashMap<u16, bank::Tariff>) -> Minor {
+    match order.detail {
+        OrderDetail::Withdrawal { fee, .. } => fee,
+        _ => tariffs.get(&channel).map_or(0, |t| t.fee(order.amount)),
+    }
 }
 
 /// What each channel charges (its tariff) for each shard's orders of the business `days` that
 /// it carried out: payouts at the fee we booked with them, money in at the channel's tariff.
 /// Each day's orders are one run of each shard's orders (found by bisection: a shard's
 /// timestamps never go back), read `FEE_ORDERS_PER_READ` at a time. Only rows with a positive
-/// total, in day order; and the days among `days` with channel orders still waiting.
-fn channel_fees(
-    engine: &Engine,
-    channels: &ChannelSet,
-    days: &std::collections::BTreeSet<u32>,
-) -> Result<(Vec<ChannelFeeRow>, std::collections::BTreeSet<u32>), EngineError> {
+/// total, in day order; and the orders of `days` still waiting for their channel.
+fn channel_fees(engine: &Engine, channels: &ChannelSet, days: [u32; 2]) -> Result<(Vec<ChannelFeeRow>, Vec<WaitingFee>), EngineError> {
     let tariffs: Arc<HashMap<u16, bank::Tariff>> = Arc::new(channels.all().iter().map(|c| (c.id, c.tariff())).collect());
     let calendar = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() };
     let mut rows = Vec::new();
-    let mut open = std::collections::BTreeSet::new();
+    let mut waiting = Vec::new();
+    let days: std::collections::BTreeSet<u32> = days.into_iter().collect();
     for shard in 0..engine.config().shard_count {
-        for &day in days {
+        for &day in &days {
             let (start, end) = (calendar.day_start_micros(day as i64), calendar.day_start_micros(day as i64 + 1));
             let (first, last) = engine.read_shard(shard, move |state| {
                 (state.orders.partition_point(|o| o.created_at < start), state.orders.partition_point(|o| o.created_at < end))
@@ -245,33 +268,24 @@ fn channel_fees(
             while from < last {
                 let to = last.min(from + FEE_ORDERS_PER_READ);
                 let tariffs = tariffs.clone();
-                let (part, waiting) = engine.read_shard(shard, move |state| {
-                    let mut part: Vec<(u16, u8, Minor)> = Vec::new();
-                    let mut waiting = false;
+                let (part, waits) = engine.read_shard(shard, move |state| {
+                    let (mut part, mut waits): (Vec<(u16, u8, Minor)>, Vec<u64>) = (Vec::new(), Vec::new());
                     state.orders.scan_range(from..to, |order| {
                         let Some(channel) = channel_of(&order.detail) else { return };
                         match order.status {
-                            OrderStatus::Pending | OrderStatus::Processing => waiting = true,
+                            OrderStatus::Pending | OrderStatus::Processing => waits.push(order.id.0),
                             OrderStatus::Failed => {}
-                            _ => {
-                                let fee = match order.detail {
-                                    OrderDetail::Withdrawal { fee, .. } => fee,
-                                    _ => tariffs.get(&channel).map_or(0, |t| t.fee(order.amount)),
-                                };
-                                part.push((channel, order.currency.0, fee));
-                            }
+                            _ => part.push((channel, order.currency.0, fee_of(order, channel, &tariffs))),
                         }
                     });
-                    (part, waiting)
+                    (part, waits)
                 })?;
                 for (channel, currency, fee) in part {
                     let sum = sums.entry((channel, currency)).or_default();
                     sum.0 += fee;
                     sum.1 += 1;
                 }
-                if waiting {
-                    open.insert(day);
-                }
+                waiting.extend(waits.into_iter().map(|order| WaitingFee { shard, order, day }));
                 from = to;
             }
             for ((channel, currency), (total, orders)) in sums {
@@ -282,7 +296,51 @@ fn channel_fees(
         }
     }
     rows.sort_by_key(|r| (r.day, r.shard, r.channel, r.currency.0));
-    Ok((rows, open))
+    Ok((rows, waiting))
+}
+
+/// The fees of orders that waited for their channel at an earlier run, created before the
+/// days this run reads (`day` and the one before), and decided since: one row per (shard,
+/// channel, day, currency) whose total is what that day has booked plus these orders' fees (so
+/// `ChargeChannelFees` books exactly them, whatever the tariff is now for the day's other
+/// orders); and those still waiting.
+fn late_fees(engine: &Engine, channels: &ChannelSet, stored: &[WaitingFee], day: u32) -> Result<(Vec<ChannelFeeRow>, Vec<WaitingFee>), EngineError> {
+    let tariffs: Arc<HashMap<u16, bank::Tariff>> = Arc::new(channels.all().iter().map(|c| (c.id, c.tariff())).collect());
+    let mut rows = Vec::new();
+    let mut still = Vec::new();
+    for shard in 0..engine.config().shard_count {
+        let mine: Vec<WaitingFee> = stored.iter().filter(|w| w.shard == shard && w.day < day.saturating_sub(1)).copied().collect();
+        let mut sums: BTreeMap<(u16, u32, u8), (Minor, u64)> = BTreeMap::new();
+        for chunk in mine.chunks(FEE_ORDERS_PER_READ) {
+            let (chunk, tariffs) = (chunk.to_vec(), tariffs.clone());
+            let (decided, waits) = engine.read_shard(shard, move |state| {
+                let (mut decided, mut waits) = (Vec::new(), Vec::new());
+                for w in chunk {
+                    let Some(order) = state.order(engine::ledger::types::OrderId(w.order)) else { continue };
+                    let Some(channel) = channel_of(&order.detail) else { continue };
+                    match order.status {
+                        OrderStatus::Pending | OrderStatus::Processing => waits.push(w),
+                        OrderStatus::Failed => {}
+                        _ => decided.push((channel, w.day, order.currency.0, fee_of(order, channel, &tariffs))),
+                    }
+                }
+                (decided, waits)
+            })?;
+            for (channel, day, currency, fee) in decided {
+                let sum = sums.entry((channel, day, currency)).or_default();
+                sum.0 += fee;
+                sum.1 += 1;
+            }
+            still.extend(waits);
+        }
+        for ((channel, day, currency), (fees, orders)) in sums {
+            if fees > 0 {
+                let booked = engine.read_shard(shard, move |state| state.channel_fees.get(&(channel, day, currency)).copied().unwrap_or(0))?;
+                rows.push(ChannelFeeRow { day, shard, channel, currency: CurrencyId(currency), total: booked.saturating_add(fees), orders });
+            }
+        }
+    }
+    Ok((rows, still))
 }
 
 /// What the settlement of `through_day`'s income charged a platform's accounts, per currency:

@@ -301,22 +301,32 @@ fn a_payout_decided_days_later_has_its_fee_booked_once() {
     let today = Calendar { utc_offset_seconds: w.engine.config().utc_offset_seconds, ..Calendar::default() }
         .day(clearing_actor::calendar::Clock::now_micros(&SystemClock));
     let order = OrderId(w.payout("late", account, 10_000).reply.id);
+    let early = OrderId(w.payout("early", account, 10_000).reply.id);
+    let paid = w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order: early, succeeded: true, channel: Some("cheap".into()) })).unwrap();
+    assert_eq!(paid, VerdictOutcome::Completed { received: true, status: Some("succeeded") });
     let settle = |day: u32| {
         let summary = w.runtime.block_on(w.clearing.settle(day, Vec::new())).unwrap();
         assert!(summary.invariants_ok);
         serde_json::to_value(&summary.channel_fees).unwrap()
     };
-    assert_eq!(settle(today), serde_json::json!([]), "waiting: nothing to book");
-    assert_eq!(settle(today + 1), serde_json::json!([]));
+    let first = settle(today);
+    assert_eq!(
+        (first[0]["fees"].as_str(), first[0]["booked_now"].as_str(), first.as_array().map(Vec::len)),
+        (Some("1.00"), Some("1.00"), Some(1)),
+        "the early one only: {first}"
+    );
+    let second = settle(today + 1);
+    assert_eq!((second[0]["fees"].as_str(), second[0]["booked_now"].as_str()), (Some("1.00"), Some("0.00")), "read again as the day before: {second}");
     let paid = w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded: true, channel: Some("cheap".into()) })).unwrap();
     assert_eq!(paid, VerdictOutcome::Completed { received: true, status: Some("succeeded") });
     let booked = settle(today + 3);
     assert_eq!(booked.as_array().map(Vec::len), Some(1), "{booked}");
     assert_eq!(
         (booked[0]["channel"].as_str(), booked[0]["fees"].as_str(), booked[0]["booked_now"].as_str()),
-        (Some("cheap"), Some("1.00"), Some("1.00")),
-        "{booked}"
+        (Some("cheap"), Some("2.00"), Some("1.00")),
+        "the day's total now 2.00, of which only the late order's 1.00 is booked now: {booked}"
     );
+    assert_eq!(booked[0]["orders"], 1, "{booked}");
     assert_eq!(booked[0]["business_date"], clearing_actor::calendar::date_text(today), "{booked}");
     assert_eq!(settle(today + 4), serde_json::json!([]), "booked once, the day no longer read");
 }
