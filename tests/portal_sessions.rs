@@ -350,6 +350,7 @@ fn an_approval_left_without_outcome_by_a_stop_is_carried_out_again_once() {
             proposal["outcome"] = "".into();
             proposal["decider"] = "checker".into();
             proposal["decided_by"] = 3.into();
+            proposal["decided_at"] = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().into();
             storage::Store::write(&store, &[(&key[..], &serde_json::to_vec(&proposal).unwrap()[..])]).unwrap();
         }
     }

@@ -150,11 +150,18 @@ pub fn run(
     // after that run): the bank takes them from the reserve. Booking a day's total again books
     // only what it did not book yet. Orders of earlier days that were still waiting for their
     // channel at an earlier run and have been decided since are booked one by one (`late_fees`).
+    // Late rows a run wrote ahead and may not have booked (it stopped): booked first, with the
+    // totals they were written with (booking a total again books nothing more).
+    let mut fees = Vec::new();
+    let ahead = late_rows_ahead(store)?;
+    if !ahead.is_empty() {
+        fees.extend(book_fees(engine, channels, &ahead)?);
+        save_fee_state(store, None, &[])?;
+    }
     let stored = waiting_fee_orders(store)?;
     let days = [day.saturating_sub(1), day];
-    let (mut fee_rows, found_waiting) = channel_fees(engine, channels, days)?;
+    let (fee_rows, found_waiting) = channel_fees(engine, channels, days)?;
     let (late_rows, still_waiting) = late_fees(engine, channels, &stored, day)?;
-    fee_rows.extend(late_rows);
     // Kept for the next runs: what still waits (examined now, or of days after `day`: a run of
     // an earlier day again leaves them as they were), within `FEE_WAITING_DAYS_MAX`.
     let mut waiting_after: Vec<WaitingFee> = stored.into_iter().filter(|w| w.day > day).collect();
@@ -163,25 +170,25 @@ pub fn run(
     waiting_after.retain(|w| w.day.saturating_add(FEE_WAITING_DAYS_MAX) >= day);
     waiting_after.sort_by_key(|w| (std::cmp::Reverse(w.day), w.shard, w.order));
     waiting_after.dedup_by_key(|w| (w.shard, w.order));
-    waiting_after.truncate(FEE_WAITING_ORDERS_MAX);
-    let mut fees = Vec::new();
-    for row in fee_rows {
-        let command = Command::ChargeChannelFees { shard: row.shard, channel: row.channel, day: row.day, currency: row.currency, total: row.total };
-        let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
-        let spec = engine.config().currencies[row.currency.0 as usize];
-        fees.push(ChannelFees {
-            channel: channels.name(row.channel),
-            business_date: date_text(row.day),
-            shard: row.shard,
-            currency: spec.code_str().to_string(),
-            orders: row.orders,
-            fees: spec.format(row.total),
-            booked_now: spec.format(reply.id as Minor),
-        });
+    if waiting_after.len() > FEE_WAITING_ORDERS_MAX {
+        tracing::warn!(
+            business_date = %date_text(day),
+            "settlement: {} channel orders wait for their verdict; the fees of the oldest {} will not be booked when they are decided",
+            waiting_after.len(),
+            waiting_after.len() - FEE_WAITING_ORDERS_MAX
+        );
+        waiting_after.truncate(FEE_WAITING_ORDERS_MAX);
     }
-    // After the bookings: a stop before this line books them again next time (booking a total
-    // again books nothing more).
-    save_waiting_fee_orders(store, &waiting_after)?;
+    // The late rows' totals depend on what their days had booked when read: written ahead in
+    // one write with the orders still waiting (the decided ones leave the list in the same
+    // write), so a stop anywhere after it books them at most once (the next run books them
+    // first, with these totals), never twice.
+    save_fee_state(store, Some(&waiting_after), &late_rows)?;
+    fees.extend(book_fees(engine, channels, &fee_rows)?);
+    fees.extend(book_fees(engine, channels, &late_rows)?);
+    if !late_rows.is_empty() {
+        save_fee_state(store, None, &[])?;
+    }
     let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
     let expired: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
     let invariants = engine::invariants::check_engine(engine)?;
@@ -197,7 +204,31 @@ pub fn channel_of(detail: &OrderDetail) -> Option<u16> {
     }
 }
 
+/// Books `rows` (`ChargeChannelFees`: each total less what its day has booked) and reports them.
+fn book_fees(engine: &Engine, channels: &ChannelSet, rows: &[ChannelFeeRow]) -> Result<Vec<ChannelFees>, EngineError> {
+    let mut fees = Vec::new();
+    for row in rows {
+        let command = Command::ChargeChannelFees { shard: row.shard, channel: row.channel, day: row.day, currency: row.currency, total: row.total };
+        let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
+        if !reply.is_ok() {
+            tracing::error!(business_date = %date_text(row.day), shard = row.shard, channel = row.channel, "settlement: channel fees refused: {:?}", reply.code);
+        }
+        let spec = engine.config().currencies[row.currency.0 as usize];
+        fees.push(ChannelFees {
+            channel: channels.name(row.channel),
+            business_date: date_text(row.day),
+            shard: row.shard,
+            currency: spec.code_str().to_string(),
+            orders: row.orders,
+            fees: spec.format(row.total),
+            booked_now: spec.format(reply.id as Minor),
+        });
+    }
+    Ok(fees)
+}
+
 /// One channel's charges for one shard's orders of a day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct ChannelFeeRow {
     day: u32,
     shard: u16,
@@ -218,6 +249,8 @@ pub const FEE_WAITING_DAYS_MAX: u32 = 62;
 pub const FEE_WAITING_ORDERS_MAX: usize = 100_000;
 /// Orders one `read_shard` of the fees' work reads (the shard's batches wait meanwhile).
 const FEE_ORDERS_PER_READ: usize = 16_384;
+/// Pieces of history out of memory one `read_shard` of the late fees reads back at most.
+const FEE_COLD_READS_MAX: usize = 32;
 
 /// A channel order that waited for its channel at a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -232,9 +265,24 @@ fn waiting_fee_orders(store: &dyn storage::Store) -> Result<Vec<WaitingFee>, Eng
     value.map_or(Ok(Vec::new()), |bytes| serde_json::from_slice(&bytes).map_err(|e| EngineError::Storage(format!("sf/waiting: {e}"))))
 }
 
-fn save_waiting_fee_orders(store: &dyn storage::Store, waiting: &[WaitingFee]) -> Result<(), EngineError> {
-    let bytes = serde_json::to_vec(waiting).expect("waiting orders serialize");
-    store.write(&[(WAITING_FEE_ORDERS, &bytes)]).map_err(|e| EngineError::Storage(e.to_string()))
+/// Late rows written ahead of their booking (`sf/late`, JSON; empty once booked).
+const LATE_ROWS_AHEAD: &[u8] = b"sf/late";
+
+fn late_rows_ahead(store: &dyn storage::Store) -> Result<Vec<ChannelFeeRow>, EngineError> {
+    let value = store.get(LATE_ROWS_AHEAD).map_err(|e| EngineError::Storage(e.to_string()))?;
+    value.map_or(Ok(Vec::new()), |bytes| serde_json::from_slice(&bytes).map_err(|e| EngineError::Storage(format!("sf/late: {e}"))))
+}
+
+/// Writes, in one synced write, the late rows about to be booked and (when given) the orders
+/// still waiting.
+fn save_fee_state(store: &dyn storage::Store, waiting: Option<&[WaitingFee]>, late: &[ChannelFeeRow]) -> Result<(), EngineError> {
+    let late = serde_json::to_vec(late).expect("rows serialize");
+    let waiting = waiting.map(|waiting| serde_json::to_vec(waiting).expect("waiting orders serialize"));
+    let mut puts: Vec<(&[u8], &[u8])> = vec![(LATE_ROWS_AHEAD, &late)];
+    if let Some(waiting) = &waiting {
+        puts.push((WAITING_FEE_ORDERS, waiting));
+    }
+    store.write(&puts).map_err(|e| EngineError::Storage(e.to_string()))
 }
 
 /// What channel `channel` charges for `order` once carried out: a payout the fee booked with it,
@@ -311,12 +359,29 @@ fn late_fees(engine: &Engine, channels: &ChannelSet, stored: &[WaitingFee], day:
     for shard in 0..engine.config().shard_count {
         let mine: Vec<WaitingFee> = stored.iter().filter(|w| w.shard == shard && w.day < day.saturating_sub(1)).copied().collect();
         let mut sums: BTreeMap<(u16, u32, u8), (Minor, u64)> = BTreeMap::new();
-        for chunk in mine.chunks(FEE_ORDERS_PER_READ) {
-            let (chunk, tariffs) = (chunk.to_vec(), tariffs.clone());
-            let (decided, waits) = engine.read_shard(shard, move |state| {
-                let (mut decided, mut waits) = (Vec::new(), Vec::new());
-                for w in chunk {
-                    let Some(order) = state.order(engine::ledger::types::OrderId(w.order)) else { continue };
+        // In order (so orders of one piece of history come together), at most
+        // `FEE_COLD_READS_MAX` pieces read back from the store per `read_shard`.
+        let mut mine = mine;
+        mine.sort_by_key(|w| w.order);
+        let mine = Arc::new(mine);
+        let mut from = 0;
+        while from < mine.len() {
+            let (entries, tariffs) = (mine.clone(), tariffs.clone());
+            let (decided, waits, next) = engine.read_shard(shard, move |state| {
+                let (mut decided, mut waits, mut cold_reads) = (Vec::new(), Vec::new(), 0);
+                let mut at = from;
+                while at < entries.len() && at - from < FEE_ORDERS_PER_READ {
+                    let w = entries[at];
+                    let id = engine::ledger::types::OrderId(w.order);
+                    let local = usize::try_from(id.local_index(state.shard_count)).unwrap_or(usize::MAX);
+                    if !state.orders.is_resident(local) {
+                        if cold_reads == FEE_COLD_READS_MAX {
+                            break;
+                        }
+                        cold_reads += 1;
+                    }
+                    at += 1;
+                    let Some(order) = state.order(id) else { continue };
                     let Some(channel) = channel_of(&order.detail) else { continue };
                     match order.status {
                         OrderStatus::Pending | OrderStatus::Processing => waits.push(w),
@@ -324,8 +389,9 @@ fn late_fees(engine: &Engine, channels: &ChannelSet, stored: &[WaitingFee], day:
                         _ => decided.push((channel, w.day, order.currency.0, fee_of(order, channel, &tariffs))),
                     }
                 }
-                (decided, waits)
+                (decided, waits, at)
             })?;
+            from = next;
             for (channel, day, currency, fee) in decided {
                 let sum = sums.entry((channel, day, currency)).or_default();
                 sum.0 += fee;

@@ -330,3 +330,41 @@ fn a_payout_decided_days_later_has_its_fee_booked_once() {
     assert_eq!(booked[0]["business_date"], clearing_actor::calendar::date_text(today), "{booked}");
     assert_eq!(settle(today + 4), serde_json::json!([]), "booked once, the day no longer read");
 }
+
+/// A run that stops after booking a late fee but before it wrote that it had (its last write
+/// fails) books nothing twice when run again: the late rows are written ahead with their
+/// totals, and the order left the waiting list in the same write.
+#[test]
+fn a_late_fee_is_booked_once_whatever_stops_the_run() {
+    let engine_store: Arc<dyn storage::Store> = Arc::new(storage::MemoryStore::new());
+    let engine = Engine::start(EngineConfig { shard_count: 1, ack_flush_ms: 1, ..EngineConfig::default() }, engine_store).unwrap();
+    let currencies = engine.config().currencies.clone();
+    let channels = ChannelTable::new(vec![spec(1, "cheap", "out", "1.00").build(&currencies).unwrap()], Calendar::default()).unwrap().set();
+    let run = |command: Command| engine.execute_one(Envelope { platform: P, out_order_no: None, command }).unwrap();
+    let account = AccountId(run(Command::OpenAccount { owner: 1, currency: CurrencyId(0), limits: Limits::NONE }).id);
+    assert!(run(Command::Recharge { account, currency: CurrencyId(0), amount: 1_000_000, channel: 9 }).is_ok());
+    let order = OrderId(run(Command::Withdraw { account, currency: CurrencyId(0), amount: 10_000, fee: 100, channel: 1 }).id);
+    let today = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() }
+        .day(clearing_actor::calendar::Clock::now_micros(&SystemClock));
+    let store = storage::MemoryStore::new();
+    let settle = |day: u32| clearing_actor::settlement::run(&engine, &store, &[], &channels, day, &mut |_, _| {});
+    settle(today).unwrap();
+    settle(today + 1).unwrap();
+    let complete = Command::CompleteWithdrawal { order, succeeded: true };
+    assert!(engine.execute_one(Envelope { platform: 0, out_order_no: None, command: complete }).unwrap().is_ok());
+    let booked = || engine.read_shard(0, move |s| s.channel_fees.get(&(1, today, 0)).copied().unwrap_or(0)).unwrap();
+    assert_eq!(booked(), 0);
+    // The write after the bookings fails: the run stops there.
+    store.fail_after(1);
+    assert!(settle(today + 3).is_err());
+    assert_eq!(booked(), 100, "booked before the stop");
+    // Started again on what was written.
+    let store = store.snapshot();
+    let settle = |day: u32| clearing_actor::settlement::run(&engine, &store, &[], &channels, day, &mut |_, _| {});
+    for again in [today + 3, today + 4] {
+        let summary = settle(again).unwrap();
+        assert!(summary.invariants_ok);
+        assert_eq!(booked(), 100, "booked once (run of {again})");
+    }
+    engine.shutdown();
+}

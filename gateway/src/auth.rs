@@ -57,7 +57,7 @@ impl Seen {
             }
         }
         if expired && self.by_hash.capacity() > 4 * self.by_hash.len().max(NONCES_KEPT_ROOM) {
-            self.by_hash.shrink_to(2 * self.by_hash.len());
+            self.by_hash.shrink_to(2 * self.by_hash.len().max(NONCES_KEPT_ROOM));
         }
     }
 

@@ -66,6 +66,17 @@ pub const ROTATION_OVERLAP_SECONDS_DEFAULT: u64 = 86_400;
 /// The longest overlap: a week.
 pub const ROTATION_OVERLAP_SECONDS_MAX: u64 = 7 * 86_400;
 
+/// What `rotate_secret_from` did.
+#[derive(Debug)]
+pub enum Rotation {
+    /// Rotated now: the platform and its new secret.
+    Rotated(Platform, String),
+    /// Rotated by the same proposal before: the platform and that secret, shown again.
+    Shown(Platform, String),
+    /// The secret was rotated otherwise since the proposal: nothing done.
+    Changed,
+}
+
 /// `POST /admin/platforms/{id}/rotate-secret` body (optional).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -241,34 +252,37 @@ impl Platforms {
     /// `proposal` (carried out again after a stop). At `from` it rotates and records the
     /// proposal; at `from + 1` made by this same proposal it rotated already and answers that
     /// version's secret without rotating again (a second rotation would end the overlap of the
-    /// secret the platform uses, for one nobody saw); otherwise it refuses (409
-    /// `secret_changed`: rotated by someone else since it was proposed). The flag says whether
-    /// it rotated now.
-    pub fn rotate_secret_from(&self, id: u32, request: RotateSecret, from: u32, proposal: u64, now: i64) -> Result<(Platform, String, bool), ApiError> {
+    /// secret the platform uses, for one nobody saw); otherwise the secret was rotated by
+    /// someone else since it was proposed, and nothing changes.
+    pub fn rotate_secret_from(&self, id: u32, request: RotateSecret, from: u32, proposal: u64, now: i64) -> Result<Rotation, ApiError> {
         let current = self.get(id).ok_or_else(ApiError::not_found)?;
         if from.checked_add(1) == Some(current.secret_version) && current.secret_rotated_by == Some(proposal) {
             let secret = self.secret(&current);
-            return Ok((current, secret, false));
+            return Ok(Rotation::Shown(current, secret));
         }
-        let changed = || ApiError::new(409, "secret_changed", "the platform's secret was rotated since this rotation was proposed; propose it again");
         if current.secret_version != from {
-            return Err(changed());
+            return Ok(Rotation::Changed);
         }
         let overlap = request.overlap_seconds.unwrap_or_else(|| self.rotation_overlap_seconds.load(std::sync::atomic::Ordering::Relaxed));
         if overlap > ROTATION_OVERLAP_SECONDS_MAX {
             return Err(ApiError::invalid("overlap_seconds must be 0 to 604800 (a week)", "overlap_seconds"));
         }
+        let mut changed = false;
         let platform = self.try_update(id, |platform| {
             if platform.secret_version != from {
-                return Err(changed());
+                changed = true;
+                return Ok(());
             }
             platform.previous_secret = (overlap > 0).then_some(PreviousSecret { version: from, valid_until: now.saturating_add(overlap as i64) });
             platform.secret_version = from.checked_add(1).ok_or_else(|| ApiError::invalid("this platform's secret was rotated too often", "platform_id"))?;
             platform.secret_rotated_by = Some(proposal);
             Ok(())
         })?;
+        if changed {
+            return Ok(Rotation::Changed);
+        }
         let secret = self.secret(&platform);
-        Ok((platform, secret, true))
+        Ok(Rotation::Rotated(platform, secret))
     }
 
     /// Whether `signature_hex` signs `message` with the platform's current secret, or with its
@@ -386,19 +400,19 @@ mod tests {
             .expect("create");
         let now = 1_700_000_000;
         let overlap = || RotateSecret { overlap_seconds: Some(60) };
-        let (rotated, second, now_rotated) = platforms.rotate_secret_from(platform.id, overlap(), 1, 7, now).expect("rotate");
-        assert_eq!((rotated.secret_version, now_rotated), (2, true));
+        let Ok(Rotation::Rotated(rotated, second)) = platforms.rotate_secret_from(platform.id, overlap(), 1, 7, now) else { panic!("rotates") };
+        assert_eq!(rotated.secret_version, 2);
         // Another proposal from the same version: rotated by someone else since, refused (it
         // is shown no secret it did not make).
-        assert_eq!(platforms.rotate_secret_from(platform.id, overlap(), 1, 8, now + 10).unwrap_err().code, "secret_changed");
-        let (again, same, again_rotated) = platforms.rotate_secret_from(platform.id, overlap(), 1, 7, now + 30).expect("again");
-        assert_eq!((again.secret_version, again_rotated, &same), (2, false, &second));
+        assert!(matches!(platforms.rotate_secret_from(platform.id, overlap(), 1, 8, now + 10), Ok(Rotation::Changed)));
+        let Ok(Rotation::Shown(again, same)) = platforms.rotate_secret_from(platform.id, overlap(), 1, 7, now + 30) else { panic!("shown again") };
+        assert_eq!((again.secret_version, &same), (2, &second));
         assert_eq!(again.previous_secret, Some(PreviousSecret { version: 1, valid_until: now + 60 }), "the overlap of the secret in use is kept");
         let sign = |secret: &str| crate::secrets::hmac_hex(secret.as_bytes(), b"message");
         assert!(platforms.verify_signature(&again, b"message", &sign(&first), now + 30));
         platforms.rotate_secret(platform.id, RotateSecret::default(), now + 40).expect("someone else rotates");
-        assert_eq!(platforms.rotate_secret_from(platform.id, overlap(), 1, 7, now + 50).unwrap_err().code, "secret_changed");
-        assert_eq!(platforms.rotate_secret_from(platform.id, overlap(), 2, 7, now + 50).unwrap_err().code, "secret_changed", "made by the admin API");
+        assert!(matches!(platforms.rotate_secret_from(platform.id, overlap(), 1, 7, now + 50), Ok(Rotation::Changed)));
+        assert!(matches!(platforms.rotate_secret_from(platform.id, overlap(), 2, 7, now + 50), Ok(Rotation::Changed)), "made by the admin API");
         assert_eq!(platforms.get(platform.id).unwrap().secret_version, 3);
         assert_eq!(platforms.rotate_secret_from(99, overlap(), 1, 7, now).unwrap_err().code, "not_found");
     }

@@ -117,10 +117,20 @@ pub struct Proposal {
     pub outcome: String,
 }
 
+/// How long after its approval a proposal left without outcome may be carried out again: later,
+/// what it does (a rotation's secret shown again, a movement) is proposed afresh.
+pub const RETRY_SECONDS_MAX: i64 = 86_400;
+
 impl Proposal {
     /// The order number of a money action: unique per proposal, so a retry is a replay.
     pub fn out_order_no(&self) -> String {
         format!("approval-{}", self.id)
+    }
+
+    /// Whether, approved and left without outcome, it may still be carried out again at `now`
+    /// (unix seconds).
+    pub fn retryable(&self, now: i64) -> bool {
+        self.status == Status::Approved && self.decided_at.is_some_and(|at| now.saturating_sub(at) <= RETRY_SECONDS_MAX)
     }
 }
 
@@ -393,6 +403,9 @@ impl Approvals {
         if proposal.proposed_by == session.operator.id {
             return Err(ApiError::new(403, "four_eyes", "a proposal is carried out by another operator than the one who proposed it"));
         }
+        if !proposal.retryable(now_seconds()) {
+            return Err(ApiError::new(409, "already_decided", "approved more than a day ago: propose it again"));
+        }
         if !inner.carrying.insert(id) {
             return Err(ApiError::new(409, "in_progress", "this proposal is being carried out now"));
         }
@@ -500,7 +513,7 @@ mod tests {
         let (approver, other) = (session(2, Scope::System, &[Role::Approver]), session(4, Scope::System, &[Role::Approver]));
         let viewer = session(5, Scope::System, &[Role::Viewer]);
         let platform_two = session(3, Scope::Platform { platform: 2 }, &[Role::Approver]);
-        for _ in 0..3 {
+        for _ in 0..4 {
             approvals.propose(&proposer, Scope::Platform { platform: 1 }, limits(1), "").unwrap();
         }
         assert_eq!(approvals.retry(&approver, 1).unwrap_err().code, "already_decided", "pending: decided first");
@@ -528,6 +541,14 @@ mod tests {
         assert_eq!(approvals.finish(2, Err("no such account".into())).unwrap().status, Status::Failed);
         assert_eq!(approvals.retry(&other, 2).unwrap_err().code, "already_decided", "failed is an outcome");
         assert_eq!(ids(&approvals.list(&Scope::System, Some(Status::Approved), 10).unwrap()), Vec::<u64>::new());
+        // Approved more than a day ago: not carried out again.
+        approvals.decide(&other, 4, true).unwrap_or_else(|_| panic!("4 is pending"));
+        approvals.finish(4, Ok("done".into())).unwrap();
+        let mut old = approvals.get(&Scope::System, 4).unwrap().unwrap();
+        (old.status, old.outcome, old.decided_at) = (Status::Approved, String::new(), Some(now_seconds() - RETRY_SECONDS_MAX - 1));
+        approvals.save(&old).unwrap();
+        let message = approvals.retry(&approver, 4).unwrap_err().message;
+        assert!(message.contains("more than a day ago"), "{message}");
     }
 
     #[test]

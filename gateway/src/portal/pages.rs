@@ -515,7 +515,7 @@ async fn approvals_page(
                                 span.muted { "being carried out" }
                             } @else if proposal.status == Status::Approved {
                                 span.muted { "approved, but its outcome was never stored (the server stopped while it was carried out)" }
-                                @if session.has(Role::Approver) && proposal.proposed_by != session.operator.id {
+                                @if session.has(Role::Approver) && proposal.proposed_by != session.operator.id && proposal.retryable(now_seconds()) {
                                     form.inline method="post" action=(format!("/portal/approvals/{}/retry", proposal.id)) { (csrf_field(session)) button type="submit" { "Carry out again" } }
                                 }
                             }
@@ -550,14 +550,19 @@ pub async fn execute(executors: &Executors<'_>, proposal: &super::approvals::Pro
                 let request = crate::platforms::RotateSecret { overlap_seconds: overlap };
                 match from {
                     Some(from) => platforms.rotate_secret_from(id, request, from, proposal_id, now_seconds()),
-                    None => platforms.rotate_secret(id, request, now_seconds()).map(|(platform, secret)| (platform, secret, true)),
+                    None => platforms.rotate_secret(id, request, now_seconds()).map(|(platform, secret)| crate::platforms::Rotation::Rotated(platform, secret)),
                 }
             })
             .await;
             match rotated {
-                Ok(Ok((platform, secret, true))) => Ok((format!("secret version {} issued", platform.secret_version), Some(secret))),
-                Ok(Ok((platform, secret, false))) => {
+                Ok(Ok(crate::platforms::Rotation::Rotated(platform, secret))) => {
+                    Ok((format!("secret version {} issued", platform.secret_version), Some(secret)))
+                }
+                Ok(Ok(crate::platforms::Rotation::Shown(platform, secret))) => {
                     Ok((format!("secret version {} issued (before a stop; shown again)", platform.secret_version), Some(secret)))
+                }
+                Ok(Ok(crate::platforms::Rotation::Changed)) => {
+                    Err("the platform's secret was rotated since this rotation was proposed; propose it again".into())
                 }
                 Ok(Err(error)) => Err(error.message),
                 Err(_) => Err("the server is stopping".into()),
