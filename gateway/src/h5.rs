@@ -540,12 +540,13 @@ impl actix_web::FromRequest for FormBody {
                 return Err(too_large());
             }
             let timeout = request.app_data::<web::Data<crate::signed::BodyLimits>>().map_or(Duration::from_secs(10), |limits| limits.timeout);
-            let reading = actix_web::body::to_bytes_limited(actix_web::body::BodyStream::new(payload), FORM_BYTES_MAX);
-            match actix_web::rt::time::timeout(timeout, reading).await {
-                Err(_) => Err(PageError::new(408, "request_timeout", locale)),
-                Ok(Err(_)) => Err(too_large()),
-                Ok(Ok(Err(error))) => Err(PageError { message: format!("reading the form: {error}"), ..PageError::new(400, "invalid_request", locale) }),
-                Ok(Ok(Ok(body))) => Ok(FormBody(body)),
+            match crate::signed::read_body(payload, FORM_BYTES_MAX, timeout).await {
+                Ok(body) => Ok(FormBody(body)),
+                Err(crate::signed::BodyError::Timeout) => Err(PageError::new(408, "request_timeout", locale)),
+                Err(crate::signed::BodyError::TooLarge) => Err(too_large()),
+                Err(crate::signed::BodyError::Read(error)) => {
+                    Err(PageError { message: format!("reading the form: {error}"), ..PageError::new(400, "invalid_request", locale) })
+                }
             }
         })
     }

@@ -49,6 +49,9 @@ pub(crate) struct TransfersBody {
 
 /// Held by an upload of statement lines from its first line to its last.
 static UPLOADS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// How long an upload waits for the one before it (a stuck engine would hold the lock): 503
+/// `overloaded` after that.
+const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Credits one statement line, or books it to suspense with a case.
 async fn take_line(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, line: StatementLine) -> Result<serde_json::Value, ApiError> {
@@ -115,7 +118,9 @@ pub async fn offline_transfers(
     // One statement at a time: a line is checked for suspense, then credited to its account or
     // booked to suspense (two order numbers of two scopes); two uploads of one line at once, the
     // account's status changing in between, could do both (one bank transfer credited twice).
-    let _one_at_a_time = UPLOADS.lock().await;
+    let Ok(_one_at_a_time) = actix_web::rt::time::timeout(UPLOAD_WAIT, UPLOADS.lock()).await else {
+        return Err(ApiError::overloaded("another statement upload is being taken; try again when it has finished"));
+    };
     let mut results = Vec::with_capacity(body.lines.len());
     for line in body.lines {
         let bank_ref = line.bank_ref.clone();

@@ -91,6 +91,27 @@ fn too_large(limit: usize) -> ApiError {
     ApiError::new(413, "payload_too_large", &format!("the body is larger than this platform's limit of {limit} bytes"))
 }
 
+/// Why a body was not read (`read_body`).
+pub enum BodyError {
+    /// It did not arrive within the body timeout.
+    Timeout,
+    /// It is longer than the limit.
+    TooLarge,
+    /// The connection failed while it was read.
+    Read(String),
+}
+
+/// Reads a request's body, at most `limit` bytes, within `timeout` (the signed API and the H5
+/// forms: each after checking who asks).
+pub async fn read_body(payload: actix_web::dev::Payload, limit: usize, timeout: Duration) -> Result<web::Bytes, BodyError> {
+    match actix_web::rt::time::timeout(timeout, actix_web::body::to_bytes_limited(actix_web::body::BodyStream::new(payload), limit)).await {
+        Err(_) => Err(BodyError::Timeout),
+        Ok(Err(_)) => Err(BodyError::TooLarge),
+        Ok(Ok(Err(error))) => Err(BodyError::Read(error.to_string())),
+        Ok(Ok(Ok(body))) => Ok(body),
+    }
+}
+
 impl actix_web::FromRequest for Signed {
     type Error = ApiError;
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Signed, ApiError>>>>;
@@ -112,13 +133,12 @@ impl actix_web::FromRequest for Signed {
                 return Err(too_large(limit));
             }
             // 2. The body, bounded in size and time.
-            let body =
-                match actix_web::rt::time::timeout(limits.timeout, actix_web::body::to_bytes_limited(actix_web::body::BodyStream::new(payload), limit)).await {
-                    Err(_) => return Err(ApiError::new(408, "request_timeout", "the body did not arrive within the body timeout")),
-                    Ok(Err(_)) => return Err(too_large(limit)),
-                    Ok(Ok(Err(error))) => return Err(ApiError::new(400, "invalid_request", &format!("reading the body: {error}"))),
-                    Ok(Ok(Ok(body))) => body,
-                };
+            let body = match read_body(payload, limit, limits.timeout).await {
+                Ok(body) => body,
+                Err(BodyError::Timeout) => return Err(ApiError::new(408, "request_timeout", "the body did not arrive within the body timeout")),
+                Err(BodyError::TooLarge) => return Err(too_large(limit)),
+                Err(BodyError::Read(error)) => return Err(ApiError::new(400, "invalid_request", &format!("reading the body: {error}"))),
+            };
             // 3. The signature, the platform's quotas, its nonce.
             check_signature(&request, &head, &body, platforms)?;
             if head.platform.suspended {
