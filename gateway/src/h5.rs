@@ -296,6 +296,12 @@ impl H5Sessions {
         Ok(Some((cookie, session)))
     }
 
+    /// Whether a cookie value names a live session (a look, no copy: the handler reads the
+    /// session itself with `get`).
+    pub fn is_live(&self, cookie: &str, now: Instant) -> bool {
+        self.sessions.lock().expect("h5 sessions lock").by_hash.get(&hash(cookie)).is_some_and(|session| alive(session, now))
+    }
+
     /// The live session of a cookie value (its idle time starts again).
     pub fn get(&self, cookie: &str, now: Instant) -> Option<Session> {
         let mut sessions = self.sessions.lock().expect("h5 sessions lock");
@@ -530,7 +536,7 @@ impl actix_web::FromRequest for FormBody {
             let live = request
                 .app_data::<web::Data<Arc<H5Sessions>>>()
                 .zip(cookie_of(&request))
-                .is_some_and(|(sessions, cookie)| sessions.get(&cookie, Instant::now()).is_some());
+                .is_some_and(|(sessions, cookie)| sessions.is_live(&cookie, Instant::now()));
             if !live {
                 return Ok(FormBody(web::Bytes::new()));
             }
