@@ -261,3 +261,61 @@ fn order_numbers_inside_a_batch_payment_are_taken_on_every_shard_and_after_a_res
     assert_eq!((p.balances(&payer0).0, p.balances(&payer1).0), ("80.00".to_string(), "90.00".to_string()), "nothing moved twice");
     server.stop();
 }
+
+/// Pays `amount` from `payer` to `payee` (`mode` balance or guarantee); the order's id.
+fn pay_one(p: &Client, number: &str, payer: &str, payee: &str, mode: &str, amount: &str) -> String {
+    let body = json!({"out_order_no": number, "payer_account_id": payer, "mode": mode, "amount": amount, "currency": "CNY",
+        "payees": [{"account_id": payee, "amount": amount}]});
+    let (status, _, order) = p.post("/v1/payments", &body);
+    assert_eq!(status, 201, "{order}");
+    order["order_id"].as_str().unwrap().to_string()
+}
+
+/// Refunds `amount` of `payment` from `payee`.
+fn refund_one(p: &Client, number: &str, payment: &str, payee: &str, amount: &str) {
+    let body = json!({"out_order_no": number, "payment_order_id": payment, "amount": amount, "payee_account_id": payee});
+    let (status, _, order) = p.post("/v1/refunds", &body);
+    assert_eq!(status, 201, "{order}");
+}
+
+/// Income not yet past its settlement cycle is "usable for payments, not for withdrawal"
+/// (API.md): paying it away and undoing the payment (a guarantee cancelled, a payment refunded)
+/// gives it back as unsettled, never as withdrawable funds before its settlement day. What a
+/// payment took from settled funds goes back to settled. Checked again after a kill -9, which
+/// rebuilds the orders' unsettled parts from the RocksDB directory.
+#[test]
+fn undoing_a_payment_never_makes_unsettled_income_withdrawable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-2-0123456789abcdef0123456789abcdef";
+    let balances = |all: [&str; 4]| -> (String, String, String, String) { (all[0].into(), all[1].into(), all[2].into(), all[3].into()) };
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Home Decor\"}");
+    let buyer = p.account(&p.member("m-buyer", "Zhang San"));
+    let merchant = p.account(&p.member("m-merchant", "Li Si"));
+    let friend = p.account(&p.member("m-friend", "Wang Wu"));
+    p.fund(&buyer, "1000.00", "r-1");
+    p.fund(&merchant, "20.00", "r-2");
+    pay_one(&p, "sale-1", &buyer, &merchant, "balance", "500.00");
+    assert_eq!(p.balances(&merchant), balances(["520.00", "20.00", "0.00", "500.00"]));
+
+    // 500 of income and 10 of settled funds held for a friend, then cancelled.
+    let held = pay_one(&p, "hold-1", &merchant, &friend, "guarantee", "510.00");
+    let (status, _, cancelled) = p.post(&format!("/v1/payments/{held}/cancel"), &json!({"out_order_no": "x-1"}));
+    assert_eq!((status, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
+    assert_eq!(p.balances(&merchant), balances(["520.00", "20.00", "0.00", "500.00"]), "the income is still unsettled");
+
+    // Paid to the friend and refunded in two parts, a kill -9 between: unsettled goes back first.
+    let paid = pay_one(&p, "pay-1", &merchant, &friend, "balance", "505.00");
+    assert_eq!(p.balances(&merchant), balances(["15.00", "15.00", "0.00", "0.00"]));
+    refund_one(&p, "rf-1", &paid, &friend, "300.00");
+    assert_eq!(p.balances(&merchant), balances(["315.00", "15.00", "0.00", "300.00"]));
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    server.kill();
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client { server: &server, platform, secret };
+    refund_one(&p, "rf-2", &paid, &friend, "205.00");
+    assert_eq!(p.balances(&merchant), balances(["520.00", "20.00", "0.00", "500.00"]));
+    let (_, report) = server.get("/admin/invariants", Some(token));
+    assert_eq!(report["ok"], true, "{report}");
+    server.stop();
+}

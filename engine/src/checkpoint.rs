@@ -78,10 +78,16 @@ const BLOB_PREFIX: &[u8; 4] = b"m/b/";
 /// all history; they are checked at load (`DayRuns::check`). Versions 1 to 5 are still read:
 /// the runs are rebuilt from the rows at each load of such a checkpoint (a scan of them), until
 /// the shard writes one of version 6.
-pub const CHECKPOINT_FORMAT_VERSION: u8 = 6;
+///
+/// Version 7: a payment order may carry the part of it that came from the payer's unsettled
+/// income (`OrderDetail::Payment::from_unsettled`, journal format 3), encoded as a variant
+/// appended to `OrderDetail`'s (`DetailRepr::PaymentFromUnsettled`) when it is not 0. Version
+/// 6's bytes are version 7's without that variant, so version 6 checkpoints, and their blobs
+/// that version 7 checkpoints go on naming, are read as they are.
+pub const CHECKPOINT_FORMAT_VERSION: u8 = 7;
 
 /// Older versions this build still reads (see `CHECKPOINT_FORMAT_VERSION`).
-const READABLE_FORMAT_VERSIONS: [u8; 6] = [1, 2, 3, 4, 5, CHECKPOINT_FORMAT_VERSION];
+const READABLE_FORMAT_VERSIONS: [u8; 7] = [1, 2, 3, 4, 5, 6, CHECKPOINT_FORMAT_VERSION];
 
 /// The most bytes of encoded state one part (one storage value, one write) holds, and about
 /// the most one write of blobs carries. Every write is synced, and a shard's journal write that

@@ -79,6 +79,10 @@ pub struct BatchRecordRef<'a> {
 /// One batch as read back.
 #[derive(Debug, PartialEq, Eq, Deserialize)]
 pub struct BatchRecord {
+    /// The journal format the batch was written in (its value's first byte, not in the record):
+    /// replay applies it under that format's rules (`ShardState::apply_all_as`).
+    #[serde(skip)]
+    pub version: u8,
     pub shard: ShardId,
     pub sequence: u64,
     pub timestamp: Timestamp,
@@ -101,7 +105,15 @@ pub struct BatchRecord {
 /// existing data directories unreadable (acceptable while nothing is in production). Data
 /// directories written before version 1 (values without this byte) are refused too: recreate them.
 /// Version 2 added the hash chain (`previous_hash` in the record, the record's hash after it).
-pub const JOURNAL_FORMAT_VERSION: u8 = 2;
+/// Version 3 has version 2's bytes and new rules: a payment records what it took from the
+/// payer's unsettled income, and a cancel or a refund returns that part as unsettled income
+/// (`OrderDetail::Payment`), not as settled funds. A batch of version 2 is still read and
+/// replayed under version 2's rules (`BatchRecord::version`), so it gives exactly the postings
+/// it recorded.
+pub const JOURNAL_FORMAT_VERSION: u8 = 3;
+
+/// The journal formats this build reads: version 2 (the same bytes, older rules) and its own.
+pub const READABLE_JOURNAL_VERSIONS: std::ops::RangeInclusive<u8> = 2..=JOURNAL_FORMAT_VERSION;
 
 /// The head of a shard's hash chain: its last batch and that batch's hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -152,7 +164,7 @@ pub enum JournalError {
     Storage(#[from] StorageError),
     #[error("journal of shard {shard} is corrupt at batch {sequence}: {kind}: {reason}")]
     Corrupt { shard: ShardId, sequence: u64, kind: BreakKind, reason: String },
-    #[error("journal of shard {shard} has format version {version} at batch {sequence}; this build reads only version {supported}", supported = JOURNAL_FORMAT_VERSION)]
+    #[error("journal of shard {shard} has format version {version} at batch {sequence}; this build reads versions 2 to {supported}", supported = JOURNAL_FORMAT_VERSION)]
     UnsupportedFormat { shard: ShardId, sequence: u64, version: u8 },
     /// Replaying batch `sequence` needed a chunk of history whose blob could not be read back
     /// (`growth::StorageFault`): not the journal's fault; recovery retries without that blob.
@@ -210,12 +222,13 @@ pub fn decode_hashed(shard: ShardId, sequence: u64, bytes: &[u8]) -> Result<(Bat
     use bincode::Options;
     let corrupt = |reason: String| JournalError::Corrupt { shard, sequence, kind: BreakKind::Undecodable, reason };
     let (&version, _) = bytes.split_first().ok_or_else(|| corrupt("empty value".into()))?;
-    if version != JOURNAL_FORMAT_VERSION {
+    if !READABLE_JOURNAL_VERSIONS.contains(&version) {
         return Err(JournalError::UnsupportedFormat { shard, sequence, version });
     }
     let hash = check_hash(shard, sequence, bytes)?;
     let body = &bytes[1..bytes.len() - HASH_LEN];
-    let record: BatchRecord = codec().deserialize(body).map_err(|e| corrupt(e.to_string()))?;
+    let mut record: BatchRecord = codec().deserialize(body).map_err(|e| corrupt(e.to_string()))?;
+    record.version = version;
     if record.shard != shard || record.sequence != sequence {
         return Err(corrupt(format!("the value holds batch {} of shard {}", record.sequence, record.shard)));
     }
@@ -238,9 +251,12 @@ impl Break {
     pub fn from_error(shard: ShardId, reached: u64, error: JournalError) -> Break {
         match error {
             JournalError::Corrupt { shard, sequence, kind, reason } => Break { shard, sequence, kind, reason },
-            JournalError::UnsupportedFormat { shard, sequence, version } => {
-                Break { shard, sequence, kind: BreakKind::Undecodable, reason: format!("format version {version}, this build reads {JOURNAL_FORMAT_VERSION}") }
-            }
+            JournalError::UnsupportedFormat { shard, sequence, version } => Break {
+                shard,
+                sequence,
+                kind: BreakKind::Undecodable,
+                reason: format!("format version {version}, this build reads 2 to {JOURNAL_FORMAT_VERSION}"),
+            },
             JournalError::Storage(error) => Break { shard, sequence: reached, kind: BreakKind::Undecodable, reason: format!("cannot read: {error}") },
             JournalError::History { shard, sequence, fault } => Break { shard, sequence, kind: BreakKind::Replay, reason: fault.to_string() },
         }
@@ -531,7 +547,7 @@ fn replay_after(
         // The state is dropped with the error, so what the panic left half-done is never used.
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             replies.clear();
-            state.apply_all(&record.envelopes, None, record.timestamp, &mut fx, &mut replies);
+            state.apply_all_as(record.version, &record.envelopes, None, record.timestamp, &mut fx, &mut replies);
         }));
         if let Err(panic) = applied {
             if let Some(fault) = panic.downcast_ref::<crate::ledger::growth::StorageFault>() {

@@ -1333,6 +1333,10 @@ fn checkpoints_an_earlier_build_wrote_load_as_this_build_replays() {
                 assert!(!manifest.blobs.is_empty(), "fixture {version}: history out of memory");
                 assert!(state.lots.iter().count() >= 1 && state.income.iter().count() >= 1, "fixture {version}: unsettled income");
                 assert!(state.orders.iter().any(|order| order.status == OrderStatus::Held), "fixture {version}: open escrows");
+                if version >= 7 {
+                    let unsettled_part = |order: &Order| matches!(order.detail, OrderDetail::Payment { from_unsettled, .. } if from_unsettled > 0);
+                    assert!(state.orders.iter().any(unsettled_part), "fixture {version}: payments with an unsettled part to return");
+                }
             }
             if version == current {
                 // The engine's encoder (`codec`) writes the state as bincode does, every field of it.

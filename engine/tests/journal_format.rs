@@ -92,7 +92,7 @@ fn variant_index(command: &Command) -> usize {
 /// (shard, sequence, timestamp, envelope count), one envelope per `Command` variant, the entries
 /// and the postings. Regenerate only for a deliberate format change (see `FORMAT_RULES`).
 const GOLDEN: &[(&str, &str)] = &[
-    ("version", "02"),
+    ("version", "03"),
     ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d91e"),
     ("Genesis", "070000010202434e59024a505900fb00e1"),
     ("OpenAccount", "070001fbe90300fbe803fbd007fb5802fbb004"),
@@ -126,7 +126,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("SetLimits", "0701056c696d2d311d03fbe803fbd007fb5802fbb004"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
-    ("hash", "e15124933292413a25fc9752c59cf8c75c90d51617224c5e1524768d6965a58c"),
+    ("hash", "e881998b6ed4237727caad4ed1ebf6717f9c2cb331fa74588aa2c639929bd805"),
 ];
 
 const SHARD: u16 = 1;
@@ -249,6 +249,7 @@ fn golden_record() -> BatchRecord {
     let entry = |entry_id, order, kind, posting_count| EntryHeader { entry_id, order, kind, currency: cny, posting_count };
     let posting = |id, bucket, amount| Posting { account: account(id), bucket, amount };
     BatchRecord {
+        version: JOURNAL_FORMAT_VERSION,
         shard: SHARD,
         sequence: SEQUENCE,
         timestamp: 1_700_000_000_000_001,
@@ -442,15 +443,26 @@ fn golden_bytes_decode_to_the_golden_record() {
 
 #[test]
 fn other_format_versions_are_refused() {
-    for version in [0u8, JOURNAL_FORMAT_VERSION + 1, u8::MAX] {
+    for version in [0u8, 1, JOURNAL_FORMAT_VERSION + 1, u8::MAX] {
         let mut bytes = golden_bytes();
         bytes[0] = version;
         let error = decode(SHARD, SEQUENCE, &bytes).expect_err("another version is refused");
         assert!(matches!(error, JournalError::UnsupportedFormat { shard: SHARD, sequence: SEQUENCE, version: found } if found == version), "{error:?}");
         let message = error.to_string();
-        let expected = format!("format version {version} at batch {SEQUENCE}; this build reads only version {JOURNAL_FORMAT_VERSION}");
+        let expected = format!("format version {version} at batch {SEQUENCE}; this build reads versions 2 to {JOURNAL_FORMAT_VERSION}");
         assert!(message.contains(&expected), "{message}");
     }
+}
+
+/// Version 2 has version 3's bytes (only the rules changed): its batches decode, and say they are
+/// of version 2, so that replay applies them under its rules.
+#[test]
+fn batches_of_version_2_decode_as_version_2() {
+    let golden = golden_bytes();
+    let mut body = golden[..golden.len() - 32].to_vec();
+    body[0] = 2;
+    let decoded = decode(SHARD, SEQUENCE, &sealed(&body)).expect("a version 2 batch decodes");
+    assert_eq!(decoded, BatchRecord { version: 2, ..golden_record() });
 }
 
 #[test]

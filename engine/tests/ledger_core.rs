@@ -1069,3 +1069,128 @@ fn credits_sent_to_suspense_are_noted_with_their_account_and_order() {
     w.fx.clear();
     assert!(engine::diversions::collect(&w.state, &w.fx, 10, w.now).is_empty());
 }
+
+/// The part of a payment order still to go back to the payer's unsettled income.
+fn unsettled_part(w: &World, order: u64) -> Minor {
+    match w.order(order).detail {
+        OrderDetail::Payment { from_unsettled, .. } => from_unsettled,
+        ref other => panic!("not a payment: {other:?}"),
+    }
+}
+
+/// An account's lots as (day after `first`, amount, income credits).
+fn lots_of(w: &World, account: AccountId, first: u32) -> Vec<(u32, Minor, u32)> {
+    w.state.lots.get(account).into_iter().flatten().map(|lot| (lot.day - first, lot.amount, lot.credits)).collect()
+}
+
+/// A payment takes unsettled income first; undoing it (a cancel, a refund) gives that part back
+/// as unsettled income of the day, not as settled funds: income cannot be made withdrawable
+/// before it matures by paying it away and back, and it still meets its commission when it
+/// matures. What came from settled funds goes back to settled. Returns are not income credits.
+#[test]
+fn undoing_a_payment_gives_unsettled_income_back_as_unsettled() {
+    let mut w = World::new();
+    let payer = w.funded(1, 10_000);
+    let merchant = w.funded(2, 0);
+    let other = w.funded(3, 0);
+    let platform_account = w.funded(4, 0);
+    let day0 = w.state.business_day(w.now);
+    w.ok(pay(payer, 300, &[(merchant, 300)], &[]));
+    w.now += DAY;
+    // A guarantee payment of the merchant's unsettled income, cancelled in two steps.
+    let held = w.ok(hold(merchant, 250, &[(other, 250)]));
+    assert_eq!((w.balances(merchant), unsettled_part(&w, held)), ((0, 50, 0), 250));
+    w.ok(Command::Cancel { order: OrderId(held), amount: Some(100) });
+    assert_eq!((w.balances(merchant), unsettled_part(&w, held)), ((0, 150, 0), 150));
+    w.ok(Command::Cancel { order: OrderId(held), amount: None });
+    assert_eq!((w.balances(merchant), unsettled_part(&w, held)), ((0, 300, 0), 0));
+    assert_eq!(lots_of(&w, merchant, day0), [(0, 50, 1), (1, 250, 0)], "back as a lot of the cancel's day, not an income credit");
+    let withdraw = Command::Withdraw { account: merchant, currency: CNY, amount: 1, fee: 0, channel: 1 };
+    assert_eq!(w.run(withdraw.clone()).code, ResultCode::InsufficientFunds, "nothing is withdrawable before it matures");
+    // A balance payment of settled and unsettled funds, refunded in parts: unsettled first.
+    w.ok(Command::Mature { through_day: day0 });
+    assert_eq!(w.balances(merchant), (50, 250, 0));
+    let paid = w.ok(pay(merchant, 280, &[(other, 280)], &[]));
+    assert_eq!((w.balances(merchant), unsettled_part(&w, paid)), ((20, 0, 0), 250));
+    w.ok(Command::Refund { payment: OrderId(paid), payee: other, amount: 200 });
+    assert_eq!((w.balances(merchant), unsettled_part(&w, paid)), ((20, 200, 0), 50));
+    w.ok(Command::Refund { payment: OrderId(paid), payee: other, amount: 80 });
+    assert_eq!((w.balances(merchant), unsettled_part(&w, paid)), ((50, 250, 0), 0));
+    assert_eq!(w.order(paid).status, OrderStatus::Refunded);
+    // It matures on its day's settlement, and is charged commission then (1 %: 2.50).
+    let commission = rule(TierBasis::Amount, day0, &[(0, 10_000)], &[(platform_account, 1)], 0);
+    let reply = w.run_as(P, Command::Settle { through_day: day0 + 1, rule: commission });
+    assert_eq!(reply.code, ResultCode::Ok);
+    assert_eq!(w.balances(merchant), (50 + 250 - 3, 0, 0));
+    assert_eq!(w.balances(platform_account).0, 3);
+    w.ok(withdraw);
+    w.assert_books_balance();
+}
+
+/// A refund that travels back to the payer's shard gives the unsettled part back there.
+#[test]
+fn a_refund_from_another_shard_gives_unsettled_income_back_as_unsettled() {
+    let mut s0 = shard(0, 2);
+    let mut s1 = shard(1, 2);
+    let (mut fx0, mut fx1) = (Effects::default(), Effects::default());
+    let run = |state: &mut ShardState, fx: &mut Effects, command: Command| state.apply(&Envelope { platform: P, out_order_no: None, command }, T0, fx);
+    let open =
+        |state: &mut ShardState, fx: &mut Effects, owner| AccountId(run(state, fx, Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE }).id);
+    let (buyer, merchant) = (open(&mut s0, &mut fx0, 1), open(&mut s0, &mut fx0, 3));
+    let supplier = open(&mut s1, &mut fx1, 2);
+    assert_eq!((buyer.shard(2), merchant.shard(2), supplier.shard(2)), (0, 0, 1));
+    run(&mut s0, &mut fx0, Command::Recharge { account: buyer, currency: CNY, amount: 1_000, channel: 1 });
+    run(&mut s0, &mut fx0, Command::Recharge { account: merchant, currency: CNY, amount: 100, channel: 1 });
+    assert!(run(&mut s0, &mut fx0, pay(buyer, 400, &[(merchant, 400)], &[])).is_ok());
+    let payment = run(&mut s0, &mut fx0, pay(merchant, 450, &[(supplier, 450)], &[]));
+    assert!(payment.is_ok());
+    assert_eq!(s0.account(merchant).map(|a| (a.settled, a.unsettled)), Some((50, 0)));
+    let credit = *s0.outboxes[1].pending.front().unwrap();
+    assert!(s1.apply(&Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(credit) }, T0, &mut fx1).is_ok());
+    assert!(run(&mut s1, &mut fx1, Command::Refund { payment: OrderId(payment.id), payee: supplier, amount: 420 }).is_ok());
+    let back = *s1.outboxes[0].pending.front().unwrap();
+    assert!(s0.apply(&Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(back) }, T0, &mut fx0).is_ok());
+    assert_eq!(s0.account(merchant).map(|a| (a.settled, a.unsettled)), Some((70, 400)), "400 back to unsettled, 20 to settled");
+    let total: i128 = s0.accounts.iter().chain(&s1.accounts).map(|a| a.total() as i128).sum();
+    assert_eq!(total, 0);
+}
+
+/// A batch of journal format 2 replays under its rules: its payments record no unsettled part,
+/// so their refunds and cancels go back to settled funds, and a freeze's release back to
+/// unsettled counts as an income credit, exactly as the build that wrote it did.
+#[test]
+fn batches_of_journal_format_2_replay_under_their_rules() {
+    let mut both: Vec<(Vec<(Minor, Minor)>, Vec<u32>)> = Vec::new();
+    for version in [2u8, 3] {
+        let mut state = shard(0, 1);
+        let mut fx = Effects::default();
+        let mut replies = Vec::new();
+        let mut run = |state: &mut ShardState, command: Command| {
+            replies.clear();
+            state.apply_all_as(version, &[Envelope { platform: P, out_order_no: None, command }], None, T0, &mut fx, &mut replies);
+            assert!(replies[0].is_ok(), "{:?}", replies[0]);
+            replies[0].id
+        };
+        let open = |state: &mut ShardState, run: &mut dyn FnMut(&mut ShardState, Command) -> u64, owner| {
+            AccountId(run(state, Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE }))
+        };
+        let (a, b, c) = (open(&mut state, &mut run, 1), open(&mut state, &mut run, 2), open(&mut state, &mut run, 3));
+        run(&mut state, Command::Recharge { account: a, currency: CNY, amount: 1_000, channel: 1 });
+        run(&mut state, pay(a, 500, &[(b, 500)], &[]));
+        let paid = run(&mut state, pay(b, 300, &[(c, 300)], &[]));
+        run(&mut state, Command::Refund { payment: OrderId(paid), payee: c, amount: 100 });
+        let held = run(&mut state, hold(b, 100, &[(c, 100)]));
+        run(&mut state, Command::Cancel { order: OrderId(held), amount: None });
+        let frozen = run(&mut state, Command::Freeze { account: b, currency: CNY, amount: 250, reason: "check".into(), expires_at: None });
+        run(&mut state, Command::ReleaseFreeze { order: OrderId(frozen), amount: None });
+        let b_now = state.account(b).unwrap();
+        let credits = state.lots.get(b).into_iter().flatten().map(|lot| lot.credits).collect();
+        both.push((vec![(b_now.settled, b_now.unsettled)], credits));
+    }
+    // Format 2: the refund (100) and the cancel (100) back to settled; the freeze takes those
+    // 200 and 50 of unsettled, whose release counts as a second credit of the day's lot.
+    // Format 3: the refund and the cancel back to unsettled, so the freeze takes 250 of it,
+    // and its release is not counted.
+    assert_eq!(both[0], (vec![(200, 100)], vec![2]));
+    assert_eq!(both[1], (vec![(0, 300)], vec![1]));
+}

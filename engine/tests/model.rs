@@ -56,10 +56,21 @@ struct Buckets {
 }
 
 impl Buckets {
-    fn spend(&mut self, amount: i64) {
+    /// Spends `amount`, unsettled first; returns the part taken from unsettled.
+    fn spend(&mut self, amount: i64) -> i64 {
         let from_unsettled = self.unsettled.min(amount);
         self.unsettled -= from_unsettled;
         self.settled -= amount - from_unsettled;
+        from_unsettled
+    }
+
+    /// Takes back `amount` of a payment whose unsettled part not yet returned is `part`: that
+    /// part first, as unsettled, the rest as settled.
+    fn take_back(&mut self, part: &mut i64, amount: i64) {
+        let to_unsettled = (*part).min(amount);
+        *part -= to_unsettled;
+        self.unsettled += to_unsettled;
+        self.settled += amount - to_unsettled;
     }
 }
 
@@ -74,6 +85,8 @@ struct Model {
     freezes: Vec<(OrderId, usize, i64, i64)>,
     /// Withdrawals: (order, account, amount + fee, verdict once completed).
     withdrawals: Vec<(OrderId, usize, i64, Option<bool>)>,
+    /// Per payment, what it took from the payer's unsettled income and has not given back.
+    unsettled_parts: HashMap<OrderId, i64>,
 }
 
 fn envelope(n: usize, command: Command) -> Envelope {
@@ -139,12 +152,12 @@ fn step(engine: &Engine, model: &mut Model, ids: &[AccountId], n: usize, op: &Op
     match *op {
         Op::Recharge(a, x) => m[a].settled += x,
         Op::Pay(a, b, x) => {
-            m[a].spend(x);
+            model.unsettled_parts.insert(order, m[a].spend(x));
             m[b].unsettled += x;
             model.incomes.push((order, a, b, x, 0));
         }
         Op::Hold(a, b, x) => {
-            m[a].spend(x);
+            model.unsettled_parts.insert(order, m[a].spend(x));
             model.holds.push((order, a, b, x, 0));
         }
         Op::Confirm(i, x) => {
@@ -159,14 +172,14 @@ fn step(engine: &Engine, model: &mut Model, ids: &[AccountId], n: usize, op: &Op
         }
         Op::Cancel(i) => {
             let h = &mut model.holds[i];
-            m[h.1].settled += h.3;
+            m[h.1].take_back(model.unsettled_parts.get_mut(&h.0).expect("a payment"), h.3);
             h.3 = 0;
         }
         Op::Refund(i, x) => {
             let inc = &mut model.incomes[i];
             inc.4 += x;
             m[inc.2].spend(x);
-            m[inc.1].settled += x;
+            m[inc.1].take_back(model.unsettled_parts.get_mut(&inc.0).expect("a payment"), x);
         }
         Op::Freeze(a, x) => {
             let from_settled = m[a].settled.min(x);

@@ -200,7 +200,7 @@ pub fn view(state: &ShardState, order: &Order, channels: &ChannelSet) -> Value {
         OrderDetail::Recharge { channel } => {
             extra.insert("channel".into(), json!(channels.name(*channel)));
         }
-        OrderDetail::Payment { refunded, held, channel } => {
+        OrderDetail::Payment { refunded, held, channel, .. } => {
             let mode = if order.kind == OrderKind::Guarantee { "guarantee" } else { "balance" };
             extra.insert("mode".into(), json!(mode));
             extra.insert("funding".into(), json!(if channel.is_some() { "channel" } else { "balance" }));

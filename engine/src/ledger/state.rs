@@ -293,7 +293,7 @@ impl ShardState {
 
     /// Applies one command at time `now`, appending its postings to `fx`. Pure and deterministic.
     pub fn apply(&mut self, envelope: &Envelope, now: Timestamp, fx: &mut Effects) -> Reply {
-        self.apply_keyed(envelope, own_key(envelope), now, fx)
+        self.apply_keyed(envelope, own_key(envelope), now, crate::journal::JOURNAL_FORMAT_VERSION, fx)
     }
 
     /// Applies `envelopes` in order at time `now` as `apply` does each (except those `skip`
@@ -302,6 +302,13 @@ impl ShardState {
     /// checkpoint is in flight) is asked for `PREFETCH_AHEAD` commands before it is looked up,
     /// so the lookups' cache misses overlap (a batch's order numbers are in tables of MBs).
     pub fn apply_all(&mut self, envelopes: &[Envelope], skip: Option<&[bool]>, now: Timestamp, fx: &mut Effects, replies: &mut Vec<Reply>) {
+        self.apply_all_as(crate::journal::JOURNAL_FORMAT_VERSION, envelopes, skip, now, fx, replies);
+    }
+
+    /// `apply_all` under the rules of journal format `version` (a replayed batch's own: see
+    /// `journal::JOURNAL_FORMAT_VERSION`), so that a batch written by an older build replays
+    /// to exactly the postings it recorded.
+    pub fn apply_all_as(&mut self, version: u8, envelopes: &[Envelope], skip: Option<&[bool]>, now: Timestamp, fx: &mut Effects, replies: &mut Vec<Reply>) {
         // One mark a command: the journal keeps the commands not skipped, by the same marks.
         if let Some(skip) = skip {
             assert_eq!(skip.len(), envelopes.len(), "a skip mark for each command");
@@ -338,7 +345,7 @@ impl ShardState {
             let key = std::mem::replace(&mut ring[index % crate::PREFETCH_AHEAD], key_ahead(self, index + crate::PREFETCH_AHEAD));
             let reply = match skip {
                 Some(skip) if skip[index] => Reply::rejected(ResultCode::Overloaded),
-                _ => self.apply_keyed(envelope, key, now, fx),
+                _ => self.apply_keyed(envelope, key, now, version, fx),
             };
             replies.push(reply);
         }
@@ -393,7 +400,7 @@ impl ShardState {
     }
 
     /// `apply` with the command's own idempotency key (`own_key`) already computed.
-    fn apply_keyed(&mut self, envelope: &Envelope, key: Option<u128>, now: Timestamp, fx: &mut Effects) -> Reply {
+    fn apply_keyed(&mut self, envelope: &Envelope, key: Option<u128>, now: Timestamp, version: u8, fx: &mut Effects) -> Reply {
         let command = &envelope.command;
         if let Command::Genesis { shard, shard_count, currencies, utc_offset_seconds } = command {
             return self.genesis(*shard, *shard_count, currencies, *utc_offset_seconds);
@@ -408,7 +415,7 @@ impl ShardState {
                 None => {}
             }
         }
-        let context = Context { platform: envelope.platform, out_order_no: envelope.out_order_no, now, day: self.business_day(now) };
+        let context = Context { platform: envelope.platform, out_order_no: envelope.out_order_no, now, day: self.business_day(now), version };
         let postings_before = fx.postings.len();
         let reply = match command {
             Command::Genesis { .. } => unreachable!("handled above"),
@@ -738,15 +745,28 @@ impl ShardState {
 
     /// Credits income to an account's unsettled bucket, as a lot of business day `day`.
     pub(crate) fn credit_unsettled(&mut self, fx: &mut Effects, account: AccountId, amount: Minor, day: u32) {
+        self.add_to_lot(fx, account, amount, day, 1);
+    }
+
+    /// Puts `amount` back into an account's unsettled bucket, as a lot of business day `day`
+    /// (it matures no earlier than it would have): what a freeze's release, a cancel or a refund
+    /// returns. Journal format 3 on (`Context::returns_unsettled`) it is not an income credit
+    /// (a count-based tier's measure); before, a freeze's release counted as one.
+    pub(crate) fn return_unsettled(&mut self, context: &Context, fx: &mut Effects, account: AccountId, amount: Minor) {
+        let credits = if context.returns_unsettled() { 0 } else { 1 };
+        self.add_to_lot(fx, account, amount, context.day, credits);
+    }
+
+    fn add_to_lot(&mut self, fx: &mut Effects, account: AccountId, amount: Minor, day: u32, credits: u32) {
         self.post(fx, account, Bucket::Unsettled, amount);
         let lots = self.lots.at_mut(account.local_index(self.shard_count) as usize);
         match lots.last_mut() {
             Some(lot) if lot.day == day => {
                 // Lots sum to the unsettled bucket, which stays within BALANCE_MINOR_MAX.
                 lot.amount += amount;
-                lot.credits = lot.credits.saturating_add(1);
+                lot.credits = lot.credits.saturating_add(credits);
             }
-            _ => lots.push(Lot { day, credits: 1, amount }),
+            _ => lots.push(Lot { day, credits, amount }),
         }
     }
 
@@ -1213,6 +1233,18 @@ pub struct Context {
     pub out_order_no: Option<crate::ledger::command::OutOrderNo>,
     pub now: Timestamp,
     pub day: u32,
+    /// The journal format of the batch (`journal::JOURNAL_FORMAT_VERSION` live; a replayed
+    /// batch's own): the rules it was applied under.
+    pub version: u8,
+}
+
+impl Context {
+    /// Journal format 3 on: a payment records what it took from the payer's unsettled income
+    /// (`OrderDetail::Payment::from_unsettled`), and what goes back to unsettled income (that,
+    /// and a freeze's release) is not counted as an income credit of its lot.
+    pub(crate) fn returns_unsettled(&self) -> bool {
+        self.version >= 3
+    }
 }
 
 /// Shared checks of an amount: positive and not above `AMOUNT_MINOR_MAX`.

@@ -131,7 +131,7 @@ fn release_unchecked(state: &mut ShardState, context: &Context, id: OrderId, amo
     state.begin_entry(fx, id, EntryKind::FreezeRelease, currency);
     state.post(fx, account, Bucket::Frozen, -amount);
     if to_unsettled > 0 {
-        state.credit_unsettled(fx, account, to_unsettled, context.day);
+        state.return_unsettled(context, fx, account, to_unsettled);
     }
     if amount > to_unsettled {
         state.post(fx, account, Bucket::Settled, amount - to_unsettled);

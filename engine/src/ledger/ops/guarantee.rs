@@ -92,7 +92,21 @@ pub fn confirm(state: &mut ShardState, context: &Context, id: OrderId, releases:
     ok_order(id, status)
 }
 
-/// Returns unreleased escrow to the payer's settled bucket: `amount`, or all that is held.
+/// What of `amount` going back to a payment's payer returns to unsettled income: the part of
+/// the payment that came from it and has not gone back yet, first (`OrderDetail::Payment`);
+/// taken off that part.
+pub(crate) fn take_unsettled_part(order: &mut Order, amount: Minor) -> Minor {
+    let OrderDetail::Payment { from_unsettled, .. } = &mut order.detail else {
+        unreachable!("payments carry their unsettled part");
+    };
+    let part = (*from_unsettled).min(amount);
+    *from_unsettled -= part;
+    part
+}
+
+/// Returns unreleased escrow to the payer: `amount`, or all that is held; what the payment took
+/// from the payer's unsettled income goes back there first (see `take_unsettled_part`), the
+/// rest to its settled bucket.
 pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Option<Minor>, fx: &mut Effects) -> Reply {
     let order = match held_order(state, context.platform, id) {
         Ok(order) => order,
@@ -112,10 +126,16 @@ pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Op
         return Reply::rejected(code);
     }
     // After this point the cancellation must succeed.
+    let to_unsettled = take_unsettled_part(state.order_mut(id), amount);
     let escrow = state.system_account(SystemRole::Escrow, currency);
     state.begin_entry(fx, id, EntryKind::GuaranteeCancel, currency);
     state.post(fx, escrow, Bucket::Settled, -amount);
-    state.post(fx, payer, Bucket::Settled, amount);
+    if to_unsettled > 0 {
+        state.return_unsettled(context, fx, payer, to_unsettled);
+    }
+    if amount > to_unsettled {
+        state.post(fx, payer, Bucket::Settled, amount - to_unsettled);
+    }
     state.end_entry(fx);
     let order = state.order_mut(id);
     let mut left = amount;

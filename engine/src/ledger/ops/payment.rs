@@ -71,8 +71,9 @@ fn check_spend(state: &ShardState, payer: AccountId, amount: Minor, day: u32) ->
     Ok(())
 }
 
-/// Applies a payment: the payer is debited (unsettled first); a balance payment credits each
-/// receiver's unsettled bucket, a guarantee payment holds the amount in this shard's escrow stripe.
+/// Applies a payment: the payer is debited (unsettled first, the order recording that part: see
+/// `OrderDetail::Payment`); a balance payment credits each receiver's unsettled bucket, a
+/// guarantee payment holds the amount in this shard's escrow stripe.
 pub fn apply(state: &mut ShardState, context: &Context, request: &PaymentRequest, fx: &mut Effects) -> Reply {
     let checks = check_amount(request.amount)
         .and_then(|_| check_legs(request.payer, request.amount, request.payees, request.splits))
@@ -91,10 +92,13 @@ pub fn apply(state: &mut ShardState, context: &Context, request: &PaymentRequest
     let (kind, status, released) =
         if request.guarantee { (OrderKind::Guarantee, OrderStatus::Held, false) } else { (OrderKind::Payment, OrderStatus::Succeeded, true) };
     let held = legs.map(|leg| HeldLeg { account: leg.account, held: leg.amount, released: if released { leg.amount } else { 0 }, cancelled: 0 }).collect();
-    let id = state.open_order(context, kind, status, payer, amount, OrderDetail::Payment { refunded: 0, held, channel: None });
+    // What `debit_available` takes from unsettled income.
+    let from_unsettled = if context.returns_unsettled() { state.account(payer).expect("payer checked").unsettled.min(amount) } else { 0 };
+    let id = state.open_order(context, kind, status, payer, amount, OrderDetail::Payment { refunded: 0, held, channel: None, from_unsettled });
     let entry_kind = if request.guarantee { EntryKind::GuaranteeHold } else { EntryKind::Payment };
     state.begin_entry(fx, id, entry_kind, currency);
-    state.debit_available(fx, payer, amount);
+    let taken = state.debit_available(fx, payer, amount);
+    debug_assert!(!context.returns_unsettled() || taken == from_unsettled, "the order records what the debit took from unsettled");
     if request.guarantee {
         let escrow = state.system_account(SystemRole::Escrow, currency);
         state.post(fx, escrow, Bucket::Settled, amount);
@@ -130,7 +134,7 @@ pub fn request_direct(state: &mut ShardState, context: &Context, request: &Payme
         OrderStatus::Pending,
         request.payer,
         request.amount,
-        OrderDetail::Payment { refunded: 0, held, channel: Some(channel) },
+        OrderDetail::Payment { refunded: 0, held, channel: Some(channel), from_unsettled: 0 },
     );
     ok_order(id, OrderStatus::Pending)
 }

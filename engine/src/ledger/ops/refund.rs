@@ -1,5 +1,6 @@
 //! Refunds: money a payee received from a payment goes back to the payer. Runs on the payee's shard.
 
+use crate::ledger::ops::guarantee::take_unsettled_part;
 use crate::ledger::state::{check_amount, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
 use crate::money::Minor;
@@ -35,7 +36,7 @@ pub fn apply(state: &mut ShardState, context: &Context, payment: OrderId, payee:
     state.debit_available(fx, payee, amount);
     let leg = Leg { account: income.payer, amount };
     if income.payer.shard(state.shard_count) == state.shard {
-        credit_refund(state, fx, payment, leg, context.now);
+        credit_refund(state, context, fx, payment, leg);
     } else {
         state.send_credit(fx, payment, leg, payee, CreditPurpose::RefundToPayer, currency);
     }
@@ -43,14 +44,24 @@ pub fn apply(state: &mut ShardState, context: &Context, payment: OrderId, payee:
     ok_order(id, OrderStatus::Succeeded)
 }
 
-/// Lands a refund on the payer's shard (which holds the payment): credits the payer's settled
-/// bucket, or suspense if the payer can no longer take credits, and updates the payment's status.
-pub(crate) fn credit_refund(state: &mut ShardState, fx: &mut Effects, payment: OrderId, leg: Leg, now: Timestamp) {
+/// Lands a refund on the payer's shard (which holds the payment): credits the payer (what the
+/// payment took from its unsettled income back there first, see `take_unsettled_part`; the rest
+/// to its settled bucket), or suspense if the payer can no longer take credits, and updates the
+/// payment's status.
+pub(crate) fn credit_refund(state: &mut ShardState, context: &Context, fx: &mut Effects, payment: OrderId, leg: Leg) {
     let currency = state.order(payment).expect("a refunded payment lives on the payer's shard").currency;
+    let to_unsettled = take_unsettled_part(state.order_mut(payment), leg.amount);
     let target = state.credit_target(fx, leg.account, currency, leg.amount);
-    state.post(fx, target, Bucket::Settled, leg.amount);
+    if target == leg.account && to_unsettled > 0 {
+        state.return_unsettled(context, fx, target, to_unsettled);
+        if leg.amount > to_unsettled {
+            state.post(fx, target, Bucket::Settled, leg.amount - to_unsettled);
+        }
+    } else {
+        state.post(fx, target, Bucket::Settled, leg.amount);
+    }
     let order = state.order_mut(payment);
-    order.updated_at = now;
+    order.updated_at = context.now;
     let paid = order.amount;
     let OrderDetail::Payment { refunded, held, .. } = &mut order.detail else {
         unreachable!("refunds are of payments");

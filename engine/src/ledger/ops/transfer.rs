@@ -22,7 +22,7 @@ pub fn apply_credit(state: &mut ShardState, context: &Context, credit: &RemoteCr
     state.post(fx, transit, Bucket::Settled, -credit.amount);
     let leg = Leg { account: credit.account, amount: credit.amount };
     match credit.purpose {
-        CreditPurpose::RefundToPayer => credit_refund(state, fx, credit.order, leg, context.now),
+        CreditPurpose::RefundToPayer => credit_refund(state, context, fx, credit.order, leg),
         CreditPurpose::Commission | CreditPurpose::Adjustment => {
             let target = state.credit_target(fx, leg.account, credit.currency, leg.amount);
             state.post(fx, target, Bucket::Settled, leg.amount);
