@@ -1,6 +1,10 @@
 //! The router's claims: which shard holds each accepted order number, so that a reuse naming
-//! other funds (and so another shard) is still a conflict. Claims of rejected commands are
-//! released; claims of order numbers that went cold are forgotten (a cold row answers for them).
+//! other funds (and so another shard) is still a conflict. The command that makes a claim keeps
+//! it if accepted (nothing to do when it is answered: the hot path), and gives it up if not,
+//! unless other commands with the same number on that shard ("joiners", counted in `Holder`) are
+//! still in flight: then the last of them to be answered gives it up if none was accepted. So a
+//! claim never goes while a command that may be accepted with its number is in flight. Claims of
+//! order numbers that went cold are forgotten (a cold row answers for them).
 //!
 //! Every order number of the shards' hot windows has a claim, and every command with an order
 //! number looks one up: at hundreds of thousands of orders a second the lookups are cache misses
@@ -26,7 +30,7 @@ const STRIPES: usize = 64;
 /// stale pair only makes a useless hint). Aligned so that stripes do not share cache lines.
 #[repr(align(64))]
 struct Stripe {
-    table: Mutex<Table<ShardId>>,
+    table: Mutex<Table<Holder>>,
     published: Published,
 }
 
@@ -35,7 +39,7 @@ struct Stripe {
 /// changes with every claim.
 #[repr(align(64))]
 struct Published {
-    slots: AtomicPtr<Slot<ShardId>>,
+    slots: AtomicPtr<Slot<Holder>>,
     mask: AtomicUsize,
 }
 
@@ -50,7 +54,7 @@ impl Stripe {
 /// A stripe's table, locked; publishes the table's slots for `prefetch` when it is unlocked
 /// after a resize.
 struct Locked<'a> {
-    table: MutexGuard<'a, Table<ShardId>>,
+    table: MutexGuard<'a, Table<Holder>>,
     stripe: &'a Stripe,
 }
 
@@ -68,6 +72,24 @@ pub(crate) enum Claim {
     New,
     Held,
     Conflict,
+}
+
+/// A claim: the shard that holds the order number; the commands in flight that found it made
+/// (`joiners`); whether one of those was accepted (`recorded`: its record exists on that shard);
+/// and whether the command that made it was answered without a record while joiners were in
+/// flight (`orphaned`: the last joiner decides). 8 bytes: a slot stays 24.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Holder {
+    shard: ShardId,
+    recorded: bool,
+    orphaned: bool,
+    joiners: u32,
+}
+
+impl Holder {
+    fn made(shard: ShardId) -> Holder {
+        Holder { shard, recorded: false, orphaned: false, joiners: 0 }
+    }
 }
 
 /// Which shard holds each accepted order number (see the module's documentation).
@@ -100,28 +122,65 @@ impl Claims {
         prefetch_slot(slots, mask, self.seed.home(key));
     }
 
+    /// Claims `key` for a command on `shard`: `New` (this command made it), `Held` (this
+    /// command joins it, counted until `settle`), or `Conflict` (another shard holds it).
     pub(crate) fn claim(&self, key: u128, shard: ShardId) -> Claim {
         let mut locked = self.lock(key);
         match locked.table.find(key, self.seed.home(key)) {
-            Ok(index) if locked.table.value(index) == Some(&shard) => Claim::Held,
-            Ok(_) => Claim::Conflict,
+            Ok(index) => match locked.table.value_mut(index) {
+                Some(holder) if holder.shard == shard => {
+                    holder.joiners = holder.joiners.saturating_add(1);
+                    Claim::Held
+                }
+                _ => Claim::Conflict,
+            },
             Err(index) => {
-                locked.table.put(index, key, shard, &self.seed);
+                locked.table.put(index, key, Holder::made(shard), &self.seed);
                 Claim::New
             }
         }
     }
 
-    /// `key` is held by `shard`, whoever held it before.
+    /// `key`'s record exists on `shard` (the claims a start rebuilds from the shards' records),
+    /// whoever held it before.
     pub(crate) fn hold(&self, key: u128, shard: ShardId) {
         let mut locked = self.lock(key);
         match locked.table.find(key, self.seed.home(key)) {
             Ok(index) => {
                 if let Some(holder) = locked.table.value_mut(index) {
-                    *holder = shard;
+                    *holder = Holder { shard, recorded: true, orphaned: false, joiners: holder.joiners };
                 }
             }
-            Err(index) => locked.table.put(index, key, shard, &self.seed),
+            Err(index) => locked.table.put(index, key, Holder { recorded: true, ..Holder::made(shard) }, &self.seed),
+        }
+    }
+
+    /// The command on `shard` that made the claim of `key` was answered without a record of it
+    /// (rejected, or a replay of a record kept elsewhere): the claim goes, unless a joiner was
+    /// accepted (it stays) or is still in flight (the last joiner decides). A claim forgotten
+    /// meanwhile (`forget`), or made again since for another shard, is left alone.
+    fn give_up(&self, key: u128, shard: ShardId) {
+        let mut locked = self.lock(key);
+        let Ok(index) = locked.table.find(key, self.seed.home(key)) else { return };
+        let Some(holder) = locked.table.value_mut(index).filter(|holder| holder.shard == shard) else { return };
+        if holder.joiners > 0 {
+            holder.orphaned = true;
+        } else if !holder.recorded {
+            locked.table.remove(index, &self.seed);
+        }
+    }
+
+    /// A command on `shard` that joined the claim of `key` was answered (`recorded`: accepted
+    /// with a new record of it): one joiner fewer; the last one gives up an orphaned claim none
+    /// of them was accepted under.
+    fn leave(&self, key: u128, shard: ShardId, recorded: bool) {
+        let mut locked = self.lock(key);
+        let Ok(index) = locked.table.find(key, self.seed.home(key)) else { return };
+        let Some(holder) = locked.table.value_mut(index).filter(|holder| holder.shard == shard) else { return };
+        holder.joiners = holder.joiners.saturating_sub(1);
+        holder.recorded |= recorded;
+        if holder.orphaned && holder.joiners == 0 && !holder.recorded {
+            locked.table.remove(index, &self.seed);
         }
     }
 
@@ -148,7 +207,7 @@ impl Claims {
     /// Claims every order number `envelope` uses for `shard`: its own (`own`, its key computed
     /// by the caller with `own_key`, which may have asked for its slot ahead) and, for a batch
     /// payment, each order's (payment numbers, scoped like single payments, so a payer on
-    /// another shard cannot reuse one). A conflict releases what this call claimed.
+    /// another shard cannot reuse one). A conflict gives back what this call claimed.
     pub(crate) fn claim_command(&self, envelope: &Envelope, own: Option<u128>, shard: ShardId) -> Result<Claimed, ResultCode> {
         let mut claimed = Claimed::default();
         if let Some(key) = own {
@@ -156,7 +215,7 @@ impl Claims {
         }
         if let Command::BatchPayment { orders, .. } = &envelope.command {
             // Every order's key first, each slot asked for, then the claims in order: the slots'
-            // misses overlap. An order not claimed yet counts as not made here.
+            // misses overlap. Only the keys claimed so far count (`counted`).
             claimed.orders.reserve(orders.len());
             for order in orders {
                 let key = idempotency_key(envelope.platform, Command::PAYMENT_SCOPE, &order.out_order_no);
@@ -166,6 +225,7 @@ impl Claims {
             for index in 0..claimed.orders.len() {
                 let (key, _) = claimed.orders[index];
                 claimed.orders[index] = self.claim_one(key, shard, &claimed)?;
+                claimed.counted += 1;
             }
         }
         Ok(claimed)
@@ -182,28 +242,35 @@ impl Claims {
         }
     }
 
-    /// After the shard answered: a rejected command does not keep the numbers it claimed; an
-    /// accepted one holds every number it names (another request may have made the claim, been
-    /// rejected and released it). A replay keeps no claim it made and adds none: its record
-    /// already exists, hot (its claim is held) or cold (its claim was forgotten on purpose, and
-    /// another shard finds the row), so retries of old numbers cannot grow the claims again.
+    /// After the shard answered. A command accepted with a new record keeps the claims it made
+    /// (nothing to do) and marks those it joined recorded; a rejected one, or a replay (its
+    /// record exists already: hot, so held, or cold, its claim forgotten on purpose and another
+    /// shard finding the row; so retries of old numbers cannot grow the claims again), gives up
+    /// the claims it made and leaves those it joined. A claim goes only once no command that
+    /// may be accepted with it is in flight (before session 57 the first rejected use removed
+    /// it, and a third command for another shard could take the number while a second use,
+    /// still in flight, was accepted: two orders with one number).
     pub(crate) fn settle(&self, claimed: &Claimed, accepted: bool, replayed: bool, shard: ShardId) {
-        for (key, made_here) in claimed.own.iter().chain(claimed.orders.iter()) {
-            match (made_here, accepted, replayed) {
-                (true, false, _) | (true, true, true) => self.release(*key),
-                (false, true, false) => self.hold(*key, shard),
-                _ => {}
+        let recorded = accepted && !replayed;
+        let counted = claimed.orders.get(..claimed.counted).unwrap_or_default();
+        for &(key, made_here) in claimed.own.iter().chain(counted) {
+            match (made_here, recorded) {
+                (true, true) => {}
+                (true, false) => self.give_up(key, shard),
+                (false, _) => self.leave(key, shard, recorded),
             }
         }
     }
 }
 
-/// The claims one command made (`true`) or found held by its shard (`false`). `orders` stays
-/// empty (no allocation) for everything but batch payments.
+/// The claims one command made (`true`) or joined (`false`), each until `Claims::settle`.
+/// `orders` stays empty (no allocation) for everything but batch payments, whose keys are all
+/// listed before they are claimed: the first `counted` are.
 #[derive(Default)]
 pub(crate) struct Claimed {
     own: Option<(u128, bool)>,
     orders: Vec<(u128, bool)>,
+    counted: usize,
 }
 
 #[cfg(test)]
@@ -214,7 +281,7 @@ mod tests {
     /// The claims hold an entry per order number of the shards' hot windows.
     #[test]
     fn a_claim_takes_24_bytes_and_keeps_every_bit_of_its_key() {
-        assert_eq!(std::mem::size_of::<Slot<ShardId>>(), 24);
+        assert_eq!(std::mem::size_of::<Slot<Holder>>(), 24);
         let claims = Claims::new();
         let (key, twin) = (0x0123_4567_89ab_cdef_0000_0000_0000_0001u128, 0x0000_0000_0000_0001u128);
         assert!(matches!(claims.claim(key, 1), Claim::New));
@@ -231,6 +298,55 @@ mod tests {
         claims.hold(0, 2);
         assert!(matches!(claims.claim(0, 2), Claim::Held));
         assert_eq!(claims.len(), 3);
+    }
+
+    /// Two commands in flight with one number on one shard: the first one's rejection leaves
+    /// the claim to the second (another shard cannot take the number meanwhile); the claim goes
+    /// only when no command uses it and none was accepted; a replay adds no claim.
+    #[test]
+    fn a_claim_stays_while_a_command_that_may_be_accepted_is_in_flight() {
+        let claims = Claims::new();
+        let key = 0x42u128;
+        let use_of = |shard| match claims.claim(key, shard) {
+            Claim::New => Claimed { own: Some((key, true)), ..Claimed::default() },
+            Claim::Held => Claimed { own: Some((key, false)), ..Claimed::default() },
+            Claim::Conflict => panic!("another shard holds it"),
+        };
+        let (first, second) = (use_of(0), use_of(0));
+        claims.settle(&first, false, false, 0);
+        assert!(matches!(claims.claim(key, 1), Claim::Conflict), "the second may still be accepted");
+        claims.settle(&second, true, false, 0);
+        assert!(matches!(claims.claim(key, 1), Claim::Conflict), "accepted on shard 0");
+        // Both rejected, in either order: gone once the last is answered.
+        let other = 0x43u128;
+        let (maker, joiner) = (Claimed { own: Some((other, true)), ..Claimed::default() }, Claimed { own: Some((other, false)), ..Claimed::default() });
+        for maker_first in [true, false] {
+            assert!(matches!(claims.claim(other, 1), Claim::New));
+            assert!(matches!(claims.claim(other, 1), Claim::Held));
+            let (earlier, later) = if maker_first { (&maker, &joiner) } else { (&joiner, &maker) };
+            claims.settle(earlier, false, false, 1);
+            assert_eq!(claims.len(), 2);
+            claims.settle(later, false, false, 1);
+            assert_eq!(claims.len(), 1);
+        }
+        // The joiner accepted before the maker is rejected: it stays.
+        assert!(matches!(claims.claim(other, 1), Claim::New));
+        assert!(matches!(claims.claim(other, 1), Claim::Held));
+        claims.settle(&joiner, true, false, 1);
+        claims.settle(&maker, false, false, 1);
+        assert!(matches!(claims.claim(other, 0), Claim::Conflict));
+        claims.release(other);
+        // A replay (its record cold, its claim forgotten) keeps none.
+        assert!(matches!(claims.claim(other, 0), Claim::New));
+        claims.settle(&Claimed { own: Some((other, true)), ..Claimed::default() }, true, true, 0);
+        assert_eq!(claims.len(), 1);
+        // The answer of a use whose claim was forgotten and made again for another shard
+        // leaves that claim alone.
+        let forgotten = use_of(0);
+        claims.forget(&mut std::iter::once(key));
+        assert!(matches!(claims.claim(key, 1), Claim::New));
+        claims.settle(&forgotten, false, false, 0);
+        assert!(matches!(claims.claim(key, 0), Claim::Conflict));
     }
 
     /// Keys that all land on one stripe and one home slot (as if chosen to collide) still claim,

@@ -329,6 +329,81 @@ fn an_order_number_accepted_after_a_rejected_first_try_stays_claimed() {
     engine.shutdown();
 }
 
+/// A store whose journal writes wait while its gate is closed (the shard's round stays in flight).
+struct GatedJournal {
+    inner: MemoryStore,
+    closed: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl GatedJournal {
+    fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        self.opened.notify_all();
+    }
+}
+
+impl storage::Store for GatedJournal {
+    fn write(&self, puts: &[(&[u8], &[u8])]) -> Result<(), storage::StorageError> {
+        if puts.iter().any(|(key, _)| key.starts_with(b"j")) {
+            let closed = self.closed.lock().unwrap();
+            drop(self.opened.wait_while(closed, |closed| *closed).unwrap());
+        }
+        self.inner.write(puts)
+    }
+    fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), storage::StorageError> {
+        self.inner.delete_range(start, end)
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
+        self.inner.get(key)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
+        self.inner.scan(start, end, visit)
+    }
+    fn is_poisoned(&self) -> bool {
+        self.inner.is_poisoned()
+    }
+}
+
+#[test]
+fn a_number_is_not_free_while_a_second_use_of_it_may_still_be_accepted() {
+    // Regression (session 57): the claim went with the first use's rejection while a second use
+    // on the same shard was still in flight; a third use on another shard, sent in between, was
+    // accepted, and then the second too: two orders with one number.
+    let store = Arc::new(GatedJournal { inner: MemoryStore::new(), closed: std::sync::Mutex::new(false), opened: std::sync::Condvar::new() });
+    let engine = Arc::new(Engine::start(config(2), store.clone()).unwrap());
+    let accounts = open_funded(&engine, 0..8, 100);
+    let (a0, a1) = one_on_each_shard(&accounts);
+    let b = *accounts.iter().find(|a| **a != a0 && **a != a1).unwrap();
+    let a0_twin = *accounts.iter().find(|a| a.shard(2) == 0 && **a != a0 && **a != b).unwrap();
+    let (sender, answers) = std::sync::mpsc::channel();
+    // Shard 0's round with the first use stays in flight until both uses are claimed.
+    store.set(true);
+    let (third, later) = (engine.clone(), sender.clone());
+    engine.submit(
+        vec![keyed("k", pay(a0, b, 500))],
+        Box::new(move |first| {
+            let _ = later.send(("first", first.map(|r| r[0])));
+            // Sent when the first use is answered, before the second is.
+            let on_shard_1 = later.clone();
+            third.submit(vec![keyed("k", pay(a1, b, 5))], Box::new(move |r| drop(on_shard_1.send(("third", r.map(|r| r[0]))))));
+        }),
+    );
+    let second = sender.clone();
+    engine.submit(vec![keyed("k", pay(a0_twin, b, 50))], Box::new(move |r| drop(second.send(("second", r.map(|r| r[0]))))));
+    store.set(false);
+    let mut replies = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let (name, reply) = answers.recv_timeout(Duration::from_secs(10)).expect("every use is answered");
+        replies.insert(name, reply.unwrap());
+    }
+    assert_eq!(replies["first"].code, ResultCode::InsufficientFunds);
+    assert_eq!((replies["second"].code, replies["second"].replayed), (ResultCode::Ok, false));
+    assert_eq!(replies["third"].code, ResultCode::IdempotencyConflict, "{replies:?}");
+    assert_eq!(engine.execute_one(keyed("k", pay(a1, b, 5))).unwrap().code, ResultCode::IdempotencyConflict);
+    engine.shutdown();
+}
+
 #[test]
 fn every_command_of_a_large_submission_claims_its_own_order_number() {
     // The router computes each command's key several commands ahead (to ask for its claim's
