@@ -157,7 +157,13 @@ impl Clearing {
     ) -> Result<Clearing, ClearingError> {
         let published = Arc::new(ArcSwap::from_pointee(table.set()));
         let (mailbox, inbox) = bounded(config.mailbox_capacity.max(1));
-        let schedule = config.settlement_cutoff_minute.map(|cutoff| Schedule::new(cutoff, table.calendar(), clock.now_micros()));
+        let schedule = match config.settlement_cutoff_minute {
+            Some(cutoff) => {
+                let last_success = crate::settlement::last_scheduled_success(store.as_ref())?;
+                Some(Schedule::new(cutoff, table.calendar(), clock.now_micros(), last_success))
+            }
+            None => None,
+        };
         let mut actor = Actor {
             engine,
             cases: CaseBook::load(store.as_ref())?,
@@ -351,7 +357,14 @@ impl Actor {
                 }
                 let now = self.clock.instant();
                 if let Some(schedule) = self.schedule.as_mut() {
+                    let before = schedule.last_success_day;
                     schedule.finished(day, outcome, now);
+                    if schedule.last_success_day != before {
+                        // Kept for the next start, which runs the days it missed from there.
+                        if let Err(error) = crate::settlement::save_scheduled_success(self.store.as_ref(), day) {
+                            tracing::error!(business_date = %crate::calendar::date_text(day), "settlement schedule not saved: {error}");
+                        }
+                    }
                 }
                 if let Some(reply) = reply {
                     answer(reply, result);

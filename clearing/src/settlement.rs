@@ -450,6 +450,25 @@ fn totals(engine: &Engine, platform: u32, through_day: u32) -> Result<Vec<Curren
 /// How long the schedule waits before it tries a failed run again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(60);
 
+/// The last business day whose run the schedule saw succeed (`sf/schedule`, JSON), so that a
+/// start after missed cut-offs runs those days first.
+const SCHEDULE_STATE: &[u8] = b"sf/schedule";
+
+/// Missed days a start makes up for at most (older ones are left to an operator's run).
+pub const CATCH_UP_DAYS_MAX: u32 = 7;
+
+/// The last day whose run the schedule saw succeed, as stored (`None` before the first).
+pub fn last_scheduled_success(store: &dyn storage::Store) -> Result<Option<u32>, EngineError> {
+    let value = store.get(SCHEDULE_STATE).map_err(|e| EngineError::Storage(e.to_string()))?;
+    value.map_or(Ok(None), |bytes| serde_json::from_slice(&bytes).map(Some).map_err(|e| EngineError::Storage(format!("sf/schedule: {e}"))))
+}
+
+/// Stores the last day whose run the schedule saw succeed.
+pub fn save_scheduled_success(store: &dyn storage::Store, day: u32) -> Result<(), EngineError> {
+    let value = serde_json::to_vec(&day).expect("a day serializes");
+    store.write(&[(SCHEDULE_STATE, &value)]).map_err(|e| EngineError::Storage(e.to_string()))
+}
+
 /// When the daily run is due: at the cut-off (business-local minute) of each business day, for
 /// that day. A failed run is tried again `RETRY_AFTER` later, for the same day, until it
 /// succeeds; the schedule itself never stops.
@@ -470,12 +489,19 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// A schedule starting at `now_micros`: today's run if the cut-off is still ahead, else
-    /// tomorrow's.
-    pub fn new(cutoff_minute: u32, calendar: &Calendar, now_micros: u64) -> Schedule {
+    /// A schedule starting at `now_micros`, after the run of `last_success` (the last day whose
+    /// run succeeded, as stored): the day after it, if its cut-off has passed (a stop across
+    /// cut-offs: those days run at once, one after another, at most `CATCH_UP_DAYS_MAX` back);
+    /// else today's run if the cut-off is still ahead, or tomorrow's. A day already run is not
+    /// run again.
+    pub fn new(cutoff_minute: u32, calendar: &Calendar, now_micros: u64, last_success: Option<u32>) -> Schedule {
         let (today, minute) = calendar.local(now_micros);
-        let next_day = if minute < cutoff_minute { today } else { today + 1 };
-        Schedule { cutoff_minute, next_day, retry_at: None, failures_total: 0, failures_in_a_row: 0, last_error: None, last_success_day: None }
+        let upcoming = if minute < cutoff_minute { today } else { today + 1 };
+        let next_day = match last_success {
+            Some(last) => last.saturating_add(1).clamp(upcoming.saturating_sub(CATCH_UP_DAYS_MAX), upcoming + 1),
+            None => upcoming,
+        };
+        Schedule { cutoff_minute, next_day, retry_at: None, failures_total: 0, failures_in_a_row: 0, last_error: None, last_success_day: last_success }
     }
 
     /// The day whose run is due now, if one is.
@@ -521,7 +547,7 @@ mod tests {
         let start = Instant::now();
         let day = 20_000u64;
         let at = |hour: u64| day * 24 * HOUR + hour * HOUR;
-        let mut schedule = Schedule::new(23 * 60, &calendar, at(10));
+        let mut schedule = Schedule::new(23 * 60, &calendar, at(10), None);
         assert_eq!(schedule.due(&calendar, at(22), start), None, "before the cut-off");
         assert_eq!(schedule.due(&calendar, at(23), start), Some(20_000));
         schedule.finished(20_000, Err("shard 1 has stopped".into()), start);
@@ -532,10 +558,38 @@ mod tests {
         assert_eq!((schedule.failures_in_a_row, schedule.last_error.clone(), schedule.last_success_day), (0, None, Some(20_000)));
         assert_eq!(schedule.due(&calendar, at(24 + 22), start + RETRY_AFTER), None, "the next day before its cut-off");
         assert_eq!(schedule.due(&calendar, at(24 + 23), start + RETRY_AFTER), Some(20_001));
-        // Started after the cut-off: today's run is not made up for; tomorrow's is next.
-        assert_eq!(Schedule::new(23 * 60, &calendar, at(23)).next_day, 20_001);
+        // Started after the cut-off with no run before: tomorrow's is next.
+        assert_eq!(Schedule::new(23 * 60, &calendar, at(23), None).next_day, 20_001);
         // A run of another day (an operator's, by hand) does not move the schedule.
         schedule.finished(19_999, Ok(()), start);
         assert_eq!(schedule.next_day, 20_001);
+    }
+
+    /// A start after missed cut-offs runs the missed days first, at once and in order, from the
+    /// day after the last run that succeeded (at most `CATCH_UP_DAYS_MAX` back); a day already
+    /// run is not run again.
+    #[test]
+    fn a_start_after_missed_cut_offs_runs_the_missed_days_first() {
+        let calendar = Calendar { utc_offset_seconds: 0, ..Calendar::default() };
+        let start = Instant::now();
+        let day = 20_000u32;
+        let at = |day: u32, hour: u64| day as u64 * 24 * HOUR + hour * HOUR;
+        // Stopped after the run of 20,000; started on 20,003 at 10:00.
+        let mut schedule = Schedule::new(23 * 60, &calendar, at(day + 3, 10), Some(day));
+        assert_eq!((schedule.next_day, schedule.last_success_day), (day + 1, Some(day)));
+        for missed in [day + 1, day + 2] {
+            assert_eq!(schedule.due(&calendar, at(day + 3, 10), start), Some(missed), "at once, in order");
+            schedule.finished(missed, Ok(()), start);
+        }
+        assert_eq!(schedule.due(&calendar, at(day + 3, 10), start), None, "today's waits for its cut-off");
+        assert_eq!(schedule.due(&calendar, at(day + 3, 23), start), Some(day + 3));
+        // Started after today's cut-off: today's run too is made up for.
+        assert_eq!(Schedule::new(23 * 60, &calendar, at(day + 3, 23), Some(day + 2)).next_day, day + 3);
+        // Already run (by an operator, before the cut-off): not again.
+        assert_eq!(Schedule::new(23 * 60, &calendar, at(day, 10), Some(day)).next_day, day + 1);
+        // A month stopped: a week is made up for, not the month.
+        assert_eq!(Schedule::new(23 * 60, &calendar, at(day + 30, 10), Some(day)).next_day, day + 30 - CATCH_UP_DAYS_MAX);
+        // A stored day ahead of the clock (a clock set back) waits for tomorrow's at most.
+        assert_eq!(Schedule::new(23 * 60, &calendar, at(day, 10), Some(day + 9)).next_day, day + 1);
     }
 }
