@@ -926,8 +926,9 @@ fn load_avoiding(
     // An account's lots are its unsettled balance by day: a state where they disagree was not
     // written by a sound shard (its hashes match: a bug, not the disk), and settling from it would
     // move other amounts than the balance holds. Recovery takes the checkpoint before.
-    // Every lot holds income: a shard drops a lot it empties, and credits are positive. A lot of
-    // zero or less is refused even where the sum still agrees (one hidden by another's surplus).
+    // Every lot holds income: a shard drops a lot it empties, and what it adds is positive (a
+    // lot's count of income credits may be 0: money returned, journal format 3). A lot of zero
+    // or less is refused even where the sum still agrees (one hidden by another's surplus).
     for account in &state.accounts {
         let lots = state.lots.get(account.id).map_or(&[][..], |lots| &lots[..]);
         if let Some(lot) = lots.iter().find(|lot| lot.amount <= 0) {

@@ -823,6 +823,8 @@ impl ShardState {
             account: leg.account,
             counterparty,
             currency,
+            // What the sender meant; for a refund the payer's shard decides (the payment's
+            // unsettled part lands in unsettled first: `refund::credit_refund`).
             bucket: match purpose {
                 CreditPurpose::PaymentIncome => Bucket::Unsettled,
                 CreditPurpose::RefundToPayer | CreditPurpose::Commission | CreditPurpose::Adjustment => Bucket::Settled,
