@@ -246,6 +246,37 @@ fn another_platforms_objects_are_not_found_and_never_listed() {
     server.stop();
 }
 
+/// A suspended platform's portal moves no money (its signed requests are refused, and before
+/// session 57 its operators went on recharging, paying out and refunding through the portal):
+/// its operators may still sign out; resumed, the forms work again.
+#[test]
+fn a_suspended_platforms_portal_moves_no_money() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let mut admin = admin(&server);
+    let (client, mut operator) = platform_with_operator(&server, &mut admin, "Gamma");
+    let member = register(&mut operator, "Wang Wu");
+    let (account, _) = open_account(&mut operator, &member);
+    let fields = [("account_id", account.as_str()), ("amount", "100.00"), ("currency", "CNY")];
+    let csrf = admin.csrf();
+    let suspend = admin.post(&format!("/portal/system/platforms/{}/suspend", client.platform), &[("csrf", &csrf)]);
+    assert!(suspend.body.contains("Platform suspended"), "{}", suspend.body);
+    let refused = money_form(&mut operator, "/portal/platform/recharge", &fields, None);
+    assert!(refused.status == 403 && refused.body.contains("suspended"), "{} {}", refused.status, refused.body);
+    assert_eq!(client.get(&format!("/v1/orders?account_id={account}")).0, 403, "the API refuses it too");
+    let resume = admin.post(&format!("/portal/system/platforms/{}/resume", client.platform), &[("csrf", &csrf)]);
+    assert!(resume.body.contains("Platform resumed"), "{}", resume.body);
+    let (_, listed) = client.get(&format!("/v1/orders?account_id={account}"));
+    assert_eq!(listed["orders"].as_array().map(Vec::len), Some(0), "nothing moved while suspended: {listed}");
+    let accepted = money_form(&mut operator, "/portal/platform/recharge", &fields, None);
+    assert_eq!(accepted.status, 303, "{}", accepted.body);
+    let csrf = operator.csrf();
+    let admin_csrf = admin.csrf();
+    assert_eq!(admin.post(&format!("/portal/system/platforms/{}/suspend", client.platform), &[("csrf", &admin_csrf)]).status, 200);
+    assert_eq!(operator.post("/portal/logout", &[("csrf", &csrf)]).status, 303, "signing out is always allowed");
+    server.stop();
+}
+
 #[test]
 fn a_recharge_form_posted_twice_is_one_order_and_freezes_release() {
     let dir = tempfile::tempdir().unwrap();

@@ -268,12 +268,23 @@ pub fn format_time(at: i64) -> String {
         .unwrap_or_else(|| at.to_string())
 }
 
-/// Checks a state-changing request: same origin and the session's CSRF token.
+/// Checks a state-changing request: same origin and the session's CSRF token; and, for the
+/// operators of a suspended platform (its own and its merchants'), that it is their signing out
+/// or their own account's security: a suspension stops what the platform's signed requests
+/// would do, and its portals too (before session 57 they went on paying out, refunding...).
 pub fn check_form(request: &actix_web::HttpRequest, session: &Session, fields: &Fields) -> Result<(), PortalError> {
     if !sessions::same_origin(request) {
         return Err(PortalError::Csrf);
     }
-    session.check_csrf(fields)
+    session.check_csrf(fields)?;
+    let own_account = request.path() == "/portal/logout" || request.path().starts_with("/portal/account/");
+    if let (Some(platform), false) = (session.scope().platform(), own_account) {
+        let platforms = request.app_data::<actix_web::web::Data<std::sync::Arc<crate::platforms::Platforms>>>();
+        if platforms.and_then(|platforms| platforms.get(platform)).is_none_or(|platform| platform.suspended) {
+            return Err(PortalError::Forbidden("this platform is suspended; ask the system operator".into()));
+        }
+    }
+    Ok(())
 }
 
 /// 303 to `path` (after a successful POST).
