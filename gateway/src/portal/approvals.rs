@@ -118,7 +118,10 @@ pub struct Proposal {
 }
 
 /// How long after its approval a proposal left without outcome may be carried out again: later,
-/// what it does (a rotation's secret shown again, a movement) is proposed afresh.
+/// what it does (a rotation's secret shown again, a change of limits or of a channel) is
+/// proposed afresh. An adjustment has no such limit: carried out again it is the engine's
+/// replay of its order number whenever it was applied, and a fresh proposal (another number)
+/// would move the money a second time.
 pub const RETRY_SECONDS_MAX: i64 = 86_400;
 
 impl Proposal {
@@ -130,7 +133,8 @@ impl Proposal {
     /// Whether, approved and left without outcome, it may still be carried out again at `now`
     /// (unix seconds).
     pub fn retryable(&self, now: i64) -> bool {
-        self.status == Status::Approved && self.decided_at.is_some_and(|at| now.saturating_sub(at) <= RETRY_SECONDS_MAX)
+        let in_time = |at: i64| matches!(self.action, Action::Adjustment { .. }) || now.saturating_sub(at) <= RETRY_SECONDS_MAX;
+        self.status == Status::Approved && self.decided_at.is_some_and(in_time)
     }
 }
 
@@ -549,6 +553,12 @@ mod tests {
         approvals.save(&old).unwrap();
         let message = approvals.retry(&approver, 4).unwrap_err().message;
         assert!(message.contains("more than a day ago"), "{message}");
+        // An adjustment, whenever approved: carried out again it is a replay of its order
+        // number (a fresh proposal would move the money again).
+        old.action = Action::Adjustment { platform: 1, from: "acc_1".into(), to: "acc_2".into(), amount: "1.00".into(), currency: "CNY".into(), reason: "r".into() };
+        old.decided_at = Some(now_seconds() - 30 * RETRY_SECONDS_MAX);
+        approvals.save(&old).unwrap();
+        assert_eq!(approvals.retry(&approver, 4).map(|p| p.out_order_no()).unwrap(), "approval-4");
     }
 
     #[test]
