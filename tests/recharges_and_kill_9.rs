@@ -51,6 +51,37 @@ fn a_pending_recharge_survives_kill_9_and_completes_after_restart() {
     fast.stop();
 }
 
+/// A collection (代收) still pending at a kill -9 is handed to the bank again at the start as
+/// the collection it is: the member's card is debited (before session 57 the start sent it as a
+/// plain money-in, which credited the account with money no card paid).
+#[test]
+fn a_pending_collection_survives_kill_9_and_debits_its_card() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-7-0123456789abcdef0123456789abcdef";
+    let fast = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&fast, token, "{\"name\": \"Collector\"}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let card = verified_card(&p, &fast, &a, "4111111111111111", "Zhang San", "11010519491231002X");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    fast.stop();
+    let slow = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 600000")]));
+    let p = Client { server: &slow, platform: platform.clone(), secret: secret.clone() };
+    let body = json!({"out_order_no": "col-1", "account_id": a, "card_id": card, "amount": "80.00", "currency": "CNY"});
+    let (status, _, order) = p.post("/v1/collections", &body);
+    assert_eq!((status, order["status"].as_str()), (201, Some("pending")), "{order}");
+    drop(p);
+    slow.kill();
+    let fast = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client { server: &fast, platform, secret };
+    p.wait_order(order["order_id"].as_str().unwrap(), "succeeded");
+    assert_eq!(p.balances(&a).0, "80.00");
+    let (_, statement) = fast.sim_get("/sim/cards/4111111111111111/transactions");
+    let debits = statement["transactions"].as_array().unwrap().iter().filter(|t| t["amount"] == "-80.00").count();
+    assert_eq!(debits, 1, "the card paid the collection: {statement}");
+    fast.stop();
+}
+
 #[test]
 fn kill_9_under_http_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -116,6 +116,7 @@ pub struct Clearing {
     mailbox: Sender<Message>,
     channels: Arc<ArcSwap<ChannelSet>>,
     bank: Arc<dyn BankChannel>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     resumed: usize,
 }
@@ -169,7 +170,7 @@ impl Clearing {
             cases: CaseBook::load(store.as_ref())?,
             reconciling: false,
             waiting: VecDeque::new(),
-            store,
+            store: store.clone(),
             bank: bank.clone(),
             clock: clock.clone(),
             table,
@@ -184,7 +185,14 @@ impl Clearing {
         let resumed = actor.resume()?;
         let tick = config.tick;
         std::thread::Builder::new().name("clearing".into()).spawn(move || actor.run(&inbox, tick)).map_err(|e| ClearingError::Storage(e.to_string()))?;
-        Ok(Clearing { mailbox, channels: published, bank, clock, resumed })
+        Ok(Clearing { mailbox, channels: published, bank, clock, resumed, store })
+    }
+
+    /// Notes collection `number` of `platform` (its card, account and amount) durably, before
+    /// its recharge is submitted to the engine: a start then hands it to the bank again as the
+    /// collection it is. A synced write: call it off the async workers.
+    pub fn note_collection(&self, platform: u32, number: &str, note: &crate::payouts::CollectionNote) -> Result<(), ClearingError> {
+        crate::payouts::CollectionNotes::save(self.store.as_ref(), platform, number, note)
     }
 
     /// How many orders waiting for a bank's verdict were handed to the bank again at start.
@@ -790,8 +798,12 @@ impl Actor {
                                 spec,
                             });
                         }
-                        OrderDetail::Recharge { channel } | OrderDetail::Payment { channel: Some(channel), .. } if o.status == OrderStatus::Pending => {
-                            found.push(Waiting::MoneyIn { order: o.id, channel, amount: o.amount, spec });
+                        OrderDetail::Recharge { channel } if o.status == OrderStatus::Pending => {
+                            let collection = Some((o.platform, o.out_order_no, o.account));
+                            found.push(Waiting::MoneyIn { order: o.id, channel, amount: o.amount, spec, collection });
+                        }
+                        OrderDetail::Payment { channel: Some(channel), .. } if o.status == OrderStatus::Pending => {
+                            found.push(Waiting::MoneyIn { order: o.id, channel, amount: o.amount, spec, collection: None });
                         }
                         _ => {}
                     }
@@ -837,9 +849,27 @@ impl Actor {
                             self.send_payout(order, channel, amount, spec, card_no);
                         }
                     }
-                    Waiting::MoneyIn { order, channel, amount, spec } => {
+                    Waiting::MoneyIn { order, channel, amount, spec, collection } => {
                         resumed += 1;
-                        self.bank.submit(Request::MoneyIn { order, channel, amount, currency: spec });
+                        // A collection's card is in its note: sent again as the collection it is.
+                        let noted = match collection {
+                            Some((platform, Some(number), account)) => {
+                                match crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number.as_str()) {
+                                    Ok(note) => note.filter(|note| note.account == account && note.amount == amount),
+                                    Err(error) => {
+                                        // Not sent as a plain money-in (no card would pay it): its
+                                        // verdict comes from the bank's statement or an operator.
+                                        tracing::error!(order = order.0, "collection not resent at start: {error}");
+                                        continue;
+                                    }
+                                }
+                            }
+                            _ => None,
+                        };
+                        match noted {
+                            Some(note) => self.bank.submit(Request::Collection { order, channel, amount, currency: spec, card_no: note.card_no }),
+                            None => self.bank.submit(Request::MoneyIn { order, channel, amount, currency: spec }),
+                        }
                     }
                 }
             }
@@ -911,5 +941,7 @@ enum Waiting {
         channel: u16,
         amount: Minor,
         spec: CurrencySpec,
+        /// A recharge's platform, order number and account: its collection note, if it is one.
+        collection: Option<(u32, Option<engine::ledger::command::OutOrderNo>, engine::ledger::types::AccountId)>,
     },
 }

@@ -128,6 +128,42 @@ impl PayoutBook {
     }
 }
 
+/// Key prefix of the collection notes (`xc/{platform}/{out_order_no}`).
+const COLLECTION_PREFIX: &str = "xc/";
+
+/// What is noted of a collection (代收) before the engine sees it: the card it debits, and the
+/// account and amount it is for (a note that does not match its order is not used).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionNote {
+    pub account: AccountId,
+    pub amount: Minor,
+    pub card_no: String,
+}
+
+/// The collection notes, in the store alone (`xc/`, JSON): a collection is a pending recharge
+/// to the engine, so the card it debits lives here, written before the order is submitted, and
+/// a start hands the bank a collection waiting for its verdict again with its card (before
+/// session 57 a start sent it as a plain money-in, which no card pays).
+pub struct CollectionNotes;
+
+impl CollectionNotes {
+    fn key(platform: u32, number: &str) -> Vec<u8> {
+        format!("{COLLECTION_PREFIX}{platform}/{number}").into_bytes()
+    }
+
+    /// Writes the note of collection `number` of `platform` durably.
+    pub fn save(store: &dyn Store, platform: u32, number: &str, note: &CollectionNote) -> Result<(), ClearingError> {
+        storage::records::put(store, &[(Self::key(platform, number), note)]).map_err(|e| ClearingError::Storage(e.to_string()))
+    }
+
+    /// The note of collection `number` of `platform`, if one was written.
+    pub fn get(store: &dyn Store, platform: u32, number: &str) -> Result<Option<CollectionNote>, ClearingError> {
+        let key = Self::key(platform, number);
+        let Some(value) = store.get(&key).map_err(|e| ClearingError::Storage(e.to_string()))? else { return Ok(None) };
+        serde_json::from_slice(&value).map(Some).map_err(|error| ClearingError::Storage(format!("collection note {}: {error}", String::from_utf8_lossy(&key))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -239,6 +239,14 @@ pub async fn collect(
         RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
     let mut prepared = prepare_recharge(engine, clearing, platform, &recharge).await?;
     prepared.body.value("card_id", &body.card_id).value("collection", &true);
+    // The card goes into a note before the engine sees the order: a start hands a collection
+    // still pending to the bank again with its card (`Clearing::note_collection`).
+    if let Command::RequestRecharge { amount, .. } = prepared.envelope.command {
+        let note = clearing_actor::payouts::CollectionNote { account, amount, card_no: card.card_no.clone() };
+        let (noting, platform_id) = (clearing.clone(), platform.id);
+        let number = prepared.envelope.out_order_no.map(|number| number.as_str().to_string()).unwrap_or_default();
+        crate::error::blocking(move || noting.note_collection(platform_id, &number, &note)).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    }
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
     if reply.is_ok() && !reply.replayed {
         if let Command::RequestRecharge { currency, amount, channel, .. } = prepared.envelope.command {

@@ -555,7 +555,8 @@ mod tests {
         assert!(message.contains("more than a day ago"), "{message}");
         // An adjustment, whenever approved: carried out again it is a replay of its order
         // number (a fresh proposal would move the money again).
-        old.action = Action::Adjustment { platform: 1, from: "acc_1".into(), to: "acc_2".into(), amount: "1.00".into(), currency: "CNY".into(), reason: "r".into() };
+        old.action =
+            Action::Adjustment { platform: 1, from: "acc_1".into(), to: "acc_2".into(), amount: "1.00".into(), currency: "CNY".into(), reason: "r".into() };
         old.decided_at = Some(now_seconds() - 30 * RETRY_SECONDS_MAX);
         approvals.save(&old).unwrap();
         assert_eq!(approvals.retry(&approver, 4).map(|p| p.out_order_no()).unwrap(), "approval-4");
