@@ -190,11 +190,21 @@ fn a_rotated_secret_overlaps_the_old_one_then_replaces_it_also_across_restarts()
     let server = start_configured(dir.path(), TOKEN, &config);
     assert!(!verifies(&server, &platform, &second));
     assert!(verifies(&server, &platform, &third) && verifies(&server, &platform, &fourth), "a day's overlap by default");
-    let p = Client { server: &server, platform: platform.clone(), secret: fourth };
+    let p = Client { server: &server, platform: platform.clone(), secret: fourth.clone() };
     assert_eq!(
         p.post("/v1/members", &json!({"out_order_no": "m-1", "type": "individual", "name": "A", "id_number": "11010519491231002X", "phone": "13800138000"})).0,
         201
     );
     drop(p);
+    // With `from_version`, a rotation repeated (its answer lost) shows its secret again instead
+    // of rotating twice (the secret in use keeps its overlap); from another version: 409.
+    let body = "{\"overlap_seconds\": 600, \"from_version\": 4}";
+    let (status, rotated) = rotate(&server, TOKEN, &platform, body);
+    assert_eq!((status, rotated["secret_version"].as_u64()), (200, Some(5)), "{rotated}");
+    let (status, again) = rotate(&server, TOKEN, &platform, body);
+    assert_eq!((status, &again), (200, &rotated), "shown again, not rotated");
+    assert!(verifies(&server, &platform, &fourth), "the secret in use still verifies");
+    let (status, refused) = rotate(&server, TOKEN, &platform, "{\"from_version\": 3}");
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("idempotency_conflict")), "{refused}");
     server.stop();
 }

@@ -309,7 +309,8 @@ struct RotatedSecret {
 /// `POST /admin/platforms/{platform_id}/rotate-secret` (an addition to API.md): issues the
 /// platform's next secret, shown in this answer only; the current one keeps verifying for the
 /// overlap (`overlap_seconds`, default `[secrets] rotation_overlap_seconds`), then only the new
-/// one does. Durable: the version and the overlap's end outlive restarts.
+/// one does. Durable: the version and the overlap's end outlive restarts. With `from_version`
+/// a repeated request (its answer lost) shows the same secret again instead of rotating twice.
 #[utoipa::path(post, path = "/admin/platforms/{platform_id}/rotate-secret", tag = "operator", request_body = crate::platforms::RotateSecret, params(("platform_id" = String, Path, description = "Platform id (plt_...)")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("operator_token" = [])))]
 #[actix_web::post("/admin/platforms/{platform_id}/rotate-secret")]
 pub async fn rotate_secret(
@@ -325,7 +326,16 @@ pub async fn rotate_secret(
     let platforms = platforms.get_ref().clone();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     // The store write syncs to disk: off the async workers.
-    let (platform, secret) = blocking(move || platforms.rotate_secret(id, rotate, now)).await??;
+    let (platform, secret) = blocking(move || match rotate.from_version {
+        None => platforms.rotate_secret(id, rotate, now),
+        Some(from) => match platforms.rotate_secret_from(id, rotate, from, crate::platforms::ROTATED_BY_OPERATOR_API, now)? {
+            crate::platforms::Rotation::Rotated(platform, secret) | crate::platforms::Rotation::Shown(platform, secret) => Ok((platform, secret)),
+            crate::platforms::Rotation::Changed => {
+                Err(ApiError::new(409, "idempotency_conflict", "the secret was rotated from another version since: read the platform's secret_version"))
+            }
+        },
+    })
+    .await??;
     let until = platform.previous_secret.map(|p| {
         time::OffsetDateTime::from_unix_timestamp(p.valid_until)
             .map_or_else(|_| p.valid_until.to_string(), |t| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default())

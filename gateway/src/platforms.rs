@@ -84,7 +84,18 @@ pub struct RotateSecret {
     /// Seconds the current secret still verifies beside the new one (0 = revoke it now;
     /// default `[secrets] rotation_overlap_seconds`; at most a week).
     pub overlap_seconds: Option<u64>,
+    /// The secret version to rotate from (the `secret_version` the caller knows). With it, a
+    /// request repeated after its answer was lost shows the secret it made again instead of
+    /// rotating a second time (which would end the overlap of the secret in use for one nobody
+    /// saw); a platform at another version answers 409 `idempotency_conflict`. Without it, every
+    /// request rotates.
+    #[serde(default)]
+    pub from_version: Option<u32>,
 }
+
+/// What `Platform::secret_rotated_by` records for a rotation through the operator API with
+/// `from_version` (proposals record their id, from 1).
+pub const ROTATED_BY_OPERATOR_API: u64 = u64::MAX;
 
 impl Platform {
     /// The id as the API shows it (`plt_7`).
@@ -364,7 +375,7 @@ mod tests {
             .expect("create");
         let sign = |secret: &str| crate::secrets::hmac_hex(secret.as_bytes(), b"message");
         let now = 1_700_000_000;
-        let (rotated, second) = platforms.rotate_secret(platform.id, RotateSecret { overlap_seconds: Some(60) }, now).expect("rotate");
+        let (rotated, second) = platforms.rotate_secret(platform.id, RotateSecret { overlap_seconds: Some(60), from_version: None }, now).expect("rotate");
         assert_ne!(first, second);
         assert_eq!(rotated.previous_secret, Some(PreviousSecret { version: 1, valid_until: now + 60 }));
         // (check, expected): both verify during the overlap, only the new one after it.
@@ -379,11 +390,12 @@ mod tests {
             reloaded.verify_signature(&again, b"message", &sign(&first), now + 1) && reloaded.verify_signature(&again, b"message", &sign(&second), now + 1)
         );
         // Rotating again ends the oldest at once; overlap 0 revokes the current one too.
-        let (third_platform, third) = reloaded.rotate_secret(platform.id, RotateSecret { overlap_seconds: Some(0) }, now + 2).expect("rotate");
+        let (third_platform, third) =
+            reloaded.rotate_secret(platform.id, RotateSecret { overlap_seconds: Some(0), from_version: None }, now + 2).expect("rotate");
         for (secret, expected) in [(&first, false), (&second, false), (&third, true)] {
             assert_eq!(reloaded.verify_signature(&third_platform, b"message", &sign(secret), now + 3), expected);
         }
-        let too_long = RotateSecret { overlap_seconds: Some(ROTATION_OVERLAP_SECONDS_MAX + 1) };
+        let too_long = RotateSecret { overlap_seconds: Some(ROTATION_OVERLAP_SECONDS_MAX + 1), from_version: None };
         assert_eq!(reloaded.rotate_secret(platform.id, too_long, now).unwrap_err().param.as_deref(), Some("overlap_seconds"));
         assert_eq!(reloaded.rotate_secret(99, RotateSecret::default(), now).unwrap_err().code, "not_found");
     }
@@ -399,7 +411,7 @@ mod tests {
             .create(NewPlatform { name: "P".into(), settlement_cycle_days: None, auto_confirm_days: None, require_payment_password: None })
             .expect("create");
         let now = 1_700_000_000;
-        let overlap = || RotateSecret { overlap_seconds: Some(60) };
+        let overlap = || RotateSecret { overlap_seconds: Some(60), from_version: None };
         let Ok(Rotation::Rotated(rotated, second)) = platforms.rotate_secret_from(platform.id, overlap(), 1, 7, now) else { panic!("rotates") };
         assert_eq!(rotated.secret_version, 2);
         // Another proposal from the same version: rotated by someone else since, refused (it

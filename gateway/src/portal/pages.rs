@@ -547,7 +547,7 @@ pub async fn execute(executors: &Executors<'_>, proposal: &super::approvals::Pro
         Action::RotateSecret { platform, overlap_seconds, from_version } => {
             let (platforms, id, overlap, from, proposal_id) = (executors.platforms.clone(), *platform, *overlap_seconds, *from_version, proposal.id);
             let rotated = blocking(move || {
-                let request = crate::platforms::RotateSecret { overlap_seconds: overlap };
+                let request = crate::platforms::RotateSecret { overlap_seconds: overlap, from_version: None };
                 match from {
                     Some(from) => platforms.rotate_secret_from(id, request, from, proposal_id, now_seconds()),
                     None => platforms.rotate_secret(id, request, now_seconds()).map(|(platform, secret)| crate::platforms::Rotation::Rotated(platform, secret)),
