@@ -272,6 +272,19 @@ fn another_members_accounts_and_orders_are_not_found() {
     let forged = ops.post("/portal/merchant/recharge", &[("out_order_no", "prc-z"), ("account_id", &account), ("amount", "1.00")]);
     assert_eq!(forged.status, 403);
     assert_eq!(p.balances(&account).0, "0.00");
+    // A split payment to this merchant and another: its page shows its own leg only, not the
+    // other receiver's share nor what that one refunded.
+    let split = json!({"out_order_no": "pay-split", "payer_account_id": other, "mode": "balance", "amount": "30.00", "currency": "CNY",
+        "payees": [{"account_id": account, "amount": "12.00"}, {"account_id": third, "amount": "18.00"}]});
+    let (status, _, split) = p.post("/v1/payments", &split);
+    assert_eq!(status, 201, "{split}");
+    let split = split["order_id"].as_str().unwrap().to_string();
+    let refund = json!({"out_order_no": "rf-third", "payment_order_id": split, "amount": "5.00", "payee_account_id": third});
+    assert_eq!(p.post("/v1/refunds", &refund).0, 201);
+    let shown = ops.get(&format!("/portal/merchant/orders/{split}"));
+    assert_eq!(shown.status, 200);
+    assert!(shown.body.contains(&account) && shown.body.contains("12.00"), "{}", shown.body);
+    assert!(!shown.body.contains(&third) && !shown.body.contains("18.00") && !shown.body.contains("5.00"), "{}", shown.body);
     server.stop();
 }
 
