@@ -38,6 +38,10 @@ async fn login_form() -> HttpResponse {
     login_page(StatusCode::OK, None)
 }
 
+/// What a refused sign-in says, whatever the reason (a wrong name or password, a disabled or a
+/// locked operator), so that the page tells nothing of which names exist.
+const WRONG_SIGN_IN: &str = "Wrong user name or password. After five wrong tries a user is locked for 15 minutes.";
+
 async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
     if !same_origin(&request) {
         return Err(PortalError::Csrf);
@@ -45,7 +49,7 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
     let fields = form.into_inner();
     let (username, password, code) = (fields.get("username").trim().to_string(), fields.get("password").to_string(), fields.opt("totp").map(str::to_string));
     if username.is_empty() || password.is_empty() || username.len() > 32 || password.len() > 512 {
-        return Ok(login_page(StatusCode::UNAUTHORIZED, Some("Wrong user name or password.")));
+        return Ok(login_page(StatusCode::UNAUTHORIZED, Some(WRONG_SIGN_IN)));
     }
     let from = peer(&request);
     let checking = portal.get_ref().clone();
@@ -79,12 +83,14 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
             Ok(HttpResponse::SeeOther().cookie(cookie).insert_header(("Location", "/portal/")).insert_header(("Cache-Control", "no-store")).finish())
         }
         Err(refusal) => {
+            // A lockout reads as a wrong password: a page that said "locked" told anyone who
+            // tried five times whether the name exists (before session 57).
             let (message, outcome) = match refusal {
-                LoginRefusal::Wrong | LoginRefusal::Disabled => ("Wrong user name or password.".to_string(), "wrong password"),
-                LoginRefusal::Locked { until } => (format!("Too many wrong tries: this user is locked until {}.", format_time(until)), "locked"),
+                LoginRefusal::Wrong | LoginRefusal::Disabled => (WRONG_SIGN_IN.to_string(), "wrong password"),
+                LoginRefusal::Locked { .. } => (WRONG_SIGN_IN.to_string(), "locked"),
                 LoginRefusal::TotpRequired => ("Enter the code of your authenticator.".to_string(), "second factor missing"),
                 LoginRefusal::TotpWrong => ("Wrong authenticator code.".to_string(), "second factor wrong"),
-                LoginRefusal::Busy => ("Too many sign-ins of this user are being checked at once; try again in a moment.".to_string(), "busy"),
+                LoginRefusal::Busy => ("Too many sign-ins are being checked at once; try again in a moment.".to_string(), "busy"),
             };
             // Failures are recorded for existing operators only (an unknown name writes nothing),
             // and tries against a lock that was already there once per lockout.
