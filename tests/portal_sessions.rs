@@ -159,10 +159,15 @@ fn a_second_factor_is_asked_once_turned_on() {
     let at = enrolling.body.find("id=\"totp-secret\">").expect("the secret is shown") + "id=\"totp-secret\">".len();
     let secret = enrolling.body[at..].split('<').next().unwrap().to_string();
     let totp = totp_rs::Builder::new().with_secret(totp_rs::Secret::try_from_base32(&secret).unwrap()).build().unwrap();
-    let wrong = admin.post("/portal/account/totp", &[("csrf", &csrf), ("secret", &secret), ("code", "000000")]);
+    let password = first_password(&server);
+    let wrong = admin.post("/portal/account/totp", &[("csrf", &csrf), ("secret", &secret), ("current", &password), ("code", "000000")]);
     assert!(wrong.body.contains("not right") || totp.generate_current().to_string() == "000000");
+    // Without the operator's password a session cannot put a second factor on (a stolen one
+    // would lock the owner out for good).
     let code = totp.generate_current().to_string();
-    let on = admin.post("/portal/account/totp", &[("csrf", &csrf), ("secret", &secret), ("code", &code)]);
+    let without_password = admin.post("/portal/account/totp", &[("csrf", &csrf), ("secret", &secret), ("code", &code)]);
+    assert!(without_password.body.contains("current password is wrong"), "{}", without_password.body);
+    let on = admin.post("/portal/account/totp", &[("csrf", &csrf), ("secret", &secret), ("current", &password), ("code", &code)]);
     assert!(on.body.contains("The second factor is on"), "{}", on.body);
 
     let mut later = Person::new(&server);
@@ -172,6 +177,28 @@ fn a_second_factor_is_asked_once_turned_on() {
     let code = totp.generate_current().to_string();
     let with = later.post("/portal/login", &[("username", "admin"), ("password", &first_password(&server)), ("totp", &code)]);
     assert_eq!(with.status, 303, "{}", with.body);
+    server.stop();
+}
+
+/// Guessing the current password inside a session counts like sign-ins: five wrong tries lock
+/// the operator and end its sessions (a stolen session cannot guess at the hashing rate).
+#[test]
+fn five_wrong_current_passwords_in_a_session_lock_the_operator_and_end_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let mut admin = admin(&server);
+    make_operator(&mut admin, "carol", "system", "", "", &["viewer"]);
+    let mut carol = Person::new(&server);
+    assert_eq!(carol.login("carol", "a long enough password").status, 303);
+    let csrf = carol.csrf();
+    for attempt in 1..=4 {
+        let page = carol.post("/portal/account/password", &[("csrf", &csrf), ("current", "a wrong guess number x"), ("password", "another long password")]);
+        assert!(page.body.contains("current password is wrong"), "attempt {attempt}: {}", page.body);
+    }
+    let fifth = carol.post("/portal/account/password", &[("csrf", &csrf), ("current", "a wrong guess number y"), ("password", "another long password")]);
+    assert_eq!(fifth.location.as_deref(), Some("/portal/login"), "{}", fifth.body);
+    assert_eq!(carol.get("/portal/account").location.as_deref(), Some("/portal/login"), "the session ended");
+    assert_eq!(Person::new(&server).login("carol", "a long enough password").status, 401, "locked");
     server.stop();
 }
 

@@ -443,6 +443,26 @@ impl Operators {
     pub fn check_password(&self, id: u64, password: &str) -> bool {
         self.get(id).is_some_and(|operator| verify_hash(&operator.password_hash, password))
     }
+
+    /// Confirms operator `id`'s own password inside a session (to change it, to turn on a second
+    /// factor), counted like a sign-in (`login`): a wrong one is a failed try, five in a row
+    /// lock the operator and end every session of it (someone holding a session cannot guess
+    /// the password at the hashing rate). Blocking (argon2).
+    pub fn confirm_password(&self, id: u64, password: &str, now: i64) -> Result<(), LoginRefusal> {
+        let username = self.get(id).map(|operator| operator.username).ok_or(LoginRefusal::Wrong)?;
+        match self.login(&username, password, None, now) {
+            // Right; the second factor is not asked inside a session.
+            Ok(_) | Err(LoginRefusal::TotpRequired) => Ok(()),
+            Err(refusal @ LoginRefusal::Locked { .. }) => {
+                let _ = self.update(id, |operator| {
+                    operator.generation += 1;
+                    Ok(())
+                });
+                Err(refusal)
+            }
+            Err(refusal) => Err(refusal),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -169,6 +169,7 @@ fn account_page(session: &Session, message: Option<(&str, &str)>, enrolling: Opt
                 form method="post" action="/portal/account/totp" {
                     (csrf_field(session))
                     input type="hidden" name="secret" value=(secret);
+                    label { "Your password" input type="password" name="current" required; }
                     label { "Code" input name="code" inputmode="numeric" required maxlength="8"; }
                     button type="submit" { "Turn on" }
                 }
@@ -192,11 +193,10 @@ async fn account(session: Session) -> HttpResponse {
 async fn change_password(request: HttpRequest, session: Session, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
     check_form(&request, &session, &form)?;
     let (current, new) = (form.get("current").to_string(), form.get("password").to_string());
-    let (checking, id) = (portal.get_ref().clone(), session.operator.id);
-    let right = crate::passwords::hashing(crate::passwords::PORTAL_HASHING, move || checking.operators.check_password(id, &current)).await?;
-    if !right {
-        return Ok(account_page(&session, Some(("error", "The current password is wrong.")), None));
+    if let Some(refused) = confirm_own_password(&session, &portal, current).await? {
+        return Ok(refused);
     }
+    let id = session.operator.id;
     let changing = portal.get_ref().clone();
     match crate::passwords::hashing(crate::passwords::PORTAL_HASHING, move || changing.operators.set_password(id, &new)).await? {
         Ok(_) => {
@@ -216,6 +216,41 @@ async fn change_password(request: HttpRequest, session: Session, portal: PortalD
     }
 }
 
+/// Confirms the session's operator's own password (`Operators::confirm_password`, counted like
+/// a sign-in): `None` when right, else the page to answer (the account page saying so, or the
+/// sign-in page once five wrong tries locked the operator and ended its sessions).
+async fn confirm_own_password(session: &Session, portal: &PortalData, password: String) -> Result<Option<HttpResponse>, PortalError> {
+    let (checking, id, now) = (portal.get_ref().clone(), session.operator.id, now_seconds());
+    let outcome = crate::passwords::hashing(crate::passwords::PORTAL_HASHING, move || checking.operators.confirm_password(id, &password, now)).await?;
+    let (text, result) = match outcome {
+        Ok(()) => return Ok(None),
+        Err(LoginRefusal::Locked { .. }) => {
+            portal.audit.record(
+                session,
+                session.scope(),
+                "session.login_failed",
+                &session.operator.username,
+                serde_json::Value::Null,
+                serde_json::Value::Null,
+                "locked",
+            )?;
+            return Ok(Some(redirect("/portal/login")));
+        }
+        Err(LoginRefusal::Busy) => ("Too many checks of your password at once; try again in a moment.", "busy"),
+        Err(_) => ("The current password is wrong (five wrong tries lock you out and end your sessions).", "wrong password"),
+    };
+    portal.audit.record(
+        session,
+        session.scope(),
+        "session.login_failed",
+        &session.operator.username,
+        serde_json::Value::Null,
+        serde_json::Value::Null,
+        result,
+    )?;
+    Ok(Some(account_page(session, Some(("error", text)), None)))
+}
+
 async fn totp(request: HttpRequest, session: Session, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
     check_form(&request, &session, &form)?;
     if session.operator.totp_secret.is_some() {
@@ -226,6 +261,10 @@ async fn totp(request: HttpRequest, session: Session, portal: PortalData, form: 
         let url = super::operators::totp(&secret, &session.operator.username).and_then(|t| t.to_url().ok()).unwrap_or_default();
         return Ok(account_page(&session, None, Some((&secret, &url))));
     };
+    // The password too: a session alone (a stolen one) cannot put its own second factor on.
+    if let Some(refused) = confirm_own_password(&session, &portal, form.get("current").to_string()).await? {
+        return Ok(refused);
+    }
     let valid = super::operators::totp(&secret, &session.operator.username).is_some_and(|t| t.check(form.get("code").trim(), now_seconds() as u64).is_some());
     if !valid {
         let url = super::operators::totp(&secret, &session.operator.username).and_then(|t| t.to_url().ok()).unwrap_or_default();
