@@ -57,27 +57,33 @@ fn a_system_operator_registers_settles_and_changes_a_channel_with_four_eyes() {
     let csv = response.into_string().unwrap();
     assert!(csv.lines().any(|l| l.contains(&merchant) && l.contains(",25.00,")), "{csv}");
 
-    // Propose a channel change; a second operator (made over HTTP with the same session) approves.
+    // A clerk proposes a channel change and a second operator approves (both made over HTTP with
+    // the admin's session: four eyes are two people, and an operator the proposer made would
+    // not do).
+    let mut admin = Person::new(&server);
+    admin.cookie = Some(format!("{name}={value}"));
+    let csrf = admin.csrf();
+    for (username, role) in [("second", "approver"), ("clerk", "operator")] {
+        let fields = [
+            ("csrf", csrf.as_str()),
+            ("username", username),
+            ("display_name", username),
+            ("kind", "system"),
+            ("platform", ""),
+            ("member", ""),
+            ("role", "viewer"),
+            ("role", role),
+            ("password", "a long enough password"),
+        ];
+        assert_eq!(admin.post("/portal/operators", &fields).status, 200);
+    }
+    browser.delete_cookies();
+    sign_in(&browser, &server, "clerk", "a long enough password");
     browser.goto(&format!("{}/portal/system/channels", server.base));
     browser.fill("form.channel-change[data-channel=sim_gateway] input[name=fee_rate_bps]", "55");
     browser.fill("form.channel-change[data-channel=sim_gateway] input[name=note]", "new tariff");
     browser.submit("form.channel-change[data-channel=sim_gateway]");
     browser.wait_for_text(".notice", "Proposal 1 recorded");
-    let mut admin = Person::new(&server);
-    admin.cookie = Some(format!("{name}={value}"));
-    let csrf = admin.csrf();
-    let fields = [
-        ("csrf", csrf.as_str()),
-        ("username", "second"),
-        ("display_name", "Second"),
-        ("kind", "system"),
-        ("platform", ""),
-        ("member", ""),
-        ("role", "viewer"),
-        ("role", "approver"),
-        ("password", "a long enough password"),
-    ];
-    assert_eq!(admin.post("/portal/operators", &fields).status, 200);
     browser.delete_cookies();
     sign_in(&browser, &server, "second", "a long enough password");
     browser.goto(&format!("{}/portal/approvals", server.base));

@@ -202,6 +202,52 @@ fn five_wrong_current_passwords_in_a_session_lock_the_operator_and_end_it() {
     server.stop();
 }
 
+/// Four eyes are two people: an operator the proposer made (or one made by those), whose
+/// password the proposer chose, does not approve its proposals; another approver does.
+#[test]
+fn an_operator_made_by_the_proposer_does_not_approve_its_proposals() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let client = Client::create(&server, TOKEN, r#"{"name": "One"}"#);
+    let (payer, payee) = (client.account(&client.member("m-a", "Ann")), client.account(&client.member("m-b", "Bob")));
+    client.fund(&payer, "100.00", "fund-1");
+    let mut admin = admin(&server);
+    make_operator(&mut admin, "boss", "platform", &client.platform, "", &["operator", "admin"]);
+    make_operator(&mut admin, "checker", "platform", &client.platform, "", &["approver"]);
+    let mut boss = Person::new(&server);
+    assert_eq!(boss.login("boss", "a long enough password").status, 303);
+    let csrf = boss.csrf();
+    let adjustment = [
+        ("csrf", csrf.as_str()),
+        ("kind", "adjustment"),
+        ("from", payer.as_str()),
+        ("to", payee.as_str()),
+        ("amount", "12.50"),
+        ("currency", "CNY"),
+        ("reason", "r"),
+    ];
+    assert!(boss.post("/portal/approvals", &adjustment).body.contains("Proposal 1 recorded"));
+    // The proposer makes an approver, and that one an approver too: neither may approve.
+    make_operator(&mut boss, "puppet", "platform", &client.platform, "", &["approver", "admin"]);
+    let mut puppet = Person::new(&server);
+    assert_eq!(puppet.login("puppet", "a long enough password").status, 303);
+    make_operator(&mut puppet, "puppet2", "platform", &client.platform, "", &["approver"]);
+    for name in ["puppet", "puppet2"] {
+        let mut person = Person::new(&server);
+        assert_eq!(person.login(name, "a long enough password").status, 303);
+        let csrf = person.csrf();
+        let refused = person.post("/portal/approvals/1/approve", &[("csrf", &csrf)]);
+        assert!(refused.body.contains("four eyes are two people"), "{name}: {}", refused.body);
+    }
+    assert_eq!(client.balances(&payer).0, "100.00", "nothing moved");
+    let mut checker = Person::new(&server);
+    assert_eq!(checker.login("checker", "a long enough password").status, 303);
+    let csrf = checker.csrf();
+    assert!(checker.post("/portal/approvals/1/approve", &[("csrf", &csrf)]).body.contains("executed"));
+    assert_eq!(client.balances(&payer).0, "87.50");
+    server.stop();
+}
+
 #[test]
 fn platform_operators_work_within_their_platform_only() {
     let dir = tempfile::tempdir().unwrap();

@@ -195,10 +195,13 @@ fn a_channel_change_applies_only_after_another_approver_approves() {
     let server = start(dir.path(), Some(TOKEN));
     let mut admin = admin(&server);
     let mut approver = operator(&server, &mut admin, "approver", "system", "", &["viewer", "approver"]);
+    // Proposals come from an operator other than the one who made the approvers (four eyes are
+    // two people: an operator made by the proposer does not approve its proposals).
+    let mut clerk = operator(&server, &mut admin, "clerk", "system", "", &["viewer", "operator", "approver", "admin"]);
     let before = admin.get("/portal/system/channels");
     assert!(before.body.contains("data-channel=\"sim_gateway\"") && !before.body.contains("+ 77 bps"), "{}", before.body);
-    let csrf = admin.csrf();
-    let proposed = admin.post(
+    let csrf = clerk.csrf();
+    let proposed = clerk.post(
         "/portal/approvals",
         &[
             ("csrf", &csrf),
@@ -213,8 +216,13 @@ fn a_channel_change_applies_only_after_another_approver_approves() {
     let id = proposal_id(&proposed);
     assert!(!admin.get("/portal/system/channels").body.contains("+ 77 bps"), "not before the approval");
     // The proposer cannot approve its own proposal.
-    let own = admin.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)]);
+    let own = clerk.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)]);
     assert!(own.body.contains("another operator than the one who proposed"), "{}", own.body);
+    // Nor can an approver the proposer made.
+    let mut puppet = operator(&server, &mut clerk, "puppet", "system", "", &["viewer", "approver"]);
+    let puppet_csrf = puppet.csrf();
+    let made = puppet.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &puppet_csrf)]);
+    assert!(made.body.contains("four eyes are two people"), "{}", made.body);
     assert!(!admin.get("/portal/system/channels").body.contains("+ 77 bps"));
     let csrf = approver.csrf();
     let approved = approver.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)]);
@@ -236,6 +244,7 @@ fn reconciliation_runs_against_the_simulators_statement_and_a_case_is_resolved_b
     assert_eq!(answer(request.send_string(&lines.to_string()), "offline").status(), 200);
     let mut admin = admin(&server);
     let mut approver = operator(&server, &mut admin, "approver", "system", "", &["viewer", "approver"]);
+    let mut clerk = operator(&server, &mut admin, "clerk", "system", "", &["viewer", "operator"]);
     let csrf = admin.csrf();
     let date = money::business_date(0);
     let report = admin.post("/portal/system/reconciliation", &[("csrf", &csrf), ("channel", "sim_gateway"), ("business_date", &date), ("file", "")]);
@@ -253,8 +262,9 @@ fn reconciliation_runs_against_the_simulators_statement_and_a_case_is_resolved_b
     let open_cases = |count: u32| format!("<div class=\"label\">Open cases</div><div class=\"value\">{count}</div>");
     let home = admin.get("/portal/system");
     assert!(home.body.contains(&open_cases(1)) && home.body.contains("no virtual account number"), "{}", home.body);
+    let clerk_csrf = clerk.csrf();
     let proposed =
-        admin.post("/portal/approvals", &[("csrf", &csrf), ("kind", "resolve_case"), ("case_id", "case_B-1"), ("resolution", "returned to the payer")]);
+        clerk.post("/portal/approvals", &[("csrf", &clerk_csrf), ("kind", "resolve_case"), ("case_id", "case_B-1"), ("resolution", "returned to the payer")]);
     let id = proposal_id(&proposed);
     assert!(admin.get("/portal/system/reconciliation").body.contains("data-case=\"case_B-1\""), "still open before the approval");
     let csrf = approver.csrf();

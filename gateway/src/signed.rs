@@ -25,6 +25,11 @@ use crate::replay::DurableNonces;
 
 /// Parses a JSON body; malformed JSON, wrong types and unknown fields are `invalid_request`.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Every body of the API is an object: serde would also fill a struct from an array of its
+    // fields in order (`[null, null]`), which the contract does not allow.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::new(400, "invalid_request", "the body must be a JSON object"));
+    }
     serde_json::from_slice(body)
         .map_err(|error| ApiError { param: crate::error::json_error_param(body, &error), ..ApiError::new(400, "invalid_request", &error.to_string()) })
 }

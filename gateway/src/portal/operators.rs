@@ -444,6 +444,23 @@ impl Operators {
         self.get(id).is_some_and(|operator| verify_hash(&operator.password_hash, password))
     }
 
+    /// Whether operator `id` was made by operator `ancestor`, or by an operator `ancestor` made,
+    /// at any depth (`created_by`, names never reused: operators are never removed).
+    pub fn made_by(&self, id: u64, ancestor: u64) -> bool {
+        let inner = self.inner.lock().expect("operators lock");
+        let Some(ancestor) = inner.by_id.get(&ancestor).map(|operator| operator.username.clone()) else { return false };
+        let mut current = inner.by_id.get(&id);
+        // Bounded: a chain is at most as long as there are operators.
+        for _ in 0..=inner.by_id.len() {
+            let Some(operator) = current else { return false };
+            if operator.created_by == ancestor {
+                return true;
+            }
+            current = inner.by_name.get(&operator.created_by).and_then(|id| inner.by_id.get(id));
+        }
+        false
+    }
+
     /// Confirms operator `id`'s own password inside a session (to change it, to turn on a second
     /// factor), counted like a sign-in (`login`): a wrong one is a failed try, five in a row
     /// lock the operator and end every session of it (someone holding a session cannot guess
@@ -481,6 +498,18 @@ mod tests {
             roles: vec![Role::Operator],
             password: "correct horse battery".to_string(),
         }
+    }
+
+    /// An operator is made by the one that created it and by every creator up its chain.
+    #[test]
+    fn made_by_follows_the_chain_of_creators() {
+        let operators = operators();
+        let a = operators.create(new("anna"), "admin").unwrap().id;
+        let b = operators.create(new("bert"), "anna").unwrap().id;
+        let c = operators.create(new("cara"), "bert").unwrap().id;
+        let d = operators.create(new("dora"), "admin").unwrap().id;
+        assert!(operators.made_by(b, a) && operators.made_by(c, a) && operators.made_by(c, b));
+        assert!(!operators.made_by(d, a) && !operators.made_by(a, c) && !operators.made_by(a, a) && !operators.made_by(99, a) && !operators.made_by(c, 99));
     }
 
     #[test]

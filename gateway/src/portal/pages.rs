@@ -810,6 +810,16 @@ async fn decide(
 ) -> Result<HttpResponse, PortalError> {
     check_form(&request, &session, &form)?;
     let (id, verb) = path.into_inner();
+    // Four eyes are two people: not an operator the proposer made (or one made by those), whose
+    // password the proposer chose (before session 57 an admin could make a second operator with
+    // the approver role and approve its own proposals).
+    if verb == "approve" || verb == "retry" {
+        let proposer = portal.approvals.get(&session.scope(), id)?.map(|proposal| proposal.proposed_by);
+        if proposer.is_some_and(|proposer| portal.operators.made_by(session.operator.id, proposer)) {
+            let message = "an operator made by the proposer (or by one it made) does not approve its proposals: four eyes are two people";
+            return approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("error", message)), None).await;
+        }
+    }
     let decision = match verb.as_str() {
         "approve" => portal.approvals.decide(&session, id, true),
         "reject" => portal.approvals.decide(&session, id, false),
