@@ -488,6 +488,13 @@ impl Actor {
             }
         }
         if reply.is_ok() && !reply.replayed {
+            if !routed_now {
+                // Noted before, applied only now (a stop, or an engine error, came between the
+                // note and the order): a start rebuilt the day's usage without it, so it counts
+                // now (after an engine error in this process it may count twice: the cap errs
+                // on the safe side).
+                self.table.count_used(channel, amount, at.micros, at.micros);
+            }
             self.send_payout(OrderId(reply.id), channel, amount, spec, card_no);
         }
         Ok(PayoutOutcome { reply, channel: self.table.set().name(channel), fee: note.fee, routing: note.routing })

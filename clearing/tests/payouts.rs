@@ -368,3 +368,35 @@ fn a_late_fee_is_booked_once_whatever_stops_the_run() {
     }
     engine.shutdown();
 }
+
+/// A payout noted but never applied (a stop between its note and its order) counts against its
+/// channel's daily cap when a retry applies it: a start rebuilt the day's usage from the
+/// engine's orders, which did not hold it.
+#[test]
+fn a_payout_noted_before_a_stop_counts_against_the_cap_when_applied() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let used = || {
+        let report = w.runtime.block_on(w.clearing.report()).unwrap();
+        report.iter().find(|c| c.name == "cheap").unwrap().used_today.clone()
+    };
+    let note = clearing_actor::payouts::PayoutNote {
+        card: 0,
+        card_no: Some("6222020200112233445".into()),
+        channel: Some(1),
+        fee: 100,
+        routing: None,
+        arrival: Some(Arrival::Realtime),
+        account_type: Some(AccountType::Personal),
+        tried: vec![1],
+        refused: false,
+    };
+    w.store.write(&[(format!("x/{P}/n1").as_bytes(), serde_json::to_vec(&note).unwrap().as_slice())]).unwrap();
+    assert_eq!(used(), "0.00");
+    let applied = w.payout("n1", account, 10_000);
+    assert_eq!((applied.reply.code, applied.reply.replayed, applied.channel.as_str()), (ResultCode::Ok, false, "cheap"));
+    assert_eq!(used(), "100.00", "counted when applied");
+    let again = w.payout("n1", account, 10_000);
+    assert!(again.reply.replayed);
+    assert_eq!(used(), "100.00", "a replay counts nothing");
+}
