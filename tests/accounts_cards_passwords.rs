@@ -127,6 +127,13 @@ fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_trie
     let card_id = card["card_id"].as_str().unwrap().to_string();
     let deposit = micro_deposit(&server, "4111111111111111");
     assert!(deposit.starts_with("0."), "{deposit}");
+    // A replay of a pending bind makes sure its deposit was booked and sent, but never pays it
+    // twice (the engine answers the deposit's number as a replay).
+    assert_eq!(bind("c-1", "4111111111111111", "Zhang San", "11010519491231002x"), (201, true, card.clone()));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (_, statement) = server.sim_get("/sim/cards/4111111111111111/transactions");
+    let deposits = statement["transactions"].as_array().unwrap().iter().filter(|t| t["remark"] == "card verification deposit").count();
+    assert_eq!(deposits, 1, "{statement}");
     let verify = |card_id: &str, amount: &str| p.post(&format!("/v1/accounts/{a}/cards/{card_id}/verify"), &json!({"amount": amount}));
     assert_eq!(error_of(&verify(&card_id, &wrong_amount(&deposit))), (422, Some("verification_failed")));
     let (status, _, verified) = verify(&card_id, &deposit);

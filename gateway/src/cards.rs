@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{delete, get, post, web, HttpResponse};
 use engine::ledger::command::{Command, Envelope, OutOrderNo};
 use engine::ledger::types::AccountId;
+use engine::money::{CurrencyId, CurrencySpec};
 use engine::Engine;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -540,7 +541,7 @@ pub async fn bind_card(
     };
     let member = match checked {
         Ok(member) => member,
-        Err(card) => return replay_bind(card, &content),
+        Err(card) => return replay_pending(engine, bank, card, &content, (currency, spec), account).await,
     };
     // Below 1.00 and at least one minor unit, in the account's currency.
     let deposit_minor = rand::thread_rng().gen_range(1..10i64.pow(spec.exponent as u32).max(2));
@@ -560,23 +561,55 @@ pub async fn bind_card(
     let (binding, offset) = (cards.clone(), engine.config().utc_offset_seconds);
     let card = match blocking(move || binding.bind_new_at(card, unix_seconds, offset)).await?? {
         Ok(card) => card,
-        Err(BindRefusal::Exists(card)) => return replay_bind(card, &content),
+        Err(BindRefusal::Exists(card)) => return replay_pending(engine, bank, card, &content, (currency, spec), account).await,
         Err(BindRefusal::Limit { retry_after_seconds }) => {
             let error = ApiError::new(429, "card_bind_limit_reached", "this account has bound as many cards as it may today; bind again tomorrow");
             return Err(ApiError { retry_after_seconds: Some(u32::try_from(retry_after_seconds).unwrap_or(u32::MAX)), ..error });
         }
     };
-    // The deposit leaves the reserve at the operator's cost: booked (once per card) before the
-    // bank is asked to pay it.
+    deposit(engine, bank, &card, (currency, spec), account).await?;
+    Ok((card, false))
+}
+
+/// Books card `card`'s micro-deposit (once per card: its number is the card's) and, when this
+/// call booked it, asks `bank` to pay it. The deposit leaves the reserve at the operator's cost.
+async fn deposit(
+    engine: &Arc<Engine>,
+    bank: &dyn bank::BankChannel,
+    card: &Card,
+    (currency, spec): (CurrencyId, CurrencySpec),
+    account: AccountId,
+) -> Result<(), ApiError> {
     let reference = deposit_reference(card.id);
     let number = crate::orders::out_order_no(&reference, "card_id")?;
-    let command = Command::VerificationDeposit { shard: account.shard(engine.config().shard_count), currency, amount: deposit_minor };
+    let command = Command::VerificationDeposit { shard: account.shard(engine.config().shard_count), currency, amount: card.deposit_minor };
     let reply = crate::accounts::execute(engine, Envelope { platform: 0, out_order_no: Some(number), command }).await?;
     if !reply.is_ok() {
         return Err(crate::orders::rejection(reply.code));
     }
-    bank.submit(bank::Request::MicroDeposit { card_no: card.card_no.clone(), amount: deposit_minor, currency: spec, reference });
-    Ok((card, false))
+    if !reply.replayed {
+        bank.submit(bank::Request::MicroDeposit { card_no: card.card_no.clone(), amount: card.deposit_minor, currency: spec, reference });
+    }
+    Ok(())
+}
+
+/// A bind repeated with its order number: the card as it is. A card still waiting for its
+/// verification has its deposit booked and sent now if the first request never got that far
+/// (the engine answered it `overloaded`, or it was cut short): before session 57 the replay
+/// answered the card while no deposit was ever made, until a restart.
+async fn replay_pending(
+    engine: &Arc<Engine>,
+    bank: &dyn bank::BankChannel,
+    card: Card,
+    content: &str,
+    money: (CurrencyId, CurrencySpec),
+    account: AccountId,
+) -> Result<(Card, bool), ApiError> {
+    let (card, replayed) = replay_bind(card, content)?;
+    if card.status == "pending_verification" {
+        deposit(engine, bank, &card, money, account).await?;
+    }
+    Ok((card, replayed))
 }
 
 #[utoipa::path(post, path = "/v1/accounts/{account_id}/cards/{card_id}/verify", tag = "cards", request_body = crate::cards::VerifyBody, params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::schemas::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
