@@ -285,6 +285,9 @@ fn another_members_accounts_and_orders_are_not_found() {
     assert_eq!(shown.status, 200);
     assert!(shown.body.contains(&account) && shown.body.contains("12.00"), "{}", shown.body);
     assert!(!shown.body.contains(&third) && !shown.body.contains("18.00") && !shown.body.contains("5.00"), "{}", shown.body);
+    let csv = ops.get("/portal/merchant/orders?format=csv");
+    let line = csv.body.lines().find(|line| line.starts_with(&split)).unwrap_or_else(|| panic!("{}", csv.body));
+    assert!(!line.contains("5.00"), "the export does not say what the other receiver refunded: {line}");
     server.stop();
 }
 

@@ -212,7 +212,7 @@ fn an_operator_made_by_the_proposer_does_not_approve_its_proposals() {
     let (payer, payee) = (client.account(&client.member("m-a", "Ann")), client.account(&client.member("m-b", "Bob")));
     client.fund(&payer, "100.00", "fund-1");
     let mut admin = admin(&server);
-    make_operator(&mut admin, "boss", "platform", &client.platform, "", &["operator", "admin"]);
+    make_operator(&mut admin, "boss", "platform", &client.platform, "", &["operator", "approver", "admin"]);
     make_operator(&mut admin, "checker", "platform", &client.platform, "", &["approver"]);
     let mut boss = Person::new(&server);
     assert_eq!(boss.login("boss", "a long enough password").status, 303);
@@ -228,7 +228,7 @@ fn an_operator_made_by_the_proposer_does_not_approve_its_proposals() {
     ];
     assert!(boss.post("/portal/approvals", &adjustment).body.contains("Proposal 1 recorded"));
     // The proposer makes an approver, and that one an approver too: neither may approve.
-    make_operator(&mut boss, "puppet", "platform", &client.platform, "", &["approver", "admin"]);
+    make_operator(&mut boss, "puppet", "platform", &client.platform, "", &["operator", "approver", "admin"]);
     let mut puppet = Person::new(&server);
     assert_eq!(puppet.login("puppet", "a long enough password").status, 303);
     make_operator(&mut puppet, "puppet2", "platform", &client.platform, "", &["approver"]);
@@ -240,6 +240,22 @@ fn an_operator_made_by_the_proposer_does_not_approve_its_proposals() {
         assert!(refused.body.contains("four eyes are two people"), "{name}: {}", refused.body);
     }
     assert_eq!(client.balances(&payer).0, "100.00", "nothing moved");
+    // Nor the other way round: the proposer proposing as one it made, then approving.
+    let mut puppet = Person::new(&server);
+    assert_eq!(puppet.login("puppet", "a long enough password").status, 303);
+    let puppet_csrf = puppet.csrf();
+    let by_puppet = [
+        ("csrf", puppet_csrf.as_str()),
+        ("kind", "adjustment"),
+        ("from", payer.as_str()),
+        ("to", payee.as_str()),
+        ("amount", "1.00"),
+        ("currency", "CNY"),
+        ("reason", "r"),
+    ];
+    assert!(puppet.post("/portal/approvals", &by_puppet).body.contains("Proposal 2 recorded"));
+    let refused = boss.post("/portal/approvals/2/approve", &[("csrf", &csrf)]);
+    assert!(refused.body.contains("four eyes are two people"), "{}", refused.body);
     let mut checker = Person::new(&server);
     assert_eq!(checker.login("checker", "a long enough password").status, 303);
     let csrf = checker.csrf();

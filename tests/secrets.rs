@@ -206,5 +206,10 @@ fn a_rotated_secret_overlaps_the_old_one_then_replaces_it_also_across_restarts()
     assert!(verifies(&server, &platform, &fourth), "the secret in use still verifies");
     let (status, refused) = rotate(&server, TOKEN, &platform, "{\"from_version\": 3}");
     assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("idempotency_conflict")), "{refused}");
+    // Shown again only while the secret it replaced still verifies: without an overlap, never.
+    let body = "{\"overlap_seconds\": 0, \"from_version\": 5}";
+    assert_eq!(rotate(&server, TOKEN, &platform, body).0, 200);
+    let (status, refused) = rotate(&server, TOKEN, &platform, body);
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("idempotency_conflict")), "{refused}");
     server.stop();
 }

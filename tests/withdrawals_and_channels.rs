@@ -215,6 +215,13 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
     assert_eq!(p.balances(&member).0, "80.00");
     let (_, statement) = server.sim_get("/sim/cards/4111111111111111/transactions");
     assert!(statement["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "-80.00"), "{statement}");
+    // The same number with another verified card: a conflict, and the order keeps its card
+    // (before session 57 the second request replaced the card a restart would resend with).
+    let other_card = verified_card(&p, &server, &member, "5555555555554444", "Zhang San", "11010519491231002X");
+    let again = json!({"out_order_no": "col-1", "account_id": member, "card_id": other_card, "amount": "80.00", "currency": "CNY"});
+    assert_eq!(error_of(&p.post("/v1/collections", &again)), (409, Some("idempotency_conflict")));
+    let same = json!({"out_order_no": "col-1", "account_id": member, "card_id": card, "amount": "80.00", "currency": "CNY"});
+    assert_eq!(p.post("/v1/collections", &same).0, 201, "the same request replays");
     assert_eq!(
         error_of(
             &p.post("/v1/collections", &json!({"out_order_no": "col-2", "account_id": member, "card_id": "card_99", "amount": "1.00", "currency": "CNY"}))

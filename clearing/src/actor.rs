@@ -160,7 +160,12 @@ impl Clearing {
         let (mailbox, inbox) = bounded(config.mailbox_capacity.max(1));
         let schedule = match config.settlement_cutoff_minute {
             Some(cutoff) => {
-                let last_success = crate::settlement::last_scheduled_success(store.as_ref())?;
+                // A record that cannot be read: the schedule starts as on a new store (today's
+                // run at its cut-off), and says so; it never keeps the server from starting.
+                let last_success = crate::settlement::last_scheduled_success(store.as_ref()).unwrap_or_else(|error| {
+                    tracing::error!("settlement schedule: {error}; missed days are not made up for");
+                    None
+                });
                 Some(Schedule::new(cutoff, table.calendar(), clock.now_micros(), last_success))
             }
             None => None,
@@ -191,8 +196,19 @@ impl Clearing {
     /// Notes collection `number` of `platform` (its card, account and amount) durably, before
     /// its recharge is submitted to the engine: a start then hands it to the bank again as the
     /// collection it is. A synced write: call it off the async workers.
-    pub fn note_collection(&self, platform: u32, number: &str, note: &crate::payouts::CollectionNote) -> Result<(), ClearingError> {
-        crate::payouts::CollectionNotes::save(self.store.as_ref(), platform, number, note)
+    /// Answers whether it wrote the note (`false`: the same note was there, a repeated request);
+    /// a note of this number naming another card, account or amount is `IdempotencyConflict`.
+    pub fn note_collection(&self, platform: u32, number: &str, note: &crate::payouts::CollectionNote) -> Result<bool, ClearingError> {
+        match crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number)? {
+            Some(noted) if noted == *note => Ok(false),
+            Some(_) => Err(ClearingError::IdempotencyConflict),
+            None => crate::payouts::CollectionNotes::save(self.store.as_ref(), platform, number, note).map(|()| true),
+        }
+    }
+
+    /// Drops the note of collection `number` of `platform` (the engine refused the order).
+    pub fn forget_collection(&self, platform: u32, number: &str) -> Result<(), ClearingError> {
+        crate::payouts::CollectionNotes::forget(self.store.as_ref(), platform, number)
     }
 
     /// How many orders waiting for a bank's verdict were handed to the bank again at start.

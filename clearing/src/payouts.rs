@@ -156,6 +156,14 @@ impl CollectionNotes {
         storage::records::put(store, &[(Self::key(platform, number), note)]).map_err(|e| ClearingError::Storage(e.to_string()))
     }
 
+    /// Drops the note of collection `number` of `platform`.
+    pub fn forget(store: &dyn Store, platform: u32, number: &str) -> Result<(), ClearingError> {
+        let key = Self::key(platform, number);
+        let mut end = key.clone();
+        end.push(0);
+        store.delete_range(&key, &end).map_err(|e| ClearingError::Storage(e.to_string()))
+    }
+
     /// The note of collection `number` of `platform`, if one was written.
     pub fn get(store: &dyn Store, platform: u32, number: &str) -> Result<Option<CollectionNote>, ClearingError> {
         let key = Self::key(platform, number);

@@ -329,8 +329,11 @@ pub async fn rotate_secret(
     let (platform, secret) = blocking(move || match rotate.from_version {
         None => platforms.rotate_secret(id, rotate, now),
         Some(from) => match platforms.rotate_secret_from(id, rotate, from, crate::platforms::ROTATED_BY_OPERATOR_API, now)? {
-            crate::platforms::Rotation::Rotated(platform, secret) | crate::platforms::Rotation::Shown(platform, secret) => Ok((platform, secret)),
-            crate::platforms::Rotation::Changed => {
+            crate::platforms::Rotation::Rotated(platform, secret) => Ok((platform, secret)),
+            // Shown again only while the secret it replaced still verifies (a retry soon after
+            // a lost answer), not at any later time to whoever asks.
+            crate::platforms::Rotation::Shown(platform, secret) if platform.previous_secret.is_some_and(|p| p.valid_until > now) => Ok((platform, secret)),
+            crate::platforms::Rotation::Shown(..) | crate::platforms::Rotation::Changed => {
                 Err(ApiError::new(409, "idempotency_conflict", "the secret was rotated from another version since: read the platform's secret_version"))
             }
         },

@@ -241,13 +241,27 @@ pub async fn collect(
     prepared.body.value("card_id", &body.card_id).value("collection", &true);
     // The card goes into a note before the engine sees the order: a start hands a collection
     // still pending to the bank again with its card (`Clearing::note_collection`).
+    let number = prepared.envelope.out_order_no.map(|number| number.as_str().to_string()).unwrap_or_default();
+    let mut noted_now = false;
     if let Command::RequestRecharge { amount, .. } = prepared.envelope.command {
         let note = clearing_actor::payouts::CollectionNote { account, amount, card_no: card.card_no.clone() };
-        let (noting, platform_id) = (clearing.clone(), platform.id);
-        let number = prepared.envelope.out_order_no.map(|number| number.as_str().to_string()).unwrap_or_default();
-        crate::error::blocking(move || noting.note_collection(platform_id, &number, &note)).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let (noting, platform_id, noted_number) = (clearing.clone(), platform.id, number.clone());
+        // A note of this number naming another card, account or amount: the number was used
+        // for another collection (a card is never swapped under an order).
+        noted_now = crate::error::blocking(move || noting.note_collection(platform_id, &noted_number, &note)).await?.map_err(|e| match e {
+            clearing_actor::ClearingError::IdempotencyConflict => ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"),
+            other => ApiError::unavailable(other.to_string()),
+        })?;
     }
     let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
+    if !reply.is_ok() && noted_now {
+        // Refused: the number is free again, and a plain recharge with it later must not find
+        // this card (a start would send that one as a collection).
+        let (forgetting, platform_id) = (clearing.clone(), platform.id);
+        if let Err(error) = crate::error::blocking(move || forgetting.forget_collection(platform_id, &number)).await? {
+            tracing::error!("collection note of a refused order left: {error}");
+        }
+    }
     if reply.is_ok() && !reply.replayed {
         if let Command::RequestRecharge { currency, amount, channel, .. } = prepared.envelope.command {
             let currency = engine.config().currencies[currency.0 as usize];

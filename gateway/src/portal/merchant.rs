@@ -746,18 +746,9 @@ async fn own_order(engine: &Arc<Engine>, clearing: &Clearing, m: &Merchant, text
             }
             _ => Vec::new(),
         };
-        let mut view = crate::orders::view(state, order, &channels);
-        if !accounts.contains(&order.account) {
-            // A payment the merchant received: its own legs only, not what other receivers of
-            // the split got or gave back (before session 57 every leg and the total refunded).
-            let own: Vec<String> = accounts.iter().map(|account| crate::accounts::public_account_id(*account)).collect();
-            if let Some(receivers) = view.get_mut("receivers").and_then(Value::as_array_mut) {
-                receivers.retain(|leg| leg["account_id"].as_str().is_some_and(|id| own.iter().any(|o| o == id)));
-            }
-            if let Some(object) = view.as_object_mut() {
-                object.remove("refunded_amount");
-            }
-        }
+        // A payment the merchant received: its own legs only (before session 57 every leg and
+        // the total refunded).
+        let view = ledgers::merchants_view(crate::orders::view(state, order, &channels), order.account, &accounts);
         Some((view, paid))
     })
     .await?;

@@ -100,7 +100,7 @@ fn scan(state: &ShardState, filter: &Filter, before: Position, limit: usize, cha
             return (found, Some(Position(order.created_at, order.id.0 + 1)));
         }
         if filter.keeps(order) {
-            found.push((Position(order.created_at, order.id.0), crate::orders::view(state, order, channels)));
+            found.push((Position(order.created_at, order.id.0), merchants_view(crate::orders::view(state, order, channels), order.account, &filter.accounts)));
             if found.len() == limit {
                 break;
             }
@@ -169,6 +169,23 @@ fn text(value: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// An order's view as a merchant sees it: a payment it received (`payer` not one of its
+/// `accounts`) with its own legs only, without what the other receivers of a split got or gave
+/// back (`refunded_amount` counts every receiver's refunds).
+pub fn merchants_view(mut view: Value, payer: AccountId, accounts: &[AccountId]) -> Value {
+    if accounts.contains(&payer) {
+        return view;
+    }
+    let own: Vec<String> = accounts.iter().map(|account| crate::accounts::public_account_id(*account)).collect();
+    if let Some(receivers) = view.get_mut("receivers").and_then(Value::as_array_mut) {
+        receivers.retain(|leg| leg["account_id"].as_str().is_some_and(|id| own.iter().any(|o| o == id)));
+    }
+    if let Some(object) = view.as_object_mut() {
+        object.remove("refunded_amount");
+    }
+    view
 }
 
 /// The columns of the orders table and CSV.

@@ -345,6 +345,9 @@ impl Operators {
                 return Err(LoginRefusal::Wrong);
             };
             if operator.locked_until > now {
+                // As long as a check: a refusal that came at once would tell the name exists.
+                drop(inner);
+                verify_hash(&self.decoy, password);
                 return Err(LoginRefusal::Locked { until: operator.locked_until });
             }
             let mut checking = self.checking.lock().expect("sign-in checks lock");

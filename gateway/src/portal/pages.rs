@@ -222,22 +222,14 @@ async fn change_password(request: HttpRequest, session: Session, portal: PortalD
 async fn confirm_own_password(session: &Session, portal: &PortalData, password: String) -> Result<Option<HttpResponse>, PortalError> {
     let (checking, id, now) = (portal.get_ref().clone(), session.operator.id, now_seconds());
     let outcome = crate::passwords::hashing(crate::passwords::PORTAL_HASHING, move || checking.operators.confirm_password(id, &password, now)).await?;
-    let (text, result) = match outcome {
+    let (result, answer) = match outcome {
         Ok(()) => return Ok(None),
-        Err(LoginRefusal::Locked { .. }) => {
-            portal.audit.record(
-                session,
-                session.scope(),
-                "session.login_failed",
-                &session.operator.username,
-                serde_json::Value::Null,
-                serde_json::Value::Null,
-                "locked",
-            )?;
-            return Ok(Some(redirect("/portal/login")));
-        }
-        Err(LoginRefusal::Busy) => ("Too many checks of your password at once; try again in a moment.", "busy"),
-        Err(_) => ("The current password is wrong (five wrong tries lock you out and end your sessions).", "wrong password"),
+        Err(LoginRefusal::Locked { .. }) => ("locked", redirect("/portal/login")),
+        Err(LoginRefusal::Busy) => ("busy", account_page(session, Some(("error", "Too many checks of your password at once; try again in a moment.")), None)),
+        Err(_) => (
+            "wrong password",
+            account_page(session, Some(("error", "The current password is wrong (five wrong tries lock you out and end your sessions).")), None),
+        ),
     };
     portal.audit.record(
         session,
@@ -248,7 +240,7 @@ async fn confirm_own_password(session: &Session, portal: &PortalData, password: 
         serde_json::Value::Null,
         result,
     )?;
-    Ok(Some(account_page(session, Some(("error", text)), None)))
+    Ok(Some(answer))
 }
 
 async fn totp(request: HttpRequest, session: Session, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
@@ -810,13 +802,14 @@ async fn decide(
 ) -> Result<HttpResponse, PortalError> {
     check_form(&request, &session, &form)?;
     let (id, verb) = path.into_inner();
-    // Four eyes are two people: not an operator the proposer made (or one made by those), whose
-    // password the proposer chose (before session 57 an admin could make a second operator with
-    // the approver role and approve its own proposals).
+    // Four eyes are two people: neither operator made the other (or one that made it), since the
+    // maker chose its password (before session 57 an admin could make a second operator with the
+    // approver role and approve its own proposals, or propose as one it made and approve).
     if verb == "approve" || verb == "retry" {
         let proposer = portal.approvals.get(&session.scope(), id)?.map(|proposal| proposal.proposed_by);
-        if proposer.is_some_and(|proposer| portal.operators.made_by(session.operator.id, proposer)) {
-            let message = "an operator made by the proposer (or by one it made) does not approve its proposals: four eyes are two people";
+        let me = session.operator.id;
+        if proposer.is_some_and(|proposer| portal.operators.made_by(me, proposer) || portal.operators.made_by(proposer, me)) {
+            let message = "an operator made by the proposer, or that made it, does not approve its proposals: four eyes are two people";
             return approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("error", message)), None).await;
         }
     }
