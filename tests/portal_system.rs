@@ -279,3 +279,28 @@ fn reconciliation_runs_against_the_simulators_statement_and_a_case_is_resolved_b
     assert!(invariants.body.contains("Ledger invariants <span class=\"badge ok\">ok</span>") && invariants.body.contains("covered"), "{}", invariants.body);
     server.stop();
 }
+
+/// A statement pasted on the reconciliation page is checked, not taken as the bank's word: a
+/// line saying a waiting recharge succeeded opens a case and credits nothing (one operator
+/// alone could otherwise credit money no bank sent).
+#[test]
+fn a_pasted_statement_does_not_complete_waiting_orders() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), TOKEN, &config_with(&[("latency_ms = 200", "latency_ms = 600000")]));
+    let p = Client::create(&server, TOKEN, "{\"name\": \"Shop\"}");
+    let account = p.account(&p.member("m-1", "Zhang San"));
+    let (status, _, order) = p.post("/v1/recharges", &json!({"out_order_no": "r-1", "account_id": account, "amount": "1000.00", "currency": "CNY"}));
+    assert_eq!((status, order["status"].as_str()), (201, Some("pending")), "{order}");
+    let order_id = order["order_id"].as_str().unwrap().to_string();
+    let mut admin = admin(&server);
+    let csrf = admin.csrf();
+    let file = format!("bank_ref,order_id,direction,amount,status,fee\nX1,{order_id},in,1000.00,succeeded,\n");
+    let date = money::business_date(0);
+    let report = admin.post("/portal/system/reconciliation", &[("csrf", &csrf), ("channel", "sim_gateway"), ("business_date", &date), ("file", &file)]);
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert!(report.body.contains("pasted by hand"), "{}", report.body);
+    let (_, shown) = p.get(&format!("/v1/orders/{order_id}"));
+    assert_eq!(shown["status"], "pending", "{shown}");
+    assert_eq!(p.balances(&account).0, "0.00");
+    server.stop();
+}

@@ -70,6 +70,8 @@ struct ReconcileJob {
     channel: u16,
     day: u32,
     file: Vec<u8>,
+    /// A statement an operator pasted: checked, but its verdicts on waiting orders are cases.
+    by_hand: bool,
 }
 
 enum Message {
@@ -301,7 +303,15 @@ impl Clearing {
     /// bank's verdicts applied to orders waiting for them, the cases it found opened, the lines
     /// missing on our side carried.
     pub async fn reconcile(&self, channel: u16, day: u32, file: Vec<u8>) -> Result<ReconcileReport, ClearingError> {
-        self.ask(|reply| Message::Reconcile(Box::new(ReconcileJob { channel, day, file }), reply)).await
+        self.ask(|reply| Message::Reconcile(Box::new(ReconcileJob { channel, day, file, by_hand: false }), reply)).await
+    }
+
+    /// `reconcile` of a statement an operator pasted by hand: every line is checked as usual,
+    /// but a verdict on an order still waiting for one opens a case instead of completing it
+    /// (one operator's text is not the bank's word: it would credit a recharge no money came
+    /// for, or fail a payout the bank paid).
+    pub async fn reconcile_by_hand(&self, channel: u16, day: u32, file: Vec<u8>) -> Result<ReconcileReport, ClearingError> {
+        self.ask(|reply| Message::Reconcile(Box::new(ReconcileJob { channel, day, file, by_hand: true }), reply)).await
     }
 
     /// Opens the cases of `openings` not open yet (one synced write); how many it opened.
@@ -917,7 +927,7 @@ fn reconcile_and_record(
         mailbox.send(Message::StatementVerdict(verdict, reply)).map_err(|_| ClearingError::Overloaded)?;
         outcome.blocking_recv().map_err(|_| ClearingError::Overloaded)?
     };
-    let mut report = crate::reconcile::reconcile(engine, store, channels, job.channel, job.day, &job.file, &mut verdicts)?;
+    let mut report = crate::reconcile::reconcile_with(engine, store, channels, (job.channel, job.day), &job.file, &mut verdicts, job.by_hand)?;
     // In slices, so that a file full of differences does not hold routing up for one long write.
     for slice in report.take_cases().chunks(CASES_PER_MESSAGE) {
         let (reply, opened) = oneshot::channel();

@@ -170,6 +170,20 @@ pub fn reconcile(
     file: &[u8],
     verdicts: Verdicts<'_>,
 ) -> Result<ReconcileReport, ClearingError> {
+    reconcile_with(engine, store, channels, (channel, day), file, verdicts, false)
+}
+
+/// `reconcile`; `by_hand` (a statement an operator pasted) opens a case for each verdict on an
+/// order still waiting instead of applying it.
+pub fn reconcile_with(
+    engine: &Engine,
+    store: &dyn Store,
+    channels: &ChannelSet,
+    (channel, day): (u16, u32),
+    file: &[u8],
+    verdicts: Verdicts<'_>,
+    by_hand: bool,
+) -> Result<ReconcileReport, ClearingError> {
     let (lines, ended) = lines_with_carries(store, channel, file)?;
     let named: Vec<OrderId> = lines.iter().filter_map(|pending| bank::parse_order_ref(&pending.line.order_id)).collect();
     let ours = channel_ledger(engine, channel, day, &named)?;
@@ -187,6 +201,7 @@ pub fn reconcile(
         channel,
         day,
         tariff: channels.get(channel),
+        by_hand,
     };
     let mut seen: HashSet<u64> = HashSet::new();
     for pending in lines {
@@ -327,6 +342,8 @@ struct Run<'a> {
     channel: u16,
     day: u32,
     tariff: Option<&'a Channel>,
+    /// A statement pasted by hand: its verdicts on waiting orders are cases, not applied.
+    by_hand: bool,
 }
 
 impl Run<'_> {
@@ -408,6 +425,13 @@ impl Run<'_> {
             Some(ok) if ok == theirs_ok => self.note(Class::Matched, None),
             Some(_) => {
                 let reason = format!("status mismatch: ours {}, theirs {}", order.status.name(), line.status);
+                self.open_case(&case_id, line_value(), reason);
+                self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
+            }
+            None if self.by_hand => {
+                // One operator's pasted text is not the bank's word: a case, for the verdict to
+                // come from the bank's channel (callback, status query or its own statement).
+                let reason = format!("waiting for the bank's verdict; a statement pasted by hand says {}", line.status);
                 self.open_case(&case_id, line_value(), reason);
                 self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
             }

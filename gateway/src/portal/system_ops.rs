@@ -475,7 +475,10 @@ async fn reconcile(
             (bank::statement::write(&lines).into_bytes(), "simulated bank's statement")
         }
     };
-    let result = match clearing.reconcile(channel, day, file).await.map_err(ApiError::from) {
+    // A pasted statement is checked, not taken as the bank's verdicts (one operator alone
+    // would complete or fail waiting orders by typing lines): those become cases.
+    let reconciled = if source == "pasted file" { clearing.reconcile_by_hand(channel, day, file).await } else { clearing.reconcile(channel, day, file).await };
+    let result = match reconciled.map_err(ApiError::from) {
         Ok(report) => {
             portal.audit.record(
                 &session,
