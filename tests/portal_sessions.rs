@@ -30,6 +30,21 @@ fn make_operator(by: &mut Person, username: &str, kind: &str, platform: &str, me
     by.post("/portal/operators", &fields)
 }
 
+/// Proposes moving `amount` from account `from` to `to` as `person`.
+fn propose_adjustment(person: &mut Person, from: &str, to: &str, amount: &str) -> support::portal::Page {
+    let csrf = person.csrf();
+    let fields = [("csrf", csrf.as_str()), ("kind", "adjustment"), ("from", from), ("to", to), ("amount", amount), ("currency", "CNY"), ("reason", "r")];
+    person.post("/portal/approvals", &fields)
+}
+
+/// A platform with two members' accounts, the first (the payer) funded with 100.00.
+fn platform_with_a_funded_payer(server: &Server) -> (Client<'_>, String, String) {
+    let client = Client::create(server, TOKEN, r#"{"name": "One"}"#);
+    let (payer, payee) = (client.account(&client.member("m-a", "Ann")), client.account(&client.member("m-b", "Bob")));
+    client.fund(&payer, "100.00", "fund-1");
+    (client, payer, payee)
+}
+
 #[test]
 fn every_page_needs_a_session_and_the_first_operator_signs_in() {
     let dir = tempfile::tempdir().unwrap();
@@ -208,25 +223,13 @@ fn five_wrong_current_passwords_in_a_session_lock_the_operator_and_end_it() {
 fn an_operator_made_by_the_proposer_does_not_approve_its_proposals() {
     let dir = tempfile::tempdir().unwrap();
     let server = started(dir.path());
-    let client = Client::create(&server, TOKEN, r#"{"name": "One"}"#);
-    let (payer, payee) = (client.account(&client.member("m-a", "Ann")), client.account(&client.member("m-b", "Bob")));
-    client.fund(&payer, "100.00", "fund-1");
+    let (client, payer, payee) = platform_with_a_funded_payer(&server);
     let mut admin = admin(&server);
     make_operator(&mut admin, "boss", "platform", &client.platform, "", &["operator", "approver", "admin"]);
     make_operator(&mut admin, "checker", "platform", &client.platform, "", &["approver"]);
     let mut boss = Person::new(&server);
     assert_eq!(boss.login("boss", "a long enough password").status, 303);
-    let csrf = boss.csrf();
-    let adjustment = [
-        ("csrf", csrf.as_str()),
-        ("kind", "adjustment"),
-        ("from", payer.as_str()),
-        ("to", payee.as_str()),
-        ("amount", "12.50"),
-        ("currency", "CNY"),
-        ("reason", "r"),
-    ];
-    assert!(boss.post("/portal/approvals", &adjustment).body.contains("Proposal 1 recorded"));
+    assert!(propose_adjustment(&mut boss, &payer, &payee, "12.50").body.contains("Proposal 1 recorded"));
     // The proposer makes an approver, and that one an approver too: neither may approve.
     make_operator(&mut boss, "puppet", "platform", &client.platform, "", &["operator", "approver", "admin"]);
     let mut puppet = Person::new(&server);
@@ -241,19 +244,8 @@ fn an_operator_made_by_the_proposer_does_not_approve_its_proposals() {
     }
     assert_eq!(client.balances(&payer).0, "100.00", "nothing moved");
     // Nor the other way round: the proposer proposing as one it made, then approving.
-    let mut puppet = Person::new(&server);
-    assert_eq!(puppet.login("puppet", "a long enough password").status, 303);
-    let puppet_csrf = puppet.csrf();
-    let by_puppet = [
-        ("csrf", puppet_csrf.as_str()),
-        ("kind", "adjustment"),
-        ("from", payer.as_str()),
-        ("to", payee.as_str()),
-        ("amount", "1.00"),
-        ("currency", "CNY"),
-        ("reason", "r"),
-    ];
-    assert!(puppet.post("/portal/approvals", &by_puppet).body.contains("Proposal 2 recorded"));
+    assert!(propose_adjustment(&mut puppet, &payer, &payee, "1.00").body.contains("Proposal 2 recorded"));
+    let csrf = boss.csrf();
     let refused = boss.post("/portal/approvals/2/approve", &[("csrf", &csrf)]);
     assert!(refused.body.contains("four eyes are two people"), "{}", refused.body);
     let mut checker = Person::new(&server);
@@ -346,9 +338,7 @@ fn four_eyes_a_rotation_is_carried_out_only_when_another_approver_approves() {
 fn four_eyes_an_adjustment_moves_money_once_and_suspense_stays_with_the_system() {
     let dir = tempfile::tempdir().unwrap();
     let server = started(dir.path());
-    let client = Client::create(&server, TOKEN, r#"{"name": "One"}"#);
-    let (payer, payee) = (client.account(&client.member("m-a", "Ann")), client.account(&client.member("m-b", "Bob")));
-    client.fund(&payer, "100.00", "fund-1");
+    let (client, payer, payee) = platform_with_a_funded_payer(&server);
     let mut admin = admin(&server);
     make_operator(&mut admin, "clerk", "platform", &client.platform, "", &["operator"]);
     make_operator(&mut admin, "checker", "platform", &client.platform, "", &["approver"]);

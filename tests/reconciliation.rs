@@ -8,15 +8,20 @@ use serde_json::json;
 use support::money::*;
 use support::*;
 
+/// A member's CNY account: its id and its virtual account number.
+fn account_with_its_number(p: &Client) -> (String, String) {
+    let member = p.member("m-a", "Zhang San");
+    let (_, _, account) = p.post("/v1/accounts", &json!({"out_order_no": "acct", "member_id": member, "currency": "CNY"}));
+    (account["account_id"].as_str().unwrap().to_string(), account["virtual_account_no"].as_str().unwrap().to_string())
+}
+
 #[test]
 fn offline_transfers_land_by_virtual_account_number_or_become_cases() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = "money-token-21-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Offline\"}");
-    let member = p.member("m-a", "Zhang San");
-    let (_, _, account) = p.post("/v1/accounts", &json!({"out_order_no": "acct", "member_id": member, "currency": "CNY"}));
-    let (a, number) = (account["account_id"].as_str().unwrap().to_string(), account["virtual_account_no"].as_str().unwrap().to_string());
+    let (a, number) = account_with_its_number(&p);
     let mut wrong_digit = number.clone().into_bytes();
     wrong_digit[16] = if wrong_digit[16] == b'9' { b'0' } else { wrong_digit[16] + 1 };
     let wrong_digit = String::from_utf8(wrong_digit).unwrap();
@@ -283,9 +288,7 @@ fn concurrent_uploads_of_one_statement_credit_each_line_once() {
     let token = "money-token-21-0123456789abcdef0123456789abcdef";
     let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
     let p = Client::create(&server, token, "{\"name\": \"Offline\"}");
-    let member = p.member("m-a", "Zhang San");
-    let (_, _, account) = p.post("/v1/accounts", &json!({"out_order_no": "acct", "member_id": member, "currency": "CNY"}));
-    let (a, number) = (account["account_id"].as_str().unwrap().to_string(), account["virtual_account_no"].as_str().unwrap().to_string());
+    let (a, number) = account_with_its_number(&p);
     let lines: Vec<serde_json::Value> =
         (0..60).map(|n| json!({"bank_ref": format!("C-{n}"), "virtual_account_no": number, "amount": "1.00", "currency": "CNY"})).collect();
     let body = json!({"lines": lines}).to_string();

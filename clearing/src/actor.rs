@@ -119,6 +119,9 @@ pub struct Clearing {
     channels: Arc<ArcSwap<ChannelSet>>,
     bank: Arc<dyn BankChannel>,
     store: Arc<dyn Store>,
+    /// One collection note checked and written at a time: two requests with one number and
+    /// different cards, at once, could otherwise both find none and both write.
+    noting: Arc<std::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
     resumed: usize,
 }
@@ -192,7 +195,7 @@ impl Clearing {
         let resumed = actor.resume()?;
         let tick = config.tick;
         std::thread::Builder::new().name("clearing".into()).spawn(move || actor.run(&inbox, tick)).map_err(|e| ClearingError::Storage(e.to_string()))?;
-        Ok(Clearing { mailbox, channels: published, bank, clock, resumed, store })
+        Ok(Clearing { mailbox, channels: published, bank, clock, resumed, store, noting: Arc::default() })
     }
 
     /// Notes collection `number` of `platform` (its card, account and amount) durably, before
@@ -201,6 +204,7 @@ impl Clearing {
     /// Answers whether it wrote the note (`false`: the same note was there, a repeated request);
     /// a note of this number naming another card, account or amount is `IdempotencyConflict`.
     pub fn note_collection(&self, platform: u32, number: &str, note: &crate::payouts::CollectionNote) -> Result<bool, ClearingError> {
+        let _one_at_a_time = self.noting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number)? {
             Some(noted) if noted == *note => Ok(false),
             Some(_) => Err(ClearingError::IdempotencyConflict),

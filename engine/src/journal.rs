@@ -164,7 +164,7 @@ pub enum JournalError {
     Storage(#[from] StorageError),
     #[error("journal of shard {shard} is corrupt at batch {sequence}: {kind}: {reason}")]
     Corrupt { shard: ShardId, sequence: u64, kind: BreakKind, reason: String },
-    #[error("journal of shard {shard} has format version {version} at batch {sequence}; this build reads versions 2 to {supported}", supported = JOURNAL_FORMAT_VERSION)]
+    #[error("journal of shard {shard} has format version {version} at batch {sequence}; this build reads versions {oldest} to {supported}", oldest = READABLE_JOURNAL_VERSIONS.start(), supported = JOURNAL_FORMAT_VERSION)]
     UnsupportedFormat { shard: ShardId, sequence: u64, version: u8 },
     /// Replaying batch `sequence` needed a chunk of history whose blob could not be read back
     /// (`growth::StorageFault`): not the journal's fault; recovery retries without that blob.
@@ -255,7 +255,7 @@ impl Break {
                 shard,
                 sequence,
                 kind: BreakKind::Undecodable,
-                reason: format!("format version {version}, this build reads 2 to {JOURNAL_FORMAT_VERSION}"),
+                reason: format!("format version {version}, this build reads {} to {JOURNAL_FORMAT_VERSION}", READABLE_JOURNAL_VERSIONS.start()),
             },
             JournalError::Storage(error) => Break { shard, sequence: reached, kind: BreakKind::Undecodable, reason: format!("cannot read: {error}") },
             JournalError::History { shard, sequence, fault } => Break { shard, sequence, kind: BreakKind::Replay, reason: fault.to_string() },

@@ -546,6 +546,20 @@ pub struct Order {
     pub detail: OrderDetail,
 }
 
+impl Order {
+    /// What of `amount` going back to a payment's payer returns to its unsettled income: the
+    /// part of the payment that came from there and has not gone back yet, first
+    /// (`OrderDetail::Payment::from_unsettled`); taken off that part. Only payments are undone.
+    pub(crate) fn take_unsettled_part(&mut self, amount: Minor) -> Minor {
+        let OrderDetail::Payment { from_unsettled, .. } = &mut self.detail else {
+            unreachable!("only payments are cancelled or refunded");
+        };
+        let part = (*from_unsettled).min(amount);
+        *from_unsettled -= part;
+        part
+    }
+}
+
 /// Why a cross-shard credit is sent; decides how the receiving shard records it.
 ///
 /// The journal stores it by variant index: append new variants only at the end, never reorder or

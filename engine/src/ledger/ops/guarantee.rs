@@ -92,20 +92,8 @@ pub fn confirm(state: &mut ShardState, context: &Context, id: OrderId, releases:
     ok_order(id, status)
 }
 
-/// What of `amount` going back to a payment's payer returns to unsettled income: the part of
-/// the payment that came from it and has not gone back yet, first (`OrderDetail::Payment`);
-/// taken off that part.
-pub(crate) fn take_unsettled_part(order: &mut Order, amount: Minor) -> Minor {
-    let OrderDetail::Payment { from_unsettled, .. } = &mut order.detail else {
-        unreachable!("payments carry their unsettled part");
-    };
-    let part = (*from_unsettled).min(amount);
-    *from_unsettled -= part;
-    part
-}
-
 /// Returns unreleased escrow to the payer: `amount`, or all that is held; what the payment took
-/// from the payer's unsettled income goes back there first (see `take_unsettled_part`), the
+/// from the payer's unsettled income goes back there first (see `Order::take_unsettled_part`), the
 /// rest to its settled bucket.
 pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Option<Minor>, fx: &mut Effects) -> Reply {
     let order = match held_order(state, context.platform, id) {
@@ -126,7 +114,7 @@ pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Op
         return Reply::rejected(code);
     }
     // After this point the cancellation must succeed.
-    let to_unsettled = take_unsettled_part(state.order_mut(id), amount);
+    let to_unsettled = state.order_mut(id).take_unsettled_part(amount);
     let escrow = state.system_account(SystemRole::Escrow, currency);
     state.begin_entry(fx, id, EntryKind::GuaranteeCancel, currency);
     state.post(fx, escrow, Bucket::Settled, -amount);

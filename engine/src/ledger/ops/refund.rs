@@ -1,6 +1,5 @@
 //! Refunds: money a payee received from a payment goes back to the payer. Runs on the payee's shard.
 
-use crate::ledger::ops::guarantee::take_unsettled_part;
 use crate::ledger::state::{check_amount, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
 use crate::money::Minor;
@@ -45,12 +44,12 @@ pub fn apply(state: &mut ShardState, context: &Context, payment: OrderId, payee:
 }
 
 /// Lands a refund on the payer's shard (which holds the payment): credits the payer (what the
-/// payment took from its unsettled income back there first, see `take_unsettled_part`; the rest
+/// payment took from its unsettled income back there first, see `Order::take_unsettled_part`; the rest
 /// to its settled bucket), or suspense if the payer can no longer take credits, and updates the
 /// payment's status.
 pub(crate) fn credit_refund(state: &mut ShardState, context: &Context, fx: &mut Effects, payment: OrderId, leg: Leg) {
     let currency = state.order(payment).expect("a refunded payment lives on the payer's shard").currency;
-    let to_unsettled = take_unsettled_part(state.order_mut(payment), leg.amount);
+    let to_unsettled = state.order_mut(payment).take_unsettled_part(leg.amount);
     let target = state.credit_target(fx, leg.account, currency, leg.amount);
     if target == leg.account && to_unsettled > 0 {
         state.return_unsettled(context, fx, target, to_unsettled);
