@@ -22,12 +22,18 @@ pub const LOGIN_FAILURES_MAX: u32 = 5;
 pub const LOCKOUT_SECONDS: i64 = 15 * 60;
 /// Operator names: 3 to 32 of `[a-z0-9_.-]`.
 pub const USERNAME_CHARS_MAX: usize = 32;
+/// At most this many operators (disabled ones count: they are kept) of one merchant.
+pub const OPERATORS_PER_MERCHANT_MAX: usize = 100;
+/// At most this many operators under one platform, its merchants' included.
+pub const OPERATORS_PER_PLATFORM_MAX: usize = 5_000;
+/// At most this many system operators.
+pub const OPERATORS_SYSTEM_MAX: usize = 1_000;
 /// Passwords: 12 to 128 characters.
 pub const PASSWORD_CHARS_MIN: usize = 12;
 pub const PASSWORD_CHARS_MAX: usize = 128;
 
 /// Which part of the service an operator works on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Scope {
     /// The whole service.
@@ -148,6 +154,28 @@ pub struct Operator {
     pub generation: u64,
 }
 
+#[cfg(test)]
+impl Operator {
+    /// An operator of `scope` named `op{id}`, with no password (nobody signs in as it), for tests.
+    pub(crate) fn for_test(id: u64, scope: Scope) -> Operator {
+        Operator {
+            id,
+            username: format!("op{id}"),
+            display_name: "Someone".to_string(),
+            scope,
+            roles: vec![Role::Viewer],
+            password_hash: String::new(),
+            totp_secret: None,
+            failures: 0,
+            locked_until: 0,
+            disabled: false,
+            created_at: 0,
+            created_by: "test".to_string(),
+            generation: 0,
+        }
+    }
+}
+
 impl Operator {
     pub fn has(&self, role: Role) -> bool {
         self.roles.contains(&role)
@@ -249,6 +277,27 @@ pub fn now_seconds() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+impl Inner {
+    /// The bound a new operator of `scope` would pass (`None` when it fits): its merchant's, its
+    /// platform's (every scope under the platform together) or the system's. Walks every
+    /// operator (bounded by these bounds and the platforms); creating one hashes a password,
+    /// which costs far more.
+    fn full_for(&self, scope: &Scope) -> Option<usize> {
+        let count = |same: &dyn Fn(&Scope) -> bool| self.by_id.values().filter(|operator| same(&operator.scope)).count();
+        match scope {
+            Scope::System => Some(OPERATORS_SYSTEM_MAX).filter(|bound| count(&|s| *s == Scope::System) >= *bound),
+            Scope::Platform { platform } | Scope::Merchant { platform, .. } => {
+                if let Scope::Merchant { .. } = scope {
+                    if count(&|s| s == scope) >= OPERATORS_PER_MERCHANT_MAX {
+                        return Some(OPERATORS_PER_MERCHANT_MAX);
+                    }
+                }
+                Some(OPERATORS_PER_PLATFORM_MAX).filter(|bound| count(&|s| s.platform() == Some(*platform)) >= *bound)
+            }
+        }
+    }
+}
+
 impl Operators {
     pub fn load(store: Arc<dyn Store>) -> Result<Operators, String> {
         let mut inner = Inner { by_id: HashMap::new(), by_name: HashMap::new(), highest: 0 };
@@ -303,6 +352,10 @@ impl Operators {
         let mut inner = self.inner.lock().expect("operators lock");
         if inner.by_name.contains_key(&new.username) {
             return Err(ApiError { param: Some("username".into()), ..ApiError::new(409, "operator_exists", "an operator with this user name exists") });
+        }
+        if let Some(bound) = inner.full_for(&new.scope) {
+            let message = format!("{} already has {bound} operators, as many as it may (disabled ones count)", new.scope.describe());
+            return Err(ApiError::new(422, "operator_limit_reached", &message));
         }
         let mut roles = new.roles;
         roles.sort();
@@ -501,6 +554,34 @@ mod tests {
             roles: vec![Role::Operator],
             password: "correct horse battery".to_string(),
         }
+    }
+
+    /// A merchant, a platform (merchants included) and the system each hold a bounded number of
+    /// operators; a full one refuses another, and a neighbour is not held by it.
+    #[test]
+    fn operators_are_bounded_by_merchant_platform_and_system() {
+        let operators = operators();
+        let fill = |scope: Scope, count: usize| {
+            let mut inner = operators.inner.lock().unwrap();
+            for _ in 0..count {
+                let id = inner.highest + 1;
+                let operator = Operator::for_test(id, scope);
+                inner.highest = id;
+                inner.by_id.insert(id, operator);
+            }
+        };
+        let of = |name: &str, scope: Scope| NewOperator { scope, ..new(name) };
+        let merchant = Scope::Merchant { platform: 3, member: 8 };
+        fill(merchant, OPERATORS_PER_MERCHANT_MAX);
+        assert_eq!(operators.create(of("mia", merchant), "test").unwrap_err().code, "operator_limit_reached");
+        operators.create(of("max", Scope::Merchant { platform: 3, member: 9 }), "test").expect("another merchant is not full");
+        fill(Scope::Platform { platform: 3 }, OPERATORS_PER_PLATFORM_MAX - OPERATORS_PER_MERCHANT_MAX - 1);
+        assert_eq!(operators.create(of("pia", Scope::Platform { platform: 3 }), "test").unwrap_err().code, "operator_limit_reached");
+        assert_eq!(operators.create(of("moe", Scope::Merchant { platform: 3, member: 9 }), "test").unwrap_err().code, "operator_limit_reached");
+        operators.create(of("paul", Scope::Platform { platform: 4 }), "test").expect("another platform is not full");
+        fill(Scope::System, OPERATORS_SYSTEM_MAX);
+        assert_eq!(operators.create(of("sys", Scope::System), "test").unwrap_err().code, "operator_limit_reached");
+        assert!(operators.named("mia").is_none() && operators.named("pia").is_none());
     }
 
     /// An operator is made by the one that created it and by every creator up its chain.

@@ -14,10 +14,21 @@ use super::operators::{Operator, Role, Scope};
 use super::{Portal, PortalError};
 
 pub const COOKIE: &str = "portal_session";
-/// At most this many sessions at once (the oldest are dropped first).
-pub const SESSIONS_MAX: usize = 10_000;
-/// At most this many sessions per operator.
+/// At most this many sessions at once. Each platform's are bounded (`SESSIONS_PER_TENANT_MAX`),
+/// so this fills only when 25 platforms or more are at their bound; then a new session ends
+/// the longest idle session of the tenant (a platform, or the system) holding the most, within
+/// it of its scope holding the most.
+pub const SESSIONS_MAX: usize = 50_000;
+/// At most this many sessions per operator (its oldest end first).
 pub const SESSIONS_PER_OPERATOR_MAX: usize = 5;
+/// At most this many sessions of one merchant's operators together (their longest idle ends first).
+pub const SESSIONS_PER_MERCHANT_MAX: usize = 100;
+/// At most this many sessions of one platform's own operators together (merchants' not counted).
+pub const SESSIONS_PER_PLATFORM_MAX: usize = 1_000;
+/// At most this many sessions under one platform, its own operators' and its merchants'
+/// together: past it, the longest idle of the platform's largest scope ends. One platform's
+/// sign-ins therefore end another platform's sessions only when the whole table is full.
+pub const SESSIONS_PER_TENANT_MAX: usize = 2_000;
 
 /// How long sessions last (config `[portal]`).
 #[derive(Clone, Copy, Debug)]
@@ -37,6 +48,7 @@ impl Default for SessionLimits {
 #[derive(Clone, Debug)]
 struct Stored {
     operator: u64,
+    scope: Scope,
     generation: u64,
     csrf: String,
     created_at: i64,
@@ -46,6 +58,8 @@ struct Stored {
 /// Every open session, by the SHA-256 of its token.
 pub struct Sessions {
     limits: SessionLimits,
+    /// The table's bound (`SESSIONS_MAX`; smaller in tests).
+    table_max: usize,
     open: Mutex<HashMap<[u8; 32], Stored>>,
 }
 
@@ -67,7 +81,7 @@ fn digest(token: &str) -> [u8; 32] {
 
 impl Sessions {
     pub fn new(limits: SessionLimits) -> Sessions {
-        Sessions { limits, open: Mutex::new(HashMap::new()) }
+        Sessions { limits, table_max: SESSIONS_MAX, open: Mutex::new(HashMap::new()) }
     }
 
     pub fn limits(&self) -> SessionLimits {
@@ -76,23 +90,17 @@ impl Sessions {
 
     /// Opens a session for `operator` and returns its token (for the cookie).
     pub fn open(&self, operator: &Operator) -> String {
+        self.open_at(operator, now_ms())
+    }
+
+    /// Opens a session for `operator` at `now` (milliseconds since the epoch).
+    fn open_at(&self, operator: &Operator, now: i64) -> String {
         let token = random_hex();
-        let now = now_ms();
         let mut open = self.open.lock().expect("sessions lock");
         open.retain(|_, s| self.live(s, now));
-        let mut own: Vec<([u8; 32], i64)> = open.iter().filter(|(_, s)| s.operator == operator.id).map(|(k, s)| (*k, s.created_at)).collect();
-        if own.len() >= SESSIONS_PER_OPERATOR_MAX {
-            own.sort_by_key(|(_, created)| *created);
-            for (key, _) in &own[..=own.len() - SESSIONS_PER_OPERATOR_MAX] {
-                open.remove(key);
-            }
-        }
-        if open.len() >= SESSIONS_MAX {
-            if let Some(oldest) = open.iter().min_by_key(|(_, s)| s.last_seen).map(|(k, _)| *k) {
-                open.remove(&oldest);
-            }
-        }
-        let stored = Stored { operator: operator.id, generation: operator.generation, csrf: random_hex(), created_at: now, last_seen: now };
+        make_room(&mut open, operator, self.table_max);
+        let stored =
+            Stored { operator: operator.id, scope: operator.scope, generation: operator.generation, csrf: random_hex(), created_at: now, last_seen: now };
         open.insert(digest(&token), stored);
         token
     }
@@ -129,6 +137,76 @@ impl Sessions {
     pub fn count(&self) -> usize {
         self.open.lock().expect("sessions lock").len()
     }
+}
+
+/// The most sessions one scope holds at once (`None`: only the table's own bound).
+fn scope_sessions_max(scope: &Scope) -> Option<usize> {
+    match scope {
+        Scope::System => None,
+        Scope::Platform { .. } => Some(SESSIONS_PER_PLATFORM_MAX),
+        Scope::Merchant { .. } => Some(SESSIONS_PER_MERCHANT_MAX),
+    }
+}
+
+/// Ends sessions so that one more of `operator` fits every bound: the operator's oldest past
+/// its own bound, its scope's longest idle past the scope's, its platform's (the longest idle
+/// of its largest scope) past the platform's, and when the table is full the longest idle of
+/// the largest scope of the tenant (platform or system) holding the most. Walks the table
+/// (bounded) a few times: a sign-in has just spent an argon2 hash, which costs far more.
+fn make_room(open: &mut HashMap<[u8; 32], Stored>, operator: &Operator, table_max: usize) {
+    let platform = operator.scope.platform();
+    let (mut of_operator, mut of_scope, mut of_platform) = (0, 0, 0);
+    for stored in open.values() {
+        of_operator += usize::from(stored.operator == operator.id);
+        of_scope += usize::from(stored.scope == operator.scope);
+        of_platform += usize::from(platform.is_some() && stored.scope.platform() == platform);
+    }
+    if of_operator >= SESSIONS_PER_OPERATOR_MAX {
+        let mut own: Vec<([u8; 32], i64)> = open.iter().filter(|(_, s)| s.operator == operator.id).map(|(k, s)| (*k, s.created_at)).collect();
+        own.sort_by_key(|(_, created)| *created);
+        for (key, _) in &own[..=own.len() - SESSIONS_PER_OPERATOR_MAX] {
+            open.remove(key);
+        }
+    }
+    if let Some(bound) = scope_sessions_max(&operator.scope).filter(|bound| of_scope >= *bound) {
+        let mut scope: Vec<([u8; 32], i64)> = open.iter().filter(|(_, s)| s.scope == operator.scope).map(|(k, s)| (*k, s.last_seen)).collect();
+        scope.sort_by_key(|(_, last_seen)| *last_seen);
+        for (key, _) in scope.iter().take((scope.len() + 1).saturating_sub(bound)) {
+            open.remove(key);
+        }
+    }
+    if of_platform >= SESSIONS_PER_TENANT_MAX {
+        while open.values().filter(|s| s.scope.platform() == platform).count() >= SESSIONS_PER_TENANT_MAX {
+            let Some(victim) = longest_idle_of_the_largest_scope(open, platform) else { break };
+            open.remove(&victim);
+        }
+    }
+    while open.len() >= table_max {
+        let Some(victim) = longest_idle_of_the_largest(open) else { break };
+        open.remove(&victim);
+    }
+}
+
+/// The longest idle session of the scope holding the most sessions within the tenant (a
+/// platform, or the system) holding the most; ties go to the higher platform.
+fn longest_idle_of_the_largest(open: &HashMap<[u8; 32], Stored>) -> Option<[u8; 32]> {
+    let mut tenants: HashMap<Option<u32>, usize> = HashMap::new();
+    for stored in open.values() {
+        *tenants.entry(stored.scope.platform()).or_default() += 1;
+    }
+    let tenant = tenants.into_iter().max_by_key(|(tenant, count)| (*count, *tenant))?.0;
+    longest_idle_of_the_largest_scope(open, tenant)
+}
+
+/// The longest idle session of the scope holding the most sessions within `tenant` (a
+/// platform, or `None`: the system); ties go to a merchant, the higher first.
+fn longest_idle_of_the_largest_scope(open: &HashMap<[u8; 32], Stored>, tenant: Option<u32>) -> Option<[u8; 32]> {
+    let mut scopes: HashMap<Scope, usize> = HashMap::new();
+    for stored in open.values().filter(|s| s.scope.platform() == tenant) {
+        *scopes.entry(stored.scope).or_default() += 1;
+    }
+    let scope = scopes.into_iter().max_by_key(|(scope, count)| (*count, scope.member()))?.0;
+    open.iter().filter(|(_, s)| s.scope == scope).min_by_key(|(_, s)| s.last_seen).map(|(key, _)| *key)
 }
 
 /// The signed-in operator of a request. Extracting it from a request without a live session
@@ -241,5 +319,111 @@ impl Fields {
     /// Every value of `name`.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0.iter().filter(move |(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operator(id: u64, scope: Scope) -> Operator {
+        Operator::for_test(id, scope)
+    }
+
+    fn live(sessions: &Sessions, token: &str) -> bool {
+        sessions.touch(token, now_ms()).is_some()
+    }
+
+    /// Opens sessions one millisecond apart (so that "longest idle" is one of them).
+    struct Clock(i64);
+
+    impl Clock {
+        fn open(&mut self, sessions: &Sessions, operator: &Operator) -> String {
+            self.0 += 1;
+            sessions.open_at(operator, self.0)
+        }
+    }
+
+    /// Merchants of one platform that sign in without end hold at most the platform's bound;
+    /// every other platform's sessions stay, and the flooding platform's own operators' too.
+    #[test]
+    fn a_platform_whose_merchants_flood_the_table_ends_only_its_own_sessions() {
+        let sessions = Sessions::new(SessionLimits::default());
+        let mut clock = Clock(now_ms() - 60_000);
+        let system = clock.open(&sessions, &operator(1, Scope::System));
+        let other_platform = clock.open(&sessions, &operator(2, Scope::Platform { platform: 1 }));
+        let other_merchant = clock.open(&sessions, &operator(3, Scope::Merchant { platform: 1, member: 10 }));
+        let own_platform = clock.open(&sessions, &operator(4, Scope::Platform { platform: 3 }));
+        let mut id = 100;
+        for member in 0..(SESSIONS_PER_TENANT_MAX / SESSIONS_PER_MERCHANT_MAX + 5) as u64 {
+            for _ in 0..SESSIONS_PER_MERCHANT_MAX / SESSIONS_PER_OPERATOR_MAX + 2 {
+                id += 1;
+                let flooder = operator(id, Scope::Merchant { platform: 3, member });
+                for _ in 0..SESSIONS_PER_OPERATOR_MAX {
+                    clock.open(&sessions, &flooder);
+                }
+            }
+        }
+        for (name, token) in
+            [("system", &system), ("another platform", &other_platform), ("its merchant", &other_merchant), ("the platform's own", &own_platform)]
+        {
+            assert!(live(&sessions, token), "{name}'s session was ended");
+        }
+        let open = sessions.open.lock().unwrap();
+        let of = |platform: u32| open.values().filter(|s| s.scope.platform() == Some(platform)).count();
+        assert_eq!((of(3), of(1), open.len()), (SESSIONS_PER_TENANT_MAX, 2, SESSIONS_PER_TENANT_MAX + 3));
+        assert!((0..30).all(|member| open.values().filter(|s| s.scope == Scope::Merchant { platform: 3, member }).count() <= SESSIONS_PER_MERCHANT_MAX));
+    }
+
+    /// A full table ends the longest idle session of the platform holding the most (a table of
+    /// three platforms' bounds: the walks of 50,000 sign-ins take seconds).
+    #[test]
+    fn a_full_table_ends_a_session_of_the_platform_holding_the_most() {
+        let table_max = 3 * SESSIONS_PER_TENANT_MAX;
+        let sessions = Sessions { table_max, ..Sessions::new(SessionLimits::default()) };
+        let mut clock = Clock(now_ms() - 600_000);
+        let mut id = 0;
+        let mut firsts = Vec::new();
+        for platform in 0..(table_max / SESSIONS_PER_TENANT_MAX) as u32 {
+            for member in 0..(SESSIONS_PER_TENANT_MAX / SESSIONS_PER_MERCHANT_MAX) as u64 {
+                for _ in 0..SESSIONS_PER_MERCHANT_MAX / SESSIONS_PER_OPERATOR_MAX {
+                    id += 1;
+                    let someone = operator(id, Scope::Merchant { platform, member });
+                    for _ in 0..SESSIONS_PER_OPERATOR_MAX {
+                        let token = clock.open(&sessions, &someone);
+                        // The first session of each platform's last merchant: the tie-breaks'
+                        // choice within a platform.
+                        if member + 1 == (SESSIONS_PER_TENANT_MAX / SESSIONS_PER_MERCHANT_MAX) as u64 && firsts.len() == platform as usize {
+                            firsts.push(token);
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(sessions.count(), table_max);
+        let newcomer = clock.open(&sessions, &operator(id + 1, Scope::Platform { platform: 999 }));
+        assert!(live(&sessions, &newcomer) && sessions.count() == table_max);
+        // Every platform holds as many; ties go to the higher platform, whose longest idle ends.
+        let last = firsts.len() - 1;
+        assert!(!live(&sessions, &firsts[last]) && firsts[..last].iter().all(|token| live(&sessions, token)));
+    }
+
+    /// One merchant's operators together hold at most their bound; the longest idle ends first.
+    #[test]
+    fn a_merchants_sessions_are_bounded_together() {
+        let sessions = Sessions::new(SessionLimits::default());
+        let mut clock = Clock(now_ms() - 60_000);
+        let scope = Scope::Merchant { platform: 7, member: 1 };
+        let first = clock.open(&sessions, &operator(1, scope));
+        let neighbour = clock.open(&sessions, &operator(2, Scope::Merchant { platform: 7, member: 2 }));
+        let mut tokens = Vec::new();
+        for id in 10..10 + (SESSIONS_PER_MERCHANT_MAX / SESSIONS_PER_OPERATOR_MAX) as u64 {
+            for _ in 0..SESSIONS_PER_OPERATOR_MAX {
+                tokens.push(clock.open(&sessions, &operator(id, scope)));
+            }
+        }
+        assert!(!live(&sessions, &first), "the longest idle session of the merchant ends");
+        assert!(live(&sessions, &neighbour) && tokens.iter().all(|token| live(&sessions, token)));
+        assert_eq!(sessions.count(), SESSIONS_PER_MERCHANT_MAX + 1);
     }
 }
