@@ -112,8 +112,18 @@ fn a_merchant_recharges_withdraws_after_a_preview_refunds_and_reads_its_ledgers(
     assert!(home.body.contains("settled 1000.00 CNY") && home.body.contains("escrow 0.00 CNY"), "{}", home.body);
     let shown = ops.get(&format!("/portal/merchant/orders/{first}"));
     assert!(shown.body.contains("recharge") && shown.body.contains("1000.00"), "{}", shown.body);
-    let bad = ops.post("/portal/merchant/recharge", &[("csrf", &csrf), ("out_order_no", "prc-bad"), ("account_id", &account), ("amount", "1.001")]);
+    let bad = ops.post(
+        "/portal/merchant/recharge",
+        &[("csrf", &csrf), ("out_order_no", &format!("prc-{}", "0".repeat(24))), ("account_id", &account), ("amount", "1.001")],
+    );
     assert!(bad.status == 200 && bad.body.contains("notice error") && bad.body.contains("amount"), "{}", bad.body);
+    // The order number is the merchant's own: the platform's numbers are out of its reach.
+    let (_, made) = p.get(&format!("/v1/orders/{first}"));
+    assert!(made["out_order_no"].as_str().is_some_and(|n| n.starts_with('m') && n.ends_with(&number) && n.len() > number.len()), "{made}");
+    for taken in ["pay-1", "prc-0", &format!("prc-{}", "g".repeat(24))] {
+        let tampered = ops.post("/portal/merchant/recharge", &[("csrf", &csrf), ("out_order_no", taken), ("account_id", &account), ("amount", "1.00")]);
+        assert!(tampered.status == 400 && tampered.body.contains("order number"), "{taken}: {} {}", tampered.status, tampered.body);
+    }
 
     // Withdrawal: the preview names the channel, every candidate and why, the fee and the total.
     let card = company_card(&p, &server, &account);
@@ -172,7 +182,7 @@ fn a_merchant_recharges_withdraws_after_a_preview_refunds_and_reads_its_ledgers(
     assert_eq!((paid["refunded_amount"].as_str(), paid["status"].as_str()), (Some("20.00"), Some("partially_refunded")), "{paid}");
     let too_much = ops.post(
         &format!("/portal/merchant/orders/{payment}/refund"),
-        &[("csrf", &csrf), ("out_order_no", "prf-too-much"), ("payee_account_id", &account), ("amount", "40.00")],
+        &[("csrf", &csrf), ("out_order_no", &format!("prf-{}", "1".repeat(24))), ("payee_account_id", &account), ("amount", "40.00")],
     );
     assert!(too_much.status == 200 && too_much.body.contains("notice error"), "{}", too_much.body);
 

@@ -21,16 +21,21 @@ fn admin(server: &Server) -> Person {
 /// A platform (through the operator API) and a signed-in platform operator of it with every role.
 fn platform_with_operator<'a>(server: &'a Server, admin: &mut Person, name: &str) -> (Client<'a>, Person) {
     let client = Client::create(server, TOKEN, &format!(r#"{{"name": "{name}"}}"#));
-    let username = format!("{}_ops", name.to_lowercase());
+    let operator = platform_operator(server, admin, &client.platform, &format!("{}_ops", name.to_lowercase()));
+    (client, operator)
+}
+
+/// An operator of `platform` with every role, made by `admin`, signed in.
+fn platform_operator(server: &Server, admin: &mut Person, platform: &str, username: &str) -> Person {
     let csrf = admin.csrf();
     let made = admin.post(
         "/portal/operators",
         &[
             ("csrf", &csrf),
-            ("username", &username),
-            ("display_name", &username),
+            ("username", username),
+            ("display_name", username),
             ("kind", "platform"),
-            ("platform", &client.platform),
+            ("platform", platform),
             ("member", ""),
             ("role", "viewer"),
             ("role", "operator"),
@@ -41,11 +46,10 @@ fn platform_with_operator<'a>(server: &'a Server, admin: &mut Person, name: &str
     );
     assert!(made.body.contains("created"), "{}", made.body);
     let mut operator = Person::new(server);
-    assert_eq!(operator.login(&username, PASSWORD).status, 303);
-    (client, operator)
+    assert_eq!(operator.login(username, PASSWORD).status, 303);
+    operator
 }
 
-/// The value of the hidden field `name` in the form posting to `action`.
 fn hidden(page: &Page, action: &str, name: &str) -> String {
     let form = &page.body[page.body.find(&format!("action=\"{action}\"")).unwrap_or_else(|| panic!("a form posting to {action}: {}", page.body))..];
     let marker = format!("name=\"{name}\" value=\"");
@@ -328,7 +332,7 @@ fn a_recharge_form_posted_twice_is_one_order_and_freezes_release() {
 }
 
 /// The money forms of a member's page: 代收 (collect from the member's verified card) and 代付
-/// (pay out to an outside card after a routing preview).
+/// (pay out to an outside card after a routing preview, carried out when another approves).
 #[test]
 fn collections_and_payouts_from_a_members_page_move_money_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -392,18 +396,31 @@ fn collections_and_payouts_from_a_members_page_move_money_once() {
     assert!(bad_card.body.contains("notice error") && bad_card.body.contains("card_no"), "the API's Luhn check: {}", bad_card.body);
     let preview = post(&mut operator, &preview_path, &payout_fields(&page.csrf()));
     assert_eq!(preview.status, 200, "{}", preview.body);
-    assert!(preview.body.contains("Confirm payout") && preview.body.contains("data-channel=\"sim_same_city\""), "{}", preview.body);
+    assert!(preview.body.contains("Propose the payout") && preview.body.contains("data-channel=\"sim_same_city\""), "{}", preview.body);
     assert!(preview.body.contains("<dd class=\"fee\">0.50 CNY</dd>") && preview.body.contains("<dd class=\"total\">40.50 CNY</dd>"), "{}", preview.body);
     assert_eq!(client.balances(&account).0, "80.00", "a preview moves nothing");
+    // Confirmed, it is a proposal: nothing moves until another operator approves it (four eyes).
     let payout_path = format!("{member_path}/payout");
     let number = hidden(&preview, &payout_path, "out_order_no");
     let mut confirm = payout_fields(&preview.csrf());
     confirm.push(("out_order_no".into(), number));
-    let first = post(&mut operator, &payout_path, &confirm);
-    assert_eq!(first.status, 303, "{}", first.body);
-    let second = post(&mut operator, &payout_path, &confirm);
-    assert_eq!(first.location, second.location, "a replay is the same order");
-    let order = first.location.unwrap().rsplit('/').next().unwrap().to_string();
+    let proposed = post(&mut operator, &payout_path, &confirm);
+    assert!(proposed.status == 200 && proposed.body.contains("recorded") && proposed.body.contains("5555****4444"), "{}", proposed.body);
+    let proposal = |page: &Page| page.body.split("Proposal ").nth(1).and_then(|rest| rest.split(' ').next()).expect("a proposal's id").to_string();
+    let (first, second) = (proposal(&proposed), proposal(&post(&mut operator, &payout_path, &confirm)));
+    assert_ne!(first, second, "a double submit is two proposals of one order number");
+    assert_eq!(client.balances(&account).0, "80.00", "nothing moves before an approval");
+    let approve = |person: &mut Person, id: &str| {
+        let csrf = person.csrf();
+        person.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)])
+    };
+    assert!(approve(&mut operator, &first).body.contains("another operator than the one who proposed"));
+    let mut approver = platform_operator(&server, &mut admin, &client.platform, "alpha_approver");
+    let approved = approve(&mut approver, &first);
+    assert!(approved.body.contains("paid out through sim_same_city") && approved.body.contains("(executed)."), "{}", approved.body);
+    let order = approved.body.split("approved: order ").nth(1).and_then(|rest| rest.split(' ').next()).expect("the order").to_string();
+    let again = approve(&mut approver, &second);
+    assert!(again.body.contains(&format!("order {order} ")) && again.body.contains("a replay of its order number"), "{}", again.body);
     let paid = client.wait_order(&order, "succeeded");
     assert_eq!(paid["channel"], "sim_same_city", "{paid}");
     assert_eq!(client.balances(&account).0, "39.50", "paid out once, with its fee");
@@ -441,7 +458,7 @@ fn collections_and_payouts_from_a_members_page_move_money_once() {
     assert_eq!(client.balances(&account).0, "39.50", "nothing moved");
 
     let audit = operator.get("/portal/audit");
-    assert!(audit.body.contains("order.collection") && audit.body.contains("order.payout") && audit.body.contains("5555****4444"), "{}", audit.body);
+    assert!(audit.body.contains("order.collection") && audit.body.contains("approval.executed") && audit.body.contains("5555****4444"), "{}", audit.body);
     assert!(!audit.body.contains("5555555555554444"), "the audit log keeps the card number masked");
     server.stop();
 }

@@ -304,3 +304,51 @@ fn a_pasted_statement_does_not_complete_waiting_orders() {
     assert_eq!(p.balances(&account).0, "0.00");
     server.stop();
 }
+
+#[test]
+fn a_settlement_rule_applies_only_after_another_system_approver_approves() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), Some(TOKEN));
+    let client = Client::create(&server, TOKEN, r#"{"name": "Shop"}"#);
+    let receiver = client.account(&client.member("m-r", "Rita Receiver"));
+    let mut admin = admin(&server);
+    let mut approver = operator(&server, &mut admin, "approver", "system", "", &["viewer", "approver"]);
+    let mut clerk = operator(&server, &mut admin, "clerk", "system", "", &["viewer", "operator"]);
+    let mut shop = operator(&server, &mut admin, "shop", "platform", &client.platform, &["viewer", "operator", "approver"]);
+    let rule_path = format!("/admin/platforms/{}/settlement-rule", client.platform);
+    let rule_of = |account: &str| {
+        json!({"currency": "CNY", "basis": "amount", "period": "month", "tiers": [{"from": "0", "rate": "0.006"}],
+            "receivers": [{"account_id": account, "share": 1}], "service_fee_rate": "0.001"})
+        .to_string()
+    };
+    let propose = |person: &mut Person, rule: &str, remove: &str| {
+        let csrf = person.csrf();
+        let fields = [("csrf", csrf.as_str()), ("kind", "settlement_rule"), ("platform", &client.platform), ("rule", rule), ("remove", remove)];
+        person.post("/portal/approvals", &fields)
+    };
+    // What a platform pays the service is not the platform's to propose.
+    let own = propose(&mut shop, &rule_of(&receiver), "");
+    assert!(own.body.contains("only system operators change a platform") && !own.body.contains("recorded"), "{}", own.body);
+    // A rule that does not apply (a receiver that is no account of the platform) is refused at once.
+    let bad = propose(&mut clerk, &rule_of("acc_999999"), "");
+    assert!(!bad.body.contains("recorded") && bad.body.contains("receiver"), "{}", bad.body);
+    let id = proposal_id(&propose(&mut clerk, &rule_of(&receiver), ""));
+    assert_eq!(support::money::admin_request(&server, "GET", &rule_path, TOKEN, None).0, 404, "nothing is set before the approval");
+    let csrf = shop.csrf();
+    assert_eq!(shop.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)]).status, 404, "a platform's approver does not see it");
+    let csrf = approver.csrf();
+    let approved = approver.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)]);
+    assert!(approved.body.contains("(executed)."), "{}", approved.body);
+    let (status, rule) = support::money::admin_request(&server, "GET", &rule_path, TOKEN, None);
+    assert_eq!((status, rule["receivers"][0]["account_id"].as_str()), (200, Some(receiver.as_str())), "{rule}");
+    assert!(admin.get(&format!("/portal/system/platforms/{}", client.platform)).body.contains(&receiver));
+    // Removing it is a proposal too.
+    let id = proposal_id(&propose(&mut clerk, "", "true"));
+    assert_eq!(support::money::admin_request(&server, "GET", &rule_path, TOKEN, None).0, 200);
+    let approved = approver.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)]);
+    assert!(approved.body.contains("(executed)."), "{}", approved.body);
+    assert_eq!(support::money::admin_request(&server, "GET", &rule_path, TOKEN, None).0, 404);
+    let audit = admin.get("/portal/audit?action=approval.");
+    assert!(audit.body.contains("settlement rule of"), "{}", audit.body);
+    server.stop();
+}

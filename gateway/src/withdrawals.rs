@@ -172,7 +172,14 @@ async fn submit(
             );
             let order_id = Some(crate::orders::public_order_id(OrderId(reply.id)));
             let notifications = notifications.clone();
-            blocking(move || notifications.send(&member, "large_withdrawal_alert", text, order_id)).await??;
+            // The payout is accepted and durable: a failed alert is logged, never answered as an
+            // error (before session 58 it was, and a member's page offered a fresh form whose
+            // new order number withdrew a second time).
+            match blocking(move || notifications.send(&member, "large_withdrawal_alert", text, order_id)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!("withdrawals: the large withdrawal alert of order {} was not written: {}", reply.id, error.message),
+                Err(_) => tracing::warn!("withdrawals: the large withdrawal alert of order {} was not written: the server is stopping", reply.id),
+            }
         }
     }
     Ok(Submitted { view, reply, channel: outcome.channel, fee: outcome.fee })
@@ -180,7 +187,7 @@ async fn submit(
 
 /// `POST /v1/payouts` (代付, payment on behalf; an addition to API.md): from one of the
 /// platform's accounts to an outside card (Luhn-checked, not bound), routed like a withdrawal.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PayoutBody {
     pub out_order_no: String,

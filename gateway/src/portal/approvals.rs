@@ -1,10 +1,12 @@
 //! Four-eyes control: what moves money or trust by hand (a manual adjustment, a channel change,
-//! a secret rotation, a case resolution, a raised limit) is proposed by one operator and carried
+//! a secret rotation, a case resolution, a raised limit, a platform's settlement rule, a payout to
+//! an outside card) is proposed by one operator and carried
 //! out only when a different operator with the `approver` role, whose scope contains the
 //! proposal's, approves it. Proposals are JSON under `o/ap/{id}`; each step is written (synced)
 //! and in the audit log before its answer. The decision is stored before the action runs, so a
 //! proposal is carried out at most once by its decision; money actions carry an order number made
-//! from the proposal's id, so the engine's idempotency makes a retry after a crash harmless. A
+//! from the proposal's id (a payout: the one its preview made), so the engine's idempotency makes
+//! a retry after a crash harmless. A
 //! proposal left `approved` with no outcome (the server stopped while it was carried out) is
 //! carried out again only when an approver asks (`retry`), never while this process carries it
 //! out already.
@@ -44,6 +46,12 @@ pub enum Action {
     Adjustment { platform: u32, from: String, to: String, amount: String, currency: String, reason: String },
     /// New caps of an account.
     SetLimits { platform: u32, account: String, limits: BTreeMap<String, String> },
+    /// A platform's settlement rule (commission tiers, receivers, service fee): the body of
+    /// `PUT /admin/platforms/{id}/settlement-rule`, or `None` to remove the rule.
+    SetSettlementRule { platform: u32, rule: Option<serde_json::Value> },
+    /// A 代付 of a member's money to an outside card: the `POST /v1/payouts` body, with the
+    /// order number its preview made (two proposals of one preview pay out once).
+    Payout { platform: u32, member: String, payout: crate::withdrawals::PayoutBody },
 }
 
 impl Action {
@@ -54,6 +62,8 @@ impl Action {
             Action::ResolveCase { .. } => "resolve_case",
             Action::Adjustment { .. } => "adjustment",
             Action::SetLimits { .. } => "set_limits",
+            Action::SetSettlementRule { .. } => "settlement_rule",
+            Action::Payout { .. } => "payout",
         }
     }
 
@@ -69,6 +79,19 @@ impl Action {
             Action::SetLimits { account, limits, .. } => {
                 format!("set limits of {account}: {}", limits.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
             }
+            Action::SetSettlementRule { platform, rule: Some(rule) } => format!("set the settlement rule of plt_{platform}: {rule}"),
+            Action::SetSettlementRule { platform, rule: None } => format!("remove the settlement rule of plt_{platform}"),
+            Action::Payout { member, payout, .. } => format!(
+                "pay {} {} out of {} ({member}) to card {} of {} ({} account, {} arrival; fee by the route then; order {})",
+                payout.amount,
+                payout.currency,
+                payout.account_id,
+                crate::withdrawals::masked_card_no(&payout.card_no),
+                payout.holder_name,
+                payout.account_type.as_deref().unwrap_or("personal"),
+                payout.arrival.as_deref().unwrap_or("standard"),
+                payout.out_order_no
+            ),
         }
     }
 }
@@ -119,9 +142,9 @@ pub struct Proposal {
 
 /// How long after its approval a proposal left without outcome may be carried out again: later,
 /// what it does (a rotation's secret shown again, a change of limits or of a channel) is
-/// proposed afresh. An adjustment has no such limit: carried out again it is the engine's
-/// replay of its order number whenever it was applied, and a fresh proposal (another number)
-/// would move the money a second time.
+/// proposed afresh. An adjustment or a payout has no such limit: carried out again it is the
+/// engine's replay of its order number whenever it was applied, and a fresh proposal (another
+/// number) would move the money a second time.
 pub const RETRY_SECONDS_MAX: i64 = 86_400;
 
 impl Proposal {
@@ -133,7 +156,7 @@ impl Proposal {
     /// Whether, approved and left without outcome, it may still be carried out again at `now`
     /// (unix seconds).
     pub fn retryable(&self, now: i64) -> bool {
-        let in_time = |at: i64| matches!(self.action, Action::Adjustment { .. }) || now.saturating_sub(at) <= RETRY_SECONDS_MAX;
+        let in_time = |at: i64| matches!(self.action, Action::Adjustment { .. } | Action::Payout { .. }) || now.saturating_sub(at) <= RETRY_SECONDS_MAX;
         self.status == Status::Approved && self.decided_at.is_some_and(in_time)
     }
 }

@@ -98,10 +98,32 @@ impl Merchant {
     }
 }
 
+/// The hex digits after a form's order number's prefix (`new_number`).
+const NUMBER_HEX_DIGITS: usize = 24;
+
+impl Merchant {
+    /// The order number a form asked for, in this merchant's own part of the platform's numbers:
+    /// `m{member}-` before the form's number, which must be one `new_number` makes (three
+    /// letters, a dash, 24 hex digits). A merchant operator who edits the form therefore cannot
+    /// take a number the platform's back end or another merchant uses (a number is unique per
+    /// platform), only make a number of its own that a retry of the same form repeats.
+    fn order_number(&self, fields: &Fields) -> Result<String, PortalError> {
+        let number = fields.get("out_order_no");
+        let made_here = number.len() == 4 + NUMBER_HEX_DIGITS
+            && number.as_bytes()[..3].iter().all(u8::is_ascii_lowercase)
+            && number.as_bytes()[3] == b'-'
+            && number.as_bytes()[4..].iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+        if !made_here {
+            return Err(ApiError::invalid("the form's order number is not one this page made; open the page again", "out_order_no").into());
+        }
+        Ok(format!("m{}-{number}", self.member))
+    }
+}
+
 /// A new order number for a form (made when the form is shown, so submitting it twice is one order).
 fn new_number(prefix: &str) -> String {
     use rand::RngCore;
-    let mut bytes = [0u8; 12];
+    let mut bytes = [0u8; NUMBER_HEX_DIGITS / 2];
     rand::thread_rng().fill_bytes(&mut bytes);
     format!("{prefix}-{}", hex::encode(bytes))
 }
@@ -520,7 +542,7 @@ async fn recharge(
     let account = m.own(fields.get("account_id"))?;
     let (_, _, spec) = crate::accounts::account_of(&engine, m.platform.id, account).await?;
     let body = crate::recharges::RechargeBody {
-        out_order_no: fields.get("out_order_no").to_string(),
+        out_order_no: m.order_number(&fields)?,
         account_id: public_account_id(account),
         amount: fields.get("amount").trim().to_string(),
         currency: spec.code_str().to_string(),
@@ -698,7 +720,7 @@ async fn withdraw(
     let account = m.own(fields.get("account_id"))?;
     let (_, _, spec) = crate::accounts::account_of(&engine, m.platform.id, account).await?;
     let body = crate::withdrawals::WithdrawalBody {
-        out_order_no: fields.get("out_order_no").to_string(),
+        out_order_no: m.order_number(&fields)?,
         account_id: public_account_id(account),
         card_id: fields.get("card_id").to_string(),
         amount: fields.get("amount").trim().to_string(),
@@ -839,7 +861,7 @@ async fn refund(
         return Err(PortalError::NotFound);
     }
     let body = crate::payments::RefundBody {
-        out_order_no: fields.get("out_order_no").to_string(),
+        out_order_no: m.order_number(&fields)?,
         payment_order_id: view["order_id"].as_str().unwrap_or_default().to_string(),
         amount: fields.get("amount").trim().to_string(),
         payee_account_id: Some(public_account_id(payee)),

@@ -570,16 +570,43 @@ async fn approvals(session: Session, portal: PortalData, query: web::Query<Appro
     approvals_page(&session, portal.get_ref(), status_filter(query.status.as_deref()), None, None).await
 }
 
-/// What the server's other parts give a decision to carry out.
-pub struct Executors<'a> {
-    pub engine: &'a Arc<engine::Engine>,
-    pub platforms: &'a Arc<crate::platforms::Platforms>,
-    pub clearing: &'a clearing_actor::Clearing,
+/// The server's parts a decision's task owns while it carries the action out.
+pub struct Executors {
+    pub engine: Arc<engine::Engine>,
+    pub platforms: Arc<crate::platforms::Platforms>,
+    pub clearing: clearing_actor::Clearing,
+    pub notifications: Arc<crate::notifications::Notifications>,
 }
 
 /// Carries out an approved action; the text is the outcome to store (never a secret), the
 /// second value a secret to show once.
-pub async fn execute(executors: &Executors<'_>, proposal: &super::approvals::Proposal) -> Result<(String, Option<String>), String> {
+/// Why an approved action was not carried out: `unknown` when it may have been (the engine or
+/// clearing did not answer): the proposal then stays approved, to be carried out again (a money
+/// action's order number makes that a replay), not stored as failed (before session 58 it was,
+/// and a payout or adjustment proposed again took a new number: the money could move twice).
+pub struct NotDone {
+    pub text: String,
+    pub unknown: bool,
+}
+
+impl From<String> for NotDone {
+    fn from(text: String) -> NotDone {
+        NotDone { text, unknown: false }
+    }
+}
+
+impl From<&str> for NotDone {
+    fn from(text: &str) -> NotDone {
+        NotDone { text: text.to_string(), unknown: false }
+    }
+}
+
+/// A money action's refusal: not known to be done when the server's side failed (5xx).
+fn money_not_done(error: crate::error::ApiError) -> NotDone {
+    NotDone { text: format!("{}: {}", error.code, error.message), unknown: error.status >= 500 }
+}
+
+pub async fn execute(executors: &Executors, proposal: &super::approvals::Proposal) -> Result<(String, Option<String>), NotDone> {
     match &proposal.action {
         Action::RotateSecret { platform, overlap_seconds, from_version } => {
             let (platforms, id, overlap, from, proposal_id) = (executors.platforms.clone(), *platform, *overlap_seconds, *from_version, proposal.id);
@@ -601,7 +628,7 @@ pub async fn execute(executors: &Executors<'_>, proposal: &super::approvals::Pro
                 Ok(Ok(crate::platforms::Rotation::Changed)) => {
                     Err("the platform's secret was rotated since this rotation was proposed; propose it again".into())
                 }
-                Ok(Err(error)) => Err(error.message),
+                Ok(Err(error)) => Err(error.message.into()),
                 Err(_) => Err("the server is stopping".into()),
             }
         }
@@ -627,7 +654,7 @@ pub async fn execute(executors: &Executors<'_>, proposal: &super::approvals::Pro
                 proposer: proposal.proposer.clone(),
                 approver: proposal.decider.clone().unwrap_or_default(),
             };
-            let order = crate::adjustments::adjust(executors.engine, *platform, &request).await.map_err(|e| format!("{}: {}", e.code, e.message))?;
+            let order = crate::adjustments::adjust(&executors.engine, *platform, &request).await.map_err(money_not_done)?;
             Ok((format!("order {} {}", order["order_id"].as_str().unwrap_or(""), order["status"].as_str().unwrap_or("")), None))
         }
         Action::SetLimits { platform, account, limits } => {
@@ -638,12 +665,43 @@ pub async fn execute(executors: &Executors<'_>, proposal: &super::approvals::Pro
                 withdrawal_per_order_max: field("withdrawal_per_order_max"),
                 withdrawal_daily_max: field("withdrawal_daily_max"),
             };
-            let now = crate::adjustments::set_limits(executors.engine, *platform, account, &request, &proposal.out_order_no())
+            let now = crate::adjustments::set_limits(&executors.engine, *platform, account, &request, &proposal.out_order_no())
                 .await
                 .map_err(|e| format!("{}: {}", e.code, e.message))?;
             Ok((format!("limits of {account} now {now}"), None))
         }
+        Action::Payout { platform, payout, .. } => {
+            let submitted = crate::withdrawals::pay_out(&executors.engine, &executors.notifications, &executors.clearing, *platform, payout)
+                .await
+                .map_err(money_not_done)?;
+            let order = crate::orders::public_order_id(engine::ledger::types::OrderId(submitted.reply.id));
+            if !submitted.reply.is_ok() {
+                return Err(money_not_done(crate::error::rejection(submitted.reply.code)));
+            }
+            let replayed = if submitted.reply.replayed { ", a replay of its order number" } else { "" };
+            Ok((format!("order {order} paid out through {}{replayed}", submitted.channel), None))
+        }
+        Action::SetSettlementRule { platform, rule } => {
+            let config = match rule {
+                Some(rule) => Some(checked_rule(&executors.engine, *platform, rule).await?),
+                None => None,
+            };
+            let (platforms, id, removing) = (executors.platforms.clone(), *platform, config.is_none());
+            match blocking(move || platforms.set_settlement_rule(id, config)).await {
+                Ok(Ok(_)) if removing => Ok((format!("settlement rule of plt_{id} removed: income of later runs only matures"), None)),
+                Ok(Ok(_)) => Ok((format!("settlement rule of plt_{id} set: runs from now on apply it"), None)),
+                Ok(Err(error)) => Err(error.message.into()),
+                Err(_) => Err("the server is stopping".into()),
+            }
+        }
     }
+}
+
+/// A proposed settlement rule checked against the engine now (currency, tiers, receivers that
+/// are the platform's open accounts): its stored form, or why not.
+async fn checked_rule(engine: &Arc<engine::Engine>, platform: u32, rule: &serde_json::Value) -> Result<clearing_actor::commission::RuleConfig, String> {
+    let body: crate::commission::RuleBody = serde_json::from_value(rule.clone()).map_err(|e| format!("the rule is not valid JSON of a rule: {e}"))?;
+    crate::commission::validate(engine, platform, body).await.map_err(|e| e.message)
 }
 
 /// The channel settings a proposal may change (`PATCH /admin/channels/{name}`'s fields).
@@ -752,6 +810,19 @@ fn proposal_of(session: &Session, platforms: &crate::platforms::Platforms, field
             }
             Ok((Scope::Platform { platform }, Action::SetLimits { platform, account: text("account", 32)?, limits }))
         }
+        "settlement_rule" => {
+            // What a platform pays the service is the service's to set: system operators propose
+            // and approve it, never the platform's own.
+            if session.scope() != Scope::System {
+                return Err("only system operators change a platform's settlement rule".into());
+            }
+            let platform = platform()?;
+            let rule = match fields.get("remove") {
+                "true" => None,
+                _ => Some(serde_json::from_str(fields.get("rule")).map_err(|e| format!("the rule is not valid JSON: {e}"))?),
+            };
+            Ok((Scope::System, Action::SetSettlementRule { platform, rule }))
+        }
         _ => Err("unknown kind of proposal".into()),
     }
 }
@@ -762,6 +833,7 @@ async fn propose(
     session: Session,
     portal: PortalData,
     platforms: web::Data<Arc<crate::platforms::Platforms>>,
+    engine: web::Data<Arc<engine::Engine>>,
     form: web::Form<Fields>,
 ) -> Result<HttpResponse, PortalError> {
     check_form(&request, &session, &form)?;
@@ -770,6 +842,13 @@ async fn propose(
         Ok(found) => found,
         Err(message) => return approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("error", &message)), None).await,
     };
+    // A rule is checked when proposed too, so that the approver sees only rules that apply
+    // (and checked again when carried out: accounts may close in between).
+    if let Action::SetSettlementRule { platform, rule: Some(rule) } = &action {
+        if let Err(message) = checked_rule(&engine, *platform, rule).await {
+            return approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("error", &message)), None).await;
+        }
+    }
     let note = form.get("note").to_string();
     let proposal = match portal.approvals.propose(&session, scope, action, &note) {
         Ok(proposal) => proposal,
@@ -799,6 +878,7 @@ async fn decide(
     engine: web::Data<Arc<engine::Engine>>,
     platforms: web::Data<Arc<crate::platforms::Platforms>>,
     clearing: web::Data<clearing_actor::Clearing>,
+    notifications: web::Data<Arc<crate::notifications::Notifications>>,
 ) -> Result<HttpResponse, PortalError> {
     check_form(&request, &session, &form)?;
     let (id, verb) = path.into_inner();
@@ -853,8 +933,17 @@ async fn decide(
     // Carried out on a task of its own: a request cut short (the approver's browser closed, a
     // proxy's timeout) drops this handler at its next await, not the action halfway, so the
     // outcome is stored whatever becomes of the answer.
-    let carrying =
-        carry_out(session.clone(), portal.get_ref().clone(), engine.get_ref().clone(), platforms.get_ref().clone(), clearing.get_ref().clone(), decided);
+    let carrying = carry_out(
+        session.clone(),
+        portal.get_ref().clone(),
+        Executors {
+            engine: engine.get_ref().clone(),
+            platforms: platforms.get_ref().clone(),
+            clearing: clearing.get_ref().clone(),
+            notifications: notifications.get_ref().clone(),
+        },
+        decided,
+    );
     let (finished, secret) =
         actix_web::rt::spawn(carrying).await.map_err(|_| PortalError::from(crate::error::ApiError::unavailable("the server is stopping".into())))??;
     let message = format!("Proposal {id} approved: {} ({}).", finished.outcome, finished.status.name());
@@ -867,15 +956,27 @@ async fn decide(
 async fn carry_out(
     session: Session,
     portal: Arc<Portal>,
-    engine: Arc<engine::Engine>,
-    platforms: Arc<crate::platforms::Platforms>,
-    clearing: clearing_actor::Clearing,
+    executors: Executors,
     decided: super::approvals::Proposal,
 ) -> Result<(super::approvals::Proposal, Option<String>), PortalError> {
-    let executors = Executors { engine: &engine, platforms: &platforms, clearing: &clearing };
     let (stored, secret) = match execute(&executors, &decided).await {
         Ok((text, secret)) => (Ok(text), secret),
-        Err(text) => (Err(text), None),
+        Err(NotDone { text, unknown: true }) => {
+            // Left approved with no outcome: "Carry out again" replays its order number.
+            portal.approvals.release(decided.id);
+            let outcome = format!("{text}; not known whether it was carried out: carry it out again");
+            portal.audit.record(
+                &session,
+                decided.scope,
+                "approval.unknown",
+                &format!("proposal {}", decided.id),
+                serde_json::Value::Null,
+                serde_json::json!({"action": decided.action.summary()}),
+                &outcome,
+            )?;
+            return Ok((super::approvals::Proposal { outcome, ..decided }, None));
+        }
+        Err(NotDone { text, .. }) => (Err(text), None),
     };
     let finished = portal.approvals.finish(decided.id, stored)?;
     portal.audit.record(

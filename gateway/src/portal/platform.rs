@@ -20,8 +20,8 @@ use maud::{html, Markup};
 use serde_json::Value;
 use storage::Store;
 
-use super::approvals::Status;
-use super::{check_form, csrf_field, notice, page, redirect, Fields, Portal, PortalError, Role, Session};
+use super::approvals::{Action, Status};
+use super::{check_form, csrf_field, notice, page, redirect, Fields, Portal, PortalError, Role, Scope, Session};
 use crate::error::ApiError;
 use crate::members::{Member, Members};
 use crate::platforms::{Platform, Platforms};
@@ -638,11 +638,12 @@ async fn payout_preview(
                     input type="hidden" name="amount" value=(spec.format(amount));
                     input type="hidden" name="arrival" value=(body.arrival.as_deref().unwrap_or("standard"));
                     input type="hidden" name="account_type" value=(body.account_type.as_deref().unwrap_or("personal"));
-                    button type="submit" { "Confirm payout" }
+                    label { "Note for the approver" input name="note" maxlength="200"; }
+                    button type="submit" { "Propose the payout (four eyes)" }
                     " "
                     a href=(base) { "Change" }
                 }
-                p.muted { "Routing decides again when you confirm (a channel's cap or health may change meanwhile); the order shows the channel it took." }
+                p.muted { "A payout to an outside card is a proposal: another operator with the approver role carries it out. Routing decides again then (a channel's cap or health may change meanwhile); the order shows the channel it took." }
             } @else {
                 (notice("error", "No channel can take this payout now; see why above."))
             }
@@ -651,8 +652,9 @@ async fn payout_preview(
     Ok(page(&session, &format!("Member {}", member.name), "/portal/platform/members", page_body))
 }
 
-/// 代付 confirmed: `withdrawals::pay_out` (the API's checks, routing, note, submission, bank);
-/// the preview's order number makes a second submit a replay.
+/// 代付 confirmed: a proposal (four eyes), checked as the API checks it; another operator with the
+/// approver role carries it out (`pages::execute`: `withdrawals::pay_out` with the preview's
+/// order number, so two proposals of one preview pay out once).
 #[allow(clippy::too_many_arguments)]
 async fn payout(
     request: HttpRequest,
@@ -662,30 +664,41 @@ async fn payout(
     platforms: PlatformsData,
     members: MembersData,
     engine: EngineData,
-    clearing: web::Data<Clearing>,
     cards: web::Data<Arc<crate::cards::Cards>>,
-    notifications: web::Data<Arc<crate::notifications::Notifications>>,
     form: web::Form<Fields>,
 ) -> Result<HttpResponse, PortalError> {
     check_form(&request, &session, &form)?;
     let platform = own_platform(&session, &platforms)?;
     let member = member_of(&members, &platform, &path)?;
     session.require(Role::Operator)?;
-    let card_no = form.get("card_no").trim();
-    let mut after = serde_json::json!({"out_order_no": form.get("out_order_no"), "member_id": member.public_id(), "account_id": form.get("account_id").trim(), "card_no_masked": crate::withdrawals::masked_card_no(card_no), "holder_name": form.get("holder_name").trim(), "amount": form.get("amount").trim(), "arrival": form.opt("arrival"), "account_type": form.opt("account_type")});
-    let result = match members_account(&engine, platform.id, &member, form.get("account_id")).await {
+    let checked = match members_account(&engine, platform.id, &member, form.get("account_id")).await {
         Ok((account_id, spec)) => {
-            after["currency"] = Value::from(spec.code_str());
             let body = payout_body(&form, account_id, &spec, form.get("out_order_no").to_string());
-            crate::withdrawals::pay_out(&engine, &notifications, &clearing, platform.id, &body).await.map(|submitted| {
-                after["channel"] = Value::from(submitted.channel);
-                after["fee"] = Value::from(spec.format(submitted.fee));
-                submitted.reply
-            })
+            crate::withdrawals::check_payout(&engine, platform.id, &body).await.map(|_| body)
         }
         Err(error) => Err(error),
     };
-    member_money_outcome(&session, &portal, &platform, &member, &engine, &cards, "order.payout", after, result).await
+    let payout = match checked {
+        Ok(payout) => payout,
+        Err(error) => return render_member(&session, &platform, &member, &engine, &cards, Some(("error", &refusal(&error)))).await,
+    };
+    let action = Action::Payout { platform: platform.id, member: member.public_id(), payout };
+    let proposal = portal.approvals.propose(&session, Scope::Platform { platform: platform.id }, action, form.get("note"))?;
+    portal.audit.record(
+        &session,
+        proposal.scope,
+        "approval.propose",
+        &format!("proposal {}", proposal.id),
+        Value::Null,
+        serde_json::json!({"action": proposal.action.summary(), "note": proposal.note}),
+        "pending",
+    )?;
+    let message = format!(
+        "Proposal {} recorded: {}. Another operator with the approver role must approve it on the Approvals page.",
+        proposal.id,
+        proposal.action.summary()
+    );
+    render_member(&session, &platform, &member, &engine, &cards, Some(("ok", &message))).await
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -277,14 +277,24 @@ async fn platform_page(session: &Session, engine: &Arc<Engine>, platform: &Platf
             h2 { "Settlement rule" }
             @if let Some(_) = &rule { pre { code #rule-json { (rule_text) } } } @else { p.muted #rule-json { "No rule: income only matures." } }
             @if session.has(Role::Operator) {
-                form method="post" action=(format!("/portal/system/platforms/{id}/rule")) {
+                p.muted { "A change is a proposal (four eyes): another system operator with the approver role approves it, then runs from then on apply it." }
+                form method="post" action="/portal/approvals" #rule-form {
                     (csrf_field(session))
+                    input type="hidden" name="kind" value="settlement_rule";
+                    input type="hidden" name="platform" value=(id);
                     label { "The rule as JSON (the body of PUT /admin/platforms/{id}/settlement-rule), e.g. " code { (example) }
                         textarea name="rule" rows="8" { (rule_text) } }
-                    button type="submit" { "Set the rule" }
+                    label { "Note" input name="note" maxlength="200"; }
+                    button type="submit" { "Propose the rule" }
                 }
                 @if rule.is_some() {
-                    form.inline method="post" action=(format!("/portal/system/platforms/{id}/rule/delete")) { (csrf_field(session)) button.secondary type="submit" { "Remove the rule" } }
+                    form.inline method="post" action="/portal/approvals" #rule-remove {
+                        (csrf_field(session))
+                        input type="hidden" name="kind" value="settlement_rule";
+                        input type="hidden" name="platform" value=(id);
+                        input type="hidden" name="remove" value="true";
+                        button.secondary type="submit" { "Propose removing the rule" }
+                    }
                 }
             }
         }
@@ -331,66 +341,6 @@ async fn set_status(
     )?;
     let text = if suspend { "Platform suspended: its signed requests are refused." } else { "Platform resumed." };
     Ok(platform_page(&session, &engine, &changed, Some(("ok", text))).await)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn set_rule(
-    request: HttpRequest,
-    session: Session,
-    path: web::Path<String>,
-    portal: PortalData,
-    engine: EngineData,
-    platforms: PlatformsData,
-    form: web::Form<Fields>,
-) -> Result<HttpResponse, PortalError> {
-    system(&session)?;
-    check_form(&request, &session, &form)?;
-    let platform = platform_of(&platforms, &path)?;
-    session.require(Role::Operator)?;
-    let body: crate::commission::RuleBody = match serde_json::from_str(form.get("rule")) {
-        Ok(body) => body,
-        Err(error) => return Ok(platform_page(&session, &engine, &platform, Some(("error", &format!("the rule is not valid JSON of a rule: {error}")))).await),
-    };
-    let config = match crate::commission::validate(&engine, platform.id, body).await {
-        Ok(config) => config,
-        Err(error) if error.status < 500 => return Ok(platform_page(&session, &engine, &platform, Some(("error", &error.message))).await),
-        Err(error) => return Err(error.into()),
-    };
-    let before = serde_json::to_value(&platform.settlement_rule).unwrap_or_default();
-    let after = serde_json::to_value(&config).unwrap_or_default();
-    let store = platforms.get_ref().clone();
-    let changed = blocking(move || store.set_settlement_rule(platform.id, Some(config))).await??;
-    portal.audit.record(&session, Scope::Platform { platform: changed.id }, "platform.settlement_rule.set", &changed.public_id(), before, after, "ok")?;
-    Ok(platform_page(&session, &engine, &changed, Some(("ok", "Settlement rule set: runs from now on apply it."))).await)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn delete_rule(
-    request: HttpRequest,
-    session: Session,
-    path: web::Path<String>,
-    portal: PortalData,
-    engine: EngineData,
-    platforms: PlatformsData,
-    form: web::Form<Fields>,
-) -> Result<HttpResponse, PortalError> {
-    system(&session)?;
-    check_form(&request, &session, &form)?;
-    let platform = platform_of(&platforms, &path)?;
-    session.require(Role::Operator)?;
-    let before = serde_json::to_value(&platform.settlement_rule).unwrap_or_default();
-    let store = platforms.get_ref().clone();
-    let changed = blocking(move || store.set_settlement_rule(platform.id, None)).await??;
-    portal.audit.record(
-        &session,
-        Scope::Platform { platform: changed.id },
-        "platform.settlement_rule.delete",
-        &changed.public_id(),
-        before,
-        serde_json::Value::Null,
-        "ok",
-    )?;
-    Ok(platform_page(&session, &engine, &changed, Some(("ok", "Settlement rule removed: income of later runs only matures."))).await)
 }
 
 // ---- Configuration ---------------------------------------------------------------------------
@@ -454,8 +404,6 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/portal/system/platforms", web::get().to(platforms_list))
         .route("/portal/system/platforms", web::post().to(register))
         .route("/portal/system/platforms/{id}", web::get().to(platform_detail))
-        .route("/portal/system/platforms/{id}/rule", web::post().to(set_rule))
-        .route("/portal/system/platforms/{id}/rule/delete", web::post().to(delete_rule))
         .route("/portal/system/platforms/{id}/{verb}", web::post().to(set_status))
         .route("/portal/system/configuration", web::get().to(configuration));
     ops::routes(config);
