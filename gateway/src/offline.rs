@@ -17,6 +17,7 @@ use engine::result::ResultCode;
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use storage::Store;
 
 use crate::accounts::{execute, parse_virtual_account_no, public_account_id};
 use crate::admin::AdminToken;
@@ -53,8 +54,72 @@ static UPLOADS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// `overloaded` after that.
 const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Credits one statement line, or books it to suspense with a case.
-async fn take_line(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, line: StatementLine) -> Result<serde_json::Value, ApiError> {
+/// Key prefix of the lines' notes (`xo/{bank_ref}`, JSON).
+const NOTE_PREFIX: &str = "xo/";
+
+/// Where a statement line goes, noted (synced) before the engine books it: a line taken again
+/// (a statement uploaded twice, a retry after a 503 or a stop) goes the same way, whatever its
+/// account's status or the engine's load is now, and one that names another account or amount
+/// is a conflict. Without it a line credited to its account and uploaded again while the
+/// account's shard was busy, or with its number garbled, was booked to suspense as well: one
+/// bank transfer counted twice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct LineNote {
+    /// The account the line names (`None`: no virtual account number in it).
+    account: Option<u64>,
+    currency: u8,
+    amount: i64,
+    /// Booked (or being booked) to suspense rather than to the account.
+    suspense: bool,
+}
+
+impl LineNote {
+    fn key(bank_ref: &str) -> Vec<u8> {
+        format!("{NOTE_PREFIX}{bank_ref}").into_bytes()
+    }
+
+    async fn read(store: &Arc<dyn Store>, bank_ref: &str) -> Result<Option<LineNote>, ApiError> {
+        let (store, key) = (store.clone(), LineNote::key(bank_ref));
+        let value = blocking(move || store.get(&key)).await?.map_err(ApiError::store)?;
+        value.map(|bytes| serde_json::from_slice(&bytes).map_err(|_| ApiError::new(500, "internal_error", "a statement line's note is corrupt"))).transpose()
+    }
+
+    /// Drops the note of `bank_ref` (one just written for a line the engine found conflicting).
+    async fn forget(store: &Arc<dyn Store>, bank_ref: &str) -> Result<(), ApiError> {
+        let (store, start) = (store.clone(), LineNote::key(bank_ref));
+        let mut end = start.clone();
+        end.push(0);
+        blocking(move || store.delete_range(&start, &end)).await?.map_err(ApiError::store)
+    }
+
+    async fn write(&self, store: &Arc<dyn Store>, bank_ref: &str) -> Result<(), ApiError> {
+        let (store, key, note) = (store.clone(), LineNote::key(bank_ref), self.clone());
+        blocking(move || crate::records::put(store.as_ref(), &[(key, &note)])).await?
+    }
+}
+
+/// Refusals of a credit that come from the account (it cannot take the money now): the line
+/// goes to suspense. Any other (a busy shard, a bad amount) is the upload's answer, to retry.
+fn account_refuses(code: ResultCode) -> bool {
+    matches!(
+        code,
+        ResultCode::AccountNotFound
+            | ResultCode::AccountClosed
+            | ResultCode::AccountFrozen
+            | ResultCode::AccountCreditBlocked
+            | ResultCode::CurrencyMismatch
+            | ResultCode::BalanceLimitExceeded
+    )
+}
+
+/// Credits one statement line, or books it to suspense with a case. Lines are taken one at a
+/// time (`UPLOADS`), so a line's note is read and written by one request at once.
+async fn take_line(
+    engine: &Arc<Engine>,
+    clearing: &clearing_actor::Clearing,
+    store: &Arc<dyn Store>,
+    line: StatementLine,
+) -> Result<serde_json::Value, ApiError> {
     let number = OutOrderNo::new(&line.bank_ref).ok_or_else(|| ApiError::invalid("bank_ref is 1 to 64 characters [A-Za-z0-9_-]", "bank_ref"))?;
     let (currency_id, spec) = currency(engine, &line.currency)?;
     // Banks pad amounts with zeros ("000100.50"); the API's amounts have none, a statement's may.
@@ -67,12 +132,25 @@ async fn take_line(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, li
     let amount = crate::orders::amount(unpadded, &spec, "amount")?;
     let named = parse_virtual_account_no(line.virtual_account_no.trim());
     let shard = (xxhash_rust::xxh3::xxh3_64(line.bank_ref.as_bytes()) % engine.config().shard_count as u64) as u16;
-    // A line already booked to suspense stays there, even if its account could take it now.
-    let suspense_scope = Command::CreditSuspense { shard, currency: currency_id, amount }.idempotency_scope();
-    let key = engine::ledger::command::idempotency_key(0, suspense_scope, &number);
-    let reading = engine.clone();
-    let in_suspense = blocking(move || reading.idempotency_record(shard, key).map(|record| record.is_some())).await??;
-    if let (Some(account), false) = (named, in_suspense) {
+    let mut note = LineNote { account: named.map(|account| account.0), currency: currency_id.0, amount, suspense: named.is_none() };
+    let mut noted_now = false;
+    match LineNote::read(store, &line.bank_ref).await? {
+        Some(noted) if LineNote { suspense: note.suspense, ..noted.clone() } != note => {
+            return Err(ApiError::new(409, "idempotency_conflict", "this bank_ref was taken with other content"));
+        }
+        Some(noted) => note = noted,
+        None => {
+            // A line taken before notes were kept: one already booked to suspense stays there,
+            // even if its account could take it now.
+            let suspense_scope = Command::CreditSuspense { shard, currency: currency_id, amount }.idempotency_scope();
+            let key = engine::ledger::command::idempotency_key(0, suspense_scope, &number);
+            let reading = engine.clone();
+            note.suspense |= blocking(move || reading.idempotency_record(shard, key).map(|record| record.is_some())).await??;
+            note.write(store, &line.bank_ref).await?;
+            noted_now = true;
+        }
+    }
+    if let (Some(account), false) = (named, note.suspense) {
         let command = Command::Recharge { account, currency: currency_id, amount, channel: OFFLINE_CHANNEL };
         let reply = execute(engine, Envelope { platform: 0, out_order_no: Some(number), command }).await?;
         if reply.is_ok() {
@@ -81,8 +159,18 @@ async fn take_line(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, li
             );
         }
         if reply.code == ResultCode::IdempotencyConflict {
+            // A line taken before notes were kept, with other content: its note is not this.
+            if noted_now {
+                LineNote::forget(store, &line.bank_ref).await?;
+            }
             return Err(ApiError::new(409, "idempotency_conflict", "this bank_ref was taken with other content"));
         }
+        if !account_refuses(reply.code) {
+            return Err(crate::orders::rejection(reply.code));
+        }
+        // Noted before it is booked: taken again, the line goes to suspense again.
+        note.suspense = true;
+        note.write(store, &line.bank_ref).await?;
     }
     let reason = match named {
         None => "no virtual account number".to_string(),
@@ -92,6 +180,9 @@ async fn take_line(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, li
     let command = Command::CreditSuspense { shard, currency: currency_id, amount };
     let reply = execute(engine, Envelope { platform: 0, out_order_no: Some(number), command }).await?;
     if !reply.is_ok() {
+        if noted_now && reply.code == ResultCode::IdempotencyConflict {
+            LineNote::forget(store, &line.bank_ref).await?;
+        }
         return Err(crate::orders::rejection(reply.code));
     }
     // Opened once: a replayed line finds its case (and opens it if a crash came in between).
@@ -109,6 +200,7 @@ pub async fn offline_transfers(
     token: web::Data<AdminToken>,
     engine: web::Data<Arc<Engine>>,
     clearing: web::Data<clearing_actor::Clearing>,
+    store: web::Data<Arc<dyn Store>>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: TransfersBody = crate::signed::parse_json(&body)?;
@@ -125,7 +217,7 @@ pub async fn offline_transfers(
     for line in body.lines {
         let bank_ref = line.bank_ref.clone();
         let (currency, amount) = (line.currency.clone(), line.amount.clone());
-        results.push(match take_line(&engine, &clearing, line).await {
+        results.push(match take_line(&engine, &clearing, &store, line).await {
             Ok(result) => {
                 // The (simulated) bank's reserve account shows the money that arrived.
                 if let Some((spec, minor)) = crate::orders::currency(&engine, &currency).ok().and_then(|(_, spec)| Some((spec, spec.parse(&amount)?))) {
