@@ -235,6 +235,27 @@ fn an_h5_link_expires_opens_once_and_is_bound_to_its_member_and_purpose() {
     let mut forged = Browser::new(&server.base);
     forged.cookie = Some(format!("h5_session={}", "ab".repeat(32)));
     assert_eq!(forged.get("/h5/wallet").0, 401);
+
+    // A suspended platform's member pages refuse, as its signed requests and portals do (before
+    // session 58 its links and sessions went on moving money).
+    let (status, _, spare) = p.post("/v1/h5/sessions", &json!({"member_id": a, "purpose": "wallet"}));
+    assert_eq!(status, 201, "{spare}");
+    let mut admin = support::portal::Person::new(&server);
+    assert_eq!(admin.login("admin", &support::portal::first_password(&server)).status, 303);
+    let set = |admin: &mut support::portal::Person, verb: &str| {
+        let csrf = admin.csrf();
+        let page = admin.post(&format!("/portal/system/platforms/{}/{verb}", p.platform), &[("csrf", &csrf)]);
+        assert_eq!(page.status, 200, "{}", page.body);
+    };
+    set(&mut admin, "suspend");
+    let (status, page) = browser.get("/h5/wallet");
+    assert!(status == 403 && page.contains("platform_suspended"), "{status} {page}");
+    let (status, page) = browser.post("/h5/wallet/recharge", &[("csrf", "x"), ("amount", "1.00")]);
+    assert!(status == 403 && page.contains("platform_suspended"), "{status} {page}");
+    assert_eq!(Browser::new(&server.base).get(spare["url"].as_str().unwrap()).0, 403, "a link of a suspended platform does not open");
+    set(&mut admin, "resume");
+    assert_eq!(browser.get("/h5/wallet").0, 200, "resumed, the session goes on");
+    assert_eq!(Browser::new(&server.base).get(spare["url"].as_str().unwrap()).0, 200, "the link refused while suspended was kept");
     server.stop();
 }
 
@@ -330,8 +351,16 @@ fn the_wallet_recharges_binds_a_card_withdraws_sets_a_password_and_signs() {
     let home = browser.get("/h5/wallet").1;
     assert_eq!(by_id(&home, "available"), "100.00", "{home}");
     assert!(home.contains("recharge"), "the entry is listed: {home}");
-    let bad = browser.post("/h5/wallet/recharge", &[("csrf", &csrf), ("account", &account), ("order", "h5r-2"), ("amount", "1.001")]).1;
+    let bad =
+        browser.post("/h5/wallet/recharge", &[("csrf", &csrf), ("account", &account), ("order", &format!("h5r-{}", "2".repeat(24))), ("amount", "1.001")]).1;
     assert!(bad.contains("invalid_amount"), "{bad}");
+    // The member's order numbers are its own: a number the platform's back end may use is refused.
+    let (_, made) = p.get(&format!("/v1/orders/{order}"));
+    assert_eq!(made["out_order_no"].as_str(), Some(format!("u{}-{order_no}", member.trim_start_matches("mem_")).as_str()), "{made}");
+    for taken in ["pay-1", "h5r-2", &format!("h5r-{}", "G".repeat(24))] {
+        let (status, page) = browser.post("/h5/wallet/recharge", &[("csrf", &csrf), ("account", &account), ("order", taken), ("amount", "1.00")]);
+        assert!(status == 400 && page.contains("invalid_request"), "{taken}: {status} {page}");
+    }
 
     // A card through the pages: the four elements, then the micro-deposit the member reads.
     let form = browser.get("/h5/wallet/card").1;
@@ -354,7 +383,10 @@ fn the_wallet_recharges_binds_a_card_withdraws_sets_a_password_and_signs() {
     let verified = browser.post("/h5/wallet/card/verify", &[("csrf", &csrf), ("account", &account), ("card", "card_1"), ("amount", &deposit)]).1;
     assert!(verified.contains("The card is verified"), "{verified}");
 
-    // Withdraw: the expected channel and fee first, then the order.
+    // Withdraw: the expected channel and fee first, then the order with the payment password
+    // (set first: a withdrawal without one is refused).
+    let set = browser.post("/h5/wallet/password", &[("csrf", &csrf), ("account", &account), ("password", "123456"), ("repeat", "123456")]).1;
+    assert!(set.contains("The payment password is set"), "{set}");
     let form = browser.get("/h5/wallet/withdraw").1;
     assert!(form.contains("4111****1111"), "{form}");
     let quote = browser
@@ -374,7 +406,12 @@ fn the_wallet_recharges_binds_a_card_withdraws_sets_a_password_and_signs() {
         ("amount", "10.00"),
         ("card", "card_1"),
         ("arrival", "standard"),
+        ("password", "123456"),
     ];
+    let mut wrong = confirm;
+    wrong[7].1 = "000000";
+    let refused = browser.post("/h5/wallet/withdraw", &wrong).1;
+    assert!(refused.contains("invalid_payment_password") && !refused.contains("order-id"), "a wrong password withdraws nothing: {refused}");
     let done = browser.post("/h5/wallet/withdraw", &confirm).1;
     assert_eq!((by_id(&done, "channel"), by_id(&done, "fee")), (channel, fee), "{done}");
     let withdrawal = by_id(&done, "order-id");
@@ -382,9 +419,7 @@ fn the_wallet_recharges_binds_a_card_withdraws_sets_a_password_and_signs() {
     p.wait_order(&withdrawal, "succeeded");
     assert_eq!(cents(&p.balances(&account).0), 10_000 - 1_000 - cents(&by_id(&done, "fee")), "the amount and the fee shown");
 
-    // The payment password: set, then reset only with the id number and phone.
-    let set = browser.post("/h5/wallet/password", &[("csrf", &csrf), ("account", &account), ("password", "123456"), ("repeat", "123456")]).1;
-    assert!(set.contains("The payment password is set"), "{set}");
+    // The payment password (set above): reset only with the id number and phone.
     let reset = [
         ("csrf", csrf.as_str()),
         ("account", account.as_str()),
@@ -497,5 +532,76 @@ fn a_member_pays_at_the_cashier_in_chromium() {
     chromium.goto(url);
     assert!(chromium.wait_for_text("main", "link_invalid").contains("link_invalid"));
     drop(chromium);
+    server.stop();
+}
+
+/// `[portal] secure_cookies` marks the members' H5 session cookie `Secure` as it does the
+/// operators' (before session 58 the H5 cookie never was).
+#[test]
+fn secure_cookies_mark_the_wallets_cookie_and_the_portals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "h5-token-9-0123456789abcdef0123456789abcdef";
+    let server = start_configured(dir.path(), token, &config_with(&[("secure_cookies = false", "secure_cookies = true")]));
+    let p = Client::create(&server, token, "{\"name\": \"Shop\"}");
+    let member = p.member("m-a", "Zhang San");
+    let (status, _, link) = p.post("/v1/h5/sessions", &json!({"member_id": member, "purpose": "wallet"}));
+    assert_eq!(status, 201, "{link}");
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let opened = answer(agent.get(link["url"].as_str().unwrap()).call(), "link");
+    let cookie = opened.all("Set-Cookie").into_iter().find(|c| c.starts_with("h5_session=")).expect("the session cookie").to_string();
+    assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
+    let signed_in = answer(
+        agent.post(&format!("{}/portal/login", server.base)).send_form(&[("username", "admin"), ("password", &support::portal::first_password(&server))]),
+        "login",
+    );
+    let cookie = signed_in.all("Set-Cookie").into_iter().find(|c| c.starts_with("portal_session=")).expect("the portal's cookie").to_string();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    server.stop();
+}
+
+/// Wrong identity answers in the wallet are counted: after five, binding a card and resetting the
+/// payment password are refused for the day, the right answer too (before session 58 a stolen
+/// wallet session could try id numbers without end, then bind its own card and withdraw).
+#[test]
+fn wrong_identity_answers_lock_card_binding_and_the_password_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "h5-token-10-0123456789abcdef0123456789abcdef";
+    let server = server(dir.path(), token);
+    let p = Client::create(&server, token, "{\"name\": \"Shop\"}");
+    let member = p.member("m-a", "Zhang San");
+    let account = p.account(&member);
+    let mut browser = open(&p, json!({"member_id": member, "purpose": "wallet", "locale": "en"}));
+    let csrf = field(&browser.get("/h5/wallet/card").1, "csrf");
+    let mut bind = |id_number: &str| {
+        let order = field(&browser.get("/h5/wallet/card").1, "order");
+        let fields = [
+            ("csrf", csrf.as_str()),
+            ("account", account.as_str()),
+            ("order", order.as_str()),
+            ("card_no", "4111111111111111"),
+            ("holder_name", "Zhang San"),
+            ("id_number", id_number),
+            ("phone", "13800138000"),
+        ];
+        browser.post("/h5/wallet/card/bind", &fields).1
+    };
+    for n in 5..10 {
+        let page = bind(&format!("11010519491231{n:03}X"));
+        assert!(page.contains("identity_mismatch"), "{page}");
+    }
+    let page = bind(ID_NUMBER);
+    assert!(page.contains("identity_locked") && !page.contains("card_1"), "{page}");
+    let set = browser.post("/h5/wallet/password", &[("csrf", &csrf), ("account", &account), ("password", "123456"), ("repeat", "123456")]).1;
+    assert!(set.contains("The payment password is set"), "{set}");
+    let reset = [
+        ("csrf", csrf.as_str()),
+        ("account", account.as_str()),
+        ("password", "654321"),
+        ("repeat", "654321"),
+        ("id_number", ID_NUMBER),
+        ("phone", "13800138000"),
+    ];
+    let refused = browser.post("/h5/wallet/password", &reset).1;
+    assert!(refused.contains("identity_locked"), "{refused}");
     server.stop();
 }

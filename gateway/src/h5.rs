@@ -168,7 +168,21 @@ pub struct Session {
 pub struct H5Sessions {
     links: Mutex<Tokens<Link>>,
     sessions: Mutex<Tokens<Session>>,
+    /// Identity tries of members, by platform: (wrong answers or tries in flight, since when).
+    identity: Mutex<HashMap<u32, HashMap<u64, (u32, Instant)>>>,
 }
+
+/// Wrong identity answers (a card bind's holder and id number, a payment password reset's id
+/// number and phone) a member may give in the H5 pages within `IDENTITY_WINDOW` before both are
+/// refused for the rest of it: without a count, a stolen wallet session could try id numbers
+/// until one matched (about a thousand candidates once birth date and region are known), then
+/// bind its own card and withdraw.
+pub const IDENTITY_FAILURES_MAX: u32 = 5;
+const IDENTITY_WINDOW: Duration = Duration::from_secs(86_400);
+/// Members of one platform whose answers are counted at once; past it, that platform's members
+/// without a count are refused an identity check until the oldest windows end (fail closed,
+/// within the platform: another platform's members are not touched).
+const IDENTITY_MEMBERS_PER_PLATFORM_MAX: usize = 10_000;
 
 /// What a bounded map of tokens needs of its entries.
 trait Entry {
@@ -283,17 +297,60 @@ impl H5Sessions {
         Ok(token)
     }
 
-    /// Opens a link (once: it is gone afterwards): the new session's cookie value and the
-    /// session, or `None` for an unknown, used or expired link.
+    /// Opens a link (once: it is gone afterwards, unless no session could be opened): the new
+    /// session's cookie value and the session, or `None` for an unknown, used or expired link.
     pub fn open(&self, token: &str, browser: Locale, now: Instant) -> Result<Option<(String, Session)>, ApiError> {
         let link = self.links.lock().expect("h5 links lock").remove(&hash(token));
         let Some(link) = link.filter(|link| link.expires > now) else { return Ok(None) };
         let cookie = random_hex(32);
         let locale = link.grant.locale.unwrap_or(browser);
-        let session = Session { grant: link.grant, locale, csrf: random_hex(16), replacing: None, paid_order: None, opened: now, last_seen: now };
+        let session = Session { grant: link.grant.clone(), locale, csrf: random_hex(16), replacing: None, paid_order: None, opened: now, last_seen: now };
         let bounds = (SESSIONS_MAX, SESSIONS_PER_PLATFORM_MAX);
-        self.sessions.lock().expect("h5 sessions lock").insert(hash(&cookie), session.clone(), bounds, now, "sessions are open")?;
+        if let Err(error) = self.sessions.lock().expect("h5 sessions lock").insert(hash(&cookie), session.clone(), bounds, now, "sessions are open") {
+            // No room for the session: the link stays, for the member to open once there is
+            // (before session 58 it was used up by the refusal).
+            let _ = self.links.lock().expect("h5 links lock").insert(hash(token), link, (LINKS_MAX, LINKS_PER_PLATFORM_MAX), now, "links wait to be opened");
+            return Err(error);
+        }
         Ok(Some((cookie, session)))
+    }
+
+    /// Takes one of `member`'s identity tries at `now`, before its answer is compared: `false`
+    /// when none is left (`IDENTITY_FAILURES_MAX` wrong within the window) or its platform's
+    /// counted members are at their bound. A try taken counts as wrong until `identity_passed`
+    /// gives it back, so answers sent at once get no more tries than are left. Counts live in
+    /// memory: a restart forgets them.
+    pub fn identity_try(&self, platform: u32, member: u64, now: Instant) -> bool {
+        let mut all = self.identity.lock().expect("h5 identity lock");
+        let members = all.entry(platform).or_default();
+        if !members.contains_key(&member) && members.len() >= IDENTITY_MEMBERS_PER_PLATFORM_MAX {
+            members.retain(|_, (_, since)| now.saturating_duration_since(*since) < IDENTITY_WINDOW);
+            if members.len() >= IDENTITY_MEMBERS_PER_PLATFORM_MAX {
+                return false;
+            }
+        }
+        let (tries, since) = members.entry(member).or_insert((0, now));
+        if now.saturating_duration_since(*since) >= IDENTITY_WINDOW {
+            (*tries, *since) = (0, now);
+        }
+        if *tries >= IDENTITY_FAILURES_MAX {
+            return false;
+        }
+        *tries += 1;
+        true
+    }
+
+    /// Gives back a try `identity_try` took: the answer was right, or never compared.
+    pub fn identity_passed(&self, platform: u32, member: u64) {
+        let mut all = self.identity.lock().expect("h5 identity lock");
+        if let Some((tries, _)) = all.get_mut(&platform).and_then(|members| members.get_mut(&member)) {
+            *tries = tries.saturating_sub(1);
+        }
+    }
+
+    /// The platform of a link not opened yet (a look: the link stays).
+    pub fn platform_of_link(&self, token: &str) -> Option<u32> {
+        self.links.lock().expect("h5 links lock").by_hash.get(&hash(token)).map(|link| link.grant.platform)
     }
 
     /// Whether a cookie value names a live session (a look, no copy: the handler reads the
@@ -558,12 +615,24 @@ impl actix_web::FromRequest for FormBody {
     }
 }
 
+/// A suspended platform's members' pages move no money and show nothing (as its signed
+/// requests and its portals): 403 `platform_suspended`. Before session 58 its links and sessions
+/// went on working (payments, recharges, withdrawals, card binds).
+fn refuse_if_suspended(request: &HttpRequest, platform: u32, locale: Locale) -> Result<(), PageError> {
+    let platforms = request.app_data::<web::Data<Arc<crate::platforms::Platforms>>>();
+    match platforms.and_then(|platforms| platforms.get(platform)) {
+        Some(found) if !found.suspended => Ok(()),
+        _ => Err(PageError::new(403, "platform_suspended", locale)),
+    }
+}
+
 /// The request's session (401 page without one, 403 when its purpose is not among `purposes`),
 /// with its cookie value.
 pub fn session_for(request: &HttpRequest, sessions: &H5Sessions, purposes: &[Purpose]) -> Result<(String, Session), PageError> {
     let locale = browser_locale(request);
     let cookie = cookie_of(request).ok_or_else(|| PageError::new(401, "session_missing", locale))?;
     let session = sessions.get(&cookie, Instant::now()).ok_or_else(|| PageError::new(401, "session_missing", locale))?;
+    refuse_if_suspended(request, session.grant.platform, session.locale)?;
     if !purposes.contains(&session.grant.purpose) {
         return Err(PageError { return_url: session.grant.return_url.clone(), ..PageError::new(403, "wrong_purpose", session.locale) });
     }
@@ -594,10 +663,31 @@ pub fn checked_form(body: &[u8], session: &Session) -> Result<Form, PageError> {
     Ok(form)
 }
 
+/// Random bytes of a form's order number (`form_order_no`), written as twice as many hex digits.
+const FORM_ORDER_NO_BYTES: usize = 12;
+
 /// A new order number for a form: the page that shows the form makes it, the POST uses it, so a
-/// form submitted twice is one order (the engine's idempotency).
+/// form submitted twice is one order (the engine's idempotency). `prefix` is `h5` and a letter.
 pub fn form_order_no(prefix: &str) -> String {
-    format!("{prefix}-{}", random_hex(12))
+    format!("{prefix}-{}", random_hex(FORM_ORDER_NO_BYTES))
+}
+
+/// The order number a member's form asked for, in the member's own part of the platform's
+/// numbers: `u{member}-` before the form's `order`, which must be one `form_order_no` makes
+/// (`h5`, a letter, a dash, 24 lowercase hex digits). A member who edits the form therefore
+/// cannot take a number the platform's back end or another member uses (before session 58 a
+/// member could use up numbers the platform would send later), only make one of its own.
+pub fn members_order_no(form: &Form, session: &Session) -> Result<String, PageError> {
+    let number = form.get("order").as_bytes();
+    let made_here = number.len() == 4 + 2 * FORM_ORDER_NO_BYTES
+        && number.starts_with(b"h5")
+        && number[2].is_ascii_lowercase()
+        && number[3] == b'-'
+        && number[4..].iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    if !made_here {
+        return Err(PageError { return_url: session.grant.return_url.clone(), ..PageError::new(400, "invalid_request", session.locale) });
+    }
+    Ok(format!("u{}-{}", session.grant.member, form.get("order")))
 }
 
 /// Opens a link: sets the session cookie (HttpOnly, SameSite=Strict, path /h5) and sends the
@@ -611,6 +701,10 @@ pub async fn open_link(request: HttpRequest, path: web::Path<String>, sessions: 
     let token = path.into_inner();
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(PageError::new(404, "link_invalid", locale));
+    }
+    // A suspended platform's link stays unused (for after its resumption) and opens no session.
+    if let Some(platform) = sessions.platform_of_link(&token) {
+        refuse_if_suspended(&request, platform, locale)?;
     }
     let (cookie, session) =
         sessions.open(&token, locale, Instant::now()).map_err(|e| PageError::api(e, locale))?.ok_or_else(|| PageError::new(404, "link_invalid", locale))?;
@@ -632,7 +726,10 @@ pub async fn open_link(request: HttpRequest, path: web::Path<String>, sessions: 
             body { main { a.button href=(target) { (t(session.locale, "confirm")) } } }
         }
     };
-    let cookie = format!("{COOKIE}={cookie}; Path=/h5; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS_MAX}");
+    // `Secure` by the portals' setting (`[portal] secure_cookies`; before session 58 the H5 cookie
+    // never was): the cookie is a bearer credential of the member's wallet.
+    let secure = request.app_data::<web::Data<Arc<crate::portal::Portal>>>().is_some_and(|portal| portal.sessions.limits().secure_cookies);
+    let cookie = format!("{COOKIE}={cookie}; Path=/h5; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECONDS_MAX}{}", if secure { "; Secure" } else { "" });
     Ok(respond(HttpResponse::Ok().insert_header((header::SET_COOKIE, cookie)), body))
 }
 
@@ -704,6 +801,53 @@ mod tests {
         let links = sessions.links.lock().unwrap();
         assert_eq!(links.of_platform(10), LINKS_PER_PLATFORM_MAX);
         assert_eq!(links.of_platform(1) + links.of_platform(2), 0);
+    }
+
+    /// A link that finds no room for its session is kept, and opens once there is room.
+    #[test]
+    fn a_link_refused_for_want_of_room_opens_later() {
+        let sessions = H5Sessions::new();
+        let now = Instant::now();
+        let of = |platform: u32| Grant { platform, ..grant(Purpose::Wallet) };
+        for _ in 0..SESSIONS_PER_PLATFORM_MAX {
+            let token = sessions.issue(of(5), Duration::from_secs(60), now).unwrap();
+            sessions.open(&token, Locale::En, now).unwrap().expect("room for it");
+        }
+        let token = sessions.issue(of(5), Duration::from_secs(3_600), now).unwrap();
+        assert_eq!(sessions.open(&token, Locale::En, now).unwrap_err().code, "overloaded");
+        let later = now + Duration::from_secs(IDLE_SECONDS + 2);
+        assert!(sessions.open(&token, Locale::En, later).unwrap().is_some(), "the link was kept");
+    }
+
+    /// Five wrong identity answers close a member's identity checks for a day, not another's;
+    /// a right answer gives its try back.
+    #[test]
+    fn wrong_identity_answers_are_counted_for_a_day() {
+        let sessions = H5Sessions::new();
+        let now = Instant::now();
+        assert!(sessions.identity_try(1, 7, now));
+        sessions.identity_passed(1, 7);
+        for _ in 0..IDENTITY_FAILURES_MAX {
+            assert!(sessions.identity_try(1, 7, now));
+        }
+        assert!(!sessions.identity_try(1, 7, now + Duration::from_secs(3_600)));
+        assert!(sessions.identity_try(1, 8, now) && sessions.identity_try(2, 7, now), "another member, another platform");
+        assert!(sessions.identity_try(1, 7, now + IDENTITY_WINDOW), "a new window counts from one");
+    }
+
+    /// A platform's counted members are bounded; past the bound its uncounted members are
+    /// refused (not let through uncounted), and another platform's are not touched.
+    #[test]
+    fn identity_counts_are_bounded_per_platform_and_fail_closed() {
+        let sessions = H5Sessions::new();
+        let now = Instant::now();
+        for member in 0..IDENTITY_MEMBERS_PER_PLATFORM_MAX as u64 {
+            assert!(sessions.identity_try(1, member, now));
+        }
+        assert!(!sessions.identity_try(1, u64::MAX, now), "full: refused");
+        assert!(sessions.identity_try(1, 0, now), "a counted member goes on");
+        assert!(sessions.identity_try(2, u64::MAX, now), "another platform");
+        assert!(sessions.identity_try(1, u64::MAX, now + IDENTITY_WINDOW), "the old windows end");
     }
 
     #[test]

@@ -159,6 +159,8 @@ pub fn error_text(locale: Locale, code: &str, message: &str) -> String {
         ("session_missing", "会话已失效", "The session has ended"),
         ("link_invalid", "链接无效或已使用", "The link is not valid or was used"),
         ("wrong_purpose", "此会话不能打开该页面", "This session cannot open this page"),
+        ("platform_suspended", "该平台已暂停服务", "This platform is suspended"),
+        ("identity_locked", "身份信息错误次数过多，请明天再试", "Too many wrong identity answers; try again tomorrow"),
         ("not_found", "未找到", "Not found"),
     ];
     match known.iter().find(|(k, ..)| *k == code) {

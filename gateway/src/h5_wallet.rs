@@ -10,6 +10,7 @@
 //! phone as the platform registered them. Setting the first one needs only the session.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use clearing_actor::channels::{AccountType, Arrival};
@@ -71,6 +72,11 @@ fn hidden(session: &Session, summary: &AccountSummary) -> Markup {
 fn back(locale: Locale, summary: &AccountSummary) -> Markup {
     let href = format!("/h5/wallet?account={}", summary.account_id);
     html! { p { a.button.secondary href=(href) { (t(locale, "to_wallet")) } } }
+}
+
+/// The refusal of an identity check after too many wrong answers (`H5Sessions::identity_open`).
+fn identity_locked() -> ApiError {
+    ApiError::new(429, "identity_locked", "too many wrong identity answers; try again tomorrow")
 }
 
 fn api_notice(locale: Locale, error: &ApiError) -> Markup {
@@ -208,7 +214,7 @@ pub async fn recharge(
     let locale = w.session.locale;
     let platform = platforms.get(w.session.grant.platform).ok_or_else(|| PageError::new(404, "not_found", locale))?;
     let order = crate::recharges::RechargeBody {
-        out_order_no: form.get("order").to_string(),
+        out_order_no: crate::h5::members_order_no(&form, &w.session)?,
         account_id: w.summary.account_id.clone(),
         amount: form.get("amount").to_string(),
         currency: w.summary.currency.clone(),
@@ -300,6 +306,7 @@ pub async fn withdraw(
     members: web::Data<Arc<Members>>,
     notifications: web::Data<Arc<Notifications>>,
     clearing: web::Data<clearing_actor::Clearing>,
+    passwords: web::Data<Arc<Passwords>>,
 ) -> Result<HttpResponse, PageError> {
     let form = crate::h5::Form::parse(&body);
     let w = wallet(&request, &sessions, &engine, form.get("account")).await?;
@@ -344,14 +351,24 @@ pub async fn withdraw(
                 input type="hidden" name="amount" value=(spec.format(minor));
                 input type="hidden" name="card" value=(card.public_id());
                 input type="hidden" name="arrival" value=(arrival_name);
+                label for="password" { (t(locale, "enter_password")) }
+                input.pin #password type="password" name="password" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" minlength="6" autocomplete="off" required;
                 button #confirm type="submit" { (t(locale, "confirm")) }
             }
             (back(locale, &w.summary))
         };
         return Ok(ok_page(page(locale, t(locale, "withdraw"), body)));
     }
+    // Money out to a card is the member's to allow: its payment password, counted like the
+    // cashier's (five wrong lock the account's payments), so a stolen wallet session alone
+    // takes nothing out (before session 58 it could). One not set yet is set first.
+    let (checking, account, typed) = (passwords.get_ref().clone(), w.account, form.get("password").to_string());
+    if let Err(error) = crate::passwords::hashing(u64::from(platform), move || checking.verify(account, Some(typed.as_str()))).await.and_then(|checked| checked)
+    {
+        return withdraw_page(&w, &engine, &cards, Some(api_notice(locale, &error))).await;
+    }
     let order = crate::withdrawals::WithdrawalBody {
-        out_order_no: form.get("order").to_string(),
+        out_order_no: crate::h5::members_order_no(&form, &w.session)?,
         account_id: w.summary.account_id.clone(),
         card_id: card.public_id(),
         amount: spec.format(minor),
@@ -473,14 +490,23 @@ pub async fn card_bind(
     let (locale, platform) = (w.session.locale, w.session.grant.platform);
     let platform = platforms.get(platform).ok_or_else(|| PageError::new(404, "not_found", locale))?;
     let bind = BindBody {
-        out_order_no: form.get("order").to_string(),
+        out_order_no: crate::h5::members_order_no(&form, &w.session)?,
         card_no: form.get("card_no").replace(' ', ""),
         holder_name: form.get("holder_name").to_string(),
         id_number: form.get("id_number").to_string(),
         phone: form.get("phone").to_string(),
     };
     let replaces = crate::ids::parse_prefixed::<u64>(form.get("replaces"), "card_");
-    match crate::cards::bind_card(&engine, &members, &agreements, &cards, clearing.bank().as_ref(), &platform, w.account, &bind).await {
+    // The identity answer is a try, taken before it is compared (counted if wrong).
+    let member = w.session.grant.member;
+    if !sessions.identity_try(platform.id, member, Instant::now()) {
+        return card_page(&w, &engine, &cards, Some(api_notice(locale, &identity_locked()))).await;
+    }
+    let bound = crate::cards::bind_card(&engine, &members, &agreements, &cards, clearing.bank().as_ref(), &platform, w.account, &bind).await;
+    if !matches!(&bound, Err(error) if error.code == "identity_mismatch") {
+        sessions.identity_passed(platform.id, member);
+    }
+    match bound {
         Ok((card, _)) => {
             sessions.update(&w.cookie, |s| s.replacing = replaces.filter(|old| *old != card.id));
             card_page(&w, &engine, &cards, Some(notice("ok", t(locale, "card_bound")))).await
@@ -592,6 +618,10 @@ pub async fn password(
         return Ok(ok_page(password_page(&w, &passwords, Some(notice("error", t(locale, "passwords_differ"))))?));
     }
     if passwords.failures(w.account).map_err(|e| PageError::api(e, locale))?.is_some() {
+        let (platform, member) = (w.session.grant.platform, w.session.grant.member);
+        if !sessions.identity_try(platform, member, Instant::now()) {
+            return Ok(ok_page(password_page(&w, &passwords, Some(api_notice(locale, &identity_locked())))?));
+        }
         let member = members
             .get(w.session.grant.platform, w.session.grant.member)
             .map_err(|e| PageError::api(e, locale))?
@@ -601,6 +631,7 @@ pub async fn password(
         if !(id_right && phone_right) {
             return Ok(ok_page(password_page(&w, &passwords, Some(notice("error", t(locale, "second_factor_failed"))))?));
         }
+        sessions.identity_passed(platform, member.id);
     }
     match crate::passwords::set_password_of(&engine, &passwords, w.session.grant.platform, w.account, form.get("password").to_string()).await {
         Ok(()) => {
@@ -656,7 +687,7 @@ pub async fn close(
     let w = wallet(&request, &sessions, &engine, form.get("account")).await?;
     let form = checked_form(&body, &w.session)?;
     let locale = w.session.locale;
-    match crate::accounts::close(&engine, w.session.grant.platform, w.account, form.get("order")).await {
+    match crate::accounts::close(&engine, w.session.grant.platform, w.account, &crate::h5::members_order_no(&form, &w.session)?).await {
         Ok(_) => {
             let body = html! { (notice("ok", t(locale, "account_closed"))) @if let Some(url) = &w.session.grant.return_url { p { a.button.secondary href=(url) { (t(locale, "back_to_platform")) } } } };
             Ok(ok_page(page(locale, t(locale, "close_account"), body)))
