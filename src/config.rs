@@ -345,11 +345,17 @@ fn default_webhook_workers() -> usize {
     gateway::events::WebhookConfig::default().workers
 }
 
+/// The most `[settlement] days_ahead_max` may be (tests that settle far dates, a tier's month
+/// ahead, set it high; production leaves it 0).
+const SETTLEMENT_DAYS_AHEAD_MAX: u32 = 100_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SettlementSection {
     scheduled: bool,
     cutoff: String,
+    #[serde(default)]
+    days_ahead_max: u32,
 }
 
 #[derive(Deserialize)]
@@ -389,6 +395,8 @@ pub struct Config {
     pub holidays: std::collections::BTreeSet<u32>,
     /// When the nightly settlement runs (minutes after business-local midnight), if scheduled.
     pub settlement_cutoff_minute: Option<u32>,
+    /// Days past today a settlement run by hand may name (`[settlement] days_ahead_max`, 0).
+    pub settlement_days_ahead_max: u32,
     /// The HTTP edge's limits, timeouts and per-platform quotas.
     pub http: gateway::server::HttpLimits,
     /// The directory `POST /admin/backups` writes under (`[backups] root`); `None`: off.
@@ -644,6 +652,9 @@ impl Config {
         let cutoff =
             clearing_actor::calendar::parse_minute(&file.settlement.cutoff).filter(|m| *m < 1440).ok_or_else(|| anyhow!("settlement.cutoff must be HH:MM"))?;
         let settlement_cutoff_minute = file.settlement.scheduled.then_some(cutoff);
+        if file.settlement.days_ahead_max > SETTLEMENT_DAYS_AHEAD_MAX {
+            return Err(anyhow!("settlement.days_ahead_max is 0 to {SETTLEMENT_DAYS_AHEAD_MAX}"));
+        }
         let http = http_limits(&file.http, &file.quotas)?;
         if file.backups.root.as_deref().is_some_and(|root| !root.is_absolute() || root.components().any(|c| matches!(c, std::path::Component::ParentDir))) {
             return Err(anyhow!("backups.root must be an absolute path without .. components"));
@@ -664,6 +675,7 @@ impl Config {
             channels,
             holidays,
             settlement_cutoff_minute,
+            settlement_days_ahead_max: file.settlement.days_ahead_max,
             http,
             backup_root: file.backups.root,
             log,

@@ -239,6 +239,9 @@ fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<P
 fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>, flags: Flags) -> Result<()> {
     let day = clearing_actor::calendar::parse_date(date).ok_or_else(|| anyhow::anyhow!("--date must be YYYY-MM-DD"))?;
     let (config, data_dir) = load(config, data_dir)?;
+    use clearing_actor::calendar::Clock as _;
+    let today = config.calendar().local(clearing_actor::calendar::SystemClock.now_micros()).0;
+    clearing_actor::settlement::check_day(day, today, config.settlement_days_ahead_max).map_err(|error| anyhow::anyhow!("--date: {error}"))?;
     let places = flags.places(&config);
     let store: Arc<dyn storage::Store> = Arc::new(
         RocksStore::open_with(&data_dir, config.rows_compaction).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?,
@@ -443,6 +446,7 @@ fn serve_http(
         channels: config.channels.clone(),
         calendar: config.calendar(),
         settlement_cutoff_minute: config.settlement_cutoff_minute,
+        settlement_days_ahead_max: config.settlement_days_ahead_max,
     };
     gateway::portal::system::publish_chart(config.chart.clone());
     let mut services =

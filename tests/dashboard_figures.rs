@@ -44,6 +44,7 @@ fn figures_of_orders_made_through_the_api_are_exact() {
     // sim_gateway charges 1.50 a recharge, so the run books channel fees.
     let config = config_with(&[
         ("latency_ms = 200", "latency_ms = 20"),
+        ("days_ahead_max = 0", "days_ahead_max = 3"),
         (
             "name = \"sim_gateway\"\nkind = \"quick_pay\"\ndirection = \"in\"\ncurrency = \"CNY\"\nfee_fixed = \"0.00\"\nfee_rate_bps = 0\nfee_min = \"0.00\"\nfee_max = \"0.00\"",
             "name = \"sim_gateway\"\nkind = \"quick_pay\"\ndirection = \"in\"\ncurrency = \"CNY\"\nfee_fixed = \"1.50\"\nfee_rate_bps = 0\nfee_min = \"0.00\"\nfee_max = \"1.50\"",

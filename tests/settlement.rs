@@ -130,7 +130,8 @@ fn statement(server: &Server, token: &str, date: &str) -> Vec<std::collections::
 fn settlement_charges_tiered_commissions_over_several_days_and_platforms_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = "money-token-rules-0123456789abcdef0123456789abcdef";
-    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    // The runs name days of 2099 (a month's tiers, then the next month's): far past today.
+    let server = start_configured(dir.path(), token, &config_with(&[FAST_BANK[0], ("days_ahead_max = 0", "days_ahead_max = 100000")]));
     // Platform A: commission by the merchant's income amount over the month, 7:3 to the platform
     // and an agent. Platform B: by the number of income credits, one receiver, a service fee.
     let a = Client::create(&server, token, "{\"name\": \"Mall A\", \"settlement_cycle_days\": 0}");
@@ -329,7 +330,8 @@ fn half_up(cents: i64, ppm: i64) -> i64 {
 fn a_settlement_run_killed_at_any_moment_and_run_again_charges_each_income_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = "money-token-settle-crash-0123456789abcdef0123456789abcdef";
-    let config = config_with(FAST_BANK);
+    // The runs name days of 2099: far past today.
+    let config = config_with(&[FAST_BANK[0], ("days_ahead_max = 0", "days_ahead_max = 100000")]);
     let mut server = start_configured(dir.path(), token, &config);
     let (platform, secret, payer, receivers, merchants) = {
         let p = Client::create(&server, token, "{\"name\": \"Crash night\", \"settlement_cycle_days\": 0}");
@@ -389,5 +391,39 @@ fn a_settlement_run_killed_at_any_moment_and_run_again_charges_each_income_once(
     assert_eq!(invariants["ok"], true, "{invariants}");
     let (_, reserve) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
     assert_eq!(reserve["ok"], true, "{reserve}");
+    server.stop();
+}
+
+/// A run by hand of a date after today's business date is refused and changes nothing: it would
+/// mature every platform's income early and confirm every held escrow at once (before session
+/// 58 a mistyped year was enough). `[settlement] days_ahead_max` (0 here, as in production)
+/// lets tests name tomorrow.
+#[test]
+fn a_settlement_of_a_future_date_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-58-0123456789abcdef0123456789abcdef";
+    let server = start(dir.path(), Some(token));
+    let p = Client::create(&server, token, "{\"name\": \"Shop\", \"settlement_cycle_days\": 1, \"auto_confirm_days\": 1}");
+    let (payer, merchant) = (p.account(&p.member("payer", "Zhang San")), p.account(&p.member("merchant", "Li Si")));
+    p.fund(&payer, "100.00", "r-1");
+    let pay = |number: &str, mode: &str| {
+        let body = json!({"out_order_no": number, "payer_account_id": payer, "mode": mode, "amount": "30.00", "currency": "CNY", "payees": [{"account_id": merchant, "amount": "30.00"}]});
+        assert_eq!(p.post("/v1/payments", &body).0, 201);
+    };
+    pay("pay-1", "balance");
+    pay("pay-2", "guarantee");
+    for date in [business_date(1), "9999-12-31".to_string(), "2999-01-01".to_string()] {
+        let (status, reply) = settle(&server, token, &date);
+        assert_eq!(
+            (status, reply["error"]["code"].as_str(), reply["error"]["param"].as_str()),
+            (422, Some("business_date_in_future"), Some("business_date")),
+            "{date}: {reply}"
+        );
+    }
+    assert_eq!(p.balances(&merchant), ("30.00".into(), "0.00".into(), "0.00".into(), "30.00".into()), "nothing matured");
+    let (_, held) = p.get("/v1/orders?out_order_no=pay-2");
+    assert!(held.to_string().contains("\"held\""), "the escrow is still held: {held}");
+    let (status, today) = settle(&server, token, &business_date(0));
+    assert_eq!(status, 200, "today's run is allowed: {today}");
     server.stop();
 }

@@ -47,11 +47,15 @@ pub struct ClearingConfig {
     pub tick: Duration,
     /// The daily settlement's cut-off (business-local minutes after midnight), if scheduled.
     pub settlement_cutoff_minute: Option<u32>,
+    /// Days past today (business-local) a run by hand may name: 0 in production, where a later
+    /// date would mature every platform's income early and release every escrow at once; tests
+    /// of T+N and auto-confirm set more (`[settlement] days_ahead_max`).
+    pub settlement_days_ahead_max: u32,
 }
 
 impl Default for ClearingConfig {
     fn default() -> ClearingConfig {
-        ClearingConfig { mailbox_capacity: 4_096, tick: Duration::from_millis(200), settlement_cutoff_minute: None }
+        ClearingConfig { mailbox_capacity: 4_096, tick: Duration::from_millis(200), settlement_cutoff_minute: None, settlement_days_ahead_max: 0 }
     }
 }
 
@@ -141,6 +145,8 @@ struct Actor {
     terms: TermsSource,
     /// The day of the settlement run in progress, if one is.
     running: Option<u32>,
+    /// Days past today a run by hand may name (`ClearingConfig::settlement_days_ahead_max`).
+    days_ahead_max: u32,
     /// The operator's cases (suspense, reconciliation).
     cases: CaseBook,
     /// A reconciliation is in progress on a worker; these wait their turn.
@@ -189,6 +195,7 @@ impl Clearing {
             schedule,
             terms,
             running: None,
+            days_ahead_max: config.settlement_days_ahead_max,
             mailbox: mailbox.clone(),
         };
         actor.publish();
@@ -763,6 +770,16 @@ impl Actor {
     /// Starts the run of `day` on a worker thread, which reports back with its result; the actor
     /// then answers `reply` (if any) and tells the schedule. One run at a time.
     fn settle(&mut self, day: u32, terms: Vec<PlatformTerms>, reply: Option<Reply<SettlementSummary>>) {
+        // A run by hand (one with a reply) may not name a later day than today's; the scheduled
+        // ones never do.
+        let today = self.table.calendar().local(self.clock.now_micros()).0;
+        let reply = match reply {
+            Some(reply) => match crate::settlement::check_day(day, today, self.days_ahead_max) {
+                Ok(()) => Some(reply),
+                Err(error) => return answer(reply, Err(error)),
+            },
+            None => None,
+        };
         if self.running.is_some() {
             if let Some(reply) = reply {
                 answer(reply, Err(ClearingError::Busy));

@@ -21,6 +21,10 @@ pub enum ClearingError {
     /// The engine refused the command (a business outcome).
     #[error("refused: {0:?}")]
     Refused(ResultCode),
+    /// A settlement run by hand names a date after today's business date (and the days ahead
+    /// allowed).
+    #[error("{0}")]
+    FutureBusinessDate(String),
     /// A settlement run is in progress; try again when it has finished.
     #[error("a settlement run is in progress")]
     Busy,

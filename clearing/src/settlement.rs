@@ -104,6 +104,21 @@ pub fn auto_confirm(engine: &Engine, platform: u32, created_before: engine::ledg
     }
 }
 
+/// Refuses a run by hand of a day more than `days_ahead_max` days past `today`: such a
+/// run matures every platform's income early and confirms every held escrow at once, and its
+/// tier periods and channel fees' waiting list move to the future (before session 58 a mistyped
+/// year in `POST /admin/settlements`, the portal's form or `clearing settle` was enough).
+pub fn check_day(day: u32, today: u32, days_ahead_max: u32) -> Result<(), crate::error::ClearingError> {
+    if day > today.saturating_add(days_ahead_max) {
+        let message = format!(
+            "business_date is after today's business date{}: a run matures income and confirms escrow up to its date",
+            if days_ahead_max == 0 { String::new() } else { format!(" by more than {days_ahead_max} days") }
+        );
+        return Err(crate::error::ClearingError::FutureBusinessDate(message));
+    }
+    Ok(())
+}
+
 /// Runs the settlement of business day `day` for every platform in `terms`, calling `progress`
 /// after each platform. Blocking: waits on the shards.
 pub fn run(
@@ -182,11 +197,14 @@ pub fn run(
     // The late rows' totals depend on what their days had booked when read: written ahead in
     // one write with the orders still waiting (the decided ones leave the list in the same
     // write), so a stop anywhere after it books them at most once (the next run books them
-    // first, with these totals), never twice.
-    save_fee_state(store, Some(&waiting_after), &late_rows)?;
-    fees.extend(book_fees(engine, channels, &fee_rows)?);
-    fees.extend(book_fees(engine, channels, &late_rows)?);
-    if !late_rows.is_empty() {
+    // first, with these totals), never twice. The days' own rows are written ahead too: a run
+    // of an earlier day by hand has just dropped its days' waiting orders from the list,
+    // counting on its rows, and no later run looks at those days again (before session 58 a
+    // stop here lost their fees).
+    let rows_ahead: Vec<ChannelFeeRow> = fee_rows.iter().chain(&late_rows).copied().collect();
+    save_fee_state(store, Some(&waiting_after), &rows_ahead)?;
+    fees.extend(book_fees(engine, channels, &rows_ahead)?);
+    if !rows_ahead.is_empty() {
         save_fee_state(store, None, &[])?;
     }
     let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
@@ -265,7 +283,8 @@ fn waiting_fee_orders(store: &dyn storage::Store) -> Result<Vec<WaitingFee>, Eng
     value.map_or(Ok(Vec::new()), |bytes| serde_json::from_slice(&bytes).map_err(|e| EngineError::Storage(format!("sf/waiting: {e}"))))
 }
 
-/// Late rows written ahead of their booking (`sf/late`, JSON; empty once booked).
+/// Rows written ahead of their booking (`sf/late`, JSON; empty once booked): the run's late
+/// rows, and since session 58 its days' own rows before them.
 const LATE_ROWS_AHEAD: &[u8] = b"sf/late";
 
 fn late_rows_ahead(store: &dyn storage::Store) -> Result<Vec<ChannelFeeRow>, EngineError> {
@@ -273,8 +292,8 @@ fn late_rows_ahead(store: &dyn storage::Store) -> Result<Vec<ChannelFeeRow>, Eng
     value.map_or(Ok(Vec::new()), |bytes| serde_json::from_slice(&bytes).map_err(|e| EngineError::Storage(format!("sf/late: {e}"))))
 }
 
-/// Writes, in one synced write, the late rows about to be booked and (when given) the orders
-/// still waiting.
+/// Writes, in one synced write, the rows about to be booked and (when given) the orders still
+/// waiting.
 fn save_fee_state(store: &dyn storage::Store, waiting: Option<&[WaitingFee]>, late: &[ChannelFeeRow]) -> Result<(), EngineError> {
     let late = serde_json::to_vec(late).expect("rows serialize");
     let waiting = waiting.map(|waiting| serde_json::to_vec(waiting).expect("waiting orders serialize"));

@@ -42,9 +42,16 @@ impl World {
         let table = ChannelTable::new(channels, Calendar { utc_offset_seconds: 8 * 3600, ..Calendar::default() }).unwrap();
         let config = banksim::SimulatorConfig { latency_ms: 60_000, ..banksim::SimulatorConfig::default() };
         let bank = Arc::new(banksim::Simulator::start(config, "key".into(), store.clone()).unwrap());
-        let clearing =
-            Clearing::start(engine.clone(), store.clone(), bank.clone(), table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default())
-                .unwrap();
+        let clearing = Clearing::start(
+            engine.clone(),
+            store.clone(),
+            bank.clone(),
+            table,
+            Arc::new(SystemClock),
+            Arc::new(|_| Vec::new()),
+            ClearingConfig { settlement_days_ahead_max: 7, ..ClearingConfig::default() },
+        )
+        .unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         World { engine, clearing, bank, store, runtime }
     }

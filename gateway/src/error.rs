@@ -175,6 +175,7 @@ impl From<clearing_actor::ClearingError> for ApiError {
             E::IdempotencyConflict => ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"),
             error @ E::NoChannel(_) => ApiError::new(422, "no_channel_available", &error.to_string()),
             E::Refused(code) => rejection(code),
+            E::FutureBusinessDate(message) => ApiError { param: Some("business_date".into()), ..ApiError::new(422, "business_date_in_future", &message) },
             E::Busy => ApiError::new(409, "settlement_running", "a settlement run is in progress; try again when it has finished"),
             E::Overloaded => ApiError::overloaded("clearing is overloaded; try again shortly"),
             E::Engine(error) => ApiError::from(error),

@@ -6,7 +6,7 @@ use engine::result::ResultCode;
 use utoipa::ToSchema;
 
 /// Codes the gateway answers without the engine (authentication, validation, cards, ...).
-pub const GATEWAY_ERROR_CODES: [&str; 30] = [
+pub const GATEWAY_ERROR_CODES: [&str; 32] = [
     "invalid_request",
     "invalid_amount",
     "unauthenticated",
@@ -29,6 +29,8 @@ pub const GATEWAY_ERROR_CODES: [&str; 30] = [
     "payment_password_not_set",
     "no_channel_available",
     "settlement_running",
+    "business_date_in_future",
+    "identity_locked",
     "backup_running",
     "overloaded",
     "rate_limited",

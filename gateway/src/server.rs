@@ -102,6 +102,8 @@ pub struct ClearingSetup {
     pub channels: Vec<clearing_actor::channels::Channel>,
     pub calendar: clearing_actor::calendar::Calendar,
     pub settlement_cutoff_minute: Option<u32>,
+    /// Days past today a settlement run by hand may name.
+    pub settlement_days_ahead_max: u32,
 }
 
 impl Services {
@@ -128,7 +130,11 @@ impl Services {
         table.load_settings(store.as_ref(), &engine.config().currencies).map_err(|e| e.to_string())?;
         let (terms_engine, terms_platforms) = (engine.clone(), platforms.clone());
         let terms: clearing_actor::TermsSource = Arc::new(move |day| crate::settlements::terms(&terms_engine, &terms_platforms.all(), day));
-        let config = clearing_actor::ClearingConfig { settlement_cutoff_minute: setup.settlement_cutoff_minute, ..clearing_actor::ClearingConfig::default() };
+        let config = clearing_actor::ClearingConfig {
+            settlement_cutoff_minute: setup.settlement_cutoff_minute,
+            settlement_days_ahead_max: setup.settlement_days_ahead_max,
+            ..clearing_actor::ClearingConfig::default()
+        };
         let bank: Arc<dyn bank::BankChannel> = Arc::new(simulator.clone());
         let clock = Arc::new(clearing_actor::calendar::SystemClock);
         let (portal, first_operator) = crate::portal::Portal::load(store.clone(), protections.sessions)?;

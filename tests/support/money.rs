@@ -5,8 +5,10 @@ use serde_json::json;
 
 use super::{answer, now, Client, Server};
 
-/// Replacements for `config_with`: the bank simulator answers after 20 ms instead of 200.
-pub const FAST_BANK: &[(&str, &str)] = &[("latency_ms = 200", "latency_ms = 20")];
+/// Replacements for `config_with`: the bank simulator answers after 20 ms instead of 200, and
+/// settlement runs by hand may name up to three days ahead (the tests of T+N and auto-confirm
+/// run tomorrow's settlement for the nights in between; production allows none).
+pub const FAST_BANK: &[(&str, &str)] = &[("latency_ms = 200", "latency_ms = 20"), ("days_ahead_max = 0", "days_ahead_max = 3")];
 
 /// The status and the error code of a signed POST's reply (`Client::post`).
 pub fn error_of(reply: &(u16, bool, serde_json::Value)) -> (u16, Option<&str>) {
