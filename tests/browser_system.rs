@@ -8,7 +8,7 @@ mod support;
 use serde_json::json;
 use support::browser::Browser;
 use support::money::{business_date, FAST_BANK};
-use support::portal::{first_password, Person};
+use support::portal::{first_password, Person, MAKERS_PASSWORD};
 use support::*;
 
 const TOKEN: &str = "browser-system-operator-token-0123456789";
@@ -73,9 +73,11 @@ fn a_system_operator_registers_settles_and_changes_a_channel_with_four_eyes() {
             ("member", ""),
             ("role", "viewer"),
             ("role", role),
-            ("password", "a long enough password"),
+            ("password", MAKERS_PASSWORD),
         ];
         assert_eq!(admin.post("/portal/operators", &fields).status, 200);
+        // Each chooses its own password (an operator approves nothing before it has).
+        Person::take_over_at(&server.base, username, "a long enough password");
     }
     browser.delete_cookies();
     sign_in(&browser, &server, "clerk", "a long enough password");

@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::portal::{first_password, Page, Person};
+use support::portal::{first_password, Page, Person, MAKERS_PASSWORD};
 use support::*;
 
 const TOKEN: &str = "portal-platform-tests-operator-token-0123";
@@ -25,7 +25,8 @@ fn platform_with_operator<'a>(server: &'a Server, admin: &mut Person, name: &str
     (client, operator)
 }
 
-/// An operator of `platform` with every role, made by `admin`, signed in.
+/// An operator of `platform` with every role, made by `admin`, that chose its own password
+/// (`PASSWORD`), signed in.
 fn platform_operator(server: &Server, admin: &mut Person, platform: &str, username: &str) -> Person {
     let csrf = admin.csrf();
     let made = admin.post(
@@ -41,10 +42,11 @@ fn platform_operator(server: &Server, admin: &mut Person, platform: &str, userna
             ("role", "operator"),
             ("role", "approver"),
             ("role", "admin"),
-            ("password", PASSWORD),
+            ("password", MAKERS_PASSWORD),
         ],
     );
     assert!(made.body.contains("created"), "{}", made.body);
+    Person::take_over_at(&server.base, username, PASSWORD);
     let mut operator = Person::new(server);
     assert_eq!(operator.login(username, PASSWORD).status, 303);
     operator

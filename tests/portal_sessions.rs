@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::portal::{first_password, Person};
+use support::portal::{first_password, Person, MAKERS_PASSWORD};
 use support::*;
 
 const TOKEN: &str = "portal-tests-operator-token-0123456789";
@@ -20,14 +20,19 @@ fn admin(server: &Server) -> Person {
     person
 }
 
-/// Creates an operator through the operators page as `by`.
+/// Creates an operator through the operators page as `by`; once made, it chooses its own
+/// password, "a long enough password" (the maker's is `MAKERS_PASSWORD`).
 fn make_operator(by: &mut Person, username: &str, kind: &str, platform: &str, member: &str, roles: &[&str]) -> support::portal::Page {
     let csrf = by.csrf();
     let mut fields =
         vec![("csrf", csrf.as_str()), ("username", username), ("display_name", username), ("kind", kind), ("platform", platform), ("member", member)];
     fields.extend(roles.iter().map(|role| ("role", *role)));
-    fields.push(("password", "a long enough password"));
-    by.post("/portal/operators", &fields)
+    fields.push(("password", MAKERS_PASSWORD));
+    let made = by.post("/portal/operators", &fields);
+    if made.body.contains(&format!("Operator {username} created")) {
+        Person::take_over_at(&by.base, username, "a long enough password");
+    }
+    made
 }
 
 /// Proposes moving `amount` from account `from` to `to` as `person`.
@@ -466,5 +471,49 @@ fn an_approval_left_without_outcome_by_a_stop_is_carried_out_again_once() {
     assert_eq!(listed["orders"].as_array().map(Vec::len), Some(2), "{listed}");
     assert!(checker.get("/portal/audit?action=approval.").body.contains("approval.retry"));
     drop(client);
+    server.stop();
+}
+
+/// An operator approves nothing before it has chosen its own password: the one its maker chose
+/// is known to the maker, who could otherwise approve as it what it proposed as another (two
+/// operators of one admin). The same password again is not a new one.
+#[test]
+fn an_approver_approves_only_once_it_chose_its_own_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started(dir.path());
+    let (client, payer, payee) = platform_with_a_funded_payer(&server);
+    let mut admin = admin(&server);
+    make_operator(&mut admin, "clerk", "platform", &client.platform, "", &["operator"]);
+    let csrf = admin.csrf();
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("username", "fresh"),
+        ("display_name", "fresh"),
+        ("kind", "platform"),
+        ("platform", client.platform.as_str()),
+        ("member", ""),
+        ("role", "approver"),
+        ("password", MAKERS_PASSWORD),
+    ];
+    assert!(admin.post("/portal/operators", &fields).body.contains("Operator fresh created"));
+    let mut clerk = Person::new(&server);
+    clerk.login("clerk", "a long enough password");
+    assert!(propose_adjustment(&mut clerk, &payer, &payee, "12.50").body.contains("Proposal 1 recorded"));
+    let mut fresh = Person::new(&server);
+    assert_eq!(fresh.login("fresh", MAKERS_PASSWORD).status, 303);
+    assert!(fresh.get("/portal/account").body.contains("choose your own"));
+    let csrf = fresh.csrf();
+    let refused = fresh.post("/portal/approvals/1/approve", &[("csrf", &csrf)]);
+    assert!(refused.body.contains("choose your own password first"), "{}", refused.body);
+    assert_eq!(client.balances(&payer).0, "100.00", "nothing moved");
+    let same = fresh.post("/portal/account/password", &[("csrf", &csrf), ("current", MAKERS_PASSWORD), ("password", MAKERS_PASSWORD)]);
+    assert!(same.body.contains("choose a new password"), "{}", same.body);
+    Person::take_over_at(&server.base, "fresh", "fresh's own long password");
+    let mut fresh = Person::new(&server);
+    assert_eq!(fresh.login("fresh", "fresh's own long password").status, 303);
+    let csrf = fresh.csrf();
+    let approved = fresh.post("/portal/approvals/1/approve", &[("csrf", &csrf)]);
+    assert!(approved.body.contains("(executed)."), "{}", approved.body);
+    assert_eq!(client.balances(&payer).0, "87.50");
     server.stop();
 }

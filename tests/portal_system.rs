@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::json;
-use support::portal::{first_password, Page, Person};
+use support::portal::{first_password, Page, Person, MAKERS_PASSWORD};
 use support::*;
 
 const TOKEN: &str = "portal-system-tests-operator-token-0123456789";
@@ -30,14 +30,16 @@ fn admin(server: &Server) -> Person {
     person
 }
 
-/// Creates an operator through the operators page as `by`, and signs them in.
+/// Creates an operator through the operators page as `by`; it chooses its own password ("a
+/// long enough password") and signs in.
 fn operator(server: &Server, by: &mut Person, username: &str, kind: &str, platform: &str, roles: &[&str]) -> Person {
     let csrf = by.csrf();
     let mut fields = vec![("csrf", csrf.as_str()), ("username", username), ("display_name", username), ("kind", kind), ("platform", platform), ("member", "")];
     fields.extend(roles.iter().map(|role| ("role", *role)));
-    fields.push(("password", "a long enough password"));
+    fields.push(("password", MAKERS_PASSWORD));
     let created = by.post("/portal/operators", &fields);
     assert_eq!(created.status, 200, "{}", created.body);
+    Person::take_over_at(&server.base, username, "a long enough password");
     let mut person = Person::new(server);
     let signed_in = person.login(username, "a long enough password");
     assert_eq!(signed_in.status, 303, "{}", signed_in.body);

@@ -4,6 +4,9 @@
 
 use super::{answer, Server};
 
+/// The first password a maker gives the operators the tests make (`take_over` changes it).
+pub const MAKERS_PASSWORD: &str = "the maker's first password";
+
 /// The first system operator's password, as `serve` printed it at the first start.
 pub fn first_password(server: &Server) -> String {
     server
@@ -38,7 +41,12 @@ pub struct Person {
 
 impl Person {
     pub fn new(server: &Server) -> Person {
-        Person { base: server.base.clone(), agent: ureq::AgentBuilder::new().redirects(0).build(), cookie: None }
+        Person::at(&server.base)
+    }
+
+    /// A person at the server of base URL `base`.
+    pub fn at(base: &str) -> Person {
+        Person { base: base.to_string(), agent: ureq::AgentBuilder::new().redirects(0).build(), cookie: None }
     }
 
     fn read(&mut self, response: ureq::Response) -> Page {
@@ -83,6 +91,16 @@ impl Person {
     /// Signs in; the page after the redirect.
     pub fn login(&mut self, username: &str, password: &str) -> Page {
         self.post("/portal/login", &[("username", username), ("password", password)])
+    }
+
+    /// Signs in as `username` with the password its maker chose (`MAKERS_PASSWORD`) and chooses
+    /// its own, `password` (an operator approves nothing before it has), which ends the session.
+    pub fn take_over_at(base: &str, username: &str, password: &str) {
+        let mut person = Person::at(base);
+        assert_eq!(person.login(username, MAKERS_PASSWORD).status, 303, "{username} signs in with its maker's password");
+        let csrf = person.csrf();
+        let changed = person.post("/portal/account/password", &[("csrf", &csrf), ("current", MAKERS_PASSWORD), ("password", password)]);
+        assert_eq!((changed.status, changed.location.as_deref()), (303, Some("/portal/login")), "{username}: {}", changed.body);
     }
 
     /// The CSRF token of the session (read from a page that has a form).

@@ -152,6 +152,10 @@ pub struct Operator {
     /// Bumped when the password changes or the operator is disabled: older sessions end.
     #[serde(default)]
     pub generation: u64,
+    /// The operator chose its password itself (changed it on its account page); one its maker
+    /// chose is known to the maker, so until it is changed the operator approves nothing.
+    #[serde(default)]
+    pub own_password: bool,
 }
 
 #[cfg(test)]
@@ -172,6 +176,7 @@ impl Operator {
             created_at: 0,
             created_by: "test".to_string(),
             generation: 0,
+            own_password: false,
         }
     }
 }
@@ -374,6 +379,7 @@ impl Operators {
             created_at: now_seconds(),
             created_by: created_by.to_string(),
             generation: 0,
+            own_password: false,
         };
         self.save(&operator)?;
         inner.highest = operator.id;
@@ -481,12 +487,13 @@ impl Operators {
         Ok((before, after))
     }
 
-    /// Changes a password (the caller verified the old one or is an admin of the scope);
-    /// every other session of the operator ends.
+    /// Changes an operator's password to one it chose (the caller verified the old one); every
+    /// session of the operator ends.
     pub fn set_password(&self, id: u64, password: &str) -> Result<(Operator, Operator), ApiError> {
         check_password_rules(password)?;
         let hash = hash_password(password);
         self.update(id, |operator| {
+            operator.own_password = true;
             operator.password_hash = hash;
             operator.generation += 1;
             operator.failures = 0;

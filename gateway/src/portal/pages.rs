@@ -142,6 +142,9 @@ fn account_page(session: &Session, message: Option<(&str, &str)>, enrolling: Opt
     let operator = &session.operator;
     let body = html! {
         @if let Some((kind, text)) = message { (notice(kind, text)) }
+        @if !operator.own_password && operator.has(Role::Approver) {
+            (notice("error", "Your password was chosen by the operator who made you: choose your own below before you approve proposals."))
+        }
         section.card {
             h2 { "You" }
             dl.facts {
@@ -193,8 +196,12 @@ async fn account(session: Session) -> HttpResponse {
 async fn change_password(request: HttpRequest, session: Session, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
     check_form(&request, &session, &form)?;
     let (current, new) = (form.get("current").to_string(), form.get("password").to_string());
+    let same = new == current;
     if let Some(refused) = confirm_own_password(&session, &portal, current).await? {
         return Ok(refused);
+    }
+    if same {
+        return Ok(account_page(&session, Some(("error", "choose a new password, not the one you have")), None));
     }
     let id = session.operator.id;
     let changing = portal.get_ref().clone();
@@ -885,6 +892,12 @@ async fn decide(
     // Four eyes are two people: neither operator made the other (or one that made it), since the
     // maker chose its password (before session 57 an admin could make a second operator with the
     // approver role and approve its own proposals, or propose as one it made and approve).
+    if (verb == "approve" || verb == "retry") && !session.operator.own_password {
+        // The password its maker chose is known to the maker, who could approve as this one
+        // what it proposed as another it made (two operators of one admin, session 58).
+        let message = "choose your own password first (My account): the one the operator who made you chose is known to them";
+        return approvals_page(&session, portal.get_ref(), Some(Status::Pending), Some(("error", message)), None).await;
+    }
     if verb == "approve" || verb == "retry" {
         let proposer = portal.approvals.get(&session.scope(), id)?.map(|proposal| proposal.proposed_by);
         let me = session.operator.id;
