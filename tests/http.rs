@@ -377,3 +377,38 @@ fn oversized_and_malformed_requests_get_json_errors_not_5xx() {
     }
     server.stop();
 }
+
+/// `POST /admin/platforms` with an `out_order_no` makes one platform however often it is sent
+/// (a retry after a lost answer shows the same platform and secret); other terms under the
+/// same number are a conflict. Before session 58 every retry made another platform.
+#[test]
+fn creating_a_platform_with_an_order_number_twice_makes_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "operator-secret-58-0123456789abcdef0123456789abcdef";
+    let server = start(dir.path(), Some(token));
+    let post = |body: &str| {
+        let request =
+            ureq::post(&format!("{}/admin/platforms", server.base)).set("Authorization", &format!("Bearer {token}")).set("Content-Type", "application/json");
+        let response = answer(request.send_string(body), "create platform");
+        let replayed = response.header("Idempotent-Replay").map(str::to_string);
+        (response.status(), replayed, response.into_json::<serde_json::Value>().expect("JSON"))
+    };
+    let body = r#"{"name": "Once", "settlement_cycle_days": 0, "out_order_no": "plt-create-1"}"#;
+    let (status, replayed, first) = post(body);
+    assert_eq!((status, replayed), (201, None), "{first}");
+    let (status, replayed, again) = post(body);
+    assert_eq!((status, replayed.as_deref()), (201, Some("true")), "{again}");
+    assert_eq!((&again["platform_id"], &again["secret"]), (&first["platform_id"], &first["secret"]), "the same platform, the same secret");
+    for other in [r#"{"name": "Other", "out_order_no": "plt-create-1"}"#, r#"{"name": "Once", "out_order_no": "plt-create-1"}"#] {
+        let (status, _, refused) = post(other);
+        assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("idempotency_conflict")), "{other}: {refused}");
+    }
+    let (status, _, refused) = post(r#"{"name": "Bad", "out_order_no": "not a number!"}"#);
+    assert_eq!((status, refused["error"]["param"].as_str()), (400, Some("out_order_no")), "{refused}");
+    let (platform, secret) = (first["platform_id"].as_str().unwrap(), first["secret"].as_str().unwrap());
+    assert_eq!(signed_get_json(&server, "/v1/platform", platform, secret, &fresh_nonce()).0, 200, "the secret shown again signs");
+    let (_, _, unnumbered) = post(r#"{"name": "Twice"}"#);
+    let (_, _, second) = post(r#"{"name": "Twice"}"#);
+    assert_ne!(unnumbered["platform_id"], second["platform_id"], "without a number each request makes one");
+    server.stop();
+}

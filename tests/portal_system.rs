@@ -120,6 +120,18 @@ fn a_registered_platform_signs_with_the_shown_secret_and_suspension_refuses_it()
     assert!(member.starts_with("mem_"));
     let list = admin.get("/portal/system/platforms");
     assert!(list.body.contains("Shop &lt;One&gt;") && !list.body.contains(&secret), "{}", list.body);
+    // The form's order number makes a second submit of one form the same platform.
+    let number = {
+        let marker = "name=\"out_order_no\" value=\"";
+        let at = list.body.find(marker).expect("the form's number") + marker.len();
+        list.body[at..].split('"').next().unwrap().to_string()
+    };
+    let csrf = admin.csrf();
+    let fields =
+        [("csrf", csrf.as_str()), ("name", "Shop Two"), ("settlement_cycle_days", "1"), ("auto_confirm_days", "15"), ("out_order_no", number.as_str())];
+    let (once, twice) = (admin.post("/portal/system/platforms", &fields), admin.post("/portal/system/platforms", &fields));
+    assert_eq!(text_of(&once, "platform-id"), text_of(&twice, "platform-id"), "{}", twice.body);
+    assert_eq!(text_of(&once, "platform-secret"), text_of(&twice, "platform-secret"));
     // The bad input is refused with a notice.
     let csrf = admin.csrf();
     let refused = admin.post("/portal/system/platforms", &[("csrf", &csrf), ("name", " "), ("settlement_cycle_days", "1")]);

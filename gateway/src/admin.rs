@@ -286,8 +286,12 @@ pub async fn create_platform(
     let new: crate::platforms::NewPlatform = crate::signed::parse_json(&body)?;
     let platforms = platforms.get_ref().clone();
     // The store write syncs to disk: off the async workers.
-    let (platform, secret) = blocking(move || platforms.create(new)).await??;
-    Ok(HttpResponse::Created().json(CreatedPlatform {
+    let (platform, secret, replayed) = blocking(move || platforms.create(new)).await??;
+    let mut answer = HttpResponse::Created();
+    if replayed {
+        answer.insert_header(("Idempotent-Replay", "true"));
+    }
+    Ok(answer.json(CreatedPlatform {
         platform_id: platform.public_id(),
         secret,
         name: platform.name,

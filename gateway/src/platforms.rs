@@ -43,6 +43,9 @@ pub struct Platform {
     /// otherwise), so that carrying it out again shows that secret instead of rotating twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_rotated_by: Option<u64>,
+    /// The operator's order number of the request that made it (`NewPlatform::out_order_no`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_as: Option<String>,
 }
 
 /// Agreement codes a member must have signed (the latest version of each) before an account
@@ -117,6 +120,12 @@ pub struct NewPlatform {
     pub settlement_cycle_days: Option<u8>,
     pub auto_confirm_days: Option<u8>,
     pub require_payment_password: Option<bool>,
+    /// The operator's own number for this creation (an addition to API.md): repeated with the
+    /// same body, it answers the platform it made, with its secret again while the platform
+    /// still has its first secret (`Idempotent-Replay: true`); with another body 409
+    /// `idempotency_conflict`. Without it every request makes a platform.
+    #[serde(default)]
+    pub out_order_no: Option<String>,
 }
 
 /// The longest platform name, in characters.
@@ -171,7 +180,7 @@ impl Platforms {
     }
 
     /// Validates and durably creates a platform; returns it with its secret (shown only here).
-    pub fn create(&self, request: NewPlatform) -> Result<(Platform, String), ApiError> {
+    pub fn create(&self, request: NewPlatform) -> Result<(Platform, String, bool), ApiError> {
         // The checks are of what the client sent (the document's maxLength and pattern), blanks
         // around the name included (a tab is a control character even there); the blanks are
         // then dropped.
@@ -187,14 +196,34 @@ impl Platforms {
         if !(1..=90).contains(&auto_confirm_days) {
             return Err(ApiError::invalid("auto_confirm_days must be 1 to 90", "auto_confirm_days"));
         }
+        let require_payment_password = request.require_payment_password.unwrap_or(false);
+        if let Some(number) = &request.out_order_no {
+            crate::ids::out_order_no(number, "out_order_no")?;
+        }
         let _creating = self.creating.lock().expect("platform creation lock");
+        if let Some(number) = &request.out_order_no {
+            let made = self.by_id.read().expect("platforms lock").values().find(|p| p.created_as.as_deref() == Some(number.as_str())).cloned();
+            if let Some(made) = made {
+                let same = (made.name.as_str(), made.settlement_cycle_days, made.auto_confirm_days, made.require_payment_password)
+                    == (name.as_str(), settlement_cycle_days, auto_confirm_days, require_payment_password);
+                if !same {
+                    return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no made a platform with other terms"));
+                }
+                if made.secret_version != 1 {
+                    let message = "this out_order_no made a platform whose secret was rotated since: its first secret is not shown again";
+                    return Err(ApiError::new(409, "idempotency_conflict", message));
+                }
+                let secret = self.secret(&made);
+                return Ok((made, secret, true));
+            }
+        }
         let id = self.by_id.read().expect("platforms lock").keys().next_back().map_or(1, |last| last + 1);
         let platform = Platform {
             id,
             name,
             settlement_cycle_days,
             auto_confirm_days,
-            require_payment_password: request.require_payment_password.unwrap_or(false),
+            require_payment_password,
             secret_version: 1,
             webhook_url: None,
             settlement_rule: None,
@@ -202,12 +231,13 @@ impl Platforms {
             suspended: false,
             agreement_requirements: AgreementRequirements::default(),
             secret_rotated_by: None,
+            created_as: request.out_order_no,
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
         let secret = self.secret(&platform);
         self.by_id.write().expect("platforms lock").insert(id, platform.clone());
-        Ok((platform, secret))
+        Ok((platform, secret, false))
     }
 
     /// Sets (or with `None` removes) a platform's webhook URL, durably.
@@ -370,8 +400,8 @@ mod tests {
     fn a_rotated_secret_verifies_beside_the_old_one_until_the_overlap_ends() {
         let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
         let platforms = Platforms::load(store.clone(), MasterKey::from_bytes([3; 32])).expect("load");
-        let (platform, first) = platforms
-            .create(NewPlatform { name: "P".into(), settlement_cycle_days: None, auto_confirm_days: None, require_payment_password: None })
+        let (platform, first, _) = platforms
+            .create(NewPlatform { name: "P".into(), settlement_cycle_days: None, auto_confirm_days: None, require_payment_password: None, out_order_no: None })
             .expect("create");
         let sign = |secret: &str| crate::secrets::hmac_hex(secret.as_bytes(), b"message");
         let now = 1_700_000_000;
@@ -407,8 +437,8 @@ mod tests {
     fn a_rotation_from_a_version_rotates_once() {
         let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
         let platforms = Platforms::load(store, MasterKey::from_bytes([3; 32])).expect("load");
-        let (platform, first) = platforms
-            .create(NewPlatform { name: "P".into(), settlement_cycle_days: None, auto_confirm_days: None, require_payment_password: None })
+        let (platform, first, _) = platforms
+            .create(NewPlatform { name: "P".into(), settlement_cycle_days: None, auto_confirm_days: None, require_payment_password: None, out_order_no: None })
             .expect("create");
         let now = 1_700_000_000;
         let overlap = || RotateSecret { overlap_seconds: Some(60), from_version: None };

@@ -142,6 +142,8 @@ fn platforms_page(session: &Session, platforms: &Platforms, message: Option<(&st
                 h2 { "Register a platform" }
                 form method="post" action="/portal/system/platforms" #register {
                     (csrf_field(session))
+                    // Made with the form: submitting it twice registers one platform.
+                    input type="hidden" name="out_order_no" value=(super::platform::new_out_order_no());
                     label { "Name" input name="name" required maxlength="128"; }
                     label { "Settlement cycle in days (T+n, 0 to 30)" input name="settlement_cycle_days" value="1" inputmode="numeric"; }
                     label { "Auto-confirm guarantee payments after days (1 to 90)" input name="auto_confirm_days" value="15" inputmode="numeric"; }
@@ -188,11 +190,12 @@ async fn register(
         settlement_cycle_days,
         auto_confirm_days,
         require_payment_password: Some(form.get("require_payment_password") == "true"),
+        out_order_no: form.opt("out_order_no").map(str::to_string),
     };
     let store = platforms.get_ref().clone();
-    let (platform, secret) = match blocking(move || store.create(new)).await? {
+    let (platform, secret, replayed) = match blocking(move || store.create(new)).await? {
         Ok(created) => created,
-        Err(error) if error.status == 400 => return Ok(platforms_page(&session, &platforms, Some(("error", &error.message)))),
+        Err(error) if error.status < 500 => return Ok(platforms_page(&session, &platforms, Some(("error", &error.message)))),
         Err(error) => return Err(error.into()),
     };
     // The audit record has the platform, never its secret.
@@ -205,10 +208,10 @@ async fn register(
         &platform.public_id(),
         serde_json::Value::Null,
         after,
-        "ok",
+        if replayed { "replayed" } else { "ok" },
     )?;
     let body = html! {
-        (notice("ok", &format!("Platform {} registered.", platform.public_id())))
+        (notice("ok", &format!("Platform {} registered{}.", platform.public_id(), if replayed { " (the form was sent again: the same platform)" } else { "" })))
         section.card #secret {
             h2 { "The platform's secret" }
             p { "Give it to the platform now: it is shown only on this page and never again (a new one needs a rotation)." }
