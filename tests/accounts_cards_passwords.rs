@@ -448,3 +448,43 @@ fn an_account_binds_a_bounded_number_of_cards_per_day() {
     assert_eq!(cards["cards"].as_array().unwrap().len(), 2, "{cards}");
     server.stop();
 }
+
+/// A large withdrawal's alert is written after the payout: a stop in between left the member
+/// without it for good (before session 58); a replay of the withdrawal writes it now, and only
+/// when it is missing.
+#[test]
+fn a_large_withdrawals_alert_lost_by_a_stop_is_written_by_its_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-58-alert-0123456789abcdef0123456789abcdef";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Shop\"}");
+    let member = p.member("m-a", "Zhang San");
+    let account = p.account(&member);
+    let card = verified_card(&p, &server, &account, "4111111111111111", "Zhang San", "11010519491231002X");
+    p.fund(&account, "60000.00", "r-1");
+    let body = json!({"out_order_no": "w-big", "account_id": account, "card_id": card, "amount": "50000.01", "currency": "CNY"});
+    let alerts = |p: &Client| {
+        let (_, notes) = p.get(&format!("/v1/members/{member}/notifications"));
+        notes["notifications"].as_array().unwrap().iter().filter(|n| n["kind"] == "large_withdrawal_alert").count()
+    };
+    let (status, _, first) = p.post("/v1/withdrawals", &body);
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(alerts(&p), 1);
+    assert!(p.post("/v1/withdrawals", &body).1, "a replay");
+    assert_eq!(alerts(&p), 1, "a replay finds the alert and writes none");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+    // As a stop between the payout and its alert leaves them: the alert never written.
+    {
+        let store = storage_rocks::RocksStore::open(dir.path()).expect("the server's database");
+        storage::Store::delete_range(&store, b"n/", b"n0").unwrap();
+    }
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client { server: &server, platform, secret };
+    assert_eq!(alerts(&p), 0);
+    let (status, replayed, again) = p.post("/v1/withdrawals", &body);
+    assert_eq!((status, replayed, &again["order_id"]), (201, true, &first["order_id"]), "{again}");
+    assert_eq!(alerts(&p), 1, "the replay wrote the missing alert");
+    server.stop();
+}

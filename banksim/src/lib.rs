@@ -121,6 +121,27 @@ pub struct Simulator {
 const CARD_PREFIX: &str = "s/card/";
 const STATEMENT_PREFIX: &str = "s/stmt/";
 const RESERVE_PREFIX: &str = "s/resv/";
+/// The bank's verdict on each order it decided, by channel and order (`true`: succeeded):
+/// an order sent again (after a restart of the server or of the bank) is answered with it, and
+/// moves no money again (before session 58 a payout resent after its verdict credited the
+/// card a second time; a statement line recorded on a later day than the first, a second time).
+const DECIDED_PREFIX: &str = "s/decided/";
+
+fn decided_key(channel: u16, order: OrderId) -> Vec<u8> {
+    format!("{DECIDED_PREFIX}{channel:05}/{:020}", order.0).into_bytes()
+}
+
+/// The verdict the bank gave `order` on `channel` before, if it decided it.
+fn decided_before(inner: &Inner, channel: u16, order: OrderId) -> Option<bool> {
+    match inner.store.get(&decided_key(channel, order)) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
+        Ok(None) => None,
+        Err(error) => {
+            tracing::warn!("simulator: cannot read a verdict: {error}");
+            None
+        }
+    }
+}
 
 /// The signature header of a callback: `t=<unix seconds>,v1=<hex HMAC-SHA256(key, "t.body")>`.
 pub fn signature_header(key: &str, timestamp: i64, body: &[u8]) -> String {
@@ -271,10 +292,18 @@ impl BankChannel for Simulator {
     }
 
     fn query(&self, order: OrderId, channel: u16) -> BankStatus {
-        match self.inner.received.lock().expect("received lock").get(&(order.0, channel)) {
-            None => BankStatus::Unknown,
+        if !self.inner.config.enabled {
+            // Off, the simulator submits nothing and knows nothing: the order is out at a real
+            // channel, which may still pay it. `Unknown` ("never received") made the watchdog
+            // fail and refund every payout at its timeout, while the bank could pay it later.
+            return BankStatus::Processing;
+        }
+        let received = self.inner.received.lock().expect("received lock").get(&(order.0, channel)).copied();
+        match received {
+            // Not received by this run of the bank: decided by an earlier one, or unknown.
+            None => decided_before(&self.inner, channel, order).map_or(BankStatus::Unknown, |succeeded| BankStatus::Decided { succeeded }),
             Some(None) => BankStatus::Processing,
-            Some(Some(succeeded)) => BankStatus::Decided { succeeded: *succeeded },
+            Some(Some(succeeded)) => BankStatus::Decided { succeeded },
         }
     }
 
@@ -374,7 +403,7 @@ fn record_statement_line(inner: &Inner, channel: u16, order: OrderId, direction:
     let seconds = (micros_now() / 1_000_000) as i64 + inner.config.utc_offset_seconds as i64;
     let day = seconds.div_euclid(86_400);
     let key = format!("{STATEMENT_PREFIX}{channel:05}/{day:08}/{:020}", order.0).into_bytes();
-    if matches!(inner.store.get(&key), Ok(Some(_))) {
+    if matches!(inner.store.get(&key), Ok(Some(_))) || decided_before(inner, channel, order).is_some() {
         return;
     }
     // The bank's tariff: the channel's fee model on the amount; nothing for a failed order.
@@ -388,7 +417,10 @@ fn record_statement_line(inner: &Inner, channel: u16, order: OrderId, direction:
         status: if failed { "failed".into() } else { "succeeded".into() },
         fee: fee.map(|f| currency.format(f)),
     };
-    if let Err(error) = storage::records::put(inner.store.as_ref(), &[(key, &line)]) {
+    // The line and the verdict in one write: a verdict kept is a line kept.
+    let verdict = serde_json::to_vec(&!failed).expect("a verdict serializes");
+    let line_bytes = serde_json::to_vec(&line).expect("statement lines serialize");
+    if let Err(error) = inner.store.write(&[(key.as_slice(), line_bytes.as_slice()), (decided_key(channel, order).as_slice(), verdict.as_slice())]) {
         tracing::warn!("simulator: cannot record a statement line: {error}");
     }
     // The reserve account at the bank: money in less the channel's fee, money out and its fee.
@@ -440,7 +472,17 @@ fn record_reserve_line(inner: &Inner, currency: &CurrencySpec, key: &str, amount
 
 /// Decides a due job and sends its callback; a failed delivery is queued again with backoff.
 fn deliver_one(inner: &Inner, mut job: Job) {
-    let failed = fails(job.failure_per_mille, &job.request);
+    let mut failed = fails(job.failure_per_mille, &job.request);
+    // An order decided before keeps its verdict and moves no card again.
+    let before = match &job.request {
+        Request::MoneyIn { order, channel, .. } | Request::Collection { order, channel, .. } | Request::MoneyOut { order, channel, .. } => {
+            decided_before(inner, *channel, *order)
+        }
+        Request::MicroDeposit { .. } => None,
+    };
+    if let Some(succeeded) = before {
+        failed = !succeeded;
+    }
     let (kind, order, channel, amount) = match &job.request {
         Request::MicroDeposit { card_no, amount, currency, reference } => {
             record_card_line(inner, card_no, &currency.format(*amount), DEPOSIT_REMARK.to_string(), Some(reference.clone()));
@@ -454,14 +496,14 @@ fn deliver_one(inner: &Inner, mut job: Job) {
             ("recharge", *order, None, currency.format(*amount))
         }
         Request::Collection { order, channel, amount, currency, card_no } => {
-            if job.attempt == 0 && !failed {
+            if job.attempt == 0 && !failed && before.is_none() {
                 record_card_line(inner, card_no, &currency.format(-amount), format!("collection {}", bank::order_ref(*order)), None);
             }
             record_statement_line(inner, *channel, *order, "in", *amount, currency, failed);
             ("recharge", *order, None, currency.format(*amount))
         }
         Request::MoneyOut { order, channel, amount, currency, card_no } => {
-            if job.attempt == 0 && !failed && !card_no.is_empty() {
+            if job.attempt == 0 && !failed && !card_no.is_empty() && before.is_none() {
                 record_card_line(inner, card_no, &currency.format(*amount), format!("withdrawal {}", bank::order_ref(*order)), None);
             }
             record_statement_line(inner, *channel, *order, "out", *amount, currency, failed);
@@ -540,6 +582,39 @@ mod tests {
     /// The reserve balance is summed from the lines once after a start, then kept as lines are
     /// recorded: a line recorded again (an order resent) counts once, and a new start sums the
     /// same from the store.
+    /// A payout sent again after its verdict (the server restarted before it took the verdict,
+    /// or the bank did) is answered with the same verdict and credits the card no second time;
+    /// a restarted bank still knows the verdict.
+    #[test]
+    fn an_order_sent_again_after_its_verdict_moves_no_money_again() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let config = SimulatorConfig { latency_ms: 1, ..SimulatorConfig::default() };
+        let cny = CurrencySpec::new("CNY", 2).unwrap();
+        let payout = || Request::MoneyOut { order: OrderId(77), channel: 3, amount: 12_345, currency: cny, card_no: "6222020200112233445".into() };
+        let lines = |bank: &Simulator| bank.card_transactions("6222020200112233445").unwrap().len();
+        let settle = |bank: &Simulator| {
+            for _ in 0..500 {
+                if matches!(bank.query(OrderId(77), 3), BankStatus::Decided { .. }) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            panic!("no verdict");
+        };
+        let bank = Simulator::start(config, "key".into(), store.clone()).unwrap();
+        bank.submit(payout());
+        settle(&bank);
+        assert_eq!(lines(&bank), 1);
+        let restarted = Simulator::start(config, "key".into(), store.clone()).unwrap();
+        assert_eq!(restarted.query(OrderId(77), 3), BankStatus::Decided { succeeded: true }, "kept across a restart");
+        restarted.submit(payout());
+        settle(&restarted);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(lines(&restarted), 1, "the card is credited once");
+        let off = Simulator::start(SimulatorConfig { enabled: false, ..config }, "key".into(), store).unwrap();
+        assert_eq!(off.query(OrderId(99), 3), BankStatus::Processing, "off, it knows nothing and says so");
+    }
+
     #[test]
     fn the_reserve_balance_is_kept_as_lines_are_recorded_and_each_line_counts_once() {
         let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());

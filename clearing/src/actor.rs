@@ -500,6 +500,7 @@ impl Actor {
                     account_type: Some(account_type),
                     tried: vec![channel],
                     refused: false,
+                    first: Some((channel, fee)),
                 };
                 if let Err(error) = PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note) {
                     self.table.release(channel, amount, at.micros);
@@ -509,8 +510,14 @@ impl Actor {
                 (note, true)
             }
         };
-        let channel = note.channel.ok_or_else(|| ClearingError::Storage("a payout was noted without a channel".into()))?;
-        let command = Command::Withdraw { account, currency, amount, fee: note.fee, channel };
+        // The order as first submitted: a fallback since changed the note's channel and fee, not
+        // the engine's order (which a repeat of the number must match to be its replay).
+        let (channel, fee) = match (note.first, note.channel) {
+            (Some(first), _) => first,
+            (None, Some(channel)) => (channel, note.fee),
+            (None, None) => return Err(ClearingError::Storage("a payout was noted without a channel".into())),
+        };
+        let command = Command::Withdraw { account, currency, amount, fee, channel };
         // An engine error leaves it unknown whether the order was applied: the note and the
         // usage stay, and a retry with the same number replays or completes it.
         let reply = self.engine.execute_one(Envelope { platform, out_order_no: Some(number), command })?;
@@ -534,7 +541,7 @@ impl Actor {
             }
             self.send_payout(OrderId(reply.id), channel, amount, spec, card_no);
         }
-        Ok(PayoutOutcome { reply, channel: self.table.set().name(channel), fee: note.fee, routing: note.routing })
+        Ok(PayoutOutcome { reply, channel: self.table.set().name(channel), fee, routing: note.routing })
     }
 
     /// A channel's verdict on payout `order`: a verdict of a channel the order has left is

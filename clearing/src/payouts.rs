@@ -42,6 +42,12 @@ pub struct PayoutNote {
     /// routed anew (limits, fee and daily caps as they are then).
     #[serde(default)]
     pub refused: bool,
+    /// The channel and fee the order was submitted with (the engine's order holds them): a
+    /// repeat of its number is built from them whatever fallbacks changed `channel` and `fee`
+    /// since, so the engine answers it as a replay. `None` in notes written before session 58
+    /// (a repeat after a fallback was then 409 `idempotency_conflict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<(u16, Minor)>,
 }
 
 /// A payout to route and submit: a member's verified card (withdrawal) or an outside one (代付).
@@ -188,6 +194,7 @@ mod tests {
             account_type: Some(AccountType::Personal),
             tried: vec![2],
             refused,
+            first: Some((2, 50)),
         }
     }
 

@@ -126,8 +126,14 @@ fn two_verdicts_about_one_failure_move_a_payout_once() {
     // The first channel's bank no longer holds the order that left it (it held one entry per
     // fallback for the life of the process); the second one does.
     assert_eq!((w.bank.query(order, 1), w.bank.query(order, 2)), (BankStatus::Unknown, BankStatus::Processing));
-    let balance = w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap();
-    assert_eq!(balance, 1_000_000 - 10_000 - 500);
+    let balance = || w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap();
+    assert_eq!(balance(), 1_000_000 - 10_000 - 500);
+    // The same request again (its answer lost): the engine's replay (before session 58 it was
+    // built with the fallback's channel and fee, and the engine answered 409: a platform that
+    // then sent it under a new number paid the member out twice).
+    let again = w.payout("w1", account, 10_000);
+    assert!(again.reply.is_ok() && again.reply.replayed && again.reply.id == first.reply.id, "{:?}", again.reply);
+    assert_eq!(balance(), 1_000_000 - 10_000 - 500, "nothing moved again");
     let notes = w.runtime.block_on(w.clearing.notes(P, vec!["w1".into()])).unwrap();
     let note = notes[0].clone().unwrap();
     assert_eq!((note.tried, note.routing.unwrap().fallbacks.len()), (vec![1, 2], 1));
@@ -397,6 +403,7 @@ fn a_payout_noted_before_a_stop_counts_against_the_cap_when_applied() {
         account_type: Some(AccountType::Personal),
         tried: vec![1],
         refused: false,
+        first: None,
     };
     w.store.write(&[(format!("x/{P}/n1").as_bytes(), serde_json::to_vec(&note).unwrap().as_slice())]).unwrap();
     assert_eq!(used(), "0.00");

@@ -69,6 +69,13 @@ impl Notifications {
         crate::records::put(self.store.as_ref(), &[(key, &notification)])
     }
 
+    /// Whether one of `member`'s newest `window` notifications is of `kind` about `order_id`
+    /// (blocking).
+    pub fn sent_recently(&self, member: u64, kind: &str, order_id: &str, window: usize) -> Result<bool, ApiError> {
+        let (newest, _) = self.page(member, None, window)?;
+        Ok(newest.iter().any(|notification| notification.kind == kind && notification.order_id.as_deref() == Some(order_id)))
+    }
+
     /// A page of `member`'s notifications, newest first: up to `limit` of those numbered below
     /// `before` (all for `None`), and the number to give as `before` for the next page (`None`
     /// at the oldest). Sequence numbers run from 0 without a gap (`send`), so a page is one

@@ -23,6 +23,9 @@ use crate::notifications::Notifications;
 use crate::orders::{account, amount, currency, out_order_no, Fields};
 use crate::signed::Signed;
 
+/// A replayed large withdrawal looks for its alert among the member's newest this many
+/// notifications, and writes it if it is not there.
+const ALERT_LOOKBACK: usize = 100;
 /// Withdrawals above this many major units alert the member (API.md).
 pub const ALERT_ABOVE_MAJOR: i64 = 50_000;
 
@@ -162,7 +165,7 @@ async fn submit(
     // (A replay answers the routing as first decided; GET /v1/orders/{id} shows fallbacks.)
     view.value("channel", &outcome.channel).value("fee", &spec.format(outcome.fee)).value("routing", &outcome.routing);
     let reply = outcome.reply;
-    if reply.is_ok() && !reply.replayed {
+    if reply.is_ok() {
         if let (Some(member), true) = (alert, minor > ALERT_ABOVE_MAJOR * 10i64.pow(spec.exponent as u32)) {
             let text = format!(
                 "Alert: a withdrawal of {} {} to your card ending {} is on its way.",
@@ -170,12 +173,21 @@ async fn submit(
                 spec.code_str(),
                 &card_no[card_no.len().saturating_sub(4)..]
             );
-            let order_id = Some(crate::orders::public_order_id(OrderId(reply.id)));
-            let notifications = notifications.clone();
-            // The payout is accepted and durable: a failed alert is logged, never answered as an
-            // error (before session 58 it was, and a member's page offered a fresh form whose
-            // new order number withdrew a second time).
-            match blocking(move || notifications.send(&member, "large_withdrawal_alert", text, order_id)).await {
+            let order_id = crate::orders::public_order_id(OrderId(reply.id));
+            let (notifications, replayed) = (notifications.clone(), reply.replayed);
+            // The alert is written after the payout: a replay writes it when the first request
+            // did not (a stop in between, before session 58, lost it for good). The payout is
+            // accepted and durable: a failed alert is logged, never answered as an error (before
+            // session 58 it was, and a member's page offered a fresh form whose new order number
+            // withdrew a second time).
+            let written = blocking(move || {
+                const KIND: &str = "large_withdrawal_alert";
+                if replayed && notifications.sent_recently(member.id, KIND, &order_id, ALERT_LOOKBACK)? {
+                    return Ok(());
+                }
+                notifications.send(&member, KIND, text, Some(order_id))
+            });
+            match written.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => tracing::warn!("withdrawals: the large withdrawal alert of order {} was not written: {}", reply.id, error.message),
                 Err(_) => tracing::warn!("withdrawals: the large withdrawal alert of order {} was not written: the server is stopping", reply.id),
