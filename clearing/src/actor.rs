@@ -479,7 +479,11 @@ impl Actor {
         // it); a new one is routed now, and the decision is noted durably before the order is
         // submitted.
         let (note, routed_now) = match PayoutBook::get(self.store.as_ref(), platform, number.as_str())? {
-            Some(noted) if noted.card != card_id || (card_id == 0 && noted.card_no.as_ref().is_some_and(|n| *n != card_no)) => {
+            Some(noted)
+                if noted.card != card_id
+                    || (card_id == 0 && noted.card_no.as_ref().is_some_and(|n| *n != card_no))
+                    || noted.amount.is_some_and(|noted| noted != (amount, currency.0)) =>
+            {
                 return Err(ClearingError::IdempotencyConflict);
             }
             Some(noted) => (noted, false),
@@ -501,6 +505,7 @@ impl Actor {
                     tried: vec![channel],
                     refused: false,
                     first: Some((channel, fee)),
+                    amount: Some((amount, currency.0)),
                 };
                 if let Err(error) = PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note) {
                     self.table.release(channel, amount, at.micros);

@@ -48,6 +48,11 @@ pub struct PayoutNote {
     /// (a repeat after a fallback was then 409 `idempotency_conflict`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first: Option<(u16, Minor)>,
+    /// The amount and currency routed (`None` in notes written before session 58): a repeat
+    /// of the number naming others is 409 before anything is counted, also when a stop left
+    /// the note without its order (the old channel, fee and caps were reused for any amount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<(Minor, u8)>,
 }
 
 /// A payout to route and submit: a member's verified card (withdrawal) or an outside one (代付).
@@ -195,6 +200,7 @@ mod tests {
             tried: vec![2],
             refused,
             first: Some((2, 50)),
+            amount: Some((10_000, 0)),
         }
     }
 

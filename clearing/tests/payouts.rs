@@ -66,8 +66,8 @@ impl World {
         account
     }
 
-    fn payout(&self, number: &str, account: AccountId, amount: i64) -> clearing_actor::payouts::PayoutOutcome {
-        let request = PayoutRequest {
+    fn request(number: &str, account: AccountId, amount: i64) -> PayoutRequest {
+        PayoutRequest {
             platform: P,
             number: OutOrderNo::new(number).unwrap(),
             account,
@@ -78,8 +78,11 @@ impl World {
             account_type: AccountType::Personal,
             card_id: 0,
             card_no: "6222020200112233445".into(),
-        };
-        self.runtime.block_on(self.clearing.payout(request)).unwrap()
+        }
+    }
+
+    fn payout(&self, number: &str, account: AccountId, amount: i64) -> clearing_actor::payouts::PayoutOutcome {
+        self.runtime.block_on(self.clearing.payout(World::request(number, account, amount))).unwrap()
     }
 
     fn channel_of(&self, order: OrderId) -> (u16, i64) {
@@ -404,8 +407,14 @@ fn a_payout_noted_before_a_stop_counts_against_the_cap_when_applied() {
         tried: vec![1],
         refused: false,
         first: None,
+        amount: Some((10_000, 0)),
     };
     w.store.write(&[(format!("x/{P}/n1").as_bytes(), serde_json::to_vec(&note).unwrap().as_slice())]).unwrap();
+    // Another amount under the noted number: a conflict before anything is routed or counted
+    // (before session 58 the old channel and fee were reused and the cap counted the new amount).
+    let other = w.runtime.block_on(w.clearing.payout(World::request("n1", account, 20_000)));
+    assert!(matches!(other, Err(clearing_actor::ClearingError::IdempotencyConflict)), "{other:?}");
+    assert_eq!(used(), "0.00", "nothing counted");
     assert_eq!(used(), "0.00");
     let applied = w.payout("n1", account, 10_000);
     assert_eq!((applied.reply.code, applied.reply.replayed, applied.channel.as_str()), (ResultCode::Ok, false, "cheap"));
