@@ -565,6 +565,20 @@ impl Actor {
         if about.as_deref().is_some_and(|name| name != names.name(channel)) {
             return Ok(VerdictOutcome::Stale { received: true, stale: true });
         }
+        if succeeded && status == OrderStatus::Failed {
+            // The bank says it paid an order that failed, whose money went back to the account:
+            // paid out twice unless the verdict is wrong. Nothing moves here (the engine refuses
+            // the verdict, as before); an operator's case says so, once per order and channel
+            // (before session 58 the verdict was only refused, and only a statement raised it).
+            let channel_name = names.name(channel);
+            let reference = bank::order_ref(order);
+            let opening = CaseOpening {
+                case_id: format!("case_paid_after_failure_{}_{channel}", order.0),
+                line: serde_json::json!({"order_id": reference, "channel": channel_name, "status": "succeeded", "from": why}),
+                reason: format!("{channel_name} says it paid {reference}, which had failed and whose money went back to the account"),
+            };
+            self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
+        }
         let waiting = status == OrderStatus::Processing;
         let now = self.clock.instant();
         // The bank answered (a timeout with no verdict is not a latency): how long it took.

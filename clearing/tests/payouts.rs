@@ -145,6 +145,30 @@ fn two_verdicts_about_one_failure_move_a_payout_once() {
     assert_eq!(paid, VerdictOutcome::Completed { received: true, status: Some("succeeded") });
 }
 
+/// A success from the channel of a payout that failed for good (its money back in the account)
+/// moves nothing and opens an operator's case, once: the money may be out twice.
+#[test]
+fn a_success_after_a_failure_for_good_opens_a_case() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let order = OrderId(w.payout("w1", account, 10_000).reply.id);
+    let verdict =
+        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
+    assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    assert!(matches!(verdict(false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    let balance = || w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap();
+    assert_eq!(balance(), 1_000_000, "failed for good: the money back");
+    let cases = || w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    assert!(cases().is_empty());
+    for _ in 0..2 {
+        assert!(verdict(true, "dear").is_err(), "the engine refuses it, as before");
+    }
+    let open = cases();
+    assert_eq!(open.len(), 1, "one case, however often the bank says it");
+    assert!(open[0].case_id.starts_with("case_paid_after_failure_") && open[0].reason.contains("had failed"), "{:?}", open[0]);
+    assert_eq!(balance(), 1_000_000, "nothing moved");
+}
+
 /// A failed payout whose note cannot be read is an error before anything is given back: the
 /// watchdog retries the verdict every timeout, and each try gave the channel's daily usage back
 /// again (until its cap no longer held) before the note was read.
