@@ -74,7 +74,7 @@ fn back(locale: Locale, summary: &AccountSummary) -> Markup {
     html! { p { a.button.secondary href=(href) { (t(locale, "to_wallet")) } } }
 }
 
-/// The refusal of an identity check after too many wrong answers (`H5Sessions::identity_open`).
+/// The refusal of an identity check after too many wrong answers (`H5Sessions::identity_try`).
 fn identity_locked() -> ApiError {
     ApiError::new(429, "identity_locked", "too many wrong identity answers; try again tomorrow")
 }

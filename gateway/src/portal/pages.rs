@@ -585,8 +585,6 @@ pub struct Executors {
     pub notifications: Arc<crate::notifications::Notifications>,
 }
 
-/// Carries out an approved action; the text is the outcome to store (never a secret), the
-/// second value a secret to show once.
 /// Why an approved action was not carried out: `unknown` when it may have been (the engine or
 /// clearing did not answer): the proposal then stays approved, to be carried out again (a money
 /// action's order number makes that a replay), not stored as failed (before session 58 it was,
@@ -613,6 +611,8 @@ fn money_not_done(error: crate::error::ApiError) -> NotDone {
     NotDone { text: format!("{}: {}", error.code, error.message), unknown: error.status >= 500 }
 }
 
+/// Carries out an approved action; the text is the outcome to store (never a secret), the
+/// second value a secret to show once.
 pub async fn execute(executors: &Executors, proposal: &super::approvals::Proposal) -> Result<(String, Option<String>), NotDone> {
     match &proposal.action {
         Action::RotateSecret { platform, overlap_seconds, from_version } => {
