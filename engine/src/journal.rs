@@ -110,9 +110,13 @@ pub struct BatchRecord {
 /// (`OrderDetail::Payment`), not as settled funds. A batch of version 2 is still read and
 /// replayed under version 2's rules (`BatchRecord::version`), so it gives exactly the postings
 /// it recorded.
-pub const JOURNAL_FORMAT_VERSION: u8 = 3;
+/// Version 4 (session 59) has version 3's bytes and a new rule: a guarantee's cancel whose payer
+/// can no longer take the credit goes to suspense with a notice (it was refused:
+/// `Context::diverts_cancels`). Batches of versions 2 and 3 replay under theirs.
+pub const JOURNAL_FORMAT_VERSION: u8 = 4;
 
-/// The journal formats this build reads: version 2 (the same bytes, older rules) and its own.
+/// The journal formats this build reads: versions 2 and 3 (the same bytes, older rules) and its
+/// own.
 pub const READABLE_JOURNAL_VERSIONS: std::ops::RangeInclusive<u8> = 2..=JOURNAL_FORMAT_VERSION;
 
 /// The head of a shard's hash chain: its last batch and that batch's hash.

@@ -92,7 +92,7 @@ fn variant_index(command: &Command) -> usize {
 /// (shard, sequence, timestamp, envelope count), one envelope per `Command` variant, the entries
 /// and the postings. Regenerate only for a deliberate format change (see `FORMAT_RULES`).
 const GOLDEN: &[(&str, &str)] = &[
-    ("version", "03"),
+    ("version", "04"),
     ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d91e"),
     ("Genesis", "070000010202434e59024a505900fb00e1"),
     ("OpenAccount", "070001fbe90300fbe803fbd007fb5802fbb004"),
@@ -126,7 +126,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("SetLimits", "0701056c696d2d311d03fbe803fbd007fb5802fbb004"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
-    ("hash", "e881998b6ed4237727caad4ed1ebf6717f9c2cb331fa74588aa2c639929bd805"),
+    ("hash", "f5d27b6593ff865cbfc42f1813edb716034baa74267d4a0688d68e0d866f3269"),
 ];
 
 const SHARD: u16 = 1;
@@ -454,15 +454,17 @@ fn other_format_versions_are_refused() {
     }
 }
 
-/// Version 2 has version 3's bytes (only the rules changed): its batches decode, and say they are
-/// of version 2, so that replay applies them under its rules.
+/// Versions 2 and 3 have version 4's bytes (only the rules changed): their batches decode, and
+/// say which version they are, so that replay applies them under their rules.
 #[test]
-fn batches_of_version_2_decode_as_version_2() {
+fn batches_of_versions_2_and_3_decode_as_theirs() {
     let golden = golden_bytes();
-    let mut body = golden[..golden.len() - 32].to_vec();
-    body[0] = 2;
-    let decoded = decode(SHARD, SEQUENCE, &sealed(&body)).expect("a version 2 batch decodes");
-    assert_eq!(decoded, BatchRecord { version: 2, ..golden_record() });
+    for version in [2u8, 3] {
+        let mut body = golden[..golden.len() - 32].to_vec();
+        body[0] = version;
+        let decoded = decode(SHARD, SEQUENCE, &sealed(&body)).expect("an older batch decodes");
+        assert_eq!(decoded, BatchRecord { version, ..golden_record() });
+    }
 }
 
 #[test]

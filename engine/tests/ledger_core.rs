@@ -1155,6 +1155,53 @@ fn a_refund_from_another_shard_gives_unsettled_income_back_as_unsettled() {
     assert_eq!(total, 0);
 }
 
+/// Journal format 4: a guarantee's cancel whose payer closed its account goes to suspense with
+/// a notice (format 3 refused it, and the nightly auto-confirm then paid the payee what the
+/// platform had cancelled); the order still ends `succeeded` once nothing is held (API.md),
+/// whatever was refunded while it was held.
+#[test]
+fn format_4_cancels_to_a_closed_payer_through_suspense() {
+    for version in [3u8, 4] {
+        let mut state = shard(0, 1);
+        let mut fx = Effects::default();
+        let mut replies = Vec::new();
+        let mut run = |state: &mut ShardState, fx: &mut Effects, command: Command| {
+            replies.clear();
+            state.apply_all_as(version, &[Envelope { platform: P, out_order_no: None, command }], None, T0, fx, &mut replies);
+            replies[0]
+        };
+        let mut open =
+            |state: &mut ShardState, fx: &mut Effects, owner| AccountId(run(state, fx, Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE }).id);
+        let (buyer, seller) = (open(&mut state, &mut fx, 1), open(&mut state, &mut fx, 2));
+        assert!(run(&mut state, &mut fx, Command::Recharge { account: buyer, currency: CNY, amount: 1_000, channel: 1 }).is_ok());
+        // The buyer holds its whole balance in escrow, then closes its emptied account.
+        let held = OrderId(run(&mut state, &mut fx, hold(buyer, 1_000, &[(seller, 1_000)])).id);
+        assert!(run(&mut state, &mut fx, Command::CloseAccount { account: buyer }).is_ok());
+        let suspense = state.system_account(SystemRole::Suspense, CNY);
+        let diverted = fx.diverted.len();
+        let cancel = run(&mut state, &mut fx, Command::Cancel { order: held, amount: Some(400) });
+        if version == 3 {
+            assert_eq!(cancel.code, ResultCode::AccountClosed, "format 3 refuses it");
+            assert_eq!(state.account(suspense).unwrap().settled, 0);
+        } else {
+            assert!(cancel.is_ok(), "{cancel:?}");
+            assert_eq!(state.account(suspense).unwrap().settled, 400, "in suspense");
+            assert_eq!(fx.diverted.len(), diverted + 1, "with a notice: an operator's case");
+            assert_eq!(state.order(held).unwrap().status, OrderStatus::Held, "600 still held");
+        }
+        // What is held: 300 released to the seller, who refunds 250 (to suspense: the buyer is
+        // closed) while the rest is held, then the rest released.
+        let rest = if version == 3 { 1_000 } else { 600 };
+        assert!(run(&mut state, &mut fx, Command::Confirm { order: held, releases: legs(&[(seller, 300)]) }).is_ok());
+        assert!(run(&mut state, &mut fx, Command::Refund { payment: held, payee: seller, amount: 250 }).is_ok());
+        assert_eq!(state.order(held).unwrap().status, OrderStatus::Held);
+        assert!(run(&mut state, &mut fx, Command::Confirm { order: held, releases: legs(&[(seller, rest - 300)]) }).is_ok());
+        assert_eq!(state.order(held).unwrap().status, OrderStatus::Succeeded, "format {version}");
+        let total: i128 = state.accounts.iter().map(|a| a.total() as i128).sum();
+        assert_eq!(total, 0, "format {version}: nothing made or lost");
+    }
+}
+
 /// A batch of journal format 2 replays under its rules: its payments record no unsettled part,
 /// so their refunds and cancels go back to settled funds, and a freeze's release back to
 /// unsettled counts as an income credit, exactly as the build that wrote it did.

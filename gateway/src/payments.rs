@@ -64,6 +64,13 @@ fn legs(items: &[LegBody], spec: &CurrencySpec, param: &'static str) -> Result<L
     items.iter().map(|leg| Ok(Leg { account: account(&leg.account_id, param)?, amount: amount(&leg.amount, spec, param)? })).collect()
 }
 
+/// Checked legs as an answer shows them: ids and amounts in their canonical form, so a replay
+/// whose request wrote them otherwise (`1.5` for `1.50`: the same command) answers the same body
+/// (before session 59 the answer echoed each request's own text).
+fn legs_view(legs: &Legs, spec: &CurrencySpec) -> Vec<LegBody> {
+    legs.iter().map(|leg| LegBody { account_id: crate::accounts::public_account_id(leg.account), amount: spec.format(leg.amount) }).collect()
+}
+
 /// Checks a payment request (whether a direct payment's channel takes it too:
 /// `recharges::within_money_in_channel`) and builds its command and response body.
 pub async fn prepare_payment(engine: &Arc<Engine>, clearing: &clearing_actor::Clearing, platform: &Platform, body: &PaymentBody) -> Result<Prepared, ApiError> {
@@ -87,6 +94,7 @@ pub async fn prepare_payment(engine: &Arc<Engine>, clearing: &clearing_actor::Cl
     let payees = legs(&body.payees, &spec, "payees")?;
     let splits = legs(&body.splits, &spec, "splits")?;
     let guarantee = body.mode == Mode::Guarantee;
+    let (payees_view, splits_view) = (legs_view(&payees, &spec), legs_view(&splits, &spec));
     let command = if direct {
         let mut probe = Envelope {
             platform: platform.id,
@@ -108,7 +116,7 @@ pub async fn prepare_payment(engine: &Arc<Engine>, clearing: &clearing_actor::Cl
     view.value("amount", &spec.format(total));
     view.value("currency", &body.currency);
     view.value("payer_account_id", &body.payer_account_id);
-    view.value("payees", &body.payees).value("splits", &body.splits).value("funding", if direct { "channel" } else { "balance" });
+    view.value("payees", &payees_view).value("splits", &splits_view).value("funding", if direct { "channel" } else { "balance" });
     let mut envelope = Envelope { platform: platform.id, out_order_no: Some(number), command };
     if direct {
         crate::recharges::within_money_in_channel(engine, &clearing.channels(), clearing.now_micros(), &mut envelope, body.channel.is_none()).await?;
@@ -176,7 +184,8 @@ pub async fn prepare_confirm(engine: &Arc<Engine>, platform: &Platform, order_id
         None => Legs::new(),
     };
     let mut view = target.body;
-    view.value("confirmation", &json!({"out_order_no": body.out_order_no, "releases": body.releases}));
+    let shown = body.releases.as_ref().map(|_| legs_view(&releases, &target.spec));
+    view.value("confirmation", &json!({"out_order_no": body.out_order_no, "releases": shown}));
     let command = Command::Confirm { order, releases };
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, false))
 }
@@ -203,7 +212,7 @@ async fn prepare_partial(
     }
     let part = body.amount.as_deref().map(|a| amount(a, &target.spec, "amount")).transpose()?;
     let mut view = target.body;
-    view.value(label, &json!({"out_order_no": body.out_order_no, "amount": body.amount}));
+    view.value(label, &json!({"out_order_no": body.out_order_no, "amount": part.map(|part| target.spec.format(part))}));
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command: command(order, part) }, view, false))
 }
 
@@ -283,7 +292,7 @@ pub fn prepare_freeze(engine: &Engine, platform: &Platform, body: &FreezeBody) -
     view.value("currency", &body.currency);
     view.value("account_id", &body.account_id);
     view.value("reason", &body.reason);
-    view.value("expires_at", &body.expires_at);
+    view.value("expires_at", &expires_at.map(crate::orders::format_time));
     let command = Command::Freeze { account: target, currency: currency_id, amount: frozen, reason: body.reason.clone(), expires_at };
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
 }

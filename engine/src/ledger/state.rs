@@ -1247,6 +1247,14 @@ impl Context {
     pub(crate) fn returns_unsettled(&self) -> bool {
         self.version >= 3
     }
+
+    /// Journal format 4 on: a guarantee's cancel whose payer can no longer take the credit
+    /// (closed, credit-blocked, at its balance ceiling) sends it to suspense with a notice, as
+    /// a refund does (before, it was refused, and the nightly auto-confirm then paid the
+    /// payees what the platform had cancelled).
+    pub(crate) fn diverts_cancels(&self) -> bool {
+        self.version >= 4
+    }
 }
 
 /// Shared checks of an amount: positive and not above `AMOUNT_MINOR_MAX`.

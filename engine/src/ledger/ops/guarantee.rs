@@ -86,7 +86,7 @@ pub fn confirm(state: &mut ShardState, context: &Context, id: OrderId, releases:
         let held = held_legs_mut(order).iter_mut().find(|l| l.account == leg.account).expect("checked");
         held.released += leg.amount;
     }
-    finish_if_nothing_held(order, context.now);
+    finish_if_nothing_held(order, context);
     let status = order.status;
     state.record_change(id);
     ok_order(id, status)
@@ -110,7 +110,7 @@ pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Op
     }
     let (payer, currency) = (order.account, order.currency);
     let payer_account = state.account(payer).expect("payer of a local order is local");
-    if let Some(code) = credit_refusal_of(payer_account, currency, amount) {
+    if let (false, Some(code)) = (context.diverts_cancels(), credit_refusal_of(payer_account, currency, amount)) {
         return Reply::rejected(code);
     }
     // After this point the cancellation must succeed.
@@ -118,11 +118,19 @@ pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Op
     let escrow = state.system_account(SystemRole::Escrow, currency);
     state.begin_entry(fx, id, EntryKind::GuaranteeCancel, currency);
     state.post(fx, escrow, Bucket::Settled, -amount);
-    if to_unsettled > 0 {
-        state.return_unsettled(context, fx, payer, to_unsettled);
-    }
-    if amount > to_unsettled {
-        state.post(fx, payer, Bucket::Settled, amount - to_unsettled);
+    // A payer that can no longer take the credit: to suspense, with a notice (an operator's
+    // case), as a refund's (journal format 4 on; before, the cancel was refused, and the
+    // nightly auto-confirm then paid the payees what the platform had cancelled).
+    let target = if context.diverts_cancels() { state.credit_target(fx, payer, currency, amount) } else { payer };
+    if target != payer {
+        state.post(fx, target, Bucket::Settled, amount);
+    } else {
+        if to_unsettled > 0 {
+            state.return_unsettled(context, fx, payer, to_unsettled);
+        }
+        if amount > to_unsettled {
+            state.post(fx, payer, Bucket::Settled, amount - to_unsettled);
+        }
     }
     state.end_entry(fx);
     let order = state.order_mut(id);
@@ -133,15 +141,17 @@ pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Op
         left -= take;
     }
     assert_eq!(left, 0, "cancel covered by held legs");
-    finish_if_nothing_held(order, context.now);
+    finish_if_nothing_held(order, context);
     let status = order.status;
     state.record_change(id);
     ok_order(id, status)
 }
 
-/// Moves a guarantee order out of `held` once nothing is held any more.
-fn finish_if_nothing_held(order: &mut Order, now: Timestamp) {
-    order.updated_at = now;
+/// Moves a guarantee order out of `held` once nothing is held any more (API.md: `succeeded`
+/// once nothing is held, whatever its receivers refunded meanwhile, which `refunded_amount`
+/// shows; `cancelled` if nothing was released).
+fn finish_if_nothing_held(order: &mut Order, context: &Context) {
+    order.updated_at = context.now;
     let legs = held_legs(order);
     if legs.iter().map(remaining).sum::<Minor>() > 0 {
         return;
