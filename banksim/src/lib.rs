@@ -106,6 +106,9 @@ struct Inner {
     /// Payouts the bank received, with its verdict once decided (what a status query answers).
     /// A payout the bank never received (`drop_per_mille`) is not here.
     received: Mutex<HashMap<(u64, u16), Option<bool>>>,
+    /// Held from a decision's check ("decided before?") to its write, striped by order: two
+    /// jobs of one order (an order resent while its first job waits) decide it once.
+    deciding: [Mutex<()>; DECIDING_STRIPES],
     /// Each currency's reserve balance at the bank and how many lines make it: summed from the
     /// lines at the first ask after a start, then kept as lines are recorded (every ask read
     /// every line ever recorded). Its lock also orders each line's check-and-write.
@@ -131,15 +134,14 @@ fn decided_key(channel: u16, order: OrderId) -> Vec<u8> {
     format!("{DECIDED_PREFIX}{channel:05}/{:020}", order.0).into_bytes()
 }
 
-/// The verdict the bank gave `order` on `channel` before, if it decided it.
-fn decided_before(inner: &Inner, channel: u16, order: OrderId) -> Option<bool> {
+/// The verdict the bank gave `order` on `channel` before, if it decided it; an error when its
+/// books cannot be read (never "not decided": before session 59 a read error answered a status
+/// query "never received", and the order was sent elsewhere though this bank had paid it).
+fn decided_before(inner: &Inner, channel: u16, order: OrderId) -> Result<Option<bool>, String> {
     match inner.store.get(&decided_key(channel, order)) {
-        Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
-        Ok(None) => None,
-        Err(error) => {
-            tracing::warn!("simulator: cannot read a verdict: {error}");
-            None
-        }
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("a kept verdict does not parse: {e}")),
+        Ok(None) => Ok(None),
+        Err(error) => Err(format!("cannot read a verdict: {error}")),
     }
 }
 
@@ -213,6 +215,7 @@ impl Simulator {
             sequence: std::sync::atomic::AtomicU64::new(0),
             channels: Mutex::new(HashMap::new()),
             received: Mutex::new(HashMap::new()),
+            deciding: std::array::from_fn(|_| Mutex::new(())),
             reserve: Mutex::new(HashMap::new()),
         });
         let (deliver, deliveries) = unbounded();
@@ -301,7 +304,15 @@ impl BankChannel for Simulator {
         let received = self.inner.received.lock().expect("received lock").get(&(order.0, channel)).copied();
         match received {
             // Not received by this run of the bank: decided by an earlier one, or unknown.
-            None => decided_before(&self.inner, channel, order).map_or(BankStatus::Unknown, |succeeded| BankStatus::Decided { succeeded }),
+            None => match decided_before(&self.inner, channel, order) {
+                Ok(Some(succeeded)) => BankStatus::Decided { succeeded },
+                Ok(None) => BankStatus::Unknown,
+                Err(error) => {
+                    // Not known: "processing" keeps it where it is (asked again later).
+                    tracing::warn!("simulator: {error}");
+                    BankStatus::Processing
+                }
+            },
             Some(None) => BankStatus::Processing,
             Some(Some(succeeded)) => BankStatus::Decided { succeeded },
         }
@@ -336,7 +347,10 @@ impl BankChannel for Simulator {
     }
 
     fn transfer_in(&self, currency: &CurrencySpec, bank_ref: &str, amount: Minor) {
-        record_reserve_line(&self.inner, currency, &format!("in/{bank_ref}"), amount, format!("transfer {bank_ref}"));
+        let reserve = ReserveMove { currency, key: format!("in/{bank_ref}"), amount, what: format!("transfer {bank_ref}") };
+        if let Err(error) = record_with_reserve(&self.inner, Vec::new(), Some(reserve)) {
+            tracing::warn!("simulator: cannot record a transfer in: {error}");
+        }
     }
 }
 
@@ -387,24 +401,45 @@ fn timer_loop(incoming: &Receiver<(Instant, Job)>, deliver: &Sender<Job>) {
     }
 }
 
-/// Records a line on a card's statement (durably: the bank's own books).
-fn record_card_line(inner: &Inner, card_no: &str, amount: &str, remark: String, reference: Option<String>) {
+/// A line on a card's statement (the bank's own books), as a write to make: its key and bytes.
+fn card_line(inner: &Inner, card_no: &str, amount: &str, remark: String, reference: Option<String>) -> (Vec<u8>, Vec<u8>) {
     let line = CardTransaction { amount: amount.to_string(), remark, time: format_time(micros_now()), reference };
     let sequence = inner.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let key = format!("{CARD_PREFIX}{card_no}/{:020}-{sequence:06}", micros_now()).into_bytes();
-    if let Err(error) = storage::records::put(inner.store.as_ref(), &[(key, &line)]) {
-        tracing::warn!("simulator: cannot record a card line: {error}");
-    }
+    (key, serde_json::to_vec(&line).expect("card lines serialize"))
 }
 
-/// Records the bank's verdict on an order in its statement of the business day (once per order
-/// and channel: a resent order keeps its line), and the movement on the reserve account.
-fn record_statement_line(inner: &Inner, channel: u16, order: OrderId, direction: &str, amount: Minor, currency: &CurrencySpec, failed: bool) {
+/// A card's side of a decided order: the card, its amount (signed, as the card sees it), the
+/// line's remark.
+struct CardSide<'a> {
+    card_no: &'a str,
+    amount: Minor,
+    remark: String,
+}
+
+/// Records the bank's verdict on an order: its line in the statement of the business day, the
+/// verdict kept, the card's line and the movement on the reserve account, all in one write (a
+/// stop between them, before session 59, left a card credited with no verdict kept, so the
+/// order resent at the next start credited it again; or a verdict kept with no reserve line,
+/// which no resend wrote). Once per order and channel: an order decided before records nothing.
+#[allow(clippy::too_many_arguments)]
+fn record_decision(
+    inner: &Inner,
+    channel: u16,
+    order: OrderId,
+    direction: &str,
+    amount: Minor,
+    currency: &CurrencySpec,
+    failed: bool,
+    card: Option<CardSide>,
+) -> Result<(), String> {
     let seconds = (micros_now() / 1_000_000) as i64 + inner.config.utc_offset_seconds as i64;
     let day = seconds.div_euclid(86_400);
     let key = format!("{STATEMENT_PREFIX}{channel:05}/{day:08}/{:020}", order.0).into_bytes();
-    if matches!(inner.store.get(&key), Ok(Some(_))) || decided_before(inner, channel, order).is_some() {
-        return;
+    let _deciding = inner.deciding[(order.0 % DECIDING_STRIPES as u64) as usize].lock().expect("deciding lock");
+    let lined = inner.store.get(&key).map_err(|e| format!("cannot read a statement line: {e}"))?.is_some();
+    if lined || decided_before(inner, channel, order)?.is_some() {
+        return Ok(());
     }
     // The bank's tariff: the channel's fee model on the amount; nothing for a failed order.
     let tariff = inner.channels.lock().expect("channels lock").get(&channel).map(|c| c.tariff);
@@ -417,16 +452,21 @@ fn record_statement_line(inner: &Inner, channel: u16, order: OrderId, direction:
         status: if failed { "failed".into() } else { "succeeded".into() },
         fee: fee.map(|f| currency.format(f)),
     };
-    // The line and the verdict in one write: a verdict kept is a line kept.
-    let verdict = serde_json::to_vec(&!failed).expect("a verdict serializes");
-    let line_bytes = serde_json::to_vec(&line).expect("statement lines serialize");
-    if let Err(error) = inner.store.write(&[(key.as_slice(), line_bytes.as_slice()), (decided_key(channel, order).as_slice(), verdict.as_slice())]) {
-        tracing::warn!("simulator: cannot record a statement line: {error}");
+    let mut writes = vec![
+        (key, serde_json::to_vec(&line).expect("statement lines serialize")),
+        (decided_key(channel, order), serde_json::to_vec(&!failed).expect("a verdict serializes")),
+    ];
+    if let Some(card) = card.filter(|_| !failed) {
+        writes.push(card_line(inner, card.card_no, &currency.format(card.amount), card.remark, None));
     }
     // The reserve account at the bank: money in less the channel's fee, money out and its fee.
-    let (Some(fee), false) = (fee, failed) else { return };
-    let moved = if direction == "in" { amount - fee } else { -amount - fee };
-    record_reserve_line(inner, currency, &format!("st/{channel:05}/{:020}", order.0), moved, format!("{direction} {}", line.order_id));
+    let reserve = fee.filter(|_| !failed).map(|fee| ReserveMove {
+        currency,
+        key: format!("st/{channel:05}/{:020}", order.0),
+        amount: if direction == "in" { amount - fee } else { -amount - fee },
+        what: format!("{direction} {}", line.order_id),
+    });
+    record_with_reserve(inner, writes, reserve)
 }
 
 /// One movement on the reserve (master) account at the bank, as its account statement shows it.
@@ -437,17 +477,36 @@ pub struct ReserveLine {
     pub what: String,
 }
 
-/// Records a movement on the reserve account at the bank (once per `key`: a line recorded again,
-/// for an order resent, changes no balance).
-fn record_reserve_line(inner: &Inner, currency: &CurrencySpec, key: &str, amount: Minor, what: String) {
+/// A movement on the reserve account to record: its currency, key (within the currency), signed
+/// amount and what it was.
+struct ReserveMove<'a> {
+    currency: &'a CurrencySpec,
+    key: String,
+    amount: Minor,
+    what: String,
+}
+
+/// Writes `writes` and the reserve movement (if any) in one write. A reserve line is recorded
+/// once per key: one recorded again (an order of before session 59 resent) changes no balance
+/// beyond a changed amount.
+fn record_with_reserve(inner: &Inner, mut writes: Vec<(Vec<u8>, Vec<u8>)>, reserve: Option<ReserveMove>) -> Result<(), String> {
+    let Some(reserve) = reserve else {
+        let pairs: Vec<(&[u8], &[u8])> = writes.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        return inner.store.write(&pairs).map_err(|e| e.to_string());
+    };
+    let (currency, amount) = (reserve.currency, reserve.amount);
     let code = currency.code_str();
-    let key = format!("{RESERVE_PREFIX}{code}/{key}").into_bytes();
+    let key = format!("{RESERVE_PREFIX}{code}/{}", reserve.key).into_bytes();
+    let line = ReserveLine { amount: currency.format(amount), what: reserve.what };
+    // The lock orders each line's check-and-write, and keeps the total with the lines.
     let mut totals = inner.reserve.lock().expect("reserve lock");
-    // What the line held before, if it was recorded already (a resent order; its amount may
-    // differ if the tariff changed in between): the total moves by the difference.
+    // What the line held before, if it was recorded already (its amount may differ if the
+    // tariff changed in between): the total moves by the difference.
     let before =
         inner.store.get(&key).map(|held| held.map(|bytes| serde_json::from_slice::<ReserveLine>(&bytes).ok().and_then(|line| currency.parse(&line.amount))));
-    let written = storage::records::put(inner.store.as_ref(), &[(key, &ReserveLine { amount: currency.format(amount), what })]);
+    writes.push((key, serde_json::to_vec(&line).expect("reserve lines serialize")));
+    let pairs: Vec<(&[u8], &[u8])> = writes.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+    let written = inner.store.write(&pairs);
     match (before, written) {
         (Ok(before), Ok(())) if before != Some(None) => {
             if let Some(total) = totals.get_mut(code) {
@@ -459,13 +518,12 @@ fn record_reserve_line(inner: &Inner, currency: &CurrencySpec, key: &str, amount
                     }
                 }
             }
+            Ok(())
         }
         (_, written) => {
             // Whether the line is there is not known: the next ask sums the lines again.
             totals.remove(code);
-            if let Err(error) = written {
-                tracing::warn!("simulator: cannot record a reserve line: {error}");
-            }
+            written.map_err(|e| e.to_string())
         }
     }
 }
@@ -473,47 +531,63 @@ fn record_reserve_line(inner: &Inner, currency: &CurrencySpec, key: &str, amount
 /// Decides a due job and sends its callback; a failed delivery is queued again with backoff.
 fn deliver_one(inner: &Inner, mut job: Job) {
     let mut failed = fails(job.failure_per_mille, &job.request);
-    // An order decided before keeps its verdict and moves no card again.
+    // An order decided before keeps its verdict and moves no card again; one whose verdict
+    // cannot be read is not decided now (it waits, as a bank whose books are down).
     let before = match &job.request {
         Request::MoneyIn { order, channel, .. } | Request::Collection { order, channel, .. } | Request::MoneyOut { order, channel, .. } => {
-            decided_before(inner, *channel, *order)
+            match decided_before(inner, *channel, *order) {
+                Ok(before) => before,
+                Err(error) => {
+                    tracing::warn!("simulator: {error}; the order waits");
+                    return requeue_after(inner, job, WRITE_RETRY);
+                }
+            }
         }
         Request::MicroDeposit { .. } => None,
     };
     if let Some(succeeded) = before {
         failed = !succeeded;
     }
-    let (kind, order, channel, amount) = match &job.request {
+    let (kind, order, channel, amount, recorded) = match &job.request {
         Request::MicroDeposit { card_no, amount, currency, reference } => {
-            record_card_line(inner, card_no, &currency.format(*amount), DEPOSIT_REMARK.to_string(), Some(reference.clone()));
+            let line = card_line(inner, card_no, &currency.format(*amount), DEPOSIT_REMARK.to_string(), Some(reference.clone()));
             let sequence = inner.sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let key = format!("md/{card_no}/{:020}-{sequence:06}", micros_now());
-            record_reserve_line(inner, currency, &key, -amount, format!("verification deposit to {card_no}"));
+            let reserve = ReserveMove { currency, key, amount: -amount, what: format!("verification deposit to {card_no}") };
+            if let Err(error) = record_with_reserve(inner, vec![line], Some(reserve)) {
+                // Nothing of it was written (one write): paid when the books take it.
+                tracing::warn!("simulator: cannot record a verification deposit: {error}");
+                return requeue_after(inner, job, WRITE_RETRY);
+            }
             return;
         }
         Request::MoneyIn { order, channel, amount, currency } => {
-            record_statement_line(inner, *channel, *order, "in", *amount, currency, failed);
-            ("recharge", *order, None, currency.format(*amount))
+            let recorded = record_decision(inner, *channel, *order, "in", *amount, currency, failed, None);
+            ("recharge", *order, None, currency.format(*amount), recorded)
         }
         Request::Collection { order, channel, amount, currency, card_no } => {
-            if job.attempt == 0 && !failed && before.is_none() {
-                record_card_line(inner, card_no, &currency.format(-amount), format!("collection {}", bank::order_ref(*order)), None);
-            }
-            record_statement_line(inner, *channel, *order, "in", *amount, currency, failed);
-            ("recharge", *order, None, currency.format(*amount))
+            let card = CardSide { card_no, amount: -amount, remark: format!("collection {}", bank::order_ref(*order)) };
+            let recorded = record_decision(inner, *channel, *order, "in", *amount, currency, failed, Some(card));
+            ("recharge", *order, None, currency.format(*amount), recorded)
         }
         Request::MoneyOut { order, channel, amount, currency, card_no } => {
-            if job.attempt == 0 && !failed && !card_no.is_empty() && before.is_none() {
-                record_card_line(inner, card_no, &currency.format(*amount), format!("withdrawal {}", bank::order_ref(*order)), None);
-            }
-            record_statement_line(inner, *channel, *order, "out", *amount, currency, failed);
-            if let Some(verdict) = inner.received.lock().expect("received lock").get_mut(&(order.0, *channel)) {
-                *verdict = Some(!failed);
+            let card = Some(CardSide { card_no, amount: *amount, remark: format!("withdrawal {}", bank::order_ref(*order)) }).filter(|_| !card_no.is_empty());
+            let recorded = record_decision(inner, *channel, *order, "out", *amount, currency, failed, card);
+            if recorded.is_ok() {
+                if let Some(verdict) = inner.received.lock().expect("received lock").get_mut(&(order.0, *channel)) {
+                    *verdict = Some(!failed);
+                }
             }
             let name = inner.channels.lock().expect("channels lock").get(channel).map_or_else(|| format!("channel_{channel}"), |c| c.name.clone());
-            ("withdrawal", *order, Some(name), currency.format(*amount))
+            ("withdrawal", *order, Some(name), currency.format(*amount), recorded)
         }
     };
+    if let Err(error) = recorded {
+        // Not in the bank's books: no verdict is given until it is (the job waits and is
+        // decided again, the same way: verdicts are fixed per order).
+        tracing::warn!("simulator: cannot record the verdict on {}: {error}", bank::order_ref(order));
+        return requeue_after(inner, job, WRITE_RETRY);
+    }
     let Some(url) = inner.callback_url.get() else {
         return requeue(inner, job);
     };
@@ -540,7 +614,18 @@ fn deliver_one(inner: &Inner, mut job: Job) {
 
 fn requeue(inner: &Inner, job: Job) {
     let backoff = Duration::from_millis(100u64 << job.attempt.min(10)).min(BACKOFF_MAX);
-    let _ = inner.queue.send((Instant::now() + backoff, job));
+    requeue_after(inner, job, backoff);
+}
+
+/// Stripes of the lock a decision holds from its check to its write.
+const DECIDING_STRIPES: usize = 16;
+
+/// How long a job whose books could not be read or written waits before it is tried again (its
+/// callback's attempts are not counted: none was made).
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+
+fn requeue_after(inner: &Inner, job: Job, wait: Duration) {
+    let _ = inner.queue.send((Instant::now() + wait, job));
 }
 
 #[cfg(test)]
@@ -613,6 +698,46 @@ mod tests {
         assert_eq!(lines(&restarted), 1, "the card is credited once");
         let off = Simulator::start(SimulatorConfig { enabled: false, ..config }, "key".into(), store).unwrap();
         assert_eq!(off.query(OrderId(99), 3), BankStatus::Processing, "off, it knows nothing and says so");
+    }
+
+    /// A stop at any write of a decision leaves it whole or not at all: the order sent again
+    /// after the restart credits the card once and moves the reserve once (before session 59 the
+    /// card line was written before the verdict: a stop at the second write, `writes` 1,
+    /// credited the card twice; a decision is one write now, so only `writes` 0 fails one).
+    #[test]
+    fn a_stop_at_any_write_of_a_decision_moves_the_card_and_the_reserve_once() {
+        let cny = CurrencySpec::new("CNY", 2).unwrap();
+        let card = "6222020200112233445";
+        let profile = ChannelProfile {
+            id: 3,
+            name: "fast".into(),
+            currency: cny,
+            tariff: bank::Tariff { fixed: 200, rate_bps: 0, min: 0, max: 10_000 },
+            behaviour: bank::Behaviour { latency_ms: 1, failure_per_mille: 0, drop_per_mille: 0 },
+        };
+        let payout = || Request::MoneyOut { order: OrderId(78), channel: 3, amount: 12_345, currency: cny, card_no: card.into() };
+        for writes in 0..3 {
+            let store = Arc::new(storage::MemoryStore::new());
+            store.fail_after(writes);
+            let bank = Simulator::start(SimulatorConfig::default(), "key".into(), store.clone()).unwrap();
+            bank.channels_changed(std::slice::from_ref(&profile));
+            bank.submit(payout());
+            std::thread::sleep(Duration::from_millis(150));
+            // The restart: what the store held when its write failed.
+            let store: Arc<dyn Store> = Arc::new(store.snapshot());
+            let restarted = Simulator::start(SimulatorConfig::default(), "key".into(), store).unwrap();
+            restarted.channels_changed(std::slice::from_ref(&profile));
+            restarted.submit(payout());
+            let decided = (0..500).any(|_| {
+                std::thread::sleep(Duration::from_millis(10));
+                matches!(restarted.query(OrderId(78), 3), BankStatus::Decided { succeeded: true })
+            });
+            assert!(decided, "writes {writes}: no verdict");
+            std::thread::sleep(Duration::from_millis(50));
+            let lines = restarted.card_transactions(card).unwrap();
+            assert_eq!(lines.len(), 1, "writes {writes}: the card credited once: {lines:?}");
+            assert_eq!(restarted.reserve_balance(&cny).unwrap(), (-12_545, 1), "writes {writes}: the reserve moved once");
+        }
     }
 
     #[test]

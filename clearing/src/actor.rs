@@ -562,7 +562,21 @@ impl Actor {
         })?;
         let Some((channel, status, amount, created_at, platform, number, spec)) = found else { return Err(ClearingError::NotFound) };
         let names = self.table.set();
-        if about.as_deref().is_some_and(|name| name != names.name(channel)) {
+        if let Some(name) = about.as_deref().filter(|name| *name != names.name(channel)) {
+            // A channel the order has left (a fallback moved it on). Its failure is stale; its
+            // success means the money may be out twice (the order's channel now may pay it too,
+            // or has): nothing moves, and an operator's case says so, once per order and channel
+            // (before session 59 it was answered stale and nobody was told). A name that is no
+            // channel of ours opens nothing.
+            if let (true, Some(left)) = (succeeded, names.by_name(name)) {
+                let reference = bank::order_ref(order);
+                let opening = CaseOpening {
+                    case_id: format!("case_paid_by_left_channel_{}_{}", order.0, left.id),
+                    line: serde_json::json!({"order_id": reference, "channel": name, "status": "succeeded", "from": why, "order_channel": names.name(channel), "order_status": status.name()}),
+                    reason: format!("{name} says it paid {reference}, which had moved on from it to {} ({})", names.name(channel), status.name()),
+                };
+                self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
+            }
             return Ok(VerdictOutcome::Stale { received: true, stale: true });
         }
         if succeeded && status == OrderStatus::Failed {
@@ -662,6 +676,12 @@ impl Actor {
     ) -> Result<FallBack, ClearingError> {
         let Some(mut note) = note else { return Ok(FallBack::Nowhere) };
         let (Some(arrival), Some(account_type)) = (note.arrival, note.account_type) else { return Ok(FallBack::Nowhere) };
+        // A note of before session 58 has no `first`: at its first fallback its channel and fee
+        // are still the ones submitted, kept now so that a repeat of its number stays the
+        // engine's replay (a note that fell back before has lost them: nothing to keep).
+        if note.first.is_none() && note.channel == Some(failed) && note.tried.iter().all(|tried| *tried == failed) {
+            note.first = Some((failed, note.fee));
+        }
         if !note.tried.contains(&failed) {
             note.tried.push(failed);
         }
@@ -924,9 +944,29 @@ impl Actor {
                                     continue;
                                 }
                             };
-                            let card_no = noted.and_then(|note| note.card_no).unwrap_or_default();
-                            resumed += 1;
-                            self.send_payout(order, channel, amount, spec, card_no);
+                            // The bank is asked first (before session 59 every processing payout
+                            // was sent again, and only a bank that deduplicates by the order's
+                            // reference kept it from paying twice): one it has is watched, one it
+                            // decided gets that verdict, and only one it never received is sent.
+                            match self.bank.query(order, channel) {
+                                BankStatus::Unknown => {
+                                    let card_no = noted.and_then(|note| note.card_no).unwrap_or_default();
+                                    resumed += 1;
+                                    self.send_payout(order, channel, amount, spec, card_no);
+                                }
+                                BankStatus::Processing => {
+                                    let sent = self.clock.instant();
+                                    self.outstanding.insert(order, Outstanding { channel, due: sent + self.timeout_of(channel), sent });
+                                }
+                                BankStatus::Decided { .. } => {
+                                    // Its verdict (its callback lost) is taken by the first tick's
+                                    // status query, once every channel's usage of the day is
+                                    // counted (a failure here would route a fallback on part of
+                                    // it).
+                                    let sent = self.clock.instant();
+                                    self.outstanding.insert(order, Outstanding { channel, due: sent, sent });
+                                }
+                            }
                         }
                     }
                     Waiting::MoneyIn { order, channel, amount, spec, collection } => {

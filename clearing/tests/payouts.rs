@@ -33,27 +33,37 @@ struct World {
     runtime: tokio::runtime::Runtime,
 }
 
+/// The simulated bank takes a minute to answer in these tests (they give the verdicts).
+fn slow() -> banksim::SimulatorConfig {
+    banksim::SimulatorConfig { latency_ms: 60_000, ..banksim::SimulatorConfig::default() }
+}
+
 impl World {
     fn new() -> World {
         let store: Arc<dyn storage::Store> = Arc::new(storage::MemoryStore::new());
         let engine = Arc::new(Engine::start(EngineConfig { shard_count: 1, ack_flush_ms: 1, ..EngineConfig::default() }, store.clone()).unwrap());
+        let bank = Arc::new(banksim::Simulator::start(slow(), "key".into(), store.clone()).unwrap());
+        let clearing = World::clearing(&engine, &store, bank.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        World { engine, clearing, bank, store, runtime }
+    }
+
+    /// The clearing actor on `engine` and `store`, speaking to `bank` (a start: it resumes what
+    /// waits for a verdict).
+    fn clearing(engine: &Arc<Engine>, store: &Arc<dyn storage::Store>, bank: Arc<dyn BankChannel>) -> Clearing {
         let currencies = engine.config().currencies.clone();
         let channels = vec![spec(1, "cheap", "out", "1.00").build(&currencies).unwrap(), spec(2, "dear", "out", "5.00").build(&currencies).unwrap()];
         let table = ChannelTable::new(channels, Calendar { utc_offset_seconds: 8 * 3600, ..Calendar::default() }).unwrap();
-        let config = banksim::SimulatorConfig { latency_ms: 60_000, ..banksim::SimulatorConfig::default() };
-        let bank = Arc::new(banksim::Simulator::start(config, "key".into(), store.clone()).unwrap());
-        let clearing = Clearing::start(
+        Clearing::start(
             engine.clone(),
             store.clone(),
-            bank.clone(),
+            bank,
             table,
             Arc::new(SystemClock),
             Arc::new(|_| Vec::new()),
             ClearingConfig { settlement_days_ahead_max: 7, ..ClearingConfig::default() },
         )
-        .unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        World { engine, clearing, bank, store, runtime }
+        .unwrap()
     }
 
     fn account(&self, owner: u64, amount: i64) -> AccountId {
@@ -145,6 +155,27 @@ fn two_verdicts_about_one_failure_move_a_payout_once() {
     assert_eq!(paid, VerdictOutcome::Completed { received: true, status: Some("succeeded") });
 }
 
+/// A note written before session 58 (no `first`) keeps its channel and fee at its first
+/// fallback, so a repeat of its number afterwards is the engine's replay (it was 409, and a
+/// platform that then used a new number paid the member out twice).
+#[test]
+fn a_note_of_an_earlier_build_keeps_its_first_channel_at_its_first_fallback() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let first = w.payout("w1", account, 10_000);
+    let order = OrderId(first.reply.id);
+    // The note as an earlier build wrote it: no `first`, no amount.
+    let key = format!("x/{P}/w1").into_bytes();
+    let mut note: serde_json::Value = serde_json::from_slice(&w.store.get(&key).unwrap().expect("noted")).unwrap();
+    let fields = note.as_object_mut().unwrap();
+    assert!(fields.remove("first").is_some() && fields.remove("amount").is_some(), "{note}");
+    w.store.write(&[(key.as_slice(), serde_json::to_vec(&note).unwrap().as_slice())]).unwrap();
+    let failed = w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded: false, channel: Some("cheap".into()) })).unwrap();
+    assert!(matches!(failed, VerdictOutcome::Rerouted { .. }), "{failed:?}");
+    let again = w.payout("w1", account, 10_000);
+    assert!(again.reply.is_ok() && again.reply.replayed && again.reply.id == first.reply.id, "{:?}", again.reply);
+}
+
 /// A success from the channel of a payout that failed for good (its money back in the account)
 /// moves nothing and opens an operator's case, once: the money may be out twice.
 #[test]
@@ -167,6 +198,114 @@ fn a_success_after_a_failure_for_good_opens_a_case() {
     assert_eq!(open.len(), 1, "one case, however often the bank says it");
     assert!(open[0].case_id.starts_with("case_paid_after_failure_") && open[0].reason.contains("had failed"), "{:?}", open[0]);
     assert_eq!(balance(), 1_000_000, "nothing moved");
+}
+
+/// A success from a channel the payout has left (a fallback moved it on) moves nothing, as a
+/// stale verdict, and opens an operator's case once: the money may be out twice. A failure
+/// from it is only stale.
+#[test]
+fn a_success_from_a_channel_the_payout_left_opens_a_case() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let order = OrderId(w.payout("w1", account, 10_000).reply.id);
+    let verdict =
+        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
+    assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    let cases = || w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
+    assert!(matches!(verdict(true, "nobody").unwrap(), VerdictOutcome::Stale { .. }), "no channel of ours");
+    assert!(cases().is_empty(), "a stale failure and a stranger's word open nothing");
+    for _ in 0..2 {
+        assert!(matches!(verdict(true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
+    }
+    let open = cases();
+    assert_eq!(open.len(), 1, "one case, however often the bank says it: {open:?}");
+    assert!(open[0].case_id.starts_with("case_paid_by_left_channel_") && open[0].reason.contains("moved on from it to dear"), "{:?}", open[0]);
+    assert_eq!(w.channel_of(order), (2, 500), "still the second channel's");
+    let balance = || w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap();
+    assert_eq!(balance(), 1_000_000 - 10_000 - 500, "nothing moved");
+}
+
+/// A bank that counts the payouts handed to it (and passes everything to the simulator).
+struct Counting {
+    bank: Arc<banksim::Simulator>,
+    payouts: std::sync::atomic::AtomicUsize,
+}
+
+impl BankChannel for Counting {
+    fn channels_changed(&self, profiles: &[bank::ChannelProfile]) {
+        self.bank.channels_changed(profiles)
+    }
+    fn submit(&self, request: bank::Request) {
+        if matches!(request, bank::Request::MoneyOut { .. }) {
+            self.payouts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.bank.submit(request)
+    }
+    fn query(&self, order: OrderId, channel: u16) -> BankStatus {
+        self.bank.query(order, channel)
+    }
+    fn forget(&self, order: OrderId, channel: u16) {
+        self.bank.forget(order, channel)
+    }
+    fn statement(&self, channel: u16, day: u32) -> Result<Vec<bank::StatementLine>, bank::BankError> {
+        self.bank.statement(channel, day)
+    }
+    fn reserve_balance(&self, currency: &CurrencySpec) -> Result<(i128, usize), bank::BankError> {
+        self.bank.reserve_balance(currency)
+    }
+    fn transfer_in(&self, currency: &CurrencySpec, bank_ref: &str, amount: i64) {
+        self.bank.transfer_in(currency, bank_ref, amount)
+    }
+}
+
+/// A start asks the bank about each processing payout before sending it again: one the bank
+/// has is watched, one it decided (its callback lost) gets that verdict, and only one it never
+/// received is sent again (before session 59 every one was sent again: a bank that did not
+/// deduplicate by the order's reference paid it twice).
+#[test]
+fn a_start_asks_the_bank_before_sending_a_payout_again() {
+    let w = World::new();
+    w.clearing.stop();
+    let account = w.account(1, 1_000_000);
+    let counting = |bank: &Arc<banksim::Simulator>| Arc::new(Counting { bank: bank.clone(), payouts: 0.into() });
+    let sent = |bank: &Counting| bank.payouts.load(std::sync::atomic::Ordering::SeqCst);
+    let bank = counting(&w.bank);
+    let clearing = World::clearing(&w.engine, &w.store, bank.clone());
+    let payout = |number: &str| OrderId(w.runtime.block_on(clearing.payout(World::request(number, account, 10_000))).unwrap().reply.id);
+    let orders = [payout("w1"), payout("w2"), payout("w3")];
+    assert_eq!(sent(&bank), 3);
+    clearing.stop();
+    // Our side restarts; the bank has all three, undecided: none is sent again.
+    let clearing = World::clearing(&w.engine, &w.store, bank.clone());
+    assert_eq!((sent(&bank), clearing.resumed()), (3, 0), "the bank has them");
+    clearing.stop();
+    // The bank decides w2 (its callback never arrives), then restarts and loses what it had in
+    // hand: w1 and w3 are sent again, w2 gets the verdict the bank kept.
+    let quick = banksim::Simulator::start(banksim::SimulatorConfig { latency_ms: 1, ..slow() }, "key".into(), w.store.clone()).unwrap();
+    let cny = cny();
+    quick.submit(bank::Request::MoneyOut { order: orders[1], channel: 1, amount: 10_000, currency: cny, card_no: "6222020200112233445".into() });
+    let decided = (0..500).find_map(|_| match quick.query(orders[1], 1) {
+        BankStatus::Decided { succeeded } => Some(succeeded),
+        _ => {
+            std::thread::sleep(Duration::from_millis(10));
+            None
+        }
+    });
+    assert_eq!(decided, Some(true), "the bank paid w2");
+    let restarted = counting(&Arc::new(banksim::Simulator::start(slow(), "key".into(), w.store.clone()).unwrap()));
+    let clearing = World::clearing(&w.engine, &w.store, restarted.clone());
+    assert_eq!((sent(&restarted), clearing.resumed()), (2, 2), "only what the bank never received");
+    let status = |order: OrderId| w.engine.read_shard(0, move |s| s.order(order).unwrap().status).unwrap();
+    // The verdict is taken at the first tick, once the day's usage is counted.
+    let paid = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        status(orders[1]).name() == "succeeded"
+    });
+    assert!(paid, "w2 succeeded by the verdict the bank kept");
+    assert_eq!(orders.map(status).map(|s| s.name()), ["processing", "succeeded", "processing"]);
+    let balance = w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap();
+    assert_eq!(balance, 1_000_000 - 3 * (10_000 + 100), "each paid out once, its fee once");
 }
 
 /// A failed payout whose note cannot be read is an error before anything is given back: the

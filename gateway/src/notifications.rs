@@ -55,10 +55,31 @@ impl Notifications {
 
     /// Durably records a notification to `member` (blocking: a read and a synced write).
     pub fn send(&self, member: &Member, kind: &str, text: String, order_id: Option<String>) -> Result<(), ApiError> {
-        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-        let notification = Notification { kind: kind.into(), phone: member.phone.clone(), text, order_id, time: crate::orders::format_time(at) };
         let stripe = &self.sending[(member.id % SEND_STRIPES as u64) as usize];
         let _sending = stripe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.write_next(member, kind, text, order_id)
+    }
+
+    /// Sends a notification of `kind` about `order_id` unless one is among `member`'s newest
+    /// `window` (blocking): the check and the write under the member's lock, so two requests
+    /// about one order (a request and its retry running at once) write it once. Answers
+    /// whether it wrote one.
+    pub fn send_once(&self, member: &Member, kind: &str, text: String, order_id: &str, window: usize) -> Result<bool, ApiError> {
+        let stripe = &self.sending[(member.id % SEND_STRIPES as u64) as usize];
+        let _sending = stripe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match self.sent_recently(member.id, kind, order_id, window) {
+            Ok(true) => return Ok(false),
+            Ok(false) => {}
+            // An unreadable earlier notification: sent (a second alert rather than none).
+            Err(error) => tracing::warn!(member = member.id, "notifications: {}; sent without the check", error.message),
+        }
+        self.write_next(member, kind, text, Some(order_id.to_string())).map(|()| true)
+    }
+
+    /// Writes the member's next notification (its stripe's lock held).
+    fn write_next(&self, member: &Member, kind: &str, text: String, order_id: Option<String>) -> Result<(), ApiError> {
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let notification = Notification { kind: kind.into(), phone: member.phone.clone(), text, order_id, time: crate::orders::format_time(at) };
         let (start, end) = member_range(member.id);
         let last = self.store.last_key_in(&start, &end).map_err(ApiError::store)?;
         let sequence = match last {
@@ -191,6 +212,25 @@ mod tests {
         // A corrupt record is an error, not a panic or a silent gap.
         store.write(&[(&b"n/11/000000000000"[..], &b"{"[..])]).unwrap();
         assert_eq!(again.page(11, None, 50).err().map(|e| e.status), Some(500));
+    }
+
+    /// A notification sent once about an order is written once by requests at the same time
+    /// (a request and its retry: before session 59 each checked, then each wrote), and again
+    /// only once it is no longer among the newest `window`.
+    #[test]
+    fn a_notification_sent_once_is_written_once_by_requests_at_the_same_time() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let notifications = Arc::new(Notifications::load(store).unwrap());
+        let written: usize = std::thread::scope(|scope| {
+            let senders: Vec<_> =
+                (0..8).map(|_| scope.spawn(|| notifications.send_once(&member(4), "large_withdrawal_alert", "alert".into(), "ord_9", 100).unwrap())).collect();
+            senders.into_iter().map(|s| usize::from(s.join().unwrap())).sum()
+        });
+        assert_eq!(written, 1);
+        assert_eq!(notifications.page(4, None, 50).unwrap().0.len(), 1);
+        notifications.send(&member(4), "other", "other".into(), None).unwrap();
+        assert!(!notifications.send_once(&member(4), "large_withdrawal_alert", "alert".into(), "ord_9", 2).unwrap(), "still among the newest two");
+        assert!(notifications.send_once(&member(4), "large_withdrawal_alert", "alert".into(), "ord_9", 1).unwrap(), "past the window");
     }
 
     /// Pages run newest first and end at the oldest: every notification once, whatever the

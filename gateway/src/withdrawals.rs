@@ -174,19 +174,14 @@ async fn submit(
                 &card_no[card_no.len().saturating_sub(4)..]
             );
             let order_id = crate::orders::public_order_id(OrderId(reply.id));
-            let (notifications, replayed) = (notifications.clone(), reply.replayed);
+            let notifications = notifications.clone();
             // The alert is written after the payout: a replay writes it when the first request
-            // did not (a stop in between, before session 58, lost it for good). The payout is
-            // accepted and durable: a failed alert is logged, never answered as an error (before
-            // session 58 it was, and a member's page offered a fresh form whose new order number
-            // withdrew a second time).
-            let written = blocking(move || {
-                const KIND: &str = "large_withdrawal_alert";
-                if replayed && notifications.sent_recently(member.id, KIND, &order_id, ALERT_LOOKBACK)? {
-                    return Ok(());
-                }
-                notifications.send(&member, KIND, text, Some(order_id))
-            });
+            // did not (a stop in between, before session 58, lost it for good), and a request
+            // and its retry at once write it once (the check and the write under the member's
+            // lock, since session 59). The payout is accepted and durable: a failed alert is
+            // logged, never answered as an error (before session 58 it was, and a member's page
+            // offered a fresh form whose new order number withdrew a second time).
+            let written = blocking(move || notifications.send_once(&member, "large_withdrawal_alert", text, &order_id, ALERT_LOOKBACK));
             match written.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => tracing::warn!("withdrawals: the large withdrawal alert of order {} was not written: {}", reply.id, error.message),
