@@ -350,6 +350,8 @@ fn the_wallet_recharges_binds_a_card_withdraws_sets_a_password_and_signs() {
     p.wait_order(&order, "succeeded");
     let home = browser.get("/h5/wallet").1;
     assert_eq!(by_id(&home, "available"), "100.00", "{home}");
+    assert_eq!(by_id(&home, "holder"), "Z**** S**", "whose wallet it is, masked");
+    assert_eq!(by_id(&browser.get("/h5/wallet/recharge").1, "holder"), "Z**** S**");
     assert!(home.contains("recharge"), "the entry is listed: {home}");
     let bad =
         browser.post("/h5/wallet/recharge", &[("csrf", &csrf), ("account", &account), ("order", &format!("h5r-{}", "2".repeat(24))), ("amount", "1.001")]).1;
@@ -362,9 +364,10 @@ fn the_wallet_recharges_binds_a_card_withdraws_sets_a_password_and_signs() {
         assert!(status == 400 && page.contains("invalid_request"), "{taken}: {status} {page}");
     }
 
-    // A card through the pages: the four elements, then the micro-deposit the member reads.
+    // A card through the pages: the four elements and the payment password (set first, with the
+    // member's id number and phone), then the micro-deposit the member reads.
     let form = browser.get("/h5/wallet/card").1;
-    let card_fields = |order: &str| {
+    let card_fields = |order: &str, password: &str| {
         vec![
             ("csrf", csrf.clone()),
             ("account", account.clone()),
@@ -373,20 +376,33 @@ fn the_wallet_recharges_binds_a_card_withdraws_sets_a_password_and_signs() {
             ("holder_name", "Zhang San".to_string()),
             ("id_number", ID_NUMBER.to_string()),
             ("phone", "13800138000".to_string()),
+            ("password", password.to_string()),
         ]
     };
-    let bound: Vec<(&str, String)> = card_fields(&field(&form, "order"));
-    let pairs: Vec<(&str, &str)> = bound.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (status, page) = browser.post("/h5/wallet/card/bind", &pairs);
+    let bind = |browser: &mut Browser, password: &str| {
+        let bound: Vec<(&str, String)> = card_fields(&field(&form, "order"), password);
+        let pairs: Vec<(&str, &str)> = bound.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        browser.post("/h5/wallet/card/bind", &pairs)
+    };
+    let (status, page) = bind(&mut browser, "123456");
+    assert!(status == 200 && page.contains("payment_password_not_set") && page.contains("/h5/wallet/password") && !page.contains("card_1"), "{page}");
+    // Whoever holds the session does not set the first password alone (before session 59 it
+    // could, then bind its card and withdraw): the id number and phone are asked.
+    let first = [("csrf", csrf.as_str()), ("account", account.as_str()), ("password", "123456"), ("repeat", "123456")];
+    let refused = browser.post("/h5/wallet/password", &first).1;
+    assert!(refused.contains("The ID number or phone is not right") && refused.contains("needs your ID number and phone"), "{refused}");
+    let first = [first.as_slice(), &[("id_number", ID_NUMBER), ("phone", "13800138000")]].concat();
+    let set = browser.post("/h5/wallet/password", &first).1;
+    assert!(set.contains("The payment password is set"), "{set}");
+    let (status, page) = bind(&mut browser, "000000");
+    assert!(status == 200 && page.contains("invalid_payment_password") && !page.contains("card_1"), "a wrong password binds nothing: {page}");
+    let (status, page) = bind(&mut browser, "123456");
     assert!(status == 200 && page.contains("card_1"), "{page}");
     let deposit = micro_deposit(&server, "4111111111111111");
     let verified = browser.post("/h5/wallet/card/verify", &[("csrf", &csrf), ("account", &account), ("card", "card_1"), ("amount", &deposit)]).1;
     assert!(verified.contains("The card is verified"), "{verified}");
 
-    // Withdraw: the expected channel and fee first, then the order with the payment password
-    // (set first: a withdrawal without one is refused).
-    let set = browser.post("/h5/wallet/password", &[("csrf", &csrf), ("account", &account), ("password", "123456"), ("repeat", "123456")]).1;
-    assert!(set.contains("The payment password is set"), "{set}");
+    // Withdraw: the expected channel and fee first, then the order with the payment password.
     let form = browser.get("/h5/wallet/withdraw").1;
     assert!(form.contains("4111****1111"), "{form}");
     let quote = browser
@@ -572,6 +588,16 @@ fn wrong_identity_answers_lock_card_binding_and_the_password_reset() {
     let account = p.account(&member);
     let mut browser = open(&p, json!({"member_id": member, "purpose": "wallet", "locale": "en"}));
     let csrf = field(&browser.get("/h5/wallet/card").1, "csrf");
+    let first = [
+        ("csrf", csrf.as_str()),
+        ("account", account.as_str()),
+        ("password", "123456"),
+        ("repeat", "123456"),
+        ("id_number", ID_NUMBER),
+        ("phone", "13800138000"),
+    ];
+    let set = browser.post("/h5/wallet/password", &first).1;
+    assert!(set.contains("The payment password is set"), "{set}");
     let mut bind = |id_number: &str| {
         let order = field(&browser.get("/h5/wallet/card").1, "order");
         let fields = [
@@ -582,6 +608,7 @@ fn wrong_identity_answers_lock_card_binding_and_the_password_reset() {
             ("holder_name", "Zhang San"),
             ("id_number", id_number),
             ("phone", "13800138000"),
+            ("password", "123456"),
         ];
         browser.post("/h5/wallet/card/bind", &fields).1
     };
@@ -591,8 +618,6 @@ fn wrong_identity_answers_lock_card_binding_and_the_password_reset() {
     }
     let page = bind(ID_NUMBER);
     assert!(page.contains("identity_locked") && !page.contains("card_1"), "{page}");
-    let set = browser.post("/h5/wallet/password", &[("csrf", &csrf), ("account", &account), ("password", "123456"), ("repeat", "123456")]).1;
-    assert!(set.contains("The payment password is set"), "{set}");
     let reset = [
         ("csrf", csrf.as_str()),
         ("account", account.as_str()),

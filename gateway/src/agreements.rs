@@ -872,6 +872,7 @@ mod tests {
             agreement_requirements: AgreementRequirements { open_account: vec!["account_opening".into()], bind_card: vec![] },
             secret_rotated_by: None,
             created_as: None,
+            created_at: None,
         };
         assert!(agreements.require(&platform, 5, Purpose::OpenAccount).is_ok());
         assert!(agreements.require(&platform, 5, Purpose::BindCard).is_ok());

@@ -340,11 +340,19 @@ impl H5Sessions {
         true
     }
 
-    /// Gives back a try `identity_try` took: the answer was right, or never compared.
+    /// Gives back a try `identity_try` took: the answer was right, or never compared. A member
+    /// left with no try counted is forgotten, so right answers take no room among the
+    /// platform's counted members (each first payment password asks for them since session 59:
+    /// a platform's day of new members would otherwise fill its bound).
     pub fn identity_passed(&self, platform: u32, member: u64) {
         let mut all = self.identity.lock().expect("h5 identity lock");
-        if let Some((tries, _)) = all.get_mut(&platform).and_then(|members| members.get_mut(&member)) {
-            *tries = tries.saturating_sub(1);
+        if let Some(members) = all.get_mut(&platform) {
+            if let Some((tries, _)) = members.get_mut(&member) {
+                *tries = tries.saturating_sub(1);
+                if *tries == 0 {
+                    members.remove(&member);
+                }
+            }
         }
     }
 
@@ -845,6 +853,11 @@ mod tests {
             assert!(sessions.identity_try(1, member, now));
         }
         assert!(!sessions.identity_try(1, u64::MAX, now), "full: refused");
+        // A right answer gives its try back and its room: a full platform takes a new member
+        // once one counted answered right.
+        sessions.identity_passed(1, 3);
+        assert!(sessions.identity_try(1, u64::MAX, now), "room again");
+        assert!(!sessions.identity_try(1, u64::MAX - 1, now), "full again");
         assert!(sessions.identity_try(1, 0, now), "a counted member goes on");
         assert!(sessions.identity_try(2, u64::MAX, now), "another platform");
         assert!(sessions.identity_try(1, u64::MAX, now + IDENTITY_WINDOW), "the old windows end");

@@ -74,13 +74,33 @@ fn back(locale: Locale, summary: &AccountSummary) -> Markup {
     html! { p { a.button.secondary href=(href) { (t(locale, "to_wallet")) } } }
 }
 
+/// The wallet's member's name as its pages show it: each word's first character, the rest
+/// masked (`Z**** S**`, `张*`), so a member who opened another member's link (which replaces its
+/// session) sees it is not its own wallet before paying into it.
+async fn holder(members: &Arc<Members>, session: &Session) -> Result<String, PageError> {
+    let (platform, member, locale) = (session.grant.platform, session.grant.member, session.locale);
+    let members = members.clone();
+    let found = blocking(move || members.get(platform, member)).await.map_err(|e| PageError::api(e, locale))?.map_err(|e| PageError::api(e, locale))?;
+    let name = found.ok_or_else(|| PageError::new(404, "not_found", locale))?.name;
+    Ok(masked_name(&name))
+}
+
+fn masked_name(name: &str) -> String {
+    name.split_whitespace().map(|word| word.chars().enumerate().map(|(i, c)| if i == 0 { c } else { '*' }).collect::<String>()).collect::<Vec<_>>().join(" ")
+}
+
 /// The refusal of an identity check after too many wrong answers (`H5Sessions::identity_try`).
 fn identity_locked() -> ApiError {
     ApiError::new(429, "identity_locked", "too many wrong identity answers; try again tomorrow")
 }
 
 fn api_notice(locale: Locale, error: &ApiError) -> Markup {
-    html! { (notice("error", &error_text(locale, error.code, &error.message))) p.muted { "code: " span.code { (error.code) } } }
+    html! {
+        (notice("error", &error_text(locale, error.code, &error.message)))
+        p.muted { "code: " span.code { (error.code) } }
+        // A card bind or a withdrawal before any payment password: the way to set one.
+        @if error.code == "payment_password_not_set" { p { a.button.secondary #set-password href="/h5/wallet/password" { (t(locale, "password")) } } }
+    }
 }
 
 fn card_status(locale: Locale, card: &Card) -> &'static str {
@@ -108,9 +128,11 @@ pub async fn home(
     store: web::Data<Arc<dyn Store>>,
     platforms: web::Data<Arc<Platforms>>,
     cards: web::Data<Arc<Cards>>,
+    members: web::Data<Arc<Members>>,
 ) -> Result<HttpResponse, PageError> {
     let w = wallet(&request, &sessions, &engine, query.account.as_deref().unwrap_or_default()).await?;
     let (locale, platform) = (w.session.locale, w.session.grant.platform);
+    let holder = holder(&members, &w.session).await?;
     let (lines, next) = crate::entries::page(&engine, &store, &platforms, platform, w.account, Some(ENTRIES_PER_PAGE), query.cursor.as_deref())
         .await
         .map_err(|e| PageError::api(e, locale))?;
@@ -134,6 +156,7 @@ pub async fn home(
                 dt { (t(locale, "withdrawable")) } dd #withdrawable { (s.withdrawable) }
                 dt { (t(locale, "frozen")) } dd { (s.frozen) }
                 dt { (t(locale, "unsettled")) } dd { (s.unsettled) }
+                dt { (t(locale, "account_holder")) } dd #holder { (holder) }
                 dt { (t(locale, "account")) } dd { (s.account_id) " · " (s.status) }
                 dt { (t(locale, "virtual_account_no")) } dd { (s.virtual_account_no) }
             }
@@ -177,15 +200,18 @@ pub async fn recharge_form(
     query: web::Query<AccountQuery>,
     sessions: web::Data<Arc<H5Sessions>>,
     engine: web::Data<Arc<Engine>>,
+    members: web::Data<Arc<Members>>,
 ) -> Result<HttpResponse, PageError> {
     let w = wallet(&request, &sessions, &engine, query.account.as_deref().unwrap_or_default()).await?;
-    Ok(ok_page(recharge_page(&w, None)))
+    let holder = holder(&members, &w.session).await?;
+    Ok(ok_page(recharge_page(&w, &holder, None)))
 }
 
-fn recharge_page(w: &Wallet, message: Option<Markup>) -> Markup {
+fn recharge_page(w: &Wallet, holder: &str, message: Option<Markup>) -> Markup {
     let locale = w.session.locale;
     let body = html! {
         @if let Some(message) = message { (message) }
+        p.muted { (t(locale, "account_holder")) ": " span #holder { (holder) } }
         form method="post" action="/h5/wallet/recharge" {
             (hidden(&w.session, &w.summary))
             input type="hidden" name="order" value=(form_order_no("h5r"));
@@ -207,6 +233,7 @@ pub async fn recharge(
     engine: web::Data<Arc<Engine>>,
     platforms: web::Data<Arc<Platforms>>,
     clearing: web::Data<clearing_actor::Clearing>,
+    members: web::Data<Arc<Members>>,
 ) -> Result<HttpResponse, PageError> {
     let form = crate::h5::Form::parse(&body);
     let w = wallet(&request, &sessions, &engine, form.get("account")).await?;
@@ -242,7 +269,7 @@ pub async fn recharge(
             };
             Ok(ok_page(page(locale, t(locale, "recharge"), body)))
         }
-        Err(error) => Ok(ok_page(recharge_page(&w, Some(api_notice(locale, &error))))),
+        Err(error) => Ok(ok_page(recharge_page(&w, &holder(&members, &w.session).await?, Some(api_notice(locale, &error))))),
     }
 }
 
@@ -461,6 +488,8 @@ async fn card_page(w: &Wallet, engine: &Arc<Engine>, cards: &Arc<Cards>, message
                 input #id_number name="id_number" autocomplete="off" required;
                 label for="phone" { (t(locale, "phone")) }
                 input #phone name="phone" inputmode="tel" autocomplete="off" required;
+                label for="password" { (t(locale, "enter_password")) }
+                input.pin #password type="password" name="password" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" minlength="6" autocomplete="off" required;
                 button type="submit" { (t(locale, "bind")) }
             }
         }
@@ -483,6 +512,7 @@ pub async fn card_bind(
     platforms: web::Data<Arc<Platforms>>,
     agreements: web::Data<Arc<Agreements>>,
     clearing: web::Data<clearing_actor::Clearing>,
+    passwords: web::Data<Arc<Passwords>>,
 ) -> Result<HttpResponse, PageError> {
     let form = crate::h5::Form::parse(&body);
     let w = wallet(&request, &sessions, &engine, form.get("account")).await?;
@@ -497,6 +527,16 @@ pub async fn card_bind(
         phone: form.get("phone").to_string(),
     };
     let replaces = crate::ids::parse_prefixed::<u64>(form.get("replaces"), "card_");
+    // A card is where withdrawals go: binding one is the member's to allow, with its payment
+    // password (counted like the cashier's), so a stolen wallet session that knows the member's
+    // id number cannot bind the thief's card (before session 59 it could). One not set yet is
+    // set first, and setting it asks the id number and phone.
+    let (checking, account, typed) = (passwords.get_ref().clone(), w.account, form.get("password").to_string());
+    if let Err(error) =
+        crate::passwords::hashing(u64::from(platform.id), move || checking.verify(account, Some(typed.as_str()))).await.and_then(|checked| checked)
+    {
+        return card_page(&w, &engine, &cards, Some(api_notice(locale, &error))).await;
+    }
     // The identity answer is a try, taken before it is compared (counted if wrong).
     let member = w.session.grant.member;
     if !sessions.identity_try(platform.id, member, Instant::now()) {
@@ -581,13 +621,11 @@ fn password_page(w: &Wallet, passwords: &Passwords, message: Option<Markup>) -> 
         @if let Some(message) = message { (message) }
         form method="post" action="/h5/wallet/password" {
             (hidden(&w.session, &w.summary))
-            @if reset {
-                p.muted { (t(locale, "reset_note")) }
-                label for="id_number" { (t(locale, "id_number")) }
-                input #id_number name="id_number" autocomplete="off" required;
-                label for="phone" { (t(locale, "phone")) }
-                input #phone name="phone" inputmode="tel" autocomplete="off" required;
-            }
+            p.muted { (t(locale, if reset { "reset_note" } else { "first_password_note" })) }
+            label for="id_number" { (t(locale, "id_number")) }
+            input #id_number name="id_number" autocomplete="off" required;
+            label for="phone" { (t(locale, "phone")) }
+            input #phone name="phone" inputmode="tel" autocomplete="off" required;
             label for="password" { (t(locale, "new_password")) }
             input.pin #password type="password" name="password" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="off" required;
             label for="repeat" { (t(locale, "repeat_password")) }
@@ -617,22 +655,20 @@ pub async fn password(
     if form.get("password") != form.get("repeat") {
         return Ok(ok_page(password_page(&w, &passwords, Some(notice("error", t(locale, "passwords_differ"))))?));
     }
-    if passwords.failures(w.account).map_err(|e| PageError::api(e, locale))?.is_some() {
-        let (platform, member) = (w.session.grant.platform, w.session.grant.member);
-        if !sessions.identity_try(platform, member, Instant::now()) {
-            return Ok(ok_page(password_page(&w, &passwords, Some(api_notice(locale, &identity_locked())))?));
-        }
-        let member = members
-            .get(w.session.grant.platform, w.session.grant.member)
-            .map_err(|e| PageError::api(e, locale))?
-            .ok_or_else(|| PageError::new(404, "not_found", locale))?;
-        let id_right = crate::auth::constant_time_equal(form.get("id_number").to_ascii_uppercase().as_bytes(), member.id_number.as_bytes());
-        let phone_right = crate::auth::constant_time_equal(form.get("phone").as_bytes(), member.phone.as_bytes());
-        if !(id_right && phone_right) {
-            return Ok(ok_page(password_page(&w, &passwords, Some(notice("error", t(locale, "second_factor_failed"))))?));
-        }
-        sessions.identity_passed(platform, member.id);
+    // The member's id number and phone, a second factor, for the first password as for a reset:
+    // before session 59 whoever held a live session of a member who had never set one could set
+    // it, then withdraw with it.
+    let (platform, member) = (w.session.grant.platform, w.session.grant.member);
+    if !sessions.identity_try(platform, member, Instant::now()) {
+        return Ok(ok_page(password_page(&w, &passwords, Some(api_notice(locale, &identity_locked())))?));
     }
+    let member = members.get(platform, member).map_err(|e| PageError::api(e, locale))?.ok_or_else(|| PageError::new(404, "not_found", locale))?;
+    let id_right = crate::auth::constant_time_equal(form.get("id_number").to_ascii_uppercase().as_bytes(), member.id_number.as_bytes());
+    let phone_right = crate::auth::constant_time_equal(form.get("phone").as_bytes(), member.phone.as_bytes());
+    if !(id_right && phone_right) {
+        return Ok(ok_page(password_page(&w, &passwords, Some(notice("error", t(locale, "second_factor_failed"))))?));
+    }
+    sessions.identity_passed(platform, member.id);
     match crate::passwords::set_password_of(&engine, &passwords, w.session.grant.platform, w.account, form.get("password").to_string()).await {
         Ok(()) => {
             let body = html! { (notice("ok", t(locale, "password_set"))) (back(locale, &w.summary)) };
@@ -835,4 +871,16 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(close)
         .service(agreement)
         .service(sign);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked_name;
+
+    #[test]
+    fn a_members_name_is_shown_by_each_words_first_character() {
+        for (name, shown) in [("Zhang San", "Z**** S**"), ("张三", "张*"), ("欧阳娜娜", "欧***"), (" Li  Si ", "L* S*"), ("", "")] {
+            assert_eq!(masked_name(name), shown, "{name:?}");
+        }
+    }
 }

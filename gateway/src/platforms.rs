@@ -46,7 +46,16 @@ pub struct Platform {
     /// The operator's order number of the request that made it (`NewPlatform::out_order_no`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_as: Option<String>,
+    /// When it was made (unix seconds; `None` for platforms made before session 59): a repeat
+    /// of its creation shows the secret only within `CREATION_REPLAY_SECONDS` of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
 }
+
+/// How long a repeated creation request (its `out_order_no`) answers with the platform's secret:
+/// a day, for a client whose answer was lost. Later it is 409 (before session 59 anyone holding
+/// the operator token and a guessed number could read the secret again at any time).
+pub const CREATION_REPLAY_SECONDS: i64 = 86_400;
 
 /// Agreement codes a member must have signed (the latest version of each) before an account
 /// is opened or a card bound.
@@ -121,8 +130,9 @@ pub struct NewPlatform {
     pub auto_confirm_days: Option<u8>,
     pub require_payment_password: Option<bool>,
     /// The operator's own number for this creation (an addition to API.md): repeated with the
-    /// same body, it answers the platform it made, with its secret again while the platform
-    /// still has its first secret (`Idempotent-Replay: true`); with another body 409
+    /// same body, it answers the platform it made, with its secret again within a day of the
+    /// creation while the platform still has its first secret (`Idempotent-Replay: true`;
+    /// later 409); with another body 409
     /// `idempotency_conflict`. Without it every request makes a platform.
     #[serde(default)]
     pub out_order_no: Option<String>,
@@ -181,6 +191,12 @@ impl Platforms {
 
     /// Validates and durably creates a platform; returns it with its secret (shown only here).
     pub fn create(&self, request: NewPlatform) -> Result<(Platform, String, bool), ApiError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        self.create_at(request, now)
+    }
+
+    /// `create` at `now` (unix seconds).
+    fn create_at(&self, request: NewPlatform, now: i64) -> Result<(Platform, String, bool), ApiError> {
         // The checks are of what the client sent (the document's maxLength and pattern), blanks
         // around the name included (a tab is a control character even there); the blanks are
         // then dropped.
@@ -213,6 +229,10 @@ impl Platforms {
                     let message = "this out_order_no made a platform whose secret was rotated since: its first secret is not shown again";
                     return Err(ApiError::new(409, "idempotency_conflict", message));
                 }
+                if made.created_at.is_none_or(|at| now.saturating_sub(at) > CREATION_REPLAY_SECONDS) {
+                    let message = "this out_order_no made a platform more than a day ago: its secret is not shown again (rotate it if it was lost)";
+                    return Err(ApiError::new(409, "idempotency_conflict", message));
+                }
                 let secret = self.secret(&made);
                 return Ok((made, secret, true));
             }
@@ -232,6 +252,7 @@ impl Platforms {
             agreement_requirements: AgreementRequirements::default(),
             secret_rotated_by: None,
             created_as: request.out_order_no,
+            created_at: Some(now),
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -428,6 +449,33 @@ mod tests {
         let too_long = RotateSecret { overlap_seconds: Some(ROTATION_OVERLAP_SECONDS_MAX + 1), from_version: None };
         assert_eq!(reloaded.rotate_secret(platform.id, too_long, now).unwrap_err().param.as_deref(), Some("overlap_seconds"));
         assert_eq!(reloaded.rotate_secret(99, RotateSecret::default(), now).unwrap_err().code, "not_found");
+    }
+
+    /// A repeated creation shows the secret for a day after the platform was made, then is 409
+    /// (before session 59 at any age); a platform made before creation times were kept never
+    /// shows it again.
+    #[test]
+    fn a_repeated_creation_shows_the_secret_only_within_a_day() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let platforms = Platforms::load(store, MasterKey::from_bytes([3; 32])).expect("load");
+        let request = || NewPlatform {
+            name: "P".into(),
+            settlement_cycle_days: None,
+            auto_confirm_days: None,
+            require_payment_password: None,
+            out_order_no: Some("plt-create-1".into()),
+        };
+        let now = 1_700_000_000;
+        let (made, secret, replayed) = platforms.create_at(request(), now).expect("create");
+        assert!(!replayed);
+        let (again, shown, replayed) = platforms.create_at(request(), now + CREATION_REPLAY_SECONDS).expect("within the day");
+        assert_eq!((again.id, shown.as_str(), replayed), (made.id, secret.as_str(), true));
+        let late = platforms.create_at(request(), now + CREATION_REPLAY_SECONDS + 1).unwrap_err();
+        assert_eq!((late.status, late.code), (409, "idempotency_conflict"));
+        // As a record of before session 59: no creation time.
+        platforms.by_id.write().unwrap().get_mut(&made.id).unwrap().created_at = None;
+        assert_eq!(platforms.create_at(request(), now).unwrap_err().code, "idempotency_conflict");
+        assert_eq!(platforms.by_id.read().unwrap().len(), 1, "one platform made");
     }
 
     /// A rotation from a given version happens once: carried out again it answers the version it
