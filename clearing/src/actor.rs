@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bank::{BankChannel, BankStatus, Request};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-use engine::ledger::command::{Command, Envelope};
-use engine::ledger::types::{OrderDetail, OrderId, OrderStatus};
-use engine::money::{CurrencySpec, Minor};
+use engine::ledger::command::{Command, Envelope, OutOrderNo};
+use engine::ledger::types::{AccountId, OrderDetail, OrderId, OrderStatus};
+use engine::money::{CurrencyId, CurrencySpec, Minor};
 use engine::result::ResultCode;
 use engine::Engine;
 use storage::Store;
@@ -433,7 +433,11 @@ impl Actor {
             Message::CasesPage(filter, after, limit, reply) => answer(reply, self.cases.page(self.store.as_ref(), filter, after.as_deref(), limit)),
             Message::ResolveCase(case_id, resolution, reply) => {
                 let now = self.clock.now_micros();
-                answer(reply, self.cases.resolve(self.store.as_ref(), &case_id, resolution, now));
+                let resolved = self.cases.resolve(self.store.as_ref(), &case_id, resolution, now);
+                if let Ok(case) = &resolved {
+                    self.release_hold_of(case);
+                }
+                answer(reply, resolved);
             }
             Message::Trip(channel, cooldown, reply) => {
                 let until = self.clock.instant() + cooldown;
@@ -557,10 +561,10 @@ impl Actor {
         let shard = order.shard(self.engine.config().shard_count);
         let found = self.engine.read_shard(shard, move |state| {
             let o = state.platform_order(0, order)?;
-            let OrderDetail::Withdrawal { channel, .. } = o.detail else { return None };
-            Some((channel, o.status, o.amount, o.created_at, o.platform, o.out_order_no, state.currencies[o.currency.0 as usize]))
+            let OrderDetail::Withdrawal { channel, fee } = o.detail else { return None };
+            Some((channel, fee, o.status, o.amount, o.created_at, o.platform, o.out_order_no, state.currencies[o.currency.0 as usize], o.account, o.currency))
         })?;
-        let Some((channel, status, amount, created_at, platform, number, spec)) = found else { return Err(ClearingError::NotFound) };
+        let Some((channel, fee, status, amount, created_at, platform, number, spec, account, currency)) = found else { return Err(ClearingError::NotFound) };
         let names = self.table.set();
         if let Some(name) = about.as_deref().filter(|name| *name != names.name(channel)) {
             // A channel the order has left (a fallback moved it on). Its failure is stale; its
@@ -584,12 +588,29 @@ impl Actor {
             // paid out twice unless the verdict is wrong. Nothing moves here (the engine refuses
             // the verdict, as before); an operator's case says so, once per order and channel
             // (before session 58 the verdict was only refused, and only a statement raised it).
+            // Since session 59 what went back (amount and fee) is held first, by a freeze of the
+            // system's that the platform cannot release, until an operator resolves the case (the
+            // member could withdraw it meanwhile: out twice for good). The hold's number is fixed
+            // by the order and channel, so a verdict repeated after a stop between the hold and
+            // the case replays it rather than holding twice.
             let channel_name = names.name(channel);
             let reference = bank::order_ref(order);
+            let case_id = format!("case_paid_after_failure_{}_{channel}", order.0);
+            // Only while the case is not open: a later repeat would hold what no case names.
+            let hold = match self.cases.get(self.store.as_ref(), &case_id)? {
+                Some(_) => None,
+                None => self.hold_for_case(order, channel, account, currency, amount.saturating_add(fee), &case_id),
+            };
+            let (held, hold_order) = match hold {
+                Some(id) => {
+                    (format!("; {} held on the account until the case is resolved", spec.format(amount.saturating_add(fee))), Some(bank::order_ref(id)))
+                }
+                None => ("; nothing could be held on the account (it holds less now)".to_string(), None),
+            };
             let opening = CaseOpening {
-                case_id: format!("case_paid_after_failure_{}_{channel}", order.0),
-                line: serde_json::json!({"order_id": reference, "channel": channel_name, "status": "succeeded", "from": why}),
-                reason: format!("{channel_name} says it paid {reference}, which had failed and whose money went back to the account"),
+                case_id,
+                line: serde_json::json!({"order_id": reference, "channel": channel_name, "status": "succeeded", "from": why, "hold_order_id": hold_order}),
+                reason: format!("{channel_name} says it paid {reference}, which had failed and whose money went back to the account{held}"),
             };
             self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
         }
@@ -720,6 +741,38 @@ impl Actor {
         self.bank.forget(order, failed);
         self.send_payout(order, next, amount, spec, card_no);
         Ok(FallBack::Rerouted(names.name(next)))
+    }
+
+    /// Holds `amount` of `account` for the case `case_id` about payout `order` on `channel`: a
+    /// freeze of platform 0's (the platform cannot release it; resolving the case does), under
+    /// a number fixed by the order and channel (a repeat is the engine's replay). `None` when
+    /// the account no longer holds the amount (or the engine refused or did not answer).
+    fn hold_for_case(&mut self, order: OrderId, channel: u16, account: AccountId, currency: CurrencyId, amount: Minor, case_id: &str) -> Option<OrderId> {
+        let number = OutOrderNo::new(&format!("hold-paid-after-failure-{}-{channel}", order.0))?;
+        let command = Command::Freeze { account, currency, amount, reason: format!("held for {case_id}"), expires_at: None };
+        match self.engine.execute_one(Envelope { platform: 0, out_order_no: Some(number), command }) {
+            Ok(reply) if reply.is_ok() => Some(OrderId(reply.id)),
+            Ok(reply) => {
+                tracing::warn!(order = order.0, "no hold for {case_id}: {:?}", reply.code);
+                None
+            }
+            Err(error) => {
+                tracing::warn!(order = order.0, "no hold for {case_id}: {error}");
+                None
+            }
+        }
+    }
+
+    /// A resolved case's hold (`hold_order_id` in its line), if any, is released: the operator
+    /// decided. One released already, or by hand, is left as it is.
+    fn release_hold_of(&mut self, case: &Case) {
+        let Some(hold) = case.line.get("hold_order_id").and_then(|id| id.as_str()).and_then(bank::parse_order_ref) else { return };
+        let command = Command::ReleaseFreeze { order: hold, amount: None };
+        match self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command }) {
+            Ok(reply) if reply.is_ok() || reply.code == ResultCode::OrderStateInvalid => {}
+            Ok(reply) => tracing::error!(case = case.case_id.as_str(), "the case's hold was not released: {:?}", reply.code),
+            Err(error) => tracing::error!(case = case.case_id.as_str(), "the case's hold was not released: {error}"),
+        }
     }
 
     /// Our side has the final answer on payout `order`: nothing to watch any more.

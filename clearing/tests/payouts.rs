@@ -197,7 +197,33 @@ fn a_success_after_a_failure_for_good_opens_a_case() {
     let open = cases();
     assert_eq!(open.len(), 1, "one case, however often the bank says it");
     assert!(open[0].case_id.starts_with("case_paid_after_failure_") && open[0].reason.contains("had failed"), "{:?}", open[0]);
+    // What went back (the amount and the second channel's fee) is held until the case is
+    // resolved (since session 59; the member could withdraw it meanwhile), once however often
+    // the bank says it, and the platform cannot release the hold.
+    let buckets = || w.engine.read_shard(0, move |s| s.account(account).map(|a| (a.available(), a.frozen)).unwrap()).unwrap();
+    assert_eq!(buckets(), (1_000_000 - 10_500, 10_500), "{}", open[0].reason);
+    assert!(open[0].reason.contains("105.00 held"), "{}", open[0].reason);
+    let hold = bank::parse_order_ref(open[0].line["hold_order_id"].as_str().unwrap()).unwrap();
+    let by_platform = Command::ReleaseFreeze { order: hold, amount: None };
+    assert_eq!(w.engine.execute_one(Envelope { platform: P, out_order_no: None, command: by_platform }).unwrap().code, ResultCode::OrderNotFound);
+    let resolution = clearing_actor::cases::Resolution { resolution: "the bank reversed its payment".into(), operator: "ops".into() };
+    w.runtime.block_on(w.clearing.resolve_case(open[0].case_id.clone(), resolution)).unwrap();
+    assert_eq!(buckets(), (1_000_000, 0), "released once the case is resolved");
     assert_eq!(balance(), 1_000_000, "nothing moved");
+
+    // An account that no longer holds what went back: nothing is held, and the case says so.
+    let poor = w.account(2, 20_000);
+    let order = OrderId(w.payout("w2", poor, 10_000).reply.id);
+    let verdict =
+        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
+    assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    assert!(matches!(verdict(false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    let spent = w.payout("w3", poor, 15_000);
+    assert!(spent.reply.is_ok(), "{:?}", spent.reply);
+    assert!(verdict(true, "dear").is_err());
+    let open = cases();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert!(open[0].reason.contains("nothing could be held") && open[0].line["hold_order_id"].is_null(), "{:?}", open[0]);
 }
 
 /// A success from a channel the payout has left (a fallback moved it on) moves nothing, as a

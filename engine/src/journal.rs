@@ -110,9 +110,10 @@ pub struct BatchRecord {
 /// (`OrderDetail::Payment`), not as settled funds. A batch of version 2 is still read and
 /// replayed under version 2's rules (`BatchRecord::version`), so it gives exactly the postings
 /// it recorded.
-/// Version 4 (session 59) has version 3's bytes and a new rule: a guarantee's cancel whose payer
+/// Version 4 (session 59) has version 3's bytes and new rules: a guarantee's cancel whose payer
 /// can no longer take the credit goes to suspense with a notice (it was refused:
-/// `Context::diverts_cancels`). Batches of versions 2 and 3 replay under theirs.
+/// `Context::diverts_cancels`), and a freeze the system places is the system's order
+/// (`Context::system_holds`). Batches of versions 2 and 3 replay under theirs.
 pub const JOURNAL_FORMAT_VERSION: u8 = 4;
 
 /// The journal formats this build reads: versions 2 and 3 (the same bytes, older rules) and its

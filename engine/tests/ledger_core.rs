@@ -1202,6 +1202,36 @@ fn format_4_cancels_to_a_closed_payer_through_suspense() {
     }
 }
 
+/// Journal format 4: a freeze the system places (platform 0: a case's hold) is the system's
+/// order, which the account's platform cannot release; format 3 made it the platform's.
+#[test]
+fn format_4_system_freezes_are_the_systems_to_release() {
+    for version in [3u8, 4] {
+        let mut state = shard(0, 1);
+        let mut fx = Effects::default();
+        let mut replies = Vec::new();
+        let mut run = |state: &mut ShardState, fx: &mut Effects, platform: u32, command: Command| {
+            replies.clear();
+            state.apply_all_as(version, &[Envelope { platform, out_order_no: None, command }], None, T0, fx, &mut replies);
+            replies[0]
+        };
+        let account = AccountId(run(&mut state, &mut fx, P, Command::OpenAccount { owner: 1, currency: CNY, limits: Limits::NONE }).id);
+        assert!(run(&mut state, &mut fx, P, Command::Recharge { account, currency: CNY, amount: 1_000, channel: 1 }).is_ok());
+        let freeze = Command::Freeze { account, currency: CNY, amount: 400, reason: "held for a case".into(), expires_at: None };
+        let hold = OrderId(run(&mut state, &mut fx, 0, freeze).id);
+        let release = Command::ReleaseFreeze { order: hold, amount: None };
+        let by_platform = run(&mut state, &mut fx, P, release.clone());
+        if version == 3 {
+            assert!(by_platform.is_ok(), "format 3: the platform's order");
+            continue;
+        }
+        assert_eq!(by_platform.code, ResultCode::OrderNotFound, "the system's hold");
+        assert_eq!(state.account(account).unwrap().frozen, 400);
+        assert!(run(&mut state, &mut fx, 0, release).is_ok());
+        assert_eq!(state.account(account).unwrap().frozen, 0);
+    }
+}
+
 /// A batch of journal format 2 replays under its rules: its payments record no unsettled part,
 /// so their refunds and cancels go back to settled funds, and a freeze's release back to
 /// unsettled counts as an income credit, exactly as the build that wrote it did.

@@ -1255,6 +1255,13 @@ impl Context {
     pub(crate) fn diverts_cancels(&self) -> bool {
         self.version >= 4
     }
+
+    /// Journal format 4 on: a freeze the system (platform 0) places is the system's order, which
+    /// the account's platform cannot release (before, every freeze was its account's
+    /// platform's order).
+    pub(crate) fn system_holds(&self) -> bool {
+        self.version >= 4
+    }
 }
 
 /// Shared checks of an amount: positive and not above `AMOUNT_MINOR_MAX`.

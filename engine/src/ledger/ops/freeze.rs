@@ -44,14 +44,12 @@ pub fn freeze(
     // After this point the freeze must succeed.
     let from_settled = account.settled.min(amount);
     let from_unsettled = amount - from_settled;
-    let order = state.open_order(
-        context,
-        OrderKind::Freeze,
-        OrderStatus::Held,
-        id,
-        amount,
-        OrderDetail::Freeze { remaining: amount, from_unsettled, expires_at, reason: reason.into() },
-    );
+    // The system's freeze (platform 0: a hold an operator's case placed) is the system's order
+    // from journal format 4 on, so the account's platform cannot release it; a platform's is
+    // the platform's.
+    let platform = if context.platform == 0 && context.system_holds() { 0 } else { account.platform };
+    let detail = OrderDetail::Freeze { remaining: amount, from_unsettled, expires_at, reason: reason.into() };
+    let order = state.open_order_of(context, (OrderKind::Freeze, OrderStatus::Held), (id, platform, currency), amount, detail);
     if let Some(at) = expires_at {
         state.expiring_freezes.insert((at, order), ());
     }
