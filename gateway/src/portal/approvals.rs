@@ -212,6 +212,18 @@ fn find_highest(store: &dyn Store) -> Result<u64, String> {
     crate::records::last_of_dense(|id| store.get(&record_key(id)).map(|v| v.is_some()).map_err(|e| e.to_string()))
 }
 
+/// See `Approvals::carrying`.
+pub struct Carrying<'a> {
+    approvals: &'a Approvals,
+    id: u64,
+}
+
+impl Drop for Carrying<'_> {
+    fn drop(&mut self) {
+        self.approvals.release(self.id);
+    }
+}
+
 impl Approvals {
     /// Opens the proposals in `store`: the pending ones (by their marks) and the highest id.
     pub fn load(store: Arc<dyn Store>) -> Result<Approvals, String> {
@@ -439,6 +451,14 @@ impl Approvals {
         Ok(proposal)
     }
 
+    /// This process's carrying out of proposal `id`, ended when the value is dropped however the
+    /// carrying out ends (a panic unwinding its task included: before session 59 one left it
+    /// "being carried out", refused to every "Carry out again", until a restart). `finish` and
+    /// `release` end it too; ending it twice is harmless.
+    pub fn carrying(&self, id: u64) -> Carrying<'_> {
+        Carrying { approvals: self, id }
+    }
+
     /// Whether this process is carrying out proposal `id` now.
     pub fn is_carrying(&self, id: u64) -> bool {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).carrying.contains(&id)
@@ -540,7 +560,7 @@ mod tests {
         let (approver, other) = (session(2, Scope::System, &[Role::Approver]), session(4, Scope::System, &[Role::Approver]));
         let viewer = session(5, Scope::System, &[Role::Viewer]);
         let platform_two = session(3, Scope::Platform { platform: 2 }, &[Role::Approver]);
-        for _ in 0..4 {
+        for _ in 0..5 {
             approvals.propose(&proposer, Scope::Platform { platform: 1 }, limits(1), "").unwrap();
         }
         assert_eq!(approvals.retry(&approver, 1).unwrap_err().code, "already_decided", "pending: decided first");
@@ -550,6 +570,15 @@ mod tests {
         approvals.finish(1, Ok("done".into())).unwrap();
         assert!(!approvals.is_carrying(1));
         assert_eq!(approvals.retry(&other, 1).unwrap_err().code, "already_decided", "executed");
+        // A carrying out that panics ends with its task: another approver may carry it out again.
+        approvals.decide(&approver, 5, true).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _carrying = approvals.carrying(5);
+            panic!("a bug in the carrying out");
+        }));
+        assert!(panicked.is_err() && !approvals.is_carrying(5));
+        assert_eq!(approvals.retry(&other, 5).unwrap().status, Status::Approved);
+        approvals.finish(5, Ok("done".into())).unwrap();
         approvals.decide(&approver, 2, true).unwrap();
         approvals.decide(&approver, 3, false).unwrap();
         assert_eq!(approvals.retry(&other, 3).unwrap_err().code, "already_decided", "rejected");

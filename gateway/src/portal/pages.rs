@@ -972,6 +972,8 @@ async fn carry_out(
     executors: Executors,
     decided: super::approvals::Proposal,
 ) -> Result<(super::approvals::Proposal, Option<String>), PortalError> {
+    // However this ends (a panic in the carrying out included), it is no longer carried out.
+    let _carrying = portal.approvals.carrying(decided.id);
     let (stored, secret) = match execute(&executors, &decided).await {
         Ok((text, secret)) => (Ok(text), secret),
         Err(NotDone { text, unknown: true }) => {
