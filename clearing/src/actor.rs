@@ -433,7 +433,23 @@ impl Actor {
             Message::CasesPage(filter, after, limit, reply) => answer(reply, self.cases.page(self.store.as_ref(), filter, after.as_deref(), limit)),
             Message::ResolveCase(case_id, resolution, reply) => {
                 let now = self.clock.now_micros();
-                let resolved = self.cases.resolve(self.store.as_ref(), &case_id, resolution, now);
+                let asked = resolution.clone();
+                let resolved = match self.cases.resolve(self.store.as_ref(), &case_id, resolution, now) {
+                    // Resolved already the same way, by the same operator: a repeat whose answer
+                    // was lost (a stop before a portal's approval stored its outcome) answers the
+                    // case, and its hold (if a stop came before its release) is released now.
+                    Err(ClearingError::CaseResolved) => match self.cases.get(self.store.as_ref(), &case_id) {
+                        Ok(Some(case))
+                            if case.resolution.as_deref() == Some(asked.resolution.as_str())
+                                && case.resolved_by.as_deref() == Some(asked.operator.as_str()) =>
+                        {
+                            Ok(case)
+                        }
+                        Ok(_) => Err(ClearingError::CaseResolved),
+                        Err(error) => Err(error),
+                    },
+                    other => other,
+                };
                 if let Ok(case) = &resolved {
                     self.release_hold_of(case);
                 }
@@ -573,11 +589,19 @@ impl Actor {
             // (before session 59 it was answered stale and nobody was told). A name that is no
             // channel of ours opens nothing.
             if let (true, Some(left)) = (succeeded, names.by_name(name)) {
-                let reference = bank::order_ref(order);
+                let (reference, left_id) = (bank::order_ref(order), left.id);
+                let case_id = format!("case_paid_by_left_channel_{}_{left_id}", order.0);
+                // Failed for good since, its money back in the account: held as for a success
+                // of its own channel's.
+                let (held, hold_order) = if status == OrderStatus::Failed {
+                    self.hold_unless_opened(&case_id, order, left_id, account, currency, amount.saturating_add(fee), spec)?
+                } else {
+                    (String::new(), None)
+                };
                 let opening = CaseOpening {
-                    case_id: format!("case_paid_by_left_channel_{}_{}", order.0, left.id),
-                    line: serde_json::json!({"order_id": reference, "channel": name, "status": "succeeded", "from": why, "order_channel": names.name(channel), "order_status": status.name()}),
-                    reason: format!("{name} says it paid {reference}, which had moved on from it to {} ({})", names.name(channel), status.name()),
+                    case_id,
+                    line: serde_json::json!({"order_id": reference, "channel": name, "status": "succeeded", "from": why, "order_channel": names.name(channel), "order_status": status.name(), "hold_order_id": hold_order}),
+                    reason: format!("{name} says it paid {reference}, which had moved on from it to {} ({}){held}", names.name(channel), status.name()),
                 };
                 self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
             }
@@ -596,17 +620,7 @@ impl Actor {
             let channel_name = names.name(channel);
             let reference = bank::order_ref(order);
             let case_id = format!("case_paid_after_failure_{}_{channel}", order.0);
-            // Only while the case is not open: a later repeat would hold what no case names.
-            let hold = match self.cases.get(self.store.as_ref(), &case_id)? {
-                Some(_) => None,
-                None => self.hold_for_case(order, channel, account, currency, amount.saturating_add(fee), &case_id),
-            };
-            let (held, hold_order) = match hold {
-                Some(id) => {
-                    (format!("; {} held on the account until the case is resolved", spec.format(amount.saturating_add(fee))), Some(bank::order_ref(id)))
-                }
-                None => ("; nothing could be held on the account (it holds less now)".to_string(), None),
-            };
+            let (held, hold_order) = self.hold_unless_opened(&case_id, order, channel, account, currency, amount.saturating_add(fee), spec)?;
             let opening = CaseOpening {
                 case_id,
                 line: serde_json::json!({"order_id": reference, "channel": channel_name, "status": "succeeded", "from": why, "hold_order_id": hold_order}),
@@ -743,22 +757,43 @@ impl Actor {
         Ok(FallBack::Rerouted(names.name(next)))
     }
 
-    /// Holds `amount` of `account` for the case `case_id` about payout `order` on `channel`: a
-    /// freeze of platform 0's (the platform cannot release it; resolving the case does), under
-    /// a number fixed by the order and channel (a repeat is the engine's replay). `None` when
-    /// the account no longer holds the amount (or the engine refused or did not answer).
-    fn hold_for_case(&mut self, order: OrderId, channel: u16, account: AccountId, currency: CurrencyId, amount: Minor, case_id: &str) -> Option<OrderId> {
-        let number = OutOrderNo::new(&format!("hold-paid-after-failure-{}-{channel}", order.0))?;
+    /// Holds `amount` (capped at an order's largest) of `account` for case `case_id` about
+    /// payout `order` and `channel`, unless that case is open already (a later repeat would hold
+    /// what no case names): a freeze of platform 0's (the platform cannot release it; resolving
+    /// the case does), under a number fixed by the order and channel (a repeat after a stop
+    /// between the hold and the case is the engine's replay). Answers the case's words about
+    /// the hold and its order. An engine that did not answer, or was overloaded, is an error
+    /// before the case opens (the verdict is tried again: the bank's retry, the watchdog, the
+    /// statement); a refusal (the account holds less, is closed) opens the case without a hold,
+    /// saying why.
+    #[allow(clippy::too_many_arguments)]
+    fn hold_unless_opened(
+        &mut self,
+        case_id: &str,
+        order: OrderId,
+        channel: u16,
+        account: AccountId,
+        currency: CurrencyId,
+        amount: Minor,
+        spec: CurrencySpec,
+    ) -> Result<(String, Option<String>), ClearingError> {
+        if self.cases.get(self.store.as_ref(), case_id)?.is_some() {
+            return Ok((String::new(), None));
+        }
+        let amount = amount.min(engine::money::AMOUNT_MINOR_MAX);
+        let Some(number) = OutOrderNo::new(&format!("hold-paid-twice-{}-{channel}", order.0)) else {
+            return Err(ClearingError::Storage(format!("no hold number for {case_id}")));
+        };
         let command = Command::Freeze { account, currency, amount, reason: format!("held for {case_id}"), expires_at: None };
-        match self.engine.execute_one(Envelope { platform: 0, out_order_no: Some(number), command }) {
-            Ok(reply) if reply.is_ok() => Some(OrderId(reply.id)),
-            Ok(reply) => {
-                tracing::warn!(order = order.0, "no hold for {case_id}: {:?}", reply.code);
-                None
+        let reply = self.engine.execute_one(Envelope { platform: 0, out_order_no: Some(number), command })?;
+        match reply.code {
+            ResultCode::Ok => {
+                Ok((format!("; {} held on the account until the case is resolved", spec.format(amount)), Some(bank::order_ref(OrderId(reply.id)))))
             }
-            Err(error) => {
-                tracing::warn!(order = order.0, "no hold for {case_id}: {error}");
-                None
+            ResultCode::Overloaded => Err(ClearingError::Refused(ResultCode::Overloaded)),
+            code => {
+                tracing::warn!(order = order.0, "no hold for {case_id}: {code:?}");
+                Ok((format!("; nothing could be held on the account ({})", code.name()), None))
             }
         }
     }
@@ -766,7 +801,18 @@ impl Actor {
     /// A resolved case's hold (`hold_order_id` in its line), if any, is released: the operator
     /// decided. One released already, or by hand, is left as it is.
     fn release_hold_of(&mut self, case: &Case) {
+        if !(case.case_id.starts_with("case_paid_after_failure_") || case.case_id.starts_with("case_paid_by_left_channel_")) {
+            return;
+        }
         let Some(hold) = case.line.get("hold_order_id").and_then(|id| id.as_str()).and_then(bank::parse_order_ref) else { return };
+        // Only a hold of the system's (platform 0's freeze): nothing else a line could name.
+        let shard = hold.shard(self.engine.config().shard_count);
+        let ours =
+            self.engine.read_shard(shard, move |state| state.order(hold).is_some_and(|o| o.platform == 0 && matches!(o.detail, OrderDetail::Freeze { .. })));
+        if !matches!(ours, Ok(true)) {
+            tracing::error!(case = case.case_id.as_str(), "the case names no hold of the system's");
+            return;
+        }
         let command = Command::ReleaseFreeze { order: hold, amount: None };
         match self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command }) {
             Ok(reply) if reply.is_ok() || reply.code == ResultCode::OrderStateInvalid => {}

@@ -424,6 +424,16 @@ impl Run<'_> {
         match order.verdict() {
             Some(ok) if ok == theirs_ok => self.note(Class::Matched, None),
             Some(_) => {
+                if order.withdrawal && theirs_ok && !self.by_hand {
+                    // The bank's own statement says it paid a payout that failed for good: the
+                    // verdict goes through `verdicts` too (refused, as ever), whose case holds
+                    // what went back to the account (before session 59 only this case opened,
+                    // and nothing held the money).
+                    match verdicts(PayoutVerdict { order: id, succeeded: true, channel: Some(self.report.channel.clone()) }) {
+                        Ok(_) | Err(ClearingError::Refused(_)) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
                 let reason = format!("status mismatch: ours {}, theirs {}", order.status.name(), line.status);
                 self.open_case(&case_id, line_value(), reason);
                 self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));

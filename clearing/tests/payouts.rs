@@ -206,9 +206,15 @@ fn a_success_after_a_failure_for_good_opens_a_case() {
     let hold = bank::parse_order_ref(open[0].line["hold_order_id"].as_str().unwrap()).unwrap();
     let by_platform = Command::ReleaseFreeze { order: hold, amount: None };
     assert_eq!(w.engine.execute_one(Envelope { platform: P, out_order_no: None, command: by_platform }).unwrap().code, ResultCode::OrderNotFound);
-    let resolution = clearing_actor::cases::Resolution { resolution: "the bank reversed its payment".into(), operator: "ops".into() };
-    w.runtime.block_on(w.clearing.resolve_case(open[0].case_id.clone(), resolution)).unwrap();
+    let resolution = |text: &str| clearing_actor::cases::Resolution { resolution: text.into(), operator: "ops".into() };
+    let resolve = |text: &str| w.runtime.block_on(w.clearing.resolve_case(open[0].case_id.clone(), resolution(text)));
+    resolve("the bank reversed its payment").unwrap();
     assert_eq!(buckets(), (1_000_000, 0), "released once the case is resolved");
+    // The same resolution again (its answer lost, a portal's approval carried out again after a
+    // stop) answers the case; another is refused.
+    assert_eq!(resolve("the bank reversed its payment").unwrap().status, "resolved");
+    assert!(resolve("something else").is_err());
+    assert_eq!(buckets(), (1_000_000, 0));
     assert_eq!(balance(), 1_000_000, "nothing moved");
 
     // An account that no longer holds what went back: nothing is held, and the case says so.
@@ -250,6 +256,34 @@ fn a_success_from_a_channel_the_payout_left_opens_a_case() {
     assert_eq!(w.channel_of(order), (2, 500), "still the second channel's");
     let balance = || w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap();
     assert_eq!(balance(), 1_000_000 - 10_000 - 500, "nothing moved");
+}
+
+/// The bank's statement saying it paid a payout that failed for good holds what went back, as
+/// its callback would (before session 59 the statement only opened its own case), and a
+/// success from a channel the payout left once it failed for good holds it too.
+#[test]
+fn a_statement_or_a_left_channel_saying_a_failed_payout_was_paid_holds_what_went_back() {
+    use clearing_actor::calendar::Clock;
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let order = OrderId(w.payout("w1", account, 10_000).reply.id);
+    let verdict =
+        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
+    assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    assert!(matches!(verdict(false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    let day = Calendar { utc_offset_seconds: w.engine.config().utc_offset_seconds, ..Calendar::default() }.day(SystemClock.now_micros());
+    let file = format!("bank_ref,order_id,direction,amount,status,fee\nB1,{},out,100.00,succeeded,5.00\n", bank::order_ref(order));
+    w.runtime.block_on(w.clearing.reconcile(2, day, file.into_bytes())).unwrap();
+    let frozen = || w.engine.read_shard(0, move |s| s.account(account).unwrap().frozen).unwrap();
+    assert_eq!(frozen(), 10_500, "held by the statement's word");
+    let open = w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    assert!(open.iter().any(|c| c.case_id.starts_with("case_paid_after_failure_") && !c.line["hold_order_id"].is_null()), "{open:?}");
+    // The channel it left says it paid too: a payment of its own, its own case and hold.
+    assert!(matches!(verdict(true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
+    let open = w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    let left = open.iter().find(|c| c.case_id.starts_with("case_paid_by_left_channel_")).expect("the left channel's case");
+    assert!(left.reason.contains("held on the account"), "{left:?}");
+    assert_eq!(frozen(), 21_000, "both channels say they paid: twice what went back is held");
 }
 
 /// A bank that counts the payouts handed to it (and passes everything to the simulator).

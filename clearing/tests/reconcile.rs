@@ -308,9 +308,11 @@ fn the_actor_reconciles_on_a_worker_and_owns_the_cases() {
     assert_eq!(runtime.block_on(clearing.open_cases(vec![opening])).unwrap(), 0);
     let ids: Vec<String> = runtime.block_on(clearing.cases_page(CaseFilter::All, None, 100)).unwrap().cases.into_iter().map(|c| c.case_id).collect();
     assert_eq!(ids, ["case_X".to_string(), format!("recon_1_{unlisted}")]);
-    let resolve = |id: &str| runtime.block_on(clearing.resolve_case(id.into(), Resolution { resolution: "refunded".into(), operator: "li".into() }));
+    let resolve_as = |id: &str, text: &str| runtime.block_on(clearing.resolve_case(id.into(), Resolution { resolution: text.into(), operator: "li".into() }));
+    let resolve = |id: &str| resolve_as(id, "refunded");
     assert_eq!(resolve("case_X").unwrap().resolved_by.as_deref(), Some("li"));
-    assert!(matches!(resolve("case_X"), Err(ClearingError::CaseResolved)));
+    assert_eq!(resolve("case_X").unwrap().resolved_by.as_deref(), Some("li"), "the same resolution again: its answer (since session 59)");
+    assert!(matches!(resolve_as("case_X", "another"), Err(ClearingError::CaseResolved)));
     assert!(matches!(resolve("nothing"), Err(ClearingError::NotFound)));
     assert!(matches!(runtime.block_on(clearing.reconcile(42, day, Vec::new())), Err(ClearingError::Invalid { param: "channel", .. })));
     clearing.stop();
