@@ -200,6 +200,7 @@ fn batch_payments_are_all_or_none_with_one_password_check() {
         );
     }
     assert_eq!(batch("b-1", ["30.00", "30.00", "40.00"], "246810"), (201, true, paid.clone()));
+    assert_eq!(batch("b-1", ["30.0", "30", "40.00"], "246810"), (201, true, paid.clone()), "written otherwise: the same body");
     assert_eq!(p.balances(&payer).0, "0.00");
     assert_eq!(p.balances(&workers[2]).0, "40.00");
     server.stop();

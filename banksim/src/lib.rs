@@ -422,6 +422,8 @@ struct CardSide<'a> {
 /// stop between them, before session 59, left a card credited with no verdict kept, so the
 /// order resent at the next start credited it again; or a verdict kept with no reserve line,
 /// which no resend wrote). Once per order and channel: an order decided before records nothing.
+/// Answers whether the order failed, as the books have it (a job's own draw may differ from
+/// an earlier job's of the same order: the callback says what the books say).
 #[allow(clippy::too_many_arguments)]
 fn record_decision(
     inner: &Inner,
@@ -432,14 +434,18 @@ fn record_decision(
     currency: &CurrencySpec,
     failed: bool,
     card: Option<CardSide>,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let seconds = (micros_now() / 1_000_000) as i64 + inner.config.utc_offset_seconds as i64;
     let day = seconds.div_euclid(86_400);
     let key = format!("{STATEMENT_PREFIX}{channel:05}/{day:08}/{:020}", order.0).into_bytes();
     let _deciding = inner.deciding[(order.0 % DECIDING_STRIPES as u64) as usize].lock().expect("deciding lock");
     let lined = inner.store.get(&key).map_err(|e| format!("cannot read a statement line: {e}"))?.is_some();
-    if lined || decided_before(inner, channel, order)?.is_some() {
-        return Ok(());
+    // Decided before: the verdict in the books (a statement line of before session 58, with no
+    // verdict kept, keeps this job's).
+    match decided_before(inner, channel, order)? {
+        Some(succeeded) => return Ok(!succeeded),
+        None if lined => return Ok(failed),
+        None => {}
     }
     // The bank's tariff: the channel's fee model on the amount; nothing for a failed order.
     let tariff = inner.channels.lock().expect("channels lock").get(&channel).map(|c| c.tariff);
@@ -466,7 +472,7 @@ fn record_decision(
         amount: if direction == "in" { amount - fee } else { -amount - fee },
         what: format!("{direction} {}", line.order_id),
     });
-    record_with_reserve(inner, writes, reserve)
+    record_with_reserve(inner, writes, reserve).map(|()| failed)
 }
 
 /// One movement on the reserve (master) account at the bank, as its account statement shows it.
@@ -573,7 +579,7 @@ fn deliver_one(inner: &Inner, mut job: Job) {
         Request::MoneyOut { order, channel, amount, currency, card_no } => {
             let card = Some(CardSide { card_no, amount: *amount, remark: format!("withdrawal {}", bank::order_ref(*order)) }).filter(|_| !card_no.is_empty());
             let recorded = record_decision(inner, *channel, *order, "out", *amount, currency, failed, card);
-            if recorded.is_ok() {
+            if let Ok(failed) = recorded {
                 if let Some(verdict) = inner.received.lock().expect("received lock").get_mut(&(order.0, *channel)) {
                     *verdict = Some(!failed);
                 }
@@ -582,12 +588,15 @@ fn deliver_one(inner: &Inner, mut job: Job) {
             ("withdrawal", *order, Some(name), currency.format(*amount), recorded)
         }
     };
-    if let Err(error) = recorded {
-        // Not in the bank's books: no verdict is given until it is (the job waits and is
-        // decided again, the same way: verdicts are fixed per order).
-        tracing::warn!("simulator: cannot record the verdict on {}: {error}", bank::order_ref(order));
-        return requeue_after(inner, job, WRITE_RETRY);
-    }
+    let failed = match recorded {
+        Ok(failed) => failed,
+        Err(error) => {
+            // Not in the bank's books: no verdict is given until it is (the job waits and is
+            // decided again, the same way: verdicts are fixed per order).
+            tracing::warn!("simulator: cannot record the verdict on {}: {error}", bank::order_ref(order));
+            return requeue_after(inner, job, WRITE_RETRY);
+        }
+    };
     let Some(url) = inner.callback_url.get() else {
         return requeue(inner, job);
     };

@@ -432,27 +432,7 @@ impl Actor {
             }
             Message::CasesPage(filter, after, limit, reply) => answer(reply, self.cases.page(self.store.as_ref(), filter, after.as_deref(), limit)),
             Message::ResolveCase(case_id, resolution, reply) => {
-                let now = self.clock.now_micros();
-                let asked = resolution.clone();
-                let resolved = match self.cases.resolve(self.store.as_ref(), &case_id, resolution, now) {
-                    // Resolved already the same way, by the same operator: a repeat whose answer
-                    // was lost (a stop before a portal's approval stored its outcome) answers the
-                    // case, and its hold (if a stop came before its release) is released now.
-                    Err(ClearingError::CaseResolved) => match self.cases.get(self.store.as_ref(), &case_id) {
-                        Ok(Some(case))
-                            if case.resolution.as_deref() == Some(asked.resolution.as_str())
-                                && case.resolved_by.as_deref() == Some(asked.operator.as_str()) =>
-                        {
-                            Ok(case)
-                        }
-                        Ok(_) => Err(ClearingError::CaseResolved),
-                        Err(error) => Err(error),
-                    },
-                    other => other,
-                };
-                if let Ok(case) = &resolved {
-                    self.release_hold_of(case);
-                }
+                let resolved = self.resolve_case(&case_id, resolution);
                 answer(reply, resolved);
             }
             Message::Trip(channel, cooldown, reply) => {
@@ -593,7 +573,13 @@ impl Actor {
                 let case_id = format!("case_paid_by_left_channel_{}_{left_id}", order.0);
                 // Failed for good since, its money back in the account: held as for a success
                 // of its own channel's.
-                let (held, hold_order) = if status == OrderStatus::Failed {
+                // Only a channel the payout went through (its note says so) holds anything: a
+                // misdirected success about another order's payout is a case, not a hold.
+                let tried = match number {
+                    Some(number) => PayoutBook::get(self.store.as_ref(), platform, number.as_str())?.is_none_or(|note| note.tried.contains(&left_id)),
+                    None => true,
+                };
+                let (held, hold_order) = if status == OrderStatus::Failed && tried {
                     self.hold_unless_opened(&case_id, order, left_id, account, currency, amount.saturating_add(fee), spec)?
                 } else {
                     (String::new(), None)
@@ -790,7 +776,7 @@ impl Actor {
             ResultCode::Ok => {
                 Ok((format!("; {} held on the account until the case is resolved", spec.format(amount)), Some(bank::order_ref(OrderId(reply.id)))))
             }
-            ResultCode::Overloaded => Err(ClearingError::Refused(ResultCode::Overloaded)),
+            ResultCode::Overloaded => Err(ClearingError::Overloaded),
             code => {
                 tracing::warn!(order = order.0, "no hold for {case_id}: {code:?}");
                 Ok((format!("; nothing could be held on the account ({})", code.name()), None))
@@ -798,26 +784,50 @@ impl Actor {
         }
     }
 
-    /// A resolved case's hold (`hold_order_id` in its line), if any, is released: the operator
-    /// decided. One released already, or by hand, is left as it is.
-    fn release_hold_of(&mut self, case: &Case) {
-        if !(case.case_id.starts_with("case_paid_after_failure_") || case.case_id.starts_with("case_paid_by_left_channel_")) {
-            return;
+    /// Resolves a case, its hold (if any) released first: a release the engine did not make
+    /// is an error and the case stays open (before, the case was resolved and the hold, which
+    /// no other route releases, stayed). Resolved already the same way, by the same operator,
+    /// it is a repeat whose answer was lost (a stop before a portal's approval stored its
+    /// outcome): it answers the case, its hold released if it was not.
+    fn resolve_case(&mut self, case_id: &str, resolution: Resolution) -> Result<Case, ClearingError> {
+        crate::cases::check_resolution(&resolution)?;
+        let case = self.cases.get(self.store.as_ref(), case_id)?.ok_or(ClearingError::NotFound)?;
+        let same = case.resolution.as_deref() == Some(resolution.resolution.as_str()) && case.resolved_by.as_deref() == Some(resolution.operator.as_str());
+        if case.status == "resolved" && !same {
+            // Another resolution: refused by the book (which also drops a stale open mark).
+            return self.cases.resolve(self.store.as_ref(), case_id, resolution, self.clock.now_micros());
         }
-        let Some(hold) = case.line.get("hold_order_id").and_then(|id| id.as_str()).and_then(bank::parse_order_ref) else { return };
+        self.release_hold_of(&case)?;
+        if case.status == "resolved" {
+            return Ok(case);
+        }
+        self.cases.resolve(self.store.as_ref(), case_id, resolution, self.clock.now_micros())
+    }
+
+    /// A case's hold (`hold_order_id` in its line), if any, is released: the operator decided.
+    /// One released already is left as it is; a release the engine did not make is an error.
+    fn release_hold_of(&mut self, case: &Case) -> Result<(), ClearingError> {
+        if !(case.case_id.starts_with("case_paid_after_failure_") || case.case_id.starts_with("case_paid_by_left_channel_")) {
+            return Ok(());
+        }
+        let Some(hold) = case.line.get("hold_order_id").and_then(|id| id.as_str()).and_then(bank::parse_order_ref) else { return Ok(()) };
         // Only a hold of the system's (platform 0's freeze): nothing else a line could name.
         let shard = hold.shard(self.engine.config().shard_count);
         let ours =
-            self.engine.read_shard(shard, move |state| state.order(hold).is_some_and(|o| o.platform == 0 && matches!(o.detail, OrderDetail::Freeze { .. })));
-        if !matches!(ours, Ok(true)) {
+            self.engine.read_shard(shard, move |state| state.order(hold).is_some_and(|o| o.platform == 0 && matches!(o.detail, OrderDetail::Freeze { .. })))?;
+        if !ours {
             tracing::error!(case = case.case_id.as_str(), "the case names no hold of the system's");
-            return;
+            return Ok(());
         }
         let command = Command::ReleaseFreeze { order: hold, amount: None };
-        match self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command }) {
-            Ok(reply) if reply.is_ok() || reply.code == ResultCode::OrderStateInvalid => {}
-            Ok(reply) => tracing::error!(case = case.case_id.as_str(), "the case's hold was not released: {:?}", reply.code),
-            Err(error) => tracing::error!(case = case.case_id.as_str(), "the case's hold was not released: {error}"),
+        let reply = self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
+        match reply.code {
+            ResultCode::Ok | ResultCode::OrderStateInvalid => Ok(()),
+            ResultCode::Overloaded => Err(ClearingError::Overloaded),
+            code => {
+                tracing::error!(case = case.case_id.as_str(), "the case's hold was not released: {code:?}");
+                Err(ClearingError::Refused(code))
+            }
         }
     }
 

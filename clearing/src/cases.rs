@@ -65,6 +65,23 @@ pub struct CaseOpening {
     pub reason: String,
 }
 
+/// Checks a resolution's text and operator: not all blank, no control characters (tabs and
+/// line breaks allowed in the resolution), within their lengths.
+pub fn check_resolution(resolution: &Resolution) -> Result<(), ClearingError> {
+    let plain =
+        |text: &str, paragraphs: bool| !text.trim().is_empty() && text.chars().all(|c| !c.is_control() || (paragraphs && matches!(c, '\t' | '\n' | '\r')));
+    if !plain(&resolution.resolution, true) || resolution.resolution.chars().count() > RESOLUTION_CHARS_MAX {
+        return Err(ClearingError::invalid(
+            "resolution must be 1 to 1024 characters, not all blank, without control characters but tabs and line breaks",
+            "resolution",
+        ));
+    }
+    if !plain(&resolution.operator, false) || resolution.operator.chars().count() > OPERATOR_CHARS_MAX {
+        return Err(ClearingError::invalid("operator must be 1 to 128 characters, not all blank, without control characters", "operator"));
+    }
+    Ok(())
+}
+
 /// How an operator resolved a case.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolution {
@@ -320,19 +337,8 @@ impl CaseBook {
 
     /// Records how an open case was resolved, by whom and when (`now_micros`).
     pub fn resolve(&mut self, store: &dyn Store, case_id: &str, resolution: Resolution, now_micros: u64) -> Result<Case, ClearingError> {
+        check_resolution(&resolution)?;
         let Resolution { resolution, operator } = resolution;
-        // Not all blank, no control characters (tabs and line breaks allowed in the resolution).
-        let plain =
-            |text: &str, paragraphs: bool| !text.trim().is_empty() && text.chars().all(|c| !c.is_control() || (paragraphs && matches!(c, '\t' | '\n' | '\r')));
-        if !plain(&resolution, true) || resolution.chars().count() > RESOLUTION_CHARS_MAX {
-            return Err(ClearingError::invalid(
-                "resolution must be 1 to 1024 characters, not all blank, without control characters but tabs and line breaks",
-                "resolution",
-            ));
-        }
-        if !plain(&operator, false) || operator.chars().count() > OPERATOR_CHARS_MAX {
-            return Err(ClearingError::invalid("operator must be 1 to 128 characters, not all blank, without control characters", "operator"));
-        }
         let mut case = self.get(store, case_id)?.ok_or(ClearingError::NotFound)?;
         let mark = open_key(&case.case_id);
         let mark_end = [mark.as_slice(), &[0]].concat();

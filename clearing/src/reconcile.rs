@@ -400,6 +400,16 @@ impl Run<'_> {
                 Some(number) => crate::payouts::PayoutBook::get(self.store, platform, number.as_str())?.is_some_and(|note| note.tried.contains(&self.channel)),
                 None => false,
             };
+            if theirs_ok && tried_here && !self.by_hand && order.status == OrderStatus::Failed {
+                // This bank paid a payout that moved on from it and failed for good since: the
+                // actor's verdict opens its case and holds what went back (since session 59;
+                // before, only this case opened). One still waiting elsewhere is not given this
+                // verdict (the command line's `verdicts` would complete it).
+                match verdicts(PayoutVerdict { order: id, succeeded: true, channel: Some(self.report.channel.clone()) }) {
+                    Ok(_) | Err(ClearingError::Refused(_)) => {}
+                    Err(error) => return Err(error),
+                }
+            }
             if theirs_ok || !tried_here {
                 let ours = if tried_here { "rerouted to another channel after this one" } else { "on another channel, never on this one" };
                 let reason = format!("status mismatch: ours {ours}, theirs {}", line.status);
@@ -424,17 +434,20 @@ impl Run<'_> {
         match order.verdict() {
             Some(ok) if ok == theirs_ok => self.note(Class::Matched, None),
             Some(_) => {
+                let mut held = String::new();
                 if order.withdrawal && theirs_ok && !self.by_hand {
                     // The bank's own statement says it paid a payout that failed for good: the
                     // verdict goes through `verdicts` too (refused, as ever), whose case holds
                     // what went back to the account (before session 59 only this case opened,
-                    // and nothing held the money).
+                    // and nothing held the money). An engine that did not answer is an error:
+                    // the run is tried again.
                     match verdicts(PayoutVerdict { order: id, succeeded: true, channel: Some(self.report.channel.clone()) }) {
                         Ok(_) | Err(ClearingError::Refused(_)) => {}
                         Err(error) => return Err(error),
                     }
+                    held = format!("; the money that went back: case case_paid_after_failure_{}_{}", id.0, self.channel);
                 }
-                let reason = format!("status mismatch: ours {}, theirs {}", order.status.name(), line.status);
+                let reason = format!("status mismatch: ours {}, theirs {}{held}", order.status.name(), line.status);
                 self.open_case(&case_id, line_value(), reason);
                 self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
             }

@@ -284,6 +284,18 @@ fn a_statement_or_a_left_channel_saying_a_failed_payout_was_paid_holds_what_went
     let left = open.iter().find(|c| c.case_id.starts_with("case_paid_by_left_channel_")).expect("the left channel's case");
     assert!(left.reason.contains("held on the account"), "{left:?}");
     assert_eq!(frozen(), 21_000, "both channels say they paid: twice what went back is held");
+
+    // The left channel's own statement says so (its callback lost): held as well.
+    let order = OrderId(w.payout("w2", account, 10_000).reply.id);
+    let verdict =
+        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
+    assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    assert!(matches!(verdict(false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    let file = format!("bank_ref,order_id,direction,amount,status,fee\nC1,{},out,100.00,succeeded,1.00\n", bank::order_ref(order));
+    w.runtime.block_on(w.clearing.reconcile(1, day, file.into_bytes())).unwrap();
+    assert_eq!(frozen(), 31_500, "held by the left channel's statement");
+    let open = w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    assert!(open.iter().any(|c| c.case_id == format!("case_paid_by_left_channel_{}_1", order.0) && !c.line["hold_order_id"].is_null()), "{open:?}");
 }
 
 /// A bank that counts the payouts handed to it (and passes everything to the simulator).

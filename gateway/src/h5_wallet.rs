@@ -662,7 +662,18 @@ pub async fn password(
     if !sessions.identity_try(platform, member, Instant::now()) {
         return Ok(ok_page(password_page(&w, &passwords, Some(api_notice(locale, &identity_locked())))?));
     }
-    let member = members.get(platform, member).map_err(|e| PageError::api(e, locale))?.ok_or_else(|| PageError::new(404, "not_found", locale))?;
+    let member = match members.get(platform, member) {
+        Ok(Some(found)) => found,
+        // Never compared: the try is given back.
+        Ok(None) => {
+            sessions.identity_passed(platform, member);
+            return Err(PageError::new(404, "not_found", locale));
+        }
+        Err(error) => {
+            sessions.identity_passed(platform, member);
+            return Err(PageError::api(error, locale));
+        }
+    };
     let id_right = crate::auth::constant_time_equal(form.get("id_number").to_ascii_uppercase().as_bytes(), member.id_number.as_bytes());
     let phone_right = crate::auth::constant_time_equal(form.get("phone").as_bytes(), member.phone.as_bytes());
     if !(id_right && phone_right) {

@@ -370,13 +370,21 @@ pub async fn create_batch(
         // The batch's orders follow the first one on the payer's shard.
         let shard_count = engine.config().shard_count as u64;
         let status = reply.status.map_or("succeeded", |s| s.name());
+        // Amounts and legs as checked, in their canonical form (a replay that wrote them
+        // otherwise answers the same body, since session 59).
+        let Command::BatchPayment { orders: checked, .. } = &prepared.envelope.command else {
+            return Err(ApiError::corrupt("a batch payment's command"));
+        };
+        let (_, spec) = currency(&engine, &body.currency)?;
         let orders: Vec<serde_json::Value> = body
             .orders
             .iter()
+            .zip(checked)
             .enumerate()
-            .map(|(k, order)| {
+            .map(|(k, (order, checked))| {
                 json!({"order_id": public_order_id(engine::ledger::types::OrderId(reply.id + k as u64 * shard_count)),
-                    "out_order_no": order.out_order_no, "kind": "payment", "status": status, "amount": order.amount, "payees": order.payees, "splits": order.splits})
+                    "out_order_no": order.out_order_no, "kind": "payment", "status": status, "amount": spec.format(checked.amount),
+                    "payees": legs_view(&checked.payees, &spec), "splits": legs_view(&checked.splits, &spec)})
             })
             .collect();
         prepared.body.value("orders", &orders);

@@ -977,8 +977,9 @@ async fn carry_out(
     let (stored, secret) = match execute(&executors, &decided).await {
         Ok((text, secret)) => (Ok(text), secret),
         Err(NotDone { text, unknown: true }) => {
-            // Left approved with no outcome: "Carry out again" replays its order number.
-            portal.approvals.release(decided.id);
+            // Left approved with no outcome: "Carry out again" replays its order number (once
+            // this carrying out has ended, with `_carrying`: a retry's mark is never ended by
+            // this one's).
             let outcome = format!("{text}; not known whether it was carried out: carry it out again");
             portal.audit.record(
                 &session,
