@@ -506,6 +506,7 @@ impl Actor {
                     refused: false,
                     first: Some((channel, fee)),
                     amount: Some((amount, currency.0)),
+                    paid_by_left: None,
                 };
                 if let Err(error) = PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note) {
                     self.table.release(channel, amount, at.micros);
@@ -575,10 +576,19 @@ impl Actor {
                 // of its own channel's.
                 // Only a channel the payout went through (its note says so) holds anything: a
                 // misdirected success about another order's payout is a case, not a hold.
-                let tried = match number {
-                    Some(number) => PayoutBook::get(self.store.as_ref(), platform, number.as_str())?.is_none_or(|note| note.tried.contains(&left_id)),
-                    None => true,
+                let noted = match number {
+                    Some(number) => PayoutBook::get(self.store.as_ref(), platform, number.as_str())?.map(|note| (number, note)),
+                    None => None,
                 };
+                let tried = noted.as_ref().is_none_or(|(_, note)| note.tried.contains(&left_id));
+                if let (true, OrderStatus::Processing, Some((number, mut note))) = (tried, status, noted) {
+                    // Still waiting on its next channel: it goes no further, and if that one
+                    // fails it for good, what goes back is held (`paid_by_left`).
+                    if note.paid_by_left.is_none() {
+                        note.paid_by_left = Some(left_id);
+                        PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note)?;
+                    }
+                }
                 let (held, hold_order) = if status == OrderStatus::Failed && tried {
                     self.hold_unless_opened(&case_id, order, left_id, account, currency, amount.saturating_add(fee), spec)?
                 } else {
@@ -633,12 +643,14 @@ impl Actor {
         // on the way (a note that cannot be read, a shard or store that does not answer) is tried
         // again by the watchdog every timeout, and would count and give back again each time.
         let mut failed_here = false;
+        let mut paid_by_left = None;
         if !succeeded && waiting {
             let noted = match number {
                 Some(number) => Some((number, PayoutBook::get(self.store.as_ref(), platform, number.as_str())?)),
                 None => None,
             };
-            if let Some((number, note)) = noted {
+            paid_by_left = noted.as_ref().and_then(|(_, note)| note.as_ref()).and_then(|note| note.paid_by_left);
+            if let Some((number, note)) = noted.filter(|_| paid_by_left.is_none()) {
                 match self.fall_back(order, channel, note, platform, number.as_str(), amount, spec, why)? {
                     FallBack::Rerouted(next) => {
                         if health {
@@ -656,6 +668,22 @@ impl Actor {
         }
         // The system acts (platform 0): verdicts are idempotent by order, so no order number.
         let reply = self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command: Command::CompleteWithdrawal { order, succeeded } })?;
+        if let (true, true, Some(left)) = (reply.is_ok(), failed_here, paid_by_left) {
+            // A channel it left said it paid it: failed for good here, what went back is held
+            // under that channel's case of a success after a failure (as if it had said it now).
+            let (left_name, reference) = (names.name(left), bank::order_ref(order));
+            let case_id = format!("case_paid_after_failure_{}_{left}", order.0);
+            let (held, hold_order) = self.hold_unless_opened(&case_id, order, left, account, currency, amount.saturating_add(fee), spec)?;
+            let opening = CaseOpening {
+                case_id,
+                line: serde_json::json!({"order_id": reference, "channel": left_name, "status": "succeeded", "from": "left_channel", "hold_order_id": hold_order}),
+                reason: format!(
+                    "{left_name} said it paid {reference}, which then failed on {} and whose money went back to the account{held}",
+                    names.name(channel)
+                ),
+            };
+            self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
+        }
         if reply.is_ok() {
             self.forget(order, channel);
             if failed_here {

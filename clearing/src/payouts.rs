@@ -53,6 +53,11 @@ pub struct PayoutNote {
     /// the note without its order (the old channel, fee and caps were reused for any amount).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<(Minor, u8)>,
+    /// A channel the payout left said it paid it while it waited on the next one (since
+    /// session 59): it falls back no further, and a failure for good there holds what goes back
+    /// to the account under a case of that channel's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_by_left: Option<u16>,
 }
 
 /// A payout to route and submit: a member's verified card (withdrawal) or an outside one (代付).
@@ -201,6 +206,7 @@ mod tests {
             refused,
             first: Some((2, 50)),
             amount: Some((10_000, 0)),
+            paid_by_left: None,
         }
     }
 

@@ -298,6 +298,28 @@ fn a_statement_or_a_left_channel_saying_a_failed_payout_was_paid_holds_what_went
     assert!(open.iter().any(|c| c.case_id == format!("case_paid_by_left_channel_{}_1", order.0) && !c.line["hold_order_id"].is_null()), "{open:?}");
 }
 
+/// A channel the payout left says it paid while the payout waits on the next one: it falls
+/// back no further, and when that one fails it for good what went back is held under a case
+/// (before, the left channel's case opened without a hold, and the payout could go on to a
+/// third channel, or fail and refund the account with nothing held).
+#[test]
+fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let order = OrderId(w.payout("w1", account, 10_000).reply.id);
+    let verdict =
+        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
+    assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    assert!(matches!(verdict(true, "cheap").unwrap(), VerdictOutcome::Stale { .. }), "cheap says it paid after all");
+    let frozen = || w.engine.read_shard(0, move |s| s.account(account).unwrap().frozen).unwrap();
+    assert_eq!(frozen(), 0, "nothing went back yet: nothing to hold");
+    assert!(matches!(verdict(false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    assert_eq!(frozen(), 10_500, "what went back is held");
+    let open = w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    let held = open.iter().find(|c| c.case_id == format!("case_paid_after_failure_{}_1", order.0)).expect("a case for the hold");
+    assert!(!held.line["hold_order_id"].is_null() && held.reason.contains("then failed on dear"), "{held:?}");
+}
+
 /// A bank that counts the payouts handed to it (and passes everything to the simulator).
 struct Counting {
     bank: Arc<banksim::Simulator>,
@@ -643,6 +665,7 @@ fn a_payout_noted_before_a_stop_counts_against_the_cap_when_applied() {
         refused: false,
         first: None,
         amount: Some((10_000, 0)),
+        paid_by_left: None,
     };
     w.store.write(&[(format!("x/{P}/n1").as_bytes(), serde_json::to_vec(&note).unwrap().as_slice())]).unwrap();
     // Another amount under the noted number: a conflict before anything is routed or counted
