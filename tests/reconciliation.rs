@@ -66,6 +66,7 @@ fn offline_transfers_land_by_virtual_account_number_or_become_cases() {
         (response.status(), response.into_json::<serde_json::Value>().unwrap())
     };
     assert_eq!(resolve(json!({"resolution": "", "operator": "li"})).0, 400);
+    assert_eq!(resolve(json!({"resolution": "done", "operator": "li", "hold": "sideways"})).0, 400);
     let (status, resolved) = resolve(json!({"resolution": "returned to the payer's bank", "operator": "li.ops"}));
     assert_eq!((status, resolved["status"].as_str(), resolved["resolved_by"].as_str()), (200, Some("resolved"), Some("li.ops")), "{resolved}");
     assert_eq!(resolve(json!({"resolution": "again", "operator": "li"})).0, 409);

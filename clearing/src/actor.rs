@@ -28,7 +28,7 @@ use storage::Store;
 use tokio::sync::oneshot;
 
 use crate::calendar::Clock;
-use crate::cases::{Case, CaseBook, CaseFilter, CaseOpening, CasePage, Resolution};
+use crate::cases::{Case, CaseBook, CaseFilter, CaseOpening, CasePage, HoldFate, Resolution};
 use crate::channels::{At, Channel, ChannelChange, ChannelReport, ChannelSet, ChannelSpec, ChannelTable, Decision, Fallback, RouteRequest};
 use crate::error::ClearingError;
 use crate::payouts::{PayoutBook, PayoutNote, PayoutOutcome, PayoutRequest, PayoutVerdict, VerdictOutcome};
@@ -100,7 +100,7 @@ enum Message {
     ReconcileFinished(Result<ReconcileReport, ClearingError>, Reply<ReconcileReport>),
     OpenCases(Vec<CaseOpening>, Reply<usize>),
     CasesPage(CaseFilter, Option<String>, usize, Reply<CasePage>),
-    ResolveCase(String, Resolution, Reply<Case>),
+    ResolveCase(String, Resolution, HoldFate, Reply<Case>),
     Trip(u16, Duration, Reply<()>),
     Stop,
 }
@@ -338,7 +338,12 @@ impl Clearing {
 
     /// Records how an open case was resolved, by whom and when.
     pub async fn resolve_case(&self, case_id: String, resolution: Resolution) -> Result<Case, ClearingError> {
-        self.ask(|reply| Message::ResolveCase(case_id, resolution, reply)).await
+        self.ask(|reply| Message::ResolveCase(case_id, resolution, HoldFate::Release, reply)).await
+    }
+
+    /// Resolves a case, its hold (if it has one) released or captured into suspense by `fate`.
+    pub async fn resolve_case_with(&self, case_id: String, resolution: Resolution, fate: HoldFate) -> Result<Case, ClearingError> {
+        self.ask(|reply| Message::ResolveCase(case_id, resolution, fate, reply)).await
     }
 
     /// Opens a channel's circuit for `cooldown` (operators and tests).
@@ -431,8 +436,8 @@ impl Actor {
                 answer(reply, self.cases.open(self.store.as_ref(), openings, now));
             }
             Message::CasesPage(filter, after, limit, reply) => answer(reply, self.cases.page(self.store.as_ref(), filter, after.as_deref(), limit)),
-            Message::ResolveCase(case_id, resolution, reply) => {
-                let resolved = self.resolve_case(&case_id, resolution);
+            Message::ResolveCase(case_id, resolution, fate, reply) => {
+                let resolved = self.resolve_case(&case_id, resolution, fate);
                 answer(reply, resolved);
             }
             Message::Trip(channel, cooldown, reply) => {
@@ -817,7 +822,7 @@ impl Actor {
     /// no other route releases, stayed). Resolved already the same way, by the same operator,
     /// it is a repeat whose answer was lost (a stop before a portal's approval stored its
     /// outcome): it answers the case, its hold released if it was not.
-    fn resolve_case(&mut self, case_id: &str, resolution: Resolution) -> Result<Case, ClearingError> {
+    fn resolve_case(&mut self, case_id: &str, resolution: Resolution, fate: HoldFate) -> Result<Case, ClearingError> {
         crate::cases::check_resolution(&resolution)?;
         let case = self.cases.get(self.store.as_ref(), case_id)?.ok_or(ClearingError::NotFound)?;
         let same = case.resolution.as_deref() == Some(resolution.resolution.as_str()) && case.resolved_by.as_deref() == Some(resolution.operator.as_str());
@@ -825,16 +830,17 @@ impl Actor {
             // Another resolution: refused by the book (which also drops a stale open mark).
             return self.cases.resolve(self.store.as_ref(), case_id, resolution, self.clock.now_micros());
         }
-        self.release_hold_of(&case)?;
+        self.settle_hold_of(&case, fate)?;
         if case.status == "resolved" {
             return Ok(case);
         }
         self.cases.resolve(self.store.as_ref(), case_id, resolution, self.clock.now_micros())
     }
 
-    /// A case's hold (`hold_order_id` in its line), if any, is released: the operator decided.
-    /// One released already is left as it is; a release the engine did not make is an error.
-    fn release_hold_of(&mut self, case: &Case) -> Result<(), ClearingError> {
+    /// A case's hold (`hold_order_id` in its line), if any, is released or captured into
+    /// suspense (`fate`): the operator decided. One released or captured already is left as it
+    /// is; what the engine did not do is an error.
+    fn settle_hold_of(&mut self, case: &Case, fate: HoldFate) -> Result<(), ClearingError> {
         if !(case.case_id.starts_with("case_paid_after_failure_") || case.case_id.starts_with("case_paid_by_left_channel_")) {
             return Ok(());
         }
@@ -847,7 +853,10 @@ impl Actor {
             tracing::error!(case = case.case_id.as_str(), "the case names no hold of the system's");
             return Ok(());
         }
-        let command = Command::ReleaseFreeze { order: hold, amount: None };
+        let command = match fate {
+            HoldFate::Release => Command::ReleaseFreeze { order: hold, amount: None },
+            HoldFate::Capture => Command::CaptureFreeze { order: hold },
+        };
         let reply = self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
         match reply.code {
             ResultCode::Ok | ResultCode::OrderStateInvalid => Ok(()),

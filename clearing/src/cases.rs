@@ -82,6 +82,16 @@ pub fn check_resolution(resolution: &Resolution) -> Result<(), ClearingError> {
     Ok(())
 }
 
+/// What becomes of a case's hold (a payout the bank says it paid after it failed) when the
+/// case is resolved: released to the account (the bank's word was wrong, or it reversed), or
+/// captured into suspense (the member was paid on its card: the money is not the account's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HoldFate {
+    #[default]
+    Release,
+    Capture,
+}
+
 /// How an operator resolved a case.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolution {

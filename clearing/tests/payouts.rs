@@ -296,6 +296,13 @@ fn a_statement_or_a_left_channel_saying_a_failed_payout_was_paid_holds_what_went
     assert_eq!(frozen(), 31_500, "held by the left channel's statement");
     let open = w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
     assert!(open.iter().any(|c| c.case_id == format!("case_paid_by_left_channel_{}_1", order.0) && !c.line["hold_order_id"].is_null()), "{open:?}");
+    // The operator decides the member was paid: the hold is taken into suspense, not released.
+    let case_id = format!("case_paid_by_left_channel_{}_1", order.0);
+    let resolution = clearing_actor::cases::Resolution { resolution: "paid on the card by cheap".into(), operator: "ops".into() };
+    let total = || w.engine.read_shard(0, move |s| s.account(account).unwrap().total()).unwrap();
+    let before = total();
+    w.runtime.block_on(w.clearing.resolve_case_with(case_id.clone(), resolution, clearing_actor::cases::HoldFate::Capture)).unwrap();
+    assert_eq!((frozen(), total()), (21_000, before - 10_500), "taken into suspense");
 }
 
 /// A channel the payout left says it paid while the payout waits on the next one: it falls

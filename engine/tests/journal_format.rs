@@ -18,7 +18,7 @@ enum; never reorder or remove one. If the encoding change is deliberate, bump JO
 and regenerate GOLDEN in engine/tests/journal_format.rs (appending a variant at the end changes no existing bytes and needs no bump).";
 
 /// `Command`'s variants in declaration order: the index here is the one the journal stores.
-const COMMAND_VARIANTS: [&str; 30] = [
+const COMMAND_VARIANTS: [&str; 31] = [
     "Genesis",
     "OpenAccount",
     "SetAccountStatus",
@@ -49,6 +49,7 @@ const COMMAND_VARIANTS: [&str; 30] = [
     "AutoConfirmChunk",
     "Adjust",
     "SetLimits",
+    "CaptureFreeze",
 ];
 
 /// The index the journal stores for `command`. No wildcard arm: a new variant does not compile
@@ -85,6 +86,7 @@ fn variant_index(command: &Command) -> usize {
         Command::AutoConfirmChunk { .. } => 27,
         Command::Adjust { .. } => 28,
         Command::SetLimits { .. } => 29,
+        Command::CaptureFreeze { .. } => 30,
     }
 }
 
@@ -93,7 +95,7 @@ fn variant_index(command: &Command) -> usize {
 /// and the postings. Regenerate only for a deliberate format change (see `FORMAT_RULES`).
 const GOLDEN: &[(&str, &str)] = &[
     ("version", "04"),
-    ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d91e"),
+    ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d91f"),
     ("Genesis", "070000010202434e59024a505900fb00e1"),
     ("OpenAccount", "070001fbe90300fbe803fbd007fb5802fbb004"),
     ("SetAccountStatus", "0700020301"),
@@ -124,9 +126,10 @@ const GOLDEN: &[(&str, &str)] = &[
     ("AutoConfirmChunk", "07001b01fd00401e18240a0600fb2c01fb0010"),
     ("Adjust", "07010561646a2d311c01010003003212756e6d617463686564207472616e73666572076f70732d616e6e066f70732d626f"),
     ("SetLimits", "0701056c696d2d311d03fbe803fbd007fb5802fbb004"),
+    ("CaptureFreeze", "07001e0b"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
-    ("hash", "f5d27b6593ff865cbfc42f1813edb716034baa74267d4a0688d68e0d866f3269"),
+    ("hash", "90d7e1d500d09d2c473a0372debc930b2e2e7b11b6b2cf63254b396cd11a89e2"),
 ];
 
 const SHARD: u16 = 1;
@@ -238,6 +241,7 @@ fn every_command() -> Vec<(Option<OutOrderNo>, Command)> {
             },
         ),
         (number("lim-1"), Command::SetLimits { account: account(3), limits }),
+        (None, Command::CaptureFreeze { order: OrderId(11) }),
     ]
 }
 

@@ -1203,7 +1203,8 @@ fn format_4_cancels_to_a_closed_payer_through_suspense() {
 }
 
 /// Journal format 4: a freeze the system places (platform 0: a case's hold) is the system's
-/// order, which the account's platform cannot release; format 3 made it the platform's.
+/// order, which the account's platform cannot release; format 3 made it the platform's. The
+/// system releases it, or captures it into suspense (`CaptureFreeze`).
 #[test]
 fn format_4_system_freezes_are_the_systems_to_release() {
     for version in [3u8, 4] {
@@ -1229,6 +1230,21 @@ fn format_4_system_freezes_are_the_systems_to_release() {
         assert_eq!(state.account(account).unwrap().frozen, 400);
         assert!(run(&mut state, &mut fx, 0, release).is_ok());
         assert_eq!(state.account(account).unwrap().frozen, 0);
+        // A hold taken instead (the operator decided the money is not the account's): into
+        // suspense, by the system only, once; a platform's own freeze is never the system's.
+        let freeze = Command::Freeze { account, currency: CNY, amount: 250, reason: "held for a case".into(), expires_at: None };
+        let hold = OrderId(run(&mut state, &mut fx, 0, freeze).id);
+        let own = Command::Freeze { account, currency: CNY, amount: 50, reason: "the platform's".into(), expires_at: None };
+        let own = OrderId(run(&mut state, &mut fx, P, own).id);
+        assert_eq!(run(&mut state, &mut fx, P, Command::CaptureFreeze { order: hold }).code, ResultCode::OrderNotFound);
+        assert_eq!(run(&mut state, &mut fx, 0, Command::CaptureFreeze { order: own }).code, ResultCode::OrderNotFound);
+        let suspense = state.system_account(SystemRole::Suspense, CNY);
+        assert_eq!(run(&mut state, &mut fx, 0, Command::CaptureFreeze { order: hold }).status, Some(OrderStatus::Succeeded));
+        let taken = state.account(account).unwrap();
+        assert_eq!((taken.frozen, taken.total(), state.account(suspense).unwrap().settled), (50, 750, 250));
+        assert_eq!(run(&mut state, &mut fx, 0, Command::CaptureFreeze { order: hold }).code, ResultCode::OrderStateInvalid);
+        let total: i128 = state.accounts.iter().map(|a| a.total() as i128).sum();
+        assert_eq!(total, 0, "nothing made or lost");
     }
 }
 

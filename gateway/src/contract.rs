@@ -292,6 +292,10 @@ fn schema_rule(schema: &str, field: &str, setting: &Setting) -> Option<Value> {
         ("StatusBody", "status") => enumeration(&["normal", "debit_blocked", "credit_blocked"], "The account's new status."),
         ("ResolveBody", "resolution") => paragraphs(1, 1024, "How the case was resolved.", "returned to the payer"),
         ("ResolveBody", "operator") => text(1, 128, "Who resolved it.", "alice"),
+        ("ResolveBody", "hold") => enumeration(
+            &["release", "capture"],
+            "What becomes of the case's hold, if it has one: released to the account (the default) or captured into suspense.",
+        ),
         ("NewPlatform", "name") => text(1, 128, "The platform's name.", "Home Decor Mall"),
         ("NewMember", "name") => text(1, 64, "The member's legal name.", "张三"),
         ("BindBody", "holder_name") => text(1, 64, "The card holder's name, as the member's.", "张三"),

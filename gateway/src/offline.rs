@@ -268,6 +268,11 @@ pub(crate) struct ResolveBody {
     resolution: String,
     /// Who did it.
     operator: String,
+    /// What becomes of the case's hold, if it has one (a payout the bank says it paid after it
+    /// failed): `release` (the default: back to the account) or `capture` (into suspense: the
+    /// member was paid on its card).
+    #[serde(default)]
+    hold: Option<String>,
 }
 
 /// `POST /admin/cases/{case_id}/resolve`: records how a case was resolved, by whom and when.
@@ -283,7 +288,12 @@ pub async fn resolve_case(
     token.check(&request)?;
     let body: ResolveBody = crate::signed::parse_json(&body)?;
     // Clearing checks the lengths (1-1024 and 1-128 bytes) and that the case is still open.
-    let case = clearing.resolve_case(path.into_inner(), Resolution { resolution: body.resolution, operator: body.operator }).await?;
+    let fate = match body.hold.as_deref() {
+        None | Some("release") => clearing_actor::cases::HoldFate::Release,
+        Some("capture") => clearing_actor::cases::HoldFate::Capture,
+        Some(_) => return Err(ApiError::invalid("hold is release or capture", "hold")),
+    };
+    let case = clearing.resolve_case_with(path.into_inner(), Resolution { resolution: body.resolution, operator: body.operator }, fate).await?;
     Ok(HttpResponse::Ok().json(case))
 }
 

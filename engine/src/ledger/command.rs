@@ -157,6 +157,10 @@ pub enum Command {
     Adjust { source: AdjustmentSide, target: AdjustmentSide, currency: CurrencyId, amount: Minor, reason: String, proposer: String, approver: String },
     /// Changes an account's per-order and daily caps (an operator raising or lowering a limit).
     SetLimits { account: AccountId, limits: Limits },
+    /// The system takes what remains of a freeze of its own (platform 0's: an operator's case's
+    /// hold) into the shard's suspense stripe: the operator decided the money is not the
+    /// account's (a payout the bank paid after it failed). Platform 0 only; since session 59.
+    CaptureFreeze { order: OrderId },
 }
 
 /// The most open orders one `AutoConfirmChunk` examines.
@@ -230,6 +234,7 @@ impl Command {
             Command::AutoConfirmChunk { .. } => 27,
             Command::Adjust { .. } => 28,
             Command::SetLimits { .. } => 29,
+            Command::CaptureFreeze { .. } => 30,
         }
     }
 
@@ -247,7 +252,7 @@ impl Command {
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 30] = [
+    pub const KIND_NAMES: [&'static str; 31] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -278,6 +283,7 @@ impl Command {
         "auto_confirm_chunk",
         "adjust",
         "set_limits",
+        "capture_freeze",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.
@@ -304,6 +310,7 @@ impl Command {
             Command::Confirm { order, .. }
             | Command::Cancel { order, .. }
             | Command::ReleaseFreeze { order, .. }
+            | Command::CaptureFreeze { order }
             | Command::CompleteWithdrawal { order, .. }
             | Command::CompleteRecharge { order, .. }
             | Command::RerouteWithdrawal { order, .. } => Some(*order),

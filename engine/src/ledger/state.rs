@@ -434,6 +434,7 @@ impl ShardState {
                 ops::freeze::freeze(self, &context, *account, *currency, *amount, reason, *expires_at, fx)
             }
             Command::ReleaseFreeze { order, amount } => ops::freeze::release(self, &context, *order, *amount, fx),
+            Command::CaptureFreeze { order } => ops::freeze::capture(self, &context, *order, fx),
             Command::ExpireFreezes => ops::freeze::expire(self, &context, fx),
             Command::Withdraw { account, currency, amount, fee, channel } => {
                 ops::withdrawal::reserve(self, &context, *account, *currency, *amount, *fee, *channel, fx)

@@ -40,8 +40,14 @@ pub enum Action {
     },
     /// A change of a channel's settings (the `PATCH /admin/channels/{name}` body).
     ChangeChannel { channel: String, change: serde_json::Value },
-    /// Closing a case with what was done.
-    ResolveCase { case_id: String, resolution: String },
+    /// Closing a case with what was done; `capture` takes its hold (if it has one) into
+    /// suspense instead of releasing it (since session 59).
+    ResolveCase {
+        case_id: String,
+        resolution: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        capture: bool,
+    },
     /// A manual movement between accounts (or suspense), posted as an engine order.
     Adjustment { platform: u32, from: String, to: String, amount: String, currency: String, reason: String },
     /// New caps of an account.
@@ -74,7 +80,9 @@ impl Action {
                 format!("rotate the secret of plt_{platform} (old one valid {} s more)", overlap_seconds.map_or("default".to_string(), |s| s.to_string()))
             }
             Action::ChangeChannel { channel, change } => format!("change channel {channel}: {change}"),
-            Action::ResolveCase { case_id, resolution } => format!("resolve case {case_id}: {resolution}"),
+            Action::ResolveCase { case_id, resolution, capture } => {
+                format!("resolve case {case_id}: {resolution}{}", if *capture { " (its hold captured into suspense)" } else { "" })
+            }
             Action::Adjustment { from, to, amount, currency, reason, .. } => format!("adjust {amount} {currency} from {from} to {to}: {reason}"),
             Action::SetLimits { account, limits, .. } => {
                 format!("set limits of {account}: {}", limits.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))

@@ -644,10 +644,11 @@ pub async fn execute(executors: &Executors, proposal: &super::approvals::Proposa
             let channel = executors.clearing.update_channel(channel.clone(), change).await.map_err(|e| crate::error::ApiError::from(e).message)?;
             Ok((format!("channel {} changed", channel.name), None))
         }
-        Action::ResolveCase { case_id, resolution } => {
+        Action::ResolveCase { case_id, resolution, capture } => {
             let operator = format!("{} (approved by {})", proposal.proposer, proposal.decider.clone().unwrap_or_default());
             let resolution = clearing_actor::cases::Resolution { resolution: resolution.clone(), operator };
-            let case = executors.clearing.resolve_case(case_id.clone(), resolution).await.map_err(|e| crate::error::ApiError::from(e).message)?;
+            let fate = if *capture { clearing_actor::cases::HoldFate::Capture } else { clearing_actor::cases::HoldFate::Release };
+            let case = executors.clearing.resolve_case_with(case_id.clone(), resolution, fate).await.map_err(|e| crate::error::ApiError::from(e).message)?;
             Ok((format!("case {} resolved", case.case_id), None))
         }
         Action::Adjustment { platform, from, to, amount, currency, reason } => {
@@ -787,7 +788,10 @@ fn proposal_of(session: &Session, platforms: &crate::platforms::Platforms, field
             serde_json::from_value::<clearing_actor::channels::ChannelChange>(change.clone()).map_err(|e| e.to_string())?;
             Ok((Scope::System, Action::ChangeChannel { channel: text("channel", 64)?, change }))
         }
-        "resolve_case" => Ok((Scope::System, Action::ResolveCase { case_id: text("case_id", 128)?, resolution: text("resolution", 1024)? })),
+        "resolve_case" => Ok((
+            Scope::System,
+            Action::ResolveCase { case_id: text("case_id", 128)?, resolution: text("resolution", 1024)?, capture: fields.opt("capture") == Some("on") },
+        )),
         "adjustment" => {
             let platform = platform()?;
             let (from, to) = (text("from", 32)?, text("to", 32)?);

@@ -427,6 +427,9 @@ async fn reconciliation_page(
                                     input type="hidden" name="kind" value="resolve_case";
                                     input type="hidden" name="case_id" value=(case.case_id);
                                     input name="resolution" placeholder="what was done" required maxlength="1024";
+                                    @if !case.line["hold_order_id"].is_null() {
+                                        " " label { input type="checkbox" name="capture"; " take the hold into suspense (the member was paid)" }
+                                    }
                                     " " button.secondary type="submit" { "Propose" }
                                 }
                             }

@@ -89,6 +89,43 @@ pub fn release(state: &mut ShardState, context: &Context, id: OrderId, amount: O
     ok_order(id, state.order(id).expect("exists").status)
 }
 
+/// Takes what remains of a freeze of the system's (platform 0's order) into the shard's
+/// suspense stripe: one entry, the account's frozen bucket down, suspense up (what the freeze
+/// took from unsettled income is not given back to its lots). Platform 0 only: any other
+/// caller, or a platform's freeze, is `OrderNotFound`.
+pub fn capture(state: &mut ShardState, context: &Context, id: OrderId, fx: &mut Effects) -> Reply {
+    if context.platform != 0 {
+        return Reply::rejected(ResultCode::OrderNotFound);
+    }
+    let Some(order) = state.order(id).filter(|o| o.platform == 0) else {
+        return Reply::rejected(ResultCode::OrderNotFound);
+    };
+    let OrderDetail::Freeze { remaining, expires_at, .. } = &order.detail else {
+        return Reply::rejected(ResultCode::OrderNotFound);
+    };
+    if order.status != OrderStatus::Held {
+        return Reply::rejected(ResultCode::OrderStateInvalid);
+    }
+    let (account, currency, amount, expiry) = (order.account, order.currency, *remaining, *expires_at);
+    // After this point the capture must succeed.
+    let order = state.order_mut(id);
+    if let OrderDetail::Freeze { remaining, from_unsettled, .. } = &mut order.detail {
+        (*remaining, *from_unsettled) = (0, 0);
+    }
+    order.status = OrderStatus::Succeeded;
+    order.updated_at = context.now;
+    if let Some(at) = expiry {
+        state.expiring_freezes.remove(&(at, id));
+    }
+    let suspense = state.system_account(SystemRole::Suspense, currency);
+    state.begin_entry(fx, id, EntryKind::Adjustment, currency);
+    state.post(fx, account, Bucket::Frozen, -amount);
+    state.post(fx, suspense, Bucket::Settled, amount);
+    state.end_entry(fx);
+    state.record_change(id);
+    ok_order(id, OrderStatus::Succeeded)
+}
+
 /// Releases every freeze whose expiry is at or before now; replies with how many were released.
 pub fn expire(state: &mut ShardState, context: &Context, fx: &mut Effects) -> Reply {
     let mut released = 0u64;
