@@ -95,6 +95,24 @@ impl World {
         self.runtime.block_on(self.clearing.payout(World::request(number, account, amount))).unwrap()
     }
 
+    /// A channel's verdict on payout `order`.
+    fn verdict(&self, order: OrderId, succeeded: bool, channel: &str) -> Result<VerdictOutcome, clearing_actor::ClearingError> {
+        self.runtime.block_on(self.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }))
+    }
+
+    /// A payout both channels failed: failed for good, its amount and fee back in the account.
+    fn failed_for_good(&self, number: &str, account: AccountId, amount: i64) -> OrderId {
+        let order = OrderId(self.payout(number, account, amount).reply.id);
+        assert!(matches!(self.verdict(order, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+        assert!(matches!(self.verdict(order, false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+        order
+    }
+
+    /// The open cases (the tests open a few).
+    fn open_cases(&self) -> Vec<clearing_actor::cases::Case> {
+        self.runtime.block_on(self.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases
+    }
+
     fn channel_of(&self, order: OrderId) -> (u16, i64) {
         self.engine
             .read_shard(0, move |state| match state.order(order).unwrap().detail {
@@ -182,14 +200,11 @@ fn a_note_of_an_earlier_build_keeps_its_first_channel_at_its_first_fallback() {
 fn a_success_after_a_failure_for_good_opens_a_case() {
     let w = World::new();
     let account = w.account(1, 1_000_000);
-    let order = OrderId(w.payout("w1", account, 10_000).reply.id);
-    let verdict =
-        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
-    assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
-    assert!(matches!(verdict(false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    let order = w.failed_for_good("w1", account, 10_000);
+    let verdict = |succeeded: bool, channel: &str| w.verdict(order, succeeded, channel);
     let balance = || w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap();
     assert_eq!(balance(), 1_000_000, "failed for good: the money back");
-    let cases = || w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    let cases = || w.open_cases();
     assert!(cases().is_empty());
     for _ in 0..2 {
         assert!(verdict(true, "dear").is_err(), "the engine refuses it, as before");
@@ -219,11 +234,8 @@ fn a_success_after_a_failure_for_good_opens_a_case() {
 
     // An account that no longer holds what went back: nothing is held, and the case says so.
     let poor = w.account(2, 20_000);
-    let order = OrderId(w.payout("w2", poor, 10_000).reply.id);
-    let verdict =
-        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
-    assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
-    assert!(matches!(verdict(false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    let order = w.failed_for_good("w2", poor, 10_000);
+    let verdict = |succeeded: bool, channel: &str| w.verdict(order, succeeded, channel);
     let spent = w.payout("w3", poor, 15_000);
     assert!(spent.reply.is_ok(), "{:?}", spent.reply);
     assert!(verdict(true, "dear").is_err());
@@ -240,10 +252,9 @@ fn a_success_from_a_channel_the_payout_left_opens_a_case() {
     let w = World::new();
     let account = w.account(1, 1_000_000);
     let order = OrderId(w.payout("w1", account, 10_000).reply.id);
-    let verdict =
-        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
+    let verdict = |succeeded: bool, channel: &str| w.verdict(order, succeeded, channel);
     assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
-    let cases = || w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    let cases = || w.open_cases();
     assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
     assert!(matches!(verdict(true, "nobody").unwrap(), VerdictOutcome::Stale { .. }), "no channel of ours");
     assert!(cases().is_empty(), "a stale failure and a stranger's word open nothing");
@@ -266,35 +277,28 @@ fn a_statement_or_a_left_channel_saying_a_failed_payout_was_paid_holds_what_went
     use clearing_actor::calendar::Clock;
     let w = World::new();
     let account = w.account(1, 1_000_000);
-    let order = OrderId(w.payout("w1", account, 10_000).reply.id);
-    let verdict =
-        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
-    assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
-    assert!(matches!(verdict(false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    let order = w.failed_for_good("w1", account, 10_000);
+    let verdict = |succeeded: bool, channel: &str| w.verdict(order, succeeded, channel);
     let day = Calendar { utc_offset_seconds: w.engine.config().utc_offset_seconds, ..Calendar::default() }.day(SystemClock.now_micros());
     let file = format!("bank_ref,order_id,direction,amount,status,fee\nB1,{},out,100.00,succeeded,5.00\n", bank::order_ref(order));
     w.runtime.block_on(w.clearing.reconcile(2, day, file.into_bytes())).unwrap();
     let frozen = || w.engine.read_shard(0, move |s| s.account(account).unwrap().frozen).unwrap();
     assert_eq!(frozen(), 10_500, "held by the statement's word");
-    let open = w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    let open = w.open_cases();
     assert!(open.iter().any(|c| c.case_id.starts_with("case_paid_after_failure_") && !c.line["hold_order_id"].is_null()), "{open:?}");
     // The channel it left says it paid too: a payment of its own, its own case and hold.
     assert!(matches!(verdict(true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
-    let open = w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    let open = w.open_cases();
     let left = open.iter().find(|c| c.case_id.starts_with("case_paid_by_left_channel_")).expect("the left channel's case");
     assert!(left.reason.contains("held on the account"), "{left:?}");
     assert_eq!(frozen(), 21_000, "both channels say they paid: twice what went back is held");
 
     // The left channel's own statement says so (its callback lost): held as well.
-    let order = OrderId(w.payout("w2", account, 10_000).reply.id);
-    let verdict =
-        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
-    assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
-    assert!(matches!(verdict(false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    let order = w.failed_for_good("w2", account, 10_000);
     let file = format!("bank_ref,order_id,direction,amount,status,fee\nC1,{},out,100.00,succeeded,1.00\n", bank::order_ref(order));
     w.runtime.block_on(w.clearing.reconcile(1, day, file.into_bytes())).unwrap();
     assert_eq!(frozen(), 31_500, "held by the left channel's statement");
-    let open = w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    let open = w.open_cases();
     assert!(open.iter().any(|c| c.case_id == format!("case_paid_by_left_channel_{}_1", order.0) && !c.line["hold_order_id"].is_null()), "{open:?}");
     // The operator decides the member was paid: the hold is taken into suspense, not released.
     let case_id = format!("case_paid_by_left_channel_{}_1", order.0);
@@ -314,15 +318,14 @@ fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
     let w = World::new();
     let account = w.account(1, 1_000_000);
     let order = OrderId(w.payout("w1", account, 10_000).reply.id);
-    let verdict =
-        |succeeded: bool, channel: &str| w.runtime.block_on(w.clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel.into()) }));
+    let verdict = |succeeded: bool, channel: &str| w.verdict(order, succeeded, channel);
     assert!(matches!(verdict(false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
     assert!(matches!(verdict(true, "cheap").unwrap(), VerdictOutcome::Stale { .. }), "cheap says it paid after all");
     let frozen = || w.engine.read_shard(0, move |s| s.account(account).unwrap().frozen).unwrap();
     assert_eq!(frozen(), 0, "nothing went back yet: nothing to hold");
     assert!(matches!(verdict(false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
     assert_eq!(frozen(), 10_500, "what went back is held");
-    let open = w.runtime.block_on(w.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    let open = w.open_cases();
     let held = open.iter().find(|c| c.case_id == format!("case_paid_after_failure_{}_1", order.0)).expect("a case for the hold");
     assert!(!held.line["hold_order_id"].is_null() && held.reason.contains("then failed on dear"), "{held:?}");
 }
