@@ -316,6 +316,8 @@ fn a_statement_or_a_left_channel_saying_a_failed_payout_was_paid_holds_what_went
 #[test]
 fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
     let w = World::new();
+    // A third channel, dearer still: where a failure on the second would fall back to.
+    w.runtime.block_on(w.clearing.add_channel(spec(3, "spare", "out", "9.00"))).unwrap();
     let account = w.account(1, 1_000_000);
     let order = OrderId(w.payout("w1", account, 10_000).reply.id);
     let verdict = |succeeded: bool, channel: &str| w.verdict(order, succeeded, channel);
@@ -323,7 +325,8 @@ fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
     assert!(matches!(verdict(true, "cheap").unwrap(), VerdictOutcome::Stale { .. }), "cheap says it paid after all");
     let frozen = || w.engine.read_shard(0, move |s| s.account(account).unwrap().frozen).unwrap();
     assert_eq!(frozen(), 0, "nothing went back yet: nothing to hold");
-    assert!(matches!(verdict(false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    let failed = verdict(false, "dear").unwrap();
+    assert!(matches!(failed, VerdictOutcome::Completed { status: Some("failed"), .. }), "no further fallback to spare: {failed:?}");
     assert_eq!(frozen(), 10_500, "what went back is held");
     let open = w.open_cases();
     let held = open.iter().find(|c| c.case_id == format!("case_paid_after_failure_{}_1", order.0)).expect("a case for the hold");
