@@ -212,21 +212,35 @@ fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<P
     let store: Arc<dyn storage::Store> = Arc::new(
         RocksStore::open_with(&data_dir, config.rows_compaction).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?,
     );
-    let channels = channel_table(&config, store.as_ref())?.set();
-    let channel = channels.by_name(channel).map(|c| c.id).ok_or_else(|| anyhow::anyhow!("no channel {channel} in the configuration"))?;
-    let engine = Engine::start(config.engine.clone(), store.clone())?;
+    let table = channel_table(&config, store.as_ref())?;
+    let channel = table.set().by_name(channel).map(|c| c.id).ok_or_else(|| anyhow::anyhow!("no channel {channel} in the configuration"))?;
+    let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
     let started = std::time::Instant::now();
-    // No server runs: the cases are opened here rather than by the clearing actor.
-    let result = clearing_actor::cases::CaseBook::load(store.as_ref()).and_then(|mut book| {
-        // The server is stopped (the database is this process's): no payout moves meanwhile.
-        let mut verdicts = clearing_actor::reconcile::verdicts_to_engine(&engine);
-        let mut report = clearing_actor::reconcile::reconcile(&engine, store.as_ref(), &channels, channel, day, &bytes, &mut verdicts)?;
-        let now = clearing_actor::calendar::Clock::now_micros(&clearing_actor::calendar::SystemClock);
-        clearing_actor::reconcile::record(&mut report, store.as_ref(), &mut book, now)?;
-        Ok(report)
-    });
+    // The server is stopped (the database is this process's): the clearing actor runs here,
+    // with a bank that sends nothing (no payout moves, none is resent), so that the file's
+    // verdicts, cases and holds are the server's (before session 59 the command line applied
+    // verdicts straight to the engine and held nothing of a payout paid after it failed).
+    let silent = banksim::SimulatorConfig { enabled: false, ..banksim::SimulatorConfig::default() };
+    let bank = Arc::new(banksim::Simulator::start(silent, String::new(), store.clone()).map_err(|e| anyhow::anyhow!("the bank: {e}"))?);
+    let clearing = clearing_actor::Clearing::start(
+        engine.clone(),
+        store.clone(),
+        bank,
+        table,
+        Arc::new(clearing_actor::calendar::SystemClock),
+        Arc::new(|_| Vec::new()),
+        clearing_actor::ClearingConfig::default(),
+    );
+    let result = match clearing {
+        Ok(clearing) => {
+            let report = actix_web::rt::System::new().block_on(clearing.reconcile(channel, day, bytes));
+            clearing.stop();
+            report.map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        Err(error) => Err(anyhow::anyhow!("starting clearing: {error}")),
+    };
     engine.shutdown();
-    let report = result.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = result?;
     println!("counts: {}", serde_json::to_string(&report.counts)?);
     for detail in report.details.iter().take(50) {
         println!("  {}", serde_json::to_string(detail)?);

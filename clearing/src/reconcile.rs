@@ -40,8 +40,9 @@ use crate::settlement::channel_of;
 /// Applies a statement's verdict on one payout (see the module's note).
 pub type Verdicts<'a> = &'a mut dyn FnMut(PayoutVerdict) -> Result<VerdictOutcome, ClearingError>;
 
-/// `Verdicts` straight to the engine, for where nothing else moves payouts (the CLI, with the
-/// server stopped; tests): a payout still on the channel is completed.
+/// `Verdicts` straight to the engine, for where nothing else moves payouts (tests of the
+/// reconciliation alone): a payout still on the channel is completed. No case's hold: the
+/// command line reconciles through the clearing actor since session 59.
 pub fn verdicts_to_engine(engine: &Engine) -> impl FnMut(PayoutVerdict) -> Result<VerdictOutcome, ClearingError> + '_ {
     move |verdict| {
         let command = Command::CompleteWithdrawal { order: verdict.order, succeeded: verdict.succeeded };
