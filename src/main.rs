@@ -217,9 +217,11 @@ fn reconcile(channel: &str, date: &str, file: &std::path::Path, config: Option<P
     let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
     let started = std::time::Instant::now();
     // The server is stopped (the database is this process's): the clearing actor runs here,
-    // with a bank that sends nothing (no payout moves, none is resent), so that the file's
-    // verdicts, cases and holds are the server's (before session 59 the command line applied
-    // verdicts straight to the engine and held nothing of a payout paid after it failed).
+    // with a bank that sends nothing, so that the file's verdicts, cases and holds are the
+    // server's (before session 59 the command line applied verdicts straight to the engine and
+    // held nothing of a payout paid after it failed). A failure line on a payout still waiting
+    // falls back as the server would: the next channel is asked at the server's next start (its
+    // bank never received it here).
     let silent = banksim::SimulatorConfig { enabled: false, ..banksim::SimulatorConfig::default() };
     let bank = Arc::new(banksim::Simulator::start(silent, String::new(), store.clone()).map_err(|e| anyhow::anyhow!("the bank: {e}"))?);
     let clearing = clearing_actor::Clearing::start(

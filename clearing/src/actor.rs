@@ -608,6 +608,19 @@ impl Actor {
             }
             return Ok(VerdictOutcome::Stale { received: true, stale: true });
         }
+        if !succeeded && status == OrderStatus::Failed {
+            // Failed for good already: a channel it left that said it paid it (`paid_by_left`)
+            // has its hold and case opened now if something stopped them after the failure
+            // (an engine that did not answer, a store error, a stop): the watchdog's query or
+            // the bank's repeat brings this failure again. Both are once (a fixed number, an id).
+            let noted = match number {
+                Some(number) => PayoutBook::get(self.store.as_ref(), platform, number.as_str())?,
+                None => None,
+            };
+            if let Some(left) = noted.and_then(|note| note.paid_by_left) {
+                self.hold_paid_by_left(order, left, channel, account, currency, amount.saturating_add(fee), spec)?;
+            }
+        }
         if succeeded && status == OrderStatus::Failed {
             // The bank says it paid an order that failed, whose money went back to the account:
             // paid out twice unless the verdict is wrong. Nothing moves here (the engine refuses
@@ -674,20 +687,7 @@ impl Actor {
         // The system acts (platform 0): verdicts are idempotent by order, so no order number.
         let reply = self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command: Command::CompleteWithdrawal { order, succeeded } })?;
         if let (true, true, Some(left)) = (reply.is_ok(), failed_here, paid_by_left) {
-            // A channel it left said it paid it: failed for good here, what went back is held
-            // under that channel's case of a success after a failure (as if it had said it now).
-            let (left_name, reference) = (names.name(left), bank::order_ref(order));
-            let case_id = format!("case_paid_after_failure_{}_{left}", order.0);
-            let (held, hold_order) = self.hold_unless_opened(&case_id, order, left, account, currency, amount.saturating_add(fee), spec)?;
-            let opening = CaseOpening {
-                case_id,
-                line: serde_json::json!({"order_id": reference, "channel": left_name, "status": "succeeded", "from": "left_channel", "hold_order_id": hold_order}),
-                reason: format!(
-                    "{left_name} said it paid {reference}, which then failed on {} and whose money went back to the account{held}",
-                    names.name(channel)
-                ),
-            };
-            self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
+            self.hold_paid_by_left(order, left, channel, account, currency, amount.saturating_add(fee), spec)?;
         }
         if reply.is_ok() {
             self.forget(order, channel);
@@ -776,6 +776,36 @@ impl Actor {
         Ok(FallBack::Rerouted(names.name(next)))
     }
 
+    /// A channel `left` the payout left said it paid it, and it failed for good on `channel`:
+    /// what went back is held under that channel's case of a success after a failure (as if it
+    /// had said it now). Once: the case's id and the hold's number are fixed.
+    #[allow(clippy::too_many_arguments)]
+    fn hold_paid_by_left(
+        &mut self,
+        order: OrderId,
+        left: u16,
+        channel: u16,
+        account: AccountId,
+        currency: CurrencyId,
+        amount: Minor,
+        spec: CurrencySpec,
+    ) -> Result<(), ClearingError> {
+        let names = self.table.set();
+        let (left_name, reference) = (names.name(left), bank::order_ref(order));
+        let case_id = format!("case_paid_after_failure_{}_{left}", order.0);
+        let (held, hold_order) = self.hold_unless_opened(&case_id, order, left, account, currency, amount, spec)?;
+        let opening = CaseOpening {
+            case_id,
+            line: serde_json::json!({"order_id": reference, "channel": left_name, "status": "succeeded", "from": "left_channel", "hold_order_id": hold_order}),
+            reason: format!(
+                "{left_name} said it paid {reference}, which then failed on {} and whose money went back to the account{held}",
+                names.name(channel)
+            ),
+        };
+        self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
+        Ok(())
+    }
+
     /// Holds `amount` (capped at an order's largest) of `account` for case `case_id` about
     /// payout `order` and `channel`, unless that case is open already (a later repeat would hold
     /// what no case names): a freeze of platform 0's (the platform cannot release it; resolving
@@ -830,11 +860,34 @@ impl Actor {
             // Another resolution: refused by the book (which also drops a stale open mark).
             return self.cases.resolve(self.store.as_ref(), case_id, resolution, self.clock.now_micros());
         }
+        if fate == HoldFate::Capture && case.line.get("hold_order_id").is_none_or(serde_json::Value::is_null) {
+            // Nothing to capture: refused as an order in another state would be (409).
+            return Err(ClearingError::Refused(ResultCode::OrderStateInvalid));
+        }
         self.settle_hold_of(&case, fate)?;
+        if fate == HoldFate::Release && case.case_id.starts_with("case_paid_by_left_channel_") {
+            // The operator found the left channel's word wrong: the payout may fall back again.
+            self.forget_paid_by_left(&case)?;
+        }
         if case.status == "resolved" {
             return Ok(case);
         }
         self.cases.resolve(self.store.as_ref(), case_id, resolution, self.clock.now_micros())
+    }
+
+    /// Clears the `paid_by_left` mark a left channel's case set on its payout's note (the case
+    /// released: its word was wrong), so the payout falls back again.
+    fn forget_paid_by_left(&mut self, case: &Case) -> Result<(), ClearingError> {
+        let Some(order) = case.line.get("order_id").and_then(|id| id.as_str()).and_then(bank::parse_order_ref) else { return Ok(()) };
+        let shard = order.shard(self.engine.config().shard_count);
+        let Some((platform, Some(number))) = self.engine.read_shard(shard, move |state| state.order(order).map(|o| (o.platform, o.out_order_no)))? else {
+            return Ok(());
+        };
+        if let Some(mut note) = PayoutBook::get(self.store.as_ref(), platform, number.as_str())?.filter(|note| note.paid_by_left.is_some()) {
+            note.paid_by_left = None;
+            PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note)?;
+        }
+        Ok(())
     }
 
     /// A case's hold (`hold_order_id` in its line), if any, is released or captured into

@@ -331,6 +331,37 @@ fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
     let open = w.open_cases();
     let held = open.iter().find(|c| c.case_id == format!("case_paid_after_failure_{}_1", order.0)).expect("a case for the hold");
     assert!(!held.line["hold_order_id"].is_null() && held.reason.contains("then failed on dear"), "{held:?}");
+    // Capturing needs a hold: the left channel's own case holds nothing.
+    let left_case = format!("case_paid_by_left_channel_{}_1", order.0);
+    let resolution = |text: &str| clearing_actor::cases::Resolution { resolution: text.into(), operator: "ops".into() };
+    let capture = w.runtime.block_on(w.clearing.resolve_case_with(left_case.clone(), resolution("paid"), clearing_actor::cases::HoldFate::Capture));
+    assert!(matches!(capture, Err(clearing_actor::ClearingError::Refused(ResultCode::OrderStateInvalid))), "{capture:?}");
+
+    // The operator finds a left channel's word wrong (its case released): the payout falls
+    // back again.
+    let second = OrderId(w.payout("w2", account, 10_000).reply.id);
+    assert!(matches!(w.verdict(second, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    assert!(matches!(w.verdict(second, true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
+    let case = format!("case_paid_by_left_channel_{}_1", second.0);
+    w.runtime.block_on(w.clearing.resolve_case(case, resolution("cheap's callback was wrong"))).unwrap();
+    assert!(matches!(w.verdict(second, false, "dear").unwrap(), VerdictOutcome::Rerouted { rerouted_to, .. } if rerouted_to == "spare"));
+
+    // A stop after a failure for good and before its hold (simulated: the mark written on a
+    // failed payout's note): the failure said again, by the watchdog or the bank, holds it.
+    let third = OrderId(w.payout("w3", account, 10_000).reply.id);
+    for channel in ["cheap", "dear"] {
+        assert!(matches!(w.verdict(third, false, channel).unwrap(), VerdictOutcome::Rerouted { .. }));
+    }
+    assert!(matches!(w.verdict(third, false, "spare").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    let key = format!("x/{P}/w3").into_bytes();
+    let mut note: serde_json::Value = serde_json::from_slice(&w.store.get(&key).unwrap().unwrap()).unwrap();
+    note["paid_by_left"] = serde_json::json!(1);
+    w.store.write(&[(key.as_slice(), serde_json::to_vec(&note).unwrap().as_slice())]).unwrap();
+    let before = frozen();
+    let again = w.verdict(third, false, "spare");
+    assert!(!matches!(again, Ok(VerdictOutcome::Rerouted { .. })), "failed already, it goes nowhere: {again:?}");
+    assert_eq!(frozen(), before + 10_900, "held now: the amount and spare's fee");
+    assert!(w.open_cases().iter().any(|c| c.case_id == format!("case_paid_after_failure_{}_1", third.0)));
 }
 
 /// A bank that counts the payouts handed to it (and passes everything to the simulator).
