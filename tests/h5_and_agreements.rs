@@ -69,6 +69,16 @@ impl Browser {
         (response.status(), response.into_string().expect("text"))
     }
 
+    /// Posts the wallet's payment password form (`password` twice), with the member's id number
+    /// and phone when given: the page it answers.
+    fn set_password(&mut self, csrf: &str, account: &str, password: &str, identity: Option<(&str, &str)>) -> String {
+        let mut fields = vec![("csrf", csrf), ("account", account), ("password", password), ("repeat", password)];
+        if let Some((id_number, phone)) = identity {
+            fields.extend([("id_number", id_number), ("phone", phone)]);
+        }
+        self.post("/h5/wallet/password", &fields).1
+    }
+
     fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
         let mut request = self.agent.post(&format!("{}{path}", self.base));
         if let Some(cookie) = &self.cookie {
@@ -388,11 +398,9 @@ fn the_wallet_recharges_binds_a_card_withdraws_sets_a_password_and_signs() {
     assert!(status == 200 && page.contains("payment_password_not_set") && page.contains("/h5/wallet/password") && !page.contains("card_1"), "{page}");
     // Whoever holds the session does not set the first password alone (before session 59 it
     // could, then bind its card and withdraw): the id number and phone are asked.
-    let first = [("csrf", csrf.as_str()), ("account", account.as_str()), ("password", "123456"), ("repeat", "123456")];
-    let refused = browser.post("/h5/wallet/password", &first).1;
+    let refused = browser.set_password(&csrf, &account, "123456", None);
     assert!(refused.contains("The ID number or phone is not right") && refused.contains("needs your ID number and phone"), "{refused}");
-    let first = [first.as_slice(), &[("id_number", ID_NUMBER), ("phone", "13800138000")]].concat();
-    let set = browser.post("/h5/wallet/password", &first).1;
+    let set = browser.set_password(&csrf, &account, "123456", Some((ID_NUMBER, "13800138000")));
     assert!(set.contains("The payment password is set"), "{set}");
     let (status, page) = bind(&mut browser, "000000");
     assert!(status == 200 && page.contains("invalid_payment_password") && !page.contains("card_1"), "a wrong password binds nothing: {page}");
@@ -436,24 +444,8 @@ fn the_wallet_recharges_binds_a_card_withdraws_sets_a_password_and_signs() {
     assert_eq!(cents(&p.balances(&account).0), 10_000 - 1_000 - cents(&by_id(&done, "fee")), "the amount and the fee shown");
 
     // The payment password (set above): reset only with the id number and phone.
-    let reset = [
-        ("csrf", csrf.as_str()),
-        ("account", account.as_str()),
-        ("password", "654321"),
-        ("repeat", "654321"),
-        ("id_number", ID_NUMBER),
-        ("phone", "13900000000"),
-    ];
-    assert!(browser.post("/h5/wallet/password", &reset).1.contains("The ID number or phone is not right"));
-    let reset = [
-        ("csrf", csrf.as_str()),
-        ("account", account.as_str()),
-        ("password", "654321"),
-        ("repeat", "654321"),
-        ("id_number", ID_NUMBER),
-        ("phone", "13800138000"),
-    ];
-    assert!(browser.post("/h5/wallet/password", &reset).1.contains("The payment password is set"));
+    assert!(browser.set_password(&csrf, &account, "654321", Some((ID_NUMBER, "13900000000"))).contains("The ID number or phone is not right"));
+    assert!(browser.set_password(&csrf, &account, "654321", Some((ID_NUMBER, "13800138000"))).contains("The payment password is set"));
 
     // An agreement signed in the page records the hash of the text the page showed.
     let text = "服务协议\n<script>alert(1)</script> & more";
@@ -588,15 +580,7 @@ fn wrong_identity_answers_lock_card_binding_and_the_password_reset() {
     let account = p.account(&member);
     let mut browser = open(&p, json!({"member_id": member, "purpose": "wallet", "locale": "en"}));
     let csrf = field(&browser.get("/h5/wallet/card").1, "csrf");
-    let first = [
-        ("csrf", csrf.as_str()),
-        ("account", account.as_str()),
-        ("password", "123456"),
-        ("repeat", "123456"),
-        ("id_number", ID_NUMBER),
-        ("phone", "13800138000"),
-    ];
-    let set = browser.post("/h5/wallet/password", &first).1;
+    let set = browser.set_password(&csrf, &account, "123456", Some((ID_NUMBER, "13800138000")));
     assert!(set.contains("The payment password is set"), "{set}");
     let mut bind = |id_number: &str| {
         let order = field(&browser.get("/h5/wallet/card").1, "order");
@@ -618,15 +602,7 @@ fn wrong_identity_answers_lock_card_binding_and_the_password_reset() {
     }
     let page = bind(ID_NUMBER);
     assert!(page.contains("identity_locked") && !page.contains("card_1"), "{page}");
-    let reset = [
-        ("csrf", csrf.as_str()),
-        ("account", account.as_str()),
-        ("password", "654321"),
-        ("repeat", "654321"),
-        ("id_number", ID_NUMBER),
-        ("phone", "13800138000"),
-    ];
-    let refused = browser.post("/h5/wallet/password", &reset).1;
+    let refused = browser.set_password(&csrf, &account, "654321", Some((ID_NUMBER, "13800138000")));
     assert!(refused.contains("identity_locked"), "{refused}");
     server.stop();
 }

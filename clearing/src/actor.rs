@@ -156,8 +156,8 @@ struct Actor {
 }
 
 impl Clearing {
-    /// Starts the actor: loads the payout book, counts today's payouts against their daily caps,
-    /// and hands the bank again every order still waiting for its verdict (after a restart).
+    /// Starts the actor: counts today's payouts against their daily caps and hands the bank again
+    /// what still waits for its verdict after a restart (see `Actor::resume`).
     pub fn start(
         engine: Arc<Engine>,
         store: Arc<dyn Store>,
@@ -571,14 +571,12 @@ impl Actor {
         if let Some(name) = about.as_deref().filter(|name| *name != names.name(channel)) {
             // A channel the order has left (a fallback moved it on). Its failure is stale; its
             // success means the money may be out twice (the order's channel now may pay it too,
-            // or has): nothing moves, and an operator's case says so, once per order and channel
-            // (before session 59 it was answered stale and nobody was told). A name that is no
+            // or has): the order stays as it is, and an operator's case says so, once per order
+            // and channel (before session 59 it was answered stale and nobody was told). A name that is no
             // channel of ours opens nothing.
             if let (true, Some(left)) = (succeeded, names.by_name(name)) {
                 let (reference, left_id) = (bank::order_ref(order), left.id);
                 let case_id = format!("case_paid_by_left_channel_{}_{left_id}", order.0);
-                // Failed for good since, its money back in the account: held as for a success
-                // of its own channel's.
                 // Only a channel the payout went through (its note says so) holds anything: a
                 // misdirected success about another order's payout is a case, not a hold.
                 let noted = match number {
@@ -594,6 +592,8 @@ impl Actor {
                         PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note)?;
                     }
                 }
+                // Failed for good since, its money back in the account: held as for a success
+                // of its own channel's.
                 let (held, hold_order) = if status == OrderStatus::Failed && tried {
                     self.hold_unless_opened(&case_id, order, left_id, account, currency, amount.saturating_add(fee), spec)?
                 } else {
@@ -847,9 +847,9 @@ impl Actor {
         }
     }
 
-    /// Resolves a case, its hold (if any) released first: a release the engine did not make
-    /// is an error and the case stays open (before, the case was resolved and the hold, which
-    /// no other route releases, stayed). Resolved already the same way, by the same operator,
+    /// Resolves a case, its hold (if any) released or captured first (`fate`): what the engine
+    /// did not do is an error and the case stays open (before, the case was resolved and the
+    /// hold, which no other route releases, stayed). Resolved already the same way, by the same operator,
     /// it is a repeat whose answer was lost (a stop before a portal's approval stored its
     /// outcome): it answers the case, its hold released if it was not.
     fn resolve_case(&mut self, case_id: &str, resolution: Resolution, fate: HoldFate) -> Result<Case, ClearingError> {
@@ -1073,9 +1073,10 @@ impl Actor {
         }
     }
 
-    /// Counts today's payouts against their channels' daily caps and hands the bank again every
-    /// order still waiting for its verdict (money in pending, payouts processing); returns how
-    /// many it handed on.
+    /// Counts today's payouts against their channels' daily caps and hands the bank again what
+    /// still waits for its verdict: every pending money-in order, and each processing payout
+    /// the bank's status query says it never received (one it has is watched, one it decided
+    /// is taken at the first tick); returns how many it handed on.
     fn resume(&mut self) -> Result<usize, ClearingError> {
         let now = self.clock.now_micros();
         let mut resumed = 0;
