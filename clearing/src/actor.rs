@@ -833,7 +833,7 @@ impl Actor {
         let Some(number) = OutOrderNo::new(&format!("hold-paid-twice-{}-{channel}", order.0)) else {
             return Err(ClearingError::Storage(format!("no hold number for {case_id}")));
         };
-        let command = Command::Freeze { account, currency, amount, reason: format!("held for {case_id}"), expires_at: None };
+        let command = Command::Freeze { account, currency, amount, reason: format!("{HOLD_REASON}{case_id}"), expires_at: None };
         let reply = self.engine.execute_one(Envelope { platform: 0, out_order_no: Some(number), command })?;
         match reply.code {
             ResultCode::Ok => {
@@ -847,11 +847,39 @@ impl Actor {
         }
     }
 
-    /// Resolves a case, its hold (if any) released or captured first (`fate`): what the engine
-    /// did not do is an error and the case stays open (before, the case was resolved and the
-    /// hold, which no other route releases, stayed). Resolved already the same way, by the same operator,
-    /// it is a repeat whose answer was lost (a stop before a portal's approval stored its
-    /// outcome): it answers the case, its hold released if it was not.
+    /// Opens the case a hold of the system's names (`case_id`, from its reason) unless it is
+    /// there: a stop between the hold and its case left the hold that only a case's resolution
+    /// releases, with no case to resolve (before session 60 only the verdict said again, by the
+    /// bank's statement, mended it). The case is about the payout and channel its id names.
+    fn open_case_of_hold(&mut self, hold: OrderId, case_id: String, amount: Minor, spec: CurrencySpec) -> Result<(), ClearingError> {
+        if self.cases.get(self.store.as_ref(), &case_id)?.is_some() {
+            return Ok(());
+        }
+        let mut parts = case_id.rsplitn(3, '_');
+        let (channel, order) = (parts.next().and_then(|c| c.parse::<u16>().ok()), parts.next().and_then(|o| o.parse::<u64>().ok()));
+        let (Some(channel), Some(order)) = (channel, order) else {
+            tracing::error!(hold = hold.0, "a hold names no case of a payout: {case_id}");
+            return Ok(());
+        };
+        let (channel_name, reference, hold_order) = (self.table.set().name(channel), bank::order_ref(OrderId(order)), bank::order_ref(hold));
+        let opening = CaseOpening {
+            line: serde_json::json!({"order_id": reference, "channel": channel_name, "status": "succeeded", "from": "start", "hold_order_id": hold_order}),
+            reason: format!(
+                "{channel_name} said it paid {reference} after its money went back to the account; {} held on the account until the case is resolved (the case opened at a start: a stop came between the hold and its case)",
+                spec.format(amount)
+            ),
+            case_id,
+        };
+        self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
+        Ok(())
+    }
+
+    /// Resolves a case, its hold (if any) released or captured first (`fate`, recorded on the
+    /// case before the engine is asked): what the engine did not do is an error and the case
+    /// stays open (before, the case was resolved and the hold, which no other route releases,
+    /// stayed). Resolved already the same way, by the same operator, it is a repeat whose
+    /// answer was lost (a stop before a portal's approval stored its outcome): it answers the
+    /// case, its hold settled if it was not. A repeat asking the other fate is refused.
     fn resolve_case(&mut self, case_id: &str, resolution: Resolution, fate: HoldFate) -> Result<Case, ClearingError> {
         crate::cases::check_resolution(&resolution)?;
         let case = self.cases.get(self.store.as_ref(), case_id)?.ok_or(ClearingError::NotFound)?;
@@ -860,9 +888,23 @@ impl Actor {
             // Another resolution: refused by the book (which also drops a stale open mark).
             return self.cases.resolve(self.store.as_ref(), case_id, resolution, self.clock.now_micros());
         }
-        if fate == HoldFate::Capture && case.line.get("hold_order_id").is_none_or(serde_json::Value::is_null) {
+        let held = case.line.get("hold_order_id").is_some_and(|id| !id.is_null());
+        if fate == HoldFate::Capture && !held {
             // Nothing to capture: refused as an order in another state would be (409).
             return Err(ClearingError::Refused(ResultCode::OrderStateInvalid));
+        }
+        let mut case = case;
+        match case.hold.as_deref() {
+            // Decided already (answered, or stopped before its hold was settled or its case
+            // resolved): the same fate goes on, another is refused (before session 60 it
+            // answered 200 with the hold as the first fate left it).
+            Some(chosen) if chosen != fate.name() => return Err(ClearingError::HoldDecided(chosen.to_string())),
+            Some(_) => {}
+            // Recorded before the engine settles the hold, so that no stop lets a repeat settle
+            // it the other way. A case resolved before session 60 has none: its hold was settled
+            // by its first resolution (a repeat changes nothing in the engine).
+            None if held && case.status != "resolved" => self.cases.note_hold(self.store.as_ref(), &mut case, fate)?,
+            None => {}
         }
         self.settle_hold_of(&case, fate)?;
         if fate == HoldFate::Release && case.case_id.starts_with("case_paid_by_left_channel_") {
@@ -1105,6 +1147,12 @@ impl Actor {
                         OrderDetail::Payment { channel: Some(channel), .. } if o.status == OrderStatus::Pending => {
                             found.push(Waiting::MoneyIn { order: o.id, channel, amount: o.amount, spec, collection: None });
                         }
+                        // A case's hold (the system's freeze, its case named in its reason).
+                        OrderDetail::Freeze { ref reason, remaining, .. } if o.platform == 0 && o.status == OrderStatus::Held => {
+                            if let Some(case_id) = reason.strip_prefix(HOLD_REASON).filter(|id| id.starts_with("case_paid_")) {
+                                found.push(Waiting::Hold { hold: o.id, case_id: case_id.to_string(), amount: remaining, spec });
+                            }
+                        }
                         _ => {}
                     }
                 };
@@ -1191,6 +1239,7 @@ impl Actor {
                             None => self.bank.submit(Request::MoneyIn { order, channel, amount, currency: spec }),
                         }
                     }
+                    Waiting::Hold { hold, case_id, amount, spec } => self.open_case_of_hold(hold, case_id, amount, spec)?,
                 }
             }
         }
@@ -1245,6 +1294,9 @@ struct Outstanding {
 }
 
 /// An order found waiting at start.
+/// How a case's hold's reason begins; the case's id follows.
+const HOLD_REASON: &str = "held for ";
+
 enum Waiting {
     Payout {
         order: OrderId,
@@ -1256,6 +1308,8 @@ enum Waiting {
         number: Option<engine::ledger::command::OutOrderNo>,
         spec: CurrencySpec,
     },
+    /// A hold of the system's for a case about a payout paid twice (`hold_unless_opened`).
+    Hold { hold: OrderId, case_id: String, amount: Minor, spec: CurrencySpec },
     MoneyIn {
         order: OrderId,
         channel: u16,

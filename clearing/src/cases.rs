@@ -55,6 +55,11 @@ pub struct Case {
     pub resolution: Option<String>,
     pub resolved_by: Option<String>,
     pub resolved_at: Option<String>,
+    /// What the operator chose for the case's hold (`release` or `capture`), recorded before
+    /// the hold is settled: a repeat that asks the other fate is refused, not answered as if
+    /// done. Absent on cases without a hold and on those resolved before session 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 /// A case to open (unless one with its id exists).
@@ -90,6 +95,16 @@ pub enum HoldFate {
     #[default]
     Release,
     Capture,
+}
+
+impl HoldFate {
+    /// `release` or `capture`: the word of the API's `hold` and of `Case::hold`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HoldFate::Release => "release",
+            HoldFate::Capture => "capture",
+        }
+    }
 }
 
 /// How an operator resolved a case.
@@ -319,6 +334,7 @@ impl CaseBook {
                 resolution: None,
                 resolved_by: None,
                 resolved_at: None,
+                hold: None,
             };
             fresh.insert(case_id, case);
         }
@@ -343,6 +359,15 @@ impl CaseBook {
         store.write(&puts).map_err(storage)?;
         self.open_count += unmarked as u64;
         Ok(fresh.len())
+    }
+
+    /// Records on open case `case` the fate its operator chose for its hold (one write of the
+    /// case; its mark stays): written before the hold is settled, so that a repeat after a stop
+    /// settles it the same way.
+    pub(crate) fn note_hold(&self, store: &dyn Store, case: &mut Case, fate: HoldFate) -> Result<(), ClearingError> {
+        case.hold = Some(fate.name().to_string());
+        let (key, record) = (case_key(&case.case_id), serde_json::to_vec(&*case).expect("cases serialize"));
+        store.write(&[(&key, &record)]).map_err(storage)
     }
 
     /// Records how an open case was resolved, by whom and when (`now_micros`).
@@ -543,6 +568,7 @@ mod tests {
             resolution: None,
             resolved_by: None,
             resolved_at: None,
+            hold: None,
         };
         // As session 52's book wrote them: records only.
         let records = [case("x", "open"), case("y", "resolved"), case("z", "open")];

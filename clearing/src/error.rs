@@ -31,6 +31,10 @@ pub enum ClearingError {
     /// The case is resolved already.
     #[error("the case is already resolved")]
     CaseResolved,
+    /// The case's hold was given another fate already (`release` or `capture`): a repeat
+    /// cannot change it.
+    #[error("the case's hold was decided already: {0}")]
+    HoldDecided(String),
     /// The clearing actor's mailbox is full (or it has stopped): try again later.
     #[error("clearing is overloaded")]
     Overloaded,

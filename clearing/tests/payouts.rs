@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use bank::{BankChannel, BankStatus};
 use clearing_actor::calendar::{Calendar, SystemClock};
+use clearing_actor::cases::HoldFate;
 use clearing_actor::channels::{AccountType, Arrival, ChannelTable};
 use clearing_actor::payouts::{PayoutRequest, PayoutVerdict, VerdictOutcome};
-use clearing_actor::{Clearing, ClearingConfig};
+use clearing_actor::{Clearing, ClearingConfig, ClearingError};
 use engine::ledger::command::{Command, Envelope, OutOrderNo};
 use engine::ledger::types::{AccountId, Limits, OrderDetail, OrderId};
 use engine::money::{CurrencyId, CurrencySpec};
@@ -227,8 +228,13 @@ fn a_success_after_a_failure_for_good_opens_a_case() {
     assert_eq!(buckets(), (1_000_000, 0), "released once the case is resolved");
     // The same resolution again (its answer lost, a portal's approval carried out again after a
     // stop) answers the case; another is refused.
-    assert_eq!(resolve("the bank reversed its payment").unwrap().status, "resolved");
+    let repeated = resolve("the bank reversed its payment").unwrap();
+    assert_eq!((repeated.status.as_str(), repeated.hold.as_deref()), ("resolved", Some("release")), "the hold's fate recorded");
     assert!(resolve("something else").is_err());
+    // The same resolution asking the other fate is refused (before session 60 it answered 200,
+    // the hold released all the same).
+    let capture = w.runtime.block_on(w.clearing.resolve_case_with(open[0].case_id.clone(), resolution("the bank reversed its payment"), HoldFate::Capture));
+    assert!(matches!(capture, Err(ClearingError::HoldDecided(ref fate)) if fate == "release"), "{capture:?}");
     assert_eq!(buckets(), (1_000_000, 0));
     assert_eq!(balance(), 1_000_000, "nothing moved");
 
@@ -305,8 +311,18 @@ fn a_statement_or_a_left_channel_saying_a_failed_payout_was_paid_holds_what_went
     let resolution = clearing_actor::cases::Resolution { resolution: "paid on the card by cheap".into(), operator: "ops".into() };
     let total = || w.engine.read_shard(0, move |s| s.account(account).unwrap().total()).unwrap();
     let before = total();
-    w.runtime.block_on(w.clearing.resolve_case_with(case_id.clone(), resolution, clearing_actor::cases::HoldFate::Capture)).unwrap();
+    let captured = w.runtime.block_on(w.clearing.resolve_case_with(case_id.clone(), resolution.clone(), HoldFate::Capture)).unwrap();
+    assert_eq!(captured.hold.as_deref(), Some("capture"));
     assert_eq!((frozen(), total()), (21_000, before - 10_500), "taken into suspense");
+    // Asked again as a release (the default of a repeat that forgot `hold`): refused, nothing moves.
+    let release = w.runtime.block_on(w.clearing.resolve_case_with(case_id.clone(), resolution.clone(), HoldFate::Release));
+    assert!(matches!(release, Err(ClearingError::HoldDecided(ref fate)) if fate == "capture"), "{release:?}");
+    assert_eq!((frozen(), total()), (21_000, before - 10_500));
+    assert_eq!(
+        w.runtime.block_on(w.clearing.resolve_case_with(case_id, resolution, HoldFate::Capture)).unwrap().hold.as_deref(),
+        Some("capture"),
+        "the same again: its answer"
+    );
 }
 
 /// A channel the payout left says it paid while the payout waits on the next one: it falls
@@ -334,7 +350,7 @@ fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
     // Capturing needs a hold: the left channel's own case holds nothing.
     let left_case = format!("case_paid_by_left_channel_{}_1", order.0);
     let resolution = |text: &str| clearing_actor::cases::Resolution { resolution: text.into(), operator: "ops".into() };
-    let capture = w.runtime.block_on(w.clearing.resolve_case_with(left_case.clone(), resolution("paid"), clearing_actor::cases::HoldFate::Capture));
+    let capture = w.runtime.block_on(w.clearing.resolve_case_with(left_case.clone(), resolution("paid"), HoldFate::Capture));
     assert!(matches!(capture, Err(clearing_actor::ClearingError::Refused(ResultCode::OrderStateInvalid))), "{capture:?}");
 
     // The operator finds a left channel's word wrong (its case released): the payout falls
@@ -724,4 +740,44 @@ fn a_payout_noted_before_a_stop_counts_against_the_cap_when_applied() {
     let again = w.payout("n1", account, 10_000);
     assert!(again.reply.replayed);
     assert_eq!(used(), "100.00", "a replay counts nothing");
+}
+
+/// A stop between a hold of the system's and its case left a hold that only the case's
+/// resolution releases, and no case: the next start opens the case its reason names (before
+/// session 60 only the bank saying it again mended it). A freeze of the system's naming no
+/// case of a payout opens nothing.
+#[test]
+fn a_hold_whose_case_a_stop_kept_from_opening_gets_it_at_the_next_start() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let order = w.failed_for_good("w1", account, 10_000);
+    let freeze = |number: &str, amount: i64, reason: String| {
+        let command = Command::Freeze { account, currency: CurrencyId(0), amount, reason, expires_at: None };
+        let reply = w.engine.execute_one(Envelope { platform: 0, out_order_no: OutOrderNo::new(number), command }).unwrap();
+        assert!(reply.is_ok(), "{reply:?}");
+        OrderId(reply.id)
+    };
+    // What `hold_unless_opened` writes before its case, the stop coming in between.
+    let case_id = format!("case_paid_after_failure_{}_2", order.0);
+    let hold = freeze(&format!("hold-paid-twice-{}-2", order.0), 10_500, format!("held for {case_id}"));
+    freeze("audit-1", 700, "held for an audit".into());
+    let frozen = || w.engine.read_shard(0, move |s| s.account(account).unwrap().frozen).unwrap();
+    assert_eq!((frozen(), w.open_cases().len()), (11_200, 0));
+    w.clearing.stop();
+    let clearing = World::clearing(&w.engine, &w.store, w.bank.clone());
+    let open = w.runtime.block_on(clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!((open[0].case_id.as_str(), open[0].line["hold_order_id"].as_str()), (case_id.as_str(), Some(bank::order_ref(hold).as_str())));
+    assert!(open[0].reason.contains("105.00 held") && open[0].line["channel"] == "dear", "{:?}", open[0]);
+    // The bank says it again: the case is there, nothing more is held.
+    let again = w.runtime.block_on(clearing.payout_verdict(PayoutVerdict { order, succeeded: true, channel: Some("dear".into()) }));
+    assert!(again.is_err(), "the engine refuses it, as before");
+    assert_eq!(frozen(), 11_200);
+    let resolution = clearing_actor::cases::Resolution { resolution: "the bank reversed it".into(), operator: "ops".into() };
+    w.runtime.block_on(clearing.resolve_case(case_id, resolution)).unwrap();
+    assert_eq!(frozen(), 700, "released by the case's resolution");
+    clearing.stop();
+    let clearing = World::clearing(&w.engine, &w.store, w.bank.clone());
+    let open = w.runtime.block_on(clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    assert!(open.is_empty(), "a released hold opens nothing: {open:?}");
 }

@@ -180,6 +180,7 @@ impl From<clearing_actor::ClearingError> for ApiError {
             E::Overloaded => ApiError::overloaded("clearing is overloaded; try again shortly"),
             E::Engine(error) => ApiError::from(error),
             E::CaseResolved => ApiError::new(409, "order_state_invalid", "the case is already resolved"),
+            error @ E::HoldDecided(_) => ApiError::new(409, "order_state_invalid", &error.to_string()),
             E::Bank(error) => ApiError::unavailable(error.to_string()),
             E::Storage(message) => ApiError::unavailable(message),
         }

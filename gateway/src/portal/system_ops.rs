@@ -420,7 +420,7 @@ async fn reconciliation_page(
                         td { @if case.status == "open" { span.badge.warn { "open" } } @else { span.badge.ok { (case.status) } } }
                         td.nowrap { (case.created_at) }
                         td {
-                            @if let Some(resolution) = &case.resolution { (resolution) " — " (case.resolved_by.clone().unwrap_or_default()) " " (case.resolved_at.clone().unwrap_or_default()) }
+                            @if let Some(resolution) = &case.resolution { (resolution) " — " (case.resolved_by.clone().unwrap_or_default()) " " (case.resolved_at.clone().unwrap_or_default()) @if let Some(hold) = &case.hold { " (hold: " (hold) ")" } }
                             @else if session.has(Role::Operator) {
                                 form.resolve method="post" action="/portal/approvals" {
                                     (csrf_field(session))
