@@ -638,7 +638,7 @@ impl Actor {
             let opening = CaseOpening {
                 case_id,
                 line: serde_json::json!({"order_id": reference, "channel": channel_name, "status": "succeeded", "from": why, "hold_order_id": hold_order}),
-                reason: format!("{channel_name} says it paid {reference}, which had failed and whose money went back to the account{held}"),
+                reason: format!("{channel_name} says it paid {reference}, which had failed and whose money was returned{held}"),
             };
             self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
         }
@@ -797,10 +797,7 @@ impl Actor {
         let opening = CaseOpening {
             case_id,
             line: serde_json::json!({"order_id": reference, "channel": left_name, "status": "succeeded", "from": "left_channel", "hold_order_id": hold_order}),
-            reason: format!(
-                "{left_name} said it paid {reference}, which then failed on {} and whose money went back to the account{held}",
-                names.name(channel)
-            ),
+            reason: format!("{left_name} said it paid {reference}, which then failed on {} and whose money was returned{held}", names.name(channel)),
         };
         self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
         Ok(())
@@ -828,6 +825,11 @@ impl Actor {
     ) -> Result<(String, Option<String>), ClearingError> {
         if self.cases.get(self.store.as_ref(), case_id)?.is_some() {
             return Ok((String::new(), None));
+        }
+        if let Some(suspense) = self.returned_to_suspense(order)? {
+            // Its failure's money never reached the account (before session 60 the account's
+            // other funds were held for it): nothing of the account's is the bank's to get back.
+            return Ok((format!("; nothing held: its money went to suspense, not to the account (case {suspense})"), None));
         }
         let amount = amount.min(engine::money::AMOUNT_MINOR_MAX);
         let Some(number) = OutOrderNo::new(&format!("hold-paid-twice-{}-{channel}", order.0)) else {
@@ -972,12 +974,21 @@ impl Actor {
 
     /// A case for each credit the ledger sent to suspense instead of its account (the engine's
     /// notices, `engine::diversions`), then the notices forgotten: a stop in between opens
-    /// nothing twice (a case id is opened once). At most `DIVERSIONS_PER_TICK` a tick.
+    /// nothing twice (a case id is opened once). At most `DIVERSIONS_PER_TICK` a tick; answers
+    /// how many notices it read.
     fn open_diversion_cases(&mut self) -> Result<usize, ClearingError> {
         let notices = engine::diversions::read(self.store.as_ref(), DIVERSIONS_PER_TICK).map_err(|e| ClearingError::Storage(e.to_string()))?;
         if notices.is_empty() {
             return Ok(0);
         }
+        // A failed payout's money sent to suspense is found by its order when the bank later
+        // says it paid it (`hold_unless_opened`): nothing of the account's is held then.
+        let returned: Vec<(u64, String)> = notices
+            .iter()
+            .filter_map(|(_, notice)| notice.as_ref().ok())
+            .filter(|notice| notice.kind == "withdrawal_failure")
+            .filter_map(|notice| Some((notice.order?.0, format!("suspense_{}_{}_{}", notice.shard, notice.sequence, notice.index))))
+            .collect();
         let openings = notices
             .iter()
             .map(|(key, notice)| match notice {
@@ -1010,10 +1021,21 @@ impl Actor {
                 },
             })
             .collect();
-        let opened = self.cases.open(self.store.as_ref(), openings, self.clock.now_micros())?;
+        let mut index: Vec<(Vec<u8>, Vec<u8>)> =
+            returned.into_iter().map(|(order, case_id)| (crate::cases::returned_key(order), case_id.into_bytes())).collect();
+        self.cases.open_with(self.store.as_ref(), openings, self.clock.now_micros(), &mut index)?;
         let keys: Vec<Vec<u8>> = notices.into_iter().map(|(key, _)| key).collect();
+        let handled = keys.len();
         engine::diversions::forget(self.store.as_ref(), &keys).map_err(|e| ClearingError::Storage(e.to_string()))?;
-        Ok(opened)
+        Ok(handled)
+    }
+
+    /// The suspense case of payout `order`'s money, if its failure sent it to suspense (the
+    /// account could not take it back: closed, credit-blocked, at its ceiling). The notices not
+    /// yet turned into cases are turned first (a failure's notice is written with its batch).
+    fn returned_to_suspense(&mut self, order: OrderId) -> Result<Option<String>, ClearingError> {
+        while self.open_diversion_cases()? == DIVERSIONS_PER_TICK {}
+        self.cases.returned_case(self.store.as_ref(), order.0)
     }
 
     /// Payouts whose channel has not answered within its timeout are looked up at the bank: one

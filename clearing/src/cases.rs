@@ -34,6 +34,9 @@ const OPEN_INDEX_BUILT: &[u8] = b"ki/open";
 /// resolved case. Since, one write does both; a database from before has its marks checked
 /// once, at its first start.
 const OPEN_MARKS_CHECKED: &[u8] = b"ki/checked";
+/// Key prefix of the suspense cases of failed payouts' money (`kw/{order id, big-endian}`, the
+/// case's id as value): what a later success of the payout must not hold on the account.
+const RETURNED_PREFIX: &[u8] = b"kw/";
 /// Cases one page lists at most.
 pub const PAGE_MAX: usize = 1000;
 /// Longest resolution text an operator may record, in characters (what the API documents).
@@ -131,6 +134,11 @@ pub(crate) fn case_key(case_id: &str) -> Vec<u8> {
 
 fn open_key(case_id: &str) -> Vec<u8> {
     format!("{OPEN_PREFIX}{case_id}").into_bytes()
+}
+
+/// The key naming the suspense case of failed payout `order`'s money.
+pub(crate) fn returned_key(order: u64) -> Vec<u8> {
+    [RETURNED_PREFIX, &order.to_be_bytes()].concat()
 }
 
 /// Marks read per step when marks are walked.
@@ -344,21 +352,39 @@ impl CaseBook {
     /// Opens the cases of `openings` not opened before, each with its mark, in one synced
     /// write; returns how many it opened.
     pub fn open(&mut self, store: &dyn Store, openings: Vec<CaseOpening>, now_micros: u64) -> Result<usize, ClearingError> {
+        self.open_with(store, openings, now_micros, &mut Vec::new())
+    }
+
+    /// `open`, writing the records of `index` (keys beside the cases that find them) in the
+    /// same write, even when no case is new (a stop may have come after the cases' write).
+    pub(crate) fn open_with(
+        &mut self,
+        store: &dyn Store,
+        openings: Vec<CaseOpening>,
+        now_micros: u64,
+        index: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<usize, ClearingError> {
         let fresh = self.new_cases(store, openings, now_micros)?;
-        if fresh.is_empty() {
+        if fresh.is_empty() && index.is_empty() {
             return Ok(0);
         }
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> = fresh
+        let mut encoded: Vec<(Vec<u8>, Vec<u8>)> = fresh
             .iter()
             .flat_map(|case| [(case_key(&case.case_id), serde_json::to_vec(case).expect("cases serialize")), (open_key(&case.case_id), Vec::new())])
             .collect();
-        let puts: Vec<(&[u8], &[u8])> = encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
         // A mark already there (with no case: not written by this code) was counted at start.
-        let marks: Vec<&[u8]> = puts.iter().skip(1).step_by(2).map(|(key, _)| *key).collect();
+        let marks: Vec<&[u8]> = encoded.iter().skip(1).step_by(2).map(|(key, _)| key.as_slice()).collect();
         let unmarked = store.get_many(&marks).map_err(storage)?.iter().filter(|mark| mark.is_none()).count();
+        encoded.append(index);
+        let puts: Vec<(&[u8], &[u8])> = encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
         store.write(&puts).map_err(storage)?;
         self.open_count += unmarked as u64;
         Ok(fresh.len())
+    }
+
+    /// The suspense case of failed payout `order`'s money, if its failure sent it there.
+    pub(crate) fn returned_case(&self, store: &dyn Store, order: u64) -> Result<Option<String>, ClearingError> {
+        Ok(store.get(&returned_key(order)).map_err(storage)?.map(|id| String::from_utf8_lossy(&id).into_owned()))
     }
 
     /// Records on open case `case` the fate its operator chose for its hold (one write of the

@@ -781,3 +781,38 @@ fn a_hold_whose_case_a_stop_kept_from_opening_gets_it_at_the_next_start() {
     let open = w.runtime.block_on(clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
     assert!(open.is_empty(), "a released hold opens nothing: {open:?}");
 }
+
+/// A payout that failed for good while its account could not take the money back (here
+/// credit-blocked: it went to suspense) and that the bank then says it paid holds nothing of
+/// the account's: its other funds are not the bank's to get back (before session 60 they were
+/// held). The case names the suspense case where the money is.
+#[test]
+fn a_success_after_a_failure_whose_money_went_to_suspense_holds_nothing() {
+    use engine::ledger::types::AccountStatus;
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let order = OrderId(w.payout("w1", account, 10_000).reply.id);
+    assert!(matches!(w.verdict(order, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    let status = |status: AccountStatus| {
+        let command = Command::SetAccountStatus { account, status };
+        assert!(w.engine.execute_one(Envelope { platform: P, out_order_no: None, command }).unwrap().is_ok());
+    };
+    status(AccountStatus::CreditBlocked);
+    assert!(matches!(w.verdict(order, false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    status(AccountStatus::Normal);
+    let buckets = || w.engine.read_shard(0, move |s| s.account(account).map(|a| (a.settled, a.frozen)).unwrap()).unwrap();
+    assert_eq!(buckets(), (1_000_000 - 10_500, 0), "its money went to suspense");
+    assert!(w.verdict(order, true, "dear").is_err(), "the engine refuses it, as before");
+    let open = w.open_cases();
+    let case = open.iter().find(|c| c.case_id.starts_with("case_paid_after_failure_")).expect("its case");
+    let suspense = open.iter().find(|c| c.case_id.starts_with("suspense_") && c.line["entry"] == "withdrawal_failure").expect("the suspense case");
+    assert!(
+        case.line["hold_order_id"].is_null() && case.reason.contains(&format!("went to suspense, not to the account (case {})", suspense.case_id)),
+        "{case:?}"
+    );
+    assert_eq!(buckets(), (1_000_000 - 10_500, 0), "nothing of the account's held");
+    // Another payout of the account's, whose money did go back: held as before.
+    let order = w.failed_for_good("w2", account, 10_000);
+    assert!(w.verdict(order, true, "dear").is_err());
+    assert_eq!(buckets(), (1_000_000 - 21_000, 10_500), "what went back, held");
+}
