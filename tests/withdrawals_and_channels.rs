@@ -95,6 +95,30 @@ fn a_failed_channel_falls_back_to_the_next_and_all_failing_returns_the_funds() {
     let tried: Vec<&str> = failed["routing"]["fallbacks"].as_array().unwrap().iter().map(|f| f["to"].as_str().unwrap()).collect();
     assert_eq!(tried, ["sim_ibps"], "{failed}");
     assert_eq!(p.balances(&a).0, "897.98", "amount and fee returned");
+    // The last channel's statement says it paid w-2 after all: what went back is held under a
+    // case until an operator resolves it; taken into suspense, the decision is the case's, and
+    // a repeat asking the other fate is refused (since session 60; it answered 200 before).
+    let w2 = order["order_id"].as_str().unwrap();
+    let file = format!("bank_ref,order_id,direction,amount,status,fee\nSIMX1,{w2},out,100.00,succeeded,2.02\n");
+    let request = ureq::post(&format!("{}/admin/reconciliations", server.base)).set("Authorization", &format!("Bearer {token}"));
+    let reconciled = answer(request.send_string(&json!({"channel": "sim_ibps", "business_date": business_date(0), "file": file}).to_string()), "reconcile");
+    assert_eq!(reconciled.status(), 200);
+    assert_eq!((p.balances(&a).0.as_str(), p.balances(&a).2.as_str()), ("795.96", "102.02"), "held until the case is resolved");
+    let (_, cases) = server.get("/admin/cases", Some(token));
+    let case =
+        cases["cases"].as_array().unwrap().iter().find(|c| c["case_id"].as_str().unwrap().starts_with("case_paid_after_failure_")).expect("its case").clone();
+    let resolve = |body: serde_json::Value| {
+        let url = format!("{}/admin/cases/{}/resolve", server.base, case["case_id"].as_str().unwrap());
+        let response = answer(ureq::post(&url).set("Authorization", &format!("Bearer {token}")).send_string(&body.to_string()), "resolve");
+        (response.status(), response.into_json::<serde_json::Value>().unwrap())
+    };
+    let paid = json!({"resolution": "paid on the card", "operator": "li", "hold": "capture"});
+    let (status, resolved) = resolve(paid.clone());
+    assert_eq!((status, resolved["hold"].as_str()), (200, Some("capture")), "{resolved}");
+    assert_eq!(resolve(paid).0, 200, "the same again: its answer");
+    let (status, refused) = resolve(json!({"resolution": "paid on the card", "operator": "li"}));
+    assert_eq!((status, refused["error"]["code"].as_str()), (409, Some("order_state_invalid")), "{refused}");
+    assert_eq!((p.balances(&a).0.as_str(), p.balances(&a).2.as_str()), ("795.96", "0.00"), "captured, not released");
     let (_, report) = server.get("/admin/invariants", Some(token));
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
