@@ -66,6 +66,9 @@ pub const RECONCILIATIONS_WAITING_MAX: usize = 4;
 const CASES_PER_MESSAGE: usize = 8_189;
 /// Credits sent to suspense turned into cases per tick (`Actor::open_diversion_cases`).
 const DIVERSIONS_PER_TICK: usize = 256;
+/// Rounds of `DIVERSIONS_PER_TICK` notices a verdict turns into cases at most before it looks
+/// for its payout's suspense case (`Actor::returned_to_suspense`).
+const DIVERSION_ROUNDS_MAX: usize = 8;
 
 type Reply<T> = oneshot::Sender<Result<T, ClearingError>>;
 
@@ -630,7 +633,9 @@ impl Actor {
             // system's that the platform cannot release, until an operator resolves the case (the
             // member could withdraw it meanwhile: out twice for good). The hold's number is fixed
             // by the order and channel, so a verdict repeated after a stop between the hold and
-            // the case replays it rather than holding twice.
+            // the case replays it rather than holding twice (and a start opens a case its hold
+            // names). Since session 60 a failure whose money went to suspense, not to the
+            // account, holds nothing while its suspense case is open.
             let channel_name = names.name(channel);
             let reference = bank::order_ref(order);
             let case_id = format!("case_paid_after_failure_{}_{channel}", order.0);
@@ -811,7 +816,8 @@ impl Actor {
     /// the hold and its order. An engine that did not answer, or was overloaded, is an error
     /// before the case opens (the verdict is tried again: the bank's retry, the watchdog, the
     /// statement); a refusal (the account holds less, is closed) opens the case without a hold,
-    /// saying why.
+    /// saying why. A payout whose failure sent its money to suspense (not to the account) holds
+    /// nothing while that suspense case is open; the suspense case is told.
     #[allow(clippy::too_many_arguments)]
     fn hold_unless_opened(
         &mut self,
@@ -828,8 +834,14 @@ impl Actor {
         }
         if let Some(suspense) = self.returned_to_suspense(order)? {
             // Its failure's money never reached the account (before session 60 the account's
-            // other funds were held for it): nothing of the account's is the bank's to get back.
-            return Ok((format!("; nothing held: its money went to suspense, not to the account (case {suspense})"), None));
+            // other funds were held for it): nothing of the account's is the bank's to get back
+            // while it stays in suspense, and its suspense case now says the bank paid it (an
+            // operator must not return it to the account). Once that case is resolved (the
+            // money moved on, to the account maybe) the account is held as any other.
+            let warning = format!("the bank since said it paid this payout (case {case_id}): do not return the money to the account");
+            if self.cases.amend_open(self.store.as_ref(), &suspense, case_id, &warning)? {
+                return Ok((format!("; nothing held: its money went to suspense, not to the account (case {suspense}, still open)"), None));
+            }
         }
         let amount = amount.min(engine::money::AMOUNT_MINOR_MAX);
         let Some(number) = OutOrderNo::new(&format!("hold-paid-twice-{}-{channel}", order.0)) else {
@@ -1033,8 +1045,17 @@ impl Actor {
     /// The suspense case of payout `order`'s money, if its failure sent it to suspense (the
     /// account could not take it back: closed, credit-blocked, at its ceiling). The notices not
     /// yet turned into cases are turned first (a failure's notice is written with its batch).
+    /// At most `DIVERSION_ROUNDS_MAX` rounds of notices are turned here: a backlog larger than
+    /// that (a flood of credits to suspense) is `Overloaded`, the verdict tried again later (the
+    /// bank's retry, the watchdog, the statement) while the ticks drain it.
     fn returned_to_suspense(&mut self, order: OrderId) -> Result<Option<String>, ClearingError> {
-        while self.open_diversion_cases()? == DIVERSIONS_PER_TICK {}
+        let mut rounds = 0;
+        while self.open_diversion_cases()? == DIVERSIONS_PER_TICK {
+            rounds += 1;
+            if rounds == DIVERSION_ROUNDS_MAX {
+                return Err(ClearingError::Overloaded);
+            }
+        }
         self.cases.returned_case(self.store.as_ref(), order.0)
     }
 
@@ -1261,7 +1282,13 @@ impl Actor {
                             None => self.bank.submit(Request::MoneyIn { order, channel, amount, currency: spec }),
                         }
                     }
-                    Waiting::Hold { hold, case_id, amount, spec } => self.open_case_of_hold(hold, case_id, amount, spec)?,
+                    Waiting::Hold { hold, case_id, amount, spec } => {
+                        // As for the orders above: one that cannot be looked at does not stop
+                        // the start (its case is opened by the bank's word said again).
+                        if let Err(error) = self.open_case_of_hold(hold, case_id, amount, spec) {
+                            tracing::error!(hold = hold.0, "the case of a hold not opened at start: {error}");
+                        }
+                    }
                 }
             }
         }
@@ -1315,10 +1342,10 @@ struct Outstanding {
     sent: Instant,
 }
 
-/// An order found waiting at start.
 /// How a case's hold's reason begins; the case's id follows.
 const HOLD_REASON: &str = "held for ";
 
+/// An order found waiting at start.
 enum Waiting {
     Payout {
         order: OrderId,

@@ -10,7 +10,9 @@
 //! its resolution's. Memory holds how many are open, nothing else: open cases (which a hostile
 //! platform can multiply, a suspense credit of a cent at a time) and resolved ones (which pile up
 //! for as long as the bank runs) are read from the store when asked, a page at a time; open ones
-//! through their `ko/` marks.
+//! through their `ko/` marks. `kw/{order}` names the suspense case of a failed payout's money
+//! that went to suspense (not to its account), written with the cases; `ki/returned` marks
+//! the suspense cases of earlier builds indexed so once.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -37,6 +39,8 @@ const OPEN_MARKS_CHECKED: &[u8] = b"ki/checked";
 /// Key prefix of the suspense cases of failed payouts' money (`kw/{order id, big-endian}`, the
 /// case's id as value): what a later success of the payout must not hold on the account.
 const RETURNED_PREFIX: &[u8] = b"kw/";
+/// Written once the suspense cases of earlier builds are indexed by order (`kw/`).
+const RETURNED_INDEXED: &[u8] = b"ki/returned";
 /// Cases one page lists at most.
 pub const PAGE_MAX: usize = 1000;
 /// Longest resolution text an operator may record, in characters (what the API documents).
@@ -221,6 +225,9 @@ impl CaseBook {
             CaseBook::drop_stale_marks(store)?;
             store.write(&[(OPEN_MARKS_CHECKED, b"1")]).map_err(storage)?;
         }
+        if store.get(RETURNED_INDEXED).map_err(storage)?.is_none() {
+            CaseBook::index_returned(store)?;
+        }
         let mut open_count = 0u64;
         store
             .scan(OPEN_PREFIX.as_bytes(), OPEN_PREFIX_END.as_bytes(), &mut |_, _| {
@@ -229,6 +236,29 @@ impl CaseBook {
             })
             .map_err(storage)?;
         Ok(CaseBook { open_count })
+    }
+
+    /// Indexes by order (`kw/`) the suspense cases of failed payouts' money that builds before
+    /// session 60 opened without it, once (`ki/returned`): one scan of the suspense cases.
+    fn index_returned(store: &dyn Store) -> Result<(), ClearingError> {
+        let mut index: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let start = format!("{PREFIX}suspense_");
+        let end = format!("{PREFIX}suspense`");
+        store
+            .scan(start.as_bytes(), end.as_bytes(), &mut |key, value| {
+                // A record that does not decode is listed as it is; it names no order here.
+                if let Ok(case) = decode(key, value) {
+                    let order = case.line.get("order_id").and_then(|id| id.as_str()).and_then(bank::parse_order_ref);
+                    if let (Some(order), Some("withdrawal_failure")) = (order, case.line.get("entry").and_then(|e| e.as_str())) {
+                        index.push((returned_key(order.0), case.case_id.into_bytes()));
+                    }
+                }
+                true
+            })
+            .map_err(storage)?;
+        let mut puts: Vec<(&[u8], &[u8])> = index.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        puts.push((RETURNED_INDEXED, b"1"));
+        storage::write_in_chunks(store, &puts).map_err(storage)
     }
 
     /// Deletes the marks of cases that are not open (a stop between the two writes of a
@@ -385,6 +415,23 @@ impl CaseBook {
     /// The suspense case of failed payout `order`'s money, if its failure sent it there.
     pub(crate) fn returned_case(&self, store: &dyn Store, order: u64) -> Result<Option<String>, ClearingError> {
         Ok(store.get(&returned_key(order)).map_err(storage)?.map(|id| String::from_utf8_lossy(&id).into_owned()))
+    }
+
+    /// Adds `warning` to open case `case_id`'s reason and `about` to its line's `see_also`
+    /// (once: a repeat changes nothing); answers whether the case is open (a resolved or
+    /// missing one is not changed).
+    pub(crate) fn amend_open(&self, store: &dyn Store, case_id: &str, about: &str, warning: &str) -> Result<bool, ClearingError> {
+        let Some(mut case) = self.get(store, case_id)?.filter(|case| case.status == "open") else { return Ok(false) };
+        if case.line.get("see_also").and_then(|v| v.as_str()) == Some(about) {
+            return Ok(true);
+        }
+        if let Some(line) = case.line.as_object_mut() {
+            line.insert("see_also".into(), serde_json::Value::String(about.into()));
+        }
+        case.reason = format!("{}; {warning}", case.reason);
+        let (key, record) = (case_key(&case.case_id), serde_json::to_vec(&case).expect("cases serialize"));
+        store.write(&[(&key, &record)]).map_err(storage)?;
+        Ok(true)
     }
 
     /// Records on open case `case` the fate its operator chose for its hold (one write of the
@@ -608,6 +655,36 @@ mod tests {
         // Built once: a record written without a mark afterwards is not found as open.
         storage::records::put(&store, &[(case_key("w"), &case("w", "open"))]).unwrap();
         assert_eq!(CaseBook::load(&store).unwrap().open_count(), 2);
+    }
+
+    #[test]
+    fn suspense_cases_of_earlier_builds_are_indexed_by_their_payout_once() {
+        let store = storage::MemoryStore::new();
+        let case = |id: &str, entry: &str, order: &str| Case {
+            case_id: id.into(),
+            line: serde_json::json!({"account_id": "acc_1", "order_id": order, "entry": entry}),
+            reason: "why".into(),
+            status: "open".into(),
+            created_at: "2026-12-01T08:00:00Z".into(),
+            resolution: None,
+            resolved_by: None,
+            resolved_at: None,
+            hold: None,
+        };
+        // As session 59's book left them: no `kw/` key.
+        let records = [
+            case("suspense_0_7_0", "withdrawal_failure", "ord_42"),
+            case("suspense_0_8_0", "recharge", "ord_43"),
+            case("case_B-1", "withdrawal_failure", "ord_44"),
+        ];
+        let keyed: Vec<(Vec<u8>, &Case)> = records.iter().map(|c| (case_key(&c.case_id), c)).collect();
+        storage::records::put(&store, &keyed).unwrap();
+        let book = CaseBook::load(&store).unwrap();
+        let found = |order: u64| book.returned_case(&store, order).unwrap();
+        assert_eq!((found(42).as_deref(), found(43), found(44)), (Some("suspense_0_7_0"), None, None));
+        // Once: a case written afterwards without its key is not indexed by a later load.
+        storage::records::put(&store, &[(case_key("suspense_0_9_0"), &case("suspense_0_9_0", "withdrawal_failure", "ord_45"))]).unwrap();
+        assert_eq!(CaseBook::load(&store).unwrap().returned_case(&store, 45).unwrap(), None);
     }
 
     #[test]

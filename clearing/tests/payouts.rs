@@ -807,12 +807,32 @@ fn a_success_after_a_failure_whose_money_went_to_suspense_holds_nothing() {
     let case = open.iter().find(|c| c.case_id.starts_with("case_paid_after_failure_")).expect("its case");
     let suspense = open.iter().find(|c| c.case_id.starts_with("suspense_") && c.line["entry"] == "withdrawal_failure").expect("the suspense case");
     assert!(
-        case.line["hold_order_id"].is_null() && case.reason.contains(&format!("went to suspense, not to the account (case {})", suspense.case_id)),
+        case.line["hold_order_id"].is_null() && case.reason.contains(&format!("went to suspense, not to the account (case {}, still open)", suspense.case_id)),
         "{case:?}"
     );
     assert_eq!(buckets(), (1_000_000 - 10_500, 0), "nothing of the account's held");
+    let warned = w.open_cases().into_iter().find(|c| c.case_id == suspense.case_id).unwrap();
+    assert!(warned.reason.contains("do not return the money to the account") && warned.line["see_also"] == case.case_id.as_str(), "{warned:?}");
+    // A second such payout whose suspense case an operator resolved first (the money returned
+    // to the account once it took credits again): the account holds it, and is held.
+    let order = OrderId(w.payout("w3", account, 10_000).reply.id);
+    assert!(matches!(w.verdict(order, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    status(AccountStatus::CreditBlocked);
+    assert!(matches!(w.verdict(order, false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    status(AccountStatus::Normal);
+    // Its notice becomes a case at the clearing actor's next tick.
+    let returned = (0..200)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            w.open_cases().into_iter().find(|c| c.case_id.starts_with("suspense_") && c.case_id != suspense.case_id)
+        })
+        .expect("its suspense case");
+    let resolution = clearing_actor::cases::Resolution { resolution: "returned to the account".into(), operator: "ops".into() };
+    w.runtime.block_on(w.clearing.resolve_case(returned.case_id.clone(), resolution)).unwrap();
+    assert!(w.verdict(order, true, "dear").is_err());
+    assert_eq!(buckets().1, 10_500, "held: the suspense case was resolved");
     // Another payout of the account's, whose money did go back: held as before.
     let order = w.failed_for_good("w2", account, 10_000);
     assert!(w.verdict(order, true, "dear").is_err());
-    assert_eq!(buckets(), (1_000_000 - 21_000, 10_500), "what went back, held");
+    assert_eq!(buckets(), (1_000_000 - 10_500 - 21_000 - 10_500, 21_000), "what went back, held");
 }

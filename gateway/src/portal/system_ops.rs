@@ -422,6 +422,7 @@ async fn reconciliation_page(
                         td {
                             @if let Some(resolution) = &case.resolution { (resolution) " — " (case.resolved_by.clone().unwrap_or_default()) " " (case.resolved_at.clone().unwrap_or_default()) @if let Some(hold) = &case.hold { " (hold: " (hold) ")" } }
                             @else if session.has(Role::Operator) {
+                                @if let Some(hold) = &case.hold { p.small { "Hold decided: " (hold) " (its resolution must " (hold) " it)" } }
                                 form.resolve method="post" action="/portal/approvals" {
                                     (csrf_field(session))
                                     input type="hidden" name="kind" value="resolve_case";
