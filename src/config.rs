@@ -301,12 +301,24 @@ struct PortalSection {
     session_idle_seconds: i64,
     session_absolute_seconds: i64,
     secure_cookies: bool,
+    /// Optional, so that files written before the key existed still load.
+    #[serde(default = "sign_in_failures_per_address_default")]
+    sign_in_failures_per_address: u32,
+}
+
+fn sign_in_failures_per_address_default() -> u32 {
+    gateway::portal::SessionLimits::default().sign_in_failures_per_address
 }
 
 impl Default for PortalSection {
     fn default() -> PortalSection {
         let limits = gateway::portal::SessionLimits::default();
-        PortalSection { session_idle_seconds: limits.idle_seconds, session_absolute_seconds: limits.absolute_seconds, secure_cookies: limits.secure_cookies }
+        PortalSection {
+            session_idle_seconds: limits.idle_seconds,
+            session_absolute_seconds: limits.absolute_seconds,
+            secure_cookies: limits.secure_cookies,
+            sign_in_failures_per_address: limits.sign_in_failures_per_address,
+        }
     }
 }
 
@@ -639,6 +651,7 @@ impl Config {
                 idle_seconds: portal.session_idle_seconds,
                 absolute_seconds: portal.session_absolute_seconds,
                 secure_cookies: portal.secure_cookies,
+                sign_in_failures_per_address: portal.sign_in_failures_per_address,
             },
         };
         let channels = file.channels.iter().map(|row| row.build(&engine.currencies).map_err(|e| anyhow!("{e}"))).collect::<Result<Vec<_>>>()?;

@@ -123,6 +123,29 @@ fn five_wrong_passwords_lock_the_operator_and_the_audit_log_shows_it() {
     server.stop();
 }
 
+/// One address failing to sign in too often (here four times, names it made up, which no
+/// operator's lockout counts) is refused before any password is checked, the right one too,
+/// until its window ends; the audit log records the address once (since session 60).
+#[test]
+fn an_address_that_fails_too_often_is_refused_whoever_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(&[("sign_in_failures_per_address = 50", "sign_in_failures_per_address = 4")]);
+    let server = start_configured(dir.path(), TOKEN, &config);
+    let mut admin = admin(&server);
+    for name in ["ann", "bob", "cy", "dee"] {
+        assert_eq!(Person::new(&server).login(name, "a guessed password").status, 401, "{name}");
+    }
+    let mut late = Person::new(&server);
+    let refused = late.login("admin", &first_password(&server));
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.body.contains("Too many failed sign-ins from this address"), "{}", refused.body);
+    assert_eq!(late.cookie, None);
+    assert_eq!(Person::new(&server).login("eve", "another guess").status, 429);
+    let audit = admin.get("/portal/audit?action=session.address_limited");
+    assert_eq!(audit.body.matches("<code>session.address_limited</code>").count(), 1, "{}", audit.body);
+    server.stop();
+}
+
 #[test]
 fn forms_without_the_token_or_from_another_origin_change_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -38,6 +38,8 @@ pub struct Portal {
     /// tries against a lock are recorded once per lockout, so that a client without a password
     /// cannot grow the log (and its synced writes) by hammering the sign-in page.
     pub locked_noted: std::sync::Mutex<std::collections::HashMap<u64, i64>>,
+    /// Failed sign-ins per peer address (`[portal] sign_in_failures_per_address`).
+    pub address_failures: sessions::AddressFailures,
 }
 
 /// The first system operator, made at the first start.
@@ -90,7 +92,8 @@ impl Portal {
                 .map_err(|e| e.message)?;
             first = Some(FirstOperator { username: operator.username, password, generated });
         }
-        Ok((Portal { operators, sessions: Sessions::new(limits), audit, approvals, locked_noted: Default::default() }, first))
+        let address_failures = sessions::AddressFailures::new(limits.sign_in_failures_per_address);
+        Ok((Portal { operators, sessions: Sessions::new(limits), audit, approvals, locked_noted: Default::default(), address_failures }, first))
     }
 }
 

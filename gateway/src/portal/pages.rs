@@ -41,6 +41,8 @@ async fn login_form() -> HttpResponse {
 /// What a refused sign-in says, whatever the reason (a wrong name or password, a disabled or a
 /// locked operator), so that the page tells nothing of which names exist.
 const WRONG_SIGN_IN: &str = "Wrong user name or password. After five wrong tries a user is locked for 15 minutes.";
+/// What an address that failed to sign in too often in 15 minutes is told.
+const TOO_MANY_FROM_HERE: &str = "Too many failed sign-ins from this address; try again in 15 minutes.";
 
 async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
     if !same_origin(&request) {
@@ -52,8 +54,13 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
         return Ok(login_page(StatusCode::UNAUTHORIZED, Some(WRONG_SIGN_IN)));
     }
     let from = peer(&request);
-    let checking = portal.get_ref().clone();
     let now = now_seconds();
+    if !portal.address_failures.allows(&from, now) {
+        // Before any hashing: an address that failed too often this window (guessing names,
+        // each a few times under its lockout) is refused, whoever it names.
+        return Ok(login_page(StatusCode::TOO_MANY_REQUESTS, Some(TOO_MANY_FROM_HERE)));
+    }
+    let checking = portal.get_ref().clone();
     let name = username.clone();
     let known = portal.operators.named(&username);
     let outcome = crate::passwords::hashing(crate::passwords::PORTAL_HASHING, move || checking.operators.login(&name, &password, code.as_deref(), now)).await?;
@@ -102,6 +109,24 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
                 (_, LoginRefusal::Busy) => true,
                 _ => false,
             };
+            // A refusal that compared a password (or a code) counts against the address.
+            let counted = matches!(refusal, LoginRefusal::Wrong | LoginRefusal::Disabled | LoginRefusal::Locked { .. } | LoginRefusal::TotpWrong);
+            if counted && portal.address_failures.failed(&from, now) {
+                // Once a window per address, whatever names it tried (unknown names write
+                // nothing else to the log).
+                portal.audit.append(
+                    0,
+                    "",
+                    "",
+                    Scope::System,
+                    "session.address_limited",
+                    &from,
+                    serde_json::Value::Null,
+                    serde_json::Value::Null,
+                    &from,
+                    "too many failed sign-ins",
+                )?;
+            }
             if let Some(operator) = known.filter(|_| !noted_before) {
                 portal.audit.append(
                     operator.id,

@@ -37,11 +37,85 @@ pub struct SessionLimits {
     pub absolute_seconds: i64,
     /// Marks the cookie `Secure` (behind TLS); off for plain-HTTP development.
     pub secure_cookies: bool,
+    /// Failed sign-ins one peer address may make in `ADDRESS_WINDOW_SECONDS` before its
+    /// sign-ins are refused until the window ends (0: no limit).
+    pub sign_in_failures_per_address: u32,
 }
 
 impl Default for SessionLimits {
     fn default() -> SessionLimits {
-        SessionLimits { idle_seconds: 15 * 60, absolute_seconds: 8 * 3600, secure_cookies: false }
+        SessionLimits {
+            idle_seconds: 15 * 60,
+            absolute_seconds: 8 * 3600,
+            secure_cookies: false,
+            sign_in_failures_per_address: SIGN_IN_FAILURES_PER_ADDRESS_DEFAULT,
+        }
+    }
+}
+
+/// Failed sign-ins a peer address may make in a window, by default.
+pub const SIGN_IN_FAILURES_PER_ADDRESS_DEFAULT: u32 = 50;
+/// The window failed sign-ins of an address are counted in (fixed windows from its first).
+pub const ADDRESS_WINDOW_SECONDS: i64 = 15 * 60;
+/// Addresses counted at once; past it, windows that ended are dropped (at most every ten
+/// seconds), then any one address is forgotten to make room.
+const ADDRESSES_MAX: usize = 65_536;
+
+/// Failed sign-ins per peer address (the socket's: `X-Forwarded-For` is not trusted), in memory,
+/// bounded: one address guessing names and passwords (which a per-operator lockout does not
+/// stop when each name is tried a few times) is refused once it has failed
+/// `sign_in_failures_per_address` times in a window, before any password is hashed.
+pub struct AddressFailures {
+    limit: u32,
+    inner: Mutex<AddressTable>,
+}
+
+#[derive(Default)]
+struct AddressTable {
+    /// Address → (its window's start, failures in it).
+    counts: HashMap<String, (i64, u32)>,
+    swept_at: i64,
+}
+
+impl AddressFailures {
+    pub fn new(limit: u32) -> AddressFailures {
+        AddressFailures { limit, inner: Mutex::new(AddressTable::default()) }
+    }
+
+    /// Whether `address` may try to sign in at `now` (seconds).
+    pub fn allows(&self, address: &str, now: i64) -> bool {
+        if self.limit == 0 {
+            return true;
+        }
+        let table = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        table.counts.get(address).is_none_or(|&(start, failures)| now >= start + ADDRESS_WINDOW_SECONDS || failures < self.limit)
+    }
+
+    /// Counts a failed sign-in of `address` at `now`; answers whether this failure reached the
+    /// limit (once a window: the audit log records the address then).
+    pub fn failed(&self, address: &str, now: i64) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let mut table = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if table.counts.len() >= ADDRESSES_MAX && !table.counts.contains_key(address) {
+            if now >= table.swept_at + 10 {
+                table.swept_at = now;
+                table.counts.retain(|_, (start, _)| now < *start + ADDRESS_WINDOW_SECONDS);
+            }
+            if table.counts.len() >= ADDRESSES_MAX {
+                let any = table.counts.keys().next().cloned();
+                if let Some(any) = any {
+                    table.counts.remove(&any);
+                }
+            }
+        }
+        let entry = table.counts.entry(address.to_string()).or_insert((now, 0));
+        if now >= entry.0 + ADDRESS_WINDOW_SECONDS {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+        entry.1 == self.limit
     }
 }
 
@@ -425,5 +499,24 @@ mod tests {
         assert!(!live(&sessions, &first), "the longest idle session of the merchant ends");
         assert!(live(&sessions, &neighbour) && tokens.iter().all(|token| live(&sessions, token)));
         assert_eq!(sessions.count(), SESSIONS_PER_MERCHANT_MAX + 1);
+    }
+
+    #[test]
+    fn an_address_is_refused_at_its_limit_until_its_window_ends_and_the_table_stays_bounded() {
+        let failures = AddressFailures::new(3);
+        assert!(failures.allows("10.0.0.1", 100));
+        assert_eq!((0..3).map(|_| failures.failed("10.0.0.1", 100)).collect::<Vec<_>>(), [false, false, true], "the limit reached once");
+        assert!(!failures.allows("10.0.0.1", 100 + ADDRESS_WINDOW_SECONDS - 1));
+        assert!(failures.allows("10.0.0.2", 100), "another address is not held");
+        assert!(!failures.failed("10.0.0.1", 101), "past the limit: said once");
+        assert!(failures.allows("10.0.0.1", 100 + ADDRESS_WINDOW_SECONDS), "a new window");
+        assert!(!failures.failed("10.0.0.1", 100 + ADDRESS_WINDOW_SECONDS), "counted from nought again");
+        let off = AddressFailures::new(0);
+        assert!((0..10).all(|_| !off.failed("10.0.0.1", 0)) && off.allows("10.0.0.1", 0), "0: no limit");
+        // Bounded: past `ADDRESSES_MAX` addresses, one is forgotten for each new one.
+        for n in 0..ADDRESSES_MAX as u32 + 10 {
+            failures.failed(&n.to_string(), 200);
+        }
+        assert_eq!(failures.inner.lock().unwrap().counts.len(), ADDRESSES_MAX);
     }
 }
