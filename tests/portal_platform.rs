@@ -330,6 +330,12 @@ fn a_recharge_form_posted_twice_is_one_order_and_freezes_release() {
     assert!(refused.body.contains("notice error"), "{}", refused.body);
     let audit = operator.get("/portal/audit");
     assert!(audit.body.contains("order.recharge") && audit.body.contains("order.freeze") && audit.body.contains("order.release"));
+    // Each freeze's start is in the log before its outcome (since session 60: a stop in between
+    // no longer loses the record), the refused one's too.
+    let freezes = operator.get("/portal/audit?action=order.freeze");
+    let outcomes: Vec<&str> = freezes.body.match_indices("<td>started</td>").map(|_| "started").collect();
+    assert_eq!((freezes.body.matches("<code>order.freeze</code>").count(), outcomes.len()), (4, 2), "{}", freezes.body);
+    assert!(freezes.body.contains("<td>ok</td>") && freezes.body.contains("<td>refused: insufficient_funds</td>"), "{}", freezes.body);
     server.stop();
 }
 

@@ -8,6 +8,9 @@
 
 use std::sync::{Arc, Mutex};
 
+/// The outcome of a record written before its action runs (`Audit::begin`).
+pub const STARTED: &str = "started";
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use storage::Store;
@@ -162,6 +165,15 @@ impl Audit {
             &session.from,
             outcome,
         )
+    }
+
+    /// Records that an operator's action moving money starts (outcome `started`), before it
+    /// runs: its outcome's record follows it, so a stop in between leaves the attempt in the
+    /// log, with its order number (before session 60 only the outcome was written, after the
+    /// action, and a stop in between lost the record). An action whose record cannot be
+    /// written does not run.
+    pub fn begin(&self, session: &Session, scope: Scope, action: &str, target: &str, request: &serde_json::Value) -> Result<(), ApiError> {
+        self.record(session, scope, action, target, serde_json::Value::Null, request.clone(), STARTED)
     }
 
     /// Appends a record made without a session (a login attempt, the first operator at start).

@@ -549,6 +549,7 @@ async fn recharge(
         channel: None,
     };
     let after = json!({"out_order_no": body.out_order_no, "account_id": body.account_id, "amount": body.amount, "currency": body.currency});
+    portal.audit.begin(&session, m.scope(), "merchant.recharge", &body.account_id, &after)?;
     let result = crate::recharges::recharge(&engine, &clearing, &m.platform, &body).await;
     let outcome = match result {
         Ok((_, reply)) if reply.is_ok() => Ok(reply),
@@ -728,6 +729,7 @@ async fn withdraw(
         arrival: fields.opt("arrival").map(str::to_string),
     };
     let mut after = json!({"out_order_no": body.out_order_no, "account_id": body.account_id, "card_id": body.card_id, "amount": body.amount, "currency": body.currency, "arrival": body.arrival});
+    portal.audit.begin(&session, m.scope(), "merchant.withdraw", &body.account_id, &after)?;
     let result = crate::withdrawals::withdraw(&engine, &cards, &members, &notifications, &clearing, m.platform.id, &body).await;
     let outcome = match result {
         Ok(submitted) if submitted.reply.is_ok() => Ok(submitted),
@@ -869,7 +871,10 @@ async fn refund(
     let after =
         json!({"out_order_no": body.out_order_no, "payment_order_id": body.payment_order_id, "payee_account_id": body.payee_account_id, "amount": body.amount});
     let result = match crate::payments::prepare_refund(&engine, &m.platform, &body).await {
-        Ok(prepared) => crate::accounts::execute(&engine, prepared.envelope).await,
+        Ok(prepared) => {
+            portal.audit.begin(&session, m.scope(), "merchant.refund", &body.payment_order_id, &after)?;
+            crate::accounts::execute(&engine, prepared.envelope).await
+        }
         Err(error) => Err(error),
     };
     let outcome = match result {

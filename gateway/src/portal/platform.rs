@@ -563,6 +563,7 @@ async fn collection(
                 currency: spec.code_str().to_string(),
                 channel: None,
             };
+            portal.audit.begin(&session, session.scope(), "order.collection", &member.public_id(), &after)?;
             crate::recharges::collect(&engine, &clearing, &cards, &platform, body).await.map(|(_, reply)| reply)
         }
         Err(error) => Err(error),
@@ -882,7 +883,10 @@ async fn recharge(
     };
     let shown = serde_json::to_value(&body).unwrap_or(Value::Null);
     let result = match own_account(&engine, platform.id, &body.account_id, "account_id").await {
-        Ok(()) => crate::recharges::recharge(&engine, &clearing, &platform, &body).await.map(|(_, reply)| reply),
+        Ok(()) => {
+            portal.audit.begin(&session, session.scope(), "order.recharge", &body.account_id, &shown)?;
+            crate::recharges::recharge(&engine, &clearing, &platform, &body).await.map(|(_, reply)| reply)
+        }
         Err(error) => Err(error),
     };
     money_outcome(&session, &portal, &engine, &clearing, "order.recharge", shown, result)
@@ -911,7 +915,10 @@ async fn freeze(
     let shown = serde_json::to_value(&body).unwrap_or(Value::Null);
     let result = match own_account(&engine, platform.id, &body.account_id, "account_id").await {
         Ok(()) => match crate::payments::prepare_freeze(&engine, &platform, &body) {
-            Ok(prepared) => crate::accounts::execute(&engine, prepared.envelope.clone()).await,
+            Ok(prepared) => {
+                portal.audit.begin(&session, session.scope(), "order.freeze", &body.account_id, &shown)?;
+                crate::accounts::execute(&engine, prepared.envelope.clone()).await
+            }
             Err(error) => Err(error),
         },
         Err(error) => Err(error),
@@ -937,7 +944,10 @@ async fn release(
     let shown = serde_json::json!({"order_id": order_id, "out_order_no": body.out_order_no, "amount": body.amount});
     // prepare_release reads the order as the platform's: another platform's order is not found.
     let result = match crate::payments::prepare_release(&engine, &platform, &order_id, &body).await {
-        Ok(prepared) => crate::accounts::execute(&engine, prepared.envelope.clone()).await,
+        Ok(prepared) => {
+            portal.audit.begin(&session, session.scope(), "order.release", &order_id, &shown)?;
+            crate::accounts::execute(&engine, prepared.envelope.clone()).await
+        }
         Err(error) => Err(error),
     };
     money_outcome(&session, &portal, &engine, &clearing, "order.release", shown, result)

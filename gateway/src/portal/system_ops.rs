@@ -302,6 +302,7 @@ async fn settle(
     let Some(day) = crate::settlements::day_number(&date) else {
         return settlement_page(&session, &clearing, &all, Some(notice("error", "business_date must be a date YYYY-MM-DD"))).await;
     };
+    portal.audit.begin(&session, Scope::System, "settlement.run", &date, &serde_json::Value::Null)?;
     let outcome = clearing.settle(day, crate::settlements::terms(&engine, &all, day)).await.map_err(ApiError::from);
     let result = match &outcome {
         Ok(summary) => {
@@ -481,6 +482,7 @@ async fn reconcile(
     };
     // A pasted statement is checked, not taken as the bank's verdicts (one operator alone
     // would complete or fail waiting orders by typing lines): those become cases.
+    portal.audit.begin(&session, Scope::System, "reconciliation.run", &format!("{name} {date}"), &serde_json::json!({"source": source}))?;
     let reconciled = if source == "pasted file" { clearing.reconcile_by_hand(channel, day, file).await } else { clearing.reconcile(channel, day, file).await };
     let result = match reconciled.map_err(ApiError::from) {
         Ok(report) => {
