@@ -836,3 +836,52 @@ fn a_success_after_a_failure_whose_money_went_to_suspense_holds_nothing() {
     assert!(w.verdict(order, true, "dear").is_err());
     assert_eq!(buckets(), (1_000_000 - 10_500 - 21_000 - 10_500, 21_000), "what went back, held");
 }
+
+/// The fate an operator chose is written on the case before the engine settles the hold: after
+/// a stop in between (the case open, its fate written, its hold still there) a repeat asking
+/// the other fate is refused and the hold stays; the same fate carries it out.
+#[test]
+fn a_fate_written_before_a_stop_is_the_one_carried_out() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let order = w.failed_for_good("w1", account, 10_000);
+    assert!(w.verdict(order, true, "dear").is_err());
+    let mut case = w.open_cases().into_iter().find(|c| c.case_id.starts_with("case_paid_after_failure_")).expect("its case");
+    // What `note_hold` wrote before the stop.
+    case.hold = Some("capture".into());
+    let record = serde_json::to_vec(&case).unwrap();
+    w.store.write(&[(format!("k/{}", case.case_id).as_bytes(), record.as_slice())]).unwrap();
+    let buckets = || w.engine.read_shard(0, move |s| s.account(account).map(|a| (a.total(), a.frozen)).unwrap()).unwrap();
+    let before = buckets();
+    assert_eq!(before.1, 10_500);
+    let resolution = clearing_actor::cases::Resolution { resolution: "decided".into(), operator: "ops".into() };
+    let release = w.runtime.block_on(w.clearing.resolve_case(case.case_id.clone(), resolution.clone()));
+    assert!(matches!(release, Err(ClearingError::HoldDecided(ref fate)) if fate == "capture"), "{release:?}");
+    assert_eq!(buckets(), before, "nothing moved");
+    let captured = w.runtime.block_on(w.clearing.resolve_case_with(case.case_id.clone(), resolution, HoldFate::Capture)).unwrap();
+    assert_eq!((captured.status.as_str(), captured.hold.as_deref()), ("resolved", Some("capture")));
+    assert_eq!(buckets(), (before.0 - 10_500, 0), "taken into suspense");
+}
+
+/// A left channel's hold whose case a stop kept from opening gets its case at the next start
+/// too, naming that channel; released, the hold goes back to the account.
+#[test]
+fn a_left_channels_hold_without_its_case_gets_it_at_the_next_start() {
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let order = w.failed_for_good("w1", account, 10_000);
+    let case_id = format!("case_paid_by_left_channel_{}_1", order.0);
+    let command = Command::Freeze { account, currency: CurrencyId(0), amount: 10_500, reason: format!("held for {case_id}"), expires_at: None };
+    let number = OutOrderNo::new(&format!("hold-paid-twice-{}-1", order.0));
+    assert!(w.engine.execute_one(Envelope { platform: 0, out_order_no: number, command }).unwrap().is_ok());
+    w.clearing.stop();
+    let clearing = World::clearing(&w.engine, &w.store, w.bank.clone());
+    let open = w.runtime.block_on(clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!((open[0].case_id.as_str(), open[0].line["channel"].as_str()), (case_id.as_str(), Some("cheap")), "{:?}", open[0]);
+    let frozen = || w.engine.read_shard(0, move |s| s.account(account).unwrap().frozen).unwrap();
+    assert_eq!(frozen(), 10_500);
+    let resolution = clearing_actor::cases::Resolution { resolution: "cheap never paid it".into(), operator: "ops".into() };
+    w.runtime.block_on(clearing.resolve_case(case_id, resolution)).unwrap();
+    assert_eq!(frozen(), 0);
+}
