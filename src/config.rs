@@ -304,6 +304,9 @@ struct PortalSection {
     /// Optional, so that files written before the key existed still load.
     #[serde(default = "sign_in_failures_per_address_default")]
     sign_in_failures_per_address: u32,
+    /// Optional, as above: proxies whose `X-Forwarded-For` names the client.
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 fn sign_in_failures_per_address_default() -> u32 {
@@ -318,6 +321,7 @@ impl Default for PortalSection {
             session_absolute_seconds: limits.absolute_seconds,
             secure_cookies: limits.secure_cookies,
             sign_in_failures_per_address: limits.sign_in_failures_per_address,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -653,6 +657,16 @@ impl Config {
                 secure_cookies: portal.secure_cookies,
                 sign_in_failures_per_address: portal.sign_in_failures_per_address,
             },
+            trusted_proxies: portal
+                .trusted_proxies
+                .iter()
+                .map(|text| {
+                    text.trim()
+                        .parse::<std::net::IpAddr>()
+                        .map(|ip| ip.to_canonical())
+                        .map_err(|_| anyhow!("portal: trusted_proxies: {text:?} is not an IP address"))
+                })
+                .collect::<Result<Vec<_>>>()?,
         };
         let channels = file.channels.iter().map(|row| row.build(&engine.currencies).map_err(|e| anyhow!("{e}"))).collect::<Result<Vec<_>>>()?;
         if !channels.iter().any(|c| c.direction == clearing_actor::channels::Direction::In) {

@@ -465,9 +465,18 @@ fn serve_http(
         settlement_days_ahead_max: config.settlement_days_ahead_max,
     };
     gateway::portal::system::publish_chart(config.chart.clone());
-    let mut services =
-        gateway::server::Services::load(engine, store, master_key, token, metrics, config.simulator, config.webhooks.clone(), setup, config.protections)
-            .map_err(anyhow::Error::msg)?;
+    let mut services = gateway::server::Services::load(
+        engine,
+        store,
+        master_key,
+        token,
+        metrics,
+        config.simulator,
+        config.webhooks.clone(),
+        setup,
+        config.protections.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
     services.backups = Arc::new(backups);
     if let Some(first) = &services.first_operator {
         if first.generated {

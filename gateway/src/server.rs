@@ -49,7 +49,7 @@ impl Default for HttpLimits {
 }
 
 /// What the gateway limits beyond HTTP (config `[secrets]`, `[cards]`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Protections {
     /// Seconds a platform's previous secret verifies after a rotation unless the request says.
     pub rotation_overlap_seconds: u64,
@@ -57,6 +57,9 @@ pub struct Protections {
     pub card_binds_per_account_per_day: u32,
     /// How long operators' portal sessions last (`[portal]`).
     pub sessions: crate::portal::SessionLimits,
+    /// Proxies in front of the portals whose `X-Forwarded-For` names the client (`[portal]
+    /// trusted_proxies`): the address the audit log and the sign-in limit see.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Protections {
@@ -65,6 +68,7 @@ impl Default for Protections {
             rotation_overlap_seconds: crate::platforms::ROTATION_OVERLAP_SECONDS_DEFAULT,
             card_binds_per_account_per_day: crate::cards::BINDS_PER_ACCOUNT_PER_DAY_DEFAULT,
             sessions: crate::portal::SessionLimits::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -137,7 +141,7 @@ impl Services {
         };
         let bank: Arc<dyn bank::BankChannel> = Arc::new(simulator.clone());
         let clock = Arc::new(clearing_actor::calendar::SystemClock);
-        let (portal, first_operator) = crate::portal::Portal::load(store.clone(), protections.sessions)?;
+        let (portal, first_operator) = crate::portal::Portal::load(store.clone(), protections.sessions, protections.trusted_proxies.clone())?;
         let clearing = clearing_actor::Clearing::start(engine.clone(), store.clone(), bank, table, clock, terms, config).map_err(|e| e.to_string())?;
         Ok(Services {
             clearing,

@@ -40,6 +40,8 @@ pub struct Portal {
     pub locked_noted: std::sync::Mutex<std::collections::HashMap<u64, i64>>,
     /// Failed sign-ins per peer address (`[portal] sign_in_failures_per_address`).
     pub address_failures: sessions::AddressFailures,
+    /// Proxies whose `X-Forwarded-For` names the client (`[portal] trusted_proxies`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// The first system operator, made at the first start.
@@ -54,7 +56,7 @@ impl Portal {
     /// Loads operators, the audit log (its chain checked) and proposals. With no operator yet,
     /// makes the first system operator `admin` (every role) with the password from
     /// `CLEARING_OPERATOR_PASSWORD` or a new random one, returned to be printed once.
-    pub fn load(store: Arc<dyn Store>, limits: SessionLimits) -> Result<(Portal, Option<FirstOperator>), String> {
+    pub fn load(store: Arc<dyn Store>, limits: SessionLimits, trusted_proxies: Vec<std::net::IpAddr>) -> Result<(Portal, Option<FirstOperator>), String> {
         let operators = Operators::load(store.clone())?;
         let audit = audit::Audit::load(store.clone())?;
         let approvals = approvals::Approvals::load(store)?;
@@ -93,7 +95,10 @@ impl Portal {
             first = Some(FirstOperator { username: operator.username, password, generated });
         }
         let address_failures = sessions::AddressFailures::new(limits.sign_in_failures_per_address);
-        Ok((Portal { operators, sessions: Sessions::new(limits), audit, approvals, locked_noted: Default::default(), address_failures }, first))
+        Ok((
+            Portal { operators, sessions: Sessions::new(limits), audit, approvals, locked_noted: Default::default(), address_failures, trusted_proxies },
+            first,
+        ))
     }
 }
 

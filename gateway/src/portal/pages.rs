@@ -54,8 +54,9 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
         return Ok(login_page(StatusCode::UNAUTHORIZED, Some(WRONG_SIGN_IN)));
     }
     let from = peer(&request);
+    let limited = super::sessions::limit_key(&from);
     let now = now_seconds();
-    if !portal.address_failures.allows(&from, now) {
+    if !portal.address_failures.allows(&limited, now) {
         // Before any hashing: an address that failed too often this window (guessing names,
         // each a few times under its lockout) is refused, whoever it names.
         return Ok(login_page(StatusCode::TOO_MANY_REQUESTS, Some(TOO_MANY_FROM_HERE)));
@@ -111,7 +112,7 @@ async fn login(request: HttpRequest, portal: PortalData, form: web::Form<Fields>
             };
             // A refusal that compared a password (or a code) counts against the address.
             let counted = matches!(refusal, LoginRefusal::Wrong | LoginRefusal::Disabled | LoginRefusal::Locked { .. } | LoginRefusal::TotpWrong);
-            if counted && portal.address_failures.failed(&from, now) {
+            if counted && portal.address_failures.failed(&limited, now) {
                 // Once a window per address, whatever names it tried (unknown names write
                 // nothing else to the log).
                 portal.audit.append(

@@ -4,6 +4,7 @@
 //! a restart logs everyone out (nothing to steal from the disk).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use actix_web::{web, FromRequest, HttpRequest};
@@ -53,8 +54,11 @@ impl Default for SessionLimits {
     }
 }
 
-/// Failed sign-ins a peer address may make in a window, by default.
-pub const SIGN_IN_FAILURES_PER_ADDRESS_DEFAULT: u32 = 50;
+/// Failed sign-ins a client address may make in a window, by default: none counted. Behind a
+/// proxy every operator would share its address, and anyone failing that many times would lock
+/// them all out: turn it on where the portals see clients' addresses (directly, or through
+/// `[portal] trusted_proxies`).
+pub const SIGN_IN_FAILURES_PER_ADDRESS_DEFAULT: u32 = 0;
 /// The window failed sign-ins of an address are counted in (fixed windows from its first).
 pub const ADDRESS_WINDOW_SECONDS: i64 = 15 * 60;
 /// Addresses counted at once; past it, windows that ended are dropped (at most every ten
@@ -332,9 +336,43 @@ impl Session {
     }
 }
 
-/// The peer address of a request, for sessions and the audit log.
+/// The client's address, for sessions, the audit log and the sign-in limit: the socket's peer,
+/// or, when that is a trusted proxy (`[portal] trusted_proxies`), the rightmost
+/// `X-Forwarded-For` entry that is not one (a client can write entries to the left of what its
+/// proxies append, never to the right). An entry that is not an address ends the walk at the
+/// last trusted hop. IPv4-mapped IPv6 addresses read as IPv4.
 pub fn peer(request: &HttpRequest) -> String {
-    request.peer_addr().map(|address| address.ip().to_string()).unwrap_or_else(|| "unknown".to_string())
+    let trusted = request.app_data::<web::Data<Arc<Portal>>>().map(|portal| portal.trusted_proxies.as_slice()).unwrap_or_default();
+    let forwarded: Vec<&str> = request.headers().get_all("x-forwarded-for").filter_map(|value| value.to_str().ok()).collect();
+    client_address(request.peer_addr().map(|address| address.ip()), &forwarded, trusted).map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
+}
+
+/// `peer`'s walk over the socket's address and the `X-Forwarded-For` headers, in order.
+fn client_address(socket: Option<IpAddr>, forwarded: &[&str], trusted: &[IpAddr]) -> Option<IpAddr> {
+    let mut client = socket?.to_canonical();
+    if !trusted.contains(&client) {
+        return Some(client);
+    }
+    for entry in forwarded.iter().rev().flat_map(|header| header.rsplit(',')) {
+        let Ok(hop) = entry.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) else { break };
+        client = hop;
+        if !trusted.contains(&hop) {
+            break;
+        }
+    }
+    Some(client)
+}
+
+/// What failed sign-ins are counted by: an IPv4 address, or an IPv6 address's /64 (one
+/// subscriber's block: counting each address would let one client rotate through it).
+pub fn limit_key(address: &str) -> String {
+    match address.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        _ => address.to_string(),
+    }
 }
 
 /// Whether a state-changing request came from our own pages: an `Origin` (or, without one, a
@@ -518,5 +556,22 @@ mod tests {
             failures.failed(&n.to_string(), 200);
         }
         assert_eq!(failures.inner.lock().unwrap().counts.len(), ADDRESSES_MAX);
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_forwarded_address_past_the_trusted_proxies() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let proxies = [ip("10.0.0.1"), ip("10.0.0.2")];
+        let client = |socket: &str, forwarded: &[&str]| client_address(Some(ip(socket)), forwarded, &proxies).unwrap().to_string();
+        assert_eq!(client("203.0.113.5", &["1.2.3.4"]), "203.0.113.5", "an untrusted peer's header is not believed");
+        assert_eq!(client("10.0.0.1", &[]), "10.0.0.1", "a proxy that says nothing");
+        assert_eq!(client("10.0.0.1", &["6.6.6.6, 203.0.113.5"]), "203.0.113.5", "what the client wrote itself is on the left");
+        assert_eq!(client("10.0.0.1", &["6.6.6.6, 203.0.113.5, 10.0.0.2"]), "203.0.113.5", "through two proxies");
+        assert_eq!(client("10.0.0.1", &["6.6.6.6", "203.0.113.5"]), "203.0.113.5", "two headers read in order");
+        assert_eq!(client("10.0.0.1", &["203.0.113.5, garbage"]), "10.0.0.1", "garbage ends the walk at the last trusted hop");
+        assert_eq!(client("10.0.0.1", &["10.0.0.2"]), "10.0.0.2", "proxies all the way");
+        assert_eq!(client("::ffff:10.0.0.1", &["::ffff:203.0.113.5"]), "203.0.113.5", "IPv4-mapped reads as IPv4");
+        assert_eq!(limit_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+        assert_eq!(limit_key("203.0.113.5"), "203.0.113.5");
     }
 }
