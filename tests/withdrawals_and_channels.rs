@@ -246,6 +246,18 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
     assert_eq!(error_of(&p.post("/v1/collections", &again)), (409, Some("idempotency_conflict")));
     let same = json!({"out_order_no": "col-1", "account_id": member, "card_id": card, "amount": "80.00", "currency": "CNY"});
     assert_eq!(p.post("/v1/collections", &same).0, 201, "the same request replays");
+    // A collection and a plain recharge are one engine command: since session 60 each is a
+    // conflict under the other's number (a plain recharge under a collection's note would be
+    // sent to the bank as that collection at a start, a card debit nobody asked for), and
+    // the collection's refused attempt leaves no note behind.
+    let plain = json!({"out_order_no": "col-1", "account_id": member, "amount": "80.00", "currency": "CNY"});
+    assert_eq!(error_of(&p.post("/v1/recharges", &plain)), (409, Some("idempotency_conflict")));
+    let (status, _, recharged) = p.post("/v1/recharges", &json!({"out_order_no": "rc-1", "account_id": member, "amount": "10.00", "currency": "CNY"}));
+    assert_eq!(status, 201, "{recharged}");
+    let taken = json!({"out_order_no": "rc-1", "account_id": member, "card_id": card, "amount": "10.00", "currency": "CNY"});
+    assert_eq!(error_of(&p.post("/v1/collections", &taken)), (409, Some("idempotency_conflict")));
+    let (status, replayed, again) = p.post("/v1/recharges", &json!({"out_order_no": "rc-1", "account_id": member, "amount": "10.00", "currency": "CNY"}));
+    assert_eq!((status, replayed, &again["order_id"]), (201, true, &recharged["order_id"]), "the recharge is still its own: {again}");
     assert_eq!(
         error_of(
             &p.post("/v1/collections", &json!({"out_order_no": "col-2", "account_id": member, "card_id": "card_99", "amount": "1.00", "currency": "CNY"}))

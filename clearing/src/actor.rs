@@ -222,6 +222,11 @@ impl Clearing {
         }
     }
 
+    /// Whether collection `number` of `platform` has a note (the number is that collection's).
+    pub fn collection_noted(&self, platform: u32, number: &str) -> Result<bool, ClearingError> {
+        crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number).map(|note| note.is_some())
+    }
+
     /// Drops the note of collection `number` of `platform` (the engine refused the order).
     pub fn forget_collection(&self, platform: u32, number: &str) -> Result<(), ClearingError> {
         crate::payouts::CollectionNotes::forget(self.store.as_ref(), platform, number)

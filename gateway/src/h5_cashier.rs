@@ -137,8 +137,7 @@ pub async fn pay(
         let checking = passwords.get_ref().clone();
         // argon2 takes tens of milliseconds of CPU: off the async workers.
         crate::passwords::hashing(u64::from(platform.id), move || checking.verify(payer, Some(&password))).await??;
-        let reply = crate::accounts::execute(&engine, prepared.envelope.clone()).await?;
-        crate::recharges::dispatch(&engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
+        let reply = crate::recharges::execute_and_dispatch(&engine, clearing.bank(), prepared.envelope.clone()).await?;
         if !reply.is_ok() {
             return Err(crate::orders::rejection(reply.code));
         }

@@ -417,8 +417,7 @@ pub async fn pay(
 ) -> Result<(Prepared, engine::ledger::types::Reply), ApiError> {
     let prepared = prepare_payment(engine, clearing, platform, body).await?;
     crate::passwords::check_for_payment(engine, passwords, platform, &prepared.envelope, body.payment_password.as_deref()).await?;
-    let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
-    crate::recharges::dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
+    let reply = crate::recharges::execute_and_dispatch(engine, clearing.bank(), prepared.envelope.clone()).await?;
     Ok((prepared, reply))
 }
 

@@ -189,9 +189,46 @@ pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, cle
 /// the pages share it); a refusal is in the reply (render it with `orders::answer`).
 pub async fn recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<(Prepared, Reply), ApiError> {
     let prepared = prepare_recharge(engine, clearing, platform, body).await?;
-    let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
-    dispatch(engine, clearing.bank().as_ref(), &prepared.envelope, &reply);
+    // A number a collection noted is that collection's (its order is the same engine command):
+    // taken by a plain recharge, a start would send it to the bank as the collection, a debit
+    // of the card nobody asked for (before session 60).
+    if let Some(number) = prepared.envelope.out_order_no {
+        let (asking, platform_id) = (clearing.clone(), platform.id);
+        let noted =
+            crate::error::blocking(move || asking.collection_noted(platform_id, number.as_str())).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        if noted {
+            return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
+        }
+    }
+    let reply = execute_and_dispatch(engine, clearing.bank(), prepared.envelope.clone()).await?;
     Ok((prepared, reply))
+}
+
+/// Has the engine apply money-in order `envelope` and sends it to its bank if it is new, on a
+/// task of its own: a request cut short once the engine accepted it (its client gone, a
+/// proxy's timeout) still hands the order to the bank, whose retry would be a replay that
+/// sends nothing (before session 60 it waited for the next start).
+pub async fn execute_and_dispatch(engine: &Arc<Engine>, bank: &Arc<dyn bank::BankChannel>, envelope: Envelope) -> Result<Reply, ApiError> {
+    let (engine, bank) = (engine.clone(), bank.clone());
+    actix_web::rt::spawn(async move {
+        let reply = crate::accounts::execute(&engine, envelope.clone()).await?;
+        dispatch(&engine, bank.as_ref(), &envelope, &reply);
+        Ok(reply)
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the server is stopping".into()))?
+}
+
+/// Collection requests of one order number go one at a time (a stripe of numbers: their note,
+/// the engine's answer and the note's fate together), so that one refused cannot drop the note
+/// of the same number another has just had accepted.
+static COLLECTING: [tokio::sync::Mutex<()>; 64] = [const { tokio::sync::Mutex::const_new(()) }; 64];
+
+fn collecting_stripe(platform: u32, number: &str) -> &'static tokio::sync::Mutex<()> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (platform, number).hash(&mut hasher);
+    &COLLECTING[(hasher.finish() % COLLECTING.len() as u64) as usize]
 }
 
 /// `POST /v1/collections` (代收, collection on behalf; an addition to API.md).
@@ -242,32 +279,44 @@ pub async fn collect(
     // The card goes into a note before the engine sees the order: a start hands a collection
     // still pending to the bank again with its card (`Clearing::note_collection`).
     let number = prepared.envelope.out_order_no.map(|number| number.as_str().to_string()).unwrap_or_default();
-    let mut noted_now = false;
-    if let Command::RequestRecharge { amount, .. } = prepared.envelope.command {
-        let note = clearing_actor::payouts::CollectionNote { account, amount, card_no: card.card_no.clone() };
-        let (noting, platform_id, noted_number) = (clearing.clone(), platform.id, number.clone());
+    let Command::RequestRecharge { amount, currency, channel, .. } = prepared.envelope.command else {
+        return Err(ApiError::unavailable("a collection is a recharge".into()));
+    };
+    let (engine, clearing, envelope, platform_id, card_no) = (engine.clone(), clearing.clone(), prepared.envelope.clone(), platform.id, card.card_no);
+    // On a task of its own, one request of a number at a time: a request cut short neither
+    // leaves an accepted order unsent nor a refused one's note behind.
+    let reply = actix_web::rt::spawn(async move {
+        let _one_number_at_a_time = collecting_stripe(platform_id, &number).lock().await;
+        let note = clearing_actor::payouts::CollectionNote { account, amount, card_no: card_no.clone() };
+        let (noting, noted_number) = (clearing.clone(), number.clone());
         // A note of this number naming another card, account or amount: the number was used
         // for another collection (a card is never swapped under an order).
-        noted_now = crate::error::blocking(move || noting.note_collection(platform_id, &noted_number, &note)).await?.map_err(|e| match e {
+        let noted_now = crate::error::blocking(move || noting.note_collection(platform_id, &noted_number, &note)).await?.map_err(|e| match e {
             clearing_actor::ClearingError::IdempotencyConflict => ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"),
             other => ApiError::unavailable(other.to_string()),
         })?;
-    }
-    let reply = crate::accounts::execute(engine, prepared.envelope.clone()).await?;
-    if !reply.is_ok() && noted_now {
-        // Refused: the number is free again, and a plain recharge with it later must not find
-        // this card (a start would send that one as a collection).
-        let (forgetting, platform_id) = (clearing.clone(), platform.id);
-        if let Err(error) = crate::error::blocking(move || forgetting.forget_collection(platform_id, &number)).await? {
-            tracing::error!("collection note of a refused order left: {error}");
+        let reply = crate::accounts::execute(&engine, envelope).await?;
+        // Refused, or the number's order is a plain recharge (a replay its note did not
+        // exist for: the same engine command): the note goes, so that no start sends that
+        // order as a collection, and the second is a conflict.
+        let plain = reply.is_ok() && reply.replayed && noted_now;
+        if (!reply.is_ok() || plain) && noted_now {
+            let (forgetting, number) = (clearing.clone(), number.clone());
+            if let Err(error) = crate::error::blocking(move || forgetting.forget_collection(platform_id, &number)).await? {
+                tracing::error!("collection note of an order that is not a collection left: {error}");
+            }
         }
-    }
-    if reply.is_ok() && !reply.replayed {
-        if let Command::RequestRecharge { currency, amount, channel, .. } = prepared.envelope.command {
+        if plain {
+            return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
+        }
+        if reply.is_ok() && !reply.replayed {
             let currency = engine.config().currencies[currency.0 as usize];
-            clearing.bank().submit(bank::Request::Collection { order: OrderId(reply.id), channel, amount, currency, card_no: card.card_no.clone() });
+            clearing.bank().submit(bank::Request::Collection { order: OrderId(reply.id), channel, amount, currency, card_no });
         }
-    }
+        Ok::<Reply, ApiError>(reply)
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the server is stopping".into()))??;
     Ok((prepared, reply))
 }
 
