@@ -99,7 +99,8 @@ pub trait BankChannel: Send + Sync + 'static {
     /// Hands the bank a request; its verdict comes back later as a callback (money in and out).
     fn submit(&self, request: Request);
 
-    /// The bank's answer to a status query about payout `order` through `channel`.
+    /// The bank's answer to a status query about order `order` through `channel`: a payout, or
+    /// (since session 60, at a start) a money-in order.
     fn query(&self, order: OrderId, channel: u16) -> BankStatus;
 
     /// Payout `order` is final on our side: the bank need not keep it for status queries.

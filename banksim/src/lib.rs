@@ -104,7 +104,9 @@ struct Inner {
     /// behaviour.
     channels: Mutex<HashMap<u16, ChannelProfile>>,
     /// Payouts the bank received, with its verdict once decided (what a status query answers).
-    /// A payout the bank never received (`drop_per_mille`) is not here.
+    /// A payout the bank never received (`drop_per_mille`) is not here. Money in (recharges,
+    /// collections) is here while it waits for its decision only (session 60): once decided the
+    /// kept verdict answers (`decided_before`), so nothing piles up.
     received: Mutex<HashMap<(u64, u16), Option<bool>>>,
     /// Held from a decision's check ("decided before?") to its write, striped by order: two
     /// jobs of one order (an order resent while its first job waits) decide it once.
@@ -290,6 +292,9 @@ impl BankChannel for Simulator {
             }
             self.inner.received.lock().expect("received lock").entry((order.0, *channel)).or_insert(None);
         }
+        if let Request::MoneyIn { order, channel, .. } | Request::Collection { order, channel, .. } = &request {
+            self.inner.received.lock().expect("received lock").entry((order.0, *channel)).or_insert(None);
+        }
         let due = Instant::now() + Duration::from_millis(latency_ms);
         let _ = self.inner.queue.send((due, Job { request, attempt: 0, failure_per_mille }));
     }
@@ -359,6 +364,14 @@ impl BankChannel for Simulator {
 fn dropped(drop_per_mille: u16, order: OrderId, channel: u16) -> bool {
     let seed = order.0 ^ ((channel as u64) << 48) ^ 0x5eed_d0d0;
     drop_per_mille > 0 && (xxhash_rust::xxh3::xxh3_64(&seed.to_le_bytes()) % 1000) < drop_per_mille as u64
+}
+
+/// A money-in order's decision is kept (`record_decision`): status queries read it from the
+/// books from now on, and the order leaves `received` (which holds only what waits).
+fn forget_decided<T, E>(inner: &Inner, recorded: &Result<T, E>, order: OrderId, channel: u16) {
+    if recorded.is_ok() {
+        inner.received.lock().expect("received lock").remove(&(order.0, channel));
+    }
 }
 
 /// Whether the bank fails this order: a fixed verdict per order, so resent orders agree.
@@ -569,11 +582,13 @@ fn deliver_one(inner: &Inner, mut job: Job) {
         }
         Request::MoneyIn { order, channel, amount, currency } => {
             let recorded = record_decision(inner, *channel, *order, "in", *amount, currency, failed, None);
+            forget_decided(inner, &recorded, *order, *channel);
             ("recharge", *order, None, currency.format(*amount), recorded)
         }
         Request::Collection { order, channel, amount, currency, card_no } => {
             let card = CardSide { card_no, amount: -amount, remark: format!("collection {}", bank::order_ref(*order)) };
             let recorded = record_decision(inner, *channel, *order, "in", *amount, currency, failed, Some(card));
+            forget_decided(inner, &recorded, *order, *channel);
             ("recharge", *order, None, currency.format(*amount), recorded)
         }
         Request::MoneyOut { order, channel, amount, currency, card_no } => {

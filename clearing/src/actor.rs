@@ -1164,9 +1164,10 @@ impl Actor {
     }
 
     /// Counts today's payouts against their channels' daily caps and hands the bank again what
-    /// still waits for its verdict: every pending money-in order, and each processing payout
-    /// the bank's status query says it never received (one it has is watched, one it decided
-    /// is taken at the first tick); returns how many it handed on.
+    /// still waits for its verdict and the bank's status query says it never received: pending
+    /// money-in orders (one it has is left to its callback, one it decided gets that verdict
+    /// now; session 60) and processing payouts (one it has is watched, one it decided is taken
+    /// at the first tick); returns how many it handed on.
     fn resume(&mut self) -> Result<usize, ClearingError> {
         let now = self.clock.now_micros();
         let mut resumed = 0;
@@ -1266,6 +1267,23 @@ impl Actor {
                         }
                     }
                     Waiting::MoneyIn { order, channel, amount, spec, collection } => {
+                        // The bank is asked first, as for payouts (before session 60 every
+                        // pending money-in was sent again: a collection debits a card, and a
+                        // bank that did not deduplicate by the order's reference debited it
+                        // twice): one it has is left to its callback, one it decided gets that
+                        // verdict, and only one it never received is sent.
+                        match self.bank.query(order, channel) {
+                            BankStatus::Unknown => {}
+                            BankStatus::Processing => continue,
+                            BankStatus::Decided { succeeded } => {
+                                let command = Command::CompleteRecharge { order, succeeded };
+                                match self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command }) {
+                                    Ok(reply) if reply.is_ok() => {}
+                                    outcome => tracing::error!(order = order.0, "a money-in verdict kept by the bank not applied at start: {outcome:?}"),
+                                }
+                                continue;
+                            }
+                        }
                         resumed += 1;
                         // A collection's card is in its note: sent again as the collection it is.
                         let noted = match collection {

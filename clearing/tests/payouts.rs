@@ -384,6 +384,7 @@ fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
 struct Counting {
     bank: Arc<banksim::Simulator>,
     payouts: std::sync::atomic::AtomicUsize,
+    money_in: std::sync::atomic::AtomicUsize,
 }
 
 impl BankChannel for Counting {
@@ -393,6 +394,9 @@ impl BankChannel for Counting {
     fn submit(&self, request: bank::Request) {
         if matches!(request, bank::Request::MoneyOut { .. }) {
             self.payouts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        if matches!(request, bank::Request::MoneyIn { .. } | bank::Request::Collection { .. }) {
+            self.money_in.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         self.bank.submit(request)
     }
@@ -422,7 +426,7 @@ fn a_start_asks_the_bank_before_sending_a_payout_again() {
     let w = World::new();
     w.clearing.stop();
     let account = w.account(1, 1_000_000);
-    let counting = |bank: &Arc<banksim::Simulator>| Arc::new(Counting { bank: bank.clone(), payouts: 0.into() });
+    let counting = |bank: &Arc<banksim::Simulator>| Arc::new(Counting { bank: bank.clone(), payouts: 0.into(), money_in: 0.into() });
     let sent = |bank: &Counting| bank.payouts.load(std::sync::atomic::Ordering::SeqCst);
     let bank = counting(&w.bank);
     let clearing = World::clearing(&w.engine, &w.store, bank.clone());
@@ -884,4 +888,52 @@ fn a_left_channels_hold_without_its_case_gets_it_at_the_next_start() {
     let resolution = clearing_actor::cases::Resolution { resolution: "cheap never paid it".into(), operator: "ops".into() };
     w.runtime.block_on(clearing.resolve_case(case_id, resolution)).unwrap();
     assert_eq!(frozen(), 0);
+}
+
+/// Money in too: a start asks the bank about each pending money-in order before sending it
+/// again (before session 60 every one was sent again: a collection debits a card, and a bank
+/// that did not deduplicate by the order's reference debited it twice). One the bank has is
+/// left to its callback, one it decided gets that verdict at the start, and only one it never
+/// received is sent again.
+#[test]
+fn a_start_asks_the_bank_before_sending_money_in_again() {
+    let w = World::new();
+    w.clearing.stop();
+    let account = w.account(1, 0);
+    let counting = |bank: &Arc<banksim::Simulator>| Arc::new(Counting { bank: bank.clone(), payouts: 0.into(), money_in: 0.into() });
+    let sent = |bank: &Counting| bank.money_in.load(std::sync::atomic::Ordering::SeqCst);
+    let bank = counting(&w.bank);
+    let clearing = World::clearing(&w.engine, &w.store, bank.clone());
+    let cny = cny();
+    // Pending recharges handed to the bank, as the gateway does.
+    let request = |number: &str| {
+        let command = Command::RequestRecharge { account, currency: CurrencyId(0), amount: 1_000, channel: 1 };
+        let order = OrderId(w.engine.execute_one(Envelope { platform: P, out_order_no: OutOrderNo::new(number), command }).unwrap().id);
+        bank.submit(bank::Request::MoneyIn { order, channel: 1, amount: 1_000, currency: cny });
+        order
+    };
+    let orders = [request("r1"), request("r2"), request("r3")];
+    assert_eq!(sent(&bank), 3);
+    clearing.stop();
+    let clearing = World::clearing(&w.engine, &w.store, bank.clone());
+    assert_eq!((sent(&bank), clearing.resumed()), (3, 0), "the bank has them");
+    clearing.stop();
+    // The bank decides r2 (its callback never arrives), then restarts and loses what it had in
+    // hand: r1 and r3 are sent again, r2 gets the verdict the bank kept.
+    let quick = banksim::Simulator::start(banksim::SimulatorConfig { latency_ms: 1, ..slow() }, "key".into(), w.store.clone()).unwrap();
+    quick.submit(bank::Request::MoneyIn { order: orders[1], channel: 1, amount: 1_000, currency: cny });
+    let decided = (0..500).find_map(|_| match quick.query(orders[1], 1) {
+        BankStatus::Decided { succeeded } => Some(succeeded),
+        _ => {
+            std::thread::sleep(Duration::from_millis(10));
+            None
+        }
+    });
+    assert_eq!(decided, Some(true), "the bank took r2");
+    let restarted = counting(&Arc::new(banksim::Simulator::start(slow(), "key".into(), w.store.clone()).unwrap()));
+    let clearing = World::clearing(&w.engine, &w.store, restarted.clone());
+    assert_eq!((sent(&restarted), clearing.resumed()), (2, 2), "only what the bank never received");
+    let status = |order: OrderId| w.engine.read_shard(0, move |s| s.order(order).unwrap().status.name()).unwrap();
+    assert_eq!(orders.map(status), ["pending", "succeeded", "pending"], "r2's kept verdict applied at the start");
+    assert_eq!(w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap(), 1_000, "credited once");
 }
