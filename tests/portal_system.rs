@@ -164,6 +164,10 @@ fn a_registered_platform_signs_with_the_shown_secret_and_suspension_refuses_it()
     let audit = admin.get("/portal/audit");
     for action in ["platform.register", "platform.suspend", "platform.resume"] {
         assert!(audit.body.contains(action), "{action}: {}", audit.body);
+        // Each trust change's start is recorded before it is made, then its outcome (session 60).
+        let one = admin.get(&format!("/portal/audit?action={action}"));
+        let (records, started) = (one.body.matches(&format!("<code>{action}</code>")).count(), one.body.matches("<td>started</td>").count());
+        assert!(started >= 1 && records == 2 * started, "{action}: each start has its outcome: {}", one.body);
     }
     assert!(!audit.body.contains(&secret));
     server.stop();

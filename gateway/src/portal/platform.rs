@@ -1393,6 +1393,7 @@ async fn set_webhook(
     session.require(Role::Admin)?;
     let url = form.opt("url").map(str::to_string);
     let before = serde_json::json!({"url": platform.webhook_url});
+    portal.audit.begin(&session, session.scope(), "webhook.set", &platform.public_id(), &serde_json::json!({"url": url}))?;
     match crate::events::set_webhook_url(&platforms, &delivery, platform.id, url.clone()).await {
         Ok(updated) => {
             portal.audit.record(

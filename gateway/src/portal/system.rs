@@ -192,10 +192,17 @@ async fn register(
         require_payment_password: Some(form.get("require_payment_password") == "true"),
         out_order_no: form.opt("out_order_no").map(str::to_string),
     };
+    let request_shown = serde_json::json!({"name": new.name, "settlement_cycle_days": new.settlement_cycle_days, "auto_confirm_days": new.auto_confirm_days,
+        "require_payment_password": new.require_payment_password, "out_order_no": new.out_order_no});
+    portal.audit.begin(&session, Scope::System, "platform.register", new.out_order_no.as_deref().unwrap_or_default(), &request_shown)?;
     let store = platforms.get_ref().clone();
     let (platform, secret, replayed) = match blocking(move || store.create(new)).await? {
         Ok(created) => created,
-        Err(error) if error.status < 500 => return Ok(platforms_page(&session, &platforms, Some(("error", &error.message)))),
+        Err(error) if error.status < 500 => {
+            let refused = format!("refused: {}", error.code);
+            portal.audit.record(&session, Scope::System, "platform.register", "", serde_json::Value::Null, serde_json::Value::Null, &refused)?;
+            return Ok(platforms_page(&session, &platforms, Some(("error", &error.message))));
+        }
         Err(error) => return Err(error.into()),
     };
     // The audit record has the platform, never its secret.
@@ -331,6 +338,8 @@ async fn set_status(
     };
     let platform = platform_of(&platforms, &id)?;
     session.require(Role::Operator)?;
+    let action = if suspend { "platform.suspend" } else { "platform.resume" };
+    portal.audit.begin(&session, Scope::Platform { platform: platform.id }, action, &platform.public_id(), &serde_json::json!({"suspended": suspend}))?;
     let store = platforms.get_ref().clone();
     let changed = blocking(move || store.set_suspended(platform.id, suspend)).await??;
     portal.audit.record(
