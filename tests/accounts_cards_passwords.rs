@@ -216,7 +216,13 @@ fn cards_are_checked_verified_by_micro_deposit_and_locked_after_three_wrong_trie
         (response.status(), ())
     };
     assert_eq!(status, 200);
-    assert_eq!(error_of(&withdraw("w-3", &card_id, "1.00", "realtime")), (404, Some("not_found")));
+    assert_eq!(error_of(&withdraw("w-5", &card_id, "1.00", "realtime")), (404, Some("not_found")));
+    // A retry of a withdrawal accepted before the unbind is answered as its order is (since
+    // session 60; it was 404, which a platform could take for "not done" and pay out again
+    // under another number), and another body under its number is still a conflict.
+    let (status, replayed, again) = withdraw("w-1", &card_id, "1000.00", "realtime");
+    assert_eq!((status, replayed, &again["order_id"]), (201, true, &first["order_id"]), "{again}");
+    assert_eq!(error_of(&withdraw("w-1", &card_id, "999.00", "realtime")), (409, Some("idempotency_conflict")));
     let (_, report) = server.get("/admin/invariants", Some(token));
     assert_eq!(report["ok"], true, "{report}");
     server.stop();

@@ -315,6 +315,21 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
     assert_eq!(p.balances(&platform_account).0, "59.50");
     let (_, outside) = server.sim_get("/sim/cards/5555555555554444/transactions");
     assert!(outside["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "40.00"), "{outside}");
+    // The card unbound: a retry of a collection accepted before is answered as its order is
+    // (since session 60; it was 404, which a platform could take for "not done" and collect
+    // again under another number), a new one is refused.
+    let path = format!("/v1/accounts/{member}/cards/{card}");
+    let (t, nonce) = (now(), fresh_nonce());
+    let request = ureq::delete(&format!("{}{path}", server.base))
+        .set("X-Platform-Id", &p.platform)
+        .set("X-Timestamp", &t.to_string())
+        .set("X-Nonce", &nonce)
+        .set("X-Signature", &sign(&p.secret, "DELETE", &path, t, &nonce, b""));
+    assert_eq!(answer(request.call(), "unbind").status(), 200);
+    let (status, replayed, again) = p.post("/v1/collections", &same);
+    assert_eq!((status, replayed, &again["order_id"]), (201, true, &collected["order_id"]), "{again}");
+    let new = json!({"out_order_no": "col-9", "account_id": member, "card_id": card, "amount": "1.00", "currency": "CNY"});
+    assert_eq!(error_of(&p.post("/v1/collections", &new)), (404, Some("not_found")));
     server.stop();
 }
 

@@ -222,9 +222,10 @@ impl Clearing {
         }
     }
 
-    /// Whether collection `number` of `platform` has a note (the number is that collection's).
-    pub fn collection_noted(&self, platform: u32, number: &str) -> Result<bool, ClearingError> {
-        crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number).map(|note| note.is_some())
+    /// The note of collection `number` of `platform`, if it has one (the number is that
+    /// collection's).
+    pub fn collection_note(&self, platform: u32, number: &str) -> Result<Option<crate::payouts::CollectionNote>, ClearingError> {
+        crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number)
     }
 
     /// Drops the note of collection `number` of `platform` (the engine refused the order).

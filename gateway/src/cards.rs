@@ -367,6 +367,13 @@ impl Cards {
         }
     }
 
+    /// The card an API id names, whatever its status (unbound too), read on a blocking thread:
+    /// what a retry of an order accepted for it is checked against.
+    pub async fn any_named(self: &Arc<Cards>, platform: u32, account: AccountId, text: &str) -> Result<Option<Card>, ApiError> {
+        let (cards, text) = (self.clone(), text.to_string());
+        blocking(move || cards.named(platform, account, &text)).await?
+    }
+
     /// The verified card an API id names for money to or from it (a withdrawal, a collection;
     /// `refusal` is the message for a card not verified): 404 naming `card_id` for no such card of `account`
     /// or an unbound one, 422 `card_not_verified` for one not verified. Read on a blocking

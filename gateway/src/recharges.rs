@@ -195,8 +195,8 @@ pub async fn recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Plat
     if let Some(number) = prepared.envelope.out_order_no {
         let (asking, platform_id) = (clearing.clone(), platform.id);
         let noted =
-            crate::error::blocking(move || asking.collection_noted(platform_id, number.as_str())).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
-        if noted {
+            crate::error::blocking(move || asking.collection_note(platform_id, number.as_str())).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        if noted.is_some() {
             return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
         }
     }
@@ -271,7 +271,21 @@ pub async fn collect(
 ) -> Result<(Prepared, Reply), ApiError> {
     let account = crate::orders::account(&body.account_id, "account_id")?;
     crate::accounts::owner_of(engine, platform.id, account).await?;
-    let card = cards.verified(platform.id, account, &body.card_id, "collections come only from verified cards").await?;
+    let card = match cards.verified(platform.id, account, &body.card_id, "collections come only from verified cards").await {
+        Ok(card) => card,
+        Err(refusal) => {
+            // A retry of a collection this card was accepted for (unbound or locked since):
+            // answered as its order is (before session 60, 404 or 422 for an order on its way,
+            // which a platform could take for "not done" and collect again under another
+            // number).
+            let (asking, platform_id, number) = (clearing.clone(), platform.id, body.out_order_no.clone());
+            let note = crate::error::blocking(move || asking.collection_note(platform_id, &number)).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
+            match (note, cards.any_named(platform.id, account, &body.card_id).await?) {
+                (Some(note), Some(card)) if note.card_no == card.card_no && note.account == account => card,
+                _ => return Err(refusal),
+            }
+        }
+    };
     let recharge =
         RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
     let mut prepared = prepare_recharge(engine, clearing, platform, &recharge).await?;
