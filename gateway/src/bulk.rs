@@ -125,14 +125,31 @@ pub async fn bulk(
     if !prepared.is_empty() {
         // The commands move to the engine; what rendering needs of them stays behind.
         let envelopes = prepared.iter_mut().map(|p| p.take_envelope()).collect();
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        engine.submit(
-            envelopes,
-            Box::new(move |result| {
-                let _ = sender.send(result);
-            }),
-        );
-        replies = receiver.await.map_err(|_| ApiError::unavailable("the engine dropped the request".into()))??;
+        // The money-in orders among them go to their bank with the engine's answer, on a task
+        // of its own: a request cut short in between (its client gone) would leave new
+        // recharges unsent, which its retry, the engine's replay, never sends (before session
+        // 60 they waited for a start).
+        let money_in: Vec<(usize, engine::ledger::command::Envelope)> =
+            prepared.iter().enumerate().filter_map(|(i, p)| p.recharge.clone().map(|e| (i, e))).collect();
+        let (engine, bank) = (engine.get_ref().clone(), clearing.bank().clone());
+        replies = actix_web::rt::spawn(async move {
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            engine.submit(
+                envelopes,
+                Box::new(move |result| {
+                    let _ = sender.send(result);
+                }),
+            );
+            let replies = receiver.await.map_err(|_| ApiError::unavailable("the engine dropped the request".into()))??;
+            for (index, envelope) in &money_in {
+                if let Some(reply) = replies.get(*index) {
+                    dispatch(&engine, bank.as_ref(), envelope, reply);
+                }
+            }
+            Ok::<Vec<engine::ledger::types::Reply>, ApiError>(replies)
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("the server is stopping".into()))??;
     }
     // The answer is written straight into one buffer, in the order of the operations.
     let mut out = Vec::with_capacity(count * 256 + 16);
@@ -144,9 +161,6 @@ pub async fn bulk(
         }
         let refused = match accepted.next_if(|(_, position)| **position == index) {
             Some(((ready, reply), _)) => {
-                if let Some(recharge) = &ready.recharge {
-                    dispatch(&engine, clearing.bank().as_ref(), recharge, reply);
-                }
                 let start = out.len();
                 out.extend_from_slice(b"{\"status\":000,\"body\":");
                 match render_into(&mut out, ready, reply) {

@@ -492,7 +492,7 @@ pub async fn bind(
 ) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<BindBody>()?;
     let account = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
-    let (card, replayed) = bind_card(&engine, &members, &agreements, &cards, clearing.bank().as_ref(), &signed.platform, account, &body).await?;
+    let (card, replayed) = bind_card(&engine, &members, &agreements, &cards, clearing.bank(), &signed.platform, account, &body).await?;
     let mut response = HttpResponse::Created();
     if replayed {
         response.insert_header(("Idempotent-Replay", "true"));
@@ -510,7 +510,7 @@ pub async fn bind_card(
     members: &Arc<Members>,
     agreements: &Arc<crate::agreements::Agreements>,
     cards: &Arc<Cards>,
-    bank: &dyn bank::BankChannel,
+    bank: &Arc<dyn bank::BankChannel>,
     platform: &crate::platforms::Platform,
     account: AccountId,
     body: &BindBody,
@@ -582,7 +582,7 @@ pub async fn bind_card(
 /// call booked it, asks `bank` to pay it. The deposit leaves the reserve at the operator's cost.
 async fn deposit(
     engine: &Arc<Engine>,
-    bank: &dyn bank::BankChannel,
+    bank: &Arc<dyn bank::BankChannel>,
     card: &Card,
     (currency, spec): (CurrencyId, CurrencySpec),
     account: AccountId,
@@ -590,12 +590,21 @@ async fn deposit(
     let reference = deposit_reference(card.id);
     let number = crate::orders::out_order_no(&reference, "card_id")?;
     let command = Command::VerificationDeposit { shard: account.shard(engine.config().shard_count), currency, amount: card.deposit_minor };
-    let reply = crate::accounts::execute(engine, Envelope { platform: 0, out_order_no: Some(number), command }).await?;
+    // Booked and handed to the bank on a task of its own: a request cut short between the two
+    // (its client gone) would leave a booked deposit that its retry, the engine's replay,
+    // never sends (before session 60 the member waited for a start).
+    let (engine, bank, card_no, amount) = (engine.clone(), bank.clone(), card.card_no.clone(), card.deposit_minor);
+    let reply = actix_web::rt::spawn(async move {
+        let reply = crate::accounts::execute(&engine, Envelope { platform: 0, out_order_no: Some(number), command }).await?;
+        if reply.is_ok() && !reply.replayed {
+            bank.submit(bank::Request::MicroDeposit { card_no, amount, currency: spec, reference });
+        }
+        Ok::<engine::ledger::types::Reply, ApiError>(reply)
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the server is stopping".into()))??;
     if !reply.is_ok() {
         return Err(crate::orders::rejection(reply.code));
-    }
-    if !reply.replayed {
-        bank.submit(bank::Request::MicroDeposit { card_no: card.card_no.clone(), amount: card.deposit_minor, currency: spec, reference });
     }
     Ok(())
 }
@@ -606,7 +615,7 @@ async fn deposit(
 /// answered the card while no deposit was ever made, until a restart.
 async fn replay_pending(
     engine: &Arc<Engine>,
-    bank: &dyn bank::BankChannel,
+    bank: &Arc<dyn bank::BankChannel>,
     card: Card,
     content: &str,
     money: (CurrencyId, CurrencySpec),

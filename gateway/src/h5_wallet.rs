@@ -542,7 +542,7 @@ pub async fn card_bind(
     if !sessions.identity_try(platform.id, member, Instant::now()) {
         return card_page(&w, &engine, &cards, Some(api_notice(locale, &identity_locked()))).await;
     }
-    let bound = crate::cards::bind_card(&engine, &members, &agreements, &cards, clearing.bank().as_ref(), &platform, w.account, &bind).await;
+    let bound = crate::cards::bind_card(&engine, &members, &agreements, &cards, clearing.bank(), &platform, w.account, &bind).await;
     if !matches!(&bound, Err(error) if error.code == "identity_mismatch") {
         sessions.identity_passed(platform.id, member);
     }
