@@ -252,6 +252,9 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
     // the collection's refused attempt leaves no note behind.
     let plain = json!({"out_order_no": "col-1", "account_id": member, "amount": "80.00", "currency": "CNY"});
     assert_eq!(error_of(&p.post("/v1/recharges", &plain)), (409, Some("idempotency_conflict")));
+    let (_, _, bulk) = p.post("/v1/bulk", &json!({"operations": [{"op": "recharge", "body": plain}, {"op": "recharge", "body": {"out_order_no": "rc-0", "account_id": member, "amount": "1.00", "currency": "CNY"}}]}));
+    assert_eq!(bulk["results"][0]["body"]["error"]["code"], "idempotency_conflict", "in a bulk request too: {bulk}");
+    assert_eq!(bulk["results"][1]["status"], 201, "its other operations go on: {bulk}");
     let (status, _, recharged) = p.post("/v1/recharges", &json!({"out_order_no": "rc-1", "account_id": member, "amount": "10.00", "currency": "CNY"}));
     assert_eq!(status, 201, "{recharged}");
     let taken = json!({"out_order_no": "rc-1", "account_id": member, "card_id": card, "amount": "10.00", "currency": "CNY"});

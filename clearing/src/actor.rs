@@ -228,6 +228,11 @@ impl Clearing {
         crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number)
     }
 
+    /// Which of `numbers` of `platform` are collections' (have a note): one read of the store.
+    pub fn collections_noted(&self, platform: u32, numbers: &[String]) -> Result<Vec<bool>, ClearingError> {
+        crate::payouts::CollectionNotes::noted_many(self.store.as_ref(), platform, numbers)
+    }
+
     /// Drops the note of collection `number` of `platform` (the engine refused the order).
     pub fn forget_collection(&self, platform: u32, number: &str) -> Result<(), ClearingError> {
         crate::payouts::CollectionNotes::forget(self.store.as_ref(), platform, number)

@@ -180,6 +180,13 @@ impl CollectionNotes {
         store.delete_range(&key, &end).map_err(|e| ClearingError::Storage(e.to_string()))
     }
 
+    /// Which of `numbers` of `platform` have a collection's note: one read of the store.
+    pub fn noted_many(store: &dyn Store, platform: u32, numbers: &[String]) -> Result<Vec<bool>, ClearingError> {
+        let keys: Vec<Vec<u8>> = numbers.iter().map(|number| Self::key(platform, number)).collect();
+        let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        Ok(store.get_many(&borrowed).map_err(|e| ClearingError::Storage(e.to_string()))?.iter().map(Option::is_some).collect())
+    }
+
     /// The note of collection `number` of `platform`, if one was written.
     pub fn get(store: &dyn Store, platform: u32, number: &str) -> Result<Option<CollectionNote>, ClearingError> {
         let key = Self::key(platform, number);

@@ -125,6 +125,16 @@ pub(crate) async fn within_money_in_channel(
     }
 }
 
+/// Whether the engine holds an order under `probe`'s order number (its scope and the account
+/// it debits name the record; its content does not matter): a retry may go on past a card's
+/// check only to replay an order that exists (a note can outlive a refused or never applied
+/// order).
+pub(crate) async fn order_held(engine: &Arc<Engine>, probe: &Envelope) -> Result<bool, ApiError> {
+    let (Some(key), Some(account)) = (engine::ledger::command::own_key(probe), probe.command.debited_account()) else { return Ok(false) };
+    let (reading, shard) = (engine.clone(), account.shard(engine.config().shard_count));
+    crate::error::blocking(move || reading.idempotency_record(shard, key)).await?.map(|record| record.is_some()).map_err(ApiError::from)
+}
+
 /// What the engine holds of `envelope`'s order number: `None` if nothing; else the channel the
 /// held order went through (`None` inside when it is not a money-in order). Read off the async
 /// workers (the shard, or its cold rows).
@@ -189,19 +199,23 @@ pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, cle
 /// the pages share it); a refusal is in the reply (render it with `orders::answer`).
 pub async fn recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<(Prepared, Reply), ApiError> {
     let prepared = prepare_recharge(engine, clearing, platform, body).await?;
-    // A number a collection noted is that collection's (its order is the same engine command):
-    // taken by a plain recharge, a start would send it to the bank as the collection, a debit
-    // of the card nobody asked for (before session 60).
-    if let Some(number) = prepared.envelope.out_order_no {
-        let (asking, platform_id) = (clearing.clone(), platform.id);
-        let noted =
-            crate::error::blocking(move || asking.collection_note(platform_id, number.as_str())).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
-        if noted.is_some() {
-            return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
-        }
-    }
+    not_a_collections_number(clearing, platform.id, &prepared.envelope).await?;
     let reply = execute_and_dispatch(engine, clearing.bank(), prepared.envelope.clone()).await?;
     Ok((prepared, reply))
+}
+
+/// Refuses (409) a plain recharge under an order number a collection noted: the number is that
+/// collection's (its order is the same engine command), and taken by a plain recharge a start
+/// would send it to the bank as the collection, a debit of the card nobody asked for (before
+/// session 60). The API, the pages and bulk requests check it.
+pub(crate) async fn not_a_collections_number(clearing: &Clearing, platform: u32, envelope: &Envelope) -> Result<(), ApiError> {
+    let Some(number) = envelope.out_order_no else { return Ok(()) };
+    let asking = clearing.clone();
+    let noted = crate::error::blocking(move || asking.collection_note(platform, number.as_str())).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    match noted {
+        Some(_) => Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body")),
+        None => Ok(()),
+    }
 }
 
 /// Has the engine apply money-in order `envelope` and sends it to its bank if it is new, on a
@@ -280,8 +294,20 @@ pub async fn collect(
             // number).
             let (asking, platform_id, number) = (clearing.clone(), platform.id, body.out_order_no.clone());
             let note = crate::error::blocking(move || asking.collection_note(platform_id, &number)).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
+            let probe = Envelope {
+                platform: platform.id,
+                out_order_no: engine::ledger::command::OutOrderNo::new(&body.out_order_no),
+                command: Command::RequestRecharge { account, currency: engine::money::CurrencyId(0), amount: 0, channel: 0 },
+            };
             match (note, cards.any_named(platform.id, account, &body.card_id).await?) {
-                (Some(note), Some(card)) if note.card_no == card.card_no && note.account == account => card,
+                (Some(note), Some(card))
+                    if note.card_no == card.card_no
+                        && note.account == account
+                        && card.status != "pending_verification"
+                        && order_held(engine, &probe).await? =>
+                {
+                    card
+                }
                 _ => return Err(refusal),
             }
         }
@@ -301,6 +327,15 @@ pub async fn collect(
     // leaves an accepted order unsent nor a refused one's note behind.
     let reply = actix_web::rt::spawn(async move {
         let _one_number_at_a_time = collecting_stripe(platform_id, &number).lock().await;
+        // An order under the number with no collection's note is a plain recharge's: refused
+        // before a note is written (a stop between the note and its removal below would leave
+        // it on that order, which a start would send as a card debit).
+        let (asking, asked) = (clearing.clone(), number.clone());
+        let noted_before =
+            crate::error::blocking(move || asking.collection_note(platform_id, &asked)).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        if noted_before.is_none() && order_held(&engine, &envelope).await? {
+            return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
+        }
         let note = clearing_actor::payouts::CollectionNote { account, amount, card_no: card_no.clone() };
         let (noting, noted_number) = (clearing.clone(), number.clone());
         // A note of this number naming another card, account or amount: the number was used

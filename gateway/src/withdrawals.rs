@@ -91,8 +91,19 @@ pub async fn withdraw(
             // which a platform could take for "not done" and pay out again under another
             // number). The clearing actor checks the rest of the body against the note.
             let noted = clearing.notes(platform, vec![number.as_str().to_string()]).await?.pop().flatten();
+            let probe = engine::ledger::command::Envelope {
+                platform,
+                out_order_no: Some(number),
+                command: engine::ledger::command::Command::Withdraw { account: target, currency: currency_id, amount: 0, fee: 0, channel: 0 },
+            };
             match (noted, cards.any_named(platform, target, &body.card_id).await?) {
-                (Some(note), Some(card)) if note.card == card.id && note.card_no.as_deref() == Some(card.card_no.as_str()) => card,
+                (Some(note), Some(card))
+                    if note.card == card.id
+                        && note.card_no.as_deref() == Some(card.card_no.as_str())
+                        && crate::recharges::order_held(engine, &probe).await? =>
+                {
+                    card
+                }
                 _ => return Err(refusal),
             }
         }

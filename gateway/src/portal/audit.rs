@@ -8,9 +8,6 @@
 
 use std::sync::{Arc, Mutex};
 
-/// The outcome of a record written before its action runs (`Audit::begin`).
-pub const STARTED: &str = "started";
-
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use storage::Store;
@@ -18,6 +15,50 @@ use storage::Store;
 use super::operators::{now_seconds, Scope};
 use super::sessions::Session;
 use crate::error::ApiError;
+
+/// The outcome of a record written before its action runs (`Audit::begin`).
+pub const STARTED: &str = "started";
+
+/// What an operator's action on the engine came to, for its outcome's record: the order it
+/// made (`ok`, `replayed`), or `otherwise` with the refusal.
+pub fn reply_outcome(result: &Result<engine::ledger::types::Reply, ApiError>, otherwise: &str) -> (String, String) {
+    match result {
+        Ok(reply) if reply.is_ok() => {
+            (crate::orders::public_order_id(engine::ledger::types::OrderId(reply.id)), if reply.replayed { "replayed" } else { "ok" }.to_string())
+        }
+        Ok(reply) => (otherwise.to_string(), format!("refused: {}", crate::error::rejection(reply.code).code)),
+        Err(error) => (otherwise.to_string(), format!("refused: {}", error.code)),
+    }
+}
+
+/// Runs `work`, an operator's money action, on a task of its own between its `started` record
+/// and its outcome's (`outcome` gives the target and words from what it came to, and may add
+/// to the request what the outcome's record shows after it): a request
+/// cut short (its client gone, a proxy's timeout) neither stops the action halfway nor loses
+/// its outcome's record (session 60). An action whose `started` record cannot be written does
+/// not run.
+#[allow(clippy::too_many_arguments)]
+pub async fn audited<T: 'static>(
+    portal: Arc<super::Portal>,
+    session: Session,
+    scope: Scope,
+    action: &'static str,
+    target: String,
+    request: serde_json::Value,
+    work: impl std::future::Future<Output = T> + 'static,
+    outcome: impl FnOnce(&T, &mut serde_json::Value) -> (String, String) + 'static,
+) -> Result<T, ApiError> {
+    actix_web::rt::spawn(async move {
+        portal.audit.begin(&session, scope, action, &target, &request)?;
+        let done = work.await;
+        let mut after = request;
+        let (target, words) = outcome(&done, &mut after);
+        portal.audit.record(&session, scope, action, &target, serde_json::Value::Null, after, &words)?;
+        Ok(done)
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the server is stopping".into()))?
+}
 
 const PREFIX: &[u8] = b"o/au/";
 /// Longest text kept of a before/after value (a record is never unbounded).

@@ -549,21 +549,23 @@ async fn recharge(
         channel: None,
     };
     let after = json!({"out_order_no": body.out_order_no, "account_id": body.account_id, "amount": body.amount, "currency": body.currency});
-    portal.audit.begin(&session, m.scope(), "merchant.recharge", &body.account_id, &after)?;
-    let result = crate::recharges::recharge(&engine, &clearing, &m.platform, &body).await;
+    let (working, clearing, platform, request, target) =
+        (engine.get_ref().clone(), clearing.get_ref().clone(), m.platform.clone(), body.clone(), public_account_id(account));
+    let work = async move { crate::recharges::recharge(&working, &clearing, &platform, &request).await.map(|(_, reply)| reply) };
+    let outcome = move |result: &Result<engine::ledger::types::Reply, ApiError>, _: &mut Value| super::audit::reply_outcome(result, &target);
+    let result =
+        super::audit::audited(portal.get_ref().clone(), session.clone(), m.scope(), "merchant.recharge", body.account_id.clone(), after, work, outcome).await?;
     let outcome = match result {
-        Ok((_, reply)) if reply.is_ok() => Ok(reply),
-        Ok((_, reply)) => Err(crate::orders::rejection(reply.code)),
+        Ok(reply) if reply.is_ok() => Ok(reply),
+        Ok(reply) => Err(crate::orders::rejection(reply.code)),
         Err(error) => Err(error),
     };
     match outcome {
         Ok(reply) => {
             let order = crate::orders::public_order_id(engine::ledger::types::OrderId(reply.id));
-            audit(&portal, &session, &m, "merchant.recharge", &order, after, Ok(if reply.replayed { "replayed" } else { "ok" }))?;
             Ok(redirect(&format!("/portal/merchant/orders/{order}")))
         }
         Err(error) => {
-            audit(&portal, &session, &m, "merchant.recharge", &public_account_id(account), after, Err(&error))?;
             let summaries = m.summaries(&engine).await?;
             let body = html! { (notice("error", &complaint(&error))) section.card { (recharge_form(&session, &summaries, &fields)) } };
             Ok(page(&session, "Recharge", "/portal/merchant/recharge", body))
@@ -728,9 +730,30 @@ async fn withdraw(
         currency: spec.code_str().to_string(),
         arrival: fields.opt("arrival").map(str::to_string),
     };
-    let mut after = json!({"out_order_no": body.out_order_no, "account_id": body.account_id, "card_id": body.card_id, "amount": body.amount, "currency": body.currency, "arrival": body.arrival});
-    portal.audit.begin(&session, m.scope(), "merchant.withdraw", &body.account_id, &after)?;
-    let result = crate::withdrawals::withdraw(&engine, &cards, &members, &notifications, &clearing, m.platform.id, &body).await;
+    let after = json!({"out_order_no": body.out_order_no, "account_id": body.account_id, "card_id": body.card_id, "amount": body.amount, "currency": body.currency, "arrival": body.arrival});
+    let (working, carding, membering, notifying, clearing, platform, request, target) = (
+        engine.get_ref().clone(),
+        cards.get_ref().clone(),
+        members.get_ref().clone(),
+        notifications.get_ref().clone(),
+        clearing.get_ref().clone(),
+        m.platform.id,
+        body.clone(),
+        public_account_id(account),
+    );
+    let work = async move { crate::withdrawals::withdraw(&working, &carding, &membering, &notifying, &clearing, platform, &request).await };
+    let outcome = move |result: &Result<crate::withdrawals::Submitted, ApiError>, after: &mut Value| match result {
+        Ok(submitted) if submitted.reply.is_ok() => {
+            after["channel"] = json!(submitted.channel);
+            after["fee"] = json!(spec.format(submitted.fee));
+            let order = crate::orders::public_order_id(engine::ledger::types::OrderId(submitted.reply.id));
+            (order, if submitted.reply.replayed { "replayed" } else { "ok" }.to_string())
+        }
+        Ok(submitted) => (target, format!("refused: {}", crate::orders::rejection(submitted.reply.code).code)),
+        Err(error) => (target, format!("refused: {}", error.code)),
+    };
+    let result =
+        super::audit::audited(portal.get_ref().clone(), session.clone(), m.scope(), "merchant.withdraw", body.account_id.clone(), after, work, outcome).await?;
     let outcome = match result {
         Ok(submitted) if submitted.reply.is_ok() => Ok(submitted),
         Ok(submitted) => Err(crate::orders::rejection(submitted.reply.code)),
@@ -739,13 +762,9 @@ async fn withdraw(
     match outcome {
         Ok(submitted) => {
             let order = crate::orders::public_order_id(engine::ledger::types::OrderId(submitted.reply.id));
-            after["channel"] = json!(submitted.channel);
-            after["fee"] = json!(spec.format(submitted.fee));
-            audit(&portal, &session, &m, "merchant.withdraw", &order, after, Ok(if submitted.reply.replayed { "replayed" } else { "ok" }))?;
             Ok(redirect(&format!("/portal/merchant/orders/{order}")))
         }
         Err(error) => {
-            audit(&portal, &session, &m, "merchant.withdraw", &public_account_id(account), after, Err(&error))?;
             let (summaries, verified) = (m.summaries(&engine).await?, m.verified_cards(&engine, &cards).await?);
             let body = html! { (notice("error", &complaint(&error))) section.card { (withdraw_form(&session, &summaries, &verified, &fields)) } };
             Ok(page(&session, "Withdraw", "/portal/merchant/withdraw", body))
@@ -872,10 +891,16 @@ async fn refund(
         json!({"out_order_no": body.out_order_no, "payment_order_id": body.payment_order_id, "payee_account_id": body.payee_account_id, "amount": body.amount});
     let result = match crate::payments::prepare_refund(&engine, &m.platform, &body).await {
         Ok(prepared) => {
-            portal.audit.begin(&session, m.scope(), "merchant.refund", &body.payment_order_id, &after)?;
-            crate::accounts::execute(&engine, prepared.envelope).await
+            let (working, target) = (engine.get_ref().clone(), body.payment_order_id.clone());
+            let work = async move { crate::accounts::execute(&working, prepared.envelope).await };
+            let outcome = move |result: &Result<engine::ledger::types::Reply, ApiError>, _: &mut Value| super::audit::reply_outcome(result, &target);
+            super::audit::audited(portal.get_ref().clone(), session.clone(), m.scope(), "merchant.refund", body.payment_order_id.clone(), after, work, outcome)
+                .await?
         }
-        Err(error) => Err(error),
+        Err(error) => {
+            audit(&portal, &session, &m, "merchant.refund", &body.payment_order_id, after, Err(&error))?;
+            Err(error)
+        }
     };
     let outcome = match result {
         Ok(reply) if reply.is_ok() => Ok(reply),
@@ -885,11 +910,9 @@ async fn refund(
     match outcome {
         Ok(reply) => {
             let order = crate::orders::public_order_id(engine::ledger::types::OrderId(reply.id));
-            audit(&portal, &session, &m, "merchant.refund", &order, after, Ok(if reply.replayed { "replayed" } else { "ok" }))?;
             Ok(redirect(&format!("/portal/merchant/orders/{order}")))
         }
         Err(error) => {
-            audit(&portal, &session, &m, "merchant.refund", &body.payment_order_id, after, Err(&error))?;
             let body = html! {
                 (notice("error", &complaint(&error)))
                 p { a href=(format!("/portal/merchant/orders/{}", body.payment_order_id)) { "Back to the payment" } }

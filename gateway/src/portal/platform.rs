@@ -517,18 +517,20 @@ async fn member_money_outcome(
     cards: &Arc<crate::cards::Cards>,
     action: &str,
     after: Value,
-    result: Result<engine::ledger::types::Reply, ApiError>,
+    (result, recorded): (Result<engine::ledger::types::Reply, ApiError>, bool),
 ) -> Result<HttpResponse, PortalError> {
+    if !recorded {
+        let (target, words) = super::audit::reply_outcome(&result, &member.public_id());
+        portal.audit.record(session, session.scope(), action, &target, Value::Null, after, &words)?;
+    }
     let refused = match result {
         Ok(reply) if reply.is_ok() => {
             let order = crate::orders::public_order_id(engine::ledger::types::OrderId(reply.id));
-            portal.audit.record(session, session.scope(), action, &order, Value::Null, after, if reply.replayed { "replayed" } else { "ok" })?;
             return Ok(redirect(&format!("/portal/platform/orders/{order}")));
         }
         Ok(reply) => crate::error::rejection(reply.code),
         Err(error) => error,
     };
-    portal.audit.record(session, session.scope(), action, &member.public_id(), Value::Null, after, &format!("refused: {}", refused.code))?;
     render_member(session, platform, member, engine, cards, Some(("error", &refusal(&refused)))).await
 }
 
@@ -563,10 +565,26 @@ async fn collection(
                 currency: spec.code_str().to_string(),
                 channel: None,
             };
-            portal.audit.begin(&session, session.scope(), "order.collection", &member.public_id(), &after)?;
-            crate::recharges::collect(&engine, &clearing, &cards, &platform, body).await.map(|(_, reply)| reply)
+            let (engine, clearing, cards, platform, target) =
+                (engine.get_ref().clone(), clearing.get_ref().clone(), cards.get_ref().clone(), platform.clone(), member.public_id());
+            let work = async move { crate::recharges::collect(&engine, &clearing, &cards, &platform, body).await.map(|(_, reply)| reply) };
+            let outcome = move |result: &Result<engine::ledger::types::Reply, ApiError>, _: &mut Value| super::audit::reply_outcome(result, &target);
+            (
+                super::audit::audited(
+                    portal.get_ref().clone(),
+                    session.clone(),
+                    session.scope(),
+                    "order.collection",
+                    member.public_id(),
+                    after.clone(),
+                    work,
+                    outcome,
+                )
+                .await?,
+                true,
+            )
         }
-        Err(error) => Err(error),
+        Err(error) => (Err(error), false),
     };
     member_money_outcome(&session, &portal, &platform, &member, &engine, &cards, "order.collection", after, result).await
 }
@@ -836,24 +854,37 @@ fn money_outcome(
     clearing: &Clearing,
     action: &str,
     request: Value,
-    result: Result<engine::ledger::types::Reply, ApiError>,
+    (result, recorded): (Result<engine::ledger::types::Reply, ApiError>, bool),
 ) -> Result<HttpResponse, PortalError> {
+    if !recorded {
+        let (target, words) = super::audit::reply_outcome(&result, "");
+        portal.audit.record(session, session.scope(), action, &target, Value::Null, request, &words)?;
+    }
     match result {
         Ok(reply) if reply.is_ok() => {
             let order = crate::orders::public_order_id(engine::ledger::types::OrderId(reply.id));
-            portal.audit.record(session, session.scope(), action, &order, Value::Null, request, if reply.replayed { "replayed" } else { "ok" })?;
             Ok(redirect(&format!("/portal/platform/orders/{order}")))
         }
-        Ok(reply) => {
-            let error = crate::error::rejection(reply.code);
-            portal.audit.record(session, session.scope(), action, "", Value::Null, request, &format!("refused: {}", error.code))?;
-            Ok(render_money(session, engine, clearing, Some(("error", &refusal(&error)))))
-        }
-        Err(error) => {
-            portal.audit.record(session, session.scope(), action, "", Value::Null, request, &format!("refused: {}", error.code))?;
-            Ok(render_money(session, engine, clearing, Some(("error", &refusal(&error)))))
-        }
+        Ok(reply) => Ok(render_money(session, engine, clearing, Some(("error", &refusal(&crate::error::rejection(reply.code)))))),
+        Err(error) => Ok(render_money(session, engine, clearing, Some(("error", &refusal(&error))))),
     }
+}
+
+/// An engine command of the platform portal's money forms, on a task of its own between its
+/// audit records (`audit::audited`); the outcome's target is the order made, else empty.
+async fn audited_execute(
+    session: &Session,
+    portal: &PortalData,
+    engine: &EngineData,
+    action: &'static str,
+    target: String,
+    request: &Value,
+    envelope: engine::ledger::command::Envelope,
+) -> Result<(Result<engine::ledger::types::Reply, ApiError>, bool), PortalError> {
+    let engine = engine.get_ref().clone();
+    let work = async move { crate::accounts::execute(&engine, envelope).await };
+    let outcome = |result: &Result<engine::ledger::types::Reply, ApiError>, _: &mut Value| super::audit::reply_outcome(result, "");
+    Ok((super::audit::audited(portal.get_ref().clone(), session.clone(), session.scope(), action, target, request.clone(), work, outcome).await?, true))
 }
 
 /// The platform's account named by a form field, or the API's 404 naming it.
@@ -884,10 +915,16 @@ async fn recharge(
     let shown = serde_json::to_value(&body).unwrap_or(Value::Null);
     let result = match own_account(&engine, platform.id, &body.account_id, "account_id").await {
         Ok(()) => {
-            portal.audit.begin(&session, session.scope(), "order.recharge", &body.account_id, &shown)?;
-            crate::recharges::recharge(&engine, &clearing, &platform, &body).await.map(|(_, reply)| reply)
+            let (engine, clearing, target) = (engine.get_ref().clone(), clearing.get_ref().clone(), body.account_id.clone());
+            let work = async move { crate::recharges::recharge(&engine, &clearing, &platform, &body).await.map(|(_, reply)| reply) };
+            let outcome = |result: &Result<engine::ledger::types::Reply, ApiError>, _: &mut Value| super::audit::reply_outcome(result, "");
+            (
+                super::audit::audited(portal.get_ref().clone(), session.clone(), session.scope(), "order.recharge", target, shown.clone(), work, outcome)
+                    .await?,
+                true,
+            )
         }
-        Err(error) => Err(error),
+        Err(error) => (Err(error), false),
     };
     money_outcome(&session, &portal, &engine, &clearing, "order.recharge", shown, result)
 }
@@ -915,13 +952,10 @@ async fn freeze(
     let shown = serde_json::to_value(&body).unwrap_or(Value::Null);
     let result = match own_account(&engine, platform.id, &body.account_id, "account_id").await {
         Ok(()) => match crate::payments::prepare_freeze(&engine, &platform, &body) {
-            Ok(prepared) => {
-                portal.audit.begin(&session, session.scope(), "order.freeze", &body.account_id, &shown)?;
-                crate::accounts::execute(&engine, prepared.envelope.clone()).await
-            }
-            Err(error) => Err(error),
+            Ok(prepared) => audited_execute(&session, &portal, &engine, "order.freeze", body.account_id.clone(), &shown, prepared.envelope).await?,
+            Err(error) => (Err(error), false),
         },
-        Err(error) => Err(error),
+        Err(error) => (Err(error), false),
     };
     money_outcome(&session, &portal, &engine, &clearing, "order.freeze", shown, result)
 }
@@ -944,11 +978,8 @@ async fn release(
     let shown = serde_json::json!({"order_id": order_id, "out_order_no": body.out_order_no, "amount": body.amount});
     // prepare_release reads the order as the platform's: another platform's order is not found.
     let result = match crate::payments::prepare_release(&engine, &platform, &order_id, &body).await {
-        Ok(prepared) => {
-            portal.audit.begin(&session, session.scope(), "order.release", &order_id, &shown)?;
-            crate::accounts::execute(&engine, prepared.envelope.clone()).await
-        }
-        Err(error) => Err(error),
+        Ok(prepared) => audited_execute(&session, &portal, &engine, "order.release", order_id.clone(), &shown, prepared.envelope).await?,
+        Err(error) => (Err(error), false),
     };
     money_outcome(&session, &portal, &engine, &clearing, "order.release", shown, result)
 }

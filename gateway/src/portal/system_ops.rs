@@ -302,19 +302,29 @@ async fn settle(
     let Some(day) = crate::settlements::day_number(&date) else {
         return settlement_page(&session, &clearing, &all, Some(notice("error", "business_date must be a date YYYY-MM-DD"))).await;
     };
-    portal.audit.begin(&session, Scope::System, "settlement.run", &date, &serde_json::Value::Null)?;
-    let outcome = clearing.settle(day, crate::settlements::terms(&engine, &all, day)).await.map_err(ApiError::from);
+    let (settling, terms) = (clearing.get_ref().clone(), crate::settlements::terms(&engine, &all, day));
+    let work = async move { settling.settle(day, terms).await.map_err(ApiError::from) };
+    let described = date.clone();
+    let outcome = move |outcome: &Result<clearing_actor::settlement::SettlementSummary, ApiError>, after: &mut serde_json::Value| match outcome {
+        Ok(summary) => {
+            *after = serde_json::to_value(summary).unwrap_or_default();
+            (described, "ok".to_string())
+        }
+        Err(error) => (described, error.message.clone()),
+    };
+    let outcome = crate::portal::audit::audited(
+        portal.get_ref().clone(),
+        session.clone(),
+        Scope::System,
+        "settlement.run",
+        date.clone(),
+        serde_json::Value::Null,
+        work,
+        outcome,
+    )
+    .await?;
     let result = match &outcome {
         Ok(summary) => {
-            portal.audit.record(
-                &session,
-                Scope::System,
-                "settlement.run",
-                &date,
-                serde_json::Value::Null,
-                serde_json::to_value(summary).unwrap_or_default(),
-                "ok",
-            )?;
             html! {
                 (notice(if summary.invariants_ok { "ok" } else { "error" }, &format!("Settlement of {} done{}.", summary.business_date, if summary.invariants_ok { "" } else { ": INVARIANTS FAIL" })))
                 section.card #summary {
@@ -337,10 +347,7 @@ async fn settle(
                 }
             }
         }
-        Err(error) => {
-            portal.audit.record(&session, Scope::System, "settlement.run", &date, serde_json::Value::Null, serde_json::Value::Null, &error.message)?;
-            notice("error", &format!("The run failed: {}", error.message))
-        }
+        Err(error) => notice("error", &format!("The run failed: {}", error.message)),
     };
     settlement_page(&session, &clearing, &all, Some(result)).await
 }
@@ -482,19 +489,40 @@ async fn reconcile(
     };
     // A pasted statement is checked, not taken as the bank's verdicts (one operator alone
     // would complete or fail waiting orders by typing lines): those become cases.
-    portal.audit.begin(&session, Scope::System, "reconciliation.run", &format!("{name} {date}"), &serde_json::json!({"source": source}))?;
-    let reconciled = if source == "pasted file" { clearing.reconcile_by_hand(channel, day, file).await } else { clearing.reconcile(channel, day, file).await };
-    let result = match reconciled.map_err(ApiError::from) {
+    // The records name the file by its size, lines and SHA-256 (not its text).
+    let digest: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&file).iter().map(|byte| format!("{byte:02x}")).collect()
+    };
+    let request =
+        serde_json::json!({"source": source, "bytes": file.len(), "lines": file.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), "sha256": digest});
+    let reconciling = clearing.get_ref().clone();
+    let work = async move {
+        let reconciled =
+            if source == "pasted file" { reconciling.reconcile_by_hand(channel, day, file).await } else { reconciling.reconcile(channel, day, file).await };
+        reconciled.map_err(ApiError::from)
+    };
+    let described = format!("{name} {date}");
+    let outcome = move |outcome: &Result<clearing_actor::reconcile::ReconcileReport, ApiError>, after: &mut serde_json::Value| match outcome {
         Ok(report) => {
-            portal.audit.record(
-                &session,
-                Scope::System,
-                "reconciliation.run",
-                &format!("{name} {date}"),
-                serde_json::Value::Null,
-                serde_json::json!({"source": source, "counts": report.counts}),
-                "ok",
-            )?;
+            after["counts"] = serde_json::to_value(&report.counts).unwrap_or_default();
+            (described, "ok".to_string())
+        }
+        Err(error) => (described, error.message.clone()),
+    };
+    let reconciled = crate::portal::audit::audited(
+        portal.get_ref().clone(),
+        session.clone(),
+        Scope::System,
+        "reconciliation.run",
+        format!("{name} {date}"),
+        request,
+        work,
+        outcome,
+    )
+    .await?;
+    let result = match reconciled {
+        Ok(report) => {
             let details = serde_json::to_value(&report.details).unwrap_or_default();
             html! {
                 (notice("ok", &format!("Reconciled {} of {} against the {source}.", report.channel, report.business_date)))
@@ -509,18 +537,7 @@ async fn reconcile(
                 }
             }
         }
-        Err(error) => {
-            portal.audit.record(
-                &session,
-                Scope::System,
-                "reconciliation.run",
-                &format!("{name} {date}"),
-                serde_json::Value::Null,
-                serde_json::Value::Null,
-                &error.message,
-            )?;
-            notice("error", &format!("Reconciliation refused: {}", error.message))
-        }
+        Err(error) => notice("error", &format!("Reconciliation refused: {}", error.message)),
     };
     reconciliation_page(&session, &clearing, "open", None, Some(result)).await
 }
