@@ -109,6 +109,24 @@ impl World {
         order
     }
 
+    /// A bank of a moment's latency on this store decides `request` (its order on channel 1):
+    /// its verdict, kept in the store for a bank started later.
+    fn decided_by_a_quick_bank(&self, request: bank::Request) -> Option<bool> {
+        let order = match &request {
+            bank::Request::MoneyIn { order, .. } | bank::Request::MoneyOut { order, .. } | bank::Request::Collection { order, .. } => *order,
+            bank::Request::MicroDeposit { .. } => return None,
+        };
+        let quick = banksim::Simulator::start(banksim::SimulatorConfig { latency_ms: 1, ..slow() }, "key".into(), self.store.clone()).unwrap();
+        quick.submit(request);
+        (0..500).find_map(|_| match quick.query(order, 1) {
+            BankStatus::Decided { succeeded } => Some(succeeded),
+            _ => {
+                std::thread::sleep(Duration::from_millis(10));
+                None
+            }
+        })
+    }
+
     /// The open cases (the tests open a few).
     fn open_cases(&self) -> Vec<clearing_actor::cases::Case> {
         self.runtime.block_on(self.clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 10)).unwrap().cases
@@ -440,15 +458,13 @@ fn a_start_asks_the_bank_before_sending_a_payout_again() {
     clearing.stop();
     // The bank decides w2 (its callback never arrives), then restarts and loses what it had in
     // hand: w1 and w3 are sent again, w2 gets the verdict the bank kept.
-    let quick = banksim::Simulator::start(banksim::SimulatorConfig { latency_ms: 1, ..slow() }, "key".into(), w.store.clone()).unwrap();
     let cny = cny();
-    quick.submit(bank::Request::MoneyOut { order: orders[1], channel: 1, amount: 10_000, currency: cny, card_no: "6222020200112233445".into() });
-    let decided = (0..500).find_map(|_| match quick.query(orders[1], 1) {
-        BankStatus::Decided { succeeded } => Some(succeeded),
-        _ => {
-            std::thread::sleep(Duration::from_millis(10));
-            None
-        }
+    let decided = w.decided_by_a_quick_bank(bank::Request::MoneyOut {
+        order: orders[1],
+        channel: 1,
+        amount: 10_000,
+        currency: cny,
+        card_no: "6222020200112233445".into(),
     });
     assert_eq!(decided, Some(true), "the bank paid w2");
     let restarted = counting(&Arc::new(banksim::Simulator::start(slow(), "key".into(), w.store.clone()).unwrap()));
@@ -920,15 +936,7 @@ fn a_start_asks_the_bank_before_sending_money_in_again() {
     clearing.stop();
     // The bank decides r2 (its callback never arrives), then restarts and loses what it had in
     // hand: r1 and r3 are sent again, r2 gets the verdict the bank kept.
-    let quick = banksim::Simulator::start(banksim::SimulatorConfig { latency_ms: 1, ..slow() }, "key".into(), w.store.clone()).unwrap();
-    quick.submit(bank::Request::MoneyIn { order: orders[1], channel: 1, amount: 1_000, currency: cny });
-    let decided = (0..500).find_map(|_| match quick.query(orders[1], 1) {
-        BankStatus::Decided { succeeded } => Some(succeeded),
-        _ => {
-            std::thread::sleep(Duration::from_millis(10));
-            None
-        }
-    });
+    let decided = w.decided_by_a_quick_bank(bank::Request::MoneyIn { order: orders[1], channel: 1, amount: 1_000, currency: cny });
     assert_eq!(decided, Some(true), "the bank took r2");
     let restarted = counting(&Arc::new(banksim::Simulator::start(slow(), "key".into(), w.store.clone()).unwrap()));
     let clearing = World::clearing(&w.engine, &w.store, restarted.clone());

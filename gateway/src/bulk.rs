@@ -132,12 +132,24 @@ pub async fn bulk(
     if !recharges.is_empty() {
         let (asking, platform_id, numbers) = (clearing.get_ref().clone(), signed.platform.id, recharges.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>());
         let noted = crate::error::blocking(move || asking.collections_noted(platform_id, &numbers)).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
-        let taken: Vec<usize> = recharges.iter().zip(noted).filter(|(_, noted)| *noted).map(|((i, _), _)| *i).collect();
-        for i in taken.into_iter().rev() {
-            let index = positions.remove(i);
-            prepared.remove(i);
+        let taken: std::collections::HashSet<usize> = recharges.iter().zip(noted).filter(|(_, noted)| *noted).map(|((i, _), _)| *i).collect();
+        if !taken.is_empty() {
+            // One pass over both lists (removing one at a time would be quadratic in a
+            // request's size).
             errors.resize(count, None);
-            errors[index] = Some(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
+            for i in &taken {
+                errors[positions[*i]] = Some(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
+            }
+            let mut index = 0;
+            prepared.retain(|_| {
+                index += 1;
+                !taken.contains(&(index - 1))
+            });
+            let mut index = 0;
+            positions.retain(|_| {
+                index += 1;
+                !taken.contains(&(index - 1))
+            });
         }
     }
     let mut replies = Vec::new();
