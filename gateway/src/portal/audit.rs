@@ -48,16 +48,28 @@ pub async fn audited<T: 'static>(
     work: impl std::future::Future<Output = T> + 'static,
     outcome: impl FnOnce(&T, &mut serde_json::Value) -> (String, String) + 'static,
 ) -> Result<T, ApiError> {
-    actix_web::rt::spawn(async move {
+    let (recording, recorder, named) = (portal.clone(), session.clone(), target.clone());
+    let task = actix_web::rt::spawn(async move {
         portal.audit.begin(&session, scope, action, &target, &request)?;
         let done = work.await;
         let mut after = request;
         let (target, words) = outcome(&done, &mut after);
         portal.audit.record(&session, scope, action, &target, serde_json::Value::Null, after, &words)?;
         Ok(done)
-    })
-    .await
-    .map_err(|_| ApiError::unavailable("the server is stopping".into()))?
+    });
+    match task.await {
+        Ok(result) => result,
+        Err(ended) => {
+            // A panic (no input should reach one) ends the task before its outcome's record:
+            // the log says so rather than leave the start alone.
+            if ended.is_panic() {
+                let _ =
+                    recording.audit.record(&recorder, scope, action, &named, serde_json::Value::Null, serde_json::Value::Null, "failed: the action panicked");
+                return Err(ApiError::new(500, "internal_error", "the action failed; the audit log records it"));
+            }
+            Err(ApiError::unavailable("the server is stopping".into()))
+        }
+    }
 }
 
 const PREFIX: &[u8] = b"o/au/";
@@ -353,6 +365,64 @@ pub fn csv(records: &[Arc<Record>]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A money action runs between its `started` record and its outcome's; one that panics
+    /// gets a `failed` outcome instead of leaving its start alone.
+    #[actix_web::test]
+    async fn an_audited_action_has_its_start_and_its_outcome_even_when_it_panics() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let (portal, _) = super::super::Portal::load(store, super::super::SessionLimits::default(), Vec::new()).expect("a portal");
+        let portal = Arc::new(portal);
+        let operator: super::super::Operator = serde_json::from_value(serde_json::json!({
+            "id": 7, "username": "op7", "display_name": "", "scope": Scope::System, "roles": ["operator"],
+            "password_hash": "", "created_at": 0, "created_by": "test",
+        }))
+        .expect("an operator");
+        let session = Session { operator, csrf: String::new(), from: "127.0.0.1".into(), token: String::new() };
+        let done = audited(
+            portal.clone(),
+            session.clone(),
+            Scope::System,
+            "order.freeze",
+            "acc_1".into(),
+            serde_json::json!({"amount": "1.00"}),
+            async { 42 },
+            |n: &i32, after: &mut serde_json::Value| {
+                after["n"] = serde_json::json!(n);
+                ("ord_9".to_string(), "ok".to_string())
+            },
+        )
+        .await;
+        assert_eq!(done.ok(), Some(42));
+        let panicked = audited(
+            portal.clone(),
+            session,
+            Scope::System,
+            "order.release",
+            "ord_9".into(),
+            serde_json::Value::Null,
+            async { panic!("a bug") },
+            |_: &(), _: &mut serde_json::Value| (String::new(), "ok".to_string()),
+        )
+        .await;
+        assert_eq!(panicked.err().map(|e| e.status), Some(500));
+        let (records, _) = portal.audit.search(&Scope::System, &Query { limit: 50, ..Query::default() }).unwrap();
+        let seen: Vec<(&str, &str, &str)> =
+            records.iter().rev().filter(|r| r.action.starts_with("order.")).map(|r| (r.action.as_str(), r.target.as_str(), r.outcome.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                ("order.freeze", "acc_1", STARTED),
+                ("order.freeze", "ord_9", "ok"),
+                ("order.release", "ord_9", STARTED),
+                ("order.release", "ord_9", "failed: the action panicked")
+            ]
+        );
+        assert_eq!(
+            records.iter().find(|r| r.outcome == "ok").and_then(|r| serde_json::from_str::<serde_json::Value>(&r.after).ok()),
+            Some(serde_json::json!({"amount": "1.00", "n": 42}))
+        );
+    }
 
     #[test]
     fn the_chain_finds_a_changed_record_and_search_keeps_to_the_scope() {
