@@ -54,7 +54,12 @@ pub async fn audited<T: 'static>(
         let done = work.await;
         let mut after = request;
         let (target, words) = outcome(&done, &mut after);
-        portal.audit.record(&session, scope, action, &target, serde_json::Value::Null, after, &words)?;
+        // The action is done: an outcome's record that cannot be written is logged, not
+        // answered as the action's failure (an operator would send the form again, under a
+        // new order number).
+        if let Err(error) = portal.audit.record(&session, scope, action, &target, serde_json::Value::Null, after, &words) {
+            tracing::error!(action, "an audit outcome was not written: {}", error.message);
+        }
         Ok(done)
     });
     match task.await {

@@ -38,7 +38,7 @@ pub struct Portal {
     /// tries against a lock are recorded once per lockout, so that a client without a password
     /// cannot grow the log (and its synced writes) by hammering the sign-in page.
     pub locked_noted: std::sync::Mutex<std::collections::HashMap<u64, i64>>,
-    /// Failed sign-ins per peer address (`[portal] sign_in_failures_per_address`).
+    /// Failed sign-ins per client address (`[portal] sign_in_failures_per_address`).
     pub address_failures: sessions::AddressFailures,
     /// Proxies whose `X-Forwarded-For` names the client (`[portal] trusted_proxies`).
     pub trusted_proxies: Vec<std::net::IpAddr>,

@@ -62,11 +62,12 @@ pub const SIGN_IN_FAILURES_PER_ADDRESS_DEFAULT: u32 = 0;
 /// The window failed sign-ins of an address are counted in (fixed windows from its first).
 pub const ADDRESS_WINDOW_SECONDS: i64 = 15 * 60;
 /// Addresses counted at once; past it, windows that ended are dropped (at most every ten
-/// seconds), then any one address is forgotten to make room.
+/// seconds), then an address below its limit is forgotten to make room (one at its limit
+/// only when none is below: a client filling the table must not reset its own refusal).
 const ADDRESSES_MAX: usize = 65_536;
 
-/// Failed sign-ins per peer address (the socket's: `X-Forwarded-For` is not trusted), in memory,
-/// bounded: one address guessing names and passwords (which a per-operator lockout does not
+/// Failed sign-ins per client address (`peer`: the socket's, or past trusted proxies the one
+/// their `X-Forwarded-For` names), in memory, bounded: one address guessing names and passwords (which a per-operator lockout does not
 /// stop when each name is tried a few times) is refused once it has failed
 /// `sign_in_failures_per_address` times in a window, before any password is hashed.
 pub struct AddressFailures {
@@ -108,7 +109,9 @@ impl AddressFailures {
                 table.counts.retain(|_, (start, _)| now < *start + ADDRESS_WINDOW_SECONDS);
             }
             if table.counts.len() >= ADDRESSES_MAX {
-                let any = table.counts.keys().next().cloned();
+                let limit = self.limit;
+                let below = table.counts.iter().find(|(_, (_, failures))| *failures < limit).map(|(key, _)| key.clone());
+                let any = below.or_else(|| table.counts.keys().next().cloned());
                 if let Some(any) = any {
                     table.counts.remove(&any);
                 }
@@ -354,13 +357,25 @@ fn client_address(socket: Option<IpAddr>, forwarded: &[&str], trusted: &[IpAddr]
         return Some(client);
     }
     for entry in forwarded.iter().rev().flat_map(|header| header.rsplit(',')) {
-        let Ok(hop) = entry.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) else { break };
+        let Some(hop) = forwarded_address(entry.trim()) else { break };
         client = hop;
         if !trusted.contains(&hop) {
             break;
         }
     }
     Some(client)
+}
+
+/// An `X-Forwarded-For` entry's address: bare (`203.0.113.5`, `2001:db8::1`), with a port
+/// (`203.0.113.5:4711`, as some balancers write it) or bracketed (`[2001:db8::1]:4711`);
+/// IPv4-mapped IPv6 read as IPv4.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let ip = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|socket| socket.ip()))
+        .or_else(|| entry.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')).and_then(|inner| inner.parse::<IpAddr>().ok()))?;
+    Some(ip.to_canonical())
 }
 
 /// What failed sign-ins are counted by: an IPv4 address, or an IPv6 address's /64 (one
@@ -551,11 +566,16 @@ mod tests {
         assert!(!failures.failed("10.0.0.1", 100 + ADDRESS_WINDOW_SECONDS), "counted from nought again");
         let off = AddressFailures::new(0);
         assert!((0..10).all(|_| !off.failed("10.0.0.1", 0)) && off.allows("10.0.0.1", 0), "0: no limit");
-        // Bounded: past `ADDRESSES_MAX` addresses, one is forgotten for each new one.
+        // Bounded: past `ADDRESSES_MAX` addresses, one is forgotten for each new one, never
+        // one at its limit while another is below it.
+        for _ in 0..3 {
+            failures.failed("10.0.0.9", 200);
+        }
         for n in 0..ADDRESSES_MAX as u32 + 10 {
             failures.failed(&n.to_string(), 200);
         }
         assert_eq!(failures.inner.lock().unwrap().counts.len(), ADDRESSES_MAX);
+        assert!(!failures.allows("10.0.0.9", 201), "a refused address is not forgotten to make room");
     }
 
     #[test]
@@ -569,6 +589,9 @@ mod tests {
         assert_eq!(client("10.0.0.1", &["6.6.6.6, 203.0.113.5, 10.0.0.2"]), "203.0.113.5", "through two proxies");
         assert_eq!(client("10.0.0.1", &["6.6.6.6", "203.0.113.5"]), "203.0.113.5", "two headers read in order");
         assert_eq!(client("10.0.0.1", &["203.0.113.5, garbage"]), "10.0.0.1", "garbage ends the walk at the last trusted hop");
+        assert_eq!(client("10.0.0.1", &["203.0.113.5:4711"]), "203.0.113.5", "with a port");
+        assert_eq!(client("10.0.0.1", &["[2001:db8::7]:4711"]), "2001:db8::7", "bracketed with a port");
+        assert_eq!(client("10.0.0.1", &["[2001:db8::7]"]), "2001:db8::7", "bracketed");
         assert_eq!(client("10.0.0.1", &["10.0.0.2"]), "10.0.0.2", "proxies all the way");
         assert_eq!(client("::ffff:10.0.0.1", &["::ffff:203.0.113.5"]), "203.0.113.5", "IPv4-mapped reads as IPv4");
         assert_eq!(limit_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
