@@ -144,6 +144,9 @@ struct Actor {
     /// Payouts handed to a channel and not answered yet: the channel, when its answer is due and
     /// when it was handed to the bank (its verdict's latency).
     outstanding: HashMap<OrderId, Outstanding>,
+    /// Money-in verdicts the bank kept (its callbacks lost) that the engine did not take at a
+    /// start: tried again each tick until it does (money in has no watchdog).
+    kept_verdicts: Vec<(OrderId, bool)>,
     schedule: Option<Schedule>,
     terms: TermsSource,
     /// The day of the settlement run in progress, if one is.
@@ -195,6 +198,7 @@ impl Clearing {
             table,
             published: published.clone(),
             outstanding: HashMap::new(),
+            kept_verdicts: Vec::new(),
             schedule,
             terms,
             running: None,
@@ -1074,7 +1078,32 @@ impl Actor {
     /// the bank never received goes to the next channel (or fails, funds back) as after a
     /// failure; one it decided gets that verdict (the callback was lost); one still processing
     /// is looked at again a timeout later. Never resends what the bank has. Then the schedule.
+    /// Applies the money-in verdicts the bank kept (`kept_verdicts`); one the engine does not
+    /// answer (an error, overloaded) stays for the next tick, one it refuses (decided otherwise
+    /// meanwhile) is logged and dropped.
+    fn apply_kept_verdicts(&mut self) {
+        let engine = self.engine.clone();
+        self.kept_verdicts.retain(|&(order, succeeded)| {
+            let command = Command::CompleteRecharge { order, succeeded };
+            match engine.execute_one(Envelope { platform: 0, out_order_no: None, command }) {
+                Ok(reply) if reply.is_ok() => false,
+                Ok(reply) if reply.code == ResultCode::Overloaded => true,
+                Ok(reply) => {
+                    tracing::error!(order = order.0, "a money-in verdict kept by the bank refused: {:?}", reply.code);
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!(order = order.0, "a money-in verdict kept by the bank not applied yet: {error}");
+                    true
+                }
+            }
+        });
+    }
+
     fn tick(&mut self) {
+        if !self.kept_verdicts.is_empty() {
+            self.apply_kept_verdicts();
+        }
         let now = self.clock.instant();
         let mut due = Vec::new();
         for (order, waiting) in self.outstanding.iter() {
@@ -1282,11 +1311,8 @@ impl Actor {
                             BankStatus::Unknown => {}
                             BankStatus::Processing => continue,
                             BankStatus::Decided { succeeded } => {
-                                let command = Command::CompleteRecharge { order, succeeded };
-                                match self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command }) {
-                                    Ok(reply) if reply.is_ok() => {}
-                                    outcome => tracing::error!(order = order.0, "a money-in verdict kept by the bank not applied at start: {outcome:?}"),
-                                }
+                                self.kept_verdicts.push((order, succeeded));
+                                self.apply_kept_verdicts();
                                 continue;
                             }
                         }
