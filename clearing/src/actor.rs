@@ -1311,8 +1311,8 @@ impl Actor {
                             BankStatus::Unknown => {}
                             BankStatus::Processing => continue,
                             BankStatus::Decided { succeeded } => {
+                                // Applied together once every shard is looked at.
                                 self.kept_verdicts.push((order, succeeded));
-                                self.apply_kept_verdicts();
                                 continue;
                             }
                         }
@@ -1347,6 +1347,7 @@ impl Actor {
                 }
             }
         }
+        self.apply_kept_verdicts();
         Ok(resumed)
     }
 }
