@@ -131,11 +131,16 @@ pub struct Clearing {
     noting: Arc<std::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
     resumed: usize,
+    /// Where collections began to be commands of their own, per shard.
+    collections: Arc<crate::payouts::CollectionsByCommand>,
 }
 
 /// Everything the actor owns.
 struct Actor {
     engine: Arc<Engine>,
+    /// Where collections began to be commands of their own, per shard (a pending recharge
+    /// before it is taken for a collection by its note alone).
+    collections: Arc<crate::payouts::CollectionsByCommand>,
     store: Arc<dyn Store>,
     bank: Arc<dyn BankChannel>,
     clock: Arc<dyn Clock>,
@@ -187,8 +192,10 @@ impl Clearing {
             }
             None => None,
         };
+        let collections = Arc::new(crate::payouts::CollectionsByCommand::load_or_mark(store.as_ref(), &engine)?);
         let mut actor = Actor {
             engine,
+            collections: collections.clone(),
             cases: CaseBook::load(store.as_ref())?,
             reconciling: false,
             waiting: VecDeque::new(),
@@ -209,7 +216,7 @@ impl Clearing {
         let resumed = actor.resume()?;
         let tick = config.tick;
         std::thread::Builder::new().name("clearing".into()).spawn(move || actor.run(&inbox, tick)).map_err(|e| ClearingError::Storage(e.to_string()))?;
-        Ok(Clearing { mailbox, channels: published, bank, clock, resumed, store, noting: Arc::default() })
+        Ok(Clearing { mailbox, channels: published, bank, clock, resumed, store, noting: Arc::default(), collections })
     }
 
     /// Notes collection `number` of `platform` (its card, account and amount) durably, before
@@ -232,9 +239,11 @@ impl Clearing {
         crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number)
     }
 
-    /// Which of `numbers` of `platform` are collections' (have a note): one read of the store.
-    pub fn collections_noted(&self, platform: u32, numbers: &[String]) -> Result<Vec<bool>, ClearingError> {
-        crate::payouts::CollectionNotes::noted_many(self.store.as_ref(), platform, numbers)
+    /// Whether money-in order `order` was opened before collections were commands of their own
+    /// (`RequestCollection`): a collection then was a plain recharge's command, which a retry
+    /// of it replays.
+    pub fn opened_before_collection_commands(&self, order: OrderId, shard_count: u16) -> bool {
+        self.collections.before(order, shard_count)
     }
 
     /// Drops the note of collection `number` of `platform` (the engine refused the order).
@@ -1198,6 +1207,36 @@ impl Actor {
         }
     }
 
+    /// The note of pending recharge `order` (`Waiting::MoneyIn`) of `platform` under `number`
+    /// when the order is that collection: one opened since collections are commands of their
+    /// own only if the engine's record of its number holds the collection the note describes
+    /// (before session 61 a note left by a refused collection on a plain recharge's number
+    /// would have had the start debit the card); one opened before, by its note's account and
+    /// amount, as then.
+    fn collection_of(
+        &self,
+        order: &Waiting,
+        platform: u32,
+        number: OutOrderNo,
+        account: AccountId,
+    ) -> Result<Option<crate::payouts::CollectionNote>, ClearingError> {
+        let Waiting::MoneyIn { order, channel, amount, currency, .. } = *order else { return Ok(None) };
+        let Some(note) = crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number.as_str())?
+            .filter(|note| note.account == account && note.amount == amount)
+        else {
+            return Ok(None);
+        };
+        let shard_count = self.engine.config().shard_count;
+        if self.collections.before(order, shard_count) {
+            return Ok(Some(note));
+        }
+        let card = engine::ledger::command::card_fingerprint(&note.card_no);
+        let content = engine::ledger::command::content_hash(&Command::RequestCollection { account, currency, amount, channel, card });
+        let key = engine::ledger::command::idempotency_key(platform, Command::MONEY_IN_SCOPE, &number);
+        let record = self.engine.idempotency_record(account.shard(shard_count), key)?;
+        Ok(record.filter(|record| record.content == content && record.reply.id == order.0).map(|_| note))
+    }
+
     /// Counts today's payouts against their channels' daily caps and hands the bank again what
     /// still waits for its verdict and the bank's status query says it never received: pending
     /// money-in orders (one it has is left to its callback, one it decided gets that verdict
@@ -1226,10 +1265,10 @@ impl Actor {
                         }
                         OrderDetail::Recharge { channel } if o.status == OrderStatus::Pending => {
                             let collection = Some((o.platform, o.out_order_no, o.account));
-                            found.push(Waiting::MoneyIn { order: o.id, channel, amount: o.amount, spec, collection });
+                            found.push(Waiting::MoneyIn { order: o.id, channel, amount: o.amount, spec, currency: o.currency, collection });
                         }
                         OrderDetail::Payment { channel: Some(channel), .. } if o.status == OrderStatus::Pending => {
-                            found.push(Waiting::MoneyIn { order: o.id, channel, amount: o.amount, spec, collection: None });
+                            found.push(Waiting::MoneyIn { order: o.id, channel, amount: o.amount, spec, currency: o.currency, collection: None });
                         }
                         // A case's hold (the system's freeze, its case named in its reason).
                         OrderDetail::Freeze { ref reason, remaining, .. } if o.platform == 0 && o.status == OrderStatus::Held => {
@@ -1301,7 +1340,7 @@ impl Actor {
                             }
                         }
                     }
-                    Waiting::MoneyIn { order, channel, amount, spec, collection } => {
+                    Waiting::MoneyIn { order, channel, amount, spec, currency, collection } => {
                         // The bank is asked first, as for payouts (before session 60 every
                         // pending money-in was sent again: a collection debits a card, and a
                         // bank that did not deduplicate by the order's reference debited it
@@ -1320,8 +1359,9 @@ impl Actor {
                         // A collection's card is in its note: sent again as the collection it is.
                         let noted = match collection {
                             Some((platform, Some(number), account)) => {
-                                match crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number.as_str()) {
-                                    Ok(note) => note.filter(|note| note.account == account && note.amount == amount),
+                                let order_of = Waiting::MoneyIn { order, channel, amount, spec, currency, collection: None };
+                                match self.collection_of(&order_of, platform, number, account) {
+                                    Ok(note) => note,
                                     Err(error) => {
                                         // Not sent as a plain money-in (no card would pay it): its
                                         // verdict comes from the bank's statement or an operator.
@@ -1420,6 +1460,7 @@ enum Waiting {
         channel: u16,
         amount: Minor,
         spec: CurrencySpec,
+        currency: CurrencyId,
         /// A recharge's platform, order number and account: its collection note, if it is one.
         collection: Option<(u32, Option<engine::ledger::command::OutOrderNo>, engine::ledger::types::AccountId)>,
     },

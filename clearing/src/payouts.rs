@@ -156,6 +156,41 @@ pub struct CollectionNote {
     pub card_no: String,
 }
 
+/// Where each shard's collections began to be commands of their own (`RequestCollection`,
+/// session 61): per shard, the local index of the first order a build with them could open,
+/// written once at the first start of such a build (`ki/collections`). A pending recharge
+/// before that mark with a matching note is a collection by its note alone (as it was); one
+/// after it only when the engine's record of its number holds that collection's content, so
+/// a note a refused collection left on a plain recharge's number is never taken for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionsByCommand {
+    pub since: Vec<u64>,
+}
+
+impl CollectionsByCommand {
+    const KEY: &'static [u8] = b"ki/collections";
+
+    /// The marks, written at the first start that has none (before any request is taken).
+    pub fn load_or_mark(store: &dyn Store, engine: &engine::Engine) -> Result<CollectionsByCommand, ClearingError> {
+        if let Some(value) = store.get(Self::KEY).map_err(|e| ClearingError::Storage(e.to_string()))? {
+            return serde_json::from_slice(&value).map_err(|error| ClearingError::Storage(format!("ki/collections: {error}")));
+        }
+        let shard_count = engine.config().shard_count;
+        let mut since = Vec::with_capacity(usize::from(shard_count));
+        for shard in 0..shard_count {
+            since.push(engine.read_shard(shard, move |state| state.next_order_id().local_index(shard_count))?);
+        }
+        let marks = CollectionsByCommand { since };
+        storage::records::put(store, &[(Self::KEY.to_vec(), &marks)]).map_err(|e| ClearingError::Storage(e.to_string()))?;
+        Ok(marks)
+    }
+
+    /// Whether `order` was opened before its shard's collections were commands of their own.
+    pub fn before(&self, order: OrderId, shard_count: u16) -> bool {
+        self.since.get(usize::from(order.shard(shard_count))).is_some_and(|since| order.local_index(shard_count) < *since)
+    }
+}
+
 /// The collection notes, in the store alone (`xc/`, JSON): a collection is a pending recharge
 /// to the engine, so the card it debits lives here, written before the order is submitted, and
 /// a start hands the bank a collection waiting for its verdict again with its card (before
@@ -178,13 +213,6 @@ impl CollectionNotes {
         let mut end = key.clone();
         end.push(0);
         store.delete_range(&key, &end).map_err(|e| ClearingError::Storage(e.to_string()))
-    }
-
-    /// Which of `numbers` of `platform` have a collection's note: one read of the store.
-    pub fn noted_many(store: &dyn Store, platform: u32, numbers: &[String]) -> Result<Vec<bool>, ClearingError> {
-        let keys: Vec<Vec<u8>> = numbers.iter().map(|number| Self::key(platform, number)).collect();
-        let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        Ok(store.get_many(&borrowed).map_err(|e| ClearingError::Storage(e.to_string()))?.iter().map(Option::is_some).collect())
     }
 
     /// The note of collection `number` of `platform`, if one was written.

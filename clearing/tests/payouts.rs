@@ -12,7 +12,7 @@ use clearing_actor::channels::{AccountType, Arrival, ChannelTable};
 use clearing_actor::payouts::{PayoutRequest, PayoutVerdict, VerdictOutcome};
 use clearing_actor::{Clearing, ClearingConfig, ClearingError};
 use engine::ledger::command::{Command, Envelope, OutOrderNo};
-use engine::ledger::types::{AccountId, Limits, OrderDetail, OrderId};
+use engine::ledger::types::{AccountId, Limits, OrderDetail, OrderId, OrderStatus};
 use engine::money::{CurrencyId, CurrencySpec};
 use engine::result::ResultCode;
 use engine::{Engine, EngineConfig};
@@ -402,7 +402,16 @@ fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
 struct Counting {
     bank: Arc<banksim::Simulator>,
     payouts: std::sync::atomic::AtomicUsize,
+    /// Money in of both kinds.
     money_in: std::sync::atomic::AtomicUsize,
+    /// Of which collections (card debits).
+    collections: std::sync::atomic::AtomicUsize,
+}
+
+impl Counting {
+    fn over(bank: &Arc<banksim::Simulator>) -> Arc<Counting> {
+        Arc::new(Counting { bank: bank.clone(), payouts: 0.into(), money_in: 0.into(), collections: 0.into() })
+    }
 }
 
 impl BankChannel for Counting {
@@ -415,6 +424,9 @@ impl BankChannel for Counting {
         }
         if matches!(request, bank::Request::MoneyIn { .. } | bank::Request::Collection { .. }) {
             self.money_in.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        if matches!(request, bank::Request::Collection { .. }) {
+            self.collections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         self.bank.submit(request)
     }
@@ -444,7 +456,7 @@ fn a_start_asks_the_bank_before_sending_a_payout_again() {
     let w = World::new();
     w.clearing.stop();
     let account = w.account(1, 1_000_000);
-    let counting = |bank: &Arc<banksim::Simulator>| Arc::new(Counting { bank: bank.clone(), payouts: 0.into(), money_in: 0.into() });
+    let counting = |bank: &Arc<banksim::Simulator>| Counting::over(bank);
     let sent = |bank: &Counting| bank.payouts.load(std::sync::atomic::Ordering::SeqCst);
     let bank = counting(&w.bank);
     let clearing = World::clearing(&w.engine, &w.store, bank.clone());
@@ -916,7 +928,7 @@ fn a_start_asks_the_bank_before_sending_money_in_again() {
     let w = World::new();
     w.clearing.stop();
     let account = w.account(1, 0);
-    let counting = |bank: &Arc<banksim::Simulator>| Arc::new(Counting { bank: bank.clone(), payouts: 0.into(), money_in: 0.into() });
+    let counting = |bank: &Arc<banksim::Simulator>| Counting::over(bank);
     let sent = |bank: &Counting| bank.money_in.load(std::sync::atomic::Ordering::SeqCst);
     let bank = counting(&w.bank);
     let clearing = World::clearing(&w.engine, &w.store, bank.clone());
@@ -944,4 +956,45 @@ fn a_start_asks_the_bank_before_sending_money_in_again() {
     let status = |order: OrderId| w.engine.read_shard(0, move |s| s.order(order).unwrap().status.name()).unwrap();
     assert_eq!(orders.map(status), ["pending", "succeeded", "pending"], "r2's kept verdict applied at the start");
     assert_eq!(w.engine.read_shard(0, move |s| s.account(account).unwrap().settled).unwrap(), 1_000, "credited once");
+}
+
+/// A start sends a pending recharge to the bank as a collection (a card debit) only when it is
+/// one. Since session 61 a collection is its own command (`RequestCollection`, naming the
+/// card), and a note a refused collection left on a plain recharge's number (a stop before its
+/// removal) is not taken for it; a recharge opened before collections were commands of their
+/// own is still taken for a collection by its note, as then.
+#[test]
+fn a_start_sends_as_a_collection_only_a_collections_order() {
+    let w = World::new();
+    w.clearing.stop();
+    let account = w.account(1, 0);
+    let card_no = "6222020200112233445";
+    let note = clearing_actor::payouts::CollectionNote { account, amount: 1_000, card_no: card_no.into() };
+    let count = |bank: &Counting| {
+        let load = |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::SeqCst);
+        (load(&bank.money_in), load(&bank.collections))
+    };
+    let pending = |number: &str, command: Command| {
+        let reply = w.engine.execute_one(Envelope { platform: P, out_order_no: OutOrderNo::new(number), command }).unwrap();
+        assert_eq!(reply.status, Some(OrderStatus::Pending), "{number}");
+        clearing_actor::payouts::CollectionNotes::save(w.store.as_ref(), P, number, &note).unwrap();
+    };
+    let plain = Command::RequestRecharge { account, currency: CurrencyId(0), amount: 1_000, channel: 1 };
+    // A collection of an earlier build: a plain recharge's command with its note, opened
+    // before this build's first start marked where collections became commands.
+    w.store.delete_range(b"ki/collections", b"ki/collections\0").unwrap();
+    pending("old-collection", plain.clone());
+    let bank = Counting::over(&w.bank);
+    let clearing = World::clearing(&w.engine, &w.store, bank.clone());
+    assert_eq!(count(&bank), (1, 1), "the earlier build's collection is sent as one");
+    clearing.stop();
+    // This build's: a collection, and a plain recharge carrying a refused collection's note.
+    let card = engine::ledger::command::card_fingerprint(card_no);
+    pending("new-collection", Command::RequestCollection { account, currency: CurrencyId(0), amount: 1_000, channel: 1, card });
+    pending("plain-with-a-note", plain);
+    let bank = Counting::over(&w.bank);
+    let clearing = World::clearing(&w.engine, &w.store, bank.clone());
+    assert_eq!(count(&bank), (2, 1), "the collection debits the card; the plain recharge is sent as money in");
+    assert_eq!(clearing.resumed(), 2, "the earlier one is with the bank already");
+    clearing.stop();
 }

@@ -18,7 +18,7 @@ enum; never reorder or remove one. If the encoding change is deliberate, bump JO
 and regenerate GOLDEN in engine/tests/journal_format.rs (appending a variant at the end changes no existing bytes and needs no bump).";
 
 /// `Command`'s variants in declaration order: the index here is the one the journal stores.
-const COMMAND_VARIANTS: [&str; 31] = [
+const COMMAND_VARIANTS: [&str; 32] = [
     "Genesis",
     "OpenAccount",
     "SetAccountStatus",
@@ -50,6 +50,7 @@ const COMMAND_VARIANTS: [&str; 31] = [
     "Adjust",
     "SetLimits",
     "CaptureFreeze",
+    "RequestCollection",
 ];
 
 /// The index the journal stores for `command`. No wildcard arm: a new variant does not compile
@@ -87,6 +88,7 @@ fn variant_index(command: &Command) -> usize {
         Command::Adjust { .. } => 28,
         Command::SetLimits { .. } => 29,
         Command::CaptureFreeze { .. } => 30,
+        Command::RequestCollection { .. } => 31,
     }
 }
 
@@ -95,7 +97,7 @@ fn variant_index(command: &Command) -> usize {
 /// and the postings. Regenerate only for a deliberate format change (see `FORMAT_RULES`).
 const GOLDEN: &[(&str, &str)] = &[
     ("version", "04"),
-    ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d91f"),
+    ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d920"),
     ("Genesis", "070000010202434e59024a505900fb00e1"),
     ("OpenAccount", "070001fbe90300fbe803fbd007fb5802fbb004"),
     ("SetAccountStatus", "0700020301"),
@@ -127,9 +129,10 @@ const GOLDEN: &[(&str, &str)] = &[
     ("Adjust", "07010561646a2d311c01010003003212756e6d617463686564207472616e73666572076f70732d616e6e066f70732d626f"),
     ("SetLimits", "0701056c696d2d311d03fbe803fbd007fb5802fbb004"),
     ("CaptureFreeze", "07001e0b"),
+    ("RequestCollection", "070105636f6c2d311f0300fb580201fdefcdab8967452301"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
-    ("hash", "90d7e1d500d09d2c473a0372debc930b2e2e7b11b6b2cf63254b396cd11a89e2"),
+    ("hash", "1484b597c873a55280b1cfaf64fc642172cc803aa0bac52282a91e9027cdccf4"),
 ];
 
 const SHARD: u16 = 1;
@@ -242,6 +245,7 @@ fn every_command() -> Vec<(Option<OutOrderNo>, Command)> {
         ),
         (number("lim-1"), Command::SetLimits { account: account(3), limits }),
         (None, Command::CaptureFreeze { order: OrderId(11) }),
+        (number("col-1"), Command::RequestCollection { account: account(3), currency: cny, amount: 300, channel: 1, card: 0x0123_4567_89ab_cdef }),
     ]
 }
 

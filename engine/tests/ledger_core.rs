@@ -547,6 +547,42 @@ fn pending_recharge_waits_for_the_channel() {
     w.assert_books_balance();
 }
 
+/// A collection is a pending recharge to the ledger, under the same order numbers, but its own
+/// content: a plain recharge and a collection under one number conflict whichever came first,
+/// as do two collections from different cards; the same collection again is its replay.
+#[test]
+fn a_collection_and_a_recharge_under_one_number_conflict() {
+    let mut w = World::new();
+    let a = w.open(1, Limits::NONE);
+    let card = |digits: &str| engine::ledger::command::card_fingerprint(digits);
+    let collection = |card_no: &str| Command::RequestCollection { account: a, currency: CNY, amount: 700, channel: 2, card: card(card_no) };
+    let recharge = Command::RequestRecharge { account: a, currency: CNY, amount: 700, channel: 2 };
+    let mut under = |number: &str, command: Command| {
+        let envelope = Envelope { platform: P, out_order_no: OutOrderNo::new(number), command };
+        let before = w.state.digest();
+        let reply = w.state.apply(&envelope, w.now, &mut w.fx);
+        if !reply.is_ok() {
+            assert_eq!(before, w.state.digest(), "a refusal changes nothing");
+        }
+        reply
+    };
+    let first = under("c-1", collection("6222020200112233445"));
+    assert_eq!((first.code, first.status, first.replayed), (ResultCode::Ok, Some(OrderStatus::Pending), false));
+    let again = under("c-1", collection("6222020200112233445"));
+    assert_eq!((again.code, again.id, again.replayed), (ResultCode::Ok, first.id, true), "the same collection is its replay");
+    assert_eq!(under("c-1", recharge.clone()).code, ResultCode::IdempotencyConflict, "a plain recharge under a collection's number");
+    assert_eq!(under("c-1", collection("6222020200112233446")).code, ResultCode::IdempotencyConflict, "another card");
+    let plain = under("r-1", recharge);
+    assert_eq!(plain.code, ResultCode::Ok);
+    assert_eq!(under("r-1", collection("6222020200112233445")).code, ResultCode::IdempotencyConflict, "a collection under a recharge's number");
+    // Applied as a recharge: the verdict is `CompleteRecharge`'s, the order a recharge's.
+    assert_eq!(w.order(first.id).kind, OrderKind::Recharge);
+    assert_eq!(w.balances(a), (0, 0, 0), "nothing moves before the bank's word");
+    w.ok(Command::CompleteRecharge { order: OrderId(first.id), succeeded: true });
+    assert_eq!(w.balances(a), (700, 0, 0));
+    w.assert_books_balance();
+}
+
 #[test]
 fn a_rerouted_withdrawal_settles_the_fee_difference() {
     let mut w = World::new();

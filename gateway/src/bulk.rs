@@ -121,37 +121,6 @@ pub async fn bulk(
             }
         }
     }
-    // A recharge under a number a collection noted is a conflict, as one alone is
-    // (`recharges::not_a_collections_number`): the request's recharges' numbers, one read.
-    let recharges: Vec<(usize, String)> = prepared
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| matches!(p.envelope.command, engine::ledger::command::Command::RequestRecharge { .. }))
-        .filter_map(|(i, p)| p.envelope.out_order_no.map(|n| (i, n.as_str().to_string())))
-        .collect();
-    if !recharges.is_empty() {
-        let (asking, platform_id, numbers) = (clearing.get_ref().clone(), signed.platform.id, recharges.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>());
-        let noted = crate::error::blocking(move || asking.collections_noted(platform_id, &numbers)).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
-        let taken: std::collections::HashSet<usize> = recharges.iter().zip(noted).filter(|(_, noted)| *noted).map(|((i, _), _)| *i).collect();
-        if !taken.is_empty() {
-            // One pass over both lists (removing one at a time would be quadratic in a
-            // request's size).
-            errors.resize(count, None);
-            for i in &taken {
-                errors[positions[*i]] = Some(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
-            }
-            let mut index = 0;
-            prepared.retain(|_| {
-                index += 1;
-                !taken.contains(&(index - 1))
-            });
-            let mut index = 0;
-            positions.retain(|_| {
-                index += 1;
-                !taken.contains(&(index - 1))
-            });
-        }
-    }
     let mut replies = Vec::new();
     if !prepared.is_empty() {
         // The commands move to the engine; what rendering needs of them stays behind.

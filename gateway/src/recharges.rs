@@ -198,24 +198,11 @@ pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, cle
 /// Checks a recharge, has the engine accept it and sends a new one to its channel (the API and
 /// the pages share it); a refusal is in the reply (render it with `orders::answer`).
 pub async fn recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<(Prepared, Reply), ApiError> {
+    // A number a collection holds is the engine's conflict (`RequestCollection` is its own
+    // command; before session 61 a note read here refused it).
     let prepared = prepare_recharge(engine, clearing, platform, body).await?;
-    not_a_collections_number(clearing, platform.id, &prepared.envelope).await?;
     let reply = execute_and_dispatch(engine, clearing.bank(), prepared.envelope.clone()).await?;
     Ok((prepared, reply))
-}
-
-/// Refuses (409) a plain recharge under an order number a collection noted: the number is that
-/// collection's (its order is the same engine command), and taken by a plain recharge a start
-/// would send it to the bank as the collection, a debit of the card nobody asked for (before
-/// session 60). The API, the pages and bulk requests check it.
-pub(crate) async fn not_a_collections_number(clearing: &Clearing, platform: u32, envelope: &Envelope) -> Result<(), ApiError> {
-    let Some(number) = envelope.out_order_no else { return Ok(()) };
-    let asking = clearing.clone();
-    let noted = crate::error::blocking(move || asking.collection_note(platform, number.as_str())).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
-    match noted {
-        Some(_) => Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body")),
-        None => Ok(()),
-    }
 }
 
 /// Has the engine apply money-in order `envelope` and sends it to its bank if it is new, on a
@@ -322,14 +309,20 @@ pub async fn collect(
     let Command::RequestRecharge { amount, currency, channel, .. } = prepared.envelope.command else {
         return Err(ApiError::unavailable("a collection is a recharge".into()));
     };
+    // The engine's command names the card (its fingerprint): a plain recharge and a collection
+    // under one number, or two collections from different cards, are its conflicts.
+    let fingerprint = engine::ledger::command::card_fingerprint(&card.card_no);
+    prepared.envelope.command = Command::RequestCollection { account, currency, amount, channel, card: fingerprint };
+    let legacy = Envelope { command: Command::RequestRecharge { account, currency, amount, channel }, ..prepared.envelope.clone() };
     let (engine, clearing, envelope, platform_id, card_no) = (engine.clone(), clearing.clone(), prepared.envelope.clone(), platform.id, card.card_no);
     // On a task of its own, one request of a number at a time: a request cut short neither
     // leaves an accepted order unsent nor a refused one's note behind.
     let reply = actix_web::rt::spawn(async move {
         let _one_number_at_a_time = collecting_stripe(platform_id, &number).lock().await;
-        // An order under the number with no collection's note is a plain recharge's: refused
-        // before a note is written (a stop between the note and its removal below would leave
-        // it on that order, which a start would send as a card debit).
+        // An order under the number with no collection's note is a plain recharge's (or a
+        // collection's from before notes): refused before a note is written, as the engine
+        // would refuse it. A note on a plain recharge of a build before session 61 (a stop
+        // between the note and its removal below) would be taken by a start for a collection's.
         let (asking, asked) = (clearing.clone(), number.clone());
         let noted_before =
             crate::error::blocking(move || asking.collection_note(platform_id, &asked)).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -344,19 +337,25 @@ pub async fn collect(
             clearing_actor::ClearingError::IdempotencyConflict => ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"),
             other => ApiError::unavailable(other.to_string()),
         })?;
-        let reply = crate::accounts::execute(&engine, envelope).await?;
-        // Refused, or the number's order is a plain recharge (a replay its note did not
-        // exist for: the same engine command): the note goes, so that no start sends that
-        // order as a collection, and the second is a conflict.
-        let plain = reply.is_ok() && reply.replayed && noted_now;
-        if (!reply.is_ok() || plain) && noted_now {
+        let mut reply = crate::accounts::execute(&engine, envelope).await?;
+        if reply.code == engine::result::ResultCode::IdempotencyConflict && !noted_now {
+            // Its note was there: a retry of a collection taken before collections were
+            // commands of their own (a plain recharge's command then) is that order's replay.
+            // A record is held under the number, so this can only replay or conflict again.
+            let earlier = crate::accounts::execute(&engine, legacy).await?;
+            if earlier.is_ok() && earlier.replayed && clearing.opened_before_collection_commands(OrderId(earlier.id), engine.config().shard_count) {
+                reply = earlier;
+            }
+        }
+        // Refused (a plain recharge's number, another collection's): the note it wrote goes.
+        // One left by a stop is harmless: a start sends a pending recharge as a collection
+        // only if the engine's record of its number is that collection
+        // (`Actor::collection_of`).
+        if !reply.is_ok() && noted_now {
             let (forgetting, number) = (clearing.clone(), number.clone());
             if let Err(error) = crate::error::blocking(move || forgetting.forget_collection(platform_id, &number)).await? {
                 tracing::error!("collection note of an order that is not a collection left: {error}");
             }
-        }
-        if plain {
-            return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
         }
         if reply.is_ok() && !reply.replayed {
             let currency = engine.config().currencies[currency.0 as usize];

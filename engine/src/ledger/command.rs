@@ -161,6 +161,20 @@ pub enum Command {
     /// hold) into the shard's suspense stripe: the operator decided the money is not the
     /// account's (a payout the bank paid after it failed). Platform 0 only; since session 59.
     CaptureFreeze { order: OrderId },
+    /// A collection (代收): a pending recharge that debits a member's card, named by
+    /// `card_fingerprint` of its number. It shares a recharge's order numbers and is applied as
+    /// one (`RequestRecharge`'s order, `CompleteRecharge`'s verdict), but its content is its
+    /// own: a plain recharge and a collection under one number conflict, as do two collections
+    /// from different cards, and a start can tell a collection's order by its idempotency
+    /// record. Since session 61 (before, a collection was a `RequestRecharge`).
+    RequestCollection { account: AccountId, currency: CurrencyId, amount: Minor, channel: u16, card: u64 },
+}
+
+/// The fingerprint of a card number in a collection's command (`RequestCollection::card`):
+/// XXH3-64 of its digits as written. Stored in the journal and in idempotency records' content
+/// hashes, so it never changes.
+pub fn card_fingerprint(card_no: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(card_no.as_bytes())
 }
 
 /// The most open orders one `AutoConfirmChunk` examines.
@@ -235,6 +249,7 @@ impl Command {
             Command::Adjust { .. } => 28,
             Command::SetLimits { .. } => 29,
             Command::CaptureFreeze { .. } => 30,
+            Command::RequestCollection { .. } => 31,
         }
     }
 
@@ -242,17 +257,22 @@ impl Command {
     /// a batch payment share it (one `out_order_no` names one payment, however it is made).
     pub const PAYMENT_SCOPE: u8 = 5;
 
+    /// The scope of money-in order numbers: a recharge and a collection share it (one
+    /// `out_order_no` names one money-in order, whichever endpoint took it).
+    pub const MONEY_IN_SCOPE: u8 = 17;
+
     /// The kind that scopes this command's order numbers: a direct payment shares the numbers
     /// of payments (one `out_order_no` names one payment, however it is funded).
     pub fn idempotency_scope(&self) -> u8 {
         match self {
             Command::RequestDirectPayment { .. } => Command::PAYMENT_SCOPE,
+            Command::RequestCollection { .. } => Command::MONEY_IN_SCOPE,
             other => other.kind_code(),
         }
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 31] = [
+    pub const KIND_NAMES: [&'static str; 32] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -284,6 +304,7 @@ impl Command {
         "adjust",
         "set_limits",
         "capture_freeze",
+        "request_collection",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.
@@ -294,6 +315,7 @@ impl Command {
             | Command::CloseAccount { account }
             | Command::Recharge { account, .. }
             | Command::RequestRecharge { account, .. }
+            | Command::RequestCollection { account, .. }
             | Command::Freeze { account, .. }
             | Command::Withdraw { account, .. }
             | Command::SetLimits { account, .. }

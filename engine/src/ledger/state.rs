@@ -446,7 +446,9 @@ impl ShardState {
             Command::VerificationDeposit { currency, amount, .. } => ops::settle::verification_deposit(self, *currency, *amount, fx),
             Command::ApplyCredit(credit) => ops::transfer::apply_credit(self, &context, credit, fx),
             Command::Acknowledge { target, sequence } => ops::transfer::acknowledge(self, *target, *sequence),
-            Command::RequestRecharge { account, currency, amount, channel } => ops::recharge::request(self, &context, *account, *currency, *amount, *channel),
+            Command::RequestRecharge { account, currency, amount, channel } | Command::RequestCollection { account, currency, amount, channel, .. } => {
+                ops::recharge::request(self, &context, *account, *currency, *amount, *channel)
+            }
             Command::CompleteRecharge { order, succeeded } => ops::recharge::complete(self, &context, *order, *succeeded, fx),
             Command::BatchPayment { payer, guarantee, currency, orders } => {
                 ops::payment::apply_batch(self, &context, *payer, *guarantee, *currency, orders, fx)
@@ -572,7 +574,8 @@ impl ShardState {
         self.orders.get_mut(index).expect("order ids name existing orders")
     }
 
-    pub(crate) fn next_order_id(&self) -> OrderId {
+    /// The id the shard's next order will have.
+    pub fn next_order_id(&self) -> OrderId {
         OrderId::compose(self.shard, self.orders.len() as u64, self.shard_count)
     }
 
