@@ -210,6 +210,8 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<()> {
     if (shard_count, &shards) != (manifest.shard_count, &manifest.shards) {
         bail!("the restored database holds shards {shards:?}, the manifest says {:?}: do not start a server on {}", manifest.shards, data_dir.display());
     }
+    // Checked: the directory may be opened (its marker goes last).
+    files::finish_restore(data_dir).map_err(|e| anyhow!("{e}"))?;
     println!("restored: {} files, {} bytes from the backup of {} into {}", manifest.files.len(), manifest.bytes, manifest.created_at, data_dir.display());
     println!("shards: {}", marks_text(&manifest.shards));
     for note in &manifest.secrets {

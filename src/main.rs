@@ -288,6 +288,14 @@ fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(Config, P
     let config = Config::load(config.as_deref())?;
     logging::install(&config.log)?;
     let data_dir = data_dir.unwrap_or_else(|| config.data_dir.clone());
+    // A restore cut short or failed: its files may lack the master key or half the database.
+    if storage::backup::unfinished_restore(&data_dir) {
+        anyhow::bail!(
+            "{} holds a restore that did not finish ({} is there): delete the directory and run `clearing restore` again",
+            data_dir.display(),
+            storage::backup::RESTORE_MARKER
+        );
+    }
     Ok((config, data_dir))
 }
 

@@ -234,6 +234,8 @@ fn clearing_backup_on_a_stopped_server_and_what_restore_refuses() {
     let restored = dir.path().join("restored");
     let (ok, printed) = clearing(&["restore", "--from", text(&backup), "--data-dir", text(&restored)]);
     assert!(ok && printed.contains("master_key: restored into the data directory"), "{printed}");
+    assert!(!restored.join("RESTORE-IN-PROGRESS").exists(), "a checked restore leaves no marker");
+    refusals_of_a_restore_cut_short(dir.path(), &restored);
     let server = start_configured(&restored, TOKEN, &config_without_root());
     let p = Client { server: &server, platform, secret };
     assert_eq!((p.balances(&accounts[0]), p.balances(&accounts[1])), balances);
@@ -245,4 +247,52 @@ fn clearing_backup_on_a_stopped_server_and_what_restore_refuses() {
     let (status, report) = server.get("/admin/invariants", Some(TOKEN));
     assert_eq!((status, report["ok"].as_bool()), (200, Some(true)), "{report}");
     server.stop();
+}
+
+/// Runs `clearing` with `args` and no master key in the environment, for at most 30 seconds (a
+/// server that starts is killed): whether it exited with success, and what it printed.
+fn briefly(args: &[&str]) -> (Option<bool>, String) {
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .env("CLEARING_ADMIN_TOKEN", TOKEN)
+        .env_remove("CLEARING_MASTER_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run clearing");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status.success());
+        }
+        if Instant::now() > deadline {
+            child.kill().expect("kill");
+            child.wait().expect("reap");
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().expect("output");
+    (status, format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+}
+
+/// What a restore cut short leaves (its marker, the database's files, not yet the master key:
+/// `clearing restore` copies the database first) is opened by no command; and a database
+/// without its master key is refused by a server rather than given a new key (before session
+/// 61 it started with one: every platform secret and channel key changed).
+fn refusals_of_a_restore_cut_short(dir: &Path, restored: &Path) {
+    let cut = dir.join("cut-short");
+    assert!(Command::new("cp").args(["-r", text(restored), text(&cut)]).status().expect("cp").success());
+    std::fs::remove_file(cut.join("master-key")).expect("the key restored into the data directory");
+    std::fs::write(cut.join("RESTORE-IN-PROGRESS"), "a restore into this directory has not finished\n").expect("marker");
+    for args in [vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", text(&cut)], vec!["verify", "--data-dir", text(&cut)], vec!["shards", "--data-dir", text(&cut)]] {
+        let (status, printed) = briefly(&args);
+        assert_eq!(status, Some(false), "{args:?}: {printed}");
+        assert!(printed.contains("holds a restore that did not finish"), "{args:?}: {printed}");
+    }
+    std::fs::remove_file(cut.join("RESTORE-IN-PROGRESS")).expect("marker");
+    let (status, printed) = briefly(&["serve", "--listen", "127.0.0.1:0", "--data-dir", text(&cut)]);
+    assert_eq!(status, Some(false), "{printed}");
+    assert!(printed.contains("no master key") && printed.contains("holds a database"), "{printed}");
+    assert!(!cut.join("master-key").exists(), "no key was made");
 }

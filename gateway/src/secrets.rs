@@ -191,6 +191,17 @@ impl MasterKey {
                 Ok((MasterKey::parse(&text, &path.display().to_string())?, SecretSource::DataDirectory(path)))
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                // A database without its key (a copy made without it, a file deleted): a new
+                // key would change every platform's secret and channel key without a word.
+                if data_dir.join("CURRENT").exists() {
+                    return Err(SecretError(format!(
+                        "no master key at {} but {} holds a database: every platform secret derives from its key; put the key's copy \
+                         there (or name it with {MASTER_KEY_VARIABLE} or [secrets] master_key_file); a new key is made only for a new \
+                         data directory",
+                        path.display(),
+                        data_dir.display()
+                    )));
+                }
                 let text = random_hex();
                 write_private(&path, &text).map_err(|e| SecretError(format!("writing the master key to {}: {e}", path.display())))?;
                 Ok((MasterKey::parse(&text, "the generated key")?, SecretSource::Generated(path)))

@@ -384,6 +384,15 @@ pub fn restore(from: &Path, to: &Path) -> Result<Manifest, BackupError> {
     use std::os::unix::fs::OpenOptionsExt;
     let manifest = verify(from)?;
     prepare_target(to)?;
+    // Before any file: a restore cut short (a stop, a full disk) or whose check fails leaves
+    // a directory no command opens (before session 61 a server started on one missing its
+    // master key generated another, changing every platform's secret).
+    let marker = to.join(RESTORE_MARKER);
+    let mut note = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&marker).map_err(io("creating", &marker))?;
+    std::io::Write::write_all(&mut note, format!("a restore from {} into this directory has not finished: delete the directory and restore again\n", from.display()).as_bytes())
+        .and_then(|()| note.sync_all())
+        .map_err(io("writing", &marker))?;
+    sync_directory(to)?;
     for file in &manifest.files {
         // db/NAME goes to the data directory itself, secrets/NAME beside it; anything nested keeps its path.
         let relative = Path::new(&file.path).components().skip(1).collect::<PathBuf>();
@@ -400,6 +409,24 @@ pub fn restore(from: &Path, to: &Path) -> Result<Manifest, BackupError> {
     }
     sync_directory(to)?;
     Ok(manifest)
+}
+
+/// The file a restore writes into its target before anything else and removes only once the
+/// restored database was checked (`finish_restore`): a directory holding it is a restore that
+/// was cut short or failed its check, which the commands refuse to open
+/// (`unfinished_restore`).
+pub const RESTORE_MARKER: &str = "RESTORE-IN-PROGRESS";
+
+/// Ends a restore into `to` whose database was checked: its marker goes.
+pub fn finish_restore(to: &Path) -> Result<(), BackupError> {
+    let marker = to.join(RESTORE_MARKER);
+    std::fs::remove_file(&marker).map_err(io("removing", &marker))?;
+    sync_directory(to)
+}
+
+/// Whether `directory` holds a restore that has not finished (`RESTORE_MARKER`).
+pub fn unfinished_restore(directory: &Path) -> bool {
+    directory.join(RESTORE_MARKER).exists()
 }
 
 /// One backup found under a root.
