@@ -285,7 +285,9 @@ fn refusals_of_a_restore_cut_short(dir: &Path, restored: &Path) {
     assert!(Command::new("cp").args(["-r", text(restored), text(&cut)]).status().expect("cp").success());
     std::fs::remove_file(cut.join("master-key")).expect("the key restored into the data directory");
     std::fs::write(cut.join("RESTORE-IN-PROGRESS"), "a restore into this directory has not finished\n").expect("marker");
-    for args in [vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", text(&cut)], vec!["verify", "--data-dir", text(&cut)], vec!["shards", "--data-dir", text(&cut)]] {
+    for args in
+        [vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", text(&cut)], vec!["verify", "--data-dir", text(&cut)], vec!["shards", "--data-dir", text(&cut)]]
+    {
         let (status, printed) = briefly(&args);
         assert_eq!(status, Some(false), "{args:?}: {printed}");
         assert!(printed.contains("holds a restore that did not finish"), "{args:?}: {printed}");

@@ -410,7 +410,10 @@ impl HistoryReader {
 impl crate::ledger::growth::BlobRead for HistoryReader {
     fn read(&self, hash: &[u8; 32]) -> Result<Vec<u8>, crate::ledger::growth::BlobError> {
         use crate::ledger::growth::BlobError;
-        let found = self.store.get(&blob_key(self.shard, hash)).map_err(|e| BlobError { reason: e.to_string(), damaged: false })?;
+        // Damage the store's own checksums found marks the blob as a hash mismatch does (a
+        // disk that did not answer does not: the blob may be sound).
+        let found =
+            self.store.get(&blob_key(self.shard, hash)).map_err(|e| BlobError { damaged: matches!(e, StorageError::Corrupt(_)), reason: e.to_string() })?;
         let bytes = found.ok_or_else(|| BlobError::damaged("it is missing"))?;
         if blake3::hash(&bytes).as_bytes() != hash {
             return Err(BlobError::damaged("it does not match its hash"));
@@ -896,7 +899,12 @@ fn load_avoiding(
 ) -> Result<(ShardState, Manifest, BlobCache), CheckpointError> {
     use bincode::Options;
     let unusable = |reason: String| CheckpointError::Unusable { shard, sequence, reason };
-    let bytes = store.get(&manifest_key(shard, sequence))?.ok_or_else(|| unusable("no manifest".into()))?;
+    let bytes = match store.get(&manifest_key(shard, sequence)) {
+        Ok(found) => found.ok_or_else(|| unusable("no manifest".into()))?,
+        // Damaged on disk (the store's checksum): the checkpoint before it is used.
+        Err(StorageError::Corrupt(reason)) => return Err(unusable(format!("its manifest cannot be read: {reason}"))),
+        Err(error) => return Err(error.into()),
+    };
     let manifest = decode_manifest(shard, sequence, &bytes)?;
     if let Some(hash) = manifest.blobs.iter().find(|hash| damaged.contains(*hash)) {
         return Err(unusable(format!("it uses the history blob {}, which a shard found damaged", hex(hash))));

@@ -1150,11 +1150,13 @@ struct FaultyStore {
     inner: MemoryStore,
     failing: std::sync::atomic::AtomicBool,
     failing_manifest_writes: std::sync::atomic::AtomicBool,
+    /// Keys whose reads fail as RocksDB's checksums fail on damage (`StorageError::Corrupt`).
+    corrupt: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl FaultyStore {
     fn new() -> FaultyStore {
-        FaultyStore { inner: MemoryStore::new(), failing: Default::default(), failing_manifest_writes: Default::default() }
+        FaultyStore { inner: MemoryStore::new(), failing: Default::default(), failing_manifest_writes: Default::default(), corrupt: Default::default() }
     }
 }
 
@@ -1171,6 +1173,9 @@ impl Store for FaultyStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, storage::StorageError> {
         if key.starts_with(b"m/b/") && self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(storage::StorageError::Io("the disk did not answer".into()));
+        }
+        if self.corrupt.lock().unwrap().iter().any(|corrupt| corrupt.as_slice() == key) {
+            return Err(storage::StorageError::Corrupt("Corruption: block checksum mismatch".into()));
         }
         self.inner.get(key)
     }
@@ -1208,6 +1213,37 @@ fn a_history_read_the_store_fails_to_answer_stops_the_shard_without_marking_the_
     let from = restarted.counters()[0].checkpoint_sequence.load(std::sync::atomic::Ordering::SeqCst);
     assert!(from > 0, "the start used a checkpoint");
     assert!(restarted.execute_one(confirm).unwrap().is_ok());
+    restarted.shutdown();
+    assert!(check_store(&store.inner, 2).unwrap().ok);
+}
+
+/// Damage the store's own checksums find (RocksDB's `Corruption`, since session 61 a
+/// `StorageError::Corrupt`) is taken as damage: a newest manifest that cannot be read sends the
+/// start to the checkpoint before it (it stopped the start), and a history blob that cannot be
+/// read is marked damaged and recovered without (it stopped the shard at every start).
+#[test]
+fn damage_the_store_finds_falls_back_as_damage_it_reads_does() {
+    let store = Arc::new(FaultyStore::new());
+    let engine = Engine::start(config(2, 3), store.clone()).unwrap();
+    let (_, first_escrow) = escrow_history(&engine, 5);
+    wait_for_cold_chunks(&engine, 2);
+    engine.shutdown();
+    drop(engine);
+    let newest = *checkpoint::list(&store.inner, 0).unwrap().last().unwrap();
+    store.corrupt.lock().unwrap().push(manifest_key(0, newest).to_vec());
+    let recovered = recover_shard(&*store, 0).unwrap();
+    assert!(recovered.checkpoint.is_some_and(|used| used < newest), "fell back: {:?} of {newest}", recovered.checkpoint);
+    assert!(recovered.skipped.iter().any(|why| why.contains("cannot be read") && why.contains(&format!("at batch {newest}"))), "{:?}", recovered.skipped);
+    // Every history blob of shard 0 unreadable as damage: marked, and the start recovers
+    // without them (here from the journal), losing nothing.
+    let blobs: Vec<Vec<u8>> = blob_keys(&store.inner, 0).iter().map(|hash| checkpoint::blob_key(0, hash).to_vec()).collect();
+    assert!(!blobs.is_empty());
+    store.corrupt.lock().unwrap().extend(blobs);
+    let restarted = Engine::start(config(2, 3), store.clone()).unwrap();
+    let status = restarted.read_shard(0, move |state| state.order(first_escrow).map(|o| o.status)).unwrap();
+    assert_eq!(status, Some(OrderStatus::Held));
+    assert!(!checkpoint::damaged(&store.inner, 0).unwrap().is_empty(), "the blobs are marked damaged");
+    assert!(restarted.execute_one(plain(Command::Confirm { order: first_escrow, releases: Legs::new() })).unwrap().is_ok());
     restarted.shutdown();
     assert!(check_store(&store.inner, 2).unwrap().ok);
 }

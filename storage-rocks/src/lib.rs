@@ -311,7 +311,12 @@ fn direct_writes_work(_dir: &Path) -> Result<(), String> {
 }
 
 fn io(error: rocksdb::Error) -> StorageError {
-    StorageError::Io(error.into_string())
+    match error.kind() {
+        // A block or blob whose checksum fails: damage, which checkpoints' fallbacks take
+        // (`engine::checkpoint::load_newest`, the history reader's damaged blobs).
+        rocksdb::ErrorKind::Corruption => StorageError::Corrupt(error.into_string()),
+        _ => StorageError::Io(error.into_string()),
+    }
 }
 
 impl RocksStore {

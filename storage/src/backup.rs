@@ -389,9 +389,12 @@ pub fn restore(from: &Path, to: &Path) -> Result<Manifest, BackupError> {
     // master key generated another, changing every platform's secret).
     let marker = to.join(RESTORE_MARKER);
     let mut note = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&marker).map_err(io("creating", &marker))?;
-    std::io::Write::write_all(&mut note, format!("a restore from {} into this directory has not finished: delete the directory and restore again\n", from.display()).as_bytes())
-        .and_then(|()| note.sync_all())
-        .map_err(io("writing", &marker))?;
+    std::io::Write::write_all(
+        &mut note,
+        format!("a restore from {} into this directory has not finished: delete the directory and restore again\n", from.display()).as_bytes(),
+    )
+    .and_then(|()| note.sync_all())
+    .map_err(io("writing", &marker))?;
     sync_directory(to)?;
     for file in &manifest.files {
         // db/NAME goes to the data directory itself, secrets/NAME beside it; anything nested keeps its path.

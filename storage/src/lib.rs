@@ -16,6 +16,10 @@ pub use memory::MemoryStore;
 pub enum StorageError {
     #[error("storage io: {0}")]
     Io(String),
+    /// What was read does not match its checksum (RocksDB's `Corruption`): damage on disk, not
+    /// a disk that did not answer; reading it again gives the same. Since session 61.
+    #[error("storage corruption: {0}")]
+    Corrupt(String),
     #[error("storage is poisoned by an earlier failed write; restart the process")]
     Poisoned,
     #[error("storage is open read-only")]
