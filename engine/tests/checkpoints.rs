@@ -1234,16 +1234,25 @@ fn damage_the_store_finds_falls_back_as_damage_it_reads_does() {
     let recovered = recover_shard(&*store, 0).unwrap();
     assert!(recovered.checkpoint.is_some_and(|used| used < newest), "fell back: {:?} of {newest}", recovered.checkpoint);
     assert!(recovered.skipped.iter().any(|why| why.contains("cannot be read") && why.contains(&format!("at batch {newest}"))), "{:?}", recovered.skipped);
-    // Every history blob of shard 0 unreadable as damage: marked, and the start recovers
-    // without them (here from the journal), losing nothing.
+    // Every history blob of shard 0 unreadable as damage while a server runs from the newest
+    // checkpoint: a read that needs one stops the shard and marks it, and the next start
+    // recovers without them, losing nothing.
+    store.corrupt.lock().unwrap().clear();
+    let engine = Engine::start(config(2, 3), store.clone()).unwrap();
     let blobs: Vec<Vec<u8>> = blob_keys(&store.inner, 0).iter().map(|hash| checkpoint::blob_key(0, hash).to_vec()).collect();
     assert!(!blobs.is_empty());
     store.corrupt.lock().unwrap().extend(blobs);
+    let read = engine.read_shard(0, move |state| state.order(first_escrow).map(|o| o.status));
+    assert!(read.is_err(), "{read:?}");
+    let confirm = plain(Command::Confirm { order: first_escrow, releases: Legs::new() });
+    assert!(engine.execute_one(confirm.clone()).is_err(), "the shard stopped");
+    assert!(!checkpoint::damaged(&store.inner, 0).unwrap().is_empty(), "the blob is marked damaged");
+    engine.shutdown();
+    drop(engine);
     let restarted = Engine::start(config(2, 3), store.clone()).unwrap();
     let status = restarted.read_shard(0, move |state| state.order(first_escrow).map(|o| o.status)).unwrap();
     assert_eq!(status, Some(OrderStatus::Held));
-    assert!(!checkpoint::damaged(&store.inner, 0).unwrap().is_empty(), "the blobs are marked damaged");
-    assert!(restarted.execute_one(plain(Command::Confirm { order: first_escrow, releases: Legs::new() })).unwrap().is_ok());
+    assert!(restarted.execute_one(confirm).unwrap().is_ok());
     restarted.shutdown();
     assert!(check_store(&store.inner, 2).unwrap().ok);
 }
