@@ -1041,8 +1041,15 @@ use crate::ledger::growth::hex;
 /// history: the manifest, every part and the state's decoding (as `load` does, leaving the
 /// blobs out of memory), then every blob it names read and checked against its hash, one at a
 /// time, but those in `checked` (blobs found sound for another checkpoint of the shard), which it
-/// adds to. Gives how many blobs it read. What `clearing verify` runs.
-pub fn verify(store: &std::sync::Arc<dyn Store>, shard: ShardId, sequence: u64, checked: &mut HashSet<[u8; 32]>) -> Result<usize, CheckpointError> {
+/// adds to. Gives how many blobs it read, and the chain head the checkpoint recorded (the
+/// journal recovery would replay after it must meet it: `journal::verify_shard` from it). What
+/// `clearing verify` runs.
+pub fn verify(
+    store: &std::sync::Arc<dyn Store>,
+    shard: ShardId,
+    sequence: u64,
+    checked: &mut HashSet<[u8; 32]>,
+) -> Result<(usize, crate::journal::ChainHead), CheckpointError> {
     let reader = HistoryReader::new(store.clone(), shard);
     let (_, manifest, _) = load_with(&**store, shard, sequence, Some(&reader))?;
     let unchecked: Vec<[u8; 32]> = manifest.blobs.iter().filter(|hash| !checked.contains(*hash)).copied().collect();
@@ -1054,7 +1061,7 @@ pub fn verify(store: &std::sync::Arc<dyn Store>, shard: ShardId, sequence: u64, 
         })?;
         checked.insert(*hash);
     }
-    Ok(unchecked.len())
+    Ok((unchecked.len(), crate::journal::ChainHead { sequence: manifest.sequence, hash: manifest.chain_hash }))
 }
 
 /// The newest usable checkpoint of `shard`, and why each newer one was skipped.
