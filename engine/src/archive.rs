@@ -137,8 +137,9 @@ pub fn archive_shard(store: &dyn Store, shard: ShardId, before: Timestamp, direc
             ChainHead { sequence: first - 1, hash: record.previous_hash }
         }
     };
-    std::fs::create_dir_all(directory).map_err(|e| io("creating", directory, e))?;
-    let temporary = directory.join(format!(".journal-{shard:05}.zst.tmp"));
+    create_dir_durably(directory)?;
+    // Named for this process: two runs into one directory never write one file.
+    let temporary = directory.join(format!(".journal-{shard:05}.{}.zst.tmp", std::process::id()));
     let written = write_file(store, shard, first, through, before, head_before, &temporary)?;
     let Some((head_after, file_blake3)) = written else {
         std::fs::remove_file(&temporary).map_err(|e| io("removing", &temporary, e))?;
@@ -156,11 +157,18 @@ pub fn archive_shard(store: &dyn Store, shard: ShardId, before: Timestamp, direc
         file_blake3,
         before_micros: before,
     };
-    rename_durably(&temporary, &directory.join(&file))?;
+    place_durably(&temporary, &directory.join(&file))?;
     let json = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
-    let manifest_temporary = directory.join(format!(".{file}.json.tmp"));
+    let manifest_temporary = directory.join(format!(".{file}.{}.json.tmp", std::process::id()));
     write_synced(&manifest_temporary, &json)?;
-    rename_durably(&manifest_temporary, &directory.join(format!("{file}.json")))?;
+    let manifest_path = directory.join(format!("{file}.json"));
+    place_durably(&manifest_temporary, &manifest_path)?;
+    // Read back as `clearing verify` reads it: only an archive that gives back every batch it
+    // took, chained, lets them leave.
+    let read_back = verify_file(&manifest_path, &manifest, head_before).map_err(ArchiveError::Broken)?;
+    if read_back != head_after {
+        return Err(ArchiveError::Io(format!("archive {file} read back ends at batch {}, not {}", read_back.sequence, head_after.sequence)));
+    }
     // Only now, with both files on disk, do the batches leave the live journal: one atomic write;
     // then their space (RocksDB keeps deleted data until a compaction meets the range).
     let (from, to) = (batch_key(shard, first), batch_key(shard, head_after.sequence + 1));
@@ -283,11 +291,49 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
     file.sync_all().map_err(|e| io("syncing", path, e))
 }
 
-/// Renames `from` to `to` and syncs the directory, so the new name survives a crash.
-fn rename_durably(from: &Path, to: &Path) -> Result<(), ArchiveError> {
-    std::fs::rename(from, to).map_err(|e| io("renaming to", to, e))?;
-    let directory = to.parent().unwrap_or(Path::new("."));
+/// Gives `from` the name `to` unless another file has it, and syncs the directory, so the new
+/// name survives a crash. A file already there with the same bytes (a run that stopped after
+/// placing it) is taken; another is refused (before session 61 it was replaced: two databases
+/// archiving into one directory overwrote each other's files).
+fn place_durably(from: &Path, to: &Path) -> Result<(), ArchiveError> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            let same = hash_file(from).map_err(|e| io("reading", from, e))? == hash_file(to).map_err(|e| io("reading", to, e))?;
+            if !same {
+                let _ = std::fs::remove_file(from);
+                return Err(ArchiveError::Io(format!(
+                    "{} holds another file of that name (another database's archives?): archive each database into a directory of its own",
+                    to.display()
+                )));
+            }
+        }
+        Err(error) => return Err(io("linking to", to, error)),
+    }
+    std::fs::remove_file(from).map_err(|e| io("removing", from, e))?;
+    sync_parent(to)
+}
+
+fn sync_parent(path: &Path) -> Result<(), ArchiveError> {
+    let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     File::open(directory).and_then(|d| d.sync_all()).map_err(|e| io("syncing", directory, e))
+}
+
+/// Creates `directory` and any missing parents, each new name synced in its parent (before
+/// session 61 a power cut after the batches left the journal could lose a new directory's
+/// entry, and with it the archive).
+fn create_dir_durably(directory: &Path) -> Result<(), ArchiveError> {
+    let mut missing = Vec::new();
+    let mut at = Some(directory);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path.to_path_buf());
+        at = path.parent();
+    }
+    std::fs::create_dir_all(directory).map_err(|e| io("creating", directory, e))?;
+    for created in missing.iter().rev() {
+        sync_parent(created)?;
+    }
+    Ok(())
 }
 
 /// An earlier run may have written an archive and stopped before deleting its batches from the
@@ -295,12 +341,19 @@ fn rename_durably(from: &Path, to: &Path) -> Result<(), ArchiveError> {
 /// deleted now (after checking the last one is the batch the archive ends with). Returns the
 /// first batch left.
 fn finish_interrupted(store: &dyn Store, shard: ShardId, first: u64, directory: &Path) -> Result<u64, ArchiveError> {
-    let Some(last) = read_manifests(directory)?.into_iter().filter(|(_, m)| m.shard == shard).map(|(_, m)| m).max_by_key(|m| m.last_sequence) else {
+    let Some((path, last)) = read_manifests(directory)?.into_iter().filter(|(_, m)| m.shard == shard).max_by_key(|(_, m)| m.last_sequence) else {
         return Ok(first);
     };
     if last.last_sequence < first {
         return Ok(first);
     }
+    // The archive must hold every batch about to leave, and read back whole (before session 61
+    // its file was not looked at: one deleted or damaged since let the batches go).
+    let before = last.head_before.head().ok_or_else(|| ArchiveError::Io(format!("manifest {}: a malformed head hash", last.file)))?;
+    if last.first_sequence > first {
+        return Err(gap(shard, first).into());
+    }
+    verify_file(&path, &last, before).map_err(ArchiveError::Broken)?;
     let head = last.head_after.head().ok_or_else(|| ArchiveError::Io(format!("manifest {}: a malformed head hash", last.file)))?;
     let bytes = store.get(&batch_key(shard, head.sequence))?.ok_or_else(|| gap(shard, head.sequence))?;
     let hash = check_hash(shard, head.sequence, &bytes).map_err(|e| Break::from_error(shard, head.sequence, e))?;

@@ -267,3 +267,51 @@ fn an_interrupted_archive_run_is_finished_by_the_next() {
     assert!(verify_live(&crashed, 0, Some(archives[0].1.as_ref().expect("sound"))).is_ok());
     assert_eq!(HASH_LEN, 32);
 }
+
+/// An interrupted run is finished only from an archive that reads back whole: its file gone or
+/// damaged since, the batches stay (before session 61 they were deleted on the manifest's word).
+#[test]
+fn an_interrupted_run_whose_file_is_gone_deletes_nothing() {
+    let store = journal(5);
+    checkpoint(&*store, 0, 3);
+    let crashed = store.snapshot();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Archived::Moved(manifest) = archive_shard(&*store, 0, u64::MAX, dir.path()).expect("archives") else { panic!("moved") };
+    let file = dir.path().join(&manifest.file);
+    let pristine = std::fs::read(&file).expect("read");
+    let keys = all_keys(&crashed);
+    std::fs::remove_file(&file).expect("remove");
+    assert!(archive_shard(&crashed, 0, u64::MAX, dir.path()).is_err(), "the file is gone");
+    let mut damaged = pristine.clone();
+    damaged[pristine.len() / 2] ^= 0x08;
+    std::fs::write(&file, &damaged).expect("write");
+    assert!(archive_shard(&crashed, 0, u64::MAX, dir.path()).is_err(), "the file is damaged");
+    assert_eq!(all_keys(&crashed), keys, "no batch left the journal");
+    std::fs::write(&file, &pristine).expect("write");
+    archive_shard(&crashed, 0, u64::MAX, dir.path()).expect("finishes");
+    assert_eq!(first_live_sequence(&crashed, 0).expect("read"), manifest.last_sequence + 1);
+}
+
+/// Another database archiving the same batches' numbers into the same directory is refused and
+/// keeps its batches; the first database's archive is untouched (before session 61 it was
+/// replaced).
+#[test]
+fn an_archive_never_replaces_another_databases_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = journal(5);
+    checkpoint(&*first, 0, 3);
+    let Archived::Moved(manifest) = archive_shard(&*first, 0, u64::MAX, dir.path()).expect("archives") else { panic!("moved") };
+    let kept = std::fs::read(dir.path().join(&manifest.file)).expect("read");
+    let other = journal(5);
+    checkpoint(&*other, 0, 3);
+    assert_ne!(value(&*first, 0, 4), value(&*other, 0, 4), "two journals");
+    let keys = all_keys(&*other);
+    let refused = archive_shard(&*other, 0, u64::MAX, dir.path());
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(all_keys(&*other), keys, "its batches stay");
+    assert_eq!(std::fs::read(dir.path().join(&manifest.file)).expect("read"), kept);
+    assert!(
+        std::fs::read_dir(dir.path()).expect("read").all(|entry| !entry.expect("entry").file_name().to_string_lossy().ends_with(".tmp")),
+        "no file left behind"
+    );
+}
