@@ -204,11 +204,47 @@ pub fn client_token(file: Option<&Path>, data_dir: &Path) -> Result<String> {
 /// `clearing restore --from DIR --data-dir D`.
 pub fn restore(from: &Path, data_dir: &Path) -> Result<()> {
     let started = Instant::now();
+    // A backup this build cannot read is refused before anything is written (before session 61
+    // it was restored, and the server then refused the directory).
+    let declared = files::read_manifest(from).map_err(|e| anyhow!("{e}"))?;
+    if !engine::journal::READABLE_JOURNAL_VERSIONS.contains(&declared.journal_format_version) {
+        bail!(
+            "the backup in {} holds journal format {} (written by {}); this build reads formats {} to {}: restore it with a build that reads it",
+            from.display(),
+            declared.journal_format_version,
+            declared.binary_version,
+            engine::journal::READABLE_JOURNAL_VERSIONS.start(),
+            engine::journal::READABLE_JOURNAL_VERSIONS.end()
+        );
+    }
     let manifest = files::restore(from, data_dir).map_err(|e| anyhow!("{e}"))?;
     // The restored database opens and holds what the manifest says it held.
     let (shard_count, shards) = marks(data_dir).map_err(|e| anyhow!("the restored database in {}: {e}", data_dir.display()))?;
     if (shard_count, &shards) != (manifest.shard_count, &manifest.shards) {
         bail!("the restored database holds shards {shards:?}, the manifest says {:?}: do not start a server on {}", manifest.shards, data_dir.display());
+    }
+    // Each shard recovers as a start would (its newest usable checkpoint and the journal after
+    // it) and its whole live chain reads back (before session 61 only the keys were compared).
+    {
+        let store: Arc<dyn storage::Store> =
+            Arc::new(RocksStore::open_read_only(data_dir).with_context(|| format!("opening the restored database in {}", data_dir.display()))?);
+        for shard in 0..shard_count {
+            let history = engine::checkpoint::HistoryReader::new(store.clone(), shard);
+            let recovered = engine::journal::recover_shard_filtered(&*store, shard, None, Some(&history))
+                .map_err(|e| anyhow!("the restored database does not recover (shard {shard}): {e}; do not start a server on {}", data_dir.display()))?;
+            for reason in &recovered.skipped {
+                println!("shard {shard}: skipped {reason}");
+            }
+            engine::journal::verify_shard(&*store, shard, None).map_err(|e| {
+                anyhow!(
+                    "the restored journal of shard {shard} is broken at batch {}: {}: {}; do not start a server on {}",
+                    e.sequence,
+                    e.kind,
+                    e.reason,
+                    data_dir.display()
+                )
+            })?;
+        }
     }
     // Checked: the directory may be opened (its marker goes last).
     files::finish_restore(data_dir).map_err(|e| anyhow!("{e}"))?;

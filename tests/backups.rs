@@ -230,6 +230,18 @@ fn clearing_backup_on_a_stopped_server_and_what_restore_refuses() {
     assert!(!ok && printed.contains(&largest) && printed.contains("does not match the manifest"), "{printed}");
     assert!(!target.exists(), "nothing was written");
 
+    // A backup of a journal format this build does not read is refused before anything is
+    // written (it was restored, and the server then refused it).
+    let future = dir.path().join("future");
+    assert!(Command::new("cp").args(["-r", text(&backup), text(&future)]).status().expect("cp").success());
+    let mut declared: Value = serde_json::from_str(&std::fs::read_to_string(future.join("manifest.json")).expect("manifest")).expect("JSON");
+    declared["journal_format_version"] = json!(99);
+    std::fs::write(future.join("manifest.json"), declared.to_string()).expect("write");
+    let target = dir.path().join("from-future");
+    let (ok, printed) = clearing(&["restore", "--from", text(&future), "--data-dir", text(&target)]);
+    assert!(!ok && printed.contains("holds journal format 99"), "{printed}");
+    assert!(!target.exists(), "nothing was written");
+
     // The good copy restores and serves the same balances and order.
     let restored = dir.path().join("restored");
     let (ok, printed) = clearing(&["restore", "--from", text(&backup), "--data-dir", text(&restored)]);
@@ -297,4 +309,34 @@ fn refusals_of_a_restore_cut_short(dir: &Path, restored: &Path) {
     assert_eq!(status, Some(false), "{printed}");
     assert!(printed.contains("no master key") && printed.contains("holds a database"), "{printed}");
     assert!(!cut.join("master-key").exists(), "no key was made");
+}
+
+/// A backup of a database whose journal is damaged (a byte flipped on disk before the copy: the
+/// backup's own hashes are the damaged bytes') restores its files, fails the restore's check
+/// (recovery and the whole chain, read back from the restored copy) and leaves the directory
+/// marked: no command opens it.
+#[test]
+fn a_restore_whose_database_does_not_recover_stays_marked() {
+    use storage::Store;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (ok, printed) = clearing(&["serve", "--once", "--demo", "--data-dir", text(&data)]);
+    assert!(ok, "{printed}");
+    {
+        let store = storage_rocks::RocksStore::open(&data).expect("open");
+        let key = engine::journal::batch_key(1, 2);
+        let mut batch = store.get(&key).expect("get").expect("batch 2 of shard 1");
+        let middle = batch.len() / 2;
+        batch[middle] ^= 0x20;
+        store.write(&[(&key, &batch)]).expect("write");
+    }
+    let backup = dir.path().join("backup");
+    let (ok, printed) = clearing(&["backup", "--data-dir", text(&data), "--to", text(&backup)]);
+    assert!(ok, "{printed}");
+    let restored = dir.path().join("restored");
+    let (ok, printed) = clearing(&["restore", "--from", text(&backup), "--data-dir", text(&restored)]);
+    assert!(!ok && printed.contains("do not start a server"), "{printed}");
+    assert!(restored.join("RESTORE-IN-PROGRESS").exists(), "the directory stays marked");
+    let (ok, printed) = clearing(&["verify", "--data-dir", text(&restored)]);
+    assert!(!ok && printed.contains("holds a restore that did not finish"), "{printed}");
 }
