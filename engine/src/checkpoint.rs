@@ -700,7 +700,25 @@ fn prune(
     cached: &[(u64, std::sync::Arc<Vec<[u8; 32]>>)],
 ) -> Result<Vec<(u64, std::sync::Arc<Vec<[u8; 32]>>)>, StorageError> {
     let sequences = list(store, shard)?;
-    let (pruned, kept) = sequences.split_at(sequences.len().saturating_sub(kept));
+    // The `kept` checkpoints are the newest this shard knows usable (the one just written, the
+    // ones it wrote or recovered from: `cached`), then, if fewer, the newest others. A newer
+    // one recovery skipped as unusable no longer counts (before session 61 it did, and pruning
+    // could delete the only checkpoint recovery had used while keeping the damaged one): it
+    // stays while an older kept one does, and goes with it.
+    let known = |sequence: &u64| *sequence == current.0 || cached.iter().any(|(cached, _)| cached == sequence);
+    let mut keep: Vec<u64> = sequences.iter().rev().filter(|sequence| known(sequence)).take(kept).copied().collect();
+    for sequence in sequences.iter().rev() {
+        if keep.len() >= kept {
+            break;
+        }
+        if !keep.contains(sequence) {
+            keep.push(*sequence);
+        }
+    }
+    let oldest_kept = keep.iter().min().copied().unwrap_or(current.0);
+    let split = sequences.partition_point(|sequence| *sequence < oldest_kept);
+    let pruned = &sequences[..split];
+    let kept: Vec<u64> = sequences[split..].iter().filter(|sequence| keep.contains(sequence)).copied().collect();
     // A list from memory, else the manifest's (`None`: missing or it does not decode).
     let list_of = |sequence: u64| -> Result<Option<std::sync::Arc<Vec<[u8; 32]>>>, StorageError> {
         if sequence == current.0 {

@@ -1257,6 +1257,44 @@ fn damage_the_store_finds_falls_back_as_damage_it_reads_does() {
     assert!(check_store(&store.inner, 2).unwrap().ok);
 }
 
+/// Pruning counts only the checkpoints a shard knows usable: after a start that skipped a
+/// damaged newest checkpoint and recovered from the one before, the next checkpoint keeps that
+/// one (before session 61 it kept the damaged one and deleted the only checkpoint recovery had
+/// used), and it stays the fallback when the new one is damaged too.
+#[test]
+fn pruning_keeps_the_checkpoint_recovery_used_over_a_damaged_newer_one() {
+    let stops = EngineConfig { checkpoints: CheckpointPolicy { kept: 2, ..at_stops().checkpoints }, ..at_stops() };
+    let store = Arc::new(MemoryStore::new());
+    for (round, tag) in ["a", "b"].into_iter().enumerate() {
+        let engine = Engine::start(stops.clone(), store.clone()).unwrap();
+        workload(&engine, tag, 4 + round);
+        engine.shutdown();
+    }
+    let [used, damaged] = checkpoint::list(&*store, 0).unwrap()[..] else { panic!("two checkpoints kept") };
+    let key = part_key(0, damaged, 0);
+    let mut part = store.get(&key).unwrap().unwrap();
+    let middle = part.len() / 2;
+    part[middle] ^= 0x40;
+    store.write(&[(&key, &part)]).unwrap();
+    let engine = Engine::start(stops.clone(), store.clone()).unwrap();
+    assert_eq!(engine.counters()[0].checkpoint_sequence.load(std::sync::atomic::Ordering::SeqCst), used, "recovered from the older one");
+    workload(&engine, "c", 3);
+    engine.shutdown();
+    let sequences = checkpoint::list(&*store, 0).unwrap();
+    assert!(sequences.contains(&used), "the checkpoint recovery used is kept: {sequences:?}");
+    let newest = *sequences.last().unwrap();
+    assert!(newest > damaged);
+    // The new one damaged too: recovery falls back to the one it used before.
+    let key = part_key(0, newest, 0);
+    let mut part = store.get(&key).unwrap().unwrap();
+    let middle = part.len() / 2;
+    part[middle] ^= 0x40;
+    store.write(&[(&key, &part)]).unwrap();
+    let recovered = recover_shard(&*store, 0).unwrap();
+    assert_eq!(recovered.checkpoint, Some(used), "{:?}", recovered.skipped);
+    assert_eq!(recovered.skipped.len(), 2, "{:?}", recovered.skipped);
+}
+
 /// The checkpoint fixture of the current format: a whole store (journal, checkpoints with blobs
 /// of history, cold rows) that a build of this format wrote. Written again with
 /// `CLEARING_WRITE_CHECKPOINT_FIXTURE=1` when `CHECKPOINT_FORMAT_VERSION` is bumped (the old
