@@ -76,8 +76,13 @@ fn escrow_scenario_with_staged_confirm_refund_cancel_and_freeze() {
     let (status, _, part) = p.post(&format!("/v1/payments/{order2}/cancel"), &json!({"out_order_no": "x-1", "amount": "40.00"}));
     assert_eq!((status, part["status"].as_str()), (200, Some("held")), "{part}");
     assert_eq!(p.post(&format!("/v1/payments/{order2}/cancel"), &json!({"out_order_no": "x-1", "amount": "40.0"})), (200, true, part.clone()));
+    // Held, nothing released to the company yet: nothing to refund, 422 (was 404 for an order
+    // the platform can see).
+    let refund_of_held = json!({"out_order_no": "rf-held", "payment_order_id": order2, "amount": "0.01", "payee_account_id": company});
+    assert_eq!(error_of(&p.post("/v1/refunds", &refund_of_held)), (422, Some("exceeds_refundable_amount")));
     let (status, _, all) = p.post(&format!("/v1/payments/{order2}/cancel"), &json!({"out_order_no": "x-2"}));
     assert_eq!((status, all["status"].as_str()), (200, Some("cancelled")), "{all}");
+    assert_eq!(error_of(&p.post("/v1/refunds", &refund_of_held)), (422, Some("exceeds_refundable_amount")), "cancelled whole");
     assert_eq!(error_of(&p.post(&format!("/v1/payments/{order2}/confirm"), &json!({"out_order_no": "c-9"}))), (409, Some("order_state_invalid")));
     assert_eq!(p.balances(&owner).0, "450.00");
 

@@ -233,7 +233,7 @@ pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &Re
     let payment = parse_order_id(&body.payment_order_id).ok_or(ApiError { param: Some("payment_order_id".into()), ..ApiError::not_found() })?;
     let found = read_order(engine, platform.id, payment, |state, order| {
         let receivers: Vec<_> = match &order.detail {
-            OrderDetail::Payment { held, .. } => held.iter().map(|l| l.account).collect(),
+            OrderDetail::Payment { held, .. } => held.iter().map(|l| (l.account, l.released)).collect(),
             _ => Vec::new(),
         };
         (state.currencies[order.currency.0 as usize], receivers)
@@ -245,13 +245,23 @@ pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &Re
     }
     let payee = match &body.payee_account_id {
         Some(text) => account(text, "payee_account_id")?,
-        None if receivers.len() == 1 => receivers[0],
+        None if receivers.len() == 1 => receivers[0].0,
         None => return Err(ApiError::invalid("the payment has several receivers: name payee_account_id", "payee_account_id")),
     };
-    if !receivers.contains(&payee) {
+    if !receivers.iter().any(|(receiver, _)| *receiver == payee) {
         return Err(ApiError { param: Some("payee_account_id".into()), ..ApiError::not_found() });
     }
     let refund = amount(&body.amount, &spec, "amount")?;
+    // Nothing released to the payee yet (a guarantee held or cancelled, a direct payment not
+    // yet paid): nothing it can refund, which the payee's shard cannot tell from an unknown
+    // payment (before session 61 this answered 404 for an order the platform can see). A
+    // refund once accepted had its release, which never shrinks: a replay still passes.
+    if receivers.iter().filter(|(receiver, _)| *receiver == payee).all(|(_, released)| *released == 0) {
+        return Err(ApiError {
+            param: Some("amount".into()),
+            ..ApiError::new(422, "exceeds_refundable_amount", "nothing was released to this payee to refund")
+        });
+    }
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no);
     view.value("kind", &"refund");
