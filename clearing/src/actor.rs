@@ -131,16 +131,11 @@ pub struct Clearing {
     noting: Arc<std::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
     resumed: usize,
-    /// Where collections began to be commands of their own, per shard.
-    collections: Arc<crate::payouts::CollectionsByCommand>,
 }
 
 /// Everything the actor owns.
 struct Actor {
     engine: Arc<Engine>,
-    /// Where collections began to be commands of their own, per shard (a pending recharge
-    /// before it is taken for a collection by its note alone).
-    collections: Arc<crate::payouts::CollectionsByCommand>,
     store: Arc<dyn Store>,
     bank: Arc<dyn BankChannel>,
     clock: Arc<dyn Clock>,
@@ -192,10 +187,8 @@ impl Clearing {
             }
             None => None,
         };
-        let collections = Arc::new(crate::payouts::CollectionsByCommand::load_or_mark(store.as_ref(), &engine)?);
         let mut actor = Actor {
             engine,
-            collections: collections.clone(),
             cases: CaseBook::load(store.as_ref())?,
             reconciling: false,
             waiting: VecDeque::new(),
@@ -216,7 +209,7 @@ impl Clearing {
         let resumed = actor.resume()?;
         let tick = config.tick;
         std::thread::Builder::new().name("clearing".into()).spawn(move || actor.run(&inbox, tick)).map_err(|e| ClearingError::Storage(e.to_string()))?;
-        Ok(Clearing { mailbox, channels: published, bank, clock, resumed, store, noting: Arc::default(), collections })
+        Ok(Clearing { mailbox, channels: published, bank, clock, resumed, store, noting: Arc::default() })
     }
 
     /// Notes collection `number` of `platform` (its card, account and amount) durably, before
@@ -227,7 +220,7 @@ impl Clearing {
     pub fn note_collection(&self, platform: u32, number: &str, note: &crate::payouts::CollectionNote) -> Result<bool, ClearingError> {
         let _one_at_a_time = self.noting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number)? {
-            Some(noted) if noted == *note => Ok(false),
+            Some(noted) if noted.same_collection(note) => Ok(false),
             Some(_) => Err(ClearingError::IdempotencyConflict),
             None => crate::payouts::CollectionNotes::save(self.store.as_ref(), platform, number, note).map(|()| true),
         }
@@ -237,13 +230,6 @@ impl Clearing {
     /// collection's).
     pub fn collection_note(&self, platform: u32, number: &str) -> Result<Option<crate::payouts::CollectionNote>, ClearingError> {
         crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number)
-    }
-
-    /// Whether money-in order `order` was opened before collections were commands of their own
-    /// (`RequestCollection`): a collection then was a plain recharge's command, which a retry
-    /// of it replays.
-    pub fn opened_before_collection_commands(&self, order: OrderId, shard_count: u16) -> bool {
-        self.collections.before(order, shard_count)
     }
 
     /// Drops the note of collection `number` of `platform` (the engine refused the order).
@@ -1208,11 +1194,11 @@ impl Actor {
     }
 
     /// The note of pending recharge `order` (`Waiting::MoneyIn`) of `platform` under `number`
-    /// when the order is that collection: one opened since collections are commands of their
-    /// own only if the engine's record of its number holds the collection the note describes
-    /// (before session 61 a note left by a refused collection on a plain recharge's number
-    /// would have had the start debit the card); one opened before, by its note's account and
-    /// amount, as then.
+    /// when the order is that collection: with a note of this build (naming the card's id) only
+    /// if the engine's record of its number holds the collection the note describes (before
+    /// session 61 a note left by a refused collection on a plain recharge's number would have
+    /// had the start debit the card); with an earlier build's note, by its account and amount,
+    /// as then.
     fn collection_of(
         &self,
         order: &Waiting,
@@ -1226,11 +1212,9 @@ impl Actor {
         else {
             return Ok(None);
         };
+        // An earlier build's note: its collection was a plain recharge's command.
+        let Some(card) = note.card else { return Ok(Some(note)) };
         let shard_count = self.engine.config().shard_count;
-        if self.collections.before(order, shard_count) {
-            return Ok(Some(note));
-        }
-        let card = engine::ledger::command::card_fingerprint(&note.card_no);
         let content = engine::ledger::command::content_hash(&Command::RequestCollection { account, currency, amount, channel, card });
         let key = engine::ledger::command::idempotency_key(platform, Command::MONEY_IN_SCOPE, &number);
         let record = self.engine.idempotency_record(account.shard(shard_count), key)?;

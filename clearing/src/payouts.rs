@@ -154,40 +154,19 @@ pub struct CollectionNote {
     pub account: AccountId,
     pub amount: Minor,
     pub card_no: String,
+    /// The card's record id, which the collection's command names (`RequestCollection::card`):
+    /// written since session 61. A note without it is an earlier build's, whose collection was
+    /// a plain recharge's command: a start takes its order for a collection by the note alone,
+    /// and a retry of it is answered as that order's replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<u64>,
 }
 
-/// Where each shard's collections began to be commands of their own (`RequestCollection`,
-/// session 61): per shard, the local index of the first order a build with them could open,
-/// written once at the first start of such a build (`ki/collections`). A pending recharge
-/// before that mark with a matching note is a collection by its note alone (as it was); one
-/// after it only when the engine's record of its number holds that collection's content, so
-/// a note a refused collection left on a plain recharge's number is never taken for it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CollectionsByCommand {
-    pub since: Vec<u64>,
-}
-
-impl CollectionsByCommand {
-    const KEY: &'static [u8] = b"ki/collections";
-
-    /// The marks, written at the first start that has none (before any request is taken).
-    pub fn load_or_mark(store: &dyn Store, engine: &engine::Engine) -> Result<CollectionsByCommand, ClearingError> {
-        if let Some(value) = store.get(Self::KEY).map_err(|e| ClearingError::Storage(e.to_string()))? {
-            return serde_json::from_slice(&value).map_err(|error| ClearingError::Storage(format!("ki/collections: {error}")));
-        }
-        let shard_count = engine.config().shard_count;
-        let mut since = Vec::with_capacity(usize::from(shard_count));
-        for shard in 0..shard_count {
-            since.push(engine.read_shard(shard, move |state| state.next_order_id().local_index(shard_count))?);
-        }
-        let marks = CollectionsByCommand { since };
-        storage::records::put(store, &[(Self::KEY.to_vec(), &marks)]).map_err(|e| ClearingError::Storage(e.to_string()))?;
-        Ok(marks)
-    }
-
-    /// Whether `order` was opened before its shard's collections were commands of their own.
-    pub fn before(&self, order: OrderId, shard_count: u16) -> bool {
-        self.since.get(usize::from(order.shard(shard_count))).is_some_and(|since| order.local_index(shard_count) < *since)
+impl CollectionNote {
+    /// Whether `other` notes the same collection (its card, account and amount), whichever
+    /// build wrote either.
+    pub fn same_collection(&self, other: &CollectionNote) -> bool {
+        (self.account, self.amount, &self.card_no) == (other.account, other.amount, &other.card_no)
     }
 }
 

@@ -960,41 +960,33 @@ fn a_start_asks_the_bank_before_sending_money_in_again() {
 
 /// A start sends a pending recharge to the bank as a collection (a card debit) only when it is
 /// one. Since session 61 a collection is its own command (`RequestCollection`, naming the
-/// card), and a note a refused collection left on a plain recharge's number (a stop before its
-/// removal) is not taken for it; a recharge opened before collections were commands of their
-/// own is still taken for a collection by its note, as then.
+/// card's id, which its note records), and a note a refused collection left on a plain
+/// recharge's number (a stop before its removal) is not taken for it; an earlier build's note
+/// (no card id: its collection was a plain recharge's command) is taken by itself, as then.
 #[test]
 fn a_start_sends_as_a_collection_only_a_collections_order() {
     let w = World::new();
     w.clearing.stop();
     let account = w.account(1, 0);
-    let card_no = "6222020200112233445";
-    let note = clearing_actor::payouts::CollectionNote { account, amount: 1_000, card_no: card_no.into() };
     let count = |bank: &Counting| {
         let load = |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::SeqCst);
         (load(&bank.money_in), load(&bank.collections))
     };
-    let pending = |number: &str, command: Command| {
+    let pending = |number: &str, command: Command, card: Option<u64>| {
         let reply = w.engine.execute_one(Envelope { platform: P, out_order_no: OutOrderNo::new(number), command }).unwrap();
         assert_eq!(reply.status, Some(OrderStatus::Pending), "{number}");
+        let note = clearing_actor::payouts::CollectionNote { account, amount: 1_000, card_no: "6222020200112233445".into(), card };
         clearing_actor::payouts::CollectionNotes::save(w.store.as_ref(), P, number, &note).unwrap();
     };
     let plain = Command::RequestRecharge { account, currency: CurrencyId(0), amount: 1_000, channel: 1 };
-    // A collection of an earlier build: a plain recharge's command with its note, opened
-    // before this build's first start marked where collections became commands.
-    w.store.delete_range(b"ki/collections", b"ki/collections\0").unwrap();
-    pending("old-collection", plain.clone());
+    // An earlier build's collection (a plain recharge's command, a note without the card's id);
+    // this build's collection; a plain recharge carrying this build's note of a refused one.
+    pending("old-collection", plain.clone(), None);
+    pending("new-collection", Command::RequestCollection { account, currency: CurrencyId(0), amount: 1_000, channel: 1, card: 7 }, Some(7));
+    pending("plain-with-a-note", plain, Some(7));
     let bank = Counting::over(&w.bank);
     let clearing = World::clearing(&w.engine, &w.store, bank.clone());
-    assert_eq!(count(&bank), (1, 1), "the earlier build's collection is sent as one");
-    clearing.stop();
-    // This build's: a collection, and a plain recharge carrying a refused collection's note.
-    let card = engine::ledger::command::card_fingerprint(card_no);
-    pending("new-collection", Command::RequestCollection { account, currency: CurrencyId(0), amount: 1_000, channel: 1, card });
-    pending("plain-with-a-note", plain);
-    let bank = Counting::over(&w.bank);
-    let clearing = World::clearing(&w.engine, &w.store, bank.clone());
-    assert_eq!(count(&bank), (2, 1), "the collection debits the card; the plain recharge is sent as money in");
-    assert_eq!(clearing.resumed(), 2, "the earlier one is with the bank already");
+    assert_eq!(count(&bank), (3, 2), "both collections debit the card; the plain recharge is sent as money in");
+    assert_eq!(clearing.resumed(), 3);
     clearing.stop();
 }

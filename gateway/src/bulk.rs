@@ -151,6 +151,15 @@ pub async fn bulk(
         .await
         .map_err(|_| ApiError::unavailable("the server is stopping".into()))??;
     }
+    // A plain recharge replaying a collection an earlier build took is a conflict (one read for
+    // each replayed recharge only).
+    for (ready, reply) in prepared.iter().zip(replies.iter_mut()) {
+        if let Some(envelope) = ready.recharge.as_ref().filter(|_| reply.replayed) {
+            if crate::recharges::earlier_builds_collection(clearing.get_ref(), signed.platform.id, envelope).await? {
+                *reply = engine::ledger::types::Reply::rejected(engine::result::ResultCode::IdempotencyConflict);
+            }
+        }
+    }
     // The answer is written straight into one buffer, in the order of the operations.
     let mut out = Vec::with_capacity(count * 256 + 16);
     out.extend_from_slice(b"{\"results\":[");

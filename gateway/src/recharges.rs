@@ -125,6 +125,16 @@ pub(crate) async fn within_money_in_channel(
     }
 }
 
+/// The engine's stored answer to `envelope`'s order number, as a replay, if the record it holds
+/// is `envelope`'s command (its content); `None` otherwise. Read off the async workers.
+async fn held_reply_if(engine: &Arc<Engine>, envelope: &Envelope) -> Result<Option<Reply>, ApiError> {
+    let (Some(key), Some(account)) = (engine::ledger::command::own_key(envelope), envelope.command.debited_account()) else { return Ok(None) };
+    let content = engine::ledger::command::content_hash(&envelope.command);
+    let (reading, shard) = (engine.clone(), account.shard(engine.config().shard_count));
+    let record = crate::error::blocking(move || reading.idempotency_record(shard, key)).await?.map_err(ApiError::from)?;
+    Ok(record.filter(|record| record.content == content && record.reply.is_ok()).map(|record| Reply { replayed: true, ..record.reply }))
+}
+
 /// Whether the engine holds an order under `probe`'s order number (its scope and the account
 /// it debits name the record; its content does not matter): a retry may go on past a card's
 /// check only to replay an order that exists (a note can outlive a refused or never applied
@@ -201,8 +211,21 @@ pub async fn recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Plat
     // A number a collection holds is the engine's conflict (`RequestCollection` is its own
     // command; before session 61 a note read here refused it).
     let prepared = prepare_recharge(engine, clearing, platform, body).await?;
-    let reply = execute_and_dispatch(engine, clearing.bank(), prepared.envelope.clone()).await?;
+    let mut reply = execute_and_dispatch(engine, clearing.bank(), prepared.envelope.clone()).await?;
+    if reply.replayed && earlier_builds_collection(clearing, platform.id, &prepared.envelope).await? {
+        reply = Reply::rejected(engine::result::ResultCode::IdempotencyConflict);
+    }
     Ok((prepared, reply))
+}
+
+/// Whether plain recharge `envelope`, answered as a replay, replays a collection an earlier
+/// build took (the same engine command then; its note names no card id): a conflict, as a
+/// collection's number is for a plain recharge. One read, on replays only.
+pub(crate) async fn earlier_builds_collection(clearing: &Clearing, platform: u32, envelope: &Envelope) -> Result<bool, ApiError> {
+    let (Some(number), Command::RequestRecharge { .. }) = (envelope.out_order_no, &envelope.command) else { return Ok(false) };
+    let asking = clearing.clone();
+    let noted = crate::error::blocking(move || asking.collection_note(platform, number.as_str())).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(noted.is_some_and(|note| note.card.is_none()))
 }
 
 /// Has the engine apply money-in order `envelope` and sends it to its bank if it is new, on a
@@ -309,12 +332,13 @@ pub async fn collect(
     let Command::RequestRecharge { amount, currency, channel, .. } = prepared.envelope.command else {
         return Err(ApiError::unavailable("a collection is a recharge".into()));
     };
-    // The engine's command names the card (its fingerprint): a plain recharge and a collection
-    // under one number, or two collections from different cards, are its conflicts.
-    let fingerprint = engine::ledger::command::card_fingerprint(&card.card_no);
-    prepared.envelope.command = Command::RequestCollection { account, currency, amount, channel, card: fingerprint };
+    // The engine's command names the card (its record's id, never its number): a plain
+    // recharge and a collection under one number, or two collections from different cards,
+    // are its conflicts.
+    prepared.envelope.command = Command::RequestCollection { account, currency, amount, channel, card: card.id };
     let legacy = Envelope { command: Command::RequestRecharge { account, currency, amount, channel }, ..prepared.envelope.clone() };
-    let (engine, clearing, envelope, platform_id, card_no) = (engine.clone(), clearing.clone(), prepared.envelope.clone(), platform.id, card.card_no);
+    let (engine, clearing, envelope, platform_id, card_no, card_id) =
+        (engine.clone(), clearing.clone(), prepared.envelope.clone(), platform.id, card.card_no, card.id);
     // On a task of its own, one request of a number at a time: a request cut short neither
     // leaves an accepted order unsent nor a refused one's note behind.
     let reply = actix_web::rt::spawn(async move {
@@ -329,7 +353,10 @@ pub async fn collect(
         if noted_before.is_none() && order_held(&engine, &envelope).await? {
             return Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body"));
         }
-        let note = clearing_actor::payouts::CollectionNote { account, amount, card_no: card_no.clone() };
+        let note = clearing_actor::payouts::CollectionNote { account, amount, card_no: card_no.clone(), card: Some(card_id) };
+        // An earlier build's note of this very collection (no card id): its order is a plain
+        // recharge's command, which the engine answers this one as a conflict of.
+        let earlier_build = noted_before.as_ref().is_some_and(|noted| noted.card.is_none() && noted.same_collection(&note));
         let (noting, noted_number) = (clearing.clone(), number.clone());
         // A note of this number naming another card, account or amount: the number was used
         // for another collection (a card is never swapped under an order).
@@ -338,12 +365,11 @@ pub async fn collect(
             other => ApiError::unavailable(other.to_string()),
         })?;
         let mut reply = crate::accounts::execute(&engine, envelope).await?;
-        if reply.code == engine::result::ResultCode::IdempotencyConflict && !noted_now {
-            // Its note was there: a retry of a collection taken before collections were
-            // commands of their own (a plain recharge's command then) is that order's replay.
-            // A record is held under the number, so this can only replay or conflict again.
-            let earlier = crate::accounts::execute(&engine, legacy).await?;
-            if earlier.is_ok() && earlier.replayed && clearing.opened_before_collection_commands(OrderId(earlier.id), engine.config().shard_count) {
+        if reply.code == engine::result::ResultCode::IdempotencyConflict && earlier_build {
+            // A retry of a collection an earlier build took: answered as its order's replay
+            // when the engine's record of the number is that plain recharge's command. Read,
+            // never written (a write could open an order of its own).
+            if let Some(earlier) = held_reply_if(&engine, &legacy).await? {
                 reply = earlier;
             }
         }

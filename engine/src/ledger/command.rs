@@ -161,20 +161,14 @@ pub enum Command {
     /// hold) into the shard's suspense stripe: the operator decided the money is not the
     /// account's (a payout the bank paid after it failed). Platform 0 only; since session 59.
     CaptureFreeze { order: OrderId },
-    /// A collection (代收): a pending recharge that debits a member's card, named by
-    /// `card_fingerprint` of its number. It shares a recharge's order numbers and is applied as
+    /// A collection (代收): a pending recharge that debits a member's card, named by the card's
+    /// record id (the gateway's `Card::id`, never its number: the journal is kept for good). It
+    /// shares a recharge's order numbers and is applied as
     /// one (`RequestRecharge`'s order, `CompleteRecharge`'s verdict), but its content is its
     /// own: a plain recharge and a collection under one number conflict, as do two collections
     /// from different cards, and a start can tell a collection's order by its idempotency
     /// record. Since session 61 (before, a collection was a `RequestRecharge`).
     RequestCollection { account: AccountId, currency: CurrencyId, amount: Minor, channel: u16, card: u64 },
-}
-
-/// The fingerprint of a card number in a collection's command (`RequestCollection::card`):
-/// XXH3-64 of its digits as written. Stored in the journal and in idempotency records' content
-/// hashes, so it never changes.
-pub fn card_fingerprint(card_no: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(card_no.as_bytes())
 }
 
 /// The most open orders one `AutoConfirmChunk` examines.
