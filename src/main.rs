@@ -263,7 +263,12 @@ fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>, flags:
         RocksStore::open_with(&data_dir, config.rows_compaction).with_context(|| format!("opening {} (is the server running on it?)", data_dir.display()))?,
     );
     let engine = Engine::start(config.engine.clone(), store.clone())?;
-    let (master_key, _) = gateway::secrets::MasterKey::load(&data_dir, &places).context("loading the master key")?;
+    let (master_key, source) = gateway::secrets::MasterKey::load(&data_dir, &places).context("loading the master key")?;
+    let generated = match &source {
+        gateway::secrets::SecretSource::Generated(path) => Some(path.as_path()),
+        _ => None,
+    };
+    master_key.check_against(store.as_ref(), generated).context("checking the master key")?;
     let channels = channel_table(&config, store.as_ref())?.set();
     let platforms = gateway::platforms::Platforms::load(store.clone(), master_key).map_err(anyhow::Error::msg)?.all();
     let terms = gateway::settlements::terms(&engine, &platforms, day);
@@ -332,6 +337,11 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     // the end of `serve`, so its `Drop` may never run.
     let closing = rocks.clone();
     let store: Arc<dyn storage::Store> = rocks.clone();
+    // The key must be the one this database was served with (a copy without its key, a
+    // deleted file: a new one would change every platform's secret).
+    if let Some((master_key, _, generated)) = &secrets {
+        master_key.check_against(store.as_ref(), generated.as_deref()).context("checking the master key")?;
+    }
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);
     println!(
@@ -367,7 +377,7 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     let mut out = std::io::stdout();
     report::print_shards_online(&engine, &config, &mut out)?;
     report::print_invariants(&engine::invariants::check_engine(&engine)?, &mut out)?;
-    if let Some((master_key, token)) = secrets {
+    if let Some((master_key, token, _)) = secrets {
         // Backups copy the whole database at one point while serving (`POST /admin/backups`).
         let taker: Arc<dyn storage::backup::Backup> = Arc::new(backup::RocksBackup::new(rocks, &data_dir, backup::secret_plans(&data_dir, &places)));
         let backups = gateway::backups::Backups::new(config.backup_root.clone(), &data_dir, taker)
@@ -419,7 +429,11 @@ fn watch_shards(engine: &Arc<Engine>) -> Result<()> {
 /// Serves the HTTP API until SIGINT or SIGTERM (graceful: requests in flight finish).
 /// The master key and the operator token, with a line each on where they came from and a
 /// warning for each that lives in the data directory.
-fn load_secrets(data_dir: &std::path::Path, places: &gateway::secrets::SecretPlaces) -> Result<(gateway::secrets::MasterKey, gateway::admin::AdminToken)> {
+/// The master key, the operator token, and the master key's file if it was generated now.
+fn load_secrets(
+    data_dir: &std::path::Path,
+    places: &gateway::secrets::SecretPlaces,
+) -> Result<(gateway::secrets::MasterKey, gateway::admin::AdminToken, Option<PathBuf>)> {
     use gateway::secrets::{inside, SecretSource};
     let (master_key, source) = gateway::secrets::MasterKey::load(data_dir, places).context("loading the master key")?;
     match &source {
@@ -453,7 +467,11 @@ fn load_secrets(data_dir: &std::path::Path, places: &gateway::secrets::SecretPla
         }
     }
     warn("operator token", &token_source);
-    Ok((master_key, token))
+    let generated = match source {
+        SecretSource::Generated(path) => Some(path),
+        _ => None,
+    };
+    Ok((master_key, token, generated))
 }
 
 fn serve_http(

@@ -142,6 +142,9 @@ pub fn hmac_hex(key: &[u8], message: &[u8]) -> String {
 
 /// The environment variable that holds the master key (64 hex digits).
 pub const MASTER_KEY_VARIABLE: &str = "CLEARING_MASTER_KEY";
+/// The store's record of an HMAC of the master key (`MasterKey::check_against`).
+pub const MASTER_KEY_CHECK: &[u8] = b"sk/master-key-check";
+
 /// The master key's file in the data directory (the zero-setup default).
 pub const MASTER_KEY_FILE: &str = "master-key";
 
@@ -191,22 +194,43 @@ impl MasterKey {
                 Ok((MasterKey::parse(&text, &path.display().to_string())?, SecretSource::DataDirectory(path)))
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                // A database without its key (a copy made without it, a file deleted): a new
-                // key would change every platform's secret and channel key without a word.
-                if data_dir.join("CURRENT").exists() {
-                    return Err(SecretError(format!(
-                        "no master key at {} but {} holds a database: every platform secret derives from its key; put the key's copy \
-                         there (or name it with {MASTER_KEY_VARIABLE} or [secrets] master_key_file); a new key is made only for a new \
-                         data directory",
-                        path.display(),
-                        data_dir.display()
-                    )));
-                }
+                // A database served with another key refuses this one once the store is open
+                // (`MasterKey::check_against`), and this file is removed then.
                 let text = random_hex();
                 write_private(&path, &text).map_err(|e| SecretError(format!("writing the master key to {}: {e}", path.display())))?;
                 Ok((MasterKey::parse(&text, "the generated key")?, SecretSource::Generated(path)))
             }
             Err(error) => Err(SecretError(format!("master key file {}: {error}", path.display()))),
+        }
+    }
+
+    /// Holds the key to the one `store` was served with (session 61): the store keeps an HMAC
+    /// of a fixed text under the key (`MASTER_KEY_CHECK`), written by the first start that has
+    /// none; another key is refused (every platform secret, channel key and entry cursor would
+    /// change without a word: a copy of the data made without its key, a key file deleted, the
+    /// wrong file named). A key generated at this start (`generated`) and refused is removed,
+    /// so the next start asks for the right one again.
+    pub fn check_against(&self, store: &dyn storage::Store, generated: Option<&Path>) -> Result<(), SecretError> {
+        let check = hmac_hex(&self.0, b"clearing master key check");
+        let stored = store.get(MASTER_KEY_CHECK).map_err(|e| SecretError(format!("reading the master key's check: {e}")))?;
+        match stored {
+            Some(stored) if stored == check.as_bytes() => Ok(()),
+            Some(_) => {
+                if let Some(path) = generated {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(SecretError(match generated {
+                    Some(path) => format!(
+                        "no master key was at {} but this database was served with one: every platform secret derives from it; put its \
+                         copy there (or name it with {MASTER_KEY_VARIABLE} or [secrets] master_key_file)",
+                        path.display()
+                    ),
+                    None => "the master key is not the one this database was served with: every platform secret derives from it; name the \
+                             right key (the data directory's master-key file, CLEARING_MASTER_KEY or [secrets] master_key_file)"
+                        .into(),
+                }))
+            }
+            None => store.write(&[(MASTER_KEY_CHECK, check.as_bytes())]).map_err(|e| SecretError(format!("writing the master key's check: {e}"))),
         }
     }
 
