@@ -200,6 +200,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temporary.clone().expect("set above"));
     std::fs::create_dir_all(&data_dir)?;
+    crate::refuse_unfinished_restore(&data_dir)?;
     let store = Arc::new(RocksStore::open_with(&data_dir, args.rows_compaction)?);
     let checkpoints = engine::shard::CheckpointPolicy {
         every_batches: args.checkpoint_every_batches,

@@ -160,8 +160,9 @@ fn main() -> Result<()> {
         Commands::Bench(args) => bench::run(args),
         Commands::Invariants { config, data_dir } => {
             let (config, data_dir) = load(config, data_dir)?;
-            let store = RocksStore::open_read_only(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
-            let report = engine::invariants::check_store(&store, config.engine.shard_count)?;
+            let store: std::sync::Arc<dyn storage::Store> =
+                std::sync::Arc::new(RocksStore::open_read_only(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
+            let report = engine::invariants::check_shared_store(&store, config.engine.shard_count)?;
             report::print_invariants(&report, &mut std::io::stdout())?;
             if !report.ok {
                 std::process::exit(1);
@@ -293,15 +294,37 @@ fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(Config, P
     let config = Config::load(config.as_deref())?;
     logging::install(&config.log)?;
     let data_dir = data_dir.unwrap_or_else(|| config.data_dir.clone());
-    // A restore cut short or failed: its files may lack the master key or half the database.
-    if storage::backup::unfinished_restore(&data_dir) {
+    refuse_unfinished_restore(&data_dir)?;
+    Ok((config, data_dir))
+}
+
+/// Refuses a data directory holding a restore that did not finish: its marker (a restore cut
+/// short or failed: its files may lack the master key or half the database), or, without it,
+/// a database's files but not its `CURRENT` (an earlier build's restore cut short, which a
+/// start would have taken for a new directory and started an empty ledger on).
+pub(crate) fn refuse_unfinished_restore(data_dir: &std::path::Path) -> Result<()> {
+    if storage::backup::unfinished_restore(data_dir) {
         anyhow::bail!(
             "{} holds a restore that did not finish ({} is there): delete the directory and run `clearing restore` again",
             data_dir.display(),
             storage::backup::RESTORE_MARKER
         );
     }
-    Ok((config, data_dir))
+    if !data_dir.join("CURRENT").exists() {
+        let database_file = |name: &str| name.ends_with(".sst") || name.ends_with(".blob") || name.starts_with("MANIFEST-") || name == "manifest.json";
+        let found = std::fs::read_dir(data_dir)
+            .map(|entries| entries.filter_map(|entry| entry.ok()).find(|entry| database_file(&entry.file_name().to_string_lossy())))
+            .ok()
+            .flatten();
+        if let Some(entry) = found {
+            anyhow::bail!(
+                "{} holds a database's files ({}) but no CURRENT: a copy or restore that did not finish; delete the directory and restore again",
+                data_dir.display(),
+                entry.file_name().to_string_lossy()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Where secrets live as the command line says (over the configuration).

@@ -133,6 +133,7 @@ struct Memory {
 pub fn run(args: WorkloadArgs) -> Result<()> {
     let config = Config::load(args.config.as_deref())?;
     std::fs::create_dir_all(&args.data_dir)?;
+    crate::refuse_unfinished_restore(&args.data_dir)?;
     let store = Arc::new(RocksStore::open_with(&args.data_dir, config.rows_compaction)?);
     let engine = Engine::start(config.engine.clone(), store)?;
     let stdout = std::io::stdout();

@@ -309,6 +309,14 @@ fn refusals_of_a_restore_cut_short(dir: &Path, restored: &Path) {
     assert_eq!(status, Some(false), "{printed}");
     assert!(printed.contains("no master key") && printed.contains("was served with one"), "{printed}");
     assert!(!cut.join("master-key").exists(), "no key was made");
+    // An earlier build's restore cut short before the database's CURRENT (files are copied in
+    // name order) left no marker: a start took the directory for a new one and began an empty
+    // ledger among the copied files. Refused now.
+    std::fs::remove_file(cut.join("CURRENT")).expect("remove CURRENT");
+    let (status, printed) = briefly(&["serve", "--listen", "127.0.0.1:0", "--data-dir", text(&cut)]);
+    assert_eq!(status, Some(false), "{printed}");
+    assert!(printed.contains("but no CURRENT"), "{printed}");
+    assert!(!cut.join("CURRENT").exists(), "no database was made");
 }
 
 /// A backup of a database whose journal is damaged (a byte flipped on disk before the copy: the
