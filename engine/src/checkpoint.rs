@@ -117,6 +117,23 @@ pub fn blob_key(shard: ShardId, hash: &[u8; 32]) -> [u8; 38] {
 /// prunes that no kept one names, without reading the others.
 const WRITING_PREFIX: &[u8; 4] = b"m/w/";
 
+/// A key per manifest with an empty value (`m/l/` + shard + sequence, since session 61),
+/// written with its manifest and pruned with it: `list` reads these, never the manifests,
+/// whose values (most of them in RocksDB's blob files) a scan reads too, so one manifest
+/// damaged on disk failed the listing, and with it the start and `clearing verify`. A shard
+/// without them (its checkpoints from an earlier build) is listed from its manifests; its
+/// first checkpoint by this build lists every manifest there.
+const LISTED_PREFIX: &[u8; 4] = b"m/l/";
+
+/// The key of `shard`'s listing of its checkpoint at `sequence` (see `LISTED_PREFIX`).
+pub fn listed_key(shard: ShardId, sequence: u64) -> [u8; 14] {
+    let mut key = [0u8; 14];
+    key[..4].copy_from_slice(LISTED_PREFIX);
+    key[4..6].copy_from_slice(&shard.to_be_bytes());
+    key[6..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
 /// The key of `shard`'s writing mark (see `WRITING_PREFIX`).
 pub fn writing_key(shard: ShardId) -> [u8; 6] {
     let mut key = [0u8; 6];
@@ -573,7 +590,17 @@ pub fn write(
     blobs.sort_unstable();
     blobs.dedup();
     let manifest = Manifest { shard, sequence, timestamp, chain_hash: head.hash, bytes: writer.bytes, part_hashes: writer.hashes, blobs };
-    store.write(&[(&manifest_key(shard, sequence), &encode_manifest(&manifest))])?;
+    // Listed with its manifest, one write; the shard's first checkpoint by a build with
+    // listings lists the manifests already there too.
+    let mut listed: Vec<[u8; 14]> = vec![listed_key(shard, sequence)];
+    if listings(store, shard)?.is_empty() {
+        listed.extend(manifests(store, shard)?.into_iter().map(|earlier| listed_key(shard, earlier)));
+    }
+    let manifest_key = manifest_key(shard, sequence);
+    let encoded = encode_manifest(&manifest);
+    let mut puts: Vec<(&[u8], &[u8])> = vec![(&manifest_key, &encoded)];
+    puts.extend(listed.iter().map(|key| (&key[..], &[][..])));
+    store.write(&puts)?;
     let current = (sequence, std::sync::Arc::new(manifest.blobs.clone()));
     clear_repaired(store, shard, &current.1)?;
     let named = prune(store, shard, kept.max(1), sweep, current, &previous.named)?;
@@ -661,10 +688,29 @@ fn decode_manifest(shard: ShardId, sequence: u64, bytes: &[u8]) -> Result<Manife
     Ok(manifest)
 }
 
-/// The sequences of `shard`'s checkpoint manifests, oldest first (whether usable or not).
+/// The sequences of `shard`'s checkpoint manifests, oldest first (whether usable or not): from
+/// their listings (`LISTED_PREFIX`), or from the manifests themselves for a shard with none.
 pub fn list(store: &dyn Store, shard: ShardId) -> Result<Vec<u64>, StorageError> {
+    let listed = listings(store, shard)?;
+    if !listed.is_empty() {
+        return Ok(listed);
+    }
+    manifests(store, shard)
+}
+
+/// The sequences `shard`'s listings name (`LISTED_PREFIX`).
+fn listings(store: &dyn Store, shard: ShardId) -> Result<Vec<u64>, StorageError> {
+    sequences_under(store, &listed_key(shard, 0), &listed_key(shard, u64::MAX))
+}
+
+/// The sequences of `shard`'s manifests, read from their keys (a scan reads their values too).
+fn manifests(store: &dyn Store, shard: ShardId) -> Result<Vec<u64>, StorageError> {
+    sequences_under(store, &manifest_key(shard, 0), &manifest_key(shard, u64::MAX))
+}
+
+fn sequences_under(store: &dyn Store, start: &[u8], end: &[u8]) -> Result<Vec<u64>, StorageError> {
     let mut sequences = Vec::new();
-    store.scan(&manifest_key(shard, 0), &manifest_key(shard, u64::MAX), &mut |key, _| {
+    store.scan(start, end, &mut |key, _| {
         if let Some(tail) = key.get(6..14).and_then(|t| <[u8; 8]>::try_from(t).ok()) {
             sequences.push(u64::from_be_bytes(tail));
         }
@@ -759,6 +805,7 @@ fn prune(
     if let Some(oldest_kept) = kept.first() {
         ranges.push((part_key(shard, 0, 0).to_vec(), part_key(shard, *oldest_kept, 0).to_vec()));
         ranges.push((manifest_key(shard, 0).to_vec(), manifest_key(shard, *oldest_kept).to_vec()));
+        ranges.push((listed_key(shard, 0).to_vec(), listed_key(shard, *oldest_kept).to_vec()));
     }
     let delete = |ranges: &[(Vec<u8>, Vec<u8>)]| {
         let ranges: Vec<(&[u8], &[u8])> = ranges.iter().map(|(start, end)| (&start[..], &end[..])).collect();

@@ -388,12 +388,9 @@ pub fn first_live_sequence(store: &dyn Store, shard: ShardId) -> Result<u64, Sto
 /// The last batch of `shard` that may leave the live journal: the sequence of its oldest
 /// checkpoint (see `CHECKPOINT_PREFIX`), 0 (nothing) when it has none.
 pub fn archivable_through(store: &dyn Store, shard: ShardId) -> Result<u64, StorageError> {
-    let mut through = 0;
-    store.scan(&checkpoint_key(shard, 0), &checkpoint_key(shard, u64::MAX), &mut |key, _| {
-        through = key.get(6..).and_then(|tail| <[u8; 8]>::try_from(tail).ok()).map_or(0, u64::from_be_bytes);
-        false
-    })?;
-    Ok(through)
+    // From the checkpoints' listings (`checkpoint::list`): a scan of the manifests reads their
+    // values.
+    Ok(crate::checkpoint::list(store, shard)?.first().copied().unwrap_or(0))
 }
 
 /// Visits every live batch of `shard` in sequence order, checking the chain (see `walk_chain`);

@@ -1179,8 +1179,22 @@ impl Store for FaultyStore {
         }
         self.inner.get(key)
     }
+    /// A scan reads values too (RocksDB's iterators load a blob file's value for each entry),
+    /// so one over a damaged key fails as its read does.
     fn scan(&self, start: &[u8], end: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), storage::StorageError> {
-        self.inner.scan(start, end, visit)
+        let corrupt = self.corrupt.lock().unwrap().clone();
+        let mut damaged = false;
+        self.inner.scan(start, end, &mut |key, value| {
+            if corrupt.iter().any(|corrupt| corrupt.as_slice() == key) {
+                damaged = true;
+                return false;
+            }
+            visit(key, value)
+        })?;
+        if damaged {
+            return Err(storage::StorageError::Corrupt("Corruption: block checksum mismatch".into()));
+        }
+        Ok(())
     }
     fn is_poisoned(&self) -> bool {
         self.inner.is_poisoned()
@@ -1218,9 +1232,11 @@ fn a_history_read_the_store_fails_to_answer_stops_the_shard_without_marking_the_
 }
 
 /// Damage the store's own checksums find (RocksDB's `Corruption`, since session 61 a
-/// `StorageError::Corrupt`) is taken as damage: a newest manifest that cannot be read sends the
-/// start to the checkpoint before it (it stopped the start), and a history blob that cannot be
-/// read is marked damaged and recovered without (it stopped the shard at every start).
+/// `StorageError::Corrupt`) is taken as damage: a newest manifest that cannot be read, by a
+/// read or by a scan over it, sends the start to the checkpoint before it (it stopped the
+/// start: the checkpoints are listed from keys of their own since), and a history blob that
+/// cannot be read is marked damaged and recovered without (it stopped the shard at every
+/// start).
 #[test]
 fn damage_the_store_finds_falls_back_as_damage_it_reads_does() {
     let store = Arc::new(FaultyStore::new());
