@@ -265,11 +265,12 @@ fn settle(date: &str, config: Option<PathBuf>, data_dir: Option<PathBuf>, flags:
     );
     let engine = Engine::start(config.engine.clone(), store.clone())?;
     let (master_key, source) = gateway::secrets::MasterKey::load(&data_dir, &places).context("loading the master key")?;
-    let generated = match &source {
-        gateway::secrets::SecretSource::Generated(path) => Some(path.as_path()),
-        _ => None,
-    };
-    master_key.check_against(store.as_ref(), generated).context("checking the master key")?;
+    // A settlement run never makes the key: a server's start does, and binds it.
+    if let gateway::secrets::SecretSource::Generated(path) = &source {
+        let _ = std::fs::remove_file(path);
+        anyhow::bail!("no master key at {}: `clearing settle` runs with the server's key (name it, or start the server once first)", path.display());
+    }
+    master_key.check_against(store.as_ref(), None, false).context("checking the master key")?;
     let channels = channel_table(&config, store.as_ref())?.set();
     let platforms = gateway::platforms::Platforms::load(store.clone(), master_key).map_err(anyhow::Error::msg)?.all();
     let terms = gateway::settlements::terms(&engine, &platforms, day);
@@ -301,7 +302,8 @@ fn load(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<(Config, P
 /// Refuses a data directory holding a restore that did not finish: its marker (a restore cut
 /// short or failed: its files may lack the master key or half the database), or, without it,
 /// a database's files but not its `CURRENT` (an earlier build's restore cut short, which a
-/// start would have taken for a new directory and started an empty ledger on).
+/// start would have taken for a new directory and started an empty ledger on). A backup's
+/// directory (`manifest.json` beside `db/`) holds no database file at its top.
 pub(crate) fn refuse_unfinished_restore(data_dir: &std::path::Path) -> Result<()> {
     if storage::backup::unfinished_restore(data_dir) {
         anyhow::bail!(
@@ -311,14 +313,14 @@ pub(crate) fn refuse_unfinished_restore(data_dir: &std::path::Path) -> Result<()
         );
     }
     if !data_dir.join("CURRENT").exists() {
-        let database_file = |name: &str| name.ends_with(".sst") || name.ends_with(".blob") || name.starts_with("MANIFEST-") || name == "manifest.json";
+        let database_file = |name: &str| name.ends_with(".sst") || name.ends_with(".blob") || name.starts_with("MANIFEST-");
         let found = std::fs::read_dir(data_dir)
             .map(|entries| entries.filter_map(|entry| entry.ok()).find(|entry| database_file(&entry.file_name().to_string_lossy())))
             .ok()
             .flatten();
         if let Some(entry) = found {
             anyhow::bail!(
-                "{} holds a database's files ({}) but no CURRENT: a copy or restore that did not finish; delete the directory and restore again",
+                "{} holds a database's files ({}) but no CURRENT: a restore or copy that did not finish (or a first start stopped while it made the database); if it holds nothing you need, delete it (and restore again)",
                 data_dir.display(),
                 entry.file_name().to_string_lossy()
             );
@@ -363,7 +365,7 @@ fn serve(config: Option<PathBuf>, listen: Option<String>, data_dir: Option<PathB
     // The key must be the one this database was served with (a copy without its key, a
     // deleted file: a new one would change every platform's secret).
     if let Some((master_key, _, generated)) = &secrets {
-        master_key.check_against(store.as_ref(), generated.as_deref()).context("checking the master key")?;
+        master_key.check_against(store.as_ref(), generated.as_deref(), true).context("checking the master key")?;
     }
     let started = std::time::Instant::now();
     let engine = Arc::new(Engine::start(config.engine.clone(), store.clone())?);

@@ -309,6 +309,17 @@ fn refusals_of_a_restore_cut_short(dir: &Path, restored: &Path) {
     assert_eq!(status, Some(false), "{printed}");
     assert!(printed.contains("no master key") && printed.contains("was served with one"), "{printed}");
     assert!(!cut.join("master-key").exists(), "no key was made");
+    // A database of a build before the key's check (none stored) that holds platforms: a key
+    // generated now is refused too, and removed.
+    {
+        use storage::Store;
+        let store = storage_rocks::RocksStore::open(&cut).expect("open");
+        store.delete_range(gateway::secrets::MASTER_KEY_CHECK, &[gateway::secrets::MASTER_KEY_CHECK, b"\0"].concat()).expect("delete");
+    }
+    let (status, printed) = briefly(&["serve", "--listen", "127.0.0.1:0", "--data-dir", text(&cut)]);
+    assert_eq!(status, Some(false), "{printed}");
+    assert!(printed.contains("holds platforms made with one"), "{printed}");
+    assert!(!cut.join("master-key").exists(), "no key was kept");
     // An earlier build's restore cut short before the database's CURRENT (files are copied in
     // name order) left no marker: a start took the directory for a new one and began an empty
     // ledger among the copied files. Refused now.

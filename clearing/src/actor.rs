@@ -187,6 +187,11 @@ impl Clearing {
             }
             None => None,
         };
+        match crate::payouts::CollectionNotes::drop_orphans_of_earlier_builds(store.as_ref(), &engine) {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(dropped, "collection notes of earlier builds without an order dropped"),
+            Err(error) => tracing::error!("collection notes of earlier builds not checked: {error}"),
+        }
         let mut actor = Actor {
             engine,
             cases: CaseBook::load(store.as_ref())?,
@@ -224,6 +229,14 @@ impl Clearing {
             Some(_) => Err(ClearingError::IdempotencyConflict),
             None => crate::payouts::CollectionNotes::save(self.store.as_ref(), platform, number, note).map(|()| true),
         }
+    }
+
+    /// Writes `note` over the note of collection `number` of `platform`: the same collection
+    /// from another bind of its card (unbound and bound again), whose first request stopped
+    /// before the engine held an order (the caller checks). A synced write.
+    pub fn replace_collection_note(&self, platform: u32, number: &str, note: &crate::payouts::CollectionNote) -> Result<(), ClearingError> {
+        let _one_at_a_time = self.noting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::payouts::CollectionNotes::save(self.store.as_ref(), platform, number, note)
     }
 
     /// The note of collection `number` of `platform`, if it has one (the number is that

@@ -194,6 +194,45 @@ impl CollectionNotes {
         store.delete_range(&key, &end).map_err(|e| ClearingError::Storage(e.to_string()))
     }
 
+    /// Once (`ki/notes-checked`): drops the notes an earlier build left without an order (a
+    /// stop between a note and the engine, a removal that failed). Such a note names no card
+    /// id, so a start takes the order under its number for a collection by the note alone: a
+    /// plain recharge made later under that number would have been sent as a card debit.
+    pub fn drop_orphans_of_earlier_builds(store: &dyn Store, engine: &engine::Engine) -> Result<usize, ClearingError> {
+        const CHECKED: &[u8] = b"ki/notes-checked";
+        let storage = |e: storage::StorageError| ClearingError::Storage(e.to_string());
+        if store.get(CHECKED).map_err(storage)?.is_some() {
+            return Ok(0);
+        }
+        let mut earlier: Vec<(Vec<u8>, u32, String, AccountId)> = Vec::new();
+        store
+            .scan(COLLECTION_PREFIX.as_bytes(), b"xc0", &mut |key, value| {
+                let text = String::from_utf8_lossy(&key[COLLECTION_PREFIX.len()..]).into_owned();
+                let parsed = text.split_once('/').and_then(|(platform, number)| Some((platform.parse::<u32>().ok()?, number.to_string())));
+                if let (Some((platform, number)), Ok(note)) = (parsed, serde_json::from_slice::<CollectionNote>(value)) {
+                    if note.card.is_none() {
+                        earlier.push((key.to_vec(), platform, number, note.account));
+                    }
+                }
+                true
+            })
+            .map_err(storage)?;
+        let shard_count = engine.config().shard_count;
+        let mut dropped = 0;
+        for (key, platform, number, account) in earlier {
+            let Some(number) = OutOrderNo::new(&number) else { continue };
+            let held = engine::ledger::command::idempotency_key(platform, engine::ledger::command::Command::MONEY_IN_SCOPE, &number);
+            if engine.idempotency_record(account.shard(shard_count), held)?.is_none() {
+                let mut end = key.clone();
+                end.push(0);
+                store.delete_range(&key, &end).map_err(storage)?;
+                dropped += 1;
+            }
+        }
+        store.write(&[(CHECKED, b"1")]).map_err(storage)?;
+        Ok(dropped)
+    }
+
     /// The note of collection `number` of `platform`, if one was written.
     pub fn get(store: &dyn Store, platform: u32, number: &str) -> Result<Option<CollectionNote>, ClearingError> {
         let key = Self::key(platform, number);

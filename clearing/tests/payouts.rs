@@ -990,3 +990,31 @@ fn a_start_sends_as_a_collection_only_a_collections_order() {
     assert_eq!(clearing.resumed(), 3);
     clearing.stop();
 }
+
+/// Once, at a start: an earlier build's collection note (no card id) whose number the engine
+/// holds no order for (a stop between the note and the engine) is dropped, so that a plain
+/// recharge made later under that number is never taken for a collection by it; one with its
+/// order stays.
+#[test]
+fn notes_of_an_earlier_build_without_an_order_are_dropped_once() {
+    let w = World::new();
+    w.clearing.stop();
+    let account = w.account(1, 0);
+    let note = clearing_actor::payouts::CollectionNote { account, amount: 1_000, card_no: "6222020200112233445".into(), card: None };
+    let plain = Command::RequestRecharge { account, currency: CurrencyId(0), amount: 1_000, channel: 1 };
+    w.engine.execute_one(Envelope { platform: P, out_order_no: OutOrderNo::new("held"), command: plain }).unwrap();
+    for number in ["held", "orphan"] {
+        clearing_actor::payouts::CollectionNotes::save(w.store.as_ref(), P, number, &note).unwrap();
+    }
+    w.store.delete_range(b"ki/notes-checked", b"ki/notes-checked\0").unwrap();
+    let clearing = World::clearing(&w.engine, &w.store, w.bank.clone());
+    let noted = |number: &str| clearing_actor::payouts::CollectionNotes::get(w.store.as_ref(), P, number).unwrap();
+    assert_eq!(noted("held"), Some(note.clone()), "a note with its order stays");
+    assert_eq!(noted("orphan"), None, "a note without an order goes");
+    clearing.stop();
+    // Checked once: a note written after is not looked at again.
+    clearing_actor::payouts::CollectionNotes::save(w.store.as_ref(), P, "orphan", &note).unwrap();
+    let clearing = World::clearing(&w.engine, &w.store, w.bank.clone());
+    assert_eq!(noted("orphan"), Some(note));
+    clearing.stop();
+}

@@ -118,11 +118,10 @@ pub fn blob_key(shard: ShardId, hash: &[u8; 32]) -> [u8; 38] {
 const WRITING_PREFIX: &[u8; 4] = b"m/w/";
 
 /// A key per manifest with an empty value (`m/l/` + shard + sequence, since session 61),
-/// written with its manifest and pruned with it: `list` reads these, never the manifests,
-/// whose values (most of them in RocksDB's blob files) a scan reads too, so one manifest
-/// damaged on disk failed the listing, and with it the start and `clearing verify`. A shard
-/// without them (its checkpoints from an earlier build) is listed from its manifests; its
-/// first checkpoint by this build lists every manifest there.
+/// written with its manifest and pruned with it: `list` reads these when a scan of the
+/// manifests fails on damage (a scan reads the values, most of them in RocksDB's blob files,
+/// so one manifest damaged on disk failed the listing, and with it the start and `clearing
+/// verify`). A shard's first checkpoint by this build lists every manifest there.
 const LISTED_PREFIX: &[u8; 4] = b"m/l/";
 
 /// The key of `shard`'s listing of its checkpoint at `sequence` (see `LISTED_PREFIX`).
@@ -594,7 +593,12 @@ pub fn write(
     // listings lists the manifests already there too.
     let mut listed: Vec<[u8; 14]> = vec![listed_key(shard, sequence)];
     if listings(store, shard)?.is_empty() {
-        listed.extend(manifests(store, shard)?.into_iter().map(|earlier| listed_key(shard, earlier)));
+        // A damaged manifest among them: listed as far as the listing reaches (the rest stay
+        // unlisted, usable while the manifests' scan works).
+        match manifests(store, shard) {
+            Ok(earlier) => listed.extend(earlier.into_iter().map(|earlier| listed_key(shard, earlier))),
+            Err(error) => tracing::warn!(shard, "the checkpoints before this one are not listed: {error}"),
+        }
     }
     let manifest_key = manifest_key(shard, sequence);
     let encoded = encode_manifest(&manifest);
@@ -689,13 +693,21 @@ fn decode_manifest(shard: ShardId, sequence: u64, bytes: &[u8]) -> Result<Manife
 }
 
 /// The sequences of `shard`'s checkpoint manifests, oldest first (whether usable or not): from
-/// their listings (`LISTED_PREFIX`), or from the manifests themselves for a shard with none.
+/// the manifests' keys, or, when that scan meets damage, from their listings
+/// (`LISTED_PREFIX`). The manifests stay the authority: a build before session 61 run on the
+/// data writes checkpoints without listings and leaves the listings of those it prunes.
 pub fn list(store: &dyn Store, shard: ShardId) -> Result<Vec<u64>, StorageError> {
-    let listed = listings(store, shard)?;
-    if !listed.is_empty() {
-        return Ok(listed);
+    match manifests(store, shard) {
+        Err(StorageError::Corrupt(reason)) => {
+            let listed = listings(store, shard)?;
+            if listed.is_empty() {
+                return Err(StorageError::Corrupt(reason));
+            }
+            tracing::warn!(shard, "listing the checkpoints from their listings: a manifest is damaged ({reason})");
+            Ok(listed)
+        }
+        other => other,
     }
-    manifests(store, shard)
 }
 
 /// The sequences `shard`'s listings name (`LISTED_PREFIX`).

@@ -357,6 +357,17 @@ pub async fn collect(
         // An earlier build's note of this very collection (no card id): its order is a plain
         // recharge's command, which the engine answers this one as a conflict of.
         let earlier_build = noted_before.as_ref().is_some_and(|noted| noted.card.is_none() && noted.same_collection(&note));
+        // This build's note of the same collection from another bind of the card (unbound and
+        // bound again since; the first request stopped before the engine held an order): the
+        // note takes this bind's id, which the command names, or a start would not know the
+        // order for this collection. With an order held, the engine answers (a conflict).
+        let other_bind = noted_before.as_ref().is_some_and(|noted| noted.card.is_some() && noted.card != note.card && noted.same_collection(&note));
+        if other_bind && !order_held(&engine, &envelope).await? {
+            let (replacing, replaced_number, replacement) = (clearing.clone(), number.clone(), note.clone());
+            crate::error::blocking(move || replacing.replace_collection_note(platform_id, &replaced_number, &replacement))
+                .await?
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        }
         let (noting, noted_number) = (clearing.clone(), number.clone());
         // A note of this number naming another card, account or amount: the number was used
         // for another collection (a card is never swapped under an order).

@@ -142,6 +142,18 @@ pub fn hmac_hex(key: &[u8], message: &[u8]) -> String {
 
 /// The environment variable that holds the master key (64 hex digits).
 pub const MASTER_KEY_VARIABLE: &str = "CLEARING_MASTER_KEY";
+/// Whether `store` holds any platform's record (`p/`).
+fn holds_platforms(store: &dyn storage::Store) -> Result<bool, SecretError> {
+    let mut found = false;
+    store
+        .scan(b"p/", b"p0", &mut |_, _| {
+            found = true;
+            false
+        })
+        .map_err(|e| SecretError(format!("reading the platforms: {e}")))?;
+    Ok(found)
+}
+
 /// The store's record of an HMAC of the master key (`MasterKey::check_against`).
 pub const MASTER_KEY_CHECK: &[u8] = b"sk/master-key-check";
 
@@ -205,16 +217,28 @@ impl MasterKey {
     }
 
     /// Holds the key to the one `store` was served with (session 61): the store keeps an HMAC
-    /// of a fixed text under the key (`MASTER_KEY_CHECK`), written by the first start that has
-    /// none; another key is refused (every platform secret, channel key and entry cursor would
-    /// change without a word: a copy of the data made without its key, a key file deleted, the
-    /// wrong file named). A key generated at this start (`generated`) and refused is removed,
-    /// so the next start asks for the right one again.
-    pub fn check_against(&self, store: &dyn storage::Store, generated: Option<&Path>) -> Result<(), SecretError> {
+    /// of a fixed text under the key (`MASTER_KEY_CHECK`), written by the first server start
+    /// that has none (`bind`; `clearing settle` only checks); another key is refused (every
+    /// platform secret, channel key and entry cursor would change without a word: a copy of the
+    /// data made without its key, a key file deleted, the wrong file named). A key generated at
+    /// this start (`generated`) is refused where a check is, and also where none is but the
+    /// store already holds platforms (a database of a build before the check, whose key is
+    /// missing); it is removed then, so the next start asks for the right one again.
+    pub fn check_against(&self, store: &dyn storage::Store, generated: Option<&Path>, bind: bool) -> Result<(), SecretError> {
         let check = hmac_hex(&self.0, b"clearing master key check");
         let stored = store.get(MASTER_KEY_CHECK).map_err(|e| SecretError(format!("reading the master key's check: {e}")))?;
+        let refuse_generated = |path: &Path| {
+            let _ = std::fs::remove_file(path);
+            SecretError(format!(
+                "no master key was at {} but this database holds platforms made with one: every platform secret derives from it; put \
+                 its copy there (or name it with {MASTER_KEY_VARIABLE} or [secrets] master_key_file)",
+                path.display()
+            ))
+        };
         match stored {
             Some(stored) if stored == check.as_bytes() => Ok(()),
+            None if generated.is_some() && holds_platforms(store)? => Err(refuse_generated(generated.expect("checked"))),
+            None if !bind => Ok(()),
             Some(_) => {
                 if let Some(path) = generated {
                     let _ = std::fs::remove_file(path);
