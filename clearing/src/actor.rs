@@ -245,6 +245,11 @@ impl Clearing {
         crate::payouts::CollectionNotes::get(self.store.as_ref(), platform, number)
     }
 
+    /// The notes of collections `numbers` of `platform`, in order (one read of the store).
+    pub fn collection_notes(&self, platform: u32, numbers: &[String]) -> Result<Vec<Option<crate::payouts::CollectionNote>>, ClearingError> {
+        crate::payouts::CollectionNotes::get_many(self.store.as_ref(), platform, numbers)
+    }
+
     /// Drops the note of collection `number` of `platform` (the engine refused the order).
     pub fn forget_collection(&self, platform: u32, number: &str) -> Result<(), ClearingError> {
         crate::payouts::CollectionNotes::forget(self.store.as_ref(), platform, number)

@@ -233,6 +233,23 @@ impl CollectionNotes {
         Ok(dropped)
     }
 
+    /// The notes of collections `numbers` of `platform`, in order: one read of the store.
+    pub fn get_many(store: &dyn Store, platform: u32, numbers: &[String]) -> Result<Vec<Option<CollectionNote>>, ClearingError> {
+        let keys: Vec<Vec<u8>> = numbers.iter().map(|number| Self::key(platform, number)).collect();
+        let borrowed: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let values = store.get_many(&borrowed).map_err(|e| ClearingError::Storage(e.to_string()))?;
+        values
+            .into_iter()
+            .zip(&keys)
+            .map(|(value, key)| {
+                value
+                    .map(|value| serde_json::from_slice(&value))
+                    .transpose()
+                    .map_err(|error| ClearingError::Storage(format!("collection note {}: {error}", String::from_utf8_lossy(key))))
+            })
+            .collect()
+    }
+
     /// The note of collection `number` of `platform`, if one was written.
     pub fn get(store: &dyn Store, platform: u32, number: &str) -> Result<Option<CollectionNote>, ClearingError> {
         let key = Self::key(platform, number);

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use actix_web::{post, web, HttpResponse};
+use engine::ledger::command::{Command, Envelope};
 use engine::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -151,12 +152,21 @@ pub async fn bulk(
         .await
         .map_err(|_| ApiError::unavailable("the server is stopping".into()))??;
     }
-    // A plain recharge replaying a collection an earlier build took is a conflict (one read for
-    // each replayed recharge only).
-    for (ready, reply) in prepared.iter().zip(replies.iter_mut()) {
-        if let Some(envelope) = ready.recharge.as_ref().filter(|_| reply.replayed) {
-            if crate::recharges::earlier_builds_collection(clearing.get_ref(), signed.platform.id, envelope).await? {
-                *reply = engine::ledger::types::Reply::rejected(engine::result::ResultCode::IdempotencyConflict);
+    // A plain recharge replaying a collection an earlier build took is a conflict
+    // (`recharges::earlier_builds_collection`): the replayed recharges' notes, one read.
+    let replayed: Vec<(usize, String)> = prepared
+        .iter()
+        .zip(&replies)
+        .enumerate()
+        .filter(|(_, (ready, reply))| reply.replayed && matches!(ready.recharge, Some(Envelope { command: Command::RequestRecharge { .. }, .. })))
+        .filter_map(|(i, (ready, _))| ready.recharge.as_ref().and_then(|e| e.out_order_no).map(|number| (i, number.as_str().to_string())))
+        .collect();
+    if !replayed.is_empty() {
+        let (asking, platform_id, numbers) = (clearing.get_ref().clone(), signed.platform.id, replayed.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>());
+        let notes = crate::error::blocking(move || asking.collection_notes(platform_id, &numbers)).await?.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        for ((index, _), note) in replayed.iter().zip(notes) {
+            if note.is_some_and(|note| note.card.is_none()) {
+                replies[*index] = engine::ledger::types::Reply::rejected(engine::result::ResultCode::IdempotencyConflict);
             }
         }
     }

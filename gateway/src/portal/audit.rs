@@ -31,6 +31,22 @@ pub fn reply_outcome(result: &Result<engine::ledger::types::Reply, ApiError>, ot
     }
 }
 
+/// The outcome of an action answering with a summary (a settlement run, a reconciliation):
+/// `target` as named, `ok` with `fill` adding what the summary shows to the record, or the
+/// error's message.
+pub fn summary_outcome<T>(
+    target: String,
+    fill: impl FnOnce(&T, &mut serde_json::Value) + 'static,
+) -> impl FnOnce(&Result<T, ApiError>, &mut serde_json::Value) -> (String, String) + 'static {
+    move |outcome, after| match outcome {
+        Ok(summary) => {
+            fill(summary, after);
+            (target, "ok".to_string())
+        }
+        Err(error) => (target, error.message.clone()),
+    }
+}
+
 /// Runs `work`, an operator's money action, on a task of its own between its `started` record
 /// and its outcome's (`outcome` gives the target and words from what it came to, and may add
 /// to the request what the outcome's record shows after it): a request

@@ -304,14 +304,9 @@ async fn settle(
     };
     let (settling, terms) = (clearing.get_ref().clone(), crate::settlements::terms(&engine, &all, day));
     let work = async move { settling.settle(day, terms).await.map_err(ApiError::from) };
-    let described = date.clone();
-    let outcome = move |outcome: &Result<clearing_actor::settlement::SettlementSummary, ApiError>, after: &mut serde_json::Value| match outcome {
-        Ok(summary) => {
-            *after = serde_json::to_value(summary).unwrap_or_default();
-            (described, "ok".to_string())
-        }
-        Err(error) => (described, error.message.clone()),
-    };
+    let outcome = crate::portal::audit::summary_outcome(date.clone(), |summary: &clearing_actor::settlement::SettlementSummary, after| {
+        *after = serde_json::to_value(summary).unwrap_or_default();
+    });
     let outcome = crate::portal::audit::audited(
         portal.get_ref().clone(),
         session.clone(),
@@ -502,14 +497,9 @@ async fn reconcile(
             if source == "pasted file" { reconciling.reconcile_by_hand(channel, day, file).await } else { reconciling.reconcile(channel, day, file).await };
         reconciled.map_err(ApiError::from)
     };
-    let described = format!("{name} {date}");
-    let outcome = move |outcome: &Result<clearing_actor::reconcile::ReconcileReport, ApiError>, after: &mut serde_json::Value| match outcome {
-        Ok(report) => {
-            after["counts"] = serde_json::to_value(&report.counts).unwrap_or_default();
-            (described, "ok".to_string())
-        }
-        Err(error) => (described, error.message.clone()),
-    };
+    let outcome = crate::portal::audit::summary_outcome(format!("{name} {date}"), |report: &clearing_actor::reconcile::ReconcileReport, after| {
+        after["counts"] = serde_json::to_value(&report.counts).unwrap_or_default();
+    });
     let reconciled = crate::portal::audit::audited(
         portal.get_ref().clone(),
         session.clone(),
