@@ -427,3 +427,45 @@ fn a_settlement_of_a_future_date_is_refused_and_changes_nothing() {
     assert_eq!(status, 200, "today's run is allowed: {today}");
     server.stop();
 }
+
+/// The nightly run releases the freezes whose expiry has passed, in bounded steps since session
+/// 62 (`ExpireFreezesChunk`; before, one command a shard released them all in one batch), and
+/// leaves the ones still to come; a second run releases nothing more.
+#[test]
+fn a_run_releases_the_freezes_that_expired_and_keeps_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-62-0123456789abcdef0123456789abcdef";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Freezes\"}");
+    let accounts: Vec<String> = (0..3).map(|k| p.account(&p.member(&format!("m{k}"), "Li Si"))).collect();
+    for (k, account) in accounts.iter().enumerate() {
+        p.fund(account, "100.00", &format!("r-{k}"));
+    }
+    let soon = now() + 2;
+    let freeze = |number: &str, account: &str, amount: &str, expires_at: i64| {
+        let body = json!({"out_order_no": number, "account_id": account, "amount": amount, "currency": "CNY", "reason": "dispute", "expires_at": rfc3339_utc(expires_at)});
+        let (status, _, order) = p.post("/v1/freezes", &body);
+        assert_eq!((status, order["status"].as_str()), (201, Some("held")), "{order}");
+        order["order_id"].as_str().unwrap().to_string()
+    };
+    let mut expiring = Vec::new();
+    for (k, account) in accounts.iter().enumerate() {
+        expiring.push(freeze(&format!("f-{k}-a"), account, "10.00", soon));
+        expiring.push(freeze(&format!("f-{k}-b"), account, "5.00", soon));
+    }
+    let later = freeze("f-later", &accounts[0], "20.00", now() + 3_600);
+    assert_eq!(p.balances(&accounts[0]).2, "35.00");
+    while now() <= soon {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, run) = settle(&server, token, &business_date(0));
+    assert_eq!((status, run["expired_freezes"].as_u64(), run["invariants_ok"].as_bool()), (200, Some(6), Some(true)), "{run}");
+    for order in &expiring {
+        assert_eq!(p.get(&format!("/v1/orders/{order}")).1["status"], "succeeded", "{order}");
+    }
+    assert_eq!(p.get(&format!("/v1/orders/{later}")).1["status"], "held");
+    assert_eq!(p.balances(&accounts[0]).2, "20.00", "only the later freeze holds funds");
+    assert_eq!(p.balances(&accounts[1]), ("100.00".into(), "100.00".into(), "0.00".into(), "0.00".into()));
+    let (_, again) = settle(&server, token, &business_date(0));
+    assert_eq!(again["expired_freezes"].as_u64(), Some(0), "{again}");
+}

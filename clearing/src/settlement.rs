@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine::ledger::command::{AutoConfirmProgress, Command, Envelope, AUTO_CONFIRM_ORDERS_MAX};
+use engine::ledger::command::{Command, Envelope, StepProgress, AUTO_CONFIRM_ORDERS_MAX, EXPIRE_FREEZES_MAX, SETTLE_ACCOUNTS_MAX};
 use engine::ledger::types::{OrderDetail, OrderStatus, SettlementRule};
 use engine::money::{CurrencyId, Minor};
 use engine::{Engine, EngineError};
@@ -78,27 +78,50 @@ pub struct ChannelFees {
 
 /// Confirms the platform's held guarantee payments created before `created_before` on every
 /// shard, in steps (`AutoConfirmChunk`) that each examine at most `orders_max` open orders, so
-/// no shard batch does work that grows with history and payments interleave with the run. The
-/// shards work in parallel, one step each at a time. Returns how many were confirmed.
+/// no shard batch does work that grows with history and payments interleave with the run.
+/// Returns how many were confirmed.
 pub fn auto_confirm(engine: &Engine, platform: u32, created_before: engine::ledger::types::Timestamp, orders_max: u32) -> Result<u64, EngineError> {
+    in_steps(engine, platform, |shard, after| Command::AutoConfirmChunk { shard, created_before, after, orders_max })
+}
+
+/// Matures the platform's (every platform's for the operator, 0) income of business days up to
+/// `through_day` with `rule` on every shard, in steps (`SettleChunk`) of at most `accounts_max`
+/// matured accounts each (before session 62 one `Settle` a shard matured them all in one
+/// batch). Returns how many accounts matured.
+pub fn mature(engine: &Engine, platform: u32, through_day: u32, rule: Option<&SettlementRule>, accounts_max: u32) -> Result<u64, EngineError> {
+    let rule = rule.map(|rule| Box::new(rule.clone()));
+    in_steps(engine, platform, |shard, after| Command::SettleChunk { shard, through_day, rule: rule.clone(), after, accounts_max })
+}
+
+/// Releases the freezes on every shard whose expiry is at or before `expired_before` (and the
+/// batch's time), in steps (`ExpireFreezesChunk`) of at most `freezes_max` each (before session
+/// 62 one `ExpireFreezes` a shard released them all in one batch). Returns how many.
+pub fn expire_freezes(engine: &Engine, expired_before: engine::ledger::types::Timestamp, freezes_max: u32) -> Result<u64, EngineError> {
+    in_steps(engine, 0, |shard, _| Command::ExpireFreezesChunk { shard, expired_before, freezes_max })
+}
+
+/// Runs a nightly command in bounded steps on every shard until each says it is done (its
+/// reply's `StepProgress` has no `resume_at`): `step` makes a shard's next command from where
+/// it resumes (0 first). The shards work in parallel, one step each at a time, so payments
+/// interleave with the run. A step refused ends its shard's part (logged: a refused step
+/// changed nothing, and the command is one the run built). Returns the steps' counts summed.
+fn in_steps(engine: &Engine, platform: u32, mut step: impl FnMut(u16, u32) -> Command) -> Result<u64, EngineError> {
     let mut next: Vec<Option<u32>> = vec![Some(0); engine.config().shard_count as usize];
-    let mut confirmed = 0u64;
+    let mut done = 0u64;
     loop {
         let shards: Vec<(usize, u32)> = next.iter().enumerate().filter_map(|(shard, after)| after.map(|after| (shard, after))).collect();
         if shards.is_empty() {
-            return Ok(confirmed);
+            return Ok(done);
         }
-        let steps = shards
-            .iter()
-            .map(|&(shard, after)| Envelope {
-                platform,
-                out_order_no: None,
-                command: Command::AutoConfirmChunk { shard: shard as u16, created_before, after, orders_max },
-            })
-            .collect();
+        let steps = shards.iter().map(|&(shard, after)| Envelope { platform, out_order_no: None, command: step(shard as u16, after) }).collect();
         for ((shard, _), reply) in shards.into_iter().zip(engine.execute(steps)?) {
-            let progress = if reply.is_ok() { AutoConfirmProgress::of_reply_id(reply.id) } else { AutoConfirmProgress { confirmed: 0, resume_at: None } };
-            confirmed += u64::from(progress.confirmed);
+            let progress = if reply.is_ok() {
+                StepProgress::of_reply_id(reply.id)
+            } else {
+                tracing::error!(shard, platform, "settlement: a step was refused: {:?}", reply.code);
+                StepProgress { count: 0, resume_at: None }
+            };
+            done += u64::from(progress.count);
             next[shard] = progress.resume_at;
         }
     }
@@ -139,10 +162,7 @@ pub fn run(
         engine.wait_credits_applied(CREDITS_WAIT)?;
         let through_day = day.checked_sub(platform.settlement_cycle_days as u32);
         let matured: u64 = match through_day {
-            Some(through_day) => {
-                let command = Command::Settle { through_day, rule: platform.rule.clone() };
-                engine.broadcast(Envelope { platform: platform.id, out_order_no: None, command })?.iter().map(|r| r.id).sum()
-            }
+            Some(through_day) => mature(engine, platform.id, through_day, platform.rule.as_deref(), SETTLE_ACCOUNTS_MAX)?,
             None => 0,
         };
         let totals = match through_day {
@@ -207,8 +227,9 @@ pub fn run(
     if !rows_ahead.is_empty() {
         save_fee_state(store, None, &[])?;
     }
-    let envelope = Envelope { platform: 0, out_order_no: None, command: Command::ExpireFreezes };
-    let expired: u64 = engine.broadcast(envelope)?.iter().map(|r| r.id).sum();
+    // Freezes that expire while the run goes are the next run's (the batches' time is the wall
+    // clock too, so this is what one command at this point released).
+    let expired = expire_freezes(engine, crate::calendar::Clock::now_micros(&crate::calendar::SystemClock), EXPIRE_FREEZES_MAX)?;
     let invariants = engine::invariants::check_engine(engine)?;
     Ok(SettlementSummary { business_date: date_text(day), platforms: rows, channel_fees: fees, expired_freezes: expired, invariants_ok: invariants.ok })
 }

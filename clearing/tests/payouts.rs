@@ -588,9 +588,68 @@ fn the_nightly_auto_confirm_works_in_bounded_steps_on_every_shard() {
     engine.shutdown();
 }
 
+/// Maturing and expiring freezes go in bounded steps on every shard too (session 62): one
+/// `Settle` or `ExpireFreezes` a shard did all of a platform's accounts or all expired freezes in
+/// one batch, so a platform with a million one-cent freezes of one expiry held its shards for
+/// the whole of them.
+#[test]
+fn the_nightly_maturing_and_freeze_expiry_work_in_bounded_steps_on_every_shard() {
+    let store: Arc<dyn storage::Store> = Arc::new(storage::MemoryStore::new());
+    let engine = Engine::start(EngineConfig { shard_count: 2, ack_flush_ms: 1, ..EngineConfig::default() }, store).unwrap();
+    let run = |platform, command| engine.execute_one(Envelope { platform, out_order_no: None, command }).unwrap();
+    let open = |owner| AccountId(run(P, Command::OpenAccount { owner, currency: CurrencyId(0), limits: Limits::NONE }).id);
+    let payer = open(1);
+    assert!(run(P, Command::Recharge { account: payer, currency: CurrencyId(0), amount: 1_000_000, channel: 9 }).is_ok());
+    let payees: Vec<AccountId> = (2..=13).map(open).collect();
+    assert!(payees.iter().any(|a| a.shard(2) != payer.shard(2)), "payees on both shards");
+    for (k, payee) in payees.iter().enumerate() {
+        let legs = [engine::ledger::types::Leg { account: *payee, amount: 100 + k as i64 }].into_iter().collect();
+        let command = Command::Payment { payer, guarantee: false, currency: CurrencyId(0), amount: 100 + k as i64, payees: legs, splits: Default::default() };
+        let number = OutOrderNo::new(&format!("m{k}")).unwrap();
+        assert!(engine.execute_one(Envelope { platform: P, out_order_no: Some(number), command }).unwrap().is_ok());
+    }
+    engine.wait_credits_applied(std::time::Duration::from_secs(10)).unwrap();
+    let now = clearing_actor::calendar::Clock::now_micros(&SystemClock);
+    let mut freezes = Vec::new();
+    for amount in 1..=10 {
+        let command = Command::Freeze { account: payer, currency: CurrencyId(0), amount, reason: "r".into(), expires_at: Some(now + 200_000) };
+        freezes.push(OrderId(run(P, command).id));
+    }
+    let settle_steps = |engine: &Engine| steps_of(engine, "settle_chunk");
+    let before = settle_steps(&engine);
+    let today = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() }.day(now);
+    let matured = clearing_actor::settlement::mature(&engine, P, today, None, 2).unwrap();
+    assert_eq!(matured, 12, "each payee's income of today");
+    assert!(settle_steps(&engine) - before >= 6, "steps of at most 2 accounts: {}", settle_steps(&engine) - before);
+    for payee in &payees {
+        let payee = *payee;
+        let (settled, unsettled) = engine.read_shard(payee.shard(2), move |s| s.account(payee).map(|a| (a.settled, a.unsettled)).unwrap()).unwrap();
+        assert!(settled >= 100 && unsettled == 0, "{payee:?}: {settled} {unsettled}");
+    }
+    assert_eq!(clearing_actor::settlement::mature(&engine, P, today, None, 2).unwrap(), 0, "a second run finds nothing");
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    let before = steps_of(&engine, "expire_freezes_chunk");
+    let cut_off = clearing_actor::calendar::Clock::now_micros(&SystemClock);
+    assert_eq!(clearing_actor::settlement::expire_freezes(&engine, cut_off, 3).unwrap(), 10);
+    assert!(steps_of(&engine, "expire_freezes_chunk") - before >= 4, "steps of at most 3 freezes");
+    for order in freezes {
+        let status = engine.read_shard(order.shard(2), move |s| s.order(order).unwrap().status).unwrap();
+        assert_eq!(status, engine::ledger::types::OrderStatus::Succeeded);
+    }
+    let frozen = engine.read_shard(payer.shard(2), move |s| s.account(payer).unwrap().frozen).unwrap();
+    assert_eq!(frozen, 0);
+    assert!(engine::invariants::check_engine(&engine).unwrap().ok);
+    engine.shutdown();
+}
+
 /// `AutoConfirmChunk` commands the shards applied so far.
 fn auto_confirm_steps(engine: &Engine) -> u64 {
-    let kind = Command::KIND_NAMES.iter().position(|name| *name == "auto_confirm_chunk").unwrap();
+    steps_of(engine, "auto_confirm_chunk")
+}
+
+/// The commands of kind `name` the shards applied so far.
+fn steps_of(engine: &Engine, name: &str) -> u64 {
+    let kind = Command::KIND_NAMES.iter().position(|kind| *kind == name).unwrap();
     let cell = kind * ResultCode::ALL.len() + ResultCode::Ok.number() as usize;
     engine.counters().iter().map(|c| c.outcomes[cell].load(std::sync::atomic::Ordering::Relaxed)).sum()
 }

@@ -616,7 +616,9 @@ impl Engine {
         if let Command::CreditSuspense { shard, .. }
         | Command::ChargeChannelFees { shard, .. }
         | Command::VerificationDeposit { shard, .. }
-        | Command::AutoConfirmChunk { shard, .. } = command
+        | Command::AutoConfirmChunk { shard, .. }
+        | Command::ExpireFreezesChunk { shard, .. }
+        | Command::SettleChunk { shard, .. } = command
         {
             return Ok(*shard % shard_count);
         }

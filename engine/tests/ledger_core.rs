@@ -1024,7 +1024,7 @@ fn a_broken_rule_is_refused_by_the_shard_and_changes_nothing() {
 
 #[test]
 fn auto_confirm_in_chunks_examines_a_bounded_number_of_open_orders_and_ends_as_one_command_would() {
-    use engine::ledger::command::AutoConfirmProgress;
+    use engine::ledger::command::StepProgress;
     // Two worlds built alike: one confirmed by one AutoConfirm, the other step by step.
     let build = || {
         let mut w = World::new();
@@ -1048,9 +1048,9 @@ fn auto_confirm_in_chunks_examines_a_bounded_number_of_open_orders_and_ends_as_o
     loop {
         let reply = stepped.run(Command::AutoConfirmChunk { shard: 0, created_before: cutoff, after, orders_max: 3 });
         assert_eq!(reply.code, ResultCode::Ok);
-        let progress = AutoConfirmProgress::of_reply_id(reply.id);
-        assert!(progress.confirmed <= 3, "{progress:?}");
-        (confirmed, steps) = (confirmed + progress.confirmed, steps + 1);
+        let progress = StepProgress::of_reply_id(reply.id);
+        assert!(progress.count <= 3, "{progress:?}");
+        (confirmed, steps) = (confirmed + progress.count, steps + 1);
         match progress.resume_at {
             Some(next) => {
                 assert!(next > after, "each step moves on: {next} after {after}");
@@ -1068,11 +1068,123 @@ fn auto_confirm_in_chunks_examines_a_bounded_number_of_open_orders_and_ends_as_o
     let escrow = |w: &World| w.state.account(w.state.system_account(SystemRole::Escrow, CNY)).unwrap().total();
     assert_eq!((escrow(&stepped), escrow(&whole)), (5, 5), "only the young payment is still in escrow");
     // Nothing is left: a new pass, or another platform's, confirms nothing.
-    let again = AutoConfirmProgress::of_reply_id(stepped.run(Command::AutoConfirmChunk { shard: 0, created_before: cutoff, after: 0, orders_max: 4096 }).id);
-    assert_eq!(again, AutoConfirmProgress { confirmed: 0, resume_at: None });
+    let again = StepProgress::of_reply_id(stepped.run(Command::AutoConfirmChunk { shard: 0, created_before: cutoff, after: 0, orders_max: 4096 }).id);
+    assert_eq!(again, StepProgress { count: 0, resume_at: None });
     let other = stepped.run_as(P + 1, Command::AutoConfirmChunk { shard: 0, created_before: u64::MAX, after: 0, orders_max: 0 });
-    assert_eq!(AutoConfirmProgress::of_reply_id(other.id), AutoConfirmProgress { confirmed: 0, resume_at: None });
+    assert_eq!(StepProgress::of_reply_id(other.id), StepProgress { count: 0, resume_at: None });
     stepped.assert_books_balance();
+}
+
+/// Settlement in steps (`SettleChunk`, session 62) matures what one `Settle` matures, with the
+/// same charges, while each step matures at most `accounts_max` accounts and examines at most
+/// 16 times as many; a second pass finds nothing.
+#[test]
+fn settle_in_chunks_matures_and_charges_as_one_command_would() {
+    use engine::ledger::command::StepProgress;
+    let build = || {
+        let mut w = World::new();
+        let payer = w.funded(1, 100_000_000);
+        let (platform_account, agent) = (w.funded(2, 0), w.funded(3, 0));
+        let mut merchants = Vec::new();
+        for k in 0..40u64 {
+            let merchant = w.funded(10 + k, 0);
+            // Every third account has no income; the others different amounts.
+            if k % 3 != 0 {
+                w.ok(pay(payer, 1_000 + 37 * k as Minor, &[(merchant, 1_000 + 37 * k as Minor)], &[]));
+            }
+            merchants.push(merchant);
+        }
+        // Another platform's income: neither matured nor charged by this platform's run.
+        let other = AccountId(w.run_as(P + 1, Command::OpenAccount { owner: 99, currency: CNY, limits: Limits::NONE }).id);
+        let foreign_payer = AccountId(w.run_as(P + 1, Command::OpenAccount { owner: 98, currency: CNY, limits: Limits::NONE }).id);
+        assert!(w.run_as(P + 1, Command::Recharge { account: foreign_payer, currency: CNY, amount: 5_000, channel: 1 }).is_ok());
+        assert!(w.run_as(P + 1, pay(foreign_payer, 500, &[(other, 500)], &[])).is_ok());
+        w.now += DAY;
+        (w, merchants, platform_account, agent, other)
+    };
+    let day = {
+        let (w, ..) = build();
+        w.state.business_day(w.now) - 1
+    };
+    let (mut whole, merchants, platform_account, agent, other) = build();
+    let charge = |pa, ag| rule(TierBasis::Amount, day, &[(0, 6_000), (20_000, 4_000)], &[(pa, 7), (ag, 3)], 1_000);
+    assert_eq!(whole.run_as(P, Command::Settle { through_day: day, rule: charge(platform_account, agent) }).id, 26);
+    let (mut stepped, ..) = build();
+    let (mut after, mut steps, mut matured) = (0u32, 0, 0);
+    loop {
+        let command = Command::SettleChunk { shard: 0, through_day: day, rule: charge(platform_account, agent), after, accounts_max: 3 };
+        let reply = stepped.run_as(P, command);
+        assert_eq!(reply.code, ResultCode::Ok);
+        let progress = StepProgress::of_reply_id(reply.id);
+        assert!(progress.count <= 3, "{progress:?}");
+        (matured, steps) = (matured + progress.count, steps + 1);
+        match progress.resume_at {
+            Some(next) => {
+                assert!(next > after && next - after <= 3 * 16, "each step moves on, at most 48 accounts: {next} after {after}");
+                after = next;
+            }
+            None => break,
+        }
+        assert!(steps < 40, "the steps end");
+    }
+    assert_eq!(matured, 26);
+    assert!(steps >= 26 / 3, "{steps}");
+    for account in merchants.iter().chain([&platform_account, &agent, &other]) {
+        assert_eq!(stepped.balances(*account), whole.balances(*account), "{account:?}");
+    }
+    assert_eq!(stepped.balances(other).1, 500, "another platform's income stays unsettled");
+    let rows = |w: &World| w.state.settled.iter().map(|r| (r.account, r.amount, r.period_measure, r.rate_ppm, r.commission, r.service_fee)).collect::<Vec<_>>();
+    assert_eq!(rows(&stepped), rows(&whole));
+    // Commission rows per step: summed per receiver they are the one command's.
+    let paid = |w: &World, receiver| {
+        w.state.commissions.iter().filter(|c| c.receiver == receiver).map(|c| (c.amount, c.accounts as Minor)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    assert_eq!(paid(&stepped, platform_account), paid(&whole, platform_account));
+    assert_eq!(paid(&stepped, agent), paid(&whole, agent));
+    assert!(paid(&whole, agent).0 > 0);
+    let fee_income = |w: &World| w.state.account(w.state.system_account(SystemRole::FeeIncome, CNY)).unwrap().total();
+    assert_eq!(fee_income(&stepped), fee_income(&whole));
+    // Nothing is left to mature: a new pass matures nothing and changes nothing.
+    let digest = stepped.state.digest();
+    let again = stepped.run_as(P, Command::SettleChunk { shard: 0, through_day: day, rule: charge(platform_account, agent), after: 0, accounts_max: 4096 });
+    assert_eq!(StepProgress::of_reply_id(again.id), StepProgress { count: 0, resume_at: None });
+    assert_eq!(digest, stepped.state.digest());
+    // A rule the shard cannot take is refused by a step as by the command.
+    let mut bad = charge(platform_account, agent).unwrap();
+    bad.receivers.clear();
+    let refused = stepped.run_as(P, Command::SettleChunk { shard: 0, through_day: day, rule: Some(bad), after: 0, accounts_max: 1 });
+    assert_eq!(refused.code, ResultCode::InvalidRule);
+    stepped.assert_books_balance();
+    whole.assert_books_balance();
+}
+
+/// Freezes expire in steps (`ExpireFreezesChunk`, session 62) of at most `freezes_max`, soonest
+/// first, up to the step's cut-off even when the batch's time is later; the last step says no
+/// more are due.
+#[test]
+fn freezes_expire_in_bounded_steps_up_to_the_runs_cut_off() {
+    use engine::ledger::command::StepProgress;
+    let mut w = World::new();
+    let account = w.funded(1, 10_000);
+    let freeze = |amount, at| Command::Freeze { account, currency: CNY, amount, reason: "r".into(), expires_at: Some(at) };
+    let early: Vec<u64> = (0..7).map(|k| w.ok(freeze(10 + k, T0 + DAY))).collect();
+    let late = w.ok(freeze(1_000, T0 + 2 * DAY));
+    assert_eq!(w.balances(account).2, 1_000 + (10..17).sum::<Minor>());
+    let step =
+        |w: &mut World, cut_off| StepProgress::of_reply_id(w.run_as(0, Command::ExpireFreezesChunk { shard: 0, expired_before: cut_off, freezes_max: 3 }).id);
+    // Before the expiry: nothing, and done.
+    assert_eq!(step(&mut w, u64::MAX), StepProgress { count: 0, resume_at: None });
+    w.now = T0 + 3 * DAY;
+    let cut_off = T0 + DAY + 1;
+    assert_eq!(step(&mut w, cut_off), StepProgress { count: 3, resume_at: Some(0) });
+    assert_eq!(step(&mut w, cut_off), StepProgress { count: 3, resume_at: Some(0) });
+    assert_eq!(step(&mut w, cut_off), StepProgress { count: 1, resume_at: None });
+    assert!(early.iter().all(|id| w.order(*id).status == OrderStatus::Succeeded));
+    assert_eq!(w.order(late).status, OrderStatus::Held, "past the batch's time but not the run's cut-off");
+    assert_eq!(w.balances(account), (10_000 - 1_000, 0, 1_000));
+    assert_eq!(step(&mut w, u64::MAX), StepProgress { count: 1, resume_at: None });
+    assert_eq!(w.balances(account), (10_000, 0, 0));
+    w.assert_books_balance();
 }
 
 /// A credit that cannot land on its account goes to suspense and is noted (the account it was

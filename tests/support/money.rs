@@ -44,8 +44,17 @@ pub fn verified_card(p: &Client, server: &Server, account: &str, card_no: &str, 
 
 /// The date `days_ahead` days after today in China Standard Time (the default business day).
 pub fn business_date(days_ahead: i64) -> String {
-    let days = (now() + 8 * 3600).div_euclid(86_400) + days_ahead;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    civil_date((now() + 8 * 3600).div_euclid(86_400) + days_ahead)
+}
+
+/// `seconds` since 1970 as RFC 3339 in UTC (`2026-12-07T08:30:05Z`).
+pub fn rfc3339_utc(seconds: i64) -> String {
+    let of_day = seconds.rem_euclid(86_400);
+    format!("{}T{:02}:{:02}:{:02}Z", civil_date(seconds.div_euclid(86_400)), of_day / 3_600, of_day / 60 % 60, of_day % 60)
+}
+
+/// The civil date (`YYYY-MM-DD`) of `days` since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_date(days: i64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

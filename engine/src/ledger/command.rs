@@ -148,7 +148,7 @@ pub enum Command {
     /// `AUTO_CONFIRM_ORDERS_MAX`) of the platform's open orders from local index `after` on,
     /// oldest first, and confirms the held guarantee payments among them created before
     /// `created_before`. The reply says how many and where the next step starts
-    /// (`AutoConfirmProgress`), so the nightly run never holds a shard for the whole history.
+    /// (`StepProgress`), so the nightly run never holds a shard for the whole history.
     AutoConfirmChunk { shard: ShardId, created_before: Timestamp, after: u32, orders_max: u32 },
     /// An operator's audited adjustment (four eyes): moves `amount` from `source` (a customer
     /// account's settled bucket, or a shard's suspense stripe) to `target`, opening an order of
@@ -169,30 +169,57 @@ pub enum Command {
     /// from different cards, and a start can tell a collection's order by its idempotency
     /// record. Since session 61 (before, a collection was a `RequestRecharge`).
     RequestCollection { account: AccountId, currency: CurrencyId, amount: Minor, channel: u16, card: u64 },
+    /// `ExpireFreezes` in bounded steps, on one shard: releases at most `freezes_max` (clamped to
+    /// `EXPIRE_FREEZES_MAX`) of the freezes whose expiry is at or before both `expired_before`
+    /// and the batch's time, soonest first. The reply (`StepProgress`) says how many and whether
+    /// more are due (`resume_at` is `Some(0)`: the released ones are gone from the list, so the
+    /// next step starts at its head again). Since session 62: one `ExpireFreezes` released a
+    /// shard's every expired freeze in one batch (a platform's million one-cent freezes of one
+    /// expiry held the shard for the whole of them).
+    ExpireFreezesChunk { shard: ShardId, expired_before: Timestamp, freezes_max: u32 },
+    /// `Settle` in bounded steps, on one shard: from local account index `after` on, examines at
+    /// most `SETTLE_EXAMINED_PER_MATURED` × `accounts_max` accounts (clamped to
+    /// `SETTLE_ACCOUNTS_MAX`) and matures the income due of at most `accounts_max` of them, with
+    /// the rule's charges; the reply (`StepProgress`) says how many and where the next step
+    /// starts. Each step writes its own commission rows (a run's rows per receiver are summed
+    /// where read). Since session 62: one `Settle` matured a platform's every due account of a
+    /// shard in one batch.
+    SettleChunk { shard: ShardId, through_day: u32, rule: Option<Box<SettlementRule>>, after: u32, accounts_max: u32 },
 }
 
 /// The most open orders one `AutoConfirmChunk` examines.
 pub const AUTO_CONFIRM_ORDERS_MAX: u32 = 4096;
 
-/// What one `AutoConfirmChunk` did, packed into its reply's `id` (confirmed count in the low 32
+/// The most expired freezes one `ExpireFreezesChunk` releases.
+pub const EXPIRE_FREEZES_MAX: u32 = 4096;
+
+/// The most accounts one `SettleChunk` matures (it examines at most `SETTLE_EXAMINED_PER_MATURED`
+/// times as many, most of them without income due).
+pub const SETTLE_ACCOUNTS_MAX: u32 = 4096;
+
+/// How many accounts a `SettleChunk` examines for each one it may mature.
+pub const SETTLE_EXAMINED_PER_MATURED: u32 = 16;
+
+/// What one step of a nightly command (`AutoConfirmChunk`, `ExpireFreezesChunk`, `SettleChunk`)
+/// did, packed into its reply's `id` (how many it confirmed, released or matured in the low 32
 /// bits, the next step's `after` plus one in the high 32 bits, 0 when the shard is done).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AutoConfirmProgress {
-    pub confirmed: u32,
+pub struct StepProgress {
+    pub count: u32,
     pub resume_at: Option<u32>,
 }
 
-impl AutoConfirmProgress {
+impl StepProgress {
     /// The reply `id` that carries this progress.
     pub fn to_reply_id(self) -> u64 {
         let resume = self.resume_at.map_or(0, |at| u64::from(at) + 1);
-        (resume << 32) | u64::from(self.confirmed)
+        (resume << 32) | u64::from(self.count)
     }
 
-    /// The progress an `AutoConfirmChunk` reply carries.
-    pub fn of_reply_id(id: u64) -> AutoConfirmProgress {
+    /// The progress a step's reply carries.
+    pub fn of_reply_id(id: u64) -> StepProgress {
         let resume = (id >> 32) as u32;
-        AutoConfirmProgress { confirmed: id as u32, resume_at: resume.checked_sub(1) }
+        StepProgress { count: id as u32, resume_at: resume.checked_sub(1) }
     }
 }
 
@@ -244,6 +271,8 @@ impl Command {
             Command::SetLimits { .. } => 29,
             Command::CaptureFreeze { .. } => 30,
             Command::RequestCollection { .. } => 31,
+            Command::ExpireFreezesChunk { .. } => 32,
+            Command::SettleChunk { .. } => 33,
         }
     }
 
@@ -266,7 +295,7 @@ impl Command {
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 32] = [
+    pub const KIND_NAMES: [&'static str; 34] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -299,6 +328,8 @@ impl Command {
         "set_limits",
         "capture_freeze",
         "request_collection",
+        "expire_freezes_chunk",
+        "settle_chunk",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.

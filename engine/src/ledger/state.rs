@@ -436,12 +436,16 @@ impl ShardState {
             Command::ReleaseFreeze { order, amount } => ops::freeze::release(self, &context, *order, *amount, fx),
             Command::CaptureFreeze { order } => ops::freeze::capture(self, &context, *order, fx),
             Command::ExpireFreezes => ops::freeze::expire(self, &context, fx),
+            Command::ExpireFreezesChunk { expired_before, freezes_max, .. } => ops::freeze::expire_chunk(self, &context, *expired_before, *freezes_max, fx),
             Command::Withdraw { account, currency, amount, fee, channel } => {
                 ops::withdrawal::reserve(self, &context, *account, *currency, *amount, *fee, *channel, fx)
             }
             Command::CompleteWithdrawal { order, succeeded } => ops::withdrawal::complete(self, &context, *order, *succeeded, fx),
             Command::Mature { through_day } => ops::settle::settle(self, &context, *through_day, None, fx),
             Command::Settle { through_day, rule } => ops::settle::settle(self, &context, *through_day, rule.as_deref(), fx),
+            Command::SettleChunk { through_day, rule, after, accounts_max, .. } => {
+                ops::settle::settle_chunk(self, &context, *through_day, rule.as_deref(), *after, *accounts_max, fx)
+            }
             Command::ChargeChannelFees { channel, day, currency, total, .. } => ops::settle::charge_channel_fees(self, *channel, *day, *currency, *total, fx),
             Command::VerificationDeposit { currency, amount, .. } => ops::settle::verification_deposit(self, *currency, *amount, fx),
             Command::ApplyCredit(credit) => ops::transfer::apply_credit(self, &context, credit, fx),

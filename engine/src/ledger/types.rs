@@ -782,6 +782,16 @@ impl AccountLots {
         }
     }
 
+    /// Every local account index from `after` on that ever had lots, in id order, with its
+    /// account and lots (empty ones included, so a caller can bound what it examines).
+    pub fn iter_from(&self, after: u32) -> impl Iterator<Item = (u32, AccountId, &Lots)> + '_ {
+        let (shard, shard_count) = (self.shard, self.shard_count);
+        self.by_index.get(after as usize..).unwrap_or_default().iter().enumerate().map(move |(offset, lots)| {
+            let index = after + offset as u32;
+            (index, AccountId::compose(shard, u64::from(index), shard_count), lots)
+        })
+    }
+
     /// Every account with lots, in id order.
     pub fn iter(&self) -> impl Iterator<Item = (AccountId, &Lots)> + '_ {
         let (shard, shard_count) = (self.shard, self.shard_count);

@@ -1,5 +1,6 @@
 //! Freezes: part of an account's available funds is held (settled first), and released later.
 
+use crate::ledger::command::{StepProgress, EXPIRE_FREEZES_MAX};
 use crate::ledger::state::{check_amount, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, Minor};
@@ -128,10 +129,31 @@ pub fn capture(state: &mut ShardState, context: &Context, id: OrderId, fx: &mut 
 
 /// Releases every freeze whose expiry is at or before now; replies with how many were released.
 pub fn expire(state: &mut ShardState, context: &Context, fx: &mut Effects) -> Reply {
-    let mut released = 0u64;
+    let (released, _) = release_expired(state, context, context.now, usize::MAX, fx);
+    Reply { code: ResultCode::Ok, id: released as u64, status: None, replayed: false }
+}
+
+/// `expire` in a bounded step (`ExpireFreezesChunk`): releases at most `freezes_max` (clamped to
+/// `EXPIRE_FREEZES_MAX`) of the freezes whose expiry is at or before both `expired_before` and
+/// now, soonest first; the reply (`StepProgress`) says how many and, with `resume_at` `Some(0)`,
+/// that more are due.
+pub fn expire_chunk(state: &mut ShardState, context: &Context, expired_before: Timestamp, freezes_max: u32, fx: &mut Effects) -> Reply {
+    let freezes_max = freezes_max.clamp(1, EXPIRE_FREEZES_MAX) as usize;
+    let (released, more) = release_expired(state, context, expired_before.min(context.now), freezes_max, fx);
+    let progress = StepProgress { count: released as u32, resume_at: more.then_some(0) };
+    Reply { code: ResultCode::Ok, id: progress.to_reply_id(), status: None, replayed: false }
+}
+
+/// Releases up to `max` of the freezes expiring at or before `through`, soonest first; says how
+/// many, and whether more such are left.
+fn release_expired(state: &mut ShardState, context: &Context, through: Timestamp, max: usize, fx: &mut Effects) -> (usize, bool) {
+    let mut released = 0;
     while let Some((&(at, id), _)) = state.expiring_freezes.first_key_value() {
-        if at > context.now {
-            break;
+        if at > through {
+            return (released, false);
+        }
+        if released == max {
+            return (released, true);
         }
         let OrderDetail::Freeze { remaining, .. } = &state.order(id).expect("listed freezes exist").detail else {
             unreachable!("only freezes are listed");
@@ -140,7 +162,7 @@ pub fn expire(state: &mut ShardState, context: &Context, fx: &mut Effects) -> Re
         release_unchecked(state, context, id, remaining, fx);
         released += 1;
     }
-    Reply { code: ResultCode::Ok, id: released, status: None, replayed: false }
+    (released, false)
 }
 
 /// Moves `amount` from frozen back to the buckets it came from (the unsettled part first, as a

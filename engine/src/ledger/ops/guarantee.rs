@@ -1,6 +1,6 @@
 //! Guarantee (escrow) payments: staged confirmation to receivers, and cancellation to the payer.
 
-use crate::ledger::command::{AutoConfirmProgress, AUTO_CONFIRM_ORDERS_MAX};
+use crate::ledger::command::{StepProgress, AUTO_CONFIRM_ORDERS_MAX};
 use crate::ledger::ops::payment::credit_income;
 use crate::ledger::state::{check_amount, credit_refusal_of, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
@@ -199,7 +199,7 @@ fn is_due(order: &Order, created_before: Timestamp) -> bool {
 /// `AUTO_CONFIRM_ORDERS_MAX`) of the platform's open orders with local index `after` or more,
 /// oldest first, and confirms in full the due ones. Orders are indexed in creation order, so the
 /// first one created at or after `created_before` ends the work. The reply's id carries an
-/// `AutoConfirmProgress`: how many were confirmed, and where the next step starts if any.
+/// `StepProgress`: how many were confirmed, and where the next step starts if any.
 pub fn auto_confirm_chunk(state: &mut ShardState, context: &Context, created_before: Timestamp, after: u32, orders_max: u32, fx: &mut Effects) -> Reply {
     let orders_max = orders_max.clamp(1, AUTO_CONFIRM_ORDERS_MAX) as usize;
     let mut due = Vec::new();
@@ -223,6 +223,6 @@ pub fn auto_confirm_chunk(state: &mut ShardState, context: &Context, created_bef
         let reply = confirm(state, context, *id, &[], fx);
         assert!(reply.is_ok(), "a held order confirms in full: {reply:?}");
     }
-    let progress = AutoConfirmProgress { confirmed: due.len() as u32, resume_at };
+    let progress = StepProgress { count: due.len() as u32, resume_at };
     Reply { code: ResultCode::Ok, id: progress.to_reply_id(), status: None, replayed: false }
 }

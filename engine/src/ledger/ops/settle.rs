@@ -2,6 +2,7 @@
 //! the platform's settlement rule charges its commission (split among receivers) and the
 //! operator's service fee on what matured.
 
+use crate::ledger::command::{StepProgress, SETTLE_ACCOUNTS_MAX, SETTLE_EXAMINED_PER_MATURED};
 use crate::ledger::state::{CommissionRow, Context, Effects, PeriodTotal, SettledRow, ShardState};
 use crate::ledger::types::*;
 use crate::money::{split_proportionally, CurrencyId, Minor};
@@ -18,25 +19,76 @@ pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule:
     }
     let mut matured: Vec<(AccountId, Minor, u32)> = Vec::new();
     for (account, lots) in state.lots.iter() {
-        let owner = state.account(account).expect("lots are of local accounts");
-        if context.platform != 0 && owner.platform != context.platform {
-            continue;
-        }
-        let (mut due, mut credits): (Minor, u32) = (0, 0);
-        for lot in lots.iter().take_while(|lot| lot.day <= through_day) {
-            due += lot.amount;
-            credits = credits.saturating_add(lot.credits);
-        }
-        if due > 0 {
-            matured.push((account, due, credits));
+        if let Some(due) = due_of(state, context, account, lots, through_day) {
+            matured.push(due);
         }
     }
+    mature(state, context, through_day, rule, &matured, fx);
+    Reply { code: ResultCode::Ok, id: matured.len() as u64, status: None, replayed: false }
+}
+
+/// `settle` in a bounded step (`SettleChunk`): from local account index `after` on, examines at
+/// most `SETTLE_EXAMINED_PER_MATURED` × `accounts_max` account indices (`accounts_max` clamped to
+/// `SETTLE_ACCOUNTS_MAX`) and matures at most `accounts_max` of them; the reply
+/// (`StepProgress`) says how many and where the next step starts.
+#[allow(clippy::too_many_arguments)]
+pub fn settle_chunk(
+    state: &mut ShardState,
+    context: &Context,
+    through_day: u32,
+    rule: Option<&SettlementRule>,
+    after: u32,
+    accounts_max: u32,
+    fx: &mut Effects,
+) -> Reply {
+    if rule.is_some_and(|r| r.check().is_err() || r.currency.0 as usize >= state.currencies.len()) {
+        return Reply::rejected(ResultCode::InvalidRule);
+    }
+    let accounts_max = accounts_max.clamp(1, SETTLE_ACCOUNTS_MAX);
+    let examined_max = accounts_max * SETTLE_EXAMINED_PER_MATURED;
+    let mut matured: Vec<(AccountId, Minor, u32)> = Vec::new();
+    let mut resume_at = None;
+    for (examined, (index, account, lots)) in state.lots.iter_from(after).enumerate() {
+        if examined as u32 == examined_max || matured.len() as u32 == accounts_max {
+            resume_at = Some(index);
+            break;
+        }
+        if lots.is_empty() {
+            continue;
+        }
+        if let Some(due) = due_of(state, context, account, lots, through_day) {
+            matured.push(due);
+        }
+    }
+    mature(state, context, through_day, rule, &matured, fx);
+    let progress = StepProgress { count: matured.len() as u32, resume_at };
+    Reply { code: ResultCode::Ok, id: progress.to_reply_id(), status: None, replayed: false }
+}
+
+/// What `account` (with `lots`) has due through `through_day`, if it is the calling platform's
+/// (any platform's for the operator) and has any: (the account, the amount, the credits).
+fn due_of(state: &ShardState, context: &Context, account: AccountId, lots: &Lots, through_day: u32) -> Option<(AccountId, Minor, u32)> {
+    let owner = state.account(account).expect("lots are of local accounts");
+    if context.platform != 0 && owner.platform != context.platform {
+        return None;
+    }
+    let (mut due, mut credits): (Minor, u32) = (0, 0);
+    for lot in lots.iter().take_while(|lot| lot.day <= through_day) {
+        due += lot.amount;
+        credits = credits.saturating_add(lot.credits);
+    }
+    (due > 0).then_some((account, due, credits))
+}
+
+/// Matures each of `matured` (account, amount due, credits) with `rule`'s charges, writing the
+/// settled rows and the receivers' commission rows.
+fn mature(state: &mut ShardState, context: &Context, through_day: u32, rule: Option<&SettlementRule>, matured: &[(AccountId, Minor, u32)], fx: &mut Effects) {
     // In account order (as the lots come), so that replay is byte-identical.
     debug_assert!(matured.is_sorted_by_key(|(account, _, _)| *account));
     let weights: Vec<Minor> = rule.map_or_else(Vec::new, |r| r.receivers.iter().map(|r| r.amount).collect());
     let mut by_receiver: Vec<(Minor, u32)> = vec![(0, 0); weights.len()];
     let mut parts = Vec::with_capacity(weights.len());
-    for (account, due, credits) in &matured {
+    for (account, due, credits) in matured {
         let (account, due, credits) = (*account, *due, *credits);
         let (currency, platform) = {
             let a = state.account(account).expect("local");
@@ -116,7 +168,6 @@ pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule:
             }
         }
     }
-    Reply { code: ResultCode::Ok, id: matured.len() as u64, status: None, replayed: false }
 }
 
 /// Credits a receiver's part of a commission to its settled funds, here or through the outbox;
