@@ -77,11 +77,12 @@ pub struct ChannelFees {
 }
 
 /// Confirms the platform's held guarantee payments created before `created_before` on every
-/// shard, in steps (`AutoConfirmChunk`) that each examine at most `orders_max` open orders, so
+/// shard, in steps (`AutoConfirmStep`) that each examine at most `orders_max` open orders (of
+/// at most `STEP_ORDER_CHUNKS_MAX` chunks of stored orders), so
 /// no shard batch does work that grows with history and payments interleave with the run.
 /// Returns how many were confirmed.
 pub fn auto_confirm(engine: &Engine, platform: u32, created_before: engine::ledger::types::Timestamp, orders_max: u32) -> Result<u64, EngineError> {
-    in_steps(engine, platform, |shard, after| Command::AutoConfirmChunk { shard, created_before, after, orders_max })
+    in_steps(engine, platform, |shard, after| Command::AutoConfirmStep { shard, created_before, after, orders_max })
 }
 
 /// Matures the platform's (every platform's for the operator, 0) income of business days up to

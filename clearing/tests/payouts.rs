@@ -642,9 +642,9 @@ fn the_nightly_maturing_and_freeze_expiry_work_in_bounded_steps_on_every_shard()
     engine.shutdown();
 }
 
-/// `AutoConfirmChunk` commands the shards applied so far.
+/// `AutoConfirmStep` commands the shards applied so far.
 fn auto_confirm_steps(engine: &Engine) -> u64 {
-    steps_of(engine, "auto_confirm_chunk")
+    steps_of(engine, "auto_confirm_step")
 }
 
 /// The commands of kind `name` the shards applied so far.

@@ -617,6 +617,7 @@ impl Engine {
         | Command::ChargeChannelFees { shard, .. }
         | Command::VerificationDeposit { shard, .. }
         | Command::AutoConfirmChunk { shard, .. }
+        | Command::AutoConfirmStep { shard, .. }
         | Command::ExpireFreezesChunk { shard, .. }
         | Command::SettleChunk { shard, .. } = command
         {

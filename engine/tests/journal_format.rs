@@ -18,7 +18,7 @@ enum; never reorder or remove one. If the encoding change is deliberate, bump JO
 and regenerate GOLDEN in engine/tests/journal_format.rs (appending a variant at the end changes no existing bytes and needs no bump).";
 
 /// `Command`'s variants in declaration order: the index here is the one the journal stores.
-const COMMAND_VARIANTS: [&str; 34] = [
+const COMMAND_VARIANTS: [&str; 35] = [
     "Genesis",
     "OpenAccount",
     "SetAccountStatus",
@@ -53,6 +53,7 @@ const COMMAND_VARIANTS: [&str; 34] = [
     "RequestCollection",
     "ExpireFreezesChunk",
     "SettleChunk",
+    "AutoConfirmStep",
 ];
 
 /// The index the journal stores for `command`. No wildcard arm: a new variant does not compile
@@ -93,6 +94,7 @@ fn variant_index(command: &Command) -> usize {
         Command::RequestCollection { .. } => 31,
         Command::ExpireFreezesChunk { .. } => 32,
         Command::SettleChunk { .. } => 33,
+        Command::AutoConfirmStep { .. } => 34,
     }
 }
 
@@ -101,7 +103,7 @@ fn variant_index(command: &Command) -> usize {
 /// and the postings. Regenerate only for a deliberate format change (see `FORMAT_RULES`).
 const GOLDEN: &[(&str, &str)] = &[
     ("version", "04"),
-    ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d922"),
+    ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d923"),
     ("Genesis", "070000010202434e59024a505900fb00e1"),
     ("OpenAccount", "070001fbe90300fbe803fbd007fb5802fbb004"),
     ("SetAccountStatus", "0700020301"),
@@ -136,9 +138,10 @@ const GOLDEN: &[(&str, &str)] = &[
     ("RequestCollection", "070105636f6c2d311f0300fb580201fdefcdab8967452301"),
     ("ExpireFreezesChunk", "07002001fd00401e18240a0600fb0010"),
     ("SettleChunk", "07002101fb0c4d0100fbf44c010200fb1027c8fb881302090e0b06fbe803fb2c01fb0010"),
+    ("AutoConfirmStep", "07002201fd00401e18240a0600fb2c01fb0010"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
-    ("hash", "fc502fbd9ff814995d055cac8e494befc4d93fc383d9f44d515c43439a0efd0c"),
+    ("hash", "6f0872b1ff8514290c099929a847f663b2453102f450ac229b58999089dfd091"),
 ];
 
 const SHARD: u16 = 1;
@@ -254,6 +257,7 @@ fn every_command() -> Vec<(Option<OutOrderNo>, Command)> {
         (number("col-1"), Command::RequestCollection { account: account(3), currency: cny, amount: 300, channel: 1, card: 0x0123_4567_89ab_cdef }),
         (None, Command::ExpireFreezesChunk { shard: SHARD, expired_before: 1_700_000_000_000_000, freezes_max: 4096 }),
         (None, Command::SettleChunk { shard: SHARD, through_day: 19_724, rule: Some(Box::new(rule)), after: 300, accounts_max: 4096 }),
+        (None, Command::AutoConfirmStep { shard: SHARD, created_before: 1_700_000_000_000_000, after: 300, orders_max: 4096 }),
     ]
 }
 

@@ -1193,6 +1193,57 @@ fn freezes_expire_in_bounded_steps_up_to_the_runs_cut_off() {
     w.assert_books_balance();
 }
 
+/// The nightly steps that walk open orders stop at `STEP_ORDER_CHUNKS_MAX` chunks of stored
+/// orders (session 62): open orders one chunk apart (a hold or a freeze among every 4,096
+/// payments) made one step of 4,096 read back 4,096 chunks inside its batch. The bound counts
+/// chunks from the orders' indices, so it holds whatever is in memory; `AutoConfirmChunk`, in
+/// journals already, keeps its old reach.
+#[test]
+fn nightly_steps_touch_a_bounded_number_of_chunks_of_stored_orders() {
+    use engine::ledger::command::{StepProgress, STEP_ORDER_CHUNKS_MAX};
+    const CHUNK: usize = 4096;
+    let chunks = STEP_ORDER_CHUNKS_MAX + 8;
+    let build = || {
+        let mut w = World::new();
+        let payer = w.funded(1, 1_000_000_000);
+        let payee = w.open(2, Limits::NONE);
+        let expiry = w.now + DAY;
+        let (mut holds, mut freezes) = (Vec::new(), Vec::new());
+        for chunk in 0..chunks {
+            holds.push(w.ok(hold(payer, 1, &[(payee, 1)])));
+            freezes.push(w.ok(Command::Freeze { account: payer, currency: CNY, amount: 1, reason: "r".into(), expires_at: Some(expiry) }));
+            // Balance payments (never open) fill the rest of the chunk.
+            while w.state.orders.len() < (chunk + 1) * CHUNK {
+                let envelope = Envelope { platform: P, out_order_no: None, command: pay(payer, 1, &[(payee, 1)], &[]) };
+                assert!(w.state.apply(&envelope, w.now, &mut w.fx).is_ok());
+            }
+            w.fx = Effects::default();
+        }
+        w.now += 2 * DAY;
+        (w, holds, freezes)
+    };
+    let (mut w, holds, freezes) = build();
+    let cutoff = w.now;
+    let step = |w: &mut World, command| StepProgress::of_reply_id(w.run_as(P, command).id);
+    let first = step(&mut w, Command::AutoConfirmStep { shard: 0, created_before: cutoff, after: 0, orders_max: 4096 });
+    assert_eq!(first.count as usize, STEP_ORDER_CHUNKS_MAX, "one hold a chunk: {first:?}");
+    let next = first.resume_at.expect("more to do");
+    assert_eq!(next as usize / CHUNK, STEP_ORDER_CHUNKS_MAX, "the next step starts in the first chunk not touched");
+    let second = step(&mut w, Command::AutoConfirmStep { shard: 0, created_before: cutoff, after: next, orders_max: 4096 });
+    assert_eq!(second, StepProgress { count: 8, resume_at: None });
+    assert!(holds.iter().all(|id| w.order(*id).status == OrderStatus::Succeeded));
+    let expire =
+        |w: &mut World| StepProgress::of_reply_id(w.run_as(0, Command::ExpireFreezesChunk { shard: 0, expired_before: u64::MAX, freezes_max: 4096 }).id);
+    assert_eq!(expire(&mut w), StepProgress { count: STEP_ORDER_CHUNKS_MAX as u32, resume_at: Some(0) });
+    assert_eq!(expire(&mut w), StepProgress { count: 8, resume_at: None });
+    assert!(freezes.iter().all(|id| w.order(*id).status == OrderStatus::Succeeded));
+    w.assert_books_balance();
+    // The step journals already hold keeps its reach: every hold in one step.
+    let (mut old, ..) = build();
+    let whole = step(&mut old, Command::AutoConfirmChunk { shard: 0, created_before: cutoff, after: 0, orders_max: 4096 });
+    assert_eq!(whole, StepProgress { count: chunks as u32, resume_at: None });
+}
+
 /// A credit that cannot land on its account goes to suspense and is noted (the account it was
 /// for, the amount, where), and the notice names the entry's order and kind; a recharge to an
 /// open account, and an adjustment into suspense, note nothing.

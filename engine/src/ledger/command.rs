@@ -171,7 +171,8 @@ pub enum Command {
     RequestCollection { account: AccountId, currency: CurrencyId, amount: Minor, channel: u16, card: u64 },
     /// `ExpireFreezes` in bounded steps, on one shard: releases at most `freezes_max` (clamped to
     /// `EXPIRE_FREEZES_MAX`) of the freezes whose expiry is at or before both `expired_before`
-    /// and the batch's time, soonest first. The reply (`StepProgress`) says how many and whether
+    /// and the batch's time, soonest first, of at most `STEP_ORDER_CHUNKS_MAX` chunks of stored
+    /// orders. The reply (`StepProgress`) says how many and whether
     /// more are due (`resume_at` is `Some(0)`: the released ones are gone from the list, so the
     /// next step starts at its head again). Since session 62: one `ExpireFreezes` released a
     /// shard's every expired freeze in one batch (a platform's million one-cent freezes of one
@@ -185,10 +186,22 @@ pub enum Command {
     /// where read). Since session 62: one `Settle` matured a platform's every due account of a
     /// shard in one batch.
     SettleChunk { shard: ShardId, through_day: u32, rule: Option<Box<SettlementRule>>, after: u32, accounts_max: u32 },
+    /// `AutoConfirmChunk` that also stops before an order of a `STEP_ORDER_CHUNKS_MAX + 1`th
+    /// chunk of stored orders: the orders it examines may be out of memory, and 4,096 open
+    /// orders one a chunk apart (a platform's freezes without expiry among its payments) made
+    /// one step read 4,096 chunks back inside its batch. Since session 62; the nightly run sends
+    /// this one (`AutoConfirmChunk` stays for the journals that hold it).
+    AutoConfirmStep { shard: ShardId, created_before: Timestamp, after: u32, orders_max: u32 },
 }
 
 /// The most open orders one `AutoConfirmChunk` examines.
 pub const AUTO_CONFIRM_ORDERS_MAX: u32 = 4096;
+
+/// The most chunks of stored orders (4,096 orders each, read back as one piece when out of
+/// memory) one `AutoConfirmStep` or `ExpireFreezesChunk` touches: a step stops before the order
+/// that would touch one more. Counted from the orders' indices, so replay stops where the step
+/// stopped whatever is in memory then.
+pub const STEP_ORDER_CHUNKS_MAX: usize = 32;
 
 /// The most expired freezes one `ExpireFreezesChunk` releases.
 pub const EXPIRE_FREEZES_MAX: u32 = 4096;
@@ -276,6 +289,7 @@ impl Command {
             Command::RequestCollection { .. } => 31,
             Command::ExpireFreezesChunk { .. } => 32,
             Command::SettleChunk { .. } => 33,
+            Command::AutoConfirmStep { .. } => 34,
         }
     }
 
@@ -298,7 +312,7 @@ impl Command {
     }
 
     /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 34] = [
+    pub const KIND_NAMES: [&'static str; 35] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -333,6 +347,7 @@ impl Command {
         "request_collection",
         "expire_freezes_chunk",
         "settle_chunk",
+        "auto_confirm_step",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.

@@ -487,6 +487,12 @@ impl<C: PieceData> Piece<C> {
 const CHUNK_BITS: u32 = 12;
 const CHUNK_LEN: usize = 1 << CHUNK_BITS;
 
+/// The chunk of a `ChunkedVec` (of 4,096 items) that holds item `index`: what is stored and
+/// read back as one piece.
+pub const fn chunk_of(index: usize) -> usize {
+    index >> CHUNK_BITS
+}
+
 /// An append-only vector stored in fixed chunks of 4,096: growing never moves existing items.
 ///
 /// Chunks are shared copy-on-write (`Arc`), so a clone (a checkpoint's snapshot of the shard's

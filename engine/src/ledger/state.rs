@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::command::{content_hash, own_key, Command, Envelope};
+use crate::ledger::command::{content_hash, own_key, Command, Envelope, STEP_ORDER_CHUNKS_MAX};
 use crate::ledger::flat::FlatMap;
 use crate::ledger::growth::{BatchList, ChunkedVec, DayRuns, OrderBlocks};
 use crate::ledger::ops;
@@ -465,7 +465,10 @@ impl ShardState {
             Command::CreditSuspense { currency, amount, .. } => ops::recharge::credit_suspense(self, *currency, *amount, fx),
             Command::AutoConfirm { created_before } => ops::guarantee::auto_confirm(self, &context, *created_before, fx),
             Command::AutoConfirmChunk { created_before, after, orders_max, .. } => {
-                ops::guarantee::auto_confirm_chunk(self, &context, *created_before, *after, *orders_max, fx)
+                ops::guarantee::auto_confirm_chunk(self, &context, (*created_before, *after, *orders_max), usize::MAX, fx)
+            }
+            Command::AutoConfirmStep { created_before, after, orders_max, .. } => {
+                ops::guarantee::auto_confirm_chunk(self, &context, (*created_before, *after, *orders_max), STEP_ORDER_CHUNKS_MAX, fx)
             }
             Command::Adjust { source, target, currency, amount, reason, proposer, approver } => {
                 let request = ops::adjust::AdjustRequest { source: *source, target: *target, currency: *currency, amount: *amount, reason, proposer, approver };

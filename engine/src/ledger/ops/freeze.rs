@@ -1,6 +1,7 @@
 //! Freezes: part of an account's available funds is held (settled first), and released later.
 
-use crate::ledger::command::{StepProgress, EXPIRE_FREEZES_MAX};
+use crate::ledger::command::{StepProgress, EXPIRE_FREEZES_MAX, STEP_ORDER_CHUNKS_MAX};
+use crate::ledger::growth::chunk_of;
 use crate::ledger::state::{check_amount, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
 use crate::money::{CurrencyId, Minor};
@@ -129,31 +130,38 @@ pub fn capture(state: &mut ShardState, context: &Context, id: OrderId, fx: &mut 
 
 /// Releases every freeze whose expiry is at or before now; replies with how many were released.
 pub fn expire(state: &mut ShardState, context: &Context, fx: &mut Effects) -> Reply {
-    let (released, _) = release_expired(state, context, context.now, usize::MAX, fx);
+    let (released, _) = release_expired(state, context, context.now, (usize::MAX, usize::MAX), fx);
     Reply { code: ResultCode::Ok, id: released as u64, status: None, replayed: false }
 }
 
 /// `expire` in a bounded step (`ExpireFreezesChunk`): releases at most `freezes_max` (clamped to
 /// `EXPIRE_FREEZES_MAX`) of the freezes whose expiry is at or before both `expired_before` and
-/// now, soonest first; the reply (`StepProgress`) says how many and, with `resume_at` `Some(0)`,
+/// now, soonest first, of at most `STEP_ORDER_CHUNKS_MAX` chunks of stored orders; the reply (`StepProgress`) says how many and, with `resume_at` `Some(0)`,
 /// that more are due.
 pub fn expire_chunk(state: &mut ShardState, context: &Context, expired_before: Timestamp, freezes_max: u32, fx: &mut Effects) -> Reply {
     let freezes_max = freezes_max.clamp(1, EXPIRE_FREEZES_MAX) as usize;
-    let (released, more) = release_expired(state, context, expired_before.min(context.now), freezes_max, fx);
+    let (released, more) = release_expired(state, context, expired_before.min(context.now), (freezes_max, STEP_ORDER_CHUNKS_MAX), fx);
     let progress = StepProgress { count: released as u32, resume_at: more.then_some(0) };
     Reply { code: ResultCode::Ok, id: progress.to_reply_id(), status: None, replayed: false }
 }
 
-/// Releases up to `max` of the freezes expiring at or before `through`, soonest first; says how
-/// many, and whether more such are left.
-fn release_expired(state: &mut ShardState, context: &Context, through: Timestamp, max: usize, fx: &mut Effects) -> (usize, bool) {
+/// Releases up to `max` of the freezes expiring at or before `through`, soonest first, stopping
+/// before a freeze of a `chunks_max + 1`th chunk of stored orders; says how many, and whether
+/// more such are left.
+fn release_expired(state: &mut ShardState, context: &Context, through: Timestamp, (max, chunks_max): (usize, usize), fx: &mut Effects) -> (usize, bool) {
     let mut released = 0;
+    // The chunks of stored orders touched so far (at most `chunks_max`, a short list).
+    let mut chunks: Vec<usize> = Vec::new();
     while let Some((&(at, id), _)) = state.expiring_freezes.first_key_value() {
         if at > through {
             return (released, false);
         }
-        if released == max {
+        let chunk = chunk_of(id.local_index(state.shard_count) as usize);
+        if released == max || (!chunks.contains(&chunk) && chunks.len() == chunks_max) {
             return (released, true);
+        }
+        if !chunks.contains(&chunk) {
+            chunks.push(chunk);
         }
         let OrderDetail::Freeze { remaining, .. } = &state.order(id).expect("listed freezes exist").detail else {
             unreachable!("only freezes are listed");

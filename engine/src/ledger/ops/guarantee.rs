@@ -1,6 +1,7 @@
 //! Guarantee (escrow) payments: staged confirmation to receivers, and cancellation to the payer.
 
 use crate::ledger::command::{StepProgress, AUTO_CONFIRM_ORDERS_MAX};
+use crate::ledger::growth::chunk_of;
 use crate::ledger::ops::payment::credit_income;
 use crate::ledger::state::{check_amount, credit_refusal_of, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
@@ -199,16 +200,30 @@ fn is_due(order: &Order, created_before: Timestamp) -> bool {
 /// `AUTO_CONFIRM_ORDERS_MAX`) of the platform's open orders with local index `after` or more,
 /// oldest first, and confirms in full the due ones. Orders are indexed in creation order, so the
 /// first one created at or after `created_before` ends the work. The reply's id carries an
-/// `StepProgress`: how many were confirmed, and where the next step starts if any.
-pub fn auto_confirm_chunk(state: &mut ShardState, context: &Context, created_before: Timestamp, after: u32, orders_max: u32, fx: &mut Effects) -> Reply {
+/// `StepProgress`: how many were confirmed, and where the next step starts if any. The step
+/// also stops before an order of a `chunks_max + 1`th chunk of stored orders
+/// (`AutoConfirmStep`; `usize::MAX` for `AutoConfirmChunk`, which had no such bound).
+pub fn auto_confirm_chunk(
+    state: &mut ShardState,
+    context: &Context,
+    (created_before, after, orders_max): (Timestamp, u32, u32),
+    chunks_max: usize,
+    fx: &mut Effects,
+) -> Reply {
     let orders_max = orders_max.clamp(1, AUTO_CONFIRM_ORDERS_MAX) as usize;
     let mut due = Vec::new();
     let mut resume_at = None;
     if let Some(index) = state.platform_orders.get(&context.platform) {
+        // Open orders come in index order, so a chunk once left is never touched again.
+        let (mut chunks, mut last_chunk) = (0usize, None);
         for (examined, &local) in index.open.range(after..).enumerate() {
-            if examined == orders_max {
+            let chunk = chunk_of(local as usize);
+            if examined == orders_max || (last_chunk != Some(chunk) && chunks == chunks_max) {
                 resume_at = Some(local);
                 break;
+            }
+            if last_chunk != Some(chunk) {
+                (chunks, last_chunk) = (chunks + 1, Some(chunk));
             }
             let order = state.orders.get(local as usize).expect("indexed orders exist");
             if order.created_at >= created_before {
