@@ -2,7 +2,8 @@
 //! number of income credits over a period, split among several receivers (e.g. the platform and
 //! an agent), and the operator's service fee. A rule is stored with its platform (the gateway's
 //! record); every settlement run hands the engine's form of it (`SettlementRule`) to the shards
-//! inside the `Settle` command, which charge it on the income they mature.
+//! inside the `SettleChunk` steps (`Settle` before session 62), which charge it on the income
+//! they mature.
 
 use engine::ledger::types::{AccountId, Leg, SettlementRule, Tier, TierBasis, RATE_PPM_ONE};
 use engine::money::CurrencyId;

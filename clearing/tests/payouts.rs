@@ -10,6 +10,7 @@ use clearing_actor::calendar::{Calendar, SystemClock};
 use clearing_actor::cases::HoldFate;
 use clearing_actor::channels::{AccountType, Arrival, ChannelTable};
 use clearing_actor::payouts::{PayoutRequest, PayoutVerdict, VerdictOutcome};
+use clearing_actor::settlement::StepBounds;
 use clearing_actor::{Clearing, ClearingConfig, ClearingError};
 use engine::ledger::command::{Command, Envelope, OutOrderNo};
 use engine::ledger::types::{AccountId, Limits, OrderDetail, OrderId, OrderStatus};
@@ -576,7 +577,7 @@ fn the_nightly_auto_confirm_works_in_bounded_steps_on_every_shard() {
         }
     }
     let steps_before = auto_confirm_steps(&engine);
-    let confirmed = clearing_actor::settlement::auto_confirm(&engine, P, u64::MAX, 3).unwrap();
+    let confirmed = clearing_actor::settlement::auto_confirm(&engine, P, u64::MAX, StepBounds { items: 3, ..StepBounds::NIGHTLY }).unwrap();
     assert_eq!(confirmed, 20);
     let steps = auto_confirm_steps(&engine) - steps_before;
     assert!(steps >= 20 / 3, "steps of at most 3 orders each: {steps}");
@@ -584,7 +585,7 @@ fn the_nightly_auto_confirm_works_in_bounded_steps_on_every_shard() {
         let status = engine.read_shard(order.shard(2), move |s| s.order(order).unwrap().status).unwrap();
         assert_eq!(status, engine::ledger::types::OrderStatus::Succeeded);
     }
-    assert_eq!(clearing_actor::settlement::auto_confirm(&engine, P, u64::MAX, 3).unwrap(), 0, "a second run finds nothing");
+    assert_eq!(clearing_actor::settlement::auto_confirm(&engine, P, u64::MAX, StepBounds::NIGHTLY).unwrap(), 0, "a second run finds nothing");
     engine.shutdown();
 }
 
@@ -618,7 +619,7 @@ fn the_nightly_maturing_and_freeze_expiry_work_in_bounded_steps_on_every_shard()
     let settle_steps = |engine: &Engine| steps_of(engine, "settle_chunk");
     let before = settle_steps(&engine);
     let today = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() }.day(now);
-    let matured = clearing_actor::settlement::mature(&engine, P, today, None, 2).unwrap();
+    let matured = clearing_actor::settlement::mature(&engine, P, today, None, StepBounds { items: 2, ..StepBounds::NIGHTLY }).unwrap();
     assert_eq!(matured, 12, "each payee's income of today");
     assert!(settle_steps(&engine) - before >= 6, "steps of at most 2 accounts: {}", settle_steps(&engine) - before);
     for payee in &payees {
@@ -626,11 +627,11 @@ fn the_nightly_maturing_and_freeze_expiry_work_in_bounded_steps_on_every_shard()
         let (settled, unsettled) = engine.read_shard(payee.shard(2), move |s| s.account(payee).map(|a| (a.settled, a.unsettled)).unwrap()).unwrap();
         assert!(settled >= 100 && unsettled == 0, "{payee:?}: {settled} {unsettled}");
     }
-    assert_eq!(clearing_actor::settlement::mature(&engine, P, today, None, 2).unwrap(), 0, "a second run finds nothing");
+    assert_eq!(clearing_actor::settlement::mature(&engine, P, today, None, StepBounds::NIGHTLY).unwrap(), 0, "a second run finds nothing");
     std::thread::sleep(std::time::Duration::from_millis(250));
     let before = steps_of(&engine, "expire_freezes_chunk");
     let cut_off = clearing_actor::calendar::Clock::now_micros(&SystemClock);
-    assert_eq!(clearing_actor::settlement::expire_freezes(&engine, cut_off, 3).unwrap(), 10);
+    assert_eq!(clearing_actor::settlement::expire_freezes(&engine, cut_off, StepBounds { items: 3, ..StepBounds::NIGHTLY }).unwrap(), 10);
     assert!(steps_of(&engine, "expire_freezes_chunk") - before >= 4, "steps of at most 3 freezes");
     for order in freezes {
         let status = engine.read_shard(order.shard(2), move |s| s.order(order).unwrap().status).unwrap();

@@ -136,12 +136,12 @@ const GOLDEN: &[(&str, &str)] = &[
     ("SetLimits", "0701056c696d2d311d03fbe803fbd007fb5802fbb004"),
     ("CaptureFreeze", "07001e0b"),
     ("RequestCollection", "070105636f6c2d311f0300fb580201fdefcdab8967452301"),
-    ("ExpireFreezesChunk", "07002001fd00401e18240a0600fb0010"),
-    ("SettleChunk", "07002101fb0c4d0100fbf44c010200fb1027c8fb881302090e0b06fbe803fb2c01fb0010"),
-    ("AutoConfirmStep", "07002201fd00401e18240a0600fb2c01fb0010"),
+    ("ExpireFreezesChunk", "07002001fd00401e18240a0600fb001020"),
+    ("SettleChunk", "07002101fb0c4d0100fbf44c010200fb1027c8fb881302090e0b06fbe803fb2c01fb0010fc00000400"),
+    ("AutoConfirmStep", "07002201fd00401e18240a0600fb2c01fb001020"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
-    ("hash", "6f0872b1ff8514290c099929a847f663b2453102f450ac229b58999089dfd091"),
+    ("hash", "5cfa41d3fc54d227687d14d7ce739ce7a760c21b01128c7a0fc50a1c11ac0a0c"),
 ];
 
 const SHARD: u16 = 1;
@@ -255,9 +255,9 @@ fn every_command() -> Vec<(Option<OutOrderNo>, Command)> {
         (number("lim-1"), Command::SetLimits { account: account(3), limits }),
         (None, Command::CaptureFreeze { order: OrderId(11) }),
         (number("col-1"), Command::RequestCollection { account: account(3), currency: cny, amount: 300, channel: 1, card: 0x0123_4567_89ab_cdef }),
-        (None, Command::ExpireFreezesChunk { shard: SHARD, expired_before: 1_700_000_000_000_000, freezes_max: 4096 }),
-        (None, Command::SettleChunk { shard: SHARD, through_day: 19_724, rule: Some(Box::new(rule)), after: 300, accounts_max: 4096 }),
-        (None, Command::AutoConfirmStep { shard: SHARD, created_before: 1_700_000_000_000_000, after: 300, orders_max: 4096 }),
+        (None, Command::ExpireFreezesChunk { shard: SHARD, expired_before: 1_700_000_000_000_000, freezes_max: 4096, chunks_max: 32 }),
+        (None, Command::SettleChunk { shard: SHARD, through_day: 19_724, rule: Some(Box::new(rule)), after: 300, accounts_max: 4096, examined_max: 262_144 }),
+        (None, Command::AutoConfirmStep { shard: SHARD, created_before: 1_700_000_000_000_000, after: 300, orders_max: 4096, chunks_max: 32 }),
     ]
 }
 
@@ -542,4 +542,13 @@ fn replay_refuses_a_journal_of_another_format() {
     let store = MemoryStore::new();
     store.write(&[(b"j\x00\x00\x01", b"x")]).expect("memory store writes");
     assert!(matches!(replay_shard(&store, 0), Err(JournalError::Corrupt { shard: 0, .. })));
+}
+
+/// The bounds replay applies journaled steps with are part of the format: a build that changed
+/// them would replay a step of an earlier build differently (other postings: the shard would
+/// not start). The nightly run's own bounds travel in the step commands and may change.
+#[test]
+fn the_bounds_replay_applies_to_steps_never_change() {
+    use engine::ledger::command::{AUTO_CONFIRM_ORDERS_MAX, STEP_CHUNKS_LIMIT, STEP_COUNT_LIMIT};
+    assert_eq!((AUTO_CONFIRM_ORDERS_MAX, STEP_COUNT_LIMIT, STEP_CHUNKS_LIMIT), (4096, 1 << 20, 1024), "{FORMAT_RULES}");
 }

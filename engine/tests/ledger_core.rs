@@ -1077,10 +1077,11 @@ fn auto_confirm_in_chunks_examines_a_bounded_number_of_open_orders_and_ends_as_o
 
 /// Settlement in steps (`SettleChunk`, session 62) matures what one `Settle` matures, with the
 /// same charges, while each step matures at most `accounts_max` accounts and examines at most
-/// `SETTLE_EXAMINED_PER_MATURED` times as many; a second pass finds nothing.
+/// `examined_max` indices; a second pass finds nothing.
 #[test]
 fn settle_in_chunks_matures_and_charges_as_one_command_would() {
-    use engine::ledger::command::{StepProgress, SETTLE_EXAMINED_PER_MATURED};
+    use engine::ledger::command::StepProgress;
+    const EXAMINED: u32 = 3 * 64;
     let build = || {
         let mut w = World::new();
         let payer = w.funded(1, 100_000_000);
@@ -1117,7 +1118,8 @@ fn settle_in_chunks_matures_and_charges_as_one_command_would() {
     let (mut stepped, ..) = build();
     let (mut after, mut steps, mut matured, mut empty_steps) = (0u32, 0, 0, 0);
     loop {
-        let command = Command::SettleChunk { shard: 0, through_day: day, rule: charge(platform_account, agent), after, accounts_max: 3 };
+        let command =
+            Command::SettleChunk { shard: 0, through_day: day, rule: charge(platform_account, agent), after, accounts_max: 3, examined_max: EXAMINED };
         let reply = stepped.run_as(P, command);
         assert_eq!(reply.code, ResultCode::Ok);
         let progress = StepProgress::of_reply_id(reply.id);
@@ -1126,7 +1128,7 @@ fn settle_in_chunks_matures_and_charges_as_one_command_would() {
         match progress.resume_at {
             Some(next) => {
                 empty_steps += usize::from(progress.count == 0);
-                assert!(next > after && next - after <= 3 * SETTLE_EXAMINED_PER_MATURED, "each step moves on, within its bound: {next} after {after}");
+                assert!(next > after && next - after <= EXAMINED, "each step moves on, within its bound: {next} after {after}");
                 after = next;
             }
             None => break,
@@ -1152,13 +1154,16 @@ fn settle_in_chunks_matures_and_charges_as_one_command_would() {
     assert_eq!(fee_income(&stepped), fee_income(&whole));
     // Nothing is left to mature: a new pass matures nothing and changes nothing.
     let digest = stepped.state.digest();
-    let again = stepped.run_as(P, Command::SettleChunk { shard: 0, through_day: day, rule: charge(platform_account, agent), after: 0, accounts_max: 4096 });
+    let again = stepped.run_as(
+        P,
+        Command::SettleChunk { shard: 0, through_day: day, rule: charge(platform_account, agent), after: 0, accounts_max: 4096, examined_max: 1 << 20 },
+    );
     assert_eq!(StepProgress::of_reply_id(again.id), StepProgress { count: 0, resume_at: None });
     assert_eq!(digest, stepped.state.digest());
     // A rule the shard cannot take is refused by a step as by the command.
     let mut bad = charge(platform_account, agent).unwrap();
     bad.receivers.clear();
-    let refused = stepped.run_as(P, Command::SettleChunk { shard: 0, through_day: day, rule: Some(bad), after: 0, accounts_max: 1 });
+    let refused = stepped.run_as(P, Command::SettleChunk { shard: 0, through_day: day, rule: Some(bad), after: 0, accounts_max: 1, examined_max: 1 });
     assert_eq!(refused.code, ResultCode::InvalidRule);
     stepped.assert_books_balance();
     whole.assert_books_balance();
@@ -1176,8 +1181,9 @@ fn freezes_expire_in_bounded_steps_up_to_the_runs_cut_off() {
     let early: Vec<u64> = (0..7).map(|k| w.ok(freeze(10 + k, T0 + DAY))).collect();
     let late = w.ok(freeze(1_000, T0 + 2 * DAY));
     assert_eq!(w.balances(account).2, 1_000 + (10..17).sum::<Minor>());
-    let step =
-        |w: &mut World, cut_off| StepProgress::of_reply_id(w.run_as(0, Command::ExpireFreezesChunk { shard: 0, expired_before: cut_off, freezes_max: 3 }).id);
+    let step = |w: &mut World, cut_off| {
+        StepProgress::of_reply_id(w.run_as(0, Command::ExpireFreezesChunk { shard: 0, expired_before: cut_off, freezes_max: 3, chunks_max: 32 }).id)
+    };
     // Before the expiry: nothing, and done.
     assert_eq!(step(&mut w, u64::MAX), StepProgress { count: 0, resume_at: None });
     w.now = T0 + 3 * DAY;
@@ -1193,14 +1199,15 @@ fn freezes_expire_in_bounded_steps_up_to_the_runs_cut_off() {
     w.assert_books_balance();
 }
 
-/// The nightly steps that walk open orders stop at `STEP_ORDER_CHUNKS_MAX` chunks of stored
+/// The nightly steps that walk open orders stop at `chunks_max` chunks of stored
 /// orders (session 62): open orders one chunk apart (a hold or a freeze among every 4,096
 /// payments) made one step of 4,096 read back 4,096 chunks inside its batch. The bound counts
 /// chunks from the orders' indices, so it holds whatever is in memory; `AutoConfirmChunk`, in
 /// journals already, keeps its old reach.
 #[test]
 fn nightly_steps_touch_a_bounded_number_of_chunks_of_stored_orders() {
-    use engine::ledger::command::{StepProgress, STEP_ORDER_CHUNKS_MAX};
+    use engine::ledger::command::StepProgress;
+    const STEP_ORDER_CHUNKS_MAX: usize = 32;
     const CHUNK: usize = 4096;
     let chunks = STEP_ORDER_CHUNKS_MAX + 8;
     let build = || {
@@ -1225,15 +1232,20 @@ fn nightly_steps_touch_a_bounded_number_of_chunks_of_stored_orders() {
     let (mut w, holds, freezes) = build();
     let cutoff = w.now;
     let step = |w: &mut World, command| StepProgress::of_reply_id(w.run_as(P, command).id);
-    let first = step(&mut w, Command::AutoConfirmStep { shard: 0, created_before: cutoff, after: 0, orders_max: 4096 });
+    let first =
+        step(&mut w, Command::AutoConfirmStep { shard: 0, created_before: cutoff, after: 0, orders_max: 4096, chunks_max: STEP_ORDER_CHUNKS_MAX as u32 });
     assert_eq!(first.count as usize, STEP_ORDER_CHUNKS_MAX, "one hold a chunk: {first:?}");
     let next = first.resume_at.expect("more to do");
     assert_eq!(next as usize / CHUNK, STEP_ORDER_CHUNKS_MAX, "the next step starts in the first chunk not touched");
-    let second = step(&mut w, Command::AutoConfirmStep { shard: 0, created_before: cutoff, after: next, orders_max: 4096 });
+    let second =
+        step(&mut w, Command::AutoConfirmStep { shard: 0, created_before: cutoff, after: next, orders_max: 4096, chunks_max: STEP_ORDER_CHUNKS_MAX as u32 });
     assert_eq!(second, StepProgress { count: 8, resume_at: None });
     assert!(holds.iter().all(|id| w.order(*id).status == OrderStatus::Succeeded));
-    let expire =
-        |w: &mut World| StepProgress::of_reply_id(w.run_as(0, Command::ExpireFreezesChunk { shard: 0, expired_before: u64::MAX, freezes_max: 4096 }).id);
+    let expire = |w: &mut World| {
+        StepProgress::of_reply_id(
+            w.run_as(0, Command::ExpireFreezesChunk { shard: 0, expired_before: u64::MAX, freezes_max: 4096, chunks_max: STEP_ORDER_CHUNKS_MAX as u32 }).id,
+        )
+    };
     assert_eq!(expire(&mut w), StepProgress { count: STEP_ORDER_CHUNKS_MAX as u32, resume_at: Some(0) });
     assert_eq!(expire(&mut w), StepProgress { count: 8, resume_at: None });
     assert!(freezes.iter().all(|id| w.order(*id).status == OrderStatus::Succeeded));

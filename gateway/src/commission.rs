@@ -2,8 +2,8 @@
 //! cumulative income amount or number of income credits over a period, split among several
 //! receivers (e.g. the platform and an agent), and the operator's service fee. The operator sets
 //! a rule with `PUT /admin/platforms/{id}/settlement-rule`; every settlement run hands the
-//! platform's current rule to the shards inside the `Settle` command, which charge it on the
-//! income they mature (engine `ops::settle`).
+//! platform's current rule to the shards inside the `SettleChunk` steps (`Settle` before
+//! session 62), which charge it on the income they mature (engine `ops::settle`).
 
 use std::sync::Arc;
 

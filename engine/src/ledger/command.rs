@@ -169,52 +169,48 @@ pub enum Command {
     /// from different cards, and a start can tell a collection's order by its idempotency
     /// record. Since session 61 (before, a collection was a `RequestRecharge`).
     RequestCollection { account: AccountId, currency: CurrencyId, amount: Minor, channel: u16, card: u64 },
-    /// `ExpireFreezes` in bounded steps, on one shard: releases at most `freezes_max` (clamped to
-    /// `EXPIRE_FREEZES_MAX`) of the freezes whose expiry is at or before both `expired_before`
-    /// and the batch's time, soonest first, of at most `STEP_ORDER_CHUNKS_MAX` chunks of stored
-    /// orders. The reply (`StepProgress`) says how many and whether
+    /// `ExpireFreezes` in bounded steps, on one shard: releases at most `freezes_max` of the
+    /// freezes whose expiry is at or before both `expired_before` and the batch's time, soonest
+    /// first, stopping before a freeze of a `chunks_max + 1`th chunk of stored orders (bounds
+    /// clamped to `STEP_COUNT_LIMIT` and `STEP_CHUNKS_LIMIT`: the command carries its bounds, so
+    /// replay does what the step did whatever build replays it). The reply (`StepProgress`) says how many and whether
     /// more are due (`resume_at` is `Some(0)`: the released ones are gone from the list, so the
     /// next step starts at its head again). Since session 62: one `ExpireFreezes` released a
     /// shard's every expired freeze in one batch (a platform's million one-cent freezes of one
     /// expiry held the shard for the whole of them).
-    ExpireFreezesChunk { shard: ShardId, expired_before: Timestamp, freezes_max: u32 },
+    ExpireFreezesChunk { shard: ShardId, expired_before: Timestamp, freezes_max: u32, chunks_max: u32 },
     /// `Settle` in bounded steps, on one shard: from local account index `after` on, examines at
-    /// most `SETTLE_EXAMINED_PER_MATURED` × `accounts_max` accounts (clamped to
-    /// `SETTLE_ACCOUNTS_MAX`) and matures the income due of at most `accounts_max` of them, with
-    /// the rule's charges; the reply (`StepProgress`) says how many and where the next step
+    /// most `examined_max` account indices and matures the income due of at most `accounts_max`
+    /// of them (both clamped to `STEP_COUNT_LIMIT`), with the rule's charges; the reply (`StepProgress`) says how many and where the next step
     /// starts. Each step writes its own commission rows (a run's rows per receiver are summed
     /// where read). Since session 62: one `Settle` matured a platform's every due account of a
     /// shard in one batch.
-    SettleChunk { shard: ShardId, through_day: u32, rule: Option<Box<SettlementRule>>, after: u32, accounts_max: u32 },
-    /// `AutoConfirmChunk` that also stops before an order of a `STEP_ORDER_CHUNKS_MAX + 1`th
-    /// chunk of stored orders: the orders it examines may be out of memory, and 4,096 open
-    /// orders one a chunk apart (a platform's freezes without expiry among its payments) made
-    /// one step read 4,096 chunks back inside its batch. Since session 62; the nightly run sends
-    /// this one (`AutoConfirmChunk` stays for the journals that hold it).
-    AutoConfirmStep { shard: ShardId, created_before: Timestamp, after: u32, orders_max: u32 },
+    SettleChunk { shard: ShardId, through_day: u32, rule: Option<Box<SettlementRule>>, after: u32, accounts_max: u32, examined_max: u32 },
+    /// `AutoConfirmChunk` with bounds of its own: examines at most `orders_max` open orders and
+    /// stops before an order of a `chunks_max + 1`th chunk of stored orders (clamped to
+    /// `STEP_COUNT_LIMIT` and `STEP_CHUNKS_LIMIT`). The orders it examines may be out of memory,
+    /// and 4,096 open orders one a chunk apart (a platform's freezes without expiry among its
+    /// payments) made one `AutoConfirmChunk` read 4,096 chunks back inside its batch. Since
+    /// session 62; the nightly run sends this one (`AutoConfirmChunk` stays for the journals
+    /// that hold it).
+    AutoConfirmStep { shard: ShardId, created_before: Timestamp, after: u32, orders_max: u32, chunks_max: u32 },
 }
 
-/// The most open orders one `AutoConfirmChunk` examines.
+/// The most open orders one `AutoConfirmChunk` examines. Part of the journal's format: replay
+/// applies journaled steps with it, so it never changes.
 pub const AUTO_CONFIRM_ORDERS_MAX: u32 = 4096;
 
-/// The most chunks of stored orders (4,096 orders each, read back as one piece when out of
-/// memory) one `AutoConfirmStep` or `ExpireFreezesChunk` touches: a step stops before the order
-/// that would touch one more. Counted from the orders' indices, so replay stops where the step
-/// stopped whatever is in memory then.
-pub const STEP_ORDER_CHUNKS_MAX: usize = 32;
+/// The largest count bound a step command takes (`AutoConfirmStep::orders_max`,
+/// `ExpireFreezesChunk::freezes_max`, `SettleChunk`'s `accounts_max` and `examined_max`): larger
+/// ones are taken as this. Part of the journal's format (replay clamps with it), so it never
+/// changes; the nightly run's own bounds are far below it (`settlement::StepBounds`).
+pub const STEP_COUNT_LIMIT: u32 = 1 << 20;
 
-/// The most expired freezes one `ExpireFreezesChunk` releases.
-pub const EXPIRE_FREEZES_MAX: u32 = 4096;
-
-/// The most accounts one `SettleChunk` matures (it examines at most `SETTLE_EXAMINED_PER_MATURED`
-/// times as many, most of them without income due).
-pub const SETTLE_ACCOUNTS_MAX: u32 = 4096;
-
-/// How many accounts a `SettleChunk` examines for each one it may mature.
-/// 64: a step examines at most 262,144 account indices, about 5 ms on machine F (65,536 of
-/// them, half with another platform's lots, took a median 1.2 ms in a timing run of session
-/// 62), so ten million accounts are about 40 steps a platform a shard.
-pub const SETTLE_EXAMINED_PER_MATURED: u32 = 64;
+/// The largest `chunks_max` a step command takes: the chunks of stored orders (4,096 orders
+/// each, read back as one piece when out of memory) one step may touch, counted from the
+/// orders' indices, so replay stops where the step stopped whatever is in memory then. Part of
+/// the journal's format, so it never changes.
+pub const STEP_CHUNKS_LIMIT: u32 = 1024;
 
 /// What one step of a nightly command (`AutoConfirmChunk`, `ExpireFreezesChunk`, `SettleChunk`)
 /// did, packed into its reply's `id` (how many it confirmed, released or matured in the low 32

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::command::{content_hash, own_key, Command, Envelope, STEP_ORDER_CHUNKS_MAX};
+use crate::ledger::command::{content_hash, own_key, Command, Envelope, AUTO_CONFIRM_ORDERS_MAX, STEP_CHUNKS_LIMIT, STEP_COUNT_LIMIT};
 use crate::ledger::flat::FlatMap;
 use crate::ledger::growth::{BatchList, ChunkedVec, DayRuns, OrderBlocks};
 use crate::ledger::ops;
@@ -436,15 +436,17 @@ impl ShardState {
             Command::ReleaseFreeze { order, amount } => ops::freeze::release(self, &context, *order, *amount, fx),
             Command::CaptureFreeze { order } => ops::freeze::capture(self, &context, *order, fx),
             Command::ExpireFreezes => ops::freeze::expire(self, &context, fx),
-            Command::ExpireFreezesChunk { expired_before, freezes_max, .. } => ops::freeze::expire_chunk(self, &context, *expired_before, *freezes_max, fx),
+            Command::ExpireFreezesChunk { expired_before, freezes_max, chunks_max, .. } => {
+                ops::freeze::expire_chunk(self, &context, *expired_before, (*freezes_max, *chunks_max), fx)
+            }
             Command::Withdraw { account, currency, amount, fee, channel } => {
                 ops::withdrawal::reserve(self, &context, *account, *currency, *amount, *fee, *channel, fx)
             }
             Command::CompleteWithdrawal { order, succeeded } => ops::withdrawal::complete(self, &context, *order, *succeeded, fx),
             Command::Mature { through_day } => ops::settle::settle(self, &context, *through_day, None, fx),
             Command::Settle { through_day, rule } => ops::settle::settle(self, &context, *through_day, rule.as_deref(), fx),
-            Command::SettleChunk { through_day, rule, after, accounts_max, .. } => {
-                ops::settle::settle_chunk(self, &context, *through_day, rule.as_deref(), *after, *accounts_max, fx)
+            Command::SettleChunk { through_day, rule, after, accounts_max, examined_max, .. } => {
+                ops::settle::settle_chunk(self, &context, (*through_day, rule.as_deref()), *after, (*accounts_max, *examined_max), fx)
             }
             Command::ChargeChannelFees { channel, day, currency, total, .. } => ops::settle::charge_channel_fees(self, *channel, *day, *currency, *total, fx),
             Command::VerificationDeposit { currency, amount, .. } => ops::settle::verification_deposit(self, *currency, *amount, fx),
@@ -465,10 +467,12 @@ impl ShardState {
             Command::CreditSuspense { currency, amount, .. } => ops::recharge::credit_suspense(self, *currency, *amount, fx),
             Command::AutoConfirm { created_before } => ops::guarantee::auto_confirm(self, &context, *created_before, fx),
             Command::AutoConfirmChunk { created_before, after, orders_max, .. } => {
-                ops::guarantee::auto_confirm_chunk(self, &context, (*created_before, *after, *orders_max), usize::MAX, fx)
+                let orders_max = (*orders_max).clamp(1, AUTO_CONFIRM_ORDERS_MAX);
+                ops::guarantee::auto_confirm_chunk(self, &context, (*created_before, *after, orders_max), usize::MAX, fx)
             }
-            Command::AutoConfirmStep { created_before, after, orders_max, .. } => {
-                ops::guarantee::auto_confirm_chunk(self, &context, (*created_before, *after, *orders_max), STEP_ORDER_CHUNKS_MAX, fx)
+            Command::AutoConfirmStep { created_before, after, orders_max, chunks_max, .. } => {
+                let (orders_max, chunks_max) = ((*orders_max).clamp(1, STEP_COUNT_LIMIT), (*chunks_max).clamp(1, STEP_CHUNKS_LIMIT));
+                ops::guarantee::auto_confirm_chunk(self, &context, (*created_before, *after, orders_max), chunks_max as usize, fx)
             }
             Command::Adjust { source, target, currency, amount, reason, proposer, approver } => {
                 let request = ops::adjust::AdjustRequest { source: *source, target: *target, currency: *currency, amount: *amount, reason, proposer, approver };

@@ -637,8 +637,9 @@ pub struct Tier {
     pub rate_ppm: u32,
 }
 
-/// A platform's settlement rule, carried by the `Settle` command that applies it (so replay
-/// applies the same rule whatever the platform's rule is today).
+/// A platform's settlement rule, carried by the `Settle` command (since session 62 each
+/// `SettleChunk` step) that applies it (so replay applies the same rule whatever the
+/// platform's rule is today).
 ///
 /// For every account of the platform in `currency` whose income matures, the period measure
 /// (income amount or credits matured since `period_start`, this run's included) picks the tier
@@ -782,8 +783,10 @@ impl AccountLots {
         }
     }
 
-    /// Every local account index from `after` on that ever had lots, in id order, with its
-    /// account and lots (empty ones included, so a caller can bound what it examines).
+    /// The local account indices from `after` on that this list holds, in id order, with the
+    /// account and its lots, empty ones included (so a caller can bound what it examines): up
+    /// to the highest index that had lots since the list was built (a checkpoint's load builds
+    /// it up to the highest one with lots then).
     pub fn iter_from(&self, after: u32) -> impl Iterator<Item = (u32, AccountId, &Lots)> + '_ {
         let (shard, shard_count) = (self.shard, self.shard_count);
         self.by_index.get(after as usize..).unwrap_or_default().iter().enumerate().map(move |(offset, lots)| {

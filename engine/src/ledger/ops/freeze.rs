@@ -1,6 +1,6 @@
 //! Freezes: part of an account's available funds is held (settled first), and released later.
 
-use crate::ledger::command::{StepProgress, EXPIRE_FREEZES_MAX, STEP_ORDER_CHUNKS_MAX};
+use crate::ledger::command::{StepProgress, STEP_CHUNKS_LIMIT, STEP_COUNT_LIMIT};
 use crate::ledger::growth::chunk_of;
 use crate::ledger::state::{check_amount, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
@@ -134,13 +134,13 @@ pub fn expire(state: &mut ShardState, context: &Context, fx: &mut Effects) -> Re
     Reply { code: ResultCode::Ok, id: released as u64, status: None, replayed: false }
 }
 
-/// `expire` in a bounded step (`ExpireFreezesChunk`): releases at most `freezes_max` (clamped to
-/// `EXPIRE_FREEZES_MAX`) of the freezes whose expiry is at or before both `expired_before` and
-/// now, soonest first, of at most `STEP_ORDER_CHUNKS_MAX` chunks of stored orders; the reply (`StepProgress`) says how many and, with `resume_at` `Some(0)`,
-/// that more are due.
-pub fn expire_chunk(state: &mut ShardState, context: &Context, expired_before: Timestamp, freezes_max: u32, fx: &mut Effects) -> Reply {
-    let freezes_max = freezes_max.clamp(1, EXPIRE_FREEZES_MAX) as usize;
-    let (released, more) = release_expired(state, context, expired_before.min(context.now), (freezes_max, STEP_ORDER_CHUNKS_MAX), fx);
+/// `expire` in a bounded step (`ExpireFreezesChunk`): releases at most `freezes_max` of the
+/// freezes whose expiry is at or before both `expired_before` and now, soonest first, of at
+/// most `chunks_max` chunks of stored orders (both clamped to the format's limits); the reply
+/// (`StepProgress`) says how many and, with `resume_at` `Some(0)`, that more are due.
+pub fn expire_chunk(state: &mut ShardState, context: &Context, expired_before: Timestamp, (freezes_max, chunks_max): (u32, u32), fx: &mut Effects) -> Reply {
+    let bounds = (freezes_max.clamp(1, STEP_COUNT_LIMIT) as usize, chunks_max.clamp(1, STEP_CHUNKS_LIMIT) as usize);
+    let (released, more) = release_expired(state, context, expired_before.min(context.now), bounds, fx);
     let progress = StepProgress { count: released as u32, resume_at: more.then_some(0) };
     Reply { code: ResultCode::Ok, id: progress.to_reply_id(), status: None, replayed: false }
 }

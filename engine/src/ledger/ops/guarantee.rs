@@ -1,6 +1,6 @@
 //! Guarantee (escrow) payments: staged confirmation to receivers, and cancellation to the payer.
 
-use crate::ledger::command::{StepProgress, AUTO_CONFIRM_ORDERS_MAX};
+use crate::ledger::command::StepProgress;
 use crate::ledger::growth::chunk_of;
 use crate::ledger::ops::payment::credit_income;
 use crate::ledger::state::{check_amount, credit_refusal_of, ok_order, Context, Effects, ShardState};
@@ -196,8 +196,8 @@ fn is_due(order: &Order, created_before: Timestamp) -> bool {
     order.kind == OrderKind::Guarantee && order.status == OrderStatus::Held && order.created_at < created_before
 }
 
-/// One bounded step of auto-confirm on this shard: examines at most `orders_max` (1 to
-/// `AUTO_CONFIRM_ORDERS_MAX`) of the platform's open orders with local index `after` or more,
+/// One bounded step of auto-confirm on this shard: examines at most `orders_max` (at least 1;
+/// the command clamps it) of the platform's open orders with local index `after` or more,
 /// oldest first, and confirms in full the due ones. Orders are indexed in creation order, so the
 /// first one created at or after `created_before` ends the work. The reply's id carries an
 /// `StepProgress`: how many were confirmed, and where the next step starts if any. The step
@@ -210,7 +210,7 @@ pub fn auto_confirm_chunk(
     chunks_max: usize,
     fx: &mut Effects,
 ) -> Reply {
-    let orders_max = orders_max.clamp(1, AUTO_CONFIRM_ORDERS_MAX) as usize;
+    let orders_max = orders_max.max(1) as usize;
     let mut due = Vec::new();
     let mut resume_at = None;
     if let Some(index) = state.platform_orders.get(&context.platform) {

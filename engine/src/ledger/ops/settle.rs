@@ -2,7 +2,7 @@
 //! the platform's settlement rule charges its commission (split among receivers) and the
 //! operator's service fee on what matured.
 
-use crate::ledger::command::{StepProgress, SETTLE_ACCOUNTS_MAX, SETTLE_EXAMINED_PER_MATURED};
+use crate::ledger::command::{StepProgress, STEP_COUNT_LIMIT};
 use crate::ledger::state::{CommissionRow, Context, Effects, PeriodTotal, SettledRow, ShardState};
 use crate::ledger::types::*;
 use crate::money::{split_proportionally, CurrencyId, Minor};
@@ -28,24 +28,21 @@ pub fn settle(state: &mut ShardState, context: &Context, through_day: u32, rule:
 }
 
 /// `settle` in a bounded step (`SettleChunk`): from local account index `after` on, examines at
-/// most `SETTLE_EXAMINED_PER_MATURED` × `accounts_max` account indices (`accounts_max` clamped to
-/// `SETTLE_ACCOUNTS_MAX`) and matures at most `accounts_max` of them; the reply
-/// (`StepProgress`) says how many and where the next step starts.
-#[allow(clippy::too_many_arguments)]
+/// most `examined_max` account indices and matures at most `accounts_max` of them (both clamped
+/// to `STEP_COUNT_LIMIT`); the reply (`StepProgress`) says how many and where the next step
+/// starts.
 pub fn settle_chunk(
     state: &mut ShardState,
     context: &Context,
-    through_day: u32,
-    rule: Option<&SettlementRule>,
+    (through_day, rule): (u32, Option<&SettlementRule>),
     after: u32,
-    accounts_max: u32,
+    (accounts_max, examined_max): (u32, u32),
     fx: &mut Effects,
 ) -> Reply {
     if rule.is_some_and(|r| r.check().is_err() || r.currency.0 as usize >= state.currencies.len()) {
         return Reply::rejected(ResultCode::InvalidRule);
     }
-    let accounts_max = accounts_max.clamp(1, SETTLE_ACCOUNTS_MAX);
-    let examined_max = accounts_max * SETTLE_EXAMINED_PER_MATURED;
+    let (accounts_max, examined_max) = (accounts_max.clamp(1, STEP_COUNT_LIMIT), examined_max.clamp(1, STEP_COUNT_LIMIT));
     let mut matured: Vec<(AccountId, Minor, u32)> = Vec::new();
     let mut resume_at = None;
     for (examined, (index, account, lots)) in state.lots.iter_from(after).enumerate() {
