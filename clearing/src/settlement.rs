@@ -255,9 +255,12 @@ pub fn run(
     if !rows_ahead.is_empty() {
         save_fee_state(store, None, &[])?;
     }
-    // Freezes that expire while the run goes are the next run's (the batches' time is the wall
-    // clock too, so this is what one command at this point released).
-    let expired = expire_freezes(engine, crate::calendar::Clock::now_micros(&crate::calendar::SystemClock), StepBounds::NIGHTLY)?;
+    // Freezes that expire after this point are the next run's (a fixed cut-off ends the steps).
+    // The shards' batch time is the wall clock, or ahead of it after the host's clock stepped
+    // back (it never goes back): the later of the two, as one command at this point would have.
+    let batch_time = engine.counters().iter().map(|c| c.last_batch_at.load(std::sync::atomic::Ordering::Relaxed)).max().unwrap_or(0);
+    let cut_off = crate::calendar::Clock::now_micros(&crate::calendar::SystemClock).max(batch_time);
+    let expired = expire_freezes(engine, cut_off, StepBounds::NIGHTLY)?;
     let invariants = engine::invariants::check_engine(engine)?;
     Ok(SettlementSummary { business_date: date_text(day), platforms: rows, channel_fees: fees, expired_freezes: expired, invariants_ok: invariants.ok })
 }
