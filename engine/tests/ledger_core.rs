@@ -1081,7 +1081,7 @@ fn auto_confirm_in_chunks_examines_a_bounded_number_of_open_orders_and_ends_as_o
 #[test]
 fn settle_in_chunks_matures_and_charges_as_one_command_would() {
     use engine::ledger::command::StepProgress;
-    const EXAMINED: u32 = 3 * 64;
+    const EXAMINED: u32 = 100;
     let build = || {
         let mut w = World::new();
         let payer = w.funded(1, 100_000_000);
@@ -1127,7 +1127,10 @@ fn settle_in_chunks_matures_and_charges_as_one_command_would() {
         (matured, steps) = (matured + progress.count, steps + 1);
         match progress.resume_at {
             Some(next) => {
-                empty_steps += usize::from(progress.count == 0);
+                if progress.count == 0 {
+                    empty_steps += 1;
+                    assert_eq!(next - after, EXAMINED, "a step that matured nothing examined its bound");
+                }
                 assert!(next > after && next - after <= EXAMINED, "each step moves on, within its bound: {next} after {after}");
                 after = next;
             }
@@ -1199,61 +1202,93 @@ fn freezes_expire_in_bounded_steps_up_to_the_runs_cut_off() {
     w.assert_books_balance();
 }
 
-/// The nightly steps that walk open orders stop at `chunks_max` chunks of stored
-/// orders (session 62): open orders one chunk apart (a hold or a freeze among every 4,096
-/// payments) made one step of 4,096 read back 4,096 chunks inside its batch. The bound counts
-/// chunks from the orders' indices, so it holds whatever is in memory; `AutoConfirmChunk`, in
-/// journals already, keeps its old reach.
+/// The nightly steps that walk open orders stop at `chunks_max` pieces of stored history
+/// (session 62): open orders one chunk apart (a hold or a freeze among every 4,096 payments)
+/// made one step of 4,096 read back 4,096 chunks inside its batch. The bound counts the chunks
+/// of the orders a step examines (by the shard's local index) and the income blocks of the
+/// payments it confirms (by the global order id: on two shards a chunk of orders spans two
+/// blocks), from the ids, so it holds whatever is in memory; a freeze of another chunk once a
+/// step has its chunks is skipped, not an end, so expiries that take turns among chunks do not
+/// shrink the steps; `AutoConfirmChunk`, in journals already, keeps its old reach.
 #[test]
-fn nightly_steps_touch_a_bounded_number_of_chunks_of_stored_orders() {
+fn nightly_steps_touch_a_bounded_number_of_pieces_of_stored_history() {
     use engine::ledger::command::StepProgress;
-    const STEP_ORDER_CHUNKS_MAX: usize = 32;
     const CHUNK: usize = 4096;
-    let chunks = STEP_ORDER_CHUNKS_MAX + 8;
-    let build = || {
-        let mut w = World::new();
+    const CHUNKS: usize = 40;
+    const PIECES: u32 = 32;
+    // On each shard layout: per chunk of orders, a hold and a freeze at its start and another
+    // pair half way (another income block on two shards), balance payments between.
+    let build = |shard_index: u16, shard_count: u16| {
+        let mut w = World { state: shard(shard_index, shard_count), fx: Effects::default(), now: T0, counter: 0 };
         let payer = w.funded(1, 1_000_000_000);
         let payee = w.open(2, Limits::NONE);
-        let expiry = w.now + DAY;
         let (mut holds, mut freezes) = (Vec::new(), Vec::new());
-        for chunk in 0..chunks {
-            holds.push(w.ok(hold(payer, 1, &[(payee, 1)])));
-            freezes.push(w.ok(Command::Freeze { account: payer, currency: CNY, amount: 1, reason: "r".into(), expires_at: Some(expiry) }));
-            // Balance payments (never open) fill the rest of the chunk.
-            while w.state.orders.len() < (chunk + 1) * CHUNK {
-                let envelope = Envelope { platform: P, out_order_no: None, command: pay(payer, 1, &[(payee, 1)], &[]) };
-                assert!(w.state.apply(&envelope, w.now, &mut w.fx).is_ok());
+        for chunk in 0..CHUNKS {
+            for (half, offset) in [(0u64, 0), (1, CHUNK / 2)] {
+                while w.state.orders.len() < chunk * CHUNK + offset {
+                    let envelope = Envelope { platform: P, out_order_no: None, command: pay(payer, 1, &[(payee, 1)], &[]) };
+                    assert!(w.state.apply(&envelope, w.now, &mut w.fx).is_ok());
+                }
+                holds.push(w.ok(hold(payer, 1, &[(payee, 1)])));
+                // Expiries take turns among the chunks: all first halves, then all second ones.
+                let expires_at = Some(T0 + DAY + half * 1_000 + chunk as u64);
+                freezes.push(w.ok(Command::Freeze { account: payer, currency: CNY, amount: 1, reason: "r".into(), expires_at }));
             }
             w.fx = Effects::default();
         }
         w.now += 2 * DAY;
-        (w, holds, freezes)
+        (w, holds, freezes, payer)
     };
-    let (mut w, holds, freezes) = build();
-    let cutoff = w.now;
-    let step = |w: &mut World, command| StepProgress::of_reply_id(w.run_as(P, command).id);
-    let first =
-        step(&mut w, Command::AutoConfirmStep { shard: 0, created_before: cutoff, after: 0, orders_max: 4096, chunks_max: STEP_ORDER_CHUNKS_MAX as u32 });
-    assert_eq!(first.count as usize, STEP_ORDER_CHUNKS_MAX, "one hold a chunk: {first:?}");
-    let next = first.resume_at.expect("more to do");
-    assert_eq!(next as usize / CHUNK, STEP_ORDER_CHUNKS_MAX, "the next step starts in the first chunk not touched");
-    let second =
-        step(&mut w, Command::AutoConfirmStep { shard: 0, created_before: cutoff, after: next, orders_max: 4096, chunks_max: STEP_ORDER_CHUNKS_MAX as u32 });
-    assert_eq!(second, StepProgress { count: 8, resume_at: None });
-    assert!(holds.iter().all(|id| w.order(*id).status == OrderStatus::Succeeded));
-    let expire = |w: &mut World| {
-        StepProgress::of_reply_id(
-            w.run_as(0, Command::ExpireFreezesChunk { shard: 0, expired_before: u64::MAX, freezes_max: 4096, chunks_max: STEP_ORDER_CHUNKS_MAX as u32 }).id,
-        )
-    };
-    assert_eq!(expire(&mut w), StepProgress { count: STEP_ORDER_CHUNKS_MAX as u32, resume_at: Some(0) });
-    assert_eq!(expire(&mut w), StepProgress { count: 8, resume_at: None });
-    assert!(freezes.iter().all(|id| w.order(*id).status == OrderStatus::Succeeded));
-    w.assert_books_balance();
-    // The step journals already hold keeps its reach: every hold in one step.
-    let (mut old, ..) = build();
-    let whole = step(&mut old, Command::AutoConfirmChunk { shard: 0, created_before: cutoff, after: 0, orders_max: 4096 });
-    assert_eq!(whole, StepProgress { count: chunks as u32, resume_at: None });
+    // (shards, what the first auto-confirm step takes): on one shard a chunk is one piece of
+    // orders and one income block, two holds; on two, one piece of orders and two blocks.
+    for (shard_index, shard_count, first_confirmed) in [(0, 1, 32), (1, 2, 21)] {
+        let (mut w, holds, freezes, payer) = build(shard_index, shard_count);
+        let cutoff = w.now;
+        let step = |w: &mut World, command| StepProgress::of_reply_id(w.run_as(P, command).id);
+        let (mut after, mut counts) = (0, Vec::new());
+        loop {
+            let progress = step(&mut w, Command::AutoConfirmStep { shard: shard_index, created_before: cutoff, after, orders_max: 4096, chunks_max: PIECES });
+            counts.push(progress.count);
+            match progress.resume_at {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        assert_eq!(counts[0], first_confirmed, "{shard_count} shards: {counts:?}");
+        assert_eq!(counts.iter().sum::<u32>() as usize, 2 * CHUNKS, "{counts:?}");
+        assert!(holds.iter().all(|id| w.order(*id).status == OrderStatus::Succeeded));
+        let expire = |w: &mut World| {
+            let command = Command::ExpireFreezesChunk { shard: shard_index, expired_before: u64::MAX, freezes_max: 4096, chunks_max: PIECES };
+            StepProgress::of_reply_id(w.run_as(0, command).id)
+        };
+        // Both freezes of each of the first 32 chunks, though their expiries take turns with
+        // the other 8 chunks'; then those.
+        assert_eq!(expire(&mut w), StepProgress { count: 2 * PIECES, resume_at: Some(0) }, "{shard_count} shards");
+        assert_eq!(expire(&mut w), StepProgress { count: 2 * (CHUNKS as u32 - PIECES), resume_at: None });
+        assert!(freezes.iter().all(|id| w.order(*id).status == OrderStatus::Succeeded));
+        assert_eq!(w.balances(payer).2, 0, "nothing frozen is left");
+        w.assert_books_balance();
+        // The step journals already hold keeps its reach: every hold in one step.
+        let (mut old, ..) = build(shard_index, shard_count);
+        let whole = step(&mut old, Command::AutoConfirmChunk { shard: shard_index, created_before: cutoff, after: 0, orders_max: 4096 });
+        assert_eq!(whole, StepProgress { count: 2 * CHUNKS as u32, resume_at: None });
+    }
+}
+
+/// `AutoConfirmChunk` (in journals already) examines at most 4,096 open orders whatever its
+/// `orders_max` says: replay of an earlier build's step depends on it.
+#[test]
+fn an_auto_confirm_chunk_examines_at_most_4096_open_orders() {
+    use engine::ledger::command::StepProgress;
+    let mut w = World::new();
+    let payer = w.funded(1, 1_000_000);
+    let mut open = Vec::new();
+    for _ in 0..4_100 {
+        open.push(w.ok(Command::Freeze { account: payer, currency: CNY, amount: 1, reason: "r".into(), expires_at: None }));
+    }
+    let reply = w.run(Command::AutoConfirmChunk { shard: 0, created_before: u64::MAX, after: 0, orders_max: u32::MAX });
+    let resume_at = StepProgress::of_reply_id(reply.id).resume_at.expect("more to examine");
+    assert_eq!(u64::from(resume_at), OrderId(open[4096]).local_index(1));
 }
 
 /// A credit that cannot land on its account goes to suspense and is noted (the account it was

@@ -212,7 +212,8 @@ pub const STEP_COUNT_LIMIT: u32 = 1 << 20;
 /// the journal's format, so it never changes.
 pub const STEP_CHUNKS_LIMIT: u32 = 1024;
 
-/// What one step of a nightly command (`AutoConfirmChunk`, `ExpireFreezesChunk`, `SettleChunk`)
+/// What one step of a nightly command (`AutoConfirmChunk`, `AutoConfirmStep`,
+/// `ExpireFreezesChunk`, `SettleChunk`)
 /// did, packed into its reply's `id` (how many it confirmed, released or matured in the low 32
 /// bits, the next step's `after` plus one in the high 32 bits, 0 when the shard is done).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -493,6 +493,12 @@ pub const fn chunk_of(index: usize) -> usize {
     index >> CHUNK_BITS
 }
 
+/// The block of an `OrderBlocks` map (keyed by order, 4,096 consecutive order ids a block) that
+/// holds the entries of order `id`: what is stored and read back as one piece.
+pub const fn order_block_of(id: u64) -> u64 {
+    id >> CHUNK_BITS
+}
+
 /// An append-only vector stored in fixed chunks of 4,096: growing never moves existing items.
 ///
 /// Chunks are shared copy-on-write (`Arc`), so a clone (a checkpoint's snapshot of the shard's
@@ -841,7 +847,7 @@ pub trait BlockKey {
 
 impl BlockKey for (crate::ledger::types::OrderId, crate::ledger::types::AccountId) {
     fn block(&self) -> u64 {
-        self.0 .0 >> CHUNK_BITS
+        order_block_of(self.0 .0)
     }
 }
 

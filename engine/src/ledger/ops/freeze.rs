@@ -1,5 +1,7 @@
 //! Freezes: part of an account's available funds is held (settled first), and released later.
 
+use std::collections::BTreeSet;
+
 use crate::ledger::command::{StepProgress, STEP_CHUNKS_LIMIT, STEP_COUNT_LIMIT};
 use crate::ledger::growth::chunk_of;
 use crate::ledger::state::{check_amount, ok_order, Context, Effects, ShardState};
@@ -130,47 +132,65 @@ pub fn capture(state: &mut ShardState, context: &Context, id: OrderId, fx: &mut 
 
 /// Releases every freeze whose expiry is at or before now; replies with how many were released.
 pub fn expire(state: &mut ShardState, context: &Context, fx: &mut Effects) -> Reply {
-    let (released, _) = release_expired(state, context, context.now, (usize::MAX, usize::MAX), fx);
-    Reply { code: ResultCode::Ok, id: released as u64, status: None, replayed: false }
+    let mut released = 0u64;
+    while let Some((&(at, id), _)) = state.expiring_freezes.first_key_value() {
+        if at > context.now {
+            break;
+        }
+        release_in_full(state, context, id, fx);
+        released += 1;
+    }
+    Reply { code: ResultCode::Ok, id: released, status: None, replayed: false }
 }
 
-/// `expire` in a bounded step (`ExpireFreezesChunk`): releases at most `freezes_max` of the
-/// freezes whose expiry is at or before both `expired_before` and now, soonest first, of at
-/// most `chunks_max` chunks of stored orders (both clamped to the format's limits); the reply
-/// (`StepProgress`) says how many and, with `resume_at` `Some(0)`, that more are due.
+/// How many expiring freezes an `ExpireFreezesChunk` looks at for each it may release (see
+/// `expire_chunk`). Part of the journal's format: replay applies journaled steps with it.
+pub const EXPIRE_WINDOW_PER_FREEZE: usize = 4;
+
+/// `expire` in a bounded step (`ExpireFreezesChunk`): looks at the expiring freezes soonest
+/// first, at most `EXPIRE_WINDOW_PER_FREEZE` x `freezes_max` of them up to the cut-off (the
+/// earlier of `expired_before` and now), and releases at most `freezes_max` of them, of at
+/// most `chunks_max` chunks of stored orders: a freeze of another chunk once the step has its
+/// chunks is left for the next step, not an end to this one (freezes whose expiries take turns
+/// among many chunks would otherwise make steps of `chunks_max` freezes). Bounds clamped to the
+/// format's limits. The reply (`StepProgress`) says how many and, with `resume_at` `Some(0)`,
+/// that more are due. Every step releases the soonest freeze at least, so steps end.
 pub fn expire_chunk(state: &mut ShardState, context: &Context, expired_before: Timestamp, (freezes_max, chunks_max): (u32, u32), fx: &mut Effects) -> Reply {
-    let bounds = (freezes_max.clamp(1, STEP_COUNT_LIMIT) as usize, chunks_max.clamp(1, STEP_CHUNKS_LIMIT) as usize);
-    let (released, more) = release_expired(state, context, expired_before.min(context.now), bounds, fx);
-    let progress = StepProgress { count: released as u32, resume_at: more.then_some(0) };
+    let (freezes_max, chunks_max) = (freezes_max.clamp(1, STEP_COUNT_LIMIT) as usize, chunks_max.clamp(1, STEP_CHUNKS_LIMIT) as usize);
+    let (through, window) = (expired_before.min(context.now), freezes_max * EXPIRE_WINDOW_PER_FREEZE);
+    let mut chosen: Vec<OrderId> = Vec::new();
+    let mut chunks: BTreeSet<usize> = BTreeSet::new();
+    let mut more = false;
+    for (looked, &(at, id)) in state.expiring_freezes.keys().enumerate() {
+        if at > through {
+            break;
+        }
+        if chosen.len() == freezes_max || looked == window {
+            more = true;
+            break;
+        }
+        let chunk = chunk_of(id.local_index(state.shard_count) as usize);
+        if chunks.len() == chunks_max && !chunks.contains(&chunk) {
+            more = true;
+            continue;
+        }
+        chunks.insert(chunk);
+        chosen.push(id);
+    }
+    for id in &chosen {
+        release_in_full(state, context, *id, fx);
+    }
+    let progress = StepProgress { count: chosen.len() as u32, resume_at: more.then_some(0) };
     Reply { code: ResultCode::Ok, id: progress.to_reply_id(), status: None, replayed: false }
 }
 
-/// Releases up to `max` of the freezes expiring at or before `through`, soonest first, stopping
-/// before a freeze of a `chunks_max + 1`th chunk of stored orders; says how many, and whether
-/// more such are left.
-fn release_expired(state: &mut ShardState, context: &Context, through: Timestamp, (max, chunks_max): (usize, usize), fx: &mut Effects) -> (usize, bool) {
-    let mut released = 0;
-    // The chunks of stored orders touched so far (at most `chunks_max`, a short list).
-    let mut chunks: Vec<usize> = Vec::new();
-    while let Some((&(at, id), _)) = state.expiring_freezes.first_key_value() {
-        if at > through {
-            return (released, false);
-        }
-        let chunk = chunk_of(id.local_index(state.shard_count) as usize);
-        if released == max || (!chunks.contains(&chunk) && chunks.len() == chunks_max) {
-            return (released, true);
-        }
-        if !chunks.contains(&chunk) {
-            chunks.push(chunk);
-        }
-        let OrderDetail::Freeze { remaining, .. } = &state.order(id).expect("listed freezes exist").detail else {
-            unreachable!("only freezes are listed");
-        };
-        let remaining = *remaining;
-        release_unchecked(state, context, id, remaining, fx);
-        released += 1;
-    }
-    (released, false)
+/// Releases what remains of the listed freeze `id`.
+fn release_in_full(state: &mut ShardState, context: &Context, id: OrderId, fx: &mut Effects) {
+    let OrderDetail::Freeze { remaining, .. } = &state.order(id).expect("listed freezes exist").detail else {
+        unreachable!("only freezes are listed");
+    };
+    let remaining = *remaining;
+    release_unchecked(state, context, id, remaining, fx);
 }
 
 /// Moves `amount` from frozen back to the buckets it came from (the unsettled part first, as a

@@ -1,7 +1,7 @@
 //! Guarantee (escrow) payments: staged confirmation to receivers, and cancellation to the payer.
 
 use crate::ledger::command::StepProgress;
-use crate::ledger::growth::chunk_of;
+use crate::ledger::growth::{chunk_of, order_block_of};
 use crate::ledger::ops::payment::credit_income;
 use crate::ledger::state::{check_amount, credit_refusal_of, ok_order, Context, Effects, ShardState};
 use crate::ledger::types::*;
@@ -201,7 +201,10 @@ fn is_due(order: &Order, created_before: Timestamp) -> bool {
 /// oldest first, and confirms in full the due ones. Orders are indexed in creation order, so the
 /// first one created at or after `created_before` ends the work. The reply's id carries an
 /// `StepProgress`: how many were confirmed, and where the next step starts if any. The step
-/// also stops before an order of a `chunks_max + 1`th chunk of stored orders
+/// also stops before it would touch a `chunks_max + 1`th piece of stored history: the chunks of
+/// the orders it examines and the income blocks of those it confirms (a confirmed payment's
+/// local receivers' income is kept by order, `OrderBlocks`), counted from the ids, so replay
+/// stops where the step stopped; the first order examined is always taken, so steps end
 /// (`AutoConfirmStep`; `usize::MAX` for `AutoConfirmChunk`, which had no such bound).
 pub fn auto_confirm_chunk(
     state: &mut ShardState,
@@ -214,22 +217,32 @@ pub fn auto_confirm_chunk(
     let mut due = Vec::new();
     let mut resume_at = None;
     if let Some(index) = state.platform_orders.get(&context.platform) {
-        // Open orders come in index order, so a chunk once left is never touched again.
-        let (mut chunks, mut last_chunk) = (0usize, None);
+        // Open orders come in index order (and so in id order), so a chunk or a block once
+        // left is never touched again.
+        let (mut pieces, mut last_chunk, mut last_block) = (0usize, None, None);
         for (examined, &local) in index.open.range(after..).enumerate() {
             let chunk = chunk_of(local as usize);
-            if examined == orders_max || (last_chunk != Some(chunk) && chunks == chunks_max) {
+            let full = examined > 0 && pieces >= chunks_max;
+            if examined == orders_max || (last_chunk != Some(chunk) && full) {
                 resume_at = Some(local);
                 break;
             }
             if last_chunk != Some(chunk) {
-                (chunks, last_chunk) = (chunks + 1, Some(chunk));
+                (pieces, last_chunk) = (pieces + 1, Some(chunk));
             }
             let order = state.orders.get(local as usize).expect("indexed orders exist");
             if order.created_at >= created_before {
                 break;
             }
             if is_due(order, created_before) {
+                let block = order_block_of(order.id.0);
+                if last_block != Some(block) {
+                    if examined > 0 && pieces >= chunks_max {
+                        resume_at = Some(local);
+                        break;
+                    }
+                    (pieces, last_block) = (pieces + 1, Some(block));
+                }
                 due.push(order.id);
             }
         }
