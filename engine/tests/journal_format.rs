@@ -550,5 +550,7 @@ fn replay_refuses_a_journal_of_another_format() {
 #[test]
 fn the_bounds_replay_applies_to_steps_never_change() {
     use engine::ledger::command::{AUTO_CONFIRM_ORDERS_MAX, STEP_CHUNKS_LIMIT, STEP_COUNT_LIMIT};
+    use engine::ledger::ops::freeze::EXPIRE_WINDOW_PER_FREEZE;
     assert_eq!((AUTO_CONFIRM_ORDERS_MAX, STEP_COUNT_LIMIT, STEP_CHUNKS_LIMIT), (4096, 1 << 20, 1024), "{FORMAT_RULES}");
+    assert_eq!(EXPIRE_WINDOW_PER_FREEZE, 4, "{FORMAT_RULES}");
 }
