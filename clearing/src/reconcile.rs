@@ -401,11 +401,15 @@ impl Run<'_> {
                 Some(number) => crate::payouts::PayoutBook::get(self.store, platform, number.as_str())?.is_some_and(|note| note.tried.contains(&self.channel)),
                 None => false,
             };
-            if theirs_ok && tried_here && !self.by_hand && order.status == OrderStatus::Failed {
-                // This bank paid a payout that moved on from it and failed for good since: the
+            if theirs_ok && tried_here && !self.by_hand && matches!(order.status, OrderStatus::Failed | OrderStatus::Processing) {
+                // This bank paid a payout that moved on from it. Failed for good since: the
                 // actor's verdict opens its case and holds what went back (since session 59;
-                // before, only this case opened). One still waiting elsewhere is not given this
-                // verdict (the command line's `verdicts` would complete it).
+                // before, only this case opened). Still waiting on another channel: the actor
+                // marks it (`paid_by_left`: it falls back no further, and a failure for good
+                // there holds what goes back) and completes nothing (since session 62; before,
+                // only this case opened, and a failure there could send it to a third channel
+                // or refund it with nothing held: out twice). The actor's verdict is the one
+                // path (the command line reconciles through it too since session 59).
                 match verdicts(PayoutVerdict { order: id, succeeded: true, channel: Some(self.report.channel.clone()) }) {
                     Ok(_) | Err(ClearingError::Refused(_)) => {}
                     Err(error) => return Err(error),

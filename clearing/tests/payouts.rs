@@ -344,6 +344,46 @@ fn a_statement_or_a_left_channel_saying_a_failed_payout_was_paid_holds_what_went
     );
 }
 
+/// The left channel's own statement saying it paid a payout that waits on the next channel
+/// marks it as that channel's callback does (helper 98, session 62: the statement only opened
+/// its case, so a failure on the next channel sent the payout to a third, or refunded it with
+/// nothing held: out twice).
+#[test]
+fn a_left_channels_statement_while_the_payout_waits_holds_its_failure_for_good() {
+    use clearing_actor::calendar::Clock;
+    let w = World::new();
+    w.runtime.block_on(w.clearing.add_channel(spec(3, "spare", "out", "9.00"))).unwrap();
+    let account = w.account(1, 1_000_000);
+    let order = OrderId(w.payout("w1", account, 10_000).reply.id);
+    assert!(matches!(w.verdict(order, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    let day = Calendar { utc_offset_seconds: w.engine.config().utc_offset_seconds, ..Calendar::default() }.day(SystemClock.now_micros());
+    let file = format!(
+        "bank_ref,order_id,direction,amount,status,fee
+C1,{},out,100.00,succeeded,1.00
+",
+        bank::order_ref(order)
+    );
+    let report = serde_json::to_value(w.runtime.block_on(w.clearing.reconcile(1, day, file.into_bytes())).unwrap()).unwrap();
+    assert_eq!(report["counts"]["status_mismatch"], 1, "{report}");
+    assert_eq!(w.channel_of(order), (2, 500), "still waiting on dear");
+    let frozen = || w.engine.read_shard(0, move |s| s.account(account).unwrap().frozen).unwrap();
+    let failed = w.verdict(order, false, "dear").unwrap();
+    assert!(matches!(failed, VerdictOutcome::Completed { status: Some("failed"), .. }), "no fallback to spare: {failed:?}");
+    assert_eq!(frozen(), 10_500, "what went back is held");
+    assert!(w.open_cases().iter().any(|c| c.case_id == format!("case_paid_after_failure_{}_1", order.0)));
+    // Pasted by hand, the same line marks nothing: a payout waiting still falls back.
+    let second = OrderId(w.payout("w2", account, 10_000).reply.id);
+    assert!(matches!(w.verdict(second, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    let file = format!(
+        "bank_ref,order_id,direction,amount,status,fee
+C2,{},out,100.00,succeeded,1.00
+",
+        bank::order_ref(second)
+    );
+    w.runtime.block_on(w.clearing.reconcile_by_hand(1, day, file.into_bytes())).unwrap();
+    assert!(matches!(w.verdict(second, false, "dear").unwrap(), VerdictOutcome::Rerouted { rerouted_to, .. } if rerouted_to == "spare"));
+}
+
 /// A channel the payout left says it paid while the payout waits on the next one: it falls
 /// back no further, and when that one fails it for good what went back is held under a case
 /// (before, the left channel's case opened without a hold, and the payout could go on to a
