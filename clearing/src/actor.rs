@@ -31,7 +31,7 @@ use crate::calendar::Clock;
 use crate::cases::{Case, CaseBook, CaseFilter, CaseOpening, CasePage, HoldFate, Resolution};
 use crate::channels::{At, Channel, ChannelChange, ChannelReport, ChannelSet, ChannelSpec, ChannelTable, Decision, Fallback, RouteRequest};
 use crate::error::ClearingError;
-use crate::payouts::{PayoutBook, PayoutNote, PayoutOutcome, PayoutRequest, PayoutVerdict, VerdictOutcome};
+use crate::payouts::{HoldDue, HoldsDue, PayoutBook, PayoutNote, PayoutOutcome, PayoutRequest, PayoutVerdict, VerdictOutcome};
 use crate::reconcile::ReconcileReport;
 use crate::settlement::{PlatformTerms, Schedule, SettlementSummary};
 
@@ -211,6 +211,7 @@ impl Clearing {
             mailbox: mailbox.clone(),
         };
         actor.publish();
+        actor.finish_holds_due()?;
         let resumed = actor.resume()?;
         let tick = config.tick;
         std::thread::Builder::new().name("clearing".into()).spawn(move || actor.run(&inbox, tick)).map_err(|e| ClearingError::Storage(e.to_string()))?;
@@ -717,10 +718,20 @@ impl Actor {
             }
             failed_here = true;
         }
+        // A failure for good of a payout a left channel said it paid holds what goes back: the
+        // hold is noted as due first, so that a stop after the failure and before the hold
+        // leaves it to the next start (`finish_holds_due`).
+        let hold_due = paid_by_left.filter(|_| failed_here);
+        if let Some(left) = hold_due {
+            HoldsDue::save(self.store.as_ref(), order, HoldDue { left, channel })?;
+        }
         // The system acts (platform 0): verdicts are idempotent by order, so no order number.
         let reply = self.engine.execute_one(Envelope { platform: 0, out_order_no: None, command: Command::CompleteWithdrawal { order, succeeded } })?;
-        if let (true, true, Some(left)) = (reply.is_ok(), failed_here, paid_by_left) {
-            self.hold_paid_by_left(order, left, channel, account, currency, amount.saturating_add(fee), spec)?;
+        if let Some(left) = hold_due {
+            if reply.is_ok() {
+                self.hold_paid_by_left(order, left, channel, account, currency, amount.saturating_add(fee), spec)?;
+            }
+            HoldsDue::forget(self.store.as_ref(), order)?;
         }
         if reply.is_ok() {
             self.forget(order, channel);
@@ -833,6 +844,27 @@ impl Actor {
             reason: format!("{left_name} said it paid {reference}, which then failed on {} and whose money was returned{held}", names.name(channel)),
         };
         self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
+        Ok(())
+    }
+
+    /// Makes the holds a stop left due (`HoldsDue`): a payout failed for good whose hold was
+    /// noted but may not have been made gets it and its case now (each is once: the hold's
+    /// number is fixed, the case opens once); one whose failure did not happen (still waiting:
+    /// its verdict comes again) or that is another order's is dropped.
+    fn finish_holds_due(&mut self) -> Result<(), ClearingError> {
+        for (order, due) in HoldsDue::all(self.store.as_ref())? {
+            let shard = order.shard(self.engine.config().shard_count);
+            let found = self.engine.read_shard(shard, move |state| {
+                let o = state.platform_order(0, order)?;
+                let OrderDetail::Withdrawal { fee, .. } = o.detail else { return None };
+                Some((o.status, o.account, o.currency, o.amount.saturating_add(fee), state.currencies[o.currency.0 as usize]))
+            })?;
+            if let Some((OrderStatus::Failed, account, currency, amount, spec)) = found {
+                tracing::warn!(order = order.0, "a hold a stop left due is made now");
+                self.hold_paid_by_left(order, due.left, due.channel, account, currency, amount, spec)?;
+            }
+            HoldsDue::forget(self.store.as_ref(), order)?;
+        }
         Ok(())
     }
 

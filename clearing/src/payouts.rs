@@ -298,3 +298,58 @@ mod tests {
         assert!(PayoutBook::get_many(&store, 7, &numbers).is_err());
     }
 }
+
+/// Key prefix of the holds due (`xh/{order:020}`).
+const HOLD_DUE_PREFIX: &str = "xh/";
+
+/// A hold due on a payout that a channel it left said it paid (`PayoutNote::paid_by_left`) and
+/// that is being failed for good: written before the failure is submitted, dropped once the
+/// hold and its case are made. A stop between the failure and the hold (the failure durable,
+/// the hold not) leaves it for the next start, which makes the hold (before session 62 nothing
+/// did: the watchdog asks only about payouts still waiting, and a timeout's failure is never
+/// said again by the bank).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldDue {
+    /// The channel that said it paid (the hold's and case's).
+    pub left: u16,
+    /// The channel whose failure failed it for good.
+    pub channel: u16,
+}
+
+/// The holds due, in the store alone (`xh/`, JSON).
+pub struct HoldsDue;
+
+impl HoldsDue {
+    fn key(order: OrderId) -> Vec<u8> {
+        format!("{HOLD_DUE_PREFIX}{:020}", order.0).into_bytes()
+    }
+
+    /// Writes the hold due on `order` durably.
+    pub fn save(store: &dyn Store, order: OrderId, due: HoldDue) -> Result<(), ClearingError> {
+        storage::records::put(store, &[(Self::key(order), &due)]).map_err(|e| ClearingError::Storage(e.to_string()))
+    }
+
+    /// Drops the hold due on `order`.
+    pub fn forget(store: &dyn Store, order: OrderId) -> Result<(), ClearingError> {
+        let key = Self::key(order);
+        let mut end = key.clone();
+        end.push(0);
+        store.delete_range(&key, &end).map_err(|e| ClearingError::Storage(e.to_string()))
+    }
+
+    /// Every hold due, by order (few: each is one payout's failure in flight at a stop).
+    pub fn all(store: &dyn Store) -> Result<Vec<(OrderId, HoldDue)>, ClearingError> {
+        let mut found = Vec::new();
+        store
+            .scan(HOLD_DUE_PREFIX.as_bytes(), b"xh0", &mut |key, value| {
+                let order = std::str::from_utf8(&key[HOLD_DUE_PREFIX.len()..]).ok().and_then(|text| text.parse::<u64>().ok());
+                match (order, serde_json::from_slice::<HoldDue>(value)) {
+                    (Some(order), Ok(due)) => found.push((OrderId(order), due)),
+                    _ => tracing::error!("a hold due that cannot be read: {}", String::from_utf8_lossy(key)),
+                }
+                true
+            })
+            .map_err(|e| ClearingError::Storage(e.to_string()))?;
+        Ok(found)
+    }
+}

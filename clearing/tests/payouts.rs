@@ -384,6 +384,47 @@ C2,{},out,100.00,succeeded,1.00
     assert!(matches!(w.verdict(second, false, "dear").unwrap(), VerdictOutcome::Rerouted { rerouted_to, .. } if rerouted_to == "spare"));
 }
 
+/// A stop after a failure for good of a payout a left channel said it paid, before its hold
+/// (helper 98, session 62): the hold was noted as due first, and the next start makes it and
+/// its case (before, nothing did: the watchdog asks only about payouts still waiting, and a
+/// timeout's failure is never said again).
+#[test]
+fn a_hold_a_stop_left_due_is_made_at_the_next_start() {
+    use clearing_actor::payouts::{HoldDue, HoldsDue};
+    let w = World::new();
+    let account = w.account(1, 1_000_000);
+    let frozen = || w.engine.read_shard(0, move |s| s.account(account).unwrap().frozen).unwrap();
+    // The path without a stop leaves nothing due.
+    let first = OrderId(w.payout("w1", account, 10_000).reply.id);
+    assert!(matches!(w.verdict(first, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    assert!(matches!(w.verdict(first, true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
+    assert!(matches!(w.verdict(first, false, "dear").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    assert_eq!(frozen(), 10_500);
+    assert!(HoldsDue::all(w.store.as_ref()).unwrap().is_empty(), "made, so no longer due");
+    // The stop: the hold noted as due and the failure durable, nothing after.
+    let order = OrderId(w.payout("w2", account, 10_000).reply.id);
+    assert!(matches!(w.verdict(order, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    assert!(matches!(w.verdict(order, true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
+    w.clearing.stop();
+    HoldsDue::save(w.store.as_ref(), order, HoldDue { left: 1, channel: 2 }).unwrap();
+    let command = Command::CompleteWithdrawal { order, succeeded: false };
+    assert!(w.engine.execute_one(Envelope { platform: 0, out_order_no: None, command }).unwrap().is_ok());
+    assert_eq!(frozen(), 10_500, "the failure gave the money back, unheld");
+    let clearing = World::clearing(&w.engine, &w.store, w.bank.clone());
+    assert_eq!(frozen(), 2 * 10_500, "held at the start");
+    let open = w.runtime.block_on(clearing.cases_page(clearing_actor::cases::CaseFilter::Open, None, 50)).unwrap().cases;
+    let case_id = format!("case_paid_after_failure_{}_1", order.0);
+    assert!(open.iter().any(|c| c.case_id == case_id && !c.line["hold_order_id"].is_null()), "{open:?}");
+    assert!(HoldsDue::all(w.store.as_ref()).unwrap().is_empty());
+    // A hold due on a payout whose failure never happened is dropped: nothing is held.
+    let waiting = OrderId(w.runtime.block_on(clearing.payout(World::request("w3", account, 10_000))).unwrap().reply.id);
+    clearing.stop();
+    HoldsDue::save(w.store.as_ref(), waiting, HoldDue { left: 1, channel: 2 }).unwrap();
+    let _clearing = World::clearing(&w.engine, &w.store, w.bank.clone());
+    assert_eq!(frozen(), 2 * 10_500);
+    assert!(HoldsDue::all(w.store.as_ref()).unwrap().is_empty());
+}
+
 /// A channel the payout left says it paid while the payout waits on the next one: it falls
 /// back no further, and when that one fails it for good what went back is held under a case
 /// (before, the left channel's case opened without a hold, and the payout could go on to a
