@@ -216,6 +216,14 @@ pub fn reconcile_with(
     for (id, order) in missing {
         run.missing_theirs(OrderId(*id), order);
     }
+    if by_hand {
+        // A pasted statement carries nothing and ends no carry (helper 98, session 62: its
+        // lines were carried and a later run of the bank's own statement took them for the
+        // bank's word, crediting a recharge or failing a payout on an operator's paste alone;
+        // and it could end the bank's own carries).
+        run.report.carries.clear();
+        run.report.ended.clear();
+    }
     Ok(run.report)
 }
 
@@ -365,7 +373,9 @@ impl Run<'_> {
     fn line(&mut self, engine: &Engine, verdicts: Verdicts<'_>, ours: &HashMap<u64, Ours>, pending: Pending) -> Result<Option<OrderId>, ClearingError> {
         let Pending { line, carried_since, declared } = pending;
         let carry_key = format!("{}{}", carry_prefix(self.channel), line.bank_ref).into_bytes();
-        let case_id = format!("recon_{}_{}", self.channel, line.bank_ref);
+        // A pasted statement's cases have ids of their own: its lines are an operator's word, and
+        // must not take the ids the bank's own statement's lines will have (since session 62).
+        let case_id = format!("recon_{}{}_{}", if self.by_hand { "hand_" } else { "" }, self.channel, line.bank_ref);
         let found = bank::parse_order_ref(&line.order_id).and_then(|id| ours.get(&id.0).map(|o| (id, *o)));
         let Some((id, order)) = found else {
             self.missing_ours(line, carry_key, case_id, carried_since, declared);

@@ -357,12 +357,7 @@ fn a_left_channels_statement_while_the_payout_waits_holds_its_failure_for_good()
     let order = OrderId(w.payout("w1", account, 10_000).reply.id);
     assert!(matches!(w.verdict(order, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
     let day = Calendar { utc_offset_seconds: w.engine.config().utc_offset_seconds, ..Calendar::default() }.day(SystemClock.now_micros());
-    let file = format!(
-        "bank_ref,order_id,direction,amount,status,fee
-C1,{},out,100.00,succeeded,1.00
-",
-        bank::order_ref(order)
-    );
+    let file = format!("bank_ref,order_id,direction,amount,status,fee\nC1,{},out,100.00,succeeded,1.00\n", bank::order_ref(order));
     let report = serde_json::to_value(w.runtime.block_on(w.clearing.reconcile(1, day, file.into_bytes())).unwrap()).unwrap();
     assert_eq!(report["counts"]["status_mismatch"], 1, "{report}");
     assert_eq!(w.channel_of(order), (2, 500), "still waiting on dear");
@@ -374,14 +369,48 @@ C1,{},out,100.00,succeeded,1.00
     // Pasted by hand, the same line marks nothing: a payout waiting still falls back.
     let second = OrderId(w.payout("w2", account, 10_000).reply.id);
     assert!(matches!(w.verdict(second, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
-    let file = format!(
-        "bank_ref,order_id,direction,amount,status,fee
-C2,{},out,100.00,succeeded,1.00
-",
-        bank::order_ref(second)
-    );
+    let file = format!("bank_ref,order_id,direction,amount,status,fee\nC2,{},out,100.00,succeeded,1.00\n", bank::order_ref(second));
     w.runtime.block_on(w.clearing.reconcile_by_hand(1, day, file.into_bytes())).unwrap();
     assert!(matches!(w.verdict(second, false, "dear").unwrap(), VerdictOutcome::Rerouted { rerouted_to, .. } if rerouted_to == "spare"));
+}
+
+/// A pasted statement carries nothing and ends no carry, and its cases have ids of their own
+/// (helper 98, session 62: its lines naming orders not made yet were carried, and the next run
+/// of the bank's own statement took them for the bank's word).
+#[test]
+fn a_pasted_statement_carries_nothing_and_ends_no_carry() {
+    use clearing_actor::calendar::Clock;
+    let w = World::new();
+    let day = Calendar { utc_offset_seconds: w.engine.config().utc_offset_seconds, ..Calendar::default() }.day(SystemClock.now_micros());
+    let carries = || {
+        let mut keys = Vec::new();
+        w.store
+            .scan(b"r/carry/", b"r/carry0", &mut |key, _| {
+                keys.push(String::from_utf8_lossy(key).into_owned());
+                true
+            })
+            .unwrap();
+        keys
+    };
+    // The bank's own statement lists a line we do not have: carried.
+    let future = bank::order_ref(OrderId(900_000));
+    let bank_file = format!("bank_ref,order_id,direction,amount,status,fee\nB1,{future},out,100.00,succeeded,1.00\n");
+    w.runtime.block_on(w.clearing.reconcile(1, day, bank_file.into_bytes())).unwrap();
+    assert_eq!(carries(), ["r/carry/00001/B1"]);
+    // A paste naming another future order, and one listing B1 again: nothing carried, B1 kept.
+    let other = bank::order_ref(OrderId(900_001));
+    let pasted = format!("bank_ref,order_id,direction,amount,status,fee\nP1,{other},out,50.00,failed,0.00\nB1,{future},out,100.00,succeeded,1.00\n");
+    let report = serde_json::to_value(w.runtime.block_on(w.clearing.reconcile_by_hand(1, day, pasted.into_bytes())).unwrap()).unwrap();
+    assert_eq!(report["counts"]["carried"], 2, "{report}");
+    assert_eq!(carries(), ["r/carry/00001/B1"], "the paste carried nothing and ended nothing");
+    // A pasted line with another amount than our payout's opens the paste's own case, not the
+    // one the bank's line of that reference will open.
+    let account = w.account(1, 1_000_000);
+    let order = OrderId(w.payout("w1", account, 10_000).reply.id);
+    let wrong = format!("bank_ref,order_id,direction,amount,status,fee\nP2,{},out,99.00,succeeded,1.00\n", bank::order_ref(order));
+    w.runtime.block_on(w.clearing.reconcile_by_hand(1, day, wrong.into_bytes())).unwrap();
+    let ids: Vec<String> = w.open_cases().into_iter().map(|c| c.case_id).collect();
+    assert_eq!(ids, ["recon_hand_1_P2"]);
 }
 
 /// A stop after a failure for good of a payout a left channel said it paid, before its hold
