@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bank::StatementLine;
 use engine::ledger::command::{Command, Envelope};
+use engine::ledger::growth::chunk_of;
 use engine::ledger::types::{OrderDetail, OrderId, OrderKind, OrderStatus};
 use engine::money::{CurrencySpec, Minor};
 use engine::Engine;
@@ -288,23 +289,39 @@ fn channel_ledger(engine: &Engine, channel: u16, day: u32, named: &[OrderId]) ->
             ours.extend(part);
             from = to;
         }
-        let elsewhere: Vec<OrderId> = named.iter().filter(|id| id.shard(shard_count) == shard && !ours.contains_key(&id.0)).copied().collect();
-        if !elsewhere.is_empty() {
-            let calendar = calendar.clone();
+        // The orders the lines name on other days, by local index, grouped by the chunk of
+        // stored orders that holds them: read a few chunks at a time, each read back for the
+        // visit only (helper 98, session 62: they were read in one closure, each chunk read
+        // back and kept, so a file naming one order of every chunk held the shard while it
+        // brought the whole history into memory).
+        let mut elsewhere: Vec<u64> =
+            named.iter().filter(|id| id.shard(shard_count) == shard && !ours.contains_key(&id.0)).map(|id| id.local_index(shard_count)).collect();
+        elsewhere.sort_unstable();
+        elsewhere.dedup();
+        let groups: Vec<Vec<u64>> = elsewhere.chunk_by(|a, b| chunk_of(*a as usize) == chunk_of(*b as usize)).map(<[u64]>::to_vec).collect();
+        for some in groups.chunks(NAMED_CHUNKS_PER_READ) {
+            let (some, calendar) = (some.to_vec(), calendar.clone());
             let part = engine.read_shard(shard, move |state| {
-                elsewhere
-                    .iter()
-                    .filter_map(|id| {
-                        let order = state.order(*id)?;
-                        ours_of(order, channel, &calendar, state).or_else(|| left_payout(order, channel, &calendar, state))
-                    })
-                    .collect::<Vec<_>>()
+                let mut part = Vec::new();
+                for wanted in &some {
+                    let (first, last) = (wanted[0] as usize, wanted[wanted.len() - 1] as usize);
+                    state.orders.scan_range(first..last + 1, |order| {
+                        if wanted.binary_search(&order.id.local_index(shard_count)).is_ok() {
+                            part.extend(ours_of(order, channel, &calendar, state).or_else(|| left_payout(order, channel, &calendar, state)));
+                        }
+                    });
+                }
+                part
             })?;
             ours.extend(part);
         }
     }
     Ok(ours)
 }
+
+/// The chunks of stored orders one read of the orders a statement names reads back (see
+/// `channel_ledger`).
+const NAMED_CHUNKS_PER_READ: usize = 8;
 
 /// A payout now on another channel than `channel`, as `ours_of` reads it, marked `left`.
 fn left_payout(o: &engine::ledger::types::Order, channel: u16, calendar: &Calendar, state: &engine::ledger::state::ShardState) -> Option<(u64, Ours)> {

@@ -350,3 +350,59 @@ fn the_reserve_covers_what_it_must_and_meets_the_bank() {
     ));
     assert!(matches!(clearing_actor::reserve::check(&w.engine, CurrencyId(9), BankFigure::None), Err(ClearingError::Invalid { param: "currency", .. })));
 }
+
+/// A statement naming one old order of each chunk of stored orders reads them a few chunks at a
+/// time and keeps none in memory (helper 98, session 62: the named orders were read in one
+/// closure, each chunk read back and kept, so a file of one line a chunk brought the whole
+/// history into memory while the shard waited).
+#[test]
+fn a_statement_naming_old_orders_keeps_none_of_their_chunks_in_memory() {
+    use engine::shard::CheckpointPolicy;
+    let store: Arc<dyn storage::Store> = Arc::new(storage::MemoryStore::new());
+    let checkpoints = CheckpointPolicy { every_batches: 2, every_orders: 0, every: std::time::Duration::ZERO, kept: 2, on_shutdown: false };
+    let engine = Engine::start(EngineConfig { shard_count: 2, ack_flush_ms: 1, checkpoints, ..EngineConfig::default() }, store.clone()).unwrap();
+    let plain = |command| Envelope { platform: P, out_order_no: None, command };
+    let opens = (0..8).map(|owner| plain(Command::OpenAccount { owner: 100 + owner, currency: CurrencyId(0), limits: Limits::NONE })).collect();
+    let on_0: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).filter(|a| a.shard(2) == 0).collect();
+    let (payer, payee) = (on_0[0], on_0[1]);
+    assert!(engine.execute_one(plain(Command::Recharge { account: payer, currency: CurrencyId(0), amount: 1_000_000_000, channel: 9 })).unwrap().is_ok());
+    let legs: engine::ledger::types::Legs = [engine::ledger::types::Leg { account: payee, amount: 1 }].into_iter().collect();
+    let mut one_a_chunk: BTreeMap<u64, OrderId> = BTreeMap::new();
+    for _ in 0..12 {
+        let payments = (0..4096)
+            .map(|_| plain(Command::Payment { payer, guarantee: false, currency: CurrencyId(0), amount: 1, payees: legs.clone(), splits: Default::default() }))
+            .collect();
+        for reply in engine.execute(payments).unwrap() {
+            let id = OrderId(reply.id);
+            one_a_chunk.entry(id.local_index(2) >> 12).or_insert(id);
+        }
+    }
+    let named: Vec<OrderId> = one_a_chunk.into_values().collect();
+    let cold = |engine: &Engine, named: &[OrderId]| {
+        let named = named.to_vec();
+        engine.read_shard(0, move |state| named.iter().filter(|id| !state.orders.is_resident(id.local_index(2) as usize)).count()).unwrap()
+    };
+    for round in 0..3000u64 {
+        if cold(&engine, &named) >= 8 {
+            break;
+        }
+        engine.execute_one(plain(Command::OpenAccount { owner: 3_000_000 + round, currency: CurrencyId(0), limits: Limits::NONE })).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let before = cold(&engine, &named);
+    assert!(before >= 8, "{before} of the named orders out of memory");
+    let mut file = String::from("bank_ref,order_id,direction,amount,status,fee\n");
+    for (k, id) in named.iter().enumerate() {
+        file.push_str(&format!("L{k},{},out,0.01,succeeded,0.00\n", bank::order_ref(*id)));
+    }
+    let currencies = engine.config().currencies.clone();
+    let calendar = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() };
+    let channels = ChannelTable::new(vec![spec(1, "payout", "out", "1.00").build(&currencies).unwrap()], calendar.clone()).unwrap().set();
+    let day = calendar.day(SystemClock.now_micros());
+    let mut verdicts = clearing_actor::reconcile::verdicts_to_engine(&engine);
+    let report = clearing_actor::reconcile::reconcile(&engine, store.as_ref(), &channels, 1, day, file.as_bytes(), &mut verdicts).unwrap();
+    let report = serde_json::to_value(&report).unwrap();
+    assert_eq!(report["counts"]["carried"], named.len(), "none is a channel order of ours: {}", report["counts"]);
+    assert!(cold(&engine, &named) >= before, "the reads kept no chunk in memory");
+    engine.shutdown();
+}

@@ -538,18 +538,25 @@ impl<T: Clone + Serialize + serde::de::DeserializeOwned + Send + Sync + 'static>
         self.chunks.get(index >> CHUNK_BITS)?.data().get(index & (CHUNK_LEN - 1))
     }
 
-    /// The number of leading items for which `below` holds (they must come first), by bisection.
+    /// The number of leading items for which `below` holds (they must come first), by bisection:
+    /// of the chunks by their first items, then within the chunk found. A chunk out of memory is
+    /// read back for the look only (since session 62: bisecting the items kept each chunk it
+    /// looked at in memory, and reconciliation and the start bisect orders by time).
     pub fn partition_point(&self, below: impl Fn(&T) -> bool) -> usize {
-        let (mut low, mut high) = (0, self.len);
+        let (mut low, mut high) = (0, self.chunks.len());
         while low < high {
             let middle = low + (high - low) / 2;
-            if below(self.get(middle).expect("in range")) {
+            if self.chunks[middle].visit(|items| items.first().is_some_and(&below)) {
                 low = middle + 1;
             } else {
                 high = middle;
             }
         }
-        low
+        // Every chunk before `low - 1` holds only items below; the point is in chunk `low - 1`.
+        match low.checked_sub(1) {
+            None => 0,
+            Some(chunk) => (chunk << CHUNK_BITS) + self.chunks[chunk].visit(|items| items.partition_point(&below)),
+        }
     }
 
     /// All items in order (chunks out of memory are read back and kept until the shard drops
