@@ -57,6 +57,11 @@ fn offline_transfers_land_by_virtual_account_number_or_become_cases() {
     let (status, reply) = post(json!([{"bank_ref": "B-3", "virtual_account_no": number, "amount": "5.00", "currency": "CNY"}]));
     assert_eq!((status, reply["results"][0]["error"]["code"].as_str()), (200, Some("idempotency_conflict")), "a parked line stays parked: {reply}");
     assert_eq!(p.balances(&a).0, "300.00");
+    // A reference whose case id would be one of the clearing's own (a payout paid twice) is
+    // refused, nothing taken (session 62).
+    let (status, reply) = post(json!([{"bank_ref": "paid_after_failure_7_1", "virtual_account_no": "none", "amount": "5.00", "currency": "CNY"}]));
+    assert_eq!((status, reply["results"][0]["error"]["code"].as_str()), (200, Some("invalid_request")), "{reply}");
+    assert!(reply["results"][0]["error"]["message"].as_str().is_some_and(|m| m.contains("paid_")), "{reply}");
     let (_, cases) = server.get("/admin/cases", Some(token));
     let open: Vec<&str> = cases["cases"].as_array().unwrap().iter().map(|c| c["case_id"].as_str().unwrap()).collect();
     assert_eq!(open, ["case_B-2", "case_B-3"], "{cases}");

@@ -112,6 +112,11 @@ fn account_refuses(code: ResultCode) -> bool {
     )
 }
 
+/// The start of the bank references an offline line may not have: its case id
+/// (`case_{bank_ref}`) would be one of the clearing's own (`case_paid_after_failure_…`,
+/// `case_paid_by_left_channel_…`).
+const RESERVED_REF_PREFIX: &str = "paid_";
+
 /// Credits one statement line, or books it to suspense with a case. Lines are taken one at a
 /// time (`UPLOADS`), so a line's note is read and written by one request at once.
 async fn take_line(
@@ -121,6 +126,12 @@ async fn take_line(
     line: StatementLine,
 ) -> Result<serde_json::Value, ApiError> {
     let number = OutOrderNo::new(&line.bank_ref).ok_or_else(|| ApiError::invalid("bank_ref is 1 to 64 characters [A-Za-z0-9_-]", "bank_ref"))?;
+    // A line's case is `case_{bank_ref}`: a reference that would name one of the clearing's own
+    // cases (`case_paid_…`: a payout paid twice, whose case being open already means its hold
+    // is not placed) is refused before anything is taken (helper 98, session 62).
+    if line.bank_ref.starts_with(RESERVED_REF_PREFIX) {
+        return Err(ApiError::invalid("bank_ref must not start with \"paid_\" (the clearing's own cases' ids)", "bank_ref"));
+    }
     let (currency_id, spec) = currency(engine, &line.currency)?;
     // Banks pad amounts with zeros ("000100.50"); the API's amounts have none, a statement's may.
     let unpadded = match line.amount.trim_start_matches('0') {
