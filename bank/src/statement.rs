@@ -27,6 +27,9 @@ pub struct StatementLine {
     pub fee: Option<String>,
 }
 
+/// The longest bank reference a statement line may have, in characters.
+pub const BANK_REF_CHARS_MAX: usize = 128;
+
 /// Why a statement file was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StatementError {
@@ -61,6 +64,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<StatementLine>, StatementError> {
         (required("bank_ref")?, required("order_id")?, required("direction")?, required("amount")?, required("status")?);
     let fee = column("fee");
     let mut lines = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for record in reader.records() {
         let record = record.map_err(|e| StatementError::Line { line: e.position().map_or(0, |p| p.line()), reason: e.to_string() })?;
         if record.iter().all(str::is_empty) {
@@ -81,6 +85,16 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<StatementLine>, StatementError> {
         }
         if parsed.bank_ref.is_empty() || parsed.order_id.is_empty() || parsed.amount.is_empty() {
             return Err(StatementError::Line { line, reason: "bank_ref, order_id and amount are required".into() });
+        }
+        // A reference names a line's case (`recon_{channel}_{bank_ref}`) and its carry: one of
+        // 128 characters at most, once a file (since session 62: two lines of one reference
+        // shared a case about the first, and a reference of any length made a case id the
+        // cases' pages could not page past).
+        if parsed.bank_ref.chars().count() > BANK_REF_CHARS_MAX {
+            return Err(StatementError::Line { line, reason: format!("bank_ref is longer than {BANK_REF_CHARS_MAX} characters") });
+        }
+        if !seen.insert(parsed.bank_ref.clone()) {
+            return Err(StatementError::Line { line, reason: format!("bank_ref {} is on an earlier line too", parsed.bank_ref) });
         }
         lines.push(parsed);
         if lines.len() > LINES_MAX {
@@ -133,10 +147,21 @@ mod tests {
                 Err(StatementError::Line { line: 2, reason: "direction is in or out, status succeeded or failed".into() }),
             ),
             (b"\xFF\xFE\x00", Err(StatementError::Encoding)),
+            (
+                b"bank_ref,order_id,direction,amount,status\nB1,ord_1,in,1.00,succeeded\nB1,ord_2,in,2.00,succeeded\n",
+                Err(StatementError::Line { line: 3, reason: "bank_ref B1 is on an earlier line too".into() }),
+            ),
         ];
         for (bytes, expected) in cases {
             assert_eq!(&parse(bytes), expected, "{}", String::from_utf8_lossy(bytes));
         }
+    }
+
+    #[test]
+    fn a_bank_reference_is_at_most_128_characters() {
+        let file = |chars: usize| format!("bank_ref,order_id,direction,amount,status\n{},ord_1,in,1.00,succeeded\n", "工".repeat(chars));
+        assert_eq!(parse(file(128).as_bytes()).map(|lines| lines[0].bank_ref.chars().count()), Ok(128));
+        assert_eq!(parse(file(129).as_bytes()), Err(StatementError::Line { line: 2, reason: "bank_ref is longer than 128 characters".into() }));
     }
 
     #[test]
