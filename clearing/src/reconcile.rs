@@ -412,6 +412,16 @@ impl Run<'_> {
                 _ => Finding::StatusMismatch { bank_ref, order_id, case_id },
             }
         };
+        // Money out is a payout, money in anything else: a line of the other direction is not
+        // about this order as we have it (since session 62; before, a returned payout listed
+        // `in` matched it).
+        if (line.direction == "out") != order.withdrawal {
+            let ours = if order.withdrawal { "out (a payout)" } else { "in" };
+            let reason = format!("direction mismatch: ours {ours}, theirs {}", line.direction);
+            self.open_case(&case_id, line_value(), reason);
+            self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
+            return Ok(Some(id));
+        }
         // The bank's amount, read like its fee: exact decimal text in the currency's minor unit.
         if order.spec.parse(&line.amount) != Some(order.amount) {
             let reason = format!("amount mismatch: ours {}, theirs {}", order.spec.format(order.amount), line.amount);

@@ -406,3 +406,18 @@ fn a_statement_naming_old_orders_keeps_none_of_their_chunks_in_memory() {
     assert!(cold(&engine, &named) >= before, "the reads kept no chunk in memory");
     engine.shutdown();
 }
+
+/// A line of the other direction than the order (a payout listed `in`) is a status mismatch
+/// with its case, not a match (since session 62).
+#[test]
+fn a_line_of_the_other_direction_is_a_status_mismatch() {
+    let w = World::new();
+    let day = w.today();
+    let payout = w.payout(10_000, Some(true));
+    let file = format!("{HEADER}R1,{payout},in,100.00,succeeded,1.00\n");
+    let mut book = CaseBook::load(w.store.as_ref()).unwrap();
+    let report = w.reconcile(&mut book, 1, day, &file).unwrap();
+    assert_eq!(classes(&report).get("R1").map(String::as_str), Some("status_mismatch"), "{report}");
+    let case = book.get(w.store.as_ref(), "recon_1_R1").unwrap().expect("its case");
+    assert!(case.reason.contains("direction mismatch"), "{case:?}");
+}
