@@ -28,7 +28,7 @@ pub struct StatementLine {
 }
 
 /// The longest bank reference a statement line may have, in characters.
-pub const BANK_REF_CHARS_MAX: usize = 128;
+pub const BANK_REF_CHARS_MAX: usize = 100;
 
 /// Why a statement file was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -86,8 +86,9 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<StatementLine>, StatementError> {
         if parsed.bank_ref.is_empty() || parsed.order_id.is_empty() || parsed.amount.is_empty() {
             return Err(StatementError::Line { line, reason: "bank_ref, order_id and amount are required".into() });
         }
-        // A reference names a line's case (`recon_{channel}_{bank_ref}`) and its carry: one of
-        // 128 characters at most, once a file (since session 62: two lines of one reference
+        // A reference names a line's case (`recon_hand_{channel}_{bank_ref}` at most: 117
+        // characters, within the 128 the portal's forms take) and its carry: one of 100
+        // characters at most, once a file (since session 62: two lines of one reference
         // shared a case about the first, and a reference of any length made a case id the
         // cases' pages could not page past).
         if parsed.bank_ref.chars().count() > BANK_REF_CHARS_MAX {
@@ -158,10 +159,10 @@ mod tests {
     }
 
     #[test]
-    fn a_bank_reference_is_at_most_128_characters() {
+    fn a_bank_reference_is_at_most_100_characters() {
         let file = |chars: usize| format!("bank_ref,order_id,direction,amount,status\n{},ord_1,in,1.00,succeeded\n", "工".repeat(chars));
-        assert_eq!(parse(file(128).as_bytes()).map(|lines| lines[0].bank_ref.chars().count()), Ok(128));
-        assert_eq!(parse(file(129).as_bytes()), Err(StatementError::Line { line: 2, reason: "bank_ref is longer than 128 characters".into() }));
+        assert_eq!(parse(file(100).as_bytes()).map(|lines| lines[0].bank_ref.chars().count()), Ok(100));
+        assert_eq!(parse(file(101).as_bytes()), Err(StatementError::Line { line: 2, reason: "bank_ref is longer than 100 characters".into() }));
     }
 
     #[test]

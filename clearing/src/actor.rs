@@ -651,6 +651,8 @@ impl Actor {
             };
             if let Some(left) = noted.and_then(|note| note.paid_by_left) {
                 self.hold_paid_by_left(order, left, channel, account, currency, amount.saturating_add(fee), spec)?;
+                // Made now: a record an error left due is done with too.
+                HoldsDue::forget(self.store.as_ref(), order)?;
             }
         }
         if succeeded && status == OrderStatus::Failed {
@@ -851,21 +853,34 @@ impl Actor {
     /// noted but may not have been made gets it and its case now (each is once: the hold's
     /// number is fixed, the case opens once); one whose failure did not happen (still waiting:
     /// its verdict comes again) or that is another order's is dropped.
+    /// A hold is made only while the payout's note still says the channel paid it (an operator
+    /// who released that channel's case since cleared the mark: nothing is held against that
+    /// decision). An error leaves the record for the next start and the start goes on (as
+    /// `resume` does with an order it cannot look at).
     fn finish_holds_due(&mut self) -> Result<(), ClearingError> {
         for (order, due) in HoldsDue::all(self.store.as_ref())? {
-            let shard = order.shard(self.engine.config().shard_count);
-            let found = self.engine.read_shard(shard, move |state| {
-                let o = state.platform_order(0, order)?;
-                let OrderDetail::Withdrawal { fee, .. } = o.detail else { return None };
-                Some((o.status, o.account, o.currency, o.amount.saturating_add(fee), state.currencies[o.currency.0 as usize]))
-            })?;
-            if let Some((OrderStatus::Failed, account, currency, amount, spec)) = found {
+            if let Err(error) = self.finish_hold_due(order, due) {
+                tracing::error!(order = order.0, "a hold left due not made at start: {error}");
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_hold_due(&mut self, order: OrderId, due: HoldDue) -> Result<(), ClearingError> {
+        let shard = order.shard(self.engine.config().shard_count);
+        let found = self.engine.read_shard(shard, move |state| {
+            let o = state.platform_order(0, order)?;
+            let OrderDetail::Withdrawal { fee, .. } = o.detail else { return None };
+            Some((o.status, o.platform, o.out_order_no, o.account, o.currency, o.amount.saturating_add(fee), state.currencies[o.currency.0 as usize]))
+        })?;
+        if let Some((OrderStatus::Failed, platform, Some(number), account, currency, amount, spec)) = found {
+            let marked = PayoutBook::get(self.store.as_ref(), platform, number.as_str())?.and_then(|note| note.paid_by_left);
+            if marked == Some(due.left) {
                 tracing::warn!(order = order.0, "a hold a stop left due is made now");
                 self.hold_paid_by_left(order, due.left, due.channel, account, currency, amount, spec)?;
             }
-            HoldsDue::forget(self.store.as_ref(), order)?;
         }
-        Ok(())
+        HoldsDue::forget(self.store.as_ref(), order)
     }
 
     /// Holds `amount` (capped at an order's largest) of `account` for case `case_id` about
@@ -1003,7 +1018,8 @@ impl Actor {
             note.paid_by_left = None;
             PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note)?;
         }
-        Ok(())
+        // Nothing is held against the operator's decision (a record an error left due).
+        HoldsDue::forget(self.store.as_ref(), order)
     }
 
     /// A case's hold (`hold_order_id` in its line), if any, is released or captured into

@@ -42,8 +42,10 @@ use crate::settlement::channel_of;
 pub type Verdicts<'a> = &'a mut dyn FnMut(PayoutVerdict) -> Result<VerdictOutcome, ClearingError>;
 
 /// `Verdicts` straight to the engine, for where nothing else moves payouts (tests of the
-/// reconciliation alone): a payout still on the channel is completed. No case's hold: the
-/// command line reconciles through the clearing actor since session 59.
+/// reconciliation alone): the payout is completed whatever channel it is on now (the actor
+/// checks that; since session 62 a statement also sends the verdict of a channel a waiting
+/// payout left, which this would complete). No case's hold: the command line reconciles
+/// through the clearing actor since session 59.
 pub fn verdicts_to_engine(engine: &Engine) -> impl FnMut(PayoutVerdict) -> Result<VerdictOutcome, ClearingError> + '_ {
     move |verdict| {
         let command = Command::CompleteWithdrawal { order: verdict.order, succeeded: verdict.succeeded };
@@ -186,7 +188,9 @@ pub fn reconcile_with(
     verdicts: Verdicts<'_>,
     by_hand: bool,
 ) -> Result<ReconcileReport, ClearingError> {
-    let (lines, ended) = lines_with_carries(store, channel, file)?;
+    // A pasted statement is checked on its own lines: the bank's carried lines are the bank's
+    // runs' (a paste declaring one that came due opened a case the bank's next run opened again).
+    let (lines, ended) = lines_with_carries(store, channel, file, !by_hand)?;
     let named: Vec<OrderId> = lines.iter().filter_map(|pending| bank::parse_order_ref(&pending.line.order_id)).collect();
     let ours = channel_ledger(engine, channel, day, &named)?;
     let mut run = Run {
@@ -231,9 +235,12 @@ pub fn reconcile_with(
 /// The file's lines, then the lines carried from earlier days that it does not list; a line in
 /// the file that was carried keeps the day it was first seen. A carry that ended and was kept
 /// as null (before session 53) is skipped, and its key returned to be deleted.
-fn lines_with_carries(store: &dyn Store, channel: u16, file: &[u8]) -> Result<(Vec<Pending>, Vec<Vec<u8>>), ClearingError> {
+fn lines_with_carries(store: &dyn Store, channel: u16, file: &[u8], with_carries: bool) -> Result<(Vec<Pending>, Vec<Vec<u8>>), ClearingError> {
     let parsed = bank::statement::parse(file).map_err(|error| ClearingError::invalid(error.to_string(), "file"))?;
     let mut lines: Vec<Pending> = parsed.into_iter().map(|line| Pending { line, carried_since: None, declared: false }).collect();
+    if !with_carries {
+        return Ok((lines, Vec::new()));
+    }
     let mut in_file: HashMap<String, usize> = lines.iter().enumerate().map(|(index, p)| (p.line.bank_ref.clone(), index)).collect();
     let prefix = carry_prefix(channel);
     let carried = storage::records::load_all::<Option<Carried>>(store, prefix.as_bytes()).map_err(ClearingError::Storage)?;
@@ -304,8 +311,13 @@ fn channel_ledger(engine: &Engine, channel: u16, day: u32, named: &[OrderId]) ->
             let part = engine.read_shard(shard, move |state| {
                 let mut part = Vec::new();
                 for wanted in &some {
+                    // Ids past the shard's orders name none (and on one shard a made-up id may
+                    // be as large as the type: no sum past it).
                     let (first, last) = (wanted[0] as usize, wanted[wanted.len() - 1] as usize);
-                    state.orders.scan_range(first..last + 1, |order| {
+                    if first >= state.orders.len() {
+                        continue;
+                    }
+                    state.orders.scan_range(first..last.saturating_add(1), |order| {
                         if wanted.binary_search(&order.id.local_index(shard_count)).is_ok() {
                             part.extend(ours_of(order, channel, &calendar, state).or_else(|| left_payout(order, channel, &calendar, state)));
                         }
@@ -560,7 +572,7 @@ impl Run<'_> {
             self.note(Class::AwaitingBank, Some(Finding::AwaitingBank { order_id }));
             return;
         }
-        let case_id = format!("recon_{}_{order_id}", self.channel);
+        let case_id = format!("recon_{}{}_{order_id}", if self.by_hand { "hand_" } else { "" }, self.channel);
         let line = serde_json::json!({"order_id": order_id, "amount": order.spec.format(order.amount), "status": order.status.name()});
         self.open_case(&case_id, line, "missing on their side (短款): our order is not on the bank's statement".into());
         self.note(Class::MissingTheirs, Some(Finding::MissingTheirs { order_id, case_id }));

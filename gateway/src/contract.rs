@@ -253,7 +253,7 @@ const DATE_TIME_PATTERN: &str = "^(197[1-9]|19[89][0-9]|2[0-9]{3})-(0[1-9]|1[0-2
 /// A field starts with a character that is not blank, for JSON Schema's `\s` (ECMA-262) and for
 /// Rust's `str::trim`, which the statement reader applies: U+0085 (next line) is blank only for
 /// the second, so a field of it alone was valid here and empty there (Schemathesis, session 46).
-const RECONCILE_FILE_PATTERN: &str = "^bank_ref,order_id,direction,amount,status,fee(\\n[^,\"\\s\\u0085][^,\"\\n\\r]*,[^,\"\\s\\u0085][^,\"\\n\\r]*,(in|out),[^,\"\\s\\u0085][^,\"\\n\\r]*,(succeeded|failed)(,[^,\"\\n\\r]*)?){0,20}\\n?$";
+const RECONCILE_FILE_PATTERN: &str = "^bank_ref,order_id,direction,amount,status,fee(\\n[^,\"\\s\\u0085][^,\"\\n\\r]{0,99},[^,\"\\s\\u0085][^,\"\\n\\r]*,(in|out),[^,\"\\s\\u0085][^,\"\\n\\r]*,(succeeded|failed)(,[^,\"\\n\\r]*)?){0,20}\\n?$";
 const RECONCILE_FILE_EXAMPLE: &str = "bank_ref,order_id,direction,amount,status,fee\nB0001,ord_42,in,100.50,succeeded,0.10\n";
 
 /// A non-negative decimal in major units with at most `exponent` decimals (fees, caps, a bank
@@ -324,7 +324,7 @@ fn schema_rule(schema: &str, field: &str, setting: &Setting) -> Option<Value> {
         }
         ("ReconcileBody", "channel") => named(setting.channels, "A configured channel."),
         ("ReconcileBody", "file") => {
-            json!({"type": "string", "pattern": RECONCILE_FILE_PATTERN, "description": "The channel's statement file as the bank sent it: CSV with a header line naming its columns (bank_ref, order_id, amount, ...), then one line per movement.", "example": RECONCILE_FILE_EXAMPLE})
+            json!({"type": "string", "pattern": RECONCILE_FILE_PATTERN, "description": "The channel's statement file as the bank sent it: CSV with a header line naming its columns (bank_ref, order_id, amount, ...), then one line per movement; each bank_ref at most 100 characters and on one line only.", "example": RECONCILE_FILE_EXAMPLE})
         }
         ("PayoutBody", "holder_name") => text(1, 64, "The card holder's name (1 to 64 characters).", "张三"),
         ("PayoutBody", "account_type") => {

@@ -1643,6 +1643,23 @@ mod tests {
         }
     }
 
+    /// The bisection by chunks finds what a walk of the items finds, at every point of vectors
+    /// of every length around the chunks' edges (session 62).
+    #[test]
+    fn partition_point_is_the_first_item_not_below() {
+        for len in [0, 1, 2, CHUNK_LEN - 1, CHUNK_LEN, CHUNK_LEN + 1, 2 * CHUNK_LEN, 2 * CHUNK_LEN + 3, 3 * CHUNK_LEN + 1] {
+            let mut v = ChunkedVec::default();
+            for i in 0..len {
+                v.push(i);
+            }
+            let points = [0, 1, 2, CHUNK_LEN - 1, CHUNK_LEN, CHUNK_LEN + 1, 2 * CHUNK_LEN - 1, 2 * CHUNK_LEN, 2 * CHUNK_LEN + 2, 3 * CHUNK_LEN, len, len + 1];
+            for point in points {
+                let expected = v.iter().position(|item| *item >= point).unwrap_or(len);
+                assert_eq!(v.partition_point(|item| *item < point), expected, "length {len}, point {point}");
+            }
+        }
+    }
+
     #[test]
     fn chunked_vec_crosses_chunks() {
         let mut v = ChunkedVec::default();
