@@ -618,8 +618,13 @@ impl Actor {
                 let tried = noted.as_ref().is_none_or(|(_, note)| note.tried.contains(&left_id));
                 if let (true, OrderStatus::Processing, Some((number, mut note))) = (tried, status, noted) {
                     // Still waiting on its next channel: it goes no further, and if that one
-                    // fails it for good, what goes back is held (`paid_by_left`).
-                    if note.paid_by_left.is_none() {
+                    // fails it for good, what goes back is held (`paid_by_left`). Not once an
+                    // operator released this channel's case (its word found wrong): its word
+                    // said again (a repeat, its statement read again) does not undo that
+                    // decision quietly (since session 62; helper 99).
+                    let released =
+                        self.cases.get(self.store.as_ref(), &case_id)?.is_some_and(|case| case.status == "resolved" && case.hold.as_deref() != Some("capture"));
+                    if note.paid_by_left.is_none() && !released {
                         note.paid_by_left = Some(left_id);
                         PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note)?;
                     }

@@ -514,6 +514,8 @@ fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
     assert!(matches!(w.verdict(second, true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
     let case = format!("case_paid_by_left_channel_{}_1", second.0);
     w.runtime.block_on(w.clearing.resolve_case(case, resolution("cheap's callback was wrong"))).unwrap();
+    // Its word said again (a repeat, its statement read again) does not undo the decision.
+    assert!(matches!(w.verdict(second, true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
     assert!(matches!(w.verdict(second, false, "dear").unwrap(), VerdictOutcome::Rerouted { rerouted_to, .. } if rerouted_to == "spare"));
 
     // A stop after a failure for good and before its hold (simulated: the mark written on a
