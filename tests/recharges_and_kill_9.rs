@@ -26,6 +26,20 @@ fn the_simulator_fails_its_share_and_callbacks_must_be_signed() {
         assert_eq!(answer(request.send_string(&body), "callback").status(), 401);
     }
     assert_eq!(p.balances(&a).0, "0.00");
+    // Signed by the bank but about another amount: refused, nothing moves (session 62).
+    let master = std::fs::read_to_string(dir.path().join("master-key")).expect("the master key in the data directory");
+    let channel_key = gateway::secrets::hmac_hex(&hex::decode(master.trim()).expect("hex"), b"channel-key/simulator");
+    let (_, _, waiting) = p.post("/v1/recharges", &json!({"out_order_no": "r-2", "account_id": a, "amount": "5.00", "currency": "CNY"}));
+    for amount in ["50.00", "5.001", "-5.00"] {
+        let body = json!({"kind": "recharge", "order_id": waiting["order_id"], "status": "succeeded", "amount": amount}).to_string();
+        let header = banksim::signature_header(&channel_key, now(), body.as_bytes());
+        let request = ureq::post(&format!("{}/channels/simulator/callback", server.base)).set("X-Channel-Signature", &header);
+        let response = answer(request.send_string(&body), "callback");
+        assert_eq!(response.status(), 400, "{amount}");
+        let error: serde_json::Value = response.into_json().unwrap();
+        assert_eq!(error["error"]["code"], "invalid_request", "{error}");
+    }
+    assert_eq!(p.balances(&a).0, "0.00");
     server.stop();
 }
 

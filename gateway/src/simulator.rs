@@ -63,6 +63,20 @@ pub async fn receive_callback(
         "failed" => false,
         _ => return Err(ApiError::invalid("status is succeeded or failed", "status")),
     };
+    // The bank's amount is the order's: a verdict about another amount is not about this order
+    // as we have it, and moves nothing (its statement line opens a case). Since session 62
+    // (helper 98: the amount was read and never compared).
+    let shard = order.shard(engine.config().shard_count);
+    let reader = engine.get_ref().clone();
+    let found = crate::error::blocking(move || {
+        reader.read_shard(shard, move |state| state.platform_order(0, order).map(|o| (o.amount, state.currencies[o.currency.0 as usize])))
+    })
+    .await??;
+    if let Some((amount, spec)) = found {
+        if spec.parse(&callback.amount) != Some(amount) {
+            return Err(ApiError::invalid("amount is not the order's amount", "amount"));
+        }
+    }
     match callback.kind.as_str() {
         "withdrawal" => {
             let outcome = clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: callback.channel }).await?;
