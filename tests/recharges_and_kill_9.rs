@@ -40,6 +40,12 @@ fn the_simulator_fails_its_share_and_callbacks_must_be_signed() {
         assert_eq!(error["error"]["code"], "invalid_request", "{error}");
     }
     assert_eq!(p.balances(&a).0, "0.00");
+    // A payout's verdict that does not name its channel is refused (session 62).
+    let body = json!({"kind": "withdrawal", "order_id": waiting["order_id"], "status": "failed", "amount": "5.00"}).to_string();
+    let header = banksim::signature_header(&channel_key, now(), body.as_bytes());
+    let request = ureq::post(&format!("{}/channels/simulator/callback", server.base)).set("X-Channel-Signature", &header);
+    let error: serde_json::Value = answer(request.send_string(&body), "callback").into_json().unwrap();
+    assert_eq!((error["error"]["code"].as_str(), error["error"]["param"].as_str()), (Some("invalid_request"), Some("channel")), "{error}");
     server.stop();
 }
 

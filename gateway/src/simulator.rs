@@ -31,8 +31,8 @@ pub struct Callback {
     /// `succeeded` or `failed`.
     pub status: String,
     pub amount: String,
-    /// The channel the verdict is about (withdrawals): a verdict of a channel the order has
-    /// left since (after a fallback) is stale and ignored.
+    /// The channel the verdict is about (required for withdrawals since session 62): a verdict
+    /// of a channel the order has left since (after a fallback) is stale and ignored.
     #[serde(default)]
     pub channel: Option<String>,
 }
@@ -79,7 +79,13 @@ pub async fn receive_callback(
     }
     match callback.kind.as_str() {
         "withdrawal" => {
-            let outcome = clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: callback.channel }).await?;
+            // A payout's verdict names its channel: one key signs for every channel, and after a
+            // fallback a verdict without it would be taken for the current channel's (since
+            // session 62; helper 98).
+            let Some(channel) = callback.channel.filter(|name| !name.is_empty()) else {
+                return Err(ApiError::invalid("channel is required for a withdrawal's verdict", "channel"));
+            };
+            let outcome = clearing.payout_verdict(PayoutVerdict { order, succeeded, channel: Some(channel) }).await?;
             Ok(HttpResponse::Ok().json(outcome))
         }
         "recharge" => {
