@@ -624,6 +624,9 @@ impl Actor {
                     // decision quietly (since session 62; helper 99).
                     let released =
                         self.cases.get(self.store.as_ref(), &case_id)?.is_some_and(|case| case.status == "resolved" && case.hold.as_deref() != Some("capture"));
+                    if released {
+                        tracing::warn!(order = order.0, channel = name, "a channel whose word an operator found wrong says again it paid: not marked");
+                    }
                     if note.paid_by_left.is_none() && !released {
                         note.paid_by_left = Some(left_id);
                         PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note)?;
@@ -1019,12 +1022,19 @@ impl Actor {
         let Some((platform, Some(number))) = self.engine.read_shard(shard, move |state| state.order(order).map(|o| (o.platform, o.out_order_no)))? else {
             return Ok(());
         };
-        if let Some(mut note) = PayoutBook::get(self.store.as_ref(), platform, number.as_str())?.filter(|note| note.paid_by_left.is_some()) {
+        // Only the mark of the channel this case is about (its id ends with it): releasing another
+        // left channel's case leaves the first one's mark (helper 100, session 62: any release
+        // cleared it, and the payout fell back again while the marking channel's case was open).
+        let channel = case.case_id.rsplit('_').next().and_then(|id| id.parse::<u16>().ok());
+        if let Some(mut note) =
+            PayoutBook::get(self.store.as_ref(), platform, number.as_str())?.filter(|note| note.paid_by_left.is_some() && note.paid_by_left == channel)
+        {
             note.paid_by_left = None;
             PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note)?;
+            // Nothing is held against the operator's decision (a record an error left due).
+            HoldsDue::forget(self.store.as_ref(), order)?;
         }
-        // Nothing is held against the operator's decision (a record an error left due).
-        HoldsDue::forget(self.store.as_ref(), order)
+        Ok(())
     }
 
     /// A case's hold (`hold_order_id` in its line), if any, is released or captured into

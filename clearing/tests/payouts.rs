@@ -518,6 +518,22 @@ fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
     assert!(matches!(w.verdict(second, true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
     assert!(matches!(w.verdict(second, false, "dear").unwrap(), VerdictOutcome::Rerouted { rerouted_to, .. } if rerouted_to == "spare"));
 
+    // Two channels it left say they paid: the first marks it. Releasing the second's case (its
+    // word wrong) leaves the first's mark, whose case is still open (helper 100: any release
+    // cleared it, and the payout fell back again).
+    let both = OrderId(w.payout("w5", account, 10_000).reply.id);
+    for channel in ["cheap", "dear"] {
+        assert!(matches!(w.verdict(both, false, channel).unwrap(), VerdictOutcome::Rerouted { .. }));
+    }
+    for channel in ["cheap", "dear"] {
+        assert!(matches!(w.verdict(both, true, channel).unwrap(), VerdictOutcome::Stale { .. }));
+    }
+    let dear_case = format!("case_paid_by_left_channel_{}_2", both.0);
+    w.runtime.block_on(w.clearing.resolve_case(dear_case, resolution("dear's callback was wrong"))).unwrap();
+    let held_before = frozen();
+    assert!(matches!(w.verdict(both, false, "spare").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
+    assert!(frozen() > held_before, "still marked by cheap: what went back is held");
+
     // A stop after a failure for good and before its hold (simulated: the mark written on a
     // failed payout's note): the failure said again, by the watchdog or the bank, holds it.
     let third = OrderId(w.payout("w3", account, 10_000).reply.id);
