@@ -126,11 +126,7 @@ const LISTED_PREFIX: &[u8; 4] = b"m/l/";
 
 /// The key of `shard`'s listing of its checkpoint at `sequence` (see `LISTED_PREFIX`).
 pub fn listed_key(shard: ShardId, sequence: u64) -> [u8; 14] {
-    let mut key = [0u8; 14];
-    key[..4].copy_from_slice(LISTED_PREFIX);
-    key[4..6].copy_from_slice(&shard.to_be_bytes());
-    key[6..].copy_from_slice(&sequence.to_be_bytes());
-    key
+    crate::journal::shard_sequence_key(LISTED_PREFIX, shard, sequence)
 }
 
 /// The key of `shard`'s writing mark (see `WRITING_PREFIX`).

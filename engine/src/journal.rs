@@ -47,8 +47,14 @@ pub const CHECKPOINT_PREFIX: &[u8] = b"m/c/";
 
 /// The storage key of the checkpoint of `shard` at batch `sequence` (see `CHECKPOINT_PREFIX`).
 pub fn checkpoint_key(shard: ShardId, sequence: u64) -> [u8; 14] {
+    shard_sequence_key(CHECKPOINT_PREFIX, shard, sequence)
+}
+
+/// A four-byte prefix (a constant's), then `shard` and `sequence` big-endian: the layout of the checkpoints'
+/// keys and of their listings' (`checkpoint::listed_key`), which sort by shard, then batch.
+pub(crate) fn shard_sequence_key(prefix: &[u8], shard: ShardId, sequence: u64) -> [u8; 14] {
     let mut key = [0u8; 14];
-    key[..4].copy_from_slice(CHECKPOINT_PREFIX);
+    key[..4].copy_from_slice(prefix);
     key[4..6].copy_from_slice(&shard.to_be_bytes());
     key[6..14].copy_from_slice(&sequence.to_be_bytes());
     key
