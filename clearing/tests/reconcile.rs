@@ -366,6 +366,13 @@ fn a_statement_naming_old_orders_keeps_none_of_their_chunks_in_memory() {
     let on_0: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).filter(|a| a.shard(2) == 0).collect();
     let (payer, payee) = (on_0[0], on_0[1]);
     assert!(engine.execute_one(plain(Command::Recharge { account: payer, currency: CurrencyId(0), amount: 1_000_000_000, channel: 9 })).unwrap().is_ok());
+    // A payout through channel 1, waiting for its verdict: an order of the channel that the
+    // next day's statement names (the bank lists a verdict a day after the order), in the
+    // first chunk, which goes out of memory with the others.
+    let payout = engine.execute_one(plain(Command::Withdraw { account: payer, currency: CurrencyId(0), amount: 500, fee: 100, channel: 1 })).unwrap();
+    assert!(payout.is_ok(), "{payout:?}");
+    let payout = OrderId(payout.id);
+    assert_eq!(payout.shard(2), 0);
     let legs: engine::ledger::types::Legs = [engine::ledger::types::Leg { account: payee, amount: 1 }].into_iter().collect();
     let mut one_a_chunk: BTreeMap<u64, OrderId> = BTreeMap::new();
     for _ in 0..12 {
@@ -377,7 +384,8 @@ fn a_statement_naming_old_orders_keeps_none_of_their_chunks_in_memory() {
             one_a_chunk.entry(id.local_index(2) >> 12).or_insert(id);
         }
     }
-    let named: Vec<OrderId> = one_a_chunk.into_values().collect();
+    let mut named: Vec<OrderId> = one_a_chunk.into_values().collect();
+    named.push(payout);
     let cold = |engine: &Engine, named: &[OrderId]| {
         let named = named.to_vec();
         engine.read_shard(0, move |state| named.iter().filter(|id| !state.orders.is_resident(id.local_index(2) as usize)).count()).unwrap()
@@ -391,19 +399,28 @@ fn a_statement_naming_old_orders_keeps_none_of_their_chunks_in_memory() {
     }
     let before = cold(&engine, &named);
     assert!(before >= 8, "{before} of the named orders out of memory");
+    assert_eq!(cold(&engine, &[payout]), 1, "the payout's chunk is out of memory");
+    // The payout's verdict changes its chunk (read back and kept): the others' are only read.
+    let others: Vec<OrderId> = named.iter().copied().filter(|id| id.local_index(2) >> 12 != payout.local_index(2) >> 12).collect();
+    let others_before = cold(&engine, &others);
     let mut file = String::from("bank_ref,order_id,direction,amount,status,fee\n");
     for (k, id) in named.iter().enumerate() {
-        file.push_str(&format!("L{k},{},out,0.01,succeeded,0.00\n", bank::order_ref(*id)));
+        let (amount, fee) = if *id == payout { ("5.00", "1.00") } else { ("0.01", "0.00") };
+        file.push_str(&format!("L{k},{},out,{amount},succeeded,{fee}\n", bank::order_ref(*id)));
     }
     let currencies = engine.config().currencies.clone();
     let calendar = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() };
     let channels = ChannelTable::new(vec![spec(1, "payout", "out", "1.00").build(&currencies).unwrap()], calendar.clone()).unwrap().set();
-    let day = calendar.day(SystemClock.now_micros());
+    // The next day's statement: the payout is an order of another day, found by the named read.
+    let day = calendar.day(SystemClock.now_micros()) + 1;
     let mut verdicts = clearing_actor::reconcile::verdicts_to_engine(&engine);
     let report = clearing_actor::reconcile::reconcile(&engine, store.as_ref(), &channels, 1, day, file.as_bytes(), &mut verdicts).unwrap();
     let report = serde_json::to_value(&report).unwrap();
-    assert_eq!(report["counts"]["carried"], named.len(), "none is a channel order of ours: {}", report["counts"]);
-    assert!(cold(&engine, &named) >= before, "the reads kept no chunk in memory");
+    assert_eq!(report["counts"]["carried"], named.len() - 1, "only the payout is a channel order of ours: {}", report["counts"]);
+    assert_eq!(report["counts"]["auto_resolved"], 1, "the payout's verdict applied: {report}");
+    let status = engine.read_shard(0, move |state| state.platform_order(P, payout).map(|o| o.status)).unwrap();
+    assert_eq!(status, Some(engine::ledger::types::OrderStatus::Succeeded), "the cold payout was found and completed");
+    assert!(cold(&engine, &others) >= others_before, "the reads kept no chunk in memory");
     engine.shutdown();
 }
 
