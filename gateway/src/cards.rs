@@ -25,10 +25,24 @@ use crate::simulator::{Simulator, DEPOSIT_REMARK};
 
 /// Wrong verification amounts that lock a card.
 pub const VERIFY_TRIES_MAX: u8 = 3;
+/// Wrong verification amounts one platform may give for one card number, whichever of its binds
+/// they were given for, within `CARD_NO_WINDOW_SECONDS` of the first: past them the number's
+/// binds are locked and it cannot be bound again on that platform until the window ends. A
+/// bind's deposit is one of 99 amounts, so three guesses a bind, bound again and again (a
+/// platform can open any number of accounts for one identity), found any card's amount within
+/// about 33 binds, and a verified card can be debited by a collection (helper 102, session 63).
+pub const CARD_NO_WRONG_MAX: u8 = VERIFY_TRIES_MAX;
+/// The window of `CARD_NO_WRONG_MAX` (30 days).
+pub const CARD_NO_WINDOW_SECONDS: i64 = 30 * 86_400;
+/// Binds (each a micro-deposit at the operator's cost) one platform may make of one card number
+/// a business day, whatever the accounts.
+pub const CARD_NO_BINDS_PER_DAY: u8 = 3;
 /// Cards one account may bind per business day unless `[cards]` says otherwise: each bind costs
 /// the operator a micro-deposit, and a locked card's re-bind is a bind.
 pub const BINDS_PER_ACCOUNT_PER_DAY_DEFAULT: u32 = 5;
 const PREFIX: &str = "c/";
+/// `cw/{platform}{card number's digest}`: a card number's guard on a platform (`NumberGuard`).
+const GUARD_PREFIX: &[u8] = b"cw/";
 
 /// A card as the gateway keeps it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -134,6 +148,60 @@ enum BindRefusal {
     Exists(Card),
     /// The account bound its day's number of cards; retry after this many seconds.
     Limit { retry_after_seconds: i64 },
+    /// The card number was bound its day's number of times on the platform.
+    NumberLimit { retry_after_seconds: i64 },
+    /// The card number met `CARD_NO_WRONG_MAX` wrong amounts on the platform; bind it again
+    /// after this many seconds.
+    NumberLocked { retry_after_seconds: i64 },
+}
+
+/// What a platform did with one card number lately, whichever accounts bound it: its wrong
+/// verification amounts in the window begun at `wrong_since`, and its binds on business day
+/// `binds_day`. Written with the card it concerns, in one write under the cards' lock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct NumberGuard {
+    wrong: u8,
+    wrong_since: i64,
+    binds: u8,
+    binds_day: i64,
+}
+
+impl NumberGuard {
+    /// Until when (unix seconds) the number is locked at `now`, if it is.
+    fn locked_until(&self, now: i64) -> Option<i64> {
+        let until = self.wrong_since.saturating_add(CARD_NO_WINDOW_SECONDS);
+        (self.wrong >= CARD_NO_WRONG_MAX && now < until).then_some(until)
+    }
+
+    /// Counts a wrong amount given at `now` (a window ended begins again).
+    fn wrong_at(&mut self, now: i64) {
+        // A window that ended begins again at `now` (a clock set back before the window began
+        // keeps it and its tries: that errs on the side of locking).
+        if now >= self.wrong_since.saturating_add(CARD_NO_WINDOW_SECONDS) {
+            (self.wrong, self.wrong_since) = (0, now);
+        }
+        self.wrong = self.wrong.saturating_add(1);
+    }
+
+    /// Binds of the number counted on business day `today` (a later day, the clock set back
+    /// since, counts as today's).
+    fn binds_on(&self, today: i64) -> u8 {
+        if self.binds_day >= today {
+            self.binds
+        } else {
+            0
+        }
+    }
+}
+
+/// The key of `card_no`'s guard on `platform`: the number's SHA-256 (16 bytes of it), not the
+/// number.
+fn guard_key(platform: u32, card_no: &str) -> [u8; 23] {
+    let mut key = [0u8; 23];
+    key[..3].copy_from_slice(GUARD_PREFIX);
+    key[3..7].copy_from_slice(&platform.to_be_bytes());
+    key[7..].copy_from_slice(&Sha256::digest(card_no.as_bytes())[..16]);
+    key
 }
 
 /// A card number: 12 to 19 digits with a valid Luhn check digit.
@@ -179,10 +247,20 @@ impl Cards {
         }
         let today = day(now);
         let bound_today = self.bound_on(card.account, today, &day)?;
+        let next_day_starts = (today + 1) * 86_400 - utc_offset_seconds as i64;
         if bound_today >= self.binds_per_account_per_day as usize {
-            let next_day_starts = (today + 1) * 86_400 - utc_offset_seconds as i64;
             return Ok(Err(BindRefusal::Limit { retry_after_seconds: (next_day_starts - now).max(1) }));
         }
+        let number = guard_key(card.platform, &card.card_no);
+        let mut guard = self.guard(&number)?;
+        if let Some(until) = guard.locked_until(now) {
+            return Ok(Err(BindRefusal::NumberLocked { retry_after_seconds: (until - now).max(1) }));
+        }
+        if guard.binds_on(today) >= CARD_NO_BINDS_PER_DAY {
+            return Ok(Err(BindRefusal::NumberLimit { retry_after_seconds: (next_day_starts - now).max(1) }));
+        }
+        (guard.binds, guard.binds_day) = (guard.binds_on(today).saturating_add(1), today.max(guard.binds_day));
+        let guard = serde_json::to_vec(&guard).expect("guards serialize");
         card.id = self.highest_id.load(Ordering::Relaxed) + 1;
         if self.store.get(&card_key(card.id)).map_err(ApiError::store)?.is_some() {
             // Bound behind this process's back (a binary from before these keys, or a write
@@ -198,8 +276,8 @@ impl Cards {
         let record = serde_json::to_vec(&card).expect("cards serialize");
         let id_bytes = card.id.to_be_bytes();
         let (key, by_account, bound_at, pending) = (card_key(card.id), account_key(card.account, card.id), now.to_be_bytes(), pending_key(card.id));
-        let mut puts: Vec<(&[u8], &[u8])> = Vec::with_capacity(5);
-        puts.extend([(key.as_slice(), record.as_slice()), (&order, &id_bytes), (&by_account, &bound_at), (HIGHEST, &id_bytes)]);
+        let mut puts: Vec<(&[u8], &[u8])> = Vec::with_capacity(6);
+        puts.extend([(key.as_slice(), record.as_slice()), (&order, &id_bytes), (&by_account, &bound_at), (HIGHEST, &id_bytes), (&number, &guard)]);
         if card.status == "pending_verification" {
             puts.push((&pending, b""));
         }
@@ -270,6 +348,56 @@ impl Cards {
             }
         }
         Ok((outcome, card))
+    }
+
+    /// The guard of a card number on a platform (`guard_key`); a default one if none is kept.
+    fn guard(&self, key: &[u8]) -> Result<NumberGuard, ApiError> {
+        match self.store.get(key).map_err(ApiError::store)? {
+            Some(value) => serde_json::from_slice(&value).map_err(|_| ApiError::corrupt("a card number's guard")),
+            None => Ok(NumberGuard::default()),
+        }
+    }
+
+    /// Checks `amount` against card `id`'s micro-deposit at `now`, as one step under the cards'
+    /// lock (blocking): concurrent calls are taken one after the other, so at most
+    /// `VERIFY_TRIES_MAX` wrong amounts are compared for a card and `CARD_NO_WRONG_MAX` for its
+    /// number on its platform in a window. A wrong amount counts for the card and for its number
+    /// (one write of both); a card whose number is locked is locked without a comparison.
+    /// Answers whether the amount was right, and the card as saved.
+    fn verify_amount(&self, platform: u32, account: AccountId, id: u64, amount: i64, now: i64) -> Result<(bool, Card), ApiError> {
+        let _changing = self.changing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut card = self.get(platform, account, id)?.ok_or_else(ApiError::not_found)?;
+        match card.status.as_str() {
+            "verified" => return Ok((true, card)),
+            "locked" => return Err(locked()),
+            "unbound" => return Err(ApiError::not_found()),
+            _ => {}
+        }
+        let number = guard_key(platform, &card.card_no);
+        let mut guard = self.guard(&number)?;
+        let right = guard.locked_until(now).is_none() && amount == card.deposit_minor;
+        if right {
+            card.status = "verified".into();
+        } else if guard.locked_until(now).is_some() {
+            card.status = "locked".into();
+        } else {
+            card.tries = card.tries.saturating_add(1);
+            guard.wrong_at(now);
+            if card.tries >= VERIFY_TRIES_MAX || guard.locked_until(now).is_some() {
+                card.status = "locked".into();
+            }
+        }
+        let (record, guard) = (serde_json::to_vec(&card).expect("cards serialize"), serde_json::to_vec(&guard).expect("guards serialize"));
+        let key = card_key(card.id);
+        self.store.write(&[(key.as_slice(), record.as_slice()), (&number, &guard)]).map_err(ApiError::store)?;
+        // The change is durable: a mark that cannot be dropped now is dropped by the next
+        // start's `waiting`, so the caller is not told it failed.
+        if card.status != "pending_verification" {
+            if let Err(error) = self.unmark(card.id) {
+                tracing::warn!("cards: card {} left its waiting mark: {error}", card.id);
+            }
+        }
+        Ok((right, card))
     }
 
     fn save(&self, card: &Card) -> Result<(), ApiError> {
@@ -469,6 +597,13 @@ pub(crate) struct VerifyBody {
     amount: String,
 }
 
+/// The micro-deposits' amounts in minor units for a currency of `exponent` decimals: below 1.00
+/// (1 to 10^exponent - 1), or 1 to 99 minor units where that leaves fewer than 99 (exponents 0
+/// and 1).
+fn deposit_range(exponent: u8) -> std::ops::Range<i64> {
+    1..10i64.pow(exponent.min(6) as u32).max(100)
+}
+
 /// The order number a card's micro-deposit is booked under, and the reference the bank's line
 /// of it carries.
 fn deposit_reference(card: u64) -> String {
@@ -550,8 +685,9 @@ pub async fn bind_card(
         Ok(member) => member,
         Err(card) => return replay_pending(engine, bank, card, &content, (currency, spec), account).await,
     };
-    // Below 1.00 and at least one minor unit, in the account's currency.
-    let deposit_minor = rand::thread_rng().gen_range(1..10i64.pow(spec.exponent as u32).max(2));
+    // Below 1.00 and at least one minor unit, in the account's currency; one of at least 99
+    // amounts whatever its exponent (one with no minor unit drew 1 every time, helper 102).
+    let deposit_minor = rand::thread_rng().gen_range(deposit_range(spec.exponent));
     let card = Card {
         id: 0,
         platform,
@@ -572,6 +708,18 @@ pub async fn bind_card(
         Err(BindRefusal::Limit { retry_after_seconds }) => {
             let error = ApiError::new(429, "card_bind_limit_reached", "this account has bound as many cards as it may today; bind again tomorrow");
             return Err(ApiError { retry_after_seconds: Some(u32::try_from(retry_after_seconds).unwrap_or(u32::MAX)), ..error });
+        }
+        Err(BindRefusal::NumberLimit { retry_after_seconds }) => {
+            let error = ApiError::new(429, "card_bind_limit_reached", "this card number was bound as many times as it may be today; bind it again tomorrow");
+            return Err(ApiError { retry_after_seconds: Some(u32::try_from(retry_after_seconds).unwrap_or(u32::MAX)), param: Some("card_no".into()), ..error });
+        }
+        Err(BindRefusal::NumberLocked { retry_after_seconds }) => {
+            let error = ApiError::new(
+                422,
+                "card_locked",
+                "three wrong amounts were given for this card number within 30 days; it cannot be bound again before Retry-After",
+            );
+            return Err(ApiError { retry_after_seconds: Some(u32::try_from(retry_after_seconds).unwrap_or(u32::MAX)), param: Some("card_no".into()), ..error });
         }
     };
     deposit(engine, bank, &card, (currency, spec), account).await?;
@@ -650,29 +798,9 @@ pub async fn verify_card(engine: &Arc<Engine>, cards: &Arc<Cards>, platform: u32
     // Checked first, whatever the card's state: bad input is a 400 even for a verified card.
     let amount = crate::orders::amount(amount, &spec, "amount")?;
     let changing = cards.clone();
-    // The try is counted and saved under the card's change lock: concurrent calls are taken one
-    // after the other, so at most VERIFY_TRIES_MAX wrong amounts are ever compared.
-    let (right, card) = blocking(move || {
-        changing.change(platform, account, id, |card| {
-            match card.status.as_str() {
-                "verified" => return Ok(true),
-                "locked" => return Err(locked()),
-                "unbound" => return Err(ApiError::not_found()),
-                _ => {}
-            }
-            let right = amount == card.deposit_minor;
-            if right {
-                card.status = "verified".into();
-            } else {
-                card.tries = card.tries.saturating_add(1);
-                if card.tries >= VERIFY_TRIES_MAX {
-                    card.status = "locked".into();
-                }
-            }
-            Ok(right)
-        })
-    })
-    .await??;
+    // The try is counted and saved under the cards' lock, for the card and for its number on
+    // the platform (`Cards::verify_amount`).
+    let (right, card) = blocking(move || changing.verify_amount(platform, account, id, amount, unix_seconds())).await??;
     match (right, card.status.as_str()) {
         (true, _) => Ok(card),
         (false, "locked") => Err(locked()),
@@ -681,7 +809,11 @@ pub async fn verify_card(engine: &Arc<Engine>, cards: &Arc<Cards>, platform: u32
 }
 
 fn locked() -> ApiError {
-    ApiError::new(422, "card_locked", "three wrong amounts locked this card; bind it again")
+    ApiError::new(
+        422,
+        "card_locked",
+        "three wrong amounts locked this card (or its number, given for any of its binds within 30 days); bind it again after that",
+    )
 }
 
 #[utoipa::path(delete, path = "/v1/accounts/{account_id}/cards/{card_id}", tag = "cards", params(("account_id" = String, Path, description = "Account id (acc_...)"), ("card_id" = String, Path, description = "Card id (card_...)")), responses((status = 200, description = "Success", body = crate::schemas::CardView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
@@ -752,12 +884,13 @@ mod tests {
         }
     }
 
+    /// A card of its own number (binds of one number are counted apart: `NumberGuard`).
     fn card(account: u64, n: u32) -> Card {
         Card {
             id: 0,
             platform: 1,
             account,
-            card_no: "4111111111111111".into(),
+            card_no: format!("62{account:08}{n:08}"),
             holder_name: "Zhang San".into(),
             status: "pending_verification".into(),
             deposit_minor: 12,
@@ -777,6 +910,62 @@ mod tests {
             })
             .unwrap();
         ids
+    }
+
+    #[test]
+    fn deposits_are_one_of_at_least_99_amounts_below_one_unit_where_the_currency_allows() {
+        assert_eq!(deposit_range(2), 1..100, "0.01 to 0.99");
+        assert_eq!(deposit_range(3), 1..1000);
+        assert_eq!(deposit_range(0), 1..100, "no minor unit: 1 to 99, not always 1");
+        assert_eq!(deposit_range(1), 1..100);
+        assert_eq!(deposit_range(6), 1..1_000_000);
+    }
+
+    /// Three wrong amounts for one card number on a platform, over three of its binds (on
+    /// different accounts), lock the number: its pending binds are locked without a comparison
+    /// and it cannot be bound again until 30 days after the first; another platform's binds
+    /// of the number are its own. A number is bound at most `CARD_NO_BINDS_PER_DAY` times a day
+    /// on a platform, whatever the accounts (helper 102, session 63).
+    #[test]
+    fn wrong_amounts_and_binds_are_counted_by_card_number_across_binds() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let cards = Cards::load(store.clone(), 5).unwrap();
+        let now = 1_800_000_000i64;
+        let same = |account: u64, n: u32, platform: u32| Card { card_no: "4111111111111111".into(), platform, ..card(account, n) };
+        let bound = |c: Card, at: i64| match cards.bind_new(c, at, 0).unwrap() {
+            Ok(card) => card,
+            Err(_) => panic!("refused"),
+        };
+        let first = bound(same(1, 1, 1), now);
+        let second = bound(same(2, 1, 1), now + 1);
+        let third = bound(same(3, 1, 1), now + 2);
+        assert!(matches!(cards.bind_new(same(4, 1, 1), now + 3, 0).unwrap(), Err(BindRefusal::NumberLimit { .. })), "three binds of the number today");
+        let elsewhere = bound(same(4, 1, 2), now + 3);
+        // One wrong amount on each of two binds, then one on the third: the number is locked.
+        for (c, at) in [(&first, now + 10), (&second, now + 11)] {
+            let (right, card) = cards.verify_amount(1, AccountId(c.account), c.id, 99, at).unwrap();
+            assert!(!right && card.status == "pending_verification", "{card:?}");
+        }
+        let (right, card) = cards.verify_amount(1, AccountId(third.account), third.id, 99, now + 12).unwrap();
+        assert!(!right && card.status == "locked", "the third wrong amount for the number: {card:?}");
+        // The first bind's right amount is not compared any more.
+        let (right, card) = cards.verify_amount(1, AccountId(first.account), first.id, first.deposit_minor, now + 13).unwrap();
+        assert!(!right && card.status == "locked", "{card:?}");
+        assert!(pending_ids(store.as_ref()).iter().all(|id| *id != first.id && *id != third.id), "locked cards wait for nothing");
+        let next_day = now + 86_400;
+        assert!(
+            matches!(cards.bind_new(same(5, 1, 1), next_day, 0).unwrap(), Err(BindRefusal::NumberLocked { retry_after_seconds }) if retry_after_seconds == CARD_NO_WINDOW_SECONDS + 10 - 86_400)
+        );
+        let unlocked = now + 10 + CARD_NO_WINDOW_SECONDS;
+        let again = bound(same(5, 2, 1), unlocked);
+        let (right, card) = cards.verify_amount(1, AccountId(again.account), again.id, again.deposit_minor, unlocked + 1).unwrap();
+        assert!(right && card.status == "verified", "a new window: {card:?}");
+        // The other platform's bind of the number was never locked.
+        let other = cards.get(2, AccountId(4), elsewhere.id).unwrap().expect("the other platform's card");
+        assert_eq!(other.status, "pending_verification");
+        // The guards survive a reload (they are in the store).
+        let reloaded = Cards::load(store.clone(), 5).unwrap();
+        assert!(matches!(reloaded.bind_new(same(6, 1, 1), next_day, 0).unwrap(), Err(BindRefusal::NumberLocked { .. })));
     }
 
     /// Each account's cards are indexed in the store: the day's count and the listing read that
