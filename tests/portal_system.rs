@@ -298,6 +298,58 @@ fn reconciliation_runs_against_the_simulators_statement_and_a_case_is_resolved_b
     server.stop();
 }
 
+/// Money in suspense is given back, and money taken into it, by an adjustment two system
+/// operators agree on from the portal (helper 103, session 63: they were carried out as the
+/// platform, which the engine refuses for suspense, so every such proposal failed `not_found`).
+/// The account side must be the named platform's.
+#[test]
+fn an_adjustment_out_of_suspense_and_into_it_is_carried_out_from_the_portal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_configured(dir.path(), TOKEN, &config_with(money::FAST_BANK));
+    let p = Client::create(&server, TOKEN, "{\"name\": \"Shop\"}");
+    let other = Client::create(&server, TOKEN, "{\"name\": \"Elsewhere\"}");
+    let account = p.account(&p.member("m-1", "Zhang San"));
+    let theirs = other.account(&other.member("m-2", "Li Si"));
+    p.fund(&account, "10.00", "r-1");
+    // A bank transfer without a usable virtual account number: its 5.00 goes to suspense.
+    let lines = json!({"lines": [{"bank_ref": "B-1", "virtual_account_no": "for the sofa", "amount": "5.00", "currency": "CNY"}]});
+    let request = ureq::post(&format!("{}/admin/offline-transfers", server.base)).set("Authorization", &format!("Bearer {TOKEN}"));
+    assert_eq!(answer(request.send_string(&lines.to_string()), "offline").status(), 200);
+    let mut admin = admin(&server);
+    let mut approver = operator(&server, &mut admin, "approver", "system", "", &["viewer", "approver"]);
+    let mut clerk = operator(&server, &mut admin, "clerk", "system", "", &["viewer", "operator"]);
+    let available = |p: &Client, account: &str| p.get(&format!("/v1/accounts/{account}")).1["balances"]["available"].as_str().unwrap().to_string();
+    let mut carried = |platform: &str, from: &str, to: &str, amount: &str| {
+        let csrf = clerk.csrf();
+        let fields = [
+            ("csrf", csrf.as_str()),
+            ("kind", "adjustment"),
+            ("platform", platform),
+            ("from", from),
+            ("to", to),
+            ("amount", amount),
+            ("currency", "CNY"),
+            ("reason", "the sofa's payer, found by its bank reference"),
+        ];
+        let id = proposal_id(&clerk.post("/portal/approvals", &fields));
+        let csrf = approver.csrf();
+        approver.post(&format!("/portal/approvals/{id}/approve"), &[("csrf", &csrf)]).body
+    };
+    let out = carried(&p.platform, "suspense", &account, "5.00");
+    assert!(out.contains("(executed)."), "{out}");
+    assert_eq!(available(&p, &account), "15.00");
+    let into = carried(&p.platform, &account, "suspense", "2.00");
+    assert!(into.contains("(executed)."), "{into}");
+    assert_eq!(available(&p, &account), "13.00");
+    // Named for one platform, the account of another: not carried out, nothing moves.
+    let crossed = carried(&p.platform, "suspense", &theirs, "1.00");
+    assert!(!crossed.contains("(executed).") && crossed.contains("not_found"), "{crossed}");
+    assert_eq!(available(&other, &theirs), "0.00");
+    let (_, invariants) = server.get("/admin/invariants", Some(TOKEN));
+    assert_eq!(invariants["ok"], true, "{invariants}");
+    server.stop();
+}
+
 /// A statement pasted on the reconciliation page is checked, not taken as the bank's word: a
 /// line saying a waiting recharge succeeded opens a case and credits nothing (one operator
 /// alone could otherwise credit money no bank sent).

@@ -81,6 +81,27 @@ async fn resolve_suspense(engine: &Arc<Engine>, key: u128, preferred: ShardId, c
     Ok(if holding.contains(&preferred) { preferred } else { holding.first().copied().unwrap_or(preferred) })
 }
 
+/// Executes an adjustment the portals' approvals carried for `platform`: between its accounts as
+/// the platform; into or out of suspense as the system (platform 0, which alone may touch
+/// suspense in the engine), once its account side, if any, is found to be `platform`'s (404
+/// naming `from` or `to` otherwise). Before session 63 those were carried out as the platform,
+/// which the engine refuses for suspense: every such proposal failed `not_found`, and money in
+/// suspense could not be given back from the portal (helper 103). The order is the platform's
+/// (the engine gives a system adjustment the platform of the account it touches).
+pub async fn adjust_approved(engine: &Arc<Engine>, platform: u32, request: &AdjustmentRequest) -> Result<Value, ApiError> {
+    let shard_count = engine.config().shard_count;
+    let sides = [(side(&request.from, shard_count, "from")?, "from"), (side(&request.to, shard_count, "to")?, "to")];
+    if !sides.iter().any(|(side, _)| matches!(side, Side::Suspense(_))) {
+        return adjust(engine, platform, request).await;
+    }
+    for (side, param) in sides {
+        if let Side::Account(account) = side {
+            crate::accounts::account_of(engine, platform, account).await.map_err(|error| ApiError { param: Some(param.into()), ..error })?;
+        }
+    }
+    adjust(engine, 0, request).await
+}
+
 /// Executes an approved adjustment for `platform` (0: the system operator, who alone may touch
 /// suspense) and answers the order's view. Checked here as the API checks (order number,
 /// currency, amount, ids); everything else is the engine's (its result codes mapped by

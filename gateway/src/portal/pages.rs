@@ -688,7 +688,7 @@ pub async fn execute(executors: &Executors, proposal: &super::approvals::Proposa
                 proposer: proposal.proposer.clone(),
                 approver: proposal.decider.clone().unwrap_or_default(),
             };
-            let order = crate::adjustments::adjust(&executors.engine, *platform, &request).await.map_err(money_not_done)?;
+            let order = crate::adjustments::adjust_approved(&executors.engine, *platform, &request).await.map_err(money_not_done)?;
             Ok((format!("order {} {}", order["order_id"].as_str().unwrap_or(""), order["status"].as_str().unwrap_or("")), None))
         }
         Action::SetLimits { platform, account, limits } => {
