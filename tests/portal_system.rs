@@ -132,6 +132,17 @@ fn a_registered_platform_signs_with_the_shown_secret_and_suspension_refuses_it()
     let (once, twice) = (admin.post("/portal/system/platforms", &fields), admin.post("/portal/system/platforms", &fields));
     assert_eq!(text_of(&once, "platform-id"), text_of(&twice, "platform-id"), "{}", twice.body);
     assert_eq!(text_of(&once, "platform-secret"), text_of(&twice, "platform-secret"));
+    // Another system operator who read the number (the audit log shows it) and sends the form
+    // again is not shown the secret (helper 103, session 63: it was, and could then sign the
+    // platform's requests alone).
+    let mut other = operator(&server, &mut admin, "other", "system", "", &["viewer", "operator"]);
+    let other_csrf = other.csrf();
+    let mut theirs = fields;
+    theirs[0] = ("csrf", other_csrf.as_str());
+    let third = other.post("/portal/system/platforms", &theirs);
+    let shown = text_of(&once, "platform-secret");
+    assert!(third.status == 200 && !third.body.contains(&shown) && !third.body.contains("platform-secret"), "{}", third.body);
+    assert!(third.body.contains("shown only to whoever made it"), "{}", third.body);
     // The bad input is refused with a notice.
     let csrf = admin.csrf();
     let refused = admin.post("/portal/system/platforms", &[("csrf", &csrf), ("name", " "), ("settlement_cycle_days", "1")]);

@@ -873,6 +873,7 @@ mod tests {
             secret_rotated_by: None,
             created_as: None,
             created_at: None,
+            created_by: None,
         };
         assert!(agreements.require(&platform, 5, Purpose::OpenAccount).is_ok());
         assert!(agreements.require(&platform, 5, Purpose::BindCard).is_ok());

@@ -50,6 +50,10 @@ pub struct Platform {
     /// of its creation shows the secret only within `CREATION_REPLAY_SECONDS` of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<i64>,
+    /// Who made it (`NewPlatform::created_by`; `None` for the operator API and platforms made
+    /// before session 63).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }
 
 /// How long a repeated creation request (its `out_order_no`) answers with the platform's secret:
@@ -136,6 +140,12 @@ pub struct NewPlatform {
     /// `idempotency_conflict`. Without it every request makes a platform.
     #[serde(default)]
     pub out_order_no: Option<String>,
+    /// Who asks (the portal's operator, `operator:{id}`; `None` for the operator API's one
+    /// token): a repeat of the creation shows the secret only to whoever made the platform.
+    /// Never read from a request body.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub created_by: Option<String>,
 }
 
 /// The longest platform name, in characters.
@@ -233,6 +243,13 @@ impl Platforms {
                     let message = "this out_order_no made a platform more than a day ago: its secret is not shown again (rotate it if it was lost)";
                     return Err(ApiError::new(409, "idempotency_conflict", message));
                 }
+                // Only to whoever made it: another system operator can read the number in the
+                // audit log, and repeating the request showed it the platform's live secret
+                // (helper 103, session 63).
+                if made.created_by != request.created_by {
+                    let message = "this out_order_no made a platform already, for another operator: its secret is shown only to whoever made it";
+                    return Err(ApiError::new(409, "idempotency_conflict", message));
+                }
                 let secret = self.secret(&made);
                 return Ok((made, secret, true));
             }
@@ -253,6 +270,7 @@ impl Platforms {
             secret_rotated_by: None,
             created_as: request.out_order_no,
             created_at: Some(now),
+            created_by: request.created_by,
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -422,7 +440,14 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
         let platforms = Platforms::load(store.clone(), MasterKey::from_bytes([3; 32])).expect("load");
         let (platform, first, _) = platforms
-            .create(NewPlatform { name: "P".into(), settlement_cycle_days: None, auto_confirm_days: None, require_payment_password: None, out_order_no: None })
+            .create(NewPlatform {
+                name: "P".into(),
+                settlement_cycle_days: None,
+                auto_confirm_days: None,
+                require_payment_password: None,
+                out_order_no: None,
+                created_by: None,
+            })
             .expect("create");
         let sign = |secret: &str| crate::secrets::hmac_hex(secret.as_bytes(), b"message");
         let now = 1_700_000_000;
@@ -464,6 +489,7 @@ mod tests {
             auto_confirm_days: None,
             require_payment_password: None,
             out_order_no: Some("plt-create-1".into()),
+            created_by: None,
         };
         let now = 1_700_000_000;
         let (made, secret, replayed) = platforms.create_at(request(), now).expect("create");
@@ -486,7 +512,14 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
         let platforms = Platforms::load(store, MasterKey::from_bytes([3; 32])).expect("load");
         let (platform, first, _) = platforms
-            .create(NewPlatform { name: "P".into(), settlement_cycle_days: None, auto_confirm_days: None, require_payment_password: None, out_order_no: None })
+            .create(NewPlatform {
+                name: "P".into(),
+                settlement_cycle_days: None,
+                auto_confirm_days: None,
+                require_payment_password: None,
+                out_order_no: None,
+                created_by: None,
+            })
             .expect("create");
         let now = 1_700_000_000;
         let overlap = || RotateSecret { overlap_seconds: Some(60), from_version: None };

@@ -191,6 +191,7 @@ async fn register(
         auto_confirm_days,
         require_payment_password: Some(form.get("require_payment_password") == "true"),
         out_order_no: form.opt("out_order_no").map(str::to_string),
+        created_by: Some(format!("operator:{}", session.operator.id)),
     };
     let request_shown = serde_json::json!({"name": new.name, "settlement_cycle_days": new.settlement_cycle_days, "auto_confirm_days": new.auto_confirm_days,
         "require_payment_password": new.require_payment_password, "out_order_no": new.out_order_no});
