@@ -498,7 +498,7 @@ impl Shard {
                 self.history.reset();
             }
             let flush_acks = round.acks_since.is_some_and(|since| since.elapsed() >= flush_after);
-            self.drain(&mut round);
+            self.drain(&mut round, shutting_down);
             let only_acks = round.envelopes.is_empty();
             if only_acks && !round.deferred_acks.is_empty() && (flush_acks || backpressured || shutting_down) {
                 round.envelopes.append(&mut round.deferred_acks);
@@ -917,8 +917,11 @@ impl Shard {
         }
     }
 
-    /// Takes what is already queued, without waiting, up to the batch limit.
-    fn drain(&mut self, round: &mut Round) {
+    /// Takes what is already queued, without waiting, up to the batch limit. A stopping shard
+    /// takes its queue whatever its outbox holds: its peers may have stopped already, so no
+    /// acknowledgement may come to bring the outbox under its limit (a stop waited on it for
+    /// ever, helper 101, session 63); the credits are durable and sent again at the next start.
+    fn drain(&mut self, round: &mut Round, shutting_down: bool) {
         // Credits from other shards first (they free the senders' outboxes), then whole client
         // requests, each while the batch is below `batch_size_max`. Credit messages and client
         // requests hold at most `batch_size_max` commands each (the sender and the router split
@@ -931,7 +934,7 @@ impl Shard {
                 Err(_) => break,
             }
         }
-        let backpressured = self.state.outbox_pending() > self.limits.outbox_pending_max;
+        let backpressured = self.state.outbox_pending() > self.limits.outbox_pending_max && !shutting_down;
         if backpressured || self.hold_clients {
             return;
         }

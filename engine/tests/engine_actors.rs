@@ -308,6 +308,64 @@ fn shutdown_under_load_finishes_queued_requests_promptly() {
     }
 }
 
+/// A stop while a shard's outbox is past its limit with requests queued: the peer had stopped
+/// already (its channel closed), so no acknowledgement could come, the shard stayed
+/// backpressured, took none of its queue and spun for ever; the stop never ended and the queued
+/// callers were never answered (helper 101, session 63). A stopping shard takes its queue
+/// whatever its outbox holds (the credits are durable and sent again at the next start).
+#[test]
+fn a_stop_finishes_while_the_outbox_is_past_its_limit_and_its_peer_is_gone() {
+    let config = EngineConfig { outbox_pending_max: 1, batch_size_max: 1, ..config(2) };
+    let store = Arc::new(MemoryStore::new());
+    let engine = Arc::new(Engine::start(config.clone(), store.clone()).unwrap());
+    let accounts = open_funded(&engine, 0..8, 1_000_000);
+    let (a0, a1) = one_on_each_shard(&accounts);
+    let (payer, payee) = if a0.shard(2) == 0 { (a0, a1) } else { (a1, a0) };
+    // Shard 0 is held in a read while the payments queue and the stop begins.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (entered, in_read) = std::sync::mpsc::channel::<()>();
+    let holding = engine.clone();
+    let holder = std::thread::spawn(move || {
+        holding
+            .read_shard(0, move |_| {
+                let _ = entered.send(());
+                let _ = held.recv_timeout(Duration::from_secs(20));
+            })
+            .unwrap()
+    });
+    in_read.recv_timeout(Duration::from_secs(5)).expect("shard 0 held");
+    let (sender, answers) = std::sync::mpsc::channel();
+    for i in 0..4 {
+        let sender = sender.clone();
+        engine.submit(
+            vec![keyed(&format!("x{i}"), pay(payer, payee, 1))],
+            Box::new(move |result| {
+                let _ = sender.send(result.map(|r| r[0].is_ok()));
+            }),
+        );
+    }
+    let (done_sender, done) = std::sync::mpsc::channel();
+    let stopping = engine.clone();
+    std::thread::spawn(move || {
+        stopping.shutdown();
+        let _ = done_sender.send(());
+    });
+    // Shard 1, idle, stops first.
+    std::thread::sleep(Duration::from_millis(300));
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    done.recv_timeout(Duration::from_secs(10)).expect("the stop ended");
+    for i in 0..4 {
+        let answer = answers.recv_timeout(Duration::from_secs(1)).unwrap_or_else(|_| panic!("request {i} was not answered"));
+        assert!(answer.unwrap_or(true), "accepted requests succeed");
+    }
+    // Nothing is lost: the next start sends the credits again and the payee has them.
+    let engine = Engine::start(config, store).unwrap();
+    engine.wait_quiescent(Duration::from_secs(10)).unwrap();
+    assert!(check_engine(&engine).unwrap().ok);
+    engine.shutdown();
+}
+
 #[test]
 fn an_order_number_accepted_after_a_rejected_first_try_stays_claimed() {
     // Regression: the first use of a number was rejected and released its claim while a second
