@@ -167,6 +167,25 @@ fn bodies_outside_the_platform_api_have_the_same_deadline() {
     server.stop();
 }
 
+/// The operator API without its token is answered 401 before its body is read (helper 102,
+/// session 63: the handlers read up to the body limit first, for anyone, for the body timeout).
+#[test]
+fn the_operator_api_without_its_token_is_refused_before_its_body() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_configured(dir.path(), TOKEN, &hostile_config());
+    let address = server.base.trim_start_matches("http://").to_string();
+    for (path, authorization) in [("/admin/platforms", ""), ("/admin/offline-transfers", "Authorization: Bearer wrong-token-0123456789abcdef0123456789\r\n"), ("/admin/backups", "")] {
+        let mut stream = TcpStream::connect(&address).expect("connect");
+        let head = format!("POST {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Content-Type: application/json\r\nContent-Length: 16000000\r\n\r\n");
+        stream.write_all(head.as_bytes()).expect("send head");
+        let outcome = watch(stream, Duration::from_secs(30));
+        assert_eq!(outcome.status, Some(401), "{path}: {outcome:?}");
+    }
+    let (status, _) = server.get("/healthz", None);
+    assert_eq!(status, 200);
+    server.stop();
+}
+
 /// An H5 form announcing a large body without a session cookie is answered 401 at once, its
 /// body never read (DESIGN.md invariant 12): before, every H5 POST read up to 16 MiB from anyone.
 #[test]

@@ -83,6 +83,27 @@ impl AdminToken {
     }
 }
 
+/// Checks the operator token of every request under `/admin` before anything reads its body
+/// (SECURITY.md: a network client cannot make the server read bodies): the handlers extracted
+/// the body first and checked the token after, so anyone could have the server buffer up to the
+/// body limit a connection for the body timeout (helper 102, session 63). A wrong or missing
+/// token is answered 401 at once; the handlers still check it too.
+pub async fn token_first(
+    request: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let path = request.path();
+    if path == "/admin" || path.starts_with("/admin/") {
+        if let Some(token) = request.app_data::<web::Data<AdminToken>>() {
+            if let Err(error) = token.check(request.request()) {
+                let response = actix_web::ResponseError::error_response(&error);
+                return Ok(request.into_response(response));
+            }
+        }
+    }
+    next.call(request).await.map(actix_web::dev::ServiceResponse::map_into_boxed_body)
+}
+
 /// One shard as `/admin/shards` shows it.
 #[derive(Serialize)]
 pub struct ShardView {

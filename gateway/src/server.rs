@@ -234,6 +234,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(invariants_watch.clone())
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
+            .wrap(actix_web::middleware::from_fn(crate::admin::token_first))
             .wrap(actix_web::middleware::from_fn(crate::deadline::body_deadline))
             // Outermost: every response (errors made by the layers inside included) carries the
             // request id, and every log line of the request is inside its span.
