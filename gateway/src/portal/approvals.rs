@@ -24,6 +24,12 @@ use crate::error::ApiError;
 const PREFIX: &str = "o/ap/";
 /// Longest reason or note, in characters.
 pub const REASON_CHARS_MAX: usize = 200;
+/// Pending proposals the operators of one platform (its merchants' included) may have at once;
+/// pending ones are held in memory and every Approvals page and dashboard walks them under one
+/// lock, so one tenant's flood slowed every other's (helper 103, session 63).
+pub const PENDING_PER_PLATFORM_MAX: usize = 100;
+/// Pending proposals the system operators may have at once.
+pub const PENDING_SYSTEM_MAX: usize = 1_000;
 
 /// What a proposal does when approved.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -135,6 +141,10 @@ pub struct Proposal {
     pub note: String,
     pub proposed_by: u64,
     pub proposer: String,
+    /// The platform of the proposer's own scope (`None`: a system operator's, or a proposal
+    /// from before session 63): what `PENDING_PER_PLATFORM_MAX` counts by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposer_platform: Option<u32>,
     pub proposed_at: i64,
     pub status: Status,
     #[serde(default)]
@@ -320,6 +330,17 @@ impl Approvals {
             return Err(ApiError::invalid("the note must be at most 200 characters", "note"));
         }
         let mut inner = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Counted by the proposer's own scope: a platform's flood never blocks the system
+        // operators' proposals about it (a rotation of its secret, say).
+        let own = session.scope().platform();
+        let (waiting, most) = match own {
+            Some(platform) => (inner.pending.values().filter(|p| p.proposer_platform == Some(platform)).count(), PENDING_PER_PLATFORM_MAX),
+            None => (inner.pending.values().filter(|p| p.proposer_platform.is_none()).count(), PENDING_SYSTEM_MAX),
+        };
+        if waiting >= most {
+            let message = format!("{most} proposals are waiting for an approver already: decide some first");
+            return Err(ApiError::new(422, "proposal_limit_reached", &message));
+        }
         // Past any id taken by a write this process did not see through (it failed, yet
         // reached the disk): a proposal's id is its money action's order number.
         // Pending ones found there (an older binary's, unmarked) are marked with this one.
@@ -342,6 +363,7 @@ impl Approvals {
             note: note.to_string(),
             proposed_by: session.operator.id,
             proposer: session.operator.username.clone(),
+            proposer_platform: own,
             proposed_at: now_seconds(),
             status: Status::Pending,
             decided_by: None,
@@ -514,6 +536,34 @@ mod tests {
         list.iter().map(|p| p.id).collect()
     }
 
+    /// A platform's operators (its merchants' too) have at most `PENDING_PER_PLATFORM_MAX`
+    /// proposals waiting; another platform and the system operators are not held by its flood,
+    /// also about that platform; a decision makes room (helper 103, session 63).
+    #[test]
+    fn pending_proposals_are_bounded_by_the_proposers_platform() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let approvals = Approvals::load(store.clone()).unwrap();
+        let flooder = session(1, Scope::Platform { platform: 2 }, &[Role::Operator]);
+        let merchant = session(2, Scope::Merchant { platform: 2, member: 7 }, &[Role::Operator]);
+        for n in 0..PENDING_PER_PLATFORM_MAX {
+            let who = if n % 2 == 0 { &flooder } else { &merchant };
+            approvals.propose(who, who.scope(), limits(2), "").unwrap();
+        }
+        for who in [&flooder, &merchant] {
+            let refused = approvals.propose(who, who.scope(), limits(2), "").unwrap_err();
+            assert_eq!((refused.status, refused.code), (422, "proposal_limit_reached"));
+        }
+        let other = session(3, Scope::Platform { platform: 3 }, &[Role::Operator]);
+        approvals.propose(&other, other.scope(), limits(3), "").expect("another platform's operators propose");
+        let system = session(4, Scope::System, &[Role::Operator]);
+        approvals.propose(&system, Scope::Platform { platform: 2 }, limits(2), "").expect("the system operators propose about it");
+        // A decision makes room.
+        let approver = session(5, Scope::Platform { platform: 2 }, &[Role::Approver]);
+        let first = approvals.list(&Scope::Platform { platform: 2 }, Some(Status::Pending), 1000).unwrap().into_iter().find(|p| p.proposed_by == 1).unwrap();
+        approvals.decide(&approver, first.id, false).unwrap();
+        approvals.propose(&flooder, flooder.scope(), limits(2), "").expect("room again");
+    }
+
     #[test]
     fn pending_proposals_are_kept_decided_ones_read_from_the_store() {
         let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
@@ -629,9 +679,14 @@ mod tests {
         let proposer = session(1, Scope::System, &[Role::Operator]);
         let approvals = Approvals::load(store.clone()).unwrap();
         let count = LIST_SCAN_MAX + 300;
+        // Decided as they come (at most `PENDING_SYSTEM_MAX` wait at once), but platform 9's.
+        let decider = session(2, Scope::System, &[Role::Approver]);
         for n in 1..=count {
             let scope = if n <= 5 { Scope::Platform { platform: 9 } } else { Scope::System };
-            approvals.propose(&proposer, scope, limits(1), "").unwrap();
+            let proposal = approvals.propose(&proposer, scope, limits(1), "").unwrap();
+            if n > 5 {
+                approvals.decide(&decider, proposal.id, false).unwrap();
+            }
             if [1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 100, 255, 256, 257, 1000].contains(&n) {
                 assert_eq!(find_highest(store.as_ref()).unwrap(), n);
             }

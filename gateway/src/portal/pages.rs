@@ -845,6 +845,10 @@ fn proposal_of(session: &Session, platforms: &crate::platforms::Platforms, field
             if limits.is_empty() {
                 return Err("set at least one limit".into());
             }
+            // Held in memory while pending: amounts, not any text (helper 103, session 63).
+            if let Some((name, _)) = limits.iter().find(|(_, value)| value.chars().count() > 32) {
+                return Err(format!("{name} must be an amount of at most 32 characters"));
+            }
             Ok((Scope::Platform { platform }, Action::SetLimits { platform, account: text("account", 32)?, limits }))
         }
         "settlement_rule" => {
