@@ -213,6 +213,7 @@ impl Engine {
                 cold_filter: cold_filter.clone(),
                 history: history.unwrap_or_else(|| crate::checkpoint::HistoryReader::new(store.clone(), shard_id)),
                 hold_clients: false,
+                deferred_client: None,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{shard_id}"))

@@ -324,6 +324,9 @@ pub struct Shard {
     pub history: Arc<crate::checkpoint::HistoryReader>,
     /// This turn of the loop takes no new client requests (`checkpoint_lagging`).
     pub hold_clients: bool,
+    /// A client request taken off the queue that waits for the next batch: its credits would
+    /// have taken the outbox past its limit in this one (`drain`).
+    pub deferred_client: Option<ClientRequest>,
 }
 
 /// What a shard calls with the idempotency keys a durable checkpoint moved to the store.
@@ -469,8 +472,9 @@ impl Shard {
                 // Collect it soon even when idle: the sealed idempotency records leave memory then.
                 timeout = timeout.min(CHECKPOINT_POLL);
             }
-            if shutting_down {
-                // Finish what is queued without waiting for anything new.
+            if shutting_down || (self.deferred_client.is_some() && !backpressured && !self.hold_clients) {
+                // Finish what is queued without waiting for anything new (a request held back
+                // from the last batch is queued).
                 timeout = Duration::ZERO;
             }
             select! {
@@ -503,7 +507,7 @@ impl Shard {
             if only_acks && !round.deferred_acks.is_empty() && (flush_acks || backpressured || shutting_down) {
                 round.envelopes.append(&mut round.deferred_acks);
             }
-            if shutting_down && round.envelopes.is_empty() && self.clients.is_empty() && self.inbound.is_empty() {
+            if shutting_down && round.envelopes.is_empty() && self.clients.is_empty() && self.deferred_client.is_none() && self.inbound.is_empty() {
                 self.checkpoint_at_shutdown();
                 break;
             }
@@ -934,15 +938,36 @@ impl Shard {
                 Err(_) => break,
             }
         }
-        let backpressured = self.state.outbox_pending() > self.limits.outbox_pending_max && !shutting_down;
+        let pending = self.state.outbox_pending();
+        let backpressured = pending > self.limits.outbox_pending_max && !shutting_down;
         if backpressured || self.hold_clients {
             return;
         }
+        // The credits the requests taken may send, counted before each is taken: a request that
+        // would take the outbox past its limit waits for the next batch (unless it is the
+        // batch's first, or the shard is stopping), so one batch overshoots the limit by one
+        // request's credits at most (helper 101, session 63: by millions before).
+        let (shard, shard_count) = (self.state.shard, self.state.shard_count);
+        let credits_of = |envelopes: &[Envelope]| envelopes.iter().map(|e| e.command.remote_credits_at_most(shard, shard_count)).sum::<usize>();
+        // A request the loop took before (from its wait) counts as this batch's.
+        let mut projected =
+            round.waiting.iter().fold(pending, |sum, (_, start, count)| sum.saturating_add(credits_of(&round.envelopes[*start..*start + *count])));
+        let mut taken_any = !round.waiting.is_empty();
         while round.envelopes.len() < self.limits.batch_size_max {
-            match self.clients.try_recv() {
-                Ok(request) => self.take_client(request, round),
-                Err(_) => break,
+            if self.deferred_client.is_none() {
+                match self.clients.try_recv() {
+                    Ok(request) => self.deferred_client = Some(request),
+                    Err(_) => break,
+                }
             }
+            let credits = self.deferred_client.as_ref().map_or(0, |request| credits_of(&request.envelopes));
+            if taken_any && !shutting_down && projected.saturating_add(credits) > self.limits.outbox_pending_max {
+                break;
+            }
+            let request = self.deferred_client.take().expect("a request waits");
+            projected = projected.saturating_add(credits);
+            taken_any = true;
+            self.take_client(request, round);
         }
     }
 
@@ -1059,10 +1084,16 @@ impl Shard {
                 continue;
             }
             // At most a batch of credits per message, so that a receiving batch stays bounded.
-            let fresh: Vec<RemoteCredit> = outbox.pending.range(first_unsent..).copied().collect();
-            for chunk in fresh.chunks(self.limits.batch_size_max) {
-                match self.peers[target].try_send(Inbound::Credits(chunk.to_vec())) {
-                    Ok(()) => sent[target] = chunk.last().expect("chunks are not empty").sequence,
+            // Copied a chunk at a time as it goes (a full peer takes none: all of them were
+            // copied at every try before, each millisecond while the peer was full).
+            let mut from = first_unsent;
+            while from < outbox.pending.len() {
+                let to = outbox.pending.len().min(from + self.limits.batch_size_max);
+                let chunk: Vec<RemoteCredit> = outbox.pending.range(from..to).copied().collect();
+                from = to;
+                let last = chunk.last().expect("chunks are not empty").sequence;
+                match self.peers[target].try_send(Inbound::Credits(chunk)) {
+                    Ok(()) => sent[target] = last,
                     // A stopped peer: the credits stay pending and are resent on restart.
                     Err(TrySendError::Disconnected(_)) => break,
                     // Full: the rest goes, in order, on a later try (no gap reaches the peer).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::invariants::{check_engine, check_store};
-use engine::ledger::command::{Command, Envelope, OutOrderNo};
+use engine::ledger::command::{BatchOrder, Command, Envelope, OutOrderNo};
 use engine::ledger::types::*;
 use engine::money::CurrencyId;
 use engine::result::ResultCode;
@@ -404,6 +404,71 @@ fn the_online_invariant_check_holds_under_cross_shard_traffic() {
     engine.shutdown();
 }
 
+/// Holds `shard` in a read until the returned sender is used (or dropped); returns once it is.
+fn hold(engine: &Arc<Engine>, shard: u16) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (entered, in_read) = std::sync::mpsc::channel::<()>();
+    let engine = engine.clone();
+    let holder = std::thread::spawn(move || {
+        engine
+            .read_shard(shard, move |_| {
+                let _ = entered.send(());
+                let _ = held.recv_timeout(Duration::from_secs(30));
+            })
+            .unwrap()
+    });
+    in_read.recv_timeout(Duration::from_secs(5)).expect("the shard is held");
+    (release, holder)
+}
+
+/// Requests whose batch payments send many credits to another shard: a shard took every
+/// queued request into one batch before it looked at its outbox again, so one platform's batch
+/// payments took the outbox millions of credits past its limit, and every tenant of the shard
+/// waited while the peer worked through them (helper 101, session 63). A request whose credits
+/// would take the outbox past its limit waits for the next batch now, so a batch overshoots by
+/// one request at most; nothing is lost and every request is answered.
+#[test]
+fn one_batch_takes_the_outbox_past_its_limit_by_one_request_at_most() {
+    let config = EngineConfig { outbox_pending_max: 1_000, ..config(2) };
+    let engine = Arc::new(Engine::start(config, Arc::new(MemoryStore::new())).unwrap());
+    let accounts = open_funded(&engine, 0..96, 1_000_000);
+    let payer = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
+    let payees: Legs = accounts.iter().filter(|a| a.shard(2) == 1).take(32).map(|account| Leg { account: *account, amount: 1 }).collect();
+    assert_eq!(payees.len(), 32);
+    let (release_receiver, receiver) = hold(&engine, 1);
+    let (release_sender, sender) = hold(&engine, 0);
+    let (answer, answers) = std::sync::mpsc::channel();
+    for request in 0..10 {
+        let orders = (0..100)
+            .map(|n| BatchOrder { out_order_no: OutOrderNo::new(&format!("b{request}-{n}")).unwrap(), amount: 32, payees: payees.clone(), splits: Legs::new() })
+            .collect();
+        let answer = answer.clone();
+        engine.submit(
+            vec![keyed(&format!("batch-{request}"), Command::BatchPayment { payer, guarantee: false, currency: CNY, orders })],
+            Box::new(move |result| {
+                let _ = answer.send(result.map(|r| r[0].is_ok()));
+            }),
+        );
+    }
+    release_sender.send(()).unwrap();
+    sender.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let pending = engine.read_shard(0, |state| state.outbox_pending()).unwrap();
+    assert!((3_200..=3_200 + 1_000).contains(&pending), "{pending} credits pending: one request's 3,200 past the limit of 1,000 at most");
+    release_receiver.send(()).unwrap();
+    receiver.join().unwrap();
+    for request in 0..10 {
+        let ok = answers.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("request {request} was not answered"));
+        assert!(ok.unwrap(), "request {request}");
+    }
+    engine.wait_quiescent(Duration::from_secs(20)).unwrap();
+    assert!(check_engine(&engine).unwrap().ok);
+    for leg in &payees {
+        assert_eq!(balance(&engine, leg.account), (1_000_000, 1_000, 0), "every payee got its thousand");
+    }
+    engine.shutdown();
+}
+
 #[test]
 fn an_order_number_accepted_after_a_rejected_first_try_stays_claimed() {
     // Regression: the first use of a number was rejected and released its claim while a second
@@ -593,7 +658,7 @@ fn waiting_for_credits_sent_so_far_is_not_starved_by_continuous_load() {
 fn batch(payer: AccountId, payee: AccountId, numbers: &[&str], amount: i64) -> Command {
     let orders = numbers
         .iter()
-        .map(|number| engine::ledger::command::BatchOrder {
+        .map(|number| BatchOrder {
             out_order_no: OutOrderNo::new(number).unwrap(),
             amount,
             payees: [Leg { account: payee, amount }].into_iter().collect(),

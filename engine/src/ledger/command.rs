@@ -249,6 +249,26 @@ pub struct BatchOrder {
 }
 
 impl Command {
+    /// At most how many credits to other shards applying this command on `shard` (of
+    /// `shard_count`) sends: a payment's receivers elsewhere (of every order of a batch), a
+    /// release's, one for a refund, a cancel or an adjustment. What a shard counts before it
+    /// takes a request, so that one batch cannot take the outbox far past its limit (a
+    /// platform's batch payments of 1,000 orders of 32 receivers each made 32,000 credits a
+    /// command, and a batch of them millions; helper 101, session 63). The nightly system
+    /// commands (maturing with commissions) count 0: the platforms cannot send them.
+    pub fn remote_credits_at_most(&self, shard: ShardId, shard_count: u16) -> usize {
+        let elsewhere = |legs: &Legs| legs.iter().filter(|leg| leg.account.shard(shard_count) != shard).count();
+        match self {
+            Command::Payment { payees, splits, .. } | Command::RequestDirectPayment { payees, splits, .. } => elsewhere(payees) + elsewhere(splits),
+            Command::BatchPayment { orders, .. } => orders.iter().map(|order| elsewhere(&order.payees) + elsewhere(&order.splits)).sum(),
+            // All that is held goes to every receiver: at most all legs of a payment.
+            Command::Confirm { releases, .. } if releases.is_empty() => 2 * crate::ledger::types::LEGS_MAX,
+            Command::Confirm { releases, .. } => elsewhere(releases),
+            Command::Refund { .. } | Command::Cancel { .. } | Command::Adjust { .. } => 1,
+            _ => 0,
+        }
+    }
+
     /// A stable number per command kind; idempotency keys are scoped by it.
     pub fn kind_code(&self) -> u8 {
         match self {
