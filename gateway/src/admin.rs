@@ -92,8 +92,10 @@ pub async fn token_first(
     request: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    let path = request.path();
-    if path == "/admin" || path.starts_with("/admin/") {
+    // The path the router matches (decoded: `/%61dmin/...` is routed to `/admin/...`; helper
+    // 104), and the raw one too.
+    let operator = |path: &str| path == "/admin" || path.starts_with("/admin/");
+    if operator(request.match_info().as_str()) || operator(request.path()) {
         if let Some(token) = request.app_data::<web::Data<AdminToken>>() {
             if let Err(error) = token.check(request.request()) {
                 let response = actix_web::ResponseError::error_response(&error);
