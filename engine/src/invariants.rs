@@ -114,67 +114,86 @@ fn combine(shards: Vec<ShardFigures>, entries_checked: u64, mut failures: Vec<St
 /// applies anything between the first figures and the last. Read one after the other (before
 /// session 63), a credit sent, applied and acknowledged between two reads was in a stripe and in
 /// no outbox, and under cross-shard traffic about half the checks said money was in transit that
-/// nothing carried (helper 101). A shard that does not come to the moment within
-/// `MOMENT_WAIT` (busy with a long batch) has the check taken again, up to
-/// `MOMENT_TRIES` times; then the figures are combined as they are (and may disagree).
+/// nothing carried (helper 101). Checks run one at a time in a process (two at once, their reads
+/// queued in different orders on different shards, waited on each other; helper 104); a shard
+/// that has failed is not read (`ShardStopped` at once), and a read that fails lets the others
+/// go at once. A shard that does not come to the moment within `MOMENT_WAIT` (busy with a long
+/// batch) has the check taken again, up to `MOMENT_TRIES` times; then the answer is
+/// `Overloaded` rather than figures that may disagree.
 pub fn check_engine(engine: &Engine) -> Result<InvariantReport, EngineError> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((shard, _)) = engine.failures().first() {
+        return Err(EngineError::ShardStopped(*shard));
+    }
     let count = engine.config().shard_count as usize;
-    let mut tries = 0;
-    loop {
-        tries += 1;
+    let mut late = 0;
+    for _ in 0..MOMENT_TRIES {
         let moment = Arc::new(Moment::new(count));
         let read: Vec<Result<(ShardFigures, bool), EngineError>> = std::thread::scope(|scope| {
             let reads: Vec<_> = (0..count)
                 .map(|shard| {
                     let moment = moment.clone();
                     scope.spawn(move || {
-                        engine.read_shard(shard as u16, move |state| {
-                            let together = moment.arrive();
+                        let reading = moment.clone();
+                        let read = engine.read_shard(shard as u16, move |state| {
+                            let together = reading.arrive();
                             let figures = figures(state);
-                            moment.leave(together);
+                            reading.leave(together);
                             (figures, together)
-                        })
+                        });
+                        if read.is_err() {
+                            // Its read never came to the moment: the others need not wait.
+                            moment.abandon();
+                        }
+                        read
                     })
                 })
                 .collect();
             reads.into_iter().map(|read| read.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
         });
         let read: Vec<(ShardFigures, bool)> = read.into_iter().collect::<Result<_, _>>()?;
-        if read.iter().all(|(_, together)| *together) || tries >= MOMENT_TRIES {
-            return Ok(combine(read.into_iter().map(|(figures, _)| figures).collect(), 0, Vec::new()));
+        if let Some(shard) = read.iter().position(|(_, together)| !together) {
+            late = shard;
+            continue;
         }
+        return Ok(combine(read.into_iter().map(|(figures, _)| figures).collect(), 0, Vec::new()));
     }
+    Err(EngineError::Overloaded(late as u16))
 }
 
 /// How long a shard waits in its read for the others to come to the moment.
-const MOMENT_WAIT: Duration = Duration::from_secs(2);
+const MOMENT_WAIT: Duration = Duration::from_millis(500);
 /// How long a shard that has its figures waits for the others to have theirs.
 const MOMENT_LEAVE_WAIT: Duration = Duration::from_secs(30);
-/// Checks taken before the figures are combined as they are.
+/// Checks taken before the check answers `Overloaded`.
 const MOMENT_TRIES: u32 = 3;
 
 /// The shards' reads of one check, held together: `arrive` returns once every shard is in its
-/// read (true) or after `MOMENT_WAIT` (false: this check is not at one moment); `leave` waits,
-/// once all arrived, until every shard has its figures, so that no shard goes on to its next
-/// batch while another is still reading.
+/// read (true) or after `MOMENT_WAIT` or once a read failed (false: this check is not at one
+/// moment); `leave` waits, once all arrived, until every shard has its figures, so that no
+/// shard goes on to its next batch while another is still reading.
 struct Moment {
     count: usize,
-    state: Mutex<(usize, usize)>,
+    /// Arrived, left, abandoned.
+    state: Mutex<(usize, usize, bool)>,
     changed: Condvar,
 }
 
 impl Moment {
     fn new(count: usize) -> Moment {
-        Moment { count, state: Mutex::new((0, 0)), changed: Condvar::new() }
+        Moment { count, state: Mutex::new((0, 0, false)), changed: Condvar::new() }
     }
 
     fn arrive(&self) -> bool {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.0 += 1;
         self.changed.notify_all();
-        let (state, _) =
-            self.changed.wait_timeout_while(state, MOMENT_WAIT, |(arrived, _)| *arrived < self.count).unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.0 >= self.count
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, MOMENT_WAIT, |(arrived, _, abandoned)| *arrived < self.count && !*abandoned)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.0 >= self.count && !state.2
     }
 
     fn leave(&self, together: bool) {
@@ -182,8 +201,14 @@ impl Moment {
         state.1 += 1;
         self.changed.notify_all();
         if together {
-            let _ = self.changed.wait_timeout_while(state, MOMENT_LEAVE_WAIT, |(_, left)| *left < self.count);
+            let _ = self.changed.wait_timeout_while(state, MOMENT_LEAVE_WAIT, |(_, left, abandoned)| *left < self.count && !*abandoned);
         }
+    }
+
+    /// A read that failed: nobody waits for it.
+    fn abandon(&self) {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).2 = true;
+        self.changed.notify_all();
     }
 }
 
