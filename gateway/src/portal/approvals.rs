@@ -141,8 +141,9 @@ pub struct Proposal {
     pub note: String,
     pub proposed_by: u64,
     pub proposer: String,
-    /// The platform of the proposer's own scope (`None`: a system operator's, or a proposal
-    /// from before session 63): what `PENDING_PER_PLATFORM_MAX` counts by.
+    /// The platform of the proposer's own scope, 0 for a system operator (`None`: a proposal
+    /// from before session 63, counted by the platform of its own scope): what
+    /// `PENDING_PER_PLATFORM_MAX` counts by (`counted_as`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proposer_platform: Option<u32>,
     pub proposed_at: i64,
@@ -166,6 +167,18 @@ pub struct Proposal {
 pub const RETRY_SECONDS_MAX: i64 = 86_400;
 
 impl Proposal {
+    /// The platform whose operators' waiting proposals this one counts among (`None`: the
+    /// system operators'). A proposal from before the field counts by its own scope: a flood
+    /// of a platform's proposals before the upgrade counts against that platform, not against
+    /// the system operators (helper 104).
+    fn counted_as(&self) -> Option<u32> {
+        match self.proposer_platform {
+            Some(0) => None,
+            Some(platform) => Some(platform),
+            None => self.scope.platform(),
+        }
+    }
+
     /// The order number of a money action: unique per proposal, so a retry is a replay.
     pub fn out_order_no(&self) -> String {
         format!("approval-{}", self.id)
@@ -333,10 +346,8 @@ impl Approvals {
         // Counted by the proposer's own scope: a platform's flood never blocks the system
         // operators' proposals about it (a rotation of its secret, say).
         let own = session.scope().platform();
-        let (waiting, most) = match own {
-            Some(platform) => (inner.pending.values().filter(|p| p.proposer_platform == Some(platform)).count(), PENDING_PER_PLATFORM_MAX),
-            None => (inner.pending.values().filter(|p| p.proposer_platform.is_none()).count(), PENDING_SYSTEM_MAX),
-        };
+        let waiting = inner.pending.values().filter(|p| p.counted_as() == own).count();
+        let most = if own.is_some() { PENDING_PER_PLATFORM_MAX } else { PENDING_SYSTEM_MAX };
         if waiting >= most {
             let message = format!("{most} proposals are waiting for an approver already: decide some first");
             return Err(ApiError::new(422, "proposal_limit_reached", &message));
@@ -363,7 +374,7 @@ impl Approvals {
             note: note.to_string(),
             proposed_by: session.operator.id,
             proposer: session.operator.username.clone(),
-            proposer_platform: own,
+            proposer_platform: Some(own.unwrap_or(0)),
             proposed_at: now_seconds(),
             status: Status::Pending,
             decided_by: None,
@@ -562,6 +573,21 @@ mod tests {
         let first = approvals.list(&Scope::Platform { platform: 2 }, Some(Status::Pending), 1000).unwrap().into_iter().find(|p| p.proposed_by == 1).unwrap();
         approvals.decide(&approver, first.id, false).unwrap();
         approvals.propose(&flooder, flooder.scope(), limits(2), "").expect("room again");
+        // Proposals from before the field (none written) count by their own scope's platform,
+        // not against the system operators.
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let template = Approvals::load(store.clone()).unwrap().propose(&flooder, flooder.scope(), limits(2), "").unwrap();
+        let count = PENDING_SYSTEM_MAX as u64 + 1;
+        for id in 1..=count {
+            let old = Proposal { id, proposer_platform: None, ..template.clone() };
+            let record = serde_json::to_vec(&old).unwrap();
+            assert!(!String::from_utf8_lossy(&record).contains("proposer_platform"), "written as an earlier build wrote it");
+            store.write(&[(&record_key(id)[..], &record[..]), (&pending_key(id)[..], &b""[..]), (HIGHEST, &count.to_be_bytes()[..])]).unwrap();
+        }
+        let reloaded = Approvals::load(store.clone()).unwrap();
+        reloaded.propose(&system, Scope::Platform { platform: 2 }, limits(2), "").expect("old proposals are not the system operators'");
+        let refused = reloaded.propose(&flooder, flooder.scope(), limits(2), "").unwrap_err();
+        assert_eq!(refused.code, "proposal_limit_reached", "they are platform 2's");
     }
 
     #[test]
