@@ -1,6 +1,7 @@
 //! Bank cards bound to accounts (API.md): the four-element check (Luhn on the card number, the
 //! holder's name and id number match the member, a valid phone), then a micro-deposit of a
-//! random amount below 1.00 through the bank simulator that the member reads on their card's
+//! random amount below 1.00 (1 to 99 of the smallest unit where the currency has fewer than two
+//! decimals) through the bank simulator that the member reads on their card's
 //! statement and reports back; three wrong tries lock the card. Withdrawals go only to
 //! verified cards.
 
