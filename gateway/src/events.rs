@@ -702,6 +702,9 @@ fn next_due(lane: &Lane, now: Instant) -> Instant {
     lane.cursors.iter().map(|cursor| cursor.retry_at.unwrap_or(now + IDLE_POLL)).min().unwrap_or(now + IDLE_POLL)
 }
 
+/// How long a platform's deliveries of a shard that could not be read wait before the next try.
+const READ_RETRY: Duration = Duration::from_secs(5);
+
 /// What one shard's round of deliveries did.
 #[derive(Default)]
 struct Round {
@@ -724,7 +727,7 @@ fn deliver_some(
     pace: &mut Pace,
 ) -> Result<Round, engine::EngineError> {
     let start = cursor.next;
-    let (events, scanned_to, end_of_log) = context.engine.read_shard(shard, move |state| {
+    let read = context.engine.read_shard(shard, move |state| {
         let mut events = Vec::new();
         let length = state.order_changes.len();
         let end = length.min(start.saturating_add(DELIVERY_SCAN_MAX));
@@ -738,7 +741,22 @@ fn deliver_some(
             }
         }
         (events, end, end == length)
-    })?;
+    });
+    let (events, scanned_to, end_of_log) = match read {
+        Ok(read) => read,
+        // Every shard stops with the engine: the workers stop too. A shard that stopped alone
+        // (a failed write: the process goes on) is not the engine stopping.
+        Err(stopped @ engine::EngineError::ShardStopped(_)) if !context.engine.failures().iter().any(|(failed, _)| *failed == shard) => return Err(stopped),
+        // Overloaded, a piece of history that could not be read back now, a stopped shard: this
+        // shard's deliveries of this platform wait and are tried again; the other shards' and
+        // platforms' go on (before session 63 any such error stopped every delivery of every
+        // platform until a restart; helper 105).
+        Err(error) => {
+            tracing::warn!(platform, shard, "webhooks: cannot read the shard's events now, trying again later: {error}");
+            cursor.retry_at = Some(Instant::now() + READ_RETRY);
+            return Ok(Round::default());
+        }
+    };
     let config = &context.config;
     let mut round = Round::default();
     for (index, event) in events {
@@ -828,6 +846,97 @@ fn read_capped(response: ureq::Response) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shard whose events cannot be read for a while (its read queue full: `Overloaded`)
+    /// holds back only its own deliveries: before session 63 the error stopped every delivery
+    /// worker, and no platform got a webhook again until a restart (helper 105).
+    #[test]
+    fn a_shard_that_cannot_be_read_now_holds_back_only_its_own_deliveries() {
+        use engine::ledger::command::{Command, Envelope};
+        use engine::ledger::types::{AccountId, Limits};
+        use engine::money::CurrencyId;
+        use std::io::{BufRead, BufReader, Write};
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let config = engine::EngineConfig { shard_count: 2, control_capacity: 1, ack_flush_ms: 1, ..engine::EngineConfig::default() };
+        let engine = Arc::new(Engine::start(config, store.clone()).unwrap());
+        let platforms = Arc::new(Platforms::load(store.clone(), crate::secrets::MasterKey::from_bytes([3; 32])).unwrap());
+        let new = crate::platforms::NewPlatform {
+            name: "P".into(),
+            settlement_cycle_days: None,
+            auto_confirm_days: None,
+            require_payment_password: None,
+            out_order_no: None,
+            created_by: None,
+        };
+        let (platform, _, _) = platforms.create(new).unwrap();
+        // The platform's endpoint: answers 200 and keeps each body.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(String::new()));
+        let keeping = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                let _ = std::io::Read::read_exact(&mut reader, &mut body);
+                keeping.lock().unwrap().push_str(&String::from_utf8_lossy(&body));
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        let webhooks = WebhookConfig { allow_insecure_loopback: true, backoff_ms: 100, ..WebhookConfig::default() };
+        let delivery = start_delivery(engine.clone(), platforms.clone(), store.clone(), webhooks).unwrap();
+        let run = |command| engine.execute_one(Envelope { platform: platform.id, out_order_no: None, command }).unwrap();
+        let accounts: Vec<AccountId> =
+            (0..16).map(|owner| AccountId(run(Command::OpenAccount { owner, currency: CurrencyId(0), limits: Limits::NONE }).id)).collect();
+        let on = |shard: u16| *accounts.iter().find(|a| a.shard(2) == shard).unwrap();
+        let recharge = |account| format!("ord_{}", run(Command::Recharge { account, currency: CurrencyId(0), amount: 100, channel: 1 }).id);
+        let arrived = |order: &str| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if received.lock().unwrap().contains(&format!("\"{order}\"")) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        };
+        // An event on shard 1, before the platform has a webhook (nothing reads it yet).
+        let unread = recharge(on(1));
+        // Shard 1 held in a read, one more read queued behind it: its control channel is full,
+        // so the workers' read of shard 1 waits 2 s for room and is refused.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let holding = engine.clone();
+        let holder = std::thread::spawn(move || {
+            holding.read_shard(1, move |_| {
+                let _ = held.recv_timeout(Duration::from_secs(30));
+            })
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let queued = engine.clone();
+        let waiting = std::thread::spawn(move || queued.read_shard(1, |_| ()));
+        std::thread::sleep(Duration::from_millis(100));
+        platforms.set_webhook(platform.id, Some(url)).unwrap();
+        delivery.wake(platform.id);
+        std::thread::sleep(Duration::from_millis(2_500));
+        let elsewhere = recharge(on(0));
+        assert!(arrived(&elsewhere), "deliveries of the other shard go on while one cannot be read");
+        release.send(()).unwrap();
+        holder.join().unwrap().unwrap();
+        waiting.join().unwrap().unwrap();
+        assert!(arrived(&unread), "and that shard's, once it can be read");
+        engine.shutdown();
+    }
 
     fn lane(platform: u32, failing: bool) -> Lane {
         Lane { platform, cursors: vec![Cursor::default(); 2], failing, next_send: None }
