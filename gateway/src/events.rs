@@ -660,12 +660,13 @@ fn deliver_turn(context: &Context, lane: &mut Lane) -> Result<Option<Instant>, e
     }
     let Some(platform) = context.platforms.get(lane.platform) else { return Ok(None) };
     let Some(url) = platform.webhook_url.as_deref() else { return Ok(None) };
-    let secret = context.platforms.secret(&platform);
+    let secrets = context.platforms.webhook_secrets(&platform, crate::signed::unix_seconds());
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     let mut delivered = false;
     let mut pace = Pace { interval: context.config.interval(lane.platform), next_send: lane.next_send, paused_until: None };
     for ((shard, cursor), written) in lane.cursors.iter_mut().enumerate().zip(readable) {
         let Some(written) = written else { continue };
-        let round = deliver_some(context, url, &secret, lane.platform, shard as u16, cursor, written, &mut pace)?;
+        let round = deliver_some(context, url, &secrets, lane.platform, shard as u16, cursor, written, &mut pace)?;
         delivered |= round.delivered;
         if pace.paused_until.is_some() {
             break;
@@ -719,7 +720,7 @@ struct Round {
 fn deliver_some(
     context: &Context,
     url: &str,
-    secret: &str,
+    secrets: &[&str],
     platform: u32,
     shard: u16,
     cursor: &mut Cursor,
@@ -768,7 +769,7 @@ fn deliver_some(
         pace.next_send = Some(started + pace.interval);
         let body = serde_json::to_vec(&event).expect("events serialize");
         let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let signature = crate::simulator::signature_header(secret, timestamp, &body);
+        let signature = banksim::signature_header_keys(secrets, timestamp, &body);
         let sent = post(&context.agent, url, context.config.allow_insecure_loopback, &signature, &body);
         let outcome = match &sent {
             Ok(status) => format!("answered {status}"),

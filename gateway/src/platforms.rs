@@ -365,6 +365,19 @@ impl Platforms {
         Ok(Rotation::Rotated(platform, secret))
     }
 
+    /// The secrets a webhook of `platform` is signed with at `now` (unix seconds): the current
+    /// one, and the previous one while the overlap after a rotation lasts, so that a receiver
+    /// still holding the previous secret keeps taking deliveries until it has deployed the new
+    /// one (before session 63 deliveries were signed with the new secret alone from the
+    /// rotation on; helper 105).
+    pub fn webhook_secrets(&self, platform: &Platform, now: i64) -> Vec<String> {
+        let mut secrets = vec![self.secret(platform)];
+        if let Some(previous) = platform.previous_secret.filter(|previous| now < previous.valid_until) {
+            secrets.push(self.master_key.platform_secret(platform.id, previous.version));
+        }
+        secrets
+    }
+
     /// Whether `signature_hex` signs `message` with the platform's current secret, or with its
     /// previous one while the overlap after a rotation lasts (`now` in unix seconds). The one
     /// place a platform's signature is compared.
@@ -459,6 +472,19 @@ mod tests {
         for (secret, at, expected) in cases {
             assert_eq!(platforms.verify_signature(&rotated, b"message", &sign(secret), at), expected, "{at}");
         }
+        // Webhooks are signed with both while the overlap lasts (the receiver may still hold the
+        // first), with the new one alone after it; before a rotation with the one there is.
+        assert_eq!(platforms.webhook_secrets(&platform, now), vec![first.clone()]);
+        assert_eq!(platforms.webhook_secrets(&rotated, now + 59), vec![second.clone(), first.clone()]);
+        assert_eq!(platforms.webhook_secrets(&rotated, now + 60), vec![second.clone()]);
+        let header = banksim::signature_header_keys(&[&second, &first], now, b"{}");
+        let verifies = |secret: &str| {
+            header
+                .split(',')
+                .filter_map(|part| part.strip_prefix("v1="))
+                .any(|v1| banksim::verify_signature(secret, &format!("t={now},v1={v1}"), b"{}", now).is_ok())
+        };
+        assert!(verifies(&first) && verifies(&second), "{header}");
         // Durable: a reload (a restart) keeps the version and the overlap's end.
         let reloaded = Platforms::load(store, MasterKey::from_bytes([3; 32])).expect("reload");
         let again = reloaded.get(platform.id).expect("platform");
