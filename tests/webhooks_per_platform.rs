@@ -28,6 +28,8 @@ struct EndpointState {
     hung: usize,
     /// Connections accepted, ever.
     accepted: usize,
+    /// How long each answer waits (a slow endpoint that still answers 200).
+    delay: Duration,
     received: Vec<(String, String)>,
 }
 
@@ -52,6 +54,13 @@ impl Endpoint {
             }
         });
         Endpoint { url, state }
+    }
+
+    /// An endpoint that answers 200 to each request after `delay`.
+    fn slow(delay: Duration) -> Endpoint {
+        let endpoint = Endpoint::start(false);
+        endpoint.state.lock().unwrap().delay = delay;
+        endpoint
     }
 
     /// From now on every request is left without an answer, also on open connections.
@@ -122,7 +131,9 @@ fn answer(mut stream: TcpStream, state: &Mutex<EndpointState>) {
             return;
         }
         shared.received.push((signature, String::from_utf8_lossy(&body).into_owned()));
+        let delay = shared.delay;
         drop(shared);
+        std::thread::sleep(delay);
         if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
             return;
         }
@@ -200,6 +211,52 @@ fn check_delivered(client: &Client, endpoint: &Endpoint, expected: &BTreeMap<Str
     }
     let distinct: usize = per_shard.values().map(Vec::len).sum();
     assert_eq!(distinct, expected.len(), "every event delivered: {per_shard:?}");
+}
+
+/// Endpoints that answer 200, slowly, with many events queued: each kept its worker for every
+/// event of its turn, so as many slow platforms as workers held up every other platform's
+/// events (helper 105, session 63). A slow delivery ends the turn and counts as failing: slow
+/// lanes take at most half the workers.
+#[test]
+fn slow_webhooks_take_at_most_their_share_of_the_workers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "webhooks-token-3-0123456789abcdef0123456789abcdef";
+    let config = config_with(&[
+        ("latency_ms = 200", "latency_ms = 20"),
+        ("timeout_seconds = 10", "timeout_seconds = 30"),
+        ("workers = 8", "workers = 2"),
+        ("allow_insecure_loopback = false", "allow_insecure_loopback = true"),
+    ]);
+    let running = Running(Some(start_configured(dir.path(), token, &config)));
+    let server = running.0.as_ref().unwrap();
+    let slow: Vec<(Client, Endpoint)> = ["Slow one", "Slow two"]
+        .iter()
+        .map(|name| (Client::create(server, token, &format!("{{\"name\": \"{name}\"}}")), Endpoint::slow(Duration::from_millis(2_500))))
+        .collect();
+    let b = Client::create(server, token, "{\"name\": \"Healthy\"}");
+    let healthy = Endpoint::start(false);
+    for (client, endpoint) in &slow {
+        assert_eq!(client.post("/v1/webhook", &json!({"url": endpoint.url})).0, 200);
+    }
+    assert_eq!(b.post("/v1/webhook", &json!({"url": healthy.url})).0, 200);
+    for (k, (client, _)) in slow.iter().enumerate() {
+        make_orders(client, &format!("s{k}"));
+    }
+    wait_until(10, || slow.iter().all(|(_, endpoint)| !endpoint.events().is_empty()), || "the slow endpoints were never tried".to_string());
+    make_orders(&b, "b");
+    let b_events = listed(&b);
+    // Five events of each slow platform take 12.5 s a turn: B's arrive well before that.
+    wait_until(8, || healthy.distinct() == b_events.len(), || format!("B's events are held up by slow endpoints: {} of 5 arrived", healthy.distinct()));
+    check_delivered(&b, &healthy, &b_events, 2);
+    // The slow platforms' events all arrive too, in order.
+    for (client, endpoint) in &slow {
+        let events = listed(client);
+        wait_until(60, || endpoint.distinct() == events.len(), || format!("a slow platform's events: {} of {}", endpoint.distinct(), events.len()));
+        check_delivered(client, endpoint, &events, 2);
+    }
+    drop(b);
+    let mut running = running;
+    running.0.take().expect("running").stop();
 }
 
 #[test]

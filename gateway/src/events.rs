@@ -671,7 +671,11 @@ fn deliver_turn(context: &Context, lane: &mut Lane) -> Result<Option<Instant>, e
         if pace.paused_until.is_some() {
             break;
         }
-        if round.failed {
+        // A slow endpoint (it answered, after `SLOW_DELIVERY` or more) ends the turn and counts
+        // as failing, so that slow lanes take at most their share of the workers as failing ones
+        // do (before session 63 a lane answering 200 after 9 s kept its worker for every event
+        // of the turn, and eight of them every worker; helper 105).
+        if round.failed || round.slow {
             lane.failing = true;
             break;
         }
@@ -706,11 +710,17 @@ fn next_due(lane: &Lane, now: Instant) -> Instant {
 /// How long a platform's deliveries of a shard that could not be read wait before the next try.
 const READ_RETRY: Duration = Duration::from_secs(5);
 
+/// A delivery that took this long (answered or not) ends its platform's turn and counts as a
+/// failing one in the schedule.
+const SLOW_DELIVERY: Duration = Duration::from_secs(1);
+
 /// What one shard's round of deliveries did.
 #[derive(Default)]
 struct Round {
     delivered: bool,
     failed: bool,
+    /// A delivery took `SLOW_DELIVERY` or more: the round stopped after it.
+    slow: bool,
 }
 
 /// Delivers the next events of one platform on one shard, in order, until one fails. `written`
@@ -784,6 +794,10 @@ fn deliver_some(
                 cursor.next = index + 1;
                 cursor.attempts = 0;
                 cursor.retry_at = None;
+                if started.elapsed() >= SLOW_DELIVERY {
+                    round.slow = true;
+                    break;
+                }
             }
             Err(error) => {
                 round.failed = true;
@@ -803,7 +817,7 @@ fn deliver_some(
     }
     // Past the events read only when all were delivered: not after a failure, nor when the rate
     // paused the turn before the last of them.
-    let finished = cursor.retry_at.is_none() && pace.paused_until.is_none();
+    let finished = cursor.retry_at.is_none() && pace.paused_until.is_none() && !round.slow;
     if finished && cursor.next < scanned_to {
         cursor.next = scanned_to;
     }
