@@ -1659,3 +1659,52 @@ fn the_in_flight_flag_covers_a_checkpoint_until_it_is_collected_written_or_faile
     engine.shutdown();
     assert!(!in_flight(), "not set after a stop");
 }
+
+/// A platform's read of one order is checked against its own orders before the order's piece
+/// is read back: another platform's old order, out of memory, stays out of memory and answers
+/// nothing (helper 102, session 63: it was read back first, a piece of about 650 KB decoded on
+/// the shard's thread for each of a bulk request's operations).
+#[test]
+fn another_platforms_old_order_is_not_read_back_for_a_platform_that_does_not_own_it() {
+    let engine = Engine::start(config(2, 2), Arc::new(MemoryStore::new())).unwrap();
+    let plain = |platform: u32, command| Envelope { platform, out_order_no: None, command };
+    let opens = (0..8).map(|owner| plain(P, Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE })).collect();
+    let on_0: Vec<AccountId> = engine.execute(opens).unwrap().iter().map(|r| AccountId(r.id)).filter(|a| a.shard(2) == 0).collect();
+    let (payer, payee) = (on_0[0], on_0[1]);
+    assert!(engine.execute_one(plain(P, Command::Recharge { account: payer, currency: CNY, amount: 1_000_000_000, channel: 9 })).unwrap().is_ok());
+    let legs: Legs = [Leg { account: payee, amount: 1 }].into_iter().collect();
+    let mut first = None;
+    for _ in 0..6 {
+        let payments = (0..4096)
+            .map(|_| plain(P, Command::Payment { payer, guarantee: false, currency: CNY, amount: 1, payees: legs.clone(), splits: Legs::new() }))
+            .collect();
+        for reply in engine.execute(payments).unwrap() {
+            first.get_or_insert(OrderId(reply.id));
+        }
+    }
+    let old = first.unwrap();
+    let resident = |engine: &Engine| engine.read_shard(0, move |state| state.orders.is_resident(old.local_index(2) as usize)).unwrap();
+    for round in 0..3000u64 {
+        if !resident(&engine) {
+            break;
+        }
+        engine.execute_one(plain(P, Command::OpenAccount { owner: 1_000 + round, currency: CNY, limits: Limits::NONE })).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!resident(&engine), "the old order's piece is out of memory");
+    // Another platform (with orders of its own, and one without any) gets nothing, and the
+    // piece stays out of memory.
+    engine.execute_one(plain(P + 1, Command::OpenAccount { owner: 1, currency: CNY, limits: Limits::NONE })).unwrap();
+    for other in [P + 1, P + 2] {
+        assert!(engine.read_shard(0, move |state| state.owned_order(other, old).is_none()).unwrap());
+        assert!(!resident(&engine), "platform {other}'s read brought another's old order back");
+    }
+    // Its own platform and the system read it (back).
+    assert!(engine.read_shard(0, move |state| state.owned_order(P, old).map(|o| o.id) == Some(old)).unwrap());
+    assert!(engine.read_shard(0, move |state| state.owned_order(0, old).map(|o| o.platform) == Some(P)).unwrap());
+    // Ids of another shard or past the end name nothing.
+    let elsewhere = OrderId::compose(1, 0, 2);
+    let past = OrderId::compose(0, 1 << 40, 2);
+    assert!(engine.read_shard(0, move |state| state.owned_order(P, elsewhere).is_none() && state.owned_order(P, past).is_none()).unwrap());
+    engine.shutdown();
+}

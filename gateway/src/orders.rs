@@ -262,7 +262,8 @@ pub async fn read_order<R: Send + 'static>(
     let shard = id.shard(engine.config().shard_count);
     let engine = engine.clone();
     // Reading waits on the shard's thread: off the async workers.
-    Ok(blocking(move || engine.read_shard(shard, move |state| state.platform_order(platform, id).map(|order| read(state, order)))).await??)
+    // Owned first, read after: another platform's old order is never read back (`owned_order`).
+    Ok(blocking(move || engine.read_shard(shard, move |state| state.owned_order(platform, id).map(|order| read(state, order)))).await??)
 }
 
 #[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders", params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
