@@ -459,7 +459,10 @@ impl Shard {
             }
             // A stop takes what is queued at once (the last checkpoint is written at the end).
             self.hold_clients = !shutting_down && self.checkpoint_lagging();
-            let clients = if backpressured || self.hold_clients || shutting_down { never() } else { self.clients.clone() };
+            // A request held back from the last batch goes first in the next: no newer one is
+            // taken before it (helper 106: the wait took newer ones, and the held one, never
+            // fitting after them, starved while each batch took one request).
+            let clients = if backpressured || self.hold_clients || shutting_down || self.deferred_client.is_some() { never() } else { self.clients.clone() };
             // Deferred acknowledgements are flushed once the oldest has waited `ack_flush_ms`,
             // whatever else wakes the loop (reads must not starve them).
             let flush_after = Duration::from_millis(self.limits.ack_flush_ms);
@@ -524,6 +527,9 @@ impl Shard {
             drop(working);
             self.wake_checkpoint();
             if !committed {
+                if let Some(request) = self.deferred_client.take() {
+                    (request.reply)(Err(EngineError::ShardStopped(self.state.shard)));
+                }
                 refuse_until_shutdown(self.state.shard, &self.clients, &self.control, &self.inbound);
                 return;
             }

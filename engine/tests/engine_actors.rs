@@ -481,6 +481,65 @@ fn one_batch_takes_the_outbox_past_its_limit_by_one_request_at_most() {
     engine.shutdown();
 }
 
+/// A request held back from a batch (its credits would take the outbox past its limit) goes
+/// first in the next one: the loop's wait took newer requests before it, and it never fitted
+/// after them, so under a stream of other requests it waited for ever (helper 106, session 63).
+#[test]
+fn a_request_held_back_for_the_outbox_goes_first_in_the_next_batch() {
+    let config = EngineConfig { outbox_pending_max: 1_000, ..config(2) };
+    let engine = Arc::new(Engine::start(config, Arc::new(MemoryStore::new())).unwrap());
+    let accounts = open_funded(&engine, 0..96, 1_000_000);
+    let payer = *accounts.iter().find(|a| a.shard(2) == 0).unwrap();
+    let local = *accounts.iter().filter(|a| a.shard(2) == 0).nth(1).unwrap();
+    let payees: Legs = accounts.iter().filter(|a| a.shard(2) == 1).take(32).map(|account| Leg { account: *account, amount: 1 }).collect();
+    let (release_receiver, receiver) = hold(&engine, 1);
+    let batch = |tag: &str, orders: usize| {
+        let orders = (0..orders)
+            .map(|n| BatchOrder { out_order_no: OutOrderNo::new(&format!("{tag}-{n}")).unwrap(), amount: 32, payees: payees.clone(), splits: Legs::new() })
+            .collect();
+        keyed(tag, Command::BatchPayment { payer, guarantee: false, currency: CNY, orders })
+    };
+    // Shard 0 held while a small batch payment, a large one (3,200 credits: past the limit
+    // after the small one's) and 200 local recharges queue behind it, in that order.
+    let (release_sender, sender) = hold(&engine, 0);
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (answer, answers) = std::sync::mpsc::channel();
+    let submit = |tag: String, envelope: Envelope| {
+        let (order, answer) = (order.clone(), answer.clone());
+        engine.submit(
+            vec![envelope],
+            Box::new(move |result| {
+                order.lock().unwrap().push(tag);
+                let _ = answer.send(result.map(|r| r[0].is_ok()));
+            }),
+        );
+    };
+    submit("small".into(), batch("small", 1));
+    submit("large".into(), batch("large", 100));
+    for n in 0..200 {
+        submit(format!("r{n}"), plain(Command::Recharge { account: local, currency: CNY, amount: 1, channel: 1 }));
+    }
+    release_sender.send(()).unwrap();
+    sender.join().unwrap();
+    // The large one is answered before the recharges behind it (then the outbox is past its
+    // limit, and they wait for shard 1's acknowledgements).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !order.lock().unwrap().contains(&"large".to_string()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    release_receiver.send(()).unwrap();
+    receiver.join().unwrap();
+    for _ in 0..202 {
+        assert!(answers.recv_timeout(Duration::from_secs(20)).expect("every request is answered").unwrap(), "and succeeds");
+    }
+    let order = order.lock().unwrap().clone();
+    let large = order.iter().position(|tag| tag == "large").unwrap();
+    assert!(large <= 2, "the held-back request went at position {large}, after newer ones: {:?}", &order[..large.min(8)]);
+    engine.wait_quiescent(Duration::from_secs(20)).unwrap();
+    assert!(check_engine(&engine).unwrap().ok);
+    engine.shutdown();
+}
+
 #[test]
 fn an_order_number_accepted_after_a_rejected_first_try_stays_claimed() {
     // Regression: the first use of a number was rejected and released its claim while a second

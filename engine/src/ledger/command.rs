@@ -265,6 +265,8 @@ impl Command {
             Command::Confirm { releases, .. } if releases.is_empty() => 2 * crate::ledger::types::LEGS_MAX,
             Command::Confirm { releases, .. } => elsewhere(releases),
             Command::Refund { .. } | Command::Cancel { .. } | Command::Adjust { .. } => 1,
+            // A direct payment's completion pays its receivers (helper 106).
+            Command::CompleteRecharge { succeeded: true, .. } => 2 * crate::ledger::types::LEGS_MAX,
             _ => 0,
         }
     }
