@@ -30,6 +30,8 @@ struct EndpointState {
     accepted: usize,
     /// How long each answer waits (a slow endpoint that still answers 200).
     delay: Duration,
+    /// The `X-Clearing-Signature-Previous` headers received (after a rotation).
+    previous: Vec<String>,
     received: Vec<(String, String)>,
 }
 
@@ -103,7 +105,7 @@ impl Endpoint {
 fn answer(mut stream: TcpStream, state: &Mutex<EndpointState>) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     loop {
-        let (mut length, mut signature) = (0usize, String::new());
+        let (mut length, mut signature, mut previous) = (0usize, String::new(), None);
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -119,6 +121,9 @@ fn answer(mut stream: TcpStream, state: &Mutex<EndpointState>) {
             if lower.starts_with("x-clearing-signature:") {
                 signature = line["x-clearing-signature:".len()..].trim().to_string();
             }
+            if lower.starts_with("x-clearing-signature-previous:") {
+                previous = Some(line["x-clearing-signature-previous:".len()..].trim().to_string());
+            }
         }
         let mut body = vec![0u8; length];
         if reader.read_exact(&mut body).is_err() {
@@ -131,6 +136,7 @@ fn answer(mut stream: TcpStream, state: &Mutex<EndpointState>) {
             return;
         }
         shared.received.push((signature, String::from_utf8_lossy(&body).into_owned()));
+        shared.previous.extend(previous);
         let delay = shared.delay;
         drop(shared);
         std::thread::sleep(delay);
@@ -255,6 +261,81 @@ fn slow_webhooks_take_at_most_their_share_of_the_workers() {
         check_delivered(client, endpoint, &events, 2);
     }
     drop(b);
+    let mut running = running;
+    running.0.take().expect("running").stop();
+}
+
+/// After a rotation with an overlap, deliveries carry the current secret's signature in
+/// `X-Clearing-Signature` (one `v1`, as before) and the previous secret's in
+/// `X-Clearing-Signature-Previous`, so a receiver that has not deployed the new secret yet can
+/// still verify them (helpers 105 and 106, session 63).
+#[test]
+fn deliveries_after_a_rotation_carry_the_previous_secrets_signature_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "webhooks-token-4-0123456789abcdef0123456789abcdef";
+    let config = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("allow_insecure_loopback = false", "allow_insecure_loopback = true")]);
+    let running = Running(Some(start_configured(dir.path(), token, &config)));
+    let server = running.0.as_ref().unwrap();
+    let a = Client::create(server, token, "{\"name\": \"Rotating\"}");
+    let endpoint = Endpoint::start(false);
+    assert_eq!(a.post("/v1/webhook", &json!({"url": endpoint.url})).0, 200);
+    let account = make_orders(&a, "a");
+    wait_until(10, || endpoint.distinct() == 5, || "the first events".to_string());
+    assert!(endpoint.state.lock().unwrap().previous.is_empty(), "no previous secret before a rotation");
+    let request = ureq::post(&format!("{}/admin/platforms/{}/rotate-secret", server.base, a.platform))
+        .set("Authorization", &format!("Bearer {token}"))
+        .set("Content-Type", "application/json");
+    let rotated: serde_json::Value = support::answer(request.send_string("{\"overlap_seconds\": 3600}"), "rotate").into_json().unwrap();
+    let new_secret = rotated["secret"].as_str().expect("the new secret").to_string();
+    let b = Client { server, platform: a.platform.clone(), secret: new_secret.clone() };
+    freeze(&b, &account, "a-after");
+    wait_until(10, || endpoint.distinct() == 6, || "the event after the rotation".to_string());
+    let sign = |secret: &str, t: &str, body: &str| {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{t}.{body}").as_bytes());
+        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let (signature, event) = endpoint.events().last().cloned().unwrap();
+    let body = serde_json::to_string(&event).unwrap();
+    let t = signature.split(',').next().unwrap().trim_start_matches("t=").to_string();
+    assert_eq!(signature, sign(&new_secret, &t, &body), "the current secret's signature, one v1");
+    let previous = endpoint.state.lock().unwrap().previous.last().cloned().expect("the previous secret's signature");
+    assert_eq!(previous, sign(&a.secret, &t, &body));
+    drop((a, b));
+    let mut running = running;
+    running.0.take().expect("running").stop();
+}
+
+/// A slow endpoint with a backlog on one shard: each turn stopped after one slow delivery and
+/// began again at shard 0, so the platform's events of the other shard waited for the whole
+/// backlog (helper 106, session 63). The next turn begins after the shard where one stopped.
+#[test]
+fn a_slow_endpoints_backlog_on_one_shard_does_not_hold_back_its_other_shard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "webhooks-token-5-0123456789abcdef0123456789abcdef";
+    let config = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("allow_insecure_loopback = false", "allow_insecure_loopback = true")]);
+    let running = Running(Some(start_configured(dir.path(), token, &config)));
+    let server = running.0.as_ref().unwrap();
+    let a = Client::create(server, token, "{\"name\": \"Slow\"}");
+    let shard_of = |account: &str| account.trim_start_matches("acc_").parse::<u64>().unwrap() % 2;
+    let accounts: Vec<String> = (0..6).map(|k| a.account(&a.member(&format!("m-{k}"), "Zhang San"))).collect();
+    let (on_0, on_1) = (accounts.iter().find(|x| shard_of(x) == 0).unwrap(), accounts.iter().find(|x| shard_of(x) == 1).unwrap());
+    a.fund(on_0, "100.00", "r-0");
+    for i in 0..16 {
+        freeze(&a, on_0, &format!("f-{i}"));
+    }
+    // The endpoint answers each request after 1.2 s; shard 0 has a backlog of 18 events.
+    let endpoint = Endpoint::slow(Duration::from_millis(1_200));
+    assert_eq!(a.post("/v1/webhook", &json!({"url": endpoint.url})).0, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    a.fund(on_1, "1.00", "r-1");
+    let on_1_events: Vec<String> =
+        listed(&a).into_iter().filter(|(id, _)| id.trim_start_matches("evt_").parse::<u64>().unwrap() % 2 == 1).map(|(id, _)| id).collect();
+    assert!(!on_1_events.is_empty());
+    let arrived = || endpoint.events().iter().filter(|(_, e)| on_1_events.contains(&e["event_id"].as_str().unwrap().to_string())).count();
+    wait_until(12, || arrived() == on_1_events.len(), || format!("shard 1's events wait behind shard 0's backlog: {} of {}", arrived(), on_1_events.len()));
+    drop(a);
     let mut running = running;
     running.0.take().expect("running").stop();
 }

@@ -152,18 +152,6 @@ pub fn signature_header(key: &str, timestamp: i64, body: &[u8]) -> String {
     format!("t={timestamp},v1={}", hex::encode(mac(key, timestamp, body).finalize().into_bytes()))
 }
 
-/// A signature header signed with each of `keys`: `t=<unix seconds>,v1=<first>,v1=<second>...`
-/// (a webhook while a platform's previous secret still verifies: a receiver accepts the body if
-/// any `v1` matches a secret it holds).
-pub fn signature_header_keys(keys: &[&str], timestamp: i64, body: &[u8]) -> String {
-    let mut header = format!("t={timestamp}");
-    for key in keys {
-        header.push_str(",v1=");
-        header.push_str(&hex::encode(mac(key, timestamp, body).finalize().into_bytes()));
-    }
-    header
-}
-
 fn mac(key: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(timestamp.to_string().as_bytes());

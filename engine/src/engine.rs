@@ -466,6 +466,12 @@ impl Engine {
         self.claims.len()
     }
 
+    /// Whether `shutdown` has begun (every shard stops): a shard that stopped alone (a failed
+    /// write, a damaged piece) is not the engine stopping.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Every shard that has stopped, and why (a failed write, or a panic).
     pub fn failures(&self) -> Vec<(ShardId, ShardFailure)> {
         self.counters.iter().enumerate().filter_map(|(shard, c)| c.failure().map(|f| (shard as ShardId, f))).collect()

@@ -5,7 +5,8 @@
 //! Stripe-Signature (`X-Clearing-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(platform
 //! secret, "t.body")>`), retried with exponential backoff, and remember per platform and shard
 //! how far they have delivered (`d/<platform>/<shard>` in the store): at least once, in order per
-//! shard, also across restarts.
+//! shard, also across restarts. While a rotation's overlap lasts, the previous secret's signature
+//! comes too, in `X-Clearing-Signature-Previous` (same form).
 //!
 //! Each platform is scheduled on its own (DESIGN.md invariant 12): a small pool of workers
 //! (`[webhooks] workers`) takes platforms' lanes in turn, a lane is held by one worker at a time
@@ -367,6 +368,10 @@ struct Lane {
     failing: bool,
     /// No delivery starts before this (the platform's deliveries per second).
     next_send: Option<Instant>,
+    /// The shard its next turn starts with: after a turn that stopped early (a slow or failed
+    /// delivery), the one after where it stopped, so one shard's backlog at a slow endpoint
+    /// does not hold back the platform's other shards (helper 106).
+    first_shard: usize,
 }
 
 impl Lane {
@@ -462,7 +467,7 @@ impl Schedule {
         let mut lane = match self.slots.remove(&platform) {
             None => {
                 let cursors = self.saved.remove(&platform).unwrap_or_else(|| vec![Cursor::default(); shard_count as usize]);
-                Lane { platform, cursors, failing: false, next_send: None }
+                Lane { platform, cursors, failing: false, next_send: None, first_shard: 0 }
             }
             Some(Slot::Parked(lane)) => lane,
             Some(Slot::Queued { lane, due_at }) => {
@@ -664,12 +669,17 @@ fn deliver_turn(context: &Context, lane: &mut Lane) -> Result<Option<Instant>, e
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     let mut delivered = false;
     let mut pace = Pace { interval: context.config.interval(lane.platform), next_send: lane.next_send, paused_until: None };
-    for ((shard, cursor), written) in lane.cursors.iter_mut().enumerate().zip(readable) {
-        let Some(written) = written else { continue };
-        let round = deliver_some(context, url, &secrets, lane.platform, shard as u16, cursor, written, &mut pace)?;
+    let count = lane.cursors.len();
+    let first = lane.first_shard % count.max(1);
+    for shard in (first..count).chain(0..first) {
+        let Some(written) = readable[shard] else { continue };
+        let round = deliver_some(context, url, &secrets, lane.platform, shard as u16, &mut lane.cursors[shard], written, &mut pace)?;
         delivered |= round.delivered;
         if pace.paused_until.is_some() {
             break;
+        }
+        if round.failed || round.slow {
+            lane.first_shard = (shard + 1) % count;
         }
         // A slow endpoint (it answered, after `SLOW_DELIVERY` or more) ends the turn and counts
         // as failing, so that slow lanes take at most their share of the workers as failing ones
@@ -754,10 +764,17 @@ fn deliver_some(
         (events, end, end == length)
     });
     let (events, scanned_to, end_of_log) = match read {
-        Ok(read) => read,
+        // A wait before this try that has passed is over (a read that failed set it, and a read
+        // that finds no event would otherwise leave it, the lane due at once, for ever).
+        Ok(read) => {
+            if cursor.retry_at.is_some_and(|at| Instant::now() >= at) {
+                cursor.retry_at = None;
+            }
+            read
+        }
         // Every shard stops with the engine: the workers stop too. A shard that stopped alone
         // (a failed write: the process goes on) is not the engine stopping.
-        Err(stopped @ engine::EngineError::ShardStopped(_)) if !context.engine.failures().iter().any(|(failed, _)| *failed == shard) => return Err(stopped),
+        Err(stopped @ engine::EngineError::ShardStopped(_)) if context.engine.is_shut_down() => return Err(stopped),
         // Overloaded, a piece of history that could not be read back now, a stopped shard: this
         // shard's deliveries of this platform wait and are tried again; the other shards' and
         // platforms' go on (before session 63 any such error stopped every delivery of every
@@ -779,8 +796,12 @@ fn deliver_some(
         pace.next_send = Some(started + pace.interval);
         let body = serde_json::to_vec(&event).expect("events serialize");
         let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let signature = banksim::signature_header_keys(secrets, timestamp, &body);
-        let sent = post(&context.agent, url, context.config.allow_insecure_loopback, &signature, &body);
+        // The current secret's signature in `X-Clearing-Signature` (one `v1`, as always); the
+        // previous secret's, while a rotation's overlap lasts, in `X-Clearing-Signature-Previous`
+        // (a new header: receivers parsing the first one are unchanged; helper 106).
+        let signature = crate::simulator::signature_header(secrets[0], timestamp, &body);
+        let previous = secrets.get(1).map(|secret| crate::simulator::signature_header(secret, timestamp, &body));
+        let sent = post(&context.agent, url, context.config.allow_insecure_loopback, &signature, previous.as_deref(), &body);
         let outcome = match &sent {
             Ok(status) => format!("answered {status}"),
             Err(error) => error.clone(),
@@ -832,9 +853,13 @@ fn deliver_some(
 
 /// Posts one signed event; only a 2xx answer counts as delivered. The URL is checked again (the
 /// configuration may have changed since it was set), its host's addresses by the resolver.
-fn post(agent: &ureq::Agent, url: &str, allow_insecure_loopback: bool, signature: &str, body: &[u8]) -> Result<u16, String> {
+fn post(agent: &ureq::Agent, url: &str, allow_insecure_loopback: bool, signature: &str, previous: Option<&str>, body: &[u8]) -> Result<u16, String> {
     check_url(url, allow_insecure_loopback)?;
-    let sent = agent.post(url).set("Content-Type", "application/json").set("X-Clearing-Signature", signature).send_bytes(body);
+    let mut request = agent.post(url).set("Content-Type", "application/json").set("X-Clearing-Signature", signature);
+    if let Some(previous) = previous {
+        request = request.set("X-Clearing-Signature-Previous", previous);
+    }
+    let sent = request.send_bytes(body);
     let response = match sent {
         Ok(response) => response,
         Err(ureq::Error::Status(status, response)) => {
@@ -861,6 +886,31 @@ fn read_capped(response: ureq::Response) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cursor whose wait before a retry has passed, read and found with no event of its
+    /// platform, waits no more and is quiet: the wait stayed, and the lane was due at once,
+    /// reading the shard again and again (helper 106, session 63).
+    #[test]
+    fn a_passed_wait_ends_at_a_read_that_finds_nothing() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let engine = Arc::new(Engine::start(engine::EngineConfig { shard_count: 2, ..engine::EngineConfig::default() }, store.clone()).unwrap());
+        let platforms = Arc::new(Platforms::load(store.clone(), crate::secrets::MasterKey::from_bytes([3; 32])).unwrap());
+        let context = Context {
+            engine: engine.clone(),
+            platforms,
+            store: store.clone(),
+            agent: ureq::AgentBuilder::new().build(),
+            config: WebhookConfig::default(),
+            recent: Arc::new(Recent::default()),
+        };
+        let written = engine.counters()[1].last_sequence.load(Ordering::Relaxed);
+        let mut cursor = Cursor { retry_at: Some(Instant::now() - Duration::from_secs(1)), ..Cursor::default() };
+        let mut pace = Pace { interval: Duration::ZERO, next_send: None, paused_until: None };
+        let round = deliver_some(&context, "https://example.com/hook", &["secret"], 7, 1, &mut cursor, written, &mut pace).unwrap();
+        assert!(!round.delivered && !round.failed);
+        assert_eq!((cursor.retry_at, cursor.quiet_at), (None, Some(written)), "no wait left, quiet until the shard writes again");
+        engine.shutdown();
+    }
 
     /// A shard whose events cannot be read for a while (its read queue full: `Overloaded`)
     /// holds back only its own deliveries: before session 63 the error stopped every delivery
@@ -954,7 +1004,7 @@ mod tests {
     }
 
     fn lane(platform: u32, failing: bool) -> Lane {
-        Lane { platform, cursors: vec![Cursor::default(); 2], failing, next_send: None }
+        Lane { platform, cursors: vec![Cursor::default(); 2], failing, next_send: None, first_shard: 0 }
     }
 
     /// The platforms `take` hands out at `now`, in order, until it hands out none.
@@ -1022,7 +1072,7 @@ mod tests {
         let agent = ureq::AgentBuilder::new().resolver(CheckedResolver { allow_loopback: false }).redirects(0).build();
         let error = agent.post("https://localhost:9/hook").send_bytes(b"{}").expect_err("refused");
         assert!(error.to_string().contains("refused"), "{error}");
-        assert!(post(&agent, "https://localhost:9/hook", false, "t=1,v1=00", b"{}").is_err());
+        assert!(post(&agent, "https://localhost:9/hook", false, "t=1,v1=00", None, b"{}").is_err());
     }
 
     #[test]
@@ -1070,7 +1120,7 @@ mod tests {
         schedule.put_back(lane, None, now);
         assert_eq!(taken(&mut schedule, now, 1), [1]);
         // Without a webhook it is parked until the next wake.
-        schedule.put_back(Lane { platform: 1, cursors: vec![Cursor::default(); 2], failing: false, next_send: None }, None, now);
+        schedule.put_back(Lane { platform: 1, cursors: vec![Cursor::default(); 2], failing: false, next_send: None, first_shard: 0 }, None, now);
         assert_eq!(taken(&mut schedule, later, 1), Vec::<u32>::new());
         schedule.wake(1, 2, now);
         assert_eq!(taken(&mut schedule, now, 1), [1]);
