@@ -153,8 +153,9 @@ pub fn check_engine(engine: &Engine) -> Result<InvariantReport, EngineError> {
             reads.into_iter().map(|read| read.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
         });
         let read: Vec<(ShardFigures, bool)> = read.into_iter().collect::<Result<_, _>>()?;
-        if let Some(shard) = read.iter().position(|(_, together)| !together) {
-            late = shard;
+        if read.iter().any(|(_, together)| !together) {
+            // The late one came to the moment after the others had given up: it saw them all.
+            late = read.iter().position(|(_, together)| *together).unwrap_or(0);
             continue;
         }
         return Ok(combine(read.into_iter().map(|(figures, _)| figures).collect(), 0, Vec::new()));
