@@ -140,6 +140,11 @@ pub struct Operator {
     /// Base32 TOTP secret once the second factor is on.
     #[serde(default)]
     pub totp_secret: Option<String>,
+    /// The last TOTP time step a sign-in was let in with: a code is taken once (RFC 6238 5.2;
+    /// before session 63 one seen over a shoulder or in a log signed in again within its 90 s
+    /// window; helper 103).
+    #[serde(default)]
+    pub totp_last_step: u64,
     #[serde(default)]
     pub failures: u32,
     /// Unix seconds until which logins are refused.
@@ -170,6 +175,7 @@ impl Operator {
             roles: vec![Role::Viewer],
             password_hash: String::new(),
             totp_secret: None,
+            totp_last_step: 0,
             failures: 0,
             locked_until: 0,
             disabled: false,
@@ -373,6 +379,7 @@ impl Operators {
             roles,
             password_hash,
             totp_secret: None,
+            totp_last_step: 0,
             failures: 0,
             locked_until: 0,
             disabled: false,
@@ -450,8 +457,17 @@ impl Operators {
             let Some(code) = totp_code.map(str::trim).filter(|code| !code.is_empty()) else {
                 return Err(LoginRefusal::TotpRequired);
             };
-            let valid = totp(secret, &current.username).is_some_and(|totp| totp.check(code, now.max(0) as u64).is_some());
-            if !valid {
+            let step = totp(secret, &current.username).and_then(|totp| totp.check(code, now.max(0) as u64)).filter(|step| *step > current.totp_last_step);
+            if let Some(step) = step {
+                // Taken once: the step is kept before the sign-in goes on (a step that cannot be
+                // kept lets nobody in).
+                let mut updated = current.clone();
+                updated.totp_last_step = step;
+                if self.save(&updated).is_err() {
+                    return Err(LoginRefusal::TotpWrong);
+                }
+                *current = updated;
+            } else {
                 let mut updated = current.clone();
                 updated.failures = updated.failures.saturating_add(1);
                 if updated.failures >= LOGIN_FAILURES_MAX {
@@ -661,6 +677,13 @@ mod tests {
         assert_eq!(operators.login("alice", "correct horse battery", Some("000000x"), now).unwrap_err(), LoginRefusal::TotpWrong);
         let code = totp(&secret, "alice").expect("valid secret").generate(now as u64).to_string();
         assert!(operators.login("alice", "correct horse battery", Some(&code), now).is_ok());
+        // A code is taken once (RFC 6238 5.2): again in its window, it is refused; the next
+        // step's code signs in (helper 103, session 63).
+        assert_eq!(operators.login("alice", "correct horse battery", Some(&code), now + 10).unwrap_err(), LoginRefusal::TotpWrong);
+        let next = totp(&secret, "alice").expect("valid secret").generate(now as u64 + 30).to_string();
+        assert!(operators.login("alice", "correct horse battery", Some(&next), now + 30).is_ok());
+        let earlier = totp(&secret, "alice").expect("valid secret").generate(now as u64).to_string();
+        assert_eq!(operators.login("alice", "correct horse battery", Some(&earlier), now + 31).unwrap_err(), LoginRefusal::TotpWrong, "an older step's code");
     }
 
     #[test]
