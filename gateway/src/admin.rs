@@ -95,7 +95,12 @@ pub async fn token_first(
     // The path the router matches (decoded: `/%61dmin/...` is routed to `/admin/...`; helper
     // 104), and the raw one too.
     let operator = |path: &str| path == "/admin" || path.starts_with("/admin/");
-    if operator(request.match_info().as_str()) || operator(request.path()) {
+    // Only a request that announces a body is answered here: one without goes on to the
+    // router and the handler's own check (so a method a path does not take stays 405).
+    let headers = request.headers();
+    let length = headers.get(actix_web::http::header::CONTENT_LENGTH).map(|value| value.to_str().map(str::trim).unwrap_or("?"));
+    let announced = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING) || length.is_some_and(|length| length != "0");
+    if announced && (operator(request.match_info().as_str()) || operator(request.path())) {
         if let Some(token) = request.app_data::<web::Data<AdminToken>>() {
             if let Err(error) = token.check(request.request()) {
                 let response = actix_web::ResponseError::error_response(&error);

@@ -66,16 +66,17 @@ pub async fn request_span(mut request: ServiceRequest, next: Next<impl MessageBo
     let method = request.method().clone();
     let mut response = next.call(request).instrument(span.clone()).await?;
     let status = response.status().as_u16();
-    // The route's pattern, not the path: a path can hold a bearer secret (an H5 link's token,
+    // The field `path` holds the route's pattern, not the path (log readers keep their field): a
+    // path can hold a bearer secret (an H5 link's token,
     // still valid when its page answered 503) or a card number (helper 103, session 63); the
     // request id ties the line to the request.
     let route = response.request().match_pattern().unwrap_or_else(|| "(no route)".to_string());
     span.in_scope(|| {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         if status >= 500 {
-            tracing::error!(method = %method, route = %route, status, elapsed_ms, "request failed");
+            tracing::error!(method = %method, path = %route, status, elapsed_ms, "request failed");
         } else {
-            tracing::debug!(method = %method, route = %route, status, elapsed_ms, "request");
+            tracing::debug!(method = %method, path = %route, status, elapsed_ms, "request");
         }
     });
     response.headers_mut().insert(HEADER, id);
