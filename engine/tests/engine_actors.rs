@@ -322,18 +322,7 @@ fn a_stop_finishes_while_the_outbox_is_past_its_limit_and_its_peer_is_gone() {
     let (a0, a1) = one_on_each_shard(&accounts);
     let (payer, payee) = if a0.shard(2) == 0 { (a0, a1) } else { (a1, a0) };
     // Shard 0 is held in a read while the payments queue and the stop begins.
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    let (entered, in_read) = std::sync::mpsc::channel::<()>();
-    let holding = engine.clone();
-    let holder = std::thread::spawn(move || {
-        holding
-            .read_shard(0, move |_| {
-                let _ = entered.send(());
-                let _ = held.recv_timeout(Duration::from_secs(20));
-            })
-            .unwrap()
-    });
-    in_read.recv_timeout(Duration::from_secs(5)).expect("shard 0 held");
+    let (release, holder) = hold(&engine, 0);
     let (sender, answers) = std::sync::mpsc::channel();
     for i in 0..4 {
         let sender = sender.clone();

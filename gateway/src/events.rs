@@ -925,14 +925,7 @@ mod tests {
         let config = engine::EngineConfig { shard_count: 2, control_capacity: 1, ack_flush_ms: 1, ..engine::EngineConfig::default() };
         let engine = Arc::new(Engine::start(config, store.clone()).unwrap());
         let platforms = Arc::new(Platforms::load(store.clone(), crate::secrets::MasterKey::from_bytes([3; 32])).unwrap());
-        let new = crate::platforms::NewPlatform {
-            name: "P".into(),
-            settlement_cycle_days: None,
-            auto_confirm_days: None,
-            require_payment_password: None,
-            out_order_no: None,
-            created_by: None,
-        };
+        let new = crate::platforms::NewPlatform { name: "P".into(), ..crate::platforms::NewPlatform::default() };
         let (platform, _, _) = platforms.create(new).unwrap();
         // The platform's endpoint: answers 200 and keeps each body.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

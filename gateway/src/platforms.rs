@@ -126,7 +126,7 @@ impl Platform {
 }
 
 /// `POST /admin/platforms` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPlatform {
     pub name: String,
@@ -452,16 +452,7 @@ mod tests {
     fn a_rotated_secret_verifies_beside_the_old_one_until_the_overlap_ends() {
         let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
         let platforms = Platforms::load(store.clone(), MasterKey::from_bytes([3; 32])).expect("load");
-        let (platform, first, _) = platforms
-            .create(NewPlatform {
-                name: "P".into(),
-                settlement_cycle_days: None,
-                auto_confirm_days: None,
-                require_payment_password: None,
-                out_order_no: None,
-                created_by: None,
-            })
-            .expect("create");
+        let (platform, first, _) = platforms.create(NewPlatform { name: "P".into(), ..NewPlatform::default() }).expect("create");
         let sign = |secret: &str| crate::secrets::hmac_hex(secret.as_bytes(), b"message");
         let now = 1_700_000_000;
         let (rotated, second) = platforms.rotate_secret(platform.id, RotateSecret { overlap_seconds: Some(60), from_version: None }, now).expect("rotate");
@@ -501,14 +492,7 @@ mod tests {
     fn a_repeated_creation_shows_the_secret_only_within_a_day() {
         let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
         let platforms = Platforms::load(store, MasterKey::from_bytes([3; 32])).expect("load");
-        let request = || NewPlatform {
-            name: "P".into(),
-            settlement_cycle_days: None,
-            auto_confirm_days: None,
-            require_payment_password: None,
-            out_order_no: Some("plt-create-1".into()),
-            created_by: None,
-        };
+        let request = || NewPlatform { name: "P".into(), out_order_no: Some("plt-create-1".into()), ..NewPlatform::default() };
         let now = 1_700_000_000;
         let (made, secret, replayed) = platforms.create_at(request(), now).expect("create");
         assert!(!replayed);
@@ -529,16 +513,7 @@ mod tests {
     fn a_rotation_from_a_version_rotates_once() {
         let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
         let platforms = Platforms::load(store, MasterKey::from_bytes([3; 32])).expect("load");
-        let (platform, first, _) = platforms
-            .create(NewPlatform {
-                name: "P".into(),
-                settlement_cycle_days: None,
-                auto_confirm_days: None,
-                require_payment_password: None,
-                out_order_no: None,
-                created_by: None,
-            })
-            .expect("create");
+        let (platform, first, _) = platforms.create(NewPlatform { name: "P".into(), ..NewPlatform::default() }).expect("create");
         let now = 1_700_000_000;
         let overlap = || RotateSecret { overlap_seconds: Some(60), from_version: None };
         let Ok(Rotation::Rotated(rotated, second)) = platforms.rotate_secret_from(platform.id, overlap(), 1, 7, now) else { panic!("rotates") };
