@@ -217,6 +217,34 @@ fn an_idle_session_expires_and_signing_out_ends_one() {
     server.stop();
 }
 
+/// The Shards page refreshes itself; its refreshes are not the operator's activity, so an
+/// unattended tab does not keep the session open past the idle timeout.
+#[test]
+fn a_pages_own_refresh_does_not_keep_an_idle_session_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(&[("session_idle_seconds = 900", "session_idle_seconds = 2")]);
+    let server = start_configured(dir.path(), TOKEN, &config);
+    let mut admin = admin(&server);
+    let page = admin.get("/portal/system/shards");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("5; url=/portal/system/shards?auto=1"), "the page refreshes itself as such: {}", page.body);
+    let mut refreshes = 0;
+    let started = std::time::Instant::now();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let refreshed = admin.get("/portal/system/shards?auto=1");
+        if refreshed.location.as_deref() == Some("/portal/login") {
+            break;
+        }
+        assert_eq!(refreshed.status, 200, "a live session's refresh shows the page");
+        refreshes += 1;
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "refreshes kept the session open for 10 s");
+    }
+    assert!(refreshes >= 2, "the page was refreshed while the session lived ({refreshes})");
+    assert_eq!(admin.get("/portal/system").location.as_deref(), Some("/portal/login"), "the session ended at its idle timeout");
+    server.stop();
+}
+
 #[test]
 fn a_second_factor_is_asked_once_turned_on() {
     let dir = tempfile::tempdir().unwrap();

@@ -83,7 +83,7 @@ fn every_page_answers_a_system_operator_and_is_hidden_from_others() {
         assert_eq!(page.status, 200, "{path}: {}", page.body);
         assert!(page.body.contains("Sign out") && page.body.contains("/portal/system/settlement"), "{path}");
     }
-    assert!(admin.get("/portal/system/shards").body.contains("http-equiv=\"refresh\" content=\"5\""));
+    assert!(admin.get("/portal/system/shards").body.contains("http-equiv=\"refresh\" content=\"5; url=/portal/system/shards?auto=1\""));
     let configuration = admin.get("/portal/system/configuration").body;
     assert!(configuration.contains("CNY") && configuration.contains("configuration file") && configuration.contains("2201"), "{configuration}");
     assert_eq!(admin.get("/portal/system/platforms/plt_9").status, 404);

@@ -200,9 +200,10 @@ impl Sessions {
         self.open.lock().expect("sessions lock").retain(|_, s| s.operator != operator);
     }
 
-    /// The operator id and CSRF token of a live session, touching it; `None` when unknown or
-    /// past a timeout (then it is removed).
-    fn touch(&self, token: &str, now: i64) -> Option<(u64, u64, String, i64)> {
+    /// The operator id and CSRF token of a live session, touching it when `activity` (a page's
+    /// own refresh is not the operator's: it must not keep an unattended session open); `None`
+    /// when unknown or past a timeout (then it is removed).
+    fn touch(&self, token: &str, now: i64, activity: bool) -> Option<(u64, u64, String, i64)> {
         let key = digest(token);
         let mut open = self.open.lock().expect("sessions lock");
         let stored = open.get_mut(&key)?;
@@ -210,7 +211,9 @@ impl Sessions {
             open.remove(&key);
             return None;
         }
-        stored.last_seen = now;
+        if activity {
+            stored.last_seen = now;
+        }
         Some((stored.operator, stored.generation, stored.csrf.clone(), stored.created_at))
     }
 
@@ -403,13 +406,24 @@ pub fn same_origin(request: &HttpRequest) -> bool {
     }
 }
 
+/// The query a page's own timed refresh asks with (`meta http-equiv="refresh"` naming
+/// `?{AUTO_REFRESH}`): such a request is not the operator's activity, so an open tab that
+/// refreshes itself does not keep its session past the idle timeout.
+pub const AUTO_REFRESH: &str = "auto=1";
+
+/// Whether `request` is a page's own timed refresh (a GET whose query is [`AUTO_REFRESH`]).
+fn is_auto_refresh(request: &HttpRequest) -> bool {
+    request.method() == actix_web::http::Method::GET && request.query_string() == AUTO_REFRESH
+}
+
 fn session_of(request: &HttpRequest) -> Result<Session, PortalError> {
     let portal = request.app_data::<web::Data<Arc<Portal>>>().ok_or(PortalError::NotFound)?;
     let token = request.cookie(COOKIE).map(|cookie| cookie.value().to_string()).ok_or(PortalError::LoginNeeded)?;
     if token.len() != 64 {
         return Err(PortalError::LoginNeeded);
     }
-    let (operator_id, generation, csrf, _) = portal.sessions.touch(&token, now_ms()).ok_or(PortalError::LoginNeeded)?;
+    let activity = !is_auto_refresh(request);
+    let (operator_id, generation, csrf, _) = portal.sessions.touch(&token, now_ms(), activity).ok_or(PortalError::LoginNeeded)?;
     let operator = portal.operators.get(operator_id).ok_or(PortalError::LoginNeeded)?;
     if operator.disabled || operator.generation != generation {
         portal.sessions.close(&token);
@@ -458,7 +472,7 @@ mod tests {
     }
 
     fn live(sessions: &Sessions, token: &str) -> bool {
-        sessions.touch(token, now_ms()).is_some()
+        sessions.touch(token, now_ms(), true).is_some()
     }
 
     /// Opens sessions one millisecond apart (so that "longest idle" is one of them).

@@ -207,8 +207,8 @@ async fn shards(session: Session, engine: EngineData) -> Result<HttpResponse, Po
         ),
     };
     let body = html! {
-        meta http-equiv="refresh" content="5";
-        p.muted { "Live figures, refreshed every 5 seconds. Fsync times are of the shard's durable batch writes (RocksDB WAL sync). A checkpoint is the shard's whole state at a batch: a start loads the newest and replays only the journal after it." }
+        meta http-equiv="refresh" content=(format!("5; url=/portal/system/shards?{}", crate::portal::sessions::AUTO_REFRESH));
+        p.muted { "Live figures, refreshed every 5 seconds (a refresh does not keep your session open). Fsync times are of the shard's durable batch writes (RocksDB WAL sync). A checkpoint is the shard's whole state at a batch: a start loads the newest and replays only the journal after it." }
         table.data #shards {
             thead { tr {
                 th.num { "Shard" } th { "State" } th.num { "Accounts" } th.num { "Mailbox" } th.num { "Inbound" } th.num { "Outbox pending" }
