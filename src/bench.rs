@@ -184,6 +184,11 @@ fn percentile_ms(latencies: &[Duration], p: f64) -> f64 {
     latencies[index].as_secs_f64() * 1000.0
 }
 
+/// The most accounts a bench opens (each is a resident account of the engine).
+const BENCH_ACCOUNTS_MAX: u64 = 100_000_000;
+/// The most transfers a bench sends (its filter and reply list are sized from it).
+const BENCH_TRANSFERS_MAX: u64 = 100_000_000_000;
+
 /// Runs the benchmark and prints `transfers_per_second` and batch latency percentiles.
 pub fn run(args: BenchArgs) -> Result<()> {
     let trimmer = crate::memory::Trimmer::start(args.trim_above_mib << 20, crate::memory::TRIM_EVERY, crate::memory::TRIM_GAP);
@@ -193,6 +198,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // A schedule longer than a year is a typing error: refused before anything runs.
     if args.rate > 0 && args.transfers / args.rate > RATE_SCHEDULE_SECONDS_MAX {
         return Err(anyhow!("--rate {} would spread {} transfers over more than a year", args.rate, args.transfers));
+    }
+    // Past these the run would not fit in memory or sizes would overflow: refused before it starts.
+    if args.accounts > BENCH_ACCOUNTS_MAX || args.transfers > BENCH_TRANSFERS_MAX {
+        return Err(anyhow!("at most {BENCH_ACCOUNTS_MAX} accounts and {BENCH_TRANSFERS_MAX} transfers"));
     }
     let temporary = match &args.data_dir {
         Some(_) => None,

@@ -538,7 +538,7 @@ impl Config {
         if e.ack_flush_ms > ACK_FLUSH_MS_MAX {
             return Err(anyhow!("engine.ack_flush_ms must be 0..={ACK_FLUSH_MS_MAX}"));
         }
-        if e.utc_offset_seconds.abs() > 14 * 3600 {
+        if e.utc_offset_seconds.unsigned_abs() > 14 * 3600 {
             return Err(anyhow!("engine.utc_offset_seconds must be within ±14 hours"));
         }
         if file.currencies.is_empty() || file.currencies.len() > 255 {
@@ -821,6 +821,8 @@ mod tests {
             ("eta_minutes = 1440", "eta_minutes = 4294967295"),
             ("sim_latency_ms = 500", "sim_latency_ms = 86400001"),
             ("utc_offset_seconds = 28800", "utc_offset_seconds = 2147483647"),
+            // Regression (helper 109): i32::MIN's absolute value overflowed (a panic at start).
+            ("utc_offset_seconds = 28800", "utc_offset_seconds = -2147483648"),
             ("\nlatency_ms = 200", "\nlatency_ms = 3600001"),
             ("callback_attempts_max = 10", "callback_attempts_max = 4294967295"),
             ("exponent = 2", "exponent = 255"),

@@ -58,8 +58,8 @@ fn items(body: &Value) -> usize {
 
 /// Runs `clearing get`: prints `median_ms min_ms max_ms status items next_cursor path` (tabs).
 pub fn run(args: GetArgs) -> Result<()> {
-    if args.repeat == 0 {
-        bail!("--repeat must be at least 1");
+    if args.repeat == 0 || args.repeat > 100_000 {
+        bail!("--repeat must be 1 to 100000");
     }
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
     let mut sequence = 0;

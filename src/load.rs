@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 const BULK_SIZE: usize = gateway::bulk::OPERATIONS_MAX;
 /// What every account is funded with, in yuan: enough for any run's payments of at most 1.00.
 const FUNDING: &str = "1000000.00";
+/// The longest response body the load generator reads (a bulk answer is well below it).
+const RESPONSE_BYTES_MAX: usize = 64 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -113,7 +115,12 @@ impl Connection {
                 name.eq_ignore_ascii_case(wanted).then(|| value.trim().parse().ok())?
             })
         };
-        let length = header("content-length").ok_or_else(|| anyhow!("response without content-length"))? as usize;
+        // The server's length, bounded: a garbage header ends this connection, not the process.
+        let length = header("content-length").ok_or_else(|| anyhow!("response without content-length"))?;
+        let length = usize::try_from(length)
+            .ok()
+            .filter(|l| *l <= RESPONSE_BYTES_MAX)
+            .ok_or_else(|| anyhow!("response content-length {length} past {RESPONSE_BYTES_MAX}"))?;
         let retry_after_seconds = header("retry-after");
         while self.buffer.len() < header_end + length {
             let read = stream.read(&mut chunk)?;

@@ -389,6 +389,17 @@ impl Clearing {
     }
 }
 
+/// `work`'s result, or `Internal` if it panicked: a worker thread always reports back, so a bug
+/// in one run fails that run (counted, alerted on) rather than leaving the actor waiting for a
+/// report that never comes (every later run `Busy`, the nightly run skipped in silence).
+fn caught<T>(worker: &str, work: impl FnOnce() -> Result<T, ClearingError>) -> Result<T, ClearingError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+        let why = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default();
+        tracing::error!("the {worker} worker panicked: {why}");
+        Err(ClearingError::Internal(format!("the {worker} worker failed: {why}")))
+    })
+}
+
 fn answer<T>(reply: Reply<T>, result: Result<T, ClearingError>) {
     // The asker may have gone (a client that hung up): the work is done either way.
     let _ = reply.send(result);
@@ -1235,7 +1246,8 @@ impl Actor {
         self.running = Some(day);
         let (engine, store, channels, mailbox) = (self.engine.clone(), self.store.clone(), self.table.set(), self.mailbox.clone());
         let worker = std::thread::Builder::new().name("settlement".into()).spawn(move || {
-            let result = crate::settlement::run(&engine, store.as_ref(), &terms, &channels, day, &mut |_, _| {}).map_err(ClearingError::from);
+            let result =
+                caught("settlement", || crate::settlement::run(&engine, store.as_ref(), &terms, &channels, day, &mut |_, _| {}).map_err(ClearingError::from));
             // A blocking send: the actor waits for this report before it starts another run.
             let _ = mailbox.send(Message::SettlementFinished { day, result, reply });
         });
@@ -1263,7 +1275,7 @@ impl Actor {
         self.reconciling = true;
         let (engine, store, channels, mailbox) = (self.engine.clone(), self.store.clone(), self.table.set(), self.mailbox.clone());
         let worker = std::thread::Builder::new().name("reconcile".into()).spawn(move || {
-            let result = reconcile_and_record(&engine, store.as_ref(), &channels, &mailbox, &job);
+            let result = caught("reconciliation", || reconcile_and_record(&engine, store.as_ref(), &channels, &mailbox, &job));
             // A blocking send: the actor waits for this report before it starts the next one.
             let _ = mailbox.send(Message::ReconcileFinished(result, reply));
         });
@@ -1529,4 +1541,20 @@ enum Waiting {
         /// A recharge's platform, order number and account: its collection note, if it is one.
         collection: Option<(u32, Option<engine::ledger::command::OutOrderNo>, engine::ledger::types::AccountId)>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (helper 109): a settlement or reconciliation worker that panicked never
+    /// reported back, and every later run was refused `Busy` until a restart.
+    #[test]
+    fn a_worker_that_panics_reports_an_internal_error() {
+        let failed: Result<(), ClearingError> = caught("settlement", || panic!("attempt to add with overflow"));
+        assert!(matches!(&failed, Err(ClearingError::Internal(why)) if why.contains("settlement") && why.contains("overflow")), "{failed:?}");
+        let owned: Result<(), ClearingError> = caught("reconciliation", || panic!("{}", String::from("owned message")));
+        assert!(matches!(&owned, Err(ClearingError::Internal(why)) if why.contains("owned message")), "{owned:?}");
+        assert!(matches!(caught("settlement", || Ok(7)), Ok(7)));
+    }
 }

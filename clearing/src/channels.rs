@@ -12,7 +12,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use engine::money::{CurrencySpec, Minor};
+use engine::money::{CurrencySpec, Minor, AMOUNT_MINOR_MAX};
 use serde::{Deserialize, Serialize};
 use storage::Store;
 
@@ -323,6 +323,9 @@ impl ChannelSpec {
         let what = |field: &str| ClearingError::invalid(format!("channel {}: bad {field}", self.name), "channel");
         let spec = currencies.iter().find(|c| c.code_str() == self.currency).ok_or_else(|| what("currency (not configured)"))?;
         let money = |text: &str, field: &str| -> Result<Minor, ClearingError> { spec.parse(text).filter(|m| *m >= 0).ok_or_else(|| what(field)) };
+        // A fee is at most the largest amount an order may carry: the day's sums of fees stay
+        // far from overflowing.
+        let fee = |text: &str, field: &str| money(text, field).and_then(|m| if m <= AMOUNT_MINOR_MAX { Ok(m) } else { Err(what(field)) });
         let window = parse_window(&self.window).ok_or_else(|| what("window"))?;
         // Each number within its bounds, the field named as the error's param.
         let bounds: [(bool, &'static str, &str); 6] = [
@@ -353,10 +356,10 @@ impl ChannelSpec {
             },
             currency: self.currency.clone(),
             exponent: spec.exponent,
-            fee_fixed: money(&self.fee_fixed, "fee_fixed")?,
+            fee_fixed: fee(&self.fee_fixed, "fee_fixed")?,
             fee_rate_bps: self.fee_rate_bps,
-            fee_min: money(&self.fee_min, "fee_min")?,
-            fee_max: money(&self.fee_max, "fee_max")?,
+            fee_min: fee(&self.fee_min, "fee_min")?,
+            fee_max: fee(&self.fee_max, "fee_max")?,
             order_min: money(&self.order_min, "order_min")?,
             order_max: money(&self.order_max, "order_max")?,
             daily_cap: money(&self.daily_cap, "daily_cap")?,
@@ -877,7 +880,8 @@ impl Settings {
     /// Applies stored settings. Numbers are held to the bounds `ChannelChange` checks: a value
     /// stored before a bound existed (e.g. `sim_latency_ms` of 2^64 - 1) is brought within it.
     fn apply(&self, c: &mut Channel) {
-        (c.fee_fixed, c.fee_rate_bps, c.fee_min, c.fee_max) = (self.fee_fixed, self.fee_rate_bps.clamp(0, 10_000), self.fee_min, self.fee_max);
+        let fee = |m: Minor| m.clamp(0, AMOUNT_MINOR_MAX);
+        (c.fee_fixed, c.fee_rate_bps, c.fee_min, c.fee_max) = (fee(self.fee_fixed), self.fee_rate_bps.clamp(0, 10_000), fee(self.fee_min), fee(self.fee_max));
         (c.order_min, c.order_max, c.daily_cap, c.window) = (self.order_min, self.order_max, self.daily_cap, self.window);
         (c.business_days_only, c.eta_minutes, c.enabled) = (self.business_days_only, self.eta_minutes.min(ETA_MINUTES_MAX), self.enabled);
         (c.sim_latency_ms, c.sim_failure_per_mille, c.sim_drop_per_mille) =
@@ -923,9 +927,17 @@ impl ChannelChange {
                 }
             }
         };
-        c.fee_fixed = amount(&self.fee_fixed, "fee_fixed", c.fee_fixed)?;
-        c.fee_min = amount(&self.fee_min, "fee_min", c.fee_min)?;
-        c.fee_max = amount(&self.fee_max, "fee_max", c.fee_max)?;
+        // A fee is at most the largest amount an order may carry (the day's sums stay in range).
+        let fee = |text: &Option<String>, param: &'static str, current: Minor| -> Result<Minor, ClearingError> {
+            let fee = amount(text, param, current)?;
+            if fee > AMOUNT_MINOR_MAX {
+                return Err(ClearingError::invalid("a fee of at most 10^15 minor units", param));
+            }
+            Ok(fee)
+        };
+        c.fee_fixed = fee(&self.fee_fixed, "fee_fixed", c.fee_fixed)?;
+        c.fee_min = fee(&self.fee_min, "fee_min", c.fee_min)?;
+        c.fee_max = fee(&self.fee_max, "fee_max", c.fee_max)?;
         c.order_min = amount(&self.order_min, "order_min", c.order_min)?;
         c.order_max = amount(&self.order_max, "order_max", c.order_max)?;
         c.daily_cap = amount(&self.daily_cap, "daily_cap", c.daily_cap)?;
@@ -1285,6 +1297,9 @@ mod tests {
             // Regression: an operator's latency past any sane bound was stored.
             ChannelChange { sim_latency_ms: Some(u64::MAX), ..ChannelChange::default() },
             ChannelChange { timeout_ms: Some(u64::MAX), ..ChannelChange::default() },
+            // Regression (helper 109): a fee near i64::MAX overflowed the nightly sums of fees.
+            ChannelChange { fee_min: Some("92233720368547758.07".into()), fee_max: Some("92233720368547758.07".into()), ..ChannelChange::default() },
+            ChannelChange { fee_fixed: Some("10000000000000.01".into()), ..ChannelChange::default() },
         ] {
             assert!(channels.update(&store, "cheap", &bad).is_err(), "{bad:?}");
         }

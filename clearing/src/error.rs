@@ -47,6 +47,9 @@ pub enum ClearingError {
     /// A record could not be read or written.
     #[error("storage: {0}")]
     Storage(String),
+    /// A worker of ours failed (it panicked): a bug, reported rather than left hanging.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl ClearingError {

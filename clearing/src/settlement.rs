@@ -415,7 +415,7 @@ fn channel_fees(engine: &Engine, channels: &ChannelSet, days: [u32; 2]) -> Resul
                 })?;
                 for (channel, currency, fee) in part {
                     let sum = sums.entry((channel, currency)).or_default();
-                    sum.0 += fee;
+                    sum.0 = sum.0.saturating_add(fee);
                     sum.1 += 1;
                 }
                 waiting.extend(waits.into_iter().map(|order| WaitingFee { shard, order, day }));
@@ -479,7 +479,7 @@ fn late_fees(engine: &Engine, channels: &ChannelSet, stored: &[WaitingFee], day:
             from = next;
             for (channel, day, currency, fee) in decided {
                 let sum = sums.entry((channel, day, currency)).or_default();
-                sum.0 += fee;
+                sum.0 = sum.0.saturating_add(fee);
                 sum.1 += 1;
             }
             still.extend(waits);

@@ -183,6 +183,7 @@ impl From<clearing_actor::ClearingError> for ApiError {
             error @ E::HoldDecided(_) => ApiError::new(409, "order_state_invalid", &error.to_string()),
             E::Bank(error) => ApiError::unavailable(error.to_string()),
             E::Storage(message) => ApiError::unavailable(message),
+            E::Internal(message) => ApiError::new(500, "internal_error", &message),
         }
     }
 }

@@ -139,8 +139,9 @@ pub fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account:
         rows.extend(lines);
         for (key, (amount, accounts, through_day)) in received {
             let sum = receivers.entry(key).or_insert((0, 0, through_day));
-            sum.0 += amount;
-            sum.1 += accounts;
+            // Saturating as the engine's own rows are (a row past 10^18 is no real day's).
+            sum.0 = sum.0.saturating_add(amount);
+            sum.1 = sum.1.saturating_add(accounts);
         }
     }
     for ((platform, receiver, currency), (amount, accounts, through_day)) in receivers {
