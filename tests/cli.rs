@@ -100,11 +100,8 @@ fn bench_paced_offers_its_rate_and_splits_latency_by_checkpoints() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("more than a year"), "{}", String::from_utf8_lossy(&refused.stderr));
     // Regression (helper 109): an unpaced run of 2^63 transfers overflowed sizing them (a panic).
-    let refused = Command::new(BINARY)
-        .args(["bench", "--transfers", "9223372036854775808", "--data-dir"])
-        .arg(dir.path().join("never"))
-        .output()
-        .expect("bench");
+    let refused =
+        Command::new(BINARY).args(["bench", "--transfers", "9223372036854775808", "--data-dir"]).arg(dir.path().join("never")).output().expect("bench");
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("at most"), "{}", String::from_utf8_lossy(&refused.stderr));
     assert!(!dir.path().join("never").exists(), "nothing made");

@@ -529,7 +529,19 @@ pub fn write(
     };
     let give_way = aids.give_way.unwrap_or(&|| {});
     let evicted = match &state.sealed {
-        Some(sealed) => crate::cold::write_rows(store, shard, sequence, sealed, aids.rows, give_way)?,
+        Some(sealed) => {
+            let evicted = crate::cold::write_rows(store, shard, sequence, sealed, aids.rows, give_way)?;
+            // The rows are durable: the filter learns them now, whatever happens to the rest of
+            // this checkpoint. A bit for a durable row is never wrong (a row of a checkpoint
+            // that is not loaded is read and found invisible); a durable row without its bit is
+            // an order number the engine would take again once its record leaves memory (helper
+            // 108: a checkpoint failing after its manifest, in its pruning, left the filter
+            // without them, and a graceful stop saved that filter).
+            if let Some(filter) = aids.rows {
+                filter.insert_all(sealed.iter().map(|(key, _)| key));
+            }
+            evicted
+        }
         None => 0,
     };
     phase_done(0);
@@ -866,7 +878,16 @@ fn absent_from(sorted: &[[u8; 32]], lists: &[&[[u8; 32]]]) -> Vec<[u8; 32]> {
 /// The blobs the manifest of `shard`'s checkpoint at `sequence` names; `None` if it is missing or
 /// does not decode.
 fn manifest_blobs(store: &dyn Store, shard: ShardId, sequence: u64) -> Result<Option<Vec<[u8; 32]>>, StorageError> {
-    Ok(store.get(&manifest_key(shard, sequence))?.and_then(|bytes| decode_manifest(shard, sequence, &bytes).ok()).map(|manifest| manifest.blobs))
+    // A manifest the store reads as damaged is unusable like one that does not decode (recovery
+    // skips it): it protects nothing, and its pruning must not fail every checkpoint after it.
+    let bytes = match store.get(&manifest_key(shard, sequence)) {
+        Err(StorageError::Corrupt(reason)) => {
+            tracing::warn!(shard, sequence, "the manifest of a checkpoint is damaged: {reason}");
+            None
+        }
+        read => read?,
+    };
+    Ok(bytes.and_then(|bytes| decode_manifest(shard, sequence, &bytes).ok()).map(|manifest| manifest.blobs))
 }
 
 /// A damaged mark outlives its blob only while a kept checkpoint names it.

@@ -564,8 +564,13 @@ impl Engine {
         // The shards have written their last checkpoints: the filter of every cold row is saved
         // for the next start (which checks it still matches those checkpoints). Not after a
         // shard stopped on a fault: a checkpoint thread it left may still be writing (its rows'
-        // bits set only after its manifest), so the next start scans the rows instead.
-        let all_ran = self.counters.iter().all(|c| !c.stopped.load(std::sync::atomic::Ordering::SeqCst));
+        // bits set only after its rows), so the next start scans the rows instead; nor after a
+        // shard's last checkpoint failed (defence in depth: the bits of its durable rows are set
+        // right after them, but a filter that may lack a row's bit is never saved as complete).
+        let all_ran = self
+            .counters
+            .iter()
+            .all(|c| !c.stopped.load(std::sync::atomic::Ordering::SeqCst) && !c.checkpoint_failed.load(std::sync::atomic::Ordering::SeqCst));
         if stopping && all_ran && !self.store.is_poisoned() {
             if let Err(error) = self.cold_filter.save(&*self.store, self.config.shard_count) {
                 tracing::warn!("the cold-row filter was not saved (the next start scans the rows): {error}");

@@ -69,6 +69,9 @@ pub struct ShardCounters {
     /// The injected timestamp of the last durable batch (microseconds since the epoch).
     pub last_batch_at: AtomicU64,
     pub stopped: AtomicBool,
+    /// The shard's last checkpoint failed (cleared by one that succeeds): the engine does not
+    /// save the cold-row filter at its stop then, so the next start rebuilds it from the rows.
+    pub checkpoint_failed: AtomicBool,
     /// Why the shard stopped (a failed write, or a panic); `None` while it runs.
     pub failure: std::sync::Mutex<Option<ShardFailure>>,
     /// The batch of the newest checkpoint written or loaded (0: none).
@@ -180,6 +183,7 @@ impl Default for ShardCounters {
             fsync_us: FixedHistogram::new(&FSYNC_MICROSECONDS_BOUNDS),
             last_batch_at: AtomicU64::default(),
             stopped: AtomicBool::default(),
+            checkpoint_failed: AtomicBool::default(),
             failure: std::sync::Mutex::new(None),
             checkpoint_sequence: AtomicU64::default(),
             checkpoint_at: AtomicU64::default(),
@@ -737,9 +741,8 @@ impl Shard {
             let aids = crate::checkpoint::Aids { rows: Some(&*cold_filter), give_way: Some(&|| give_way.wait()) };
             let written = crate::checkpoint::write(&*store, &snapshot, head, timestamp, kept, blobs, aids)?;
             if let Some(sealed) = &snapshot.sealed {
-                // Their rows are durable: the filter learns them before the router forgets
-                // its claims and before the shard drops them from memory.
-                cold_filter.insert_all(sealed.iter().map(|(key, _)| key));
+                // Their rows are durable and the filter learned them (in `write`, right after
+                // the rows): the router forgets its claims before the shard drops the records.
                 forget_claims(&mut sealed.iter().map(|(key, _)| key));
             }
             Ok(written)
@@ -804,10 +807,12 @@ impl Shard {
             }
             Ok(Err(error)) => {
                 self.state.unseal();
+                self.counters.checkpoint_failed.store(true, Ordering::SeqCst);
                 tracing::error!(shard = self.state.shard, "checkpoint failed: {error}")
             }
             Err(_) => {
                 self.state.unseal();
+                self.counters.checkpoint_failed.store(true, Ordering::SeqCst);
                 tracing::error!(shard = self.state.shard, "the checkpoint thread panicked")
             }
         }
@@ -815,6 +820,7 @@ impl Shard {
 
     fn publish_checkpoint(&self, written: &crate::checkpoint::Written) {
         let c = &self.counters;
+        c.checkpoint_failed.store(false, Ordering::SeqCst);
         c.checkpoint_sequence.store(written.manifest.sequence, Ordering::Relaxed);
         c.checkpoint_at.store(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0), Ordering::Relaxed);
         c.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -855,15 +861,14 @@ impl Shard {
         let aids = crate::checkpoint::Aids { rows: Some(&*self.cold_filter), give_way: None };
         match crate::checkpoint::write(&*self.store, &self.state, self.chain_head, self.last_timestamp, policy.kept, blobs, aids) {
             Ok(written) => {
-                if let Some(sealed) = &self.state.sealed {
-                    self.cold_filter.insert_all(sealed.iter().map(|(key, _)| key));
-                }
+                // The filter learned the sealed records' keys in `write`, right after their rows.
                 self.state.drop_sealed();
                 self.checkpoints.last_sequence = self.sequence;
                 self.publish_checkpoint(&written);
             }
             Err(error) => {
                 self.state.unseal();
+                self.counters.checkpoint_failed.store(true, Ordering::SeqCst);
                 tracing::error!(shard = self.state.shard, "checkpoint at shutdown failed: {error}")
             }
         }

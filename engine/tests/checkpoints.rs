@@ -1708,3 +1708,37 @@ fn another_platforms_old_order_is_not_read_back_for_a_platform_that_does_not_own
     assert!(engine.read_shard(0, move |state| state.owned_order(P, elsewhere).is_none() && state.owned_order(P, past).is_none()).unwrap());
     engine.shutdown();
 }
+
+/// Regression (helper 108): a checkpoint whose pruning failed after its manifest was durable
+/// (a damaged older manifest the store reads as `Corrupt`, left by a fall-back) left the cold
+/// rows it wrote without their filter bits, and a graceful stop saved that filter as complete:
+/// at the next start the order numbers of those rows were taken again as new orders (money
+/// moved twice). Now the filter learns a checkpoint's rows right after they are written, a
+/// damaged manifest prunes as an unusable one, and a filter is not saved after a shard's
+/// checkpoint failed.
+#[test]
+fn order_numbers_stay_taken_after_a_checkpoint_that_met_a_damaged_older_manifest() {
+    let stops = EngineConfig { checkpoints: CheckpointPolicy { kept: 2, ..at_stops().checkpoints }, ..at_stops() };
+    let store = Arc::new(FaultyStore::new());
+    let mut acked = Vec::new();
+    for tag in ["a", "b"] {
+        let engine = Engine::start(stops.clone(), store.clone()).unwrap();
+        acked.extend(workload(&engine, tag, 4).1);
+        engine.shutdown();
+    }
+    let damaged = *checkpoint::list(&store.inner, 0).unwrap().last().unwrap();
+    store.corrupt.lock().unwrap().push(manifest_key(0, damaged).to_vec());
+    // A start falls back past the damaged manifest; its stop's checkpoint keeps the one it used.
+    // The next run's stop prunes both older ones, the damaged manifest among them.
+    for tag in ["c", "d"] {
+        let engine = Engine::start(stops.clone(), store.clone()).unwrap();
+        acked.extend(workload(&engine, tag, 4).1);
+        engine.shutdown();
+        assert!(engine.counters().iter().all(|c| !c.checkpoint_failed.load(std::sync::atomic::Ordering::SeqCst)), "run {tag}: the stop's checkpoint succeeded");
+    }
+    assert!(!checkpoint::list(&store.inner, 0).unwrap().contains(&damaged), "the damaged checkpoint was pruned");
+    let restarted = Engine::start(stops.clone(), store.clone()).unwrap();
+    assert_replayed(&restarted, &acked, "after the stop whose checkpoint pruned a damaged manifest");
+    restarted.shutdown();
+    assert!(check_store(&store.inner, 2).unwrap().ok);
+}
