@@ -193,6 +193,31 @@ fn the_operator_api_without_its_token_is_refused_before_its_body() {
     server.stop();
 }
 
+/// The bank's callback, which anyone may post to, is read at most 4 KiB before its signature
+/// is checked (helper 107: it took bodies up to the platforms' 16 MiB, 1,024 connections a
+/// worker): a larger announced body is answered 413 at once, and a chunked one at 4 KiB.
+#[test]
+fn a_bank_callback_is_read_only_a_few_kilobytes_before_its_signature() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_configured(dir.path(), TOKEN, &hostile_config());
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(&address).expect("connect");
+    let head = format!("POST /channels/simulator/callback HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: 16000000\r\n\r\n");
+    stream.write_all(head.as_bytes()).expect("send head");
+    let outcome = watch(stream, Duration::from_secs(30));
+    assert_eq!(outcome.status, Some(413), "announced: {outcome:?}");
+    let mut stream = TcpStream::connect(&address).expect("connect");
+    let head = format!("POST /channels/simulator/callback HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    stream.write_all(head.as_bytes()).expect("send head");
+    let chunk = format!("{:x}\r\n{}\r\n", 8192, "x".repeat(8192));
+    stream.write_all(chunk.as_bytes()).expect("send a chunk");
+    let outcome = watch(stream, Duration::from_secs(30));
+    assert_eq!(outcome.status, Some(413), "chunked: {outcome:?}");
+    let (status, _) = server.get("/healthz", None);
+    assert_eq!(status, 200);
+    server.stop();
+}
+
 /// An H5 form announcing a large body without a session cookie is answered 401 at once, its
 /// body never read (DESIGN.md invariant 12): before, every H5 POST read up to 16 MiB from anyone.
 #[test]

@@ -93,7 +93,7 @@ async fn paced<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
 }
 
 fn too_large(limit: usize) -> ApiError {
-    ApiError::new(413, "payload_too_large", &format!("the body is larger than this platform's limit of {limit} bytes"))
+    ApiError::new(413, "payload_too_large", &format!("the body is larger than the limit of {limit} bytes"))
 }
 
 /// Why a body was not read (`read_body`).
@@ -104,6 +104,20 @@ pub enum BodyError {
     TooLarge,
     /// The connection failed while it was read.
     Read(String),
+}
+
+/// A request's body of at most `limit` bytes (its announced length checked before a byte is
+/// read), within `timeout`, or the error a client is answered.
+pub async fn bounded_body(request: &HttpRequest, payload: actix_web::dev::Payload, limit: usize, timeout: Duration) -> Result<web::Bytes, ApiError> {
+    if content_length(request)?.is_some_and(|length| length > limit) {
+        return Err(too_large(limit));
+    }
+    match read_body(payload, limit, timeout).await {
+        Ok(body) => Ok(body),
+        Err(BodyError::Timeout) => Err(ApiError::new(408, "request_timeout", "the body did not arrive within the body timeout")),
+        Err(BodyError::TooLarge) => Err(too_large(limit)),
+        Err(BodyError::Read(error)) => Err(ApiError::new(400, "invalid_request", &format!("reading the body: {error}"))),
+    }
 }
 
 /// Reads a request's body, at most `limit` bytes, within `timeout` (the signed API and the H5
@@ -133,17 +147,9 @@ impl actix_web::FromRequest for Signed {
             let head = check_head(&request, platforms, unix_seconds())?;
             let tenant = quotas.tenant(head.platform.id);
             paced(tenant.check_rate(Instant::now())).await?;
+            // 2. The body, bounded in size (the platform's limit) and time.
             let limit = tenant.limits().body_bytes_max.min(limits.bytes_max);
-            if content_length(&request)?.is_some_and(|length| length > limit) {
-                return Err(too_large(limit));
-            }
-            // 2. The body, bounded in size and time.
-            let body = match read_body(payload, limit, limits.timeout).await {
-                Ok(body) => body,
-                Err(BodyError::Timeout) => return Err(ApiError::new(408, "request_timeout", "the body did not arrive within the body timeout")),
-                Err(BodyError::TooLarge) => return Err(too_large(limit)),
-                Err(BodyError::Read(error)) => return Err(ApiError::new(400, "invalid_request", &format!("reading the body: {error}"))),
-            };
+            let body = bounded_body(&request, payload, limit, limits.timeout).await?;
             // 3. The signature, the platform's quotas, its nonce.
             check_signature(&request, &head, &body, platforms)?;
             if head.platform.suspended {

@@ -41,16 +41,23 @@ fn unix_seconds() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+/// The longest bank callback body read.
+pub const CALLBACK_BYTES_MAX: usize = 4096;
+
 /// `POST /channels/simulator/callback`: the bank's verdict on an order, signed with the channel key.
 #[utoipa::path(post, path = "/channels/simulator/callback", tag = "simulator", request_body = crate::simulator::Callback, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("channel_signature" = [])))]
 #[post("/channels/simulator/callback")]
 pub async fn receive_callback(
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
+    limits: web::Data<crate::signed::BodyLimits>,
     simulator: web::Data<Simulator>,
     engine: web::Data<Arc<Engine>>,
     clearing: web::Data<Clearing>,
 ) -> Result<HttpResponse, ApiError> {
+    // A verdict is a few hundred bytes: anyone may post here, so no more is read before its
+    // signature is checked (the server's limit for platforms' bodies is 16 MiB; helper 107).
+    let body = crate::signed::bounded_body(&request, payload.into_inner(), CALLBACK_BYTES_MAX, limits.timeout).await?;
     let header = request.headers().get("X-Channel-Signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
     banksim::verify_signature(simulator.key(), header, &body, unix_seconds()).map_err(|error| match error {
         SignatureError::Bad => ApiError::unauthenticated("missing or bad X-Channel-Signature"),
