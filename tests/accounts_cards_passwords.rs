@@ -36,6 +36,21 @@ fn payment_passwords_are_checked_and_five_wrong_lock_payments() {
     assert_eq!(error_of(&pay("w5", Some("000000"))), (422, Some("payment_locked")));
     assert_eq!(error_of(&pay("p3", Some("123456"))), (422, Some("payment_locked")));
     assert_eq!(p.balances(&a).0, "99.00");
+    // Regression (helper 110): a retry of the accepted payment answers its original response,
+    // locked or not, whatever password it carries (a 422 for a payment that moved money would
+    // have the platform charge again), and counts no try.
+    let first = pay("p2", Some("123456"));
+    assert_eq!((first.0, first.1), (201, true), "{}", first.2);
+    for password in [Some("123456"), Some("000000"), None] {
+        let again = pay("p2", password);
+        assert_eq!((again.0, again.1, &again.2["order_id"]), (201, true, &first.2["order_id"]), "{password:?}: {}", again.2);
+    }
+    // Another body under the number is still a conflict, and a new payment still locked.
+    let mut other = json!({"out_order_no": "p2", "payer_account_id": a, "mode": "balance", "amount": "2.00", "currency": "CNY", "payees": [{"account_id": b, "amount": "2.00"}], "payment_password": "123456"});
+    assert_eq!(error_of(&p.post("/v1/payments", &other)), (409, Some("idempotency_conflict")));
+    other["out_order_no"] = json!("p4");
+    assert_eq!(error_of(&p.post("/v1/payments", &other)), (422, Some("payment_locked")));
+    assert_eq!(p.balances(&a).0, "99.00");
     server.stop();
 }
 

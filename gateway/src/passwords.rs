@@ -295,6 +295,14 @@ pub async fn check_for_payment(
         Command::Payment { payer, .. } | Command::BatchPayment { payer, .. } => *payer,
         _ => return Ok(()),
     };
+    // A number the engine holds an order under is answered by the engine, whatever the password
+    // says now: a repeat of the accepted payment with its original response (API.md), another
+    // body with 409. The payer may have been locked or changed the password since, and a
+    // platform told 422 for a payment that moved money would charge again (helper 110). Nothing
+    // moves either way, so nothing is checked and no try is counted.
+    if crate::recharges::order_held(engine, envelope).await? {
+        return Ok(());
+    }
     let (engine, passwords, password, platform) = (engine.clone(), passwords.clone(), password.map(str::to_string), platform.id);
     // A shard read, then argon2 (tens of milliseconds of CPU): off the async workers, within
     // the platform's hashing budget.
