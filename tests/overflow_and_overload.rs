@@ -194,6 +194,19 @@ fn a_flood_against_tiny_mailboxes_leaves_health_metrics_and_admin_answering() {
                             other => panic!("only 201 or 503 overloaded: {other:?}"),
                         };
                     }
+                    // An account opened: 201, or 503 overloaded with Retry-After (it was 422).
+                    if n % 4 == 0 {
+                        let member = p.member(&format!("fm{thread}-{n}"), "Flood");
+                        let body = json!({"out_order_no": format!("fa{thread}-{n}"), "member_id": member, "currency": "CNY"});
+                        let (status, _, reply) = p.post("/v1/accounts", &body);
+                        match (status, reply["error"]["code"].as_str()) {
+                            (201, _) => {}
+                            (503, Some("overloaded")) => {
+                                overloaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            other => panic!("an account opened during the flood answered {other:?}: {reply}"),
+                        }
+                    }
                     // A single order: 201, or 503 overloaded with Retry-After.
                     let body = json!({"out_order_no": format!("s{thread}-{n}"), "account_id": accounts[thread % 4], "amount": "1.00", "currency": "CNY"});
                     let request = ureq::post(&format!("{}/v1/recharges", p.server.base));

@@ -148,9 +148,9 @@ pub async fn open(
     let reply = execute(engine, Envelope { platform: platform.id, out_order_no: Some(out_order_no), command }).await?;
     match reply.code {
         ResultCode::Ok => Ok((AccountId(reply.id), reply.replayed)),
-        ResultCode::AccountExists => Err(ApiError::new(409, "account_exists", "the member already has an account in this currency")),
-        ResultCode::IdempotencyConflict => Err(ApiError::new(409, "idempotency_conflict", "this out_order_no was used with another body")),
-        other => Err(ApiError::new(422, other.name(), "the account could not be opened")),
+        // The one table of the engine's refusals: `overloaded` is 503 with Retry-After (it was
+        // answered 422 here, which a client must not retry; helper 110).
+        other => Err(crate::error::rejection(other)),
     }
 }
 

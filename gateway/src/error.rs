@@ -192,8 +192,14 @@ impl From<clearing_actor::ClearingError> for ApiError {
 /// so that a number past its type (or of the wrong type) answers 400 with the param named.
 /// serde_json reports where the value ends; the key is the string before the `:` before it.
 pub fn json_error_param(body: &[u8], error: &serde_json::Error) -> Option<Cow<'static, str>> {
-    if !matches!(error.classify(), serde_json::error::Category::Data) || error.to_string().starts_with("unknown field") {
+    if !matches!(error.classify(), serde_json::error::Category::Data) {
         return None;
+    }
+    // An unknown or missing field is named in the message (API.md: `param` when one field is
+    // at fault; helper 110: these had none).
+    let message = error.to_string();
+    if message.starts_with("unknown field") || message.starts_with("missing field") {
+        return named_in(&message);
     }
     let line_start = if error.line() <= 1 { 0 } else { body.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(error.line() - 2).map(|(i, _)| i + 1)? };
     let end = line_start.checked_add(error.column())?.min(body.len());
@@ -335,7 +341,9 @@ mod tests {
             (r#"{"millis": true}"#, Some("millis")),
             (r#"{"receivers": [{"share": 4294967296}]}"#, Some("share")),
             (r#"{"name": 5}"#, Some("name")),
-            (r#"{"colour": 1}"#, None),
+            // Regression (helper 110): an unknown or a missing field is named too.
+            (r#"{"colour": 1}"#, Some("colour")),
+            (r#"{"receivers": [{}]}"#, Some("share")),
             (r#"{"days": 3"#, None),
             (r#"not json"#, None),
         ];
