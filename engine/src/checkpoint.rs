@@ -777,7 +777,10 @@ fn prune(
         if keep.len() >= kept {
             break;
         }
-        if !keep.contains(sequence) {
+        // Only one whose manifest reads and decodes: with the lists in memory lost (a failed
+        // checkpoint took them), a damaged newer one would otherwise be kept over the one
+        // recovery used, and that one pruned (helper 111).
+        if !keep.contains(sequence) && manifest_blobs(store, shard, *sequence)?.is_some() {
             keep.push(*sequence);
         }
     }
@@ -833,7 +836,7 @@ fn prune(
     };
     if sweep {
         delete(&ranges)?;
-        collect_blobs(store, shard)?;
+        collect_blobs(store, shard, &named)?;
         return Ok(named);
     }
     let lists: Vec<&[[u8; 32]]> = named.iter().map(|(_, list)| &list[..]).collect();
@@ -904,9 +907,12 @@ fn forget_marks_unnamed(store: &dyn Store, shard: ShardId, named: impl Fn(&[u8; 
 /// Deletes the blobs of `shard` that no remaining manifest names (those of pruned checkpoints,
 /// and any a crash left before its manifest), looking at every blob of the shard (a scan that
 /// reads them all back: after a checkpoint that stopped half-way only). A manifest that cannot
-/// be read protects nothing: it is unusable anyway.
-fn collect_blobs(store: &dyn Store, shard: ShardId) -> Result<(), StorageError> {
-    let mut named = HashSet::new();
+/// be read protects nothing: it is unusable anyway; the lists held in memory (`kept`: the
+/// checkpoint just written, those loaded or written before) protect theirs whatever their
+/// manifests read back as (helper 111: a manifest read as damaged once would have lost the
+/// blobs of the checkpoint the shard goes on naming).
+fn collect_blobs(store: &dyn Store, shard: ShardId, kept: &[(u64, std::sync::Arc<Vec<[u8; 32]>>)]) -> Result<(), StorageError> {
+    let mut named: HashSet<[u8; 32]> = kept.iter().flat_map(|(_, list)| list.iter().copied()).collect();
     for sequence in list(store, shard)? {
         named.extend(manifest_blobs(store, shard, sequence)?.unwrap_or_default());
     }

@@ -452,6 +452,11 @@ impl Engine {
         if let Some(record) = self.read_shard(shard, move |state| state.idempotency_record(&key))? {
             return Ok(Some(record));
         }
+        // A key the filter rules out has no row (its bit is set right after the row's write,
+        // before the record leaves memory): no store read for a new number.
+        if !self.cold_filter.may_contain(key) {
+            return Ok(None);
+        }
         Ok(crate::cold::read_record(&*self.store, shard, key)?)
     }
 

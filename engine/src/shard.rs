@@ -852,7 +852,11 @@ impl Shard {
             self.collect_checkpoint(handle);
         }
         let policy = self.limits.checkpoints;
-        if !policy.enabled() || !policy.on_shutdown || self.store.is_poisoned() || self.sequence <= self.checkpoints.last_sequence {
+        // After a failed checkpoint the stop tries again even without a batch since: one that
+        // succeeds lets the engine save the cold-row filter (the next start reads it rather than
+        // scanning every row; helper 111).
+        let failed = self.counters.checkpoint_failed.load(Ordering::SeqCst);
+        if !policy.enabled() || !policy.on_shutdown || self.store.is_poisoned() || (self.sequence <= self.checkpoints.last_sequence && !failed) {
             return;
         }
         let _in_flight = InFlight::start(self.counters.clone(), None);

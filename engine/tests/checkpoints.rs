@@ -1742,3 +1742,48 @@ fn order_numbers_stay_taken_after_a_checkpoint_that_met_a_damaged_older_manifest
     restarted.shutdown();
     assert!(check_store(&store.inner, 2).unwrap().ok);
 }
+
+/// Regression (helper 111): a failed checkpoint takes the lists of blobs the shard held in
+/// memory with it, so the next checkpoint's pruning tops its kept ones up from the store. It
+/// took the newest others whatever they were: a damaged newer manifest was kept and the
+/// checkpoint recovery had used was pruned. Now only a manifest that reads is taken.
+#[test]
+fn after_a_failed_checkpoint_pruning_keeps_the_checkpoint_recovery_used() {
+    let store = Arc::new(FaultyStore::new());
+    let engine = Engine::start(config(2, 2), store.clone()).unwrap();
+    workload(&engine, "a", 4);
+    wait_for_checkpoints(&engine, &store.inner, 2);
+    engine.shutdown();
+    drop(engine);
+    let [used, damaged] = checkpoint::list(&store.inner, 0).unwrap()[..] else { panic!("two checkpoints kept") };
+    store.corrupt.lock().unwrap().push(manifest_key(0, damaged).to_vec());
+    let engine = Engine::start(config(2, 2), store.clone()).unwrap();
+    assert_eq!(engine.counters()[0].checkpoint_sequence.load(std::sync::atomic::Ordering::SeqCst), used, "recovered from the older one");
+    // One checkpoint of shard 0 fails (its manifest's write), then one succeeds.
+    store.failing_manifest_writes.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = |engine: &Engine| engine.counters()[0].checkpoint_failed.load(std::sync::atomic::Ordering::SeqCst);
+    for round in 0..3000u64 {
+        if failed(&engine) {
+            break;
+        }
+        let open =
+            Envelope { platform: P, out_order_no: None, command: Command::OpenAccount { owner: 2_000_000 + round, currency: CNY, limits: Limits::NONE } };
+        let _ = engine.execute_one(open);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(failed(&engine), "a checkpoint failed");
+    store.failing_manifest_writes.store(false, std::sync::atomic::Ordering::SeqCst);
+    for round in 0..3000u64 {
+        if !failed(&engine) {
+            break;
+        }
+        let open =
+            Envelope { platform: P, out_order_no: None, command: Command::OpenAccount { owner: 3_000_000 + round, currency: CNY, limits: Limits::NONE } };
+        let _ = engine.execute_one(open);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!failed(&engine), "a checkpoint succeeded after");
+    let listed = checkpoint::list(&store.inner, 0).unwrap();
+    assert!(listed.contains(&used), "the checkpoint recovery used is kept over the damaged one: {listed:?} (damaged {damaged})");
+    engine.shutdown();
+}
