@@ -26,6 +26,8 @@ pub const TIMESTAMP_WINDOW_SECONDS: i64 = 300;
 #[derive(Default)]
 pub struct NonceCache {
     platforms: RwLock<HashMap<u32, Arc<Mutex<Seen>>, rustc_hash::FxBuildHasher>>,
+    /// The second of the last sweep of every platform's map (`sweep`).
+    swept_at: std::sync::atomic::AtomicI64,
 }
 
 /// Nonces a platform's map keeps room for however few it holds (shrinking below is not worth
@@ -93,6 +95,7 @@ impl NonceCache {
     /// to be within the window of `now`); false if it was seen before; 429 `rate_limited` when
     /// the platform already holds `share` nonces.
     pub fn remember(&self, platform: u32, hash: u128, timestamp: i64, now: i64, share: usize) -> Result<bool, ApiError> {
+        self.sweep(now);
         let seen = self.platform(platform);
         // A std Mutex: no await while it is held.
         let mut seen = seen.lock().expect("nonce lock");
@@ -108,6 +111,25 @@ impl NonceCache {
         }
         seen.insert(hash, timestamp);
         Ok(true)
+    }
+
+    /// At most once a second (the first request of a second does it): forgets, in every
+    /// platform's map, the seconds that left the window. A platform's own requests expire its
+    /// map too, but one that stops sending would otherwise keep its whole share (up to 8 Mi
+    /// nonces, hundreds of MB) for the life of the process (helper 107). A map another request
+    /// holds is left for the next sweep.
+    fn sweep(&self, now: i64) {
+        use std::sync::atomic::Ordering;
+        let last = self.swept_at.load(Ordering::Relaxed);
+        if now <= last || self.swept_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let all: Vec<Arc<Mutex<Seen>>> = self.platforms.read().expect("nonce lock").values().cloned().collect();
+        for seen in all {
+            if let Ok(mut seen) = seen.try_lock() {
+                seen.expire(now);
+            }
+        }
     }
 
     /// Puts back a nonce remembered durably before a restart (no share applies: it was within
@@ -252,6 +274,24 @@ mod tests {
         assert!(room(&nonces) <= 4 * NONCES_KEPT_ROOM, "{} slots kept for 1 nonce", room(&nonces));
         // Still a replay within the window.
         assert!(!nonces.remember(1, u128::MAX, later, later, usize::MAX).unwrap());
+    }
+
+    /// Regression (helper 107): a platform that stops sending after a burst gave nothing back
+    /// (its map was expired only by its own requests). Another platform's request once the
+    /// burst has left the window empties it and gives its room back.
+    #[test]
+    fn a_quiet_platforms_burst_is_forgotten_by_others_requests() {
+        let nonces = NonceCache::default();
+        let now = 1_700_000_000;
+        for n in 0..200_000u128 {
+            assert!(nonces.remember(1, n, now, now, usize::MAX).unwrap());
+        }
+        let room = |nonces: &NonceCache| nonces.platform(1).lock().unwrap().by_hash.capacity();
+        assert!(room(&nonces) >= 200_000);
+        let later = now + TIMESTAMP_WINDOW_SECONDS + 1;
+        assert!(nonces.remember(2, 7, later, later, usize::MAX).unwrap());
+        assert_eq!(nonces.held(1), 0, "platform 1 sent nothing since");
+        assert!(room(&nonces) <= 4 * NONCES_KEPT_ROOM, "{} slots kept for no nonce", room(&nonces));
     }
 
     #[test]

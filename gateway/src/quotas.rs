@@ -142,6 +142,24 @@ impl Drop for InFlight {
     }
 }
 
+/// Middleware: a platform's request that may change something (`/v1`, any method but GET and
+/// HEAD) runs to its end on a task of its own, whatever its client does. A client that resets
+/// its connection drops the future actix polls; before, the handler's `Signed` (and its
+/// `InFlight` place) went with it while the work it had started (a task it spawned, a blocking
+/// closure queued behind a store lock) went on, so a client resetting each request after
+/// sending it kept piling up work no quota counted (helper 107). Now the handler, its places and
+/// everything it awaits end together, and a request's money work is never cut off half-way.
+pub async fn run_to_end<B: actix_web::body::MessageBody + 'static>(
+    request: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<B>,
+) -> Result<actix_web::dev::ServiceResponse<B>, actix_web::Error> {
+    use actix_web::http::Method;
+    if !request.path().starts_with("/v1/") || matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.call(request).await;
+    }
+    actix_web::rt::spawn(next.call(request)).await.map_err(|error| actix_web::error::ErrorServiceUnavailable(format!("the request's task failed: {error}")))?
+}
+
 /// Every platform's counters, created on first use.
 pub struct Quotas {
     config: QuotaConfig,
@@ -173,6 +191,46 @@ impl Quotas {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Regression (helper 107): a request whose client went away was dropped half-way with its
+    /// in-flight place while the work it had started went on. A `/v1` request that may change
+    /// something now runs to its end (and holds its place until then); a read is dropped with
+    /// its client as before.
+    #[actix_web::test]
+    async fn a_request_its_client_drops_runs_to_its_end_holding_its_place() {
+        use actix_web::{dev::Service as _, test, web, App, HttpResponse};
+        let tenant = Arc::new(Tenant::new(QuotaLimits { in_flight_max: 1, ..QuotaLimits::default() }, Instant::now()));
+        let finished = Arc::new(AtomicU32::new(0));
+        let (handler_tenant, handler_finished) = (tenant.clone(), finished.clone());
+        let handler = move || {
+            let (tenant, finished) = (handler_tenant.clone(), handler_finished.clone());
+            async move {
+                let _place = tenant.enter().map_err(|_| actix_web::error::ErrorTooManyRequests("busy"))?;
+                actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok::<HttpResponse, actix_web::Error>(HttpResponse::Ok().finish())
+            }
+        };
+        let app = test::init_service(
+            App::new()
+                .wrap(actix_web::middleware::from_fn(run_to_end))
+                .route("/v1/work", web::post().to(handler.clone()))
+                .route("/v1/work", web::get().to(handler)),
+        )
+        .await;
+        // The client goes away 50 ms in: the work goes on, its place held.
+        let cut = actix_web::rt::time::timeout(Duration::from_millis(50), app.call(test::TestRequest::post().uri("/v1/work").to_request())).await;
+        assert!(cut.is_err(), "cut short");
+        assert_eq!(tenant.in_flight(), 1, "its place is held while its work goes on");
+        actix_web::rt::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!((finished.load(Ordering::SeqCst), tenant.in_flight()), (1, 0), "it ran to its end, then gave its place back");
+        // A read is dropped with its client.
+        let cut = actix_web::rt::time::timeout(Duration::from_millis(50), app.call(test::TestRequest::get().uri("/v1/work").to_request())).await;
+        assert!(cut.is_err());
+        assert_eq!(tenant.in_flight(), 0);
+        actix_web::rt::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(finished.load(Ordering::SeqCst), 1);
+    }
 
     fn limits(requests_per_second: u32, burst: u32, in_flight_max: u32) -> QuotaLimits {
         QuotaLimits { requests_per_second, burst, in_flight_max, ..QuotaLimits::default() }

@@ -232,6 +232,7 @@ pub fn bind(services: Services, listen: &str, limits: HttpLimits) -> std::io::Re
             .app_data(portal.clone())
             .app_data(backups.clone())
             .app_data(invariants_watch.clone())
+            .wrap(actix_web::middleware::from_fn(crate::quotas::run_to_end))
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(crate::error::json_errors))
             .wrap(actix_web::middleware::from_fn(crate::metrics::record_latency))
             .wrap(actix_web::middleware::from_fn(crate::admin::token_first))

@@ -42,6 +42,8 @@ pub struct Portal {
     pub address_failures: sessions::AddressFailures,
     /// Proxies whose `X-Forwarded-For` names the client (`[portal] trusted_proxies`).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The platform dashboard's figures that walk every account (`platform::HomeFigures`).
+    pub home_figures: platform::HomeFigures,
 }
 
 /// The first system operator, made at the first start.
@@ -96,7 +98,16 @@ impl Portal {
         }
         let address_failures = sessions::AddressFailures::new(limits.sign_in_failures_per_address);
         Ok((
-            Portal { operators, sessions: Sessions::new(limits), audit, approvals, locked_noted: Default::default(), address_failures, trusted_proxies },
+            Portal {
+                operators,
+                sessions: Sessions::new(limits),
+                audit,
+                approvals,
+                locked_noted: Default::default(),
+                address_failures,
+                trusted_proxies,
+                home_figures: Default::default(),
+            },
             first,
         ))
     }

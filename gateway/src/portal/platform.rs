@@ -116,10 +116,10 @@ async fn home(
     let platform = own_platform(&session, &platforms)?;
     let failed_deliveries = delivery.recent(platform.id).iter().filter(|a| !a.delivered).count();
     let member_count = members.count_of(platform.id)?;
-    let account_count = count_accounts(&engine, platform.id).await?;
+    let walked = portal.home_figures.of(&engine, platform.id).await?;
+    let (account_count, held) = (walked.0, &walked.1);
     let today = crate::stats::today(&engine);
     let today_orders: u64 = crate::stats::daily_volume(&engine, Some(platform.id), today..=today).await?.iter().map(|t| t.count).sum();
-    let held = crate::stats::balances_held(&engine, Some(platform.id)).await?;
     let pending = portal.approvals.list(&session.scope(), Some(Status::Pending), 1000)?.len();
     let exponent_of = |code: &str| engine.config().currencies.iter().find(|c| c.code_str() == code).map_or(2, |c| c.exponent);
     let first = (today.saturating_sub(13))..=today;
@@ -130,7 +130,7 @@ async fn home(
             div.metric { div.label { "Members" } div.value #metric-members { (member_count) } }
             div.metric { div.label { "Accounts" } div.value #metric-accounts { (account_count) } }
             div.metric { div.label { "Orders today" } div.value #metric-orders-today { (today_orders) } }
-            @for balance in &held {
+            @for balance in held {
                 div.metric {
                     div.label { "Balances held (" (balance.currency) ")" }
                     div.value { (super::money(balance.settled + balance.unsettled + balance.frozen + balance.escrow, exponent_of(&balance.currency))) }
@@ -190,6 +190,62 @@ fn volume_table(volume: &[crate::stats::DayKindTotal], exponent_of: &dyn Fn(&str
                 }
             }
         }
+    }
+}
+
+/// The dashboard's figures that walk every account of every shard (a platform's accounts and
+/// the balances they hold), kept per platform and worked out one walk at a time: a dashboard
+/// reloaded in a loop (by any of a platform's operators, a viewer too) cost every shard a walk
+/// of all its accounts per request (helper 107). A platform's figures are used again while no
+/// shard has written a batch since (up to a minute), and for a second after one, unless an
+/// account was opened since (then at once).
+#[derive(Default)]
+pub struct HomeFigures {
+    kept: std::sync::Mutex<std::collections::HashMap<u32, Walked>>,
+    walking: tokio::sync::Mutex<()>,
+}
+
+struct Walked {
+    at: std::time::Instant,
+    sequences: Vec<u64>,
+    figures: Arc<(usize, Vec<crate::stats::HeldBalance>)>,
+}
+
+impl HomeFigures {
+    /// `platform`'s accounts and the balances they hold.
+    pub async fn of(&self, engine: &Arc<Engine>, platform: u32) -> Result<Arc<(usize, Vec<crate::stats::HeldBalance>)>, ApiError> {
+        use std::time::Duration;
+        // Each shard's last batch and its number of accounts: an account opened anywhere is
+        // walked again at once (the count is what an operator who just opened one looks at).
+        let sequences = || {
+            engine
+                .counters()
+                .iter()
+                .flat_map(|c| [c.last_sequence.load(std::sync::atomic::Ordering::SeqCst), c.accounts.load(std::sync::atomic::Ordering::SeqCst)])
+                .collect::<Vec<u64>>()
+        };
+        let fresh = |this: &HomeFigures| {
+            let now = sequences();
+            let kept = this.kept.lock().expect("figures lock");
+            let walked = kept.get(&platform)?;
+            let age = walked.at.elapsed();
+            let accounts_same = walked.sequences.iter().skip(1).step_by(2).eq(now.iter().skip(1).step_by(2));
+            (accounts_same && (age < Duration::from_secs(1) || (age < Duration::from_secs(60) && walked.sequences == now))).then(|| walked.figures.clone())
+        };
+        if let Some(figures) = fresh(self) {
+            return Ok(figures);
+        }
+        let _walking = self.walking.lock().await;
+        // Another request may have walked while this one waited.
+        if let Some(figures) = fresh(self) {
+            return Ok(figures);
+        }
+        let before = sequences();
+        let figures = Arc::new((count_accounts(engine, platform).await?, crate::stats::balances_held(engine, Some(platform)).await?));
+        let mut kept = self.kept.lock().expect("figures lock");
+        kept.retain(|_, walked| walked.at.elapsed() < Duration::from_secs(60));
+        kept.insert(platform, Walked { at: std::time::Instant::now(), sequences: before, figures: figures.clone() });
+        Ok(figures)
     }
 }
 
@@ -1619,6 +1675,32 @@ pub fn routes(config: &mut web::ServiceConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (helper 107): the dashboard walked every account of every shard per request.
+    /// Reloads with no batch since are answered from the figures walked before; a batch since
+    /// (an account opened) and a second passed walk again.
+    #[actix_web::test]
+    async fn the_dashboards_walk_of_every_account_is_used_again_until_a_batch() {
+        use engine::ledger::command::{Command, Envelope};
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let engine = Arc::new(Engine::start(engine::EngineConfig { shard_count: 2, ..engine::EngineConfig::default() }, store).unwrap());
+        let open = |owner: u64| Envelope {
+            platform: 7,
+            out_order_no: None,
+            command: Command::OpenAccount { owner, currency: engine::money::CurrencyId(0), limits: engine::ledger::types::Limits::NONE },
+        };
+        assert!(engine.execute_one(open(1)).unwrap().is_ok());
+        let figures = HomeFigures::default();
+        let first = figures.of(&engine, 7).await.unwrap();
+        assert_eq!(first.0, 1);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let again = figures.of(&engine, 7).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "no batch since: the same walk");
+        assert!(engine.execute_one(open(2)).unwrap().is_ok());
+        assert_eq!(figures.of(&engine, 7).await.unwrap().0, 2, "an account opened since: walked again at once");
+        assert_eq!(figures.of(&engine, 8).await.unwrap().0, 0, "another platform's own figures");
+        engine.shutdown();
+    }
 
     #[test]
     fn identity_numbers_and_phones_are_masked() {
