@@ -82,6 +82,16 @@ fn order_events_are_listed_and_delivered_signed_with_retries_also_after_kill_9()
         rest["events"].as_array().unwrap().iter().map(|e| (e["type"].as_str().unwrap(), e["data"]["order_id"].as_str().unwrap())).collect();
     assert_eq!(last, [("order.pending", recharge.as_str())]);
     assert!(rest["next_cursor"].is_null());
+    // A cursor is opaque and the platform's own (session 64, helper 102): another platform's
+    // use of it, a position written by hand, or a changed byte is refused.
+    let q = Client::create(&server, token, "{\"name\": \"Other\"}");
+    let (status, refused) = q.get(&format!("/v1/events?limit=4&cursor={cursor}"));
+    assert_eq!((status, refused["error"]["param"].as_str()), (400, Some("cursor")), "{refused}");
+    let flipped = format!("{}{}", &cursor[..cursor.len() - 1], if cursor.ends_with('0') { '1' } else { '0' });
+    for chosen in ["99999999999999999-1", flipped.as_str()] {
+        let (status, refused) = p.get(&format!("/v1/events?limit=4&cursor={chosen}"));
+        assert_eq!((status, refused["error"]["param"].as_str()), (400, Some("cursor")), "{chosen}: {refused}");
+    }
 
     // Delivered in order despite two refused attempts, each signed with the platform's secret.
     let wait_for = |count: usize| {

@@ -161,12 +161,59 @@ struct ListQuery {
 /// `GET /v1/events?limit=&cursor=`: the platform's events, newest first.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(("limit" = Option<String>, Query, description = "Page size 1-500 (default 50)"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/events")]
-pub async fn list_events(signed: Signed, query: web::Query<ListQuery>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
+pub async fn list_events(
+    signed: Signed,
+    query: web::Query<ListQuery>,
+    engine: web::Data<Arc<Engine>>,
+    platforms: web::Data<Arc<Platforms>>,
+) -> Result<HttpResponse, ApiError> {
     let platform = signed.platform.id;
     let limit = page_limit(query.limit.as_deref())?;
-    let before = parse_cursor(query.cursor.as_deref())?;
+    let key = platforms.derived_key(EVENTS_CURSOR_KEY);
+    let before = match query.cursor.as_deref() {
+        None => Position::NEWEST,
+        Some(text) => open_cursor(&key, platform, text).ok_or_else(|| ApiError::invalid("not a cursor this API returned", "cursor"))?,
+    };
     let (events, next_cursor) = merged_page(&engine, limit, move |state, wanted| scan_shard(state, platform, before, wanted)).await?;
+    let next_cursor = next_cursor.map(|text| parse_cursor(Some(&text)).map(|position| seal_cursor(&key, platform, position))).transpose()?;
     Ok(HttpResponse::Ok().json(json!({"events": events, "next_cursor": next_cursor})))
+}
+
+/// What the events' cursors are sealed under (a key derived from the master key).
+const EVENTS_CURSOR_KEY: &str = "events-cursor";
+
+/// An events cursor: the listing's position sealed for `platform` (ChaCha20-Poly1305, a random
+/// nonce, the platform as associated data), in hex. A page that stops early (after 100,000
+/// changes of every platform) ends at another platform's change: its time and number are
+/// nobody else's business, and a cursor another platform chose or was handed cannot be opened
+/// (helper 102: the plain `time-number` cursors showed them and took any position).
+fn seal_cursor(key: &[u8; 32], platform: u32, position: Position) -> String {
+    use rand::RngCore as _;
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+    let sealing = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key"));
+    let mut nonce = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let mut data = Vec::with_capacity(12 + 16 + 16);
+    data.extend_from_slice(&nonce);
+    let mut sealed = [position.0.to_le_bytes(), position.1.to_le_bytes()].concat();
+    sealing.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(platform.to_le_bytes()), &mut sealed).expect("sealed");
+    data.extend_from_slice(&sealed);
+    hex::encode(data)
+}
+
+/// The position a cursor of `seal_cursor` holds, if it was sealed for `platform` under `key`.
+fn open_cursor(key: &[u8; 32], platform: u32, text: &str) -> Option<Position> {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+    let opening = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).ok()?);
+    if text.len() != 2 * (12 + 16 + 16) {
+        return None;
+    }
+    let mut data = hex::decode(text).ok()?;
+    let (nonce, sealed) = data.split_at_mut(12);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let plain = opening.open_in_place(nonce, Aad::from(platform.to_le_bytes()), sealed).ok()?;
+    let (at, number) = plain.split_at(8);
+    Some(Position(u64::from_le_bytes(at.try_into().ok()?), u64::from_le_bytes(number.try_into().ok()?)))
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
@@ -886,6 +933,26 @@ fn read_capped(response: ureq::Response) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An events cursor opens for its platform only, and no changed byte opens.
+    #[test]
+    fn event_cursors_are_sealed_for_their_platform() {
+        let key = [7u8; 32];
+        let position = Position(1_700_000_000_000_000, 123_456);
+        let cursor = seal_cursor(&key, 3, position);
+        assert_eq!(open_cursor(&key, 3, &cursor), Some(position));
+        assert_ne!(seal_cursor(&key, 3, position), cursor, "a fresh nonce each time");
+        assert_eq!(open_cursor(&key, 4, &cursor), None, "another platform's");
+        assert_eq!(open_cursor(&[8u8; 32], 3, &cursor), None, "another key");
+        for at in 0..cursor.len() {
+            let mut changed = cursor.clone().into_bytes();
+            changed[at] = if changed[at] == b'0' { b'1' } else { b'0' };
+            assert_eq!(open_cursor(&key, 3, std::str::from_utf8(&changed).unwrap()), None, "byte {at}");
+        }
+        for garbage in ["", "1700000000-1", &cursor[..cursor.len() - 2], "zz"] {
+            assert_eq!(open_cursor(&key, 3, garbage), None, "{garbage}");
+        }
+    }
 
     /// A cursor whose wait before a retry has passed, read and found with no event of its
     /// platform, waits no more and is quiet: the wait stayed, and the lane was due at once,

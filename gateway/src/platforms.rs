@@ -428,6 +428,11 @@ impl Platforms {
         self.master_key.tag(purpose, message)
     }
 
+    /// A 256-bit key for `purpose`, derived from the master key.
+    pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
+        self.master_key.derived_key(purpose)
+    }
+
     /// The platform's current secret.
     pub fn secret(&self, platform: &Platform) -> String {
         self.master_key.platform_secret(platform.id, platform.secret_version)

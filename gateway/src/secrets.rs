@@ -275,6 +275,13 @@ impl MasterKey {
         hmac_hex(&self.0, format!("platform-secret/{platform_id}/{version}").as_bytes())
     }
 
+    /// A 256-bit key for `purpose`: HMAC(master key, "key/PURPOSE").
+    pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(hmac_hex(&self.0, format!("key/{purpose}").as_bytes()), &mut key).expect("an HMAC-SHA256 is 32 bytes of hex");
+        key
+    }
+
     /// A short tag (64 bits of HMAC) over `message` for `purpose`: what we hand out and must get
     /// back unchanged (cursors) carries one.
     pub fn tag(&self, purpose: &str, message: &str) -> String {
