@@ -30,6 +30,9 @@ pub struct NonceCache {
     swept_at: std::sync::atomic::AtomicI64,
 }
 
+/// How many seconds behind its clock the sweep of every platform's map forgets (`sweep`).
+const SWEEP_MARGIN: i64 = 5;
+
 /// Nonces a platform's map keeps room for however few it holds (shrinking below is not worth
 /// its rehash).
 const NONCES_KEPT_ROOM: usize = 1024;
@@ -114,7 +117,9 @@ impl NonceCache {
     }
 
     /// At most once a second (the first request of a second does it): forgets, in every
-    /// platform's map, the seconds that left the window. A platform's own requests expire its
+    /// platform's map, the seconds that left the window `SWEEP_MARGIN` seconds ago (a request
+    /// that read the clock a little earlier may still find its nonce's second in its window:
+    /// the sweep must not forget it under that request; helper 112). A platform's own requests expire its
     /// map too, but one that stops sending would otherwise keep its whole share (up to 8 Mi
     /// nonces, hundreds of MB) for the life of the process (helper 107). A map another request
     /// holds is left for the next sweep.
@@ -127,7 +132,7 @@ impl NonceCache {
         let all: Vec<Arc<Mutex<Seen>>> = self.platforms.read().expect("nonce lock").values().cloned().collect();
         for seen in all {
             if let Ok(mut seen) = seen.try_lock() {
-                seen.expire(now);
+                seen.expire(now.saturating_sub(SWEEP_MARGIN));
             }
         }
     }
@@ -222,6 +227,13 @@ pub fn check_signature(request: &HttpRequest, head: &SignedHead, body: &[u8], pl
 /// Remembers the nonce of a request whose signature was checked: `replayed_request` when it was
 /// seen within the window, 429 `rate_limited` when the platform holds `share` nonces already.
 pub fn check_nonce(head: &SignedHead, nonces: &NonceCache, now: i64, share: usize) -> Result<(), ApiError> {
+    // The window again at the moment the nonce is remembered: the body was read since the
+    // headers were checked (up to the body timeout), and the nonces of seconds that left the
+    // window by now are forgotten, so a request that left it meanwhile would not be found a
+    // replay (helper 112).
+    if !within_window(now, head.timestamp) {
+        return Err(ApiError::new(401, "timestamp_out_of_window", "the request's timestamp left the signing window while its body was read"));
+    }
     if !nonces.remember(head.platform.id, head.nonce_hash, head.timestamp, now, share)? {
         return Err(ApiError::new(401, "replayed_request", "this nonce was already used"));
     }
@@ -288,10 +300,21 @@ mod tests {
         }
         let room = |nonces: &NonceCache| nonces.platform(1).lock().unwrap().by_hash.capacity();
         assert!(room(&nonces) >= 200_000);
-        let later = now + TIMESTAMP_WINDOW_SECONDS + 1;
+        let later = now + TIMESTAMP_WINDOW_SECONDS + 1 + SWEEP_MARGIN;
         assert!(nonces.remember(2, 7, later, later, usize::MAX).unwrap());
         assert_eq!(nonces.held(1), 0, "platform 1 sent nothing since");
         assert!(room(&nonces) <= 4 * NONCES_KEPT_ROOM, "{} slots kept for no nonce", room(&nonces));
+    }
+
+    /// Regression (helper 112): the sweep, run by another platform's request that read the
+    /// clock a second later, forgot a second still inside the window of a request about to
+    /// remember its nonce, so a replay of it was taken.
+    #[test]
+    fn the_sweep_leaves_the_seconds_a_request_may_still_hold() {
+        let nonces = NonceCache::default();
+        assert!(nonces.remember(1, 42, 1_000, 1_300, usize::MAX).unwrap());
+        assert!(nonces.remember(2, 7, 1_301, 1_301, usize::MAX).unwrap(), "another platform's request sweeps");
+        assert!(!nonces.remember(1, 42, 1_000, 1_300, usize::MAX).unwrap(), "still a replay at 1300");
     }
 
     #[test]

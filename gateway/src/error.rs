@@ -273,6 +273,12 @@ pub fn json_config_error(error: &actix_web::error::JsonPayloadError) -> ApiError
 fn named_in(message: &str) -> Option<Cow<'static, str>> {
     let start = message.find("field `")? + "field `".len();
     let end = start + message[start..].find('`')?;
+    // The name ends where the message goes on (`, expected ...`, ` at line ...`) or ends: a
+    // name holding a backquote is not cut short into another field's name (helper 112).
+    let rest = &message[end + 1..];
+    if !(rest.is_empty() || rest.starts_with(',') || rest.starts_with(" at line")) {
+        return None;
+    }
     param_named(&message[start..end])
 }
 
@@ -344,6 +350,7 @@ mod tests {
             // Regression (helper 110): an unknown or a missing field is named too.
             (r#"{"colour": 1}"#, Some("colour")),
             (r#"{"receivers": [{}]}"#, Some("share")),
+            (r#"{"amount`x": 1}"#, None),
             (r#"{"days": 3"#, None),
             (r#"not json"#, None),
         ];

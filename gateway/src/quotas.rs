@@ -154,10 +154,21 @@ pub async fn run_to_end<B: actix_web::body::MessageBody + 'static>(
     next: actix_web::middleware::Next<B>,
 ) -> Result<actix_web::dev::ServiceResponse<B>, actix_web::Error> {
     use actix_web::http::Method;
-    if !request.path().starts_with("/v1/") || matches!(*request.method(), Method::GET | Method::HEAD) {
+    use tracing::Instrument as _;
+    // The path the router matches (decoded: `/%761/bulk` is routed to `/v1/bulk`) and the raw one.
+    let platform = |path: &str| path.starts_with("/v1/");
+    if !(platform(request.match_info().as_str()) || platform(request.path())) || matches!(*request.method(), Method::GET | Method::HEAD) {
         return next.call(request).await;
     }
-    actix_web::rt::spawn(next.call(request)).await.map_err(|error| actix_web::error::ErrorServiceUnavailable(format!("the request's task failed: {error}")))?
+    // The task logs under the request's span (its request id).
+    match actix_web::rt::spawn(next.call(request).in_current_span()).await {
+        Ok(answered) => answered,
+        Err(failed) => {
+            // A handler that panicked: the contract's JSON error, nothing of the panic's text.
+            tracing::error!("a request's task failed: {failed}");
+            Err(crate::error::ApiError::new(500, "internal_error", "the request failed on our side").into())
+        }
+    }
 }
 
 /// Every platform's counters, created on first use.
@@ -215,21 +226,35 @@ mod tests {
             App::new()
                 .wrap(actix_web::middleware::from_fn(run_to_end))
                 .route("/v1/work", web::post().to(handler.clone()))
-                .route("/v1/work", web::get().to(handler)),
+                .route("/v1/work", web::get().to(handler))
+                .route("/v1/panics", web::post().to(|| async { panic!("a bug with a secret in its message") as HttpResponse })),
         )
         .await;
+        // A handler that panics is the contract's JSON 500, its message not shown.
+        let failed = app.call(test::TestRequest::post().uri("/v1/panics").to_request()).await;
+        let response = actix_web::ResponseError::error_response(failed.err().expect("an error").as_response_error());
+        assert_eq!(response.status().as_u16(), 500);
+        let body = actix_web::body::to_bytes(response.into_body()).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("internal_error") && !text.contains("secret"), "{text}");
+        // A percent-encoded path routed to /v1 runs to its end too (helper 112).
+        let cut = actix_web::rt::time::timeout(Duration::from_millis(50), app.call(test::TestRequest::post().uri("/%761/work").to_request())).await;
+        assert!(cut.is_err(), "cut short");
+        assert_eq!(tenant.in_flight(), 1, "the encoded path's work holds its place");
+        actix_web::rt::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!((finished.load(Ordering::SeqCst), tenant.in_flight()), (1, 0));
         // The client goes away 50 ms in: the work goes on, its place held.
         let cut = actix_web::rt::time::timeout(Duration::from_millis(50), app.call(test::TestRequest::post().uri("/v1/work").to_request())).await;
         assert!(cut.is_err(), "cut short");
         assert_eq!(tenant.in_flight(), 1, "its place is held while its work goes on");
         actix_web::rt::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!((finished.load(Ordering::SeqCst), tenant.in_flight()), (1, 0), "it ran to its end, then gave its place back");
+        assert_eq!((finished.load(Ordering::SeqCst), tenant.in_flight()), (2, 0), "it ran to its end, then gave its place back");
         // A read is dropped with its client.
         let cut = actix_web::rt::time::timeout(Duration::from_millis(50), app.call(test::TestRequest::get().uri("/v1/work").to_request())).await;
         assert!(cut.is_err());
         assert_eq!(tenant.in_flight(), 0);
         actix_web::rt::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(finished.load(Ordering::SeqCst), 1);
+        assert_eq!(finished.load(Ordering::SeqCst), 2);
     }
 
     fn limits(requests_per_second: u32, burst: u32, in_flight_max: u32) -> QuotaLimits {

@@ -201,8 +201,8 @@ fn volume_table(volume: &[crate::stats::DayKindTotal], exponent_of: &dyn Fn(&str
 /// account was opened since (then at once).
 #[derive(Default)]
 pub struct HomeFigures {
-    kept: std::sync::Mutex<std::collections::HashMap<u32, Walked>>,
-    walking: tokio::sync::Mutex<()>,
+    kept: Arc<std::sync::Mutex<std::collections::HashMap<u32, Walked>>>,
+    walking: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Walked {
@@ -235,17 +235,26 @@ impl HomeFigures {
         if let Some(figures) = fresh(self) {
             return Ok(figures);
         }
-        let _walking = self.walking.lock().await;
+        let walking = self.walking.clone().lock_owned().await;
         // Another request may have walked while this one waited.
         if let Some(figures) = fresh(self) {
             return Ok(figures);
         }
         let before = sequences();
-        let figures = Arc::new((count_accounts(engine, platform).await?, crate::stats::balances_held(engine, Some(platform)).await?));
-        let mut kept = self.kept.lock().expect("figures lock");
-        kept.retain(|_, walked| walked.at.elapsed() < Duration::from_secs(60));
-        kept.insert(platform, Walked { at: std::time::Instant::now(), sequences: before, figures: figures.clone() });
-        Ok(figures)
+        // The walk and its keeping on a task of its own (with the lock): a request its client
+        // drops (a reload) leaves the walk to end and be kept, rather than a next request
+        // starting another beside its shard reads still running (helper 112).
+        let (engine, kept) = (engine.clone(), self.kept.clone());
+        actix_web::rt::spawn(async move {
+            let _walking = walking;
+            let figures = Arc::new((count_accounts(&engine, platform).await?, crate::stats::balances_held(&engine, Some(platform)).await?));
+            let mut kept = kept.lock().expect("figures lock");
+            kept.retain(|_, walked| walked.at.elapsed() < Duration::from_secs(60));
+            kept.insert(platform, Walked { at: std::time::Instant::now(), sequences: before, figures: figures.clone() });
+            Ok(figures)
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("the dashboard's figures could not be worked out".into()))?
     }
 }
 

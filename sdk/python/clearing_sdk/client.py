@@ -268,10 +268,20 @@ class Clearing:
         return cls(operator_client(base_url, token, package=package, timeout=timeout), package)
 
     def call(self, operation: str, body: Any = None, **parameters: Any) -> Reply:
-        """Calls an operation: path and query parameters by name, the body as a dict or a model."""
+        """Calls an operation: path and query parameters by name, the body as a dict or a model.
+
+        An answer the generated models cannot take (an error code, a field or a value the
+        server added after this SDK was generated: API.md lets it add them) is still a
+        ``Reply``, with ``parsed`` left ``None``: ``data`` and ``error_code`` hold what came.
+        """
         found = self.operations.find(operation)
-        response = found.module.sync_detailed(client=self.client, **found.arguments(body, parameters))
-        return Reply(int(response.status_code), _body(response), response.parsed, httpx.Headers(response.headers))
+        kwargs = found.module._get_kwargs(**found.arguments(body, parameters))
+        response = self.client.get_httpx_client().request(**kwargs)
+        try:
+            parsed = found.module._parse_response(client=self.client, response=response)
+        except (KeyError, TypeError, ValueError):
+            parsed = None
+        return Reply(int(response.status_code), _body(response), parsed, httpx.Headers(response.headers))
 
     def close(self) -> None:
         self.client.get_httpx_client().close()
