@@ -232,7 +232,8 @@ mod tests {
         .await;
         // A handler that panics is the contract's JSON 500, its message not shown.
         let failed = app.call(test::TestRequest::post().uri("/v1/panics").to_request()).await;
-        let response = actix_web::ResponseError::error_response(failed.err().expect("an error").as_response_error());
+        let Err(error) = failed else { panic!("a panicked handler answers an error") };
+        let response = actix_web::ResponseError::error_response(error.as_response_error());
         assert_eq!(response.status().as_u16(), 500);
         let body = actix_web::body::to_bytes(response.into_body()).await.unwrap();
         let text = String::from_utf8_lossy(&body);
