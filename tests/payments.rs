@@ -194,6 +194,7 @@ fn batch_payments_are_all_or_none_with_one_password_check() {
     assert_eq!(p.balances(&payer).0, "100.00", "nothing moved");
     let (status, replayed, paid) = batch("b-1", ["30.00", "30.00", "40.00"], "246810");
     assert_eq!((status, replayed, paid["status"].as_str()), (201, false, Some("succeeded")), "{paid}");
+    assert_eq!(paid["amount"].as_str(), Some("100.00"), "the batch's answer carries its total (helper 110): {paid}");
     let orders = paid["orders"].as_array().unwrap();
     assert_eq!(orders.len(), 3);
     for (order, worker) in orders.iter().zip(&workers) {

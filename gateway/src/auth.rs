@@ -269,16 +269,22 @@ pub fn constant_time_equal(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    /// A burst's room is given back once its nonces leave the window.
-    #[test]
-    fn a_platforms_nonce_map_shrinks_after_a_burst() {
+    /// A cache after platform 1's burst of 200,000 nonces at `now`, and its map's room.
+    fn after_a_burst(now: i64) -> (NonceCache, impl Fn(&NonceCache) -> usize) {
         let nonces = NonceCache::default();
-        let now = 1_700_000_000;
         for n in 0..200_000u128 {
             assert!(nonces.remember(1, n, now, now, usize::MAX).unwrap());
         }
         let room = |nonces: &NonceCache| nonces.platform(1).lock().unwrap().by_hash.capacity();
         assert!(room(&nonces) >= 200_000);
+        (nonces, room)
+    }
+
+    /// A burst's room is given back once its nonces leave the window.
+    #[test]
+    fn a_platforms_nonce_map_shrinks_after_a_burst() {
+        let now = 1_700_000_000;
+        let (nonces, room) = after_a_burst(now);
         // Past the window: the next request expires the burst and the map shrinks.
         let later = now + TIMESTAMP_WINDOW_SECONDS + 1;
         assert!(nonces.remember(1, u128::MAX, later, later, usize::MAX).unwrap());
@@ -293,13 +299,8 @@ mod tests {
     /// burst has left the window empties it and gives its room back.
     #[test]
     fn a_quiet_platforms_burst_is_forgotten_by_others_requests() {
-        let nonces = NonceCache::default();
         let now = 1_700_000_000;
-        for n in 0..200_000u128 {
-            assert!(nonces.remember(1, n, now, now, usize::MAX).unwrap());
-        }
-        let room = |nonces: &NonceCache| nonces.platform(1).lock().unwrap().by_hash.capacity();
-        assert!(room(&nonces) >= 200_000);
+        let (nonces, room) = after_a_burst(now);
         let later = now + TIMESTAMP_WINDOW_SECONDS + 1 + SWEEP_MARGIN;
         assert!(nonces.remember(2, 7, later, later, usize::MAX).unwrap());
         assert_eq!(nonces.held(1), 0, "platform 1 sent nothing since");
