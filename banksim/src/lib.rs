@@ -339,16 +339,20 @@ impl BankChannel for Simulator {
             return Ok(*total);
         }
         let prefix = format!("{RESERVE_PREFIX}{}/", currency.code_str());
-        let lines = storage::records::load_all::<ReserveLine>(self.inner.store.as_ref(), prefix.as_bytes()).map_err(BankError::Records)?;
         // Each line is within an order's bounds; their sum is not within `i64` (a platform's
         // largest recharges passed it): summed in `i128`, which no count of lines can overflow.
-        let mut balance: i128 = 0;
-        for (_, line) in &lines {
-            let amount = currency.parse(&line.amount).ok_or_else(|| BankError::Records(format!("a reserve line's amount {:?}", line.amount)))?;
+        // Summed line by line as the store is read (the whole history was read into memory
+        // first; helper 107).
+        let (mut balance, mut lines): (i128, usize) = (0, 0);
+        storage::records::for_each::<ReserveLine>(self.inner.store.as_ref(), prefix.as_bytes(), |_, line| {
+            let amount = currency.parse(&line.amount).ok_or_else(|| format!("a reserve line's amount {:?}", line.amount))?;
             balance += i128::from(amount);
-        }
-        totals.insert(currency.code_str().to_string(), (balance, lines.len()));
-        Ok((balance, lines.len()))
+            lines += 1;
+            Ok(())
+        })
+        .map_err(BankError::Records)?;
+        totals.insert(currency.code_str().to_string(), (balance, lines));
+        Ok((balance, lines))
     }
 
     fn transfer_in(&self, currency: &CurrencySpec, bank_ref: &str, amount: Minor) {

@@ -17,20 +17,33 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// Every record under `prefix`, with the rest of its key; a corrupt one fails the load.
 pub fn load_all<T: DeserializeOwned>(store: &dyn Store, prefix: &[u8]) -> Result<Vec<(Vec<u8>, T)>, String> {
     let mut records = Vec::new();
+    for_each(store, prefix, |rest, record| {
+        records.push((rest.to_vec(), record));
+        Ok(())
+    })?;
+    Ok(records)
+}
+
+/// Visits every record under `prefix` in key order with the rest of its key, holding one at a
+/// time (a sum over a history need not hold the history); a corrupt record, or `visit`'s
+/// error, ends the walk with that error.
+pub fn for_each<T: DeserializeOwned>(store: &dyn Store, prefix: &[u8], mut visit: impl FnMut(&[u8], T) -> Result<(), String>) -> Result<(), String> {
     let mut failure = None;
     store
-        .scan(prefix, &prefix_end(prefix), &mut |key, value| match serde_json::from_slice::<T>(value) {
-            Ok(record) => {
-                records.push((key[prefix.len()..].to_vec(), record));
-                true
-            }
-            Err(error) => {
-                failure = Some(format!("record {}: {error}", String::from_utf8_lossy(key)));
-                false
+        .scan(prefix, &prefix_end(prefix), &mut |key, value| {
+            let visited = serde_json::from_slice::<T>(value)
+                .map_err(|error| format!("record {}: {error}", String::from_utf8_lossy(key)))
+                .and_then(|record| visit(&key[prefix.len()..], record));
+            match visited {
+                Ok(()) => true,
+                Err(error) => {
+                    failure = Some(error);
+                    false
+                }
             }
         })
         .map_err(|e| e.to_string())?;
-    failure.map_or(Ok(records), Err)
+    failure.map_or(Ok(()), Err)
 }
 
 /// Writes records in one atomic, synced store write.
@@ -43,4 +56,29 @@ pub fn put<T: Serialize>(store: &dyn Store, records: &[(Vec<u8>, &T)]) -> Result
 /// `prefix` followed by the decimal id: keys whose order does not matter.
 pub fn key(prefix: &str, id: impl std::fmt::Display) -> Vec<u8> {
     format!("{prefix}{id}").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `for_each` visits the records under a prefix in key order, one at a time, and a corrupt
+    /// record or the visitor's error ends the walk with that error.
+    #[test]
+    fn records_are_visited_in_order_and_a_corrupt_one_ends_the_walk() {
+        let store = crate::MemoryStore::new();
+        put(&store, &[(key("r/", 2), &20u64), (key("r/", 1), &10u64), (key("s/", 1), &99u64)]).unwrap();
+        let mut seen = Vec::new();
+        for_each::<u64>(&store, b"r/", |rest, value| {
+            seen.push((rest.to_vec(), value));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [(b"1".to_vec(), 10), (b"2".to_vec(), 20)]);
+        let stopped = for_each::<u64>(&store, b"r/", |_, value| if value == 10 { Err("no tens".into()) } else { Ok(()) });
+        assert_eq!(stopped, Err("no tens".to_string()));
+        store.write(&[(b"r/3", b"not json")]).unwrap();
+        assert!(for_each::<u64>(&store, b"r/", |_, _| Ok(())).unwrap_err().contains("record r/3"));
+        assert!(load_all::<u64>(&store, b"r/").is_err());
+    }
 }
