@@ -365,15 +365,11 @@ fn filter_piece_key(index: u32) -> [u8; 9] {
     key
 }
 
-/// A saved filter's head, format 2: the format, the segment count and each segment's size, the
-/// shard count, each shard's newest checkpoint, the hash of the sizes and the pieces
-/// (`layout_hasher`). (Format 1: the format, the one size, then the same, the hash of the
-/// pieces only.)
-fn filter_head(store: &dyn Store, format: u8, sizes: &[usize], shard_count: u16, hash: &[u8; 32]) -> Result<Vec<u8>, StorageError> {
-    let mut head = vec![format];
-    if format != 1 {
-        head.push(sizes.len() as u8);
-    }
+/// A saved filter's head (`FILTER_FORMAT`, the layout of format 2): the format, the segment
+/// count and each segment's size, the shard count, each shard's newest checkpoint, the hash of
+/// the sizes and the pieces (`layout_hasher`). Formats 1 and 2 are no longer read.
+fn filter_head(store: &dyn Store, sizes: &[usize], shard_count: u16, hash: &[u8; 32]) -> Result<Vec<u8>, StorageError> {
+    let mut head = vec![FILTER_FORMAT, sizes.len() as u8];
     for size in sizes {
         head.extend_from_slice(&(*size as u64).to_le_bytes());
     }
@@ -386,34 +382,32 @@ fn filter_head(store: &dyn Store, format: u8, sizes: &[usize], shard_count: u16,
     Ok(head)
 }
 
-/// The hasher of a saved filter, fed its segment sizes first in format 2: a head naming other
-/// sizes (reordered, merged) for the same pieces would load the bits at other places, and keys
-/// would be missed.
-fn layout_hasher(format: u8, sizes: &[usize]) -> blake3::Hasher {
+/// The hasher of a saved filter, fed its segment sizes first: a head naming other sizes
+/// (reordered, merged) for the same pieces would load the bits at other places, and keys would
+/// be missed.
+fn layout_hasher(sizes: &[usize]) -> blake3::Hasher {
     let mut hasher = blake3::Hasher::new();
-    if format != 1 {
-        hasher.update(&[sizes.len() as u8]);
-        sizes.iter().for_each(|size| {
-            hasher.update(&(*size as u64).to_le_bytes());
-        });
-    }
+    hasher.update(&[sizes.len() as u8]);
+    sizes.iter().for_each(|size| {
+        hasher.update(&(*size as u64).to_le_bytes());
+    });
     hasher
 }
 
 /// The segment sizes a saved head names, if they are ones a filter can have.
-fn saved_sizes(head: &[u8]) -> Option<(u8, Vec<usize>)> {
+fn saved_sizes(head: &[u8]) -> Option<Vec<usize>> {
     let (&format, rest) = head.split_first()?;
-    let (count, rest) = match format {
-        FILTER_FORMAT => (usize::from(*rest.first()?), rest.get(1..)?),
-        _ => return None,
-    };
+    if format != FILTER_FORMAT {
+        return None;
+    }
+    let (count, rest) = (usize::from(*rest.first()?), rest.get(1..)?);
     if count == 0 || count > MAX_SEGMENTS {
         return None;
     }
     let sizes: Vec<usize> =
         rest.get(..count * 8)?.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).map(|s| usize::try_from(s).unwrap_or(0)).collect();
     let total = sizes.iter().try_fold(0usize, |sum, size| sum.checked_add(*size))?;
-    (sizes.iter().all(|size| *size >= 64 && size.is_multiple_of(64)) && total <= COLD_FILTER_BYTES_MAX).then_some((format, sizes))
+    (sizes.iter().all(|size| *size >= 64 && size.is_multiple_of(64)) && total <= COLD_FILTER_BYTES_MAX).then_some(sizes)
 }
 
 /// Bytes of the cold-key filter's first segment: 32 MiB, about 27 million keys before the
@@ -498,16 +492,16 @@ impl ColdFilter {
     /// smaller one is not: the configuration asks for more.
     fn load_saved(store: &dyn Store, bytes: usize, shard_count: u16) -> Result<Option<ColdFilter>, StorageError> {
         let Some(head) = store.get(FILTER_HEAD)? else { return Ok(None) };
-        let Some((format, sizes)) = saved_sizes(&head) else { return Ok(None) };
+        let Some(sizes) = saved_sizes(&head) else { return Ok(None) };
         if sizes.iter().sum::<usize>() < bytes {
             return Ok(None);
         }
-        let expected = filter_head(store, format, &sizes, shard_count, &[0; 32])?;
+        let expected = filter_head(store, &sizes, shard_count, &[0; 32])?;
         if head.len() != expected.len() || head[..expected.len() - 32] != expected[..expected.len() - 32] {
             return Ok(None);
         }
         let mut filter = ColdFilter::of_segments(sizes.iter().map(|size| Segment::with_bytes(*size)).collect());
-        let mut hasher = layout_hasher(format, &sizes);
+        let mut hasher = layout_hasher(&sizes);
         for (index, piece) in filter.pieces(sizes.len()).enumerate() {
             let Some(value) = store.get(&filter_piece_key(index as u32))? else { return Ok(None) };
             if value.len() != piece.len() * 8 {
@@ -554,14 +548,14 @@ impl ColdFilter {
         // The segments are read once here: one added meanwhile (no shard runs at a stop) would
         // not be named by the head nor hashed.
         let sizes: Vec<usize> = self.each().map(Segment::bytes).collect();
-        let mut hasher = layout_hasher(FILTER_FORMAT, &sizes);
+        let mut hasher = layout_hasher(&sizes);
         let pieces = self.pieces(sizes.len());
         for piece in pieces.clone() {
             encode(piece, &mut value);
             hasher.update(&value);
         }
         // (One read from a format-1 head is written again, once, in format 2.)
-        let head = filter_head(store, FILTER_FORMAT, &sizes, shard_count, hasher.finalize().as_bytes())?;
+        let head = filter_head(store, &sizes, shard_count, hasher.finalize().as_bytes())?;
         if self.saved_head.as_deref() == Some(&head[..]) {
             return Ok(());
         }

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use storage::Store;
 
 use crate::error::{blocking, ApiError};
-use crate::orders::{format_time, kind_name, merged_page, page_limit, parse_cursor, public_order_id, Position, ShardPage};
+use crate::orders::{format_time, kind_name, merged_positions, page_limit, public_order_id, Position, ShardPage};
 use crate::platforms::Platforms;
 use crate::signed::Signed;
 
@@ -174,8 +174,8 @@ pub async fn list_events(
         None => Position::NEWEST,
         Some(text) => open_cursor(&key, platform, text).ok_or_else(|| ApiError::invalid("not a cursor this API returned", "cursor"))?,
     };
-    let (events, next_cursor) = merged_page(&engine, limit, move |state, wanted| scan_shard(state, platform, before, wanted)).await?;
-    let next_cursor = next_cursor.map(|text| parse_cursor(Some(&text)).map(|position| seal_cursor(&key, platform, position))).transpose()?;
+    let (events, next) = merged_positions(&engine, limit, move |state, wanted| scan_shard(state, platform, before, wanted)).await?;
+    let next_cursor = next.map(|position| seal_cursor(&key, platform, position));
     Ok(HttpResponse::Ok().json(json!({"events": events, "next_cursor": next_cursor})))
 }
 

@@ -387,6 +387,16 @@ pub async fn merged_page(
     limit: usize,
     scan: impl Fn(&ShardState, usize) -> ShardPage + Clone + Send + 'static,
 ) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    let (items, next) = merged_positions(engine, limit, scan).await?;
+    Ok((items, next.map(|position| format!("{}-{}", position.0, position.1))))
+}
+
+/// `merged_page` with the next page's position as it is (`events` seals it for its platform).
+pub async fn merged_positions(
+    engine: &Arc<Engine>,
+    limit: usize,
+    scan: impl Fn(&ShardState, usize) -> ShardPage + Clone + Send + 'static,
+) -> Result<(Vec<Value>, Option<Position>), ApiError> {
     let mut found = Vec::new();
     let mut floor = Position(0, 0);
     for shard in 0..engine.config().shard_count {
@@ -402,8 +412,8 @@ pub async fn merged_page(
     let more = found.len() > limit || floor > Position(0, 0);
     found.truncate(limit);
     let next_cursor = match (more, found.last()) {
-        (true, Some((position, _))) => Some(format!("{}-{}", position.0, position.1)),
-        (true, None) => Some(format!("{}-{}", floor.0, floor.1)),
+        (true, Some((position, _))) => Some(*position),
+        (true, None) => Some(floor),
         (false, _) => None,
     };
     Ok((found.into_iter().map(|(_, v)| v).collect(), next_cursor))

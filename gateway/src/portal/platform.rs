@@ -207,7 +207,8 @@ pub struct HomeFigures {
 
 struct Walked {
     at: std::time::Instant,
-    sequences: Vec<u64>,
+    /// Each shard's last batch and number of accounts when the walk began.
+    sequences: Vec<(u64, u64)>,
     figures: Arc<(usize, Vec<crate::stats::HeldBalance>)>,
 }
 
@@ -218,18 +219,15 @@ impl HomeFigures {
         // Each shard's last batch and its number of accounts: an account opened anywhere is
         // walked again at once (the count is what an operator who just opened one looks at).
         let sequences = || {
-            engine
-                .counters()
-                .iter()
-                .flat_map(|c| [c.last_sequence.load(std::sync::atomic::Ordering::SeqCst), c.accounts.load(std::sync::atomic::Ordering::SeqCst)])
-                .collect::<Vec<u64>>()
+            let now = |value: &std::sync::atomic::AtomicU64| value.load(std::sync::atomic::Ordering::SeqCst);
+            engine.counters().iter().map(|c| (now(&c.last_sequence), now(&c.accounts))).collect::<Vec<(u64, u64)>>()
         };
         let fresh = |this: &HomeFigures| {
             let now = sequences();
             let kept = this.kept.lock().expect("figures lock");
             let walked = kept.get(&platform)?;
             let age = walked.at.elapsed();
-            let accounts_same = walked.sequences.iter().skip(1).step_by(2).eq(now.iter().skip(1).step_by(2));
+            let accounts_same = walked.sequences.iter().map(|shard| shard.1).eq(now.iter().map(|shard| shard.1));
             (accounts_same && (age < Duration::from_secs(1) || (age < Duration::from_secs(60) && walked.sequences == now))).then(|| walked.figures.clone())
         };
         if let Some(figures) = fresh(self) {
