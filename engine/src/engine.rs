@@ -105,6 +105,9 @@ struct Gather {
     parts_left: usize,
     error: Option<EngineError>,
     reply: Option<ReplyTo>,
+    /// Whether a part whose shard stopped answers `ResultCode::ShardStopped` for each of its
+    /// commands (`submit_each`) rather than an error for the whole submission.
+    each: bool,
 }
 
 impl Gather {
@@ -247,10 +250,20 @@ impl Engine {
     /// changed and their order numbers stay free; the other shards' parts go ahead. A caller of
     /// several commands gets each one's own result, never a half-applied request it cannot see.
     pub fn submit(&self, envelopes: Vec<Envelope>, reply: ReplyTo) {
-        self.submit_with(envelopes, reply, Wait::Never)
+        self.submit_with(envelopes, reply, Wait::Never, false)
     }
 
-    fn submit_with(&self, envelopes: Vec<Envelope>, reply: ReplyTo, wait: Wait) {
+    /// As `submit`, but a part bound for a stopped shard answers each of its commands
+    /// `ResultCode::ShardStopped` while the other shards' parts answer as they went, so a
+    /// caller of many commands (`/v1/bulk`) can answer and carry on with each one that
+    /// succeeded (helper 108#2: the whole bulk failed, and its accepted recharges waited for a
+    /// start to reach their bank, their retries being replays). Only a submission after
+    /// `shutdown` is an error as a whole.
+    pub fn submit_each(&self, envelopes: Vec<Envelope>, reply: ReplyTo) {
+        self.submit_with(envelopes, reply, Wait::Never, true)
+    }
+
+    fn submit_with(&self, envelopes: Vec<Envelope>, reply: ReplyTo, wait: Wait, each: bool) {
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
             return reply(Err(EngineError::ShardStopped(ShardId::MAX)));
         }
@@ -301,7 +314,7 @@ impl Engine {
         // A request never holds more than one batch: larger parts go as several requests.
         let batch = self.config.batch_size_max;
         let parts_left: usize = parts.iter().map(|p| p.0.len().div_ceil(batch)).sum();
-        let gather = Arc::new(Mutex::new(Gather { replies, parts_left: parts_left + 1, error: None, reply: Some(reply) }));
+        let gather = Arc::new(Mutex::new(Gather { replies, parts_left: parts_left + 1, error: None, reply: Some(reply), each }));
         let chunks = parts.into_iter().enumerate().flat_map(|(shard, (mut part, mut positions))| {
             let mut chunks = Vec::new();
             while part.len() > batch {
@@ -324,6 +337,13 @@ impl Engine {
                         for ((index, claim), reply) in positions.iter().zip(shard_replies) {
                             claims.settle(claim, reply.is_ok(), reply.replayed, shard as ShardId);
                             gather.replies[*index] = Some(reply);
+                        }
+                    }
+                    // The commands' claims stay held: their outcome is unknown until the shard
+                    // starts again and recovery claims what it journaled.
+                    Err(_) if gather.each => {
+                        for (index, _) in &positions {
+                            gather.replies[*index] = Some(Reply::rejected(ResultCode::ShardStopped));
                         }
                     }
                     Err(error) => gather.error = Some(error),
@@ -363,6 +383,7 @@ impl Engine {
                 let _ = sender.send(result);
             }),
             Wait::Block,
+            false,
         );
         receiver.recv().map_err(|_| EngineError::ShardStopped(ShardId::MAX))?
     }

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The outcome of one command. `Ok` is the only success; every other code means nothing changed.
+/// The outcome of one command. `Ok` is the only success; every other code but `ShardStopped`
+/// means nothing changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[repr(u16)]
 pub enum ResultCode {
@@ -56,11 +57,16 @@ pub enum ResultCode {
     /// An adjustment's four eyes are missing: the proposer or the approver is not named, a
     /// name passes `OPERATOR_NAME_BYTES_MAX`, or the approver is the proposer.
     ApprovalInvalid = 35,
+    /// The command's shard stopped before it answered (`Engine::submit_each` only; a shard
+    /// never answers it and it is never journaled). Its outcome is unknown until the shard
+    /// starts again: the batch may have been made durable just before the stop. A retry with
+    /// the same order number then answers as the first attempt went.
+    ShardStopped = 36,
 }
 
 impl ResultCode {
     /// Every code, in number order (for documentation and tests).
-    pub const ALL: [ResultCode; 36] = [
+    pub const ALL: [ResultCode; 37] = [
         ResultCode::Ok,
         ResultCode::IdempotencyConflict,
         ResultCode::InvalidAmount,
@@ -97,6 +103,7 @@ impl ResultCode {
         ResultCode::Overloaded,
         ResultCode::ReasonMissing,
         ResultCode::ApprovalInvalid,
+        ResultCode::ShardStopped,
     ];
 
     /// The stable snake_case name used at the API edge.
@@ -138,6 +145,7 @@ impl ResultCode {
             ResultCode::Overloaded => "overloaded",
             ResultCode::ReasonMissing => "reason_missing",
             ResultCode::ApprovalInvalid => "approval_invalid",
+            ResultCode::ShardStopped => "shard_stopped",
         }
     }
 

@@ -205,6 +205,19 @@ fn a_shard_that_panics_is_reported_stopped_and_answers_every_later_request() {
     assert!(started.elapsed() < Duration::from_secs(10));
     // The other shard goes on.
     assert!(engine.execute_one(recharge(accounts[1])).unwrap().is_ok());
+    // A submission across both: as a whole an error; part by part (`submit_each`, what
+    // `/v1/bulk` uses) the stopped shard's commands say so and the other's are applied.
+    let across = || vec![recharge(accounts[0]), recharge(accounts[1]), recharge(accounts[0])];
+    assert!(matches!(submit(&engine, across()).recv().unwrap(), Err(EngineError::ShardStopped(0))));
+    let (sender, receiver) = crossbeam_channel::bounded(1);
+    engine.submit_each(
+        across(),
+        Box::new(move |result| {
+            let _ = sender.send(result);
+        }),
+    );
+    let codes: Vec<ResultCode> = receiver.recv().unwrap().unwrap().iter().map(|r| r.code).collect();
+    assert_eq!(codes, [ResultCode::ShardStopped, ResultCode::Ok, ResultCode::ShardStopped]);
     engine.shutdown();
 }
 

@@ -135,7 +135,9 @@ pub async fn bulk(
         let (engine, bank) = (engine.get_ref().clone(), clearing.bank().clone());
         replies = actix_web::rt::spawn(async move {
             let (sender, receiver) = tokio::sync::oneshot::channel();
-            engine.submit(
+            // Each part answers for itself: a stopped shard's operations answer 503 while the
+            // others' answer and their recharges go to the bank (helper 108#2).
+            engine.submit_each(
                 envelopes,
                 Box::new(move |result| {
                     let _ = sender.send(result);

@@ -157,6 +157,12 @@ pub fn rejection(code: ResultCode) -> ApiError {
                 "the shard is busy (its queue is full, or its batch has read back all the history one batch may); nothing was applied; try again shortly",
             )
         }
+        ResultCode::ShardStopped => {
+            return ApiError::unavailable(
+                "the shard holding this operation's account stopped before it answered: its outcome is unknown until the shard starts again; retry with the same out_order_no"
+                    .into(),
+            )
+        }
         ResultCode::ReasonMissing => (400, "invalid_request", "an adjustment needs a reason", Some("reason")),
         ResultCode::ApprovalInvalid => {
             (422, "approval_invalid", "an adjustment needs a proposer and a different approver, each named in at most 64 bytes", Some("approver"))

@@ -685,7 +685,8 @@ mod tests {
         for code in ResultCode::ALL.iter().skip(1) {
             let error = rejection(*code);
             assert!(
-                (400..500).contains(&error.status) || matches!(code, ResultCode::InvalidFee | ResultCode::NotRoutable | ResultCode::Overloaded),
+                (400..500).contains(&error.status)
+                    || matches!(code, ResultCode::InvalidFee | ResultCode::NotRoutable | ResultCode::Overloaded | ResultCode::ShardStopped),
                 "{code:?}"
             );
             assert!(!error.code.is_empty());
