@@ -225,16 +225,19 @@ mod tests {
         let app = test::init_service(
             App::new()
                 .wrap(actix_web::middleware::from_fn(run_to_end))
+                .wrap(actix_web::middleware::from_fn(crate::request_id::request_span))
                 .route("/v1/work", web::post().to(handler.clone()))
                 .route("/v1/work", web::get().to(handler))
                 .route("/v1/panics", web::post().to(|| async { panic!("a bug with a secret in its message") as HttpResponse })),
         )
         .await;
-        // A handler that panics is the contract's JSON 500, its message not shown.
-        let failed = app.call(test::TestRequest::post().uri("/v1/panics").to_request()).await;
+        // A handler that panics is the contract's JSON 500, its message not shown, with the
+        // request's id (helper 112#5: the id was missing).
+        let failed = app.call(test::TestRequest::post().uri("/v1/panics").insert_header(("x-request-id", "panics-1")).to_request()).await;
         let Err(error) = failed else { panic!("a panicked handler answers an error") };
         let response = actix_web::ResponseError::error_response(error.as_response_error());
         assert_eq!(response.status().as_u16(), 500);
+        assert_eq!(response.headers().get("x-request-id").map(|v| v.as_bytes()), Some(&b"panics-1"[..]));
         let body = actix_web::body::to_bytes(response.into_body()).await.unwrap();
         let text = String::from_utf8_lossy(&body);
         assert!(text.contains("internal_error") && !text.contains("secret"), "{text}");

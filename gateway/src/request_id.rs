@@ -60,11 +60,24 @@ pub async fn request_span(mut request: ServiceRequest, next: Next<impl MessageBo
     let id_text = id.to_str().unwrap_or("");
     let span = tracing::info_span!("request", request_id = %id_text);
     let started = Instant::now();
-    // The request must not be cloned before routing (actix then panics setting its match info):
-    // an error no inner layer turned into a response goes out as it is (`json_errors` below
-    // turns every error of the app into a response, so this is only actix's own).
+    // The request must not be cloned before routing (actix then panics setting its match info),
+    // so an error no inner layer turned into a response (`run_to_end`'s for a handler that
+    // panicked, actix's own) is answered here as actix would answer it, with the id: its
+    // response is made now and handed on inside the error (helper 112#5: it had no id).
     let method = request.method().clone();
-    let mut response = next.call(request).instrument(span.clone()).await?;
+    let mut response = match next.call(request).instrument(span.clone()).await {
+        Ok(response) => response,
+        Err(error) => {
+            let mut answer = error.error_response();
+            answer.headers_mut().insert(HEADER, id);
+            let status = answer.status().as_u16();
+            span.in_scope(|| {
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                tracing::error!(method = %method, path = "(not answered by its route)", status, elapsed_ms, "request failed");
+            });
+            return Err(actix_web::error::InternalError::from_response(error.to_string(), answer).into());
+        }
+    };
     let status = response.status().as_u16();
     // The field `path` holds the route's pattern, not the path (log readers keep their field): a
     // path can hold a bearer secret (an H5 link's token,
