@@ -224,6 +224,7 @@ fn a_bulk_meeting_a_stopped_shard_answers_each_operation_and_sends_the_others_re
     let (status, _, again) = p.post("/v1/bulk", &operations);
     assert_eq!(status, 200, "{again}");
     assert_eq!(summary(&again), summary(&reply), "{again}");
+    assert_eq!(again["results"][0]["body"]["error"]["message"], reply["results"][0]["body"]["error"]["message"], "the engine's answer, not the preparation's");
     assert_eq!((again["results"][1]["replayed"].as_bool(), again["results"][1]["body"]["order_id"].as_str()), (Some(true), Some(recharged.as_str())));
     assert_eq!(p.balances(&other).0, "1.04");
     server.kill();

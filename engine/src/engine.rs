@@ -124,6 +124,53 @@ impl Gather {
     }
 }
 
+/// One part's answer into its submission's `Gather`. Carried by the reply closure a shard is
+/// given: a closure dropped without being called (a shard that stopped while holding the
+/// request, its batch unwinding) answers its commands as a stopped shard's, so the submission
+/// is answered and, through `submit_each`, the other parts' replies are not lost (helper 113#1:
+/// the gather never answered, and `/v1/bulk` failed whole as before helper 108#2's mend).
+struct PartAnswer {
+    gather: Arc<Mutex<Gather>>,
+    claims: Arc<Claims>,
+    shard: usize,
+    positions: Vec<(usize, Claimed)>,
+    answered: bool,
+}
+
+impl PartAnswer {
+    fn answer(&mut self, result: Result<Vec<Reply>, EngineError>) {
+        self.answered = true;
+        // Also taken while a shard's panic unwinds: a poisoned lock's data is still sound (every
+        // change under it is a single assignment).
+        let mut gather = self.gather.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match result {
+            Ok(shard_replies) => {
+                for ((index, claim), reply) in self.positions.iter().zip(shard_replies) {
+                    self.claims.settle(claim, reply.is_ok(), reply.replayed, self.shard as ShardId);
+                    gather.replies[*index] = Some(reply);
+                }
+            }
+            // The commands' claims stay held: their outcome is unknown until the shard starts
+            // again and recovery claims what it journaled.
+            Err(_) if gather.each => {
+                for (index, _) in &self.positions {
+                    gather.replies[*index] = Some(Reply::rejected(ResultCode::ShardStopped));
+                }
+            }
+            Err(error) => gather.error = Some(error),
+        }
+        gather.finish_part();
+    }
+}
+
+impl Drop for PartAnswer {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.answer(Err(EngineError::ShardStopped(self.shard as ShardId)));
+        }
+    }
+}
+
 fn wall_clock_micros() -> Timestamp {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
@@ -267,6 +314,18 @@ impl Engine {
         if self.shut_down.load(std::sync::atomic::Ordering::SeqCst) {
             return reply(Err(EngineError::ShardStopped(ShardId::MAX)));
         }
+        // A shard known to have stopped takes nothing: its commands are answered before they
+        // are claimed (nothing of them is queued, so nothing is applied), and retries while it
+        // is stopped neither grow the claims nor make another shard's use of their numbers a
+        // conflict until a restart (helper 113#2). A submission answered as a whole is refused
+        // before anything is claimed; `submit_each` answers those commands `ShardStopped`.
+        let is_stopped = |shard: ShardId| self.counters.get(shard as usize).is_some_and(|c| c.stopped.load(std::sync::atomic::Ordering::Acquire));
+        let any_stopped = (0..self.counters.len()).any(|shard| is_stopped(shard as ShardId));
+        if any_stopped && !each {
+            if let Some(shard) = envelopes.iter().filter_map(|e| self.route(e).ok()).find(|s| is_stopped(*s)) {
+                return reply(Err(EngineError::ShardStopped(shard)));
+            }
+        }
         let shard_count = self.config.shard_count as usize;
         let mut replies: Vec<Option<Reply>> = vec![None; envelopes.len()];
         // Per shard: its commands, and for each its position in the submission and its claims
@@ -294,6 +353,10 @@ impl Engine {
             }
             let own = std::mem::replace(&mut ahead[index % PREFETCH_AHEAD], coming);
             let shard = match self.route(&envelope) {
+                Ok(shard) if any_stopped && each && is_stopped(shard) => {
+                    replies[index] = Some(Reply::rejected(ResultCode::ShardStopped));
+                    continue;
+                }
                 Ok(shard) => shard,
                 Err(code) => {
                     replies[index] = Some(Reply::rejected(code));
@@ -328,28 +391,8 @@ impl Engine {
             chunks
         });
         for (shard, part, positions) in chunks {
-            let gather_part = gather.clone();
-            let claims = self.claims.clone();
-            let on_reply: ReplyTo = Box::new(move |result| {
-                let mut gather = gather_part.lock().expect("gather lock");
-                match result {
-                    Ok(shard_replies) => {
-                        for ((index, claim), reply) in positions.iter().zip(shard_replies) {
-                            claims.settle(claim, reply.is_ok(), reply.replayed, shard as ShardId);
-                            gather.replies[*index] = Some(reply);
-                        }
-                    }
-                    // The commands' claims stay held: their outcome is unknown until the shard
-                    // starts again and recovery claims what it journaled.
-                    Err(_) if gather.each => {
-                        for (index, _) in &positions {
-                            gather.replies[*index] = Some(Reply::rejected(ResultCode::ShardStopped));
-                        }
-                    }
-                    Err(error) => gather.error = Some(error),
-                }
-                gather.finish_part();
-            });
+            let mut part_answer = PartAnswer { gather: gather.clone(), claims: self.claims.clone(), shard, positions, answered: false };
+            let on_reply: ReplyTo = Box::new(move |result| part_answer.answer(result));
             let request = ClientRequest { envelopes: part, reply: on_reply, refusable: matches!(wait, Wait::Never) };
             let refused = match wait {
                 Wait::Block => self.clients[shard].send(request).err().map(|failed| (failed.0, false)),
