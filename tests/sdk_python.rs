@@ -126,6 +126,27 @@ fn the_generated_sdk_drives_recharge_escrow_confirm_refund_and_withdrawal() {
     server.stop();
 }
 
+/// The SDK verifies the webhook's deliveries (helper 110#6: it had no verifier): e2e.py
+/// receives the real server's signed deliveries of a recharge's events on a loopback receiver
+/// and checks each with `verify_webhook` (and refuses another secret, a changed body and an
+/// old timestamp).
+#[test]
+fn the_sdk_verifies_the_webhooks_deliveries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "sdk-token-3-0123456789abcdef0123456789abcdef";
+    let mut replacements = FAST_BANK.to_vec();
+    replacements.push(("allow_insecure_loopback = false", "allow_insecure_loopback = true"));
+    let server = start_configured(&dir.path().join("data"), token, &config_with(&replacements));
+    let p = Client::create(&server, token, "{\"name\": \"Python SDK webhook\"}");
+    let generated = generate(&server, dir.path());
+    let stdout = e2e(&server, &p, &generated, dir.path(), "webhook");
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("the summary is JSON");
+    assert!(summary["deliveries"].as_u64().unwrap_or(0) >= 2, "{stdout}");
+    assert_eq!(summary["types"], json!(["order.pending", "order.succeeded"]), "{stdout}");
+    drop(p);
+    server.stop();
+}
+
 #[test]
 fn a_wrong_secret_is_refused_through_the_sdk_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -696,6 +696,18 @@ pub fn document(mut doc: Value, currencies: &[(String, u8)], channels: &[String]
             }
         }
     }
+    doc["components"]["schemas"]["Event"] = event_schema();
+    // Request bodies that carry the platform's order number: their operations replay.
+    let numbered: std::collections::HashSet<String> = doc["components"]["schemas"]
+        .as_object()
+        .map(|schemas| {
+            schemas
+                .iter()
+                .filter(|(_, schema)| schema.pointer("/properties/out_order_no").is_some())
+                .map(|(name, _)| format!("#/components/schemas/{name}"))
+                .collect()
+        })
+        .unwrap_or_default();
     if let Some(Value::Object(paths)) = doc.get_mut("paths") {
         for (path, item) in paths.iter_mut() {
             let Some(item) = item.as_object_mut() else { continue };
@@ -703,11 +715,100 @@ pub fn document(mut doc: Value, currencies: &[(String, u8)], channels: &[String]
                 let Some(operation) = operation.as_object_mut() else { continue };
                 let handler = operation.get("operationId").and_then(Value::as_str).unwrap_or_default().to_string();
                 let Some(entry) = OPERATIONS.iter().find(|o| o.handler == handler) else { continue };
+                let body = operation.get("requestBody").and_then(|b| b.pointer("/content/application~1json/schema/$ref")).and_then(Value::as_str);
+                let replays = body.is_some_and(|name| numbered.contains(name)) && !NOT_REPLAYED.contains(&entry.id);
                 describe(path, operation, entry, &setting);
+                if entry.id == "list_events" {
+                    operation["responses"]["200"]["content"]["application/json"]["schema"] = json!({
+                        "type": "object",
+                        "required": ["events", "next_cursor"],
+                        "properties": {
+                            "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}, "description": "Newest first."},
+                            "next_cursor": {"type": ["string", "null"], "description": "Pass as `cursor` for older events; null at the end."},
+                        },
+                    });
+                }
+                if replays {
+                    for (status, response) in operation.get_mut("responses").and_then(Value::as_object_mut).into_iter().flatten() {
+                        if status.starts_with('2') {
+                            response["headers"]["Idempotent-Replay"] = json!({"description": "`true` when this answer repeats the first answer to the same out_order_no (same status and body: nothing was done again); absent otherwise.", "schema": {"type": "string", "enum": ["true"]}});
+                        }
+                    }
+                }
             }
         }
     }
+    doc["webhooks"] = webhooks();
     doc
+}
+
+/// Operations whose body names an `out_order_no` that is not an idempotency key (an H5 link
+/// echoes it for the platform's own records; each request makes a new link).
+const NOT_REPLAYED: &[&str] = &["create_h5_session"];
+
+/// Statuses whose answers carry `Retry-After` for some of their codes, and which.
+fn retry_after(status: u16, codes: &[&str]) -> Option<Value> {
+    let timed: Vec<&str> =
+        codes.iter().copied().filter(|code| matches!(*code, "rate_limited" | "overloaded" | "card_bind_limit_reached" | "card_locked")).collect();
+    if timed.is_empty() || !matches!(status, 422 | 429 | 503) {
+        return None;
+    }
+    let list = timed.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+    Some(json!({"description": format!("Seconds to wait before trying again; sent with {list}."), "schema": {"type": "integer", "minimum": 1}}))
+}
+
+/// One event as `GET /v1/events` lists it and the webhook posts it (`events::event_view`).
+fn event_schema() -> Value {
+    let string = |description: &str| json!({"type": "string", "description": description});
+    json!({
+        "type": "object",
+        "description": "A creation or change of one of the platform's orders.",
+        "required": ["event_id", "type", "created_at", "data"],
+        "properties": {
+            "event_id": {"type": "string", "pattern": "^evt_(0|[1-9][0-9]*)$", "description": "Unique per event: de-duplicate deliveries by it.", "example": "evt_42"},
+            "type": {"type": "string", "pattern": "^order\\.[a-z_]+$", "description": "`order.` and the order's status after the change.", "example": "order.succeeded"},
+            "created_at": {"type": "string", "format": "date-time", "description": "When the change happened (RFC 3339, UTC)."},
+            "data": {
+                "type": "object",
+                "required": ["order_id", "out_order_no", "kind", "status", "amount", "currency", "account_id"],
+                "properties": {
+                    "order_id": string("The order's id."),
+                    "out_order_no": {"type": ["string", "null"], "description": "The platform's order number, if the order has one."},
+                    "kind": string("The order's kind (recharge, payment, refund, freeze, withdrawal, ...)."),
+                    "status": string("The order's status after the change."),
+                    "amount": string("The order's amount, a decimal string in major units."),
+                    "currency": string("The order's currency."),
+                    "account_id": string("The account the order belongs to."),
+                },
+            },
+        },
+    })
+}
+
+/// The webhook a platform may set (`POST /v1/webhook`): each event posted to its URL, signed.
+fn webhooks() -> Value {
+    let signature =
+        "`t=<unix seconds>,v1=<hex HMAC-SHA256(platform secret, \"<t>.<body>\")>`: verify it over the exact body bytes, and refuse a `t` far from your clock.";
+    json!({
+        "order_event": {
+            "post": {
+                "operationId": "receive_order_event",
+                "summary": "An order event, delivered to the platform's webhook",
+                "description": "Each creation and change of one of the platform's orders, posted to the URL set with `POST /v1/webhook`: at least once, in order per shard, retried with exponential backoff until a 2xx answer (then given up after 12 attempts; `GET /v1/events` lists the same events). A receiver de-duplicates by `event_id`.",
+                "tags": ["events"],
+                "security": [],
+                "parameters": [
+                    {"name": "X-Clearing-Signature", "in": "header", "required": true, "description": format!("The current secret's signature: {signature}"), "schema": {"type": "string", "pattern": "^t=[0-9]+,v1=[0-9a-f]{64}$"}, "example": "t=1764806400,v1=5f2b1c0e9d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c"},
+                    {"name": "X-Clearing-Signature-Previous", "in": "header", "required": false, "description": "While a rotated secret's overlap lasts, the previous secret's signature in the same form (for a receiver that has not deployed the new secret yet).", "schema": {"type": "string", "pattern": "^t=[0-9]+,v1=[0-9a-f]{64}$"}},
+                ],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Event"}}}},
+                "responses": {
+                    "200": {"description": "Delivered (any 2xx counts)."},
+                    "400": {"description": "Refused by the receiver (a bad signature, say): the event is tried again later, then given up."},
+                },
+            }
+        }
+    })
 }
 
 /// Names, describes and constrains one operation, and lists its error codes by status.
@@ -774,10 +875,11 @@ fn describe(path: &str, operation: &mut Map<String, Value>, entry: &Operation, s
         // operation answers with this status are listed in the description.
         let schema = json!({"$ref": "#/components/schemas/ErrorBody"});
         let example = json!({"error": {"code": codes[0], "message": "what went wrong, for a person"}});
-        responses.insert(
-            status.to_string(),
-            json!({"description": format!("Error: {list}"), "content": {"application/json": {"schema": schema, "example": example}}}),
-        );
+        let mut response = json!({"description": format!("Error: {list}"), "content": {"application/json": {"schema": schema, "example": example}}});
+        if let Some(header) = retry_after(status, &codes) {
+            response["headers"]["Retry-After"] = header;
+        }
+        responses.insert(status.to_string(), response);
     }
 }
 

@@ -274,6 +274,25 @@ mod tests {
         }
     }
 
+    /// The headers and the webhook a client relies on are in the document (helper 110#6: only
+    /// the prose named them): `Idempotent-Replay` on the answers of operations keyed by an
+    /// order number (not on an H5 link's, which only echoes one), `Retry-After` where a code
+    /// that sends it is answered, and the signed event the webhook posts.
+    #[test]
+    fn replay_and_retry_headers_and_the_webhook_are_documented() {
+        let doc = served(&[("CNY".to_string(), 2)], &["sim_gateway".to_string()], &["sim_gateway".to_string()]);
+        let replay = |path: &str, status: &str| doc["paths"][path]["post"]["responses"][status]["headers"].get("Idempotent-Replay").is_some();
+        assert!(replay("/v1/payments", "201") && replay("/v1/recharges", "201") && replay("/v1/members", "201") && replay("/v1/accounts", "201"));
+        assert!(!replay("/v1/h5/sessions", "201") && !replay("/v1/bulk", "200"));
+        let retry = |path: &str, status: &str| doc["paths"][path]["post"]["responses"][status]["headers"].get("Retry-After").is_some();
+        assert!(retry("/v1/payments", "429") && retry("/v1/payments", "503") && retry("/v1/accounts/{account_id}/cards", "422"));
+        assert!(!retry("/v1/payments", "422"), "no code of a payment's 422 sends it");
+        let webhook = &doc["webhooks"]["order_event"]["post"];
+        assert_eq!(webhook["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Event");
+        assert_eq!(webhook["parameters"][0]["name"], "X-Clearing-Signature");
+        assert_eq!(doc["components"]["schemas"]["Event"]["required"], serde_json::json!(["event_id", "type", "created_at", "data"]));
+    }
+
     #[test]
     fn a_documented_path_names_its_methods_and_another_path_none() {
         assert_eq!(allowed_methods("/v1/orders/ord_1"), Some("GET"));

@@ -1,6 +1,6 @@
 """End-to-end run of the generated SDK against a real server (tests/sdk_python.rs runs it).
 
-    python e2e.py [all|wrong-secret]
+    python e2e.py [all|wrong-secret|webhook]
 
 Environment: CLEARING_URL (the server's base URL), CLEARING_PLATFORM_ID and CLEARING_SECRET (a
 platform the operator created), CLEARING_ADMIN_TOKEN (the operator's token: the bank simulator's
@@ -10,7 +10,10 @@ generated package (generate.sh) and sdk/python.
 ``all`` drives members, accounts, a recharge through the bank simulator, a guarantee (escrow)
 payment confirmed in two stages, a refund and a withdrawal to a verified card, checking balances
 through the SDK after each step; then a wrong secret. ``wrong-secret`` only checks that a wrong
-secret is refused with 401 and changes nothing. Each step prints a line; any failed check exits
+secret is refused with 401 and changes nothing. ``webhook`` sets the platform's webhook to a
+receiver of its own (the server must allow loopback webhooks), recharges an account and checks
+every delivery with ``verify_webhook`` (and that another secret, a changed body and an old
+timestamp do not verify). Each step prints a line; any failed check exits
 non-zero with what was expected and what came. The last line of ``all`` is a JSON summary that
 the Rust test checks again with its own client.
 """
@@ -25,7 +28,7 @@ from decimal import Decimal
 
 import httpx
 
-from clearing_sdk import Clearing, Reply
+from clearing_sdk import Clearing, Reply, verify_webhook
 
 HOLDER = ("Zhang San", "11010519491231002X")
 
@@ -237,6 +240,56 @@ class Run:
             "payee_balances": list(self.balances(payee)),
         }
 
+    def webhook(self) -> dict:
+        """Receives the platform's webhook deliveries and verifies each with the SDK."""
+        import http.server
+        import threading
+
+        received: list[tuple[dict[str, str], bytes]] = []
+
+        class Receiver(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                received.append((dict(self.headers.items()), body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=receiver.serve_forever, daemon=True).start()
+        try:
+            step("set the webhook")
+            url = f"http://127.0.0.1:{receiver.server_address[1]}/events"
+            reply = self.sdk.call("set_webhook", {"url": url})
+            check(reply.status == 200, "the webhook is set", reply)
+            step("a recharge's events")
+            body = {"out_order_no": "e2e-hook-m1", "type": "individual", "name": HOLDER[0], "id_number": HOLDER[1], "phone": "13800138000"}
+            member = self.created("create_member", body).data["member_id"]
+            account = self.created("open_account", {"out_order_no": "e2e-hook-a1", "member_id": member, "currency": "CNY"}).data["account_id"]
+            recharge = {"out_order_no": "e2e-hook-r1", "account_id": account, "amount": "5.00", "currency": "CNY"}
+            order = self.created("create_recharge", recharge).data["order_id"]
+            deadline = time.time() + 30
+            while time.time() < deadline and not any(b'"order.succeeded"' in delivered for _, delivered in received):
+                time.sleep(0.05)
+            check(any(b'"order.succeeded"' in delivered for _, delivered in received), "the recharge's success was delivered")
+            step("verify each delivery")
+            for headers, delivered in list(received):
+                check(verify_webhook(self.secret, delivered, headers), "a delivery verifies with the platform's secret")
+                check(not verify_webhook("0" * 64, delivered, headers), "a delivery does not verify with another secret")
+                check(not verify_webhook(self.secret, delivered + b" ", headers), "a changed body does not verify")
+                signed_at = int(headers["X-Clearing-Signature"].split(",")[0].removeprefix("t="))
+                check(not verify_webhook(self.secret, delivered, headers, clock=lambda at=signed_at: at + 301), "a delivery 301 s old does not verify")
+                check(verify_webhook(self.secret, delivered, headers, clock=lambda at=signed_at: at + 299), "one 299 s old does")
+            events = [json.loads(delivered) for _, delivered in received]
+            ours = [event for event in events if event["data"]["order_id"] == order]
+            check({event["type"] for event in ours} >= {"order.pending", "order.succeeded"}, "the recharge's creation and success were delivered")
+            return {"deliveries": len(received), "order": order, "types": sorted({event["type"] for event in ours})}
+        finally:
+            receiver.shutdown()
+
     def wrong_secret(self, account: str | None = None) -> str:
         """Checks that a wrong secret changes nothing; returns the member the right secret then created."""
         wrong = Clearing.platform(self.url, self.platform_id, "0" * 64)
@@ -282,12 +335,14 @@ def main() -> int:
             a_code_added_later_is_a_reply()
             summary = run.all()
             print(json.dumps(summary), flush=True)
+        elif mode == "webhook":
+            print(json.dumps(run.webhook()), flush=True)
         elif mode == "wrong-secret":
             step("a wrong secret")
             member = run.wrong_secret()
             print(json.dumps({"wrong_secret": "refused", "member_id": member}), flush=True)
         else:
-            print(f"unknown mode {mode!r}: all or wrong-secret", file=sys.stderr)
+            print(f"unknown mode {mode!r}: all, wrong-secret or webhook", file=sys.stderr)
             return 2
     except CheckFailed as failed:
         print(f"FAILED: {failed}", file=sys.stderr, flush=True)

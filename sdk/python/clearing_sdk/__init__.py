@@ -3,5 +3,17 @@
 
 from .client import GENERATED_PACKAGE, Clearing, Operations, Reply, operator_client, signed_client
 from .signing import PlatformSignature, canonical, sign
+from .webhooks import verify_webhook
 
-__all__ = ["GENERATED_PACKAGE", "Clearing", "Operations", "PlatformSignature", "Reply", "canonical", "operator_client", "sign", "signed_client"]
+__all__ = [
+    "GENERATED_PACKAGE",
+    "Clearing",
+    "Operations",
+    "PlatformSignature",
+    "Reply",
+    "canonical",
+    "operator_client",
+    "sign",
+    "signed_client",
+    "verify_webhook",
+]

@@ -1,0 +1,68 @@
+"""Verifying the webhook's deliveries (the document's ``webhooks.order_event``).
+
+Each event is posted to the platform's webhook URL with::
+
+    X-Clearing-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+
+and, while a rotated secret's overlap lasts, the previous secret's signature in the same form in
+``X-Clearing-Signature-Previous`` (for a receiver that has not deployed the new secret yet).
+``verify_webhook`` checks either header against the receiver's secret over the exact body bytes
+and refuses a timestamp more than ``tolerance_seconds`` from its clock, so a captured delivery
+cannot be played again later. A receiver answers 2xx only to deliveries that verify, and
+de-duplicates by ``event_id`` (deliveries are at least once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Mapping
+
+SIGNATURE_HEADER = "X-Clearing-Signature"
+PREVIOUS_SIGNATURE_HEADER = "X-Clearing-Signature-Previous"
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value, whatever the case of its name in ``headers``."""
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _verifies(secret: str, body: bytes, header: str, now: float, tolerance_seconds: int) -> bool:
+    timestamp, signatures = None, []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit():
+            timestamp = int(value)
+        elif key == "v1":
+            signatures.append(value)
+    if timestamp is None or not signatures or abs(now - timestamp) > tolerance_seconds:
+        return False
+    expected = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, signature) for signature in signatures)
+
+
+def verify_webhook(
+    secret: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    tolerance_seconds: int = 300,
+    clock: Callable[[], float] = time.time,
+) -> bool:
+    """Whether a delivery's body was signed with ``secret`` within ``tolerance_seconds`` of now.
+
+    ``headers`` is the request's headers (any mapping: names are matched without regard to
+    case); ``body`` the exact bytes received, before any JSON parsing.
+    """
+    if not secret:
+        raise ValueError("the platform's secret is needed")
+    now = clock()
+    for name in (SIGNATURE_HEADER, PREVIOUS_SIGNATURE_HEADER):
+        header = _header(headers, name)
+        if header is not None and _verifies(secret, body, header, now, tolerance_seconds):
+            return True
+    return False
