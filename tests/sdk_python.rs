@@ -143,6 +143,7 @@ fn the_sdk_verifies_the_webhooks_deliveries() {
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("the summary is JSON");
     assert!(summary["deliveries"].as_u64().unwrap_or(0) >= 2, "{stdout}");
     assert_eq!(summary["types"], json!(["order.pending", "order.succeeded"]), "{stdout}");
+    assert!(summary["rotated"].as_u64().unwrap_or(0) >= 1, "deliveries during a rotation's overlap were verified: {stdout}");
     drop(p);
     server.stop();
 }

@@ -746,10 +746,16 @@ pub fn document(mut doc: Value, currencies: &[(String, u8)], channels: &[String]
 /// echoes it for the platform's own records; each request makes a new link).
 const NOT_REPLAYED: &[&str] = &["create_h5_session"];
 
-/// Statuses whose answers carry `Retry-After` for some of their codes, and which.
-fn retry_after(status: u16, codes: &[&str]) -> Option<Value> {
-    let timed: Vec<&str> =
-        codes.iter().copied().filter(|code| matches!(*code, "rate_limited" | "overloaded" | "card_bind_limit_reached" | "card_locked")).collect();
+/// Statuses whose answers carry `Retry-After` for some of their codes, and which: a limit's
+/// (`rate_limited`, `overloaded`, `card_bind_limit_reached`) anywhere, `card_locked` only when a
+/// bind is refused for its card number (a card locked by wrong amounts stays locked: its
+/// `verify_card` answer has none; helper 114#1).
+fn retry_after(status: u16, codes: &[&str], operation: &str) -> Option<Value> {
+    let timed: Vec<&str> = codes
+        .iter()
+        .copied()
+        .filter(|code| matches!(*code, "rate_limited" | "overloaded" | "card_bind_limit_reached") || (*code == "card_locked" && operation == "bind_card"))
+        .collect();
     if timed.is_empty() || !matches!(status, 422 | 429 | 503) {
         return None;
     }
@@ -794,7 +800,7 @@ fn webhooks() -> Value {
             "post": {
                 "operationId": "receive_order_event",
                 "summary": "An order event, delivered to the platform's webhook",
-                "description": "Each creation and change of one of the platform's orders, posted to the URL set with `POST /v1/webhook`: at least once, in order per shard, retried with exponential backoff until a 2xx answer (then given up after 12 attempts; `GET /v1/events` lists the same events). A receiver de-duplicates by `event_id`.",
+                "description": "Each creation and change of one of the platform's orders, posted to the URL set with `POST /v1/webhook`: at least once, in order per shard, retried with exponential backoff until a 2xx answer (given up after `[webhooks] attempts_max` attempts, 12 by default; `GET /v1/events` lists the same events). A receiver de-duplicates by `event_id`.",
                 "tags": ["events"],
                 "security": [],
                 "parameters": [
@@ -876,7 +882,7 @@ fn describe(path: &str, operation: &mut Map<String, Value>, entry: &Operation, s
         let schema = json!({"$ref": "#/components/schemas/ErrorBody"});
         let example = json!({"error": {"code": codes[0], "message": "what went wrong, for a person"}});
         let mut response = json!({"description": format!("Error: {list}"), "content": {"application/json": {"schema": schema, "example": example}}});
-        if let Some(header) = retry_after(status, &codes) {
+        if let Some(header) = retry_after(status, &codes, entry.id) {
             response["headers"]["Retry-After"] = header;
         }
         responses.insert(status.to_string(), response);

@@ -287,6 +287,7 @@ mod tests {
         let retry = |path: &str, status: &str| doc["paths"][path]["post"]["responses"][status]["headers"].get("Retry-After").is_some();
         assert!(retry("/v1/payments", "429") && retry("/v1/payments", "503") && retry("/v1/accounts/{account_id}/cards", "422"));
         assert!(!retry("/v1/payments", "422"), "no code of a payment's 422 sends it");
+        assert!(!retry("/v1/accounts/{account_id}/cards/{card_id}/verify", "422"), "a card locked by wrong amounts stays locked: no Retry-After");
         let webhook = &doc["webhooks"]["order_event"]["post"];
         assert_eq!(webhook["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Event");
         assert_eq!(webhook["parameters"][0]["name"], "X-Clearing-Signature");

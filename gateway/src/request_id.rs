@@ -63,7 +63,8 @@ pub async fn request_span(mut request: ServiceRequest, next: Next<impl MessageBo
     // The request must not be cloned before routing (actix then panics setting its match info),
     // so an error no inner layer turned into a response (`run_to_end`'s for a handler that
     // panicked, actix's own) is answered here as actix would answer it, with the id: its
-    // response is made now and handed on inside the error (helper 112#5: it had no id).
+    // response is made now and handed on inside the error (helper 112#5: it had no id). Sound
+    // while this layer is the outermost: actix takes that response out of the error once.
     let method = request.method().clone();
     let mut response = match next.call(request).instrument(span.clone()).await {
         Ok(response) => response,

@@ -286,7 +286,36 @@ class Run:
             events = [json.loads(delivered) for _, delivered in received]
             ours = [event for event in events if event["data"]["order_id"] == order]
             check({event["type"] for event in ours} >= {"order.pending", "order.succeeded"}, "the recharge's creation and success were delivered")
-            return {"deliveries": len(received), "order": order, "types": sorted({event["type"] for event in ours})}
+            step("hostile signature headers")
+            headers, delivered = received[0]
+            for hostile in ("t=\u00b2\u00b2,v1=" + "0" * 64, "t=" + "9" * 5000 + ",v1=" + "0" * 64, "t=1,v1=\u00e9" * 3, "", "v1=,t="):
+                check(not verify_webhook(self.secret, delivered, {"X-Clearing-Signature": hostile}), f"a hostile header is refused: {hostile[:40]!r}")
+            try:
+                verify_webhook(self.secret, delivered.decode(), headers)  # type: ignore[arg-type]
+                check(False, "a text body is refused")
+            except TypeError:
+                pass
+            step("a rotated secret's overlap")
+            rotated = httpx.post(
+                f"{self.url}/admin/platforms/{self.platform_id}/rotate-secret", json={}, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
+            )
+            check(rotated.status_code == 200, f"the secret is rotated ({rotated.status_code}: {rotated.text})")
+            new_secret = rotated.json()["secret"]
+            seen = len(received)
+            recharge = {"out_order_no": "e2e-hook-r2", "account_id": account, "amount": "1.00", "currency": "CNY"}
+            second = self.created("create_recharge", recharge).data["order_id"]
+            deadline = time.time() + 30
+            while time.time() < deadline and not any(second.encode() in delivered and b'"order.succeeded"' in delivered for _, delivered in received[seen:]):
+                time.sleep(0.05)
+            later = [(headers, delivered) for headers, delivered in received[seen:] if second.encode() in delivered]
+            check(bool(later), "the second recharge's events were delivered")
+            for headers, delivered in later:
+                check("X-Clearing-Signature-Previous" in headers, "a delivery during the overlap carries the previous secret's signature")
+                check(verify_webhook(new_secret, delivered, headers), "it verifies with the new secret")
+                check(verify_webhook(self.secret, delivered, headers), "and with the previous one, for a receiver not yet changed")
+                current_only = {"X-Clearing-Signature": headers["X-Clearing-Signature"]}
+                check(not verify_webhook(self.secret, delivered, current_only), "the current header alone is the new secret's")
+            return {"deliveries": len(received), "order": order, "types": sorted({event["type"] for event in ours}), "rotated": len(later)}
         finally:
             receiver.shutdown()
 
@@ -316,15 +345,17 @@ class Run:
 
 def a_code_added_later_is_a_reply() -> None:
     """An error code the server added after the SDK was generated comes back as a ``Reply``
-    (the document lists the codes as an enum: the generated model refuses one it does not
-    know, and ``call`` raised before session 64)."""
+    whose model holds it (``call`` raised before session 64, when the document's codes were an
+    enum the generated model refused; since session 65 the code is a string)."""
     step("an error code this SDK does not know")
     added = {"error": {"code": "a_code_added_later", "message": "new", "param": None}}
-    transport = httpx.MockTransport(lambda request: httpx.Response(422, json=added))
+    transport = httpx.MockTransport(lambda request: httpx.Response(400, json=added))
     client = Clearing.platform("http://127.0.0.1:9", "plt_1", "secret")
     client.client.set_httpx_client(httpx.Client(base_url="http://127.0.0.1:9", transport=transport))
     reply = client.call("whoami")
-    check(reply.status == 422 and reply.error_code == "a_code_added_later" and reply.parsed is None, "an unknown code is answered as a reply", reply)
+    check(reply.status == 400 and reply.error_code == "a_code_added_later", "an unknown code is answered as a reply", reply)
+    parsed = reply.parsed
+    check(parsed is not None and parsed.error.code == "a_code_added_later", "the generated model takes a code added later", reply)
 
 
 def main() -> int:

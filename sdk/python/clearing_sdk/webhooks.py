@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable, Mapping
 
@@ -31,17 +32,24 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+# What the server sends: ASCII digits (at most 12: unix seconds for millennia) and 64 lowercase
+# hex digits. Anything else is refused before it is parsed, so a hostile header is a False,
+# never an exception (a superscript digit, a 5,000-digit number, a non-ASCII signature).
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+
+
 def _verifies(secret: str, body: bytes, header: str, now: float, tolerance_seconds: int) -> bool:
     timestamp, signatures = None, []
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit():
+        if key == "t" and _TIMESTAMP.fullmatch(value):
             timestamp = int(value)
-        elif key == "v1":
-            signatures.append(value)
+        elif key == "v1" and _SIGNATURE.fullmatch(value):
+            signatures.append(value.encode("ascii"))
     if timestamp is None or not signatures or abs(now - timestamp) > tolerance_seconds:
         return False
-    expected = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
+    expected = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest().encode("ascii")
     return any(hmac.compare_digest(expected, signature) for signature in signatures)
 
 
@@ -60,6 +68,9 @@ def verify_webhook(
     """
     if not secret:
         raise ValueError("the platform's secret is needed")
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise TypeError("body must be the exact bytes received (not text, not parsed JSON)")
+    body = bytes(body)
     now = clock()
     for name in (SIGNATURE_HEADER, PREVIOUS_SIGNATURE_HEADER):
         header = _header(headers, name)
