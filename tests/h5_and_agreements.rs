@@ -79,6 +79,16 @@ impl Browser {
         self.post("/h5/wallet/password", &fields).1
     }
 
+    /// Opens a link as a member does: its page, then the page's button (a POST to the link).
+    fn open_link(&mut self, url: &str) -> (u16, String) {
+        let (status, page) = self.get(url);
+        if status != 200 {
+            return (status, page);
+        }
+        let path = url.strip_prefix(&self.base).unwrap_or(url).to_string();
+        self.post(&path, &[])
+    }
+
     fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
         let mut request = self.agent.post(&format!("{}{path}", self.base));
         if let Some(cookie) = &self.cookie {
@@ -110,7 +120,7 @@ fn open(p: &Client, body: serde_json::Value) -> Browser {
     let (status, _, link) = p.post("/v1/h5/sessions", &body);
     assert_eq!(status, 201, "{link}");
     let mut browser = Browser::new(&p.server.base);
-    let (status, page) = browser.get(link["url"].as_str().unwrap());
+    let (status, page) = browser.open_link(link["url"].as_str().unwrap());
     assert_eq!(status, 200, "{page}");
     assert!(browser.cookie.is_some());
     browser
@@ -228,8 +238,15 @@ fn an_h5_link_expires_opens_once_and_is_bound_to_its_member_and_purpose() {
     assert_eq!(status, 201, "{link}");
     let url = link["url"].as_str().unwrap();
     assert!(url.starts_with(&format!("{}/h5/s/", server.base)) && url.len() == server.base.len() + 6 + 64, "{url}");
+    // Fetching the link (what a chat app's preview does) shows a button and uses nothing up.
+    let mut preview = Browser::new(&server.base);
+    for _ in 0..2 {
+        let (status, page) = preview.get(url);
+        assert_eq!((status, preview.cookie.is_none()), (200, true), "{page}");
+        assert!(page.contains(&format!("<form method=\"post\" action=\"{}\"", &url[server.base.len()..])), "{page}");
+    }
     let mut browser = Browser::new(&server.base);
-    let (status, page) = browser.get(url);
+    let (status, page) = browser.open_link(url);
     assert_eq!(status, 200);
     assert!(page.contains("url=/h5/wallet") && !page.contains(&url[url.len() - 64..]), "on to the wallet, the token gone: {page}");
     assert_eq!(Browser::new(&server.base).get(url).0, 404, "a link opens once");
@@ -265,7 +282,7 @@ fn an_h5_link_expires_opens_once_and_is_bound_to_its_member_and_purpose() {
     assert_eq!(Browser::new(&server.base).get(spare["url"].as_str().unwrap()).0, 403, "a link of a suspended platform does not open");
     set(&mut admin, "resume");
     assert_eq!(browser.get("/h5/wallet").0, 200, "resumed, the session goes on");
-    assert_eq!(Browser::new(&server.base).get(spare["url"].as_str().unwrap()).0, 200, "the link refused while suspended was kept");
+    assert_eq!(Browser::new(&server.base).open_link(spare["url"].as_str().unwrap()).0, 200, "the link refused while suspended was kept");
     server.stop();
 }
 
@@ -517,6 +534,7 @@ fn a_member_pays_at_the_cashier_in_chromium() {
 
     let chromium = support::browser::Browser::start_mobile();
     chromium.goto(url);
+    chromium.click("form button[type=submit]");
     chromium.wait_for("input#password");
     let address = chromium.current_url();
     assert!(address.ends_with("/h5/cashier") && !address.contains(&url[url.len() - 64..]), "the token left the address bar: {address}");
@@ -555,7 +573,7 @@ fn secure_cookies_mark_the_wallets_cookie_and_the_portals() {
     let (status, _, link) = p.post("/v1/h5/sessions", &json!({"member_id": member, "purpose": "wallet"}));
     assert_eq!(status, 201, "{link}");
     let agent = ureq::AgentBuilder::new().redirects(0).build();
-    let opened = answer(agent.get(link["url"].as_str().unwrap()).call(), "link");
+    let opened = answer(agent.post(link["url"].as_str().unwrap()).call(), "link");
     let cookie = opened.all("Set-Cookie").into_iter().find(|c| c.starts_with("h5_session=")).expect("the session cookie").to_string();
     assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
     let signed_in = answer(

@@ -361,6 +361,12 @@ impl H5Sessions {
         self.links.lock().expect("h5 links lock").by_hash.get(&hash(token)).map(|link| link.grant.platform)
     }
 
+    /// Whether a link may still be opened at `now` (a look: nothing is used up), and the
+    /// language its grant asks for.
+    pub fn link_waiting(&self, token: &str, now: Instant) -> Option<Option<Locale>> {
+        self.links.lock().expect("h5 links lock").by_hash.get(&hash(token)).filter(|link| link.expires > now).map(|link| link.grant.locale)
+    }
+
     /// Whether a cookie value names a live session (a look, no copy: the handler reads the
     /// session itself with `get`).
     pub fn is_live(&self, cookie: &str, now: Instant) -> bool {
@@ -698,12 +704,44 @@ pub fn members_order_no(form: &Form, session: &Session) -> Result<String, PageEr
     Ok(format!("u{}-{}", session.grant.member, form.get("order")))
 }
 
-/// Opens a link: sets the session cookie (HttpOnly, SameSite=Strict, path /h5) and sends the
-/// browser on to the page of the link's purpose with a same-origin refresh, not a 3xx: a
-/// SameSite=Strict cookie set during a navigation that came from another site is not sent on
-/// that navigation's redirects, but it is on a navigation the page itself starts. The token
-/// leaves the address bar at once and no page after this one carries it.
+/// Shows a link without using it up: a page whose one button opens it (`open_link`). Whatever
+/// fetches a link first (a chat app's preview, a mail scanner) fetches this page and leaves the
+/// link for the member, who taps the button (ARCHITECTURE Known limits of session 63: the
+/// first GET used the link up). No script (the pages' policy allows none); the form posts to
+/// the same address.
 #[get("/h5/s/{token}")]
+pub async fn show_link(request: HttpRequest, path: web::Path<String>, sessions: web::Data<Arc<H5Sessions>>) -> Result<HttpResponse, PageError> {
+    let browser = browser_locale(&request);
+    let token = path.into_inner();
+    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(PageError::new(404, "link_invalid", browser));
+    }
+    if let Some(platform) = sessions.platform_of_link(&token) {
+        refuse_if_suspended(&request, platform, browser)?;
+    }
+    let locale = sessions.link_waiting(&token, Instant::now()).ok_or_else(|| PageError::new(404, "link_invalid", browser))?.unwrap_or(browser);
+    let action = format!("/h5/s/{token}");
+    let body = html! {
+        (maud::DOCTYPE)
+        html lang=(locale.tag()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="robots" content="noindex, nofollow";
+                link rel="stylesheet" href="/h5/assets/h5.css";
+            }
+            body { main { form method="post" action=(action) { button.button type="submit" { (t(locale, "confirm")) } } } }
+        }
+    };
+    Ok(respond(&mut HttpResponse::Ok(), body))
+}
+
+/// Opens a link (its page's button): sets the session cookie (HttpOnly, SameSite=Strict, path
+/// /h5) and sends the browser on to the page of the link's purpose with a same-origin refresh,
+/// not a 3xx: a SameSite=Strict cookie set during a navigation that came from another site is
+/// not sent on that navigation's redirects, but it is on a navigation the page itself starts.
+/// The token leaves the address bar at once and no page after this one carries it.
+#[post("/h5/s/{token}")]
 pub async fn open_link(request: HttpRequest, path: web::Path<String>, sessions: web::Data<Arc<H5Sessions>>) -> Result<HttpResponse, PageError> {
     let locale = browser_locale(&request);
     let token = path.into_inner();
@@ -749,7 +787,7 @@ pub async fn stylesheet() -> HttpResponse {
 
 /// Registers the session API, the link and the stylesheet.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(create_session).service(open_link).service(stylesheet);
+    config.service(create_session).service(show_link).service(open_link).service(stylesheet);
 }
 
 #[cfg(test)]
