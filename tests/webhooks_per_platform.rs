@@ -409,3 +409,35 @@ fn a_hanging_webhook_delays_only_its_own_platform() {
     let mut running = running;
     running.0.take().expect("running").stop();
 }
+
+/// A webhook URL changed while a turn delivers a backlog: the rest of the turn (up to 64 events
+/// a shard) still went to the old URL (Known limit of session 63). The turn now ends at the
+/// change, and the next one posts to the new URL.
+#[test]
+fn a_webhook_url_changed_during_a_turn_gets_the_rest_at_the_new_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "webhooks-token-6-0123456789abcdef0123456789abcdef";
+    let config = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("allow_insecure_loopback = false", "allow_insecure_loopback = true")]);
+    let running = Running(Some(start_configured(dir.path(), token, &config)));
+    let server = running.0.as_ref().unwrap();
+    let a = Client::create(server, token, "{\"name\": \"Moving\"}");
+    let account = a.account(&a.member("m-0", "Zhang San"));
+    a.fund(&account, "100.00", "r-0");
+    for i in 0..16 {
+        freeze(&a, &account, &format!("f-{i}"));
+    }
+    let expected = listed(&a);
+    assert!(expected.len() >= 18, "a backlog on one shard: {}", expected.len());
+    // The old endpoint answers each delivery after 0.5 s (a turn goes on after it); the change
+    // comes while its first delivery waits.
+    let old = Endpoint::slow(Duration::from_millis(500));
+    let new = Endpoint::start(false);
+    assert_eq!(a.post("/v1/webhook", &json!({"url": old.url})).0, 200);
+    wait_until(10, || !old.events().is_empty(), || "no delivery to the first URL".to_string());
+    assert_eq!(a.post("/v1/webhook", &json!({"url": new.url})).0, 200);
+    wait_until(20, || new.distinct() + old.distinct() >= expected.len(), || format!("{} + {} of {} delivered", new.distinct(), old.distinct(), expected.len()));
+    assert!(old.events().len() <= 2, "the old URL got {} deliveries after the change", old.events().len());
+    drop(a);
+    let mut running = running;
+    running.0.take().expect("running").stop();
+}

@@ -834,10 +834,19 @@ fn deliver_some(
     };
     let config = &context.config;
     let mut round = Round::default();
+    // The URL changed during the turn: the events not yet posted wait for the next one.
+    let mut moved = false;
     for (index, event) in events {
         let started = Instant::now();
         if let Some(at) = pace.next_send.filter(|at| started < *at) {
             pace.paused_until = Some(at);
+            break;
+        }
+        // A URL changed (or removed) during the turn ends it: the next turn posts to the new one
+        // (the rest of the turn, up to 64 events a shard, went to the old URL; Known limit of
+        // session 63).
+        if !context.platforms.webhook_is(platform, url) {
+            moved = true;
             break;
         }
         pace.next_send = Some(started + pace.interval);
@@ -885,7 +894,7 @@ fn deliver_some(
     }
     // Past the events read only when all were delivered: not after a failure, nor when the rate
     // paused the turn before the last of them.
-    let finished = cursor.retry_at.is_none() && pace.paused_until.is_none() && !round.slow;
+    let finished = cursor.retry_at.is_none() && pace.paused_until.is_none() && !round.slow && !moved;
     if finished && cursor.next < scanned_to {
         cursor.next = scanned_to;
     }

@@ -423,6 +423,11 @@ impl Platforms {
         self.by_id.read().expect("platforms lock").get(&id).cloned()
     }
 
+    /// Whether platform `id`'s webhook URL is `url` now (a look, no copy).
+    pub fn webhook_is(&self, id: u32, url: &str) -> bool {
+        self.by_id.read().expect("platforms lock").get(&id).is_some_and(|platform| platform.webhook_url.as_deref() == Some(url))
+    }
+
     /// A tag binding `message` to `purpose` under the master key (see `MasterKey::tag`).
     pub fn tag(&self, purpose: &str, message: &str) -> String {
         self.master_key.tag(purpose, message)
