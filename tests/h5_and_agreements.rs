@@ -245,6 +245,9 @@ fn an_h5_link_expires_opens_once_and_is_bound_to_its_member_and_purpose() {
         assert_eq!((status, preview.cookie.is_none()), (200, true), "{page}");
         assert!(page.contains(&format!("<form method=\"post\" action=\"{}\"", &url[server.base.len()..])), "{page}");
     }
+    // Another site's form posting the link is refused (login CSRF), and uses nothing up.
+    let cross = answer(ureq::post(url).set("Sec-Fetch-Site", "cross-site").call(), "a cross-site post");
+    assert_eq!((cross.status(), cross.header("Set-Cookie").is_none()), (403, true));
     let mut browser = Browser::new(&server.base);
     let (status, page) = browser.open_link(url);
     assert_eq!(status, 200);
@@ -280,6 +283,8 @@ fn an_h5_link_expires_opens_once_and_is_bound_to_its_member_and_purpose() {
     let (status, page) = browser.post("/h5/wallet/recharge", &[("csrf", "x"), ("amount", "1.00")]);
     assert!(status == 403 && page.contains("platform_suspended"), "{status} {page}");
     assert_eq!(Browser::new(&server.base).get(spare["url"].as_str().unwrap()).0, 403, "a link of a suspended platform does not open");
+    let spare_path = spare["url"].as_str().unwrap()[server.base.len()..].to_string();
+    assert_eq!(Browser::new(&server.base).post(&spare_path, &[]).0, 403, "nor does its button");
     set(&mut admin, "resume");
     assert_eq!(browser.get("/h5/wallet").0, 200, "resumed, the session goes on");
     assert_eq!(Browser::new(&server.base).open_link(spare["url"].as_str().unwrap()).0, 200, "the link refused while suspended was kept");

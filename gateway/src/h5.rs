@@ -1,7 +1,8 @@
 //! H5 sessions for members: a platform asks for a short-lived link (`POST /v1/h5/sessions`),
 //! bound to one member and one purpose (`wallet`, `cashier`, `agreement`), and hands it to the
-//! member's phone. The member's browser opens it once (`GET /h5/s/{token}`) and gets a session
-//! cookie; the pages (`h5_wallet`, `h5_cashier`) then act for that member only. A platform never
+//! member's phone. The member's browser shows it (`GET /h5/s/{token}`: a page with one button,
+//! nothing used up, so a chat app's preview leaves it) and opens it once with the button (`POST`
+//! to the same address, same-origin only), getting a session cookie; the pages (`h5_wallet`, `h5_cashier`) then act for that member only. A platform never
 //! sees card numbers or payment passwords: they are typed into our pages.
 //!
 //! Links and sessions are kept in memory only (a restart ends them: the platform asks for a new
@@ -728,9 +729,16 @@ pub async fn show_link(request: HttpRequest, path: web::Path<String>, sessions: 
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="robots" content="noindex, nofollow";
+                title { (t(locale, "open_link_title")) }
                 link rel="stylesheet" href="/h5/assets/h5.css";
             }
-            body { main { form method="post" action=(action) { button.button type="submit" { (t(locale, "confirm")) } } } }
+            body {
+                main {
+                    h1 { (t(locale, "open_link_title")) }
+                    p { (t(locale, "open_link_hint")) }
+                    form method="post" action=(action) { button.button type="submit" { (t(locale, "confirm")) } }
+                }
+            }
         }
     };
     Ok(respond(&mut HttpResponse::Ok(), body))
@@ -747,6 +755,13 @@ pub async fn open_link(request: HttpRequest, path: web::Path<String>, sessions: 
     let token = path.into_inner();
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(PageError::new(404, "link_invalid", locale));
+    }
+    // Only the link's own page opens it: another site's form posting someone's link would sign
+    // the browser into that member's session (login CSRF; helper 115). A browser says where a
+    // request comes from in `Sec-Fetch-Site`; one that does not (an old WebView) is let through,
+    // as `Origin` cannot tell (the pages send no referrer, so their own posts say `null`).
+    if request.headers().get("sec-fetch-site").is_some_and(|site| site.as_bytes() != b"same-origin") {
+        return Err(PageError::new(403, "csrf_failed", locale));
     }
     // A suspended platform's link stays unused (for after its resumption) and opens no session.
     if let Some(platform) = sessions.platform_of_link(&token) {

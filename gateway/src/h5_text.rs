@@ -73,6 +73,8 @@ const TEXT: &[(&str, &str, &str)] = &[
     ("amount", "金额", "Amount"),
     ("submit", "提交", "Submit"),
     ("confirm", "确认", "Confirm"),
+    ("open_link_title", "打开页面", "Open the page"),
+    ("open_link_hint", "点击下方按钮继续。此链接仅可使用一次，请勿转发。", "Tap the button to continue. This link works once: do not forward it."),
     ("back", "返回", "Back"),
     ("back_to_platform", "返回平台", "Back to the platform"),
     ("to_wallet", "返回钱包", "Back to my wallet"),

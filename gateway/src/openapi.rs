@@ -294,6 +294,18 @@ mod tests {
         assert_eq!(doc["components"]["schemas"]["Event"]["required"], serde_json::json!(["event_id", "type", "created_at", "data"]));
     }
 
+    /// Every code the API answers has the shape the document gives `error.code`.
+    #[test]
+    fn every_error_code_has_the_documented_shape() {
+        for code in error_codes() {
+            let bytes = code.as_bytes();
+            assert!(
+                bytes.first().is_some_and(u8::is_ascii_lowercase) && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_'),
+                "{code} does not match ^[a-z][a-z0-9_]*$"
+            );
+        }
+    }
+
     #[test]
     fn a_documented_path_names_its_methods_and_another_path_none() {
         assert_eq!(allowed_methods("/v1/orders/ord_1"), Some("GET"));

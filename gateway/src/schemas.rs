@@ -65,7 +65,7 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(ToSchema)]
 pub struct ErrorDetail {
-    /// A stable code (see ErrorCode).
+    /// A stable code (the codes answered today are listed in its description).
     #[schema(schema_with = error_code_schema)]
     pub code: String,
     pub message: String,

@@ -249,10 +249,19 @@ impl Browser {
         self.bounded("run a script", self.client().execute(script, Vec::new()))
     }
 
-    /// Waits (at most `WAIT_TIMEOUT`) for an element matching `css` to exist.
+    /// Waits (at most `WAIT_TIMEOUT`) for an element matching `css` to exist. A look that a
+    /// navigation cuts short ("aborted by navigation": a page that refreshes itself onward, as an
+    /// H5 link's does) is tried again, as a look that finds nothing is.
     pub fn wait_for(&self, css: &str) -> fantoccini::elements::Element {
-        let wait = self.client().wait().at_most(WAIT_TIMEOUT).every(Duration::from_millis(25));
-        self.bounded(&format!("wait for {css}"), wait.for_element(Locator::Css(css)))
+        let deadline = std::time::Instant::now() + WAIT_TIMEOUT;
+        loop {
+            match self.runtime.block_on(async { tokio::time::timeout(COMMAND_TIMEOUT, self.client().find(Locator::Css(css))).await }) {
+                Ok(Ok(element)) => return element,
+                Ok(Err(error)) => assert!(std::time::Instant::now() < deadline, "browser: wait for {css}: {error}{}", self.where_now()),
+                Err(_) => panic!("browser: wait for {css}: no answer within {COMMAND_TIMEOUT:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// Waits (at most `WAIT_TIMEOUT`) until the text of the first element matching `css`

@@ -270,9 +270,10 @@ class Clearing:
     def call(self, operation: str, body: Any = None, **parameters: Any) -> Reply:
         """Calls an operation: path and query parameters by name, the body as a dict or a model.
 
-        An answer the generated models cannot take (an error code, a field or a value the
-        server added after this SDK was generated: API.md lets it add them) is still a
-        ``Reply``, with ``parsed`` left ``None``: ``data`` and ``error_code`` hold what came.
+        An answer the generated models cannot take (a field or a value the server added after
+        this SDK was generated: API.md lets it add them) is still a ``Reply``, with ``parsed``
+        left ``None``: ``data`` and ``error_code`` hold what came. (An error code added later
+        parses: the document types ``error.code`` as a string.)
         """
         found = self.operations.find(operation)
         kwargs = found.module._get_kwargs(**found.arguments(body, parameters))
