@@ -188,7 +188,11 @@ fn batch_payments_are_all_or_none_with_one_password_check() {
             &json!({"out_order_no": number, "payer_account_id": payer, "mode": "balance", "currency": "CNY", "payment_password": password, "orders": orders}),
         )
     };
-    assert_eq!(error_of(&batch("b-1", ["30.00", "30.00", "40.01"], "246810")), (422, Some("insufficient_funds")));
+    assert_eq!(error_of(&batch("b-0", ["30.00", "30.00", "40.01"], "246810")), (422, Some("insufficient_funds")));
+    // The ledger's refusal is kept with the batch's number (journal format 5), not its orders'.
+    let again = batch("b-0", ["30.00", "30.00", "40.01"], "246810");
+    assert_eq!((error_of(&again), again.1), ((422, Some("insufficient_funds")), true));
+    assert_eq!(error_of(&batch("b-0", ["30.00", "30.00", "40.00"], "246810")), (409, Some("idempotency_conflict")));
     assert_eq!(error_of(&batch("b-1", ["30.00", "30.00", "0.001"], "246810")), (400, Some("invalid_amount")));
     assert_eq!(error_of(&batch("b-1", ["30.00", "30.00", "40.00"], "000000")), (422, Some("invalid_payment_password")));
     assert_eq!(p.balances(&payer).0, "100.00", "nothing moved");
@@ -368,4 +372,84 @@ fn undoing_a_payment_never_makes_unsettled_income_withdrawable() {
     let (_, report) = server.get("/admin/invariants", Some(token));
     assert_eq!(report["ok"], true, "{report}");
     server.stop();
+}
+
+/// API.md: repeating an `out_order_no` with the same body returns the original response. A
+/// refusal of the ledger's own checks is kept with the number (journal format 5): the repeat is
+/// answered the same refusal, marked `Idempotent-Replay: true`, even once the funds are there
+/// and after a restart (the number's record cold in RocksDB), and another body is a conflict;
+/// a refused payout is routed and counted on no channel. A refusal before the ledger (the
+/// request's shape) keeps nothing: the corrected request may use the number.
+#[test]
+fn a_refused_order_is_answered_the_same_refusal_when_repeated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-kept-refusals-0123456789abcdef0123456789abcdef";
+    let config = config_with(FAST_BANK);
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client::create(&server, token, "{\"name\": \"Kept refusals\"}");
+    let payer = p.account(&p.member("m-payer", "Zhang San"));
+    let payee = p.account(&p.member("m-payee", "Li Si"));
+    p.fund(&payer, "5.00", "r-1");
+    let card = verified_card(&p, &server, &payer, "4111111111111111", "Zhang San", "11010519491231002X");
+    let mut refused = Refused { payer, payee, card, payment: (0, false, json!(null)), payout: (0, false, json!(null)) };
+    refused.payment = refused.pay(&p, "short-1", "10.00");
+    assert_eq!((error_of(&refused.payment), refused.payment.1), ((422, Some("insufficient_funds")), false), "{:?}", refused.payment);
+    refused.payout = refused.withdraw(&p, "w-short", "100.00");
+    assert_eq!((error_of(&refused.payout), refused.payout.1), ((422, Some("insufficient_funds")), false), "{:?}", refused.payout);
+    // A request the gateway refuses (its amount does not parse) keeps nothing.
+    assert_eq!(error_of(&refused.pay(&p, "shape-1", "1.2.3")), (400, Some("invalid_amount")));
+    assert_eq!(refused.pay(&p, "shape-1", "1.00").0, 201);
+    p.fund(&refused.payer, "500.00", "r-2");
+    refused.repeat(&p, &server, token, "before a restart");
+    let (platform, secret) = (p.platform.clone(), p.secret.clone());
+    drop(p);
+    server.stop();
+    let server = start_configured(dir.path(), token, &config);
+    let p = Client { server: &server, platform, secret };
+    refused.repeat(&p, &server, token, "after a restart");
+    server.stop();
+}
+
+/// The accounts and card of `a_refused_order_is_answered_the_same_refusal_when_repeated`, and
+/// the first answers to its refused payment and payout.
+struct Refused {
+    payer: String,
+    payee: String,
+    card: String,
+    payment: (u16, bool, serde_json::Value),
+    payout: (u16, bool, serde_json::Value),
+}
+
+impl Refused {
+    fn pay(&self, p: &Client, number: &str, amount: &str) -> (u16, bool, serde_json::Value) {
+        let body = json!({"out_order_no": number, "payer_account_id": self.payer, "mode": "balance", "amount": amount, "currency": "CNY",
+            "payees": [{"account_id": self.payee, "amount": amount}]});
+        p.post("/v1/payments", &body)
+    }
+
+    fn withdraw(&self, p: &Client, number: &str, amount: &str) -> (u16, bool, serde_json::Value) {
+        let body = json!({"out_order_no": number, "account_id": self.payer, "card_id": self.card, "amount": amount, "currency": "CNY", "arrival": "realtime"});
+        p.post("/v1/withdrawals", &body)
+    }
+
+    /// Repeats both refused requests (the same answers, replays) and uses their numbers with
+    /// other bodies (conflicts); nothing moves and no channel counts the payout.
+    fn repeat(&self, p: &Client, server: &Server, token: &str, run: &str) {
+        let used_today = || {
+            let (status, report) = server.get("/admin/channels", Some(token));
+            assert_eq!(status, 200, "{report}");
+            report["channels"].as_array().unwrap().iter().map(|c| c["used_today"].as_str().unwrap_or_default().to_string()).collect::<Vec<_>>()
+        };
+        assert!(used_today().iter().all(|used| used == "0.00"), "{run}: {:?}", used_today());
+        let again = self.pay(p, "short-1", "10.00");
+        assert_eq!((again.0, again.1, &again.2), (self.payment.0, true, &self.payment.2), "{run}: the same status and body, a replay");
+        assert_eq!(error_of(&self.pay(p, "short-1", "9.00")), (409, Some("idempotency_conflict")), "{run}");
+        let again = self.withdraw(p, "w-short", "100.00");
+        assert_eq!((again.0, again.1, &again.2), (self.payout.0, true, &self.payout.2), "{run}: the payout's refusal too");
+        assert_eq!(error_of(&self.withdraw(p, "w-short", "99.00")), (409, Some("idempotency_conflict")), "{run}");
+        assert!(used_today().iter().all(|used| used == "0.00"), "{run}: the repeated payout was routed on no channel: {:?}", used_today());
+        let (status, found) = p.get("/v1/orders?out_order_no=short-1");
+        assert_eq!((status, found["orders"].as_array().map(Vec::len)), (200, Some(0)), "{run}: no order has the number: {found}");
+        assert_eq!(p.balances(&self.payer).0, "504.00", "{run}: nothing moved");
+    }
 }

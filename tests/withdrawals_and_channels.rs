@@ -484,13 +484,15 @@ fn a_payout_the_bank_never_received_falls_back_after_the_timeout() {
     server.stop();
 }
 
-/// Issue item 7: a withdrawal refused for insufficient funds gives its number back whole. The
-/// same `out_order_no` later, for 200,000.00, is routed anew: not through the first attempt's
-/// channel (whose order maximum is 50,000.00), at the new channel's fee, counted in the daily
-/// cap of the channel that carries it (and not in the refused one's). After that the number is
-/// taken: the same body replays, another body is `409 idempotency_conflict` (API.md).
+/// Issue item 7: a withdrawal refused for insufficient funds gives back what routing took (the
+/// refused channel's cap counts nothing). Since journal format 5 its number keeps the refusal
+/// (API.md: a repeat returns the original response): the same body is answered it again, another
+/// is `409 idempotency_conflict`. A new number for 200,000.00 is routed anew: not through the
+/// first attempt's channel (whose order maximum is 50,000.00), at the new channel's fee,
+/// counted in the daily cap of the channel that carries it. After that the number is taken:
+/// the same body replays, another body is a conflict.
 #[test]
-fn a_refused_withdrawal_number_is_routed_anew_with_its_new_amount() {
+fn a_refused_withdrawal_keeps_its_number_and_a_new_one_is_routed_anew() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = "money-token-70-0123456789abcdef0123456789abcdef";
     // HVPS open around the clock with a daily cap of 300,000.00, so the routing does not depend
@@ -514,8 +516,11 @@ fn a_refused_withdrawal_number_is_routed_anew_with_its_new_amount() {
     let refused = withdraw("w-1", "1000.00");
     assert_eq!(error_of(&refused), (422, Some("insufficient_funds")), "{}", refused.2);
     p.fund(&a, "500000.00", "r-2");
+    let again = withdraw("w-1", "1000.00");
+    assert_eq!((again.0, again.1, &again.2), (refused.0, true, &refused.2), "the refusal, kept");
+    assert_eq!(error_of(&withdraw("w-1", "200000.00")), (409, Some("idempotency_conflict")));
 
-    let (status, replayed, order) = withdraw("w-1", "200000.00");
+    let (status, replayed, order) = withdraw("w-1b", "200000.00");
     assert_eq!((status, replayed), (201, false), "{order}");
     assert_ne!(order["channel"], "sim_unionpay", "UnionPay's order maximum is 50,000.00: {order}");
     assert_eq!((order["channel"].as_str(), order["fee"].as_str()), (Some("sim_hvps"), Some("5.00")), "routed anew, at HVPS's fee: {order}");
@@ -525,9 +530,9 @@ fn a_refused_withdrawal_number_is_routed_anew_with_its_new_amount() {
     assert_eq!((used("sim_unionpay"), used("sim_hvps")), ("0.00".to_string(), "200000.00".to_string()), "{report}");
 
     // The number is now taken: the same body replays, another body conflicts.
-    let (status, replayed, again) = withdraw("w-1", "200000.00");
+    let (status, replayed, again) = withdraw("w-1b", "200000.00");
     assert_eq!((status, replayed, &again["order_id"]), (201, true, &order["order_id"]), "{again}");
-    assert_eq!(error_of(&withdraw("w-1", "300.00")), (409, Some("idempotency_conflict")));
+    assert_eq!(error_of(&withdraw("w-1b", "300.00")), (409, Some("idempotency_conflict")));
 
     // HVPS has 100,000.00 of its cap left: the next 200,000.00 goes to IBPS at its fee.
     let (status, _, next) = withdraw("w-2", "200000.00");

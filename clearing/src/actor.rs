@@ -525,15 +525,23 @@ impl Actor {
         let at = self.at();
         // A repeated order number keeps its first routing (the engine then replays or refuses
         // it); a new one is routed now, and the decision is noted durably before the order is
-        // submitted.
-        let (note, routed_now) = match PayoutBook::get(self.store.as_ref(), platform, number.as_str())? {
-            Some(noted)
-                if noted.card != card_id
-                    || (card_id == 0 && noted.card_no.as_ref().is_some_and(|n| *n != card_no))
-                    || noted.amount.is_some_and(|noted| noted != (amount, currency.0)) =>
-            {
-                return Err(ClearingError::IdempotencyConflict);
-            }
+        // submitted. A refused one keeps it too when the engine keeps its refusal (journal
+        // format 5: the repeat is answered that refusal, routed and counted nowhere); one
+        // refused under an earlier build is routed anew.
+        // A note naming another card, amount or account is a conflict before anything is
+        // routed, refused or not (a refused one is not overwritten by another body's routing).
+        let conflicts = |noted: &PayoutNote| {
+            noted.card != card_id
+                || (card_id == 0 && noted.card_no.as_ref().is_some_and(|n| *n != card_no))
+                || noted.amount.is_some_and(|noted| noted != (amount, currency.0))
+                || noted.account.is_some_and(|noted| noted != account.0)
+        };
+        let noted = match PayoutBook::get_any(self.store.as_ref(), platform, number.as_str())? {
+            Some(note) if note.refused && !conflicts(&note) && !self.refusal_kept(platform, &number, account, &note)? => None,
+            other => other,
+        };
+        let (note, routed_now) = match noted {
+            Some(noted) if conflicts(&noted) => return Err(ClearingError::IdempotencyConflict),
             Some(noted) => (noted, false),
             None => {
                 let decision = self.table.route(&RouteRequest { amount, currency: spec, arrival, account_type }, at, &[]);
@@ -555,6 +563,7 @@ impl Actor {
                     first: Some((channel, fee)),
                     amount: Some((amount, currency.0)),
                     paid_by_left: None,
+                    account: Some(account.0),
                 };
                 if let Err(error) = PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note) {
                     self.table.release(channel, amount, at.micros);
@@ -1311,7 +1320,20 @@ impl Actor {
         let content = engine::ledger::command::content_hash(&Command::RequestCollection { account, currency, amount, channel, card });
         let key = engine::ledger::command::idempotency_key(platform, Command::MONEY_IN_SCOPE, &number);
         let record = self.engine.idempotency_record(account.shard(shard_count), key)?;
-        Ok(record.filter(|record| record.content == content && record.reply.id == order.0).map(|_| note))
+        Ok(record.filter(|record| record.reply.is_ok() && record.content == content && record.reply.id == order.0).map(|_| note))
+    }
+
+    /// Whether the engine keeps its refusal of the payout `note` (refused) was submitted as: a
+    /// refusal record under the number on the account's shard, and a first channel and fee
+    /// to submit the repeat with (the engine compares the content).
+    fn refusal_kept(&self, platform: u32, number: &OutOrderNo, account: AccountId, note: &PayoutNote) -> Result<bool, ClearingError> {
+        if note.first.is_none() {
+            return Ok(false);
+        }
+        let scope = Command::Withdraw { account, currency: CurrencyId(0), amount: 0, fee: 0, channel: 0 }.idempotency_scope();
+        let key = engine::ledger::command::idempotency_key(platform, scope, number);
+        let record = self.engine.idempotency_record(account.shard(self.engine.config().shard_count), key)?;
+        Ok(record.is_some_and(|record| !record.reply.is_ok()))
     }
 
     /// Counts today's payouts against their channels' daily caps and hands the bank again what

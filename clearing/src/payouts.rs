@@ -38,8 +38,11 @@ pub struct PayoutNote {
     /// Channels tried so far, in order.
     #[serde(default)]
     pub tried: Vec<u16>,
-    /// The engine refused the order: its number is free again, and the next request with it is
-    /// routed anew (limits, fee and daily caps as they are then).
+    /// The engine refused the order. Since journal format 5 the engine keeps the refusal as the
+    /// number's record: a repeat is submitted with the note's first channel and fee, and the
+    /// engine answers it the same refusal (`Actor::payout`). A note refused under an earlier
+    /// build (the engine kept nothing) frees its number: the next request with it is routed
+    /// anew (limits, fee and daily caps as they are then).
     #[serde(default)]
     pub refused: bool,
     /// The channel and fee the order was submitted with (the engine's order holds them): a
@@ -58,6 +61,11 @@ pub struct PayoutNote {
     /// to the account under a case of that channel's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paid_by_left: Option<u16>,
+    /// The account paying out (`None` in notes written before session 66): a repeat of the
+    /// number naming another is 409 before anything is routed, also when the engine refused
+    /// the order (its kept refusal is on the first account's shard; helper 117#3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<u64>,
 }
 
 /// A payout to route and submit: a member's verified card (withdrawal) or an outside one (代付).
@@ -128,6 +136,13 @@ impl PayoutBook {
         let key = note_key(platform, number);
         let value = store.get(&key).map_err(|e| ClearingError::Storage(e.to_string()))?;
         Ok(decoded(&key, value)?.filter(|n| !n.refused))
+    }
+
+    /// The note of a payout, also one the engine refused (`refused`).
+    pub(crate) fn get_any(store: &dyn Store, platform: u32, number: &str) -> Result<Option<PayoutNote>, ClearingError> {
+        let key = note_key(platform, number);
+        let value = store.get(&key).map_err(|e| ClearingError::Storage(e.to_string()))?;
+        decoded(&key, value)
     }
 
     /// The notes of `numbers` of one platform, in their order (a listing's page): one read.
@@ -222,7 +237,8 @@ impl CollectionNotes {
         for (key, platform, number, account) in earlier {
             let Some(number) = OutOrderNo::new(&number) else { continue };
             let held = engine::ledger::command::idempotency_key(platform, engine::ledger::command::Command::MONEY_IN_SCOPE, &number);
-            if engine.idempotency_record(account.shard(shard_count), held)?.is_none() {
+            // A refusal the number keeps (journal format 5) is no order either.
+            if !engine.idempotency_record(account.shard(shard_count), held)?.is_some_and(|record| record.reply.is_ok()) {
                 let mut end = key.clone();
                 end.push(0);
                 store.delete_range(&key, &end).map_err(storage)?;
@@ -277,6 +293,7 @@ mod tests {
             first: Some((2, 50)),
             amount: Some((10_000, 0)),
             paid_by_left: None,
+            account: Some(5),
         }
     }
 

@@ -153,10 +153,15 @@ fn a_probe_the_engine_refused_does_not_leave_the_channel_stuck() {
     // Regression: the refused probe kept the half-open channel "probing" for good.
     let next = w.payout("p2", rich, 10_000);
     assert_eq!((next.reply.code, next.channel.as_str()), (ResultCode::Ok, "cheap"), "the next order may probe the channel");
-    // The refused order number is free again and is routed anew.
-    let again = w.payout("p1", rich, 10_000);
-    assert_eq!(again.reply.code, ResultCode::Ok);
-    assert!(!again.reply.replayed);
+    // The refused order number keeps its refusal (journal format 5): its repeat is the engine's
+    // replay on the first channel, and the number for another account is a conflict before
+    // anything is routed (the note names its account).
+    let again = w.payout("p1", poor, 10_000);
+    assert_eq!((again.reply.code, again.reply.replayed, again.channel.as_str()), (ResultCode::InsufficientFunds, true, "cheap"));
+    let other = w.runtime.block_on(w.clearing.payout(World::request("p1", rich, 10_000)));
+    assert!(matches!(other, Err(clearing_actor::ClearingError::IdempotencyConflict)), "{other:?}");
+    let again = w.payout("p1", poor, 10_000);
+    assert_eq!((again.reply.code, again.reply.replayed), (ResultCode::InsufficientFunds, true), "the note was not overwritten");
 }
 
 #[test]
@@ -971,6 +976,7 @@ fn a_payout_noted_before_a_stop_counts_against_the_cap_when_applied() {
         first: None,
         amount: Some((10_000, 0)),
         paid_by_left: None,
+        account: None,
     };
     w.store.write(&[(format!("x/{P}/n1").as_bytes(), serde_json::to_vec(&note).unwrap().as_slice())]).unwrap();
     // Another amount under the noted number: a conflict before anything is routed or counted

@@ -18,7 +18,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::ledger::command::{idempotency_key, Command, Envelope};
 use crate::ledger::flat::{prefetch_slot, Seed, Slot, Table};
-use crate::ledger::types::ShardId;
+use crate::ledger::types::{Reply, ShardId};
 use crate::result::ResultCode;
 
 /// Independent locks: concurrent submitters (HTTP workers), the shards settling their replies and
@@ -236,24 +236,29 @@ impl Claims {
             Claim::New => Ok((key, true)),
             Claim::Held => Ok((key, false)),
             Claim::Conflict => {
-                self.settle(so_far, false, false, shard);
+                self.settle(so_far, &Reply::rejected(ResultCode::IdempotencyConflict), shard);
                 Err(ResultCode::IdempotencyConflict)
             }
         }
     }
 
-    /// After the shard answered. A command accepted with a new record keeps the claims it made
-    /// (nothing to do) and marks those it joined recorded; a rejected one, or a replay (its
-    /// record exists already: hot, so held, or cold, its claim forgotten on purpose and another
-    /// shard finding the row; so retries of old numbers cannot grow the claims again), gives up
-    /// the claims it made and leaves those it joined. A claim goes only once no command that
-    /// may be accepted with it is in flight (before session 57 the first rejected use removed
-    /// it, and a third command for another shard could take the number while a second use,
-    /// still in flight, was accepted: two orders with one number).
-    pub(crate) fn settle(&self, claimed: &Claimed, accepted: bool, replayed: bool, shard: ShardId) {
-        let recorded = accepted && !replayed;
+    /// After the shard answered with `reply`. A command that made a new record (accepted; or
+    /// refused with a refusal its own number keeps, `ResultCode::is_kept_refusal`, since journal
+    /// format 5: a batch payment's orders' numbers keep nothing then) keeps the claims it made
+    /// for those numbers (nothing to do) and marks those it joined recorded; for a number
+    /// without a new record (rejected, or a replay: its record exists already, hot, so held,
+    /// or cold, its claim forgotten on purpose and another shard finding the row; so retries
+    /// of old numbers cannot grow the claims again) it gives up the claim it made and leaves
+    /// the one it joined. A claim goes only once no command that may record its number is in
+    /// flight (before session 57 the first rejected use removed it, and a third command for
+    /// another shard could take the number while a second use, still in flight, was
+    /// accepted: two orders with one number).
+    pub(crate) fn settle(&self, claimed: &Claimed, reply: &Reply, shard: ShardId) {
+        let own_recorded = (reply.is_ok() || reply.code.is_kept_refusal()) && !reply.replayed;
+        let orders_recorded = reply.is_ok() && !reply.replayed;
         let counted = claimed.orders.get(..claimed.counted).unwrap_or_default();
-        for &(key, made_here) in claimed.own.iter().chain(counted) {
+        let own = claimed.own.iter().map(|claim| (claim, own_recorded));
+        for (&(key, made_here), recorded) in own.chain(counted.iter().map(|claim| (claim, orders_recorded))) {
             match (made_here, recorded) {
                 (true, true) => {}
                 (true, false) => self.give_up(key, shard),
@@ -307,15 +312,19 @@ mod tests {
     fn a_claim_stays_while_a_command_that_may_be_accepted_is_in_flight() {
         let claims = Claims::new();
         let key = 0x42u128;
+        // A refusal no number keeps (the shard was full); an acceptance; a replay.
+        let refused = Reply::rejected(ResultCode::Overloaded);
+        let accepted = Reply { code: ResultCode::Ok, id: 7, status: None, replayed: false };
+        let replayed = Reply { replayed: true, ..accepted };
         let use_of = |shard| match claims.claim(key, shard) {
             Claim::New => Claimed { own: Some((key, true)), ..Claimed::default() },
             Claim::Held => Claimed { own: Some((key, false)), ..Claimed::default() },
             Claim::Conflict => panic!("another shard holds it"),
         };
         let (first, second) = (use_of(0), use_of(0));
-        claims.settle(&first, false, false, 0);
+        claims.settle(&first, &refused, 0);
         assert!(matches!(claims.claim(key, 1), Claim::Conflict), "the second may still be accepted");
-        claims.settle(&second, true, false, 0);
+        claims.settle(&second, &accepted, 0);
         assert!(matches!(claims.claim(key, 1), Claim::Conflict), "accepted on shard 0");
         // Both rejected, in either order: gone once the last is answered.
         let other = 0x43u128;
@@ -324,29 +333,45 @@ mod tests {
             assert!(matches!(claims.claim(other, 1), Claim::New));
             assert!(matches!(claims.claim(other, 1), Claim::Held));
             let (earlier, later) = if maker_first { (&maker, &joiner) } else { (&joiner, &maker) };
-            claims.settle(earlier, false, false, 1);
+            claims.settle(earlier, &refused, 1);
             assert_eq!(claims.len(), 2);
-            claims.settle(later, false, false, 1);
+            claims.settle(later, &refused, 1);
             assert_eq!(claims.len(), 1);
         }
         // The joiner accepted before the maker is rejected: it stays.
         assert!(matches!(claims.claim(other, 1), Claim::New));
         assert!(matches!(claims.claim(other, 1), Claim::Held));
-        claims.settle(&joiner, true, false, 1);
-        claims.settle(&maker, false, false, 1);
+        claims.settle(&joiner, &accepted, 1);
+        claims.settle(&maker, &refused, 1);
         assert!(matches!(claims.claim(other, 0), Claim::Conflict));
         claims.release(other);
         // A replay (its record cold, its claim forgotten) keeps none.
         assert!(matches!(claims.claim(other, 0), Claim::New));
-        claims.settle(&Claimed { own: Some((other, true)), ..Claimed::default() }, true, true, 0);
+        claims.settle(&Claimed { own: Some((other, true)), ..Claimed::default() }, &replayed, 0);
         assert_eq!(claims.len(), 1);
         // The answer of a use whose claim was forgotten and made again for another shard
         // leaves that claim alone.
         let forgotten = use_of(0);
         claims.forget(&mut std::iter::once(key));
         assert!(matches!(claims.claim(key, 1), Claim::New));
-        claims.settle(&forgotten, false, false, 0);
+        claims.settle(&forgotten, &refused, 0);
         assert!(matches!(claims.claim(key, 0), Claim::Conflict));
+        // A refusal its number keeps (journal format 5) keeps the claim it made, as an
+        // acceptance does; a batch payment refused so gives up its orders' claims (the shard
+        // keeps nothing of them); a replay of the refusal makes none.
+        let (kept, orders) = (0x44u128, [0x45u128, 0x46]);
+        assert!(matches!(claims.claim(kept, 0), Claim::New));
+        orders.iter().for_each(|order| assert!(matches!(claims.claim(*order, 0), Claim::New)));
+        let batch = Claimed { own: Some((kept, true)), orders: orders.iter().map(|order| (*order, true)).collect(), counted: 2 };
+        let before = claims.len();
+        claims.settle(&batch, &Reply::rejected(ResultCode::InsufficientFunds), 0);
+        assert_eq!(claims.len(), before - 2, "the orders' claims went");
+        assert!(matches!(claims.claim(kept, 1), Claim::Conflict), "the refused number stays on shard 0");
+        assert!(matches!(claims.claim(orders[0], 1), Claim::New), "an order's number is free");
+        let again = Claimed { own: Some((0x47, true)), ..Claimed::default() };
+        assert!(matches!(claims.claim(0x47, 0), Claim::New));
+        claims.settle(&again, &Reply { replayed: true, ..Reply::rejected(ResultCode::InsufficientFunds) }, 0);
+        assert!(matches!(claims.claim(0x47, 1), Claim::New), "a replayed refusal keeps no claim it made");
     }
 
     /// Keys that all land on one stripe and one home slot (as if chosen to collide) still claim,

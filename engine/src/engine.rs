@@ -146,7 +146,7 @@ impl PartAnswer {
         match result {
             Ok(shard_replies) => {
                 for ((index, claim), reply) in self.positions.iter().zip(shard_replies) {
-                    self.claims.settle(claim, reply.is_ok(), reply.replayed, self.shard as ShardId);
+                    self.claims.settle(claim, &reply, self.shard as ShardId);
                     gather.replies[*index] = Some(reply);
                 }
             }

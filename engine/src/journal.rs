@@ -120,9 +120,13 @@ pub struct BatchRecord {
 /// can no longer take the credit goes to suspense with a notice (it was refused:
 /// `Context::diverts_cancels`), and a freeze the system places is the system's order
 /// (`Context::system_holds`). Batches of versions 2 and 3 replay under theirs.
-pub const JOURNAL_FORMAT_VERSION: u8 = 4;
+/// Version 5 (session 66) has version 4's bytes and one new rule: a refusal of a command with
+/// an order number is kept as that number's record (`Context::keeps_refusals`), so a repeat is
+/// answered the same refusal and other content is a conflict (before, a repeat ran again).
+/// Batches of versions 2 to 4 replay under theirs.
+pub const JOURNAL_FORMAT_VERSION: u8 = 5;
 
-/// The journal formats this build reads: versions 2 and 3 (the same bytes, older rules) and its
+/// The journal formats this build reads: versions 2 to 4 (the same bytes, older rules) and its
 /// own.
 pub const READABLE_JOURNAL_VERSIONS: std::ops::RangeInclusive<u8> = 2..=JOURNAL_FORMAT_VERSION;
 

@@ -153,11 +153,41 @@ impl ResultCode {
     pub fn number(self) -> u16 {
         self as u16
     }
+
+    /// Whether a shard keeps this refusal of a command with an order number as that number's
+    /// record (journal format 5 on), so that a repeat with the same content is answered the
+    /// same refusal as a replay and one with other content is a conflict (API.md: a repeat
+    /// returns the original response). Every refusal of the ledger's own checks is; not `Ok`
+    /// (an acceptance, recorded anyway), nor `IdempotencyConflict` (answered from the record
+    /// another command made), nor what says to try again or is ours (`Overloaded`,
+    /// `ShardStopped`: never reached by a command the ledger applies; `InvalidFee`,
+    /// `NotRoutable`: a 500, mended by us, after which a retry must run).
+    pub fn is_kept_refusal(self) -> bool {
+        !matches!(
+            self,
+            ResultCode::Ok
+                | ResultCode::IdempotencyConflict
+                | ResultCode::Overloaded
+                | ResultCode::ShardStopped
+                | ResultCode::InvalidFee
+                | ResultCode::NotRoutable
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Codes are stored (idempotency records in checkpoints and cold rows, which hold refusals
+    /// too since journal format 5) by serde's variant index, the declaration order: it must be
+    /// the number, so that no code is inserted before others (helper 117#6).
+    #[test]
+    fn every_code_is_stored_as_its_number() {
+        for code in ResultCode::ALL {
+            assert_eq!(bincode::serialize(&code).expect("a code serializes"), u32::from(code.number()).to_le_bytes(), "{code:?}");
+        }
+    }
 
     #[test]
     fn numbers_are_dense_and_names_unique() {

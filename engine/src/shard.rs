@@ -243,10 +243,11 @@ pub const DEFAULT_EVERY_ORDERS: u64 = 250_000;
 #[derive(Clone, Copy, Debug)]
 pub struct CheckpointPolicy {
     pub every_batches: u64,
-    /// Orders created since the last checkpoint's snapshot. History (orders, their events and
-    /// order numbers) leaves memory only with a durable checkpoint, so this is what bounds the
-    /// shard's memory whatever the traffic: about 300 bytes an order, for at most three such
-    /// intervals (see `Shard::checkpoint_lagging`).
+    /// Orders created since the last checkpoint's snapshot (or order numbers recorded, kept
+    /// refusals among them, if more). History (orders, their events and order numbers) leaves
+    /// memory only with a durable checkpoint, so this is what bounds the shard's memory
+    /// whatever the traffic: about 300 bytes an order, for at most three such intervals (see
+    /// `Shard::checkpoint_lagging`).
     pub every_orders: u64,
     pub every: Duration,
     /// Checkpoints kept per shard (at least 1; 2 or more lets recovery fall back past a bad one).
@@ -658,9 +659,13 @@ impl Shard {
         Ok(skipped)
     }
 
-    /// Orders made since the last checkpoint's snapshot.
+    /// Orders made since the last checkpoint's snapshot, or the order numbers' records made
+    /// since (the hot map, emptied at each snapshot) if more: a refusal kept with its number
+    /// (journal format 5) makes a record and no order, so a flood of refused requests is bounded
+    /// as orders are (helper 117#1).
     fn orders_since_checkpoint(&self) -> usize {
-        self.state.orders.len().saturating_sub(self.checkpoints.last_orders)
+        let orders = self.state.orders.len().saturating_sub(self.checkpoints.last_orders);
+        orders.max(self.state.idempotency.len())
     }
 
     /// Between batches: collects a finished checkpoint, and starts the next one when due. The

@@ -115,10 +115,14 @@ fn reusing_an_order_number_for_other_funds_is_a_conflict_across_shards() {
     assert!(engine.execute_one(keyed("same", pay(a0, b, 5))).unwrap().is_ok());
     let conflict = engine.execute_one(keyed("same", pay(a1, b, 5))).unwrap();
     assert_eq!(conflict.code, ResultCode::IdempotencyConflict);
-    // A rejected order does not hold its number: after a failure the platform may reuse it.
+    // A refused order keeps its number on its shard (journal format 5): its repeat is answered
+    // the same refusal, and a use for other funds on another shard is a conflict (before, the
+    // refusal freed the number and that use went through).
     let short = engine.execute_one(keyed("retry", pay(a1, b, 5_000))).unwrap();
     assert_eq!(short.code, ResultCode::InsufficientFunds);
-    assert!(engine.execute_one(keyed("retry", pay(a0, b, 5))).unwrap().is_ok());
+    let repeat = engine.execute_one(keyed("retry", pay(a1, b, 5_000))).unwrap();
+    assert_eq!((repeat.code, repeat.replayed), (ResultCode::InsufficientFunds, true));
+    assert_eq!(engine.execute_one(keyed("retry", pay(a0, b, 5))).unwrap().code, ResultCode::IdempotencyConflict);
     engine.shutdown();
 }
 
@@ -530,9 +534,10 @@ fn a_request_held_back_for_the_outbox_goes_first_in_the_next_batch() {
 }
 
 #[test]
-fn an_order_number_accepted_after_a_rejected_first_try_stays_claimed() {
+fn an_order_number_used_again_after_a_rejected_first_try_stays_claimed() {
     // Regression: the first use of a number was rejected and released its claim while a second
-    // use, queued behind it, was accepted; the number was then free on every other shard.
+    // use, queued behind it, was accepted; the number was then free on every other shard. Since
+    // journal format 5 the refusal is kept: the second use is its replay, and the claim stays.
     let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();
     let accounts = open_funded(&engine, 0..8, 100);
     let (a0, a1) = one_on_each_shard(&accounts);
@@ -544,7 +549,8 @@ fn an_order_number_accepted_after_a_rejected_first_try_stays_claimed() {
             keyed("k", pay(a0, b, 500)),
         ])
         .unwrap();
-    assert_eq!(replies.iter().map(|r| r.code).collect::<Vec<_>>(), vec![ResultCode::InsufficientFunds, ResultCode::Ok, ResultCode::Ok]);
+    let got: Vec<(ResultCode, bool)> = replies.iter().map(|r| (r.code, r.replayed)).collect();
+    assert_eq!(got, vec![(ResultCode::InsufficientFunds, false), (ResultCode::Ok, false), (ResultCode::InsufficientFunds, true)]);
     let elsewhere = engine.execute_one(keyed("k", pay(a1, b, 5))).unwrap();
     assert_eq!(elsewhere.code, ResultCode::IdempotencyConflict);
     engine.shutdown();
@@ -590,7 +596,8 @@ impl storage::Store for GatedJournal {
 fn a_number_is_not_free_while_a_second_use_of_it_may_still_be_accepted() {
     // Regression (session 57): the claim went with the first use's rejection while a second use
     // on the same shard was still in flight; a third use on another shard, sent in between, was
-    // accepted, and then the second too: two orders with one number.
+    // accepted, and then the second too: two orders with one number. Since journal format 5 the
+    // first use's refusal is kept, so the second (other content) is a conflict as well.
     let store = Arc::new(GatedJournal { inner: MemoryStore::new(), closed: std::sync::Mutex::new(false), opened: std::sync::Condvar::new() });
     let engine = Arc::new(Engine::start(config(2), store.clone()).unwrap());
     let accounts = open_funded(&engine, 0..8, 100);
@@ -619,7 +626,7 @@ fn a_number_is_not_free_while_a_second_use_of_it_may_still_be_accepted() {
         replies.insert(name, reply.unwrap());
     }
     assert_eq!(replies["first"].code, ResultCode::InsufficientFunds);
-    assert_eq!((replies["second"].code, replies["second"].replayed), (ResultCode::Ok, false));
+    assert_eq!((replies["second"].code, replies["second"].replayed), (ResultCode::IdempotencyConflict, false));
     assert_eq!(replies["third"].code, ResultCode::IdempotencyConflict, "{replies:?}");
     assert_eq!(engine.execute_one(keyed("k", pay(a1, b, 5))).unwrap().code, ResultCode::IdempotencyConflict);
     engine.shutdown();

@@ -102,7 +102,7 @@ fn variant_index(command: &Command) -> usize {
 /// (shard, sequence, timestamp, envelope count), one envelope per `Command` variant, the entries
 /// and the postings. Regenerate only for a deliberate format change (see `FORMAT_RULES`).
 const GOLDEN: &[(&str, &str)] = &[
-    ("version", "04"),
+    ("version", "05"),
     ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d923"),
     ("Genesis", "070000010202434e59024a505900fb00e1"),
     ("OpenAccount", "070001fbe90300fbe803fbd007fb5802fbb004"),
@@ -141,7 +141,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("AutoConfirmStep", "07002201fd00401e18240a0600fb2c01fb001020"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
-    ("hash", "5cfa41d3fc54d227687d14d7ce739ce7a760c21b01128c7a0fc50a1c11ac0a0c"),
+    ("hash", "2ea2bf4ddc3e6c84c1d8ed7fba265e4f0127294c97635023d70aa466e3cd46ab"),
 ];
 
 const SHARD: u16 = 1;
@@ -474,12 +474,12 @@ fn other_format_versions_are_refused() {
     }
 }
 
-/// Versions 2 and 3 have version 4's bytes (only the rules changed): their batches decode, and
+/// Versions 2 to 4 have version 5's bytes (only the rules changed): their batches decode, and
 /// say which version they are, so that replay applies them under their rules.
 #[test]
-fn batches_of_versions_2_and_3_decode_as_theirs() {
+fn batches_of_versions_2_to_4_decode_as_theirs() {
     let golden = golden_bytes();
-    for version in [2u8, 3] {
+    for version in [2u8, 3, 4] {
         let mut body = golden[..golden.len() - 32].to_vec();
         body[0] = version;
         let decoded = decode(SHARD, SEQUENCE, &sealed(&body)).expect("an older batch decodes");

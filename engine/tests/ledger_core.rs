@@ -655,14 +655,28 @@ fn idempotency_replays_and_conflicts() {
     // Another platform's same number is another order.
     let other = Envelope { platform: P + 1, ..envelope(Command::OpenAccount { owner: 1, currency: CNY, limits: Limits::NONE }) };
     assert_eq!(state.apply(&other, T0, &mut fx).code, ResultCode::Ok);
-    // A rejected command does not consume its number.
+    // A refused command keeps its number (journal format 5): its repeat is answered the same
+    // refusal, marked a replay, also once the funds are there; other content is a conflict.
     let number = OutOrderNo::new("order-2").unwrap();
-    let short =
-        Envelope { platform: P, out_order_no: Some(number), command: Command::Withdraw { account: a, currency: CNY, amount: 1_000, fee: 0, channel: 1 } };
-    assert_eq!(state.apply(&short, T0, &mut fx).code, ResultCode::InsufficientFunds);
+    let withdraw =
+        |amount| Envelope { platform: P, out_order_no: Some(number), command: Command::Withdraw { account: a, currency: CNY, amount, fee: 0, channel: 1 } };
+    let refused = state.apply(&withdraw(1_000), T0, &mut fx);
+    assert_eq!((refused.code, refused.replayed), (ResultCode::InsufficientFunds, false));
     let top_up = Envelope { platform: P, out_order_no: None, command: Command::Recharge { account: a, currency: CNY, amount: 1_000, channel: 1 } };
     assert!(state.apply(&top_up, T0, &mut fx).is_ok());
-    assert_eq!(state.apply(&short, T0, &mut fx).code, ResultCode::Ok);
+    let postings = fx.postings.len();
+    let repeat = state.apply(&withdraw(1_000), T0, &mut fx);
+    assert_eq!((repeat.code, repeat.replayed, repeat.id), (ResultCode::InsufficientFunds, true, 0));
+    assert_eq!(state.apply(&withdraw(999), T0, &mut fx).code, ResultCode::IdempotencyConflict);
+    assert_eq!((fx.postings.len(), state.account(a).unwrap().total()), (postings, 1_100), "nothing moved");
+    // Under journal format 4 (a batch an earlier build wrote, replayed) a refusal kept nothing:
+    // its repeat ran again (and here succeeds), as that build answered it.
+    let old = |amount| Envelope { out_order_no: Some(OutOrderNo::new("order-3").unwrap()), ..withdraw(amount) };
+    let mut replies = Vec::new();
+    state.apply_all_as(4, &[old(2_000)], None, T0, &mut fx, &mut replies);
+    assert!(state.apply(&top_up, T0, &mut fx).is_ok());
+    state.apply_all_as(4, &[old(2_000)], None, T0, &mut fx, &mut replies);
+    assert_eq!(replies.iter().map(|r| (r.code, r.replayed)).collect::<Vec<_>>(), [(ResultCode::InsufficientFunds, false), (ResultCode::Ok, false)]);
     assert_eq!(state.account(a).unwrap().total(), 100);
 }
 

@@ -150,7 +150,7 @@ pub async fn open(
         ResultCode::Ok => Ok((AccountId(reply.id), reply.replayed)),
         // The one table of the engine's refusals: `overloaded` is 503 with Retry-After (it was
         // answered 422 here, which a client must not retry; helper 110).
-        other => Err(crate::error::rejection(other)),
+        _ => Err(crate::error::refused(&reply)),
     }
 }
 
@@ -280,7 +280,7 @@ pub async fn close(engine: &Engine, platform: u32, id: AccountId, out_order_no: 
     let command = Command::CloseAccount { account: id };
     let reply = execute(engine, Envelope { platform, out_order_no: Some(number), command }).await?;
     if !reply.is_ok() {
-        return Err(crate::error::rejection(reply.code));
+        return Err(crate::error::refused(&reply));
     }
     Ok(reply)
 }

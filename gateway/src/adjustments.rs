@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::accounts::{execute, public_account_id};
 use crate::error::{blocking, ApiError};
-use crate::orders::{currency, out_order_no, read_order, rejection, view};
+use crate::orders::{currency, out_order_no, read_order, view};
 
 /// An adjustment as the approval workflow hands it over: both operators are known by now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,7 +146,7 @@ pub async fn adjust(engine: &Arc<Engine>, platform: u32, request: &AdjustmentReq
     };
     let reply = execute(engine, Envelope { platform, out_order_no: Some(number), command }).await?;
     if !reply.is_ok() {
-        return Err(rejection(reply.code));
+        return Err(crate::error::refused(&reply));
     }
     let id = OrderId(reply.id);
     let channels = clearing_actor::channels::ChannelSet::default();
@@ -237,7 +237,7 @@ pub async fn set_limits(engine: &Arc<Engine>, platform: u32, account: &str, requ
     };
     let reply = execute(engine, Envelope { platform, out_order_no: Some(number), command: Command::SetLimits { account: id, limits } }).await?;
     if !reply.is_ok() {
-        return Err(rejection(reply.code));
+        return Err(crate::error::refused(&reply));
     }
     let (now, _) = read_limits(engine, platform, id).await?;
     let mut answer = limits_view(id, &spec, &now);

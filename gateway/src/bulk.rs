@@ -160,7 +160,9 @@ pub async fn bulk(
         .iter()
         .zip(&replies)
         .enumerate()
-        .filter(|(_, (ready, reply))| reply.replayed && matches!(ready.recharge, Some(Envelope { command: Command::RequestRecharge { .. }, .. })))
+        .filter(|(_, (ready, reply))| {
+            reply.is_ok() && reply.replayed && matches!(ready.recharge, Some(Envelope { command: Command::RequestRecharge { .. }, .. }))
+        })
         .filter_map(|(i, (ready, _))| ready.recharge.as_ref().and_then(|e| e.out_order_no).map(|number| (i, number.as_str().to_string())))
         .collect();
     if !replayed.is_empty() {

@@ -732,6 +732,9 @@ pub fn document(mut doc: Value, currencies: &[(String, u8)], channels: &[String]
                     for (status, response) in operation.get_mut("responses").and_then(Value::as_object_mut).into_iter().flatten() {
                         if status.starts_with('2') {
                             response["headers"]["Idempotent-Replay"] = json!({"description": "`true` when this answer repeats the first answer to the same out_order_no (same status and body: nothing was done again); absent otherwise.", "schema": {"type": "string", "enum": ["true"]}});
+                        } else if ["400", "404", "409", "422"].contains(&status.as_str()) {
+                            // The statuses of the ledger's refusals (`error::rejection`).
+                            response["headers"]["Idempotent-Replay"] = json!({"description": "`true` when this refusal repeats the ledger's first refusal of the same out_order_no: a refusal of the ledger's own checks (`insufficient_funds`, `account_frozen`, limits, states, ...) is kept with the number, so the same body is answered it again (nothing was tried again) and another body is 409 `idempotency_conflict`. Absent on refusals made before the ledger (the request's shape, authentication, payment password, channels), which keep nothing: a corrected request may use the number.", "schema": {"type": "string", "enum": ["true"]}});
                         }
                     }
                 }

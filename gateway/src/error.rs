@@ -17,6 +17,9 @@ pub struct ApiError {
     pub param: Option<Cow<'static, str>>,
     /// Seconds the caller should wait before trying again (`Retry-After`), for 429 and 503.
     pub retry_after_seconds: Option<u32>,
+    /// Whether this is the engine's kept refusal of an earlier request with the same order
+    /// number (`Idempotent-Replay: true`, as a replayed success has; `refused`).
+    pub replayed: bool,
 }
 
 #[derive(Serialize)]
@@ -35,27 +38,34 @@ struct Inner<'a> {
 impl ApiError {
     /// An error with any status and code.
     pub fn new(status: u16, code: &'static str, message: &str) -> ApiError {
-        ApiError { status, code, message: message.to_string(), param: None, retry_after_seconds: None }
+        ApiError { status, code, message: message.to_string(), param: None, retry_after_seconds: None, replayed: false }
     }
 
     /// 400 `invalid_request`, naming the field at fault.
     pub fn invalid(message: &str, param: &'static str) -> ApiError {
-        ApiError { status: 400, code: "invalid_request", message: message.to_string(), param: Some(Cow::Borrowed(param)), retry_after_seconds: None }
+        ApiError {
+            status: 400,
+            code: "invalid_request",
+            message: message.to_string(),
+            param: Some(Cow::Borrowed(param)),
+            retry_after_seconds: None,
+            replayed: false,
+        }
     }
 
     /// 401 `unauthenticated`.
     pub fn unauthenticated(message: &str) -> ApiError {
-        ApiError { status: 401, code: "unauthenticated", message: message.to_string(), param: None, retry_after_seconds: None }
+        ApiError { status: 401, code: "unauthenticated", message: message.to_string(), param: None, retry_after_seconds: None, replayed: false }
     }
 
     /// 404 `not_found` (never a hint that the object exists for someone else).
     pub fn not_found() -> ApiError {
-        ApiError { status: 404, code: "not_found", message: "no such object".to_string(), param: None, retry_after_seconds: None }
+        ApiError { status: 404, code: "not_found", message: "no such object".to_string(), param: None, retry_after_seconds: None, replayed: false }
     }
 
     /// 503 `unavailable`: the engine (or one shard) has stopped.
     pub fn unavailable(message: String) -> ApiError {
-        ApiError { status: 503, code: "unavailable", message, param: None, retry_after_seconds: None }
+        ApiError { status: 503, code: "unavailable", message, param: None, retry_after_seconds: None, replayed: false }
     }
 
     /// 503 `unavailable`: the store could not be read or written.
@@ -71,13 +81,27 @@ impl ApiError {
     /// 429 `rate_limited`: the platform is over one of its quotas; it may try again after
     /// `retry_after_seconds` (at least 1). Other platforms are not affected.
     pub fn rate_limited(message: &str, retry_after_seconds: u32) -> ApiError {
-        ApiError { status: 429, code: "rate_limited", message: message.to_string(), param: None, retry_after_seconds: Some(retry_after_seconds.max(1)) }
+        ApiError {
+            status: 429,
+            code: "rate_limited",
+            message: message.to_string(),
+            param: None,
+            retry_after_seconds: Some(retry_after_seconds.max(1)),
+            replayed: false,
+        }
     }
 
     /// 503 `overloaded`: a full queue refused the request before anything changed; answered
     /// with `Retry-After`.
     pub fn overloaded(message: &str) -> ApiError {
-        ApiError { status: 503, code: "overloaded", message: message.to_string(), param: None, retry_after_seconds: Some(OVERLOADED_RETRY_AFTER_SECONDS) }
+        ApiError {
+            status: 503,
+            code: "overloaded",
+            message: message.to_string(),
+            param: None,
+            retry_after_seconds: Some(OVERLOADED_RETRY_AFTER_SECONDS),
+            replayed: false,
+        }
     }
 }
 
@@ -97,6 +121,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if let Some(seconds) = self.retry_after_seconds {
             response.insert_header((actix_web::http::header::RETRY_AFTER, seconds));
+        }
+        if self.replayed {
+            response.insert_header(("Idempotent-Replay", "true"));
         }
         response.json(body)
     }
@@ -168,7 +195,14 @@ pub fn rejection(code: ResultCode) -> ApiError {
             (422, "approval_invalid", "an adjustment needs a proposer and a different approver, each named in at most 64 bytes", Some("approver"))
         }
     };
-    ApiError { status, code: name, message: message.to_string(), param: param.map(Cow::Borrowed), retry_after_seconds: None }
+    ApiError { status, code: name, message: message.to_string(), param: param.map(Cow::Borrowed), retry_after_seconds: None, replayed: false }
+}
+
+/// The API error of a refused reply: its code's (`rejection`), marked `Idempotent-Replay: true`
+/// when the engine answered it from the refusal the order number keeps (journal format 5: a
+/// repeat of a refused request is answered the same refusal, API.md's idempotency).
+pub fn refused(reply: &engine::ledger::types::Reply) -> ApiError {
+    ApiError { replayed: reply.replayed, ..rejection(reply.code) }
 }
 
 /// The one table from clearing's errors to API errors.

@@ -140,6 +140,19 @@ pub async fn pay(
             let checking = passwords.get_ref().clone();
             // argon2 takes tens of milliseconds of CPU: off the async workers.
             crate::passwords::hashing(u64::from(platform.id), move || checking.verify(payer, Some(&password))).await??;
+            // The ledger keeps its refusal with the session's order number (journal format 5),
+            // so a payment the payer's funds plainly cannot cover is not submitted: the member
+            // may top up and pay again within the session. (One the ledger refuses all the
+            // same, funds spent meanwhile, stays refused: the platform makes a new session.)
+            // After the password: whoever holds the session learns nothing of the balance
+            // without it, and a locked payer reads `payment_locked` (helper 117#5).
+            if let engine::ledger::command::Command::Payment { payer, amount, .. } = prepared.envelope.command {
+                let (reading, shard) = (engine.get_ref().clone(), payer.shard(engine.config().shard_count));
+                let available = crate::error::blocking(move || reading.read_shard(shard, move |state| state.account(payer).map(|a| a.available()))).await??;
+                if available.is_some_and(|available| available < amount) {
+                    return Err(crate::orders::rejection(engine::result::ResultCode::InsufficientFunds));
+                }
+            }
         }
         let reply = crate::recharges::execute_and_dispatch(&engine, clearing.bank(), prepared.envelope.clone()).await?;
         if !reply.is_ok() {

@@ -156,7 +156,7 @@ async fn take_line(
             let suspense_scope = Command::CreditSuspense { shard, currency: currency_id, amount }.idempotency_scope();
             let key = engine::ledger::command::idempotency_key(0, suspense_scope, &number);
             let reading = engine.clone();
-            note.suspense |= blocking(move || reading.idempotency_record(shard, key).map(|record| record.is_some())).await??;
+            note.suspense |= blocking(move || reading.idempotency_record(shard, key).map(|record| record.is_some_and(|record| record.reply.is_ok()))).await??;
             note.write(store, &line.bank_ref).await?;
             noted_now = true;
         }
@@ -177,7 +177,7 @@ async fn take_line(
             return Err(ApiError::new(409, "idempotency_conflict", "this bank_ref was taken with other content"));
         }
         if !account_refuses(reply.code) {
-            return Err(crate::orders::rejection(reply.code));
+            return Err(crate::error::refused(&reply));
         }
         // Noted before it is booked: taken again, the line goes to suspense again.
         note.suspense = true;
@@ -194,7 +194,7 @@ async fn take_line(
         if noted_now && reply.code == ResultCode::IdempotencyConflict {
             LineNote::forget(store, &line.bank_ref).await?;
         }
-        return Err(crate::orders::rejection(reply.code));
+        return Err(crate::error::refused(&reply));
     }
     // Opened once: a replayed line finds its case (and opens it if a crash came in between).
     let opening = CaseOpening { case_id: case_id.clone(), line: serde_json::to_value(&line).expect("lines serialize"), reason: reason.clone() };

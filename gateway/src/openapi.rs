@@ -284,6 +284,9 @@ mod tests {
         let replay = |path: &str, status: &str| doc["paths"][path]["post"]["responses"][status]["headers"].get("Idempotent-Replay").is_some();
         assert!(replay("/v1/payments", "201") && replay("/v1/recharges", "201") && replay("/v1/members", "201") && replay("/v1/accounts", "201"));
         assert!(!replay("/v1/h5/sessions", "201") && !replay("/v1/bulk", "200"));
+        // A kept refusal of the ledger (journal format 5) is answered again with the header.
+        assert!(replay("/v1/payments", "422") && replay("/v1/withdrawals", "422") && replay("/v1/accounts", "409"));
+        assert!(!replay("/v1/payments", "401") && !replay("/v1/payments", "429") && !replay("/v1/h5/sessions", "400"));
         let retry = |path: &str, status: &str| doc["paths"][path]["post"]["responses"][status]["headers"].get("Retry-After").is_some();
         assert!(retry("/v1/payments", "429") && retry("/v1/payments", "503") && retry("/v1/accounts/{account_id}/cards", "422"));
         assert!(!retry("/v1/payments", "422"), "no code of a payment's 422 sends it");

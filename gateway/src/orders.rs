@@ -127,7 +127,7 @@ pub fn render_into(out: &mut Vec<u8>, prepared: &Prepared, reply: &Reply) -> Res
 /// Renders an order's answer from its response members (see `render_into`).
 fn render_fields_into(out: &mut Vec<u8>, fields: &Fields, created: bool, reply: &Reply) -> Result<u16, ApiError> {
     if !reply.is_ok() {
-        return Err(rejection(reply.code));
+        return Err(crate::error::refused(reply));
     }
     use std::io::Write;
     let status = reply.status.map_or("succeeded", |s| s.name());
@@ -591,7 +591,8 @@ fn find_by_out_order_no(
         .filter_map(|kind| {
             let key = idempotency_key(filter.platform, *kind, number);
             let in_cold = || cold.iter().find(|(k, row)| *k == key && row.shard == state.shard).map(|(_, row)| row.record);
-            let record = state.idempotency_record(&key).or_else(in_cold)?;
+            // A refusal the number keeps (journal format 5) is no order.
+            let record = state.idempotency_record(&key).or_else(in_cold).filter(|record| record.reply.is_ok())?;
             let order = state.platform_order(filter.platform, OrderId(record.reply.id))?;
             let position = Position(order.created_at, order.id.0);
             (position < before && filter.keeps(order)).then(|| (position, view(state, order, channels)))

@@ -111,7 +111,7 @@ pub(crate) async fn within_money_in_channel(
         };
         ApiError { param: Some(param.into()), ..ApiError::new(422, "no_channel_available", &message) }
     };
-    let first_channel = held_order_channel(engine, envelope).await?;
+    let first_channel = held_order_channel(engine, channels, envelope).await?;
     match first_channel {
         Some(held) => {
             if let (true, Some(held)) = (defaulted, held) {
@@ -142,19 +142,31 @@ async fn held_reply_if(engine: &Arc<Engine>, envelope: &Envelope) -> Result<Opti
 pub(crate) async fn order_held(engine: &Arc<Engine>, probe: &Envelope) -> Result<bool, ApiError> {
     let (Some(key), Some(account)) = (engine::ledger::command::own_key(probe), probe.command.debited_account()) else { return Ok(false) };
     let (reading, shard) = (engine.clone(), account.shard(engine.config().shard_count));
-    crate::error::blocking(move || reading.idempotency_record(shard, key)).await?.map(|record| record.is_some()).map_err(ApiError::from)
+    // A refusal the number keeps (journal format 5) is no order.
+    crate::error::blocking(move || reading.idempotency_record(shard, key))
+        .await?
+        .map(|record| record.is_some_and(|record| record.reply.is_ok()))
+        .map_err(ApiError::from)
 }
 
 /// What the engine holds of `envelope`'s order number: `None` if nothing; else the channel the
-/// held order went through (`None` inside when it is not a money-in order). Read off the async
-/// workers (the shard, or its cold rows).
-async fn held_order_channel(engine: &Arc<Engine>, envelope: &Envelope) -> Result<Option<Option<u16>>, ApiError> {
+/// held order went through (`None` inside when it is not a money-in order). A refusal the number
+/// keeps (journal format 5) names no order: its channel is the one among `channels` with which
+/// `envelope` has the refused command's content, so that a repeat is the engine's replay of the
+/// refusal whatever the channels are now (helper 117#4; `None` inside if none has). Read off the
+/// async workers (the shard, or its cold rows).
+async fn held_order_channel(engine: &Arc<Engine>, channels: &ChannelSet, envelope: &Envelope) -> Result<Option<Option<u16>>, ApiError> {
     // The record the engine would answer from: on the shard of the account the order debits.
     let (Some(key), Some(account)) = (engine::ledger::command::own_key(envelope), envelope.command.debited_account()) else { return Ok(None) };
     let shard_count = engine.config().shard_count;
-    let reading = engine.clone();
+    let (reading, command) = (engine.clone(), envelope.command.clone());
+    let candidates: Vec<u16> = channels.all().iter().map(|channel| channel.id).collect();
     crate::error::blocking(move || -> Result<Option<Option<u16>>, engine::EngineError> {
         let Some(record) = reading.idempotency_record(account.shard(shard_count), key)? else { return Ok(None) };
+        if !record.reply.is_ok() {
+            let content = |id: u16| with_channel(&command, id).map(|command| engine::ledger::command::content_hash(&command));
+            return Ok(Some(candidates.into_iter().find(|id| content(*id) == Some(record.content))));
+        }
         let order = OrderId(record.reply.id);
         let channel = reading.read_shard(order.shard(shard_count), move |state| {
             state.order(order).and_then(|o| match o.detail {
@@ -166,6 +178,16 @@ async fn held_order_channel(engine: &Arc<Engine>, envelope: &Envelope) -> Result
     })
     .await?
     .map_err(ApiError::from)
+}
+
+/// Money-in `command` through channel `id` (`None` for other commands).
+fn with_channel(command: &Command, id: u16) -> Option<Command> {
+    let mut command = command.clone();
+    match &mut command {
+        Command::RequestRecharge { channel, .. } | Command::RequestDirectPayment { channel, .. } | Command::RequestCollection { channel, .. } => *channel = id,
+        _ => return None,
+    }
+    Some(command)
 }
 
 /// The money-in channel of a request: the one it names (enabled), else the first enabled one in
@@ -182,7 +204,7 @@ pub(crate) async fn resolve_money_in_channel(
 ) -> Result<u16, ApiError> {
     match money_in_channel(channels, name, currency) {
         Ok(channel) => Ok(channel),
-        Err(error) => held_order_channel(engine, probe).await?.flatten().ok_or(error),
+        Err(error) => held_order_channel(engine, channels, probe).await?.flatten().ok_or(error),
     }
 }
 
@@ -212,7 +234,7 @@ pub async fn recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Plat
     // command; before session 61 a note read here refused it).
     let prepared = prepare_recharge(engine, clearing, platform, body).await?;
     let mut reply = execute_and_dispatch(engine, clearing.bank(), prepared.envelope.clone()).await?;
-    if reply.replayed && earlier_builds_collection(clearing, platform.id, &prepared.envelope).await? {
+    if reply.is_ok() && reply.replayed && earlier_builds_collection(clearing, platform.id, &prepared.envelope).await? {
         reply = Reply::rejected(engine::result::ResultCode::IdempotencyConflict);
     }
     Ok((prepared, reply))

@@ -19,7 +19,9 @@ use crate::result::ResultCode;
 /// journal: whatever iterates one sorts first.
 pub type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
-/// What the shard remembers of an order number it has accepted.
+/// What the shard remembers of an order number it has accepted, or (journal format 5 on) whose
+/// command it refused with a refusal it keeps (`ResultCode::is_kept_refusal`: the code, no
+/// order, `reply.id` 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
     pub content: u64,
@@ -29,7 +31,7 @@ pub struct IdempotencyRecord {
 /// What a batch's prefetch found in the store for an order number memory does not hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ColdHit {
-    /// This shard accepted it: the record answers a replay or a conflict.
+    /// This shard accepted it (or kept its refusal): the record answers a replay or a conflict.
     Own(IdempotencyRecord),
     /// Another shard accepted it: any use here is a conflict.
     Foreign,
@@ -483,15 +485,22 @@ impl ShardState {
         if !reply.is_ok() {
             assert_eq!(fx.postings.len(), postings_before, "a rejected command posted");
         }
-        if let (Some(key), true) = (key, reply.is_ok()) {
-            // Built from the two fields that vary, not read whole across the single-field stores
-            // that wrote it (such a read cannot take their data and waits for every older store
-            // to reach the cache). The code is `Ok` (just checked). A stored reply is never a
-            // replay: a replay answers with the record marked `replayed` (`seen` above), and the
-            // one accepted reply marked so when made, a credit's resend skipped, carries no
-            // order number.
-            let stored = Reply { code: ResultCode::Ok, id: reply.id, status: reply.status, replayed: false };
-            self.idempotency.insert(key, IdempotencyRecord { content, reply: stored });
+        if let Some(key) = key {
+            if reply.is_ok() {
+                // Built from the two fields that vary, not read whole across the single-field
+                // stores that wrote it (such a read cannot take their data and waits for every
+                // older store to reach the cache). The code is `Ok` (just checked). A stored
+                // reply is never a replay: a replay answers with the record marked `replayed`
+                // (`seen` above), and the one accepted reply marked so when made, a credit's
+                // resend skipped, carries no order number.
+                let stored = Reply { code: ResultCode::Ok, id: reply.id, status: reply.status, replayed: false };
+                self.idempotency.insert(key, IdempotencyRecord { content, reply: stored });
+            } else if context.keeps_refusals() && reply.code.is_kept_refusal() {
+                // A refusal the order number keeps (journal format 5 on): a repeat is answered
+                // the same refusal (`seen` above marks it a replay), other content is a
+                // conflict. Nothing else of the refused command is kept.
+                self.idempotency.insert(key, IdempotencyRecord { content, reply: Reply::rejected(reply.code) });
+            }
         }
         reply
     }
@@ -1301,6 +1310,14 @@ impl Context {
     /// platform's order).
     pub(crate) fn system_holds(&self) -> bool {
         self.version >= 4
+    }
+
+    /// Journal format 5 on: a refusal of a command with an order number is kept as that
+    /// number's record (`ResultCode::is_kept_refusal`): a repeat with the same content is
+    /// answered the same refusal as a replay, one with other content is a conflict (before, a
+    /// repeat ran again and could succeed where the first attempt was refused).
+    pub(crate) fn keeps_refusals(&self) -> bool {
+        self.version >= 5
     }
 }
 
