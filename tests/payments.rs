@@ -444,6 +444,12 @@ impl Refused {
         let again = self.pay(p, "short-1", "10.00");
         assert_eq!((again.0, again.1, &again.2), (self.payment.0, true, &self.payment.2), "{run}: the same status and body, a replay");
         assert_eq!(error_of(&self.pay(p, "short-1", "9.00")), (409, Some("idempotency_conflict")), "{run}");
+        // Through `/v1/bulk` as well: the same answer, marked a replay in its result.
+        let body = json!({"out_order_no": "short-1", "payer_account_id": self.payer, "mode": "balance", "amount": "10.00", "currency": "CNY",
+            "payees": [{"account_id": self.payee, "amount": "10.00"}]});
+        let (status, _, bulk) = p.post("/v1/bulk", &json!({"operations": [{"op": "payment", "body": body}]}));
+        let result = &bulk["results"][0];
+        assert_eq!((status, &result["status"], &result["body"], &result["replayed"]), (200, &json!(422), &self.payment.2, &json!(true)), "{run}: {bulk}");
         let again = self.withdraw(p, "w-short", "100.00");
         assert_eq!((again.0, again.1, &again.2), (self.payout.0, true, &self.payout.2), "{run}: the payout's refusal too");
         assert_eq!(error_of(&self.withdraw(p, "w-short", "99.00")), (409, Some("idempotency_conflict")), "{run}");

@@ -1327,7 +1327,9 @@ impl Actor {
     /// refusal record under the number on the account's shard, and a first channel and fee
     /// to submit the repeat with (the engine compares the content).
     fn refusal_kept(&self, platform: u32, number: &OutOrderNo, account: AccountId, note: &PayoutNote) -> Result<bool, ClearingError> {
-        if note.first.is_none() {
+        // The channel and fee the order was submitted with: a note from before session 58 has
+        // no `first`, and its repeat is built from `channel` and `fee` (helper 118#4).
+        if note.first.is_none() && note.channel.is_none() {
             return Ok(false);
         }
         let scope = Command::Withdraw { account, currency: CurrencyId(0), amount: 0, fee: 0, channel: 0 }.idempotency_scope();

@@ -236,6 +236,10 @@ pub struct ShardLimits {
 /// nice 10 fell behind and spaced themselves out anyway.
 pub const DEFAULT_EVERY_ORDERS: u64 = 250_000;
 
+/// Records of order numbers (a 40-byte slot in the hot map, 24 in the router's claims) counted
+/// as one order (about 300 bytes with its events and number) towards `every_orders`.
+const RECORDS_PER_ORDER: usize = 4;
+
 /// When a shard writes a checkpoint of its state: after `every_batches` batches, `every_orders`
 /// orders or `every` time since the last one (with at least one batch since), whichever comes
 /// first; zero turns that trigger off. A graceful stop writes one too when batches were written
@@ -271,6 +275,10 @@ pub struct Checkpoints {
     last_at: Instant,
     /// How many orders the state held at the last checkpoint's snapshot (or at start).
     last_orders: usize,
+    /// How many of the hot map's records are from before the last snapshot: 0 after a seal
+    /// (the map starts empty) and at start (replay fills it with the records since the
+    /// checkpoint), the records put back by a checkpoint that failed (`Shard::unseal`).
+    last_records: usize,
     /// The checkpoint's thread, and its mark (`ShardCounters::checkpoint_epoch`), dropped once
     /// the shard has collected it.
     in_flight: Option<(std::thread::JoinHandle<Result<crate::checkpoint::Written, crate::checkpoint::CheckpointError>>, InFlight)>,
@@ -295,6 +303,7 @@ impl Checkpoints {
             last_sequence: last_sequence.unwrap_or(0),
             last_at: Instant::now(),
             last_orders: orders,
+            last_records: 0,
             in_flight: None,
             blobs,
             ready_hot: None,
@@ -660,12 +669,23 @@ impl Shard {
     }
 
     /// Orders made since the last checkpoint's snapshot, or the order numbers' records made
-    /// since (the hot map, emptied at each snapshot) if more: a refusal kept with its number
-    /// (journal format 5) makes a record and no order, so a flood of refused requests is bounded
-    /// as orders are (helper 117#1).
+    /// since, `RECORDS_PER_ORDER` to an order, if more: a refusal kept with its number (journal
+    /// format 5) makes a record and no order, so a flood of refused requests is bounded as
+    /// orders are (helper 117#1), while confirms, releases and the like (records without an
+    /// order of their own) do not bring checkpoints sooner (helper 118#2).
     fn orders_since_checkpoint(&self) -> usize {
         let orders = self.state.orders.len().saturating_sub(self.checkpoints.last_orders);
-        orders.max(self.state.idempotency.len())
+        let records = self.state.idempotency.len().saturating_sub(self.checkpoints.last_records);
+        orders.max(records / RECORDS_PER_ORDER)
+    }
+
+    /// Puts the sealed records back into the hot map after a checkpoint that did not happen,
+    /// counting them as from before the snapshot: the next checkpoint is due an interval later,
+    /// not at the next batch (helper 118#1).
+    fn unseal(&mut self) {
+        let new = self.state.idempotency.len();
+        self.state.unseal();
+        self.checkpoints.last_records = self.state.idempotency.len().saturating_sub(new);
     }
 
     /// Between batches: collects a finished checkpoint, and starts the next one when due. The
@@ -735,6 +755,7 @@ impl Shard {
         self.checkpoints.last_sequence = head.sequence;
         self.checkpoints.last_at = Instant::now();
         self.checkpoints.last_orders = self.state.orders.len();
+        self.checkpoints.last_records = 0;
         let blobs = std::mem::take(&mut self.checkpoints.blobs);
         // The checkpoint thread runs at the shard's own priority. At nice 10 (sessions 20-42)
         // it got the cores last, behind RocksDB's compactions, while its shard, past
@@ -761,7 +782,7 @@ impl Shard {
                 // out of threads does not seal, copy and unseal its records every batch). The
                 // blob cache went with the closure, so that one encodes every chunk again and
                 // rewrites the same blobs (`BlobCache`: more work once, nothing lost).
-                self.state.unseal();
+                self.unseal();
                 tracing::error!(shard = self.state.shard, "cannot start a checkpoint thread: {error}; trying again later")
             }
         }
@@ -811,12 +832,12 @@ impl Shard {
                 self.counters.history_cold.store(self.state.cold_pieces() as u64, Ordering::Relaxed);
             }
             Ok(Err(error)) => {
-                self.state.unseal();
+                self.unseal();
                 self.counters.checkpoint_failed.store(true, Ordering::SeqCst);
                 tracing::error!(shard = self.state.shard, "checkpoint failed: {error}")
             }
             Err(_) => {
-                self.state.unseal();
+                self.unseal();
                 self.counters.checkpoint_failed.store(true, Ordering::SeqCst);
                 tracing::error!(shard = self.state.shard, "the checkpoint thread panicked")
             }
@@ -876,7 +897,7 @@ impl Shard {
                 self.publish_checkpoint(&written);
             }
             Err(error) => {
-                self.state.unseal();
+                self.unseal();
                 self.counters.checkpoint_failed.store(true, Ordering::SeqCst);
                 tracing::error!(shard = self.state.shard, "checkpoint at shutdown failed: {error}")
             }

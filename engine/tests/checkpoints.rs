@@ -1787,3 +1787,47 @@ fn after_a_failed_checkpoint_pruning_keeps_the_checkpoint_recovery_used() {
     assert!(listed.contains(&used), "the checkpoint recovery used is kept over the damaged one: {listed:?} (damaged {damaged})");
     engine.shutdown();
 }
+
+/// A refusal kept with its order number (journal format 5) makes a record and no order, so
+/// records count towards `every_orders` too (four to an order): a platform flooding a shard
+/// with refused requests brings its checkpoints, and so the records' way out of memory, as
+/// orders would (helper 117#1). Without it no checkpoint came: no order was made.
+#[test]
+fn a_flood_of_refused_requests_brings_checkpoints_like_orders() {
+    let config = EngineConfig {
+        shard_count: 1,
+        ack_flush_ms: 1,
+        checkpoints: CheckpointPolicy { every_batches: 0, every_orders: 10, every: Duration::ZERO, kept: 2, on_shutdown: false },
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(config, Arc::new(MemoryStore::new())).unwrap();
+    let open = |owner| {
+        AccountId(
+            engine
+                .execute_one(Envelope { platform: P, out_order_no: None, command: Command::OpenAccount { owner, currency: CNY, limits: Limits::NONE } })
+                .unwrap()
+                .id,
+        )
+    };
+    let (payer, payee) = (open(1), open(2));
+    let legs: Legs = [Leg { account: payee, amount: 5 }].into_iter().collect();
+    let refused: Vec<Envelope> = (0..48)
+        .map(|n| {
+            keyed(&format!("short-{n}"), Command::Payment { payer, guarantee: false, currency: CNY, amount: 5, payees: legs.clone(), splits: Legs::new() })
+        })
+        .collect();
+    let replies = engine.execute(refused).unwrap();
+    assert!(replies.iter().all(|r| r.code == engine::result::ResultCode::InsufficientFunds), "{replies:?}");
+    // The check runs between batches: one more batch, then the checkpoint's thread.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while engine.counters()[0].checkpoint_sequence.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint after 48 kept refusals (12 orders' worth, every 10)");
+        let _ = engine.execute_one(Envelope {
+            platform: P,
+            out_order_no: None,
+            command: Command::SetAccountStatus { account: payee, status: AccountStatus::Normal },
+        });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    engine.shutdown();
+}

@@ -86,7 +86,12 @@ fn error_result(error: &ApiError) -> Value {
     if let Some(param) = &error.param {
         inner["param"] = json!(param);
     }
-    json!({"status": error.status, "body": {"error": inner}})
+    let mut result = json!({"status": error.status, "body": {"error": inner}});
+    // The ledger's kept refusal of an earlier request with the same number (helper 118#6).
+    if error.replayed {
+        result["replayed"] = json!(true);
+    }
+    result
 }
 
 #[utoipa::path(post, path = "/v1/bulk", tag = "money", request_body = crate::schemas::BulkRequest, responses((status = 200, description = "Success", body = crate::schemas::BulkResponse), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
