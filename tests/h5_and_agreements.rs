@@ -347,6 +347,20 @@ fn the_cashier_pays_with_the_right_password_and_wrong_ones_count_down_and_lock()
     assert_eq!(p.balances(&payer).0, "90.00");
     assert_eq!(p.get("/v1/orders?out_order_no=pay-1").1["orders"][0]["order_id"].as_str(), Some(order.as_str()));
 
+    // A payment the payer's funds cannot cover is not submitted (the ledger would keep its
+    // refusal with the session's number, journal format 5): the member tops up and pays in the
+    // same session.
+    let mut large = payment("pay-large");
+    (large["amount"], large["payees"][0]["amount"]) = (json!("200.00"), json!("200.00"));
+    let mut short = open(&p, json!({"member_id": member, "purpose": "cashier", "payment": large, "locale": "en"}));
+    let csrf = field(&short.get("/h5/cashier").1, "csrf");
+    let (_, refused) = short.post("/h5/cashier", &[("password", "123456"), ("csrf", &csrf)]);
+    assert!(refused.contains("insufficient_funds"), "{refused}");
+    p.fund(&payer, "200.00", "r-2");
+    let (_, paid) = short.post("/h5/cashier", &[("password", "123456"), ("csrf", &csrf)]);
+    assert!(by_id(&paid, "order-id").starts_with("ord_"), "paid once the funds are there: {paid}");
+    assert_eq!(p.balances(&payer).0, "90.00");
+
     let mut second = open(&p, json!({"member_id": member, "purpose": "cashier", "payment": payment("pay-2"), "locale": "en"}));
     let csrf = field(&second.get("/h5/cashier").1, "csrf");
     for left in ["4", "3", "2", "1"] {
