@@ -540,3 +540,32 @@ fn a_refused_withdrawal_keeps_its_number_and_a_new_one_is_routed_anew() {
     assert_eq!(p.balances(&a).1, "100053.00", "500,100.00 less both amounts and their fees");
     server.stop();
 }
+
+/// A collection the ledger refused (its account takes no credits) keeps its refusal with its
+/// number (journal format 5). Repeated after the default money-in channel changed (the first
+/// one disabled), the repeat naming no channel is still the engine's replay of that refusal:
+/// the channel the refused command had is found by its content (helper 118#3; before, the
+/// repeat took today's default, another content, and was answered 409).
+#[test]
+fn a_refused_collection_is_answered_its_refusal_after_the_default_channel_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-kept-collection-0123456789abcdef0123456789abcdef";
+    let server = start_configured(dir.path(), token, &config_with(&[("latency_ms = 200", "latency_ms = 20"), ("latency_ms = 500", "latency_ms = 20")]));
+    let p = Client::create(&server, token, "{\"name\": \"Kept collection\"}");
+    let member = p.account(&p.member("m-a", "Zhang San"));
+    let card = verified_card(&p, &server, &member, "4111111111111111", "Zhang San", "11010519491231002X");
+    let admin = |method: &str, path: &str, body: serde_json::Value| {
+        let request = ureq::request(method, &format!("{}{path}", server.base)).set("Authorization", &format!("Bearer {token}"));
+        answer(request.send_string(&body.to_string()), path).status()
+    };
+    assert_eq!(admin("POST", &format!("/admin/accounts/{member}/status"), json!({"status": "credit_blocked"})), 200);
+    let collection = json!({"out_order_no": "col-refused", "account_id": member, "card_id": card, "amount": "80.00", "currency": "CNY"});
+    let first = p.post("/v1/collections", &collection);
+    assert_eq!((error_of(&first), first.1), ((422, Some("account_credit_blocked")), false), "{first:?}");
+    assert_eq!(admin("PATCH", "/admin/channels/sim_gateway", json!({"enabled": false})), 200);
+    let again = p.post("/v1/collections", &collection);
+    assert_eq!((again.0, again.1, &again.2), (first.0, true, &first.2), "the refusal, replayed");
+    let (_, statement) = server.sim_get("/sim/cards/4111111111111111/transactions");
+    assert!(!statement["transactions"].as_array().unwrap().iter().any(|t| t["amount"] == "-80.00"), "nothing collected: {statement}");
+    server.stop();
+}

@@ -62,7 +62,7 @@ pub async fn prepare(
             check_for_payment(engine, passwords, platform, &prepared.envelope, request.payment_password.as_deref()).await?;
             Ok(prepared)
         }
-        "recharge" => prepare_recharge(engine, clearing, platform, &parse_json::<RechargeBody>(body)?).await,
+        "recharge" => prepare_recharge(engine, clearing, platform, &parse_json::<RechargeBody>(body)?, None).await,
         "freeze" => prepare_freeze(engine, platform, &parse_json::<FreezeBody>(body)?),
         "refund" => prepare_refund(engine, platform, &parse_json::<RefundBody>(body)?).await,
         "confirm" => {

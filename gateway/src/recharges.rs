@@ -33,8 +33,16 @@ pub fn money_in_channel(channels: &ChannelSet, name: Option<&str>, currency: &st
     channels.money_in(name, currency).map(|c| c.id).ok_or_else(|| ApiError::invalid("unknown money-in channel", "channel"))
 }
 
-/// Checks a recharge request (whether its channel takes it too: `within_money_in_channel`).
-pub async fn prepare_recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<Prepared, ApiError> {
+/// Checks a recharge request (whether its channel takes it too: `within_money_in_channel`); a
+/// collection's when `card` names its card (the engine's `RequestCollection`, so that what the
+/// engine holds under the number is compared with the command it will get: helper 118#3).
+pub async fn prepare_recharge(
+    engine: &Arc<Engine>,
+    clearing: &Clearing,
+    platform: &Platform,
+    body: &RechargeBody,
+    card: Option<u64>,
+) -> Result<Prepared, ApiError> {
     let channels = clearing.channels();
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
     let (currency_id, spec) = currency(engine, &body.currency)?;
@@ -43,15 +51,18 @@ pub async fn prepare_recharge(engine: &Arc<Engine>, clearing: &Clearing, platfor
     let mut envelope = Envelope {
         platform: platform.id,
         out_order_no: Some(number),
-        command: Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel: 0 },
+        command: match card {
+            Some(card) => Command::RequestCollection { account: target, currency: currency_id, amount: minor, channel: 0, card },
+            None => Command::RequestRecharge { account: target, currency: currency_id, amount: minor, channel: 0 },
+        },
     };
     let channel = resolve_money_in_channel(engine, &channels, body.channel.as_deref(), spec.code_str(), &envelope).await?;
-    if let Command::RequestRecharge { channel: chosen, .. } = &mut envelope.command {
+    if let Command::RequestRecharge { channel: chosen, .. } | Command::RequestCollection { channel: chosen, .. } = &mut envelope.command {
         *chosen = channel;
     }
     within_money_in_channel(engine, &channels, clearing.now_micros(), &mut envelope, body.channel.is_none()).await?;
     let channel = match envelope.command {
-        Command::RequestRecharge { channel, .. } => channel,
+        Command::RequestRecharge { channel, .. } | Command::RequestCollection { channel, .. } => channel,
         _ => channel,
     };
     let mut view = Fields::default();
@@ -82,7 +93,9 @@ pub(crate) async fn within_money_in_channel(
     envelope: &mut Envelope,
     defaulted: bool,
 ) -> Result<(), ApiError> {
-    let (Command::RequestRecharge { amount, channel, currency, .. } | Command::RequestDirectPayment { amount, channel, currency, .. }) = envelope.command
+    let (Command::RequestRecharge { amount, channel, currency, .. }
+    | Command::RequestCollection { amount, channel, currency, .. }
+    | Command::RequestDirectPayment { amount, channel, currency, .. }) = envelope.command
     else {
         return Ok(());
     };
@@ -115,7 +128,9 @@ pub(crate) async fn within_money_in_channel(
     match first_channel {
         Some(held) => {
             if let (true, Some(held)) = (defaulted, held) {
-                if let Command::RequestRecharge { channel, .. } | Command::RequestDirectPayment { channel, .. } = &mut envelope.command {
+                if let Command::RequestRecharge { channel, .. } | Command::RequestCollection { channel, .. } | Command::RequestDirectPayment { channel, .. } =
+                    &mut envelope.command
+                {
                     *channel = held;
                 }
             }
@@ -232,7 +247,7 @@ pub async fn create_recharge(signed: Signed, engine: web::Data<Arc<Engine>>, cle
 pub async fn recharge(engine: &Arc<Engine>, clearing: &Clearing, platform: &Platform, body: &RechargeBody) -> Result<(Prepared, Reply), ApiError> {
     // A number a collection holds is the engine's conflict (`RequestCollection` is its own
     // command; before session 61 a note read here refused it).
-    let prepared = prepare_recharge(engine, clearing, platform, body).await?;
+    let prepared = prepare_recharge(engine, clearing, platform, body, None).await?;
     let mut reply = execute_and_dispatch(engine, clearing.bank(), prepared.envelope.clone()).await?;
     if reply.is_ok() && reply.replayed && earlier_builds_collection(clearing, platform.id, &prepared.envelope).await? {
         reply = Reply::rejected(engine::result::ResultCode::IdempotencyConflict);
@@ -346,18 +361,17 @@ pub async fn collect(
     };
     let recharge =
         RechargeBody { out_order_no: body.out_order_no, account_id: body.account_id, amount: body.amount, currency: body.currency, channel: body.channel };
-    let mut prepared = prepare_recharge(engine, clearing, platform, &recharge).await?;
+    let mut prepared = prepare_recharge(engine, clearing, platform, &recharge, Some(card.id)).await?;
     prepared.body.value("card_id", &body.card_id).value("collection", &true);
     // The card goes into a note before the engine sees the order: a start hands a collection
     // still pending to the bank again with its card (`Clearing::note_collection`).
     let number = prepared.envelope.out_order_no.map(|number| number.as_str().to_string()).unwrap_or_default();
-    let Command::RequestRecharge { amount, currency, channel, .. } = prepared.envelope.command else {
-        return Err(ApiError::unavailable("a collection is a recharge".into()));
-    };
     // The engine's command names the card (its record's id, never its number): a plain
     // recharge and a collection under one number, or two collections from different cards,
     // are its conflicts.
-    prepared.envelope.command = Command::RequestCollection { account, currency, amount, channel, card: card.id };
+    let Command::RequestCollection { amount, currency, channel, .. } = prepared.envelope.command else {
+        return Err(ApiError::unavailable("a collection is prepared as a collection".into()));
+    };
     let legacy = Envelope { command: Command::RequestRecharge { account, currency, amount, channel }, ..prepared.envelope.clone() };
     let (engine, clearing, envelope, platform_id, card_no, card_id) =
         (engine.clone(), clearing.clone(), prepared.envelope.clone(), platform.id, card.card_no, card.id);
