@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use actix_web::{post, web, HttpResponse};
 use engine::ledger::command::{Command, Envelope};
+use engine::ledger::state::IdempotencyRecord;
 use engine::ledger::types::{OrderDetail, OrderId, Reply};
 use engine::Engine;
 use serde::{Deserialize, Serialize};
@@ -57,9 +58,7 @@ pub async fn prepare_recharge(
         },
     };
     let channel = resolve_money_in_channel(engine, &channels, body.channel.as_deref(), spec.code_str(), &envelope).await?;
-    if let Command::RequestRecharge { channel: chosen, .. } | Command::RequestCollection { channel: chosen, .. } = &mut envelope.command {
-        *chosen = channel;
-    }
+    set_money_in_channel(&mut envelope.command, channel);
     within_money_in_channel(engine, &channels, clearing.now_micros(), &mut envelope, body.channel.is_none()).await?;
     let channel = match envelope.command {
         Command::RequestRecharge { channel, .. } | Command::RequestCollection { channel, .. } => channel,
@@ -128,11 +127,7 @@ pub(crate) async fn within_money_in_channel(
     match first_channel {
         Some(held) => {
             if let (true, Some(held)) = (defaulted, held) {
-                if let Command::RequestRecharge { channel, .. } | Command::RequestCollection { channel, .. } | Command::RequestDirectPayment { channel, .. } =
-                    &mut envelope.command
-                {
-                    *channel = held;
-                }
+                set_money_in_channel(&mut envelope.command, held);
             }
             Ok(())
         }
@@ -174,13 +169,11 @@ async fn held_order_channel(engine: &Arc<Engine>, channels: &ChannelSet, envelop
     // The record the engine would answer from: on the shard of the account the order debits.
     let (Some(key), Some(account)) = (engine::ledger::command::own_key(envelope), envelope.command.debited_account()) else { return Ok(None) };
     let shard_count = engine.config().shard_count;
-    let (reading, command) = (engine.clone(), envelope.command.clone());
-    let candidates: Vec<u16> = channels.all().iter().map(|channel| channel.id).collect();
-    crate::error::blocking(move || -> Result<Option<Option<u16>>, engine::EngineError> {
+    let reading = engine.clone();
+    let held = crate::error::blocking(move || -> Result<Option<(IdempotencyRecord, Option<u16>)>, engine::EngineError> {
         let Some(record) = reading.idempotency_record(account.shard(shard_count), key)? else { return Ok(None) };
         if !record.reply.is_ok() {
-            let content = |id: u16| with_channel(&command, id).map(|command| engine::ledger::command::content_hash(&command));
-            return Ok(Some(candidates.into_iter().find(|id| content(*id) == Some(record.content))));
+            return Ok(Some((record, None)));
         }
         let order = OrderId(record.reply.id);
         let channel = reading.read_shard(order.shard(shard_count), move |state| {
@@ -189,20 +182,34 @@ async fn held_order_channel(engine: &Arc<Engine>, channels: &ChannelSet, envelop
                 _ => None,
             })
         })?;
-        Ok(Some(channel))
+        Ok(Some((record, channel)))
     })
     .await?
-    .map_err(ApiError::from)
+    .map_err(ApiError::from)?;
+    Ok(held.map(|(record, channel)| {
+        if record.reply.is_ok() {
+            return channel;
+        }
+        // A kept refusal: the channel whose command has its content (a few hashes, on this
+        // rare path only).
+        let content_through = |id: u16| {
+            let mut command = envelope.command.clone();
+            set_money_in_channel(&mut command, id).then(|| engine::ledger::command::content_hash(&command))
+        };
+        channels.all().iter().map(|channel| channel.id).find(|id| content_through(*id) == Some(record.content))
+    }))
 }
 
-/// Money-in `command` through channel `id` (`None` for other commands).
-fn with_channel(command: &Command, id: u16) -> Option<Command> {
-    let mut command = command.clone();
-    match &mut command {
-        Command::RequestRecharge { channel, .. } | Command::RequestDirectPayment { channel, .. } | Command::RequestCollection { channel, .. } => *channel = id,
-        _ => return None,
+/// Sets the channel of money-in `command` (a recharge, a collection, a direct payment) to `id`;
+/// false for other commands.
+fn set_money_in_channel(command: &mut Command, id: u16) -> bool {
+    match command {
+        Command::RequestRecharge { channel, .. } | Command::RequestCollection { channel, .. } | Command::RequestDirectPayment { channel, .. } => {
+            *channel = id;
+            true
+        }
+        _ => false,
     }
-    Some(command)
 }
 
 /// The money-in channel of a request: the one it names (enabled), else the first enabled one in
