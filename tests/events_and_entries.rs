@@ -62,7 +62,9 @@ fn order_events_are_listed_and_delivered_signed_with_retries_also_after_kill_9()
     let p = Client::create(&server, token, "{\"name\": \"Hooks\"}");
     let (url, received) = webhook_receiver(2);
     assert_eq!(error_of(&p.post("/v1/webhook", &json!({"url": "ftp://x"}))), (400, Some("invalid_request")));
-    assert_eq!(p.post("/v1/webhook", &json!({"url": url})).0, 200);
+    let (status, _, webhook) = p.post("/v1/webhook", &json!({"url": url}));
+    assert_eq!(status, 200, "{webhook}");
+    let webhook_secret = webhook["signing_secret"].as_str().expect("the webhook's own secret").to_string();
     let a = p.account(&p.member("m-a", "Zhang San"));
     let b = p.account(&p.member("m-b", "Li Si"));
     let recharge = p.fund(&a, "10.00", "r-1");
@@ -93,7 +95,7 @@ fn order_events_are_listed_and_delivered_signed_with_retries_also_after_kill_9()
         assert_eq!((status, refused["error"]["param"].as_str()), (400, Some("cursor")), "{chosen}: {refused}");
     }
 
-    // Delivered in order despite two refused attempts, each signed with the platform's secret.
+    // Delivered in order despite two refused attempts, each signed with the webhook's secret.
     let wait_for = |count: usize| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while received.lock().unwrap().len() < count {
@@ -107,7 +109,7 @@ fn order_events_are_listed_and_delivered_signed_with_retries_also_after_kill_9()
         let t = t.trim_start_matches("t=");
         let expected = {
             use hmac::{Hmac, Mac};
-            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(p.secret.as_bytes()).unwrap();
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(webhook_secret.as_bytes()).unwrap();
             mac.update(format!("{t}.{body}").as_bytes());
             hex::encode(mac.finalize().into_bytes())
         };

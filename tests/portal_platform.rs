@@ -28,22 +28,19 @@ fn platform_with_operator<'a>(server: &'a Server, admin: &mut Person, name: &str
 /// An operator of `platform` with every role, made by `admin`, that chose its own password
 /// (`PASSWORD`), signed in.
 fn platform_operator(server: &Server, admin: &mut Person, platform: &str, username: &str) -> Person {
+    platform_operator_with(server, admin, platform, username, &["viewer", "operator", "approver", "admin"])
+}
+
+/// An operator of `platform` with `roles`, made by `admin`, signed in.
+fn platform_operator_with(server: &Server, admin: &mut Person, platform: &str, username: &str, roles: &[&str]) -> Person {
     let csrf = admin.csrf();
     let made = admin.post(
         "/portal/operators",
-        &[
-            ("csrf", &csrf),
-            ("username", username),
-            ("display_name", username),
-            ("kind", "platform"),
-            ("platform", platform),
-            ("member", ""),
-            ("role", "viewer"),
-            ("role", "operator"),
-            ("role", "approver"),
-            ("role", "admin"),
-            ("password", MAKERS_PASSWORD),
-        ],
+        &[("csrf", csrf.as_str()), ("username", username), ("display_name", username), ("kind", "platform"), ("platform", platform), ("member", "")]
+            .into_iter()
+            .chain(roles.iter().map(|role| ("role", *role)))
+            .chain([("password", MAKERS_PASSWORD)])
+            .collect::<Vec<_>>(),
     );
     assert!(made.body.contains("created"), "{}", made.body);
     Person::take_over_at(&server.base, username, PASSWORD);
@@ -552,6 +549,28 @@ fn the_webhook_is_set_through_the_api_checks_and_rotation_is_a_proposal() {
     let proposed = operator.post("/portal/approvals", &[("csrf", &page.csrf()), ("kind", "rotate_secret"), ("overlap_seconds", "60"), ("note", "yearly")]);
     assert!(proposed.status == 200 && proposed.body.contains("recorded"), "{}", proposed.body);
     assert!(operator.get("/portal/platform").body.contains("id=\"metric-pending\"><a href=\"/portal/approvals\">1<"));
+    // The webhook's own signing secret (never the API secret): shown to the platform's admins,
+    // not to a viewer; an admin rotates it from the version the page showed, once.
+    let first = shown["signing_secret"].as_str().expect("the webhook secret").to_string();
+    let page = operator.get("/portal/platform/api");
+    assert!(page.body.contains(&format!("id=\"webhook-secret\">{first}<")) && page.body.contains("webhook secret version 1"), "{}", page.body);
+    let mut viewer = platform_operator_with(&server, &mut admin, &client.platform, "alpha_viewer", &["viewer"]);
+    let seen = viewer.get("/portal/platform/api");
+    assert!(seen.status == 200 && seen.body.contains("webhook secret version 1") && !seen.body.contains(&first), "{}", seen.body);
+    let form =
+        [("csrf", page.csrf()), ("from_version", hidden(&page, "/portal/platform/api/webhook-secret", "from_version")), ("overlap_seconds", "600".into())];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(viewer.post("/portal/platform/api/webhook-secret", &[("csrf", &seen.csrf()), ("overlap_seconds", "0")]).status, 403);
+    let rotated = operator.post("/portal/platform/api/webhook-secret", &form);
+    assert!(rotated.body.contains("The webhook secret is rotated") && rotated.body.contains("webhook secret version 2"), "{}", rotated.body);
+    let (_, now_shown) = client.get("/v1/webhook");
+    let second = now_shown["signing_secret"].as_str().unwrap().to_string();
+    assert!(second != first && rotated.body.contains(&second) && rotated.body.contains("version 1 also signs until"), "{}", rotated.body);
+    let again = operator.post("/portal/platform/api/webhook-secret", &form);
+    assert!(again.body.contains("rotated already"), "a form sent twice rotates once: {}", again.body);
+    assert_eq!(client.get("/v1/webhook").1["signing_secret_version"], 2);
+    let bad = operator.post("/portal/platform/api/webhook-secret", &[("csrf", &page.csrf()), ("overlap_seconds", "soon")]);
+    assert!(bad.body.contains("notice error") && bad.body.contains("overlap_seconds"), "{}", bad.body);
     server.stop();
 }
 

@@ -33,6 +33,8 @@ struct EndpointState {
     /// The `X-Clearing-Signature-Previous` headers received (after a rotation).
     previous: Vec<String>,
     received: Vec<(String, String)>,
+    /// Each received request's `X-Clearing-Signature-Previous`, in step with `received`.
+    previous_each: Vec<Option<String>>,
 }
 
 impl Endpoint {
@@ -91,6 +93,13 @@ impl Endpoint {
         self.state.lock().unwrap().received.iter().map(|(signature, body)| (signature.clone(), serde_json::from_str(body).expect("a JSON event"))).collect()
     }
 
+    /// The last delivery: its signature, its previous secret's signature (if any) and its body.
+    fn last(&self) -> (String, Option<String>, String) {
+        let state = self.state.lock().unwrap();
+        let (signature, body) = state.received.last().cloned().expect("a delivery");
+        (signature, state.previous_each.last().cloned().flatten(), body)
+    }
+
     /// The distinct event ids received so far.
     fn distinct(&self) -> usize {
         let mut ids: Vec<String> = self.events().iter().map(|(_, e)| e["event_id"].as_str().unwrap().to_string()).collect();
@@ -136,6 +145,7 @@ fn answer(mut stream: TcpStream, state: &Mutex<EndpointState>) {
             return;
         }
         shared.received.push((signature, String::from_utf8_lossy(&body).into_owned()));
+        shared.previous_each.push(previous.clone());
         shared.previous.extend(previous);
         let delay = shared.delay;
         drop(shared);
@@ -191,8 +201,26 @@ fn wait_until(seconds: u64, mut done: impl FnMut() -> bool, what: impl Fn() -> S
     }
 }
 
-/// Every event arrived (at least once), signed with the platform's secret, and in order per shard.
+/// The secret the platform's deliveries are signed with, as `GET /v1/webhook` shows it (null
+/// while its API secret signs them).
+fn signing_secret(client: &Client) -> Option<String> {
+    let (status, webhook) = client.get("/v1/webhook");
+    assert_eq!(status, 200, "{webhook}");
+    webhook["signing_secret"].as_str().map(str::to_string)
+}
+
+/// `t=<t>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, as a receiver computes it.
+fn signature_with(secret: &str, t: &str, body: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Every event arrived (at least once), signed with the platform's webhook secret, and in order
+/// per shard.
 fn check_delivered(client: &Client, endpoint: &Endpoint, expected: &BTreeMap<String, serde_json::Value>, shard_count: u64) {
+    let secret = signing_secret(client).expect("a platform made now has a webhook secret");
     let events = endpoint.events();
     let mut per_shard: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for (signature, event) in &events {
@@ -201,7 +229,7 @@ fn check_delivered(client: &Client, endpoint: &Endpoint, expected: &BTreeMap<Str
         let body = serde_json::to_string(event).unwrap();
         let mac = {
             use hmac::{Hmac, Mac};
-            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(client.secret.as_bytes()).unwrap();
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
             mac.update(format!("{t}.{body}").as_bytes());
             hex::encode(mac.finalize().into_bytes())
         };
@@ -265,12 +293,15 @@ fn slow_webhooks_take_at_most_their_share_of_the_workers() {
     running.0.take().expect("running").stop();
 }
 
-/// After a rotation with an overlap, deliveries carry the current secret's signature in
-/// `X-Clearing-Signature` (one `v1`, as before) and the previous secret's in
-/// `X-Clearing-Signature-Previous`, so a receiver that has not deployed the new secret yet can
-/// still verify them (helpers 105 and 106, session 63).
+/// Deliveries are signed with the platform's webhook secret, never its API secret (a webhook
+/// receiver then holds no key that moves money; helper 114#6, session 67): the API secret's
+/// rotation leaves them alone. After a webhook secret rotation with an overlap, deliveries carry
+/// the new secret's signature in `X-Clearing-Signature` (one `v1`, as before) and the replaced
+/// one's in `X-Clearing-Signature-Previous`, so a receiver that has not deployed the new secret
+/// yet still verifies them (helpers 105 and 106, session 63); a repeat from the same version
+/// rotates once; overlap 0 ends the previous one at once.
 #[test]
-fn deliveries_after_a_rotation_carry_the_previous_secrets_signature_too() {
+fn deliveries_are_signed_with_the_webhook_secret_and_its_rotation_overlaps() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = "webhooks-token-4-0123456789abcdef0123456789abcdef";
     let config = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("allow_insecure_loopback = false", "allow_insecure_loopback = true")]);
@@ -278,31 +309,115 @@ fn deliveries_after_a_rotation_carry_the_previous_secrets_signature_too() {
     let server = running.0.as_ref().unwrap();
     let a = Client::create(server, token, "{\"name\": \"Rotating\"}");
     let endpoint = Endpoint::start(false);
-    assert_eq!(a.post("/v1/webhook", &json!({"url": endpoint.url})).0, 200);
+    let (status, _, set) = a.post("/v1/webhook", &json!({"url": endpoint.url}));
+    assert_eq!((status, set["signed_with"].as_str(), set["signing_secret_version"].as_u64()), (200, Some("webhook_secret"), Some(1)), "{set}");
+    let first = set["signing_secret"].as_str().expect("the webhook secret").to_string();
+    assert!(first.starts_with("whsec_") && first != a.secret, "{first}");
+    assert_eq!(signing_secret(&a).as_deref(), Some(first.as_str()), "GET shows the same");
     let account = make_orders(&a, "a");
     wait_until(10, || endpoint.distinct() == 5, || "the first events".to_string());
-    assert!(endpoint.state.lock().unwrap().previous.is_empty(), "no previous secret before a rotation");
+    let check_last = |secret: &str, previous: Option<&str>| {
+        let (signature, previous_signature, body) = endpoint.last();
+        let t = signature.split(',').next().unwrap().trim_start_matches("t=").to_string();
+        assert_eq!(signature, signature_with(secret, &t, &body), "the current secret's signature, one v1");
+        assert_eq!(previous_signature, previous.map(|previous| signature_with(previous, &t, &body)), "the previous secret's signature");
+        assert_ne!(signature, signature_with(&a.secret, &t, &body), "never the API secret's");
+    };
+    check_last(&first, None);
+    // The API secret's rotation: deliveries are signed as before, with no previous signature.
     let request = ureq::post(&format!("{}/admin/platforms/{}/rotate-secret", server.base, a.platform))
         .set("Authorization", &format!("Bearer {token}"))
         .set("Content-Type", "application/json");
     let rotated: serde_json::Value = support::answer(request.send_string("{\"overlap_seconds\": 3600}"), "rotate").into_json().unwrap();
-    let new_secret = rotated["secret"].as_str().expect("the new secret").to_string();
-    let b = Client { server, platform: a.platform.clone(), secret: new_secret.clone() };
-    freeze(&b, &account, "a-after");
-    wait_until(10, || endpoint.distinct() == 6, || "the event after the rotation".to_string());
-    let sign = |secret: &str, t: &str, body: &str| {
-        use hmac::{Hmac, Mac};
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(format!("{t}.{body}").as_bytes());
-        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    let a = Client { server, platform: a.platform.clone(), secret: rotated["secret"].as_str().expect("the new secret").to_string() };
+    freeze(&a, &account, "a-after-api");
+    wait_until(10, || endpoint.distinct() == 6, || "the event after the API secret's rotation".to_string());
+    check_last(&first, None);
+    // The webhook secret's rotation, from version 1 with an hour's overlap.
+    let body = json!({"overlap_seconds": 3600, "from_version": 1});
+    let (status, _, webhook) = a.post("/v1/webhook/rotate-secret", &body);
+    assert_eq!((status, webhook["signing_secret_version"].as_u64(), webhook["previous_signing_secret_version"].as_u64()), (200, Some(2), Some(1)), "{webhook}");
+    let second = webhook["signing_secret"].as_str().expect("the new webhook secret").to_string();
+    assert_ne!(second, first);
+    assert!(webhook["previous_signs_until"].is_string(), "{webhook}");
+    // Repeated (its answer lost): the same secret, not a second rotation; a stale version 409.
+    let (status, _, again) = a.post("/v1/webhook/rotate-secret", &body);
+    assert_eq!((status, again["signing_secret"].as_str(), again["previous_signing_secret_version"].as_u64()), (200, Some(second.as_str()), Some(1)), "{again}");
+    let (status, _, stale) = a.post("/v1/webhook/rotate-secret", &json!({"from_version": 0}));
+    assert_eq!((status, stale["error"]["code"].as_str()), (409, Some("idempotency_conflict")), "{stale}");
+    let (status, _, bad) = a.post("/v1/webhook/rotate-secret", &json!({"overlap_seconds": 604801}));
+    assert_eq!((status, bad["error"]["param"].as_str()), (400, Some("overlap_seconds")), "{bad}");
+    freeze(&a, &account, "a-after-hook");
+    wait_until(10, || endpoint.distinct() == 7, || "the event after the webhook secret's rotation".to_string());
+    check_last(&second, Some(&first));
+    // Overlap 0 (a leaked webhook secret): the replaced one signs nothing more.
+    let (status, _, third) = a.post("/v1/webhook/rotate-secret", &json!({"overlap_seconds": 0}));
+    assert_eq!((status, third["previous_signing_secret_version"].is_null()), (200, true), "{third}");
+    let third = third["signing_secret"].as_str().expect("the third webhook secret").to_string();
+    freeze(&a, &account, "a-after-revoke");
+    wait_until(10, || endpoint.distinct() == 8, || "the event after the revocation".to_string());
+    check_last(&third, None);
+    drop(a);
+    let mut running = running;
+    running.0.take().expect("running").stop();
+}
+
+/// A platform made before webhook secrets (its stored record has no `webhook_secret_version`)
+/// keeps its deliveries signed with its API secret, as before, so its receiver goes on
+/// verifying them; its first webhook secret rotation moves them off the API secret, which signs
+/// beside the new secret for the overlap only. Kept across a restart.
+#[test]
+fn a_platform_from_before_webhook_secrets_moves_off_its_api_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "webhooks-token-7-0123456789abcdef0123456789abcdef";
+    let config = config_with(&[("latency_ms = 200", "latency_ms = 20"), ("allow_insecure_loopback = false", "allow_insecure_loopback = true")]);
+    let server = start_configured(dir.path(), token, &config);
+    let created = Client::create(&server, token, "{\"name\": \"Older\"}");
+    let (platform, secret) = (created.platform.clone(), created.secret.clone());
+    drop(created);
+    server.stop();
+    {
+        // The record as an earlier build wrote it: without the webhook secret's fields.
+        let store = storage_rocks::RocksStore::open(dir.path()).expect("the server's database");
+        let id: u32 = platform.trim_start_matches("plt_").parse().unwrap();
+        let key = [&b"p/"[..], &id.to_be_bytes()[..]].concat();
+        let mut record: serde_json::Value = serde_json::from_slice(&storage::Store::get(&store, &key).unwrap().expect("the platform's record")).unwrap();
+        assert_eq!(record["webhook_secret_version"], 1, "{record}");
+        record.as_object_mut().unwrap().remove("webhook_secret_version");
+        storage::Store::write(&store, &[(&key, &serde_json::to_vec(&record).unwrap())]).unwrap();
+    }
+    let running = Running(Some(start_configured(dir.path(), token, &config)));
+    let server = running.0.as_ref().unwrap();
+    let a = Client { server, platform: platform.clone(), secret: secret.clone() };
+    let endpoint = Endpoint::start(false);
+    let (status, _, set) = a.post("/v1/webhook", &json!({"url": endpoint.url}));
+    assert_eq!((status, set["signed_with"].as_str(), set["signing_secret"].is_null()), (200, Some("api_secret"), true), "{set}");
+    let account = make_orders(&a, "o");
+    wait_until(10, || endpoint.distinct() == 5, || "the first events".to_string());
+    let last_signed = |current: &str, previous: Option<&str>| {
+        let (signature, previous_signature, body) = endpoint.last();
+        let t = signature.split(',').next().unwrap().trim_start_matches("t=").to_string();
+        assert_eq!(signature, signature_with(current, &t, &body));
+        assert_eq!(previous_signature, previous.map(|previous| signature_with(previous, &t, &body)));
     };
-    let (signature, event) = endpoint.events().last().cloned().unwrap();
-    let body = serde_json::to_string(&event).unwrap();
-    let t = signature.split(',').next().unwrap().trim_start_matches("t=").to_string();
-    assert_eq!(signature, sign(&new_secret, &t, &body), "the current secret's signature, one v1");
-    let previous = endpoint.state.lock().unwrap().previous.last().cloned().expect("the previous secret's signature");
-    assert_eq!(previous, sign(&a.secret, &t, &body));
-    drop((a, b));
+    last_signed(&secret, None);
+    let (status, _, moved) = a.post("/v1/webhook/rotate-secret", &json!({"overlap_seconds": 3600, "from_version": 0}));
+    assert_eq!((status, moved["signed_with"].as_str(), moved["previous_signing_secret_version"].as_u64()), (200, Some("webhook_secret"), Some(0)), "{moved}");
+    let own = moved["signing_secret"].as_str().expect("a webhook secret").to_string();
+    freeze(&a, &account, "o-after");
+    wait_until(10, || endpoint.distinct() == 6, || "the event after the move".to_string());
+    last_signed(&own, Some(&secret));
+    drop(a);
+    let mut running = running;
+    running.0.take().expect("running").stop();
+    let running = Running(Some(start_configured(dir.path(), token, &config)));
+    let server = running.0.as_ref().unwrap();
+    let a = Client { server, platform, secret: secret.clone() };
+    assert_eq!(signing_secret(&a).as_deref(), Some(own.as_str()), "kept across a restart");
+    freeze(&a, &account, "o-after-restart");
+    wait_until(10, || endpoint.distinct() == 7, || "the event after the restart".to_string());
+    last_signed(&own, Some(&secret));
+    drop(a);
     let mut running = running;
     running.0.take().expect("running").stop();
 }

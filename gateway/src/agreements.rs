@@ -154,7 +154,7 @@ impl Signature {
     }
 }
 
-fn rfc3339(unix_seconds: i64) -> String {
+pub(crate) fn rfc3339(unix_seconds: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix_seconds).ok().and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_default()
 }
 
@@ -874,6 +874,8 @@ mod tests {
             created_as: None,
             created_at: None,
             created_by: None,
+            webhook_secret_version: 1,
+            previous_webhook_secret: None,
         };
         assert!(agreements.require(&platform, 5, Purpose::OpenAccount).is_ok());
         assert!(agreements.require(&platform, 5, Purpose::BindCard).is_ok());

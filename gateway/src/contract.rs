@@ -73,7 +73,8 @@ pub const OPERATIONS: &[Operation] = &[
     op!("list_entries", "list_entries", Platform, "List an account's journal", "The account's journal lines, newest first, paged with limit and cursor.", []),
     op!("list_events", "list_events", Platform, "List the platform's events", "The platform's events (one for each change of one of its orders), newest first: next_cursor pages to older ones. The webhook delivers the same events, oldest first.", []),
     op!("set_webhook", "set_webhook", Platform, "Set or remove the webhook", "Sets the URL events are delivered to, or removes it with null.", []),
-    op!("show_webhook", "show_webhook", Platform, "Show the webhook", "The platform's webhook URL (null when none).", []),
+    op!("show_webhook", "show_webhook", Platform, "Show the webhook", "The platform's webhook URL (null when none) and the secret its deliveries are signed with (`signing_secret`: apart from the API secret, so a webhook receiver holds no key that moves money; null while the API secret still signs them, for a platform made before webhook secrets that has not rotated one).", []),
+    op!("rotate_webhook_secret", "rotate_webhook_secret", Platform, "Rotate the webhook signing secret", "Issues the next webhook signing secret: deliveries carry its signature in `X-Clearing-Signature` and, for the overlap, the replaced secret's in `X-Clearing-Signature-Previous`. A platform whose deliveries its API secret signed moves off it this way. With `from_version`, a repeat whose answer was lost does not rotate twice (another version is 409).", ["idempotency_conflict"]),
     op!("create_session", "create_h5_session", Platform, "Open an H5 link for a member", "A one-time link to a page where the member sets a payment password, signs an agreement, pays at the cashier or sees their wallet.", ["idempotency_conflict", "invalid_amount"]),
     op!("healthz", "check_health", Public, "Liveness", "Answers while the process serves HTTP.", []),
     op!("readyz", "check_readiness", Public, "Readiness", "Ready while every shard runs; 503 naming each stopped shard and why once one has stopped.", []),
@@ -462,7 +463,7 @@ const REQUEST_SCHEMAS: &[&str] = &[
 ];
 
 /// Operations whose body may be left out (every field has a default).
-const BODY_OPTIONAL: &[&str] = &["rotate_platform_secret", "create_card_link"];
+const BODY_OPTIONAL: &[&str] = &["rotate_platform_secret", "rotate_webhook_secret", "create_card_link"];
 
 /// Request schemas whose items the server checks one by one, answering each in its results (a
 /// bad item is its own 4xx inside a 200, not a refusal of the request): their fields are
@@ -797,7 +798,7 @@ fn event_schema() -> Value {
 /// The webhook a platform may set (`POST /v1/webhook`): each event posted to its URL, signed.
 fn webhooks() -> Value {
     let signature =
-        "`t=<unix seconds>,v1=<hex HMAC-SHA256(platform secret, \"<t>.<body>\")>`: verify it over the exact body bytes, and refuse a `t` far from your clock.";
+        "`t=<unix seconds>,v1=<hex HMAC-SHA256(webhook signing secret, \"<t>.<body>\")>` (the `signing_secret` of `GET /v1/webhook`; the API secret for a platform that has not rotated to one): verify it over the exact body bytes, and refuse a `t` far from your clock.";
     json!({
         "order_event": {
             "post": {

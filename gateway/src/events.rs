@@ -222,6 +222,20 @@ pub(crate) struct WebhookBody {
     url: Option<String>,
 }
 
+/// `POST /v1/webhook/rotate-secret` body (optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateWebhookSecret {
+    /// Seconds the webhook secret in use keeps signing deliveries beside the new one (0: it
+    /// stops now; default `[secrets] rotation_overlap_seconds`; at most a week).
+    #[serde(default)]
+    overlap_seconds: Option<u64>,
+    /// The `signing_secret_version` the caller knows: a repeat whose answer was lost then
+    /// answers without rotating again; another version is 409 `idempotency_conflict`.
+    #[serde(default)]
+    from_version: Option<u32>,
+}
+
 /// The longest webhook URL, in bytes.
 const URL_BYTES_MAX: usize = 2048;
 
@@ -359,7 +373,43 @@ impl ureq::Resolver for CheckedResolver {
 pub async fn set_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>, delivery: web::Data<Delivery>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<WebhookBody>()?;
     let platform = set_webhook_url(&platforms, &delivery, signed.platform.id, body.url).await?;
-    Ok(HttpResponse::Ok().json(json!({"url": platform.webhook_url, "signature_header": "X-Clearing-Signature"})))
+    Ok(HttpResponse::Ok().json(webhook_view(&platforms, &platform)))
+}
+
+/// What `/v1/webhook` answers: the URL, the signature header, and the secret that signs the
+/// deliveries (`signing_secret`, null while the platform's API secret signs them: a platform
+/// made before session 67 that has not rotated its webhook secret), with the one before it
+/// while its overlap lasts. Shown to the platform's signed requests only (whoever holds the
+/// API secret may read the webhook secret; not the other way round).
+pub fn webhook_view(platforms: &Platforms, platform: &crate::platforms::Platform) -> Value {
+    let now = crate::signed::unix_seconds();
+    let previous = platform.previous_webhook_secret.filter(|previous| now < previous.valid_until);
+    json!({
+        "url": platform.webhook_url,
+        "signature_header": "X-Clearing-Signature",
+        "signed_with": if platform.webhook_secret_version == 0 { "api_secret" } else { "webhook_secret" },
+        "signing_secret": platforms.webhook_signing_secret(platform),
+        "signing_secret_version": platform.webhook_secret_version,
+        "previous_signing_secret_version": previous.map(|p| p.version),
+        "previous_signs_until": previous.map(|p| crate::agreements::rfc3339(p.valid_until)),
+    })
+}
+
+/// `POST /v1/webhook/rotate-secret {overlap_seconds?, from_version?}` (an addition to API.md):
+/// issues the platform's next webhook signing secret. Deliveries are signed with the new one in
+/// `X-Clearing-Signature` and, for the overlap (default `[secrets] rotation_overlap_seconds`,
+/// at most a week; 0 ends it now), with the one it replaced in `X-Clearing-Signature-Previous`.
+/// A platform whose deliveries its API secret signed moves off it this way. With
+/// `from_version`, a repeat whose answer was lost does not rotate twice.
+#[utoipa::path(post, path = "/v1/webhook/rotate-secret", tag = "events", request_body = crate::events::RotateWebhookSecret, responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[post("/v1/webhook/rotate-secret")]
+pub async fn rotate_webhook_secret(signed: Signed, platforms: web::Data<Arc<Platforms>>) -> Result<HttpResponse, ApiError> {
+    let body = if signed.body.iter().all(u8::is_ascii_whitespace) { RotateWebhookSecret::default() } else { signed.json::<RotateWebhookSecret>()? };
+    let (id, now) = (signed.platform.id, crate::signed::unix_seconds());
+    let shared = platforms.get_ref().clone();
+    // The store write syncs to disk: off the async workers.
+    let (platform, _) = blocking(move || shared.rotate_webhook_secret(id, body.overlap_seconds, body.from_version, now)).await??;
+    Ok(HttpResponse::Ok().json(webhook_view(&platforms, &platform)))
 }
 
 /// Checks and sets (or with `None` removes) platform `id`'s webhook URL and schedules its
@@ -377,13 +427,13 @@ pub async fn set_webhook_url(platforms: &Arc<Platforms>, delivery: &Delivery, id
 /// `GET /v1/webhook`: the platform's webhook URL.
 #[utoipa::path(get, path = "/v1/webhook", tag = "events", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/webhook")]
-pub async fn show_webhook(signed: Signed) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"url": signed.platform.webhook_url, "signature_header": "X-Clearing-Signature"}))
+pub async fn show_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>) -> HttpResponse {
+    HttpResponse::Ok().json(webhook_view(&platforms, &signed.platform))
 }
 
 /// Registers the event routes.
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.service(list_events).service(set_webhook).service(show_webhook);
+    config.service(list_events).service(set_webhook).service(show_webhook).service(rotate_webhook_secret);
 }
 
 /// Where deliveries to one platform stand on one shard.

@@ -75,6 +75,7 @@ impl Modify for Security {
         crate::events::list_events,
         crate::events::set_webhook,
         crate::events::show_webhook,
+        crate::events::rotate_webhook_secret,
         crate::metrics::scrape,
         crate::notifications::list,
         crate::orders::show_order,

@@ -54,6 +54,16 @@ pub struct Platform {
     /// before session 63).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// The version of the secret its webhook deliveries are signed with
+    /// (`MasterKey::webhook_secret`), apart from the API secret so that a webhook receiver
+    /// holds no key that moves money. 0: deliveries are signed with the API secret, as for
+    /// every platform before session 67, until its first webhook secret rotation.
+    #[serde(default)]
+    pub webhook_secret_version: u32,
+    /// After a webhook secret rotation: the version that still signs deliveries beside the new
+    /// one (in `X-Clearing-Signature-Previous`), and until when; version 0 is the API secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_webhook_secret: Option<PreviousSecret>,
 }
 
 /// How long a repeated creation request (its `out_order_no`) answers with the platform's secret:
@@ -271,6 +281,8 @@ impl Platforms {
             created_as: request.out_order_no,
             created_at: Some(now),
             created_by: request.created_by,
+            webhook_secret_version: 1,
+            previous_webhook_secret: None,
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -365,17 +377,73 @@ impl Platforms {
         Ok(Rotation::Rotated(platform, secret))
     }
 
-    /// The secrets a webhook of `platform` is signed with at `now` (unix seconds): the current
-    /// one, and the previous one while the overlap after a rotation lasts, so that a receiver
+    /// The secrets a webhook of `platform` is signed with at `now` (unix seconds): its current
+    /// webhook secret, and the one before while the overlap after its rotation lasts (the API
+    /// secret, if that signed them before: the API secret current at delivery). A platform whose
+    /// deliveries the API secret still signs (version 0): the current API secret, and the
+    /// previous one while the overlap after a rotation lasts, so that a receiver
     /// still holding the previous secret keeps taking deliveries until it has deployed the new
     /// one (before session 63 deliveries were signed with the new secret alone from the
     /// rotation on; helper 105).
     pub fn webhook_secrets(&self, platform: &Platform, now: i64) -> Vec<String> {
+        if let Some(current) = self.webhook_signing_secret(platform) {
+            let mut secrets = vec![current];
+            if let Some(previous) = platform.previous_webhook_secret.filter(|previous| now < previous.valid_until) {
+                secrets.push(match previous.version {
+                    0 => self.secret(platform),
+                    version => self.master_key.webhook_secret(platform.id, version),
+                });
+            }
+            return secrets;
+        }
         let mut secrets = vec![self.secret(platform)];
         if let Some(previous) = platform.previous_secret.filter(|previous| now < previous.valid_until) {
             secrets.push(self.master_key.platform_secret(platform.id, previous.version));
         }
         secrets
+    }
+
+    /// The secret deliveries are signed with now (`None`: the platform's API secret, for a
+    /// platform made before webhook secrets that has not rotated to one).
+    pub fn webhook_signing_secret(&self, platform: &Platform) -> Option<String> {
+        (platform.webhook_secret_version > 0).then(|| self.master_key.webhook_secret(platform.id, platform.webhook_secret_version))
+    }
+
+    /// Issues the platform's next webhook secret, durably; the one it replaces keeps signing
+    /// deliveries beside it (`X-Clearing-Signature-Previous`) for the overlap (`overlap_seconds`,
+    /// default the configured rotation overlap, at most a week; 0: it stops at once). For a
+    /// platform whose deliveries the API secret signs, that is the API secret, which then stops
+    /// signing them when the overlap ends. With `from_version` it rotates from that version
+    /// only: at `from_version + 1` it answers without rotating (a repeat whose answer was lost:
+    /// a second rotation would end the overlap of the secret the receiver uses), at another
+    /// version 409 `idempotency_conflict`. Returns the platform and whether it rotated.
+    pub fn rotate_webhook_secret(&self, id: u32, overlap_seconds: Option<u64>, from_version: Option<u32>, now: i64) -> Result<(Platform, bool), ApiError> {
+        let overlap = overlap_seconds.unwrap_or_else(|| self.rotation_overlap_seconds.load(std::sync::atomic::Ordering::Relaxed));
+        if overlap > ROTATION_OVERLAP_SECONDS_MAX {
+            return Err(ApiError::invalid("overlap_seconds must be 0 to 604800 (a week)", "overlap_seconds"));
+        }
+        let mut rotated = true;
+        let platform = self.try_update(id, |platform| {
+            let current = platform.webhook_secret_version;
+            match from_version {
+                Some(from) if from == current => {}
+                Some(from) if from.checked_add(1) == Some(current) => {
+                    rotated = false;
+                    return Ok(());
+                }
+                Some(_) => {
+                    let message = format!("the webhook secret is at version {current}: read it with GET /v1/webhook");
+                    return Err(ApiError::new(409, "idempotency_conflict", &message));
+                }
+                None => {}
+            }
+            let next = current.checked_add(1).ok_or_else(|| ApiError::invalid("this platform's webhook secret was rotated too often", "from_version"))?;
+            // `overlap` is at most a week: no overflow.
+            platform.previous_webhook_secret = (overlap > 0).then_some(PreviousSecret { version: current, valid_until: now.saturating_add(overlap as i64) });
+            platform.webhook_secret_version = next;
+            Ok(())
+        })?;
+        Ok((platform, rotated))
     }
 
     /// Whether `signature_hex` signs `message` with the platform's current secret, or with its
@@ -473,11 +541,16 @@ mod tests {
         for (secret, at, expected) in cases {
             assert_eq!(platforms.verify_signature(&rotated, b"message", &sign(secret), at), expected, "{at}");
         }
-        // Webhooks are signed with both while the overlap lasts (the receiver may still hold the
+        // A platform made before webhook secrets (version 0) has its webhooks signed with the
+        // API secret: with both while the overlap lasts (the receiver may still hold the
         // first), with the new one alone after it; before a rotation with the one there is.
-        assert_eq!(platforms.webhook_secrets(&platform, now), vec![first.clone()]);
-        assert_eq!(platforms.webhook_secrets(&rotated, now + 59), vec![second.clone(), first.clone()]);
-        assert_eq!(platforms.webhook_secrets(&rotated, now + 60), vec![second.clone()]);
+        let legacy = |platform: &Platform| Platform { webhook_secret_version: 0, ..platform.clone() };
+        assert_eq!(platforms.webhook_secrets(&legacy(&platform), now), vec![first.clone()]);
+        assert_eq!(platforms.webhook_secrets(&legacy(&rotated), now + 59), vec![second.clone(), first.clone()]);
+        assert_eq!(platforms.webhook_secrets(&legacy(&rotated), now + 60), vec![second.clone()]);
+        // A platform with a webhook secret: the API secret's rotation does not touch it.
+        let hook = platforms.webhook_signing_secret(&platform).expect("a new platform has a webhook secret");
+        assert_eq!(platforms.webhook_secrets(&rotated, now + 59), vec![hook.clone()]);
         // Durable: a reload (a restart) keeps the version and the overlap's end.
         let reloaded = Platforms::load(store, MasterKey::from_bytes([3; 32])).expect("reload");
         let again = reloaded.get(platform.id).expect("platform");
@@ -541,5 +614,49 @@ mod tests {
         assert!(matches!(platforms.rotate_secret_from(platform.id, overlap(), 2, 7, now + 50), Ok(Rotation::Changed)), "made by the admin API");
         assert_eq!(platforms.get(platform.id).unwrap().secret_version, 3);
         assert_eq!(platforms.rotate_secret_from(99, overlap(), 1, 7, now).unwrap_err().code, "not_found");
+    }
+
+    /// Webhooks are signed with a secret of their own (never the API secret for a new
+    /// platform); its rotation keeps the one before signing for the overlap; a platform whose
+    /// webhooks the API secret signed moves off it with its first rotation (the API secret signs
+    /// beside the new one for the overlap, then never again); a repeat from a version rotates
+    /// once; all of it outlives a reload.
+    #[test]
+    fn webhook_secrets_are_their_own_and_rotate_with_an_overlap() {
+        let store: Arc<dyn Store> = Arc::new(storage::MemoryStore::new());
+        let platforms = Platforms::load(store.clone(), MasterKey::from_bytes([3; 32])).expect("load");
+        let (platform, api, _) = platforms.create(NewPlatform { name: "P".into(), ..NewPlatform::default() }).expect("create");
+        let now = 1_700_000_000;
+        assert_eq!(platform.webhook_secret_version, 1);
+        let first = platforms.webhook_signing_secret(&platform).expect("a webhook secret");
+        assert!(first.starts_with("whsec_") && !first.contains(&api));
+        assert_eq!(platforms.webhook_secrets(&platform, now), vec![first.clone()]);
+        let (rotated, did) = platforms.rotate_webhook_secret(platform.id, Some(60), Some(1), now).expect("rotate");
+        assert!(did);
+        let second = platforms.webhook_signing_secret(&rotated).expect("a webhook secret");
+        assert_ne!(first, second);
+        assert_eq!(platforms.webhook_secrets(&rotated, now + 59), vec![second.clone(), first.clone()]);
+        assert_eq!(platforms.webhook_secrets(&rotated, now + 60), vec![second.clone()]);
+        // The same request again (its answer lost): no second rotation, the overlap kept.
+        let (again, did) = platforms.rotate_webhook_secret(platform.id, Some(60), Some(1), now + 5).expect("repeat");
+        assert!(!did);
+        assert_eq!((again.webhook_secret_version, again.previous_webhook_secret), (2, rotated.previous_webhook_secret));
+        let stale = platforms.rotate_webhook_secret(platform.id, None, Some(0), now + 6).unwrap_err();
+        assert_eq!((stale.status, stale.code), (409, "idempotency_conflict"));
+        let too_long = platforms.rotate_webhook_secret(platform.id, Some(ROTATION_OVERLAP_SECONDS_MAX + 1), None, now).unwrap_err();
+        assert_eq!(too_long.param.as_deref(), Some("overlap_seconds"));
+        assert_eq!(platforms.rotate_webhook_secret(99, None, None, now).unwrap_err().code, "not_found");
+        // A platform as stored before webhook secrets: the API secret signs until it rotates.
+        platforms.update(platform.id, |p| (p.webhook_secret_version, p.previous_webhook_secret) = (0, None)).expect("as before");
+        let old = platforms.get(platform.id).expect("platform");
+        assert_eq!(platforms.webhook_signing_secret(&old), None);
+        assert_eq!(platforms.webhook_secrets(&old, now), vec![api.clone()]);
+        let (moved, _) = platforms.rotate_webhook_secret(platform.id, Some(3_600), None, now).expect("rotate off the API secret");
+        let own = platforms.webhook_signing_secret(&moved).expect("a webhook secret");
+        assert_eq!(platforms.webhook_secrets(&moved, now + 3_599), vec![own.clone(), api.clone()]);
+        assert_eq!(platforms.webhook_secrets(&moved, now + 3_600), vec![own.clone()]);
+        let reloaded = Platforms::load(store, MasterKey::from_bytes([3; 32])).expect("reload");
+        let stored = reloaded.get(platform.id).expect("platform");
+        assert_eq!(reloaded.webhook_secrets(&stored, now + 1), vec![own, api]);
     }
 }

@@ -275,6 +275,13 @@ impl MasterKey {
         hmac_hex(&self.0, format!("platform-secret/{platform_id}/{version}").as_bytes())
     }
 
+    /// A platform's webhook signing secret at a version: `whsec_` and HMAC(master key,
+    /// "webhook-secret/ID/VERSION"). Its own derivation, so a receiver holding it can check
+    /// deliveries but sign no request (the API secret moves money).
+    pub fn webhook_secret(&self, platform_id: u32, version: u32) -> String {
+        format!("whsec_{}", hmac_hex(&self.0, format!("webhook-secret/{platform_id}/{version}").as_bytes()))
+    }
+
     /// A 256-bit key for `purpose`: HMAC(master key, "key/PURPOSE").
     pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
         let mut key = [0u8; 32];
@@ -307,6 +314,16 @@ mod tests {
         assert_ne!(key.platform_secret(1, 1), key.platform_secret(1, 2));
         assert_eq!(key.platform_secret(1, 1), key.platform_secret(1, 1));
         assert_eq!(key.platform_secret(1, 1).len(), 64);
+    }
+
+    #[test]
+    fn webhook_secrets_are_apart_from_platform_secrets() {
+        let key = MasterKey([7; 32]);
+        let secret = key.webhook_secret(1, 1);
+        assert!(secret.starts_with("whsec_") && secret.len() == 70, "{secret}");
+        assert_ne!(secret[6..], key.platform_secret(1, 1));
+        assert_ne!(secret, key.webhook_secret(1, 2));
+        assert_ne!(secret, key.webhook_secret(2, 1));
     }
 
     fn mode(path: &Path) -> u32 {

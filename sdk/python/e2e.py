@@ -265,6 +265,9 @@ class Run:
             url = f"http://127.0.0.1:{receiver.server_address[1]}/events"
             reply = self.sdk.call("set_webhook", {"url": url})
             check(reply.status == 200, "the webhook is set", reply)
+            # Deliveries are signed with the webhook's own secret, never the API secret.
+            secret = reply.data["signing_secret"]
+            check(secret.startswith("whsec_") and reply.data["signed_with"] == "webhook_secret", "the webhook has its own secret", reply)
             step("a recharge's events")
             body = {"out_order_no": "e2e-hook-m1", "type": "individual", "name": HOLDER[0], "id_number": HOLDER[1], "phone": "13800138000"}
             member = self.created("create_member", body).data["member_id"]
@@ -277,30 +280,29 @@ class Run:
             check(any(b'"order.succeeded"' in delivered for _, delivered in received), "the recharge's success was delivered")
             step("verify each delivery")
             for headers, delivered in list(received):
-                check(verify_webhook(self.secret, delivered, headers), "a delivery verifies with the platform's secret")
+                check(verify_webhook(secret, delivered, headers), "a delivery verifies with the webhook secret")
+                check(not verify_webhook(self.secret, delivered, headers), "a delivery does not verify with the API secret")
                 check(not verify_webhook("0" * 64, delivered, headers), "a delivery does not verify with another secret")
-                check(not verify_webhook(self.secret, delivered + b" ", headers), "a changed body does not verify")
+                check(not verify_webhook(secret, delivered + b" ", headers), "a changed body does not verify")
                 signed_at = int(headers["X-Clearing-Signature"].split(",")[0].removeprefix("t="))
-                check(not verify_webhook(self.secret, delivered, headers, clock=lambda at=signed_at: at + 301), "a delivery 301 s old does not verify")
-                check(verify_webhook(self.secret, delivered, headers, clock=lambda at=signed_at: at + 299), "one 299 s old does")
+                check(not verify_webhook(secret, delivered, headers, clock=lambda at=signed_at: at + 301), "a delivery 301 s old does not verify")
+                check(verify_webhook(secret, delivered, headers, clock=lambda at=signed_at: at + 299), "one 299 s old does")
             events = [json.loads(delivered) for _, delivered in received]
             ours = [event for event in events if event["data"]["order_id"] == order]
             check({event["type"] for event in ours} >= {"order.pending", "order.succeeded"}, "the recharge's creation and success were delivered")
             step("hostile signature headers")
             headers, delivered = received[0]
             for hostile in ("t=\u00b2\u00b2,v1=" + "0" * 64, "t=" + "9" * 5000 + ",v1=" + "0" * 64, "t=1,v1=\u00e9" * 3, "", "v1=,t="):
-                check(not verify_webhook(self.secret, delivered, {"X-Clearing-Signature": hostile}), f"a hostile header is refused: {hostile[:40]!r}")
+                check(not verify_webhook(secret, delivered, {"X-Clearing-Signature": hostile}), f"a hostile header is refused: {hostile[:40]!r}")
             try:
-                verify_webhook(self.secret, delivered.decode(), headers)  # type: ignore[arg-type]
+                verify_webhook(secret, delivered.decode(), headers)  # type: ignore[arg-type]
                 check(False, "a text body is refused")
             except TypeError:
                 pass
-            step("a rotated secret's overlap")
-            rotated = httpx.post(
-                f"{self.url}/admin/platforms/{self.platform_id}/rotate-secret", json={}, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
-            )
-            check(rotated.status_code == 200, f"the secret is rotated ({rotated.status_code}: {rotated.text})")
-            new_secret = rotated.json()["secret"]
+            step("a rotated webhook secret's overlap")
+            rotated = self.sdk.call("rotate_webhook_secret", {"overlap_seconds": 3600, "from_version": reply.data["signing_secret_version"]})
+            check(rotated.status == 200 and rotated.data["previous_signing_secret_version"] == 1, "the webhook secret is rotated", rotated)
+            new_secret = rotated.data["signing_secret"]
             seen = len(received)
             recharge = {"out_order_no": "e2e-hook-r2", "account_id": account, "amount": "1.00", "currency": "CNY"}
             second = self.created("create_recharge", recharge).data["order_id"]
@@ -312,9 +314,9 @@ class Run:
             for headers, delivered in later:
                 check("X-Clearing-Signature-Previous" in headers, "a delivery during the overlap carries the previous secret's signature")
                 check(verify_webhook(new_secret, delivered, headers), "it verifies with the new secret")
-                check(verify_webhook(self.secret, delivered, headers), "and with the previous one, for a receiver not yet changed")
+                check(verify_webhook(secret, delivered, headers), "and with the previous one, for a receiver not yet changed")
                 current_only = {"X-Clearing-Signature": headers["X-Clearing-Signature"]}
-                check(not verify_webhook(self.secret, delivered, current_only), "the current header alone is the new secret's")
+                check(not verify_webhook(secret, delivered, current_only), "the current header alone is the new secret's")
             return {"deliveries": len(received), "order": order, "types": sorted({event["type"] for event in ours}), "rotated": len(later)}
         finally:
             receiver.shutdown()

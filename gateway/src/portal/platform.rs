@@ -1410,11 +1410,16 @@ async fn entries_ledger(
 
 async fn api_page(session: Session, platforms: PlatformsData, delivery: web::Data<crate::events::Delivery>) -> Result<HttpResponse, PortalError> {
     let platform = own_platform(&session, &platforms)?;
-    Ok(render_api(&session, &platform, &delivery, None))
+    Ok(render_api(&session, &platforms, &platform, &delivery, None))
 }
 
-fn render_api(session: &Session, platform: &Platform, delivery: &crate::events::Delivery, flash: Option<(&str, &str)>) -> HttpResponse {
+fn render_api(session: &Session, platforms: &Platforms, platform: &Platform, delivery: &crate::events::Delivery, flash: Option<(&str, &str)>) -> HttpResponse {
     let attempts = delivery.recent(platform.id);
+    // The webhook's signing secret is shown to the platform's admins (who may set the URL and
+    // rotate it); it verifies deliveries and signs no request.
+    let signing_secret = platforms.webhook_signing_secret(platform).filter(|_| session.has(Role::Admin));
+    let now = crate::signed::unix_seconds();
+    let previous_signing = platform.previous_webhook_secret.filter(|previous| now < previous.valid_until);
     let body = html! {
         @if let Some((kind, text)) = flash { (notice(kind, text)) }
         section.card #webhook {
@@ -1423,12 +1428,32 @@ fn render_api(session: &Session, platform: &Platform, delivery: &crate::events::
                 dt { "Platform" } dd { (platform.public_id()) " · " (platform.name) }
                 dt { "URL" } dd #webhook-url { @match &platform.webhook_url { Some(url) => code { (url) }, None => span.muted { "not set: events are only listed" } } }
                 dt { "Signature header" } dd { code { "X-Clearing-Signature" } }
+                dt { "Signed with" } dd #webhook-signing {
+                    @if platform.webhook_secret_version == 0 {
+                        "the API secret (made before webhook secrets: rotate the webhook secret to give deliveries their own)"
+                    } @else {
+                        "webhook secret version " (platform.webhook_secret_version)
+                        @if let Some(secret) = &signing_secret { " · " code #webhook-secret { (secret) } }
+                    }
+                }
+                @if let Some(previous) = previous_signing {
+                    dt { "Previous" } dd {
+                        @if previous.version == 0 { "the API secret" } @else { "version " (previous.version) }
+                        " also signs until " (super::format_time(previous.valid_until))
+                    }
+                }
             }
             @if session.has(Role::Admin) {
                 form method="post" action="/portal/platform/api/webhook" {
                     (csrf_field(session))
                     label { "Webhook URL (https; blank removes it)" input name="url" value=(platform.webhook_url.clone().unwrap_or_default()); }
                     button type="submit" { "Save" }
+                }
+                form method="post" action="/portal/platform/api/webhook-secret" {
+                    (csrf_field(session))
+                    input type="hidden" name="from_version" value=(platform.webhook_secret_version);
+                    label { "Overlap in seconds (the secret in use keeps signing beside the new one; 0 ends it now)" input name="overlap_seconds" inputmode="numeric"; }
+                    button type="submit" { "Rotate the webhook secret" }
                 }
             }
         }
@@ -1499,7 +1524,7 @@ async fn set_webhook(
                 serde_json::json!({"url": updated.webhook_url}),
                 "ok",
             )?;
-            Ok(render_api(&session, &updated, &delivery, Some(("ok", "The webhook URL is saved."))))
+            Ok(render_api(&session, &platforms, &updated, &delivery, Some(("ok", "The webhook URL is saved."))))
         }
         Err(error) => {
             portal.audit.record(
@@ -1511,7 +1536,68 @@ async fn set_webhook(
                 serde_json::json!({"url": url}),
                 &format!("refused: {}", error.code),
             )?;
-            Ok(render_api(&session, &platform, &delivery, Some(("error", &refusal(&error)))))
+            Ok(render_api(&session, &platforms, &platform, &delivery, Some(("error", &refusal(&error)))))
+        }
+    }
+}
+
+/// The platform admin rotates the webhook's signing secret (audited as `webhook.secret_rotated`,
+/// the versions only: no secret is written to the audit log). From the version the page showed,
+/// so a form sent twice rotates once.
+async fn rotate_webhook_secret(
+    request: HttpRequest,
+    session: Session,
+    portal: PortalData,
+    platforms: PlatformsData,
+    delivery: web::Data<crate::events::Delivery>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
+    check_form(&request, &session, &form)?;
+    let platform = own_platform(&session, &platforms)?;
+    session.require(Role::Admin)?;
+    let number = |name: &'static str| -> Result<Option<u64>, crate::error::ApiError> {
+        form.opt(name)
+            .map(|text| text.trim().parse::<u64>().map_err(|_| crate::error::ApiError::invalid(&format!("{name} must be a whole number"), name)))
+            .transpose()
+    };
+    let before = serde_json::json!({"webhook_secret_version": platform.webhook_secret_version});
+    let parsed = number("overlap_seconds").and_then(|overlap| {
+        let from = number("from_version")?
+            .map(|from| u32::try_from(from).map_err(|_| crate::error::ApiError::invalid("from_version is too large", "from_version")))
+            .transpose()?;
+        Ok((overlap, from))
+    });
+    let (overlap, from) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) => return Ok(render_api(&session, &platforms, &platform, &delivery, Some(("error", &refusal(&error))))),
+    };
+    portal.audit.begin(
+        &session,
+        session.scope(),
+        "webhook.secret_rotated",
+        &platform.public_id(),
+        &serde_json::json!({"overlap_seconds": overlap, "from_version": from}),
+    )?;
+    let (shared, id, now) = (platforms.get_ref().clone(), platform.id, crate::signed::unix_seconds());
+    let result = crate::error::blocking(move || shared.rotate_webhook_secret(id, overlap, from, now)).await.and_then(|result| result);
+    match result {
+        Ok((updated, rotated)) => {
+            let after = serde_json::json!({"webhook_secret_version": updated.webhook_secret_version, "rotated": rotated});
+            portal.audit.record(&session, session.scope(), "webhook.secret_rotated", &platform.public_id(), before, after, "ok")?;
+            let text = if rotated { "The webhook secret is rotated: deploy the new one to your receiver." } else { "The webhook secret was rotated already." };
+            Ok(render_api(&session, &platforms, &updated, &delivery, Some(("ok", text))))
+        }
+        Err(error) => {
+            portal.audit.record(
+                &session,
+                session.scope(),
+                "webhook.secret_rotated",
+                &platform.public_id(),
+                before.clone(),
+                before,
+                &format!("refused: {}", error.code),
+            )?;
+            Ok(render_api(&session, &platforms, &platform, &delivery, Some(("error", &refusal(&error)))))
         }
     }
 }
@@ -1676,7 +1762,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/portal/platform/channels", web::get().to(channels_ledger))
         .route("/portal/platform/entries", web::get().to(entries_ledger))
         .route("/portal/platform/api", web::get().to(api_page))
-        .route("/portal/platform/api/webhook", web::post().to(set_webhook));
+        .route("/portal/platform/api/webhook", web::post().to(set_webhook))
+        .route("/portal/platform/api/webhook-secret", web::post().to(rotate_webhook_secret));
 }
 
 #[cfg(test)]

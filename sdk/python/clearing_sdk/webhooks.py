@@ -4,6 +4,9 @@ Each event is posted to the platform's webhook URL with::
 
     X-Clearing-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
 
+where ``secret`` is the webhook's signing secret (``signing_secret`` of ``GET /v1/webhook``, not
+the API secret; a platform made before webhook secrets uses its API secret until it rotates one)
+
 and, while a rotated secret's overlap lasts, the previous secret's signature in the same form in
 ``X-Clearing-Signature-Previous`` (for a receiver that has not deployed the new secret yet).
 ``verify_webhook`` checks either header against the receiver's secret over the exact body bytes
@@ -67,7 +70,7 @@ def verify_webhook(
     case); ``body`` the exact bytes received, before any JSON parsing.
     """
     if not secret:
-        raise ValueError("the platform's secret is needed")
+        raise ValueError("the webhook's signing secret is needed")
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise TypeError("body must be the exact bytes received (not text, not parsed JSON)")
     body = bytes(body)
