@@ -339,10 +339,11 @@ fn deliveries_are_signed_with_the_webhook_secret_and_its_rotation_overlaps() {
     assert_eq!((status, webhook["signing_secret_version"].as_u64(), webhook["previous_signing_secret_version"].as_u64()), (200, Some(2), Some(1)), "{webhook}");
     let second = webhook["signing_secret"].as_str().expect("the new webhook secret").to_string();
     assert_ne!(second, first);
-    assert!(webhook["previous_signs_until"].is_string(), "{webhook}");
+    assert!(webhook["previous_signs_until"].is_string() && webhook["rotated"] == true, "{webhook}");
     // Repeated (its answer lost): the same secret, not a second rotation; a stale version 409.
     let (status, _, again) = a.post("/v1/webhook/rotate-secret", &body);
     assert_eq!((status, again["signing_secret"].as_str(), again["previous_signing_secret_version"].as_u64()), (200, Some(second.as_str()), Some(1)), "{again}");
+    assert_eq!(again["rotated"], false, "{again}");
     let (status, _, stale) = a.post("/v1/webhook/rotate-secret", &json!({"from_version": 0}));
     assert_eq!((status, stale["error"]["code"].as_str()), (409, Some("idempotency_conflict")), "{stale}");
     let (status, _, bad) = a.post("/v1/webhook/rotate-secret", &json!({"overlap_seconds": 604801}));
@@ -407,15 +408,28 @@ fn a_platform_from_before_webhook_secrets_moves_off_its_api_secret() {
     freeze(&a, &account, "o-after");
     wait_until(10, || endpoint.distinct() == 6, || "the event after the move".to_string());
     last_signed(&own, Some(&secret));
+    // The API secret rotated during the overlap (as it should be after the move: the old one
+    // was on every receiver): the previous signature stays the API secret of the move, which
+    // the receivers not yet moved hold.
+    let request = ureq::post(&format!("{}/admin/platforms/{}/rotate-secret", server.base, platform))
+        .set("Authorization", &format!("Bearer {token}"))
+        .set("Content-Type", "application/json");
+    let rotated: serde_json::Value = support::answer(request.send_string("{\"overlap_seconds\": 0}"), "rotate").into_json().unwrap();
+    let new_api = rotated["secret"].as_str().expect("the new API secret").to_string();
+    drop(a);
+    let a = Client { server, platform: platform.clone(), secret: new_api.clone() };
+    freeze(&a, &account, "o-after-api");
+    wait_until(10, || endpoint.distinct() == 7, || "the event after the API rotation".to_string());
+    last_signed(&own, Some(&secret));
     drop(a);
     let mut running = running;
     running.0.take().expect("running").stop();
     let running = Running(Some(start_configured(dir.path(), token, &config)));
     let server = running.0.as_ref().unwrap();
-    let a = Client { server, platform, secret: secret.clone() };
+    let a = Client { server, platform, secret: new_api };
     assert_eq!(signing_secret(&a).as_deref(), Some(own.as_str()), "kept across a restart");
     freeze(&a, &account, "o-after-restart");
-    wait_until(10, || endpoint.distinct() == 7, || "the event after the restart".to_string());
+    wait_until(10, || endpoint.distinct() == 8, || "the event after the restart".to_string());
     last_signed(&own, Some(&secret));
     drop(a);
     let mut running = running;

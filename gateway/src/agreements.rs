@@ -876,6 +876,7 @@ mod tests {
             created_by: None,
             webhook_secret_version: 1,
             previous_webhook_secret: None,
+            previous_webhook_api_version: None,
         };
         assert!(agreements.require(&platform, 5, Purpose::OpenAccount).is_ok());
         assert!(agreements.require(&platform, 5, Purpose::BindCard).is_ok());

@@ -425,6 +425,7 @@ const REQUEST_SCHEMAS: &[&str] = &[
     "TransfersBody",
     "NewPlatform",
     "RotateSecret",
+    "RotateWebhookSecret",
     "RuleBody",
     "ReconcileBody",
     "SettlementBody",

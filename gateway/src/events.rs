@@ -2,8 +2,9 @@
 //! event. The shards keep them in order (`ShardState::order_changes`, rebuilt from the journal,
 //! so the journal is their durable outbox). Platforms list them at `GET /v1/events` and may set
 //! a webhook URL (`POST /v1/webhook`); delivery workers post each event there, signed like
-//! Stripe-Signature (`X-Clearing-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(platform
-//! secret, "t.body")>`), retried with exponential backoff, and remember per platform and shard
+//! Stripe-Signature (`X-Clearing-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(webhook
+//! signing secret, "t.body")>`; the API secret for a platform made before webhook secrets
+//! until it rotates one), retried with exponential backoff, and remember per platform and shard
 //! how far they have delivered (`d/<platform>/<shard>` in the store): at least once, in order per
 //! shard, also across restarts. While a rotation's overlap lasts, the previous secret's signature
 //! comes too, in `X-Clearing-Signature-Previous` (same form).
@@ -373,7 +374,12 @@ impl ureq::Resolver for CheckedResolver {
 pub async fn set_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>, delivery: web::Data<Delivery>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<WebhookBody>()?;
     let platform = set_webhook_url(&platforms, &delivery, signed.platform.id, body.url).await?;
-    Ok(HttpResponse::Ok().json(webhook_view(&platforms, &platform)))
+    Ok(secret_answer(webhook_view(&platforms, &platform)))
+}
+
+/// A 200 carrying a secret: never stored by a cache on the way.
+fn secret_answer(body: Value) -> HttpResponse {
+    HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(body)
 }
 
 /// What `/v1/webhook` answers: the URL, the signature header, and the secret that signs the
@@ -408,8 +414,12 @@ pub async fn rotate_webhook_secret(signed: Signed, platforms: web::Data<Arc<Plat
     let (id, now) = (signed.platform.id, crate::signed::unix_seconds());
     let shared = platforms.get_ref().clone();
     // The store write syncs to disk: off the async workers.
-    let (platform, _) = blocking(move || shared.rotate_webhook_secret(id, body.overlap_seconds, body.from_version, now)).await??;
-    Ok(HttpResponse::Ok().json(webhook_view(&platforms, &platform)))
+    let (platform, rotated) = blocking(move || shared.rotate_webhook_secret(id, body.overlap_seconds, body.from_version, now)).await??;
+    let mut view = webhook_view(&platforms, &platform);
+    // False: the secret was at `from_version + 1` already (this request's repeat, or another
+    // rotation from the same version), and nothing changed.
+    view["rotated"] = json!(rotated);
+    Ok(secret_answer(view))
 }
 
 /// Checks and sets (or with `None` removes) platform `id`'s webhook URL and schedules its
@@ -428,7 +438,7 @@ pub async fn set_webhook_url(platforms: &Arc<Platforms>, delivery: &Delivery, id
 #[utoipa::path(get, path = "/v1/webhook", tag = "events", responses((status = 200, description = "Success", body = Object), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[get("/v1/webhook")]
 pub async fn show_webhook(signed: Signed, platforms: web::Data<Arc<Platforms>>) -> HttpResponse {
-    HttpResponse::Ok().json(webhook_view(&platforms, &signed.platform))
+    secret_answer(webhook_view(&platforms, &signed.platform))
 }
 
 /// Registers the event routes.

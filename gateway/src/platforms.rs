@@ -64,6 +64,11 @@ pub struct Platform {
     /// one (in `X-Clearing-Signature-Previous`), and until when; version 0 is the API secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_webhook_secret: Option<PreviousSecret>,
+    /// When `previous_webhook_secret` is the API secret (version 0): the API secret version that
+    /// signed deliveries at the move, so an API rotation during the overlap does not change the
+    /// previous signature to a secret no receiver holds (helper 120#2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_webhook_api_version: Option<u32>,
 }
 
 /// How long a repeated creation request (its `out_order_no`) answers with the platform's secret:
@@ -283,6 +288,7 @@ impl Platforms {
             created_by: request.created_by,
             webhook_secret_version: 1,
             previous_webhook_secret: None,
+            previous_webhook_api_version: None,
         };
         let record = serde_json::to_vec(&platform).expect("platforms serialize");
         self.store.write(&[(&store_key(id), &record)]).map_err(|e| ApiError::unavailable(e.to_string()))?;
@@ -379,7 +385,7 @@ impl Platforms {
 
     /// The secrets a webhook of `platform` is signed with at `now` (unix seconds): its current
     /// webhook secret, and the one before while the overlap after its rotation lasts (the API
-    /// secret, if that signed them before: the API secret current at delivery). A platform whose
+    /// secret, if that signed them before: its version at the move). A platform whose
     /// deliveries the API secret still signs (version 0): the current API secret, and the
     /// previous one while the overlap after a rotation lasts, so that a receiver
     /// still holding the previous secret keeps taking deliveries until it has deployed the new
@@ -390,7 +396,7 @@ impl Platforms {
             let mut secrets = vec![current];
             if let Some(previous) = platform.previous_webhook_secret.filter(|previous| now < previous.valid_until) {
                 secrets.push(match previous.version {
-                    0 => self.secret(platform),
+                    0 => self.master_key.platform_secret(platform.id, platform.previous_webhook_api_version.unwrap_or(platform.secret_version)),
                     version => self.master_key.webhook_secret(platform.id, version),
                 });
             }
@@ -437,9 +443,10 @@ impl Platforms {
                 }
                 None => {}
             }
-            let next = current.checked_add(1).ok_or_else(|| ApiError::invalid("this platform's webhook secret was rotated too often", "from_version"))?;
+            let next = current.checked_add(1).ok_or_else(|| ApiError::invalid("this platform's webhook secret was rotated too often", "overlap_seconds"))?;
             // `overlap` is at most a week: no overflow.
             platform.previous_webhook_secret = (overlap > 0).then_some(PreviousSecret { version: current, valid_until: now.saturating_add(overlap as i64) });
+            platform.previous_webhook_api_version = (overlap > 0 && current == 0).then_some(platform.secret_version);
             platform.webhook_secret_version = next;
             Ok(())
         })?;
@@ -655,8 +662,13 @@ mod tests {
         let own = platforms.webhook_signing_secret(&moved).expect("a webhook secret");
         assert_eq!(platforms.webhook_secrets(&moved, now + 3_599), vec![own.clone(), api.clone()]);
         assert_eq!(platforms.webhook_secrets(&moved, now + 3_600), vec![own.clone()]);
+        // The API secret rotated during the overlap: the previous signature stays the one the
+        // receivers hold (the API secret of the move), not the new API secret.
+        let (after_api, new_api) = platforms.rotate_secret(platform.id, RotateSecret::default(), now + 10).expect("API rotation");
+        assert_ne!(new_api, api);
+        assert_eq!(platforms.webhook_secrets(&after_api, now + 11), vec![own.clone(), api.clone()]);
         let reloaded = Platforms::load(store, MasterKey::from_bytes([3; 32])).expect("reload");
         let stored = reloaded.get(platform.id).expect("platform");
-        assert_eq!(reloaded.webhook_secrets(&stored, now + 1), vec![own, api]);
+        assert_eq!(reloaded.webhook_secrets(&stored, now + 11), vec![own, api]);
     }
 }

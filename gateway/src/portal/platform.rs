@@ -1430,7 +1430,7 @@ fn render_api(session: &Session, platforms: &Platforms, platform: &Platform, del
                 dt { "Signature header" } dd { code { "X-Clearing-Signature" } }
                 dt { "Signed with" } dd #webhook-signing {
                     @if platform.webhook_secret_version == 0 {
-                        "the API secret (made before webhook secrets: rotate the webhook secret to give deliveries their own)"
+                        "the API secret (made before webhook secrets: rotate the webhook secret to give deliveries their own, then propose a rotation of the API secret, which your receivers hold)"
                     } @else {
                         "webhook secret version " (platform.webhook_secret_version)
                         @if let Some(secret) = &signing_secret { " · " code #webhook-secret { (secret) } }

@@ -5,8 +5,7 @@ Each event is posted to the platform's webhook URL with::
     X-Clearing-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
 
 where ``secret`` is the webhook's signing secret (``signing_secret`` of ``GET /v1/webhook``, not
-the API secret; a platform made before webhook secrets uses its API secret until it rotates one)
-
+the API secret; a platform made before webhook secrets uses its API secret until it rotates one),
 and, while a rotated secret's overlap lasts, the previous secret's signature in the same form in
 ``X-Clearing-Signature-Previous`` (for a receiver that has not deployed the new secret yet).
 ``verify_webhook`` checks either header against the receiver's secret over the exact body bytes
