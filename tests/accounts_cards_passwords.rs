@@ -54,6 +54,39 @@ fn payment_passwords_are_checked_and_five_wrong_lock_payments() {
     server.stop();
 }
 
+/// A payment the ledger refused (`insufficient_funds`, kept with its number) repeated after the
+/// payer changed the password is answered its kept refusal, whatever password it carries, and
+/// counts no try: it was answered `invalid_payment_password` and counted (helper 122#2), so a
+/// platform's retries could lock its member out over a payment that moved nothing.
+#[test]
+fn a_refused_payments_repeat_is_its_kept_refusal_whatever_the_password_says_now() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "money-token-4k-0123456789abcdef0123456789abcdef";
+    let server = start_configured(dir.path(), token, &config_with(FAST_BANK));
+    let p = Client::create(&server, token, "{\"name\": \"Strict\", \"require_payment_password\": true}");
+    let a = p.account(&p.member("m-a", "Zhang San"));
+    let b = p.account(&p.member("m-b", "Li Si"));
+    p.fund(&a, "5.00", "r-1");
+    assert_eq!(p.post(&format!("/v1/accounts/{a}/password"), &json!({"password": "123456"})).0, 200);
+    let pay = |number: &str, amount: &str, password: &str| {
+        let body = json!({"out_order_no": number, "payer_account_id": a, "mode": "balance", "amount": amount, "currency": "CNY", "payees": [{"account_id": b, "amount": amount}], "payment_password": password});
+        p.post("/v1/payments", &body)
+    };
+    let first = pay("k1", "10.00", "123456");
+    assert_eq!((error_of(&first), first.1), ((422, Some("insufficient_funds")), false), "{}", first.2);
+    assert_eq!(p.post(&format!("/v1/accounts/{a}/password"), &json!({"password": "654321"})).0, 200);
+    for _ in 0..6 {
+        let again = pay("k1", "10.00", "123456");
+        assert_eq!((error_of(&again), again.1), ((422, Some("insufficient_funds")), true), "{}", again.2);
+        assert_eq!(again.2, first.2, "the same body");
+    }
+    assert_eq!(error_of(&pay("k1", "9.00", "654321")), (409, Some("idempotency_conflict")));
+    // No try was counted: the payer pays with the new password.
+    assert_eq!(pay("k2", "1.00", "654321").0, 201);
+    assert_eq!(p.balances(&a).0, "4.00");
+    server.stop();
+}
+
 /// A platform that requires payment passwords names another platform's account as the payer
 /// with wrong passwords, one payment, a batch and a bulk request at a time: each is refused as
 /// any unknown account is (no hint whether it has a password), and the account is not locked.

@@ -102,7 +102,7 @@ fn variant_index(command: &Command) -> usize {
 /// (shard, sequence, timestamp, envelope count), one envelope per `Command` variant, the entries
 /// and the postings. Regenerate only for a deliberate format change (see `FORMAT_RULES`).
 const GOLDEN: &[(&str, &str)] = &[
-    ("version", "05"),
+    ("version", "06"),
     ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d923"),
     ("Genesis", "070000010202434e59024a505900fb00e1"),
     ("OpenAccount", "070001fbe90300fbe803fbd007fb5802fbb004"),
@@ -141,7 +141,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("AutoConfirmStep", "07002201fd00401e18240a0600fb2c01fb001020"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
-    ("hash", "2ea2bf4ddc3e6c84c1d8ed7fba265e4f0127294c97635023d70aa466e3cd46ab"),
+    ("hash", "4d2540077f2ab6a332131e74253f490c0248a48b80f472076c171c1550e18805"),
 ];
 
 const SHARD: u16 = 1;

@@ -680,6 +680,40 @@ fn idempotency_replays_and_conflicts() {
     assert_eq!(state.account(a).unwrap().total(), 100);
 }
 
+/// A refund sent while the payment's credit is still on its way to the payee's shard is refused
+/// `OrderNotFound` there (no income yet), and its number keeps nothing (journal format 6): the
+/// repeat, once the credit has landed, is refunded. Under format 5 the refusal was kept and
+/// every repeat answered 404 for good (helper 122#1); batches of format 5 replay so.
+#[test]
+fn a_refund_before_its_payments_credit_landed_can_be_repeated() {
+    let mut s0 = shard(0, 2);
+    let mut s1 = shard(1, 2);
+    let (mut fx0, mut fx1) = (Effects::default(), Effects::default());
+    let run = |state: &mut ShardState, fx: &mut Effects, command: Command| state.apply(&Envelope { platform: P, out_order_no: None, command }, T0, fx);
+    let payer = AccountId(run(&mut s0, &mut fx0, Command::OpenAccount { owner: 1, currency: CNY, limits: Limits::NONE }).id);
+    let payee = AccountId(run(&mut s1, &mut fx1, Command::OpenAccount { owner: 2, currency: CNY, limits: Limits::NONE }).id);
+    run(&mut s0, &mut fx0, Command::Recharge { account: payer, currency: CNY, amount: 1_000, channel: 1 });
+    let payment = OrderId(run(&mut s0, &mut fx0, pay(payer, 700, &[(payee, 700)], &[])).id);
+    let refund =
+        |number: &str| Envelope { platform: P, out_order_no: Some(OutOrderNo::new(number).unwrap()), command: Command::Refund { payment, payee, amount: 200 } };
+    // The credit is still in shard 0's outbox: the payee's shard has no income of the payment.
+    let early = s1.apply(&refund("refund-1"), T0, &mut fx1);
+    assert_eq!((early.code, early.replayed), (ResultCode::OrderNotFound, false));
+    let mut replies = Vec::new();
+    s1.apply_all_as(5, &[refund("refund-5")], None, T0, &mut fx1, &mut replies);
+    assert_eq!(replies[0].code, ResultCode::OrderNotFound);
+    let credit = *s0.outboxes[1].pending.front().expect("the payment's credit");
+    assert!(s1.apply(&Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(credit) }, T0, &mut fx1).is_ok());
+    let again = s1.apply(&refund("refund-1"), T0, &mut fx1);
+    assert!(again.is_ok() && !again.replayed, "the repeat runs and refunds: {again:?}");
+    assert_eq!(s1.account(payee).unwrap().unsettled, 500);
+    // A batch of format 5 kept it: its repeat is the kept 404, as that build answered.
+    replies.clear();
+    s1.apply_all_as(5, &[refund("refund-5")], None, T0, &mut fx1, &mut replies);
+    assert_eq!((replies[0].code, replies[0].replayed), (ResultCode::OrderNotFound, true));
+    assert_eq!(s1.account(payee).unwrap().unsettled, 500, "nothing more moved");
+}
+
 #[test]
 fn cross_shard_credit_is_applied_exactly_once() {
     let mut s0 = shard(0, 2);
@@ -828,11 +862,24 @@ fn settlement_charges_tiered_commission_split_exactly_among_receivers() {
     w.run_as(P, Command::Settle { through_day: day0 + 2, rule: tiered(day0 + 2) });
     let row = *w.state.settled.iter().last().unwrap();
     assert_eq!((row.period_measure, row.rate_ppm, row.commission), (200, 6_000, 1));
-    // Receivers' own income pays no commission; the commission rows add up per receiver.
+    // Receivers' own income pays no commission, but the service fee as every account of the
+    // platform does (journal format 6: it paid none before, helper 121#1): 0.1 % of 10,000;
+    // the commission rows add up per receiver.
     w.ok(pay(payer, 10_000, &[(platform_account, 10_000)], &[]));
     w.now += DAY;
+    let fees_before = w.state.account(fee_income).unwrap().total();
     w.run_as(P, Command::Settle { through_day: day0 + 3, rule: tiered(day0 + 2) });
-    assert_eq!(w.state.settled.iter().last().unwrap().commission, 0);
+    let row = *w.state.settled.iter().last().unwrap();
+    assert_eq!((row.account, row.commission, row.service_fee), (platform_account, 0, 10));
+    assert_eq!(w.state.account(fee_income).unwrap().total(), fees_before + 10);
+    // Under format 5 (a batch an earlier build wrote, replayed) a receiver paid no fee either.
+    w.ok(pay(payer, 10_000, &[(agent, 10_000)], &[]));
+    w.now += DAY;
+    let mut replies = Vec::new();
+    let old = Envelope { platform: P, out_order_no: None, command: Command::Settle { through_day: day0 + 4, rule: tiered(day0 + 2) } };
+    w.state.apply_all_as(5, &[old], None, w.now, &mut w.fx, &mut replies);
+    let row = *w.state.settled.iter().last().unwrap();
+    assert_eq!((row.account, row.commission, row.service_fee), (agent, 0, 0));
     let paid: Minor = w.state.commissions.iter().map(|c| c.amount).sum();
     let charged: Minor = w.state.settled.iter().map(|r| r.commission).sum();
     assert_eq!(paid, charged);

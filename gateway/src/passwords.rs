@@ -295,12 +295,14 @@ pub async fn check_for_payment(
         Command::Payment { payer, .. } | Command::BatchPayment { payer, .. } => *payer,
         _ => return Ok(()),
     };
-    // A number the engine holds an order under is answered by the engine, whatever the password
-    // says now: a repeat of the accepted payment with its original response (API.md), another
+    // A number the engine holds a record under is answered by the engine, whatever the password
+    // says now: a repeat of the accepted payment with its original response (API.md), of a
+    // refused one with its kept refusal (helper 122#2: it was answered
+    // `invalid_payment_password` after a password change, and a wrong try counted), another
     // body with 409. The payer may have been locked or changed the password since, and a
     // platform told 422 for a payment that moved money would charge again (helper 110). Nothing
     // moves either way, so nothing is checked and no try is counted.
-    if crate::recharges::order_held(engine, envelope).await? {
+    if crate::recharges::number_recorded(engine, envelope).await? {
         return Ok(());
     }
     let (engine, passwords, password, platform) = (engine.clone(), passwords.clone(), password.map(str::to_string), platform.id);

@@ -159,6 +159,15 @@ pub(crate) async fn order_held(engine: &Arc<Engine>, probe: &Envelope) -> Result
         .map_err(ApiError::from)
 }
 
+/// Whether the engine holds any record under `probe`'s order number: an order, or a refusal the
+/// number keeps. Either way the engine answers a repeat itself (the replay, or 409 for other
+/// content) and nothing moves.
+pub(crate) async fn number_recorded(engine: &Arc<Engine>, probe: &Envelope) -> Result<bool, ApiError> {
+    let (Some(key), Some(account)) = (engine::ledger::command::own_key(probe), probe.command.debited_account()) else { return Ok(false) };
+    let (reading, shard) = (engine.clone(), account.shard(engine.config().shard_count));
+    crate::error::blocking(move || reading.idempotency_record(shard, key)).await?.map(|record| record.is_some()).map_err(ApiError::from)
+}
+
 /// What the engine holds of `envelope`'s order number: `None` if nothing; else the channel the
 /// held order went through (`None` inside when it is not a money-in order). A refusal the number
 /// keeps (journal format 5) names no order: its channel is the one among `channels` with which

@@ -495,7 +495,7 @@ impl ShardState {
                 // resend skipped, carries no order number.
                 let stored = Reply { code: ResultCode::Ok, id: reply.id, status: reply.status, replayed: false };
                 self.idempotency.insert(key, IdempotencyRecord { content, reply: stored });
-            } else if context.keeps_refusals() && reply.code.is_kept_refusal() {
+            } else if context.keeps_refusals() && (reply.code.is_kept_refusal() || (reply.code == ResultCode::OrderNotFound && context.keeps_not_found())) {
                 // A refusal the order number keeps (journal format 5 on): a repeat is answered
                 // the same refusal (`seen` above marks it a replay), other content is a
                 // conflict. Nothing else of the refused command is kept.
@@ -1318,6 +1318,20 @@ impl Context {
     /// repeat ran again and could succeed where the first attempt was refused).
     pub(crate) fn keeps_refusals(&self) -> bool {
         self.version >= 5
+    }
+
+    /// Journal format 5 only: `OrderNotFound` is kept too. From format 6 it is not
+    /// (`ResultCode::is_kept_refusal`): a refund on the payee's shard before the payment's
+    /// credit arrived was answered 404 for good, and every repeat replayed it (helper 122#1).
+    pub(crate) fn keeps_not_found(&self) -> bool {
+        self.version == 5
+    }
+
+    /// Journal format 6 on: a receiver of the settlement rule's commission pays the service fee
+    /// on its own maturing income, as the rule says of every account of the platform (before,
+    /// naming an account a receiver exempted it from the fee too; helper 121#1).
+    pub(crate) fn charges_receivers_service_fee(&self) -> bool {
+        self.version >= 6
     }
 }
 

@@ -108,8 +108,12 @@ fn mature(state: &mut ShardState, context: &Context, through_day: u32, rule: Opt
             commission: 0,
             service_fee: 0,
         };
-        // A receiver of the rule does not pay commission to itself (nor to its co-receivers).
-        if let Some(rule) = rule.filter(|r| r.currency == currency && !r.receivers.iter().any(|x| x.account == account)) {
+        // A receiver of the rule does not pay commission to itself (nor to its co-receivers);
+        // since journal format 6 it pays the operator's service fee as every other account of
+        // the platform does (before, naming an account a receiver exempted it: helper 121#1).
+        let rule = rule.filter(|r| r.currency == currency);
+        let receiver = rule.is_some_and(|r| r.receivers.iter().any(|x| x.account == account));
+        if let Some(rule) = rule.filter(|_| !receiver) {
             let total = state.period_totals.entry(account).or_default();
             if total.period_start != rule.period_start {
                 *total = PeriodTotal { period_start: rule.period_start, ..PeriodTotal::default() };
@@ -123,8 +127,6 @@ fn mature(state: &mut ShardState, context: &Context, through_day: u32, rule: Opt
             };
             row.rate_ppm = rule.rate_at(row.period_measure);
             row.commission = apply_rate(due, row.rate_ppm);
-            // Each charge rounds half up on its own; together they never exceed what matured.
-            row.service_fee = apply_rate(due, rule.service_fee_ppm).min(due - row.commission);
             if row.commission > 0 {
                 split_proportionally(row.commission, &weights, &mut parts);
                 state.begin_entry(fx, NO_ORDER, EntryKind::Commission, currency);
@@ -140,6 +142,10 @@ fn mature(state: &mut ShardState, context: &Context, through_day: u32, rule: Opt
                 }
                 state.end_entry(fx);
             }
+        }
+        if let Some(rule) = rule.filter(|_| !receiver || context.charges_receivers_service_fee()) {
+            // Each charge rounds half up on its own; together they never exceed what matured.
+            row.service_fee = apply_rate(due, rule.service_fee_ppm).min(due - row.commission);
             if row.service_fee > 0 {
                 let income = state.system_account(SystemRole::FeeIncome, currency);
                 state.begin_entry(fx, NO_ORDER, EntryKind::ServiceFee, currency);
