@@ -168,6 +168,24 @@ fn settlement_charges_tiered_commissions_over_several_days_and_platforms_exactly
     assert_eq!(admin_request(&server, "GET", &rule_path(&a), token, None).0, 404);
     let (status, shown) = admin_request(&server, "PUT", &rule_path(&a), token, Some(&good_a));
     assert_eq!((status, shown["tiers"][1]["from"].as_str(), shown["tiers"][1]["rate"].as_str()), (200, Some("1000.00"), Some("0.004")), "{shown}");
+    // A receiver the rule names is neither closed by its platform nor credit-blocked by the
+    // operator (its commission would go to suspense, one case per merchant each night: helper
+    // 121#2); a debit block is fine. A credit-blocked account is no receiver of a new rule.
+    let closing = a.post(&format!("/v1/accounts/{agent}/close"), &json!({"out_order_no": "close-agent"}));
+    assert_eq!(error_of(&closing), (422, Some("account_is_commission_receiver")), "{:?}", closing);
+    let status_path = format!("/admin/accounts/{agent}/status");
+    let blocked = admin_request(&server, "POST", &status_path, token, Some(&json!({"status": "credit_blocked"})));
+    assert_eq!((blocked.0, blocked.1["error"]["code"].as_str()), (422, Some("account_is_commission_receiver")), "{}", blocked.1);
+    for status in ["debit_blocked", "normal"] {
+        assert_eq!(admin_request(&server, "POST", &status_path, token, Some(&json!({"status": status}))).0, 200);
+    }
+    let spare = a.account(&a.member("spare", "Spare Account"));
+    assert_eq!(admin_request(&server, "POST", &format!("/admin/accounts/{spare}/status"), token, Some(&json!({"status": "credit_blocked"}))).0, 200);
+    let mut naming_blocked = good_a.clone();
+    naming_blocked["receivers"] = json!([{"account_id": spare, "share": 1}]);
+    let (status, refused) = admin_request(&server, "PUT", &rule_path(&a), token, Some(&naming_blocked));
+    assert_eq!((status, refused["error"]["param"].as_str()), (400, Some("receivers")), "{refused}");
+    assert_eq!(a.post(&format!("/v1/accounts/{spare}/close"), &json!({"out_order_no": "close-spare"})).0, 200, "not a receiver: closed");
     let good_b = json!({"currency": "CNY", "basis": "count", "period": "month", "tiers": [{"from": "0", "rate": "0.01"}, {"from": "3", "rate": "0.005"}],
         "receivers": [{"account_id": b_platform, "share": 1}], "service_fee_rate": "0.001"});
     assert_eq!(admin_request(&server, "PUT", &rule_path(&b), token, Some(&good_b)).0, 200);

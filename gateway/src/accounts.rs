@@ -265,7 +265,7 @@ pub async fn close_account(signed: Signed, path: web::Path<String>, engine: web:
     let body = signed.json::<CloseBody>()?;
     crate::ids::out_order_no(&body.out_order_no, "out_order_no")?;
     let id = parse_account_id(&path).ok_or_else(ApiError::not_found)?;
-    let reply = close(&engine, signed.platform.id, id, &body.out_order_no).await?;
+    let reply = close(&engine, &signed.platform, id, &body.out_order_no).await?;
     let mut response = HttpResponse::Ok();
     if reply.replayed {
         response.insert_header(("Idempotent-Replay", "true"));
@@ -274,15 +274,33 @@ pub async fn close_account(signed: Signed, path: web::Path<String>, engine: web:
 }
 
 /// Closes account `id` of `platform` (its balances must all be zero); the API and the pages
-/// share it. A refusal is the API error of its result code.
-pub async fn close(engine: &Engine, platform: u32, id: AccountId, out_order_no: &str) -> Result<Reply, ApiError> {
+/// share it. A refusal is the API error of its result code. An account the platform's
+/// settlement rule names as a commission receiver is not closed (422
+/// `account_is_commission_receiver`): every merchant's part of the commission would go to
+/// suspense each night, one operator's case each (helper 121#2); the operator changes the rule
+/// first.
+pub async fn close(engine: &Engine, platform: &crate::platforms::Platform, id: AccountId, out_order_no: &str) -> Result<Reply, ApiError> {
     let number = crate::ids::out_order_no(out_order_no, "out_order_no")?;
+    if names_as_receiver(platform, id) {
+        return Err(receiver_refusal());
+    }
     let command = Command::CloseAccount { account: id };
-    let reply = execute(engine, Envelope { platform, out_order_no: Some(number), command }).await?;
+    let reply = execute(engine, Envelope { platform: platform.id, out_order_no: Some(number), command }).await?;
     if !reply.is_ok() {
         return Err(crate::error::refused(&reply));
     }
     Ok(reply)
+}
+
+/// Whether `platform`'s settlement rule names `account` as a commission receiver.
+pub fn names_as_receiver(platform: &crate::platforms::Platform, account: AccountId) -> bool {
+    platform.settlement_rule.as_ref().is_some_and(|rule| rule.receivers.iter().any(|(receiver, _)| *receiver == account.0))
+}
+
+/// The refusal to close or credit-block a commission receiver.
+pub fn receiver_refusal() -> ApiError {
+    let message = "the platform's settlement rule names this account as a commission receiver: change the rule first (its commission would go to suspense)";
+    ApiError::new(422, "account_is_commission_receiver", message)
 }
 
 /// Registers the account routes.

@@ -400,6 +400,7 @@ pub async fn set_account_status(
     body: web::Bytes,
     token: web::Data<AdminToken>,
     engine: web::Data<Arc<Engine>>,
+    platforms: web::Data<Arc<crate::platforms::Platforms>>,
 ) -> Result<HttpResponse, ApiError> {
     token.check(&request)?;
     let body: StatusBody = crate::signed::parse_json(&body)?;
@@ -410,6 +411,15 @@ pub async fn set_account_status(
         "credit_blocked" => engine::ledger::types::AccountStatus::CreditBlocked,
         _ => return Err(ApiError::invalid("status is normal, debit_blocked or credit_blocked", "status")),
     };
+    if status == engine::ledger::types::AccountStatus::CreditBlocked {
+        // A commission receiver of its platform's rule is not credit-blocked (its commission
+        // would go to suspense, one case per merchant each night: helper 121#2).
+        let (reading, shard) = (engine.get_ref().clone(), account.shard(engine.config().shard_count));
+        let owner = blocking(move || reading.read_shard(shard, move |state| state.account(account).map(|a| a.platform))).await??;
+        if owner.and_then(|owner| platforms.get(owner)).is_some_and(|platform| crate::accounts::names_as_receiver(&platform, account)) {
+            return Err(crate::accounts::receiver_refusal());
+        }
+    }
     let command = engine::ledger::command::Command::SetAccountStatus { account, status };
     let reply = crate::accounts::execute(&engine, engine::ledger::command::Envelope { platform: 0, out_order_no: None, command }).await?;
     if !reply.is_ok() {

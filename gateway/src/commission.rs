@@ -81,7 +81,10 @@ pub(crate) async fn validate(engine: &Arc<Engine>, platform: u32, body: RuleBody
         let account = crate::accounts::parse_account_id(&receiver.account_id).ok_or_else(|| ApiError::invalid("unknown receiver account", "receivers"))?;
         let found = receiver_account(engine, platform, account).await?;
         if found != Some(currency) {
-            return Err(ApiError::invalid("a receiver is an open account of this platform in the rule's currency", "receivers"));
+            return Err(ApiError::invalid(
+                "a receiver is an open account of this platform in the rule's currency that takes credits (not closed nor credit-blocked)",
+                "receivers",
+            ));
         }
         if !(1..=SHARE_MAX).contains(&receiver.share) {
             return Err(ApiError::invalid("a receiver's share is 1 to 1000000", "receivers"));
@@ -98,7 +101,8 @@ pub(crate) async fn validate(engine: &Arc<Engine>, platform: u32, body: RuleBody
     Ok(config)
 }
 
-/// The currency of `account` when it is an open customer account of `platform`.
+/// The currency of `account` when it is an open customer account of `platform` that takes
+/// credits (a closed or credit-blocked receiver would send its commission to suspense).
 async fn receiver_account(engine: &Arc<Engine>, platform: u32, account: AccountId) -> Result<Option<engine::money::CurrencyId>, ApiError> {
     let shard = account.shard(engine.config().shard_count);
     let engine = engine.clone();
@@ -106,7 +110,9 @@ async fn receiver_account(engine: &Arc<Engine>, platform: u32, account: AccountI
         engine.read_shard(shard, move |state| {
             state
                 .account(account)
-                .filter(|a| a.kind == AccountKind::Customer && a.platform == platform && a.status != AccountStatus::Closed)
+                .filter(|a| {
+                    a.kind == AccountKind::Customer && a.platform == platform && !matches!(a.status, AccountStatus::Closed | AccountStatus::CreditBlocked)
+                })
                 .map(|a| a.currency)
         })
     })

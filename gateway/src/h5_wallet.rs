@@ -729,12 +729,14 @@ pub async fn close(
     body: crate::h5::FormBody,
     sessions: web::Data<Arc<H5Sessions>>,
     engine: web::Data<Arc<Engine>>,
+    platforms: web::Data<Arc<Platforms>>,
 ) -> Result<HttpResponse, PageError> {
     let form = crate::h5::Form::parse(&body);
     let w = wallet(&request, &sessions, &engine, form.get("account")).await?;
     let form = checked_form(&body, &w.session)?;
     let locale = w.session.locale;
-    match crate::accounts::close(&engine, w.session.grant.platform, w.account, &crate::h5::members_order_no(&form, &w.session)?).await {
+    let platform = platforms.get(w.session.grant.platform).ok_or_else(|| PageError::new(404, "not_found", locale))?;
+    match crate::accounts::close(&engine, &platform, w.account, &crate::h5::members_order_no(&form, &w.session)?).await {
         Ok(_) => {
             let body = html! { (notice("ok", t(locale, "account_closed"))) @if let Some(url) = &w.session.grant.return_url { p { a.button.secondary href=(url) { (t(locale, "back_to_platform")) } } } };
             Ok(ok_page(page(locale, t(locale, "close_account"), body)))

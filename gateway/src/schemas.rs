@@ -6,7 +6,7 @@ use engine::result::ResultCode;
 use utoipa::ToSchema;
 
 /// Codes the gateway answers without the engine (authentication, validation, cards, ...).
-pub const GATEWAY_ERROR_CODES: [&str; 32] = [
+pub const GATEWAY_ERROR_CODES: [&str; 33] = [
     "invalid_request",
     "invalid_amount",
     "unauthenticated",
@@ -39,6 +39,7 @@ pub const GATEWAY_ERROR_CODES: [&str; 32] = [
     "agreement_required",
     "agreement_changed",
     "agreement_limit_reached",
+    "account_is_commission_receiver",
 ];
 
 /// Codes only the server's own failures produce (5xx).
