@@ -124,10 +124,8 @@ pub struct BatchRecord {
 /// an order number is kept as that number's record (`Context::keeps_refusals`), so a repeat is
 /// answered the same refusal and other content is a conflict (before, a repeat ran again).
 /// Batches of versions 2 to 4 replay under theirs.
-/// Version 6 (session 67) has version 5's bytes and two new rules: one refusal fewer is kept,
-/// `OrderNotFound` (a refund's payee shard answers it before the payment's credit has landed,
-/// so the number must stay free for the repeat; `Context::keeps_not_found`), and a receiver
-/// of the settlement rule's commission pays the service fee on its own income
+/// Version 6 (session 67) has version 5's bytes and one new rule: a receiver of the settlement
+/// rule's commission pays the service fee on its own income
 /// (`Context::charges_receivers_service_fee`). Batches of version 5 replay under theirs.
 pub const JOURNAL_FORMAT_VERSION: u8 = 6;
 

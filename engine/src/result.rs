@@ -161,17 +161,16 @@ impl ResultCode {
     /// (an acceptance, recorded anyway), nor `IdempotencyConflict` (answered from the record
     /// another command made), nor what says to try again or is ours (`Overloaded`,
     /// `ShardStopped`: never reached by a command the ledger applies; `InvalidFee`,
-    /// `NotRoutable`: a 500, mended by us, after which a retry must run), nor, since journal
-    /// format 6, `OrderNotFound`: a refund's payee shard answers it while the payment's credit
-    /// is still on its way from the payer's shard (the payment answered 201 before), so a
-    /// repeat must run again once it has landed (helper 122#1; format 5's batches keep it,
-    /// `Context::keeps_not_found`). The match names every code: a code added later must be
-    /// placed here, and keeping it changes what the journal's batches record, which needs a
-    /// format bump (helper 118#9).
+    /// `NotRoutable`: a 500, mended by us, after which a retry must run). A refund's payee
+    /// shard answers `OrderNotFound` (or `ExceedsRefundableAmount`) for good while the
+    /// payment's credit is still on its way to it: the gateway does not send a refund then
+    /// (`ShardState::credit_in_flight`, a 503 to repeat; helper 122#1). The match names every
+    /// code: a code added later must be placed here, and keeping it changes what journal
+    /// format 5's batches record, which needs a format bump (helper 118#9).
     pub fn is_kept_refusal(self) -> bool {
         use ResultCode::*;
         match self {
-            Ok | IdempotencyConflict | Overloaded | ShardStopped | InvalidFee | NotRoutable | OrderNotFound => false,
+            Ok | IdempotencyConflict | Overloaded | ShardStopped | InvalidFee | NotRoutable => false,
             InvalidAmount
             | AmountTooLarge
             | CurrencyUnknown
@@ -185,6 +184,7 @@ impl ResultCode {
             | InsufficientFunds
             | ExceedsPerOrderLimit
             | ExceedsDailyLimit
+            | OrderNotFound
             | OrderStateInvalid
             | ExceedsHeldAmount
             | ExceedsRefundableAmount

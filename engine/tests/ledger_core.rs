@@ -681,11 +681,13 @@ fn idempotency_replays_and_conflicts() {
 }
 
 /// A refund sent while the payment's credit is still on its way to the payee's shard is refused
-/// `OrderNotFound` there (no income yet), and its number keeps nothing (journal format 6): the
-/// repeat, once the credit has landed, is refunded. Under format 5 the refusal was kept and
-/// every repeat answered 404 for good (helper 122#1); batches of format 5 replay so.
+/// `OrderNotFound` there (no income yet), and the refusal is kept with its number: a late resend
+/// must not refund what the platform was told failed (and may have refunded under another
+/// number). So the payer's shard tells the gateway the credit is in flight
+/// (`credit_in_flight`), which answers such a refund 503 to repeat instead of sending it
+/// (helper 122#1); once the credit is acknowledged, it has landed and the refund goes through.
 #[test]
-fn a_refund_before_its_payments_credit_landed_can_be_repeated() {
+fn a_credit_in_flight_is_seen_until_acknowledged_and_a_refund_before_it_is_refused_for_good() {
     let mut s0 = shard(0, 2);
     let mut s1 = shard(1, 2);
     let (mut fx0, mut fx1) = (Effects::default(), Effects::default());
@@ -694,24 +696,22 @@ fn a_refund_before_its_payments_credit_landed_can_be_repeated() {
     let payee = AccountId(run(&mut s1, &mut fx1, Command::OpenAccount { owner: 2, currency: CNY, limits: Limits::NONE }).id);
     run(&mut s0, &mut fx0, Command::Recharge { account: payer, currency: CNY, amount: 1_000, channel: 1 });
     let payment = OrderId(run(&mut s0, &mut fx0, pay(payer, 700, &[(payee, 700)], &[])).id);
+    assert!(s0.credit_in_flight(payment, payee), "sent, not acknowledged");
+    assert!(!s0.credit_in_flight(payment, payer) && !s0.credit_in_flight(OrderId(payment.0 + 2), payee));
     let refund =
         |number: &str| Envelope { platform: P, out_order_no: Some(OutOrderNo::new(number).unwrap()), command: Command::Refund { payment, payee, amount: 200 } };
-    // The credit is still in shard 0's outbox: the payee's shard has no income of the payment.
+    // Sent anyway (what the gateway no longer does), it is refused for good.
     let early = s1.apply(&refund("refund-1"), T0, &mut fx1);
     assert_eq!((early.code, early.replayed), (ResultCode::OrderNotFound, false));
-    let mut replies = Vec::new();
-    s1.apply_all_as(5, &[refund("refund-5")], None, T0, &mut fx1, &mut replies);
-    assert_eq!(replies[0].code, ResultCode::OrderNotFound);
     let credit = *s0.outboxes[1].pending.front().expect("the payment's credit");
     assert!(s1.apply(&Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(credit) }, T0, &mut fx1).is_ok());
+    assert!(s0.credit_in_flight(payment, payee), "applied there, not yet acknowledged here: still counted in flight");
+    s0.apply(&Envelope { platform: 0, out_order_no: None, command: Command::Acknowledge { target: 1, sequence: credit.sequence } }, T0, &mut fx0);
+    assert!(!s0.credit_in_flight(payment, payee));
     let again = s1.apply(&refund("refund-1"), T0, &mut fx1);
-    assert!(again.is_ok() && !again.replayed, "the repeat runs and refunds: {again:?}");
+    assert_eq!((again.code, again.replayed), (ResultCode::OrderNotFound, true), "the kept refusal");
+    assert!(s1.apply(&refund("refund-2"), T0, &mut fx1).is_ok(), "a refund sent once the credit landed");
     assert_eq!(s1.account(payee).unwrap().unsettled, 500);
-    // A batch of format 5 kept it: its repeat is the kept 404, as that build answered.
-    replies.clear();
-    s1.apply_all_as(5, &[refund("refund-5")], None, T0, &mut fx1, &mut replies);
-    assert_eq!((replies[0].code, replies[0].replayed), (ResultCode::OrderNotFound, true));
-    assert_eq!(s1.account(payee).unwrap().unsettled, 500, "nothing more moved");
 }
 
 #[test]

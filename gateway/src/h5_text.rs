@@ -166,6 +166,12 @@ pub fn error_text(locale: Locale, code: &str, message: &str) -> String {
         ("platform_suspended", "该平台已暂停服务", "This platform is suspended"),
         ("identity_locked", "身份信息错误次数过多，请明天再试", "Too many wrong identity answers; try again tomorrow"),
         ("not_found", "未找到", "Not found"),
+        (
+            "account_is_commission_receiver",
+            "该账户为平台分佣收款账户，暂不能注销，请联系平台",
+            "This account receives the platform's commission and cannot be closed now: contact the platform",
+        ),
+        ("account_not_empty", "账户仍有余额，不能注销", "The account still holds funds and cannot be closed"),
     ];
     match known.iter().find(|(k, ..)| *k == code) {
         Some((_, zh, _)) if locale == Locale::ZhCn => zh.to_string(),

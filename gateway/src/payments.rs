@@ -233,13 +233,15 @@ pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &Re
     let payment = parse_order_id(&body.payment_order_id).ok_or(ApiError { param: Some("payment_order_id".into()), ..ApiError::not_found() })?;
     let found = read_order(engine, platform.id, payment, |state, order| {
         let receivers: Vec<_> = match &order.detail {
-            OrderDetail::Payment { held, .. } => held.iter().map(|l| (l.account, l.released)).collect(),
+            OrderDetail::Payment { held, .. } => held.iter().map(|l| (l.account, l.released, state.credit_in_flight(order.id, l.account))).collect(),
             _ => Vec::new(),
         };
         (state.currencies[order.currency.0 as usize], receivers)
     })
     .await?;
     let (spec, receivers) = found.ok_or(ApiError { param: Some("payment_order_id".into()), ..ApiError::not_found() })?;
+    let in_flight: Vec<_> = receivers.iter().filter(|(_, _, in_flight)| *in_flight).map(|(account, _, _)| *account).collect();
+    let receivers: Vec<_> = receivers.into_iter().map(|(account, released, _)| (account, released)).collect();
     if receivers.is_empty() {
         return Err(ApiError { param: Some("payment_order_id".into()), ..ApiError::not_found() });
     }
@@ -262,6 +264,14 @@ pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &Re
             ..ApiError::new(422, "exceeds_refundable_amount", "nothing was released to this payee to refund")
         });
     }
+    // A credit of the payment to this payee is still on its way to the payee's shard (the
+    // payment, or a confirm, was answered before it landed): the payee's shard would refuse the
+    // refund for good (no income yet, or not all of it), a refusal its number keeps (helper
+    // 122#1-2). Not sent before it lands: waited for (milliseconds, normally), else 503 to
+    // repeat with the same number.
+    if in_flight.contains(&payee) {
+        wait_for_credit(engine, platform.id, payment, payee).await?;
+    }
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no);
     view.value("kind", &"refund");
@@ -271,6 +281,33 @@ pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &Re
     view.value("payee_account_id", &crate::accounts::public_account_id(payee));
     let command = Command::Refund { payment, payee, amount: refund };
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, true))
+}
+
+/// How long a refund waits for its payment's credit to reach the payee's shard.
+const CREDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits until no credit of `payment` to `payee` is in the payer's shard's outbox
+/// (`ShardState::credit_in_flight`: acknowledged, so applied by the payee's shard), at most
+/// `CREDIT_WAIT`; then 503 `unavailable` with `Retry-After`, to repeat with the same number.
+async fn wait_for_credit(
+    engine: &Arc<Engine>,
+    platform: u32,
+    payment: engine::ledger::types::OrderId,
+    payee: engine::ledger::types::AccountId,
+) -> Result<(), ApiError> {
+    let deadline = std::time::Instant::now() + CREDIT_WAIT;
+    loop {
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(2)).await;
+        let in_flight = read_order(engine, platform, payment, move |state, order| state.credit_in_flight(order.id, payee)).await?;
+        if in_flight != Some(true) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let message =
+                "the payment's credit to this payee is still on its way to the payee's account: repeat this refund with the same out_order_no shortly";
+            return Err(ApiError { retry_after_seconds: Some(1), ..ApiError::unavailable(message.to_string()) });
+        }
+    }
 }
 
 /// `POST /v1/freezes`.
@@ -487,4 +524,66 @@ pub async fn release(signed: Signed, path: web::Path<String>, engine: web::Data<
 /// Registers the money-movement routes.
 pub fn routes(config: &mut web::ServiceConfig) {
     config.service(create_payment).service(create_batch).service(confirm).service(cancel).service(create_refund).service(create_freeze).service(release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::ledger::types::{AccountId, Limits, OrderId};
+    use engine::money::CurrencyId;
+    use std::sync::mpsc;
+
+    /// A refund whose payment's credit is still on its way to the payee's shard is not sent
+    /// (the payee's shard would refuse it for good, a refusal its number keeps: helper 122#1):
+    /// it waits for the credit, then answers 503 to repeat; once the credit landed it goes on.
+    /// The payee's shard is held by a read that waits, so the credit cannot land meanwhile.
+    #[actix_web::test]
+    async fn a_refund_waits_for_its_payments_credit_and_is_not_sent_before() {
+        let store: Arc<dyn storage::Store> = Arc::new(storage::MemoryStore::new());
+        let engine =
+            Arc::new(Engine::start(engine::EngineConfig { shard_count: 2, ack_flush_ms: 1, ..engine::EngineConfig::default() }, store.clone()).unwrap());
+        let platforms = crate::platforms::Platforms::load(store, crate::secrets::MasterKey::from_bytes([3; 32])).unwrap();
+        let (platform, _, _) = platforms.create(crate::platforms::NewPlatform { name: "P".into(), ..crate::platforms::NewPlatform::default() }).unwrap();
+        let run = |command| engine.execute_one(Envelope { platform: platform.id, out_order_no: None, command }).unwrap();
+        let accounts: Vec<AccountId> =
+            (0..16).map(|owner| AccountId(run(Command::OpenAccount { owner, currency: CurrencyId(0), limits: Limits::NONE }).id)).collect();
+        let on = |shard: u16| *accounts.iter().find(|a| a.shard(2) == shard).unwrap();
+        let (payer, payee) = (on(0), on(1));
+        assert!(run(Command::Recharge { account: payer, currency: CurrencyId(0), amount: 10_000, channel: 1 }).is_ok());
+        // Shard 1 held: the payment's credit stays in shard 0's outbox.
+        let ((unhold, held), (holds, holding_now)) = (mpsc::channel::<()>(), mpsc::channel::<()>());
+        let holding = engine.clone();
+        let holder = std::thread::spawn(move || {
+            holding
+                .read_shard(1, move |_| {
+                    holds.send(()).unwrap();
+                    held.recv()
+                })
+                .unwrap()
+        });
+        holding_now.recv().unwrap();
+        let legs: Legs = [Leg { account: payee, amount: 7_000 }].into_iter().collect();
+        let payment = OrderId(run(Command::Payment { payer, guarantee: false, currency: CurrencyId(0), amount: 7_000, payees: legs, splits: Legs::new() }).id);
+        let body = RefundBody {
+            out_order_no: "refund-1".into(),
+            payment_order_id: public_order_id(payment),
+            amount: "20.00".into(),
+            payee_account_id: Some(crate::accounts::public_account_id(payee)),
+        };
+        let started = std::time::Instant::now();
+        let Err(waited) = prepare_refund(&engine, &platform, &body).await else { panic!("prepared while the credit was in flight") };
+        assert_eq!((waited.status, waited.code, waited.retry_after_seconds), (503, "unavailable", Some(1)), "{waited}");
+        assert!(started.elapsed() >= CREDIT_WAIT, "it waited for the credit first");
+        // Released while a refund waits: it goes on once the credit landed.
+        let waiting = {
+            let (engine, platform) = (engine.clone(), platform.clone());
+            actix_web::rt::spawn(async move { prepare_refund(&engine, &platform, &body).await.map(|prepared| prepared.envelope) })
+        };
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        unhold.send(()).unwrap();
+        holder.join().unwrap().unwrap();
+        let envelope = waiting.await.unwrap().expect("prepared once the credit landed");
+        assert!(engine.execute_one(envelope).unwrap().is_ok(), "refunded");
+        engine.shutdown();
+    }
 }

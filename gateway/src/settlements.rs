@@ -106,7 +106,9 @@ pub fn statement_csv(engine: &Engine, platforms: &[Platform], day: u32, account:
                     }
                     let spec = state.currencies[row.currency.0 as usize];
                     let owner = state.account(row.account).map_or(0, |a| a.owner);
-                    let charged = row.commission > 0 || row.service_fee > 0 || row.rate_ppm > 0;
+                    // A tier measure only where a commission rate applied: a commission receiver
+                    // pays the service fee (journal format 6) but has no measure (helper 123#4).
+                    let charged = row.commission > 0 || row.rate_ppm > 0;
                     lines.push([
                         date_text(day),
                         format!("plt_{}", row.platform),

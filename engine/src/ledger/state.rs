@@ -495,7 +495,7 @@ impl ShardState {
                 // resend skipped, carries no order number.
                 let stored = Reply { code: ResultCode::Ok, id: reply.id, status: reply.status, replayed: false };
                 self.idempotency.insert(key, IdempotencyRecord { content, reply: stored });
-            } else if context.keeps_refusals() && (reply.code.is_kept_refusal() || (reply.code == ResultCode::OrderNotFound && context.keeps_not_found())) {
+            } else if context.keeps_refusals() && reply.code.is_kept_refusal() {
                 // A refusal the order number keeps (journal format 5 on): a repeat is answered
                 // the same refusal (`seen` above marks it a replay), other content is a
                 // conflict. Nothing else of the refused command is kept.
@@ -1036,6 +1036,16 @@ impl ShardState {
         self.outboxes.iter().map(|o| o.pending.len()).sum()
     }
 
+    /// Whether a credit of `order` to `account` on another shard is still in this shard's
+    /// outbox (sent and not yet acknowledged: it may not have landed). A refund of a payment
+    /// made here would be refused by the payee's shard for good meanwhile (no income of it yet,
+    /// or not all of it: a kept `OrderNotFound` or `ExceedsRefundableAmount`), so the gateway
+    /// answers such a refund 503 to be repeated instead of sending it (helper 122#1-2).
+    /// Acknowledged credits have been applied, so a refund after this answers false sees them.
+    pub fn credit_in_flight(&self, order: OrderId, account: AccountId) -> bool {
+        self.outboxes.iter().any(|outbox| outbox.pending.iter().any(|credit| credit.order == order && credit.account == account))
+    }
+
     /// Offers every chunk of history a checkpoint may keep as a blob (`checkpoint::write`): the
     /// `ChunkedVec`s, the income blocks and the batch index. A field left out here is simply encoded inline.
     pub fn offer_blobs(&self, sink: &mut dyn crate::ledger::growth::BlobSink) {
@@ -1318,13 +1328,6 @@ impl Context {
     /// repeat ran again and could succeed where the first attempt was refused).
     pub(crate) fn keeps_refusals(&self) -> bool {
         self.version >= 5
-    }
-
-    /// Journal format 5 only: `OrderNotFound` is kept too. From format 6 it is not
-    /// (`ResultCode::is_kept_refusal`): a refund on the payee's shard before the payment's
-    /// credit arrived was answered 404 for good, and every repeat replayed it (helper 122#1).
-    pub(crate) fn keeps_not_found(&self) -> bool {
-        self.version == 5
     }
 
     /// Journal format 6 on: a receiver of the settlement rule's commission pays the service fee
