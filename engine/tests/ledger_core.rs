@@ -696,8 +696,9 @@ fn a_credit_in_flight_is_seen_until_acknowledged_and_a_refund_before_it_is_refus
     let payee = AccountId(run(&mut s1, &mut fx1, Command::OpenAccount { owner: 2, currency: CNY, limits: Limits::NONE }).id);
     run(&mut s0, &mut fx0, Command::Recharge { account: payer, currency: CNY, amount: 1_000, channel: 1 });
     let payment = OrderId(run(&mut s0, &mut fx0, pay(payer, 700, &[(payee, 700)], &[])).id);
-    assert!(s0.credit_in_flight(payment, payee), "sent, not acknowledged");
-    assert!(!s0.credit_in_flight(payment, payer) && !s0.credit_in_flight(OrderId(payment.0 + 2), payee));
+    assert_eq!(s0.credit_in_flight(payment, payee), Some((1, 1)), "sent, not acknowledged");
+    assert_eq!(s0.acknowledged_by(1), 0);
+    assert!(s0.credit_in_flight(payment, payer).is_none() && s0.credit_in_flight(OrderId(payment.0 + 2), payee).is_none());
     let refund =
         |number: &str| Envelope { platform: P, out_order_no: Some(OutOrderNo::new(number).unwrap()), command: Command::Refund { payment, payee, amount: 200 } };
     // Sent anyway (what the gateway no longer does), it is refused for good.
@@ -705,9 +706,9 @@ fn a_credit_in_flight_is_seen_until_acknowledged_and_a_refund_before_it_is_refus
     assert_eq!((early.code, early.replayed), (ResultCode::OrderNotFound, false));
     let credit = *s0.outboxes[1].pending.front().expect("the payment's credit");
     assert!(s1.apply(&Envelope { platform: 0, out_order_no: None, command: Command::ApplyCredit(credit) }, T0, &mut fx1).is_ok());
-    assert!(s0.credit_in_flight(payment, payee), "applied there, not yet acknowledged here: still counted in flight");
+    assert!(s0.credit_in_flight(payment, payee).is_some(), "applied there, not yet acknowledged here: still counted in flight");
     s0.apply(&Envelope { platform: 0, out_order_no: None, command: Command::Acknowledge { target: 1, sequence: credit.sequence } }, T0, &mut fx0);
-    assert!(!s0.credit_in_flight(payment, payee));
+    assert_eq!((s0.credit_in_flight(payment, payee), s0.acknowledged_by(1)), (None, 1));
     let again = s1.apply(&refund("refund-1"), T0, &mut fx1);
     assert_eq!((again.code, again.replayed), (ResultCode::OrderNotFound, true), "the kept refusal");
     assert!(s1.apply(&refund("refund-2"), T0, &mut fx1).is_ok(), "a refund sent once the credit landed");

@@ -64,7 +64,7 @@ pub async fn prepare(
         }
         "recharge" => prepare_recharge(engine, clearing, platform, &parse_json::<RechargeBody>(body)?, None).await,
         "freeze" => prepare_freeze(engine, platform, &parse_json::<FreezeBody>(body)?),
-        "refund" => prepare_refund(engine, platform, &parse_json::<RefundBody>(body)?).await,
+        "refund" => prepare_refund(engine, platform, &parse_json::<RefundBody>(body)?, crate::payments::CreditWait::AnswerNow).await,
         "confirm" => {
             let request = parse_json::<ConfirmBody>(body)?;
             prepare_confirm(engine, platform, order_named(&request.order_id)?, &request).await

@@ -226,27 +226,39 @@ pub struct RefundBody {
     pub payee_account_id: Option<String>,
 }
 
+/// Whether a refund may wait for its payment's credit to land (`wait_for_credit`): the API's
+/// and the pages' single refunds; a bulk request answers at once (a bulk of refunds waiting one
+/// after another could take an hour).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum CreditWait {
+    Wait,
+    AnswerNow,
+}
+
 /// Checks a refund: the payment must be the platform's; without `payee_account_id` it must have
 /// exactly one receiver.
-pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &RefundBody) -> Result<Prepared, ApiError> {
+pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &RefundBody, wait: CreditWait) -> Result<Prepared, ApiError> {
     let number = out_order_no(&body.out_order_no, "out_order_no")?;
     let payment = parse_order_id(&body.payment_order_id).ok_or(ApiError { param: Some("payment_order_id".into()), ..ApiError::not_found() })?;
-    let found = read_order(engine, platform.id, payment, |state, order| {
+    let named = body.payee_account_id.as_deref().map(|text| account(text, "payee_account_id")).transpose()?;
+    let found = read_order(engine, platform.id, payment, move |state, order| {
         let receivers: Vec<_> = match &order.detail {
-            OrderDetail::Payment { held, .. } => held.iter().map(|l| (l.account, l.released, state.credit_in_flight(order.id, l.account))).collect(),
+            OrderDetail::Payment { held, .. } => held.iter().map(|l| (l.account, l.released)).collect(),
             _ => Vec::new(),
         };
-        (state.currencies[order.currency.0 as usize], receivers)
+        // The credit in flight to the payee the refund names (or the one receiver), if any:
+        // one outbox scanned.
+        let payee = named.or_else(|| (receivers.len() == 1).then(|| receivers[0].0));
+        let in_flight = payee.and_then(|payee| state.credit_in_flight(order.id, payee));
+        (state.currencies[order.currency.0 as usize], receivers, in_flight)
     })
     .await?;
-    let (spec, receivers) = found.ok_or(ApiError { param: Some("payment_order_id".into()), ..ApiError::not_found() })?;
-    let in_flight: Vec<_> = receivers.iter().filter(|(_, _, in_flight)| *in_flight).map(|(account, _, _)| *account).collect();
-    let receivers: Vec<_> = receivers.into_iter().map(|(account, released, _)| (account, released)).collect();
+    let (spec, receivers, in_flight) = found.ok_or(ApiError { param: Some("payment_order_id".into()), ..ApiError::not_found() })?;
     if receivers.is_empty() {
         return Err(ApiError { param: Some("payment_order_id".into()), ..ApiError::not_found() });
     }
-    let payee = match &body.payee_account_id {
-        Some(text) => account(text, "payee_account_id")?,
+    let payee = match named {
+        Some(payee) => payee,
         None if receivers.len() == 1 => receivers[0].0,
         None => return Err(ApiError::invalid("the payment has several receivers: name payee_account_id", "payee_account_id")),
     };
@@ -269,8 +281,8 @@ pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &Re
     // refund for good (no income yet, or not all of it), a refusal its number keeps (helper
     // 122#1-2). Not sent before it lands: waited for (milliseconds, normally), else 503 to
     // repeat with the same number.
-    if in_flight.contains(&payee) {
-        wait_for_credit(engine, platform.id, payment, payee).await?;
+    if let Some((target, sequence)) = in_flight {
+        wait_for_credit(engine, payment, target, sequence, wait).await?;
     }
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no);
@@ -286,28 +298,25 @@ pub async fn prepare_refund(engine: &Arc<Engine>, platform: &Platform, body: &Re
 /// How long a refund waits for its payment's credit to reach the payee's shard.
 const CREDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Waits until no credit of `payment` to `payee` is in the payer's shard's outbox
-/// (`ShardState::credit_in_flight`: acknowledged, so applied by the payee's shard), at most
-/// `CREDIT_WAIT`; then 503 `unavailable` with `Retry-After`, to repeat with the same number.
-async fn wait_for_credit(
-    engine: &Arc<Engine>,
-    platform: u32,
-    payment: engine::ledger::types::OrderId,
-    payee: engine::ledger::types::AccountId,
-) -> Result<(), ApiError> {
+/// Waits until the payer's shard (`payment`'s) has had credit `sequence` toward shard `target`
+/// acknowledged (applied by the payee's shard: `ShardState::credit_in_flight`), reading it
+/// after 2, 4, 8 ... ms, at most `CREDIT_WAIT` in all (later credits of the same payment do not
+/// lengthen it); then, or at once with `CreditWait::AnswerNow`, 503 `unavailable` with
+/// `Retry-After`, to repeat with the same number (nothing was sent).
+async fn wait_for_credit(engine: &Arc<Engine>, payment: engine::ledger::types::OrderId, target: u16, sequence: u64, wait: CreditWait) -> Result<(), ApiError> {
     let deadline = std::time::Instant::now() + CREDIT_WAIT;
-    loop {
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(2)).await;
-        let in_flight = read_order(engine, platform, payment, move |state, order| state.credit_in_flight(order.id, payee)).await?;
-        if in_flight != Some(true) {
+    let mut pause = std::time::Duration::from_millis(2);
+    while wait == CreditWait::Wait && std::time::Instant::now() + pause <= deadline {
+        actix_web::rt::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(128));
+        let (reading, shard) = (engine.clone(), payment.shard(engine.config().shard_count));
+        let acknowledged = crate::error::blocking(move || reading.read_shard(shard, move |state| state.acknowledged_by(target))).await??;
+        if acknowledged >= sequence {
             return Ok(());
         }
-        if std::time::Instant::now() >= deadline {
-            let message =
-                "the payment's credit to this payee is still on its way to the payee's account: repeat this refund with the same out_order_no shortly";
-            return Err(ApiError { retry_after_seconds: Some(1), ..ApiError::unavailable(message.to_string()) });
-        }
     }
+    let message = "the payment's credit to this payee is still on its way to the payee's account: repeat this refund with the same out_order_no shortly";
+    Err(ApiError { retry_after_seconds: Some(1), ..ApiError::unavailable(message.to_string()) })
 }
 
 /// `POST /v1/freezes`.
@@ -498,7 +507,7 @@ pub async fn cancel(signed: Signed, path: web::Path<String>, engine: web::Data<A
 #[post("/v1/refunds")]
 pub async fn create_refund(signed: Signed, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
     let body = signed.json::<RefundBody>()?;
-    let prepared = prepare_refund(&engine, &signed.platform, &body).await?;
+    let prepared = prepare_refund(&engine, &signed.platform, &body, CreditWait::Wait).await?;
     respond(&engine, prepared).await
 }
 
@@ -571,13 +580,17 @@ mod tests {
             payee_account_id: Some(crate::accounts::public_account_id(payee)),
         };
         let started = std::time::Instant::now();
-        let Err(waited) = prepare_refund(&engine, &platform, &body).await else { panic!("prepared while the credit was in flight") };
+        let Err(waited) = prepare_refund(&engine, &platform, &body, CreditWait::Wait).await else { panic!("prepared while the credit was in flight") };
         assert_eq!((waited.status, waited.code, waited.retry_after_seconds), (503, "unavailable", Some(1)), "{waited}");
-        assert!(started.elapsed() >= CREDIT_WAIT, "it waited for the credit first");
+        assert!(started.elapsed() >= CREDIT_WAIT / 2, "it waited for the credit first");
+        // A bulk request's refund answers at once.
+        let started = std::time::Instant::now();
+        let Err(now) = prepare_refund(&engine, &platform, &body, CreditWait::AnswerNow).await else { panic!("prepared while the credit was in flight") };
+        assert!(now.status == 503 && started.elapsed() < CREDIT_WAIT / 2, "{now}");
         // Released while a refund waits: it goes on once the credit landed.
         let waiting = {
             let (engine, platform) = (engine.clone(), platform.clone());
-            actix_web::rt::spawn(async move { prepare_refund(&engine, &platform, &body).await.map(|prepared| prepared.envelope) })
+            actix_web::rt::spawn(async move { prepare_refund(&engine, &platform, &body, CreditWait::Wait).await.map(|prepared| prepared.envelope) })
         };
         actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
         unhold.send(()).unwrap();

@@ -1036,14 +1036,23 @@ impl ShardState {
         self.outboxes.iter().map(|o| o.pending.len()).sum()
     }
 
-    /// Whether a credit of `order` to `account` on another shard is still in this shard's
-    /// outbox (sent and not yet acknowledged: it may not have landed). A refund of a payment
-    /// made here would be refused by the payee's shard for good meanwhile (no income of it yet,
-    /// or not all of it: a kept `OrderNotFound` or `ExceedsRefundableAmount`), so the gateway
-    /// answers such a refund 503 to be repeated instead of sending it (helper 122#1-2).
-    /// Acknowledged credits have been applied, so a refund after this answers false sees them.
-    pub fn credit_in_flight(&self, order: OrderId, account: AccountId) -> bool {
-        self.outboxes.iter().any(|outbox| outbox.pending.iter().any(|credit| credit.order == order && credit.account == account))
+    /// The last credit of `order` to `account` (on another shard) still in this shard's outbox,
+    /// sent and not yet acknowledged (it may not have landed): its target shard and sequence.
+    /// A refund of a payment made here would be refused by the payee's shard for good meanwhile
+    /// (no income of it yet, or not all of it: a kept `OrderNotFound` or
+    /// `ExceedsRefundableAmount`), so the gateway waits until `acknowledged` reaches that
+    /// sequence before it sends one (helper 122#1-2; later credits do not lengthen the wait,
+    /// helper 124). Acknowledged credits have been applied. Scans the one outbox toward the
+    /// account's shard.
+    pub fn credit_in_flight(&self, order: OrderId, account: AccountId) -> Option<(ShardId, u64)> {
+        let target = account.shard(self.shard_count);
+        let outbox = self.outboxes.get(target as usize)?;
+        outbox.pending.iter().rev().find(|credit| credit.order == order && credit.account == account).map(|credit| (target, credit.sequence))
+    }
+
+    /// The highest credit sequence `target` has acknowledged to this shard.
+    pub fn acknowledged_by(&self, target: ShardId) -> u64 {
+        self.outboxes.get(target as usize).map_or(0, |outbox| outbox.acknowledged)
     }
 
     /// Offers every chunk of history a checkpoint may keep as a blob (`checkpoint::write`): the

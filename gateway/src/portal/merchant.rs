@@ -889,7 +889,7 @@ async fn refund(
     };
     let after =
         json!({"out_order_no": body.out_order_no, "payment_order_id": body.payment_order_id, "payee_account_id": body.payee_account_id, "amount": body.amount});
-    let result = match crate::payments::prepare_refund(&engine, &m.platform, &body).await {
+    let result = match crate::payments::prepare_refund(&engine, &m.platform, &body, crate::payments::CreditWait::Wait).await {
         Ok(prepared) => {
             let (working, target) = (engine.get_ref().clone(), body.payment_order_id.clone());
             let work = async move { crate::accounts::execute(&working, prepared.envelope).await };
