@@ -135,37 +135,35 @@ pub(crate) async fn within_money_in_channel(
     }
 }
 
-/// The engine's stored answer to `envelope`'s order number, as a replay, if the record it holds
-/// is `envelope`'s command (its content); `None` otherwise. Read off the async workers.
-async fn held_reply_if(engine: &Arc<Engine>, envelope: &Envelope) -> Result<Option<Reply>, ApiError> {
-    let (Some(key), Some(account)) = (engine::ledger::command::own_key(envelope), envelope.command.debited_account()) else { return Ok(None) };
-    let content = engine::ledger::command::content_hash(&envelope.command);
+/// The record the engine holds under `probe`'s order number (its scope and the account it
+/// debits name it; its content does not matter), if any: on that account's shard, or its cold
+/// rows. Read off the async workers.
+async fn record_under(engine: &Arc<Engine>, probe: &Envelope) -> Result<Option<IdempotencyRecord>, ApiError> {
+    let (Some(key), Some(account)) = (engine::ledger::command::own_key(probe), probe.command.debited_account()) else { return Ok(None) };
     let (reading, shard) = (engine.clone(), account.shard(engine.config().shard_count));
-    let record = crate::error::blocking(move || reading.idempotency_record(shard, key)).await?.map_err(ApiError::from)?;
+    crate::error::blocking(move || reading.idempotency_record(shard, key)).await?.map_err(ApiError::from)
+}
+
+/// The engine's stored answer to `envelope`'s order number, as a replay, if the record it holds
+/// is `envelope`'s command (its content); `None` otherwise.
+async fn held_reply_if(engine: &Arc<Engine>, envelope: &Envelope) -> Result<Option<Reply>, ApiError> {
+    let content = engine::ledger::command::content_hash(&envelope.command);
+    let record = record_under(engine, envelope).await?;
     Ok(record.filter(|record| record.content == content && record.reply.is_ok()).map(|record| Reply { replayed: true, ..record.reply }))
 }
 
-/// Whether the engine holds an order under `probe`'s order number (its scope and the account
-/// it debits name the record; its content does not matter): a retry may go on past a card's
-/// check only to replay an order that exists (a note can outlive a refused or never applied
-/// order).
+/// Whether the engine holds an order under `probe`'s order number: a retry may go on past a
+/// card's check only to replay an order that exists (a note can outlive a refused or never
+/// applied order). A refusal the number keeps (journal format 5) is no order.
 pub(crate) async fn order_held(engine: &Arc<Engine>, probe: &Envelope) -> Result<bool, ApiError> {
-    let (Some(key), Some(account)) = (engine::ledger::command::own_key(probe), probe.command.debited_account()) else { return Ok(false) };
-    let (reading, shard) = (engine.clone(), account.shard(engine.config().shard_count));
-    // A refusal the number keeps (journal format 5) is no order.
-    crate::error::blocking(move || reading.idempotency_record(shard, key))
-        .await?
-        .map(|record| record.is_some_and(|record| record.reply.is_ok()))
-        .map_err(ApiError::from)
+    Ok(record_under(engine, probe).await?.is_some_and(|record| record.reply.is_ok()))
 }
 
 /// Whether the engine holds any record under `probe`'s order number: an order, or a refusal the
 /// number keeps. Either way the engine answers a repeat itself (the replay, or 409 for other
 /// content) and nothing moves.
 pub(crate) async fn number_recorded(engine: &Arc<Engine>, probe: &Envelope) -> Result<bool, ApiError> {
-    let (Some(key), Some(account)) = (engine::ledger::command::own_key(probe), probe.command.debited_account()) else { return Ok(false) };
-    let (reading, shard) = (engine.clone(), account.shard(engine.config().shard_count));
-    crate::error::blocking(move || reading.idempotency_record(shard, key)).await?.map(|record| record.is_some()).map_err(ApiError::from)
+    Ok(record_under(engine, probe).await?.is_some())
 }
 
 /// What the engine holds of `envelope`'s order number: `None` if nothing; else the channel the
