@@ -377,7 +377,8 @@ fn four_eyes_a_rotation_is_carried_out_only_when_another_approver_approves() {
     let (one_id, two_id, old_secret) = (one["platform_id"].as_str().unwrap(), two["platform_id"].as_str().unwrap(), one["secret"].as_str().unwrap());
     let mut admin = admin(&server);
     make_operator(&mut admin, "proposer", "platform", one_id, "", &["operator", "approver"]);
-    make_operator(&mut admin, "approver", "platform", one_id, "", &["approver"]);
+    make_operator(&mut admin, "approver", "platform", one_id, "", &["approver", "admin"]);
+    make_operator(&mut admin, "plain", "platform", one_id, "", &["approver"]);
     make_operator(&mut admin, "other", "platform", two_id, "", &["approver"]);
     let mut proposer = Person::new(&server);
     proposer.login("proposer", "a long enough password");
@@ -395,6 +396,14 @@ fn four_eyes_a_rotation_is_carried_out_only_when_another_approver_approves() {
     assert!(!other.get("/portal/approvals?status=all").body.contains("leaked in a log"));
     // Nothing happened yet: the old secret alone signs.
     let signed = |secret: &str| signed_get_json(&server, "/v1/orders?limit=1", one_id, secret, &fresh_nonce()).0;
+    assert_eq!(signed(old_secret), 200);
+    // Helper 126#1: an approver without the admin role cannot approve it (the new API secret
+    // would be shown to it, and with it the admin's powers: the webhook's secret and settings).
+    let mut plain = Person::new(&server);
+    plain.login("plain", "a long enough password");
+    let csrf_plain = plain.csrf();
+    let refused = plain.post("/portal/approvals/1/approve", &[("csrf", &csrf_plain)]);
+    assert!(refused.body.contains("needs the admin role too") && !refused.body.contains("new-secret"), "{}", refused.body);
     assert_eq!(signed(old_secret), 200);
     let mut approver = Person::new(&server);
     approver.login("approver", "a long enough password");

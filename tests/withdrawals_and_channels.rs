@@ -314,6 +314,13 @@ fn collections_from_a_verified_card_and_payouts_to_an_outside_card() {
     assert_eq!((status, paid["channel"].as_str(), paid["fee"].as_str()), (201, Some("sim_same_city"), Some("0.50")), "{paid}");
     assert!(payout("po-1", "5555555555554444").1, "a replay");
     assert_eq!(error_of(&payout("po-1", "4111111111111111")), (409, Some("idempotency_conflict")), "the same number to another card");
+    // Helper 125#2: another arrival, account type or holder under the number is another body
+    // (it was answered a replay saying the new arrival, routed as the first).
+    for (field, value) in [("arrival", "realtime"), ("account_type", "corporate"), ("holder_name", "Li Si")] {
+        let mut body = json!({"out_order_no": "po-1", "account_id": platform_account, "card_no": "5555555555554444", "holder_name": "Wang Wu", "amount": "40.00", "currency": "CNY", "arrival": "standard"});
+        body[field] = json!(value);
+        assert_eq!(error_of(&p.post("/v1/payouts", &body)), (409, Some("idempotency_conflict")), "another {field}");
+    }
     p.wait_order(paid["order_id"].as_str().unwrap(), "succeeded");
     assert_eq!(p.balances(&platform_account).0, "59.50");
     let (_, outside) = server.sim_get("/sim/cards/5555555555554444/transactions");

@@ -103,7 +103,7 @@ enum Message {
     ReconcileFinished(Result<ReconcileReport, ClearingError>, Reply<ReconcileReport>),
     OpenCases(Vec<CaseOpening>, Reply<usize>),
     CasesPage(CaseFilter, Option<String>, usize, Reply<CasePage>),
-    ResolveCase(String, Resolution, HoldFate, Reply<Case>),
+    ResolveCase(String, Resolution, Option<HoldFate>, Reply<Case>),
     Trip(u16, Duration, Reply<()>),
     Stop,
 }
@@ -368,14 +368,17 @@ impl Clearing {
         self.ask(|reply| Message::CasesPage(filter, after, limit, reply)).await
     }
 
-    /// Records how an open case was resolved, by whom and when.
+    /// Records how an open case was resolved, by whom and when, with no fate said: its hold (if
+    /// it has one) is released; a left channel's case keeps its payout's mark (`resolve_case`).
     pub async fn resolve_case(&self, case_id: String, resolution: Resolution) -> Result<Case, ClearingError> {
-        self.ask(|reply| Message::ResolveCase(case_id, resolution, HoldFate::Release, reply)).await
+        self.ask(|reply| Message::ResolveCase(case_id, resolution, None, reply)).await
     }
 
-    /// Resolves a case, its hold (if it has one) released or captured into suspense by `fate`.
+    /// Resolves a case with `fate` said: its hold (if it has one) released or captured into
+    /// suspense; `Release` of a left channel's case also says that channel's word was wrong
+    /// (its payout may fall back again).
     pub async fn resolve_case_with(&self, case_id: String, resolution: Resolution, fate: HoldFate) -> Result<Case, ClearingError> {
-        self.ask(|reply| Message::ResolveCase(case_id, resolution, fate, reply)).await
+        self.ask(|reply| Message::ResolveCase(case_id, resolution, Some(fate), reply)).await
     }
 
     /// Opens a channel's circuit for `cooldown` (operators and tests).
@@ -521,20 +524,25 @@ impl Actor {
     }
 
     fn payout(&mut self, request: PayoutRequest) -> Result<PayoutOutcome, ClearingError> {
-        let PayoutRequest { platform, number, account, currency, spec, amount, arrival, account_type, card_id, card_no } = request;
+        let PayoutRequest { platform, number, account, currency, spec, amount, arrival, account_type, card_id, card_no, holder_name } = request;
         let at = self.at();
         // A repeated order number keeps its first routing (the engine then replays or refuses
         // it); a new one is routed now, and the decision is noted durably before the order is
         // submitted. A refused one keeps it too when the engine keeps its refusal (journal
         // format 5: the repeat is answered that refusal, routed and counted nowhere); one
         // refused under an earlier build is routed anew.
-        // A note naming another card, amount or account is a conflict before anything is
-        // routed, refused or not (a refused one is not overwritten by another body's routing).
+        // A note naming another card, amount, account, arrival or account type is a conflict
+        // before anything is routed, refused or not (a refused one is not overwritten by another
+        // body's routing). Arrival and account type since session 68 (helper 125#2: a repeat
+        // asking realtime of a payout routed standard was answered a replay saying realtime).
         let conflicts = |noted: &PayoutNote| {
             noted.card != card_id
                 || (card_id == 0 && noted.card_no.as_ref().is_some_and(|n| *n != card_no))
                 || noted.amount.is_some_and(|noted| noted != (amount, currency.0))
                 || noted.account.is_some_and(|noted| noted != account.0)
+                || noted.arrival.is_some_and(|noted| noted != arrival)
+                || noted.account_type.is_some_and(|noted| noted != account_type)
+                || (noted.holder_name.is_some() && noted.holder_name != holder_name)
         };
         let noted = match PayoutBook::get_any(self.store.as_ref(), platform, number.as_str())? {
             Some(note) if note.refused && !conflicts(&note) && !self.refusal_kept(platform, &number, account, &note)? => None,
@@ -564,6 +572,7 @@ impl Actor {
                     amount: Some((amount, currency.0)),
                     paid_by_left: None,
                     account: Some(account.0),
+                    holder_name: holder_name.clone(),
                 };
                 if let Err(error) = PayoutBook::save(self.store.as_ref(), platform, number.as_str(), &note) {
                     self.table.release(channel, amount, at.micros);
@@ -997,7 +1006,15 @@ impl Actor {
     /// stayed). Resolved already the same way, by the same operator, it is a repeat whose
     /// answer was lost (a stop before a portal's approval stored its outcome): it answers the
     /// case, its hold settled if it was not. A repeat asking the other fate is refused.
-    fn resolve_case(&mut self, case_id: &str, resolution: Resolution, fate: HoldFate) -> Result<Case, ClearingError> {
+    ///
+    /// A left channel's case (`case_paid_by_left_channel_`) clears its payout's mark only when
+    /// `Release` is said (`said`): the operator found that channel's word wrong, and the payout
+    /// may fall back again. Resolved with no fate said (the channel did pay, or nobody knows
+    /// yet), the mark stays: the payout goes to no further channel and a failure for good is
+    /// held (helper 125#1: any resolution cleared it, the only one offered for such a case, and
+    /// a third channel then paid the card again).
+    fn resolve_case(&mut self, case_id: &str, resolution: Resolution, said: Option<HoldFate>) -> Result<Case, ClearingError> {
+        let fate = said.unwrap_or_default();
         crate::cases::check_resolution(&resolution)?;
         let case = self.cases.get(self.store.as_ref(), case_id)?.ok_or(ClearingError::NotFound)?;
         let same = case.resolution.as_deref() == Some(resolution.resolution.as_str()) && case.resolved_by.as_deref() == Some(resolution.operator.as_str());
@@ -1024,8 +1041,10 @@ impl Actor {
             None => {}
         }
         self.settle_hold_of(&case, fate)?;
-        if fate == HoldFate::Release && case.case_id.starts_with("case_paid_by_left_channel_") {
+        if said == Some(HoldFate::Release) && case.status != "resolved" && case.case_id.starts_with("case_paid_by_left_channel_") {
             // The operator found the left channel's word wrong: the payout may fall back again.
+            // Only at the case's resolution (or its repeat before it was recorded): a repeat of
+            // a resolution that kept the mark does not clear it.
             self.forget_paid_by_left(&case)?;
         }
         if case.status == "resolved" {

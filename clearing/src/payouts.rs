@@ -66,6 +66,10 @@ pub struct PayoutNote {
     /// the order (its kept refusal is on the first account's shard; helper 117#3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<u64>,
+    /// An outside card's holder as the platform named it (代付; since session 68, `None` before
+    /// and for bound cards): a repeat of the number naming another is 409 (helper 125#2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_name: Option<String>,
 }
 
 /// A payout to route and submit: a member's verified card (withdrawal) or an outside one (代付).
@@ -83,6 +87,8 @@ pub struct PayoutRequest {
     /// The bound card, or 0 for an outside card.
     pub card_id: u64,
     pub card_no: String,
+    /// An outside card's holder as the platform named it (代付; `None` for a bound card's).
+    pub holder_name: Option<String>,
 }
 
 /// What became of a payout request: the engine's reply and the routing it went with.
@@ -294,6 +300,7 @@ mod tests {
             amount: Some((10_000, 0)),
             paid_by_left: None,
             account: Some(5),
+            holder_name: None,
         }
     }
 

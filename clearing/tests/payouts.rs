@@ -90,6 +90,7 @@ impl World {
             account_type: AccountType::Personal,
             card_id: 0,
             card_no: "6222020200112233445".into(),
+            holder_name: None,
         }
     }
 
@@ -484,6 +485,33 @@ fn a_hold_a_stop_left_due_is_made_at_the_next_start() {
     assert!(HoldsDue::all(w.store.as_ref()).unwrap().is_empty());
 }
 
+/// Helper 125#1: a left channel's case resolved with no fate said (the operator found it did
+/// pay the card, the only resolution offered for a case with no hold) keeps the payout's mark:
+/// it goes to no third channel, and a failure for good is held. Before, any resolution cleared
+/// the mark, and the third channel paid the card a second time. Said `release` (its word was
+/// wrong), the mark goes; a repeat of the first resolution with `release` does not clear it.
+#[test]
+fn a_left_channels_case_resolved_as_paid_keeps_the_payout_from_paying_again() {
+    let w = World::new();
+    w.runtime.block_on(w.clearing.add_channel(spec(3, "spare", "out", "9.00"))).unwrap();
+    let account = w.account(1, 1_000_000);
+    let frozen = || w.engine.read_shard(0, move |s| s.account(account).unwrap().frozen).unwrap();
+    let resolution = |text: &str| clearing_actor::cases::Resolution { resolution: text.into(), operator: "ops".into() };
+    let order = OrderId(w.payout("w1", account, 10_000).reply.id);
+    assert!(matches!(w.verdict(order, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
+    assert!(matches!(w.verdict(order, true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
+    let case = format!("case_paid_by_left_channel_{}_1", order.0);
+    let resolved = w.runtime.block_on(w.clearing.resolve_case(case.clone(), resolution("confirmed with cheap: card credited"))).unwrap();
+    assert_eq!(resolved.status, "resolved");
+    // A repeat of that resolution saying `release` now changes nothing.
+    let again = w.runtime.block_on(w.clearing.resolve_case_with(case, resolution("confirmed with cheap: card credited"), HoldFate::Release));
+    assert!(again.is_ok(), "{again:?}");
+    let failed = w.verdict(order, false, "dear").unwrap();
+    assert!(matches!(failed, VerdictOutcome::Completed { status: Some("failed"), .. }), "no fallback to spare: {failed:?}");
+    assert_eq!(frozen(), 10_500, "what went back is held");
+    assert!(w.open_cases().iter().any(|c| c.case_id == format!("case_paid_after_failure_{}_1", order.0) && !c.line["hold_order_id"].is_null()));
+}
+
 /// A channel the payout left says it paid while the payout waits on the next one: it falls
 /// back no further, and when that one fails it for good what went back is held under a case
 /// (before, the left channel's case opened without a hold, and the payout could go on to a
@@ -512,13 +540,13 @@ fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
     let capture = w.runtime.block_on(w.clearing.resolve_case_with(left_case.clone(), resolution("paid"), HoldFate::Capture));
     assert!(matches!(capture, Err(clearing_actor::ClearingError::Refused(ResultCode::OrderStateInvalid))), "{capture:?}");
 
-    // The operator finds a left channel's word wrong (its case released): the payout falls
-    // back again.
+    // The operator finds a left channel's word wrong (its case released, said so): the payout
+    // falls back again.
     let second = OrderId(w.payout("w2", account, 10_000).reply.id);
     assert!(matches!(w.verdict(second, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
     assert!(matches!(w.verdict(second, true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
     let case = format!("case_paid_by_left_channel_{}_1", second.0);
-    w.runtime.block_on(w.clearing.resolve_case(case, resolution("cheap's callback was wrong"))).unwrap();
+    w.runtime.block_on(w.clearing.resolve_case_with(case, resolution("cheap's callback was wrong"), HoldFate::Release)).unwrap();
     // Its word said again (a repeat, its statement read again) does not undo the decision.
     assert!(matches!(w.verdict(second, true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
     assert!(matches!(w.verdict(second, false, "dear").unwrap(), VerdictOutcome::Rerouted { rerouted_to, .. } if rerouted_to == "spare"));
@@ -534,7 +562,7 @@ fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
         assert!(matches!(w.verdict(both, true, channel).unwrap(), VerdictOutcome::Stale { .. }));
     }
     let dear_case = format!("case_paid_by_left_channel_{}_2", both.0);
-    w.runtime.block_on(w.clearing.resolve_case(dear_case, resolution("dear's callback was wrong"))).unwrap();
+    w.runtime.block_on(w.clearing.resolve_case_with(dear_case, resolution("dear's callback was wrong"), HoldFate::Release)).unwrap();
     let held_before = frozen();
     assert!(matches!(w.verdict(both, false, "spare").unwrap(), VerdictOutcome::Completed { status: Some("failed"), .. }));
     assert!(frozen() > held_before, "still marked by cheap: what went back is held");
@@ -977,6 +1005,7 @@ fn a_payout_noted_before_a_stop_counts_against_the_cap_when_applied() {
         amount: Some((10_000, 0)),
         paid_by_left: None,
         account: None,
+        holder_name: None,
     };
     w.store.write(&[(format!("x/{P}/n1").as_bytes(), serde_json::to_vec(&note).unwrap().as_slice())]).unwrap();
     // Another amount under the noted number: a conflict before anything is routed or counted

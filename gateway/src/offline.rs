@@ -281,7 +281,10 @@ pub(crate) struct ResolveBody {
     operator: String,
     /// What becomes of the case's hold, if it has one (a payout the bank says it paid after it
     /// failed): `release` (the default: back to the account) or `capture` (into suspense: the
-    /// member was paid on its card).
+    /// member was paid on its card). On a case of a channel a payout left that says it paid it
+    /// (`case_paid_by_left_channel_`), `release` said also finds that channel's word wrong: the
+    /// payout may go on to another channel. Not said, it goes no further, and a failure for good
+    /// is held under a case of its own.
     #[serde(default)]
     hold: Option<String>,
 }
@@ -300,11 +303,16 @@ pub async fn resolve_case(
     let body: ResolveBody = crate::signed::parse_json(&body)?;
     // Clearing checks the lengths (1-1024 and 1-128 bytes) and that the case is still open.
     let fate = match body.hold.as_deref() {
-        None | Some("release") => clearing_actor::cases::HoldFate::Release,
-        Some("capture") => clearing_actor::cases::HoldFate::Capture,
+        None => None,
+        Some("release") => Some(clearing_actor::cases::HoldFate::Release),
+        Some("capture") => Some(clearing_actor::cases::HoldFate::Capture),
         Some(_) => return Err(ApiError::invalid("hold is release or capture", "hold")),
     };
-    let case = clearing.resolve_case_with(path.into_inner(), Resolution { resolution: body.resolution, operator: body.operator }, fate).await?;
+    let resolution = Resolution { resolution: body.resolution, operator: body.operator };
+    let case = match fate {
+        Some(fate) => clearing.resolve_case_with(path.into_inner(), resolution, fate).await?,
+        None => clearing.resolve_case(path.into_inner(), resolution).await?,
+    };
     Ok(HttpResponse::Ok().json(case))
 }
 

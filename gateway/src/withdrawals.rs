@@ -111,7 +111,18 @@ pub async fn withdraw(
     let reading = members.clone();
     let member = crate::error::blocking(move || reading.get(platform, owner)).await??.ok_or_else(ApiError::not_found)?;
     let account_type = if member.kind == "enterprise" { AccountType::Corporate } else { AccountType::Personal };
-    let payout = Payout { platform, number, target, minor, arrival, account_type, card_id: card.id, card_no: card.card_no.clone(), alert: Some(member) };
+    let payout = Payout {
+        platform,
+        number,
+        target,
+        minor,
+        arrival,
+        account_type,
+        card_id: card.id,
+        card_no: card.card_no.clone(),
+        holder_name: None,
+        alert: Some(member),
+    };
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no)
         .value("kind", "withdrawal")
@@ -158,6 +169,8 @@ struct Payout {
     /// 0 for an outside card.
     card_id: u64,
     card_no: String,
+    /// The outside card's holder (代付), as the platform named it.
+    holder_name: Option<String>,
     /// The member alerted over 50,000.00 (withdrawals).
     alert: Option<crate::members::Member>,
 }
@@ -172,7 +185,7 @@ async fn submit(
     payout: Payout,
     mut view: Fields,
 ) -> Result<Submitted, ApiError> {
-    let Payout { platform, number, target, minor, arrival, account_type, card_id, card_no, alert } = payout;
+    let Payout { platform, number, target, minor, arrival, account_type, card_id, card_no, holder_name, alert } = payout;
     let request = PayoutRequest {
         platform,
         number,
@@ -184,6 +197,7 @@ async fn submit(
         account_type,
         card_id,
         card_no: card_no.clone(),
+        holder_name,
     };
     let outcome = clearing.payout(request).await?;
     // (A replay answers the routing as first decided; GET /v1/orders/{id} shows fallbacks.)
@@ -290,7 +304,8 @@ pub async fn check_payout(engine: &Arc<Engine>, platform: u32, body: &PayoutBody
         return Err(ApiError::invalid("holder_name must be 1 to 64 characters, not all blank, without control characters", "holder_name"));
     }
     account_of(engine, platform, target).await?;
-    let payout = Payout { platform, number, target, minor, arrival, account_type, card_id: 0, card_no: body.card_no.clone(), alert: None };
+    let holder_name = Some(body.holder_name.clone());
+    let payout = Payout { platform, number, target, minor, arrival, account_type, card_id: 0, card_no: body.card_no.clone(), holder_name, alert: None };
     let mut view = Fields::default();
     view.value("out_order_no", &body.out_order_no)
         .value("kind", "withdrawal")

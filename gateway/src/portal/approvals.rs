@@ -47,12 +47,16 @@ pub enum Action {
     /// A change of a channel's settings (the `PATCH /admin/channels/{name}` body).
     ChangeChannel { channel: String, change: serde_json::Value },
     /// Closing a case with what was done; `capture` takes its hold (if it has one) into
-    /// suspense instead of releasing it (since session 59).
+    /// suspense instead of releasing it (since session 59); `left_wrong`, on a case of a channel
+    /// a payout left that says it paid it, finds that channel's word wrong: the payout may go on
+    /// to another channel (since session 68; without it the payout goes no further).
     ResolveCase {
         case_id: String,
         resolution: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         capture: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        left_wrong: bool,
     },
     /// A manual movement between accounts (or suspense), posted as an engine order.
     Adjustment { platform: u32, from: String, to: String, amount: String, currency: String, reason: String },
@@ -86,8 +90,13 @@ impl Action {
                 format!("rotate the secret of plt_{platform} (old one valid {} s more)", overlap_seconds.map_or("default".to_string(), |s| s.to_string()))
             }
             Action::ChangeChannel { channel, change } => format!("change channel {channel}: {change}"),
-            Action::ResolveCase { case_id, resolution, capture } => {
-                format!("resolve case {case_id}: {resolution}{}", if *capture { " (its hold captured into suspense)" } else { "" })
+            Action::ResolveCase { case_id, resolution, capture, left_wrong } => {
+                let fate = match (capture, left_wrong) {
+                    (true, _) => " (its hold captured into suspense)",
+                    (false, true) => " (the left channel's word found wrong: the payout may go on to another channel)",
+                    (false, false) => "",
+                };
+                format!("resolve case {case_id}: {resolution}{fate}")
             }
             Action::Adjustment { from, to, amount, currency, reason, .. } => format!("adjust {amount} {currency} from {from} to {to}: {reason}"),
             Action::SetLimits { account, limits, .. } => {
@@ -190,6 +199,18 @@ impl Proposal {
         let in_time = |at: i64| matches!(self.action, Action::Adjustment { .. } | Action::Payout { .. }) || now.saturating_sub(at) <= RETRY_SECONDS_MAX;
         self.status == Status::Approved && self.decided_at.is_some_and(in_time)
     }
+}
+
+/// A platform's secret rotation shows the new API secret to whoever carries it out, once: that
+/// one must be a platform admin too, as the webhook's secret and settings need (the API secret
+/// reads and sets them through `/v1/webhook`, and pays out to any card alone). Since session 68
+/// (helper 126#1: an approver without the admin role got the API secret, and with it every
+/// admin power). Rejecting needs no more than the approver role.
+fn reveals_secret_check(session: &Session, proposal: &Proposal) -> Result<(), ApiError> {
+    if matches!(proposal.action, Action::RotateSecret { .. }) && matches!(proposal.scope, Scope::Platform { .. }) && !session.has(Role::Admin) {
+        return Err(ApiError::new(403, "forbidden", "approving a secret rotation needs the admin role too: it shows the new API secret"));
+    }
+    Ok(())
 }
 
 /// Proposals: the pending ones in memory (what the dashboards count and approvers act on), every
@@ -448,6 +469,9 @@ impl Approvals {
         if proposal.proposed_by == session.operator.id {
             return Err(ApiError::new(403, "four_eyes", "a proposal is decided by another operator than the one who proposed it"));
         }
+        if approve {
+            reveals_secret_check(session, proposal)?;
+        }
         let mut decided = proposal.clone();
         decided.status = if approve { Status::Approved } else { Status::Rejected };
         decided.decided_by = Some(session.operator.id);
@@ -483,6 +507,7 @@ impl Approvals {
         if proposal.proposed_by == session.operator.id {
             return Err(ApiError::new(403, "four_eyes", "a proposal is carried out by another operator than the one who proposed it"));
         }
+        reveals_secret_check(session, &proposal)?;
         if !proposal.retryable(now_seconds()) {
             return Err(ApiError::new(409, "already_decided", "approved more than a day ago: propose it again"));
         }

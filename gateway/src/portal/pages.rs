@@ -670,11 +670,16 @@ pub async fn execute(executors: &Executors, proposal: &super::approvals::Proposa
             let channel = executors.clearing.update_channel(channel.clone(), change).await.map_err(|e| crate::error::ApiError::from(e).message)?;
             Ok((format!("channel {} changed", channel.name), None))
         }
-        Action::ResolveCase { case_id, resolution, capture } => {
+        Action::ResolveCase { case_id, resolution, capture, left_wrong } => {
             let operator = format!("{} (approved by {})", proposal.proposer, proposal.decider.clone().unwrap_or_default());
             let resolution = clearing_actor::cases::Resolution { resolution: resolution.clone(), operator };
-            let fate = if *capture { clearing_actor::cases::HoldFate::Capture } else { clearing_actor::cases::HoldFate::Release };
-            let case = executors.clearing.resolve_case_with(case_id.clone(), resolution, fate).await.map_err(|e| crate::error::ApiError::from(e).message)?;
+            let resolved = match (capture, left_wrong) {
+                (true, _) => executors.clearing.resolve_case_with(case_id.clone(), resolution, clearing_actor::cases::HoldFate::Capture).await,
+                (false, true) => executors.clearing.resolve_case_with(case_id.clone(), resolution, clearing_actor::cases::HoldFate::Release).await,
+                // No fate said: a hold is released, a left channel's mark stays.
+                (false, false) => executors.clearing.resolve_case(case_id.clone(), resolution).await,
+            };
+            let case = resolved.map_err(|e| crate::error::ApiError::from(e).message)?;
             Ok((format!("case {} resolved", case.case_id), None))
         }
         Action::Adjustment { platform, from, to, amount, currency, reason } => {
@@ -816,7 +821,12 @@ fn proposal_of(session: &Session, platforms: &crate::platforms::Platforms, field
         }
         "resolve_case" => Ok((
             Scope::System,
-            Action::ResolveCase { case_id: text("case_id", 128)?, resolution: text("resolution", 1024)?, capture: fields.opt("capture") == Some("on") },
+            Action::ResolveCase {
+                case_id: text("case_id", 128)?,
+                resolution: text("resolution", 1024)?,
+                capture: fields.opt("capture") == Some("on"),
+                left_wrong: fields.opt("left_wrong") == Some("on"),
+            },
         )),
         "adjustment" => {
             let platform = platform()?;

@@ -1472,7 +1472,7 @@ fn render_api(session: &Session, platforms: &Platforms, platform: &Platform, del
                 label { "Note for the approver" input name="note"; }
                 button type="submit" disabled[!session.has(Role::Operator)] { "Propose a rotation" }
             }
-            p.muted { "An approver other than you approves it on the Approvals page; the new secret is shown to them once." }
+            p.muted { "An approver other than you, who is an admin too, approves it on the Approvals page; the new secret is shown to them once." }
         }
         section.card #deliveries {
             h2 { "Recent deliveries" }

@@ -433,6 +433,8 @@ async fn reconciliation_page(
                                     input name="resolution" placeholder="what was done" required maxlength="1024";
                                     @if !case.line["hold_order_id"].is_null() {
                                         " " label { input type="checkbox" name="capture"; " take the hold into suspense (the member was paid)" }
+                                    } @else if case.case_id.starts_with("case_paid_by_left_channel_") {
+                                        " " label { input type="checkbox" name="left_wrong"; " its word was wrong: the payout may go on to another channel (else it goes no further, and a failure is held)" }
                                     }
                                     " " button.secondary type="submit" { "Propose" }
                                 }
