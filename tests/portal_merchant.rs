@@ -88,6 +88,14 @@ fn a_merchant_recharges_withdraws_after_a_preview_refunds_and_reads_its_ledgers(
     let (member, account) = company(&p, "company");
     let buyer = p.account(&p.member("buyer", "Zhang San"));
     let mut admin = admin(&server);
+    // A merchant operator names a member of its platform (helper 126: another platform's was
+    // taken): another platform's member is no merchant of this one.
+    let other = Client::create(&server, TOKEN, r#"{"name": "Elsewhere"}"#);
+    let csrf = admin.csrf();
+    let fields = [("csrf", csrf.as_str()), ("username", "stray"), ("display_name", "stray"), ("kind", "merchant"), ("platform", other.platform.as_str())];
+    let fields: Vec<(&str, &str)> = fields.into_iter().chain([("member", member.as_str()), ("role", "viewer"), ("password", PASSWORD)]).collect();
+    let stray = admin.post("/portal/operators", &fields);
+    assert!(stray.body.contains("no such merchant") && !stray.body.contains("Operator stray created"), "{}", stray.body);
     let mut ops = merchant_operator(&server, &mut admin, "acme_ops", &p.platform, &member);
 
     // The dashboard: the account with its balances.

@@ -378,13 +378,26 @@ async fn operators(session: Session, portal: PortalData) -> HttpResponse {
     operators_page(&session, &portal, None)
 }
 
-async fn create_operator(request: HttpRequest, session: Session, portal: PortalData, form: web::Form<Fields>) -> Result<HttpResponse, PortalError> {
+async fn create_operator(
+    request: HttpRequest,
+    session: Session,
+    portal: PortalData,
+    members: web::Data<Arc<crate::members::Members>>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, PortalError> {
     check_form(&request, &session, &form)?;
     session.require(Role::Admin)?;
     let scope = match scope_of(&session, &form) {
         Ok(scope) => scope,
         Err(message) => return Ok(operators_page(&session, &portal, Some(("error", &message)))),
     };
+    // A merchant operator's member must be its platform's (helper 126: another platform's member
+    // was taken; such an operator saw nothing, every lookup being by platform and member).
+    if let Scope::Merchant { platform, member } = scope {
+        if members.get(platform, member)?.is_none() {
+            return Ok(operators_page(&session, &portal, Some(("error", "no such merchant (mem_N) on that platform"))));
+        }
+    }
     let roles = form.all("role").filter_map(Role::parse).collect();
     let new = NewOperator {
         username: form.get("username").trim().to_string(),
