@@ -303,6 +303,10 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
         (Some("-1.60"), Some(money(100 - deposit).as_str()), Some(false)),
         "{before}"
     );
+    // WeChat's tariff goes up after the bank took 0.60 and before the run (helper 121#3): the
+    // run books what the bank took, noted at the verdict, not 1 % of today's tariff.
+    let patch = json!({"fee_rate_bps": 100});
+    assert_eq!(admin_request(&server, "PATCH", "/admin/channels/sim_wechat_scan", token, Some(&patch)).0, 200);
     let (status, run) = settle(&server, token, &today);
     assert_eq!(status, 200, "{run}");
     let fees = run["channel_fees"].as_array().unwrap();
@@ -321,6 +325,11 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
     );
     let scan_fee = run["channel_fees"].as_array().unwrap().iter().find(|f| f["channel"] == "sim_wechat_scan").cloned().unwrap_or_default();
     assert_eq!((scan_fee["orders"].as_u64(), scan_fee["fees"].as_str()), (Some(1), Some("0.60")), "{run}");
+    // The bank's statement agrees with the fee booked (it was a fee mismatch at today's tariff).
+    let request = ureq::post(&format!("{}/admin/reconciliations", server.base)).set("Authorization", &format!("Bearer {token}"));
+    let body = json!({"channel": "sim_wechat_scan", "business_date": today, "file": wechat}).to_string();
+    let report: serde_json::Value = request.send_string(&body).expect("reconciled").into_json().unwrap();
+    assert_eq!(report["counts"], json!({"matched": 1}), "{report}");
     // The bank simulator's own reserve account says the same.
     let (_, bank) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
     assert_eq!((bank["bank_balance"].as_str(), bank["ok"].as_bool()), (Some(money(at_bank).as_str()), Some(true)), "{bank}");
@@ -334,6 +343,17 @@ fn the_settlement_run_books_the_channels_fees_and_the_reserve_meets_the_bank() {
         again["channel_fees"].as_array().unwrap().iter().find(|f| f["channel"] == "sim_unionpay" && f["business_date"] == today.as_str()).unwrap().clone();
     assert_eq!(unionpay["booked_now"], "0.00", "{again}");
     assert_eq!(reserve()["ok"], true);
+    // A recharge decided after the change costs the new tariff, at the bank and in the books.
+    let (_, _, later) =
+        p.post("/v1/recharges", &json!({"out_order_no": "r-scan-2", "account_id": a, "amount": "100.00", "currency": "CNY", "channel": "sim_wechat_scan"}));
+    p.wait_order(later["order_id"].as_str().unwrap(), "succeeded");
+    assert!(server.sim_text(&format!("/sim/channels/sim_wechat_scan/statements/{today}")).contains(",in,100.00,succeeded,1.00"));
+    let (_, third) = settle(&server, token, &today);
+    let scan =
+        third["channel_fees"].as_array().unwrap().iter().find(|f| f["channel"] == "sim_wechat_scan" && f["business_date"] == today.as_str()).unwrap().clone();
+    assert_eq!((scan["orders"].as_u64(), scan["fees"].as_str(), scan["booked_now"].as_str()), (Some(2), Some("1.60"), Some("1.00")), "{third}");
+    let (_, bank) = server.get("/admin/reserve?currency=CNY&bank=simulator", Some(token));
+    assert_eq!(bank["ok"], true, "{bank}");
     let (_, invariants) = server.get("/admin/invariants", Some(token));
     assert_eq!(invariants["ok"], true, "{invariants}");
     server.stop();

@@ -133,6 +133,33 @@ pub struct Clearing {
     resumed: usize,
 }
 
+/// Notes the channel fee of money-in order `order` at its channel's tariff now
+/// (`fees::note_at_tariff`), before its success is applied; nothing for an order that is not a
+/// money-in order waiting for its verdict (the engine answers those).
+pub fn note_money_in_fee(engine: &Engine, store: &dyn Store, channels: &ChannelSet, order: OrderId) -> Result<(), ClearingError> {
+    let shard = order.shard(engine.config().shard_count);
+    let found = engine.read_shard(shard, move |state| {
+        state
+            .order(order)
+            .filter(|o| o.status == OrderStatus::Pending)
+            .and_then(|o| money_in_channel(&o.detail).map(|channel| (channel, o.created_at, o.amount)))
+    })?;
+    if let Some((channel, created_at, amount)) = found {
+        crate::fees::note_at_tariff(store, channels.get(channel), engine.config().utc_offset_seconds, order, created_at, amount)
+            .map_err(|e| ClearingError::Storage(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The channel a money-in order (a recharge, or a direct payment through a channel) came through.
+pub fn money_in_channel(detail: &OrderDetail) -> Option<u16> {
+    match detail {
+        OrderDetail::Recharge { channel } => Some(*channel),
+        OrderDetail::Payment { channel, .. } => *channel,
+        _ => None,
+    }
+}
+
 /// Everything the actor owns.
 struct Actor {
     engine: Arc<Engine>,
@@ -259,6 +286,12 @@ impl Clearing {
     /// How many orders waiting for a bank's verdict were handed to the bank again at start.
     pub fn resumed(&self) -> usize {
         self.resumed
+    }
+
+    /// Notes the channel fee of money-in order `order` at its channel's tariff now, before a
+    /// bank's success is applied to it (`note_money_in_fee`). Blocking (reads a shard).
+    pub fn note_money_in_fee(&self, engine: &Engine, order: OrderId) -> Result<(), ClearingError> {
+        note_money_in_fee(engine, self.store.as_ref(), &self.channels.load(), order)
     }
 
     /// The channels as they are now (names, tariffs, money-in channels).
@@ -1197,8 +1230,15 @@ impl Actor {
     /// answer (an error, overloaded) stays for the next tick, one it refuses (decided otherwise
     /// meanwhile) is logged and dropped.
     fn apply_kept_verdicts(&mut self) {
-        let engine = self.engine.clone();
+        let (engine, store, channels) = (self.engine.clone(), self.store.clone(), self.table.set());
         self.kept_verdicts.retain(|&(order, succeeded)| {
+            // Its channel fee at the tariff now, noted before the verdict (`fees::note`).
+            if succeeded {
+                if let Err(error) = note_money_in_fee(&engine, store.as_ref(), &channels, order) {
+                    tracing::warn!(order = order.0, "a money-in verdict kept by the bank not applied yet: {error}");
+                    return true;
+                }
+            }
             let command = Command::CompleteRecharge { order, succeeded };
             match engine.execute_one(Envelope { platform: 0, out_order_no: None, command }) {
                 Ok(reply) if reply.is_ok() => false,

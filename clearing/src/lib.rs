@@ -11,6 +11,7 @@ pub mod cases;
 pub mod channels;
 pub mod commission;
 pub mod error;
+pub mod fees;
 pub mod payouts;
 pub mod reconcile;
 pub mod reserve;

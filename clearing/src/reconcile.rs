@@ -132,7 +132,8 @@ struct Carried {
 #[derive(Clone, Copy)]
 struct Ours {
     amount: Minor,
-    /// The fee we charged a payout (money in: `None`, the channel's tariff applies).
+    /// The fee we charged a payout, or noted at a money-in order's verdict (`fees::note`);
+    /// `None`: the channel's tariff applies (money in decided before session 68).
     fee: Option<Minor>,
     status: OrderStatus,
     withdrawal: bool,
@@ -192,7 +193,7 @@ pub fn reconcile_with(
     // runs' (a paste declaring one that came due opened a case the bank's next run opened again).
     let (lines, ended) = lines_with_carries(store, channel, file, !by_hand)?;
     let named: Vec<OrderId> = lines.iter().filter_map(|pending| bank::parse_order_ref(&pending.line.order_id)).collect();
-    let ours = channel_ledger(engine, channel, day, &named)?;
+    let ours = with_noted_fees(store, channel_ledger(engine, channel, day, &named)?)?;
     let mut run = Run {
         store,
         report: ReconcileReport {
@@ -264,6 +265,18 @@ fn lines_with_carries(store: &dyn Store, channel: u16, file: &[u8], with_carries
 
 fn carry_prefix(channel: u16) -> String {
     format!("r/carry/{channel:05}/")
+}
+
+/// `ours` with the fees noted at their verdicts on its money-in orders (`fees::note`).
+fn with_noted_fees(store: &dyn Store, mut ours: HashMap<u64, Ours>) -> Result<HashMap<u64, Ours>, ClearingError> {
+    let wanted: Vec<(u32, OrderId)> = ours.iter().filter(|(_, o)| !o.withdrawal && o.fee.is_none()).map(|(id, o)| (o.created_day, OrderId(*id))).collect();
+    let noted = crate::fees::of_orders(store, &wanted).map_err(|e| ClearingError::Storage(e.to_string()))?;
+    for ((_, id), fee) in wanted.iter().zip(noted) {
+        if let (Some(fee), Some(order)) = (fee, ours.get_mut(&id.0)) {
+            order.fee = Some(fee);
+        }
+    }
+    Ok(ours)
 }
 
 /// Orders one read of a shard visits at most while the channel ledger is gathered: the shard's
@@ -475,8 +488,8 @@ impl Run<'_> {
             return Ok(Some(id));
         }
         if let Some(their_fee) = &line.fee {
-            // A failed order costs nothing; otherwise the fee we charged (payouts) or the
-            // channel's tariff (money in).
+            // A failed order costs nothing; otherwise the fee we charged (payouts), noted (money
+            // in, since session 68) or the channel's tariff (money in decided before).
             let ours_fee = if !theirs_ok { 0 } else { order.fee.unwrap_or_else(|| self.tariff.map_or(0, |c| c.fee(order.amount))) };
             if order.spec.parse(their_fee) != Some(ours_fee) {
                 let reason = format!("fee mismatch: ours {}, theirs {their_fee}", order.spec.format(ours_fee));
@@ -527,6 +540,13 @@ impl Run<'_> {
                         Err(error) => return Err(error),
                     }
                 } else {
+                    // Its fee as the bank's line says (the same as ours, checked above), noted
+                    // before the verdict (`fees::note`; the first note stays).
+                    if theirs_ok {
+                        let fee = line.fee.as_deref().and_then(|fee| order.spec.parse(fee)).or(order.fee);
+                        let fee = fee.unwrap_or_else(|| self.tariff.map_or(0, |c| c.fee(order.amount)));
+                        crate::fees::note(self.store, order.created_day, id, fee).map_err(|e| ClearingError::Storage(e.to_string()))?;
+                    }
                     let command = Command::CompleteRecharge { order: id, succeeded: theirs_ok };
                     let reply = engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?;
                     if reply.is_ok() {

@@ -223,8 +223,8 @@ pub fn run(
     }
     let stored = waiting_fee_orders(store)?;
     let days = [day.saturating_sub(1), day];
-    let (fee_rows, found_waiting) = channel_fees(engine, channels, days)?;
-    let (late_rows, still_waiting) = late_fees(engine, channels, &stored, day)?;
+    let (fee_rows, found_waiting) = channel_fees(engine, store, channels, days)?;
+    let (late_rows, still_waiting) = late_fees(engine, store, channels, &stored, day)?;
     // Kept for the next runs: what still waits (examined now, or of days after `day`: a run of
     // an earlier day again leaves them as they were), within `FEE_WAITING_DAYS_MAX`.
     let mut waiting_after: Vec<WaitingFee> = stored.into_iter().filter(|w| w.day > day).collect();
@@ -255,6 +255,8 @@ pub fn run(
     if !rows_ahead.is_empty() {
         save_fee_state(store, None, &[])?;
     }
+    // Money-in fees noted of days no run looks at again (older than the orders kept waiting).
+    crate::fees::prune_before(store, day.saturating_sub(FEE_WAITING_DAYS_MAX + 1)).map_err(store_error)?;
     // Freezes that expire after this point are the next run's (a fixed cut-off ends the steps).
     // The shards' batch time is the wall clock, or ahead of it after the host's clock stepped
     // back (it never goes back): the later of the two, as one command at this point would have.
@@ -371,12 +373,18 @@ fn save_fee_state(store: &dyn storage::Store, waiting: Option<&[WaitingFee]>, la
 }
 
 /// What channel `channel` charges for `order` once carried out: a payout the fee booked with it,
-/// money in the channel's tariff.
-fn fee_of(order: &engine::ledger::types::Order, channel: u16, tariffs: &HashMap<u16, bank::Tariff>) -> Minor {
+/// money in the fee noted at its verdict (`fees::note`: the tariff then, or the bank's word
+/// from a statement), else the channel's tariff now (an order decided before session 68, or
+/// whose note could not be written).
+fn fee_of(order: &engine::ledger::types::Order, channel: u16, tariffs: &HashMap<u16, bank::Tariff>, noted: Option<Minor>) -> Minor {
     match order.detail {
         OrderDetail::Withdrawal { fee, .. } => fee,
-        _ => tariffs.get(&channel).map_or(0, |t| t.fee(order.amount)),
+        _ => noted.unwrap_or_else(|| tariffs.get(&channel).map_or(0, |t| t.fee(order.amount))),
     }
+}
+
+fn store_error(error: storage::StorageError) -> EngineError {
+    EngineError::Storage(error.to_string())
 }
 
 /// What each channel charges (its tariff) for each shard's orders of the business `days` that
@@ -384,12 +392,22 @@ fn fee_of(order: &engine::ledger::types::Order, channel: u16, tariffs: &HashMap<
 /// Each day's orders are one run of each shard's orders (found by bisection: a shard's
 /// timestamps never go back), read `FEE_ORDERS_PER_READ` at a time. Only rows with a positive
 /// total, in day order; and the orders of `days` still waiting for their channel.
-fn channel_fees(engine: &Engine, channels: &ChannelSet, days: [u32; 2]) -> Result<(Vec<ChannelFeeRow>, Vec<WaitingFee>), EngineError> {
+fn channel_fees(
+    engine: &Engine,
+    store: &dyn storage::Store,
+    channels: &ChannelSet,
+    days: [u32; 2],
+) -> Result<(Vec<ChannelFeeRow>, Vec<WaitingFee>), EngineError> {
     let tariffs: Arc<HashMap<u16, bank::Tariff>> = Arc::new(channels.all().iter().map(|c| (c.id, c.tariff())).collect());
     let calendar = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() };
     let mut rows = Vec::new();
     let mut waiting = Vec::new();
     let days: std::collections::BTreeSet<u32> = days.into_iter().collect();
+    // The money-in fees noted of each day's orders (every shard's: order ids are unique).
+    let mut noted = HashMap::new();
+    for &day in &days {
+        noted.insert(day, Arc::new(crate::fees::of_day(store, day).map_err(store_error)?));
+    }
     for shard in 0..engine.config().shard_count {
         for &day in &days {
             let (start, end) = (calendar.day_start_micros(day as i64), calendar.day_start_micros(day as i64 + 1));
@@ -400,7 +418,7 @@ fn channel_fees(engine: &Engine, channels: &ChannelSet, days: [u32; 2]) -> Resul
             let mut from = first;
             while from < last {
                 let to = last.min(from + FEE_ORDERS_PER_READ);
-                let tariffs = tariffs.clone();
+                let (tariffs, noted) = (tariffs.clone(), noted[&day].clone());
                 let (part, waits) = engine.read_shard(shard, move |state| {
                     let (mut part, mut waits): (Vec<(u16, u8, Minor)>, Vec<u64>) = (Vec::new(), Vec::new());
                     state.orders.scan_range(from..to, |order| {
@@ -408,7 +426,7 @@ fn channel_fees(engine: &Engine, channels: &ChannelSet, days: [u32; 2]) -> Resul
                         match order.status {
                             OrderStatus::Pending | OrderStatus::Processing => waits.push(order.id.0),
                             OrderStatus::Failed => {}
-                            _ => part.push((channel, order.currency.0, fee_of(order, channel, &tariffs))),
+                            _ => part.push((channel, order.currency.0, fee_of(order, channel, &tariffs, noted.get(&order.id.0).copied()))),
                         }
                     });
                     (part, waits)
@@ -437,7 +455,13 @@ fn channel_fees(engine: &Engine, channels: &ChannelSet, days: [u32; 2]) -> Resul
 /// channel, day, currency) whose total is what that day has booked plus these orders' fees (so
 /// `ChargeChannelFees` books exactly them, whatever the tariff is now for the day's other
 /// orders); and those still waiting.
-fn late_fees(engine: &Engine, channels: &ChannelSet, stored: &[WaitingFee], day: u32) -> Result<(Vec<ChannelFeeRow>, Vec<WaitingFee>), EngineError> {
+fn late_fees(
+    engine: &Engine,
+    store: &dyn storage::Store,
+    channels: &ChannelSet,
+    stored: &[WaitingFee],
+    day: u32,
+) -> Result<(Vec<ChannelFeeRow>, Vec<WaitingFee>), EngineError> {
     let tariffs: Arc<HashMap<u16, bank::Tariff>> = Arc::new(channels.all().iter().map(|c| (c.id, c.tariff())).collect());
     let mut rows = Vec::new();
     let mut still = Vec::new();
@@ -448,15 +472,18 @@ fn late_fees(engine: &Engine, channels: &ChannelSet, stored: &[WaitingFee], day:
         // `FEE_COLD_READS_MAX` pieces read back from the store per `read_shard`.
         let mut mine = mine;
         mine.sort_by_key(|w| w.order);
+        // The fees noted of them (at most `FEE_WAITING_ORDERS_MAX`), beside them.
+        let wanted: Vec<(u32, engine::ledger::types::OrderId)> = mine.iter().map(|w| (w.day, engine::ledger::types::OrderId(w.order))).collect();
+        let noted = Arc::new(crate::fees::of_orders(store, &wanted).map_err(store_error)?);
         let mine = Arc::new(mine);
         let mut from = 0;
         while from < mine.len() {
-            let (entries, tariffs) = (mine.clone(), tariffs.clone());
+            let (entries, tariffs, noted) = (mine.clone(), tariffs.clone(), noted.clone());
             let (decided, waits, next) = engine.read_shard(shard, move |state| {
                 let (mut decided, mut waits, mut cold_reads) = (Vec::new(), Vec::new(), 0);
                 let mut at = from;
                 while at < entries.len() && at - from < FEE_ORDERS_PER_READ {
-                    let w = entries[at];
+                    let (w, note) = (entries[at], noted.get(at).copied().flatten());
                     let id = engine::ledger::types::OrderId(w.order);
                     let local = usize::try_from(id.local_index(state.shard_count)).unwrap_or(usize::MAX);
                     if !state.orders.is_resident(local) {
@@ -471,7 +498,7 @@ fn late_fees(engine: &Engine, channels: &ChannelSet, stored: &[WaitingFee], day:
                     match order.status {
                         OrderStatus::Pending | OrderStatus::Processing => waits.push(w),
                         OrderStatus::Failed => {}
-                        _ => decided.push((channel, w.day, order.currency.0, fee_of(order, channel, &tariffs))),
+                        _ => decided.push((channel, w.day, order.currency.0, fee_of(order, channel, &tariffs, note))),
                     }
                 }
                 (decided, waits, at)

@@ -102,7 +102,17 @@ pub async fn receive_callback(
             // leave another's recharges pending until the bank gives up retrying.
             let command = Command::CompleteRecharge { order, succeeded };
             let engine = engine.get_ref().clone();
-            let reply = crate::error::blocking(move || engine.execute_one(Envelope { platform: 0, out_order_no: None, command })).await??;
+            let clearing = clearing.get_ref().clone();
+            let reply = crate::error::blocking(move || {
+                // Its channel fee at the tariff now (the bank's, told of every change at once),
+                // noted before the verdict: the nightly run books it, whatever the tariff is
+                // then (helper 121#3).
+                if succeeded {
+                    clearing.note_money_in_fee(&engine, order)?;
+                }
+                Ok::<_, ApiError>(engine.execute_one(Envelope { platform: 0, out_order_no: None, command })?)
+            })
+            .await??;
             match reply.code {
                 ResultCode::Ok => Ok(HttpResponse::Ok().json(serde_json::json!({"received": true, "status": reply.status.map(|s| s.name())}))),
                 code => Err(crate::orders::rejection(code)),
