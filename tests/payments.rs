@@ -125,6 +125,45 @@ fn escrow_scenario_with_staged_confirm_refund_cancel_and_freeze() {
     assert_eq!(p.get("/v1/orders?kind=loan").0, 400);
     assert_eq!(p.get("/v1/orders?colour=red").0, 400);
 
+    // A third, whose platform split is cancelled by name (helper 127: a cancel of an amount
+    // comes off the receivers in their order, the company's part first): the company's part
+    // stays held whole and is confirmed whole.
+    let third = json!({"out_order_no": "pay-4", "payer_account_id": owner, "mode": "guarantee", "amount": "100.00", "currency": "CNY",
+        "payees": [{"account_id": company, "amount": "90.00"}], "splits": [{"account_id": platform_fee, "amount": "10.00"}]});
+    let (_, _, held3) = p.post("/v1/payments", &third);
+    let order3 = held3["order_id"].as_str().unwrap().to_string();
+    let cancel3 = |number: &str, extra: serde_json::Value| {
+        let mut body = json!({"out_order_no": number});
+        for (key, value) in extra.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        p.post(&format!("/v1/payments/{order3}/cancel"), &body)
+    };
+    let split = json!([{"account_id": platform_fee, "amount": "10.00"}]);
+    assert_eq!(error_of(&cancel3("x-3", json!({"cancels": []}))).0, 400);
+    assert_eq!(error_of(&cancel3("x-3", json!({"cancels": split, "amount": "9.00"}))), (400, Some("invalid_request")), "amount is their sum");
+    // (A refusal by the ledger is kept under its number: another number.)
+    assert_eq!(error_of(&cancel3("x-3o", json!({"cancels": [{"account_id": platform_fee, "amount": "10.01"}]}))), (422, Some("exceeds_held_amount")));
+    let (status, replayed, named) = cancel3("x-3", json!({"cancels": split, "amount": "10.00"}));
+    assert_eq!((status, replayed, named["status"].as_str()), (200, false, Some("held")), "{named}");
+    assert_eq!(named["cancellation"]["cancels"][0]["account_id"], platform_fee.as_str(), "{named}");
+    assert_eq!(cancel3("x-3", json!({"cancels": split})), (200, true, named.clone()), "a replay");
+    assert_eq!(error_of(&cancel3("x-3", json!({"amount": "10.00"}))), (409, Some("idempotency_conflict")), "another body under the number");
+    let (status, _, done3) =
+        p.post(&format!("/v1/payments/{order3}/confirm"), &json!({"out_order_no": "c-4", "releases": [{"account_id": company, "amount": "90.00"}]}));
+    assert_eq!((status, done3["status"].as_str()), (200, Some("succeeded")), "{done3}");
+    assert_eq!((p.balances(&company).0.as_str(), p.balances(&platform_fee).0.as_str()), ("620.00", "30.00"));
+    assert_eq!(p.balances(&owner).0, "350.00");
+    // In a bulk request too.
+    let fourth = json!({"out_order_no": "pay-5", "payer_account_id": owner, "mode": "guarantee", "amount": "20.00", "currency": "CNY",
+        "payees": [{"account_id": company, "amount": "15.00"}], "splits": [{"account_id": platform_fee, "amount": "5.00"}]});
+    let order4 = p.post("/v1/payments", &fourth).2["order_id"].as_str().unwrap().to_string();
+    let bulk =
+        json!({"operations": [{"op": "cancel", "body": {"order_id": order4, "out_order_no": "x-5", "cancels": [{"account_id": company, "amount": "15.00"}]}}]});
+    let (status, _, answer) = p.post("/v1/bulk", &bulk);
+    assert_eq!((status, answer["results"][0]["status"].as_u64()), (200, Some(200)), "{answer}");
+    assert_eq!(p.balances(&owner).0, "345.00");
+
     let (_, report) = server.get("/admin/invariants", Some(token));
     assert_eq!(report["ok"], true, "{report}");
     server.stop();

@@ -106,6 +106,48 @@ fn cross_shard_payments_balance_and_survive_restart() {
     assert!(offline.entries_checked > 200);
 }
 
+/// A cancel naming its receivers (`CancelLegs`) through the shard threads, a receiver on each
+/// shard: refused, applied, replayed, and rebuilt byte-identical by the journal after a restart.
+/// (The first build of it stopped the shard at its first command: its kind had no name in the
+/// shard's outcome counters.)
+#[test]
+fn a_cancel_naming_its_receivers_goes_through_the_shards_and_survives_restart() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::start(config(2), store.clone()).unwrap();
+    let accounts = open_funded(&engine, 0..8, 10_000);
+    let (near, far) = one_on_each_shard(&accounts);
+    let payer = *accounts.iter().find(|a| **a != near && a.shard(2) == 0).unwrap();
+    let legs = |parts: &[(AccountId, i64)]| -> Legs { parts.iter().map(|&(account, amount)| Leg { account, amount }).collect() };
+    let held = engine
+        .execute_one(keyed(
+            "hold",
+            Command::Payment { payer, guarantee: true, currency: CNY, amount: 100, payees: legs(&[(near, 90)]), splits: legs(&[(far, 10)]) },
+        ))
+        .unwrap();
+    assert!(held.is_ok(), "{held:?}");
+    let order = OrderId(held.id);
+    let over = engine.execute_one(keyed("x-over", Command::CancelLegs { order, cancels: legs(&[(far, 11)]) })).unwrap();
+    assert_eq!(over.code, ResultCode::ExceedsHeldAmount);
+    let cancel = keyed("x-1", Command::CancelLegs { order, cancels: legs(&[(far, 10)]) });
+    let first = engine.execute_one(cancel.clone()).unwrap();
+    assert_eq!((first.code, first.status), (ResultCode::Ok, Some(OrderStatus::Held)));
+    assert!(engine.execute_one(cancel.clone()).unwrap().replayed);
+    let by_amount = engine.execute_one(keyed("x-1", Command::Cancel { order, amount: Some(10) })).unwrap();
+    assert_eq!(by_amount.code, ResultCode::IdempotencyConflict, "one number, one cancellation");
+    let confirmed = engine.execute_one(keyed("c-1", Command::Confirm { order, releases: legs(&[(near, 90)]) })).unwrap();
+    assert_eq!((confirmed.code, confirmed.status), (ResultCode::Ok, Some(OrderStatus::Succeeded)));
+    engine.wait_quiescent(Duration::from_secs(5)).unwrap();
+    assert_eq!((balance(&engine, payer).0, balance(&engine, near).1, balance(&engine, far).1), (10_000 - 90, 90, 0));
+    let report = check_engine(&engine).unwrap();
+    assert!(report.ok, "{report:?}");
+    let before = digests(&engine);
+    engine.shutdown();
+    let restarted = Engine::start(config(2), store.clone()).unwrap();
+    assert_eq!(digests(&restarted), before, "the journal rebuilds it");
+    assert!(restarted.execute_one(cancel).unwrap().replayed);
+    restarted.shutdown();
+}
+
 #[test]
 fn reusing_an_order_number_for_other_funds_is_a_conflict_across_shards() {
     let engine = Engine::start(config(2), Arc::new(MemoryStore::new())).unwrap();

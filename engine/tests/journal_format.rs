@@ -18,7 +18,7 @@ enum; never reorder or remove one. If the encoding change is deliberate, bump JO
 and regenerate GOLDEN in engine/tests/journal_format.rs (appending a variant at the end changes no existing bytes and needs no bump).";
 
 /// `Command`'s variants in declaration order: the index here is the one the journal stores.
-const COMMAND_VARIANTS: [&str; 35] = [
+const COMMAND_VARIANTS: [&str; 36] = [
     "Genesis",
     "OpenAccount",
     "SetAccountStatus",
@@ -54,6 +54,7 @@ const COMMAND_VARIANTS: [&str; 35] = [
     "ExpireFreezesChunk",
     "SettleChunk",
     "AutoConfirmStep",
+    "CancelLegs",
 ];
 
 /// The index the journal stores for `command`. No wildcard arm: a new variant does not compile
@@ -95,6 +96,7 @@ fn variant_index(command: &Command) -> usize {
         Command::ExpireFreezesChunk { .. } => 32,
         Command::SettleChunk { .. } => 33,
         Command::AutoConfirmStep { .. } => 34,
+        Command::CancelLegs { .. } => 35,
     }
 }
 
@@ -103,7 +105,7 @@ fn variant_index(command: &Command) -> usize {
 /// and the postings. Regenerate only for a deliberate format change (see `FORMAT_RULES`).
 const GOLDEN: &[(&str, &str)] = &[
     ("version", "06"),
-    ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d923"),
+    ("header", "012afd01401e18240a060000070e151c232a31383f464d545b626970777e858c939aa1a8afb6bdc4cbd2d924"),
     ("Genesis", "070000010202434e59024a505900fb00e1"),
     ("OpenAccount", "070001fbe90300fbe803fbd007fb5802fbb004"),
     ("SetAccountStatus", "0700020301"),
@@ -139,9 +141,10 @@ const GOLDEN: &[(&str, &str)] = &[
     ("ExpireFreezesChunk", "07002001fd00401e18240a0600fb001020"),
     ("SettleChunk", "07002101fb0c4d0100fbf44c010200fb1027c8fb881302090e0b06fbe803fb2c01fb0010fc00000400"),
     ("AutoConfirmStep", "07002201fd00401e18240a0600fb2c01fb001020"),
+    ("CancelLegs", "070105636e6c2d31230601090a"),
     ("entries", "030106010002020a06000203fdffffffffffffffff0b0002"),
     ("postings", "060300c70501c80300630302640501b30500b4"),
-    ("hash", "4d2540077f2ab6a332131e74253f490c0248a48b80f472076c171c1550e18805"),
+    ("hash", "771c31390a4d9580da0b27b4f936971bbff9c05164e3ad40bb0e35d413562874"),
 ];
 
 const SHARD: u16 = 1;
@@ -258,6 +261,7 @@ fn every_command() -> Vec<(Option<OutOrderNo>, Command)> {
         (None, Command::ExpireFreezesChunk { shard: SHARD, expired_before: 1_700_000_000_000_000, freezes_max: 4096, chunks_max: 32 }),
         (None, Command::SettleChunk { shard: SHARD, through_day: 19_724, rule: Some(Box::new(rule)), after: 300, accounts_max: 4096, examined_max: 262_144 }),
         (None, Command::AutoConfirmStep { shard: SHARD, created_before: 1_700_000_000_000_000, after: 300, orders_max: 4096, chunks_max: 32 }),
+        (number("cnl-1"), Command::CancelLegs { order: OrderId(6), cancels: legs(&[(9, 5)]) }),
     ]
 }
 
@@ -453,6 +457,22 @@ fn encoding_matches_the_golden_bytes() {
         changed.is_empty() && parts.len() == GOLDEN.len(),
         "the journal encoding of the golden record changed (parts: {changed:?}). {FORMAT_RULES}\nThe encoding now is:\n{regenerate}"
     );
+}
+
+/// Every variant has a kind code and a name at it (metrics count commands by kind: a code past
+/// the names' end stopped the shard that counted it, found when `CancelLegs` was added).
+#[test]
+fn every_command_kind_has_its_name() {
+    let codes: Vec<u8> = every_command().iter().map(|(_, command)| command.kind_code()).collect();
+    assert_eq!(codes.len(), COMMAND_VARIANTS.len());
+    assert_eq!(Command::KIND_NAMES.len(), COMMAND_VARIANTS.len(), "a name for each kind");
+    for (code, name) in codes.iter().zip(COMMAND_VARIANTS) {
+        assert!((*code as usize) < Command::KIND_NAMES.len(), "{name}'s kind code {code} has no name");
+    }
+    let mut distinct = codes.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), codes.len(), "one code a kind");
 }
 
 #[test]

@@ -308,6 +308,46 @@ fn guarantee_confirm_cancel_codes() {
     w.assert_books_balance();
 }
 
+/// Helper 127: a partial cancel naming its receivers (`CancelLegs`) takes each named part off
+/// that receiver's held part only: the platform cancels its own split while the merchant's part
+/// stays held whole (a `Cancel` of an amount comes off the first receivers).
+#[test]
+fn a_partial_cancel_names_the_receivers_it_comes_from() {
+    let mut w = World::new();
+    let payer = w.funded(1, 10_000);
+    let merchant = w.funded(2, 0);
+    let platform = w.funded(3, 0);
+    let stranger = w.funded(4, 0);
+    let order = w.ok(Command::Payment { payer, guarantee: true, currency: CNY, amount: 100, payees: legs(&[(merchant, 90)]), splits: legs(&[(platform, 10)]) });
+    let o = OrderId(order);
+    let cases: Vec<(&str, Command, ResultCode)> = vec![
+        ("none named", Command::CancelLegs { order: o, cancels: Legs::new() }, ResultCode::InvalidAmount),
+        ("not a receiver", Command::CancelLegs { order: o, cancels: legs(&[(stranger, 1)]) }, ResultCode::PayeeNotFound),
+        ("over its part", Command::CancelLegs { order: o, cancels: legs(&[(platform, 11)]) }, ResultCode::ExceedsHeldAmount),
+        ("zero", Command::CancelLegs { order: o, cancels: legs(&[(platform, 0)]) }, ResultCode::InvalidAmount),
+        ("named twice", Command::CancelLegs { order: o, cancels: legs(&[(platform, 5), (platform, 5)]) }, ResultCode::DuplicateLeg),
+        ("another platform's order", Command::CancelLegs { order: OrderId(987_654), cancels: legs(&[(platform, 1)]) }, ResultCode::OrderNotFound),
+    ];
+    for (name, command, expected) in cases {
+        assert_eq!(w.run(command).code, expected, "{name}");
+    }
+    assert_eq!(w.balances(payer), (10_000 - 100, 0, 0), "nothing moved");
+    w.ok(Command::CancelLegs { order: o, cancels: legs(&[(platform, 10)]) });
+    assert_eq!(w.balances(payer), (10_000 - 90, 0, 0));
+    // The merchant's 90 is still held whole: released to it as the platform meant.
+    w.ok(Command::Confirm { order: o, releases: legs(&[(merchant, 90)]) });
+    assert_eq!((w.balances(merchant).1, w.balances(platform).1), (90, 0));
+    assert_eq!(w.order(order).status, OrderStatus::Succeeded);
+    // Both receivers named in one cancel; all of it cancelled ends the order cancelled.
+    let second = w.ok(Command::Payment { payer, guarantee: true, currency: CNY, amount: 30, payees: legs(&[(merchant, 20)]), splits: legs(&[(platform, 10)]) });
+    w.ok(Command::CancelLegs { order: OrderId(second), cancels: legs(&[(merchant, 20), (platform, 10)]) });
+    assert_eq!(w.order(second).status, OrderStatus::Cancelled);
+    assert_eq!(w.balances(payer), (10_000 - 90, 0, 0));
+    let escrow = w.state.system_account(SystemRole::Escrow, CNY);
+    assert_eq!(w.state.account(escrow).unwrap().total(), 0);
+    w.assert_books_balance();
+}
+
 #[test]
 fn auto_confirm_releases_old_held_payments_of_the_platform_once() {
     let mut w = World::new();

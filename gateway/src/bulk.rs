@@ -70,7 +70,7 @@ pub async fn prepare(
             prepare_confirm(engine, platform, order_named(&request.order_id)?, &request).await
         }
         "cancel" => {
-            let request = parse_json::<PartialBody>(body)?;
+            let request = parse_json::<crate::payments::CancelBody>(body)?;
             prepare_cancel(engine, platform, order_named(&request.order_id)?, &request).await
         }
         "release_freeze" => {

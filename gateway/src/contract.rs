@@ -89,7 +89,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("create_batch", "create_batch_payment", Platform, "Pay many orders at once", "A batch of payments from one payer: all orders or none, one password check.", ["invalid_amount", "idempotency_conflict", "currency_mismatch", "account_closed", "account_frozen", "insufficient_funds", "exceeds_per_order_limit", "exceeds_daily_limit", "account_credit_blocked", "balance_limit_exceeded", "invalid_payment_password", "payment_locked", "payment_password_not_set"]),
     op!("create_payment", "create_payment", Platform, "Pay", "A payment from the payer's balance (or through a channel) to payees and splits: balance mode succeeds at once, guarantee mode holds the funds in escrow.", ["invalid_amount", "idempotency_conflict", "currency_mismatch", "account_closed", "account_frozen", "insufficient_funds", "exceeds_per_order_limit", "exceeds_daily_limit", "account_credit_blocked", "balance_limit_exceeded", "invalid_payment_password", "payment_locked", "payment_password_not_set", "no_channel_available"]),
     op!("confirm", "confirm_payment", Platform, "Release escrow to payees", "Releases a guarantee payment's escrow to its payees, all or part; the payment succeeds when nothing is held any more.", ["invalid_amount", "idempotency_conflict", "order_state_invalid", "exceeds_held_amount", "account_closed", "account_credit_blocked", "balance_limit_exceeded"]),
-    op!("cancel", "cancel_payment", Platform, "Return escrow to the payer", "Returns a guarantee payment's unreleased escrow to the payer, all or part.", ["invalid_amount", "idempotency_conflict", "order_state_invalid", "exceeds_held_amount", "account_closed", "balance_limit_exceeded"]),
+    op!("cancel", "cancel_payment", Platform, "Return escrow to the payer", "Returns a guarantee payment's unreleased escrow to the payer: all, an amount (off the receivers in their order), or named receivers' parts (`cancels`).", ["invalid_amount", "idempotency_conflict", "order_state_invalid", "exceeds_held_amount", "account_closed", "balance_limit_exceeded"]),
     op!("create_refund", "create_refund", Platform, "Refund a payment", "Back to the payer from a payee; refunds never exceed what was released to payees.", ["invalid_amount", "idempotency_conflict", "order_state_invalid", "exceeds_refundable_amount", "insufficient_funds", "account_closed", "account_frozen", "balance_limit_exceeded"]),
     op!("create_freeze", "create_freeze", Platform, "Freeze funds", "Holds part of an account's available balance, with a reason and an optional expiry.", ["invalid_amount", "idempotency_conflict", "currency_mismatch", "account_closed", "account_frozen", "insufficient_funds"]),
     op!("release", "release_freeze", Platform, "Release frozen funds", "Releases a freeze, all or part.", ["invalid_amount", "idempotency_conflict", "order_state_invalid", "exceeds_frozen_amount"]),
@@ -389,6 +389,11 @@ fn schema_rule(schema: &str, field: &str, setting: &Setting) -> Option<Value> {
         ("PaymentBody" | "CashierPayment" | "BatchOrderBody", "splits") => {
             array("LegBody", 0, 31, "Receivers of a share on settlement (payees and splits together at most 32).")
         }
+        ("CancelBody", "cancels") => {
+            let mut rule = array("LegBody", 1, 32, "The receivers whose held parts go back to the payer, each that much of its part (1 to 32); absent: `amount` off the receivers in their order, or all.");
+            rule["type"] = json!(["array", "null"]);
+            rule
+        }
         ("ConfirmBody", "releases") => {
             let mut rule = array("LegBody", 1, 32, "Partial releases: what each receiver gets now (1 to 32); absent releases all.");
             rule["type"] = json!(["array", "null"]);
@@ -443,6 +448,7 @@ const REQUEST_SCHEMAS: &[&str] = &[
     "CollectionBody",
     "FreezeBody",
     "PartialBody",
+    "CancelBody",
     "SessionBody",
     "NewMember",
     "SignBody",
@@ -692,7 +698,7 @@ pub fn document(mut doc: Value, currencies: &[(String, u8)], channels: &[String]
         }
         // A confirm, cancel or release names its order by the path; `order_id` in these bodies is
         // for the bulk's items only (a path operation refuses it), so the document leaves it out.
-        for name in ["PartialBody", "ConfirmBody"] {
+        for name in ["PartialBody", "ConfirmBody", "CancelBody"] {
             if let Some(Value::Object(properties)) = schemas.get_mut(name).and_then(|s| s.get_mut("properties")) {
                 properties.remove("order_id");
             }

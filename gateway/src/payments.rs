@@ -134,7 +134,21 @@ pub struct ConfirmBody {
     pub releases: Option<Vec<LegBody>>,
 }
 
-/// `POST /v1/payments/{order_id}/cancel` and `POST /v1/freezes/{order_id}/release`.
+/// `POST /v1/payments/{order_id}/cancel` (and the bulk `cancel` operation, which names the
+/// order): all that is held, `amount` of it (off the receivers in their order), or the named
+/// receivers' parts (`cancels`; `amount`, if given too, is their sum).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    pub out_order_no: String,
+    pub amount: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancels: Option<Vec<LegBody>>,
+}
+
+/// `POST /v1/freezes/{order_id}/release` (and the bulk `release_freeze` operation).
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PartialBody {
@@ -190,9 +204,38 @@ pub async fn prepare_confirm(engine: &Arc<Engine>, platform: &Platform, order_id
     Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, false))
 }
 
-/// Checks a cancellation of (part of) a guarantee payment's unreleased escrow.
-pub async fn prepare_cancel(engine: &Arc<Engine>, platform: &Platform, order_id: &str, body: &PartialBody) -> Result<Prepared, ApiError> {
-    prepare_partial(engine, platform, order_id, body, OrderKind::Guarantee, "cancellation", |order, amount| Command::Cancel { order, amount }).await
+/// Checks a cancellation of (part of) a guarantee payment's unreleased escrow: all, an amount,
+/// or named receivers' parts (`cancels`, since session 68: a partial cancel by amount comes off
+/// the receivers in their order, helper 127).
+pub async fn prepare_cancel(engine: &Arc<Engine>, platform: &Platform, order_id: &str, body: &CancelBody) -> Result<Prepared, ApiError> {
+    let Some(cancels) = &body.cancels else {
+        let partial = PartialBody { order_id: None, out_order_no: body.out_order_no.clone(), amount: body.amount.clone() };
+        return prepare_partial(engine, platform, order_id, &partial, OrderKind::Guarantee, "cancellation", |order, amount| Command::Cancel { order, amount })
+            .await;
+    };
+    let number = out_order_no(&body.out_order_no, "out_order_no")?;
+    if cancels.is_empty() || cancels.len() > LEGS_MAX {
+        return Err(ApiError::invalid("cancels, when given, name 1 to 32 receivers", "cancels"));
+    }
+    let (order, target) = target(engine, platform.id, order_id).await?;
+    if target.kind != OrderKind::Guarantee {
+        return Err(crate::orders::rejection(engine::result::ResultCode::OrderStateInvalid));
+    }
+    let cancels = legs(cancels, &target.spec, "cancels")?;
+    // Each within the order's amount (checked by the engine against what each holds): no sum
+    // of them overflows.
+    let total: i128 = cancels.iter().map(|leg| i128::from(leg.amount)).sum();
+    if let Some(text) = &body.amount {
+        if i128::from(amount(text, &target.spec, "amount")?) != total {
+            return Err(ApiError::invalid("amount, given with cancels, is their sum", "amount"));
+        }
+    }
+    let mut view = target.body;
+    let total = engine::money::Minor::try_from(total).map_err(|_| ApiError::invalid("the cancels sum past any amount", "cancels"))?;
+    let shown = legs_view(&cancels, &target.spec);
+    view.value("cancellation", &json!({"out_order_no": body.out_order_no, "amount": target.spec.format(total), "cancels": shown}));
+    let command = Command::CancelLegs { order, cancels };
+    Ok(Prepared::new(Envelope { platform: platform.id, out_order_no: Some(number), command }, view, false))
 }
 
 /// The shared shape of cancel and release: an order of `kind`, all or `amount` of what it holds.
@@ -492,10 +535,10 @@ pub async fn confirm(signed: Signed, path: web::Path<String>, engine: web::Data<
     respond(&engine, prepared).await
 }
 
-#[utoipa::path(post, path = "/v1/payments/{order_id}/cancel", tag = "money", request_body = crate::payments::PartialBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
+#[utoipa::path(post, path = "/v1/payments/{order_id}/cancel", tag = "money", request_body = crate::payments::CancelBody, params(("order_id" = String, Path, description = "Order id (ord_...)")), responses((status = 200, description = "Success", body = crate::schemas::OrderView), (status = "4XX", description = "The caller's mistake; `error.code` is one of ErrorCode", body = crate::schemas::ErrorBody), (status = "5XX", description = "Ours: unavailable or internal_error", body = crate::schemas::ErrorBody)), security(("platform_signature" = [])))]
 #[post("/v1/payments/{order_id}/cancel")]
 pub async fn cancel(signed: Signed, path: web::Path<String>, engine: web::Data<Arc<Engine>>) -> Result<HttpResponse, ApiError> {
-    let body = signed.json::<PartialBody>()?;
+    let body = signed.json::<CancelBody>()?;
     if body.order_id.is_some() {
         return Err(ApiError::invalid("the order is named by the path", "order_id"));
     }

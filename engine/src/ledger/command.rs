@@ -194,6 +194,11 @@ pub enum Command {
     /// session 62; the nightly run sends this one (`AutoConfirmChunk` stays for the journals
     /// that hold it).
     AutoConfirmStep { shard: ShardId, created_before: Timestamp, after: u32, orders_max: u32, chunks_max: u32 },
+    /// `Cancel` of the named receivers' held parts: each leg returns that much of what that
+    /// receiver still holds to the payer (a platform cancelling its own split while the
+    /// merchant's part stays held). It shares `Cancel`'s order numbers. Since session 68 (helper
+    /// 127: a partial `Cancel` always came off the first receivers).
+    CancelLegs { order: OrderId, cancels: Legs },
 }
 
 /// The most open orders one `AutoConfirmChunk` examines. Part of the journal's format: replay
@@ -264,7 +269,7 @@ impl Command {
             // All that is held goes to every receiver: at most all legs of a payment.
             Command::Confirm { releases, .. } if releases.is_empty() => 2 * crate::ledger::types::LEGS_MAX,
             Command::Confirm { releases, .. } => elsewhere(releases),
-            Command::Refund { .. } | Command::Cancel { .. } | Command::Adjust { .. } => 1,
+            Command::Refund { .. } | Command::Cancel { .. } | Command::CancelLegs { .. } | Command::Adjust { .. } => 1,
             // A direct payment's completion pays its receivers (helper 106).
             Command::CompleteRecharge { succeeded: true, .. } => 2 * crate::ledger::types::LEGS_MAX,
             _ => 0,
@@ -309,6 +314,7 @@ impl Command {
             Command::ExpireFreezesChunk { .. } => 32,
             Command::SettleChunk { .. } => 33,
             Command::AutoConfirmStep { .. } => 34,
+            Command::CancelLegs { .. } => 35,
         }
     }
 
@@ -320,18 +326,25 @@ impl Command {
     /// `out_order_no` names one money-in order, whichever endpoint took it).
     pub const MONEY_IN_SCOPE: u8 = 17;
 
+    /// The scope of cancellations' order numbers: a cancel by amount and one by receiver share
+    /// it (one `out_order_no` names one cancellation).
+    pub const CANCEL_SCOPE: u8 = 7;
+
     /// The kind that scopes this command's order numbers: a direct payment shares the numbers
     /// of payments (one `out_order_no` names one payment, however it is funded).
     pub fn idempotency_scope(&self) -> u8 {
         match self {
             Command::RequestDirectPayment { .. } => Command::PAYMENT_SCOPE,
             Command::RequestCollection { .. } => Command::MONEY_IN_SCOPE,
+            Command::CancelLegs { .. } => Command::CANCEL_SCOPE,
             other => other.kind_code(),
         }
     }
 
-    /// Every kind's name, by `kind_code` (for metrics and reports).
-    pub const KIND_NAMES: [&'static str; 35] = [
+    /// Every kind's name, by `kind_code` (for metrics and reports). A kind code past its end
+    /// stopped the shard that counted it (`shard::outcome_cell`): the journal's format test
+    /// checks every variant's code against it.
+    pub const KIND_NAMES: [&'static str; 36] = [
         "genesis",
         "open_account",
         "set_account_status",
@@ -367,6 +380,7 @@ impl Command {
         "expire_freezes_chunk",
         "settle_chunk",
         "auto_confirm_step",
+        "cancel_legs",
     ];
 
     /// The account whose funds this command debits (or which it concerns): decides the shard.
@@ -393,6 +407,7 @@ impl Command {
         match self {
             Command::Confirm { order, .. }
             | Command::Cancel { order, .. }
+            | Command::CancelLegs { order, .. }
             | Command::ReleaseFreeze { order, .. }
             | Command::CaptureFreeze { order }
             | Command::CompleteWithdrawal { order, .. }

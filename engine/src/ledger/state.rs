@@ -431,6 +431,7 @@ impl ShardState {
             }
             Command::Confirm { order, releases } => ops::guarantee::confirm(self, &context, *order, releases, fx),
             Command::Cancel { order, amount } => ops::guarantee::cancel(self, &context, *order, *amount, fx),
+            Command::CancelLegs { order, cancels } => ops::guarantee::cancel_legs(self, &context, *order, cancels, fx),
             Command::Refund { payment, payee, amount } => ops::refund::apply(self, &context, *payment, *payee, *amount, fx),
             Command::Freeze { account, currency, amount, reason, expires_at } => {
                 ops::freeze::freeze(self, &context, *account, *currency, *amount, reason, *expires_at, fx)

@@ -97,12 +97,42 @@ pub fn confirm(state: &mut ShardState, context: &Context, id: OrderId, releases:
 /// from the payer's unsettled income goes back there first (see `Order::take_unsettled_part`), the
 /// rest to its settled bucket.
 pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Option<Minor>, fx: &mut Effects) -> Reply {
+    cancel_as(state, context, id, Cancelled::Amount(amount), fx)
+}
+
+/// Returns the named receivers' held parts to the payer: each leg that much of what that
+/// receiver still holds (checked as releases are: each a receiver of the order, once, within
+/// what it holds), the others' parts staying held. Otherwise as `cancel`.
+pub fn cancel_legs(state: &mut ShardState, context: &Context, id: OrderId, cancels: &[Leg], fx: &mut Effects) -> Reply {
+    cancel_as(state, context, id, Cancelled::Legs(cancels), fx)
+}
+
+/// What a cancellation returns: an amount (or all) off the receivers in their order, or named
+/// receivers' parts.
+enum Cancelled<'a> {
+    Amount(Option<Minor>),
+    Legs(&'a [Leg]),
+}
+
+fn cancel_as(state: &mut ShardState, context: &Context, id: OrderId, cancelled: Cancelled, fx: &mut Effects) -> Reply {
     let order = match held_order(state, context.platform, id) {
         Ok(order) => order,
         Err(code) => return Reply::rejected(code),
     };
     let held_total: Minor = held_legs(order).iter().map(remaining).sum();
-    let amount = amount.unwrap_or(held_total);
+    let amount = match cancelled {
+        Cancelled::Amount(amount) => amount.unwrap_or(held_total),
+        Cancelled::Legs(legs) => {
+            if legs.is_empty() {
+                return Reply::rejected(ResultCode::InvalidAmount);
+            }
+            if let Err(code) = check_releases(order, legs) {
+                return Reply::rejected(code);
+            }
+            // Each within what its receiver holds: the sum within what the order holds.
+            legs.iter().map(|leg| leg.amount).sum()
+        }
+    };
     if let Err(code) = check_amount(amount) {
         return Reply::rejected(code);
     }
@@ -135,13 +165,23 @@ pub fn cancel(state: &mut ShardState, context: &Context, id: OrderId, amount: Op
     }
     state.end_entry(fx);
     let order = state.order_mut(id);
-    let mut left = amount;
-    for leg in held_legs_mut(order).iter_mut() {
-        let take = remaining(leg).min(left);
-        leg.cancelled += take;
-        left -= take;
+    match cancelled {
+        Cancelled::Amount(_) => {
+            let mut left = amount;
+            for leg in held_legs_mut(order).iter_mut() {
+                let take = remaining(leg).min(left);
+                leg.cancelled += take;
+                left -= take;
+            }
+            assert_eq!(left, 0, "cancel covered by held legs");
+        }
+        Cancelled::Legs(legs) => {
+            for cancel in legs {
+                let held = held_legs_mut(order).iter_mut().find(|l| l.account == cancel.account).expect("checked");
+                held.cancelled += cancel.amount;
+            }
+        }
     }
-    assert_eq!(left, 0, "cancel covered by held legs");
     finish_if_nothing_held(order, context);
     let status = order.status;
     state.record_change(id);
