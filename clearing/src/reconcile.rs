@@ -487,7 +487,12 @@ impl Run<'_> {
             }
             return Ok(Some(id));
         }
-        if let Some(their_fee) = &line.fee {
+        // A money-in order still waiting has no fee of ours yet: the bank's line gives it (noted
+        // as the verdict is applied below), whatever the tariff is now (helper 129#3: a tariff
+        // changed since the bank decided made it a fee mismatch, and the verdict was never
+        // applied).
+        let fee_known = order.withdrawal || order.fee.is_some() || order.verdict().is_some();
+        if let (Some(their_fee), true) = (&line.fee, fee_known) {
             // A failed order costs nothing; otherwise the fee we charged (payouts), noted (money
             // in, since session 68) or the channel's tariff (money in decided before).
             let ours_fee = if !theirs_ok { 0 } else { order.fee.unwrap_or_else(|| self.tariff.map_or(0, |c| c.fee(order.amount))) };

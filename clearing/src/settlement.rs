@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::ledger::command::{Command, Envelope, StepProgress};
-use engine::ledger::types::{OrderDetail, OrderStatus, SettlementRule};
+use engine::ledger::types::{OrderDetail, OrderId, OrderStatus, SettlementRule};
 use engine::money::{CurrencyId, Minor};
 use engine::{Engine, EngineError};
 use serde::Serialize;
@@ -256,7 +256,10 @@ pub fn run(
         save_fee_state(store, None, &[])?;
     }
     // Money-in fees noted of days no run looks at again (older than the orders kept waiting).
-    crate::fees::prune_before(store, day.saturating_sub(FEE_WAITING_DAYS_MAX + 1)).map_err(store_error)?;
+    // Housekeeping: a failure is logged, the run goes on (the next run prunes them).
+    if let Err(error) = crate::fees::prune_before(store, day.saturating_sub(FEE_WAITING_DAYS_MAX + 1)) {
+        tracing::warn!(business_date = %date_text(day), "settlement: the money-in fee notes of old days were not dropped: {error}");
+    }
     // Freezes that expire after this point are the next run's (a fixed cut-off ends the steps).
     // The shards' batch time is the wall clock, or ahead of it after the host's clock stepped
     // back (it never goes back): the later of the two, as one command at this point would have.
@@ -403,11 +406,6 @@ fn channel_fees(
     let mut rows = Vec::new();
     let mut waiting = Vec::new();
     let days: std::collections::BTreeSet<u32> = days.into_iter().collect();
-    // The money-in fees noted of each day's orders (every shard's: order ids are unique).
-    let mut noted = HashMap::new();
-    for &day in &days {
-        noted.insert(day, Arc::new(crate::fees::of_day(store, day).map_err(store_error)?));
-    }
     for shard in 0..engine.config().shard_count {
         for &day in &days {
             let (start, end) = (calendar.day_start_micros(day as i64), calendar.day_start_micros(day as i64 + 1));
@@ -418,20 +416,33 @@ fn channel_fees(
             let mut from = first;
             while from < last {
                 let to = last.min(from + FEE_ORDERS_PER_READ);
-                let (tariffs, noted) = (tariffs.clone(), noted[&day].clone());
-                let (part, waits) = engine.read_shard(shard, move |state| {
-                    let (mut part, mut waits): (Vec<(u16, u8, Minor)>, Vec<u64>) = (Vec::new(), Vec::new());
+                let tariffs = tariffs.clone();
+                // Each decided order's fee: a payout's, or money in's at the tariff now with its
+                // id, whose note (read after the slice: an order seen decided was noted before
+                // its verdict) replaces it. The notes of the slice's orders only (a day's can be
+                // millions).
+                type Decided = (u16, u8, Minor, Option<OrderId>);
+                let (mut part, waits) = engine.read_shard(shard, move |state| {
+                    let (mut part, mut waits): (Vec<Decided>, Vec<u64>) = (Vec::new(), Vec::new());
                     state.orders.scan_range(from..to, |order| {
                         let Some(channel) = channel_of(&order.detail) else { return };
+                        let money_in = (!matches!(order.detail, OrderDetail::Withdrawal { .. })).then_some(order.id);
                         match order.status {
                             OrderStatus::Pending | OrderStatus::Processing => waits.push(order.id.0),
                             OrderStatus::Failed => {}
-                            _ => part.push((channel, order.currency.0, fee_of(order, channel, &tariffs, noted.get(&order.id.0).copied()))),
+                            _ => part.push((channel, order.currency.0, fee_of(order, channel, &tariffs, None), money_in)),
                         }
                     });
                     (part, waits)
                 })?;
-                for (channel, currency, fee) in part {
+                let wanted: Vec<(u32, OrderId)> = part.iter().filter_map(|(_, _, _, id)| id.map(|id| (day, id))).collect();
+                let mut notes = crate::fees::of_orders(store, &wanted).map_err(store_error)?.into_iter();
+                for decided in part.iter_mut().filter(|decided| decided.3.is_some()) {
+                    if let Some(fee) = notes.next().flatten() {
+                        decided.2 = fee;
+                    }
+                }
+                for (channel, currency, fee, _) in part {
                     let sum = sums.entry((channel, currency)).or_default();
                     sum.0 = sum.0.saturating_add(fee);
                     sum.1 += 1;
@@ -472,19 +483,16 @@ fn late_fees(
         // `FEE_COLD_READS_MAX` pieces read back from the store per `read_shard`.
         let mut mine = mine;
         mine.sort_by_key(|w| w.order);
-        // The fees noted of them (at most `FEE_WAITING_ORDERS_MAX`), beside them.
-        let wanted: Vec<(u32, engine::ledger::types::OrderId)> = mine.iter().map(|w| (w.day, engine::ledger::types::OrderId(w.order))).collect();
-        let noted = Arc::new(crate::fees::of_orders(store, &wanted).map_err(store_error)?);
         let mine = Arc::new(mine);
         let mut from = 0;
         while from < mine.len() {
-            let (entries, tariffs, noted) = (mine.clone(), tariffs.clone(), noted.clone());
+            let (entries, tariffs) = (mine.clone(), tariffs.clone());
             let (decided, waits, next) = engine.read_shard(shard, move |state| {
                 let (mut decided, mut waits, mut cold_reads) = (Vec::new(), Vec::new(), 0);
                 let mut at = from;
                 while at < entries.len() && at - from < FEE_ORDERS_PER_READ {
-                    let (w, note) = (entries[at], noted.get(at).copied().flatten());
-                    let id = engine::ledger::types::OrderId(w.order);
+                    let w = entries[at];
+                    let id = OrderId(w.order);
                     let local = usize::try_from(id.local_index(state.shard_count)).unwrap_or(usize::MAX);
                     if !state.orders.is_resident(local) {
                         if cold_reads == FEE_COLD_READS_MAX {
@@ -498,13 +506,25 @@ fn late_fees(
                     match order.status {
                         OrderStatus::Pending | OrderStatus::Processing => waits.push(w),
                         OrderStatus::Failed => {}
-                        _ => decided.push((channel, w.day, order.currency.0, fee_of(order, channel, &tariffs, note))),
+                        _ => {
+                            let money_in = (!matches!(order.detail, OrderDetail::Withdrawal { .. })).then_some(id);
+                            decided.push((channel, w.day, order.currency.0, fee_of(order, channel, &tariffs, None), money_in));
+                        }
                     }
                 }
                 (decided, waits, at)
             })?;
             from = next;
-            for (channel, day, currency, fee) in decided {
+            // The money-in orders' notes, read after the orders (as `channel_fees` does).
+            let mut decided = decided;
+            let wanted: Vec<(u32, OrderId)> = decided.iter().filter_map(|(_, day, _, _, id)| id.map(|id| (*day, id))).collect();
+            let mut notes = crate::fees::of_orders(store, &wanted).map_err(store_error)?.into_iter();
+            for decided in decided.iter_mut().filter(|decided| decided.4.is_some()) {
+                if let Some(fee) = notes.next().flatten() {
+                    decided.3 = fee;
+                }
+            }
+            for (channel, day, currency, fee, _) in decided {
                 let sum = sums.entry((channel, day, currency)).or_default();
                 sum.0 = sum.0.saturating_add(fee);
                 sum.1 += 1;

@@ -270,6 +270,28 @@ fn money_in_is_checked_against_the_channel_tariff() {
     assert!(report.to_string().contains("\"status\":\"failed\""), "the bank's failure applied: {report}");
 }
 
+/// Helper 129#3: a recharge still waiting whose success the bank's statement lists at a fee
+/// other than the tariff now (changed since the bank decided) is resolved at the bank's fee,
+/// which is noted for the nightly run; a decided one is still compared (its fee is known).
+#[test]
+fn a_waiting_recharge_is_resolved_at_the_banks_fee_whatever_the_tariff_now() {
+    let w = World::new();
+    let day = w.today();
+    let pending = w.money_in(10_000, None);
+    // The tariff is 0.50 fixed now; the bank charged 0.30 when it decided.
+    let file = format!("{HEADER}J1,{pending},in,100.00,succeeded,0.30\n");
+    let mut book = CaseBook::load(w.store.as_ref()).unwrap();
+    let report = w.reconcile(&mut book, 3, day, &file).unwrap();
+    assert_eq!(report["counts"], json!({"auto_resolved": 1}), "{report}");
+    let id = bank::parse_order_ref(&pending).unwrap();
+    let created = w.engine.read_shard(id.shard(2), move |s| s.order(id).unwrap().created_at).unwrap();
+    let created_day = Calendar { utc_offset_seconds: w.engine.config().utc_offset_seconds, ..Calendar::default() }.day(created);
+    assert_eq!(clearing_actor::fees::of_orders(w.store.as_ref(), &[(created_day, id)]).unwrap(), vec![Some(30)], "the bank's fee noted");
+    // Read again (decided now, its note the bank's fee): matched, no fee mismatch.
+    let again = w.reconcile(&mut book, 3, day, &format!("{HEADER}J1,{pending},in,100.00,succeeded,0.30\n")).unwrap();
+    assert_eq!(again["counts"], json!({"matched": 1}), "{again}");
+}
+
 #[test]
 fn files_that_are_not_statements_are_refused() {
     let w = World::new();
