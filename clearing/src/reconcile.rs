@@ -115,6 +115,16 @@ pub struct ReconcileReport {
     /// Records of carries that ended before (stored as null until session 53), to delete.
     #[serde(skip)]
     ended: Vec<Vec<u8>>,
+    /// The first line of each order this run matched that no line listed before
+    /// (`lined_key` and the line's bank reference), written with the carries.
+    #[serde(skip)]
+    lined: Vec<(Vec<u8>, String)>,
+    /// Those of orders of business days before this one are dropped then.
+    #[serde(skip)]
+    lined_before: u32,
+    /// The channel whose old records are dropped (none for a pasted statement).
+    #[serde(skip)]
+    lined_channel: Option<u16>,
 }
 
 /// A line missing on our side, carried across days.
@@ -194,6 +204,7 @@ pub fn reconcile_with(
     let (lines, ended) = lines_with_carries(store, channel, file, !by_hand)?;
     let named: Vec<OrderId> = lines.iter().filter_map(|pending| bank::parse_order_ref(&pending.line.order_id)).collect();
     let ours = with_noted_fees(store, channel_ledger(engine, channel, day, &named)?)?;
+    let lined = lined_before(store, channel, &named, &ours)?;
     let mut run = Run {
         store,
         report: ReconcileReport {
@@ -204,11 +215,15 @@ pub fn reconcile_with(
             cases: Vec::new(),
             carries: Vec::new(),
             ended,
+            lined: Vec::new(),
+            lined_before: day.saturating_sub(LINED_DAYS),
+            lined_channel: (!by_hand).then_some(channel),
         },
         channel,
         day,
         tariff: channels.get(channel),
         by_hand,
+        lined,
     };
     let mut seen: HashSet<u64> = HashSet::new();
     for pending in lines {
@@ -223,6 +238,8 @@ pub fn reconcile_with(
         run.missing_theirs(OrderId(*id), order);
     }
     if by_hand {
+        // Nor does it record which line listed an order first (the bank's own statement will).
+        run.report.lined.clear();
         // A pasted statement carries nothing and ends no carry (helper 98, session 62: its
         // lines were carried and a later run of the bank's own statement took them for the
         // bank's word, crediting a recharge or failing a payout on an operator's paste alone;
@@ -231,6 +248,25 @@ pub fn reconcile_with(
         run.report.ended.clear();
     }
     Ok(run.report)
+}
+
+/// How long the first line of each order is remembered (`r/lined/`), by the order's business
+/// day: a line naming it again within this is a case.
+const LINED_DAYS: u32 = 62;
+
+/// `r/lined/{channel:05}/{order's business day:08}/{order:020}`: the bank reference of the
+/// first statement line that listed the order (helper 129#1, session 68).
+fn lined_key(channel: u16, day: u32, order: u64) -> Vec<u8> {
+    format!("r/lined/{channel:05}/{day:08}/{order:020}").into_bytes()
+}
+
+/// The first lines recorded of the orders `named` that `ours` holds, by order.
+fn lined_before(store: &dyn Store, channel: u16, named: &[OrderId], ours: &HashMap<u64, Ours>) -> Result<HashMap<u64, String>, ClearingError> {
+    let orders: Vec<(u64, u32)> = named.iter().filter_map(|id| ours.get(&id.0).map(|o| (id.0, o.created_day))).collect();
+    let keys: Vec<Vec<u8>> = orders.iter().map(|(order, day)| lined_key(channel, *day, *order)).collect();
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    let found = store.get_many(&keys).map_err(|e| ClearingError::Storage(e.to_string()))?;
+    Ok(orders.iter().zip(found).filter_map(|((order, _), value)| Some((*order, String::from_utf8(value?).ok()?))).collect())
 }
 
 /// The file's lines, then the lines carried from earlier days that it does not list; a line in
@@ -395,6 +431,9 @@ struct Run<'a> {
     tariff: Option<&'a Channel>,
     /// A statement pasted by hand: its verdicts on waiting orders are cases, not applied.
     by_hand: bool,
+    /// The bank reference of the first line that listed each order the lines name (recorded
+    /// before, or earlier in this file).
+    lined: HashMap<u64, String>,
 }
 
 impl Run<'_> {
@@ -437,6 +476,24 @@ impl Run<'_> {
                 _ => Finding::StatusMismatch { bank_ref, order_id, case_id },
             }
         };
+        // A second line naming an order another line listed (in this file or a statement
+        // before): the bank moved its money twice, or lists it wrongly. A case, nothing applied
+        // (helper 129#1: it was matched again, the second movement in no account and no case).
+        // The same line again (a statement read again) is the first.
+        match self.lined.get(&id.0) {
+            Some(first) if *first != line.bank_ref => {
+                let twice = if order.withdrawal { "paid out" } else { "taken in" };
+                let reason = format!("the bank lists {} again (first as {first}): the money {twice} twice, or a wrong line", line.order_id);
+                self.open_case(&case_id, line_value(), reason);
+                self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
+                return Ok(Some(id));
+            }
+            Some(_) => {}
+            None => {
+                self.lined.insert(id.0, line.bank_ref.clone());
+                self.report.lined.push((lined_key(self.channel, order.created_day, id.0), line.bank_ref.clone()));
+            }
+        }
         // Money out is a payout, money in anything else: a line of the other direction is not
         // about this order as we have it (since session 62; before, a returned payout listed
         // `in` matched it).
@@ -614,6 +671,19 @@ impl ReconcileReport {
     /// the carries that ended (in one more: a stop in between leaves an ended carry, which the
     /// next run matches again and deletes).
     pub fn write_carries(&mut self, store: &dyn Store) -> Result<(), ClearingError> {
+        let lined = std::mem::take(&mut self.lined);
+        if !lined.is_empty() {
+            let puts: Vec<(&[u8], &[u8])> = lined.iter().map(|(key, bank_ref)| (key.as_slice(), bank_ref.as_bytes())).collect();
+            store.write(&puts).map_err(|e| ClearingError::Storage(e.to_string()))?;
+        }
+        if let Some(channel) = self.lined_channel.take() {
+            // Orders older than any run looks at again (housekeeping: an error is the next
+            // run's to retry).
+            let (start, end) = (format!("r/lined/{channel:05}/"), format!("r/lined/{channel:05}/{:08}", self.lined_before));
+            if let Err(error) = store.delete_range(start.as_bytes(), end.as_bytes()) {
+                tracing::warn!("reconciliation: old first-line records not dropped: {error}");
+            }
+        }
         let carries = std::mem::take(&mut self.carries);
         let mut ended = std::mem::take(&mut self.ended);
         let records: Vec<(Vec<u8>, &Carried)> = carries.iter().filter_map(|(key, carried)| Some((key.clone(), carried.as_ref()?))).collect();

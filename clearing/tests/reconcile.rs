@@ -292,6 +292,45 @@ fn a_waiting_recharge_is_resolved_at_the_banks_fee_whatever_the_tariff_now() {
     assert_eq!(again["counts"], json!({"matched": 1}), "{again}");
 }
 
+/// Helper 129#1: a second line naming an order another line listed (in the same file, or a
+/// statement read before) is a case, and nothing is applied for it: the bank moved the money
+/// twice (a payer paying one recharge twice, a card paid twice), or lists it wrongly. Before,
+/// each line was matched on its own: the second movement was in no account and no case. The
+/// same statement read again is no second line.
+#[test]
+fn an_order_the_bank_lists_twice_is_a_case() {
+    let w = World::new();
+    let day = w.today();
+    let balance = || {
+        w.engine
+            .read_shard(w.account.shard(2), {
+                let account = w.account;
+                move |s| s.account(account).unwrap().settled
+            })
+            .unwrap()
+    };
+    let pending = w.money_in(10_000, None);
+    let before = balance();
+    let file = format!("{HEADER}K1,{pending},in,100.00,succeeded,0.50\nK2,{pending},in,100.00,succeeded,0.50\n");
+    let mut book = CaseBook::load(w.store.as_ref()).unwrap();
+    let report = w.reconcile(&mut book, 3, day, &file).unwrap();
+    assert_eq!(report["counts"], json!({"auto_resolved": 1, "status_mismatch": 1}), "{report}");
+    assert_eq!(classes(&report).get("K2").map(String::as_str), Some("status_mismatch"), "{report}");
+    assert_eq!(balance(), before + 10_000, "credited once");
+    assert!(report.to_string().contains("recon_3_K2"), "{report}");
+    // Read again: the same lines, the same findings (K1 first), nothing credited again.
+    let again = w.reconcile(&mut book, 3, day, &file).unwrap();
+    assert_eq!(again["counts"], json!({"matched": 1, "status_mismatch": 1}), "{again}");
+    assert_eq!(balance(), before + 10_000);
+    // A paid payout listed by one statement, then again by a later one under another reference.
+    let paid = w.payout(5_000, Some(true));
+    let first = w.reconcile(&mut book, 1, day, &format!("{HEADER}P1,{paid},out,50.00,succeeded,1.00\n")).unwrap();
+    assert_eq!(first["counts"], json!({"matched": 1}), "{first}");
+    let later = w.reconcile(&mut book, 1, day, &format!("{HEADER}P9,{paid},out,50.00,succeeded,1.00\n")).unwrap();
+    assert_eq!(later["counts"]["status_mismatch"], 1, "{later}");
+    assert!(book.get(w.store.as_ref(), "recon_1_P9").unwrap().is_some_and(|case| case.reason.contains("again (first as P1)")));
+}
+
 #[test]
 fn files_that_are_not_statements_are_refused() {
     let w = World::new();
