@@ -1070,6 +1070,7 @@ impl Actor {
             return self.cases.resolve(self.store.as_ref(), case_id, resolution, self.clock.now_micros());
         }
         let held = case.line.get("hold_order_id").is_some_and(|id| !id.is_null());
+        let left_case = case.case_id.starts_with("case_paid_by_left_channel_") && !held;
         if fate == HoldFate::Capture && !held {
             // Nothing to capture: refused as an order in another state would be (409).
             return Err(ClearingError::Refused(ResultCode::OrderStateInvalid));
@@ -1085,6 +1086,13 @@ impl Actor {
             // it the other way. A case resolved before session 60 has none: its hold was settled
             // by its first resolution (a repeat changes nothing in the engine).
             None if held && case.status != "resolved" => self.cases.note_hold(self.store.as_ref(), &mut case, fate)?,
+            // A left channel's case with no hold: `release` said is recorded as the hold's fate
+            // is, before the mark is cleared (helper 128#4); resolved without it, the mark was
+            // kept, and a repeat saying `release` is refused as another fate.
+            None if left_case && said == Some(HoldFate::Release) && case.status != "resolved" => {
+                self.cases.note_hold(self.store.as_ref(), &mut case, HoldFate::Release)?
+            }
+            None if left_case && said == Some(HoldFate::Release) => return Err(ClearingError::HoldDecided("kept (the payout goes no further)".into())),
             None => {}
         }
         self.settle_hold_of(&case, fate)?;

@@ -503,9 +503,11 @@ fn a_left_channels_case_resolved_as_paid_keeps_the_payout_from_paying_again() {
     let case = format!("case_paid_by_left_channel_{}_1", order.0);
     let resolved = w.runtime.block_on(w.clearing.resolve_case(case.clone(), resolution("confirmed with cheap: card credited"))).unwrap();
     assert_eq!(resolved.status, "resolved");
-    // A repeat of that resolution saying `release` now changes nothing.
-    let again = w.runtime.block_on(w.clearing.resolve_case_with(case, resolution("confirmed with cheap: card credited"), HoldFate::Release));
-    assert!(again.is_ok(), "{again:?}");
+    // A repeat of that resolution saying `release` is another fate: refused, nothing changes
+    // (helper 128#4: it answered 200 and did nothing).
+    let again = w.runtime.block_on(w.clearing.resolve_case_with(case.clone(), resolution("confirmed with cheap: card credited"), HoldFate::Release));
+    assert!(matches!(again, Err(clearing_actor::ClearingError::HoldDecided(_))), "{again:?}");
+    assert!(w.runtime.block_on(w.clearing.resolve_case(case, resolution("confirmed with cheap: card credited"))).is_ok(), "the same again: its answer");
     let failed = w.verdict(order, false, "dear").unwrap();
     assert!(matches!(failed, VerdictOutcome::Completed { status: Some("failed"), .. }), "no fallback to spare: {failed:?}");
     assert_eq!(frozen(), 10_500, "what went back is held");
@@ -546,7 +548,10 @@ fn a_left_channels_success_while_the_payout_waits_holds_its_failure_for_good() {
     assert!(matches!(w.verdict(second, false, "cheap").unwrap(), VerdictOutcome::Rerouted { .. }));
     assert!(matches!(w.verdict(second, true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
     let case = format!("case_paid_by_left_channel_{}_1", second.0);
-    w.runtime.block_on(w.clearing.resolve_case_with(case, resolution("cheap's callback was wrong"), HoldFate::Release)).unwrap();
+    let released = w.runtime.block_on(w.clearing.resolve_case_with(case.clone(), resolution("cheap's callback was wrong"), HoldFate::Release)).unwrap();
+    assert_eq!(released.hold.as_deref(), Some("release"), "the fate said is recorded");
+    // Its repeat with no fate said is the same resolution (release is the default).
+    assert!(w.runtime.block_on(w.clearing.resolve_case(case, resolution("cheap's callback was wrong"))).is_ok());
     // Its word said again (a repeat, its statement read again) does not undo the decision.
     assert!(matches!(w.verdict(second, true, "cheap").unwrap(), VerdictOutcome::Stale { .. }));
     assert!(matches!(w.verdict(second, false, "dear").unwrap(), VerdictOutcome::Rerouted { rerouted_to, .. } if rerouted_to == "spare"));
