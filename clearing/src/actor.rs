@@ -1014,20 +1014,6 @@ impl Actor {
         if self.cases.get(self.store.as_ref(), &case_id)?.is_some() {
             return Ok(());
         }
-        if case_id.starts_with("recon_") {
-            // A reconciliation's hold of a credited recharge its statement said failed (the
-            // statement read again opens the case with its line; this says what is held).
-            let opening = CaseOpening {
-                line: serde_json::json!({"from": "start", "hold_order_id": bank::order_ref(hold)}),
-                reason: format!(
-                    "a bank statement said a credited recharge failed; {} held on the account until the case is resolved (the case opened at a start: a stop came between the hold and its case)",
-                    spec.format(amount)
-                ),
-                case_id,
-            };
-            self.cases.open(self.store.as_ref(), vec![opening], self.clock.now_micros())?;
-            return Ok(());
-        }
         let mut parts = case_id.rsplitn(3, '_');
         let (channel, order) = (parts.next().and_then(|c| c.parse::<u16>().ok()), parts.next().and_then(|o| o.parse::<u64>().ok()));
         let (Some(channel), Some(order)) = (channel, order) else {
@@ -1135,8 +1121,7 @@ impl Actor {
     /// suspense (`fate`): the operator decided. One released or captured already is left as it
     /// is; what the engine did not do is an error.
     fn settle_hold_of(&mut self, case: &Case, fate: HoldFate) -> Result<(), ClearingError> {
-        let holds = ["case_paid_after_failure_", "case_paid_by_left_channel_", "recon_"];
-        if !holds.iter().any(|prefix| case.case_id.starts_with(prefix)) {
+        if !(case.case_id.starts_with("case_paid_after_failure_") || case.case_id.starts_with("case_paid_by_left_channel_")) {
             return Ok(());
         }
         let Some(hold) = case.line.get("hold_order_id").and_then(|id| id.as_str()).and_then(bank::parse_order_ref) else { return Ok(()) };
@@ -1455,7 +1440,7 @@ impl Actor {
                         }
                         // A case's hold (the system's freeze, its case named in its reason).
                         OrderDetail::Freeze { ref reason, remaining, .. } if o.platform == 0 && o.status == OrderStatus::Held => {
-                            if let Some(case_id) = reason.strip_prefix(HOLD_REASON).filter(|id| id.starts_with("case_paid_") || id.starts_with("recon_")) {
+                            if let Some(case_id) = reason.strip_prefix(HOLD_REASON).filter(|id| id.starts_with("case_paid_")) {
                                 found.push(Waiting::Hold { hold: o.id, case_id: case_id.to_string(), amount: remaining, spec });
                             }
                         }
@@ -1622,7 +1607,7 @@ struct Outstanding {
 }
 
 /// How a case's hold's reason begins; the case's id follows.
-pub(crate) const HOLD_REASON: &str = "held for ";
+const HOLD_REASON: &str = "held for ";
 
 /// An order found waiting at start.
 enum Waiting {

@@ -25,11 +25,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bank::StatementLine;
 use engine::ledger::command::{Command, Envelope};
 use engine::ledger::growth::chunk_of;
-use engine::ledger::types::{AccountId, OrderDetail, OrderId, OrderKind, OrderStatus};
-use engine::money::{CurrencyId, CurrencySpec, Minor};
+use engine::ledger::types::{OrderDetail, OrderId, OrderKind, OrderStatus};
+use engine::money::{CurrencySpec, Minor};
 use engine::Engine;
-
-use crate::actor::HOLD_REASON;
 use serde::{Deserialize, Serialize};
 use storage::Store;
 
@@ -149,11 +147,6 @@ struct Ours {
     fee: Option<Minor>,
     status: OrderStatus,
     withdrawal: bool,
-    /// A recharge or collection: its money went into `account` (a direct payment's went to its
-    /// receivers).
-    recharge: bool,
-    account: AccountId,
-    currency: CurrencyId,
     created_day: u32,
     spec: CurrencySpec,
     /// A payout the statement names that is on another channel now (its platform and order
@@ -412,19 +405,11 @@ fn ours_of(o: &engine::ledger::types::Order, channel: u16, calendar: &Calendar, 
         fee,
         status: o.status,
         withdrawal: o.kind == OrderKind::Withdrawal,
-        recharge: matches!(o.detail, OrderDetail::Recharge { .. }),
-        account: o.account,
-        currency: o.currency,
         created_day: calendar.day(o.created_at),
         spec: state.currencies[o.currency.0 as usize],
         left: None,
     };
     Some((o.id.0, ours))
-}
-
-/// The number of the hold of a credited money-in order whose statement says it failed.
-fn recon_hold_number(channel: u16, order: OrderId) -> Option<engine::ledger::command::OutOrderNo> {
-    engine::ledger::command::OutOrderNo::new(&format!("hold-recon-{channel}-{}", order.0))
 }
 
 /// What applying a waiting order's verdict from a line came to.
@@ -457,33 +442,6 @@ impl Run<'_> {
         if let Some(finding) = finding {
             if self.report.details.len() < DETAILS_MAX {
                 self.report.details.push(finding);
-            }
-        }
-    }
-
-    /// Holds what a recharge credited (its amount) on its account for case `case_id`, once (the
-    /// hold's number is fixed by channel and order: a statement read again replays it), and
-    /// names the hold in the case's line (`hold_order_id`, which the case's resolution releases
-    /// or captures). Answers what the reason adds. A direct payment's money went to its
-    /// receivers: nothing of the payer's is held. An engine that does not answer is an error
-    /// (the run is tried again).
-    fn hold_credited(&mut self, engine: &Engine, id: OrderId, order: &Ours, case_id: &str, line: &mut serde_json::Value) -> Result<String, ClearingError> {
-        if !order.recharge {
-            return Ok("; nothing held: a direct payment's money went to its receivers".into());
-        }
-        let Some(number) = recon_hold_number(self.channel, id) else { return Ok(String::new()) };
-        let amount = order.amount.min(engine::money::AMOUNT_MINOR_MAX);
-        let command = Command::Freeze { account: order.account, currency: order.currency, amount, reason: format!("{HOLD_REASON}{case_id}"), expires_at: None };
-        let reply = engine.execute_one(Envelope { platform: 0, out_order_no: Some(number), command })?;
-        match reply.code {
-            engine::result::ResultCode::Ok => {
-                line["hold_order_id"] = serde_json::json!(bank::order_ref(OrderId(reply.id)));
-                Ok(format!("; {} held on the account until the case is resolved", order.spec.format(amount)))
-            }
-            engine::result::ResultCode::Overloaded => Err(ClearingError::Overloaded),
-            code => {
-                tracing::warn!(order = id.0, "no hold for {case_id}: {code:?}");
-                Ok(format!("; nothing could be held on the account ({})", code.name()))
             }
         }
     }
@@ -618,17 +576,8 @@ impl Run<'_> {
                     }
                     held = format!("; the money that went back: case case_paid_after_failure_{}_{}", id.0, self.channel);
                 }
-                let mut line_value = line_value();
-                if !order.withdrawal && !theirs_ok && !self.by_hand {
-                    // Money in we credited that the bank's own statement says never came: what
-                    // was credited is held on the account, by a freeze of the system's the
-                    // platform cannot release, until the case is resolved (release: the bank's
-                    // line was wrong; capture: into suspense). Before (helper 129#2) only the
-                    // case opened, and the member could withdraw the money meanwhile.
-                    held = self.hold_credited(engine, id, &order, &case_id, &mut line_value)?;
-                }
                 let reason = format!("status mismatch: ours {}, theirs {}{held}", order.status.name(), line.status);
-                self.open_case(&case_id, line_value, reason);
+                self.open_case(&case_id, line_value(), reason);
                 self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
             }
             None if self.by_hand => {

@@ -382,40 +382,6 @@ fn the_actor_reconciles_on_a_worker_and_owns_the_cases() {
     assert_eq!(reloaded.get(w.store.as_ref(), "case_X").unwrap().map(|c| c.status), Some("resolved".to_string()));
 }
 
-/// Helper 129#2: a recharge we credited that the bank's own statement says failed has its
-/// amount held on the account (a freeze of the system's) under the case, once (the statement
-/// read again holds nothing more), and the case's resolution releases it (or captures it into
-/// suspense). Before, only the case opened, and the member could withdraw the money meanwhile.
-#[test]
-fn a_credited_recharge_the_bank_says_failed_is_held_until_its_case_is_resolved() {
-    let mut w = World::new();
-    let day = w.today();
-    let credited = w.money_in(30_000, Some(true));
-    let funds = {
-        let (engine, account) = (w.engine.clone(), w.account);
-        move || engine.read_shard(account.shard(2), move |s| s.account(account).map(|a| (a.settled, a.frozen)).unwrap()).unwrap()
-    };
-    let (settled, frozen) = funds();
-    let bank = Arc::new(banksim::Simulator::start(banksim::SimulatorConfig::default(), "key".into(), w.store.clone()).unwrap());
-    let table = w.table.take().unwrap();
-    let clearing =
-        Clearing::start(w.engine.clone(), w.store.clone(), bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let file = format!("{HEADER}F1,{credited},in,300.00,failed,0.00\n").into_bytes();
-    let report = runtime.block_on(clearing.reconcile(3, day, file.clone())).unwrap();
-    assert_eq!(serde_json::to_value(&report.counts).unwrap(), json!({"status_mismatch": 1}));
-    assert_eq!(funds(), (settled - 30_000, frozen + 30_000), "held");
-    runtime.block_on(clearing.reconcile(3, day, file)).unwrap();
-    assert_eq!(funds(), (settled - 30_000, frozen + 30_000), "held once");
-    let case = runtime.block_on(clearing.cases_page(CaseFilter::Open, None, 10)).unwrap().cases.into_iter().find(|c| c.case_id == "recon_3_F1").unwrap();
-    assert!(!case.line["hold_order_id"].is_null() && case.reason.contains("300.00 held"), "{case:?}");
-    // The bank's line was wrong: released back to the account.
-    let resolution = Resolution { resolution: "the bank confirmed the money came".into(), operator: "li".into() };
-    runtime.block_on(clearing.resolve_case_with("recon_3_F1".into(), resolution, clearing_actor::cases::HoldFate::Release)).unwrap();
-    assert_eq!(funds(), (settled, frozen), "released");
-    clearing.stop();
-}
-
 #[test]
 fn the_reserve_covers_what_it_must_and_meets_the_bank() {
     let w = World::new();
