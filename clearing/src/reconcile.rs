@@ -216,7 +216,12 @@ pub fn reconcile_with(
             carries: Vec::new(),
             ended,
             lined: Vec::new(),
-            lined_before: day.saturating_sub(LINED_DAYS),
+            // Counted from the statement's day, or today if it names a later one (a mistyped
+            // year must not drop every record, helper 130#8).
+            lined_before: {
+                let calendar = Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() };
+                day.min(calendar.day(crate::calendar::Clock::now_micros(&crate::calendar::SystemClock))).saturating_sub(LINED_DAYS)
+            },
             lined_channel: (!by_hand).then_some(channel),
         },
         channel,
@@ -477,23 +482,25 @@ impl Run<'_> {
             }
         };
         // A second line naming an order another line listed (in this file or a statement
-        // before): the bank moved its money twice, or lists it wrongly. A case, nothing applied
-        // (helper 129#1: it was matched again, the second movement in no account and no case).
-        // The same line again (a statement read again) is the first.
-        match self.lined.get(&id.0) {
-            Some(first) if *first != line.bank_ref => {
-                let twice = if order.withdrawal { "paid out" } else { "taken in" };
-                let reason = format!("the bank lists {} again (first as {first}): the money {twice} twice, or a wrong line", line.order_id);
-                self.open_case(&case_id, line_value(), reason);
-                self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
-                return Ok(Some(id));
-            }
-            Some(_) => {}
+        // before; the same line again, a statement read again, is the first): the bank moved
+        // its money twice, or lists it wrongly. Where it agrees with the order it is no match,
+        // and it applies no verdict to an order still waiting: a case (helper 129#1: it was
+        // matched again, the second movement in no account and no case). Where it contradicts
+        // the order, it is judged as any line is (a payout the bank says it paid after it failed
+        // is held by the actor's verdict, helper 130#1).
+        let listed_again = match self.lined.get(&id.0) {
+            Some(first) if *first != line.bank_ref => Some(first.clone()),
+            Some(_) => None,
             None => {
                 self.lined.insert(id.0, line.bank_ref.clone());
                 self.report.lined.push((lined_key(self.channel, order.created_day, id.0), line.bank_ref.clone()));
+                None
             }
-        }
+        };
+        let again_reason = |first: &str| {
+            let twice = if order.withdrawal { "paid out" } else { "taken in" };
+            format!("the bank lists {} again (first as {first}): the money {twice} twice, or a wrong line", line.order_id)
+        };
         // Money out is a payout, money in anything else: a line of the other direction is not
         // about this order as we have it (since session 62; before, a returned payout listed
         // `in` matched it).
@@ -548,8 +555,10 @@ impl Run<'_> {
         // as the verdict is applied below), whatever the tariff is now (helper 129#3: a tariff
         // changed since the bank decided made it a fee mismatch, and the verdict was never
         // applied).
-        let fee_known = order.withdrawal || order.fee.is_some() || order.verdict().is_some();
-        if let (Some(their_fee), true) = (&line.fee, fee_known) {
+        // (A line's fee past the order's amount is no fee: compared, a mismatch, helper 130#7.)
+        let their_fee_fits = line.fee.as_deref().and_then(|fee| order.spec.parse(fee)).is_some_and(|fee| (0..=order.amount).contains(&fee));
+        let fee_known = order.withdrawal || order.fee.is_some() || order.verdict().is_some() || !their_fee_fits;
+        if let (Some(their_fee), true, None) = (&line.fee, fee_known, &listed_again) {
             // A failed order costs nothing; otherwise the fee we charged (payouts), noted (money
             // in, since session 68) or the channel's tariff (money in decided before).
             let ours_fee = if !theirs_ok { 0 } else { order.fee.unwrap_or_else(|| self.tariff.map_or(0, |c| c.fee(order.amount))) };
@@ -561,7 +570,13 @@ impl Run<'_> {
             }
         }
         match order.verdict() {
-            Some(ok) if ok == theirs_ok => self.note(Class::Matched, None),
+            Some(ok) if ok == theirs_ok => match &listed_again {
+                Some(first) => {
+                    self.open_case(&case_id, line_value(), again_reason(first));
+                    self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
+                }
+                None => self.note(Class::Matched, None),
+            },
             Some(_) => {
                 let mut held = String::new();
                 if order.withdrawal && theirs_ok && !self.by_hand {
@@ -578,6 +593,12 @@ impl Run<'_> {
                 }
                 let reason = format!("status mismatch: ours {}, theirs {}{held}", order.status.name(), line.status);
                 self.open_case(&case_id, line_value(), reason);
+                self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
+            }
+            None if listed_again.is_some() => {
+                // Still waiting, and another line listed it: which line is the bank's word is
+                // an operator's to find out; nothing applied.
+                self.open_case(&case_id, line_value(), again_reason(listed_again.as_deref().unwrap_or_default()));
                 self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
             }
             None if self.by_hand => {

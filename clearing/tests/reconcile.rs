@@ -11,7 +11,7 @@ use clearing_actor::channels::{ChannelSet, ChannelTable};
 use clearing_actor::reserve::BankFigure;
 use clearing_actor::{Clearing, ClearingConfig, ClearingError};
 use engine::ledger::command::{Command, Envelope};
-use engine::ledger::types::{AccountId, Limits, OrderId};
+use engine::ledger::types::{AccountId, Limits, OrderId, OrderStatus};
 use engine::money::CurrencyId;
 use engine::{Engine, EngineConfig};
 use serde_json::json;
@@ -290,6 +290,13 @@ fn a_waiting_recharge_is_resolved_at_the_banks_fee_whatever_the_tariff_now() {
     // Read again (decided now, its note the bank's fee): matched, no fee mismatch.
     let again = w.reconcile(&mut book, 3, day, &format!("{HEADER}J1,{pending},in,100.00,succeeded,0.30\n")).unwrap();
     assert_eq!(again["counts"], json!({"matched": 1}), "{again}");
+    // A line's fee past the order's amount is no fee to take (helper 130#7): compared, a fee
+    // mismatch, nothing applied.
+    let other = w.money_in(10_000, None);
+    let dear = w.reconcile(&mut book, 3, day, &format!("{HEADER}J2,{other},in,100.00,succeeded,100.01\n")).unwrap();
+    assert_eq!(dear["counts"]["fee_mismatch"], 1, "{dear}");
+    let id = bank::parse_order_ref(&other).unwrap();
+    assert_eq!(w.engine.read_shard(id.shard(2), move |s| s.order(id).unwrap().status).unwrap(), OrderStatus::Pending);
 }
 
 /// Helper 129#1: a second line naming an order another line listed (in the same file, or a
@@ -380,6 +387,35 @@ fn the_actor_reconciles_on_a_worker_and_owns_the_cases() {
     // Stored where the gateway kept them: a new book reads them back.
     let reloaded = CaseBook::load(w.store.as_ref()).unwrap();
     assert_eq!(reloaded.get(w.store.as_ref(), "case_X").unwrap().map(|c| c.status), Some("resolved".to_string()));
+}
+
+/// Helper 130#1: a payout that failed for good, listed failed by one statement and paid by a
+/// later one under another reference, still goes through the actor's verdict, whose case holds
+/// what went back to the account (the "listed again" check must not hide it).
+#[test]
+fn a_payout_listed_failed_then_paid_under_another_reference_is_held() {
+    let mut w = World::new();
+    let day = w.today();
+    let failed = w.payout(5_000, Some(false));
+    let frozen = {
+        let (engine, account) = (w.engine.clone(), w.account);
+        move || engine.read_shard(account.shard(2), move |s| s.account(account).unwrap().frozen).unwrap()
+    };
+    let before = frozen();
+    let bank = Arc::new(banksim::Simulator::start(banksim::SimulatorConfig::default(), "key".into(), w.store.clone()).unwrap());
+    let table = w.table.take().unwrap();
+    let clearing =
+        Clearing::start(w.engine.clone(), w.store.clone(), bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let first = runtime.block_on(clearing.reconcile(1, day, format!("{HEADER}P1,{failed},out,50.00,failed,0.00\n").into_bytes())).unwrap();
+    assert_eq!(serde_json::to_value(&first.counts).unwrap(), json!({"matched": 1}));
+    let later = runtime.block_on(clearing.reconcile(1, day, format!("{HEADER}P2,{failed},out,50.00,succeeded,1.00\n").into_bytes())).unwrap();
+    assert_eq!(serde_json::to_value(&later.counts).unwrap(), json!({"status_mismatch": 1}));
+    assert_eq!(frozen(), before + 5_000 + FEE, "what went back is held");
+    let order = bank::parse_order_ref(&failed).unwrap();
+    let open = runtime.block_on(clearing.cases_page(CaseFilter::Open, None, 10)).unwrap().cases;
+    assert!(open.iter().any(|c| c.case_id == format!("case_paid_after_failure_{}_1", order.0)), "{open:?}");
+    clearing.stop();
 }
 
 #[test]

@@ -527,6 +527,17 @@ pub async fn card_bind(
         phone: form.get("phone").to_string(),
     };
     let replaces = crate::ids::parse_prefixed::<u64>(form.get("replaces"), "card_");
+    // The checks that cost nothing first: a form that cannot bind costs no password hash (one
+    // member's flood of them queued every member's password checks of the platform behind
+    // it, helper 131#2).
+    if !crate::cards::valid_card_no(&bind.card_no) {
+        let error = ApiError { param: Some("card_no".into()), ..ApiError::new(400, "invalid_card_no", "the card number fails its Luhn check") };
+        return card_page(&w, &engine, &cards, Some(api_notice(locale, &error))).await;
+    }
+    if !crate::identity::valid_phone(&bind.phone) {
+        let error = ApiError::invalid("phone must be a mainland mobile number of 11 digits", "phone");
+        return card_page(&w, &engine, &cards, Some(api_notice(locale, &error))).await;
+    }
     // A card is where withdrawals go: binding one is the member's to allow, with its payment
     // password (counted like the cashier's), so a stolen wallet session that knows the member's
     // id number cannot bind the thief's card (before session 59 it could). One not set yet is
