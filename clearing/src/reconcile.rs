@@ -229,6 +229,7 @@ pub fn reconcile_with(
         tariff: channels.get(channel),
         by_hand,
         lined,
+        applied: HashSet::new(),
     };
     let mut seen: HashSet<u64> = HashSet::new();
     for pending in lines {
@@ -439,6 +440,8 @@ struct Run<'a> {
     /// The bank reference of the first line that listed each order the lines name (recorded
     /// before, or earlier in this file).
     lined: HashMap<u64, String>,
+    /// Orders whose verdict a line of this run applied.
+    applied: HashSet<u64>,
 }
 
 impl Run<'_> {
@@ -501,6 +504,19 @@ impl Run<'_> {
             let twice = if order.withdrawal { "paid out" } else { "taken in" };
             format!("the bank lists {} again (first as {first}): the money {twice} twice, or a wrong line", line.order_id)
         };
+        // A payout the bank says it paid that failed here, whose money went back to the account
+        // (failed for good when the ledger was read, or by a line of this run): the actor's
+        // verdict holds what went back (refused by the engine, as ever), whatever else this
+        // line's case says (an amount, a fee, a line listing it again: helpers 130#1, 132#1-2).
+        // Once per line; an engine that did not answer is an error (the run is tried again).
+        let failed_here = order.status == OrderStatus::Failed || self.applied.contains(&id.0);
+        let protect = order.withdrawal && theirs_ok && !self.by_hand && order.left.is_none() && failed_here;
+        if protect {
+            match verdicts(PayoutVerdict { order: id, succeeded: true, channel: Some(self.report.channel.clone()) }) {
+                Ok(_) | Err(ClearingError::Refused(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
         // Money out is a payout, money in anything else: a line of the other direction is not
         // about this order as we have it (since session 62; before, a returned payout listed
         // `in` matched it).
@@ -557,7 +573,7 @@ impl Run<'_> {
         // applied).
         // (A line's fee past the order's amount is no fee: compared, a mismatch, helper 130#7.)
         let their_fee_fits = line.fee.as_deref().and_then(|fee| order.spec.parse(fee)).is_some_and(|fee| (0..=order.amount).contains(&fee));
-        let fee_known = order.withdrawal || order.fee.is_some() || order.verdict().is_some() || !their_fee_fits;
+        let fee_known = order.withdrawal || order.fee.is_some() || order.verdict().is_some() || !their_fee_fits || !theirs_ok;
         if let (Some(their_fee), true, None) = (&line.fee, fee_known, &listed_again) {
             // A failed order costs nothing; otherwise the fee we charged (payouts), noted (money
             // in, since session 68) or the channel's tariff (money in decided before).
@@ -571,24 +587,20 @@ impl Run<'_> {
         }
         match order.verdict() {
             Some(ok) if ok == theirs_ok => match &listed_again {
-                Some(first) => {
+                // (Another failed line moves no money: matched.)
+                Some(first) if theirs_ok => {
                     self.open_case(&case_id, line_value(), again_reason(first));
                     self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
                 }
-                None => self.note(Class::Matched, None),
+                _ => self.note(Class::Matched, None),
             },
             Some(_) => {
                 let mut held = String::new();
-                if order.withdrawal && theirs_ok && !self.by_hand {
+                if protect {
                     // The bank's own statement says it paid a payout that failed for good: the
-                    // verdict goes through `verdicts` too (refused, as ever), whose case holds
+                    // verdict went through `verdicts` above (refused, as ever), whose case holds
                     // what went back to the account (before session 59 only this case opened,
-                    // and nothing held the money). An engine that did not answer is an error:
-                    // the run is tried again.
-                    match verdicts(PayoutVerdict { order: id, succeeded: true, channel: Some(self.report.channel.clone()) }) {
-                        Ok(_) | Err(ClearingError::Refused(_)) => {}
-                        Err(error) => return Err(error),
-                    }
+                    // and nothing held the money).
                     held = format!("; the money that went back: case case_paid_after_failure_{}_{}", id.0, self.channel);
                 }
                 let reason = format!("status mismatch: ours {}, theirs {}{held}", order.status.name(), line.status);
@@ -638,6 +650,11 @@ impl Run<'_> {
                         Applied::Differs("given the opposite verdict meanwhile")
                     }
                 };
+                if matches!(applied, Applied::Status(_)) {
+                    // A later line of this run about the order judges it as decided (the ledger
+                    // was read before: helper 132#1).
+                    self.applied.insert(id.0);
+                }
                 match applied {
                     Applied::Status(status) => self.note(Class::AutoResolved, Some(Finding::AutoResolved { order_id: bank::order_ref(id), status })),
                     Applied::AlreadyAgrees => self.note(Class::Matched, None),

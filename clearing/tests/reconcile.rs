@@ -415,6 +415,23 @@ fn a_payout_listed_failed_then_paid_under_another_reference_is_held() {
     let order = bank::parse_order_ref(&failed).unwrap();
     let open = runtime.block_on(clearing.cases_page(CaseFilter::Open, None, 10)).unwrap().cases;
     assert!(open.iter().any(|c| c.case_id == format!("case_paid_after_failure_{}_1", order.0)), "{open:?}");
+    // Helper 132#1: both lines in one file, about a payout still waiting when the run read the
+    // ledger: the first fails it (its money back), the second, judged on what the first did, is
+    // held the same way.
+    let waiting = w.payout(7_000, None);
+    let before = frozen();
+    let file = format!("{HEADER}Q1,{waiting},out,70.00,failed,0.00\nQ2,{waiting},out,70.00,succeeded,1.00\n");
+    let both = runtime.block_on(clearing.reconcile(1, day, file.into_bytes())).unwrap();
+    let counts = serde_json::to_value(&both.counts).unwrap();
+    assert_eq!((&counts["auto_resolved"], &counts["status_mismatch"]), (&json!(1), &json!(1)), "{counts}");
+    assert_eq!(frozen(), before + 7_000 + FEE, "what went back is held");
+    // Helper 132#2: a failed payout's paid line whose amount differs is held too (its case says
+    // the amount).
+    let netted = w.payout(3_000, Some(false));
+    let before = frozen();
+    let odd = runtime.block_on(clearing.reconcile(1, day, format!("{HEADER}R1,{netted},out,29.00,succeeded,1.00\n").into_bytes())).unwrap();
+    assert_eq!(serde_json::to_value(&odd.counts).unwrap()["amount_mismatch"], 1);
+    assert_eq!(frozen(), before + 3_000 + FEE, "held");
     clearing.stop();
 }
 
