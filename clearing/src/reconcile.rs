@@ -229,7 +229,7 @@ pub fn reconcile_with(
         tariff: channels.get(channel),
         by_hand,
         lined,
-        applied: HashSet::new(),
+        failed_or_moved: HashSet::new(),
     };
     let mut seen: HashSet<u64> = HashSet::new();
     for pending in lines {
@@ -440,8 +440,8 @@ struct Run<'a> {
     /// The bank reference of the first line that listed each order the lines name (recorded
     /// before, or earlier in this file).
     lined: HashMap<u64, String>,
-    /// Orders whose verdict a line of this run applied.
-    applied: HashSet<u64>,
+    /// Orders a line of this run failed here or moved to another channel.
+    failed_or_moved: HashSet<u64>,
 }
 
 impl Run<'_> {
@@ -504,19 +504,6 @@ impl Run<'_> {
             let twice = if order.withdrawal { "paid out" } else { "taken in" };
             format!("the bank lists {} again (first as {first}): the money {twice} twice, or a wrong line", line.order_id)
         };
-        // A payout the bank says it paid that failed here, whose money went back to the account
-        // (failed for good when the ledger was read, or by a line of this run): the actor's
-        // verdict holds what went back (refused by the engine, as ever), whatever else this
-        // line's case says (an amount, a fee, a line listing it again: helpers 130#1, 132#1-2).
-        // Once per line; an engine that did not answer is an error (the run is tried again).
-        let failed_here = order.status == OrderStatus::Failed || self.applied.contains(&id.0);
-        let protect = order.withdrawal && theirs_ok && !self.by_hand && order.left.is_none() && failed_here;
-        if protect {
-            match verdicts(PayoutVerdict { order: id, succeeded: true, channel: Some(self.report.channel.clone()) }) {
-                Ok(_) | Err(ClearingError::Refused(_)) => {}
-                Err(error) => return Err(error),
-            }
-        }
         // Money out is a payout, money in anything else: a line of the other direction is not
         // about this order as we have it (since session 62; before, a returned payout listed
         // `in` matched it).
@@ -526,6 +513,20 @@ impl Run<'_> {
             self.open_case(&case_id, line_value(), reason);
             self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
             return Ok(Some(id));
+        }
+        // A payout the bank says it paid that failed here, whose money went back to the account
+        // (failed for good when the ledger was read, or by a line of this run): the actor's
+        // verdict holds what went back (refused by the engine, as ever), whatever else this
+        // line's case says (an amount, a fee, a line listing it again: helpers 130#1, 132#1-2; after
+        // the direction check: an `in` line of a payout is its money coming back, helper 133#1).
+        // Once per line; an engine that did not answer is an error (the run is tried again).
+        let failed_here = order.status == OrderStatus::Failed || self.failed_or_moved.contains(&id.0);
+        let protect = order.withdrawal && theirs_ok && !self.by_hand && order.left.is_none() && failed_here;
+        if protect {
+            match verdicts(PayoutVerdict { order: id, succeeded: true, channel: Some(self.report.channel.clone()) }) {
+                Ok(_) | Err(ClearingError::Refused(_)) => {}
+                Err(error) => return Err(error),
+            }
         }
         // The bank's amount, read like its fee: exact decimal text in the currency's minor unit.
         if order.spec.parse(&line.amount) != Some(order.amount) {
@@ -650,10 +651,11 @@ impl Run<'_> {
                         Applied::Differs("given the opposite verdict meanwhile")
                     }
                 };
-                if matches!(applied, Applied::Status(_)) {
-                    // A later line of this run about the order judges it as decided (the ledger
-                    // was read before: helper 132#1).
-                    self.applied.insert(id.0);
+                if let Applied::Status(Some("failed" | "processing")) = applied {
+                    // Failed here (its money back) or moved to another channel by this line: a
+                    // later paid line of this run about the order is judged so (the ledger was
+                    // read before: helper 132#1).
+                    self.failed_or_moved.insert(id.0);
                 }
                 match applied {
                     Applied::Status(status) => self.note(Class::AutoResolved, Some(Finding::AutoResolved { order_id: bank::order_ref(id), status })),

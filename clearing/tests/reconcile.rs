@@ -432,6 +432,13 @@ fn a_payout_listed_failed_then_paid_under_another_reference_is_held() {
     let odd = runtime.block_on(clearing.reconcile(1, day, format!("{HEADER}R1,{netted},out,29.00,succeeded,1.00\n").into_bytes())).unwrap();
     assert_eq!(serde_json::to_value(&odd.counts).unwrap()["amount_mismatch"], 1);
     assert_eq!(frozen(), before + 3_000 + FEE, "held");
+    // Helper 133#1: an `in` line of a failed payout is its money coming back, not a payment:
+    // a direction case, nothing held.
+    let returned = w.payout(2_000, Some(false));
+    let before = frozen();
+    let back = runtime.block_on(clearing.reconcile(1, day, format!("{HEADER}S1,{returned},in,20.00,succeeded,0.00\n").into_bytes())).unwrap();
+    assert_eq!(serde_json::to_value(&back.counts).unwrap()["status_mismatch"], 1);
+    assert_eq!(frozen(), before, "nothing held");
     clearing.stop();
 }
 
