@@ -25,8 +25,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bank::StatementLine;
 use engine::ledger::command::{Command, Envelope};
 use engine::ledger::growth::chunk_of;
-use engine::ledger::types::{OrderDetail, OrderId, OrderKind, OrderStatus};
-use engine::money::{CurrencySpec, Minor};
+use engine::ledger::types::{AccountId, OrderDetail, OrderId, OrderKind, OrderStatus};
+use engine::money::{CurrencyId, CurrencySpec, Minor};
 use engine::Engine;
 use serde::{Deserialize, Serialize};
 use storage::Store;
@@ -147,6 +147,11 @@ struct Ours {
     fee: Option<Minor>,
     status: OrderStatus,
     withdrawal: bool,
+    /// A recharge or collection: its money went into `account` (a direct payment's went to its
+    /// receivers).
+    recharge: bool,
+    account: AccountId,
+    currency: CurrencyId,
     created_day: u32,
     spec: CurrencySpec,
     /// A payout the statement names that is on another channel now (its platform and order
@@ -411,6 +416,9 @@ fn ours_of(o: &engine::ledger::types::Order, channel: u16, calendar: &Calendar, 
         fee,
         status: o.status,
         withdrawal: o.kind == OrderKind::Withdrawal,
+        recharge: matches!(o.detail, OrderDetail::Recharge { .. }),
+        account: o.account,
+        currency: o.currency,
         created_day: calendar.day(o.created_at),
         spec: state.currencies[o.currency.0 as usize],
         left: None,
@@ -451,6 +459,20 @@ impl Run<'_> {
             if self.report.details.len() < DETAILS_MAX {
                 self.report.details.push(finding);
             }
+        }
+    }
+
+    /// Asks the actor to hold what recharge `id` credited, when it opens this line's case
+    /// (`hold_wanted` in the case's line, which the actor takes out: `Actor::open_cases`): the
+    /// bank's own statement says the money never came (helper 129#2: only the case opened, and
+    /// the member could withdraw the money meanwhile). Made by the actor with the case, only if
+    /// the case is new and the credit reached the account (not diverted to suspense). A direct
+    /// payment's money went to its receivers: nothing is asked.
+    fn want_hold(&self, id: OrderId, order: &Ours, line: &mut serde_json::Value) {
+        if order.recharge {
+            line["hold_wanted"] = serde_json::json!({
+                "order": id.0, "account": order.account.0, "currency": order.currency.0, "amount": order.amount, "channel": self.channel,
+            });
         }
     }
 
@@ -605,7 +627,11 @@ impl Run<'_> {
                     held = format!("; the money that went back: case case_paid_after_failure_{}_{}", id.0, self.channel);
                 }
                 let reason = format!("status mismatch: ours {}, theirs {}{held}", order.status.name(), line.status);
-                self.open_case(&case_id, line_value(), reason);
+                let mut line_value = line_value();
+                if !theirs_ok && !self.by_hand {
+                    self.want_hold(id, &order, &mut line_value);
+                }
+                self.open_case(&case_id, line_value, reason);
                 self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
             }
             None if listed_again.is_some() => {
@@ -662,7 +688,13 @@ impl Run<'_> {
                     Applied::AlreadyAgrees => self.note(Class::Matched, None),
                     Applied::Differs(what) => {
                         let reason = format!("status mismatch: ours {what} while reconciling, theirs {}", line.status);
-                        self.open_case(&case_id, line_value(), reason);
+                        // A recharge a callback credited while the run read the file, which the
+                        // bank's line says failed (review 130#4): held as above.
+                        let mut line_value = line_value();
+                        if !theirs_ok && !self.by_hand {
+                            self.want_hold(id, &order, &mut line_value);
+                        }
+                        self.open_case(&case_id, line_value, reason);
                         self.note(Class::StatusMismatch, Some(mismatch(Class::StatusMismatch)));
                     }
                 }

@@ -442,6 +442,88 @@ fn a_payout_listed_failed_then_paid_under_another_reference_is_held() {
     clearing.stop();
 }
 
+/// Helper 129#2 (review 130): a recharge we credited that the bank's own statement says failed
+/// has its amount held on the account, by a freeze of the system's the actor makes as it opens
+/// the line's case (named `hold_order_id` in its line), once: the statement read again holds
+/// nothing more, a case that exists already (an earlier build's, resolved) gets no hold, and a
+/// credit the ledger sent to suspense holds nothing of the account's other money. Resolving the
+/// case releases the hold (or captures it). Before, only the case opened, and the member could
+/// withdraw the money meanwhile.
+#[test]
+fn a_credited_recharge_the_bank_says_failed_is_held_with_its_case() {
+    let mut w = World::new();
+    let day = w.today();
+    let credited = w.money_in(30_000, Some(true));
+    let funds = {
+        let (engine, account) = (w.engine.clone(), w.account);
+        move || engine.read_shard(account.shard(2), move |s| s.account(account).map(|a| (a.settled, a.frozen)).unwrap()).unwrap()
+    };
+    let (settled, frozen) = funds();
+    let bank = Arc::new(banksim::Simulator::start(banksim::SimulatorConfig::default(), "key".into(), w.store.clone()).unwrap());
+    let table = w.table.take().unwrap();
+    let clearing =
+        Clearing::start(w.engine.clone(), w.store.clone(), bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let reconcile = |file: String| runtime.block_on(clearing.reconcile(3, day, file.into_bytes())).unwrap();
+    let report = reconcile(format!("{HEADER}F1,{credited},in,300.00,failed,0.00\n"));
+    assert_eq!(serde_json::to_value(&report.counts).unwrap(), json!({"status_mismatch": 1}));
+    assert_eq!(funds(), (settled - 30_000, frozen + 30_000), "held");
+    reconcile(format!("{HEADER}F1,{credited},in,300.00,failed,0.00\n"));
+    assert_eq!(funds(), (settled - 30_000, frozen + 30_000), "held once");
+    let case = |id: &str| runtime.block_on(clearing.cases_page(CaseFilter::All, None, 50)).unwrap().cases.into_iter().find(|c| c.case_id == id).unwrap();
+    let held = case("recon_3_F1");
+    assert!(!held.line["hold_order_id"].is_null() && held.line.get("hold_wanted").is_none() && held.reason.contains("300.00 held"), "{held:?}");
+    // The bank's line was wrong: released back to the account.
+    let resolution = |text: &str| Resolution { resolution: text.into(), operator: "li".into() };
+    runtime.block_on(clearing.resolve_case_with("recon_3_F1".into(), resolution("the money came"), clearing_actor::cases::HoldFate::Release)).unwrap();
+    assert_eq!(funds(), (settled, frozen), "released");
+    // A case opened before (an earlier build's, resolved since) gets no hold no case would name.
+    let older = w.money_in(10_000, Some(true));
+    let opening = CaseOpening { case_id: "recon_3_G1".into(), line: json!({"bank_ref": "G1"}), reason: "status mismatch".into() };
+    runtime.block_on(clearing.open_cases(vec![opening])).unwrap();
+    runtime.block_on(clearing.resolve_case("recon_3_G1".into(), resolution("looked at"))).unwrap();
+    let (settled, frozen) = funds();
+    reconcile(format!("{HEADER}G1,{older},in,100.00,failed,0.00\n"));
+    assert_eq!(funds(), (settled, frozen), "no hold for a case that exists");
+    // A credit the ledger sent to suspense (the account took no credits then): nothing of the
+    // account's other money is held.
+    let diverted = w.money_in(5_000, None);
+    let blocked = Command::SetAccountStatus { account: w.account, status: engine::ledger::types::AccountStatus::CreditBlocked };
+    w.engine.execute_one(Envelope { platform: 0, out_order_no: None, command: blocked }).unwrap();
+    w.run(Command::CompleteRecharge { order: bank::parse_order_ref(&diverted).unwrap(), succeeded: true });
+    let normal = Command::SetAccountStatus { account: w.account, status: engine::ledger::types::AccountStatus::Normal };
+    w.engine.execute_one(Envelope { platform: 0, out_order_no: None, command: normal }).unwrap();
+    let (settled, frozen) = funds();
+    reconcile(format!("{HEADER}H1,{diverted},in,50.00,failed,0.00\n"));
+    assert_eq!(funds(), (settled, frozen), "nothing held: the credit is in suspense");
+    assert!(case("recon_3_H1").reason.contains("went to suspense"), "{:?}", case("recon_3_H1"));
+    clearing.stop();
+    // Stops between a hold and its case, mended at the next start: a hold with no case gets
+    // one naming it; one whose case names no hold (no resolution would settle it) is released.
+    let freeze = |number: &str, case_id: &str| {
+        let command = Command::Freeze { account: w.account, currency: CurrencyId(0), amount: 1_000, reason: format!("held for {case_id}"), expires_at: None };
+        let number = engine::ledger::command::OutOrderNo::new(number);
+        let reply = w.engine.execute_one(Envelope { platform: 0, out_order_no: number, command }).unwrap();
+        assert!(reply.is_ok(), "{reply:?}");
+        OrderId(reply.id)
+    };
+    let (settled, frozen) = funds();
+    let orphan = freeze("hold-recon-3-900001", "recon_3_Z1");
+    freeze("hold-recon-3-900002", "recon_3_G1");
+    assert_eq!(funds(), (settled - 2_000, frozen + 2_000));
+    let currencies = w.engine.config().currencies.clone();
+    let channels = vec![spec(1, "payout", "out", "1.00").build(&currencies).unwrap(), spec(3, "collect", "in", "0.50").build(&currencies).unwrap()];
+    let table = ChannelTable::new(channels, Calendar { utc_offset_seconds: w.engine.config().utc_offset_seconds, ..Calendar::default() }).unwrap();
+    let bank = Arc::new(banksim::Simulator::start(banksim::SimulatorConfig::default(), "key".into(), w.store.clone()).unwrap());
+    let restarted =
+        Clearing::start(w.engine.clone(), w.store.clone(), bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
+    let cases = runtime.block_on(restarted.cases_page(CaseFilter::Open, None, 50)).unwrap().cases;
+    let z1 = cases.iter().find(|c| c.case_id == "recon_3_Z1").expect("opened at the start");
+    assert_eq!(z1.line["hold_order_id"], json!(bank::order_ref(orphan)));
+    assert_eq!(funds(), (settled - 1_000, frozen + 1_000), "the hold G1's case does not name is released");
+    restarted.stop();
+}
+
 #[test]
 fn the_reserve_covers_what_it_must_and_meets_the_bank() {
     let w = World::new();
