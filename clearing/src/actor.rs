@@ -1192,6 +1192,18 @@ impl Actor {
     /// nothing of the account's other money (130#3). A stop between the hold and the case: the
     /// next start opens its case (`open_case_of_hold`).
     fn open_cases(&mut self, mut openings: Vec<CaseOpening>) -> Result<usize, ClearingError> {
+        let now = self.clock.now_micros();
+        let mut opened = 0;
+        if openings.iter().any(|opening| opening.line.get("hold_wanted").is_some()) {
+            // The credits' own notices, if the ledger sent them to suspense, are cases first.
+            let mut rounds = 0;
+            while self.open_diversion_cases()? == DIVERSIONS_PER_TICK {
+                rounds += 1;
+                if rounds == DIVERSION_ROUNDS_MAX {
+                    return Err(ClearingError::Overloaded);
+                }
+            }
+        }
         for opening in &mut openings {
             let Some(wanted) = opening.line.as_object_mut().and_then(|line| line.remove("hold_wanted")) else { continue };
             if self.cases.get(self.store.as_ref(), &opening.case_id)?.is_some() {
@@ -1206,17 +1218,16 @@ impl Actor {
             let (order, currency) = (OrderId(order), CurrencyId(u8::try_from(currency).unwrap_or(u8::MAX)));
             let Some(spec) = self.engine.config().currencies.get(currency.0 as usize).copied() else { continue };
             let amount = Minor::try_from(amount).unwrap_or(Minor::MAX).min(engine::money::AMOUNT_MINOR_MAX);
-            // The credit's own notice, if the ledger sent it to suspense, is a case first.
-            let mut rounds = 0;
-            while self.open_diversion_cases()? == DIVERSIONS_PER_TICK {
-                rounds += 1;
-                if rounds == DIVERSION_ROUNDS_MAX {
-                    return Err(ClearingError::Overloaded);
-                }
-            }
+            // Its credit in suspense, its case open: nothing of the account's is held, and that
+            // case is told (an operator must not give it to the account). Once that case is
+            // resolved (the money moved on, to the account maybe), held as any other (review
+            // 134#1).
             if let Some(suspense) = self.cases.returned_case(self.store.as_ref(), order.0)? {
-                opening.reason = format!("{}; nothing held: its credit went to suspense, not to the account (case {suspense})", opening.reason);
-                continue;
+                let warning = format!("a bank statement says this recharge failed (case {}): do not give the money to the account", opening.case_id);
+                if self.cases.amend_open(self.store.as_ref(), &suspense, &opening.case_id, &warning)? {
+                    opening.reason = format!("{}; nothing held: its credit went to suspense, not to the account (case {suspense}, still open)", opening.reason);
+                    continue;
+                }
             }
             let reason = format!("{HOLD_REASON}{}", opening.case_id);
             let Some(number) = OutOrderNo::new(&format!("hold-recon-{channel}-{}", order.0)) else { continue };
@@ -1225,7 +1236,15 @@ impl Actor {
             match reply.code {
                 ResultCode::Ok => {
                     opening.line["hold_order_id"] = serde_json::json!(bank::order_ref(OrderId(reply.id)));
-                    opening.reason = format!("{}; {} held on the account until the case is resolved", opening.reason, spec.format(amount));
+                    opening.line["order_id"] = serde_json::json!(bank::order_ref(order));
+                    opening.reason = format!(
+                        "{}; {} held on the account until the case is resolved (release: the money came; capture: into suspense, it never came)",
+                        opening.reason,
+                        spec.format(amount)
+                    );
+                    // Opened at once with its hold: an error at a later opening leaves no hold
+                    // without its case (review 134#3).
+                    opened += self.cases.open(self.store.as_ref(), vec![opening.clone()], now)?;
                 }
                 ResultCode::Overloaded => return Err(ClearingError::Overloaded),
                 code => {
@@ -1234,7 +1253,8 @@ impl Actor {
                 }
             }
         }
-        self.cases.open(self.store.as_ref(), openings, self.clock.now_micros())
+        // The others (the held ones are open already: opening them again opens nothing).
+        Ok(opened + self.cases.open(self.store.as_ref(), openings, now)?)
     }
 
     /// Our side has the final answer on payout `order`: nothing to watch any more.

@@ -41,6 +41,10 @@ const OPEN_MARKS_CHECKED: &[u8] = b"ki/checked";
 const RETURNED_PREFIX: &[u8] = b"kw/";
 /// Written once the suspense cases of earlier builds are indexed by order (`kw/`).
 const RETURNED_INDEXED: &[u8] = b"ki/returned";
+/// Written once the suspense cases of recharges' credits are indexed by order too (session 68:
+/// a statement saying a credited recharge failed holds nothing of the account's other money
+/// while its credit is in suspense).
+const RETURNED_RECHARGES_INDEXED: &[u8] = b"ki/returned-recharges";
 /// Cases one page lists at most.
 pub const PAGE_MAX: usize = 1000;
 /// Longest resolution text an operator may record, in characters (what the API documents).
@@ -226,7 +230,9 @@ impl CaseBook {
             store.write(&[(OPEN_MARKS_CHECKED, b"1")]).map_err(storage)?;
         }
         if store.get(RETURNED_INDEXED).map_err(storage)?.is_none() {
-            CaseBook::index_returned(store)?;
+            CaseBook::index_returned(store, &["withdrawal_failure", "recharge"], &[RETURNED_INDEXED, RETURNED_RECHARGES_INDEXED])?;
+        } else if store.get(RETURNED_RECHARGES_INDEXED).map_err(storage)?.is_none() {
+            CaseBook::index_returned(store, &["recharge"], &[RETURNED_RECHARGES_INDEXED])?;
         }
         let mut open_count = 0u64;
         store
@@ -238,9 +244,10 @@ impl CaseBook {
         Ok(CaseBook { open_count })
     }
 
-    /// Indexes by order (`kw/`) the suspense cases of failed payouts' money that builds before
-    /// session 60 opened without it, once (`ki/returned`): one scan of the suspense cases.
-    fn index_returned(store: &dyn Store) -> Result<(), ClearingError> {
+    /// Indexes by order (`kw/`) the suspense cases of the entries `kinds` (failed payouts' money,
+    /// recharges' credits) that earlier builds opened without it, once (`markers` written after):
+    /// one scan of the suspense cases.
+    fn index_returned(store: &dyn Store, kinds: &[&str], markers: &[&[u8]]) -> Result<(), ClearingError> {
         let mut index: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let start = format!("{PREFIX}suspense_");
         let end = format!("{PREFIX}suspense`");
@@ -249,7 +256,8 @@ impl CaseBook {
                 // A record that does not decode is listed as it is; it names no order here.
                 if let Ok(case) = decode(key, value) {
                     let order = case.line.get("order_id").and_then(|id| id.as_str()).and_then(bank::parse_order_ref);
-                    if let (Some(order), Some("withdrawal_failure")) = (order, case.line.get("entry").and_then(|e| e.as_str())) {
+                    let entry = case.line.get("entry").and_then(|e| e.as_str());
+                    if let (Some(order), true) = (order, entry.is_some_and(|entry| kinds.contains(&entry))) {
                         index.push((returned_key(order.0), case.case_id.into_bytes()));
                     }
                 }
@@ -257,7 +265,7 @@ impl CaseBook {
             })
             .map_err(storage)?;
         let mut puts: Vec<(&[u8], &[u8])> = index.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
-        puts.push((RETURNED_INDEXED, b"1"));
+        puts.extend(markers.iter().map(|marker| (*marker, b"1".as_slice())));
         storage::write_in_chunks(store, &puts).map_err(storage)
     }
 
@@ -681,7 +689,13 @@ mod tests {
         storage::records::put(&store, &keyed).unwrap();
         let book = CaseBook::load(&store).unwrap();
         let found = |order: u64| book.returned_case(&store, order).unwrap();
-        assert_eq!((found(42).as_deref(), found(43), found(44)), (Some("suspense_0_7_0"), None, None));
+        // A payout's money and (since session 68) a recharge's credit in suspense, by order.
+        assert_eq!((found(42).as_deref(), found(43).as_deref(), found(44)), (Some("suspense_0_7_0"), Some("suspense_0_8_0"), None));
+        // A book that indexed payouts only (sessions 60 to 67) indexes the recharges' cases once.
+        let older = storage::MemoryStore::new();
+        storage::records::put(&older, &[(case_key("suspense_0_8_0"), &records[1])]).unwrap();
+        older.write(&[(RETURNED_INDEXED, b"1".as_slice())]).unwrap();
+        assert_eq!(CaseBook::load(&older).unwrap().returned_case(&older, 43).unwrap().as_deref(), Some("suspense_0_8_0"));
         // Once: a case written afterwards without its key is not indexed by a later load.
         storage::records::put(&store, &[(case_key("suspense_0_9_0"), &case("suspense_0_9_0", "withdrawal_failure", "ord_45"))]).unwrap();
         assert_eq!(CaseBook::load(&store).unwrap().returned_case(&store, 45).unwrap(), None);

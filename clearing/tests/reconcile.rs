@@ -497,6 +497,18 @@ fn a_credited_recharge_the_bank_says_failed_is_held_with_its_case() {
     reconcile(format!("{HEADER}H1,{diverted},in,50.00,failed,0.00\n"));
     assert_eq!(funds(), (settled, frozen), "nothing held: the credit is in suspense");
     assert!(case("recon_3_H1").reason.contains("went to suspense"), "{:?}", case("recon_3_H1"));
+    // The suspense case is told; once it is resolved (say the money went to the account after
+    // all), a statement saying the recharge failed holds as for any account (review 134#1).
+    let suspense =
+        runtime.block_on(clearing.cases_page(CaseFilter::Open, None, 50)).unwrap().cases.into_iter().find(|c| c.case_id.starts_with("suspense_")).unwrap();
+    assert!(suspense.reason.contains("recon_3_H1"), "{suspense:?}");
+    runtime.block_on(clearing.resolve_case(suspense.case_id.clone(), resolution("credited to the account"))).unwrap();
+    reconcile(format!("{HEADER}H2,{diverted},in,50.00,failed,0.00\n"));
+    assert_eq!(funds(), (settled - 5_000, frozen + 5_000), "held now");
+    assert!(!case("recon_3_H2").line["hold_order_id"].is_null());
+    let (settled, frozen) = funds();
+    runtime.block_on(clearing.resolve_case_with("recon_3_H2".into(), resolution("the money came"), clearing_actor::cases::HoldFate::Release)).unwrap();
+    assert_eq!(funds(), (settled + 5_000, frozen - 5_000));
     clearing.stop();
     // Stops between a hold and its case, mended at the next start: a hold with no case gets
     // one naming it; one whose case names no hold (no resolution would settle it) is released.

@@ -280,8 +280,9 @@ pub(crate) struct ResolveBody {
     /// Who did it.
     operator: String,
     /// What becomes of the case's hold, if it has one (a payout the bank says it paid after it
-    /// failed): `release` (the default: back to the account) or `capture` (into suspense: the
-    /// member was paid on its card). On a case of a channel a payout left that says it paid it
+    /// failed; a credited recharge a bank statement says failed): `release` (the default: back
+    /// to the account) or `capture` (into suspense: the member was paid on its card, or the
+    /// recharge's money never came). On a case of a channel a payout left that says it paid it
     /// (`case_paid_by_left_channel_`), `release` said also finds that channel's word wrong: the
     /// payout may go on to another channel. Not said, it goes no further, and a failure for good
     /// is held under a case of its own.

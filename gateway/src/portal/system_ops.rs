@@ -432,7 +432,7 @@ async fn reconciliation_page(
                                     input type="hidden" name="case_id" value=(case.case_id);
                                     input name="resolution" placeholder="what was done" required maxlength="1024";
                                     @if !case.line["hold_order_id"].is_null() {
-                                        " " label { input type="checkbox" name="capture"; " take the hold into suspense (the member was paid)" }
+                                        " " label { input type="checkbox" name="capture"; " take the hold into suspense (the money is not the account's: the member was paid, or it never came)" }
                                     } @else if case.case_id.starts_with("case_paid_by_left_channel_") {
                                         " " label { input type="checkbox" name="left_wrong"; " its word was wrong: the payout may go on to another channel (else it goes no further, and a failure is held)" }
                                     }
