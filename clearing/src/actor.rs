@@ -152,12 +152,8 @@ pub fn note_money_in_fee(engine: &Engine, store: &dyn Store, channels: &ChannelS
 }
 
 /// The channel a money-in order (a recharge, or a direct payment through a channel) came through.
-pub fn money_in_channel(detail: &OrderDetail) -> Option<u16> {
-    match detail {
-        OrderDetail::Recharge { channel } => Some(*channel),
-        OrderDetail::Payment { channel, .. } => *channel,
-        _ => None,
-    }
+fn money_in_channel(detail: &OrderDetail) -> Option<u16> {
+    crate::settlement::channel_of(detail).filter(|_| !matches!(detail, OrderDetail::Withdrawal { .. }))
 }
 
 /// Everything the actor owns.

@@ -12,7 +12,6 @@
 //! change, does not move it). Days older than the runs look at are dropped by the run
 //! (`prune_before`), so the notes are bounded by two months of money-in orders.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use engine::ledger::types::OrderId;
@@ -69,21 +68,6 @@ pub fn note_at_tariff(
     note(store, day, order, channel.fee(amount))
 }
 
-/// The notes of orders created on business day `day`, by order id.
-pub fn of_day(store: &dyn Store, day: u32) -> Result<HashMap<u64, Minor>, StorageError> {
-    let (start, mut end) = (day_prefix(day), day_prefix(day));
-    *end.last_mut().expect("a prefix") += 1;
-    let mut notes = HashMap::new();
-    store.scan(&start, &end, &mut |key, value| {
-        let order = key.get(start.len()..).and_then(|tail| std::str::from_utf8(tail).ok()).and_then(|text| text.parse::<u64>().ok());
-        if let (Some(order), Some(fee)) = (order, parse(value)) {
-            notes.insert(order, fee);
-        }
-        true
-    })?;
-    Ok(notes)
-}
-
 /// The notes of `orders` (each with the business day it was created), in their order.
 pub fn of_orders(store: &dyn Store, orders: &[(u32, OrderId)]) -> Result<Vec<Option<Minor>>, StorageError> {
     let keys: Vec<Vec<u8>> = orders.iter().map(|(day, order)| key(*day, *order)).collect();
@@ -108,15 +92,12 @@ mod tests {
         assert!(!note(&store, 20_000, OrderId(7), 100).unwrap(), "a later note of the order does not move it");
         assert!(note(&store, 20_000, OrderId(9), 0).unwrap());
         assert!(note(&store, 20_001, OrderId(8), 5).unwrap());
-        assert_eq!(of_day(&store, 20_000).unwrap(), HashMap::from([(7, 60), (9, 0)]));
-        assert_eq!(of_day(&store, 20_001).unwrap(), HashMap::from([(8, 5)]));
-        assert!(of_day(&store, 19_999).unwrap().is_empty());
-        assert_eq!(of_orders(&store, &[(20_001, OrderId(8)), (20_000, OrderId(8)), (20_000, OrderId(7))]).unwrap(), vec![Some(5), None, Some(60)]);
+        let all = [(20_000, OrderId(7)), (20_000, OrderId(9)), (20_001, OrderId(8)), (19_999, OrderId(7)), (20_000, OrderId(8))];
+        assert_eq!(of_orders(&store, &all).unwrap(), vec![Some(60), Some(0), Some(5), None, None], "by the order's day and id");
         prune_before(&store, 20_001).unwrap();
-        assert!(of_day(&store, 20_000).unwrap().is_empty());
-        assert_eq!(of_day(&store, 20_001).unwrap(), HashMap::from([(8, 5)]));
+        assert_eq!(of_orders(&store, &all).unwrap(), vec![None, None, Some(5), None, None], "the days before dropped");
         // A value that is no fee (damaged) is no note: the tariff prices the order.
         store.write(&[(key(20_001, OrderId(10)).as_slice(), b"-3".as_slice()), (key(20_001, OrderId(11)).as_slice(), b"x".as_slice())]).unwrap();
-        assert_eq!(of_day(&store, 20_001).unwrap(), HashMap::from([(8, 5)]));
+        assert_eq!(of_orders(&store, &[(20_001, OrderId(10)), (20_001, OrderId(11))]).unwrap(), vec![None, None]);
     }
 }

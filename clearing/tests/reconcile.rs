@@ -34,14 +34,36 @@ impl World {
     fn new() -> World {
         let store: Arc<dyn storage::Store> = Arc::new(storage::MemoryStore::new());
         let engine = Arc::new(Engine::start(EngineConfig { shard_count: 2, ack_flush_ms: 1, ..EngineConfig::default() }, store.clone()).unwrap());
-        let currencies = engine.config().currencies.clone();
-        let channels = vec![spec(1, "payout", "out", "1.00").build(&currencies).unwrap(), spec(3, "collect", "in", "0.50").build(&currencies).unwrap()];
-        let table = ChannelTable::new(channels, Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() }).unwrap();
+        let table = World::table_of(&engine);
         let open = Command::OpenAccount { owner: 1, currency: CurrencyId(0), limits: Limits::NONE };
         let account = AccountId(engine.execute_one(Envelope { platform: P, out_order_no: None, command: open }).unwrap().id);
         let world = World { engine, store, table: Some(table), account };
         world.run(Command::Recharge { account, currency: CurrencyId(0), amount: 1_000_000, channel: 9 });
         world
+    }
+
+    /// The channels: payouts through 1 (fee 1.00), money in through 3 (0.50).
+    fn table_of(engine: &Engine) -> ChannelTable {
+        let currencies = engine.config().currencies.clone();
+        let channels = vec![spec(1, "payout", "out", "1.00").build(&currencies).unwrap(), spec(3, "collect", "in", "0.50").build(&currencies).unwrap()];
+        ChannelTable::new(channels, Calendar { utc_offset_seconds: engine.config().utc_offset_seconds, ..Calendar::default() }).unwrap()
+    }
+
+    /// The clearing actor on this world's engine and store (its channel table, or a new one once
+    /// taken), with a runtime to ask it from.
+    fn start_actor(&mut self) -> (Clearing, tokio::runtime::Runtime) {
+        let bank = Arc::new(banksim::Simulator::start(banksim::SimulatorConfig::default(), "key".into(), self.store.clone()).unwrap());
+        let table = self.table.take().unwrap_or_else(|| World::table_of(&self.engine));
+        let clearing =
+            Clearing::start(self.engine.clone(), self.store.clone(), bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default())
+                .unwrap();
+        (clearing, tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap())
+    }
+
+    /// The account's settled and frozen funds.
+    fn funds(&self) -> (i64, i64) {
+        let account = self.account;
+        self.engine.read_shard(account.shard(2), move |s| s.account(account).map(|a| (a.settled, a.frozen)).unwrap()).unwrap()
     }
 
     fn run(&self, command: Command) -> u64 {
@@ -359,11 +381,7 @@ fn the_actor_reconciles_on_a_worker_and_owns_the_cases() {
     let mut w = World::new();
     let day = w.today();
     let unlisted = w.payout(1_000, Some(true));
-    let bank = Arc::new(banksim::Simulator::start(banksim::SimulatorConfig::default(), "key".into(), w.store.clone()).unwrap());
-    let table = w.table.take().unwrap();
-    let clearing =
-        Clearing::start(w.engine.clone(), w.store.clone(), bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (clearing, runtime) = w.start_actor();
     // Two at once: one runs, the other waits its turn; both open their cases once.
     let file = format!("{HEADER}B7,ord_999999,out,7.00,succeeded,\n").into_bytes();
     let (a, b) = runtime.block_on(async { tokio::join!(clearing.reconcile(1, day, file.clone()), clearing.reconcile(1, day, file.clone())) });
@@ -397,21 +415,13 @@ fn a_payout_listed_failed_then_paid_under_another_reference_is_held() {
     let mut w = World::new();
     let day = w.today();
     let failed = w.payout(5_000, Some(false));
-    let frozen = {
-        let (engine, account) = (w.engine.clone(), w.account);
-        move || engine.read_shard(account.shard(2), move |s| s.account(account).unwrap().frozen).unwrap()
-    };
-    let before = frozen();
-    let bank = Arc::new(banksim::Simulator::start(banksim::SimulatorConfig::default(), "key".into(), w.store.clone()).unwrap());
-    let table = w.table.take().unwrap();
-    let clearing =
-        Clearing::start(w.engine.clone(), w.store.clone(), bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let before = w.funds().1;
+    let (clearing, runtime) = w.start_actor();
     let first = runtime.block_on(clearing.reconcile(1, day, format!("{HEADER}P1,{failed},out,50.00,failed,0.00\n").into_bytes())).unwrap();
     assert_eq!(serde_json::to_value(&first.counts).unwrap(), json!({"matched": 1}));
     let later = runtime.block_on(clearing.reconcile(1, day, format!("{HEADER}P2,{failed},out,50.00,succeeded,1.00\n").into_bytes())).unwrap();
     assert_eq!(serde_json::to_value(&later.counts).unwrap(), json!({"status_mismatch": 1}));
-    assert_eq!(frozen(), before + 5_000 + FEE, "what went back is held");
+    assert_eq!(w.funds().1, before + 5_000 + FEE, "what went back is held");
     let order = bank::parse_order_ref(&failed).unwrap();
     let open = runtime.block_on(clearing.cases_page(CaseFilter::Open, None, 10)).unwrap().cases;
     assert!(open.iter().any(|c| c.case_id == format!("case_paid_after_failure_{}_1", order.0)), "{open:?}");
@@ -419,26 +429,26 @@ fn a_payout_listed_failed_then_paid_under_another_reference_is_held() {
     // ledger: the first fails it (its money back), the second, judged on what the first did, is
     // held the same way.
     let waiting = w.payout(7_000, None);
-    let before = frozen();
+    let before = w.funds().1;
     let file = format!("{HEADER}Q1,{waiting},out,70.00,failed,0.00\nQ2,{waiting},out,70.00,succeeded,1.00\n");
     let both = runtime.block_on(clearing.reconcile(1, day, file.into_bytes())).unwrap();
     let counts = serde_json::to_value(&both.counts).unwrap();
     assert_eq!((&counts["auto_resolved"], &counts["status_mismatch"]), (&json!(1), &json!(1)), "{counts}");
-    assert_eq!(frozen(), before + 7_000 + FEE, "what went back is held");
+    assert_eq!(w.funds().1, before + 7_000 + FEE, "what went back is held");
     // Helper 132#2: a failed payout's paid line whose amount differs is held too (its case says
     // the amount).
     let netted = w.payout(3_000, Some(false));
-    let before = frozen();
+    let before = w.funds().1;
     let odd = runtime.block_on(clearing.reconcile(1, day, format!("{HEADER}R1,{netted},out,29.00,succeeded,1.00\n").into_bytes())).unwrap();
     assert_eq!(serde_json::to_value(&odd.counts).unwrap()["amount_mismatch"], 1);
-    assert_eq!(frozen(), before + 3_000 + FEE, "held");
+    assert_eq!(w.funds().1, before + 3_000 + FEE, "held");
     // Helper 133#1: an `in` line of a failed payout is its money coming back, not a payment:
     // a direction case, nothing held.
     let returned = w.payout(2_000, Some(false));
-    let before = frozen();
+    let before = w.funds().1;
     let back = runtime.block_on(clearing.reconcile(1, day, format!("{HEADER}S1,{returned},in,20.00,succeeded,0.00\n").into_bytes())).unwrap();
     assert_eq!(serde_json::to_value(&back.counts).unwrap()["status_mismatch"], 1);
-    assert_eq!(frozen(), before, "nothing held");
+    assert_eq!(w.funds().1, before, "nothing held");
     clearing.stop();
 }
 
@@ -454,37 +464,29 @@ fn a_credited_recharge_the_bank_says_failed_is_held_with_its_case() {
     let mut w = World::new();
     let day = w.today();
     let credited = w.money_in(30_000, Some(true));
-    let funds = {
-        let (engine, account) = (w.engine.clone(), w.account);
-        move || engine.read_shard(account.shard(2), move |s| s.account(account).map(|a| (a.settled, a.frozen)).unwrap()).unwrap()
-    };
-    let (settled, frozen) = funds();
-    let bank = Arc::new(banksim::Simulator::start(banksim::SimulatorConfig::default(), "key".into(), w.store.clone()).unwrap());
-    let table = w.table.take().unwrap();
-    let clearing =
-        Clearing::start(w.engine.clone(), w.store.clone(), bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (settled, frozen) = w.funds();
+    let (clearing, runtime) = w.start_actor();
     let reconcile = |file: String| runtime.block_on(clearing.reconcile(3, day, file.into_bytes())).unwrap();
     let report = reconcile(format!("{HEADER}F1,{credited},in,300.00,failed,0.00\n"));
     assert_eq!(serde_json::to_value(&report.counts).unwrap(), json!({"status_mismatch": 1}));
-    assert_eq!(funds(), (settled - 30_000, frozen + 30_000), "held");
+    assert_eq!(w.funds(), (settled - 30_000, frozen + 30_000), "held");
     reconcile(format!("{HEADER}F1,{credited},in,300.00,failed,0.00\n"));
-    assert_eq!(funds(), (settled - 30_000, frozen + 30_000), "held once");
+    assert_eq!(w.funds(), (settled - 30_000, frozen + 30_000), "held once");
     let case = |id: &str| runtime.block_on(clearing.cases_page(CaseFilter::All, None, 50)).unwrap().cases.into_iter().find(|c| c.case_id == id).unwrap();
     let held = case("recon_3_F1");
     assert!(!held.line["hold_order_id"].is_null() && held.line.get("hold_wanted").is_none() && held.reason.contains("300.00 held"), "{held:?}");
     // The bank's line was wrong: released back to the account.
     let resolution = |text: &str| Resolution { resolution: text.into(), operator: "li".into() };
     runtime.block_on(clearing.resolve_case_with("recon_3_F1".into(), resolution("the money came"), clearing_actor::cases::HoldFate::Release)).unwrap();
-    assert_eq!(funds(), (settled, frozen), "released");
+    assert_eq!(w.funds(), (settled, frozen), "released");
     // A case opened before (an earlier build's, resolved since) gets no hold no case would name.
     let older = w.money_in(10_000, Some(true));
     let opening = CaseOpening { case_id: "recon_3_G1".into(), line: json!({"bank_ref": "G1"}), reason: "status mismatch".into() };
     runtime.block_on(clearing.open_cases(vec![opening])).unwrap();
     runtime.block_on(clearing.resolve_case("recon_3_G1".into(), resolution("looked at"))).unwrap();
-    let (settled, frozen) = funds();
+    let (settled, frozen) = w.funds();
     reconcile(format!("{HEADER}G1,{older},in,100.00,failed,0.00\n"));
-    assert_eq!(funds(), (settled, frozen), "no hold for a case that exists");
+    assert_eq!(w.funds(), (settled, frozen), "no hold for a case that exists");
     // A credit the ledger sent to suspense (the account took no credits then): nothing of the
     // account's other money is held.
     let diverted = w.money_in(5_000, None);
@@ -493,9 +495,9 @@ fn a_credited_recharge_the_bank_says_failed_is_held_with_its_case() {
     w.run(Command::CompleteRecharge { order: bank::parse_order_ref(&diverted).unwrap(), succeeded: true });
     let normal = Command::SetAccountStatus { account: w.account, status: engine::ledger::types::AccountStatus::Normal };
     w.engine.execute_one(Envelope { platform: 0, out_order_no: None, command: normal }).unwrap();
-    let (settled, frozen) = funds();
+    let (settled, frozen) = w.funds();
     reconcile(format!("{HEADER}H1,{diverted},in,50.00,failed,0.00\n"));
-    assert_eq!(funds(), (settled, frozen), "nothing held: the credit is in suspense");
+    assert_eq!(w.funds(), (settled, frozen), "nothing held: the credit is in suspense");
     assert!(case("recon_3_H1").reason.contains("went to suspense"), "{:?}", case("recon_3_H1"));
     // The suspense case is told; once it is resolved (say the money went to the account after
     // all), a statement saying the recharge failed holds as for any account (review 134#1).
@@ -504,11 +506,11 @@ fn a_credited_recharge_the_bank_says_failed_is_held_with_its_case() {
     assert!(suspense.reason.contains("recon_3_H1"), "{suspense:?}");
     runtime.block_on(clearing.resolve_case(suspense.case_id.clone(), resolution("credited to the account"))).unwrap();
     reconcile(format!("{HEADER}H2,{diverted},in,50.00,failed,0.00\n"));
-    assert_eq!(funds(), (settled - 5_000, frozen + 5_000), "held now");
+    assert_eq!(w.funds(), (settled - 5_000, frozen + 5_000), "held now");
     assert!(!case("recon_3_H2").line["hold_order_id"].is_null());
-    let (settled, frozen) = funds();
+    let (settled, frozen) = w.funds();
     runtime.block_on(clearing.resolve_case_with("recon_3_H2".into(), resolution("the money came"), clearing_actor::cases::HoldFate::Release)).unwrap();
-    assert_eq!(funds(), (settled + 5_000, frozen - 5_000));
+    assert_eq!(w.funds(), (settled + 5_000, frozen - 5_000));
     clearing.stop();
     // Stops between a hold and its case, mended at the next start: a hold with no case gets
     // one naming it; one whose case names no hold (no resolution would settle it) is released.
@@ -519,20 +521,15 @@ fn a_credited_recharge_the_bank_says_failed_is_held_with_its_case() {
         assert!(reply.is_ok(), "{reply:?}");
         OrderId(reply.id)
     };
-    let (settled, frozen) = funds();
+    let (settled, frozen) = w.funds();
     let orphan = freeze("hold-recon-3-900001", "recon_3_Z1");
     freeze("hold-recon-3-900002", "recon_3_G1");
-    assert_eq!(funds(), (settled - 2_000, frozen + 2_000));
-    let currencies = w.engine.config().currencies.clone();
-    let channels = vec![spec(1, "payout", "out", "1.00").build(&currencies).unwrap(), spec(3, "collect", "in", "0.50").build(&currencies).unwrap()];
-    let table = ChannelTable::new(channels, Calendar { utc_offset_seconds: w.engine.config().utc_offset_seconds, ..Calendar::default() }).unwrap();
-    let bank = Arc::new(banksim::Simulator::start(banksim::SimulatorConfig::default(), "key".into(), w.store.clone()).unwrap());
-    let restarted =
-        Clearing::start(w.engine.clone(), w.store.clone(), bank, table, Arc::new(SystemClock), Arc::new(|_| Vec::new()), ClearingConfig::default()).unwrap();
+    assert_eq!(w.funds(), (settled - 2_000, frozen + 2_000));
+    let (restarted, runtime) = w.start_actor();
     let cases = runtime.block_on(restarted.cases_page(CaseFilter::Open, None, 50)).unwrap().cases;
     let z1 = cases.iter().find(|c| c.case_id == "recon_3_Z1").expect("opened at the start");
     assert_eq!(z1.line["hold_order_id"], json!(bank::order_ref(orphan)));
-    assert_eq!(funds(), (settled - 1_000, frozen + 1_000), "the hold G1's case does not name is released");
+    assert_eq!(w.funds(), (settled - 1_000, frozen + 1_000), "the hold G1's case does not name is released");
     restarted.stop();
 }
 
